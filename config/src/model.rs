@@ -1,0 +1,270 @@
+//! The configuration's sections as typed structs (SPEC 5.2). Every struct denies
+//! unknown keys, so a typo is an error rather than a silently ignored setting.
+
+use crate::net::{Cidr, Listener, PortRange};
+use serde::Deserialize;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub node: NodeConfig,
+    #[serde(default)]
+    pub sip: SipConfig,
+    #[serde(default)]
+    pub media: MediaConfig,
+    #[serde(default)]
+    pub api: ApiConfig,
+    #[serde(default)]
+    pub store: StoreConfig,
+    #[serde(default)]
+    pub cluster: ClusterConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    #[serde(default)]
+    pub trunks: Vec<TrunkConfig>,
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Node id, written into every call log record (`node`).
+    #[serde(default = "default_node_id")]
+    pub id: String,
+    /// Where the embedded store and generated secrets live.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// How long a draining node waits for running calls before it exits.
+    #[serde(default = "default_drain_seconds")]
+    pub drain_seconds: u64,
+    /// Calls this node holds at once before it answers new INVITEs 503.
+    #[serde(default = "default_max_calls")]
+    pub max_calls: usize,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            id: default_node_id(),
+            data_dir: default_data_dir(),
+            drain_seconds: default_drain_seconds(),
+            max_calls: default_max_calls(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SipConfig {
+    /// SIP listeners, `udp:ip:port` or `tcp:ip:port`.
+    #[serde(default = "default_sip_listen")]
+    pub listen: Vec<Listener>,
+    /// Receive/send buffer asked of the kernel for each UDP socket (SIP and RTP).
+    #[serde(default = "default_socket_buffer")]
+    pub socket_buffer_bytes: usize,
+    /// Caller number presented on forwarded legs of numbers set to `caller_id = "system"`.
+    #[serde(default)]
+    pub system_number: Option<String>,
+    /// Seconds after which a call still not answered nor given up is ended (safety net).
+    #[serde(default = "default_max_ring_seconds")]
+    pub max_ring_seconds: u64,
+    /// Retry-After seconds sent with 503 answers.
+    #[serde(default = "default_retry_after")]
+    pub retry_after_seconds: u32,
+}
+
+impl Default for SipConfig {
+    fn default() -> Self {
+        SipConfig {
+            listen: default_sip_listen(),
+            socket_buffer_bytes: default_socket_buffer(),
+            system_number: None,
+            max_ring_seconds: default_max_ring_seconds(),
+            retry_after_seconds: default_retry_after(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MediaConfig {
+    /// Address RTP sockets bind to and that rewritten SDP advertises.
+    #[serde(default = "default_media_address")]
+    pub address: IpAddr,
+    /// Inclusive RTP port range; each leg of a call takes an even port (RTP) and the odd one above it.
+    #[serde(default = "default_ports")]
+    pub ports: PortRange,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        MediaConfig { address: default_media_address(), ports: default_ports() }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    #[serde(default = "default_api_listen")]
+    pub listen: SocketAddr,
+    /// The admin token; if neither this nor `admin_token_file` is set a random token is
+    /// generated once and kept in `<data_dir>/admin_token`.
+    #[serde(default)]
+    pub admin_token: Option<String>,
+    #[serde(default)]
+    pub admin_token_file: Option<PathBuf>,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig { listen: default_api_listen(), admin_token: None, admin_token_file: None }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    #[default]
+    Embedded,
+    Scylla,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    #[serde(default)]
+    pub backend: StoreBackend,
+    /// Embedded store file; default `<data_dir>/tsunagu.db`.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// ScyllaDB contact points (`host:port`).
+    #[serde(default)]
+    pub nodes: Vec<String>,
+    #[serde(default = "default_keyspace")]
+    pub keyspace: String,
+    #[serde(default = "default_replication")]
+    pub replication: u32,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            backend: StoreBackend::Embedded,
+            path: None,
+            nodes: Vec::new(),
+            keyspace: default_keyspace(),
+            replication: default_replication(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Cluster listener for other nodes; unset = single node.
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+    #[serde(default)]
+    pub seeds: Vec<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    #[serde(default)]
+    pub format: LogFormat,
+    /// A tracing filter such as `info` or `info,tsunagu_sip=debug`; `RUST_LOG` wins if set.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { format: LogFormat::Text, level: default_log_level() }
+    }
+}
+
+/// A carrier peering: who may send us calls and where forwarded legs go.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrunkConfig {
+    pub name: String,
+    /// Source networks allowed to send INVITEs on this trunk.
+    #[serde(default)]
+    pub inbound: Vec<Cidr>,
+    /// Where forwarded legs are sent, `udp:ip:port` or `tcp:ip:port`.
+    #[serde(default)]
+    pub outbound: Option<Listener>,
+    /// New inbound calls per second accepted from this trunk; 0 = no cap.
+    #[serde(default)]
+    pub max_cps: u32,
+    /// Calls (inbound and outbound) open on this trunk at once; 0 = no cap.
+    #[serde(default)]
+    pub max_channels: u32,
+    /// OPTIONS keepalive interval toward `outbound`; 0 = off.
+    #[serde(default)]
+    pub options_interval_seconds: u32,
+}
+
+/// Destination prefix → ordered trunks; the longest matching prefix wins.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub prefix: String,
+    pub trunks: Vec<String>,
+}
+
+fn default_node_id() -> String {
+    "n1".into()
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("./data")
+}
+fn default_drain_seconds() -> u64 {
+    60
+}
+fn default_max_calls() -> usize {
+    20_000
+}
+fn default_sip_listen() -> Vec<Listener> {
+    vec!["udp:127.0.0.1:5060".parse().unwrap(), "tcp:127.0.0.1:5060".parse().unwrap()]
+}
+fn default_socket_buffer() -> usize {
+    4 * 1024 * 1024
+}
+fn default_max_ring_seconds() -> u64 {
+    180
+}
+fn default_retry_after() -> u32 {
+    5
+}
+fn default_media_address() -> IpAddr {
+    IpAddr::V4(Ipv4Addr::LOCALHOST)
+}
+fn default_ports() -> PortRange {
+    PortRange { first: 20000, last: 29999 }
+}
+fn default_api_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_keyspace() -> String {
+    "tsunagu".into()
+}
+fn default_replication() -> u32 {
+    3
+}
+fn default_log_level() -> String {
+    "info".into()
+}

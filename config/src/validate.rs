@@ -1,0 +1,222 @@
+//! Semantic checks of a parsed [`Config`]; every problem is reported with its key path.
+
+use crate::model::{Config, StoreBackend};
+use crate::net::Transport;
+use std::collections::HashSet;
+use std::fmt;
+
+/// One configuration problem: where (`trunks[1].outbound`) and what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub path: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(path: &str, message: impl Into<String>) -> Self {
+        ConfigError { path: path.to_string(), message: message.into() }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+impl Config {
+    /// Checks the meaning of the configuration; returns every error found.
+    pub fn validate(&self) -> Result<(), Vec<ConfigError>> {
+        let mut errors = Vec::new();
+        let mut err = |path: String, msg: String| errors.push(ConfigError { path, message: msg });
+
+        if self.node.id.is_empty() || self.node.id.contains(char::is_whitespace) {
+            err("node.id".into(), "must be a non-empty word without spaces".into());
+        }
+        if self.node.max_calls == 0 {
+            err("node.max_calls".into(), "must be at least 1".into());
+        }
+
+        if self.sip.listen.is_empty() {
+            err("sip.listen".into(), "needs at least one listener".into());
+        }
+        let mut seen = HashSet::new();
+        for (i, l) in self.sip.listen.iter().enumerate() {
+            if !seen.insert(*l) {
+                err(format!("sip.listen[{i}]"), format!("`{l}` is listed twice"));
+            }
+            if l.transport == Transport::Tls {
+                err(format!("sip.listen[{i}]"), "TLS listeners are not supported yet; use udp or tcp".into());
+            }
+        }
+
+        if self.media.address.is_unspecified() {
+            err("media.address".into(), "must be a concrete address: it is advertised in SDP".into());
+        }
+        let ports = self.media.ports;
+        for (i, l) in self.sip.listen.iter().enumerate() {
+            if l.transport == Transport::Udp && ports.contains(l.addr.port()) {
+                err("media.ports".into(), format!("{ports} overlaps SIP listener sip.listen[{i}] ({l})"));
+            }
+        }
+        if ports.contains(self.api.listen.port()) {
+            err("media.ports".into(), format!("{ports} overlaps the API port {}", self.api.listen.port()));
+        }
+
+        match (&self.api.admin_token, &self.api.admin_token_file) {
+            (Some(_), Some(_)) => err("api.admin_token".into(), "set admin_token or admin_token_file, not both".into()),
+            (Some(t), None) if t.trim().len() < 8 => {
+                err("api.admin_token".into(), "must be at least 8 characters".into())
+            }
+            _ => {}
+        }
+
+        if self.store.backend == StoreBackend::Scylla && self.store.nodes.is_empty() {
+            err("store.nodes".into(), "the scylla backend needs at least one node".into());
+        }
+        if self.store.replication == 0 {
+            err("store.replication".into(), "must be at least 1".into());
+        }
+
+        if !self.cluster.seeds.is_empty() && self.cluster.listen.is_none() {
+            err("cluster.listen".into(), "a node with seeds must also listen".into());
+        }
+
+        let mut names = HashSet::new();
+        for (i, t) in self.trunks.iter().enumerate() {
+            if t.name.trim().is_empty() {
+                err(format!("trunks[{i}].name"), "must not be empty".into());
+            } else if !names.insert(t.name.as_str()) {
+                err(format!("trunks[{i}].name"), format!("trunk `{}` is defined twice", t.name));
+            }
+            if let Some(o) = &t.outbound {
+                if o.transport == Transport::Tls {
+                    err(format!("trunks[{i}].outbound"), "TLS trunks are not supported yet".into());
+                }
+            }
+        }
+
+        let mut prefixes = HashSet::new();
+        for (i, r) in self.routes.iter().enumerate() {
+            if !r.prefix.chars().all(|c| c.is_ascii_digit()) {
+                err(format!("routes[{i}].prefix"), format!("`{}` must contain digits only", r.prefix));
+            }
+            if !prefixes.insert(r.prefix.as_str()) {
+                err(format!("routes[{i}].prefix"), format!("prefix `{}` has two routes", r.prefix));
+            }
+            if r.trunks.is_empty() {
+                err(format!("routes[{i}].trunks"), "needs at least one trunk".into());
+            }
+            for (j, name) in r.trunks.iter().enumerate() {
+                match self.trunks.iter().find(|t| &t.name == name) {
+                    None => err(format!("routes[{i}].trunks[{j}]"), format!("unknown trunk `{name}`")),
+                    Some(t) if t.outbound.is_none() => err(
+                        format!("routes[{i}].trunks[{j}]"),
+                        format!("trunk `{name}` has no outbound target"),
+                    ),
+                    Some(_) => {}
+                }
+            }
+        }
+
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::Config;
+
+    /// The configuration of SPEC section 8, verbatim.
+    const SPEC_EXAMPLE: &str = r#"
+[node]
+id = "n1"
+data_dir = "./data"
+
+[sip]
+listen = ["udp:127.0.0.1:5060", "tcp:127.0.0.1:5060"]
+
+[media]
+address = "127.0.0.1"
+ports = "20000-20999"
+
+[api]
+listen = "127.0.0.1:8080"
+admin_token = "change-me"
+
+[store]
+backend = "embedded"
+
+[[trunks]]
+name = "carrier-a"
+inbound = ["127.0.0.1/32"]          # who may send us INVITEs
+outbound = "udp:127.0.0.1:5070"     # where forwarded legs go
+max_cps = 1000
+max_channels = 5000
+
+[[routes]]
+prefix = ""                          # longest prefix wins; "" = default
+trunks = ["carrier-a"]               # tried in order on 408/5xx/timeout
+"#;
+
+    #[test]
+    fn spec_example_loads_as_written() {
+        let c = Config::from_toml(SPEC_EXAMPLE).unwrap();
+        assert_eq!(c.node.id, "n1");
+        assert_eq!(c.sip.listen.len(), 2);
+        assert_eq!(c.trunks[0].max_cps, 1000);
+        assert_eq!(c.routes[0].trunks, vec!["carrier-a".to_string()]);
+    }
+
+    #[test]
+    fn embedded_default_is_valid() {
+        Config::from_toml(crate::EMBEDDED_DEFAULT).unwrap();
+    }
+
+    /// Each case: a change to the SPEC example and the key paths that must be reported.
+    #[test]
+    fn errors_carry_key_paths() {
+        let cases: &[(&str, &str, &[&str])] = &[
+            ("unknown key", "[node]\nid = \"n1\"\ncolour = 1\n", &["node.colour"]),
+            ("unknown section", "[nodes]\nid = \"x\"\n", &["nodes"]),
+            ("bad listener", "[sip]\nlisten = [\"udp:127.0.0.1:5060\", \"udp:nowhere\"]\n", &["sip.listen[1]"]),
+            ("bad cidr", "[[trunks]]\nname = \"a\"\ninbound = [\"10.0.0.0/99\"]\n", &["trunks[0].inbound[0]"]),
+            (
+                "route names unknown trunk",
+                "[[trunks]]\nname = \"a\"\noutbound = \"udp:127.0.0.1:5070\"\n[[routes]]\nprefix = \"\"\ntrunks = [\"a\", \"b\"]\n",
+                &["routes[0].trunks[1]"],
+            ),
+            (
+                "every semantic error at once",
+                "[sip]\nlisten = [\"udp:127.0.0.1:20010\"]\n[media]\nports = \"20000-20999\"\n[api]\nadmin_token = \"short\"\n[[trunks]]\nname = \"a\"\n[[trunks]]\nname = \"a\"\n[[routes]]\nprefix = \"0x\"\ntrunks = [\"a\"]\n",
+                &["media.ports", "api.admin_token", "trunks[1].name", "routes[0].prefix", "routes[0].trunks[0]"],
+            ),
+            ("overlapping api port", "[api]\nlisten = \"127.0.0.1:20500\"\n[media]\nports = \"20000-20999\"\n", &["media.ports"]),
+            ("scylla without nodes", "[store]\nbackend = \"scylla\"\n", &["store.nodes"]),
+            ("unknown backend", "[store]\nbackend = \"postgres\"\n", &["store.backend"]),
+        ];
+        for (name, text, want) in cases {
+            let errs = Config::from_toml(text).expect_err(name).0;
+            let mut paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+            paths.sort();
+            let mut want = want.to_vec();
+            want.sort();
+            assert_eq!(paths, want, "{name}: {errs:?}");
+        }
+    }
+
+    #[test]
+    fn env_override_is_validated_too() {
+        let env = vec![("TSUNAGU_API__LISTEN".to_string(), "not-an-address".to_string())];
+        let errs = Config::from_toml_with_env(SPEC_EXAMPLE, env).unwrap_err().0;
+        assert_eq!(errs[0].path, "api.listen");
+    }
+}

@@ -1,0 +1,24 @@
+//! Identifiers and API keys: random, URL-safe, and stored hashed (keys only).
+
+use rand::RngExt;
+use sha2::{Digest, Sha256};
+
+fn random_hex(bytes: usize) -> String {
+    let mut rng = rand::rng();
+    (0..bytes).map(|_| format!("{:02x}", rng.random::<u8>())).collect()
+}
+
+/// A new identifier such as `op_5f0c2a9e1b7d3c44`.
+pub fn new_id(prefix: &str) -> String {
+    format!("{prefix}_{}", random_hex(8))
+}
+
+/// A new API key: 128 random bits, shown to the user once.
+pub fn new_api_key() -> String {
+    format!("tsk_{}", random_hex(16))
+}
+
+/// The form an API key is stored and looked up in (hex SHA-256).
+pub fn hash_api_key(key: &str) -> String {
+    Sha256::digest(key.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}

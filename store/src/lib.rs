@@ -1,0 +1,83 @@
+//! Persistent state behind one [`Store`] trait: operators and their API keys,
+//! advertisers, tracking numbers, and call logs.
+//!
+//! Backends: [`SqliteStore`] (embedded, the default; SQLite in WAL mode) and, later,
+//! ScyllaDB for clusters. Every backend must pass [`conformance`], a suite written
+//! against the trait alone.
+//!
+//! The trait is blocking: SQLite is a blocking library and its calls take microseconds.
+//! Async callers (the HTTP API) run store calls on `spawn_blocking`; the call path never
+//! touches the store directly (call logs go through a batching writer).
+
+pub mod conformance;
+mod ids;
+mod model;
+mod sqlite;
+
+pub use ids::{hash_api_key, new_api_key, new_id};
+pub use model::*;
+pub use sqlite::SqliteStore;
+
+/// Errors a store operation can report.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0} already exists")]
+    Conflict(String),
+    #[error("{0}")]
+    InUse(String),
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("stored data is unreadable: {0}")]
+    Corrupt(String),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// The operations every backend provides. Reads of operator-owned data take the
+/// operator id, so a backend can never hand one operator another's rows.
+pub trait Store: Send + Sync + 'static {
+    // Operators (admin).
+    fn create_operator(&self, name: &str) -> Result<Operator>;
+    fn get_operator(&self, id: &str) -> Result<Option<Operator>>;
+    fn list_operators(&self) -> Result<Vec<Operator>>;
+    fn rename_operator(&self, id: &str, name: &str) -> Result<Option<Operator>>;
+    /// Deletes an operator that owns no advertisers ([`StoreError::InUse`] otherwise).
+    fn delete_operator(&self, id: &str) -> Result<bool>;
+    fn add_api_key(&self, operator_id: &str, key_hash: &str) -> Result<()>;
+    /// The operator an API key (by hash) belongs to.
+    fn operator_for_key(&self, key_hash: &str) -> Result<Option<String>>;
+
+    // Advertisers (operator-scoped).
+    fn create_advertiser(&self, operator_id: &str, name: &str) -> Result<Advertiser>;
+    fn get_advertiser(&self, operator_id: &str, id: &str) -> Result<Option<Advertiser>>;
+    fn list_advertisers(&self, operator_id: &str) -> Result<Vec<Advertiser>>;
+    fn rename_advertiser(&self, operator_id: &str, id: &str, name: &str) -> Result<Option<Advertiser>>;
+    /// Deletes an advertiser that owns no numbers ([`StoreError::InUse`] otherwise).
+    fn delete_advertiser(&self, operator_id: &str, id: &str) -> Result<bool>;
+
+    // Tracking numbers. `get_number` and `all_numbers` are unscoped: the call path
+    // looks numbers up by the dialled digits alone.
+    /// Creates a number; [`StoreError::Conflict`] if the number exists (for any operator).
+    fn create_number(&self, number: &TrackingNumber) -> Result<()>;
+    fn get_number(&self, number: &str) -> Result<Option<TrackingNumber>>;
+    fn list_numbers(&self, operator_id: &str, advertiser_id: Option<&str>) -> Result<Vec<TrackingNumber>>;
+    /// Replaces a number's settings; false if the operator has no such number.
+    fn update_number(&self, number: &TrackingNumber) -> Result<bool>;
+    fn delete_number(&self, operator_id: &str, number: &str) -> Result<bool>;
+    fn all_numbers(&self) -> Result<Vec<TrackingNumber>>;
+
+    // Call logs.
+    /// Writes finished calls. Idempotent by `call_id`: a record written twice is kept once.
+    fn insert_calls(&self, calls: &[CallRecord]) -> Result<()>;
+    /// When the latest call from `caller` to `advertiser_id` started, among calls that
+    /// started at or after `since_ms` and strictly before `before_ms`.
+    fn last_call_started(&self, advertiser_id: &str, caller: &str, since_ms: i64, before_ms: i64)
+        -> Result<Option<i64>>;
+    fn get_call(&self, operator_id: &str, call_id: &str) -> Result<Option<CallRecord>>;
+    /// Streams the calls matching `query` to `visit`, in the query's order, until
+    /// `visit` returns false. Rows are not collected in memory.
+    fn scan_calls(&self, query: &CallQuery, visit: &mut dyn FnMut(CallRecord) -> bool) -> Result<()>;
+
+    /// A cheap round trip that fails when the store cannot serve requests.
+    fn ping(&self) -> Result<()>;
+}

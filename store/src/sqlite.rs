@@ -1,0 +1,550 @@
+//! The embedded backend: SQLite (bundled) in WAL mode, one writer connection and a
+//! small pool of readers, so long exports never block call-log writes. Several
+//! processes on one machine may share the file (a multi-node test cluster).
+
+use crate::model::*;
+use crate::{Result, Store, StoreError};
+use rusqlite::types::Value;
+use rusqlite::{params, params_from_iter, Connection, ErrorCode, OptionalExtension, Row};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// Schema versions, applied in order at start (PRAGMA user_version counts them).
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE operators (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE api_keys (
+    key_hash TEXT PRIMARY KEY,
+    operator_id TEXT NOT NULL REFERENCES operators(id) ON DELETE CASCADE,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE advertisers (
+    id TEXT PRIMARY KEY,
+    operator_id TEXT NOT NULL REFERENCES operators(id),
+    name TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE INDEX advertisers_by_operator ON advertisers(operator_id);
+CREATE TABLE numbers (
+    number TEXT PRIMARY KEY,
+    operator_id TEXT NOT NULL,
+    advertiser_id TEXT NOT NULL REFERENCES advertisers(id),
+    settings TEXT NOT NULL
+);
+CREATE INDEX numbers_by_operator ON numbers(operator_id, advertiser_id);
+CREATE TABLE calls (
+    call_id TEXT PRIMARY KEY,
+    operator_id TEXT NOT NULL,
+    advertiser_id TEXT NOT NULL,
+    tracking_number TEXT NOT NULL,
+    caller_number TEXT NOT NULL,
+    caller_kind TEXT NOT NULL,
+    destination_number TEXT,
+    started_at INTEGER NOT NULL,
+    answered_at INTEGER,
+    ended_at INTEGER NOT NULL,
+    ring_seconds INTEGER NOT NULL,
+    talk_seconds INTEGER NOT NULL,
+    result TEXT NOT NULL,
+    validity TEXT NOT NULL,
+    ivr_digits TEXT,
+    judgement_digit TEXT,
+    recording TEXT,
+    tracking_params TEXT NOT NULL,
+    node TEXT NOT NULL,
+    sip_code INTEGER NOT NULL,
+    trunk TEXT,
+    rtp_packets_in INTEGER NOT NULL,
+    rtp_packets_out INTEGER NOT NULL,
+    rtp_lost INTEGER NOT NULL
+);
+CREATE INDEX calls_by_operator_time ON calls(operator_id, started_at, call_id);
+CREATE INDEX calls_by_advertiser_caller ON calls(advertiser_id, caller_number, started_at);
+"#];
+
+const CALL_COLUMNS: &str = "call_id, operator_id, advertiser_id, tracking_number, caller_number, caller_kind, \
+    destination_number, started_at, answered_at, ended_at, ring_seconds, talk_seconds, result, validity, \
+    ivr_digits, judgement_digit, recording, tracking_params, node, sip_code, trunk, rtp_packets_in, \
+    rtp_packets_out, rtp_lost";
+
+const READER_POOL: usize = 4;
+
+pub struct SqliteStore {
+    path: PathBuf,
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn unavailable(e: rusqlite::Error) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn is_unique_violation(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == ErrorCode::ConstraintViolation)
+}
+
+fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(conn)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and applies pending migrations.
+    pub fn open(path: &Path) -> Result<SqliteStore> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Unavailable(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let mut conn = open_connection(path).map_err(unavailable)?;
+        migrate(&mut conn)?;
+        Ok(SqliteStore { path: path.to_path_buf(), writer: Mutex::new(conn), readers: Mutex::new(Vec::new()) })
+    }
+
+    fn write<T>(&self, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+        let mut conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut conn)
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        let pooled = self.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let conn = match pooled {
+            Some(c) => c,
+            None => open_connection(&self.path).map_err(unavailable)?,
+        };
+        let out = f(&conn);
+        let mut pool = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+        if pool.len() < READER_POOL {
+            pool.push(conn);
+        }
+        out
+    }
+}
+
+fn migrate(conn: &mut Connection) -> Result<()> {
+    let version: usize = conn
+        .pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0))
+        .map_err(unavailable)? as usize;
+    if version > MIGRATIONS.len() {
+        return Err(StoreError::Corrupt(format!(
+            "database schema version {version} is newer than this build knows ({})",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        let tx = conn.transaction().map_err(unavailable)?;
+        tx.execute_batch(sql).map_err(unavailable)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64).map_err(unavailable)?;
+        tx.commit().map_err(unavailable)?;
+        tracing::info!(version = i + 1, "store schema migrated");
+    }
+    Ok(())
+}
+
+fn operator_from(row: &Row) -> rusqlite::Result<Operator> {
+    Ok(Operator { id: row.get(0)?, name: row.get(1)?, created_at: row.get(2)? })
+}
+
+fn advertiser_from(row: &Row) -> rusqlite::Result<Advertiser> {
+    Ok(Advertiser { id: row.get(0)?, operator_id: row.get(1)?, name: row.get(2)?, created_at: row.get(3)? })
+}
+
+fn number_from(settings: String) -> Result<TrackingNumber> {
+    serde_json::from_str(&settings).map_err(|e| StoreError::Corrupt(format!("number settings: {e}")))
+}
+
+fn parse_enum<T: std::str::FromStr<Err = String>>(row: &Row, i: usize) -> rusqlite::Result<T> {
+    let text: String = row.get(i)?;
+    text.parse().map_err(|e: String| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, e.into())
+    })
+}
+
+fn call_from(row: &Row) -> rusqlite::Result<CallRecord> {
+    let params: String = row.get(17)?;
+    Ok(CallRecord {
+        call_id: row.get(0)?,
+        operator_id: row.get(1)?,
+        advertiser_id: row.get(2)?,
+        tracking_number: row.get(3)?,
+        caller_number: row.get(4)?,
+        caller_kind: parse_enum(row, 5)?,
+        destination_number: row.get(6)?,
+        started_at: row.get(7)?,
+        answered_at: row.get(8)?,
+        ended_at: row.get(9)?,
+        ring_seconds: row.get(10)?,
+        talk_seconds: row.get(11)?,
+        result: parse_enum(row, 12)?,
+        validity: parse_enum(row, 13)?,
+        ivr_digits: row.get(14)?,
+        judgement_digit: row.get(15)?,
+        recording: row.get(16)?,
+        tracking_params: serde_json::from_str(&params).unwrap_or_default(),
+        node: row.get(18)?,
+        sip_code: row.get(19)?,
+        trunk: row.get(20)?,
+        rtp_packets_in: row.get::<_, i64>(21)? as u64,
+        rtp_packets_out: row.get::<_, i64>(22)? as u64,
+        rtp_lost: row.get::<_, i64>(23)? as u64,
+    })
+}
+
+impl Store for SqliteStore {
+    fn create_operator(&self, name: &str) -> Result<Operator> {
+        let op = Operator { id: crate::new_id("op"), name: name.to_string(), created_at: now_ms() };
+        self.write(|c| {
+            c.execute("INSERT INTO operators (id, name, created_at) VALUES (?1, ?2, ?3)", params![op.id, op.name, op.created_at])
+        })
+        .map_err(unavailable)?;
+        Ok(op)
+    }
+
+    fn get_operator(&self, id: &str) -> Result<Option<Operator>> {
+        self.read(|c| {
+            c.query_row("SELECT id, name, created_at FROM operators WHERE id = ?1", [id], operator_from)
+                .optional()
+                .map_err(unavailable)
+        })
+    }
+
+    fn list_operators(&self) -> Result<Vec<Operator>> {
+        self.read(|c| {
+            let mut st = c.prepare("SELECT id, name, created_at FROM operators ORDER BY created_at, id").map_err(unavailable)?;
+            let rows = st.query_map([], operator_from).map_err(unavailable)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(unavailable)
+        })
+    }
+
+    fn rename_operator(&self, id: &str, name: &str) -> Result<Option<Operator>> {
+        let n = self.write(|c| c.execute("UPDATE operators SET name = ?2 WHERE id = ?1", params![id, name])).map_err(unavailable)?;
+        if n == 0 {
+            return Ok(None);
+        }
+        self.get_operator(id)
+    }
+
+    fn delete_operator(&self, id: &str) -> Result<bool> {
+        self.write(|c| {
+            let tx = c.transaction()?;
+            let owned: i64 = tx.query_row("SELECT COUNT(*) FROM advertisers WHERE operator_id = ?1", [id], |r| r.get(0))?;
+            if owned > 0 {
+                return Ok(Err(StoreError::InUse(format!("operator {id} still owns {owned} advertiser(s)"))));
+            }
+            let n = tx.execute("DELETE FROM operators WHERE id = ?1", [id])?;
+            tx.commit()?;
+            Ok(Ok(n > 0))
+        })
+        .map_err(unavailable)?
+    }
+
+    fn add_api_key(&self, operator_id: &str, key_hash: &str) -> Result<()> {
+        self.write(|c| {
+            c.execute(
+                "INSERT INTO api_keys (key_hash, operator_id, created_at) VALUES (?1, ?2, ?3)",
+                params![key_hash, operator_id, now_ms()],
+            )
+        })
+        .map_err(|e| if is_unique_violation(&e) { StoreError::Conflict("api key".into()) } else { unavailable(e) })?;
+        Ok(())
+    }
+
+    fn operator_for_key(&self, key_hash: &str) -> Result<Option<String>> {
+        self.read(|c| {
+            c.query_row("SELECT operator_id FROM api_keys WHERE key_hash = ?1", [key_hash], |r| r.get(0))
+                .optional()
+                .map_err(unavailable)
+        })
+    }
+
+    fn create_advertiser(&self, operator_id: &str, name: &str) -> Result<Advertiser> {
+        let adv = Advertiser {
+            id: crate::new_id("adv"),
+            operator_id: operator_id.to_string(),
+            name: name.to_string(),
+            created_at: now_ms(),
+        };
+        self.write(|c| {
+            c.execute(
+                "INSERT INTO advertisers (id, operator_id, name, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![adv.id, adv.operator_id, adv.name, adv.created_at],
+            )
+        })
+        .map_err(unavailable)?;
+        Ok(adv)
+    }
+
+    fn get_advertiser(&self, operator_id: &str, id: &str) -> Result<Option<Advertiser>> {
+        self.read(|c| {
+            c.query_row(
+                "SELECT id, operator_id, name, created_at FROM advertisers WHERE id = ?1 AND operator_id = ?2",
+                [id, operator_id],
+                advertiser_from,
+            )
+            .optional()
+            .map_err(unavailable)
+        })
+    }
+
+    fn list_advertisers(&self, operator_id: &str) -> Result<Vec<Advertiser>> {
+        self.read(|c| {
+            let mut st = c
+                .prepare("SELECT id, operator_id, name, created_at FROM advertisers WHERE operator_id = ?1 ORDER BY created_at, id")
+                .map_err(unavailable)?;
+            let rows = st.query_map([operator_id], advertiser_from).map_err(unavailable)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(unavailable)
+        })
+    }
+
+    fn rename_advertiser(&self, operator_id: &str, id: &str, name: &str) -> Result<Option<Advertiser>> {
+        let n = self
+            .write(|c| c.execute("UPDATE advertisers SET name = ?3 WHERE id = ?1 AND operator_id = ?2", params![id, operator_id, name]))
+            .map_err(unavailable)?;
+        if n == 0 {
+            return Ok(None);
+        }
+        self.get_advertiser(operator_id, id)
+    }
+
+    fn delete_advertiser(&self, operator_id: &str, id: &str) -> Result<bool> {
+        self.write(|c| {
+            let tx = c.transaction()?;
+            let owned: i64 = tx.query_row(
+                "SELECT COUNT(*) FROM numbers WHERE advertiser_id = ?1 AND operator_id = ?2",
+                [id, operator_id],
+                |r| r.get(0),
+            )?;
+            if owned > 0 {
+                return Ok(Err(StoreError::InUse(format!("advertiser {id} still owns {owned} number(s)"))));
+            }
+            let n = tx.execute("DELETE FROM advertisers WHERE id = ?1 AND operator_id = ?2", [id, operator_id])?;
+            tx.commit()?;
+            Ok(Ok(n > 0))
+        })
+        .map_err(unavailable)?
+    }
+
+    fn create_number(&self, number: &TrackingNumber) -> Result<()> {
+        let settings = serde_json::to_string(number).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.write(|c| {
+            c.execute(
+                "INSERT INTO numbers (number, operator_id, advertiser_id, settings) VALUES (?1, ?2, ?3, ?4)",
+                params![number.number, number.operator_id, number.advertiser_id, settings],
+            )
+        })
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                StoreError::Conflict(format!("number {}", number.number))
+            } else {
+                unavailable(e)
+            }
+        })?;
+        Ok(())
+    }
+
+    fn get_number(&self, number: &str) -> Result<Option<TrackingNumber>> {
+        let settings: Option<String> = self.read(|c| {
+            c.query_row("SELECT settings FROM numbers WHERE number = ?1", [number], |r| r.get(0))
+                .optional()
+                .map_err(unavailable)
+        })?;
+        settings.map(number_from).transpose()
+    }
+
+    fn list_numbers(&self, operator_id: &str, advertiser_id: Option<&str>) -> Result<Vec<TrackingNumber>> {
+        let rows: Vec<String> = self.read(|c| {
+            let mut st = c
+                .prepare(
+                    "SELECT settings FROM numbers WHERE operator_id = ?1 AND (?2 IS NULL OR advertiser_id = ?2) ORDER BY number",
+                )
+                .map_err(unavailable)?;
+            let rows = st.query_map(params![operator_id, advertiser_id], |r| r.get(0)).map_err(unavailable)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(unavailable)
+        })?;
+        rows.into_iter().map(number_from).collect()
+    }
+
+    fn update_number(&self, number: &TrackingNumber) -> Result<bool> {
+        let settings = serde_json::to_string(number).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let n = self
+            .write(|c| {
+                c.execute(
+                    "UPDATE numbers SET advertiser_id = ?3, settings = ?4 WHERE number = ?1 AND operator_id = ?2",
+                    params![number.number, number.operator_id, number.advertiser_id, settings],
+                )
+            })
+            .map_err(unavailable)?;
+        Ok(n > 0)
+    }
+
+    fn delete_number(&self, operator_id: &str, number: &str) -> Result<bool> {
+        let n = self
+            .write(|c| c.execute("DELETE FROM numbers WHERE number = ?1 AND operator_id = ?2", [number, operator_id]))
+            .map_err(unavailable)?;
+        Ok(n > 0)
+    }
+
+    fn all_numbers(&self) -> Result<Vec<TrackingNumber>> {
+        let rows: Vec<String> = self.read(|c| {
+            let mut st = c.prepare("SELECT settings FROM numbers").map_err(unavailable)?;
+            let rows = st.query_map([], |r| r.get(0)).map_err(unavailable)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(unavailable)
+        })?;
+        rows.into_iter().map(number_from).collect()
+    }
+
+    fn insert_calls(&self, calls: &[CallRecord]) -> Result<()> {
+        self.write(|c| {
+            let tx = c.transaction()?;
+            {
+                let mut st = tx.prepare_cached(&format!(
+                    "INSERT OR IGNORE INTO calls ({CALL_COLUMNS}) VALUES \
+                     (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24)"
+                ))?;
+                for r in calls {
+                    let params_json = serde_json::to_string(&r.tracking_params).unwrap_or_else(|_| "{}".into());
+                    st.execute(params![
+                        r.call_id,
+                        r.operator_id,
+                        r.advertiser_id,
+                        r.tracking_number,
+                        r.caller_number,
+                        r.caller_kind.as_str(),
+                        r.destination_number,
+                        r.started_at,
+                        r.answered_at,
+                        r.ended_at,
+                        r.ring_seconds,
+                        r.talk_seconds,
+                        r.result.as_str(),
+                        r.validity.as_str(),
+                        r.ivr_digits,
+                        r.judgement_digit,
+                        r.recording,
+                        params_json,
+                        r.node,
+                        r.sip_code,
+                        r.trunk,
+                        r.rtp_packets_in as i64,
+                        r.rtp_packets_out as i64,
+                        r.rtp_lost as i64,
+                    ])?;
+                }
+            }
+            tx.commit()
+        })
+        .map_err(unavailable)
+    }
+
+    fn last_call_started(&self, advertiser_id: &str, caller: &str, since_ms: i64, before_ms: i64) -> Result<Option<i64>> {
+        self.read(|c| {
+            c.query_row(
+                "SELECT MAX(started_at) FROM calls WHERE advertiser_id = ?1 AND caller_number = ?2 \
+                 AND started_at >= ?3 AND started_at < ?4",
+                params![advertiser_id, caller, since_ms, before_ms],
+                |r| r.get::<_, Option<i64>>(0),
+            )
+            .map_err(unavailable)
+        })
+    }
+
+    fn get_call(&self, operator_id: &str, call_id: &str) -> Result<Option<CallRecord>> {
+        self.read(|c| {
+            c.query_row(
+                &format!("SELECT {CALL_COLUMNS} FROM calls WHERE call_id = ?1 AND operator_id = ?2"),
+                [call_id, operator_id],
+                call_from,
+            )
+            .optional()
+            .map_err(unavailable)
+        })
+    }
+
+    fn scan_calls(&self, q: &CallQuery, visit: &mut dyn FnMut(CallRecord) -> bool) -> Result<()> {
+        let mut sql = format!("SELECT {CALL_COLUMNS} FROM calls WHERE operator_id = ?");
+        let mut args: Vec<Value> = vec![Value::Text(q.operator_id.clone())];
+        let mut filter = |clause: &str, v: Value| {
+            sql.push_str(clause);
+            args.push(v);
+        };
+        if let Some(t) = q.from_ms {
+            filter(" AND started_at >= ?", Value::Integer(t));
+        }
+        if let Some(t) = q.to_ms {
+            filter(" AND started_at < ?", Value::Integer(t));
+        }
+        if let Some(a) = &q.advertiser_id {
+            filter(" AND advertiser_id = ?", Value::Text(a.clone()));
+        }
+        if let Some(n) = &q.tracking_number {
+            filter(" AND tracking_number = ?", Value::Text(n.clone()));
+        }
+        if let Some(r) = q.result {
+            filter(" AND result = ?", Value::Text(r.as_str().into()));
+        }
+        if let Some(v) = q.validity {
+            filter(" AND validity = ?", Value::Text(v.as_str().into()));
+        }
+        let (cmp, dir) = match q.order {
+            SortOrder::Asc => (">", "ASC"),
+            SortOrder::Desc => ("<", "DESC"),
+        };
+        if let Some((t, id)) = &q.after {
+            sql.push_str(&format!(" AND (started_at {cmp} ? OR (started_at = ? AND call_id {cmp} ?))"));
+            args.extend([Value::Integer(*t), Value::Integer(*t), Value::Text(id.clone())]);
+        }
+        sql.push_str(&format!(" ORDER BY started_at {dir}, call_id {dir}"));
+        if let Some(limit) = q.limit {
+            sql.push_str(&format!(" LIMIT {limit}"));
+        }
+        self.read(|c| {
+            let mut st = c.prepare(&sql).map_err(unavailable)?;
+            let mut rows = st.query(params_from_iter(args)).map_err(unavailable)?;
+            while let Some(row) = rows.next().map_err(unavailable)? {
+                let record = call_from(row).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                if !visit(record) {
+                    break;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn ping(&self) -> Result<()> {
+        self.read(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(unavailable))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conformance_suite_passes_on_sqlite() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("t.db")).unwrap();
+        crate::conformance::run_all(&store);
+    }
+
+    #[test]
+    fn reopening_keeps_data_and_does_not_remigrate() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let id = SqliteStore::open(&path).unwrap().create_operator("a").unwrap().id;
+        let again = SqliteStore::open(&path).unwrap();
+        assert_eq!(again.get_operator(&id).unwrap().unwrap().name, "a");
+    }
+}
