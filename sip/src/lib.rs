@@ -1,1 +1,19 @@
-//! placeholder
+//! The SIP edge: transports (UDP, TCP), an RFC 3261 transaction layer, and the
+//! routing of messages to the call that owns them.
+//!
+//! Parsing uses `rsipstack::sip` (the maintained continuation of rsip's message model).
+//! The transaction layer is our own sans-IO state machine ([`transaction`]): time is an
+//! argument, so its retransmission and timeout rules are tested on a fake clock, and it
+//! costs no task or timer per transaction. [`endpoint`] is the thin async driver that
+//! owns the sockets. Call actors see a small surface: [`SipEvent`]s in, [`Command`]s out.
+
+pub mod build;
+pub mod endpoint;
+pub mod metrics;
+pub mod parse;
+pub mod transaction;
+mod transport;
+
+pub use endpoint::{Command, Endpoint, EndpointHandle, InviteHandler, NewInvite, Reject, SipEvent};
+pub use parse::{Info, Peer, ParseError, Transport};
+pub use rsipstack::sip::{Method, Request, Response, SipMessage};

@@ -1,0 +1,288 @@
+//! Writing SIP messages as text: requests from a [`RequestSpec`], responses from the
+//! request they answer. Written directly into one buffer: no intermediate tree.
+
+use crate::parse::{header, header_values, Transport};
+use rand::RngExt;
+use rsipstack::sip::{Method, Request};
+use std::fmt::Write;
+use std::net::SocketAddr;
+
+pub const USER_AGENT: &str = "tsunagu";
+
+fn random_token(len: usize) -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rng();
+    (0..len).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect()
+}
+
+/// A new RFC 3261 branch (magic cookie prefix).
+pub fn new_branch() -> String {
+    format!("z9hG4bK{}", random_token(16))
+}
+
+pub fn new_tag() -> String {
+    random_token(12)
+}
+
+pub fn new_call_id() -> String {
+    random_token(24)
+}
+
+/// The standard reason phrase for the status codes we send.
+pub fn reason(code: u16) -> &'static str {
+    match code {
+        100 => "Trying",
+        180 => "Ringing",
+        181 => "Call Is Being Forwarded",
+        182 => "Queued",
+        183 => "Session Progress",
+        200 => "OK",
+        400 => "Bad Request",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        415 => "Unsupported Media Type",
+        480 => "Temporarily Unavailable",
+        481 => "Call/Transaction Does Not Exist",
+        483 => "Too Many Hops",
+        486 => "Busy Here",
+        487 => "Request Terminated",
+        488 => "Not Acceptable Here",
+        500 => "Server Internal Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Server Time-out",
+        600 => "Busy Everywhere",
+        603 => "Decline",
+        _ => "Unknown",
+    }
+}
+
+/// A request we originate (a B2BUA leg, an in-dialog request, ACK or CANCEL).
+#[derive(Debug, Clone)]
+pub struct RequestSpec {
+    pub method: Method,
+    pub uri: String,
+    pub transport: Transport,
+    /// Our address in the Via (sent-by).
+    pub sent_by: SocketAddr,
+    pub branch: String,
+    /// Full From value including `;tag=`.
+    pub from: String,
+    pub to: String,
+    pub call_id: String,
+    pub cseq: u32,
+    pub contact: Option<String>,
+    pub routes: Vec<String>,
+    pub max_forwards: u8,
+    pub extra: Vec<(&'static str, String)>,
+    pub body: Option<(&'static str, Vec<u8>)>,
+}
+
+impl RequestSpec {
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut s = String::with_capacity(512);
+        let _ = write!(s, "{} {} SIP/2.0\r\n", self.method, self.uri);
+        let _ = write!(s, "Via: SIP/2.0/{} {};branch={};rport\r\n", self.transport.via_name(), self.sent_by, self.branch);
+        for r in &self.routes {
+            let _ = write!(s, "Route: {r}\r\n");
+        }
+        let _ = write!(s, "Max-Forwards: {}\r\n", self.max_forwards);
+        let _ = write!(s, "From: {}\r\nTo: {}\r\nCall-ID: {}\r\n", self.from, self.to, self.call_id);
+        let _ = write!(s, "CSeq: {} {}\r\n", self.cseq, self.method);
+        if let Some(c) = &self.contact {
+            let _ = write!(s, "Contact: {c}\r\n");
+        }
+        for (k, v) in &self.extra {
+            let _ = write!(s, "{k}: {v}\r\n");
+        }
+        let _ = write!(s, "User-Agent: {USER_AGENT}\r\n");
+        finish(s, self.body.as_ref().map(|(t, b)| (*t, b.as_slice())))
+    }
+
+    /// The ACK for a non-2xx final response: same branch and CSeq number, the
+    /// response's To (RFC 3261 17.1.1.3).
+    pub fn ack_for_failure(&self, response_to: &str) -> RequestSpec {
+        RequestSpec {
+            method: Method::Ack,
+            to: response_to.to_string(),
+            contact: None,
+            extra: Vec::new(),
+            body: None,
+            ..self.clone()
+        }
+    }
+
+    /// The CANCEL of this INVITE: same branch, URI, From, To, Call-ID and CSeq number.
+    pub fn cancel(&self) -> RequestSpec {
+        RequestSpec { method: Method::Cancel, contact: None, extra: Vec::new(), body: None, ..self.clone() }
+    }
+}
+
+fn finish(mut s: String, body: Option<(&str, &[u8])>) -> Vec<u8> {
+    match body {
+        Some((ctype, b)) if !b.is_empty() => {
+            let _ = write!(s, "Content-Type: {ctype}\r\nContent-Length: {}\r\n\r\n", b.len());
+            let mut out = s.into_bytes();
+            out.extend_from_slice(b);
+            out
+        }
+        _ => {
+            s.push_str("Content-Length: 0\r\n\r\n");
+            s.into_bytes()
+        }
+    }
+}
+
+/// A response to `req`. `to_tag` is added to To when the request's To has none.
+/// Record-Route is copied into dialog-forming responses (RFC 3261 12.1.1).
+pub fn response(
+    req: &Request,
+    code: u16,
+    to_tag: Option<&str>,
+    extra: &[(&str, &str)],
+    body: Option<(&str, &[u8])>,
+) -> Vec<u8> {
+    let mut s = String::with_capacity(512);
+    let _ = write!(s, "SIP/2.0 {code} {}\r\n", reason(code));
+    for via in header_values(req, "Via") {
+        let _ = write!(s, "Via: {via}\r\n");
+    }
+    if req.method == Method::Invite && (101..300).contains(&code) {
+        for rr in header_values(req, "Record-Route") {
+            let _ = write!(s, "Record-Route: {rr}\r\n");
+        }
+    }
+    let _ = write!(s, "From: {}\r\n", header(req, "From").unwrap_or_default());
+    let to = header(req, "To").unwrap_or_default();
+    match to_tag {
+        Some(tag) if crate::parse::tag(to).is_none() && code > 100 => {
+            let _ = write!(s, "To: {to};tag={tag}\r\n");
+        }
+        _ => {
+            let _ = write!(s, "To: {to}\r\n");
+        }
+    }
+    let _ = write!(s, "Call-ID: {}\r\n", header(req, "Call-ID").unwrap_or_default());
+    let _ = write!(s, "CSeq: {}\r\n", header(req, "CSeq").unwrap_or_default());
+    for (k, v) in extra {
+        let _ = write!(s, "{k}: {v}\r\n");
+    }
+    let _ = write!(s, "Server: {USER_AGENT}\r\n");
+    finish(s, body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parse::{parse, tag};
+    use rsipstack::sip::SipMessage;
+
+    fn spec() -> RequestSpec {
+        RequestSpec {
+            method: Method::Invite,
+            uri: "sip:0311112222@127.0.0.1:5070".into(),
+            transport: Transport::Udp,
+            sent_by: "127.0.0.1:5060".parse().unwrap(),
+            branch: new_branch(),
+            from: "<sip:09012345678@127.0.0.1>;tag=t1".into(),
+            to: "<sip:0311112222@127.0.0.1:5070>".into(),
+            call_id: new_call_id(),
+            cseq: 1,
+            contact: Some("<sip:tsunagu@127.0.0.1:5060>".into()),
+            routes: vec![],
+            max_forwards: 69,
+            extra: vec![],
+            body: Some(("application/sdp", b"v=0\r\n".to_vec())),
+        }
+    }
+
+    #[test]
+    fn request_round_trips_through_the_parser() {
+        let s = spec();
+        let (msg, info) = parse(&s.to_bytes()).unwrap();
+        assert_eq!(info.branch, s.branch);
+        assert_eq!(info.call_id, s.call_id);
+        assert_eq!(info.from_tag.as_deref(), Some("t1"));
+        let SipMessage::Request(req) = msg else { panic!() };
+        assert_eq!(req.body, b"v=0\r\n");
+
+        let ack = s.ack_for_failure("<sip:0311112222@127.0.0.1:5070>;tag=x");
+        let (_, ai) = parse(&ack.to_bytes()).unwrap();
+        assert_eq!((ai.branch, ai.cseq, ai.cseq_method, ai.to_tag.as_deref()), (s.branch.clone(), 1, Method::Ack, Some("x")));
+        let (_, ci) = parse(&s.cancel().to_bytes()).unwrap();
+        assert_eq!((ci.branch, ci.cseq_method), (s.branch, Method::Cancel));
+    }
+
+    #[test]
+    fn response_copies_dialog_headers_and_adds_tag() {
+        let raw = "INVITE sip:1@h SIP/2.0\r\nVia: SIP/2.0/UDP a:1;branch=z9hG4bK1, SIP/2.0/UDP b:2;branch=z9hG4bK2\r\nRecord-Route: <sip:p;lr>\r\nFrom: <sip:a@h>;tag=f\r\nTo: <sip:1@h>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
+        let (SipMessage::Request(req), _) = parse(raw.as_bytes()).unwrap() else { panic!() };
+        let bytes = response(&req, 180, Some("tt"), &[("Contact", "<sip:x@y>")], None);
+        let (msg, info) = parse(&bytes).unwrap();
+        assert_eq!(info.to_tag.as_deref(), Some("tt"));
+        assert_eq!(header_values(&msg, "Via").len(), 2);
+        assert_eq!(header_values(&msg, "Record-Route"), vec!["<sip:p;lr>"]);
+        let trying = response(&req, 100, Some("tt"), &[], None);
+        let (msg, _) = parse(&trying).unwrap();
+        assert_eq!(tag(header(&msg, "To").unwrap()), None, "100 Trying carries no To tag");
+        assert!(header_values(&msg, "Record-Route").is_empty());
+    }
+}
+
+/// A 400 for a request that failed to parse, built from its raw lines when it still
+/// has a request line and the headers a response needs (Via, From, To, Call-ID, CSeq).
+/// None for responses and for text too broken to answer: those are dropped.
+pub fn bad_request_for(raw: &[u8], why: &str) -> Option<Vec<u8>> {
+    let text = std::str::from_utf8(raw).ok()?;
+    let head = text.split("\r\n\r\n").next()?;
+    let mut lines = head.split("\r\n");
+    let first = lines.next()?;
+    if first.starts_with("SIP/") || !first.ends_with("SIP/2.0") || first.starts_with("ACK ") {
+        return None;
+    }
+    let wanted = [("via", "v"), ("from", "f"), ("to", "t"), ("call-id", "i"), ("cseq", "")];
+    let mut found: Vec<(usize, String)> = Vec::new();
+    for line in lines {
+        let Some((name, value)) = line.split_once(':') else { continue };
+        let name = name.trim().to_ascii_lowercase();
+        if let Some(i) = wanted.iter().position(|(long, short)| name == *long || (!short.is_empty() && name == *short)) {
+            found.push((i, format!("{}: {}", ["Via", "From", "To", "Call-ID", "CSeq"][i], value.trim())));
+        }
+    }
+    if (0..wanted.len()).any(|i| !found.iter().any(|(j, _)| *j == i)) {
+        return None;
+    }
+    found.sort_by_key(|(i, _)| *i);
+    let mut s = String::from("SIP/2.0 400 Bad Request\r\n");
+    for (_, line) in found {
+        s.push_str(&line);
+        s.push_str("\r\n");
+    }
+    let why: String = why.chars().filter(|c| !c.is_control() && *c != '"').take(120).collect();
+    let _ = write!(s, "Warning: 399 tsunagu \"{why}\"\r\nServer: {USER_AGENT}\r\n");
+    Some(finish(s, None))
+}
+
+#[cfg(test)]
+mod bad_request_tests {
+    use super::bad_request_for;
+
+    #[test]
+    fn answers_what_it_can() {
+        let broken = "INVITE sip:1@h SIP/2.0\r\nVia: SIP/2.0/UDP a;branch=z9hG4bK1\r\nFrom: <sip:a@h>;tag=1\r\nTo: <sip:1@h>\r\nCall-ID: c\r\nCSeq: x INVITE\r\n\r\n";
+        let reply = String::from_utf8(bad_request_for(broken.as_bytes(), "bad CSeq").unwrap()).unwrap();
+        assert!(reply.starts_with("SIP/2.0 400 Bad Request\r\nVia: SIP/2.0/UDP a;branch=z9hG4bK1\r\n"), "{reply}");
+        assert!(reply.contains("CSeq: x INVITE\r\n"));
+        for unanswerable in [
+            "garbage",
+            "SIP/2.0 200 OK\r\nVia: x\r\n\r\n",
+            "INVITE sip:1@h SIP/2.0\r\nFrom: a\r\nTo: b\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\n\r\n",
+            "ACK sip:1@h SIP/2.0\r\nVia: v\r\nFrom: a\r\nTo: b\r\nCall-ID: c\r\nCSeq: 1 ACK\r\n\r\n",
+        ] {
+            assert!(bad_request_for(unanswerable.as_bytes(), "x").is_none(), "{unanswerable}");
+        }
+    }
+}

@@ -1,0 +1,395 @@
+//! The async driver of the SIP edge. One task owns the [`Transactions`] state machine
+//! and the Call-ID → call routing table; receiver tasks parse packets in parallel and
+//! hand them over; calls talk to it through an [`EndpointHandle`].
+//!
+//! A new INVITE is answered 100 Trying at once, then offered to the [`InviteHandler`]
+//! (the node), which either rejects it or starts a call that registers its Call-ID.
+//! Messages for a Call-ID whose call is still starting wait in a short queue.
+
+use crate::build::{self, RequestSpec};
+use crate::metrics::{CodeLabel, MethodLabel, SipMetrics};
+use crate::parse::{header, Info, Peer, Transport};
+use crate::transaction::{Output, RequestMatch, ResponseMatch, Transactions, TxKey};
+use crate::transport::{bind_udp, spawn_udp_receiver, Incoming, TcpConnections};
+use bytes::Bytes;
+use rsipstack::sip::{Method, Request, Response, SipMessage};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::mpsc;
+
+/// A new out-of-dialog INVITE offered to the node.
+pub struct NewInvite {
+    pub request: Request,
+    pub info: Info,
+    pub peer: Peer,
+    pub key: TxKey,
+}
+
+/// Why the node refused a new INVITE.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reject {
+    pub code: u16,
+    pub retry_after: Option<u32>,
+}
+
+/// The node's side of new calls. Runs on the endpoint task: it must not block.
+pub trait InviteHandler: Send + Sync + 'static {
+    /// `Ok` means a call took the INVITE and will [`EndpointHandle::register`] its Call-ID.
+    fn on_invite(&self, invite: NewInvite) -> Result<(), Reject>;
+}
+
+/// Where a call receives its messages.
+pub trait CallSink: Send + Sync + 'static {
+    fn deliver(&self, event: SipEvent);
+}
+
+/// What a call hears from the SIP edge.
+#[derive(Debug)]
+pub enum SipEvent {
+    /// A request in one of the call's dialogs (or the ACK of a 2xx). `key` is its server
+    /// transaction (None for ACK, which has none).
+    Request { request: Request, info: Info, peer: Peer, key: Option<TxKey> },
+    Response { response: Response, info: Info },
+    /// The caller cancelled the INVITE with this key; the CANCEL was answered 200.
+    Cancelled { key: TxKey },
+    /// A request the call sent got no final response in time.
+    Timeout { key: TxKey },
+    /// A 2xx the call sent was never acknowledged.
+    AckTimeout,
+}
+
+pub enum Command {
+    Register { call_id: String, sink: Arc<dyn CallSink> },
+    Unregister { call_id: String },
+    Respond { key: TxKey, code: u16, data: Vec<u8>, call_id: String, cseq: u32 },
+    /// Sends a request: in a new client transaction, or bare for ACK.
+    Request { spec: RequestSpec, peer: Peer },
+}
+
+/// How calls reach the endpoint; cheap to clone.
+#[derive(Clone)]
+pub struct EndpointHandle {
+    commands: mpsc::UnboundedSender<Command>,
+    locals: Arc<Vec<(Transport, SocketAddr)>>,
+}
+
+impl EndpointHandle {
+    pub fn send(&self, cmd: Command) {
+        let _ = self.commands.send(cmd);
+    }
+
+    pub fn register(&self, call_id: &str, sink: Arc<dyn CallSink>) {
+        self.send(Command::Register { call_id: call_id.to_string(), sink });
+    }
+
+    pub fn unregister(&self, call_id: &str) {
+        self.send(Command::Unregister { call_id: call_id.to_string() });
+    }
+
+    /// Answers a request received in server transaction `key`.
+    pub fn respond(&self, request: &Request, info: &Info, key: &TxKey, code: u16, to_tag: Option<&str>, extra: &[(&str, &str)], body: Option<(&str, &[u8])>) {
+        let data = build::response(request, code, to_tag, extra, body);
+        self.send(Command::Respond { key: key.clone(), code, data, call_id: info.call_id.clone(), cseq: info.cseq });
+    }
+
+    pub fn request(&self, spec: RequestSpec, peer: Peer) {
+        self.send(Command::Request { spec, peer });
+    }
+
+    /// Our listening address for a transport (for Via and Contact).
+    pub fn local(&self, transport: Transport) -> Option<SocketAddr> {
+        self.locals.iter().find(|(t, _)| *t == transport).map(|(_, a)| *a)
+    }
+}
+
+pub struct Endpoint;
+
+impl Endpoint {
+    /// Binds every listener and starts the endpoint task.
+    pub async fn start(
+        listeners: &[(Transport, SocketAddr)],
+        socket_buffer: usize,
+        handler: Arc<dyn InviteHandler>,
+        metrics: SipMetrics,
+    ) -> std::io::Result<EndpointHandle> {
+        let (in_tx, in_rx) = mpsc::unbounded_channel();
+        let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+        let tcp = TcpConnections::new(in_tx.clone(), metrics.clone());
+        let mut udp = Vec::new();
+        let mut locals = Vec::new();
+        for (transport, addr) in listeners {
+            match transport {
+                Transport::Udp => {
+                    let sock = Arc::new(bind_udp(*addr, socket_buffer)?);
+                    let local = sock.local_addr()?;
+                    // Two receivers per socket: parsing runs on both cores.
+                    for _ in 0..2 {
+                        spawn_udp_receiver(sock.clone(), in_tx.clone(), metrics.clone());
+                    }
+                    udp.push(sock);
+                    locals.push((Transport::Udp, local));
+                }
+                Transport::Tcp => {
+                    let listener = TcpListener::bind(addr).await?;
+                    locals.push((Transport::Tcp, listener.local_addr()?));
+                    tcp.spawn_listener(listener);
+                }
+            }
+        }
+        let handle = EndpointHandle { commands: cmd_tx, locals: Arc::new(locals) };
+        let core = Core {
+            transactions: Transactions::new(),
+            calls: HashMap::new(),
+            handler,
+            udp,
+            tcp,
+            metrics,
+            out: Vec::new(),
+        };
+        tokio::spawn(core.run(in_rx, cmd_rx));
+        Ok(handle)
+    }
+}
+
+enum Route {
+    /// The call is starting; its events wait here (bounded).
+    Pending(Vec<SipEvent>),
+    Ready(Arc<dyn CallSink>),
+}
+
+const PENDING_LIMIT: usize = 32;
+
+struct Core {
+    transactions: Transactions,
+    calls: HashMap<String, Route>,
+    handler: Arc<dyn InviteHandler>,
+    udp: Vec<Arc<UdpSocket>>,
+    tcp: TcpConnections,
+    metrics: SipMetrics,
+    out: Vec<Output>,
+}
+
+impl Core {
+    async fn run(mut self, mut incoming: mpsc::UnboundedReceiver<Incoming>, mut commands: mpsc::UnboundedReceiver<Command>) {
+        let sleep = tokio::time::sleep(std::time::Duration::from_secs(3600));
+        tokio::pin!(sleep);
+        let mut armed: Option<Instant> = None;
+        loop {
+            let next = self.transactions.poll_timeout();
+            if next != armed {
+                if let Some(at) = next {
+                    sleep.as_mut().reset(at.into());
+                }
+                armed = next;
+            }
+            tokio::select! {
+                msg = incoming.recv() => match msg {
+                    Some(m) => self.on_incoming(m),
+                    None => break,
+                },
+                cmd = commands.recv() => match cmd {
+                    Some(c) => self.on_command(c),
+                    None => break,
+                },
+                _ = &mut sleep, if armed.is_some() => {
+                    armed = None;
+                    let mut out = std::mem::take(&mut self.out);
+                    self.transactions.handle_timeout(Instant::now(), &mut out);
+                    self.out = out;
+                    self.flush();
+                }
+            }
+            let (s, c, _) = self.transactions.counts();
+            self.metrics.server_transactions.set(s as i64);
+            self.metrics.client_transactions.set(c as i64);
+        }
+    }
+
+    fn transmit(&self, peer: Peer, data: Bytes) {
+        match peer.transport {
+            Transport::Udp => {
+                let sock = self.udp.iter().find(|s| s.local_addr().map(|a| a.is_ipv4() == peer.addr.is_ipv4()).unwrap_or(false)).or(self.udp.first());
+                if let Some(sock) = sock {
+                    if let Err(e) = sock.try_send_to(&data, peer.addr) {
+                        // A full send buffer drops the datagram; retransmission timers recover.
+                        tracing::debug!(%e, to = %peer.addr, "udp send failed");
+                    }
+                }
+            }
+            Transport::Tcp => self.tcp.send(peer.addr, data),
+        }
+    }
+
+    fn flush(&mut self) {
+        let out = std::mem::take(&mut self.out);
+        for o in out {
+            match o {
+                Output::Transmit { peer, data, retransmission } => {
+                    if retransmission {
+                        self.metrics.retransmissions.inc();
+                    }
+                    self.transmit(peer, data);
+                }
+                Output::ClientTimeout { key, call_id } => {
+                    self.deliver(&call_id, SipEvent::Timeout { key });
+                }
+                Output::AckTimeout { call_id } => {
+                    self.deliver(&call_id, SipEvent::AckTimeout);
+                }
+            }
+        }
+    }
+
+    fn deliver(&mut self, call_id: &str, event: SipEvent) -> bool {
+        match self.calls.get_mut(call_id) {
+            Some(Route::Ready(sink)) => {
+                sink.deliver(event);
+                true
+            }
+            Some(Route::Pending(queue)) => {
+                if queue.len() < PENDING_LIMIT {
+                    queue.push(event);
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Answers a request statelessly-but-in-transaction from the core itself.
+    fn answer(&mut self, req: &Request, info: &Info, code: u16, extra: &[(&str, &str)]) {
+        let key = TxKey::new(&info.branch, req.method);
+        let data = build::response(req, code, Some(&build::new_tag()), extra, None);
+        self.metrics.responses_sent.get_or_create(&CodeLabel { code }).inc();
+        let mut out = std::mem::take(&mut self.out);
+        self.transactions.send_response(&key, code, Bytes::from(data), &info.call_id, info.cseq, Instant::now(), &mut out);
+        self.out = out;
+    }
+
+    fn on_incoming(&mut self, m: Incoming) {
+        let now = Instant::now();
+        match m.msg {
+            SipMessage::Request(req) => self.on_request(req, m.info, m.peer, now),
+            SipMessage::Response(resp) => {
+                let code = resp.status_code.code();
+                self.metrics.responses_received.get_or_create(&CodeLabel { code }).inc();
+                let to = header(&resp, "To").unwrap_or_default().to_string();
+                let mut out = std::mem::take(&mut self.out);
+                let verdict = self.transactions.on_response(&m.info.branch, m.info.cseq_method, code, &to, now, &mut out);
+                self.out = out;
+                if matches!(verdict, ResponseMatch::Deliver | ResponseMatch::Deliver2xxRetransmission) {
+                    let call_id = m.info.call_id.clone();
+                    self.deliver(&call_id, SipEvent::Response { response: resp, info: m.info });
+                }
+            }
+        }
+        self.flush();
+    }
+
+    fn on_request(&mut self, req: Request, info: Info, peer: Peer, now: Instant) {
+        self.metrics.requests_received.get_or_create(&MethodLabel { method: req.method.to_string() }).inc();
+        let mut out = std::mem::take(&mut self.out);
+        let verdict = self.transactions.on_request(req.method, &info.branch, &info.call_id, info.cseq, peer, now, &mut out);
+        self.out = out;
+        match verdict {
+            RequestMatch::Retransmission | RequestMatch::AckAbsorbed => {}
+            RequestMatch::AckFor2xx => {
+                let call_id = info.call_id.clone();
+                self.deliver(&call_id, SipEvent::Request { request: req, info, peer, key: None });
+            }
+            RequestMatch::Cancel(invite) => {
+                self.answer(&req, &info, 200, &[]);
+                let call_id = info.call_id.clone();
+                self.deliver(&call_id, SipEvent::Cancelled { key: invite });
+            }
+            RequestMatch::CancelUnmatched => self.answer(&req, &info, 481, &[]),
+            RequestMatch::New => self.on_new_request(req, info, peer),
+        }
+    }
+
+    fn on_new_request(&mut self, req: Request, info: Info, peer: Peer) {
+        let key = TxKey::new(&info.branch, req.method);
+        if req.method == Method::Options && info.to_tag.is_none() {
+            // Keepalive / capability probe: always 200 while the node is up.
+            let allow = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE";
+            self.answer(&req, &info, 200, &[("Allow", allow), ("Accept", "application/sdp")]);
+            return;
+        }
+        if info.to_tag.is_some() {
+            if self.calls.contains_key(&info.call_id) {
+                let call_id = info.call_id.clone();
+                self.deliver(&call_id, SipEvent::Request { request: req, info, peer, key: Some(key) });
+            } else if req.method != Method::Ack {
+                self.answer(&req, &info, 481, &[]);
+            }
+            return;
+        }
+        match req.method {
+            Method::Invite => {
+                if self.calls.contains_key(&info.call_id) {
+                    self.answer(&req, &info, 482, &[]);
+                    return;
+                }
+                let trying = build::response(&req, 100, None, &[], None);
+                self.metrics.responses_sent.get_or_create(&CodeLabel { code: 100 }).inc();
+                let mut out = std::mem::take(&mut self.out);
+                self.transactions.send_response(&key, 100, Bytes::from(trying), &info.call_id, info.cseq, Instant::now(), &mut out);
+                self.out = out;
+                let call_id = info.call_id.clone();
+                let offer = NewInvite { request: req.clone(), info: info.clone(), peer, key };
+                match self.handler.on_invite(offer) {
+                    Ok(()) => {
+                        self.calls.insert(call_id, Route::Pending(Vec::new()));
+                    }
+                    Err(reject) => {
+                        let retry = reject.retry_after.map(|s| s.to_string());
+                        let extra: Vec<(&str, &str)> = retry.as_deref().map(|r| ("Retry-After", r)).into_iter().collect();
+                        self.answer(&req, &info, reject.code, &extra);
+                    }
+                }
+            }
+            Method::Bye | Method::Info | Method::Update | Method::PRack => self.answer(&req, &info, 481, &[]),
+            _ => self.answer(&req, &info, 405, &[("Allow", "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE")]),
+        }
+    }
+
+    fn on_command(&mut self, cmd: Command) {
+        let now = Instant::now();
+        let mut out = std::mem::take(&mut self.out);
+        match cmd {
+            Command::Register { call_id, sink } => {
+                if let Some(Route::Pending(queue)) = self.calls.remove(&call_id) {
+                    for ev in queue {
+                        sink.deliver(ev);
+                    }
+                }
+                self.calls.insert(call_id, Route::Ready(sink));
+            }
+            Command::Unregister { call_id } => {
+                self.calls.remove(&call_id);
+            }
+            Command::Respond { key, code, data, call_id, cseq } => {
+                if self.transactions.send_response(&key, code, Bytes::from(data), &call_id, cseq, now, &mut out) {
+                    self.metrics.responses_sent.get_or_create(&CodeLabel { code }).inc();
+                }
+            }
+            Command::Request { spec, peer } => {
+                self.metrics.requests_sent.get_or_create(&MethodLabel { method: spec.method.to_string() }).inc();
+                let data = Bytes::from(spec.to_bytes());
+                if spec.method == Method::Ack {
+                    out.push(Output::Transmit { peer, data, retransmission: false });
+                } else {
+                    let key = TxKey::new(&spec.branch, spec.method);
+                    let call_id = spec.call_id.clone();
+                    let invite = (spec.method == Method::Invite).then_some(spec);
+                    self.transactions.send_request(key, peer, data, invite, &call_id, now, &mut out);
+                }
+            }
+        }
+        self.out = out;
+        self.flush();
+    }
+}

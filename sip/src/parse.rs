@@ -1,0 +1,277 @@
+//! Parsing and reading SIP messages: what the transaction layer and the calls need
+//! from a message (Call-ID, CSeq, top Via branch, tags), with malformed input reported
+//! as [`ParseError`] instead of a panic.
+
+use rsipstack::sip::{Header, HasHeaders, Method, Request, SipMessage};
+use std::net::SocketAddr;
+
+/// How a message travelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    Udp,
+    Tcp,
+}
+
+impl Transport {
+    pub fn via_name(self) -> &'static str {
+        match self {
+            Transport::Udp => "UDP",
+            Transport::Tcp => "TCP",
+        }
+    }
+}
+
+/// The far end of a message: where it came from, or where to send one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Peer {
+    pub transport: Transport,
+    pub addr: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    #[error("unparseable SIP message: {0}")]
+    Syntax(String),
+    #[error("missing or malformed {0} header")]
+    Header(&'static str),
+}
+
+/// The identifying fields of a message, extracted once on receipt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Info {
+    pub call_id: String,
+    pub cseq: u32,
+    pub cseq_method: Method,
+    /// Branch parameter of the top Via.
+    pub branch: String,
+    pub from_tag: Option<String>,
+    pub to_tag: Option<String>,
+}
+
+/// Parses a datagram or framed stream message and extracts its [`Info`].
+pub fn parse(data: &[u8]) -> Result<(SipMessage, Info), ParseError> {
+    let msg = rsipstack::sip::parser::parse_message(data).map_err(|e| ParseError::Syntax(e.to_string()))?;
+    let info = info(&msg)?;
+    Ok((msg, info))
+}
+
+/// The first value of a header by canonical name (compact forms are already expanded).
+pub fn header<'a, M: HasHeaders>(msg: &'a M, name: &str) -> Option<&'a str> {
+    msg.headers().iter().find(|h| h.name().eq_ignore_ascii_case(name)).map(Header::value)
+}
+
+/// Every value of a header by name, splitting comma-separated lists (Via, Record-Route).
+pub fn header_values<'a, M: HasHeaders>(msg: &'a M, name: &str) -> Vec<&'a str> {
+    msg.headers()
+        .iter()
+        .filter(|h| h.name().eq_ignore_ascii_case(name))
+        .flat_map(|h| split_list(h.value()))
+        .collect()
+}
+
+/// Splits a header value on commas that are outside quotes and angle brackets.
+pub fn split_list(value: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let (mut depth, mut quoted, mut start) = (0i32, false, 0);
+    for (i, c) in value.char_indices() {
+        match c {
+            '"' => quoted = !quoted,
+            '<' if !quoted => depth += 1,
+            '>' if !quoted => depth -= 1,
+            ',' if !quoted && depth == 0 => {
+                out.push(value[start..i].trim());
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    let last = value[start..].trim();
+    if !last.is_empty() {
+        out.push(last);
+    }
+    out
+}
+
+fn info(msg: &SipMessage) -> Result<Info, ParseError> {
+    let call_id = header(msg, "Call-ID").map(str::trim).filter(|v| !v.is_empty()).ok_or(ParseError::Header("Call-ID"))?;
+    let cseq = header(msg, "CSeq").ok_or(ParseError::Header("CSeq"))?;
+    let (num, method) = cseq.trim().split_once(char::is_whitespace).ok_or(ParseError::Header("CSeq"))?;
+    let cseq: u32 = num.parse().map_err(|_| ParseError::Header("CSeq"))?;
+    let cseq_method = method_from(method.trim()).ok_or(ParseError::Header("CSeq"))?;
+    let via = header_values(msg, "Via").into_iter().next().ok_or(ParseError::Header("Via"))?;
+    let branch = param(via, "branch").ok_or(ParseError::Header("Via"))?.to_string();
+    let from = header(msg, "From").ok_or(ParseError::Header("From"))?;
+    let to = header(msg, "To").ok_or(ParseError::Header("To"))?;
+    if let SipMessage::Request(r) = msg {
+        if r.method != cseq_method && !(r.method == Method::Ack && cseq_method == Method::Invite) {
+            return Err(ParseError::Header("CSeq"));
+        }
+    }
+    Ok(Info {
+        call_id: call_id.to_string(),
+        cseq,
+        cseq_method,
+        branch,
+        from_tag: tag(from).map(str::to_string),
+        to_tag: tag(to).map(str::to_string),
+    })
+}
+
+pub fn method_from(s: &str) -> Option<Method> {
+    Some(match s {
+        "INVITE" => Method::Invite,
+        "ACK" => Method::Ack,
+        "BYE" => Method::Bye,
+        "CANCEL" => Method::Cancel,
+        "OPTIONS" => Method::Options,
+        "INFO" => Method::Info,
+        "UPDATE" => Method::Update,
+        "PRACK" => Method::PRack,
+        "REFER" => Method::Refer,
+        "NOTIFY" => Method::Notify,
+        "MESSAGE" => Method::Message,
+        "SUBSCRIBE" => Method::Subscribe,
+        "REGISTER" => Method::Register,
+        "PUBLISH" => Method::Publish,
+        _ => return None,
+    })
+}
+
+/// A `;name=value` parameter of a header value (outside any `<...>` part).
+pub fn param<'a>(value: &'a str, name: &str) -> Option<&'a str> {
+    let params = match value.rfind('>') {
+        Some(i) => &value[i + 1..],
+        None => value,
+    };
+    params.split(';').skip(1).find_map(|p| {
+        let (k, v) = p.split_once('=').unwrap_or((p, ""));
+        k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+/// The tag parameter of a From or To value.
+pub fn tag(value: &str) -> Option<&str> {
+    param(value, "tag").filter(|t| !t.is_empty())
+}
+
+/// The URI inside a name-addr (`"Bob" <sip:bob@host>;tag=x`) or an addr-spec.
+pub fn uri_of(value: &str) -> &str {
+    match (value.find('<'), value.find('>')) {
+        (Some(a), Some(b)) if a < b => &value[a + 1..b],
+        _ => value.split(';').next().unwrap_or(value).trim(),
+    }
+}
+
+/// The user part of a SIP or tel URI, without parameters: `sip:0501234567@h` → `0501234567`.
+pub fn uri_user(uri: &str) -> Option<&str> {
+    let rest = uri
+        .strip_prefix("sip:")
+        .or_else(|| uri.strip_prefix("sips:"))
+        .or_else(|| uri.strip_prefix("tel:"))?;
+    let user = match rest.find('@') {
+        Some(i) => &rest[..i],
+        None if uri.starts_with("tel:") => rest,
+        None => return None,
+    };
+    let user = user.split([';', ':']).next().unwrap_or(user);
+    (!user.is_empty()).then_some(user)
+}
+
+/// `host:port` of a SIP URI as a socket address, if it is a literal IP.
+pub fn uri_addr(uri: &str) -> Option<SocketAddr> {
+    let rest = uri.strip_prefix("sip:").or_else(|| uri.strip_prefix("sips:"))?;
+    let hostport = rest.rsplit_once('@').map(|(_, h)| h).unwrap_or(rest);
+    let hostport = hostport.split([';', '?']).next()?;
+    if let Ok(a) = hostport.parse::<SocketAddr>() {
+        return Some(a);
+    }
+    let ip: std::net::IpAddr = hostport.trim_start_matches('[').trim_end_matches(']').parse().ok()?;
+    Some(SocketAddr::new(ip, 5060))
+}
+
+/// The transport a URI asks for (`;transport=tcp`), UDP by default.
+pub fn uri_transport(uri: &str) -> Transport {
+    let lower = uri.to_ascii_lowercase();
+    if lower.contains(";transport=tcp") {
+        Transport::Tcp
+    } else {
+        Transport::Udp
+    }
+}
+
+/// The user part of the Request-URI (the dialled number).
+pub fn request_user(req: &Request) -> Option<String> {
+    req.uri.auth.as_ref().map(|a| a.user.clone()).filter(|u| !u.is_empty())
+}
+
+/// The SDP body if the message carries one.
+pub fn sdp_body<M: HasHeaders>(msg: &M, body: &[u8]) -> Option<String> {
+    if body.is_empty() {
+        return None;
+    }
+    let ct = header(msg, "Content-Type").unwrap_or("application/sdp");
+    ct.to_ascii_lowercase().starts_with("application/sdp").then(|| String::from_utf8_lossy(body).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const INVITE: &str = "INVITE sip:0501234567@127.0.0.1:5060 SIP/2.0\r\n\
+Via: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bK-1;rport\r\n\
+Via: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK-0\r\n\
+f: \"Alice\" <sip:09012345678@127.0.0.1>;tag=abc\r\n\
+t: <sip:0501234567@127.0.0.1>\r\n\
+i: call-1@host\r\n\
+CSeq: 7 INVITE\r\n\
+Max-Forwards: 70\r\n\
+Content-Length: 0\r\n\r\n";
+
+    #[test]
+    fn extracts_info_with_compact_headers() {
+        let (msg, info) = parse(INVITE.as_bytes()).unwrap();
+        assert_eq!(info.call_id, "call-1@host");
+        assert_eq!(info.cseq, 7);
+        assert_eq!(info.cseq_method, Method::Invite);
+        assert_eq!(info.branch, "z9hG4bK-1");
+        assert_eq!(info.from_tag.as_deref(), Some("abc"));
+        assert_eq!(info.to_tag, None);
+        assert_eq!(header_values(&msg, "Via").len(), 2);
+        let SipMessage::Request(req) = msg else { panic!() };
+        assert_eq!(request_user(&req).as_deref(), Some("0501234567"));
+    }
+
+    #[test]
+    fn malformed_messages_are_errors() {
+        let cases: &[(&str, &str)] = &[
+            ("garbage", "hello world"),
+            ("no call-id", &INVITE.replace("i: call-1@host\r\n", "")),
+            ("bad cseq", &INVITE.replace("CSeq: 7 INVITE", "CSeq: seven INVITE")),
+            ("cseq method mismatch", &INVITE.replace("CSeq: 7 INVITE", "CSeq: 7 BYE")),
+            ("no via", &INVITE.replace("Via: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bK-1;rport\r\nVia: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK-0\r\n", "")),
+            ("no branch", &INVITE.replace(";branch=z9hG4bK-1", "")),
+            ("no from", &INVITE.replace("f: \"Alice\" <sip:09012345678@127.0.0.1>;tag=abc\r\n", "")),
+            ("truncated", &INVITE[..60]),
+        ];
+        for (name, text) in cases {
+            assert!(parse(text.as_bytes()).is_err(), "{name}");
+        }
+    }
+
+    #[test]
+    fn uri_helpers() {
+        assert_eq!(uri_of("\"A, B\" <sip:1@h;lr>;tag=x"), "sip:1@h;lr");
+        assert_eq!(uri_of("sip:1@h;tag=x"), "sip:1@h");
+        assert_eq!(uri_user("sip:0312345678@127.0.0.1:5070"), Some("0312345678"));
+        assert_eq!(uri_user("sip:0312345678;npdi@h"), Some("0312345678"));
+        assert_eq!(uri_user("tel:+81312345678"), Some("+81312345678"));
+        assert_eq!(uri_user("sip:host.example"), None);
+        assert_eq!(uri_addr("sip:u@127.0.0.1:5070;transport=tcp"), Some("127.0.0.1:5070".parse().unwrap()));
+        assert_eq!(uri_addr("sip:127.0.0.1;lr"), Some("127.0.0.1:5060".parse().unwrap()));
+        assert_eq!(uri_addr("sip:u@[::1]:5080"), Some("[::1]:5080".parse().unwrap()));
+        assert_eq!(uri_transport("sip:h;transport=TCP"), Transport::Tcp);
+        assert_eq!(split_list("<sip:a;lr>, \"x,y\" <sip:b>"), vec!["<sip:a;lr>", "\"x,y\" <sip:b>"]);
+        assert_eq!(tag("<sip:a>;tag=1"), Some("1"));
+        assert_eq!(param("SIP/2.0/UDP h;branch=z9hG4bKx;rport", "branch"), Some("z9hG4bKx"));
+    }
+}

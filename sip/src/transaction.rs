@@ -1,0 +1,577 @@
+//! RFC 3261 section 17 transactions (with the RFC 6026 handling of 2xx), as a sans-IO
+//! state machine in the shape of quinn-proto's endpoint: messages and the current time
+//! go in, [`Output`]s (bytes to transmit, timeouts to report) come out. It owns no
+//! socket, task or timer; its driver sleeps until [`Transactions::poll_timeout`].
+//!
+//! Server transactions are keyed by the top Via branch and method (ACK matches its
+//! INVITE); client transactions by the branch we generated and the CSeq method.
+//! Over TCP nothing is retransmitted, and the linger timers that absorb UDP
+//! retransmissions are zero.
+
+use crate::build::RequestSpec;
+use crate::parse::{Peer, Transport};
+use bytes::Bytes;
+use rsipstack::sip::Method;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::time::{Duration, Instant};
+
+pub const T1: Duration = Duration::from_millis(500);
+pub const T2: Duration = Duration::from_secs(4);
+pub const T4: Duration = Duration::from_secs(5);
+pub const TIMEOUT: Duration = Duration::from_secs(32); // 64*T1
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TxKey {
+    pub branch: String,
+    pub method: Method,
+}
+
+impl TxKey {
+    pub fn new(branch: &str, method: Method) -> TxKey {
+        let method = if method == Method::Ack { Method::Invite } else { method };
+        TxKey { branch: branch.to_string(), method }
+    }
+}
+
+/// What the driver must do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    Transmit { peer: Peer, data: Bytes, retransmission: bool },
+    /// A client transaction got no final response in time (Timer B/F): report 408.
+    ClientTimeout { key: TxKey, call_id: String },
+    /// A 2xx we sent was never acknowledged.
+    AckTimeout { call_id: String },
+}
+
+/// How an incoming request relates to existing transactions.
+#[derive(Debug, PartialEq)]
+pub enum RequestMatch {
+    /// A new request: a server transaction was created; hand it to its call.
+    New,
+    /// A retransmission: the last response (if any) was queued for resending.
+    Retransmission,
+    /// ACK of a non-2xx final response: consumed here.
+    AckAbsorbed,
+    /// ACK of a 2xx: it belongs to the dialog; hand it to the call.
+    AckFor2xx,
+    /// CANCEL of a pending INVITE (the INVITE's key); a CANCEL transaction was created.
+    Cancel(TxKey),
+    /// CANCEL matching nothing; a CANCEL transaction was created for the 481.
+    CancelUnmatched,
+}
+
+/// How an incoming response relates to our client transactions.
+#[derive(Debug, PartialEq)]
+pub enum ResponseMatch {
+    Deliver,
+    /// A retransmitted 2xx of an INVITE whose transaction is gone: the call re-ACKs it.
+    Deliver2xxRetransmission,
+    Absorbed,
+    Unmatched,
+}
+
+#[derive(Debug, PartialEq, Clone, Copy)]
+enum State {
+    Proceeding,
+    Completed,
+    Confirmed,
+    Accepted,
+}
+
+struct Timers {
+    retransmit_at: Option<Instant>,
+    interval: Duration,
+    expire_at: Option<Instant>,
+}
+
+impl Timers {
+    fn next(&self) -> Option<Instant> {
+        match (self.retransmit_at, self.expire_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+struct ServerTx {
+    peer: Peer,
+    state: State,
+    last_response: Option<Bytes>,
+    timers: Timers,
+}
+
+struct ClientTx {
+    peer: Peer,
+    request: Bytes,
+    /// For an INVITE: the request, to build the ACK of a failure response.
+    invite: Option<RequestSpec>,
+    call_id: String,
+    state: State,
+    ack: Option<Bytes>,
+    timers: Timers,
+}
+
+struct Pending2xx {
+    peer: Peer,
+    response: Bytes,
+    timers: Timers,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum TimerId {
+    Server(String, MethodOrd),
+    Client(String, MethodOrd),
+    Ok2xx(String, u32),
+}
+
+/// `Method` has no ordering; the heap needs one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct MethodOrd(u8);
+
+fn method_ord(m: Method) -> MethodOrd {
+    MethodOrd(Method::all().iter().position(|x| *x == m).unwrap_or(0) as u8)
+}
+
+fn method_of(o: MethodOrd) -> Method {
+    Method::all().get(o.0 as usize).copied().unwrap_or(Method::Invite)
+}
+
+#[derive(Default)]
+pub struct Transactions {
+    server: HashMap<TxKey, ServerTx>,
+    client: HashMap<TxKey, ClientTx>,
+    ok2xx: HashMap<(String, u32), Pending2xx>,
+    heap: BinaryHeap<Reverse<(Instant, TimerId)>>,
+}
+
+fn reliable(peer: &Peer) -> bool {
+    peer.transport == Transport::Tcp
+}
+
+fn linger(peer: &Peer, d: Duration) -> Duration {
+    if reliable(peer) {
+        Duration::ZERO
+    } else {
+        d
+    }
+}
+
+impl Transactions {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Open transactions (server, client, unacknowledged 2xx), for metrics.
+    pub fn counts(&self) -> (usize, usize, usize) {
+        (self.server.len(), self.client.len(), self.ok2xx.len())
+    }
+
+    fn schedule(&mut self, at: Option<Instant>, id: TimerId) {
+        if let Some(at) = at {
+            self.heap.push(Reverse((at, id)));
+        }
+    }
+
+    // ---- server side ----
+
+    pub fn on_request(&mut self, method: Method, branch: &str, call_id: &str, cseq: u32, peer: Peer, now: Instant, out: &mut Vec<Output>) -> RequestMatch {
+        let key = TxKey::new(branch, method);
+        match method {
+            Method::Ack => {
+                if let Some(tx) = self.server.get_mut(&key) {
+                    if tx.state == State::Completed {
+                        tx.state = State::Confirmed;
+                        tx.timers.retransmit_at = None;
+                        // Timer I: linger to absorb ACK retransmissions.
+                        let expire = now + linger(&peer, T4);
+                        tx.timers.expire_at = Some(expire);
+                        self.schedule(Some(expire), TimerId::Server(key.branch, method_ord(key.method)));
+                        return RequestMatch::AckAbsorbed;
+                    }
+                    if tx.state == State::Confirmed {
+                        return RequestMatch::AckAbsorbed;
+                    }
+                }
+                self.ok2xx.remove(&(call_id.to_string(), cseq));
+                RequestMatch::AckFor2xx
+            }
+            _ => {
+                if let Some(tx) = self.server.get(&key) {
+                    if let Some(resp) = &tx.last_response {
+                        out.push(Output::Transmit { peer: tx.peer, data: resp.clone(), retransmission: true });
+                    }
+                    return RequestMatch::Retransmission;
+                }
+                let tx = ServerTx {
+                    peer,
+                    state: State::Proceeding,
+                    last_response: None,
+                    timers: Timers { retransmit_at: None, interval: T1, expire_at: None },
+                };
+                self.server.insert(key, tx);
+                if method == Method::Cancel {
+                    let invite = TxKey::new(branch, Method::Invite);
+                    return match self.server.get(&invite) {
+                        Some(inv) if inv.state == State::Proceeding => RequestMatch::Cancel(invite),
+                        _ => RequestMatch::CancelUnmatched,
+                    };
+                }
+                RequestMatch::New
+            }
+        }
+    }
+
+    /// Sends a response within a server transaction. Returns false if the transaction
+    /// is gone (the response is then not sent).
+    pub fn send_response(&mut self, key: &TxKey, code: u16, data: Bytes, call_id: &str, cseq: u32, now: Instant, out: &mut Vec<Output>) -> bool {
+        let Some(tx) = self.server.get_mut(key) else { return false };
+        if tx.state != State::Proceeding {
+            return false;
+        }
+        let peer = tx.peer;
+        out.push(Output::Transmit { peer, data: data.clone(), retransmission: false });
+        tx.last_response = Some(data.clone());
+        if code < 200 {
+            return true;
+        }
+        let id = TimerId::Server(key.branch.clone(), method_ord(key.method));
+        if key.method == Method::Invite && code < 300 {
+            // RFC 6026 Accepted: absorb INVITE retransmissions by resending the 2xx;
+            // the 2xx itself is retransmitted until its ACK arrives (13.3.1.4).
+            tx.state = State::Accepted;
+            let expire = now + TIMEOUT;
+            tx.timers = Timers { retransmit_at: None, interval: T1, expire_at: Some(expire) };
+            self.schedule(Some(expire), id);
+            let retransmit_at = (!reliable(&peer)).then(|| now + T1);
+            let pending = Pending2xx { peer, response: data, timers: Timers { retransmit_at, interval: T1, expire_at: Some(now + TIMEOUT) } };
+            let next = pending.timers.next();
+            self.ok2xx.insert((call_id.to_string(), cseq), pending);
+            self.schedule(next, TimerId::Ok2xx(call_id.to_string(), cseq));
+        } else if key.method == Method::Invite {
+            tx.state = State::Completed;
+            let retransmit_at = (!reliable(&peer)).then(|| now + T1);
+            tx.timers = Timers { retransmit_at, interval: T1, expire_at: Some(now + TIMEOUT) };
+            let next = tx.timers.next();
+            self.schedule(next, id);
+        } else {
+            tx.state = State::Completed;
+            let expire = now + linger(&peer, TIMEOUT);
+            tx.timers = Timers { retransmit_at: None, interval: T1, expire_at: Some(expire) };
+            self.schedule(Some(expire), id);
+        }
+        true
+    }
+
+    /// The peer a server transaction answers to.
+    pub fn server_peer(&self, key: &TxKey) -> Option<Peer> {
+        self.server.get(key).map(|t| t.peer)
+    }
+
+    // ---- client side ----
+
+    pub fn send_request(&mut self, key: TxKey, peer: Peer, data: Bytes, invite: Option<RequestSpec>, call_id: &str, now: Instant, out: &mut Vec<Output>) {
+        out.push(Output::Transmit { peer, data: data.clone(), retransmission: false });
+        let retransmit_at = (!reliable(&peer)).then(|| now + T1);
+        let tx = ClientTx {
+            peer,
+            request: data,
+            invite,
+            call_id: call_id.to_string(),
+            state: State::Proceeding,
+            ack: None,
+            timers: Timers { retransmit_at, interval: T1, expire_at: Some(now + TIMEOUT) },
+        };
+        let next = tx.timers.next();
+        let id = TimerId::Client(key.branch.clone(), method_ord(key.method));
+        self.client.insert(key, tx);
+        self.schedule(next, id);
+    }
+
+    pub fn on_response(&mut self, branch: &str, cseq_method: Method, code: u16, to: &str, now: Instant, out: &mut Vec<Output>) -> ResponseMatch {
+        let key = TxKey::new(branch, cseq_method);
+        let Some(tx) = self.client.get_mut(&key) else {
+            return if cseq_method == Method::Invite && (200..300).contains(&code) {
+                ResponseMatch::Deliver2xxRetransmission
+            } else {
+                ResponseMatch::Unmatched
+            };
+        };
+        let id = TimerId::Client(key.branch.clone(), method_ord(key.method));
+        if tx.state == State::Completed {
+            if let Some(ack) = &tx.ack {
+                out.push(Output::Transmit { peer: tx.peer, data: ack.clone(), retransmission: true });
+            }
+            return ResponseMatch::Absorbed;
+        }
+        if code < 200 {
+            if cseq_method == Method::Invite {
+                // Proceeding: the INVITE is no longer retransmitted nor timed out here;
+                // the call's own ring timer decides how long to wait.
+                tx.timers.retransmit_at = None;
+                tx.timers.expire_at = None;
+            } else if tx.timers.retransmit_at.is_some() {
+                tx.timers.interval = T2;
+            }
+            return ResponseMatch::Deliver;
+        }
+        if cseq_method == Method::Invite && code < 300 {
+            self.client.remove(&key);
+            return ResponseMatch::Deliver;
+        }
+        tx.state = State::Completed;
+        tx.timers.retransmit_at = None;
+        if let Some(invite) = &tx.invite {
+            let ack = Bytes::from(invite.ack_for_failure(to).to_bytes());
+            out.push(Output::Transmit { peer: tx.peer, data: ack.clone(), retransmission: false });
+            tx.ack = Some(ack);
+            tx.timers.expire_at = Some(now + linger(&tx.peer, TIMEOUT)); // Timer D
+        } else {
+            tx.timers.expire_at = Some(now + linger(&tx.peer, T4)); // Timer K
+        }
+        let next = tx.timers.next();
+        self.schedule(next, id);
+        ResponseMatch::Deliver
+    }
+
+    /// Forgets a client transaction without reporting it (e.g. the call ended).
+    pub fn forget_client(&mut self, key: &TxKey) {
+        self.client.remove(key);
+    }
+
+    // ---- time ----
+
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
+        self.heap.peek().map(|Reverse((at, _))| *at)
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant, out: &mut Vec<Output>) {
+        while let Some(Reverse((at, _))) = self.heap.peek() {
+            if *at > now {
+                break;
+            }
+            let Some(Reverse((at, id))) = self.heap.pop() else { break };
+            match id {
+                TimerId::Server(branch, m) => self.server_timer(TxKey { branch, method: method_of(m) }, at, now, out),
+                TimerId::Client(branch, m) => self.client_timer(TxKey { branch, method: method_of(m) }, at, now, out),
+                TimerId::Ok2xx(call_id, cseq) => self.ok2xx_timer(call_id, cseq, at, now, out),
+            }
+        }
+    }
+
+    fn server_timer(&mut self, key: TxKey, at: Instant, now: Instant, out: &mut Vec<Output>) {
+        let Some(tx) = self.server.get_mut(&key) else { return };
+        if tx.timers.next() != Some(at) {
+            return; // stale entry
+        }
+        if tx.timers.expire_at.is_some_and(|e| e <= now) {
+            self.server.remove(&key);
+            return;
+        }
+        if let (Some(_), Some(resp)) = (tx.timers.retransmit_at, &tx.last_response) {
+            out.push(Output::Transmit { peer: tx.peer, data: resp.clone(), retransmission: true });
+            tx.timers.interval = (tx.timers.interval * 2).min(T2); // Timer G
+            tx.timers.retransmit_at = Some(now + tx.timers.interval);
+        }
+        let next = tx.timers.next();
+        self.schedule(next, TimerId::Server(key.branch, method_ord(key.method)));
+    }
+
+    fn client_timer(&mut self, key: TxKey, at: Instant, now: Instant, out: &mut Vec<Output>) {
+        let Some(tx) = self.client.get_mut(&key) else { return };
+        if tx.timers.next() != Some(at) {
+            return;
+        }
+        if tx.timers.expire_at.is_some_and(|e| e <= now) {
+            let tx = self.client.remove(&key).expect("present");
+            if tx.state != State::Completed {
+                out.push(Output::ClientTimeout { key, call_id: tx.call_id });
+            }
+            return;
+        }
+        if tx.timers.retransmit_at.is_some() {
+            out.push(Output::Transmit { peer: tx.peer, data: tx.request.clone(), retransmission: true });
+            tx.timers.interval *= 2; // Timer A doubles without cap; Timer E caps at T2
+            if key.method != Method::Invite {
+                tx.timers.interval = tx.timers.interval.min(T2);
+            }
+            tx.timers.retransmit_at = Some(now + tx.timers.interval);
+        }
+        let next = tx.timers.next();
+        self.schedule(next, TimerId::Client(key.branch, method_ord(key.method)));
+    }
+
+    fn ok2xx_timer(&mut self, call_id: String, cseq: u32, at: Instant, now: Instant, out: &mut Vec<Output>) {
+        let k = (call_id, cseq);
+        let Some(p) = self.ok2xx.get_mut(&k) else { return };
+        if p.timers.next() != Some(at) {
+            return;
+        }
+        if p.timers.expire_at.is_some_and(|e| e <= now) {
+            self.ok2xx.remove(&k);
+            out.push(Output::AckTimeout { call_id: k.0 });
+            return;
+        }
+        out.push(Output::Transmit { peer: p.peer, data: p.response.clone(), retransmission: true });
+        p.timers.interval = (p.timers.interval * 2).min(T2);
+        p.timers.retransmit_at = Some(now + p.timers.interval);
+        let next = p.timers.next();
+        self.schedule(next, TimerId::Ok2xx(k.0, k.1));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn udp() -> Peer {
+        Peer { transport: Transport::Udp, addr: "127.0.0.1:5070".parse().unwrap() }
+    }
+    fn tcp() -> Peer {
+        Peer { transport: Transport::Tcp, addr: "127.0.0.1:5070".parse().unwrap() }
+    }
+
+    fn transmits(out: &[Output]) -> usize {
+        out.iter().filter(|o| matches!(o, Output::Transmit { .. })).count()
+    }
+
+    /// Runs the clock forward in 10 ms steps and returns every output, with its time.
+    fn run(t: &mut Transactions, start: Instant, until: Duration) -> Vec<(Duration, Output)> {
+        let mut all = Vec::new();
+        let mut now = start;
+        while now <= start + until {
+            let mut out = Vec::new();
+            t.handle_timeout(now, &mut out);
+            all.extend(out.into_iter().map(|o| (now - start, o)));
+            now += Duration::from_millis(10);
+        }
+        all
+    }
+
+    #[test]
+    fn client_invite_retransmits_on_timer_a_then_times_out() {
+        let mut t = Transactions::new();
+        let now = Instant::now();
+        let key = TxKey::new("z9hG4bKa", Method::Invite);
+        let mut out = Vec::new();
+        t.send_request(key.clone(), udp(), Bytes::from_static(b"INVITE"), None, "c1", now, &mut out);
+        assert_eq!(transmits(&out), 1);
+        let outs = run(&mut t, now, Duration::from_secs(33));
+        let times: Vec<u64> = outs
+            .iter()
+            .filter(|(_, o)| matches!(o, Output::Transmit { .. }))
+            .map(|(d, _)| d.as_millis() as u64 / 10 * 10)
+            .collect();
+        // Timer A: 0.5, 1.5, 3.5, 7.5, 15.5, 31.5 s (doubling, no cap).
+        assert_eq!(times, vec![500, 1500, 3500, 7500, 15500, 31500]);
+        assert!(matches!(outs.last(), Some((d, Output::ClientTimeout { call_id, .. })) if call_id == "c1" && d.as_secs() == 32));
+    }
+
+    #[test]
+    fn provisional_stops_invite_retransmission_and_timeout() {
+        let mut t = Transactions::new();
+        let now = Instant::now();
+        let key = TxKey::new("z9hG4bKa", Method::Invite);
+        let mut out = Vec::new();
+        t.send_request(key, udp(), Bytes::from_static(b"INVITE"), None, "c1", now, &mut out);
+        assert_eq!(t.on_response("z9hG4bKa", Method::Invite, 180, "<sip:x>;tag=1", now, &mut out), ResponseMatch::Deliver);
+        assert!(run(&mut t, now, Duration::from_secs(40)).is_empty());
+    }
+
+    #[test]
+    fn failure_response_is_acked_and_retransmissions_absorbed() {
+        let mut t = Transactions::new();
+        let now = Instant::now();
+        let spec = RequestSpec {
+            method: Method::Invite,
+            uri: "sip:1@127.0.0.1:5070".into(),
+            transport: Transport::Udp,
+            sent_by: "127.0.0.1:5060".parse().unwrap(),
+            branch: "z9hG4bKb".into(),
+            from: "<sip:a@h>;tag=f".into(),
+            to: "<sip:1@h>".into(),
+            call_id: "c2".into(),
+            cseq: 1,
+            contact: None,
+            routes: vec![],
+            max_forwards: 70,
+            extra: vec![],
+            body: None,
+        };
+        let mut out = Vec::new();
+        t.send_request(TxKey::new("z9hG4bKb", Method::Invite), udp(), Bytes::from(spec.to_bytes()), Some(spec), "c2", now, &mut out);
+        out.clear();
+        assert_eq!(t.on_response("z9hG4bKb", Method::Invite, 486, "<sip:1@h>;tag=u", now, &mut out), ResponseMatch::Deliver);
+        let Some(Output::Transmit { data, .. }) = out.first() else { panic!("ACK sent") };
+        assert!(data.starts_with(b"ACK sip:1@127.0.0.1:5070"));
+        out.clear();
+        assert_eq!(t.on_response("z9hG4bKb", Method::Invite, 486, "<sip:1@h>;tag=u", now, &mut out), ResponseMatch::Absorbed);
+        assert_eq!(transmits(&out), 1, "ACK resent for the retransmitted 486");
+        assert!(run(&mut t, now, Duration::from_secs(33)).iter().all(|(_, o)| !matches!(o, Output::ClientTimeout { .. })));
+        assert_eq!(t.counts().1, 0, "Timer D removed it");
+    }
+
+    #[test]
+    fn server_invite_failure_retransmits_until_ack() {
+        let mut t = Transactions::new();
+        let now = Instant::now();
+        let mut out = Vec::new();
+        assert_eq!(t.on_request(Method::Invite, "z9hG4bKs", "c3", 1, udp(), now, &mut out), RequestMatch::New);
+        assert_eq!(t.on_request(Method::Invite, "z9hG4bKs", "c3", 1, udp(), now, &mut out), RequestMatch::Retransmission);
+        assert!(out.is_empty(), "nothing to resend before a response");
+        let key = TxKey::new("z9hG4bKs", Method::Invite);
+        assert!(t.send_response(&key, 100, Bytes::from_static(b"100"), "c3", 1, now, &mut out));
+        out.clear();
+        assert_eq!(t.on_request(Method::Invite, "z9hG4bKs", "c3", 1, udp(), now, &mut out), RequestMatch::Retransmission);
+        assert_eq!(transmits(&out), 1, "100 resent");
+        assert!(t.send_response(&key, 486, Bytes::from_static(b"486"), "c3", 1, now, &mut out));
+        let outs = run(&mut t, now, Duration::from_millis(1600));
+        assert_eq!(outs.len(), 2, "Timer G: 0.5 s and 1.5 s");
+        assert_eq!(t.on_request(Method::Ack, "z9hG4bKs", "c3", 1, udp(), now, &mut out), RequestMatch::AckAbsorbed);
+        assert!(run(&mut t, now + Duration::from_millis(1600), Duration::from_secs(10)).is_empty());
+    }
+
+    #[test]
+    fn server_2xx_retransmits_until_ack_then_reports_missing_ack() {
+        let mut t = Transactions::new();
+        let now = Instant::now();
+        let mut out = Vec::new();
+        t.on_request(Method::Invite, "z9hG4bKo", "c4", 1, udp(), now, &mut out);
+        let key = TxKey::new("z9hG4bKo", Method::Invite);
+        t.send_response(&key, 200, Bytes::from_static(b"200"), "c4", 1, now, &mut out);
+        let outs = run(&mut t, now, Duration::from_secs(33));
+        let resent = outs.iter().filter(|(_, o)| matches!(o, Output::Transmit { .. })).count();
+        assert!(resent >= 9, "2xx retransmitted up to T2 spacing: {resent}");
+        assert!(matches!(outs.last(), Some((_, Output::AckTimeout { call_id })) if call_id == "c4"));
+
+        let mut t = Transactions::new();
+        t.on_request(Method::Invite, "z9hG4bKo", "c5", 1, udp(), now, &mut out);
+        t.send_response(&key, 200, Bytes::from_static(b"200"), "c5", 1, now, &mut out);
+        assert_eq!(t.on_request(Method::Ack, "z9hG4bKother", "c5", 1, udp(), now, &mut out), RequestMatch::AckFor2xx);
+        assert!(run(&mut t, now, Duration::from_secs(33)).is_empty());
+    }
+
+    #[test]
+    fn cancel_matches_pending_invite_only() {
+        let mut t = Transactions::new();
+        let now = Instant::now();
+        let mut out = Vec::new();
+        t.on_request(Method::Invite, "z9hG4bKc", "c6", 1, udp(), now, &mut out);
+        assert_eq!(
+            t.on_request(Method::Cancel, "z9hG4bKc", "c6", 1, udp(), now, &mut out),
+            RequestMatch::Cancel(TxKey::new("z9hG4bKc", Method::Invite))
+        );
+        assert_eq!(t.on_request(Method::Cancel, "z9hG4bKzz", "c7", 1, udp(), now, &mut out), RequestMatch::CancelUnmatched);
+    }
+
+    #[test]
+    fn tcp_never_retransmits_but_still_times_out() {
+        let mut t = Transactions::new();
+        let now = Instant::now();
+        let mut out = Vec::new();
+        t.send_request(TxKey::new("z9hG4bKt", Method::Bye), tcp(), Bytes::from_static(b"BYE"), None, "c8", now, &mut out);
+        let outs = run(&mut t, now, Duration::from_secs(33));
+        assert_eq!(outs.len(), 1);
+        assert!(matches!(outs[0].1, Output::ClientTimeout { .. }));
+    }
+}
