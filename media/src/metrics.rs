@@ -1,0 +1,34 @@
+//! Prometheus metrics of the media plane.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabel {
+    /// `caller_to_callee` or `callee_to_caller`.
+    pub direction: &'static str,
+}
+
+#[derive(Clone, Default)]
+pub struct MediaMetrics {
+    pub packets: Family<DirectionLabel, Counter>,
+    pub bytes: Family<DirectionLabel, Counter>,
+    pub lost: Family<DirectionLabel, Counter>,
+    pub ports_in_use: Gauge,
+    pub ports_total: Gauge,
+    pub port_exhaustions: Counter,
+}
+
+impl MediaMetrics {
+    pub fn register(&self, r: &mut Registry) {
+        r.register("rtp_packets", "RTP packets relayed, by direction", self.packets.clone());
+        r.register("rtp_bytes", "RTP bytes relayed (UDP payload), by direction", self.bytes.clone());
+        r.register("rtp_lost", "RTP packets missing from sequence numbers, by direction", self.lost.clone());
+        r.register("rtp_ports_in_use", "RTP ports leased to calls", self.ports_in_use.clone());
+        r.register("rtp_ports_total", "RTP ports in the configured range usable for RTP (even ports)", self.ports_total.clone());
+        r.register("rtp_port_exhaustions", "Calls refused because no RTP port was free", self.port_exhaustions.clone());
+    }
+}

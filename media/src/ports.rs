@@ -1,0 +1,109 @@
+//! The RTP port pool. Each lease is an even port bound to a UDP socket; when the
+//! [`MediaPort`] drops (call ended, actor crashed) the port goes to the back of the
+//! queue, so a just-freed port is reused last and stray packets find no new call.
+
+use crate::{MediaError, MediaMetrics};
+use std::collections::VecDeque;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+
+pub struct PortPool {
+    address: IpAddr,
+    free: Mutex<VecDeque<u16>>,
+    socket_buffer: usize,
+    metrics: MediaMetrics,
+}
+
+/// A leased RTP port and its bound socket.
+pub struct MediaPort {
+    pub socket: tokio::net::UdpSocket,
+    pub port: u16,
+    pool: Arc<PortPool>,
+}
+
+impl MediaPort {
+    pub fn local(&self) -> SocketAddr {
+        SocketAddr::new(self.pool.address, self.port)
+    }
+}
+
+impl Drop for MediaPort {
+    fn drop(&mut self) {
+        self.pool.free.lock().unwrap_or_else(|p| p.into_inner()).push_back(self.port);
+        self.pool.metrics.ports_in_use.dec();
+    }
+}
+
+impl PortPool {
+    pub fn new(address: IpAddr, first: u16, last: u16, socket_buffer: usize, metrics: MediaMetrics) -> Arc<PortPool> {
+        let start = first + first % 2;
+        let free: VecDeque<u16> = (start..last).step_by(2).collect();
+        metrics.ports_total.set(free.len() as i64);
+        Arc::new(PortPool { address, free: Mutex::new(free), socket_buffer, metrics })
+    }
+
+    pub fn address(&self) -> IpAddr {
+        self.address
+    }
+
+    pub fn free_ports(&self) -> usize {
+        self.free.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Leases a port; ports another process holds are skipped (and kept for later).
+    /// Must be called inside a tokio runtime.
+    pub fn allocate(self: &Arc<Self>) -> Result<MediaPort, MediaError> {
+        let attempts = self.free_ports();
+        for _ in 0..attempts {
+            let Some(port) = self.free.lock().unwrap_or_else(|p| p.into_inner()).pop_front() else { break };
+            let bound = std::net::UdpSocket::bind((self.address, port)).and_then(|s| {
+                s.set_nonblocking(true)?;
+                let sock = socket2::SockRef::from(&s);
+                let _ = sock.set_recv_buffer_size(self.socket_buffer);
+                tokio::net::UdpSocket::from_std(s)
+            });
+            match bound {
+                Ok(socket) => {
+                    self.metrics.ports_in_use.inc();
+                    return Ok(MediaPort { socket, port, pool: self.clone() });
+                }
+                Err(e) => {
+                    tracing::debug!(port, %e, "RTP port busy, skipping");
+                    self.free.lock().unwrap_or_else(|p| p.into_inner()).push_back(port);
+                }
+            }
+        }
+        self.metrics.port_exhaustions.inc();
+        Err(MediaError::PortsExhausted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn leases_even_ports_and_returns_them_on_drop() {
+        let pool = PortPool::new("127.0.0.1".parse().unwrap(), 41001, 41008, 65536, MediaMetrics::default());
+        assert_eq!(pool.free_ports(), 3, "41002, 41004, 41006");
+        let a = pool.allocate().unwrap();
+        let b = pool.allocate().unwrap();
+        let c = pool.allocate().unwrap();
+        assert!([a.port, b.port, c.port].iter().all(|p| p % 2 == 0));
+        assert!(matches!(pool.allocate(), Err(MediaError::PortsExhausted)));
+        let freed = a.port;
+        drop(a);
+        assert_eq!(pool.free_ports(), 1);
+        assert_eq!(pool.allocate().unwrap().port, freed);
+        drop((b, c));
+    }
+
+    #[tokio::test]
+    async fn skips_ports_held_elsewhere() {
+        let squatter = std::net::UdpSocket::bind("127.0.0.1:41102").unwrap();
+        let pool = PortPool::new("127.0.0.1".parse().unwrap(), 41102, 41105, 65536, MediaMetrics::default());
+        let got = pool.allocate().unwrap();
+        assert_eq!(got.port, 41104);
+        drop(squatter);
+    }
+}

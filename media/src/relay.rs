@@ -1,0 +1,265 @@
+//! The RTP relay of one call: the caller-facing port (A) and the callee-facing port
+//! (B), one task, one reused buffer per side. A packet from the caller arriving on A
+//! leaves from B toward the callee, and the reverse. Each side's far address starts as
+//! the one its SDP announced and latches to the source of the first packet received
+//! (symmetric RTP, for callers behind NAT). Dropping the [`Relay`] stops the task and
+//! returns both ports to the pool.
+
+use crate::metrics::{DirectionLabel, MediaMetrics};
+use crate::ports::MediaPort;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// Faces the caller.
+    A,
+    /// Faces the callee.
+    B,
+}
+
+/// Counters of one call, readable while the call runs.
+#[derive(Debug, Default)]
+pub struct RelayStats {
+    pub packets_a_to_b: AtomicU64,
+    pub packets_b_to_a: AtomicU64,
+    pub bytes_a_to_b: AtomicU64,
+    pub bytes_b_to_a: AtomicU64,
+    pub lost_a_to_b: AtomicU64,
+    pub lost_b_to_a: AtomicU64,
+}
+
+impl RelayStats {
+    pub fn packets(&self) -> (u64, u64) {
+        (self.packets_a_to_b.load(Ordering::Relaxed), self.packets_b_to_a.load(Ordering::Relaxed))
+    }
+    pub fn lost(&self) -> u64 {
+        self.lost_a_to_b.load(Ordering::Relaxed) + self.lost_b_to_a.load(Ordering::Relaxed)
+    }
+}
+
+/// Sequence-number gap counting for one direction.
+#[derive(Default)]
+struct LossCounter {
+    last: Option<u16>,
+}
+
+impl LossCounter {
+    /// Returns how many packets are missing before this one. Reordered or duplicate
+    /// packets (behind the highest seen) count nothing; a jump of more than 3000 is
+    /// taken as a stream restart, not loss.
+    fn on_packet(&mut self, seq: u16) -> u64 {
+        let lost = match self.last {
+            None => 0,
+            Some(last) => {
+                let delta = seq.wrapping_sub(last);
+                if delta == 0 || delta > 0x8000 {
+                    return 0; // duplicate or late
+                }
+                if delta > 3000 {
+                    0
+                } else {
+                    u64::from(delta - 1)
+                }
+            }
+        };
+        self.last = Some(seq);
+        lost
+    }
+}
+
+enum Control {
+    SetRemote(Side, SocketAddr),
+}
+
+pub struct Relay {
+    control: mpsc::UnboundedSender<Control>,
+    task: tokio::task::JoinHandle<()>,
+    pub stats: Arc<RelayStats>,
+    a_local: SocketAddr,
+    b_local: SocketAddr,
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Relay {
+    /// Starts relaying between two leased ports. Must be called inside a tokio runtime.
+    pub fn start(a: MediaPort, b: MediaPort, metrics: MediaMetrics) -> Relay {
+        let (control, rx) = mpsc::unbounded_channel();
+        let stats = Arc::new(RelayStats::default());
+        let (a_local, b_local) = (a.local(), b.local());
+        let task = tokio::spawn(run(a, b, rx, stats.clone(), metrics));
+        Relay { control, task, stats, a_local, b_local }
+    }
+
+    /// The node's address the given side's far end must send to (goes into that leg's SDP).
+    pub fn local(&self, side: Side) -> SocketAddr {
+        match side {
+            Side::A => self.a_local,
+            Side::B => self.b_local,
+        }
+    }
+
+    /// Where the far end of `side` said (in SDP) it receives audio.
+    pub fn set_remote(&self, side: Side, addr: SocketAddr) {
+        let _ = self.control.send(Control::SetRemote(side, addr));
+    }
+}
+
+struct Direction {
+    packets: prometheus_client::metrics::counter::Counter,
+    bytes: prometheus_client::metrics::counter::Counter,
+    lost: prometheus_client::metrics::counter::Counter,
+}
+
+impl Direction {
+    fn new(m: &MediaMetrics, direction: &'static str) -> Direction {
+        let l = DirectionLabel { direction };
+        Direction { packets: m.packets.get_or_create(&l).clone(), bytes: m.bytes.get_or_create(&l).clone(), lost: m.lost.get_or_create(&l).clone() }
+    }
+}
+
+struct SideState {
+    remote: Option<SocketAddr>,
+    latched: bool,
+    loss: LossCounter,
+}
+
+async fn run(a: MediaPort, b: MediaPort, mut control: mpsc::UnboundedReceiver<Control>, stats: Arc<RelayStats>, metrics: MediaMetrics) {
+    let mut buf_a = vec![0u8; 2048];
+    let mut buf_b = vec![0u8; 2048];
+    let mut sa = SideState { remote: None, latched: false, loss: LossCounter::default() };
+    let mut sb = SideState { remote: None, latched: false, loss: LossCounter::default() };
+    let a_to_b = Direction::new(&metrics, "caller_to_callee");
+    let b_to_a = Direction::new(&metrics, "callee_to_caller");
+    loop {
+        tokio::select! {
+            r = a.socket.recv_from(&mut buf_a) => {
+                let Ok((n, src)) = r else { continue };
+                latch(&mut sa, src);
+                if let Some(dst) = sb.remote {
+                    forward(&buf_a[..n], &b.socket, dst, &mut sa.loss, &a_to_b, &stats.packets_a_to_b, &stats.bytes_a_to_b, &stats.lost_a_to_b);
+                }
+            }
+            r = b.socket.recv_from(&mut buf_b) => {
+                let Ok((n, src)) = r else { continue };
+                latch(&mut sb, src);
+                if let Some(dst) = sa.remote {
+                    forward(&buf_b[..n], &a.socket, dst, &mut sb.loss, &b_to_a, &stats.packets_b_to_a, &stats.bytes_b_to_a, &stats.lost_b_to_a);
+                }
+            }
+            c = control.recv() => match c {
+                Some(Control::SetRemote(side, addr)) => {
+                    let s = if side == Side::A { &mut sa } else { &mut sb };
+                    if !s.latched {
+                        s.remote = Some(addr);
+                    }
+                }
+                None => break,
+            }
+        }
+    }
+}
+
+fn latch(side: &mut SideState, src: SocketAddr) {
+    if !side.latched {
+        side.remote = Some(src);
+        side.latched = true;
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn forward(
+    pkt: &[u8],
+    out: &tokio::net::UdpSocket,
+    dst: SocketAddr,
+    loss: &mut LossCounter,
+    dir: &Direction,
+    packets: &AtomicU64,
+    bytes: &AtomicU64,
+    lost: &AtomicU64,
+) {
+    if let Ok(rtp) = rtp_rs::RtpReader::new(pkt) {
+        let gap = loss.on_packet(rtp.sequence_number().into());
+        if gap > 0 {
+            lost.fetch_add(gap, Ordering::Relaxed);
+            dir.lost.inc_by(gap);
+        }
+    }
+    if out.try_send_to(pkt, dst).is_ok() {
+        packets.fetch_add(1, Ordering::Relaxed);
+        bytes.fetch_add(pkt.len() as u64, Ordering::Relaxed);
+        dir.packets.inc();
+        dir.bytes.inc_by(pkt.len() as u64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::PortPool;
+
+    #[test]
+    fn loss_counting() {
+        let cases: &[(&[u16], u64)] = &[
+            (&[1, 2, 3, 4], 0),
+            (&[1, 2, 5], 2),
+            (&[65534, 65535, 0, 1], 0),
+            (&[65534, 1], 2),
+            (&[10, 9, 11], 0),
+            (&[10, 10, 11], 0),
+            (&[1, 9000], 0),
+        ];
+        for (seqs, want) in cases {
+            let mut c = LossCounter::default();
+            let got: u64 = seqs.iter().map(|s| c.on_packet(*s)).sum();
+            assert_eq!(got, *want, "{seqs:?}");
+        }
+    }
+
+    fn rtp(seq: u16) -> Vec<u8> {
+        let mut p = vec![0x80, 0x00];
+        p.extend_from_slice(&seq.to_be_bytes());
+        p.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 1]);
+        p.extend_from_slice(&[0xff; 160]);
+        p
+    }
+
+    #[tokio::test]
+    async fn relays_both_ways_with_latching() {
+        let pool = PortPool::new("127.0.0.1".parse().unwrap(), 41200, 41210, 65536, MediaMetrics::default());
+        let relay = Relay::start(pool.allocate().unwrap(), pool.allocate().unwrap(), MediaMetrics::default());
+        let caller = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let callee = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        // The callee's SDP names its address; the caller is learned by latching.
+        relay.set_remote(Side::B, callee.local_addr().unwrap());
+        let mut buf = [0u8; 2048];
+        for seq in [1u16, 2, 4] {
+            caller.send_to(&rtp(seq), relay.local(Side::A)).await.unwrap();
+            let (n, from) = callee.recv_from(&mut buf).await.unwrap();
+            assert_eq!(n, 172);
+            assert_eq!(from, relay.local(Side::B), "the callee sees only the node");
+        }
+        callee.send_to(&rtp(100), relay.local(Side::B)).await.unwrap();
+        let (_, from) = caller.recv_from(&mut buf).await.unwrap();
+        assert_eq!(from, relay.local(Side::A));
+        assert_eq!(relay.stats.packets(), (3, 1));
+        assert_eq!(relay.stats.lost(), 1, "sequence 3 never came");
+        let free_before = pool.free_ports();
+        drop(relay);
+        tokio::task::yield_now().await;
+        for _ in 0..100 {
+            if pool.free_ports() == free_before + 2 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(pool.free_ports(), free_before + 2, "ports return when the relay stops");
+    }
+}
