@@ -44,6 +44,9 @@ pub struct NodeConfig {
     /// Calls this node holds at once before it answers new INVITEs 503.
     #[serde(default = "default_max_calls")]
     pub max_calls: usize,
+    /// A call older than this is ended by its supervisor (a stuck-call safety net).
+    #[serde(default = "default_max_call_seconds")]
+    pub max_call_seconds: u64,
 }
 
 impl Default for NodeConfig {
@@ -53,6 +56,7 @@ impl Default for NodeConfig {
             data_dir: default_data_dir(),
             drain_seconds: default_drain_seconds(),
             max_calls: default_max_calls(),
+            max_call_seconds: default_max_call_seconds(),
         }
     }
 }
@@ -237,6 +241,9 @@ fn default_drain_seconds() -> u64 {
 }
 fn default_max_calls() -> usize {
     20_000
+}
+fn default_max_call_seconds() -> u64 {
+    4 * 3600
 }
 fn default_sip_listen() -> Vec<Listener> {
     vec!["udp:127.0.0.1:5060".parse().unwrap(), "tcp:127.0.0.1:5060".parse().unwrap()]

@@ -21,6 +21,7 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::mpsc;
 
 /// A new out-of-dialog INVITE offered to the node.
+#[derive(Clone)]
 pub struct NewInvite {
     pub request: Request,
     pub info: Info,

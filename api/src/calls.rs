@@ -1,0 +1,302 @@
+//! `/v1/calls` (operator key): call-log search and export as JSON, CSV or TSV.
+//!
+//! JSON pages are at most 1000 records with a `next_cursor`. CSV and TSV stream every
+//! matching row (or `limit` rows) straight from the store: a blocking reader feeds a
+//! bounded channel of chunks, so memory stays flat for any range.
+
+use crate::auth::OperatorId;
+use crate::{db, rfc3339, ApiError, ApiState};
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use tsunagu_store::{CallQuery, CallRecord, CallResult, SortOrder, Validity};
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct CallsParams {
+    from: Option<String>,
+    to: Option<String>,
+    advertiser_id: Option<String>,
+    number: Option<String>,
+    result: Option<String>,
+    validity: Option<String>,
+    sort: Option<String>,
+    cursor: Option<String>,
+    limit: Option<usize>,
+    format: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Json,
+    Csv,
+    Tsv,
+}
+
+const COLUMNS: &[&str] = &[
+    "call_id", "advertiser_id", "tracking_number", "caller_number", "caller_kind", "destination_number", "started_at",
+    "answered_at", "ended_at", "ring_seconds", "talk_seconds", "result", "validity", "ivr_digits", "judgement_digit",
+    "recording", "tracking_params", "node", "sip_code", "trunk", "rtp_packets_in", "rtp_packets_out", "rtp_lost",
+];
+
+const JSON_PAGE_MAX: usize = 1000;
+const JSON_PAGE_DEFAULT: usize = 100;
+
+fn parse_time(field: &str, v: &str) -> Result<i64, ApiError> {
+    if let Ok(ms) = v.parse::<i64>() {
+        return Ok(ms);
+    }
+    chrono::DateTime::parse_from_rfc3339(v)
+        .map(|t| t.timestamp_millis())
+        .map_err(|_| ApiError::bad_request(Some(field), "must be RFC 3339 (2026-01-31T09:00:00+09:00) or epoch milliseconds"))
+}
+
+fn format_of(p: &CallsParams, headers: &HeaderMap) -> Result<Format, ApiError> {
+    if let Some(f) = &p.format {
+        return match f.as_str() {
+            "json" => Ok(Format::Json),
+            "csv" => Ok(Format::Csv),
+            "tsv" => Ok(Format::Tsv),
+            _ => Err(ApiError::bad_request(Some("format"), "must be json, csv or tsv")),
+        };
+    }
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    Ok(if accept.contains("text/csv") {
+        Format::Csv
+    } else if accept.contains("text/tab-separated-values") {
+        Format::Tsv
+    } else {
+        Format::Json
+    })
+}
+
+fn encode_cursor(r: &CallRecord) -> String {
+    format!("{}.{}", r.started_at, r.call_id)
+}
+
+fn decode_cursor(c: &str) -> Result<(i64, String), ApiError> {
+    let bad = || ApiError::bad_request(Some("cursor"), "not a cursor returned by this API");
+    let (t, id) = c.split_once('.').ok_or_else(bad)?;
+    Ok((t.parse().map_err(|_| bad())?, id.to_string()))
+}
+
+fn query_from(op: String, p: &CallsParams) -> Result<CallQuery, ApiError> {
+    let order = match p.sort.as_deref() {
+        None | Some("started_at") => SortOrder::Asc,
+        Some("-started_at") => SortOrder::Desc,
+        Some(_) => return Err(ApiError::bad_request(Some("sort"), "must be started_at or -started_at")),
+    };
+    let result = p.result.as_deref().map(|r| r.parse::<CallResult>().map_err(|e| ApiError::bad_request(Some("result"), e))).transpose()?;
+    let validity = p.validity.as_deref().map(|v| v.parse::<Validity>().map_err(|e| ApiError::bad_request(Some("validity"), e))).transpose()?;
+    if p.limit == Some(0) {
+        return Err(ApiError::bad_request(Some("limit"), "must be at least 1"));
+    }
+    Ok(CallQuery {
+        operator_id: op,
+        from_ms: p.from.as_deref().map(|v| parse_time("from", v)).transpose()?,
+        to_ms: p.to.as_deref().map(|v| parse_time("to", v)).transpose()?,
+        advertiser_id: p.advertiser_id.clone(),
+        tracking_number: p.number.clone(),
+        result,
+        validity,
+        order,
+        after: p.cursor.as_deref().map(decode_cursor).transpose()?,
+        limit: p.limit,
+    })
+}
+
+pub(crate) fn call_json(r: &CallRecord) -> Value {
+    json!({
+        "call_id": r.call_id,
+        "advertiser_id": r.advertiser_id,
+        "tracking_number": r.tracking_number,
+        "caller_number": r.caller_number,
+        "caller_kind": r.caller_kind,
+        "destination_number": r.destination_number,
+        "started_at": rfc3339(r.started_at),
+        "answered_at": r.answered_at.map(rfc3339),
+        "ended_at": rfc3339(r.ended_at),
+        "ring_seconds": r.ring_seconds,
+        "talk_seconds": r.talk_seconds,
+        "result": r.result,
+        "validity": r.validity,
+        "ivr_digits": r.ivr_digits,
+        "judgement_digit": r.judgement_digit,
+        "recording": r.recording,
+        "tracking_params": r.tracking_params,
+        "node": r.node,
+        "sip_code": r.sip_code,
+        "trunk": r.trunk,
+        "rtp_packets_in": r.rtp_packets_in,
+        "rtp_packets_out": r.rtp_packets_out,
+        "rtp_lost": r.rtp_lost,
+    })
+}
+
+fn fields(r: &CallRecord) -> [String; 23] {
+    let opt = |v: &Option<String>| v.clone().unwrap_or_default();
+    [
+        r.call_id.clone(),
+        r.advertiser_id.clone(),
+        r.tracking_number.clone(),
+        r.caller_number.clone(),
+        r.caller_kind.to_string(),
+        opt(&r.destination_number),
+        rfc3339(r.started_at),
+        r.answered_at.map(rfc3339).unwrap_or_default(),
+        rfc3339(r.ended_at),
+        r.ring_seconds.to_string(),
+        r.talk_seconds.to_string(),
+        r.result.to_string(),
+        r.validity.to_string(),
+        opt(&r.ivr_digits),
+        opt(&r.judgement_digit),
+        opt(&r.recording),
+        if r.tracking_params.is_empty() { String::new() } else { serde_json::to_string(&r.tracking_params).unwrap_or_default() },
+        r.node.clone(),
+        r.sip_code.to_string(),
+        opt(&r.trunk),
+        r.rtp_packets_in.to_string(),
+        r.rtp_packets_out.to_string(),
+        r.rtp_lost.to_string(),
+    ]
+}
+
+/// Appends one row: CSV quoting per RFC 4180; TSV with tabs and newlines as spaces.
+fn write_row<S: AsRef<str>>(out: &mut String, cells: &[S], format: Format) {
+    for (i, cell) in cells.iter().enumerate() {
+        let cell = cell.as_ref();
+        if i > 0 {
+            out.push(if format == Format::Tsv { '\t' } else { ',' });
+        }
+        match format {
+            Format::Tsv => out.extend(cell.chars().map(|c| if matches!(c, '\t' | '\n' | '\r') { ' ' } else { c })),
+            _ if cell.contains([',', '"', '\n', '\r']) => {
+                out.push('"');
+                out.push_str(&cell.replace('"', "\"\""));
+                out.push('"');
+            }
+            _ => out.push_str(cell),
+        }
+    }
+    out.push_str("\r\n");
+}
+
+const CHUNK_BYTES: usize = 32 * 1024;
+
+fn stream_table(st: &ApiState, query: CallQuery, format: Format) -> Response {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(8);
+    let store = st.store.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut buf = String::with_capacity(CHUNK_BYTES + 1024);
+        write_row(&mut buf, COLUMNS, format);
+        let mut open = true;
+        let result = store.scan_calls(&query, &mut |r| {
+            write_row(&mut buf, &fields(&r), format);
+            if buf.len() >= CHUNK_BYTES {
+                let chunk = Bytes::from(std::mem::replace(&mut buf, String::with_capacity(CHUNK_BYTES + 1024)));
+                open = tx.blocking_send(Ok(chunk)).is_ok();
+            }
+            open
+        });
+        match result {
+            Ok(()) if open => {
+                let _ = tx.blocking_send(Ok(Bytes::from(buf)));
+            }
+            Ok(()) => {}
+            Err(e) => {
+                // Headers are gone already: end the body with an error so the client sees a broken transfer.
+                let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+            }
+        }
+    });
+    let stream = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    let (ctype, ext) = match format {
+        Format::Tsv => ("text/tab-separated-values; charset=utf-8", "tsv"),
+        _ => ("text/csv; charset=utf-8", "csv"),
+    };
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, ctype.to_string()), (header::CONTENT_DISPOSITION, format!("attachment; filename=\"calls.{ext}\""))],
+        Body::from_stream(stream),
+    )
+        .into_response()
+}
+
+pub async fn list(OperatorId(op): OperatorId, State(st): State<Arc<ApiState>>, headers: HeaderMap, params: Result<Query<CallsParams>, axum::extract::rejection::QueryRejection>) -> Result<Response, ApiError> {
+    let Query(p) = params.map_err(|e| ApiError::bad_request(None, e.body_text()))?;
+    let format = format_of(&p, &headers)?;
+    let mut query = query_from(op, &p)?;
+    if format != Format::Json {
+        return Ok(stream_table(&st, query, format));
+    }
+    let limit = query.limit.unwrap_or(JSON_PAGE_DEFAULT).min(JSON_PAGE_MAX);
+    query.limit = Some(limit);
+    let rows = db(&st, move |s| {
+        let mut rows = Vec::new();
+        s.scan_calls(&query, &mut |r| {
+            rows.push(r);
+            true
+        })?;
+        Ok(rows)
+    })
+    .await?;
+    let next = (rows.len() == limit).then(|| rows.last().map(encode_cursor)).flatten();
+    Ok(Json(json!({"calls": rows.iter().map(call_json).collect::<Vec<_>>(), "next_cursor": next})).into_response())
+}
+
+pub async fn get_one(OperatorId(op): OperatorId, State(st): State<Arc<ApiState>>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let r = db(&st, move |s| s.get_call(&op, &id)).await?.ok_or_else(|| ApiError::not_found("no such call"))?;
+    Ok(Json(call_json(&r)))
+}
+
+pub async fn recording(OperatorId(op): OperatorId, State(st): State<Arc<ApiState>>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let r = db(&st, move |s| s.get_call(&op, &id)).await?.ok_or_else(|| ApiError::not_found("no such call"))?;
+    match r.recording {
+        None => Err(ApiError::not_found("this call has no recording")),
+        Some(_) => Err(ApiError::not_found("recording storage is not available on this node yet")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_and_tsv_escaping() {
+        let mut out = String::new();
+        write_row(&mut out, &["a", "b,c", "say \"hi\"", "x\ny", ""], Format::Csv);
+        assert_eq!(out, "a,\"b,c\",\"say \"\"hi\"\"\",\"x\ny\",\r\n");
+        let mut out = String::new();
+        write_row(&mut out, &["a\tb", "c\nd", "e,f"], Format::Tsv);
+        assert_eq!(out, "a b\tc d\te,f\r\n");
+    }
+
+    #[test]
+    fn query_parameters() {
+        let ok = CallsParams { from: Some("2026-01-01T00:00:00+09:00".into()), to: Some("1767225600000".into()), sort: Some("-started_at".into()), cursor: Some("5.call_x".into()), ..Default::default() };
+        let q = query_from("op".into(), &ok).unwrap();
+        assert_eq!(q.from_ms, Some(1767193200000));
+        assert_eq!(q.to_ms, Some(1767225600000));
+        assert_eq!(q.order, SortOrder::Desc);
+        assert_eq!(q.after, Some((5, "call_x".into())));
+        let bad: Vec<(CallsParams, &str)> = vec![
+            (CallsParams { from: Some("yesterday".into()), ..Default::default() }, "from"),
+            (CallsParams { result: Some("won".into()), ..Default::default() }, "result"),
+            (CallsParams { validity: Some("maybe".into()), ..Default::default() }, "validity"),
+            (CallsParams { sort: Some("caller".into()), ..Default::default() }, "sort"),
+            (CallsParams { cursor: Some("nonsense".into()), ..Default::default() }, "cursor"),
+            (CallsParams { limit: Some(0), ..Default::default() }, "limit"),
+        ];
+        for (p, field) in bad {
+            let e = query_from("op".into(), &p).unwrap_err();
+            assert_eq!(e.field.as_deref(), Some(field));
+            assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! `/v1/numbers` (operator key): tracking numbers with their destinations, caller-ID
+//! presentation, attribution parameters and validity rule. Every write refreshes the
+//! call path's number directory.
+
+use crate::auth::OperatorId;
+use crate::error::parse_json;
+use crate::{db, rfc3339, ApiError, ApiState};
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use tsunagu_store::{CallerIdMode, Destination, NumberKind, TrackingNumber, ValidityRule};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NumberInput {
+    number: String,
+    advertiser_id: String,
+    #[serde(default)]
+    kind: NumberKind,
+    destinations: Vec<Destination>,
+    #[serde(default)]
+    validity: ValidityRule,
+    #[serde(default)]
+    caller_id: CallerIdMode,
+    #[serde(default)]
+    tracking_params: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NumberPatch {
+    advertiser_id: Option<String>,
+    destinations: Option<Vec<Destination>>,
+    validity: Option<ValidityRule>,
+    caller_id: Option<CallerIdMode>,
+    tracking_params: Option<BTreeMap<String, String>>,
+}
+
+fn is_phone_number(s: &str) -> bool {
+    (4..=15).contains(&s.len()) && s.chars().all(|c| c.is_ascii_digit())
+}
+
+/// Checks a number's settings; the first problem is reported with its field.
+fn validate(n: &TrackingNumber) -> Result<(), ApiError> {
+    if !is_phone_number(&n.number) {
+        return Err(ApiError::invalid("number", "must be 4 to 15 digits in national form (e.g. 0501234567)"));
+    }
+    if n.kind != NumberKind::Static {
+        return Err(ApiError::invalid("kind", "only `static` numbers are supported so far"));
+    }
+    if n.destinations.is_empty() || n.destinations.len() > 10 {
+        return Err(ApiError::invalid("destinations", "needs 1 to 10 destinations"));
+    }
+    for (i, d) in n.destinations.iter().enumerate() {
+        if !is_phone_number(&d.number) {
+            return Err(ApiError::invalid(&format!("destinations[{i}].number"), "must be 4 to 15 digits"));
+        }
+        if !(1..=300).contains(&d.ring_seconds) {
+            return Err(ApiError::invalid(&format!("destinations[{i}].ring_seconds"), "must be 1 to 300"));
+        }
+    }
+    if n.validity.min_talk_seconds > 86_400 {
+        return Err(ApiError::invalid("validity.min_talk_seconds", "must be at most 86400"));
+    }
+    if n.validity.duplicate_window_seconds > 366 * 86_400 {
+        return Err(ApiError::invalid("validity.duplicate_window_seconds", "must be at most a year"));
+    }
+    if n.tracking_params.len() > 50 || n.tracking_params.iter().any(|(k, v)| k.is_empty() || k.len() > 100 || v.len() > 2000) {
+        return Err(ApiError::invalid("tracking_params", "at most 50 keys of 1-100 characters with values up to 2000"));
+    }
+    Ok(())
+}
+
+fn view(n: &TrackingNumber) -> Value {
+    json!({
+        "number": n.number,
+        "advertiser_id": n.advertiser_id,
+        "kind": n.kind,
+        "destinations": n.destinations,
+        "validity": n.validity,
+        "caller_id": n.caller_id,
+        "tracking_params": n.tracking_params,
+        "created_at": rfc3339(n.created_at),
+        "updated_at": rfc3339(n.updated_at),
+    })
+}
+
+fn not_found() -> ApiError {
+    ApiError::not_found("no such number")
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+async fn check_advertiser(st: &ApiState, op: &str, adv: &str) -> Result<(), ApiError> {
+    let (op, id) = (op.to_string(), adv.to_string());
+    match db(st, move |s| s.get_advertiser(&op, &id)).await? {
+        Some(_) => Ok(()),
+        None => Err(ApiError::invalid("advertiser_id", "no such advertiser")),
+    }
+}
+
+pub async fn create(OperatorId(op): OperatorId, State(st): State<Arc<ApiState>>, body: Bytes) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let input: NumberInput = parse_json(&body)?;
+    let now = now_ms();
+    let number = TrackingNumber {
+        number: input.number,
+        operator_id: op.clone(),
+        advertiser_id: input.advertiser_id,
+        kind: input.kind,
+        destinations: input.destinations,
+        validity: input.validity,
+        caller_id: input.caller_id,
+        tracking_params: input.tracking_params,
+        created_at: now,
+        updated_at: now,
+    };
+    validate(&number)?;
+    check_advertiser(&st, &op, &number.advertiser_id).await?;
+    let n = number.clone();
+    db(&st, move |s| s.create_number(&n)).await?;
+    st.hooks.number_changed(&number.number);
+    Ok((StatusCode::CREATED, Json(view(&number))))
+}
+
+#[derive(Deserialize)]
+pub struct ListQuery {
+    advertiser_id: Option<String>,
+}
+
+pub async fn list(OperatorId(op): OperatorId, State(st): State<Arc<ApiState>>, Query(q): Query<ListQuery>) -> Result<Json<Value>, ApiError> {
+    let list = db(&st, move |s| s.list_numbers(&op, q.advertiser_id.as_deref())).await?;
+    Ok(Json(json!({"numbers": list.iter().map(view).collect::<Vec<_>>()})))
+}
+
+async fn owned(st: &ApiState, op: &str, number: &str) -> Result<TrackingNumber, ApiError> {
+    let num = number.to_string();
+    let found = db(st, move |s| s.get_number(&num)).await?;
+    found.filter(|n| n.operator_id == op).ok_or_else(not_found)
+}
+
+pub async fn get_one(OperatorId(op): OperatorId, State(st): State<Arc<ApiState>>, Path(number): Path<String>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(view(&owned(&st, &op, &number).await?)))
+}
+
+pub async fn update(OperatorId(op): OperatorId, State(st): State<Arc<ApiState>>, Path(number): Path<String>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let patch: NumberPatch = parse_json(&body)?;
+    let mut n = owned(&st, &op, &number).await?;
+    if let Some(a) = patch.advertiser_id {
+        check_advertiser(&st, &op, &a).await?;
+        n.advertiser_id = a;
+    }
+    if let Some(d) = patch.destinations {
+        n.destinations = d;
+    }
+    if let Some(v) = patch.validity {
+        n.validity = v;
+    }
+    if let Some(c) = patch.caller_id {
+        n.caller_id = c;
+    }
+    if let Some(p) = patch.tracking_params {
+        n.tracking_params = p;
+    }
+    n.updated_at = now_ms();
+    validate(&n)?;
+    let saved = n.clone();
+    if !db(&st, move |s| s.update_number(&saved)).await? {
+        return Err(not_found());
+    }
+    st.hooks.number_changed(&n.number);
+    Ok(Json(view(&n)))
+}
+
+pub async fn delete(OperatorId(op): OperatorId, State(st): State<Arc<ApiState>>, Path(number): Path<String>) -> Result<StatusCode, ApiError> {
+    let num = number.clone();
+    if !db(&st, move |s| s.delete_number(&op, &num)).await? {
+        return Err(not_found());
+    }
+    st.hooks.number_changed(&number);
+    Ok(StatusCode::NO_CONTENT)
+}

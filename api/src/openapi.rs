@@ -1,0 +1,23 @@
+//! `GET /v1/openapi.json`: the API's OpenAPI 3.0 description, kept by hand next to the
+//! handlers it describes.
+
+use axum::http::header;
+use axum::response::IntoResponse;
+
+const DOCUMENT: &str = include_str!("openapi.json");
+
+pub async fn document() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], DOCUMENT)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn document_is_valid_json_naming_every_route() {
+        let v: serde_json::Value = serde_json::from_str(super::DOCUMENT).unwrap();
+        let paths = v["paths"].as_object().unwrap();
+        for p in ["/v1/operators", "/v1/operators/{id}", "/v1/operators/{id}/keys", "/v1/advertisers", "/v1/advertisers/{id}", "/v1/numbers", "/v1/numbers/{number}", "/v1/calls", "/v1/calls/{call_id}", "/v1/calls/{call_id}/recording", "/healthz", "/readyz", "/metrics"] {
+            assert!(paths.contains_key(p), "{p}");
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! Admission of new INVITEs, on the SIP endpoint's task (so it never blocks): source
+//! trunk (403), hop count (483), tracking number (404), SDP offer (488), then capacity
+//! — draining node, node-wide call cap, trunk channel and call-rate caps — answered
+//! 503 with Retry-After. An admitted call is handed to the supervisor to spawn.
+
+use crate::call::CallArgs;
+use crate::context::NodeContext;
+use crate::decide::caller::normalize;
+use crate::decide::rate::TokenBucket;
+use crate::directory::Directory;
+use crate::metrics::RejectLabel;
+use crate::supervisor::SupervisorMsg;
+use ractor::ActorRef;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tsunagu_sip::parse::{header, request_user, sdp_body};
+use tsunagu_sip::{InviteHandler, NewInvite, Reject};
+
+pub struct Admission {
+    pub ctx: Arc<NodeContext>,
+    pub directory: Directory,
+    pub supervisor: ActorRef<SupervisorMsg>,
+    pub cps: Vec<Option<Mutex<TokenBucket>>>,
+}
+
+impl Admission {
+    pub fn new(ctx: Arc<NodeContext>, directory: Directory, supervisor: ActorRef<SupervisorMsg>) -> Admission {
+        let now = Instant::now();
+        let cps = ctx.routing.trunks.iter().map(|t| (t.max_cps > 0).then(|| Mutex::new(TokenBucket::new(t.max_cps, now)))).collect();
+        Admission { ctx, directory, supervisor, cps }
+    }
+
+    fn reject(&self, code: u16, reason: &'static str) -> Reject {
+        self.ctx.metrics.calls.rejected.get_or_create(&RejectLabel { code, reason }).inc();
+        let retry_after = (code == 503).then_some(self.ctx.retry_after);
+        Reject { code, retry_after }
+    }
+}
+
+impl InviteHandler for Admission {
+    fn on_invite(&self, invite: NewInvite) -> Result<(), Reject> {
+        let ctx = &self.ctx;
+        if ctx.draining.load(Ordering::Relaxed) {
+            return Err(self.reject(503, "draining"));
+        }
+        let Some(trunk) = ctx.routing.inbound_trunk(invite.peer.addr.ip()) else {
+            tracing::info!(source = %invite.peer.addr, "INVITE from a source no trunk allows");
+            return Err(self.reject(403, "source_not_allowed"));
+        };
+        if header(&invite.request, "Max-Forwards").and_then(|m| m.trim().parse::<u32>().ok()) == Some(0) {
+            return Err(self.reject(483, "too_many_hops"));
+        }
+        let dialled = request_user(&invite.request).map(|u| normalize(&u)).unwrap_or_default();
+        let Some(number) = self.directory.get(&dialled) else {
+            return Err(self.reject(404, "unknown_number"));
+        };
+        if sdp_body(&invite.request, &invite.request.body).is_none() {
+            return Err(self.reject(488, "no_sdp_offer"));
+        }
+        if ctx.active_calls() >= ctx.max_calls {
+            return Err(self.reject(503, "node_full"));
+        }
+        let t = &ctx.routing.trunks[trunk];
+        if t.max_channels > 0 && ctx.trunk_channels[trunk].load(Ordering::Relaxed) >= t.max_channels {
+            return Err(self.reject(503, "trunk_channels"));
+        }
+        if let Some(bucket) = &self.cps[trunk] {
+            if !bucket.lock().unwrap_or_else(|p| p.into_inner()).try_take(Instant::now()) {
+                return Err(self.reject(503, "trunk_cps"));
+            }
+        }
+        let args = CallArgs {
+            ctx: ctx.clone(),
+            invite,
+            number,
+            inbound_trunk: trunk,
+            id: tsunagu_store::new_id("call"),
+            logged: Arc::new(AtomicBool::new(false)),
+        };
+        self.supervisor.send_message(SupervisorMsg::Spawn(Box::new(args))).map_err(|_| self.reject(503, "supervisor_down"))
+    }
+}

@@ -1,0 +1,225 @@
+//! The two dialogs of a B2BUA call and the messages each sends: the caller's leg (A,
+//! where we are the UAS) and the forwarded leg (B, where we are the UAC). Nothing of
+//! one leg's Via, Contact, Record-Route or Call-ID is copied to the other.
+
+use tsunagu_sip::build::{new_branch, new_call_id, new_tag, RequestSpec};
+use tsunagu_sip::parse::{header, header_values, uri_addr, uri_of, Peer, Transport};
+use tsunagu_sip::transaction::TxKey;
+use tsunagu_sip::{EndpointHandle, Info, Method, Request, Response};
+
+/// Where an in-dialog request goes: the first route if any, else the remote target,
+/// else back where the dialog came from.
+fn next_hop(routes: &[String], target: &str, fallback: Peer) -> Peer {
+    let uri = routes.first().map(|r| uri_of(r)).unwrap_or(target);
+    match uri_addr(uri) {
+        Some(addr) => Peer { transport: fallback.transport, addr },
+        None => fallback,
+    }
+}
+
+fn local(ep: &EndpointHandle, transport: Transport) -> std::net::SocketAddr {
+    ep.local(transport)
+        .or_else(|| ep.local(Transport::Udp))
+        .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 5060)))
+}
+
+fn contact(ep: &EndpointHandle, transport: Transport) -> String {
+    let addr = local(ep, transport);
+    match transport {
+        Transport::Udp => format!("<sip:tsunagu@{addr}>"),
+        Transport::Tcp => format!("<sip:tsunagu@{addr};transport=tcp>"),
+    }
+}
+
+/// The caller's leg.
+pub struct ALeg {
+    pub invite: Request,
+    pub info: Info,
+    pub peer: Peer,
+    pub key: TxKey,
+    pub local_tag: String,
+    remote_target: String,
+    routes: Vec<String>,
+    local_cseq: u32,
+    pub final_sent: bool,
+    /// The SDP we last gave the caller (answers a session-refresh re-INVITE).
+    pub sdp_sent: Option<String>,
+}
+
+impl ALeg {
+    pub fn new(invite: Request, info: Info, peer: Peer, key: TxKey) -> ALeg {
+        let remote_target = header(&invite, "Contact").map(|c| uri_of(c).to_string()).unwrap_or_default();
+        let routes = header_values(&invite, "Record-Route").into_iter().map(str::to_string).collect();
+        ALeg { invite, info, peer, key, local_tag: new_tag(), remote_target, routes, local_cseq: 0, final_sent: false, sdp_sent: None }
+    }
+
+    /// Answers the caller's INVITE (provisional or final), with SDP if given.
+    pub fn respond(&mut self, ep: &EndpointHandle, code: u16, sdp: Option<&str>) {
+        if self.final_sent {
+            return;
+        }
+        if code >= 200 {
+            self.final_sent = true;
+        }
+        let contact = contact(ep, self.peer.transport);
+        let mut extra: Vec<(&str, &str)> = Vec::new();
+        if (101..300).contains(&code) {
+            extra.push(("Contact", &contact));
+        }
+        if let Some(s) = sdp {
+            self.sdp_sent = Some(s.to_string());
+        }
+        ep.respond(&self.invite, &self.info, &self.key, code, Some(&self.local_tag), &extra, sdp.map(|s| ("application/sdp", s.as_bytes())));
+    }
+
+    /// A request in the caller's dialog (BYE), from us.
+    pub fn request(&mut self, ep: &EndpointHandle, method: Method) -> (RequestSpec, Peer) {
+        self.local_cseq += 1;
+        let their_from = header(&self.invite, "From").unwrap_or_default().to_string();
+        let our_to = format!("{};tag={}", header(&self.invite, "To").unwrap_or_default(), self.local_tag);
+        let peer = next_hop(&self.routes, &self.remote_target, self.peer);
+        let uri = if self.remote_target.is_empty() { format!("sip:{}", self.peer.addr) } else { self.remote_target.clone() };
+        let spec = RequestSpec {
+            method,
+            uri,
+            transport: peer.transport,
+            sent_by: local(ep, peer.transport),
+            branch: new_branch(),
+            from: our_to,
+            to: their_from,
+            call_id: self.info.call_id.clone(),
+            cseq: self.local_cseq,
+            contact: None,
+            routes: self.routes.clone(),
+            max_forwards: 70,
+            extra: Vec::new(),
+            body: None,
+        };
+        (spec, peer)
+    }
+}
+
+/// The forwarded leg of one attempt.
+pub struct BLeg {
+    pub invite: RequestSpec,
+    pub peer: Peer,
+    pub destination: String,
+    pub provisional: bool,
+    pub cancel_pending: bool,
+    pub cancel_sent: bool,
+    /// To of the 2xx (with the callee's tag), once answered.
+    to: Option<String>,
+    remote_target: Option<String>,
+    routes: Vec<String>,
+    cseq: u32,
+}
+
+/// What the B-leg INVITE carries.
+pub struct Outbound<'a> {
+    pub destination: &'a str,
+    pub presented: &'a str,
+    pub peer: Peer,
+    pub sdp: &'a str,
+    pub max_forwards: u8,
+    pub privacy: Option<&'a str>,
+}
+
+impl BLeg {
+    pub fn invite(ep: &EndpointHandle, o: Outbound) -> BLeg {
+        let local_addr = local(ep, o.peer.transport);
+        let transport_param = if o.peer.transport == Transport::Tcp { ";transport=tcp" } else { "" };
+        let uri = format!("sip:{}@{}{}", o.destination, o.peer.addr, transport_param);
+        let mut extra = Vec::new();
+        if let Some(p) = o.privacy {
+            extra.push(("Privacy", p.to_string()));
+        }
+        let invite = RequestSpec {
+            method: Method::Invite,
+            uri: uri.clone(),
+            transport: o.peer.transport,
+            sent_by: local_addr,
+            branch: new_branch(),
+            from: format!("<sip:{}@{}>;tag={}", o.presented, local_addr.ip(), new_tag()),
+            to: format!("<{uri}>"),
+            call_id: new_call_id(),
+            cseq: 1,
+            contact: Some(contact(ep, o.peer.transport)),
+            routes: Vec::new(),
+            max_forwards: o.max_forwards,
+            extra,
+            body: Some(("application/sdp", o.sdp.as_bytes().to_vec())),
+        };
+        BLeg {
+            invite,
+            peer: o.peer,
+            destination: o.destination.to_string(),
+            provisional: false,
+            cancel_pending: false,
+            cancel_sent: false,
+            to: None,
+            remote_target: None,
+            routes: Vec::new(),
+            cseq: 1,
+        }
+    }
+
+    pub fn call_id(&self) -> &str {
+        &self.invite.call_id
+    }
+
+    /// Cancels the INVITE now if the callee has sent a provisional response, else as
+    /// soon as it does (RFC 3261 9.1).
+    pub fn cancel(&mut self, ep: &EndpointHandle) {
+        if self.cancel_sent {
+            return;
+        }
+        if self.provisional {
+            self.cancel_sent = true;
+            ep.request(self.invite.cancel(), self.peer);
+        } else {
+            self.cancel_pending = true;
+        }
+    }
+
+    /// Records the dialog a 2xx established.
+    pub fn established(&mut self, resp: &Response) {
+        self.to = header(resp, "To").map(str::to_string);
+        self.remote_target = header(resp, "Contact").map(|c| uri_of(c).to_string());
+        let mut rr: Vec<String> = header_values(resp, "Record-Route").into_iter().map(str::to_string).collect();
+        rr.reverse();
+        self.routes = rr;
+    }
+
+    fn in_dialog(&self, ep: &EndpointHandle, method: Method, cseq: u32) -> (RequestSpec, Peer) {
+        let target = self.remote_target.clone().unwrap_or_else(|| self.invite.uri.clone());
+        let peer = next_hop(&self.routes, &target, self.peer);
+        let spec = RequestSpec {
+            method,
+            uri: target,
+            transport: peer.transport,
+            sent_by: local(ep, peer.transport),
+            branch: new_branch(),
+            from: self.invite.from.clone(),
+            to: self.to.clone().unwrap_or_else(|| self.invite.to.clone()),
+            call_id: self.invite.call_id.clone(),
+            cseq,
+            contact: None,
+            routes: self.routes.clone(),
+            max_forwards: 70,
+            extra: Vec::new(),
+            body: None,
+        };
+        (spec, peer)
+    }
+
+    pub fn ack(&self, ep: &EndpointHandle) {
+        let (spec, peer) = self.in_dialog(ep, Method::Ack, self.invite.cseq);
+        ep.request(spec, peer);
+    }
+
+    pub fn bye(&mut self, ep: &EndpointHandle) {
+        self.cseq += 1;
+        let (spec, peer) = self.in_dialog(ep, Method::Bye, self.cseq);
+        ep.request(spec, peer);
+    }
+}

@@ -1,0 +1,597 @@
+//! The call actor: one ractor actor per call, owning both legs, the media relay and
+//! the call's timers. It forwards the caller to the number's destinations in order,
+//! relays ringing and answer, tears down on BYE or CANCEL from either side, and writes
+//! exactly one log record when the call ends.
+//!
+//! Decisions (what a failure means, who is calling) come from [`crate::decide`];
+//! this module only sequences them and talks to the SIP edge.
+
+mod legs;
+
+use crate::call_log::LogEntry;
+use crate::context::{CallSlot, NodeContext};
+use crate::decide::caller::{classify, normalize, CallerSignals};
+use crate::decide::outcome::{next_step, Failure, Step};
+use crate::metrics::ResultLabel;
+use legs::{ALeg, BLeg, Outbound};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tsunagu_media::{sdp, Relay, Side};
+use tsunagu_sip::endpoint::CallSink;
+use tsunagu_sip::parse::{header, sdp_body, uri_of, uri_user, Peer};
+use tsunagu_sip::{Method, NewInvite, Request, Response, SipEvent};
+use tsunagu_store::{CallRecord, CallResult, CallerIdMode, CallerKind, TrackingNumber, Validity};
+
+pub enum CallMsg {
+    Start,
+    Sip(SipEvent),
+    RingTimeout(u32),
+    EndGuard,
+    /// Test hook: makes the actor panic, to exercise supervision.
+    #[cfg(test)]
+    Crash,
+}
+
+/// Delivers SIP events into a call actor's mailbox.
+struct CallHandle(ActorRef<CallMsg>);
+
+impl CallSink for CallHandle {
+    fn deliver(&self, event: SipEvent) {
+        let _ = self.0.send_message(CallMsg::Sip(event));
+    }
+}
+
+/// Everything a call starts from.
+pub struct CallArgs {
+    pub ctx: Arc<NodeContext>,
+    pub invite: NewInvite,
+    pub number: Arc<TrackingNumber>,
+    pub inbound_trunk: usize,
+    pub id: String,
+    /// Set once the call has written its own log record.
+    pub logged: Arc<AtomicBool>,
+}
+
+/// What the supervisor keeps about a running call, to clean up if its actor dies.
+pub struct CallSeed {
+    pub id: String,
+    pub a_call_id: String,
+    pub invite: NewInvite,
+    pub number: Arc<TrackingNumber>,
+    pub started_at_ms: i64,
+    pub started: Instant,
+    pub logged: Arc<AtomicBool>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Trying,
+    Answered,
+    /// Waiting for the far end to confirm teardown (BYE or CANCEL answered).
+    Ending,
+    Done,
+}
+
+pub struct Call {
+    ctx: Arc<NodeContext>,
+    me: ActorRef<CallMsg>,
+    id: String,
+    span: tracing::Span,
+    number: Arc<TrackingNumber>,
+    a: ALeg,
+    b: Option<BLeg>,
+    relay: Option<Relay>,
+    caller_number: String,
+    caller_kind: CallerKind,
+    privacy: Option<String>,
+    max_forwards: u8,
+    started: Instant,
+    started_at_ms: i64,
+    setup_observed: bool,
+    answered: Option<(Instant, i64)>,
+    dest_index: usize,
+    trunk_pos: usize,
+    attempt: u32,
+    /// Why we are cancelling the current attempt (ring timeout), if we are.
+    pending_failure: Option<Failure>,
+    phase: Phase,
+    result: CallResult,
+    upstream_code: u16,
+    last_trunk: Option<usize>,
+    logged: Arc<AtomicBool>,
+    _slot: CallSlot,
+}
+
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// The caller's number and line type from the INVITE's From and Privacy headers.
+pub fn identify_caller(req: &Request) -> (String, CallerKind, Option<String>) {
+    let from = header(req, "From").unwrap_or_default();
+    let uri = uri_of(from);
+    let user = uri_user(uri).unwrap_or_default();
+    let privacy = header(req, "Privacy").map(str::to_string);
+    let withheld = privacy.as_deref().is_some_and(|p| p.split(';').any(|t| matches!(t.trim(), "id" | "user" | "header")));
+    let payphone = uri.split(';').any(|p| p.eq_ignore_ascii_case("cpc=payphone"));
+    let number = normalize(user);
+    let kind = classify(&number, CallerSignals { withheld, payphone });
+    let number = if kind == CallerKind::Anonymous { "anonymous".to_string() } else { number };
+    (number, kind, privacy)
+}
+
+pub struct CallActor;
+
+impl Actor for CallActor {
+    type Msg = CallMsg;
+    type State = Call;
+    type Arguments = CallArgs;
+
+    async fn pre_start(&self, myself: ActorRef<CallMsg>, args: CallArgs) -> Result<Call, ActorProcessingErr> {
+        let CallArgs { ctx, invite, number, inbound_trunk, id, logged } = args;
+        let (caller_number, caller_kind, privacy) = identify_caller(&invite.request);
+        let max_forwards = header(&invite.request, "Max-Forwards").and_then(|m| m.trim().parse::<u8>().ok()).unwrap_or(70).saturating_sub(1);
+        let span = tracing::info_span!("call", call_id = %id, number = %number.number, caller = %caller_number);
+        ctx.endpoint.register(&invite.info.call_id, Arc::new(CallHandle(myself.clone())));
+        let slot = CallSlot::take(&ctx, inbound_trunk);
+        let a = ALeg::new(invite.request, invite.info, invite.peer, invite.key);
+        myself.send_message(CallMsg::Start)?;
+        Ok(Call {
+            ctx,
+            me: myself.clone(),
+            id,
+            span,
+            number,
+            a,
+            b: None,
+            relay: None,
+            caller_number,
+            caller_kind,
+            privacy,
+            max_forwards,
+            started: Instant::now(),
+            started_at_ms: now_ms(),
+            setup_observed: false,
+            answered: None,
+            dest_index: 0,
+            trunk_pos: 0,
+            attempt: 0,
+            pending_failure: None,
+            phase: Phase::Trying,
+            result: CallResult::Failed,
+            upstream_code: 500,
+            last_trunk: None,
+            logged,
+            _slot: slot,
+        })
+    }
+
+    async fn handle(&self, myself: ActorRef<CallMsg>, msg: CallMsg, call: &mut Call) -> Result<(), ActorProcessingErr> {
+        let span = call.span.clone();
+        span.in_scope(|| match msg {
+            CallMsg::Start => call.start(),
+            CallMsg::Sip(ev) => call.on_sip(ev),
+            CallMsg::RingTimeout(n) => {
+                if n == call.attempt && call.phase == Phase::Trying {
+                    call.ring_timeout();
+                }
+            }
+            CallMsg::EndGuard => {
+                if call.phase != Phase::Done {
+                    tracing::info!("far end did not confirm teardown; ending call");
+                    call.finish();
+                }
+            }
+            #[cfg(test)]
+            CallMsg::Crash => panic!("test-induced call actor panic"),
+        });
+        if call.phase == Phase::Done {
+            myself.stop(None);
+        }
+        Ok(())
+    }
+}
+
+impl Call {
+    fn ep(&self) -> &tsunagu_sip::EndpointHandle {
+        &self.ctx.endpoint
+    }
+
+    fn start(&mut self) {
+        tracing::debug!("call started");
+        self.ctx.metrics.calls.started.inc();
+        let relay = match (self.ctx.ports.allocate(), self.ctx.ports.allocate()) {
+            (Ok(a), Ok(b)) => Relay::start(a, b, self.ctx.metrics.media.clone()),
+            _ => {
+                tracing::warn!("no RTP ports free");
+                return self.give_up(CallResult::Failed, 503);
+            }
+        };
+        if let Some(remote) = sdp_body(&self.a.invite, &self.a.invite.body)
+            .and_then(|s| sdp::rewrite(&s, relay.local(Side::B).ip(), relay.local(Side::B).port()))
+            .and_then(|r| r.remote)
+        {
+            relay.set_remote(Side::A, remote);
+        }
+        self.relay = Some(relay);
+        self.try_attempt();
+    }
+
+    /// Sends the INVITE of the current (destination, trunk) attempt.
+    fn try_attempt(&mut self) {
+        let Some(dest) = self.number.destinations.get(self.dest_index).cloned() else {
+            return self.give_up(CallResult::Failed, 502);
+        };
+        let trunks = self.ctx.routing.outbound_trunks(&dest.number).to_vec();
+        let Some(&trunk) = trunks.get(self.trunk_pos) else {
+            tracing::warn!(destination = %dest.number, "no route to destination");
+            return self.after_failure(Failure::Status(503));
+        };
+        let Some(target) = self.ctx.routing.trunks[trunk].outbound else {
+            return self.after_failure(Failure::Status(503));
+        };
+        let relay = self.relay.as_ref().expect("relay exists while trying");
+        let offer = sdp_body(&self.a.invite, &self.a.invite.body)
+            .and_then(|s| sdp::rewrite(&s, relay.local(Side::B).ip(), relay.local(Side::B).port()))
+            .map(|r| r.sdp)
+            .unwrap_or_default();
+        let presented = match self.number.caller_id {
+            CallerIdMode::Caller if self.caller_kind == CallerKind::Anonymous => "anonymous".to_string(),
+            CallerIdMode::Caller => self.caller_number.clone(),
+            CallerIdMode::System => self.ctx.system_number.clone().unwrap_or_else(|| self.number.number.clone()),
+        };
+        let peer = Peer {
+            transport: match target.transport {
+                tsunagu_config::Transport::Tcp => tsunagu_sip::Transport::Tcp,
+                _ => tsunagu_sip::Transport::Udp,
+            },
+            addr: target.addr,
+        };
+        if let Some(old) = self.b.take() {
+            self.ep().unregister(old.call_id());
+        }
+        let b = BLeg::invite(
+            self.ep(),
+            Outbound {
+                destination: &dest.number,
+                presented: &presented,
+                peer,
+                sdp: &offer,
+                max_forwards: self.max_forwards,
+                privacy: self.privacy.as_deref(),
+            },
+        );
+        self.attempt += 1;
+        self.pending_failure = None;
+        self.last_trunk = Some(trunk);
+        tracing::debug!(destination = %dest.number, trunk = %self.ctx.routing.trunks[trunk].name, attempt = self.attempt, "forwarding");
+        self.ep().register(b.call_id(), Arc::new(CallHandle(self.me.clone())));
+        self.ep().request(b.invite.clone(), b.peer);
+        self.b = Some(b);
+        let n = self.attempt;
+        self.me.send_after(Duration::from_secs(u64::from(dest.ring_seconds.max(1))), move || CallMsg::RingTimeout(n));
+    }
+
+    fn ring_timeout(&mut self) {
+        tracing::debug!("ring timeout");
+        self.pending_failure = Some(Failure::RingTimeout);
+        let ep = self.ctx.endpoint.clone();
+        if let Some(b) = self.b.as_mut() {
+            b.cancel(&ep);
+        }
+    }
+
+    fn after_failure(&mut self, failure: Failure) {
+        let dest = self.number.destinations.get(self.dest_index).map(|d| d.number.clone()).unwrap_or_default();
+        let trunks = self.ctx.routing.outbound_trunks(&dest).len();
+        let has_next_trunk = self.trunk_pos + 1 < trunks;
+        let has_next_dest = self.dest_index + 1 < self.number.destinations.len();
+        match next_step(failure, has_next_trunk, has_next_dest) {
+            Step::NextTrunk => {
+                self.trunk_pos += 1;
+                self.try_attempt();
+            }
+            Step::NextDestination => {
+                self.dest_index += 1;
+                self.trunk_pos = 0;
+                self.try_attempt();
+            }
+            Step::GiveUp { result, upstream } => self.give_up(result, upstream),
+        }
+    }
+
+    /// Ends an unanswered call with a final response to the caller.
+    fn give_up(&mut self, result: CallResult, upstream: u16) {
+        self.result = result;
+        self.upstream_code = upstream;
+        let ep = self.ctx.endpoint.clone();
+        self.a.respond(&ep, upstream, None);
+        self.finish();
+    }
+
+    fn on_sip(&mut self, ev: SipEvent) {
+        let b_call_id = self.b.as_ref().map(|b| b.call_id().to_string());
+        match ev {
+            SipEvent::Cancelled { .. } => self.caller_cancelled(),
+            SipEvent::Request { request, info, key, .. } => {
+                if info.call_id == self.a.info.call_id {
+                    self.on_a_request(request, info, key);
+                } else if Some(&info.call_id) == b_call_id.as_ref() {
+                    self.on_b_request(request, info, key);
+                }
+            }
+            SipEvent::Response { response, info } => {
+                if Some(&info.call_id) == b_call_id.as_ref() {
+                    self.on_b_response(response, info.cseq_method);
+                } else if info.call_id == self.a.info.call_id && self.phase == Phase::Ending && response.status_code.code() >= 200 {
+                    self.finish(); // the caller answered our BYE
+                }
+            }
+            SipEvent::Timeout { key } => {
+                if self.phase == Phase::Ending {
+                    self.finish();
+                } else if self.phase == Phase::Trying && key.method == Method::Invite {
+                    let f = self.pending_failure.take().unwrap_or(Failure::Timeout);
+                    self.after_failure(f);
+                }
+            }
+            SipEvent::AckTimeout => {
+                tracing::warn!("caller never acknowledged our 200; hanging up");
+                self.hang_up_both();
+            }
+        }
+    }
+
+    fn caller_cancelled(&mut self) {
+        if self.phase != Phase::Trying {
+            return; // too late: already answered or ending
+        }
+        tracing::debug!("caller cancelled");
+        self.result = CallResult::Cancelled;
+        self.upstream_code = 487;
+        let ep = self.ctx.endpoint.clone();
+        self.a.respond(&ep, 487, None);
+        match self.b.as_mut() {
+            Some(b) => {
+                b.cancel(&ep);
+                self.end_and_wait();
+            }
+            None => self.finish(),
+        }
+    }
+
+    fn on_a_request(&mut self, req: Request, info: tsunagu_sip::Info, key: Option<tsunagu_sip::transaction::TxKey>) {
+        let Some(key) = key else { return }; // ACK of our 2xx: nothing to do
+        let ep = self.ctx.endpoint.clone();
+        match req.method {
+            Method::Bye => {
+                ep.respond(&req, &info, &key, 200, None, &[], None);
+                if self.phase == Phase::Answered {
+                    tracing::debug!("caller hung up");
+                    if let Some(b) = self.b.as_mut() {
+                        b.bye(&ep);
+                    }
+                    self.end_and_wait();
+                } else if self.phase == Phase::Trying {
+                    self.caller_cancelled();
+                }
+            }
+            Method::Invite => {
+                // Session refresh or re-offer: keep the call up with our current answer.
+                let sdp = self.a.sdp_sent.clone();
+                ep.respond(&req, &info, &key, 200, Some(&self.a.local_tag), &[], sdp.as_deref().map(|s| ("application/sdp", s.as_bytes())));
+            }
+            _ => ep.respond(&req, &info, &key, 200, None, &[], None),
+        }
+    }
+
+    fn on_b_request(&mut self, req: Request, info: tsunagu_sip::Info, key: Option<tsunagu_sip::transaction::TxKey>) {
+        let Some(key) = key else { return };
+        let ep = self.ctx.endpoint.clone();
+        match req.method {
+            Method::Bye if self.phase == Phase::Answered => {
+                ep.respond(&req, &info, &key, 200, None, &[], None);
+                tracing::debug!("callee hung up");
+                let (spec, peer) = self.a.request(&ep, Method::Bye);
+                ep.request(spec, peer);
+                self.end_and_wait();
+            }
+            Method::Bye => ep.respond(&req, &info, &key, 200, None, &[], None),
+            _ => ep.respond(&req, &info, &key, 200, None, &[], None),
+        }
+    }
+
+    fn on_b_response(&mut self, resp: Response, method: Method) {
+        let code = resp.status_code.code();
+        let ep = self.ctx.endpoint.clone();
+        if method != Method::Invite {
+            if self.phase == Phase::Ending && method == Method::Bye && code >= 200 {
+                self.finish();
+            }
+            return;
+        }
+        match code {
+            100 => {}
+            101..=199 => {
+                let Some(b) = self.b.as_mut() else { return };
+                b.provisional = true;
+                if b.cancel_pending {
+                    b.cancel(&ep);
+                }
+                if self.phase != Phase::Trying || self.pending_failure.is_some() {
+                    return;
+                }
+                let sdp = self.media_answer(&resp);
+                let upstream = if sdp.is_some() { 183 } else { 180 };
+                self.observe_setup();
+                self.a.respond(&ep, upstream, sdp.as_deref());
+            }
+            200..=299 => {
+                let Some(b) = self.b.as_mut() else { return };
+                if self.phase == Phase::Answered {
+                    b.ack(&ep); // retransmitted 2xx: our ACK was lost
+                    return;
+                }
+                b.established(&resp);
+                b.ack(&ep);
+                if self.phase != Phase::Trying {
+                    // Answered after the caller gave up: hang up the callee.
+                    b.bye(&ep);
+                    return;
+                }
+                let sdp = self.media_answer(&resp);
+                self.observe_setup();
+                self.answered = Some((Instant::now(), now_ms()));
+                self.result = CallResult::Answered;
+                self.upstream_code = 200;
+                self.phase = Phase::Answered;
+                self.a.respond(&ep, 200, sdp.as_deref());
+                tracing::debug!("answered");
+            }
+            _ => {
+                if self.phase == Phase::Ending {
+                    self.finish(); // the cancelled attempt is over
+                    return;
+                }
+                if self.phase != Phase::Trying {
+                    return;
+                }
+                let failure = match self.pending_failure.take() {
+                    Some(f) if code == 487 => f,
+                    _ => Failure::Status(code),
+                };
+                tracing::debug!(code, "forwarded leg failed");
+                self.after_failure(failure);
+            }
+        }
+    }
+
+    /// The callee's SDP rewritten for the caller; updates where the relay sends.
+    fn media_answer(&self, resp: &Response) -> Option<String> {
+        let relay = self.relay.as_ref()?;
+        let body = sdp_body(resp, &resp.body)?;
+        let local = relay.local(Side::A);
+        let rewritten = sdp::rewrite(&body, local.ip(), local.port())?;
+        if let Some(remote) = rewritten.remote {
+            relay.set_remote(Side::B, remote);
+        }
+        Some(rewritten.sdp)
+    }
+
+    fn observe_setup(&mut self) {
+        if !self.setup_observed {
+            self.setup_observed = true;
+            self.ctx.metrics.calls.setup_seconds.observe(self.started.elapsed().as_secs_f64());
+        }
+    }
+
+    fn hang_up_both(&mut self) {
+        let ep = self.ctx.endpoint.clone();
+        if let Some(b) = self.b.as_mut() {
+            b.bye(&ep);
+        }
+        let (spec, peer) = self.a.request(&ep, Method::Bye);
+        ep.request(spec, peer);
+        self.end_and_wait();
+    }
+
+    /// Enters Ending: the call finishes when the far end confirms, or at the guard timer.
+    fn end_and_wait(&mut self) {
+        self.phase = Phase::Ending;
+        self.me.send_after(self.ctx.end_guard, || CallMsg::EndGuard);
+    }
+
+    fn finish(&mut self) {
+        if self.phase == Phase::Done {
+            return;
+        }
+        self.phase = Phase::Done;
+        let ended = Instant::now();
+        let ended_at = now_ms();
+        let secs = |d: Duration| ((d.as_millis() + 500) / 1000) as u32;
+        let ring_end = self.answered.map(|(t, _)| t).unwrap_or(ended);
+        let ring_seconds = secs(ring_end.duration_since(self.started));
+        let talk_seconds = self.answered.map(|(t, _)| secs(ended.duration_since(t))).unwrap_or(0);
+        let (pin, pout, lost) = match &self.relay {
+            Some(r) => {
+                let (a, b) = r.stats.packets();
+                (a, b, r.stats.lost())
+            }
+            None => (0, 0, 0),
+        };
+        let record = CallRecord {
+            call_id: self.id.clone(),
+            operator_id: self.number.operator_id.clone(),
+            advertiser_id: self.number.advertiser_id.clone(),
+            tracking_number: self.number.number.clone(),
+            caller_number: self.caller_number.clone(),
+            caller_kind: self.caller_kind,
+            destination_number: self.b.as_ref().map(|b| b.destination.clone()),
+            started_at: self.started_at_ms,
+            answered_at: self.answered.map(|(_, ms)| ms),
+            ended_at,
+            ring_seconds,
+            talk_seconds,
+            result: self.result,
+            validity: Validity::InvalidShort,
+            ivr_digits: None,
+            judgement_digit: None,
+            recording: None,
+            tracking_params: self.number.tracking_params.clone(),
+            node: self.ctx.node_id.clone(),
+            sip_code: self.upstream_code,
+            trunk: self.last_trunk.map(|t| self.ctx.routing.trunks[t].name.clone()),
+            rtp_packets_in: pin,
+            rtp_packets_out: pout,
+            rtp_lost: lost,
+        };
+        let m = &self.ctx.metrics.calls;
+        m.ended.get_or_create(&ResultLabel { result: self.result.as_str() }).inc();
+        m.ring_seconds.observe(ring_end.duration_since(self.started).as_secs_f64());
+        if let Some((t, _)) = self.answered {
+            m.talk_seconds.observe(ended.duration_since(t).as_secs_f64());
+        }
+        tracing::info!(result = %self.result, ring_seconds, talk_seconds, rtp_in = pin, rtp_out = pout, "call ended");
+        self.ctx.log.write(LogEntry { record, rule: self.number.validity });
+        self.logged.store(true, Ordering::Release);
+        self.ep().unregister(&self.a.info.call_id);
+        if let Some(b) = &self.b {
+            self.ep().unregister(b.call_id());
+        }
+        self.relay = None;
+    }
+}
+
+/// The record of a call whose actor died: what the supervisor knows, result `failed`.
+pub fn failed_record(ctx: &NodeContext, seed: &CallSeed) -> LogEntry {
+    let (caller_number, caller_kind, _) = identify_caller(&seed.invite.request);
+    let record = CallRecord {
+        call_id: seed.id.clone(),
+        operator_id: seed.number.operator_id.clone(),
+        advertiser_id: seed.number.advertiser_id.clone(),
+        tracking_number: seed.number.number.clone(),
+        caller_number,
+        caller_kind,
+        destination_number: None,
+        started_at: seed.started_at_ms,
+        answered_at: None,
+        ended_at: now_ms(),
+        ring_seconds: seed.started.elapsed().as_secs() as u32,
+        talk_seconds: 0,
+        result: CallResult::Failed,
+        validity: Validity::InvalidShort,
+        ivr_digits: None,
+        judgement_digit: None,
+        recording: None,
+        tracking_params: seed.number.tracking_params.clone(),
+        node: ctx.node_id.clone(),
+        sip_code: 500,
+        trunk: None,
+        rtp_packets_in: 0,
+        rtp_packets_out: 0,
+        rtp_lost: 0,
+    };
+    LogEntry { record, rule: seed.number.validity }
+}

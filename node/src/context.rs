@@ -1,0 +1,63 @@
+//! What every call on a node shares: the SIP endpoint, RTP ports, routing, the call
+//! log and metrics. Built once at start and handed to call actors in an `Arc`.
+
+use crate::call_log::CallLog;
+use crate::decide::routing::Routing;
+use crate::metrics::Metrics;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tsunagu_media::PortPool;
+use tsunagu_sip::EndpointHandle;
+
+pub struct NodeContext {
+    pub node_id: String,
+    pub endpoint: EndpointHandle,
+    pub ports: Arc<PortPool>,
+    pub routing: Routing,
+    pub log: CallLog,
+    pub metrics: Metrics,
+    pub system_number: Option<String>,
+    /// Guard timer for a call that is ending but whose far end never confirms.
+    pub end_guard: Duration,
+    pub max_calls: usize,
+    pub retry_after: u32,
+    pub active: AtomicUsize,
+    /// Calls open per trunk (index as in `routing.trunks`).
+    pub trunk_channels: Vec<AtomicU32>,
+    pub draining: AtomicBool,
+}
+
+impl NodeContext {
+    pub fn active_calls(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+}
+
+/// Holds a node-wide and a per-trunk call slot; released on drop, so a crashed call
+/// frees its slots too.
+pub struct CallSlot {
+    ctx: Arc<NodeContext>,
+    trunk: usize,
+}
+
+impl CallSlot {
+    pub fn take(ctx: &Arc<NodeContext>, trunk: usize) -> CallSlot {
+        ctx.active.fetch_add(1, Ordering::Relaxed);
+        if let Some(c) = ctx.trunk_channels.get(trunk) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        ctx.metrics.calls.active.inc();
+        CallSlot { ctx: ctx.clone(), trunk }
+    }
+}
+
+impl Drop for CallSlot {
+    fn drop(&mut self) {
+        self.ctx.active.fetch_sub(1, Ordering::Relaxed);
+        if let Some(c) = self.ctx.trunk_channels.get(self.trunk) {
+            c.fetch_sub(1, Ordering::Relaxed);
+        }
+        self.ctx.metrics.calls.active.dec();
+    }
+}

@@ -1,0 +1,101 @@
+//! Caller identification: normalising dialled and calling numbers to national form and
+//! classifying the caller's line (`caller_kind`) by the Japanese numbering plan.
+
+use tsunagu_store::CallerKind;
+
+/// National form of a number: `+81 3-1234-5678` → `0312345678`. Visual separators are
+/// dropped; anything else is kept as is (it will not match a tracking number).
+pub fn normalize(raw: &str) -> String {
+    let digits: String = raw.chars().filter(|c| !matches!(c, '-' | ' ' | '(' | ')' | '.')).collect();
+    if let Some(rest) = digits.strip_prefix("+81") {
+        format!("0{rest}")
+    } else if let Some(rest) = digits.strip_prefix("81").filter(|r| r.len() >= 9 && digits.len() >= 11 && !r.starts_with('0')) {
+        format!("0{rest}")
+    } else {
+        digits
+    }
+}
+
+/// What the signalling says about the caller, besides the number.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CallerSignals {
+    /// Privacy: id (or header), or an anonymous From.
+    pub withheld: bool,
+    /// `cpc=payphone` on the calling party's URI.
+    pub payphone: bool,
+}
+
+pub fn classify(number: &str, signals: CallerSignals) -> CallerKind {
+    if signals.withheld || number.is_empty() || number.eq_ignore_ascii_case("anonymous") {
+        return CallerKind::Anonymous;
+    }
+    if signals.payphone {
+        return CallerKind::Public;
+    }
+    if !number.chars().all(|c| c.is_ascii_digit()) {
+        return CallerKind::Unknown;
+    }
+    let len = number.len();
+    let starts = |p: &str| number.starts_with(p);
+    if (starts("0120") && len == 10) || (starts("0800") && len == 11) {
+        CallerKind::Freephone
+    } else if (starts("070") || starts("080") || starts("090")) && len == 11 {
+        CallerKind::Mobile
+    } else if starts("050") && len == 11 {
+        CallerKind::Ip
+    } else if starts("0570") || starts("0180") || starts("0990") || starts("020") || starts("060") {
+        CallerKind::Unknown
+    } else if starts("0") && !starts("00") && len == 10 {
+        CallerKind::Fixed
+    } else {
+        CallerKind::Unknown
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalisation() {
+        let cases = [
+            ("+81312345678", "0312345678"),
+            ("+81-90-1234-5678", "09012345678"),
+            ("81312345678", "0312345678"),
+            ("03-1234-5678", "0312345678"),
+            ("0501234567", "0501234567"),
+            ("anonymous", "anonymous"),
+            ("110", "110"),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(normalize(raw), want, "{raw}");
+        }
+    }
+
+    #[test]
+    fn caller_kinds() {
+        use CallerKind::*;
+        let none = CallerSignals::default();
+        let cases: &[(&str, CallerSignals, CallerKind)] = &[
+            ("09012345678", none, Mobile),
+            ("08012345678", none, Mobile),
+            ("07012345678", none, Mobile),
+            ("05012345678", none, Ip),
+            ("0312345678", none, Fixed),
+            ("0667891234", none, Fixed),
+            ("0120123456", none, Freephone),
+            ("08001234567", none, Freephone),
+            ("0570123456", none, Unknown),
+            ("0901234567", none, Unknown), // 10 digits: not a mobile number
+            ("", none, Anonymous),
+            ("anonymous", none, Anonymous),
+            ("09012345678", CallerSignals { withheld: true, payphone: false }, Anonymous),
+            ("0312345678", CallerSignals { withheld: false, payphone: true }, Public),
+            ("abc", none, Unknown),
+            ("0012345678", none, Unknown),
+        ];
+        for (number, signals, want) in cases {
+            assert_eq!(classify(number, *signals), *want, "{number} {signals:?}");
+        }
+    }
+}

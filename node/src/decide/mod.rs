@@ -1,0 +1,8 @@
+//! Pure decision logic of a call: who is calling, where the leg goes, what a failure
+//! means, whether the call counts. No I/O and no clock reads: table-driven tests.
+
+pub mod caller;
+pub mod outcome;
+pub mod rate;
+pub mod routing;
+pub mod validity;

@@ -1,0 +1,86 @@
+//! What a failed forwarding attempt means: try the next trunk, try the next
+//! destination, or give up with a result and the status to send the caller.
+//!
+//! Per SPEC: the next trunk of the route is tried on 408, 5xx and timeouts (a trunk
+//! problem); the next destination on busy, no answer, rejection or failure (an
+//! advertiser-side problem, sequential forwarding).
+
+use tsunagu_store::CallResult;
+
+/// Why a forwarding attempt ended without an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// A final response from the far end.
+    Status(u16),
+    /// No final response within the transaction timeout (Timer B).
+    Timeout,
+    /// The destination's ring time ran out and we cancelled it.
+    RingTimeout,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    NextTrunk,
+    NextDestination,
+    GiveUp { result: CallResult, upstream: u16 },
+}
+
+/// The result and upstream status a failure maps to if nothing else is tried.
+pub fn classify(f: Failure) -> (CallResult, u16) {
+    match f {
+        Failure::RingTimeout | Failure::Timeout => (CallResult::NoAnswer, 480),
+        Failure::Status(code) => match code {
+            486 | 600 => (CallResult::Busy, 486),
+            408 | 480 => (CallResult::NoAnswer, 480),
+            403 | 603 => (CallResult::Rejected, 603),
+            404 | 410 | 484 | 604 => (CallResult::Failed, 404),
+            _ => (CallResult::Failed, 502),
+        },
+    }
+}
+
+fn is_trunk_problem(f: Failure) -> bool {
+    matches!(f, Failure::Timeout | Failure::Status(408) | Failure::Status(500..=599))
+}
+
+pub fn next_step(f: Failure, has_next_trunk: bool, has_next_destination: bool) -> Step {
+    if is_trunk_problem(f) && has_next_trunk {
+        Step::NextTrunk
+    } else if has_next_destination {
+        Step::NextDestination
+    } else {
+        let (result, upstream) = classify(f);
+        Step::GiveUp { result, upstream }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use CallResult::*;
+    use Failure::*;
+
+    #[test]
+    fn steps() {
+        let cases: &[(Failure, bool, bool, Step)] = &[
+            (Status(503), true, true, Step::NextTrunk),
+            (Status(408), true, false, Step::NextTrunk),
+            (Timeout, true, false, Step::NextTrunk),
+            (Status(486), true, true, Step::NextDestination),
+            (RingTimeout, true, true, Step::NextDestination),
+            (Status(503), false, true, Step::NextDestination),
+            (Status(486), true, false, Step::GiveUp { result: Busy, upstream: 486 }),
+            (Status(600), false, false, Step::GiveUp { result: Busy, upstream: 486 }),
+            (RingTimeout, false, false, Step::GiveUp { result: NoAnswer, upstream: 480 }),
+            (Timeout, false, false, Step::GiveUp { result: NoAnswer, upstream: 480 }),
+            (Status(480), false, false, Step::GiveUp { result: NoAnswer, upstream: 480 }),
+            (Status(603), false, false, Step::GiveUp { result: Rejected, upstream: 603 }),
+            (Status(404), false, false, Step::GiveUp { result: Failed, upstream: 404 }),
+            (Status(500), false, false, Step::GiveUp { result: Failed, upstream: 502 }),
+            (Status(488), true, false, Step::GiveUp { result: Failed, upstream: 502 }),
+        ];
+        for (f, t, d, want) in cases {
+            assert_eq!(next_step(*f, *t, *d), *want, "{f:?} next_trunk={t} next_dest={d}");
+        }
+    }
+}

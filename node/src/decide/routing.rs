@@ -1,0 +1,102 @@
+//! Where calls come from and go to: the trunk an INVITE arrived on (by source address)
+//! and the ordered trunks for a destination (longest matching route prefix).
+
+use std::net::IpAddr;
+use tsunagu_config::{Cidr, Config, Listener};
+
+#[derive(Debug, Clone)]
+pub struct Trunk {
+    pub name: String,
+    pub inbound: Vec<Cidr>,
+    pub outbound: Option<Listener>,
+    pub max_cps: u32,
+    pub max_channels: u32,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Routing {
+    pub trunks: Vec<Trunk>,
+    /// (prefix, indexes into `trunks`), longest prefix first.
+    routes: Vec<(String, Vec<usize>)>,
+}
+
+impl Routing {
+    pub fn from_config(c: &Config) -> Routing {
+        let trunks: Vec<Trunk> = c
+            .trunks
+            .iter()
+            .map(|t| Trunk { name: t.name.clone(), inbound: t.inbound.clone(), outbound: t.outbound, max_cps: t.max_cps, max_channels: t.max_channels })
+            .collect();
+        let mut routes: Vec<(String, Vec<usize>)> = c
+            .routes
+            .iter()
+            .map(|r| (r.prefix.clone(), r.trunks.iter().filter_map(|n| trunks.iter().position(|t| &t.name == n)).collect()))
+            .collect();
+        routes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        Routing { trunks, routes }
+    }
+
+    /// The trunk whose inbound networks contain `ip` (first in configuration order).
+    pub fn inbound_trunk(&self, ip: IpAddr) -> Option<usize> {
+        self.trunks.iter().position(|t| t.inbound.iter().any(|c| c.contains(ip)))
+    }
+
+    /// The trunks to try, in order, for a destination number.
+    pub fn outbound_trunks(&self, destination: &str) -> &[usize] {
+        self.routes.iter().find(|(p, _)| destination.starts_with(p.as_str())).map(|(_, t)| t.as_slice()).unwrap_or(&[])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn routing() -> Routing {
+        let c = Config::from_toml(
+            r#"
+[[trunks]]
+name = "a"
+inbound = ["127.0.0.1/32", "10.0.0.0/8"]
+outbound = "udp:127.0.0.1:5070"
+[[trunks]]
+name = "b"
+inbound = ["127.0.0.0/8"]
+outbound = "udp:127.0.0.1:5080"
+[[trunks]]
+name = "c"
+outbound = "tcp:127.0.0.1:5090"
+[[routes]]
+prefix = ""
+trunks = ["a", "b"]
+[[routes]]
+prefix = "03"
+trunks = ["c"]
+[[routes]]
+prefix = "0312"
+trunks = ["b", "c"]
+"#,
+        )
+        .unwrap();
+        Routing::from_config(&c)
+    }
+
+    #[test]
+    fn inbound_by_source() {
+        let r = routing();
+        let cases = [("127.0.0.1", Some(0)), ("127.0.0.2", Some(1)), ("10.9.9.9", Some(0)), ("192.0.2.1", None)];
+        for (ip, want) in cases {
+            assert_eq!(r.inbound_trunk(ip.parse().unwrap()), want, "{ip}");
+        }
+    }
+
+    #[test]
+    fn longest_prefix_wins() {
+        let r = routing();
+        let name = |d: &str| r.outbound_trunks(d).iter().map(|i| r.trunks[*i].name.clone()).collect::<Vec<_>>();
+        assert_eq!(name("0311112222"), vec!["b", "c"]);
+        assert_eq!(name("0399998888"), vec!["c"]);
+        assert_eq!(name("0612345678"), vec!["a", "b"]);
+        let none = Routing::default();
+        assert!(none.outbound_trunks("03").is_empty());
+    }
+}

@@ -1,0 +1,12 @@
+//! The tsunagu node: call actors and their supervisor, admission of new calls, the
+//! call-log writer, and the wiring that starts the SIP edge, media and the API.
+
+pub mod admission;
+pub mod call;
+pub mod call_log;
+pub mod context;
+pub mod decide;
+pub mod directory;
+pub mod metrics;
+pub mod server;
+pub mod supervisor;

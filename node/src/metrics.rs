@@ -1,0 +1,87 @@
+//! Every Prometheus metric of a node, registered in one registry that `/metrics` renders.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use tsunagu_media::MediaMetrics;
+use tsunagu_sip::metrics::SipMetrics;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RejectLabel {
+    pub code: u16,
+    pub reason: &'static str,
+}
+
+#[derive(Clone)]
+pub struct CallMetrics {
+    pub started: Counter,
+    pub ended: Family<ResultLabel, Counter>,
+    pub rejected: Family<RejectLabel, Counter>,
+    pub active: Gauge,
+    pub ring_seconds: Histogram,
+    pub talk_seconds: Histogram,
+    pub setup_seconds: Histogram,
+    pub actor_failures: Counter,
+    pub log_pending: Gauge,
+    pub log_written: Counter,
+    pub log_write_errors: Counter,
+    pub store_write_seconds: Histogram,
+}
+
+impl Default for CallMetrics {
+    fn default() -> Self {
+        let time_buckets = [0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0];
+        CallMetrics {
+            started: Counter::default(),
+            ended: Family::default(),
+            rejected: Family::default(),
+            active: Gauge::default(),
+            ring_seconds: Histogram::new(time_buckets),
+            talk_seconds: Histogram::new(time_buckets),
+            setup_seconds: Histogram::new([0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0]),
+            actor_failures: Counter::default(),
+            log_pending: Gauge::default(),
+            log_written: Counter::default(),
+            log_write_errors: Counter::default(),
+            store_write_seconds: Histogram::new([0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0]),
+        }
+    }
+}
+
+/// All metric groups of a node.
+#[derive(Clone, Default)]
+pub struct Metrics {
+    pub calls: CallMetrics,
+    pub sip: SipMetrics,
+    pub media: MediaMetrics,
+}
+
+impl Metrics {
+    pub fn registry(&self) -> Registry {
+        let mut r = Registry::with_prefix("tsunagu");
+        let c = &self.calls;
+        r.register("calls_started", "Calls accepted (INVITE passed admission); rate() gives CPS", c.started.clone());
+        r.register("calls_ended", "Calls ended, by result", c.ended.clone());
+        r.register("invites_rejected", "New INVITEs refused, by status code and reason", c.rejected.clone());
+        r.register("active_calls", "Calls in progress on this node", c.active.clone());
+        r.register("call_ring_seconds", "Time from INVITE to answer or give-up", c.ring_seconds.clone());
+        r.register("call_talk_seconds", "Talk time of answered calls", c.talk_seconds.clone());
+        r.register("call_setup_seconds", "Time from INVITE to the first ringing or answer relayed to the caller", c.setup_seconds.clone());
+        r.register("call_actor_failures", "Call actors that panicked or were killed; their calls were cleaned up and logged as failed", c.actor_failures.clone());
+        r.register("call_log_pending", "Call log records waiting to be written to the store", c.log_pending.clone());
+        r.register("call_log_written", "Call log records written to the store", c.log_written.clone());
+        r.register("call_log_write_errors", "Failed store writes of call logs (records are kept and retried)", c.log_write_errors.clone());
+        r.register("store_write_seconds", "Latency of call-log batch writes to the store", c.store_write_seconds.clone());
+        self.sip.register(&mut r);
+        self.media.register(&mut r);
+        r
+    }
+}
