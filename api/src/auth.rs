@@ -14,7 +14,10 @@ pub enum Principal {
 impl FromRequestParts<Arc<ApiState>> for Principal {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &Arc<ApiState>) -> Result<Principal, ApiError> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<ApiState>,
+    ) -> Result<Principal, ApiError> {
         let header = parts
             .headers
             .get(axum::http::header::AUTHORIZATION)
@@ -46,10 +49,15 @@ pub struct OperatorId(pub String);
 impl FromRequestParts<Arc<ApiState>> for OperatorId {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &Arc<ApiState>) -> Result<OperatorId, ApiError> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<ApiState>,
+    ) -> Result<OperatorId, ApiError> {
         match Principal::from_request_parts(parts, state).await? {
             Principal::Operator(id) => Ok(OperatorId(id)),
-            Principal::Admin => Err(ApiError::forbidden("use an operator API key: the admin token belongs to no operator")),
+            Principal::Admin => Err(ApiError::forbidden(
+                "use an operator API key: the admin token belongs to no operator",
+            )),
         }
     }
 }
@@ -60,10 +68,15 @@ pub struct Admin;
 impl FromRequestParts<Arc<ApiState>> for Admin {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &Arc<ApiState>) -> Result<Admin, ApiError> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<ApiState>,
+    ) -> Result<Admin, ApiError> {
         match Principal::from_request_parts(parts, state).await? {
             Principal::Admin => Ok(Admin),
-            Principal::Operator(_) => Err(ApiError::forbidden("this endpoint needs the admin token")),
+            Principal::Operator(_) => {
+                Err(ApiError::forbidden("this endpoint needs the admin token"))
+            }
         }
     }
 }

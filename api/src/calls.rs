@@ -39,9 +39,29 @@ enum Format {
 }
 
 const COLUMNS: &[&str] = &[
-    "call_id", "advertiser_id", "tracking_number", "caller_number", "caller_kind", "destination_number", "started_at",
-    "answered_at", "ended_at", "ring_seconds", "talk_seconds", "result", "validity", "ivr_digits", "judgement_digit",
-    "recording", "tracking_params", "node", "sip_code", "trunk", "rtp_packets_in", "rtp_packets_out", "rtp_lost",
+    "call_id",
+    "advertiser_id",
+    "tracking_number",
+    "caller_number",
+    "caller_kind",
+    "destination_number",
+    "started_at",
+    "answered_at",
+    "ended_at",
+    "ring_seconds",
+    "talk_seconds",
+    "result",
+    "validity",
+    "ivr_digits",
+    "judgement_digit",
+    "recording",
+    "tracking_params",
+    "node",
+    "sip_code",
+    "trunk",
+    "rtp_packets_in",
+    "rtp_packets_out",
+    "rtp_lost",
 ];
 
 const JSON_PAGE_MAX: usize = 1000;
@@ -53,7 +73,12 @@ fn parse_time(field: &str, v: &str) -> Result<i64, ApiError> {
     }
     chrono::DateTime::parse_from_rfc3339(v)
         .map(|t| t.timestamp_millis())
-        .map_err(|_| ApiError::bad_request(Some(field), "must be RFC 3339 (2026-01-31T09:00:00+09:00) or epoch milliseconds"))
+        .map_err(|_| {
+            ApiError::bad_request(
+                Some(field),
+                "must be RFC 3339 (2026-01-31T09:00:00+09:00) or epoch milliseconds",
+            )
+        })
 }
 
 fn format_of(p: &CallsParams, headers: &HeaderMap) -> Result<Format, ApiError> {
@@ -62,10 +87,16 @@ fn format_of(p: &CallsParams, headers: &HeaderMap) -> Result<Format, ApiError> {
             "json" => Ok(Format::Json),
             "csv" => Ok(Format::Csv),
             "tsv" => Ok(Format::Tsv),
-            _ => Err(ApiError::bad_request(Some("format"), "must be json, csv or tsv")),
+            _ => Err(ApiError::bad_request(
+                Some("format"),
+                "must be json, csv or tsv",
+            )),
         };
     }
-    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     Ok(if accept.contains("text/csv") {
         Format::Csv
     } else if accept.contains("text/tab-separated-values") {
@@ -89,16 +120,39 @@ fn query_from(op: String, p: &CallsParams) -> Result<CallQuery, ApiError> {
     let order = match p.sort.as_deref() {
         None | Some("started_at") => SortOrder::Asc,
         Some("-started_at") => SortOrder::Desc,
-        Some(_) => return Err(ApiError::bad_request(Some("sort"), "must be started_at or -started_at")),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                Some("sort"),
+                "must be started_at or -started_at",
+            ))
+        }
     };
-    let result = p.result.as_deref().map(|r| r.parse::<CallResult>().map_err(|e| ApiError::bad_request(Some("result"), e))).transpose()?;
-    let validity = p.validity.as_deref().map(|v| v.parse::<Validity>().map_err(|e| ApiError::bad_request(Some("validity"), e))).transpose()?;
+    let result = p
+        .result
+        .as_deref()
+        .map(|r| {
+            r.parse::<CallResult>()
+                .map_err(|e| ApiError::bad_request(Some("result"), e))
+        })
+        .transpose()?;
+    let validity = p
+        .validity
+        .as_deref()
+        .map(|v| {
+            v.parse::<Validity>()
+                .map_err(|e| ApiError::bad_request(Some("validity"), e))
+        })
+        .transpose()?;
     if p.limit == Some(0) {
         return Err(ApiError::bad_request(Some("limit"), "must be at least 1"));
     }
     Ok(CallQuery {
         operator_id: op,
-        from_ms: p.from.as_deref().map(|v| parse_time("from", v)).transpose()?,
+        from_ms: p
+            .from
+            .as_deref()
+            .map(|v| parse_time("from", v))
+            .transpose()?,
         to_ms: p.to.as_deref().map(|v| parse_time("to", v)).transpose()?,
         advertiser_id: p.advertiser_id.clone(),
         tracking_number: p.number.clone(),
@@ -157,7 +211,11 @@ fn fields(r: &CallRecord) -> [String; 23] {
         opt(&r.ivr_digits),
         opt(&r.judgement_digit),
         opt(&r.recording),
-        if r.tracking_params.is_empty() { String::new() } else { serde_json::to_string(&r.tracking_params).unwrap_or_default() },
+        if r.tracking_params.is_empty() {
+            String::new()
+        } else {
+            serde_json::to_string(&r.tracking_params).unwrap_or_default()
+        },
         r.node.clone(),
         r.sip_code.to_string(),
         opt(&r.trunk),
@@ -175,7 +233,13 @@ fn write_row<S: AsRef<str>>(out: &mut String, cells: &[S], format: Format) {
             out.push(if format == Format::Tsv { '\t' } else { ',' });
         }
         match format {
-            Format::Tsv => out.extend(cell.chars().map(|c| if matches!(c, '\t' | '\n' | '\r') { ' ' } else { c })),
+            Format::Tsv => out.extend(cell.chars().map(|c| {
+                if matches!(c, '\t' | '\n' | '\r') {
+                    ' '
+                } else {
+                    c
+                }
+            })),
             _ if cell.contains([',', '"', '\n', '\r']) => {
                 out.push('"');
                 out.push_str(&cell.replace('"', "\"\""));
@@ -199,7 +263,10 @@ fn stream_table(st: &ApiState, query: CallQuery, format: Format) -> Response {
         let result = store.scan_calls(&query, &mut |r| {
             write_row(&mut buf, &fields(&r), format);
             if buf.len() >= CHUNK_BYTES {
-                let chunk = Bytes::from(std::mem::replace(&mut buf, String::with_capacity(CHUNK_BYTES + 1024)));
+                let chunk = Bytes::from(std::mem::replace(
+                    &mut buf,
+                    String::with_capacity(CHUNK_BYTES + 1024),
+                ));
                 open = tx.blocking_send(Ok(chunk)).is_ok();
             }
             open
@@ -222,13 +289,24 @@ fn stream_table(st: &ApiState, query: CallQuery, format: Format) -> Response {
     };
     (
         StatusCode::OK,
-        [(header::CONTENT_TYPE, ctype.to_string()), (header::CONTENT_DISPOSITION, format!("attachment; filename=\"calls.{ext}\""))],
+        [
+            (header::CONTENT_TYPE, ctype.to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"calls.{ext}\""),
+            ),
+        ],
         Body::from_stream(stream),
     )
         .into_response()
 }
 
-pub async fn list(OperatorId(op): OperatorId, State(st): State<Arc<ApiState>>, headers: HeaderMap, params: Result<Query<CallsParams>, axum::extract::rejection::QueryRejection>) -> Result<Response, ApiError> {
+pub async fn list(
+    OperatorId(op): OperatorId,
+    State(st): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    params: Result<Query<CallsParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
     let Query(p) = params.map_err(|e| ApiError::bad_request(None, e.body_text()))?;
     let format = format_of(&p, &headers)?;
     let mut query = query_from(op, &p)?;
@@ -246,20 +324,39 @@ pub async fn list(OperatorId(op): OperatorId, State(st): State<Arc<ApiState>>, h
         Ok(rows)
     })
     .await?;
-    let next = (rows.len() == limit).then(|| rows.last().map(encode_cursor)).flatten();
-    Ok(Json(json!({"calls": rows.iter().map(call_json).collect::<Vec<_>>(), "next_cursor": next})).into_response())
+    let next = (rows.len() == limit)
+        .then(|| rows.last().map(encode_cursor))
+        .flatten();
+    Ok(
+        Json(json!({"calls": rows.iter().map(call_json).collect::<Vec<_>>(), "next_cursor": next}))
+            .into_response(),
+    )
 }
 
-pub async fn get_one(OperatorId(op): OperatorId, State(st): State<Arc<ApiState>>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    let r = db(&st, move |s| s.get_call(&op, &id)).await?.ok_or_else(|| ApiError::not_found("no such call"))?;
+pub async fn get_one(
+    OperatorId(op): OperatorId,
+    State(st): State<Arc<ApiState>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let r = db(&st, move |s| s.get_call(&op, &id))
+        .await?
+        .ok_or_else(|| ApiError::not_found("no such call"))?;
     Ok(Json(call_json(&r)))
 }
 
-pub async fn recording(OperatorId(op): OperatorId, State(st): State<Arc<ApiState>>, Path(id): Path<String>) -> Result<Response, ApiError> {
-    let r = db(&st, move |s| s.get_call(&op, &id)).await?.ok_or_else(|| ApiError::not_found("no such call"))?;
+pub async fn recording(
+    OperatorId(op): OperatorId,
+    State(st): State<Arc<ApiState>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let r = db(&st, move |s| s.get_call(&op, &id))
+        .await?
+        .ok_or_else(|| ApiError::not_found("no such call"))?;
     match r.recording {
         None => Err(ApiError::not_found("this call has no recording")),
-        Some(_) => Err(ApiError::not_found("recording storage is not available on this node yet")),
+        Some(_) => Err(ApiError::not_found(
+            "recording storage is not available on this node yet",
+        )),
     }
 }
 
@@ -270,7 +367,11 @@ mod tests {
     #[test]
     fn csv_and_tsv_escaping() {
         let mut out = String::new();
-        write_row(&mut out, &["a", "b,c", "say \"hi\"", "x\ny", ""], Format::Csv);
+        write_row(
+            &mut out,
+            &["a", "b,c", "say \"hi\"", "x\ny", ""],
+            Format::Csv,
+        );
         assert_eq!(out, "a,\"b,c\",\"say \"\"hi\"\"\",\"x\ny\",\r\n");
         let mut out = String::new();
         write_row(&mut out, &["a\tb", "c\nd", "e,f"], Format::Tsv);
@@ -279,19 +380,61 @@ mod tests {
 
     #[test]
     fn query_parameters() {
-        let ok = CallsParams { from: Some("2026-01-01T00:00:00+09:00".into()), to: Some("1767225600000".into()), sort: Some("-started_at".into()), cursor: Some("5.call_x".into()), ..Default::default() };
+        let ok = CallsParams {
+            from: Some("2026-01-01T00:00:00+09:00".into()),
+            to: Some("1767225600000".into()),
+            sort: Some("-started_at".into()),
+            cursor: Some("5.call_x".into()),
+            ..Default::default()
+        };
         let q = query_from("op".into(), &ok).unwrap();
         assert_eq!(q.from_ms, Some(1767193200000));
         assert_eq!(q.to_ms, Some(1767225600000));
         assert_eq!(q.order, SortOrder::Desc);
         assert_eq!(q.after, Some((5, "call_x".into())));
         let bad: Vec<(CallsParams, &str)> = vec![
-            (CallsParams { from: Some("yesterday".into()), ..Default::default() }, "from"),
-            (CallsParams { result: Some("won".into()), ..Default::default() }, "result"),
-            (CallsParams { validity: Some("maybe".into()), ..Default::default() }, "validity"),
-            (CallsParams { sort: Some("caller".into()), ..Default::default() }, "sort"),
-            (CallsParams { cursor: Some("nonsense".into()), ..Default::default() }, "cursor"),
-            (CallsParams { limit: Some(0), ..Default::default() }, "limit"),
+            (
+                CallsParams {
+                    from: Some("yesterday".into()),
+                    ..Default::default()
+                },
+                "from",
+            ),
+            (
+                CallsParams {
+                    result: Some("won".into()),
+                    ..Default::default()
+                },
+                "result",
+            ),
+            (
+                CallsParams {
+                    validity: Some("maybe".into()),
+                    ..Default::default()
+                },
+                "validity",
+            ),
+            (
+                CallsParams {
+                    sort: Some("caller".into()),
+                    ..Default::default()
+                },
+                "sort",
+            ),
+            (
+                CallsParams {
+                    cursor: Some("nonsense".into()),
+                    ..Default::default()
+                },
+                "cursor",
+            ),
+            (
+                CallsParams {
+                    limit: Some(0),
+                    ..Default::default()
+                },
+                "limit",
+            ),
         ];
         for (p, field) in bad {
             let e = query_from("op".into(), &p).unwrap_err();

@@ -17,7 +17,12 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { status, code, message: message.into(), field: None }
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            field: None,
+        }
     }
     pub fn not_found(message: impl Into<String>) -> ApiError {
         Self::new(StatusCode::NOT_FOUND, "not_found", message)
@@ -29,10 +34,16 @@ impl ApiError {
         Self::new(StatusCode::FORBIDDEN, "forbidden", message)
     }
     pub fn bad_request(field: Option<&str>, message: impl Into<String>) -> ApiError {
-        ApiError { field: field.map(str::to_string), ..Self::new(StatusCode::BAD_REQUEST, "bad_request", message) }
+        ApiError {
+            field: field.map(str::to_string),
+            ..Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+        }
     }
     pub fn invalid(field: &str, message: impl Into<String>) -> ApiError {
-        ApiError { field: Some(field.to_string()), ..Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message) }
+        ApiError {
+            field: Some(field.to_string()),
+            ..Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message)
+        }
     }
     pub fn conflict(message: impl Into<String>) -> ApiError {
         Self::new(StatusCode::CONFLICT, "conflict", message)
@@ -73,6 +84,9 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
         let path = e.path().to_string();
         let field = (path != ".").then_some(path);
         let message = e.inner().to_string();
-        ApiError { field, ..ApiError::bad_request(None, message) }
+        ApiError {
+            field,
+            ..ApiError::bad_request(None, message)
+        }
     })
 }

@@ -44,13 +44,34 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
         .route("/v1/openapi.json", get(openapi::document))
-        .route("/v1/operators", post(operators::create).get(operators::list))
-        .route("/v1/operators/{id}", get(operators::get_one).patch(operators::update).delete(operators::delete))
+        .route(
+            "/v1/operators",
+            post(operators::create).get(operators::list),
+        )
+        .route(
+            "/v1/operators/{id}",
+            get(operators::get_one)
+                .patch(operators::update)
+                .delete(operators::delete),
+        )
         .route("/v1/operators/{id}/keys", post(operators::new_key))
-        .route("/v1/advertisers", post(advertisers::create).get(advertisers::list))
-        .route("/v1/advertisers/{id}", get(advertisers::get_one).patch(advertisers::update).delete(advertisers::delete))
+        .route(
+            "/v1/advertisers",
+            post(advertisers::create).get(advertisers::list),
+        )
+        .route(
+            "/v1/advertisers/{id}",
+            get(advertisers::get_one)
+                .patch(advertisers::update)
+                .delete(advertisers::delete),
+        )
         .route("/v1/numbers", post(numbers::create).get(numbers::list))
-        .route("/v1/numbers/{number}", get(numbers::get_one).patch(numbers::update).delete(numbers::delete))
+        .route(
+            "/v1/numbers/{number}",
+            get(numbers::get_one)
+                .patch(numbers::update)
+                .delete(numbers::delete),
+        )
         .route("/v1/calls", get(calls::list))
         .route("/v1/calls/{call_id}", get(calls::get_one))
         .route("/v1/calls/{call_id}/recording", get(calls::recording))
@@ -65,7 +86,10 @@ where
     F: FnOnce(&dyn Store) -> tsunagu_store::Result<T> + Send + 'static,
 {
     let store = state.store.clone();
-    tokio::task::spawn_blocking(move || f(&*store)).await.map_err(|e| ApiError::internal(e.to_string()))?.map_err(ApiError::from)
+    tokio::task::spawn_blocking(move || f(&*store))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(ApiError::from)
 }
 
 /// Milliseconds since the epoch as RFC 3339 UTC with milliseconds.

@@ -48,30 +48,58 @@ fn is_phone_number(s: &str) -> bool {
 /// Checks a number's settings; the first problem is reported with its field.
 fn validate(n: &TrackingNumber) -> Result<(), ApiError> {
     if !is_phone_number(&n.number) {
-        return Err(ApiError::invalid("number", "must be 4 to 15 digits in national form (e.g. 0501234567)"));
+        return Err(ApiError::invalid(
+            "number",
+            "must be 4 to 15 digits in national form (e.g. 0501234567)",
+        ));
     }
     if n.kind != NumberKind::Static {
-        return Err(ApiError::invalid("kind", "only `static` numbers are supported so far"));
+        return Err(ApiError::invalid(
+            "kind",
+            "only `static` numbers are supported so far",
+        ));
     }
     if n.destinations.is_empty() || n.destinations.len() > 10 {
-        return Err(ApiError::invalid("destinations", "needs 1 to 10 destinations"));
+        return Err(ApiError::invalid(
+            "destinations",
+            "needs 1 to 10 destinations",
+        ));
     }
     for (i, d) in n.destinations.iter().enumerate() {
         if !is_phone_number(&d.number) {
-            return Err(ApiError::invalid(&format!("destinations[{i}].number"), "must be 4 to 15 digits"));
+            return Err(ApiError::invalid(
+                &format!("destinations[{i}].number"),
+                "must be 4 to 15 digits",
+            ));
         }
         if !(1..=300).contains(&d.ring_seconds) {
-            return Err(ApiError::invalid(&format!("destinations[{i}].ring_seconds"), "must be 1 to 300"));
+            return Err(ApiError::invalid(
+                &format!("destinations[{i}].ring_seconds"),
+                "must be 1 to 300",
+            ));
         }
     }
     if n.validity.min_talk_seconds > 86_400 {
-        return Err(ApiError::invalid("validity.min_talk_seconds", "must be at most 86400"));
+        return Err(ApiError::invalid(
+            "validity.min_talk_seconds",
+            "must be at most 86400",
+        ));
     }
     if n.validity.duplicate_window_seconds > 366 * 86_400 {
-        return Err(ApiError::invalid("validity.duplicate_window_seconds", "must be at most a year"));
+        return Err(ApiError::invalid(
+            "validity.duplicate_window_seconds",
+            "must be at most a year",
+        ));
     }
-    if n.tracking_params.len() > 50 || n.tracking_params.iter().any(|(k, v)| k.is_empty() || k.len() > 100 || v.len() > 2000) {
-        return Err(ApiError::invalid("tracking_params", "at most 50 keys of 1-100 characters with values up to 2000"));
+    if n.tracking_params.len() > 50
+        || n.tracking_params
+            .iter()
+            .any(|(k, v)| k.is_empty() || k.len() > 100 || v.len() > 2000)
+    {
+        return Err(ApiError::invalid(
+            "tracking_params",
+            "at most 50 keys of 1-100 characters with values up to 2000",
+        ));
     }
     Ok(())
 }
@@ -106,7 +134,11 @@ async fn check_advertiser(st: &ApiState, op: &str, adv: &str) -> Result<(), ApiE
     }
 }
 
-pub async fn create(OperatorId(op): OperatorId, State(st): State<Arc<ApiState>>, body: Bytes) -> Result<(StatusCode, Json<Value>), ApiError> {
+pub async fn create(
+    OperatorId(op): OperatorId,
+    State(st): State<Arc<ApiState>>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
     let input: NumberInput = parse_json(&body)?;
     let now = now_ms();
     let number = TrackingNumber {
@@ -134,9 +166,18 @@ pub struct ListQuery {
     advertiser_id: Option<String>,
 }
 
-pub async fn list(OperatorId(op): OperatorId, State(st): State<Arc<ApiState>>, Query(q): Query<ListQuery>) -> Result<Json<Value>, ApiError> {
-    let list = db(&st, move |s| s.list_numbers(&op, q.advertiser_id.as_deref())).await?;
-    Ok(Json(json!({"numbers": list.iter().map(view).collect::<Vec<_>>()})))
+pub async fn list(
+    OperatorId(op): OperatorId,
+    State(st): State<Arc<ApiState>>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let list = db(&st, move |s| {
+        s.list_numbers(&op, q.advertiser_id.as_deref())
+    })
+    .await?;
+    Ok(Json(
+        json!({"numbers": list.iter().map(view).collect::<Vec<_>>()}),
+    ))
 }
 
 async fn owned(st: &ApiState, op: &str, number: &str) -> Result<TrackingNumber, ApiError> {
@@ -145,11 +186,20 @@ async fn owned(st: &ApiState, op: &str, number: &str) -> Result<TrackingNumber, 
     found.filter(|n| n.operator_id == op).ok_or_else(not_found)
 }
 
-pub async fn get_one(OperatorId(op): OperatorId, State(st): State<Arc<ApiState>>, Path(number): Path<String>) -> Result<Json<Value>, ApiError> {
+pub async fn get_one(
+    OperatorId(op): OperatorId,
+    State(st): State<Arc<ApiState>>,
+    Path(number): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     Ok(Json(view(&owned(&st, &op, &number).await?)))
 }
 
-pub async fn update(OperatorId(op): OperatorId, State(st): State<Arc<ApiState>>, Path(number): Path<String>, body: Bytes) -> Result<Json<Value>, ApiError> {
+pub async fn update(
+    OperatorId(op): OperatorId,
+    State(st): State<Arc<ApiState>>,
+    Path(number): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
     let patch: NumberPatch = parse_json(&body)?;
     let mut n = owned(&st, &op, &number).await?;
     if let Some(a) = patch.advertiser_id {
@@ -178,7 +228,11 @@ pub async fn update(OperatorId(op): OperatorId, State(st): State<Arc<ApiState>>,
     Ok(Json(view(&n)))
 }
 
-pub async fn delete(OperatorId(op): OperatorId, State(st): State<Arc<ApiState>>, Path(number): Path<String>) -> Result<StatusCode, ApiError> {
+pub async fn delete(
+    OperatorId(op): OperatorId,
+    State(st): State<Arc<ApiState>>,
+    Path(number): Path<String>,
+) -> Result<StatusCode, ApiError> {
     let num = number.clone();
     if !db(&st, move |s| s.delete_number(&op, &num)).await? {
         return Err(not_found());

@@ -16,7 +16,21 @@ mod tests {
     fn document_is_valid_json_naming_every_route() {
         let v: serde_json::Value = serde_json::from_str(super::DOCUMENT).unwrap();
         let paths = v["paths"].as_object().unwrap();
-        for p in ["/v1/operators", "/v1/operators/{id}", "/v1/operators/{id}/keys", "/v1/advertisers", "/v1/advertisers/{id}", "/v1/numbers", "/v1/numbers/{number}", "/v1/calls", "/v1/calls/{call_id}", "/v1/calls/{call_id}/recording", "/healthz", "/readyz", "/metrics"] {
+        for p in [
+            "/v1/operators",
+            "/v1/operators/{id}",
+            "/v1/operators/{id}/keys",
+            "/v1/advertisers",
+            "/v1/advertisers/{id}",
+            "/v1/numbers",
+            "/v1/numbers/{number}",
+            "/v1/calls",
+            "/v1/calls/{call_id}",
+            "/v1/calls/{call_id}/recording",
+            "/healthz",
+            "/readyz",
+            "/metrics",
+        ] {
             assert!(paths.contains_key(p), "{p}");
         }
     }

@@ -30,7 +30,11 @@ fn view(o: &Operator) -> Value {
     json!({"id": o.id, "name": o.name, "created_at": rfc3339(o.created_at)})
 }
 
-pub async fn create(_: Admin, State(st): State<Arc<ApiState>>, body: Bytes) -> Result<(StatusCode, Json<Value>), ApiError> {
+pub async fn create(
+    _: Admin,
+    State(st): State<Arc<ApiState>>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
     let input: OperatorInput = parse_json(&body)?;
     let name = valid_name(&input.name)?;
     let key = tsunagu_store::new_api_key();
@@ -48,22 +52,41 @@ pub async fn create(_: Admin, State(st): State<Arc<ApiState>>, body: Bytes) -> R
 
 pub async fn list(_: Admin, State(st): State<Arc<ApiState>>) -> Result<Json<Value>, ApiError> {
     let ops = db(&st, |s| s.list_operators()).await?;
-    Ok(Json(json!({"operators": ops.iter().map(view).collect::<Vec<_>>()})))
+    Ok(Json(
+        json!({"operators": ops.iter().map(view).collect::<Vec<_>>()}),
+    ))
 }
 
-pub async fn get_one(_: Admin, State(st): State<Arc<ApiState>>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    let op = db(&st, move |s| s.get_operator(&id)).await?.ok_or_else(|| ApiError::not_found("no such operator"))?;
+pub async fn get_one(
+    _: Admin,
+    State(st): State<Arc<ApiState>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let op = db(&st, move |s| s.get_operator(&id))
+        .await?
+        .ok_or_else(|| ApiError::not_found("no such operator"))?;
     Ok(Json(view(&op)))
 }
 
-pub async fn update(_: Admin, State(st): State<Arc<ApiState>>, Path(id): Path<String>, body: Bytes) -> Result<Json<Value>, ApiError> {
+pub async fn update(
+    _: Admin,
+    State(st): State<Arc<ApiState>>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
     let input: OperatorInput = parse_json(&body)?;
     let name = valid_name(&input.name)?;
-    let op = db(&st, move |s| s.rename_operator(&id, &name)).await?.ok_or_else(|| ApiError::not_found("no such operator"))?;
+    let op = db(&st, move |s| s.rename_operator(&id, &name))
+        .await?
+        .ok_or_else(|| ApiError::not_found("no such operator"))?;
     Ok(Json(view(&op)))
 }
 
-pub async fn delete(_: Admin, State(st): State<Arc<ApiState>>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+pub async fn delete(
+    _: Admin,
+    State(st): State<Arc<ApiState>>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
     if db(&st, move |s| s.delete_operator(&id)).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
@@ -71,7 +94,11 @@ pub async fn delete(_: Admin, State(st): State<Arc<ApiState>>, Path(id): Path<St
     }
 }
 
-pub async fn new_key(_: Admin, State(st): State<Arc<ApiState>>, Path(id): Path<String>) -> Result<(StatusCode, Json<Value>), ApiError> {
+pub async fn new_key(
+    _: Admin,
+    State(st): State<Arc<ApiState>>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
     let key = tsunagu_store::new_api_key();
     let hash = tsunagu_store::hash_api_key(&key);
     let found = db(&st, move |s| {

@@ -25,7 +25,18 @@ pub async fn readyz(State(st): State<Arc<ApiState>>) -> (StatusCode, &'static st
 pub async fn metrics(State(st): State<Arc<ApiState>>) -> impl IntoResponse {
     let mut text = String::new();
     if prometheus_client::encoding::text::encode(&mut text, &st.registry).is_err() {
-        return (StatusCode::INTERNAL_SERVER_ERROR, [(header::CONTENT_TYPE, "text/plain")], String::from("encoding failed"));
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(header::CONTENT_TYPE, "text/plain")],
+            String::from("encoding failed"),
+        );
     }
-    (StatusCode::OK, [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text)
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
 }

@@ -20,9 +20,13 @@ where
         .collect();
     vars.sort();
     for (key, raw) in vars {
-        let path: Vec<String> = key[PREFIX.len()..].split("__").map(|s| s.to_ascii_lowercase()).collect();
+        let path: Vec<String> = key[PREFIX.len()..]
+            .split("__")
+            .map(|s| s.to_ascii_lowercase())
+            .collect();
         let value = parse_value(&raw);
-        set_path(table, &path, value).map_err(|msg| ConfigError::new(&path.join("."), format!("{key}: {msg}")))?;
+        set_path(table, &path, value)
+            .map_err(|msg| ConfigError::new(&path.join("."), format!("{key}: {msg}")))?;
     }
     Ok(())
 }
@@ -55,7 +59,9 @@ fn set_in(slot: &mut Value, path: &[String], value: Value) -> Result<(), String>
     match slot {
         Value::Table(t) => set_path(t, path, value),
         Value::Array(items) => {
-            let index: usize = path[0].parse().map_err(|_| format!("`{}` is not an array index", path[0]))?;
+            let index: usize = path[0]
+                .parse()
+                .map_err(|_| format!("`{}` is not an array index", path[0]))?;
             let len = items.len();
             let item = items
                 .get_mut(index)
@@ -77,7 +83,10 @@ mod tests {
 
     fn apply(text: &str, vars: &[(&str, &str)]) -> Result<Table, ConfigError> {
         let mut t: Table = text.parse().unwrap();
-        apply_env_overrides(&mut t, vars.iter().map(|(k, v)| (k.to_string(), v.to_string())))?;
+        apply_env_overrides(
+            &mut t,
+            vars.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )?;
         Ok(t)
     }
 
@@ -102,7 +111,11 @@ mod tests {
 
     #[test]
     fn bad_index_is_an_error_with_path() {
-        let err = apply("[[trunks]]\nname = \"a\"\n", &[("TSUNAGU_TRUNKS__3__NAME", "x")]).unwrap_err();
+        let err = apply(
+            "[[trunks]]\nname = \"a\"\n",
+            &[("TSUNAGU_TRUNKS__3__NAME", "x")],
+        )
+        .unwrap_err();
         assert_eq!(err.path, "trunks.3.name");
     }
 }

@@ -53,7 +53,10 @@ impl Config {
         I: IntoIterator<Item = (String, String)>,
     {
         let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-            ConfigErrors(vec![ConfigError::new("", format!("not valid TOML: {}", e.message()))])
+            ConfigErrors(vec![ConfigError::new(
+                "",
+                format!("not valid TOML: {}", e.message()),
+            )])
         })?;
         apply_env_overrides(&mut table, env).map_err(|e| ConfigErrors(vec![e]))?;
         let config: Config = serde_path_to_error::deserialize(table).map_err(|e| {

@@ -106,7 +106,10 @@ pub struct MediaConfig {
 
 impl Default for MediaConfig {
     fn default() -> Self {
-        MediaConfig { address: default_media_address(), ports: default_ports() }
+        MediaConfig {
+            address: default_media_address(),
+            ports: default_ports(),
+        }
     }
 }
 
@@ -125,7 +128,11 @@ pub struct ApiConfig {
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        ApiConfig { listen: default_api_listen(), admin_token: None, admin_token_file: None }
+        ApiConfig {
+            listen: default_api_listen(),
+            admin_token: None,
+            admin_token_file: None,
+        }
     }
 }
 
@@ -196,7 +203,10 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { format: LogFormat::Text, level: default_log_level() }
+        LogConfig {
+            format: LogFormat::Text,
+            level: default_log_level(),
+        }
     }
 }
 
@@ -246,7 +256,10 @@ fn default_max_call_seconds() -> u64 {
     4 * 3600
 }
 fn default_sip_listen() -> Vec<Listener> {
-    vec!["udp:127.0.0.1:5060".parse().unwrap(), "tcp:127.0.0.1:5060".parse().unwrap()]
+    vec![
+        "udp:127.0.0.1:5060".parse().unwrap(),
+        "tcp:127.0.0.1:5060".parse().unwrap(),
+    ]
 }
 fn default_socket_buffer() -> usize {
     4 * 1024 * 1024
@@ -261,7 +274,10 @@ fn default_media_address() -> IpAddr {
     IpAddr::V4(Ipv4Addr::LOCALHOST)
 }
 fn default_ports() -> PortRange {
-    PortRange { first: 20000, last: 29999 }
+    PortRange {
+        first: 20000,
+        last: 29999,
+    }
 }
 fn default_api_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8080))

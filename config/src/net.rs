@@ -35,9 +35,9 @@ pub struct Listener {
 impl FromStr for Listener {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let (t, rest) = s
-            .split_once(':')
-            .ok_or_else(|| format!("`{s}` is not `transport:address:port` (e.g. udp:127.0.0.1:5060)"))?;
+        let (t, rest) = s.split_once(':').ok_or_else(|| {
+            format!("`{s}` is not `transport:address:port` (e.g. udp:127.0.0.1:5060)")
+        })?;
         let transport = match t.to_ascii_lowercase().as_str() {
             "udp" => Transport::Udp,
             "tcp" => Transport::Tcp,
@@ -81,11 +81,15 @@ impl Cidr {
         };
         match (self.network, ip) {
             (IpAddr::V4(n), IpAddr::V4(a)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 u32::from(n) & mask == u32::from(a) & mask
             }
             (IpAddr::V6(n), IpAddr::V6(a)) => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 u128::from(n) & mask == u128::from(a) & mask
             }
             _ => false,
@@ -145,7 +149,9 @@ impl FromStr for PortRange {
         let first: u16 = a.trim().parse().map_err(|_| bad())?;
         let last: u16 = b.trim().parse().map_err(|_| bad())?;
         if first == 0 || first > last {
-            return Err(format!("`{s}`: the first port must be 1 or more and not above the last"));
+            return Err(format!(
+                "`{s}`: the first port must be 1 or more and not above the last"
+            ));
         }
         if u32::from(last) - u32::from(first) < 3 {
             return Err(format!("`{s}` holds fewer than two RTP port pairs"));
@@ -174,8 +180,14 @@ mod tests {
     #[test]
     fn listeners() {
         let cases: &[(&str, Option<(Transport, &str)>)] = &[
-            ("udp:127.0.0.1:5060", Some((Transport::Udp, "127.0.0.1:5060"))),
-            ("TCP:127.0.0.1:5061", Some((Transport::Tcp, "127.0.0.1:5061"))),
+            (
+                "udp:127.0.0.1:5060",
+                Some((Transport::Udp, "127.0.0.1:5060")),
+            ),
+            (
+                "TCP:127.0.0.1:5061",
+                Some((Transport::Tcp, "127.0.0.1:5061")),
+            ),
             ("tls:[::1]:5061", Some((Transport::Tls, "[::1]:5061"))),
             ("sctp:127.0.0.1:5060", None),
             ("udp:127.0.0.1", None),
@@ -214,7 +226,13 @@ mod tests {
 
     #[test]
     fn port_ranges() {
-        assert_eq!("20000-20999".parse::<PortRange>(), Ok(PortRange { first: 20000, last: 20999 }));
+        assert_eq!(
+            "20000-20999".parse::<PortRange>(),
+            Ok(PortRange {
+                first: 20000,
+                last: 20999
+            })
+        );
         for bad in ["20000", "2-1", "0-100", "20000-20001", "a-b", "1-70000"] {
             assert!(bad.parse::<PortRange>().is_err(), "{bad}");
         }

@@ -14,7 +14,10 @@ pub struct ConfigError {
 
 impl ConfigError {
     pub fn new(path: &str, message: impl Into<String>) -> Self {
-        ConfigError { path: path.to_string(), message: message.into() }
+        ConfigError {
+            path: path.to_string(),
+            message: message.into(),
+        }
     }
 }
 
@@ -35,7 +38,10 @@ impl Config {
         let mut err = |path: String, msg: String| errors.push(ConfigError { path, message: msg });
 
         if self.node.id.is_empty() || self.node.id.contains(char::is_whitespace) {
-            err("node.id".into(), "must be a non-empty word without spaces".into());
+            err(
+                "node.id".into(),
+                "must be a non-empty word without spaces".into(),
+            );
         }
         if self.node.max_calls == 0 {
             err("node.max_calls".into(), "must be at least 1".into());
@@ -50,40 +56,62 @@ impl Config {
                 err(format!("sip.listen[{i}]"), format!("`{l}` is listed twice"));
             }
             if l.transport == Transport::Tls {
-                err(format!("sip.listen[{i}]"), "TLS listeners are not supported yet; use udp or tcp".into());
+                err(
+                    format!("sip.listen[{i}]"),
+                    "TLS listeners are not supported yet; use udp or tcp".into(),
+                );
             }
         }
 
         if self.media.address.is_unspecified() {
-            err("media.address".into(), "must be a concrete address: it is advertised in SDP".into());
+            err(
+                "media.address".into(),
+                "must be a concrete address: it is advertised in SDP".into(),
+            );
         }
         let ports = self.media.ports;
         for (i, l) in self.sip.listen.iter().enumerate() {
             if l.transport == Transport::Udp && ports.contains(l.addr.port()) {
-                err("media.ports".into(), format!("{ports} overlaps SIP listener sip.listen[{i}] ({l})"));
+                err(
+                    "media.ports".into(),
+                    format!("{ports} overlaps SIP listener sip.listen[{i}] ({l})"),
+                );
             }
         }
         if ports.contains(self.api.listen.port()) {
-            err("media.ports".into(), format!("{ports} overlaps the API port {}", self.api.listen.port()));
+            err(
+                "media.ports".into(),
+                format!("{ports} overlaps the API port {}", self.api.listen.port()),
+            );
         }
 
         match (&self.api.admin_token, &self.api.admin_token_file) {
-            (Some(_), Some(_)) => err("api.admin_token".into(), "set admin_token or admin_token_file, not both".into()),
-            (Some(t), None) if t.trim().len() < 8 => {
-                err("api.admin_token".into(), "must be at least 8 characters".into())
-            }
+            (Some(_), Some(_)) => err(
+                "api.admin_token".into(),
+                "set admin_token or admin_token_file, not both".into(),
+            ),
+            (Some(t), None) if t.trim().len() < 8 => err(
+                "api.admin_token".into(),
+                "must be at least 8 characters".into(),
+            ),
             _ => {}
         }
 
         if self.store.backend == StoreBackend::Scylla && self.store.nodes.is_empty() {
-            err("store.nodes".into(), "the scylla backend needs at least one node".into());
+            err(
+                "store.nodes".into(),
+                "the scylla backend needs at least one node".into(),
+            );
         }
         if self.store.replication == 0 {
             err("store.replication".into(), "must be at least 1".into());
         }
 
         if !self.cluster.seeds.is_empty() && self.cluster.listen.is_none() {
-            err("cluster.listen".into(), "a node with seeds must also listen".into());
+            err(
+                "cluster.listen".into(),
+                "a node with seeds must also listen".into(),
+            );
         }
 
         let mut names = HashSet::new();
@@ -91,11 +119,17 @@ impl Config {
             if t.name.trim().is_empty() {
                 err(format!("trunks[{i}].name"), "must not be empty".into());
             } else if !names.insert(t.name.as_str()) {
-                err(format!("trunks[{i}].name"), format!("trunk `{}` is defined twice", t.name));
+                err(
+                    format!("trunks[{i}].name"),
+                    format!("trunk `{}` is defined twice", t.name),
+                );
             }
             if let Some(o) = &t.outbound {
                 if o.transport == Transport::Tls {
-                    err(format!("trunks[{i}].outbound"), "TLS trunks are not supported yet".into());
+                    err(
+                        format!("trunks[{i}].outbound"),
+                        "TLS trunks are not supported yet".into(),
+                    );
                 }
             }
         }
@@ -103,17 +137,29 @@ impl Config {
         let mut prefixes = HashSet::new();
         for (i, r) in self.routes.iter().enumerate() {
             if !r.prefix.chars().all(|c| c.is_ascii_digit()) {
-                err(format!("routes[{i}].prefix"), format!("`{}` must contain digits only", r.prefix));
+                err(
+                    format!("routes[{i}].prefix"),
+                    format!("`{}` must contain digits only", r.prefix),
+                );
             }
             if !prefixes.insert(r.prefix.as_str()) {
-                err(format!("routes[{i}].prefix"), format!("prefix `{}` has two routes", r.prefix));
+                err(
+                    format!("routes[{i}].prefix"),
+                    format!("prefix `{}` has two routes", r.prefix),
+                );
             }
             if r.trunks.is_empty() {
-                err(format!("routes[{i}].trunks"), "needs at least one trunk".into());
+                err(
+                    format!("routes[{i}].trunks"),
+                    "needs at least one trunk".into(),
+                );
             }
             for (j, name) in r.trunks.iter().enumerate() {
                 match self.trunks.iter().find(|t| &t.name == name) {
-                    None => err(format!("routes[{i}].trunks[{j}]"), format!("unknown trunk `{name}`")),
+                    None => err(
+                        format!("routes[{i}].trunks[{j}]"),
+                        format!("unknown trunk `{name}`"),
+                    ),
                     Some(t) if t.outbound.is_none() => err(
                         format!("routes[{i}].trunks[{j}]"),
                         format!("trunk `{name}` has no outbound target"),
@@ -215,7 +261,10 @@ trunks = ["carrier-a"]               # tried in order on 408/5xx/timeout
 
     #[test]
     fn env_override_is_validated_too() {
-        let env = vec![("TSUNAGU_API__LISTEN".to_string(), "not-an-address".to_string())];
+        let env = vec![(
+            "TSUNAGU_API__LISTEN".to_string(),
+            "not-an-address".to_string(),
+        )];
         let errs = Config::from_toml_with_env(SPEC_EXAMPLE, env).unwrap_err().0;
         assert_eq!(errs[0].path, "api.listen");
     }

@@ -24,11 +24,35 @@ pub struct MediaMetrics {
 
 impl MediaMetrics {
     pub fn register(&self, r: &mut Registry) {
-        r.register("rtp_packets", "RTP packets relayed, by direction", self.packets.clone());
-        r.register("rtp_bytes", "RTP bytes relayed (UDP payload), by direction", self.bytes.clone());
-        r.register("rtp_lost", "RTP packets missing from sequence numbers, by direction", self.lost.clone());
-        r.register("rtp_ports_in_use", "RTP ports leased to calls", self.ports_in_use.clone());
-        r.register("rtp_ports_total", "RTP ports in the configured range usable for RTP (even ports)", self.ports_total.clone());
-        r.register("rtp_port_exhaustions", "Calls refused because no RTP port was free", self.port_exhaustions.clone());
+        r.register(
+            "rtp_packets",
+            "RTP packets relayed, by direction",
+            self.packets.clone(),
+        );
+        r.register(
+            "rtp_bytes",
+            "RTP bytes relayed (UDP payload), by direction",
+            self.bytes.clone(),
+        );
+        r.register(
+            "rtp_lost",
+            "RTP packets missing from sequence numbers, by direction",
+            self.lost.clone(),
+        );
+        r.register(
+            "rtp_ports_in_use",
+            "RTP ports leased to calls",
+            self.ports_in_use.clone(),
+        );
+        r.register(
+            "rtp_ports_total",
+            "RTP ports in the configured range usable for RTP (even ports)",
+            self.ports_total.clone(),
+        );
+        r.register(
+            "rtp_port_exhaustions",
+            "Calls refused because no RTP port was free",
+            self.port_exhaustions.clone(),
+        );
     }
 }

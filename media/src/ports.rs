@@ -29,17 +29,32 @@ impl MediaPort {
 
 impl Drop for MediaPort {
     fn drop(&mut self) {
-        self.pool.free.lock().unwrap_or_else(|p| p.into_inner()).push_back(self.port);
+        self.pool
+            .free
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_back(self.port);
         self.pool.metrics.ports_in_use.dec();
     }
 }
 
 impl PortPool {
-    pub fn new(address: IpAddr, first: u16, last: u16, socket_buffer: usize, metrics: MediaMetrics) -> Arc<PortPool> {
+    pub fn new(
+        address: IpAddr,
+        first: u16,
+        last: u16,
+        socket_buffer: usize,
+        metrics: MediaMetrics,
+    ) -> Arc<PortPool> {
         let start = first + first % 2;
         let free: VecDeque<u16> = (start..last).step_by(2).collect();
         metrics.ports_total.set(free.len() as i64);
-        Arc::new(PortPool { address, free: Mutex::new(free), socket_buffer, metrics })
+        Arc::new(PortPool {
+            address,
+            free: Mutex::new(free),
+            socket_buffer,
+            metrics,
+        })
     }
 
     pub fn address(&self) -> IpAddr {
@@ -55,7 +70,14 @@ impl PortPool {
     pub fn allocate(self: &Arc<Self>) -> Result<MediaPort, MediaError> {
         let attempts = self.free_ports();
         for _ in 0..attempts {
-            let Some(port) = self.free.lock().unwrap_or_else(|p| p.into_inner()).pop_front() else { break };
+            let Some(port) = self
+                .free
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .pop_front()
+            else {
+                break;
+            };
             let bound = std::net::UdpSocket::bind((self.address, port)).and_then(|s| {
                 s.set_nonblocking(true)?;
                 let sock = socket2::SockRef::from(&s);
@@ -65,11 +87,18 @@ impl PortPool {
             match bound {
                 Ok(socket) => {
                     self.metrics.ports_in_use.inc();
-                    return Ok(MediaPort { socket, port, pool: self.clone() });
+                    return Ok(MediaPort {
+                        socket,
+                        port,
+                        pool: self.clone(),
+                    });
                 }
                 Err(e) => {
                     tracing::debug!(port, %e, "RTP port busy, skipping");
-                    self.free.lock().unwrap_or_else(|p| p.into_inner()).push_back(port);
+                    self.free
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push_back(port);
                 }
             }
         }
@@ -84,7 +113,13 @@ mod tests {
 
     #[tokio::test]
     async fn leases_even_ports_and_returns_them_on_drop() {
-        let pool = PortPool::new("127.0.0.1".parse().unwrap(), 41001, 41008, 65536, MediaMetrics::default());
+        let pool = PortPool::new(
+            "127.0.0.1".parse().unwrap(),
+            41001,
+            41008,
+            65536,
+            MediaMetrics::default(),
+        );
         assert_eq!(pool.free_ports(), 3, "41002, 41004, 41006");
         let a = pool.allocate().unwrap();
         let b = pool.allocate().unwrap();
@@ -101,7 +136,13 @@ mod tests {
     #[tokio::test]
     async fn skips_ports_held_elsewhere() {
         let squatter = std::net::UdpSocket::bind("127.0.0.1:41102").unwrap();
-        let pool = PortPool::new("127.0.0.1".parse().unwrap(), 41102, 41105, 65536, MediaMetrics::default());
+        let pool = PortPool::new(
+            "127.0.0.1".parse().unwrap(),
+            41102,
+            41105,
+            65536,
+            MediaMetrics::default(),
+        );
         let got = pool.allocate().unwrap();
         assert_eq!(got.port, 41104);
         drop(squatter);

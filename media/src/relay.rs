@@ -33,7 +33,10 @@ pub struct RelayStats {
 
 impl RelayStats {
     pub fn packets(&self) -> (u64, u64) {
-        (self.packets_a_to_b.load(Ordering::Relaxed), self.packets_b_to_a.load(Ordering::Relaxed))
+        (
+            self.packets_a_to_b.load(Ordering::Relaxed),
+            self.packets_b_to_a.load(Ordering::Relaxed),
+        )
     }
     pub fn lost(&self) -> u64 {
         self.lost_a_to_b.load(Ordering::Relaxed) + self.lost_b_to_a.load(Ordering::Relaxed)
@@ -95,7 +98,13 @@ impl Relay {
         let stats = Arc::new(RelayStats::default());
         let (a_local, b_local) = (a.local(), b.local());
         let task = tokio::spawn(run(a, b, rx, stats.clone(), metrics));
-        Relay { control, task, stats, a_local, b_local }
+        Relay {
+            control,
+            task,
+            stats,
+            a_local,
+            b_local,
+        }
     }
 
     /// The node's address the given side's far end must send to (goes into that leg's SDP).
@@ -121,7 +130,11 @@ struct Direction {
 impl Direction {
     fn new(m: &MediaMetrics, direction: &'static str) -> Direction {
         let l = DirectionLabel { direction };
-        Direction { packets: m.packets.get_or_create(&l).clone(), bytes: m.bytes.get_or_create(&l).clone(), lost: m.lost.get_or_create(&l).clone() }
+        Direction {
+            packets: m.packets.get_or_create(&l).clone(),
+            bytes: m.bytes.get_or_create(&l).clone(),
+            lost: m.lost.get_or_create(&l).clone(),
+        }
     }
 }
 
@@ -131,11 +144,25 @@ struct SideState {
     loss: LossCounter,
 }
 
-async fn run(a: MediaPort, b: MediaPort, mut control: mpsc::UnboundedReceiver<Control>, stats: Arc<RelayStats>, metrics: MediaMetrics) {
+async fn run(
+    a: MediaPort,
+    b: MediaPort,
+    mut control: mpsc::UnboundedReceiver<Control>,
+    stats: Arc<RelayStats>,
+    metrics: MediaMetrics,
+) {
     let mut buf_a = vec![0u8; 2048];
     let mut buf_b = vec![0u8; 2048];
-    let mut sa = SideState { remote: None, latched: false, loss: LossCounter::default() };
-    let mut sb = SideState { remote: None, latched: false, loss: LossCounter::default() };
+    let mut sa = SideState {
+        remote: None,
+        latched: false,
+        loss: LossCounter::default(),
+    };
+    let mut sb = SideState {
+        remote: None,
+        latched: false,
+        loss: LossCounter::default(),
+    };
     let a_to_b = Direction::new(&metrics, "caller_to_callee");
     let b_to_a = Direction::new(&metrics, "callee_to_caller");
     loop {
@@ -233,20 +260,36 @@ mod tests {
 
     #[tokio::test]
     async fn relays_both_ways_with_latching() {
-        let pool = PortPool::new("127.0.0.1".parse().unwrap(), 41200, 41210, 65536, MediaMetrics::default());
-        let relay = Relay::start(pool.allocate().unwrap(), pool.allocate().unwrap(), MediaMetrics::default());
+        let pool = PortPool::new(
+            "127.0.0.1".parse().unwrap(),
+            41200,
+            41210,
+            65536,
+            MediaMetrics::default(),
+        );
+        let relay = Relay::start(
+            pool.allocate().unwrap(),
+            pool.allocate().unwrap(),
+            MediaMetrics::default(),
+        );
         let caller = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let callee = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         // The callee's SDP names its address; the caller is learned by latching.
         relay.set_remote(Side::B, callee.local_addr().unwrap());
         let mut buf = [0u8; 2048];
         for seq in [1u16, 2, 4] {
-            caller.send_to(&rtp(seq), relay.local(Side::A)).await.unwrap();
+            caller
+                .send_to(&rtp(seq), relay.local(Side::A))
+                .await
+                .unwrap();
             let (n, from) = callee.recv_from(&mut buf).await.unwrap();
             assert_eq!(n, 172);
             assert_eq!(from, relay.local(Side::B), "the callee sees only the node");
         }
-        callee.send_to(&rtp(100), relay.local(Side::B)).await.unwrap();
+        callee
+            .send_to(&rtp(100), relay.local(Side::B))
+            .await
+            .unwrap();
         let (_, from) = caller.recv_from(&mut buf).await.unwrap();
         assert_eq!(from, relay.local(Side::A));
         assert_eq!(relay.stats.packets(), (3, 1));
@@ -260,6 +303,10 @@ mod tests {
             }
             tokio::task::yield_now().await;
         }
-        assert_eq!(pool.free_ports(), free_before + 2, "ports return when the relay stops");
+        assert_eq!(
+            pool.free_ports(),
+            free_before + 2,
+            "ports return when the relay stops"
+        );
     }
 }

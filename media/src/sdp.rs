@@ -38,7 +38,11 @@ pub fn rewrite(sdp: &str, addr: IpAddr, port: u16) -> Option<Rewritten> {
                 rewritten = Some(format!("o={}", f.join(" ")));
             }
         } else if let Some(rest) = line.strip_prefix("c=") {
-            let ip = rest.split(' ').nth(2).and_then(|a| a.split('/').next()).and_then(|a| a.parse::<IpAddr>().ok());
+            let ip = rest
+                .split(' ')
+                .nth(2)
+                .and_then(|a| a.split('/').next())
+                .and_then(|a| a.parse::<IpAddr>().ok());
             if in_audio {
                 audio_c = ip;
             } else if !seen_audio && audio_port.is_none() {
@@ -50,7 +54,10 @@ pub fn rewrite(sdp: &str, addr: IpAddr, port: u16) -> Option<Rewritten> {
             in_audio = f.first() == Some(&"audio") && !seen_audio;
             if in_audio {
                 seen_audio = true;
-                audio_port = f.get(1).and_then(|p| p.split('/').next()).and_then(|p| p.parse().ok());
+                audio_port = f
+                    .get(1)
+                    .and_then(|p| p.split('/').next())
+                    .and_then(|p| p.parse().ok());
                 let p = port.to_string();
                 if f.len() > 1 {
                     f[1] = &p;
@@ -69,7 +76,9 @@ pub fn rewrite(sdp: &str, addr: IpAddr, port: u16) -> Option<Rewritten> {
     let audio_port = audio_port?;
     let ip = audio_c.or(session_c);
     let remote = match ip {
-        Some(ip) if !ip.is_unspecified() && audio_port != 0 => Some(SocketAddr::new(ip, audio_port)),
+        Some(ip) if !ip.is_unspecified() && audio_port != 0 => {
+            Some(SocketAddr::new(ip, audio_port))
+        }
         _ => None,
     };
     Some(Rewritten { sdp: out, remote })
@@ -85,25 +94,45 @@ mod tests {
     fn rewrites_addresses_and_audio_port() {
         let r = rewrite(OFFER, "192.0.2.5".parse().unwrap(), 20000).unwrap();
         assert_eq!(r.remote, Some("10.1.1.1:6000".parse().unwrap()));
-        assert!(r.sdp.contains("o=user1 53655765 2353687637 IN IP4 192.0.2.5\r\n"));
+        assert!(r
+            .sdp
+            .contains("o=user1 53655765 2353687637 IN IP4 192.0.2.5\r\n"));
         assert!(r.sdp.contains("c=IN IP4 192.0.2.5\r\n"));
         assert!(r.sdp.contains("m=audio 20000 RTP/AVP 0 8 101\r\n"));
         assert!(r.sdp.contains("m=video 0 RTP/AVP 96\r\n"));
-        assert!(!r.sdp.contains("10.1.1.1"), "no address of the other leg leaks");
+        assert!(
+            !r.sdp.contains("10.1.1.1"),
+            "no address of the other leg leaks"
+        );
         assert!(!r.sdp.contains("a=rtcp"));
     }
 
     #[test]
     fn media_level_connection_wins_and_hold_has_no_remote() {
         let sdp = "v=0\no=- 1 1 IN IP4 10.0.0.1\ns=-\nc=IN IP4 10.0.0.1\nt=0 0\nm=audio 4000 RTP/AVP 0\nc=IN IP4 10.0.0.2\n";
-        assert_eq!(rewrite(sdp, "127.0.0.1".parse().unwrap(), 20002).unwrap().remote, Some("10.0.0.2:4000".parse().unwrap()));
+        assert_eq!(
+            rewrite(sdp, "127.0.0.1".parse().unwrap(), 20002)
+                .unwrap()
+                .remote,
+            Some("10.0.0.2:4000".parse().unwrap())
+        );
         let hold = OFFER.replace("c=IN IP4 10.1.1.1", "c=IN IP4 0.0.0.0");
-        assert_eq!(rewrite(&hold, "127.0.0.1".parse().unwrap(), 20002).unwrap().remote, None);
+        assert_eq!(
+            rewrite(&hold, "127.0.0.1".parse().unwrap(), 20002)
+                .unwrap()
+                .remote,
+            None
+        );
     }
 
     #[test]
     fn no_audio_is_none() {
-        assert!(rewrite("v=0\r\nm=video 7000 RTP/AVP 96\r\n", "127.0.0.1".parse().unwrap(), 1).is_none());
+        assert!(rewrite(
+            "v=0\r\nm=video 7000 RTP/AVP 96\r\n",
+            "127.0.0.1".parse().unwrap(),
+            1
+        )
+        .is_none());
         assert!(rewrite("garbage", "127.0.0.1".parse().unwrap(), 1).is_none());
     }
 }

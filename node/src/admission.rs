@@ -25,14 +25,33 @@ pub struct Admission {
 }
 
 impl Admission {
-    pub fn new(ctx: Arc<NodeContext>, directory: Directory, supervisor: ActorRef<SupervisorMsg>) -> Admission {
+    pub fn new(
+        ctx: Arc<NodeContext>,
+        directory: Directory,
+        supervisor: ActorRef<SupervisorMsg>,
+    ) -> Admission {
         let now = Instant::now();
-        let cps = ctx.routing.trunks.iter().map(|t| (t.max_cps > 0).then(|| Mutex::new(TokenBucket::new(t.max_cps, now)))).collect();
-        Admission { ctx, directory, supervisor, cps }
+        let cps = ctx
+            .routing
+            .trunks
+            .iter()
+            .map(|t| (t.max_cps > 0).then(|| Mutex::new(TokenBucket::new(t.max_cps, now))))
+            .collect();
+        Admission {
+            ctx,
+            directory,
+            supervisor,
+            cps,
+        }
     }
 
     fn reject(&self, code: u16, reason: &'static str) -> Reject {
-        self.ctx.metrics.calls.rejected.get_or_create(&RejectLabel { code, reason }).inc();
+        self.ctx
+            .metrics
+            .calls
+            .rejected
+            .get_or_create(&RejectLabel { code, reason })
+            .inc();
         let retry_after = (code == 503).then_some(self.ctx.retry_after);
         Reject { code, retry_after }
     }
@@ -48,10 +67,14 @@ impl InviteHandler for Admission {
             tracing::info!(source = %invite.peer.addr, "INVITE from a source no trunk allows");
             return Err(self.reject(403, "source_not_allowed"));
         };
-        if header(&invite.request, "Max-Forwards").and_then(|m| m.trim().parse::<u32>().ok()) == Some(0) {
+        if header(&invite.request, "Max-Forwards").and_then(|m| m.trim().parse::<u32>().ok())
+            == Some(0)
+        {
             return Err(self.reject(483, "too_many_hops"));
         }
-        let dialled = request_user(&invite.request).map(|u| normalize(&u)).unwrap_or_default();
+        let dialled = request_user(&invite.request)
+            .map(|u| normalize(&u))
+            .unwrap_or_default();
         let Some(number) = self.directory.get(&dialled) else {
             return Err(self.reject(404, "unknown_number"));
         };
@@ -62,11 +85,16 @@ impl InviteHandler for Admission {
             return Err(self.reject(503, "node_full"));
         }
         let t = &ctx.routing.trunks[trunk];
-        if t.max_channels > 0 && ctx.trunk_channels[trunk].load(Ordering::Relaxed) >= t.max_channels {
+        if t.max_channels > 0 && ctx.trunk_channels[trunk].load(Ordering::Relaxed) >= t.max_channels
+        {
             return Err(self.reject(503, "trunk_channels"));
         }
         if let Some(bucket) = &self.cps[trunk] {
-            if !bucket.lock().unwrap_or_else(|p| p.into_inner()).try_take(Instant::now()) {
+            if !bucket
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .try_take(Instant::now())
+            {
                 return Err(self.reject(503, "trunk_cps"));
             }
         }
@@ -78,6 +106,8 @@ impl InviteHandler for Admission {
             id: tsunagu_store::new_id("call"),
             logged: Arc::new(AtomicBool::new(false)),
         };
-        self.supervisor.send_message(SupervisorMsg::Spawn(Box::new(args))).map_err(|_| self.reject(503, "supervisor_down"))
+        self.supervisor
+            .send_message(SupervisorMsg::Spawn(Box::new(args)))
+            .map_err(|_| self.reject(503, "supervisor_down"))
     }
 }

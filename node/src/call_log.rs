@@ -33,7 +33,10 @@ const BATCH: usize = 512;
 
 impl CallLog {
     /// Starts the writer thread; it ends (after flushing) when every `CallLog` is dropped.
-    pub fn start(store: Arc<dyn Store>, metrics: CallMetrics) -> (CallLog, std::thread::JoinHandle<()>) {
+    pub fn start(
+        store: Arc<dyn Store>,
+        metrics: CallMetrics,
+    ) -> (CallLog, std::thread::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel();
         let m = metrics.clone();
         let handle = std::thread::Builder::new()
@@ -92,7 +95,9 @@ fn write_with_retry(store: &dyn Store, batch: &mut Vec<LogEntry>, metrics: &Call
         let result = judge_batch(store, batch).and_then(|records| store.insert_calls(&records));
         match result {
             Ok(()) => {
-                metrics.store_write_seconds.observe(started.elapsed().as_secs_f64());
+                metrics
+                    .store_write_seconds
+                    .observe(started.elapsed().as_secs_f64());
                 metrics.log_written.inc_by(batch.len() as u64);
                 metrics.log_pending.dec_by(batch.len() as i64);
                 batch.clear();
@@ -119,13 +124,24 @@ fn judge_batch(store: &dyn Store, batch: &[LogEntry]) -> tsunagu_store::Result<V
         let earlier = if window_ms > 0 && known {
             let since = r.started_at - window_ms;
             let in_batch = out.iter().any(|o| {
-                o.advertiser_id == r.advertiser_id && o.caller_number == r.caller_number && o.started_at >= since && o.started_at < r.started_at
+                o.advertiser_id == r.advertiser_id
+                    && o.caller_number == r.caller_number
+                    && o.started_at >= since
+                    && o.started_at < r.started_at
             });
-            in_batch || store.last_call_started(&r.advertiser_id, &r.caller_number, since, r.started_at)?.is_some()
+            in_batch
+                || store
+                    .last_call_started(&r.advertiser_id, &r.caller_number, since, r.started_at)?
+                    .is_some()
         } else {
             false
         };
-        let facts = Facts { result: r.result, talk_seconds: r.talk_seconds, caller_known: known, earlier_call_in_window: earlier };
+        let facts = Facts {
+            result: r.result,
+            talk_seconds: r.talk_seconds,
+            caller_known: known,
+            earlier_call_in_window: earlier,
+        };
         let mut record = r.clone();
         record.validity = judge(&e.rule, &facts);
         out.push(record);
@@ -144,7 +160,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("t.db")).unwrap());
         let op = store.create_operator("op").unwrap();
-        let rule = ValidityRule { min_talk_seconds: 10, duplicate_window_seconds: 3600 };
+        let rule = ValidityRule {
+            min_talk_seconds: 10,
+            duplicate_window_seconds: 3600,
+        };
         let at = |start: i64, talk: u32| {
             let mut r = sample_call(&op.id, "adv_1", start);
             r.talk_seconds = talk;
@@ -154,11 +173,34 @@ mod tests {
         let mut first = vec![at(1_000_000, 30)];
         write_with_retry(&*store, &mut first, &metrics);
         // Same batch: a repeat within the hour, then a short call 2 hours later.
-        let mut second = vec![at(1_000_000 + 60_000, 30), at(1_000_000 + 2 * 3_600_000 + 120_000, 3), at(1_000_000 + 2 * 3_600_000 + 180_000, 30)];
+        let mut second = vec![
+            at(1_000_000 + 60_000, 30),
+            at(1_000_000 + 2 * 3_600_000 + 120_000, 3),
+            at(1_000_000 + 2 * 3_600_000 + 180_000, 30),
+        ];
         write_with_retry(&*store, &mut second, &metrics);
         let mut got = Vec::new();
-        store.scan_calls(&CallQuery { operator_id: op.id.clone(), ..Default::default() }, &mut |r| { got.push(r.validity); true }).unwrap();
-        assert_eq!(got, vec![Validity::Valid, Validity::InvalidDuplicate, Validity::InvalidShort, Validity::InvalidDuplicate]);
+        store
+            .scan_calls(
+                &CallQuery {
+                    operator_id: op.id.clone(),
+                    ..Default::default()
+                },
+                &mut |r| {
+                    got.push(r.validity);
+                    true
+                },
+            )
+            .unwrap();
+        assert_eq!(
+            got,
+            vec![
+                Validity::Valid,
+                Validity::InvalidDuplicate,
+                Validity::InvalidShort,
+                Validity::InvalidDuplicate
+            ]
+        );
         assert_eq!(metrics.log_written.get(), 4);
     }
 }

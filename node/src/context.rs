@@ -48,7 +48,10 @@ impl CallSlot {
             c.fetch_add(1, Ordering::Relaxed);
         }
         ctx.metrics.calls.active.inc();
-        CallSlot { ctx: ctx.clone(), trunk }
+        CallSlot {
+            ctx: ctx.clone(),
+            trunk,
+        }
     }
 }
 

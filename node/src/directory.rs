@@ -14,12 +14,23 @@ pub struct Directory {
 
 impl Directory {
     pub fn load(store: Arc<dyn Store>) -> Result<Directory, StoreError> {
-        let numbers = store.all_numbers()?.into_iter().map(|n| (n.number.clone(), Arc::new(n))).collect();
-        Ok(Directory { store, numbers: Arc::new(RwLock::new(numbers)) })
+        let numbers = store
+            .all_numbers()?
+            .into_iter()
+            .map(|n| (n.number.clone(), Arc::new(n)))
+            .collect();
+        Ok(Directory {
+            store,
+            numbers: Arc::new(RwLock::new(numbers)),
+        })
     }
 
     pub fn get(&self, number: &str) -> Option<Arc<TrackingNumber>> {
-        self.numbers.read().unwrap_or_else(|p| p.into_inner()).get(number).cloned()
+        self.numbers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(number)
+            .cloned()
     }
 
     /// Re-reads one number from the store (after a create, update or delete).

@@ -38,7 +38,9 @@ pub struct CallMetrics {
 
 impl Default for CallMetrics {
     fn default() -> Self {
-        let time_buckets = [0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0];
+        let time_buckets = [
+            0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+        ];
         CallMetrics {
             started: Counter::default(),
             ended: Family::default(),
@@ -46,12 +48,16 @@ impl Default for CallMetrics {
             active: Gauge::default(),
             ring_seconds: Histogram::new(time_buckets),
             talk_seconds: Histogram::new(time_buckets),
-            setup_seconds: Histogram::new([0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0]),
+            setup_seconds: Histogram::new([
+                0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0,
+            ]),
             actor_failures: Counter::default(),
             log_pending: Gauge::default(),
             log_written: Counter::default(),
             log_write_errors: Counter::default(),
-            store_write_seconds: Histogram::new([0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0]),
+            store_write_seconds: Histogram::new([
+                0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0,
+            ]),
         }
     }
 }
@@ -68,18 +74,58 @@ impl Metrics {
     pub fn registry(&self) -> Registry {
         let mut r = Registry::with_prefix("tsunagu");
         let c = &self.calls;
-        r.register("calls_started", "Calls accepted (INVITE passed admission); rate() gives CPS", c.started.clone());
+        r.register(
+            "calls_started",
+            "Calls accepted (INVITE passed admission); rate() gives CPS",
+            c.started.clone(),
+        );
         r.register("calls_ended", "Calls ended, by result", c.ended.clone());
-        r.register("invites_rejected", "New INVITEs refused, by status code and reason", c.rejected.clone());
-        r.register("active_calls", "Calls in progress on this node", c.active.clone());
-        r.register("call_ring_seconds", "Time from INVITE to answer or give-up", c.ring_seconds.clone());
-        r.register("call_talk_seconds", "Talk time of answered calls", c.talk_seconds.clone());
-        r.register("call_setup_seconds", "Time from INVITE to the first ringing or answer relayed to the caller", c.setup_seconds.clone());
+        r.register(
+            "invites_rejected",
+            "New INVITEs refused, by status code and reason",
+            c.rejected.clone(),
+        );
+        r.register(
+            "active_calls",
+            "Calls in progress on this node",
+            c.active.clone(),
+        );
+        r.register(
+            "call_ring_seconds",
+            "Time from INVITE to answer or give-up",
+            c.ring_seconds.clone(),
+        );
+        r.register(
+            "call_talk_seconds",
+            "Talk time of answered calls",
+            c.talk_seconds.clone(),
+        );
+        r.register(
+            "call_setup_seconds",
+            "Time from INVITE to the first ringing or answer relayed to the caller",
+            c.setup_seconds.clone(),
+        );
         r.register("call_actor_failures", "Call actors that panicked or were killed; their calls were cleaned up and logged as failed", c.actor_failures.clone());
-        r.register("call_log_pending", "Call log records waiting to be written to the store", c.log_pending.clone());
-        r.register("call_log_written", "Call log records written to the store", c.log_written.clone());
-        r.register("call_log_write_errors", "Failed store writes of call logs (records are kept and retried)", c.log_write_errors.clone());
-        r.register("store_write_seconds", "Latency of call-log batch writes to the store", c.store_write_seconds.clone());
+        r.register(
+            "call_log_pending",
+            "Call log records waiting to be written to the store",
+            c.log_pending.clone(),
+        );
+        r.register(
+            "call_log_written",
+            "Call log records written to the store",
+            c.log_written.clone(),
+        );
+        r.register(
+            "call_log_write_errors",
+            "Failed store writes of call logs (records are kept and retried)",
+            c.log_write_errors.clone(),
+        );
+        r.register(
+            "store_write_seconds",
+            "Latency of call-log batch writes to the store",
+            c.store_write_seconds.clone(),
+        );
         self.sip.register(&mut r);
         self.media.register(&mut r);
         r

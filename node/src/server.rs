@@ -36,7 +36,11 @@ pub fn admin_token(config: &Config) -> Result<String, NodeError> {
     if let Some(t) = &config.api.admin_token {
         return Ok(t.clone());
     }
-    let path = config.api.admin_token_file.clone().unwrap_or_else(|| config.node.data_dir.join("admin_token"));
+    let path = config
+        .api
+        .admin_token_file
+        .clone()
+        .unwrap_or_else(|| config.node.data_dir.join("admin_token"));
     if let Ok(t) = std::fs::read_to_string(&path) {
         let t = t.trim().to_string();
         if !t.is_empty() {
@@ -44,10 +48,14 @@ pub fn admin_token(config: &Config) -> Result<String, NodeError> {
         }
     }
     if config.api.admin_token_file.is_some() {
-        return Err(NodeError::Io(format!("api.admin_token_file {} is missing or empty", path.display())));
+        return Err(NodeError::Io(format!(
+            "api.admin_token_file {} is missing or empty",
+            path.display()
+        )));
     }
     let token = tsunagu_store::new_api_key().replacen("tsk_", "adm_", 1);
-    write_private(&path, &token).map_err(|e| NodeError::Io(format!("cannot write {}: {e}", path.display())))?;
+    write_private(&path, &token)
+        .map_err(|e| NodeError::Io(format!("cannot write {}: {e}", path.display())))?;
     Ok(token)
 }
 
@@ -56,12 +64,21 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let mut f = std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(path)?;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
     std::io::Write::write_all(&mut f, format!("{text}\n").as_bytes())
 }
 
 fn store_path(config: &Config) -> PathBuf {
-    config.store.path.clone().unwrap_or_else(|| config.node.data_dir.join("tsunagu.db"))
+    config
+        .store
+        .path
+        .clone()
+        .unwrap_or_else(|| config.node.data_dir.join("tsunagu.db"))
 }
 
 /// Admission is built after the endpoint (it needs the endpoint's handle); until then
@@ -73,7 +90,10 @@ impl InviteHandler for LateHandler {
     fn on_invite(&self, invite: NewInvite) -> Result<(), Reject> {
         match self.0.get() {
             Some(a) => a.on_invite(invite),
-            None => Err(Reject { code: 503, retry_after: Some(1) }),
+            None => Err(Reject {
+                code: 503,
+                retry_after: Some(1),
+            }),
         }
     }
 }
@@ -93,9 +113,15 @@ impl NodeHooks for Hooks {
 }
 
 /// Runs a node until `shutdown` resolves, then drains and returns.
-pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>) -> Result<(), NodeError> {
+pub async fn run(
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), NodeError> {
     if config.store.backend == StoreBackend::Scylla {
-        return Err(NodeError::Unsupported("store.backend = \"scylla\" is not available in this build yet; use \"embedded\"".into()));
+        return Err(NodeError::Unsupported(
+            "store.backend = \"scylla\" is not available in this build yet; use \"embedded\""
+                .into(),
+        ));
     }
     let token = admin_token(&config)?;
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&store_path(&config))?);
@@ -103,18 +129,48 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     let directory = Directory::load(store.clone())?;
     let (log, log_thread) = CallLog::start(store.clone(), metrics.calls.clone());
     let media = &config.media;
-    let ports = PortPool::new(media.address, media.ports.first, media.ports.last, config.sip.socket_buffer_bytes, metrics.media.clone());
+    let ports = PortPool::new(
+        media.address,
+        media.ports.first,
+        media.ports.last,
+        config.sip.socket_buffer_bytes,
+        metrics.media.clone(),
+    );
 
     let handler = Arc::new(LateHandler::default());
     let listeners: Vec<(Transport, std::net::SocketAddr)> = config
         .sip
         .listen
         .iter()
-        .map(|l| (if l.transport == tsunagu_config::Transport::Tcp { Transport::Tcp } else { Transport::Udp }, l.addr))
+        .map(|l| {
+            (
+                if l.transport == tsunagu_config::Transport::Tcp {
+                    Transport::Tcp
+                } else {
+                    Transport::Udp
+                },
+                l.addr,
+            )
+        })
         .collect();
-    let endpoint = Endpoint::start(&listeners, config.sip.socket_buffer_bytes, handler.clone(), metrics.sip.clone())
-        .await
-        .map_err(|e| NodeError::Io(format!("cannot open SIP listeners {:?}: {e}", config.sip.listen.iter().map(|l| l.to_string()).collect::<Vec<_>>())))?;
+    let endpoint = Endpoint::start(
+        &listeners,
+        config.sip.socket_buffer_bytes,
+        handler.clone(),
+        metrics.sip.clone(),
+    )
+    .await
+    .map_err(|e| {
+        NodeError::Io(format!(
+            "cannot open SIP listeners {:?}: {e}",
+            config
+                .sip
+                .listen
+                .iter()
+                .map(|l| l.to_string())
+                .collect::<Vec<_>>()
+        ))
+    })?;
 
     let routing = Routing::from_config(&config);
     let ctx = Arc::new(NodeContext {
@@ -134,23 +190,40 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     });
     let (supervisor, supervisor_handle) = Actor::spawn(
         Some("call-supervisor".into()),
-        CallSupervisor { ctx: ctx.clone(), max_call: Duration::from_secs(config.node.max_call_seconds) },
+        CallSupervisor {
+            ctx: ctx.clone(),
+            max_call: Duration::from_secs(config.node.max_call_seconds),
+        },
         (),
     )
     .await
     .map_err(|e| NodeError::Io(format!("cannot start the call supervisor: {e}")))?;
-    let _ = handler.0.set(Admission::new(ctx.clone(), directory.clone(), supervisor.clone()));
+    let _ = handler.0.set(Admission::new(
+        ctx.clone(),
+        directory.clone(),
+        supervisor.clone(),
+    ));
 
     let api_state = Arc::new(ApiState {
         store: store.clone(),
-        hooks: Arc::new(Hooks { directory, ctx: ctx.clone() }),
+        hooks: Arc::new(Hooks {
+            directory,
+            ctx: ctx.clone(),
+        }),
         registry: Arc::new(metrics.registry()),
         admin_token: token.clone(),
     });
     let api_listener = tokio::net::TcpListener::bind(config.api.listen)
         .await
-        .map_err(|e| NodeError::Io(format!("cannot listen for the API on {}: {e}", config.api.listen)))?;
-    let api_addr = api_listener.local_addr().map_err(|e| NodeError::Io(e.to_string()))?;
+        .map_err(|e| {
+            NodeError::Io(format!(
+                "cannot listen for the API on {}: {e}",
+                config.api.listen
+            ))
+        })?;
+    let api_addr = api_listener
+        .local_addr()
+        .map_err(|e| NodeError::Io(e.to_string()))?;
     let (api_stop_tx, api_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let api_task = tokio::spawn(async move {
         let _ = axum::serve(api_listener, tsunagu_api::router(api_state))
@@ -166,16 +239,25 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     // Drain: refuse new calls, let running ones finish.
     ctx.draining.store(true, Ordering::Relaxed);
     let deadline = Instant::now() + Duration::from_secs(config.node.drain_seconds);
-    tracing::info!(active_calls = ctx.active_calls(), drain_seconds = config.node.drain_seconds, "draining");
+    tracing::info!(
+        active_calls = ctx.active_calls(),
+        drain_seconds = config.node.drain_seconds,
+        "draining"
+    );
     while ctx.active_calls() > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     if ctx.active_calls() > 0 {
-        tracing::warn!(active_calls = ctx.active_calls(), "drain deadline passed; stopping remaining calls");
+        tracing::warn!(
+            active_calls = ctx.active_calls(),
+            "drain deadline passed; stopping remaining calls"
+        );
     }
     supervisor.stop(None);
     let _ = supervisor_handle.await;
-    let flushed = tokio::task::spawn_blocking(move || log.flush(Duration::from_secs(30))).await.unwrap_or(false);
+    let flushed = tokio::task::spawn_blocking(move || log.flush(Duration::from_secs(30)))
+        .await
+        .unwrap_or(false);
     if !flushed {
         tracing::error!("call log could not be flushed within 30 s");
     }
@@ -187,16 +269,31 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     Ok(())
 }
 
-fn print_banner(config: &Config, token: &str, api: std::net::SocketAddr, endpoint: &tsunagu_sip::EndpointHandle) {
+fn print_banner(
+    config: &Config,
+    token: &str,
+    api: std::net::SocketAddr,
+    endpoint: &tsunagu_sip::EndpointHandle,
+) {
     let sip: Vec<String> = [Transport::Udp, Transport::Tcp]
         .iter()
-        .filter_map(|t| endpoint.local(*t).map(|a| format!("{}:{a}", t.via_name().to_lowercase())))
+        .filter_map(|t| {
+            endpoint
+                .local(*t)
+                .map(|a| format!("{}:{a}", t.via_name().to_lowercase()))
+        })
         .collect();
     println!("tsunagu node `{}` is up", config.node.id);
-    println!("  SIP:          {}   (send INVITEs for a tracking number here)", sip.join(", "));
+    println!(
+        "  SIP:          {}   (send INVITEs for a tracking number here)",
+        sip.join(", ")
+    );
     println!("  HTTP API:     http://{api}/v1   (metrics: http://{api}/metrics)");
     println!("  admin token:  {token}");
-    println!("  RTP ports:    {}:{}", config.media.address, config.media.ports);
+    println!(
+        "  RTP ports:    {}:{}",
+        config.media.address, config.media.ports
+    );
     println!("  data:         {}", config.node.data_dir.display());
     for t in &config.trunks {
         if let Some(o) = &t.outbound {

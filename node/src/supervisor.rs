@@ -33,12 +33,23 @@ impl Actor for CallSupervisor {
     type State = SupervisorState;
     type Arguments = ();
 
-    async fn pre_start(&self, myself: ActorRef<SupervisorMsg>, _: ()) -> Result<SupervisorState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        myself: ActorRef<SupervisorMsg>,
+        _: (),
+    ) -> Result<SupervisorState, ActorProcessingErr> {
         myself.send_interval(SWEEP_EVERY, || SupervisorMsg::Sweep);
-        Ok(SupervisorState { calls: HashMap::new() })
+        Ok(SupervisorState {
+            calls: HashMap::new(),
+        })
     }
 
-    async fn handle(&self, myself: ActorRef<SupervisorMsg>, msg: SupervisorMsg, state: &mut SupervisorState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<SupervisorMsg>,
+        msg: SupervisorMsg,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             SupervisorMsg::Spawn(args) => {
                 let seed = CallSeed {
@@ -72,7 +83,12 @@ impl Actor for CallSupervisor {
         Ok(())
     }
 
-    async fn handle_supervisor_evt(&self, _: ActorRef<SupervisorMsg>, evt: SupervisionEvent, state: &mut SupervisorState) -> Result<(), ActorProcessingErr> {
+    async fn handle_supervisor_evt(
+        &self,
+        _: ActorRef<SupervisorMsg>,
+        evt: SupervisionEvent,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
         match evt {
             SupervisionEvent::ActorFailed(cell, err) => {
                 if let Some((seed, _)) = state.calls.remove(&cell.get_id()) {
@@ -98,9 +114,22 @@ impl CallSupervisor {
         self.ctx.metrics.calls.actor_failures.inc();
         let inv = &seed.invite;
         // Only sent if the INVITE is still unanswered; the transaction layer drops it otherwise.
-        self.ctx.endpoint.respond(&inv.request, &inv.info, &inv.key, 500, Some(&tsunagu_sip::build::new_tag()), &[], None);
+        self.ctx.endpoint.respond(
+            &inv.request,
+            &inv.info,
+            &inv.key,
+            500,
+            Some(&tsunagu_sip::build::new_tag()),
+            &[],
+            None,
+        );
         self.ctx.endpoint.unregister(&seed.a_call_id);
         self.ctx.log.write(failed_record(&self.ctx, seed));
-        self.ctx.metrics.calls.ended.get_or_create(&crate::metrics::ResultLabel { result: "failed" }).inc();
+        self.ctx
+            .metrics
+            .calls
+            .ended
+            .get_or_create(&crate::metrics::ResultLabel { result: "failed" })
+            .inc();
     }
 }

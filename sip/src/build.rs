@@ -12,7 +12,9 @@ pub const USER_AGENT: &str = "tsunagu";
 fn random_token(len: usize) -> String {
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
     let mut rng = rand::rng();
-    (0..len).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect()
+    (0..len)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
 }
 
 /// A new RFC 3261 branch (magic cookie prefix).
@@ -85,12 +87,22 @@ impl RequestSpec {
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut s = String::with_capacity(512);
         let _ = write!(s, "{} {} SIP/2.0\r\n", self.method, self.uri);
-        let _ = write!(s, "Via: SIP/2.0/{} {};branch={};rport\r\n", self.transport.via_name(), self.sent_by, self.branch);
+        let _ = write!(
+            s,
+            "Via: SIP/2.0/{} {};branch={};rport\r\n",
+            self.transport.via_name(),
+            self.sent_by,
+            self.branch
+        );
         for r in &self.routes {
             let _ = write!(s, "Route: {r}\r\n");
         }
         let _ = write!(s, "Max-Forwards: {}\r\n", self.max_forwards);
-        let _ = write!(s, "From: {}\r\nTo: {}\r\nCall-ID: {}\r\n", self.from, self.to, self.call_id);
+        let _ = write!(
+            s,
+            "From: {}\r\nTo: {}\r\nCall-ID: {}\r\n",
+            self.from, self.to, self.call_id
+        );
         let _ = write!(s, "CSeq: {} {}\r\n", self.cseq, self.method);
         if let Some(c) = &self.contact {
             let _ = write!(s, "Contact: {c}\r\n");
@@ -117,14 +129,24 @@ impl RequestSpec {
 
     /// The CANCEL of this INVITE: same branch, URI, From, To, Call-ID and CSeq number.
     pub fn cancel(&self) -> RequestSpec {
-        RequestSpec { method: Method::Cancel, contact: None, extra: Vec::new(), body: None, ..self.clone() }
+        RequestSpec {
+            method: Method::Cancel,
+            contact: None,
+            extra: Vec::new(),
+            body: None,
+            ..self.clone()
+        }
     }
 }
 
 fn finish(mut s: String, body: Option<(&str, &[u8])>) -> Vec<u8> {
     match body {
         Some((ctype, b)) if !b.is_empty() => {
-            let _ = write!(s, "Content-Type: {ctype}\r\nContent-Length: {}\r\n\r\n", b.len());
+            let _ = write!(
+                s,
+                "Content-Type: {ctype}\r\nContent-Length: {}\r\n\r\n",
+                b.len()
+            );
             let mut out = s.into_bytes();
             out.extend_from_slice(b);
             out
@@ -165,7 +187,11 @@ pub fn response(
             let _ = write!(s, "To: {to}\r\n");
         }
     }
-    let _ = write!(s, "Call-ID: {}\r\n", header(req, "Call-ID").unwrap_or_default());
+    let _ = write!(
+        s,
+        "Call-ID: {}\r\n",
+        header(req, "Call-ID").unwrap_or_default()
+    );
     let _ = write!(s, "CSeq: {}\r\n", header(req, "CSeq").unwrap_or_default());
     for (k, v) in extra {
         let _ = write!(s, "{k}: {v}\r\n");
@@ -206,12 +232,17 @@ mod tests {
         assert_eq!(info.branch, s.branch);
         assert_eq!(info.call_id, s.call_id);
         assert_eq!(info.from_tag.as_deref(), Some("t1"));
-        let SipMessage::Request(req) = msg else { panic!() };
+        let SipMessage::Request(req) = msg else {
+            panic!()
+        };
         assert_eq!(req.body, b"v=0\r\n");
 
         let ack = s.ack_for_failure("<sip:0311112222@127.0.0.1:5070>;tag=x");
         let (_, ai) = parse(&ack.to_bytes()).unwrap();
-        assert_eq!((ai.branch, ai.cseq, ai.cseq_method, ai.to_tag.as_deref()), (s.branch.clone(), 1, Method::Ack, Some("x")));
+        assert_eq!(
+            (ai.branch, ai.cseq, ai.cseq_method, ai.to_tag.as_deref()),
+            (s.branch.clone(), 1, Method::Ack, Some("x"))
+        );
         let (_, ci) = parse(&s.cancel().to_bytes()).unwrap();
         assert_eq!((ci.branch, ci.cseq_method), (s.branch, Method::Cancel));
     }
@@ -219,7 +250,9 @@ mod tests {
     #[test]
     fn response_copies_dialog_headers_and_adds_tag() {
         let raw = "INVITE sip:1@h SIP/2.0\r\nVia: SIP/2.0/UDP a:1;branch=z9hG4bK1, SIP/2.0/UDP b:2;branch=z9hG4bK2\r\nRecord-Route: <sip:p;lr>\r\nFrom: <sip:a@h>;tag=f\r\nTo: <sip:1@h>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
-        let (SipMessage::Request(req), _) = parse(raw.as_bytes()).unwrap() else { panic!() };
+        let (SipMessage::Request(req), _) = parse(raw.as_bytes()).unwrap() else {
+            panic!()
+        };
         let bytes = response(&req, 180, Some("tt"), &[("Contact", "<sip:x@y>")], None);
         let (msg, info) = parse(&bytes).unwrap();
         assert_eq!(info.to_tag.as_deref(), Some("tt"));
@@ -227,7 +260,11 @@ mod tests {
         assert_eq!(header_values(&msg, "Record-Route"), vec!["<sip:p;lr>"]);
         let trying = response(&req, 100, Some("tt"), &[], None);
         let (msg, _) = parse(&trying).unwrap();
-        assert_eq!(tag(header(&msg, "To").unwrap()), None, "100 Trying carries no To tag");
+        assert_eq!(
+            tag(header(&msg, "To").unwrap()),
+            None,
+            "100 Trying carries no To tag"
+        );
         assert!(header_values(&msg, "Record-Route").is_empty());
     }
 }
@@ -243,13 +280,31 @@ pub fn bad_request_for(raw: &[u8], why: &str) -> Option<Vec<u8>> {
     if first.starts_with("SIP/") || !first.ends_with("SIP/2.0") || first.starts_with("ACK ") {
         return None;
     }
-    let wanted = [("via", "v"), ("from", "f"), ("to", "t"), ("call-id", "i"), ("cseq", "")];
+    let wanted = [
+        ("via", "v"),
+        ("from", "f"),
+        ("to", "t"),
+        ("call-id", "i"),
+        ("cseq", ""),
+    ];
     let mut found: Vec<(usize, String)> = Vec::new();
     for line in lines {
-        let Some((name, value)) = line.split_once(':') else { continue };
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
         let name = name.trim().to_ascii_lowercase();
-        if let Some(i) = wanted.iter().position(|(long, short)| name == *long || (!short.is_empty() && name == *short)) {
-            found.push((i, format!("{}: {}", ["Via", "From", "To", "Call-ID", "CSeq"][i], value.trim())));
+        if let Some(i) = wanted
+            .iter()
+            .position(|(long, short)| name == *long || (!short.is_empty() && name == *short))
+        {
+            found.push((
+                i,
+                format!(
+                    "{}: {}",
+                    ["Via", "From", "To", "Call-ID", "CSeq"][i],
+                    value.trim()
+                ),
+            ));
         }
     }
     if (0..wanted.len()).any(|i| !found.iter().any(|(j, _)| *j == i)) {
@@ -261,8 +316,15 @@ pub fn bad_request_for(raw: &[u8], why: &str) -> Option<Vec<u8>> {
         s.push_str(&line);
         s.push_str("\r\n");
     }
-    let why: String = why.chars().filter(|c| !c.is_control() && *c != '"').take(120).collect();
-    let _ = write!(s, "Warning: 399 tsunagu \"{why}\"\r\nServer: {USER_AGENT}\r\n");
+    let why: String = why
+        .chars()
+        .filter(|c| !c.is_control() && *c != '"')
+        .take(120)
+        .collect();
+    let _ = write!(
+        s,
+        "Warning: 399 tsunagu \"{why}\"\r\nServer: {USER_AGENT}\r\n"
+    );
     Some(finish(s, None))
 }
 
@@ -273,8 +335,12 @@ mod bad_request_tests {
     #[test]
     fn answers_what_it_can() {
         let broken = "INVITE sip:1@h SIP/2.0\r\nVia: SIP/2.0/UDP a;branch=z9hG4bK1\r\nFrom: <sip:a@h>;tag=1\r\nTo: <sip:1@h>\r\nCall-ID: c\r\nCSeq: x INVITE\r\n\r\n";
-        let reply = String::from_utf8(bad_request_for(broken.as_bytes(), "bad CSeq").unwrap()).unwrap();
-        assert!(reply.starts_with("SIP/2.0 400 Bad Request\r\nVia: SIP/2.0/UDP a;branch=z9hG4bK1\r\n"), "{reply}");
+        let reply =
+            String::from_utf8(bad_request_for(broken.as_bytes(), "bad CSeq").unwrap()).unwrap();
+        assert!(
+            reply.starts_with("SIP/2.0 400 Bad Request\r\nVia: SIP/2.0/UDP a;branch=z9hG4bK1\r\n"),
+            "{reply}"
+        );
         assert!(reply.contains("CSeq: x INVITE\r\n"));
         for unanswerable in [
             "garbage",

@@ -52,22 +52,48 @@ pub trait CallSink: Send + Sync + 'static {
 pub enum SipEvent {
     /// A request in one of the call's dialogs (or the ACK of a 2xx). `key` is its server
     /// transaction (None for ACK, which has none).
-    Request { request: Request, info: Info, peer: Peer, key: Option<TxKey> },
-    Response { response: Response, info: Info },
+    Request {
+        request: Request,
+        info: Info,
+        peer: Peer,
+        key: Option<TxKey>,
+    },
+    Response {
+        response: Response,
+        info: Info,
+    },
     /// The caller cancelled the INVITE with this key; the CANCEL was answered 200.
-    Cancelled { key: TxKey },
+    Cancelled {
+        key: TxKey,
+    },
     /// A request the call sent got no final response in time.
-    Timeout { key: TxKey },
+    Timeout {
+        key: TxKey,
+    },
     /// A 2xx the call sent was never acknowledged.
     AckTimeout,
 }
 
 pub enum Command {
-    Register { call_id: String, sink: Arc<dyn CallSink> },
-    Unregister { call_id: String },
-    Respond { key: TxKey, code: u16, data: Vec<u8>, call_id: String, cseq: u32 },
+    Register {
+        call_id: String,
+        sink: Arc<dyn CallSink>,
+    },
+    Unregister {
+        call_id: String,
+    },
+    Respond {
+        key: TxKey,
+        code: u16,
+        data: Vec<u8>,
+        call_id: String,
+        cseq: u32,
+    },
     /// Sends a request: in a new client transaction, or bare for ACK.
-    Request { spec: RequestSpec, peer: Peer },
+    Request {
+        spec: RequestSpec,
+        peer: Peer,
+    },
 }
 
 /// How calls reach the endpoint; cheap to clone.
@@ -83,17 +109,37 @@ impl EndpointHandle {
     }
 
     pub fn register(&self, call_id: &str, sink: Arc<dyn CallSink>) {
-        self.send(Command::Register { call_id: call_id.to_string(), sink });
+        self.send(Command::Register {
+            call_id: call_id.to_string(),
+            sink,
+        });
     }
 
     pub fn unregister(&self, call_id: &str) {
-        self.send(Command::Unregister { call_id: call_id.to_string() });
+        self.send(Command::Unregister {
+            call_id: call_id.to_string(),
+        });
     }
 
     /// Answers a request received in server transaction `key`.
-    pub fn respond(&self, request: &Request, info: &Info, key: &TxKey, code: u16, to_tag: Option<&str>, extra: &[(&str, &str)], body: Option<(&str, &[u8])>) {
+    pub fn respond(
+        &self,
+        request: &Request,
+        info: &Info,
+        key: &TxKey,
+        code: u16,
+        to_tag: Option<&str>,
+        extra: &[(&str, &str)],
+        body: Option<(&str, &[u8])>,
+    ) {
         let data = build::response(request, code, to_tag, extra, body);
-        self.send(Command::Respond { key: key.clone(), code, data, call_id: info.call_id.clone(), cseq: info.cseq });
+        self.send(Command::Respond {
+            key: key.clone(),
+            code,
+            data,
+            call_id: info.call_id.clone(),
+            cseq: info.cseq,
+        });
     }
 
     pub fn request(&self, spec: RequestSpec, peer: Peer) {
@@ -102,7 +148,10 @@ impl EndpointHandle {
 
     /// Our listening address for a transport (for Via and Contact).
     pub fn local(&self, transport: Transport) -> Option<SocketAddr> {
-        self.locals.iter().find(|(t, _)| *t == transport).map(|(_, a)| *a)
+        self.locals
+            .iter()
+            .find(|(t, _)| *t == transport)
+            .map(|(_, a)| *a)
     }
 }
 
@@ -140,7 +189,10 @@ impl Endpoint {
                 }
             }
         }
-        let handle = EndpointHandle { commands: cmd_tx, locals: Arc::new(locals) };
+        let handle = EndpointHandle {
+            commands: cmd_tx,
+            locals: Arc::new(locals),
+        };
         let core = Core {
             transactions: Transactions::new(),
             calls: HashMap::new(),
@@ -174,7 +226,11 @@ struct Core {
 }
 
 impl Core {
-    async fn run(mut self, mut incoming: mpsc::UnboundedReceiver<Incoming>, mut commands: mpsc::UnboundedReceiver<Command>) {
+    async fn run(
+        mut self,
+        mut incoming: mpsc::UnboundedReceiver<Incoming>,
+        mut commands: mpsc::UnboundedReceiver<Command>,
+    ) {
         let sleep = tokio::time::sleep(std::time::Duration::from_secs(3600));
         tokio::pin!(sleep);
         let mut armed: Option<Instant> = None;
@@ -212,7 +268,15 @@ impl Core {
     fn transmit(&self, peer: Peer, data: Bytes) {
         match peer.transport {
             Transport::Udp => {
-                let sock = self.udp.iter().find(|s| s.local_addr().map(|a| a.is_ipv4() == peer.addr.is_ipv4()).unwrap_or(false)).or(self.udp.first());
+                let sock = self
+                    .udp
+                    .iter()
+                    .find(|s| {
+                        s.local_addr()
+                            .map(|a| a.is_ipv4() == peer.addr.is_ipv4())
+                            .unwrap_or(false)
+                    })
+                    .or(self.udp.first());
                 if let Some(sock) = sock {
                     if let Err(e) = sock.try_send_to(&data, peer.addr) {
                         // A full send buffer drops the datagram; retransmission timers recover.
@@ -228,7 +292,11 @@ impl Core {
         let out = std::mem::take(&mut self.out);
         for o in out {
             match o {
-                Output::Transmit { peer, data, retransmission } => {
+                Output::Transmit {
+                    peer,
+                    data,
+                    retransmission,
+                } => {
                     if retransmission {
                         self.metrics.retransmissions.inc();
                     }
@@ -264,9 +332,20 @@ impl Core {
     fn answer(&mut self, req: &Request, info: &Info, code: u16, extra: &[(&str, &str)]) {
         let key = TxKey::new(&info.branch, req.method);
         let data = build::response(req, code, Some(&build::new_tag()), extra, None);
-        self.metrics.responses_sent.get_or_create(&CodeLabel { code }).inc();
+        self.metrics
+            .responses_sent
+            .get_or_create(&CodeLabel { code })
+            .inc();
         let mut out = std::mem::take(&mut self.out);
-        self.transactions.send_response(&key, code, Bytes::from(data), &info.call_id, info.cseq, Instant::now(), &mut out);
+        self.transactions.send_response(
+            &key,
+            code,
+            Bytes::from(data),
+            &info.call_id,
+            info.cseq,
+            Instant::now(),
+            &mut out,
+        );
         self.out = out;
     }
 
@@ -276,14 +355,33 @@ impl Core {
             SipMessage::Request(req) => self.on_request(req, m.info, m.peer, now),
             SipMessage::Response(resp) => {
                 let code = resp.status_code.code();
-                self.metrics.responses_received.get_or_create(&CodeLabel { code }).inc();
+                self.metrics
+                    .responses_received
+                    .get_or_create(&CodeLabel { code })
+                    .inc();
                 let to = header(&resp, "To").unwrap_or_default().to_string();
                 let mut out = std::mem::take(&mut self.out);
-                let verdict = self.transactions.on_response(&m.info.branch, m.info.cseq_method, code, &to, now, &mut out);
+                let verdict = self.transactions.on_response(
+                    &m.info.branch,
+                    m.info.cseq_method,
+                    code,
+                    &to,
+                    now,
+                    &mut out,
+                );
                 self.out = out;
-                if matches!(verdict, ResponseMatch::Deliver | ResponseMatch::Deliver2xxRetransmission) {
+                if matches!(
+                    verdict,
+                    ResponseMatch::Deliver | ResponseMatch::Deliver2xxRetransmission
+                ) {
                     let call_id = m.info.call_id.clone();
-                    self.deliver(&call_id, SipEvent::Response { response: resp, info: m.info });
+                    self.deliver(
+                        &call_id,
+                        SipEvent::Response {
+                            response: resp,
+                            info: m.info,
+                        },
+                    );
                 }
             }
         }
@@ -291,15 +389,36 @@ impl Core {
     }
 
     fn on_request(&mut self, req: Request, info: Info, peer: Peer, now: Instant) {
-        self.metrics.requests_received.get_or_create(&MethodLabel { method: req.method.to_string() }).inc();
+        self.metrics
+            .requests_received
+            .get_or_create(&MethodLabel {
+                method: req.method.to_string(),
+            })
+            .inc();
         let mut out = std::mem::take(&mut self.out);
-        let verdict = self.transactions.on_request(req.method, &info.branch, &info.call_id, info.cseq, peer, now, &mut out);
+        let verdict = self.transactions.on_request(
+            req.method,
+            &info.branch,
+            &info.call_id,
+            info.cseq,
+            peer,
+            now,
+            &mut out,
+        );
         self.out = out;
         match verdict {
             RequestMatch::Retransmission | RequestMatch::AckAbsorbed => {}
             RequestMatch::AckFor2xx => {
                 let call_id = info.call_id.clone();
-                self.deliver(&call_id, SipEvent::Request { request: req, info, peer, key: None });
+                self.deliver(
+                    &call_id,
+                    SipEvent::Request {
+                        request: req,
+                        info,
+                        peer,
+                        key: None,
+                    },
+                );
             }
             RequestMatch::Cancel(invite) => {
                 self.answer(&req, &info, 200, &[]);
@@ -316,13 +435,26 @@ impl Core {
         if req.method == Method::Options && info.to_tag.is_none() {
             // Keepalive / capability probe: always 200 while the node is up.
             let allow = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE";
-            self.answer(&req, &info, 200, &[("Allow", allow), ("Accept", "application/sdp")]);
+            self.answer(
+                &req,
+                &info,
+                200,
+                &[("Allow", allow), ("Accept", "application/sdp")],
+            );
             return;
         }
         if info.to_tag.is_some() {
             if self.calls.contains_key(&info.call_id) {
                 let call_id = info.call_id.clone();
-                self.deliver(&call_id, SipEvent::Request { request: req, info, peer, key: Some(key) });
+                self.deliver(
+                    &call_id,
+                    SipEvent::Request {
+                        request: req,
+                        info,
+                        peer,
+                        key: Some(key),
+                    },
+                );
             } else if req.method != Method::Ack {
                 self.answer(&req, &info, 481, &[]);
             }
@@ -335,25 +467,52 @@ impl Core {
                     return;
                 }
                 let trying = build::response(&req, 100, None, &[], None);
-                self.metrics.responses_sent.get_or_create(&CodeLabel { code: 100 }).inc();
+                self.metrics
+                    .responses_sent
+                    .get_or_create(&CodeLabel { code: 100 })
+                    .inc();
                 let mut out = std::mem::take(&mut self.out);
-                self.transactions.send_response(&key, 100, Bytes::from(trying), &info.call_id, info.cseq, Instant::now(), &mut out);
+                self.transactions.send_response(
+                    &key,
+                    100,
+                    Bytes::from(trying),
+                    &info.call_id,
+                    info.cseq,
+                    Instant::now(),
+                    &mut out,
+                );
                 self.out = out;
                 let call_id = info.call_id.clone();
-                let offer = NewInvite { request: req.clone(), info: info.clone(), peer, key };
+                let offer = NewInvite {
+                    request: req.clone(),
+                    info: info.clone(),
+                    peer,
+                    key,
+                };
                 match self.handler.on_invite(offer) {
                     Ok(()) => {
                         self.calls.insert(call_id, Route::Pending(Vec::new()));
                     }
                     Err(reject) => {
                         let retry = reject.retry_after.map(|s| s.to_string());
-                        let extra: Vec<(&str, &str)> = retry.as_deref().map(|r| ("Retry-After", r)).into_iter().collect();
+                        let extra: Vec<(&str, &str)> = retry
+                            .as_deref()
+                            .map(|r| ("Retry-After", r))
+                            .into_iter()
+                            .collect();
                         self.answer(&req, &info, reject.code, &extra);
                     }
                 }
             }
-            Method::Bye | Method::Info | Method::Update | Method::PRack => self.answer(&req, &info, 481, &[]),
-            _ => self.answer(&req, &info, 405, &[("Allow", "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE")]),
+            Method::Bye | Method::Info | Method::Update | Method::PRack => {
+                self.answer(&req, &info, 481, &[])
+            }
+            _ => self.answer(
+                &req,
+                &info,
+                405,
+                &[("Allow", "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE")],
+            ),
         }
     }
 
@@ -372,21 +531,48 @@ impl Core {
             Command::Unregister { call_id } => {
                 self.calls.remove(&call_id);
             }
-            Command::Respond { key, code, data, call_id, cseq } => {
-                if self.transactions.send_response(&key, code, Bytes::from(data), &call_id, cseq, now, &mut out) {
-                    self.metrics.responses_sent.get_or_create(&CodeLabel { code }).inc();
+            Command::Respond {
+                key,
+                code,
+                data,
+                call_id,
+                cseq,
+            } => {
+                if self.transactions.send_response(
+                    &key,
+                    code,
+                    Bytes::from(data),
+                    &call_id,
+                    cseq,
+                    now,
+                    &mut out,
+                ) {
+                    self.metrics
+                        .responses_sent
+                        .get_or_create(&CodeLabel { code })
+                        .inc();
                 }
             }
             Command::Request { spec, peer } => {
-                self.metrics.requests_sent.get_or_create(&MethodLabel { method: spec.method.to_string() }).inc();
+                self.metrics
+                    .requests_sent
+                    .get_or_create(&MethodLabel {
+                        method: spec.method.to_string(),
+                    })
+                    .inc();
                 let data = Bytes::from(spec.to_bytes());
                 if spec.method == Method::Ack {
-                    out.push(Output::Transmit { peer, data, retransmission: false });
+                    out.push(Output::Transmit {
+                        peer,
+                        data,
+                        retransmission: false,
+                    });
                 } else {
                     let key = TxKey::new(&spec.branch, spec.method);
                     let call_id = spec.call_id.clone();
                     let invite = (spec.method == Method::Invite).then_some(spec);
-                    self.transactions.send_request(key, peer, data, invite, &call_id, now, &mut out);
+                    self.transactions
+                        .send_request(key, peer, data, invite, &call_id, now, &mut out);
                 }
             }
         }

@@ -15,5 +15,5 @@ pub mod transaction;
 mod transport;
 
 pub use endpoint::{Command, Endpoint, EndpointHandle, InviteHandler, NewInvite, Reject, SipEvent};
-pub use parse::{Info, Peer, ParseError, Transport};
+pub use parse::{Info, ParseError, Peer, Transport};
 pub use rsipstack::sip::{Method, Request, Response, SipMessage};

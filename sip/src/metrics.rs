@@ -30,13 +30,45 @@ pub struct SipMetrics {
 
 impl SipMetrics {
     pub fn register(&self, r: &mut Registry) {
-        r.register("sip_requests_received", "SIP requests received, by method (retransmissions included)", self.requests_received.clone());
-        r.register("sip_requests_sent", "SIP requests sent, by method (first transmissions)", self.requests_sent.clone());
-        r.register("sip_responses_sent", "SIP responses sent, by status code (first transmissions)", self.responses_sent.clone());
-        r.register("sip_responses_received", "SIP responses received, by status code", self.responses_received.clone());
-        r.register("sip_retransmissions", "SIP messages retransmitted by the transaction layer (timers A, E, G and 2xx)", self.retransmissions.clone());
-        r.register("sip_parse_errors", "Received SIP messages that could not be parsed (answered 400 where possible)", self.parse_errors.clone());
-        r.register("sip_server_transactions", "Open SIP server transactions", self.server_transactions.clone());
-        r.register("sip_client_transactions", "Open SIP client transactions", self.client_transactions.clone());
+        r.register(
+            "sip_requests_received",
+            "SIP requests received, by method (retransmissions included)",
+            self.requests_received.clone(),
+        );
+        r.register(
+            "sip_requests_sent",
+            "SIP requests sent, by method (first transmissions)",
+            self.requests_sent.clone(),
+        );
+        r.register(
+            "sip_responses_sent",
+            "SIP responses sent, by status code (first transmissions)",
+            self.responses_sent.clone(),
+        );
+        r.register(
+            "sip_responses_received",
+            "SIP responses received, by status code",
+            self.responses_received.clone(),
+        );
+        r.register(
+            "sip_retransmissions",
+            "SIP messages retransmitted by the transaction layer (timers A, E, G and 2xx)",
+            self.retransmissions.clone(),
+        );
+        r.register(
+            "sip_parse_errors",
+            "Received SIP messages that could not be parsed (answered 400 where possible)",
+            self.parse_errors.clone(),
+        );
+        r.register(
+            "sip_server_transactions",
+            "Open SIP server transactions",
+            self.server_transactions.clone(),
+        );
+        r.register(
+            "sip_client_transactions",
+            "Open SIP client transactions",
+            self.client_transactions.clone(),
+        );
     }
 }

@@ -2,7 +2,7 @@
 //! from a message (Call-ID, CSeq, top Via branch, tags), with malformed input reported
 //! as [`ParseError`] instead of a panic.
 
-use rsipstack::sip::{Header, HasHeaders, Method, Request, SipMessage};
+use rsipstack::sip::{HasHeaders, Header, Method, Request, SipMessage};
 use std::net::SocketAddr;
 
 /// How a message travelled.
@@ -50,14 +50,18 @@ pub struct Info {
 
 /// Parses a datagram or framed stream message and extracts its [`Info`].
 pub fn parse(data: &[u8]) -> Result<(SipMessage, Info), ParseError> {
-    let msg = rsipstack::sip::parser::parse_message(data).map_err(|e| ParseError::Syntax(e.to_string()))?;
+    let msg = rsipstack::sip::parser::parse_message(data)
+        .map_err(|e| ParseError::Syntax(e.to_string()))?;
     let info = info(&msg)?;
     Ok((msg, info))
 }
 
 /// The first value of a header by canonical name (compact forms are already expanded).
 pub fn header<'a, M: HasHeaders>(msg: &'a M, name: &str) -> Option<&'a str> {
-    msg.headers().iter().find(|h| h.name().eq_ignore_ascii_case(name)).map(Header::value)
+    msg.headers()
+        .iter()
+        .find(|h| h.name().eq_ignore_ascii_case(name))
+        .map(Header::value)
 }
 
 /// Every value of a header by name, splitting comma-separated lists (Via, Record-Route).
@@ -93,13 +97,24 @@ pub fn split_list(value: &str) -> Vec<&str> {
 }
 
 fn info(msg: &SipMessage) -> Result<Info, ParseError> {
-    let call_id = header(msg, "Call-ID").map(str::trim).filter(|v| !v.is_empty()).ok_or(ParseError::Header("Call-ID"))?;
+    let call_id = header(msg, "Call-ID")
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .ok_or(ParseError::Header("Call-ID"))?;
     let cseq = header(msg, "CSeq").ok_or(ParseError::Header("CSeq"))?;
-    let (num, method) = cseq.trim().split_once(char::is_whitespace).ok_or(ParseError::Header("CSeq"))?;
+    let (num, method) = cseq
+        .trim()
+        .split_once(char::is_whitespace)
+        .ok_or(ParseError::Header("CSeq"))?;
     let cseq: u32 = num.parse().map_err(|_| ParseError::Header("CSeq"))?;
     let cseq_method = method_from(method.trim()).ok_or(ParseError::Header("CSeq"))?;
-    let via = header_values(msg, "Via").into_iter().next().ok_or(ParseError::Header("Via"))?;
-    let branch = param(via, "branch").ok_or(ParseError::Header("Via"))?.to_string();
+    let via = header_values(msg, "Via")
+        .into_iter()
+        .next()
+        .ok_or(ParseError::Header("Via"))?;
+    let branch = param(via, "branch")
+        .ok_or(ParseError::Header("Via"))?
+        .to_string();
     let from = header(msg, "From").ok_or(ParseError::Header("From"))?;
     let to = header(msg, "To").ok_or(ParseError::Header("To"))?;
     if let SipMessage::Request(r) = msg {
@@ -179,13 +194,19 @@ pub fn uri_user(uri: &str) -> Option<&str> {
 
 /// `host:port` of a SIP URI as a socket address, if it is a literal IP.
 pub fn uri_addr(uri: &str) -> Option<SocketAddr> {
-    let rest = uri.strip_prefix("sip:").or_else(|| uri.strip_prefix("sips:"))?;
+    let rest = uri
+        .strip_prefix("sip:")
+        .or_else(|| uri.strip_prefix("sips:"))?;
     let hostport = rest.rsplit_once('@').map(|(_, h)| h).unwrap_or(rest);
     let hostport = hostport.split([';', '?']).next()?;
     if let Ok(a) = hostport.parse::<SocketAddr>() {
         return Some(a);
     }
-    let ip: std::net::IpAddr = hostport.trim_start_matches('[').trim_end_matches(']').parse().ok()?;
+    let ip: std::net::IpAddr = hostport
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .ok()?;
     Some(SocketAddr::new(ip, 5060))
 }
 
@@ -201,7 +222,11 @@ pub fn uri_transport(uri: &str) -> Transport {
 
 /// The user part of the Request-URI (the dialled number).
 pub fn request_user(req: &Request) -> Option<String> {
-    req.uri.auth.as_ref().map(|a| a.user.clone()).filter(|u| !u.is_empty())
+    req.uri
+        .auth
+        .as_ref()
+        .map(|a| a.user.clone())
+        .filter(|u| !u.is_empty())
 }
 
 /// The SDP body if the message carries one.
@@ -210,7 +235,9 @@ pub fn sdp_body<M: HasHeaders>(msg: &M, body: &[u8]) -> Option<String> {
         return None;
     }
     let ct = header(msg, "Content-Type").unwrap_or("application/sdp");
-    ct.to_ascii_lowercase().starts_with("application/sdp").then(|| String::from_utf8_lossy(body).into_owned())
+    ct.to_ascii_lowercase()
+        .starts_with("application/sdp")
+        .then(|| String::from_utf8_lossy(body).into_owned())
 }
 
 #[cfg(test)]
@@ -237,7 +264,9 @@ Content-Length: 0\r\n\r\n";
         assert_eq!(info.from_tag.as_deref(), Some("abc"));
         assert_eq!(info.to_tag, None);
         assert_eq!(header_values(&msg, "Via").len(), 2);
-        let SipMessage::Request(req) = msg else { panic!() };
+        let SipMessage::Request(req) = msg else {
+            panic!()
+        };
         assert_eq!(request_user(&req).as_deref(), Some("0501234567"));
     }
 
@@ -262,16 +291,34 @@ Content-Length: 0\r\n\r\n";
     fn uri_helpers() {
         assert_eq!(uri_of("\"A, B\" <sip:1@h;lr>;tag=x"), "sip:1@h;lr");
         assert_eq!(uri_of("sip:1@h;tag=x"), "sip:1@h");
-        assert_eq!(uri_user("sip:0312345678@127.0.0.1:5070"), Some("0312345678"));
+        assert_eq!(
+            uri_user("sip:0312345678@127.0.0.1:5070"),
+            Some("0312345678")
+        );
         assert_eq!(uri_user("sip:0312345678;npdi@h"), Some("0312345678"));
         assert_eq!(uri_user("tel:+81312345678"), Some("+81312345678"));
         assert_eq!(uri_user("sip:host.example"), None);
-        assert_eq!(uri_addr("sip:u@127.0.0.1:5070;transport=tcp"), Some("127.0.0.1:5070".parse().unwrap()));
-        assert_eq!(uri_addr("sip:127.0.0.1;lr"), Some("127.0.0.1:5060".parse().unwrap()));
-        assert_eq!(uri_addr("sip:u@[::1]:5080"), Some("[::1]:5080".parse().unwrap()));
+        assert_eq!(
+            uri_addr("sip:u@127.0.0.1:5070;transport=tcp"),
+            Some("127.0.0.1:5070".parse().unwrap())
+        );
+        assert_eq!(
+            uri_addr("sip:127.0.0.1;lr"),
+            Some("127.0.0.1:5060".parse().unwrap())
+        );
+        assert_eq!(
+            uri_addr("sip:u@[::1]:5080"),
+            Some("[::1]:5080".parse().unwrap())
+        );
         assert_eq!(uri_transport("sip:h;transport=TCP"), Transport::Tcp);
-        assert_eq!(split_list("<sip:a;lr>, \"x,y\" <sip:b>"), vec!["<sip:a;lr>", "\"x,y\" <sip:b>"]);
+        assert_eq!(
+            split_list("<sip:a;lr>, \"x,y\" <sip:b>"),
+            vec!["<sip:a;lr>", "\"x,y\" <sip:b>"]
+        );
         assert_eq!(tag("<sip:a>;tag=1"), Some("1"));
-        assert_eq!(param("SIP/2.0/UDP h;branch=z9hG4bKx;rport", "branch"), Some("z9hG4bKx"));
+        assert_eq!(
+            param("SIP/2.0/UDP h;branch=z9hG4bKx;rport", "branch"),
+            Some("z9hG4bKx")
+        );
     }
 }

@@ -29,15 +29,26 @@ pub struct TxKey {
 
 impl TxKey {
     pub fn new(branch: &str, method: Method) -> TxKey {
-        let method = if method == Method::Ack { Method::Invite } else { method };
-        TxKey { branch: branch.to_string(), method }
+        let method = if method == Method::Ack {
+            Method::Invite
+        } else {
+            method
+        };
+        TxKey {
+            branch: branch.to_string(),
+            method,
+        }
     }
 }
 
 /// What the driver must do.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Output {
-    Transmit { peer: Peer, data: Bytes, retransmission: bool },
+    Transmit {
+        peer: Peer,
+        data: Bytes,
+        retransmission: bool,
+    },
     /// A client transaction got no final response in time (Timer B/F): report 408.
     ClientTimeout { key: TxKey, call_id: String },
     /// A 2xx we sent was never acknowledged.
@@ -134,7 +145,10 @@ fn method_ord(m: Method) -> MethodOrd {
 }
 
 fn method_of(o: MethodOrd) -> Method {
-    Method::all().get(o.0 as usize).copied().unwrap_or(Method::Invite)
+    Method::all()
+        .get(o.0 as usize)
+        .copied()
+        .unwrap_or(Method::Invite)
 }
 
 #[derive(Default)]
@@ -175,7 +189,16 @@ impl Transactions {
 
     // ---- server side ----
 
-    pub fn on_request(&mut self, method: Method, branch: &str, call_id: &str, cseq: u32, peer: Peer, now: Instant, out: &mut Vec<Output>) -> RequestMatch {
+    pub fn on_request(
+        &mut self,
+        method: Method,
+        branch: &str,
+        call_id: &str,
+        cseq: u32,
+        peer: Peer,
+        now: Instant,
+        out: &mut Vec<Output>,
+    ) -> RequestMatch {
         let key = TxKey::new(branch, method);
         match method {
             Method::Ack => {
@@ -186,7 +209,10 @@ impl Transactions {
                         // Timer I: linger to absorb ACK retransmissions.
                         let expire = now + linger(&peer, T4);
                         tx.timers.expire_at = Some(expire);
-                        self.schedule(Some(expire), TimerId::Server(key.branch, method_ord(key.method)));
+                        self.schedule(
+                            Some(expire),
+                            TimerId::Server(key.branch, method_ord(key.method)),
+                        );
                         return RequestMatch::AckAbsorbed;
                     }
                     if tx.state == State::Confirmed {
@@ -199,7 +225,11 @@ impl Transactions {
             _ => {
                 if let Some(tx) = self.server.get(&key) {
                     if let Some(resp) = &tx.last_response {
-                        out.push(Output::Transmit { peer: tx.peer, data: resp.clone(), retransmission: true });
+                        out.push(Output::Transmit {
+                            peer: tx.peer,
+                            data: resp.clone(),
+                            retransmission: true,
+                        });
                     }
                     return RequestMatch::Retransmission;
                 }
@@ -207,7 +237,11 @@ impl Transactions {
                     peer,
                     state: State::Proceeding,
                     last_response: None,
-                    timers: Timers { retransmit_at: None, interval: T1, expire_at: None },
+                    timers: Timers {
+                        retransmit_at: None,
+                        interval: T1,
+                        expire_at: None,
+                    },
                 };
                 self.server.insert(key, tx);
                 if method == Method::Cancel {
@@ -224,13 +258,28 @@ impl Transactions {
 
     /// Sends a response within a server transaction. Returns false if the transaction
     /// is gone (the response is then not sent).
-    pub fn send_response(&mut self, key: &TxKey, code: u16, data: Bytes, call_id: &str, cseq: u32, now: Instant, out: &mut Vec<Output>) -> bool {
-        let Some(tx) = self.server.get_mut(key) else { return false };
+    pub fn send_response(
+        &mut self,
+        key: &TxKey,
+        code: u16,
+        data: Bytes,
+        call_id: &str,
+        cseq: u32,
+        now: Instant,
+        out: &mut Vec<Output>,
+    ) -> bool {
+        let Some(tx) = self.server.get_mut(key) else {
+            return false;
+        };
         if tx.state != State::Proceeding {
             return false;
         }
         let peer = tx.peer;
-        out.push(Output::Transmit { peer, data: data.clone(), retransmission: false });
+        out.push(Output::Transmit {
+            peer,
+            data: data.clone(),
+            retransmission: false,
+        });
         tx.last_response = Some(data.clone());
         if code < 200 {
             return true;
@@ -241,23 +290,43 @@ impl Transactions {
             // the 2xx itself is retransmitted until its ACK arrives (13.3.1.4).
             tx.state = State::Accepted;
             let expire = now + TIMEOUT;
-            tx.timers = Timers { retransmit_at: None, interval: T1, expire_at: Some(expire) };
+            tx.timers = Timers {
+                retransmit_at: None,
+                interval: T1,
+                expire_at: Some(expire),
+            };
             self.schedule(Some(expire), id);
             let retransmit_at = (!reliable(&peer)).then(|| now + T1);
-            let pending = Pending2xx { peer, response: data, timers: Timers { retransmit_at, interval: T1, expire_at: Some(now + TIMEOUT) } };
+            let pending = Pending2xx {
+                peer,
+                response: data,
+                timers: Timers {
+                    retransmit_at,
+                    interval: T1,
+                    expire_at: Some(now + TIMEOUT),
+                },
+            };
             let next = pending.timers.next();
             self.ok2xx.insert((call_id.to_string(), cseq), pending);
             self.schedule(next, TimerId::Ok2xx(call_id.to_string(), cseq));
         } else if key.method == Method::Invite {
             tx.state = State::Completed;
             let retransmit_at = (!reliable(&peer)).then(|| now + T1);
-            tx.timers = Timers { retransmit_at, interval: T1, expire_at: Some(now + TIMEOUT) };
+            tx.timers = Timers {
+                retransmit_at,
+                interval: T1,
+                expire_at: Some(now + TIMEOUT),
+            };
             let next = tx.timers.next();
             self.schedule(next, id);
         } else {
             tx.state = State::Completed;
             let expire = now + linger(&peer, TIMEOUT);
-            tx.timers = Timers { retransmit_at: None, interval: T1, expire_at: Some(expire) };
+            tx.timers = Timers {
+                retransmit_at: None,
+                interval: T1,
+                expire_at: Some(expire),
+            };
             self.schedule(Some(expire), id);
         }
         true
@@ -270,8 +339,21 @@ impl Transactions {
 
     // ---- client side ----
 
-    pub fn send_request(&mut self, key: TxKey, peer: Peer, data: Bytes, invite: Option<RequestSpec>, call_id: &str, now: Instant, out: &mut Vec<Output>) {
-        out.push(Output::Transmit { peer, data: data.clone(), retransmission: false });
+    pub fn send_request(
+        &mut self,
+        key: TxKey,
+        peer: Peer,
+        data: Bytes,
+        invite: Option<RequestSpec>,
+        call_id: &str,
+        now: Instant,
+        out: &mut Vec<Output>,
+    ) {
+        out.push(Output::Transmit {
+            peer,
+            data: data.clone(),
+            retransmission: false,
+        });
         let retransmit_at = (!reliable(&peer)).then(|| now + T1);
         let tx = ClientTx {
             peer,
@@ -280,7 +362,11 @@ impl Transactions {
             call_id: call_id.to_string(),
             state: State::Proceeding,
             ack: None,
-            timers: Timers { retransmit_at, interval: T1, expire_at: Some(now + TIMEOUT) },
+            timers: Timers {
+                retransmit_at,
+                interval: T1,
+                expire_at: Some(now + TIMEOUT),
+            },
         };
         let next = tx.timers.next();
         let id = TimerId::Client(key.branch.clone(), method_ord(key.method));
@@ -288,7 +374,15 @@ impl Transactions {
         self.schedule(next, id);
     }
 
-    pub fn on_response(&mut self, branch: &str, cseq_method: Method, code: u16, to: &str, now: Instant, out: &mut Vec<Output>) -> ResponseMatch {
+    pub fn on_response(
+        &mut self,
+        branch: &str,
+        cseq_method: Method,
+        code: u16,
+        to: &str,
+        now: Instant,
+        out: &mut Vec<Output>,
+    ) -> ResponseMatch {
         let key = TxKey::new(branch, cseq_method);
         let Some(tx) = self.client.get_mut(&key) else {
             return if cseq_method == Method::Invite && (200..300).contains(&code) {
@@ -300,7 +394,11 @@ impl Transactions {
         let id = TimerId::Client(key.branch.clone(), method_ord(key.method));
         if tx.state == State::Completed {
             if let Some(ack) = &tx.ack {
-                out.push(Output::Transmit { peer: tx.peer, data: ack.clone(), retransmission: true });
+                out.push(Output::Transmit {
+                    peer: tx.peer,
+                    data: ack.clone(),
+                    retransmission: true,
+                });
             }
             return ResponseMatch::Absorbed;
         }
@@ -323,7 +421,11 @@ impl Transactions {
         tx.timers.retransmit_at = None;
         if let Some(invite) = &tx.invite {
             let ack = Bytes::from(invite.ack_for_failure(to).to_bytes());
-            out.push(Output::Transmit { peer: tx.peer, data: ack.clone(), retransmission: false });
+            out.push(Output::Transmit {
+                peer: tx.peer,
+                data: ack.clone(),
+                retransmission: false,
+            });
             tx.ack = Some(ack);
             tx.timers.expire_at = Some(now + linger(&tx.peer, TIMEOUT)); // Timer D
         } else {
@@ -350,17 +452,37 @@ impl Transactions {
             if *at > now {
                 break;
             }
-            let Some(Reverse((at, id))) = self.heap.pop() else { break };
+            let Some(Reverse((at, id))) = self.heap.pop() else {
+                break;
+            };
             match id {
-                TimerId::Server(branch, m) => self.server_timer(TxKey { branch, method: method_of(m) }, at, now, out),
-                TimerId::Client(branch, m) => self.client_timer(TxKey { branch, method: method_of(m) }, at, now, out),
+                TimerId::Server(branch, m) => self.server_timer(
+                    TxKey {
+                        branch,
+                        method: method_of(m),
+                    },
+                    at,
+                    now,
+                    out,
+                ),
+                TimerId::Client(branch, m) => self.client_timer(
+                    TxKey {
+                        branch,
+                        method: method_of(m),
+                    },
+                    at,
+                    now,
+                    out,
+                ),
                 TimerId::Ok2xx(call_id, cseq) => self.ok2xx_timer(call_id, cseq, at, now, out),
             }
         }
     }
 
     fn server_timer(&mut self, key: TxKey, at: Instant, now: Instant, out: &mut Vec<Output>) {
-        let Some(tx) = self.server.get_mut(&key) else { return };
+        let Some(tx) = self.server.get_mut(&key) else {
+            return;
+        };
         if tx.timers.next() != Some(at) {
             return; // stale entry
         }
@@ -369,7 +491,11 @@ impl Transactions {
             return;
         }
         if let (Some(_), Some(resp)) = (tx.timers.retransmit_at, &tx.last_response) {
-            out.push(Output::Transmit { peer: tx.peer, data: resp.clone(), retransmission: true });
+            out.push(Output::Transmit {
+                peer: tx.peer,
+                data: resp.clone(),
+                retransmission: true,
+            });
             tx.timers.interval = (tx.timers.interval * 2).min(T2); // Timer G
             tx.timers.retransmit_at = Some(now + tx.timers.interval);
         }
@@ -378,19 +504,28 @@ impl Transactions {
     }
 
     fn client_timer(&mut self, key: TxKey, at: Instant, now: Instant, out: &mut Vec<Output>) {
-        let Some(tx) = self.client.get_mut(&key) else { return };
+        let Some(tx) = self.client.get_mut(&key) else {
+            return;
+        };
         if tx.timers.next() != Some(at) {
             return;
         }
         if tx.timers.expire_at.is_some_and(|e| e <= now) {
             let tx = self.client.remove(&key).expect("present");
             if tx.state != State::Completed {
-                out.push(Output::ClientTimeout { key, call_id: tx.call_id });
+                out.push(Output::ClientTimeout {
+                    key,
+                    call_id: tx.call_id,
+                });
             }
             return;
         }
         if tx.timers.retransmit_at.is_some() {
-            out.push(Output::Transmit { peer: tx.peer, data: tx.request.clone(), retransmission: true });
+            out.push(Output::Transmit {
+                peer: tx.peer,
+                data: tx.request.clone(),
+                retransmission: true,
+            });
             tx.timers.interval *= 2; // Timer A doubles without cap; Timer E caps at T2
             if key.method != Method::Invite {
                 tx.timers.interval = tx.timers.interval.min(T2);
@@ -401,9 +536,18 @@ impl Transactions {
         self.schedule(next, TimerId::Client(key.branch, method_ord(key.method)));
     }
 
-    fn ok2xx_timer(&mut self, call_id: String, cseq: u32, at: Instant, now: Instant, out: &mut Vec<Output>) {
+    fn ok2xx_timer(
+        &mut self,
+        call_id: String,
+        cseq: u32,
+        at: Instant,
+        now: Instant,
+        out: &mut Vec<Output>,
+    ) {
         let k = (call_id, cseq);
-        let Some(p) = self.ok2xx.get_mut(&k) else { return };
+        let Some(p) = self.ok2xx.get_mut(&k) else {
+            return;
+        };
         if p.timers.next() != Some(at) {
             return;
         }
@@ -412,7 +556,11 @@ impl Transactions {
             out.push(Output::AckTimeout { call_id: k.0 });
             return;
         }
-        out.push(Output::Transmit { peer: p.peer, data: p.response.clone(), retransmission: true });
+        out.push(Output::Transmit {
+            peer: p.peer,
+            data: p.response.clone(),
+            retransmission: true,
+        });
         p.timers.interval = (p.timers.interval * 2).min(T2);
         p.timers.retransmit_at = Some(now + p.timers.interval);
         let next = p.timers.next();
@@ -425,14 +573,22 @@ mod tests {
     use super::*;
 
     fn udp() -> Peer {
-        Peer { transport: Transport::Udp, addr: "127.0.0.1:5070".parse().unwrap() }
+        Peer {
+            transport: Transport::Udp,
+            addr: "127.0.0.1:5070".parse().unwrap(),
+        }
     }
     fn tcp() -> Peer {
-        Peer { transport: Transport::Tcp, addr: "127.0.0.1:5070".parse().unwrap() }
+        Peer {
+            transport: Transport::Tcp,
+            addr: "127.0.0.1:5070".parse().unwrap(),
+        }
     }
 
     fn transmits(out: &[Output]) -> usize {
-        out.iter().filter(|o| matches!(o, Output::Transmit { .. })).count()
+        out.iter()
+            .filter(|o| matches!(o, Output::Transmit { .. }))
+            .count()
     }
 
     /// Runs the clock forward in 10 ms steps and returns every output, with its time.
@@ -454,7 +610,15 @@ mod tests {
         let now = Instant::now();
         let key = TxKey::new("z9hG4bKa", Method::Invite);
         let mut out = Vec::new();
-        t.send_request(key.clone(), udp(), Bytes::from_static(b"INVITE"), None, "c1", now, &mut out);
+        t.send_request(
+            key.clone(),
+            udp(),
+            Bytes::from_static(b"INVITE"),
+            None,
+            "c1",
+            now,
+            &mut out,
+        );
         assert_eq!(transmits(&out), 1);
         let outs = run(&mut t, now, Duration::from_secs(33));
         let times: Vec<u64> = outs
@@ -464,7 +628,9 @@ mod tests {
             .collect();
         // Timer A: 0.5, 1.5, 3.5, 7.5, 15.5, 31.5 s (doubling, no cap).
         assert_eq!(times, vec![500, 1500, 3500, 7500, 15500, 31500]);
-        assert!(matches!(outs.last(), Some((d, Output::ClientTimeout { call_id, .. })) if call_id == "c1" && d.as_secs() == 32));
+        assert!(
+            matches!(outs.last(), Some((d, Output::ClientTimeout { call_id, .. })) if call_id == "c1" && d.as_secs() == 32)
+        );
     }
 
     #[test]
@@ -473,8 +639,26 @@ mod tests {
         let now = Instant::now();
         let key = TxKey::new("z9hG4bKa", Method::Invite);
         let mut out = Vec::new();
-        t.send_request(key, udp(), Bytes::from_static(b"INVITE"), None, "c1", now, &mut out);
-        assert_eq!(t.on_response("z9hG4bKa", Method::Invite, 180, "<sip:x>;tag=1", now, &mut out), ResponseMatch::Deliver);
+        t.send_request(
+            key,
+            udp(),
+            Bytes::from_static(b"INVITE"),
+            None,
+            "c1",
+            now,
+            &mut out,
+        );
+        assert_eq!(
+            t.on_response(
+                "z9hG4bKa",
+                Method::Invite,
+                180,
+                "<sip:x>;tag=1",
+                now,
+                &mut out
+            ),
+            ResponseMatch::Deliver
+        );
         assert!(run(&mut t, now, Duration::from_secs(40)).is_empty());
     }
 
@@ -499,15 +683,47 @@ mod tests {
             body: None,
         };
         let mut out = Vec::new();
-        t.send_request(TxKey::new("z9hG4bKb", Method::Invite), udp(), Bytes::from(spec.to_bytes()), Some(spec), "c2", now, &mut out);
+        t.send_request(
+            TxKey::new("z9hG4bKb", Method::Invite),
+            udp(),
+            Bytes::from(spec.to_bytes()),
+            Some(spec),
+            "c2",
+            now,
+            &mut out,
+        );
         out.clear();
-        assert_eq!(t.on_response("z9hG4bKb", Method::Invite, 486, "<sip:1@h>;tag=u", now, &mut out), ResponseMatch::Deliver);
-        let Some(Output::Transmit { data, .. }) = out.first() else { panic!("ACK sent") };
+        assert_eq!(
+            t.on_response(
+                "z9hG4bKb",
+                Method::Invite,
+                486,
+                "<sip:1@h>;tag=u",
+                now,
+                &mut out
+            ),
+            ResponseMatch::Deliver
+        );
+        let Some(Output::Transmit { data, .. }) = out.first() else {
+            panic!("ACK sent")
+        };
         assert!(data.starts_with(b"ACK sip:1@127.0.0.1:5070"));
         out.clear();
-        assert_eq!(t.on_response("z9hG4bKb", Method::Invite, 486, "<sip:1@h>;tag=u", now, &mut out), ResponseMatch::Absorbed);
+        assert_eq!(
+            t.on_response(
+                "z9hG4bKb",
+                Method::Invite,
+                486,
+                "<sip:1@h>;tag=u",
+                now,
+                &mut out
+            ),
+            ResponseMatch::Absorbed
+        );
         assert_eq!(transmits(&out), 1, "ACK resent for the retransmitted 486");
-        assert!(run(&mut t, now, Duration::from_secs(33)).iter().all(|(_, o)| !matches!(o, Output::ClientTimeout { .. })));
+        assert!(run(&mut t, now, Duration::from_secs(33))
+            .iter()
+            .all(|(_, o)| !matches!(o, Output::ClientTimeout { .. })));
         assert_eq!(t.counts().1, 0, "Timer D removed it");
     }
 
@@ -516,19 +732,52 @@ mod tests {
         let mut t = Transactions::new();
         let now = Instant::now();
         let mut out = Vec::new();
-        assert_eq!(t.on_request(Method::Invite, "z9hG4bKs", "c3", 1, udp(), now, &mut out), RequestMatch::New);
-        assert_eq!(t.on_request(Method::Invite, "z9hG4bKs", "c3", 1, udp(), now, &mut out), RequestMatch::Retransmission);
+        assert_eq!(
+            t.on_request(Method::Invite, "z9hG4bKs", "c3", 1, udp(), now, &mut out),
+            RequestMatch::New
+        );
+        assert_eq!(
+            t.on_request(Method::Invite, "z9hG4bKs", "c3", 1, udp(), now, &mut out),
+            RequestMatch::Retransmission
+        );
         assert!(out.is_empty(), "nothing to resend before a response");
         let key = TxKey::new("z9hG4bKs", Method::Invite);
-        assert!(t.send_response(&key, 100, Bytes::from_static(b"100"), "c3", 1, now, &mut out));
+        assert!(t.send_response(
+            &key,
+            100,
+            Bytes::from_static(b"100"),
+            "c3",
+            1,
+            now,
+            &mut out
+        ));
         out.clear();
-        assert_eq!(t.on_request(Method::Invite, "z9hG4bKs", "c3", 1, udp(), now, &mut out), RequestMatch::Retransmission);
+        assert_eq!(
+            t.on_request(Method::Invite, "z9hG4bKs", "c3", 1, udp(), now, &mut out),
+            RequestMatch::Retransmission
+        );
         assert_eq!(transmits(&out), 1, "100 resent");
-        assert!(t.send_response(&key, 486, Bytes::from_static(b"486"), "c3", 1, now, &mut out));
+        assert!(t.send_response(
+            &key,
+            486,
+            Bytes::from_static(b"486"),
+            "c3",
+            1,
+            now,
+            &mut out
+        ));
         let outs = run(&mut t, now, Duration::from_millis(1600));
         assert_eq!(outs.len(), 2, "Timer G: 0.5 s and 1.5 s");
-        assert_eq!(t.on_request(Method::Ack, "z9hG4bKs", "c3", 1, udp(), now, &mut out), RequestMatch::AckAbsorbed);
-        assert!(run(&mut t, now + Duration::from_millis(1600), Duration::from_secs(10)).is_empty());
+        assert_eq!(
+            t.on_request(Method::Ack, "z9hG4bKs", "c3", 1, udp(), now, &mut out),
+            RequestMatch::AckAbsorbed
+        );
+        assert!(run(
+            &mut t,
+            now + Duration::from_millis(1600),
+            Duration::from_secs(10)
+        )
+        .is_empty());
     }
 
     #[test]
@@ -538,16 +787,40 @@ mod tests {
         let mut out = Vec::new();
         t.on_request(Method::Invite, "z9hG4bKo", "c4", 1, udp(), now, &mut out);
         let key = TxKey::new("z9hG4bKo", Method::Invite);
-        t.send_response(&key, 200, Bytes::from_static(b"200"), "c4", 1, now, &mut out);
+        t.send_response(
+            &key,
+            200,
+            Bytes::from_static(b"200"),
+            "c4",
+            1,
+            now,
+            &mut out,
+        );
         let outs = run(&mut t, now, Duration::from_secs(33));
-        let resent = outs.iter().filter(|(_, o)| matches!(o, Output::Transmit { .. })).count();
+        let resent = outs
+            .iter()
+            .filter(|(_, o)| matches!(o, Output::Transmit { .. }))
+            .count();
         assert!(resent >= 9, "2xx retransmitted up to T2 spacing: {resent}");
-        assert!(matches!(outs.last(), Some((_, Output::AckTimeout { call_id })) if call_id == "c4"));
+        assert!(
+            matches!(outs.last(), Some((_, Output::AckTimeout { call_id })) if call_id == "c4")
+        );
 
         let mut t = Transactions::new();
         t.on_request(Method::Invite, "z9hG4bKo", "c5", 1, udp(), now, &mut out);
-        t.send_response(&key, 200, Bytes::from_static(b"200"), "c5", 1, now, &mut out);
-        assert_eq!(t.on_request(Method::Ack, "z9hG4bKother", "c5", 1, udp(), now, &mut out), RequestMatch::AckFor2xx);
+        t.send_response(
+            &key,
+            200,
+            Bytes::from_static(b"200"),
+            "c5",
+            1,
+            now,
+            &mut out,
+        );
+        assert_eq!(
+            t.on_request(Method::Ack, "z9hG4bKother", "c5", 1, udp(), now, &mut out),
+            RequestMatch::AckFor2xx
+        );
         assert!(run(&mut t, now, Duration::from_secs(33)).is_empty());
     }
 
@@ -561,7 +834,10 @@ mod tests {
             t.on_request(Method::Cancel, "z9hG4bKc", "c6", 1, udp(), now, &mut out),
             RequestMatch::Cancel(TxKey::new("z9hG4bKc", Method::Invite))
         );
-        assert_eq!(t.on_request(Method::Cancel, "z9hG4bKzz", "c7", 1, udp(), now, &mut out), RequestMatch::CancelUnmatched);
+        assert_eq!(
+            t.on_request(Method::Cancel, "z9hG4bKzz", "c7", 1, udp(), now, &mut out),
+            RequestMatch::CancelUnmatched
+        );
     }
 
     #[test]
@@ -569,7 +845,15 @@ mod tests {
         let mut t = Transactions::new();
         let now = Instant::now();
         let mut out = Vec::new();
-        t.send_request(TxKey::new("z9hG4bKt", Method::Bye), tcp(), Bytes::from_static(b"BYE"), None, "c8", now, &mut out);
+        t.send_request(
+            TxKey::new("z9hG4bKt", Method::Bye),
+            tcp(),
+            Bytes::from_static(b"BYE"),
+            None,
+            "c8",
+            now,
+            &mut out,
+        );
         let outs = run(&mut t, now, Duration::from_secs(33));
         assert_eq!(outs.len(), 1);
         assert!(matches!(outs[0].1, Output::ClientTimeout { .. }));

@@ -39,7 +39,12 @@ pub fn set_buffers<S: std::os::fd::AsFd>(sock: &S, bytes: usize) {
 }
 
 /// Handles one received datagram or stream frame: parse, or answer 400 if possible.
-fn handle_frame(data: &[u8], peer: Peer, incoming: &IncomingTx, metrics: &SipMetrics) -> Option<Vec<u8>> {
+fn handle_frame(
+    data: &[u8],
+    peer: Peer,
+    incoming: &IncomingTx,
+    metrics: &SipMetrics,
+) -> Option<Vec<u8>> {
     if data.iter().all(|b| b.is_ascii_whitespace()) {
         return None; // keepalive (RFC 5626 CRLF)
     }
@@ -68,7 +73,10 @@ pub(crate) fn spawn_udp_receiver(sock: Arc<UdpSocket>, incoming: IncomingTx, met
                     continue;
                 }
             };
-            let peer = Peer { transport: Transport::Udp, addr: src };
+            let peer = Peer {
+                transport: Transport::Udp,
+                addr: src,
+            };
             if let Some(reply) = handle_frame(&buf[..n], peer, &incoming, &metrics) {
                 let _ = sock.try_send_to(&reply, src);
             }
@@ -89,7 +97,11 @@ pub(crate) struct TcpConnections {
 
 impl TcpConnections {
     pub fn new(incoming: IncomingTx, metrics: SipMetrics) -> Self {
-        TcpConnections { conns: Arc::default(), incoming, metrics }
+        TcpConnections {
+            conns: Arc::default(),
+            incoming,
+            metrics,
+        }
     }
 
     pub fn send(&self, addr: SocketAddr, data: Bytes) {
@@ -115,23 +127,36 @@ impl TcpConnections {
     }
 
     fn forget(&self, addr: SocketAddr) {
-        self.conns.lock().unwrap_or_else(|p| p.into_inner()).remove(&addr);
+        self.conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&addr);
     }
 
     pub fn spawn_listener(&self, listener: TcpListener) {
         let this = self.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((stream, addr)) = listener.accept().await else { continue };
+                let Ok((stream, addr)) = listener.accept().await else {
+                    continue;
+                };
                 let (tx, rx) = mpsc::unbounded_channel();
-                this.conns.lock().unwrap_or_else(|p| p.into_inner()).insert(addr, tx);
+                this.conns
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(addr, tx);
                 let conn = this.clone();
                 tokio::spawn(async move { conn.run(stream, addr, rx).await });
             }
         });
     }
 
-    async fn run(&self, stream: TcpStream, addr: SocketAddr, mut rx: mpsc::UnboundedReceiver<Bytes>) {
+    async fn run(
+        &self,
+        stream: TcpStream,
+        addr: SocketAddr,
+        mut rx: mpsc::UnboundedReceiver<Bytes>,
+    ) {
         let _ = stream.set_nodelay(true);
         let (mut reader, mut writer) = stream.into_split();
         let writer_task = tokio::spawn(async move {
@@ -141,7 +166,10 @@ impl TcpConnections {
                 }
             }
         });
-        let peer = Peer { transport: Transport::Tcp, addr };
+        let peer = Peer {
+            transport: Transport::Tcp,
+            addr,
+        };
         let mut buf: Vec<u8> = Vec::with_capacity(8192);
         let mut chunk = vec![0u8; 16384];
         'read: loop {
@@ -158,7 +186,9 @@ impl TcpConnections {
                         buf.drain(..k);
                     }
                     Frame::Message(len) => {
-                        if let Some(reply) = handle_frame(&buf[..len], peer, &self.incoming, &self.metrics) {
+                        if let Some(reply) =
+                            handle_frame(&buf[..len], peer, &self.incoming, &self.metrics)
+                        {
                             self.send(addr, Bytes::from(reply));
                         }
                         buf.drain(..len);
@@ -183,12 +213,19 @@ enum Frame {
 
 /// Finds the first complete message in a stream buffer (RFC 3261 18.3: Content-Length).
 fn next_frame(buf: &[u8]) -> Frame {
-    let skip = buf.iter().take_while(|b| **b == b'\r' || **b == b'\n').count();
+    let skip = buf
+        .iter()
+        .take_while(|b| **b == b'\r' || **b == b'\n')
+        .count();
     if skip > 0 {
         return Frame::Skip(skip);
     }
     let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-        return if buf.len() > MAX_MESSAGE { Frame::Invalid } else { Frame::Incomplete };
+        return if buf.len() > MAX_MESSAGE {
+            Frame::Invalid
+        } else {
+            Frame::Incomplete
+        };
     };
     let head = String::from_utf8_lossy(&buf[..end]);
     let mut length = None;
@@ -204,7 +241,9 @@ fn next_frame(buf: &[u8]) -> Frame {
         }
     }
     // A stream message without Content-Length cannot be framed (RFC 3261 18.3).
-    let Some(length) = length else { return Frame::Invalid };
+    let Some(length) = length else {
+        return Frame::Invalid;
+    };
     let total = end + 4 + length;
     if total > MAX_MESSAGE {
         Frame::Invalid
@@ -224,13 +263,28 @@ mod tests {
         let msg = b"BYE sip:a@b SIP/2.0\r\nContent-Length: 3\r\n\r\nabc";
         let cases: Vec<(Vec<u8>, Frame)> = vec![
             (msg.to_vec(), Frame::Message(msg.len())),
-            ([msg.as_slice(), b"OPTIONS"].concat(), Frame::Message(msg.len())),
+            (
+                [msg.as_slice(), b"OPTIONS"].concat(),
+                Frame::Message(msg.len()),
+            ),
             (msg[..msg.len() - 1].to_vec(), Frame::Incomplete),
             (b"\r\n\r\nBYE".to_vec(), Frame::Skip(4)),
-            (b"BYE sip:a@b SIP/2.0\r\nl: 0\r\n\r\n".to_vec(), Frame::Message(29)),
-            (b"BYE sip:a@b SIP/2.0\r\nCall-ID: x\r\n\r\n".to_vec(), Frame::Invalid),
-            (b"BYE sip:a@b SIP/2.0\r\nContent-Length: x\r\n\r\n".to_vec(), Frame::Invalid),
-            (b"BYE sip:a@b SIP/2.0\r\nContent-Length: 999999\r\n\r\n".to_vec(), Frame::Invalid),
+            (
+                b"BYE sip:a@b SIP/2.0\r\nl: 0\r\n\r\n".to_vec(),
+                Frame::Message(29),
+            ),
+            (
+                b"BYE sip:a@b SIP/2.0\r\nCall-ID: x\r\n\r\n".to_vec(),
+                Frame::Invalid,
+            ),
+            (
+                b"BYE sip:a@b SIP/2.0\r\nContent-Length: x\r\n\r\n".to_vec(),
+                Frame::Invalid,
+            ),
+            (
+                b"BYE sip:a@b SIP/2.0\r\nContent-Length: 999999\r\n\r\n".to_vec(),
+                Frame::Invalid,
+            ),
         ];
         for (buf, want) in cases {
             assert_eq!(next_frame(&buf), want, "{}", String::from_utf8_lossy(&buf));

@@ -5,7 +5,9 @@ use sha2::{Digest, Sha256};
 
 fn random_hex(bytes: usize) -> String {
     let mut rng = rand::rng();
-    (0..bytes).map(|_| format!("{:02x}", rng.random::<u8>())).collect()
+    (0..bytes)
+        .map(|_| format!("{:02x}", rng.random::<u8>()))
+        .collect()
 }
 
 /// A new identifier such as `op_5f0c2a9e1b7d3c44`.
@@ -20,5 +22,8 @@ pub fn new_api_key() -> String {
 
 /// The form an API key is stored and looked up in (hex SHA-256).
 pub fn hash_api_key(key: &str) -> String {
-    Sha256::digest(key.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(key.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }

@@ -51,7 +51,12 @@ pub trait Store: Send + Sync + 'static {
     fn create_advertiser(&self, operator_id: &str, name: &str) -> Result<Advertiser>;
     fn get_advertiser(&self, operator_id: &str, id: &str) -> Result<Option<Advertiser>>;
     fn list_advertisers(&self, operator_id: &str) -> Result<Vec<Advertiser>>;
-    fn rename_advertiser(&self, operator_id: &str, id: &str, name: &str) -> Result<Option<Advertiser>>;
+    fn rename_advertiser(
+        &self,
+        operator_id: &str,
+        id: &str,
+        name: &str,
+    ) -> Result<Option<Advertiser>>;
     /// Deletes an advertiser that owns no numbers ([`StoreError::InUse`] otherwise).
     fn delete_advertiser(&self, operator_id: &str, id: &str) -> Result<bool>;
 
@@ -60,7 +65,11 @@ pub trait Store: Send + Sync + 'static {
     /// Creates a number; [`StoreError::Conflict`] if the number exists (for any operator).
     fn create_number(&self, number: &TrackingNumber) -> Result<()>;
     fn get_number(&self, number: &str) -> Result<Option<TrackingNumber>>;
-    fn list_numbers(&self, operator_id: &str, advertiser_id: Option<&str>) -> Result<Vec<TrackingNumber>>;
+    fn list_numbers(
+        &self,
+        operator_id: &str,
+        advertiser_id: Option<&str>,
+    ) -> Result<Vec<TrackingNumber>>;
     /// Replaces a number's settings; false if the operator has no such number.
     fn update_number(&self, number: &TrackingNumber) -> Result<bool>;
     fn delete_number(&self, operator_id: &str, number: &str) -> Result<bool>;
@@ -71,12 +80,21 @@ pub trait Store: Send + Sync + 'static {
     fn insert_calls(&self, calls: &[CallRecord]) -> Result<()>;
     /// When the latest call from `caller` to `advertiser_id` started, among calls that
     /// started at or after `since_ms` and strictly before `before_ms`.
-    fn last_call_started(&self, advertiser_id: &str, caller: &str, since_ms: i64, before_ms: i64)
-        -> Result<Option<i64>>;
+    fn last_call_started(
+        &self,
+        advertiser_id: &str,
+        caller: &str,
+        since_ms: i64,
+        before_ms: i64,
+    ) -> Result<Option<i64>>;
     fn get_call(&self, operator_id: &str, call_id: &str) -> Result<Option<CallRecord>>;
     /// Streams the calls matching `query` to `visit`, in the query's order, until
     /// `visit` returns false. Rows are not collected in memory.
-    fn scan_calls(&self, query: &CallQuery, visit: &mut dyn FnMut(CallRecord) -> bool) -> Result<()>;
+    fn scan_calls(
+        &self,
+        query: &CallQuery,
+        visit: &mut dyn FnMut(CallRecord) -> bool,
+    ) -> Result<()>;
 
     /// A cheap round trip that fails when the store cannot serve requests.
     fn ping(&self) -> Result<()>;

@@ -106,15 +106,23 @@ impl SqliteStore {
     /// Opens (creating if needed) the database file and applies pending migrations.
     pub fn open(path: &Path) -> Result<SqliteStore> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| StoreError::Unavailable(format!("cannot create {}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
+            })?;
         }
         let mut conn = open_connection(path).map_err(unavailable)?;
         migrate(&mut conn)?;
-        Ok(SqliteStore { path: path.to_path_buf(), writer: Mutex::new(conn), readers: Mutex::new(Vec::new()) })
+        Ok(SqliteStore {
+            path: path.to_path_buf(),
+            writer: Mutex::new(conn),
+            readers: Mutex::new(Vec::new()),
+        })
     }
 
-    fn write<T>(&self, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<T> {
         let mut conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         f(&mut conn)
     }
@@ -147,7 +155,8 @@ fn migrate(conn: &mut Connection) -> Result<()> {
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
         let tx = conn.transaction().map_err(unavailable)?;
         tx.execute_batch(sql).map_err(unavailable)?;
-        tx.pragma_update(None, "user_version", (i + 1) as i64).map_err(unavailable)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)
+            .map_err(unavailable)?;
         tx.commit().map_err(unavailable)?;
         tracing::info!(version = i + 1, "store schema migrated");
     }
@@ -155,15 +164,25 @@ fn migrate(conn: &mut Connection) -> Result<()> {
 }
 
 fn operator_from(row: &Row) -> rusqlite::Result<Operator> {
-    Ok(Operator { id: row.get(0)?, name: row.get(1)?, created_at: row.get(2)? })
+    Ok(Operator {
+        id: row.get(0)?,
+        name: row.get(1)?,
+        created_at: row.get(2)?,
+    })
 }
 
 fn advertiser_from(row: &Row) -> rusqlite::Result<Advertiser> {
-    Ok(Advertiser { id: row.get(0)?, operator_id: row.get(1)?, name: row.get(2)?, created_at: row.get(3)? })
+    Ok(Advertiser {
+        id: row.get(0)?,
+        operator_id: row.get(1)?,
+        name: row.get(2)?,
+        created_at: row.get(3)?,
+    })
 }
 
 fn number_from(settings: String) -> Result<TrackingNumber> {
-    serde_json::from_str(&settings).map_err(|e| StoreError::Corrupt(format!("number settings: {e}")))
+    serde_json::from_str(&settings)
+        .map_err(|e| StoreError::Corrupt(format!("number settings: {e}")))
 }
 
 fn parse_enum<T: std::str::FromStr<Err = String>>(row: &Row, i: usize) -> rusqlite::Result<T> {
@@ -205,9 +224,16 @@ fn call_from(row: &Row) -> rusqlite::Result<CallRecord> {
 
 impl Store for SqliteStore {
     fn create_operator(&self, name: &str) -> Result<Operator> {
-        let op = Operator { id: crate::new_id("op"), name: name.to_string(), created_at: now_ms() };
+        let op = Operator {
+            id: crate::new_id("op"),
+            name: name.to_string(),
+            created_at: now_ms(),
+        };
         self.write(|c| {
-            c.execute("INSERT INTO operators (id, name, created_at) VALUES (?1, ?2, ?3)", params![op.id, op.name, op.created_at])
+            c.execute(
+                "INSERT INTO operators (id, name, created_at) VALUES (?1, ?2, ?3)",
+                params![op.id, op.name, op.created_at],
+            )
         })
         .map_err(unavailable)?;
         Ok(op)
@@ -215,22 +241,36 @@ impl Store for SqliteStore {
 
     fn get_operator(&self, id: &str) -> Result<Option<Operator>> {
         self.read(|c| {
-            c.query_row("SELECT id, name, created_at FROM operators WHERE id = ?1", [id], operator_from)
-                .optional()
-                .map_err(unavailable)
+            c.query_row(
+                "SELECT id, name, created_at FROM operators WHERE id = ?1",
+                [id],
+                operator_from,
+            )
+            .optional()
+            .map_err(unavailable)
         })
     }
 
     fn list_operators(&self) -> Result<Vec<Operator>> {
         self.read(|c| {
-            let mut st = c.prepare("SELECT id, name, created_at FROM operators ORDER BY created_at, id").map_err(unavailable)?;
+            let mut st = c
+                .prepare("SELECT id, name, created_at FROM operators ORDER BY created_at, id")
+                .map_err(unavailable)?;
             let rows = st.query_map([], operator_from).map_err(unavailable)?;
-            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(unavailable)
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(unavailable)
         })
     }
 
     fn rename_operator(&self, id: &str, name: &str) -> Result<Option<Operator>> {
-        let n = self.write(|c| c.execute("UPDATE operators SET name = ?2 WHERE id = ?1", params![id, name])).map_err(unavailable)?;
+        let n = self
+            .write(|c| {
+                c.execute(
+                    "UPDATE operators SET name = ?2 WHERE id = ?1",
+                    params![id, name],
+                )
+            })
+            .map_err(unavailable)?;
         if n == 0 {
             return Ok(None);
         }
@@ -240,9 +280,15 @@ impl Store for SqliteStore {
     fn delete_operator(&self, id: &str) -> Result<bool> {
         self.write(|c| {
             let tx = c.transaction()?;
-            let owned: i64 = tx.query_row("SELECT COUNT(*) FROM advertisers WHERE operator_id = ?1", [id], |r| r.get(0))?;
+            let owned: i64 = tx.query_row(
+                "SELECT COUNT(*) FROM advertisers WHERE operator_id = ?1",
+                [id],
+                |r| r.get(0),
+            )?;
             if owned > 0 {
-                return Ok(Err(StoreError::InUse(format!("operator {id} still owns {owned} advertiser(s)"))));
+                return Ok(Err(StoreError::InUse(format!(
+                    "operator {id} still owns {owned} advertiser(s)"
+                ))));
             }
             let n = tx.execute("DELETE FROM operators WHERE id = ?1", [id])?;
             tx.commit()?;
@@ -258,15 +304,25 @@ impl Store for SqliteStore {
                 params![key_hash, operator_id, now_ms()],
             )
         })
-        .map_err(|e| if is_unique_violation(&e) { StoreError::Conflict("api key".into()) } else { unavailable(e) })?;
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                StoreError::Conflict("api key".into())
+            } else {
+                unavailable(e)
+            }
+        })?;
         Ok(())
     }
 
     fn operator_for_key(&self, key_hash: &str) -> Result<Option<String>> {
         self.read(|c| {
-            c.query_row("SELECT operator_id FROM api_keys WHERE key_hash = ?1", [key_hash], |r| r.get(0))
-                .optional()
-                .map_err(unavailable)
+            c.query_row(
+                "SELECT operator_id FROM api_keys WHERE key_hash = ?1",
+                [key_hash],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(unavailable)
         })
     }
 
@@ -309,9 +365,19 @@ impl Store for SqliteStore {
         })
     }
 
-    fn rename_advertiser(&self, operator_id: &str, id: &str, name: &str) -> Result<Option<Advertiser>> {
+    fn rename_advertiser(
+        &self,
+        operator_id: &str,
+        id: &str,
+        name: &str,
+    ) -> Result<Option<Advertiser>> {
         let n = self
-            .write(|c| c.execute("UPDATE advertisers SET name = ?3 WHERE id = ?1 AND operator_id = ?2", params![id, operator_id, name]))
+            .write(|c| {
+                c.execute(
+                    "UPDATE advertisers SET name = ?3 WHERE id = ?1 AND operator_id = ?2",
+                    params![id, operator_id, name],
+                )
+            })
             .map_err(unavailable)?;
         if n == 0 {
             return Ok(None);
@@ -328,9 +394,14 @@ impl Store for SqliteStore {
                 |r| r.get(0),
             )?;
             if owned > 0 {
-                return Ok(Err(StoreError::InUse(format!("advertiser {id} still owns {owned} number(s)"))));
+                return Ok(Err(StoreError::InUse(format!(
+                    "advertiser {id} still owns {owned} number(s)"
+                ))));
             }
-            let n = tx.execute("DELETE FROM advertisers WHERE id = ?1 AND operator_id = ?2", [id, operator_id])?;
+            let n = tx.execute(
+                "DELETE FROM advertisers WHERE id = ?1 AND operator_id = ?2",
+                [id, operator_id],
+            )?;
             tx.commit()?;
             Ok(Ok(n > 0))
         })
@@ -338,7 +409,8 @@ impl Store for SqliteStore {
     }
 
     fn create_number(&self, number: &TrackingNumber) -> Result<()> {
-        let settings = serde_json::to_string(number).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let settings =
+            serde_json::to_string(number).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         self.write(|c| {
             c.execute(
                 "INSERT INTO numbers (number, operator_id, advertiser_id, settings) VALUES (?1, ?2, ?3, ?4)",
@@ -357,14 +429,22 @@ impl Store for SqliteStore {
 
     fn get_number(&self, number: &str) -> Result<Option<TrackingNumber>> {
         let settings: Option<String> = self.read(|c| {
-            c.query_row("SELECT settings FROM numbers WHERE number = ?1", [number], |r| r.get(0))
-                .optional()
-                .map_err(unavailable)
+            c.query_row(
+                "SELECT settings FROM numbers WHERE number = ?1",
+                [number],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(unavailable)
         })?;
         settings.map(number_from).transpose()
     }
 
-    fn list_numbers(&self, operator_id: &str, advertiser_id: Option<&str>) -> Result<Vec<TrackingNumber>> {
+    fn list_numbers(
+        &self,
+        operator_id: &str,
+        advertiser_id: Option<&str>,
+    ) -> Result<Vec<TrackingNumber>> {
         let rows: Vec<String> = self.read(|c| {
             let mut st = c
                 .prepare(
@@ -378,7 +458,8 @@ impl Store for SqliteStore {
     }
 
     fn update_number(&self, number: &TrackingNumber) -> Result<bool> {
-        let settings = serde_json::to_string(number).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let settings =
+            serde_json::to_string(number).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let n = self
             .write(|c| {
                 c.execute(
@@ -392,16 +473,24 @@ impl Store for SqliteStore {
 
     fn delete_number(&self, operator_id: &str, number: &str) -> Result<bool> {
         let n = self
-            .write(|c| c.execute("DELETE FROM numbers WHERE number = ?1 AND operator_id = ?2", [number, operator_id]))
+            .write(|c| {
+                c.execute(
+                    "DELETE FROM numbers WHERE number = ?1 AND operator_id = ?2",
+                    [number, operator_id],
+                )
+            })
             .map_err(unavailable)?;
         Ok(n > 0)
     }
 
     fn all_numbers(&self) -> Result<Vec<TrackingNumber>> {
         let rows: Vec<String> = self.read(|c| {
-            let mut st = c.prepare("SELECT settings FROM numbers").map_err(unavailable)?;
+            let mut st = c
+                .prepare("SELECT settings FROM numbers")
+                .map_err(unavailable)?;
             let rows = st.query_map([], |r| r.get(0)).map_err(unavailable)?;
-            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(unavailable)
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(unavailable)
         })?;
         rows.into_iter().map(number_from).collect()
     }
@@ -449,7 +538,13 @@ impl Store for SqliteStore {
         .map_err(unavailable)
     }
 
-    fn last_call_started(&self, advertiser_id: &str, caller: &str, since_ms: i64, before_ms: i64) -> Result<Option<i64>> {
+    fn last_call_started(
+        &self,
+        advertiser_id: &str,
+        caller: &str,
+        since_ms: i64,
+        before_ms: i64,
+    ) -> Result<Option<i64>> {
         self.read(|c| {
             c.query_row(
                 "SELECT MAX(started_at) FROM calls WHERE advertiser_id = ?1 AND caller_number = ?2 \
@@ -464,7 +559,9 @@ impl Store for SqliteStore {
     fn get_call(&self, operator_id: &str, call_id: &str) -> Result<Option<CallRecord>> {
         self.read(|c| {
             c.query_row(
-                &format!("SELECT {CALL_COLUMNS} FROM calls WHERE call_id = ?1 AND operator_id = ?2"),
+                &format!(
+                    "SELECT {CALL_COLUMNS} FROM calls WHERE call_id = ?1 AND operator_id = ?2"
+                ),
                 [call_id, operator_id],
                 call_from,
             )
@@ -503,8 +600,14 @@ impl Store for SqliteStore {
             SortOrder::Desc => ("<", "DESC"),
         };
         if let Some((t, id)) = &q.after {
-            sql.push_str(&format!(" AND (started_at {cmp} ? OR (started_at = ? AND call_id {cmp} ?))"));
-            args.extend([Value::Integer(*t), Value::Integer(*t), Value::Text(id.clone())]);
+            sql.push_str(&format!(
+                " AND (started_at {cmp} ? OR (started_at = ? AND call_id {cmp} ?))"
+            ));
+            args.extend([
+                Value::Integer(*t),
+                Value::Integer(*t),
+                Value::Text(id.clone()),
+            ]);
         }
         sql.push_str(&format!(" ORDER BY started_at {dir}, call_id {dir}"));
         if let Some(limit) = q.limit {
@@ -543,7 +646,11 @@ mod tests {
     fn reopening_keeps_data_and_does_not_remigrate() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.db");
-        let id = SqliteStore::open(&path).unwrap().create_operator("a").unwrap().id;
+        let id = SqliteStore::open(&path)
+            .unwrap()
+            .create_operator("a")
+            .unwrap()
+            .id;
         let again = SqliteStore::open(&path).unwrap();
         assert_eq!(again.get_operator(&id).unwrap().unwrap().name, "a");
     }

@@ -1,1 +1,6 @@
+//! End-to-end tests: real `tsunagu` nodes driven by real SIPp over loopback, and the
+//! HTTP API exercised as a user would. Run with `scripts/test.sh` (installs SIPp).
 
+mod api;
+mod calls;
+mod harness;

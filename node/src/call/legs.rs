@@ -12,7 +12,10 @@ use tsunagu_sip::{EndpointHandle, Info, Method, Request, Response};
 fn next_hop(routes: &[String], target: &str, fallback: Peer) -> Peer {
     let uri = routes.first().map(|r| uri_of(r)).unwrap_or(target);
     match uri_addr(uri) {
-        Some(addr) => Peer { transport: fallback.transport, addr },
+        Some(addr) => Peer {
+            transport: fallback.transport,
+            addr,
+        },
         None => fallback,
     }
 }
@@ -48,9 +51,25 @@ pub struct ALeg {
 
 impl ALeg {
     pub fn new(invite: Request, info: Info, peer: Peer, key: TxKey) -> ALeg {
-        let remote_target = header(&invite, "Contact").map(|c| uri_of(c).to_string()).unwrap_or_default();
-        let routes = header_values(&invite, "Record-Route").into_iter().map(str::to_string).collect();
-        ALeg { invite, info, peer, key, local_tag: new_tag(), remote_target, routes, local_cseq: 0, final_sent: false, sdp_sent: None }
+        let remote_target = header(&invite, "Contact")
+            .map(|c| uri_of(c).to_string())
+            .unwrap_or_default();
+        let routes = header_values(&invite, "Record-Route")
+            .into_iter()
+            .map(str::to_string)
+            .collect();
+        ALeg {
+            invite,
+            info,
+            peer,
+            key,
+            local_tag: new_tag(),
+            remote_target,
+            routes,
+            local_cseq: 0,
+            final_sent: false,
+            sdp_sent: None,
+        }
     }
 
     /// Answers the caller's INVITE (provisional or final), with SDP if given.
@@ -69,16 +88,32 @@ impl ALeg {
         if let Some(s) = sdp {
             self.sdp_sent = Some(s.to_string());
         }
-        ep.respond(&self.invite, &self.info, &self.key, code, Some(&self.local_tag), &extra, sdp.map(|s| ("application/sdp", s.as_bytes())));
+        ep.respond(
+            &self.invite,
+            &self.info,
+            &self.key,
+            code,
+            Some(&self.local_tag),
+            &extra,
+            sdp.map(|s| ("application/sdp", s.as_bytes())),
+        );
     }
 
     /// A request in the caller's dialog (BYE), from us.
     pub fn request(&mut self, ep: &EndpointHandle, method: Method) -> (RequestSpec, Peer) {
         self.local_cseq += 1;
         let their_from = header(&self.invite, "From").unwrap_or_default().to_string();
-        let our_to = format!("{};tag={}", header(&self.invite, "To").unwrap_or_default(), self.local_tag);
+        let our_to = format!(
+            "{};tag={}",
+            header(&self.invite, "To").unwrap_or_default(),
+            self.local_tag
+        );
         let peer = next_hop(&self.routes, &self.remote_target, self.peer);
-        let uri = if self.remote_target.is_empty() { format!("sip:{}", self.peer.addr) } else { self.remote_target.clone() };
+        let uri = if self.remote_target.is_empty() {
+            format!("sip:{}", self.peer.addr)
+        } else {
+            self.remote_target.clone()
+        };
         let spec = RequestSpec {
             method,
             uri,
@@ -127,7 +162,11 @@ pub struct Outbound<'a> {
 impl BLeg {
     pub fn invite(ep: &EndpointHandle, o: Outbound) -> BLeg {
         let local_addr = local(ep, o.peer.transport);
-        let transport_param = if o.peer.transport == Transport::Tcp { ";transport=tcp" } else { "" };
+        let transport_param = if o.peer.transport == Transport::Tcp {
+            ";transport=tcp"
+        } else {
+            ""
+        };
         let uri = format!("sip:{}@{}{}", o.destination, o.peer.addr, transport_param);
         let mut extra = Vec::new();
         if let Some(p) = o.privacy {
@@ -139,7 +178,12 @@ impl BLeg {
             transport: o.peer.transport,
             sent_by: local_addr,
             branch: new_branch(),
-            from: format!("<sip:{}@{}>;tag={}", o.presented, local_addr.ip(), new_tag()),
+            from: format!(
+                "<sip:{}@{}>;tag={}",
+                o.presented,
+                local_addr.ip(),
+                new_tag()
+            ),
             to: format!("<{uri}>"),
             call_id: new_call_id(),
             cseq: 1,
@@ -185,13 +229,19 @@ impl BLeg {
     pub fn established(&mut self, resp: &Response) {
         self.to = header(resp, "To").map(str::to_string);
         self.remote_target = header(resp, "Contact").map(|c| uri_of(c).to_string());
-        let mut rr: Vec<String> = header_values(resp, "Record-Route").into_iter().map(str::to_string).collect();
+        let mut rr: Vec<String> = header_values(resp, "Record-Route")
+            .into_iter()
+            .map(str::to_string)
+            .collect();
         rr.reverse();
         self.routes = rr;
     }
 
     fn in_dialog(&self, ep: &EndpointHandle, method: Method, cseq: u32) -> (RequestSpec, Peer) {
-        let target = self.remote_target.clone().unwrap_or_else(|| self.invite.uri.clone());
+        let target = self
+            .remote_target
+            .clone()
+            .unwrap_or_else(|| self.invite.uri.clone());
         let peer = next_hop(&self.routes, &target, self.peer);
         let spec = RequestSpec {
             method,

@@ -114,11 +114,20 @@ pub fn identify_caller(req: &Request) -> (String, CallerKind, Option<String>) {
     let uri = uri_of(from);
     let user = uri_user(uri).unwrap_or_default();
     let privacy = header(req, "Privacy").map(str::to_string);
-    let withheld = privacy.as_deref().is_some_and(|p| p.split(';').any(|t| matches!(t.trim(), "id" | "user" | "header")));
-    let payphone = uri.split(';').any(|p| p.eq_ignore_ascii_case("cpc=payphone"));
+    let withheld = privacy.as_deref().is_some_and(|p| {
+        p.split(';')
+            .any(|t| matches!(t.trim(), "id" | "user" | "header"))
+    });
+    let payphone = uri
+        .split(';')
+        .any(|p| p.eq_ignore_ascii_case("cpc=payphone"));
     let number = normalize(user);
     let kind = classify(&number, CallerSignals { withheld, payphone });
-    let number = if kind == CallerKind::Anonymous { "anonymous".to_string() } else { number };
+    let number = if kind == CallerKind::Anonymous {
+        "anonymous".to_string()
+    } else {
+        number
+    };
     (number, kind, privacy)
 }
 
@@ -129,12 +138,27 @@ impl Actor for CallActor {
     type State = Call;
     type Arguments = CallArgs;
 
-    async fn pre_start(&self, myself: ActorRef<CallMsg>, args: CallArgs) -> Result<Call, ActorProcessingErr> {
-        let CallArgs { ctx, invite, number, inbound_trunk, id, logged } = args;
+    async fn pre_start(
+        &self,
+        myself: ActorRef<CallMsg>,
+        args: CallArgs,
+    ) -> Result<Call, ActorProcessingErr> {
+        let CallArgs {
+            ctx,
+            invite,
+            number,
+            inbound_trunk,
+            id,
+            logged,
+        } = args;
         let (caller_number, caller_kind, privacy) = identify_caller(&invite.request);
-        let max_forwards = header(&invite.request, "Max-Forwards").and_then(|m| m.trim().parse::<u8>().ok()).unwrap_or(70).saturating_sub(1);
+        let max_forwards = header(&invite.request, "Max-Forwards")
+            .and_then(|m| m.trim().parse::<u8>().ok())
+            .unwrap_or(70)
+            .saturating_sub(1);
         let span = tracing::info_span!("call", call_id = %id, number = %number.number, caller = %caller_number);
-        ctx.endpoint.register(&invite.info.call_id, Arc::new(CallHandle(myself.clone())));
+        ctx.endpoint
+            .register(&invite.info.call_id, Arc::new(CallHandle(myself.clone())));
         let slot = CallSlot::take(&ctx, inbound_trunk);
         let a = ALeg::new(invite.request, invite.info, invite.peer, invite.key);
         myself.send_message(CallMsg::Start)?;
@@ -168,7 +192,12 @@ impl Actor for CallActor {
         })
     }
 
-    async fn handle(&self, myself: ActorRef<CallMsg>, msg: CallMsg, call: &mut Call) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<CallMsg>,
+        msg: CallMsg,
+        call: &mut Call,
+    ) -> Result<(), ActorProcessingErr> {
         let span = call.span.clone();
         span.in_scope(|| match msg {
             CallMsg::Start => call.start(),
@@ -238,9 +267,15 @@ impl Call {
             .map(|r| r.sdp)
             .unwrap_or_default();
         let presented = match self.number.caller_id {
-            CallerIdMode::Caller if self.caller_kind == CallerKind::Anonymous => "anonymous".to_string(),
+            CallerIdMode::Caller if self.caller_kind == CallerKind::Anonymous => {
+                "anonymous".to_string()
+            }
             CallerIdMode::Caller => self.caller_number.clone(),
-            CallerIdMode::System => self.ctx.system_number.clone().unwrap_or_else(|| self.number.number.clone()),
+            CallerIdMode::System => self
+                .ctx
+                .system_number
+                .clone()
+                .unwrap_or_else(|| self.number.number.clone()),
         };
         let peer = Peer {
             transport: match target.transport {
@@ -267,11 +302,15 @@ impl Call {
         self.pending_failure = None;
         self.last_trunk = Some(trunk);
         tracing::debug!(destination = %dest.number, trunk = %self.ctx.routing.trunks[trunk].name, attempt = self.attempt, "forwarding");
-        self.ep().register(b.call_id(), Arc::new(CallHandle(self.me.clone())));
+        self.ep()
+            .register(b.call_id(), Arc::new(CallHandle(self.me.clone())));
         self.ep().request(b.invite.clone(), b.peer);
         self.b = Some(b);
         let n = self.attempt;
-        self.me.send_after(Duration::from_secs(u64::from(dest.ring_seconds.max(1))), move || CallMsg::RingTimeout(n));
+        self.me.send_after(
+            Duration::from_secs(u64::from(dest.ring_seconds.max(1))),
+            move || CallMsg::RingTimeout(n),
+        );
     }
 
     fn ring_timeout(&mut self) {
@@ -284,7 +323,12 @@ impl Call {
     }
 
     fn after_failure(&mut self, failure: Failure) {
-        let dest = self.number.destinations.get(self.dest_index).map(|d| d.number.clone()).unwrap_or_default();
+        let dest = self
+            .number
+            .destinations
+            .get(self.dest_index)
+            .map(|d| d.number.clone())
+            .unwrap_or_default();
         let trunks = self.ctx.routing.outbound_trunks(&dest).len();
         let has_next_trunk = self.trunk_pos + 1 < trunks;
         let has_next_dest = self.dest_index + 1 < self.number.destinations.len();
@@ -315,7 +359,9 @@ impl Call {
         let b_call_id = self.b.as_ref().map(|b| b.call_id().to_string());
         match ev {
             SipEvent::Cancelled { .. } => self.caller_cancelled(),
-            SipEvent::Request { request, info, key, .. } => {
+            SipEvent::Request {
+                request, info, key, ..
+            } => {
                 if info.call_id == self.a.info.call_id {
                     self.on_a_request(request, info, key);
                 } else if Some(&info.call_id) == b_call_id.as_ref() {
@@ -325,7 +371,10 @@ impl Call {
             SipEvent::Response { response, info } => {
                 if Some(&info.call_id) == b_call_id.as_ref() {
                     self.on_b_response(response, info.cseq_method);
-                } else if info.call_id == self.a.info.call_id && self.phase == Phase::Ending && response.status_code.code() >= 200 {
+                } else if info.call_id == self.a.info.call_id
+                    && self.phase == Phase::Ending
+                    && response.status_code.code() >= 200
+                {
                     self.finish(); // the caller answered our BYE
                 }
             }
@@ -362,7 +411,12 @@ impl Call {
         }
     }
 
-    fn on_a_request(&mut self, req: Request, info: tsunagu_sip::Info, key: Option<tsunagu_sip::transaction::TxKey>) {
+    fn on_a_request(
+        &mut self,
+        req: Request,
+        info: tsunagu_sip::Info,
+        key: Option<tsunagu_sip::transaction::TxKey>,
+    ) {
         let Some(key) = key else { return }; // ACK of our 2xx: nothing to do
         let ep = self.ctx.endpoint.clone();
         match req.method {
@@ -381,13 +435,26 @@ impl Call {
             Method::Invite => {
                 // Session refresh or re-offer: keep the call up with our current answer.
                 let sdp = self.a.sdp_sent.clone();
-                ep.respond(&req, &info, &key, 200, Some(&self.a.local_tag), &[], sdp.as_deref().map(|s| ("application/sdp", s.as_bytes())));
+                ep.respond(
+                    &req,
+                    &info,
+                    &key,
+                    200,
+                    Some(&self.a.local_tag),
+                    &[],
+                    sdp.as_deref().map(|s| ("application/sdp", s.as_bytes())),
+                );
             }
             _ => ep.respond(&req, &info, &key, 200, None, &[], None),
         }
     }
 
-    fn on_b_request(&mut self, req: Request, info: tsunagu_sip::Info, key: Option<tsunagu_sip::transaction::TxKey>) {
+    fn on_b_request(
+        &mut self,
+        req: Request,
+        info: tsunagu_sip::Info,
+        key: Option<tsunagu_sip::transaction::TxKey>,
+    ) {
         let Some(key) = key else { return };
         let ep = self.ctx.endpoint.clone();
         match req.method {
@@ -483,7 +550,11 @@ impl Call {
     fn observe_setup(&mut self) {
         if !self.setup_observed {
             self.setup_observed = true;
-            self.ctx.metrics.calls.setup_seconds.observe(self.started.elapsed().as_secs_f64());
+            self.ctx
+                .metrics
+                .calls
+                .setup_seconds
+                .observe(self.started.elapsed().as_secs_f64());
         }
     }
 
@@ -513,7 +584,10 @@ impl Call {
         let secs = |d: Duration| ((d.as_millis() + 500) / 1000) as u32;
         let ring_end = self.answered.map(|(t, _)| t).unwrap_or(ended);
         let ring_seconds = secs(ring_end.duration_since(self.started));
-        let talk_seconds = self.answered.map(|(t, _)| secs(ended.duration_since(t))).unwrap_or(0);
+        let talk_seconds = self
+            .answered
+            .map(|(t, _)| secs(ended.duration_since(t)))
+            .unwrap_or(0);
         let (pin, pout, lost) = match &self.relay {
             Some(r) => {
                 let (a, b) = r.stats.packets();
@@ -542,19 +616,30 @@ impl Call {
             tracking_params: self.number.tracking_params.clone(),
             node: self.ctx.node_id.clone(),
             sip_code: self.upstream_code,
-            trunk: self.last_trunk.map(|t| self.ctx.routing.trunks[t].name.clone()),
+            trunk: self
+                .last_trunk
+                .map(|t| self.ctx.routing.trunks[t].name.clone()),
             rtp_packets_in: pin,
             rtp_packets_out: pout,
             rtp_lost: lost,
         };
         let m = &self.ctx.metrics.calls;
-        m.ended.get_or_create(&ResultLabel { result: self.result.as_str() }).inc();
-        m.ring_seconds.observe(ring_end.duration_since(self.started).as_secs_f64());
+        m.ended
+            .get_or_create(&ResultLabel {
+                result: self.result.as_str(),
+            })
+            .inc();
+        m.ring_seconds
+            .observe(ring_end.duration_since(self.started).as_secs_f64());
         if let Some((t, _)) = self.answered {
-            m.talk_seconds.observe(ended.duration_since(t).as_secs_f64());
+            m.talk_seconds
+                .observe(ended.duration_since(t).as_secs_f64());
         }
         tracing::info!(result = %self.result, ring_seconds, talk_seconds, rtp_in = pin, rtp_out = pout, "call ended");
-        self.ctx.log.write(LogEntry { record, rule: self.number.validity });
+        self.ctx.log.write(LogEntry {
+            record,
+            rule: self.number.validity,
+        });
         self.logged.store(true, Ordering::Release);
         self.ep().unregister(&self.a.info.call_id);
         if let Some(b) = &self.b {
@@ -593,5 +678,8 @@ pub fn failed_record(ctx: &NodeContext, seed: &CallSeed) -> LogEntry {
         rtp_packets_out: 0,
         rtp_lost: 0,
     };
-    LogEntry { record, rule: seed.number.validity }
+    LogEntry {
+        record,
+        rule: seed.number.validity,
+    }
 }

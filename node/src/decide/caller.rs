@@ -6,10 +6,16 @@ use tsunagu_store::CallerKind;
 /// National form of a number: `+81 3-1234-5678` → `0312345678`. Visual separators are
 /// dropped; anything else is kept as is (it will not match a tracking number).
 pub fn normalize(raw: &str) -> String {
-    let digits: String = raw.chars().filter(|c| !matches!(c, '-' | ' ' | '(' | ')' | '.')).collect();
+    let digits: String = raw
+        .chars()
+        .filter(|c| !matches!(c, '-' | ' ' | '(' | ')' | '.'))
+        .collect();
     if let Some(rest) = digits.strip_prefix("+81") {
         format!("0{rest}")
-    } else if let Some(rest) = digits.strip_prefix("81").filter(|r| r.len() >= 9 && digits.len() >= 11 && !r.starts_with('0')) {
+    } else if let Some(rest) = digits
+        .strip_prefix("81")
+        .filter(|r| r.len() >= 9 && digits.len() >= 11 && !r.starts_with('0'))
+    {
         format!("0{rest}")
     } else {
         digits
@@ -89,8 +95,22 @@ mod tests {
             ("0901234567", none, Unknown), // 10 digits: not a mobile number
             ("", none, Anonymous),
             ("anonymous", none, Anonymous),
-            ("09012345678", CallerSignals { withheld: true, payphone: false }, Anonymous),
-            ("0312345678", CallerSignals { withheld: false, payphone: true }, Public),
+            (
+                "09012345678",
+                CallerSignals {
+                    withheld: true,
+                    payphone: false,
+                },
+                Anonymous,
+            ),
+            (
+                "0312345678",
+                CallerSignals {
+                    withheld: false,
+                    payphone: true,
+                },
+                Public,
+            ),
             ("abc", none, Unknown),
             ("0012345678", none, Unknown),
         ];

@@ -40,7 +40,10 @@ pub fn classify(f: Failure) -> (CallResult, u16) {
 }
 
 fn is_trunk_problem(f: Failure) -> bool {
-    matches!(f, Failure::Timeout | Failure::Status(408) | Failure::Status(500..=599))
+    matches!(
+        f,
+        Failure::Timeout | Failure::Status(408) | Failure::Status(500..=599)
+    )
 }
 
 pub fn next_step(f: Failure, has_next_trunk: bool, has_next_destination: bool) -> Step {
@@ -69,18 +72,94 @@ mod tests {
             (Status(486), true, true, Step::NextDestination),
             (RingTimeout, true, true, Step::NextDestination),
             (Status(503), false, true, Step::NextDestination),
-            (Status(486), true, false, Step::GiveUp { result: Busy, upstream: 486 }),
-            (Status(600), false, false, Step::GiveUp { result: Busy, upstream: 486 }),
-            (RingTimeout, false, false, Step::GiveUp { result: NoAnswer, upstream: 480 }),
-            (Timeout, false, false, Step::GiveUp { result: NoAnswer, upstream: 480 }),
-            (Status(480), false, false, Step::GiveUp { result: NoAnswer, upstream: 480 }),
-            (Status(603), false, false, Step::GiveUp { result: Rejected, upstream: 603 }),
-            (Status(404), false, false, Step::GiveUp { result: Failed, upstream: 404 }),
-            (Status(500), false, false, Step::GiveUp { result: Failed, upstream: 502 }),
-            (Status(488), true, false, Step::GiveUp { result: Failed, upstream: 502 }),
+            (
+                Status(486),
+                true,
+                false,
+                Step::GiveUp {
+                    result: Busy,
+                    upstream: 486,
+                },
+            ),
+            (
+                Status(600),
+                false,
+                false,
+                Step::GiveUp {
+                    result: Busy,
+                    upstream: 486,
+                },
+            ),
+            (
+                RingTimeout,
+                false,
+                false,
+                Step::GiveUp {
+                    result: NoAnswer,
+                    upstream: 480,
+                },
+            ),
+            (
+                Timeout,
+                false,
+                false,
+                Step::GiveUp {
+                    result: NoAnswer,
+                    upstream: 480,
+                },
+            ),
+            (
+                Status(480),
+                false,
+                false,
+                Step::GiveUp {
+                    result: NoAnswer,
+                    upstream: 480,
+                },
+            ),
+            (
+                Status(603),
+                false,
+                false,
+                Step::GiveUp {
+                    result: Rejected,
+                    upstream: 603,
+                },
+            ),
+            (
+                Status(404),
+                false,
+                false,
+                Step::GiveUp {
+                    result: Failed,
+                    upstream: 404,
+                },
+            ),
+            (
+                Status(500),
+                false,
+                false,
+                Step::GiveUp {
+                    result: Failed,
+                    upstream: 502,
+                },
+            ),
+            (
+                Status(488),
+                true,
+                false,
+                Step::GiveUp {
+                    result: Failed,
+                    upstream: 502,
+                },
+            ),
         ];
         for (f, t, d, want) in cases {
-            assert_eq!(next_step(*f, *t, *d), *want, "{f:?} next_trunk={t} next_dest={d}");
+            assert_eq!(
+                next_step(*f, *t, *d),
+                *want,
+                "{f:?} next_trunk={t} next_dest={d}"
+            );
         }
     }
 }

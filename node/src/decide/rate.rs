@@ -12,7 +12,11 @@ pub struct TokenBucket {
 
 impl TokenBucket {
     pub fn new(rate: u32, now: Instant) -> TokenBucket {
-        TokenBucket { rate: f64::from(rate), tokens: f64::from(rate), last: now }
+        TokenBucket {
+            rate: f64::from(rate),
+            tokens: f64::from(rate),
+            last: now,
+        }
     }
 
     /// Takes a token if one is available at `now`.
@@ -40,9 +44,19 @@ mod tests {
         let mut b = TokenBucket::new(10, t0);
         let taken = (0..15).filter(|_| b.try_take(t0)).count();
         assert_eq!(taken, 10, "one second's worth of burst");
-        assert!(!b.try_take(t0 + Duration::from_millis(50)), "half a token after 50 ms");
-        assert!(b.try_take(t0 + Duration::from_millis(100)), "one token after 100 ms");
+        assert!(
+            !b.try_take(t0 + Duration::from_millis(50)),
+            "half a token after 50 ms"
+        );
+        assert!(
+            b.try_take(t0 + Duration::from_millis(100)),
+            "one token after 100 ms"
+        );
         let later = t0 + Duration::from_secs(60);
-        assert_eq!((0..15).filter(|_| b.try_take(later)).count(), 10, "never more than the cap");
+        assert_eq!(
+            (0..15).filter(|_| b.try_take(later)).count(),
+            10,
+            "never more than the cap"
+        );
     }
 }

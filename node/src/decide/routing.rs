@@ -25,12 +25,26 @@ impl Routing {
         let trunks: Vec<Trunk> = c
             .trunks
             .iter()
-            .map(|t| Trunk { name: t.name.clone(), inbound: t.inbound.clone(), outbound: t.outbound, max_cps: t.max_cps, max_channels: t.max_channels })
+            .map(|t| Trunk {
+                name: t.name.clone(),
+                inbound: t.inbound.clone(),
+                outbound: t.outbound,
+                max_cps: t.max_cps,
+                max_channels: t.max_channels,
+            })
             .collect();
         let mut routes: Vec<(String, Vec<usize>)> = c
             .routes
             .iter()
-            .map(|r| (r.prefix.clone(), r.trunks.iter().filter_map(|n| trunks.iter().position(|t| &t.name == n)).collect()))
+            .map(|r| {
+                (
+                    r.prefix.clone(),
+                    r.trunks
+                        .iter()
+                        .filter_map(|n| trunks.iter().position(|t| &t.name == n))
+                        .collect(),
+                )
+            })
             .collect();
         routes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
         Routing { trunks, routes }
@@ -38,12 +52,18 @@ impl Routing {
 
     /// The trunk whose inbound networks contain `ip` (first in configuration order).
     pub fn inbound_trunk(&self, ip: IpAddr) -> Option<usize> {
-        self.trunks.iter().position(|t| t.inbound.iter().any(|c| c.contains(ip)))
+        self.trunks
+            .iter()
+            .position(|t| t.inbound.iter().any(|c| c.contains(ip)))
     }
 
     /// The trunks to try, in order, for a destination number.
     pub fn outbound_trunks(&self, destination: &str) -> &[usize] {
-        self.routes.iter().find(|(p, _)| destination.starts_with(p.as_str())).map(|(_, t)| t.as_slice()).unwrap_or(&[])
+        self.routes
+            .iter()
+            .find(|(p, _)| destination.starts_with(p.as_str()))
+            .map(|(_, t)| t.as_slice())
+            .unwrap_or(&[])
     }
 }
 
@@ -83,7 +103,12 @@ trunks = ["b", "c"]
     #[test]
     fn inbound_by_source() {
         let r = routing();
-        let cases = [("127.0.0.1", Some(0)), ("127.0.0.2", Some(1)), ("10.9.9.9", Some(0)), ("192.0.2.1", None)];
+        let cases = [
+            ("127.0.0.1", Some(0)),
+            ("127.0.0.2", Some(1)),
+            ("10.9.9.9", Some(0)),
+            ("192.0.2.1", None),
+        ];
         for (ip, want) in cases {
             assert_eq!(r.inbound_trunk(ip.parse().unwrap()), want, "{ip}");
         }
@@ -92,7 +117,12 @@ trunks = ["b", "c"]
     #[test]
     fn longest_prefix_wins() {
         let r = routing();
-        let name = |d: &str| r.outbound_trunks(d).iter().map(|i| r.trunks[*i].name.clone()).collect::<Vec<_>>();
+        let name = |d: &str| {
+            r.outbound_trunks(d)
+                .iter()
+                .map(|i| r.trunks[*i].name.clone())
+                .collect::<Vec<_>>()
+        };
         assert_eq!(name("0311112222"), vec!["b", "c"]);
         assert_eq!(name("0399998888"), vec!["c"]);
         assert_eq!(name("0612345678"), vec!["a", "b"]);

@@ -36,8 +36,14 @@ mod tests {
 
     #[test]
     fn rules() {
-        let rule = ValidityRule { min_talk_seconds: 10, duplicate_window_seconds: 86400 };
-        let no_dup = ValidityRule { min_talk_seconds: 10, duplicate_window_seconds: 0 };
+        let rule = ValidityRule {
+            min_talk_seconds: 10,
+            duplicate_window_seconds: 86400,
+        };
+        let no_dup = ValidityRule {
+            min_talk_seconds: 10,
+            duplicate_window_seconds: 0,
+        };
         let cases: &[(&ValidityRule, CallResult, u32, bool, bool, Validity)] = &[
             (&rule, Answered, 10, true, false, Valid),
             (&rule, Answered, 9, true, false, InvalidShort),
@@ -47,11 +53,27 @@ mod tests {
             (&rule, Answered, 60, false, true, Valid), // anonymous: never a duplicate
             (&no_dup, Answered, 60, true, true, Valid), // window 0: no duplicate check
             (&ValidityRule::default(), Answered, 0, true, false, Valid),
-            (&ValidityRule::default(), Cancelled, 0, true, false, InvalidShort),
+            (
+                &ValidityRule::default(),
+                Cancelled,
+                0,
+                true,
+                false,
+                InvalidShort,
+            ),
         ];
         for (rule, result, talk, known, earlier, want) in cases {
-            let facts = Facts { result: *result, talk_seconds: *talk, caller_known: *known, earlier_call_in_window: *earlier };
-            assert_eq!(judge(rule, &facts), *want, "{result:?} talk={talk} known={known} earlier={earlier}");
+            let facts = Facts {
+                result: *result,
+                talk_seconds: *talk,
+                caller_known: *known,
+                earlier_call_in_window: *earlier,
+            };
+            assert_eq!(
+                judge(rule, &facts),
+                *want,
+                "{result:?} talk={talk} known={known} earlier={earlier}"
+            );
         }
     }
 }

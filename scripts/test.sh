@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The one test command. On Debian it installs what the tests need (SIPp, from the
+# sip-tester package) if missing, then builds and runs every test of the workspace:
+# unit tests, the store conformance suite on SQLite, and the end-to-end tests that
+# start real nodes and drive them with SIPp over loopback.
+#
+# The ScyllaDB conformance run needs a real server (TSUNAGU_SCYLLA_NODES); none can
+# be installed here, so it is not part of this command (see README, "Store").
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+command -v sipp >/dev/null 2>&1 || missing+=(sip-tester)
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing: ${missing[*]}"
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
+fi
+command -v sipp >/dev/null 2>&1 || { echo "sipp is still missing: the end-to-end tests cannot run" >&2; exit 1; }
+
+cargo fmt --all -- --check
+cargo test --workspace --locked

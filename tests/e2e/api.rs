@@ -1,0 +1,223 @@
+//! The HTTP API and CLI as a user meets them: the SPEC section 8 calls, errors,
+//! operator scoping, and `check-config`.
+
+use crate::harness::*;
+use std::process::Command;
+
+#[test]
+fn api_scoping_errors_and_crud() {
+    let ports = Ports::take();
+    let node = Node::start(ports, "127.0.0.1/32", "");
+    let (key, adv) = node.provision(
+        "0501234567",
+        r#"[{"number": "0311112222", "ring_seconds": 20}]"#,
+        r#"{"min_talk_seconds": 10, "duplicate_window_seconds": 86400}"#,
+    );
+    let other = node
+        .send("POST", "/v1/operators", Some(ADMIN), r#"{"name": "other"}"#)
+        .json()["api_key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // Authentication and roles.
+    assert_eq!(node.send("GET", "/v1/advertisers", None, "").status, 401);
+    assert_eq!(
+        node.send("GET", "/v1/advertisers", Some("wrong"), "")
+            .status,
+        401
+    );
+    assert_eq!(
+        node.send("GET", "/v1/operators", Some(&key), "").status,
+        403
+    );
+    assert_eq!(
+        node.send("GET", "/v1/advertisers", Some(ADMIN), "").status,
+        403
+    );
+
+    // Another operator's ids answer 404 and change nothing.
+    for (method, path, body) in [
+        ("GET", format!("/v1/advertisers/{adv}"), ""),
+        (
+            "PATCH",
+            format!("/v1/advertisers/{adv}"),
+            r#"{"name": "stolen"}"#,
+        ),
+        ("DELETE", format!("/v1/advertisers/{adv}"), ""),
+        ("GET", "/v1/numbers/0501234567".into(), ""),
+        (
+            "PATCH",
+            "/v1/numbers/0501234567".into(),
+            r#"{"destinations": [{"number": "0399999999"}]}"#,
+        ),
+        ("DELETE", "/v1/numbers/0501234567".into(), ""),
+    ] {
+        let r = node.send(method, &path, Some(&other), body);
+        assert_eq!(r.status, 404, "{method} {path}: {}", r.body);
+        assert_eq!(r.json()["error"]["code"], "not_found");
+    }
+    assert_eq!(
+        node.get(&format!("/v1/advertisers/{adv}"), &key).json()["name"],
+        "shop"
+    );
+    assert_eq!(
+        node.get("/v1/numbers/0501234567", &key).json()["destinations"][0]["number"],
+        "0311112222"
+    );
+
+    // Bad input: clear errors naming the field; nothing stored.
+    let cases: &[(&str, &str, u16, Option<&str>)] = &[
+        ("/v1/advertisers", "{not json", 400, None),
+        (
+            "/v1/advertisers",
+            r#"{"name": "x", "colour": "red"}"#,
+            400,
+            None,
+        ),
+        ("/v1/advertisers", r#"{"name": ""}"#, 422, Some("name")),
+        (
+            "/v1/numbers",
+            &format!(
+                r#"{{"number": "05O1", "advertiser_id": "{adv}", "destinations": [{{"number": "0311112222"}}]}}"#
+            ),
+            422,
+            Some("number"),
+        ),
+        (
+            "/v1/numbers",
+            &format!(r#"{{"number": "0507777777", "advertiser_id": "{adv}", "destinations": []}}"#),
+            422,
+            Some("destinations"),
+        ),
+        (
+            "/v1/numbers",
+            &format!(
+                r#"{{"number": "0507777777", "advertiser_id": "{adv}", "destinations": [{{"number": "0311112222", "ring_seconds": 0}}]}}"#
+            ),
+            422,
+            Some("destinations[0].ring_seconds"),
+        ),
+        (
+            "/v1/numbers",
+            r#"{"number": "0507777777", "advertiser_id": "adv_nope", "destinations": [{"number": "0311112222"}]}"#,
+            422,
+            Some("advertiser_id"),
+        ),
+        (
+            "/v1/numbers",
+            &format!(
+                r#"{{"number": "0507777777", "advertiser_id": "{adv}", "destinations": [{{"number": 311112222}}]}}"#
+            ),
+            400,
+            Some("destinations[0].number"),
+        ),
+        (
+            "/v1/numbers",
+            &format!(
+                r#"{{"number": "0501234567", "advertiser_id": "{adv}", "destinations": [{{"number": "0311112222"}}]}}"#
+            ),
+            409,
+            None,
+        ),
+    ];
+    for (path, body, status, field) in cases {
+        let r = node.send("POST", path, Some(&key), body);
+        assert_eq!(r.status, *status, "POST {path} {body}: {}", r.body);
+        if let Some(f) = field {
+            assert_eq!(r.json()["error"]["field"], *f, "{body}: {}", r.body);
+        }
+    }
+    assert_eq!(
+        node.get("/v1/advertisers", &key).json()["advertisers"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        node.get("/v1/numbers", &key).json()["numbers"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(node.get("/v1/calls?result=won", &key).status, 400);
+
+    // Update and delete in order: an advertiser with numbers cannot go.
+    let r = node.send(
+        "PATCH",
+        "/v1/numbers/0501234567",
+        Some(&key),
+        r#"{"caller_id": "system", "tracking_params": {"medium": "flyer"}}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["tracking_params"]["medium"], "flyer");
+    assert_eq!(
+        node.send("DELETE", &format!("/v1/advertisers/{adv}"), Some(&key), "")
+            .status,
+        409
+    );
+    assert_eq!(
+        node.send("DELETE", "/v1/numbers/0501234567", Some(&key), "")
+            .status,
+        204
+    );
+    assert_eq!(
+        node.send("DELETE", &format!("/v1/advertisers/{adv}"), Some(&key), "")
+            .status,
+        204
+    );
+
+    // Operators (admin) and extra keys.
+    let ops = node.get("/v1/operators", ADMIN).json();
+    let op_id = ops["operators"][0]["id"].as_str().unwrap().to_string();
+    let extra = node.send(
+        "POST",
+        &format!("/v1/operators/{op_id}/keys"),
+        Some(ADMIN),
+        "",
+    );
+    assert_eq!(extra.status, 201);
+    let k2 = extra.json()["api_key"].as_str().unwrap().to_string();
+    assert_eq!(node.get("/v1/advertisers", &k2).status, 200);
+
+    // Operational endpoints.
+    assert_eq!(node.try_get("/readyz", None).unwrap().status, 200);
+    let metrics = node.try_get("/metrics", None).unwrap().body;
+    assert!(metrics.contains("# HELP tsunagu_active_calls "));
+    let doc = node.try_get("/v1/openapi.json", None).unwrap().json();
+    assert_eq!(doc["openapi"], "3.0.3");
+}
+
+#[test]
+fn check_config_reports_every_error_with_its_key_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[media]\nports = \"5000-6000\"\n[sip]\nlisten = [\"udp:127.0.0.1:5060\"]\n[[trunks]]\nname = \"a\"\n[[routes]]\nprefix = \"\"\ntrunks = [\"a\", \"nope\"]\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tsunagu"))
+        .args(["check-config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for path in ["media.ports", "routes[0].trunks[0]", "routes[0].trunks[1]"] {
+        assert!(
+            err.contains(&format!(": {path}: ")),
+            "missing {path} in:\n{err}"
+        );
+    }
+    let spec = repo_root().join("examples/spec-minimal.toml");
+    let out = Command::new(env!("CARGO_BIN_EXE_tsunagu"))
+        .args(["check-config"])
+        .arg(&spec)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1,0 +1,340 @@
+//! Call flows through a real node: forwarding, media, failures, rejections, drain.
+
+use crate::harness::*;
+use std::time::Duration;
+
+const DEST: &str = r#"[{"number": "0311112222", "ring_seconds": 20}]"#;
+
+#[test]
+fn basic_calls_are_forwarded_logged_and_exported() {
+    let ports = Ports::take();
+    let node = Node::start(ports, "127.0.0.1/32", "");
+    let (key, adv) = node.provision(
+        "0501234567",
+        DEST,
+        r#"{"min_talk_seconds": 1, "duplicate_window_seconds": 86400}"#,
+    );
+    let uas = Uas::start(
+        "uas_ring_answer.xml",
+        ports,
+        node.dir.path(),
+        &["-d", "100"],
+    );
+
+    let run = uac("uac.xml", ports, "0501234567", 200, 50, &["-d", "1000"]);
+    assert_eq!(
+        (run.exit, run.successful, run.failed),
+        (0, 200, 0),
+        "{}",
+        run.output
+    );
+
+    // The destination saw the destination number, and nothing of the caller's leg.
+    let seen = uas.messages();
+    assert_eq!(
+        seen.matches("INVITE sip:0311112222@127.0.0.1").count(),
+        200,
+        "every INVITE reached the UAS for 0311112222"
+    );
+    assert!(
+        !seen.contains("SIPpTag00"),
+        "the caller's From tag leaked to the callee leg"
+    );
+    assert!(
+        !seen.contains(&format!("127.0.0.1:{};branch", ports.uac)),
+        "the caller's Via leaked to the callee leg"
+    );
+
+    let calls = node.wait_for_calls(&key, 200);
+    assert_eq!(calls.len(), 200);
+    for c in &calls {
+        assert_eq!(c["result"], "answered", "{c}");
+        assert_eq!(c["caller_number"], "09012345678");
+        assert_eq!(c["caller_kind"], "mobile");
+        assert_eq!(c["tracking_number"], "0501234567");
+        assert_eq!(c["destination_number"], "0311112222");
+        assert_eq!(c["advertiser_id"], adv.as_str());
+        assert_eq!(c["node"], "e2e");
+        assert_eq!(c["sip_code"], 200);
+        assert_eq!(c["trunk"], "carrier-a");
+        assert_eq!(c["talk_seconds"], 1, "held for 1 s: {c}");
+        assert!(c["answered_at"].is_string());
+    }
+    // The same caller called 200 times within the duplicate window: only the first counts.
+    let valid = calls.iter().filter(|c| c["validity"] == "valid").count();
+    let dup = calls
+        .iter()
+        .filter(|c| c["validity"] == "invalid_duplicate")
+        .count();
+    assert_eq!((valid, dup), (1, 199));
+    assert_eq!(
+        calls[0]["validity"], "valid",
+        "the earliest call is the valid one"
+    );
+
+    // CSV export: a header row and one row per call.
+    let csv = node.get("/v1/calls?format=csv", &key);
+    assert_eq!(csv.status, 200);
+    assert!(csv
+        .headers
+        .to_ascii_lowercase()
+        .contains("content-type: text/csv"));
+    let lines: Vec<&str> = csv.body.lines().collect();
+    assert_eq!(lines.len(), 201, "header + 200 rows");
+    assert!(lines[0].starts_with("call_id,advertiser_id,tracking_number,caller_number,caller_kind"));
+    let tsv = node.get("/v1/calls?format=tsv&result=answered", &key);
+    assert_eq!(tsv.body.lines().count(), 201);
+    assert!(tsv.body.lines().nth(1).unwrap().contains("\tanswered\t"));
+
+    // Another operator sees none of it.
+    let other = node
+        .send("POST", "/v1/operators", Some(ADMIN), r#"{"name": "other"}"#)
+        .json()["api_key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(node.calls(&other, "").is_empty());
+    assert_eq!(
+        node.get("/v1/calls?format=csv", &other)
+            .body
+            .lines()
+            .count(),
+        1,
+        "header only"
+    );
+    let id = calls[0]["call_id"].as_str().unwrap();
+    assert_eq!(node.get(&format!("/v1/calls/{id}"), &other).status, 404);
+    assert_eq!(node.get(&format!("/v1/calls/{id}"), &key).status, 200);
+
+    assert_eq!(
+        node.metric("tsunagu_calls_ended_total{result=\"answered\"}"),
+        200.0
+    );
+    assert_eq!(node.metric("tsunagu_active_calls"), 0.0);
+}
+
+#[test]
+fn rtp_is_relayed_both_ways_and_counted() {
+    let ports = Ports::take();
+    let node = Node::start(ports, "127.0.0.1/32", "");
+    let (key, _) = node.provision("0501234567", DEST, r#"{"min_talk_seconds": 1}"#);
+    let _uas = Uas::start("uas_answer.xml", ports, node.dir.path(), &["-rtp_echo"]);
+    let run = uac("uac_rtp.xml", ports, "0501234567", 2, 2, &["-d", "3000"]);
+    assert_eq!((run.exit, run.successful), (0, 2), "{}", run.output);
+    let calls = node.wait_for_calls(&key, 2);
+    for c in &calls {
+        // g711a.pcap sends 50 packets/s; 3 s of talk relayed each way (the UAS echoes).
+        let pin = c["rtp_packets_in"].as_u64().unwrap();
+        let pout = c["rtp_packets_out"].as_u64().unwrap();
+        assert!(pin >= 100, "caller→callee packets {pin}: {c}");
+        assert!(pout >= 100, "callee→caller packets {pout}: {c}");
+    }
+    assert!(node.metric("tsunagu_rtp_packets_total{direction=\"caller_to_callee\"}") >= 200.0);
+    assert!(node.metric("tsunagu_rtp_packets_total{direction=\"callee_to_caller\"}") >= 200.0);
+    assert_eq!(
+        node.metric("tsunagu_rtp_ports_in_use"),
+        0.0,
+        "ports returned after the calls"
+    );
+}
+
+#[test]
+fn busy_no_answer_and_cancel_are_logged_with_their_result() {
+    let ports = Ports::take();
+    let node = Node::start(ports, "127.0.0.1/32", "");
+    let (key, adv) = node.provision("0501111111", DEST, "{}");
+    node.add_number(
+        &key,
+        &adv,
+        "0502222222",
+        r#"[{"number": "0322223333", "ring_seconds": 1}]"#,
+        "{}",
+    );
+
+    {
+        let _uas = Uas::start("uas_busy.xml", ports, node.dir.path(), &[]);
+        let run = uac_expecting(486, node.dir.path(), ports, "0501111111", 5, &[]);
+        assert_eq!((run.exit, run.successful), (0, 5), "busy: {}", run.output);
+    }
+    {
+        let _uas = Uas::start("uas_no_answer.xml", ports, node.dir.path(), &[]);
+        let run = uac_expecting(480, node.dir.path(), ports, "0502222222", 3, &[]);
+        assert_eq!(
+            (run.exit, run.successful),
+            (0, 3),
+            "no answer: {}",
+            run.output
+        );
+    }
+    {
+        let _uas = Uas::start("uas_no_answer.xml", ports, node.dir.path(), &[]);
+        let run = uac("uac_cancel.xml", ports, "0501111111", 4, 10, &["-d", "300"]);
+        assert_eq!((run.exit, run.successful), (0, 4), "cancel: {}", run.output);
+    }
+    let calls = node.wait_for_calls(&key, 12);
+    let count = |result: &str, code: u64| {
+        calls
+            .iter()
+            .filter(|c| c["result"] == result && c["sip_code"] == code)
+            .count()
+    };
+    assert_eq!(count("busy", 486), 5);
+    assert_eq!(count("no_answer", 480), 3);
+    assert_eq!(count("cancelled", 487), 4);
+    assert!(calls.iter().all(|c| c["validity"] == "invalid_short"
+        && c["talk_seconds"] == 0
+        && c["answered_at"].is_null()));
+    assert_eq!(
+        node.get("/v1/calls?result=busy&format=csv", &key)
+            .body
+            .lines()
+            .count(),
+        6
+    );
+    node.wait_until(Duration::from_secs(40), "every call to finish", || {
+        node.metric("tsunagu_active_calls") == 0.0
+    });
+}
+
+#[test]
+fn unknown_numbers_and_foreign_sources_are_refused() {
+    let ports = Ports::take();
+    let node = Node::start(ports, "127.0.0.1/32", "");
+    let (key, _) = node.provision("0501234567", DEST, "{}");
+    let _uas = Uas::start("uas_answer.xml", ports, node.dir.path(), &[]);
+    let run = uac_expecting(404, node.dir.path(), ports, "0509999999", 3, &[]);
+    assert_eq!((run.exit, run.successful), (0, 3), "404: {}", run.output);
+    // 127.0.0.3 is on loopback but in no trunk's inbound list.
+    let run = uac_expecting(
+        403,
+        node.dir.path(),
+        ports,
+        "0501234567",
+        3,
+        &["-i", "127.0.0.3"],
+    );
+    assert_eq!((run.exit, run.successful), (0, 3), "403: {}", run.output);
+    assert_eq!(
+        node.metric("tsunagu_invites_rejected_total{code=\"404\",reason=\"unknown_number\"}"),
+        3.0
+    );
+    assert_eq!(
+        node.metric("tsunagu_invites_rejected_total{code=\"403\",reason=\"source_not_allowed\"}"),
+        3.0
+    );
+    assert!(
+        node.calls(&key, "").is_empty(),
+        "refused INVITEs are not calls"
+    );
+}
+
+#[test]
+fn calls_over_tcp_work_too() {
+    let ports = Ports::take();
+    let node = Node::start(ports, "127.0.0.1/32", "");
+    let (key, _) = node.provision("0501234567", DEST, "{}");
+    let _uas = Uas::start("uas_answer.xml", ports, node.dir.path(), &[]);
+    let run = uac(
+        "uac.xml",
+        ports,
+        "0501234567",
+        10,
+        10,
+        &["-t", "t1", "-d", "200"],
+    );
+    assert_eq!((run.exit, run.successful), (0, 10), "{}", run.output);
+    assert_eq!(
+        node.wait_for_calls(&key, 10)
+            .iter()
+            .filter(|c| c["result"] == "answered")
+            .count(),
+        10
+    );
+}
+
+#[test]
+fn malformed_sip_gets_400_and_the_node_keeps_serving() {
+    let ports = Ports::take();
+    let node = Node::start(ports, "127.0.0.1/32", "");
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let target = ("127.0.0.1", ports.sip);
+    let local = sock.local_addr().unwrap();
+    let bad_cseq = format!("INVITE sip:0501234567@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bKbad1\r\nFrom: <sip:1@h>;tag=a\r\nTo: <sip:2@h>\r\nCall-ID: bad-1\r\nCSeq: notanumber INVITE\r\nContent-Length: 0\r\n\r\n");
+    let mut buf = [0u8; 4096];
+    sock.send_to(b"\x00\x01garbage that is not SIP\r\n\r\n", target)
+        .unwrap();
+    sock.send_to(bad_cseq.as_bytes(), target).unwrap();
+    let (n, _) = sock
+        .recv_from(&mut buf)
+        .expect("a 400 for the malformed INVITE");
+    let reply = String::from_utf8_lossy(&buf[..n]);
+    assert!(reply.starts_with("SIP/2.0 400 "), "{reply}");
+    assert!(reply.contains("Call-ID: bad-1"));
+    let options = format!("OPTIONS sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bKopt1\r\nFrom: <sip:1@h>;tag=a\r\nTo: <sip:2@h>\r\nCall-ID: opt-1\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n");
+    sock.send_to(options.as_bytes(), target).unwrap();
+    let (n, _) = sock.recv_from(&mut buf).expect("OPTIONS answered");
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("SIP/2.0 200 OK"));
+    assert_eq!(node.metric("tsunagu_sip_parse_errors_total"), 2.0);
+    assert_eq!(node.metric("tsunagu_active_calls"), 0.0);
+}
+
+#[test]
+fn sigterm_drains_new_calls_get_503_and_running_calls_finish() {
+    let ports = Ports::take();
+    let mut node = Node::start(ports, "127.0.0.1/32", "");
+    let (key, _) = node.provision("0501234567", DEST, "{}");
+    let _uas = Uas::start("uas_answer.xml", ports, node.dir.path(), &[]);
+    // One long call in the background.
+    let long =
+        std::thread::spawn(move || uac("uac.xml", ports, "0501234567", 1, 1, &["-d", "4000"]));
+    node.wait_until(Duration::from_secs(10), "the call to be up", || {
+        node.metric("tsunagu_active_calls") == 1.0
+    });
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &node.pid().to_string()])
+        .status();
+    node.wait_until(Duration::from_secs(10), "readiness to turn false", || {
+        node.try_get("/readyz", None)
+            .map(|r| r.status == 503)
+            .unwrap_or(false)
+    });
+    let mut late = ports;
+    late.uac += 5;
+    late.uac_media += 20;
+    let refused = uac_expecting(503, node.dir.path(), late, "0501234567", 1, &[]);
+    assert_eq!(
+        (refused.exit, refused.successful),
+        (0, 1),
+        "{}",
+        refused.output
+    );
+    let run = long.join().unwrap();
+    assert_eq!(
+        (run.exit, run.successful),
+        (0, 1),
+        "the running call finished normally: {}",
+        run.output
+    );
+    assert_eq!(node.terminate(), Some(0));
+    // The record reached the store before exit: reopen the store file directly.
+    let store = tsunagu_store::SqliteStore::open(&node.dir.path().join("data/tsunagu.db")).unwrap();
+    let op = tsunagu_store::Store::operator_for_key(&store, &tsunagu_store::hash_api_key(&key))
+        .unwrap()
+        .unwrap();
+    let mut n = 0;
+    tsunagu_store::Store::scan_calls(
+        &store,
+        &tsunagu_store::CallQuery {
+            operator_id: op,
+            ..Default::default()
+        },
+        &mut |r| {
+            assert_eq!(r.result, tsunagu_store::CallResult::Answered);
+            n += 1;
+            true
+        },
+    )
+    .unwrap();
+    assert_eq!(n, 1);
+}

@@ -1,0 +1,489 @@
+//! Test harness: starts real `tsunagu` nodes and real SIPp processes on loopback, and
+//! talks HTTP to the node's API with a minimal std-only client.
+//!
+//! Each test takes a distinct slot of ports, so tests run in parallel without clashing.
+//! SIPp is required: a missing `sipp` fails the test loudly (install it with
+//! `scripts/test.sh`, which runs `apt-get install sip-tester`).
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+pub const ADMIN: &str = "test-admin-token";
+
+static NEXT_SLOT: AtomicU16 = AtomicU16::new(0);
+
+/// Ports of one test: SIP, API, SIPp UAS and UAC signalling and media, node RTP range.
+#[derive(Clone, Copy, Debug)]
+pub struct Ports {
+    pub sip: u16,
+    pub api: u16,
+    pub uas: u16,
+    pub uac: u16,
+    pub uas_media: u16,
+    pub uac_media: u16,
+    pub rtp_first: u16,
+}
+
+impl Ports {
+    pub fn take() -> Ports {
+        let k = NEXT_SLOT.fetch_add(1, Ordering::SeqCst);
+        Ports {
+            sip: 35000 + 10 * k,
+            api: 35001 + 10 * k,
+            uas: 35002 + 10 * k,
+            uac: 35003 + 10 * k,
+            uas_media: 36000 + 100 * k,
+            uac_media: 36050 + 100 * k,
+            rtp_first: 40000 + 400 * k,
+        }
+    }
+}
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+pub fn scenario(name: &str) -> String {
+    if name.starts_with('/') {
+        return name.to_string();
+    }
+    repo_root()
+        .join("loadtest/scenarios")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+/// Fails the test with an instruction if a required tool is missing.
+pub fn require_tool(tool: &str) {
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(found, "`{tool}` is required for the end-to-end tests and is not installed: run scripts/test.sh (it installs sip-tester)");
+}
+
+pub struct Node {
+    pub ports: Ports,
+    pub dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Node {
+    /// Starts a node whose trunk forwards to the UAS port; `extra` is appended to the config.
+    pub fn start(ports: Ports, inbound: &str, extra: &str) -> Node {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = format!(
+            r#"
+[node]
+id = "e2e"
+data_dir = "{data}"
+drain_seconds = 20
+
+[sip]
+listen = ["udp:127.0.0.1:{sip}", "tcp:127.0.0.1:{sip}"]
+
+[media]
+address = "127.0.0.1"
+ports = "{rtp_first}-{rtp_last}"
+
+[api]
+listen = "127.0.0.1:{api}"
+admin_token = "{ADMIN}"
+
+[store]
+backend = "embedded"
+
+[[trunks]]
+name = "carrier-a"
+inbound = ["{inbound}"]
+outbound = "udp:127.0.0.1:{uas}"
+max_cps = 1000
+max_channels = 5000
+
+[[routes]]
+prefix = ""
+trunks = ["carrier-a"]
+{extra}
+"#,
+            data = dir.path().join("data").display(),
+            sip = ports.sip,
+            rtp_first = ports.rtp_first,
+            rtp_last = ports.rtp_first + 399,
+            api = ports.api,
+            uas = ports.uas,
+        );
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, config).expect("write config");
+        let log = std::fs::File::create(dir.path().join("node.log")).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_tsunagu"))
+            .args(["serve", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start tsunagu");
+        let node = Node {
+            ports,
+            dir,
+            child: Some(child),
+        };
+        node.wait_until(
+            Duration::from_secs(20),
+            "the node to answer /healthz",
+            || {
+                node.try_get("/healthz", None)
+                    .map(|r| r.status == 200)
+                    .unwrap_or(false)
+            },
+        );
+        node
+    }
+
+    /// Polls `cond` (an observable event, e.g. an API answer) until true or the deadline.
+    pub fn wait_until(&self, limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if cond() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "timed out after {limit:?} waiting for {what}\nnode log:\n{}",
+            self.log()
+        );
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("node.log")).unwrap_or_default()
+    }
+
+    pub fn try_get(&self, path: &str, token: Option<&str>) -> std::io::Result<Response> {
+        http(self.ports.api, "GET", path, token, None, &[])
+    }
+
+    pub fn get(&self, path: &str, token: &str) -> Response {
+        http(self.ports.api, "GET", path, Some(token), None, &[]).expect("GET")
+    }
+
+    pub fn send(&self, method: &str, path: &str, token: Option<&str>, body: &str) -> Response {
+        http(self.ports.api, method, path, token, Some(body), &[]).expect("request")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// Sends SIGTERM and waits for the process to exit; returns its exit code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        child.wait().ok().and_then(|s| s.code())
+    }
+
+    /// Provisions an operator, an advertiser and a number; returns (api_key, advertiser_id).
+    pub fn provision(&self, number: &str, destinations: &str, validity: &str) -> (String, String) {
+        let op = self.send("POST", "/v1/operators", Some(ADMIN), r#"{"name": "op"}"#);
+        assert_eq!(op.status, 201, "{}", op.body);
+        let key = op.json()["api_key"].as_str().unwrap().to_string();
+        let adv = self.send("POST", "/v1/advertisers", Some(&key), r#"{"name": "shop"}"#);
+        assert_eq!(adv.status, 201, "{}", adv.body);
+        let adv_id = adv.json()["id"].as_str().unwrap().to_string();
+        self.add_number(&key, &adv_id, number, destinations, validity);
+        (key, adv_id)
+    }
+
+    pub fn add_number(
+        &self,
+        key: &str,
+        adv_id: &str,
+        number: &str,
+        destinations: &str,
+        validity: &str,
+    ) {
+        let body = format!(
+            r#"{{"number": "{number}", "advertiser_id": "{adv_id}", "destinations": {destinations}, "validity": {validity}}}"#
+        );
+        let n = self.send("POST", "/v1/numbers", Some(key), &body);
+        assert_eq!(n.status, 201, "{}", n.body);
+    }
+
+    /// All call records of an operator (JSON pages followed to the end).
+    pub fn calls(&self, key: &str, filter: &str) -> Vec<serde_json::Value> {
+        let mut out = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut path = format!("/v1/calls?limit=1000{filter}");
+            if let Some(c) = &cursor {
+                path.push_str(&format!("&cursor={c}"));
+            }
+            let r = self.get(&path, key);
+            assert_eq!(r.status, 200, "{}", r.body);
+            let v = r.json();
+            out.extend(v["calls"].as_array().unwrap().iter().cloned());
+            match v["next_cursor"].as_str() {
+                Some(c) => cursor = Some(c.to_string()),
+                None => return out,
+            }
+        }
+    }
+
+    /// Waits until the operator has `n` call records (the writer batches asynchronously).
+    pub fn wait_for_calls(&self, key: &str, n: usize) -> Vec<serde_json::Value> {
+        self.wait_until(
+            Duration::from_secs(20),
+            &format!("{n} call records"),
+            || self.calls(key, "").len() >= n,
+        );
+        self.calls(key, "")
+    }
+
+    /// The value of a metric line (exact name with labels), 0 if absent.
+    pub fn metric(&self, series: &str) -> f64 {
+        let text = self.try_get("/metrics", None).expect("metrics").body;
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(series)
+                    .and_then(|rest| rest.strip_prefix(' '))
+                    .and_then(|v| v.trim().parse().ok())
+            })
+            .unwrap_or(0.0)
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub struct Response {
+    pub status: u16,
+    pub headers: String,
+    pub body: String,
+}
+
+impl Response {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+/// A minimal HTTP/1.1 client (one request per connection, chunked bodies decoded).
+pub fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+    headers: &[(&str, &str)],
+) -> std::io::Result<Response> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let body = body.unwrap_or("");
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    if !body.is_empty() {
+        req.push_str("Content-Type: application/json\r\n");
+    }
+    if let Some(t) = token {
+        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes())?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    let body = if chunked {
+        dechunk(rest)
+    } else {
+        rest.to_string()
+    };
+    Ok(Response {
+        status,
+        headers: head.to_string(),
+        body,
+    })
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = &rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// A SIPp process acting as the destination (UAS); killed when dropped.
+pub struct Uas {
+    child: Child,
+    pub trace: PathBuf,
+}
+
+impl Uas {
+    pub fn start(scenario_name: &str, ports: Ports, dir: &Path, extra: &[&str]) -> Uas {
+        require_tool("sipp");
+        let trace = dir.join(format!("uas-{scenario_name}.log"));
+        let child = Command::new("sipp")
+            .args([
+                "-sf",
+                &scenario(scenario_name),
+                "-i",
+                "127.0.0.1",
+                "-p",
+                &ports.uas.to_string(),
+                "-mp",
+                &ports.uas_media.to_string(),
+            ])
+            .args([
+                "-nostdin",
+                "-buff_size",
+                "4194304",
+                "-trace_msg",
+                "-message_file",
+            ])
+            .arg(&trace)
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start sipp UAS");
+        Uas { child, trace }
+    }
+
+    pub fn messages(&self) -> String {
+        std::fs::read_to_string(&self.trace).unwrap_or_default()
+    }
+}
+
+impl Drop for Uas {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The outcome of a SIPp UAC run.
+#[derive(Debug)]
+pub struct UacRun {
+    pub exit: i32,
+    pub successful: u64,
+    pub failed: u64,
+    pub output: String,
+}
+
+/// Runs `uac_expect_failure.xml` expecting final status `code`: the scenario's
+/// `[expect]` placeholder is filled into a copy in `dir` (SIPp cannot take a status
+/// code from `-key`).
+pub fn uac_expecting(
+    code: u16,
+    dir: &Path,
+    ports: Ports,
+    number: &str,
+    calls: u32,
+    extra: &[&str],
+) -> UacRun {
+    let template = std::fs::read_to_string(scenario("uac_expect_failure.xml")).expect("scenario");
+    let path = dir.join(format!("uac_expect_{code}.xml"));
+    std::fs::write(&path, template.replace("[expect]", &code.to_string())).expect("write scenario");
+    uac(&path.display().to_string(), ports, number, calls, 10, extra)
+}
+
+/// Runs a SIPp UAC to completion (bounded by `-m` and a timeout).
+pub fn uac(
+    scenario_name: &str,
+    ports: Ports,
+    number: &str,
+    calls: u32,
+    rate: u32,
+    extra: &[&str],
+) -> UacRun {
+    require_tool("sipp");
+    let target = format!("127.0.0.1:{}", ports.sip);
+    let bind: &[&str] = if extra.contains(&"-i") {
+        &[]
+    } else {
+        &["-i", "127.0.0.1"]
+    };
+    let out = Command::new("timeout")
+        .arg("120")
+        .arg("sipp")
+        .args([
+            "-sf",
+            &scenario(scenario_name),
+            "-s",
+            number,
+            &target,
+            "-p",
+            &ports.uac.to_string(),
+            "-mp",
+            &ports.uac_media.to_string(),
+        ])
+        .args([
+            "-m",
+            &calls.to_string(),
+            "-r",
+            &rate.to_string(),
+            "-nostdin",
+            "-buff_size",
+            "4194304",
+            "-key",
+            "caller",
+            "09012345678",
+        ])
+        .args(bind)
+        .args(extra)
+        .output()
+        .expect("run sipp UAC");
+    let output =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let count = |label: &str| {
+        output
+            .lines()
+            .rev()
+            .find(|l| l.trim_start().starts_with(label))
+            .and_then(|l| l.split('|').nth(2))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    UacRun {
+        exit: out.status.code().unwrap_or(-1),
+        successful: count("Successful call"),
+        failed: count("Failed call"),
+        output,
+    }
+}
