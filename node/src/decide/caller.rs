@@ -49,7 +49,13 @@ pub fn classify(number: &str, signals: CallerSignals) -> CallerKind {
         CallerKind::Mobile
     } else if starts("050") && len == 11 {
         CallerKind::Ip
-    } else if starts("0570") || starts("0180") || starts("0990") || starts("020") || starts("060") {
+    } else if [
+        "0570", "0180", "0990", "020", "060", "050", "070", "080", "090",
+    ]
+    .iter()
+    .any(|p| starts(p))
+    {
+        // Non-geographic ranges, and mobile/IP prefixes of the wrong length.
         CallerKind::Unknown
     } else if starts("0") && !starts("00") && len == 10 {
         CallerKind::Fixed

@@ -123,8 +123,8 @@ trunks = ["b", "c"]
                 .map(|i| r.trunks[*i].name.clone())
                 .collect::<Vec<_>>()
         };
-        assert_eq!(name("0311112222"), vec!["b", "c"]);
-        assert_eq!(name("0399998888"), vec!["c"]);
+        assert_eq!(name("0312345678"), vec!["b", "c"]);
+        assert_eq!(name("0311112222"), vec!["c"]);
         assert_eq!(name("0612345678"), vec!["a", "b"]);
         let none = Routing::default();
         assert!(none.outbound_trunks("03").is_empty());
