@@ -1,0 +1,177 @@
+#!/usr/bin/env python3
+"""Rate ladder: ramps the basic-call SIPp scenario through one tsunagu node.
+
+Starts a node (release build) on loopback with its own data directory, provisions one
+tracking number through the API, starts a SIPp UAS as the destination, then for each
+target rate runs a SIPp UAC for a fixed number of seconds. Between steps it waits until
+the node has no active call (an idle machine). For each step it prints:
+
+  target cps | achieved cps | calls | success % | setup p50/p95 ms | node CPU ms/call | node RSS MiB
+
+Setup time is SIPp's response time 1 (INVITE sent -> 200 received) from -trace_rtt.
+CPU is the node's per-thread run time from /proc/PID/task/*/schedstat (tick-based tools
+under-count short bursts in VMs). Nothing here is a test: it reports, it never asserts.
+
+Usage: python3 loadtest/ladder.py [--rates 100,200,500] [--seconds 10] [--hold-ms 1000]
+"""
+import argparse, json, os, re, shutil, signal, statistics, subprocess, sys, tempfile, time, urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCEN = os.path.join(ROOT, "loadtest", "scenarios")
+ADMIN = "ladder-admin-token"
+
+
+def api(port, method, path, token, body=None):
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method=method)
+    req.add_header("Authorization", f"Bearer {token}")
+    if data:
+        req.add_header("Content-Type", "application/json")
+    with urllib.request.urlopen(req, timeout=10) as r:
+        text = r.read().decode()
+        return json.loads(text) if text.startswith("{") else text
+
+
+def metric(port, name):
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    return 0.0
+
+
+def cpu_ns(pid):
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except OSError:
+            pass
+    return total
+
+
+def rss_mib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def percentile(values, p):
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    k = min(len(values) - 1, max(0, int(round(p / 100 * (len(values) - 1)))))
+    return values[k]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rates", default="100,200,400,600,800,1000,1200,1500")
+    ap.add_argument("--seconds", type=int, default=10, help="duration of each step")
+    ap.add_argument("--hold-ms", type=int, default=1000, help="call hold time")
+    ap.add_argument("--bin", default=os.path.join(ROOT, "target", "release", "tsunagu"))
+    ap.add_argument("--transport", default="u1", help="SIPp -t (u1 = one UDP socket, t1 = one TCP connection)")
+    args = ap.parse_args()
+    if not shutil.which("sipp"):
+        sys.exit("sipp is not installed (apt-get install sip-tester)")
+    if not os.path.exists(args.bin):
+        sys.exit(f"{args.bin} missing: cargo build --release --bin tsunagu")
+
+    work = tempfile.mkdtemp(prefix="tsunagu-ladder-")
+    conf = os.path.join(work, "node.toml")
+    with open(conf, "w") as f:
+        f.write(f"""
+[node]
+id = "ladder"
+data_dir = "{work}/data"
+[sip]
+listen = ["udp:127.0.0.1:5060", "tcp:127.0.0.1:5060"]
+[media]
+address = "127.0.0.1"
+ports = "20000-39999"
+[api]
+listen = "127.0.0.1:8080"
+admin_token = "{ADMIN}"
+[log]
+level = "warn"
+[[trunks]]
+name = "carrier-a"
+inbound = ["127.0.0.1/32"]
+outbound = "udp:127.0.0.1:5070"
+[[routes]]
+prefix = ""
+trunks = ["carrier-a"]
+""")
+    node = subprocess.Popen([args.bin, "serve", "--config", conf], stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, "node.log"), "w"))
+    uas = None
+    try:
+        for _ in range(100):
+            try:
+                urllib.request.urlopen("http://127.0.0.1:8080/healthz", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.1)
+        op = api(8080, "POST", "/v1/operators", ADMIN, {"name": "ladder"})
+        key = op["api_key"]
+        adv = api(8080, "POST", "/v1/advertisers", key, {"name": "shop"})
+        api(8080, "POST", "/v1/numbers", key, {"number": "0501234567", "advertiser_id": adv["id"],
+                                                 "destinations": [{"number": "0311112222", "ring_seconds": 20}],
+                                                 "validity": {"min_talk_seconds": 1, "duplicate_window_seconds": 0}})
+        uas = subprocess.Popen(["sipp", "-sf", os.path.join(SCEN, "uas_answer.xml"), "-i", "127.0.0.1", "-p", "5070",
+                                "-buff_size", "4194304", "-nostdin", "-t", "u1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=work)
+        time.sleep(0.5)
+        print(f"node pid {node.pid}, work dir {work}, hold {args.hold_ms} ms, {args.seconds} s per step")
+        print(f"{'target':>7} {'achieved':>9} {'calls':>7} {'success%':>9} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'CPU ms/call':>12} {'RSS MiB':>8}")
+        for rate in [int(r) for r in args.rates.split(",")]:
+            # Wait for an idle node (no call left from the previous step).
+            deadline = time.time() + 60
+            while metric(8080, "tsunagu_active_calls") > 0 and time.time() < deadline:
+                time.sleep(0.2)
+            calls = rate * args.seconds
+            cpu0, started0 = cpu_ns(node.pid), metric(8080, "tsunagu_calls_started_total")
+            t0 = time.time()
+            step = os.path.join(work, f"step{rate}")
+            os.makedirs(step, exist_ok=True)
+            out = subprocess.run(["timeout", str(args.seconds * 4 + 60), "sipp", "-sf", os.path.join(SCEN, "uac.xml"), "-s", "0501234567",
+                                  "127.0.0.1:5060", "-i", "127.0.0.1", "-p", "5061", "-t", args.transport, "-key", "caller", "09012345678",
+                                  "-r", str(rate), "-m", str(calls), "-l", str(rate * (args.hold_ms // 1000 + 5)), "-d", str(args.hold_ms),
+                                  "-buff_size", "4194304", "-nostdin", "-trace_rtt", "-rtt_freq", "1"],
+                                 capture_output=True, text=True, cwd=step)
+            elapsed = time.time() - t0
+            deadline = time.time() + 60
+            while metric(8080, "tsunagu_active_calls") > 0 and time.time() < deadline:
+                time.sleep(0.2)
+            cpu1, started1 = cpu_ns(node.pid), metric(8080, "tsunagu_calls_started_total")
+            text = out.stdout + out.stderr
+            def count(label):
+                lines = [l for l in text.splitlines() if l.strip().startswith(label)]
+                return int(lines[-1].split("|")[2].strip()) if lines else 0
+            ok, failed = count("Successful call"), count("Failed call")
+            rtts = []
+            for name in os.listdir(step):
+                if name.endswith("_rtt.csv"):
+                    with open(os.path.join(step, name)) as f:
+                        for line in f:
+                            parts = line.strip().split(";")
+                            if len(parts) >= 3 and re.match(r"^[0-9.]+$", parts[2]):
+                                rtts.append(float(parts[2]))
+            handled = max(1.0, started1 - started0)
+            total = ok + failed
+            achieved = total / max(0.001, elapsed - args.hold_ms / 1000)
+            print(f"{rate:>7} {achieved:>9.0f} {total:>7} {100.0 * ok / max(1, total):>8.2f}% {percentile(rtts, 50):>7.2f} {percentile(rtts, 95):>7.2f} "
+                  f"{percentile(rtts, 99):>7.2f} {(cpu1 - cpu0) / 1e6 / handled:>12.3f} {rss_mib(node.pid):>8.1f}", flush=True)
+    finally:
+        if uas:
+            uas.kill()
+        node.send_signal(signal.SIGTERM)
+        try:
+            node.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            node.kill()
+
+
+if __name__ == "__main__":
+    main()
