@@ -84,7 +84,18 @@ fn store_path(config: &Config) -> PathBuf {
 /// Admission is built after the endpoint (it needs the endpoint's handle); until then
 /// new INVITEs are answered 503.
 #[derive(Default)]
-struct LateHandler(OnceLock<Admission>);
+pub(crate) struct LateHandler(OnceLock<Admission>);
+
+impl LateHandler {
+    pub(crate) fn set(&self, admission: Admission) {
+        let _ = self.0.set(admission);
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests_support {
+    pub(crate) use super::LateHandler;
+}
 
 impl InviteHandler for LateHandler {
     fn on_invite(&self, invite: NewInvite) -> Result<(), Reject> {

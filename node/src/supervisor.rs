@@ -15,6 +15,9 @@ use std::time::{Duration, Instant};
 pub enum SupervisorMsg {
     Spawn(Box<CallArgs>),
     Sweep,
+    /// Test hook: makes every running call actor panic.
+    #[cfg(test)]
+    CrashAll,
 }
 
 pub struct CallSupervisor {
@@ -69,6 +72,12 @@ impl Actor for CallSupervisor {
                         tracing::error!(%e, call_id = %seed.id, "call actor failed to start");
                         self.clean_up(&seed);
                     }
+                }
+            }
+            #[cfg(test)]
+            SupervisorMsg::CrashAll => {
+                for (_, cell) in state.calls.values() {
+                    let _ = cell.send_message::<crate::call::CallMsg>(crate::call::CallMsg::Crash);
                 }
             }
             SupervisorMsg::Sweep => {
@@ -131,5 +140,154 @@ impl CallSupervisor {
             .ended
             .get_or_create(&crate::metrics::ResultLabel { result: "failed" })
             .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Supervision with real parts: a real endpoint on loopback, a real SQLite store,
+    //! raw UDP sockets as the caller and the callee.
+    use super::*;
+    use crate::admission::Admission;
+    use crate::call_log::CallLog;
+    use crate::decide::routing::Routing;
+    use crate::directory::Directory;
+    use crate::metrics::Metrics;
+    use std::net::UdpSocket;
+    use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize};
+    use tsunagu_store::{conformance::sample_number, CallQuery, CallResult, SqliteStore, Store};
+
+    fn recv_text(sock: &UdpSocket) -> String {
+        let mut buf = [0u8; 8192];
+        let (n, _) = sock.recv_from(&mut buf).expect("a SIP message");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_crashed_call_is_answered_released_and_logged() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("t.db")).unwrap());
+        let op = store.create_operator("op").unwrap();
+        let adv = store.create_advertiser(&op.id, "shop").unwrap();
+        let mut number = sample_number(&op.id, &adv.id);
+        number.number = "0501234567".into();
+        store.create_number(&number).unwrap();
+
+        let callee = UdpSocket::bind("127.0.0.1:0").unwrap();
+        callee
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let caller = UdpSocket::bind("127.0.0.1:0").unwrap();
+        caller
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let config = tsunagu_config::Config::from_toml(&format!(
+            "[[trunks]]\nname = \"t\"\ninbound = [\"127.0.0.1/32\"]\noutbound = \"udp:{}\"\n[[routes]]\nprefix = \"\"\ntrunks = [\"t\"]\n",
+            callee.local_addr().unwrap()
+        ))
+        .unwrap();
+
+        let metrics = Metrics::default();
+        let (log, _thread) = CallLog::start(store.clone(), metrics.calls.clone());
+        let ports = tsunagu_media::PortPool::new(
+            "127.0.0.1".parse().unwrap(),
+            42000,
+            42019,
+            65536,
+            metrics.media.clone(),
+        );
+        let handler = Arc::new(crate::server::tests_support::LateHandler::default());
+        let endpoint = tsunagu_sip::Endpoint::start(
+            &[(tsunagu_sip::Transport::Udp, "127.0.0.1:0".parse().unwrap())],
+            65536,
+            handler.clone(),
+            metrics.sip.clone(),
+        )
+        .await
+        .unwrap();
+        let routing = Routing::from_config(&config);
+        let ctx = Arc::new(NodeContext {
+            node_id: "t".into(),
+            endpoint: endpoint.clone(),
+            ports,
+            trunk_channels: vec![AtomicU32::new(0)],
+            routing,
+            log: log.clone(),
+            metrics: metrics.clone(),
+            system_number: None,
+            end_guard: Duration::from_secs(32),
+            max_calls: 10,
+            retry_after: 5,
+            active: AtomicUsize::new(0),
+            draining: AtomicBool::new(false),
+        });
+        let (sup, _) = Actor::spawn(
+            None,
+            CallSupervisor {
+                ctx: ctx.clone(),
+                max_call: Duration::from_secs(3600),
+            },
+            (),
+        )
+        .await
+        .unwrap();
+        handler.set(Admission::new(
+            ctx.clone(),
+            Directory::load(store.clone()).unwrap(),
+            sup.clone(),
+        ));
+
+        let node = endpoint.local(tsunagu_sip::Transport::Udp).unwrap();
+        let me = caller.local_addr().unwrap();
+        let sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n";
+        let invite = format!(
+            "INVITE sip:0501234567@{node} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKcrash\r\nFrom: <sip:09012345678@{me}>;tag=c\r\nTo: <sip:0501234567@{node}>\r\nCall-ID: crash-1\r\nCSeq: 1 INVITE\r\nContact: <sip:c@{me}>\r\nMax-Forwards: 70\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+            sdp.len()
+        );
+        caller.send_to(invite.as_bytes(), node).unwrap();
+        assert!(recv_text(&caller).starts_with("SIP/2.0 100 "));
+        assert!(
+            recv_text(&callee).starts_with("INVITE sip:0311112222@"),
+            "the call is forwarding"
+        );
+        assert_eq!(metrics.media.ports_in_use.get(), 2);
+
+        sup.send_message(SupervisorMsg::CrashAll).unwrap();
+        let reply = recv_text(&caller);
+        assert!(
+            reply.starts_with("SIP/2.0 500 "),
+            "the caller is answered: {reply}"
+        );
+        assert!(log.flush(Duration::from_secs(5)));
+        let mut records = Vec::new();
+        store
+            .scan_calls(
+                &CallQuery {
+                    operator_id: op.id.clone(),
+                    ..Default::default()
+                },
+                &mut |r| {
+                    records.push(r);
+                    true
+                },
+            )
+            .unwrap();
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].result, CallResult::Failed);
+        assert_eq!(metrics.calls.actor_failures.get(), 1);
+        // The relay task releases its ports when the runtime processes its cancellation:
+        // wait for that to be observable, bounded.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while (metrics.media.ports_in_use.get() != 0 || ctx.active_calls() != 0)
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            metrics.media.ports_in_use.get(),
+            0,
+            "the crashed call's ports were returned"
+        );
+        assert_eq!(ctx.active_calls(), 0, "its call slot was released");
     }
 }
