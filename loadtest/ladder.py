@@ -155,9 +155,10 @@ trunks = ["carrier-a"]
                 if name.endswith("_rtt.csv"):
                     with open(os.path.join(step, name)) as f:
                         for line in f:
+                            # Date_ms;response_time_ms;rtd_no (SIPp's resolution is 1 ms)
                             parts = line.strip().split(";")
-                            if len(parts) >= 3 and re.match(r"^[0-9.]+$", parts[2]):
-                                rtts.append(float(parts[2]))
+                            if len(parts) >= 3 and parts[2] == "1" and re.match(r"^[0-9.]+$", parts[1]):
+                                rtts.append(float(parts[1]))
             handled = max(1.0, started1 - started0)
             total = ok + failed
             achieved = total / max(0.001, elapsed - args.hold_ms / 1000)

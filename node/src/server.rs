@@ -209,7 +209,7 @@ pub async fn run(
     )
     .await
     .map_err(|e| NodeError::Io(format!("cannot start the call supervisor: {e}")))?;
-    let _ = handler.0.set(Admission::new(
+    handler.set(Admission::new(
         ctx.clone(),
         directory.clone(),
         supervisor.clone(),

@@ -328,7 +328,8 @@ impl Core {
         }
     }
 
-    /// Answers a request statelessly-but-in-transaction from the core itself.
+    /// Answers a request in its server transaction from the core itself (100 Trying,
+    /// OPTIONS, refusals). A 100 carries no To tag (`build::response` omits it).
     fn answer(&mut self, req: &Request, info: &Info, code: u16, extra: &[(&str, &str)]) {
         let key = TxKey::new(&info.branch, req.method);
         let data = build::response(req, code, Some(&build::new_tag()), extra, None);
@@ -466,22 +467,7 @@ impl Core {
                     self.answer(&req, &info, 482, &[]);
                     return;
                 }
-                let trying = build::response(&req, 100, None, &[], None);
-                self.metrics
-                    .responses_sent
-                    .get_or_create(&CodeLabel { code: 100 })
-                    .inc();
-                let mut out = std::mem::take(&mut self.out);
-                self.transactions.send_response(
-                    &key,
-                    100,
-                    Bytes::from(trying),
-                    &info.call_id,
-                    info.cseq,
-                    Instant::now(),
-                    &mut out,
-                );
-                self.out = out;
+                self.answer(&req, &info, 100, &[]); // at once, before any lookup
                 let call_id = info.call_id.clone();
                 let offer = NewInvite {
                     request: req.clone(),
