@@ -345,3 +345,67 @@ fn sigterm_drains_new_calls_get_503_and_running_calls_finish() {
     .unwrap();
     assert_eq!(n, 1);
 }
+
+#[test]
+fn sequential_forwarding_and_trunk_failover() {
+    let ports = Ports::take();
+    let (busy_port, down_port) = (ports.uas + 4, ports.uas + 5);
+    // 031… goes to a busy phone; 032… to a trunk that answers 503, then to carrier-a.
+    let extra = format!(
+        r#"
+[[trunks]]
+name = "busy"
+outbound = "udp:127.0.0.1:{busy_port}"
+[[trunks]]
+name = "down"
+outbound = "udp:127.0.0.1:{down_port}"
+[[routes]]
+prefix = "031"
+trunks = ["busy"]
+[[routes]]
+prefix = "032"
+trunks = ["down", "carrier-a"]
+"#
+    );
+    let node = Node::start(ports, "127.0.0.1/32", &extra);
+    let dests = r#"[{"number": "0311110000", "ring_seconds": 20}, {"number": "0322220000", "ring_seconds": 20}]"#;
+    let (key, _) = node.provision("0501234567", dests, "{}");
+    let busy = Uas::start_on(
+        "uas_busy.xml",
+        busy_port,
+        ports.uas_media + 10,
+        node.dir.path(),
+        &[],
+    );
+    let down = Uas::start_on(
+        "uas_unavailable.xml",
+        down_port,
+        ports.uas_media + 20,
+        node.dir.path(),
+        &[],
+    );
+    let answer = Uas::start("uas_answer.xml", ports, node.dir.path(), &[]);
+
+    let run = uac("uac.xml", ports, "0501234567", 5, 10, &["-d", "200"]);
+    assert_eq!((run.exit, run.successful), (0, 5), "{}", run.output);
+    assert_eq!(
+        busy.messages().matches("INVITE sip:0311110000@").count(),
+        5,
+        "first destination tried"
+    );
+    assert_eq!(
+        down.messages().matches("INVITE sip:0322220000@").count(),
+        5,
+        "second destination, first trunk"
+    );
+    assert_eq!(
+        answer.messages().matches("INVITE sip:0322220000@").count(),
+        5,
+        "second destination, next trunk"
+    );
+    for c in node.wait_for_calls(&key, 5) {
+        assert_eq!(c["result"], "answered");
+        assert_eq!(c["destination_number"], "0322220000");
+        assert_eq!(c["trunk"], "carrier-a");
+    }
+}

@@ -356,8 +356,13 @@ pub struct Uas {
 
 impl Uas {
     pub fn start(scenario_name: &str, ports: Ports, dir: &Path, extra: &[&str]) -> Uas {
+        Uas::start_on(scenario_name, ports.uas, ports.uas_media, dir, extra)
+    }
+
+    /// A UAS on a given signalling and media port (for tests with several trunks).
+    pub fn start_on(scenario_name: &str, port: u16, media: u16, dir: &Path, extra: &[&str]) -> Uas {
         require_tool("sipp");
-        let trace = dir.join(format!("uas-{scenario_name}.log"));
+        let trace = dir.join(format!("uas-{port}-{scenario_name}.log"));
         let child = Command::new("sipp")
             .args([
                 "-sf",
@@ -365,9 +370,9 @@ impl Uas {
                 "-i",
                 "127.0.0.1",
                 "-p",
-                &ports.uas.to_string(),
+                &port.to_string(),
                 "-mp",
-                &ports.uas_media.to_string(),
+                &media.to_string(),
             ])
             .args([
                 "-nostdin",
