@@ -409,3 +409,27 @@ trunks = ["down", "carrier-a"]
         assert_eq!(c["trunk"], "carrier-a");
     }
 }
+
+#[test]
+fn uac_scenario_tolerates_a_180_after_the_200() {
+    // SIPp against SIPp: the destination sends a stale 180 after the 200 and ACK.
+    let ports = Ports::take();
+    let dir = tempfile::tempdir().unwrap();
+    let _uas = Uas::start("uas_late_180.xml", ports, dir.path(), &[]);
+    let direct = Ports {
+        sip: ports.uas,
+        ..ports
+    };
+    let run = uac("uac.xml", direct, "0501234567", 3, 10, &["-d", "200"]);
+    assert_eq!(
+        (run.exit, run.successful, run.failed),
+        (0, 3, 0),
+        "{}",
+        run.output
+    );
+    assert!(
+        run.output.contains("180 <----------         3"),
+        "the late 180s arrived: {}",
+        run.output
+    );
+}
