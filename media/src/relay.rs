@@ -2,7 +2,8 @@
 //! (B), one task, one reused buffer per side. A packet from the caller arriving on A
 //! leaves from B toward the callee, and the reverse. Each side's far address starts as
 //! the one its SDP announced and latches to the source of the first packet received
-//! (symmetric RTP, for callers behind NAT). Dropping the [`Relay`] stops the task and
+//! (symmetric RTP, for callers behind NAT); new SDP for a side resets its latch.
+//! Dropping the [`Relay`] stops the task and
 //! returns both ports to the pool.
 
 use crate::metrics::{DirectionLabel, MediaMetrics};
@@ -183,10 +184,11 @@ async fn run(
             }
             c = control.recv() => match c {
                 Some(Control::SetRemote(side, addr)) => {
+                    // New SDP from that side (an answer, or another destination after a
+                    // failed attempt): send there, and latch again on its next packet.
                     let s = if side == Side::A { &mut sa } else { &mut sb };
-                    if !s.latched {
-                        s.remote = Some(addr);
-                    }
+                    s.remote = Some(addr);
+                    s.latched = false;
                 }
                 None => break,
             }

@@ -221,3 +221,71 @@ fn check_config_reports_every_error_with_its_key_path() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// SPEC section 8, as written: the shipped configuration file, the API calls with the
+/// documented bodies, SIPp on 5060 → 5070, and the CSV export.
+#[test]
+fn spec_section_8_example_works_as_written() {
+    let spec_ports = Ports {
+        sip: 5060,
+        api: 8080,
+        uas: 5070,
+        uac: 5061,
+        uas_media: 16000,
+        uac_media: 16100,
+        rtp_first: 20000,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::run(
+        spec_ports,
+        dir,
+        &repo_root().join("examples/spec-minimal.toml"),
+    );
+    let op = node.send(
+        "POST",
+        "/v1/operators",
+        Some("change-me"),
+        r#"{"name": "op1"}"#,
+    );
+    assert_eq!(op.status, 201, "{}", op.body);
+    assert!(op.json()["id"].is_string());
+    let key = op.json()["api_key"].as_str().unwrap().to_string();
+    let adv = node.send("POST", "/v1/advertisers", Some(&key), r#"{"name": "shop"}"#);
+    assert_eq!(adv.status, 201);
+    let adv_id = adv.json()["id"].as_str().unwrap().to_string();
+    let number = format!(
+        r#"{{"number": "0501234567", "advertiser_id": "{adv_id}",
+      "destinations": [{{"number": "0311112222", "ring_seconds": 20}}],
+      "validity": {{"min_talk_seconds": 10, "duplicate_window_seconds": 86400}}}}"#
+    );
+    assert_eq!(
+        node.send("POST", "/v1/numbers", Some(&key), &number).status,
+        201
+    );
+
+    let uas = Uas::start("uas_answer.xml", spec_ports, node.dir.path(), &[]);
+    let run = uac("uac.xml", spec_ports, "0501234567", 5, 10, &["-d", "100"]);
+    assert_eq!((run.exit, run.successful), (0, 5), "{}", run.output);
+    assert_eq!(
+        uas.messages().matches("INVITE sip:0311112222@").count(),
+        5,
+        "Request-URI user 0311112222"
+    );
+    node.wait_for_calls(&key, 5);
+    let csv = node.get("/v1/calls?format=csv", &key);
+    let rows: Vec<&str> = csv.body.lines().collect();
+    assert_eq!(rows.len(), 6, "header row + one row per call");
+    for row in &rows[1..] {
+        // result, durations, caller kind and validity are all there.
+        assert!(row.contains(",mobile,0311112222,"), "{row}");
+        assert!(row.contains(",answered,"), "{row}");
+        assert!(
+            row.contains(",invalid_short,") || row.contains(",invalid_duplicate,"),
+            "short calls are not valid: {row}"
+        );
+    }
+    assert!(
+        node.dir.path().join("data/tsunagu.db").exists(),
+        "./data is relative to the working directory"
+    );
+}

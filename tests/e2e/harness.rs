@@ -125,10 +125,17 @@ trunks = ["carrier-a"]
         );
         let path = dir.path().join("node.toml");
         std::fs::write(&path, config).expect("write config");
+        Node::run(ports, dir, &path)
+    }
+
+    /// Starts a node on an existing configuration file, with `dir` as its working
+    /// directory (relative paths such as `./data` land there).
+    pub fn run(ports: Ports, dir: tempfile::TempDir, config: &Path) -> Node {
         let log = std::fs::File::create(dir.path().join("node.log")).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_tsunagu"))
             .args(["serve", "--config"])
-            .arg(&path)
+            .arg(config)
+            .current_dir(dir.path())
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
