@@ -21,4 +21,16 @@ fi
 command -v sipp >/dev/null 2>&1 || { echo "sipp is still missing: the end-to-end tests cannot run" >&2; exit 1; }
 
 cargo fmt --all -- --check
-cargo test --workspace --locked
+
+# Run every test; then print one closing total over all test binaries.
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --workspace --locked 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+passed=$(grep -Eo '^test result: [a-zA-Z]+\. [0-9]+ passed' "$log" | awk '{s+=$4} END {print s+0}')
+failed=$(grep -Eo '[0-9]+ failed;' "$log" | awk '{s+=$1} END {print s+0}')
+echo
+echo "total: $passed passed, $failed failed"
+exit "$status"

@@ -55,15 +55,29 @@ fn check_config(file: &str) -> ExitCode {
     }
 }
 
+/// Logs to stderr, filtered by `RUST_LOG` or `log.level` (a `target=level` list such as
+/// `info,tsunagu_sip=debug`; regex-based filters are not supported, to keep the build lean).
 fn init_tracing(config: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    use tracing_subscriber::filter::Targets;
+    use tracing_subscriber::prelude::*;
+    let spec = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|s| !s.trim().is_empty())
+        .unwrap_or_else(|| config.log.level.clone());
+    let filter: Targets = spec.parse().unwrap_or_else(|e| {
+        eprintln!("log filter `{spec}` is not valid ({e}); logging at info");
+        Targets::new().with_default(tracing::Level::INFO)
+    });
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     match config.log.format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
+        LogFormat::Json => tracing_subscriber::registry()
+            .with(layer.json())
+            .with(filter)
+            .init(),
+        LogFormat::Text => tracing_subscriber::registry()
+            .with(layer)
+            .with(filter)
+            .init(),
     }
 }
 

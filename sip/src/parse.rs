@@ -49,9 +49,13 @@ pub struct Info {
 }
 
 /// Parses a datagram or framed stream message and extracts its [`Info`].
+///
+/// The third-party parser runs under `catch_unwind`: whatever it does with hostile
+/// input, a panic becomes a parse error and never takes a receiver task down.
 pub fn parse(data: &[u8]) -> Result<(SipMessage, Info), ParseError> {
-    let msg = rsipstack::sip::parser::parse_message(data)
-        .map_err(|e| ParseError::Syntax(e.to_string()))?;
+    let parsed = std::panic::catch_unwind(|| rsipstack::sip::parser::parse_message(data))
+        .map_err(|_| ParseError::Syntax("parser panicked".into()))?;
+    let msg = parsed.map_err(|e| ParseError::Syntax(e.to_string()))?;
     let info = info(&msg)?;
     Ok((msg, info))
 }
@@ -285,6 +289,60 @@ Content-Length: 0\r\n\r\n";
         for (name, text) in cases {
             assert!(parse(text.as_bytes()).is_err(), "{name}");
         }
+    }
+
+    /// Mutated INVITEs (flipped, dropped, duplicated, inserted bytes; truncations) must
+    /// parse or fail cleanly; the helpers must not panic on whatever parses.
+    #[test]
+    fn mutated_messages_never_panic() {
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let base = INVITE.as_bytes();
+        let alphabet = b" :;,<>@=\"\r\n\t0123456789abcSIP/.-+[]%";
+        let mut parsed = 0;
+        for _ in 0..20_000 {
+            let mut m = base.to_vec();
+            for _ in 0..(1 + next() % 4) {
+                let at = (next() as usize) % m.len().max(1);
+                match next() % 5 {
+                    0 => m[at] = alphabet[(next() as usize) % alphabet.len()],
+                    1 => {
+                        m.remove(at);
+                    }
+                    2 => m.insert(at, alphabet[(next() as usize) % alphabet.len()]),
+                    3 => m.truncate(at),
+                    _ => {
+                        let end = (at + (next() as usize) % 40).min(m.len());
+                        let chunk = m[at..end].to_vec();
+                        m.splice(at..at, chunk);
+                    }
+                }
+                if m.is_empty() {
+                    m.push(b'x');
+                }
+            }
+            if let Ok((msg, _)) = parse(&m) {
+                parsed += 1;
+                let _ = header_values(&msg, "Via");
+                if let SipMessage::Request(r) = &msg {
+                    let _ = request_user(r);
+                    let _ = sdp_body(r, &r.body);
+                    let _ = header(r, "From").map(|f| (uri_user(uri_of(f)), tag(f)));
+                    let _ = crate::build::response(r, 400, Some("t"), &[], None);
+                }
+            } else {
+                let _ = crate::build::bad_request_for(&m, "x");
+            }
+        }
+        assert!(
+            parsed > 1000,
+            "the mutations should leave many messages parseable ({parsed})"
+        );
     }
 
     #[test]

@@ -289,3 +289,58 @@ fn spec_section_8_example_works_as_written() {
         "./data is relative to the working directory"
     );
 }
+
+/// Every metric the shipped Grafana dashboard and alert rules query is one the node exports.
+#[test]
+fn dashboard_and_alert_rules_use_exported_metrics() {
+    let ports = Ports::take();
+    let node = Node::start(ports, "127.0.0.1/32", "");
+    // Labelled families appear once they have a child: make one call with media and one refusal.
+    let (key, _) = node.provision("0501234567", r#"[{"number": "0311112222"}]"#, "{}");
+    let _uas = Uas::start("uas_answer.xml", ports, node.dir.path(), &["-rtp_echo"]);
+    let run = uac("uac_rtp.xml", ports, "0501234567", 1, 1, &["-d", "500"]);
+    assert_eq!(run.successful, 1, "{}", run.output);
+    let refused = uac_expecting(404, node.dir.path(), ports, "0509999999", 1, &[]);
+    assert_eq!(refused.successful, 1, "{}", refused.output);
+    node.wait_for_calls(&key, 1);
+    let text = node.try_get("/metrics", None).unwrap().body;
+    let families: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# HELP "))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_string)
+        .collect();
+    assert!(families.len() > 20, "{text}");
+    let exported = |name: &str| {
+        families.iter().any(|f| {
+            name == f
+                || ["_total", "_bucket", "_sum", "_count"]
+                    .iter()
+                    .any(|s| name == format!("{f}{s}"))
+        })
+    };
+    for file in [
+        "loadtest/grafana/tsunagu.json",
+        "loadtest/prometheus/alerts.yml",
+    ] {
+        let body = std::fs::read_to_string(repo_root().join(file)).unwrap();
+        let mut rest = body.as_str();
+        let mut seen = 0;
+        while let Some(i) = rest.find("tsunagu_") {
+            let name: String = rest[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+                .collect();
+            rest = &rest[i + name.len()..];
+            if name == "tsunagu_" {
+                continue;
+            }
+            seen += 1;
+            assert!(
+                exported(&name),
+                "{file} uses {name}, which the node does not export"
+            );
+        }
+        assert!(seen > 5, "{file} names metrics");
+    }
+}
