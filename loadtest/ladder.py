@@ -74,6 +74,8 @@ def main():
     ap.add_argument("--hold-ms", type=int, default=1000, help="call hold time")
     ap.add_argument("--bin", default=os.path.join(ROOT, "target", "release", "tsunagu"))
     ap.add_argument("--transport", default="u1", help="SIPp -t (u1 = one UDP socket, t1 = one TCP connection)")
+    ap.add_argument("--concurrency", type=int, default=0,
+                    help="instead of the ladder: open this many calls (at the first --rates value, held --hold-ms) and report memory per call")
     args = ap.parse_args()
     if not shutil.which("sipp"):
         sys.exit("sipp is not installed (apt-get install sip-tester)")
@@ -123,6 +125,8 @@ trunks = ["carrier-a"]
         uas = subprocess.Popen(["sipp", "-sf", os.path.join(SCEN, "uas_answer.xml"), "-i", "127.0.0.1", "-p", "5070",
                                 "-buff_size", "4194304", "-nostdin", "-t", "u1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=work)
         time.sleep(0.5)
+        if args.concurrency:
+            return concurrency_run(args, node, work)
         print(f"node pid {node.pid}, work dir {work}, hold {args.hold_ms} ms, {args.seconds} s per step")
         print(f"{'target':>7} {'achieved':>9} {'calls':>7} {'success%':>9} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'CPU ms/call':>12} {'RSS MiB':>8}")
         for rate in [int(r) for r in args.rates.split(",")]:
@@ -172,6 +176,38 @@ trunks = ["carrier-a"]
             node.wait(timeout=60)
         except subprocess.TimeoutExpired:
             node.kill()
+
+
+def concurrency_run(args, node, work):
+    """Holds --concurrency calls open at once and reports RSS growth per call."""
+    rate = int(args.rates.split(",")[0])
+    n = args.concurrency
+    # Warm up once (allocator arenas, caches), then measure from an idle baseline.
+    subprocess.run(["sipp", "-sf", os.path.join(SCEN, "uac.xml"), "-s", "0501234567", "127.0.0.1:5060", "-i", "127.0.0.1",
+                    "-p", "5061", "-key", "caller", "09012345678", "-r", str(rate), "-m", str(min(n, 2000)), "-d", "1000",
+                    "-buff_size", "4194304", "-nostdin"], capture_output=True, cwd=work)
+    time.sleep(35)  # let transaction linger timers (32 s) expire: an idle node
+    base = rss_mib(node.pid)
+    uac = subprocess.Popen(["sipp", "-sf", os.path.join(SCEN, "uac.xml"), "-s", "0501234567", "127.0.0.1:5060", "-i", "127.0.0.1",
+                            "-p", "5061", "-key", "caller", "09012345678", "-r", str(rate), "-m", str(n), "-l", str(n),
+                            "-d", str(args.hold_ms), "-buff_size", "4194304", "-nostdin"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=work)
+    # Wait for the plateau: all calls up, or no growth for 3 s (the node refusing more).
+    deadline, last, still = time.time() + n / rate + 30, -1.0, 0
+    while time.time() < deadline:
+        active = metric(8080, "tsunagu_active_calls")
+        if active >= n or still >= 6:
+            break
+        still = still + 1 if active == last else 0
+        last = active
+        time.sleep(0.5)
+    active = metric(8080, "tsunagu_active_calls")
+    time.sleep(2)
+    peak = rss_mib(node.pid)
+    print(f"calls held: {active:.0f} (target {n}, {rate} cps, hold {args.hold_ms} ms)")
+    print(f"node RSS idle {base:.1f} MiB, with calls {peak:.1f} MiB -> {(peak - base) * 1024 / max(1, active):.1f} KiB per call "
+          f"(includes SIP transactions lingering 32 s and both RTP sockets per call)")
+    uac.wait()
 
 
 if __name__ == "__main__":

@@ -145,6 +145,50 @@ struct SideState {
     loss: LossCounter,
 }
 
+thread_local! {
+    /// One receive buffer per runtime thread, shared by every relay on it: a call holds
+    /// no buffer of its own (packets are forwarded before the next await).
+    static PACKET: std::cell::RefCell<[u8; 2048]> = const { std::cell::RefCell::new([0u8; 2048]) };
+}
+
+/// Packets forwarded per wake-up before yielding to other calls.
+const BURST: usize = 32;
+
+/// Receives what is waiting on `from` and forwards it toward `to_side`'s far end.
+#[allow(clippy::too_many_arguments)]
+fn drain(
+    from: &tokio::net::UdpSocket,
+    from_side: &mut SideState,
+    out: &tokio::net::UdpSocket,
+    to_remote: Option<SocketAddr>,
+    dir: &Direction,
+    packets: &AtomicU64,
+    bytes: &AtomicU64,
+    lost: &AtomicU64,
+) {
+    PACKET.with(|buf| {
+        let mut buf = buf.borrow_mut();
+        for _ in 0..BURST {
+            let Ok((n, src)) = from.try_recv_from(&mut buf[..]) else {
+                return;
+            };
+            latch(from_side, src);
+            if let Some(dst) = to_remote {
+                forward(
+                    &buf[..n],
+                    out,
+                    dst,
+                    &mut from_side.loss,
+                    dir,
+                    packets,
+                    bytes,
+                    lost,
+                );
+            }
+        }
+    });
+}
+
 async fn run(
     a: MediaPort,
     b: MediaPort,
@@ -152,8 +196,6 @@ async fn run(
     stats: Arc<RelayStats>,
     metrics: MediaMetrics,
 ) {
-    let mut buf_a = vec![0u8; 2048];
-    let mut buf_b = vec![0u8; 2048];
     let mut sa = SideState {
         remote: None,
         latched: false,
@@ -168,18 +210,16 @@ async fn run(
     let b_to_a = Direction::new(&metrics, "callee_to_caller");
     loop {
         tokio::select! {
-            r = a.socket.recv_from(&mut buf_a) => {
-                let Ok((n, src)) = r else { continue };
-                latch(&mut sa, src);
-                if let Some(dst) = sb.remote {
-                    forward(&buf_a[..n], &b.socket, dst, &mut sa.loss, &a_to_b, &stats.packets_a_to_b, &stats.bytes_a_to_b, &stats.lost_a_to_b);
+            r = a.socket.readable() => {
+                if r.is_ok() {
+                    let to = sb.remote;
+                    drain(&a.socket, &mut sa, &b.socket, to, &a_to_b, &stats.packets_a_to_b, &stats.bytes_a_to_b, &stats.lost_a_to_b);
                 }
             }
-            r = b.socket.recv_from(&mut buf_b) => {
-                let Ok((n, src)) = r else { continue };
-                latch(&mut sb, src);
-                if let Some(dst) = sa.remote {
-                    forward(&buf_b[..n], &a.socket, dst, &mut sb.loss, &b_to_a, &stats.packets_b_to_a, &stats.bytes_b_to_a, &stats.lost_b_to_a);
+            r = b.socket.readable() => {
+                if r.is_ok() {
+                    let to = sa.remote;
+                    drain(&b.socket, &mut sb, &a.socket, to, &b_to_a, &stats.packets_b_to_a, &stats.bytes_b_to_a, &stats.lost_b_to_a);
                 }
             }
             c = control.recv() => match c {

@@ -10,7 +10,7 @@ use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub enum SupervisorMsg {
     Spawn(Box<CallArgs>),
@@ -55,15 +55,7 @@ impl Actor for CallSupervisor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             SupervisorMsg::Spawn(args) => {
-                let seed = CallSeed {
-                    id: args.id.clone(),
-                    a_call_id: args.invite.info.call_id.clone(),
-                    invite: args.invite.clone(),
-                    number: args.number.clone(),
-                    started_at_ms: crate::call::now_ms(),
-                    started: Instant::now(),
-                    logged: args.logged.clone(),
-                };
+                let seed = CallSeed::new(&args);
                 match Actor::spawn_linked(None, CallActor, *args, myself.get_cell()).await {
                     Ok((actor, _)) => {
                         state.calls.insert(actor.get_id(), (seed, actor.get_cell()));
@@ -121,17 +113,14 @@ impl Actor for CallSupervisor {
 impl CallSupervisor {
     fn clean_up(&self, seed: &CallSeed) {
         self.ctx.metrics.calls.actor_failures.inc();
-        let inv = &seed.invite;
         // Only sent if the INVITE is still unanswered; the transaction layer drops it otherwise.
-        self.ctx.endpoint.respond(
-            &inv.request,
-            &inv.info,
-            &inv.key,
-            500,
-            Some(&tsunagu_sip::build::new_tag()),
-            &[],
-            None,
-        );
+        self.ctx.endpoint.send(tsunagu_sip::Command::Respond {
+            key: seed.key.clone(),
+            code: 500,
+            data: seed.failure_response.clone(),
+            call_id: seed.a_call_id.clone(),
+            cseq: seed.cseq,
+        });
         self.ctx.endpoint.unregister(&seed.a_call_id);
         self.ctx.log.write(failed_record(&self.ctx, seed));
         self.ctx
@@ -155,6 +144,7 @@ mod tests {
     use crate::metrics::Metrics;
     use std::net::UdpSocket;
     use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize};
+    use std::time::Instant;
     use tsunagu_store::{conformance::sample_number, CallQuery, CallResult, SqliteStore, Store};
 
     fn recv_text(sock: &UdpSocket) -> String {

@@ -26,7 +26,8 @@ use tsunagu_store::{CallRecord, CallResult, CallerIdMode, CallerKind, TrackingNu
 
 pub enum CallMsg {
     Start,
-    Sip(SipEvent),
+    /// Boxed: keeps every actor's mailbox slots small (most calls see few SIP events).
+    Sip(Box<SipEvent>),
     RingTimeout(u32),
     EndGuard,
     /// Test hook: makes the actor panic, to exercise supervision.
@@ -39,7 +40,7 @@ struct CallHandle(ActorRef<CallMsg>);
 
 impl CallSink for CallHandle {
     fn deliver(&self, event: SipEvent) {
-        let _ = self.0.send_message(CallMsg::Sip(event));
+        let _ = self.0.send_message(CallMsg::Sip(Box::new(event)));
     }
 }
 
@@ -54,15 +55,46 @@ pub struct CallArgs {
     pub logged: Arc<AtomicBool>,
 }
 
-/// What the supervisor keeps about a running call, to clean up if its actor dies.
+/// What the supervisor keeps about a running call, to clean up if its actor dies:
+/// a few fields and the ready-made 500 for the caller, not a copy of the INVITE.
 pub struct CallSeed {
     pub id: String,
     pub a_call_id: String,
-    pub invite: NewInvite,
+    pub key: tsunagu_sip::transaction::TxKey,
+    pub cseq: u32,
+    pub failure_response: Vec<u8>,
+    pub caller_number: String,
+    pub caller_kind: CallerKind,
     pub number: Arc<TrackingNumber>,
     pub started_at_ms: i64,
     pub started: Instant,
     pub logged: Arc<AtomicBool>,
+}
+
+impl CallSeed {
+    pub fn new(args: &CallArgs) -> CallSeed {
+        let inv = &args.invite;
+        let (caller_number, caller_kind, _) = identify_caller(&inv.request);
+        CallSeed {
+            id: args.id.clone(),
+            a_call_id: inv.info.call_id.clone(),
+            key: inv.key.clone(),
+            cseq: inv.info.cseq,
+            failure_response: tsunagu_sip::build::response(
+                &inv.request,
+                500,
+                Some(&tsunagu_sip::build::new_tag()),
+                &[],
+                None,
+            ),
+            caller_number,
+            caller_kind,
+            number: args.number.clone(),
+            started_at_ms: now_ms(),
+            started: Instant::now(),
+            logged: args.logged.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -201,7 +233,7 @@ impl Actor for CallActor {
         let span = call.span.clone();
         span.in_scope(|| match msg {
             CallMsg::Start => call.start(),
-            CallMsg::Sip(ev) => call.on_sip(ev),
+            CallMsg::Sip(ev) => call.on_sip(*ev),
             CallMsg::RingTimeout(n) => {
                 if n == call.attempt && call.phase == Phase::Trying {
                     call.ring_timeout();
@@ -651,14 +683,13 @@ impl Call {
 
 /// The record of a call whose actor died: what the supervisor knows, result `failed`.
 pub fn failed_record(ctx: &NodeContext, seed: &CallSeed) -> LogEntry {
-    let (caller_number, caller_kind, _) = identify_caller(&seed.invite.request);
     let record = CallRecord {
         call_id: seed.id.clone(),
         operator_id: seed.number.operator_id.clone(),
         advertiser_id: seed.number.advertiser_id.clone(),
         tracking_number: seed.number.number.clone(),
-        caller_number,
-        caller_kind,
+        caller_number: seed.caller_number.clone(),
+        caller_kind: seed.caller_kind,
         destination_number: None,
         started_at: seed.started_at_ms,
         answered_at: None,
