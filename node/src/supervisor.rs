@@ -153,8 +153,19 @@ mod tests {
         String::from_utf8_lossy(&buf[..n]).into_owned()
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_crashed_call_is_answered_released_and_logged() {
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        store: Arc<dyn Store>,
+        operator: String,
+        caller: UdpSocket,
+        sup: ActorRef<SupervisorMsg>,
+        metrics: Metrics,
+        ctx: Arc<NodeContext>,
+        log: CallLog,
+    }
+
+    /// A node's call path with real parts, and one call forwarding (the callee never answers).
+    async fn forwarding_call(max_call: Duration) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("t.db")).unwrap());
         let op = store.create_operator("op").unwrap();
@@ -215,7 +226,7 @@ mod tests {
             None,
             CallSupervisor {
                 ctx: ctx.clone(),
-                max_call: Duration::from_secs(3600),
+                max_call,
             },
             (),
         )
@@ -242,7 +253,22 @@ mod tests {
         );
         assert_eq!(metrics.media.ports_in_use.get(), 2);
 
-        sup.send_message(SupervisorMsg::CrashAll).unwrap();
+        Fixture {
+            _dir: dir,
+            store,
+            operator: op.id,
+            caller,
+            sup,
+            metrics,
+            ctx,
+            log,
+        }
+    }
+
+    /// The caller got a 500, the call is logged `failed`, and its ports and slot are free.
+    async fn assert_cleaned_up(f: &Fixture) {
+        let (caller, log, store, metrics, ctx) = (&f.caller, &f.log, &f.store, &f.metrics, &f.ctx);
+        let op = &f.operator;
         let reply = recv_text(&caller);
         assert!(
             reply.starts_with("SIP/2.0 500 "),
@@ -253,7 +279,7 @@ mod tests {
         store
             .scan_calls(
                 &CallQuery {
-                    operator_id: op.id.clone(),
+                    operator_id: op.clone(),
                     ..Default::default()
                 },
                 &mut |r| {
@@ -279,5 +305,19 @@ mod tests {
             "the crashed call's ports were returned"
         );
         assert_eq!(ctx.active_calls(), 0, "its call slot was released");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_crashed_call_is_answered_released_and_logged() {
+        let f = forwarding_call(Duration::from_secs(3600)).await;
+        f.sup.send_message(SupervisorMsg::CrashAll).unwrap();
+        assert_cleaned_up(&f).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stuck_call_is_stopped_by_the_sweep_released_and_logged() {
+        let f = forwarding_call(Duration::ZERO).await;
+        f.sup.send_message(SupervisorMsg::Sweep).unwrap();
+        assert_cleaned_up(&f).await;
     }
 }
