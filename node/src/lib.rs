@@ -10,3 +10,4 @@ pub mod directory;
 pub mod metrics;
 pub mod server;
 pub mod supervisor;
+pub mod trunk_health;

@@ -15,6 +15,11 @@ pub struct ResultLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TrunkLabel {
+    pub trunk: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RejectLabel {
     pub code: u16,
     pub reason: &'static str,
@@ -34,6 +39,8 @@ pub struct CallMetrics {
     pub log_written: Counter,
     pub log_write_errors: Counter,
     pub store_write_seconds: Histogram,
+    pub trunk_up: Family<TrunkLabel, Gauge>,
+    pub trunk_ping_failures: Family<TrunkLabel, Counter>,
 }
 
 impl Default for CallMetrics {
@@ -58,6 +65,8 @@ impl Default for CallMetrics {
             store_write_seconds: Histogram::new([
                 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0,
             ]),
+            trunk_up: Family::default(),
+            trunk_ping_failures: Family::default(),
         }
     }
 }
@@ -125,6 +134,16 @@ impl Metrics {
             "store_write_seconds",
             "Latency of call-log batch writes to the store",
             c.store_write_seconds.clone(),
+        );
+        r.register(
+            "trunk_up",
+            "1 while a trunk answers its OPTIONS keepalives, 0 once it missed two in a row (trunks with keepalives only)",
+            c.trunk_up.clone(),
+        );
+        r.register(
+            "trunk_ping_failures",
+            "OPTIONS keepalives a trunk did not answer in time",
+            c.trunk_ping_failures.clone(),
         );
         self.sip.register(&mut r);
         self.media.register(&mut r);

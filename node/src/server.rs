@@ -189,6 +189,11 @@ pub async fn run(
         endpoint: endpoint.clone(),
         ports,
         trunk_channels: routing.trunks.iter().map(|_| AtomicU32::new(0)).collect(),
+        trunk_up: routing
+            .trunks
+            .iter()
+            .map(|_| AtomicBool::new(true))
+            .collect(),
         routing,
         log: log.clone(),
         metrics: metrics.clone(),
@@ -209,6 +214,12 @@ pub async fn run(
     )
     .await
     .map_err(|e| NodeError::Io(format!("cannot start the call supervisor: {e}")))?;
+    let intervals: Vec<u32> = config
+        .trunks
+        .iter()
+        .map(|t| t.options_interval_seconds)
+        .collect();
+    crate::trunk_health::start(&ctx, &intervals);
     handler.set(Admission::new(
         ctx.clone(),
         directory.clone(),

@@ -212,6 +212,7 @@ mod tests {
             endpoint: endpoint.clone(),
             ports,
             trunk_channels: vec![AtomicU32::new(0)],
+            trunk_up: vec![AtomicBool::new(true)],
             routing,
             log: log.clone(),
             metrics: metrics.clone(),

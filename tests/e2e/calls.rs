@@ -433,3 +433,49 @@ fn uac_scenario_tolerates_a_180_after_the_200() {
         run.output
     );
 }
+
+#[test]
+fn a_trunk_that_misses_keepalives_is_skipped() {
+    let ports = Ports::take();
+    let dead = ports.uas + 6; // nothing listens there
+    let extra = format!(
+        r#"
+[[trunks]]
+name = "dead"
+outbound = "udp:127.0.0.1:{dead}"
+options_interval_seconds = 1
+[[routes]]
+prefix = "03"
+trunks = ["dead", "carrier-a"]
+"#
+    );
+    let node = Node::start(ports, "127.0.0.1/32", &extra);
+    let (key, _) = node.provision("0501234567", DEST, "{}");
+    let _uas = Uas::start("uas_answer.xml", ports, node.dir.path(), &[]);
+    node.wait_until(
+        Duration::from_secs(15),
+        "the dead trunk to be marked down",
+        || {
+            node.metric("tsunagu_trunk_up{trunk=\"dead\"}") == 0.0
+                && node
+                    .try_get("/metrics", None)
+                    .map(|r| r.body.contains("tsunagu_trunk_up{trunk=\"dead\"} 0"))
+                    .unwrap_or(false)
+        },
+    );
+    let run = uac("uac.xml", ports, "0501234567", 5, 10, &["-d", "100"]);
+    assert_eq!((run.exit, run.successful), (0, 5), "{}", run.output);
+    assert_eq!(
+        node.wait_for_calls(&key, 5)
+            .iter()
+            .filter(|c| c["trunk"] == "carrier-a")
+            .count(),
+        5
+    );
+    assert_eq!(
+        node.metric("tsunagu_sip_requests_sent_total{method=\"INVITE\"}"),
+        5.0,
+        "no INVITE went to the dead trunk"
+    );
+    assert!(node.metric("tsunagu_trunk_ping_failures_total{trunk=\"dead\"}") >= 2.0);
+}

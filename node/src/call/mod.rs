@@ -124,6 +124,8 @@ pub struct Call {
     setup_observed: bool,
     answered: Option<(Instant, i64)>,
     dest_index: usize,
+    /// The trunks to try for the current destination, in order.
+    dest_trunks: Vec<usize>,
     trunk_pos: usize,
     attempt: u32,
     /// Why we are cancelling the current attempt (ring timeout), if we are.
@@ -212,6 +214,7 @@ impl Actor for CallActor {
             setup_observed: false,
             answered: None,
             dest_index: 0,
+            dest_trunks: Vec::new(),
             trunk_pos: 0,
             attempt: 0,
             pending_failure: None,
@@ -285,7 +288,11 @@ impl Call {
         let Some(dest) = self.number.destinations.get(self.dest_index).cloned() else {
             return self.give_up(CallResult::Failed, 502);
         };
-        let trunks = self.ctx.routing.outbound_trunks(&dest.number).to_vec();
+        if self.trunk_pos == 0 {
+            // Fixed per destination, so a trunk changing state mid-call cannot shift the order.
+            self.dest_trunks = self.trunks_for(&dest.number);
+        }
+        let trunks = self.dest_trunks.clone();
         let Some(&trunk) = trunks.get(self.trunk_pos) else {
             tracing::warn!(destination = %dest.number, "no route to destination");
             return self.after_failure(Failure::Status(503));
@@ -345,6 +352,12 @@ impl Call {
         );
     }
 
+    /// The route's trunks for a destination, those marked down by keepalives skipped.
+    fn trunks_for(&self, destination: &str) -> Vec<usize> {
+        let route = self.ctx.routing.outbound_trunks(destination);
+        crate::trunk_health::trunk_order(route, |t| self.ctx.trunk_up[t].load(Ordering::Relaxed))
+    }
+
     fn ring_timeout(&mut self) {
         tracing::debug!("ring timeout");
         self.pending_failure = Some(Failure::RingTimeout);
@@ -355,13 +368,7 @@ impl Call {
     }
 
     fn after_failure(&mut self, failure: Failure) {
-        let dest = self
-            .number
-            .destinations
-            .get(self.dest_index)
-            .map(|d| d.number.clone())
-            .unwrap_or_default();
-        let trunks = self.ctx.routing.outbound_trunks(&dest).len();
+        let trunks = self.dest_trunks.len();
         let has_next_trunk = self.trunk_pos + 1 < trunks;
         let has_next_dest = self.dest_index + 1 < self.number.destinations.len();
         match next_step(failure, has_next_trunk, has_next_dest) {
