@@ -150,6 +150,7 @@ pub async fn create(
         validity: input.validity,
         caller_id: input.caller_id,
         tracking_params: input.tracking_params,
+        pool_id: None,
         created_at: now,
         updated_at: now,
     };

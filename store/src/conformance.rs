@@ -14,6 +14,10 @@ pub fn run_all(store: &dyn Store) {
     call_inserts_are_idempotent(store);
     call_queries_filter_sort_and_page(store);
     duplicate_lookup_window(store);
+    pools_are_created_atomically_and_scoped(store);
+    dynamic_leases(store);
+    one_time_leases_round_robin(store);
+    concurrent_issuers_never_share_a_number(&[store]);
     store.ping().expect("ping");
 }
 
@@ -99,6 +103,7 @@ pub fn sample_number(operator_id: &str, advertiser_id: &str) -> TrackingNumber {
         },
         caller_id: CallerIdMode::Caller,
         tracking_params: BTreeMap::from([("medium".to_string(), "flyer".to_string())]),
+        pool_id: None,
         created_at: 1,
         updated_at: 1,
     }
@@ -361,4 +366,225 @@ fn duplicate_lookup_window(s: &dyn Store) {
             "{caller} {since} {before}"
         );
     }
+}
+
+/// A pool of `size` fresh numbers and their `pool` tracking-number records.
+pub fn sample_pool(
+    operator_id: &str,
+    advertiser_id: &str,
+    mode: PoolMode,
+    size: usize,
+    hold_seconds: u32,
+    recycle_seconds: u32,
+) -> (Pool, Vec<TrackingNumber>) {
+    use rand::RngExt;
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let id = crate::new_id("pool");
+    // A process-wide sequence from a random start: pools never share numbers, also
+    // on a store that outlives one run.
+    let start = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        + rand::rng().random_range(0..90_000) / 10 * 10;
+    let stem = start % 100_000;
+    let numbers: Vec<String> = (0..size).map(|i| format!("05{stem:05}{i:04}")).collect();
+    let pool = Pool {
+        id: id.clone(),
+        operator_id: operator_id.into(),
+        advertiser_id: advertiser_id.into(),
+        mode,
+        numbers: numbers.clone(),
+        hold_seconds,
+        recycle_seconds,
+        overflow_number: None,
+        created_at: 1,
+    };
+    let records = numbers
+        .iter()
+        .map(|n| TrackingNumber {
+            number: n.clone(),
+            kind: NumberKind::Pool,
+            pool_id: Some(id.clone()),
+            ..sample_number(operator_id, advertiser_id)
+        })
+        .collect();
+    (pool, records)
+}
+
+fn pools_are_created_atomically_and_scoped(s: &dyn Store) {
+    let a = s.create_operator("a").unwrap();
+    let b = s.create_operator("b").unwrap();
+    let adv = s.create_advertiser(&a.id, "shop").unwrap();
+    let (pool, numbers) = sample_pool(&a.id, &adv.id, PoolMode::Dynamic, 3, 60, 0);
+    s.create_pool(&pool, &numbers).unwrap();
+    assert_eq!(s.get_pool(&a.id, &pool.id).unwrap().as_ref(), Some(&pool));
+    assert!(s.get_pool(&b.id, &pool.id).unwrap().is_none());
+    assert_eq!(s.list_pools(&a.id).unwrap(), vec![pool.clone()]);
+    assert!(s.list_pools(&b.id).unwrap().is_empty());
+    assert_eq!(
+        s.get_number(&pool.numbers[0])
+            .unwrap()
+            .unwrap()
+            .pool_id
+            .as_deref(),
+        Some(pool.id.as_str())
+    );
+
+    // A second pool reusing one number is refused whole.
+    let (mut other, mut other_numbers) = sample_pool(&a.id, &adv.id, PoolMode::Dynamic, 2, 60, 0);
+    other.numbers[1] = pool.numbers[2].clone();
+    other_numbers[1].number = pool.numbers[2].clone();
+    assert!(matches!(
+        s.create_pool(&other, &other_numbers),
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(s.get_pool(&a.id, &other.id).unwrap().is_none());
+    assert!(s.get_number(&other.numbers[0]).unwrap().is_none());
+
+    let mut changed = pool.clone();
+    changed.hold_seconds = 5;
+    assert!(s.update_pool(&changed).unwrap());
+    assert_eq!(
+        s.get_pool(&a.id, &pool.id).unwrap().unwrap().hold_seconds,
+        5
+    );
+    let foreign = Pool {
+        operator_id: b.id.clone(),
+        ..changed
+    };
+    assert!(!s.update_pool(&foreign).unwrap());
+}
+
+fn dynamic_leases(s: &dyn Store) {
+    let op = s.create_operator("a").unwrap();
+    let adv = s.create_advertiser(&op.id, "shop").unwrap();
+    let (pool, numbers) = sample_pool(&op.id, &adv.id, PoolMode::Dynamic, 3, 60, 10);
+    s.create_pool(&pool, &numbers).unwrap();
+    let t = 10_000_000;
+    let params = |v: &str| BTreeMap::from([("gclid".to_string(), v.to_string())]);
+    let first = s
+        .issue_lease(&pool, Some("s1"), &params("g1"), t)
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (first.number.as_str(), first.expires_at),
+        (pool.numbers[0].as_str(), t + 60_000)
+    );
+    let again = s
+        .issue_lease(&pool, Some("s1"), &params("ignored"), t + 1000)
+        .unwrap()
+        .unwrap();
+    assert_eq!(again.number, first.number, "same session, same number");
+    assert_eq!(again.expires_at, t + 61_000, "re-issuing extends the lease");
+    assert_eq!(
+        again.params,
+        params("g1"),
+        "the lease keeps the parameters it was issued with"
+    );
+    let b = s
+        .issue_lease(&pool, Some("s2"), &params("g2"), t)
+        .unwrap()
+        .unwrap();
+    let c = s
+        .issue_lease(&pool, None, &params("g3"), t)
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        [b.number.as_str(), c.number.as_str()],
+        [pool.numbers[1].as_str(), pool.numbers[2].as_str()]
+    );
+    assert_eq!(
+        s.issue_lease(&pool, Some("s4"), &params("g4"), t).unwrap(),
+        None,
+        "exhausted"
+    );
+    assert_eq!(s.leased_count(&pool.id, t).unwrap(), 3);
+
+    assert_eq!(
+        s.lease_at(&first.number, t + 500).unwrap().unwrap().params,
+        params("g1")
+    );
+    assert_eq!(
+        s.lease_at(&first.number, t + 61_000).unwrap(),
+        None,
+        "after the lease"
+    );
+    assert_eq!(
+        s.lease_at(&first.number, t - 1).unwrap(),
+        None,
+        "before the lease"
+    );
+
+    // b and c ended at t+60 s, first at t+61 s; with 10 s of cool-down, b is free at t+70 s.
+    assert_eq!(
+        s.issue_lease(&pool, Some("s5"), &params("g5"), t + 69_999)
+            .unwrap(),
+        None,
+        "still cooling down"
+    );
+    assert_eq!(
+        s.issue_lease(&pool, Some("s5"), &params("g5"), t + 70_000)
+            .unwrap()
+            .unwrap()
+            .number,
+        b.number
+    );
+    assert_eq!(s.leased_count(&pool.id, t + 70_000).unwrap(), 1);
+}
+
+fn one_time_leases_round_robin(s: &dyn Store) {
+    let op = s.create_operator("a").unwrap();
+    let adv = s.create_advertiser(&op.id, "shop").unwrap();
+    let (pool, numbers) = sample_pool(&op.id, &adv.id, PoolMode::OneTime, 2, 1, 0);
+    s.create_pool(&pool, &numbers).unwrap();
+    let t = 20_000_000;
+    let issue = |at: i64| {
+        s.issue_lease(&pool, Some("same-session"), &BTreeMap::new(), at)
+            .unwrap()
+            .map(|l| l.number)
+    };
+    assert_eq!(issue(t).as_deref(), Some(pool.numbers[0].as_str()));
+    assert_eq!(
+        issue(t).as_deref(),
+        Some(pool.numbers[1].as_str()),
+        "one-time: no reuse by session"
+    );
+    assert_eq!(issue(t), None);
+    assert_eq!(
+        issue(t + 1000).as_deref(),
+        Some(pool.numbers[0].as_str()),
+        "recycled after the hold, oldest first"
+    );
+    assert_eq!(issue(t + 1001).as_deref(), Some(pool.numbers[1].as_str()));
+}
+
+/// Issuers on several threads (and, given several handles on one database, several
+/// connections) never lease one number twice.
+pub fn concurrent_issuers_never_share_a_number(stores: &[&dyn Store]) {
+    let s = stores[0];
+    let op = s.create_operator("a").unwrap();
+    let adv = s.create_advertiser(&op.id, "shop").unwrap();
+    let (pool, numbers) = sample_pool(&op.id, &adv.id, PoolMode::Dynamic, 250, 600, 0);
+    s.create_pool(&pool, &numbers).unwrap();
+    let issued = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for worker in 0..8 {
+            let (pool, issued) = (&pool, &issued);
+            let store = stores[worker % stores.len()];
+            scope.spawn(move || {
+                for i in 0..25 {
+                    let session = format!("w{worker}-{i}");
+                    if let Some(l) = store
+                        .issue_lease(pool, Some(&session), &BTreeMap::new(), 30_000_000)
+                        .unwrap()
+                    {
+                        issued.lock().unwrap().push(l.number);
+                    }
+                }
+            });
+        }
+    });
+    let mut issued = issued.into_inner().unwrap();
+    assert_eq!(issued.len(), 200, "every session got a number");
+    issued.sort();
+    issued.dedup();
+    assert_eq!(issued.len(), 200, "no number was leased twice");
 }

@@ -33,6 +33,8 @@ pub enum StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
+use std::collections::BTreeMap;
+
 /// The operations every backend provides. Reads of operator-owned data take the
 /// operator id, so a backend can never hand one operator another's rows.
 pub trait Store: Send + Sync + 'static {
@@ -74,6 +76,31 @@ pub trait Store: Send + Sync + 'static {
     fn update_number(&self, number: &TrackingNumber) -> Result<bool>;
     fn delete_number(&self, operator_id: &str, number: &str) -> Result<bool>;
     fn all_numbers(&self) -> Result<Vec<TrackingNumber>>;
+
+    // Number pools and leases.
+    /// Creates a pool and its numbers in one step; [`StoreError::Conflict`] if any of
+    /// the numbers exists.
+    fn create_pool(&self, pool: &Pool, numbers: &[TrackingNumber]) -> Result<()>;
+    fn get_pool(&self, operator_id: &str, id: &str) -> Result<Option<Pool>>;
+    fn list_pools(&self, operator_id: &str) -> Result<Vec<Pool>>;
+    /// Replaces a pool's settings (not its numbers); false if the operator has no such pool.
+    fn update_pool(&self, pool: &Pool) -> Result<bool>;
+    /// Leases a number of `pool` at `now_ms`, atomically (compare-and-set: no number is
+    /// ever held by two leases, also across processes). In dynamic mode a `session`
+    /// with a live lease gets the same number with its lease extended. Otherwise the
+    /// free number issued longest ago (never-issued first) is leased. None when every
+    /// number is leased or cooling down.
+    fn issue_lease(
+        &self,
+        pool: &Pool,
+        session: Option<&str>,
+        params: &BTreeMap<String, String>,
+        now_ms: i64,
+    ) -> Result<Option<Lease>>;
+    /// The lease a number was under at `at_ms`, if any (attribution of a call).
+    fn lease_at(&self, number: &str, at_ms: i64) -> Result<Option<Lease>>;
+    /// Numbers of the pool under a live lease at `now_ms`.
+    fn leased_count(&self, pool_id: &str, now_ms: i64) -> Result<usize>;
 
     // Call logs.
     /// Writes finished calls. Idempotent by `call_id`: a record written twice is kept once.

@@ -82,10 +82,51 @@ pub struct TrackingNumber {
     /// (e.g. `{"medium": "flyer", "shop": "shibuya"}`).
     #[serde(default)]
     pub tracking_params: BTreeMap<String, String>,
+    /// The pool a `pool` number belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool_id: Option<String>,
     #[serde(default)]
     pub created_at: i64,
     #[serde(default)]
     pub updated_at: i64,
+}
+
+/// How a pool hands out its numbers (発番方式).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PoolMode {
+    /// 動的: one number per visitor session while its lease lives; re-issuing extends it.
+    Dynamic,
+    /// ワンタイム: every issue leases the next free number, round-robin.
+    OneTime,
+}
+
+/// A set of numbers of one advertiser, leased to page visitors.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pool {
+    pub id: String,
+    pub operator_id: String,
+    pub advertiser_id: String,
+    pub mode: PoolMode,
+    pub numbers: Vec<String>,
+    /// Guaranteed minimum lease.
+    pub hold_seconds: u32,
+    /// Cool-down after a lease ends before the number is issued again.
+    pub recycle_seconds: u32,
+    /// Returned (and counted) when every number is leased or cooling down.
+    pub overflow_number: Option<String>,
+    pub created_at: i64,
+}
+
+/// One issued number: who holds it, with which tracking parameters, until when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub number: String,
+    pub pool_id: String,
+    pub session: Option<String>,
+    pub params: BTreeMap<String, String>,
+    pub issued_at: i64,
+    pub expires_at: i64,
 }
 
 macro_rules! string_enum {

@@ -6,11 +6,13 @@ use crate::model::*;
 use crate::{Result, Store, StoreError};
 use rusqlite::types::Value;
 use rusqlite::{params, params_from_iter, Connection, ErrorCode, OptionalExtension, Row};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 /// Schema versions, applied in order at start (PRAGMA user_version counts them).
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE operators (
     id TEXT PRIMARY KEY,
     name TEXT NOT NULL,
@@ -63,7 +65,27 @@ CREATE TABLE calls (
 );
 CREATE INDEX calls_by_operator_time ON calls(operator_id, started_at, call_id);
 CREATE INDEX calls_by_advertiser_caller ON calls(advertiser_id, caller_number, started_at);
-"#];
+"#,
+    r#"
+CREATE TABLE pools (
+    id TEXT PRIMARY KEY,
+    operator_id TEXT NOT NULL,
+    settings TEXT NOT NULL
+);
+CREATE INDEX pools_by_operator ON pools(operator_id);
+CREATE TABLE leases (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    pool_id TEXT NOT NULL,
+    number TEXT NOT NULL,
+    session TEXT,
+    params TEXT NOT NULL,
+    issued_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL
+);
+CREATE INDEX leases_by_number ON leases(number, issued_at);
+CREATE INDEX leases_by_pool_session ON leases(pool_id, session, expires_at);
+"#,
+];
 
 const CALL_COLUMNS: &str = "call_id, operator_id, advertiser_id, tracking_number, caller_number, caller_kind, \
     destination_number, started_at, answered_at, ended_at, ring_seconds, talk_seconds, result, validity, \
@@ -89,8 +111,13 @@ fn unavailable(e: rusqlite::Error) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
+/// A UNIQUE or PRIMARY KEY violation (not, say, a foreign key: that is a bug, not a conflict).
 fn is_unique_violation(e: &rusqlite::Error) -> bool {
-    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == ErrorCode::ConstraintViolation)
+    const SQLITE_CONSTRAINT_PRIMARYKEY: i32 = 1555;
+    const SQLITE_CONSTRAINT_UNIQUE: i32 = 2067;
+    matches!(e, rusqlite::Error::SqliteFailure(f, _)
+        if f.code == ErrorCode::ConstraintViolation
+            && matches!(f.extended_code, SQLITE_CONSTRAINT_PRIMARYKEY | SQLITE_CONSTRAINT_UNIQUE))
 }
 
 fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
@@ -190,6 +217,49 @@ fn parse_enum<T: std::str::FromStr<Err = String>>(row: &Row, i: usize) -> rusqli
     text.parse().map_err(|e: String| {
         rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, e.into())
     })
+}
+
+fn pool_from(settings: String) -> Result<Pool> {
+    serde_json::from_str(&settings).map_err(|e| StoreError::Corrupt(format!("pool settings: {e}")))
+}
+
+fn lease_from(row: &Row) -> rusqlite::Result<Lease> {
+    let params: String = row.get(3)?;
+    Ok(Lease {
+        pool_id: row.get(0)?,
+        number: row.get(1)?,
+        session: row.get(2)?,
+        params: serde_json::from_str(&params).unwrap_or_default(),
+        issued_at: row.get(4)?,
+        expires_at: row.get(5)?,
+    })
+}
+
+const LEASE_COLUMNS: &str = "pool_id, number, session, params, issued_at, expires_at";
+
+/// Picks the number to lease: among those free at `now` (no lease, or the last one
+/// ended more than `recycle_ms` ago), the one issued longest ago; never-issued numbers
+/// first, ties in pool order. `last` maps a number to its last (issued_at, expires_at).
+pub(crate) fn pick_free(
+    numbers: &[String],
+    last: &std::collections::HashMap<String, (i64, i64)>,
+    now: i64,
+    recycle_ms: i64,
+) -> Option<String> {
+    numbers
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| {
+            last.get(*n)
+                .is_none_or(|(_, expires)| expires + recycle_ms <= now)
+        })
+        .min_by_key(|(i, n)| {
+            (
+                last.get(*n).map(|(issued, _)| *issued).unwrap_or(i64::MIN),
+                *i,
+            )
+        })
+        .map(|(_, n)| n.clone())
 }
 
 fn call_from(row: &Row) -> rusqlite::Result<CallRecord> {
@@ -495,6 +565,145 @@ impl Store for SqliteStore {
         rows.into_iter().map(number_from).collect()
     }
 
+    fn create_pool(&self, pool: &Pool, numbers: &[TrackingNumber]) -> Result<()> {
+        let settings =
+            serde_json::to_string(pool).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let rows: Vec<(String, String)> = numbers
+            .iter()
+            .map(|n| serde_json::to_string(n).map(|s| (n.number.clone(), s)))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.write(|c| {
+            let tx = c.transaction()?;
+            tx.execute("INSERT INTO pools (id, operator_id, settings) VALUES (?1, ?2, ?3)", params![pool.id, pool.operator_id, settings])?;
+            for (number, settings) in &rows {
+                tx.execute(
+                    "INSERT INTO numbers (number, operator_id, advertiser_id, settings) VALUES (?1, ?2, ?3, ?4)",
+                    params![number, pool.operator_id, pool.advertiser_id, settings],
+                )?;
+            }
+            tx.commit()
+        })
+        .map_err(|e| if is_unique_violation(&e) { StoreError::Conflict("one of the pool's numbers".into()) } else { unavailable(e) })
+    }
+
+    fn get_pool(&self, operator_id: &str, id: &str) -> Result<Option<Pool>> {
+        let settings: Option<String> = self.read(|c| {
+            c.query_row(
+                "SELECT settings FROM pools WHERE id = ?1 AND operator_id = ?2",
+                [id, operator_id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(unavailable)
+        })?;
+        settings.map(pool_from).transpose()
+    }
+
+    fn list_pools(&self, operator_id: &str) -> Result<Vec<Pool>> {
+        let rows: Vec<String> = self.read(|c| {
+            let mut st = c
+                .prepare("SELECT settings FROM pools WHERE operator_id = ?1 ORDER BY id")
+                .map_err(unavailable)?;
+            let rows = st
+                .query_map([operator_id], |r| r.get(0))
+                .map_err(unavailable)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(unavailable)
+        })?;
+        rows.into_iter().map(pool_from).collect()
+    }
+
+    fn update_pool(&self, pool: &Pool) -> Result<bool> {
+        let settings =
+            serde_json::to_string(pool).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let n = self
+            .write(|c| {
+                c.execute(
+                    "UPDATE pools SET settings = ?3 WHERE id = ?1 AND operator_id = ?2",
+                    params![pool.id, pool.operator_id, settings],
+                )
+            })
+            .map_err(unavailable)?;
+        Ok(n > 0)
+    }
+
+    fn issue_lease(
+        &self,
+        pool: &Pool,
+        session: Option<&str>,
+        params: &BTreeMap<String, String>,
+        now: i64,
+    ) -> Result<Option<Lease>> {
+        let hold_ms = i64::from(pool.hold_seconds) * 1000;
+        let recycle_ms = i64::from(pool.recycle_seconds) * 1000;
+        let params_json = serde_json::to_string(params).unwrap_or_else(|_| "{}".into());
+        self.write(|c| {
+            // IMMEDIATE takes the database write lock first: the read-then-insert below is
+            // a compare-and-set even against other processes sharing the file.
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            if let (Some(session), PoolMode::Dynamic) = (session, pool.mode) {
+                let live = tx
+                    .query_row(
+                        &format!("SELECT id, {LEASE_COLUMNS} FROM leases WHERE pool_id = ?1 AND session = ?2 AND expires_at > ?3 ORDER BY expires_at DESC LIMIT 1"),
+                        params![pool.id, session, now],
+                        |r| Ok((r.get::<_, i64>(0)?, Lease { pool_id: r.get(1)?, number: r.get(2)?, session: r.get(3)?, params: serde_json::from_str(&r.get::<_, String>(4)?).unwrap_or_default(), issued_at: r.get(5)?, expires_at: r.get(6)? })),
+                    )
+                    .optional()?;
+                if let Some((id, mut lease)) = live {
+                    lease.expires_at = lease.expires_at.max(now + hold_ms);
+                    tx.execute("UPDATE leases SET expires_at = ?2 WHERE id = ?1", params![id, lease.expires_at])?;
+                    tx.commit()?;
+                    return Ok(Some(lease));
+                }
+            }
+            let mut last = std::collections::HashMap::new();
+            {
+                let mut st = tx.prepare_cached("SELECT number, MAX(issued_at), MAX(expires_at) FROM leases WHERE pool_id = ?1 GROUP BY number")?;
+                let rows = st.query_map([&pool.id], |r| Ok((r.get::<_, String>(0)?, (r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))))?;
+                for row in rows {
+                    let (n, v) = row?;
+                    last.insert(n, v);
+                }
+            }
+            let Some(number) = pick_free(&pool.numbers, &last, now, recycle_ms) else {
+                return Ok(None);
+            };
+            let lease = Lease { number, pool_id: pool.id.clone(), session: session.map(str::to_string), params: params.clone(), issued_at: now, expires_at: now + hold_ms };
+            tx.execute(
+                "INSERT INTO leases (pool_id, number, session, params, issued_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![lease.pool_id, lease.number, lease.session, params_json, lease.issued_at, lease.expires_at],
+            )?;
+            tx.commit()?;
+            Ok(Some(lease))
+        })
+        .map_err(unavailable)
+    }
+
+    fn lease_at(&self, number: &str, at_ms: i64) -> Result<Option<Lease>> {
+        self.read(|c| {
+            c.query_row(
+                &format!("SELECT {LEASE_COLUMNS} FROM leases WHERE number = ?1 AND issued_at <= ?2 AND expires_at > ?2 ORDER BY issued_at DESC LIMIT 1"),
+                params![number, at_ms],
+                lease_from,
+            )
+            .optional()
+            .map_err(unavailable)
+        })
+    }
+
+    fn leased_count(&self, pool_id: &str, now_ms: i64) -> Result<usize> {
+        self.read(|c| {
+            c.query_row(
+                "SELECT COUNT(DISTINCT number) FROM leases WHERE pool_id = ?1 AND expires_at > ?2",
+                params![pool_id, now_ms],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n as usize)
+            .map_err(unavailable)
+        })
+    }
+
     fn insert_calls(&self, calls: &[CallRecord]) -> Result<()> {
         self.write(|c| {
             let tx = c.transaction()?;
@@ -640,6 +849,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("t.db")).unwrap();
         crate::conformance::run_all(&store);
+    }
+
+    #[test]
+    fn two_connections_to_one_file_never_share_a_lease() {
+        // Two handles on one file stand for two nodes sharing the embedded store.
+        let dir = tempfile::tempdir().unwrap();
+        let a = SqliteStore::open(&dir.path().join("t.db")).unwrap();
+        let b = SqliteStore::open(&dir.path().join("t.db")).unwrap();
+        crate::conformance::concurrent_issuers_never_share_a_number(&[&a, &b]);
     }
 
     #[test]
