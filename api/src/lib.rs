@@ -14,8 +14,10 @@ mod numbers;
 mod openapi;
 mod operators;
 mod ops;
+mod pools;
 
 pub use error::ApiError;
+pub use pools::PoolMetrics;
 
 use axum::routing::{get, post};
 use axum::Router;
@@ -36,6 +38,7 @@ pub struct ApiState {
     pub hooks: Arc<dyn NodeHooks>,
     pub registry: Arc<Registry>,
     pub admin_token: String,
+    pub pool_metrics: PoolMetrics,
 }
 
 pub fn router(state: Arc<ApiState>) -> Router {
@@ -72,6 +75,9 @@ pub fn router(state: Arc<ApiState>) -> Router {
                 .patch(numbers::update)
                 .delete(numbers::delete),
         )
+        .route("/v1/pools", post(pools::create).get(pools::list))
+        .route("/v1/pools/{id}", get(pools::get_one).patch(pools::update))
+        .route("/v1/pools/{id}/issue", post(pools::issue))
         .route("/v1/calls", get(calls::list))
         .route("/v1/calls/{call_id}", get(calls::get_one))
         .route("/v1/calls/{call_id}/recording", get(calls::recording))

@@ -41,7 +41,7 @@ struct NumberPatch {
     tracking_params: Option<BTreeMap<String, String>>,
 }
 
-fn is_phone_number(s: &str) -> bool {
+pub(crate) fn is_phone_number(s: &str) -> bool {
     (4..=15).contains(&s.len()) && s.chars().all(|c| c.is_ascii_digit())
 }
 
@@ -53,19 +53,22 @@ fn validate(n: &TrackingNumber) -> Result<(), ApiError> {
             "must be 4 to 15 digits in national form (e.g. 0501234567)",
         ));
     }
-    if n.kind != NumberKind::Static {
-        return Err(ApiError::invalid(
-            "kind",
-            "only `static` numbers are supported so far",
-        ));
-    }
-    if n.destinations.is_empty() || n.destinations.len() > 10 {
+    validate_forwarding(&n.destinations, &n.validity)?;
+    validate_params("tracking_params", &n.tracking_params)
+}
+
+/// Destinations (1-10, ring 1-300 s) and the validity rule, shared with pools.
+pub(crate) fn validate_forwarding(
+    destinations: &[Destination],
+    validity: &ValidityRule,
+) -> Result<(), ApiError> {
+    if destinations.is_empty() || destinations.len() > 10 {
         return Err(ApiError::invalid(
             "destinations",
             "needs 1 to 10 destinations",
         ));
     }
-    for (i, d) in n.destinations.iter().enumerate() {
+    for (i, d) in destinations.iter().enumerate() {
         if !is_phone_number(&d.number) {
             return Err(ApiError::invalid(
                 &format!("destinations[{i}].number"),
@@ -79,25 +82,33 @@ fn validate(n: &TrackingNumber) -> Result<(), ApiError> {
             ));
         }
     }
-    if n.validity.min_talk_seconds > 86_400 {
+    if validity.min_talk_seconds > 86_400 {
         return Err(ApiError::invalid(
             "validity.min_talk_seconds",
             "must be at most 86400",
         ));
     }
-    if n.validity.duplicate_window_seconds > 366 * 86_400 {
+    if validity.duplicate_window_seconds > 366 * 86_400 {
         return Err(ApiError::invalid(
             "validity.duplicate_window_seconds",
             "must be at most a year",
         ));
     }
-    if n.tracking_params.len() > 50
-        || n.tracking_params
+    Ok(())
+}
+
+/// Tracking parameters: at most 50 keys of 1-100 characters, values up to 2000.
+pub(crate) fn validate_params(
+    field: &str,
+    params: &BTreeMap<String, String>,
+) -> Result<(), ApiError> {
+    if params.len() > 50
+        || params
             .iter()
             .any(|(k, v)| k.is_empty() || k.len() > 100 || v.len() > 2000)
     {
         return Err(ApiError::invalid(
-            "tracking_params",
+            field,
             "at most 50 keys of 1-100 characters with values up to 2000",
         ));
     }
@@ -113,6 +124,7 @@ fn view(n: &TrackingNumber) -> Value {
         "validity": n.validity,
         "caller_id": n.caller_id,
         "tracking_params": n.tracking_params,
+        "pool_id": n.pool_id,
         "created_at": rfc3339(n.created_at),
         "updated_at": rfc3339(n.updated_at),
     })
@@ -154,6 +166,12 @@ pub async fn create(
         created_at: now,
         updated_at: now,
     };
+    if number.kind != NumberKind::Static {
+        return Err(ApiError::invalid(
+            "kind",
+            "numbers created here are `static`; pool numbers come with POST /v1/pools",
+        ));
+    }
     validate(&number)?;
     check_advertiser(&st, &op, &number.advertiser_id).await?;
     let n = number.clone();
@@ -234,6 +252,11 @@ pub async fn delete(
     State(st): State<Arc<ApiState>>,
     Path(number): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    if let Some(pool) = owned(&st, &op, &number).await?.pool_id {
+        return Err(ApiError::conflict(format!(
+            "number {number} belongs to pool {pool}"
+        )));
+    }
     let num = number.clone();
     if !db(&st, move |s| s.delete_number(&op, &num)).await? {
         return Err(not_found());

@@ -15,6 +15,9 @@ use tsunagu_store::{CallRecord, CallerKind, Store, ValidityRule};
 pub struct LogEntry {
     pub record: CallRecord,
     pub rule: ValidityRule,
+    /// The tracking number is a pool number: attribute the call to the lease it was
+    /// under when the call started.
+    pub pooled: bool,
 }
 
 enum LogMsg {
@@ -113,8 +116,9 @@ fn write_with_retry(store: &dyn Store, batch: &mut Vec<LogEntry>, metrics: &Call
     }
 }
 
-/// Judges each record's validity, looking for earlier calls in the store and earlier
-/// in this batch.
+/// Completes each record before it is stored: the lease's tracking parameters for pool
+/// numbers (attribution), and validity, looking for earlier calls in the store and
+/// earlier in this batch.
 fn judge_batch(store: &dyn Store, batch: &[LogEntry]) -> tsunagu_store::Result<Vec<CallRecord>> {
     let mut out: Vec<CallRecord> = Vec::with_capacity(batch.len());
     for e in batch {
@@ -144,6 +148,11 @@ fn judge_batch(store: &dyn Store, batch: &[LogEntry]) -> tsunagu_store::Result<V
         };
         let mut record = r.clone();
         record.validity = judge(&e.rule, &facts);
+        if e.pooled {
+            if let Some(lease) = store.lease_at(&r.tracking_number, r.started_at)? {
+                record.tracking_params.extend(lease.params);
+            }
+        }
         out.push(record);
     }
     Ok(out)
@@ -167,7 +176,11 @@ mod tests {
         let at = |start: i64, talk: u32| {
             let mut r = sample_call(&op.id, "adv_1", start);
             r.talk_seconds = talk;
-            LogEntry { record: r, rule }
+            LogEntry {
+                record: r,
+                rule,
+                pooled: false,
+            }
         };
         let metrics = CallMetrics::default();
         let mut first = vec![at(1_000_000, 30)];

@@ -77,6 +77,7 @@ pub struct Metrics {
     pub calls: CallMetrics,
     pub sip: SipMetrics,
     pub media: MediaMetrics,
+    pub pools: tsunagu_api::PoolMetrics,
 }
 
 impl Metrics {
@@ -147,6 +148,7 @@ impl Metrics {
         );
         self.sip.register(&mut r);
         self.media.register(&mut r);
+        self.pools.register(&mut r);
         r
     }
 }

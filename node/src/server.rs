@@ -234,6 +234,7 @@ pub async fn run(
         }),
         registry: Arc::new(metrics.registry()),
         admin_token: token.clone(),
+        pool_metrics: metrics.pools.clone(),
     });
     let api_listener = tokio::net::TcpListener::bind(config.api.listen)
         .await

@@ -4,3 +4,4 @@
 mod api;
 mod calls;
 mod harness;
+mod pools;

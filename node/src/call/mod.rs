@@ -22,7 +22,9 @@ use tsunagu_media::{sdp, Relay, Side};
 use tsunagu_sip::endpoint::CallSink;
 use tsunagu_sip::parse::{header, sdp_body, uri_of, uri_user, Peer};
 use tsunagu_sip::{Method, NewInvite, Request, Response, SipEvent};
-use tsunagu_store::{CallRecord, CallResult, CallerIdMode, CallerKind, TrackingNumber, Validity};
+use tsunagu_store::{
+    CallRecord, CallResult, CallerIdMode, CallerKind, NumberKind, TrackingNumber, Validity,
+};
 
 pub enum CallMsg {
     Start,
@@ -678,6 +680,7 @@ impl Call {
         self.ctx.log.write(LogEntry {
             record,
             rule: self.number.validity,
+            pooled: self.number.kind == NumberKind::Pool,
         });
         self.logged.store(true, Ordering::Release);
         self.ep().unregister(&self.a.info.call_id);
@@ -719,5 +722,6 @@ pub fn failed_record(ctx: &NodeContext, seed: &CallSeed) -> LogEntry {
     LogEntry {
         record,
         rule: seed.number.validity,
+        pooled: seed.number.kind == NumberKind::Pool,
     }
 }

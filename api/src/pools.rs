@@ -1,0 +1,346 @@
+//! `/v1/pools` (operator key): number pools for dynamic (動的) and one-time (ワンタイム)
+//! issuance. `POST /v1/pools/{id}/issue` leases a number to a page visitor with its
+//! tracking parameters; a call to it while the lease lives carries them into the call
+//! log. Leases are compare-and-set in the store: no number is held twice.
+
+use crate::auth::OperatorId;
+use crate::error::parse_json;
+use crate::numbers::{is_phone_number, validate_forwarding, validate_params};
+use crate::{db, rfc3339, ApiError, ApiState};
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Instant;
+use tsunagu_store::{
+    CallerIdMode, Destination, NumberKind, Pool, PoolMode, TrackingNumber, ValidityRule,
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolLabel {
+    pub pool: String,
+}
+
+/// Issuance metrics.
+#[derive(Clone)]
+pub struct PoolMetrics {
+    pub issued: Family<PoolLabel, Counter>,
+    pub overflows: Family<PoolLabel, Counter>,
+    pub leased: Family<PoolLabel, Gauge>,
+    pub size: Family<PoolLabel, Gauge>,
+    pub issue_seconds: Histogram,
+}
+
+impl Default for PoolMetrics {
+    fn default() -> Self {
+        PoolMetrics {
+            issued: Family::default(),
+            overflows: Family::default(),
+            leased: Family::default(),
+            size: Family::default(),
+            issue_seconds: Histogram::new([
+                0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0,
+            ]),
+        }
+    }
+}
+
+impl PoolMetrics {
+    pub fn register(&self, r: &mut Registry) {
+        r.register(
+            "pool_issued",
+            "Numbers issued from a pool (new leases and extensions)",
+            self.issued.clone(),
+        );
+        r.register(
+            "pool_overflows",
+            "Issue requests answered with the overflow number because the pool was exhausted",
+            self.overflows.clone(),
+        );
+        r.register(
+            "pool_leased",
+            "Numbers of a pool under a live lease, as of its last issue request",
+            self.leased.clone(),
+        );
+        r.register("pool_size", "Numbers in a pool", self.size.clone());
+        r.register(
+            "pool_issue_seconds",
+            "Latency of issue requests (store compare-and-set included)",
+            self.issue_seconds.clone(),
+        );
+    }
+}
+
+fn default_hold() -> u32 {
+    1800
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PoolInput {
+    advertiser_id: String,
+    mode: PoolMode,
+    numbers: Vec<String>,
+    #[serde(default = "default_hold")]
+    hold_seconds: u32,
+    #[serde(default)]
+    recycle_seconds: u32,
+    #[serde(default)]
+    overflow_number: Option<String>,
+    destinations: Vec<Destination>,
+    #[serde(default)]
+    validity: ValidityRule,
+    #[serde(default)]
+    caller_id: CallerIdMode,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PoolPatch {
+    hold_seconds: Option<u32>,
+    recycle_seconds: Option<u32>,
+    overflow_number: Option<Option<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct IssueInput {
+    #[serde(default)]
+    params: BTreeMap<String, String>,
+}
+
+const WEEK: u32 = 7 * 86_400;
+
+fn validate_settings(hold: u32, recycle: u32, overflow: &Option<String>) -> Result<(), ApiError> {
+    if !(1..=WEEK).contains(&hold) {
+        return Err(ApiError::invalid("hold_seconds", "must be 1 to 604800"));
+    }
+    if recycle > WEEK {
+        return Err(ApiError::invalid(
+            "recycle_seconds",
+            "must be at most 604800",
+        ));
+    }
+    if overflow.as_deref().is_some_and(|n| !is_phone_number(n)) {
+        return Err(ApiError::invalid(
+            "overflow_number",
+            "must be 4 to 15 digits",
+        ));
+    }
+    Ok(())
+}
+
+fn view(p: &Pool) -> Value {
+    json!({
+        "id": p.id,
+        "advertiser_id": p.advertiser_id,
+        "mode": p.mode,
+        "numbers": p.numbers,
+        "hold_seconds": p.hold_seconds,
+        "recycle_seconds": p.recycle_seconds,
+        "overflow_number": p.overflow_number,
+        "created_at": rfc3339(p.created_at),
+    })
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+fn not_found() -> ApiError {
+    ApiError::not_found("no such pool")
+}
+
+pub async fn create(
+    OperatorId(op): OperatorId,
+    State(st): State<Arc<ApiState>>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let input: PoolInput = parse_json(&body)?;
+    if input.numbers.is_empty() || input.numbers.len() > 1000 {
+        return Err(ApiError::invalid("numbers", "needs 1 to 1000 numbers"));
+    }
+    let mut seen = HashSet::new();
+    for (i, n) in input.numbers.iter().enumerate() {
+        if !is_phone_number(n) || !seen.insert(n) {
+            return Err(ApiError::invalid(
+                &format!("numbers[{i}]"),
+                "must be 4 to 15 digits and listed once",
+            ));
+        }
+    }
+    validate_settings(
+        input.hold_seconds,
+        input.recycle_seconds,
+        &input.overflow_number,
+    )?;
+    validate_forwarding(&input.destinations, &input.validity)?;
+    let (o, a) = (op.clone(), input.advertiser_id.clone());
+    if db(&st, move |s| s.get_advertiser(&o, &a)).await?.is_none() {
+        return Err(ApiError::invalid("advertiser_id", "no such advertiser"));
+    }
+    let now = now_ms();
+    let pool = Pool {
+        id: tsunagu_store::new_id("pool"),
+        operator_id: op.clone(),
+        advertiser_id: input.advertiser_id.clone(),
+        mode: input.mode,
+        numbers: input.numbers.clone(),
+        hold_seconds: input.hold_seconds,
+        recycle_seconds: input.recycle_seconds,
+        overflow_number: input.overflow_number,
+        created_at: now,
+    };
+    let records: Vec<TrackingNumber> = input
+        .numbers
+        .iter()
+        .map(|n| TrackingNumber {
+            number: n.clone(),
+            operator_id: op.clone(),
+            advertiser_id: input.advertiser_id.clone(),
+            kind: NumberKind::Pool,
+            destinations: input.destinations.clone(),
+            validity: input.validity,
+            caller_id: input.caller_id,
+            tracking_params: BTreeMap::new(),
+            pool_id: Some(pool.id.clone()),
+            created_at: now,
+            updated_at: now,
+        })
+        .collect();
+    let p = pool.clone();
+    db(&st, move |s| s.create_pool(&p, &records)).await?;
+    for n in &pool.numbers {
+        st.hooks.number_changed(n);
+    }
+    st.pool_metrics
+        .size
+        .get_or_create(&PoolLabel {
+            pool: pool.id.clone(),
+        })
+        .set(pool.numbers.len() as i64);
+    Ok((StatusCode::CREATED, Json(view(&pool))))
+}
+
+pub async fn list(
+    OperatorId(op): OperatorId,
+    State(st): State<Arc<ApiState>>,
+) -> Result<Json<Value>, ApiError> {
+    let pools = db(&st, move |s| s.list_pools(&op)).await?;
+    Ok(Json(
+        json!({"pools": pools.iter().map(view).collect::<Vec<_>>()}),
+    ))
+}
+
+pub async fn get_one(
+    OperatorId(op): OperatorId,
+    State(st): State<Arc<ApiState>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let pool = db(&st, move |s| s.get_pool(&op, &id))
+        .await?
+        .ok_or_else(not_found)?;
+    let pid = pool.id.clone();
+    let leased = db(&st, move |s| s.leased_count(&pid, now_ms())).await?;
+    let mut v = view(&pool);
+    v["leased"] = json!(leased);
+    Ok(Json(v))
+}
+
+pub async fn update(
+    OperatorId(op): OperatorId,
+    State(st): State<Arc<ApiState>>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let patch: PoolPatch = parse_json(&body)?;
+    let mut pool = db(&st, move |s| s.get_pool(&op, &id))
+        .await?
+        .ok_or_else(not_found)?;
+    if let Some(h) = patch.hold_seconds {
+        pool.hold_seconds = h;
+    }
+    if let Some(r) = patch.recycle_seconds {
+        pool.recycle_seconds = r;
+    }
+    if let Some(o) = patch.overflow_number {
+        pool.overflow_number = o;
+    }
+    validate_settings(
+        pool.hold_seconds,
+        pool.recycle_seconds,
+        &pool.overflow_number,
+    )?;
+    let saved = pool.clone();
+    if !db(&st, move |s| s.update_pool(&saved)).await? {
+        return Err(not_found());
+    }
+    Ok(Json(view(&pool)))
+}
+
+pub async fn issue(
+    OperatorId(op): OperatorId,
+    State(st): State<Arc<ApiState>>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let started = Instant::now();
+    let input: IssueInput = if body.is_empty() {
+        IssueInput::default()
+    } else {
+        parse_json(&body)?
+    };
+    validate_params("params", &input.params)?;
+    let pool = db(&st, move |s| s.get_pool(&op, &id))
+        .await?
+        .ok_or_else(not_found)?;
+    let label = PoolLabel {
+        pool: pool.id.clone(),
+    };
+    // The visitor's session: its session id, else its cookie id; none = a new visitor.
+    let session = input
+        .params
+        .get("session_id")
+        .or_else(|| input.params.get("cookie_id"))
+        .cloned();
+    let now = now_ms();
+    let p = pool.clone();
+    let (lease, leased) = db(&st, move |s| {
+        let lease = s.issue_lease(&p, session.as_deref(), &input.params, now)?;
+        Ok((lease, s.leased_count(&p.id, now)?))
+    })
+    .await?;
+    let m = &st.pool_metrics;
+    m.leased.get_or_create(&label).set(leased as i64);
+    m.size.get_or_create(&label).set(pool.numbers.len() as i64);
+    m.issue_seconds.observe(started.elapsed().as_secs_f64());
+    match lease {
+        Some(l) => {
+            m.issued.get_or_create(&label).inc();
+            Ok(Json(
+                json!({"number": l.number, "expires_at": rfc3339(l.expires_at), "overflow": false}),
+            ))
+        }
+        None => {
+            m.overflows.get_or_create(&label).inc();
+            match pool.overflow_number {
+                Some(n) => Ok(Json(
+                    json!({"number": n, "expires_at": null, "overflow": true}),
+                )),
+                None => Err(ApiError::unavailable(
+                    "every number of the pool is leased and the pool has no overflow_number",
+                )),
+            }
+        }
+    }
+}
