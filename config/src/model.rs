@@ -224,6 +224,9 @@ pub struct TrunkConfig {
     /// New inbound calls per second accepted from this trunk; 0 = no cap.
     #[serde(default)]
     pub max_cps: u32,
+    /// How long an INVITE over `max_cps` may wait for its turn before it is refused 503.
+    #[serde(default = "default_shaping_ms")]
+    pub shaping_ms: u32,
     /// Calls (inbound and outbound) open on this trunk at once; 0 = no cap.
     #[serde(default)]
     pub max_channels: u32,
@@ -240,6 +243,9 @@ pub struct RouteConfig {
     pub trunks: Vec<String>,
 }
 
+fn default_shaping_ms() -> u32 {
+    200
+}
 fn default_node_id() -> String {
     "n1".into()
 }

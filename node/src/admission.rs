@@ -1,14 +1,15 @@
 //! Admission of new INVITEs, on the SIP endpoint's task (so it never blocks): source
 //! trunk (403), hop count (483), tracking number (404), SDP offer (488), then capacity
 //! — draining node, node-wide call cap, trunk channel and call-rate caps — answered
-//! 503 with Retry-After. An admitted call is handed to the supervisor to spawn.
+//! 503 with Retry-After. A call over its trunk's rate whose turn comes within the
+//! trunk's shaping delay is started late instead of refused. An admitted call is handed to the supervisor to spawn.
 
 use crate::call::CallArgs;
 use crate::context::NodeContext;
 use crate::decide::caller::normalize;
 use crate::decide::rate::TokenBucket;
 use crate::directory::Directory;
-use crate::metrics::RejectLabel;
+use crate::metrics::{RejectLabel, TrunkLabel};
 use crate::supervisor::SupervisorMsg;
 use ractor::ActorRef;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -89,13 +90,15 @@ impl InviteHandler for Admission {
         {
             return Err(self.reject(503, "trunk_channels"));
         }
+        let mut wait = std::time::Duration::ZERO;
         if let Some(bucket) = &self.cps[trunk] {
-            if !bucket
+            let reserved = bucket
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .try_take(Instant::now())
-            {
-                return Err(self.reject(503, "trunk_cps"));
+                .reserve(Instant::now(), t.shaping);
+            match reserved {
+                Some(w) => wait = w,
+                None => return Err(self.reject(503, "trunk_cps")),
             }
         }
         let args = CallArgs {
@@ -106,6 +109,20 @@ impl InviteHandler for Admission {
             id: tsunagu_store::new_id("call"),
             logged: Arc::new(AtomicBool::new(false)),
         };
+        if !wait.is_zero() {
+            // Shaped: the call starts when its turn comes (100 Trying was sent already).
+            ctx.metrics
+                .calls
+                .shaped
+                .get_or_create(&TrunkLabel {
+                    trunk: t.name.clone(),
+                })
+                .inc();
+            let args = Box::new(args);
+            self.supervisor
+                .send_after(wait, move || SupervisorMsg::Spawn(args));
+            return Ok(());
+        }
         self.supervisor
             .send_message(SupervisorMsg::Spawn(Box::new(args)))
             .map_err(|_| self.reject(503, "supervisor_down"))

@@ -41,6 +41,7 @@ pub struct CallMetrics {
     pub store_write_seconds: Histogram,
     pub trunk_up: Family<TrunkLabel, Gauge>,
     pub trunk_ping_failures: Family<TrunkLabel, Counter>,
+    pub shaped: Family<TrunkLabel, Counter>,
 }
 
 impl Default for CallMetrics {
@@ -67,6 +68,7 @@ impl Default for CallMetrics {
             ]),
             trunk_up: Family::default(),
             trunk_ping_failures: Family::default(),
+            shaped: Family::default(),
         }
     }
 }
@@ -140,6 +142,11 @@ impl Metrics {
             "trunk_up",
             "1 while a trunk answers its OPTIONS keepalives, 0 once it missed two in a row (trunks with keepalives only)",
             c.trunk_up.clone(),
+        );
+        r.register(
+            "invites_shaped",
+            "INVITEs over a trunk's max_cps that waited for their turn (up to shaping_ms) instead of a 503",
+            c.shaped.clone(),
         );
         r.register(
             "trunk_ping_failures",

@@ -479,3 +479,48 @@ trunks = ["dead", "carrier-a"]
     );
     assert!(node.metric("tsunagu_trunk_ping_failures_total{trunk=\"dead\"}") >= 2.0);
 }
+
+#[test]
+fn a_trunk_over_its_call_rate_is_shaped_then_refused() {
+    let ports = Ports::take();
+    // Calls from 127.0.0.3 arrive on a trunk capped at 5 calls/s with 300 ms of shaping.
+    let extra = r#"
+[[trunks]]
+name = "slow"
+inbound = ["127.0.0.3/32"]
+max_cps = 5
+shaping_ms = 300
+"#;
+    let node = Node::start(ports, "127.0.0.1/32", extra);
+    let (key, _) = node.provision("0501234567", DEST, "{}");
+    let _uas = Uas::start("uas_answer.xml", ports, node.dir.path(), &[]);
+    let run = uac(
+        "uac.xml",
+        ports,
+        "0501234567",
+        20,
+        40,
+        &["-d", "100", "-i", "127.0.0.3"],
+    );
+    let shaped = node.metric("tsunagu_invites_shaped_total{trunk=\"slow\"}");
+    let refused = node.metric("tsunagu_invites_rejected_total{code=\"503\",reason=\"trunk_cps\"}");
+    assert!(shaped >= 1.0, "some calls waited for their turn: {shaped}");
+    assert!(
+        refused >= 1.0,
+        "calls beyond the shaping delay were refused: {refused}"
+    );
+    assert_eq!(
+        run.successful as f64 + refused,
+        20.0,
+        "every call was answered or refused: {}",
+        run.output
+    );
+    assert!(
+        run.successful as f64 >= 5.0 + shaped,
+        "the burst and the shaped calls all went through"
+    );
+    assert_eq!(
+        node.wait_for_calls(&key, run.successful as usize).len() as u64,
+        run.successful
+    );
+}

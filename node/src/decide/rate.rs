@@ -1,7 +1,9 @@
-//! A token bucket for per-trunk call-rate caps: `rate` tokens per second, holding at
-//! most one second's worth, so a trunk may burst to its cap but not beyond.
+//! A token bucket for per-trunk call-rate caps with shaping: `rate` tokens per second,
+//! holding at most one second's worth, so a trunk may burst to its cap. A call over the
+//! rate may borrow a future token if its turn comes within the shaping delay: it then
+//! waits that long instead of being refused (a short queue before 503).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 #[derive(Debug)]
 pub struct TokenBucket {
@@ -19,16 +21,22 @@ impl TokenBucket {
         }
     }
 
-    /// Takes a token if one is available at `now`.
-    pub fn try_take(&mut self, now: Instant) -> bool {
+    /// Reserves a token at `now`: `Some(wait)` if the call may go after `wait` (zero
+    /// when a token is there), `None` if its turn is further away than `max_wait`.
+    pub fn reserve(&mut self, now: Instant, max_wait: Duration) -> Option<Duration> {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now.max(self.last);
         self.tokens = (self.tokens + elapsed * self.rate).min(self.rate);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
-            true
+            return Some(Duration::ZERO);
+        }
+        let wait = Duration::from_secs_f64((1.0 - self.tokens) / self.rate);
+        if wait <= max_wait {
+            self.tokens -= 1.0;
+            Some(wait)
         } else {
-            false
+            None
         }
     }
 }
@@ -36,27 +44,59 @@ impl TokenBucket {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn bursts_to_the_cap_then_refills_at_the_rate() {
         let t0 = Instant::now();
         let mut b = TokenBucket::new(10, t0);
-        let taken = (0..15).filter(|_| b.try_take(t0)).count();
+        let now = |ms| Some(Duration::from_millis(ms));
+        let taken = (0..15)
+            .filter(|_| b.reserve(t0, Duration::ZERO).is_some())
+            .count();
         assert_eq!(taken, 10, "one second's worth of burst");
-        assert!(
-            !b.try_take(t0 + Duration::from_millis(50)),
+        assert_eq!(
+            b.reserve(t0 + Duration::from_millis(50), Duration::ZERO),
+            None,
             "half a token after 50 ms"
         );
-        assert!(
-            b.try_take(t0 + Duration::from_millis(100)),
+        assert_eq!(
+            b.reserve(t0 + Duration::from_millis(100), Duration::ZERO),
+            now(0),
             "one token after 100 ms"
         );
         let later = t0 + Duration::from_secs(60);
         assert_eq!(
-            (0..15).filter(|_| b.try_take(later)).count(),
+            (0..15)
+                .filter(|_| b.reserve(later, Duration::ZERO).is_some())
+                .count(),
             10,
             "never more than the cap"
+        );
+    }
+
+    #[test]
+    fn shaping_delays_calls_whose_turn_is_near() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(10, t0);
+        for _ in 0..10 {
+            assert_eq!(
+                b.reserve(t0, Duration::from_millis(250)),
+                Some(Duration::ZERO)
+            );
+        }
+        // Each further call waits one more tenth of a second, up to the shaping limit.
+        let waits: Vec<Option<u128>> = (0..4)
+            .map(|_| {
+                b.reserve(t0, Duration::from_millis(250))
+                    .map(|d| d.as_millis())
+            })
+            .collect();
+        assert_eq!(waits, vec![Some(100), Some(200), None, None]);
+        // Time pays the debt back: 300 ms later the next call waits 100 ms again.
+        assert_eq!(
+            b.reserve(t0 + Duration::from_millis(300), Duration::from_millis(250))
+                .map(|d| d.as_millis()),
+            Some(100)
         );
     }
 }

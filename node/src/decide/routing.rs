@@ -10,6 +10,7 @@ pub struct Trunk {
     pub inbound: Vec<Cidr>,
     pub outbound: Option<Listener>,
     pub max_cps: u32,
+    pub shaping: std::time::Duration,
     pub max_channels: u32,
 }
 
@@ -30,6 +31,7 @@ impl Routing {
                 inbound: t.inbound.clone(),
                 outbound: t.outbound,
                 max_cps: t.max_cps,
+                shaping: std::time::Duration::from_millis(u64::from(t.shaping_ms)),
                 max_channels: t.max_channels,
             })
             .collect();
