@@ -92,11 +92,12 @@ mod tests {
             })
             .collect();
         assert_eq!(waits, vec![Some(100), Some(200), None, None]);
-        // Time pays the debt back: 300 ms later the next call waits 100 ms again.
+        // Time pays the debt back: two tokens were borrowed; 250 ms later half a token is
+        // there, so the next call waits 50 ms.
         assert_eq!(
-            b.reserve(t0 + Duration::from_millis(300), Duration::from_millis(250))
+            b.reserve(t0 + Duration::from_millis(250), Duration::from_millis(250))
                 .map(|d| d.as_millis()),
-            Some(100)
+            Some(50)
         );
     }
 }
