@@ -84,6 +84,16 @@ CREATE TABLE leases (
 );
 CREATE INDEX leases_by_number ON leases(number, issued_at);
 CREATE INDEX leases_by_pool_session ON leases(pool_id, session, expires_at);
+-- The current state of every pool number, so picking a free one reads a few rows of an
+-- index instead of the whole lease history.
+CREATE TABLE pool_numbers (
+    number TEXT PRIMARY KEY,
+    pool_id TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    last_issued_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL
+);
+CREATE INDEX pool_numbers_by_age ON pool_numbers(pool_id, last_issued_at, position);
 "#,
 ];
 
@@ -236,31 +246,6 @@ fn lease_from(row: &Row) -> rusqlite::Result<Lease> {
 }
 
 const LEASE_COLUMNS: &str = "pool_id, number, session, params, issued_at, expires_at";
-
-/// Picks the number to lease: among those free at `now` (no lease, or the last one
-/// ended more than `recycle_ms` ago), the one issued longest ago; never-issued numbers
-/// first, ties in pool order. `last` maps a number to its last (issued_at, expires_at).
-pub(crate) fn pick_free(
-    numbers: &[String],
-    last: &std::collections::HashMap<String, (i64, i64)>,
-    now: i64,
-    recycle_ms: i64,
-) -> Option<String> {
-    numbers
-        .iter()
-        .enumerate()
-        .filter(|(_, n)| {
-            last.get(*n)
-                .is_none_or(|(_, expires)| expires + recycle_ms <= now)
-        })
-        .min_by_key(|(i, n)| {
-            (
-                last.get(*n).map(|(issued, _)| *issued).unwrap_or(i64::MIN),
-                *i,
-            )
-        })
-        .map(|(_, n)| n.clone())
-}
 
 fn call_from(row: &Row) -> rusqlite::Result<CallRecord> {
     let params: String = row.get(17)?;
@@ -582,6 +567,12 @@ impl Store for SqliteStore {
                     params![number, pool.operator_id, pool.advertiser_id, settings],
                 )?;
             }
+            for (position, number) in pool.numbers.iter().enumerate() {
+                tx.execute(
+                    "INSERT INTO pool_numbers (number, pool_id, position, last_issued_at, expires_at) VALUES (?1, ?2, ?3, 0, 0)",
+                    params![number, pool.id, position as i64],
+                )?;
+            }
             tx.commit()
         })
         .map_err(|e| if is_unique_violation(&e) { StoreError::Conflict("one of the pool's numbers".into()) } else { unavailable(e) })
@@ -653,23 +644,27 @@ impl Store for SqliteStore {
                 if let Some((id, mut lease)) = live {
                     lease.expires_at = lease.expires_at.max(now + hold_ms);
                     tx.execute("UPDATE leases SET expires_at = ?2 WHERE id = ?1", params![id, lease.expires_at])?;
+                    tx.execute("UPDATE pool_numbers SET expires_at = ?2 WHERE number = ?1", params![lease.number, lease.expires_at])?;
                     tx.commit()?;
                     return Ok(Some(lease));
                 }
             }
-            let mut last = std::collections::HashMap::new();
-            {
-                let mut st = tx.prepare_cached("SELECT number, MAX(issued_at), MAX(expires_at) FROM leases WHERE pool_id = ?1 GROUP BY number")?;
-                let rows = st.query_map([&pool.id], |r| Ok((r.get::<_, String>(0)?, (r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))))?;
-                for row in rows {
-                    let (n, v) = row?;
-                    last.insert(n, v);
-                }
-            }
-            let Some(number) = pick_free(&pool.numbers, &last, now, recycle_ms) else {
+            // The free number issued longest ago (never issued = 0, first), ties in pool order.
+            let number: Option<String> = tx
+                .prepare_cached(
+                    "SELECT number FROM pool_numbers WHERE pool_id = ?1 AND expires_at + ?2 <= ?3 \
+                     ORDER BY last_issued_at, position LIMIT 1",
+                )?
+                .query_row(params![pool.id, recycle_ms, now], |r| r.get(0))
+                .optional()?;
+            let Some(number) = number else {
                 return Ok(None);
             };
             let lease = Lease { number, pool_id: pool.id.clone(), session: session.map(str::to_string), params: params.clone(), issued_at: now, expires_at: now + hold_ms };
+            tx.execute(
+                "UPDATE pool_numbers SET last_issued_at = ?2, expires_at = ?3 WHERE number = ?1",
+                params![lease.number, lease.issued_at, lease.expires_at],
+            )?;
             tx.execute(
                 "INSERT INTO leases (pool_id, number, session, params, issued_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 params![lease.pool_id, lease.number, lease.session, params_json, lease.issued_at, lease.expires_at],
@@ -695,7 +690,7 @@ impl Store for SqliteStore {
     fn leased_count(&self, pool_id: &str, now_ms: i64) -> Result<usize> {
         self.read(|c| {
             c.query_row(
-                "SELECT COUNT(DISTINCT number) FROM leases WHERE pool_id = ?1 AND expires_at > ?2",
+                "SELECT COUNT(*) FROM pool_numbers WHERE pool_id = ?1 AND expires_at > ?2",
                 params![pool_id, now_ms],
                 |r| r.get::<_, i64>(0),
             )
