@@ -174,6 +174,13 @@ fn busy_no_answer_and_cancel_are_logged_with_their_result() {
         let _uas = Uas::start("uas_no_answer.xml", ports, node.dir.path(), &[]);
         let run = uac("uac_cancel.xml", ports, "0501111111", 4, 10, &["-d", "300"]);
         assert_eq!((run.exit, run.successful), (0, 4), "cancel: {}", run.output);
+        // The caller is answered 487 at once; the destination must stay up to answer
+        // the node's CANCEL, or the calls end only at the 32 s transaction timeout.
+        node.wait_until(
+            Duration::from_secs(20),
+            "the cancelled calls to end",
+            || node.metric("tsunagu_calls_ended_total{result=\"cancelled\"}") == 4.0,
+        );
     }
     let calls = node.wait_for_calls(&key, 12);
     let count = |result: &str, code: u64| {
