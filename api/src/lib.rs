@@ -98,6 +98,11 @@ where
         .map_err(ApiError::from)
 }
 
+/// The current time in milliseconds since the epoch.
+pub(crate) fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
 /// Milliseconds since the epoch as RFC 3339 UTC with milliseconds.
 pub(crate) fn rfc3339(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)

@@ -4,7 +4,7 @@
 
 use crate::auth::OperatorId;
 use crate::error::parse_json;
-use crate::{db, rfc3339, ApiError, ApiState};
+use crate::{db, now_ms, rfc3339, ApiError, ApiState};
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -132,10 +132,6 @@ fn view(n: &TrackingNumber) -> Value {
 
 fn not_found() -> ApiError {
     ApiError::not_found("no such number")
-}
-
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
 }
 
 async fn check_advertiser(st: &ApiState, op: &str, adv: &str) -> Result<(), ApiError> {

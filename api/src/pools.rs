@@ -6,7 +6,7 @@
 use crate::auth::OperatorId;
 use crate::error::parse_json;
 use crate::numbers::{is_phone_number, validate_forwarding, validate_params};
-use crate::{db, rfc3339, ApiError, ApiState};
+use crate::{db, now_ms, rfc3339, ApiError, ApiState};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -151,10 +151,6 @@ fn view(p: &Pool) -> Value {
         "overflow_number": p.overflow_number,
         "created_at": rfc3339(p.created_at),
     })
-}
-
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
 }
 
 fn not_found() -> ApiError {
