@@ -531,3 +531,46 @@ shaping_ms = 300
         run.successful
     );
 }
+
+#[test]
+fn hold_reinvites_pass_through_both_ways() {
+    let ports = Ports::take();
+    let node = Node::start(ports, "127.0.0.1/32", "");
+    let (key, _) = node.provision("0501234567", DEST, "{}");
+    let uas = Uas::start("uas_hold.xml", ports, node.dir.path(), &[]);
+    let trace = node.dir.path().join("uac-hold.log");
+    let trace_arg = trace.display().to_string();
+    let run = uac(
+        "uac_hold.xml",
+        ports,
+        "0501234567",
+        3,
+        10,
+        &["-d", "200", "-trace_msg", "-message_file", &trace_arg],
+    );
+    assert_eq!((run.exit, run.successful), (0, 3), "{}", run.output);
+    let at_callee = uas.messages();
+    assert_eq!(
+        at_callee.matches("a=sendonly").count(),
+        3,
+        "the callee received the hold offer"
+    );
+    assert!(
+        !at_callee.contains(&format!("m=audio {} ", ports.uac_media)),
+        "the offer points at the node, not the caller"
+    );
+    let at_caller = std::fs::read_to_string(&trace).unwrap();
+    assert_eq!(
+        at_caller.matches("a=recvonly").count(),
+        3,
+        "the caller received the callee's answer"
+    );
+    assert!(
+        !at_caller.contains(&format!("m=audio {} ", ports.uas_media)),
+        "the answer points at the node, not the callee"
+    );
+    assert!(node
+        .wait_for_calls(&key, 3)
+        .iter()
+        .all(|c| c["result"] == "answered"));
+}

@@ -26,7 +26,7 @@ fn local(ep: &EndpointHandle, transport: Transport) -> std::net::SocketAddr {
         .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 5060)))
 }
 
-fn contact(ep: &EndpointHandle, transport: Transport) -> String {
+pub(crate) fn contact(ep: &EndpointHandle, transport: Transport) -> String {
     let addr = local(ep, transport);
     match transport {
         Transport::Udp => format!("<sip:tsunagu@{addr}>"),
@@ -102,6 +102,10 @@ impl ALeg {
     /// A request in the caller's dialog (BYE), from us.
     pub fn request(&mut self, ep: &EndpointHandle, method: Method) -> (RequestSpec, Peer) {
         self.local_cseq += 1;
+        self.in_dialog(ep, method, self.local_cseq)
+    }
+
+    fn in_dialog(&self, ep: &EndpointHandle, method: Method, cseq: u32) -> (RequestSpec, Peer) {
         let their_from = header(&self.invite, "From").unwrap_or_default().to_string();
         let our_to = format!(
             "{};tag={}",
@@ -123,7 +127,7 @@ impl ALeg {
             from: our_to,
             to: their_from,
             call_id: self.info.call_id.clone(),
-            cseq: self.local_cseq,
+            cseq,
             contact: None,
             routes: self.routes.clone(),
             max_forwards: 70,
@@ -132,6 +136,27 @@ impl ALeg {
         };
         (spec, peer)
     }
+
+    /// Sends a re-INVITE or UPDATE relayed from the other leg; returns its CSeq.
+    pub fn reoffer(&mut self, ep: &EndpointHandle, method: Method, sdp: Option<String>) -> u32 {
+        let (mut spec, peer) = self.request(ep, method);
+        reoffer_parts(&mut spec, ep, peer, sdp);
+        let cseq = spec.cseq;
+        ep.request(spec, peer);
+        cseq
+    }
+
+    /// ACKs a 2xx to the re-INVITE with this CSeq.
+    pub fn ack_at(&self, ep: &EndpointHandle, cseq: u32) {
+        let (spec, peer) = self.in_dialog(ep, Method::Ack, cseq);
+        ep.request(spec, peer);
+    }
+}
+
+/// Contact and SDP body of a relayed re-INVITE or UPDATE.
+fn reoffer_parts(spec: &mut RequestSpec, ep: &EndpointHandle, peer: Peer, sdp: Option<String>) {
+    spec.contact = Some(contact(ep, peer.transport));
+    spec.body = sdp.map(|s| ("application/sdp", s.into_bytes()));
 }
 
 /// The forwarded leg of one attempt.
@@ -263,13 +288,27 @@ impl BLeg {
     }
 
     pub fn ack(&self, ep: &EndpointHandle) {
-        let (spec, peer) = self.in_dialog(ep, Method::Ack, self.invite.cseq);
-        ep.request(spec, peer);
+        self.ack_at(ep, self.invite.cseq);
     }
 
     pub fn bye(&mut self, ep: &EndpointHandle) {
         self.cseq += 1;
         let (spec, peer) = self.in_dialog(ep, Method::Bye, self.cseq);
+        ep.request(spec, peer);
+    }
+
+    /// Sends a re-INVITE or UPDATE relayed from the caller; returns its CSeq.
+    pub fn reoffer(&mut self, ep: &EndpointHandle, method: Method, sdp: Option<String>) -> u32 {
+        self.cseq += 1;
+        let (mut spec, peer) = self.in_dialog(ep, method, self.cseq);
+        reoffer_parts(&mut spec, ep, peer, sdp);
+        ep.request(spec, peer);
+        self.cseq
+    }
+
+    /// ACKs a 2xx to the re-INVITE with this CSeq.
+    pub fn ack_at(&self, ep: &EndpointHandle, cseq: u32) {
+        let (spec, peer) = self.in_dialog(ep, Method::Ack, cseq);
         ep.request(spec, peer);
     }
 }

@@ -99,6 +99,17 @@ impl CallSeed {
     }
 }
 
+/// A re-INVITE or UPDATE relayed to the other leg, waiting for its answer.
+struct Reoffer {
+    from: Side,
+    method: Method,
+    request: Request,
+    info: tsunagu_sip::Info,
+    key: tsunagu_sip::transaction::TxKey,
+    /// CSeq of the relayed request on the other leg.
+    cseq: u32,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Trying,
@@ -132,6 +143,7 @@ pub struct Call {
     attempt: u32,
     /// Why we are cancelling the current attempt (ring timeout), if we are.
     pending_failure: Option<Failure>,
+    reoffer: Option<Reoffer>,
     phase: Phase,
     result: CallResult,
     upstream_code: u16,
@@ -220,6 +232,7 @@ impl Actor for CallActor {
             trunk_pos: 0,
             attempt: 0,
             pending_failure: None,
+            reoffer: None,
             phase: Phase::Trying,
             result: CallResult::Failed,
             upstream_code: 500,
@@ -410,13 +423,42 @@ impl Call {
                 }
             }
             SipEvent::Response { response, info } => {
-                if Some(&info.call_id) == b_call_id.as_ref() {
+                let answers_reoffer = self.reoffer.as_ref().is_some_and(|p| {
+                    let target = if p.from == Side::A {
+                        b_call_id.as_deref()
+                    } else {
+                        Some(self.a.info.call_id.as_str())
+                    };
+                    target == Some(info.call_id.as_str())
+                        && p.cseq == info.cseq
+                        && p.method == info.cseq_method
+                });
+                if answers_reoffer {
+                    self.on_reoffer_answer(response);
+                } else if Some(&info.call_id) == b_call_id.as_ref() {
                     self.on_b_response(response, info.cseq_method);
                 } else if info.call_id == self.a.info.call_id
                     && self.phase == Phase::Ending
                     && response.status_code.code() >= 200
                 {
                     self.finish(); // the caller answered our BYE
+                }
+            }
+            SipEvent::Timeout { key } if self.phase == Phase::Answered => {
+                if let Some(p) = self.reoffer.take() {
+                    if p.method == key.method {
+                        self.ctx.endpoint.respond(
+                            &p.request,
+                            &p.info,
+                            &p.key,
+                            408,
+                            None,
+                            &[],
+                            None,
+                        );
+                    } else {
+                        self.reoffer = Some(p);
+                    }
                 }
             }
             SipEvent::Timeout { key } => {
@@ -473,19 +515,10 @@ impl Call {
                     self.caller_cancelled();
                 }
             }
-            Method::Invite => {
-                // Session refresh or re-offer: keep the call up with our current answer.
-                let sdp = self.a.sdp_sent.clone();
-                ep.respond(
-                    &req,
-                    &info,
-                    &key,
-                    200,
-                    Some(&self.a.local_tag),
-                    &[],
-                    sdp.as_deref().map(|s| ("application/sdp", s.as_bytes())),
-                );
+            Method::Invite | Method::Update if self.phase == Phase::Answered => {
+                self.relay_reoffer(Side::A, req, info, key)
             }
+            Method::Invite | Method::Update => ep.respond(&req, &info, &key, 491, None, &[], None),
             _ => ep.respond(&req, &info, &key, 200, None, &[], None),
         }
     }
@@ -507,8 +540,121 @@ impl Call {
                 self.end_and_wait();
             }
             Method::Bye => ep.respond(&req, &info, &key, 200, None, &[], None),
+            Method::Invite | Method::Update if self.phase == Phase::Answered => {
+                self.relay_reoffer(Side::B, req, info, key)
+            }
+            Method::Invite | Method::Update => ep.respond(&req, &info, &key, 491, None, &[], None),
             _ => ep.respond(&req, &info, &key, 200, None, &[], None),
         }
+    }
+
+    /// Passes a re-INVITE or UPDATE (hold, resume, codec change, session refresh) from
+    /// one leg to the other with the SDP pointed at the node, and remembers it so the
+    /// answer can travel back. One at a time: a second gets 491 (RFC 3261 14.2).
+    fn relay_reoffer(
+        &mut self,
+        from: Side,
+        req: Request,
+        info: tsunagu_sip::Info,
+        key: tsunagu_sip::transaction::TxKey,
+    ) {
+        let ep = self.ctx.endpoint.clone();
+        if self.reoffer.is_some() {
+            ep.respond(&req, &info, &key, 491, None, &[], None);
+            return;
+        }
+        let to = if from == Side::A { Side::B } else { Side::A };
+        let sdp = match (&self.relay, sdp_body(&req, &req.body)) {
+            (Some(relay), Some(body)) => {
+                let local = relay.local(to);
+                let rewritten = sdp::rewrite(&body, local.ip(), local.port());
+                if let Some(remote) = rewritten.as_ref().and_then(|r| r.remote) {
+                    relay.set_remote(from, remote);
+                }
+                rewritten.map(|r| r.sdp)
+            }
+            _ => None,
+        };
+        let method = req.method;
+        let cseq = match to {
+            Side::B => match self.b.as_mut() {
+                Some(b) => b.reoffer(&ep, method, sdp),
+                None => return ep.respond(&req, &info, &key, 481, None, &[], None),
+            },
+            Side::A => self.a.reoffer(&ep, method, sdp),
+        };
+        tracing::debug!(%method, from = ?from, "re-offer relayed");
+        self.reoffer = Some(Reoffer {
+            from,
+            method,
+            request: req,
+            info,
+            key,
+            cseq,
+        });
+    }
+
+    /// The other leg answered a relayed re-offer: ACK it (INVITE 2xx) and answer the
+    /// leg that sent it, with the SDP pointed at the node.
+    fn on_reoffer_answer(&mut self, resp: Response) {
+        let code = resp.status_code.code();
+        if code < 200 {
+            return;
+        }
+        let Some(p) = self.reoffer.take() else { return };
+        let ep = self.ctx.endpoint.clone();
+        let to = if p.from == Side::A { Side::B } else { Side::A };
+        if (200..300).contains(&code) && p.method == Method::Invite {
+            match to {
+                Side::B => {
+                    if let Some(b) = &self.b {
+                        b.ack_at(&ep, p.cseq);
+                    }
+                }
+                Side::A => self.a.ack_at(&ep, p.cseq),
+            }
+        }
+        let answer = match (&self.relay, sdp_body(&resp, &resp.body)) {
+            (Some(relay), Some(body)) if code < 300 => {
+                let local = relay.local(p.from);
+                let rewritten = sdp::rewrite(&body, local.ip(), local.port());
+                if let Some(remote) = rewritten.as_ref().and_then(|r| r.remote) {
+                    relay.set_remote(to, remote);
+                }
+                rewritten.map(|r| r.sdp)
+            }
+            _ => None,
+        };
+        if p.from == Side::A {
+            if let Some(s) = &answer {
+                self.a.sdp_sent = Some(s.clone());
+            }
+        }
+        let contact = legs::contact(
+            &ep,
+            if p.from == Side::A {
+                self.a.peer.transport
+            } else {
+                self.b
+                    .as_ref()
+                    .map(|b| b.peer.transport)
+                    .unwrap_or(self.a.peer.transport)
+            },
+        );
+        let extra: Vec<(&str, &str)> = if code < 300 {
+            vec![("Contact", contact.as_str())]
+        } else {
+            Vec::new()
+        };
+        ep.respond(
+            &p.request,
+            &p.info,
+            &p.key,
+            code,
+            None,
+            &extra,
+            answer.as_deref().map(|s| ("application/sdp", s.as_bytes())),
+        );
     }
 
     fn on_b_response(&mut self, resp: Response, method: Method) {
