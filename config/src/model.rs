@@ -230,6 +230,9 @@ pub struct TrunkConfig {
     /// Calls (inbound and outbound) open on this trunk at once; 0 = no cap.
     #[serde(default)]
     pub max_channels: u32,
+    /// Believe P-Asserted-Identity from this trunk, and send it to this trunk (RFC 3325).
+    #[serde(default)]
+    pub trusted: bool,
     /// OPTIONS keepalive interval toward `outbound`; 0 = off.
     #[serde(default)]
     pub options_interval_seconds: u32,

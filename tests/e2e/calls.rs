@@ -574,3 +574,96 @@ fn hold_reinvites_pass_through_both_ways() {
         .iter()
         .all(|c| c["result"] == "answered"));
 }
+
+#[test]
+fn asserted_identity_is_believed_and_sent_only_for_trusted_trunks() {
+    let ports = Ports::take();
+    let trusted_out = ports.uas + 7;
+    // 127.0.0.3 is a trusted carrier; carrier-a (127.0.0.1, to the UAS) is not.
+    // 0322… goes out on a trusted trunk to a second UAS.
+    let extra = format!(
+        r#"
+[[trunks]]
+name = "pstn"
+inbound = ["127.0.0.3/32"]
+trusted = true
+[[trunks]]
+name = "trusted-out"
+outbound = "udp:127.0.0.1:{trusted_out}"
+trusted = true
+[[routes]]
+prefix = "0322"
+trunks = ["trusted-out"]
+"#
+    );
+    let node = Node::start(ports, "127.0.0.1/32", &extra);
+    let (key, adv) = node.provision("0501234567", DEST, "{}");
+    node.add_number(
+        &key,
+        &adv,
+        "0502222222",
+        r#"[{"number": "0322223333"}]"#,
+        "{}",
+    );
+    let untrusted_uas = Uas::start("uas_answer.xml", ports, node.dir.path(), &[]);
+    let trusted_uas = Uas::start_on(
+        "uas_answer.xml",
+        trusted_out,
+        ports.uas_media + 30,
+        node.dir.path(),
+        &[],
+    );
+    let with_pai = scenario_with_header(
+        node.dir.path(),
+        "uac.xml",
+        "P-Asserted-Identity: <sip:09011112222@127.0.0.3>",
+    );
+
+    let from_trusted = uac(
+        &with_pai,
+        ports,
+        "0501234567",
+        1,
+        1,
+        &["-d", "100", "-i", "127.0.0.3"],
+    );
+    assert_eq!(from_trusted.successful, 1, "{}", from_trusted.output);
+    let from_untrusted = uac(&with_pai, ports, "0501234567", 1, 1, &["-d", "100"]);
+    assert_eq!(from_untrusted.successful, 1, "{}", from_untrusted.output);
+    let to_trusted = uac(
+        &with_pai,
+        ports,
+        "0502222222",
+        1,
+        1,
+        &["-d", "100", "-i", "127.0.0.3"],
+    );
+    assert_eq!(to_trusted.successful, 1, "{}", to_trusted.output);
+
+    let calls = node.wait_for_calls(&key, 3);
+    let caller_of = |n: &str| {
+        calls
+            .iter()
+            .filter(|c| c["tracking_number"] == n)
+            .map(|c| c["caller_number"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    let mut first = caller_of("0501234567");
+    first.sort();
+    assert_eq!(
+        first,
+        vec!["09011112222", "09012345678"],
+        "PAI believed from the trusted trunk only (else From)"
+    );
+    assert_eq!(caller_of("0502222222"), vec!["09011112222"]);
+    assert!(
+        !untrusted_uas.messages().contains("P-Asserted-Identity"),
+        "no identity to an untrusted trunk"
+    );
+    assert!(
+        trusted_uas
+            .messages()
+            .contains("P-Asserted-Identity: <sip:09011112222@"),
+        "identity sent to the trusted trunk"
+    );
+}

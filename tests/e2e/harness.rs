@@ -435,6 +435,22 @@ pub fn uac_expecting(
     uac(&path.display().to_string(), ports, number, calls, 10, extra)
 }
 
+/// A copy of a shipped scenario in `dir` with one more header line after Max-Forwards
+/// in every message that has one (e.g. a P-Asserted-Identity).
+pub fn scenario_with_header(dir: &Path, name: &str, header: &str) -> String {
+    let text = std::fs::read_to_string(scenario(name)).expect("scenario");
+    let path = dir.join(format!("with-header-{name}"));
+    std::fs::write(
+        &path,
+        text.replace(
+            "Max-Forwards: 70\n",
+            &format!("Max-Forwards: 70\n      {header}\n"),
+        ),
+    )
+    .expect("write scenario");
+    path.display().to_string()
+}
+
 /// Runs a SIPp UAC to completion (bounded by `-m` and a timeout).
 pub fn uac(
     scenario_name: &str,

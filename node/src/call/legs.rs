@@ -182,6 +182,8 @@ pub struct Outbound<'a> {
     pub sdp: &'a str,
     pub max_forwards: u8,
     pub privacy: Option<&'a str>,
+    /// Sent as P-Asserted-Identity (only toward trusted trunks).
+    pub asserted: Option<&'a str>,
 }
 
 impl BLeg {
@@ -194,6 +196,12 @@ impl BLeg {
         };
         let uri = format!("sip:{}@{}{}", o.destination, o.peer.addr, transport_param);
         let mut extra = Vec::new();
+        if let Some(id) = o.asserted {
+            extra.push((
+                "P-Asserted-Identity",
+                format!("<sip:{id}@{}>", local_addr.ip()),
+            ));
+        }
         if let Some(p) = o.privacy {
             extra.push(("Privacy", p.to_string()));
         }

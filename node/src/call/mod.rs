@@ -10,7 +10,7 @@ mod legs;
 
 use crate::call_log::LogEntry;
 use crate::context::{CallSlot, NodeContext};
-use crate::decide::caller::{classify, normalize, CallerSignals};
+use crate::decide::caller::{identify, Caller};
 use crate::decide::outcome::{next_step, Failure, Step};
 use crate::metrics::ResultLabel;
 use legs::{ALeg, BLeg, Outbound};
@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tsunagu_media::{sdp, Relay, Side};
 use tsunagu_sip::endpoint::CallSink;
-use tsunagu_sip::parse::{header, sdp_body, uri_of, uri_user, Peer};
+use tsunagu_sip::parse::{header, sdp_body, Peer};
 use tsunagu_sip::{Method, NewInvite, Request, Response, SipEvent};
 use tsunagu_store::{
     CallRecord, CallResult, CallerIdMode, CallerKind, NumberKind, TrackingNumber, Validity,
@@ -76,7 +76,17 @@ pub struct CallSeed {
 impl CallSeed {
     pub fn new(args: &CallArgs) -> CallSeed {
         let inv = &args.invite;
-        let (caller_number, caller_kind, _) = identify_caller(&inv.request);
+        let trusted = args
+            .ctx
+            .routing
+            .trunks
+            .get(args.inbound_trunk)
+            .is_some_and(|t| t.trusted);
+        let Caller {
+            number: caller_number,
+            kind: caller_kind,
+            ..
+        } = identify_caller(&inv.request, trusted);
         CallSeed {
             id: args.id.clone(),
             a_call_id: inv.info.call_id.clone(),
@@ -128,8 +138,7 @@ pub struct Call {
     a: ALeg,
     b: Option<BLeg>,
     relay: Option<Relay>,
-    caller_number: String,
-    caller_kind: CallerKind,
+    caller: Caller,
     privacy: Option<String>,
     max_forwards: u8,
     started: Instant,
@@ -156,27 +165,15 @@ pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-/// The caller's number and line type from the INVITE's From and Privacy headers.
-pub fn identify_caller(req: &Request) -> (String, CallerKind, Option<String>) {
-    let from = header(req, "From").unwrap_or_default();
-    let uri = uri_of(from);
-    let user = uri_user(uri).unwrap_or_default();
-    let privacy = header(req, "Privacy").map(str::to_string);
-    let withheld = privacy.as_deref().is_some_and(|p| {
-        p.split(';')
-            .any(|t| matches!(t.trim(), "id" | "user" | "header"))
-    });
-    let payphone = uri
-        .split(';')
-        .any(|p| p.eq_ignore_ascii_case("cpc=payphone"));
-    let number = normalize(user);
-    let kind = classify(&number, CallerSignals { withheld, payphone });
-    let number = if kind == CallerKind::Anonymous {
-        "anonymous".to_string()
-    } else {
-        number
-    };
-    (number, kind, privacy)
+/// Who is calling, from the INVITE's From, P-Asserted-Identity (believed only from a
+/// trusted trunk) and Privacy headers.
+pub fn identify_caller(req: &Request, trusted: bool) -> Caller {
+    identify(
+        header(req, "From").unwrap_or_default(),
+        header(req, "P-Asserted-Identity"),
+        header(req, "Privacy"),
+        trusted,
+    )
 }
 
 pub struct CallActor;
@@ -199,12 +196,18 @@ impl Actor for CallActor {
             id,
             logged,
         } = args;
-        let (caller_number, caller_kind, privacy) = identify_caller(&invite.request);
+        let trusted = ctx
+            .routing
+            .trunks
+            .get(inbound_trunk)
+            .is_some_and(|t| t.trusted);
+        let caller = identify_caller(&invite.request, trusted);
+        let privacy = header(&invite.request, "Privacy").map(str::to_string);
         let max_forwards = header(&invite.request, "Max-Forwards")
             .and_then(|m| m.trim().parse::<u8>().ok())
             .unwrap_or(70)
             .saturating_sub(1);
-        let span = tracing::info_span!("call", call_id = %id, number = %number.number, caller = %caller_number);
+        let span = tracing::info_span!("call", call_id = %id, number = %number.number, caller = %caller.number);
         ctx.endpoint
             .register(&invite.info.call_id, Arc::new(CallHandle(myself.clone())));
         let slot = CallSlot::take(&ctx, inbound_trunk);
@@ -219,8 +222,7 @@ impl Actor for CallActor {
             a,
             b: None,
             relay: None,
-            caller_number,
-            caller_kind,
+            caller,
             privacy,
             max_forwards,
             started: Instant::now(),
@@ -321,10 +323,8 @@ impl Call {
             .map(|r| r.sdp)
             .unwrap_or_default();
         let presented = match self.number.caller_id {
-            CallerIdMode::Caller if self.caller_kind == CallerKind::Anonymous => {
-                "anonymous".to_string()
-            }
-            CallerIdMode::Caller => self.caller_number.clone(),
+            CallerIdMode::Caller if self.caller.withheld => "anonymous".to_string(),
+            CallerIdMode::Caller => self.caller.number.clone(),
             CallerIdMode::System => self
                 .ctx
                 .system_number
@@ -350,6 +350,12 @@ impl Call {
                 sdp: &offer,
                 max_forwards: self.max_forwards,
                 privacy: self.privacy.as_deref(),
+                // The asserted identity goes only to trunks we trust (RFC 3325).
+                asserted: self
+                    .caller
+                    .identity
+                    .as_deref()
+                    .filter(|_| self.ctx.routing.trunks[trunk].trusted),
             },
         );
         self.attempt += 1;
@@ -787,8 +793,8 @@ impl Call {
             operator_id: self.number.operator_id.clone(),
             advertiser_id: self.number.advertiser_id.clone(),
             tracking_number: self.number.number.clone(),
-            caller_number: self.caller_number.clone(),
-            caller_kind: self.caller_kind,
+            caller_number: self.caller.number.clone(),
+            caller_kind: self.caller.kind,
             destination_number: self.b.as_ref().map(|b| b.destination.clone()),
             started_at: self.started_at_ms,
             answered_at: self.answered.map(|(_, ms)| ms),

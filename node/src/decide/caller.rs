@@ -64,9 +64,164 @@ pub fn classify(number: &str, signals: CallerSignals) -> CallerKind {
     }
 }
 
+/// Who is calling, as the call log and the forwarded leg see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// The number logged: national form, or `anonymous` when withheld.
+    pub number: String,
+    pub kind: CallerKind,
+    /// The caller's real number when known (also when withheld from the callee).
+    pub identity: Option<String>,
+    pub withheld: bool,
+}
+
+/// Identifies the caller from the From, P-Asserted-Identity and Privacy header values.
+/// P-Asserted-Identity is believed only from a trusted trunk (RFC 3325): from anyone
+/// else it is ignored and From is used.
+pub fn identify(from: &str, pai: Option<&str>, privacy: Option<&str>, trusted: bool) -> Caller {
+    use tsunagu_sip::parse::{uri_of, uri_user};
+    let asserted = pai
+        .filter(|_| trusted)
+        .map(uri_of)
+        .filter(|u| uri_user(u).is_some());
+    let uri = asserted.unwrap_or_else(|| uri_of(from));
+    let user = uri_user(uri).unwrap_or_default();
+    let privacy_withheld = privacy.is_some_and(|p| {
+        p.split(';')
+            .any(|t| matches!(t.trim(), "id" | "user" | "header"))
+    });
+    let payphone = uri
+        .split([';', '@', '?'])
+        .any(|p| p.eq_ignore_ascii_case("cpc=payphone"));
+    let number = normalize(user);
+    let kind = classify(
+        &number,
+        CallerSignals {
+            withheld: privacy_withheld,
+            payphone,
+        },
+    );
+    let known = !number.is_empty() && !number.eq_ignore_ascii_case("anonymous");
+    Caller {
+        number: if kind == CallerKind::Anonymous {
+            "anonymous".to_string()
+        } else {
+            number.clone()
+        },
+        kind,
+        identity: known.then_some(number),
+        withheld: kind == CallerKind::Anonymous,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn identity_from_trusted_assertion_or_from() {
+        let from = "<sip:0312345678@192.0.2.1>;tag=a";
+        let pai = Some("<sip:09011112222@carrier.example>");
+        let cases: &[(
+            &str,
+            Option<&str>,
+            Option<&str>,
+            bool,
+            &str,
+            CallerKind,
+            Option<&str>,
+        )] = &[
+            (
+                from,
+                None,
+                None,
+                false,
+                "0312345678",
+                CallerKind::Fixed,
+                Some("0312345678"),
+            ),
+            (
+                from,
+                pai,
+                None,
+                true,
+                "09011112222",
+                CallerKind::Mobile,
+                Some("09011112222"),
+            ),
+            (
+                from,
+                pai,
+                None,
+                false,
+                "0312345678",
+                CallerKind::Fixed,
+                Some("0312345678"),
+            ), // untrusted: PAI ignored
+            (
+                from,
+                pai,
+                Some("id"),
+                true,
+                "anonymous",
+                CallerKind::Anonymous,
+                Some("09011112222"),
+            ),
+            (
+                "\"Anonymous\" <sip:anonymous@anonymous.invalid>;tag=x",
+                pai,
+                Some("id"),
+                true,
+                "anonymous",
+                CallerKind::Anonymous,
+                Some("09011112222"),
+            ),
+            (
+                "\"Anonymous\" <sip:anonymous@anonymous.invalid>;tag=x",
+                None,
+                None,
+                false,
+                "anonymous",
+                CallerKind::Anonymous,
+                None,
+            ),
+            (
+                "<sip:+81312345678;cpc=payphone@h>;tag=a",
+                None,
+                None,
+                false,
+                "0312345678",
+                CallerKind::Public,
+                Some("0312345678"),
+            ),
+            (
+                from,
+                Some("<tel:+819011112222>"),
+                None,
+                true,
+                "09011112222",
+                CallerKind::Mobile,
+                Some("09011112222"),
+            ),
+            (
+                from,
+                Some("garbage"),
+                None,
+                true,
+                "0312345678",
+                CallerKind::Fixed,
+                Some("0312345678"),
+            ),
+        ];
+        for (from, pai, privacy, trusted, number, kind, identity) in cases {
+            let c = identify(from, *pai, *privacy, *trusted);
+            assert_eq!(
+                (c.number.as_str(), c.kind, c.identity.as_deref()),
+                (*number, *kind, *identity),
+                "{from} {pai:?} {privacy:?} trusted={trusted}"
+            );
+        }
+    }
 
     #[test]
     fn normalisation() {

@@ -12,6 +12,8 @@ pub struct Trunk {
     pub max_cps: u32,
     pub shaping: std::time::Duration,
     pub max_channels: u32,
+    /// P-Asserted-Identity is believed from, and sent to, this trunk.
+    pub trusted: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -33,6 +35,7 @@ impl Routing {
                 max_cps: t.max_cps,
                 shaping: std::time::Duration::from_millis(u64::from(t.shaping_ms)),
                 max_channels: t.max_channels,
+                trusted: t.trusted,
             })
             .collect();
         let mut routes: Vec<(String, Vec<usize>)> = c
