@@ -57,10 +57,6 @@ impl PortPool {
         })
     }
 
-    pub fn address(&self) -> IpAddr {
-        self.address
-    }
-
     pub fn free_ports(&self) -> usize {
         self.free.lock().unwrap_or_else(|p| p.into_inner()).len()
     }

@@ -214,16 +214,6 @@ pub fn uri_addr(uri: &str) -> Option<SocketAddr> {
     Some(SocketAddr::new(ip, 5060))
 }
 
-/// The transport a URI asks for (`;transport=tcp`), UDP by default.
-pub fn uri_transport(uri: &str) -> Transport {
-    let lower = uri.to_ascii_lowercase();
-    if lower.contains(";transport=tcp") {
-        Transport::Tcp
-    } else {
-        Transport::Udp
-    }
-}
-
 /// The user part of the Request-URI (the dialled number).
 pub fn request_user(req: &Request) -> Option<String> {
     req.uri
@@ -368,7 +358,6 @@ Content-Length: 0\r\n\r\n";
             uri_addr("sip:u@[::1]:5080"),
             Some("[::1]:5080".parse().unwrap())
         );
-        assert_eq!(uri_transport("sip:h;transport=TCP"), Transport::Tcp);
         assert_eq!(
             split_list("<sip:a;lr>, \"x,y\" <sip:b>"),
             vec!["<sip:a;lr>", "\"x,y\" <sip:b>"]

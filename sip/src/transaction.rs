@@ -332,11 +332,6 @@ impl Transactions {
         true
     }
 
-    /// The peer a server transaction answers to.
-    pub fn server_peer(&self, key: &TxKey) -> Option<Peer> {
-        self.server.get(key).map(|t| t.peer)
-    }
-
     // ---- client side ----
 
     pub fn send_request(
@@ -434,11 +429,6 @@ impl Transactions {
         let next = tx.timers.next();
         self.schedule(next, id);
         ResponseMatch::Deliver
-    }
-
-    /// Forgets a client transaction without reporting it (e.g. the call ended).
-    pub fn forget_client(&mut self, key: &TxKey) {
-        self.client.remove(key);
     }
 
     // ---- time ----
