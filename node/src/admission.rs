@@ -54,7 +54,11 @@ impl Admission {
             .get_or_create(&RejectLabel { code, reason })
             .inc();
         let retry_after = (code == 503).then_some(self.ctx.retry_after);
-        Reject { code, retry_after }
+        Reject {
+            code,
+            retry_after,
+            min_se: (code == 422).then_some(MIN_SE),
+        }
     }
 }
 
@@ -79,6 +83,9 @@ impl InviteHandler for Admission {
         let Some(number) = self.directory.get(&dialled) else {
             return Err(self.reject(404, "unknown_number"));
         };
+        if session_interval_too_small(header(&invite.request, "Session-Expires")) {
+            return Err(self.reject(422, "session_interval_too_small"));
+        }
         if sdp_body(&invite.request, &invite.request.body).is_none() {
             return Err(self.reject(488, "no_sdp_offer"));
         }
@@ -126,5 +133,38 @@ impl InviteHandler for Admission {
         self.supervisor
             .send_message(SupervisorMsg::Spawn(Box::new(args)))
             .map_err(|_| self.reject(503, "supervisor_down"))
+    }
+}
+
+/// The smallest session-timer interval we accept, announced in Min-SE (RFC 4028's floor).
+pub const MIN_SE: u32 = 90;
+
+/// Whether an INVITE's Session-Expires (`delta-seconds;params`) is below [`MIN_SE`]:
+/// it is then refused 422 with `Min-SE: 90` so the caller can retry with a longer one.
+/// A missing or unreadable value asks for no session timer and is accepted.
+pub fn session_interval_too_small(session_expires: Option<&str>) -> bool {
+    session_expires
+        .and_then(|v| v.split(';').next())
+        .and_then(|d| d.trim().parse::<u32>().ok())
+        .is_some_and(|d| d < MIN_SE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_intervals() {
+        let cases = [
+            (None, false),
+            (Some("1800"), false),
+            (Some("90;refresher=uac"), false),
+            (Some("89"), true),
+            (Some("30;refresher=uas"), true),
+            (Some("soon"), false),
+        ];
+        for (value, too_small) in cases {
+            assert_eq!(session_interval_too_small(value), too_small, "{value:?}");
+        }
     }
 }

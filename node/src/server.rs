@@ -104,6 +104,7 @@ impl InviteHandler for LateHandler {
             None => Err(Reject {
                 code: 503,
                 retry_after: Some(1),
+                min_se: None,
             }),
         }
     }

@@ -34,6 +34,8 @@ pub struct NewInvite {
 pub struct Reject {
     pub code: u16,
     pub retry_after: Option<u32>,
+    /// Min-SE for a 422 (Session Interval Too Small, RFC 4028).
+    pub min_se: Option<u32>,
 }
 
 /// The node's side of new calls. Runs on the endpoint task: it must not block.
@@ -481,11 +483,14 @@ impl Core {
                     }
                     Err(reject) => {
                         let retry = reject.retry_after.map(|s| s.to_string());
-                        let extra: Vec<(&str, &str)> = retry
-                            .as_deref()
-                            .map(|r| ("Retry-After", r))
-                            .into_iter()
-                            .collect();
+                        let min_se = reject.min_se.map(|s| s.to_string());
+                        let extra: Vec<(&str, &str)> = [
+                            ("Retry-After", retry.as_deref()),
+                            ("Min-SE", min_se.as_deref()),
+                        ]
+                        .into_iter()
+                        .filter_map(|(k, v)| v.map(|v| (k, v)))
+                        .collect();
                         self.answer(&req, &info, reject.code, &extra);
                     }
                 }

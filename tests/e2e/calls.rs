@@ -667,3 +667,37 @@ trunks = ["trusted-out"]
         "identity sent to the trusted trunk"
     );
 }
+
+#[test]
+fn a_too_short_session_interval_gets_422_with_min_se() {
+    let ports = Ports::take();
+    let node = Node::start(ports, "127.0.0.1/32", "");
+    let (key, _) = node.provision("0501234567", DEST, "{}");
+    let dir = node.dir.path();
+    let with_header = scenario_with_header(dir, "uac_expect_failure.xml", "Session-Expires: 30");
+    let expecting_422 = dir.join("uac_422.xml");
+    std::fs::write(
+        &expecting_422,
+        std::fs::read_to_string(&with_header)
+            .unwrap()
+            .replace("[expect]", "422"),
+    )
+    .unwrap();
+    let trace = dir.join("uac-422.log").display().to_string();
+    let run = uac(
+        &expecting_422.display().to_string(),
+        ports,
+        "0501234567",
+        1,
+        1,
+        &["-trace_msg", "-message_file", &trace],
+    );
+    assert_eq!((run.exit, run.successful), (0, 1), "{}", run.output);
+    assert!(
+        std::fs::read_to_string(&trace)
+            .unwrap()
+            .contains("Min-SE: 90"),
+        "422 carries Min-SE"
+    );
+    assert!(node.calls(&key, "").is_empty());
+}
