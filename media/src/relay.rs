@@ -21,6 +21,15 @@ pub enum Side {
     B,
 }
 
+impl Side {
+    pub fn other(self) -> Side {
+        match self {
+            Side::A => Side::B,
+            Side::B => Side::A,
+        }
+    }
+}
+
 /// Counters of one call, readable while the call runs.
 #[derive(Debug, Default)]
 pub struct RelayStats {

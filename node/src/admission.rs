@@ -4,7 +4,7 @@
 //! 503 with Retry-After. A call over its trunk's rate whose turn comes within the
 //! trunk's shaping delay is started late instead of refused. An admitted call is handed to the supervisor to spawn.
 
-use crate::call::CallArgs;
+use crate::call::{identify_caller, now_ms, CallArgs};
 use crate::context::NodeContext;
 use crate::decide::caller::normalize;
 use crate::decide::rate::TokenBucket;
@@ -46,7 +46,13 @@ impl Admission {
         }
     }
 
-    fn reject(&self, code: u16, reason: &'static str) -> Reject {
+    /// Refuses an INVITE (counted by code and reason) and hands it back for the answer.
+    fn refuse(
+        &self,
+        code: u16,
+        reason: &'static str,
+        invite: NewInvite,
+    ) -> Result<(), (Reject, NewInvite)> {
         self.ctx
             .metrics
             .calls
@@ -54,48 +60,49 @@ impl Admission {
             .get_or_create(&RejectLabel { code, reason })
             .inc();
         let retry_after = (code == 503).then_some(self.ctx.retry_after);
-        Reject {
+        let reject = Reject {
             code,
             retry_after,
             min_se: (code == 422).then_some(MIN_SE),
-        }
+        };
+        Err((reject, invite))
     }
 }
 
 impl InviteHandler for Admission {
-    fn on_invite(&self, invite: NewInvite) -> Result<(), Reject> {
+    fn on_invite(&self, invite: NewInvite) -> Result<(), (Reject, NewInvite)> {
         let ctx = &self.ctx;
         if ctx.draining.load(Ordering::Relaxed) {
-            return Err(self.reject(503, "draining"));
+            return self.refuse(503, "draining", invite);
         }
         let Some(trunk) = ctx.routing.inbound_trunk(invite.peer.addr.ip()) else {
             tracing::info!(source = %invite.peer.addr, "INVITE from a source no trunk allows");
-            return Err(self.reject(403, "source_not_allowed"));
+            return self.refuse(403, "source_not_allowed", invite);
         };
         if header(&invite.request, "Max-Forwards").and_then(|m| m.trim().parse::<u32>().ok())
             == Some(0)
         {
-            return Err(self.reject(483, "too_many_hops"));
+            return self.refuse(483, "too_many_hops", invite);
         }
         let dialled = request_user(&invite.request)
             .map(|u| normalize(&u))
             .unwrap_or_default();
         let Some(number) = self.directory.get(&dialled) else {
-            return Err(self.reject(404, "unknown_number"));
+            return self.refuse(404, "unknown_number", invite);
         };
         if session_interval_too_small(header(&invite.request, "Session-Expires")) {
-            return Err(self.reject(422, "session_interval_too_small"));
+            return self.refuse(422, "session_interval_too_small", invite);
         }
         if sdp_body(&invite.request, &invite.request.body).is_none() {
-            return Err(self.reject(488, "no_sdp_offer"));
+            return self.refuse(488, "no_sdp_offer", invite);
         }
         if ctx.active_calls() >= ctx.max_calls {
-            return Err(self.reject(503, "node_full"));
+            return self.refuse(503, "node_full", invite);
         }
         let t = &ctx.routing.trunks[trunk];
         if t.max_channels > 0 && ctx.trunk_channels[trunk].load(Ordering::Relaxed) >= t.max_channels
         {
-            return Err(self.reject(503, "trunk_channels"));
+            return self.refuse(503, "trunk_channels", invite);
         }
         let mut wait = std::time::Duration::ZERO;
         if let Some(bucket) = &self.cps[trunk] {
@@ -105,11 +112,21 @@ impl InviteHandler for Admission {
                 .reserve(Instant::now(), t.shaping);
             match reserved {
                 Some(w) => wait = w,
-                None => return Err(self.reject(503, "trunk_cps")),
+                None => return self.refuse(503, "trunk_cps", invite),
             }
+        }
+        if !self
+            .supervisor
+            .get_status()
+            .eq(&ractor::ActorStatus::Running)
+        {
+            return self.refuse(503, "supervisor_down", invite);
         }
         let args = CallArgs {
             ctx: ctx.clone(),
+            caller: identify_caller(&invite.request, t.trusted),
+            started: Instant::now(),
+            started_at_ms: now_ms(),
             invite,
             number,
             inbound_trunk: trunk,
@@ -130,9 +147,16 @@ impl InviteHandler for Admission {
                 .send_after(wait, move || SupervisorMsg::Spawn(args));
             return Ok(());
         }
-        self.supervisor
+        if self
+            .supervisor
             .send_message(SupervisorMsg::Spawn(Box::new(args)))
-            .map_err(|_| self.reject(503, "supervisor_down"))
+            .is_err()
+        {
+            // Stopped between the check and the send: the INVITE is lost with the
+            // message, and the caller's transaction times out.
+            tracing::error!("call supervisor stopped; INVITE dropped");
+        }
+        Ok(())
     }
 }
 

@@ -98,14 +98,17 @@ pub(crate) mod tests_support {
 }
 
 impl InviteHandler for LateHandler {
-    fn on_invite(&self, invite: NewInvite) -> Result<(), Reject> {
+    fn on_invite(&self, invite: NewInvite) -> Result<(), (Reject, NewInvite)> {
         match self.0.get() {
             Some(a) => a.on_invite(invite),
-            None => Err(Reject {
-                code: 503,
-                retry_after: Some(1),
-                min_se: None,
-            }),
+            None => Err((
+                Reject {
+                    code: 503,
+                    retry_after: Some(1),
+                    min_se: None,
+                },
+                invite,
+            )),
         }
     }
 }

@@ -8,7 +8,7 @@
 
 use crate::build::{self, RequestSpec};
 use crate::metrics::{CodeLabel, MethodLabel, SipMetrics};
-use crate::parse::{header, Info, Peer, Transport};
+use crate::parse::{header, method_name, Info, Peer, Transport};
 use crate::transaction::{Output, RequestMatch, ResponseMatch, Transactions, TxKey};
 use crate::transport::{bind_udp, spawn_udp_receiver, Incoming, TcpConnections};
 use bytes::Bytes;
@@ -41,7 +41,8 @@ pub struct Reject {
 /// The node's side of new calls. Runs on the endpoint task: it must not block.
 pub trait InviteHandler: Send + Sync + 'static {
     /// `Ok` means a call took the INVITE and will [`EndpointHandle::register`] its Call-ID.
-    fn on_invite(&self, invite: NewInvite) -> Result<(), Reject>;
+    /// A refusal hands the INVITE back, so the endpoint can answer it without a copy.
+    fn on_invite(&self, invite: NewInvite) -> Result<(), (Reject, NewInvite)>;
 }
 
 /// Where a call receives its messages.
@@ -181,7 +182,7 @@ impl Endpoint {
                     for _ in 0..2 {
                         spawn_udp_receiver(sock.clone(), in_tx.clone(), metrics.clone());
                     }
-                    udp.push(sock);
+                    udp.push((local, sock));
                     locals.push((Transport::Udp, local));
                 }
                 Transport::Tcp => {
@@ -221,7 +222,8 @@ struct Core {
     transactions: Transactions,
     calls: HashMap<String, Route>,
     handler: Arc<dyn InviteHandler>,
-    udp: Vec<Arc<UdpSocket>>,
+    /// UDP listeners with their bound address (the family picks the sending socket).
+    udp: Vec<(SocketAddr, Arc<UdpSocket>)>,
     tcp: TcpConnections,
     metrics: SipMetrics,
     out: Vec<Output>,
@@ -255,9 +257,7 @@ impl Core {
                 },
                 _ = &mut sleep, if armed.is_some() => {
                     armed = None;
-                    let mut out = std::mem::take(&mut self.out);
-                    self.transactions.handle_timeout(Instant::now(), &mut out);
-                    self.out = out;
+                    self.transactions.handle_timeout(Instant::now(), &mut self.out);
                     self.flush();
                 }
             }
@@ -273,13 +273,9 @@ impl Core {
                 let sock = self
                     .udp
                     .iter()
-                    .find(|s| {
-                        s.local_addr()
-                            .map(|a| a.is_ipv4() == peer.addr.is_ipv4())
-                            .unwrap_or(false)
-                    })
+                    .find(|(local, _)| local.is_ipv4() == peer.addr.is_ipv4())
                     .or(self.udp.first());
-                if let Some(sock) = sock {
+                if let Some((_, sock)) = sock {
                     if let Err(e) = sock.try_send_to(&data, peer.addr) {
                         // A full send buffer drops the datagram; retransmission timers recover.
                         tracing::debug!(%e, to = %peer.addr, "udp send failed");
@@ -291,8 +287,10 @@ impl Core {
     }
 
     fn flush(&mut self) {
-        let out = std::mem::take(&mut self.out);
-        for o in out {
+        // Taken out for the loop (delivering borrows self) and put back, emptied, so its
+        // allocation is reused for the next message.
+        let mut out = std::mem::take(&mut self.out);
+        for o in out.drain(..) {
             match o {
                 Output::Transmit {
                     peer,
@@ -312,6 +310,7 @@ impl Core {
                 }
             }
         }
+        self.out = out;
     }
 
     fn deliver(&mut self, call_id: &str, event: SipEvent) -> bool {
@@ -334,12 +333,12 @@ impl Core {
     /// OPTIONS, refusals). A 100 carries no To tag (`build::response` omits it).
     fn answer(&mut self, req: &Request, info: &Info, code: u16, extra: &[(&str, &str)]) {
         let key = TxKey::new(&info.branch, req.method);
-        let data = build::response(req, code, Some(&build::new_tag()), extra, None);
+        let tag = (code > 100).then(build::new_tag);
+        let data = build::response(req, code, tag.as_deref(), extra, None);
         self.metrics
             .responses_sent
             .get_or_create(&CodeLabel { code })
             .inc();
-        let mut out = std::mem::take(&mut self.out);
         self.transactions.send_response(
             &key,
             code,
@@ -347,9 +346,8 @@ impl Core {
             &info.call_id,
             info.cseq,
             Instant::now(),
-            &mut out,
+            &mut self.out,
         );
-        self.out = out;
     }
 
     fn on_incoming(&mut self, m: Incoming) {
@@ -363,16 +361,14 @@ impl Core {
                     .get_or_create(&CodeLabel { code })
                     .inc();
                 let to = header(&resp, "To").unwrap_or_default().to_string();
-                let mut out = std::mem::take(&mut self.out);
                 let verdict = self.transactions.on_response(
                     &m.info.branch,
                     m.info.cseq_method,
                     code,
                     &to,
                     now,
-                    &mut out,
+                    &mut self.out,
                 );
-                self.out = out;
                 if matches!(
                     verdict,
                     ResponseMatch::Deliver | ResponseMatch::Deliver2xxRetransmission
@@ -395,10 +391,9 @@ impl Core {
         self.metrics
             .requests_received
             .get_or_create(&MethodLabel {
-                method: req.method.to_string(),
+                method: method_name(req.method),
             })
             .inc();
-        let mut out = std::mem::take(&mut self.out);
         let verdict = self.transactions.on_request(
             req.method,
             &info.branch,
@@ -406,9 +401,8 @@ impl Core {
             info.cseq,
             peer,
             now,
-            &mut out,
+            &mut self.out,
         );
-        self.out = out;
         match verdict {
             RequestMatch::Retransmission | RequestMatch::AckAbsorbed => {}
             RequestMatch::AckFor2xx => {
@@ -472,8 +466,8 @@ impl Core {
                 self.answer(&req, &info, 100, &[]); // at once, before any lookup
                 let call_id = info.call_id.clone();
                 let offer = NewInvite {
-                    request: req.clone(),
-                    info: info.clone(),
+                    request: req,
+                    info,
                     peer,
                     key,
                 };
@@ -481,7 +475,7 @@ impl Core {
                     Ok(()) => {
                         self.calls.insert(call_id, Route::Pending(Vec::new()));
                     }
-                    Err(reject) => {
+                    Err((reject, invite)) => {
                         let retry = reject.retry_after.map(|s| s.to_string());
                         let min_se = reject.min_se.map(|s| s.to_string());
                         let extra: Vec<(&str, &str)> = [
@@ -491,7 +485,7 @@ impl Core {
                         .into_iter()
                         .filter_map(|(k, v)| v.map(|v| (k, v)))
                         .collect();
-                        self.answer(&req, &info, reject.code, &extra);
+                        self.answer(&invite.request, &invite.info, reject.code, &extra);
                     }
                 }
             }
@@ -509,7 +503,6 @@ impl Core {
 
     fn on_command(&mut self, cmd: Command) {
         let now = Instant::now();
-        let mut out = std::mem::take(&mut self.out);
         match cmd {
             Command::Register { call_id, sink } => {
                 if let Some(Route::Pending(queue)) = self.calls.remove(&call_id) {
@@ -536,7 +529,7 @@ impl Core {
                     &call_id,
                     cseq,
                     now,
-                    &mut out,
+                    &mut self.out,
                 ) {
                     self.metrics
                         .responses_sent
@@ -548,12 +541,12 @@ impl Core {
                 self.metrics
                     .requests_sent
                     .get_or_create(&MethodLabel {
-                        method: spec.method.to_string(),
+                        method: method_name(spec.method),
                     })
                     .inc();
                 let data = Bytes::from(spec.to_bytes());
                 if spec.method == Method::Ack {
-                    out.push(Output::Transmit {
+                    self.out.push(Output::Transmit {
                         peer,
                         data,
                         retransmission: false,
@@ -562,12 +555,18 @@ impl Core {
                     let key = TxKey::new(&spec.branch, spec.method);
                     let call_id = spec.call_id.clone();
                     let invite = (spec.method == Method::Invite).then_some(spec);
-                    self.transactions
-                        .send_request(key, peer, data, invite, &call_id, now, &mut out);
+                    self.transactions.send_request(
+                        key,
+                        peer,
+                        data,
+                        invite,
+                        &call_id,
+                        now,
+                        &mut self.out,
+                    );
                 }
             }
         }
-        self.out = out;
         self.flush();
     }
 }

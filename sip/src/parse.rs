@@ -156,6 +156,26 @@ pub fn method_from(s: &str) -> Option<Method> {
     })
 }
 
+/// The method's name as a static string (metric labels without an allocation).
+pub fn method_name(m: Method) -> &'static str {
+    match m {
+        Method::Invite => "INVITE",
+        Method::Ack => "ACK",
+        Method::Bye => "BYE",
+        Method::Cancel => "CANCEL",
+        Method::Options => "OPTIONS",
+        Method::Info => "INFO",
+        Method::Update => "UPDATE",
+        Method::PRack => "PRACK",
+        Method::Refer => "REFER",
+        Method::Notify => "NOTIFY",
+        Method::Message => "MESSAGE",
+        Method::Subscribe => "SUBSCRIBE",
+        Method::Register => "REGISTER",
+        Method::Publish => "PUBLISH",
+    }
+}
+
 /// A `;name=value` parameter of a header value (outside any `<...>` part).
 pub fn param<'a>(value: &'a str, name: &str) -> Option<&'a str> {
     let params = match value.rfind('>') {
@@ -333,6 +353,14 @@ Content-Length: 0\r\n\r\n";
             parsed > 1000,
             "the mutations should leave many messages parseable ({parsed})"
         );
+    }
+
+    #[test]
+    fn method_names_round_trip() {
+        for m in Method::all() {
+            assert_eq!(method_from(method_name(m)), Some(m));
+            assert_eq!(method_name(m), m.to_string());
+        }
     }
 
     #[test]

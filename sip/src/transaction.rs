@@ -129,26 +129,36 @@ struct Pending2xx {
     timers: Timers,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum TimerId {
-    Server(String, MethodOrd),
-    Client(String, MethodOrd),
+    Server(TxKey),
+    Client(TxKey),
     Ok2xx(String, u32),
 }
 
-/// `Method` has no ordering; the heap needs one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-struct MethodOrd(u8);
-
-fn method_ord(m: Method) -> MethodOrd {
-    MethodOrd(Method::all().iter().position(|x| *x == m).unwrap_or(0) as u8)
+/// A heap entry, ordered by time alone. Entries are not removed when a transaction
+/// moves on: a popped entry whose time no longer matches its transaction is stale.
+#[derive(Debug)]
+struct TimerEntry {
+    at: Instant,
+    id: TimerId,
 }
 
-fn method_of(o: MethodOrd) -> Method {
-    Method::all()
-        .get(o.0 as usize)
-        .copied()
-        .unwrap_or(Method::Invite)
+impl PartialEq for TimerEntry {
+    fn eq(&self, other: &Self) -> bool {
+        self.at == other.at
+    }
+}
+impl Eq for TimerEntry {}
+impl PartialOrd for TimerEntry {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for TimerEntry {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.at.cmp(&other.at)
+    }
 }
 
 #[derive(Default)]
@@ -156,7 +166,7 @@ pub struct Transactions {
     server: HashMap<TxKey, ServerTx>,
     client: HashMap<TxKey, ClientTx>,
     ok2xx: HashMap<(String, u32), Pending2xx>,
-    heap: BinaryHeap<Reverse<(Instant, TimerId)>>,
+    heap: BinaryHeap<Reverse<TimerEntry>>,
 }
 
 fn reliable(peer: &Peer) -> bool {
@@ -183,7 +193,7 @@ impl Transactions {
 
     fn schedule(&mut self, at: Option<Instant>, id: TimerId) {
         if let Some(at) = at {
-            self.heap.push(Reverse((at, id)));
+            self.heap.push(Reverse(TimerEntry { at, id }));
         }
     }
 
@@ -209,10 +219,7 @@ impl Transactions {
                         // Timer I: linger to absorb ACK retransmissions.
                         let expire = now + linger(&peer, T4);
                         tx.timers.expire_at = Some(expire);
-                        self.schedule(
-                            Some(expire),
-                            TimerId::Server(key.branch, method_ord(key.method)),
-                        );
+                        self.schedule(Some(expire), TimerId::Server(key));
                         return RequestMatch::AckAbsorbed;
                     }
                     if tx.state == State::Confirmed {
@@ -284,7 +291,7 @@ impl Transactions {
         if code < 200 {
             return true;
         }
-        let id = TimerId::Server(key.branch.clone(), method_ord(key.method));
+        let id = TimerId::Server(key.clone());
         if key.method == Method::Invite && code < 300 {
             // RFC 6026 Accepted: absorb INVITE retransmissions by resending the 2xx;
             // the 2xx itself is retransmitted until its ACK arrives (13.3.1.4).
@@ -364,7 +371,7 @@ impl Transactions {
             },
         };
         let next = tx.timers.next();
-        let id = TimerId::Client(key.branch.clone(), method_ord(key.method));
+        let id = TimerId::Client(key.clone());
         self.client.insert(key, tx);
         self.schedule(next, id);
     }
@@ -386,7 +393,7 @@ impl Transactions {
                 ResponseMatch::Unmatched
             };
         };
-        let id = TimerId::Client(key.branch.clone(), method_ord(key.method));
+        let id = TimerId::Client(key.clone());
         if tx.state == State::Completed {
             if let Some(ack) = &tx.ack {
                 out.push(Output::Transmit {
@@ -434,36 +441,17 @@ impl Transactions {
     // ---- time ----
 
     pub fn poll_timeout(&mut self) -> Option<Instant> {
-        self.heap.peek().map(|Reverse((at, _))| *at)
+        self.heap.peek().map(|Reverse(e)| e.at)
     }
 
     pub fn handle_timeout(&mut self, now: Instant, out: &mut Vec<Output>) {
-        while let Some(Reverse((at, _))) = self.heap.peek() {
-            if *at > now {
-                break;
-            }
-            let Some(Reverse((at, id))) = self.heap.pop() else {
+        while self.heap.peek().is_some_and(|Reverse(e)| e.at <= now) {
+            let Some(Reverse(TimerEntry { at, id })) = self.heap.pop() else {
                 break;
             };
             match id {
-                TimerId::Server(branch, m) => self.server_timer(
-                    TxKey {
-                        branch,
-                        method: method_of(m),
-                    },
-                    at,
-                    now,
-                    out,
-                ),
-                TimerId::Client(branch, m) => self.client_timer(
-                    TxKey {
-                        branch,
-                        method: method_of(m),
-                    },
-                    at,
-                    now,
-                    out,
-                ),
+                TimerId::Server(key) => self.server_timer(key, at, now, out),
+                TimerId::Client(key) => self.client_timer(key, at, now, out),
                 TimerId::Ok2xx(call_id, cseq) => self.ok2xx_timer(call_id, cseq, at, now, out),
             }
         }
@@ -490,7 +478,7 @@ impl Transactions {
             tx.timers.retransmit_at = Some(now + tx.timers.interval);
         }
         let next = tx.timers.next();
-        self.schedule(next, TimerId::Server(key.branch, method_ord(key.method)));
+        self.schedule(next, TimerId::Server(key));
     }
 
     fn client_timer(&mut self, key: TxKey, at: Instant, now: Instant, out: &mut Vec<Output>) {
@@ -523,7 +511,7 @@ impl Transactions {
             tx.timers.retransmit_at = Some(now + tx.timers.interval);
         }
         let next = tx.timers.next();
-        self.schedule(next, TimerId::Client(key.branch, method_ord(key.method)));
+        self.schedule(next, TimerId::Client(key));
     }
 
     fn ok2xx_timer(

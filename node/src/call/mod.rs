@@ -22,9 +22,7 @@ use tsunagu_media::{sdp, Relay, Side};
 use tsunagu_sip::endpoint::CallSink;
 use tsunagu_sip::parse::{header, sdp_body, Peer};
 use tsunagu_sip::{Method, NewInvite, Request, Response, SipEvent};
-use tsunagu_store::{
-    CallRecord, CallResult, CallerIdMode, CallerKind, NumberKind, TrackingNumber, Validity,
-};
+use tsunagu_store::{CallRecord, CallResult, CallerIdMode, NumberKind, TrackingNumber, Validity};
 
 pub enum CallMsg {
     Start,
@@ -49,6 +47,11 @@ impl CallSink for CallHandle {
 /// Everything a call starts from.
 pub struct CallArgs {
     pub ctx: Arc<NodeContext>,
+    /// Identified once, at admission.
+    pub caller: Caller,
+    /// When the INVITE was admitted (before any shaping delay).
+    pub started: Instant,
+    pub started_at_ms: i64,
     pub invite: NewInvite,
     pub number: Arc<TrackingNumber>,
     pub inbound_trunk: usize,
@@ -65,8 +68,7 @@ pub struct CallSeed {
     pub key: tsunagu_sip::transaction::TxKey,
     pub cseq: u32,
     pub failure_response: Vec<u8>,
-    pub caller_number: String,
-    pub caller_kind: CallerKind,
+    pub caller: Caller,
     pub number: Arc<TrackingNumber>,
     pub started_at_ms: i64,
     pub started: Instant,
@@ -76,17 +78,6 @@ pub struct CallSeed {
 impl CallSeed {
     pub fn new(args: &CallArgs) -> CallSeed {
         let inv = &args.invite;
-        let trusted = args
-            .ctx
-            .routing
-            .trunks
-            .get(args.inbound_trunk)
-            .is_some_and(|t| t.trusted);
-        let Caller {
-            number: caller_number,
-            kind: caller_kind,
-            ..
-        } = identify_caller(&inv.request, trusted);
         CallSeed {
             id: args.id.clone(),
             a_call_id: inv.info.call_id.clone(),
@@ -99,11 +90,10 @@ impl CallSeed {
                 &[],
                 None,
             ),
-            caller_number,
-            caller_kind,
+            caller: args.caller.clone(),
             number: args.number.clone(),
-            started_at_ms: now_ms(),
-            started: Instant::now(),
+            started_at_ms: args.started_at_ms,
+            started: args.started,
             logged: args.logged.clone(),
         }
     }
@@ -143,6 +133,8 @@ pub struct Call {
     max_forwards: u8,
     started: Instant,
     started_at_ms: i64,
+    /// The caller's SDP offer pointed at the node's callee-facing port (every attempt).
+    b_offer: String,
     setup_observed: bool,
     answered: Option<(Instant, i64)>,
     dest_index: usize,
@@ -190,18 +182,15 @@ impl Actor for CallActor {
     ) -> Result<Call, ActorProcessingErr> {
         let CallArgs {
             ctx,
+            caller,
+            started,
+            started_at_ms,
             invite,
             number,
             inbound_trunk,
             id,
             logged,
         } = args;
-        let trusted = ctx
-            .routing
-            .trunks
-            .get(inbound_trunk)
-            .is_some_and(|t| t.trusted);
-        let caller = identify_caller(&invite.request, trusted);
         let privacy = header(&invite.request, "Privacy").map(str::to_string);
         let max_forwards = header(&invite.request, "Max-Forwards")
             .and_then(|m| m.trim().parse::<u8>().ok())
@@ -225,8 +214,9 @@ impl Actor for CallActor {
             caller,
             privacy,
             max_forwards,
-            started: Instant::now(),
-            started_at_ms: now_ms(),
+            started,
+            started_at_ms,
+            b_offer: String::new(),
             setup_observed: false,
             answered: None,
             dest_index: 0,
@@ -290,13 +280,11 @@ impl Call {
                 return self.give_up(CallResult::Failed, 503);
             }
         };
-        if let Some(remote) = sdp_body(&self.a.invite, &self.a.invite.body)
-            .and_then(|s| sdp::rewrite(&s, relay.local(Side::B).ip(), relay.local(Side::B).port()))
-            .and_then(|r| r.remote)
-        {
-            relay.set_remote(Side::A, remote);
-        }
         self.relay = Some(relay);
+        let offer = sdp_body(&self.a.invite, &self.a.invite.body);
+        self.b_offer = offer
+            .and_then(|o| self.anchor_sdp(Side::A, &o))
+            .unwrap_or_default();
         self.try_attempt();
     }
 
@@ -309,19 +297,13 @@ impl Call {
             // Fixed per destination, so a trunk changing state mid-call cannot shift the order.
             self.dest_trunks = self.trunks_for(&dest.number);
         }
-        let trunks = self.dest_trunks.clone();
-        let Some(&trunk) = trunks.get(self.trunk_pos) else {
+        let Some(&trunk) = self.dest_trunks.get(self.trunk_pos) else {
             tracing::warn!(destination = %dest.number, "no route to destination");
             return self.after_failure(Failure::Status(503));
         };
         let Some(target) = self.ctx.routing.trunks[trunk].outbound else {
             return self.after_failure(Failure::Status(503));
         };
-        let relay = self.relay.as_ref().expect("relay exists while trying");
-        let offer = sdp_body(&self.a.invite, &self.a.invite.body)
-            .and_then(|s| sdp::rewrite(&s, relay.local(Side::B).ip(), relay.local(Side::B).port()))
-            .map(|r| r.sdp)
-            .unwrap_or_default();
         let presented = match self.number.caller_id {
             CallerIdMode::Caller if self.caller.withheld => "anonymous".to_string(),
             CallerIdMode::Caller => self.caller.number.clone(),
@@ -347,7 +329,7 @@ impl Call {
                 destination: &dest.number,
                 presented: &presented,
                 peer,
-                sdp: &offer,
+                sdp: &self.b_offer,
                 max_forwards: self.max_forwards,
                 privacy: self.privacy.as_deref(),
                 // The asserted identity goes only to trunks we trust (RFC 3325).
@@ -569,18 +551,8 @@ impl Call {
             ep.respond(&req, &info, &key, 491, None, &[], None);
             return;
         }
-        let to = if from == Side::A { Side::B } else { Side::A };
-        let sdp = match (&self.relay, sdp_body(&req, &req.body)) {
-            (Some(relay), Some(body)) => {
-                let local = relay.local(to);
-                let rewritten = sdp::rewrite(&body, local.ip(), local.port());
-                if let Some(remote) = rewritten.as_ref().and_then(|r| r.remote) {
-                    relay.set_remote(from, remote);
-                }
-                rewritten.map(|r| r.sdp)
-            }
-            _ => None,
-        };
+        let to = from.other();
+        let sdp = sdp_body(&req, &req.body).and_then(|body| self.anchor_sdp(from, &body));
         let method = req.method;
         let cseq = match to {
             Side::B => match self.b.as_mut() {
@@ -609,7 +581,7 @@ impl Call {
         }
         let Some(p) = self.reoffer.take() else { return };
         let ep = self.ctx.endpoint.clone();
-        let to = if p.from == Side::A { Side::B } else { Side::A };
+        let to = p.from.other();
         if (200..300).contains(&code) && p.method == Method::Invite {
             match to {
                 Side::B => {
@@ -620,33 +592,19 @@ impl Call {
                 Side::A => self.a.ack_at(&ep, p.cseq),
             }
         }
-        let answer = match (&self.relay, sdp_body(&resp, &resp.body)) {
-            (Some(relay), Some(body)) if code < 300 => {
-                let local = relay.local(p.from);
-                let rewritten = sdp::rewrite(&body, local.ip(), local.port());
-                if let Some(remote) = rewritten.as_ref().and_then(|r| r.remote) {
-                    relay.set_remote(to, remote);
-                }
-                rewritten.map(|r| r.sdp)
-            }
-            _ => None,
-        };
+        let answer = sdp_body(&resp, &resp.body)
+            .filter(|_| code < 300)
+            .and_then(|body| self.anchor_sdp(to, &body));
         if p.from == Side::A {
             if let Some(s) = &answer {
                 self.a.sdp_sent = Some(s.clone());
             }
         }
-        let contact = legs::contact(
-            &ep,
-            if p.from == Side::A {
-                self.a.peer.transport
-            } else {
-                self.b
-                    .as_ref()
-                    .map(|b| b.peer.transport)
-                    .unwrap_or(self.a.peer.transport)
-            },
-        );
+        let transport = match (p.from, &self.b) {
+            (Side::B, Some(b)) => b.peer.transport,
+            _ => self.a.peer.transport,
+        };
+        let contact = legs::contact(&ep, transport);
         let extra: Vec<(&str, &str)> = if code < 300 {
             vec![("Contact", contact.as_str())]
         } else {
@@ -683,7 +641,7 @@ impl Call {
                 if self.phase != Phase::Trying || self.pending_failure.is_some() {
                     return;
                 }
-                let sdp = self.media_answer(&resp);
+                let sdp = self.callee_sdp(&resp);
                 let upstream = if sdp.is_some() { 183 } else { 180 };
                 self.observe_setup();
                 self.a.respond(&ep, upstream, sdp.as_deref());
@@ -701,7 +659,7 @@ impl Call {
                     b.bye(&ep);
                     return;
                 }
-                let sdp = self.media_answer(&resp);
+                let sdp = self.callee_sdp(&resp);
                 self.observe_setup();
                 self.answered = Some((Instant::now(), now_ms()));
                 self.result = CallResult::Answered;
@@ -728,14 +686,20 @@ impl Call {
         }
     }
 
-    /// The callee's SDP rewritten for the caller; updates where the relay sends.
-    fn media_answer(&self, resp: &Response) -> Option<String> {
+    /// The callee's SDP in a response, anchored for the caller.
+    fn callee_sdp(&self, resp: &Response) -> Option<String> {
+        self.anchor_sdp(Side::B, &sdp_body(resp, &resp.body)?)
+    }
+
+    /// Media anchoring of one SDP body sent by the far end of `from`: the relay now sends
+    /// to where that body says `from` receives, and the body is rewritten to the node's
+    /// port facing the other side, for the other leg.
+    fn anchor_sdp(&self, from: Side, body: &str) -> Option<String> {
         let relay = self.relay.as_ref()?;
-        let body = sdp_body(resp, &resp.body)?;
-        let local = relay.local(Side::A);
-        let rewritten = sdp::rewrite(&body, local.ip(), local.port())?;
+        let local = relay.local(from.other());
+        let rewritten = sdp::rewrite(body, local.ip(), local.port())?;
         if let Some(remote) = rewritten.remote {
-            relay.set_remote(Side::B, remote);
+            relay.set_remote(from, remote);
         }
         Some(rewritten.sdp)
     }
@@ -773,49 +737,33 @@ impl Call {
         }
         self.phase = Phase::Done;
         let ended = Instant::now();
-        let ended_at = now_ms();
-        let secs = |d: Duration| ((d.as_millis() + 500) / 1000) as u32;
         let ring_end = self.answered.map(|(t, _)| t).unwrap_or(ended);
-        let ring_seconds = secs(ring_end.duration_since(self.started));
-        let talk_seconds = self
+        let mut record = base_record(
+            &self.ctx,
+            &self.id,
+            &self.number,
+            &self.caller,
+            self.started,
+            self.started_at_ms,
+        );
+        record.destination_number = self.b.as_ref().map(|b| b.destination.clone());
+        record.answered_at = self.answered.map(|(_, ms)| ms);
+        record.ring_seconds = rounded_seconds(ring_end.duration_since(self.started));
+        record.talk_seconds = self
             .answered
-            .map(|(t, _)| secs(ended.duration_since(t)))
+            .map(|(t, _)| rounded_seconds(ended.duration_since(t)))
             .unwrap_or(0);
-        let (pin, pout, lost) = match &self.relay {
-            Some(r) => {
-                let (a, b) = r.stats.packets();
-                (a, b, r.stats.lost())
-            }
-            None => (0, 0, 0),
-        };
-        let record = CallRecord {
-            call_id: self.id.clone(),
-            operator_id: self.number.operator_id.clone(),
-            advertiser_id: self.number.advertiser_id.clone(),
-            tracking_number: self.number.number.clone(),
-            caller_number: self.caller.number.clone(),
-            caller_kind: self.caller.kind,
-            destination_number: self.b.as_ref().map(|b| b.destination.clone()),
-            started_at: self.started_at_ms,
-            answered_at: self.answered.map(|(_, ms)| ms),
-            ended_at,
-            ring_seconds,
-            talk_seconds,
-            result: self.result,
-            validity: Validity::InvalidShort,
-            ivr_digits: None,
-            judgement_digit: None,
-            recording: None,
-            tracking_params: self.number.tracking_params.clone(),
-            node: self.ctx.node_id.clone(),
-            sip_code: self.upstream_code,
-            trunk: self
-                .last_trunk
-                .map(|t| self.ctx.routing.trunks[t].name.clone()),
-            rtp_packets_in: pin,
-            rtp_packets_out: pout,
-            rtp_lost: lost,
-        };
+        record.result = self.result;
+        record.sip_code = self.upstream_code;
+        record.trunk = self
+            .last_trunk
+            .map(|t| self.ctx.routing.trunks[t].name.clone());
+        if let Some(r) = &self.relay {
+            (record.rtp_packets_in, record.rtp_packets_out) = r.stats.packets();
+            record.rtp_lost = r.stats.lost();
+        }
+        let (ring_seconds, talk_seconds) = (record.ring_seconds, record.talk_seconds);
+        let (pin, pout) = (record.rtp_packets_in, record.rtp_packets_out);
         let m = &self.ctx.metrics.calls;
         m.ended
             .get_or_create(&ResultLabel {
@@ -829,11 +777,7 @@ impl Call {
                 .observe(ended.duration_since(t).as_secs_f64());
         }
         tracing::info!(result = %self.result, ring_seconds, talk_seconds, rtp_in = pin, rtp_out = pout, "call ended");
-        self.ctx.log.write(LogEntry {
-            record,
-            rule: self.number.validity,
-            pooled: self.number.kind == NumberKind::Pool,
-        });
+        self.ctx.log.write(log_entry(record, &self.number));
         self.logged.store(true, Ordering::Release);
         self.ep().unregister(&self.a.info.call_id);
         if let Some(b) = &self.b {
@@ -843,37 +787,66 @@ impl Call {
     }
 }
 
-/// The record of a call whose actor died: what the supervisor knows, result `failed`.
-pub fn failed_record(ctx: &NodeContext, seed: &CallSeed) -> LogEntry {
-    let record = CallRecord {
-        call_id: seed.id.clone(),
-        operator_id: seed.number.operator_id.clone(),
-        advertiser_id: seed.number.advertiser_id.clone(),
-        tracking_number: seed.number.number.clone(),
-        caller_number: seed.caller_number.clone(),
-        caller_kind: seed.caller_kind,
+/// Seconds rounded to the nearest second, as call logs count them.
+fn rounded_seconds(d: Duration) -> u32 {
+    ((d.as_millis() + 500) / 1000) as u32
+}
+
+/// A call's record before its outcome is known: who, what, when, and result `failed`
+/// with nothing answered. Validity is judged later by the call-log writer.
+fn base_record(
+    ctx: &NodeContext,
+    id: &str,
+    number: &TrackingNumber,
+    caller: &Caller,
+    started: Instant,
+    started_at_ms: i64,
+) -> CallRecord {
+    CallRecord {
+        call_id: id.to_string(),
+        operator_id: number.operator_id.clone(),
+        advertiser_id: number.advertiser_id.clone(),
+        tracking_number: number.number.clone(),
+        caller_number: caller.number.clone(),
+        caller_kind: caller.kind,
         destination_number: None,
-        started_at: seed.started_at_ms,
+        started_at: started_at_ms,
         answered_at: None,
         ended_at: now_ms(),
-        ring_seconds: seed.started.elapsed().as_secs() as u32,
+        ring_seconds: rounded_seconds(started.elapsed()),
         talk_seconds: 0,
         result: CallResult::Failed,
         validity: Validity::InvalidShort,
         ivr_digits: None,
         judgement_digit: None,
         recording: None,
-        tracking_params: seed.number.tracking_params.clone(),
+        tracking_params: number.tracking_params.clone(),
         node: ctx.node_id.clone(),
         sip_code: 500,
         trunk: None,
         rtp_packets_in: 0,
         rtp_packets_out: 0,
         rtp_lost: 0,
-    };
+    }
+}
+
+fn log_entry(record: CallRecord, number: &TrackingNumber) -> LogEntry {
     LogEntry {
         record,
-        rule: seed.number.validity,
-        pooled: seed.number.kind == NumberKind::Pool,
+        rule: number.validity,
+        pooled: number.kind == NumberKind::Pool,
     }
+}
+
+/// The record of a call whose actor died: what the supervisor knows, result `failed`.
+pub fn failed_record(ctx: &NodeContext, seed: &CallSeed) -> LogEntry {
+    let record = base_record(
+        ctx,
+        &seed.id,
+        &seed.number,
+        &seed.caller,
+        seed.started,
+        seed.started_at_ms,
+    );
+    log_entry(record, &seed.number)
 }
