@@ -95,7 +95,8 @@ fn write_with_retry(store: &dyn Store, batch: &mut Vec<LogEntry>, metrics: &Call
     let mut backoff = Duration::from_millis(50);
     loop {
         let started = Instant::now();
-        let result = judge_batch(store, batch).and_then(|records| store.insert_calls(&records));
+        let result =
+            complete_records(store, batch).and_then(|records| store.insert_calls(&records));
         match result {
             Ok(()) => {
                 metrics
@@ -119,7 +120,10 @@ fn write_with_retry(store: &dyn Store, batch: &mut Vec<LogEntry>, metrics: &Call
 /// Completes each record before it is stored: the lease's tracking parameters for pool
 /// numbers (attribution), and validity, looking for earlier calls in the store and
 /// earlier in this batch.
-fn judge_batch(store: &dyn Store, batch: &[LogEntry]) -> tsunagu_store::Result<Vec<CallRecord>> {
+fn complete_records(
+    store: &dyn Store,
+    batch: &[LogEntry],
+) -> tsunagu_store::Result<Vec<CallRecord>> {
     let mut out: Vec<CallRecord> = Vec::with_capacity(batch.len());
     for e in batch {
         let r = &e.record;

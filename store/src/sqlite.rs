@@ -636,9 +636,9 @@ impl Store for SqliteStore {
             if let (Some(session), PoolMode::Dynamic) = (session, pool.mode) {
                 let live = tx
                     .query_row(
-                        &format!("SELECT id, {LEASE_COLUMNS} FROM leases WHERE pool_id = ?1 AND session = ?2 AND expires_at > ?3 ORDER BY expires_at DESC LIMIT 1"),
+                        &format!("SELECT {LEASE_COLUMNS}, id FROM leases WHERE pool_id = ?1 AND session = ?2 AND expires_at > ?3 ORDER BY expires_at DESC LIMIT 1"),
                         params![pool.id, session, now],
-                        |r| Ok((r.get::<_, i64>(0)?, Lease { pool_id: r.get(1)?, number: r.get(2)?, session: r.get(3)?, params: serde_json::from_str(&r.get::<_, String>(4)?).unwrap_or_default(), issued_at: r.get(5)?, expires_at: r.get(6)? })),
+                        |r| Ok((r.get::<_, i64>(6)?, lease_from(r)?)),
                     )
                     .optional()?;
                 if let Some((id, mut lease)) = live {

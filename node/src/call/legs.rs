@@ -45,8 +45,6 @@ pub struct ALeg {
     routes: Vec<String>,
     local_cseq: u32,
     pub final_sent: bool,
-    /// The SDP we last gave the caller (answers a session-refresh re-INVITE).
-    pub sdp_sent: Option<String>,
 }
 
 impl ALeg {
@@ -68,7 +66,6 @@ impl ALeg {
             routes,
             local_cseq: 0,
             final_sent: false,
-            sdp_sent: None,
         }
     }
 
@@ -84,9 +81,6 @@ impl ALeg {
         let mut extra: Vec<(&str, &str)> = Vec::new();
         if (101..300).contains(&code) {
             extra.push(("Contact", &contact));
-        }
-        if let Some(s) = sdp {
-            self.sdp_sent = Some(s.to_string());
         }
         ep.respond(
             &self.invite,

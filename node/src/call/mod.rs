@@ -595,11 +595,6 @@ impl Call {
         let answer = sdp_body(&resp, &resp.body)
             .filter(|_| code < 300)
             .and_then(|body| self.anchor_sdp(to, &body));
-        if p.from == Side::A {
-            if let Some(s) = &answer {
-                self.a.sdp_sent = Some(s.clone());
-            }
-        }
         let transport = match (p.from, &self.b) {
             (Side::B, Some(b)) => b.peer.transport,
             _ => self.a.peer.transport,
