@@ -115,13 +115,6 @@ impl InviteHandler for Admission {
                 None => return self.refuse(503, "trunk_cps", invite),
             }
         }
-        if !self
-            .supervisor
-            .get_status()
-            .eq(&ractor::ActorStatus::Running)
-        {
-            return self.refuse(503, "supervisor_down", invite);
-        }
         let args = CallArgs {
             ctx: ctx.clone(),
             caller: identify_caller(&invite.request, t.trusted),
@@ -147,16 +140,20 @@ impl InviteHandler for Admission {
                 .send_after(wait, move || SupervisorMsg::Spawn(args));
             return Ok(());
         }
-        if self
+        match self
             .supervisor
             .send_message(SupervisorMsg::Spawn(Box::new(args)))
-            .is_err()
         {
-            // Stopped between the check and the send: the INVITE is lost with the
-            // message, and the caller's transaction times out.
-            tracing::error!("call supervisor stopped; INVITE dropped");
+            Ok(()) => Ok(()),
+            // A closed mailbox hands the message back: answer the INVITE with it.
+            Err(ractor::MessagingErr::SendErr(SupervisorMsg::Spawn(args))) => {
+                self.refuse(503, "supervisor_down", args.invite)
+            }
+            Err(e) => {
+                tracing::error!(%e, "call supervisor unreachable; INVITE dropped");
+                Ok(())
+            }
         }
-        Ok(())
     }
 }
 
