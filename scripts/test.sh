@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The one test command. On Debian it installs what the tests need (SIPp, from the
-# sip-tester package) if missing, then builds and runs every test of the workspace:
+# The one test command. On Debian it installs what the tests need if missing (SIPp
+# from sip-tester; Chromium for the page-tag test; python3-aiosmtpd, a real SMTP
+# server for the e-mail test), then builds and runs every test of the workspace:
 # unit tests, the store conformance suite on SQLite, and the end-to-end tests that
-# start real nodes and drive them with SIPp over loopback.
+# start real nodes and drive them with SIPp, Chromium and SMTP over loopback.
 #
 # The ScyllaDB conformance run needs a real server (TSUNAGU_SCYLLA_NODES); none can
 # be installed here, so it is not part of this command (see README, "Store").
@@ -11,6 +12,9 @@ cd "$(dirname "$0")/.."
 
 missing=()
 command -v sipp >/dev/null 2>&1 || missing+=(sip-tester)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
+/usr/bin/python3 -c 'import aiosmtpd' >/dev/null 2>&1 || missing+=(python3-aiosmtpd)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing: ${missing[*]}"
     sudo=""
@@ -19,6 +23,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
 fi
 command -v sipp >/dev/null 2>&1 || { echo "sipp is still missing: the end-to-end tests cannot run" >&2; exit 1; }
+command -v chromium >/dev/null 2>&1 || { echo "chromium is still missing: the page-tag test cannot run" >&2; exit 1; }
 
 cargo fmt --all -- --check
 

@@ -62,6 +62,7 @@ const COLUMNS: &[&str] = &[
     "rtp_packets_in",
     "rtp_packets_out",
     "rtp_lost",
+    "callback_of",
 ];
 
 const JSON_PAGE_MAX: usize = 1000;
@@ -164,7 +165,8 @@ fn query_from(op: String, p: &CallsParams) -> Result<CallQuery, ApiError> {
     })
 }
 
-pub(crate) fn call_json(r: &CallRecord) -> Value {
+/// A call record as the API and webhooks show it.
+pub fn call_json(r: &CallRecord) -> Value {
     json!({
         "call_id": r.call_id,
         "advertiser_id": r.advertiser_id,
@@ -189,10 +191,11 @@ pub(crate) fn call_json(r: &CallRecord) -> Value {
         "rtp_packets_in": r.rtp_packets_in,
         "rtp_packets_out": r.rtp_packets_out,
         "rtp_lost": r.rtp_lost,
+        "callback_of": r.callback_of,
     })
 }
 
-fn fields(r: &CallRecord) -> [String; 23] {
+fn fields(r: &CallRecord) -> [String; 24] {
     let opt = |v: &Option<String>| v.clone().unwrap_or_default();
     [
         r.call_id.clone(),
@@ -222,6 +225,7 @@ fn fields(r: &CallRecord) -> [String; 23] {
         r.rtp_packets_in.to_string(),
         r.rtp_packets_out.to_string(),
         r.rtp_lost.to_string(),
+        opt(&r.callback_of),
     ]
 }
 

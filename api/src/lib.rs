@@ -10,14 +10,20 @@ mod advertisers;
 mod auth;
 mod calls;
 mod error;
+mod follow_up;
 mod numbers;
 mod openapi;
 mod operators;
 mod ops;
 mod pools;
+mod tag;
+mod webhooks;
 
+pub use calls::call_json;
 pub use error::ApiError;
+pub use follow_up::Channels;
 pub use pools::PoolMetrics;
+pub use webhooks::EVENT_TYPES;
 
 use axum::routing::{get, post};
 use axum::Router;
@@ -39,6 +45,8 @@ pub struct ApiState {
     pub registry: Arc<Registry>,
     pub admin_token: String,
     pub pool_metrics: PoolMetrics,
+    /// Delivery channels configured on this node (numbers asking for others are refused).
+    pub channels: Channels,
 }
 
 pub fn router(state: Arc<ApiState>) -> Router {
@@ -77,7 +85,13 @@ pub fn router(state: Arc<ApiState>) -> Router {
         )
         .route("/v1/pools", post(pools::create).get(pools::list))
         .route("/v1/pools/{id}", get(pools::get_one).patch(pools::update))
-        .route("/v1/pools/{id}/issue", post(pools::issue))
+        .route(
+            "/v1/pools/{id}/issue",
+            post(pools::issue).options(pools::issue_preflight),
+        )
+        .route("/v1/webhooks", post(webhooks::create).get(webhooks::list))
+        .route("/v1/webhooks/{id}", axum::routing::delete(webhooks::delete))
+        .route("/v1/tag.js", get(tag::script))
         .route("/v1/calls", get(calls::list))
         .route("/v1/calls/{call_id}", get(calls::get_one))
         .route("/v1/calls/{call_id}/recording", get(calls::recording))
@@ -104,7 +118,7 @@ pub(crate) fn now_ms() -> i64 {
 }
 
 /// Milliseconds since the epoch as RFC 3339 UTC with milliseconds.
-pub(crate) fn rfc3339(ms: i64) -> String {
+pub fn rfc3339(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
         .unwrap_or_default()

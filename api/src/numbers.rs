@@ -4,6 +4,7 @@
 
 use crate::auth::OperatorId;
 use crate::error::parse_json;
+use crate::follow_up::present;
 use crate::{db, now_ms, rfc3339, ApiError, ApiState};
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -13,7 +14,9 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use tsunagu_store::{CallerIdMode, Destination, NumberKind, TrackingNumber, ValidityRule};
+use tsunagu_store::{
+    CallerIdMode, Destination, Ga4, Notify, NumberKind, TrackingNumber, ValidityRule,
+};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -29,6 +32,10 @@ struct NumberInput {
     caller_id: CallerIdMode,
     #[serde(default)]
     tracking_params: BTreeMap<String, String>,
+    #[serde(default)]
+    notify: Option<Notify>,
+    #[serde(default)]
+    ga4: Option<Ga4>,
 }
 
 #[derive(Deserialize)]
@@ -39,6 +46,11 @@ struct NumberPatch {
     validity: Option<ValidityRule>,
     caller_id: Option<CallerIdMode>,
     tracking_params: Option<BTreeMap<String, String>>,
+    /// `null` removes the settings.
+    #[serde(default, deserialize_with = "present")]
+    notify: Option<Option<Notify>>,
+    #[serde(default, deserialize_with = "present")]
+    ga4: Option<Option<Ga4>>,
 }
 
 pub(crate) fn is_phone_number(s: &str) -> bool {
@@ -125,6 +137,8 @@ fn view(n: &TrackingNumber) -> Value {
         "caller_id": n.caller_id,
         "tracking_params": n.tracking_params,
         "pool_id": n.pool_id,
+        "notify": n.notify,
+        "ga4": n.ga4,
         "created_at": rfc3339(n.created_at),
         "updated_at": rfc3339(n.updated_at),
     })
@@ -159,6 +173,8 @@ pub async fn create(
         caller_id: input.caller_id,
         tracking_params: input.tracking_params,
         pool_id: None,
+        notify: input.notify,
+        ga4: input.ga4,
         created_at: now,
         updated_at: now,
     };
@@ -169,6 +185,7 @@ pub async fn create(
         ));
     }
     validate(&number)?;
+    crate::follow_up::validate(&st, &op, number.notify.as_ref(), number.ga4.as_ref()).await?;
     check_advertiser(&st, &op, &number.advertiser_id).await?;
     let n = number.clone();
     db(&st, move |s| s.create_number(&n)).await?;
@@ -233,8 +250,15 @@ pub async fn update(
     if let Some(p) = patch.tracking_params {
         n.tracking_params = p;
     }
+    if let Some(x) = patch.notify {
+        n.notify = x;
+    }
+    if let Some(g) = patch.ga4 {
+        n.ga4 = g;
+    }
     n.updated_at = now_ms();
     validate(&n)?;
+    crate::follow_up::validate(&st, &op, n.notify.as_ref(), n.ga4.as_ref()).await?;
     let saved = n.clone();
     if !db(&st, move |s| s.update_number(&saved)).await? {
         return Err(not_found());

@@ -5,11 +5,14 @@
 
 use crate::auth::OperatorId;
 use crate::error::parse_json;
+use crate::follow_up::present;
 use crate::numbers::{is_phone_number, validate_forwarding, validate_params};
 use crate::{db, now_ms, rfc3339, ApiError, ApiState};
 use axum::body::Bytes;
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::extract::{FromRequestParts, Path, Request, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{AppendHeaders, IntoResponse, Response};
 use axum::Json;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -23,7 +26,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 use tsunagu_store::{
-    CallerIdMode, Destination, NumberKind, Pool, PoolMode, TrackingNumber, ValidityRule,
+    CallerIdMode, Destination, Ga4, Notify, NumberKind, Pool, PoolMode, TrackingNumber,
+    ValidityRule,
 };
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -97,11 +101,19 @@ struct PoolInput {
     recycle_seconds: u32,
     #[serde(default)]
     overflow_number: Option<String>,
+    #[serde(default)]
+    allowed_origins: Vec<String>,
+    /// Not used by `callback` pools: their calls go to the caller the lease names.
+    #[serde(default)]
     destinations: Vec<Destination>,
     #[serde(default)]
     validity: ValidityRule,
     #[serde(default)]
     caller_id: CallerIdMode,
+    #[serde(default)]
+    notify: Option<Notify>,
+    #[serde(default)]
+    ga4: Option<Ga4>,
 }
 
 #[derive(Deserialize)]
@@ -109,7 +121,10 @@ struct PoolInput {
 struct PoolPatch {
     hold_seconds: Option<u32>,
     recycle_seconds: Option<u32>,
+    /// `null` removes it.
+    #[serde(default, deserialize_with = "present")]
     overflow_number: Option<Option<String>>,
+    allowed_origins: Option<Vec<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -121,7 +136,8 @@ struct IssueInput {
 
 const WEEK: u32 = 7 * 86_400;
 
-fn validate_settings(hold: u32, recycle: u32, overflow: &Option<String>) -> Result<(), ApiError> {
+fn validate_settings(p: &Pool) -> Result<(), ApiError> {
+    let (hold, recycle, overflow) = (p.hold_seconds, p.recycle_seconds, &p.overflow_number);
     if !(1..=WEEK).contains(&hold) {
         return Err(ApiError::invalid("hold_seconds", "must be 1 to 604800"));
     }
@@ -137,7 +153,36 @@ fn validate_settings(hold: u32, recycle: u32, overflow: &Option<String>) -> Resu
             "must be 4 to 15 digits",
         ));
     }
+    if p.mode == PoolMode::Callback && (overflow.is_some() || !p.allowed_origins.is_empty()) {
+        return Err(ApiError::invalid(
+            "mode",
+            "a callback pool is issued by missed calls only: no overflow_number nor allowed_origins",
+        ));
+    }
+    if p.allowed_origins.len() > 20 {
+        return Err(ApiError::invalid("allowed_origins", "at most 20 origins"));
+    }
+    for (i, o) in p.allowed_origins.iter().enumerate() {
+        if o != "*" && !is_origin(o) {
+            return Err(ApiError::invalid(
+                &format!("allowed_origins[{i}]"),
+                "must be `*` or an origin such as https://www.example.com",
+            ));
+        }
+    }
     Ok(())
+}
+
+/// `scheme://host[:port]` with nothing after it (what browsers send as `Origin`).
+fn is_origin(o: &str) -> bool {
+    let rest = o
+        .strip_prefix("https://")
+        .or_else(|| o.strip_prefix("http://"));
+    rest.is_some_and(|r| {
+        !r.is_empty()
+            && r.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'))
+    })
 }
 
 fn view(p: &Pool) -> Value {
@@ -149,6 +194,7 @@ fn view(p: &Pool) -> Value {
         "hold_seconds": p.hold_seconds,
         "recycle_seconds": p.recycle_seconds,
         "overflow_number": p.overflow_number,
+        "allowed_origins": p.allowed_origins,
         "created_at": rfc3339(p.created_at),
     })
 }
@@ -175,16 +221,6 @@ pub async fn create(
             ));
         }
     }
-    validate_settings(
-        input.hold_seconds,
-        input.recycle_seconds,
-        &input.overflow_number,
-    )?;
-    validate_forwarding(&input.destinations, &input.validity)?;
-    let (o, a) = (op.clone(), input.advertiser_id.clone());
-    if db(&st, move |s| s.get_advertiser(&o, &a)).await?.is_none() {
-        return Err(ApiError::invalid("advertiser_id", "no such advertiser"));
-    }
     let now = now_ms();
     let pool = Pool {
         id: tsunagu_store::new_id("pool"),
@@ -195,8 +231,27 @@ pub async fn create(
         hold_seconds: input.hold_seconds,
         recycle_seconds: input.recycle_seconds,
         overflow_number: input.overflow_number,
+        allowed_origins: input.allowed_origins,
         created_at: now,
     };
+    validate_settings(&pool)?;
+    let kind = if pool.mode == PoolMode::Callback {
+        if !input.destinations.is_empty() {
+            return Err(ApiError::invalid(
+                "destinations",
+                "a callback pool's calls go to the caller they call back: leave it out",
+            ));
+        }
+        NumberKind::Callback
+    } else {
+        validate_forwarding(&input.destinations, &input.validity)?;
+        NumberKind::Pool
+    };
+    crate::follow_up::validate(&st, &op, input.notify.as_ref(), input.ga4.as_ref()).await?;
+    let (o, a) = (op.clone(), input.advertiser_id.clone());
+    if db(&st, move |s| s.get_advertiser(&o, &a)).await?.is_none() {
+        return Err(ApiError::invalid("advertiser_id", "no such advertiser"));
+    }
     let records: Vec<TrackingNumber> = input
         .numbers
         .iter()
@@ -204,12 +259,14 @@ pub async fn create(
             number: n.clone(),
             operator_id: op.clone(),
             advertiser_id: input.advertiser_id.clone(),
-            kind: NumberKind::Pool,
+            kind,
             destinations: input.destinations.clone(),
             validity: input.validity,
             caller_id: input.caller_id,
             tracking_params: BTreeMap::new(),
             pool_id: Some(pool.id.clone()),
+            notify: input.notify.clone(),
+            ga4: input.ga4.clone(),
             created_at: now,
             updated_at: now,
         })
@@ -272,11 +329,10 @@ pub async fn update(
     if let Some(o) = patch.overflow_number {
         pool.overflow_number = o;
     }
-    validate_settings(
-        pool.hold_seconds,
-        pool.recycle_seconds,
-        &pool.overflow_number,
-    )?;
+    if let Some(o) = patch.allowed_origins {
+        pool.allowed_origins = o;
+    }
+    validate_settings(&pool)?;
     let saved = pool.clone();
     if !db(&st, move |s| s.update_pool(&saved)).await? {
         return Err(not_found());
@@ -284,22 +340,128 @@ pub async fn update(
     Ok(Json(view(&pool)))
 }
 
-pub async fn issue(
-    OperatorId(op): OperatorId,
+/// Who asks for a number: an operator's API key (server-side issuance), or a web
+/// page whose `Origin` the pool allows (the page tag; no secret in the page).
+enum Issuer {
+    Operator(String),
+    Page(String),
+}
+
+async fn issuer(st: &Arc<ApiState>, parts: &mut Parts) -> Result<Issuer, ApiError> {
+    if parts.headers.contains_key(header::AUTHORIZATION) {
+        let OperatorId(op) = OperatorId::from_request_parts(parts, st).await?;
+        return Ok(Issuer::Operator(op));
+    }
+    match parts
+        .headers
+        .get(header::ORIGIN)
+        .and_then(|o| o.to_str().ok())
+    {
+        Some(origin) => Ok(Issuer::Page(origin.to_string())),
+        None => Err(ApiError::unauthorized(
+            "missing Authorization: Bearer token (or an Origin the pool allows)",
+        )),
+    }
+}
+
+/// The pool, if this issuer may issue from it. A page learns nothing about pools that
+/// do not allow its origin (404, as for a pool that does not exist).
+async fn pool_for(st: &Arc<ApiState>, who: &Issuer, id: String) -> Result<Pool, ApiError> {
+    let pool = match who {
+        Issuer::Operator(op) => {
+            let op = op.clone();
+            db(st, move |s| s.get_pool(&op, &id)).await?
+        }
+        Issuer::Page(origin) => db(st, move |s| s.pool_by_id(&id))
+            .await?
+            .filter(|p| allows(p, origin)),
+    };
+    let pool = pool.ok_or_else(not_found)?;
+    if pool.mode == PoolMode::Callback {
+        return Err(ApiError::conflict(
+            "a callback pool's numbers are issued by missed calls, not on request",
+        ));
+    }
+    Ok(pool)
+}
+
+fn allows(p: &Pool, origin: &str) -> bool {
+    p.allowed_origins.iter().any(|o| o == "*" || o == origin)
+}
+
+/// CORS headers for a page's request (none for server-side callers).
+fn cors(who: &Issuer) -> Vec<(header::HeaderName, HeaderValue)> {
+    match who {
+        Issuer::Operator(_) => Vec::new(),
+        Issuer::Page(origin) => match HeaderValue::from_str(origin) {
+            Ok(v) => vec![
+                (header::ACCESS_CONTROL_ALLOW_ORIGIN, v),
+                (header::VARY, HeaderValue::from_static("Origin")),
+            ],
+            Err(_) => Vec::new(),
+        },
+    }
+}
+
+/// The CORS preflight a browser sends before a page's issue request.
+pub async fn issue_preflight(
     State(st): State<Arc<ApiState>>,
     Path(id): Path<String>,
-    body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+    req: Request,
+) -> Result<Response, ApiError> {
+    let (mut parts, _) = req.into_parts();
+    let who = match issuer(&st, &mut parts).await? {
+        Issuer::Page(origin) => Issuer::Page(origin),
+        Issuer::Operator(_) => return Ok(StatusCode::NO_CONTENT.into_response()),
+    };
+    pool_for(&st, &who, id).await?;
+    let mut headers = cors(&who);
+    headers.push((
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("POST"),
+    ));
+    headers.push((
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("content-type"),
+    ));
+    headers.push((
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static("600"),
+    ));
+    Ok((StatusCode::NO_CONTENT, AppendHeaders(headers)).into_response())
+}
+
+pub async fn issue(
+    State(st): State<Arc<ApiState>>,
+    Path(id): Path<String>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let (mut parts, body) = req.into_parts();
+    let who = issuer(&st, &mut parts).await?;
+    let body = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .map_err(|_| ApiError::bad_request(None, "body too large or unreadable"))?;
+    let headers = AppendHeaders(cors(&who));
+    match issue_number(&st, &who, id, &body).await {
+        Ok(v) => Ok((headers, Json(v)).into_response()),
+        Err(e) => Ok((headers, e).into_response()),
+    }
+}
+
+async fn issue_number(
+    st: &Arc<ApiState>,
+    who: &Issuer,
+    id: String,
+    body: &[u8],
+) -> Result<Value, ApiError> {
     let started = Instant::now();
     let input: IssueInput = if body.is_empty() {
         IssueInput::default()
     } else {
-        parse_json(&body)?
+        parse_json(body)?
     };
     validate_params("params", &input.params)?;
-    let pool = db(&st, move |s| s.get_pool(&op, &id))
-        .await?
-        .ok_or_else(not_found)?;
+    let pool = pool_for(st, who, id).await?;
     let label = PoolLabel {
         pool: pool.id.clone(),
     };
@@ -311,7 +473,7 @@ pub async fn issue(
         .cloned();
     let now = now_ms();
     let p = pool.clone();
-    let (lease, leased) = db(&st, move |s| {
+    let (lease, leased) = db(st, move |s| {
         let lease = s.issue_lease(&p, session.as_deref(), &input.params, now)?;
         Ok((lease, s.leased_count(&p.id, now)?))
     })
@@ -323,16 +485,12 @@ pub async fn issue(
     match lease {
         Some(l) => {
             m.issued.get_or_create(&label).inc();
-            Ok(Json(
-                json!({"number": l.number, "expires_at": rfc3339(l.expires_at), "overflow": false}),
-            ))
+            Ok(json!({"number": l.number, "expires_at": rfc3339(l.expires_at), "overflow": false}))
         }
         None => {
             m.overflows.get_or_create(&label).inc();
             match pool.overflow_number {
-                Some(n) => Ok(Json(
-                    json!({"number": n, "expires_at": null, "overflow": true}),
-                )),
+                Some(n) => Ok(json!({"number": n, "expires_at": null, "overflow": true})),
                 None => Err(ApiError::unavailable(
                     "every number of the pool is leased and the pool has no overflow_number",
                 )),

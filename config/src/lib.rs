@@ -14,7 +14,7 @@ mod validate;
 pub use env::apply_env_overrides;
 pub use model::*;
 pub use net::{Cidr, Listener, PortRange, Transport};
-pub use validate::ConfigError;
+pub use validate::{http_url_error, ConfigError};
 
 use std::path::Path;
 

@@ -27,6 +27,8 @@ pub struct Config {
     pub trunks: Vec<TrunkConfig>,
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+    #[serde(default)]
+    pub notify: NotifyConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -244,6 +246,116 @@ pub struct TrunkConfig {
 pub struct RouteConfig {
     pub prefix: String,
     pub trunks: Vec<String>,
+}
+
+/// Follow-ups after calls: webhooks, e-mail, SMS and GA4 conversions, all delivered
+/// from the durable outbox in the store with retries.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifyConfig {
+    /// Delivery attempts before a follow-up is given up (kept as dead in the outbox).
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// First retry delay; each further retry waits twice as long, at most an hour.
+    #[serde(default = "default_retry_base_ms")]
+    pub retry_base_ms: u64,
+    /// Time allowed for one delivery (connect, send, answer).
+    #[serde(default = "default_delivery_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Offset from UTC of the times written into e-mail and SMS text (540 = JST).
+    #[serde(default = "default_utc_offset")]
+    pub utc_offset_minutes: i32,
+    #[serde(default)]
+    pub smtp: Option<SmtpConfig>,
+    #[serde(default)]
+    pub sms: Option<SmsConfig>,
+    #[serde(default)]
+    pub ga4: Ga4Config,
+}
+
+impl Default for NotifyConfig {
+    fn default() -> Self {
+        NotifyConfig {
+            max_attempts: default_max_attempts(),
+            retry_base_ms: default_retry_base_ms(),
+            timeout_ms: default_delivery_timeout_ms(),
+            utc_offset_minutes: default_utc_offset(),
+            smtp: None,
+            sms: None,
+            ga4: Ga4Config::default(),
+        }
+    }
+}
+
+/// The mail relay notices are handed to (plain SMTP; use a local MTA for TLS).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpConfig {
+    pub host: String,
+    #[serde(default = "default_smtp_port")]
+    pub port: u16,
+    /// Sender address, e.g. `tsunagu <calls@example.com>`.
+    pub from: String,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+}
+
+/// An HTTP SMS gateway: each SMS is one POST of `body` with `{to}` and `{text}` filled
+/// in (JSON-escaped, without quotes).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmsConfig {
+    pub url: String,
+    /// Sent as the `Authorization` header, e.g. `Bearer KEY` or `Basic ...`.
+    #[serde(default)]
+    pub authorization: Option<String>,
+    #[serde(default = "default_sms_body")]
+    pub body: String,
+    #[serde(default = "default_sms_content_type")]
+    pub content_type: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ga4Config {
+    /// Measurement Protocol endpoint (`measurement_id` and `api_secret` are appended).
+    #[serde(default = "default_ga4_endpoint")]
+    pub endpoint: String,
+}
+
+impl Default for Ga4Config {
+    fn default() -> Self {
+        Ga4Config {
+            endpoint: default_ga4_endpoint(),
+        }
+    }
+}
+
+fn default_max_attempts() -> u32 {
+    15
+}
+fn default_retry_base_ms() -> u64 {
+    1000
+}
+fn default_delivery_timeout_ms() -> u64 {
+    10_000
+}
+fn default_utc_offset() -> i32 {
+    540
+}
+fn default_smtp_port() -> u16 {
+    25
+}
+fn default_sms_body() -> String {
+    r#"{"to":"{to}","text":"{text}"}"#.into()
+}
+fn default_sms_content_type() -> String {
+    "application/json".into()
+}
+fn default_ga4_endpoint() -> String {
+    "http://www.google-analytics.com/mp/collect".into()
 }
 
 fn default_shaping_ms() -> u32 {

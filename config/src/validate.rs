@@ -169,11 +169,69 @@ impl Config {
             }
         }
 
+        let n = &self.notify;
+        if n.max_attempts == 0 {
+            err("notify.max_attempts".into(), "must be at least 1".into());
+        }
+        if n.timeout_ms == 0 {
+            err("notify.timeout_ms".into(), "must be at least 1".into());
+        }
+        if n.utc_offset_minutes.abs() > 14 * 60 {
+            err(
+                "notify.utc_offset_minutes".into(),
+                "must be within -840 to 840".into(),
+            );
+        }
+        if let Some(smtp) = &n.smtp {
+            if smtp.host.trim().is_empty() {
+                err("notify.smtp.host".into(), "must not be empty".into());
+            }
+            if !smtp.from.contains('@') {
+                err(
+                    "notify.smtp.from".into(),
+                    format!("`{}` is not an e-mail address", smtp.from),
+                );
+            }
+            if smtp.username.is_some() != smtp.password.is_some() {
+                err(
+                    "notify.smtp.username".into(),
+                    "set both username and password, or neither".into(),
+                );
+            }
+        }
+        if let Some(sms) = &n.sms {
+            if let Some(e) = http_url_error(&sms.url) {
+                err("notify.sms.url".into(), e);
+            }
+            if !sms.body.contains("{to}") || !sms.body.contains("{text}") {
+                err(
+                    "notify.sms.body".into(),
+                    "must contain both {to} and {text}".into(),
+                );
+            }
+        }
+        if let Some(e) = http_url_error(&n.ga4.endpoint) {
+            err("notify.ga4.endpoint".into(), e);
+        }
+
         if errors.is_empty() {
             Ok(())
         } else {
             Err(errors)
         }
+    }
+}
+
+/// Why `url` is not an absolute http(s) URL with a host, if it is not.
+pub fn http_url_error(url: &str) -> Option<String> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"));
+    match rest {
+        None => Some(format!("`{url}` must start with http:// or https://")),
+        Some(r) if r.is_empty() || r.starts_with('/') => Some(format!("`{url}` has no host")),
+        Some(r) if r.contains(char::is_whitespace) => Some(format!("`{url}` contains spaces")),
+        Some(_) => None,
     }
 }
 
@@ -219,6 +277,12 @@ mod tests {
             ("overlapping api port", "[api]\nlisten = \"127.0.0.1:20500\"\n[media]\nports = \"20000-20999\"\n", &["media.ports"]),
             ("scylla without nodes", "[store]\nbackend = \"scylla\"\n", &["store.nodes"]),
             ("unknown backend", "[store]\nbackend = \"postgres\"\n", &["store.backend"]),
+            (
+                "notify errors",
+                "[notify]\nmax_attempts = 0\n[notify.smtp]\nhost = \"\"\nfrom = \"nobody\"\nusername = \"u\"\n[notify.sms]\nurl = \"ftp://x\"\nbody = \"{to}\"\n[notify.ga4]\nendpoint = \"https:///collect\"\n",
+                &["notify.max_attempts", "notify.smtp.host", "notify.smtp.from", "notify.smtp.username", "notify.sms.url", "notify.sms.body", "notify.ga4.endpoint"],
+            ),
+            ("unknown notify key", "[notify.smtp]\nhost = \"h\"\nfrom = \"a@b\"\ntls = true\n", &["notify.smtp.tls"]),
         ];
         for (name, text, want) in cases {
             let errs = Config::from_toml(text).expect_err(name).0;

@@ -3,25 +3,31 @@
 //! when earlier calls of the same caller are known. If the store fails, the batch is
 //! kept and retried with backoff, so a call that ended always gets its record; records
 //! still queued at shutdown are flushed before the node exits.
+//!
+//! The same writer queues the call's follow-ups (webhook events, notices, GA4) into the
+//! store's outbox, in the transaction that stores the record.
 
 use crate::decide::validity::{judge, Facts};
-use crate::metrics::CallMetrics;
+use crate::follow_up::plan::{callback_pool, CallEvent, Planner};
+use crate::metrics::{CallMetrics, FollowUpMetrics};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tsunagu_store::{CallRecord, CallerKind, Store, ValidityRule};
+use tokio::sync::Notify;
+use tsunagu_store::{
+    CallRecord, CallerKind, NewFollowUp, NumberKind, Store, TrackingNumber, Webhook,
+};
 
-/// A finished call and the rule its validity is judged by.
+/// A finished call and the number it was made to (validity rule, pool, follow-ups).
 pub struct LogEntry {
     pub record: CallRecord,
-    pub rule: ValidityRule,
-    /// The tracking number is a pool number: attribute the call to the lease it was
-    /// under when the call started.
-    pub pooled: bool,
+    pub number: Arc<TrackingNumber>,
 }
 
 enum LogMsg {
     Entry(LogEntry),
+    Event(Box<CallEvent>),
     /// Answered once everything queued before it is written.
     Flush(mpsc::Sender<()>),
 }
@@ -34,17 +40,24 @@ pub struct CallLog {
 
 const BATCH: usize = 512;
 
+/// What the writer needs besides the store.
+pub struct Writer {
+    pub store: Arc<dyn Store>,
+    pub metrics: CallMetrics,
+    pub follow_up_metrics: FollowUpMetrics,
+    pub planner: Planner,
+    /// Woken when follow-ups were queued (the delivery worker waits on it).
+    pub wake: Arc<Notify>,
+}
+
 impl CallLog {
     /// Starts the writer thread; it ends (after flushing) when every `CallLog` is dropped.
-    pub fn start(
-        store: Arc<dyn Store>,
-        metrics: CallMetrics,
-    ) -> (CallLog, std::thread::JoinHandle<()>) {
+    pub fn start(w: Writer) -> (CallLog, std::thread::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel();
-        let m = metrics.clone();
+        let metrics = w.metrics.clone();
         let handle = std::thread::Builder::new()
             .name("call-log".into())
-            .spawn(move || writer(store, rx, m))
+            .spawn(move || writer(w, rx))
             .expect("spawn call-log thread");
         (CallLog { tx, metrics }, handle)
     }
@@ -56,6 +69,11 @@ impl CallLog {
         }
     }
 
+    /// A call event for webhooks (queued in order with the call's record).
+    pub fn event(&self, event: CallEvent) {
+        let _ = self.tx.send(LogMsg::Event(Box::new(event)));
+    }
+
     /// Blocks until every record queued so far is in the store, or `timeout` passes.
     pub fn flush(&self, timeout: Duration) -> bool {
         let (tx, rx) = mpsc::channel();
@@ -63,27 +81,39 @@ impl CallLog {
     }
 }
 
-fn writer(store: Arc<dyn Store>, rx: mpsc::Receiver<LogMsg>, metrics: CallMetrics) {
-    let mut batch: Vec<LogEntry> = Vec::with_capacity(BATCH);
+#[derive(Default)]
+struct Batch {
+    events: Vec<CallEvent>,
+    entries: Vec<LogEntry>,
+}
+
+impl Batch {
+    fn len(&self) -> usize {
+        self.events.len() + self.entries.len()
+    }
+}
+
+fn writer(w: Writer, rx: mpsc::Receiver<LogMsg>) {
+    let mut batch = Batch::default();
     let mut flushes = Vec::new();
+    let take = |msg, batch: &mut Batch, flushes: &mut Vec<_>| match msg {
+        LogMsg::Entry(e) => batch.entries.push(e),
+        LogMsg::Event(e) => batch.events.push(*e),
+        LogMsg::Flush(done) => flushes.push(done),
+    };
     loop {
         match rx.recv() {
-            Ok(LogMsg::Entry(e)) => batch.push(e),
-            Ok(LogMsg::Flush(done)) => flushes.push(done),
+            Ok(msg) => take(msg, &mut batch, &mut flushes),
             Err(_) => return, // all senders gone and queue empty
         }
-        while batch.len() < BATCH {
+        while batch.len() < BATCH && flushes.is_empty() {
             match rx.try_recv() {
-                Ok(LogMsg::Entry(e)) => batch.push(e),
-                Ok(LogMsg::Flush(done)) => {
-                    flushes.push(done);
-                    break;
-                }
+                Ok(msg) => take(msg, &mut batch, &mut flushes),
                 Err(_) => break,
             }
         }
-        if !batch.is_empty() {
-            write_with_retry(&*store, &mut batch, &metrics);
+        if batch.len() > 0 {
+            write_with_retry(&w, &mut batch);
         }
         for done in flushes.drain(..) {
             let _ = done.send(());
@@ -91,25 +121,30 @@ fn writer(store: Arc<dyn Store>, rx: mpsc::Receiver<LogMsg>, metrics: CallMetric
     }
 }
 
-fn write_with_retry(store: &dyn Store, batch: &mut Vec<LogEntry>, metrics: &CallMetrics) {
+/// Writes the batch, retrying with backoff while the store fails. A call's events come
+/// before its record in the channel, so writing events first keeps their order.
+fn write_with_retry(w: &Writer, batch: &mut Batch) {
     let mut backoff = Duration::from_millis(50);
     loop {
         let started = Instant::now();
-        let result =
-            complete_records(store, batch).and_then(|records| store.insert_calls(&records));
-        match result {
-            Ok(()) => {
-                metrics
-                    .store_write_seconds
-                    .observe(started.elapsed().as_secs_f64());
-                metrics.log_written.inc_by(batch.len() as u64);
-                metrics.log_pending.dec_by(batch.len() as i64);
-                batch.clear();
+        match write_batch(w, batch) {
+            Ok(queued) => {
+                if !batch.entries.is_empty() {
+                    w.metrics
+                        .store_write_seconds
+                        .observe(started.elapsed().as_secs_f64());
+                }
+                w.metrics.log_written.inc_by(batch.entries.len() as u64);
+                w.metrics.log_pending.dec_by(batch.entries.len() as i64);
+                batch.entries.clear();
+                if queued {
+                    w.wake.notify_one();
+                }
                 return;
             }
             Err(e) => {
-                metrics.log_write_errors.inc();
-                tracing::warn!(%e, records = batch.len(), retry_in_ms = backoff.as_millis() as u64, "call-log write failed; will retry");
+                w.metrics.log_write_errors.inc();
+                tracing::warn!(%e, records = batch.entries.len(), events = batch.events.len(), retry_in_ms = backoff.as_millis() as u64, "call-log write failed; will retry");
                 std::thread::sleep(backoff);
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
@@ -117,9 +152,99 @@ fn write_with_retry(store: &dyn Store, batch: &mut Vec<LogEntry>, metrics: &Call
     }
 }
 
+/// The operator's webhooks, read once per batch.
+struct Hooks<'a> {
+    store: &'a dyn Store,
+    by_operator: HashMap<String, Vec<Webhook>>,
+}
+
+impl Hooks<'_> {
+    fn of(&mut self, operator: &str) -> tsunagu_store::Result<&[Webhook]> {
+        if !self.by_operator.contains_key(operator) {
+            let hooks = self.store.list_webhooks(operator)?;
+            self.by_operator.insert(operator.to_string(), hooks);
+        }
+        Ok(&self.by_operator[operator])
+    }
+}
+
+/// One attempt at the batch; true if follow-ups were queued. Events that were written
+/// are removed from the batch, so a retry does not queue them twice.
+fn write_batch(w: &Writer, batch: &mut Batch) -> tsunagu_store::Result<bool> {
+    let store = &*w.store;
+    let mut hooks = Hooks {
+        store,
+        by_operator: HashMap::new(),
+    };
+    let mut queued = false;
+    if !batch.events.is_empty() {
+        let mut items = Vec::new();
+        for e in &batch.events {
+            items.extend(w.planner.for_event(e, hooks.of(&e.operator_id)?));
+        }
+        if !items.is_empty() {
+            store.enqueue_follow_ups(&items)?;
+            queued = true;
+        }
+        batch.events.clear();
+    }
+    if batch.entries.is_empty() {
+        return Ok(queued);
+    }
+    let records = complete_records(store, &batch.entries)?;
+    let mut follow_ups: Vec<(usize, NewFollowUp)> = Vec::new();
+    for (i, (r, e)) in records.iter().zip(&batch.entries).enumerate() {
+        let callback = match callback_pool(r, &e.number) {
+            Some(pool) => lease_callback(w, r, pool)?,
+            None => None,
+        };
+        let items =
+            w.planner
+                .after_call(r, &e.number, hooks.of(&r.operator_id)?, callback.as_deref());
+        follow_ups.extend(items.into_iter().map(|f| (i, f)));
+    }
+    store.insert_calls(&records, &follow_ups)?;
+    Ok(queued || !follow_ups.is_empty())
+}
+
+/// Leases a number of the callback pool that rings `r`'s caller. Idempotent per call
+/// (its session is the call id), so a retried batch gets the same number.
+fn lease_callback(
+    w: &Writer,
+    r: &CallRecord,
+    pool_id: &str,
+) -> tsunagu_store::Result<Option<String>> {
+    let Some(pool) = w
+        .store
+        .pool_by_id(pool_id)?
+        .filter(|p| p.operator_id == r.operator_id)
+    else {
+        tracing::warn!(pool_id, call_id = %r.call_id, "callback pool is gone; notice goes without a callback number");
+        return Ok(None);
+    };
+    let params = BTreeMap::from([
+        ("callback_of".to_string(), r.call_id.clone()),
+        ("callback_to".to_string(), r.caller_number.clone()),
+    ]);
+    let session = format!("callback:{}", r.call_id);
+    let lease = w
+        .store
+        .issue_lease(&pool, Some(&session), &params, now_ms())?;
+    let counter = match &lease {
+        Some(_) => &w.follow_up_metrics.callbacks_issued,
+        None => &w.follow_up_metrics.callback_pool_empty,
+    };
+    counter.inc();
+    Ok(lease.map(|l| l.number))
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
 /// Completes each record before it is stored: the lease's tracking parameters for pool
-/// numbers (attribution), and validity, looking for earlier calls in the store and
-/// earlier in this batch.
+/// numbers (attribution; for callback numbers also the call it calls back), and
+/// validity, looking for earlier calls in the store and earlier in this batch.
 fn complete_records(
     store: &dyn Store,
     batch: &[LogEntry],
@@ -127,7 +252,8 @@ fn complete_records(
     let mut out: Vec<CallRecord> = Vec::with_capacity(batch.len());
     for e in batch {
         let r = &e.record;
-        let window_ms = i64::from(e.rule.duplicate_window_seconds) * 1000;
+        let rule = e.number.validity;
+        let window_ms = i64::from(rule.duplicate_window_seconds) * 1000;
         let known = r.caller_kind != CallerKind::Anonymous && !r.caller_number.is_empty();
         let earlier = if window_ms > 0 && known {
             let since = r.started_at - window_ms;
@@ -151,9 +277,12 @@ fn complete_records(
             earlier_call_in_window: earlier,
         };
         let mut record = r.clone();
-        record.validity = judge(&e.rule, &facts);
-        if e.pooled {
+        record.validity = judge(&rule, &facts);
+        if e.number.kind != NumberKind::Static {
             if let Some(lease) = store.lease_at(&r.tracking_number, r.started_at)? {
+                if e.number.kind == NumberKind::Callback {
+                    record.callback_of = lease.params.get("callback_of").cloned();
+                }
                 record.tracking_params.extend(lease.params);
             }
         }
@@ -166,7 +295,7 @@ fn complete_records(
 mod tests {
     use super::*;
     use tsunagu_store::conformance::sample_call;
-    use tsunagu_store::{CallQuery, SqliteStore, Validity};
+    use tsunagu_store::{CallQuery, SqliteStore, Validity, ValidityRule};
 
     #[test]
     fn duplicates_are_judged_across_batches_and_within_one() {
@@ -177,25 +306,42 @@ mod tests {
             min_talk_seconds: 10,
             duplicate_window_seconds: 3600,
         };
+        let mut number = tsunagu_store::conformance::sample_number(&op.id, "adv_1");
+        number.validity = rule;
+        let number = Arc::new(number);
         let at = |start: i64, talk: u32| {
             let mut r = sample_call(&op.id, "adv_1", start);
             r.talk_seconds = talk;
             LogEntry {
                 record: r,
-                rule,
-                pooled: false,
+                number: number.clone(),
             }
         };
-        let metrics = CallMetrics::default();
-        let mut first = vec![at(1_000_000, 30)];
-        write_with_retry(&*store, &mut first, &metrics);
+        let w = Writer {
+            store: store.clone(),
+            metrics: CallMetrics::default(),
+            follow_up_metrics: FollowUpMetrics::default(),
+            planner: Planner {
+                email: false,
+                sms: false,
+                utc_offset_minutes: 540,
+            },
+            wake: Arc::new(Notify::new()),
+        };
+        let batch = |entries| Batch {
+            events: Vec::new(),
+            entries,
+        };
+        write_with_retry(&w, &mut batch(vec![at(1_000_000, 30)]));
         // Same batch: a repeat within the hour, then a short call 2 hours later.
-        let mut second = vec![
-            at(1_000_000 + 60_000, 30),
-            at(1_000_000 + 2 * 3_600_000 + 120_000, 3),
-            at(1_000_000 + 2 * 3_600_000 + 180_000, 30),
-        ];
-        write_with_retry(&*store, &mut second, &metrics);
+        write_with_retry(
+            &w,
+            &mut batch(vec![
+                at(1_000_000 + 60_000, 30),
+                at(1_000_000 + 2 * 3_600_000 + 120_000, 3),
+                at(1_000_000 + 2 * 3_600_000 + 180_000, 30),
+            ]),
+        );
         let mut got = Vec::new();
         store
             .scan_calls(
@@ -218,6 +364,6 @@ mod tests {
                 Validity::InvalidDuplicate
             ]
         );
-        assert_eq!(metrics.log_written.get(), 4);
+        assert_eq!(w.metrics.log_written.get(), 4);
     }
 }

@@ -7,6 +7,7 @@ pub mod call_log;
 pub mod context;
 pub mod decide;
 pub mod directory;
+pub mod follow_up;
 pub mod metrics;
 pub mod server;
 pub mod supervisor;

@@ -73,10 +73,91 @@ impl Default for CallMetrics {
     }
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: &'static str,
+}
+
+/// Delivery of follow-ups (webhooks, GA4, e-mail, SMS) from the outbox.
+#[derive(Clone)]
+pub struct FollowUpMetrics {
+    pub delivered: Family<KindLabel, Counter>,
+    pub failures: Family<KindLabel, Counter>,
+    pub given_up: Family<KindLabel, Counter>,
+    pub pending: Gauge,
+    pub dead: Gauge,
+    pub delivery_seconds: Histogram,
+    pub callbacks_issued: Counter,
+    pub callback_pool_empty: Counter,
+}
+
+impl Default for FollowUpMetrics {
+    fn default() -> Self {
+        FollowUpMetrics {
+            delivered: Family::default(),
+            failures: Family::default(),
+            given_up: Family::default(),
+            pending: Gauge::default(),
+            dead: Gauge::default(),
+            delivery_seconds: Histogram::new([
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+            callbacks_issued: Counter::default(),
+            callback_pool_empty: Counter::default(),
+        }
+    }
+}
+
+impl FollowUpMetrics {
+    fn register(&self, r: &mut Registry) {
+        r.register(
+            "follow_ups_delivered",
+            "Follow-ups delivered, by kind (webhook, ga4, email, sms)",
+            self.delivered.clone(),
+        );
+        r.register(
+            "follow_up_failures",
+            "Failed delivery attempts, by kind (each is retried until notify.max_attempts)",
+            self.failures.clone(),
+        );
+        r.register(
+            "follow_ups_given_up",
+            "Follow-ups that exhausted their attempts or can never be delivered, by kind",
+            self.given_up.clone(),
+        );
+        r.register(
+            "follow_ups_pending",
+            "Follow-ups waiting in the outbox (all nodes sharing the store)",
+            self.pending.clone(),
+        );
+        r.register(
+            "follow_ups_dead",
+            "Follow-ups kept in the outbox after giving up",
+            self.dead.clone(),
+        );
+        r.register(
+            "follow_up_delivery_seconds",
+            "Time of one delivery attempt",
+            self.delivery_seconds.clone(),
+        );
+        r.register(
+            "callback_numbers_issued",
+            "Callback numbers leased to missed calls",
+            self.callbacks_issued.clone(),
+        );
+        r.register(
+            "callback_pool_exhausted",
+            "Missed calls whose notice went without a callback number because the pool was full",
+            self.callback_pool_empty.clone(),
+        );
+    }
+}
+
 /// All metric groups of a node.
 #[derive(Clone, Default)]
 pub struct Metrics {
     pub calls: CallMetrics,
+    pub follow_ups: FollowUpMetrics,
     pub sip: SipMetrics,
     pub media: MediaMetrics,
     pub pools: tsunagu_api::PoolMetrics,
@@ -156,6 +237,7 @@ impl Metrics {
         self.sip.register(&mut r);
         self.media.register(&mut r);
         self.pools.register(&mut r);
+        self.follow_ups.register(&mut r);
         r
     }
 }

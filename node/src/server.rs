@@ -4,10 +4,13 @@
 //! `node.drain_seconds`) and a final flush of the call log.
 
 use crate::admission::Admission;
-use crate::call_log::CallLog;
+use crate::call_log::{CallLog, Writer};
 use crate::context::NodeContext;
 use crate::decide::routing::Routing;
 use crate::directory::Directory;
+use crate::follow_up::deliver::Deliverer;
+use crate::follow_up::outbox::Worker;
+use crate::follow_up::plan::Planner;
 use crate::metrics::Metrics;
 use crate::supervisor::CallSupervisor;
 use ractor::Actor;
@@ -142,7 +145,34 @@ pub async fn run(
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&store_path(&config))?);
     let metrics = Metrics::default();
     let directory = Directory::load(store.clone())?;
-    let (log, log_thread) = CallLog::start(store.clone(), metrics.calls.clone());
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let notify = &config.notify;
+    let planner = Planner {
+        email: notify.smtp.is_some(),
+        sms: notify.sms.is_some(),
+        utc_offset_minutes: notify.utc_offset_minutes,
+    };
+    let (log, log_thread) = CallLog::start(Writer {
+        store: store.clone(),
+        metrics: metrics.calls.clone(),
+        follow_up_metrics: metrics.follow_ups.clone(),
+        planner,
+        wake: wake.clone(),
+    });
+    let deliverer = Deliverer::new(store.clone(), notify).map_err(NodeError::Io)?;
+    let (outbox_stop, outbox_stop_rx) = tokio::sync::watch::channel(false);
+    let outbox_task = tokio::spawn(
+        Worker {
+            store: store.clone(),
+            deliverer: Arc::new(deliverer),
+            metrics: metrics.follow_ups.clone(),
+            max_attempts: notify.max_attempts,
+            retry_base: Duration::from_millis(notify.retry_base_ms),
+            claim: Duration::from_millis(notify.timeout_ms * 2 + 5_000),
+            wake,
+        }
+        .run(outbox_stop_rx),
+    );
     let media = &config.media;
     let ports = PortPool::new(
         media.address,
@@ -200,6 +230,7 @@ pub async fn run(
             .collect(),
         routing,
         log: log.clone(),
+        store: store.clone(),
         metrics: metrics.clone(),
         system_number: config.sip.system_number.clone(),
         end_guard: Duration::from_secs(32),
@@ -239,6 +270,10 @@ pub async fn run(
         registry: Arc::new(metrics.registry()),
         admin_token: token.clone(),
         pool_metrics: metrics.pools.clone(),
+        channels: tsunagu_api::Channels {
+            email: planner.email,
+            sms: planner.sms,
+        },
     });
     let api_listener = tokio::net::TcpListener::bind(config.api.listen)
         .await
@@ -288,6 +323,9 @@ pub async fn run(
     if !flushed {
         tracing::error!("call log could not be flushed within 30 s");
     }
+    // Follow-ups not delivered by now stay in the outbox for the next start.
+    let _ = outbox_stop.send(true);
+    let _ = outbox_task.await;
     let _ = api_stop_tx.send(());
     let _ = api_task.await;
     drop(ctx);

@@ -189,7 +189,17 @@ mod tests {
         .unwrap();
 
         let metrics = Metrics::default();
-        let (log, _thread) = CallLog::start(store.clone(), metrics.calls.clone());
+        let (log, _thread) = CallLog::start(crate::call_log::Writer {
+            store: store.clone(),
+            metrics: metrics.calls.clone(),
+            follow_up_metrics: metrics.follow_ups.clone(),
+            planner: crate::follow_up::plan::Planner {
+                email: false,
+                sms: false,
+                utc_offset_minutes: 540,
+            },
+            wake: Arc::new(tokio::sync::Notify::new()),
+        });
         let ports = tsunagu_media::PortPool::new(
             "127.0.0.1".parse().unwrap(),
             42000,
@@ -213,6 +223,7 @@ mod tests {
             ports,
             trunk_channels: vec![AtomicU32::new(0)],
             trunk_up: vec![AtomicBool::new(true)],
+            store: store.clone(),
             routing,
             log: log.clone(),
             metrics: metrics.clone(),

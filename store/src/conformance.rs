@@ -18,6 +18,9 @@ pub fn run_all(store: &dyn Store) {
     dynamic_leases(store);
     one_time_leases_round_robin(store);
     concurrent_issuers_never_share_a_number(&[store]);
+    webhooks_are_scoped(store);
+    follow_ups_are_queued_with_their_call_once(store);
+    outbox_claims_retries_and_dead_letters(store);
     store.ping().expect("ping");
 }
 
@@ -104,6 +107,8 @@ pub fn sample_number(operator_id: &str, advertiser_id: &str) -> TrackingNumber {
         caller_id: CallerIdMode::Caller,
         tracking_params: BTreeMap::from([("medium".to_string(), "flyer".to_string())]),
         pool_id: None,
+        notify: None,
+        ga4: None,
         created_at: 1,
         updated_at: 1,
     }
@@ -178,6 +183,7 @@ pub fn sample_call(operator_id: &str, advertiser_id: &str, started_at: i64) -> C
         rtp_packets_in: 100,
         rtp_packets_out: 99,
         rtp_lost: 1,
+        callback_of: None,
     }
 }
 
@@ -195,8 +201,8 @@ fn call_inserts_are_idempotent(s: &dyn Store) {
     let op = s.create_operator("a").unwrap();
     let other = s.create_operator("b").unwrap();
     let call = sample_call(&op.id, "adv_1", 1_000_000);
-    s.insert_calls(&[call.clone()]).unwrap();
-    s.insert_calls(&[call.clone(), call.clone()]).unwrap();
+    s.insert_calls(std::slice::from_ref(&call), &[]).unwrap();
+    s.insert_calls(&[call.clone(), call.clone()], &[]).unwrap();
     let q = CallQuery {
         operator_id: op.id.clone(),
         ..Default::default()
@@ -235,7 +241,7 @@ fn call_queries_filter_sort_and_page(s: &dyn Store) {
     }
     // Two calls at the same instant: paging must order them by call_id and lose neither.
     calls[5].started_at = calls[4].started_at;
-    s.insert_calls(&calls).unwrap();
+    s.insert_calls(&calls, &[]).unwrap();
     let base = CallQuery {
         operator_id: op.id.clone(),
         ..Default::default()
@@ -352,7 +358,7 @@ fn duplicate_lookup_window(s: &dyn Store) {
     let adv = crate::new_id("adv");
     let mut first = sample_call(&op.id, &adv, 5_000_000);
     first.caller_number = "0312345678".into();
-    s.insert_calls(&[first]).unwrap();
+    s.insert_calls(&[first], &[]).unwrap();
     let cases = [
         ("0312345678", 4_000_000, 6_000_000, Some(5_000_000)),
         ("0312345678", 5_000_001, 6_000_000, None),
@@ -395,6 +401,7 @@ pub fn sample_pool(
         hold_seconds,
         recycle_seconds,
         overflow_number: None,
+        allowed_origins: Vec::new(),
         created_at: 1,
     };
     let records = numbers
@@ -403,6 +410,8 @@ pub fn sample_pool(
             number: n.clone(),
             kind: NumberKind::Pool,
             pool_id: Some(id.clone()),
+            notify: None,
+            ga4: None,
             ..sample_number(operator_id, advertiser_id)
         })
         .collect();
@@ -417,6 +426,8 @@ fn pools_are_created_atomically_and_scoped(s: &dyn Store) {
     s.create_pool(&pool, &numbers).unwrap();
     assert_eq!(s.get_pool(&a.id, &pool.id).unwrap().as_ref(), Some(&pool));
     assert!(s.get_pool(&b.id, &pool.id).unwrap().is_none());
+    assert_eq!(s.pool_by_id(&pool.id).unwrap().as_ref(), Some(&pool));
+    assert!(s.pool_by_id("pool_missing").unwrap().is_none());
     assert_eq!(s.list_pools(&a.id).unwrap(), vec![pool.clone()]);
     assert!(s.list_pools(&b.id).unwrap().is_empty());
     assert_eq!(
@@ -587,4 +598,100 @@ pub fn concurrent_issuers_never_share_a_number(stores: &[&dyn Store]) {
     issued.sort();
     issued.dedup();
     assert_eq!(issued.len(), 200, "no number was leased twice");
+}
+
+fn webhooks_are_scoped(s: &dyn Store) {
+    let a = s.create_operator("a").unwrap();
+    let b = s.create_operator("b").unwrap();
+    let hook = Webhook {
+        id: crate::new_id("wh"),
+        operator_id: a.id.clone(),
+        url: "http://127.0.0.1:9/hook".into(),
+        secret: "s3cret".into(),
+        events: vec!["call.ended".into()],
+        created_at: 1,
+    };
+    s.create_webhook(&hook).unwrap();
+    assert!(matches!(
+        s.create_webhook(&hook),
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(s.list_webhooks(&a.id).unwrap(), vec![hook.clone()]);
+    assert!(s.list_webhooks(&b.id).unwrap().is_empty());
+    assert_eq!(s.get_webhook(&hook.id).unwrap(), Some(hook.clone()));
+    assert!(
+        !s.delete_webhook(&b.id, &hook.id).unwrap(),
+        "other operator"
+    );
+    assert!(s.delete_webhook(&a.id, &hook.id).unwrap());
+    assert!(s.get_webhook(&hook.id).unwrap().is_none());
+}
+
+fn follow_up(op: &str, target: &str) -> NewFollowUp {
+    NewFollowUp {
+        kind: FollowUpKind::Webhook,
+        operator_id: op.into(),
+        target: target.into(),
+        payload: format!("{{\"to\":\"{target}\"}}"),
+    }
+}
+
+/// Claims everything due far in the future (so rows of earlier checks are included)
+/// and keeps those of `op`.
+fn claim_of(s: &dyn Store, op: &str, now: i64) -> Vec<FollowUp> {
+    s.claim_follow_ups(now, 10_000, 60_000)
+        .unwrap()
+        .into_iter()
+        .filter(|f| f.item.operator_id == op)
+        .collect()
+}
+
+fn follow_ups_are_queued_with_their_call_once(s: &dyn Store) {
+    let op = s.create_operator("a").unwrap();
+    let mut call = sample_call(&op.id, "adv_1", 5_000_000);
+    call.callback_of = Some("call_earlier".into());
+    let other = sample_call(&op.id, "adv_1", 5_000_001);
+    let items = vec![(0, follow_up(&op.id, "one")), (1, follow_up(&op.id, "two"))];
+    s.insert_calls(&[call.clone(), other.clone()], &items)
+        .unwrap();
+    // The same records again (a retried batch): no second set of follow-ups.
+    s.insert_calls(&[call.clone()], &[(0, follow_up(&op.id, "again"))])
+        .unwrap();
+    let stored = s.get_call(&op.id, &call.call_id).unwrap().unwrap();
+    assert_eq!(stored.callback_of.as_deref(), Some("call_earlier"));
+    let claimed = claim_of(s, &op.id, i64::MAX / 4);
+    let targets: Vec<&str> = claimed.iter().map(|f| f.item.target.as_str()).collect();
+    assert_eq!(targets, vec!["one", "two"]);
+    for f in claimed {
+        s.follow_up_delivered(f.id).unwrap();
+    }
+}
+
+fn outbox_claims_retries_and_dead_letters(s: &dyn Store) {
+    let op = s.create_operator("a").unwrap();
+    s.enqueue_follow_ups(&[follow_up(&op.id, "x"), follow_up(&op.id, "y")])
+        .unwrap();
+    let far = i64::MAX / 4;
+    let first = claim_of(s, &op.id, far);
+    assert_eq!(first.len(), 2);
+    assert!(first.iter().all(|f| f.attempts == 1));
+    assert_eq!(first[0].item, follow_up(&op.id, "x"));
+    // Claimed rows are hidden from a second claimer until the claim runs out.
+    assert!(claim_of(s, &op.id, far).is_empty());
+    let again = claim_of(s, &op.id, far + 60_000);
+    assert_eq!(again.len(), 2, "a claim that ran out is released");
+    assert!(again.iter().all(|f| f.attempts == 2));
+    // x fails and is retried later; y fails for good.
+    s.follow_up_failed(again[0].id, Some(far + 200_000), "503")
+        .unwrap();
+    s.follow_up_failed(again[1].id, None, "gave up").unwrap();
+    assert!(claim_of(s, &op.id, far + 199_999).is_empty());
+    let retried = claim_of(s, &op.id, far + 200_000);
+    assert_eq!(retried.len(), 1);
+    assert_eq!(retried[0].item.target, "x");
+    assert_eq!(retried[0].attempts, 3);
+    let (_, dead) = s.follow_up_counts().unwrap();
+    assert!(dead >= 1);
+    s.follow_up_delivered(retried[0].id).unwrap();
+    assert!(claim_of(s, &op.id, far + 10_000_000).is_empty());
 }

@@ -83,10 +83,13 @@ pub trait Store: Send + Sync + 'static {
     fn create_pool(&self, pool: &Pool, numbers: &[TrackingNumber]) -> Result<()>;
     fn get_pool(&self, operator_id: &str, id: &str) -> Result<Option<Pool>>;
     fn list_pools(&self, operator_id: &str) -> Result<Vec<Pool>>;
+    /// Unscoped: a web page issues from a pool by its id (the pool names the origins
+    /// it allows).
+    fn pool_by_id(&self, id: &str) -> Result<Option<Pool>>;
     /// Replaces a pool's settings (not its numbers); false if the operator has no such pool.
     fn update_pool(&self, pool: &Pool) -> Result<bool>;
     /// Leases a number of `pool` at `now_ms`, atomically (compare-and-set: no number is
-    /// ever held by two leases, also across processes). In dynamic mode a `session`
+    /// ever held by two leases, also across processes). In dynamic and callback mode a `session`
     /// with a live lease gets the same number with its lease extended. Otherwise the
     /// free number issued longest ago (never-issued first) is leased. None when every
     /// number is leased or cooling down.
@@ -103,8 +106,14 @@ pub trait Store: Send + Sync + 'static {
     fn leased_count(&self, pool_id: &str, now_ms: i64) -> Result<usize>;
 
     // Call logs.
-    /// Writes finished calls. Idempotent by `call_id`: a record written twice is kept once.
-    fn insert_calls(&self, calls: &[CallRecord]) -> Result<()>;
+    /// Writes finished calls and the follow-ups they cause, in one atomic step (a call's
+    /// webhooks and notices are never lost nor sent for a call that was not logged).
+    /// Idempotent by `call_id`: a record written twice is kept once, and the follow-ups
+    /// of a record already stored are not queued again.
+    fn insert_calls(&self, calls: &[CallRecord], follow_ups: &[(usize, NewFollowUp)])
+        -> Result<()>;
+    /// Queues follow-ups that belong to no finished call (e.g. `call.started`).
+    fn enqueue_follow_ups(&self, items: &[NewFollowUp]) -> Result<()>;
     /// When the latest call from `caller` to `advertiser_id` started, among calls that
     /// started at or after `since_ms` and strictly before `before_ms`.
     fn last_call_started(
@@ -122,6 +131,25 @@ pub trait Store: Send + Sync + 'static {
         query: &CallQuery,
         visit: &mut dyn FnMut(CallRecord) -> bool,
     ) -> Result<()>;
+
+    // Webhooks.
+    fn create_webhook(&self, hook: &Webhook) -> Result<()>;
+    fn list_webhooks(&self, operator_id: &str) -> Result<Vec<Webhook>>;
+    fn delete_webhook(&self, operator_id: &str, id: &str) -> Result<bool>;
+    /// Unscoped: the delivery worker looks a webhook up by the id its outbox row names.
+    fn get_webhook(&self, id: &str) -> Result<Option<Webhook>>;
+
+    // The follow-up outbox: at-least-once delivery, durable across restarts.
+    /// Claims up to `limit` follow-ups due at `now_ms`, oldest first, and hides them
+    /// from other claimers for `claim_ms` (a worker that dies mid-delivery releases
+    /// them that way). Each claim counts as an attempt.
+    fn claim_follow_ups(&self, now_ms: i64, limit: usize, claim_ms: i64) -> Result<Vec<FollowUp>>;
+    /// A follow-up was delivered: it leaves the outbox.
+    fn follow_up_delivered(&self, id: i64) -> Result<()>;
+    /// A delivery failed: try again at `retry_at_ms`, or never (`None`: kept as dead).
+    fn follow_up_failed(&self, id: i64, retry_at_ms: Option<i64>, error: &str) -> Result<()>;
+    /// Follow-ups waiting for delivery, and dead ones.
+    fn follow_up_counts(&self) -> Result<(u64, u64)>;
 
     /// A cheap round trip that fails when the store cannot serve requests.
     fn ping(&self) -> Result<()>;

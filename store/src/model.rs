@@ -63,6 +63,8 @@ pub enum NumberKind {
     #[default]
     Static,
     Pool,
+    /// A number of a `callback` pool: a call to it goes to the caller its lease names.
+    Callback,
 }
 
 /// A tracking number and everything a call to it needs.
@@ -82,13 +84,73 @@ pub struct TrackingNumber {
     /// (e.g. `{"medium": "flyer", "shop": "shibuya"}`).
     #[serde(default)]
     pub tracking_params: BTreeMap<String, String>,
-    /// The pool a `pool` number belongs to.
+    /// The pool a `pool` or `callback` number belongs to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pool_id: Option<String>,
+    /// Notices sent after calls to this number (e-mail, SMS, callback number).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<Notify>,
+    /// GA4 conversion upload for valid calls carrying a client id or gclid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ga4: Option<Ga4>,
     #[serde(default)]
     pub created_at: i64,
     #[serde(default)]
     pub updated_at: i64,
+}
+
+/// Which calls a notice is sent for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum NotifyOn {
+    /// Calls that were not answered (busy, no answer, cancelled, out of hours, ...).
+    #[default]
+    Missed,
+    /// Every call.
+    All,
+}
+
+/// Per-number notices after a call (SPEC 2: notifications, SMS, callback tracking).
+/// Templates use `{placeholders}`; see the README for the list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Notify {
+    #[serde(default)]
+    pub on: NotifyOn,
+    /// E-mail recipients.
+    #[serde(default)]
+    pub email_to: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email_subject: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email_body: Option<String>,
+    /// SMS recipients on the advertiser's side (phone numbers).
+    #[serde(default)]
+    pub sms_to: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sms_text: Option<String>,
+    /// An SMS to the caller after every call from a mobile number, with this text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caller_sms_text: Option<String>,
+    /// A `callback` pool: a missed call's notice carries one of its numbers, which
+    /// forwards to the caller while its lease lives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_pool_id: Option<String>,
+}
+
+/// A GA4 property to send conversions to (Measurement Protocol).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ga4 {
+    pub measurement_id: String,
+    pub api_secret: String,
+    /// Event name sent for a valid call.
+    #[serde(default = "default_ga4_event")]
+    pub event_name: String,
+}
+
+fn default_ga4_event() -> String {
+    "phone_call".into()
 }
 
 /// How a pool hands out its numbers (発番方式).
@@ -99,6 +161,8 @@ pub enum PoolMode {
     Dynamic,
     /// ワンタイム: every issue leases the next free number, round-robin.
     OneTime,
+    /// 折返し: numbers leased to missed calls; a call to one goes to that call's caller.
+    Callback,
 }
 
 /// A set of numbers of one advertiser, leased to page visitors.
@@ -115,6 +179,10 @@ pub struct Pool {
     pub recycle_seconds: u32,
     /// Returned (and counted) when every number is leased or cooling down.
     pub overflow_number: Option<String>,
+    /// Web origins allowed to issue from this pool without an API key (the page tag,
+    /// `GET /v1/tag.js`); `*` allows any. Empty: API key only.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
     pub created_at: i64,
 }
 
@@ -232,6 +300,51 @@ pub struct CallRecord {
     pub rtp_packets_out: u64,
     /// RTP packets judged lost from sequence-number gaps (both directions).
     pub rtp_lost: u64,
+    /// For a call to a callback number: the missed call it calls back.
+    pub callback_of: Option<String>,
+}
+
+/// An operator's subscription to call events, delivered signed (HMAC-SHA256 with `secret`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Webhook {
+    pub id: String,
+    pub operator_id: String,
+    pub url: String,
+    pub secret: String,
+    /// Event types (`call.started`, `call.answered`, `call.ended`, `recording.ready`).
+    pub events: Vec<String>,
+    pub created_at: i64,
+}
+
+string_enum!(
+    /// What a follow-up (an outbox row) delivers.
+    FollowUpKind {
+        Webhook => "webhook",
+        Ga4 => "ga4",
+        Email => "email",
+        Sms => "sms",
+    }
+);
+
+/// A follow-up to deliver: written to the durable outbox with the call it follows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewFollowUp {
+    pub kind: FollowUpKind,
+    pub operator_id: String,
+    /// Webhook id, e-mail address, phone number or GA4 measurement id.
+    pub target: String,
+    /// What to send (JSON; its shape depends on `kind`).
+    pub payload: String,
+}
+
+/// A follow-up claimed for delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FollowUp {
+    pub id: i64,
+    pub item: NewFollowUp,
+    /// Delivery attempts so far, this one included.
+    pub attempts: u32,
+    pub created_at: i64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

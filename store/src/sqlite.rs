@@ -95,12 +95,39 @@ CREATE TABLE pool_numbers (
 );
 CREATE INDEX pool_numbers_by_age ON pool_numbers(pool_id, last_issued_at, position);
 "#,
+    r#"
+ALTER TABLE calls ADD COLUMN callback_of TEXT;
+CREATE TABLE webhooks (
+    id TEXT PRIMARY KEY,
+    operator_id TEXT NOT NULL,
+    url TEXT NOT NULL,
+    secret TEXT NOT NULL,
+    events TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE INDEX webhooks_by_operator ON webhooks(operator_id);
+-- Follow-ups (webhooks, GA4, e-mail, SMS) waiting for delivery. Delivered rows are
+-- deleted; rows that exhausted their attempts stay with dead = 1.
+CREATE TABLE outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    operator_id TEXT NOT NULL,
+    target TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_at INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    last_error TEXT,
+    dead INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX outbox_due ON outbox(dead, next_at, id);
+"#,
 ];
 
 const CALL_COLUMNS: &str = "call_id, operator_id, advertiser_id, tracking_number, caller_number, caller_kind, \
     destination_number, started_at, answered_at, ended_at, ring_seconds, talk_seconds, result, validity, \
     ivr_digits, judgement_digit, recording, tracking_params, node, sip_code, trunk, rtp_packets_in, \
-    rtp_packets_out, rtp_lost";
+    rtp_packets_out, rtp_lost, callback_of";
 
 const READER_POOL: usize = 4;
 
@@ -274,7 +301,37 @@ fn call_from(row: &Row) -> rusqlite::Result<CallRecord> {
         rtp_packets_in: row.get::<_, i64>(21)? as u64,
         rtp_packets_out: row.get::<_, i64>(22)? as u64,
         rtp_lost: row.get::<_, i64>(23)? as u64,
+        callback_of: row.get(24)?,
     })
+}
+
+fn webhook_from(row: &Row) -> rusqlite::Result<Webhook> {
+    let events: String = row.get(4)?;
+    Ok(Webhook {
+        id: row.get(0)?,
+        operator_id: row.get(1)?,
+        url: row.get(2)?,
+        secret: row.get(3)?,
+        events: serde_json::from_str(&events).unwrap_or_default(),
+        created_at: row.get(5)?,
+    })
+}
+
+const WEBHOOK_COLUMNS: &str = "id, operator_id, url, secret, events, created_at";
+
+fn enqueue(tx: &rusqlite::Transaction, item: &NewFollowUp, now: i64) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO outbox (kind, operator_id, target, payload, next_at, created_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+    )?
+    .execute(params![
+        item.kind.as_str(),
+        item.operator_id,
+        item.target,
+        item.payload,
+        now
+    ])?;
+    Ok(())
 }
 
 impl Store for SqliteStore {
@@ -591,6 +648,17 @@ impl Store for SqliteStore {
         settings.map(pool_from).transpose()
     }
 
+    fn pool_by_id(&self, id: &str) -> Result<Option<Pool>> {
+        let settings: Option<String> = self.read(|c| {
+            c.query_row("SELECT settings FROM pools WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(unavailable)
+        })?;
+        settings.map(pool_from).transpose()
+    }
+
     fn list_pools(&self, operator_id: &str) -> Result<Vec<Pool>> {
         let rows: Vec<String> = self.read(|c| {
             let mut st = c
@@ -633,7 +701,7 @@ impl Store for SqliteStore {
             // IMMEDIATE takes the database write lock first: the read-then-insert below is
             // a compare-and-set even against other processes sharing the file.
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            if let (Some(session), PoolMode::Dynamic) = (session, pool.mode) {
+            if let (Some(session), PoolMode::Dynamic | PoolMode::Callback) = (session, pool.mode) {
                 let live = tx
                     .query_row(
                         &format!("SELECT {LEASE_COLUMNS}, id FROM leases WHERE pool_id = ?1 AND session = ?2 AND expires_at > ?3 ORDER BY expires_at DESC LIMIT 1"),
@@ -699,15 +767,20 @@ impl Store for SqliteStore {
         })
     }
 
-    fn insert_calls(&self, calls: &[CallRecord]) -> Result<()> {
+    fn insert_calls(
+        &self,
+        calls: &[CallRecord],
+        follow_ups: &[(usize, NewFollowUp)],
+    ) -> Result<()> {
+        let now = now_ms();
         self.write(|c| {
             let tx = c.transaction()?;
             {
                 let mut st = tx.prepare_cached(&format!(
                     "INSERT OR IGNORE INTO calls ({CALL_COLUMNS}) VALUES \
-                     (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24)"
+                     (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25)"
                 ))?;
-                for r in calls {
+                for (i, r) in calls.iter().enumerate() {
                     let params_json = serde_json::to_string(&r.tracking_params).unwrap_or_else(|_| "{}".into());
                     st.execute(params![
                         r.call_id,
@@ -734,12 +807,151 @@ impl Store for SqliteStore {
                         r.rtp_packets_in as i64,
                         r.rtp_packets_out as i64,
                         r.rtp_lost as i64,
+                        r.callback_of,
                     ])?;
+                    // Follow-ups of a record that was already stored were queued then.
+                    if tx.changes() == 1 {
+                        for (_, item) in follow_ups.iter().filter(|(of, _)| *of == i) {
+                            enqueue(&tx, item, now)?;
+                        }
+                    }
                 }
             }
             tx.commit()
         })
         .map_err(unavailable)
+    }
+
+    fn enqueue_follow_ups(&self, items: &[NewFollowUp]) -> Result<()> {
+        let now = now_ms();
+        self.write(|c| {
+            let tx = c.transaction()?;
+            for item in items {
+                enqueue(&tx, item, now)?;
+            }
+            tx.commit()
+        })
+        .map_err(unavailable)
+    }
+
+    fn create_webhook(&self, h: &Webhook) -> Result<()> {
+        let events = serde_json::to_string(&h.events).unwrap_or_else(|_| "[]".into());
+        self.write(|c| {
+            c.execute(
+                &format!(
+                    "INSERT INTO webhooks ({WEBHOOK_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
+                ),
+                params![h.id, h.operator_id, h.url, h.secret, events, h.created_at],
+            )
+        })
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                StoreError::Conflict(format!("webhook {}", h.id))
+            } else {
+                unavailable(e)
+            }
+        })?;
+        Ok(())
+    }
+
+    fn list_webhooks(&self, operator_id: &str) -> Result<Vec<Webhook>> {
+        self.read(|c| {
+            let mut st = c
+                .prepare_cached(&format!(
+                    "SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE operator_id = ?1 ORDER BY created_at, id"
+                ))
+                .map_err(unavailable)?;
+            let rows = st.query_map([operator_id], webhook_from).map_err(unavailable)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(unavailable)
+        })
+    }
+
+    fn delete_webhook(&self, operator_id: &str, id: &str) -> Result<bool> {
+        let n = self
+            .write(|c| {
+                c.execute(
+                    "DELETE FROM webhooks WHERE id = ?1 AND operator_id = ?2",
+                    params![id, operator_id],
+                )
+            })
+            .map_err(unavailable)?;
+        Ok(n > 0)
+    }
+
+    fn get_webhook(&self, id: &str) -> Result<Option<Webhook>> {
+        self.read(|c| {
+            c.query_row(
+                &format!("SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE id = ?1"),
+                [id],
+                webhook_from,
+            )
+            .optional()
+            .map_err(unavailable)
+        })
+    }
+
+    fn claim_follow_ups(&self, now: i64, limit: usize, claim_ms: i64) -> Result<Vec<FollowUp>> {
+        self.write(|c| {
+            // IMMEDIATE: select-then-hide is one step, also against other processes.
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let claimed = {
+                let mut st = tx.prepare_cached(
+                    "UPDATE outbox SET next_at = ?2, attempts = attempts + 1 WHERE id IN \
+                     (SELECT id FROM outbox WHERE dead = 0 AND next_at <= ?1 ORDER BY next_at, id LIMIT ?3) \
+                     RETURNING id, kind, operator_id, target, payload, attempts, created_at",
+                )?;
+                let rows = st.query_map(params![now, now + claim_ms, limit as i64], |r| {
+                    Ok(FollowUp {
+                        id: r.get(0)?,
+                        item: NewFollowUp {
+                            kind: parse_enum(r, 1)?,
+                            operator_id: r.get(2)?,
+                            target: r.get(3)?,
+                            payload: r.get(4)?,
+                        },
+                        attempts: r.get(5)?,
+                        created_at: r.get(6)?,
+                    })
+                })?;
+                rows.collect::<rusqlite::Result<Vec<_>>>()?
+            };
+            tx.commit()?;
+            Ok(claimed)
+        })
+        .map(|mut v| {
+            v.sort_by_key(|f| f.id);
+            v
+        })
+        .map_err(unavailable)
+    }
+
+    fn follow_up_delivered(&self, id: i64) -> Result<()> {
+        self.write(|c| c.execute("DELETE FROM outbox WHERE id = ?1", [id]))
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    fn follow_up_failed(&self, id: i64, retry_at: Option<i64>, error: &str) -> Result<()> {
+        self.write(|c| {
+            c.execute(
+                "UPDATE outbox SET next_at = COALESCE(?2, next_at), dead = ?3, last_error = ?4 WHERE id = ?1",
+                params![id, retry_at, retry_at.is_none(), error],
+            )
+        })
+        .map_err(unavailable)?;
+        Ok(())
+    }
+
+    fn follow_up_counts(&self) -> Result<(u64, u64)> {
+        self.read(|c| {
+            c.query_row(
+                "SELECT COALESCE(SUM(dead = 0), 0), COALESCE(SUM(dead = 1), 0) FROM outbox",
+                [],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+            )
+            .map_err(unavailable)
+        })
     }
 
     fn last_call_started(

@@ -131,31 +131,48 @@ trunks = ["carrier-a"]
     /// Starts a node on an existing configuration file, with `dir` as its working
     /// directory (relative paths such as `./data` land there).
     pub fn run(ports: Ports, dir: tempfile::TempDir, config: &Path) -> Node {
-        let log = std::fs::File::create(dir.path().join("node.log")).expect("log file");
+        let mut node = Node {
+            ports,
+            dir,
+            child: None,
+        };
+        node.spawn(config);
+        node
+    }
+
+    fn spawn(&mut self, config: &Path) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("node.log"))
+            .expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_tsunagu"))
             .args(["serve", "--config"])
             .arg(config)
-            .current_dir(dir.path())
+            .current_dir(self.dir.path())
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("start tsunagu");
-        let node = Node {
-            ports,
-            dir,
-            child: Some(child),
-        };
-        node.wait_until(
+        self.child = Some(child);
+        self.wait_until(
             Duration::from_secs(20),
             "the node to answer /healthz",
             || {
-                node.try_get("/healthz", None)
+                self.try_get("/healthz", None)
                     .map(|r| r.status == 200)
                     .unwrap_or(false)
             },
         );
-        node
+    }
+
+    /// Stops the node (SIGTERM, drain) and starts it again on the same configuration
+    /// and data (a node started with [`Node::start`]).
+    pub fn restart(&mut self) {
+        assert_eq!(self.terminate(), Some(0), "node exit code\n{}", self.log());
+        let config = self.dir.path().join("node.toml");
+        self.spawn(&config);
     }
 
     /// Polls `cond` (an observable event, e.g. an API answer) until true or the deadline.
@@ -514,4 +531,244 @@ pub fn uac(
         failed: count("Failed call"),
         output,
     }
+}
+
+/// One HTTP request a [`Receiver`] got.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub method: String,
+    pub target: String,
+    /// Header names in lower case.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A real HTTP server on loopback that records every request and answers 200 (a
+/// webhook, SMS-gateway or GA4 endpoint stand-in run by the test); stopped on drop.
+pub struct Receiver {
+    pub port: u16,
+    got: std::sync::Arc<std::sync::Mutex<Vec<Received>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Receiver {
+    pub fn start(port: u16) -> Receiver {
+        Receiver::with_pages(port, Vec::new())
+    }
+
+    /// Also answers GETs of the given paths with the given HTML (a test web page).
+    pub fn with_pages(port: u16, pages: Vec<(String, String)>) -> Receiver {
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind receiver");
+        let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (g, st) = (got.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if st.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(mut conn) = conn else { continue };
+                if let Some(req) = read_request(&mut conn) {
+                    let path = req.target.split('?').next().unwrap_or_default().to_string();
+                    let page = pages
+                        .iter()
+                        .find(|(p, _)| *p == path)
+                        .filter(|_| req.method == "GET");
+                    let reply = match page {
+                        Some((_, html)) => format!("HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{html}", html.len()),
+                        None => "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok".to_string(),
+                    };
+                    g.lock().unwrap().push(req);
+                    let _ = conn.write_all(reply.as_bytes());
+                }
+            }
+        });
+        Receiver {
+            port,
+            got,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn requests(&self) -> Vec<Received> {
+        self.got.lock().unwrap().clone()
+    }
+
+    /// Waits until `n` requests whose target starts with `prefix` arrived (20 s at most).
+    pub fn wait_for(&self, prefix: &str, n: usize) -> Vec<Received> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let got: Vec<Received> = self
+                .requests()
+                .into_iter()
+                .filter(|r| r.target.starts_with(prefix))
+                .collect();
+            if got.len() >= n || Instant::now() > deadline {
+                return got;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn read_request(conn: &mut TcpStream) -> Option<Received> {
+    conn.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    let head_end = loop {
+        let n = conn.read(&mut buf).ok()?;
+        if n == 0 {
+            return None;
+        }
+        raw.extend_from_slice(&buf[..n]);
+        if let Some(i) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i;
+        }
+    };
+    let head = String::from_utf8_lossy(&raw[..head_end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let mut first = lines.next()?.split(' ');
+    let (method, target) = (first.next()?.to_string(), first.next()?.to_string());
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let len: usize = headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = raw[head_end + 4..].to_vec();
+    while body.len() < len {
+        let n = conn.read(&mut buf).ok()?;
+        if n == 0 {
+            break;
+        }
+        body.extend_from_slice(&buf[..n]);
+    }
+    Some(Received {
+        method,
+        target,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
+}
+
+/// A real SMTP server (Debian's python3-aiosmtpd) on loopback, storing what it
+/// receives in a Maildir; stopped on drop.
+pub struct SmtpServer {
+    child: Child,
+    maildir: PathBuf,
+}
+
+impl SmtpServer {
+    pub fn start(port: u16, dir: &Path) -> SmtpServer {
+        let found = Command::new("/usr/bin/python3")
+            .args(["-c", "import aiosmtpd"])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(found, "Debian's python3-aiosmtpd is required for the e-mail tests: run scripts/test.sh (it installs it)");
+        let maildir = dir.join("maildir");
+        let child = Command::new("/usr/bin/python3")
+            .args(["-m", "aiosmtpd", "-n", "-l"])
+            .arg(format!("127.0.0.1:{port}"))
+            .args(["-c", "aiosmtpd.handlers.Mailbox"])
+            .arg(&maildir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start aiosmtpd");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "aiosmtpd did not start on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        SmtpServer { child, maildir }
+    }
+
+    /// The raw messages delivered so far.
+    pub fn messages(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for sub in ["new", "cur"] {
+            if let Ok(entries) = std::fs::read_dir(self.maildir.join(sub)) {
+                for e in entries.flatten() {
+                    out.push(std::fs::read_to_string(e.path()).unwrap_or_default());
+                }
+            }
+        }
+        out
+    }
+
+    pub fn wait_for(&self, n: usize) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let got = self.messages();
+            if got.len() >= n || Instant::now() > deadline {
+                return got;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for SmtpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Loads `url` in real headless Chromium (Debian's `chromium`), lets the page's scripts
+/// and timers run for `virtual_ms` of virtual time, and returns the resulting DOM.
+pub fn chromium_dom(url: &str, profile: &Path, virtual_ms: u32) -> String {
+    require_tool("chromium");
+    let out = Command::new("timeout")
+        .arg("90")
+        .arg("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--disable-background-networking",
+            "--no-first-run",
+            "--disable-extensions",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(format!("--virtual-time-budget={virtual_ms}"))
+        .arg("--dump-dom")
+        .arg(url)
+        .output()
+        .expect("run chromium");
+    assert!(
+        out.status.success(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }

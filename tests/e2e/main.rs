@@ -3,5 +3,6 @@
 
 mod api;
 mod calls;
+mod follow_up;
 mod harness;
 mod pools;

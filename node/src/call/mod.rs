@@ -12,6 +12,7 @@ use crate::call_log::LogEntry;
 use crate::context::{CallSlot, NodeContext};
 use crate::decide::caller::{identify, Caller};
 use crate::decide::outcome::{next_step, Failure, Step};
+use crate::follow_up::plan::{CallEvent, EventKind};
 use crate::metrics::ResultLabel;
 use legs::{ALeg, BLeg, Outbound};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
@@ -22,7 +23,9 @@ use tsunagu_media::{sdp, Relay, Side};
 use tsunagu_sip::endpoint::CallSink;
 use tsunagu_sip::parse::{header, sdp_body, Peer};
 use tsunagu_sip::{Method, NewInvite, Request, Response, SipEvent};
-use tsunagu_store::{CallRecord, CallResult, CallerIdMode, NumberKind, TrackingNumber, Validity};
+use tsunagu_store::{
+    CallRecord, CallResult, CallerIdMode, Destination, NumberKind, TrackingNumber, Validity,
+};
 
 pub enum CallMsg {
     Start,
@@ -197,6 +200,11 @@ impl Actor for CallActor {
             .unwrap_or(70)
             .saturating_sub(1);
         let span = tracing::info_span!("call", call_id = %id, number = %number.number, caller = %caller.number);
+        let number = if number.kind == NumberKind::Callback {
+            callback_route(&ctx, number, started_at_ms).await
+        } else {
+            number
+        };
         ctx.endpoint
             .register(&invite.info.call_id, Arc::new(CallHandle(myself.clone())));
         let slot = CallSlot::take(&ctx, inbound_trunk);
@@ -273,6 +281,12 @@ impl Call {
     fn start(&mut self) {
         tracing::debug!("call started");
         self.ctx.metrics.calls.started.inc();
+        self.ctx.log.event(self.event(EventKind::Started));
+        if self.number.destinations.is_empty() {
+            // A callback number with no live lease: nobody to call back.
+            tracing::info!("callback number is not leased");
+            return self.give_up(CallResult::Failed, 404);
+        }
         let relay = match (self.ctx.ports.allocate(), self.ctx.ports.allocate()) {
             (Ok(a), Ok(b)) => Relay::start(a, b, self.ctx.metrics.media.clone()),
             _ => {
@@ -661,6 +675,7 @@ impl Call {
                 self.upstream_code = 200;
                 self.phase = Phase::Answered;
                 self.a.respond(&ep, 200, sdp.as_deref());
+                self.ctx.log.event(self.event(EventKind::Answered));
                 tracing::debug!("answered");
             }
             _ => {
@@ -697,6 +712,21 @@ impl Call {
             relay.set_remote(from, remote);
         }
         Some(rewritten.sdp)
+    }
+
+    /// A webhook event of this call.
+    fn event(&self, kind: EventKind) -> CallEvent {
+        CallEvent {
+            kind,
+            call_id: self.id.clone(),
+            operator_id: self.number.operator_id.clone(),
+            advertiser_id: self.number.advertiser_id.clone(),
+            tracking_number: self.number.number.clone(),
+            caller_number: self.caller.number.clone(),
+            caller_kind: self.caller.kind,
+            destination: self.b.as_ref().map(|b| b.destination.clone()),
+            at_ms: now_ms(),
+        }
     }
 
     fn observe_setup(&mut self) {
@@ -822,15 +852,52 @@ fn base_record(
         rtp_packets_in: 0,
         rtp_packets_out: 0,
         rtp_lost: 0,
+        callback_of: None,
     }
 }
 
-fn log_entry(record: CallRecord, number: &TrackingNumber) -> LogEntry {
+fn log_entry(record: CallRecord, number: &Arc<TrackingNumber>) -> LogEntry {
     LogEntry {
         record,
-        rule: number.validity,
-        pooled: number.kind == NumberKind::Pool,
+        number: number.clone(),
     }
+}
+
+/// How long a callback rings the caller it calls back.
+const CALLBACK_RING_SECONDS: u32 = 60;
+
+/// A callback number routes to the caller its live lease names (折返し通話): the
+/// number with that one destination, or with none if no lease is live. This is the
+/// one store read on the call path, for callback numbers only.
+async fn callback_route(
+    ctx: &NodeContext,
+    number: Arc<TrackingNumber>,
+    at_ms: i64,
+) -> Arc<TrackingNumber> {
+    let store = ctx.store.clone();
+    let n = number.number.clone();
+    let lease = tokio::task::spawn_blocking(move || store.lease_at(&n, at_ms)).await;
+    let to = match lease {
+        Ok(Ok(Some(l))) => l.params.get("callback_to").cloned(),
+        Ok(Ok(None)) => None,
+        Ok(Err(e)) => {
+            tracing::warn!(%e, "store unavailable for a callback number's lease");
+            None
+        }
+        Err(e) => {
+            tracing::error!(%e, "callback lease lookup failed");
+            None
+        }
+    };
+    let mut routed = (*number).clone();
+    routed.destinations = to
+        .map(|number| Destination {
+            number,
+            ring_seconds: CALLBACK_RING_SECONDS,
+        })
+        .into_iter()
+        .collect();
+    Arc::new(routed)
 }
 
 /// The record of a call whose actor died: what the supervisor knows, result `failed`.

@@ -1,0 +1,573 @@
+//! What a call causes to be sent, as pure code: webhook events for the operator's
+//! subscriptions, e-mail and SMS notices, the SMS to a mobile caller, and a GA4
+//! conversion. Each follow-up is rendered here, completely, and stored in the outbox
+//! with the call record; delivery later only sends it.
+
+use super::template::render;
+use std::collections::BTreeMap;
+use tsunagu_store::{
+    CallRecord, CallResult, CallerKind, FollowUpKind, NewFollowUp, NotifyOn, TrackingNumber,
+    Validity, Webhook,
+};
+
+/// Moments of a call that webhooks report before it ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    Started,
+    Answered,
+}
+
+impl EventKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            EventKind::Started => "call.started",
+            EventKind::Answered => "call.answered",
+        }
+    }
+}
+
+/// A call event before its end, sent by the call actor.
+#[derive(Debug, Clone)]
+pub struct CallEvent {
+    pub kind: EventKind,
+    pub call_id: String,
+    pub operator_id: String,
+    pub advertiser_id: String,
+    pub tracking_number: String,
+    pub caller_number: String,
+    pub caller_kind: CallerKind,
+    pub destination: Option<String>,
+    pub at_ms: i64,
+}
+
+pub const DEFAULT_SUBJECT: &str = "[tsunagu] {result}: call from {caller} to {tracking_number}";
+pub const DEFAULT_BODY: &str = "Time: {time}\nCaller: {caller} ({caller_kind})\n\
+Tracking number: {tracking_number}\nResult: {result}\nRang {ring_seconds} s, talked {talk_seconds} s\n\
+Source: {source}\nCall id: {call_id}\n{callback}";
+pub const DEFAULT_SMS: &str =
+    "{time} {result}: call from {caller} to {tracking_number}. {callback}";
+
+/// Settings the plan needs from the node.
+#[derive(Debug, Clone, Copy)]
+pub struct Planner {
+    pub email: bool,
+    pub sms: bool,
+    pub utc_offset_minutes: i32,
+}
+
+fn subscribed(hook: &Webhook, event: &str) -> bool {
+    hook.events.is_empty() || hook.events.iter().any(|e| e == event)
+}
+
+fn webhook_items(
+    hooks: &[Webhook],
+    event: &str,
+    id: String,
+    at_ms: i64,
+    data: serde_json::Value,
+) -> Vec<NewFollowUp> {
+    let body = serde_json::json!({
+        "id": id,
+        "type": event,
+        "created_at": tsunagu_api::rfc3339(at_ms),
+        "data": data,
+    })
+    .to_string();
+    hooks
+        .iter()
+        .filter(|h| subscribed(h, event))
+        .map(|h| NewFollowUp {
+            kind: FollowUpKind::Webhook,
+            operator_id: h.operator_id.clone(),
+            target: h.id.clone(),
+            payload: body.clone(),
+        })
+        .collect()
+}
+
+/// A missed call: one the advertiser did not take.
+pub fn missed(r: &CallRecord) -> bool {
+    r.result != CallResult::Answered
+}
+
+/// The callback pool a finished call should lease a number from, if any: a missed
+/// call from a known caller to a number with callback tracking.
+pub fn callback_pool<'a>(r: &CallRecord, n: &'a TrackingNumber) -> Option<&'a str> {
+    let known = !r.caller_number.is_empty() && r.caller_kind != CallerKind::Anonymous;
+    if !missed(r) || !known || r.callback_of.is_some() {
+        return None;
+    }
+    n.notify.as_ref()?.callback_pool_id.as_deref()
+}
+
+impl Planner {
+    pub fn for_event(&self, e: &CallEvent, hooks: &[Webhook]) -> Vec<NewFollowUp> {
+        let event = e.kind.name();
+        let data = serde_json::json!({
+            "call_id": e.call_id,
+            "advertiser_id": e.advertiser_id,
+            "tracking_number": e.tracking_number,
+            "caller_number": e.caller_number,
+            "caller_kind": e.caller_kind,
+            "destination_number": e.destination,
+            "at": tsunagu_api::rfc3339(e.at_ms),
+        });
+        let id = format!("evt_{}_{}", e.call_id, event.trim_start_matches("call."));
+        webhook_items(hooks, event, id, e.at_ms, data)
+    }
+
+    /// Everything a finished call causes. `callback_number` is the number leased for
+    /// calling this caller back, when the number has callback tracking.
+    pub fn after_call(
+        &self,
+        r: &CallRecord,
+        n: &TrackingNumber,
+        hooks: &[Webhook],
+        callback_number: Option<&str>,
+    ) -> Vec<NewFollowUp> {
+        let mut out = webhook_items(
+            hooks,
+            "call.ended",
+            format!("evt_{}_ended", r.call_id),
+            r.ended_at,
+            tsunagu_api::call_json(r),
+        );
+        let item = |kind, target: &str, payload: serde_json::Value| NewFollowUp {
+            kind,
+            operator_id: r.operator_id.clone(),
+            target: target.to_string(),
+            payload: payload.to_string(),
+        };
+        if let Some(notify) = &n.notify {
+            let values = self.values(r, callback_number);
+            let wanted = notify.on == NotifyOn::All || missed(r);
+            if wanted && self.email {
+                let subject = render(
+                    notify.email_subject.as_deref().unwrap_or(DEFAULT_SUBJECT),
+                    &values,
+                );
+                let body = render(
+                    notify.email_body.as_deref().unwrap_or(DEFAULT_BODY),
+                    &values,
+                );
+                for to in &notify.email_to {
+                    out.push(item(
+                        FollowUpKind::Email,
+                        to,
+                        serde_json::json!({"to": to, "subject": subject.trim(), "body": body.trim_end()}),
+                    ));
+                }
+            }
+            if wanted && self.sms {
+                let text = render(notify.sms_text.as_deref().unwrap_or(DEFAULT_SMS), &values);
+                for to in &notify.sms_to {
+                    out.push(item(
+                        FollowUpKind::Sms,
+                        to,
+                        serde_json::json!({"to": to, "text": text.trim()}),
+                    ));
+                }
+            }
+            if let (Some(t), true, CallerKind::Mobile) =
+                (&notify.caller_sms_text, self.sms, r.caller_kind)
+            {
+                let text = render(t, &values);
+                out.push(item(
+                    FollowUpKind::Sms,
+                    &r.caller_number,
+                    serde_json::json!({"to": r.caller_number, "text": text.trim()}),
+                ));
+            }
+        }
+        if let Some(g) = &n.ga4 {
+            if let Some(body) = ga4_body(r, &g.event_name) {
+                out.push(item(
+                    FollowUpKind::Ga4,
+                    &g.measurement_id,
+                    serde_json::json!({"measurement_id": g.measurement_id, "api_secret": g.api_secret, "body": body}),
+                ));
+            }
+        }
+        out
+    }
+
+    /// Template placeholders of a finished call.
+    fn values<'a>(&self, r: &CallRecord, callback: Option<&str>) -> BTreeMap<&'a str, String> {
+        let source = if r.tracking_params.is_empty() {
+            "-".to_string()
+        } else {
+            r.tracking_params
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let caller = if r.caller_number.is_empty() {
+            "anonymous".to_string()
+        } else {
+            r.caller_number.clone()
+        };
+        BTreeMap::from([
+            ("time", local_time(r.started_at, self.utc_offset_minutes)),
+            ("caller", caller),
+            ("caller_kind", r.caller_kind.to_string()),
+            ("tracking_number", r.tracking_number.clone()),
+            (
+                "destination",
+                r.destination_number.clone().unwrap_or_default(),
+            ),
+            ("result", r.result.to_string()),
+            ("ring_seconds", r.ring_seconds.to_string()),
+            ("talk_seconds", r.talk_seconds.to_string()),
+            ("source", source),
+            ("call_id", r.call_id.clone()),
+            ("advertiser_id", r.advertiser_id.clone()),
+            ("callback_number", callback.unwrap_or_default().to_string()),
+            (
+                "callback",
+                callback
+                    .map(|c| {
+                        format!("Call back on {c}: it rings the caller and the call is tracked.")
+                    })
+                    .unwrap_or_default(),
+            ),
+        ])
+    }
+}
+
+/// `2026-11-28 19:05:00 +09:00`.
+pub fn local_time(ms: i64, offset_minutes: i32) -> String {
+    let offset = chrono::FixedOffset::east_opt(offset_minutes * 60)
+        .unwrap_or_else(|| chrono::FixedOffset::east_opt(0).expect("UTC"));
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| {
+            t.with_timezone(&offset)
+                .format("%Y-%m-%d %H:%M:%S %:z")
+                .to_string()
+        })
+        .unwrap_or_default()
+}
+
+/// The Measurement Protocol body for a valid call that carries a GA4 client id or a
+/// gclid; None for any other call. With only a gclid, the client id is derived from it
+/// (GA4 needs one) and the gclid travels as an event parameter.
+pub fn ga4_body(r: &CallRecord, event_name: &str) -> Option<serde_json::Value> {
+    if r.validity != Validity::Valid {
+        return None;
+    }
+    let p = &r.tracking_params;
+    let client = p
+        .get("client_id")
+        .or_else(|| p.get("ga_client_id"))
+        .cloned();
+    let gclid = p.get("gclid").cloned();
+    let client_id = client.or_else(|| gclid.as_ref().map(|g| format!("gclid.{g}")))?;
+    let mut params = serde_json::json!({
+        "call_id": r.call_id,
+        "tracking_number": r.tracking_number,
+        "caller_kind": r.caller_kind,
+        "talk_seconds": r.talk_seconds,
+        "ring_seconds": r.ring_seconds,
+    });
+    if let Some(g) = gclid {
+        params["gclid"] = g.into();
+    }
+    for key in ["utm_source", "utm_medium", "utm_campaign", "keyword"] {
+        if let Some(v) = p.get(key) {
+            params[key] = v.clone().into();
+        }
+    }
+    Some(serde_json::json!({
+        "client_id": client_id,
+        "timestamp_micros": r.started_at * 1000,
+        "events": [{"name": event_name, "params": params}],
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tsunagu_store::conformance::{sample_call, sample_number};
+    use tsunagu_store::{Ga4, Notify};
+
+    fn hook(id: &str, events: &[&str]) -> Webhook {
+        Webhook {
+            id: id.into(),
+            operator_id: "op_1".into(),
+            url: "http://127.0.0.1:9/h".into(),
+            secret: "s".into(),
+            events: events.iter().map(|e| e.to_string()).collect(),
+            created_at: 0,
+        }
+    }
+
+    const PLANNER: Planner = Planner {
+        email: true,
+        sms: true,
+        utc_offset_minutes: 540,
+    };
+
+    fn kinds(items: &[NewFollowUp]) -> Vec<(FollowUpKind, String)> {
+        items.iter().map(|i| (i.kind, i.target.clone())).collect()
+    }
+
+    #[test]
+    fn webhooks_follow_subscriptions() {
+        let hooks = [
+            hook("all", &[]),
+            hook("ended", &["call.ended"]),
+            hook("started", &["call.started"]),
+        ];
+        let r = sample_call("op_1", "adv_1", 1_000);
+        let n = sample_number("op_1", "adv_1");
+        let ended = PLANNER.after_call(&r, &n, &hooks, None);
+        assert_eq!(
+            kinds(&ended),
+            vec![
+                (FollowUpKind::Webhook, "all".into()),
+                (FollowUpKind::Webhook, "ended".into())
+            ]
+        );
+        let body: serde_json::Value = serde_json::from_str(&ended[0].payload).unwrap();
+        assert_eq!(body["type"], "call.ended");
+        assert_eq!(body["id"], format!("evt_{}_ended", r.call_id));
+        assert_eq!(body["data"]["call_id"], r.call_id.as_str());
+        let e = CallEvent {
+            kind: EventKind::Started,
+            call_id: "c1".into(),
+            operator_id: "op_1".into(),
+            advertiser_id: "adv_1".into(),
+            tracking_number: "0501".into(),
+            caller_number: "0901".into(),
+            caller_kind: CallerKind::Mobile,
+            destination: None,
+            at_ms: 5,
+        };
+        let started = PLANNER.for_event(&e, &hooks);
+        assert_eq!(
+            kinds(&started),
+            vec![
+                (FollowUpKind::Webhook, "all".into()),
+                (FollowUpKind::Webhook, "started".into())
+            ]
+        );
+        assert!(PLANNER.for_event(&e, &[]).is_empty());
+    }
+
+    /// Each row: result, notify.on, caller kind, channels → what is sent.
+    #[test]
+    fn notices_by_result_and_setting() {
+        use FollowUpKind::{Email, Sms};
+        let both = Planner {
+            email: true,
+            sms: true,
+            utc_offset_minutes: 540,
+        };
+        let no_sms = Planner { sms: false, ..both };
+        let rows: &[(
+            CallResult,
+            NotifyOn,
+            CallerKind,
+            Planner,
+            &[(FollowUpKind, &str)],
+        )] = &[
+            (
+                CallResult::NoAnswer,
+                NotifyOn::Missed,
+                CallerKind::Fixed,
+                both,
+                &[(Email, "a@x.jp"), (Sms, "09011112222")],
+            ),
+            (
+                CallResult::Answered,
+                NotifyOn::Missed,
+                CallerKind::Fixed,
+                both,
+                &[],
+            ),
+            (
+                CallResult::Answered,
+                NotifyOn::All,
+                CallerKind::Fixed,
+                both,
+                &[(Email, "a@x.jp"), (Sms, "09011112222")],
+            ),
+            (
+                CallResult::Busy,
+                NotifyOn::Missed,
+                CallerKind::Mobile,
+                both,
+                &[
+                    (Email, "a@x.jp"),
+                    (Sms, "09011112222"),
+                    (Sms, "09012345678"),
+                ],
+            ),
+            (
+                CallResult::Answered,
+                NotifyOn::Missed,
+                CallerKind::Mobile,
+                both,
+                &[(Sms, "09012345678")],
+            ),
+            (
+                CallResult::Busy,
+                NotifyOn::Missed,
+                CallerKind::Mobile,
+                no_sms,
+                &[(Email, "a@x.jp")],
+            ),
+        ];
+        for (i, (result, on, kind, planner, want)) in rows.iter().enumerate() {
+            let mut r = sample_call("op_1", "adv_1", 1_000);
+            r.result = *result;
+            r.caller_kind = *kind;
+            let mut n = sample_number("op_1", "adv_1");
+            n.notify = Some(Notify {
+                on: *on,
+                email_to: vec!["a@x.jp".into()],
+                sms_to: vec!["09011112222".into()],
+                caller_sms_text: Some("Thanks for calling {tracking_number}".into()),
+                ..Default::default()
+            });
+            let got = kinds(&planner.after_call(&r, &n, &[], None));
+            let want: Vec<(FollowUpKind, String)> =
+                want.iter().map(|(k, t)| (*k, t.to_string())).collect();
+            assert_eq!(got, want, "row {i}");
+        }
+    }
+
+    #[test]
+    fn notice_text_has_call_facts_source_and_callback() {
+        let mut r = sample_call("op_1", "adv_1", 1_764_324_000_000); // 2025-11-28 10:00 UTC
+        r.result = CallResult::NoAnswer;
+        let mut n = sample_number("op_1", "adv_1");
+        n.notify = Some(Notify {
+            email_to: vec!["a@x.jp".into()],
+            ..Default::default()
+        });
+        let items = PLANNER.after_call(&r, &n, &[], Some("0120999000"));
+        let mail: serde_json::Value = serde_json::from_str(&items[0].payload).unwrap();
+        assert_eq!(
+            mail["subject"],
+            format!(
+                "[tsunagu] no_answer: call from 09012345678 to {}",
+                r.tracking_number
+            )
+        );
+        let body = mail["body"].as_str().unwrap();
+        for want in [
+            "Time: 2025-11-28 19:00:00 +09:00",
+            "Caller: 09012345678 (mobile)",
+            "Source: gclid=abc",
+            "Call back on 0120999000",
+        ] {
+            assert!(body.contains(want), "{want} in {body}");
+        }
+    }
+
+    #[test]
+    fn ga4_only_for_valid_calls_with_an_id() {
+        let rows: &[(Validity, &[(&str, &str)], Option<&str>)] = &[
+            (
+                Validity::Valid,
+                &[("client_id", "123.456")],
+                Some("123.456"),
+            ),
+            (Validity::Valid, &[("gclid", "Cj0")], Some("gclid.Cj0")),
+            (
+                Validity::Valid,
+                &[("client_id", "1.2"), ("gclid", "Cj0")],
+                Some("1.2"),
+            ),
+            (Validity::Valid, &[("keyword", "x")], None),
+            (Validity::InvalidShort, &[("client_id", "1.2")], None),
+            (Validity::InvalidDuplicate, &[("gclid", "Cj0")], None),
+        ];
+        for (validity, params, want) in rows {
+            let mut r = sample_call("op_1", "adv_1", 1_000);
+            r.validity = *validity;
+            r.tracking_params = params
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            let body = ga4_body(&r, "phone_call");
+            assert_eq!(
+                body.as_ref()
+                    .map(|b| b["client_id"].as_str().unwrap().to_string())
+                    .as_deref(),
+                *want,
+                "{params:?}"
+            );
+            if let Some(b) = body {
+                assert_eq!(b["events"][0]["name"], "phone_call");
+                assert_eq!(b["timestamp_micros"], 1_000_000);
+            }
+        }
+        let mut n = sample_number("op_1", "adv_1");
+        n.ga4 = Some(Ga4 {
+            measurement_id: "G-1".into(),
+            api_secret: "s".into(),
+            event_name: "phone_call".into(),
+        });
+        let r = sample_call("op_1", "adv_1", 1_000); // valid, gclid=abc
+        assert_eq!(
+            kinds(&PLANNER.after_call(&r, &n, &[], None)),
+            vec![(FollowUpKind::Ga4, "G-1".into())]
+        );
+    }
+
+    #[test]
+    fn callback_only_for_missed_calls_from_known_callers() {
+        let mut n = sample_number("op_1", "adv_1");
+        n.notify = Some(Notify {
+            callback_pool_id: Some("pool_cb".into()),
+            ..Default::default()
+        });
+        let rows: &[(CallResult, CallerKind, &str, bool, Option<&str>)] = &[
+            (
+                CallResult::NoAnswer,
+                CallerKind::Mobile,
+                "09012345678",
+                false,
+                Some("pool_cb"),
+            ),
+            (
+                CallResult::Busy,
+                CallerKind::Fixed,
+                "0311112222",
+                false,
+                Some("pool_cb"),
+            ),
+            (
+                CallResult::Answered,
+                CallerKind::Mobile,
+                "09012345678",
+                false,
+                None,
+            ),
+            (CallResult::NoAnswer, CallerKind::Anonymous, "", false, None),
+            (
+                CallResult::NoAnswer,
+                CallerKind::Mobile,
+                "09012345678",
+                true,
+                None,
+            ),
+        ];
+        for (result, kind, caller, is_callback, want) in rows {
+            let mut r = sample_call("op_1", "adv_1", 1_000);
+            r.result = *result;
+            r.caller_kind = *kind;
+            r.caller_number = caller.to_string();
+            r.callback_of = is_callback.then(|| "call_0".to_string());
+            assert_eq!(callback_pool(&r, &n), *want, "{result:?} {kind:?}");
+        }
+    }
+
+    #[test]
+    fn local_times() {
+        assert_eq!(local_time(0, 540), "1970-01-01 09:00:00 +09:00");
+        assert_eq!(local_time(0, 0), "1970-01-01 00:00:00 +00:00");
+    }
+}

@@ -1,0 +1,447 @@
+//! Follow-ups after calls, end to end: signed webhooks that survive a receiver outage
+//! and a node restart, e-mail through a real SMTP server, SMS through an HTTP gateway,
+//! GA4 conversions, callback numbers, and the page tag in real headless Chromium.
+
+use crate::harness::*;
+use std::collections::BTreeSet;
+
+/// Verifies a `Tsunagu-Signature` with Python's own hmac module (an implementation
+/// independent of ours).
+fn signature_ok(secret: &str, header: &str, body: &str) -> bool {
+    let out = std::process::Command::new("/usr/bin/python3")
+        .args([
+            "-c",
+            "import hmac,hashlib,sys\n\
+             secret, header, body = sys.argv[1], sys.argv[2], sys.stdin.read()\n\
+             parts = dict(p.split('=', 1) for p in header.split(','))\n\
+             mac = hmac.new(secret.encode(), (parts['t'] + '.' + body).encode(), hashlib.sha256).hexdigest()\n\
+             sys.exit(0 if hmac.compare_digest(mac, parts['v1']) else 1)",
+            secret,
+            header,
+        ])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(body.as_bytes())?;
+            c.wait()
+        })
+        .expect("python3");
+    out.success()
+}
+
+#[test]
+fn webhooks_reach_a_receiver_that_was_down_across_a_node_restart() {
+    let ports = Ports::take();
+    let hook_port = ports.sip + 5;
+    let mut node = Node::start(ports, "127.0.0.1/32", "[notify]\nretry_base_ms = 200\n");
+    let (key, _) = node.provision("0501234567", r#"[{"number": "0311112222"}]"#, "{}");
+    let bad = node.send(
+        "POST",
+        "/v1/webhooks",
+        Some(&key),
+        r#"{"url": "ftp://x", "events": ["call.ended"]}"#,
+    );
+    assert_eq!(
+        (bad.status, bad.json()["error"]["field"].as_str()),
+        (422, Some("url")),
+        "{}",
+        bad.body
+    );
+    let bad = node.send(
+        "POST",
+        "/v1/webhooks",
+        Some(&key),
+        r#"{"url": "http://127.0.0.1:1/", "events": ["call.exploded"]}"#,
+    );
+    assert_eq!(bad.json()["error"]["field"], "events[0]", "{}", bad.body);
+    let created = node.send(
+        "POST",
+        "/v1/webhooks",
+        Some(&key),
+        &format!(r#"{{"url": "http://127.0.0.1:{hook_port}/hooks/calls"}}"#),
+    );
+    assert_eq!(created.status, 201, "{}", created.body);
+    let secret = created.json()["secret"].as_str().unwrap().to_string();
+    assert!(
+        !node.get("/v1/webhooks", &key).body.contains(&secret),
+        "the secret is shown once"
+    );
+
+    // The receiver is down: three answered calls, and deliveries fail and are retried.
+    let uas = Uas::start("uas_answer.xml", ports, node.dir.path(), &[]);
+    let run = uac("uac.xml", ports, "0501234567", 3, 10, &["-d", "200"]);
+    assert_eq!((run.exit, run.successful), (0, 3), "{}", run.output);
+    node.wait_for_calls(&key, 3);
+    node.wait_until(
+        std::time::Duration::from_secs(20),
+        "failed webhook attempts",
+        || node.metric("tsunagu_follow_up_failures_total{kind=\"webhook\"}") >= 9.0,
+    );
+    assert_eq!(
+        node.metric("tsunagu_follow_ups_delivered_total{kind=\"webhook\"}"),
+        0.0
+    );
+
+    // The node restarts while the events are still undelivered; then the receiver returns.
+    node.restart();
+    let receiver = Receiver::start(hook_port);
+    let got = receiver.wait_for("/hooks/calls", 9);
+    let mut ids = BTreeSet::new();
+    let mut per_type = std::collections::BTreeMap::new();
+    for r in &got {
+        assert_eq!(r.method, "POST");
+        assert_eq!(r.header("content-type"), Some("application/json"));
+        let sig = r.header("tsunagu-signature").expect("signature header");
+        assert!(
+            signature_ok(&secret, sig, &r.body),
+            "bad signature {sig} for {}",
+            r.body
+        );
+        assert!(!signature_ok("whsec_wrong", sig, &r.body));
+        let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(r.header("tsunagu-event-id"), v["id"].as_str());
+        ids.insert(v["id"].as_str().unwrap().to_string());
+        *per_type
+            .entry(v["type"].as_str().unwrap().to_string())
+            .or_insert(0) += 1;
+        if v["type"] == "call.ended" {
+            assert_eq!(v["data"]["result"], "answered");
+            assert_eq!(v["data"]["tracking_number"], "0501234567");
+        }
+    }
+    assert_eq!(
+        ids.len(),
+        9,
+        "every event of 3 calls, each once: {per_type:?}"
+    );
+    assert_eq!(
+        per_type,
+        [("call.answered", 3), ("call.ended", 3), ("call.started", 3)]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect()
+    );
+    node.wait_until(
+        std::time::Duration::from_secs(10),
+        "the outbox to drain",
+        || {
+            node.metric("tsunagu_follow_ups_delivered_total{kind=\"webhook\"}") >= 9.0
+                && node.metric("tsunagu_follow_ups_pending") == 0.0
+        },
+    );
+    drop(uas);
+}
+
+#[test]
+fn missed_call_notices_sms_ga4_and_a_tracked_callback() {
+    let ports = Ports::take();
+    let (gateway_port, smtp_port) = (ports.sip + 5, ports.sip + 6);
+    let gateway = Receiver::start(gateway_port);
+    let work = tempfile::tempdir().unwrap();
+    let smtp = SmtpServer::start(smtp_port, work.path());
+    let node = Node::start(
+        ports,
+        "127.0.0.1/32",
+        &format!(
+            r#"
+[notify]
+retry_base_ms = 200
+[notify.smtp]
+host = "127.0.0.1"
+port = {smtp_port}
+from = "tsunagu <calls@example.com>"
+[notify.sms]
+url = "http://127.0.0.1:{gateway_port}/sms/send"
+authorization = "Bearer sms-key"
+[notify.ga4]
+endpoint = "http://127.0.0.1:{gateway_port}/mp/collect"
+"#
+        ),
+    );
+    let (key, adv) = node.provision("0509990000", r#"[{"number": "0311112222"}]"#, "{}");
+    let pool = node.send(
+        "POST",
+        "/v1/pools",
+        Some(&key),
+        &format!(r#"{{"advertiser_id": "{adv}", "mode": "callback", "numbers": ["0120000001", "0120000002"], "hold_seconds": 86400}}"#),
+    );
+    assert_eq!(pool.status, 201, "{}", pool.body);
+    let pool_id = pool.json()["id"].as_str().unwrap().to_string();
+    let issue = node.send(
+        "POST",
+        &format!("/v1/pools/{pool_id}/issue"),
+        Some(&key),
+        "{}",
+    );
+    assert_eq!(
+        issue.status, 409,
+        "callback pools are issued by missed calls only: {}",
+        issue.body
+    );
+
+    let number = |extra: &str| {
+        format!(
+            r#"{{"number": "0501234567", "advertiser_id": "{adv}", "destinations": [{{"number": "0311112222"}}],
+                "tracking_params": {{"gclid": "GCLID1", "medium": "listing"}} {extra}}}"#
+        )
+    };
+    // Bad follow-up settings are refused with their field, and change nothing.
+    for (extra, field) in [
+        (
+            r#", "notify": {"email_to": ["not-an-address"]}"#,
+            "notify.email_to[0]",
+        ),
+        (r#", "notify": {"sms_to": ["12ab"]}"#, "notify.sms_to[0]"),
+        (
+            r#", "notify": {"email_to": ["a@example.com"], "callback_pool_id": "pool_nope"}"#,
+            "notify.callback_pool_id",
+        ),
+        (
+            r#", "ga4": {"measurement_id": "G-1", "api_secret": "s", "event_name": "9bad"}"#,
+            "ga4.event_name",
+        ),
+    ] {
+        let r = node.send("POST", "/v1/numbers", Some(&key), &number(extra));
+        assert_eq!(
+            (r.status, r.json()["error"]["field"].as_str()),
+            (422, Some(field)),
+            "{}",
+            r.body
+        );
+    }
+    assert_eq!(node.get("/v1/numbers/0501234567", &key).status, 404);
+    let created = node.send(
+        "POST",
+        "/v1/numbers",
+        Some(&key),
+        &number(&format!(
+            r#", "notify": {{"email_to": ["owner@example.com"], "sms_to": ["09011112222"],
+                 "caller_sms_text": "Thank you for calling {{tracking_number}}", "callback_pool_id": "{pool_id}"}},
+               "ga4": {{"measurement_id": "G-TEST", "api_secret": "mp-secret"}}"#
+        )),
+    );
+    assert_eq!(created.status, 201, "{}", created.body);
+
+    // 1. A missed call (busy) from a mobile caller.
+    let busy = Uas::start("uas_busy.xml", ports, node.dir.path(), &[]);
+    let run = uac_expecting(486, node.dir.path(), ports, "0501234567", 1, &[]);
+    assert_eq!(run.exit, 0, "{}", run.output);
+    drop(busy);
+    let missed = node.wait_for_calls(&key, 1)[0].clone();
+    let missed_id = missed["call_id"].as_str().unwrap().to_string();
+    assert_eq!(missed["result"], "busy");
+
+    let mails = smtp.wait_for(1);
+    assert_eq!(mails.len(), 1);
+    let mail = &mails[0];
+    assert!(mail.contains("To: owner@example.com"), "{mail}");
+    assert!(mail.contains("From: tsunagu <calls@example.com>"), "{mail}");
+    assert!(
+        mail.contains("Subject: [tsunagu] busy: call from 09012345678 to 0501234567"),
+        "{mail}"
+    );
+    for want in [
+        "Caller: 09012345678 (mobile)",
+        "gclid=GCLID1",
+        "medium=listing",
+        "Call back on 0120000001",
+        &missed_id,
+    ] {
+        assert!(mail.contains(want), "{want} missing from\n{mail}");
+    }
+
+    let sms = gateway.wait_for("/sms/send", 2);
+    assert_eq!(sms.len(), 2, "advertiser and caller SMS");
+    let mut to: Vec<String> = Vec::new();
+    for s in &sms {
+        assert_eq!(s.header("authorization"), Some("Bearer sms-key"));
+        let v: serde_json::Value = serde_json::from_str(&s.body).expect("gateway body is JSON");
+        to.push(v["to"].as_str().unwrap().to_string());
+        if v["to"] == "09012345678" {
+            assert_eq!(v["text"], "Thank you for calling 0501234567");
+        } else {
+            assert!(
+                v["text"]
+                    .as_str()
+                    .unwrap()
+                    .contains("busy: call from 09012345678"),
+                "{v}"
+            );
+            assert!(v["text"].as_str().unwrap().contains("0120000001"), "{v}");
+        }
+    }
+    to.sort();
+    assert_eq!(to, vec!["09011112222", "09012345678"]);
+    assert!(
+        gateway
+            .requests()
+            .iter()
+            .all(|r| !r.target.starts_with("/mp/")),
+        "no GA4 for a missed call"
+    );
+
+    // 2. An answered call: valid, carries a gclid → a GA4 conversion; no e-mail.
+    let answer = Uas::start("uas_answer.xml", ports, node.dir.path(), &[]);
+    let run = uac("uac.xml", ports, "0501234567", 1, 1, &["-d", "200"]);
+    assert_eq!((run.exit, run.successful), (0, 1), "{}", run.output);
+    let ga4 = gateway.wait_for("/mp/collect", 1);
+    assert_eq!(ga4.len(), 1);
+    assert_eq!(
+        ga4[0].target,
+        "/mp/collect?measurement_id=G-TEST&api_secret=mp-secret"
+    );
+    let body: serde_json::Value = serde_json::from_str(&ga4[0].body).unwrap();
+    assert_eq!(body["client_id"], "gclid.GCLID1");
+    assert_eq!(body["events"][0]["name"], "phone_call");
+    assert_eq!(body["events"][0]["params"]["gclid"], "GCLID1");
+
+    // 3. The advertiser calls back on the callback number: it rings the caller, and the
+    //    callback's record links to the missed call.
+    let run = uac("uac.xml", ports, "0120000001", 1, 1, &["-d", "200"]);
+    assert_eq!((run.exit, run.successful), (0, 1), "{}", run.output);
+    assert_eq!(
+        answer.messages().matches("INVITE sip:09012345678@").count(),
+        1,
+        "{}",
+        answer.messages()
+    );
+    let calls = node.wait_for_calls(&key, 3);
+    let callback = calls
+        .iter()
+        .find(|c| c["tracking_number"] == "0120000001")
+        .expect("callback record");
+    assert_eq!(callback["callback_of"], missed_id.as_str());
+    assert_eq!(callback["destination_number"], "09012345678");
+    assert_eq!(node.metric("tsunagu_callback_numbers_issued_total"), 1.0);
+    node.wait_until(
+        std::time::Duration::from_secs(10),
+        "deliveries counted",
+        || {
+            node.metric("tsunagu_follow_ups_delivered_total{kind=\"email\"}") == 1.0
+                && node.metric("tsunagu_follow_ups_delivered_total{kind=\"ga4\"}") == 1.0
+        },
+    );
+    assert_eq!(
+        smtp.messages().len(),
+        1,
+        "answered calls send no e-mail (notify.on = missed)"
+    );
+}
+
+#[test]
+fn page_tag_swaps_the_number_in_chromium_and_the_call_carries_the_visit() {
+    let ports = Ports::take();
+    let page_port = ports.sip + 7;
+    let node = Node::start(ports, "127.0.0.1/32", "");
+    let (key, adv) = node.provision("0501234567", r#"[{"number": "0311112222"}]"#, "{}");
+    let origin = format!("http://127.0.0.1:{page_port}");
+    let mk_pool = |numbers: &str, origins: &str| {
+        let r = node.send(
+            "POST",
+            "/v1/pools",
+            Some(&key),
+            &format!(r#"{{"advertiser_id": "{adv}", "mode": "dynamic", "numbers": {numbers}, "hold_seconds": 30,
+                        "allowed_origins": {origins}, "destinations": [{{"number": "0311112222"}}]}}"#),
+        );
+        assert_eq!(r.status, 201, "{}", r.body);
+        r.json()["id"].as_str().unwrap().to_string()
+    };
+    let pool = mk_pool(
+        r#"["0505550001", "0505550002"]"#,
+        &format!(r#"["{origin}"]"#),
+    );
+    let other = mk_pool(r#"["0506660001"]"#, r#"["https://elsewhere.example"]"#);
+
+    // CORS as a browser sees it: the allowed origin passes preflight, another does not.
+    let pre = http(
+        ports.api,
+        "OPTIONS",
+        &format!("/v1/pools/{pool}/issue"),
+        None,
+        None,
+        &[("Origin", &origin)],
+    )
+    .unwrap();
+    assert_eq!(pre.status, 204, "{}", pre.headers);
+    assert!(
+        pre.headers
+            .to_ascii_lowercase()
+            .contains(&format!("access-control-allow-origin: {origin}")),
+        "{}",
+        pre.headers
+    );
+    let denied = http(
+        ports.api,
+        "POST",
+        &format!("/v1/pools/{other}/issue"),
+        None,
+        Some("{}"),
+        &[("Origin", &origin)],
+    )
+    .unwrap();
+    assert_eq!(denied.status, 404, "{}", denied.body);
+    let anonymous = http(
+        ports.api,
+        "POST",
+        &format!("/v1/pools/{pool}/issue"),
+        None,
+        Some("{}"),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(anonymous.status, 401, "{}", anonymous.body);
+
+    let html = format!(
+        r####"<!doctype html><html><head><meta charset="utf-8"><title>landing</title></head><body>
+<p>Call us: <a id="swap" data-tsunagu-pool="{pool}" data-tsunagu-format="###-###-####" href="tel:0311112222">03-1111-2222</a></p>
+<p>Other: <span id="keep" data-tsunagu-pool="{other}">03-9999-9999</span></p>
+<script src="http://127.0.0.1:{api}/v1/tag.js" async></script>
+</body></html>"####,
+        api = ports.api
+    );
+    let _page = Receiver::with_pages(page_port, vec![("/landing.html".into(), html)]);
+    let profile = tempfile::tempdir().unwrap();
+    // 40 s of virtual time: the tag re-issues every 15 s (half of a 30 s lease).
+    let dom = chromium_dom(
+        &format!("{origin}/landing.html?gclid=GC-CHROME&utm_source=google&utm_campaign=winter"),
+        profile.path(),
+        40_000,
+    );
+    assert!(
+        dom.contains(r#"href="tel:0505550001""#) && dom.contains(">050-555-0001</a>"),
+        "number not swapped:\n{dom}"
+    );
+    assert!(
+        dom.contains(">03-9999-9999</span>"),
+        "a pool that does not allow the page must not swap:\n{dom}"
+    );
+    let issued = node.metric(&format!("tsunagu_pool_issued_total{{pool=\"{pool}\"}}"));
+    assert!(
+        issued >= 2.0,
+        "the tag keeps the lease alive while the page is open (issued {issued})"
+    );
+    assert_eq!(
+        node.get(&format!("/v1/pools/{pool}"), &key).json()["leased"],
+        1,
+        "one visit, one number"
+    );
+
+    // The visitor calls the number on the page: the call carries the visit.
+    let uas = Uas::start("uas_answer.xml", ports, node.dir.path(), &[]);
+    let run = uac("uac.xml", ports, "0505550001", 1, 1, &["-d", "100"]);
+    assert_eq!((run.exit, run.successful), (0, 1), "{}", run.output);
+    let calls = node.wait_for_calls(&key, 1);
+    let params = &calls[0]["tracking_params"];
+    assert_eq!(params["gclid"], "GC-CHROME", "{params}");
+    assert_eq!(params["utm_source"], "google");
+    assert_eq!(params["utm_campaign"], "winter");
+    assert!(params["landing_url"]
+        .as_str()
+        .unwrap()
+        .starts_with(&format!("{origin}/landing.html?")));
+    assert!(params["session_id"]
+        .as_str()
+        .is_some_and(|s| s.starts_with('s')));
+    drop(uas);
+}
