@@ -63,6 +63,7 @@ const COLUMNS: &[&str] = &[
     "rtp_packets_out",
     "rtp_lost",
     "callback_of",
+    "recording_status",
 ];
 
 const JSON_PAGE_MAX: usize = 1000;
@@ -192,10 +193,11 @@ pub fn call_json(r: &CallRecord) -> Value {
         "rtp_packets_out": r.rtp_packets_out,
         "rtp_lost": r.rtp_lost,
         "callback_of": r.callback_of,
+        "recording_status": r.recording_status,
     })
 }
 
-fn fields(r: &CallRecord) -> [String; 24] {
+fn fields(r: &CallRecord) -> [String; 25] {
     let opt = |v: &Option<String>| v.clone().unwrap_or_default();
     [
         r.call_id.clone(),
@@ -226,6 +228,9 @@ fn fields(r: &CallRecord) -> [String; 24] {
         r.rtp_packets_out.to_string(),
         r.rtp_lost.to_string(),
         opt(&r.callback_of),
+        r.recording_status
+            .map(|s| s.to_string())
+            .unwrap_or_default(),
     ]
 }
 
@@ -348,6 +353,7 @@ pub async fn get_one(
     Ok(Json(call_json(&r)))
 }
 
+/// The call's recording as `audio/wav`, streamed from the node's recordings directory.
 pub async fn recording(
     OperatorId(op): OperatorId,
     State(st): State<Arc<ApiState>>,
@@ -356,12 +362,45 @@ pub async fn recording(
     let r = db(&st, move |s| s.get_call(&op, &id))
         .await?
         .ok_or_else(|| ApiError::not_found("no such call"))?;
-    match r.recording {
-        None => Err(ApiError::not_found("this call has no recording")),
-        Some(_) => Err(ApiError::not_found(
-            "recording storage is not available on this node yet",
-        )),
+    let rel = r
+        .recording
+        .filter(|_| r.recording_status != Some(tsunagu_store::RecordingStatus::Missing))
+        .ok_or_else(|| ApiError::not_found("this call has no recording"))?;
+    let rel = std::path::Path::new(&rel);
+    let safe = rel
+        .components()
+        .all(|c| matches!(c, std::path::Component::Normal(_)));
+    if !safe {
+        return Err(ApiError::internal("stored recording path is not relative"));
     }
+    let file = tokio::fs::File::open(st.recordings_dir.join(rel))
+        .await
+        .map_err(|_| ApiError::not_found("the recording file is not on this node"))?;
+    let len = file.metadata().await.map(|m| m.len()).unwrap_or(0);
+    let stream = futures_util::stream::unfold(file, |mut f| async move {
+        use tokio::io::AsyncReadExt;
+        let mut buf = vec![0u8; 64 * 1024];
+        match f.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok::<_, std::io::Error>(Bytes::from(buf)), f))
+            }
+            Err(e) => Some((Err(e), f)),
+        }
+    });
+    Ok((
+        [
+            (header::CONTENT_TYPE, "audio/wav".to_string()),
+            (header::CONTENT_LENGTH, len.to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{}.wav\"", r.call_id),
+            ),
+        ],
+        Body::from_stream(stream),
+    )
+        .into_response())
 }
 
 #[cfg(test)]

@@ -47,6 +47,8 @@ pub struct ApiState {
     pub pool_metrics: PoolMetrics,
     /// Delivery channels configured on this node (numbers asking for others are refused).
     pub channels: Channels,
+    /// Where this node writes call recordings (call records hold paths relative to it).
+    pub recordings_dir: std::path::PathBuf,
 }
 
 pub fn router(state: Arc<ApiState>) -> Router {

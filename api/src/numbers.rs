@@ -15,7 +15,8 @@ use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use tsunagu_store::{
-    CallerIdMode, Destination, Ga4, Notify, NumberKind, TrackingNumber, ValidityRule,
+    CallerIdMode, Destination, Ga4, Notify, NumberKind, RecordingSettings, TrackingNumber,
+    ValidityRule,
 };
 
 #[derive(Deserialize)]
@@ -36,6 +37,8 @@ struct NumberInput {
     notify: Option<Notify>,
     #[serde(default)]
     ga4: Option<Ga4>,
+    #[serde(default)]
+    recording: Option<RecordingSettings>,
 }
 
 #[derive(Deserialize)]
@@ -51,6 +54,8 @@ struct NumberPatch {
     notify: Option<Option<Notify>>,
     #[serde(default, deserialize_with = "present")]
     ga4: Option<Option<Ga4>>,
+    #[serde(default, deserialize_with = "present")]
+    recording: Option<Option<RecordingSettings>>,
 }
 
 pub(crate) fn is_phone_number(s: &str) -> bool {
@@ -139,6 +144,7 @@ fn view(n: &TrackingNumber) -> Value {
         "pool_id": n.pool_id,
         "notify": n.notify,
         "ga4": n.ga4,
+        "recording": n.recording,
         "created_at": rfc3339(n.created_at),
         "updated_at": rfc3339(n.updated_at),
     })
@@ -175,6 +181,7 @@ pub async fn create(
         pool_id: None,
         notify: input.notify,
         ga4: input.ga4,
+        recording: input.recording,
         created_at: now,
         updated_at: now,
     };
@@ -255,6 +262,9 @@ pub async fn update(
     }
     if let Some(g) = patch.ga4 {
         n.ga4 = g;
+    }
+    if let Some(r) = patch.recording {
+        n.recording = r;
     }
     n.updated_at = now_ms();
     validate(&n)?;

@@ -26,8 +26,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 use tsunagu_store::{
-    CallerIdMode, Destination, Ga4, Notify, NumberKind, Pool, PoolMode, TrackingNumber,
-    ValidityRule,
+    CallerIdMode, Destination, Ga4, Notify, NumberKind, Pool, PoolMode, RecordingSettings,
+    TrackingNumber, ValidityRule,
 };
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -114,6 +114,8 @@ struct PoolInput {
     notify: Option<Notify>,
     #[serde(default)]
     ga4: Option<Ga4>,
+    #[serde(default)]
+    recording: Option<RecordingSettings>,
 }
 
 #[derive(Deserialize)]
@@ -267,6 +269,7 @@ pub async fn create(
             pool_id: Some(pool.id.clone()),
             notify: input.notify.clone(),
             ga4: input.ga4.clone(),
+            recording: input.recording,
             created_at: now,
             updated_at: now,
         })

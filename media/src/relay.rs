@@ -8,6 +8,7 @@
 
 use crate::metrics::{DirectionLabel, MediaMetrics};
 use crate::ports::MediaPort;
+use crate::recording::{Mixer, OnClosed, Outcome, RecordMode, Sink};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -85,20 +86,28 @@ impl LossCounter {
 
 enum Control {
     SetRemote(Side, SocketAddr),
+    StartRecording(Box<Mixer>, Sink),
+    StopRecording(OnClosed),
+}
+
+/// A recording in progress inside the relay task.
+struct Recording {
+    mixer: Box<Mixer>,
+    sink: Sink,
+    started: std::time::Instant,
+}
+
+impl Recording {
+    fn now(&self) -> u64 {
+        (self.started.elapsed().as_micros() as u64) * u64::from(crate::wav::SAMPLE_RATE) / 1_000_000
+    }
 }
 
 pub struct Relay {
     control: mpsc::UnboundedSender<Control>,
-    task: tokio::task::JoinHandle<()>,
     pub stats: Arc<RelayStats>,
     a_local: SocketAddr,
     b_local: SocketAddr,
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
 }
 
 impl Relay {
@@ -107,10 +116,11 @@ impl Relay {
         let (control, rx) = mpsc::unbounded_channel();
         let stats = Arc::new(RelayStats::default());
         let (a_local, b_local) = (a.local(), b.local());
-        let task = tokio::spawn(run(a, b, rx, stats.clone(), metrics));
+        // The task ends when the Relay (the control sender) is dropped, after handling
+        // what was sent before (e.g. a StopRecording); that returns both ports.
+        tokio::spawn(run(a, b, rx, stats.clone(), metrics));
         Relay {
             control,
-            task,
             stats,
             a_local,
             b_local,
@@ -128,6 +138,26 @@ impl Relay {
     /// Where the far end of `side` said (in SDP) it receives audio.
     pub fn set_remote(&self, side: Side, addr: SocketAddr) {
         let _ = self.control.send(Control::SetRemote(side, addr));
+    }
+
+    /// Starts recording what both far ends send, into `sink`.
+    pub fn start_recording(&self, mode: RecordMode, sink: Sink) {
+        let _ = self
+            .control
+            .send(Control::StartRecording(Box::new(Mixer::new(mode)), sink));
+    }
+
+    /// Ends the recording; `done` runs once the file is complete (also if the relay
+    /// task is gone, with an error).
+    pub fn stop_recording(&self, done: OnClosed) {
+        if let Err(mpsc::error::SendError(Control::StopRecording(done))) =
+            self.control.send(Control::StopRecording(done))
+        {
+            done(Outcome {
+                seconds: 0.0,
+                error: Some("the media relay had stopped".into()),
+            });
+        }
     }
 }
 
@@ -163,18 +193,20 @@ thread_local! {
 /// Packets forwarded per wake-up before yielding to other calls.
 const BURST: usize = 32;
 
-/// Receives what is waiting on `from` and forwards it toward `to_side`'s far end.
+/// Receives what is waiting on `from` and forwards it toward `to_side`'s far end
+/// (and into the recording, if one runs).
 #[allow(clippy::too_many_arguments)]
 fn drain(
     from: &tokio::net::UdpSocket,
     from_side: &mut SideState,
+    side: Side,
     out: &tokio::net::UdpSocket,
     to_remote: Option<SocketAddr>,
     dir: &Direction,
-    packets: &AtomicU64,
-    bytes: &AtomicU64,
-    lost: &AtomicU64,
+    counters: [&AtomicU64; 3],
+    mut rec: Option<&mut Recording>,
 ) {
+    let now = rec.as_ref().map(|r| r.now()).unwrap_or(0);
     PACKET.with(|buf| {
         let mut buf = buf.borrow_mut();
         for _ in 0..BURST {
@@ -182,17 +214,21 @@ fn drain(
                 return;
             };
             latch(from_side, src);
-            if let Some(dst) = to_remote {
-                forward(
-                    &buf[..n],
-                    out,
-                    dst,
-                    &mut from_side.loss,
-                    dir,
-                    packets,
-                    bytes,
-                    lost,
+            let pkt = &buf[..n];
+            let rtp = rtp_rs::RtpReader::new(pkt).ok();
+            if let (Some(r), Some(rec)) = (&rtp, rec.as_deref_mut()) {
+                rec.mixer.push(
+                    side,
+                    r.ssrc(),
+                    r.timestamp(),
+                    r.payload_type(),
+                    r.payload(),
+                    now,
                 );
+            }
+            if let Some(dst) = to_remote {
+                let seq = rtp.map(|r| u16::from(r.sequence_number()));
+                forward(pkt, seq, out, dst, &mut from_side.loss, dir, counters);
             }
         }
     });
@@ -217,18 +253,30 @@ async fn run(
     };
     let a_to_b = Direction::new(&metrics, "caller_to_callee");
     let b_to_a = Direction::new(&metrics, "callee_to_caller");
+    let mut rec: Option<Recording> = None;
+    // Recorded audio goes to the file about once a second.
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             r = a.socket.readable() => {
                 if r.is_ok() {
                     let to = sb.remote;
-                    drain(&a.socket, &mut sa, &b.socket, to, &a_to_b, &stats.packets_a_to_b, &stats.bytes_a_to_b, &stats.lost_a_to_b);
+                    let counters = [&stats.packets_a_to_b, &stats.bytes_a_to_b, &stats.lost_a_to_b];
+                    drain(&a.socket, &mut sa, Side::A, &b.socket, to, &a_to_b, counters, rec.as_mut());
                 }
             }
             r = b.socket.readable() => {
                 if r.is_ok() {
                     let to = sa.remote;
-                    drain(&b.socket, &mut sb, &a.socket, to, &b_to_a, &stats.packets_b_to_a, &stats.bytes_b_to_a, &stats.lost_b_to_a);
+                    let counters = [&stats.packets_b_to_a, &stats.bytes_b_to_a, &stats.lost_b_to_a];
+                    drain(&b.socket, &mut sb, Side::B, &a.socket, to, &b_to_a, counters, rec.as_mut());
+                }
+            }
+            _ = tick.tick(), if rec.is_some() => {
+                if let Some(r) = rec.as_mut() {
+                    let now = r.now();
+                    r.sink.append(r.mixer.drain(now));
                 }
             }
             c = control.recv() => match c {
@@ -239,9 +287,24 @@ async fn run(
                     s.remote = Some(addr);
                     s.latched = false;
                 }
+                Some(Control::StartRecording(mixer, sink)) => {
+                    rec = Some(Recording { mixer, sink, started: std::time::Instant::now() });
+                }
+                Some(Control::StopRecording(done)) => match rec.take() {
+                    Some(mut r) => {
+                        r.sink.append(r.mixer.finish());
+                        r.sink.close(done);
+                    }
+                    None => done(Outcome { seconds: 0.0, error: Some("no recording was running".into()) }),
+                },
                 None => break,
             }
         }
+    }
+    if let Some(mut r) = rec {
+        // The call went away without stopping the recording (e.g. its actor crashed):
+        // keep what was recorded.
+        r.sink.append(r.mixer.finish());
     }
 }
 
@@ -252,19 +315,17 @@ fn latch(side: &mut SideState, src: SocketAddr) {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn forward(
     pkt: &[u8],
+    seq: Option<u16>,
     out: &tokio::net::UdpSocket,
     dst: SocketAddr,
     loss: &mut LossCounter,
     dir: &Direction,
-    packets: &AtomicU64,
-    bytes: &AtomicU64,
-    lost: &AtomicU64,
+    [packets, bytes, lost]: [&AtomicU64; 3],
 ) {
-    if let Ok(rtp) = rtp_rs::RtpReader::new(pkt) {
-        let gap = loss.on_packet(rtp.sequence_number().into());
+    if let Some(seq) = seq {
+        let gap = loss.on_packet(seq);
         if gap > 0 {
             lost.fetch_add(gap, Ordering::Relaxed);
             dir.lost.inc_by(gap);
@@ -358,6 +419,75 @@ mod tests {
             pool.free_ports(),
             free_before + 2,
             "ports return when the relay stops"
+        );
+    }
+
+    #[tokio::test]
+    async fn records_both_sides_until_stopped() {
+        let pool = PortPool::new(
+            "127.0.0.1".parse().unwrap(),
+            41220,
+            41230,
+            65536,
+            MediaMetrics::default(),
+        );
+        let relay = Relay::start(
+            pool.allocate().unwrap(),
+            pool.allocate().unwrap(),
+            MediaMetrics::default(),
+        );
+        let caller = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let callee = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        relay.set_remote(Side::A, caller.local_addr().unwrap());
+        relay.set_remote(Side::B, callee.local_addr().unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rec.wav");
+        let recorder = crate::Recorder::start();
+        relay.start_recording(
+            RecordMode::Both,
+            recorder.open(path.clone(), RecordMode::Both),
+        );
+        let mut buf = [0u8; 2048];
+        for seq in 0..5u16 {
+            caller
+                .send_to(&rtp(seq), relay.local(Side::A))
+                .await
+                .unwrap();
+            callee.recv_from(&mut buf).await.unwrap();
+            callee
+                .send_to(&rtp(seq), relay.local(Side::B))
+                .await
+                .unwrap();
+            caller.recv_from(&mut buf).await.unwrap();
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        relay.stop_recording(Box::new(move |o| {
+            let _ = tx.send(o);
+        }));
+        let outcome = rx.await.unwrap();
+        assert_eq!(outcome.error, None);
+        // Five 160-byte packets per side (same timestamp: placed over each other).
+        assert!(outcome.seconds >= 160.0 / 8000.0, "{outcome:?}");
+        let wav = std::fs::read(&path).unwrap();
+        assert_eq!(u16::from_le_bytes([wav[22], wav[23]]), 2, "stereo");
+        // rtp() carries payload type 0 (PCMU) bytes 0xff = silence (0): both channels present.
+        assert_eq!(
+            wav.len() as u32 - 44,
+            u32::from_le_bytes(wav[40..44].try_into().unwrap())
+        );
+        drop(relay);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let gone = Relay::start(
+            pool.allocate().unwrap(),
+            pool.allocate().unwrap(),
+            MediaMetrics::default(),
+        );
+        gone.stop_recording(Box::new(move |o| {
+            let _ = tx.send(o);
+        }));
+        assert!(
+            rx.await.unwrap().error.is_some(),
+            "stopping with no recording reports it"
         );
     }
 }

@@ -18,6 +18,8 @@ pub struct NodeContext {
     pub log: CallLog,
     /// Read on the call path only to route callback numbers (see `call::callback_route`).
     pub store: Arc<dyn tsunagu_store::Store>,
+    pub recorder: tsunagu_media::Recorder,
+    pub recordings_dir: std::path::PathBuf,
     pub metrics: Metrics,
     pub system_number: Option<String>,
     /// Guard timer for a call that is ending but whose far end never confirms.

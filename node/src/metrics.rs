@@ -15,6 +15,11 @@ pub struct ResultLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabel {
+    pub status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TrunkLabel {
     pub trunk: String,
 }
@@ -42,6 +47,8 @@ pub struct CallMetrics {
     pub trunk_up: Family<TrunkLabel, Gauge>,
     pub trunk_ping_failures: Family<TrunkLabel, Counter>,
     pub shaped: Family<TrunkLabel, Counter>,
+    pub recordings_started: Counter,
+    pub recordings: Family<StatusLabel, Counter>,
 }
 
 impl Default for CallMetrics {
@@ -69,6 +76,8 @@ impl Default for CallMetrics {
             trunk_up: Family::default(),
             trunk_ping_failures: Family::default(),
             shaped: Family::default(),
+            recordings_started: Counter::default(),
+            recordings: Family::default(),
         }
     }
 }
@@ -233,6 +242,16 @@ impl Metrics {
             "trunk_ping_failures",
             "OPTIONS keepalives a trunk did not answer in time",
             c.trunk_ping_failures.clone(),
+        );
+        r.register(
+            "recordings_started",
+            "Call recordings started (at answer, for numbers with recording)",
+            c.recordings_started.clone(),
+        );
+        r.register(
+            "recordings_written",
+            "Call recordings closed, by status (complete, truncated, missing)",
+            c.recordings.clone(),
         );
         self.sip.register(&mut r);
         self.media.register(&mut r);

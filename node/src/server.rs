@@ -218,6 +218,7 @@ pub async fn run(
     })?;
 
     let routing = Routing::from_config(&config);
+    let recordings_dir = config.node.data_dir.join("recordings");
     let ctx = Arc::new(NodeContext {
         node_id: config.node.id.clone(),
         endpoint: endpoint.clone(),
@@ -231,6 +232,8 @@ pub async fn run(
         routing,
         log: log.clone(),
         store: store.clone(),
+        recorder: tsunagu_media::Recorder::start(),
+        recordings_dir: recordings_dir.clone(),
         metrics: metrics.clone(),
         system_number: config.sip.system_number.clone(),
         end_guard: Duration::from_secs(32),
@@ -274,6 +277,7 @@ pub async fn run(
             email: planner.email,
             sms: planner.sms,
         },
+        recordings_dir,
     });
     let api_listener = tokio::net::TcpListener::bind(config.api.listen)
         .await

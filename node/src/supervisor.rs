@@ -224,6 +224,8 @@ mod tests {
             trunk_channels: vec![AtomicU32::new(0)],
             trunk_up: vec![AtomicBool::new(true)],
             store: store.clone(),
+            recorder: tsunagu_media::Recorder::start(),
+            recordings_dir: std::env::temp_dir(),
             routing,
             log: log.clone(),
             metrics: metrics.clone(),

@@ -109,6 +109,7 @@ pub fn sample_number(operator_id: &str, advertiser_id: &str) -> TrackingNumber {
         pool_id: None,
         notify: None,
         ga4: None,
+        recording: None,
         created_at: 1,
         updated_at: 1,
     }
@@ -184,6 +185,7 @@ pub fn sample_call(operator_id: &str, advertiser_id: &str, started_at: i64) -> C
         rtp_packets_out: 99,
         rtp_lost: 1,
         callback_of: None,
+        recording_status: None,
     }
 }
 
@@ -412,6 +414,7 @@ pub fn sample_pool(
             pool_id: Some(id.clone()),
             notify: None,
             ga4: None,
+            recording: None,
             ..sample_number(operator_id, advertiser_id)
         })
         .collect();
@@ -650,6 +653,8 @@ fn follow_ups_are_queued_with_their_call_once(s: &dyn Store) {
     let op = s.create_operator("a").unwrap();
     let mut call = sample_call(&op.id, "adv_1", 5_000_000);
     call.callback_of = Some("call_earlier".into());
+    call.recording = Some("2026-11-28/x.wav".into());
+    call.recording_status = Some(RecordingStatus::Truncated);
     let other = sample_call(&op.id, "adv_1", 5_000_001);
     let items = vec![(0, follow_up(&op.id, "one")), (1, follow_up(&op.id, "two"))];
     s.insert_calls(&[call.clone(), other.clone()], &items)
@@ -658,7 +663,7 @@ fn follow_ups_are_queued_with_their_call_once(s: &dyn Store) {
     s.insert_calls(&[call.clone()], &[(0, follow_up(&op.id, "again"))])
         .unwrap();
     let stored = s.get_call(&op.id, &call.call_id).unwrap().unwrap();
-    assert_eq!(stored.callback_of.as_deref(), Some("call_earlier"));
+    assert_eq!(stored, call, "every field round-trips");
     let claimed = claim_of(s, &op.id, i64::MAX / 4);
     let targets: Vec<&str> = claimed.iter().map(|f| f.item.target.as_str()).collect();
     assert_eq!(targets, vec!["one", "two"]);

@@ -93,6 +93,9 @@ pub struct TrackingNumber {
     /// GA4 conversion upload for valid calls carrying a client id or gclid.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ga4: Option<Ga4>,
+    /// Record answered calls (2者間通話録音).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recording: Option<RecordingSettings>,
     #[serde(default)]
     pub created_at: i64,
     #[serde(default)]
@@ -136,6 +139,22 @@ pub struct Notify {
     /// forwards to the caller while its lease lives.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub callback_pool_id: Option<String>,
+}
+
+/// Which parties of an answered call are recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordingMode {
+    /// Stereo WAV: caller left, callee right.
+    Both,
+    Caller,
+    Callee,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordingSettings {
+    pub mode: RecordingMode,
 }
 
 /// A GA4 property to send conversions to (Measurement Protocol).
@@ -302,6 +321,8 @@ pub struct CallRecord {
     pub rtp_lost: u64,
     /// For a call to a callback number: the missed call it calls back.
     pub callback_of: Option<String>,
+    /// Set when the call was to be recorded.
+    pub recording_status: Option<RecordingStatus>,
 }
 
 /// An operator's subscription to call events, delivered signed (HMAC-SHA256 with `secret`).
@@ -315,6 +336,16 @@ pub struct Webhook {
     pub events: Vec<String>,
     pub created_at: i64,
 }
+
+string_enum!(
+    /// Whether a call's recording holds the whole conversation: `truncated` is shorter
+    /// than the talk time (a write failed, or audio stopped early), `missing` has none.
+    RecordingStatus {
+        Complete => "complete",
+        Truncated => "truncated",
+        Missing => "missing",
+    }
+);
 
 string_enum!(
     /// What a follow-up (an outbox row) delivers.

@@ -122,12 +122,15 @@ CREATE TABLE outbox (
 );
 CREATE INDEX outbox_due ON outbox(dead, next_at, id);
 "#,
+    r#"
+ALTER TABLE calls ADD COLUMN recording_status TEXT;
+"#,
 ];
 
 const CALL_COLUMNS: &str = "call_id, operator_id, advertiser_id, tracking_number, caller_number, caller_kind, \
     destination_number, started_at, answered_at, ended_at, ring_seconds, talk_seconds, result, validity, \
     ivr_digits, judgement_digit, recording, tracking_params, node, sip_code, trunk, rtp_packets_in, \
-    rtp_packets_out, rtp_lost, callback_of";
+    rtp_packets_out, rtp_lost, callback_of, recording_status";
 
 const READER_POOL: usize = 4;
 
@@ -302,6 +305,12 @@ fn call_from(row: &Row) -> rusqlite::Result<CallRecord> {
         rtp_packets_out: row.get::<_, i64>(22)? as u64,
         rtp_lost: row.get::<_, i64>(23)? as u64,
         callback_of: row.get(24)?,
+        recording_status: match row.get::<_, Option<String>>(25)? {
+            Some(t) => Some(t.parse().map_err(|e: String| {
+                rusqlite::Error::FromSqlConversionFailure(25, rusqlite::types::Type::Text, e.into())
+            })?),
+            None => None,
+        },
     })
 }
 
@@ -778,7 +787,7 @@ impl Store for SqliteStore {
             {
                 let mut st = tx.prepare_cached(&format!(
                     "INSERT OR IGNORE INTO calls ({CALL_COLUMNS}) VALUES \
-                     (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25)"
+                     (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26)"
                 ))?;
                 for (i, r) in calls.iter().enumerate() {
                     let params_json = serde_json::to_string(&r.tracking_params).unwrap_or_else(|_| "{}".into());
@@ -808,6 +817,7 @@ impl Store for SqliteStore {
                         r.rtp_packets_out as i64,
                         r.rtp_lost as i64,
                         r.callback_of,
+                        r.recording_status.map(|s| s.as_str()),
                     ])?;
                     // Follow-ups of a record that was already stored were queued then.
                     if tx.changes() == 1 {

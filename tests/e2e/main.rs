@@ -6,3 +6,4 @@ mod calls;
 mod follow_up;
 mod harness;
 mod pools;
+mod recording;

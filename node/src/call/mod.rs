@@ -13,18 +13,19 @@ use crate::context::{CallSlot, NodeContext};
 use crate::decide::caller::{identify, Caller};
 use crate::decide::outcome::{next_step, Failure, Step};
 use crate::follow_up::plan::{CallEvent, EventKind};
-use crate::metrics::ResultLabel;
+use crate::metrics::{ResultLabel, StatusLabel};
 use legs::{ALeg, BLeg, Outbound};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tsunagu_media::{sdp, Relay, Side};
+use tsunagu_media::{sdp, RecordMode, Relay, Side};
 use tsunagu_sip::endpoint::CallSink;
 use tsunagu_sip::parse::{header, sdp_body, Peer};
 use tsunagu_sip::{Method, NewInvite, Request, Response, SipEvent};
 use tsunagu_store::{
-    CallRecord, CallResult, CallerIdMode, Destination, NumberKind, TrackingNumber, Validity,
+    CallRecord, CallResult, CallerIdMode, Destination, NumberKind, RecordingMode, RecordingStatus,
+    TrackingNumber, Validity,
 };
 
 pub enum CallMsg {
@@ -153,6 +154,8 @@ pub struct Call {
     upstream_code: u16,
     last_trunk: Option<usize>,
     logged: Arc<AtomicBool>,
+    /// The recording's path (relative to the recordings directory), once it started.
+    recording: Option<String>,
     _slot: CallSlot,
 }
 
@@ -238,6 +241,7 @@ impl Actor for CallActor {
             upstream_code: 500,
             last_trunk: None,
             logged,
+            recording: None,
             _slot: slot,
         })
     }
@@ -676,6 +680,7 @@ impl Call {
                 self.phase = Phase::Answered;
                 self.a.respond(&ep, 200, sdp.as_deref());
                 self.ctx.log.event(self.event(EventKind::Answered));
+                self.start_recording();
                 tracing::debug!("answered");
             }
             _ => {
@@ -712,6 +717,27 @@ impl Call {
             relay.set_remote(from, remote);
         }
         Some(rewritten.sdp)
+    }
+
+    /// Starts recording the conversation if the number asks for it.
+    fn start_recording(&mut self) {
+        let (Some(settings), Some(relay)) = (self.number.recording, self.relay.as_ref()) else {
+            return;
+        };
+        let mode = match settings.mode {
+            RecordingMode::Both => RecordMode::Both,
+            RecordingMode::Caller => RecordMode::Caller,
+            RecordingMode::Callee => RecordMode::Callee,
+        };
+        let day = chrono::Utc::now().format("%Y-%m-%d");
+        let rel = format!("{day}/{}.wav", self.id);
+        let sink = self
+            .ctx
+            .recorder
+            .open(self.ctx.recordings_dir.join(&rel), mode);
+        relay.start_recording(mode, sink);
+        self.ctx.metrics.calls.recordings_started.inc();
+        self.recording = Some(rel);
     }
 
     /// A webhook event of this call.
@@ -802,13 +828,45 @@ impl Call {
                 .observe(ended.duration_since(t).as_secs_f64());
         }
         tracing::info!(result = %self.result, ring_seconds, talk_seconds, rtp_in = pin, rtp_out = pout, "call ended");
-        self.ctx.log.write(log_entry(record, &self.number));
+        let entry = log_entry(record, &self.number);
+        match (self.recording.take(), self.relay.as_ref()) {
+            (Some(rel), Some(relay)) => {
+                // The record waits for the recording file to be complete.
+                let (log, metrics, span) = (
+                    self.ctx.log.clone(),
+                    self.ctx.metrics.calls.clone(),
+                    self.span.clone(),
+                );
+                let mut entry = entry;
+                relay.stop_recording(Box::new(move |outcome| {
+                    let status = recording_status(outcome.seconds, talk_seconds, outcome.error.is_some());
+                    span.in_scope(|| tracing::info!(seconds = outcome.seconds, status = %status, error = ?outcome.error, "recording closed"));
+                    metrics.recordings.get_or_create(&StatusLabel { status: status.as_str() }).inc();
+                    entry.record.recording = Some(rel);
+                    entry.record.recording_status = Some(status);
+                    log.write(entry);
+                }));
+            }
+            _ => self.ctx.log.write(entry),
+        }
         self.logged.store(true, Ordering::Release);
         self.ep().unregister(&self.a.info.call_id);
         if let Some(b) = &self.b {
             self.ep().unregister(b.call_id());
         }
         self.relay = None;
+    }
+}
+
+/// Whether a closed recording holds the conversation: audio within 1.5 s of the talk
+/// time and no write error is complete.
+pub fn recording_status(seconds: f64, talk_seconds: u32, write_failed: bool) -> RecordingStatus {
+    if seconds <= 0.0 {
+        RecordingStatus::Missing
+    } else if write_failed || seconds + 1.5 < f64::from(talk_seconds) {
+        RecordingStatus::Truncated
+    } else {
+        RecordingStatus::Complete
     }
 }
 
@@ -853,6 +911,7 @@ fn base_record(
         rtp_packets_out: 0,
         rtp_lost: 0,
         callback_of: None,
+        recording_status: None,
     }
 }
 
@@ -911,4 +970,28 @@ pub fn failed_record(ctx: &NodeContext, seed: &CallSeed) -> LogEntry {
         seed.started_at_ms,
     );
     log_entry(record, &seed.number)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recording_statuses() {
+        let rows = [
+            (0.0, 10, false, RecordingStatus::Missing),
+            (0.0, 0, true, RecordingStatus::Missing),
+            (9.0, 10, false, RecordingStatus::Complete),
+            (8.4, 10, false, RecordingStatus::Truncated),
+            (9.9, 10, true, RecordingStatus::Truncated),
+            (0.5, 0, false, RecordingStatus::Complete),
+        ];
+        for (seconds, talk, failed, want) in rows {
+            assert_eq!(
+                recording_status(seconds, talk, failed),
+                want,
+                "{seconds} {talk} {failed}"
+            );
+        }
+    }
 }

@@ -6,8 +6,8 @@
 use super::template::render;
 use std::collections::BTreeMap;
 use tsunagu_store::{
-    CallRecord, CallResult, CallerKind, FollowUpKind, NewFollowUp, NotifyOn, TrackingNumber,
-    Validity, Webhook,
+    CallRecord, CallResult, CallerKind, FollowUpKind, NewFollowUp, NotifyOn, RecordingStatus,
+    TrackingNumber, Validity, Webhook,
 };
 
 /// Moments of a call that webhooks report before it ends.
@@ -132,6 +132,23 @@ impl Planner {
             r.ended_at,
             tsunagu_api::call_json(r),
         );
+        if let (Some(_), Some(status)) = (&r.recording, r.recording_status) {
+            if status != RecordingStatus::Missing {
+                let data = serde_json::json!({
+                    "call_id": r.call_id,
+                    "tracking_number": r.tracking_number,
+                    "status": status,
+                    "url": format!("/v1/calls/{}/recording", r.call_id),
+                });
+                out.extend(webhook_items(
+                    hooks,
+                    "recording.ready",
+                    format!("evt_{}_recording", r.call_id),
+                    r.ended_at,
+                    data,
+                ));
+            }
+        }
         let item = |kind, target: &str, payload: serde_json::Value| NewFollowUp {
             kind,
             operator_id: r.operator_id.clone(),
@@ -321,6 +338,20 @@ mod tests {
         let r = sample_call("op_1", "adv_1", 1_000);
         let n = sample_number("op_1", "adv_1");
         let ended = PLANNER.after_call(&r, &n, &hooks, None);
+        let mut recorded = r.clone();
+        recorded.recording = Some("d/x.wav".into());
+        recorded.recording_status = Some(RecordingStatus::Complete);
+        assert_eq!(
+            PLANNER.after_call(&recorded, &n, &hooks, None).len(),
+            3,
+            "call.ended to `all` and `ended`, recording.ready to `all` only"
+        );
+        recorded.recording_status = Some(RecordingStatus::Missing);
+        assert_eq!(
+            PLANNER.after_call(&recorded, &n, &hooks, None).len(),
+            2,
+            "no recording.ready without audio"
+        );
         assert_eq!(
             kinds(&ended),
             vec![

@@ -1,0 +1,156 @@
+//! Call recording (2者間通話録音) end to end: SIPp plays G.711 audio, the callee echoes
+//! it, and the node writes a WAV whose channels and length match the call; the file is
+//! served to its operator only, and a `recording.ready` webhook announces it.
+
+use crate::harness::*;
+
+/// (channels, sample rate, seconds, per-channel mean absolute amplitude) of a WAV.
+fn wav_facts(bytes: &[u8]) -> (u16, u32, f64, Vec<f64>) {
+    assert_eq!(&bytes[0..4], b"RIFF");
+    assert_eq!(&bytes[8..16], b"WAVEfmt ");
+    let channels = u16::from_le_bytes([bytes[22], bytes[23]]);
+    let rate = u32::from_le_bytes(bytes[24..28].try_into().unwrap());
+    let data = u32::from_le_bytes(bytes[40..44].try_into().unwrap()) as usize;
+    assert_eq!(bytes.len(), 44 + data, "header size matches the data");
+    let samples: Vec<i16> = bytes[44..]
+        .chunks_exact(2)
+        .map(|c| i16::from_le_bytes([c[0], c[1]]))
+        .collect();
+    let frames = samples.len() / channels as usize;
+    let energy = (0..channels as usize)
+        .map(|ch| {
+            let sum: f64 = samples
+                .iter()
+                .skip(ch)
+                .step_by(channels as usize)
+                .map(|s| f64::from(*s).abs())
+                .sum();
+            sum / frames.max(1) as f64
+        })
+        .collect();
+    (channels, rate, frames as f64 / f64::from(rate), energy)
+}
+
+#[test]
+fn answered_calls_are_recorded_in_stereo_or_mono_and_served_to_their_operator() {
+    let ports = Ports::take();
+    let hook_port = ports.sip + 5;
+    let receiver = Receiver::start(hook_port);
+    let node = Node::start(ports, "127.0.0.1/32", "");
+    let (key, _) = node.provision("0501234567", r#"[{"number": "0311112222"}]"#, "{}");
+    let set = node.send(
+        "PATCH",
+        "/v1/numbers/0501234567",
+        Some(&key),
+        r#"{"recording": {"mode": "both"}}"#,
+    );
+    assert_eq!(set.status, 200, "{}", set.body);
+    let bad = node.send(
+        "PATCH",
+        "/v1/numbers/0501234567",
+        Some(&key),
+        r#"{"recording": {"mode": "everyone"}}"#,
+    );
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    let hook = node.send(
+        "POST",
+        "/v1/webhooks",
+        Some(&key),
+        &format!(r#"{{"url": "http://127.0.0.1:{hook_port}/rec", "events": ["recording.ready"]}}"#),
+    );
+    assert_eq!(hook.status, 201, "{}", hook.body);
+
+    let _uas = Uas::start("uas_answer.xml", ports, node.dir.path(), &["-rtp_echo"]);
+    let run = uac("uac_rtp.xml", ports, "0501234567", 1, 1, &["-d", "4000"]);
+    assert_eq!((run.exit, run.successful), (0, 1), "{}", run.output);
+    let call = node.wait_for_calls(&key, 1)[0].clone();
+    assert_eq!(call["recording_status"], "complete", "{call}");
+    let id = call["call_id"].as_str().unwrap();
+    let talk = call["talk_seconds"].as_f64().unwrap();
+    assert!(talk >= 3.0, "{call}");
+
+    let got = node.get(&format!("/v1/calls/{id}/recording"), &key);
+    assert_eq!(got.status, 200, "{}", got.headers);
+    assert!(got
+        .headers
+        .to_ascii_lowercase()
+        .contains("content-type: audio/wav"));
+    let file = std::fs::read(
+        node.dir
+            .path()
+            .join("data/recordings")
+            .join(call["recording"].as_str().unwrap()),
+    )
+    .unwrap();
+    let (channels, rate, seconds, energy) = wav_facts(&file);
+    assert_eq!((channels, rate), (2, 8000));
+    assert!(
+        (seconds - talk).abs() <= 1.5,
+        "{seconds} s recorded for {talk} s of talk"
+    );
+    assert!(
+        energy[0] > 100.0 && energy[1] > 100.0,
+        "both parties are heard: {energy:?}"
+    );
+    assert!(
+        got.headers
+            .to_ascii_lowercase()
+            .contains(&format!("content-length: {}", file.len())),
+        "the API serves the file: {}",
+        got.headers
+    );
+    assert!(got.body.starts_with("RIFF"));
+
+    let other = node
+        .send("POST", "/v1/operators", Some(ADMIN), r#"{"name": "other"}"#)
+        .json()["api_key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        node.get(&format!("/v1/calls/{id}/recording"), &other)
+            .status,
+        404
+    );
+
+    let ready = receiver.wait_for("/rec", 1);
+    assert_eq!(ready.len(), 1);
+    let v: serde_json::Value = serde_json::from_str(&ready[0].body).unwrap();
+    assert_eq!(v["type"], "recording.ready");
+    assert_eq!(v["data"]["call_id"], id);
+    assert_eq!(v["data"]["url"], format!("/v1/calls/{id}/recording"));
+
+    // One side only: mono, the caller.
+    node.send(
+        "PATCH",
+        "/v1/numbers/0501234567",
+        Some(&key),
+        r#"{"recording": {"mode": "caller"}}"#,
+    );
+    let run = uac("uac_rtp.xml", ports, "0501234567", 1, 1, &["-d", "2000"]);
+    assert_eq!((run.exit, run.successful), (0, 1), "{}", run.output);
+    let calls = node.wait_for_calls(&key, 2);
+    let second = calls.iter().find(|c| c["call_id"] != id).unwrap();
+    let got = node.get(
+        &format!(
+            "/v1/calls/{}/recording",
+            second["call_id"].as_str().unwrap()
+        ),
+        &key,
+    );
+    assert_eq!(got.status, 200);
+    let file = std::fs::read(
+        node.dir
+            .path()
+            .join("data/recordings")
+            .join(second["recording"].as_str().unwrap()),
+    )
+    .unwrap();
+    let (channels, _, seconds, energy) = wav_facts(&file);
+    assert_eq!(channels, 1);
+    assert!(seconds >= 1.0 && energy[0] > 100.0, "{seconds} {energy:?}");
+    assert_eq!(
+        node.metric("tsunagu_recordings_written_total{status=\"complete\"}"),
+        2.0
+    );
+}
