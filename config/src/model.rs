@@ -265,6 +265,10 @@ pub struct NotifyConfig {
     /// Offset from UTC of the times written into e-mail and SMS text (540 = JST).
     #[serde(default = "default_utc_offset")]
     pub utc_offset_minutes: i32,
+    /// Extra CA certificates (PEM) trusted for HTTPS deliveries, besides the built-in
+    /// Mozilla roots (for receivers with an in-house CA).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
     #[serde(default)]
     pub smtp: Option<SmtpConfig>,
     #[serde(default)]
@@ -280,6 +284,7 @@ impl Default for NotifyConfig {
             retry_base_ms: default_retry_base_ms(),
             timeout_ms: default_delivery_timeout_ms(),
             utc_offset_minutes: default_utc_offset(),
+            ca_file: None,
             smtp: None,
             sms: None,
             ga4: Ga4Config::default(),

@@ -445,3 +445,141 @@ fn page_tag_swaps_the_number_in_chromium_and_the_call_carries_the_visit() {
         .is_some_and(|s| s.starts_with('s')));
     drop(uas);
 }
+
+/// A real HTTPS server (Python's http.server behind ssl) that appends each POST's path
+/// and body to `log`, with a certificate for IP 127.0.0.1 only, signed by a test CA
+/// made with `openssl` (returned, for `notify.ca_file`).
+struct HttpsReceiver {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+}
+
+impl HttpsReceiver {
+    fn start(port: u16, dir: &std::path::Path) -> (HttpsReceiver, std::path::PathBuf) {
+        require_tool("openssl");
+        // A test CA, and a server certificate it signs for IP 127.0.0.1 only.
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        let ca = dir.join("ca.pem");
+        let ext = dir.join("server.ext");
+        std::fs::write(
+            &ext,
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        let d = dir.display();
+        let steps = [
+            format!("openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=test-ca -keyout {d}/ca.key -out {d}/ca.pem"),
+            format!("openssl req -newkey rsa:2048 -nodes -subj /CN=receiver -keyout {d}/key.pem -out {d}/server.csr"),
+            format!("openssl x509 -req -in {d}/server.csr -CA {d}/ca.pem -CAkey {d}/ca.key -CAcreateserial -days 1 -extfile {d}/server.ext -out {d}/cert.pem"),
+        ];
+        for step in &steps {
+            let ok = std::process::Command::new("sh")
+                .args(["-c", step])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .expect("openssl");
+            assert!(ok.success(), "failed: {step}");
+        }
+        let log = dir.join("https.log");
+        let script = r#"
+import http.server, ssl, sys, json
+port, cert, key, log = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get('Content-Length', 0)))
+        with open(log, 'a') as f:
+            f.write(json.dumps({'path': self.path, 'body': body.decode()}) + '\n')
+        self.send_response(204)
+        self.end_headers()
+    def log_message(self, *a):
+        pass
+srv = http.server.HTTPServer(('127.0.0.1', port), H)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(cert, key)
+srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+srv.serve_forever()
+"#;
+        let child = std::process::Command::new("/usr/bin/python3")
+            .args(["-c", script, &port.to_string()])
+            .arg(&cert)
+            .arg(&key)
+            .arg(&log)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("python3 https server");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "https receiver did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        (HttpsReceiver { child, log }, ca)
+    }
+
+    fn posts(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+impl Drop for HttpsReceiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn webhooks_over_https_verify_the_receiver_certificate() {
+    let ports = Ports::take();
+    let https_port = ports.sip + 8;
+    let work = tempfile::tempdir().unwrap();
+    let (receiver, ca) = HttpsReceiver::start(https_port, work.path());
+    let node = Node::start(
+        ports,
+        "127.0.0.1/32",
+        &format!(
+            "[notify]\nretry_base_ms = 200\nmax_attempts = 2\nca_file = \"{}\"\n",
+            ca.display()
+        ),
+    );
+    let (key, _) = node.provision("0501234567", r#"[{"number": "0311112222"}]"#, "{}");
+    // The same server twice: by the address its certificate names, and by a name it
+    // does not (which must fail verification).
+    for (host, path) in [("127.0.0.1", "/good"), ("localhost", "/wrong-name")] {
+        let r = node.send(
+            "POST",
+            "/v1/webhooks",
+            Some(&key),
+            &format!(r#"{{"url": "https://{host}:{https_port}{path}", "events": ["call.ended"]}}"#),
+        );
+        assert_eq!(r.status, 201, "{}", r.body);
+    }
+    let _uas = Uas::start("uas_answer.xml", ports, node.dir.path(), &[]);
+    let run = uac("uac.xml", ports, "0501234567", 1, 1, &["-d", "100"]);
+    assert_eq!((run.exit, run.successful), (0, 1), "{}", run.output);
+    node.wait_until(
+        std::time::Duration::from_secs(20),
+        "one delivery and one give-up",
+        || {
+            node.metric("tsunagu_follow_ups_delivered_total{kind=\"webhook\"}") == 1.0
+                && node.metric("tsunagu_follow_ups_given_up_total{kind=\"webhook\"}") == 1.0
+        },
+    );
+    let posts = receiver.posts();
+    assert_eq!(posts.len(), 1, "{posts:?}");
+    assert_eq!(posts[0]["path"], "/good");
+    let body: serde_json::Value = serde_json::from_str(posts[0]["body"].as_str().unwrap()).unwrap();
+    assert_eq!(body["type"], "call.ended");
+    node.wait_until(
+        std::time::Duration::from_secs(10),
+        "the dead-row gauge",
+        || node.metric("tsunagu_follow_ups_dead") == 1.0,
+    );
+}
