@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 secs=${1:-15}
 conns=${2:-32}
 command -v wrk >/dev/null || { echo "wrk is not installed (apt-get install wrk)" >&2; exit 1; }
-bin=target/release/tsunagu
+bin=${TSUNAGU_BIN:-target/release/tsunagu}
 [ -x "$bin" ] || cargo build --release --bin tsunagu
 work=$(mktemp -d)
 cat > "$work/node.toml" <<TOML

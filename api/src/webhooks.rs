@@ -74,6 +74,7 @@ pub async fn create(
     };
     let h = hook.clone();
     db(&st, move |s| s.create_webhook(&h)).await?;
+    st.hooks.webhooks_changed(&hook.operator_id);
     let mut v = view(&hook);
     v["secret"] = json!(hook.secret);
     Ok((StatusCode::CREATED, Json(v)))
@@ -94,7 +95,9 @@ pub async fn delete(
     State(st): State<Arc<ApiState>>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    if db(&st, move |s| s.delete_webhook(&op, &id)).await? {
+    let o = op.clone();
+    if db(&st, move |s| s.delete_webhook(&o, &id)).await? {
+        st.hooks.webhooks_changed(&op);
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found("no such webhook"))

@@ -254,9 +254,8 @@ async fn run(
     let a_to_b = Direction::new(&metrics, "caller_to_callee");
     let b_to_a = Direction::new(&metrics, "callee_to_caller");
     let mut rec: Option<Recording> = None;
-    // Recorded audio goes to the file about once a second.
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // While recording, audio goes to the file about once a second (no timer otherwise).
+    let mut tick: Option<tokio::time::Interval> = None;
     loop {
         tokio::select! {
             r = a.socket.readable() => {
@@ -273,7 +272,7 @@ async fn run(
                     drain(&b.socket, &mut sb, Side::B, &a.socket, to, &b_to_a, counters, rec.as_mut());
                 }
             }
-            _ = tick.tick(), if rec.is_some() => {
+            _ = async { tick.as_mut().expect("checked").tick().await }, if tick.is_some() => {
                 if let Some(r) = rec.as_mut() {
                     let now = r.now();
                     r.sink.append(r.mixer.drain(now));
@@ -289,8 +288,11 @@ async fn run(
                 }
                 Some(Control::StartRecording(mixer, sink)) => {
                     rec = Some(Recording { mixer, sink, started: std::time::Instant::now() });
+                    let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
+                    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    tick = Some(every);
                 }
-                Some(Control::StopRecording(done)) => match rec.take() {
+                Some(Control::StopRecording(done)) => match rec.take().inspect(|_| tick = None) {
                     Some(mut r) => {
                         r.sink.append(r.mixer.finish());
                         r.sink.close(done);

@@ -8,16 +8,15 @@
 //! store's outbox, in the transaction that stores the record.
 
 use crate::decide::validity::{judge, Facts};
+use crate::follow_up::hooks::WebhookCache;
 use crate::follow_up::plan::{callback_pool, CallEvent, Planner};
 use crate::metrics::{CallMetrics, FollowUpMetrics};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
-use tsunagu_store::{
-    CallRecord, CallerKind, NewFollowUp, NumberKind, Store, TrackingNumber, Webhook,
-};
+use tsunagu_store::{CallRecord, CallerKind, NewFollowUp, NumberKind, Store, TrackingNumber};
 
 /// A finished call and the number it was made to (validity rule, pool, follow-ups).
 pub struct LogEntry {
@@ -48,6 +47,7 @@ pub struct Writer {
     pub planner: Planner,
     /// Woken when follow-ups were queued (the delivery worker waits on it).
     pub wake: Arc<Notify>,
+    pub webhooks: WebhookCache,
 }
 
 impl CallLog {
@@ -152,35 +152,15 @@ fn write_with_retry(w: &Writer, batch: &mut Batch) {
     }
 }
 
-/// The operator's webhooks, read once per batch.
-struct Hooks<'a> {
-    store: &'a dyn Store,
-    by_operator: HashMap<String, Vec<Webhook>>,
-}
-
-impl Hooks<'_> {
-    fn of(&mut self, operator: &str) -> tsunagu_store::Result<&[Webhook]> {
-        if !self.by_operator.contains_key(operator) {
-            let hooks = self.store.list_webhooks(operator)?;
-            self.by_operator.insert(operator.to_string(), hooks);
-        }
-        Ok(&self.by_operator[operator])
-    }
-}
-
 /// One attempt at the batch; true if follow-ups were queued. Events that were written
 /// are removed from the batch, so a retry does not queue them twice.
 fn write_batch(w: &Writer, batch: &mut Batch) -> tsunagu_store::Result<bool> {
     let store = &*w.store;
-    let mut hooks = Hooks {
-        store,
-        by_operator: HashMap::new(),
-    };
     let mut queued = false;
     if !batch.events.is_empty() {
         let mut items = Vec::new();
         for e in &batch.events {
-            items.extend(w.planner.for_event(e, hooks.of(&e.operator_id)?));
+            items.extend(w.planner.for_event(e, &w.webhooks.of(&e.operator_id)));
         }
         if !items.is_empty() {
             store.enqueue_follow_ups(&items)?;
@@ -198,9 +178,12 @@ fn write_batch(w: &Writer, batch: &mut Batch) -> tsunagu_store::Result<bool> {
             Some(pool) => lease_callback(w, r, pool)?,
             None => None,
         };
-        let items =
-            w.planner
-                .after_call(r, &e.number, hooks.of(&r.operator_id)?, callback.as_deref());
+        let items = w.planner.after_call(
+            r,
+            &e.number,
+            &w.webhooks.of(&r.operator_id),
+            callback.as_deref(),
+        );
         follow_ups.extend(items.into_iter().map(|f| (i, f)));
     }
     store.insert_calls(&records, &follow_ups)?;
@@ -327,6 +310,7 @@ mod tests {
                 utc_offset_minutes: 540,
             },
             wake: Arc::new(Notify::new()),
+            webhooks: WebhookCache::load(store.clone()).unwrap(),
         };
         let batch = |entries| Batch {
             events: Vec::new(),

@@ -19,6 +19,7 @@ pub struct NodeContext {
     /// Read on the call path only to route callback numbers (see `call::callback_route`).
     pub store: Arc<dyn tsunagu_store::Store>,
     pub recorder: tsunagu_media::Recorder,
+    pub webhooks: crate::follow_up::hooks::WebhookCache,
     pub recordings_dir: std::path::PathBuf,
     pub metrics: Metrics,
     pub system_number: Option<String>,

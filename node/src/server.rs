@@ -9,6 +9,7 @@ use crate::context::NodeContext;
 use crate::decide::routing::Routing;
 use crate::directory::Directory;
 use crate::follow_up::deliver::Deliverer;
+use crate::follow_up::hooks::WebhookCache;
 use crate::follow_up::outbox::Worker;
 use crate::follow_up::plan::Planner;
 use crate::metrics::Metrics;
@@ -125,6 +126,9 @@ impl NodeHooks for Hooks {
     fn number_changed(&self, number: &str) {
         self.directory.refresh(number);
     }
+    fn webhooks_changed(&self, operator_id: &str) {
+        self.ctx.webhooks.refresh(operator_id);
+    }
     fn ready(&self) -> bool {
         !self.ctx.draining.load(Ordering::Relaxed)
     }
@@ -146,6 +150,7 @@ pub async fn run(
     let metrics = Metrics::default();
     let directory = Directory::load(store.clone())?;
     let wake = Arc::new(tokio::sync::Notify::new());
+    let webhooks = WebhookCache::load(store.clone())?;
     let notify = &config.notify;
     let planner = Planner {
         email: notify.smtp.is_some(),
@@ -158,6 +163,7 @@ pub async fn run(
         follow_up_metrics: metrics.follow_ups.clone(),
         planner,
         wake: wake.clone(),
+        webhooks: webhooks.clone(),
     });
     let deliverer = Deliverer::new(store.clone(), notify).map_err(NodeError::Io)?;
     let (outbox_stop, outbox_stop_rx) = tokio::sync::watch::channel(false);
@@ -233,6 +239,7 @@ pub async fn run(
         log: log.clone(),
         store: store.clone(),
         recorder: tsunagu_media::Recorder::start(),
+        webhooks,
         recordings_dir: recordings_dir.clone(),
         metrics: metrics.clone(),
         system_number: config.sip.system_number.clone(),

@@ -199,6 +199,7 @@ mod tests {
                 utc_offset_minutes: 540,
             },
             wake: Arc::new(tokio::sync::Notify::new()),
+            webhooks: crate::follow_up::hooks::WebhookCache::load(store.clone()).unwrap(),
         });
         let ports = tsunagu_media::PortPool::new(
             "127.0.0.1".parse().unwrap(),
@@ -225,6 +226,7 @@ mod tests {
             trunk_up: vec![AtomicBool::new(true)],
             store: store.clone(),
             recorder: tsunagu_media::Recorder::start(),
+            webhooks: crate::follow_up::hooks::WebhookCache::load(store.clone()).unwrap(),
             recordings_dir: std::env::temp_dir(),
             routing,
             log: log.clone(),

@@ -53,6 +53,7 @@ pub fn reason(code: u16) -> &'static str {
         488 => "Not Acceptable Here",
         500 => "Server Internal Error",
         501 => "Not Implemented",
+        505 => "Version Not Supported",
         502 => "Bad Gateway",
         503 => "Service Unavailable",
         504 => "Server Time-out",
@@ -269,15 +270,22 @@ mod tests {
     }
 }
 
-/// A 400 for a request that failed to parse, built from its raw lines when it still
-/// has a request line and the headers a response needs (Via, From, To, Call-ID, CSeq).
-/// None for responses and for text too broken to answer: those are dropped.
+/// A 400 for a request that failed to parse; see [`reject_unparsed`].
 pub fn bad_request_for(raw: &[u8], why: &str) -> Option<Vec<u8>> {
+    reject_unparsed(raw, 400, why)
+}
+
+/// An error response (400, 501, 505) for a request that failed to parse, built from its
+/// raw lines when it still has a request line and the headers a response needs (Via,
+/// From, To, Call-ID, CSeq). None for responses, ACKs and text too broken to answer:
+/// those are dropped.
+pub fn reject_unparsed(raw: &[u8], code: u16, why: &str) -> Option<Vec<u8>> {
     let text = std::str::from_utf8(raw).ok()?;
     let head = text.split("\r\n\r\n").next()?;
     let mut lines = head.split("\r\n");
     let first = lines.next()?;
-    if first.starts_with("SIP/") || !first.ends_with("SIP/2.0") || first.starts_with("ACK ") {
+    let version_ok = first.ends_with("SIP/2.0") || code == 505;
+    if first.starts_with("SIP/") || !version_ok || first.starts_with("ACK ") {
         return None;
     }
     let wanted = [
@@ -311,7 +319,7 @@ pub fn bad_request_for(raw: &[u8], why: &str) -> Option<Vec<u8>> {
         return None;
     }
     found.sort_by_key(|(i, _)| *i);
-    let mut s = String::from("SIP/2.0 400 Bad Request\r\n");
+    let mut s = format!("SIP/2.0 {code} {}\r\n", reason(code));
     for (_, line) in found {
         s.push_str(&line);
         s.push_str("\r\n");

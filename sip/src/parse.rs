@@ -34,6 +34,90 @@ pub enum ParseError {
     Syntax(String),
     #[error("missing or malformed {0} header")]
     Header(&'static str),
+    #[error("method `{0}` is not implemented")]
+    UnknownMethod(String),
+    #[error("SIP version `{0}` is not supported")]
+    Version(String),
+    #[error("Content-Length {0}")]
+    ContentLength(&'static str),
+}
+
+impl ParseError {
+    /// The status a request failing this way is answered with (RFC 3261 8.2.1, 18.3,
+    /// 21.5.6): 501 for a method we do not know, 505 for another SIP version, else 400.
+    pub fn status(&self) -> u16 {
+        match self {
+            ParseError::UnknownMethod(_) => 501,
+            ParseError::Version(_) => 505,
+            _ => 400,
+        }
+    }
+}
+
+/// Checks of the start line the parser leaves out: a request line is exactly
+/// `METHOD SP Request-URI SP SIP/2.0` with a known method; a status line is SIP/2.0.
+fn check_start_line(data: &[u8]) -> Result<(), ParseError> {
+    let end = data
+        .windows(2)
+        .position(|w| w == b"\r\n")
+        .unwrap_or(data.len());
+    let line = std::str::from_utf8(&data[..end])
+        .map_err(|_| ParseError::Syntax("start line is not UTF-8".into()))?;
+    if let Some(rest) = line.strip_prefix("SIP/") {
+        return match rest.split(' ').next() {
+            Some("2.0") => Ok(()),
+            v => Err(ParseError::Version(format!(
+                "SIP/{}",
+                v.unwrap_or_default()
+            ))),
+        };
+    }
+    let parts: Vec<&str> = line.split(' ').collect();
+    let [method, uri, version] = parts[..] else {
+        return Err(ParseError::Syntax(
+            "the request line must be METHOD SP Request-URI SP SIP-Version".into(),
+        ));
+    };
+    let token = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b))
+    };
+    if !token(method) || uri.is_empty() {
+        return Err(ParseError::Syntax("malformed request line".into()));
+    }
+    if version != "SIP/2.0" {
+        return Err(if version.starts_with("SIP/") {
+            ParseError::Version(version.to_string())
+        } else {
+            ParseError::Syntax("malformed request line".into())
+        });
+    }
+    if method_from(method).is_none() {
+        return Err(ParseError::UnknownMethod(method.to_string()));
+    }
+    Ok(())
+}
+
+/// RFC 3261 18.3: a body shorter than Content-Length is an error; bytes past it are
+/// discarded. Without the header the body is whatever follows the headers.
+fn check_body_length(msg: &mut SipMessage) -> Result<(), ParseError> {
+    let Some(declared) = header(msg, "Content-Length") else {
+        return Ok(());
+    };
+    let declared: usize = declared
+        .trim()
+        .parse()
+        .map_err(|_| ParseError::ContentLength("is not a number"))?;
+    let body = match msg {
+        SipMessage::Request(r) => &mut r.body,
+        SipMessage::Response(r) => &mut r.body,
+    };
+    if declared > body.len() {
+        return Err(ParseError::ContentLength("is larger than the message body"));
+    }
+    body.truncate(declared);
+    Ok(())
 }
 
 /// The identifying fields of a message, extracted once on receipt.
@@ -53,9 +137,11 @@ pub struct Info {
 /// The third-party parser runs under `catch_unwind`: whatever it does with hostile
 /// input, a panic becomes a parse error and never takes a receiver task down.
 pub fn parse(data: &[u8]) -> Result<(SipMessage, Info), ParseError> {
+    check_start_line(data)?;
     let parsed = std::panic::catch_unwind(|| rsipstack::sip::parser::parse_message(data))
         .map_err(|_| ParseError::Syntax("parser panicked".into()))?;
-    let msg = parsed.map_err(|e| ParseError::Syntax(e.to_string()))?;
+    let mut msg = parsed.map_err(|e| ParseError::Syntax(e.to_string()))?;
+    check_body_length(&mut msg)?;
     let info = info(&msg)?;
     Ok((msg, info))
 }
@@ -299,6 +385,86 @@ Content-Length: 0\r\n\r\n";
         for (name, text) in cases {
             assert!(parse(text.as_bytes()).is_err(), "{name}");
         }
+    }
+
+    /// Each row: a change to a valid INVITE → the status a request failing so is
+    /// answered with (0 = parses).
+    #[test]
+    fn start_line_and_body_length_rules() {
+        let with_body = |clen: &str, body: &str| {
+            INVITE.replace(
+                "Content-Length: 0\r\n\r\n",
+                &format!("Content-Length: {clen}\r\n\r\n{body}"),
+            )
+        };
+        let cases: &[(&str, String, u16)] = &[
+            ("valid", INVITE.to_string(), 0),
+            (
+                "unknown method",
+                INVITE
+                    .replacen("INVITE sip", "FOO sip", 1)
+                    .replace("7 INVITE", "7 FOO"),
+                501,
+            ),
+            (
+                "other version",
+                INVITE.replacen("5060 SIP/2.0", "5060 SIP/3.0", 1),
+                505,
+            ),
+            (
+                "two spaces",
+                INVITE.replacen("INVITE sip", "INVITE  sip", 1),
+                400,
+            ),
+            (
+                "space in the URI",
+                INVITE.replacen("sip:0501234567@", "sip:0501 234567@", 1),
+                400,
+            ),
+            (
+                "lower-case version",
+                INVITE.replacen("5060 SIP/2.0", "5060 sip/2.0", 1),
+                400,
+            ),
+            (
+                "body shorter than Content-Length",
+                with_body("10", "abc"),
+                400,
+            ),
+            ("negative Content-Length", with_body("-1", ""), 400),
+            (
+                "bytes after the body are dropped",
+                with_body("3", "abcdef"),
+                0,
+            ),
+            (
+                "response with another version",
+                "SIP/3.0 200 OK\r\n\r\n".to_string(),
+                505,
+            ),
+        ];
+        for (name, text, want) in cases {
+            match parse(text.as_bytes()) {
+                Ok((msg, _)) => {
+                    assert_eq!(*want, 0, "{name} parsed");
+                    if let SipMessage::Request(r) = msg {
+                        assert!(r.body.len() <= 3, "{name}: body {:?}", r.body);
+                    }
+                }
+                Err(e) => assert_eq!(e.status(), *want, "{name}: {e}"),
+            }
+        }
+        let reply = crate::build::reject_unparsed(
+            INVITE
+                .replacen("5060 SIP/2.0", "5060 SIP/3.0", 1)
+                .as_bytes(),
+            505,
+            "v",
+        )
+        .unwrap();
+        assert!(String::from_utf8(reply)
+            .unwrap()
+            .starts_with("SIP/2.0 505 Version Not Supported\r\n"));
     }
 
     /// Mutated INVITEs (flipped, dropped, duplicated, inserted bytes; truncations) must

@@ -1,7 +1,7 @@
 //! Sockets: UDP listeners and TCP connections (accepted or opened on demand), framing
 //! of stream messages by Content-Length, and parsing before anything reaches the core.
 
-use crate::build::bad_request_for;
+use crate::build::reject_unparsed;
 use crate::metrics::SipMetrics;
 use crate::parse::{parse, Info, Peer, Transport};
 use bytes::Bytes;
@@ -56,7 +56,7 @@ fn handle_frame(
         Err(e) => {
             metrics.parse_errors.inc();
             tracing::debug!(%e, peer = %peer.addr, "malformed SIP message");
-            bad_request_for(data, &e.to_string())
+            reject_unparsed(data, e.status(), &e.to_string())
         }
     }
 }

@@ -622,6 +622,7 @@ fn webhooks_are_scoped(s: &dyn Store) {
     assert_eq!(s.list_webhooks(&a.id).unwrap(), vec![hook.clone()]);
     assert!(s.list_webhooks(&b.id).unwrap().is_empty());
     assert_eq!(s.get_webhook(&hook.id).unwrap(), Some(hook.clone()));
+    assert!(s.all_webhooks().unwrap().contains(&hook));
     assert!(
         !s.delete_webhook(&b.id, &hook.id).unwrap(),
         "other operator"

@@ -138,6 +138,8 @@ pub trait Store: Send + Sync + 'static {
     fn delete_webhook(&self, operator_id: &str, id: &str) -> Result<bool>;
     /// Unscoped: the delivery worker looks a webhook up by the id its outbox row names.
     fn get_webhook(&self, id: &str) -> Result<Option<Webhook>>;
+    /// Every operator's webhooks (a node caches them in memory at start).
+    fn all_webhooks(&self) -> Result<Vec<Webhook>>;
 
     // The follow-up outbox: at-least-once delivery, durable across restarts.
     /// Claims up to `limit` follow-ups due at `now_ms`, oldest first, and hides them

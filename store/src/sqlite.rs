@@ -889,6 +889,19 @@ impl Store for SqliteStore {
         Ok(n > 0)
     }
 
+    fn all_webhooks(&self) -> Result<Vec<Webhook>> {
+        self.read(|c| {
+            let mut st = c
+                .prepare(&format!(
+                    "SELECT {WEBHOOK_COLUMNS} FROM webhooks ORDER BY created_at, id"
+                ))
+                .map_err(unavailable)?;
+            let rows = st.query_map([], webhook_from).map_err(unavailable)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(unavailable)
+        })
+    }
+
     fn get_webhook(&self, id: &str) -> Result<Option<Webhook>> {
         self.read(|c| {
             c.query_row(

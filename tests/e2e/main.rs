@@ -7,3 +7,4 @@ mod follow_up;
 mod harness;
 mod pools;
 mod recording;
+mod torture;

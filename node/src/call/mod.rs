@@ -285,7 +285,7 @@ impl Call {
     fn start(&mut self) {
         tracing::debug!("call started");
         self.ctx.metrics.calls.started.inc();
-        self.ctx.log.event(self.event(EventKind::Started));
+        self.emit(EventKind::Started);
         if self.number.destinations.is_empty() {
             // A callback number with no live lease: nobody to call back.
             tracing::info!("callback number is not leased");
@@ -679,7 +679,7 @@ impl Call {
                 self.upstream_code = 200;
                 self.phase = Phase::Answered;
                 self.a.respond(&ep, 200, sdp.as_deref());
-                self.ctx.log.event(self.event(EventKind::Answered));
+                self.emit(EventKind::Answered);
                 self.start_recording();
                 tracing::debug!("answered");
             }
@@ -740,7 +740,17 @@ impl Call {
         self.recording = Some(rel);
     }
 
-    /// A webhook event of this call.
+    /// Queues a webhook event of this call, if the operator has a webhook that takes it.
+    fn emit(&self, kind: EventKind) {
+        if self
+            .ctx
+            .webhooks
+            .wants(&self.number.operator_id, kind.name())
+        {
+            self.ctx.log.event(self.event(kind));
+        }
+    }
+
     fn event(&self, kind: EventKind) -> CallEvent {
         CallEvent {
             kind,

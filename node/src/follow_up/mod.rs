@@ -7,6 +7,7 @@
 //! [`outbox`] delivers with retries through [`deliver`].
 
 pub mod deliver;
+pub mod hooks;
 pub mod http;
 pub mod outbox;
 pub mod plan;

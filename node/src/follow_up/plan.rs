@@ -55,7 +55,7 @@ pub struct Planner {
     pub utc_offset_minutes: i32,
 }
 
-fn subscribed(hook: &Webhook, event: &str) -> bool {
+pub fn subscribed(hook: &Webhook, event: &str) -> bool {
     hook.events.is_empty() || hook.events.iter().any(|e| e == event)
 }
 
