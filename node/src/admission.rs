@@ -15,7 +15,7 @@ use ractor::ActorRef;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
-use tsunagu_sip::parse::{header, request_user, sdp_body};
+use tsunagu_sip::parse::{header, header_values, request_user, sdp_body};
 use tsunagu_sip::{InviteHandler, NewInvite, Reject};
 
 pub struct Admission {
@@ -64,7 +64,19 @@ impl Admission {
             code,
             retry_after,
             min_se: (code == 422).then_some(MIN_SE),
+            unsupported: None,
         };
+        Err((reject, invite))
+    }
+
+    /// 420 Bad Extension listing the option tags the INVITE requires and we lack.
+    fn refuse_extensions(
+        &self,
+        tags: String,
+        invite: NewInvite,
+    ) -> Result<(), (Reject, NewInvite)> {
+        let (mut reject, invite) = self.refuse(420, "extension_required", invite).unwrap_err();
+        reject.unsupported = Some(tags);
         Err((reject, invite))
     }
 }
@@ -90,6 +102,9 @@ impl InviteHandler for Admission {
         let Some(number) = self.directory.get(&dialled) else {
             return self.refuse(404, "unknown_number", invite);
         };
+        if let Some(tags) = unsupported_requirements(&header_values(&invite.request, "Require")) {
+            return self.refuse_extensions(tags, invite);
+        }
         if session_interval_too_small(header(&invite.request, "Session-Expires")) {
             return self.refuse(422, "session_interval_too_small", invite);
         }
@@ -160,6 +175,22 @@ impl InviteHandler for Admission {
 /// The smallest session-timer interval we accept, announced in Min-SE (RFC 4028's floor).
 pub const MIN_SE: u32 = 90;
 
+/// Option tags (RFC 3261 20.32) a caller may require of us: session timers (RFC 4028),
+/// which pass through the B2BUA end to end. Reliable provisionals (`100rel`, RFC 3262)
+/// are not offered: a caller that requires them is refused 420 and may retry without;
+/// one that only supports them gets ordinary 18x.
+const SUPPORTED: [&str; 1] = ["timer"];
+
+/// The required option tags we do not support, comma-separated, if any.
+pub fn unsupported_requirements(require: &[&str]) -> Option<String> {
+    let missing: Vec<&str> = require
+        .iter()
+        .map(|t| t.trim())
+        .filter(|t| !t.is_empty() && !SUPPORTED.iter().any(|s| s.eq_ignore_ascii_case(t)))
+        .collect();
+    (!missing.is_empty()).then(|| missing.join(", "))
+}
+
 /// Whether an INVITE's Session-Expires (`delta-seconds;params`) is below [`MIN_SE`]:
 /// it is then refused 422 with `Min-SE: 90` so the caller can retry with a longer one.
 /// A missing or unreadable value asks for no session timer and is accepted.
@@ -173,6 +204,28 @@ pub fn session_interval_too_small(session_expires: Option<&str>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn required_extensions() {
+        let cases: &[(&[&str], Option<&str>)] = &[
+            (&[], None),
+            (&["timer"], None),
+            (&["Timer"], None),
+            (&["100rel"], Some("100rel")),
+            (
+                &["timer", "100rel", "precondition"],
+                Some("100rel, precondition"),
+            ),
+            (&[""], None),
+        ];
+        for (require, want) in cases {
+            assert_eq!(
+                unsupported_requirements(require).as_deref(),
+                *want,
+                "{require:?}"
+            );
+        }
+    }
 
     #[test]
     fn session_intervals() {

@@ -110,6 +110,7 @@ impl InviteHandler for LateHandler {
                     code: 503,
                     retry_after: Some(1),
                     min_se: None,
+                    unsupported: None,
                 },
                 invite,
             )),

@@ -36,6 +36,8 @@ pub struct Reject {
     pub retry_after: Option<u32>,
     /// Min-SE for a 422 (Session Interval Too Small, RFC 4028).
     pub min_se: Option<u32>,
+    /// `Unsupported` for a 420 (Bad Extension): the option tags we do not support.
+    pub unsupported: Option<String>,
 }
 
 /// The node's side of new calls. Runs on the endpoint task: it must not block.
@@ -481,6 +483,7 @@ impl Core {
                         let extra: Vec<(&str, &str)> = [
                             ("Retry-After", retry.as_deref()),
                             ("Min-SE", min_se.as_deref()),
+                            ("Unsupported", reject.unsupported.as_deref()),
                         ]
                         .into_iter()
                         .filter_map(|(k, v)| v.map(|v| (k, v)))

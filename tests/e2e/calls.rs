@@ -668,36 +668,66 @@ trunks = ["trusted-out"]
     );
 }
 
+/// INVITEs refused for what they ask of the session: each row is a header the caller
+/// adds, the status it must get, and the header that says why.
 #[test]
-fn a_too_short_session_interval_gets_422_with_min_se() {
+fn invites_asking_for_what_we_do_not_do_are_refused_with_the_reason() {
     let ports = Ports::take();
     let node = Node::start(ports, "127.0.0.1/32", "");
     let (key, _) = node.provision("0501234567", DEST, "{}");
     let dir = node.dir.path();
-    let with_header = scenario_with_header(dir, "uac_expect_failure.xml", "Session-Expires: 30");
-    let expecting_422 = dir.join("uac_422.xml");
-    std::fs::write(
-        &expecting_422,
-        std::fs::read_to_string(&with_header)
-            .unwrap()
-            .replace("[expect]", "422"),
-    )
-    .unwrap();
-    let trace = dir.join("uac-422.log").display().to_string();
-    let run = uac(
-        &expecting_422.display().to_string(),
-        ports,
-        "0501234567",
-        1,
-        1,
-        &["-trace_msg", "-message_file", &trace],
-    );
-    assert_eq!((run.exit, run.successful), (0, 1), "{}", run.output);
-    assert!(
-        std::fs::read_to_string(&trace)
-            .unwrap()
-            .contains("Min-SE: 90"),
-        "422 carries Min-SE"
-    );
+    let rows = [
+        ("Session-Expires: 30", 422, "Min-SE: 90"),
+        ("Require: 100rel", 420, "Unsupported: 100rel"),
+        (
+            "Require: timer, precondition",
+            420,
+            "Unsupported: precondition",
+        ),
+    ];
+    for (i, (header, code, why)) in rows.iter().enumerate() {
+        let with_header = scenario_with_header(dir, "uac_expect_failure.xml", header);
+        let expecting = dir.join(format!("uac_{i}_{code}.xml"));
+        std::fs::write(
+            &expecting,
+            std::fs::read_to_string(&with_header)
+                .unwrap()
+                .replace("[expect]", &code.to_string()),
+        )
+        .unwrap();
+        let trace = dir.join(format!("uac-{i}.log")).display().to_string();
+        let run = uac(
+            &expecting.display().to_string(),
+            ports,
+            "0501234567",
+            1,
+            1,
+            &["-trace_msg", "-message_file", &trace],
+        );
+        assert_eq!(
+            (run.exit, run.successful),
+            (0, 1),
+            "{header}: {}",
+            run.output
+        );
+        let messages = std::fs::read_to_string(&trace).unwrap();
+        assert!(
+            messages.contains(why),
+            "{header}: {code} carries {why}\n{messages}"
+        );
+    }
     assert!(node.calls(&key, "").is_empty());
+    // Only supporting 100rel (not requiring it), or requiring timers, is fine.
+    let _uas = Uas::start("uas_answer.xml", ports, dir, &[]);
+    for header in ["Supported: 100rel, timer", "Require: timer"] {
+        let scenario = scenario_with_header(dir, "uac.xml", header);
+        let run = uac(&scenario, ports, "0501234567", 1, 1, &["-d", "100"]);
+        assert_eq!(
+            (run.exit, run.successful),
+            (0, 1),
+            "{header}: {}",
+            run.output
+        );
+    }
+    assert_eq!(node.wait_for_calls(&key, 2).len(), 2);
 }
