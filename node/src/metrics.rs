@@ -25,6 +25,18 @@ pub struct TrunkLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TrunkDirectionLabel {
+    pub trunk: String,
+    pub direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TrunkCodeLabel {
+    pub trunk: String,
+    pub code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RejectLabel {
     pub code: u16,
     pub reason: &'static str,
@@ -49,6 +61,8 @@ pub struct CallMetrics {
     pub shaped: Family<TrunkLabel, Counter>,
     pub recordings_started: Counter,
     pub recordings: Family<StatusLabel, Counter>,
+    pub trunk_calls: Family<TrunkDirectionLabel, Counter>,
+    pub trunk_responses: Family<TrunkCodeLabel, Counter>,
 }
 
 impl Default for CallMetrics {
@@ -78,6 +92,8 @@ impl Default for CallMetrics {
             shaped: Family::default(),
             recordings_started: Counter::default(),
             recordings: Family::default(),
+            trunk_calls: Family::default(),
+            trunk_responses: Family::default(),
         }
     }
 }
@@ -242,6 +258,16 @@ impl Metrics {
             "trunk_ping_failures",
             "OPTIONS keepalives a trunk did not answer in time",
             c.trunk_ping_failures.clone(),
+        );
+        r.register(
+            "trunk_calls",
+            "Calls per trunk: admitted from it (inbound) and forwarding attempts sent to it (outbound)",
+            c.trunk_calls.clone(),
+        );
+        r.register(
+            "trunk_responses",
+            "Final responses to forwarded INVITEs, by outbound trunk and status code (408 includes our own timeouts)",
+            c.trunk_responses.clone(),
         );
         r.register(
             "recordings_started",

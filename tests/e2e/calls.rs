@@ -415,6 +415,39 @@ trunks = ["down", "carrier-a"]
         assert_eq!(c["destination_number"], "0322220000");
         assert_eq!(c["trunk"], "carrier-a");
     }
+    // Per-trunk counts: what each trunk was sent and answered.
+    for (series, want) in [
+        (
+            "tsunagu_trunk_calls_total{trunk=\"carrier-a\",direction=\"inbound\"}",
+            5.0,
+        ),
+        (
+            "tsunagu_trunk_calls_total{trunk=\"busy\",direction=\"outbound\"}",
+            5.0,
+        ),
+        (
+            "tsunagu_trunk_calls_total{trunk=\"down\",direction=\"outbound\"}",
+            5.0,
+        ),
+        (
+            "tsunagu_trunk_calls_total{trunk=\"carrier-a\",direction=\"outbound\"}",
+            5.0,
+        ),
+        (
+            "tsunagu_trunk_responses_total{trunk=\"busy\",code=\"486\"}",
+            5.0,
+        ),
+        (
+            "tsunagu_trunk_responses_total{trunk=\"down\",code=\"503\"}",
+            5.0,
+        ),
+        (
+            "tsunagu_trunk_responses_total{trunk=\"carrier-a\",code=\"200\"}",
+            5.0,
+        ),
+    ] {
+        assert_eq!(node.metric(series), want, "{series}");
+    }
 }
 
 #[test]

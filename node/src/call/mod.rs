@@ -13,7 +13,7 @@ use crate::context::{CallSlot, NodeContext};
 use crate::decide::caller::{identify, Caller};
 use crate::decide::outcome::{next_step, Failure, Step};
 use crate::follow_up::plan::{CallEvent, EventKind};
-use crate::metrics::{ResultLabel, StatusLabel};
+use crate::metrics::{ResultLabel, StatusLabel, TrunkCodeLabel, TrunkDirectionLabel};
 use legs::{ALeg, BLeg, Outbound};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -361,6 +361,15 @@ impl Call {
         self.attempt += 1;
         self.pending_failure = None;
         self.last_trunk = Some(trunk);
+        self.ctx
+            .metrics
+            .calls
+            .trunk_calls
+            .get_or_create(&TrunkDirectionLabel {
+                trunk: self.ctx.routing.trunks[trunk].name.clone(),
+                direction: "outbound",
+            })
+            .inc();
         tracing::debug!(destination = %dest.number, trunk = %self.ctx.routing.trunks[trunk].name, attempt = self.attempt, "forwarding");
         self.ep()
             .register(b.call_id(), Arc::new(CallHandle(self.me.clone())));
@@ -642,6 +651,17 @@ impl Call {
                 self.finish();
             }
             return;
+        }
+        if let (200.., Some(t)) = (code, self.last_trunk) {
+            self.ctx
+                .metrics
+                .calls
+                .trunk_responses
+                .get_or_create(&TrunkCodeLabel {
+                    trunk: self.ctx.routing.trunks[t].name.clone(),
+                    code,
+                })
+                .inc();
         }
         match code {
             100 => {}
