@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one test command. On Debian it installs what the tests need if missing (SIPp
 # from sip-tester; Chromium for the page-tag test; python3-aiosmtpd, a real SMTP
-# server for the e-mail test), then builds and runs every test of the workspace:
+# server for the e-mail test; stunnel4 and openssl, the TLS peer and certificates of
+# the SIP-over-TLS test), then builds and runs every test of the workspace:
 # unit tests, the store conformance suite on SQLite, and the end-to-end tests that
 # start real nodes and drive them with SIPp, Chromium and SMTP over loopback.
 #
@@ -15,6 +16,8 @@ command -v sipp >/dev/null 2>&1 || missing+=(sip-tester)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 /usr/bin/python3 -c 'import aiosmtpd' >/dev/null 2>&1 || missing+=(python3-aiosmtpd)
+command -v stunnel4 >/dev/null 2>&1 || missing+=(stunnel4)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing: ${missing[*]}"
     sudo=""

@@ -66,7 +66,7 @@ impl Default for NodeConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SipConfig {
-    /// SIP listeners, `udp:ip:port` or `tcp:ip:port`.
+    /// SIP listeners, `udp:ip:port`, `tcp:ip:port` or `tls:ip:port`.
     #[serde(default = "default_sip_listen")]
     pub listen: Vec<Listener>,
     /// Receive/send buffer asked of the kernel for each UDP socket (SIP and RTP).
@@ -81,6 +81,33 @@ pub struct SipConfig {
     /// Retry-After seconds sent with 503 answers.
     #[serde(default = "default_retry_after")]
     pub retry_after_seconds: u32,
+    /// Certificates for `tls:` listeners and trunks.
+    #[serde(default)]
+    pub tls: Option<SipTlsConfig>,
+}
+
+/// SIP over TLS (RFC 3261 26.2): the node's certificate, optional mutual TLS, and the
+/// CAs trunks' certificates are checked against. Files are re-read when they change.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SipTlsConfig {
+    /// PEM certificate chain of the node (server, and client toward trunks that ask).
+    pub cert_file: PathBuf,
+    /// PEM private key of `cert_file`.
+    pub key_file: PathBuf,
+    /// PEM CAs: when set, inbound TLS requires a client certificate they signed (mTLS).
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+    /// PEM CAs trusted for trunks' certificates, besides Mozilla's roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// How often the certificate files are checked for changes (reload without restart).
+    #[serde(default = "default_tls_reload")]
+    pub reload_seconds: u64,
+}
+
+fn default_tls_reload() -> u64 {
+    60
 }
 
 impl Default for SipConfig {
@@ -91,6 +118,7 @@ impl Default for SipConfig {
             system_number: None,
             max_ring_seconds: default_max_ring_seconds(),
             retry_after_seconds: default_retry_after(),
+            tls: None,
         }
     }
 }
@@ -220,7 +248,7 @@ pub struct TrunkConfig {
     /// Source networks allowed to send INVITEs on this trunk.
     #[serde(default)]
     pub inbound: Vec<Cidr>,
-    /// Where forwarded legs are sent, `udp:ip:port` or `tcp:ip:port`.
+    /// Where forwarded legs are sent, `udp:ip:port`, `tcp:ip:port` or `tls:ip:port`.
     #[serde(default)]
     pub outbound: Option<Listener>,
     /// New inbound calls per second accepted from this trunk; 0 = no cap.

@@ -55,10 +55,10 @@ impl Config {
             if !seen.insert(*l) {
                 err(format!("sip.listen[{i}]"), format!("`{l}` is listed twice"));
             }
-            if l.transport == Transport::Tls {
+            if l.transport == Transport::Tls && self.sip.tls.is_none() {
                 err(
                     format!("sip.listen[{i}]"),
-                    "TLS listeners are not supported yet; use udp or tcp".into(),
+                    "a tls listener needs [sip.tls] with cert_file and key_file".into(),
                 );
             }
         }
@@ -125,10 +125,10 @@ impl Config {
                 );
             }
             if let Some(o) = &t.outbound {
-                if o.transport == Transport::Tls {
+                if o.transport == Transport::Tls && self.sip.tls.is_none() {
                     err(
                         format!("trunks[{i}].outbound"),
-                        "TLS trunks are not supported yet".into(),
+                        "a tls trunk needs [sip.tls] with cert_file and key_file".into(),
                     );
                 }
             }
@@ -169,6 +169,9 @@ impl Config {
             }
         }
 
+        if self.sip.tls.as_ref().is_some_and(|t| t.reload_seconds == 0) {
+            err("sip.tls.reload_seconds".into(), "must be at least 1".into());
+        }
         let n = &self.notify;
         if n.max_attempts == 0 {
             err("notify.max_attempts".into(), "must be at least 1".into());
@@ -282,6 +285,12 @@ mod tests {
                 "[notify]\nmax_attempts = 0\n[notify.smtp]\nhost = \"\"\nfrom = \"nobody\"\nusername = \"u\"\n[notify.sms]\nurl = \"ftp://x\"\nbody = \"{to}\"\n[notify.ga4]\nendpoint = \"https:///collect\"\n",
                 &["notify.max_attempts", "notify.smtp.host", "notify.smtp.from", "notify.smtp.username", "notify.sms.url", "notify.sms.body", "notify.ga4.endpoint"],
             ),
+            (
+                "tls without certificates",
+                "[sip]\nlisten = [\"tls:127.0.0.1:5061\"]\n[[trunks]]\nname = \"a\"\noutbound = \"tls:127.0.0.1:5071\"\n",
+                &["sip.listen[0]", "trunks[0].outbound"],
+            ),
+            ("tls missing key", "[sip.tls]\ncert_file = \"c.pem\"\n", &["sip.tls"]),
             ("unknown notify key", "[notify.smtp]\nhost = \"h\"\nfrom = \"a@b\"\ntls = true\n", &["notify.smtp.tls"]),
         ];
         for (name, text, want) in cases {

@@ -11,4 +11,5 @@ pub mod follow_up;
 pub mod metrics;
 pub mod server;
 pub mod supervisor;
+pub mod tls;
 pub mod trunk_health;

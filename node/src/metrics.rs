@@ -63,6 +63,7 @@ pub struct CallMetrics {
     pub recordings: Family<StatusLabel, Counter>,
     pub trunk_calls: Family<TrunkDirectionLabel, Counter>,
     pub trunk_responses: Family<TrunkCodeLabel, Counter>,
+    pub tls_reloads: Family<StatusLabel, Counter>,
 }
 
 impl Default for CallMetrics {
@@ -94,6 +95,7 @@ impl Default for CallMetrics {
             recordings: Family::default(),
             trunk_calls: Family::default(),
             trunk_responses: Family::default(),
+            tls_reloads: Family::default(),
         }
     }
 }
@@ -268,6 +270,11 @@ impl Metrics {
             "trunk_responses",
             "Final responses to forwarded INVITEs, by outbound trunk and status code (408 includes our own timeouts)",
             c.trunk_responses.clone(),
+        );
+        r.register(
+            "tls_certificate_reloads",
+            "Changes of the SIP TLS certificate files picked up (status ok) or refused (status failed: the old pair stays)",
+            c.tls_reloads.clone(),
         );
         r.register(
             "recordings_started",

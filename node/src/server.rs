@@ -12,7 +12,7 @@ use crate::follow_up::deliver::Deliverer;
 use crate::follow_up::hooks::WebhookCache;
 use crate::follow_up::outbox::Worker;
 use crate::follow_up::plan::Planner;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, StatusLabel};
 use crate::supervisor::CallSupervisor;
 use ractor::Actor;
 use std::path::{Path, PathBuf};
@@ -83,6 +83,15 @@ fn store_path(config: &Config) -> PathBuf {
         .path
         .clone()
         .unwrap_or_else(|| config.node.data_dir.join("tsunagu.db"))
+}
+
+/// The SIP layer's transport for a configured one.
+pub fn sip_transport(t: tsunagu_config::Transport) -> Transport {
+    match t {
+        tsunagu_config::Transport::Udp => Transport::Udp,
+        tsunagu_config::Transport::Tcp => Transport::Tcp,
+        tsunagu_config::Transport::Tls => Transport::Tls,
+    }
 }
 
 /// Admission is built after the endpoint (it needs the endpoint's handle); until then
@@ -194,22 +203,30 @@ pub async fn run(
         .sip
         .listen
         .iter()
-        .map(|l| {
-            (
-                if l.transport == tsunagu_config::Transport::Tcp {
-                    Transport::Tcp
-                } else {
-                    Transport::Udp
-                },
-                l.addr,
-            )
-        })
+        .map(|l| (sip_transport(l.transport), l.addr))
         .collect();
+    let tls = match &config.sip.tls {
+        Some(t) => {
+            let (setup, certs) =
+                crate::tls::setup(t).map_err(|e| NodeError::Io(format!("sip.tls: {e}")))?;
+            // One counter at a time: a Family's guard held across a second
+            // get_or_create would deadlock.
+            let reloads = &metrics.calls.tls_reloads;
+            let ok = reloads.get_or_create(&StatusLabel { status: "ok" }).clone();
+            let failed = reloads
+                .get_or_create(&StatusLabel { status: "failed" })
+                .clone();
+            crate::tls::spawn_reloader(certs, Duration::from_secs(t.reload_seconds), ok, failed);
+            setup
+        }
+        None => tsunagu_sip::TlsSetup::default(),
+    };
     let endpoint = Endpoint::start(
         &listeners,
         config.sip.socket_buffer_bytes,
         handler.clone(),
         metrics.sip.clone(),
+        tls,
     )
     .await
     .map_err(|e| {
@@ -352,7 +369,7 @@ fn print_banner(
     api: std::net::SocketAddr,
     endpoint: &tsunagu_sip::EndpointHandle,
 ) {
-    let sip: Vec<String> = [Transport::Udp, Transport::Tcp]
+    let sip: Vec<String> = [Transport::Udp, Transport::Tcp, Transport::Tls]
         .iter()
         .filter_map(|t| {
             endpoint

@@ -214,6 +214,7 @@ mod tests {
             65536,
             handler.clone(),
             metrics.sip.clone(),
+            tsunagu_sip::TlsSetup::default(),
         )
         .await
         .unwrap();

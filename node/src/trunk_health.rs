@@ -79,11 +79,7 @@ pub fn start(ctx: &Arc<NodeContext>, intervals: &[u32]) {
             continue;
         }
         let peer = Peer {
-            transport: if target.transport == tsunagu_config::Transport::Tcp {
-                Transport::Tcp
-            } else {
-                Transport::Udp
-            },
+            transport: crate::server::sip_transport(target.transport),
             addr: target.addr,
         };
         tokio::spawn(ping_loop(

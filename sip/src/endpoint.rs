@@ -10,7 +10,7 @@ use crate::build::{self, RequestSpec};
 use crate::metrics::{CodeLabel, MethodLabel, SipMetrics};
 use crate::parse::{header, method_name, Info, Peer, Transport};
 use crate::transaction::{Output, RequestMatch, ResponseMatch, Transactions, TxKey};
-use crate::transport::{bind_udp, spawn_udp_receiver, Incoming, TcpConnections};
+use crate::transport::{bind_udp, spawn_udp_receiver, Incoming, StreamConnections, TlsSetup};
 use bytes::Bytes;
 use rsipstack::sip::{Method, Request, Response, SipMessage};
 use std::collections::HashMap;
@@ -169,10 +169,17 @@ impl Endpoint {
         socket_buffer: usize,
         handler: Arc<dyn InviteHandler>,
         metrics: SipMetrics,
+        tls: TlsSetup,
     ) -> std::io::Result<EndpointHandle> {
         let (in_tx, in_rx) = mpsc::unbounded_channel();
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
-        let tcp = TcpConnections::new(in_tx.clone(), metrics.clone());
+        let tcp = StreamConnections::new(
+            in_tx.clone(),
+            metrics.clone(),
+            Transport::Tcp,
+            TlsSetup::default(),
+        );
+        let tls = StreamConnections::new(in_tx.clone(), metrics.clone(), Transport::Tls, tls);
         let mut udp = Vec::new();
         let mut locals = Vec::new();
         for (transport, addr) in listeners {
@@ -192,6 +199,11 @@ impl Endpoint {
                     locals.push((Transport::Tcp, listener.local_addr()?));
                     tcp.spawn_listener(listener);
                 }
+                Transport::Tls => {
+                    let listener = TcpListener::bind(addr).await?;
+                    locals.push((Transport::Tls, listener.local_addr()?));
+                    tls.spawn_listener(listener);
+                }
             }
         }
         let handle = EndpointHandle {
@@ -204,6 +216,7 @@ impl Endpoint {
             handler,
             udp,
             tcp,
+            tls,
             metrics,
             out: Vec::new(),
         };
@@ -226,7 +239,8 @@ struct Core {
     handler: Arc<dyn InviteHandler>,
     /// UDP listeners with their bound address (the family picks the sending socket).
     udp: Vec<(SocketAddr, Arc<UdpSocket>)>,
-    tcp: TcpConnections,
+    tcp: StreamConnections,
+    tls: StreamConnections,
     metrics: SipMetrics,
     out: Vec<Output>,
 }
@@ -285,6 +299,7 @@ impl Core {
                 }
             }
             Transport::Tcp => self.tcp.send(peer.addr, data),
+            Transport::Tls => self.tls.send(peer.addr, data),
         }
     }
 

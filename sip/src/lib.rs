@@ -1,4 +1,4 @@
-//! The SIP edge: transports (UDP, TCP), an RFC 3261 transaction layer, and the
+//! The SIP edge: transports (UDP, TCP, TLS), an RFC 3261 transaction layer, and the
 //! routing of messages to the call that owns them.
 //!
 //! Parsing uses `rsipstack::sip` (the maintained continuation of rsip's message model).
@@ -17,3 +17,4 @@ mod transport;
 pub use endpoint::{Command, Endpoint, EndpointHandle, InviteHandler, NewInvite, Reject, SipEvent};
 pub use parse::{Info, ParseError, Peer, Transport};
 pub use rsipstack::sip::{Method, Request, Response, SipMessage};
+pub use transport::TlsSetup;

@@ -24,6 +24,7 @@ pub struct SipMetrics {
     pub responses_received: Family<CodeLabel, Counter>,
     pub retransmissions: Counter,
     pub parse_errors: Counter,
+    pub tls_handshake_failures: Counter,
     pub server_transactions: Gauge,
     pub client_transactions: Gauge,
 }
@@ -59,6 +60,11 @@ impl SipMetrics {
             "sip_parse_errors",
             "Received SIP messages that could not be parsed (answered 400 where possible)",
             self.parse_errors.clone(),
+        );
+        r.register(
+            "sip_tls_handshake_failures",
+            "TLS handshakes that failed or timed out (inbound and outbound; a refused client certificate counts)",
+            self.tls_handshake_failures.clone(),
         );
         r.register(
             "sip_server_transactions",

@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 pub enum Transport {
     Udp,
     Tcp,
+    Tls,
 }
 
 impl Transport {
@@ -17,6 +18,21 @@ impl Transport {
         match self {
             Transport::Udp => "UDP",
             Transport::Tcp => "TCP",
+            Transport::Tls => "TLS",
+        }
+    }
+
+    /// Whether the transport delivers reliably (no retransmissions: RFC 3261 17).
+    pub fn reliable(self) -> bool {
+        self != Transport::Udp
+    }
+
+    /// The `transport=` URI parameter naming it (none for UDP, the default).
+    pub fn uri_param(self) -> &'static str {
+        match self {
+            Transport::Udp => "",
+            Transport::Tcp => ";transport=tcp",
+            Transport::Tls => ";transport=tls",
         }
     }
 }

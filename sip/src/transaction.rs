@@ -9,7 +9,7 @@
 //! retransmissions are zero.
 
 use crate::build::RequestSpec;
-use crate::parse::{Peer, Transport};
+use crate::parse::Peer;
 use bytes::Bytes;
 use rsipstack::sip::Method;
 use std::cmp::Reverse;
@@ -170,7 +170,7 @@ pub struct Transactions {
 }
 
 fn reliable(peer: &Peer) -> bool {
-    peer.transport == Transport::Tcp
+    peer.transport.reliable()
 }
 
 fn linger(peer: &Peer, d: Duration) -> Duration {
@@ -549,6 +549,7 @@ impl Transactions {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::parse::Transport;
 
     fn udp() -> Peer {
         Peer {

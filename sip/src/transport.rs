@@ -87,20 +87,41 @@ pub(crate) fn spawn_udp_receiver(sock: Arc<UdpSocket>, incoming: IncomingTx, met
     });
 }
 
-/// Open TCP connections by remote address; a send to an unknown address connects.
+/// TLS for SIP: the acceptor of TLS listeners and the connector for outbound TLS.
+#[derive(Clone, Default)]
+pub struct TlsSetup {
+    pub acceptor: Option<tokio_rustls::TlsAcceptor>,
+    pub connector: Option<tokio_rustls::TlsConnector>,
+}
+
+/// How long a TLS handshake may take before the connection is dropped.
+const HANDSHAKE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Open stream connections (TCP, or TLS over TCP) by remote address; a send to an
+/// unknown address connects. Outbound TLS verifies the far end's certificate for its
+/// IP address (trunks are configured by address).
 #[derive(Clone)]
-pub(crate) struct TcpConnections {
+pub(crate) struct StreamConnections {
     conns: Arc<Mutex<HashMap<SocketAddr, mpsc::UnboundedSender<Bytes>>>>,
     incoming: IncomingTx,
     metrics: SipMetrics,
+    transport: Transport,
+    tls: TlsSetup,
 }
 
-impl TcpConnections {
-    pub fn new(incoming: IncomingTx, metrics: SipMetrics) -> Self {
-        TcpConnections {
+impl StreamConnections {
+    pub fn new(
+        incoming: IncomingTx,
+        metrics: SipMetrics,
+        transport: Transport,
+        tls: TlsSetup,
+    ) -> Self {
+        StreamConnections {
             conns: Arc::default(),
             incoming,
             metrics,
+            transport,
+            tls,
         }
     }
 
@@ -116,10 +137,32 @@ impl TcpConnections {
         conns.insert(addr, tx);
         let this = self.clone();
         tokio::spawn(async move {
-            match TcpStream::connect(addr).await {
-                Ok(stream) => this.run(stream, addr, rx).await,
+            let tcp = match TcpStream::connect(addr).await {
+                Ok(s) => s,
                 Err(e) => {
                     tracing::warn!(%addr, %e, "TCP connect failed");
+                    return this.forget(addr);
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            if this.transport != Transport::Tls {
+                return this.run(tcp, addr, rx).await;
+            }
+            let Some(connector) = this.tls.connector.clone() else {
+                tracing::warn!(%addr, "no TLS client settings; cannot connect");
+                return this.forget(addr);
+            };
+            let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+            match tokio::time::timeout(HANDSHAKE, connector.connect(name, tcp)).await {
+                Ok(Ok(tls)) => this.run(tls, addr, rx).await,
+                Ok(Err(e)) => {
+                    tracing::warn!(%addr, %e, "TLS handshake failed");
+                    this.metrics.tls_handshake_failures.inc();
+                    this.forget(addr);
+                }
+                Err(_) => {
+                    tracing::warn!(%addr, "TLS handshake timed out");
+                    this.metrics.tls_handshake_failures.inc();
                     this.forget(addr);
                 }
             }
@@ -140,34 +183,58 @@ impl TcpConnections {
                 let Ok((stream, addr)) = listener.accept().await else {
                     continue;
                 };
-                let (tx, rx) = mpsc::unbounded_channel();
-                this.conns
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(addr, tx);
+                let _ = stream.set_nodelay(true);
                 let conn = this.clone();
-                tokio::spawn(async move { conn.run(stream, addr, rx).await });
+                tokio::spawn(async move {
+                    let (tx, rx) = mpsc::unbounded_channel();
+                    match &conn.tls.acceptor {
+                        None => {
+                            conn.insert(addr, tx);
+                            conn.run(stream, addr, rx).await
+                        }
+                        Some(acceptor) => {
+                            match tokio::time::timeout(HANDSHAKE, acceptor.accept(stream)).await {
+                                Ok(Ok(tls)) => {
+                                    conn.insert(addr, tx);
+                                    conn.run(tls, addr, rx).await
+                                }
+                                Ok(Err(e)) => {
+                                    tracing::info!(%addr, %e, "TLS handshake refused");
+                                    conn.metrics.tls_handshake_failures.inc();
+                                }
+                                Err(_) => {
+                                    tracing::info!(%addr, "TLS handshake timed out");
+                                    conn.metrics.tls_handshake_failures.inc();
+                                }
+                            }
+                        }
+                    }
+                });
             }
         });
     }
 
-    async fn run(
-        &self,
-        stream: TcpStream,
-        addr: SocketAddr,
-        mut rx: mpsc::UnboundedReceiver<Bytes>,
-    ) {
-        let _ = stream.set_nodelay(true);
-        let (mut reader, mut writer) = stream.into_split();
+    fn insert(&self, addr: SocketAddr, tx: mpsc::UnboundedSender<Bytes>) {
+        self.conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(addr, tx);
+    }
+
+    async fn run<S>(&self, stream: S, addr: SocketAddr, mut rx: mpsc::UnboundedReceiver<Bytes>)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+    {
+        let (mut reader, mut writer) = tokio::io::split(stream);
         let writer_task = tokio::spawn(async move {
             while let Some(data) = rx.recv().await {
-                if writer.write_all(&data).await.is_err() {
+                if writer.write_all(&data).await.is_err() || writer.flush().await.is_err() {
                     break;
                 }
             }
         });
         let peer = Peer {
-            transport: Transport::Tcp,
+            transport: self.transport,
             addr,
         };
         let mut buf: Vec<u8> = Vec::with_capacity(8192);

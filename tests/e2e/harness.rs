@@ -386,7 +386,11 @@ impl Uas {
     /// A UAS on a given signalling and media port (for tests with several trunks).
     pub fn start_on(scenario_name: &str, port: u16, media: u16, dir: &Path, extra: &[&str]) -> Uas {
         require_tool("sipp");
-        let trace = dir.join(format!("uas-{port}-{scenario_name}.log"));
+        let file_name = Path::new(scenario_name)
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let trace = dir.join(format!("uas-{port}-{file_name}.log"));
         let child = Command::new("sipp")
             .args([
                 "-sf",

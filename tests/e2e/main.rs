@@ -7,4 +7,5 @@ mod follow_up;
 mod harness;
 mod pools;
 mod recording;
+mod tls;
 mod torture;

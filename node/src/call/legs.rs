@@ -28,10 +28,7 @@ fn local(ep: &EndpointHandle, transport: Transport) -> std::net::SocketAddr {
 
 pub(crate) fn contact(ep: &EndpointHandle, transport: Transport) -> String {
     let addr = local(ep, transport);
-    match transport {
-        Transport::Udp => format!("<sip:tsunagu@{addr}>"),
-        Transport::Tcp => format!("<sip:tsunagu@{addr};transport=tcp>"),
-    }
+    format!("<sip:tsunagu@{addr}{}>", transport.uri_param())
 }
 
 /// The caller's leg.
@@ -183,11 +180,7 @@ pub struct Outbound<'a> {
 impl BLeg {
     pub fn invite(ep: &EndpointHandle, o: Outbound) -> BLeg {
         let local_addr = local(ep, o.peer.transport);
-        let transport_param = if o.peer.transport == Transport::Tcp {
-            ";transport=tcp"
-        } else {
-            ""
-        };
+        let transport_param = o.peer.transport.uri_param();
         let uri = format!("sip:{}@{}{}", o.destination, o.peer.addr, transport_param);
         let mut extra = Vec::new();
         if let Some(id) = o.asserted {

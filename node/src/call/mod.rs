@@ -332,10 +332,7 @@ impl Call {
                 .unwrap_or_else(|| self.number.number.clone()),
         };
         let peer = Peer {
-            transport: match target.transport {
-                tsunagu_config::Transport::Tcp => tsunagu_sip::Transport::Tcp,
-                _ => tsunagu_sip::Transport::Udp,
-            },
+            transport: crate::server::sip_transport(target.transport),
             addr: target.addr,
         };
         if let Some(old) = self.b.take() {

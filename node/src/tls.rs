@@ -1,0 +1,190 @@
+//! SIP over TLS: the node's certificate (served to TLS clients, and presented to trunks
+//! that ask for one), optional mutual TLS for inbound connections, the CAs trunks are
+//! verified against, and reloading of the certificate files without a restart: a task
+//! checks their modification times every `sip.tls.reload_seconds` and swaps in the new
+//! pair when both load; until then (or if they do not) the old one keeps serving.
+
+use prometheus_client::metrics::counter::Counter;
+use rustls::client::ResolvesClientCert;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{RootCertStore, SignatureScheme};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+use tsunagu_config::SipTlsConfig;
+use tsunagu_sip::TlsSetup;
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The node's current certificate and key, swapped whole on reload.
+#[derive(Debug)]
+pub struct CertStore {
+    cert_file: PathBuf,
+    key_file: PathBuf,
+    current: RwLock<Arc<CertifiedKey>>,
+    stamp: RwLock<(Option<SystemTime>, Option<SystemTime>)>,
+}
+
+fn modified(p: &Path) -> Option<SystemTime> {
+    std::fs::metadata(p).and_then(|m| m.modified()).ok()
+}
+
+fn read(path: &Path, what: &str) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("{what} {}: {e}", path.display()))
+}
+
+/// Loads a certificate chain and its private key (PEM).
+pub fn load_pair(cert_file: &Path, key_file: &Path) -> Result<CertifiedKey, String> {
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(&read(cert_file, "cert_file")?)
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("cert_file {}: {e}", cert_file.display()))?;
+    if certs.is_empty() {
+        return Err(format!("cert_file {}: no certificate", cert_file.display()));
+    }
+    let key = PrivateKeyDer::from_pem_slice(&read(key_file, "key_file")?)
+        .map_err(|e| format!("key_file {}: {e}", key_file.display()))?;
+    let signer = provider()
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| format!("key_file {}: {e}", key_file.display()))?;
+    let pair = CertifiedKey::new(certs, signer);
+    pair.keys_match().map_err(|e| {
+        format!(
+            "key_file {} does not match cert_file: {e}",
+            key_file.display()
+        )
+    })?;
+    Ok(pair)
+}
+
+fn roots(file: &Path, what: &str) -> Result<RootCertStore, String> {
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&read(file, what)?) {
+        let cert = cert.map_err(|e| format!("{what} {}: {e}", file.display()))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("{what} {}: {e}", file.display()))?;
+    }
+    if roots.is_empty() {
+        return Err(format!("{what} {}: no certificate", file.display()));
+    }
+    Ok(roots)
+}
+
+impl CertStore {
+    fn load(cert_file: &Path, key_file: &Path) -> Result<CertStore, String> {
+        let pair = load_pair(cert_file, key_file)?;
+        Ok(CertStore {
+            cert_file: cert_file.to_path_buf(),
+            key_file: key_file.to_path_buf(),
+            current: RwLock::new(Arc::new(pair)),
+            stamp: RwLock::new((modified(cert_file), modified(key_file))),
+        })
+    }
+
+    fn current(&self) -> Arc<CertifiedKey> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Re-reads the files if either changed: Ok(true) when a new pair is in use.
+    pub fn reload_if_changed(&self) -> Result<bool, String> {
+        let now = (modified(&self.cert_file), modified(&self.key_file));
+        if *self.stamp.read().unwrap_or_else(|p| p.into_inner()) == now {
+            return Ok(false);
+        }
+        // Remember the stamp either way, so a broken file is reported once, not forever.
+        *self.stamp.write().unwrap_or_else(|p| p.into_inner()) = now;
+        let pair = load_pair(&self.cert_file, &self.key_file)?;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(pair);
+        Ok(true)
+    }
+}
+
+impl ResolvesServerCert for CertStore {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+}
+
+impl ResolvesClientCert for CertStore {
+    fn resolve(&self, _hints: &[&[u8]], _schemes: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// Builds the acceptor and connector of `[sip.tls]`.
+pub fn setup(cfg: &SipTlsConfig) -> Result<(TlsSetup, Arc<CertStore>), String> {
+    let store = Arc::new(CertStore::load(&cfg.cert_file, &cfg.key_file)?);
+    let versions = |e: rustls::Error| e.to_string();
+    let server = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(versions)?;
+    let server = match &cfg.client_ca_file {
+        Some(file) => {
+            let verifier = WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots(file, "client_ca_file")?),
+                provider(),
+            )
+            .build()
+            .map_err(|e| format!("client_ca_file {}: {e}", file.display()))?;
+            server.with_client_cert_verifier(verifier)
+        }
+        None => server.with_no_client_auth(),
+    }
+    .with_cert_resolver(store.clone());
+    let mut trunk_roots = RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    if let Some(file) = &cfg.ca_file {
+        trunk_roots.roots.extend(roots(file, "ca_file")?.roots);
+    }
+    let client = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(versions)?
+        .with_root_certificates(trunk_roots)
+        .with_client_cert_resolver(store.clone());
+    Ok((
+        TlsSetup {
+            acceptor: Some(tokio_rustls::TlsAcceptor::from(Arc::new(server))),
+            connector: Some(tokio_rustls::TlsConnector::from(Arc::new(client))),
+        },
+        store,
+    ))
+}
+
+/// Checks the certificate files every `every` and swaps in changed ones.
+pub fn spawn_reloader(store: Arc<CertStore>, every: Duration, ok: Counter, failed: Counter) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let s = store.clone();
+            match tokio::task::spawn_blocking(move || s.reload_if_changed()).await {
+                Ok(Ok(true)) => {
+                    ok.inc();
+                    tracing::info!(cert_file = %store.cert_file.display(), "TLS certificate reloaded");
+                }
+                Ok(Ok(false)) => {}
+                Ok(Err(e)) => {
+                    failed.inc();
+                    tracing::warn!(%e, "TLS certificate reload failed; the previous one stays in use");
+                }
+                Err(e) => tracing::error!(%e, "TLS reload task failed"),
+            }
+        }
+    });
+}
