@@ -266,6 +266,18 @@ pub struct TrunkConfig {
     /// OPTIONS keepalive interval toward `outbound`; 0 = off.
     #[serde(default)]
     pub options_interval_seconds: u32,
+    /// What a 3xx from this trunk means: `fail` (a failure: next destination) or
+    /// `follow` (try the number its Contact names).
+    #[serde(default)]
+    pub redirects: RedirectPolicy,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RedirectPolicy {
+    #[default]
+    Fail,
+    Follow,
 }
 
 /// Destination prefix → ordered trunks; the longest matching prefix wins.

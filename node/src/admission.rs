@@ -146,7 +146,7 @@ impl InviteHandler for Admission {
             invite,
             number,
             inbound_trunk: trunk,
-            id: tsunagu_store::new_id("call"),
+            id: tsunagu_store::new_time_id("call"),
             logged: Arc::new(AtomicBool::new(false)),
         };
         if !wait.is_zero() {

@@ -160,7 +160,7 @@ fn numbers_are_unique_and_scoped(s: &dyn Store) {
 /// A finished-call record for tests.
 pub fn sample_call(operator_id: &str, advertiser_id: &str, started_at: i64) -> CallRecord {
     CallRecord {
-        call_id: crate::new_id("call"),
+        call_id: crate::new_time_id("call"),
         operator_id: operator_id.into(),
         advertiser_id: advertiser_id.into(),
         tracking_number: "0501234567".into(),

@@ -14,7 +14,7 @@ mod ids;
 mod model;
 mod sqlite;
 
-pub use ids::{hash_api_key, new_api_key, new_id};
+pub use ids::{hash_api_key, new_api_key, new_id, new_time_id};
 pub use model::*;
 pub use sqlite::SqliteStore;
 

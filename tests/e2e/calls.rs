@@ -764,3 +764,74 @@ fn invites_asking_for_what_we_do_not_do_are_refused_with_the_reason() {
     }
     assert_eq!(node.wait_for_calls(&key, 2).len(), 2);
 }
+
+#[test]
+fn redirects_are_followed_only_from_trunks_that_allow_it() {
+    let ports = Ports::take();
+    let redirect_port = ports.uas + 4;
+    let extra = format!(
+        r#"
+[[trunks]]
+name = "follows"
+outbound = "udp:127.0.0.1:{redirect_port}"
+redirects = "follow"
+[[trunks]]
+name = "strict"
+outbound = "udp:127.0.0.1:{redirect_port}"
+[[routes]]
+prefix = "031"
+trunks = ["follows"]
+[[routes]]
+prefix = "032"
+trunks = ["strict"]
+"#
+    );
+    let node = Node::start(ports, "127.0.0.1/32", &extra);
+    let (key, adv) = node.provision("0501234567", r#"[{"number": "0311112222"}]"#, "{}");
+    node.add_number(
+        &key,
+        &adv,
+        "0501110000",
+        r#"[{"number": "0322220000"}]"#,
+        "{}",
+    );
+    // Both trunks lead to a phone that redirects to 0399990000 (routed to carrier-a).
+    let redirecting = Uas::start_on(
+        "uas_redirect.xml",
+        redirect_port,
+        ports.uas_media + 10,
+        node.dir.path(),
+        &["-key", "target", "0399990000"],
+    );
+    let answer = Uas::start("uas_answer.xml", ports, node.dir.path(), &[]);
+    let run = uac("uac.xml", ports, "0501234567", 2, 10, &["-d", "100"]);
+    assert_eq!((run.exit, run.successful), (0, 2), "{}", run.output);
+    assert_eq!(
+        redirecting
+            .messages()
+            .matches("INVITE sip:0311112222@")
+            .count(),
+        2
+    );
+    assert_eq!(
+        answer.messages().matches("INVITE sip:0399990000@").count(),
+        2
+    );
+    for c in node.wait_for_calls(&key, 2) {
+        assert_eq!(c["result"], "answered");
+        assert_eq!(c["destination_number"], "0399990000");
+        assert_eq!(c["trunk"], "carrier-a");
+    }
+    // The strict trunk's 302 is a failure: no new INVITE, the caller gets 502.
+    let run = uac_expecting(502, node.dir.path(), ports, "0501110000", 1, &[]);
+    assert_eq!((run.exit, run.successful), (0, 1), "{}", run.output);
+    assert_eq!(
+        answer.messages().matches("INVITE sip:0399990000@").count(),
+        2
+    );
+    node.wait_until(Duration::from_secs(10), "the failed call's record", || {
+        node.calls(&key, "&number=0501110000").len() == 1
+    });
+    let failed = node.calls(&key, "&number=0501110000");
+    assert_eq!(failed[0]["result"], "failed");
+}

@@ -12,6 +12,7 @@ use crate::call_log::LogEntry;
 use crate::context::{CallSlot, NodeContext};
 use crate::decide::caller::{identify, Caller};
 use crate::decide::outcome::{next_step, Failure, Step};
+use crate::decide::redirect::redirect_target;
 use crate::follow_up::plan::{CallEvent, EventKind};
 use crate::metrics::{ResultLabel, StatusLabel, TrunkCodeLabel, TrunkDirectionLabel};
 use legs::{ALeg, BLeg, Outbound};
@@ -156,6 +157,9 @@ pub struct Call {
     logged: Arc<AtomicBool>,
     /// The recording's path (relative to the recordings directory), once it started.
     recording: Option<String>,
+    /// A number a trunk redirected the current destination to (3xx, followed).
+    redirect: Option<Destination>,
+    redirects_followed: u8,
     _slot: CallSlot,
 }
 
@@ -242,6 +246,8 @@ impl Actor for CallActor {
             last_trunk: None,
             logged,
             recording: None,
+            redirect: None,
+            redirects_followed: 0,
             _slot: slot,
         })
     }
@@ -308,8 +314,12 @@ impl Call {
 
     /// Sends the INVITE of the current (destination, trunk) attempt.
     fn try_attempt(&mut self) {
-        let Some(dest) = self.number.destinations.get(self.dest_index).cloned() else {
-            return self.give_up(CallResult::Failed, 502);
+        let dest = match &self.redirect {
+            Some(d) => d.clone(),
+            None => match self.number.destinations.get(self.dest_index) {
+                Some(d) => d.clone(),
+                None => return self.give_up(CallResult::Failed, 502),
+            },
         };
         if self.trunk_pos == 0 {
             // Fixed per destination, so a trunk changing state mid-call cannot shift the order.
@@ -404,6 +414,8 @@ impl Call {
                 self.try_attempt();
             }
             Step::NextDestination => {
+                // A redirected destination that failed also moves on to the next one.
+                self.redirect = None;
                 self.dest_index += 1;
                 self.trunk_pos = 0;
                 self.try_attempt();
@@ -708,6 +720,9 @@ impl Call {
                 if self.phase != Phase::Trying {
                     return;
                 }
+                if (300..400).contains(&code) && self.follow_redirect(&resp) {
+                    return;
+                }
                 let failure = match self.pending_failure.take() {
                     Some(f) if code == 487 => f,
                     _ => Failure::Status(code),
@@ -734,6 +749,37 @@ impl Call {
             relay.set_remote(from, remote);
         }
         Some(rewritten.sdp)
+    }
+
+    /// A 3xx from a trunk that follows redirects: the current destination becomes the
+    /// number the Contact names, tried on its own route. False if not followed.
+    fn follow_redirect(&mut self, resp: &Response) -> bool {
+        let follows = self
+            .last_trunk
+            .is_some_and(|t| self.ctx.routing.trunks[t].follow_redirects);
+        if !follows {
+            return false;
+        }
+        let contacts = tsunagu_sip::parse::header_values(resp, "Contact");
+        let Some(number) = redirect_target(&contacts, self.redirects_followed) else {
+            return false;
+        };
+        let ring_seconds = self
+            .number
+            .destinations
+            .get(self.dest_index)
+            .map(|d| d.ring_seconds)
+            .unwrap_or(30);
+        tracing::info!(to = %number, "following a redirect");
+        self.redirects_followed += 1;
+        self.redirect = Some(Destination {
+            number,
+            ring_seconds,
+        });
+        self.trunk_pos = 0;
+        self.pending_failure = None;
+        self.try_attempt();
+        true
     }
 
     /// Starts recording the conversation if the number asks for it.

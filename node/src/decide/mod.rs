@@ -4,5 +4,6 @@
 pub mod caller;
 pub mod outcome;
 pub mod rate;
+pub mod redirect;
 pub mod routing;
 pub mod validity;

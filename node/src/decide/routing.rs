@@ -14,6 +14,8 @@ pub struct Trunk {
     pub max_channels: u32,
     /// P-Asserted-Identity is believed from, and sent to, this trunk.
     pub trusted: bool,
+    /// A 3xx from this trunk is followed (its Contact's number is tried next).
+    pub follow_redirects: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -36,6 +38,7 @@ impl Routing {
                 shaping: std::time::Duration::from_millis(u64::from(t.shaping_ms)),
                 max_channels: t.max_channels,
                 trusted: t.trusted,
+                follow_redirects: t.redirects == tsunagu_config::RedirectPolicy::Follow,
             })
             .collect();
         let mut routes: Vec<(String, Vec<usize>)> = c

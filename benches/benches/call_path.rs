@@ -1,0 +1,93 @@
+//! The per-call work of a node outside the network: parse the INVITE, route it (inbound
+//! trunk by source, outbound trunks by destination prefix), identify the caller, and
+//! log the finished call (the store's batched insert, per record).
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use std::hint::black_box;
+use tsunagu::decide::caller::identify;
+use tsunagu::decide::routing::Routing;
+use tsunagu_sip::parse::{header, parse, request_user};
+use tsunagu_sip::SipMessage;
+use tsunagu_store::{conformance::sample_call, SqliteStore, Store};
+
+const SDP: &str = "v=0\r\no=- 1 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0 8 101\r\na=rtpmap:101 telephone-event/8000\r\n";
+
+fn invite() -> Vec<u8> {
+    format!(
+        "INVITE sip:0501234567@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK776asdhds;rport\r\n\
+From: \"caller\" <sip:09012345678@10.0.0.1:5060>;tag=1928301774\r\nTo: <sip:0501234567@127.0.0.1:5060>\r\n\
+Call-ID: a84b4c76e66710@10.0.0.1\r\nCSeq: 314159 INVITE\r\nContact: <sip:sipp@10.0.0.1:5060;transport=udp>\r\n\
+Max-Forwards: 70\r\nP-Asserted-Identity: <sip:09012345678@10.0.0.1>\r\nContent-Type: application/sdp\r\n\
+Content-Length: {}\r\n\r\n{SDP}",
+        SDP.len()
+    )
+    .into_bytes()
+}
+
+fn routing() -> Routing {
+    let mut toml = String::new();
+    for i in 0..20 {
+        toml.push_str(&format!(
+            "[[trunks]]\nname = \"t{i}\"\ninbound = [\"10.{i}.0.0/16\"]\noutbound = \"udp:10.{i}.0.1:5060\"\n"
+        ));
+    }
+    for (i, p) in ["03", "06", "090", "080", "070", "050", "0120", ""]
+        .iter()
+        .enumerate()
+    {
+        toml.push_str(&format!(
+            "[[routes]]\nprefix = \"{p}\"\ntrunks = [\"t{i}\", \"t{}\"]\n",
+            i + 1
+        ));
+    }
+    Routing::from_config(&tsunagu_config::Config::from_toml(&toml).expect("config"))
+}
+
+fn benches(c: &mut Criterion) {
+    let raw = invite();
+    let routing = routing();
+    let mut g = c.benchmark_group("call_path");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("parse_invite", |b| {
+        b.iter(|| parse(black_box(&raw)).unwrap())
+    });
+    g.bench_function("parse_route_identify", |b| {
+        b.iter(|| {
+            let (msg, _info) = parse(black_box(&raw)).unwrap();
+            let SipMessage::Request(req) = msg else {
+                unreachable!()
+            };
+            let trunk = routing.inbound_trunk("10.0.0.1".parse().unwrap());
+            let number = request_user(&req).unwrap();
+            let caller = identify(
+                header(&req, "From").unwrap_or_default(),
+                header(&req, "P-Asserted-Identity"),
+                header(&req, "Privacy"),
+                true,
+            );
+            let out = routing.outbound_trunks("0311112222").len();
+            black_box((trunk, number, caller, out))
+        })
+    });
+    // Logging: the call-log writer inserts batches of up to 512 records in one
+    // transaction; this is the cost per record at that batch size, on a real file.
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("bench.db")).unwrap();
+    let op = store.create_operator("bench").unwrap();
+    g.throughput(Throughput::Elements(512));
+    g.bench_function("log_512_records", |b| {
+        b.iter_batched(
+            || {
+                (0..512)
+                    .map(|i| sample_call(&op.id, "adv_1", 1_000_000 + i))
+                    .collect::<Vec<_>>()
+            },
+            |records| store.insert_calls(&records, &[]).unwrap(),
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(call_path, benches);
+criterion_main!(call_path);
