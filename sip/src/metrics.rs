@@ -25,6 +25,9 @@ pub struct SipMetrics {
     pub retransmissions: Counter,
     pub parse_errors: Counter,
     pub tls_handshake_failures: Counter,
+    /// Parsed messages waiting for the endpoint task (the node's overload signal).
+    pub incoming_backlog: Gauge,
+    pub overload_rejections: Counter,
     pub server_transactions: Gauge,
     pub client_transactions: Gauge,
 }
@@ -65,6 +68,16 @@ impl SipMetrics {
             "sip_tls_handshake_failures",
             "TLS handshakes that failed or timed out (inbound and outbound; a refused client certificate counts)",
             self.tls_handshake_failures.clone(),
+        );
+        r.register(
+            "sip_incoming_backlog",
+            "Parsed SIP messages waiting for the endpoint task; above the overload limit new INVITEs get 503",
+            self.incoming_backlog.clone(),
+        );
+        r.register(
+            "sip_overload_rejections",
+            "New INVITEs answered 503 because the incoming backlog was over the overload limit",
+            self.overload_rejections.clone(),
         );
         r.register(
             "sip_server_transactions",

@@ -50,7 +50,9 @@ fn handle_frame(
     }
     match parse(data) {
         Ok((msg, info)) => {
-            let _ = incoming.send(Incoming { msg, info, peer });
+            if incoming.send(Incoming { msg, info, peer }).is_ok() {
+                metrics.incoming_backlog.inc();
+            }
             None
         }
         Err(e) => {
