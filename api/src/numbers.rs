@@ -15,8 +15,8 @@ use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use tsunagu_store::{
-    CallerIdMode, Destination, Ga4, Notify, NumberKind, RecordingSettings, TrackingNumber,
-    ValidityRule,
+    CallerIdMode, Destination, Ga4, Notify, NumberKind, RecordingSettings, Schedule,
+    TrackingNumber, ValidityRule,
 };
 
 #[derive(Deserialize)]
@@ -39,6 +39,10 @@ struct NumberInput {
     ga4: Option<Ga4>,
     #[serde(default)]
     recording: Option<RecordingSettings>,
+    #[serde(default)]
+    schedule: Option<Schedule>,
+    #[serde(default)]
+    absent: bool,
 }
 
 #[derive(Deserialize)]
@@ -56,6 +60,10 @@ struct NumberPatch {
     ga4: Option<Option<Ga4>>,
     #[serde(default, deserialize_with = "present")]
     recording: Option<Option<RecordingSettings>>,
+    #[serde(default, deserialize_with = "present")]
+    schedule: Option<Option<Schedule>>,
+    /// The absence switch (不在設定).
+    absent: Option<bool>,
 }
 
 pub(crate) fn is_phone_number(s: &str) -> bool {
@@ -71,6 +79,9 @@ fn validate(n: &TrackingNumber) -> Result<(), ApiError> {
         ));
     }
     validate_forwarding(&n.destinations, &n.validity)?;
+    if let Some(s) = &n.schedule {
+        tsunagu_store::schedule::check_schedule(s).map_err(|(f, m)| ApiError::invalid(&f, m))?;
+    }
     validate_params("tracking_params", &n.tracking_params)
 }
 
@@ -145,6 +156,8 @@ fn view(n: &TrackingNumber) -> Value {
         "notify": n.notify,
         "ga4": n.ga4,
         "recording": n.recording,
+        "schedule": n.schedule,
+        "absent": n.absent,
         "created_at": rfc3339(n.created_at),
         "updated_at": rfc3339(n.updated_at),
     })
@@ -182,6 +195,8 @@ pub async fn create(
         notify: input.notify,
         ga4: input.ga4,
         recording: input.recording,
+        schedule: input.schedule,
+        absent: input.absent,
         created_at: now,
         updated_at: now,
     };
@@ -265,6 +280,12 @@ pub async fn update(
     }
     if let Some(r) = patch.recording {
         n.recording = r;
+    }
+    if let Some(x) = patch.schedule {
+        n.schedule = x;
+    }
+    if let Some(a) = patch.absent {
+        n.absent = a;
     }
     n.updated_at = now_ms();
     validate(&n)?;

@@ -270,6 +270,8 @@ pub async fn create(
             notify: input.notify.clone(),
             ga4: input.ga4.clone(),
             recording: input.recording,
+            schedule: None,
+            absent: false,
             created_at: now,
             updated_at: now,
         })

@@ -110,6 +110,8 @@ pub fn sample_number(operator_id: &str, advertiser_id: &str) -> TrackingNumber {
         notify: None,
         ga4: None,
         recording: None,
+        schedule: None,
+        absent: false,
         created_at: 1,
         updated_at: 1,
     }
@@ -415,6 +417,8 @@ pub fn sample_pool(
             notify: None,
             ga4: None,
             recording: None,
+            schedule: None,
+            absent: false,
             ..sample_number(operator_id, advertiser_id)
         })
         .collect();

@@ -12,6 +12,7 @@
 pub mod conformance;
 mod ids;
 mod model;
+pub mod schedule;
 mod sqlite;
 
 pub use ids::{hash_api_key, new_api_key, new_id, new_time_id};

@@ -96,6 +96,12 @@ pub struct TrackingNumber {
     /// Record answered calls (2者間通話録音).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recording: Option<RecordingSettings>,
+    /// Business hours (スケジュール); none = always open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<Schedule>,
+    /// The manual absence switch (不在設定): calls are handled as when closed.
+    #[serde(default)]
+    pub absent: bool,
     #[serde(default)]
     pub created_at: i64,
     #[serde(default)]
@@ -139,6 +145,57 @@ pub struct Notify {
     /// forwards to the caller while its lease lives.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub callback_pool_id: Option<String>,
+}
+
+/// A span of local time within a day, `HH:MM` to `HH:MM` (end excluded; `24:00` ok).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeSpan {
+    pub start: String,
+    pub end: String,
+}
+
+/// Hours of one date, replacing the weekly hours that day (empty = closed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DateHours {
+    pub date: String,
+    #[serde(default)]
+    pub hours: Vec<TimeSpan>,
+}
+
+/// What a call gets while the number is closed or absent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(tag = "action", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClosedAction {
+    /// Refused 480 (Temporarily Unavailable); result `out_of_hours` or `absent`.
+    #[default]
+    Reject,
+    /// Forwarded to another number (e.g. a call centre) instead of the destinations.
+    Forward { destination: String },
+}
+
+/// Weekly business hours with holidays and date exceptions, in one time zone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Schedule {
+    #[serde(default = "default_time_zone")]
+    pub time_zone: String,
+    /// `mon` .. `sun` → open spans; a missing day is closed.
+    #[serde(default)]
+    pub weekly: BTreeMap<String, Vec<TimeSpan>>,
+    /// Dates (`YYYY-MM-DD`) closed all day.
+    #[serde(default)]
+    pub holidays: Vec<String>,
+    #[serde(default)]
+    pub exceptions: Vec<DateHours>,
+    /// What calls get when closed or absent.
+    #[serde(default)]
+    pub closed: ClosedAction,
+}
+
+fn default_time_zone() -> String {
+    "Asia/Tokyo".into()
 }
 
 /// Which parties of an answered call are recorded.

@@ -835,3 +835,75 @@ trunks = ["strict"]
     let failed = node.calls(&key, "&number=0501110000");
     assert_eq!(failed[0]["result"], "failed");
 }
+
+#[test]
+fn schedules_and_absence_refuse_or_forward_calls_when_closed() {
+    let ports = Ports::take();
+    let node = Node::start(ports, "127.0.0.1/32", "");
+    let (key, _) = node.provision("0501234567", DEST, "{}");
+    let patch = |body: &str| {
+        let r = node.send("PATCH", "/v1/numbers/0501234567", Some(&key), body);
+        assert_eq!(r.status, 200, "{body}: {}", r.body);
+    };
+    let bad = node.send(
+        "PATCH",
+        "/v1/numbers/0501234567",
+        Some(&key),
+        r#"{"schedule": {"weekly": {"mon": [{"start": "18:00", "end": "09:00"}]}}}"#,
+    );
+    assert_eq!(
+        (bad.status, bad.json()["error"]["field"].as_str()),
+        (422, Some("schedule.weekly.mon[0]")),
+        "{}",
+        bad.body
+    );
+    let bad = node.send(
+        "PATCH",
+        "/v1/numbers/0501234567",
+        Some(&key),
+        r#"{"schedule": {"time_zone": "Europe/Paris"}}"#,
+    );
+    assert_eq!(
+        bad.json()["error"]["field"],
+        "schedule.time_zone",
+        "{}",
+        bad.body
+    );
+    let _uas = Uas::start("uas_answer.xml", ports, node.dir.path(), &[]);
+    let all_day = r#"[{"start": "00:00", "end": "24:00"}]"#;
+    let every_day = format!(
+        r#"{{"mon": {all_day}, "tue": {all_day}, "wed": {all_day}, "thu": {all_day}, "fri": {all_day}, "sat": {all_day}, "sun": {all_day}}}"#
+    );
+
+    // 1. No hours on any day: closed, refused 480.
+    patch(r#"{"schedule": {"weekly": {}, "closed": {"action": "reject"}}}"#);
+    let run = uac_expecting(480, node.dir.path(), ports, "0501234567", 1, &[]);
+    assert_eq!((run.exit, run.successful), (0, 1), "{}", run.output);
+    // 2. Open every day all day: the call goes through.
+    patch(&format!(r#"{{"schedule": {{"weekly": {every_day}}}}}"#));
+    let run = uac("uac.xml", ports, "0501234567", 1, 1, &["-d", "100"]);
+    assert_eq!((run.exit, run.successful), (0, 1), "{}", run.output);
+    // 3. The absence switch closes it whatever the hours say.
+    patch(r#"{"absent": true}"#);
+    let run = uac_expecting(480, node.dir.path(), ports, "0501234567", 1, &[]);
+    assert_eq!((run.exit, run.successful), (0, 1), "{}", run.output);
+    // 4. Closed, forwarding to a call centre.
+    patch(
+        r#"{"absent": false, "schedule": {"weekly": {}, "closed": {"action": "forward", "destination": "0399990000"}}}"#,
+    );
+    let run = uac("uac.xml", ports, "0501234567", 1, 1, &["-d", "100"]);
+    assert_eq!((run.exit, run.successful), (0, 1), "{}", run.output);
+
+    let calls = node.wait_for_calls(&key, 4);
+    let results: Vec<&str> = calls
+        .iter()
+        .map(|c| c["result"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        results,
+        vec!["out_of_hours", "answered", "absent", "answered"]
+    );
+    assert_eq!(calls[3]["destination_number"], "0399990000");
+    assert_eq!(calls[3]["tracking_params"]["closed"], "out_of_hours");
+    assert_eq!(calls[1]["destination_number"], "0311112222");
+}

@@ -13,6 +13,7 @@ use crate::context::{CallSlot, NodeContext};
 use crate::decide::caller::{identify, Caller};
 use crate::decide::outcome::{next_step, Failure, Step};
 use crate::decide::redirect::redirect_target;
+use crate::decide::schedule::{gate, Gate};
 use crate::follow_up::plan::{CallEvent, EventKind};
 use crate::metrics::{ResultLabel, StatusLabel, TrunkCodeLabel, TrunkDirectionLabel};
 use legs::{ALeg, BLeg, Outbound};
@@ -25,8 +26,8 @@ use tsunagu_sip::endpoint::CallSink;
 use tsunagu_sip::parse::{header, sdp_body, Peer};
 use tsunagu_sip::{Method, NewInvite, Request, Response, SipEvent};
 use tsunagu_store::{
-    CallRecord, CallResult, CallerIdMode, Destination, NumberKind, RecordingMode, RecordingStatus,
-    TrackingNumber, Validity,
+    CallRecord, CallResult, CallerIdMode, ClosedAction, Destination, NumberKind, RecordingMode,
+    RecordingStatus, TrackingNumber, Validity,
 };
 
 pub enum CallMsg {
@@ -160,6 +161,9 @@ pub struct Call {
     /// A number a trunk redirected the current destination to (3xx, followed).
     redirect: Option<Destination>,
     redirects_followed: u8,
+    /// Set when the call went to the closed-hours destination instead: the result an
+    /// unanswered call logs (`out_of_hours` or `absent`).
+    closed_result: Option<CallResult>,
     _slot: CallSlot,
 }
 
@@ -248,6 +252,7 @@ impl Actor for CallActor {
             recording: None,
             redirect: None,
             redirects_followed: 0,
+            closed_result: None,
             _slot: slot,
         })
     }
@@ -292,6 +297,43 @@ impl Call {
         tracing::debug!("call started");
         self.ctx.metrics.calls.started.inc();
         self.emit(EventKind::Started);
+        match gate(
+            self.number.schedule.as_ref(),
+            self.number.absent,
+            self.started_at_ms,
+        ) {
+            Gate::Open => {}
+            closed => {
+                let result = if closed == Gate::Absent {
+                    CallResult::Absent
+                } else {
+                    CallResult::OutOfHours
+                };
+                let action = self
+                    .number
+                    .schedule
+                    .as_ref()
+                    .map(|s| s.closed.clone())
+                    .unwrap_or_default();
+                tracing::info!(?closed, ?action, "number closed");
+                match action {
+                    ClosedAction::Reject => return self.give_up(result, 480),
+                    ClosedAction::Forward { destination } => {
+                        let ring_seconds = self
+                            .number
+                            .destinations
+                            .first()
+                            .map(|d| d.ring_seconds)
+                            .unwrap_or(30);
+                        self.redirect = Some(Destination {
+                            number: destination,
+                            ring_seconds,
+                        });
+                        self.closed_result = Some(result);
+                    }
+                }
+            }
+        }
         if self.number.destinations.is_empty() {
             // A callback number with no live lease: nobody to call back.
             tracing::info!("callback number is not leased");
@@ -407,7 +449,9 @@ impl Call {
     fn after_failure(&mut self, failure: Failure) {
         let trunks = self.dest_trunks.len();
         let has_next_trunk = self.trunk_pos + 1 < trunks;
-        let has_next_dest = self.dest_index + 1 < self.number.destinations.len();
+        // The closed-hours destination is the only one tried.
+        let has_next_dest =
+            self.closed_result.is_none() && self.dest_index + 1 < self.number.destinations.len();
         match next_step(failure, has_next_trunk, has_next_dest) {
             Step::NextTrunk => {
                 self.trunk_pos += 1;
@@ -426,7 +470,14 @@ impl Call {
 
     /// Ends an unanswered call with a final response to the caller.
     fn give_up(&mut self, result: CallResult, upstream: u16) {
-        self.result = result;
+        // An unanswered call to the closed-hours destination logs why it went there.
+        self.result = match (self.closed_result, result) {
+            (
+                Some(closed),
+                CallResult::Busy | CallResult::NoAnswer | CallResult::Failed | CallResult::Rejected,
+            ) => closed,
+            _ => result,
+        };
         self.upstream_code = upstream;
         let ep = self.ctx.endpoint.clone();
         self.a.respond(&ep, upstream, None);
@@ -879,6 +930,12 @@ impl Call {
             .unwrap_or(0);
         record.result = self.result;
         record.sip_code = self.upstream_code;
+        if let Some(closed) = self.closed_result {
+            // Answered by the closed-hours destination: the record still says why.
+            record
+                .tracking_params
+                .insert("closed".into(), closed.to_string());
+        }
         record.trunk = self
             .last_trunk
             .map(|t| self.ctx.routing.trunks[t].name.clone());

@@ -6,4 +6,5 @@ pub mod outcome;
 pub mod rate;
 pub mod redirect;
 pub mod routing;
+pub mod schedule;
 pub mod validity;
