@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use tsunagu_store::{
-    CallerIdMode, Destination, Ga4, Notify, NumberKind, RecordingSettings, Schedule,
+    CallerIdMode, Destination, Ga4, Notify, NumberKind, QueueSettings, RecordingSettings, Schedule,
     TrackingNumber, ValidityRule,
 };
 
@@ -43,6 +43,8 @@ struct NumberInput {
     schedule: Option<Schedule>,
     #[serde(default)]
     absent: bool,
+    #[serde(default)]
+    queue: Option<QueueSettings>,
 }
 
 #[derive(Deserialize)]
@@ -64,6 +66,8 @@ struct NumberPatch {
     schedule: Option<Option<Schedule>>,
     /// The absence switch (不在設定).
     absent: Option<bool>,
+    #[serde(default, deserialize_with = "present")]
+    queue: Option<Option<QueueSettings>>,
 }
 
 pub(crate) fn is_phone_number(s: &str) -> bool {
@@ -79,6 +83,17 @@ fn validate(n: &TrackingNumber) -> Result<(), ApiError> {
         ));
     }
     validate_forwarding(&n.destinations, &n.validity)?;
+    if let Some(q) = &n.queue {
+        if !(1..=1000).contains(&q.max_lines) {
+            return Err(ApiError::invalid("queue.max_lines", "must be 1 to 1000"));
+        }
+        if !(1..=3600).contains(&q.max_wait_seconds) {
+            return Err(ApiError::invalid(
+                "queue.max_wait_seconds",
+                "must be 1 to 3600",
+            ));
+        }
+    }
     if let Some(s) = &n.schedule {
         tsunagu_store::schedule::check_schedule(s).map_err(|(f, m)| ApiError::invalid(&f, m))?;
     }
@@ -158,6 +173,7 @@ fn view(n: &TrackingNumber) -> Value {
         "recording": n.recording,
         "schedule": n.schedule,
         "absent": n.absent,
+        "queue": n.queue,
         "created_at": rfc3339(n.created_at),
         "updated_at": rfc3339(n.updated_at),
     })
@@ -197,6 +213,7 @@ pub async fn create(
         recording: input.recording,
         schedule: input.schedule,
         absent: input.absent,
+        queue: input.queue,
         created_at: now,
         updated_at: now,
     };
@@ -286,6 +303,9 @@ pub async fn update(
     }
     if let Some(a) = patch.absent {
         n.absent = a;
+    }
+    if let Some(q) = patch.queue {
+        n.queue = q;
     }
     n.updated_at = now_ms();
     validate(&n)?;

@@ -272,6 +272,7 @@ pub async fn create(
             recording: input.recording,
             schedule: None,
             absent: false,
+            queue: None,
             created_at: now,
             updated_at: now,
         })

@@ -20,6 +20,7 @@ pub struct NodeContext {
     pub store: Arc<dyn tsunagu_store::Store>,
     pub recorder: tsunagu_media::Recorder,
     pub webhooks: crate::follow_up::hooks::WebhookCache,
+    pub lines: crate::lines::Lines,
     pub recordings_dir: std::path::PathBuf,
     pub metrics: Metrics,
     pub system_number: Option<String>,

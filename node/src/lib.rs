@@ -8,6 +8,7 @@ pub mod context;
 pub mod decide;
 pub mod directory;
 pub mod follow_up;
+pub mod lines;
 pub mod metrics;
 pub mod server;
 pub mod supervisor;

@@ -64,6 +64,9 @@ pub struct CallMetrics {
     pub trunk_calls: Family<TrunkDirectionLabel, Counter>,
     pub trunk_responses: Family<TrunkCodeLabel, Counter>,
     pub tls_reloads: Family<StatusLabel, Counter>,
+    pub queued: Counter,
+    pub queue_waiting: Gauge,
+    pub queue_wait_seconds: Histogram,
 }
 
 impl Default for CallMetrics {
@@ -96,6 +99,9 @@ impl Default for CallMetrics {
             trunk_calls: Family::default(),
             trunk_responses: Family::default(),
             tls_reloads: Family::default(),
+            queued: Counter::default(),
+            queue_waiting: Gauge::default(),
+            queue_wait_seconds: Histogram::new(time_buckets),
         }
     }
 }
@@ -275,6 +281,21 @@ impl Metrics {
             "tls_certificate_reloads",
             "Changes of the SIP TLS certificate files picked up (status ok) or refused (status failed: the old pair stays)",
             c.tls_reloads.clone(),
+        );
+        r.register(
+            "calls_queued",
+            "Calls that found every line of their number taken and waited in its queue",
+            c.queued.clone(),
+        );
+        r.register(
+            "queue_waiting",
+            "Calls waiting in number queues now",
+            c.queue_waiting.clone(),
+        );
+        r.register(
+            "queue_wait_seconds",
+            "How long queued calls waited before a line freed (timeouts and hang-ups not included)",
+            c.queue_wait_seconds.clone(),
         );
         r.register(
             "recordings_started",

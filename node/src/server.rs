@@ -257,6 +257,7 @@ pub async fn run(
         log: log.clone(),
         store: store.clone(),
         recorder: tsunagu_media::Recorder::start(),
+        lines: crate::lines::Lines::default(),
         webhooks,
         recordings_dir: recordings_dir.clone(),
         metrics: metrics.clone(),

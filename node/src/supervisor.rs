@@ -227,6 +227,7 @@ mod tests {
             trunk_up: vec![AtomicBool::new(true)],
             store: store.clone(),
             recorder: tsunagu_media::Recorder::start(),
+            lines: crate::lines::Lines::default(),
             webhooks: crate::follow_up::hooks::WebhookCache::load(store.clone()).unwrap(),
             recordings_dir: std::env::temp_dir(),
             routing,

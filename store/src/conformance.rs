@@ -112,6 +112,7 @@ pub fn sample_number(operator_id: &str, advertiser_id: &str) -> TrackingNumber {
         recording: None,
         schedule: None,
         absent: false,
+        queue: None,
         created_at: 1,
         updated_at: 1,
     }
@@ -419,6 +420,7 @@ pub fn sample_pool(
             recording: None,
             schedule: None,
             absent: false,
+            queue: None,
             ..sample_number(operator_id, advertiser_id)
         })
         .collect();

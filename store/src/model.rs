@@ -102,6 +102,9 @@ pub struct TrackingNumber {
     /// The manual absence switch (不在設定): calls are handled as when closed.
     #[serde(default)]
     pub absent: bool,
+    /// Call queuing (コールキューイング): a line limit and how long callers may wait.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<QueueSettings>,
     #[serde(default)]
     pub created_at: i64,
     #[serde(default)]
@@ -145,6 +148,15 @@ pub struct Notify {
     /// forwards to the caller while its lease lives.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub callback_pool_id: Option<String>,
+}
+
+/// At most `max_lines` calls of the number at once; others wait up to
+/// `max_wait_seconds` for a line, first come first served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueSettings {
+    pub max_lines: u32,
+    pub max_wait_seconds: u32,
 }
 
 /// A span of local time within a day, `HH:MM` to `HH:MM` (end excluded; `24:00` ok).

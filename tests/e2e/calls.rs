@@ -907,3 +907,74 @@ fn schedules_and_absence_refuse_or_forward_calls_when_closed() {
     assert_eq!(calls[3]["tracking_params"]["closed"], "out_of_hours");
     assert_eq!(calls[1]["destination_number"], "0311112222");
 }
+
+#[test]
+fn queued_callers_connect_in_turn_or_time_out() {
+    let ports = Ports::take();
+    let node = Node::start(ports, "127.0.0.1/32", "");
+    let (key, _) = node.provision("0501234567", DEST, "{}");
+    let bad = node.send(
+        "PATCH",
+        "/v1/numbers/0501234567",
+        Some(&key),
+        r#"{"queue": {"max_lines": 0, "max_wait_seconds": 5}}"#,
+    );
+    assert_eq!(
+        bad.json()["error"]["field"],
+        "queue.max_lines",
+        "{}",
+        bad.body
+    );
+    let set = node.send(
+        "PATCH",
+        "/v1/numbers/0501234567",
+        Some(&key),
+        r#"{"queue": {"max_lines": 1, "max_wait_seconds": 10}}"#,
+    );
+    assert_eq!(set.status, 200, "{}", set.body);
+    let uas = Uas::start("uas_answer.xml", ports, node.dir.path(), &[]);
+    // Three callers half a second apart on one line, each talking 1.5 s: the second
+    // and third wait (ringback) and connect in turn.
+    let run = uac("uac.xml", ports, "0501234567", 3, 2, &["-d", "1500"]);
+    assert_eq!((run.exit, run.successful), (0, 3), "{}", run.output);
+    assert_eq!(uas.messages().matches("INVITE sip:0311112222@").count(), 3);
+    let calls = node.wait_for_calls(&key, 3);
+    assert!(calls.iter().all(|c| c["result"] == "answered"), "{calls:?}");
+    // On one line the calls never overlapped: each answered after the previous ended.
+    let mut spans: Vec<(String, String)> = calls
+        .iter()
+        .map(|c| {
+            (
+                c["answered_at"].as_str().unwrap().to_string(),
+                c["ended_at"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    spans.sort();
+    for w in spans.windows(2) {
+        assert!(
+            w[1].0 >= w[0].1,
+            "a queued call was connected while the line was busy: {spans:?}"
+        );
+    }
+    assert_eq!(node.metric("tsunagu_calls_queued_total"), 2.0);
+    assert_eq!(node.metric("tsunagu_queue_wait_seconds_count"), 2.0);
+
+    // A wait longer than max_wait_seconds ends the call: 480, result queue_timeout.
+    node.send(
+        "PATCH",
+        "/v1/numbers/0501234567",
+        Some(&key),
+        r#"{"queue": {"max_lines": 1, "max_wait_seconds": 1}}"#,
+    );
+    let run = uac("uac.xml", ports, "0501234567", 2, 10, &["-d", "3000"]);
+    assert_eq!((run.successful, run.failed), (1, 1), "{}", run.output);
+    let calls = node.wait_for_calls(&key, 5);
+    let timed_out: Vec<_> = calls
+        .iter()
+        .filter(|c| c["result"] == "queue_timeout")
+        .collect();
+    assert_eq!(timed_out.len(), 1, "{calls:?}");
+    assert_eq!(timed_out[0]["sip_code"], 480);
+    assert_eq!(node.metric("tsunagu_queue_waiting"), 0.0);
+}

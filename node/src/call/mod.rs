@@ -15,6 +15,7 @@ use crate::decide::outcome::{next_step, Failure, Step};
 use crate::decide::redirect::redirect_target;
 use crate::decide::schedule::{gate, Gate};
 use crate::follow_up::plan::{CallEvent, EventKind};
+use crate::lines::{LineGuard, Waiter};
 use crate::metrics::{ResultLabel, StatusLabel, TrunkCodeLabel, TrunkDirectionLabel};
 use legs::{ALeg, BLeg, Outbound};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
@@ -36,9 +37,22 @@ pub enum CallMsg {
     Sip(Box<SipEvent>),
     RingTimeout(u32),
     EndGuard,
+    /// A queued call's line is now its own (see [`crate::lines`]).
+    LineFree,
+    /// A queued call waited `max_wait_seconds`.
+    QueueTimeout,
     /// Test hook: makes the actor panic, to exercise supervision.
     #[cfg(test)]
     Crash,
+}
+
+/// Wakes a queued call when a line is its own.
+struct QueueWaiter(ActorRef<CallMsg>);
+
+impl Waiter for QueueWaiter {
+    fn take_line(&self) -> bool {
+        self.0.send_message(CallMsg::LineFree).is_ok()
+    }
 }
 
 /// Delivers SIP events into a call actor's mailbox.
@@ -164,6 +178,10 @@ pub struct Call {
     /// Set when the call went to the closed-hours destination instead: the result an
     /// unanswered call logs (`out_of_hours` or `absent`).
     closed_result: Option<CallResult>,
+    /// The line this call holds (numbers with a queue), released when the call ends.
+    line: Option<LineGuard>,
+    /// While queued: the ticket and since when.
+    queued: Option<(u64, Instant)>,
     _slot: CallSlot,
 }
 
@@ -253,6 +271,8 @@ impl Actor for CallActor {
             redirect: None,
             redirects_followed: 0,
             closed_result: None,
+            line: None,
+            queued: None,
             _slot: slot,
         })
     }
@@ -278,6 +298,8 @@ impl Actor for CallActor {
                     call.finish();
                 }
             }
+            CallMsg::LineFree => call.line_free(),
+            CallMsg::QueueTimeout => call.queue_timeout(),
             #[cfg(test)]
             CallMsg::Crash => panic!("test-induced call actor panic"),
         });
@@ -339,6 +361,84 @@ impl Call {
             tracing::info!("callback number is not leased");
             return self.give_up(CallResult::Failed, 404);
         }
+        if let Some(q) = self.number.queue {
+            let waiter = Arc::new(QueueWaiter(self.me.clone()));
+            match self.ctx.lines.ask(&self.number.number, q.max_lines, waiter) {
+                Ok(line) => self.line = Some(line),
+                Err((ticket, position)) => {
+                    // Every line is taken: wait, hearing ringback, for one to free.
+                    tracing::info!(position, "queued");
+                    self.queued = Some((ticket, Instant::now()));
+                    let m = &self.ctx.metrics.calls;
+                    m.queued.inc();
+                    m.queue_waiting.set(self.ctx.lines.waiting() as i64);
+                    let ep = self.ctx.endpoint.clone();
+                    self.a.respond(&ep, 180, None);
+                    self.me
+                        .send_after(Duration::from_secs(u64::from(q.max_wait_seconds)), || {
+                            CallMsg::QueueTimeout
+                        });
+                    return;
+                }
+            }
+        }
+        self.forward();
+    }
+
+    /// A queued call's turn came: take the line and forward the call.
+    fn line_free(&mut self) {
+        let line = self.ctx.lines.guard(&self.number.number);
+        let Some((_, since)) = self.queued.take() else {
+            return; // not waiting (any more): dropping the guard passes the line on
+        };
+        let m = &self.ctx.metrics.calls;
+        m.queue_wait_seconds.observe(since.elapsed().as_secs_f64());
+        m.queue_waiting.set(self.ctx.lines.waiting() as i64);
+        if self.phase != Phase::Trying {
+            return;
+        }
+        tracing::info!(
+            waited_ms = since.elapsed().as_millis() as u64,
+            "line free; forwarding"
+        );
+        self.line = Some(line);
+        self.forward();
+    }
+
+    fn queue_timeout(&mut self) {
+        let Some((ticket, _)) = self.queued else {
+            return;
+        };
+        if !self.ctx.lines.leave(&self.number.number, ticket) {
+            return; // a line was passed to us just now: LineFree is on its way
+        }
+        self.queued = None;
+        self.ctx
+            .metrics
+            .calls
+            .queue_waiting
+            .set(self.ctx.lines.waiting() as i64);
+        tracing::info!("queue wait ran out");
+        self.give_up(CallResult::QueueTimeout, 480);
+    }
+
+    /// Leaves the queue if waiting (the caller hung up).
+    fn leave_queue(&mut self) {
+        if let Some((ticket, _)) = self.queued {
+            if self.ctx.lines.leave(&self.number.number, ticket) {
+                self.queued = None;
+            }
+            // Otherwise LineFree is on its way; it finds the call over and passes the line on.
+            self.ctx
+                .metrics
+                .calls
+                .queue_waiting
+                .set(self.ctx.lines.waiting() as i64);
+        }
+    }
+
+    /// Anchors media and sends the first forwarding attempt.
+    fn forward(&mut self) {
         let relay = match (self.ctx.ports.allocate(), self.ctx.ports.allocate()) {
             (Ok(a), Ok(b)) => Relay::start(a, b, self.ctx.metrics.media.clone()),
             _ => {
@@ -556,6 +656,7 @@ impl Call {
             return; // too late: already answered or ending
         }
         tracing::debug!("caller cancelled");
+        self.leave_queue();
         self.result = CallResult::Cancelled;
         self.upstream_code = 487;
         let ep = self.ctx.endpoint.clone();
@@ -911,6 +1012,8 @@ impl Call {
             return;
         }
         self.phase = Phase::Done;
+        self.line = None; // the next queued caller of this number may go
+        self.leave_queue();
         let ended = Instant::now();
         let ring_end = self.answered.map(|(t, _)| t).unwrap_or(ended);
         let mut record = base_record(
