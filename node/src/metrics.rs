@@ -142,6 +142,17 @@ impl Default for FollowUpMetrics {
 }
 
 impl FollowUpMetrics {
+    /// Creates every kind's series at zero, so dashboards and alerts see them from the
+    /// start (a labelled family without samples is not exported at all).
+    pub fn touch(&self) {
+        for kind in ["webhook", "ga4", "email", "sms"] {
+            let l = KindLabel { kind };
+            self.delivered.get_or_create(&l);
+            self.failures.get_or_create(&l);
+            self.given_up.get_or_create(&l);
+        }
+    }
+
     fn register(&self, r: &mut Registry) {
         r.register(
             "follow_ups_delivered",
@@ -197,6 +208,27 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Series that exist from the start at zero (see [`FollowUpMetrics::touch`]).
+    pub fn touch(&self, trunks: &[String]) {
+        self.follow_ups.touch();
+        for status in ["complete", "truncated", "missing"] {
+            self.calls.recordings.get_or_create(&StatusLabel { status });
+        }
+        for status in ["ok", "failed"] {
+            self.calls
+                .tls_reloads
+                .get_or_create(&StatusLabel { status });
+        }
+        for trunk in trunks {
+            for direction in ["inbound", "outbound"] {
+                self.calls.trunk_calls.get_or_create(&TrunkDirectionLabel {
+                    trunk: trunk.clone(),
+                    direction,
+                });
+            }
+        }
+    }
+
     pub fn registry(&self) -> Registry {
         let mut r = Registry::with_prefix("tsunagu");
         let c = &self.calls;

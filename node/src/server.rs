@@ -158,6 +158,13 @@ pub async fn run(
     let token = admin_token(&config)?;
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&store_path(&config))?);
     let metrics = Metrics::default();
+    metrics.touch(
+        &config
+            .trunks
+            .iter()
+            .map(|t| t.name.clone())
+            .collect::<Vec<_>>(),
+    );
     let directory = Directory::load(store.clone())?;
     let wake = Arc::new(tokio::sync::Notify::new());
     let webhooks = WebhookCache::load(store.clone())?;
