@@ -81,9 +81,12 @@ pub trait Waiter: Send + Sync {
 }
 
 /// The node's lines: the table and the waiters to wake.
+/// The table and, by ticket, the waiters to wake.
+type Shared = (LineTable, HashMap<u64, Arc<dyn Waiter>>);
+
 #[derive(Clone, Default)]
 pub struct Lines {
-    inner: Arc<Mutex<(LineTable, HashMap<u64, Arc<dyn Waiter>>)>>,
+    inner: Arc<Mutex<Shared>>,
     next_id: Arc<std::sync::atomic::AtomicU64>,
 }
 

@@ -147,9 +147,9 @@ impl FollowUpMetrics {
     pub fn touch(&self) {
         for kind in ["webhook", "ga4", "email", "sms"] {
             let l = KindLabel { kind };
-            self.delivered.get_or_create(&l);
-            self.failures.get_or_create(&l);
-            self.given_up.get_or_create(&l);
+            drop(self.delivered.get_or_create(&l));
+            drop(self.failures.get_or_create(&l));
+            drop(self.given_up.get_or_create(&l));
         }
     }
 
@@ -212,19 +212,21 @@ impl Metrics {
     pub fn touch(&self, trunks: &[String]) {
         self.follow_ups.touch();
         for status in ["complete", "truncated", "missing"] {
-            self.calls.recordings.get_or_create(&StatusLabel { status });
+            drop(self.calls.recordings.get_or_create(&StatusLabel { status }));
         }
         for status in ["ok", "failed"] {
-            self.calls
-                .tls_reloads
-                .get_or_create(&StatusLabel { status });
+            drop(
+                self.calls
+                    .tls_reloads
+                    .get_or_create(&StatusLabel { status }),
+            );
         }
         for trunk in trunks {
             for direction in ["inbound", "outbound"] {
-                self.calls.trunk_calls.get_or_create(&TrunkDirectionLabel {
+                drop(self.calls.trunk_calls.get_or_create(&TrunkDirectionLabel {
                     trunk: trunk.clone(),
                     direction,
-                });
+                }));
             }
         }
     }

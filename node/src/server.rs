@@ -105,11 +105,6 @@ impl LateHandler {
     }
 }
 
-#[cfg(test)]
-pub(crate) mod tests_support {
-    pub(crate) use super::LateHandler;
-}
-
 impl InviteHandler for LateHandler {
     fn on_invite(&self, invite: NewInvite) -> Result<(), (Reject, NewInvite)> {
         match self.0.get() {
@@ -402,4 +397,9 @@ fn print_banner(
             println!("  trunk `{}`: forwarded legs go to {o}", t.name);
         }
     }
+}
+
+#[cfg(test)]
+pub(crate) mod tests_support {
+    pub(crate) use super::LateHandler;
 }

@@ -52,7 +52,7 @@ pub fn open_at(schedule: &Schedule, at_ms: i64) -> bool {
     if let Some(e) = schedule.exceptions.iter().find(|e| e.date == iso) {
         return in_spans(&e.hours, minute);
     }
-    if schedule.holidays.iter().any(|h| *h == iso) {
+    if schedule.holidays.contains(&iso) {
         return false;
     }
     schedule
