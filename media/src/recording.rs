@@ -25,12 +25,17 @@ pub enum RecordMode {
 }
 
 impl RecordMode {
-    pub fn channels(self) -> u16 {
-        if self == RecordMode::Both {
-            2
-        } else {
-            1
+    /// The tracks recorded, in channel order (index 0 = caller, 1 = callee).
+    fn tracks(self) -> &'static [usize] {
+        match self {
+            RecordMode::Both => &[0, 1],
+            RecordMode::Caller => &[0],
+            RecordMode::Callee => &[1],
         }
+    }
+
+    pub fn channels(self) -> u16 {
+        self.tracks().len() as u16
     }
 }
 
@@ -80,14 +85,6 @@ impl Mixer {
         }
     }
 
-    fn records(&self, side: Side) -> bool {
-        match self.mode {
-            RecordMode::Both => true,
-            RecordMode::Caller => side == Side::A,
-            RecordMode::Callee => side == Side::B,
-        }
-    }
-
     /// One RTP packet from `side`'s far end, at `now` samples since recording began.
     pub fn push(
         &mut self,
@@ -98,7 +95,7 @@ impl Mixer {
         payload: &[u8],
         now: u64,
     ) {
-        if !self.records(side) {
+        if !self.mode.tracks().contains(&index(side)) {
             return;
         }
         self.scratch.clear();
@@ -163,14 +160,10 @@ impl Mixer {
             return Vec::new();
         }
         let n = (target - self.emitted) as usize;
-        let mut out = Vec::with_capacity(n * usize::from(self.mode.channels()));
-        let sides: &[usize] = match self.mode {
-            RecordMode::Both => &[0, 1],
-            RecordMode::Caller => &[0],
-            RecordMode::Callee => &[1],
-        };
+        let tracks = self.mode.tracks();
+        let mut out = Vec::with_capacity(n * tracks.len());
         for _ in 0..n {
-            for &s in sides {
+            for &s in tracks {
                 out.push(self.tracks[s].buf.pop_front().unwrap_or(0));
             }
         }
@@ -195,19 +188,11 @@ enum Msg {
     Close(u64, Option<OnClosed>),
 }
 
-/// Counters of the recorder thread.
-#[derive(Debug, Default)]
-pub struct RecorderStats {
-    pub open: AtomicU64,
-    pub bytes: AtomicU64,
-}
-
 /// Handle to the recorder thread.
 #[derive(Clone)]
 pub struct Recorder {
     tx: mpsc::Sender<Msg>,
     next: std::sync::Arc<AtomicU64>,
-    pub stats: std::sync::Arc<RecorderStats>,
 }
 
 /// One open recording; closed by [`Sink::close`] or, without a callback, on drop.
@@ -220,16 +205,13 @@ pub struct Sink {
 impl Recorder {
     pub fn start() -> Recorder {
         let (tx, rx) = mpsc::channel();
-        let stats = std::sync::Arc::new(RecorderStats::default());
-        let s = stats.clone();
         std::thread::Builder::new()
             .name("recorder".into())
-            .spawn(move || run(rx, s))
+            .spawn(move || run(rx))
             .expect("spawn recorder thread");
         Recorder {
             tx,
             next: std::sync::Arc::new(AtomicU64::new(1)),
-            stats,
         }
     }
 
@@ -279,7 +261,7 @@ struct Open {
     error: Option<String>,
 }
 
-fn run(rx: mpsc::Receiver<Msg>, stats: std::sync::Arc<RecorderStats>) {
+fn run(rx: mpsc::Receiver<Msg>) {
     let mut files: HashMap<u64, Open> = HashMap::new();
     while let Ok(msg) = rx.recv() {
         match msg {
@@ -297,7 +279,6 @@ fn run(rx: mpsc::Receiver<Msg>, stats: std::sync::Arc<RecorderStats>) {
                         }
                     }
                 };
-                stats.open.fetch_add(1, Ordering::Relaxed);
                 files.insert(id, open);
             }
             Msg::Append(id, samples) => {
@@ -308,22 +289,14 @@ fn run(rx: mpsc::Receiver<Msg>, stats: std::sync::Arc<RecorderStats>) {
                     continue; // keep what was written; do not write past a hole
                 }
                 if let Some(f) = o.file.as_mut() {
-                    match f.append(&samples) {
-                        Ok(()) => {
-                            stats
-                                .bytes
-                                .fetch_add(samples.len() as u64 * 2, Ordering::Relaxed);
-                        }
-                        Err(e) => {
-                            tracing::warn!(%e, "recording write failed");
-                            o.error = Some(format!("write failed: {e}"));
-                        }
+                    if let Err(e) = f.append(&samples) {
+                        tracing::warn!(%e, "recording write failed");
+                        o.error = Some(format!("write failed: {e}"));
                     }
                 }
             }
             Msg::Close(id, done) => {
                 let Some(o) = files.remove(&id) else { continue };
-                stats.open.fetch_sub(1, Ordering::Relaxed);
                 let outcome = Outcome {
                     seconds: o.file.as_ref().map(|f| f.seconds()).unwrap_or(0.0),
                     error: o.error,

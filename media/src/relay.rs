@@ -372,20 +372,28 @@ mod tests {
         p
     }
 
-    #[tokio::test]
-    async fn relays_both_ways_with_latching() {
-        let pool = PortPool::new(
+    fn pool(first: u16) -> Arc<PortPool> {
+        PortPool::new(
             "127.0.0.1".parse().unwrap(),
-            41200,
-            41210,
+            first,
+            first + 10,
             65536,
             MediaMetrics::default(),
-        );
-        let relay = Relay::start(
+        )
+    }
+
+    fn relay_from(pool: &Arc<PortPool>) -> Relay {
+        Relay::start(
             pool.allocate().unwrap(),
             pool.allocate().unwrap(),
             MediaMetrics::default(),
-        );
+        )
+    }
+
+    #[tokio::test]
+    async fn relays_both_ways_with_latching() {
+        let pool = pool(41200);
+        let relay = relay_from(&pool);
         let caller = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let callee = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         // The callee's SDP names its address; the caller is learned by latching.
@@ -426,18 +434,8 @@ mod tests {
 
     #[tokio::test]
     async fn records_both_sides_until_stopped() {
-        let pool = PortPool::new(
-            "127.0.0.1".parse().unwrap(),
-            41220,
-            41230,
-            65536,
-            MediaMetrics::default(),
-        );
-        let relay = Relay::start(
-            pool.allocate().unwrap(),
-            pool.allocate().unwrap(),
-            MediaMetrics::default(),
-        );
+        let pool = pool(41220);
+        let relay = relay_from(&pool);
         let caller = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let callee = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         relay.set_remote(Side::A, caller.local_addr().unwrap());
@@ -479,12 +477,8 @@ mod tests {
         );
         drop(relay);
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let gone = Relay::start(
-            pool.allocate().unwrap(),
-            pool.allocate().unwrap(),
-            MediaMetrics::default(),
-        );
-        gone.stop_recording(Box::new(move |o| {
+        let not_recording = relay_from(&pool);
+        not_recording.stop_recording(Box::new(move |o| {
             let _ = tx.send(o);
         }));
         assert!(
