@@ -7,6 +7,7 @@
 //! The same writer queues the call's follow-ups (webhook events, notices, GA4) into the
 //! store's outbox, in the transaction that stores the record.
 
+use crate::call::now_ms;
 use crate::decide::validity::{judge, Facts};
 use crate::follow_up::hooks::WebhookCache;
 use crate::follow_up::plan::{callback_pool, CallEvent, Planner};
@@ -219,10 +220,6 @@ fn lease_callback(
     };
     counter.inc();
     Ok(lease.map(|l| l.number))
-}
-
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
 }
 
 /// Completes each record before it is stored: the lease's tracking parameters for pool

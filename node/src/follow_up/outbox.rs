@@ -4,6 +4,7 @@
 //! New rows wake it at once; retries are found by a one-second poll.
 
 use super::deliver::{Deliverer, Failure};
+use crate::call::now_ms;
 use crate::metrics::{FollowUpMetrics, KindLabel};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,30 +33,37 @@ pub struct Worker {
     pub wake: Arc<Notify>,
 }
 
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
-
 impl Worker {
     /// Runs until `stop` turns true. Rows in flight at that moment are finished first.
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
         let this = Arc::new(self);
+        // The gauges count the whole outbox: refreshed once per poll interval, not per
+        // batch (a backlog would otherwise be counted again every 32 rows).
+        let mut counted: Option<Instant> = None;
         loop {
             if *stop.borrow() {
                 return;
             }
             let store = this.store.clone();
             let claim_ms = this.claim.as_millis() as i64;
+            let count = counted.is_none_or(|t| t.elapsed() >= POLL);
             let claimed = tokio::task::spawn_blocking(move || {
                 let claimed = store.claim_follow_ups(now_ms(), BATCH, claim_ms)?;
-                let counts = store.follow_up_counts()?;
+                let counts = if count {
+                    Some(store.follow_up_counts()?)
+                } else {
+                    None
+                };
                 Ok::<_, tsunagu_store::StoreError>((claimed, counts))
             })
             .await;
             let batch = match claimed {
-                Ok(Ok((batch, (pending, dead)))) => {
-                    this.metrics.pending.set(pending as i64);
-                    this.metrics.dead.set(dead as i64);
+                Ok(Ok((batch, counts))) => {
+                    if let Some((pending, dead)) = counts {
+                        this.metrics.pending.set(pending as i64);
+                        this.metrics.dead.set(dead as i64);
+                        counted = Some(Instant::now());
+                    }
                     batch
                 }
                 Ok(Err(e)) => {
@@ -67,19 +75,17 @@ impl Worker {
                     Vec::new()
                 }
             };
-            if batch.len() < BATCH {
-                // Let a short or empty batch go out, then wait for new rows or the poll.
-                let mut tasks = this.deliver_all(batch);
+            let full = batch.len() == BATCH;
+            let mut tasks = this.deliver_all(batch);
+            if !full {
+                // The outbox is drained for now: wait for new rows, a retry's time, or stop.
                 tokio::select! {
                     _ = this.wake.notified() => {}
                     _ = tokio::time::sleep(POLL) => {}
                     _ = stop.changed() => {}
                 }
-                while tasks.join_next().await.is_some() {}
-            } else {
-                let mut tasks = this.deliver_all(batch);
-                while tasks.join_next().await.is_some() {}
             }
+            while tasks.join_next().await.is_some() {}
         }
     }
 
