@@ -17,7 +17,8 @@ use std::time::{Duration, SystemTime};
 use tsunagu_config::SipTlsConfig;
 use tsunagu_sip::TlsSetup;
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+/// The crypto provider of every TLS use of the node (ring: a smaller build than aws-lc).
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
@@ -75,6 +76,17 @@ fn roots(file: &Path, what: &str) -> Result<RootCertStore, String> {
         return Err(format!("{what} {}: no certificate", file.display()));
     }
     Ok(roots)
+}
+
+/// Mozilla's roots and, if given, the CAs in a PEM file (`what` names it in errors).
+pub fn trusted_roots(ca_file: Option<&Path>, what: &str) -> Result<RootCertStore, String> {
+    let mut trusted = RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    if let Some(file) = ca_file {
+        trusted.roots.extend(roots(file, what)?.roots);
+    }
+    Ok(trusted)
 }
 
 impl CertStore {
@@ -145,12 +157,7 @@ pub fn setup(cfg: &SipTlsConfig) -> Result<(TlsSetup, Arc<CertStore>), String> {
         None => server.with_no_client_auth(),
     }
     .with_cert_resolver(store.clone());
-    let mut trunk_roots = RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
-    if let Some(file) = &cfg.ca_file {
-        trunk_roots.roots.extend(roots(file, "ca_file")?.roots);
-    }
+    let trunk_roots = trusted_roots(cfg.ca_file.as_deref(), "ca_file")?;
     let client = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(versions)?

@@ -76,17 +76,8 @@ impl Deliverer {
                 Some((b.build(), from))
             }
         };
-        let extra = match &cfg.ca_file {
-            Some(path) => Some(
-                std::fs::read(path)
-                    .map_err(|e| format!("notify.ca_file {}: {e}", path.display()))?,
-            ),
-            None => None,
-        };
-        let http = Client::new(timeout, extra.as_deref()).map_err(|e| {
-            let file = cfg.ca_file.as_deref().unwrap_or(std::path::Path::new(""));
-            format!("notify.ca_file {}: {e}", file.display())
-        })?;
+        let roots = crate::tls::trusted_roots(cfg.ca_file.as_deref(), "notify.ca_file")?;
+        let http = Client::new(timeout, roots);
         Ok(Deliverer {
             store,
             http,

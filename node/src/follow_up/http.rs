@@ -96,36 +96,17 @@ pub struct Client {
 }
 
 impl Client {
-    /// A client trusting Mozilla's roots and `extra_roots` (PEM text of CA certificates).
-    pub fn new(timeout: Duration, extra_roots: Option<&[u8]>) -> Result<Client, String> {
-        use rustls::pki_types::pem::PemObject;
-        let mut roots = rustls::RootCertStore {
-            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-        };
-        if let Some(pem) = extra_roots {
-            let mut added = 0;
-            for cert in rustls::pki_types::CertificateDer::pem_slice_iter(pem) {
-                let cert = cert.map_err(|e| format!("not a PEM certificate: {e}"))?;
-                roots
-                    .add(cert)
-                    .map_err(|e| format!("not a usable CA certificate: {e}"))?;
-                added += 1;
-            }
-            if added == 0 {
-                return Err("holds no certificate".into());
-            }
-        }
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .expect("ring supports the default TLS versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        Ok(Client {
+    /// A client verifying servers against `roots` (see [`crate::tls::trusted_roots`]).
+    pub fn new(timeout: Duration, roots: rustls::RootCertStore) -> Client {
+        let config = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+            .with_safe_default_protocol_versions()
+            .expect("ring supports the default TLS versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Client {
             tls: tokio_rustls::TlsConnector::from(Arc::new(config)),
             timeout,
-        })
+        }
     }
 
     /// POSTs `body` and returns the response's status code.
