@@ -59,13 +59,19 @@ pub fn subscribed(hook: &Webhook, event: &str) -> bool {
     hook.events.is_empty() || hook.events.iter().any(|e| e == event)
 }
 
+/// One item per webhook subscribed to `event`. `data` is built only if one is: most
+/// calls of most operators have none, and this runs for every call.
 fn webhook_items(
     hooks: &[Webhook],
     event: &str,
-    id: String,
+    id: impl FnOnce() -> String,
     at_ms: i64,
-    data: serde_json::Value,
+    data: impl FnOnce() -> serde_json::Value,
 ) -> Vec<NewFollowUp> {
+    if !hooks.iter().any(|h| subscribed(h, event)) {
+        return Vec::new();
+    }
+    let (id, data) = (id(), data());
     let body = serde_json::json!({
         "id": id,
         "type": event,
@@ -103,16 +109,18 @@ pub fn callback_pool<'a>(r: &CallRecord, n: &'a TrackingNumber) -> Option<&'a st
 impl Planner {
     pub fn for_event(&self, e: &CallEvent, hooks: &[Webhook]) -> Vec<NewFollowUp> {
         let event = e.kind.name();
-        let data = serde_json::json!({
-            "call_id": e.call_id,
-            "advertiser_id": e.advertiser_id,
-            "tracking_number": e.tracking_number,
-            "caller_number": e.caller_number,
-            "caller_kind": e.caller_kind,
-            "destination_number": e.destination,
-            "at": tsunagu_api::rfc3339(e.at_ms),
-        });
-        let id = format!("evt_{}_{}", e.call_id, event.trim_start_matches("call."));
+        let data = || {
+            serde_json::json!({
+                "call_id": e.call_id,
+                "advertiser_id": e.advertiser_id,
+                "tracking_number": e.tracking_number,
+                "caller_number": e.caller_number,
+                "caller_kind": e.caller_kind,
+                "destination_number": e.destination,
+                "at": tsunagu_api::rfc3339(e.at_ms),
+            })
+        };
+        let id = || format!("evt_{}_{}", e.call_id, event.trim_start_matches("call."));
         webhook_items(hooks, event, id, e.at_ms, data)
     }
 
@@ -128,22 +136,24 @@ impl Planner {
         let mut out = webhook_items(
             hooks,
             "call.ended",
-            format!("evt_{}_ended", r.call_id),
+            || format!("evt_{}_ended", r.call_id),
             r.ended_at,
-            tsunagu_api::call_json(r),
+            || tsunagu_api::call_json(r),
         );
         if let (Some(_), Some(status)) = (&r.recording, r.recording_status) {
             if status != RecordingStatus::Missing {
-                let data = serde_json::json!({
-                    "call_id": r.call_id,
-                    "tracking_number": r.tracking_number,
-                    "status": status,
-                    "url": format!("/v1/calls/{}/recording", r.call_id),
-                });
+                let data = || {
+                    serde_json::json!({
+                        "call_id": r.call_id,
+                        "tracking_number": r.tracking_number,
+                        "status": status,
+                        "url": format!("/v1/calls/{}/recording", r.call_id),
+                    })
+                };
                 out.extend(webhook_items(
                     hooks,
                     "recording.ready",
-                    format!("evt_{}_recording", r.call_id),
+                    || format!("evt_{}_recording", r.call_id),
                     r.ended_at,
                     data,
                 ));
