@@ -9,7 +9,7 @@ use crate::context::NodeContext;
 use crate::decide::caller::normalize;
 use crate::decide::rate::TokenBucket;
 use crate::directory::Directory;
-use crate::metrics::{RejectLabel, TrunkDirectionLabel, TrunkLabel};
+use crate::metrics::{RejectLabel, TrunkLabel};
 use crate::supervisor::SupervisorMsg;
 use ractor::ActorRef;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -130,14 +130,7 @@ impl InviteHandler for Admission {
                 None => return self.refuse(503, "trunk_cps", invite),
             }
         }
-        ctx.metrics
-            .calls
-            .trunk_calls
-            .get_or_create(&TrunkDirectionLabel {
-                trunk: t.name.clone(),
-                direction: "inbound",
-            })
-            .inc();
+        ctx.trunk_counters[trunk].inbound.inc();
         let args = CallArgs {
             ctx: ctx.clone(),
             caller: identify_caller(&invite.request, t.trusted),

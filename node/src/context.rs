@@ -31,6 +31,8 @@ pub struct NodeContext {
     pub active: AtomicUsize,
     /// Calls open per trunk (index as in `routing.trunks`).
     pub trunk_channels: Vec<AtomicU32>,
+    /// Calls counted per trunk (index as in `routing.trunks`).
+    pub trunk_counters: Vec<crate::metrics::TrunkCounters>,
     /// Whether each trunk answers its OPTIONS keepalives (always true without them).
     pub trunk_up: Vec<AtomicBool>,
     pub draining: AtomicBool,

@@ -8,6 +8,7 @@
 //! [`LineGuard`] released on drop, so a crashed call frees its line; a waiter whose
 //! actor died is skipped when its turn comes.
 
+use prometheus_client::metrics::gauge::Gauge;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
@@ -88,6 +89,8 @@ type Shared = (LineTable, HashMap<u64, Arc<dyn Waiter>>);
 pub struct Lines {
     inner: Arc<Mutex<Shared>>,
     next_id: Arc<std::sync::atomic::AtomicU64>,
+    /// Calls waiting in all queues, kept current by every change.
+    waiting: Gauge,
 }
 
 /// A held line of `key`; dropping it passes the line on.
@@ -103,6 +106,18 @@ impl Drop for LineGuard {
 }
 
 impl Lines {
+    /// Lines that report the number of waiting calls to `waiting`.
+    pub fn new(waiting: Gauge) -> Lines {
+        Lines {
+            waiting,
+            ..Lines::default()
+        }
+    }
+
+    fn count_waiting(&self, table: &LineTable) {
+        self.waiting.set(table.waiting() as i64);
+    }
+
     /// Asks for a line of `key`: the guard at once, or a queue ticket (the waiter's
     /// `take_line` is called when the line is its own; it then calls [`Lines::guard`]).
     pub fn ask(
@@ -119,6 +134,7 @@ impl Lines {
             Ask::Granted => Ok(self.guard(key)),
             Ask::Queued(position) => {
                 inner.1.insert(id, waiter);
+                self.count_waiting(&inner.0);
                 Err((id, position))
             }
         }
@@ -137,14 +153,18 @@ impl Lines {
     pub fn leave(&self, key: &str, ticket: u64) -> bool {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         inner.1.remove(&ticket);
-        inner.0.leave(key, ticket)
+        let left = inner.0.leave(key, ticket);
+        self.count_waiting(&inner.0);
+        left
     }
 
     fn release(&self, key: &str) {
         loop {
             let next = {
                 let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-                match inner.0.release(key) {
+                let next = inner.0.release(key);
+                self.count_waiting(&inner.0);
+                match next {
                     Some(id) => inner.1.remove(&id),
                     None => return,
                 }
@@ -218,6 +238,7 @@ mod tests {
         let alive = Arc::new(Flag(Default::default(), true));
         assert!(lines.ask("n", 1, gone.clone()).is_err());
         assert!(lines.ask("n", 1, alive.clone()).is_err());
+        assert_eq!(lines.waiting.get(), 2, "the gauge follows the queue");
         drop(first);
         assert!(
             gone.0.load(std::sync::atomic::Ordering::SeqCst),
@@ -227,7 +248,7 @@ mod tests {
             alive.0.load(std::sync::atomic::Ordering::SeqCst),
             "then to the next one"
         );
-        assert_eq!(lines.waiting(), 0);
+        assert_eq!(lines.waiting.get(), 0);
         drop(lines.guard("n"));
         assert!(
             lines

@@ -197,6 +197,13 @@ impl FollowUpMetrics {
     }
 }
 
+/// Calls admitted from a trunk and forwarding attempts sent to it.
+#[derive(Clone)]
+pub struct TrunkCounters {
+    pub inbound: Counter,
+    pub outbound: Counter,
+}
+
 /// All metric groups of a node.
 #[derive(Clone, Default)]
 pub struct Metrics {
@@ -209,7 +216,7 @@ pub struct Metrics {
 
 impl Metrics {
     /// Series that exist from the start at zero (see [`FollowUpMetrics::touch`]).
-    pub fn touch(&self, trunks: &[String]) {
+    pub fn touch(&self) {
         self.follow_ups.touch();
         for status in ["complete", "truncated", "missing"] {
             drop(self.calls.recordings.get_or_create(&StatusLabel { status }));
@@ -221,14 +228,27 @@ impl Metrics {
                     .get_or_create(&StatusLabel { status }),
             );
         }
-        for trunk in trunks {
-            for direction in ["inbound", "outbound"] {
-                drop(self.calls.trunk_calls.get_or_create(&TrunkDirectionLabel {
-                    trunk: trunk.clone(),
+    }
+
+    /// Each trunk's call counters, looked up once here so the call path counts without
+    /// building a label (a String) or locking the family per call.
+    pub fn trunk_counters(&self, trunks: &[String]) -> Vec<TrunkCounters> {
+        let counter = |trunk: &str, direction| {
+            self.calls
+                .trunk_calls
+                .get_or_create(&TrunkDirectionLabel {
+                    trunk: trunk.to_string(),
                     direction,
-                }));
-            }
-        }
+                })
+                .clone()
+        };
+        trunks
+            .iter()
+            .map(|t| TrunkCounters {
+                inbound: counter(t, "inbound"),
+                outbound: counter(t, "outbound"),
+            })
+            .collect()
     }
 
     pub fn registry(&self) -> Registry {

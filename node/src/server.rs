@@ -153,13 +153,7 @@ pub async fn run(
     let token = admin_token(&config)?;
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&store_path(&config))?);
     let metrics = Metrics::default();
-    metrics.touch(
-        &config
-            .trunks
-            .iter()
-            .map(|t| t.name.clone())
-            .collect::<Vec<_>>(),
-    );
+    metrics.touch();
     let directory = Directory::load(store.clone())?;
     let wake = Arc::new(tokio::sync::Notify::new());
     let webhooks = WebhookCache::load(store.clone())?;
@@ -250,6 +244,13 @@ pub async fn run(
         endpoint: endpoint.clone(),
         ports,
         trunk_channels: routing.trunks.iter().map(|_| AtomicU32::new(0)).collect(),
+        trunk_counters: metrics.trunk_counters(
+            &routing
+                .trunks
+                .iter()
+                .map(|t| t.name.clone())
+                .collect::<Vec<_>>(),
+        ),
         trunk_up: routing
             .trunks
             .iter()
@@ -259,7 +260,7 @@ pub async fn run(
         log: log.clone(),
         store: store.clone(),
         recorder: tsunagu_media::Recorder::start(),
-        lines: crate::lines::Lines::default(),
+        lines: crate::lines::Lines::new(metrics.calls.queue_waiting.clone()),
         webhooks,
         recordings_dir: recordings_dir.clone(),
         metrics: metrics.clone(),

@@ -224,6 +224,7 @@ mod tests {
             endpoint: endpoint.clone(),
             ports,
             trunk_channels: vec![AtomicU32::new(0)],
+            trunk_counters: metrics.trunk_counters(&["t".to_string()]),
             trunk_up: vec![AtomicBool::new(true)],
             store: store.clone(),
             recorder: tsunagu_media::Recorder::start(),

@@ -16,7 +16,7 @@ use crate::decide::redirect::redirect_target;
 use crate::decide::schedule::{gate, Gate};
 use crate::follow_up::plan::{CallEvent, EventKind};
 use crate::lines::{LineGuard, Waiter};
-use crate::metrics::{ResultLabel, StatusLabel, TrunkCodeLabel, TrunkDirectionLabel};
+use crate::metrics::{ResultLabel, StatusLabel, TrunkCodeLabel};
 use legs::{ALeg, BLeg, Outbound};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -341,16 +341,20 @@ impl Call {
                 match action {
                     ClosedAction::Reject => return self.give_up(result, 480),
                     ClosedAction::Forward { destination } => {
+                        // The closed-hours destination is the only one tried.
                         let ring_seconds = self
                             .number
                             .destinations
                             .first()
                             .map(|d| d.ring_seconds)
                             .unwrap_or(30);
-                        self.redirect = Some(Destination {
-                            number: destination,
-                            ring_seconds,
-                        });
+                        self.number = routed_to(
+                            &self.number,
+                            Some(Destination {
+                                number: destination,
+                                ring_seconds,
+                            }),
+                        );
                         self.closed_result = Some(result);
                     }
                 }
@@ -369,9 +373,7 @@ impl Call {
                     // Every line is taken: wait, hearing ringback, for one to free.
                     tracing::info!(position, "queued");
                     self.queued = Some((ticket, Instant::now()));
-                    let m = &self.ctx.metrics.calls;
-                    m.queued.inc();
-                    m.queue_waiting.set(self.ctx.lines.waiting() as i64);
+                    self.ctx.metrics.calls.queued.inc();
                     let ep = self.ctx.endpoint.clone();
                     self.a.respond(&ep, 180, None);
                     self.me
@@ -391,9 +393,11 @@ impl Call {
         let Some((_, since)) = self.queued.take() else {
             return; // not waiting (any more): dropping the guard passes the line on
         };
-        let m = &self.ctx.metrics.calls;
-        m.queue_wait_seconds.observe(since.elapsed().as_secs_f64());
-        m.queue_waiting.set(self.ctx.lines.waiting() as i64);
+        self.ctx
+            .metrics
+            .calls
+            .queue_wait_seconds
+            .observe(since.elapsed().as_secs_f64());
         if self.phase != Phase::Trying {
             return;
         }
@@ -413,11 +417,6 @@ impl Call {
             return; // a line was passed to us just now: LineFree is on its way
         }
         self.queued = None;
-        self.ctx
-            .metrics
-            .calls
-            .queue_waiting
-            .set(self.ctx.lines.waiting() as i64);
         tracing::info!("queue wait ran out");
         self.give_up(CallResult::QueueTimeout, 480);
     }
@@ -429,11 +428,6 @@ impl Call {
                 self.queued = None;
             }
             // Otherwise LineFree is on its way; it finds the call over and passes the line on.
-            self.ctx
-                .metrics
-                .calls
-                .queue_waiting
-                .set(self.ctx.lines.waiting() as i64);
         }
     }
 
@@ -510,15 +504,7 @@ impl Call {
         self.attempt += 1;
         self.pending_failure = None;
         self.last_trunk = Some(trunk);
-        self.ctx
-            .metrics
-            .calls
-            .trunk_calls
-            .get_or_create(&TrunkDirectionLabel {
-                trunk: self.ctx.routing.trunks[trunk].name.clone(),
-                direction: "outbound",
-            })
-            .inc();
+        self.ctx.trunk_counters[trunk].outbound.inc();
         tracing::debug!(destination = %dest.number, trunk = %self.ctx.routing.trunks[trunk].name, attempt = self.attempt, "forwarding");
         self.ep()
             .register(b.call_id(), Arc::new(CallHandle(self.me.clone())));
@@ -549,9 +535,7 @@ impl Call {
     fn after_failure(&mut self, failure: Failure) {
         let trunks = self.dest_trunks.len();
         let has_next_trunk = self.trunk_pos + 1 < trunks;
-        // The closed-hours destination is the only one tried.
-        let has_next_dest =
-            self.closed_result.is_none() && self.dest_index + 1 < self.number.destinations.len();
+        let has_next_dest = self.dest_index + 1 < self.number.destinations.len();
         match next_step(failure, has_next_trunk, has_next_dest) {
             Step::NextTrunk => {
                 self.trunk_pos += 1;
@@ -1181,14 +1165,20 @@ async fn callback_route(
             None
         }
     };
-    let mut routed = (*number).clone();
-    routed.destinations = to
-        .map(|number| Destination {
+    routed_to(
+        &number,
+        to.map(|number| Destination {
             number,
             ring_seconds: CALLBACK_RING_SECONDS,
-        })
-        .into_iter()
-        .collect();
+        }),
+    )
+}
+
+/// The number with its destinations replaced by `destination` (a callback's caller,
+/// the closed-hours destination), so the rest of the call runs as for any number.
+fn routed_to(number: &TrackingNumber, destination: Option<Destination>) -> Arc<TrackingNumber> {
+    let mut routed = number.clone();
+    routed.destinations = destination.into_iter().collect();
     Arc::new(routed)
 }
 
