@@ -784,6 +784,7 @@ impl Store for SqliteStore {
         let now = now_ms();
         self.write(|c| {
             let tx = c.transaction()?;
+            let mut inserted = vec![false; calls.len()];
             {
                 let mut st = tx.prepare_cached(&format!(
                     "INSERT OR IGNORE INTO calls ({CALL_COLUMNS}) VALUES \
@@ -819,12 +820,13 @@ impl Store for SqliteStore {
                         r.callback_of,
                         r.recording_status.map(|s| s.as_str()),
                     ])?;
-                    // Follow-ups of a record that was already stored were queued then.
-                    if tx.changes() == 1 {
-                        for (_, item) in follow_ups.iter().filter(|(of, _)| *of == i) {
-                            enqueue(&tx, item, now)?;
-                        }
-                    }
+                    inserted[i] = tx.changes() == 1;
+                }
+            }
+            // Follow-ups of a record that was already stored were queued then.
+            for (of, item) in follow_ups {
+                if inserted.get(*of).copied().unwrap_or(false) {
+                    enqueue(&tx, item, now)?;
                 }
             }
             tx.commit()
