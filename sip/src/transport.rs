@@ -155,20 +155,27 @@ impl StreamConnections {
                 return this.forget(addr);
             };
             let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
-            match tokio::time::timeout(HANDSHAKE, connector.connect(name, tcp)).await {
-                Ok(Ok(tls)) => this.run(tls, addr, rx).await,
-                Ok(Err(e)) => {
-                    tracing::warn!(%addr, %e, "TLS handshake failed");
-                    this.metrics.tls_handshake_failures.inc();
-                    this.forget(addr);
-                }
-                Err(_) => {
-                    tracing::warn!(%addr, "TLS handshake timed out");
-                    this.metrics.tls_handshake_failures.inc();
-                    this.forget(addr);
-                }
+            match this.handshake(addr, connector.connect(name, tcp)).await {
+                Some(tls) => this.run(tls, addr, rx).await,
+                None => this.forget(addr),
             }
         });
+    }
+
+    /// A TLS handshake within [`HANDSHAKE`]; a failure or timeout is logged and counted.
+    async fn handshake<S, E: std::fmt::Display>(
+        &self,
+        addr: SocketAddr,
+        shake: impl std::future::Future<Output = Result<S, E>>,
+    ) -> Option<S> {
+        let why = match tokio::time::timeout(HANDSHAKE, shake).await {
+            Ok(Ok(stream)) => return Some(stream),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "timed out".to_string(),
+        };
+        tracing::info!(%addr, %why, "TLS handshake failed");
+        self.metrics.tls_handshake_failures.inc();
+        None
     }
 
     fn forget(&self, addr: SocketAddr) {
@@ -195,19 +202,9 @@ impl StreamConnections {
                             conn.run(stream, addr, rx).await
                         }
                         Some(acceptor) => {
-                            match tokio::time::timeout(HANDSHAKE, acceptor.accept(stream)).await {
-                                Ok(Ok(tls)) => {
-                                    conn.insert(addr, tx);
-                                    conn.run(tls, addr, rx).await
-                                }
-                                Ok(Err(e)) => {
-                                    tracing::info!(%addr, %e, "TLS handshake refused");
-                                    conn.metrics.tls_handshake_failures.inc();
-                                }
-                                Err(_) => {
-                                    tracing::info!(%addr, "TLS handshake timed out");
-                                    conn.metrics.tls_handshake_failures.inc();
-                                }
+                            if let Some(tls) = conn.handshake(addr, acceptor.accept(stream)).await {
+                                conn.insert(addr, tx);
+                                conn.run(tls, addr, rx).await
                             }
                         }
                     }
