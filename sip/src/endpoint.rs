@@ -613,6 +613,76 @@ impl Core {
 mod tests {
     use super::*;
 
+    /// Refuses every call 486, so a test can tell whether admission was reached.
+    struct Busy;
+
+    impl InviteHandler for Busy {
+        fn on_invite(&self, invite: NewInvite) -> Result<(), (Reject, NewInvite)> {
+            let reject = Reject {
+                code: 486,
+                retry_after: None,
+                min_se: None,
+                unsupported: None,
+            };
+            Err((reject, invite))
+        }
+    }
+
+    /// The final status the endpoint answers an INVITE with, with `backlog` messages
+    /// already waiting for its core.
+    async fn final_status(backlog: i64, call_id: &str) -> String {
+        let metrics = SipMetrics::default();
+        metrics.incoming_backlog.set(backlog);
+        let ep = Endpoint::start(
+            &[(Transport::Udp, "127.0.0.1:0".parse().unwrap())],
+            65536,
+            Arc::new(Busy),
+            metrics,
+            TlsSetup::default(),
+        )
+        .await
+        .unwrap();
+        let node = ep.local(Transport::Udp).unwrap();
+        let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let me = sock.local_addr().unwrap();
+        let invite = format!(
+            "INVITE sip:0501234567@{node} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK{call_id}\r\n\
+From: <sip:09012345678@{me}>;tag=a\r\nTo: <sip:0501234567@{node}>\r\nCall-ID: {call_id}\r\n\
+CSeq: 1 INVITE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+        );
+        sock.send_to(invite.as_bytes(), node).await.unwrap();
+        let mut buf = [0u8; 4096];
+        loop {
+            let (n, _) =
+                tokio::time::timeout(std::time::Duration::from_secs(5), sock.recv_from(&mut buf))
+                    .await
+                    .expect("an answer")
+                    .unwrap();
+            let line = String::from_utf8_lossy(&buf[..n])
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            if !line.starts_with("SIP/2.0 1") {
+                return line;
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_backlogged_core_refuses_new_invites_503() {
+        assert_eq!(
+            final_status(0, "calm").await,
+            "SIP/2.0 486 Busy Here",
+            "admission decides"
+        );
+        assert_eq!(
+            final_status(OVERLOAD_BACKLOG + 10, "behind").await,
+            "SIP/2.0 503 Service Unavailable",
+            "refused before admission"
+        );
+    }
+
     #[test]
     fn overload_threshold() {
         for (backlog, want) in [
