@@ -53,20 +53,7 @@ impl Admission {
         reason: &'static str,
         invite: NewInvite,
     ) -> Result<(), (Reject, NewInvite)> {
-        self.ctx
-            .metrics
-            .calls
-            .rejected
-            .get_or_create(&RejectLabel { code, reason })
-            .inc();
-        let retry_after = (code == 503).then_some(self.ctx.retry_after);
-        let reject = Reject {
-            code,
-            retry_after,
-            min_se: (code == 422).then_some(MIN_SE),
-            unsupported: None,
-        };
-        Err((reject, invite))
+        Err((self.reject(code, reason), invite))
     }
 
     /// 420 Bad Extension listing the option tags the INVITE requires and we lack.
@@ -75,9 +62,25 @@ impl Admission {
         tags: String,
         invite: NewInvite,
     ) -> Result<(), (Reject, NewInvite)> {
-        let (mut reject, invite) = self.refuse(420, "extension_required", invite).unwrap_err();
+        let mut reject = self.reject(420, "extension_required");
         reject.unsupported = Some(tags);
         Err((reject, invite))
+    }
+
+    /// The refusal for `code`, counted by code and reason, with the headers it needs.
+    fn reject(&self, code: u16, reason: &'static str) -> Reject {
+        self.ctx
+            .metrics
+            .calls
+            .rejected
+            .get_or_create(&RejectLabel { code, reason })
+            .inc();
+        Reject {
+            code,
+            retry_after: (code == 503).then_some(self.ctx.retry_after),
+            min_se: (code == 422).then_some(MIN_SE),
+            unsupported: None,
+        }
     }
 }
 
