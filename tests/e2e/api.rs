@@ -13,12 +13,7 @@ fn api_scoping_errors_and_crud() {
         r#"[{"number": "0311112222", "ring_seconds": 20}]"#,
         r#"{"min_talk_seconds": 10, "duplicate_window_seconds": 86400}"#,
     );
-    let other = node
-        .send("POST", "/v1/operators", Some(ADMIN), r#"{"name": "other"}"#)
-        .json()["api_key"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let other = node.other_operator();
 
     // Authentication and roles.
     assert_eq!(node.send("GET", "/v1/advertisers", None, "").status, 401);
@@ -145,10 +140,9 @@ fn api_scoping_errors_and_crud() {
     assert_eq!(node.get("/v1/calls?result=won", &key).status, 400);
 
     // Update and delete in order: an advertiser with numbers cannot go.
-    let r = node.send(
-        "PATCH",
-        "/v1/numbers/0501234567",
-        Some(&key),
+    let r = node.patch_number(
+        &key,
+        "0501234567",
         r#"{"caller_id": "system", "tracking_params": {"medium": "flyer"}}"#,
     );
     assert_eq!(r.status, 200, "{}", r.body);

@@ -87,12 +87,7 @@ fn basic_calls_are_forwarded_logged_and_exported() {
     assert!(tsv.body.lines().nth(1).unwrap().contains("\tanswered\t"));
 
     // Another operator sees none of it.
-    let other = node
-        .send("POST", "/v1/operators", Some(ADMIN), r#"{"name": "other"}"#)
-        .json()["api_key"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let other = node.other_operator();
     assert!(node.calls(&other, "").is_empty());
     assert_eq!(
         node.get("/v1/calls?format=csv", &other)
@@ -841,14 +836,10 @@ fn schedules_and_absence_refuse_or_forward_calls_when_closed() {
     let ports = Ports::take();
     let node = Node::start(ports, "127.0.0.1/32", "");
     let (key, _) = node.provision("0501234567", DEST, "{}");
-    let patch = |body: &str| {
-        let r = node.send("PATCH", "/v1/numbers/0501234567", Some(&key), body);
-        assert_eq!(r.status, 200, "{body}: {}", r.body);
-    };
-    let bad = node.send(
-        "PATCH",
-        "/v1/numbers/0501234567",
-        Some(&key),
+    let patch = |body: &str| node.set_number(&key, "0501234567", body);
+    let bad = node.patch_number(
+        &key,
+        "0501234567",
         r#"{"schedule": {"weekly": {"mon": [{"start": "18:00", "end": "09:00"}]}}}"#,
     );
     assert_eq!(
@@ -857,10 +848,9 @@ fn schedules_and_absence_refuse_or_forward_calls_when_closed() {
         "{}",
         bad.body
     );
-    let bad = node.send(
-        "PATCH",
-        "/v1/numbers/0501234567",
-        Some(&key),
+    let bad = node.patch_number(
+        &key,
+        "0501234567",
         r#"{"schedule": {"time_zone": "Europe/Paris"}}"#,
     );
     assert_eq!(
@@ -913,10 +903,9 @@ fn queued_callers_connect_in_turn_or_time_out() {
     let ports = Ports::take();
     let node = Node::start(ports, "127.0.0.1/32", "");
     let (key, _) = node.provision("0501234567", DEST, "{}");
-    let bad = node.send(
-        "PATCH",
-        "/v1/numbers/0501234567",
-        Some(&key),
+    let bad = node.patch_number(
+        &key,
+        "0501234567",
         r#"{"queue": {"max_lines": 0, "max_wait_seconds": 5}}"#,
     );
     assert_eq!(
@@ -925,13 +914,11 @@ fn queued_callers_connect_in_turn_or_time_out() {
         "{}",
         bad.body
     );
-    let set = node.send(
-        "PATCH",
-        "/v1/numbers/0501234567",
-        Some(&key),
+    node.set_number(
+        &key,
+        "0501234567",
         r#"{"queue": {"max_lines": 1, "max_wait_seconds": 10}}"#,
     );
-    assert_eq!(set.status, 200, "{}", set.body);
     let uas = Uas::start("uas_answer.xml", ports, node.dir.path(), &[]);
     // Three callers half a second apart on one line, each talking 1.5 s: the second
     // and third wait (ringback) and connect in turn.
@@ -961,10 +948,9 @@ fn queued_callers_connect_in_turn_or_time_out() {
     assert_eq!(node.metric("tsunagu_queue_wait_seconds_count"), 2.0);
 
     // A wait longer than max_wait_seconds ends the call: 480, result queue_timeout.
-    node.send(
-        "PATCH",
-        "/v1/numbers/0501234567",
-        Some(&key),
+    node.set_number(
+        &key,
+        "0501234567",
         r#"{"queue": {"max_lines": 1, "max_wait_seconds": 1}}"#,
     );
     let run = uac("uac.xml", ports, "0501234567", 2, 10, &["-d", "3000"]);

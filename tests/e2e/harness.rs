@@ -231,6 +231,24 @@ trunks = ["carrier-a"]
         (key, adv_id)
     }
 
+    /// An API key of a new operator (for checks that operators see only their own data).
+    pub fn other_operator(&self) -> String {
+        let op = self.send("POST", "/v1/operators", Some(ADMIN), r#"{"name": "other"}"#);
+        assert_eq!(op.status, 201, "{}", op.body);
+        op.json()["api_key"].as_str().unwrap().to_string()
+    }
+
+    /// PATCHes a number's settings; the answer, whatever its status.
+    pub fn patch_number(&self, key: &str, number: &str, body: &str) -> Response {
+        self.send("PATCH", &format!("/v1/numbers/{number}"), Some(key), body)
+    }
+
+    /// PATCHes a number's settings and checks they were accepted.
+    pub fn set_number(&self, key: &str, number: &str, body: &str) {
+        let r = self.patch_number(key, number, body);
+        assert_eq!(r.status, 200, "{body}: {}", r.body);
+    }
+
     pub fn add_number(
         &self,
         key: &str,

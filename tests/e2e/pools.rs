@@ -69,12 +69,7 @@ fn issued_numbers_carry_tracking_parameters_into_call_logs() {
     assert_eq!(calls[0]["tracking_params"]["session_id"], "s1");
 
     // Errors and scoping.
-    let other = node
-        .send("POST", "/v1/operators", Some(ADMIN), r#"{"name": "o"}"#)
-        .json()["api_key"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let other = node.other_operator();
     assert_eq!(
         node.send("POST", &format!("/v1/pools/{id}/issue"), Some(&other), "{}")
             .status,

@@ -38,19 +38,8 @@ fn answered_calls_are_recorded_in_stereo_or_mono_and_served_to_their_operator() 
     let receiver = Receiver::start(hook_port);
     let node = Node::start(ports, "127.0.0.1/32", "");
     let (key, _) = node.provision("0501234567", r#"[{"number": "0311112222"}]"#, "{}");
-    let set = node.send(
-        "PATCH",
-        "/v1/numbers/0501234567",
-        Some(&key),
-        r#"{"recording": {"mode": "both"}}"#,
-    );
-    assert_eq!(set.status, 200, "{}", set.body);
-    let bad = node.send(
-        "PATCH",
-        "/v1/numbers/0501234567",
-        Some(&key),
-        r#"{"recording": {"mode": "everyone"}}"#,
-    );
+    node.set_number(&key, "0501234567", r#"{"recording": {"mode": "both"}}"#);
+    let bad = node.patch_number(&key, "0501234567", r#"{"recording": {"mode": "everyone"}}"#);
     assert_eq!(bad.status, 400, "{}", bad.body);
     let hook = node.send(
         "POST",
@@ -101,12 +90,7 @@ fn answered_calls_are_recorded_in_stereo_or_mono_and_served_to_their_operator() 
     );
     assert!(got.body.starts_with("RIFF"));
 
-    let other = node
-        .send("POST", "/v1/operators", Some(ADMIN), r#"{"name": "other"}"#)
-        .json()["api_key"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let other = node.other_operator();
     assert_eq!(
         node.get(&format!("/v1/calls/{id}/recording"), &other)
             .status,
@@ -121,12 +105,7 @@ fn answered_calls_are_recorded_in_stereo_or_mono_and_served_to_their_operator() 
     assert_eq!(v["data"]["url"], format!("/v1/calls/{id}/recording"));
 
     // One side only: mono, the caller.
-    node.send(
-        "PATCH",
-        "/v1/numbers/0501234567",
-        Some(&key),
-        r#"{"recording": {"mode": "caller"}}"#,
-    );
+    node.set_number(&key, "0501234567", r#"{"recording": {"mode": "caller"}}"#);
     let run = uac("uac_rtp.xml", ports, "0501234567", 1, 1, &["-d", "2000"]);
     assert_eq!((run.exit, run.successful), (0, 1), "{}", run.output);
     let calls = node.wait_for_calls(&key, 2);
