@@ -45,6 +45,15 @@ impl ApiError {
             ..Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message)
         }
     }
+    /// The same error with its field placed under `prefix` (e.g. `destinations[0]`
+    /// inside `ivr.routes.1`).
+    pub fn within(mut self, prefix: &str) -> ApiError {
+        self.field = Some(match self.field {
+            Some(f) => format!("{prefix}.{f}"),
+            None => prefix.to_string(),
+        });
+        self
+    }
     pub fn conflict(message: impl Into<String>) -> ApiError {
         Self::new(StatusCode::CONFLICT, "conflict", message)
     }

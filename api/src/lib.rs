@@ -16,6 +16,7 @@ mod openapi;
 mod operators;
 mod ops;
 mod pools;
+mod prompts;
 mod tag;
 mod webhooks;
 
@@ -51,6 +52,8 @@ pub struct ApiState {
     pub channels: Channels,
     /// Where this node writes call recordings (call records hold paths relative to it).
     pub recordings_dir: std::path::PathBuf,
+    /// The node's prompt library (numbers name prompts; operators upload their own).
+    pub prompts: tsunagu_media::Prompts,
 }
 
 pub fn router(state: Arc<ApiState>) -> Router {
@@ -95,6 +98,11 @@ pub fn router(state: Arc<ApiState>) -> Router {
         )
         .route("/v1/webhooks", post(webhooks::create).get(webhooks::list))
         .route("/v1/webhooks/{id}", axum::routing::delete(webhooks::delete))
+        .route("/v1/prompts", get(prompts::list))
+        .route(
+            "/v1/prompts/{name}",
+            axum::routing::put(prompts::put).delete(prompts::delete),
+        )
         .route("/v1/tag.js", get(tag::script))
         .route("/v1/calls", get(calls::list))
         .route("/v1/calls/{call_id}", get(calls::get_one))

@@ -15,8 +15,8 @@ use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use tsunagu_store::{
-    CallerIdMode, Destination, Ga4, Notify, NumberKind, QueueSettings, RecordingSettings, Schedule,
-    TrackingNumber, ValidityRule,
+    CallerIdMode, Destination, Ga4, Ivr, Judgement, Notify, NumberKind, QueueSettings,
+    RecordingSettings, Schedule, TrackingNumber, ValidityRule,
 };
 
 #[derive(Deserialize)]
@@ -45,6 +45,10 @@ struct NumberInput {
     absent: bool,
     #[serde(default)]
     queue: Option<QueueSettings>,
+    #[serde(default)]
+    ivr: Option<Ivr>,
+    #[serde(default)]
+    judgement: Option<Judgement>,
 }
 
 #[derive(Deserialize)]
@@ -68,6 +72,10 @@ struct NumberPatch {
     absent: Option<bool>,
     #[serde(default, deserialize_with = "present")]
     queue: Option<Option<QueueSettings>>,
+    #[serde(default, deserialize_with = "present")]
+    ivr: Option<Option<Ivr>>,
+    #[serde(default, deserialize_with = "present")]
+    judgement: Option<Option<Judgement>>,
 }
 
 pub(crate) fn is_phone_number(s: &str) -> bool {
@@ -97,7 +105,95 @@ fn validate(n: &TrackingNumber) -> Result<(), ApiError> {
     if let Some(s) = &n.schedule {
         tsunagu_store::schedule::check_schedule(s).map_err(|(f, m)| ApiError::invalid(&f, m))?;
     }
+    if let Some(ivr) = &n.ivr {
+        validate_ivr(ivr)?;
+    }
+    if let Some(j) = &n.judgement {
+        if !(1..=60).contains(&j.seconds) {
+            return Err(ApiError::invalid("judgement.seconds", "must be 1 to 60"));
+        }
+    }
     validate_params("tracking_params", &n.tracking_params)
+}
+
+fn validate_ivr(ivr: &Ivr) -> Result<(), ApiError> {
+    if ivr.routes.is_empty() {
+        return Err(ApiError::invalid("ivr.routes", "needs at least one key"));
+    }
+    for (key, destinations) in &ivr.routes {
+        let mut chars = key.chars();
+        let one_key = matches!((chars.next(), chars.next()), (Some(c), None) if c.is_ascii_digit() || c == '*' || c == '#');
+        if !one_key {
+            return Err(ApiError::invalid(
+                &format!("ivr.routes.{key}"),
+                "keys are one of 0-9, * and #",
+            ));
+        }
+        validate_forwarding(destinations, &ValidityRule::default())
+            .map_err(|e| e.within(&format!("ivr.routes.{key}")))?;
+    }
+    if let Some(k) = &ivr.default_key {
+        if !ivr.routes.contains_key(k) {
+            return Err(ApiError::invalid(
+                "ivr.default_key",
+                "must be one of the routes' keys",
+            ));
+        }
+    }
+    if !(1..=60).contains(&ivr.timeout_seconds) {
+        return Err(ApiError::invalid("ivr.timeout_seconds", "must be 1 to 60"));
+    }
+    if !(1..=10).contains(&ivr.attempts) {
+        return Err(ApiError::invalid("ivr.attempts", "must be 1 to 10"));
+    }
+    Ok(())
+}
+
+/// Every prompt a number names, with its field: each must exist for the operator.
+fn named_prompts(n: &TrackingNumber) -> Vec<(&'static str, &str)> {
+    let mut out = Vec::new();
+    if let Some(q) = &n.queue {
+        out.extend(q.prompt.as_deref().map(|p| ("queue.prompt", p)));
+        out.extend(
+            q.timeout_prompt
+                .as_deref()
+                .map(|p| ("queue.timeout_prompt", p)),
+        );
+    }
+    if let Some(s) = &n.schedule {
+        out.extend(
+            s.closed_prompt
+                .as_deref()
+                .map(|p| ("schedule.closed_prompt", p)),
+        );
+    }
+    if let Some(r) = &n.recording {
+        out.extend(r.notice.as_deref().map(|p| ("recording.notice", p)));
+    }
+    if let Some(i) = &n.ivr {
+        out.push(("ivr.prompt", i.prompt.as_str()));
+        out.extend(
+            i.invalid_prompt
+                .as_deref()
+                .map(|p| ("ivr.invalid_prompt", p)),
+        );
+    }
+    if let Some(j) = &n.judgement {
+        out.push(("judgement.prompt", j.prompt.as_str()));
+    }
+    out
+}
+
+fn check_prompts(st: &ApiState, op: &str, n: &TrackingNumber) -> Result<(), ApiError> {
+    for (field, name) in named_prompts(n) {
+        if st.prompts.get(op, name).is_none() {
+            return Err(ApiError::invalid(
+                field,
+                format!("no prompt named `{name}` (GET /v1/prompts lists them)"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Destinations (1-10, ring 1-300 s) and the validity rule, shared with pools.
@@ -174,6 +270,8 @@ fn view(n: &TrackingNumber) -> Value {
         "schedule": n.schedule,
         "absent": n.absent,
         "queue": n.queue,
+        "ivr": n.ivr,
+        "judgement": n.judgement,
         "created_at": rfc3339(n.created_at),
         "updated_at": rfc3339(n.updated_at),
     })
@@ -214,6 +312,8 @@ pub async fn create(
         schedule: input.schedule,
         absent: input.absent,
         queue: input.queue,
+        ivr: input.ivr,
+        judgement: input.judgement,
         created_at: now,
         updated_at: now,
     };
@@ -224,6 +324,7 @@ pub async fn create(
         ));
     }
     validate(&number)?;
+    check_prompts(&st, &op, &number)?;
     crate::follow_up::validate(&st, &op, number.notify.as_ref(), number.ga4.as_ref()).await?;
     check_advertiser(&st, &op, &number.advertiser_id).await?;
     let n = number.clone();
@@ -307,8 +408,15 @@ pub async fn update(
     if let Some(q) = patch.queue {
         n.queue = q;
     }
+    if let Some(i) = patch.ivr {
+        n.ivr = i;
+    }
+    if let Some(j) = patch.judgement {
+        n.judgement = j;
+    }
     n.updated_at = now_ms();
     validate(&n)?;
+    check_prompts(&st, &op, &n)?;
     crate::follow_up::validate(&st, &op, n.notify.as_ref(), n.ga4.as_ref()).await?;
     let saved = n.clone();
     if !db(&st, move |s| s.update_number(&saved)).await? {

@@ -269,10 +269,12 @@ pub async fn create(
             pool_id: Some(pool.id.clone()),
             notify: input.notify.clone(),
             ga4: input.ga4.clone(),
-            recording: input.recording,
+            recording: input.recording.clone(),
             schedule: None,
             absent: false,
             queue: None,
+            ivr: None,
+            judgement: None,
             created_at: now,
             updated_at: now,
         })

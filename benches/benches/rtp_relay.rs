@@ -40,6 +40,7 @@ fn through_relay(c: &mut Criterion, name: &str, record: bool) {
             pool.allocate().unwrap(),
             pool.allocate().unwrap(),
             MediaMetrics::default(),
+            std::sync::Arc::new(|_| {}),
         );
         relay.set_remote(Side::B, callee.local_addr().unwrap());
         if record {

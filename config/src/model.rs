@@ -132,6 +132,10 @@ pub struct MediaConfig {
     /// Inclusive RTP port range; each leg of a call takes an even port (RTP) and the odd one above it.
     #[serde(default = "default_ports")]
     pub ports: PortRange,
+    /// Prompt WAV files (8 kHz 16-bit mono) shared by all operators, and operators'
+    /// uploads under `operators/<id>/`; default `<data_dir>/prompts`.
+    #[serde(default)]
+    pub prompts_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for MediaConfig {
@@ -139,6 +143,7 @@ impl Default for MediaConfig {
         MediaConfig {
             address: default_media_address(),
             ports: default_ports(),
+            prompts_dir: None,
         }
     }
 }

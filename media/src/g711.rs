@@ -1,5 +1,6 @@
-//! G.711 decoding (ITU-T G.711): μ-law (PCMU, payload type 0) and A-law (PCMA, 8) bytes
-//! to 16-bit linear samples, through two 256-entry tables built at compile time.
+//! G.711 (ITU-T G.711): μ-law (PCMU, payload type 0) and A-law (PCMA, 8) bytes to
+//! 16-bit linear samples through two 256-entry tables built at compile time (recording),
+//! and linear samples to bytes (prompts, encoded once when loaded).
 
 /// Linear value of one μ-law byte.
 const fn ulaw(byte: u8) -> i16 {
@@ -53,9 +54,80 @@ pub fn decode(payload_type: u8, payload: &[u8], out: &mut Vec<i16>) -> bool {
     true
 }
 
+/// The μ-law byte of one linear sample.
+pub fn ulaw_encode(sample: i16) -> u8 {
+    const BIAS: i32 = 0x84;
+    const CLIP: i32 = 32635;
+    let mut s = i32::from(sample);
+    let sign = if s < 0 {
+        s = -s;
+        0x80
+    } else {
+        0
+    };
+    s = s.min(CLIP) + BIAS;
+    let mut exponent = 7;
+    let mut mask = 0x4000;
+    while exponent > 0 && s & mask == 0 {
+        exponent -= 1;
+        mask >>= 1;
+    }
+    let mantissa = (s >> (exponent + 3)) & 0x0f;
+    !(sign | (exponent << 4) | mantissa) as u8
+}
+
+/// The A-law byte of one linear sample.
+pub fn alaw_encode(sample: i16) -> u8 {
+    let (mask, magnitude) = if sample >= 0 {
+        (0xd5, i32::from(sample))
+    } else {
+        (0x55, -i32::from(sample) - 1)
+    };
+    let v = magnitude >> 3;
+    // Segment: the number of bits above the lowest five.
+    let segment = (0..8).find(|s| v < (0x20 << s)).unwrap_or(8);
+    if segment >= 8 {
+        return (0x7f ^ mask) as u8;
+    }
+    let mantissa = if segment < 2 {
+        (v >> 1) & 0x0f
+    } else {
+        (v >> segment) & 0x0f
+    };
+    (((segment << 4) | mantissa) ^ mask) as u8
+}
+
+/// The payload bytes of `samples` in `payload_type` (PCMU or PCMA).
+pub fn encode(payload_type: u8, samples: &[i16]) -> Vec<u8> {
+    let f = if payload_type == PCMA {
+        alaw_encode
+    } else {
+        ulaw_encode
+    };
+    samples.iter().map(|&s| f(s)).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn encoding_inverts_decoding() {
+        for b in 0..=255u8 {
+            let u = ULAW[b as usize];
+            assert_eq!(ULAW[ulaw_encode(u) as usize], u, "ulaw {b:#x}");
+            let a = ALAW[b as usize];
+            assert_eq!(alaw_encode(a), b, "alaw {b:#x}");
+        }
+        // Reference bytes from Python's audioop (lin2ulaw/lin2alaw).
+        assert_eq!(ulaw_encode(0), 0xff);
+        assert_eq!(ulaw_encode(i16::MAX), 0x80);
+        assert_eq!(ulaw_encode(i16::MIN), 0x00);
+        assert_eq!(alaw_encode(0), 0xd5);
+        assert_eq!(alaw_encode(i16::MAX), 0xaa);
+        assert_eq!(alaw_encode(i16::MIN), 0x2a);
+        assert_eq!(encode(PCMU, &[0, 0]), vec![0xff, 0xff]);
+    }
 
     /// Reference values from Python's audioop (ulaw2lin/alaw2lin).
     #[test]

@@ -6,19 +6,26 @@
 //! - [`relay`]: one task per call relaying RTP both ways with symmetric latching and
 //!   counting packets, bytes and sequence-number gaps.
 //! - [`recording`], [`wav`], [`g711`]: call recording to WAV, written as it grows.
+//! - [`prompt`]: prompts encoded at load, played by the relay; [`stream`]: how
+//!   prompts and relayed audio share one outgoing RTP stream.
+//! - [`dtmf`]: RFC 4733 telephone-events and SIP INFO digits.
 
+pub mod dtmf;
 pub mod g711;
 pub mod metrics;
 pub mod ports;
+pub mod prompt;
 pub mod recording;
 pub mod relay;
 pub mod sdp;
+pub mod stream;
 pub mod wav;
 
 pub use metrics::MediaMetrics;
 pub use ports::{MediaPort, PortPool};
+pub use prompt::{Prompt, Prompts};
 pub use recording::{RecordMode, Recorder};
-pub use relay::{Relay, RelayStats, Side};
+pub use relay::{MediaEvent, OnEvent, Relay, RelayStats, Side};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MediaError {

@@ -1,17 +1,25 @@
 //! The RTP relay of one call: the caller-facing port (A) and the callee-facing port
-//! (B), one task, one reused buffer per side. A packet from the caller arriving on A
-//! leaves from B toward the callee, and the reverse. Each side's far address starts as
-//! the one its SDP announced and latches to the source of the first packet received
-//! (symmetric RTP, for callers behind NAT); new SDP for a side resets its latch.
-//! Dropping the [`Relay`] stops the task and
-//! returns both ports to the pool.
+//! (B), one task, one reused buffer per runtime thread. A packet from the caller
+//! arriving on A leaves from B toward the callee, and the reverse. Each side's far
+//! address starts as the one its SDP announced and latches to the source of the first
+//! packet received (symmetric RTP, for callers behind NAT); new SDP for a side resets
+//! its latch.
+//!
+//! The task also plays prompts into a side (relayed audio toward that side is muted
+//! meanwhile; see [`crate::stream`] for how the two share one RTP stream), reports
+//! DTMF key presses each side sends (RFC 4733), and feeds the recording. Dropping the
+//! [`Relay`] stops the task and returns both ports to the pool.
 
+use crate::dtmf::EventDetector;
 use crate::metrics::{DirectionLabel, MediaMetrics};
 use crate::ports::MediaPort;
+use crate::prompt::{Prompt, FRAME_SAMPLES};
 use crate::recording::{Mixer, OnClosed, Outcome, RecordMode, Sink};
+use crate::stream::{new_ssrc, OutStream};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,8 +92,33 @@ impl LossCounter {
     }
 }
 
+/// What the relay tells its call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MediaEvent {
+    /// The far end of `side` pressed a key (once per press).
+    Digit { side: Side, key: char },
+    /// A prompt that was not looped has been played to its end.
+    PromptDone { side: Side, id: u32 },
+}
+
+/// Where a relay sends its [`MediaEvent`]s (the call actor's mailbox).
+pub type OnEvent = Arc<dyn Fn(MediaEvent) + Send + Sync>;
+
+/// A prompt being played into one side.
+struct Player {
+    prompt: Arc<Prompt>,
+    payload_type: u8,
+    looped: bool,
+    id: u32,
+    next: usize,
+}
+
 enum Control {
     SetRemote(Side, SocketAddr),
+    /// The telephone-event payload type the far end of a side sends (from its SDP).
+    SetDtmf(Side, Option<u8>),
+    Play(Side, Player),
+    StopPlaying(Side),
     StartRecording(Box<Mixer>, Sink),
     StopRecording(OnClosed),
 }
@@ -111,14 +144,15 @@ pub struct Relay {
 }
 
 impl Relay {
-    /// Starts relaying between two leased ports. Must be called inside a tokio runtime.
-    pub fn start(a: MediaPort, b: MediaPort, metrics: MediaMetrics) -> Relay {
+    /// Starts relaying between two leased ports; events go to `on_event`. Must be
+    /// called inside a tokio runtime.
+    pub fn start(a: MediaPort, b: MediaPort, metrics: MediaMetrics, on_event: OnEvent) -> Relay {
         let (control, rx) = mpsc::unbounded_channel();
         let stats = Arc::new(RelayStats::default());
         let (a_local, b_local) = (a.local(), b.local());
         // The task ends when the Relay (the control sender) is dropped, after handling
         // what was sent before (e.g. a StopRecording); that returns both ports.
-        tokio::spawn(run(a, b, rx, stats.clone(), metrics));
+        tokio::spawn(run(a, b, rx, stats.clone(), metrics, on_event));
         Relay {
             control,
             stats,
@@ -138,6 +172,30 @@ impl Relay {
     /// Where the far end of `side` said (in SDP) it receives audio.
     pub fn set_remote(&self, side: Side, addr: SocketAddr) {
         let _ = self.control.send(Control::SetRemote(side, addr));
+    }
+
+    /// Which payload type carries the telephone-events the far end of `side` sends.
+    pub fn set_dtmf(&self, side: Side, payload_type: Option<u8>) {
+        let _ = self.control.send(Control::SetDtmf(side, payload_type));
+    }
+
+    /// Plays `prompt` into `side` in `payload_type` (PCMU 0 or PCMA 8), replacing
+    /// what is relayed toward that side and any prompt playing there. A prompt that
+    /// is not looped reports [`MediaEvent::PromptDone`] with `id` when it ends.
+    pub fn play(&self, side: Side, prompt: Arc<Prompt>, payload_type: u8, looped: bool, id: u32) {
+        let player = Player {
+            prompt,
+            payload_type,
+            looped,
+            id,
+            next: 0,
+        };
+        let _ = self.control.send(Control::Play(side, player));
+    }
+
+    /// Stops the prompt playing into `side`; relayed audio flows again.
+    pub fn stop_playing(&self, side: Side) {
+        let _ = self.control.send(Control::StopPlaying(side));
     }
 
     /// Starts recording what both far ends send, into `sink`.
@@ -179,9 +237,30 @@ impl Direction {
 }
 
 struct SideState {
+    side: Side,
     remote: Option<SocketAddr>,
     latched: bool,
     loss: LossCounter,
+    /// The stream sent toward this side's far end.
+    out: OutStream,
+    player: Option<Player>,
+    dtmf_payload_type: Option<u8>,
+    dtmf: EventDetector,
+}
+
+impl SideState {
+    fn new(side: Side) -> SideState {
+        SideState {
+            side,
+            remote: None,
+            latched: false,
+            loss: LossCounter::default(),
+            out: OutStream::new(new_ssrc()),
+            player: None,
+            dtmf_payload_type: None,
+            dtmf: EventDetector::default(),
+        }
+    }
 }
 
 thread_local! {
@@ -193,45 +272,94 @@ thread_local! {
 /// Packets forwarded per wake-up before yielding to other calls.
 const BURST: usize = 32;
 
-/// Receives what is waiting on `from` and forwards it toward `to_side`'s far end
-/// (and into the recording, if one runs).
-#[allow(clippy::too_many_arguments)]
-fn drain(
-    from: &tokio::net::UdpSocket,
-    from_side: &mut SideState,
-    side: Side,
-    out: &tokio::net::UdpSocket,
-    to_remote: Option<SocketAddr>,
-    dir: &Direction,
-    counters: [&AtomicU64; 3],
-    mut rec: Option<&mut Recording>,
-) {
-    let now = rec.as_ref().map(|r| r.now()).unwrap_or(0);
+/// One direction of the relay: the socket and state packets come from and go out of.
+struct Flow<'a> {
+    from: &'a tokio::net::UdpSocket,
+    from_side: &'a mut SideState,
+    out: &'a tokio::net::UdpSocket,
+    to_side: &'a mut SideState,
+    dir: &'a Direction,
+    counters: [&'a AtomicU64; 3],
+}
+
+/// Receives what is waiting on the path's socket and forwards it toward the other
+/// side's far end (unless a prompt plays there), reporting key presses and feeding
+/// the recording, if one runs.
+fn drain(p: Flow<'_>, mut rec: Option<&mut Recording>, on_event: &OnEvent) {
+    let now = Instant::now();
+    let rec_now = rec.as_ref().map(|r| r.now()).unwrap_or(0);
     PACKET.with(|buf| {
         let mut buf = buf.borrow_mut();
         for _ in 0..BURST {
-            let Ok((n, src)) = from.try_recv_from(&mut buf[..]) else {
+            let Ok((n, src)) = p.from.try_recv_from(&mut buf[..]) else {
                 return;
             };
-            latch(from_side, src);
-            let pkt = &buf[..n];
-            let rtp = rtp_rs::RtpReader::new(pkt).ok();
-            if let (Some(r), Some(rec)) = (&rtp, rec.as_deref_mut()) {
-                rec.mixer.push(
-                    side,
-                    r.ssrc(),
-                    r.timestamp(),
-                    r.payload_type(),
-                    r.payload(),
-                    now,
-                );
+            latch(p.from_side, src);
+            let pkt = &mut buf[..n];
+            let mut seq = None;
+            if let Ok(r) = rtp_rs::RtpReader::new(&*pkt) {
+                seq = Some(u16::from(r.sequence_number()));
+                if let Some(rec) = rec.as_deref_mut() {
+                    let side = p.from_side.side;
+                    rec.mixer.push(
+                        side,
+                        r.ssrc(),
+                        r.timestamp(),
+                        r.payload_type(),
+                        r.payload(),
+                        rec_now,
+                    );
+                }
+                if Some(r.payload_type()) == p.from_side.dtmf_payload_type {
+                    if let Some(key) = p.from_side.dtmf.on_packet(r.timestamp(), r.payload()) {
+                        on_event(MediaEvent::Digit {
+                            side: p.from_side.side,
+                            key,
+                        });
+                    }
+                }
             }
-            if let Some(dst) = to_remote {
-                let seq = rtp.map(|r| u16::from(r.sequence_number()));
-                forward(pkt, seq, out, dst, &mut from_side.loss, dir, counters);
+            if let Some(seq) = seq {
+                let gap = p.from_side.loss.on_packet(seq);
+                if gap > 0 {
+                    p.counters[2].fetch_add(gap, Ordering::Relaxed);
+                    p.dir.lost.inc_by(gap);
+                }
+            }
+            let Some(dst) = p.to_side.remote.filter(|_| p.to_side.player.is_none()) else {
+                continue; // nowhere to send yet, or a prompt plays there
+            };
+            p.to_side.out.relay(pkt, now);
+            if p.out.try_send_to(pkt, dst).is_ok() {
+                p.counters[0].fetch_add(1, Ordering::Relaxed);
+                p.counters[1].fetch_add(n as u64, Ordering::Relaxed);
+                p.dir.packets.inc();
+                p.dir.bytes.inc_by(n as u64);
             }
         }
     });
+}
+
+/// Sends the next frame of the prompt playing into `s`, if any; ends a prompt that is
+/// not looped at its last frame.
+fn play_frame(socket: &tokio::net::UdpSocket, s: &mut SideState, now: Instant, on_event: &OnEvent) {
+    let Some(p) = s.player.as_mut() else { return };
+    if let Some(dst) = s.remote {
+        let mut pkt = [0u8; 12 + FRAME_SAMPLES];
+        pkt[..12].copy_from_slice(&s.out.generate(p.payload_type, FRAME_SAMPLES as u32, now));
+        pkt[12..].copy_from_slice(p.prompt.frame(p.payload_type, p.next));
+        let _ = socket.try_send_to(&pkt, dst);
+    }
+    p.next += 1;
+    if p.next >= p.prompt.frames() {
+        if p.looped {
+            p.next = 0;
+        } else {
+            let id = p.id;
+            s.player = None;
+            on_event(MediaEvent::PromptDone { side: s.side, id });
+        }
+    }
 }
 
 async fn run(
@@ -240,36 +368,39 @@ async fn run(
     mut control: mpsc::UnboundedReceiver<Control>,
     stats: Arc<RelayStats>,
     metrics: MediaMetrics,
+    on_event: OnEvent,
 ) {
-    let mut sa = SideState {
-        remote: None,
-        latched: false,
-        loss: LossCounter::default(),
-    };
-    let mut sb = SideState {
-        remote: None,
-        latched: false,
-        loss: LossCounter::default(),
-    };
+    let mut sa = SideState::new(Side::A);
+    let mut sb = SideState::new(Side::B);
     let a_to_b = Direction::new(&metrics, "caller_to_callee");
     let b_to_a = Direction::new(&metrics, "callee_to_caller");
     let mut rec: Option<Recording> = None;
     // While recording, audio goes to the file about once a second (no timer otherwise).
     let mut tick: Option<tokio::time::Interval> = None;
+    // While a prompt plays, a frame leaves every 20 ms (no timer otherwise).
+    let mut frames: Option<tokio::time::Interval> = None;
     loop {
         tokio::select! {
             r = a.socket.readable() => {
                 if r.is_ok() {
-                    let to = sb.remote;
                     let counters = [&stats.packets_a_to_b, &stats.bytes_a_to_b, &stats.lost_a_to_b];
-                    drain(&a.socket, &mut sa, Side::A, &b.socket, to, &a_to_b, counters, rec.as_mut());
+                    let path = Flow { from: &a.socket, from_side: &mut sa, out: &b.socket, to_side: &mut sb, dir: &a_to_b, counters };
+                    drain(path, rec.as_mut(), &on_event);
                 }
             }
             r = b.socket.readable() => {
                 if r.is_ok() {
-                    let to = sa.remote;
                     let counters = [&stats.packets_b_to_a, &stats.bytes_b_to_a, &stats.lost_b_to_a];
-                    drain(&b.socket, &mut sb, Side::B, &a.socket, to, &b_to_a, counters, rec.as_mut());
+                    let path = Flow { from: &b.socket, from_side: &mut sb, out: &a.socket, to_side: &mut sa, dir: &b_to_a, counters };
+                    drain(path, rec.as_mut(), &on_event);
+                }
+            }
+            _ = async { frames.as_mut().expect("checked").tick().await }, if frames.is_some() => {
+                let now = Instant::now();
+                play_frame(&a.socket, &mut sa, now, &on_event);
+                play_frame(&b.socket, &mut sb, now, &on_event);
+                if sa.player.is_none() && sb.player.is_none() {
+                    frames = None;
                 }
             }
             _ = async { tick.as_mut().expect("checked").tick().await }, if tick.is_some() => {
@@ -285,6 +416,23 @@ async fn run(
                     let s = if side == Side::A { &mut sa } else { &mut sb };
                     s.remote = Some(addr);
                     s.latched = false;
+                }
+                Some(Control::SetDtmf(side, pt)) => {
+                    let s = if side == Side::A { &mut sa } else { &mut sb };
+                    s.dtmf_payload_type = pt;
+                }
+                Some(Control::Play(side, player)) => {
+                    let s = if side == Side::A { &mut sa } else { &mut sb };
+                    s.player = Some(player);
+                    if frames.is_none() {
+                        let mut every = tokio::time::interval(Duration::from_millis(20));
+                        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                        frames = Some(every);
+                    }
+                }
+                Some(Control::StopPlaying(side)) => {
+                    let s = if side == Side::A { &mut sa } else { &mut sb };
+                    s.player = None;
                 }
                 Some(Control::StartRecording(mixer, sink)) => {
                     rec = Some(Recording { mixer, sink, started: std::time::Instant::now() });
@@ -314,30 +462,6 @@ fn latch(side: &mut SideState, src: SocketAddr) {
     if !side.latched {
         side.remote = Some(src);
         side.latched = true;
-    }
-}
-
-fn forward(
-    pkt: &[u8],
-    seq: Option<u16>,
-    out: &tokio::net::UdpSocket,
-    dst: SocketAddr,
-    loss: &mut LossCounter,
-    dir: &Direction,
-    [packets, bytes, lost]: [&AtomicU64; 3],
-) {
-    if let Some(seq) = seq {
-        let gap = loss.on_packet(seq);
-        if gap > 0 {
-            lost.fetch_add(gap, Ordering::Relaxed);
-            dir.lost.inc_by(gap);
-        }
-    }
-    if out.try_send_to(pkt, dst).is_ok() {
-        packets.fetch_add(1, Ordering::Relaxed);
-        bytes.fetch_add(pkt.len() as u64, Ordering::Relaxed);
-        dir.packets.inc();
-        dir.bytes.inc_by(pkt.len() as u64);
     }
 }
 
@@ -387,7 +511,90 @@ mod tests {
             pool.allocate().unwrap(),
             pool.allocate().unwrap(),
             MediaMetrics::default(),
+            Arc::new(|_| {}),
         )
+    }
+
+    #[tokio::test]
+    async fn plays_prompts_into_one_side_and_reports_key_presses() {
+        let pool = pool(41240);
+        let (tx, mut events) = mpsc::unbounded_channel();
+        let relay = Relay::start(
+            pool.allocate().unwrap(),
+            pool.allocate().unwrap(),
+            MediaMetrics::default(),
+            Arc::new(move |e| {
+                let _ = tx.send(e);
+            }),
+        );
+        let caller = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let callee = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        relay.set_remote(Side::A, caller.local_addr().unwrap());
+        relay.set_remote(Side::B, callee.local_addr().unwrap());
+        relay.set_dtmf(Side::A, Some(101));
+        // A three-frame prompt in PCMA to the caller.
+        let prompt = Arc::new(Prompt::from_samples(&[1000; 480]));
+        relay.play(Side::A, prompt.clone(), 8, false, 7);
+        let mut buf = [0u8; 2048];
+        let mut seqs = Vec::new();
+        for _ in 0..3 {
+            let (n, from) = caller.recv_from(&mut buf).await.unwrap();
+            assert_eq!((n, from), (172, relay.local(Side::A)));
+            assert_eq!(buf[1] & 0x7f, 8, "PCMA");
+            assert_eq!(&buf[12..n], prompt.frame(8, seqs.len()));
+            seqs.push(u16::from_be_bytes([buf[2], buf[3]]));
+        }
+        assert_eq!(seqs, vec![1, 2, 3]);
+        assert_eq!(
+            events.recv().await,
+            Some(MediaEvent::PromptDone {
+                side: Side::A,
+                id: 7
+            })
+        );
+        // The callee's audio flows to the caller again, continuing the stream.
+        callee
+            .send_to(&rtp(500), relay.local(Side::B))
+            .await
+            .unwrap();
+        caller.recv_from(&mut buf).await.unwrap();
+        assert_eq!(
+            u16::from_be_bytes([buf[2], buf[3]]),
+            4,
+            "sequence continues"
+        );
+        assert_eq!(buf[1] & 0x80, 0x80, "marker after the switch");
+        // A key press from the caller: reported once for its three packets.
+        for flags in [0x0a, 0x8a, 0x8a] {
+            let mut ev = vec![0x80, 101, 0, 9, 0, 0, 0x10, 0, 0, 0, 0, 1];
+            ev.extend_from_slice(&[5, flags, 0, 160]);
+            caller.send_to(&ev, relay.local(Side::A)).await.unwrap();
+            callee.recv_from(&mut buf).await.unwrap();
+        }
+        assert_eq!(
+            events.recv().await,
+            Some(MediaEvent::Digit {
+                side: Side::A,
+                key: '5'
+            })
+        );
+        // A looped prompt plays until stopped; nothing reaches the caller from the
+        // callee meanwhile.
+        relay.play(Side::A, prompt.clone(), 0, true, 8);
+        callee
+            .send_to(&rtp(501), relay.local(Side::B))
+            .await
+            .unwrap();
+        for i in 0..5 {
+            let (n, _) = caller.recv_from(&mut buf).await.unwrap();
+            assert_eq!(buf[1] & 0x7f, 0, "PCMU, not the callee's packet");
+            assert_eq!(&buf[12..n], prompt.frame(0, i % 3), "frame {i}");
+        }
+        relay.stop_playing(Side::A);
+        assert!(
+            events.try_recv().is_err(),
+            "a looped prompt never ends by itself"
+        );
     }
 
     #[tokio::test]

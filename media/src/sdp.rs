@@ -1,6 +1,8 @@
-//! SDP rewriting for media anchoring: the connection address and audio port of an
-//! offer or answer are replaced by the node's, and the far end's are returned so the
-//! relay knows where to send. Pure text in, text out.
+//! SDP for media anchoring: the connection address and audio port of an offer or
+//! answer are replaced by the node's, and the far end's are returned so the relay
+//! knows where to send; the node's own answer when it answers a caller itself (a
+//! prompt, the IVR), and an offer narrowed to the codec that answer chose. Pure text
+//! in, text out.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -84,6 +86,121 @@ pub fn rewrite(sdp: &str, addr: IpAddr, port: u16) -> Option<Rewritten> {
     Some(Rewritten { sdp: out, remote })
 }
 
+/// The formats of the first audio m= line.
+fn audio_formats(sdp: &str) -> Vec<u8> {
+    sdp.lines()
+        .find_map(|l| l.trim_end().strip_prefix("m=audio "))
+        .map(|rest| {
+            rest.split(' ')
+                .skip(2)
+                .filter_map(|f| f.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The payload type of `telephone-event/8000` in an SDP body (RFC 4733).
+pub fn telephone_event(sdp: &str) -> Option<u8> {
+    sdp.lines().find_map(|l| {
+        let (pt, codec) = l.trim_end().strip_prefix("a=rtpmap:")?.split_once(' ')?;
+        codec
+            .to_ascii_lowercase()
+            .starts_with("telephone-event/8000")
+            .then(|| pt.parse().ok())?
+    })
+}
+
+/// The first G.711 codec (PCMU 0 or PCMA 8) of the audio m= line.
+pub fn g711(sdp: &str) -> Option<u8> {
+    audio_formats(sdp).into_iter().find(|f| *f == 0 || *f == 8)
+}
+
+/// The node's own answer to an offer, for when it answers the caller itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub sdp: String,
+    /// The codec chosen (PCMU 0 or PCMA 8).
+    pub payload_type: u8,
+    /// The telephone-event payload type, if the offer had one.
+    pub dtmf: Option<u8>,
+    /// Where the offerer receives audio.
+    pub remote: Option<SocketAddr>,
+}
+
+/// Answers `offer` from `addr:port` with its first G.711 codec and its
+/// telephone-event, if any. None if the offer has no audio or no G.711.
+pub fn answer(offer: &str, addr: IpAddr, port: u16, session: u64) -> Option<Answer> {
+    let payload_type = g711(offer)?;
+    let dtmf = telephone_event(offer);
+    let remote = rewrite(offer, addr, port)?.remote;
+    let family = if addr.is_ipv4() { "IP4" } else { "IP6" };
+    let codec = if payload_type == 0 { "PCMU" } else { "PCMA" };
+    let mut sdp = format!(
+        "v=0\r\no=tsunagu {session} 1 IN {family} {addr}\r\ns=tsunagu\r\nc=IN {family} {addr}\r\nt=0 0\r\n"
+    );
+    match dtmf {
+        Some(te) => sdp.push_str(&format!(
+            "m=audio {port} RTP/AVP {payload_type} {te}\r\na=rtpmap:{payload_type} {codec}/8000\r\na=rtpmap:{te} telephone-event/8000\r\na=fmtp:{te} 0-15\r\n"
+        )),
+        None => sdp.push_str(&format!(
+            "m=audio {port} RTP/AVP {payload_type}\r\na=rtpmap:{payload_type} {codec}/8000\r\n"
+        )),
+    }
+    sdp.push_str("a=sendrecv\r\n");
+    Some(Answer {
+        sdp,
+        payload_type,
+        dtmf,
+        remote,
+    })
+}
+
+/// `sdp` with the first audio m= line offering only `keep` (and the rtpmap/fmtp lines
+/// of other formats removed): after the node answered the caller with one codec, the
+/// callee is offered that codec, so the relayed audio needs no transcoding.
+pub fn restrict(sdp: &str, keep: &[u8]) -> String {
+    let dropped: Vec<u8> = audio_formats(sdp)
+        .into_iter()
+        .filter(|f| !keep.contains(f))
+        .collect();
+    let mut out = String::with_capacity(sdp.len());
+    let mut in_audio = false;
+    let mut seen_audio = false;
+    for line in sdp.lines() {
+        let line = line.trim_end();
+        if line.is_empty() {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("m=") {
+            in_audio = rest.starts_with("audio ") && !seen_audio;
+            if in_audio {
+                seen_audio = true;
+                let head: Vec<&str> = rest.split(' ').take(3).collect();
+                let kept: Vec<String> = rest
+                    .split(' ')
+                    .skip(3)
+                    .filter(|fmt| fmt.parse::<u8>().is_ok_and(|n| keep.contains(&n)))
+                    .map(str::to_string)
+                    .collect();
+                out.push_str(&format!("m={} {}\r\n", head.join(" "), kept.join(" ")));
+                continue;
+            }
+        } else if in_audio {
+            let format = line
+                .strip_prefix("a=rtpmap:")
+                .or_else(|| line.strip_prefix("a=fmtp:"))
+                .and_then(|r| r.split(' ').next())
+                .and_then(|pt| pt.parse::<u8>().ok());
+            if format.is_some_and(|f| dropped.contains(&f)) {
+                continue;
+            }
+        }
+        out.push_str(line);
+        out.push_str("\r\n");
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,6 +239,42 @@ mod tests {
                 .unwrap()
                 .remote,
             None
+        );
+    }
+
+    #[test]
+    fn the_nodes_own_answer_and_a_narrowed_offer() {
+        assert_eq!(telephone_event(OFFER), Some(101));
+        assert_eq!(g711(OFFER), Some(0));
+        assert_eq!(g711("m=audio 1 RTP/AVP 18 8 0\r\n"), Some(8));
+        let a = answer(OFFER, "127.0.0.2".parse().unwrap(), 20000, 9).unwrap();
+        assert_eq!((a.payload_type, a.dtmf), (0, Some(101)));
+        assert_eq!(a.remote, Some("10.1.1.1:6000".parse().unwrap()));
+        assert!(
+            a.sdp.contains("m=audio 20000 RTP/AVP 0 101\r\n"),
+            "{}",
+            a.sdp
+        );
+        assert!(a.sdp.contains("c=IN IP4 127.0.0.2\r\n"));
+        assert!(a.sdp.contains("a=rtpmap:101 telephone-event/8000\r\n"));
+        let plain = "v=0\r\nc=IN IP4 10.0.0.9\r\nm=audio 4000 RTP/AVP 8\r\n";
+        let a = answer(plain, "127.0.0.2".parse().unwrap(), 20000, 9).unwrap();
+        assert_eq!((a.payload_type, a.dtmf), (8, None));
+        assert!(a
+            .sdp
+            .contains("m=audio 20000 RTP/AVP 8\r\na=rtpmap:8 PCMA/8000\r\n"));
+        assert!(answer(
+            "v=0\r\nm=audio 1 RTP/AVP 18\r\n",
+            "127.0.0.1".parse().unwrap(),
+            1,
+            1
+        )
+        .is_none());
+
+        let offer = "v=0\r\nm=audio 6000 RTP/AVP 8 0 101\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\na=ptime:20\r\n";
+        assert_eq!(
+            restrict(offer, &[0, 101]),
+            "v=0\r\nm=audio 6000 RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\na=ptime:20\r\n"
         );
     }
 

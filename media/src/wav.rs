@@ -1,7 +1,8 @@
 //! A WAV file written as it grows: 8 kHz 16-bit PCM, mono or stereo. Every
 //! [`WavFile::append`] writes the samples and then corrects the two size fields of the
 //! header, so the file on disk is always a complete, playable WAV of everything
-//! appended so far (a crash loses only what was not appended yet).
+//! appended so far (a crash loses only what was not appended yet). [`read_prompt`]
+//! reads the one format prompts come in: 8 kHz 16-bit PCM mono.
 
 use std::fs::File;
 use std::io::{Seek, SeekFrom, Write};
@@ -26,6 +27,66 @@ pub fn header(channels: u16, data_bytes: u32) -> [u8; 44] {
     h[36..40].copy_from_slice(b"data");
     h[40..44].copy_from_slice(&data_bytes.to_le_bytes());
     h
+}
+
+/// Why a WAV file is not a usable prompt.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WavError {
+    #[error("not a RIFF/WAVE file")]
+    NotWave,
+    #[error("the file has no `{0}` chunk")]
+    MissingChunk(&'static str),
+    #[error("the audio must be 8000 Hz 16-bit PCM mono; this file is format {format}, {channels} channel(s), {rate} Hz, {bits}-bit")]
+    Format {
+        format: u16,
+        channels: u16,
+        rate: u32,
+        bits: u16,
+    },
+    #[error("the file has no audio")]
+    Empty,
+}
+
+/// The samples of an 8 kHz 16-bit PCM mono WAV file (chunks other than `fmt ` and
+/// `data`, such as `LIST`, are skipped; a data chunk longer than the file is cut).
+pub fn read_prompt(bytes: &[u8]) -> Result<Vec<i16>, WavError> {
+    if bytes.len() < 12 || &bytes[0..4] != b"RIFF" || &bytes[8..12] != b"WAVE" {
+        return Err(WavError::NotWave);
+    }
+    let mut fmt = None;
+    let mut data = None;
+    let mut at = 12;
+    while at + 8 <= bytes.len() {
+        let id = &bytes[at..at + 4];
+        let size = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().expect("4 bytes")) as usize;
+        let body = &bytes[at + 8..(at + 8).saturating_add(size).min(bytes.len())];
+        match id {
+            b"fmt " if body.len() >= 16 => fmt = Some(body),
+            b"data" => data = Some(body),
+            _ => {}
+        }
+        at = (at + 8).saturating_add(size).saturating_add(size & 1);
+    }
+    let fmt = fmt.ok_or(WavError::MissingChunk("fmt "))?;
+    let u16_at = |i: usize| u16::from_le_bytes([fmt[i], fmt[i + 1]]);
+    let (format, channels, bits) = (u16_at(0), u16_at(2), u16_at(14));
+    let rate = u32::from_le_bytes(fmt[4..8].try_into().expect("4 bytes"));
+    if (format, channels, rate, bits) != (1, 1, SAMPLE_RATE, 16) {
+        return Err(WavError::Format {
+            format,
+            channels,
+            rate,
+            bits,
+        });
+    }
+    let data = data.ok_or(WavError::MissingChunk("data"))?;
+    if data.len() < 2 {
+        return Err(WavError::Empty);
+    }
+    Ok(data
+        .chunks_exact(2)
+        .map(|c| i16::from_le_bytes([c[0], c[1]]))
+        .collect())
 }
 
 pub struct WavFile {
@@ -78,6 +139,35 @@ impl WavFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_prompts_and_refuses_other_formats() {
+        let mut good = header(1, 4).to_vec();
+        good.extend_from_slice(&[1, 0, 0xff, 0xff]);
+        assert_eq!(read_prompt(&good), Ok(vec![1, -1]));
+        // A LIST chunk before the data (as sox and espeak-ng write) is skipped.
+        let mut with_list = good[..36].to_vec();
+        with_list.extend_from_slice(b"LIST\x03\0\0\0abc\0");
+        with_list.extend_from_slice(&good[36..]);
+        assert_eq!(read_prompt(&with_list), Ok(vec![1, -1]));
+        let stereo = header(2, 4);
+        assert!(matches!(
+            read_prompt(&stereo),
+            Err(WavError::Format { channels: 2, .. })
+        ));
+        let mut fast = good.clone();
+        fast[24..28].copy_from_slice(&22050u32.to_le_bytes());
+        assert!(matches!(
+            read_prompt(&fast),
+            Err(WavError::Format { rate: 22050, .. })
+        ));
+        assert_eq!(read_prompt(b"hello"), Err(WavError::NotWave));
+        assert_eq!(read_prompt(&header(1, 0)), Err(WavError::Empty));
+        assert_eq!(
+            read_prompt(&good[..36]),
+            Err(WavError::MissingChunk("data"))
+        );
+    }
 
     #[test]
     fn file_is_complete_after_every_append() {

@@ -255,6 +255,8 @@ fn complete_records(
             talk_seconds: r.talk_seconds,
             caller_known: known,
             earlier_call_in_window: earlier,
+            ivr_digit: r.ivr_digits.as_deref().is_some_and(|d| !d.is_empty()),
+            judgement_digit: r.judgement_digit.is_some(),
         };
         let mut record = r.clone();
         record.validity = judge(&rule, &facts);
@@ -285,6 +287,7 @@ mod tests {
         let rule = ValidityRule {
             min_talk_seconds: 10,
             duplicate_window_seconds: 3600,
+            ..ValidityRule::default()
         };
         let mut number = tsunagu_store::conformance::sample_number(&op.id, "adv_1");
         number.validity = rule;

@@ -22,6 +22,9 @@ pub struct NodeContext {
     pub webhooks: crate::follow_up::hooks::WebhookCache,
     pub lines: crate::lines::Lines,
     pub recordings_dir: std::path::PathBuf,
+    pub prompts: tsunagu_media::Prompts,
+    /// The ringback tone played to callers who were sent early media.
+    pub ringback: Arc<tsunagu_media::Prompt>,
     pub metrics: Metrics,
     pub system_number: Option<String>,
     /// Guard timer for a call that is ending but whose far end never confirms.

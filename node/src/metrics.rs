@@ -37,6 +37,21 @@ pub struct TrunkCodeLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PurposeLabel {
+    pub purpose: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabel {
+    pub source: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RejectLabel {
     pub code: u16,
     pub reason: &'static str,
@@ -67,6 +82,12 @@ pub struct CallMetrics {
     pub queued: Counter,
     pub queue_waiting: Gauge,
     pub queue_wait_seconds: Histogram,
+    pub prompts_played: Family<PurposeLabel, Counter>,
+    pub prompts_missing: Counter,
+    pub digits: Family<SourceLabel, Counter>,
+    pub ivr: Family<OutcomeLabel, Counter>,
+    pub judgements: Family<OutcomeLabel, Counter>,
+    pub attempts: Histogram,
 }
 
 impl Default for CallMetrics {
@@ -102,6 +123,12 @@ impl Default for CallMetrics {
             queued: Counter::default(),
             queue_waiting: Gauge::default(),
             queue_wait_seconds: Histogram::new(time_buckets),
+            prompts_played: Family::default(),
+            prompts_missing: Counter::default(),
+            digits: Family::default(),
+            ivr: Family::default(),
+            judgements: Family::default(),
+            attempts: Histogram::new([1.0, 2.0, 3.0, 4.0, 5.0, 10.0]),
         }
     }
 }
@@ -350,6 +377,36 @@ impl Metrics {
             "queue_wait_seconds",
             "How long queued calls waited before a line freed (timeouts and hang-ups not included)",
             c.queue_wait_seconds.clone(),
+        );
+        r.register(
+            "prompts_played",
+            "Prompts started, by purpose (closed, recording_notice, queue, queue_timeout, ivr_menu, ivr_invalid, judgement)",
+            c.prompts_played.clone(),
+        );
+        r.register(
+            "prompts_missing",
+            "Prompts a number names that the node does not have (skipped: ringback or no audio instead)",
+            c.prompts_missing.clone(),
+        );
+        r.register(
+            "dtmf_digits",
+            "Keys received from either party, by source (rfc4733 telephone-events, SIP info)",
+            c.digits.clone(),
+        );
+        r.register(
+            "ivr",
+            "IVR steps, by outcome (routed, default, invalid, replayed, no_input, skipped)",
+            c.ivr.clone(),
+        );
+        r.register(
+            "judgements",
+            "Post-call judgements, by outcome (digit, none = no key in time, hung_up = the callee hung up first)",
+            c.judgements.clone(),
+        );
+        r.register(
+            "forward_attempts",
+            "Forwarding attempts (destination and trunk tries) per call that was forwarded",
+            c.attempts.clone(),
         );
         r.register(
             "recordings_started",

@@ -239,6 +239,18 @@ pub async fn run(
 
     let routing = Routing::from_config(&config);
     let recordings_dir = config.node.data_dir.join("recordings");
+    let prompts_dir = config
+        .media
+        .prompts_dir
+        .clone()
+        .unwrap_or_else(|| config.node.data_dir.join("prompts"));
+    let prompts = tsunagu_media::Prompts::load(&prompts_dir)
+        .map_err(|e| NodeError::Io(format!("media.prompts_dir: {e}")))?;
+    if tsunagu_media::prompt::DEFAULTS.is_empty() {
+        tracing::warn!(
+            "this binary has no default prompts (espeak-ng was not installed when it was built)"
+        );
+    }
     let ctx = Arc::new(NodeContext {
         node_id: config.node.id.clone(),
         endpoint: endpoint.clone(),
@@ -263,6 +275,8 @@ pub async fn run(
         lines: crate::lines::Lines::new(metrics.calls.queue_waiting.clone()),
         webhooks,
         recordings_dir: recordings_dir.clone(),
+        prompts: prompts.clone(),
+        ringback: Arc::new(tsunagu_media::Prompt::ringback()),
         metrics: metrics.clone(),
         system_number: config.sip.system_number.clone(),
         end_guard: Duration::from_secs(32),
@@ -307,6 +321,7 @@ pub async fn run(
             sms: planner.sms,
         },
         recordings_dir,
+        prompts,
     });
     let api_listener = tokio::net::TcpListener::bind(config.api.listen)
         .await

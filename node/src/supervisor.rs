@@ -231,6 +231,8 @@ mod tests {
             lines: crate::lines::Lines::default(),
             webhooks: crate::follow_up::hooks::WebhookCache::load(store.clone()).unwrap(),
             recordings_dir: std::env::temp_dir(),
+            prompts: tsunagu_media::Prompts::default(),
+            ringback: Arc::new(tsunagu_media::Prompt::ringback()),
             routing,
             log: log.clone(),
             metrics: metrics.clone(),

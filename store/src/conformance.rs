@@ -103,6 +103,7 @@ pub fn sample_number(operator_id: &str, advertiser_id: &str) -> TrackingNumber {
         validity: ValidityRule {
             min_talk_seconds: 10,
             duplicate_window_seconds: 86400,
+            ..ValidityRule::default()
         },
         caller_id: CallerIdMode::Caller,
         tracking_params: BTreeMap::from([("medium".to_string(), "flyer".to_string())]),
@@ -113,6 +114,8 @@ pub fn sample_number(operator_id: &str, advertiser_id: &str) -> TrackingNumber {
         schedule: None,
         absent: false,
         queue: None,
+        ivr: None,
+        judgement: None,
         created_at: 1,
         updated_at: 1,
     }
@@ -421,6 +424,8 @@ pub fn sample_pool(
             schedule: None,
             absent: false,
             queue: None,
+            ivr: None,
+            judgement: None,
             ..sample_number(operator_id, advertiser_id)
         })
         .collect();

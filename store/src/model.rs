@@ -44,6 +44,12 @@ pub struct ValidityRule {
     /// earlier one is `invalid_duplicate`; 0 = no duplicate check.
     #[serde(default)]
     pub duplicate_window_seconds: u32,
+    /// A call without an IVR key is `invalid_no_digit`.
+    #[serde(default)]
+    pub require_ivr_digit: bool,
+    /// A call without a judgement key is `invalid_no_digit`.
+    #[serde(default)]
+    pub require_judgement_digit: bool,
 }
 
 /// Which caller number the forwarded leg presents.
@@ -105,6 +111,12 @@ pub struct TrackingNumber {
     /// Call queuing (コールキューイング): a line limit and how long callers may wait.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue: Option<QueueSettings>,
+    /// An IVR menu played before forwarding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ivr: Option<Ivr>,
+    /// Post-call judgement by the callee.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub judgement: Option<Judgement>,
     #[serde(default)]
     pub created_at: i64,
     #[serde(default)]
@@ -152,11 +164,67 @@ pub struct Notify {
 
 /// At most `max_lines` calls of the number at once; others wait up to
 /// `max_wait_seconds` for a line, first come first served.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct QueueSettings {
     pub max_lines: u32,
     pub max_wait_seconds: u32,
+    /// Played, looped, to waiting callers; default `queue`. Callers hear ringback if
+    /// the node has no such prompt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+    /// Played before a caller who waited `max_wait_seconds` is released; default
+    /// `queue_timeout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_prompt: Option<String>,
+}
+
+/// An IVR menu: a prompt, then the caller's key picks the destinations.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ivr {
+    pub prompt: String,
+    /// Key (`0`-`9`, `*`, `#`) → the destinations it routes to, tried in order.
+    pub routes: BTreeMap<String, Vec<Destination>>,
+    /// How long to wait for a key after the prompt ends.
+    #[serde(default = "default_ivr_timeout")]
+    pub timeout_seconds: u32,
+    /// How many times the menu is played before the call is released.
+    #[serde(default = "default_ivr_attempts")]
+    pub attempts: u32,
+    /// Played after a key that routes nowhere; default `ivr_invalid`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invalid_prompt: Option<String>,
+    /// The key assumed when the caller presses none (else the menu repeats).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_key: Option<String>,
+}
+
+fn default_ivr_timeout() -> u32 {
+    5
+}
+
+fn default_ivr_attempts() -> u32 {
+    3
+}
+
+/// Post-call judgement (終話後のボタン操作): when the caller hangs up, the callee
+/// hears `prompt` and the key pressed within `seconds` after it is logged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Judgement {
+    #[serde(default = "default_judgement_prompt")]
+    pub prompt: String,
+    #[serde(default = "default_judgement_seconds")]
+    pub seconds: u32,
+}
+
+fn default_judgement_prompt() -> String {
+    "judgement".into()
+}
+
+fn default_judgement_seconds() -> u32 {
+    5
 }
 
 /// A span of local time within a day, `HH:MM` to `HH:MM` (end excluded; `24:00` ok).
@@ -204,6 +272,10 @@ pub struct Schedule {
     /// What calls get when closed or absent.
     #[serde(default)]
     pub closed: ClosedAction,
+    /// Played to the caller when closed or absent, before the refusal or forward
+    /// (e.g. `closed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closed_prompt: Option<String>,
 }
 
 fn default_time_zone() -> String {
@@ -220,10 +292,14 @@ pub enum RecordingMode {
     Callee,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RecordingSettings {
     pub mode: RecordingMode,
+    /// A prompt ("this call is recorded", e.g. `recording_notice`) the caller hears
+    /// before the call is forwarded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notice: Option<String>,
 }
 
 /// A GA4 property to send conversions to (Measurement Protocol).
@@ -340,6 +416,7 @@ string_enum!(
         Valid => "valid",
         InvalidShort => "invalid_short",
         InvalidDuplicate => "invalid_duplicate",
+        InvalidNoDigit => "invalid_no_digit",
     }
 );
 

@@ -9,7 +9,8 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub const ADMIN: &str = "test-admin-token";
@@ -337,13 +338,29 @@ pub fn http(
     body: Option<&str>,
     headers: &[(&str, &str)],
 ) -> std::io::Result<Response> {
+    let body = body.unwrap_or("").as_bytes();
+    let json = [("Content-Type", "application/json")];
+    let mut all: Vec<(&str, &str)> = if body.is_empty() {
+        Vec::new()
+    } else {
+        json.to_vec()
+    };
+    all.extend_from_slice(headers);
+    http_bytes(port, method, path, token, body, &all)
+}
+
+/// [`http`] with a body of any bytes (e.g. a WAV upload); `headers` name its type.
+pub fn http_bytes(
+    port: u16,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &[u8],
+    headers: &[(&str, &str)],
+) -> std::io::Result<Response> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let body = body.unwrap_or("");
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
-    if !body.is_empty() {
-        req.push_str("Content-Type: application/json\r\n");
-    }
     if let Some(t) = token {
         req.push_str(&format!("Authorization: Bearer {t}\r\n"));
     }
@@ -351,8 +368,8 @@ pub fn http(
         req.push_str(&format!("{k}: {v}\r\n"));
     }
     req.push_str("\r\n");
-    req.push_str(body);
     s.write_all(req.as_bytes())?;
+    s.write_all(body)?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
     let text = String::from_utf8_lossy(&raw).into_owned();
@@ -388,6 +405,50 @@ fn dechunk(mut s: &str) -> String {
         s = &rest[n..].trim_start_matches("\r\n");
     }
     out
+}
+
+/// A UDP socket standing in for a caller's phone: the caller's SDP points here, and
+/// every packet the node sends it is kept (with its arrival time) until dropped.
+pub struct Ear {
+    pub port: u16,
+    packets: Arc<Mutex<Vec<(Instant, Vec<u8>)>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Ear {
+    pub fn bind(port: u16) -> Ear {
+        let socket = std::net::UdpSocket::bind(("127.0.0.1", port)).expect("bind the ear");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let packets = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (p, st) = (packets.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while !st.load(Ordering::Relaxed) {
+                if let Ok(n) = socket.recv(&mut buf) {
+                    p.lock().unwrap().push((Instant::now(), buf[..n].to_vec()));
+                }
+            }
+        });
+        Ear {
+            port,
+            packets,
+            stop,
+        }
+    }
+
+    /// The RTP packets received so far.
+    pub fn packets(&self) -> Vec<(Instant, Vec<u8>)> {
+        self.packets.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Ear {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
 }
 
 /// A SIPp process acting as the destination (UAS); killed when dropped.

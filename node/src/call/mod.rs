@@ -6,6 +6,7 @@
 //! Decisions (what a failure means, who is calling) come from [`crate::decide`];
 //! this module only sequences them and talks to the SIP edge.
 
+mod flow;
 mod legs;
 
 use crate::call_log::LogEntry;
@@ -17,12 +18,13 @@ use crate::decide::schedule::{gate, Gate};
 use crate::follow_up::plan::{CallEvent, EventKind};
 use crate::lines::{LineGuard, Waiter};
 use crate::metrics::{ResultLabel, StatusLabel, TrunkCodeLabel};
+use flow::{After, IvrState, Stage};
 use legs::{ALeg, BLeg, Outbound};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tsunagu_media::{sdp, RecordMode, Relay, Side};
+use tsunagu_media::{sdp, MediaEvent, RecordMode, Relay, Side};
 use tsunagu_sip::endpoint::CallSink;
 use tsunagu_sip::parse::{header, sdp_body, Peer};
 use tsunagu_sip::{Method, NewInvite, Request, Response, SipEvent};
@@ -41,6 +43,12 @@ pub enum CallMsg {
     LineFree,
     /// A queued call waited `max_wait_seconds`.
     QueueTimeout,
+    /// From the media relay: a key pressed, a prompt ended.
+    Media(MediaEvent),
+    /// The IVR waited for a key (which wait).
+    IvrTimeout(u32),
+    /// The callee pressed no judgement key in time.
+    JudgementTimeout,
     /// Test hook: makes the actor panic, to exercise supervision.
     #[cfg(test)]
     Crash,
@@ -182,6 +190,25 @@ pub struct Call {
     line: Option<LineGuard>,
     /// While queued: the ticket and since when.
     queued: Option<(u64, Instant)>,
+    /// The node's own answer to the caller (codec, SDP), once it sent one: early media
+    /// for a prompt, or the IVR's 200. The callee is then offered that codec only.
+    a_answer: Option<(u8, String)>,
+    /// The caller got the node's 200 (IVR): their INVITE is answered, so a call that
+    /// ends unanswered hangs up with BYE.
+    a_answered: bool,
+    /// The prompt playing whose end moves the call on.
+    playing: Option<(u32, After)>,
+    prompt_ids: u32,
+    ivr: Option<IvrState>,
+    /// Keys the caller pressed in the IVR, in order.
+    ivr_digits: String,
+    /// The callee's codec (for the judgement prompt).
+    b_payload_type: u8,
+    /// Waiting for the callee's judgement key.
+    judging: bool,
+    judgement_digit: Option<char>,
+    /// When the conversation ended, if the call went on after it (judgement).
+    talk_end: Option<Instant>,
     _slot: CallSlot,
 }
 
@@ -273,6 +300,16 @@ impl Actor for CallActor {
             closed_result: None,
             line: None,
             queued: None,
+            a_answer: None,
+            a_answered: false,
+            playing: None,
+            prompt_ids: 0,
+            ivr: None,
+            ivr_digits: String::new(),
+            b_payload_type: 0,
+            judging: false,
+            judgement_digit: None,
+            talk_end: None,
             _slot: slot,
         })
     }
@@ -300,6 +337,9 @@ impl Actor for CallActor {
             }
             CallMsg::LineFree => call.line_free(),
             CallMsg::QueueTimeout => call.queue_timeout(),
+            CallMsg::Media(event) => call.on_media(event),
+            CallMsg::IvrTimeout(wait) => call.ivr_timeout(wait),
+            CallMsg::JudgementTimeout => call.end_judgement("none"),
             #[cfg(test)]
             CallMsg::Crash => panic!("test-induced call actor panic"),
         });
@@ -338,8 +378,20 @@ impl Call {
                     .map(|s| s.closed.clone())
                     .unwrap_or_default();
                 tracing::info!(?closed, ?action, "number closed");
+                let prompt = self
+                    .number
+                    .schedule
+                    .as_ref()
+                    .and_then(|s| s.closed_prompt.clone());
                 match action {
-                    ClosedAction::Reject => return self.give_up(result, 480),
+                    ClosedAction::Reject => {
+                        if let Some(name) = prompt {
+                            if self.play_to_caller(&name, "closed", After::GiveUp(result, 480)) {
+                                return;
+                            }
+                        }
+                        return self.give_up(result, 480);
+                    }
                     ClosedAction::Forward { destination } => {
                         // The closed-hours destination is the only one tried.
                         let ring_seconds = self
@@ -356,6 +408,13 @@ impl Call {
                             }),
                         );
                         self.closed_result = Some(result);
+                        if let Some(name) = prompt {
+                            let next = After::Continue(Stage::Notice);
+                            if self.play_to_caller(&name, "closed", next) {
+                                return;
+                            }
+                        }
+                        return self.proceed(Stage::Notice);
                     }
                 }
             }
@@ -365,7 +424,13 @@ impl Call {
             tracing::info!("callback number is not leased");
             return self.give_up(CallResult::Failed, 404);
         }
-        if let Some(q) = self.number.queue {
+        self.proceed(Stage::Ivr);
+    }
+
+    /// Takes a line of the number (numbers with a queue) and forwards, or queues the
+    /// call: the caller hears the queue prompt (looped), or ringback without one.
+    fn take_line(&mut self) {
+        if let Some(q) = self.number.queue.clone() {
             let waiter = Arc::new(QueueWaiter(self.me.clone()));
             match self.ctx.lines.ask(&self.number.number, q.max_lines, waiter) {
                 Ok(line) => self.line = Some(line),
@@ -374,8 +439,14 @@ impl Call {
                     tracing::info!(position, "queued");
                     self.queued = Some((ticket, Instant::now()));
                     self.ctx.metrics.calls.queued.inc();
-                    let ep = self.ctx.endpoint.clone();
-                    self.a.respond(&ep, 180, None);
+                    let name = q.prompt.as_deref().unwrap_or("queue");
+                    if !self.loop_to_caller(name, "queue") {
+                        if self.phase != Phase::Trying {
+                            return; // no RTP port: refused
+                        }
+                        let ep = self.ctx.endpoint.clone();
+                        self.a.respond(&ep, 180, None);
+                    }
                     self.me
                         .send_after(Duration::from_secs(u64::from(q.max_wait_seconds)), || {
                             CallMsg::QueueTimeout
@@ -418,7 +489,16 @@ impl Call {
         }
         self.queued = None;
         tracing::info!("queue wait ran out");
-        self.give_up(CallResult::QueueTimeout, 480);
+        let name = self
+            .number
+            .queue
+            .as_ref()
+            .and_then(|q| q.timeout_prompt.clone())
+            .unwrap_or_else(|| "queue_timeout".into());
+        let release = After::GiveUp(CallResult::QueueTimeout, 480);
+        if !self.play_to_caller(&name, "queue_timeout", release) && self.phase == Phase::Trying {
+            self.give_up(CallResult::QueueTimeout, 480);
+        }
     }
 
     /// Leaves the queue if waiting (the caller hung up).
@@ -433,18 +513,19 @@ impl Call {
 
     /// Anchors media and sends the first forwarding attempt.
     fn forward(&mut self) {
-        let relay = match (self.ctx.ports.allocate(), self.ctx.ports.allocate()) {
-            (Ok(a), Ok(b)) => Relay::start(a, b, self.ctx.metrics.media.clone()),
-            _ => {
-                tracing::warn!("no RTP ports free");
-                return self.give_up(CallResult::Failed, 503);
-            }
-        };
-        self.relay = Some(relay);
+        if !self.ensure_relay() {
+            return;
+        }
         let offer = sdp_body(&self.a.invite, &self.a.invite.body);
         self.b_offer = offer
             .and_then(|o| self.anchor_sdp(Side::A, &o))
             .unwrap_or_default();
+        if let Some((pt, _)) = &self.a_answer {
+            // The caller already has the node's answer: offer the callee that codec.
+            let mut keep = vec![*pt];
+            keep.extend(sdp::telephone_event(&self.b_offer));
+            self.b_offer = sdp::restrict(&self.b_offer, &keep);
+        }
         self.try_attempt();
     }
 
@@ -510,6 +591,7 @@ impl Call {
             .register(b.call_id(), Arc::new(CallHandle(self.me.clone())));
         self.ep().request(b.invite.clone(), b.peer);
         self.b = Some(b);
+        self.ringback();
         let n = self.attempt;
         self.me.send_after(
             Duration::from_secs(u64::from(dest.ring_seconds.max(1))),
@@ -563,6 +645,10 @@ impl Call {
             _ => result,
         };
         self.upstream_code = upstream;
+        if self.a_answered {
+            // The IVR answered the caller: hang up instead of refusing.
+            return self.hang_up_caller();
+        }
         let ep = self.ctx.endpoint.clone();
         self.a.respond(&ep, upstream, None);
         self.finish();
@@ -667,6 +753,9 @@ impl Call {
                 ep.respond(&req, &info, &key, 200, None, &[], None);
                 if self.phase == Phase::Answered {
                     tracing::debug!("caller hung up");
+                    if self.judging || self.start_judgement() {
+                        return; // the callee stays on for the judgement
+                    }
                     if let Some(b) = self.b.as_mut() {
                         b.bye(&ep);
                     }
@@ -679,7 +768,27 @@ impl Call {
                 self.relay_reoffer(Side::A, req, info, key)
             }
             Method::Invite | Method::Update => ep.respond(&req, &info, &key, 491, None, &[], None),
+            Method::Info => self.on_info(Side::A, &req, &info, &key),
             _ => ep.respond(&req, &info, &key, 200, None, &[], None),
+        }
+    }
+
+    /// SIP INFO: a key (`application/dtmf-relay` or `application/dtmf`) is taken as
+    /// pressed; any INFO is answered 200.
+    fn on_info(
+        &mut self,
+        side: Side,
+        req: &Request,
+        info: &tsunagu_sip::Info,
+        key: &tsunagu_sip::transaction::TxKey,
+    ) {
+        self.ctx
+            .endpoint
+            .respond(req, info, key, 200, None, &[], None);
+        let content_type = header(req, "Content-Type").unwrap_or_default();
+        let body = String::from_utf8_lossy(&req.body);
+        if let Some(k) = tsunagu_media::dtmf::info_digit(content_type, &body) {
+            self.on_key(side, k, "info");
         }
     }
 
@@ -692,6 +801,17 @@ impl Call {
         let Some(key) = key else { return };
         let ep = self.ctx.endpoint.clone();
         match req.method {
+            Method::Bye if self.judging => {
+                ep.respond(&req, &info, &key, 200, None, &[], None);
+                self.ctx
+                    .metrics
+                    .calls
+                    .judgements
+                    .get_or_create(&crate::metrics::OutcomeLabel { outcome: "hung_up" })
+                    .inc();
+                self.judging = false;
+                self.finish();
+            }
             Method::Bye if self.phase == Phase::Answered => {
                 ep.respond(&req, &info, &key, 200, None, &[], None);
                 tracing::debug!("callee hung up");
@@ -704,6 +824,7 @@ impl Call {
                 self.relay_reoffer(Side::B, req, info, key)
             }
             Method::Invite | Method::Update => ep.respond(&req, &info, &key, 491, None, &[], None),
+            Method::Info => self.on_info(Side::B, &req, &info, &key),
             _ => ep.respond(&req, &info, &key, 200, None, &[], None),
         }
     }
@@ -820,6 +941,15 @@ impl Call {
                     return;
                 }
                 let sdp = self.callee_sdp(&resp);
+                if self.a_answer.is_some() {
+                    // The caller hears the node's media: the callee's early media
+                    // replaces the ringback; no further provisional goes upstream.
+                    if sdp.is_some() {
+                        self.stop_caller_audio();
+                    }
+                    self.observe_setup();
+                    return;
+                }
                 let upstream = if sdp.is_some() { 183 } else { 180 };
                 self.observe_setup();
                 self.a.respond(&ep, upstream, sdp.as_deref());
@@ -838,6 +968,10 @@ impl Call {
                     return;
                 }
                 let sdp = self.callee_sdp(&resp);
+                if let Some(pt) = sdp_body(&resp, &resp.body).and_then(|b| sdp::g711(&b)) {
+                    self.b_payload_type = pt;
+                }
+                self.stop_caller_audio();
                 self.observe_setup();
                 self.answered = Some((Instant::now(), now_ms()));
                 self.result = CallResult::Answered;
@@ -920,7 +1054,8 @@ impl Call {
 
     /// Starts recording the conversation if the number asks for it.
     fn start_recording(&mut self) {
-        let (Some(settings), Some(relay)) = (self.number.recording, self.relay.as_ref()) else {
+        let (Some(settings), Some(relay)) = (self.number.recording.as_ref(), self.relay.as_ref())
+        else {
             return;
         };
         let mode = match settings.mode {
@@ -998,7 +1133,7 @@ impl Call {
         self.phase = Phase::Done;
         self.line = None; // the next queued caller of this number may go
         self.leave_queue();
-        let ended = Instant::now();
+        let ended = self.talk_end.unwrap_or_else(Instant::now);
         let ring_end = self.answered.map(|(t, _)| t).unwrap_or(ended);
         let mut record = base_record(
             &self.ctx,
@@ -1017,6 +1152,8 @@ impl Call {
             .unwrap_or(0);
         record.result = self.result;
         record.sip_code = self.upstream_code;
+        record.ivr_digits = Some(self.ivr_digits.clone()).filter(|d| !d.is_empty());
+        record.judgement_digit = self.judgement_digit.map(String::from);
         if let Some(closed) = self.closed_result {
             // Answered by the closed-hours destination: the record still says why.
             record
@@ -1040,6 +1177,9 @@ impl Call {
             .inc();
         m.ring_seconds
             .observe(ring_end.duration_since(self.started).as_secs_f64());
+        if self.attempt > 0 {
+            m.attempts.observe(f64::from(self.attempt));
+        }
         if let Some((t, _)) = self.answered {
             m.talk_seconds
                 .observe(ended.duration_since(t).as_secs_f64());

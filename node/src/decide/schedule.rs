@@ -115,6 +115,7 @@ mod tests {
                 },
             ],
             closed: Default::default(),
+            closed_prompt: None,
         }
     }
 

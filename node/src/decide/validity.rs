@@ -4,7 +4,9 @@
 //! within the duplicate window is `invalid_duplicate` whatever its length; otherwise an
 //! answered call with talk time at or above the threshold is `valid`; everything else
 //! (short calls, and calls never answered) is `invalid_short`. Withheld callers are
-//! never duplicates: there is no number to compare.
+//! never duplicates: there is no number to compare. A rule that requires an IVR key
+//! or a judgement key makes a call without it `invalid_no_digit` (after the
+//! duplicate check, before talk time).
 
 use tsunagu_store::{CallResult, Validity, ValidityRule};
 
@@ -16,11 +18,19 @@ pub struct Facts {
     pub caller_known: bool,
     /// An earlier call from this caller to this advertiser started within the window.
     pub earlier_call_in_window: bool,
+    /// The caller pressed an IVR key.
+    pub ivr_digit: bool,
+    /// The callee pressed a judgement key.
+    pub judgement_digit: bool,
 }
 
 pub fn judge(rule: &ValidityRule, f: &Facts) -> Validity {
     if rule.duplicate_window_seconds > 0 && f.caller_known && f.earlier_call_in_window {
         Validity::InvalidDuplicate
+    } else if (rule.require_ivr_digit && !f.ivr_digit)
+        || (rule.require_judgement_digit && !f.judgement_digit)
+    {
+        Validity::InvalidNoDigit
     } else if f.result == CallResult::Answered && f.talk_seconds >= rule.min_talk_seconds {
         Validity::Valid
     } else {
@@ -39,10 +49,12 @@ mod tests {
         let rule = ValidityRule {
             min_talk_seconds: 10,
             duplicate_window_seconds: 86400,
+            ..ValidityRule::default()
         };
         let no_dup = ValidityRule {
             min_talk_seconds: 10,
             duplicate_window_seconds: 0,
+            ..ValidityRule::default()
         };
         let cases: &[(&ValidityRule, CallResult, u32, bool, bool, Validity)] = &[
             (&rule, Answered, 10, true, false, Valid),
@@ -68,11 +80,51 @@ mod tests {
                 talk_seconds: *talk,
                 caller_known: *known,
                 earlier_call_in_window: *earlier,
+                ivr_digit: false,
+                judgement_digit: false,
             };
             assert_eq!(
                 judge(rule, &facts),
                 *want,
                 "{result:?} talk={talk} known={known} earlier={earlier}"
+            );
+        }
+    }
+
+    #[test]
+    fn rules_requiring_a_key() {
+        let ivr = ValidityRule {
+            min_talk_seconds: 10,
+            duplicate_window_seconds: 86400,
+            require_ivr_digit: true,
+            ..ValidityRule::default()
+        };
+        let judged = ValidityRule {
+            require_judgement_digit: true,
+            ..ValidityRule::default()
+        };
+        // (rule, talk, earlier call, ivr key, judgement key) → validity
+        let cases: &[(&ValidityRule, u32, bool, bool, bool, Validity)] = &[
+            (&ivr, 60, false, true, false, Valid),
+            (&ivr, 60, false, false, false, InvalidNoDigit),
+            (&ivr, 60, true, false, false, InvalidDuplicate),
+            (&ivr, 5, false, true, false, InvalidShort),
+            (&judged, 60, false, false, true, Valid),
+            (&judged, 60, false, true, false, InvalidNoDigit),
+        ];
+        for (rule, talk, earlier, ivr_digit, judgement_digit, want) in cases {
+            let facts = Facts {
+                result: Answered,
+                talk_seconds: *talk,
+                caller_known: true,
+                earlier_call_in_window: *earlier,
+                ivr_digit: *ivr_digit,
+                judgement_digit: *judgement_digit,
+            };
+            assert_eq!(
+                judge(rule, &facts),
+                *want,
+                "{talk} {earlier} {ivr_digit} {judgement_digit}"
             );
         }
     }

@@ -1,0 +1,118 @@
+//! DTMF detection. RFC 4733 telephone-events arrive as several RTP packets per key
+//! press, all carrying the event's start timestamp, the last (end) one sent three
+//! times; [`EventDetector`] reports each press once, on its first packet. SIP INFO
+//! carries a digit in its body (`application/dtmf-relay` `Signal=5`, or
+//! `application/dtmf` `5`); [`info_digit`] reads it.
+
+/// The key of an RFC 4733 event code (0–9, `*`, `#`, A–D); None for other events.
+pub fn key(event: u8) -> Option<char> {
+    match event {
+        0..=9 => Some((b'0' + event) as char),
+        10 => Some('*'),
+        11 => Some('#'),
+        12..=15 => Some((b'A' + event - 12) as char),
+        _ => None,
+    }
+}
+
+/// Telephone-events of one stream, de-duplicated.
+#[derive(Debug, Default)]
+pub struct EventDetector {
+    /// Timestamp of the last event reported.
+    last: Option<u32>,
+}
+
+impl EventDetector {
+    /// One telephone-event packet: its RTP timestamp and payload. Returns the key when
+    /// this packet starts a new event.
+    pub fn on_packet(&mut self, timestamp: u32, payload: &[u8]) -> Option<char> {
+        let event = *payload.first()?;
+        if payload.len() < 4 || self.last == Some(timestamp) {
+            return None;
+        }
+        let k = key(event)?;
+        self.last = Some(timestamp);
+        Some(k)
+    }
+}
+
+/// The digit of a SIP INFO body, by its content type.
+pub fn info_digit(content_type: &str, body: &str) -> Option<char> {
+    let ct = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let value = match ct.as_str() {
+        "application/dtmf-relay" => body.lines().find_map(|l| {
+            let (name, value) = l.split_once('=')?;
+            name.trim()
+                .eq_ignore_ascii_case("signal")
+                .then(|| value.trim())
+        })?,
+        "application/dtmf" => body.trim(),
+        _ => return None,
+    };
+    let mut chars = value.chars();
+    match (chars.next(), chars.next()) {
+        (Some(c), None) if c.is_ascii_digit() || matches!(c, '*' | '#') => Some(c),
+        (Some(c), None) if ('A'..='D').contains(&c.to_ascii_uppercase()) => {
+            Some(c.to_ascii_uppercase())
+        }
+        // Some gateways send the event code: 10 = *, 11 = #.
+        _ => value.parse::<u8>().ok().filter(|n| *n <= 15).and_then(key),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_report_per_key_press() {
+        // (timestamp, payload) → reported key
+        let table: &[(u32, &[u8], Option<char>)] = &[
+            (1000, &[5, 0x0a, 0, 160], Some('5')),
+            (1000, &[5, 0x0a, 1, 64], None),
+            (1000, &[5, 0x8a, 3, 32], None), // end, and its two retransmissions
+            (1000, &[5, 0x8a, 3, 32], None),
+            (2600, &[5, 0x0a, 0, 160], Some('5')), // the same key again
+            (4000, &[11, 0x0a, 0, 160], Some('#')),
+            (5000, &[10, 0x0a, 0, 160], Some('*')),
+            (6000, &[16, 0x0a, 0, 160], None), // flash: not a key
+            (7000, &[1, 0x0a], None),          // short
+            (8000, &[13, 0x0a, 0, 160], Some('B')),
+        ];
+        let mut d = EventDetector::default();
+        for (i, (ts, payload, want)) in table.iter().enumerate() {
+            assert_eq!(d.on_packet(*ts, payload), *want, "row {i}");
+        }
+    }
+
+    #[test]
+    fn info_bodies() {
+        let table = [
+            (
+                "application/dtmf-relay",
+                "Signal=5\r\nDuration=160\r\n",
+                Some('5'),
+            ),
+            (
+                "application/dtmf-relay",
+                "signal = #\nDuration=100",
+                Some('#'),
+            ),
+            ("Application/DTMF-Relay; x=y", "Signal=11\r\n", Some('#')),
+            ("application/dtmf", "7", Some('7')),
+            ("application/dtmf", "a", Some('A')),
+            ("application/dtmf", "77", None),
+            ("application/dtmf-relay", "Duration=160", None),
+            ("text/plain", "5", None),
+            ("application/dtmf", "", None),
+        ];
+        for (ct, body, want) in table {
+            assert_eq!(info_digit(ct, body), want, "{ct} {body:?}");
+        }
+    }
+}

@@ -1,0 +1,401 @@
+//! Prompts (ガイダンス): audio the node plays into a leg. A [`Prompt`] is encoded to
+//! both PCMU and PCMA once, when it is loaded, and cut into 20 ms frames, so playing it
+//! costs a copy per frame and no encoding. [`Prompts`] is the node's library by name:
+//! the defaults generated with espeak-ng at build time (`media/prompts.txt`), the WAV
+//! files of the prompts directory (shared by all operators), and each operator's own
+//! (uploaded through the API, kept under `operators/<id>/` in that directory).
+
+use crate::g711::{self, PCMA};
+use crate::wav::{self, WavError, SAMPLE_RATE};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+/// Samples in one 20 ms RTP frame at 8 kHz.
+pub const FRAME_SAMPLES: usize = 160;
+
+/// One prompt, ready to send.
+#[derive(Debug)]
+pub struct Prompt {
+    pcmu: Box<[u8]>,
+    pcma: Box<[u8]>,
+}
+
+impl Prompt {
+    /// Encodes linear samples, padding the last frame with silence.
+    pub fn from_samples(samples: &[i16]) -> Prompt {
+        let mut padded = samples.to_vec();
+        let frames = samples.len().div_ceil(FRAME_SAMPLES).max(1);
+        padded.resize(frames * FRAME_SAMPLES, 0);
+        Prompt {
+            pcmu: g711::encode(g711::PCMU, &padded).into(),
+            pcma: g711::encode(PCMA, &padded).into(),
+        }
+    }
+
+    /// A prompt from an 8 kHz 16-bit PCM mono WAV file's bytes.
+    pub fn from_wav(bytes: &[u8]) -> Result<Prompt, WavError> {
+        wav::read_prompt(bytes).map(|s| Prompt::from_samples(&s))
+    }
+
+    /// The Japanese ringback tone (呼出音): 400 Hz modulated by 16 Hz, one second on,
+    /// two off. Played, looped, to a caller who has been sent early media (a prompt)
+    /// and so no longer hears the ringback of their own phone.
+    pub fn ringback() -> Prompt {
+        let rate = SAMPLE_RATE as usize;
+        let samples: Vec<i16> = (0..3 * rate)
+            .map(|i| {
+                if i >= rate {
+                    return 0;
+                }
+                let t = i as f64 / rate as f64;
+                let tone = (2.0 * std::f64::consts::PI * 400.0 * t).sin();
+                let envelope = 0.5 + 0.5 * (2.0 * std::f64::consts::PI * 16.0 * t).sin();
+                (tone * envelope * 8000.0) as i16
+            })
+            .collect();
+        Prompt::from_samples(&samples)
+    }
+
+    pub fn frames(&self) -> usize {
+        self.pcmu.len() / FRAME_SAMPLES
+    }
+
+    pub fn seconds(&self) -> f64 {
+        self.pcmu.len() as f64 / f64::from(SAMPLE_RATE)
+    }
+
+    /// Frame `index` encoded for `payload_type` (PCMA for 8, PCMU otherwise).
+    pub fn frame(&self, payload_type: u8, index: usize) -> &[u8] {
+        let all = if payload_type == PCMA {
+            &self.pcma
+        } else {
+            &self.pcmu
+        };
+        &all[index * FRAME_SAMPLES..(index + 1) * FRAME_SAMPLES]
+    }
+}
+
+/// The default prompts compiled in: (name, 8 kHz WAV bytes). Empty if espeak-ng was
+/// not installed when the binary was built.
+pub const DEFAULTS: &[(&str, &[u8])] = include!(concat!(env!("OUT_DIR"), "/default_prompts.rs"));
+
+/// Why a prompt could not be loaded or stored.
+#[derive(Debug, thiserror::Error)]
+pub enum PromptError {
+    #[error("{path}: {source}")]
+    File {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Wav { path: String, source: WavError },
+    #[error("a prompt name is 1 to 64 letters, digits, `_` or `-`")]
+    Name,
+}
+
+/// Whether `name` may name a prompt (and a file of the prompts directory).
+pub fn valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// The node's prompt library. Names are shared by every operator (the files of the
+/// prompts directory) or belong to one operator (uploaded through the API), which
+/// wins over a shared prompt of the same name.
+#[derive(Clone, Default)]
+pub struct Prompts {
+    shared: Arc<RwLock<HashMap<String, Arc<Prompt>>>>,
+    /// By (operator, name).
+    own: Arc<RwLock<HashMap<(String, String), Arc<Prompt>>>>,
+    /// Where operators' own prompts are saved (`<dir>/operators/<id>/<name>.wav`).
+    dir: Option<std::path::PathBuf>,
+}
+
+impl Prompts {
+    /// The defaults, then the files of `dir` (which replace defaults of the same name),
+    /// then each operator's own under `dir/operators/`.
+    pub fn load(dir: &Path) -> Result<Prompts, PromptError> {
+        let mut lib = Prompts::default();
+        for (name, wav) in DEFAULTS {
+            let prompt = Prompt::from_wav(wav).map_err(|source| PromptError::Wav {
+                path: format!("default prompt {name}"),
+                source,
+            })?;
+            lib.insert_shared(name, prompt);
+        }
+        lib.load_dir(dir)?;
+        let operators = dir.join("operators");
+        if let Ok(entries) = std::fs::read_dir(&operators) {
+            for entry in entries.flatten() {
+                let Some(op) = entry.file_name().to_str().map(str::to_string) else {
+                    continue;
+                };
+                for (name, prompt) in read_dir(&entry.path())? {
+                    lib.insert_own(&op, &name, prompt);
+                }
+            }
+        }
+        lib.dir = Some(dir.to_path_buf());
+        Ok(lib)
+    }
+
+    fn insert_shared(&self, name: &str, prompt: Prompt) {
+        self.shared
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_string(), Arc::new(prompt));
+    }
+
+    /// Checks and saves an operator's own prompt (WAV bytes), replacing one of the
+    /// same name, and makes it playable at once.
+    pub fn save_own(&self, operator: &str, name: &str, wav: &[u8]) -> Result<f64, PromptError> {
+        if !valid_name(name) {
+            return Err(PromptError::Name);
+        }
+        let shown = format!("{name}.wav");
+        let prompt = Prompt::from_wav(wav).map_err(|source| PromptError::Wav {
+            path: shown.clone(),
+            source,
+        })?;
+        if let Some(dir) = &self.dir {
+            let dir = dir.join("operators").join(operator);
+            let io = |source| PromptError::File {
+                path: shown.clone(),
+                source,
+            };
+            std::fs::create_dir_all(&dir).map_err(io)?;
+            let tmp = dir.join(format!(".{name}.wav.tmp"));
+            std::fs::write(&tmp, wav).map_err(io)?;
+            std::fs::rename(&tmp, dir.join(&shown)).map_err(io)?;
+        }
+        let seconds = prompt.seconds();
+        self.insert_own(operator, name, prompt);
+        Ok(seconds)
+    }
+
+    /// Deletes an operator's own prompt; false if it had none of that name.
+    pub fn delete_own(&self, operator: &str, name: &str) -> Result<bool, PromptError> {
+        let removed = self
+            .own
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(operator.to_string(), name.to_string()))
+            .is_some();
+        if let (true, Some(dir), true) = (removed, &self.dir, valid_name(name)) {
+            let path = dir
+                .join("operators")
+                .join(operator)
+                .join(format!("{name}.wav"));
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(PromptError::File {
+                        path: path.display().to_string(),
+                        source,
+                    })
+                }
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Loads every `*.wav` of `dir` as a shared prompt.
+    pub fn load_dir(&self, dir: &Path) -> Result<usize, PromptError> {
+        let prompts = read_dir(dir)?;
+        let n = prompts.len();
+        for (name, prompt) in prompts {
+            self.insert_shared(&name, prompt);
+        }
+        Ok(n)
+    }
+
+    /// Adds or replaces an operator's own prompt.
+    pub fn insert_own(&self, operator: &str, name: &str, prompt: Prompt) {
+        self.own
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((operator.to_string(), name.to_string()), Arc::new(prompt));
+    }
+
+    pub fn remove_own(&self, operator: &str, name: &str) {
+        self.own
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(operator.to_string(), name.to_string()));
+    }
+
+    /// The prompt `name` as `operator` sees it.
+    pub fn get(&self, operator: &str, name: &str) -> Option<Arc<Prompt>> {
+        let own = self
+            .own
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(operator.to_string(), name.to_string()))
+            .cloned();
+        own.or_else(|| {
+            self.shared
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(name)
+                .cloned()
+        })
+    }
+
+    /// The names `operator` can use, sorted, each with whether it is the operator's own.
+    pub fn names(&self, operator: &str) -> Vec<(String, bool, f64)> {
+        let mut out: HashMap<String, (bool, f64)> = self
+            .shared
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(n, p)| (n.clone(), (false, p.seconds())))
+            .collect();
+        for ((op, n), p) in self.own.read().unwrap_or_else(|p| p.into_inner()).iter() {
+            if op == operator {
+                out.insert(n.clone(), (true, p.seconds()));
+            }
+        }
+        let mut names: Vec<_> = out.into_iter().map(|(n, (o, s))| (n, o, s)).collect();
+        names.sort_by(|a, b| a.0.cmp(&b.0));
+        names
+    }
+}
+
+/// The prompts of every `*.wav` of `dir` (the file stem is the name; other files are
+/// skipped). A missing directory has none; a file that is not a valid prompt is an error.
+fn read_dir(dir: &Path) -> Result<Vec<(String, Prompt)>, PromptError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(PromptError::File {
+                path: dir.display().to_string(),
+                source,
+            })
+        }
+    };
+    let mut loaded = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Some(name) = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .filter(|_| path.extension().is_some_and(|e| e == "wav"))
+        else {
+            continue;
+        };
+        let shown = path.display().to_string();
+        let bytes = std::fs::read(&path).map_err(|source| PromptError::File {
+            path: shown.clone(),
+            source,
+        })?;
+        let prompt = Prompt::from_wav(&bytes).map_err(|source| PromptError::Wav {
+            path: shown,
+            source,
+        })?;
+        loaded.push((name.to_string(), prompt));
+    }
+    Ok(loaded)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_prompts_were_generated_at_build_time() {
+        let names: Vec<&str> = DEFAULTS.iter().map(|(n, _)| *n).collect();
+        assert_eq!(
+            names,
+            [
+                "queue",
+                "queue_timeout",
+                "closed",
+                "recording_notice",
+                "ivr_menu",
+                "ivr_invalid",
+                "judgement"
+            ],
+            "espeak-ng must be installed when tsunagu is built (scripts/test.sh installs it)"
+        );
+        let lib = Prompts::load(Path::new("/nonexistent")).unwrap();
+        let notice = lib.get("any", "recording_notice").unwrap();
+        assert!(
+            (1.0..4.0).contains(&notice.seconds()),
+            "{}",
+            notice.seconds()
+        );
+    }
+
+    #[test]
+    fn prompts_are_whole_frames_in_both_laws() {
+        let p = Prompt::from_samples(&[1000; 200]);
+        assert_eq!(p.frames(), 2, "padded to whole frames");
+        assert_eq!(p.frame(0, 1)[100], 0xff, "padding is μ-law silence");
+        assert_eq!(p.frame(8, 1)[100], 0xd5, "padding is A-law silence");
+        assert_ne!(p.frame(0, 0)[0], p.frame(8, 0)[0]);
+        let ring = Prompt::ringback();
+        assert_eq!(ring.frames(), 150, "three seconds");
+        assert!(ring.frame(0, 10).iter().any(|b| *b != 0xff), "tone");
+        assert!(ring.frame(0, 100).iter().all(|b| *b == 0xff), "pause");
+    }
+
+    #[test]
+    fn library_loads_a_directory_and_operators_own_prompts_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut wav = crate::wav::header(1, 320).to_vec();
+        wav.extend_from_slice(&[0; 320]);
+        std::fs::write(dir.path().join("queue.wav"), &wav).unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "not a prompt").unwrap();
+        let lib = Prompts::default();
+        assert_eq!(lib.load_dir(dir.path()).unwrap(), 1);
+        assert_eq!(lib.load_dir(&dir.path().join("none")).unwrap(), 0);
+        assert_eq!(lib.get("op1", "queue").unwrap().frames(), 1);
+        lib.insert_own("op1", "queue", Prompt::from_samples(&[0; 480]));
+        assert_eq!(lib.get("op1", "queue").unwrap().frames(), 3, "own wins");
+        assert_eq!(
+            lib.get("op2", "queue").unwrap().frames(),
+            1,
+            "others keep the shared one"
+        );
+        assert_eq!(lib.names("op1"), vec![("queue".to_string(), true, 0.06)]);
+        lib.remove_own("op1", "queue");
+        assert_eq!(lib.get("op1", "queue").unwrap().frames(), 1);
+        assert!(lib.get("op1", "closed").is_none());
+        std::fs::write(dir.path().join("bad.wav"), "RIFF").unwrap();
+        assert!(matches!(
+            lib.load_dir(dir.path()),
+            Err(PromptError::Wav { .. })
+        ));
+        std::fs::remove_file(dir.path().join("bad.wav")).unwrap();
+        let lib = Prompts::load(dir.path()).unwrap();
+        assert_eq!(lib.save_own("op1", "hello", &wav).unwrap(), 0.02);
+        assert!(matches!(
+            lib.save_own("op1", "../x", &wav),
+            Err(PromptError::Name)
+        ));
+        assert!(matches!(
+            lib.save_own("op1", "x", b"RIFF"),
+            Err(PromptError::Wav { .. })
+        ));
+        let reloaded = Prompts::load(dir.path()).unwrap();
+        assert!(reloaded.get("op1", "hello").is_some(), "saved to disk");
+        assert!(
+            reloaded.get("op2", "hello").is_none(),
+            "for its operator only"
+        );
+        assert!(reloaded.delete_own("op1", "hello").unwrap());
+        assert!(!reloaded.delete_own("op1", "hello").unwrap());
+        assert!(Prompts::load(dir.path())
+            .unwrap()
+            .get("op1", "hello")
+            .is_none());
+        assert!(valid_name("queue_timeout-2"));
+        assert!(!valid_name("../etc"));
+        assert!(!valid_name(""));
+    }
+}
