@@ -2,7 +2,8 @@
 # The one test command. On Debian it installs what the tests need if missing (SIPp
 # from sip-tester; Chromium for the page-tag test; python3-aiosmtpd, a real SMTP
 # server for the e-mail test; stunnel4 and openssl, the TLS peer and certificates of
-# the SIP-over-TLS test), then builds and runs every test of the workspace:
+# the SIP-over-TLS test; espeak-ng, which speaks the default prompts when tsunagu is
+# built), then builds and runs every test of the workspace:
 # unit tests, the store conformance suite on SQLite, and the end-to-end tests that
 # start real nodes and drive them with SIPp, Chromium and SMTP over loopback.
 #
@@ -18,6 +19,7 @@ command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 /usr/bin/python3 -c 'import aiosmtpd' >/dev/null 2>&1 || missing+=(python3-aiosmtpd)
 command -v stunnel4 >/dev/null 2>&1 || missing+=(stunnel4)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing: ${missing[*]}"
     sudo=""
