@@ -6,6 +6,7 @@ mod calls;
 mod follow_up;
 mod harness;
 mod pools;
+mod prompts;
 mod recording;
 mod tls;
 mod torture;

@@ -1,0 +1,290 @@
+//! Prompts, DTMF, IVR and post-call judgement end to end: what the caller's phone
+//! actually receives (a test socket stands in for it), keys pressed with RFC 4733
+//! (SIPp playing a telephone-event pcap) and SIP INFO, and what the call log keeps.
+
+use crate::harness::*;
+use tsunagu_media::Prompt;
+
+/// An RTP packet as the caller's phone sees it.
+struct Rtp {
+    marker: bool,
+    payload_type: u8,
+    seq: u16,
+    ts: u32,
+    ssrc: u32,
+    payload: Vec<u8>,
+}
+
+fn rtp(p: &[u8]) -> Rtp {
+    assert!(p.len() >= 12 && p[0] >> 6 == 2, "not RTP: {p:?}");
+    Rtp {
+        marker: p[1] & 0x80 != 0,
+        payload_type: p[1] & 0x7f,
+        seq: u16::from_be_bytes([p[2], p[3]]),
+        ts: u32::from_be_bytes(p[4..8].try_into().unwrap()),
+        ssrc: u32::from_be_bytes(p[8..12].try_into().unwrap()),
+        payload: p[12..].to_vec(),
+    }
+}
+
+/// A WAV file (8 kHz 16-bit mono) of `samples`.
+fn wav(samples: &[i16]) -> Vec<u8> {
+    let mut w = tsunagu_media::wav::header(1, (samples.len() * 2) as u32).to_vec();
+    for s in samples {
+        w.extend_from_slice(&s.to_le_bytes());
+    }
+    w
+}
+
+fn upload(node: &Node, key: &str, name: &str, body: &[u8]) -> Response {
+    http_bytes(
+        node.ports.api,
+        "PUT",
+        &format!("/v1/prompts/{name}"),
+        Some(key),
+        body,
+        &[("Content-Type", "audio/wav")],
+    )
+    .expect("PUT prompt")
+}
+
+#[test]
+fn callers_hear_the_notice_then_ringback_then_the_callee_in_one_rtp_stream() {
+    let ports = Ports::take();
+    let node = Node::start(ports, "127.0.0.1/32", "");
+    let (key, _) = node.provision(
+        "0501234567",
+        r#"[{"number": "0311112222", "ring_seconds": 10}]"#,
+        "{}",
+    );
+    // The operator's own prompt: 0.4 s of a 1 kHz tone (20 frames).
+    let tone: Vec<i16> = (0..3200)
+        .map(|i| ((f64::from(i) * std::f64::consts::PI / 4.0).sin() * 8000.0) as i16)
+        .collect();
+    let up = upload(&node, &key, "hello", &wav(&tone));
+    assert_eq!(up.status, 200, "{}", up.body);
+    assert_eq!(up.json()["seconds"], 0.4);
+    let bad = upload(&node, &key, "hello2", b"RIFF....WAVEnot audio");
+    assert_eq!(bad.status, 422, "{}", bad.body);
+    let mut stereo = tsunagu_media::wav::header(2, 4).to_vec();
+    stereo.extend_from_slice(&[0; 4]);
+    let bad = upload(&node, &key, "hello2", &stereo);
+    assert!(bad.body.contains("8000 Hz 16-bit PCM mono"), "{}", bad.body);
+    let listed = node.get("/v1/prompts", &key).json();
+    let names: Vec<(String, bool)> = listed["prompts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap().to_string(),
+                p["own"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert!(names.contains(&("hello".into(), true)), "{names:?}");
+    assert!(
+        names.contains(&("queue".into(), false)),
+        "defaults: {names:?}"
+    );
+    let other = node.other_operator();
+    let theirs = node.get("/v1/prompts", &other).json();
+    assert!(
+        !theirs.to_string().contains("hello"),
+        "another operator's prompt is not listed: {theirs}"
+    );
+    let missing = node.patch_number(
+        &key,
+        "0501234567",
+        r#"{"recording": {"mode": "both", "notice": "nope"}}"#,
+    );
+    assert_eq!(missing.status, 422, "{}", missing.body);
+    assert!(
+        missing.body.contains("recording.notice"),
+        "{}",
+        missing.body
+    );
+    node.set_number(
+        &key,
+        "0501234567",
+        r#"{"recording": {"mode": "both", "notice": "hello"}}"#,
+    );
+
+    // The callee rings for 1.5 s, answers and talks (PCMA from a pcap).
+    let _uas = Uas::start(
+        "uas_answer_play.xml",
+        ports,
+        node.dir.path(),
+        &["-d", "1500"],
+    );
+    let ear = Ear::bind(ports.uac_media + 20);
+    let port = ear.port.to_string();
+    let run = uac(
+        "uac_listen.xml",
+        ports,
+        "0501234567",
+        1,
+        1,
+        &["-d", "1500", "-key", "ear_port", &port],
+    );
+    assert_eq!((run.exit, run.successful), (0, 1), "{}", run.output);
+    let call = node.wait_for_calls(&key, 1)[0].clone();
+    assert_eq!(call["result"], "answered", "{call}");
+    ear_packets_checked(&ear, &tone);
+    assert_eq!(
+        node.metric("tsunagu_prompts_played_total{purpose=\"recording_notice\"}"),
+        1.0
+    );
+
+    // Closed (absence switch) with a prompt: the caller hears it, then is refused.
+    node.set_number(
+        &key,
+        "0501234567",
+        r#"{"absent": true, "schedule": {"weekly": {}, "closed_prompt": "hello"}}"#,
+    );
+    let ear = Ear::bind(ports.uac_media + 22);
+    let port = ear.port.to_string();
+    let run = uac(
+        "uac_listen.xml",
+        ports,
+        "0501234567",
+        1,
+        1,
+        &["-key", "ear_port", &port],
+    );
+    assert_eq!(run.exit, 0, "{}", run.output);
+    let calls = node.wait_for_calls(&key, 2);
+    let closed = calls
+        .iter()
+        .find(|c| c["result"] == "absent")
+        .expect("absent call");
+    assert_eq!(closed["sip_code"], 480, "{closed}");
+    let heard: Vec<Rtp> = ear.packets().iter().map(|(_, p)| rtp(p)).collect();
+    let prompt = Prompt::from_samples(&tone);
+    assert_eq!(
+        heard.len(),
+        prompt.frames(),
+        "the whole prompt, then nothing"
+    );
+    for (i, p) in heard.iter().enumerate() {
+        assert_eq!(p.payload, prompt.frame(8, i), "frame {i}");
+    }
+}
+
+/// Checks what the listening caller got in the first call: the notice, ringback, then
+/// the callee's audio, as one stream.
+fn ear_packets_checked(ear: &Ear, tone: &[i16]) -> usize {
+    let heard: Vec<Rtp> = ear.packets().iter().map(|(_, p)| rtp(p)).collect();
+    assert!(heard.len() > 100, "{} packets", heard.len());
+    let ssrc = heard[0].ssrc;
+    for (i, w) in heard.windows(2).enumerate() {
+        assert_eq!(w[1].ssrc, ssrc, "packet {}: one SSRC throughout", i + 1);
+        assert_eq!(
+            w[1].seq,
+            w[0].seq.wrapping_add(1),
+            "packet {}: no sequence gap",
+            i + 1
+        );
+        assert!(
+            w[1].ts.wrapping_sub(w[0].ts) < 0x8000_0000 && w[1].ts != w[0].ts,
+            "packet {}: timestamps advance",
+            i + 1
+        );
+    }
+    // The notice, in the caller's codec (PCMA: the offer's first).
+    let notice = Prompt::from_samples(tone);
+    assert!(heard[0].marker, "the stream starts with the marker bit");
+    for (i, p) in heard.iter().take(notice.frames()).enumerate() {
+        assert_eq!(p.payload_type, 8);
+        assert_eq!(p.payload, notice.frame(8, i), "notice frame {i}");
+    }
+    // Then the ringback tone while the callee rings (1.5 s: at least a second of it).
+    let ringback = Prompt::ringback();
+    let ringing = heard[notice.frames()..]
+        .iter()
+        .enumerate()
+        .take_while(|(i, p)| p.payload == ringback.frame(8, i % ringback.frames()))
+        .count();
+    assert!(ringing >= 50, "{ringing} ringback frames");
+    // Then the callee: not generated audio, flagged as a new talkspurt.
+    let first_callee = &heard[notice.frames() + ringing];
+    assert!(first_callee.marker, "marker when the callee's audio starts");
+    assert_eq!(first_callee.payload_type, 8);
+    let callee = heard.len() - notice.frames() - ringing;
+    assert!(callee >= 25, "{callee} packets from the callee");
+    callee
+}
+
+#[test]
+fn the_ivr_routes_by_key_and_the_callee_judges_the_call_after_the_caller_hangs_up() {
+    let ports = Ports::take();
+    let node = Node::start(ports, "127.0.0.1/32", "");
+    let (key, _) = node.provision(
+        "0501234567",
+        r#"[{"number": "0311112222"}]"#,
+        r#"{"require_ivr_digit": true, "require_judgement_digit": true}"#,
+    );
+    let bad = node.patch_number(
+        &key,
+        "0501234567",
+        r#"{"ivr": {"prompt": "ivr_menu", "routes": {"12": [{"number": "0311112222"}]}}}"#,
+    );
+    assert_eq!(bad.status, 422, "{}", bad.body);
+    assert!(bad.body.contains("ivr.routes.12"), "{}", bad.body);
+    let bad = node.patch_number(
+        &key,
+        "0501234567",
+        r#"{"ivr": {"prompt": "ivr_menu", "routes": {"1": [{"number": "x"}]}}}"#,
+    );
+    assert!(
+        bad.body.contains("ivr.routes.1.destinations[0].number"),
+        "{}",
+        bad.body
+    );
+    let bad = node.patch_number(&key, "0501234567", r#"{"judgement": {"seconds": 0}}"#);
+    assert!(bad.body.contains("judgement.seconds"), "{}", bad.body);
+    node.set_number(
+        &key,
+        "0501234567",
+        r#"{"ivr": {"prompt": "ivr_menu", "routes": {
+               "1": [{"number": "0311112222"}],
+               "2": [{"number": "0322223333", "ring_seconds": 10}]}},
+            "judgement": {"prompt": "judgement", "seconds": 5}}"#,
+    );
+
+    // The caller presses 2 (RFC 4733) a second into the menu and stays 2 s; the
+    // callee rings 0.5 s, answers, and presses 1 (SIP INFO) after the caller left.
+    let uas = Uas::start("uas_judge.xml", ports, node.dir.path(), &["-d", "500"]);
+    let run = uac(
+        "uac_ivr_key.xml",
+        ports,
+        "0501234567",
+        1,
+        1,
+        &["-d", "2000"],
+    );
+    assert_eq!((run.exit, run.successful), (0, 1), "{}", run.output);
+    let call = node.wait_for_calls(&key, 1)[0].clone();
+    assert_eq!(call["result"], "answered", "{call}");
+    assert_eq!(call["destination_number"], "0322223333", "{call}");
+    assert_eq!(call["ivr_digits"], "2", "{call}");
+    assert_eq!(call["judgement_digit"], "1", "{call}");
+    assert_eq!(call["validity"], "valid", "{call}");
+    let talk = call["talk_seconds"].as_u64().unwrap();
+    assert!(talk <= 2, "talk time ends when the caller hangs up: {call}");
+    let messages = uas.messages();
+    assert!(
+        messages.contains("INVITE sip:0322223333@"),
+        "key 2 routed to its destination: {messages}"
+    );
+    assert_eq!(node.metric("tsunagu_ivr_total{outcome=\"routed\"}"), 1.0);
+    assert_eq!(
+        node.metric("tsunagu_judgements_total{outcome=\"digit\"}"),
+        1.0
+    );
+    assert!(node.metric("tsunagu_dtmf_digits_total{source=\"rfc4733\"}") >= 1.0);
+    assert_eq!(
+        node.metric("tsunagu_dtmf_digits_total{source=\"info\"}"),
+        1.0
+    );
+}
