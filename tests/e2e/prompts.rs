@@ -3,6 +3,7 @@
 //! (SIPp playing a telephone-event pcap) and SIP INFO, and what the call log keeps.
 
 use crate::harness::*;
+use std::time::Duration;
 use tsunagu_media::Prompt;
 
 /// An RTP packet as the caller's phone sees it.
@@ -285,6 +286,86 @@ fn the_ivr_routes_by_key_and_the_callee_judges_the_call_after_the_caller_hangs_u
     assert!(node.metric("tsunagu_dtmf_digits_total{source=\"rfc4733\"}") >= 1.0);
     assert_eq!(
         node.metric("tsunagu_dtmf_digits_total{source=\"info\"}"),
+        1.0
+    );
+}
+
+/// A tone of `hz` for `frames` 20 ms frames.
+fn tone(hz: f64, frames: usize) -> Vec<i16> {
+    (0..frames * 160)
+        .map(|i| ((i as f64 * 2.0 * std::f64::consts::PI * hz / 8000.0).sin() * 8000.0) as i16)
+        .collect()
+}
+
+#[test]
+fn a_queued_caller_hears_the_queue_prompt_looped_then_the_final_prompt() {
+    let ports = Ports::take();
+    let node = Node::start(ports, "127.0.0.1/32", "");
+    let (key, _) = node.provision("0501234567", r#"[{"number": "0311112222"}]"#, "{}");
+    let (hold, bye) = (tone(500.0, 10), tone(1500.0, 5));
+    assert_eq!(upload(&node, &key, "hold", &wav(&hold)).status, 200);
+    assert_eq!(upload(&node, &key, "bye", &wav(&bye)).status, 200);
+    node.set_number(
+        &key,
+        "0501234567",
+        r#"{"queue": {"max_lines": 1, "max_wait_seconds": 2, "prompt": "hold", "timeout_prompt": "bye"}}"#,
+    );
+    let _uas = Uas::start("uas_answer.xml", ports, node.dir.path(), &[]);
+    // The first caller takes the only line for 5 s.
+    let first =
+        std::thread::spawn(move || uac("uac.xml", ports, "0501234567", 1, 1, &["-d", "5000"]));
+    node.wait_until(Duration::from_secs(10), "the first call is up", || {
+        node.metric("tsunagu_active_calls") >= 1.0
+    });
+    let ear = Ear::bind(ports.uac_media + 20);
+    let mut second = ports;
+    second.uac = ports.uac + 5;
+    second.uac_media = ports.uac_media + 30;
+    let port = ear.port.to_string();
+    let run = uac(
+        "uac_listen.xml",
+        second,
+        "0501234567",
+        1,
+        1,
+        &["-key", "ear_port", &port],
+    );
+    assert_eq!(run.exit, 0, "{}", run.output);
+    let run = first.join().unwrap();
+    assert_eq!(run.successful, 1, "{}", run.output);
+    let calls = node.wait_for_calls(&key, 2);
+    let waited = calls
+        .iter()
+        .find(|c| c["result"] == "queue_timeout")
+        .expect("timed out");
+    assert_eq!(waited["sip_code"], 480, "{waited}");
+
+    let heard: Vec<Rtp> = ear.packets().iter().map(|(_, p)| rtp(p)).collect();
+    let (hold, bye) = (Prompt::from_samples(&hold), Prompt::from_samples(&bye));
+    let looped = heard
+        .iter()
+        .enumerate()
+        .take_while(|(i, p)| p.payload == hold.frame(8, i % hold.frames()))
+        .count();
+    // Two seconds of waiting: about 100 frames, the 10-frame prompt about ten times.
+    assert!(
+        (80..=120).contains(&looped),
+        "{looped} frames of the queue prompt"
+    );
+    let rest = &heard[looped..];
+    assert_eq!(rest.len(), bye.frames(), "then the final prompt, once");
+    for (i, p) in rest.iter().enumerate() {
+        assert_eq!(p.payload, bye.frame(8, i), "final prompt frame {i}");
+    }
+    assert!(heard
+        .windows(2)
+        .all(|w| w[1].seq == w[0].seq.wrapping_add(1)));
+    assert_eq!(
+        node.metric("tsunagu_prompts_played_total{purpose=\"queue\"}"),
+        1.0
+    );
+    assert_eq!(
+        node.metric("tsunagu_prompts_played_total{purpose=\"queue_timeout\"}"),
         1.0
     );
 }
