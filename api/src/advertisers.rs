@@ -1,7 +1,9 @@
-//! `/v1/advertisers` (operator key): the operator's advertisers (広告主).
+//! `/v1/advertisers` (operator key): the operator's advertisers (広告主), each with an
+//! optional line limit over all of its numbers (`lines`: calls over it queue).
 
 use crate::auth::OperatorId;
 use crate::error::parse_json;
+use crate::follow_up::present;
 use crate::operators::valid_name;
 use crate::{db, rfc3339, ApiError, ApiState};
 use axum::body::Bytes;
@@ -11,16 +13,41 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
-use tsunagu_store::Advertiser;
+use tsunagu_store::{Advertiser, LineLimit};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct AdvertiserInput {
     name: String,
+    #[serde(default)]
+    lines: Option<LineLimit>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AdvertiserPatch {
+    name: Option<String>,
+    /// `null` removes the limit.
+    #[serde(default, deserialize_with = "present")]
+    lines: Option<Option<LineLimit>>,
 }
 
 fn view(a: &Advertiser) -> Value {
-    json!({"id": a.id, "name": a.name, "created_at": rfc3339(a.created_at)})
+    json!({"id": a.id, "name": a.name, "lines": a.lines, "created_at": rfc3339(a.created_at)})
+}
+
+fn validate_lines(lines: Option<&LineLimit>) -> Result<(), ApiError> {
+    let Some(l) = lines else { return Ok(()) };
+    if !(1..=10_000).contains(&l.max_lines) {
+        return Err(ApiError::invalid("lines.max_lines", "must be 1 to 10000"));
+    }
+    if !(1..=3600).contains(&l.max_wait_seconds) {
+        return Err(ApiError::invalid(
+            "lines.max_wait_seconds",
+            "must be 1 to 3600",
+        ));
+    }
+    Ok(())
 }
 
 fn not_found() -> ApiError {
@@ -34,7 +61,19 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let input: AdvertiserInput = parse_json(&body)?;
     let name = valid_name(&input.name)?;
-    let adv = db(&st, move |s| s.create_advertiser(&op, &name)).await?;
+    validate_lines(input.lines.as_ref())?;
+    let lines = input.lines;
+    let adv = db(&st, move |s| {
+        let adv = s.create_advertiser(&op, &name)?;
+        match lines {
+            Some(_) => Ok(s
+                .update_advertiser(&op, &adv.id, &name, lines)?
+                .unwrap_or(adv)),
+            None => Ok(adv),
+        }
+    })
+    .await?;
+    st.hooks.advertiser_changed(&adv.operator_id, &adv.id);
     Ok((StatusCode::CREATED, Json(view(&adv))))
 }
 
@@ -65,11 +104,22 @@ pub async fn update(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let input: AdvertiserInput = parse_json(&body)?;
-    let name = valid_name(&input.name)?;
-    let adv = db(&st, move |s| s.rename_advertiser(&op, &id, &name))
-        .await?
-        .ok_or_else(not_found)?;
+    let patch: AdvertiserPatch = parse_json(&body)?;
+    let name = patch.name.as_deref().map(valid_name).transpose()?;
+    if let Some(lines) = &patch.lines {
+        validate_lines(lines.as_ref())?;
+    }
+    let adv = db(&st, move |s| {
+        let Some(old) = s.get_advertiser(&op, &id)? else {
+            return Ok(None);
+        };
+        let name = name.unwrap_or(old.name);
+        let lines = patch.lines.unwrap_or(old.lines);
+        s.update_advertiser(&op, &id, &name, lines)
+    })
+    .await?
+    .ok_or_else(not_found)?;
+    st.hooks.advertiser_changed(&adv.operator_id, &adv.id);
     Ok(Json(view(&adv)))
 }
 

@@ -64,6 +64,7 @@ const COLUMNS: &[&str] = &[
     "rtp_lost",
     "callback_of",
     "recording_status",
+    "attempts",
 ];
 
 const JSON_PAGE_MAX: usize = 1000;
@@ -194,10 +195,11 @@ pub fn call_json(r: &CallRecord) -> Value {
         "rtp_lost": r.rtp_lost,
         "callback_of": r.callback_of,
         "recording_status": r.recording_status,
+        "attempts": r.attempts,
     })
 }
 
-fn fields(r: &CallRecord) -> [String; 25] {
+fn fields(r: &CallRecord) -> [String; 26] {
     let opt = |v: &Option<String>| v.clone().unwrap_or_default();
     [
         r.call_id.clone(),
@@ -231,6 +233,11 @@ fn fields(r: &CallRecord) -> [String; 25] {
         r.recording_status
             .map(|s| s.to_string())
             .unwrap_or_default(),
+        if r.attempts.is_empty() {
+            String::new()
+        } else {
+            serde_json::to_string(&r.attempts).unwrap_or_default()
+        },
     ]
 }
 

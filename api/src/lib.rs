@@ -36,6 +36,8 @@ use tsunagu_store::Store;
 pub trait NodeHooks: Send + Sync + 'static {
     /// A tracking number was created, changed or deleted: refresh the call path's copy.
     fn number_changed(&self, number: &str);
+    /// An advertiser was created or changed (its line limit).
+    fn advertiser_changed(&self, operator_id: &str, id: &str);
     /// An operator's webhooks were created or deleted.
     fn webhooks_changed(&self, operator_id: &str);
     /// Whether the node accepts new calls (false while draining).

@@ -134,6 +134,7 @@ impl InviteHandler for Admission {
             }
         }
         ctx.trunk_counters[trunk].inbound.inc();
+        let advertiser_lines = self.directory.advertiser_lines(&number.advertiser_id);
         let args = CallArgs {
             ctx: ctx.clone(),
             caller: identify_caller(&invite.request, t.trusted),
@@ -142,6 +143,7 @@ impl InviteHandler for Admission {
             invite,
             number,
             inbound_trunk: trunk,
+            advertiser_lines,
             id: tsunagu_store::new_time_id("call"),
             logged: Arc::new(AtomicBool::new(false)),
         };

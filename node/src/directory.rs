@@ -1,15 +1,18 @@
-//! The number directory: every tracking number in memory, so an INVITE is routed
-//! without a store round trip. Loaded at start; the API refreshes an entry whenever it
-//! writes one (single node: the API and the call path share this process).
+//! The number directory: every tracking number (and every advertiser's line limit) in
+//! memory, so an INVITE is routed without a store round trip. Loaded at start; the API
+//! refreshes an entry whenever it writes one (single node: the API and the call path
+//! share this process).
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
-use tsunagu_store::{Store, StoreError, TrackingNumber};
+use tsunagu_store::{LineLimit, Store, StoreError, TrackingNumber};
 
 #[derive(Clone)]
 pub struct Directory {
     store: Arc<dyn Store>,
     numbers: Arc<RwLock<HashMap<String, Arc<TrackingNumber>>>>,
+    /// Line limits by advertiser id.
+    advertiser_lines: Arc<RwLock<HashMap<String, LineLimit>>>,
 }
 
 impl Directory {
@@ -19,10 +22,42 @@ impl Directory {
             .into_iter()
             .map(|n| (n.number.clone(), Arc::new(n)))
             .collect();
+        let lines = store
+            .advertisers_with_lines()?
+            .into_iter()
+            .filter_map(|a| Some((a.id, a.lines?)))
+            .collect();
         Ok(Directory {
             store,
             numbers: Arc::new(RwLock::new(numbers)),
+            advertiser_lines: Arc::new(RwLock::new(lines)),
         })
+    }
+
+    /// The line limit over all of an advertiser's numbers, if it has one.
+    pub fn advertiser_lines(&self, id: &str) -> Option<LineLimit> {
+        self.advertiser_lines
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .copied()
+    }
+
+    /// Re-reads one advertiser's line limit (after a create or update).
+    pub fn refresh_advertiser(&self, operator_id: &str, id: &str) {
+        match self.store.get_advertiser(operator_id, id) {
+            Ok(found) => {
+                let mut map = self
+                    .advertiser_lines
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner());
+                match found.and_then(|a| a.lines) {
+                    Some(l) => map.insert(id.to_string(), l),
+                    None => map.remove(id),
+                };
+            }
+            Err(e) => tracing::warn!(advertiser = id, %e, "advertiser refresh failed"),
+        }
     }
 
     pub fn get(&self, number: &str) -> Option<Arc<TrackingNumber>> {

@@ -134,6 +134,9 @@ impl NodeHooks for Hooks {
     fn webhooks_changed(&self, operator_id: &str) {
         self.ctx.webhooks.refresh(operator_id);
     }
+    fn advertiser_changed(&self, operator_id: &str, id: &str) {
+        self.directory.refresh_advertiser(operator_id, id);
+    }
     fn ready(&self) -> bool {
         !self.ctx.draining.load(Ordering::Relaxed)
     }

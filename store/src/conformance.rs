@@ -67,7 +67,7 @@ fn advertisers_are_scoped(s: &dyn Store) {
     assert!(s.list_advertisers(&b.id).unwrap().is_empty());
     assert_eq!(s.list_advertisers(&a.id).unwrap(), vec![adv.clone()]);
     assert!(s
-        .rename_advertiser(&b.id, &adv.id, "stolen")
+        .update_advertiser(&b.id, &adv.id, "stolen", None)
         .unwrap()
         .is_none());
     assert!(!s.delete_advertiser(&b.id, &adv.id).unwrap());
@@ -76,12 +76,25 @@ fn advertisers_are_scoped(s: &dyn Store) {
         "shop"
     );
     assert_eq!(
-        s.rename_advertiser(&a.id, &adv.id, "shop2")
+        s.update_advertiser(&a.id, &adv.id, "shop2", None)
             .unwrap()
             .unwrap()
             .name,
         "shop2"
     );
+    assert!(s.advertisers_with_lines().unwrap().is_empty());
+    let limit = LineLimit {
+        max_lines: 3,
+        max_wait_seconds: 30,
+    };
+    let limited = s
+        .update_advertiser(&a.id, &adv.id, "shop2", Some(limit))
+        .unwrap()
+        .unwrap();
+    assert_eq!(limited.lines, Some(limit));
+    assert_eq!(s.advertisers_with_lines().unwrap(), vec![limited]);
+    s.update_advertiser(&a.id, &adv.id, "shop2", None).unwrap();
+    assert!(s.advertisers_with_lines().unwrap().is_empty());
 }
 
 /// A tracking number for tests with a unique random number.
@@ -192,6 +205,22 @@ pub fn sample_call(operator_id: &str, advertiser_id: &str, started_at: i64) -> C
         rtp_lost: 1,
         callback_of: None,
         recording_status: None,
+        attempts: vec![
+            Attempt {
+                destination: "0311112222".into(),
+                trunk: "carrier-a".into(),
+                started_at: 1,
+                sip_code: 486,
+                outcome: "busy".into(),
+            },
+            Attempt {
+                destination: "0322223333".into(),
+                trunk: "carrier-a".into(),
+                started_at: 2,
+                sip_code: 200,
+                outcome: "answered".into(),
+            },
+        ],
     }
 }
 

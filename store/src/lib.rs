@@ -54,12 +54,16 @@ pub trait Store: Send + Sync + 'static {
     fn create_advertiser(&self, operator_id: &str, name: &str) -> Result<Advertiser>;
     fn get_advertiser(&self, operator_id: &str, id: &str) -> Result<Option<Advertiser>>;
     fn list_advertisers(&self, operator_id: &str) -> Result<Vec<Advertiser>>;
-    fn rename_advertiser(
+    /// Sets the name and line limit of an advertiser; None if it is not the operator's.
+    fn update_advertiser(
         &self,
         operator_id: &str,
         id: &str,
         name: &str,
+        lines: Option<LineLimit>,
     ) -> Result<Option<Advertiser>>;
+    /// Every advertiser with a line limit, of all operators (the call path's copy).
+    fn advertisers_with_lines(&self) -> Result<Vec<Advertiser>>;
     /// Deletes an advertiser that owns no numbers ([`StoreError::InUse`] otherwise).
     fn delete_advertiser(&self, operator_id: &str, id: &str) -> Result<bool>;
 

@@ -16,6 +16,37 @@ pub struct Advertiser {
     pub operator_id: String,
     pub name: String,
     pub created_at: i64,
+    /// A limit on the calls connected to all of the advertiser's numbers at once.
+    #[serde(default)]
+    pub lines: Option<LineLimit>,
+}
+
+/// At most `max_lines` calls at once; callers over it wait up to `max_wait_seconds`
+/// for a line in FIFO order (SPEC 2, call queuing per advertiser).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LineLimit {
+    pub max_lines: u32,
+    #[serde(default = "default_line_wait")]
+    pub max_wait_seconds: u32,
+}
+
+fn default_line_wait() -> u32 {
+    60
+}
+
+/// One forwarding attempt of a call: a destination tried on a trunk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attempt {
+    pub destination: String,
+    pub trunk: String,
+    pub started_at: i64,
+    /// The final status the attempt got (0 if it got none: the call ended first).
+    pub sip_code: u16,
+    /// `answered`, `busy`, `no_answer` (ring timeout), `rejected`, `redirected`,
+    /// `failed` (any other failure or no answer from the trunk), `cancelled` (the
+    /// caller hung up).
+    pub outcome: String,
 }
 
 /// One forwarding target of a tracking number.
@@ -469,6 +500,9 @@ pub struct CallRecord {
     pub callback_of: Option<String>,
     /// Set when the call was to be recorded.
     pub recording_status: Option<RecordingStatus>,
+    /// Every forwarding attempt, in order (sequential forwarding, trunk failover).
+    #[serde(default)]
+    pub attempts: Vec<Attempt>,
 }
 
 /// An operator's subscription to call events, delivered signed (HMAC-SHA256 with `secret`).

@@ -125,12 +125,16 @@ CREATE INDEX outbox_due ON outbox(dead, next_at, id);
     r#"
 ALTER TABLE calls ADD COLUMN recording_status TEXT;
 "#,
+    r#"
+ALTER TABLE advertisers ADD COLUMN lines TEXT;
+ALTER TABLE calls ADD COLUMN attempts TEXT;
+"#,
 ];
 
 const CALL_COLUMNS: &str = "call_id, operator_id, advertiser_id, tracking_number, caller_number, caller_kind, \
     destination_number, started_at, answered_at, ended_at, ring_seconds, talk_seconds, result, validity, \
     ivr_digits, judgement_digit, recording, tracking_params, node, sip_code, trunk, rtp_packets_in, \
-    rtp_packets_out, rtp_lost, callback_of, recording_status";
+    rtp_packets_out, rtp_lost, callback_of, recording_status, attempts";
 
 const READER_POOL: usize = 4;
 
@@ -238,12 +242,16 @@ fn operator_from(row: &Row) -> rusqlite::Result<Operator> {
     })
 }
 
+const ADVERTISER_COLUMNS: &str = "id, operator_id, name, created_at, lines";
+
 fn advertiser_from(row: &Row) -> rusqlite::Result<Advertiser> {
+    let lines: Option<String> = row.get(4)?;
     Ok(Advertiser {
         id: row.get(0)?,
         operator_id: row.get(1)?,
         name: row.get(2)?,
         created_at: row.get(3)?,
+        lines: lines.and_then(|l| serde_json::from_str(&l).ok()),
     })
 }
 
@@ -311,6 +319,10 @@ fn call_from(row: &Row) -> rusqlite::Result<CallRecord> {
             })?),
             None => None,
         },
+        attempts: row
+            .get::<_, Option<String>>(26)?
+            .and_then(|a| serde_json::from_str(&a).ok())
+            .unwrap_or_default(),
     })
 }
 
@@ -453,6 +465,7 @@ impl Store for SqliteStore {
             operator_id: operator_id.to_string(),
             name: name.to_string(),
             created_at: now_ms(),
+            lines: None,
         };
         self.write(|c| {
             c.execute(
@@ -467,7 +480,7 @@ impl Store for SqliteStore {
     fn get_advertiser(&self, operator_id: &str, id: &str) -> Result<Option<Advertiser>> {
         self.read(|c| {
             c.query_row(
-                "SELECT id, operator_id, name, created_at FROM advertisers WHERE id = ?1 AND operator_id = ?2",
+                &format!("SELECT {ADVERTISER_COLUMNS} FROM advertisers WHERE id = ?1 AND operator_id = ?2"),
                 [id, operator_id],
                 advertiser_from,
             )
@@ -479,24 +492,26 @@ impl Store for SqliteStore {
     fn list_advertisers(&self, operator_id: &str) -> Result<Vec<Advertiser>> {
         self.read(|c| {
             let mut st = c
-                .prepare("SELECT id, operator_id, name, created_at FROM advertisers WHERE operator_id = ?1 ORDER BY created_at, id")
+                .prepare(&format!("SELECT {ADVERTISER_COLUMNS} FROM advertisers WHERE operator_id = ?1 ORDER BY created_at, id"))
                 .map_err(unavailable)?;
             let rows = st.query_map([operator_id], advertiser_from).map_err(unavailable)?;
             rows.collect::<rusqlite::Result<Vec<_>>>().map_err(unavailable)
         })
     }
 
-    fn rename_advertiser(
+    fn update_advertiser(
         &self,
         operator_id: &str,
         id: &str,
         name: &str,
+        lines: Option<LineLimit>,
     ) -> Result<Option<Advertiser>> {
+        let lines = lines.map(|l| serde_json::to_string(&l).unwrap_or_default());
         let n = self
             .write(|c| {
                 c.execute(
-                    "UPDATE advertisers SET name = ?3 WHERE id = ?1 AND operator_id = ?2",
-                    params![id, operator_id, name],
+                    "UPDATE advertisers SET name = ?3, lines = ?4 WHERE id = ?1 AND operator_id = ?2",
+                    params![id, operator_id, name, lines],
                 )
             })
             .map_err(unavailable)?;
@@ -504,6 +519,19 @@ impl Store for SqliteStore {
             return Ok(None);
         }
         self.get_advertiser(operator_id, id)
+    }
+
+    fn advertisers_with_lines(&self) -> Result<Vec<Advertiser>> {
+        self.read(|c| {
+            let mut st = c
+                .prepare(&format!(
+                    "SELECT {ADVERTISER_COLUMNS} FROM advertisers WHERE lines IS NOT NULL"
+                ))
+                .map_err(unavailable)?;
+            let rows = st.query_map([], advertiser_from).map_err(unavailable)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(unavailable)
+        })
     }
 
     fn delete_advertiser(&self, operator_id: &str, id: &str) -> Result<bool> {
@@ -788,7 +816,7 @@ impl Store for SqliteStore {
             {
                 let mut st = tx.prepare_cached(&format!(
                     "INSERT OR IGNORE INTO calls ({CALL_COLUMNS}) VALUES \
-                     (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26)"
+                     (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27)"
                 ))?;
                 for (i, r) in calls.iter().enumerate() {
                     let params_json = serde_json::to_string(&r.tracking_params).unwrap_or_else(|_| "{}".into());
@@ -819,6 +847,8 @@ impl Store for SqliteStore {
                         r.rtp_lost as i64,
                         r.callback_of,
                         r.recording_status.map(|s| s.as_str()),
+                        (!r.attempts.is_empty())
+                            .then(|| serde_json::to_string(&r.attempts).unwrap_or_default()),
                     ])?;
                     inserted[i] = tx.changes() == 1;
                 }

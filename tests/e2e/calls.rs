@@ -409,7 +409,31 @@ trunks = ["down", "carrier-a"]
         assert_eq!(c["result"], "answered");
         assert_eq!(c["destination_number"], "0322220000");
         assert_eq!(c["trunk"], "carrier-a");
+        // The log keeps every attempt and which one answered.
+        let attempts: Vec<(&str, &str, u64, &str)> = c["attempts"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no attempts: {c}"))
+            .iter()
+            .map(|a| {
+                (
+                    a["destination"].as_str().unwrap(),
+                    a["trunk"].as_str().unwrap(),
+                    a["sip_code"].as_u64().unwrap(),
+                    a["outcome"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            attempts,
+            [
+                ("0311110000", "busy", 486, "busy"),
+                ("0322220000", "down", 503, "failed"),
+                ("0322220000", "carrier-a", 200, "answered"),
+            ]
+        );
     }
+    assert_eq!(node.metric("tsunagu_forward_attempts_sum"), 15.0);
+    assert_eq!(node.metric("tsunagu_forward_attempts_count"), 5.0);
     // Per-trunk counts: what each trunk was sent and answered.
     for (series, want) in [
         (

@@ -369,3 +369,84 @@ fn a_queued_caller_hears_the_queue_prompt_looped_then_the_final_prompt() {
         1.0
     );
 }
+
+#[test]
+fn an_advertisers_line_limit_queues_calls_to_any_of_its_numbers() {
+    let ports = Ports::take();
+    let node = Node::start(ports, "127.0.0.1/32", "");
+    let (key, adv) = node.provision("0501234567", r#"[{"number": "0311112222"}]"#, "{}");
+    node.add_number(
+        &key,
+        &adv,
+        "0501234568",
+        r#"[{"number": "0311112222"}]"#,
+        "{}",
+    );
+    let path = format!("/v1/advertisers/{adv}");
+    let bad = node.send("PATCH", &path, Some(&key), r#"{"lines": {"max_lines": 0}}"#);
+    assert_eq!(
+        bad.json()["error"]["field"],
+        "lines.max_lines",
+        "{}",
+        bad.body
+    );
+    let set = node.send(
+        "PATCH",
+        &path,
+        Some(&key),
+        r#"{"lines": {"max_lines": 1, "max_wait_seconds": 20}}"#,
+    );
+    assert_eq!(set.status, 200, "{}", set.body);
+    assert_eq!(set.json()["lines"]["max_lines"], 1);
+    assert_eq!(
+        set.json()["name"],
+        "shop",
+        "a PATCH keeps what it does not name"
+    );
+
+    let _uas = Uas::start("uas_answer.xml", ports, node.dir.path(), &[]);
+    // The first number's caller holds the advertiser's only line for 2 s; the second
+    // number's caller waits and connects when it frees.
+    let first =
+        std::thread::spawn(move || uac("uac.xml", ports, "0501234567", 1, 1, &["-d", "2000"]));
+    node.wait_until(Duration::from_secs(10), "the first call is up", || {
+        node.metric("tsunagu_active_calls") >= 1.0
+    });
+    let mut second = ports;
+    second.uac = ports.uac + 5;
+    second.uac_media = ports.uac_media + 30;
+    let run = uac("uac.xml", second, "0501234568", 1, 1, &["-d", "500"]);
+    assert_eq!((run.exit, run.successful), (0, 1), "{}", run.output);
+    assert_eq!(first.join().unwrap().successful, 1);
+    let calls = node.wait_for_calls(&key, 2);
+    assert!(calls.iter().all(|c| c["result"] == "answered"), "{calls:?}");
+    let by_number = |n: &str| calls.iter().find(|c| c["tracking_number"] == n).unwrap();
+    let (a, b) = (by_number("0501234567"), by_number("0501234568"));
+    assert!(
+        b["answered_at"].as_str() >= a["ended_at"].as_str(),
+        "the second number's call connected only after the first ended: {a} {b}"
+    );
+    assert_eq!(node.metric("tsunagu_calls_queued_total"), 1.0);
+
+    // Without the limit both connect at once.
+    let cleared = node.send("PATCH", &path, Some(&key), r#"{"lines": null}"#);
+    assert_eq!(
+        cleared.json()["lines"],
+        serde_json::Value::Null,
+        "{}",
+        cleared.body
+    );
+    let first =
+        std::thread::spawn(move || uac("uac.xml", ports, "0501234567", 1, 1, &["-d", "2000"]));
+    node.wait_until(Duration::from_secs(10), "the first call is up", || {
+        node.metric("tsunagu_active_calls") >= 1.0
+    });
+    let run = uac("uac.xml", second, "0501234568", 1, 1, &["-d", "500"]);
+    assert_eq!(run.successful, 1, "{}", run.output);
+    assert_eq!(first.join().unwrap().successful, 1);
+    assert_eq!(
+        node.metric("tsunagu_calls_queued_total"),
+        1.0,
+        "nobody queued"
+    );
+}

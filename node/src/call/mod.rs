@@ -8,6 +8,7 @@
 
 mod flow;
 mod legs;
+mod queue;
 
 use crate::call_log::LogEntry;
 use crate::context::{CallSlot, NodeContext};
@@ -16,7 +17,7 @@ use crate::decide::outcome::{next_step, Failure, Step};
 use crate::decide::redirect::redirect_target;
 use crate::decide::schedule::{gate, Gate};
 use crate::follow_up::plan::{CallEvent, EventKind};
-use crate::lines::{LineGuard, Waiter};
+use crate::lines::LineGuard;
 use crate::metrics::{ResultLabel, StatusLabel, TrunkCodeLabel};
 use flow::{After, IvrState, Stage};
 use legs::{ALeg, BLeg, Outbound};
@@ -39,8 +40,8 @@ pub enum CallMsg {
     Sip(Box<SipEvent>),
     RingTimeout(u32),
     EndGuard,
-    /// A queued call's line is now its own (see [`crate::lines`]).
-    LineFree,
+    /// A queued call's line (of this key) is now its own (see [`crate::lines`]).
+    LineFree(String),
     /// A queued call waited `max_wait_seconds`.
     QueueTimeout,
     /// From the media relay: a key pressed, a prompt ended.
@@ -52,15 +53,6 @@ pub enum CallMsg {
     /// Test hook: makes the actor panic, to exercise supervision.
     #[cfg(test)]
     Crash,
-}
-
-/// Wakes a queued call when a line is its own.
-struct QueueWaiter(ActorRef<CallMsg>);
-
-impl Waiter for QueueWaiter {
-    fn take_line(&self) -> bool {
-        self.0.send_message(CallMsg::LineFree).is_ok()
-    }
 }
 
 /// Delivers SIP events into a call actor's mailbox.
@@ -83,6 +75,8 @@ pub struct CallArgs {
     pub invite: NewInvite,
     pub number: Arc<TrackingNumber>,
     pub inbound_trunk: usize,
+    /// The advertiser's line limit (from the directory), if any.
+    pub advertiser_lines: Option<tsunagu_store::LineLimit>,
     pub id: String,
     /// Set once the call has written its own log record.
     pub logged: Arc<AtomicBool>,
@@ -186,10 +180,14 @@ pub struct Call {
     /// Set when the call went to the closed-hours destination instead: the result an
     /// unanswered call logs (`out_of_hours` or `absent`).
     closed_result: Option<CallResult>,
-    /// The line this call holds (numbers with a queue), released when the call ends.
-    line: Option<LineGuard>,
-    /// While queued: the ticket and since when.
-    queued: Option<(u64, Instant)>,
+    /// The advertiser's line limit, if it has one (looked up at admission).
+    advertiser_lines: Option<tsunagu_store::LineLimit>,
+    /// The lines this call holds (number, then advertiser), released when it ends.
+    held_lines: Vec<LineGuard>,
+    /// While queued for a line: which, and the ticket.
+    queued: Option<queue::Queued>,
+    /// When the call first queued.
+    queue_since: Option<Instant>,
     /// The node's own answer to the caller (codec, SDP), once it sent one: early media
     /// for a prompt, or the IVR's 200. The callee is then offered that codec only.
     a_answer: Option<(u8, String)>,
@@ -209,6 +207,8 @@ pub struct Call {
     judgement_digit: Option<char>,
     /// When the conversation ended, if the call went on after it (judgement).
     talk_end: Option<Instant>,
+    /// Every forwarding attempt, for the log.
+    attempts: Vec<tsunagu_store::Attempt>,
     _slot: CallSlot,
 }
 
@@ -247,6 +247,7 @@ impl Actor for CallActor {
             invite,
             number,
             inbound_trunk,
+            advertiser_lines,
             id,
             logged,
         } = args;
@@ -298,8 +299,10 @@ impl Actor for CallActor {
             redirect: None,
             redirects_followed: 0,
             closed_result: None,
-            line: None,
+            advertiser_lines,
+            held_lines: Vec::new(),
             queued: None,
+            queue_since: None,
             a_answer: None,
             a_answered: false,
             playing: None,
@@ -310,6 +313,7 @@ impl Actor for CallActor {
             judging: false,
             judgement_digit: None,
             talk_end: None,
+            attempts: Vec::new(),
             _slot: slot,
         })
     }
@@ -335,7 +339,7 @@ impl Actor for CallActor {
                     call.finish();
                 }
             }
-            CallMsg::LineFree => call.line_free(),
+            CallMsg::LineFree(key) => call.line_free(key),
             CallMsg::QueueTimeout => call.queue_timeout(),
             CallMsg::Media(event) => call.on_media(event),
             CallMsg::IvrTimeout(wait) => call.ivr_timeout(wait),
@@ -427,90 +431,6 @@ impl Call {
         self.proceed(Stage::Ivr);
     }
 
-    /// Takes a line of the number (numbers with a queue) and forwards, or queues the
-    /// call: the caller hears the queue prompt (looped), or ringback without one.
-    fn take_line(&mut self) {
-        if let Some(q) = self.number.queue.clone() {
-            let waiter = Arc::new(QueueWaiter(self.me.clone()));
-            match self.ctx.lines.ask(&self.number.number, q.max_lines, waiter) {
-                Ok(line) => self.line = Some(line),
-                Err((ticket, position)) => {
-                    // Every line is taken: wait, hearing ringback, for one to free.
-                    tracing::info!(position, "queued");
-                    self.queued = Some((ticket, Instant::now()));
-                    self.ctx.metrics.calls.queued.inc();
-                    let name = q.prompt.as_deref().unwrap_or("queue");
-                    if !self.loop_to_caller(name, "queue") {
-                        if self.phase != Phase::Trying {
-                            return; // no RTP port: refused
-                        }
-                        let ep = self.ctx.endpoint.clone();
-                        self.a.respond(&ep, 180, None);
-                    }
-                    self.me
-                        .send_after(Duration::from_secs(u64::from(q.max_wait_seconds)), || {
-                            CallMsg::QueueTimeout
-                        });
-                    return;
-                }
-            }
-        }
-        self.forward();
-    }
-
-    /// A queued call's turn came: take the line and forward the call.
-    fn line_free(&mut self) {
-        let line = self.ctx.lines.guard(&self.number.number);
-        let Some((_, since)) = self.queued.take() else {
-            return; // not waiting (any more): dropping the guard passes the line on
-        };
-        self.ctx
-            .metrics
-            .calls
-            .queue_wait_seconds
-            .observe(since.elapsed().as_secs_f64());
-        if self.phase != Phase::Trying {
-            return;
-        }
-        tracing::info!(
-            waited_ms = since.elapsed().as_millis() as u64,
-            "line free; forwarding"
-        );
-        self.line = Some(line);
-        self.forward();
-    }
-
-    fn queue_timeout(&mut self) {
-        let Some((ticket, _)) = self.queued else {
-            return;
-        };
-        if !self.ctx.lines.leave(&self.number.number, ticket) {
-            return; // a line was passed to us just now: LineFree is on its way
-        }
-        self.queued = None;
-        tracing::info!("queue wait ran out");
-        let name = self
-            .number
-            .queue
-            .as_ref()
-            .and_then(|q| q.timeout_prompt.clone())
-            .unwrap_or_else(|| "queue_timeout".into());
-        let release = After::GiveUp(CallResult::QueueTimeout, 480);
-        if !self.play_to_caller(&name, "queue_timeout", release) && self.phase == Phase::Trying {
-            self.give_up(CallResult::QueueTimeout, 480);
-        }
-    }
-
-    /// Leaves the queue if waiting (the caller hung up).
-    fn leave_queue(&mut self) {
-        if let Some((ticket, _)) = self.queued {
-            if self.ctx.lines.leave(&self.number.number, ticket) {
-                self.queued = None;
-            }
-            // Otherwise LineFree is on its way; it finds the call over and passes the line on.
-        }
-    }
-
     /// Anchors media and sends the first forwarding attempt.
     fn forward(&mut self) {
         if !self.ensure_relay() {
@@ -583,6 +503,13 @@ impl Call {
             },
         );
         self.attempt += 1;
+        self.attempts.push(tsunagu_store::Attempt {
+            destination: dest.number.clone(),
+            trunk: self.ctx.routing.trunks[trunk].name.clone(),
+            started_at: now_ms(),
+            sip_code: 0,
+            outcome: String::new(),
+        });
         self.pending_failure = None;
         self.last_trunk = Some(trunk);
         self.ctx.trunk_counters[trunk].outbound.inc();
@@ -615,6 +542,7 @@ impl Call {
     }
 
     fn after_failure(&mut self, failure: Failure) {
+        self.attempt_ended(failure.code(), failure.outcome());
         let trunks = self.dest_trunks.len();
         let has_next_trunk = self.trunk_pos + 1 < trunks;
         let has_next_dest = self.dest_index + 1 < self.number.destinations.len();
@@ -967,6 +895,7 @@ impl Call {
                     b.bye(&ep);
                     return;
                 }
+                self.attempt_ended(code, "answered");
                 let sdp = self.callee_sdp(&resp);
                 if let Some(pt) = sdp_body(&resp, &resp.body).and_then(|b| sdp::g711(&b)) {
                     self.b_payload_type = pt;
@@ -990,7 +919,7 @@ impl Call {
                 if self.phase != Phase::Trying {
                     return;
                 }
-                if (300..400).contains(&code) && self.follow_redirect(&resp) {
+                if (300..400).contains(&code) && self.follow_redirect(&resp, code) {
                     return;
                 }
                 let failure = match self.pending_failure.take() {
@@ -1000,6 +929,14 @@ impl Call {
                 tracing::debug!(code, "forwarded leg failed");
                 self.after_failure(failure);
             }
+        }
+    }
+
+    /// Closes the open forwarding attempt in the log (the first outcome counts).
+    fn attempt_ended(&mut self, sip_code: u16, outcome: &str) {
+        if let Some(a) = self.attempts.last_mut().filter(|a| a.outcome.is_empty()) {
+            a.sip_code = sip_code;
+            a.outcome = outcome.to_string();
         }
     }
 
@@ -1023,7 +960,7 @@ impl Call {
 
     /// A 3xx from a trunk that follows redirects: the current destination becomes the
     /// number the Contact names, tried on its own route. False if not followed.
-    fn follow_redirect(&mut self, resp: &Response) -> bool {
+    fn follow_redirect(&mut self, resp: &Response, code: u16) -> bool {
         let follows = self
             .last_trunk
             .is_some_and(|t| self.ctx.routing.trunks[t].follow_redirects);
@@ -1041,6 +978,7 @@ impl Call {
             .map(|d| d.ring_seconds)
             .unwrap_or(30);
         tracing::info!(to = %number, "following a redirect");
+        self.attempt_ended(code, "redirected");
         self.redirects_followed += 1;
         self.redirect = Some(Destination {
             number,
@@ -1131,7 +1069,7 @@ impl Call {
             return;
         }
         self.phase = Phase::Done;
-        self.line = None; // the next queued caller of this number may go
+        self.held_lines.clear(); // the next queued caller may go
         self.leave_queue();
         let ended = self.talk_end.unwrap_or_else(Instant::now);
         let ring_end = self.answered.map(|(t, _)| t).unwrap_or(ended);
@@ -1153,6 +1091,8 @@ impl Call {
         record.result = self.result;
         record.sip_code = self.upstream_code;
         record.ivr_digits = Some(self.ivr_digits.clone()).filter(|d| !d.is_empty());
+        self.attempt_ended(0, "cancelled"); // still open: the caller hung up first
+        record.attempts = std::mem::take(&mut self.attempts);
         record.judgement_digit = self.judgement_digit.map(String::from);
         if let Some(closed) = self.closed_result {
             // Answered by the closed-hours destination: the record still says why.
@@ -1269,6 +1209,7 @@ fn base_record(
         rtp_lost: 0,
         callback_of: None,
         recording_status: None,
+        attempts: Vec::new(),
     }
 }
 

@@ -18,6 +18,23 @@ pub enum Failure {
     RingTimeout,
 }
 
+impl Failure {
+    /// The status the attempt ended with: the far end's, 408 for no response, 487
+    /// for our CANCEL at the ring timeout.
+    pub fn code(self) -> u16 {
+        match self {
+            Failure::Status(c) => c,
+            Failure::Timeout => 408,
+            Failure::RingTimeout => 487,
+        }
+    }
+
+    /// The attempt's outcome as the log names it (the call result it alone would be).
+    pub fn outcome(self) -> &'static str {
+        classify(self).0.as_str()
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
     NextTrunk,
