@@ -255,6 +255,27 @@ impl Metrics {
                     .get_or_create(&StatusLabel { status }),
             );
         }
+        let c = &self.calls;
+        for purpose in [
+            "closed",
+            "recording_notice",
+            "queue",
+            "queue_timeout",
+            "ivr_menu",
+            "ivr_invalid",
+            "judgement",
+        ] {
+            drop(c.prompts_played.get_or_create(&PurposeLabel { purpose }));
+        }
+        for source in ["rfc4733", "info"] {
+            drop(c.digits.get_or_create(&SourceLabel { source }));
+        }
+        for outcome in ["routed", "default", "invalid", "replayed", "no_input", "skipped"] {
+            drop(c.ivr.get_or_create(&OutcomeLabel { outcome }));
+        }
+        for outcome in ["digit", "none", "hung_up"] {
+            drop(c.judgements.get_or_create(&OutcomeLabel { outcome }));
+        }
     }
 
     /// Each trunk's call counters, looked up once here so the call path counts without
