@@ -270,7 +270,9 @@ impl Metrics {
         for source in ["rfc4733", "info"] {
             drop(c.digits.get_or_create(&SourceLabel { source }));
         }
-        for outcome in ["routed", "default", "invalid", "replayed", "no_input", "skipped"] {
+        for outcome in [
+            "routed", "default", "invalid", "replayed", "no_input", "skipped",
+        ] {
             drop(c.ivr.get_or_create(&OutcomeLabel { outcome }));
         }
         for outcome in ["digit", "none", "hung_up"] {
