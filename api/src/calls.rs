@@ -195,8 +195,26 @@ pub fn call_json(r: &CallRecord) -> Value {
         "rtp_lost": r.rtp_lost,
         "callback_of": r.callback_of,
         "recording_status": r.recording_status,
-        "attempts": r.attempts,
+        "attempts": attempts(r),
     })
+}
+
+/// The forwarding attempts with times as the rest of the record shows them, plus
+/// `offset_ms`: when the attempt started, after the call did.
+fn attempts(r: &CallRecord) -> Value {
+    r.attempts
+        .iter()
+        .map(|a| {
+            json!({
+                "destination": a.destination,
+                "trunk": a.trunk,
+                "started_at": rfc3339(a.started_at),
+                "offset_ms": a.started_at - r.started_at,
+                "sip_code": a.sip_code,
+                "outcome": a.outcome,
+            })
+        })
+        .collect()
 }
 
 fn fields(r: &CallRecord) -> [String; 26] {
@@ -236,7 +254,7 @@ fn fields(r: &CallRecord) -> [String; 26] {
         if r.attempts.is_empty() {
             String::new()
         } else {
-            serde_json::to_string(&r.attempts).unwrap_or_default()
+            attempts(r).to_string()
         },
     ]
 }

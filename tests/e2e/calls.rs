@@ -988,3 +988,56 @@ fn queued_callers_connect_in_turn_or_time_out() {
     assert_eq!(timed_out[0]["sip_code"], 480);
     assert_eq!(node.metric("tsunagu_queue_waiting"), 0.0);
 }
+
+#[test]
+fn the_next_destination_rings_after_the_first_ones_ring_timeout() {
+    let ports = Ports::take();
+    let silent_port = ports.uas + 4;
+    let extra = format!(
+        r#"
+[[trunks]]
+name = "silent"
+outbound = "udp:127.0.0.1:{silent_port}"
+[[routes]]
+prefix = "031"
+trunks = ["silent"]
+"#
+    );
+    let node = Node::start(ports, "127.0.0.1/32", &extra);
+    let dests = r#"[{"number": "0311110000", "ring_seconds": 2}, {"number": "0322220000", "ring_seconds": 20}]"#;
+    let (key, _) = node.provision("0501234567", dests, "{}");
+    let silent = Uas::start_on(
+        "uas_no_answer.xml",
+        silent_port,
+        ports.uas_media + 10,
+        node.dir.path(),
+        &[],
+    );
+    let answer = Uas::start("uas_answer.xml", ports, node.dir.path(), &[]);
+    let run = uac("uac.xml", ports, "0501234567", 1, 1, &["-d", "200"]);
+    assert_eq!((run.exit, run.successful), (0, 1), "{}", run.output);
+    assert!(
+        silent.messages().contains("CANCEL sip:0311110000@"),
+        "the first was cancelled"
+    );
+    assert_eq!(
+        answer.messages().matches("INVITE sip:0322220000@").count(),
+        1
+    );
+    let call = node.wait_for_calls(&key, 1)[0].clone();
+    assert_eq!(call["result"], "answered", "{call}");
+    let attempts = call["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "{call}");
+    assert_eq!(
+        (&attempts[0]["outcome"], &attempts[0]["sip_code"]),
+        (&serde_json::json!("no_answer"), &serde_json::json!(487))
+    );
+    assert_eq!(attempts[1]["outcome"], "answered");
+    let rang =
+        attempts[1]["offset_ms"].as_i64().unwrap() - attempts[0]["offset_ms"].as_i64().unwrap();
+    assert!(
+        (2000..3000).contains(&rang),
+        "second destination rung {rang} ms after the first"
+    );
+    assert!(call["ring_seconds"].as_u64().unwrap() >= 2, "{call}");
+}
