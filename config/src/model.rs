@@ -81,6 +81,10 @@ pub struct SipConfig {
     /// Retry-After seconds sent with 503 answers.
     #[serde(default = "default_retry_after")]
     pub retry_after_seconds: u32,
+    /// The smallest session-timer interval accepted (Min-SE, RFC 4028): INVITEs asking
+    /// for less get 422. 90 is the RFC's floor; lower only in tests.
+    #[serde(default = "default_min_session_expires")]
+    pub min_session_expires: u32,
     /// Certificates for `tls:` listeners and trunks.
     #[serde(default)]
     pub tls: Option<SipTlsConfig>,
@@ -118,6 +122,7 @@ impl Default for SipConfig {
             system_number: None,
             max_ring_seconds: default_max_ring_seconds(),
             retry_after_seconds: default_retry_after(),
+            min_session_expires: default_min_session_expires(),
             tls: None,
         }
     }
@@ -440,6 +445,9 @@ fn default_max_ring_seconds() -> u64 {
 }
 fn default_retry_after() -> u32 {
     5
+}
+fn default_min_session_expires() -> u32 {
+    90
 }
 fn default_media_address() -> IpAddr {
     IpAddr::V4(Ipv4Addr::LOCALHOST)

@@ -169,6 +169,12 @@ impl Config {
             }
         }
 
+        if !(1..=86_400).contains(&self.sip.min_session_expires) {
+            err(
+                "sip.min_session_expires".into(),
+                "must be 1 to 86400 seconds (RFC 4028's floor is 90)".into(),
+            );
+        }
         if self.sip.tls.as_ref().is_some_and(|t| t.reload_seconds == 0) {
             err("sip.tls.reload_seconds".into(), "must be at least 1".into());
         }
@@ -291,6 +297,7 @@ mod tests {
                 &["sip.listen[0]", "trunks[0].outbound"],
             ),
             ("tls missing key", "[sip.tls]\ncert_file = \"c.pem\"\n", &["sip.tls"]),
+            ("no session floor", "[sip]\nmin_session_expires = 0\n", &["sip.min_session_expires"]),
             ("unknown notify key", "[notify.smtp]\nhost = \"h\"\nfrom = \"a@b\"\ntls = true\n", &["notify.smtp.tls"]),
         ];
         for (name, text, want) in cases {

@@ -78,7 +78,7 @@ impl Admission {
         Reject {
             code,
             retry_after: (code == 503).then_some(self.ctx.retry_after),
-            min_se: (code == 422).then_some(MIN_SE),
+            min_se: (code == 422).then_some(self.ctx.min_se),
             unsupported: None,
         }
     }
@@ -108,7 +108,10 @@ impl InviteHandler for Admission {
         if let Some(tags) = unsupported_requirements(&header_values(&invite.request, "Require")) {
             return self.refuse_extensions(tags, invite);
         }
-        if session_interval_too_small(header(&invite.request, "Session-Expires")) {
+        if crate::decide::session_timer::too_small(
+            header(&invite.request, "Session-Expires"),
+            ctx.min_se,
+        ) {
             return self.refuse(422, "session_interval_too_small", invite);
         }
         if sdp_body(&invite.request, &invite.request.body).is_none() {
@@ -178,11 +181,8 @@ impl InviteHandler for Admission {
     }
 }
 
-/// The smallest session-timer interval we accept, announced in Min-SE (RFC 4028's floor).
-pub const MIN_SE: u32 = 90;
-
-/// Option tags (RFC 3261 20.32) a caller may require of us: session timers (RFC 4028),
-/// which pass through the B2BUA end to end. Reliable provisionals (`100rel`, RFC 3262)
+/// Option tags (RFC 3261 20.32) a caller may require of us: session timers (RFC 4028,
+/// see `decide::session_timer`). Reliable provisionals (`100rel`, RFC 3262)
 /// are not offered: a caller that requires them is refused 420 and may retry without;
 /// one that only supports them gets ordinary 18x.
 const SUPPORTED: [&str; 1] = ["timer"];
@@ -195,16 +195,6 @@ pub fn unsupported_requirements(require: &[&str]) -> Option<String> {
         .filter(|t| !t.is_empty() && !SUPPORTED.iter().any(|s| s.eq_ignore_ascii_case(t)))
         .collect();
     (!missing.is_empty()).then(|| missing.join(", "))
-}
-
-/// Whether an INVITE's Session-Expires (`delta-seconds;params`) is below [`MIN_SE`]:
-/// it is then refused 422 with `Min-SE: 90` so the caller can retry with a longer one.
-/// A missing or unreadable value asks for no session timer and is accepted.
-pub fn session_interval_too_small(session_expires: Option<&str>) -> bool {
-    session_expires
-        .and_then(|v| v.split(';').next())
-        .and_then(|d| d.trim().parse::<u32>().ok())
-        .is_some_and(|d| d < MIN_SE)
 }
 
 #[cfg(test)]
@@ -230,21 +220,6 @@ mod tests {
                 *want,
                 "{require:?}"
             );
-        }
-    }
-
-    #[test]
-    fn session_intervals() {
-        let cases = [
-            (None, false),
-            (Some("1800"), false),
-            (Some("90;refresher=uac"), false),
-            (Some("89"), true),
-            (Some("30;refresher=uas"), true),
-            (Some("soon"), false),
-        ];
-        for (value, too_small) in cases {
-            assert_eq!(session_interval_too_small(value), too_small, "{value:?}");
         }
     }
 }

@@ -31,6 +31,8 @@ pub struct NodeContext {
     pub end_guard: Duration,
     pub max_calls: usize,
     pub retry_after: u32,
+    /// Min-SE: the smallest session-timer interval accepted.
+    pub min_se: u32,
     pub active: AtomicUsize,
     /// Calls open per trunk (index as in `routing.trunks`).
     pub trunk_channels: Vec<AtomicU32>,

@@ -88,6 +88,7 @@ pub struct CallMetrics {
     pub ivr: Family<OutcomeLabel, Counter>,
     pub judgements: Family<OutcomeLabel, Counter>,
     pub attempts: Histogram,
+    pub sessions_expired: Counter,
 }
 
 impl Default for CallMetrics {
@@ -129,6 +130,7 @@ impl Default for CallMetrics {
             ivr: Family::default(),
             judgements: Family::default(),
             attempts: Histogram::new([1.0, 2.0, 3.0, 4.0, 5.0, 10.0]),
+            sessions_expired: Counter::default(),
         }
     }
 }
@@ -425,6 +427,11 @@ impl Metrics {
             "judgements",
             "Post-call judgements, by outcome (digit, none = no key in time, hung_up = the callee hung up first)",
             c.judgements.clone(),
+        );
+        r.register(
+            "sessions_expired",
+            "Answered calls hung up because no session refresh (RFC 4028) arrived in time",
+            c.sessions_expired.clone(),
         );
         r.register(
             "forward_attempts",

@@ -285,6 +285,7 @@ pub async fn run(
         end_guard: Duration::from_secs(32),
         max_calls: config.node.max_calls,
         retry_after: config.sip.retry_after_seconds,
+        min_se: config.sip.min_session_expires,
         active: AtomicUsize::new(0),
         draining: AtomicBool::new(false),
     });

@@ -240,6 +240,7 @@ mod tests {
             end_guard: Duration::from_secs(32),
             max_calls: 10,
             retry_after: 5,
+            min_se: 90,
             active: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
         });

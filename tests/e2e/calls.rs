@@ -1041,3 +1041,52 @@ trunks = ["silent"]
     );
     assert!(call["ring_seconds"].as_u64().unwrap() >= 2, "{call}");
 }
+
+#[test]
+fn session_timers_are_agreed_refreshed_end_to_end_and_expire() {
+    let ports = Ports::take();
+    // A floor of 2 s so the session can expire within the test (90 s in production).
+    let node = Node::start_with_sip(ports, "127.0.0.1/32", "min_session_expires = 2", "");
+    let (key, _) = node.provision("0501234567", DEST, "{}");
+    let uas = Uas::start("uas_refresh.xml", ports, node.dir.path(), &[]);
+    // Session-Expires 6: the node checks 4 s after each refresh. The caller refreshes
+    // once after 3 s, then goes silent: the node hangs up about 7 s after the answer.
+    let run = uac(
+        "uac_session_timer.xml",
+        ports,
+        "0501234567",
+        1,
+        1,
+        &["-d", "3000", "-key", "session_expires", "6"],
+    );
+    assert_eq!((run.exit, run.successful), (0, 1), "{}", run.output);
+    let call = node.wait_for_calls(&key, 1)[0].clone();
+    assert_eq!(call["result"], "answered", "{call}");
+    let talk = call["talk_seconds"].as_u64().unwrap();
+    assert!(
+        (6..=9).contains(&talk),
+        "hung up about 4 s after the refresh, not 4 s after the answer: {talk} s"
+    );
+    assert_eq!(node.metric("tsunagu_sessions_expired_total"), 1.0);
+    let messages = uas.messages();
+    assert!(
+        messages.contains("Session-Expires: 6\r\n"),
+        "the callee was asked: {messages}"
+    );
+    assert!(
+        messages.contains("UPDATE sip:") && messages.contains("Session-Expires: 6;refresher=uac"),
+        "the refresh reached the callee with its timer: {messages}"
+    );
+    assert!(messages.contains("BYE sip:"), "the callee was hung up too");
+
+    // Below the floor: 422 with Min-SE.
+    let short = scenario_with_header(
+        node.dir.path(),
+        "uac_expect_failure.xml",
+        "Session-Expires: 1",
+    );
+    let template = std::fs::read_to_string(&short).unwrap();
+    std::fs::write(&short, template.replace("[expect]", "422")).unwrap();
+    let run = uac(&short, ports, "0501234567", 1, 1, &[]);
+    assert_eq!(run.successful, 1, "{}", run.output);
+}

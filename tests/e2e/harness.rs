@@ -83,6 +83,11 @@ pub struct Node {
 impl Node {
     /// Starts a node whose trunk forwards to the UAS port; `extra` is appended to the config.
     pub fn start(ports: Ports, inbound: &str, extra: &str) -> Node {
+        Node::start_with_sip(ports, inbound, "", extra)
+    }
+
+    /// [`Node::start`] with more lines in the `[sip]` table (e.g. `min_session_expires = 2`).
+    pub fn start_with_sip(ports: Ports, inbound: &str, sip: &str, extra: &str) -> Node {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = format!(
             r#"
@@ -92,7 +97,8 @@ data_dir = "{data}"
 drain_seconds = 20
 
 [sip]
-listen = ["udp:127.0.0.1:{sip}", "tcp:127.0.0.1:{sip}"]
+listen = ["udp:127.0.0.1:{sip_port}", "tcp:127.0.0.1:{sip_port}"]
+{sip}
 
 [media]
 address = "127.0.0.1"
@@ -118,7 +124,7 @@ trunks = ["carrier-a"]
 {extra}
 "#,
             data = dir.path().join("data").display(),
-            sip = ports.sip,
+            sip_port = ports.sip,
             rtp_first = ports.rtp_first,
             rtp_last = ports.rtp_first + 399,
             api = ports.api,

@@ -68,6 +68,17 @@ impl ALeg {
 
     /// Answers the caller's INVITE (provisional or final), with SDP if given.
     pub fn respond(&mut self, ep: &EndpointHandle, code: u16, sdp: Option<&str>) {
+        self.respond_with(ep, code, sdp, &[]);
+    }
+
+    /// [`ALeg::respond`] with more headers (the session timer of a 200).
+    pub fn respond_with(
+        &mut self,
+        ep: &EndpointHandle,
+        code: u16,
+        sdp: Option<&str>,
+        headers: &[(&str, &str)],
+    ) {
         if self.final_sent {
             return;
         }
@@ -79,6 +90,7 @@ impl ALeg {
         if (101..300).contains(&code) {
             extra.push(("Contact", &contact));
         }
+        extra.extend_from_slice(headers);
         ep.respond(
             &self.invite,
             &self.info,
@@ -129,9 +141,15 @@ impl ALeg {
     }
 
     /// Sends a re-INVITE or UPDATE relayed from the other leg; returns its CSeq.
-    pub fn reoffer(&mut self, ep: &EndpointHandle, method: Method, sdp: Option<String>) -> u32 {
+    pub fn reoffer(
+        &mut self,
+        ep: &EndpointHandle,
+        method: Method,
+        sdp: Option<String>,
+        headers: Headers,
+    ) -> u32 {
         let (mut spec, peer) = self.request(ep, method);
-        reoffer_parts(&mut spec, ep, peer, sdp);
+        reoffer_parts(&mut spec, ep, peer, sdp, headers);
         let cseq = spec.cseq;
         ep.request(spec, peer);
         cseq
@@ -145,9 +163,19 @@ impl ALeg {
 }
 
 /// Contact and SDP body of a relayed re-INVITE or UPDATE.
-fn reoffer_parts(spec: &mut RequestSpec, ep: &EndpointHandle, peer: Peer, sdp: Option<String>) {
+/// Headers a relayed request carries over from the other leg (session timers).
+pub type Headers = Vec<(&'static str, String)>;
+
+fn reoffer_parts(
+    spec: &mut RequestSpec,
+    ep: &EndpointHandle,
+    peer: Peer,
+    sdp: Option<String>,
+    headers: Headers,
+) {
     spec.contact = Some(contact(ep, peer.transport));
     spec.body = sdp.map(|s| ("application/sdp", s.into_bytes()));
+    spec.extra = headers;
 }
 
 /// The forwarded leg of one attempt.
@@ -175,6 +203,8 @@ pub struct Outbound<'a> {
     pub privacy: Option<&'a str>,
     /// Sent as P-Asserted-Identity (only toward trusted trunks).
     pub asserted: Option<&'a str>,
+    /// Session-timer headers passed on from the caller's INVITE.
+    pub session: Headers,
 }
 
 impl BLeg {
@@ -192,6 +222,7 @@ impl BLeg {
         if let Some(p) = o.privacy {
             extra.push(("Privacy", p.to_string()));
         }
+        extra.extend(o.session);
         let invite = RequestSpec {
             method: Method::Invite,
             uri: uri.clone(),
@@ -293,10 +324,16 @@ impl BLeg {
     }
 
     /// Sends a re-INVITE or UPDATE relayed from the caller; returns its CSeq.
-    pub fn reoffer(&mut self, ep: &EndpointHandle, method: Method, sdp: Option<String>) -> u32 {
+    pub fn reoffer(
+        &mut self,
+        ep: &EndpointHandle,
+        method: Method,
+        sdp: Option<String>,
+        headers: Headers,
+    ) -> u32 {
         self.cseq += 1;
         let (mut spec, peer) = self.in_dialog(ep, method, self.cseq);
-        reoffer_parts(&mut spec, ep, peer, sdp);
+        reoffer_parts(&mut spec, ep, peer, sdp, headers);
         ep.request(spec, peer);
         self.cseq
     }

@@ -9,6 +9,7 @@
 mod flow;
 mod legs;
 mod queue;
+mod session;
 
 use crate::call_log::LogEntry;
 use crate::context::{CallSlot, NodeContext};
@@ -50,6 +51,8 @@ pub enum CallMsg {
     IvrTimeout(u32),
     /// The callee pressed no judgement key in time.
     JudgementTimeout,
+    /// A session timer's check (which refresh generation it belongs to).
+    SessionCheck(u32),
     /// Test hook: makes the actor panic, to exercise supervision.
     #[cfg(test)]
     Crash,
@@ -209,6 +212,8 @@ pub struct Call {
     talk_end: Option<Instant>,
     /// Every forwarding attempt, for the log.
     attempts: Vec<tsunagu_store::Attempt>,
+    /// The session timer once answered: (interval, refresh generation).
+    session: Option<(u32, u32)>,
     _slot: CallSlot,
 }
 
@@ -314,6 +319,7 @@ impl Actor for CallActor {
             judgement_digit: None,
             talk_end: None,
             attempts: Vec::new(),
+            session: None,
             _slot: slot,
         })
     }
@@ -344,6 +350,7 @@ impl Actor for CallActor {
             CallMsg::Media(event) => call.on_media(event),
             CallMsg::IvrTimeout(wait) => call.ivr_timeout(wait),
             CallMsg::JudgementTimeout => call.end_judgement("none"),
+            CallMsg::SessionCheck(generation) => call.session_check(generation),
             #[cfg(test)]
             CallMsg::Crash => panic!("test-induced call actor panic"),
         });
@@ -500,6 +507,7 @@ impl Call {
                     .identity
                     .as_deref()
                     .filter(|_| self.ctx.routing.trunks[trunk].trusted),
+                session: session::headers_of(&self.a.invite),
             },
         );
         self.attempt += 1;
@@ -775,12 +783,13 @@ impl Call {
         let to = from.other();
         let sdp = sdp_body(&req, &req.body).and_then(|body| self.anchor_sdp(from, &body));
         let method = req.method;
+        let headers = session::headers_of(&req);
         let cseq = match to {
             Side::B => match self.b.as_mut() {
-                Some(b) => b.reoffer(&ep, method, sdp),
+                Some(b) => b.reoffer(&ep, method, sdp, headers),
                 None => return ep.respond(&req, &info, &key, 481, None, &[], None),
             },
-            Side::A => self.a.reoffer(&ep, method, sdp),
+            Side::A => self.a.reoffer(&ep, method, sdp, headers),
         };
         tracing::debug!(%method, from = ?from, "re-offer relayed");
         self.reoffer = Some(Reoffer {
@@ -821,8 +830,12 @@ impl Call {
             _ => self.a.peer.transport,
         };
         let contact = legs::contact(&ep, transport);
+        let timer = session::answer_headers(&resp);
         let extra: Vec<(&str, &str)> = if code < 300 {
-            vec![("Contact", contact.as_str())]
+            self.on_refresh_answer(&resp);
+            std::iter::once(("Contact", contact.as_str()))
+                .chain(timer.iter().map(|(k, v)| (*k, v.as_str())))
+                .collect()
         } else {
             Vec::new()
         };
@@ -906,7 +919,7 @@ impl Call {
                 self.result = CallResult::Answered;
                 self.upstream_code = 200;
                 self.phase = Phase::Answered;
-                self.a.respond(&ep, 200, sdp.as_deref());
+                self.answer_with_session(&resp, sdp.as_deref());
                 self.emit(EventKind::Answered);
                 self.start_recording();
                 tracing::debug!("answered");

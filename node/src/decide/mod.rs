@@ -8,4 +8,5 @@ pub mod rate;
 pub mod redirect;
 pub mod routing;
 pub mod schedule;
+pub mod session_timer;
 pub mod validity;

@@ -1,0 +1,107 @@
+//! Session timers in the call actor (see [`crate::decide::session_timer`]): the
+//! caller's Session-Expires travels to the callee, the agreed interval back to the
+//! caller, refreshes travel between the legs with their headers, and a session that
+//! sees no refresh in time is hung up on both legs.
+
+use super::legs::Headers;
+use super::{Call, CallMsg, Phase};
+use crate::decide::session_timer::{agree, check_after, parse};
+use tsunagu_sip::parse::{header, header_values};
+use tsunagu_sip::{Request, Response};
+
+/// Whether a message lists `timer` in Supported (or Require).
+fn has_timer(values: &[&str]) -> bool {
+    values
+        .iter()
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("timer"))
+}
+
+/// The session-timer headers of a request, to pass on to the other leg.
+pub(super) fn headers_of(req: &Request) -> Headers {
+    let mut out = Headers::new();
+    if let Some(se) = header(req, "Session-Expires") {
+        out.push(("Session-Expires", se.to_string()));
+        if let Some(min) = header(req, "Min-SE") {
+            out.push(("Min-SE", min.to_string()));
+        }
+    }
+    if has_timer(&header_values(req, "Supported")) {
+        out.push(("Supported", "timer".into()));
+    }
+    out
+}
+
+/// The session-timer headers of a 2xx to a refresh, to pass on with the answer.
+pub(super) fn answer_headers(resp: &Response) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    if let Some(se) = header(resp, "Session-Expires") {
+        out.push(("Session-Expires", se.to_string()));
+    }
+    if has_timer(&header_values(resp, "Require")) {
+        out.push(("Require", "timer".into()));
+    }
+    out
+}
+
+impl Call {
+    /// The callee answered: agrees the caller's session timer and answers the caller
+    /// with it.
+    pub(super) fn answer_with_session(&mut self, resp: &Response, sdp: Option<&str>) {
+        let agreed = agree(
+            header(&self.a.invite, "Session-Expires"),
+            has_timer(&header_values(&self.a.invite, "Supported")),
+            header(resp, "Session-Expires"),
+        );
+        let ep = self.ctx.endpoint.clone();
+        match agreed {
+            Some(a) => {
+                let mut extra = vec![("Session-Expires", a.header.as_str())];
+                if a.require {
+                    extra.push(("Require", "timer"));
+                }
+                self.a.respond_with(&ep, 200, sdp, &extra);
+                tracing::debug!(interval = a.interval, refresher = %a.header, "session timer");
+                self.session_refreshed(a.interval);
+            }
+            None => self.a.respond(&ep, 200, sdp),
+        }
+    }
+
+    /// A refresh went through (or the session started): the next check is a full
+    /// interval from now. `interval` 0 keeps the current one.
+    pub(super) fn session_refreshed(&mut self, interval: u32) {
+        let (current, generation) = self.session.unwrap_or((0, 0));
+        let interval = if interval > 0 { interval } else { current };
+        if interval == 0 {
+            return; // no session timer
+        }
+        let generation = generation + 1;
+        self.session = Some((interval, generation));
+        self.me.send_after(check_after(interval), move || {
+            CallMsg::SessionCheck(generation)
+        });
+    }
+
+    /// A 2xx to a relayed refresh: restart the clock (with the interval it names).
+    pub(super) fn on_refresh_answer(&mut self, resp: &Response) {
+        if self.session.is_some() {
+            let interval = header(resp, "Session-Expires")
+                .and_then(parse)
+                .map(|s| s.interval)
+                .unwrap_or(0);
+            self.session_refreshed(interval);
+        }
+    }
+
+    /// The session's check time came: no refresh since, so both legs are hung up.
+    pub(super) fn session_check(&mut self, generation: u32) {
+        let due = self.session.is_some_and(|(_, g)| g == generation);
+        if !due || self.phase != Phase::Answered || self.judging {
+            return;
+        }
+        tracing::info!("session expired without a refresh; hanging up both legs");
+        self.ctx.metrics.calls.sessions_expired.inc();
+        self.hang_up_both();
+    }
+}

@@ -1,0 +1,173 @@
+//! Session timers (RFC 4028) as the B2BUA runs them. The caller's Session-Expires goes
+//! to the callee with the INVITE, and the interval the callee answers (with its
+//! refresher) comes back to the caller in the 200, so both legs agree: refreshes the
+//! refresher sends pass through the node to the other leg, refreshing both. If the
+//! callee does not do session timers but the caller does, the caller is told to
+//! refresh (`refresher=uac`). Either way the node hangs up both legs when no refresh
+//! (a re-INVITE or UPDATE answered 2xx) arrives in time — a call whose party vanished
+//! does not hold its ports and lines for ever. Pure: header values in, decisions out.
+
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refresher {
+    Uac,
+    Uas,
+}
+
+/// A Session-Expires value: `delta-seconds[;refresher=uac|uas]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionExpires {
+    pub interval: u32,
+    pub refresher: Option<Refresher>,
+}
+
+pub fn parse(value: &str) -> Option<SessionExpires> {
+    let mut parts = value.split(';');
+    let interval = parts.next()?.trim().parse().ok()?;
+    let refresher = parts.find_map(|p| {
+        let (name, v) = p.split_once('=')?;
+        if !name.trim().eq_ignore_ascii_case("refresher") {
+            return None;
+        }
+        match v.trim().to_ascii_lowercase().as_str() {
+            "uac" => Some(Refresher::Uac),
+            "uas" => Some(Refresher::Uas),
+            _ => None,
+        }
+    });
+    Some(SessionExpires {
+        interval,
+        refresher,
+    })
+}
+
+/// The session timer of an answered call: what the 200 to the caller carries and how
+/// often the node must see a refresh.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Agreed {
+    /// Session-Expires for the caller's 200.
+    pub header: String,
+    /// Whether the 200 needs `Require: timer` (the caller is the refresher).
+    pub require: bool,
+    pub interval: u32,
+}
+
+/// Decides the caller's session timer from the caller's request (Session-Expires, and
+/// whether it said `Supported: timer`) and the callee's 200 (its Session-Expires).
+/// None: no session timer (the caller does not support them, or nobody asked).
+pub fn agree(request: Option<&str>, caller_supports: bool, callee: Option<&str>) -> Option<Agreed> {
+    if !caller_supports {
+        // The caller cannot be told to refresh; a callee timer still works on its own
+        // leg (it sends BYE itself when nobody refreshes).
+        return None;
+    }
+    let (interval, refresher) = match (callee.and_then(parse), request.and_then(parse)) {
+        (Some(c), _) => (c.interval, c.refresher.unwrap_or(Refresher::Uac)),
+        (None, Some(r)) => (r.interval, Refresher::Uac),
+        (None, None) => return None,
+    };
+    let role = match refresher {
+        Refresher::Uac => "uac",
+        Refresher::Uas => "uas",
+    };
+    Some(Agreed {
+        header: format!("{interval};refresher={role}"),
+        require: refresher == Refresher::Uac,
+        interval,
+    })
+}
+
+/// When the node gives up on a session with no refresh: the interval less a third of
+/// it or 32 s, whichever is less (RFC 4028 10: the non-refresher's BYE).
+pub fn check_after(interval: u32) -> Duration {
+    Duration::from_secs(u64::from(interval - (interval / 3).min(32)))
+}
+
+/// Whether an INVITE's Session-Expires is below the node's floor (`min_se`): it is
+/// then refused 422 with `Min-SE`. A missing or unreadable value asks for no session
+/// timer and is accepted.
+pub fn too_small(session_expires: Option<&str>, min_se: u32) -> bool {
+    session_expires
+        .and_then(parse)
+        .is_some_and(|s| s.interval < min_se)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parsing() {
+        let rows = [
+            ("1800", Some((1800, None))),
+            ("90;refresher=uac", Some((90, Some(Refresher::Uac)))),
+            (" 600 ; Refresher = UAS ", Some((600, Some(Refresher::Uas)))),
+            ("600;x=y;refresher=uas", Some((600, Some(Refresher::Uas)))),
+            ("600;refresher=bob", Some((600, None))),
+            ("soon", None),
+            ("", None),
+        ];
+        for (value, want) in rows {
+            let got = parse(value).map(|s| (s.interval, s.refresher));
+            assert_eq!(got, want, "{value:?}");
+        }
+    }
+
+    #[test]
+    fn agreement() {
+        // (caller's Session-Expires, caller supports timer, callee's) → (header, require, interval)
+        let rows: &[(Option<&str>, bool, Option<&str>, Option<(&str, bool, u32)>)] = &[
+            (
+                Some("1800"),
+                true,
+                Some("1800;refresher=uac"),
+                Some(("1800;refresher=uac", true, 1800)),
+            ),
+            (
+                Some("1800"),
+                true,
+                Some("900;refresher=uas"),
+                Some(("900;refresher=uas", false, 900)),
+            ),
+            (
+                Some("1800"),
+                true,
+                None,
+                Some(("1800;refresher=uac", true, 1800)),
+            ),
+            (
+                None,
+                true,
+                Some("600"),
+                Some(("600;refresher=uac", true, 600)),
+            ),
+            (Some("1800"), false, Some("1800;refresher=uac"), None),
+            (None, true, None, None),
+        ];
+        for (req, supports, callee, want) in rows {
+            let got = agree(*req, *supports, *callee);
+            let got = got
+                .as_ref()
+                .map(|a| (a.header.as_str(), a.require, a.interval));
+            assert_eq!(got, *want, "{req:?} {supports} {callee:?}");
+        }
+    }
+
+    #[test]
+    fn timing_and_floor() {
+        assert_eq!(check_after(90), Duration::from_secs(60));
+        assert_eq!(check_after(1800), Duration::from_secs(1768));
+        assert_eq!(check_after(6), Duration::from_secs(4));
+        let rows = [
+            (None, false),
+            (Some("90"), false),
+            (Some("89"), true),
+            (Some("60;refresher=uac"), true),
+            (Some("garbage"), false),
+        ];
+        for (value, small) in rows {
+            assert_eq!(too_small(value, 90), small, "{value:?}");
+        }
+    }
+}
