@@ -89,6 +89,8 @@ pub struct CallMetrics {
     pub judgements: Family<OutcomeLabel, Counter>,
     pub attempts: Histogram,
     pub sessions_expired: Counter,
+    pub mailbox_messages: Gauge,
+    pub mailbox_dropped: Counter,
 }
 
 impl Default for CallMetrics {
@@ -131,6 +133,8 @@ impl Default for CallMetrics {
             judgements: Family::default(),
             attempts: Histogram::new([1.0, 2.0, 3.0, 4.0, 5.0, 10.0]),
             sessions_expired: Counter::default(),
+            mailbox_messages: Gauge::default(),
+            mailbox_dropped: Counter::default(),
         }
     }
 }
@@ -427,6 +431,16 @@ impl Metrics {
             "judgements",
             "Post-call judgements, by outcome (digit, none = no key in time, hung_up = the callee hung up first)",
             c.judgements.clone(),
+        );
+        r.register(
+            "call_mailbox_messages",
+            "SIP events waiting in call actors' mailboxes, all calls together (each call holds at most 64)",
+            c.mailbox_messages.clone(),
+        );
+        r.register(
+            "call_mailbox_dropped",
+            "SIP events dropped because their call's mailbox was full (the sender retransmits)",
+            c.mailbox_dropped.clone(),
         );
         r.register(
             "sessions_expired",

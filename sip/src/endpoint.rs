@@ -170,6 +170,15 @@ pub fn overloaded(backlog: i64) -> bool {
     backlog > OVERLOAD_BACKLOG
 }
 
+/// Messages waiting for the SIP core past which received messages are dropped
+/// unparsed: the bound of the receivers' queue (ten times the overload mark, so
+/// calls in progress keep being served while new ones are refused).
+pub const BACKLOG_LIMIT: i64 = 10 * OVERLOAD_BACKLOG;
+
+pub fn backlog_full(backlog: i64) -> bool {
+    backlog >= BACKLOG_LIMIT
+}
+
 pub struct Endpoint;
 
 impl Endpoint {

@@ -28,6 +28,8 @@ pub struct SipMetrics {
     /// Parsed messages waiting for the endpoint task (the node's overload signal).
     pub incoming_backlog: Gauge,
     pub overload_rejections: Counter,
+    /// Messages dropped unparsed because the backlog reached its bound.
+    pub backlog_drops: Counter,
     pub server_transactions: Gauge,
     pub client_transactions: Gauge,
 }
@@ -78,6 +80,11 @@ impl SipMetrics {
             "sip_overload_rejections",
             "New INVITEs answered 503 because the incoming backlog was over the overload limit",
             self.overload_rejections.clone(),
+        );
+        r.register(
+            "sip_backlog_drops",
+            "Received SIP messages dropped unparsed because the incoming backlog reached its bound (50,000)",
+            self.backlog_drops.clone(),
         );
         r.register(
             "sip_server_transactions",

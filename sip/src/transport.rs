@@ -48,6 +48,12 @@ fn handle_frame(
     if data.iter().all(|b| b.is_ascii_whitespace()) {
         return None; // keepalive (RFC 5626 CRLF)
     }
+    if crate::endpoint::backlog_full(metrics.incoming_backlog.get()) {
+        // The core is far behind: drop what arrives, as a full socket buffer would
+        // (UDP senders retransmit), instead of queueing without bound.
+        metrics.backlog_drops.inc();
+        return None;
+    }
     match parse(data) {
         Ok((msg, info)) => {
             if incoming.send(Incoming { msg, info, peer }).is_ok() {
@@ -323,6 +329,25 @@ fn next_frame(buf: &[u8]) -> Frame {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const OPTIONS: &[u8] = b"OPTIONS sip:x@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK1\r\nFrom: <sip:a@127.0.0.1>;tag=1\r\nTo: <sip:x@127.0.0.1>\r\nCall-ID: c1\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n";
+
+    #[test]
+    fn the_incoming_queue_is_bounded() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let metrics = SipMetrics::default();
+        let peer = Peer {
+            transport: Transport::Udp,
+            addr: "127.0.0.1:5070".parse().unwrap(),
+        };
+        assert!(handle_frame(OPTIONS, peer, &tx, &metrics).is_none());
+        assert!(rx.try_recv().is_ok(), "queued");
+        assert_eq!(metrics.incoming_backlog.get(), 1);
+        metrics.incoming_backlog.set(crate::endpoint::BACKLOG_LIMIT);
+        assert!(handle_frame(OPTIONS, peer, &tx, &metrics).is_none());
+        assert!(rx.try_recv().is_err(), "dropped at the bound");
+        assert_eq!(metrics.backlog_drops.get(), 1);
+    }
 
     #[test]
     fn stream_framing() {
