@@ -182,10 +182,10 @@ impl InviteHandler for Admission {
 }
 
 /// Option tags (RFC 3261 20.32) a caller may require of us: session timers (RFC 4028,
-/// see `decide::session_timer`). Reliable provisionals (`100rel`, RFC 3262)
-/// are not offered: a caller that requires them is refused 420 and may retry without;
-/// one that only supports them gets ordinary 18x.
-const SUPPORTED: [&str; 1] = ["timer"];
+/// see `decide::session_timer`) and reliable provisionals (RFC 3262, `call::reliable`:
+/// sent reliably to callers that require them; one that only supports them gets
+/// ordinary 18x). Anything else (e.g. `precondition`) is refused 420.
+const SUPPORTED: [&str; 2] = ["timer", "100rel"];
 
 /// The required option tags we do not support, comma-separated, if any.
 pub fn unsupported_requirements(require: &[&str]) -> Option<String> {
@@ -207,10 +207,11 @@ mod tests {
             (&[], None),
             (&["timer"], None),
             (&["Timer"], None),
-            (&["100rel"], Some("100rel")),
+            (&["100rel"], None),
+            (&["timer", "100rel", "precondition"], Some("precondition")),
             (
-                &["timer", "100rel", "precondition"],
-                Some("100rel, precondition"),
+                &["precondition", "sec-agree"],
+                Some("precondition, sec-agree"),
             ),
             (&[""], None),
         ];

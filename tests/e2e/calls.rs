@@ -730,7 +730,7 @@ fn invites_asking_for_what_we_do_not_do_are_refused_with_the_reason() {
     let dir = node.dir.path();
     let rows = [
         ("Session-Expires: 30", 422, "Min-SE: 90"),
-        ("Require: 100rel", 420, "Unsupported: 100rel"),
+        ("Require: precondition", 420, "Unsupported: precondition"),
         (
             "Require: timer, precondition",
             420,
@@ -1089,4 +1089,41 @@ fn session_timers_are_agreed_refreshed_end_to_end_and_expire() {
     std::fs::write(&short, template.replace("[expect]", "422")).unwrap();
     let run = uac(&short, ports, "0501234567", 1, 1, &[]);
     assert_eq!(run.successful, 1, "{}", run.output);
+}
+
+#[test]
+fn callers_requiring_100rel_get_reliable_provisionals_and_the_answer_after_their_prack() {
+    let ports = Ports::take();
+    let node = Node::start(ports, "127.0.0.1/32", "");
+    let (key, _) = node.provision("0501234567", DEST, "{}");
+    // The callee sends early media at once and answers after 1 s; the caller PRACKs
+    // the reliable 183 only after 1.5 s, so the node must hold the 200 until then.
+    let _uas = Uas::start(
+        "uas_early_answer.xml",
+        ports,
+        node.dir.path(),
+        &["-d", "1000"],
+    );
+    let trace = node.dir.path().join("uac-100rel.log");
+    let trace_arg = trace.display().to_string();
+    let run = uac(
+        "uac_100rel.xml",
+        ports,
+        "0501234567",
+        1,
+        1,
+        &["-d", "200", "-trace_msg", "-message_file", &trace_arg],
+    );
+    assert_eq!((run.exit, run.successful), (0, 1), "{}", run.output);
+    let messages = std::fs::read_to_string(&trace).unwrap();
+    let reliable_183s = messages.matches("SIP/2.0 183").count();
+    assert!(
+        reliable_183s >= 2,
+        "the 183 is retransmitted until the PRACK ({reliable_183s} seen)\n{messages}"
+    );
+    let prack_ok = messages.find("CSeq: 2 PRACK").expect("PRACK sent");
+    let invite_ok = messages.rfind("SIP/2.0 200 OK").expect("answered");
+    assert!(prack_ok < invite_ok, "the 200 came after the PRACK");
+    let call = node.wait_for_calls(&key, 1)[0].clone();
+    assert_eq!(call["result"], "answered", "{call}");
 }

@@ -2,6 +2,9 @@
 //! where we are the UAS) and the forwarded leg (B, where we are the UAC). Nothing of
 //! one leg's Via, Contact, Record-Route or Call-ID is copied to the other.
 
+use super::reliable::{Held, Out, Reliable, T1};
+use super::CallMsg;
+use ractor::ActorRef;
 use tsunagu_sip::build::{new_branch, new_call_id, new_tag, RequestSpec};
 use tsunagu_sip::parse::{header, header_values, uri_addr, uri_of, Peer, Transport};
 use tsunagu_sip::transaction::TxKey;
@@ -41,7 +44,11 @@ pub struct ALeg {
     remote_target: String,
     routes: Vec<String>,
     local_cseq: u32,
+    /// A final response was sent (or decided on and held back for a PRACK).
     pub final_sent: bool,
+    /// Reliable provisionals, when the caller requires them (100rel), and the actor that
+    /// keeps their retransmission timer.
+    reliable: Option<(Reliable, ActorRef<CallMsg>)>,
 }
 
 impl ALeg {
@@ -63,6 +70,80 @@ impl ALeg {
             routes,
             local_cseq: 0,
             final_sent: false,
+            reliable: None,
+        }
+    }
+
+    /// The caller requires reliable provisionals (`Require: 100rel`): send them so,
+    /// with retransmissions timed by `me`.
+    pub fn require_100rel(&mut self, me: ActorRef<CallMsg>) {
+        let first = (rand::random::<u32>() >> 1).max(1);
+        self.reliable = Some((Reliable::new(first), me));
+    }
+
+    /// Whether the reliable provisional `rseq` awaits its PRACK.
+    pub fn outstanding(&self, rseq: u32) -> bool {
+        self.reliable
+            .as_ref()
+            .is_some_and(|(r, _)| r.retransmit(rseq).is_some())
+    }
+
+    /// A PRACK acknowledging `rseq`: sends what waited for it. False if no such
+    /// provisional is outstanding.
+    pub fn prack(&mut self, ep: &EndpointHandle, rseq: u32) -> bool {
+        let Some(out) = self.reliable.as_mut().and_then(|(r, _)| r.prack(rseq)) else {
+            return false;
+        };
+        for o in out {
+            self.send_out(ep, o, true);
+        }
+        true
+    }
+
+    /// Retransmits the reliable provisional `rseq` (the `attempt`th time) if still
+    /// unacknowledged. False when it has gone unacknowledged for 64*T1: the caller
+    /// is to be given up.
+    pub fn retransmit_reliable(&mut self, ep: &EndpointHandle, rseq: u32, attempt: u32) -> bool {
+        let Some(out) = self.reliable.as_ref().and_then(|(r, _)| r.retransmit(rseq)) else {
+            return true; // acknowledged (or superseded by a final response)
+        };
+        if attempt >= 6 {
+            return false; // 0.5+1+2+4+8+16 s: 64*T1 without a PRACK
+        }
+        self.send_out(ep, out, false);
+        self.arm(rseq, attempt + 1);
+        true
+    }
+
+    /// Drops reliability (the caller is being given up: its final response goes plainly).
+    pub fn abandon_reliable(&mut self) {
+        self.reliable = None;
+    }
+
+    fn arm(&self, rseq: u32, attempt: u32) {
+        if let Some((_, me)) = &self.reliable {
+            me.send_after(T1 * (1 << attempt), move || {
+                CallMsg::Reliable(rseq, attempt)
+            });
+        }
+    }
+
+    /// Sends a response the reliable layer released; `first` arms the retransmission
+    /// timer of a reliable provisional.
+    fn send_out(&mut self, ep: &EndpointHandle, (rseq, r): Out, first: bool) {
+        let mut headers: Vec<(&str, &str)> = r
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let rseq_text = rseq.map(|n| n.to_string());
+        if let Some(n) = &rseq_text {
+            headers.push(("Require", "100rel"));
+            headers.push(("RSeq", n));
+        }
+        self.send(ep, r.code, r.sdp.as_deref(), &headers);
+        if let (Some(n), true) = (rseq, first) {
+            self.arm(n, 0);
         }
     }
 
@@ -85,6 +166,31 @@ impl ALeg {
         if code >= 200 {
             self.final_sent = true;
         }
+        if let Some((rel, _)) = self.reliable.as_mut() {
+            if code > 100 {
+                let held = Held {
+                    code,
+                    sdp: sdp.map(str::to_string),
+                    headers: headers
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                };
+                let out = if code < 200 {
+                    rel.provisional(held)
+                } else {
+                    rel.final_response(held)
+                };
+                if let Some(o) = out {
+                    self.send_out(ep, o, true);
+                }
+                return;
+            }
+        }
+        self.send(ep, code, sdp, headers);
+    }
+
+    fn send(&self, ep: &EndpointHandle, code: u16, sdp: Option<&str>, headers: &[(&str, &str)]) {
         let contact = contact(ep, self.peer.transport);
         let mut extra: Vec<(&str, &str)> = Vec::new();
         if (101..300).contains(&code) {

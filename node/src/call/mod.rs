@@ -9,6 +9,7 @@
 mod flow;
 mod legs;
 mod queue;
+mod reliable;
 mod session;
 
 use crate::call_log::LogEntry;
@@ -28,7 +29,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tsunagu_media::{sdp, MediaEvent, RecordMode, Relay, Side};
 use tsunagu_sip::endpoint::CallSink;
-use tsunagu_sip::parse::{header, sdp_body, Peer};
+use tsunagu_sip::parse::{header, header_values, sdp_body, Peer};
 use tsunagu_sip::{Method, NewInvite, Request, Response, SipEvent};
 use tsunagu_store::{
     CallRecord, CallResult, CallerIdMode, ClosedAction, Destination, NumberKind, RecordingMode,
@@ -53,6 +54,8 @@ pub enum CallMsg {
     JudgementTimeout,
     /// A session timer's check (which refresh generation it belongs to).
     SessionCheck(u32),
+    /// Retransmit the reliable provisional (RSeq, attempt) if still unacknowledged.
+    Reliable(u32, u32),
     /// Test hook: makes the actor panic, to exercise supervision.
     #[cfg(test)]
     Crash,
@@ -344,7 +347,14 @@ impl Actor for CallActor {
         ctx.endpoint
             .register(&invite.info.call_id, Arc::new(handle));
         let slot = CallSlot::take(&ctx, inbound_trunk);
-        let a = ALeg::new(invite.request, invite.info, invite.peer, invite.key);
+        let mut a = ALeg::new(invite.request, invite.info, invite.peer, invite.key);
+        let requires_100rel = header_values(&a.invite, "Require")
+            .iter()
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("100rel"));
+        if requires_100rel {
+            a.require_100rel(myself.clone());
+        }
         myself.send_message(CallMsg::Start)?;
         Ok(Call {
             ctx,
@@ -429,6 +439,7 @@ impl Actor for CallActor {
             CallMsg::IvrTimeout(wait) => call.ivr_timeout(wait),
             CallMsg::JudgementTimeout => call.end_judgement("none"),
             CallMsg::SessionCheck(generation) => call.session_check(generation),
+            CallMsg::Reliable(rseq, attempt) => call.reliable_retransmit(rseq, attempt),
             #[cfg(test)]
             CallMsg::Crash => panic!("test-induced call actor panic"),
         });
@@ -786,7 +797,40 @@ impl Call {
             }
             Method::Invite | Method::Update => ep.respond(&req, &info, &key, 491, None, &[], None),
             Method::Info => self.on_info(Side::A, &req, &info, &key),
+            Method::PRack => {
+                let rseq = header(&req, "RAck")
+                    .and_then(|v| reliable::rack(v, self.a.info.cseq))
+                    .filter(|r| self.a.outstanding(*r));
+                let code = if rseq.is_some() { 200 } else { 481 };
+                ep.respond(&req, &info, &key, code, None, &[], None);
+                if let Some(r) = rseq {
+                    // After the PRACK's 200: what waited for it (the INVITE's 2xx).
+                    self.a.prack(&ep, r);
+                }
+            }
             _ => ep.respond(&req, &info, &key, 200, None, &[], None),
+        }
+    }
+
+    /// A reliable provisional's retransmission time: resend it, or give the caller up
+    /// after 64*T1 without a PRACK (RFC 3262 3: the INVITE is refused 5xx).
+    fn reliable_retransmit(&mut self, rseq: u32, attempt: u32) {
+        let ep = self.ctx.endpoint.clone();
+        if self.a.retransmit_reliable(&ep, rseq, attempt) || self.phase != Phase::Trying {
+            return;
+        }
+        tracing::warn!("the caller never acknowledged a reliable provisional; giving up");
+        self.leave_queue();
+        self.a.abandon_reliable();
+        match self.b.as_mut() {
+            Some(b) => {
+                b.cancel(&ep);
+                self.result = CallResult::Failed;
+                self.upstream_code = 500;
+                self.a.respond(&ep, 500, None);
+                self.end_and_wait();
+            }
+            None => self.give_up(CallResult::Failed, 500),
         }
     }
 
