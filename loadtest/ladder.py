@@ -74,6 +74,8 @@ def main():
     ap.add_argument("--hold-ms", type=int, default=1000, help="call hold time")
     ap.add_argument("--bin", default=os.path.join(ROOT, "target", "release", "tsunagu"))
     ap.add_argument("--transport", default="u1", help="SIPp -t (u1 = one UDP socket, t1 = one TCP connection)")
+    ap.add_argument("--settle", type=int, default=0,
+                    help="with --concurrency: measure again this many seconds after the plateau (35 lets the INVITE transactions' 32 s linger end)")
     ap.add_argument("--concurrency", type=int, default=0,
                     help="instead of the ladder: open this many calls (at the first --rates value, held --hold-ms) and report memory per call")
     args = ap.parse_args()
@@ -207,6 +209,12 @@ def concurrency_run(args, node, work):
     print(f"calls held: {active:.0f} (target {n}, {rate} cps, hold {args.hold_ms} ms)")
     print(f"node RSS idle {base:.1f} MiB, with calls {peak:.1f} MiB -> {(peak - base) * 1024 / max(1, active):.1f} KiB per call "
           f"(includes SIP transactions lingering 32 s and both RTP sockets per call)")
+    if args.settle:
+        time.sleep(args.settle)
+        held = metric(8080, "tsunagu_active_calls")
+        settled = rss_mib(node.pid)
+        print(f"{args.settle} s later: {held:.0f} calls held, RSS {settled:.1f} MiB -> "
+              f"{(settled - base) * 1024 / max(1, held):.1f} KiB per call (transactions done: the calls' own state)")
     uac.wait()
 
 

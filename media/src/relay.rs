@@ -20,7 +20,6 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
@@ -136,23 +135,86 @@ impl Recording {
     }
 }
 
+/// The relay task's inbox: what its call asks of it. A queue that grows only when used
+/// and a wake-up, rather than a channel: a tokio channel allocates a 32-slot block at
+/// once, about 2 KiB per call for a handful of messages in the call's life.
+#[derive(Default)]
+struct Inbox {
+    queue: std::sync::Mutex<std::collections::VecDeque<Control>>,
+    wake: tokio::sync::Notify,
+    /// The Relay was dropped: end after what is queued.
+    closed: std::sync::atomic::AtomicBool,
+    /// The task has ended (nothing sent now will be handled).
+    ended: std::sync::atomic::AtomicBool,
+}
+
+impl Inbox {
+    /// Queues `c`, or gives it back if the task has ended.
+    fn send(&self, c: Control) -> Result<(), Control> {
+        if self.ended.load(Ordering::Acquire) {
+            return Err(c);
+        }
+        self.queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_back(c);
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// The next message; None once the Relay is dropped and everything sent before
+    /// was taken.
+    async fn next(&self) -> Option<Control> {
+        loop {
+            if let Some(c) = self
+                .queue
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .pop_front()
+            {
+                return Some(c);
+            }
+            if self.closed.load(Ordering::Acquire) {
+                return None;
+            }
+            self.wake.notified().await;
+        }
+    }
+}
+
+/// Marks the inbox ended when the relay task stops, however it stops.
+struct Ended(Arc<Inbox>);
+
+impl Drop for Ended {
+    fn drop(&mut self) {
+        self.0.ended.store(true, Ordering::Release);
+    }
+}
+
 pub struct Relay {
-    control: mpsc::UnboundedSender<Control>,
+    control: Arc<Inbox>,
     pub stats: Arc<RelayStats>,
     a_local: SocketAddr,
     b_local: SocketAddr,
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.control.closed.store(true, Ordering::Release);
+        self.control.wake.notify_one();
+    }
 }
 
 impl Relay {
     /// Starts relaying between two leased ports; events go to `on_event`. Must be
     /// called inside a tokio runtime.
     pub fn start(a: MediaPort, b: MediaPort, metrics: MediaMetrics, on_event: OnEvent) -> Relay {
-        let (control, rx) = mpsc::unbounded_channel();
+        let control = Arc::new(Inbox::default());
         let stats = Arc::new(RelayStats::default());
         let (a_local, b_local) = (a.local(), b.local());
-        // The task ends when the Relay (the control sender) is dropped, after handling
-        // what was sent before (e.g. a StopRecording); that returns both ports.
-        tokio::spawn(run(a, b, rx, stats.clone(), metrics, on_event));
+        // The task ends when the Relay is dropped, after handling what was sent before
+        // (e.g. a StopRecording); that returns both ports.
+        tokio::spawn(run(a, b, control.clone(), stats.clone(), metrics, on_event));
         Relay {
             control,
             stats,
@@ -208,9 +270,7 @@ impl Relay {
     /// Ends the recording; `done` runs once the file is complete (also if the relay
     /// task is gone, with an error).
     pub fn stop_recording(&self, done: OnClosed) {
-        if let Err(mpsc::error::SendError(Control::StopRecording(done))) =
-            self.control.send(Control::StopRecording(done))
-        {
+        if let Err(Control::StopRecording(done)) = self.control.send(Control::StopRecording(done)) {
             done(Outcome {
                 seconds: 0.0,
                 error: Some("the media relay had stopped".into()),
@@ -365,11 +425,12 @@ fn play_frame(socket: &tokio::net::UdpSocket, s: &mut SideState, now: Instant, o
 async fn run(
     a: MediaPort,
     b: MediaPort,
-    mut control: mpsc::UnboundedReceiver<Control>,
+    control: Arc<Inbox>,
     stats: Arc<RelayStats>,
     metrics: MediaMetrics,
     on_event: OnEvent,
 ) {
+    let _ended = Ended(control.clone());
     let mut sa = SideState::new(Side::A);
     let mut sb = SideState::new(Side::B);
     let a_to_b = Direction::new(&metrics, "caller_to_callee");
@@ -409,7 +470,7 @@ async fn run(
                     r.sink.append(r.mixer.drain(now));
                 }
             }
-            c = control.recv() => match c {
+            c = control.next() => match c {
                 Some(Control::SetRemote(side, addr)) => {
                     // New SDP from that side (an answer, or another destination after a
                     // failed attempt): send there, and latch again on its next packet.
@@ -469,6 +530,7 @@ fn latch(side: &mut SideState, src: SocketAddr) {
 mod tests {
     use super::*;
     use crate::PortPool;
+    use tokio::sync::mpsc;
 
     #[test]
     fn loss_counting() {

@@ -308,11 +308,11 @@ impl Call {
                 .inc();
             return self.proceed(Stage::Notice);
         }
-        self.ivr = Some(IvrState {
+        self.ivr = Some(Box::new(IvrState {
             menu,
             played: 0,
             wait: 0,
-        });
+        }));
         self.play_menu();
     }
 

@@ -48,7 +48,7 @@ pub struct ALeg {
     pub final_sent: bool,
     /// Reliable provisionals, when the caller requires them (100rel), and the actor that
     /// keeps their retransmission timer.
-    reliable: Option<(Reliable, ActorRef<CallMsg>)>,
+    reliable: Option<Box<(Reliable, ActorRef<CallMsg>)>>,
 }
 
 impl ALeg {
@@ -78,20 +78,24 @@ impl ALeg {
     /// with retransmissions timed by `me`.
     pub fn require_100rel(&mut self, me: ActorRef<CallMsg>) {
         let first = (rand::random::<u32>() >> 1).max(1);
-        self.reliable = Some((Reliable::new(first), me));
+        self.reliable = Some(Box::new((Reliable::new(first), me)));
     }
 
     /// Whether the reliable provisional `rseq` awaits its PRACK.
     pub fn outstanding(&self, rseq: u32) -> bool {
         self.reliable
-            .as_ref()
+            .as_deref()
             .is_some_and(|(r, _)| r.retransmit(rseq).is_some())
     }
 
     /// A PRACK acknowledging `rseq`: sends what waited for it. False if no such
     /// provisional is outstanding.
     pub fn prack(&mut self, ep: &EndpointHandle, rseq: u32) -> bool {
-        let Some(out) = self.reliable.as_mut().and_then(|(r, _)| r.prack(rseq)) else {
+        let Some(out) = self
+            .reliable
+            .as_deref_mut()
+            .and_then(|(r, _)| r.prack(rseq))
+        else {
             return false;
         };
         for o in out {
@@ -104,7 +108,11 @@ impl ALeg {
     /// unacknowledged. False when it has gone unacknowledged for 64*T1: the caller
     /// is to be given up.
     pub fn retransmit_reliable(&mut self, ep: &EndpointHandle, rseq: u32, attempt: u32) -> bool {
-        let Some(out) = self.reliable.as_ref().and_then(|(r, _)| r.retransmit(rseq)) else {
+        let Some(out) = self
+            .reliable
+            .as_deref()
+            .and_then(|(r, _)| r.retransmit(rseq))
+        else {
             return true; // acknowledged (or superseded by a final response)
         };
         if attempt >= 6 {
@@ -121,7 +129,7 @@ impl ALeg {
     }
 
     fn arm(&self, rseq: u32, attempt: u32) {
-        if let Some((_, me)) = &self.reliable {
+        if let Some((_, me)) = self.reliable.as_deref() {
             me.send_after(T1 * (1 << attempt), move || {
                 CallMsg::Reliable(rseq, attempt)
             });
@@ -166,7 +174,7 @@ impl ALeg {
         if code >= 200 {
             self.final_sent = true;
         }
-        if let Some((rel, _)) = self.reliable.as_mut() {
+        if let Some((rel, _)) = self.reliable.as_deref_mut() {
             if code > 100 {
                 let held = Held {
                     code,

@@ -240,7 +240,9 @@ pub struct Call {
     attempt: u32,
     /// Why we are cancelling the current attempt (ring timeout), if we are.
     pending_failure: Option<Failure>,
-    reoffer: Option<Reoffer>,
+    /// Boxed, like the other rarely used parts: the call's state lives in its actor's
+    /// task for the whole call, so every inline byte is a byte per concurrent call.
+    reoffer: Option<Box<Reoffer>>,
     phase: Phase,
     result: CallResult,
     upstream_code: u16,
@@ -271,7 +273,7 @@ pub struct Call {
     /// The prompt playing whose end moves the call on.
     playing: Option<(u32, After)>,
     prompt_ids: u32,
-    ivr: Option<IvrState>,
+    ivr: Option<Box<IvrState>>,
     /// Keys the caller pressed in the IVR, in order.
     ivr_digits: String,
     /// The callee's codec (for the judgement prompt).
@@ -286,6 +288,8 @@ pub struct Call {
     /// The session timer once answered: (interval, refresh generation).
     session: Option<(u32, u32)>,
     mailbox: Arc<Mailbox>,
+    /// The current attempt's ring timer.
+    ring_timer: Option<RingTimer>,
     _slot: CallSlot,
 }
 
@@ -303,6 +307,8 @@ pub fn identify_caller(req: &Request, trusted: bool) -> Caller {
         trusted,
     )
 }
+
+type RingTimer = tokio::task::JoinHandle<Result<(), ractor::MessagingErr<CallMsg>>>;
 
 pub struct CallActor;
 
@@ -405,6 +411,7 @@ impl Actor for CallActor {
             attempts: Vec::new(),
             session: None,
             mailbox,
+            ring_timer: None,
             _slot: slot,
         })
     }
@@ -620,10 +627,20 @@ impl Call {
         self.b = Some(b);
         self.ringback();
         let n = self.attempt;
-        self.me.send_after(
+        let timer = self.me.send_after(
             Duration::from_secs(u64::from(dest.ring_seconds.max(1))),
             move || CallMsg::RingTimeout(n),
         );
+        self.stop_ring_timer();
+        self.ring_timer = Some(timer);
+    }
+
+    /// Drops the ring timer's task at once (an answered call keeps no timer task for
+    /// the rest of its ring time).
+    fn stop_ring_timer(&mut self) {
+        if let Some(t) = self.ring_timer.take() {
+            t.abort();
+        }
     }
 
     /// The route's trunks for a destination, those marked down by keepalives skipped.
@@ -917,14 +934,14 @@ impl Call {
             Side::A => self.a.reoffer(&ep, method, sdp, headers),
         };
         tracing::debug!(%method, from = ?from, "re-offer relayed");
-        self.reoffer = Some(Reoffer {
+        self.reoffer = Some(Box::new(Reoffer {
             from,
             method,
             request: req,
             info,
             key,
             cseq,
-        });
+        }));
     }
 
     /// The other leg answered a relayed re-offer: ACK it (INVITE 2xx) and answer the
@@ -1034,6 +1051,7 @@ impl Call {
                     return;
                 }
                 self.attempt_ended(code, "answered");
+                self.stop_ring_timer();
                 let sdp = self.callee_sdp(&resp);
                 if let Some(pt) = sdp_body(&resp, &resp.body).and_then(|b| sdp::g711(&b)) {
                     self.b_payload_type = pt;
@@ -1207,6 +1225,7 @@ impl Call {
             return;
         }
         self.phase = Phase::Done;
+        self.stop_ring_timer();
         self.held_lines.clear(); // the next queued caller may go
         self.leave_queue();
         let ended = self.talk_end.unwrap_or_else(Instant::now);
