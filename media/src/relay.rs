@@ -188,6 +188,17 @@ struct Ended(Arc<Inbox>);
 impl Drop for Ended {
     fn drop(&mut self) {
         self.0.ended.store(true, Ordering::Release);
+        // Anything queued meanwhile will not be handled: a recording's caller still
+        // hears that it is over (its call record waits for that).
+        let left = std::mem::take(&mut *self.0.queue.lock().unwrap_or_else(|p| p.into_inner()));
+        for c in left {
+            if let Control::StopRecording(done) = c {
+                done(Outcome {
+                    seconds: 0.0,
+                    error: Some("the media relay had stopped".into()),
+                });
+            }
+        }
     }
 }
 
@@ -575,6 +586,24 @@ mod tests {
             MediaMetrics::default(),
             Arc::new(|_| {}),
         )
+    }
+
+    #[test]
+    fn a_stop_recording_queued_as_the_task_ends_still_gets_its_answer() {
+        let inbox = Arc::new(Inbox::default());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let ended = Ended(inbox.clone());
+        assert!(inbox
+            .send(Control::StopRecording(Box::new(move |o| {
+                let _ = tx.send(o);
+            })))
+            .is_ok());
+        drop(ended);
+        assert!(rx.try_recv().unwrap().error.is_some());
+        assert!(
+            inbox.send(Control::StopPlaying(Side::A)).is_err(),
+            "nothing is queued once the task has ended"
+        );
     }
 
     #[tokio::test]
