@@ -1,12 +1,13 @@
-//! The per-node call supervisor: spawns call actors linked to itself, and cleans up
-//! after one that panics or is stuck — the caller gets a 500 if still unanswered, the
-//! call's routes and media are released (its state drops), and a `failed` log record
-//! is written, so no call is ever lost from the logs. A sweep ends calls older than
-//! `node.max_call_seconds`.
+//! The per-node call supervisor: spawns call tasks (see `call::task`), hears how each
+//! ended, and cleans up after one that panicked or was stopped — the caller gets a 500
+//! if still unanswered, the call's routes and media are released (its state drops),
+//! and a `failed` log record is written, so no call is ever lost from the logs. A
+//! sweep ends calls older than `node.max_call_seconds`.
 
-use crate::call::{failed_record, CallActor, CallArgs, CallSeed};
+use crate::call::{failed_record, CallArgs, CallRef, CallSeed, Exit};
 use crate::context::NodeContext;
-use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
+use futures_util::FutureExt;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -14,6 +15,8 @@ use std::time::Duration;
 
 pub enum SupervisorMsg {
     Spawn(Box<CallArgs>),
+    /// A call task ended (its number here, and how).
+    Exited(u64, Exit),
     Sweep,
     /// Test hook: makes every running call actor panic.
     #[cfg(test)]
@@ -26,7 +29,8 @@ pub struct CallSupervisor {
 }
 
 pub struct SupervisorState {
-    calls: HashMap<ActorId, (CallSeed, ractor::ActorCell)>,
+    calls: HashMap<u64, (CallSeed, CallRef)>,
+    next: u64,
 }
 
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
@@ -44,6 +48,7 @@ impl Actor for CallSupervisor {
         myself.send_interval(SWEEP_EVERY, || SupervisorMsg::Sweep);
         Ok(SupervisorState {
             calls: HashMap::new(),
+            next: 0,
         })
     }
 
@@ -56,55 +61,50 @@ impl Actor for CallSupervisor {
         match msg {
             SupervisorMsg::Spawn(args) => {
                 let seed = CallSeed::new(&args);
-                match Actor::spawn_linked(None, CallActor, *args, myself.get_cell()).await {
-                    Ok((actor, _)) => {
-                        state.calls.insert(actor.get_id(), (seed, actor.get_cell()));
+                let (n, me) = (state.next, CallRef::default());
+                state.next += 1;
+                state.calls.insert(n, (seed, me.clone()));
+                let sup = myself.clone();
+                tokio::spawn(async move {
+                    // Panics of the call's handlers are caught inside `run`; this also
+                    // catches one while it starts.
+                    let exit = std::panic::AssertUnwindSafe(crate::call::run(*args, me))
+                        .catch_unwind()
+                        .await
+                        .unwrap_or_else(|p| Exit::Panicked(crate::call::panic_text(&*p)));
+                    let _ = sup.send_message(SupervisorMsg::Exited(n, exit));
+                });
+            }
+            SupervisorMsg::Exited(n, exit) => {
+                let Some((seed, _)) = state.calls.remove(&n) else {
+                    return Ok(());
+                };
+                match exit {
+                    Exit::Done | Exit::Stopped => {
+                        if !seed.logged.load(Ordering::Acquire) {
+                            self.clean_up(&seed);
+                        }
                     }
-                    Err(e) => {
-                        tracing::error!(%e, call_id = %seed.id, "call actor failed to start");
+                    Exit::Panicked(e) | Exit::Failed(e) => {
+                        tracing::error!(call_id = %seed.id, error = %e, "call failed");
                         self.clean_up(&seed);
                     }
                 }
             }
             #[cfg(test)]
             SupervisorMsg::CrashAll => {
-                for (_, cell) in state.calls.values() {
-                    let _ = cell.send_message::<crate::call::CallMsg>(crate::call::CallMsg::Crash);
+                for (_, me) in state.calls.values() {
+                    let _ = me.send_message(crate::call::CallMsg::Crash);
                 }
             }
             SupervisorMsg::Sweep => {
-                for (seed, cell) in state.calls.values() {
+                for (seed, me) in state.calls.values() {
                     if seed.started.elapsed() > self.max_call {
-                        tracing::warn!(call_id = %seed.id, "call exceeded node.max_call_seconds; stopping its actor");
-                        cell.kill();
+                        tracing::warn!(call_id = %seed.id, "call exceeded node.max_call_seconds; stopping it");
+                        me.stop();
                     }
                 }
             }
-        }
-        Ok(())
-    }
-
-    async fn handle_supervisor_evt(
-        &self,
-        _: ActorRef<SupervisorMsg>,
-        evt: SupervisionEvent,
-        state: &mut SupervisorState,
-    ) -> Result<(), ActorProcessingErr> {
-        match evt {
-            SupervisionEvent::ActorFailed(cell, err) => {
-                if let Some((seed, _)) = state.calls.remove(&cell.get_id()) {
-                    tracing::error!(call_id = %seed.id, %err, "call actor failed");
-                    self.clean_up(&seed);
-                }
-            }
-            SupervisionEvent::ActorTerminated(cell, _, _) => {
-                if let Some((seed, _)) = state.calls.remove(&cell.get_id()) {
-                    if !seed.logged.load(Ordering::Acquire) {
-                        self.clean_up(&seed);
-                    }
-                }
-            }
-            _ => {}
         }
         Ok(())
     }

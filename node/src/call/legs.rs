@@ -3,8 +3,7 @@
 //! one leg's Via, Contact, Record-Route or Call-ID is copied to the other.
 
 use super::reliable::{Held, Out, Reliable, T1};
-use super::CallMsg;
-use ractor::ActorRef;
+use super::{CallMsg, CallRef};
 use tsunagu_sip::build::{new_branch, new_call_id, new_tag, RequestSpec};
 use tsunagu_sip::parse::{header, header_values, uri_addr, uri_of, Peer, Transport};
 use tsunagu_sip::transaction::TxKey;
@@ -48,7 +47,7 @@ pub struct ALeg {
     pub final_sent: bool,
     /// Reliable provisionals, when the caller requires them (100rel), and the actor that
     /// keeps their retransmission timer.
-    reliable: Option<Box<(Reliable, ActorRef<CallMsg>)>>,
+    reliable: Option<Box<(Reliable, CallRef)>>,
 }
 
 impl ALeg {
@@ -76,7 +75,7 @@ impl ALeg {
 
     /// The caller requires reliable provisionals (`Require: 100rel`): send them so,
     /// with retransmissions timed by `me`.
-    pub fn require_100rel(&mut self, me: ActorRef<CallMsg>) {
+    pub fn require_100rel(&mut self, me: CallRef) {
         let first = (rand::random::<u32>() >> 1).max(1);
         self.reliable = Some(Box::new((Reliable::new(first), me)));
     }

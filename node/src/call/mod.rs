@@ -11,6 +11,9 @@ mod legs;
 mod queue;
 mod reliable;
 mod session;
+mod task;
+
+pub use task::{panic_text, CallRef, Exit};
 
 use crate::call_log::LogEntry;
 use crate::context::{CallSlot, NodeContext};
@@ -23,7 +26,6 @@ use crate::lines::LineGuard;
 use crate::metrics::{ResultLabel, StatusLabel, TrunkCodeLabel};
 use flow::{After, IvrState, Stage};
 use legs::{ALeg, BLeg, Outbound};
-use ractor::{Actor, ActorProcessingErr, ActorRef};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -118,7 +120,7 @@ impl Drop for Mailbox {
 
 /// Delivers SIP events into a call actor's mailbox.
 struct CallHandle {
-    actor: ActorRef<CallMsg>,
+    actor: CallRef,
     mailbox: Arc<Mailbox>,
 }
 
@@ -217,7 +219,7 @@ enum Phase {
 
 pub struct Call {
     ctx: Arc<NodeContext>,
-    me: ActorRef<CallMsg>,
+    me: CallRef,
     id: String,
     span: tracing::Span,
     number: Arc<TrackingNumber>,
@@ -308,20 +310,35 @@ pub fn identify_caller(req: &Request, trusted: bool) -> Caller {
     )
 }
 
-type RingTimer = tokio::task::JoinHandle<Result<(), ractor::MessagingErr<CallMsg>>>;
+type RingTimer = tokio::task::JoinHandle<()>;
 
-pub struct CallActor;
+/// Runs one call from its INVITE to its end (see [`task`]); returns how it ended.
+pub async fn run(args: CallArgs, me: CallRef) -> Exit {
+    let mut call = match Call::new(args, me.clone()).await {
+        Ok(call) => call,
+        Err(e) => return Exit::Failed(e),
+    };
+    let exit = loop {
+        let Some(msg) = me.next().await else {
+            break Exit::Stopped;
+        };
+        let span = call.span.clone();
+        let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            span.in_scope(|| call.handle(msg))
+        }));
+        if let Err(p) = handled {
+            break Exit::Panicked(task::panic_text(&*p));
+        }
+        if call.phase == Phase::Done {
+            break Exit::Done;
+        }
+    };
+    me.close();
+    exit
+}
 
-impl Actor for CallActor {
-    type Msg = CallMsg;
-    type State = Call;
-    type Arguments = CallArgs;
-
-    async fn pre_start(
-        &self,
-        myself: ActorRef<CallMsg>,
-        args: CallArgs,
-    ) -> Result<Call, ActorProcessingErr> {
+impl Call {
+    async fn new(args: CallArgs, myself: CallRef) -> Result<Call, String> {
         let CallArgs {
             ctx,
             caller,
@@ -361,7 +378,9 @@ impl Actor for CallActor {
         if requires_100rel {
             a.require_100rel(myself.clone());
         }
-        myself.send_message(CallMsg::Start)?;
+        myself
+            .send_message(CallMsg::Start)
+            .map_err(|_| "the call ended before it started".to_string())?;
         Ok(Call {
             ctx,
             me: myself.clone(),
@@ -416,14 +435,9 @@ impl Actor for CallActor {
         })
     }
 
-    async fn handle(
-        &self,
-        myself: ActorRef<CallMsg>,
-        msg: CallMsg,
-        call: &mut Call,
-    ) -> Result<(), ActorProcessingErr> {
-        let span = call.span.clone();
-        span.in_scope(|| match msg {
+    fn handle(&mut self, msg: CallMsg) {
+        let call = self;
+        match msg {
             CallMsg::Start => call.start(),
             CallMsg::Sip(ev) => {
                 call.mailbox.leave();
@@ -449,15 +463,9 @@ impl Actor for CallActor {
             CallMsg::Reliable(rseq, attempt) => call.reliable_retransmit(rseq, attempt),
             #[cfg(test)]
             CallMsg::Crash => panic!("test-induced call actor panic"),
-        });
-        if call.phase == Phase::Done {
-            myself.stop(None);
         }
-        Ok(())
     }
-}
 
-impl Call {
     fn ep(&self) -> &tsunagu_sip::EndpointHandle {
         &self.ctx.endpoint
     }

@@ -6,16 +6,15 @@
 //! released with `queue_timeout`. The counting is [`crate::lines`].
 
 use super::flow::After;
-use super::{Call, CallMsg, Phase};
+use super::{Call, CallMsg, CallRef, Phase};
 use crate::lines::Waiter;
-use ractor::ActorRef;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tsunagu_store::CallResult;
 
 /// Wakes a queued call when a line of `key` is its own.
 struct QueueWaiter {
-    actor: ActorRef<CallMsg>,
+    actor: CallRef,
     key: String,
 }
 

@@ -1,0 +1,143 @@
+//! How a call runs: one tokio task per call, its state owned by the task, its messages
+//! (SIP events, media events, timers) taken from a small inbox. This replaces a ractor
+//! actor per call: ractor gives every actor two unbounded channels whose first 32-slot
+//! blocks alone were 4.4 KiB per call (measured with heaptrack), more than half of a
+//! held call's memory; the inbox here allocates only when a message is queued. The
+//! call supervisor stays a ractor actor (one per node); a call task tells it how it
+//! ended ([`Exit`]), panics included, so a failed call is still answered and logged.
+
+use super::CallMsg;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+#[derive(Default)]
+struct Inbox {
+    queue: Mutex<VecDeque<CallMsg>>,
+    wake: tokio::sync::Notify,
+    /// Told to stop (the supervisor's max-call sweep), or the task has ended.
+    stopped: AtomicBool,
+}
+
+/// A handle to a running call: what others use to send it messages.
+#[derive(Clone, Default)]
+pub struct CallRef(Arc<Inbox>);
+
+/// A message could not be delivered: the call has ended.
+#[derive(Debug)]
+pub struct Gone;
+
+impl CallRef {
+    pub fn send_message(&self, msg: CallMsg) -> Result<(), Gone> {
+        if self.0.stopped.load(Ordering::Acquire) {
+            return Err(Gone);
+        }
+        self.0
+            .queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_back(msg);
+        self.0.wake.notify_one();
+        Ok(())
+    }
+
+    /// Sends `msg()` after `delay` (dropped if the call has ended by then). Abort the
+    /// returned task to cancel.
+    pub fn send_after<F>(&self, delay: Duration, msg: F) -> tokio::task::JoinHandle<()>
+    where
+        F: FnOnce() -> CallMsg + Send + 'static,
+    {
+        let me = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _ = me.send_message(msg());
+        })
+    }
+
+    /// Ends the call's task at its next message (whatever state it is in).
+    pub fn stop(&self) {
+        self.0.stopped.store(true, Ordering::Release);
+        self.0.wake.notify_one();
+    }
+
+    /// The next message, or None once stopped.
+    pub(super) async fn next(&self) -> Option<CallMsg> {
+        loop {
+            if self.0.stopped.load(Ordering::Acquire) {
+                return None;
+            }
+            let next = self
+                .0
+                .queue
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .pop_front();
+            if next.is_some() {
+                return next;
+            }
+            self.0.wake.notified().await;
+        }
+    }
+
+    /// The task ended: nothing more is accepted, and what was queued is dropped.
+    pub(super) fn close(&self) {
+        self.0.stopped.store(true, Ordering::Release);
+        self.0
+            .queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
+    /// Whether two handles are of the same call.
+    pub fn same(&self, other: &CallRef) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+/// How a call task ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exit {
+    /// The call finished (it wrote its own log record).
+    Done,
+    /// Stopped from outside before it finished (the max-call sweep).
+    Stopped,
+    /// It panicked (the message is the panic's).
+    Panicked(String),
+    /// It could not start.
+    Failed(String),
+}
+
+/// The text of a caught panic.
+pub fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn messages_arrive_in_order_and_stop_ends_the_inbox() {
+        let me = CallRef::default();
+        me.send_message(CallMsg::EndGuard).unwrap();
+        me.send_message(CallMsg::QueueTimeout).unwrap();
+        assert!(matches!(me.next().await, Some(CallMsg::EndGuard)));
+        assert!(matches!(me.next().await, Some(CallMsg::QueueTimeout)));
+        let later = me.send_after(Duration::from_millis(10), || CallMsg::LineFree("k".into()));
+        assert!(matches!(me.next().await, Some(CallMsg::LineFree(k)) if k == "k"));
+        later.await.unwrap();
+        me.stop();
+        assert!(me.next().await.is_none());
+        assert!(
+            me.send_message(CallMsg::EndGuard).is_err(),
+            "nothing after the end"
+        );
+        assert!(me.same(&me.clone()) && !me.same(&CallRef::default()));
+        assert_eq!(panic_text(&"boom"), "boom");
+    }
+}
