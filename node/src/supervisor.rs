@@ -114,12 +114,9 @@ impl CallSupervisor {
     fn clean_up(&self, seed: &CallSeed) {
         self.ctx.metrics.calls.actor_failures.inc();
         // Only sent if the INVITE is still unanswered; the transaction layer drops it otherwise.
-        self.ctx.endpoint.send(tsunagu_sip::Command::Respond {
+        self.ctx.endpoint.send(tsunagu_sip::Command::Fail {
             key: seed.key.clone(),
             code: 500,
-            data: seed.failure_response.clone(),
-            call_id: seed.a_call_id.clone(),
-            cseq: seed.cseq,
         });
         self.ctx.endpoint.unregister(&seed.a_call_id);
         self.ctx.log.write(failed_record(&self.ctx, seed));

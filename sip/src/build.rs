@@ -161,6 +161,40 @@ fn finish(mut s: String, body: Option<(&str, &[u8])>) -> Vec<u8> {
     }
 }
 
+/// A final response made from an earlier response to the same request (e.g. the 100
+/// Trying a server transaction keeps): status `code`, only Via, From, To (with
+/// `to_tag` if it has none), Call-ID and CSeq kept, no body. Lets a supervisor refuse a
+/// failed call without having kept a copy of its INVITE.
+pub fn restatus(earlier: &[u8], code: u16, to_tag: &str) -> Vec<u8> {
+    let text = String::from_utf8_lossy(earlier);
+    let head = text.split("\r\n\r\n").next().unwrap_or("");
+    let mut out = format!("SIP/2.0 {code} {}\r\n", reason(code));
+    for line in head.split("\r\n").skip(1) {
+        let name = line
+            .split(':')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        match name.as_str() {
+            "via" | "v" | "from" | "f" | "call-id" | "i" | "cseq" => {}
+            "to" | "t" if !line.to_ascii_lowercase().contains(";tag=") => {
+                out.push_str(line);
+                out.push_str(";tag=");
+                out.push_str(to_tag);
+                out.push_str("\r\n");
+                continue;
+            }
+            "to" | "t" => {}
+            _ => continue,
+        }
+        out.push_str(line);
+        out.push_str("\r\n");
+    }
+    out.push_str("Content-Length: 0\r\n\r\n");
+    out.into_bytes()
+}
+
 /// A response to `req`. `to_tag` is added to To when the request's To has none.
 /// Record-Route is copied into dialog-forming responses (RFC 3261 12.1.1).
 pub fn response(
@@ -208,6 +242,30 @@ mod tests {
     use super::*;
     use crate::parse::{parse, tag};
     use rsipstack::sip::SipMessage;
+
+    #[test]
+    fn a_final_response_from_an_earlier_one() {
+        let trying = b"SIP/2.0 100 Trying\r\nVia: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK1\r\nf: <sip:a@x>;tag=1\r\nTo: <sip:b@y>\r\ni: c1\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
+        let out = String::from_utf8(restatus(trying, 500, "t9")).unwrap();
+        assert!(out.starts_with("SIP/2.0 500 "), "{out}");
+        assert!(out.contains("To: <sip:b@y>;tag=t9\r\n"), "{out}");
+        assert!(out.contains("f: <sip:a@x>;tag=1\r\n") && out.contains("i: c1\r\n"));
+        assert!(
+            out.ends_with("CSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"),
+            "{out}"
+        );
+        assert!(parse(out.as_bytes()).is_ok(), "{out}");
+        let early = b"SIP/2.0 183 Session Progress\r\nVia: v\r\nTo: <sip:b@y>;tag=old\r\nRequire: 100rel\r\nRSeq: 5\r\nContent-Type: application/sdp\r\nContent-Length: 3\r\n\r\nv=0";
+        let out = String::from_utf8(restatus(early, 500, "t9")).unwrap();
+        assert!(
+            out.contains("To: <sip:b@y>;tag=old\r\n") && !out.contains("t9"),
+            "{out}"
+        );
+        assert!(
+            !out.contains("RSeq") && !out.contains("sdp") && !out.contains("v=0"),
+            "{out}"
+        );
+    }
 
     fn spec() -> RequestSpec {
         RequestSpec {

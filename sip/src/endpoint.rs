@@ -94,6 +94,12 @@ pub enum Command {
         call_id: String,
         cseq: u32,
     },
+    /// Ends a server INVITE transaction still without a final response with `code`,
+    /// the response made from its last provisional one (a call that failed).
+    Fail {
+        key: TxKey,
+        code: u16,
+    },
     /// Sends a request: in a new client transaction, or bare for ACK.
     Request {
         spec: RequestSpec,
@@ -578,6 +584,25 @@ impl Core {
                     now,
                     &mut self.out,
                 ) {
+                    self.metrics
+                        .responses_sent
+                        .get_or_create(&CodeLabel { code })
+                        .inc();
+                }
+            }
+            Command::Fail { key, code } => {
+                let Some(earlier) = self.transactions.pending_response(&key) else {
+                    return; // answered already, or gone
+                };
+                let data = Bytes::from(crate::build::restatus(
+                    &earlier,
+                    code,
+                    &crate::build::new_tag(),
+                ));
+                if self
+                    .transactions
+                    .send_response(&key, code, data, "", 0, now, &mut self.out)
+                {
                     self.metrics
                         .responses_sent
                         .get_or_create(&CodeLabel { code })

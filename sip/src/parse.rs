@@ -170,6 +170,16 @@ pub fn header<'a, M: HasHeaders>(msg: &'a M, name: &str) -> Option<&'a str> {
         .map(Header::value)
 }
 
+/// Keeps only the headers named in `names` and drops the body: what a dialog still
+/// needs of its initial request once that is answered (the rest is memory held for
+/// the whole call).
+pub fn keep_only(req: &mut Request, names: &[&str]) {
+    req.headers
+        .retain(|h| names.iter().any(|n| h.name().eq_ignore_ascii_case(n)));
+    req.headers.0.shrink_to_fit();
+    req.body = Vec::new();
+}
+
 /// Every value of a header by name, splitting comma-separated lists (Via, Record-Route).
 pub fn header_values<'a, M: HasHeaders>(msg: &'a M, name: &str) -> Vec<&'a str> {
     msg.headers()
@@ -384,6 +394,25 @@ Content-Length: 0\r\n\r\n";
             panic!()
         };
         assert_eq!(request_user(&req).as_deref(), Some("0501234567"));
+    }
+
+    #[test]
+    fn an_answered_request_keeps_only_what_its_dialog_needs() {
+        let (msg, _) = parse(INVITE.as_bytes()).unwrap();
+        let SipMessage::Request(mut req) = msg else {
+            panic!()
+        };
+        req.body = b"v=0".to_vec();
+        keep_only(&mut req, &["From", "To", "Call-ID"]);
+        assert!(
+            header(&req, "From").is_some_and(|f| f.contains("tag=abc")),
+            "compact f: kept"
+        );
+        assert!(header(&req, "To").is_some());
+        assert_eq!(header(&req, "Call-ID"), Some("call-1@host"));
+        assert_eq!(header(&req, "Via"), None);
+        assert_eq!(header(&req, "Max-Forwards"), None);
+        assert!(req.body.is_empty());
     }
 
     #[test]

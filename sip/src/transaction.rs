@@ -263,6 +263,15 @@ impl Transactions {
         }
     }
 
+    /// The last response a server transaction still waiting for its final one sent
+    /// (its 100 Trying or a provisional), if any.
+    pub fn pending_response(&self, key: &TxKey) -> Option<Bytes> {
+        self.server
+            .get(key)
+            .filter(|tx| tx.state == State::Proceeding)
+            .and_then(|tx| tx.last_response.clone())
+    }
+
     /// Sends a response within a server transaction. Returns false if the transaction
     /// is gone (the response is then not sent).
     pub fn send_response(

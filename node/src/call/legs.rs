@@ -48,6 +48,8 @@ pub struct ALeg {
     /// Reliable provisionals, when the caller requires them (100rel), and the actor that
     /// keeps their retransmission timer.
     reliable: Option<Box<(Reliable, CallRef)>>,
+    /// Answered: the INVITE is to be trimmed once no response is left to build from it.
+    trim_pending: bool,
 }
 
 impl ALeg {
@@ -70,6 +72,23 @@ impl ALeg {
             local_cseq: 0,
             final_sent: false,
             reliable: None,
+            trim_pending: false,
+        }
+    }
+
+    /// The caller's INVITE is answered: from here on its dialog needs only From, To and
+    /// Call-ID of it, so the rest is dropped (memory held for the whole call) — once no
+    /// reliable provisional or held 2xx still has to be built from it.
+    pub fn answered(&mut self) {
+        self.trim_pending = true;
+        self.trim();
+    }
+
+    fn trim(&mut self) {
+        let idle = self.reliable.as_deref().is_none_or(|(r, _)| r.idle());
+        if self.trim_pending && idle {
+            self.trim_pending = false;
+            tsunagu_sip::parse::keep_only(&mut self.invite, &["From", "To", "Call-ID"]);
         }
     }
 
@@ -100,6 +119,7 @@ impl ALeg {
         for o in out {
             self.send_out(ep, o, true);
         }
+        self.trim();
         true
     }
 

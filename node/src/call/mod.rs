@@ -158,14 +158,13 @@ pub struct CallArgs {
     pub logged: Arc<AtomicBool>,
 }
 
-/// What the supervisor keeps about a running call, to clean up if its actor dies:
-/// a few fields and the ready-made 500 for the caller, not a copy of the INVITE.
+/// What the supervisor keeps about a running call, to clean up if its actor dies: a
+/// few fields, not a copy of the INVITE (the 500 is made from the transaction's own
+/// last provisional response, see `tsunagu_sip::Command::Fail`).
 pub struct CallSeed {
     pub id: String,
     pub a_call_id: String,
     pub key: tsunagu_sip::transaction::TxKey,
-    pub cseq: u32,
-    pub failure_response: Vec<u8>,
     pub caller: Caller,
     pub number: Arc<TrackingNumber>,
     pub started_at_ms: i64,
@@ -180,14 +179,6 @@ impl CallSeed {
             id: args.id.clone(),
             a_call_id: inv.info.call_id.clone(),
             key: inv.key.clone(),
-            cseq: inv.info.cseq,
-            failure_response: tsunagu_sip::build::response(
-                &inv.request,
-                500,
-                Some(&tsunagu_sip::build::new_tag()),
-                &[],
-                None,
-            ),
             caller: args.caller.clone(),
             number: args.number.clone(),
             started_at_ms: args.started_at_ms,
@@ -1071,6 +1062,7 @@ impl Call {
                 self.upstream_code = 200;
                 self.phase = Phase::Answered;
                 self.answer_with_session(&resp, sdp.as_deref());
+                self.a.answered();
                 self.emit(EventKind::Answered);
                 self.start_recording();
                 tracing::debug!("answered");

@@ -86,6 +86,11 @@ impl Reliable {
         Some(out)
     }
 
+    /// Nothing outstanding: no provisional awaiting its PRACK, no final response held.
+    pub fn idle(&self) -> bool {
+        self.unacked.is_none() && self.held_final.is_none()
+    }
+
     /// The provisional `rseq` again, if still unacknowledged.
     pub fn retransmit(&self, rseq: u32) -> Option<Out> {
         match &self.unacked {
