@@ -434,12 +434,12 @@ impl Metrics {
         );
         r.register(
             "call_mailbox_messages",
-            "SIP events waiting in call actors' mailboxes, all calls together (each call holds at most 64)",
+            "Messages waiting in call inboxes (SIP events, timers, media events), all calls together; each call takes at most 64 from the network",
             c.mailbox_messages.clone(),
         );
         r.register(
             "call_mailbox_dropped",
-            "SIP events dropped because their call's mailbox was full (the sender retransmits)",
+            "SIP events dropped because their call's inbox held 64 messages (the sender retransmits)",
             c.mailbox_dropped.clone(),
         );
         r.register(

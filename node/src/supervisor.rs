@@ -61,7 +61,12 @@ impl Actor for CallSupervisor {
         match msg {
             SupervisorMsg::Spawn(args) => {
                 let seed = CallSeed::new(&args);
-                let (n, me) = (state.next, CallRef::default());
+                let calls = &self.ctx.metrics.calls;
+                let me = CallRef::new(
+                    calls.mailbox_messages.clone(),
+                    calls.mailbox_dropped.clone(),
+                );
+                let n = state.next;
                 state.next += 1;
                 state.calls.insert(n, (seed, me.clone()));
                 let sup = myself.clone();

@@ -1,4 +1,4 @@
-//! The call actor: one ractor actor per call, owning both legs, the media relay and
+//! The call actor: one task per call (see [`task`]), owning both legs, the media relay and
 //! the call's timers. It forwards the caller to the number's destinations in order,
 //! relays ringing and answer, tears down on BYE or CANCEL from either side, and writes
 //! exactly one log record when the call ends.
@@ -63,80 +63,12 @@ pub enum CallMsg {
     Crash,
 }
 
-/// A call's count of SIP events waiting in its mailbox: bounded, so a peer flooding one
-/// dialog cannot grow a call's memory without limit (the transaction layer has
-/// already absorbed retransmissions; what is dropped here the sender retransmits).
-struct Mailbox {
-    depth: std::sync::atomic::AtomicUsize,
-    metrics: crate::metrics::CallMetrics,
-}
-
-/// SIP events a call may have waiting before more are dropped.
-const MAILBOX_LIMIT: usize = 64;
-
-impl Mailbox {
-    fn new(metrics: &crate::metrics::CallMetrics) -> Arc<Mailbox> {
-        Arc::new(Mailbox {
-            depth: Default::default(),
-            metrics: metrics.clone(),
-        })
-    }
-
-    /// Takes a place for one more event; false if the mailbox is full.
-    fn enter(&self) -> bool {
-        let taken = self
-            .depth
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| {
-                (d < MAILBOX_LIMIT).then_some(d + 1)
-            })
-            .is_ok();
-        if taken {
-            self.metrics.mailbox_messages.inc();
-        } else {
-            self.metrics.mailbox_dropped.inc();
-        }
-        taken
-    }
-
-    /// An event was handled.
-    fn leave(&self) {
-        if self
-            .depth
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| d.checked_sub(1))
-            .is_ok()
-        {
-            self.metrics.mailbox_messages.dec();
-        }
-    }
-}
-
-impl Drop for Mailbox {
-    fn drop(&mut self) {
-        // Events never handled (the call ended or crashed first) leave the gauge too.
-        let left = self.depth.swap(0, Ordering::AcqRel);
-        self.metrics.mailbox_messages.dec_by(left as i64);
-    }
-}
-
-/// Delivers SIP events into a call actor's mailbox.
-struct CallHandle {
-    actor: CallRef,
-    mailbox: Arc<Mailbox>,
-}
+/// Delivers SIP events into a call's inbox (bounded: see [`task`]).
+struct CallHandle(CallRef);
 
 impl CallSink for CallHandle {
     fn deliver(&self, event: SipEvent) {
-        if !self.mailbox.enter() {
-            tracing::warn!("call mailbox full; SIP event dropped");
-            return;
-        }
-        if self
-            .actor
-            .send_message(CallMsg::Sip(Box::new(event)))
-            .is_err()
-        {
-            self.mailbox.leave();
-        }
+        let _ = self.0.deliver(CallMsg::Sip(Box::new(event)));
     }
 }
 
@@ -280,7 +212,6 @@ pub struct Call {
     attempts: Vec<tsunagu_store::Attempt>,
     /// The session timer once answered: (interval, refresh generation).
     session: Option<(u32, u32)>,
-    mailbox: Arc<Mailbox>,
     /// The current attempt's ring timer.
     ring_timer: Option<RingTimer>,
     _slot: CallSlot,
@@ -353,13 +284,8 @@ impl Call {
         } else {
             number
         };
-        let mailbox = Mailbox::new(&ctx.metrics.calls);
-        let handle = CallHandle {
-            actor: myself.clone(),
-            mailbox: mailbox.clone(),
-        };
         ctx.endpoint
-            .register(&invite.info.call_id, Arc::new(handle));
+            .register(&invite.info.call_id, Arc::new(CallHandle(myself.clone())));
         let slot = CallSlot::take(&ctx, inbound_trunk);
         let mut a = ALeg::new(invite.request, invite.info, invite.peer, invite.key);
         let requires_100rel = header_values(&a.invite, "Require")
@@ -420,7 +346,6 @@ impl Call {
             talk_end: None,
             attempts: Vec::new(),
             session: None,
-            mailbox,
             ring_timer: None,
             _slot: slot,
         })
@@ -430,10 +355,7 @@ impl Call {
         let call = self;
         match msg {
             CallMsg::Start => call.start(),
-            CallMsg::Sip(ev) => {
-                call.mailbox.leave();
-                call.on_sip(*ev)
-            }
+            CallMsg::Sip(ev) => call.on_sip(*ev),
             CallMsg::RingTimeout(n) => {
                 if n == call.attempt && call.phase == Phase::Trying {
                     call.ring_timeout();
@@ -617,10 +539,7 @@ impl Call {
         self.last_trunk = Some(trunk);
         self.ctx.trunk_counters[trunk].outbound.inc();
         tracing::debug!(destination = %dest.number, trunk = %self.ctx.routing.trunks[trunk].name, attempt = self.attempt, "forwarding");
-        let handle = CallHandle {
-            actor: self.me.clone(),
-            mailbox: self.mailbox.clone(),
-        };
+        let handle = CallHandle(self.me.clone());
         self.ep().register(b.call_id(), Arc::new(handle));
         self.ep().request(b.invite.clone(), b.peer);
         self.b = Some(b);
@@ -1436,33 +1355,6 @@ pub fn failed_record(ctx: &NodeContext, seed: &CallSeed) -> LogEntry {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mailboxes_are_bounded_and_counted() {
-        let metrics = crate::metrics::CallMetrics::default();
-        let mailbox = Mailbox::new(&metrics);
-        for _ in 0..MAILBOX_LIMIT {
-            assert!(mailbox.enter());
-        }
-        assert!(!mailbox.enter(), "full");
-        assert_eq!(metrics.mailbox_dropped.get(), 1);
-        assert_eq!(metrics.mailbox_messages.get(), MAILBOX_LIMIT as i64);
-        mailbox.leave();
-        assert!(mailbox.enter(), "room again after one was handled");
-        mailbox.leave();
-        let other = Mailbox::new(&metrics);
-        assert!(other.enter());
-        assert_eq!(metrics.mailbox_messages.get(), MAILBOX_LIMIT as i64);
-        drop(mailbox);
-        assert_eq!(
-            metrics.mailbox_messages.get(),
-            1,
-            "what a dead call left is uncounted"
-        );
-        other.leave();
-        other.leave();
-        assert_eq!(metrics.mailbox_messages.get(), 0, "never below zero");
-    }
 
     #[test]
     fn recording_statuses() {

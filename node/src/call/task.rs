@@ -5,12 +5,19 @@
 //! held call's memory; the inbox here allocates only when a message is queued. The
 //! call supervisor stays a ractor actor (one per node); a call task tells it how it
 //! ended ([`Exit`]), panics included, so a failed call is still answered and logged.
+//! The inbox is bounded for what arrives from the network ([`CallRef::deliver`]): a
+//! peer flooding one dialog cannot grow a call without limit (the transaction layer has
+//! already absorbed retransmissions; what is dropped here the sender retransmits).
 
 use super::CallMsg;
+use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+/// Messages a call may have waiting before [`CallRef::deliver`] drops more.
+pub const INBOX_LIMIT: usize = 64;
 
 #[derive(Default)]
 struct Inbox {
@@ -18,26 +25,63 @@ struct Inbox {
     wake: tokio::sync::Notify,
     /// Told to stop (the supervisor's max-call sweep), or the task has ended.
     stopped: AtomicBool,
+    /// Messages waiting in every call's inbox, and network messages dropped at the bound.
+    waiting: Gauge,
+    dropped: Counter,
 }
 
 /// A handle to a running call: what others use to send it messages.
 #[derive(Clone, Default)]
 pub struct CallRef(Arc<Inbox>);
 
+impl Drop for Inbox {
+    fn drop(&mut self) {
+        let left = self.queue.get_mut().map(|q| q.len()).unwrap_or(0);
+        self.waiting.dec_by(left as i64);
+    }
+}
+
 /// A message could not be delivered: the call has ended.
 #[derive(Debug)]
 pub struct Gone;
 
 impl CallRef {
+    /// A call whose waiting messages count in `waiting` and drops in `dropped`.
+    pub fn new(waiting: Gauge, dropped: Counter) -> CallRef {
+        CallRef(Arc::new(Inbox {
+            queue: Mutex::default(),
+            wake: tokio::sync::Notify::new(),
+            stopped: AtomicBool::new(false),
+            waiting,
+            dropped,
+        }))
+    }
+
+    /// Queues a message of the node's own (a timer, a media event, a line).
     pub fn send_message(&self, msg: CallMsg) -> Result<(), Gone> {
+        self.push(msg, usize::MAX)
+    }
+
+    /// Queues a message from the network, dropped (and counted) when the inbox holds
+    /// [`INBOX_LIMIT`] already.
+    pub fn deliver(&self, msg: CallMsg) -> Result<(), Gone> {
+        self.push(msg, INBOX_LIMIT)
+    }
+
+    fn push(&self, msg: CallMsg, limit: usize) -> Result<(), Gone> {
         if self.0.stopped.load(Ordering::Acquire) {
             return Err(Gone);
         }
-        self.0
-            .queue
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push_back(msg);
+        {
+            let mut queue = self.0.queue.lock().unwrap_or_else(|p| p.into_inner());
+            if queue.len() >= limit {
+                self.0.dropped.inc();
+                tracing::warn!("call inbox full; message from the network dropped");
+                return Ok(());
+            }
+            queue.push_back(msg);
+        }
+        self.0.waiting.inc();
         self.0.wake.notify_one();
         Ok(())
     }
@@ -74,6 +118,7 @@ impl CallRef {
                 .unwrap_or_else(|p| p.into_inner())
                 .pop_front();
             if next.is_some() {
+                self.0.waiting.dec();
                 return next;
             }
             self.0.wake.notified().await;
@@ -83,16 +128,9 @@ impl CallRef {
     /// The task ended: nothing more is accepted, and what was queued is dropped.
     pub(super) fn close(&self) {
         self.0.stopped.store(true, Ordering::Release);
-        self.0
-            .queue
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
-    }
-
-    /// Whether two handles are of the same call.
-    pub fn same(&self, other: &CallRef) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
+        let mut queue = self.0.queue.lock().unwrap_or_else(|p| p.into_inner());
+        self.0.waiting.dec_by(queue.len() as i64);
+        queue.clear();
     }
 }
 
@@ -137,7 +175,31 @@ mod tests {
             me.send_message(CallMsg::EndGuard).is_err(),
             "nothing after the end"
         );
-        assert!(me.same(&me.clone()) && !me.same(&CallRef::default()));
         assert_eq!(panic_text(&"boom"), "boom");
+    }
+
+    #[tokio::test]
+    async fn network_messages_are_bounded_and_every_waiting_one_is_counted() {
+        let (waiting, dropped) = (Gauge::default(), Counter::default());
+        let me = CallRef::new(waiting.clone(), dropped.clone());
+        for _ in 0..INBOX_LIMIT {
+            me.deliver(CallMsg::EndGuard).unwrap();
+        }
+        me.deliver(CallMsg::EndGuard).unwrap();
+        assert_eq!(dropped.get(), 1, "the 65th is dropped");
+        me.send_message(CallMsg::QueueTimeout).unwrap();
+        assert_eq!(
+            waiting.get(),
+            INBOX_LIMIT as i64 + 1,
+            "the node's own still go in"
+        );
+        me.next().await.unwrap();
+        assert_eq!(waiting.get(), INBOX_LIMIT as i64);
+        let other = CallRef::new(waiting.clone(), dropped.clone());
+        other.deliver(CallMsg::EndGuard).unwrap();
+        me.close();
+        assert_eq!(waiting.get(), 1, "what an ended call left is uncounted");
+        drop(other);
+        assert_eq!(waiting.get(), 0, "and what a dropped one left");
     }
 }
