@@ -36,10 +36,6 @@ impl OutStream {
         }
     }
 
-    pub fn ssrc(&self) -> u32 {
-        self.ssrc
-    }
-
     /// Rewrites a relayed packet's header. False if it is too short to be RTP (it is
     /// then forwarded untouched).
     pub fn relay(&mut self, pkt: &mut [u8], now: Instant) -> bool {

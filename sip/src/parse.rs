@@ -170,6 +170,14 @@ pub fn header<'a, M: HasHeaders>(msg: &'a M, name: &str) -> Option<&'a str> {
         .map(Header::value)
 }
 
+/// Whether a Supported or Require header of `msg` lists the option tag `tag` (RFC 3261
+/// 20.32, 20.37; lists split like any header list, tags compared case-insensitively).
+pub fn has_option_tag<M: HasHeaders>(msg: &M, header: &str, tag: &str) -> bool {
+    header_values(msg, header)
+        .iter()
+        .any(|t| t.trim().eq_ignore_ascii_case(tag))
+}
+
 /// Keeps only the headers named in `names` and drops the body: what a dialog still
 /// needs of its initial request once that is answered (the rest is memory held for
 /// the whole call).
@@ -394,6 +402,30 @@ Content-Length: 0\r\n\r\n";
             panic!()
         };
         assert_eq!(request_user(&req).as_deref(), Some("0501234567"));
+    }
+
+    #[test]
+    fn option_tags_in_lists() {
+        let with = |h: &str| {
+            let text = INVITE.replace(
+                "Max-Forwards: 70\r\n",
+                &format!("Max-Forwards: 70\r\n{h}\r\n"),
+            );
+            match parse(text.as_bytes()).unwrap().0 {
+                SipMessage::Request(r) => r,
+                _ => panic!(),
+            }
+        };
+        let rows = [
+            ("Supported: 100rel, timer", "Supported", "timer", true),
+            ("Supported: 100rel,Timer", "Supported", "timer", true),
+            ("Require: 100rel", "Require", "100rel", true),
+            ("Require: timer", "Supported", "timer", false),
+            ("Supported: timers", "Supported", "timer", false),
+        ];
+        for (line, header, tag, want) in rows {
+            assert_eq!(has_option_tag(&with(line), header, tag), want, "{line}");
+        }
     }
 
     #[test]

@@ -10,7 +10,7 @@ use crate::decide::ivr::{on_key, on_silence, IvrStep};
 use crate::metrics::{OutcomeLabel, PurposeLabel};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tsunagu_media::{sdp, MediaEvent, Side};
+use tsunagu_media::{sdp, MediaEvent, Prompt, Side};
 use tsunagu_sip::parse::sdp_body;
 use tsunagu_sip::Method;
 use tsunagu_store::{CallResult, Ivr};
@@ -127,6 +127,35 @@ impl Call {
         Some(answer.payload_type)
     }
 
+    /// The prompt `name` as this call's operator sees it; a missing one is logged and
+    /// counted (the number named it; the call goes on without it).
+    fn prompt(&self, name: &str) -> Option<Arc<Prompt>> {
+        let found = self.ctx.prompts.get(&self.number.operator_id, name);
+        if found.is_none() {
+            tracing::warn!(prompt = name, "no such prompt; skipped");
+            self.ctx.metrics.calls.prompts_missing.inc();
+        }
+        found
+    }
+
+    /// Starts `prompt` in the relay toward `side`: looped when nothing follows it,
+    /// else `after` runs when it ends.
+    fn start_playing(
+        &mut self,
+        side: Side,
+        prompt: Arc<Prompt>,
+        payload_type: u8,
+        after: Option<After>,
+    ) -> bool {
+        let Some(relay) = self.relay.as_ref() else {
+            return false;
+        };
+        self.prompt_ids += 1;
+        relay.play(side, prompt, payload_type, after.is_none(), self.prompt_ids);
+        self.playing = after.map(|a| (self.prompt_ids, a));
+        true
+    }
+
     /// Plays the prompt `name` into `side` in `payload_type`; false if the node has no
     /// such prompt for this operator.
     fn play(
@@ -137,26 +166,24 @@ impl Call {
         payload_type: u8,
         after: Option<After>,
     ) -> bool {
-        let Some(prompt) = self.ctx.prompts.get(&self.number.operator_id, name) else {
-            tracing::warn!(prompt = name, "no such prompt; skipped");
-            self.ctx.metrics.calls.prompts_missing.inc();
+        let Some(prompt) = self.prompt(name) else {
             return false;
         };
-        let Some(relay) = self.relay.as_ref() else {
-            return false;
-        };
-        self.prompt_ids += 1;
-        let id = self.prompt_ids;
-        relay.play(side, prompt, payload_type, after.is_none(), id);
-        self.playing = after.map(|a| (id, a));
-        tracing::debug!(prompt = name, ?side, "playing");
-        self.ctx
-            .metrics
-            .calls
-            .prompts_played
-            .get_or_create(&PurposeLabel { purpose })
-            .inc();
-        true
+        let played = self.start_playing(side, prompt, payload_type, after);
+        self.counted(purpose, name, side, played)
+    }
+
+    fn counted(&self, purpose: &'static str, name: &str, side: Side, played: bool) -> bool {
+        if played {
+            tracing::debug!(prompt = name, ?side, "playing");
+            self.ctx
+                .metrics
+                .calls
+                .prompts_played
+                .get_or_create(&PurposeLabel { purpose })
+                .inc();
+        }
+        played
     }
 
     /// Plays a prompt to the caller as early media (or in the answered IVR call). With
@@ -180,16 +207,10 @@ impl Call {
         purpose: &'static str,
         after: Option<After>,
     ) -> bool {
-        if self
-            .ctx
-            .prompts
-            .get(&self.number.operator_id, name)
-            .is_none()
-        {
-            tracing::warn!(prompt = name, "no such prompt; skipped");
-            self.ctx.metrics.calls.prompts_missing.inc();
+        // Looked up first: a missing prompt must not answer the caller with early media.
+        let Some(prompt) = self.prompt(name) else {
             return false;
-        }
+        };
         if !self.ensure_relay() {
             return false;
         }
@@ -197,22 +218,15 @@ impl Call {
             tracing::info!("the caller offered no G.711 audio; prompt skipped");
             return false;
         };
-        self.play(Side::A, name, purpose, pt, after)
+        let played = self.start_playing(Side::A, prompt, pt, after);
+        self.counted(purpose, name, Side::A, played)
     }
 
     /// The caller has the node's early media: they hear the node's ringback until the
     /// callee sends early media of its own or answers.
     pub(super) fn ringback(&mut self) {
-        if let (Some((pt, _)), Some(relay)) = (&self.a_answer, &self.relay) {
-            self.prompt_ids += 1;
-            relay.play(
-                Side::A,
-                self.ctx.ringback.clone(),
-                *pt,
-                true,
-                self.prompt_ids,
-            );
-            self.playing = None;
+        if let Some((pt, _)) = self.a_answer {
+            self.start_playing(Side::A, self.ctx.ringback.clone(), pt, None);
         }
     }
 

@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tsunagu_media::{sdp, MediaEvent, RecordMode, Relay, Side};
 use tsunagu_sip::endpoint::CallSink;
-use tsunagu_sip::parse::{header, header_values, sdp_body, Peer};
+use tsunagu_sip::parse::{header, sdp_body, Peer};
 use tsunagu_sip::{Method, NewInvite, Request, Response, SipEvent};
 use tsunagu_store::{
     CallRecord, CallResult, CallerIdMode, ClosedAction, Destination, NumberKind, RecordingMode,
@@ -288,10 +288,7 @@ impl Call {
             .register(&invite.info.call_id, Arc::new(CallHandle(myself.clone())));
         let slot = CallSlot::take(&ctx, inbound_trunk);
         let mut a = ALeg::new(invite.request, invite.info, invite.peer, invite.key);
-        let requires_100rel = header_values(&a.invite, "Require")
-            .iter()
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case("100rel"));
+        let requires_100rel = tsunagu_sip::parse::has_option_tag(&a.invite, "Require", "100rel");
         if requires_100rel {
             a.require_100rel(myself.clone());
         }

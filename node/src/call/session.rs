@@ -6,16 +6,8 @@
 use super::legs::Headers;
 use super::{Call, CallMsg, Phase};
 use crate::decide::session_timer::{agree, check_after, parse};
-use tsunagu_sip::parse::{header, header_values};
+use tsunagu_sip::parse::{has_option_tag, header};
 use tsunagu_sip::{Request, Response};
-
-/// Whether a message lists `timer` in Supported (or Require).
-fn has_timer(values: &[&str]) -> bool {
-    values
-        .iter()
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("timer"))
-}
 
 /// The session-timer headers of a request, to pass on to the other leg.
 pub(super) fn headers_of(req: &Request) -> Headers {
@@ -26,7 +18,7 @@ pub(super) fn headers_of(req: &Request) -> Headers {
             out.push(("Min-SE", min.to_string()));
         }
     }
-    if has_timer(&header_values(req, "Supported")) {
+    if has_option_tag(req, "Supported", "timer") {
         out.push(("Supported", "timer".into()));
     }
     out
@@ -38,7 +30,7 @@ pub(super) fn answer_headers(resp: &Response) -> Vec<(&'static str, String)> {
     if let Some(se) = header(resp, "Session-Expires") {
         out.push(("Session-Expires", se.to_string()));
     }
-    if has_timer(&header_values(resp, "Require")) {
+    if has_option_tag(resp, "Require", "timer") {
         out.push(("Require", "timer".into()));
     }
     out
@@ -50,7 +42,7 @@ impl Call {
     pub(super) fn answer_with_session(&mut self, resp: &Response, sdp: Option<&str>) {
         let agreed = agree(
             header(&self.a.invite, "Session-Expires"),
-            has_timer(&header_values(&self.a.invite, "Supported")),
+            has_option_tag(&self.a.invite, "Supported", "timer"),
             header(resp, "Session-Expires"),
         );
         let ep = self.ctx.endpoint.clone();
