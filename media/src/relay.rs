@@ -497,8 +497,10 @@ async fn run(
                     let s = if side == Side::A { &mut sa } else { &mut sb };
                     s.player = Some(player);
                     if frames.is_none() {
+                        // Burst: frames delayed by a busy core are caught up, so a prompt
+                        // keeps real time (its timestamps advance 160 per frame anyway).
                         let mut every = tokio::time::interval(Duration::from_millis(20));
-                        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
                         frames = Some(every);
                     }
                 }
