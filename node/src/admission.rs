@@ -4,7 +4,8 @@
 //! 503 with Retry-After. A call over its trunk's rate whose turn comes within the
 //! trunk's shaping delay is started late instead of refused. An admitted call is handed to the supervisor to spawn.
 
-use crate::call::{identify_caller, now_ms, CallArgs};
+use crate::call::{identify_caller, CallArgs};
+use crate::clock::now_ms;
 use crate::context::NodeContext;
 use crate::decide::caller::normalize;
 use crate::decide::rate::TokenBucket;

@@ -7,7 +7,7 @@
 //! The same writer queues the call's follow-ups (webhook events, notices, GA4) into the
 //! store's outbox, in the transaction that stores the record.
 
-use crate::call::now_ms;
+use crate::clock::now_ms;
 use crate::decide::validity::{judge, Facts};
 use crate::follow_up::hooks::WebhookCache;
 use crate::follow_up::plan::{callback_pool, CallEvent, Planner};

@@ -4,6 +4,7 @@
 pub mod admission;
 pub mod call;
 pub mod call_log;
+pub mod clock;
 pub mod context;
 pub mod decide;
 pub mod directory;

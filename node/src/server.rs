@@ -6,7 +6,7 @@
 use crate::admission::Admission;
 use crate::call_log::{CallLog, Writer};
 use crate::context::NodeContext;
-use crate::decide::routing::Routing;
+use crate::decide::routing::{sip_transport, Routing};
 use crate::directory::Directory;
 use crate::follow_up::deliver::Deliverer;
 use crate::follow_up::hooks::WebhookCache;
@@ -83,15 +83,6 @@ fn store_path(config: &Config) -> PathBuf {
         .path
         .clone()
         .unwrap_or_else(|| config.node.data_dir.join("tsunagu.db"))
-}
-
-/// The SIP layer's transport for a configured one.
-pub fn sip_transport(t: tsunagu_config::Transport) -> Transport {
-    match t {
-        tsunagu_config::Transport::Udp => Transport::Udp,
-        tsunagu_config::Transport::Tcp => Transport::Tcp,
-        tsunagu_config::Transport::Tls => Transport::Tls,
-    }
 }
 
 /// Admission is built after the endpoint (it needs the endpoint's handle); until then

@@ -72,16 +72,12 @@ impl CallSink for Responses {
 /// Starts one pinger task per trunk that has an outbound target and an interval.
 pub fn start(ctx: &Arc<NodeContext>, intervals: &[u32]) {
     for (index, interval) in intervals.iter().enumerate() {
-        let Some(target) = ctx.routing.trunks[index].outbound else {
+        let Some(peer) = ctx.routing.trunks[index].outbound else {
             continue;
         };
         if *interval == 0 {
             continue;
         }
-        let peer = Peer {
-            transport: crate::server::sip_transport(target.transport),
-            addr: target.addr,
-        };
         tokio::spawn(ping_loop(
             ctx.clone(),
             index,

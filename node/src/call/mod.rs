@@ -16,6 +16,7 @@ mod task;
 pub use task::{panic_text, CallRef, Exit};
 
 use crate::call_log::LogEntry;
+use crate::clock::now_ms;
 use crate::context::{CallSlot, NodeContext};
 use crate::decide::caller::{identify, Caller};
 use crate::decide::outcome::{next_step, Failure, Step};
@@ -215,10 +216,6 @@ pub struct Call {
     /// The current attempt's ring timer.
     ring_timer: Option<RingTimer>,
     _slot: CallSlot,
-}
-
-pub fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
 }
 
 /// Who is calling, from the INVITE's From, P-Asserted-Identity (believed only from a
@@ -499,10 +496,7 @@ impl Call {
                 .clone()
                 .unwrap_or_else(|| self.number.number.clone()),
         };
-        let peer = Peer {
-            transport: crate::server::sip_transport(target.transport),
-            addr: target.addr,
-        };
+        let peer = target;
         if let Some(old) = self.b.take() {
             self.ep().unregister(old.call_id());
         }

@@ -2,13 +2,15 @@
 //! and the ordered trunks for a destination (longest matching route prefix).
 
 use std::net::IpAddr;
-use tsunagu_config::{Cidr, Config, Listener};
+use tsunagu_config::{Cidr, Config};
+use tsunagu_sip::{Peer, Transport};
 
 #[derive(Debug, Clone)]
 pub struct Trunk {
     pub name: String,
     pub inbound: Vec<Cidr>,
-    pub outbound: Option<Listener>,
+    /// Where forwarded legs (and keepalives) go.
+    pub outbound: Option<Peer>,
     pub max_cps: u32,
     pub shaping: std::time::Duration,
     pub max_channels: u32,
@@ -16,6 +18,15 @@ pub struct Trunk {
     pub trusted: bool,
     /// A 3xx from this trunk is followed (its Contact's number is tried next).
     pub follow_redirects: bool,
+}
+
+/// The SIP layer's transport for a configured one.
+pub fn sip_transport(t: tsunagu_config::Transport) -> Transport {
+    match t {
+        tsunagu_config::Transport::Udp => Transport::Udp,
+        tsunagu_config::Transport::Tcp => Transport::Tcp,
+        tsunagu_config::Transport::Tls => Transport::Tls,
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -33,7 +44,10 @@ impl Routing {
             .map(|t| Trunk {
                 name: t.name.clone(),
                 inbound: t.inbound.clone(),
-                outbound: t.outbound,
+                outbound: t.outbound.map(|l| Peer {
+                    transport: sip_transport(l.transport),
+                    addr: l.addr,
+                }),
                 max_cps: t.max_cps,
                 shaping: std::time::Duration::from_millis(u64::from(t.shaping_ms)),
                 max_channels: t.max_channels,

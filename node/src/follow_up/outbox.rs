@@ -4,7 +4,7 @@
 //! New rows wake it at once; retries are found by a one-second poll.
 
 use super::deliver::{Deliverer, Failure};
-use crate::call::now_ms;
+use crate::clock::now_ms;
 use crate::metrics::{FollowUpMetrics, KindLabel};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
