@@ -32,7 +32,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tsunagu_media::{sdp, MediaEvent, RecordMode, Relay, Side};
 use tsunagu_sip::endpoint::CallSink;
-use tsunagu_sip::parse::{header, sdp_body, Peer};
+use tsunagu_sip::parse::{header, sdp_body};
 use tsunagu_sip::{Method, NewInvite, Request, Response, SipEvent};
 use tsunagu_store::{
     CallRecord, CallResult, CallerIdMode, ClosedAction, Destination, NumberKind, RecordingMode,

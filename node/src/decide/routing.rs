@@ -79,6 +79,16 @@ impl Routing {
             .position(|t| t.inbound.iter().any(|c| c.contains(ip)))
     }
 
+    /// Whether `ip` belongs to a trunk: inside some trunk's inbound networks, or the
+    /// address of some trunk's outbound target (callees answer and hang up from there).
+    /// Only such addresses are answered, and only to them are requests sent.
+    pub fn is_trunk_address(&self, ip: IpAddr) -> bool {
+        self.trunks.iter().any(|t| {
+            t.inbound.iter().any(|c| c.contains(ip))
+                || t.outbound.is_some_and(|o| o.addr.ip() == ip)
+        })
+    }
+
     /// The trunks to try, in order, for a destination number.
     pub fn outbound_trunks(&self, destination: &str) -> &[usize] {
         self.routes
@@ -134,6 +144,27 @@ trunks = ["b", "c"]
         for (ip, want) in cases {
             assert_eq!(r.inbound_trunk(ip.parse().unwrap()), want, "{ip}");
         }
+    }
+
+    #[test]
+    fn trunk_addresses() {
+        let r = routing();
+        let cases = [
+            ("127.0.0.1", true),
+            ("10.1.2.3", true),
+            ("127.0.0.9", true),
+            ("192.0.2.1", false),
+            ("::1", false),
+        ];
+        for (ip, want) in cases {
+            assert_eq!(r.is_trunk_address(ip.parse().unwrap()), want, "{ip}");
+        }
+        let only_outbound = Routing::from_config(
+            &Config::from_toml("[[trunks]]\nname = \"c\"\noutbound = \"tcp:192.0.2.7:5090\"\n")
+                .unwrap(),
+        );
+        assert!(only_outbound.is_trunk_address("192.0.2.7".parse().unwrap()));
+        assert!(!only_outbound.is_trunk_address("192.0.2.8".parse().unwrap()));
     }
 
     #[test]
