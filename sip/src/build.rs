@@ -336,12 +336,17 @@ pub fn bad_request_for(raw: &[u8], why: &str) -> Option<Vec<u8>> {
 }
 
 /// An error response (400, 501, 505) for a request that failed to parse, built from its
-/// raw lines when it still has a request line and the headers a response needs (Via,
-/// From, To, Call-ID, CSeq). None for responses, ACKs and text too broken to answer:
-/// those are dropped.
+/// raw lines when it still has a request line and a Via to route the response by
+/// (RFC 4475 3.1.2.18: a request missing Call-ID, CSeq, From or To still gets its 400,
+/// with whichever of them it has). None for responses, ACKs and text too broken to
+/// answer (no Via, not UTF-8): those are dropped. Header lines with control
+/// characters are not copied.
 pub fn reject_unparsed(raw: &[u8], code: u16, why: &str) -> Option<Vec<u8>> {
-    let text = std::str::from_utf8(raw).ok()?;
-    let head = text.split("\r\n\r\n").next()?;
+    let head_len = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or(raw.len());
+    let head = std::str::from_utf8(&raw[..head_len]).ok()?;
     let mut lines = head.split("\r\n");
     let first = lines.next()?;
     let version_ok = first.ends_with("SIP/2.0") || code == 505;
@@ -357,6 +362,9 @@ pub fn reject_unparsed(raw: &[u8], code: u16, why: &str) -> Option<Vec<u8>> {
     ];
     let mut found: Vec<(usize, String)> = Vec::new();
     for line in lines {
+        if line.chars().any(|c| c.is_control() && c != '\t') {
+            continue;
+        }
         let Some((name, value)) = line.split_once(':') else {
             continue;
         };
@@ -375,8 +383,8 @@ pub fn reject_unparsed(raw: &[u8], code: u16, why: &str) -> Option<Vec<u8>> {
             ));
         }
     }
-    if (0..wanted.len()).any(|i| !found.iter().any(|(j, _)| *j == i)) {
-        return None;
+    if !found.iter().any(|(i, _)| *i == 0) {
+        return None; // no Via: nowhere to send a response
     }
     found.sort_by_key(|(i, _)| *i);
     let mut s = format!("SIP/2.0 {code} {}\r\n", reason(code));
@@ -394,6 +402,18 @@ pub fn reject_unparsed(raw: &[u8], code: u16, why: &str) -> Option<Vec<u8>> {
         "Warning: 399 tsunagu \"{why}\"\r\nServer: {USER_AGENT}\r\n"
     );
     Some(finish(s, None))
+}
+
+/// The one stateless 403 a request from an untrusted source gets when the node is set
+/// to refuse strangers instead of ignoring them: None for what does not parse, ACKs
+/// and responses (nothing is ever answered to those).
+pub fn reject_untrusted(raw: &[u8]) -> Option<Vec<u8>> {
+    match crate::parse::parse(raw) {
+        Ok((rsipstack::sip::SipMessage::Request(req), _)) if req.method != Method::Ack => {
+            Some(response(&req, 403, Some(&new_tag()), &[], None))
+        }
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -415,8 +435,61 @@ mod bad_request_tests {
             "SIP/2.0 200 OK\r\nVia: x\r\n\r\n",
             "INVITE sip:1@h SIP/2.0\r\nFrom: a\r\nTo: b\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\n\r\n",
             "ACK sip:1@h SIP/2.0\r\nVia: v\r\nFrom: a\r\nTo: b\r\nCall-ID: c\r\nCSeq: 1 ACK\r\n\r\n",
+            "INVITE sip:1@h SIP/2.0\r\nVia: v\x00\r\nFrom: a\r\n\r\n",
         ] {
             assert!(bad_request_for(unanswerable.as_bytes(), "x").is_none(), "{unanswerable}");
         }
+    }
+
+    /// RFC 4475 3.1.2.18: whatever of From, To, Call-ID and CSeq is there is copied;
+    /// a Via is enough to answer.
+    #[test]
+    fn a_request_missing_required_headers_still_gets_400() {
+        let full = [
+            "Via: SIP/2.0/UDP a;branch=z9hG4bK1",
+            "From: <sip:a@h>;tag=1",
+            "To: <sip:1@h>",
+            "Call-ID: c",
+            "CSeq: 1 OPTIONS",
+        ];
+        for missing in 1..full.len() {
+            let lines: Vec<&str> = full
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != missing)
+                .map(|(_, l)| *l)
+                .collect();
+            let raw = format!("OPTIONS sip:1@h SIP/2.0\r\n{}\r\n\r\n", lines.join("\r\n"));
+            let reply = String::from_utf8(bad_request_for(raw.as_bytes(), "x").unwrap()).unwrap();
+            assert!(reply.starts_with("SIP/2.0 400 Bad Request\r\n"), "{reply}");
+            for line in &lines {
+                assert!(
+                    reply.contains(&format!("{line}\r\n")),
+                    "{line} copied: {reply}"
+                );
+            }
+            assert!(!reply.contains(full[missing]), "{reply}");
+        }
+        let with_nul = "OPTIONS sip:1@h SIP/2.0\r\nVia: SIP/2.0/UDP a;branch=z9hG4bK1\r\nFrom: <sip:a\x00@h>\r\nCall-ID: c\r\n\r\n";
+        let reply = String::from_utf8(bad_request_for(with_nul.as_bytes(), "x").unwrap()).unwrap();
+        assert!(
+            !reply.contains('\x00') && !reply.contains("From"),
+            "{reply}"
+        );
+    }
+
+    #[test]
+    fn a_stranger_gets_one_403_to_a_request_only() {
+        let options = b"OPTIONS sip:1@h SIP/2.0\r\nVia: SIP/2.0/UDP a;branch=z9hG4bK1\r\nFrom: <sip:a@h>;tag=1\r\nTo: <sip:1@h>\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n";
+        let reply = String::from_utf8(super::reject_untrusted(options).unwrap()).unwrap();
+        assert!(
+            reply.starts_with("SIP/2.0 403 Forbidden\r\nVia: SIP/2.0/UDP a;branch=z9hG4bK1\r\n")
+        );
+        assert!(reply.contains(";tag="), "{reply}");
+        let ack = String::from_utf8_lossy(options).replace("OPTIONS", "ACK");
+        assert!(super::reject_untrusted(ack.as_bytes()).is_none());
+        assert!(super::reject_untrusted(b"garbage").is_none());
+        let resp = b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP a;branch=z9hG4bK1\r\nFrom: <sip:a@h>;tag=1\r\nTo: <sip:1@h>\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n";
+        assert!(super::reject_untrusted(resp).is_none());
     }
 }

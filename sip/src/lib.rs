@@ -11,6 +11,7 @@ pub mod build;
 pub mod endpoint;
 pub mod metrics;
 pub mod parse;
+mod sanitize;
 pub mod transaction;
 mod transport;
 

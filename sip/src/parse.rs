@@ -1,6 +1,14 @@
 //! Parsing and reading SIP messages: what the transaction layer and the calls need
 //! from a message (Call-ID, CSeq, top Via branch, tags), with malformed input reported
 //! as [`ParseError`] instead of a panic.
+//!
+//! Before the parser runs, the header section is checked byte by byte and unfolded
+//! ([`crate::sanitize`]); after it, what the parser lets through and RFC 3261 forbids
+//! is refused: status codes outside 100-699, CSeq numbers of 2^31 and above (8.1.1.5),
+//! an unterminated quoted string in a structured header (RFC 4475 3.1.2.6), and a
+//! request body without Content-Type (20.15: "MUST be present if the body is not
+//! empty"; such a body cannot be interpreted, so the request is malformed: 400, not
+//! taken as SDP).
 
 use rsipstack::sip::{HasHeaders, Header, Method, Request, SipMessage};
 use std::net::SocketAddr;
@@ -80,8 +88,20 @@ fn check_start_line(data: &[u8]) -> Result<(), ParseError> {
     let line = std::str::from_utf8(&data[..end])
         .map_err(|_| ParseError::Syntax("start line is not UTF-8".into()))?;
     if let Some(rest) = line.strip_prefix("SIP/") {
-        return match rest.split(' ').next() {
-            Some("2.0") => Ok(()),
+        let mut parts = rest.split(' ');
+        return match parts.next() {
+            Some("2.0") => {
+                // Status-Code = 3DIGIT; RFC 3261 defines classes 1xx to 6xx only.
+                let code = parts.next().unwrap_or_default();
+                let valid = code.len() == 3
+                    && code.bytes().all(|b| b.is_ascii_digit())
+                    && (b'1'..=b'6').contains(&code.as_bytes()[0]);
+                if valid {
+                    Ok(())
+                } else {
+                    Err(ParseError::Syntax(format!("status code `{code}`")))
+                }
+            }
             v => Err(ParseError::Version(format!(
                 "SIP/{}",
                 v.unwrap_or_default()
@@ -153,13 +173,92 @@ pub struct Info {
 /// The third-party parser runs under `catch_unwind`: whatever it does with hostile
 /// input, a panic becomes a parse error and never takes a receiver task down.
 pub fn parse(data: &[u8]) -> Result<(SipMessage, Info), ParseError> {
+    let data = crate::sanitize::check_and_unfold(data)?;
+    let data = &data[..];
     check_start_line(data)?;
     let parsed = std::panic::catch_unwind(|| rsipstack::sip::parser::parse_message(data))
         .map_err(|_| ParseError::Syntax("parser panicked".into()))?;
     let mut msg = parsed.map_err(|e| ParseError::Syntax(e.to_string()))?;
     check_body_length(&mut msg)?;
+    check_quotes(&msg)?;
+    if let SipMessage::Request(r) = &msg {
+        if !r.body.is_empty() && header(r, "Content-Type").is_none() {
+            return Err(ParseError::Header("Content-Type"));
+        }
+    }
     let info = info(&msg)?;
     Ok((msg, info))
+}
+
+/// Headers whose grammar has quoted strings (display names, parameter values): in
+/// these an unterminated one is malformed. Free-text headers (Subject, User-Agent,
+/// unknown extension headers) may hold a lone quote and are not checked.
+const QUOTING_HEADERS: &[&str] = &[
+    "Via",
+    "From",
+    "To",
+    "Contact",
+    "Route",
+    "Record-Route",
+    "Reply-To",
+    "P-Asserted-Identity",
+    "P-Preferred-Identity",
+    "Refer-To",
+    "Referred-By",
+    "Diversion",
+    "History-Info",
+    "Content-Type",
+    "Content-Disposition",
+    "Accept",
+    "Warning",
+    "Reason",
+    "Authorization",
+    "Proxy-Authorization",
+    "WWW-Authenticate",
+    "Proxy-Authenticate",
+    "Call-Info",
+    "Alert-Info",
+    "Error-Info",
+    "Session-Expires",
+    "Event",
+    "Subscription-State",
+];
+
+/// Whether every quoted string in `value` ends (backslash escapes honoured).
+fn quotes_closed(value: &str) -> bool {
+    let (mut quoted, mut escaped) = (false, false);
+    for b in value.bytes() {
+        if !quoted {
+            quoted = b == b'"';
+        } else if escaped {
+            escaped = false;
+        } else if b == b'\\' {
+            escaped = true;
+        } else if b == b'"' {
+            quoted = false;
+        }
+    }
+    !quoted
+}
+
+/// RFC 4475 3.1.2.6: an unterminated quoted string in a structured header is refused.
+/// Only values with a quote are looked at (most have none), so the common message
+/// costs one byte search per header.
+fn check_quotes(msg: &SipMessage) -> Result<(), ParseError> {
+    for h in msg.headers().iter() {
+        let value = h.value();
+        if !value.contains('"') || quotes_closed(value) {
+            continue;
+        }
+        let name = h.name();
+        if let Some(known) = QUOTING_HEADERS
+            .iter()
+            .find(|n| n.eq_ignore_ascii_case(&name))
+        {
+            return Err(ParseError::Header(known));
+        }
+    }
+    Ok(())
 }
 
 /// The first value of a header by canonical name (compact forms are already expanded).
@@ -230,7 +329,12 @@ fn info(msg: &SipMessage) -> Result<Info, ParseError> {
         .trim()
         .split_once(char::is_whitespace)
         .ok_or(ParseError::Header("CSeq"))?;
-    let cseq: u32 = num.parse().map_err(|_| ParseError::Header("CSeq"))?;
+    // RFC 3261 8.1.1.5: the sequence number MUST be less than 2**31.
+    let cseq: u32 = num
+        .parse()
+        .ok()
+        .filter(|n| *n < 1 << 31)
+        .ok_or(ParseError::Header("CSeq"))?;
     let cseq_method = method_from(method.trim()).ok_or(ParseError::Header("CSeq"))?;
     let via = header_values(msg, "Via")
         .into_iter()
@@ -363,14 +467,18 @@ pub fn request_user(req: &Request) -> Option<String> {
         .filter(|u| !u.is_empty())
 }
 
-/// The SDP body if the message carries one.
+/// The SDP body if the message carries one: a body whose Content-Type is
+/// `application/sdp` (any case, parameters allowed). A body without Content-Type is
+/// not taken for SDP (RFC 3261 20.15 requires the header with a body; [`parse`]
+/// refuses such requests).
 pub fn sdp_body<M: HasHeaders>(msg: &M, body: &[u8]) -> Option<String> {
     if body.is_empty() {
         return None;
     }
-    let ct = header(msg, "Content-Type").unwrap_or("application/sdp");
-    ct.to_ascii_lowercase()
-        .starts_with("application/sdp")
+    let ct = header(msg, "Content-Type")?;
+    let media_type = ct.split(';').next().unwrap_or_default().trim();
+    media_type
+        .eq_ignore_ascii_case("application/sdp")
         .then(|| String::from_utf8_lossy(body).into_owned())
 }
 
@@ -471,7 +579,7 @@ Content-Length: 0\r\n\r\n";
         let with_body = |clen: &str, body: &str| {
             INVITE.replace(
                 "Content-Length: 0\r\n\r\n",
-                &format!("Content-Length: {clen}\r\n\r\n{body}"),
+                &format!("Content-Type: text/plain\r\nContent-Length: {clen}\r\n\r\n{body}"),
             )
         };
         let cases: &[(&str, String, u16)] = &[
@@ -513,6 +621,64 @@ Content-Length: 0\r\n\r\n";
                 "bytes after the body are dropped",
                 with_body("3", "abcdef"),
                 0,
+            ),
+            (
+                "a body without Content-Type (RFC 3261 20.15)",
+                INVITE.replace("Content-Length: 0\r\n\r\n", "Content-Length: 3\r\n\r\nv=0"),
+                400,
+            ),
+            (
+                "CSeq of 2^31 (RFC 3261 8.1.1.5)",
+                INVITE.replace("CSeq: 7 INVITE", "CSeq: 2147483648 INVITE"),
+                400,
+            ),
+            (
+                "CSeq of 2^31 - 1",
+                INVITE.replace("CSeq: 7 INVITE", "CSeq: 2147483647 INVITE"),
+                0,
+            ),
+            (
+                "unterminated quoted string in To (RFC 4475 3.1.2.6)",
+                INVITE.replace("t: <sip:", "t: \"Mr. J. User <sip:"),
+                400,
+            ),
+            (
+                "escaped quote inside a display name",
+                INVITE.replace("f: \"Alice\"", "f: \"Al\\\"ice\""),
+                0,
+            ),
+            (
+                "escaped quote left open",
+                INVITE.replace("f: \"Alice\"", "f: \"Alice\\\""),
+                400,
+            ),
+            (
+                "a lone quote in a free-text header",
+                INVITE.replace(
+                    "Max-Forwards: 70",
+                    "Max-Forwards: 70\r\nSubject: 5\" screen",
+                ),
+                0,
+            ),
+            (
+                "NUL in a header",
+                INVITE.replace("i: call-1@host", "i: call-1\0@host"),
+                400,
+            ),
+            (
+                "folded headers (RFC 4475 3.1.1.1)",
+                INVITE.replace("CSeq: 7 INVITE", "CSeq: 7\r\n\t INVITE"),
+                0,
+            ),
+            (
+                "status code beyond 699",
+                "SIP/2.0 700 Odd\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\n\r\n".to_string(),
+                400,
+            ),
+            (
+                "status code of two digits",
+                "SIP/2.0 99 Odd\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\n\r\n".to_string(),
+                400,
             ),
             (
                 "response with another version",
@@ -596,6 +762,68 @@ Content-Length: 0\r\n\r\n";
             parsed > 1000,
             "the mutations should leave many messages parseable ({parsed})"
         );
+    }
+
+    /// Each row: Content-Type lines of a request with a body → whether it is SDP.
+    #[test]
+    fn sdp_bodies() {
+        let rows: &[(&str, bool)] = &[
+            ("Content-Type: application/sdp\r\n", true),
+            ("c: Application/SDP ; charset=utf-8\r\n", true),
+            ("Content-Type:\r\n application/sdp\r\n", true),
+            ("Content-Type:\tapplication/sdp\t\r\n", true),
+            ("Content-Type: application/sdpx\r\n", false),
+            ("Content-Type: multipart/mixed;boundary=x\r\n", false),
+            ("Content-Type: text/plain\r\n", false),
+        ];
+        for (ct, want) in rows {
+            let text = INVITE.replace(
+                "Content-Length: 0\r\n\r\n",
+                &format!("{ct}Content-Length: 3\r\n\r\nv=0"),
+            );
+            let (SipMessage::Request(r), _) = parse(text.as_bytes()).unwrap() else {
+                panic!()
+            };
+            assert_eq!(sdp_body(&r, &r.body).is_some(), *want, "{ct:?}");
+        }
+    }
+
+    /// RFC 4475 3.1.1.1 ("wsinv") in the shape of a new call: folded headers, tabs,
+    /// odd spacing around colons and slashes, a folded Content-Type; it parses, and its
+    /// body is SDP.
+    #[test]
+    fn unusual_whitespace_and_folding_are_valid() {
+        let sdp = "v=0\r\no=mhandley 29739 7272939 IN IP4 192.0.2.3\r\ns=-\r\nc=IN IP4 192.0.2.3\r\nt=0 0\r\nm=audio 49217 RTP/AVP 0 12\r\n";
+        let text = format!(
+            "INVITE sip:0501234567@127.0.0.1;unknownparam SIP/2.0\r\n\
+TO :\r\n sip:0501234567@127.0.0.1 \r\n\
+from   : \"J Rosenberg \\\\\\\"\"       <sip:jdrosen@example.com>\r\n  ;\r\n  tag = 98asjd8\r\n\
+MaX-fOrWaRdS: 0068\r\n\
+Call-ID: wsinv.ndaksdj@192.0.2.1\r\n\
+Content-Length   : {len}\r\n\
+cseq: 0009\r\n  INVITE\r\n\
+Via  : SIP  /   2.0\r\n /UDP\r\n    192.0.2.2;branch=390skdjuw\r\n\
+s :\r\n\
+NewFangledHeader:   newfangled value\r\n continued newfangled value\r\n\
+UnknownHeaderWithUnusualValue: ;;,,;;,;\r\n\
+Content-Type:\r\n\t application/sdp\r\n\
+Route:\r\n <sip:services.example.com;lr;unknownwith=value;unknown-param>\r\n\
+v:  SIP  / 2.0  / TCP     spindle.example.com   ;\r\n  branch  =   z9hG4bK9ikj8  ,\r\n SIP  /    2.0   / UDP  192.168.255.111   ; branch=\r\n z9hG4bK30239\r\n\
+m:\"Quoted string \\\"\\\"\" <sip:jdrosen@example.com> ; newparam =\r\n      newvalue ;\r\n  secondparam ; q = 0.33\r\n\r\n{sdp}",
+            len = sdp.len()
+        );
+        let (msg, info) = parse(text.as_bytes()).unwrap();
+        assert_eq!(info.call_id, "wsinv.ndaksdj@192.0.2.1");
+        assert_eq!((info.cseq, info.cseq_method), (9, Method::Invite));
+        assert_eq!(info.branch, "390skdjuw");
+        assert_eq!(info.from_tag.as_deref(), Some("98asjd8"));
+        assert_eq!(info.to_tag, None);
+        let SipMessage::Request(r) = msg else {
+            panic!()
+        };
+        assert_eq!(header(&r, "Content-Type"), Some("application/sdp"));
+        assert_eq!(sdp_body(&r, &r.body).as_deref(), Some(sdp));
+        assert_eq!(header(&r, "Max-Forwards"), Some("0068"));
     }
 
     #[test]
