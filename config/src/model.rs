@@ -88,6 +88,36 @@ pub struct SipConfig {
     /// Certificates for `tls:` listeners and trunks.
     #[serde(default)]
     pub tls: Option<SipTlsConfig>,
+    /// What a SIP message from a source in no trunk's `inbound` networks and at no
+    /// trunk's `outbound` address gets: nothing (`drop`), or one stateless 403 to a
+    /// request (`reject`).
+    #[serde(default)]
+    pub untrusted: UntrustedSources,
+    /// Bytes of received SIP messages that may wait for the SIP core (besides 50,000
+    /// messages); past it new messages are dropped unparsed.
+    #[serde(default = "default_incoming_queue_bytes")]
+    pub incoming_queue_bytes: usize,
+    /// TCP/TLS connections open at once (inbound and outbound together).
+    #[serde(default = "default_tcp_max_connections")]
+    pub tcp_max_connections: usize,
+    /// TCP/TLS connections open at once with one remote IP address.
+    #[serde(default = "default_tcp_max_connections_per_source")]
+    pub tcp_max_connections_per_source: usize,
+    /// A TCP/TLS connection with no bytes for this long, or with a message begun and
+    /// not finished for this long, is closed.
+    #[serde(default = "default_tcp_idle_timeout_seconds")]
+    pub tcp_idle_timeout_seconds: u64,
+}
+
+/// `sip.untrusted`: what strangers get.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum UntrustedSources {
+    /// No answer at all (no reflection, no transaction state).
+    #[default]
+    Drop,
+    /// One 403 to each request, never retransmitted; ACKs and responses dropped.
+    Reject,
 }
 
 /// SIP over TLS (RFC 3261 26.2): the node's certificate, optional mutual TLS, and the
@@ -124,6 +154,11 @@ impl Default for SipConfig {
             retry_after_seconds: default_retry_after(),
             min_session_expires: default_min_session_expires(),
             tls: None,
+            untrusted: UntrustedSources::default(),
+            incoming_queue_bytes: default_incoming_queue_bytes(),
+            tcp_max_connections: default_tcp_max_connections(),
+            tcp_max_connections_per_source: default_tcp_max_connections_per_source(),
+            tcp_idle_timeout_seconds: default_tcp_idle_timeout_seconds(),
         }
     }
 }
@@ -448,6 +483,18 @@ fn default_retry_after() -> u32 {
 }
 fn default_min_session_expires() -> u32 {
     90
+}
+fn default_incoming_queue_bytes() -> usize {
+    16 * 1024 * 1024
+}
+fn default_tcp_max_connections() -> usize {
+    1024
+}
+fn default_tcp_max_connections_per_source() -> usize {
+    64
+}
+fn default_tcp_idle_timeout_seconds() -> u64 {
+    120
 }
 fn default_media_address() -> IpAddr {
     IpAddr::V4(Ipv4Addr::LOCALHOST)

@@ -178,6 +178,33 @@ impl Config {
         if self.sip.tls.as_ref().is_some_and(|t| t.reload_seconds == 0) {
             err("sip.tls.reload_seconds".into(), "must be at least 1".into());
         }
+        // At least one largest message (64 KiB); at most 1 GiB.
+        if !(65_536..=1 << 30).contains(&self.sip.incoming_queue_bytes) {
+            err(
+                "sip.incoming_queue_bytes".into(),
+                "must be 65536 to 1073741824".into(),
+            );
+        }
+        if !(1..=1_000_000).contains(&self.sip.tcp_max_connections) {
+            err(
+                "sip.tcp_max_connections".into(),
+                "must be 1 to 1000000".into(),
+            );
+        }
+        if !(1..=self.sip.tcp_max_connections.max(1))
+            .contains(&self.sip.tcp_max_connections_per_source)
+        {
+            err(
+                "sip.tcp_max_connections_per_source".into(),
+                "must be 1 to sip.tcp_max_connections".into(),
+            );
+        }
+        if !(1..=86_400).contains(&self.sip.tcp_idle_timeout_seconds) {
+            err(
+                "sip.tcp_idle_timeout_seconds".into(),
+                "must be 1 to 86400".into(),
+            );
+        }
         let n = &self.notify;
         if n.max_attempts == 0 {
             err("notify.max_attempts".into(), "must be at least 1".into());
@@ -261,6 +288,32 @@ mod tests {
     }
 
     #[test]
+    fn sip_edge_defaults_and_settings() {
+        use crate::model::UntrustedSources;
+        let c = Config::from_toml("").unwrap();
+        assert_eq!(
+            c.sip.untrusted,
+            UntrustedSources::Drop,
+            "strangers get nothing"
+        );
+        assert_eq!(
+            (
+                c.sip.incoming_queue_bytes,
+                c.sip.tcp_max_connections,
+                c.sip.tcp_max_connections_per_source,
+                c.sip.tcp_idle_timeout_seconds
+            ),
+            (16 << 20, 1024, 64, 120)
+        );
+        let c = Config::from_toml(
+            "[sip]\nuntrusted = \"reject\"\ntcp_max_connections = 10\ntcp_max_connections_per_source = 10\ntcp_idle_timeout_seconds = 2\n",
+        )
+        .unwrap();
+        assert_eq!(c.sip.untrusted, UntrustedSources::Reject);
+        assert_eq!(c.sip.tcp_idle_timeout_seconds, 2);
+    }
+
+    #[test]
     fn embedded_default_is_valid() {
         Config::from_toml(crate::EMBEDDED_DEFAULT).unwrap();
     }
@@ -298,6 +351,22 @@ mod tests {
             ),
             ("tls missing key", "[sip.tls]\ncert_file = \"c.pem\"\n", &["sip.tls"]),
             ("no session floor", "[sip]\nmin_session_expires = 0\n", &["sip.min_session_expires"]),
+            (
+                "sip edge limits",
+                "[sip]\nincoming_queue_bytes = 100\ntcp_max_connections = 0\ntcp_max_connections_per_source = 0\ntcp_idle_timeout_seconds = 0\n",
+                &[
+                    "sip.incoming_queue_bytes",
+                    "sip.tcp_max_connections",
+                    "sip.tcp_max_connections_per_source",
+                    "sip.tcp_idle_timeout_seconds",
+                ],
+            ),
+            (
+                "more per source than in all",
+                "[sip]\ntcp_max_connections = 10\ntcp_max_connections_per_source = 11\n",
+                &["sip.tcp_max_connections_per_source"],
+            ),
+            ("unknown untrusted mode", "[sip]\nuntrusted = \"answer\"\n", &["sip.untrusted"]),
             ("unknown notify key", "[notify.smtp]\nhost = \"h\"\nfrom = \"a@b\"\ntls = true\n", &["notify.smtp.tls"]),
         ];
         for (name, text, want) in cases {

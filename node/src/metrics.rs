@@ -33,7 +33,9 @@ pub struct TrunkDirectionLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TrunkCodeLabel {
     pub trunk: String,
-    pub code: u16,
+    /// A callee's status code, bucketed (`tsunagu_sip::metrics::code_label`): codes
+    /// come from the network and must not grow the label set.
+    pub code: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

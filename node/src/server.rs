@@ -22,7 +22,10 @@ use std::time::{Duration, Instant};
 use tsunagu_api::{ApiState, NodeHooks};
 use tsunagu_config::{Config, StoreBackend};
 use tsunagu_media::PortPool;
-use tsunagu_sip::{Endpoint, InviteHandler, NewInvite, Reject, Transport};
+use tsunagu_sip::{
+    EdgeSettings, Endpoint, InviteHandler, NewInvite, Reject, SourcePolicy, StreamLimits,
+    Transport, TrustedSources, Untrusted,
+};
 use tsunagu_store::{SqliteStore, Store};
 
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +113,39 @@ impl InviteHandler for LateHandler {
                 invite,
             )),
         }
+    }
+}
+
+/// The SIP edge answers trunks only: an address inside some trunk's inbound networks or
+/// some trunk's outbound target ([`Routing::is_trunk_address`], the rule in-dialog
+/// targets follow too). Fixed at start; a later runtime change of trunks would swap
+/// the routing inside this type (the sip crate asks through the trait only).
+struct TrunkSources(Routing);
+
+impl TrustedSources for TrunkSources {
+    fn is_trusted(&self, ip: std::net::IpAddr) -> bool {
+        self.0.is_trunk_address(ip)
+    }
+}
+
+/// The SIP edge's policies and bounds from `[sip]`.
+fn edge_settings(config: &Config) -> EdgeSettings {
+    let sip = &config.sip;
+    EdgeSettings {
+        socket_buffer: sip.socket_buffer_bytes,
+        sources: SourcePolicy {
+            trusted: Arc::new(TrunkSources(Routing::from_config(config))),
+            untrusted: match sip.untrusted {
+                tsunagu_config::UntrustedSources::Drop => Untrusted::Drop,
+                tsunagu_config::UntrustedSources::Reject => Untrusted::Reject,
+            },
+        },
+        max_queued_bytes: sip.incoming_queue_bytes,
+        streams: StreamLimits {
+            max_connections: sip.tcp_max_connections,
+            max_per_source: sip.tcp_max_connections_per_source,
+            idle_timeout: Duration::from_secs(sip.tcp_idle_timeout_seconds),
+        },
     }
 }
 
@@ -213,7 +249,7 @@ pub async fn run(
     };
     let endpoint = Endpoint::start(
         &listeners,
-        config.sip.socket_buffer_bytes,
+        edge_settings(&config),
         handler.clone(),
         metrics.sip.clone(),
         tls,

@@ -213,7 +213,7 @@ mod tests {
         let handler = Arc::new(crate::server::tests_support::LateHandler::default());
         let endpoint = tsunagu_sip::Endpoint::start(
             &[(tsunagu_sip::Transport::Udp, "127.0.0.1:0".parse().unwrap())],
-            65536,
+            tsunagu_sip::EdgeSettings::new(tsunagu_sip::SourcePolicy::trust_all()),
             handler.clone(),
             metrics.sip.clone(),
             tsunagu_sip::TlsSetup::default(),

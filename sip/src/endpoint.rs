@@ -2,15 +2,21 @@
 //! and the Call-ID → call routing table; receiver tasks parse packets in parallel and
 //! hand them over; calls talk to it through an [`EndpointHandle`].
 //!
-//! A new INVITE is answered 100 Trying at once, then offered to the [`InviteHandler`]
-//! (the node), which either rejects it or starts a call that registers its Call-ID.
-//! Messages for a Call-ID whose call is still starting wait in a short queue.
+//! A new INVITE is offered to the [`InviteHandler`] (the node), which either rejects
+//! it or starts a call that registers its Call-ID; only an accepted INVITE gets 100
+//! Trying (a refused one gets its final answer alone: nothing is sent before the node
+//! decided, so a stranger's INVITE costs the node no answer and the network no
+//! amplification). Messages for a Call-ID whose call is still starting wait in a
+//! short queue. Messages from untrusted sources never get here ([`crate::source`]).
 
 use crate::build::{self, RequestSpec};
 use crate::metrics::{CodeLabel, MethodLabel, SipMetrics};
 use crate::parse::{header, method_name, Info, Peer, Transport};
+use crate::source::SourcePolicy;
 use crate::transaction::{Output, RequestMatch, ResponseMatch, Transactions, TxKey};
-use crate::transport::{bind_udp, spawn_udp_receiver, Incoming, StreamConnections, TlsSetup};
+use crate::transport::{
+    bind_udp, spawn_udp_receiver, Inbound, Incoming, StreamConnections, StreamLimits, TlsSetup,
+};
 use bytes::Bytes;
 use rsipstack::sip::{Method, Request, Response, SipMessage};
 use std::collections::HashMap;
@@ -176,13 +182,31 @@ pub fn overloaded(backlog: i64) -> bool {
     backlog > OVERLOAD_BACKLOG
 }
 
-/// Messages waiting for the SIP core past which received messages are dropped
-/// unparsed: the bound of the receivers' queue (ten times the overload mark, so
-/// calls in progress keep being served while new ones are refused).
-pub const BACKLOG_LIMIT: i64 = 10 * OVERLOAD_BACKLOG;
+pub use crate::transport::BACKLOG_LIMIT;
 
-pub fn backlog_full(backlog: i64) -> bool {
-    backlog >= BACKLOG_LIMIT
+/// The SIP edge's policies and bounds (the node fills them from `[sip]`).
+#[derive(Clone)]
+pub struct EdgeSettings {
+    /// Kernel buffer asked for each UDP socket.
+    pub socket_buffer: usize,
+    /// Who is answered (trunks), and what everybody else gets.
+    pub sources: SourcePolicy,
+    /// Bytes of received messages that may wait for the endpoint task (besides the
+    /// [`BACKLOG_LIMIT`] messages); past it messages are dropped unparsed.
+    pub max_queued_bytes: usize,
+    pub streams: StreamLimits,
+}
+
+impl EdgeSettings {
+    /// The defaults, answering only the sources `sources` trusts.
+    pub fn new(sources: SourcePolicy) -> EdgeSettings {
+        EdgeSettings {
+            socket_buffer: 4 << 20,
+            sources,
+            max_queued_bytes: 16 << 20,
+            streams: StreamLimits::default(),
+        }
+    }
 }
 
 pub struct Endpoint;
@@ -191,30 +215,36 @@ impl Endpoint {
     /// Binds every listener and starts the endpoint task.
     pub async fn start(
         listeners: &[(Transport, SocketAddr)],
-        socket_buffer: usize,
+        settings: EdgeSettings,
         handler: Arc<dyn InviteHandler>,
         metrics: SipMetrics,
         tls: TlsSetup,
     ) -> std::io::Result<EndpointHandle> {
         let (in_tx, in_rx) = mpsc::unbounded_channel();
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+        let inbound = Inbound {
+            tx: in_tx,
+            metrics: metrics.clone(),
+            sources: settings.sources.clone(),
+            max_queued_bytes: settings.max_queued_bytes,
+        };
         let tcp = StreamConnections::new(
-            in_tx.clone(),
-            metrics.clone(),
+            inbound.clone(),
             Transport::Tcp,
             TlsSetup::default(),
+            settings.streams,
         );
-        let tls = StreamConnections::new(in_tx.clone(), metrics.clone(), Transport::Tls, tls);
+        let tls = StreamConnections::new(inbound.clone(), Transport::Tls, tls, settings.streams);
         let mut udp = Vec::new();
         let mut locals = Vec::new();
         for (transport, addr) in listeners {
             match transport {
                 Transport::Udp => {
-                    let sock = Arc::new(bind_udp(*addr, socket_buffer)?);
+                    let sock = Arc::new(bind_udp(*addr, settings.socket_buffer)?);
                     let local = sock.local_addr()?;
                     // Two receivers per socket: parsing runs on both cores.
                     for _ in 0..2 {
-                        spawn_udp_receiver(sock.clone(), in_tx.clone(), metrics.clone());
+                        spawn_udp_receiver(sock.clone(), inbound.clone());
                     }
                     udp.push((local, sock));
                     locals.push((Transport::Udp, local));
@@ -291,6 +321,9 @@ impl Core {
                 msg = incoming.recv() => match msg {
                     Some(m) => {
                         self.metrics.incoming_backlog.dec();
+                        self.metrics
+                            .incoming_backlog_bytes
+                            .dec_by(i64::try_from(m.cost).unwrap_or(i64::MAX));
                         self.on_incoming(m)
                     }
                     None => break,
@@ -374,22 +407,27 @@ impl Core {
         }
     }
 
-    /// Answers a request in its server transaction from the core itself (100 Trying,
-    /// OPTIONS, refusals). A 100 carries no To tag (`build::response` omits it).
+    /// Answers a request in its server transaction from the core itself (OPTIONS,
+    /// refusals). A 100 carries no To tag (`build::response` omits it).
     fn answer(&mut self, req: &Request, info: &Info, code: u16, extra: &[(&str, &str)]) {
         let key = TxKey::new(&info.branch, req.method);
         let tag = (code > 100).then(build::new_tag);
         let data = build::response(req, code, tag.as_deref(), extra, None);
+        self.send_built(&key, code, Bytes::from(data), &info.call_id, info.cseq);
+    }
+
+    /// Sends a response already written, in server transaction `key`.
+    fn send_built(&mut self, key: &TxKey, code: u16, data: Bytes, call_id: &str, cseq: u32) {
         self.metrics
             .responses_sent
-            .get_or_create(&CodeLabel { code })
+            .get_or_create(&CodeLabel::of(code))
             .inc();
         self.transactions.send_response(
-            &key,
+            key,
             code,
-            Bytes::from(data),
-            &info.call_id,
-            info.cseq,
+            data,
+            call_id,
+            cseq,
             Instant::now(),
             &mut self.out,
         );
@@ -403,7 +441,7 @@ impl Core {
                 let code = resp.status_code.code();
                 self.metrics
                     .responses_received
-                    .get_or_create(&CodeLabel { code })
+                    .get_or_create(&CodeLabel::of(code))
                     .inc();
                 let to = header(&resp, "To").unwrap_or_default().to_string();
                 let verdict = self.transactions.on_response(
@@ -515,16 +553,20 @@ impl Core {
                     self.answer(&req, &info, 503, &[("Retry-After", "5")]);
                     return;
                 }
-                self.answer(&req, &info, 100, &[]); // at once, before any lookup
-                let call_id = info.call_id.clone();
+                // Made before the INVITE is handed over (the handler takes it); sent
+                // only if the node accepts the call.
+                let trying = Bytes::from(build::response(&req, 100, None, &[], None));
+                let (call_id, cseq) = (info.call_id.clone(), info.cseq);
                 let offer = NewInvite {
                     request: req,
                     info,
                     peer,
-                    key,
+                    key: key.clone(),
                 };
                 match self.handler.on_invite(offer) {
                     Ok(()) => {
+                        // Accepted (or shaped, to start shortly): now 100 Trying.
+                        self.send_built(&key, 100, trying, &call_id, cseq);
                         self.calls.insert(call_id, Route::Pending(Vec::new()));
                     }
                     Err((reject, invite)) => {
@@ -586,7 +628,7 @@ impl Core {
                 ) {
                     self.metrics
                         .responses_sent
-                        .get_or_create(&CodeLabel { code })
+                        .get_or_create(&CodeLabel::of(code))
                         .inc();
                 }
             }
@@ -605,7 +647,7 @@ impl Core {
                 {
                     self.metrics
                         .responses_sent
-                        .get_or_create(&CodeLabel { code })
+                        .get_or_create(&CodeLabel::of(code))
                         .inc();
                 }
             }
@@ -662,15 +704,39 @@ mod tests {
         }
     }
 
+    /// Takes every call (and forgets it): a test can see what an accepted INVITE gets.
+    struct Taker;
+
+    impl InviteHandler for Taker {
+        fn on_invite(&self, _invite: NewInvite) -> Result<(), (Reject, NewInvite)> {
+            Ok(())
+        }
+    }
+
     /// The final status the endpoint answers an INVITE with, with `backlog` messages
     /// already waiting for its core.
     async fn final_status(backlog: i64, call_id: &str) -> String {
+        let lines = statuses(Arc::new(Busy), backlog, call_id, |l| {
+            !l.starts_with("SIP/2.0 1")
+        })
+        .await;
+        lines.last().cloned().unwrap_or_default()
+    }
+
+    /// The status lines the endpoint sends for one INVITE, up to the first for which
+    /// `last` is true.
+    async fn statuses(
+        handler: Arc<dyn InviteHandler>,
+        backlog: i64,
+        call_id: &str,
+        last: impl Fn(&str) -> bool,
+    ) -> Vec<String> {
         let metrics = SipMetrics::default();
         metrics.incoming_backlog.set(backlog);
         let ep = Endpoint::start(
             &[(Transport::Udp, "127.0.0.1:0".parse().unwrap())],
-            65536,
-            Arc::new(Busy),
+            EdgeSettings::new(SourcePolicy::trust_all()),
+            handler,
             metrics,
             TlsSetup::default(),
         )
@@ -686,6 +752,7 @@ CSeq: 1 INVITE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
         );
         sock.send_to(invite.as_bytes(), node).await.unwrap();
         let mut buf = [0u8; 4096];
+        let mut lines = Vec::new();
         loop {
             let (n, _) =
                 tokio::time::timeout(std::time::Duration::from_secs(5), sock.recv_from(&mut buf))
@@ -697,10 +764,28 @@ CSeq: 1 INVITE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
                 .next()
                 .unwrap_or_default()
                 .to_string();
-            if !line.starts_with("SIP/2.0 1") {
-                return line;
+            let done = last(&line);
+            lines.push(line);
+            if done {
+                return lines;
             }
         }
+    }
+
+    /// Nothing goes out before the node decides: a refused INVITE gets its final
+    /// answer alone, an accepted one 100 Trying.
+    #[tokio::test]
+    async fn no_100_trying_before_admission_decides() {
+        assert_eq!(
+            statuses(Arc::new(Busy), 0, "refused", |l| !l
+                .starts_with("SIP/2.0 1"))
+            .await,
+            vec!["SIP/2.0 486 Busy Here".to_string()]
+        );
+        assert_eq!(
+            statuses(Arc::new(Taker), 0, "taken", |_| true).await,
+            vec!["SIP/2.0 100 Trying".to_string()]
+        );
     }
 
     #[tokio::test]

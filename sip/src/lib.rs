@@ -6,16 +6,26 @@
 //! argument, so its retransmission and timeout rules are tested on a fake clock, and it
 //! costs no task or timer per transaction. [`endpoint`] is the thin async driver that
 //! owns the sockets. Call actors see a small surface: [`SipEvent`]s in, [`Command`]s out.
+//!
+//! Everything from the network is bounded before it costs anything: strangers are
+//! dropped by the receivers ([`source`]), stream framing checks every length
+//! ([`framing`]), the queue to the core is bounded in messages and bytes, TCP/TLS
+//! connections are capped and time out, and header bytes are checked before parsing.
 
 pub mod build;
 pub mod endpoint;
+pub mod framing;
 pub mod metrics;
 pub mod parse;
 mod sanitize;
+pub mod source;
 pub mod transaction;
 mod transport;
 
-pub use endpoint::{Command, Endpoint, EndpointHandle, InviteHandler, NewInvite, Reject, SipEvent};
+pub use endpoint::{
+    Command, EdgeSettings, Endpoint, EndpointHandle, InviteHandler, NewInvite, Reject, SipEvent,
+};
 pub use parse::{Info, ParseError, Peer, Transport};
 pub use rsipstack::sip::{Method, Request, Response, SipMessage};
-pub use transport::TlsSetup;
+pub use source::{SourcePolicy, TrustAll, TrustedSources, Untrusted};
+pub use transport::{StreamLimits, TlsSetup};

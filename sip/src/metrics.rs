@@ -11,9 +11,114 @@ pub struct MethodLabel {
     pub method: &'static str,
 }
 
+/// A status code label: one of [`KNOWN_CODES`] as itself, any other as its class
+/// (`1xx` … `6xx`, `other` outside 100-699). Codes come from the network; the label
+/// set must not grow with what peers send.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CodeLabel {
-    pub code: u16,
+    pub code: &'static str,
+}
+
+impl CodeLabel {
+    pub fn of(code: u16) -> CodeLabel {
+        CodeLabel {
+            code: code_label(code),
+        }
+    }
+}
+
+/// The status codes of RFC 3261 and the extensions a carrier meets (RFC 3262, 3265,
+/// 3329, 4028, 4412, 5079, 6228, ...): exported as themselves.
+pub const KNOWN_CODES: &[(u16, &str)] = &[
+    (100, "100"),
+    (180, "180"),
+    (181, "181"),
+    (182, "182"),
+    (183, "183"),
+    (199, "199"),
+    (200, "200"),
+    (202, "202"),
+    (204, "204"),
+    (300, "300"),
+    (301, "301"),
+    (302, "302"),
+    (305, "305"),
+    (380, "380"),
+    (400, "400"),
+    (401, "401"),
+    (402, "402"),
+    (403, "403"),
+    (404, "404"),
+    (405, "405"),
+    (406, "406"),
+    (407, "407"),
+    (408, "408"),
+    (410, "410"),
+    (412, "412"),
+    (413, "413"),
+    (414, "414"),
+    (415, "415"),
+    (416, "416"),
+    (417, "417"),
+    (420, "420"),
+    (421, "421"),
+    (422, "422"),
+    (423, "423"),
+    (428, "428"),
+    (429, "429"),
+    (433, "433"),
+    (436, "436"),
+    (437, "437"),
+    (438, "438"),
+    (480, "480"),
+    (481, "481"),
+    (482, "482"),
+    (483, "483"),
+    (484, "484"),
+    (485, "485"),
+    (486, "486"),
+    (487, "487"),
+    (488, "488"),
+    (489, "489"),
+    (491, "491"),
+    (493, "493"),
+    (494, "494"),
+    (500, "500"),
+    (501, "501"),
+    (502, "502"),
+    (503, "503"),
+    (504, "504"),
+    (505, "505"),
+    (513, "513"),
+    (580, "580"),
+    (600, "600"),
+    (603, "603"),
+    (604, "604"),
+    (606, "606"),
+    (607, "607"),
+    (608, "608"),
+];
+
+/// The label for a status code; see [`CodeLabel`].
+pub fn code_label(code: u16) -> &'static str {
+    if let Ok(i) = KNOWN_CODES.binary_search_by_key(&code, |(c, _)| *c) {
+        return KNOWN_CODES[i].1;
+    }
+    match code / 100 {
+        1 => "1xx",
+        2 => "2xx",
+        3 => "3xx",
+        4 => "4xx",
+        5 => "5xx",
+        6 => "6xx",
+        _ => "other",
+    }
+}
+
+/// Why a TCP/TLS connection was refused or closed by the node.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
 }
 
 #[derive(Default, Clone)]
@@ -32,6 +137,22 @@ pub struct SipMetrics {
     pub backlog_drops: Counter,
     pub server_transactions: Gauge,
     pub client_transactions: Gauge,
+    /// Bytes of SIP text waiting for the endpoint task (the queue's second bound).
+    pub incoming_backlog_bytes: Gauge,
+    /// Messages from untrusted sources dropped unanswered.
+    pub untrusted_dropped: Counter,
+    /// Requests from untrusted sources answered one stateless 403 (`sip.untrusted = "reject"`).
+    pub untrusted_rejected: Counter,
+    /// Open TCP/TLS connections, inbound and outbound.
+    pub stream_connections: Gauge,
+    /// Connections refused: `untrusted`, `total_limit`, `source_limit`.
+    pub connections_refused: Family<ReasonLabel, Counter>,
+    /// Connections closed by the node: `idle`, `write_queue`, `framing`.
+    pub connections_closed: Family<ReasonLabel, Counter>,
+    /// accept() failures (out of file descriptors and the like), each followed by a pause.
+    pub accept_errors: Counter,
+    /// Outbound TCP/TLS connections that could not be opened.
+    pub connect_failures: Counter,
 }
 
 impl SipMetrics {
@@ -83,7 +204,7 @@ impl SipMetrics {
         );
         r.register(
             "sip_backlog_drops",
-            "Received SIP messages dropped unparsed because the incoming backlog reached its bound (50,000)",
+            "Received SIP messages dropped unparsed because the incoming backlog reached one of its bounds (50,000 messages or sip.incoming_queue_bytes)",
             self.backlog_drops.clone(),
         );
         r.register(
@@ -95,6 +216,103 @@ impl SipMetrics {
             "sip_client_transactions",
             "Open SIP client transactions",
             self.client_transactions.clone(),
+        );
+        r.register(
+            "sip_incoming_backlog_bytes",
+            "Bytes of SIP messages waiting for the endpoint task; at sip.incoming_queue_bytes further messages are dropped unparsed",
+            self.incoming_backlog_bytes.clone(),
+        );
+        r.register(
+            "sip_untrusted_dropped",
+            "SIP messages (and TCP/TLS connections) from sources in no trunk's inbound networks and at no trunk's outbound address, dropped without an answer and before any transaction",
+            self.untrusted_dropped.clone(),
+        );
+        r.register(
+            "sip_untrusted_rejected",
+            "SIP requests from untrusted sources answered one stateless 403 (sip.untrusted = \"reject\"; never retransmitted)",
+            self.untrusted_rejected.clone(),
+        );
+        r.register(
+            "sip_stream_connections",
+            "Open SIP TCP/TLS connections (inbound and outbound)",
+            self.stream_connections.clone(),
+        );
+        r.register(
+            "sip_connections_refused",
+            "SIP TCP/TLS connections refused: untrusted (source in no trunk), total_limit (sip.tcp_max_connections), source_limit (sip.tcp_max_connections_per_source)",
+            self.connections_refused.clone(),
+        );
+        r.register(
+            "sip_connections_closed",
+            "SIP TCP/TLS connections closed by the node: idle (no bytes, or a message unfinished, for sip.tcp_idle_timeout_seconds), write_queue (the peer stopped reading), framing (a stream that cannot be framed)",
+            self.connections_closed.clone(),
+        );
+        r.register(
+            "sip_accept_errors",
+            "Failed accepts of SIP TCP/TLS connections (e.g. out of file descriptors); each is followed by a 100 ms pause instead of a busy loop",
+            self.accept_errors.clone(),
+        );
+        r.register(
+            "sip_connect_failures",
+            "Outbound SIP TCP/TLS connections that could not be opened (the message is dropped; transactions time out)",
+            self.connect_failures.clone(),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_from_the_network_are_bucketed() {
+        let rows = [
+            (200, "200"),
+            (183, "183"),
+            (487, "487"),
+            (608, "608"),
+            (199, "199"),
+            (299, "2xx"),
+            (499, "4xx"),
+            (555, "5xx"),
+            (699, "6xx"),
+            (150, "1xx"),
+            (399, "3xx"),
+            (99, "other"),
+            (700, "other"),
+            (0, "other"),
+            (u16::MAX, "other"),
+        ];
+        for (code, want) in rows {
+            assert_eq!(code_label(code), want, "{code}");
+        }
+        assert!(
+            KNOWN_CODES.windows(2).all(|w| w[0].0 < w[1].0),
+            "sorted, for the binary search"
+        );
+        assert!(KNOWN_CODES.iter().all(|(c, s)| c.to_string() == *s));
+    }
+
+    #[test]
+    fn a_flood_of_odd_codes_adds_few_series() {
+        let m = SipMetrics::default();
+        for code in 0..=u16::MAX {
+            m.responses_received
+                .get_or_create(&CodeLabel::of(code))
+                .inc();
+        }
+        let mut r = Registry::default();
+        m.register(&mut r);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &r).unwrap();
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("sip_responses_received_total{"))
+            .count();
+        assert_eq!(
+            series,
+            KNOWN_CODES.len() + 7,
+            "known codes, 6 classes, other"
         );
     }
 }

@@ -1,28 +1,132 @@
-//! Sockets: UDP listeners and TCP connections (accepted or opened on demand), framing
-//! of stream messages by Content-Length, and parsing before anything reaches the core.
+//! Sockets: UDP listeners and TCP/TLS connections (accepted, or opened on demand),
+//! and what every received datagram or stream frame meets before the SIP core: the
+//! source check ([`crate::source`]), the incoming queue's bounds (messages and bytes)
+//! and parsing.
+//!
+//! Stream connections are bounded on every side a peer controls: their number (in
+//! total and per source address, a slot taken before a byte is read), their silence
+//! (no bytes, or a message left unfinished, for the idle timeout closes them), what
+//! waits to be written to them (a peer that stops reading is disconnected), and the
+//! framing ([`crate::framing`]). A failing accept (out of file descriptors) pauses the
+//! listener instead of spinning on it.
 
-use crate::build::reject_unparsed;
-use crate::metrics::SipMetrics;
+use crate::build::{reject_unparsed, reject_untrusted};
+use crate::framing::{FrameError, Framer};
+use crate::metrics::{ReasonLabel, SipMetrics};
 use crate::parse::{parse, Info, Peer, Transport};
+use crate::source::{kind, verdict, SourcePolicy, Untrusted, Verdict};
 use bytes::Bytes;
 use rsipstack::sip::SipMessage;
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
+use tokio::time::Instant;
 
 /// A parsed message on its way to the endpoint core.
 pub(crate) struct Incoming {
     pub msg: SipMessage,
     pub info: Info,
     pub peer: Peer,
+    /// The bytes it was charged against the queue's byte bound.
+    pub cost: usize,
 }
 
 pub(crate) type IncomingTx = mpsc::UnboundedSender<Incoming>;
 
-const MAX_MESSAGE: usize = 65_535;
+/// The largest UDP datagram read.
+const MAX_DATAGRAM: usize = 65_535;
+
+/// Messages waiting for the SIP core past which received messages are dropped
+/// unparsed: the queue's message bound (ten times the overload mark, so calls in
+/// progress keep being served while new ones are refused).
+pub const BACKLOG_LIMIT: i64 = 10 * crate::endpoint::OVERLOAD_BACKLOG;
+
+/// Whether a message of `len` bytes may join an incoming queue that holds `messages`
+/// messages of `bytes` bytes in all, with the byte bound `max_bytes`. The bounds are
+/// checked before the message is added, so two receivers racing may overshoot them by
+/// one message each (at most 64 KiB): the bound stays a bound.
+pub fn queue_admits(messages: i64, bytes: i64, len: usize, max_bytes: usize) -> bool {
+    let len = i64::try_from(len).unwrap_or(i64::MAX);
+    let max = i64::try_from(max_bytes).unwrap_or(i64::MAX);
+    messages < BACKLOG_LIMIT && bytes.saturating_add(len) <= max
+}
+
+/// Everything a receiver (UDP or stream) needs to hand messages to the SIP core.
+#[derive(Clone)]
+pub(crate) struct Inbound {
+    pub tx: IncomingTx,
+    pub metrics: SipMetrics,
+    pub sources: SourcePolicy,
+    pub max_queued_bytes: usize,
+}
+
+impl Inbound {
+    /// Handles one received datagram or stream frame: dropped or refused if its source
+    /// is not trusted, dropped if the queue is full, else parsed and queued; the answer
+    /// to send back at once (a 400 for a malformed request, a stateless 403), if any.
+    fn frame(&self, data: &[u8], peer: Peer) -> Option<Vec<u8>> {
+        if data.iter().all(|b| b.is_ascii_whitespace()) {
+            return None; // keepalive (RFC 5626 CRLF)
+        }
+        let trusted = self.sources.is_trusted(peer.addr.ip());
+        match verdict(trusted, self.sources.untrusted, kind(data)) {
+            Verdict::Accept => {}
+            Verdict::Drop => {
+                self.metrics.untrusted_dropped.inc();
+                return None;
+            }
+            Verdict::Reject => {
+                let reply = reject_untrusted(data);
+                match &reply {
+                    Some(_) => self.metrics.untrusted_rejected.inc(),
+                    None => self.metrics.untrusted_dropped.inc(),
+                };
+                return reply;
+            }
+        }
+        let m = &self.metrics;
+        if !queue_admits(
+            m.incoming_backlog.get(),
+            m.incoming_backlog_bytes.get(),
+            data.len(),
+            self.max_queued_bytes,
+        ) {
+            // The core is far behind: drop what arrives, as a full socket buffer would
+            // (UDP senders retransmit), instead of queueing without bound.
+            m.backlog_drops.inc();
+            return None;
+        }
+        match parse(data) {
+            Ok((msg, info)) => {
+                let cost = data.len();
+                let cost_i64 = i64::try_from(cost).unwrap_or(i64::MAX);
+                m.incoming_backlog.inc();
+                m.incoming_backlog_bytes.inc_by(cost_i64);
+                let incoming = Incoming {
+                    msg,
+                    info,
+                    peer,
+                    cost,
+                };
+                if self.tx.send(incoming).is_err() {
+                    m.incoming_backlog.dec();
+                    m.incoming_backlog_bytes.dec_by(cost_i64);
+                }
+                None
+            }
+            Err(e) => {
+                m.parse_errors.inc();
+                tracing::debug!(%e, peer = %peer.addr, "malformed SIP message");
+                reject_unparsed(data, e.status(), &e.to_string())
+            }
+        }
+    }
+}
 
 pub(crate) fn bind_udp(addr: SocketAddr, buffer: usize) -> std::io::Result<UdpSocket> {
     let std_sock = std::net::UdpSocket::bind(addr)?;
@@ -38,40 +142,9 @@ pub fn set_buffers<S: std::os::fd::AsFd>(sock: &S, bytes: usize) {
     let _ = sock.set_send_buffer_size(bytes);
 }
 
-/// Handles one received datagram or stream frame: parse, or answer 400 if possible.
-fn handle_frame(
-    data: &[u8],
-    peer: Peer,
-    incoming: &IncomingTx,
-    metrics: &SipMetrics,
-) -> Option<Vec<u8>> {
-    if data.iter().all(|b| b.is_ascii_whitespace()) {
-        return None; // keepalive (RFC 5626 CRLF)
-    }
-    if crate::endpoint::backlog_full(metrics.incoming_backlog.get()) {
-        // The core is far behind: drop what arrives, as a full socket buffer would
-        // (UDP senders retransmit), instead of queueing without bound.
-        metrics.backlog_drops.inc();
-        return None;
-    }
-    match parse(data) {
-        Ok((msg, info)) => {
-            if incoming.send(Incoming { msg, info, peer }).is_ok() {
-                metrics.incoming_backlog.inc();
-            }
-            None
-        }
-        Err(e) => {
-            metrics.parse_errors.inc();
-            tracing::debug!(%e, peer = %peer.addr, "malformed SIP message");
-            reject_unparsed(data, e.status(), &e.to_string())
-        }
-    }
-}
-
-pub(crate) fn spawn_udp_receiver(sock: Arc<UdpSocket>, incoming: IncomingTx, metrics: SipMetrics) {
+pub(crate) fn spawn_udp_receiver(sock: Arc<UdpSocket>, inbound: Inbound) {
     tokio::spawn(async move {
-        let mut buf = vec![0u8; MAX_MESSAGE];
+        let mut buf = vec![0u8; MAX_DATAGRAM];
         loop {
             let (n, src) = match sock.recv_from(&mut buf).await {
                 Ok(x) => x,
@@ -85,10 +158,10 @@ pub(crate) fn spawn_udp_receiver(sock: Arc<UdpSocket>, incoming: IncomingTx, met
                 transport: Transport::Udp,
                 addr: src,
             };
-            if let Some(reply) = handle_frame(&buf[..n], peer, &incoming, &metrics) {
+            if let Some(reply) = inbound.frame(&buf[..n], peer) {
                 let _ = sock.try_send_to(&reply, src);
             }
-            if incoming.is_closed() {
+            if inbound.tx.is_closed() {
                 break;
             }
         }
@@ -103,67 +176,281 @@ pub struct TlsSetup {
 }
 
 /// How long a TLS handshake may take before the connection is dropped.
-const HANDSHAKE: std::time::Duration = std::time::Duration::from_secs(10);
+const HANDSHAKE: Duration = Duration::from_secs(10);
+
+/// Bytes read from a stream at a time.
+const READ_CHUNK: usize = 4096;
+
+/// Bytes that may wait to be written to one connection. A peer that reads normally
+/// never gets near it (the kernel's send buffer comes first); one that stopped reading
+/// is disconnected when it is reached, instead of buffering its traffic without bound.
+pub const WRITE_QUEUE_BYTES: usize = 1 << 20;
+
+/// How long the listener pauses after a failed accept (file descriptors exhausted,
+/// kernel out of memory): the failing connection stays queued, so retrying at once
+/// would spin a core.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+
+/// Bounds of the TCP/TLS connections (the node fills them from `[sip]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamLimits {
+    /// Connections open at once, inbound and outbound together.
+    pub max_connections: usize,
+    /// Connections open at once with one remote IP address.
+    pub max_per_source: usize,
+    /// A connection with no bytes for this long, or with a message started and not
+    /// finished for this long, is closed.
+    pub idle_timeout: Duration,
+}
+
+impl Default for StreamLimits {
+    fn default() -> Self {
+        StreamLimits {
+            max_connections: 1024,
+            max_per_source: 64,
+            idle_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// Why a connection is not opened or accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    TotalLimit,
+    SourceLimit,
+}
+
+impl Refusal {
+    fn label(self) -> ReasonLabel {
+        ReasonLabel {
+            reason: match self {
+                Refusal::TotalLimit => "total_limit",
+                Refusal::SourceLimit => "source_limit",
+            },
+        }
+    }
+}
+
+/// Whether one more connection fits, with `total` open and `from_source` open with
+/// its remote address.
+pub fn admit_connection(
+    total: usize,
+    from_source: usize,
+    limits: &StreamLimits,
+) -> Result<(), Refusal> {
+    if total >= limits.max_connections {
+        Err(Refusal::TotalLimit)
+    } else if from_source >= limits.max_per_source {
+        Err(Refusal::SourceLimit)
+    } else {
+        Ok(())
+    }
+}
+
+/// One open (or opening) connection, as seen by senders.
+#[derive(Clone)]
+struct Conn {
+    id: u64,
+    tx: mpsc::UnboundedSender<Bytes>,
+    /// Bytes queued for the writer and not yet written.
+    queued: Arc<AtomicUsize>,
+    /// Tells the connection's task to close (its write queue overflowed).
+    close: Arc<Notify>,
+}
+
+enum Enqueue {
+    Queued,
+    Overflow,
+    Closed,
+}
+
+impl Conn {
+    fn new(id: u64) -> (Conn, mpsc::UnboundedReceiver<Bytes>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let conn = Conn {
+            id,
+            tx,
+            queued: Arc::default(),
+            close: Arc::default(),
+        };
+        (conn, rx)
+    }
+
+    fn enqueue(&self, data: Bytes) -> Enqueue {
+        let len = data.len();
+        let before = self.queued.fetch_add(len, Ordering::Relaxed);
+        if before.saturating_add(len) > WRITE_QUEUE_BYTES {
+            self.queued.fetch_sub(len, Ordering::Relaxed);
+            return Enqueue::Overflow;
+        }
+        if self.tx.send(data).is_err() {
+            self.queued.fetch_sub(len, Ordering::Relaxed);
+            return Enqueue::Closed;
+        }
+        Enqueue::Queued
+    }
+}
+
+/// The connection table: senders by remote address, and counts for the limits.
+#[derive(Default)]
+struct Table {
+    conns: HashMap<SocketAddr, Conn>,
+    per_source: HashMap<IpAddr, usize>,
+    total: usize,
+}
+
+impl Table {
+    fn reserve(&mut self, ip: IpAddr, limits: &StreamLimits) -> Result<(), Refusal> {
+        let from_source = self.per_source.get(&ip).copied().unwrap_or(0);
+        admit_connection(self.total, from_source, limits)?;
+        self.total += 1;
+        *self.per_source.entry(ip).or_insert(0) += 1;
+        Ok(())
+    }
+
+    fn release(&mut self, ip: IpAddr) {
+        self.total = self.total.saturating_sub(1);
+        if let Some(n) = self.per_source.get_mut(&ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_source.remove(&ip);
+            }
+        }
+    }
+}
+
+/// A connection's place in the limits, held by its task; given back when dropped.
+struct Slot {
+    table: Arc<Mutex<Table>>,
+    ip: IpAddr,
+    gauge: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.table
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .release(self.ip);
+        self.gauge.dec();
+    }
+}
 
 /// Open stream connections (TCP, or TLS over TCP) by remote address; a send to an
 /// unknown address connects. Outbound TLS verifies the far end's certificate for its
 /// IP address (trunks are configured by address).
 #[derive(Clone)]
 pub(crate) struct StreamConnections {
-    conns: Arc<Mutex<HashMap<SocketAddr, mpsc::UnboundedSender<Bytes>>>>,
-    incoming: IncomingTx,
-    metrics: SipMetrics,
+    table: Arc<Mutex<Table>>,
+    next_id: Arc<AtomicU64>,
+    inbound: Inbound,
     transport: Transport,
     tls: TlsSetup,
+    limits: StreamLimits,
 }
 
 impl StreamConnections {
     pub fn new(
-        incoming: IncomingTx,
-        metrics: SipMetrics,
+        inbound: Inbound,
         transport: Transport,
         tls: TlsSetup,
+        limits: StreamLimits,
     ) -> Self {
         StreamConnections {
-            conns: Arc::default(),
-            incoming,
-            metrics,
+            table: Arc::default(),
+            next_id: Arc::default(),
+            inbound,
             transport,
             tls,
+            limits,
         }
     }
 
-    pub fn send(&self, addr: SocketAddr, data: Bytes) {
-        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(tx) = conns.get(&addr) {
-            if tx.send(data.clone()).is_ok() {
-                return;
+    fn metrics(&self) -> &SipMetrics {
+        &self.inbound.metrics
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes a slot for a connection with `ip`, or counts the refusal.
+    fn reserve(&self, ip: IpAddr) -> Option<Slot> {
+        let reserved = self.lock().reserve(ip, &self.limits);
+        match reserved {
+            Ok(()) => {
+                self.metrics().stream_connections.inc();
+                Some(Slot {
+                    table: self.table.clone(),
+                    ip,
+                    gauge: self.metrics().stream_connections.clone(),
+                })
+            }
+            Err(r) => {
+                self.metrics()
+                    .connections_refused
+                    .get_or_create(&r.label())
+                    .inc();
+                None
             }
         }
-        let (tx, rx) = mpsc::unbounded_channel();
-        let _ = tx.send(data);
-        conns.insert(addr, tx);
+    }
+
+    fn closed(&self, reason: &'static str) {
+        self.metrics()
+            .connections_closed
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    pub fn send(&self, addr: SocketAddr, data: Bytes) {
+        let existing = self.lock().conns.get(&addr).cloned();
+        if let Some(conn) = existing {
+            match conn.enqueue(data.clone()) {
+                Enqueue::Queued => return,
+                Enqueue::Overflow => {
+                    tracing::info!(%addr, "SIP peer stopped reading; connection closed");
+                    self.closed("write_queue");
+                    conn.close.notify_one();
+                    self.forget(addr, conn.id);
+                    return;
+                }
+                // The connection ended: open a new one.
+                Enqueue::Closed => self.forget(addr, conn.id),
+            }
+        }
+        let Some(slot) = self.reserve(addr.ip()) else {
+            tracing::debug!(%addr, "SIP connection limit reached; message not sent");
+            return;
+        };
+        let (conn, rx) = Conn::new(self.next_id.fetch_add(1, Ordering::Relaxed));
+        conn.enqueue(data);
+        self.lock().conns.insert(addr, conn.clone());
         let this = self.clone();
         tokio::spawn(async move {
             let tcp = match TcpStream::connect(addr).await {
                 Ok(s) => s,
                 Err(e) => {
-                    tracing::warn!(%addr, %e, "TCP connect failed");
-                    return this.forget(addr);
+                    // Counted, logged at debug: a peer can make the node try often
+                    // (responses to a connection it closed), and trunks that stop
+                    // answering are reported by the trunk keepalives.
+                    this.metrics().connect_failures.inc();
+                    tracing::debug!(%addr, %e, "TCP connect failed");
+                    return this.forget(addr, conn.id);
                 }
             };
             let _ = tcp.set_nodelay(true);
             if this.transport != Transport::Tls {
-                return this.run(tcp, addr, rx).await;
+                return this.run(tcp, addr, conn, rx, slot).await;
             }
             let Some(connector) = this.tls.connector.clone() else {
                 tracing::warn!(%addr, "no TLS client settings; cannot connect");
-                return this.forget(addr);
+                return this.forget(addr, conn.id);
             };
             let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
             match this.handshake(addr, connector.connect(name, tcp)).await {
-                Some(tls) => this.run(tls, addr, rx).await,
-                None => this.forget(addr),
+                Some(tls) => this.run(tls, addr, conn, rx, slot).await,
+                None => this.forget(addr, conn.id),
             }
         });
     }
@@ -180,60 +467,100 @@ impl StreamConnections {
             Err(_) => "timed out".to_string(),
         };
         tracing::info!(%addr, %why, "TLS handshake failed");
-        self.metrics.tls_handshake_failures.inc();
+        self.metrics().tls_handshake_failures.inc();
         None
     }
 
-    fn forget(&self, addr: SocketAddr) {
-        self.conns
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&addr);
+    /// Removes the connection `id` of `addr` from the table (not a newer one).
+    fn forget(&self, addr: SocketAddr, id: u64) {
+        let mut table = self.lock();
+        if table.conns.get(&addr).is_some_and(|c| c.id == id) {
+            table.conns.remove(&addr);
+        }
     }
 
     pub fn spawn_listener(&self, listener: TcpListener) {
         let this = self.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((stream, addr)) = listener.accept().await else {
-                    continue;
-                };
-                let _ = stream.set_nodelay(true);
-                let conn = this.clone();
-                tokio::spawn(async move {
-                    let (tx, rx) = mpsc::unbounded_channel();
-                    match &conn.tls.acceptor {
-                        None => {
-                            conn.insert(addr, tx);
-                            conn.run(stream, addr, rx).await
+                let (stream, addr) = match listener.accept().await {
+                    Ok(x) => x,
+                    Err(e) => {
+                        this.metrics().accept_errors.inc();
+                        use std::io::ErrorKind::*;
+                        if !matches!(e.kind(), ConnectionAborted | ConnectionReset | Interrupted) {
+                            // EMFILE, ENFILE, ENOBUFS, ENOMEM: the connection stays in the
+                            // backlog and accept fails again at once; pause, don't spin.
+                            tracing::warn!(%e, "SIP accept failed; pausing the listener");
+                            tokio::time::sleep(ACCEPT_PAUSE).await;
                         }
-                        Some(acceptor) => {
-                            if let Some(tls) = conn.handshake(addr, acceptor.accept(stream)).await {
-                                conn.insert(addr, tx);
-                                conn.run(tls, addr, rx).await
-                            }
-                        }
+                        continue;
                     }
-                });
+                };
+                if let Some((slot, stream)) = this.admit(stream, addr) {
+                    let conn = this.clone();
+                    tokio::spawn(async move { conn.serve_accepted(stream, addr, slot).await });
+                }
             }
         });
     }
 
-    fn insert(&self, addr: SocketAddr, tx: mpsc::UnboundedSender<Bytes>) {
-        self.conns
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(addr, tx);
+    /// The checks of a new inbound connection before a byte is read: a trusted source
+    /// (in reject mode strangers may connect, to be answered 403), and a free slot.
+    /// A refused connection is closed at once.
+    fn admit(&self, stream: TcpStream, addr: SocketAddr) -> Option<(Slot, TcpStream)> {
+        let sources = &self.inbound.sources;
+        if sources.untrusted == Untrusted::Drop && !sources.is_trusted(addr.ip()) {
+            self.metrics().untrusted_dropped.inc();
+            self.metrics()
+                .connections_refused
+                .get_or_create(&ReasonLabel {
+                    reason: "untrusted",
+                })
+                .inc();
+            return None;
+        }
+        let Some(slot) = self.reserve(addr.ip()) else {
+            tracing::debug!(%addr, "SIP connection refused: limit reached");
+            return None;
+        };
+        let _ = stream.set_nodelay(true);
+        Some((slot, stream))
     }
 
-    async fn run<S>(&self, stream: S, addr: SocketAddr, mut rx: mpsc::UnboundedReceiver<Bytes>)
-    where
+    async fn serve_accepted(&self, stream: TcpStream, addr: SocketAddr, slot: Slot) {
+        let (conn, rx) = Conn::new(self.next_id.fetch_add(1, Ordering::Relaxed));
+        match &self.tls.acceptor {
+            None => {
+                self.lock().conns.insert(addr, conn.clone());
+                self.run(stream, addr, conn, rx, slot).await
+            }
+            Some(acceptor) => {
+                if let Some(tls) = self.handshake(addr, acceptor.accept(stream)).await {
+                    self.lock().conns.insert(addr, conn.clone());
+                    self.run(tls, addr, conn, rx, slot).await
+                }
+            }
+        }
+    }
+
+    async fn run<S>(
+        &self,
+        stream: S,
+        addr: SocketAddr,
+        conn: Conn,
+        mut rx: mpsc::UnboundedReceiver<Bytes>,
+        _slot: Slot,
+    ) where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
     {
         let (mut reader, mut writer) = tokio::io::split(stream);
+        let queued = conn.queued.clone();
         let writer_task = tokio::spawn(async move {
             while let Some(data) = rx.recv().await {
-                if writer.write_all(&data).await.is_err() || writer.flush().await.is_err() {
+                let ok = writer.write_all(&data).await.is_ok() && writer.flush().await.is_ok();
+                queued.fetch_sub(data.len(), Ordering::Relaxed);
+                if !ok {
                     break;
                 }
             }
@@ -242,143 +569,203 @@ impl StreamConnections {
             transport: self.transport,
             addr,
         };
-        let mut buf: Vec<u8> = Vec::with_capacity(8192);
-        let mut chunk = vec![0u8; 16384];
+        let idle = self.limits.idle_timeout;
+        let mut framer = Framer::new();
+        let mut deadline = Instant::now() + idle;
         'read: loop {
-            let n = match reader.read(&mut chunk).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
+            let partial_before = framer.buffered() > 0;
+            let read = tokio::select! {
+                r = tokio::time::timeout_at(deadline, reader.read_buf(framer.read_buffer(READ_CHUNK))) => r,
+                _ = conn.close.notified() => break 'read,
             };
-            buf.extend_from_slice(&chunk[..n]);
+            match read {
+                Err(_) => {
+                    tracing::debug!(%addr, "SIP connection idle; closed");
+                    self.closed("idle");
+                    break;
+                }
+                Ok(Ok(0)) | Ok(Err(_)) => break,
+                Ok(Ok(_)) => {}
+            }
+            let mut completed = false;
             loop {
-                match next_frame(&buf) {
-                    Frame::Incomplete => break,
-                    Frame::Invalid => break 'read,
-                    Frame::Skip(k) => {
-                        buf.drain(..k);
-                    }
-                    Frame::Message(len) => {
-                        if let Some(reply) =
-                            handle_frame(&buf[..len], peer, &self.incoming, &self.metrics)
-                        {
+                match framer.next() {
+                    Ok(Some(msg)) => {
+                        completed = true;
+                        if let Some(reply) = self.inbound.frame(&msg, peer) {
                             self.send(addr, Bytes::from(reply));
                         }
-                        buf.drain(..len);
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        self.framing_failed(addr, e);
+                        break 'read;
                     }
                 }
             }
-        }
-        self.forget(addr);
-        writer_task.abort();
-    }
-}
-
-#[derive(Debug, PartialEq)]
-enum Frame {
-    Incomplete,
-    Invalid,
-    /// Leading CRLF keepalives to drop.
-    Skip(usize),
-    /// A whole message of this many bytes.
-    Message(usize),
-}
-
-/// Finds the first complete message in a stream buffer (RFC 3261 18.3: Content-Length).
-fn next_frame(buf: &[u8]) -> Frame {
-    let skip = buf
-        .iter()
-        .take_while(|b| **b == b'\r' || **b == b'\n')
-        .count();
-    if skip > 0 {
-        return Frame::Skip(skip);
-    }
-    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-        return if buf.len() > MAX_MESSAGE {
-            Frame::Invalid
-        } else {
-            Frame::Incomplete
-        };
-    };
-    let head = String::from_utf8_lossy(&buf[..end]);
-    let mut length = None;
-    for line in head.split("\r\n").skip(1) {
-        if let Some((name, value)) = line.split_once(':') {
-            let name = name.trim();
-            if name.eq_ignore_ascii_case("content-length") || name.eq_ignore_ascii_case("l") {
-                length = value.trim().parse::<usize>().ok();
-                if length.is_none() {
-                    return Frame::Invalid;
-                }
+            // Silence is measured from the last byte; an unfinished message from its
+            // first byte, so dribbling cannot hold a connection open for ever.
+            if !partial_before || completed || framer.buffered() == 0 {
+                deadline = Instant::now() + idle;
             }
         }
+        self.forget(addr, conn.id);
+        writer_task.abort();
     }
-    // A stream message without Content-Length cannot be framed (RFC 3261 18.3).
-    let Some(length) = length else {
-        return Frame::Invalid;
-    };
-    let total = end + 4 + length;
-    if total > MAX_MESSAGE {
-        Frame::Invalid
-    } else if buf.len() < total {
-        Frame::Incomplete
-    } else {
-        Frame::Message(total)
+
+    fn framing_failed(&self, addr: SocketAddr, e: FrameError) {
+        tracing::info!(%addr, %e, "SIP stream cannot be framed; connection closed");
+        self.metrics().parse_errors.inc();
+        self.closed("framing");
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::source::{TrustedSources, Untrusted};
 
     const OPTIONS: &[u8] = b"OPTIONS sip:x@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK1\r\nFrom: <sip:a@127.0.0.1>;tag=1\r\nTo: <sip:x@127.0.0.1>\r\nCall-ID: c1\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n";
 
-    #[test]
-    fn the_incoming_queue_is_bounded() {
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let metrics = SipMetrics::default();
-        let peer = Peer {
-            transport: Transport::Udp,
-            addr: "127.0.0.1:5070".parse().unwrap(),
+    struct Only(IpAddr);
+
+    impl TrustedSources for Only {
+        fn is_trusted(&self, ip: IpAddr) -> bool {
+            ip == self.0
+        }
+    }
+
+    fn inbound(untrusted: Untrusted) -> (Inbound, mpsc::UnboundedReceiver<Incoming>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let inbound = Inbound {
+            tx,
+            metrics: SipMetrics::default(),
+            sources: SourcePolicy {
+                trusted: Arc::new(Only("127.0.0.1".parse().unwrap())),
+                untrusted,
+            },
+            max_queued_bytes: 4096,
         };
-        assert!(handle_frame(OPTIONS, peer, &tx, &metrics).is_none());
-        assert!(rx.try_recv().is_ok(), "queued");
-        assert_eq!(metrics.incoming_backlog.get(), 1);
-        metrics.incoming_backlog.set(crate::endpoint::BACKLOG_LIMIT);
-        assert!(handle_frame(OPTIONS, peer, &tx, &metrics).is_none());
-        assert!(rx.try_recv().is_err(), "dropped at the bound");
-        assert_eq!(metrics.backlog_drops.get(), 1);
+        (inbound, rx)
+    }
+
+    fn peer(addr: &str) -> Peer {
+        Peer {
+            transport: Transport::Udp,
+            addr: addr.parse().unwrap(),
+        }
     }
 
     #[test]
-    fn stream_framing() {
-        let msg = b"BYE sip:a@b SIP/2.0\r\nContent-Length: 3\r\n\r\nabc";
-        let cases: Vec<(Vec<u8>, Frame)> = vec![
-            (msg.to_vec(), Frame::Message(msg.len())),
-            (
-                [msg.as_slice(), b"OPTIONS"].concat(),
-                Frame::Message(msg.len()),
-            ),
-            (msg[..msg.len() - 1].to_vec(), Frame::Incomplete),
-            (b"\r\n\r\nBYE".to_vec(), Frame::Skip(4)),
-            (
-                b"BYE sip:a@b SIP/2.0\r\nl: 0\r\n\r\n".to_vec(),
-                Frame::Message(29),
-            ),
-            (
-                b"BYE sip:a@b SIP/2.0\r\nCall-ID: x\r\n\r\n".to_vec(),
-                Frame::Invalid,
-            ),
-            (
-                b"BYE sip:a@b SIP/2.0\r\nContent-Length: x\r\n\r\n".to_vec(),
-                Frame::Invalid,
-            ),
-            (
-                b"BYE sip:a@b SIP/2.0\r\nContent-Length: 999999\r\n\r\n".to_vec(),
-                Frame::Invalid,
-            ),
+    fn the_incoming_queue_is_bounded_in_messages_and_bytes() {
+        let (inb, mut rx) = inbound(Untrusted::Drop);
+        let m = &inb.metrics;
+        assert!(inb.frame(OPTIONS, peer("127.0.0.1:5070")).is_none());
+        assert_eq!(rx.try_recv().map(|i| i.cost).ok(), Some(OPTIONS.len()));
+        assert_eq!(m.incoming_backlog.get(), 1);
+        assert_eq!(m.incoming_backlog_bytes.get(), OPTIONS.len() as i64);
+        m.incoming_backlog.set(BACKLOG_LIMIT);
+        assert!(inb.frame(OPTIONS, peer("127.0.0.1:5070")).is_none());
+        assert!(rx.try_recv().is_err(), "dropped at the message bound");
+        assert_eq!(m.backlog_drops.get(), 1);
+        m.incoming_backlog.set(0);
+        m.incoming_backlog_bytes
+            .set(4096 - OPTIONS.len() as i64 + 1);
+        assert!(inb.frame(OPTIONS, peer("127.0.0.1:5070")).is_none());
+        assert!(rx.try_recv().is_err(), "dropped at the byte bound");
+        assert_eq!(m.backlog_drops.get(), 2);
+    }
+
+    #[test]
+    fn queue_bounds() {
+        let rows = [
+            (0, 0, 100, 1000, true),
+            (0, 900, 100, 1000, true),
+            (0, 901, 100, 1000, false),
+            (BACKLOG_LIMIT - 1, 0, 100, 1000, true),
+            (BACKLOG_LIMIT, 0, 100, 1000, false),
+            (0, i64::MAX, 100, 1000, false),
+            (0, 0, usize::MAX, usize::MAX, true),
         ];
-        for (buf, want) in cases {
-            assert_eq!(next_frame(&buf), want, "{}", String::from_utf8_lossy(&buf));
+        for (messages, bytes, len, max, want) in rows {
+            assert_eq!(
+                queue_admits(messages, bytes, len, max),
+                want,
+                "{messages} {bytes} {len} {max}"
+            );
         }
+    }
+
+    #[test]
+    fn untrusted_sources_get_nothing_or_one_403() {
+        let (inb, mut rx) = inbound(Untrusted::Drop);
+        assert!(inb.frame(OPTIONS, peer("127.0.0.2:5070")).is_none());
+        assert!(rx.try_recv().is_err(), "never reaches the core");
+        assert_eq!(inb.metrics.untrusted_dropped.get(), 1);
+
+        let (inb, mut rx) = inbound(Untrusted::Reject);
+        let reply = inb.frame(OPTIONS, peer("127.0.0.2:5070")).expect("a 403");
+        assert!(reply.starts_with(b"SIP/2.0 403 Forbidden\r\n"));
+        assert!(rx.try_recv().is_err(), "no transaction either");
+        let response = b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK1\r\nFrom: <sip:a@h>;tag=1\r\nTo: <sip:b@h>;tag=2\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n";
+        assert!(inb.frame(response, peer("127.0.0.2:5070")).is_none());
+        assert!(
+            rx.try_recv().is_err(),
+            "responses from strangers are dropped"
+        );
+        assert_eq!(inb.metrics.untrusted_rejected.get(), 1);
+        assert_eq!(inb.metrics.untrusted_dropped.get(), 1);
+    }
+
+    #[test]
+    fn connection_limits() {
+        let limits = StreamLimits {
+            max_connections: 10,
+            max_per_source: 3,
+            idle_timeout: Duration::from_secs(1),
+        };
+        let rows = [
+            (0, 0, Ok(())),
+            (9, 2, Ok(())),
+            (10, 0, Err(Refusal::TotalLimit)),
+            (5, 3, Err(Refusal::SourceLimit)),
+            (10, 3, Err(Refusal::TotalLimit)),
+        ];
+        for (total, from_source, want) in rows {
+            assert_eq!(
+                admit_connection(total, from_source, &limits),
+                want,
+                "{total} {from_source}"
+            );
+        }
+        let mut table = Table::default();
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        for _ in 0..3 {
+            table.reserve(a, &limits).unwrap();
+        }
+        assert_eq!(table.reserve(a, &limits), Err(Refusal::SourceLimit));
+        table.release(a);
+        assert_eq!(table.reserve(a, &limits), Ok(()));
+        for _ in 0..3 {
+            table.release(a);
+        }
+        assert!(
+            table.per_source.is_empty() && table.total == 0,
+            "nothing kept"
+        );
+    }
+
+    #[test]
+    fn a_peer_that_stops_reading_overflows_its_write_queue() {
+        let (conn, _rx) = Conn::new(1);
+        let chunk = Bytes::from(vec![b'x'; WRITE_QUEUE_BYTES / 4]);
+        for _ in 0..4 {
+            assert!(matches!(conn.enqueue(chunk.clone()), Enqueue::Queued));
+        }
+        assert!(matches!(
+            conn.enqueue(Bytes::from_static(b"x")),
+            Enqueue::Overflow
+        ));
+        assert_eq!(conn.queued.load(Ordering::Relaxed), WRITE_QUEUE_BYTES);
     }
 }

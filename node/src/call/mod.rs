@@ -917,7 +917,7 @@ impl Call {
                 .trunk_responses
                 .get_or_create(&TrunkCodeLabel {
                     trunk: self.ctx.routing.trunks[t].name.clone(),
-                    code,
+                    code: tsunagu_sip::metrics::code_label(code),
                 })
                 .inc();
         }
