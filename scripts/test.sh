@@ -39,14 +39,15 @@ set +e
 cargo test --workspace --locked 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
-# Fuzz the SIP parsing path for a bounded time (cargo-fuzz/libFuzzer; scripts/fuzz.sh).
+# Fuzz the SIP parsing path and the stream framer for a bounded time, 60 s in all split
+# between the two (cargo-fuzz/libFuzzer; scripts/fuzz.sh).
 fuzz_log=$(mktemp)
 if scripts/fuzz.sh "${TSUNAGU_FUZZ_SECONDS:-60}" > "$fuzz_log" 2>&1; then
-    echo "fuzz: sip_parse $(grep -E '^Done [0-9]+ runs' "$fuzz_log" | tail -1), no crash"
-    echo "test result: ok. 1 passed; 0 failed; (fuzz)" >> "$log"
+    echo "fuzz: sip_parse and stream_framer: $(grep -E '^Done [0-9]+ runs' "$fuzz_log" | tr '\n' ' '), no crash"
+    echo "test result: ok. 2 passed; 0 failed; (fuzz)" >> "$log"
 else
     tail -60 "$fuzz_log"
-    echo "fuzz: sip_parse FAILED (input saved in fuzz/artifacts/sip_parse/)"
+    echo "fuzz: FAILED (input saved in fuzz/artifacts/<target>/)"
     echo "test result: FAILED. 0 passed; 1 failed; (fuzz)" >> "$log"
     status=1
 fi
