@@ -210,23 +210,26 @@ fn unknown_numbers_and_foreign_sources_are_refused() {
     let _uas = Uas::start("uas_answer.xml", ports, node.dir.path(), &[]);
     let run = uac_expecting(404, node.dir.path(), ports, "0509999999", 3, &[]);
     assert_eq!((run.exit, run.successful), (0, 3), "404: {}", run.output);
-    // 127.0.0.3 is on loopback but in no trunk's inbound list.
-    let run = uac_expecting(
-        403,
-        node.dir.path(),
-        ports,
-        "0501234567",
-        3,
-        &["-i", "127.0.0.3"],
-    );
-    assert_eq!((run.exit, run.successful), (0, 3), "403: {}", run.output);
+    // 127.0.0.3 is on loopback but in no trunk's inbound list (nor a trunk's outbound
+    // address): issue 10 says such a source gets no answer at all (no 100, no 403).
+    let sock = std::net::UdpSocket::bind("127.0.0.3:0").unwrap();
+    let me = sock.local_addr().unwrap();
+    for i in 0..3 {
+        let msg = crate::sip_edge::invite(me, &format!("foreign{i}"));
+        sock.send_to(msg.as_bytes(), ("127.0.0.1", ports.sip))
+            .unwrap();
+    }
+    let got = datagrams_within(&sock, Duration::from_secs(2));
+    assert!(got.is_empty(), "a foreign source gets nothing: {got:?}");
     assert_eq!(
         node.metric("tsunagu_invites_rejected_total{code=\"404\",reason=\"unknown_number\"}"),
         3.0
     );
+    assert_eq!(node.metric("tsunagu_sip_untrusted_dropped_total"), 3.0);
     assert_eq!(
         node.metric("tsunagu_invites_rejected_total{code=\"403\",reason=\"source_not_allowed\"}"),
-        3.0
+        0.0,
+        "dropped before admission"
     );
     assert!(
         node.calls(&key, "").is_empty(),

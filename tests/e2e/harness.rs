@@ -861,3 +861,124 @@ pub fn chromium_dom(url: &str, profile: &Path, virtual_ms: u32) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+// ---- Helpers of the SIP edge tests (sip_edge.rs) ----
+
+/// CPU time (user + system, seconds) a process has used, from /proc/PID/stat.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/PID/stat");
+    // The command name (field 2) may hold spaces; the fields after its ')' are fixed.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After ')': state is field 3, so utime (14) and stime (15) are at 11 and 12.
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    let hz = Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+        .unwrap_or(100.0);
+    ticks / hz
+}
+
+/// The share of one core a process uses over `window` (measured, not a wait for an event).
+pub fn cpu_share(pid: u32, window: Duration) -> f64 {
+    let before = cpu_seconds(pid);
+    std::thread::sleep(window);
+    (cpu_seconds(pid) - before) / window.as_secs_f64()
+}
+
+/// Resident memory of a process in bytes (VmRSS of /proc/PID/status).
+pub fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/PID/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("VmRSS")
+        * 1024
+}
+
+/// Every datagram `sock` receives within `window`, as text: for checks that nothing
+/// (or exactly one thing) comes back.
+pub fn datagrams_within(sock: &std::net::UdpSocket, window: Duration) -> Vec<String> {
+    let deadline = Instant::now() + window;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 65536];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return got;
+        }
+        sock.set_read_timeout(Some(left)).unwrap();
+        if let Ok((n, _)) = sock.recv_from(&mut buf) {
+            got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    }
+}
+
+/// A TCP connection from a chosen local address (e.g. 127.0.0.3) with, if given, a
+/// small receive buffer (a peer that reads slowly).
+pub fn tcp_from(
+    local: std::net::IpAddr,
+    to: std::net::SocketAddr,
+    recv_buffer: Option<u32>,
+) -> std::io::Result<TcpStream> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()?;
+    rt.block_on(async {
+        let sock = tokio::net::TcpSocket::new_v4()?;
+        if let Some(b) = recv_buffer {
+            sock.set_recv_buffer_size(b)?;
+        }
+        sock.bind(std::net::SocketAddr::new(local, 0))?;
+        let stream = sock.connect(to).await?;
+        let stream = stream.into_std()?;
+        stream.set_nonblocking(false)?;
+        Ok(stream)
+    })
+}
+
+impl Node {
+    /// Starts a node on `config` (like [`Node::run`]) under `sh -c "<setup>; exec
+    /// tsunagu ..."`, e.g. `ulimit -n 256` for a node short of file descriptors.
+    pub fn run_in_shell(ports: Ports, dir: tempfile::TempDir, config: &Path, setup: &str) -> Node {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.path().join("node.log"))
+            .expect("log file");
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg(format!("{setup} && exec \"$0\" serve --config \"$1\"",))
+            .arg(env!("CARGO_BIN_EXE_tsunagu"))
+            .arg(config)
+            .current_dir(dir.path())
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start tsunagu");
+        let node = Node {
+            ports,
+            dir,
+            child: Some(child),
+        };
+        node.wait_until(
+            Duration::from_secs(20),
+            "the node to answer /healthz",
+            || {
+                node.try_get("/healthz", None)
+                    .map(|r| r.status == 200)
+                    .unwrap_or(false)
+            },
+        );
+        node
+    }
+}

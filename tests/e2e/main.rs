@@ -8,5 +8,6 @@ mod harness;
 mod pools;
 mod prompts;
 mod recording;
+mod sip_edge;
 mod tls;
 mod torture;

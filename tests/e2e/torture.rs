@@ -1,6 +1,8 @@
 //! Odd-but-valid and invalid SIP in the spirit of RFC 4475 (messages written by us): every
 //! valid message is handled (answered as its content asks), every invalid one gets 400
 //! or is dropped, and afterwards the node still answers, with no call left open.
+//! Number 0501234567 is provisioned and its callee answers 486, so a valid INVITE to
+//! it shows it was forwarded (486) rather than refused by the node.
 
 use crate::harness::*;
 use std::net::UdpSocket;
@@ -130,6 +132,41 @@ fn cases() -> Vec<(&'static str, String, Expect)> {
             ),
             Expect::Status(483),
         ),
+        (
+            // RFC 4475 3.1.1.1 ("wsinv") as a new call: folded headers, tabs, spaces
+            // around colons and slashes, a folded Content-Type. Valid: it is forwarded
+            // (the callee's 486 comes back), not refused 488 for want of an offer.
+            "unusual whitespace and line folding (RFC 4475 3.1.1.1)",
+            req(
+                &[
+                    "INVITE sip:0501234567@127.0.0.1;unknownparam SIP/2.0",
+                    "TO :",
+                    " sip:0501234567@127.0.0.1 ",
+                    "from   : \"J Rosenberg \\\\\\\"\"       <sip:09012345678@example.com>",
+                    "  ;",
+                    "  tag = 98asjd8",
+                    "MaX-fOrWaRdS: 0068",
+                    "Call-ID: torture-wsinv.ndaksdj@192.0.2.1",
+                    &format!("Content-Length   : {}", sdp.len()),
+                    "cseq: 0009",
+                    "  INVITE",
+                    "Via  : SIP  /   2.0",
+                    " /UDP",
+                    "    {via};branch=z9hG4bKt21",
+                    "s :",
+                    "NewFangledHeader:   newfangled value",
+                    " continued newfangled value",
+                    "UnknownHeaderWithUnusualValue: ;;,,;;,;",
+                    "Content-Type:",
+                    "\t application/sdp",
+                    "m:\"Quoted string \\\"\\\"\" <sip:jdrosen@example.com> ; newparam =",
+                    "      newvalue ;",
+                    "  secondparam ; q = 0.33",
+                ],
+                sdp,
+            ),
+            Expect::Status(486),
+        ),
         // --- invalid (RFC 4475 3.1.2) ---
         (
             "CSeq that is not a number",
@@ -180,7 +217,7 @@ fn cases() -> Vec<(&'static str, String, Expect)> {
             Expect::Status(400),
         ),
         (
-            "no Call-ID: a response could not be matched, so none is sent",
+            "no Call-ID (RFC 4475 3.1.2.18): 400 with the headers it has",
             req(
                 &[
                     "OPTIONS sip:127.0.0.1 SIP/2.0",
@@ -192,7 +229,95 @@ fn cases() -> Vec<(&'static str, String, Expect)> {
                 ],
                 "",
             ),
-            Expect::Dropped,
+            Expect::Status(400),
+        ),
+        (
+            "no CSeq (RFC 4475 3.1.2.18)",
+            req(
+                &[
+                    "INVITE sip:0999999999@127.0.0.1 SIP/2.0",
+                    "Via: SIP/2.0/UDP {via};branch=z9hG4bKt16",
+                    "From: <sip:a@example.com>;tag=t16",
+                    "To: <sip:b@example.com>",
+                    "Call-ID: torture-nocseq",
+                    "Max-Forwards: 70",
+                    "Content-Length: 0",
+                ],
+                "",
+            ),
+            Expect::Status(400),
+        ),
+        (
+            "no From (RFC 4475 3.1.2.18)",
+            req(
+                &[
+                    "OPTIONS sip:127.0.0.1 SIP/2.0",
+                    "Via: SIP/2.0/UDP {via};branch=z9hG4bKt17",
+                    "To: <sip:b@example.com>",
+                    "Call-ID: torture-nofrom",
+                    "CSeq: 1 OPTIONS",
+                    "Content-Length: 0",
+                ],
+                "",
+            ),
+            Expect::Status(400),
+        ),
+        (
+            "unterminated quoted string in a display name (RFC 4475 3.1.2.6)",
+            req(
+                &[
+                    "INVITE sip:0501234567@127.0.0.1 SIP/2.0",
+                    "Via: SIP/2.0/UDP {via};branch=z9hG4bKt18",
+                    "From: \"Mr. J. User <sip:j.user@example.com>;tag=t18",
+                    "To: <sip:0501234567@example.com>",
+                    "Call-ID: torture-quote",
+                    "CSeq: 1 INVITE",
+                    "Max-Forwards: 70",
+                    "Content-Type: application/sdp",
+                    &format!("Content-Length: {}", sdp.len()),
+                ],
+                sdp,
+            ),
+            Expect::Status(400),
+        ),
+        (
+            "a raw NUL byte in a header",
+            req(
+                &[
+                    "INVITE sip:0501234567@127.0.0.1 SIP/2.0",
+                    "Via: SIP/2.0/UDP {via};branch=z9hG4bKt19",
+                    "From: <sip:09012345678@example.com>;tag=t19",
+                    "To: <sip:0501234567@example.com>",
+                    "Call-ID: torture-nul",
+                    "CSeq: 1 INVITE",
+                    "Subject: before\0after",
+                    "Max-Forwards: 70",
+                    "Content-Type: application/sdp",
+                    &format!("Content-Length: {}", sdp.len()),
+                ],
+                sdp,
+            ),
+            Expect::Status(400),
+        ),
+        (
+            // RFC 3261 20.15: Content-Type MUST be present with a body; the body is not
+            // guessed to be SDP, and the request is malformed (400, not 488: the fault
+            // is the message's form, not an offer we cannot accept).
+            "a body without Content-Type is not taken as SDP",
+            req(
+                &[
+                    "INVITE sip:0501234567@127.0.0.1 SIP/2.0",
+                    "Via: SIP/2.0/UDP {via};branch=z9hG4bKt20",
+                    "From: <sip:09012345678@example.com>;tag=t20",
+                    "To: <sip:0501234567@example.com>",
+                    "Call-ID: torture-notype",
+                    "CSeq: 1 INVITE",
+                    "Max-Forwards: 70",
+                    &format!("Content-Length: {}", sdp.len()),
+                ],
+                sdp,
+            ),
+            Expect::Status(400),
         ),
         (
             "CSeq method differs from the request method",
@@ -279,11 +404,22 @@ fn cases() -> Vec<(&'static str, String, Expect)> {
     ]
 }
 
-fn call_id_of(msg: &str) -> Option<String> {
-    msg.lines().find_map(|l| {
+/// The branch of a message's top Via (folded lines joined first).
+fn branch_of(msg: &str) -> Option<String> {
+    let head = msg.split("\r\n\r\n").next()?;
+    let unfolded = head.replace("\r\n ", " ").replace("\r\n\t", " ");
+    unfolded.lines().find_map(|l| {
         let (name, value) = l.split_once(':')?;
         let name = name.trim().to_ascii_lowercase();
-        (name == "call-id" || name == "i").then(|| value.trim().to_string())
+        if name != "via" && name != "v" {
+            return None;
+        }
+        let at = value.find("branch=")? + "branch=".len();
+        let branch: String = value[at..]
+            .chars()
+            .take_while(|c| !matches!(c, ';' | ',' | ' ' | '\r'))
+            .collect();
+        Some(branch)
     })
 }
 
@@ -291,6 +427,8 @@ fn call_id_of(msg: &str) -> Option<String> {
 fn rfc4475_style_torture_messages() {
     let ports = Ports::take();
     let node = Node::start(ports, "127.0.0.1/32", "");
+    node.provision("0501234567", r#"[{"number": "0311112222"}]"#, "{}");
+    let _busy = Uas::start("uas_busy.xml", ports, node.dir.path(), &[]);
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let via = sock.local_addr().unwrap().to_string();
@@ -305,16 +443,16 @@ fn rfc4475_style_torture_messages() {
             .unwrap();
         let got = match expect {
             Expect::Status(_) => {
-                // The final response for this message's Call-ID (provisional ones skipped).
-                let call_id = call_id_of(&msg).expect("answerable cases have a Call-ID");
+                // The final response for this message's branch (provisional ones skipped).
+                let branch = branch_of(&msg).expect("answerable cases have a Via branch");
                 let mut buf = [0u8; 8192];
                 let mut status = None;
                 while let Ok((n, _)) = sock.recv_from(&mut buf) {
                     let text = String::from_utf8_lossy(&buf[..n]).to_string();
                     let code: u16 = text.get(8..11).and_then(|c| c.parse().ok()).unwrap_or(0);
-                    if code >= 200 && call_id_of(&text).as_deref() == Some(call_id.as_str()) {
+                    if code >= 200 && branch_of(&text).as_deref() == Some(branch.as_str()) {
                         status = Some(Expect::Status(code));
-                        answered.push((call_id.clone(), code));
+                        answered.push((branch.clone(), code));
                         break;
                     }
                 }
@@ -339,7 +477,7 @@ fn rfc4475_style_torture_messages() {
     while let Ok((n, _)) = sock.recv_from(&mut buf) {
         let text = String::from_utf8_lossy(&buf[..n]).to_string();
         let code: u16 = text.get(8..11).and_then(|c| c.parse().ok()).unwrap_or(0);
-        let retransmitted = call_id_of(&text).is_some_and(|id| answered.contains(&(id, code)));
+        let retransmitted = branch_of(&text).is_some_and(|b| answered.contains(&(b, code)));
         assert!(retransmitted, "unexpected extra message: {text}");
     }
     assert_eq!(node.try_get("/healthz", None).unwrap().status, 200);

@@ -1,0 +1,552 @@
+//! Attacks on the SIP edge of a real node, from raw sockets: a Content-Length that
+//! wraps the framing arithmetic (TCP and TLS), strangers probing for a reflector, a
+//! flood of OPTIONS from a stranger, more TCP connections than allowed that dribble
+//! bytes (slowloris), a node out of file descriptors, and a peer that stops reading.
+//! After each, the node must still answer, and must not burn CPU or memory.
+
+use crate::harness::*;
+use std::io::{BufRead, Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// An out-of-dialog OPTIONS from `via` (its Via and Contact), with a unique branch.
+fn options(via: SocketAddr, transport: &str, branch: &str) -> String {
+    format!(
+        "OPTIONS sip:ping@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/{transport} {via};branch=z9hG4bK{branch}\r\n\
+From: <sip:probe@{via}>;tag={branch}\r\nTo: <sip:ping@127.0.0.1>\r\nCall-ID: {branch}@edge\r\n\
+CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    )
+}
+
+/// An INVITE for 0501234567 from `via`, with an SDP offer.
+pub(crate) fn invite(via: SocketAddr, branch: &str) -> String {
+    let sdp = format!(
+        "v=0\r\no=- 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n",
+        ip = via.ip()
+    );
+    format!(
+        "INVITE sip:0501234567@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {via};branch=z9hG4bK{branch}\r\n\
+From: <sip:09012345678@{via}>;tag={branch}\r\nTo: <sip:0501234567@127.0.0.1>\r\nCall-ID: {branch}@edge\r\n\
+CSeq: 1 INVITE\r\nContact: <sip:c@{via}>\r\nMax-Forwards: 70\r\nContent-Type: application/sdp\r\n\
+Content-Length: {}\r\n\r\n{sdp}",
+        sdp.len()
+    )
+}
+
+/// The stream message of issue 10: its Content-Length wraps `end + 4 + length`.
+const OVERFLOW: &str = "OPTIONS sip:ping@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:9;branch=z9hG4bKwrap\r\nFrom: <sip:a@127.0.0.1>;tag=w\r\nTo: <sip:b@127.0.0.1>\r\nCall-ID: wrap@edge\r\nCSeq: 1 OPTIONS\r\nl: 18446744073709551566\r\n\r\n";
+
+/// Whether a trusted OPTIONS over UDP is answered 200 within 100 ms, trying up to five
+/// times (a busy test machine may delay one answer; a hung node answers none).
+fn answers_options_quickly(sip: u16) -> bool {
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let me = sock.local_addr().unwrap();
+    (0..5).any(|i| {
+        sock.send_to(
+            options(me, "UDP", &format!("quick{i}")).as_bytes(),
+            ("127.0.0.1", sip),
+        )
+        .unwrap();
+        let got = datagrams_within(&sock, Duration::from_millis(100));
+        got.iter().any(|m| m.starts_with("SIP/2.0 200"))
+    })
+}
+
+fn healthz_quickly(node: &Node) -> bool {
+    (0..5).any(|_| {
+        let start = Instant::now();
+        let ok = node
+            .try_get("/healthz", None)
+            .is_ok_and(|r| r.status == 200);
+        ok && start.elapsed() < Duration::from_millis(100)
+    })
+}
+
+/// A node whose configuration this file writes (a TLS listener needs [sip.tls]).
+fn edge_node(ports: Ports, inbound: &str, sip_extra: &str, tls: Option<u16>) -> Node {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    let (tls_listener, tls_table) = match tls {
+        Some(port) => {
+            require_tool("openssl");
+            let ok = Command::new("openssl")
+                .args([
+                    "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                ])
+                .args([
+                    "-subj",
+                    "/CN=node",
+                    "-addext",
+                    "subjectAltName=IP:127.0.0.1",
+                ])
+                .args([
+                    "-keyout",
+                    &format!("{d}/node.key"),
+                    "-out",
+                    &format!("{d}/node.pem"),
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .expect("openssl");
+            assert!(ok.success(), "openssl could not make a certificate");
+            (
+                format!(", \"tls:127.0.0.1:{port}\""),
+                format!("[sip.tls]\ncert_file = \"{d}/node.pem\"\nkey_file = \"{d}/node.key\"\n"),
+            )
+        }
+        None => (String::new(), String::new()),
+    };
+    let config = format!(
+        r#"
+[node]
+id = "e2e"
+data_dir = "{d}/data"
+drain_seconds = 5
+
+[sip]
+listen = ["udp:127.0.0.1:{sip}", "tcp:127.0.0.1:{sip}"{tls_listener}]
+{sip_extra}
+{tls_table}
+[media]
+address = "127.0.0.1"
+ports = "{rtp_first}-{rtp_last}"
+
+[api]
+listen = "127.0.0.1:{api}"
+admin_token = "{ADMIN}"
+
+[[trunks]]
+name = "carrier-a"
+inbound = ["{inbound}"]
+outbound = "udp:127.0.0.1:{uas}"
+
+[[routes]]
+prefix = ""
+trunks = ["carrier-a"]
+"#,
+        sip = ports.sip,
+        rtp_first = ports.rtp_first,
+        rtp_last = ports.rtp_first + 399,
+        api = ports.api,
+        uas = ports.uas,
+    );
+    let path = dir.path().join("node.toml");
+    std::fs::write(&path, config).unwrap();
+    Node::run(ports, dir, &path)
+}
+
+/// Connects over TLS with Python's ssl module (no certificate check), sends `msg`, and
+/// reports how the node ended the connection: "closed" (clean close), or an error.
+/// Prints "sent" first, so the caller knows the attack is in.
+fn tls_attacker(port: u16, msg: &str) -> std::process::Child {
+    let script = r#"
+import socket, ssl, sys
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=10))
+s.sendall(sys.argv[2].encode())
+print("sent", flush=True)
+try:
+    data = s.recv(100)
+    print("closed" if not data else "data %r" % data[:40], flush=True)
+except Exception as e:
+    print("error %s" % e, flush=True)
+"#;
+    Command::new("/usr/bin/python3")
+        .args(["-c", script, &port.to_string(), msg])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python3")
+}
+
+/// Issue 10, critical: `l: 18446744073709551566` over TCP (one connection per core,
+/// plus one) and over TLS. The node closes those connections, answers OPTIONS and the
+/// API at once, returns to idle, and nothing panicked (a debug build's overflow check
+/// would have panicked where a release build wrapped and spun).
+#[test]
+fn a_wrapping_content_length_over_tcp_and_tls_hangs_nothing() {
+    let ports = Ports::take();
+    let tls_port = ports.sip + 4;
+    let node = edge_node(ports, "127.0.0.1/32", "", Some(tls_port));
+    let mut tls = tls_attacker(tls_port, OVERFLOW);
+    let mut tls_out = std::io::BufReader::new(tls.stdout.take().unwrap());
+    let mut line = String::new();
+    tls_out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "sent", "the TLS attack went in");
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let mut tcp: Vec<TcpStream> = (0..=cores)
+        .map(|_| {
+            let mut s = TcpStream::connect(("127.0.0.1", ports.sip)).unwrap();
+            s.write_all(OVERFLOW.as_bytes()).unwrap();
+            s
+        })
+        .collect();
+
+    assert!(
+        answers_options_quickly(ports.sip),
+        "OPTIONS over UDP answered within 100 ms\n{}",
+        node.log()
+    );
+    assert!(healthz_quickly(&node), "/healthz within 100 ms");
+    for s in &mut tcp {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 64];
+        assert!(
+            matches!(s.read(&mut buf), Ok(0) | Err(_)),
+            "the unframeable TCP connection is closed"
+        );
+    }
+    line.clear();
+    tls_out.read_line(&mut line).unwrap();
+    assert_eq!(
+        line.trim(),
+        "closed",
+        "the unframeable TLS connection is closed"
+    );
+    let _ = tls.wait();
+    let share = cpu_share(node.pid(), Duration::from_secs(1));
+    assert!(
+        share < 0.05,
+        "the node is idle again: {:.1} % of a core",
+        share * 100.0
+    );
+    assert!(
+        node.metric("tsunagu_sip_connections_closed_total{reason=\"framing\"}")
+            >= (cores + 2) as f64
+    );
+    assert!(!node.log().contains("panicked"), "{}", node.log());
+}
+
+/// Issue 10, high 2: a source in no trunk (127.0.0.2; the trunk allows 127.0.0.1/32
+/// and forwards to 127.0.0.1) gets nothing: no 100, no 403, no 200 to OPTIONS, no
+/// retransmission, no TCP connection; and no server transaction is kept for it.
+#[test]
+fn strangers_get_no_answer_at_all() {
+    let ports = Ports::take();
+    let node = Node::start(ports, "127.0.0.1/32", "");
+    node.provision("0501234567", r#"[{"number": "0311112222"}]"#, "{}");
+    let sock = UdpSocket::bind("127.0.0.2:0").expect("bind 127.0.0.2");
+    let me = sock.local_addr().unwrap();
+    let to = ("127.0.0.1", ports.sip);
+    sock.send_to(invite(me, "stranger-invite").as_bytes(), to)
+        .unwrap();
+    sock.send_to(options(me, "UDP", "stranger-options").as_bytes(), to)
+        .unwrap();
+    let cancel = invite(me, "stranger-invite")
+        .replace("INVITE sip:", "CANCEL sip:")
+        .replace("1 INVITE", "1 CANCEL");
+    sock.send_to(cancel.as_bytes(), to).unwrap();
+    let got = datagrams_within(&sock, Duration::from_secs(2));
+    assert!(got.is_empty(), "nothing comes back: {got:?}");
+    assert_eq!(node.metric("tsunagu_sip_untrusted_dropped_total"), 3.0);
+    assert_eq!(node.metric("tsunagu_sip_server_transactions"), 0.0);
+    assert_eq!(
+        node.metric("tsunagu_sip_responses_sent_total{code=\"100\"}"),
+        0.0
+    );
+
+    let mut tcp = tcp_from(
+        "127.0.0.2".parse().unwrap(),
+        SocketAddr::from(([127, 0, 0, 1], ports.sip)),
+        None,
+    )
+    .unwrap();
+    let _ = tcp.write_all(options(me, "TCP", "stranger-tcp").as_bytes());
+    tcp.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut buf = [0u8; 256];
+    assert!(
+        matches!(tcp.read(&mut buf), Ok(0) | Err(_)),
+        "a stranger's TCP connection is closed unanswered"
+    );
+    assert_eq!(
+        node.metric("tsunagu_sip_connections_refused_total{reason=\"untrusted\"}"),
+        1.0
+    );
+
+    // The trunk itself is still answered.
+    assert!(answers_options_quickly(ports.sip));
+}
+
+/// With `sip.untrusted = "reject"` a stranger's request gets exactly one 403, never
+/// retransmitted (no transaction), and no 100 Trying before it.
+#[test]
+fn strangers_get_one_403_when_asked_to_reject() {
+    let ports = Ports::take();
+    let node = Node::start_with_sip(ports, "127.0.0.1/32", "untrusted = \"reject\"", "");
+    let sock = UdpSocket::bind("127.0.0.2:0").expect("bind 127.0.0.2");
+    let me = sock.local_addr().unwrap();
+    let to = ("127.0.0.1", ports.sip);
+    sock.send_to(invite(me, "reject-invite").as_bytes(), to)
+        .unwrap();
+    let got = datagrams_within(&sock, Duration::from_secs(2));
+    assert_eq!(got.len(), 1, "exactly one answer: {got:?}");
+    assert!(got[0].starts_with("SIP/2.0 403 "), "{}", got[0]);
+    sock.send_to(options(me, "UDP", "reject-options").as_bytes(), to)
+        .unwrap();
+    let ack = invite(me, "reject-invite")
+        .replace("INVITE sip:", "ACK sip:")
+        .replace("1 INVITE", "1 ACK");
+    sock.send_to(ack.as_bytes(), to).unwrap();
+    let got = datagrams_within(&sock, Duration::from_secs(1));
+    assert_eq!(
+        got.len(),
+        1,
+        "one 403 to the OPTIONS, nothing to the ACK: {got:?}"
+    );
+    assert!(got[0].starts_with("SIP/2.0 403 "), "{}", got[0]);
+    assert_eq!(node.metric("tsunagu_sip_untrusted_rejected_total"), 2.0);
+    assert_eq!(node.metric("tsunagu_sip_server_transactions"), 0.0);
+}
+
+/// Issue 10, SIP floods: 100,000 OPTIONS with fresh branches from a stranger, sent as
+/// fast as a loop can. The node's memory grows by at most a few MiB (no transaction is
+/// kept for them) and it still answers its trunk.
+#[test]
+fn a_flood_from_a_stranger_costs_no_memory() {
+    let ports = Ports::take();
+    let node = Node::start(ports, "127.0.0.1/32", "");
+    let _ = node.metric("tsunagu_sip_untrusted_dropped_total"); // warm the /metrics path
+    let before = rss_bytes(node.pid());
+    let sock = UdpSocket::bind("127.0.0.2:0").expect("bind 127.0.0.2");
+    let me = sock.local_addr().unwrap();
+    let to = SocketAddr::from(([127, 0, 0, 1], ports.sip));
+    for i in 0..100_000 {
+        let _ = sock.send_to(options(me, "UDP", &format!("flood{i}")).as_bytes(), to);
+    }
+    // Settled: the drop counter stops moving.
+    let mut last = -1.0;
+    node.wait_until(Duration::from_secs(20), "the flood to be handled", || {
+        let now = node.metric("tsunagu_sip_untrusted_dropped_total");
+        let settled = now == last;
+        last = now;
+        std::thread::sleep(Duration::from_millis(200));
+        settled
+    });
+    let grown = rss_bytes(node.pid()).saturating_sub(before);
+    assert!(
+        grown < 4 << 20,
+        "RSS grew by {:.1} MiB after the flood ({} messages dropped)",
+        grown as f64 / 1048576.0,
+        last
+    );
+    assert_eq!(node.metric("tsunagu_sip_server_transactions"), 0.0);
+    assert!(
+        answers_options_quickly(ports.sip),
+        "the trunk is still answered"
+    );
+}
+
+/// Issue 10, slowloris on SIP TCP: more connections than the per-source cap (4) from
+/// 127.0.0.1, dribbling a message that never ends. The excess is closed at once, the
+/// rest after the idle timeout (2 s; a message unfinished for that long counts), and
+/// meanwhile UDP and a fresh TCP connection from 127.0.0.3 are answered.
+#[test]
+fn slowloris_connections_are_capped_and_timed_out() {
+    let ports = Ports::take();
+    let node = Node::start_with_sip(
+        ports,
+        "127.0.0.0/8",
+        "tcp_max_connections_per_source = 4\ntcp_idle_timeout_seconds = 2",
+        "",
+    );
+    let started = Instant::now();
+    let mut conns: Vec<TcpStream> = (0..8)
+        .map(|_| {
+            let mut s = TcpStream::connect(("127.0.0.1", ports.sip)).unwrap();
+            let _ = s.write_all(b"OPTIONS sip:ping@127.0.0.1 SIP/2.0\r\n");
+            s
+        })
+        .collect();
+    // Which are closed: a read that ends (EOF or reset) instead of timing out.
+    let closed = |s: &mut TcpStream, wait: Duration| {
+        s.set_read_timeout(Some(wait)).unwrap();
+        let mut buf = [0u8; 64];
+        match s.read(&mut buf) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+        }
+    };
+    node.wait_until(Duration::from_secs(1), "the excess refused", || {
+        node.metric("tsunagu_sip_connections_refused_total{reason=\"source_limit\"}") >= 4.0
+    });
+    let refused = conns
+        .iter_mut()
+        .filter_map(|s| closed(s, Duration::from_millis(20)).then_some(()))
+        .count();
+    assert_eq!(
+        refused, 4,
+        "the connections over the cap are closed at once"
+    );
+    assert_eq!(
+        node.metric("tsunagu_sip_connections_refused_total{reason=\"source_limit\"}"),
+        4.0
+    );
+
+    // Keep dribbling into the open ones, and check the node serves others meanwhile.
+    let me = SocketAddr::from(([127, 0, 0, 3], 5060));
+    let mut fresh = tcp_from(
+        "127.0.0.3".parse::<IpAddr>().unwrap(),
+        SocketAddr::from(([127, 0, 0, 1], ports.sip)),
+        None,
+    )
+    .unwrap();
+    fresh
+        .write_all(options(me, "TCP", "fresh").as_bytes())
+        .unwrap();
+    fresh
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut buf = [0u8; 2048];
+    let n = fresh.read(&mut buf).unwrap();
+    assert!(
+        buf[..n].starts_with(b"SIP/2.0 200"),
+        "a fresh connection from another source is answered: {}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    drop(fresh);
+    assert!(answers_options_quickly(ports.sip), "UDP is answered");
+
+    let mut open: Vec<TcpStream> = conns
+        .into_iter()
+        .filter_map(|mut s| (!closed(&mut s, Duration::from_millis(1))).then_some(s))
+        .collect();
+    assert_eq!(open.len(), 4);
+    let deadline = Instant::now() + Duration::from_secs(8);
+    while !open.is_empty() && Instant::now() < deadline {
+        for s in open.iter_mut().take(2) {
+            let _ = s.write_all(b"X");
+        }
+        open.retain_mut(|s| !closed(s, Duration::from_millis(200)));
+    }
+    assert!(
+        open.is_empty(),
+        "{} connections still open after {:?}",
+        open.len(),
+        started.elapsed()
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "not closed before the idle timeout"
+    );
+    assert_eq!(
+        node.metric("tsunagu_sip_connections_closed_total{reason=\"idle\"}"),
+        4.0
+    );
+    node.wait_until(Duration::from_secs(2), "every slot given back", || {
+        node.metric("tsunagu_sip_stream_connections") == 0.0
+    });
+}
+
+/// Issue 10, SIP TCP/TLS: a node out of file descriptors (ulimit 128; 200 connections
+/// from four addresses, each within the default caps, waiting to be accepted) does not
+/// spin on the failing accept; it counts the failures, and serves again once
+/// descriptors are free. (Default limits only, so the same test runs on old builds.)
+#[test]
+fn running_out_of_file_descriptors_does_not_spin() {
+    let ports = Ports::take();
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        r#"
+[node]
+id = "e2e"
+data_dir = "{d}/data"
+[sip]
+listen = ["udp:127.0.0.1:{sip}", "tcp:127.0.0.1:{sip}"]
+[media]
+address = "127.0.0.1"
+ports = "{rtp}-{rtp_last}"
+[api]
+listen = "127.0.0.1:{api}"
+admin_token = "{ADMIN}"
+[[trunks]]
+name = "carrier-a"
+inbound = ["127.0.0.0/8"]
+outbound = "udp:127.0.0.1:{uas}"
+[[routes]]
+prefix = ""
+trunks = ["carrier-a"]
+"#,
+        d = dir.path().display(),
+        sip = ports.sip,
+        rtp = ports.rtp_first,
+        rtp_last = ports.rtp_first + 399,
+        api = ports.api,
+        uas = ports.uas,
+    );
+    let path = dir.path().join("node.toml");
+    std::fs::write(&path, config).unwrap();
+    let node = Node::run_in_shell(ports, dir, &path, "ulimit -n 128");
+    let node_addr = SocketAddr::from(([127, 0, 0, 1], ports.sip));
+    let conns: Vec<TcpStream> = (0..200)
+        .filter_map(|i| tcp_from(IpAddr::from([127, 0, 0, 1 + i % 4]), node_addr, None).ok())
+        .collect();
+    assert!(conns.len() > 150, "connections queued: {}", conns.len());
+    // The node is out of descriptors now; give the listener a moment to hit it.
+    let share = cpu_share(node.pid(), Duration::from_secs(1));
+    assert!(
+        share < 0.2,
+        "a failing accept must not spin: {:.0} % of a core",
+        share * 100.0
+    );
+    drop(conns);
+    node.wait_until(Duration::from_secs(10), "accept failures counted", || {
+        node.metric("tsunagu_sip_accept_errors_total") >= 1.0
+    });
+    let mut fresh = TcpStream::connect(("127.0.0.1", ports.sip)).unwrap();
+    let me = fresh.local_addr().unwrap();
+    fresh
+        .write_all(options(me, "TCP", "after-emfile").as_bytes())
+        .unwrap();
+    fresh
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut buf = [0u8; 2048];
+    let n = fresh.read(&mut buf).unwrap();
+    assert!(
+        buf[..n].starts_with(b"SIP/2.0 200"),
+        "served again: {}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+}
+
+/// Issue 10, SIP TCP/TLS: a peer that sends requests and never reads the answers is
+/// disconnected once 1 MiB waits for it, instead of being buffered without bound.
+#[test]
+fn a_peer_that_stops_reading_is_disconnected() {
+    let ports = Ports::take();
+    let node = Node::start(ports, "127.0.0.1/32", "");
+    let mut conn = tcp_from(
+        "127.0.0.1".parse().unwrap(),
+        SocketAddr::from(([127, 0, 0, 1], ports.sip)),
+        Some(4096),
+    )
+    .unwrap();
+    let me = conn.local_addr().unwrap();
+    conn.set_write_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut sent = 0;
+    for i in 0..40_000 {
+        if conn
+            .write_all(options(me, "TCP", &format!("noread{i}")).as_bytes())
+            .is_err()
+        {
+            break;
+        }
+        sent += 1;
+    }
+    node.wait_until(
+        Duration::from_secs(20),
+        "the reader-less peer cut off",
+        || node.metric("tsunagu_sip_connections_closed_total{reason=\"write_queue\"}") >= 1.0,
+    );
+    assert!(sent > 1000, "the node read the requests: {sent}");
+    assert!(answers_options_quickly(ports.sip));
+}
