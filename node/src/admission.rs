@@ -91,6 +91,9 @@ impl InviteHandler for Admission {
         if ctx.draining.load(Ordering::Relaxed) {
             return self.refuse(503, "draining", invite);
         }
+        // Sources in no trunk at all never get here (the SIP edge drops them unanswered,
+        // `sip.untrusted`); this refuses a trunk's outbound address that is not also
+        // one of its inbound networks (callees may not place calls).
         let Some(trunk) = ctx.routing.inbound_trunk(invite.peer.addr.ip()) else {
             tracing::info!(source = %invite.peer.addr, "INVITE from a source no trunk allows");
             return self.refuse(403, "source_not_allowed", invite);
@@ -152,7 +155,8 @@ impl InviteHandler for Admission {
             logged: Arc::new(AtomicBool::new(false)),
         };
         if !wait.is_zero() {
-            // Shaped: the call starts when its turn comes (100 Trying was sent already).
+            // Shaped: the call starts when its turn comes. It counts as accepted: the
+            // endpoint sends 100 Trying as this returns Ok, so the caller waits quietly.
             ctx.metrics
                 .calls
                 .shaped
