@@ -404,19 +404,25 @@ impl StreamConnections {
     }
 
     pub fn send(&self, addr: SocketAddr, data: Bytes) {
-        let existing = self.lock().conns.get(&addr).cloned();
-        if let Some(conn) = existing {
-            match conn.enqueue(data.clone()) {
-                Enqueue::Queued => return,
-                Enqueue::Overflow => {
-                    tracing::info!(%addr, "SIP peer stopped reading; connection closed");
-                    self.closed("write_queue");
-                    conn.close.notify_one();
-                    self.forget(addr, conn.id);
-                    return;
+        {
+            // One lock and no clone on the common path: queue to the open connection.
+            let mut table = self.lock();
+            if let Some(conn) = table.conns.get(&addr) {
+                match conn.enqueue(data.clone()) {
+                    Enqueue::Queued => return,
+                    Enqueue::Overflow => {
+                        conn.close.notify_one();
+                        table.conns.remove(&addr);
+                        drop(table);
+                        tracing::info!(%addr, "SIP peer stopped reading; connection closed");
+                        self.closed("write_queue");
+                        return;
+                    }
+                    // The connection ended: open a new one.
+                    Enqueue::Closed => {
+                        table.conns.remove(&addr);
+                    }
                 }
-                // The connection ended: open a new one.
-                Enqueue::Closed => self.forget(addr, conn.id),
             }
         }
         let Some(slot) = self.reserve(addr.ip()) else {
