@@ -134,7 +134,9 @@ struct Recording {
 
 impl Recording {
     fn now(&self) -> u64 {
-        (self.started.elapsed().as_micros() as u64) * u64::from(crate::wav::SAMPLE_RATE) / 1_000_000
+        let samples =
+            self.started.elapsed().as_micros() * u128::from(crate::wav::SAMPLE_RATE) / 1_000_000;
+        u64::try_from(samples).unwrap_or(u64::MAX)
     }
 }
 
