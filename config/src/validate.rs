@@ -327,6 +327,9 @@ mod tests {
             let c = Config::from_toml(&format!("[media]\nlatch = \"{text}\"\n")).unwrap();
             assert_eq!(c.media.latch, want, "{text}");
         }
+        let env = vec![("TSUNAGU_MEDIA__LATCH".to_string(), "strict".to_string())];
+        let c = Config::from_toml_with_env(SPEC_EXAMPLE, env).unwrap();
+        assert_eq!(c.media.latch, RtpLatch::Strict, "set from the environment");
     }
 
     #[test]
