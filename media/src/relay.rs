@@ -236,7 +236,9 @@ impl Relay {
         }
     }
 
-    /// Where the far end of `side` said (in SDP) it receives audio.
+    /// Where the far end of `side` said (in SDP) it receives audio: the relay sends
+    /// there and accepts that side's packets only from there (per [`Latch`]). Until
+    /// this is called a side accepts nothing; the same address again keeps the latch.
     pub fn set_remote(&self, side: Side, addr: SocketAddr) {
         let _ = self.control.send(Control::SetRemote(side, addr));
     }
