@@ -868,9 +868,12 @@ pub fn chromium_dom(url: &str, profile: &Path, virtual_ms: u32) -> String {
 pub struct Phone {
     pub port: u16,
     socket: std::net::UdpSocket,
-    received: Arc<Mutex<Vec<(std::net::SocketAddr, Vec<u8>)>>>,
+    received: Arc<Mutex<Vec<Datagram>>>,
     stop: Arc<AtomicBool>,
 }
+
+/// A datagram a [`Phone`] received, with its sender.
+pub type Datagram = (std::net::SocketAddr, Vec<u8>);
 
 impl Phone {
     pub fn bind(port: u16) -> Phone {
@@ -903,7 +906,7 @@ impl Phone {
     }
 
     /// Everything received so far: (sender, datagram).
-    pub fn received(&self) -> Vec<(std::net::SocketAddr, Vec<u8>)> {
+    pub fn received(&self) -> Vec<Datagram> {
         self.received.lock().unwrap().clone()
     }
 }

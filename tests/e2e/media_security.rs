@@ -72,7 +72,7 @@ impl Sprayer {
                 for port in first..=last {
                     let to = SocketAddr::from(([127, 0, 0, 1], port));
                     let _ = socket.send_to(&packet, to);
-                    if round % 2 == 0 {
+                    if round.is_multiple_of(2) {
                         let _ = socket.send_to(&rtcp, to);
                         let _ = socket.send_to(junk, to);
                     }
