@@ -42,6 +42,8 @@ fn through_relay(c: &mut Criterion, name: &str, record: bool) {
             MediaMetrics::default(),
             std::sync::Arc::new(|_| {}),
         );
+        // Both parties' SDP: the relay accepts only the caller's address (media.latch).
+        relay.set_remote(Side::A, caller.local_addr().unwrap());
         relay.set_remote(Side::B, callee.local_addr().unwrap());
         if record {
             relay.start_recording(

@@ -176,6 +176,11 @@ pub struct MediaConfig {
     /// uploads under `operators/<id>/`; default `<data_dir>/prompts`.
     #[serde(default)]
     pub prompts_dir: Option<std::path::PathBuf>,
+    /// Which sources a call's RTP ports accept: `strict` (the IP and port its SDP
+    /// names), `address` (that IP; the first RTP packet latches the port, for NAT) or
+    /// `off` (anyone: unsafe, the behaviour before the source check).
+    #[serde(default = "default_latch")]
+    pub latch: RtpLatch,
 }
 
 impl Default for MediaConfig {
@@ -184,8 +189,19 @@ impl Default for MediaConfig {
             address: default_media_address(),
             ports: default_ports(),
             prompts_dir: None,
+            latch: default_latch(),
         }
     }
+}
+
+/// `media.latch`: the RTP source policy (tsunagu_media::Latch; this crate does not
+/// depend on the media crate, so the node maps one onto the other).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RtpLatch {
+    Strict,
+    Address,
+    Off,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -498,6 +514,11 @@ fn default_tcp_idle_timeout_seconds() -> u64 {
 }
 fn default_media_address() -> IpAddr {
     IpAddr::V4(Ipv4Addr::LOCALHOST)
+}
+/// `address`: strangers who spray the port range are refused (they would need the
+/// peer's IP), while far ends behind a NAT that keeps their IP still work.
+fn default_latch() -> RtpLatch {
+    RtpLatch::Address
 }
 fn default_ports() -> PortRange {
     PortRange {

@@ -339,6 +339,7 @@ mod tests {
             ("overlapping api port", "[api]\nlisten = \"127.0.0.1:20500\"\n[media]\nports = \"20000-20999\"\n", &["media.ports"]),
             ("scylla without nodes", "[store]\nbackend = \"scylla\"\n", &["store.nodes"]),
             ("unknown backend", "[store]\nbackend = \"postgres\"\n", &["store.backend"]),
+            ("unknown latch policy", "[media]\nlatch = \"loose\"\n", &["media.latch"]),
             (
                 "notify errors",
                 "[notify]\nmax_attempts = 0\n[notify.smtp]\nhost = \"\"\nfrom = \"nobody\"\nusername = \"u\"\n[notify.sms]\nurl = \"ftp://x\"\nbody = \"{to}\"\n[notify.ga4]\nendpoint = \"https:///collect\"\n",
@@ -377,6 +378,27 @@ mod tests {
             want.sort();
             assert_eq!(paths, want, "{name}: {errs:?}");
         }
+    }
+
+    /// `media.latch`: the safe default, and each policy by name.
+    #[test]
+    fn media_latch() {
+        use crate::model::RtpLatch;
+        assert_eq!(
+            Config::from_toml(SPEC_EXAMPLE).unwrap().media.latch,
+            RtpLatch::Address
+        );
+        for (text, want) in [
+            ("strict", RtpLatch::Strict),
+            ("address", RtpLatch::Address),
+            ("off", RtpLatch::Off),
+        ] {
+            let c = Config::from_toml(&format!("[media]\nlatch = \"{text}\"\n")).unwrap();
+            assert_eq!(c.media.latch, want, "{text}");
+        }
+        let env = vec![("TSUNAGU_MEDIA__LATCH".to_string(), "strict".to_string())];
+        let c = Config::from_toml_with_env(SPEC_EXAMPLE, env).unwrap();
+        assert_eq!(c.media.latch, RtpLatch::Strict, "set from the environment");
     }
 
     #[test]

@@ -90,6 +90,39 @@ mod tests {
         }
     }
 
+    /// Hostile telephone-event payloads (RFC 4733 2.3: event, E/R/volume, duration):
+    /// every event code, short payloads and extreme fields report a key only for the
+    /// sixteen keys, and nothing panics.
+    #[test]
+    fn hostile_events() {
+        let table: &[(&[u8], Option<char>)] = &[
+            (&[], None),
+            (&[5], None),
+            (&[5, 0x8a, 0], None),
+            (&[255, 0xff, 0xff, 0xff], None),
+            (&[16, 0, 0, 0], None),
+            (&[127, 0x3f, 0xff, 0xff], None),
+            (&[15, 0xff, 0xff, 0xff], Some('D')),
+            (&[0, 0x80, 0, 0], Some('0')), // an end packet alone (the start was lost)
+            (&[9, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef], Some('9')), // longer: extra bytes ignored
+        ];
+        for (i, (payload, want)) in table.iter().enumerate() {
+            let mut d = EventDetector::default();
+            assert_eq!(
+                d.on_packet(i as u32, payload),
+                *want,
+                "row {i}: {payload:?}"
+            );
+        }
+        for event in 0..=255u8 {
+            let want = (event <= 15).then(|| key(event)).flatten();
+            assert_eq!(
+                EventDetector::default().on_packet(0, &[event, 0, 0, 160]),
+                want
+            );
+        }
+    }
+
     #[test]
     fn info_bodies() {
         let table = [
@@ -110,6 +143,19 @@ mod tests {
             ("application/dtmf-relay", "Duration=160", None),
             ("text/plain", "5", None),
             ("application/dtmf", "", None),
+            // Hostile bodies: numbers out of range, signs, many lines, non-ASCII.
+            ("application/dtmf-relay", "Signal=256\r\n", None),
+            (
+                "application/dtmf-relay",
+                "Signal=99999999999999999999\r\n",
+                None,
+            ),
+            ("application/dtmf-relay", "Signal=-1\r\n", None),
+            ("application/dtmf-relay", "Signal=16\r\n", None),
+            ("application/dtmf-relay", "Signal=\r\n", None),
+            ("application/dtmf-relay", "Signal=５\r\n", None),
+            ("application/dtmf-relay", "=\r\n==\r\nSignal==5", None),
+            ("application/dtmf", "\u{0}", None),
         ];
         for (ct, body, want) in table {
             assert_eq!(info_digit(ct, body), want, "{ct} {body:?}");

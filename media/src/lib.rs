@@ -4,7 +4,8 @@
 //! - [`sdp`]: rewriting each leg's SDP to the node's address and port (pure).
 //! - [`ports`]: the RTP port pool; a port returns to the pool when its lease drops.
 //! - [`relay`]: one task per call relaying RTP both ways with symmetric latching and
-//!   counting packets, bytes and sequence-number gaps.
+//!   counting packets, bytes and sequence-number gaps; [`latch`] decides which
+//!   sources a port accepts (`media.latch`), [`rtp`] which datagrams are RTP.
 //! - [`recording`], [`wav`], [`g711`]: call recording to WAV, written as it grows.
 //! - [`prompt`]: prompts encoded at load, played by the relay; [`stream`]: how
 //!   prompts and relayed audio share one outgoing RTP stream.
@@ -12,15 +13,18 @@
 
 pub mod dtmf;
 pub mod g711;
+pub mod latch;
 pub mod metrics;
 pub mod ports;
 pub mod prompt;
 pub mod recording;
 pub mod relay;
+pub mod rtp;
 pub mod sdp;
 pub mod stream;
 pub mod wav;
 
+pub use latch::Latch;
 pub use metrics::MediaMetrics;
 pub use ports::{MediaPort, PortPool};
 pub use prompt::{Prompt, Prompts};

@@ -12,6 +12,13 @@ pub struct DirectionLabel {
     pub direction: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ForeignLabel {
+    /// `source` (from an address the leg's SDP does not allow) or `not_rtp` (from the
+    /// leg's peer, but not RTP).
+    pub reason: &'static str,
+}
+
 #[derive(Clone, Default)]
 pub struct MediaMetrics {
     pub packets: Family<DirectionLabel, Counter>,
@@ -20,6 +27,8 @@ pub struct MediaMetrics {
     pub ports_in_use: Gauge,
     pub ports_total: Gauge,
     pub port_exhaustions: Counter,
+    /// Packets refused by the relays' source and RTP checks ([`crate::latch`]).
+    pub foreign: Family<ForeignLabel, Counter>,
 }
 
 impl MediaMetrics {
@@ -54,5 +63,14 @@ impl MediaMetrics {
             "Calls refused because no RTP port was free",
             self.port_exhaustions.clone(),
         );
+        r.register(
+            "rtp_foreign_packets",
+            "Packets dropped on RTP ports: reason=source came from an address the leg's SDP (media.latch) does not allow, reason=not_rtp came from the leg's peer but were not RTP (RTCP, STUN, malformed headers)",
+            self.foreign.clone(),
+        );
+        // Both series exist from the start (a dashboard sees 0, not a missing series).
+        for reason in ["source", "not_rtp"] {
+            let _ = self.foreign.get_or_create(&ForeignLabel { reason });
+        }
     }
 }

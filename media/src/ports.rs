@@ -1,7 +1,10 @@
 //! The RTP port pool. Each lease is an even port bound to a UDP socket; when the
 //! [`MediaPort`] drops (call ended, actor crashed) the port goes to the back of the
 //! queue, so a just-freed port is reused last and stray packets find no new call.
+//! The pool also carries the node's source policy ([`Latch`]) to the relays of the
+//! ports it leases.
 
+use crate::latch::Latch;
 use crate::{MediaError, MediaMetrics};
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
@@ -11,6 +14,7 @@ pub struct PortPool {
     address: IpAddr,
     free: Mutex<VecDeque<u16>>,
     socket_buffer: usize,
+    latch: Latch,
     metrics: MediaMetrics,
 }
 
@@ -24,6 +28,11 @@ pub struct MediaPort {
 impl MediaPort {
     pub fn local(&self) -> SocketAddr {
         SocketAddr::new(self.pool.address, self.port)
+    }
+
+    /// The source policy of the relay using this port.
+    pub fn latch(&self) -> Latch {
+        self.pool.latch
     }
 }
 
@@ -39,6 +48,8 @@ impl Drop for MediaPort {
 }
 
 impl PortPool {
+    /// A pool of the even ports in `first..=last` whose odd neighbour is in the range too,
+    /// with the default source policy.
     pub fn new(
         address: IpAddr,
         first: u16,
@@ -46,13 +57,39 @@ impl PortPool {
         socket_buffer: usize,
         metrics: MediaMetrics,
     ) -> Arc<PortPool> {
-        let start = first + first % 2;
-        let free: VecDeque<u16> = (start..last).step_by(2).collect();
-        metrics.ports_total.set(free.len() as i64);
+        PortPool::with_latch(
+            address,
+            first,
+            last,
+            socket_buffer,
+            Latch::default(),
+            metrics,
+        )
+    }
+
+    /// [`PortPool::new`] whose relays apply `latch` (`media.latch`).
+    pub fn with_latch(
+        address: IpAddr,
+        first: u16,
+        last: u16,
+        socket_buffer: usize,
+        latch: Latch,
+        metrics: MediaMetrics,
+    ) -> Arc<PortPool> {
+        // In u32: `first + 1` must not wrap at 65535 (ports 0.. would be leased).
+        let start = u32::from(first) + u32::from(first % 2);
+        let free: VecDeque<u16> = (start..u32::from(last))
+            .step_by(2)
+            .filter_map(|p| u16::try_from(p).ok())
+            .collect();
+        metrics
+            .ports_total
+            .set(i64::try_from(free.len()).unwrap_or(i64::MAX));
         Arc::new(PortPool {
             address,
             free: Mutex::new(free),
             socket_buffer,
+            latch,
             metrics,
         })
     }
@@ -127,6 +164,29 @@ mod tests {
         assert_eq!(pool.free_ports(), 1);
         assert_eq!(pool.allocate().unwrap().port, freed);
         drop((b, c));
+    }
+
+    #[test]
+    fn ranges_at_the_top_of_the_port_space_do_not_wrap() {
+        // Each row: (first, last) → the even ports leased.
+        let table: &[(u16, u16, &[u16])] = &[
+            (65530, 65535, &[65530, 65532, 65534]),
+            (65531, 65535, &[65532, 65534]),
+            (65535, 65535, &[]),
+            (65534, 65534, &[]),
+            (1, 6, &[2, 4]),
+        ];
+        for (first, last, want) in table {
+            let pool = PortPool::new(
+                "127.0.0.1".parse().unwrap(),
+                *first,
+                *last,
+                65536,
+                MediaMetrics::default(),
+            );
+            let free: Vec<u16> = pool.free.lock().unwrap().iter().copied().collect();
+            assert_eq!(free, *want, "{first}-{last}");
+        }
     }
 
     #[tokio::test]

@@ -44,6 +44,36 @@ pub const JITTER_SAMPLES: u64 = SAMPLE_RATE as u64 / 5;
 /// A packet whose timestamp puts it further than this from the wall clock re-anchors
 /// its stream (a timestamp jump must not make the buffer grow without bound).
 const MAX_SKEW_SAMPLES: u64 = 5 * SAMPLE_RATE as u64;
+/// What one track may hold ahead of what was emitted (60 s, under 1 MiB): a backstop
+/// should the recording not be drained; normally it holds the skew plus a second.
+const MAX_BUFFERED_SAMPLES: usize = 60 * SAMPLE_RATE as usize;
+
+/// Where a packet's first sample goes (absolute sample index; None for time before the
+/// recording began) and its stream's anchor afterwards. A packet is placed by its RTP
+/// timestamp's signed distance from its stream's first packet (up to 2^31 samples
+/// either way, as RFC 3550 serial arithmetic reads it); a position further than
+/// [`MAX_SKEW_SAMPLES`] from `now`, forward or back, or a new SSRC, re-anchors the
+/// stream at `now`. So no timestamp a peer sends moves audio more than the skew away
+/// from the wall clock, and a stream that jumps back keeps being recorded.
+fn place(anchor: Option<Anchor>, ssrc: u32, timestamp: u32, now: u64) -> (Option<u64>, Anchor) {
+    let fresh = Anchor {
+        ssrc,
+        first_ts: timestamp,
+        base: now,
+    };
+    let Some(a) = anchor.filter(|a| a.ssrc == ssrc) else {
+        return (Some(now), fresh);
+    };
+    // Reinterpreting the wrapped difference as i32 is the serial-number distance.
+    let offset = i64::from(timestamp.wrapping_sub(a.first_ts) as i32);
+    let base = i64::try_from(a.base).unwrap_or(i64::MAX);
+    let pos = base.saturating_add(offset);
+    let now_i = i64::try_from(now).unwrap_or(i64::MAX);
+    if pos.abs_diff(now_i) > MAX_SKEW_SAMPLES {
+        return (Some(now), fresh);
+    }
+    (u64::try_from(pos).ok(), a)
+}
 
 #[derive(Clone, Copy)]
 struct Anchor {
@@ -104,42 +134,33 @@ impl Mixer {
         }
         let emitted = self.emitted;
         let track = &mut self.tracks[index(side)];
-        let fresh = Anchor {
-            ssrc,
-            first_ts: timestamp,
-            base: now,
-        };
-        let anchor = match track.anchor {
-            Some(a) if a.ssrc == ssrc => a,
-            _ => fresh,
-        };
-        let offset = timestamp.wrapping_sub(anchor.first_ts);
-        if offset > u32::MAX / 2 {
-            return; // older than the stream's first packet
-        }
-        let mut pos = anchor.base + u64::from(offset);
-        let anchor = if pos.abs_diff(now) > MAX_SKEW_SAMPLES {
-            pos = now;
-            fresh
-        } else {
-            anchor
-        };
+        let (pos, anchor) = place(track.anchor, ssrc, timestamp, now);
         track.anchor = Some(anchor);
+        let Some(mut pos) = pos else {
+            return; // for time before the recording began
+        };
         let mut samples = &self.scratch[..];
         if pos < emitted {
-            let late = (emitted - pos) as usize;
-            if late >= samples.len() {
+            // Late: keep what is not emitted yet (`late` < the payload's length).
+            let late = usize::try_from(emitted - pos).unwrap_or(usize::MAX);
+            let Some(rest) = samples.get(late..).filter(|r| !r.is_empty()) else {
                 return;
-            }
-            samples = &samples[late..];
+            };
+            samples = rest;
             pos = emitted;
         }
-        let at = (pos - emitted) as usize;
-        if track.buf.len() < at + samples.len() {
-            track.buf.resize(at + samples.len(), 0);
+        let at = usize::try_from(pos - emitted).unwrap_or(usize::MAX);
+        let Some(end) = at
+            .checked_add(samples.len())
+            .filter(|e| *e <= MAX_BUFFERED_SAMPLES)
+        else {
+            return; // past what may wait (the recording is not being drained)
+        };
+        if track.buf.len() < end {
+            track.buf.resize(end, 0);
         }
-        for (i, s) in samples.iter().enumerate() {
-            track.buf[at + i] = *s;
+        for (slot, s) in track.buf.range_mut(at..end).zip(samples) {
+            *slot = *s;
         }
     }
 
@@ -378,6 +399,68 @@ mod tests {
         let out = m.finish();
         assert_eq!(out.len(), 480);
         assert!(out.iter().all(|&s| s == 32124));
+    }
+
+    /// Hostile and unusual RTP timestamps. Each row: packets of 160 samples as
+    /// (ssrc, timestamp, now), then how many samples `finish` returns (all of them
+    /// audio: nothing is placed in a gap). No row may buffer more than the skew allows.
+    #[test]
+    fn hostile_timestamps_neither_overflow_nor_allocate() {
+        const HALF: u32 = 1 << 31;
+        let hour = 8000 * 3600;
+        // (name, packets as (ssrc, timestamp, now), samples out)
+        type Row<'a> = (&'a str, &'a [(u32, u32, u64)], usize);
+        let table: &[Row] = &[
+            ("forward 2^31 - 1", &[(1, 0, 0), (1, HALF - 1, 160)], 320),
+            ("forward exactly 2^31", &[(1, 0, 0), (1, HALF, 160)], 320),
+            ("forward 2^31 + 1", &[(1, 0, 0), (1, HALF + 1, 160)], 320),
+            (
+                "back an hour, then on from there",
+                &[(1, hour, 0), (1, 0, 160), (1, 160, 320)],
+                480,
+            ),
+            (
+                "wrapping past u32::MAX",
+                &[(1, u32::MAX - 159, 0), (1, 0, 160)],
+                320,
+            ),
+            (
+                "reordered before the first packet",
+                &[(1, 1000, 0), (1, 840, 5)],
+                160,
+            ),
+            (
+                "a quarter of the clock each packet",
+                &[
+                    (1, 0, 0),
+                    (1, 1 << 30, 160),
+                    (1, HALF, 320),
+                    (1, 3 << 30, 480),
+                    (1, 0, 640),
+                ],
+                800,
+            ),
+            ("a clock near the end of u64", &[(1, 0, u64::MAX - 10)], 0),
+            (
+                "first packet far ahead of emitted",
+                &[(1, 0, MAX_BUFFERED_SAMPLES as u64)],
+                0,
+            ),
+        ];
+        for (name, packets, want) in table {
+            let mut m = Mixer::new(RecordMode::Caller);
+            for (ssrc, ts, now) in *packets {
+                m.push(Side::A, *ssrc, *ts, g711::PCMU, &pcmu(160, 0x80), *now);
+                let held = m.tracks[0].buf.len();
+                assert!(held <= MAX_BUFFERED_SAMPLES, "{name}: {held} samples held");
+            }
+            let out = m.finish();
+            assert_eq!(out.len(), *want, "{name}");
+            assert!(
+                out.iter().all(|&s| s == 32124),
+                "{name}: a gap in the audio"
+            );
+        }
     }
 
     #[test]

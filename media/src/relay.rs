@@ -1,9 +1,11 @@
 //! The RTP relay of one call: the caller-facing port (A) and the callee-facing port
 //! (B), one task, one reused buffer per runtime thread. A packet from the caller
-//! arriving on A leaves from B toward the callee, and the reverse. Each side's far
-//! address starts as the one its SDP announced and latches to the source of the first
-//! packet received (symmetric RTP, for callers behind NAT); new SDP for a side resets
-//! its latch.
+//! arriving on A leaves from B toward the callee, and the reverse. A port accepts
+//! only RTP from its side's far end as that side's SDP announced it (the node's
+//! `media.latch` policy, see [`crate::latch`]); anything else is dropped and counted
+//! (`tsunagu_rtp_foreign_packets_total`). With the default policy the port latches to
+//! the first RTP packet from the SDP's IP (symmetric RTP, for far ends behind NAT);
+//! new SDP that moves a side's address resets its latch.
 //!
 //! The task also plays prompts into a side (relayed audio toward that side is muted
 //! meanwhile; see [`crate::stream`] for how the two share one RTP stream), reports
@@ -11,7 +13,8 @@
 //! [`Relay`] stops the task and returns both ports to the pool.
 
 use crate::dtmf::EventDetector;
-use crate::metrics::{DirectionLabel, MediaMetrics};
+use crate::latch::{judge, Foreign, Latch, Peer, Verdict};
+use crate::metrics::{DirectionLabel, ForeignLabel, MediaMetrics};
 use crate::ports::MediaPort;
 use crate::prompt::{Prompt, FRAME_SAMPLES};
 use crate::recording::{Mixer, OnClosed, Outcome, RecordMode, Sink};
@@ -131,7 +134,9 @@ struct Recording {
 
 impl Recording {
     fn now(&self) -> u64 {
-        (self.started.elapsed().as_micros() as u64) * u64::from(crate::wav::SAMPLE_RATE) / 1_000_000
+        let samples =
+            self.started.elapsed().as_micros() * u128::from(crate::wav::SAMPLE_RATE) / 1_000_000;
+        u64::try_from(samples).unwrap_or(u64::MAX)
     }
 }
 
@@ -162,23 +167,12 @@ impl Inbox {
         Ok(())
     }
 
-    /// The next message; None once the Relay is dropped and everything sent before
-    /// was taken.
-    async fn next(&self) -> Option<Control> {
-        loop {
-            if let Some(c) = self
-                .queue
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .pop_front()
-            {
-                return Some(c);
-            }
-            if self.closed.load(Ordering::Acquire) {
-                return None;
-            }
-            self.wake.notified().await;
-        }
+    /// The oldest message not taken yet.
+    fn pop(&self) -> Option<Control> {
+        self.queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop_front()
     }
 }
 
@@ -242,7 +236,9 @@ impl Relay {
         }
     }
 
-    /// Where the far end of `side` said (in SDP) it receives audio.
+    /// Where the far end of `side` said (in SDP) it receives audio: the relay sends
+    /// there and accepts that side's packets only from there (per [`Latch`]). Until
+    /// this is called a side accepts nothing; the same address again keeps the latch.
     pub fn set_remote(&self, side: Side, addr: SocketAddr) {
         let _ = self.control.send(Control::SetRemote(side, addr));
     }
@@ -307,10 +303,33 @@ impl Direction {
     }
 }
 
+/// The foreign-packet counters, fetched once per relay (no label lookup per packet).
+struct Refused {
+    source: prometheus_client::metrics::counter::Counter,
+    not_rtp: prometheus_client::metrics::counter::Counter,
+}
+
+impl Refused {
+    fn new(m: &MediaMetrics) -> Refused {
+        let get = |reason| m.foreign.get_or_create(&ForeignLabel { reason }).clone();
+        Refused {
+            source: get("source"),
+            not_rtp: get("not_rtp"),
+        }
+    }
+
+    fn count(&self, why: Foreign) {
+        match why {
+            Foreign::Source => self.source.inc(),
+            Foreign::NotRtp => self.not_rtp.inc(),
+        };
+    }
+}
+
 struct SideState {
     side: Side,
-    remote: Option<SocketAddr>,
-    latched: bool,
+    /// Where this side's far end is: from its SDP, and latched from its packets.
+    peer: Peer,
     loss: LossCounter,
     /// The stream sent toward this side's far end.
     out: OutStream,
@@ -323,8 +342,7 @@ impl SideState {
     fn new(side: Side) -> SideState {
         SideState {
             side,
-            remote: None,
-            latched: false,
+            peer: Peer::default(),
             loss: LossCounter::default(),
             out: OutStream::new(new_ssrc()),
             player: None,
@@ -351,11 +369,14 @@ struct Flow<'a> {
     to_side: &'a mut SideState,
     dir: &'a Direction,
     counters: [&'a AtomicU64; 3],
+    latch: Latch,
+    refused: &'a Refused,
 }
 
-/// Receives what is waiting on the path's socket and forwards it toward the other
-/// side's far end (unless a prompt plays there), reporting key presses and feeding
-/// the recording, if one runs.
+/// Receives what is waiting on the path's socket and forwards what the source policy
+/// accepts toward the other side's far end (unless a prompt plays there), reporting
+/// key presses and feeding the recording, if one runs. Refused packets are counted and
+/// go nowhere: not to the other side, not to the recording, not to DTMF detection.
 fn drain(p: Flow<'_>, mut rec: Option<&mut Recording>, on_event: &OnEvent) {
     let now = Instant::now();
     let rec_now = rec.as_ref().map(|r| r.now()).unwrap_or(0);
@@ -365,39 +386,46 @@ fn drain(p: Flow<'_>, mut rec: Option<&mut Recording>, on_event: &OnEvent) {
             let Ok((n, src)) = p.from.try_recv_from(&mut buf[..]) else {
                 return;
             };
-            latch(p.from_side, src);
             let pkt = &mut buf[..n];
-            let mut seq = None;
-            if let Ok(r) = rtp_rs::RtpReader::new(&*pkt) {
-                seq = Some(u16::from(r.sequence_number()));
-                if let Some(rec) = rec.as_deref_mut() {
-                    let side = p.from_side.side;
-                    rec.mixer.push(
-                        side,
-                        r.ssrc(),
-                        r.timestamp(),
-                        r.payload_type(),
-                        r.payload(),
-                        rec_now,
-                    );
+            let parsed = crate::rtp::parse(pkt);
+            match judge(p.latch, &p.from_side.peer, src, parsed.is_ok()) {
+                Verdict::Drop(why) => {
+                    p.refused.count(why);
+                    continue;
                 }
-                if Some(r.payload_type()) == p.from_side.dtmf_payload_type {
-                    if let Some(key) = p.from_side.dtmf.on_packet(r.timestamp(), r.payload()) {
-                        on_event(MediaEvent::Digit {
-                            side: p.from_side.side,
-                            key,
-                        });
-                    }
+                Verdict::LatchTo(addr) => p.from_side.peer.latched = Some(addr),
+                Verdict::Accept => {}
+            }
+            let Ok(r) = parsed else {
+                continue; // judged above: only RTP is accepted
+            };
+            let seq = u16::from(r.sequence_number());
+            if let Some(rec) = rec.as_deref_mut() {
+                let side = p.from_side.side;
+                rec.mixer.push(
+                    side,
+                    r.ssrc(),
+                    r.timestamp(),
+                    r.payload_type(),
+                    r.payload(),
+                    rec_now,
+                );
+            }
+            if Some(r.payload_type()) == p.from_side.dtmf_payload_type {
+                if let Some(key) = p.from_side.dtmf.on_packet(r.timestamp(), r.payload()) {
+                    on_event(MediaEvent::Digit {
+                        side: p.from_side.side,
+                        key,
+                    });
                 }
             }
-            if let Some(seq) = seq {
-                let gap = p.from_side.loss.on_packet(seq);
-                if gap > 0 {
-                    p.counters[2].fetch_add(gap, Ordering::Relaxed);
-                    p.dir.lost.inc_by(gap);
-                }
+            let gap = p.from_side.loss.on_packet(seq);
+            if gap > 0 {
+                p.counters[2].fetch_add(gap, Ordering::Relaxed);
+                p.dir.lost.inc_by(gap);
             }
-            let Some(dst) = p.to_side.remote.filter(|_| p.to_side.player.is_none()) else {
+            let dst = p.to_side.peer.destination();
+            let Some(dst) = dst.filter(|_| p.to_side.player.is_none()) else {
                 continue; // nowhere to send yet, or a prompt plays there
             };
             p.to_side.out.relay(pkt, now);
@@ -415,7 +443,7 @@ fn drain(p: Flow<'_>, mut rec: Option<&mut Recording>, on_event: &OnEvent) {
 /// not looped at its last frame.
 fn play_frame(socket: &tokio::net::UdpSocket, s: &mut SideState, now: Instant, on_event: &OnEvent) {
     let Some(p) = s.player.as_mut() else { return };
-    if let Some(dst) = s.remote {
+    if let Some(dst) = s.peer.destination() {
         let mut pkt = [0u8; 12 + FRAME_SAMPLES];
         pkt[..12].copy_from_slice(&s.out.generate(p.payload_type, FRAME_SAMPLES as u32, now));
         pkt[12..].copy_from_slice(p.prompt.frame(p.payload_type, p.next));
@@ -446,24 +474,83 @@ async fn run(
     let mut sb = SideState::new(Side::B);
     let a_to_b = Direction::new(&metrics, "caller_to_callee");
     let b_to_a = Direction::new(&metrics, "callee_to_caller");
+    let refused = Refused::new(&metrics);
+    let latch = a.latch();
     let mut rec: Option<Recording> = None;
     // While recording, audio goes to the file about once a second (no timer otherwise).
     let mut tick: Option<tokio::time::Interval> = None;
     // While a prompt plays, a frame leaves every 20 ms (no timer otherwise).
     let mut frames: Option<tokio::time::Interval> = None;
     loop {
+        // What the call asked is applied before any packet read after it (new SDP before
+        // the packets it allows, a stop before later audio); the wake-up below only ends
+        // the wait. `closed` is read first: what was sent before it is queued by then.
+        let closed = control.closed.load(Ordering::Acquire);
+        while let Some(c) = control.pop() {
+            match c {
+                Control::SetRemote(side, addr) => {
+                    // New SDP from that side (an answer, a re-INVITE, or another
+                    // destination after a failed attempt): accept and send there; the
+                    // latch is redone only if the address changed.
+                    let s = if side == Side::A { &mut sa } else { &mut sb };
+                    s.peer.signal(addr);
+                }
+                Control::SetDtmf(side, pt) => {
+                    let s = if side == Side::A { &mut sa } else { &mut sb };
+                    s.dtmf_payload_type = pt;
+                }
+                Control::Play(side, player) => {
+                    let s = if side == Side::A { &mut sa } else { &mut sb };
+                    s.player = Some(player);
+                    if frames.is_none() {
+                        // Burst: frames delayed by a busy core are caught up, so a prompt
+                        // keeps real time (its timestamps advance 160 per frame anyway).
+                        let mut every = tokio::time::interval(Duration::from_millis(20));
+                        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+                        frames = Some(every);
+                    }
+                }
+                Control::StopPlaying(side) => {
+                    let s = if side == Side::A { &mut sa } else { &mut sb };
+                    s.player = None;
+                }
+                Control::StartRecording(mixer, sink) => {
+                    rec = Some(Recording {
+                        mixer,
+                        sink,
+                        started: std::time::Instant::now(),
+                    });
+                    let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
+                    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    tick = Some(every);
+                }
+                Control::StopRecording(done) => match rec.take().inspect(|_| tick = None) {
+                    Some(mut r) => {
+                        r.sink.append(r.mixer.finish());
+                        r.sink.close(done);
+                    }
+                    None => done(Outcome {
+                        seconds: 0.0,
+                        error: Some("no recording was running".into()),
+                    }),
+                },
+            }
+        }
+        if closed {
+            break;
+        }
         tokio::select! {
             r = a.socket.readable() => {
                 if r.is_ok() {
                     let counters = [&stats.packets_a_to_b, &stats.bytes_a_to_b, &stats.lost_a_to_b];
-                    let path = Flow { from: &a.socket, from_side: &mut sa, out: &b.socket, to_side: &mut sb, dir: &a_to_b, counters };
+                    let path = Flow { from: &a.socket, from_side: &mut sa, out: &b.socket, to_side: &mut sb, dir: &a_to_b, counters, latch, refused: &refused };
                     drain(path, rec.as_mut(), &on_event);
                 }
             }
             r = b.socket.readable() => {
                 if r.is_ok() {
                     let counters = [&stats.packets_b_to_a, &stats.bytes_b_to_a, &stats.lost_b_to_a];
-                    let path = Flow { from: &b.socket, from_side: &mut sb, out: &a.socket, to_side: &mut sa, dir: &b_to_a, counters };
+                    let path = Flow { from: &b.socket, from_side: &mut sb, out: &a.socket, to_side: &mut sa, dir: &b_to_a, counters, latch, refused: &refused };
                     drain(path, rec.as_mut(), &on_event);
                 }
             }
@@ -481,61 +568,13 @@ async fn run(
                     r.sink.append(r.mixer.drain(now));
                 }
             }
-            c = control.next() => match c {
-                Some(Control::SetRemote(side, addr)) => {
-                    // New SDP from that side (an answer, or another destination after a
-                    // failed attempt): send there, and latch again on its next packet.
-                    let s = if side == Side::A { &mut sa } else { &mut sb };
-                    s.remote = Some(addr);
-                    s.latched = false;
-                }
-                Some(Control::SetDtmf(side, pt)) => {
-                    let s = if side == Side::A { &mut sa } else { &mut sb };
-                    s.dtmf_payload_type = pt;
-                }
-                Some(Control::Play(side, player)) => {
-                    let s = if side == Side::A { &mut sa } else { &mut sb };
-                    s.player = Some(player);
-                    if frames.is_none() {
-                        // Burst: frames delayed by a busy core are caught up, so a prompt
-                        // keeps real time (its timestamps advance 160 per frame anyway).
-                        let mut every = tokio::time::interval(Duration::from_millis(20));
-                        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-                        frames = Some(every);
-                    }
-                }
-                Some(Control::StopPlaying(side)) => {
-                    let s = if side == Side::A { &mut sa } else { &mut sb };
-                    s.player = None;
-                }
-                Some(Control::StartRecording(mixer, sink)) => {
-                    rec = Some(Recording { mixer, sink, started: std::time::Instant::now() });
-                    let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
-                    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                    tick = Some(every);
-                }
-                Some(Control::StopRecording(done)) => match rec.take().inspect(|_| tick = None) {
-                    Some(mut r) => {
-                        r.sink.append(r.mixer.finish());
-                        r.sink.close(done);
-                    }
-                    None => done(Outcome { seconds: 0.0, error: Some("no recording was running".into()) }),
-                },
-                None => break,
-            }
+            _ = control.wake.notified() => {}
         }
     }
     if let Some(mut r) = rec {
         // The call went away without stopping the recording (e.g. its actor crashed):
         // keep what was recorded.
         r.sink.append(r.mixer.finish());
-    }
-}
-
-fn latch(side: &mut SideState, src: SocketAddr) {
-    if !side.latched {
-        side.remote = Some(src);
-        side.latched = true;
     }
 }
 
@@ -694,9 +733,12 @@ mod tests {
     async fn relays_both_ways_with_latching() {
         let pool = pool(41200);
         let relay = relay_from(&pool);
+        // The caller's SDP names one port, but it sends from another (behind NAT, same
+        // public IP): the default policy latches that port and sends back to it.
+        let signalled = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let caller = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let callee = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        // The callee's SDP names its address; the caller is learned by latching.
+        relay.set_remote(Side::A, signalled.local_addr().unwrap());
         relay.set_remote(Side::B, callee.local_addr().unwrap());
         let mut buf = [0u8; 2048];
         for seq in [1u16, 2, 4] {
@@ -730,6 +772,221 @@ mod tests {
             free_before + 2,
             "ports return when the relay stops"
         );
+    }
+
+    /// An RTP packet whose payload is 160 bytes of `byte` (what a receiver checks).
+    fn rtp_of(seq: u16, ssrc: u32, byte: u8) -> Vec<u8> {
+        let mut p = vec![0x80, 0x08];
+        p.extend_from_slice(&seq.to_be_bytes());
+        p.extend_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+        p.extend_from_slice(&ssrc.to_be_bytes());
+        p.extend_from_slice(&[byte; 160]);
+        p
+    }
+
+    /// The payload byte of the next packet `socket` receives, and its source.
+    async fn next_payload(socket: &tokio::net::UdpSocket) -> (u8, SocketAddr) {
+        let mut buf = [0u8; 2048];
+        let (n, from) = tokio::time::timeout(Duration::from_secs(5), socket.recv_from(&mut buf))
+            .await
+            .expect("a packet within 5 s")
+            .unwrap();
+        assert!(n > 12, "RTP with a payload: {:?}", &buf[..n]);
+        (buf[n - 1], from)
+    }
+
+    fn refused(metrics: &MediaMetrics, reason: &'static str) -> u64 {
+        metrics
+            .foreign
+            .get_or_create(&ForeignLabel { reason })
+            .get()
+    }
+
+    /// Polls `cond` (an observable effect of the relay task) for up to 5 s.
+    async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !cond() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    /// One sprayed RTP packet (loud payload) to each port of the call.
+    async fn spray(from: &tokio::net::UdpSocket, ports: [SocketAddr; 2]) {
+        for port in ports {
+            from.send_to(&rtp_of(9, 0xbad, SPRAY), port).await.unwrap();
+        }
+    }
+
+    const CALLER: u8 = 0x11;
+    const CALLEE: u8 = 0x22;
+    const SPRAY: u8 = 0xaa;
+
+    /// A third socket sprays both ports of a call with RTP, RTCP and garbage, before
+    /// and after the parties' packets: the parties receive only each other, the
+    /// recording only them, and the sprayed packets are counted. Packets to one port
+    /// are handled in arrival order, so "the next packet the party receives is the
+    /// other party's" proves that everything sprayed before it was dropped.
+    #[tokio::test]
+    async fn a_third_socket_spraying_the_ports_reaches_no_party_nor_the_recording() {
+        let pool = pool(41260);
+        let metrics = MediaMetrics::default();
+        let relay = Relay::start(
+            pool.allocate().unwrap(),
+            pool.allocate().unwrap(),
+            metrics.clone(),
+            Arc::new(|_| {}),
+        );
+        let (a_port, b_port) = (relay.local(Side::A), relay.local(Side::B));
+        let ports = [a_port, b_port];
+        let caller = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let callee = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        // Another host (any 127/8 address is local on Linux), and another port of the
+        // parties' own host.
+        let stranger = tokio::net::UdpSocket::bind("127.0.0.2:0").await.unwrap();
+        let neighbour = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let recorder = crate::Recorder::start();
+        let path = dir.path().join("r.wav");
+        relay.set_remote(Side::A, caller.local_addr().unwrap());
+        relay.start_recording(
+            RecordMode::Both,
+            recorder.open(path.clone(), RecordMode::Both),
+        );
+
+        // The callee's SDP is not known yet: its early packets, and the stranger's,
+        // go nowhere.
+        callee.send_to(&rtp_of(1, 2, CALLEE), b_port).await.unwrap();
+        spray(&stranger, ports).await;
+        until("3 refused packets", || refused(&metrics, "source") == 3).await;
+        relay.set_remote(Side::B, callee.local_addr().unwrap());
+        caller.send_to(&rtp_of(1, 1, CALLER), a_port).await.unwrap();
+        assert_eq!(next_payload(&callee).await, (CALLER, b_port));
+        callee.send_to(&rtp_of(2, 2, CALLEE), b_port).await.unwrap();
+        assert_eq!(next_payload(&caller).await, (CALLEE, a_port));
+
+        // Both latched: the stranger and the neighbour are refused, and so is what is
+        // not RTP, from anyone.
+        for attacker in [&stranger, &neighbour] {
+            spray(attacker, ports).await;
+            for port in ports {
+                attacker
+                    .send_to(b"\x00\x01\x00\x00garbage", port)
+                    .await
+                    .unwrap();
+            }
+        }
+        let rtcp = [0x80, 200, 0, 6, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0];
+        caller.send_to(&rtcp, a_port).await.unwrap();
+        callee
+            .send_to(&[0x00, 0x01, 0x00, 0x00], b_port)
+            .await
+            .unwrap();
+        caller.send_to(&rtp_of(2, 1, CALLER), a_port).await.unwrap();
+        assert_eq!(next_payload(&callee).await, (CALLER, b_port));
+        callee.send_to(&rtp_of(3, 2, CALLEE), b_port).await.unwrap();
+        assert_eq!(next_payload(&caller).await, (CALLEE, a_port));
+        assert_eq!(refused(&metrics, "source"), 3 + 8);
+        assert_eq!(refused(&metrics, "not_rtp"), 2);
+        assert_eq!(relay.stats.packets(), (2, 2), "only the parties' packets");
+
+        // The recording holds the parties and nothing of the spray.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        relay.stop_recording(Box::new(move |o| {
+            let _ = tx.send(o);
+        }));
+        assert_eq!(rx.await.unwrap().error, None);
+        let wav = std::fs::read(&path).unwrap();
+        let samples: Vec<i16> = wav[44..]
+            .chunks_exact(2)
+            .map(|c| i16::from_le_bytes([c[0], c[1]]))
+            .collect();
+        let decoded = |byte: u8| {
+            let mut v = Vec::new();
+            assert!(crate::g711::decode(crate::g711::PCMA, &[byte], &mut v));
+            v[0]
+        };
+        let (caller_s, callee_s, spray_s) = (decoded(CALLER), decoded(CALLEE), decoded(SPRAY));
+        assert!(
+            samples.iter().step_by(2).any(|s| *s == caller_s),
+            "caller recorded"
+        );
+        assert!(
+            samples.iter().skip(1).step_by(2).any(|s| *s == callee_s),
+            "callee recorded"
+        );
+        assert!(
+            !samples.contains(&spray_s),
+            "the spray is not in the recording"
+        );
+    }
+
+    /// The latch follows the SDP: the same address again (a session refresh) keeps it,
+    /// a new address redoes it.
+    #[tokio::test]
+    async fn new_sdp_redoes_the_latch_only_when_the_address_changes() {
+        let pool = pool(41280);
+        let relay = relay_from(&pool);
+        let signalled = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let natted = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let moved = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let callee = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let (a_port, b_port) = (relay.local(Side::A), relay.local(Side::B));
+        relay.set_remote(Side::A, signalled.local_addr().unwrap());
+        relay.set_remote(Side::B, callee.local_addr().unwrap());
+        natted.send_to(&rtp_of(1, 1, 1), a_port).await.unwrap();
+        assert_eq!(next_payload(&callee).await.0, 1);
+        // A re-INVITE with the same SDP address: the callee still reaches the latched
+        // port, and the caller's packets from it still pass.
+        relay.set_remote(Side::A, signalled.local_addr().unwrap());
+        callee.send_to(&rtp_of(1, 2, 2), b_port).await.unwrap();
+        assert_eq!(next_payload(&natted).await, (2, a_port));
+        natted.send_to(&rtp_of(2, 1, 3), a_port).await.unwrap();
+        assert_eq!(next_payload(&callee).await.0, 3);
+        // A re-INVITE moving the caller's media: audio goes to the new address until
+        // the caller's first packet latches again.
+        relay.set_remote(Side::A, moved.local_addr().unwrap());
+        callee.send_to(&rtp_of(2, 2, 4), b_port).await.unwrap();
+        assert_eq!(next_payload(&moved).await, (4, a_port));
+        moved.send_to(&rtp_of(3, 1, 5), a_port).await.unwrap();
+        assert_eq!(next_payload(&callee).await.0, 5);
+        natted.send_to(&rtp_of(4, 1, 6), a_port).await.unwrap();
+        moved.send_to(&rtp_of(5, 1, 7), a_port).await.unwrap();
+        assert_eq!(
+            next_payload(&callee).await.0,
+            7,
+            "the old latched port is refused"
+        );
+        drop(signalled);
+    }
+
+    /// `strict` refuses the NAT'd port the default policy latches; `off` (unsafe) lets
+    /// anyone in, as the relay did before the source check.
+    #[tokio::test]
+    async fn strict_and_off_policies() {
+        for (latch, first, natted_passes) in
+            [(Latch::Strict, 41300, false), (Latch::Off, 41320, true)]
+        {
+            let pool = PortPool::with_latch(
+                "127.0.0.1".parse().unwrap(),
+                first,
+                first + 10,
+                65536,
+                latch,
+                MediaMetrics::default(),
+            );
+            let relay = relay_from(&pool);
+            let signalled = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let natted = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let callee = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let a_port = relay.local(Side::A);
+            relay.set_remote(Side::A, signalled.local_addr().unwrap());
+            relay.set_remote(Side::B, callee.local_addr().unwrap());
+            natted.send_to(&rtp_of(1, 1, 1), a_port).await.unwrap();
+            signalled.send_to(&rtp_of(2, 1, 2), a_port).await.unwrap();
+            let want = if natted_passes { 1 } else { 2 };
+            assert_eq!(next_payload(&callee).await.0, want, "{latch:?}");
+        }
     }
 
     #[tokio::test]

@@ -56,12 +56,11 @@ pub fn rewrite(sdp: &str, addr: IpAddr, port: u16) -> Option<Rewritten> {
             in_audio = f.first() == Some(&"audio") && !seen_audio;
             if in_audio {
                 seen_audio = true;
-                audio_port = f
-                    .get(1)
-                    .and_then(|p| p.split('/').next())
-                    .and_then(|p| p.parse().ok());
+                audio_port = f.get(1).and_then(|p| media_port(p));
+                // A disabled stream (port 0, RFC 3264 section 6) stays disabled: the
+                // other leg must not be told audio was accepted.
                 let p = port.to_string();
-                if f.len() > 1 {
+                if f.len() > 1 && audio_port != Some(0) {
                     f[1] = &p;
                 }
                 rewritten = Some(format!("m={}", f.join(" ")));
@@ -86,16 +85,29 @@ pub fn rewrite(sdp: &str, addr: IpAddr, port: u16) -> Option<Rewritten> {
     Some(Rewritten { sdp: out, remote })
 }
 
+/// The port of an m= line's port field (`49170` or `49170/2`, RFC 4566 5.14): digits
+/// only, at most 65535; None for anything else (`+1`, `70000`, a 30-digit number).
+fn media_port(field: &str) -> Option<u16> {
+    let digits = field.split('/').next()?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// An RTP payload type (RFC 3550: 7 bits, 0..=127); None for anything else.
+fn payload_type(field: &str) -> Option<u8> {
+    if field.is_empty() || !field.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    field.parse().ok().filter(|pt| *pt <= 127)
+}
+
 /// The formats of the first audio m= line.
 fn audio_formats(sdp: &str) -> Vec<u8> {
     sdp.lines()
         .find_map(|l| l.trim_end().strip_prefix("m=audio "))
-        .map(|rest| {
-            rest.split(' ')
-                .skip(2)
-                .filter_map(|f| f.parse().ok())
-                .collect()
-        })
+        .map(|rest| rest.split(' ').skip(2).filter_map(payload_type).collect())
         .unwrap_or_default()
 }
 
@@ -106,7 +118,7 @@ pub fn telephone_event(sdp: &str) -> Option<u8> {
         codec
             .to_ascii_lowercase()
             .starts_with("telephone-event/8000")
-            .then(|| pt.parse().ok())?
+            .then(|| payload_type(pt))?
     })
 }
 
@@ -179,7 +191,7 @@ pub fn restrict(sdp: &str, keep: &[u8]) -> String {
                 let kept: Vec<String> = rest
                     .split(' ')
                     .skip(3)
-                    .filter(|fmt| fmt.parse::<u8>().is_ok_and(|n| keep.contains(&n)))
+                    .filter(|fmt| payload_type(fmt).is_some_and(|n| keep.contains(&n)))
                     .map(str::to_string)
                     .collect();
                 out.push_str(&format!("m={} {}\r\n", head.join(" "), kept.join(" ")));
@@ -190,7 +202,7 @@ pub fn restrict(sdp: &str, keep: &[u8]) -> String {
                 .strip_prefix("a=rtpmap:")
                 .or_else(|| line.strip_prefix("a=fmtp:"))
                 .and_then(|r| r.split(' ').next())
-                .and_then(|pt| pt.parse::<u8>().ok());
+                .and_then(payload_type);
             if format.is_some_and(|f| dropped.contains(&f)) {
                 continue;
             }
@@ -276,6 +288,62 @@ mod tests {
             restrict(offer, &[0, 101]),
             "v=0\r\nm=audio 6000 RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\na=ptime:20\r\n"
         );
+    }
+
+    /// Hostile and unusual numbers on the audio m= line. Each row: the m= line, the
+    /// remote the relay is told (None: nowhere to send), and the m= line the other leg
+    /// gets (None: the body is refused as a whole).
+    #[test]
+    fn hostile_ports_and_payload_types() {
+        let table: &[(&str, Option<&str>, Option<&str>)] = &[
+            (
+                "m=audio 6000 RTP/AVP 0",
+                Some("10.1.1.1:6000"),
+                Some("m=audio 20000 RTP/AVP 0"),
+            ),
+            (
+                "m=audio 6000/2 RTP/AVP 0",
+                Some("10.1.1.1:6000"),
+                Some("m=audio 20000 RTP/AVP 0"),
+            ),
+            (
+                "m=audio 65535 RTP/AVP 0",
+                Some("10.1.1.1:65535"),
+                Some("m=audio 20000 RTP/AVP 0"),
+            ),
+            // A disabled stream stays disabled, and is nowhere to send.
+            ("m=audio 0 RTP/AVP 0", None, Some("m=audio 0 RTP/AVP 0")),
+            ("m=audio 65536 RTP/AVP 0", None, None),
+            ("m=audio 70000 RTP/AVP 0", None, None),
+            ("m=audio 99999999999999999999999999 RTP/AVP 0", None, None),
+            ("m=audio -1 RTP/AVP 0", None, None),
+            ("m=audio +6000 RTP/AVP 0", None, None),
+            ("m=audio  RTP/AVP 0", None, None),
+            ("m=audio", None, None),
+        ];
+        for (m, remote, line) in table {
+            let sdp = format!("v=0\r\nc=IN IP4 10.1.1.1\r\n{m}\r\n");
+            let got = rewrite(&sdp, "192.0.2.5".parse().unwrap(), 20000);
+            assert_eq!(
+                got.as_ref().and_then(|r| r.remote),
+                remote.map(|r| r.parse().unwrap()),
+                "{m}"
+            );
+            let got_line = got.map(|r| r.sdp.lines().nth(2).unwrap_or_default().to_string());
+            assert_eq!(got_line.as_deref(), *line, "{m}");
+        }
+        // Payload types are 7 bits: larger numbers are no format, and no DTMF type.
+        let sdp = "v=0\r\nm=audio 6000 RTP/AVP 300 128 255 8 101 -1\r\na=rtpmap:228 telephone-event/8000\r\n";
+        assert_eq!(audio_formats(sdp), vec![8, 101]);
+        assert_eq!(telephone_event(sdp), None);
+        assert_eq!(g711(sdp), Some(8));
+        assert_eq!(
+            restrict(sdp, &[8, 228]),
+            "v=0\r\nm=audio 6000 RTP/AVP 8\r\na=rtpmap:228 telephone-event/8000\r\n"
+        );
+        let a = answer(sdp, "127.0.0.1".parse().unwrap(), 20000, 1).unwrap();
+        assert!(a.sdp.contains("m=audio 20000 RTP/AVP 8\r\n"), "{}", a.sdp);
+        assert_eq!(a.dtmf, None);
     }
 
     #[test]

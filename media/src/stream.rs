@@ -98,10 +98,12 @@ impl OutStream {
     }
 }
 
-/// Samples (8 kHz) between two instants, at least one.
+/// Samples (8 kHz) between two instants, at least one. Past 2^32 samples (6.2 days)
+/// the count wraps, as RTP timestamps do.
 fn elapsed(from: Instant, to: Instant) -> u32 {
-    let micros = to.saturating_duration_since(from).as_micros() as u64;
-    ((micros * 8 / 1000) as u32).max(1)
+    let micros = to.saturating_duration_since(from).as_micros();
+    // Truncating to u32 is the RTP timestamp wrap.
+    ((micros.saturating_mul(8) / 1000) as u32).max(1)
 }
 
 /// A fresh random SSRC (the standard library's per-process random hash keys).

@@ -216,11 +216,20 @@ pub async fn run(
         .run(outbox_stop_rx),
     );
     let media = &config.media;
-    let ports = PortPool::new(
+    let latch = match media.latch {
+        tsunagu_config::RtpLatch::Strict => tsunagu_media::Latch::Strict,
+        tsunagu_config::RtpLatch::Address => tsunagu_media::Latch::Address,
+        tsunagu_config::RtpLatch::Off => tsunagu_media::Latch::Off,
+    };
+    if latch == tsunagu_media::Latch::Off {
+        tracing::warn!("media.latch = \"off\": RTP ports relay packets from any source (anyone who reaches the port range can listen to and inject audio into calls)");
+    }
+    let ports = PortPool::with_latch(
         media.address,
         media.ports.first,
         media.ports.last,
         config.sip.socket_buffer_bytes,
+        latch,
         metrics.media.clone(),
     );
 

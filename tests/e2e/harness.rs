@@ -980,5 +980,58 @@ impl Node {
             },
         );
         node
+
+/// A UDP socket standing in for a phone that talks: the test sends RTP from it (so its
+/// packets come from the port its SDP names), and every datagram it receives is kept
+/// with its sender until dropped.
+pub struct Phone {
+    pub port: u16,
+    socket: std::net::UdpSocket,
+    received: Arc<Mutex<Vec<Datagram>>>,
+    stop: Arc<AtomicBool>,
+}
+
+/// A datagram a [`Phone`] received, with its sender.
+pub type Datagram = (std::net::SocketAddr, Vec<u8>);
+
+impl Phone {
+    pub fn bind(port: u16) -> Phone {
+        let socket = std::net::UdpSocket::bind(("127.0.0.1", port)).expect("bind the phone");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let reader = socket.try_clone().expect("clone the phone's socket");
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (r, st) = (received.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while !st.load(Ordering::Relaxed) {
+                if let Ok((n, from)) = reader.recv_from(&mut buf) {
+                    r.lock().unwrap().push((from, buf[..n].to_vec()));
+                }
+            }
+        });
+        Phone {
+            port,
+            socket,
+            received,
+            stop,
+        }
+    }
+
+    pub fn send_to(&self, datagram: &[u8], to: std::net::SocketAddr) {
+        self.socket.send_to(datagram, to).expect("phone send");
+    }
+
+    /// Everything received so far: (sender, datagram).
+    pub fn received(&self) -> Vec<Datagram> {
+        self.received.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Phone {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
     }
 }

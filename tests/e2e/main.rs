@@ -5,6 +5,7 @@ mod api;
 mod calls;
 mod follow_up;
 mod harness;
+mod media_security;
 mod pools;
 mod prompts;
 mod recording;

@@ -1,0 +1,239 @@
+//! Which packets a relay port accepts: the source check that keeps anyone who sprays
+//! the RTP port range from hearing calls or injecting audio into them (and into their
+//! recordings). Pure decision logic: [`judge`] takes the policy, what the side's SDP
+//! signalled, what it latched to, and one packet's source; the relay applies the
+//! [`Verdict`].
+//!
+//! Modelled on rtpengine's `strict-source`: the SDP of a leg says where its far end
+//! receives audio, and by the symmetric-RTP convention (RFC 4961) that is also where
+//! it sends from. The policies differ in how much of that address a packet's source
+//! must match:
+//!
+//! - [`Latch::Strict`]: IP and port must equal the SDP's. Right for peers that are
+//!   never behind NAT (carrier SBCs, gateways on public addresses).
+//! - [`Latch::Address`] (the default): the IP must equal the SDP's; the port may differ
+//!   (a NAT that keeps the public IP the phone learned by STUN, or a gateway that sends
+//!   from another port than it receives on). The first RTP packet from that IP latches
+//!   its port; after that only that IP:port (or the SDP's own IP:port) is accepted,
+//!   and the relay sends to the latched address. Default because it keeps every
+//!   off-path attacker out (they would need the peer's IP) and still works for the
+//!   common NAT and asymmetric-port cases, which `strict` would silently break.
+//! - [`Latch::Off`]: the old behaviour, documented as unsafe: packets from anywhere
+//!   are relayed, and the destination latches to the first packet's source. Only for
+//!   peers whose SDP names an address they do not send from (e.g. phones behind NAT
+//!   that put their private address in SDP) when no SBC in front fixes it.
+//!
+//! In every policy a packet that is not RTP is dropped ([`crate::rtp::parse`]), and a
+//! latch is made only by a packet that is RTP. A side whose SDP is not known yet
+//! accepts nothing (`strict` and `address`). Latching is redone only when new SDP
+//! changes the side's address ([`Peer::signal`]).
+
+use std::net::{IpAddr, SocketAddr};
+
+/// The source policy of a relay (`media.latch`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Latch {
+    /// IP and port must equal the SDP's.
+    Strict,
+    /// The IP must equal the SDP's; the first RTP packet from it latches the port.
+    #[default]
+    Address,
+    /// Anyone; the first packet latches the destination. Unsafe.
+    Off,
+}
+
+/// Why a packet was refused (the `reason` label of `tsunagu_rtp_foreign_packets_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Foreign {
+    /// From an address the side's SDP (and latch) does not allow.
+    Source,
+    /// From an allowed address, but not an RTP packet.
+    NotRtp,
+}
+
+/// What to do with one received packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Relay it.
+    Accept,
+    /// Relay it, and from now on accept (and send to) this address.
+    LatchTo(SocketAddr),
+    /// Drop it and count it.
+    Drop(Foreign),
+}
+
+/// Where one side's far end is, as far as the relay knows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Peer {
+    /// The address its SDP announced; None before its SDP arrived.
+    pub signalled: Option<SocketAddr>,
+    /// The source its RTP was latched to; None until the first accepted packet.
+    pub latched: Option<SocketAddr>,
+}
+
+impl Peer {
+    /// New SDP for this side says it receives at `addr`. The latch is dropped only if
+    /// the address changed: a re-INVITE or UPDATE repeating the same address (a session
+    /// refresh, a codec change) keeps the port a NAT'd phone was latched to.
+    pub fn signal(&mut self, addr: SocketAddr) {
+        if self.signalled != Some(addr) {
+            self.signalled = Some(addr);
+            self.latched = None;
+        }
+    }
+
+    /// Where audio toward this side's far end goes: the latched source (symmetric RTP,
+    /// which is what gets through a NAT), else the SDP's address.
+    pub fn destination(&self) -> Option<SocketAddr> {
+        self.latched.or(self.signalled)
+    }
+}
+
+/// The same host, whichever family the socket reports it in (`::ffff:a.b.c.d` and
+/// `a.b.c.d` are one address).
+fn same_ip(a: IpAddr, b: IpAddr) -> bool {
+    a.to_canonical() == b.to_canonical()
+}
+
+fn same_addr(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port() && same_ip(a.ip(), b.ip())
+}
+
+/// The decision for one packet from `src` to the side whose far end is `peer`; `rtp` is
+/// whether the packet parsed as RTP. The source is judged first, so garbage from a
+/// stranger counts as `Source`, and `NotRtp` means the legitimate peer sent it.
+pub fn judge(policy: Latch, peer: &Peer, src: SocketAddr, rtp: bool) -> Verdict {
+    let allowed = match policy {
+        Latch::Off => Verdict::LatchTo(src),
+        Latch::Strict => match peer.signalled {
+            Some(s) if same_addr(s, src) => Verdict::Accept,
+            _ => Verdict::Drop(Foreign::Source),
+        },
+        Latch::Address => match peer.signalled {
+            None => Verdict::Drop(Foreign::Source),
+            // The SDP's own address is always the peer's; if the port was latched to
+            // another one (a same-host stranger who raced the first packet), the
+            // peer's first packet takes the latch back.
+            Some(s) if same_addr(s, src) => Verdict::LatchTo(src),
+            Some(_) if peer.latched == Some(src) => Verdict::Accept,
+            Some(s) if peer.latched.is_none() && same_ip(s.ip(), src.ip()) => Verdict::LatchTo(src),
+            Some(_) => Verdict::Drop(Foreign::Source),
+        },
+    };
+    match allowed {
+        Verdict::Drop(_) => allowed,
+        _ if !rtp => Verdict::Drop(Foreign::NotRtp),
+        // Off: only the first packet latches (later ones are relayed from anywhere but
+        // do not move the destination, as before).
+        Verdict::LatchTo(_) if policy == Latch::Off && peer.latched.is_some() => Verdict::Accept,
+        // Already latched there: nothing to change.
+        Verdict::LatchTo(a) if peer.latched == Some(a) => Verdict::Accept,
+        _ => allowed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn a(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    const SDP: &str = "192.0.2.10:4000";
+
+    /// Policy, signalled, latched, source, is RTP, verdict.
+    type Row = (
+        Latch,
+        Option<SocketAddr>,
+        Option<SocketAddr>,
+        SocketAddr,
+        bool,
+        Verdict,
+    );
+
+    /// Each row: policy, what the side knows (signalled, latched), the packet's source
+    /// and whether it is RTP, and the verdict.
+    #[test]
+    fn verdicts() {
+        use Foreign::*;
+        use Latch::*;
+        use Verdict::{Accept, Drop, LatchTo};
+        let sdp = Some(a(SDP));
+        let nat = a("192.0.2.10:61000");
+        let stranger = a("203.0.113.66:4000");
+        let neighbour = a("192.0.2.10:5555");
+        let mapped = a("[::ffff:192.0.2.10]:61000");
+        #[rustfmt::skip]
+        let table: &[Row] = &[
+            // No SDP yet: nothing is accepted (early RTP from an unknown callee).
+            (Strict, None, None, a(SDP), true, Drop(Source)),
+            (Address, None, None, a(SDP), true, Drop(Source)),
+            // strict: exactly the SDP's address.
+            (Strict, sdp, None, a(SDP), true, Accept),
+            (Strict, sdp, None, a("[::ffff:192.0.2.10]:4000"), true, Accept),
+            (Strict, sdp, None, nat, true, Drop(Source)),
+            (Strict, sdp, None, stranger, true, Drop(Source)),
+            (Strict, sdp, None, a(SDP), false, Drop(NotRtp)),
+            (Strict, sdp, None, stranger, false, Drop(Source)),
+            // address: the SDP's IP latches its port with the first RTP packet...
+            (Address, sdp, None, nat, true, LatchTo(nat)),
+            (Address, sdp, None, mapped, true, LatchTo(mapped)),
+            (Address, sdp, None, a(SDP), true, LatchTo(a(SDP))),
+            // ...but not with a packet that is not RTP.
+            (Address, sdp, None, nat, false, Drop(NotRtp)),
+            // A stranger is refused before and after the latch, whatever it sends.
+            (Address, sdp, None, stranger, true, Drop(Source)),
+            (Address, sdp, Some(nat), stranger, true, Drop(Source)),
+            (Address, sdp, Some(nat), stranger, false, Drop(Source)),
+            // Once latched, only that port (and the SDP's own) of the peer's IP.
+            (Address, sdp, Some(nat), nat, true, Accept),
+            (Address, sdp, Some(nat), nat, false, Drop(NotRtp)),
+            (Address, sdp, Some(nat), neighbour, true, Drop(Source)),
+            (Address, sdp, Some(a(SDP)), a(SDP), true, Accept),
+            (Address, sdp, Some(a(SDP)), nat, true, Drop(Source)),
+            // A same-host stranger who raced the peer's first packet loses the latch to it.
+            (Address, sdp, Some(neighbour), a(SDP), true, LatchTo(a(SDP))),
+            (Address, sdp, Some(neighbour), a(SDP), false, Drop(NotRtp)),
+            // off (unsafe): anyone; the first RTP packet sets the destination.
+            (Off, None, None, stranger, true, LatchTo(stranger)),
+            (Off, sdp, None, stranger, true, LatchTo(stranger)),
+            (Off, sdp, Some(nat), stranger, true, Accept),
+            (Off, sdp, None, stranger, false, Drop(NotRtp)),
+        ];
+        for (i, (policy, signalled, latched, src, rtp, want)) in table.iter().enumerate() {
+            let peer = Peer {
+                signalled: *signalled,
+                latched: *latched,
+            };
+            assert_eq!(judge(*policy, &peer, *src, *rtp), *want, "row {i}");
+        }
+    }
+
+    #[test]
+    fn new_sdp_relatches_only_when_the_address_changes() {
+        let mut p = Peer::default();
+        assert_eq!(p.destination(), None);
+        p.signal(a(SDP));
+        assert_eq!(p.destination(), Some(a(SDP)));
+        p.latched = Some(a("192.0.2.10:61000"));
+        assert_eq!(
+            p.destination(),
+            Some(a("192.0.2.10:61000")),
+            "symmetric RTP"
+        );
+        // A re-INVITE repeating the address (session refresh, codec change).
+        p.signal(a(SDP));
+        assert_eq!(p.latched, Some(a("192.0.2.10:61000")), "latch kept");
+        // A re-INVITE moving the media (another port, another host).
+        p.signal(a("192.0.2.10:4002"));
+        assert_eq!(p.latched, None, "latch redone");
+        assert_eq!(p.destination(), Some(a("192.0.2.10:4002")));
+        p.latched = Some(a("192.0.2.10:61000"));
+        p.signal(a("198.51.100.1:4002"));
+        assert_eq!(
+            (p.signalled, p.latched),
+            (Some(a("198.51.100.1:4002")), None)
+        );
+    }
+}

@@ -1,0 +1,100 @@
+//! Whether a datagram arriving on a relay port is an RTP packet the relay may forward.
+//! Everything else (STUN, RTCP sent to the RTP port, truncated or garbage packets) is
+//! dropped: the relay forwards RTP only, and a packet whose header lengths point past
+//! its end must never reach the code that reads fields at those offsets.
+//!
+//! Header lengths are checked by `rtp-rs` ([`rtp_rs::RtpReader::new`]: version 2, the
+//! 12-byte fixed header, CSRC count × 4, the extension's length words and the padding
+//! count all within the packet; its sums stay far below `usize::MAX`: at most
+//! 12 + 15 × 4 + 4 + 65535 × 4). On top of that, RTCP is refused by its packet type.
+
+use rtp_rs::RtpReader;
+
+/// Why a datagram is not RTP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum NotRtp {
+    /// Too short, not version 2, or a CSRC list, extension or padding past the end.
+    #[error("malformed RTP header")]
+    Header,
+    /// An RTCP packet (types 200..=204 where RTP has marker and payload type; RFC 5761
+    /// section 4 keeps RTP payload types 72..=76 free for that reason).
+    #[error("RTCP on the RTP port")]
+    Rtcp,
+}
+
+/// Parses `pkt` as RTP, or says why it is not.
+pub fn parse(pkt: &[u8]) -> Result<RtpReader<'_>, NotRtp> {
+    let r = RtpReader::new(pkt).map_err(|_| NotRtp::Header)?;
+    if (72..=76).contains(&r.payload_type()) {
+        return Err(NotRtp::Rtcp);
+    }
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A 12-byte header with the first two bytes given, then `rest`.
+    fn pkt(b0: u8, b1: u8, rest: &[u8]) -> Vec<u8> {
+        let mut p = vec![b0, b1, 0, 1, 0, 0, 0, 160, 0, 0, 0, 7];
+        p.extend_from_slice(rest);
+        p
+    }
+
+    #[test]
+    fn hostile_headers_are_not_rtp() {
+        let payload = [0xd5u8; 160];
+        // Extension header claiming 0xffff words (262,140 bytes) in a 20-byte packet.
+        let huge_ext = pkt(0x90, 8, &[0xbe, 0xde, 0xff, 0xff, 1, 2, 3, 4]);
+        // Extension flag with no room for the extension header.
+        let cut_ext = pkt(0x90, 8, &[0xbe, 0xde]);
+        // 15 CSRCs (60 bytes) announced, 8 bytes present.
+        let cut_csrc = pkt(0x8f, 8, &[0; 8]);
+        // Padding count 255 in a 4-byte payload; padding flag with no byte after the header.
+        let big_pad = pkt(0xa0, 8, &[1, 2, 3, 255]);
+        let no_pad_byte = pkt(0xa0, 8, &[]);
+        // One CSRC and a one-word extension, all present, then the payload: RTP.
+        let mut full = pkt(0x91, 8, &[0, 0, 0, 9, 0xbe, 0xde, 0, 1, 0, 0, 0, 0]);
+        full.extend_from_slice(&payload);
+        // Padding that fits: 3 payload bytes and a count of 2 → 2-byte payload.
+        let fitting_pad = pkt(0xa0, 0, &[7, 7, 2]);
+        let table: &[(&str, &[u8], Result<usize, NotRtp>)] = &[
+            ("empty", &[], Err(NotRtp::Header)),
+            ("one byte", &[0x80], Err(NotRtp::Header)),
+            ("eleven bytes", &[0x80; 11], Err(NotRtp::Header)),
+            (
+                "version 0 (STUN)",
+                &pkt(0x00, 1, &payload),
+                Err(NotRtp::Header),
+            ),
+            ("version 1", &pkt(0x40, 8, &payload), Err(NotRtp::Header)),
+            ("version 3", &pkt(0xc0, 8, &payload), Err(NotRtp::Header)),
+            ("huge extension length", &huge_ext, Err(NotRtp::Header)),
+            ("extension header cut", &cut_ext, Err(NotRtp::Header)),
+            ("CSRC list past the end", &cut_csrc, Err(NotRtp::Header)),
+            ("padding past the end", &big_pad, Err(NotRtp::Header)),
+            ("padding flag, no count", &no_pad_byte, Err(NotRtp::Header)),
+            ("RTCP SR", &pkt(0x80, 200, &[0; 16]), Err(NotRtp::Rtcp)),
+            ("RTCP RR", &pkt(0x81, 201, &[0; 24]), Err(NotRtp::Rtcp)),
+            ("RTCP BYE", &pkt(0x81, 203, &[0; 4]), Err(NotRtp::Rtcp)),
+            ("RTCP APP", &pkt(0x80, 204, &[0; 8]), Err(NotRtp::Rtcp)),
+            ("PCMA", &pkt(0x80, 8, &payload), Ok(160)),
+            ("PCMU with marker", &pkt(0x80, 0x80, &payload), Ok(160)),
+            (
+                "telephone-event",
+                &pkt(0x80, 101, &[5, 0x0a, 0, 160]),
+                Ok(4),
+            ),
+            ("CSRC and extension present", &full, Ok(160)),
+            ("padding that fits", &fitting_pad, Ok(1)),
+            ("header only", &pkt(0x80, 8, &[]), Ok(0)),
+            // Payload type 77 is not RTCP (RTCP stops at 204 = marker + 76).
+            ("payload type 77", &pkt(0x80, 77, &payload), Ok(160)),
+        ];
+        for (name, bytes, want) in table {
+            let got = parse(bytes).map(|r| r.payload().len());
+            assert_eq!(got, *want, "{name}");
+        }
+    }
+}
