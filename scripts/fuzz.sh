@@ -4,6 +4,7 @@
 # between the targets; default targets: all of them).
 #   sip_parse      a datagram or framed message: parser, 400 answers, header/URI/SDP helpers
 #   stream_framer  a TCP/TLS byte stream split at random points into the stream framer
+#   media_parse    SDP rewriting, RFC 4733 events and INFO bodies, WAV prompts (uploads)
 # scripts/test.sh runs it, so CI fuzzes on every run; a crash fails it and leaves the
 # input in fuzz/artifacts/<target>/ (replay: cargo fuzz run <target> FILE).
 #
@@ -14,7 +15,7 @@ cd "$(dirname "$0")/.."
 secs=${1:-60}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(sip_parse stream_framer)
+[ ${#targets[@]} -gt 0 ] || targets=(sip_parse stream_framer media_parse)
 each=$(( secs / ${#targets[@]} ))
 [ "$each" -ge 1 ] || each=1
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked --version 0.13.2
