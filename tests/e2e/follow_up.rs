@@ -34,7 +34,11 @@ fn signature_ok(secret: &str, header: &str, body: &str) -> bool {
 fn webhooks_reach_a_receiver_that_was_down_across_a_node_restart() {
     let ports = Ports::take();
     let hook_port = ports.sip + 5;
-    let mut node = Node::start(ports, "127.0.0.1/32", "[notify]\nretry_base_ms = 200\n");
+    let mut node = Node::start(
+        ports,
+        "127.0.0.1/32",
+        &format!("[notify]\nretry_base_ms = 200\n{ALLOW_LOOPBACK}\n"),
+    );
     let (key, _) = node.provision("0501234567", r#"[{"number": "0311112222"}]"#, "{}");
     let bad = node.send(
         "POST",
@@ -140,13 +144,20 @@ fn missed_call_notices_sms_ga4_and_a_tracked_callback() {
     let gateway = Receiver::start(gateway_port);
     let work = tempfile::tempdir().unwrap();
     let smtp = SmtpServer::start(smtp_port, work.path());
+    // The caller's carrier verifies caller ids (SMS to callers go only to verified
+    // numbers); carrier-a keeps forwarding the legs.
     let node = Node::start(
         ports,
-        "127.0.0.1/32",
+        "127.0.0.9/32",
         &format!(
             r#"
+[[trunks]]
+name = "mobile-carrier"
+inbound = ["127.0.0.1/32"]
+verifies_caller_id = true
 [notify]
 retry_base_ms = 200
+{ALLOW_LOOPBACK}
 [notify.smtp]
 host = "127.0.0.1"
 port = {smtp_port}
@@ -545,7 +556,7 @@ fn webhooks_over_https_verify_the_receiver_certificate() {
         ports,
         "127.0.0.1/32",
         &format!(
-            "[notify]\nretry_base_ms = 200\nmax_attempts = 2\nca_file = \"{}\"\n",
+            "[notify]\nretry_base_ms = 200\nmax_attempts = 2\n{ALLOW_LOOPBACK}\nca_file = \"{}\"\n",
             ca.display()
         ),
     );
