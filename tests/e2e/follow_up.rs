@@ -716,7 +716,7 @@ endpoint = "http://localhost:{hook_port}/mp/collect"
 }
 
 /// One operator's receiver black-holes (accepts, never answers: each delivery waits
-/// for the 10 s timeout) with more events queued than the worker used to claim and
+/// for the delivery timeout) with more events queued than the worker used to claim and
 /// wait on at once (32); another operator's healthy receiver still gets its event
 /// within 2 s, and the black hole never holds more than its share of connections.
 #[test]
@@ -725,10 +725,12 @@ fn a_black_holed_receiver_does_not_delay_other_operators() {
     let (hole_port, good_port) = (ports.sip + 5, ports.sip + 6);
     let hole = BlackHole::start(hole_port);
     let good = Receiver::start(good_port);
+    // A delivery timeout longer than the test, so every connection the black hole
+    // accepted is still held when they are counted.
     let node = Node::start(
         ports,
         "127.0.0.1/32",
-        &format!("[notify]\n{ALLOW_LOOPBACK}\nper_destination = 4\n"),
+        &format!("[notify]\n{ALLOW_LOOPBACK}\nper_destination = 4\ntimeout_ms = 30000\n"),
     );
     let dest = r#"[{"number": "0311112222"}]"#;
     let (slow_key, _) = node.provision("0501234567", dest, "{}");

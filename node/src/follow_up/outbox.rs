@@ -62,14 +62,18 @@ struct Done {
     took: Duration,
 }
 
+/// Reports a delivery's end to the worker when dropped, so a task that panics still
+/// frees its share.
 struct Report {
     tx: mpsc::UnboundedSender<Done>,
     done: Option<Done>,
     started: Instant,
+    in_flight: prometheus_client::metrics::gauge::Gauge,
 }
 
 impl Drop for Report {
     fn drop(&mut self) {
+        self.in_flight.dec();
         if let Some(mut d) = self.done.take() {
             d.took = self.started.elapsed();
             let _ = self.tx.send(d);
@@ -242,12 +246,12 @@ impl Worker {
                 took: Duration::ZERO,
             }),
             started: Instant::now(),
+            in_flight: self.metrics.guards.in_flight.clone(),
         };
+        report.in_flight.inc();
         let this = self.clone();
-        this.metrics.guards.in_flight.inc();
         tokio::spawn(async move {
             this.deliver_one(job.f).await;
-            this.metrics.guards.in_flight.dec();
             drop(report);
         });
     }
