@@ -303,7 +303,13 @@ mod tests {
     /// Each row: allow-list, own listeners, destination → verdict.
     #[test]
     fn policy_allows_listed_networks_but_never_own_listeners() {
-        let rows: &[(&[&str], &[&str], &str, Result<(), Refusal>)] = &[
+        type Row = (
+            &'static [&'static str],
+            &'static [&'static str],
+            &'static str,
+            Result<(), Refusal>,
+        );
+        let rows: &[Row] = &[
             (&[], &[], "8.8.8.8:443", Ok(())),
             (&[], &[], "127.0.0.1:8080", Err(Loopback)),
             (&["127.0.0.0/8"], &[], "127.0.0.1:8080", Ok(())),

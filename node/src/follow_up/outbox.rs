@@ -161,7 +161,8 @@ impl Worker {
                 }
                 _ = this.wake.notified() => claim_now = true,
                 _ = poll.tick() => claim_now = true,
-                _ = stop.changed() => {}
+                // A dropped sender means stop too (and must not spin this loop).
+                changed = stop.changed() => if changed.is_err() { break },
             }
         }
         let waiting: Vec<Job> = lanes.take_waiting().into_iter().map(|(_, j)| j).collect();
