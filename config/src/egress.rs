@@ -203,10 +203,10 @@ impl EgressPolicy {
         let own = self.own.iter().any(|o| {
             o.port() == addr.port()
                 && (canonical(o.ip()) == ip
-                    // A listener on 0.0.0.0/:: is reachable on every local address; the
-                    // local ones we can name without asking the kernel are the
-                    // non-public ones (the public address itself is not known here).
-                    || (o.ip().is_unspecified() && classify(ip).is_some()))
+                    // A listener on 0.0.0.0/:: is reachable on every local address;
+                    // the ones known to be local without asking the kernel are the
+                    // loopback ones (another host's 10.0.0.5:8080 is not us).
+                    || (o.ip().is_unspecified() && ip.is_loopback()))
         });
         if own {
             return Err(Refusal::OwnListener);
@@ -338,6 +338,8 @@ mod tests {
                 Err(OwnListener),
             ),
             (&[], &["0.0.0.0:8080"], "8.8.8.8:8080", Ok(())),
+            (&["10.0.0.0/8"], &["0.0.0.0:8080"], "10.0.0.5:8080", Ok(())),
+            (&["::1/128"], &["[::]:8080"], "[::1]:8080", Err(OwnListener)),
             (
                 &[],
                 &["203.0.113.5:5060"],

@@ -682,12 +682,29 @@ mod tests {
             matches!(err, HttpError::Connect(ConnectError::Refused { .. })),
             "{err}"
         );
-        assert_eq!(server.connections(), 0, "nothing reached the receiver");
         let label = EgressLabel {
             stage: "connect",
             class: "loopback",
         };
         assert_eq!(refused.get_or_create(&label).get(), 2);
+        // Any other spelling of 127.0.0.1 that the resolver understands (glibc does
+        // inet_aton's) ends up as the same refused address; one it does not is no
+        // address at all.
+        for host in ["127.1", "2130706433", "0x7f.0.0.1"] {
+            let odd = format!("http://{host}:{}/hook", server.addr.port());
+            let err = strict
+                .post(&odd, "application/json", ANY, Bytes::new())
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    HttpError::Connect(ConnectError::Refused { .. } | ConnectError::Resolve(..))
+                ),
+                "{host}: {err}"
+            );
+        }
+        assert_eq!(server.connections(), 0, "nothing reached the receiver");
         let (open, _) = client(&["127.0.0.0/8"]);
         let code = open
             .post(&server.url("/hook"), "application/json", ANY, Bytes::new())
