@@ -4,15 +4,34 @@
 
 use crate::numbers::is_phone_number;
 use crate::{db, ApiError, ApiState};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use serde::{Deserialize, Deserializer};
+use tsunagu_config::egress::EgressPolicy;
 use tsunagu_store::{Ga4, Notify, PoolMode};
 
-/// Which delivery channels this node has configured.
-#[derive(Debug, Clone, Copy, Default)]
+/// Which delivery channels this node has configured, and where follow-ups may go.
+#[derive(Debug, Clone, Default)]
 pub struct Channels {
     pub email: bool,
     pub sms: bool,
+    /// Where webhooks may point: checked when one is registered, and again by the
+    /// delivery connector after every DNS lookup.
+    pub egress: EgressPolicy,
+    /// Destinations refused, by stage (`registration`, `connect`) and class; the node
+    /// registers it and its delivery connector counts into the same family.
+    pub egress_refused: EgressRefusals,
 }
+
+/// Labels of refused follow-up destinations (both values come from fixed sets).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EgressLabel {
+    pub stage: &'static str,
+    pub class: &'static str,
+}
+
+pub type EgressRefusals = Family<EgressLabel, Counter>;
 
 /// For PATCH bodies: a present field (even `null`) is `Some`, an absent one `None`.
 /// Use with `#[serde(default, deserialize_with = "present")]`.

@@ -22,7 +22,7 @@ mod webhooks;
 
 pub use calls::call_json;
 pub use error::ApiError;
-pub use follow_up::Channels;
+pub use follow_up::{Channels, EgressLabel, EgressRefusals};
 pub use pools::PoolMetrics;
 pub use webhooks::EVENT_TYPES;
 

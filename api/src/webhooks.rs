@@ -1,6 +1,12 @@
 //! `/v1/webhooks` (operator key): where the operator's call events go. Each webhook
 //! gets a secret at creation (shown once) that signs every delivery:
 //! `Tsunagu-Signature: t={unix seconds},v1={hex HMAC-SHA256 of "{t}.{body}"}`.
+//!
+//! A webhook URL must reach a public address (or a network the node's operator
+//! allow-listed): its host, or every address its name resolves to now, is checked
+//! against the node's egress policy, so a tenant cannot aim the node at its loopback,
+//! the cloud metadata service or the carrier's private network (SSRF). The delivery
+//! connector checks again at every connect, which is what defeats DNS rebinding.
 
 use crate::auth::OperatorId;
 use crate::error::parse_json;
@@ -11,8 +17,15 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 use tsunagu_store::Webhook;
+
+/// How long a webhook host's name may take to resolve at registration.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Addresses of one name checked at most (every one must be allowed).
+const MAX_ADDRESSES: usize = 16;
 
 /// The event types a webhook can subscribe to.
 pub const EVENT_TYPES: [&str; 4] = [
@@ -52,6 +65,7 @@ pub async fn create(
     if let Some(e) = tsunagu_config::http_url_error(&input.url) {
         return Err(ApiError::invalid("url", e));
     }
+    check_destination(&st, &input.url).await?;
     for (i, e) in input.events.iter().enumerate() {
         if !EVENT_TYPES.contains(&e.as_str()) {
             return Err(ApiError::invalid(
@@ -102,4 +116,67 @@ pub async fn delete(
     } else {
         Err(ApiError::not_found("no such webhook"))
     }
+}
+
+/// Refuses a URL whose host is, or resolves to, an address the node may not deliver
+/// to. A name must resolve now, and every address it resolves to must be allowed (the
+/// connector later uses only allowed ones, but a name that mixes in a private address
+/// is refused outright).
+async fn check_destination(st: &ApiState, url: &str) -> Result<(), ApiError> {
+    let uri: axum::http::Uri = url
+        .parse()
+        .map_err(|_| ApiError::invalid("url", format!("`{url}` is not a URL")))?;
+    let Some(authority) = uri.authority() else {
+        return Err(ApiError::invalid("url", format!("`{url}` has no host")));
+    };
+    if authority.as_str().contains('@') {
+        return Err(ApiError::invalid(
+            "url",
+            "must not contain a user name or password",
+        ));
+    }
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let default_port = if uri.scheme_str() == Some("https") {
+        443
+    } else {
+        80
+    };
+    let port = uri.port_u16().unwrap_or(default_port);
+    let addrs: Vec<SocketAddr> = match host.parse::<IpAddr>() {
+        Ok(ip) => vec![SocketAddr::new(ip, port)],
+        Err(_) => {
+            match tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((host, port))).await
+            {
+                Ok(Ok(found)) => found.take(MAX_ADDRESSES).collect(),
+                Ok(Err(_)) | Err(_) => Vec::new(),
+            }
+        }
+    };
+    if addrs.is_empty() {
+        return Err(ApiError::invalid(
+            "url",
+            format!("`{host}` does not resolve"),
+        ));
+    }
+    for addr in addrs {
+        if let Err(why) = st.channels.egress.check(addr) {
+            st.channels
+                .egress_refused
+                .get_or_create(&crate::EgressLabel {
+                    stage: "registration",
+                    class: why.as_str(),
+                })
+                .inc();
+            return Err(ApiError::invalid(
+                "url",
+                format!(
+                    "`{host}` is {why} ({addr}): webhooks go to public addresses only, unless the node's notify.allowed_networks lists the network"
+                ),
+            ));
+        }
+    }
+    Ok(())
 }

@@ -6,6 +6,7 @@
 //! path. [`Config::validate`] then checks the meaning (routes naming unknown trunks,
 //! overlapping port ranges, ...) and collects every error it finds.
 
+pub mod egress;
 mod env;
 mod model;
 mod net;

@@ -324,6 +324,11 @@ pub struct TrunkConfig {
     /// Believe P-Asserted-Identity from this trunk, and send it to this trunk (RFC 3325).
     #[serde(default)]
     pub trusted: bool,
+    /// This carrier verifies the caller's number it sends in From (a network that
+    /// authenticates its subscribers): such callers may receive SMS. Otherwise only a
+    /// P-Asserted-Identity from a `trusted` trunk counts as a verified number.
+    #[serde(default)]
+    pub verifies_caller_id: bool,
     /// OPTIONS keepalive interval toward `outbound`; 0 = off.
     #[serde(default)]
     pub options_interval_seconds: u32,
@@ -376,6 +381,22 @@ pub struct NotifyConfig {
     pub sms: Option<SmsConfig>,
     #[serde(default)]
     pub ga4: Ga4Config,
+    /// Networks follow-ups may reach although they are not public (e.g. an in-house
+    /// CRM on `10.0.0.0/8`). Loopback, private, link-local, CGNAT, multicast and other
+    /// non-public addresses are refused otherwise, at webhook registration and again
+    /// when connecting (see `tsunagu_config::egress`).
+    #[serde(default)]
+    pub allowed_networks: Vec<Cidr>,
+    /// SMS sent to one caller's number per day (local day, `utc_offset_minutes`),
+    /// counted across the cluster in the store.
+    #[serde(default = "default_caller_sms_per_day")]
+    pub caller_sms_per_day: u32,
+    /// Deliveries in flight to one destination (host and port) at once.
+    #[serde(default = "default_per_destination")]
+    pub per_destination: u32,
+    /// Deliveries in flight (and waiting for their destination) on this node at once.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: u32,
 }
 
 impl Default for NotifyConfig {
@@ -389,6 +410,10 @@ impl Default for NotifyConfig {
             smtp: None,
             sms: None,
             ga4: Ga4Config::default(),
+            allowed_networks: Vec::new(),
+            caller_sms_per_day: default_caller_sms_per_day(),
+            per_destination: default_per_destination(),
+            max_in_flight: default_max_in_flight(),
         }
     }
 }
@@ -450,6 +475,15 @@ fn default_delivery_timeout_ms() -> u64 {
 }
 fn default_utc_offset() -> i32 {
     540
+}
+fn default_caller_sms_per_day() -> u32 {
+    3
+}
+fn default_per_destination() -> u32 {
+    8
+}
+fn default_max_in_flight() -> u32 {
+    128
 }
 fn default_smtp_port() -> u16 {
     25

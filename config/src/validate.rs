@@ -249,6 +249,30 @@ impl Config {
         if let Some(e) = http_url_error(&n.ga4.endpoint) {
             err("notify.ga4.endpoint".into(), e);
         }
+        for (i, c) in n.allowed_networks.iter().enumerate() {
+            // A /0 would switch the SSRF defence off without saying so.
+            if c.prefix == 0 {
+                err(
+                    format!("notify.allowed_networks[{i}]"),
+                    "a /0 allows every address: list the networks follow-ups need".into(),
+                );
+            }
+        }
+        if !(1..=100).contains(&n.caller_sms_per_day) {
+            err(
+                "notify.caller_sms_per_day".into(),
+                "must be 1 to 100 (leave caller_sms_text unset to send none)".into(),
+            );
+        }
+        if !(1..=256).contains(&n.per_destination) {
+            err("notify.per_destination".into(), "must be 1 to 256".into());
+        }
+        if n.max_in_flight > 4096 || n.max_in_flight < n.per_destination.saturating_mul(2) {
+            err(
+                "notify.max_in_flight".into(),
+                "must be at least twice notify.per_destination and at most 4096".into(),
+            );
+        }
 
         if errors.is_empty() {
             Ok(())
@@ -369,6 +393,13 @@ mod tests {
             ),
             ("unknown untrusted mode", "[sip]\nuntrusted = \"answer\"\n", &["sip.untrusted"]),
             ("unknown notify key", "[notify.smtp]\nhost = \"h\"\nfrom = \"a@b\"\ntls = true\n", &["notify.smtp.tls"]),
+            (
+                "notify limits",
+                "[notify]\nallowed_networks = [\"10.0.0.0/8\", \"0.0.0.0/0\"]\ncaller_sms_per_day = 0\nper_destination = 0\nmax_in_flight = 5000\n",
+                &["notify.allowed_networks[1]", "notify.caller_sms_per_day", "notify.per_destination", "notify.max_in_flight"],
+            ),
+            ("bad allowed network", "[notify]\nallowed_networks = [\"10.0.0.0/33\"]\n", &["notify.allowed_networks[0]"]),
+            ("in flight below two destinations", "[notify]\nper_destination = 10\nmax_in_flight = 19\n", &["notify.max_in_flight"]),
         ];
         for (name, text, want) in cases {
             let errs = Config::from_toml(text).expect_err(name).0;

@@ -23,6 +23,8 @@ use tsunagu_store::{CallRecord, CallerKind, NewFollowUp, NumberKind, Store, Trac
 pub struct LogEntry {
     pub record: CallRecord,
     pub number: Arc<TrackingNumber>,
+    /// The caller's number was asserted or verified by its trunk (it may get an SMS).
+    pub caller_verified: bool,
 }
 
 enum LogMsg {
@@ -184,7 +186,12 @@ fn write_batch(w: &Writer, batch: &mut Batch) -> tsunagu_store::Result<bool> {
             &e.number,
             &w.webhooks.of(&r.operator_id),
             callback.as_deref(),
+            e.caller_verified,
         );
+        if !e.caller_verified && w.planner.caller_sms_wanted(r, &e.number) {
+            let unverified = crate::follow_up::metrics::UNVERIFIED;
+            w.follow_up_metrics.guards.withheld(unverified);
+        }
         follow_ups.extend(items.into_iter().map(|f| (i, f)));
     }
     store.insert_calls(&records, &follow_ups)?;
@@ -298,6 +305,7 @@ mod tests {
             LogEntry {
                 record: r,
                 number: number.clone(),
+                caller_verified: false,
             }
         };
         let w = Writer {

@@ -157,6 +157,7 @@ pub struct FollowUpMetrics {
     pub delivery_seconds: Histogram,
     pub callbacks_issued: Counter,
     pub callback_pool_empty: Counter,
+    pub guards: crate::follow_up::metrics::GuardMetrics,
 }
 
 impl Default for FollowUpMetrics {
@@ -172,6 +173,7 @@ impl Default for FollowUpMetrics {
             ]),
             callbacks_issued: Counter::default(),
             callback_pool_empty: Counter::default(),
+            guards: Default::default(),
         }
     }
 }
@@ -186,6 +188,7 @@ impl FollowUpMetrics {
             drop(self.failures.get_or_create(&l));
             drop(self.given_up.get_or_create(&l));
         }
+        self.guards.touch();
     }
 
     fn register(&self, r: &mut Registry) {
@@ -229,6 +232,7 @@ impl FollowUpMetrics {
             "Missed calls whose notice went without a callback number because the pool was full",
             self.callback_pool_empty.clone(),
         );
+        self.guards.register(r);
     }
 }
 

@@ -201,18 +201,20 @@ pub async fn run(
         wake: wake.clone(),
         webhooks: webhooks.clone(),
     });
-    let deliverer = Deliverer::new(store.clone(), notify).map_err(NodeError::Io)?;
+    let egress = crate::follow_up::egress_policy(&config);
+    let guards = metrics.follow_ups.guards.clone();
+    let deliverer = Deliverer::new(store.clone(), notify, egress.clone(), guards.clone())
+        .map_err(NodeError::Io)?;
     let (outbox_stop, outbox_stop_rx) = tokio::sync::watch::channel(false);
     let outbox_task = tokio::spawn(
-        Worker {
-            store: store.clone(),
-            deliverer: Arc::new(deliverer),
-            metrics: metrics.follow_ups.clone(),
-            max_attempts: notify.max_attempts,
-            retry_base: Duration::from_millis(notify.retry_base_ms),
-            claim: Duration::from_millis(notify.timeout_ms * 2 + 5_000),
+        Worker::new(
+            store.clone(),
+            Arc::new(deliverer),
+            metrics.follow_ups.clone(),
+            webhooks.clone(),
+            notify,
             wake,
-        }
+        )
         .run(outbox_stop_rx),
     );
     let media = &config.media;
@@ -359,6 +361,8 @@ pub async fn run(
         channels: tsunagu_api::Channels {
             email: planner.email,
             sms: planner.sms,
+            egress,
+            egress_refused: guards.egress_refused.clone(),
         },
         recordings_dir,
         prompts,

@@ -21,6 +21,8 @@ pub fn run_all(store: &dyn Store) {
     webhooks_are_scoped(store);
     follow_ups_are_queued_with_their_call_once(store);
     outbox_claims_retries_and_dead_letters(store);
+    released_follow_ups_keep_their_attempts(store);
+    caller_sms_are_capped_per_number_and_day(store);
     store.ping().expect("ping");
 }
 
@@ -740,4 +742,46 @@ fn outbox_claims_retries_and_dead_letters(s: &dyn Store) {
     assert!(dead >= 1);
     s.follow_up_delivered(retried[0].id).unwrap();
     assert!(claim_of(s, &op.id, far + 10_000_000).is_empty());
+}
+
+fn released_follow_ups_keep_their_attempts(s: &dyn Store) {
+    let op = s.create_operator("a").unwrap();
+    s.enqueue_follow_ups(&[follow_up(&op.id, "busy")]).unwrap();
+    let far = i64::MAX / 4;
+    let first = claim_of(s, &op.id, far);
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].attempts, 1);
+    s.release_follow_ups(&[first[0].id], far + 5_000).unwrap();
+    assert!(
+        claim_of(s, &op.id, far + 4_999).is_empty(),
+        "released until next_at"
+    );
+    let again = claim_of(s, &op.id, far + 5_000);
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].attempts, 1, "a released claim is not an attempt");
+    s.follow_up_delivered(again[0].id).unwrap();
+}
+
+fn caller_sms_are_capped_per_number_and_day(s: &dyn Store) {
+    let (caller, other) = (crate::new_id("caller"), crate::new_id("caller"));
+    let day = 20_000;
+    let take =
+        |number: &str, day: i64, call: &str| s.take_caller_sms(number, day, call, 2).unwrap();
+    let (a, b, c) = (
+        crate::new_id("call"),
+        crate::new_id("call"),
+        crate::new_id("call"),
+    );
+    assert!(take(&caller, day, &a));
+    assert!(
+        take(&caller, day, &a),
+        "the same call again is not counted twice"
+    );
+    assert!(take(&caller, day, &b));
+    assert!(
+        !take(&caller, day, &c),
+        "third SMS of the day is over the cap"
+    );
+    assert!(take(&other, day, &c), "another number has its own count");
+    assert!(take(&caller, day + 1, &crate::new_id("call")), "a new day");
 }

@@ -157,6 +157,14 @@ pub trait Store: Send + Sync + 'static {
     fn follow_up_failed(&self, id: i64, retry_at_ms: Option<i64>, error: &str) -> Result<()>;
     /// Follow-ups waiting for delivery, and dead ones.
     fn follow_up_counts(&self) -> Result<(u64, u64)>;
+    /// Hands claimed follow-ups back untried (their destination was busy): due again at
+    /// `next_at_ms`, and the claim's attempt is not counted.
+    fn release_follow_ups(&self, ids: &[i64], next_at_ms: i64) -> Result<()>;
+    /// Counts one SMS to a caller's number on `day` (a day number in the node's time
+    /// zone) for the call `call_id`, if fewer than `cap` were counted for that number
+    /// and day; true when this SMS may be sent. Idempotent per call (a retried delivery
+    /// is not counted twice); counts older than yesterday are forgotten.
+    fn take_caller_sms(&self, caller: &str, day: i64, call_id: &str, cap: u32) -> Result<bool>;
 
     /// A cheap round trip that fails when the store cannot serve requests.
     fn ping(&self) -> Result<()>;

@@ -129,6 +129,16 @@ ALTER TABLE calls ADD COLUMN recording_status TEXT;
 ALTER TABLE advertisers ADD COLUMN lines TEXT;
 ALTER TABLE calls ADD COLUMN attempts TEXT;
 "#,
+    r#"
+-- SMS sent to callers, per number and day, for notify.caller_sms_per_day.
+CREATE TABLE caller_sms (
+    call_id TEXT PRIMARY KEY,
+    caller TEXT NOT NULL,
+    day INTEGER NOT NULL
+);
+CREATE INDEX caller_sms_by_caller ON caller_sms(caller, day);
+CREATE INDEX caller_sms_by_day ON caller_sms(day);
+"#,
 ];
 
 const CALL_COLUMNS: &str = "call_id, operator_id, advertiser_id, tracking_number, caller_number, caller_kind, \
@@ -996,6 +1006,50 @@ impl Store for SqliteStore {
         })
         .map_err(unavailable)?;
         Ok(())
+    }
+
+    fn release_follow_ups(&self, ids: &[i64], next_at: i64) -> Result<()> {
+        self.write(|c| {
+            let tx = c.transaction()?;
+            {
+                let mut st = tx.prepare_cached(
+                    "UPDATE outbox SET next_at = ?2, attempts = MAX(attempts - 1, 0) WHERE id = ?1 AND dead = 0",
+                )?;
+                for id in ids {
+                    st.execute(params![id, next_at])?;
+                }
+            }
+            tx.commit()
+        })
+        .map_err(unavailable)
+    }
+
+    fn take_caller_sms(&self, caller: &str, day: i64, call_id: &str, cap: u32) -> Result<bool> {
+        self.write(|c| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            tx.prepare_cached("DELETE FROM caller_sms WHERE day < ?1")?
+                .execute([day.saturating_sub(1)])?;
+            let counted: bool = tx
+                .prepare_cached("SELECT 1 FROM caller_sms WHERE call_id = ?1")?
+                .exists([call_id])?;
+            let allowed = counted || {
+                let sent: i64 = tx
+                    .prepare_cached(
+                        "SELECT COUNT(*) FROM caller_sms WHERE caller = ?1 AND day = ?2",
+                    )?
+                    .query_row(params![caller, day], |r| r.get(0))?;
+                sent < i64::from(cap)
+            };
+            if allowed && !counted {
+                tx.prepare_cached(
+                    "INSERT INTO caller_sms (call_id, caller, day) VALUES (?1, ?2, ?3)",
+                )?
+                .execute(params![call_id, caller, day])?;
+            }
+            tx.commit()?;
+            Ok(allowed)
+        })
+        .map_err(unavailable)
     }
 
     fn follow_up_counts(&self) -> Result<(u64, u64)> {

@@ -34,7 +34,11 @@ fn signature_ok(secret: &str, header: &str, body: &str) -> bool {
 fn webhooks_reach_a_receiver_that_was_down_across_a_node_restart() {
     let ports = Ports::take();
     let hook_port = ports.sip + 5;
-    let mut node = Node::start(ports, "127.0.0.1/32", "[notify]\nretry_base_ms = 200\n");
+    let mut node = Node::start(
+        ports,
+        "127.0.0.1/32",
+        &format!("[notify]\nretry_base_ms = 200\n{ALLOW_LOOPBACK}\n"),
+    );
     let (key, _) = node.provision("0501234567", r#"[{"number": "0311112222"}]"#, "{}");
     let bad = node.send(
         "POST",
@@ -140,13 +144,20 @@ fn missed_call_notices_sms_ga4_and_a_tracked_callback() {
     let gateway = Receiver::start(gateway_port);
     let work = tempfile::tempdir().unwrap();
     let smtp = SmtpServer::start(smtp_port, work.path());
+    // The caller's carrier verifies caller ids (SMS to callers go only to verified
+    // numbers); carrier-a keeps forwarding the legs.
     let node = Node::start(
         ports,
-        "127.0.0.1/32",
+        "127.0.0.9/32",
         &format!(
             r#"
+[[trunks]]
+name = "mobile-carrier"
+inbound = ["127.0.0.1/32"]
+verifies_caller_id = true
 [notify]
 retry_base_ms = 200
+{ALLOW_LOOPBACK}
 [notify.smtp]
 host = "127.0.0.1"
 port = {smtp_port}
@@ -545,7 +556,7 @@ fn webhooks_over_https_verify_the_receiver_certificate() {
         ports,
         "127.0.0.1/32",
         &format!(
-            "[notify]\nretry_base_ms = 200\nmax_attempts = 2\nca_file = \"{}\"\n",
+            "[notify]\nretry_base_ms = 200\nmax_attempts = 2\n{ALLOW_LOOPBACK}\nca_file = \"{}\"\n",
             ca.display()
         ),
     );
@@ -581,5 +592,294 @@ fn webhooks_over_https_verify_the_receiver_certificate() {
         std::time::Duration::from_secs(10),
         "the dead-row gauge",
         || node.metric("tsunagu_follow_ups_dead") == 1.0,
+    );
+}
+
+/// SSRF: without `notify.allowed_networks`, webhooks to internal addresses are refused
+/// at registration (422, field `url`); and at connect time, after DNS, a delivery to a
+/// name that resolves to loopback is refused: a webhook registered while loopback was
+/// allowed (as a name that rebinds would be) and the node's GA4 endpoint both fail, are
+/// given up, and the receiver gets nothing. The node's own API is never a destination.
+#[test]
+fn internal_destinations_are_refused_at_registration_and_at_connect() {
+    let ports = Ports::take();
+    let hook_port = ports.sip + 5;
+    let receiver = Receiver::start(hook_port);
+    let config = |allow: &str| {
+        format!(
+            r#"
+[notify]
+retry_base_ms = 200
+max_attempts = 2
+{allow}
+[notify.ga4]
+endpoint = "http://localhost:{hook_port}/mp/collect"
+"#
+        )
+    };
+    let mut node = Node::start(ports, "127.0.0.1/32", &config(ALLOW_LOOPBACK));
+    let (key, _) = node.provision("0501234567", r#"[{"number": "0311112222"}]"#, "{}");
+    let register = |node: &Node, url: &str| {
+        node.send(
+            "POST",
+            "/v1/webhooks",
+            Some(&key),
+            &format!(r#"{{"url": "{url}", "events": ["call.ended"]}}"#),
+        )
+    };
+    let hook = register(&node, &format!("http://localhost:{hook_port}/rebound"));
+    assert_eq!(hook.status, 201, "{}", hook.body);
+    let own = register(
+        &node,
+        &format!("http://127.0.0.1:{}/v1/operators", ports.api),
+    );
+    assert_eq!(
+        (own.status, own.json()["error"]["field"].as_str()),
+        (422, Some("url")),
+        "the node's own API stays refused with loopback allowed: {}",
+        own.body
+    );
+
+    // The node's operator removes the allow-list.
+    let path = node.dir.path().join("node.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains(ALLOW_LOOPBACK));
+    std::fs::write(&path, text.replace(ALLOW_LOOPBACK, "")).unwrap();
+    node.restart();
+    for url in [
+        format!("http://127.0.0.1:{hook_port}/hooks"),
+        format!("http://localhost:{hook_port}/hooks"),
+        format!("http://[::1]:{hook_port}/hooks"),
+        format!("http://[::ffff:127.0.0.1]:{hook_port}/hooks"),
+        "http://169.254.169.254/latest/meta-data/".to_string(),
+        "http://10.0.0.1/".to_string(),
+        "https://192.168.1.1/".to_string(),
+        "http://100.64.0.1/".to_string(),
+        format!("http://0.0.0.0:{hook_port}/"),
+        "http://224.0.0.1/".to_string(),
+        "http://[fd00::1]/".to_string(),
+    ] {
+        let r = register(&node, &url);
+        assert_eq!(
+            (r.status, r.json()["error"]["field"].as_str()),
+            (422, Some("url")),
+            "{url}: {}",
+            r.body
+        );
+    }
+    assert_eq!(
+        node.metric(
+            "tsunagu_follow_up_destinations_refused_total{stage=\"registration\",class=\"loopback\"}"
+        ),
+        4.0
+    );
+    assert_eq!(
+        node.get("/v1/webhooks", &key).json()["webhooks"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1,
+        "nothing refused was stored"
+    );
+
+    // A valid call with a gclid: a call.ended webhook and a GA4 conversion, both to
+    // `localhost`, which now resolves to a refused address.
+    node.set_number(
+        &key,
+        "0501234567",
+        r#"{"tracking_params": {"gclid": "G1"}, "ga4": {"measurement_id": "G-X", "api_secret": "s"}}"#,
+    );
+    let _uas = Uas::start("uas_answer.xml", ports, node.dir.path(), &[]);
+    let run = uac("uac.xml", ports, "0501234567", 1, 1, &["-d", "200"]);
+    assert_eq!((run.exit, run.successful), (0, 1), "{}", run.output);
+    node.wait_until(
+        std::time::Duration::from_secs(15),
+        "both deliveries given up",
+        || {
+            node.metric("tsunagu_follow_ups_given_up_total{kind=\"webhook\"}") == 1.0
+                && node.metric("tsunagu_follow_ups_given_up_total{kind=\"ga4\"}") == 1.0
+        },
+    );
+    assert_eq!(
+        node.metric(
+            "tsunagu_follow_up_destinations_refused_total{stage=\"connect\",class=\"loopback\"}"
+        ),
+        4.0,
+        "two attempts each"
+    );
+    assert_eq!(
+        node.metric("tsunagu_follow_ups_delivered_total{kind=\"webhook\"}")
+            + node.metric("tsunagu_follow_ups_delivered_total{kind=\"ga4\"}"),
+        0.0
+    );
+    assert!(receiver.requests().is_empty(), "{:?}", receiver.requests());
+}
+
+/// One operator's receiver black-holes (accepts, never answers: each delivery waits
+/// for the delivery timeout) with more events queued than the worker used to claim and
+/// wait on at once (32); another operator's healthy receiver still gets its event
+/// within 2 s, and the black hole never holds more than its share of connections.
+#[test]
+fn a_black_holed_receiver_does_not_delay_other_operators() {
+    let ports = Ports::take();
+    let (hole_port, good_port) = (ports.sip + 5, ports.sip + 6);
+    let hole = BlackHole::start(hole_port);
+    let good = Receiver::start(good_port);
+    // A delivery timeout longer than the test, so every connection the black hole
+    // accepted is still held when they are counted.
+    let node = Node::start(
+        ports,
+        "127.0.0.1/32",
+        &format!("[notify]\n{ALLOW_LOOPBACK}\nper_destination = 4\ntimeout_ms = 30000\n"),
+    );
+    let dest = r#"[{"number": "0311112222"}]"#;
+    let (slow_key, _) = node.provision("0501234567", dest, "{}");
+    let (good_key, _) = node.provision("0502222222", dest, "{}");
+    for (key, url) in [
+        (&slow_key, format!("http://127.0.0.1:{hole_port}/slow")),
+        (&good_key, format!("http://127.0.0.1:{good_port}/good")),
+    ] {
+        let r = node.send(
+            "POST",
+            "/v1/webhooks",
+            Some(key),
+            &format!(r#"{{"url": "{url}"}}"#),
+        );
+        assert_eq!(r.status, 201, "{}", r.body);
+    }
+    let _uas = Uas::start("uas_answer.xml", ports, node.dir.path(), &[]);
+    // 12 calls: 36 events (started, answered, ended) for the black hole.
+    let run = uac("uac.xml", ports, "0501234567", 12, 50, &["-d", "10"]);
+    assert_eq!((run.exit, run.successful), (0, 12), "{}", run.output);
+    node.wait_for_calls(&slow_key, 12);
+    node.wait_until(
+        std::time::Duration::from_secs(5),
+        "deliveries stuck in the black hole",
+        || hole.accepted() >= 1,
+    );
+
+    let run = uac("uac.xml", ports, "0502222222", 1, 1, &["-d", "10"]);
+    let ended = std::time::Instant::now();
+    assert_eq!((run.exit, run.successful), (0, 1), "{}", run.output);
+    let deadline = ended + std::time::Duration::from_secs(2);
+    while good.requests().len() < 3 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let got = good.requests();
+    assert_eq!(
+        got.len(),
+        3,
+        "the healthy receiver's events within 2 s: {got:?}\n{}",
+        node.log()
+    );
+    assert!(
+        hole.accepted() <= 4,
+        "the black hole holds at most per_destination connections, not {}",
+        hole.accepted()
+    );
+    assert!(node.metric("tsunagu_follow_ups_deferred_total") >= 1.0);
+}
+
+/// SMS to callers go only to numbers a carrier vouches for, and at most
+/// `notify.caller_sms_per_day` a day to one number: a caller on an untrusted trunk
+/// (its From, even with a P-Asserted-Identity) and one on a trusted trunk without an
+/// asserted identity get none; an asserted caller gets them until the cap.
+#[test]
+fn sms_go_to_verified_callers_only_and_until_the_daily_cap() {
+    let ports = Ports::take();
+    let gateway_port = ports.sip + 5;
+    let gateway = Receiver::start(gateway_port);
+    let node = Node::start(
+        ports,
+        "127.0.0.1/32",
+        &format!(
+            r#"
+[[trunks]]
+name = "pstn"
+inbound = ["127.0.0.3/32"]
+trusted = true
+[notify]
+retry_base_ms = 200
+caller_sms_per_day = 2
+{ALLOW_LOOPBACK}
+[notify.sms]
+url = "http://127.0.0.1:{gateway_port}/sms/send"
+"#
+        ),
+    );
+    let (key, _) = node.provision("0501234567", r#"[{"number": "0311112222"}]"#, "{}");
+    node.set_number(
+        &key,
+        "0501234567",
+        r#"{"notify": {"caller_sms_text": "Thanks for calling {tracking_number}"}}"#,
+    );
+    let _uas = Uas::start("uas_answer.xml", ports, node.dir.path(), &[]);
+    let with_pai = scenario_with_header(
+        node.dir.path(),
+        "uac.xml",
+        "P-Asserted-Identity: <sip:09011112222@127.0.0.3>",
+    );
+    let unverified = "tsunagu_caller_sms_withheld_total{reason=\"unverified\"}";
+    let over_cap = "tsunagu_caller_sms_withheld_total{reason=\"daily_cap\"}";
+
+    // Untrusted trunk, PAI ignored (caller 09012345678 from From); trusted trunk
+    // without an asserted identity.
+    let run = uac(&with_pai, ports, "0501234567", 1, 1, &["-d", "50"]);
+    assert_eq!(run.successful, 1, "{}", run.output);
+    let run = uac(
+        "uac.xml",
+        ports,
+        "0501234567",
+        1,
+        1,
+        &["-d", "50", "-i", "127.0.0.3"],
+    );
+    assert_eq!(run.successful, 1, "{}", run.output);
+    node.wait_for_calls(&key, 2);
+    node.wait_until(
+        std::time::Duration::from_secs(10),
+        "two unverified callers",
+        || node.metric(unverified) == 2.0,
+    );
+
+    // Three calls asserted by the trusted trunk: two SMS, the third over the cap.
+    let run = uac(
+        &with_pai,
+        ports,
+        "0501234567",
+        3,
+        10,
+        &["-d", "50", "-i", "127.0.0.3"],
+    );
+    assert_eq!(run.successful, 3, "{}", run.output);
+    node.wait_for_calls(&key, 5);
+    node.wait_until(
+        std::time::Duration::from_secs(15),
+        "two SMS sent and one over the cap",
+        || {
+            node.metric("tsunagu_follow_ups_delivered_total{kind=\"sms\"}") == 2.0
+                && node.metric(over_cap) == 1.0
+        },
+    );
+    let sent: Vec<serde_json::Value> = gateway
+        .requests()
+        .iter()
+        .map(|r| serde_json::from_str(&r.body).unwrap())
+        .collect();
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    assert!(
+        sent.iter()
+            .all(|s| s["to"] == "09011112222" && s["text"] == "Thanks for calling 0501234567"),
+        "{sent:?}"
+    );
+    assert_eq!(node.metric(unverified), 2.0);
+    assert_eq!(
+        node.metric("tsunagu_follow_ups_given_up_total{kind=\"sms\"}"),
+        0.0
+    );
+    node.wait_until(
+        std::time::Duration::from_secs(5),
+        "the outbox to drain",
+        || node.metric("tsunagu_follow_ups_pending") == 0.0,
     );
 }

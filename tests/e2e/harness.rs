@@ -1035,3 +1035,52 @@ impl Drop for Phone {
         self.stop.store(true, Ordering::Relaxed);
     }
 }
+
+/// The `[notify]` line that lets follow-ups reach receivers on loopback: the node
+/// refuses non-public destinations unless `notify.allowed_networks` lists them.
+pub const ALLOW_LOOPBACK: &str = r#"allowed_networks = ["127.0.0.0/8", "::1/128"]"#;
+
+/// A receiver that black-holes: it accepts TCP connections and never answers (nor
+/// closes them) until dropped. Counts the connections it accepted.
+pub struct BlackHole {
+    pub port: u16,
+    accepted: Arc<Mutex<Vec<TcpStream>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl BlackHole {
+    pub fn start(port: u16) -> BlackHole {
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind black hole");
+        let accepted = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (a, st) = (accepted.clone(), stop.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if st.load(Ordering::SeqCst) {
+                    return;
+                }
+                if let Ok(c) = conn {
+                    a.lock().unwrap().push(c);
+                }
+            }
+        });
+        BlackHole {
+            port,
+            accepted,
+            stop,
+        }
+    }
+
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> usize {
+        self.accepted.lock().unwrap().len()
+    }
+}
+
+impl Drop for BlackHole {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        self.accepted.lock().unwrap().clear();
+    }
+}

@@ -36,7 +36,11 @@ fn answered_calls_are_recorded_in_stereo_or_mono_and_served_to_their_operator() 
     let ports = Ports::take();
     let hook_port = ports.sip + 5;
     let receiver = Receiver::start(hook_port);
-    let node = Node::start(ports, "127.0.0.1/32", "");
+    let node = Node::start(
+        ports,
+        "127.0.0.1/32",
+        &format!("[notify]\n{ALLOW_LOOPBACK}\n"),
+    );
     let (key, _) = node.provision("0501234567", r#"[{"number": "0311112222"}]"#, "{}");
     node.set_number(&key, "0501234567", r#"{"recording": {"mode": "both"}}"#);
     let bad = node.patch_number(&key, "0501234567", r#"{"recording": {"mode": "everyone"}}"#);

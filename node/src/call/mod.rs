@@ -151,6 +151,8 @@ pub struct Call {
     b: Option<BLeg>,
     relay: Option<Relay>,
     caller: Caller,
+    /// The caller's number was asserted or verified by its trunk (SMS to callers).
+    caller_verified: bool,
     privacy: Option<String>,
     max_forwards: u8,
     started: Instant,
@@ -271,6 +273,10 @@ impl Call {
             logged,
         } = args;
         let privacy = header(&invite.request, "Privacy").map(str::to_string);
+        let caller_verified = ctx.routing.trunks.get(inbound_trunk).is_some_and(|t| {
+            let pai = header(&invite.request, "P-Asserted-Identity");
+            crate::follow_up::plan::caller_verified(t.trusted, t.verifies_caller_id, pai)
+        });
         let max_forwards = header(&invite.request, "Max-Forwards")
             .and_then(|m| m.trim().parse::<u8>().ok())
             .unwrap_or(70)
@@ -302,6 +308,7 @@ impl Call {
             b: None,
             relay: None,
             caller,
+            caller_verified,
             privacy,
             max_forwards,
             started,
@@ -1192,7 +1199,8 @@ impl Call {
                 .observe(ended.duration_since(t).as_secs_f64());
         }
         tracing::info!(result = %self.result, ring_seconds, talk_seconds, rtp_in = pin, rtp_out = pout, "call ended");
-        let entry = log_entry(record, &self.number);
+        let mut entry = log_entry(record, &self.number);
+        entry.caller_verified = self.caller_verified;
         match (self.recording.take(), self.relay.as_ref()) {
             (Some(rel), Some(relay)) => {
                 // The record waits for the recording file to be complete.
@@ -1284,6 +1292,7 @@ fn log_entry(record: CallRecord, number: &Arc<TrackingNumber>) -> LogEntry {
     LogEntry {
         record,
         number: number.clone(),
+        caller_verified: false,
     }
 }
 

@@ -16,6 +16,8 @@ pub struct Trunk {
     pub max_channels: u32,
     /// P-Asserted-Identity is believed from, and sent to, this trunk.
     pub trusted: bool,
+    /// The From numbers of this trunk are verified by the carrier (callers may get SMS).
+    pub verifies_caller_id: bool,
     /// A 3xx from this trunk is followed (its Contact's number is tried next).
     pub follow_redirects: bool,
 }
@@ -52,6 +54,7 @@ impl Routing {
                 shaping: std::time::Duration::from_millis(u64::from(t.shaping_ms)),
                 max_channels: t.max_channels,
                 trusted: t.trusted,
+                verifies_caller_id: t.verifies_caller_id,
                 follow_redirects: t.redirects == tsunagu_config::RedirectPolicy::Follow,
             })
             .collect();

@@ -1,11 +1,14 @@
 //! Sends one follow-up: a signed webhook POST, a GA4 Measurement Protocol POST, an SMS
 //! gateway POST, or an e-mail through the SMTP relay. A success is a 2xx answer (or the
 //! relay accepting the mail); anything else is an error worth retrying, except
-//! [`Failure::Permanent`] (nothing could ever deliver it).
+//! [`Failure::Permanent`] (nothing could ever deliver it) and [`Failure::Withheld`]
+//! (deliberately not sent: a caller's daily SMS cap).
 
-use super::http::{query_escaped, Client, Url};
+use super::http::{destination, parse_url, query_escaped, Client};
+use super::metrics::{GuardMetrics, DAILY_CAP};
 use super::sign::signature_header;
 use super::template::{json_escaped, render};
+use bytes::Bytes;
 use lettre::message::header::ContentType;
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
@@ -13,6 +16,7 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
+use tsunagu_config::egress::EgressPolicy;
 use tsunagu_config::{NotifyConfig, SmsConfig};
 use tsunagu_store::{FollowUp, FollowUpKind, Store};
 
@@ -22,6 +26,8 @@ pub enum Failure {
     Retry(String),
     /// Never deliverable (webhook deleted, channel not configured, bad payload).
     Permanent(String),
+    /// Not sent on purpose (a cap): the row leaves the outbox without a delivery.
+    Withheld(String),
 }
 
 pub struct Deliverer {
@@ -30,6 +36,12 @@ pub struct Deliverer {
     sms: Option<SmsConfig>,
     ga4_endpoint: String,
     smtp: Option<(AsyncSmtpTransport<Tokio1Executor>, lettre::message::Mailbox)>,
+    caller_sms_per_day: u32,
+    guards: GuardMetrics,
+    /// Destinations of the node-wide channels, for per-destination limits.
+    sms_destination: String,
+    ga4_destination: String,
+    smtp_destination: String,
 }
 
 #[derive(Deserialize)]
@@ -43,6 +55,12 @@ struct Email {
 struct Sms {
     to: String,
     text: String,
+    /// Set on SMS to a caller (see [`super::plan`]): the call's local day number and
+    /// id, which the per-caller daily cap counts by.
+    #[serde(default)]
+    caller_day: Option<i64>,
+    #[serde(default)]
+    call_id: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -56,8 +74,19 @@ fn permanent(what: &str) -> impl Fn(serde_json::Error) -> Failure + '_ {
     move |e| Failure::Permanent(format!("unreadable {what} payload: {e}"))
 }
 
+fn destination_of(url: &str) -> String {
+    parse_url(url)
+        .map(|u| destination(&u))
+        .unwrap_or_else(|_| url.to_string())
+}
+
 impl Deliverer {
-    pub fn new(store: Arc<dyn Store>, cfg: &NotifyConfig) -> Result<Deliverer, String> {
+    pub fn new(
+        store: Arc<dyn Store>,
+        cfg: &NotifyConfig,
+        egress: EgressPolicy,
+        guards: GuardMetrics,
+    ) -> Result<Deliverer, String> {
         let timeout = Duration::from_millis(cfg.timeout_ms);
         let smtp = match &cfg.smtp {
             None => None,
@@ -67,6 +96,8 @@ impl Deliverer {
                     .parse()
                     .map_err(|e| format!("notify.smtp.from `{}`: {e}", s.from))?;
                 // Plain SMTP to the relay (normally a local MTA that handles TLS onward).
+                // The relay is the node operator's own configuration, typically on
+                // loopback, so it is not subject to the egress policy.
                 let mut b = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&s.host)
                     .port(s.port)
                     .timeout(Some(timeout));
@@ -77,14 +108,44 @@ impl Deliverer {
             }
         };
         let roots = crate::tls::trusted_roots(cfg.ca_file.as_deref(), "notify.ca_file")?;
-        let http = Client::new(timeout, roots);
+        let http = Client::new(
+            timeout,
+            roots,
+            egress,
+            guards.egress_refused.clone(),
+            cfg.per_destination as usize,
+        );
         Ok(Deliverer {
             store,
             http,
+            sms_destination: cfg
+                .sms
+                .as_ref()
+                .map(|s| destination_of(&s.url))
+                .unwrap_or_default(),
+            ga4_destination: destination_of(&cfg.ga4.endpoint),
+            smtp_destination: cfg
+                .smtp
+                .as_ref()
+                .map(|s| format!("smtp:{}:{}", s.host, s.port))
+                .unwrap_or_default(),
             sms: cfg.sms.clone(),
             ga4_endpoint: cfg.ga4.endpoint.clone(),
             smtp,
+            caller_sms_per_day: cfg.caller_sms_per_day,
+            guards,
         })
+    }
+
+    /// Where a follow-up of a node-wide channel goes (`host:port`); None for webhooks,
+    /// whose destination is their own URL.
+    pub fn channel_destination(&self, kind: FollowUpKind) -> Option<&str> {
+        match kind {
+            FollowUpKind::Webhook => None,
+            FollowUpKind::Ga4 => Some(&self.ga4_destination),
+            FollowUpKind::Sms => Some(&self.sms_destination),
+            FollowUpKind::Email => Some(&self.smtp_destination),
+        }
     }
 
     pub async fn deliver(&self, f: &FollowUp) -> Result<(), Failure> {
@@ -104,7 +165,6 @@ impl Deliverer {
             .map_err(|e| Failure::Retry(e.to_string()))?
             .map_err(|e| Failure::Retry(e.to_string()))?
             .ok_or_else(|| Failure::Permanent(format!("webhook {} was deleted", f.item.target)))?;
-        let url = Url::parse(&hook.url).map_err(|e| Failure::Permanent(e.to_string()))?;
         let now = chrono::Utc::now().timestamp();
         let event_id = serde_json::from_str::<serde_json::Value>(&f.item.payload)
             .ok()
@@ -119,10 +179,10 @@ impl Deliverer {
             ("Tsunagu-Delivery-Attempt", f.attempts.to_string()),
         ];
         self.post(
-            &url,
+            &hook.url,
             "application/json",
             &headers,
-            f.item.payload.as_bytes(),
+            Bytes::from(f.item.payload.clone()),
         )
         .await
     }
@@ -140,9 +200,13 @@ impl Deliverer {
             query_escaped(&g.measurement_id),
             query_escaped(&g.api_secret)
         );
-        let url = Url::parse(&url).map_err(|e| Failure::Permanent(e.to_string()))?;
-        self.post(&url, "application/json", &[], g.body.to_string().as_bytes())
-            .await
+        self.post(
+            &url,
+            "application/json",
+            &[],
+            Bytes::from(g.body.to_string()),
+        )
+        .await
     }
 
     async fn sms(&self, f: &FollowUp) -> Result<(), Failure> {
@@ -151,7 +215,21 @@ impl Deliverer {
             .as_ref()
             .ok_or_else(|| Failure::Permanent("no [notify.sms] gateway configured".into()))?;
         let s: Sms = serde_json::from_str(&f.item.payload).map_err(permanent("sms"))?;
-        let url = Url::parse(&cfg.url).map_err(|e| Failure::Permanent(e.to_string()))?;
+        if let (Some(day), Some(call_id)) = (s.caller_day, s.call_id.clone()) {
+            let (store, to, cap) = (self.store.clone(), s.to.clone(), self.caller_sms_per_day);
+            let allowed =
+                tokio::task::spawn_blocking(move || store.take_caller_sms(&to, day, &call_id, cap))
+                    .await
+                    .map_err(|e| Failure::Retry(e.to_string()))?
+                    .map_err(|e| Failure::Retry(e.to_string()))?;
+            if !allowed {
+                self.guards.withheld(DAILY_CAP);
+                return Err(Failure::Withheld(format!(
+                    "{} already got {cap} SMS today (notify.caller_sms_per_day)",
+                    s.to
+                )));
+            }
+        }
         let values = BTreeMap::from([("to", json_escaped(&s.to)), ("text", json_escaped(&s.text))]);
         let body = render(&cfg.body, &values);
         let headers: Vec<(&str, String)> = cfg
@@ -159,7 +237,7 @@ impl Deliverer {
             .iter()
             .map(|a| ("Authorization", a.clone()))
             .collect();
-        self.post(&url, &cfg.content_type, &headers, body.as_bytes())
+        self.post(&cfg.url, &cfg.content_type, &headers, Bytes::from(body))
             .await
     }
 
@@ -188,14 +266,17 @@ impl Deliverer {
 
     async fn post(
         &self,
-        url: &Url,
+        url: &str,
         content_type: &str,
         headers: &[(&str, String)],
-        body: &[u8],
+        body: Bytes,
     ) -> Result<(), Failure> {
         match self.http.post(url, content_type, headers, body).await {
             Ok(code) if (200..300).contains(&code) => Ok(()),
             Ok(code) => Err(Failure::Retry(format!("answered {code}"))),
+            Err(e) if e.is_permanent() => Err(Failure::Permanent(e.to_string())),
+            // A refused address is retried too: DNS or notify.allowed_networks may
+            // change (each try is checked again and counted).
             Err(e) => Err(Failure::Retry(e.to_string())),
         }
     }

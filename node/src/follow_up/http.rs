@@ -1,220 +1,473 @@
-//! A minimal HTTP/1.1 client for follow-ups: one POST per connection
-//! (`Connection: close`), over TCP or TLS (rustls, Mozilla's roots compiled in), and
-//! only the status code is read back. Webhook, GA4 and SMS-gateway receivers need no
-//! more, and it keeps a full HTTP client stack out of the build.
+//! The follow-up HTTP client (webhooks, GA4, SMS gateways): hyper's pooled HTTP/1.1
+//! client, so connections to a receiver are kept alive between deliveries, behind our
+//! own connector. The connector resolves the name itself and connects only to
+//! addresses the egress policy allows ([`tsunagu_config::egress`]), checked after DNS
+//! and right before connecting, so a name that rebinds to 127.0.0.1 or 169.254.169.254
+//! after the webhook was registered gains nothing. TLS is rustls with the node's roots.
+//!
+//! Every exchange is bounded: the whole of it (connect, TLS, request, response, and any
+//! redirects) by the delivery timeout, the connect step by [`CONNECT_TIMEOUT`] at most,
+//! the response body by [`MAX_RESPONSE_BYTES`] (bigger is a failure) and its head by
+//! hyper's buffer limit. Redirects: only 307 and 308 are followed (they keep the method
+//! and body of a POST), at most [`MAX_REDIRECTS`], never from https to http, each hop
+//! through the same connector (so checked again); `Authorization` is not sent to
+//! another origin. Any other 3xx is a failed delivery.
 
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE, LOCATION, USER_AGENT};
+use hyper::{Request, Uri};
+use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tsunagu_api::{EgressLabel, EgressRefusals};
+use tsunagu_config::egress::{EgressPolicy, Refusal};
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Url {
-    pub tls: bool,
-    pub host: String,
-    pub port: u16,
-    /// Path and query, starting with `/`.
-    pub target: String,
-}
+/// The largest response body read (a receiver's answer is only looked at for its
+/// status; the body is read so the connection can be reused).
+pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+/// Redirects (307/308) followed per delivery.
+pub const MAX_REDIRECTS: usize = 3;
+/// Time allowed to open one TCP connection (within the delivery timeout).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Addresses of one name tried at most (a DNS answer can list hundreds).
+const MAX_ADDRESSES: usize = 8;
+/// Idle keep-alive connections are closed after this.
+const POOL_IDLE: Duration = Duration::from_secs(30);
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum HttpError {
+/// Why the connector did not hand hyper a connection.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ConnectError {
     #[error("bad URL `{0}`")]
     BadUrl(String),
+    #[error("{host} resolves to {addr}, {why}: not allowed (see notify.allowed_networks)")]
+    Refused {
+        host: String,
+        addr: SocketAddr,
+        why: Refusal,
+    },
+    #[error("cannot resolve {0}: {1}")]
+    Resolve(String, String),
     #[error("connect to {0} failed: {1}")]
     Connect(String, String),
     #[error("TLS with {0} failed: {1}")]
     Tls(String, String),
-    #[error("I/O with {0} failed: {1}")]
-    Io(String, String),
-    #[error("{0} answered no HTTP status line")]
-    BadResponse(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("bad URL `{0}`")]
+    BadUrl(String),
+    #[error("header `{0}` has a value HTTP does not allow")]
+    BadHeader(String),
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error("HTTP with {0} failed: {1}")]
+    Http(String, String),
+    #[error("{0} answered with a body over {MAX_RESPONSE_BYTES} bytes")]
+    TooLarge(String),
     #[error("{0} took longer than {1} ms")]
     Timeout(String, u64),
+    #[error("redirect from {0}: {1}")]
+    Redirect(String, String),
 }
 
-impl Url {
-    pub fn parse(url: &str) -> Result<Url, HttpError> {
-        let bad = || HttpError::BadUrl(url.to_string());
-        let (tls, rest) = if let Some(r) = url.strip_prefix("https://") {
-            (true, r)
-        } else if let Some(r) = url.strip_prefix("http://") {
-            (false, r)
-        } else {
-            return Err(bad());
-        };
-        let (authority, target) = match rest.find(['/', '?']) {
-            Some(i) if rest.as_bytes()[i] == b'/' => (&rest[..i], rest[i..].to_string()),
-            Some(i) => (&rest[..i], format!("/{}", &rest[i..])),
-            None => (rest, "/".to_string()),
-        };
-        let default_port = if tls { 443 } else { 80 };
-        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-            let (h, after) = v6.split_once(']').ok_or_else(bad)?;
-            let port = match after.strip_prefix(':') {
-                Some(p) => p.parse().map_err(|_| bad())?,
-                None if after.is_empty() => default_port,
-                None => return Err(bad()),
-            };
-            (h.to_string(), port)
-        } else {
-            match authority.rsplit_once(':') {
-                Some((h, p)) => (h.to_string(), p.parse().map_err(|_| bad())?),
-                None => (authority.to_string(), default_port),
-            }
-        };
-        if host.is_empty() || host.contains(['@', ' ']) || target.contains(char::is_whitespace) {
-            return Err(bad());
-        }
-        Ok(Url {
-            tls,
-            host,
-            port,
-            target,
-        })
-    }
-
-    fn host_header(&self) -> String {
-        let host = if self.host.contains(':') {
-            format!("[{}]", self.host)
-        } else {
-            self.host.clone()
-        };
-        let default = if self.tls { 443 } else { 80 };
-        if self.port == default {
-            host
-        } else {
-            format!("{host}:{}", self.port)
-        }
+impl HttpError {
+    /// Whether no later attempt can succeed (the URL or a header value itself is bad).
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            HttpError::BadUrl(_)
+                | HttpError::BadHeader(_)
+                | HttpError::Connect(ConnectError::BadUrl(_))
+        )
     }
 }
 
-/// Sends POSTs; holds the TLS settings, built once.
+/// Parses an absolute http(s) URL with a host and no user name or password.
+pub fn parse_url(url: &str) -> Result<Uri, HttpError> {
+    let bad = || HttpError::BadUrl(url.to_string());
+    let uri: Uri = url.parse().map_err(|_| bad())?;
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        _ => return Err(bad()),
+    }
+    let authority = uri.authority().ok_or_else(bad)?;
+    let text = authority.as_str();
+    // `http::Uri` accepts a port that is not a number (and then reports none).
+    let after_host = text.rsplit_once(']').map_or(text, |(_, rest)| rest);
+    let bad_port = after_host.contains(':') && authority.port_u16().is_none();
+    if text.contains('@') || authority.host().is_empty() || bad_port {
+        return Err(bad());
+    }
+    Ok(uri)
+}
+
+/// The `host:port` a URL delivers to (the unit of per-destination limits).
+pub fn destination(uri: &Uri) -> String {
+    let tls = uri.scheme_str() == Some("https");
+    let host = uri.host().unwrap_or_default().to_ascii_lowercase();
+    let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+    format!("{host}:{port}")
+}
+
+/// Sends POSTs through the pool; built once per node.
 pub struct Client {
-    tls: tokio_rustls::TlsConnector,
+    hyper: hyper_util::client::legacy::Client<GuardedConnector, Full<Bytes>>,
     timeout: Duration,
 }
 
 impl Client {
-    /// A client verifying servers against `roots` (see [`crate::tls::trusted_roots`]).
-    pub fn new(timeout: Duration, roots: rustls::RootCertStore) -> Client {
-        let config = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+    /// A client whose whole exchange takes at most `timeout`, verifying servers against
+    /// `roots` (see [`crate::tls::trusted_roots`]) and connecting only where `policy`
+    /// allows; refusals are counted in `refused` (stage `connect`).
+    pub fn new(
+        timeout: Duration,
+        roots: rustls::RootCertStore,
+        policy: EgressPolicy,
+        refused: EgressRefusals,
+        idle_per_destination: usize,
+    ) -> Client {
+        let mut config = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
             .with_safe_default_protocol_versions()
             .expect("ring supports the default TLS versions")
             .with_root_certificates(roots)
             .with_no_client_auth();
-        Client {
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let connector = GuardedConnector(Arc::new(Guard {
+            policy,
             tls: tokio_rustls::TlsConnector::from(Arc::new(config)),
-            timeout,
-        }
+            connect_timeout: CONNECT_TIMEOUT.min(timeout),
+            refused,
+        }));
+        let hyper = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(POOL_IDLE)
+            .pool_max_idle_per_host(idle_per_destination)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            // Bounds what a response head may make us buffer.
+            .http1_max_buf_size(16 * 1024)
+            .http1_max_headers(64)
+            .build(connector);
+        Client { hyper, timeout }
     }
 
-    /// POSTs `body` and returns the response's status code.
+    /// POSTs `body` to `url` and returns the final response's status code.
     pub async fn post(
         &self,
-        url: &Url,
+        url: &str,
         content_type: &str,
         headers: &[(&str, String)],
-        body: &[u8],
+        body: Bytes,
     ) -> Result<u16, HttpError> {
-        let who = format!("{}:{}", url.host, url.port);
+        let uri = parse_url(url)?;
         let limit = self.timeout.as_millis() as u64;
+        let who = destination(&uri);
         tokio::time::timeout(
             self.timeout,
-            self.exchange(url, &who, content_type, headers, body),
+            self.exchange(uri, content_type, headers, body),
         )
         .await
-        .map_err(|_| HttpError::Timeout(who.clone(), limit))?
+        .map_err(|_| HttpError::Timeout(who, limit))?
     }
 
     async fn exchange(
         &self,
-        url: &Url,
-        who: &str,
+        first: Uri,
         content_type: &str,
         headers: &[(&str, String)],
-        body: &[u8],
+        body: Bytes,
     ) -> Result<u16, HttpError> {
-        let tcp = TcpStream::connect((url.host.as_str(), url.port))
-            .await
-            .map_err(|e| HttpError::Connect(who.to_string(), e.to_string()))?;
-        let _ = tcp.set_nodelay(true);
-        let mut head = format!(
-            "POST {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: tsunagu/{}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n",
-            url.target,
-            url.host_header(),
-            env!("CARGO_PKG_VERSION"),
-            body.len()
-        );
-        for (name, value) in headers {
-            head.push_str(name);
-            head.push_str(": ");
-            head.push_str(value);
-            head.push_str("\r\n");
-        }
-        head.push_str("\r\n");
-        if url.tls {
-            let name = rustls::pki_types::ServerName::try_from(url.host.clone())
-                .map_err(|e| HttpError::Tls(who.to_string(), e.to_string()))?;
-            let stream = self
-                .tls
-                .connect(name, tcp)
+        let mut uri = first.clone();
+        let mut redirects = 0;
+        loop {
+            let who = destination(&uri);
+            let same_origin =
+                uri.scheme() == first.scheme() && uri.authority() == first.authority();
+            let mut req = Request::post(uri.clone())
+                .body(Full::new(body.clone()))
+                .map_err(|e| HttpError::BadUrl(e.to_string()))?;
+            let h = req.headers_mut();
+            h.insert(CONTENT_TYPE, header_value("content-type", content_type)?);
+            h.insert(
+                USER_AGENT,
+                HeaderValue::from_static(concat!("tsunagu/", env!("CARGO_PKG_VERSION"))),
+            );
+            for (name, value) in headers {
+                // Credentials for the configured origin are not handed to another one.
+                if !same_origin && name.eq_ignore_ascii_case("authorization") {
+                    continue;
+                }
+                let n = HeaderName::from_bytes(name.as_bytes())
+                    .map_err(|_| HttpError::BadHeader(name.to_string()))?;
+                h.insert(n, header_value(name, value)?);
+            }
+            let resp = self
+                .hyper
+                .request(req)
                 .await
-                .map_err(|e| HttpError::Tls(who.to_string(), e.to_string()))?;
-            round_trip(stream, who, head.as_bytes(), body).await
-        } else {
-            round_trip(tcp, who, head.as_bytes(), body).await
+                .map_err(|e| hyper_error(&who, &e))?;
+            let status = resp.status().as_u16();
+            let location = resp
+                .headers()
+                .get(LOCATION)
+                .and_then(|l| l.to_str().ok())
+                .map(str::to_string);
+            Limited::new(resp.into_body(), MAX_RESPONSE_BYTES)
+                .collect()
+                .await
+                .map_err(|e| {
+                    if e.is::<LengthLimitError>() {
+                        HttpError::TooLarge(who.clone())
+                    } else {
+                        HttpError::Http(who.clone(), e.to_string())
+                    }
+                })?;
+            if !matches!(status, 307 | 308) {
+                return Ok(status);
+            }
+            redirects += 1;
+            if redirects > MAX_REDIRECTS {
+                return Err(HttpError::Redirect(
+                    who,
+                    format!("more than {MAX_REDIRECTS} redirects"),
+                ));
+            }
+            let location =
+                location.ok_or_else(|| HttpError::Redirect(who.clone(), "no Location".into()))?;
+            uri = redirect_target(&uri, &location).map_err(|e| HttpError::Redirect(who, e))?;
         }
     }
 }
 
-async fn round_trip<S: AsyncRead + AsyncWrite + Unpin>(
-    mut s: S,
-    who: &str,
-    head: &[u8],
-    body: &[u8],
-) -> Result<u16, HttpError> {
-    let io = |e: std::io::Error| HttpError::Io(who.to_string(), e.to_string());
-    s.write_all(head).await.map_err(io)?;
-    s.write_all(body).await.map_err(io)?;
-    s.flush().await.map_err(io)?;
-    let mut buf = [0u8; 256];
-    let mut got = 0;
-    while got < buf.len() {
-        let n = s.read(&mut buf[got..]).await.map_err(io)?;
-        if n == 0 {
-            break;
-        }
-        got += n;
-        if buf[..got].windows(2).any(|w| w == b"\r\n") {
-            break;
-        }
-    }
-    status_code(&buf[..got]).ok_or_else(|| HttpError::BadResponse(who.to_string()))
+fn header_value(name: &str, value: &str) -> Result<HeaderValue, HttpError> {
+    HeaderValue::from_str(value).map_err(|_| HttpError::BadHeader(name.to_string()))
 }
 
-/// The status code of an HTTP/1.x status line.
-fn status_code(head: &[u8]) -> Option<u16> {
-    let line = head.split(|&b| b == b'\r').next()?;
-    let text = std::str::from_utf8(line).ok()?;
-    let mut parts = text.split(' ');
-    if !parts.next()?.starts_with("HTTP/1.") {
-        return None;
+/// Our connector's error when hyper failed to connect, else hyper's own.
+fn hyper_error(who: &str, e: &hyper_util::client::legacy::Error) -> HttpError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if let Some(c) = err.downcast_ref::<ConnectError>() {
+            return HttpError::Connect(c.clone());
+        }
+        source = err.source();
     }
-    let code = parts.next()?;
-    (code.len() == 3).then(|| code.parse().ok()).flatten()
+    let mut text = e.to_string();
+    if let Some(s) = std::error::Error::source(e) {
+        text = format!("{text}: {s}");
+    }
+    HttpError::Http(who.to_string(), text)
+}
+
+/// Where a 307/308 sends the request next: an absolute http(s) URL, a scheme-relative
+/// `//host/path`, or an absolute path on the same origin. Never from https to http.
+fn redirect_target(base: &Uri, location: &str) -> Result<Uri, String> {
+    let scheme = base.scheme_str().unwrap_or("http");
+    let text = if location.starts_with("http://") || location.starts_with("https://") {
+        location.to_string()
+    } else if location.starts_with("//") {
+        format!("{scheme}:{location}")
+    } else if location.starts_with('/') {
+        let authority = base.authority().map(|a| a.as_str()).unwrap_or_default();
+        format!("{scheme}://{authority}{location}")
+    } else {
+        return Err(format!("unsupported Location `{location}`"));
+    };
+    let next = parse_url(&text).map_err(|e| e.to_string())?;
+    if scheme == "https" && next.scheme_str() == Some("http") {
+        return Err(format!("refused a downgrade to `{location}`"));
+    }
+    Ok(next)
+}
+
+/// The connector: resolve, check every address against the policy, connect to the
+/// first allowed one that answers, then TLS for https.
+#[derive(Clone)]
+pub struct GuardedConnector(Arc<Guard>);
+
+struct Guard {
+    policy: EgressPolicy,
+    tls: tokio_rustls::TlsConnector,
+    connect_timeout: Duration,
+    refused: EgressRefusals,
+}
+
+impl tower_service::Service<Uri> for GuardedConnector {
+    type Response = TokioIo<Stream>;
+    type Error = ConnectError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, ConnectError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ConnectError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let guard = self.0.clone();
+        Box::pin(async move { guard.connect(uri).await })
+    }
+}
+
+impl Guard {
+    async fn connect(&self, uri: Uri) -> Result<TokioIo<Stream>, ConnectError> {
+        let tls = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => return Err(ConnectError::BadUrl(uri.to_string())),
+        };
+        let host = uri
+            .host()
+            .ok_or_else(|| ConnectError::BadUrl(uri.to_string()))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+        let addrs = self.allowed(host, port).await?;
+        let tcp = self.first_answering(host, &addrs).await?;
+        let _ = tcp.set_nodelay(true);
+        if !tls {
+            return Ok(TokioIo::new(Stream::Plain(tcp)));
+        }
+        let who = format!("{host}:{port}");
+        let name = rustls::pki_types::ServerName::try_from(host.to_string())
+            .map_err(|e| ConnectError::Tls(who.clone(), e.to_string()))?;
+        let stream = self
+            .tls
+            .connect(name, tcp)
+            .await
+            .map_err(|e| ConnectError::Tls(who, e.to_string()))?;
+        Ok(TokioIo::new(Stream::Tls(Box::new(stream))))
+    }
+
+    /// The addresses of `host` the policy allows (an IP literal is its own address);
+    /// refused if there are none.
+    async fn allowed(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, ConnectError> {
+        let resolved: Vec<SocketAddr> = match host.parse::<IpAddr>() {
+            Ok(ip) => vec![SocketAddr::new(ip, port)],
+            Err(_) => tokio::net::lookup_host((host, port))
+                .await
+                .map_err(|e| ConnectError::Resolve(host.to_string(), e.to_string()))?
+                .take(MAX_ADDRESSES)
+                .collect(),
+        };
+        let mut refusal = None;
+        let mut allowed = Vec::with_capacity(resolved.len());
+        for addr in resolved {
+            match self.policy.check(addr) {
+                Ok(()) => allowed.push(addr),
+                Err(why) => {
+                    refusal.get_or_insert((addr, why));
+                }
+            }
+        }
+        match (allowed.is_empty(), refusal) {
+            (false, _) => Ok(allowed),
+            (true, Some((addr, why))) => {
+                self.refused
+                    .get_or_create(&EgressLabel {
+                        stage: "connect",
+                        class: why.as_str(),
+                    })
+                    .inc();
+                Err(ConnectError::Refused {
+                    host: host.to_string(),
+                    addr,
+                    why,
+                })
+            }
+            (true, None) => Err(ConnectError::Resolve(
+                host.to_string(),
+                "no addresses".into(),
+            )),
+        }
+    }
+
+    async fn first_answering(
+        &self,
+        host: &str,
+        addrs: &[SocketAddr],
+    ) -> Result<TcpStream, ConnectError> {
+        let mut last = String::new();
+        for addr in addrs {
+            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
+                Ok(Ok(s)) => return Ok(s),
+                Ok(Err(e)) => last = format!("{addr}: {e}"),
+                Err(_) => last = format!("{addr}: no answer in {:?}", self.connect_timeout),
+            }
+        }
+        Err(ConnectError::Connect(host.to_string(), last))
+    }
+}
+
+/// A connection as hyper sees it: plain TCP or rustls over TCP.
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl Connection for Stream {
+    fn connected(&self) -> Connected {
+        Connected::new()
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
 }
 
 /// Percent-encodes a query parameter value.
 pub fn query_escaped(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
+                out.push(b as char)
             }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -223,68 +476,348 @@ mod tests {
 
     #[test]
     fn urls() {
-        let ok = |u: &str, tls: bool, host: &str, port: u16, target: &str| {
-            assert_eq!(
-                Url::parse(u).unwrap(),
-                Url {
-                    tls,
-                    host: host.into(),
-                    port,
-                    target: target.into()
-                },
-                "{u}"
-            )
-        };
-        ok(
-            "http://127.0.0.1:8080/hook",
-            false,
-            "127.0.0.1",
-            8080,
-            "/hook",
-        );
-        ok("https://example.com", true, "example.com", 443, "/");
-        ok("https://example.com?a=1", true, "example.com", 443, "/?a=1");
-        ok("http://[::1]:9000/x?y=z", false, "::1", 9000, "/x?y=z");
-        ok("http://[::1]/", false, "::1", 80, "/");
+        for (url, dest) in [
+            ("http://127.0.0.1:8080/hook", "127.0.0.1:8080"),
+            ("https://Example.com", "example.com:443"),
+            ("https://example.com?a=1", "example.com:443"),
+            ("http://[::1]:9000/x?y=z", "[::1]:9000"),
+            ("http://[::1]/", "[::1]:80"),
+        ] {
+            assert_eq!(destination(&parse_url(url).unwrap()), dest, "{url}");
+        }
         for bad in [
             "ftp://x/",
             "http://",
             "http://:80/",
             "http://h:port/",
             "http://u@h/",
+            "http://u:p@127.0.0.1/",
             "http://[::1/",
             "http://h/a b",
+            "/relative",
         ] {
-            assert!(Url::parse(bad).is_err(), "{bad}");
+            assert!(parse_url(bad).is_err(), "{bad}");
         }
-        assert_eq!(
-            Url::parse("http://[::1]:9000/").unwrap().host_header(),
-            "[::1]:9000"
-        );
-        assert_eq!(
-            Url::parse("https://a.example/").unwrap().host_header(),
-            "a.example"
-        );
     }
 
+    /// Each row: the current URL, a Location, where the redirect goes (or an error).
     #[test]
-    fn status_lines() {
-        let cases: &[(&[u8], Option<u16>)] = &[
-            (b"HTTP/1.1 204 No Content\r\n", Some(204)),
-            (b"HTTP/1.0 500\r\n", Some(500)),
-            (b"HTTP/1.1 200 OK", Some(200)),
-            (b"SIP/2.0 200 OK\r\n", None),
-            (b"HTTP/1.1 2000 OK\r\n", None),
-            (b"", None),
+    fn redirect_targets() {
+        let rows: &[(&str, &str, Option<&str>)] = &[
+            (
+                "http://a.example/x",
+                "/y?z=1",
+                Some("http://a.example/y?z=1"),
+            ),
+            (
+                "https://a.example:8443/x",
+                "/y",
+                Some("https://a.example:8443/y"),
+            ),
+            (
+                "http://a.example/x",
+                "https://b.example/",
+                Some("https://b.example/"),
+            ),
+            (
+                "https://a.example/x",
+                "//b.example/p",
+                Some("https://b.example/p"),
+            ),
+            ("https://a.example/x", "http://a.example/x", None),
+            ("http://a.example/x", "y", None),
+            ("http://a.example/x", "ftp://a.example/", None),
+            ("http://a.example/x", "http://u@b.example/", None),
         ];
-        for (head, want) in cases {
+        for (base, location, want) in rows {
+            let got = redirect_target(&parse_url(base).unwrap(), location).ok();
             assert_eq!(
-                status_code(head),
+                got.map(|u| u.to_string()).as_deref(),
                 *want,
-                "{:?}",
-                String::from_utf8_lossy(head)
+                "{base} -> {location}"
             );
         }
+    }
+
+    /// A real HTTP/1.1 server on an ephemeral loopback port: answers each request
+    /// with what `answer(path)` returns (raw head and body), keeps connections open,
+    /// and records the connections it accepted and the requests it read.
+    struct TestServer {
+        addr: SocketAddr,
+        connections: Arc<std::sync::atomic::AtomicUsize>,
+        requests: Arc<std::sync::Mutex<Vec<String>>>,
+    }
+
+    impl TestServer {
+        async fn start(answer: fn(&str, u16) -> String) -> TestServer {
+            use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+            // Every loopback address (127.0.0.2 too), on one ephemeral port.
+            let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let requests = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let (c, r) = (connections.clone(), requests.clone());
+            tokio::spawn(async move {
+                while let Ok((stream, _)) = listener.accept().await {
+                    c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let r = r.clone();
+                    tokio::spawn(async move {
+                        let mut stream = BufReader::new(stream);
+                        loop {
+                            let mut head = String::new();
+                            loop {
+                                let mut line = String::new();
+                                if stream.read_line(&mut line).await.unwrap_or(0) == 0 {
+                                    return;
+                                }
+                                if line == "\r\n" {
+                                    break;
+                                }
+                                head.push_str(&line);
+                            }
+                            let length: usize = head
+                                .lines()
+                                .find_map(|l| {
+                                    let (k, v) = l.split_once(':')?;
+                                    k.eq_ignore_ascii_case("content-length")
+                                        .then(|| v.trim().parse().ok())?
+                                })
+                                .unwrap_or(0);
+                            let mut body = vec![0; length];
+                            if stream.read_exact(&mut body).await.is_err() {
+                                return;
+                            }
+                            let path = head.split(' ').nth(1).unwrap_or("").to_string();
+                            r.lock().unwrap().push(head);
+                            let reply = answer(&path, addr.port());
+                            if stream.get_mut().write_all(reply.as_bytes()).await.is_err() {
+                                return;
+                            }
+                        }
+                    });
+                }
+            });
+            TestServer {
+                addr,
+                connections,
+                requests,
+            }
+        }
+
+        fn url(&self, path: &str) -> String {
+            format!("http://127.0.0.1:{}{path}", self.addr.port())
+        }
+
+        fn connections(&self) -> usize {
+            self.connections.load(std::sync::atomic::Ordering::SeqCst)
+        }
+
+        fn requests(&self) -> Vec<String> {
+            self.requests.lock().unwrap().clone()
+        }
+    }
+
+    fn client(allowed: &[&str]) -> (Client, EgressRefusals) {
+        let refused = EgressRefusals::default();
+        let policy = EgressPolicy {
+            allowed: allowed.iter().map(|c| c.parse().unwrap()).collect(),
+            own: Vec::new(),
+        };
+        let roots = rustls::RootCertStore::empty();
+        let c = Client::new(Duration::from_secs(5), roots, policy, refused.clone(), 4);
+        (c, refused)
+    }
+
+    fn answer(path: &str, port: u16) -> String {
+        let redirect = |to: String| {
+            format!(
+                "HTTP/1.1 307 Temporary Redirect\r\nLocation: {to}\r\nContent-Length: 0\r\n\r\n"
+            )
+        };
+        match path {
+            "/big" => format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{}",
+                MAX_RESPONSE_BYTES + 1,
+                "x".repeat(MAX_RESPONSE_BYTES + 1)
+            ),
+            "/hop1" => redirect("/hop2".into()),
+            "/hop2" => redirect(format!("http://127.0.0.1:{port}/hop3")),
+            "/hop3" => redirect("/ok".into()),
+            "/loop" => redirect("/loop".into()),
+            "/elsewhere" => redirect(format!("http://127.0.0.2:{port}/ok")),
+            "/moved" => "HTTP/1.1 301 Moved\r\nLocation: /ok\r\nContent-Length: 0\r\n\r\n".into(),
+            _ => "HTTP/1.1 204 No Content\r\n\r\n".into(),
+        }
+    }
+
+    const ANY: &[(&str, String)] = &[];
+
+    /// Without an allow-list a loopback receiver is refused before any connection, and
+    /// counted; with it, the same receiver gets the POST.
+    #[tokio::test]
+    async fn loopback_is_refused_at_connect_unless_allowed() {
+        let server = TestServer::start(answer).await;
+        let (strict, refused) = client(&[]);
+        let err = strict
+            .post(&server.url("/hook"), "application/json", ANY, Bytes::new())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                HttpError::Connect(ConnectError::Refused {
+                    why: Refusal::Loopback,
+                    ..
+                })
+            ),
+            "{err}"
+        );
+        // A name that resolves to loopback (DNS rebinding) is refused the same way.
+        let by_name = format!("http://localhost:{}/hook", server.addr.port());
+        let err = strict
+            .post(&by_name, "application/json", ANY, Bytes::new())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, HttpError::Connect(ConnectError::Refused { .. })),
+            "{err}"
+        );
+        let label = EgressLabel {
+            stage: "connect",
+            class: "loopback",
+        };
+        assert_eq!(refused.get_or_create(&label).get(), 2);
+        // Any other spelling of 127.0.0.1 that the resolver understands (glibc does
+        // inet_aton's) ends up as the same refused address; one it does not is no
+        // address at all.
+        for host in ["127.1", "2130706433", "0x7f.0.0.1"] {
+            let odd = format!("http://{host}:{}/hook", server.addr.port());
+            let err = strict
+                .post(&odd, "application/json", ANY, Bytes::new())
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    HttpError::Connect(ConnectError::Refused { .. } | ConnectError::Resolve(..))
+                ),
+                "{host}: {err}"
+            );
+        }
+        assert_eq!(server.connections(), 0, "nothing reached the receiver");
+        let (open, _) = client(&["127.0.0.0/8"]);
+        let code = open
+            .post(&server.url("/hook"), "application/json", ANY, Bytes::new())
+            .await
+            .unwrap();
+        assert_eq!(code, 204);
+    }
+
+    #[tokio::test]
+    async fn connections_are_kept_alive_between_posts() {
+        let server = TestServer::start(answer).await;
+        let (c, _) = client(&["127.0.0.1/32"]);
+        for _ in 0..3 {
+            let code = c
+                .post(
+                    &server.url("/hook"),
+                    "application/json",
+                    ANY,
+                    Bytes::from("{}"),
+                )
+                .await
+                .unwrap();
+            assert_eq!(code, 204);
+        }
+        assert_eq!(server.requests().len(), 3);
+        assert_eq!(server.connections(), 1, "one pooled connection");
+    }
+
+    #[tokio::test]
+    async fn a_response_over_the_cap_fails() {
+        let server = TestServer::start(answer).await;
+        let (c, _) = client(&["127.0.0.1/32"]);
+        let err = c
+            .post(&server.url("/big"), "application/json", ANY, Bytes::new())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, HttpError::TooLarge(_)), "{err}");
+    }
+
+    /// 307/308 are followed up to the limit, each hop checked again; credentials do
+    /// not follow to another origin; other 3xx are answers, not redirects.
+    #[tokio::test]
+    async fn redirects_are_bounded_and_checked_per_hop() {
+        let server = TestServer::start(answer).await;
+        let (c, refused) = client(&["127.0.0.1/32"]);
+        let auth = [("Authorization", "Bearer k".to_string())];
+        let code = c
+            .post(&server.url("/hop1"), "text/plain", &auth, Bytes::from("x"))
+            .await
+            .unwrap();
+        assert_eq!(code, 204, "three redirects followed");
+        let seen = server.requests();
+        assert_eq!(seen.len(), 4);
+        assert!(seen.iter().all(|h| h.starts_with("POST ")), "{seen:?}");
+        assert!(
+            seen.iter()
+                .all(|h| h.to_ascii_lowercase().contains("authorization: bearer k")),
+            "same origin keeps credentials"
+        );
+        let err = c
+            .post(&server.url("/loop"), "text/plain", ANY, Bytes::new())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, HttpError::Redirect(..)), "{err}");
+        // A hop to an address the policy does not allow (127.0.0.2 is not listed).
+        let err = c
+            .post(&server.url("/elsewhere"), "text/plain", &auth, Bytes::new())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                HttpError::Connect(ConnectError::Refused {
+                    why: Refusal::Loopback,
+                    ..
+                })
+            ),
+            "{err}"
+        );
+        assert_eq!(
+            refused
+                .get_or_create(&EgressLabel {
+                    stage: "connect",
+                    class: "loopback"
+                })
+                .get(),
+            1
+        );
+        let code = c
+            .post(&server.url("/moved"), "text/plain", ANY, Bytes::new())
+            .await
+            .unwrap();
+        assert_eq!(code, 301, "a 301 is not followed");
+    }
+
+    #[tokio::test]
+    async fn credentials_stay_with_their_origin() {
+        let server = TestServer::start(answer).await;
+        let (c, _) = client(&["127.0.0.0/8"]);
+        let auth = [("Authorization", "Bearer k".to_string())];
+        let code = c
+            .post(&server.url("/elsewhere"), "text/plain", &auth, Bytes::new())
+            .await
+            .unwrap();
+        assert_eq!(code, 204);
+        let seen = server.requests();
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        assert!(seen[0].to_ascii_lowercase().contains("authorization"));
+        assert!(
+            !seen[1].to_ascii_lowercase().contains("authorization"),
+            "not sent to 127.0.0.2: {}",
+            seen[1]
+        );
     }
 
     #[test]

@@ -4,12 +4,37 @@
 //! [`plan`] decides and renders what a call causes (pure); the call-log writer stores
 //! it in the outbox in the same transaction as the call record, so nothing is sent
 //! for an unlogged call and nothing is lost across restarts or receiver outages;
-//! [`outbox`] delivers with retries through [`deliver`].
+//! [`outbox`] delivers with retries through [`deliver`], giving each destination a
+//! fair share ([`lanes`]), over an HTTP client that connects only where the egress
+//! policy allows ([`http`], [`tsunagu_config::egress`]).
 
 pub mod deliver;
 pub mod hooks;
 pub mod http;
+pub mod lanes;
+pub mod metrics;
 pub mod outbox;
 pub mod plan;
 pub mod sign;
 pub mod template;
+
+use tsunagu_config::egress::EgressPolicy;
+use tsunagu_config::{Config, Transport};
+
+/// Where this node's follow-ups may go: public addresses, the networks of
+/// `notify.allowed_networks`, and never the node's own API or SIP stream listeners.
+pub fn egress_policy(config: &Config) -> EgressPolicy {
+    let sip = config
+        .sip
+        .listen
+        .iter()
+        .filter(|l| l.transport != Transport::Udp)
+        .map(|l| l.addr);
+    EgressPolicy {
+        allowed: config.notify.allowed_networks.clone(),
+        own: std::iter::once(config.api.listen)
+            .chain(sip)
+            .chain(config.cluster.listen)
+            .collect(),
+    }
+}

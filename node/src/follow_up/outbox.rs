@@ -2,19 +2,31 @@
 //! concurrently, and records the outcome: delivered rows leave the outbox, failed ones
 //! are retried with exponential backoff until `notify.max_attempts`, then kept as dead.
 //! New rows wake it at once; retries are found by a one-second poll.
+//!
+//! No delivery waits for another: each runs in its own task and reports back when done,
+//! while the worker keeps claiming. [`Lanes`] gives each destination (and each
+//! operator's webhooks) a bounded share, so a receiver that black-holes holds a few
+//! slots for a timeout each and the rest keep flowing; rows over a share go back to the
+//! outbox untried, due again once their destination has probably caught up.
 
 use super::deliver::{Deliverer, Failure};
+use super::hooks::WebhookCache;
+use super::http::{destination, parse_url};
+use super::lanes::{Lanes, Limits, Offer};
 use crate::clock::now_ms;
 use crate::metrics::{FollowUpMetrics, KindLabel};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{watch, Notify};
-use tokio::task::JoinSet;
-use tsunagu_store::{FollowUp, Store};
+use tokio::sync::{mpsc, watch, Notify};
+use tsunagu_config::NotifyConfig;
+use tsunagu_store::{FollowUp, FollowUpKind, Store};
 
-/// Follow-ups claimed at once (and delivered concurrently).
-const BATCH: usize = 32;
+/// Follow-ups claimed at most in one store round trip.
+const BATCH: usize = 64;
 const POLL: Duration = Duration::from_secs(1);
+/// Time beyond the delivery timeout for the store reads and writes around a delivery.
+const STORE_MARGIN: Duration = Duration::from_secs(2);
 
 /// Delay before attempt `attempts + 1`: base, 2x base, 4x base, ... at most an hour.
 pub fn retry_delay(base: Duration, attempts: u32) -> Duration {
@@ -23,79 +35,255 @@ pub fn retry_delay(base: Duration, attempts: u32) -> Duration {
 }
 
 pub struct Worker {
-    pub store: Arc<dyn Store>,
-    pub deliverer: Arc<Deliverer>,
-    pub metrics: FollowUpMetrics,
-    pub max_attempts: u32,
-    pub retry_base: Duration,
-    /// How long a claim hides a row from other workers (longer than any delivery).
-    pub claim: Duration,
-    pub wake: Arc<Notify>,
+    store: Arc<dyn Store>,
+    deliverer: Arc<Deliverer>,
+    metrics: FollowUpMetrics,
+    webhooks: WebhookCache,
+    max_attempts: u32,
+    retry_base: Duration,
+    /// The longest one delivery may take, store reads included.
+    delivery_limit: Duration,
+    limits: Limits,
+    wake: Arc<Notify>,
+}
+
+/// A claimed row and the shares it counts against.
+struct Job {
+    f: FollowUp,
+    destination: String,
+    /// The operator, for webhooks (operator-chosen destinations).
+    operator: Option<String>,
+}
+
+/// A delivery finished (sent by its task, also if the task panicked).
+struct Done {
+    destination: String,
+    operator: Option<String>,
+    took: Duration,
+}
+
+/// Reports a delivery's end to the worker when dropped, so a task that panics still
+/// frees its share.
+struct Report {
+    tx: mpsc::UnboundedSender<Done>,
+    done: Option<Done>,
+    started: Instant,
+    in_flight: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl Drop for Report {
+    fn drop(&mut self) {
+        self.in_flight.dec();
+        if let Some(mut d) = self.done.take() {
+            d.took = self.started.elapsed();
+            let _ = self.tx.send(d);
+        }
+    }
 }
 
 impl Worker {
-    /// Runs until `stop` turns true. Rows in flight at that moment are finished first.
-    pub async fn run(self, mut stop: watch::Receiver<bool>) {
-        let this = Arc::new(self);
-        // The gauges count the whole outbox: refreshed once per poll interval, not per
-        // batch (a backlog would otherwise be counted again every 32 rows).
-        let mut counted: Option<Instant> = None;
-        loop {
-            if *stop.borrow() {
-                return;
-            }
-            let store = this.store.clone();
-            let claim_ms = this.claim.as_millis() as i64;
-            let count = counted.is_none_or(|t| t.elapsed() >= POLL);
-            let claimed = tokio::task::spawn_blocking(move || {
-                let claimed = store.claim_follow_ups(now_ms(), BATCH, claim_ms)?;
-                let counts = if count {
-                    Some(store.follow_up_counts()?)
-                } else {
-                    None
-                };
-                Ok::<_, tsunagu_store::StoreError>((claimed, counts))
-            })
-            .await;
-            let batch = match claimed {
-                Ok(Ok((batch, counts))) => {
-                    if let Some((pending, dead)) = counts {
-                        this.metrics.pending.set(pending as i64);
-                        this.metrics.dead.set(dead as i64);
-                        counted = Some(Instant::now());
-                    }
-                    batch
-                }
-                Ok(Err(e)) => {
-                    tracing::warn!(%e, "outbox unavailable; retrying");
-                    Vec::new()
-                }
-                Err(e) => {
-                    tracing::error!(%e, "outbox claim task failed");
-                    Vec::new()
-                }
-            };
-            let full = batch.len() == BATCH;
-            let mut tasks = this.deliver_all(batch);
-            if !full {
-                // The outbox is drained for now: wait for new rows, a retry's time, or stop.
-                tokio::select! {
-                    _ = this.wake.notified() => {}
-                    _ = tokio::time::sleep(POLL) => {}
-                    _ = stop.changed() => {}
-                }
-            }
-            while tasks.join_next().await.is_some() {}
+    pub fn new(
+        store: Arc<dyn Store>,
+        deliverer: Arc<Deliverer>,
+        metrics: FollowUpMetrics,
+        webhooks: WebhookCache,
+        cfg: &NotifyConfig,
+        wake: Arc<Notify>,
+    ) -> Worker {
+        let timeout = Duration::from_millis(cfg.timeout_ms);
+        let per_destination = cfg.per_destination.max(1) as usize;
+        Worker {
+            store,
+            deliverer,
+            metrics,
+            webhooks,
+            max_attempts: cfg.max_attempts,
+            retry_base: Duration::from_millis(cfg.retry_base_ms),
+            delivery_limit: timeout + STORE_MARGIN,
+            limits: Limits {
+                per_destination,
+                per_operator: per_destination * 2,
+                total: (cfg.max_in_flight as usize).max(per_destination * 2),
+                max_release: timeout,
+            },
+            wake,
         }
     }
 
-    fn deliver_all(self: &Arc<Self>, batch: Vec<FollowUp>) -> JoinSet<()> {
-        let mut set = JoinSet::new();
-        for f in batch {
-            let this = self.clone();
-            set.spawn(async move { this.deliver_one(f).await });
+    /// How long a claim hides a row from other workers: a waiting row's wait (one
+    /// delivery of its destination) plus its own delivery, with room to spare.
+    fn claim(&self) -> Duration {
+        self.delivery_limit * 2 + Duration::from_secs(5)
+    }
+
+    /// Runs until `stop` turns true. Rows in flight at that moment are finished first;
+    /// rows waiting for their destination are handed back.
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        let this = Arc::new(self);
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
+        let mut lanes: Lanes<Job> = Lanes::new(this.limits);
+        let mut poll = tokio::time::interval(POLL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The gauges count the whole outbox: refreshed once per poll interval.
+        let mut counted: Option<Instant> = None;
+        let mut claim_now = true;
+        loop {
+            if *stop.borrow() {
+                break;
+            }
+            if claim_now && lanes.room() > 0 {
+                let want = lanes.room().min(BATCH);
+                let batch = this.claim_rows(want, &mut counted).await;
+                // A full batch may have more behind it; rows handed back may hide rows
+                // of idle destinations behind them: either way, claim again at once.
+                claim_now = batch.len() == want;
+                let mut back: Vec<Job> = Vec::new();
+                for f in batch {
+                    let job = this.job(f);
+                    let (dest, op) = (job.destination.clone(), job.operator.clone());
+                    match lanes.offer(&dest, op.as_deref(), job) {
+                        Offer::Start(job) => this.start(job, &done_tx),
+                        Offer::Waiting => {}
+                        Offer::Release(job) => back.push(job),
+                    }
+                }
+                if !back.is_empty() {
+                    claim_now = true;
+                    this.hand_back(back, |d| lanes.release_delay(d)).await;
+                }
+                continue;
+            }
+            tokio::select! {
+                Some(done) = done_rx.recv() => {
+                    if let Some(next) = lanes.finish(&done.destination, done.operator.as_deref(), done.took) {
+                        this.start(next, &done_tx);
+                    }
+                }
+                _ = this.wake.notified() => claim_now = true,
+                _ = poll.tick() => claim_now = true,
+                // A dropped sender means stop too (and must not spin this loop).
+                changed = stop.changed() => if changed.is_err() { break },
+            }
         }
-        set
+        let waiting: Vec<Job> = lanes.take_waiting().into_iter().map(|(_, j)| j).collect();
+        this.hand_back(waiting, |_| Duration::ZERO).await;
+        while lanes.running() > 0 {
+            match done_rx.recv().await {
+                Some(d) => {
+                    lanes.finish(&d.destination, d.operator.as_deref(), d.took);
+                }
+                None => break,
+            }
+        }
+    }
+
+    async fn claim_rows(&self, limit: usize, counted: &mut Option<Instant>) -> Vec<FollowUp> {
+        let store = self.store.clone();
+        let claim_ms = self.claim().as_millis() as i64;
+        let count = counted.is_none_or(|t| t.elapsed() >= POLL);
+        let claimed = tokio::task::spawn_blocking(move || {
+            let claimed = store.claim_follow_ups(now_ms(), limit, claim_ms)?;
+            let counts = if count {
+                Some(store.follow_up_counts()?)
+            } else {
+                None
+            };
+            Ok::<_, tsunagu_store::StoreError>((claimed, counts))
+        })
+        .await;
+        match claimed {
+            Ok(Ok((batch, counts))) => {
+                if let Some((pending, dead)) = counts {
+                    self.metrics.pending.set(pending as i64);
+                    self.metrics.dead.set(dead as i64);
+                    *counted = Some(Instant::now());
+                }
+                batch
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(%e, "outbox unavailable; retrying");
+                Vec::new()
+            }
+            Err(e) => {
+                tracing::error!(%e, "outbox claim task failed");
+                Vec::new()
+            }
+        }
+    }
+
+    /// The shares a row counts against: its destination (a webhook's URL host and
+    /// port, from the in-memory cache; else the node's gateway or relay) and, for
+    /// webhooks, its operator.
+    fn job(&self, f: FollowUp) -> Job {
+        let (destination, operator) = match self.deliverer.channel_destination(f.item.kind) {
+            Some(d) => (d.to_string(), None),
+            None => {
+                let hooks = self.webhooks.of(&f.item.operator_id);
+                let url = hooks
+                    .iter()
+                    .find(|h| h.id == f.item.target)
+                    .map(|h| h.url.as_str());
+                let dest = url
+                    .and_then(|u| parse_url(u).ok())
+                    .map(|u| destination(&u))
+                    .unwrap_or_else(|| format!("webhook:{}", f.item.target));
+                (dest, Some(f.item.operator_id.clone()))
+            }
+        };
+        debug_assert!(f.item.kind == FollowUpKind::Webhook || operator.is_none());
+        Job {
+            f,
+            destination,
+            operator,
+        }
+    }
+
+    fn start(self: &Arc<Self>, job: Job, done: &mpsc::UnboundedSender<Done>) {
+        let report = Report {
+            tx: done.clone(),
+            done: Some(Done {
+                destination: job.destination,
+                operator: job.operator,
+                took: Duration::ZERO,
+            }),
+            started: Instant::now(),
+            in_flight: self.metrics.guards.in_flight.clone(),
+        };
+        report.in_flight.inc();
+        let this = self.clone();
+        tokio::spawn(async move {
+            this.deliver_one(job.f).await;
+            drop(report);
+        });
+    }
+
+    /// Hands rows back to the outbox untried, each due again after `delay` of its
+    /// destination.
+    async fn hand_back(&self, jobs: Vec<Job>, delay: impl Fn(&str) -> Duration) {
+        if jobs.is_empty() {
+            return;
+        }
+        self.metrics.guards.deferred.inc_by(jobs.len() as u64);
+        let now = now_ms();
+        let mut by_time: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
+        for j in &jobs {
+            let at = now.saturating_add(delay(&j.destination).as_millis() as i64);
+            by_time.entry(at).or_default().push(j.f.id);
+        }
+        let store = self.store.clone();
+        let released = tokio::task::spawn_blocking(move || {
+            by_time
+                .into_iter()
+                .try_for_each(|(at, ids)| store.release_follow_ups(&ids, at))
+        })
+        .await;
+        // If the store cannot take them back, their claims run out and they come back
+        // anyway (counted as an attempt).
+        match released {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(%e, rows = jobs.len(), "could not hand rows back"),
+            Err(e) => tracing::error!(%e, "hand-back task failed"),
+        }
     }
 
     async fn deliver_one(&self, f: FollowUp) {
@@ -104,8 +292,14 @@ impl Worker {
         };
         let started = Instant::now();
         let span = tracing::info_span!("follow_up", id = f.id, kind = %f.item.kind, target = %f.item.target, attempt = f.attempts);
-        let outcome =
-            tracing::Instrument::instrument(self.deliverer.deliver(&f), span.clone()).await;
+        let delivery = tokio::time::timeout(self.delivery_limit, self.deliverer.deliver(&f));
+        let outcome = match tracing::Instrument::instrument(delivery, span.clone()).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(Failure::Retry(format!(
+                "took longer than {} ms",
+                self.delivery_limit.as_millis()
+            ))),
+        };
         self.metrics
             .delivery_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -117,6 +311,10 @@ impl Worker {
                 span.in_scope(|| tracing::debug!("delivered"));
                 Box::new(move || store.follow_up_delivered(id))
             }
+            Err(Failure::Withheld(why)) => {
+                span.in_scope(|| tracing::info!(%why, "follow-up withheld"));
+                Box::new(move || store.follow_up_delivered(id))
+            }
             Err(failure) => {
                 self.metrics.failures.get_or_create(&label).inc();
                 let (error, retry_at) = match failure {
@@ -124,7 +322,7 @@ impl Worker {
                         let delay = retry_delay(self.retry_base, f.attempts);
                         (e, Some(now_ms() + delay.as_millis() as i64))
                     }
-                    Failure::Retry(e) | Failure::Permanent(e) => (e, None),
+                    Failure::Retry(e) | Failure::Permanent(e) | Failure::Withheld(e) => (e, None),
                 };
                 if retry_at.is_none() {
                     self.metrics.given_up.get_or_create(&label).inc();

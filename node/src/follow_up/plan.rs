@@ -124,14 +124,27 @@ impl Planner {
         webhook_items(hooks, event, id, e.at_ms, data)
     }
 
+    /// Whether the number asks for an SMS to this call's caller (a mobile caller, SMS
+    /// configured, a `caller_sms_text`), whether or not the caller is verified.
+    pub fn caller_sms_wanted(&self, r: &CallRecord, n: &TrackingNumber) -> bool {
+        self.sms
+            && r.caller_kind == CallerKind::Mobile
+            && n.notify
+                .as_ref()
+                .is_some_and(|notify| notify.caller_sms_text.is_some())
+    }
+
     /// Everything a finished call causes. `callback_number` is the number leased for
-    /// calling this caller back, when the number has callback tracking.
+    /// calling this caller back, when the number has callback tracking. The caller gets
+    /// an SMS only when `caller_verified` (see [`caller_verified`]): otherwise anyone
+    /// could make the node text any number by putting it in From.
     pub fn after_call(
         &self,
         r: &CallRecord,
         n: &TrackingNumber,
         hooks: &[Webhook],
         callback_number: Option<&str>,
+        caller_verified: bool,
     ) -> Vec<NewFollowUp> {
         let mut out = webhook_items(
             hooks,
@@ -195,15 +208,19 @@ impl Planner {
                     ));
                 }
             }
-            if let (Some(t), true, CallerKind::Mobile) =
-                (&notify.caller_sms_text, self.sms, r.caller_kind)
-            {
-                let text = render(t, &values);
-                out.push(item(
-                    FollowUpKind::Sms,
-                    &r.caller_number,
-                    serde_json::json!({"to": r.caller_number, "text": text.trim()}),
-                ));
+            if let (Some(t), true) = (&notify.caller_sms_text, caller_verified) {
+                if self.caller_sms_wanted(r, n) {
+                    // The day and call id let delivery count it against the caller's
+                    // daily cap (notify.caller_sms_per_day).
+                    let text = render(t, &values);
+                    out.push(item(
+                        FollowUpKind::Sms,
+                        &r.caller_number,
+                        serde_json::json!({"to": r.caller_number, "text": text.trim(),
+                            "caller_day": local_day(r.started_at, self.utc_offset_minutes),
+                            "call_id": r.call_id}),
+                    ));
+                }
             }
         }
         if let Some(g) = &n.ga4 {
@@ -260,6 +277,24 @@ impl Planner {
             ),
         ])
     }
+}
+
+/// Whether the caller's number is one we may text: the carrier asserted it
+/// (P-Asserted-Identity with a number, from a `trusted` trunk, which is then the number
+/// logged) or the trunk verifies the numbers it sends (`verifies_caller_id`).
+pub fn caller_verified(trusted: bool, verifies_caller_id: bool, asserted: Option<&str>) -> bool {
+    use tsunagu_sip::parse::{uri_of, uri_user};
+    let asserted = asserted
+        .map(uri_of)
+        .and_then(uri_user)
+        .is_some_and(|u| !u.is_empty());
+    verifies_caller_id || (trusted && asserted)
+}
+
+/// The day (days since 1970-01-01 in the node's time zone) a call started on.
+pub fn local_day(ms: i64, offset_minutes: i32) -> i64 {
+    ms.saturating_add(i64::from(offset_minutes) * 60_000)
+        .div_euclid(86_400_000)
 }
 
 /// `2026-11-28 19:05:00 +09:00`.
@@ -347,18 +382,18 @@ mod tests {
         ];
         let r = sample_call("op_1", "adv_1", 1_000);
         let n = sample_number("op_1", "adv_1");
-        let ended = PLANNER.after_call(&r, &n, &hooks, None);
+        let ended = PLANNER.after_call(&r, &n, &hooks, None, true);
         let mut recorded = r.clone();
         recorded.recording = Some("d/x.wav".into());
         recorded.recording_status = Some(RecordingStatus::Complete);
         assert_eq!(
-            PLANNER.after_call(&recorded, &n, &hooks, None).len(),
+            PLANNER.after_call(&recorded, &n, &hooks, None, true).len(),
             3,
             "call.ended to `all` and `ended`, recording.ready to `all` only"
         );
         recorded.recording_status = Some(RecordingStatus::Missing);
         assert_eq!(
-            PLANNER.after_call(&recorded, &n, &hooks, None).len(),
+            PLANNER.after_call(&recorded, &n, &hooks, None, true).len(),
             2,
             "no recording.ready without audio"
         );
@@ -395,7 +430,8 @@ mod tests {
         assert!(PLANNER.for_event(&e, &[]).is_empty());
     }
 
-    /// Each row: result, notify.on, caller kind, channels → what is sent.
+    /// Each row: result, notify.on, caller kind, channels, caller verified → what is
+    /// sent.
     #[test]
     fn notices_by_result_and_setting() {
         use FollowUpKind::{Email, Sms};
@@ -405,18 +441,21 @@ mod tests {
             utc_offset_minutes: 540,
         };
         let no_sms = Planner { sms: false, ..both };
-        let rows: &[(
+        type Row = (
             CallResult,
             NotifyOn,
             CallerKind,
             Planner,
-            &[(FollowUpKind, &str)],
-        )] = &[
+            bool,
+            &'static [(FollowUpKind, &'static str)],
+        );
+        let rows: &[Row] = &[
             (
                 CallResult::NoAnswer,
                 NotifyOn::Missed,
                 CallerKind::Fixed,
                 both,
+                true,
                 &[(Email, "a@x.jp"), (Sms, "09011112222")],
             ),
             (
@@ -424,6 +463,7 @@ mod tests {
                 NotifyOn::Missed,
                 CallerKind::Fixed,
                 both,
+                true,
                 &[],
             ),
             (
@@ -431,6 +471,7 @@ mod tests {
                 NotifyOn::All,
                 CallerKind::Fixed,
                 both,
+                true,
                 &[(Email, "a@x.jp"), (Sms, "09011112222")],
             ),
             (
@@ -438,6 +479,7 @@ mod tests {
                 NotifyOn::Missed,
                 CallerKind::Mobile,
                 both,
+                true,
                 &[
                     (Email, "a@x.jp"),
                     (Sms, "09011112222"),
@@ -449,6 +491,7 @@ mod tests {
                 NotifyOn::Missed,
                 CallerKind::Mobile,
                 both,
+                true,
                 &[(Sms, "09012345678")],
             ),
             (
@@ -456,10 +499,29 @@ mod tests {
                 NotifyOn::Missed,
                 CallerKind::Mobile,
                 no_sms,
+                true,
                 &[(Email, "a@x.jp")],
             ),
+            // An unverified caller number (From of an untrusted trunk): no SMS to it;
+            // the advertiser's notices go as before.
+            (
+                CallResult::Busy,
+                NotifyOn::Missed,
+                CallerKind::Mobile,
+                both,
+                false,
+                &[(Email, "a@x.jp"), (Sms, "09011112222")],
+            ),
+            (
+                CallResult::Answered,
+                NotifyOn::Missed,
+                CallerKind::Mobile,
+                both,
+                false,
+                &[],
+            ),
         ];
-        for (i, (result, on, kind, planner, want)) in rows.iter().enumerate() {
+        for (i, (result, on, kind, planner, verified, want)) in rows.iter().enumerate() {
             let mut r = sample_call("op_1", "adv_1", 1_000);
             r.result = *result;
             r.caller_kind = *kind;
@@ -471,11 +533,59 @@ mod tests {
                 caller_sms_text: Some("Thanks for calling {tracking_number}".into()),
                 ..Default::default()
             });
-            let got = kinds(&planner.after_call(&r, &n, &[], None));
+            let got = kinds(&planner.after_call(&r, &n, &[], None, *verified));
             let want: Vec<(FollowUpKind, String)> =
                 want.iter().map(|(k, t)| (*k, t.to_string())).collect();
             assert_eq!(got, want, "row {i}");
+            assert_eq!(
+                planner.caller_sms_wanted(&r, &n),
+                *kind == CallerKind::Mobile && planner.sms,
+                "row {i}"
+            );
         }
+    }
+
+    #[test]
+    fn caller_sms_carries_what_the_daily_cap_counts() {
+        let mut r = sample_call("op_1", "adv_1", 1_764_342_000_000); // 2025-11-28 15:00 UTC
+        r.caller_kind = CallerKind::Mobile;
+        let mut n = sample_number("op_1", "adv_1");
+        n.notify = Some(Notify {
+            caller_sms_text: Some("Thanks".into()),
+            ..Default::default()
+        });
+        let items = PLANNER.after_call(&r, &n, &[], None, true);
+        let sms: serde_json::Value = serde_json::from_str(&items[0].payload).unwrap();
+        // 15:00 UTC is already the 29th in Japan.
+        assert_eq!(sms["caller_day"], local_day(r.started_at, 540));
+        assert_eq!(local_day(r.started_at, 540), local_day(r.started_at, 0) + 1);
+        assert_eq!(sms["call_id"], r.call_id.as_str());
+    }
+
+    /// Each row: trunk trusted, trunk verifies caller ids, P-Asserted-Identity → may
+    /// the caller be texted.
+    #[test]
+    fn verified_callers() {
+        let rows: &[(bool, bool, Option<&str>, bool)] = &[
+            (false, false, None, false),
+            (false, false, Some("<sip:09011112222@pstn>"), false), // untrusted PAI
+            (true, false, None, false),                            // trusted, From only
+            (true, false, Some("<sip:09011112222@pstn>"), true),
+            (true, false, Some("<tel:+819011112222>"), true),
+            (true, false, Some("<sip:pstn.example>"), false), // no number in it
+            (false, true, None, true),
+            (true, true, None, true),
+        ];
+        for (trusted, verifies, pai, want) in rows {
+            assert_eq!(
+                caller_verified(*trusted, *verifies, *pai),
+                *want,
+                "trusted={trusted} verifies={verifies} {pai:?}"
+            );
+        }
+        assert_eq!(local_day(0, 0), 0);
+        assert_eq!(local_day(-1, 0), -1);
+        assert_eq!(local_day(86_400_000 - 540 * 60_000, 540), 1);
     }
 
     #[test]
@@ -487,7 +597,7 @@ mod tests {
             email_to: vec!["a@x.jp".into()],
             ..Default::default()
         });
-        let items = PLANNER.after_call(&r, &n, &[], Some("0120999000"));
+        let items = PLANNER.after_call(&r, &n, &[], Some("0120999000"), true);
         let mail: serde_json::Value = serde_json::from_str(&items[0].payload).unwrap();
         assert_eq!(
             mail["subject"],
@@ -553,7 +663,7 @@ mod tests {
         });
         let r = sample_call("op_1", "adv_1", 1_000); // valid, gclid=abc
         assert_eq!(
-            kinds(&PLANNER.after_call(&r, &n, &[], None)),
+            kinds(&PLANNER.after_call(&r, &n, &[], None, true)),
             vec![(FollowUpKind::Ga4, "G-1".into())]
         );
     }
