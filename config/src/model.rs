@@ -549,11 +549,15 @@ fn default_ports() -> PortRange {
 fn default_api_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8080))
 }
+/// Each open connection costs a few tens of KiB at most; slow ones are cut by the
+/// header and idle timeouts, so a flood must keep reconnecting.
 fn default_api_max_connections() -> u32 {
-    1024
+    2048
 }
+/// Room for an operator's backend that issues numbers over hundreds of parallel
+/// connections from one address (the e2e test runs 200 at once).
 fn default_api_max_connections_per_address() -> u32 {
-    64
+    256
 }
 fn default_api_header_timeout() -> u32 {
     10
