@@ -322,6 +322,11 @@ mod tests {
         assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(refused.headers["retry-after"], "5");
         assert_eq!(a.state.defences.metrics.exports_refused.get(), 1);
+        // A write after the export began, then a checkpoint: a reader still on an
+        // older snapshot would keep it from completing (the WAL pinned).
+        let mut late = sample_call(&a.operator, &a.advertiser, 9_000_000);
+        late.call_id = "call_late".into();
+        a.store.insert_calls(&[late], &[]).unwrap();
         assert!(a.store.checkpoint().unwrap(), "no read snapshot is open");
         let m = a.state.defences.metrics.clone();
         let deadline = std::time::Instant::now() + Duration::from_secs(10);

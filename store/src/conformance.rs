@@ -289,6 +289,12 @@ fn call_queries_filter_sort_and_page(s: &dyn Store) {
 
     let all = collect(s, &base);
     assert_eq!(all.len(), 10);
+    // A limit from a request may be any usize: past i64::MAX it means everything.
+    let unbounded = CallQuery {
+        limit: Some(usize::MAX),
+        ..base.clone()
+    };
+    assert_eq!(collect(s, &unbounded).len(), 10);
     assert!(all
         .windows(2)
         .all(|w| (w[0].started_at, &w[0].call_id) < (w[1].started_at, &w[1].call_id)));
