@@ -4,6 +4,7 @@
 //! Pure state with the time as an argument (`now_ms`); [`IssueLimiter`] wraps the two
 //! tables in mutexes (held for a hash lookup, never across an await).
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::IpAddr;
@@ -72,7 +73,7 @@ pub struct KeyedBuckets<K> {
     last_sweep_ms: i64,
 }
 
-impl<K: Hash + Eq + Clone> KeyedBuckets<K> {
+impl<K: Hash + Eq> KeyedBuckets<K> {
     pub fn new(rate: Rate, capacity: usize, now_ms: i64) -> Self {
         KeyedBuckets {
             rate,
@@ -83,8 +84,13 @@ impl<K: Hash + Eq + Clone> KeyedBuckets<K> {
         }
     }
 
-    /// Takes a token of `key`'s bucket; `Err(seconds)` to wait when it is empty.
-    pub fn take(&mut self, key: &K, now_ms: i64) -> Result<(), u64> {
+    /// Takes a token of `key`'s bucket; `Err(seconds)` to wait when it is empty. The key
+    /// is copied only when it gets a bucket of its own.
+    pub fn take<Q>(&mut self, key: &Q, now_ms: i64) -> Result<(), u64>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
         let rate = self.rate;
         if rate.is_off() {
             return Ok(());
@@ -100,7 +106,7 @@ impl<K: Hash + Eq + Clone> KeyedBuckets<K> {
         }
         let mut b = Bucket::full(rate, now_ms);
         let taken = b.take(rate, now_ms);
-        self.buckets.insert(key.clone(), b);
+        self.buckets.insert(key.to_owned(), b);
         taken
     }
 
@@ -194,7 +200,7 @@ impl IssueLimiter {
 
     pub fn take_pool(&self, pool_id: &str, now_ms: i64) -> Result<(), u64> {
         let mut t = self.pools.lock().unwrap_or_else(|p| p.into_inner());
-        t.take(&pool_id.to_string(), now_ms)
+        t.take(pool_id, now_ms)
     }
 
     /// Addresses with a bucket now (for the gauge).
