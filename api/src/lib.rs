@@ -18,6 +18,7 @@ pub mod client;
 mod error;
 mod export;
 mod follow_up;
+mod idle;
 pub mod limit;
 mod metrics;
 mod numbers;

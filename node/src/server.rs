@@ -73,6 +73,22 @@ pub fn admin_token(config: &Config) -> Result<(String, TokenSource), NodeError> 
     Ok((token, TokenSource::Generated(path)))
 }
 
+/// New files are private (umask 077, see main.rs), but a data dir made by an older
+/// version or by hand may not be: say so (changing an operator's modes is theirs to do).
+fn warn_if_readable_by_others(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(m) = std::fs::metadata(dir) {
+        let mode = m.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                dir = %dir.display(),
+                mode = format!("{mode:o}"),
+                "the data directory (call records, recordings, secrets) is open to other users; chmod 700 it"
+            );
+        }
+    }
+}
+
 fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     if let Some(dir) = path.parent() {
@@ -156,6 +172,7 @@ pub async fn run(
     }
     let (token, token_source) = admin_token(&config)?;
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&store_path(&config))?);
+    warn_if_readable_by_others(&config.node.data_dir);
     let metrics = Metrics::default();
     metrics.touch();
     let directory = Directory::load(store.clone())?;
