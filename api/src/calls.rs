@@ -1,14 +1,15 @@
 //! `/v1/calls` (operator key): call-log search and export as JSON, CSV or TSV.
 //!
 //! JSON pages are at most 1000 records with a `next_cursor`. CSV and TSV stream every
-//! matching row (or `limit` rows) straight from the store: a blocking reader feeds a
-//! bounded channel of chunks, so memory stays flat for any range.
+//! matching row (or `limit` rows) from the store page by page (see [`crate::export`]),
+//! so memory stays flat for any range; their cells are neutralised against formula
+//! injection (OWASP: a leading `=`, `+`, `-`, `@`, tab or CR gets a `'`).
 
 use crate::auth::OperatorId;
 use crate::{db, rfc3339, ApiError, ApiState};
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
@@ -32,13 +33,13 @@ pub struct CallsParams {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Format {
+pub(crate) enum Format {
     Json,
     Csv,
     Tsv,
 }
 
-const COLUMNS: &[&str] = &[
+pub(crate) const COLUMNS: &[&str] = &[
     "call_id",
     "advertiser_id",
     "tracking_number",
@@ -209,7 +210,7 @@ fn attempts(r: &CallRecord) -> Value {
                 "destination": a.destination,
                 "trunk": a.trunk,
                 "started_at": rfc3339(a.started_at),
-                "offset_ms": a.started_at - r.started_at,
+                "offset_ms": a.started_at.saturating_sub(r.started_at),
                 "sip_code": a.sip_code,
                 "outcome": a.outcome,
             })
@@ -217,7 +218,7 @@ fn attempts(r: &CallRecord) -> Value {
         .collect()
 }
 
-fn fields(r: &CallRecord) -> [String; 26] {
+pub(crate) fn fields(r: &CallRecord) -> [String; 26] {
     let opt = |v: &Option<String>| v.clone().unwrap_or_default();
     [
         r.call_id.clone(),
@@ -259,10 +260,25 @@ fn fields(r: &CallRecord) -> [String; 26] {
     ]
 }
 
+/// Whether a spreadsheet would read `cell` as a formula (OWASP CSV injection): it
+/// starts with `=`, `+`, `-`, `@`, a tab or a CR. Caller numbers (From user parts) and
+/// tracking parameters (page URLs) come from strangers.
+fn looks_like_formula(cell: &str) -> bool {
+    cell.starts_with(['=', '+', '-', '@', '\t', '\r'])
+}
+
 /// Appends one row: CSV quoting per RFC 4180; TSV with tabs and newlines as spaces.
-fn write_row<S: AsRef<str>>(out: &mut String, cells: &[S], format: Format) {
+/// A cell that looks like a formula is prefixed with `'` first (shown as text).
+pub(crate) fn write_row<S: AsRef<str>>(out: &mut String, cells: &[S], format: Format) {
     for (i, cell) in cells.iter().enumerate() {
-        let cell = cell.as_ref();
+        let raw = cell.as_ref();
+        let quoted;
+        let cell = if looks_like_formula(raw) {
+            quoted = format!("'{raw}");
+            quoted.as_str()
+        } else {
+            raw
+        };
         if i > 0 {
             out.push(if format == Format::Tsv { '\t' } else { ',' });
         }
@@ -285,56 +301,6 @@ fn write_row<S: AsRef<str>>(out: &mut String, cells: &[S], format: Format) {
     out.push_str("\r\n");
 }
 
-const CHUNK_BYTES: usize = 32 * 1024;
-
-fn stream_table(st: &ApiState, query: CallQuery, format: Format) -> Response {
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(8);
-    let store = st.store.clone();
-    tokio::task::spawn_blocking(move || {
-        let mut buf = String::with_capacity(CHUNK_BYTES + 1024);
-        write_row(&mut buf, COLUMNS, format);
-        let mut open = true;
-        let result = store.scan_calls(&query, &mut |r| {
-            write_row(&mut buf, &fields(&r), format);
-            if buf.len() >= CHUNK_BYTES {
-                let chunk = Bytes::from(std::mem::replace(
-                    &mut buf,
-                    String::with_capacity(CHUNK_BYTES + 1024),
-                ));
-                open = tx.blocking_send(Ok(chunk)).is_ok();
-            }
-            open
-        });
-        match result {
-            Ok(()) if open => {
-                let _ = tx.blocking_send(Ok(Bytes::from(buf)));
-            }
-            Ok(()) => {}
-            Err(e) => {
-                // Headers are gone already: end the body with an error so the client sees a broken transfer.
-                let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
-            }
-        }
-    });
-    let stream = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
-    let (ctype, ext) = match format {
-        Format::Tsv => ("text/tab-separated-values; charset=utf-8", "tsv"),
-        _ => ("text/csv; charset=utf-8", "csv"),
-    };
-    (
-        StatusCode::OK,
-        [
-            (header::CONTENT_TYPE, ctype.to_string()),
-            (
-                header::CONTENT_DISPOSITION,
-                format!("attachment; filename=\"calls.{ext}\""),
-            ),
-        ],
-        Body::from_stream(stream),
-    )
-        .into_response()
-}
-
 pub async fn list(
     OperatorId(op): OperatorId,
     State(st): State<Arc<ApiState>>,
@@ -345,7 +311,23 @@ pub async fn list(
     let format = format_of(&p, &headers)?;
     let mut query = query_from(op, &p)?;
     if format != Format::Json {
-        return Ok(stream_table(&st, query, format));
+        let d = &st.defences;
+        let Ok(permit) = d.exports.clone().try_acquire_owned() else {
+            d.metrics.exports_refused.inc();
+            return Err(
+                ApiError::unavailable("too many exports are running; try again shortly")
+                    .retry_after(5),
+            );
+        };
+        return Ok(crate::export::Export {
+            store: st.store.clone(),
+            query,
+            format,
+            send_timeout: d.export_send_timeout,
+            metrics: d.metrics.clone(),
+            permit,
+        }
+        .respond());
     }
     let limit = query.limit.unwrap_or(JSON_PAGE_DEFAULT).min(JSON_PAGE_MAX);
     query.limit = Some(limit);
@@ -431,6 +413,7 @@ pub async fn recording(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::http::StatusCode;
 
     #[test]
     fn csv_and_tsv_escaping() {
@@ -444,6 +427,35 @@ mod tests {
         let mut out = String::new();
         write_row(&mut out, &["a\tb", "c\nd", "e,f"], Format::Tsv);
         assert_eq!(out, "a b\tc d\te,f\r\n");
+    }
+
+    /// OWASP CSV injection: cells a spreadsheet would run are shown as text, in CSV and
+    /// TSV alike; harmless cells are untouched.
+    #[test]
+    fn formula_cells_are_neutralised() {
+        let cases: &[(&str, &str, &str)] = &[
+            (
+                "=HYPERLINK(\"http://x\",\"y\")",
+                "\"'=HYPERLINK(\"\"http://x\"\",\"\"y\"\")\"",
+                "'=HYPERLINK(\"http://x\",\"y\")",
+            ),
+            ("+1+1", "'+1+1", "'+1+1"),
+            ("-2+3", "'-2+3", "'-2+3"),
+            ("@SUM(A1)", "'@SUM(A1)", "'@SUM(A1)"),
+            ("\t=1", "'\t=1", "' =1"),
+            ("\r=1", "\"'\r=1\"", "' =1"),
+            ("0311112222", "0311112222", "0311112222"),
+            ("a=b", "a=b", "a=b"),
+            ("", "", ""),
+        ];
+        for (cell, csv, tsv) in cases {
+            let mut out = String::new();
+            write_row(&mut out, &[*cell], Format::Csv);
+            assert_eq!(out, format!("{csv}\r\n"), "csv {cell:?}");
+            let mut out = String::new();
+            write_row(&mut out, &[*cell], Format::Tsv);
+            assert_eq!(out, format!("{tsv}\r\n"), "tsv {cell:?}");
+        }
     }
 
     #[test]

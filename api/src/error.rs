@@ -1,5 +1,6 @@
 //! API errors: one JSON shape, `{"error": {"code", "message", "field"}}`, with the HTTP
-//! status that fits. Store errors map to 409 (conflict, in use) or 503 (unavailable).
+//! status that fits (and `Retry-After` where waiting helps). Store errors map to 409
+//! (conflict, in use) or 503 (unavailable).
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -13,6 +14,8 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub field: Option<String>,
+    /// Seconds for a `Retry-After` header (429, 503).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -22,6 +25,7 @@ impl ApiError {
             code,
             message: message.into(),
             field: None,
+            retry_after: None,
         }
     }
     pub fn not_found(message: impl Into<String>) -> ApiError {
@@ -63,6 +67,15 @@ impl ApiError {
     pub fn unavailable(message: impl Into<String>) -> ApiError {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
     }
+    /// 429 with `Retry-After: seconds`.
+    pub fn too_many_requests(seconds: u64, message: impl Into<String>) -> ApiError {
+        Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message).retry_after(seconds)
+    }
+    /// The same error with a `Retry-After` header.
+    pub fn retry_after(mut self, seconds: u64) -> ApiError {
+        self.retry_after = Some(seconds);
+        self
+    }
 }
 
 impl From<StoreError> for ApiError {
@@ -79,7 +92,13 @@ impl From<StoreError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({"error": {"code": self.code, "message": self.message, "field": self.field}});
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(s) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, s.into());
+        }
+        response
     }
 }
 

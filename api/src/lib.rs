@@ -5,31 +5,48 @@
 //! The store is blocking (SQLite); every store call runs on `spawn_blocking`. Call-log
 //! exports stream rows from the store to the socket through a small bounded channel,
 //! so a million-row CSV never sits in memory.
+//!
+//! The API faces the internet (the page tag must be public), so it serves with its own
+//! accept loop ([`serve`]: connection caps, header/idle/request timeouts) and carries
+//! its defences in [`Defences`]: issue rate limits, the export semaphore, the metrics
+//! token.
 
 mod advertisers;
 mod auth;
 mod calls;
+pub mod client;
 mod error;
+mod export;
 mod follow_up;
+mod idle;
+pub mod limit;
+mod metrics;
 mod numbers;
 mod openapi;
 mod operators;
 mod ops;
 mod pools;
 mod prompts;
+pub mod serve;
 mod tag;
+#[cfg(test)]
+mod testing;
 mod webhooks;
 
 pub use calls::call_json;
 pub use error::ApiError;
 pub use follow_up::{Channels, EgressLabel, EgressRefusals};
+pub use metrics::ApiMetrics;
 pub use pools::PoolMetrics;
 pub use webhooks::EVENT_TYPES;
 
 use axum::routing::{get, post};
 use axum::Router;
 use prometheus_client::registry::Registry;
+use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::Duration;
+use tsunagu_config::{ApiConfig, Cidr};
 use tsunagu_store::Store;
 
 /// What the API needs from the running node.
@@ -56,13 +73,63 @@ pub struct ApiState {
     pub recordings_dir: std::path::PathBuf,
     /// The node's prompt library (numbers name prompts; operators upload their own).
     pub prompts: tsunagu_media::Prompts,
+    /// Limits against abuse, from `[api]`.
+    pub defences: Defences,
+}
+
+/// The API's defences against abuse and their settings (`[api]`).
+pub struct Defences {
+    /// Peers whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: Vec<Cidr>,
+    /// Rate limits of page issuance.
+    pub issue: limit::IssueLimiter,
+    /// One permit per running CSV/TSV export.
+    pub exports: Arc<tokio::sync::Semaphore>,
+    pub export_send_timeout: Duration,
+    /// `/metrics` needs this bearer token when set.
+    pub metrics_token: Option<String>,
+    /// `/metrics` is served on the API listener (false: on `api.metrics_listen` only).
+    pub metrics_on_api: bool,
+    /// Pools whose metrics carry their own `pool` label.
+    pub pool_labels: HashSet<String>,
+    pub metrics: ApiMetrics,
+}
+
+impl Defences {
+    pub fn new(c: &ApiConfig, metrics: ApiMetrics) -> Defences {
+        Defences {
+            trusted_proxies: c.trusted_proxies.clone(),
+            issue: limit::IssueLimiter::new(&c.issue, now_ms()),
+            exports: Arc::new(tokio::sync::Semaphore::new(c.max_exports as usize)),
+            export_send_timeout: Duration::from_secs(c.export_send_timeout_seconds.into()),
+            metrics_token: c.metrics_token.clone(),
+            metrics_on_api: c.metrics_listen.is_none(),
+            pool_labels: c.pool_metrics.iter().cloned().collect(),
+            metrics,
+        }
+    }
+}
+
+/// The router of `api.metrics_listen`: `/metrics` (and `/healthz`) only.
+pub fn metrics_router(state: Arc<ApiState>) -> Router {
+    Router::new()
+        .route("/metrics", get(ops::metrics))
+        .route("/healthz", get(ops::healthz))
+        .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .with_state(state)
 }
 
 pub fn router(state: Arc<ApiState>) -> Router {
-    Router::new()
+    let metrics_here = state.defences.metrics_on_api;
+    let router = Router::new()
         .route("/healthz", get(ops::healthz))
-        .route("/readyz", get(ops::readyz))
-        .route("/metrics", get(ops::metrics))
+        .route("/readyz", get(ops::readyz));
+    let router = if metrics_here {
+        router.route("/metrics", get(ops::metrics))
+    } else {
+        router
+    };
+    router
         .route("/v1/openapi.json", get(openapi::document))
         .route(
             "/v1/operators",
@@ -74,7 +141,14 @@ pub fn router(state: Arc<ApiState>) -> Router {
                 .patch(operators::update)
                 .delete(operators::delete),
         )
-        .route("/v1/operators/{id}/keys", post(operators::new_key))
+        .route(
+            "/v1/operators/{id}/keys",
+            post(operators::new_key).get(operators::list_keys),
+        )
+        .route(
+            "/v1/operators/{id}/keys/{key_id}",
+            axum::routing::delete(operators::revoke_key),
+        )
         .route(
             "/v1/advertisers",
             post(advertisers::create).get(advertisers::list),

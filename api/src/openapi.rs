@@ -20,6 +20,7 @@ mod tests {
             "/v1/operators",
             "/v1/operators/{id}",
             "/v1/operators/{id}/keys",
+            "/v1/operators/{id}/keys/{key_id}",
             "/v1/advertisers",
             "/v1/advertisers/{id}",
             "/v1/numbers",
@@ -39,5 +40,9 @@ mod tests {
         ] {
             assert!(paths.contains_key(p), "{p}");
         }
+        let keys = &paths["/v1/operators/{id}/keys"];
+        assert!(keys["get"].is_object() && keys["post"].is_object());
+        assert!(paths["/v1/operators/{id}/keys/{key_id}"]["delete"].is_object());
+        assert!(paths["/v1/pools/{id}/issue"]["post"]["responses"]["429"].is_object());
     }
 }

@@ -1,6 +1,8 @@
-//! `/v1/operators` (admin token): the top account level, and their API keys.
+//! `/v1/operators` (admin token): the top account level, and their API keys. Keys are
+//! stored hashed: a key is shown once when made, and listed afterwards by its id and
+//! prefix (`tsk_` and 8 more characters). An operator may list and revoke its own keys.
 
-use crate::auth::Admin;
+use crate::auth::{Admin, Principal};
 use crate::error::parse_json;
 use crate::{db, rfc3339, ApiError, ApiState};
 use axum::body::Bytes;
@@ -10,7 +12,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
-use tsunagu_store::Operator;
+use tsunagu_store::{ApiKey, Operator};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -37,16 +39,16 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let input: OperatorInput = parse_json(&body)?;
     let name = valid_name(&input.name)?;
-    let key = tsunagu_store::new_api_key();
-    let hash = tsunagu_store::hash_api_key(&key);
-    let op = db(&st, move |s| {
+    let (key, hash, prefix) = new_key_parts();
+    let (op, listed) = db(&st, move |s| {
         let op = s.create_operator(&name)?;
-        s.add_api_key(&op.id, &hash)?;
-        Ok(op)
+        let listed = s.add_api_key(&op.id, &hash, &prefix)?;
+        Ok((op, listed))
     })
     .await?;
     let mut v = view(&op);
     v["api_key"] = json!(key);
+    v["api_key_id"] = json!(listed.id);
     Ok((StatusCode::CREATED, Json(v)))
 }
 
@@ -94,23 +96,85 @@ pub async fn delete(
     }
 }
 
+/// A new key, its hash (what is stored) and its prefix (what it is listed by).
+fn new_key_parts() -> (String, String, String) {
+    let key = tsunagu_store::new_api_key();
+    let hash = tsunagu_store::hash_api_key(&key);
+    let prefix = key.chars().take(KEY_PREFIX_CHARS).collect();
+    (key, hash, prefix)
+}
+
+/// `tsk_` and 8 characters: enough to tell keys apart, 32 of the key's 128 bits.
+const KEY_PREFIX_CHARS: usize = 12;
+
+fn key_view(k: &ApiKey) -> Value {
+    json!({"id": k.id, "prefix": k.prefix, "created_at": rfc3339(k.created_at)})
+}
+
+fn no_operator() -> ApiError {
+    ApiError::not_found("no such operator")
+}
+
+/// The admin for any operator; an operator's key for that operator only (any other id
+/// answers 404, as everywhere).
+fn may_manage_keys(who: &Principal, operator_id: &str) -> Result<(), ApiError> {
+    match who {
+        Principal::Admin => Ok(()),
+        Principal::Operator(op) if op == operator_id => Ok(()),
+        Principal::Operator(_) => Err(no_operator()),
+    }
+}
+
 pub async fn new_key(
     _: Admin,
     State(st): State<Arc<ApiState>>,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let key = tsunagu_store::new_api_key();
-    let hash = tsunagu_store::hash_api_key(&key);
-    let found = db(&st, move |s| {
+    let (key, hash, prefix) = new_key_parts();
+    let listed = db(&st, move |s| {
         if s.get_operator(&id)?.is_none() {
-            return Ok(false);
+            return Ok(None);
         }
-        s.add_api_key(&id, &hash)?;
-        Ok(true)
+        s.add_api_key(&id, &hash, &prefix).map(Some)
     })
-    .await?;
-    if !found {
-        return Err(ApiError::not_found("no such operator"));
+    .await?
+    .ok_or_else(no_operator)?;
+    let mut v = key_view(&listed);
+    v["api_key"] = json!(key);
+    Ok((StatusCode::CREATED, Json(v)))
+}
+
+/// `GET /v1/operators/{id}/keys`: ids, prefixes and creation times (never the keys).
+pub async fn list_keys(
+    who: Principal,
+    State(st): State<Arc<ApiState>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    may_manage_keys(&who, &id)?;
+    let keys = db(&st, move |s| {
+        if s.get_operator(&id)?.is_none() {
+            return Ok(None);
+        }
+        s.list_api_keys(&id).map(Some)
+    })
+    .await?
+    .ok_or_else(no_operator)?;
+    Ok(Json(
+        json!({"keys": keys.iter().map(key_view).collect::<Vec<_>>()}),
+    ))
+}
+
+/// `DELETE /v1/operators/{id}/keys/{key_id}`: the key stops working at once (every
+/// request looks its key up in the store; nothing is cached).
+pub async fn revoke_key(
+    who: Principal,
+    State(st): State<Arc<ApiState>>,
+    Path((id, key_id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    may_manage_keys(&who, &id)?;
+    if db(&st, move |s| s.revoke_api_key(&id, &key_id)).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found("no such key"))
     }
-    Ok((StatusCode::CREATED, Json(json!({"api_key": key}))))
 }

@@ -22,7 +22,33 @@ pub async fn readyz(State(st): State<Arc<ApiState>>) -> (StatusCode, &'static st
     }
 }
 
-pub async fn metrics(State(st): State<Arc<ApiState>>) -> impl IntoResponse {
+/// Prometheus text. With `api.metrics_token` set, only for `Bearer <token>` (compared
+/// in constant time); without it, for anyone who reaches the listener.
+pub async fn metrics(
+    State(st): State<Arc<ApiState>>,
+    headers: axum::http::HeaderMap,
+) -> axum::response::Response {
+    if let Some(token) = &st.defences.metrics_token {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .unwrap_or("");
+        if !crate::auth::constant_time_eq(given.as_bytes(), token.as_bytes()) {
+            st.defences.metrics.metrics_unauthorized.inc();
+            return crate::ApiError::unauthorized("/metrics needs the metrics token")
+                .into_response();
+        }
+    }
+    st.defences
+        .metrics
+        .issue_tracked_addresses
+        .set(st.defences.issue.tracked_addresses() as i64);
+    render(&st).into_response()
+}
+
+fn render(st: &ApiState) -> impl IntoResponse {
     let mut text = String::new();
     if prometheus_client::encoding::text::encode(&mut text, &st.registry).is_err() {
         return (

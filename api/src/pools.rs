@@ -2,10 +2,19 @@
 //! issuance. `POST /v1/pools/{id}/issue` leases a number to a page visitor with its
 //! tracking parameters; a call to it while the lease lives carries them into the call
 //! log. Leases are compare-and-set in the store: no number is held twice.
+//!
+//! A page issues without a secret (it only names an `Origin`, which any script can
+//! send), so page issues are rate-limited per client address and per pool (429 with
+//! `Retry-After`), and every issue naming a session is capped at
+//! `api.issue.max_leases_per_session` live leases of the pool. Metrics carry a pool's
+//! id only for pools listed in `api.pool_metrics` (others count as `other`).
 
 use crate::auth::OperatorId;
+use crate::client::client_ip;
 use crate::error::parse_json;
 use crate::follow_up::present;
+use crate::limit::Limit;
+use crate::metrics::LimitLabel;
 use crate::numbers::{is_phone_number, validate_forwarding, validate_params};
 use crate::{db, now_ms, rfc3339, ApiError, ApiState};
 use axum::body::Bytes;
@@ -26,13 +35,32 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 use tsunagu_store::{
-    CallerIdMode, Destination, Ga4, Notify, NumberKind, Pool, PoolMode, RecordingSettings,
-    TrackingNumber, ValidityRule,
+    CallerIdMode, Destination, Ga4, IssueOutcome, Notify, NumberKind, Pool, PoolMode,
+    RecordingSettings, TrackingNumber, ValidityRule,
 };
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PoolLabel {
     pub pool: String,
+}
+
+/// The `pool` label of a pool: its id if `api.pool_metrics` lists it, else `other` (so
+/// no label grows with the pools operators create).
+fn pool_label(st: &ApiState, pool_id: &str) -> PoolLabel {
+    let listed = st.defences.pool_labels.contains(pool_id);
+    PoolLabel {
+        pool: if listed { pool_id } else { "other" }.to_string(),
+    }
+}
+
+/// Gauges of one pool make sense only under its own label.
+fn own_label(st: &ApiState, pool_id: &str) -> Option<PoolLabel> {
+    st.defences
+        .pool_labels
+        .contains(pool_id)
+        .then(|| PoolLabel {
+            pool: pool_id.to_string(),
+        })
 }
 
 /// Issuance metrics.
@@ -63,7 +91,7 @@ impl PoolMetrics {
     pub fn register(&self, r: &mut Registry) {
         r.register(
             "pool_issued",
-            "Numbers issued from a pool (new leases and extensions)",
+            "Numbers issued from a pool (new leases and extensions); pool=\"other\" for pools not listed in api.pool_metrics",
             self.issued.clone(),
         );
         r.register(
@@ -73,10 +101,14 @@ impl PoolMetrics {
         );
         r.register(
             "pool_leased",
-            "Numbers of a pool under a live lease, as of its last issue request",
+            "Numbers of a pool under a live lease, as of its last issue request (pools listed in api.pool_metrics)",
             self.leased.clone(),
         );
-        r.register("pool_size", "Numbers in a pool", self.size.clone());
+        r.register(
+            "pool_size",
+            "Numbers in a pool (pools listed in api.pool_metrics)",
+            self.size.clone(),
+        );
         r.register(
             "pool_issue_seconds",
             "Latency of issue requests (store compare-and-set included)",
@@ -284,12 +316,12 @@ pub async fn create(
     for n in &pool.numbers {
         st.hooks.number_changed(n);
     }
-    st.pool_metrics
-        .size
-        .get_or_create(&PoolLabel {
-            pool: pool.id.clone(),
-        })
-        .set(pool.numbers.len() as i64);
+    if let Some(label) = own_label(&st, &pool.id) {
+        st.pool_metrics
+            .size
+            .get_or_create(&label)
+            .set(i64::try_from(pool.numbers.len()).unwrap_or(i64::MAX));
+    }
     Ok((StatusCode::CREATED, Json(view(&pool))))
 }
 
@@ -439,6 +471,23 @@ pub async fn issue_preflight(
     Ok((StatusCode::NO_CONTENT, AppendHeaders(headers)).into_response())
 }
 
+/// A 429 for an issue request over `limit`, counted.
+fn throttled(st: &ApiState, limit: Limit, retry_after: u64) -> ApiError {
+    st.defences
+        .metrics
+        .issue_throttled
+        .get_or_create(&LimitLabel {
+            limit: limit.as_str(),
+        })
+        .inc();
+    let what = match limit {
+        Limit::Address => "too many issue requests from this address",
+        Limit::Pool => "too many issue requests for this pool",
+        Limit::Session => "this session already holds as many numbers as it may",
+    };
+    ApiError::too_many_requests(retry_after, what)
+}
+
 pub async fn issue(
     State(st): State<Arc<ApiState>>,
     Path(id): Path<String>,
@@ -446,10 +495,24 @@ pub async fn issue(
 ) -> Result<Response, ApiError> {
     let (mut parts, body) = req.into_parts();
     let who = issuer(&st, &mut parts).await?;
+    let mut headers = cors(&who);
+    if matches!(who, Issuer::Page(_)) {
+        // A page's script may read Retry-After only if it is exposed.
+        headers.push((
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static("retry-after"),
+        ));
+        // Before the body is read or the store asked: a loop costs next to nothing.
+        let client = client_ip(&parts, &st.defences.trusted_proxies);
+        if let Err(secs) = st.defences.issue.take_address(client, now_ms()) {
+            let e = throttled(&st, Limit::Address, secs);
+            return Ok((AppendHeaders(headers), e).into_response());
+        }
+    }
+    let headers = AppendHeaders(headers);
     let body = axum::body::to_bytes(body, 64 * 1024)
         .await
         .map_err(|_| ApiError::bad_request(None, "body too large or unreadable"))?;
-    let headers = AppendHeaders(cors(&who));
     match issue_number(&st, &who, id, &body).await {
         Ok(v) => Ok((headers, Json(v)).into_response()),
         Err(e) => Ok((headers, e).into_response()),
@@ -470,10 +533,14 @@ async fn issue_number(
     };
     validate_params("params", &input.params)?;
     let pool = pool_for(st, who, id).await?;
-    let label = PoolLabel {
-        pool: pool.id.clone(),
-    };
+    if matches!(who, Issuer::Page(_)) {
+        if let Err(secs) = st.defences.issue.take_pool(&pool.id, now_ms()) {
+            return Err(throttled(st, Limit::Pool, secs));
+        }
+    }
+    let label = pool_label(st, &pool.id);
     // The visitor's session: its session id, else its cookie id; none = a new visitor.
+    // Only a request naming the session of a live lease extends it (dynamic mode).
     let session = input
         .params
         .get("session_id")
@@ -481,21 +548,33 @@ async fn issue_number(
         .cloned();
     let now = now_ms();
     let p = pool.clone();
-    let (lease, leased) = db(st, move |s| {
-        let lease = s.issue_lease(&p, session.as_deref(), &input.params, now)?;
-        Ok((lease, s.leased_count(&p.id, now)?))
+    let cap = st.defences.issue.max_leases_per_session;
+    let (outcome, leased) = db(st, move |s| {
+        let outcome = s.issue_lease_capped(&p, session.as_deref(), &input.params, now, cap)?;
+        Ok((outcome, s.leased_count(&p.id, now)?))
     })
     .await?;
     let m = &st.pool_metrics;
-    m.leased.get_or_create(&label).set(leased as i64);
-    m.size.get_or_create(&label).set(pool.numbers.len() as i64);
+    if let Some(own) = own_label(st, &pool.id) {
+        m.leased
+            .get_or_create(&own)
+            .set(i64::try_from(leased).unwrap_or(i64::MAX));
+        m.size
+            .get_or_create(&own)
+            .set(i64::try_from(pool.numbers.len()).unwrap_or(i64::MAX));
+    }
     m.issue_seconds.observe(started.elapsed().as_secs_f64());
-    match lease {
-        Some(l) => {
+    match outcome {
+        IssueOutcome::Leased(l) => {
             m.issued.get_or_create(&label).inc();
             Ok(json!({"number": l.number, "expires_at": rfc3339(l.expires_at), "overflow": false}))
         }
-        None => {
+        IssueOutcome::SessionFull { retry_at_ms } => {
+            let wait_ms = retry_at_ms.saturating_sub(now).max(0);
+            let secs = u64::try_from(wait_ms.saturating_add(999) / 1000).unwrap_or(1);
+            Err(throttled(st, Limit::Session, secs.max(1)))
+        }
+        IssueOutcome::Exhausted => {
             m.overflows.get_or_create(&label).inc();
             match pool.overflow_number {
                 Some(n) => Ok(json!({"number": n, "expires_at": null, "overflow": true})),

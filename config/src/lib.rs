@@ -12,7 +12,7 @@ mod model;
 mod net;
 mod validate;
 
-pub use env::apply_env_overrides;
+pub use env::{apply_env_overrides, Overrides};
 pub use model::*;
 pub use net::{Cidr, Listener, PortRange, Transport};
 pub use validate::{http_url_error, ConfigError};
@@ -59,14 +59,25 @@ impl Config {
                 format!("not valid TOML: {}", e.message()),
             )])
         })?;
-        apply_env_overrides(&mut table, env).map_err(|e| ConfigErrors(vec![e]))?;
-        let config: Config = serde_path_to_error::deserialize(table).map_err(|e| {
-            let path = e.path().to_string();
+        let mut overrides =
+            apply_env_overrides(&mut table, env).map_err(|e| ConfigErrors(vec![e]))?;
+        let config: Config = loop {
+            let error = match serde_path_to_error::deserialize(table.clone()) {
+                Ok(config) => break config,
+                Err(e) => e,
+            };
+            let path = error.path().to_string();
             let path = if path == "." { String::new() } else { path };
-            let message = e.into_inner().to_string();
+            // A typed guess (`12345678` as an integer) refused by a string field: the
+            // same text again as a string.
+            if overrides.retry_as_string(&mut table, &path) {
+                continue;
+            }
+            let message = error.into_inner().to_string();
             let message = message.lines().next().unwrap_or_default().to_string();
-            ConfigErrors(vec![ConfigError::new(&path, message)])
-        })?;
+            let message = overrides.redact(&path, message);
+            return Err(ConfigErrors(vec![ConfigError::new(&path, message)]));
+        };
         config.validate().map_err(ConfigErrors)?;
         Ok(config)
     }

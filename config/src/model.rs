@@ -215,6 +215,45 @@ pub struct ApiConfig {
     pub admin_token: Option<String>,
     #[serde(default)]
     pub admin_token_file: Option<PathBuf>,
+    /// Proxies (CIDRs) whose `X-Forwarded-For` names the client; from any other peer the
+    /// header is ignored and the TCP peer is the client.
+    #[serde(default)]
+    pub trusted_proxies: Vec<Cidr>,
+    /// Open API connections at once; more are closed as soon as they are accepted.
+    #[serde(default = "default_api_max_connections")]
+    pub max_connections: u32,
+    /// Open API connections from one client address (trusted proxies are not capped).
+    #[serde(default = "default_api_max_connections_per_address")]
+    pub max_connections_per_address: u32,
+    /// Time a client has to send a request's headers (also the keep-alive idle limit).
+    #[serde(default = "default_api_header_timeout")]
+    pub header_timeout_seconds: u32,
+    /// A connection on which no byte moves either way for this long while the node
+    /// waits to read or write is closed (a client that stopped reading a response).
+    #[serde(default = "default_api_idle_timeout")]
+    pub idle_timeout_seconds: u32,
+    /// Time a handler has to answer, request body included (slow uploads are cut).
+    #[serde(default = "default_api_request_timeout")]
+    pub request_timeout_seconds: u32,
+    /// CSV/TSV exports running at once; more are answered 503 with Retry-After.
+    #[serde(default = "default_api_max_exports")]
+    pub max_exports: u32,
+    /// An export whose client takes no data for this long is cut.
+    #[serde(default = "default_api_export_send_timeout")]
+    pub export_send_timeout_seconds: u32,
+    /// Serve `/metrics` on this listener only (not on `listen`).
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
+    /// When set, `/metrics` needs `Authorization: Bearer <metrics_token>`.
+    #[serde(default)]
+    pub metrics_token: Option<String>,
+    /// Pool ids whose `tsunagu_pool_*` series carry their own `pool` label; every other
+    /// pool is counted under `pool="other"` (labels never grow with what users create).
+    #[serde(default)]
+    pub pool_metrics: Vec<String>,
+    /// Rate limits and caps of `POST /v1/pools/{id}/issue`.
+    #[serde(default)]
+    pub issue: IssueLimitsConfig,
 }
 
 impl Default for ApiConfig {
@@ -223,6 +262,55 @@ impl Default for ApiConfig {
             listen: default_api_listen(),
             admin_token: None,
             admin_token_file: None,
+            trusted_proxies: Vec::new(),
+            max_connections: default_api_max_connections(),
+            max_connections_per_address: default_api_max_connections_per_address(),
+            header_timeout_seconds: default_api_header_timeout(),
+            idle_timeout_seconds: default_api_idle_timeout(),
+            request_timeout_seconds: default_api_request_timeout(),
+            max_exports: default_api_max_exports(),
+            export_send_timeout_seconds: default_api_export_send_timeout(),
+            metrics_listen: None,
+            metrics_token: None,
+            pool_metrics: Vec::new(),
+            issue: IssueLimitsConfig::default(),
+        }
+    }
+}
+
+/// Limits on number issuance by web pages (requests without an API key). Rates are
+/// token buckets: `*_per_minute` refills, `*_burst` is the bucket size; a rate of 0
+/// turns that limit off.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssueLimitsConfig {
+    #[serde(default = "default_issue_per_address_per_minute")]
+    pub per_address_per_minute: u32,
+    #[serde(default = "default_issue_per_address_burst")]
+    pub per_address_burst: u32,
+    #[serde(default = "default_issue_per_pool_per_minute")]
+    pub per_pool_per_minute: u32,
+    #[serde(default = "default_issue_per_pool_burst")]
+    pub per_pool_burst: u32,
+    /// Live leases one session (its `session_id`, else `cookie_id`, else the client
+    /// address) may hold in one pool.
+    #[serde(default = "default_issue_max_leases_per_session")]
+    pub max_leases_per_session: u32,
+    /// Client addresses the limiter remembers at once; beyond it, new addresses share
+    /// one bucket until idle ones are swept (memory stays bounded under a spray).
+    #[serde(default = "default_issue_tracked_addresses")]
+    pub tracked_addresses: u32,
+}
+
+impl Default for IssueLimitsConfig {
+    fn default() -> Self {
+        IssueLimitsConfig {
+            per_address_per_minute: default_issue_per_address_per_minute(),
+            per_address_burst: default_issue_per_address_burst(),
+            per_pool_per_minute: default_issue_per_pool_per_minute(),
+            per_pool_burst: default_issue_per_pool_burst(),
+            max_leases_per_session: default_issue_max_leases_per_session(),
+            tracked_addresses: default_issue_tracked_addresses(),
         }
     }
 }
@@ -562,6 +650,53 @@ fn default_ports() -> PortRange {
 }
 fn default_api_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+/// Each open connection costs a few tens of KiB at most; slow ones are cut by the
+/// header and idle timeouts, so a flood must keep reconnecting.
+fn default_api_max_connections() -> u32 {
+    2048
+}
+/// Room for an operator's backend that issues numbers over hundreds of parallel
+/// connections from one address (the e2e test runs 200 at once).
+fn default_api_max_connections_per_address() -> u32 {
+    256
+}
+fn default_api_header_timeout() -> u32 {
+    10
+}
+fn default_api_idle_timeout() -> u32 {
+    60
+}
+fn default_api_request_timeout() -> u32 {
+    60
+}
+fn default_api_max_exports() -> u32 {
+    4
+}
+fn default_api_export_send_timeout() -> u32 {
+    30
+}
+/// The page tag re-issues at most every 15 s per pool on a page; 30 a minute with a
+/// burst of 10 leaves room for a few pools and reloads, and stops a loop at once.
+fn default_issue_per_address_per_minute() -> u32 {
+    30
+}
+fn default_issue_per_address_burst() -> u32 {
+    10
+}
+/// 10 issues a second per pool: a pool of 1000 numbers held 30 min sees about one
+/// new visitor a second at full use.
+fn default_issue_per_pool_per_minute() -> u32 {
+    600
+}
+fn default_issue_per_pool_burst() -> u32 {
+    100
+}
+fn default_issue_max_leases_per_session() -> u32 {
+    2
+}
+fn default_issue_tracked_addresses() -> u32 {
+    100_000
 }
 fn default_keyspace() -> String {
     "tsunagu".into()

@@ -97,6 +97,8 @@ impl Config {
             _ => {}
         }
 
+        self.validate_api(&mut err);
+
         if self.store.backend == StoreBackend::Scylla && self.store.nodes.is_empty() {
             err(
                 "store.nodes".into(),
@@ -282,6 +284,118 @@ impl Config {
     }
 }
 
+impl Config {
+    /// The `[api]` limits: every timeout and cap at least 1 (0 would refuse everything
+    /// or close every connection at once), rates with a bucket to refill.
+    fn validate_api(&self, err: &mut impl FnMut(String, String)) {
+        let a = &self.api;
+        let at_least_one = [
+            ("api.max_connections", a.max_connections),
+            (
+                "api.max_connections_per_address",
+                a.max_connections_per_address,
+            ),
+            ("api.header_timeout_seconds", a.header_timeout_seconds),
+            ("api.idle_timeout_seconds", a.idle_timeout_seconds),
+            ("api.request_timeout_seconds", a.request_timeout_seconds),
+            ("api.max_exports", a.max_exports),
+            (
+                "api.export_send_timeout_seconds",
+                a.export_send_timeout_seconds,
+            ),
+            (
+                "api.issue.max_leases_per_session",
+                a.issue.max_leases_per_session,
+            ),
+            ("api.issue.tracked_addresses", a.issue.tracked_addresses),
+        ];
+        for (path, v) in at_least_one {
+            if v == 0 {
+                err(path.into(), "must be at least 1".into());
+            }
+        }
+        let day = 86_400;
+        for (path, v) in [
+            ("api.header_timeout_seconds", a.header_timeout_seconds),
+            ("api.idle_timeout_seconds", a.idle_timeout_seconds),
+            ("api.request_timeout_seconds", a.request_timeout_seconds),
+            (
+                "api.export_send_timeout_seconds",
+                a.export_send_timeout_seconds,
+            ),
+        ] {
+            if v > day {
+                err(path.into(), "must be at most 86400 seconds".into());
+            }
+        }
+        let i = &a.issue;
+        for (path, rate, burst) in [
+            (
+                "api.issue.per_address_burst",
+                i.per_address_per_minute,
+                i.per_address_burst,
+            ),
+            (
+                "api.issue.per_pool_burst",
+                i.per_pool_per_minute,
+                i.per_pool_burst,
+            ),
+        ] {
+            if rate > 0 && burst == 0 {
+                err(
+                    path.into(),
+                    "must be at least 1 while its rate is on (set the rate to 0 to turn the limit off)".into(),
+                );
+            }
+        }
+        if let Some(m) = a.metrics_listen {
+            if m == a.listen {
+                err(
+                    "api.metrics_listen".into(),
+                    "must differ from api.listen".into(),
+                );
+            }
+            if self.media.ports.contains(m.port()) {
+                err(
+                    "media.ports".into(),
+                    format!(
+                        "{} overlaps the metrics port {}",
+                        self.media.ports,
+                        m.port()
+                    ),
+                );
+            }
+        }
+        // The token's value is never echoed: only its length is judged.
+        if a.metrics_token
+            .as_ref()
+            .is_some_and(|t| t.trim().len() < 16)
+        {
+            err(
+                "api.metrics_token".into(),
+                "must be at least 16 characters".into(),
+            );
+        }
+        if a.pool_metrics.len() > 100 {
+            err(
+                "api.pool_metrics".into(),
+                "at most 100 pools get their own label".into(),
+            );
+        }
+        for (n, id) in a.pool_metrics.iter().enumerate() {
+            if id.is_empty()
+                || id.len() > 64
+                || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            {
+                err(
+                    format!("api.pool_metrics[{n}]"),
+                    "must be a pool id such as pool_5f0c2a9e1b7d3c44".into(),
+                );
+            }
+        }
+    }
+}
+
 /// Why `url` is not an absolute http(s) URL with a host, if it is not.
 pub fn http_url_error(url: &str) -> Option<String> {
     let rest = url
@@ -392,6 +506,28 @@ mod tests {
                 &["sip.tcp_max_connections_per_source"],
             ),
             ("unknown untrusted mode", "[sip]\nuntrusted = \"answer\"\n", &["sip.untrusted"]),
+            (
+                "api limits",
+                "[api]\nmax_connections = 0\nheader_timeout_seconds = 0\nidle_timeout_seconds = 90000\nmax_exports = 0\nexport_send_timeout_seconds = 0\nmetrics_listen = \"127.0.0.1:20001\"\nmetrics_token = \"short\"\npool_metrics = [\"pool x\"]\n[api.issue]\nper_address_burst = 0\nmax_leases_per_session = 0\n[media]\nports = \"20000-20999\"\n",
+                &[
+                    "api.max_connections",
+                    "api.header_timeout_seconds",
+                    "api.idle_timeout_seconds",
+                    "api.max_exports",
+                    "api.export_send_timeout_seconds",
+                    "media.ports",
+                    "api.metrics_token",
+                    "api.pool_metrics[0]",
+                    "api.issue.per_address_burst",
+                    "api.issue.max_leases_per_session",
+                ],
+            ),
+            (
+                "api metrics on the api port",
+                "[api]\nlisten = \"127.0.0.1:8080\"\nmetrics_listen = \"127.0.0.1:8080\"\n",
+                &["api.metrics_listen"],
+            ),
+            ("unknown api.issue key", "[api.issue]\nper_hour = 1\n", &["api.issue.per_hour"]),
             ("unknown notify key", "[notify.smtp]\nhost = \"h\"\nfrom = \"a@b\"\ntls = true\n", &["notify.smtp.tls"]),
             (
                 "notify limits",

@@ -15,7 +15,20 @@ const USAGE: &str = "usage:
   tsunagu check-config FILE         validate FILE; every error with its key path; exit 2 on error
   tsunagu --version";
 
+/// Files the node creates (the store and its WAL, recordings, uploaded prompts, the
+/// generated admin token) hold call records, voices and secrets: nobody but the node's
+/// user may read them. A process umask of 077 makes every file 0600 and every
+/// directory 0700, including the ones SQLite creates itself (its -wal and -shm files).
+fn restrict_new_files() {
+    // SAFETY: umask(2) only sets the process's file mode mask; it cannot fail and
+    // touches no memory.
+    unsafe {
+        libc::umask(0o077);
+    }
+}
+
 fn main() -> ExitCode {
+    restrict_new_files();
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args
         .iter()

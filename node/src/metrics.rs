@@ -251,6 +251,7 @@ pub struct Metrics {
     pub sip: SipMetrics,
     pub media: MediaMetrics,
     pub pools: tsunagu_api::PoolMetrics,
+    pub api: tsunagu_api::ApiMetrics,
 }
 
 impl Metrics {
@@ -471,6 +472,7 @@ impl Metrics {
         self.sip.register(&mut r);
         self.media.register(&mut r);
         self.pools.register(&mut r);
+        self.api.register(&mut r);
         self.follow_ups.register(&mut r);
         r
     }

@@ -38,10 +38,20 @@ pub enum NodeError {
     Unsupported(String),
 }
 
+/// Where the admin token came from (the banner prints it only when it was just made).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    Config,
+    /// Read from `api.admin_token_file` or from the data dir (made by an earlier start).
+    File(PathBuf),
+    /// Generated now and written to this file.
+    Generated(PathBuf),
+}
+
 /// The admin token: from config, from a file, or generated once and kept in the data dir.
-pub fn admin_token(config: &Config) -> Result<String, NodeError> {
+pub fn admin_token(config: &Config) -> Result<(String, TokenSource), NodeError> {
     if let Some(t) = &config.api.admin_token {
-        return Ok(t.clone());
+        return Ok((t.clone(), TokenSource::Config));
     }
     let path = config
         .api
@@ -51,7 +61,7 @@ pub fn admin_token(config: &Config) -> Result<String, NodeError> {
     if let Ok(t) = std::fs::read_to_string(&path) {
         let t = t.trim().to_string();
         if !t.is_empty() {
-            return Ok(t);
+            return Ok((t, TokenSource::File(path)));
         }
     }
     if config.api.admin_token_file.is_some() {
@@ -63,7 +73,23 @@ pub fn admin_token(config: &Config) -> Result<String, NodeError> {
     let token = tsunagu_store::new_api_key().replacen("tsk_", "adm_", 1);
     write_private(&path, &token)
         .map_err(|e| NodeError::Io(format!("cannot write {}: {e}", path.display())))?;
-    Ok(token)
+    Ok((token, TokenSource::Generated(path)))
+}
+
+/// New files are private (umask 077, see main.rs), but a data dir made by an older
+/// version or by hand may not be: say so (changing an operator's modes is theirs to do).
+fn warn_if_readable_by_others(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(m) = std::fs::metadata(dir) {
+        let mode = m.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                dir = %dir.display(),
+                mode = format!("{mode:o}"),
+                "the data directory (call records, recordings, secrets) is open to other users; chmod 700 it"
+            );
+        }
+    }
 }
 
 fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
@@ -180,8 +206,9 @@ pub async fn run(
                 .into(),
         ));
     }
-    let token = admin_token(&config)?;
+    let (token, token_source) = admin_token(&config)?;
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&store_path(&config))?);
+    warn_if_readable_by_others(&config.node.data_dir);
     let metrics = Metrics::default();
     metrics.touch();
     let directory = Directory::load(store.clone())?;
@@ -366,28 +393,56 @@ pub async fn run(
         },
         recordings_dir,
         prompts,
+        defences: tsunagu_api::Defences::new(&config.api, metrics.api.clone()),
     });
-    let api_listener = tokio::net::TcpListener::bind(config.api.listen)
-        .await
-        .map_err(|e| {
-            NodeError::Io(format!(
-                "cannot listen for the API on {}: {e}",
-                config.api.listen
-            ))
-        })?;
+    let bind = |addr: std::net::SocketAddr, what: &'static str| async move {
+        tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| NodeError::Io(format!("cannot listen for {what} on {addr}: {e}")))
+    };
+    let api_listener = bind(config.api.listen, "the API").await?;
     let api_addr = api_listener
         .local_addr()
         .map_err(|e| NodeError::Io(e.to_string()))?;
-    let (api_stop_tx, api_stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let api_task = tokio::spawn(async move {
-        let _ = axum::serve(api_listener, tsunagu_api::router(api_state))
-            .with_graceful_shutdown(async {
-                let _ = api_stop_rx.await;
-            })
-            .await;
-    });
+    let metrics_listener = match config.api.metrics_listen {
+        Some(addr) => Some(bind(addr, "metrics").await?),
+        None => None,
+    };
+    let metrics_addr = match &metrics_listener {
+        Some(l) => l.local_addr().map_err(|e| NodeError::Io(e.to_string()))?,
+        None => api_addr,
+    };
+    // Both listeners serve with the API's limits (timeouts, connection caps).
+    let serve_limits = tsunagu_api::serve::ServeLimits::from_config(&config.api);
+    let (api_stop_tx, api_stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let mut api_tasks = vec![tokio::spawn(tsunagu_api::serve::serve(
+        api_listener,
+        tsunagu_api::router(api_state.clone()),
+        serve_limits.clone(),
+        metrics.api.clone(),
+        stopped(api_stop_rx.clone()),
+    ))];
+    if let Some(listener) = metrics_listener {
+        api_tasks.push(tokio::spawn(tsunagu_api::serve::serve(
+            listener,
+            tsunagu_api::metrics_router(api_state),
+            serve_limits,
+            metrics.api.clone(),
+            stopped(api_stop_rx),
+        )));
+    }
 
-    print_banner(&config, &token, api_addr, &endpoint);
+    print_banner(
+        &config,
+        &token,
+        &token_source,
+        api_addr,
+        metrics_addr,
+        &endpoint,
+    );
     shutdown.await;
 
     // Drain: refuse new calls, let running ones finish.
@@ -418,8 +473,10 @@ pub async fn run(
     // Follow-ups not delivered by now stay in the outbox for the next start.
     let _ = outbox_stop.send(true);
     let _ = outbox_task.await;
-    let _ = api_stop_tx.send(());
-    let _ = api_task.await;
+    let _ = api_stop_tx.send(true);
+    for task in api_tasks {
+        let _ = task.await;
+    }
     drop(ctx);
     drop(log_thread);
     tracing::info!("stopped");
@@ -429,7 +486,9 @@ pub async fn run(
 fn print_banner(
     config: &Config,
     token: &str,
+    source: &TokenSource,
     api: std::net::SocketAddr,
+    metrics: std::net::SocketAddr,
     endpoint: &tsunagu_sip::EndpointHandle,
 ) {
     let sip: Vec<String> = [Transport::Udp, Transport::Tcp, Transport::Tls]
@@ -445,8 +504,19 @@ fn print_banner(
         "  SIP:          {}   (send INVITEs for a tracking number here)",
         sip.join(", ")
     );
-    println!("  HTTP API:     http://{api}/v1   (metrics: http://{api}/metrics)");
-    println!("  admin token:  {token}");
+    println!("  HTTP API:     http://{api}/v1   (metrics: http://{metrics}/metrics)");
+    // Only a token made just now is shown (once): one from the config or a file is the
+    // operator's already, and stdout often ends up in logs.
+    match source {
+        TokenSource::Generated(path) => {
+            println!(
+                "  admin token:  {token}   (generated, kept in {})",
+                path.display()
+            )
+        }
+        TokenSource::File(path) => println!("  admin token:  in {}", path.display()),
+        TokenSource::Config => println!("  admin token:  from the configuration"),
+    }
     println!(
         "  RTP ports:    {}:{}",
         config.media.address, config.media.ports

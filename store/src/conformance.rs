@@ -17,7 +17,9 @@ pub fn run_all(store: &dyn Store) {
     pools_are_created_atomically_and_scoped(store);
     dynamic_leases(store);
     one_time_leases_round_robin(store);
+    sessions_hold_at_most_their_cap(store);
     concurrent_issuers_never_share_a_number(&[store]);
+    api_keys_are_listed_and_revoked(store);
     webhooks_are_scoped(store);
     follow_ups_are_queued_with_their_call_once(store);
     outbox_claims_retries_and_dead_letters(store);
@@ -37,9 +39,10 @@ fn operators_and_keys(s: &dyn Store) {
     assert!(s.rename_operator("op_missing", "x").unwrap().is_none());
 
     let hash = crate::hash_api_key(&crate::new_api_key());
-    s.add_api_key(&op.id, &hash).unwrap();
+    let key = s.add_api_key(&op.id, &hash, "tsk_00000001").unwrap();
     assert_eq!(s.operator_for_key(&hash).unwrap(), Some(op.id.clone()));
     assert_eq!(s.operator_for_key("nope").unwrap(), None);
+    assert_eq!(s.list_api_keys(&op.id).unwrap(), vec![key]);
 
     let adv = s.create_advertiser(&op.id, "shop").unwrap();
     assert!(
@@ -288,6 +291,12 @@ fn call_queries_filter_sort_and_page(s: &dyn Store) {
 
     let all = collect(s, &base);
     assert_eq!(all.len(), 10);
+    // A limit from a request may be any usize: past i64::MAX it means everything.
+    let unbounded = CallQuery {
+        limit: Some(usize::MAX),
+        ..base.clone()
+    };
+    assert_eq!(collect(s, &unbounded).len(), 10);
     assert!(all
         .windows(2)
         .all(|w| (w[0].started_at, &w[0].call_id) < (w[1].started_at, &w[1].call_id)));
@@ -610,6 +619,82 @@ fn one_time_leases_round_robin(s: &dyn Store) {
         "recycled after the hold, oldest first"
     );
     assert_eq!(issue(t + 1001).as_deref(), Some(pool.numbers[1].as_str()));
+}
+
+/// Keys are listed by prefix and id (oldest first), scoped to their operator, and a
+/// revoked key finds no operator at once.
+fn api_keys_are_listed_and_revoked(s: &dyn Store) {
+    let a = s.create_operator("a").unwrap();
+    let b = s.create_operator("b").unwrap();
+    let (h1, h2) = (crate::hash_api_key("tsk_k1"), crate::hash_api_key("tsk_k2"));
+    let k1 = s.add_api_key(&a.id, &h1, "tsk_k1").unwrap();
+    let k2 = s.add_api_key(&a.id, &h2, "tsk_k2").unwrap();
+    assert_ne!(k1.id, k2.id);
+    assert_eq!(k1.prefix.as_deref(), Some("tsk_k1"));
+    let listed = s.list_api_keys(&a.id).unwrap();
+    assert_eq!(listed.len(), 2);
+    assert!(listed.contains(&k1) && listed.contains(&k2));
+    assert!(s.list_api_keys(&b.id).unwrap().is_empty());
+    assert!(
+        !s.revoke_api_key(&b.id, &k1.id).unwrap(),
+        "another operator's key"
+    );
+    assert_eq!(s.operator_for_key(&h1).unwrap(), Some(a.id.clone()));
+    assert!(s.revoke_api_key(&a.id, &k1.id).unwrap());
+    assert_eq!(s.operator_for_key(&h1).unwrap(), None, "revoked");
+    assert_eq!(s.operator_for_key(&h2).unwrap(), Some(a.id.clone()));
+    assert!(!s.revoke_api_key(&a.id, &k1.id).unwrap(), "already revoked");
+    assert_eq!(s.list_api_keys(&a.id).unwrap(), vec![k2]);
+}
+
+/// A session holds at most its cap of live leases of a pool; an extension of its live
+/// lease (dynamic) is not a new lease; the cap frees up as its leases end.
+fn sessions_hold_at_most_their_cap(s: &dyn Store) {
+    let op = s.create_operator("a").unwrap();
+    let adv = s.create_advertiser(&op.id, "shop").unwrap();
+    let (pool, numbers) = sample_pool(&op.id, &adv.id, PoolMode::OneTime, 5, 10, 0);
+    s.create_pool(&pool, &numbers).unwrap();
+    let t = 40_000_000;
+    let issue = |session: Option<&str>, at: i64| {
+        s.issue_lease_capped(&pool, session, &BTreeMap::new(), at, 2)
+            .unwrap()
+    };
+    assert!(matches!(issue(Some("v"), t), IssueOutcome::Leased(_)));
+    assert!(matches!(issue(Some("v"), t + 1), IssueOutcome::Leased(_)));
+    assert_eq!(
+        issue(Some("v"), t + 2),
+        IssueOutcome::SessionFull {
+            retry_at_ms: t + 10_000
+        }
+    );
+    assert!(
+        matches!(issue(Some("w"), t + 2), IssueOutcome::Leased(_)),
+        "other sessions are not affected"
+    );
+    assert!(matches!(issue(None, t + 2), IssueOutcome::Leased(_)));
+    assert!(matches!(issue(None, t + 2), IssueOutcome::Leased(_)));
+    assert_eq!(issue(None, t + 2), IssueOutcome::Exhausted);
+    assert!(
+        matches!(issue(Some("v"), t + 10_000), IssueOutcome::Leased(_)),
+        "the first lease ended"
+    );
+
+    let (dynamic, numbers) = sample_pool(&op.id, &adv.id, PoolMode::Dynamic, 3, 10, 0);
+    s.create_pool(&dynamic, &numbers).unwrap();
+    let issue = |at: i64| {
+        s.issue_lease_capped(&dynamic, Some("d"), &BTreeMap::new(), at, 1)
+            .unwrap()
+    };
+    let IssueOutcome::Leased(first) = issue(t) else {
+        panic!("first lease")
+    };
+    let IssueOutcome::Leased(again) = issue(t + 5_000) else {
+        panic!("an extension is not a new lease")
+    };
+    assert_eq!(
+        (again.number.as_str(), again.expires_at),
+        (first.number.as_str(), t + 15_000)
+    );
 }
 
 /// Issuers on several threads (and, given several handles on one database, several

@@ -46,9 +46,27 @@ pub trait Store: Send + Sync + 'static {
     fn rename_operator(&self, id: &str, name: &str) -> Result<Option<Operator>>;
     /// Deletes an operator that owns no advertisers ([`StoreError::InUse`] otherwise).
     fn delete_operator(&self, id: &str) -> Result<bool>;
-    fn add_api_key(&self, operator_id: &str, key_hash: &str) -> Result<()>;
+    /// Adds an API key (by hash) with the prefix it is listed by, e.g. `tsk_5f0c2a9e`.
+    fn add_api_key(&self, operator_id: &str, key_hash: &str, prefix: &str) -> Result<ApiKey>;
     /// The operator an API key (by hash) belongs to.
     fn operator_for_key(&self, key_hash: &str) -> Result<Option<String>>;
+
+    // API key management and capped issuance (the HTTP API's abuse defences).
+    /// An operator's keys, oldest first (ids and prefixes, never the keys).
+    fn list_api_keys(&self, operator_id: &str) -> Result<Vec<ApiKey>>;
+    /// Revokes one of the operator's keys at once; false if it has no such key.
+    fn revoke_api_key(&self, operator_id: &str, key_id: &str) -> Result<bool>;
+    /// [`Store::issue_lease`] where a `session` may hold at most `max_per_session` live
+    /// leases of the pool (an extension of its live lease is not a new one), checked in
+    /// the same compare-and-set step.
+    fn issue_lease_capped(
+        &self,
+        pool: &Pool,
+        session: Option<&str>,
+        params: &BTreeMap<String, String>,
+        now_ms: i64,
+        max_per_session: u32,
+    ) -> Result<IssueOutcome>;
 
     // Advertisers (operator-scoped).
     fn create_advertiser(&self, operator_id: &str, name: &str) -> Result<Advertiser>;

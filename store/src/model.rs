@@ -10,6 +10,17 @@ pub struct Operator {
     pub created_at: i64,
 }
 
+/// An operator's API key as it is listed: its id and the first characters of the key
+/// (the key itself is stored only as a hash and shown once, when it is made).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiKey {
+    pub id: String,
+    pub operator_id: String,
+    /// `tsk_` and the next 8 characters; None for keys made before prefixes were kept.
+    pub prefix: Option<String>,
+    pub created_at: i64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Advertiser {
     pub id: String,
@@ -390,6 +401,18 @@ pub struct Lease {
     pub params: BTreeMap<String, String>,
     pub issued_at: i64,
     pub expires_at: i64,
+}
+
+/// What an issue request with a per-session cap got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IssueOutcome {
+    /// A new lease, or the session's live lease extended.
+    Leased(Lease),
+    /// Every number is leased or cooling down.
+    Exhausted,
+    /// The session already holds its cap of live leases in the pool; the earliest of
+    /// them ends at `retry_at_ms`.
+    SessionFull { retry_at_ms: i64 },
 }
 
 macro_rules! string_enum {

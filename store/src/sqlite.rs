@@ -139,6 +139,15 @@ CREATE TABLE caller_sms (
 CREATE INDEX caller_sms_by_caller ON caller_sms(caller, day);
 CREATE INDEX caller_sms_by_day ON caller_sms(day);
 "#,
+    // API keys get an id (to list and revoke them by) and the prefix they are shown
+    // by; keys made before have no prefix (only their hash was ever stored).
+    r#"
+ALTER TABLE api_keys ADD COLUMN id TEXT;
+ALTER TABLE api_keys ADD COLUMN prefix TEXT;
+UPDATE api_keys SET id = 'key_' || lower(hex(randomblob(8)));
+CREATE UNIQUE INDEX api_keys_by_id ON api_keys(id);
+CREATE INDEX api_keys_by_operator ON api_keys(operator_id, created_at);
+"#,
 ];
 
 const CALL_COLUMNS: &str = "call_id, operator_id, advertiser_id, tracking_number, caller_number, caller_kind, \
@@ -220,6 +229,92 @@ impl SqliteStore {
             pool.push(conn);
         }
         out
+    }
+
+    /// Leases a number (see [`Store::issue_lease`]), with an optional cap on the
+    /// session's live leases checked inside the same IMMEDIATE transaction.
+    fn lease(
+        &self,
+        pool: &Pool,
+        session: Option<&str>,
+        params: &BTreeMap<String, String>,
+        now: i64,
+        max_per_session: Option<u32>,
+    ) -> Result<IssueOutcome> {
+        // u32 seconds * 1000 fits an i64; the sums with `now` saturate.
+        let hold_ms = i64::from(pool.hold_seconds) * 1000;
+        let recycle_ms = i64::from(pool.recycle_seconds) * 1000;
+        let expires_at = now.saturating_add(hold_ms);
+        let params_json = serde_json::to_string(params).unwrap_or_else(|_| "{}".into());
+        self.write(|c| {
+            // IMMEDIATE takes the database write lock first: the read-then-insert below is
+            // a compare-and-set even against other processes sharing the file.
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            if let (Some(session), PoolMode::Dynamic | PoolMode::Callback) = (session, pool.mode) {
+                let live = tx
+                    .query_row(
+                        &format!("SELECT {LEASE_COLUMNS}, id FROM leases WHERE pool_id = ?1 AND session = ?2 AND expires_at > ?3 ORDER BY expires_at DESC LIMIT 1"),
+                        params![pool.id, session, now],
+                        |r| Ok((r.get::<_, i64>(6)?, lease_from(r)?)),
+                    )
+                    .optional()?;
+                if let Some((id, mut lease)) = live {
+                    lease.expires_at = lease.expires_at.max(expires_at);
+                    tx.execute("UPDATE leases SET expires_at = ?2 WHERE id = ?1", params![id, lease.expires_at])?;
+                    tx.execute("UPDATE pool_numbers SET expires_at = ?2 WHERE number = ?1", params![lease.number, lease.expires_at])?;
+                    tx.commit()?;
+                    return Ok(IssueOutcome::Leased(lease));
+                }
+            }
+            if let (Some(session), Some(cap)) = (session, max_per_session) {
+                let (held, earliest): (i64, Option<i64>) = tx
+                    .prepare_cached(
+                        "SELECT COUNT(*), MIN(expires_at) FROM leases \
+                         WHERE pool_id = ?1 AND session = ?2 AND expires_at > ?3",
+                    )?
+                    .query_row(params![pool.id, session, now], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                if held >= i64::from(cap) {
+                    return Ok(IssueOutcome::SessionFull {
+                        retry_at_ms: earliest.unwrap_or(now),
+                    });
+                }
+            }
+            // The free number issued longest ago (never issued = 0, first), ties in pool order.
+            let number: Option<String> = tx
+                .prepare_cached(
+                    "SELECT number FROM pool_numbers WHERE pool_id = ?1 AND expires_at + ?2 <= ?3 \
+                     ORDER BY last_issued_at, position LIMIT 1",
+                )?
+                .query_row(params![pool.id, recycle_ms, now], |r| r.get(0))
+                .optional()?;
+            let Some(number) = number else {
+                return Ok(IssueOutcome::Exhausted);
+            };
+            let lease = Lease { number, pool_id: pool.id.clone(), session: session.map(str::to_string), params: params.clone(), issued_at: now, expires_at };
+            tx.execute(
+                "UPDATE pool_numbers SET last_issued_at = ?2, expires_at = ?3 WHERE number = ?1",
+                params![lease.number, lease.issued_at, lease.expires_at],
+            )?;
+            tx.execute(
+                "INSERT INTO leases (pool_id, number, session, params, issued_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![lease.pool_id, lease.number, lease.session, params_json, lease.issued_at, lease.expires_at],
+            )?;
+            tx.commit()?;
+            Ok(IssueOutcome::Leased(lease))
+        })
+        .map_err(unavailable)
+    }
+
+    /// Checkpoints the WAL into the database file and truncates it; false when a reader
+    /// still uses the WAL (an open read snapshot pins it and makes it grow).
+    pub fn checkpoint(&self) -> Result<bool> {
+        self.write(|c| {
+            c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                r.get::<_, i64>(0)
+            })
+        })
+        .map(|busy| busy == 0)
+        .map_err(unavailable)
     }
 }
 
@@ -440,11 +535,17 @@ impl Store for SqliteStore {
         .map_err(unavailable)?
     }
 
-    fn add_api_key(&self, operator_id: &str, key_hash: &str) -> Result<()> {
+    fn add_api_key(&self, operator_id: &str, key_hash: &str, prefix: &str) -> Result<ApiKey> {
+        let key = ApiKey {
+            id: crate::new_id("key"),
+            operator_id: operator_id.to_string(),
+            prefix: Some(prefix.to_string()),
+            created_at: now_ms(),
+        };
         self.write(|c| {
             c.execute(
-                "INSERT INTO api_keys (key_hash, operator_id, created_at) VALUES (?1, ?2, ?3)",
-                params![key_hash, operator_id, now_ms()],
+                "INSERT INTO api_keys (key_hash, operator_id, created_at, id, prefix) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![key_hash, key.operator_id, key.created_at, key.id, key.prefix],
             )
         })
         .map_err(|e| {
@@ -454,7 +555,7 @@ impl Store for SqliteStore {
                 unavailable(e)
             }
         })?;
-        Ok(())
+        Ok(key)
     }
 
     fn operator_for_key(&self, key_hash: &str) -> Result<Option<String>> {
@@ -467,6 +568,52 @@ impl Store for SqliteStore {
             .optional()
             .map_err(unavailable)
         })
+    }
+
+    fn list_api_keys(&self, operator_id: &str) -> Result<Vec<ApiKey>> {
+        self.read(|c| {
+            let mut st = c
+                .prepare_cached(
+                    "SELECT id, operator_id, prefix, created_at FROM api_keys \
+                     WHERE operator_id = ?1 ORDER BY created_at, id",
+                )
+                .map_err(unavailable)?;
+            let rows = st
+                .query_map([operator_id], |r| {
+                    Ok(ApiKey {
+                        id: r.get(0)?,
+                        operator_id: r.get(1)?,
+                        prefix: r.get(2)?,
+                        created_at: r.get(3)?,
+                    })
+                })
+                .map_err(unavailable)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(unavailable)
+        })
+    }
+
+    fn revoke_api_key(&self, operator_id: &str, key_id: &str) -> Result<bool> {
+        let n = self
+            .write(|c| {
+                c.execute(
+                    "DELETE FROM api_keys WHERE id = ?1 AND operator_id = ?2",
+                    params![key_id, operator_id],
+                )
+            })
+            .map_err(unavailable)?;
+        Ok(n > 0)
+    }
+
+    fn issue_lease_capped(
+        &self,
+        pool: &Pool,
+        session: Option<&str>,
+        params: &BTreeMap<String, String>,
+        now: i64,
+        max_per_session: u32,
+    ) -> Result<IssueOutcome> {
+        self.lease(pool, session, params, now, Some(max_per_session))
     }
 
     fn create_advertiser(&self, operator_id: &str, name: &str) -> Result<Advertiser> {
@@ -741,53 +888,10 @@ impl Store for SqliteStore {
         params: &BTreeMap<String, String>,
         now: i64,
     ) -> Result<Option<Lease>> {
-        let hold_ms = i64::from(pool.hold_seconds) * 1000;
-        let recycle_ms = i64::from(pool.recycle_seconds) * 1000;
-        let params_json = serde_json::to_string(params).unwrap_or_else(|_| "{}".into());
-        self.write(|c| {
-            // IMMEDIATE takes the database write lock first: the read-then-insert below is
-            // a compare-and-set even against other processes sharing the file.
-            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            if let (Some(session), PoolMode::Dynamic | PoolMode::Callback) = (session, pool.mode) {
-                let live = tx
-                    .query_row(
-                        &format!("SELECT {LEASE_COLUMNS}, id FROM leases WHERE pool_id = ?1 AND session = ?2 AND expires_at > ?3 ORDER BY expires_at DESC LIMIT 1"),
-                        params![pool.id, session, now],
-                        |r| Ok((r.get::<_, i64>(6)?, lease_from(r)?)),
-                    )
-                    .optional()?;
-                if let Some((id, mut lease)) = live {
-                    lease.expires_at = lease.expires_at.max(now + hold_ms);
-                    tx.execute("UPDATE leases SET expires_at = ?2 WHERE id = ?1", params![id, lease.expires_at])?;
-                    tx.execute("UPDATE pool_numbers SET expires_at = ?2 WHERE number = ?1", params![lease.number, lease.expires_at])?;
-                    tx.commit()?;
-                    return Ok(Some(lease));
-                }
-            }
-            // The free number issued longest ago (never issued = 0, first), ties in pool order.
-            let number: Option<String> = tx
-                .prepare_cached(
-                    "SELECT number FROM pool_numbers WHERE pool_id = ?1 AND expires_at + ?2 <= ?3 \
-                     ORDER BY last_issued_at, position LIMIT 1",
-                )?
-                .query_row(params![pool.id, recycle_ms, now], |r| r.get(0))
-                .optional()?;
-            let Some(number) = number else {
-                return Ok(None);
-            };
-            let lease = Lease { number, pool_id: pool.id.clone(), session: session.map(str::to_string), params: params.clone(), issued_at: now, expires_at: now + hold_ms };
-            tx.execute(
-                "UPDATE pool_numbers SET last_issued_at = ?2, expires_at = ?3 WHERE number = ?1",
-                params![lease.number, lease.issued_at, lease.expires_at],
-            )?;
-            tx.execute(
-                "INSERT INTO leases (pool_id, number, session, params, issued_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![lease.pool_id, lease.number, lease.session, params_json, lease.issued_at, lease.expires_at],
-            )?;
-            tx.commit()?;
-            Ok(Some(lease))
+        Ok(match self.lease(pool, session, params, now, None)? {
+            IssueOutcome::Leased(lease) => Some(lease),
+            IssueOutcome::Exhausted | IssueOutcome::SessionFull { .. } => None,
         })
-        .map_err(unavailable)
     }
 
     fn lease_at(&self, number: &str, at_ms: i64) -> Result<Option<Lease>> {
@@ -1136,7 +1240,9 @@ impl Store for SqliteStore {
         }
         sql.push_str(&format!(" ORDER BY started_at {dir}, call_id {dir}"));
         if let Some(limit) = q.limit {
-            sql.push_str(&format!(" LIMIT {limit}"));
+            // Bound, not formatted: a usize past i64::MAX is not valid SQL.
+            sql.push_str(" LIMIT ?");
+            args.push(Value::Integer(i64::try_from(limit).unwrap_or(i64::MAX)));
         }
         self.read(|c| {
             let mut st = c.prepare(&sql).map_err(unavailable)?;
@@ -1174,6 +1280,44 @@ mod tests {
         let a = SqliteStore::open(&dir.path().join("t.db")).unwrap();
         let b = SqliteStore::open(&dir.path().join("t.db")).unwrap();
         crate::conformance::concurrent_issuers_never_share_a_number(&[&a, &b]);
+    }
+
+    #[test]
+    fn keys_made_before_ids_get_one_and_no_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        {
+            // The schema as it was before API keys had ids.
+            let ids = MIGRATIONS
+                .iter()
+                .position(|m| m.contains("api_keys ADD COLUMN id"))
+                .unwrap();
+            let mut conn = open_connection(&path).unwrap();
+            for (i, sql) in MIGRATIONS[..ids].iter().enumerate() {
+                conn.execute_batch(sql).unwrap();
+                conn.pragma_update(None, "user_version", (i + 1) as i64)
+                    .unwrap();
+            }
+            let tx = conn.transaction().unwrap();
+            tx.execute(
+                "INSERT INTO operators (id, name, created_at) VALUES ('op_old', 'old', 1)",
+                [],
+            )
+            .unwrap();
+            tx.execute(
+                "INSERT INTO api_keys (key_hash, operator_id, created_at) VALUES ('h', 'op_old', 1)",
+                [],
+            )
+            .unwrap();
+            tx.commit().unwrap();
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        let keys = store.list_api_keys("op_old").unwrap();
+        assert_eq!(keys.len(), 1);
+        assert!(keys[0].id.starts_with("key_"), "{:?}", keys[0]);
+        assert_eq!(keys[0].prefix, None);
+        assert!(store.revoke_api_key("op_old", &keys[0].id).unwrap());
+        assert_eq!(store.operator_for_key("h").unwrap(), None);
     }
 
     #[test]

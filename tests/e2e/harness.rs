@@ -1084,3 +1084,144 @@ impl Drop for BlackHole {
         self.accepted.lock().unwrap().clear();
     }
 }
+
+impl Node {
+    /// A node for API tests (no trunks): `api` is added to its `[api]` table, `extra`
+    /// appended to the file (e.g. an `[api.issue]` table).
+    pub fn start_api(ports: Ports, api: &str, extra: &str) -> Node {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = format!(
+            r#"
+[node]
+id = "e2e"
+data_dir = "{data}"
+drain_seconds = 5
+
+[sip]
+listen = ["udp:127.0.0.1:{sip}"]
+
+[media]
+address = "127.0.0.1"
+ports = "{rtp_first}-{rtp_last}"
+
+[api]
+listen = "127.0.0.1:{api_port}"
+admin_token = "{ADMIN}"
+{api}
+
+[store]
+backend = "embedded"
+{extra}
+"#,
+            data = dir.path().join("data").display(),
+            sip = ports.sip,
+            rtp_first = ports.rtp_first,
+            rtp_last = ports.rtp_first + 399,
+            api_port = ports.api,
+        );
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, config).expect("write config");
+        Node::run(ports, dir, &path)
+    }
+
+    /// Adds `line` to the `[api]` table of the node's configuration and restarts it.
+    pub fn restart_with_api_line(&mut self, line: &str) {
+        let path = self.dir.path().join("node.toml");
+        let text = std::fs::read_to_string(&path).expect("config");
+        let text = text.replacen("[api]\n", &format!("[api]\n{line}\n"), 1);
+        std::fs::write(&path, text).expect("write config");
+        self.restart();
+    }
+
+    /// The embedded store's file (tests may open it too: SQLite allows several processes).
+    pub fn store_path(&self) -> PathBuf {
+        self.dir.path().join("data").join("tsunagu.db")
+    }
+}
+
+/// A TCP connection to the node's `port` from the loopback address `source` (e.g.
+/// 127.0.0.2: another client address), optionally with a small receive buffer.
+pub fn connect_from(
+    source: &str,
+    port: u16,
+    recv_buffer: Option<u32>,
+) -> std::io::Result<TcpStream> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()?;
+    let stream = rt.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        if let Some(size) = recv_buffer {
+            socket.set_recv_buffer_size(size)?;
+        }
+        let from: std::net::SocketAddr = format!("{source}:0").parse().expect("source address");
+        socket.bind(from)?;
+        socket.connect(([127, 0, 0, 1], port).into()).await
+    })?;
+    let stream = stream.into_std()?;
+    stream.set_nonblocking(false)?;
+    Ok(stream)
+}
+
+/// [`http`] from another loopback address (`source`), with extra headers.
+pub fn http_from(
+    source: &str,
+    port: u16,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+    headers: &[(&str, &str)],
+) -> std::io::Result<Response> {
+    let mut s = connect_from(source, port, None)?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if let Some(t) = token {
+        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    if !body.is_empty() {
+        req.push_str("Content-Type: application/json\r\n");
+    }
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes())?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    Ok(Response {
+        status,
+        headers: head.to_string(),
+        body: if chunked {
+            dechunk(rest)
+        } else {
+            rest.to_string()
+        },
+    })
+}
+
+impl Response {
+    /// A header's value (name case-insensitive).
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
+        })
+    }
+}

@@ -2,6 +2,7 @@
 //! HTTP API exercised as a user would. Run with `scripts/test.sh` (installs SIPp).
 
 mod api;
+mod api_abuse;
 mod calls;
 mod follow_up;
 mod harness;

@@ -1,5 +1,6 @@
 //! Number pools: dynamic issuance with tracking parameters, attribution of calls to
-//! leases, overflow, and no double issue under concurrent issuers.
+//! leases, overflow, no double issue under concurrent issuers, and page issuance that
+//! cannot drain a pool (rate limits per address and pool, a cap per session).
 
 use crate::harness::*;
 
@@ -15,6 +16,10 @@ fn issued_numbers_carry_tracking_parameters_into_call_logs() {
     let pool = node.send("POST", "/v1/pools", Some(&key), &body);
     assert_eq!(pool.status, 201, "{}", pool.body);
     let id = pool.json()["id"].as_str().unwrap().to_string();
+    // Only pools listed in the configuration get their own metric label.
+    let mut node = node;
+    node.restart_with_api_line(&format!("pool_metrics = [\"{id}\"]"));
+    let node = node;
     let issue = |params: &str| {
         let r = node.send(
             "POST",
@@ -149,8 +154,156 @@ fn concurrent_issuers_never_get_the_same_number() {
         200,
         "200 concurrent issues, 200 different numbers"
     );
+    // Not listed in api.pool_metrics: counted under `other`, no series of its own.
     assert_eq!(
-        node.metric(&format!("tsunagu_pool_issued_total{{pool=\"{id}\"}}")),
+        node.metric("tsunagu_pool_issued_total{pool=\"other\"}"),
         200.0
     );
+    let text = node.try_get("/metrics", None).unwrap().body;
+    assert!(!text.contains(&id), "the pool id is no label");
+}
+
+/// A page (an Origin, no key) issuing in a loop gets 429 with Retry-After after its
+/// burst and leases a handful of numbers, not the pool; another address still gets
+/// numbers until the pool's own limit; another pool is unaffected; X-Forwarded-For is
+/// believed from the trusted proxy only; a session holds at most its cap.
+#[test]
+fn a_page_in_a_loop_cannot_drain_a_pool() {
+    let ports = Ports::take();
+    // One token a minute: nothing refills while the test runs.
+    let node = Node::start_api(
+        ports,
+        r#"trusted_proxies = ["127.0.0.4/32"]"#,
+        "[api.issue]\nper_address_per_minute = 1\nper_address_burst = 5\nper_pool_per_minute = 1\nper_pool_burst = 8\nmax_leases_per_session = 2\n",
+    );
+    let op = node.send("POST", "/v1/operators", Some(ADMIN), r#"{"name": "op"}"#);
+    let key = op.json()["api_key"].as_str().unwrap().to_string();
+    let adv = node.send("POST", "/v1/advertisers", Some(&key), r#"{"name": "shop"}"#);
+    let adv = adv.json()["id"].as_str().unwrap().to_string();
+    let pool = |stem: &str, mode: &str| {
+        let numbers: Vec<String> = (0..30).map(|i| format!("\"05{stem}{i:04}\"")).collect();
+        let body = format!(
+            r#"{{"advertiser_id": "{adv}", "mode": "{mode}", "numbers": [{}], "allowed_origins": ["https://shop.example"], "destinations": [{{"number": "0311112222"}}]}}"#,
+            numbers.join(",")
+        );
+        let r = node.send("POST", "/v1/pools", Some(&key), &body);
+        assert_eq!(r.status, 201, "{}", r.body);
+        r.json()["id"].as_str().unwrap().to_string()
+    };
+    let (a, b, c) = (
+        pool("1111", "dynamic"),
+        pool("2222", "dynamic"),
+        pool("3333", "one_time"),
+    );
+    let page = |from: &str, pool: &str, session: &str, xff: Option<&str>| {
+        let mut headers = vec![("Origin", "https://shop.example")];
+        if let Some(x) = xff {
+            headers.push(("X-Forwarded-For", x));
+        }
+        let body = format!(r#"{{"params": {{"session_id": "{session}"}}}}"#);
+        http_from(
+            from,
+            ports.api,
+            "POST",
+            &format!("/v1/pools/{pool}/issue"),
+            None,
+            &body,
+            &headers,
+        )
+        .expect("issue")
+    };
+
+    let statuses: Vec<u16> = (0..30)
+        .map(|i| {
+            let r = page("127.0.0.1", &a, &format!("v{i}"), None);
+            if r.status == 429 {
+                let wait: u64 = r
+                    .header("retry-after")
+                    .expect("Retry-After")
+                    .parse()
+                    .unwrap();
+                assert!((1..=60).contains(&wait), "{wait}");
+                assert_eq!(
+                    r.header("access-control-allow-origin").as_deref(),
+                    Some("https://shop.example")
+                );
+                assert_eq!(r.json()["error"]["code"], "rate_limited");
+            }
+            r.status
+        })
+        .collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        5,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 429).count(),
+        25,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        node.get(&format!("/v1/pools/{a}"), &key).json()["leased"],
+        5
+    );
+    // A forged X-Forwarded-For from an untrusted peer changes nothing.
+    assert_eq!(
+        page("127.0.0.1", &a, "x1", Some("198.51.100.9")).status,
+        429
+    );
+
+    // Another address: the pool's own bucket (8) has 3 left.
+    for i in 0..3 {
+        assert_eq!(page("127.0.0.2", &a, &format!("w{i}"), None).status, 200);
+    }
+    let over = page("127.0.0.2", &a, "w3", None);
+    assert_eq!(over.status, 429, "{}", over.body);
+    assert!(over.body.contains("this pool"), "{}", over.body);
+    // Another pool is unaffected.
+    assert_eq!(page("127.0.0.3", &b, "u0", None).status, 200);
+    // Behind the trusted proxy, each forwarded client has its own bucket.
+    for i in 0..5 {
+        let r = page(
+            "127.0.0.4",
+            &b,
+            &format!("p{i}"),
+            Some("192.0.2.1, 198.51.100.7"),
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    assert_eq!(
+        page("127.0.0.4", &b, "p5", Some("198.51.100.7")).status,
+        429
+    );
+    assert_eq!(
+        page("127.0.0.4", &b, "q0", Some("198.51.100.8")).status,
+        200
+    );
+
+    // A session holds at most 2 live numbers (one-time pool, with the operator's key,
+    // which is not rate-limited).
+    let by_key = |session: &str| {
+        node.send(
+            "POST",
+            &format!("/v1/pools/{c}/issue"),
+            Some(&key),
+            &format!(r#"{{"params": {{"session_id": "{session}"}}}}"#),
+        )
+    };
+    assert_eq!(by_key("s").status, 200);
+    assert_eq!(by_key("s").status, 200);
+    let full = by_key("s");
+    assert_eq!(full.status, 429, "{}", full.body);
+    assert!(full.header("retry-after").is_some());
+    assert_eq!(by_key("t").status, 200);
+
+    for (limit, n) in [("address", 27.0), ("pool", 1.0), ("session", 1.0)] {
+        assert_eq!(
+            node.metric(&format!(
+                "tsunagu_api_issue_throttled_total{{limit=\"{limit}\"}}"
+            )),
+            n,
+            "{limit}"
+        );
+    }
 }

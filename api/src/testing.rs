@@ -1,0 +1,139 @@
+//! For the crate's tests: the real router on a real SQLite store in a temporary
+//! directory, called in-process (no socket), with an operator and its key.
+
+use crate::{ApiMetrics, ApiState, Channels, Defences, NodeHooks, PoolMetrics};
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, Request, StatusCode};
+use axum::Router;
+use prometheus_client::registry::Registry;
+use std::sync::Arc;
+use tsunagu_config::ApiConfig;
+use tsunagu_store::{SqliteStore, Store};
+
+struct NoHooks;
+
+impl NodeHooks for NoHooks {
+    fn number_changed(&self, _: &str) {}
+    fn advertiser_changed(&self, _: &str, _: &str) {}
+    fn webhooks_changed(&self, _: &str) {}
+    fn ready(&self) -> bool {
+        true
+    }
+}
+
+pub const ADMIN: &str = "admin-token-for-tests";
+
+pub struct Api {
+    pub _dir: tempfile::TempDir,
+    pub store: Arc<SqliteStore>,
+    pub state: Arc<ApiState>,
+    pub router: Router,
+    pub operator: String,
+    pub key: String,
+    pub advertiser: String,
+}
+
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Answer {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.text()))
+    }
+}
+
+/// A node's API on `config` (and `adjust` applied to its defences).
+pub fn api_with(config: &ApiConfig, adjust: impl FnOnce(&mut Defences)) -> Api {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteStore::open(&dir.path().join("t.db")).unwrap());
+    let metrics = ApiMetrics::default();
+    let pools = PoolMetrics::default();
+    let mut registry = Registry::with_prefix("tsunagu");
+    pools.register(&mut registry);
+    metrics.register(&mut registry);
+    let mut defences = Defences::new(config, metrics);
+    adjust(&mut defences);
+    let state = Arc::new(ApiState {
+        store: store.clone(),
+        hooks: Arc::new(NoHooks),
+        registry: Arc::new(registry),
+        admin_token: ADMIN.into(),
+        pool_metrics: pools,
+        channels: Channels {
+            email: false,
+            sms: false,
+        },
+        recordings_dir: dir.path().join("recordings"),
+        prompts: tsunagu_media::Prompts::load(&dir.path().join("prompts")).unwrap(),
+        defences,
+    });
+    let op = store.create_operator("op").unwrap();
+    let key = tsunagu_store::new_api_key();
+    store
+        .add_api_key(&op.id, &tsunagu_store::hash_api_key(&key), "tsk_x")
+        .unwrap();
+    let advertiser = store.create_advertiser(&op.id, "shop").unwrap().id;
+    Api {
+        router: crate::router(state.clone()),
+        _dir: dir,
+        store,
+        state,
+        operator: op.id,
+        key,
+        advertiser,
+    }
+}
+
+pub fn api() -> Api {
+    api_with(&ApiConfig::default(), |_| {})
+}
+
+impl Api {
+    /// The response head; the body is left to the caller (it may be a stream).
+    pub async fn call(
+        &self,
+        router: &Router,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: &str,
+    ) -> axum::response::Response {
+        let mut req = Request::builder().method(method).uri(path);
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        if !body.is_empty() {
+            req = req.header("content-type", "application/json");
+        }
+        let req = req.body(Body::from(body.to_string())).unwrap();
+        let mut router = router.clone();
+        tower_service::Service::call(&mut router, req)
+            .await
+            .unwrap()
+    }
+
+    pub async fn send(&self, method: &str, path: &str, token: Option<&str>, body: &str) -> Answer {
+        let r = self.call(&self.router, method, path, token, body).await;
+        let status = r.status();
+        let headers = r.headers().clone();
+        let body = axum::body::to_bytes(r.into_body(), usize::MAX)
+            .await
+            .unwrap_or_default();
+        Answer {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> Answer {
+        let key = self.key.clone();
+        self.send("GET", path, Some(&key), "").await
+    }
+}
