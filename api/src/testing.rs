@@ -68,6 +68,8 @@ pub fn api_with(config: &ApiConfig, adjust: impl FnOnce(&mut Defences)) -> Api {
         channels: Channels {
             email: false,
             sms: false,
+            egress: Default::default(),
+            egress_refused: Default::default(),
         },
         recordings_dir: dir.path().join("recordings"),
         prompts: tsunagu_media::Prompts::load(&dir.path().join("prompts")).unwrap(),

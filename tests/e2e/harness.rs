@@ -980,6 +980,8 @@ impl Node {
             },
         );
         node
+    }
+}
 
 /// A UDP socket standing in for a phone that talks: the test sends RTP from it (so its
 /// packets come from the port its SDP names), and every datagram it receives is kept
