@@ -91,6 +91,11 @@ impl InviteHandler for Admission {
         if ctx.draining.load(Ordering::Relaxed) {
             return self.refuse(503, "draining", invite);
         }
+        if !ctx.log.ready() {
+            // The call log cannot be written (store failing) or is far behind: a call
+            // admitted now might never be logged.
+            return self.refuse(503, "store_unavailable", invite);
+        }
         let Some(trunk) = ctx.routing.inbound_trunk(invite.peer.addr.ip()) else {
             tracing::info!(source = %invite.peer.addr, "INVITE from a source no trunk allows");
             return self.refuse(403, "source_not_allowed", invite);

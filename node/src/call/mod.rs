@@ -35,8 +35,8 @@ use tsunagu_sip::endpoint::CallSink;
 use tsunagu_sip::parse::{header, sdp_body};
 use tsunagu_sip::{Method, NewInvite, Request, Response, SipEvent};
 use tsunagu_store::{
-    CallRecord, CallResult, CallerIdMode, ClosedAction, Destination, NumberKind, RecordingMode,
-    RecordingStatus, TrackingNumber, Validity,
+    CallRecord, CallResult, CallState, CallerIdMode, ClosedAction, Destination, NumberKind,
+    RecordingMode, RecordingStatus, TrackingNumber, Validity,
 };
 
 pub enum CallMsg {
@@ -59,6 +59,9 @@ pub enum CallMsg {
     SessionCheck(u32),
     /// Retransmit the reliable provisional (RSeq, attempt) if still unacknowledged.
     Reliable(u32, u32),
+    /// The node ends the call now (e.g. `drain` at the drain deadline): BYE to answered
+    /// legs, CANCEL to ringing ones, 503 to a caller still waiting; logged with the reason.
+    End(&'static str),
     /// Test hook: makes the actor panic, to exercise supervision.
     #[cfg(test)]
     Crash,
@@ -215,6 +218,8 @@ pub struct Call {
     session: Option<(u32, u32)>,
     /// The current attempt's ring timer.
     ring_timer: Option<RingTimer>,
+    /// Why the call ended when the parties did not end it (the log's `end_reason`).
+    end_reason: Option<&'static str>,
     _slot: CallSlot,
 }
 
@@ -341,6 +346,7 @@ impl Call {
             attempts: Vec::new(),
             session: None,
             ring_timer: None,
+            end_reason: None,
             _slot: slot,
         })
     }
@@ -368,6 +374,7 @@ impl Call {
             CallMsg::JudgementTimeout => call.end_judgement("none"),
             CallMsg::SessionCheck(generation) => call.session_check(generation),
             CallMsg::Reliable(rseq, attempt) => call.reliable_retransmit(rseq, attempt),
+            CallMsg::End(reason) => call.end_now(reason),
             #[cfg(test)]
             CallMsg::Crash => panic!("test-induced call actor panic"),
         }
@@ -380,6 +387,7 @@ impl Call {
     fn start(&mut self) {
         tracing::debug!("call started");
         self.ctx.metrics.calls.started.inc();
+        self.ctx.log.active(self.progress_record());
         self.emit(EventKind::Started);
         match gate(
             self.number.schedule.as_ref(),
@@ -973,6 +981,7 @@ impl Call {
                 self.phase = Phase::Answered;
                 self.answer_with_session(&resp, sdp.as_deref());
                 self.a.answered();
+                self.ctx.log.active(self.progress_record());
                 self.emit(EventKind::Answered);
                 self.start_recording();
                 tracing::debug!("answered");
@@ -1130,6 +1139,69 @@ impl Call {
         self.me.send_after(self.ctx.end_guard, || CallMsg::EndGuard);
     }
 
+    /// The node ends the call (see [`CallMsg::End`]).
+    fn end_now(&mut self, reason: &'static str) {
+        tracing::info!(reason, "the node ends the call");
+        self.end_reason = Some(reason);
+        match self.phase {
+            Phase::Trying if self.a_answered => {
+                // The IVR answered the caller: hang up both sides.
+                self.leave_queue();
+                let ep = self.ctx.endpoint.clone();
+                if let Some(b) = self.b.as_mut() {
+                    b.cancel(&ep);
+                }
+                self.hang_up_caller();
+            }
+            Phase::Trying => {
+                self.leave_queue();
+                self.result = CallResult::Failed;
+                self.upstream_code = 503;
+                let ep = self.ctx.endpoint.clone();
+                let retry = self.ctx.retry_after.to_string();
+                self.a
+                    .respond_with(&ep, 503, None, &[("Retry-After", retry.as_str())]);
+                match self.b.as_mut() {
+                    Some(b) => {
+                        b.cancel(&ep);
+                        self.end_and_wait();
+                    }
+                    None => self.finish(),
+                }
+            }
+            Phase::Answered => self.hang_up_both(),
+            Phase::Ending | Phase::Done => {}
+        }
+    }
+
+    /// The call's record as it stands, in progress (state `active`): written at
+    /// admission and at answer, so the store knows every call a node carries.
+    fn progress_record(&self) -> CallRecord {
+        let mut record = base_record(
+            &self.ctx,
+            &self.id,
+            &self.number,
+            &self.caller,
+            self.started,
+            self.started_at_ms,
+        );
+        record.state = CallState::Active;
+        record.ended_at = 0;
+        record.destination_number = self.b.as_ref().map(|b| b.destination.clone());
+        record.answered_at = self.answered.map(|(_, ms)| ms);
+        record.result = if self.answered.is_some() {
+            CallResult::Answered
+        } else {
+            CallResult::Failed
+        };
+        record.sip_code = if self.answered.is_some() { 200 } else { 0 };
+        record.trunk = self
+            .last_trunk
+            .map(|t| self.ctx.routing.trunks[t].name.clone());
+        record.attempts = self.attempts.clone();
+        record
+    }
+
     fn finish(&mut self) {
         if self.phase == Phase::Done {
             return;
@@ -1157,6 +1229,7 @@ impl Call {
             .unwrap_or(0);
         record.result = self.result;
         record.sip_code = self.upstream_code;
+        record.end_reason = self.end_reason.map(str::to_string);
         record.ivr_digits = Some(self.ivr_digits.clone()).filter(|d| !d.is_empty());
         self.attempt_ended(0, "cancelled"); // still open: the caller hung up first
         record.attempts = std::mem::take(&mut self.attempts);
@@ -1277,6 +1350,8 @@ fn base_record(
         callback_of: None,
         recording_status: None,
         attempts: Vec::new(),
+        state: CallState::Ended,
+        end_reason: None,
     }
 }
 
@@ -1330,9 +1405,10 @@ fn routed_to(number: &TrackingNumber, destination: Option<Destination>) -> Arc<T
     Arc::new(routed)
 }
 
-/// The record of a call whose actor died: what the supervisor knows, result `failed`.
-pub fn failed_record(ctx: &NodeContext, seed: &CallSeed) -> LogEntry {
-    let record = base_record(
+/// The record of a call whose actor died (or was abandoned at shutdown, with
+/// `end_reason`): what the supervisor knows, result `failed`.
+pub fn failed_record(ctx: &NodeContext, seed: &CallSeed, end_reason: Option<&str>) -> LogEntry {
+    let mut record = base_record(
         ctx,
         &seed.id,
         &seed.number,
@@ -1340,6 +1416,7 @@ pub fn failed_record(ctx: &NodeContext, seed: &CallSeed) -> LogEntry {
         seed.started,
         seed.started_at_ms,
     );
+    record.end_reason = end_reason.map(str::to_string);
     log_entry(record, &seed.number)
 }
 
