@@ -92,6 +92,7 @@ pub struct CallMetrics {
     pub judgements: Family<OutcomeLabel, Counter>,
     pub attempts: Histogram,
     pub sessions_expired: Counter,
+    pub foreign_requests: Counter,
     pub mailbox_messages: Gauge,
     pub mailbox_dropped: Counter,
 }
@@ -139,6 +140,7 @@ impl Default for CallMetrics {
             judgements: Family::default(),
             attempts: Histogram::new([1.0, 2.0, 3.0, 4.0, 5.0, 10.0]),
             sessions_expired: Counter::default(),
+            foreign_requests: Counter::default(),
             mailbox_messages: Gauge::default(),
             mailbox_dropped: Counter::default(),
         }
@@ -372,6 +374,11 @@ impl Metrics {
             "call_log_in_progress_written",
             "Records of calls in progress written to the store (at most one per call and state change; calls shorter than 0.5 s are written only once they end)",
             c.active_written.clone(),
+        );
+        r.register(
+            "sip_foreign_dialog_requests",
+            "Requests naming a call's Call-ID whose tags or source did not match its dialog (answered 481, ignored): spoofed BYE, INFO, re-INVITE",
+            c.foreign_requests.clone(),
         );
         r.register(
             "calls_recovered",

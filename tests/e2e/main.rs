@@ -3,6 +3,7 @@
 
 mod api;
 mod calls;
+mod dialogs;
 mod durability;
 mod follow_up;
 mod harness;

@@ -289,7 +289,14 @@ impl Call {
         ctx.endpoint
             .register(&invite.info.call_id, Arc::new(CallHandle(myself.clone())));
         let slot = CallSlot::take(&ctx, inbound_trunk);
-        let mut a = ALeg::new(invite.request, invite.info, invite.peer, invite.key);
+        let routing = &ctx.routing;
+        let mut a = ALeg::new(
+            invite.request,
+            invite.info,
+            invite.peer,
+            invite.key,
+            &|ip| routing.is_trunk_address(ip),
+        );
         let requires_100rel = tsunagu_sip::parse::has_option_tag(&a.invite, "Require", "100rel");
         if requires_100rel {
             a.require_100rel(myself.clone());
@@ -621,11 +628,32 @@ impl Call {
         match ev {
             SipEvent::Cancelled { .. } => self.caller_cancelled(),
             SipEvent::Request {
-                request, info, key, ..
+                request,
+                info,
+                key,
+                peer,
             } => {
-                if info.call_id == self.a.info.call_id {
+                let is_a = info.call_id == self.a.info.call_id;
+                let is_b = Some(&info.call_id) == b_call_id.as_ref();
+                // Of the call's dialog only with both tags, from the leg's far end or a
+                // trunk: a guessed Call-ID cannot hang up a call or press its keys.
+                let source = peer.addr.ip();
+                let owned = if is_a {
+                    self.a.owns(&info)
+                        && (source == self.a.peer.addr.ip()
+                            || self.ctx.routing.is_trunk_address(source))
+                } else {
+                    self.b.as_ref().is_some_and(|b| {
+                        b.owns(&info)
+                            && (source == b.peer.addr.ip()
+                                || self.ctx.routing.is_trunk_address(source))
+                    })
+                };
+                if !owned {
+                    self.refuse_foreign(&request, &info, key.as_ref(), source);
+                } else if is_a {
                     self.on_a_request(request, info, key);
-                } else if Some(&info.call_id) == b_call_id.as_ref() {
+                } else if is_b {
                     self.on_b_request(request, info, key);
                 }
             }
@@ -680,6 +708,24 @@ impl Call {
                 tracing::warn!("caller never acknowledged our 200; hanging up");
                 self.hang_up_both();
             }
+        }
+    }
+
+    /// A request naming one of the call's Call-IDs but not of its dialog (tags or
+    /// source do not match): 481, and nothing else happens.
+    fn refuse_foreign(
+        &self,
+        req: &Request,
+        info: &tsunagu_sip::Info,
+        key: Option<&tsunagu_sip::transaction::TxKey>,
+        source: std::net::IpAddr,
+    ) {
+        tracing::warn!(method = %req.method, %source, "in-dialog request whose tags or source do not match the call's dialog: 481");
+        self.ctx.metrics.calls.foreign_requests.inc();
+        if let Some(key) = key {
+            self.ctx
+                .endpoint
+                .respond(req, info, key, 481, None, &[], None);
         }
     }
 
@@ -960,7 +1006,8 @@ impl Call {
                     b.ack(&ep); // retransmitted 2xx: our ACK was lost
                     return;
                 }
-                b.established(&resp);
+                let routing = &self.ctx.routing;
+                b.established(&resp, &|ip| routing.is_trunk_address(ip));
                 b.ack(&ep);
                 if self.phase != Phase::Trying {
                     // Answered after the caller gave up: hang up the callee.
