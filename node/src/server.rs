@@ -147,7 +147,11 @@ pub async fn run(
         ));
     }
     let token = admin_token(&config)?;
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&store_path(&config))?);
+    let durability = match config.store.synchronous {
+        tsunagu_config::Synchronous::Full => tsunagu_store::Durability::Full,
+        tsunagu_config::Synchronous::Normal => tsunagu_store::Durability::Normal,
+    };
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open_with(&store_path(&config), durability)?);
     let metrics = Metrics::default();
     metrics.touch();
     // A new incarnation of this node; the previous one's last sign of life dates the

@@ -17,7 +17,7 @@ mod sqlite;
 
 pub use ids::{hash_api_key, new_api_key, new_id, new_time_id};
 pub use model::*;
-pub use sqlite::SqliteStore;
+pub use sqlite::{Durability, SqliteStore};
 
 /// Errors a store operation can report.
 #[derive(Debug, thiserror::Error)]

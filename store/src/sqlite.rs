@@ -162,6 +162,7 @@ const READER_POOL: usize = 4;
 
 pub struct SqliteStore {
     path: PathBuf,
+    durability: Durability,
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
 }
@@ -186,27 +187,49 @@ fn is_unique_violation(e: &rusqlite::Error) -> bool {
             && matches!(f.extended_code, SQLITE_CONSTRAINT_PRIMARYKEY | SQLITE_CONSTRAINT_UNIQUE))
 }
 
-fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
+/// When commits reach the disk (SQLite's `synchronous` in WAL mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// Every commit is synced to the WAL file: a power cut loses nothing committed.
+    #[default]
+    Full,
+    /// The WAL is synced at checkpoints only: a power cut may lose the last commits
+    /// (never corrupts the file); a process crash loses nothing either way.
+    Normal,
+}
+
+fn open_connection(path: &Path, durability: Durability) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    let sync = match durability {
+        Durability::Full => "FULL",
+        Durability::Normal => "NORMAL",
+    };
+    conn.pragma_update(None, "synchronous", sync)?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     Ok(conn)
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the database file and applies pending migrations.
+    /// Opens (creating if needed) the database file and applies pending migrations,
+    /// every commit synced ([`Durability::Full`]).
     pub fn open(path: &Path) -> Result<SqliteStore> {
+        SqliteStore::open_with(path, Durability::Full)
+    }
+
+    /// [`SqliteStore::open`] with the given durability of commits.
+    pub fn open_with(path: &Path, durability: Durability) -> Result<SqliteStore> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| {
                 StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
             })?;
         }
-        let mut conn = open_connection(path).map_err(unavailable)?;
+        let mut conn = open_connection(path, durability).map_err(unavailable)?;
         migrate(&mut conn)?;
         Ok(SqliteStore {
             path: path.to_path_buf(),
+            durability,
             writer: Mutex::new(conn),
             readers: Mutex::new(Vec::new()),
         })
@@ -224,7 +247,7 @@ impl SqliteStore {
         let pooled = self.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let conn = match pooled {
             Some(c) => c,
-            None => open_connection(&self.path).map_err(unavailable)?,
+            None => open_connection(&self.path, self.durability).map_err(unavailable)?,
         };
         let out = f(&conn);
         let mut pool = self.readers.lock().unwrap_or_else(|p| p.into_inner());
