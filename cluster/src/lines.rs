@@ -279,7 +279,7 @@ impl LineService {
             limit,
             arrived_ms: now_ms,
         };
-        self.to_owner(key, msg);
+        self.send_to_owner(key, msg);
     }
 
     /// A call of this node is done with `key` (held or waiting or still asking).
@@ -313,11 +313,11 @@ impl LineService {
             call: call.to_string(),
             forwarded: false,
         };
-        self.to_owner(key, msg);
+        self.send_to_owner(key, msg);
     }
 
     /// Sends `msg` to the key's owner, or handles it here if that is this node.
-    fn to_owner(&mut self, key: &str, msg: LineMsg) {
+    fn send_to_owner(&mut self, key: &str, msg: LineMsg) {
         let owner = self.owner_of(key);
         if owner == self.me {
             let me = self.me.clone();
