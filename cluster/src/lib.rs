@@ -1,13 +1,16 @@
-//! Cluster coordination (SPEC section 6): membership with our own failure detector and
-//! incarnations ([`membership`]), which node owns a key ([`placement`]), and
-//! cluster-wide line counts and queues ([`lines`]). The state machines here are sans-IO
-//! (time and messages in, messages and events out); the node's driver carries their
-//! messages between nodes.
+//! Cluster coordination (SPEC section 6): membership with our own failure detector,
+//! incarnations and a lease ([`membership`]), which node owns a key ([`placement`]),
+//! cluster-wide line counts and queues ([`lines`]) — all sans-IO state machines — and
+//! the async side that carries their messages between nodes over ractor_cluster with
+//! mutual TLS ([`net`], [`protocol`], [`driver`]).
 
+pub mod driver;
 pub mod lines;
 pub mod membership;
+pub mod metrics;
+pub mod net;
 pub mod placement;
+pub mod protocol;
 
-/// The identity of a node in the cluster (its `node.id`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct NodeId(pub String);
+pub use driver::{Cluster, Host, Registered, Settings, Status};
+pub use metrics::ClusterMetrics;

@@ -187,6 +187,8 @@ pub struct LineService {
     /// owner's snapshot request (grants that may still be on their way to holders).
     handover: HashMap<String, KeyTable>,
     rebuild: Option<Rebuild>,
+    /// See [`LineService::suspend`].
+    suspended: bool,
     next_round: u64,
     out: Vec<Output>,
     /// Lines to give back with the next heartbeat, by owner.
@@ -203,6 +205,7 @@ impl LineService {
             tables: HashMap::new(),
             handover: HashMap::new(),
             rebuild: None,
+            suspended: false,
             next_round: 1,
             out: Vec::new(),
             lazy_releases: BTreeMap::new(),
@@ -220,9 +223,27 @@ impl LineService {
         &self.members
     }
 
-    /// Whether this node is rebuilding (granting nothing).
+    /// Whether this node is rebuilding or suspended (granting nothing).
     pub fn rebuilding(&self) -> bool {
         self.rebuild.is_some()
+    }
+
+    /// Grants nothing until [`LineService::resume`] (the node's lease lapsed: others
+    /// may be taking over): requests wait as during a rebuild.
+    pub fn suspend(&mut self) {
+        self.suspended = true;
+        if self.rebuild.is_none() {
+            self.rebuild = Some(Rebuild {
+                round: 0,
+                ..Rebuild::default()
+            });
+        }
+    }
+
+    /// Ends a suspension; a rebuild still waiting for snapshots goes on.
+    pub fn resume(&mut self) {
+        self.suspended = false;
+        self.try_finish_rebuild();
     }
 
     /// What to do next, in order.

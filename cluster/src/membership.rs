@@ -176,6 +176,15 @@ impl Membership {
         }
     }
 
+    /// A member the store lists (not heard from yet): up until heard from or silent
+    /// for `down_after`, so a starting node's view is never smaller than the cluster.
+    pub fn expect(&mut self, name: &str, epoch: u64, now: Instant) {
+        if name == self.name || self.members.get(name).is_some_and(|m| m.epoch >= epoch) {
+            return;
+        }
+        self.on_heartbeat(name, epoch, now);
+    }
+
     /// Another node (or the store) says `name` in incarnation `epoch` is down.
     pub fn on_down_notice(&mut self, name: &str, epoch: u64, now: Instant) {
         if let Some(m) = self.members.get_mut(name) {
