@@ -15,7 +15,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
-use tsunagu_store::{CallQuery, CallRecord, CallResult, SortOrder, Validity};
+use tsunagu_store::{CallQuery, CallRecord, CallResult, CallState, SortOrder, Validity};
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -30,6 +30,7 @@ pub struct CallsParams {
     cursor: Option<String>,
     limit: Option<usize>,
     format: Option<String>,
+    state: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +67,8 @@ pub(crate) const COLUMNS: &[&str] = &[
     "callback_of",
     "recording_status",
     "attempts",
+    "state",
+    "end_reason",
 ];
 
 const JSON_PAGE_MAX: usize = 1000;
@@ -150,6 +153,16 @@ fn query_from(op: String, p: &CallsParams) -> Result<CallQuery, ApiError> {
     if p.limit == Some(0) {
         return Err(ApiError::bad_request(Some("limit"), "must be at least 1"));
     }
+    let state = match p.state.as_deref() {
+        None | Some("ended") => CallState::Ended,
+        Some("active") => CallState::Active,
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                Some("state"),
+                "must be ended (calls that ended, the default) or active (calls in progress)",
+            ))
+        }
+    };
     Ok(CallQuery {
         operator_id: op,
         from_ms: p
@@ -165,12 +178,13 @@ fn query_from(op: String, p: &CallsParams) -> Result<CallQuery, ApiError> {
         order,
         after: p.cursor.as_deref().map(decode_cursor).transpose()?,
         limit: p.limit,
+        state,
     })
 }
 
 /// A call record as the API and webhooks show it.
 pub fn call_json(r: &CallRecord) -> Value {
-    json!({
+    let mut v = json!({
         "call_id": r.call_id,
         "advertiser_id": r.advertiser_id,
         "tracking_number": r.tracking_number,
@@ -197,7 +211,16 @@ pub fn call_json(r: &CallRecord) -> Value {
         "callback_of": r.callback_of,
         "recording_status": r.recording_status,
         "attempts": attempts(r),
-    })
+        "state": r.state,
+        "end_reason": r.end_reason,
+    });
+    if r.state == CallState::Active {
+        // In progress: what is not decided yet is null.
+        for key in ["ended_at", "result", "validity", "sip_code", "talk_seconds"] {
+            v[key] = Value::Null;
+        }
+    }
+    v
 }
 
 /// The forwarding attempts with times as the rest of the record shows them, plus
@@ -218,7 +241,7 @@ fn attempts(r: &CallRecord) -> Value {
         .collect()
 }
 
-pub(crate) fn fields(r: &CallRecord) -> [String; 26] {
+pub(crate) fn fields(r: &CallRecord) -> [String; 28] {
     let opt = |v: &Option<String>| v.clone().unwrap_or_default();
     [
         r.call_id.clone(),
@@ -257,6 +280,8 @@ pub(crate) fn fields(r: &CallRecord) -> [String; 26] {
         } else {
             attempts(r).to_string()
         },
+        r.state.to_string(),
+        opt(&r.end_reason),
     ]
 }
 

@@ -8,7 +8,9 @@ use tsunagu::decide::caller::identify;
 use tsunagu::decide::routing::Routing;
 use tsunagu_sip::parse::{header, parse, request_user};
 use tsunagu_sip::SipMessage;
-use tsunagu_store::{conformance::sample_call, SqliteStore, Store};
+use tsunagu_store::{
+    conformance::sample_call, CallRecord, CallState, Durability, SqliteStore, Store,
+};
 
 const SDP: &str = "v=0\r\no=- 1 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0 8 101\r\na=rtpmap:101 telephone-event/8000\r\n";
 
@@ -70,22 +72,49 @@ fn benches(c: &mut Criterion) {
         })
     });
     // Logging: the call-log writer inserts batches of up to 512 records in one
-    // transaction; this is the cost per record at that batch size, on a real file.
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&dir.path().join("bench.db")).unwrap();
-    let op = store.create_operator("bench").unwrap();
-    g.throughput(Throughput::Elements(512));
-    g.bench_function("log_512_records", |b| {
-        b.iter_batched(
-            || {
-                (0..512)
-                    .map(|i| sample_call(&op.id, "adv_1", 1_000_000 + i))
-                    .collect::<Vec<_>>()
-            },
-            |records| store.insert_calls(&records, &[]).unwrap(),
-            BatchSize::SmallInput,
-        )
-    });
+    // transaction; this is the cost per record at that batch size, on a real file, with
+    // every commit synced (`store.synchronous = "full"`, the default) and without.
+    // `..._with_progress` adds what a call costs the store since records in progress
+    // (state active) exist: the record in progress in one batch, then the final one
+    // replacing it in another.
+    for (name, durability) in [("full", Durability::Full), ("normal", Durability::Normal)] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open_with(&dir.path().join("bench.db"), durability).unwrap();
+        let op = store.create_operator("bench").unwrap();
+        let batch = |start: i64| -> Vec<CallRecord> {
+            (0..512)
+                .map(|i| sample_call(&op.id, "adv_1", start + i))
+                .collect()
+        };
+        g.throughput(Throughput::Elements(512));
+        g.bench_function(format!("log_512_records_{name}"), |b| {
+            b.iter_batched(
+                || batch(1_000_000),
+                |records| store.insert_calls(&records, &[]).unwrap(),
+                BatchSize::SmallInput,
+            )
+        });
+        g.bench_function(format!("log_512_records_with_progress_{name}"), |b| {
+            b.iter_batched(
+                || {
+                    let finals = batch(2_000_000);
+                    let active: Vec<CallRecord> = finals
+                        .iter()
+                        .map(|r| CallRecord {
+                            state: CallState::Active,
+                            ..r.clone()
+                        })
+                        .collect();
+                    (active, finals)
+                },
+                |(active, finals)| {
+                    store.upsert_active_calls(&active).unwrap();
+                    store.insert_calls(&finals, &[]).unwrap()
+                },
+                BatchSize::SmallInput,
+            )
+        });
+    }
     g.finish();
 }
 

@@ -1,12 +1,16 @@
-//! Cluster coordination (SPEC section 6): membership over ractor_cluster with our own
-//! heartbeat, cluster-wide line counts, queues and number leases, and takeover of a
-//! dead node's calls.
-//!
-//! Not built yet: a node runs alone, and what would be cluster-wide is node-local
-//! (the call-slot counters in `tsunagu::context`, the number directory). This crate
-//! holds the single fact the rest of the workspace may already rely on: the identity
-//! of the local node.
+//! Cluster coordination (SPEC section 6): membership with our own failure detector,
+//! incarnations and a lease ([`membership`]), which node owns a key ([`placement`]),
+//! cluster-wide line counts and queues ([`lines`]) — all sans-IO state machines — and
+//! the async side that carries their messages between nodes over ractor_cluster with
+//! mutual TLS ([`net`], [`protocol`], [`driver`]).
 
-/// The identity of a node in the cluster (its `node.id`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct NodeId(pub String);
+pub mod driver;
+pub mod lines;
+pub mod membership;
+pub mod metrics;
+pub mod net;
+pub mod placement;
+pub mod protocol;
+
+pub use driver::{Cluster, Host, Registered, Settings, Status};
+pub use metrics::ClusterMetrics;

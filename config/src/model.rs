@@ -338,12 +338,27 @@ pub struct StoreConfig {
     pub keyspace: String,
     #[serde(default = "default_replication")]
     pub replication: u32,
+    /// When the embedded store's commits reach the disk (SQLite `synchronous` in WAL
+    /// mode): `full` (every commit; a power cut loses nothing committed) or `normal`
+    /// (at checkpoints; a power cut may lose the last commits, never corrupts).
+    #[serde(default)]
+    pub synchronous: Synchronous,
+}
+
+/// SQLite's `synchronous` setting for the embedded store (see `store.synchronous`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    #[default]
+    Full,
+    Normal,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
             backend: StoreBackend::Embedded,
+            synchronous: Synchronous::default(),
             path: None,
             nodes: Vec::new(),
             keyspace: default_keyspace(),

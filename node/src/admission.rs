@@ -91,6 +91,11 @@ impl InviteHandler for Admission {
         if ctx.draining.load(Ordering::Relaxed) {
             return self.refuse(503, "draining", invite);
         }
+        if !ctx.log.ready() {
+            // The call log cannot be written (store failing) or is far behind: a call
+            // admitted now might never be logged.
+            return self.refuse(503, "store_unavailable", invite);
+        }
         // Sources in no trunk at all never get here (the SIP edge drops them unanswered,
         // `sip.untrusted`); this refuses a trunk's outbound address that is not also
         // one of its inbound networks (callees may not place calls).

@@ -1,8 +1,21 @@
-//! The call-log writer: finished calls are queued here by their actors (never blocking
-//! a call) and written in batches by one thread. Validity is judged at write time,
-//! when earlier calls of the same caller are known. If the store fails, the batch is
-//! kept and retried with backoff, so a call that ended always gets its record; records
-//! still queued at shutdown are flushed before the node exits.
+//! The call-log writer: calls hand it their records (never blocking a call) and one
+//! thread writes them to the store in batches.
+//!
+//! - A call is in the store from admission: its record in progress (state `active`) is
+//!   written within [`ACTIVE_DELAY`] of the call starting, and again at answer (both
+//!   coalesced: a call that ends first is written once, as ended). So a crash (kill -9)
+//!   loses at most the calls admitted in the last [`ACTIVE_DELAY`] plus one batch write:
+//!   under a second. The rows of a node that died are finalised by [`recover`].
+//! - The final record replaces it when the call ends; validity is judged then, when
+//!   earlier calls of the same caller are known.
+//! - If the store fails, the batch is kept and retried with backoff, in order. After
+//!   [`STALL`] of failing, [`CallLog::ready`] turns false: the node reports not-ready and
+//!   refuses new INVITEs, so the queue holds only what calls already admitted still
+//!   send (a few messages each, [`MESSAGES_PER_CALL`]) and is bounded by admission
+//!   (see [`CallLog::ready`]). Nothing is dropped; the records are written once the store
+//!   is back.
+//! - Every second the writer records the node's sign of life in the store
+//!   (`Store::node_alive`): a node that died is known to have died after that moment.
 //!
 //! The same writer queues the call's follow-ups (webhook events, notices, GA4) into the
 //! store's outbox, in the transaction that stores the record.
@@ -12,12 +25,15 @@ use crate::decide::validity::{judge, Facts};
 use crate::follow_up::hooks::WebhookCache;
 use crate::follow_up::plan::{callback_pool, CallEvent, Planner};
 use crate::metrics::{CallMetrics, FollowUpMetrics};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
-use tsunagu_store::{CallRecord, CallerKind, NewFollowUp, NumberKind, Store, TrackingNumber};
+use tsunagu_store::{
+    CallRecord, CallResult, CallState, CallerKind, NewFollowUp, NumberKind, Store, TrackingNumber,
+};
 
 /// A finished call and the number it was made to (validity rule, pool, follow-ups).
 pub struct LogEntry {
@@ -28,16 +44,40 @@ pub struct LogEntry {
 }
 
 enum LogMsg {
-    Entry(LogEntry),
+    Entry(Box<LogEntry>),
+    /// A call's record in progress (admitted, or answered).
+    Active(Box<CallRecord>),
     Event(Box<CallEvent>),
     /// Answered once everything queued before it is written.
     Flush(mpsc::Sender<()>),
 }
 
+/// How long a call's record in progress may wait before it is written (coalescing the
+/// admission and answer updates, and skipping calls that end sooner). Also the most a
+/// kill -9 can lose of calls just admitted.
+pub const ACTIVE_DELAY: Duration = Duration::from_millis(500);
+/// How long writes may fail before the node stops taking new calls.
+pub const STALL: Duration = Duration::from_secs(2);
+/// Every second: the node's sign of life.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+/// The most messages one call sends the writer: in progress at admission and at
+/// answer, `call.started` and `call.answered` events, and its final record.
+pub const MESSAGES_PER_CALL: usize = 5;
+
+/// Shared between the writer thread and its handles.
+struct Shared {
+    /// Messages waiting for the writer.
+    queued: AtomicI64,
+    /// Writes have been failing for more than [`STALL`].
+    stalled: AtomicBool,
+    /// Above this many waiting messages the node takes no new calls.
+    high_water: i64,
+}
+
 #[derive(Clone)]
 pub struct CallLog {
     tx: mpsc::Sender<LogMsg>,
-    metrics: CallMetrics,
+    shared: Arc<Shared>,
 }
 
 const BATCH: usize = 512;
@@ -51,30 +91,61 @@ pub struct Writer {
     /// Woken when follow-ups were queued (the delivery worker waits on it).
     pub wake: Arc<Notify>,
     pub webhooks: WebhookCache,
+    /// This node and its incarnation, for the heartbeat.
+    pub node_id: String,
+    pub epoch: u64,
+    /// Above this many waiting messages the node takes no new calls (see
+    /// [`CallLog::ready`]).
+    pub high_water: usize,
 }
 
 impl CallLog {
     /// Starts the writer thread; it ends (after flushing) when every `CallLog` is dropped.
     pub fn start(w: Writer) -> (CallLog, std::thread::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel();
-        let metrics = w.metrics.clone();
+        let shared = Arc::new(Shared {
+            queued: AtomicI64::new(0),
+            stalled: AtomicBool::new(false),
+            high_water: w.high_water as i64,
+        });
+        let writer_shared = shared.clone();
         let handle = std::thread::Builder::new()
             .name("call-log".into())
-            .spawn(move || writer(w, rx))
+            .spawn(move || writer(w, rx, writer_shared))
             .expect("spawn call-log thread");
-        (CallLog { tx, metrics }, handle)
+        (CallLog { tx, shared }, handle)
     }
 
-    pub fn write(&self, entry: LogEntry) {
-        self.metrics.log_pending.inc();
-        if self.tx.send(LogMsg::Entry(entry)).is_err() {
+    fn send(&self, msg: LogMsg) {
+        self.shared.queued.fetch_add(1, Ordering::Relaxed);
+        if self.tx.send(msg).is_err() {
             tracing::error!("call-log writer is gone; record lost");
         }
     }
 
+    /// A call's final record.
+    pub fn write(&self, entry: LogEntry) {
+        self.send(LogMsg::Entry(Box::new(entry)));
+    }
+
+    /// A call's record in progress (state `active`): at admission, and at answer.
+    pub fn active(&self, record: CallRecord) {
+        self.send(LogMsg::Active(Box::new(record)));
+    }
+
     /// A call event for webhooks (queued in order with the call's record).
     pub fn event(&self, event: CallEvent) {
-        let _ = self.tx.send(LogMsg::Event(Box::new(event)));
+        self.send(LogMsg::Event(Box::new(event)));
+    }
+
+    /// Whether new calls may be admitted: writes are not failing for more than
+    /// [`STALL`], and fewer than the high-water mark of messages wait. This is what
+    /// bounds the writer's queue: calls are admitted only below the mark, and each call
+    /// admitted sends at most [`MESSAGES_PER_CALL`] messages, so the queue never exceeds
+    /// the mark plus that many per call the node can hold (`node.max_calls`).
+    pub fn ready(&self) -> bool {
+        !self.shared.stalled.load(Ordering::Relaxed)
+            && self.shared.queued.load(Ordering::Relaxed) < self.shared.high_water
     }
 
     /// Blocks until every record queued so far is in the store, or `timeout` passes.
@@ -88,46 +159,184 @@ impl CallLog {
 struct Batch {
     events: Vec<CallEvent>,
     entries: Vec<LogEntry>,
+    /// Calls in progress written with this batch.
+    active: Vec<CallRecord>,
 }
 
 impl Batch {
     fn len(&self) -> usize {
-        self.events.len() + self.entries.len()
+        self.events.len() + self.entries.len() + self.active.len()
     }
 }
 
-fn writer(w: Writer, rx: mpsc::Receiver<LogMsg>) {
+/// Records in progress waiting for [`ACTIVE_DELAY`], by call id (a newer one replaces
+/// an older; a final record removes it).
+#[derive(Default)]
+struct InProgress {
+    calls: HashMap<String, CallRecord>,
+    /// When the oldest waiting one arrived.
+    since: Option<Instant>,
+}
+
+impl InProgress {
+    fn put(&mut self, r: CallRecord, now: Instant) {
+        self.since.get_or_insert(now);
+        self.calls.insert(r.call_id.clone(), r);
+    }
+
+    /// A final record supersedes the call's record in progress; true if one waited.
+    fn ended(&mut self, call_id: &str) -> bool {
+        self.calls.remove(call_id).is_some()
+    }
+
+    fn due(&self, now: Instant) -> bool {
+        self.since.is_some_and(|t| now >= t + ACTIVE_DELAY)
+    }
+
+    fn take(&mut self) -> Vec<CallRecord> {
+        self.since = None;
+        self.calls.drain().map(|(_, r)| r).collect()
+    }
+}
+
+fn writer(w: Writer, rx: mpsc::Receiver<LogMsg>, shared: Arc<Shared>) {
     let mut batch = Batch::default();
+    let mut in_progress = InProgress::default();
     let mut flushes = Vec::new();
-    let take = |msg, batch: &mut Batch, flushes: &mut Vec<_>| match msg {
-        LogMsg::Entry(e) => batch.entries.push(e),
-        LogMsg::Event(e) => batch.events.push(*e),
-        LogMsg::Flush(done) => flushes.push(done),
-    };
-    loop {
-        match rx.recv() {
-            Ok(msg) => take(msg, &mut batch, &mut flushes),
-            Err(_) => return, // all senders gone and queue empty
+    let mut beat = Instant::now();
+    let mut open = true;
+    while open || batch.len() > 0 || !in_progress.calls.is_empty() {
+        let now = Instant::now();
+        let mut wait = (beat + HEARTBEAT).saturating_duration_since(now);
+        if let Some(t) = in_progress.since {
+            wait = wait.min((t + ACTIVE_DELAY).saturating_duration_since(now));
+        }
+        let take = |msg: LogMsg,
+                    batch: &mut Batch,
+                    in_progress: &mut InProgress,
+                    flushes: &mut Vec<mpsc::Sender<()>>| {
+            shared.queued.fetch_sub(1, Ordering::Relaxed);
+            match msg {
+                LogMsg::Entry(e) => {
+                    // A call that ended before its record in progress was written is
+                    // written once, as ended.
+                    in_progress.ended(&e.record.call_id);
+                    batch.entries.push(*e)
+                }
+                LogMsg::Active(r) => in_progress.put(*r, Instant::now()),
+                LogMsg::Event(e) => batch.events.push(*e),
+                LogMsg::Flush(done) => flushes.push(done),
+            }
+        };
+        if open {
+            match rx.recv_timeout(wait) {
+                Ok(msg) => take(msg, &mut batch, &mut in_progress, &mut flushes),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                // All senders gone: write what is left (in progress included) and end.
+                Err(mpsc::RecvTimeoutError::Disconnected) => open = false,
+            }
         }
         while batch.len() < BATCH && flushes.is_empty() {
             match rx.try_recv() {
-                Ok(msg) => take(msg, &mut batch, &mut flushes),
+                Ok(msg) => take(msg, &mut batch, &mut in_progress, &mut flushes),
                 Err(_) => break,
             }
         }
+        let now = Instant::now();
+        if in_progress.due(now) || !flushes.is_empty() || !open {
+            batch.active = in_progress.take();
+        }
+        let pending = |batch: &Batch, in_progress: &InProgress| {
+            shared.queued.load(Ordering::Relaxed) + (batch.len() + in_progress.calls.len()) as i64
+        };
+        w.metrics.log_pending.set(pending(&batch, &in_progress));
         if batch.len() > 0 {
-            write_with_retry(&w, &mut batch);
+            write_with_retry(&w, &mut batch, &shared);
+            w.metrics.log_pending.set(pending(&batch, &in_progress));
         }
         for done in flushes.drain(..) {
             let _ = done.send(());
         }
+        if now >= beat + HEARTBEAT {
+            beat = now;
+            heartbeat(&w);
+        }
     }
+}
+
+/// Records the node's sign of life. A newer incarnation of this node id in the store
+/// means another process runs as this node: said loudly (two nodes must not share an id).
+fn heartbeat(w: &Writer) {
+    match w.store.node_alive(&w.node_id, w.epoch, now_ms()) {
+        Ok(true) => {}
+        Ok(false) => tracing::error!(
+            node = %w.node_id,
+            epoch = w.epoch,
+            "a newer incarnation of this node id runs on the same store"
+        ),
+        Err(e) => tracing::debug!(%e, "heartbeat not written"),
+    }
+}
+
+/// The final record of a call a node left in progress when it died (killed, crashed, or
+/// declared dead by its peers): result `failed`, reason `node_lost`, ended at the node's
+/// last sign of life (never before the call started or was answered). Talk time runs
+/// from the answer to then.
+pub fn lost_call(mut record: CallRecord, last_seen: Option<i64>) -> CallRecord {
+    let floor = record
+        .answered_at
+        .unwrap_or(record.started_at)
+        .max(record.started_at);
+    let ended = last_seen.unwrap_or(floor).max(floor);
+    let seconds = |ms: i64| ((ms.max(0) + 500) / 1000).min(i64::from(u32::MAX)) as u32;
+    record.ring_seconds = seconds(record.answered_at.unwrap_or(ended) - record.started_at);
+    record.talk_seconds = record.answered_at.map(|a| seconds(ended - a)).unwrap_or(0);
+    record.ended_at = ended;
+    record.result = CallResult::Failed;
+    record.sip_code = 500;
+    record.state = CallState::Ended;
+    record.end_reason = Some("node_lost".into());
+    record
+}
+
+/// Logs, through `log`, the calls a previous run of `node_id` left in progress (it was
+/// killed or crashed: see [`lost_call`]). Runs at start, before the node takes calls,
+/// so nothing of this run is mistaken for them. Returns how many there were.
+pub fn recover(
+    store: &dyn Store,
+    log: &CallLog,
+    node_id: &str,
+    last_seen: Option<i64>,
+) -> tsunagu_store::Result<usize> {
+    let left = store.active_calls_of(node_id)?;
+    for record in &left {
+        // The number as it is now (its validity rule and follow-ups); a number deleted
+        // since still gets its call logged, with default rules.
+        let number = store
+            .get_number(&record.tracking_number)?
+            .unwrap_or_else(|| TrackingNumber {
+                number: record.tracking_number.clone(),
+                operator_id: record.operator_id.clone(),
+                advertiser_id: record.advertiser_id.clone(),
+                ..TrackingNumber::default()
+            });
+        tracing::warn!(call_id = %record.call_id, started_at = record.started_at, "call left in progress by the previous run: logged as failed (node_lost)");
+        log.write(LogEntry {
+            record: lost_call(record.clone(), last_seen),
+            number: Arc::new(number),
+            // What the call's trunk asserted is not kept with a call in progress: a
+            // lost call sends no SMS to its caller.
+            caller_verified: false,
+        });
+    }
+    Ok(left.len())
 }
 
 /// Writes the batch, retrying with backoff while the store fails. A call's events come
 /// before its record in the channel, so writing events first keeps their order.
-fn write_with_retry(w: &Writer, batch: &mut Batch) {
+fn write_with_retry(w: &Writer, batch: &mut Batch, shared: &Shared) {
     let mut backoff = Duration::from_millis(50);
+    let failing_since = Instant::now();
     loop {
         let started = Instant::now();
         match write_batch(w, batch) {
@@ -138,8 +347,13 @@ fn write_with_retry(w: &Writer, batch: &mut Batch) {
                         .observe(started.elapsed().as_secs_f64());
                 }
                 w.metrics.log_written.inc_by(batch.entries.len() as u64);
-                w.metrics.log_pending.dec_by(batch.entries.len() as i64);
+                w.metrics.active_written.inc_by(batch.active.len() as u64);
                 batch.entries.clear();
+                batch.active.clear();
+                if shared.stalled.swap(false, Ordering::Relaxed) {
+                    tracing::info!("call log written again; taking new calls");
+                    w.metrics.log_stalled.set(0);
+                }
                 if queued {
                     w.wake.notify_one();
                 }
@@ -147,9 +361,14 @@ fn write_with_retry(w: &Writer, batch: &mut Batch) {
             }
             Err(e) => {
                 w.metrics.log_write_errors.inc();
-                tracing::warn!(%e, records = batch.entries.len(), events = batch.events.len(), retry_in_ms = backoff.as_millis() as u64, "call-log write failed; will retry");
+                if failing_since.elapsed() >= STALL && !shared.stalled.swap(true, Ordering::Relaxed)
+                {
+                    tracing::error!(%e, "the call log cannot be written: not ready, refusing new calls until it can");
+                    w.metrics.log_stalled.set(1);
+                }
+                tracing::warn!(%e, records = batch.entries.len(), in_progress = batch.active.len(), events = batch.events.len(), retry_in_ms = backoff.as_millis() as u64, "call-log write failed; will retry");
                 std::thread::sleep(backoff);
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                backoff = (backoff * 2).min(Duration::from_secs(2));
             }
         }
     }
@@ -170,6 +389,11 @@ fn write_batch(w: &Writer, batch: &mut Batch) -> tsunagu_store::Result<bool> {
             queued = true;
         }
         batch.events.clear();
+    }
+    if !batch.active.is_empty() {
+        // Before the final records of this batch: a call in progress that ended since
+        // is then replaced by its final record, never the other way round.
+        store.upsert_active_calls(&batch.active)?;
     }
     if batch.entries.is_empty() {
         return Ok(queued);
@@ -287,6 +511,35 @@ mod tests {
     use tsunagu_store::{CallQuery, SqliteStore, Validity, ValidityRule};
 
     #[test]
+    fn lost_calls_end_at_the_last_sign_of_life() {
+        let base = |answered: Option<i64>| {
+            let mut r = sample_call("op", "adv", 10_000);
+            r.state = CallState::Active;
+            r.answered_at = answered;
+            r
+        };
+        // (answered at, last seen) -> (ended at, ring s, talk s)
+        let rows = [
+            (Some(12_000), Some(40_000), (40_000, 2, 28)),
+            (None, Some(40_000), (40_000, 30, 0)),
+            // Seen last before the answer was written: never ends before it.
+            (Some(12_000), Some(11_000), (12_000, 2, 0)),
+            (None, None, (10_000, 0, 0)),
+        ];
+        for (answered, seen, (ended, ring, talk)) in rows {
+            let r = lost_call(base(answered), seen);
+            assert_eq!(
+                (r.ended_at, r.ring_seconds, r.talk_seconds),
+                (ended, ring, talk),
+                "{answered:?} {seen:?}"
+            );
+            assert_eq!(r.result, CallResult::Failed);
+            assert_eq!(r.state, CallState::Ended);
+            assert_eq!(r.end_reason.as_deref(), Some("node_lost"));
+        }
+    }
+
+    #[test]
     fn duplicates_are_judged_across_batches_and_within_one() {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("t.db")).unwrap());
@@ -319,12 +572,21 @@ mod tests {
             },
             wake: Arc::new(Notify::new()),
             webhooks: WebhookCache::load(store.clone()).unwrap(),
+            node_id: "n1".into(),
+            epoch: 1,
+            high_water: 1000,
         };
         let batch = |entries| Batch {
             events: Vec::new(),
             entries,
+            active: Vec::new(),
         };
-        write_with_retry(&w, &mut batch(vec![at(1_000_000, 30)]));
+        let shared = Shared {
+            queued: AtomicI64::new(0),
+            stalled: AtomicBool::new(false),
+            high_water: 1000,
+        };
+        write_with_retry(&w, &mut batch(vec![at(1_000_000, 30)]), &shared);
         // Same batch: a repeat within the hour, then a short call 2 hours later.
         write_with_retry(
             &w,
@@ -333,6 +595,7 @@ mod tests {
                 at(1_000_000 + 2 * 3_600_000 + 120_000, 3),
                 at(1_000_000 + 2 * 3_600_000 + 180_000, 30),
             ]),
+            &shared,
         );
         let mut got = Vec::new();
         store

@@ -72,6 +72,9 @@ pub struct CallMetrics {
     pub log_pending: Gauge,
     pub log_written: Counter,
     pub log_write_errors: Counter,
+    pub log_stalled: Gauge,
+    pub active_written: Counter,
+    pub calls_recovered: Counter,
     pub store_write_seconds: Histogram,
     pub trunk_up: Family<TrunkLabel, Gauge>,
     pub trunk_ping_failures: Family<TrunkLabel, Counter>,
@@ -91,6 +94,7 @@ pub struct CallMetrics {
     pub judgements: Family<OutcomeLabel, Counter>,
     pub attempts: Histogram,
     pub sessions_expired: Counter,
+    pub foreign_requests: Counter,
     pub mailbox_messages: Gauge,
     pub mailbox_dropped: Counter,
 }
@@ -114,6 +118,9 @@ impl Default for CallMetrics {
             log_pending: Gauge::default(),
             log_written: Counter::default(),
             log_write_errors: Counter::default(),
+            log_stalled: Gauge::default(),
+            active_written: Counter::default(),
+            calls_recovered: Counter::default(),
             store_write_seconds: Histogram::new([
                 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0,
             ]),
@@ -135,6 +142,7 @@ impl Default for CallMetrics {
             judgements: Family::default(),
             attempts: Histogram::new([1.0, 2.0, 3.0, 4.0, 5.0, 10.0]),
             sessions_expired: Counter::default(),
+            foreign_requests: Counter::default(),
             mailbox_messages: Gauge::default(),
             mailbox_dropped: Counter::default(),
         }
@@ -351,7 +359,7 @@ impl Metrics {
         r.register("call_actor_failures", "Call actors that panicked or were killed; their calls were cleaned up and logged as failed", c.actor_failures.clone());
         r.register(
             "call_log_pending",
-            "Call log records waiting to be written to the store",
+            "Call-log messages (final records, records of calls in progress, webhook events) waiting to be written to the store",
             c.log_pending.clone(),
         );
         r.register(
@@ -363,6 +371,26 @@ impl Metrics {
             "call_log_write_errors",
             "Failed store writes of call logs (records are kept and retried)",
             c.log_write_errors.clone(),
+        );
+        r.register(
+            "call_log_stalled",
+            "1 while call-log writes have failed for more than 2 s: the node is not ready and refuses new INVITEs (503) until a write succeeds",
+            c.log_stalled.clone(),
+        );
+        r.register(
+            "call_log_in_progress_written",
+            "Records of calls in progress written to the store (at most one per call and state change; calls shorter than 0.5 s are written only once they end)",
+            c.active_written.clone(),
+        );
+        r.register(
+            "sip_foreign_dialog_requests",
+            "Requests naming a call's Call-ID whose tags or source did not match its dialog (answered 481, ignored): spoofed BYE, INFO, re-INVITE",
+            c.foreign_requests.clone(),
+        );
+        r.register(
+            "calls_recovered",
+            "Calls left in progress by a previous run of this node (killed, crashed) that were logged at start as failed with reason node_lost",
+            c.calls_recovered.clone(),
         );
         r.register(
             "store_write_seconds",

@@ -1,7 +1,9 @@
-//! Starting and stopping a node: store, number directory, call-log writer, RTP ports,
-//! SIP endpoint, call supervisor and HTTP API; then, on SIGTERM or SIGINT, a graceful
-//! drain (readiness false, new INVITEs 503, running calls finish up to
-//! `node.drain_seconds`) and a final flush of the call log.
+//! Starting and stopping a node: store (this run registered as a new incarnation of the
+//! node, and the calls a previous run left in progress logged as lost), number
+//! directory, call-log writer, RTP ports, SIP endpoint, call supervisor and HTTP API;
+//! then, on SIGTERM or SIGINT, a graceful drain (readiness false, new INVITEs 503,
+//! running calls finish up to `node.drain_seconds`, then are ended by the node and
+//! logged with reason `drain`) and a final flush of the call log.
 
 use crate::admission::Admission;
 use crate::call_log::{CallLog, Writer};
@@ -13,7 +15,7 @@ use crate::follow_up::hooks::WebhookCache;
 use crate::follow_up::outbox::Worker;
 use crate::follow_up::plan::Planner;
 use crate::metrics::{Metrics, StatusLabel};
-use crate::supervisor::CallSupervisor;
+use crate::supervisor::{CallSupervisor, SupervisorMsg};
 use ractor::Actor;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
@@ -191,7 +193,7 @@ impl NodeHooks for Hooks {
         self.directory.refresh_advertiser(operator_id, id);
     }
     fn ready(&self) -> bool {
-        !self.ctx.draining.load(Ordering::Relaxed)
+        !self.ctx.draining.load(Ordering::Relaxed) && self.ctx.log.ready()
     }
 }
 
@@ -207,10 +209,18 @@ pub async fn run(
         ));
     }
     let (token, token_source) = admin_token(&config)?;
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&store_path(&config))?);
+    let durability = match config.store.synchronous {
+        tsunagu_config::Synchronous::Full => tsunagu_store::Durability::Full,
+        tsunagu_config::Synchronous::Normal => tsunagu_store::Durability::Normal,
+    };
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open_with(&store_path(&config), durability)?);
     warn_if_readable_by_others(&config.node.data_dir);
     let metrics = Metrics::default();
     metrics.touch();
+    // A new incarnation of this node; the previous one's last sign of life dates the
+    // end of the calls it left in progress (logged below, before any call of this run).
+    let (epoch, last_seen) = store.register_node(&config.node.id, crate::clock::now_ms())?;
+    tracing::info!(node = %config.node.id, epoch, "node registered");
     let directory = Directory::load(store.clone())?;
     let wake = Arc::new(tokio::sync::Notify::new());
     let webhooks = WebhookCache::load(store.clone())?;
@@ -227,7 +237,18 @@ pub async fn run(
         planner,
         wake: wake.clone(),
         webhooks: webhooks.clone(),
+        node_id: config.node.id.clone(),
+        epoch,
+        high_water: LOG_HIGH_WATER,
     });
+    let recovered = crate::call_log::recover(&*store, &log, &config.node.id, last_seen)?;
+    metrics.calls.calls_recovered.inc_by(recovered as u64);
+    if recovered > 0 {
+        tracing::warn!(
+            calls = recovered,
+            "calls left in progress by the previous run were logged as failed (node_lost)"
+        );
+    }
     let egress = crate::follow_up::egress_policy(&config);
     let guards = metrics.follow_ups.guards.clone();
     let deliverer = Deliverer::new(store.clone(), notify, egress.clone(), guards.clone())
@@ -453,14 +474,32 @@ pub async fn run(
         drain_seconds = config.node.drain_seconds,
         "draining"
     );
-    while ctx.active_calls() > 0 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_calls(&ctx, deadline).await;
     if ctx.active_calls() > 0 {
+        // The deadline: the node ends what is left itself (BYE, CANCEL, 503), gives the
+        // far ends a moment to answer, then logs whatever still runs.
         tracing::warn!(
             active_calls = ctx.active_calls(),
-            "drain deadline passed; stopping remaining calls"
+            "drain deadline passed; ending the remaining calls"
         );
+        let _ = supervisor.cast(SupervisorMsg::EndAll("drain"));
+        wait_for_calls(&ctx, Instant::now() + DRAIN_ANSWERS).await;
+        let _ = supervisor.cast(SupervisorMsg::FinishAll);
+        wait_for_calls(&ctx, Instant::now() + Duration::from_secs(1)).await;
+        let abandoned = supervisor
+            .call(
+                |reply| SupervisorMsg::Abandon("drain", reply),
+                Some(Duration::from_secs(5)),
+            )
+            .await;
+        if let Ok(ractor::rpc::CallResult::Success(n)) = abandoned {
+            if n > 0 {
+                tracing::warn!(
+                    calls = n,
+                    "calls still running at exit were logged as failed"
+                );
+            }
+        }
     }
     supervisor.stop(None);
     let _ = supervisor_handle.await;
@@ -482,6 +521,21 @@ pub async fn run(
     tracing::info!("stopped");
     Ok(())
 }
+
+/// How long ended calls may wait for the far ends' answers to BYE and CANCEL at the
+/// drain deadline before they are logged anyway.
+const DRAIN_ANSWERS: Duration = Duration::from_secs(2);
+
+/// Waits until no call runs, or `deadline`.
+async fn wait_for_calls(ctx: &NodeContext, deadline: Instant) {
+    while ctx.active_calls() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Call-log messages waiting above which the node takes no new calls (see
+/// `CallLog::ready`): a few seconds of writes at the node's rated call rate.
+const LOG_HIGH_WATER: usize = 50_000;
 
 fn print_banner(
     config: &Config,

@@ -18,10 +18,22 @@ pub enum SupervisorMsg {
     /// A call task ended (its number here, and how).
     Exited(u64, Exit),
     Sweep,
+    /// Ends every call now, for this reason (see `CallMsg::End`).
+    EndAll(&'static str),
+    /// Every call still waiting for the far end to confirm its teardown writes its
+    /// record now (the guard timer, early).
+    FinishAll,
+    /// Logs every call task still running as failed with this reason and stops it;
+    /// answers when done.
+    Abandon(&'static str, ractor::RpcReplyPort<usize>),
     /// Test hook: makes every running call actor panic.
     #[cfg(test)]
     CrashAll,
 }
+
+/// A local message (never sent to another node): ractor_cluster, in the build for the
+/// cluster, turns off ractor's blanket `Message` impl, so local message types say so.
+impl ractor::Message for SupervisorMsg {}
 
 pub struct CallSupervisor {
     pub ctx: Arc<NodeContext>,
@@ -87,12 +99,12 @@ impl Actor for CallSupervisor {
                 match exit {
                     Exit::Done | Exit::Stopped => {
                         if !seed.logged.load(Ordering::Acquire) {
-                            self.clean_up(&seed);
+                            self.clean_up(&seed, None);
                         }
                     }
                     Exit::Panicked(e) | Exit::Failed(e) => {
                         tracing::error!(call_id = %seed.id, error = %e, "call failed");
-                        self.clean_up(&seed);
+                        self.clean_up(&seed, None);
                     }
                 }
             }
@@ -101,6 +113,27 @@ impl Actor for CallSupervisor {
                 for (_, me) in state.calls.values() {
                     let _ = me.send_message(crate::call::CallMsg::Crash);
                 }
+            }
+            SupervisorMsg::EndAll(reason) => {
+                for (_, me) in state.calls.values() {
+                    let _ = me.send_message(crate::call::CallMsg::End(reason));
+                }
+            }
+            SupervisorMsg::FinishAll => {
+                for (_, me) in state.calls.values() {
+                    let _ = me.send_message(crate::call::CallMsg::EndGuard);
+                }
+            }
+            SupervisorMsg::Abandon(reason, reply) => {
+                let left = std::mem::take(&mut state.calls);
+                for (seed, me) in left.values() {
+                    if !seed.logged.swap(true, Ordering::AcqRel) {
+                        tracing::warn!(call_id = %seed.id, reason, "call still running at shutdown: logged as failed");
+                        self.clean_up(seed, Some(reason));
+                    }
+                    me.stop();
+                }
+                let _ = reply.send(left.len());
             }
             SupervisorMsg::Sweep => {
                 for (seed, me) in state.calls.values() {
@@ -116,7 +149,7 @@ impl Actor for CallSupervisor {
 }
 
 impl CallSupervisor {
-    fn clean_up(&self, seed: &CallSeed) {
+    fn clean_up(&self, seed: &CallSeed, end_reason: Option<&str>) {
         self.ctx.metrics.calls.actor_failures.inc();
         // Only sent if the INVITE is still unanswered; the transaction layer drops it otherwise.
         self.ctx.endpoint.send(tsunagu_sip::Command::Fail {
@@ -124,7 +157,9 @@ impl CallSupervisor {
             code: 500,
         });
         self.ctx.endpoint.unregister(&seed.a_call_id);
-        self.ctx.log.write(failed_record(&self.ctx, seed));
+        self.ctx
+            .log
+            .write(failed_record(&self.ctx, seed, end_reason));
         self.ctx
             .metrics
             .calls
@@ -202,6 +237,9 @@ mod tests {
             },
             wake: Arc::new(tokio::sync::Notify::new()),
             webhooks: crate::follow_up::hooks::WebhookCache::load(store.clone()).unwrap(),
+            node_id: "n1".into(),
+            epoch: 1,
+            high_water: 1000,
         });
         let ports = tsunagu_media::PortPool::new(
             "127.0.0.1".parse().unwrap(),

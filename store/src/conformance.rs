@@ -12,6 +12,8 @@ pub fn run_all(store: &dyn Store) {
     advertisers_are_scoped(store);
     numbers_are_unique_and_scoped(store);
     call_inserts_are_idempotent(store);
+    calls_in_progress_end_in_one_final_record(store);
+    node_incarnations(store);
     call_queries_filter_sort_and_page(store);
     duplicate_lookup_window(store);
     pools_are_created_atomically_and_scoped(store);
@@ -210,6 +212,8 @@ pub fn sample_call(operator_id: &str, advertiser_id: &str, started_at: i64) -> C
         rtp_lost: 1,
         callback_of: None,
         recording_status: None,
+        state: CallState::Ended,
+        end_reason: None,
         attempts: vec![
             Attempt {
                 destination: "0311112222".into(),
@@ -237,6 +241,109 @@ fn collect(s: &dyn Store, q: &CallQuery) -> Vec<CallRecord> {
     })
     .unwrap();
     out
+}
+
+fn calls_in_progress_end_in_one_final_record(s: &dyn Store) {
+    let op = s.create_operator("active").unwrap();
+    let other = s.create_operator("active-other").unwrap();
+    let mut call = sample_call(&op.id, "adv_1", 5_000_000);
+    call.node = "n-active".into();
+    call.state = CallState::Active;
+    call.answered_at = None;
+    let mut second = sample_call(&op.id, "adv_1", 5_000_100);
+    second.node = "n-active".into();
+    second.state = CallState::Active;
+    let mut elsewhere = sample_call(&op.id, "adv_1", 5_000_200);
+    elsewhere.node = "n-elsewhere".into();
+    elsewhere.state = CallState::Active;
+    s.upsert_active_calls(&[call.clone(), second.clone(), elsewhere.clone()])
+        .unwrap();
+    // Answered: the row in progress is replaced.
+    call.answered_at = Some(5_002_000);
+    s.upsert_active_calls(&[call.clone()]).unwrap();
+    let of_node = s.active_calls_of("n-active").unwrap();
+    assert_eq!(of_node, vec![call.clone(), second.clone()], "oldest first");
+    let active = |op: &str| {
+        collect(
+            s,
+            &CallQuery {
+                operator_id: op.into(),
+                state: CallState::Active,
+                ..Default::default()
+            },
+        )
+    };
+    assert_eq!(active(&op.id).len(), 3);
+    assert!(active(&other.id).is_empty(), "scoped by operator");
+    let ended = |op: &str| {
+        collect(
+            s,
+            &CallQuery {
+                operator_id: op.into(),
+                ..Default::default()
+            },
+        )
+    };
+    assert!(ended(&op.id).is_empty(), "nothing has ended yet");
+
+    // The call ends: one final record, no longer in progress; its follow-up is queued once.
+    let mut done = call.clone();
+    done.state = CallState::Ended;
+    done.end_reason = Some("drain".into());
+    let hook = NewFollowUp {
+        kind: FollowUpKind::Webhook,
+        operator_id: op.id.clone(),
+        target: "wh_active".into(),
+        payload: "{}".into(),
+    };
+    let (pending_before, _) = s.follow_up_counts().unwrap();
+    s.insert_calls(&[done.clone()], &[(0, hook.clone())])
+        .unwrap();
+    s.insert_calls(&[done.clone()], &[(0, hook)]).unwrap();
+    let (pending_after, _) = s.follow_up_counts().unwrap();
+    assert_eq!(pending_after, pending_before + 1);
+    assert_eq!(s.active_calls_of("n-active").unwrap(), vec![second.clone()]);
+    assert_eq!(ended(&op.id), vec![done.clone()]);
+    assert_eq!(
+        s.get_call(&op.id, &call.call_id)
+            .unwrap()
+            .unwrap()
+            .end_reason
+            .as_deref(),
+        Some("drain")
+    );
+    // A late update of a call that has ended does not bring it back.
+    s.upsert_active_calls(&[call.clone()]).unwrap();
+    assert_eq!(s.active_calls_of("n-active").unwrap(), vec![second]);
+    // Clean up for the other cases of the suite.
+    let mut finals = Vec::new();
+    for mut r in s
+        .active_calls_of("n-active")
+        .unwrap()
+        .into_iter()
+        .chain(s.active_calls_of("n-elsewhere").unwrap())
+    {
+        r.state = CallState::Ended;
+        finals.push(r);
+    }
+    s.insert_calls(&finals, &[]).unwrap();
+    assert!(active(&op.id).is_empty());
+}
+
+fn node_incarnations(s: &dyn Store) {
+    assert_eq!(s.register_node("n-epoch", 1_000).unwrap(), (1, None));
+    assert!(s.node_alive("n-epoch", 1, 2_000).unwrap());
+    assert!(
+        s.node_alive("n-epoch", 1, 1_500).unwrap(),
+        "never goes back"
+    );
+    assert_eq!(s.register_node("n-epoch", 3_000).unwrap(), (2, Some(2_000)));
+    assert!(
+        !s.node_alive("n-epoch", 1, 4_000).unwrap(),
+        "the old incarnation is stale"
+    );
+    assert!(s.node_alive("n-epoch", 2, 4_000).unwrap());
+    assert!(!s.node_alive("n-unknown", 1, 4_000).unwrap());
 }
 
 fn call_inserts_are_idempotent(s: &dyn Store) {

@@ -17,7 +17,7 @@ mod sqlite;
 
 pub use ids::{hash_api_key, new_api_key, new_id, new_time_id};
 pub use model::*;
-pub use sqlite::SqliteStore;
+pub use sqlite::{Durability, SqliteStore};
 
 /// Errors a store operation can report.
 #[derive(Debug, thiserror::Error)]
@@ -132,9 +132,23 @@ pub trait Store: Send + Sync + 'static {
     /// Writes finished calls and the follow-ups they cause, in one atomic step (a call's
     /// webhooks and notices are never lost nor sent for a call that was not logged).
     /// Idempotent by `call_id`: a record written twice is kept once, and the follow-ups
-    /// of a record already stored are not queued again.
+    /// of a record already stored are not queued again. The call leaves the calls in
+    /// progress (see [`Store::upsert_active_calls`]) in the same step.
     fn insert_calls(&self, calls: &[CallRecord], follow_ups: &[(usize, NewFollowUp)])
         -> Result<()>;
+    /// Writes calls in progress (state `active`, durable from admission): inserts new
+    /// ones and replaces those still in progress (e.g. at answer). A call that already
+    /// has its final record is left alone. `insert_calls` removes a call from here.
+    fn upsert_active_calls(&self, calls: &[CallRecord]) -> Result<()>;
+    /// The calls in progress carried by `node` (unscoped: finalising a node's calls
+    /// after it died), oldest first.
+    fn active_calls_of(&self, node: &str) -> Result<Vec<CallRecord>>;
+    /// A node starts: its incarnation (epoch) goes up by one. Returns the new epoch and
+    /// the previous incarnation's last sign of life (None for a node never seen).
+    fn register_node(&self, node: &str, now_ms: i64) -> Result<(u64, Option<i64>)>;
+    /// A sign of life of `node` in incarnation `epoch` at `now_ms`; false if the store
+    /// knows a newer incarnation (this one must not act as the node any more).
+    fn node_alive(&self, node: &str, epoch: u64, now_ms: i64) -> Result<bool>;
     /// Queues follow-ups that belong to no finished call (e.g. `call.started`).
     fn enqueue_follow_ups(&self, items: &[NewFollowUp]) -> Result<()>;
     /// When the latest call from `caller` to `advertiser_id` started, among calls that

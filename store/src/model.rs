@@ -116,7 +116,7 @@ pub enum NumberKind {
 }
 
 /// A tracking number and everything a call to it needs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct TrackingNumber {
     pub number: String,
     pub operator_id: String,
@@ -487,7 +487,23 @@ string_enum!(
     }
 );
 
-/// One call log record (通話ログ), written once when the call ends.
+string_enum!(
+    /// Whether a call is still in progress (`active`: durable from admission, updated
+    /// at answer) or over (`ended`: its one final record).
+    CallState {
+        Active => "active",
+        Ended => "ended",
+    }
+);
+
+impl Default for CallState {
+    fn default() -> Self {
+        CallState::Ended
+    }
+}
+
+/// One call log record (通話ログ): kept as `active` while the call runs, written once
+/// as `ended` when it ends.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CallRecord {
     pub call_id: String,
@@ -526,6 +542,12 @@ pub struct CallRecord {
     /// Every forwarding attempt, in order (sequential forwarding, trunk failover).
     #[serde(default)]
     pub attempts: Vec<Attempt>,
+    #[serde(default)]
+    pub state: CallState,
+    /// Why the call ended when it was not the parties' doing: `drain` (the node shut
+    /// down), `node_lost` (the node carrying it died), `session_expired`, ...
+    #[serde(default)]
+    pub end_reason: Option<String>,
 }
 
 /// An operator's subscription to call events, delivered signed (HMAC-SHA256 with `secret`).
@@ -601,6 +623,8 @@ pub struct CallQuery {
     pub result: Option<CallResult>,
     pub validity: Option<Validity>,
     pub order: SortOrder,
+    /// Calls in progress (`Active`) or ended calls (`Ended`, the default).
+    pub state: CallState,
     /// Continue after this `(started_at, call_id)` position.
     pub after: Option<(i64, String)>,
     pub limit: Option<usize>,

@@ -148,17 +148,40 @@ UPDATE api_keys SET id = 'key_' || lower(hex(randomblob(8)));
 CREATE UNIQUE INDEX api_keys_by_id ON api_keys(id);
 CREATE INDEX api_keys_by_operator ON api_keys(operator_id, created_at);
 "#,
+    r#"
+ALTER TABLE calls ADD COLUMN end_reason TEXT;
+-- Calls in progress, durable from admission: the whole record as JSON (state active),
+-- replaced at answer, deleted in the transaction that writes the call's final row. A
+-- node that dies leaves its rows here for whoever finalises them (SPEC 6).
+CREATE TABLE active_calls (
+    call_id TEXT PRIMARY KEY,
+    operator_id TEXT NOT NULL,
+    node TEXT NOT NULL,
+    started_at INTEGER NOT NULL,
+    record TEXT NOT NULL
+);
+CREATE INDEX active_calls_by_node ON active_calls(node);
+-- Every node that ever ran on this store: its incarnation (epoch, +1 at each start) and
+-- its last sign of life (the call-log writer's heartbeat).
+CREATE TABLE nodes (
+    node_id TEXT PRIMARY KEY,
+    epoch INTEGER NOT NULL,
+    started_at INTEGER NOT NULL,
+    last_seen INTEGER NOT NULL
+);
+"#,
 ];
 
 const CALL_COLUMNS: &str = "call_id, operator_id, advertiser_id, tracking_number, caller_number, caller_kind, \
     destination_number, started_at, answered_at, ended_at, ring_seconds, talk_seconds, result, validity, \
     ivr_digits, judgement_digit, recording, tracking_params, node, sip_code, trunk, rtp_packets_in, \
-    rtp_packets_out, rtp_lost, callback_of, recording_status, attempts";
+    rtp_packets_out, rtp_lost, callback_of, recording_status, attempts, end_reason";
 
 const READER_POOL: usize = 4;
 
 pub struct SqliteStore {
     path: PathBuf,
+    durability: Durability,
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
 }
@@ -183,27 +206,49 @@ fn is_unique_violation(e: &rusqlite::Error) -> bool {
             && matches!(f.extended_code, SQLITE_CONSTRAINT_PRIMARYKEY | SQLITE_CONSTRAINT_UNIQUE))
 }
 
-fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
+/// When commits reach the disk (SQLite's `synchronous` in WAL mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// Every commit is synced to the WAL file: a power cut loses nothing committed.
+    #[default]
+    Full,
+    /// The WAL is synced at checkpoints only: a power cut may lose the last commits
+    /// (never corrupts the file); a process crash loses nothing either way.
+    Normal,
+}
+
+fn open_connection(path: &Path, durability: Durability) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    let sync = match durability {
+        Durability::Full => "FULL",
+        Durability::Normal => "NORMAL",
+    };
+    conn.pragma_update(None, "synchronous", sync)?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     Ok(conn)
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the database file and applies pending migrations.
+    /// Opens (creating if needed) the database file and applies pending migrations,
+    /// every commit synced ([`Durability::Full`]).
     pub fn open(path: &Path) -> Result<SqliteStore> {
+        SqliteStore::open_with(path, Durability::Full)
+    }
+
+    /// [`SqliteStore::open`] with the given durability of commits.
+    pub fn open_with(path: &Path, durability: Durability) -> Result<SqliteStore> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| {
                 StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
             })?;
         }
-        let mut conn = open_connection(path).map_err(unavailable)?;
+        let mut conn = open_connection(path, durability).map_err(unavailable)?;
         migrate(&mut conn)?;
         Ok(SqliteStore {
             path: path.to_path_buf(),
+            durability,
             writer: Mutex::new(conn),
             readers: Mutex::new(Vec::new()),
         })
@@ -221,7 +266,7 @@ impl SqliteStore {
         let pooled = self.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let conn = match pooled {
             Some(c) => c,
-            None => open_connection(&self.path).map_err(unavailable)?,
+            None => open_connection(&self.path, self.durability).map_err(unavailable)?,
         };
         let out = f(&conn);
         let mut pool = self.readers.lock().unwrap_or_else(|p| p.into_inner());
@@ -428,7 +473,14 @@ fn call_from(row: &Row) -> rusqlite::Result<CallRecord> {
             .get::<_, Option<String>>(26)?
             .and_then(|a| serde_json::from_str(&a).ok())
             .unwrap_or_default(),
+        state: CallState::Ended,
+        end_reason: row.get(27)?,
     })
+}
+
+/// An active call's stored record (JSON).
+fn active_from(json: String) -> Result<CallRecord> {
+    serde_json::from_str(&json).map_err(|e| StoreError::Corrupt(format!("active call: {e}")))
 }
 
 fn webhook_from(row: &Row) -> rusqlite::Result<Webhook> {
@@ -930,8 +982,9 @@ impl Store for SqliteStore {
             {
                 let mut st = tx.prepare_cached(&format!(
                     "INSERT OR IGNORE INTO calls ({CALL_COLUMNS}) VALUES \
-                     (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27)"
+                     (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28)"
                 ))?;
+                let mut ended = tx.prepare_cached("DELETE FROM active_calls WHERE call_id = ?1")?;
                 for (i, r) in calls.iter().enumerate() {
                     let params_json = serde_json::to_string(&r.tracking_params).unwrap_or_else(|_| "{}".into());
                     st.execute(params![
@@ -963,8 +1016,10 @@ impl Store for SqliteStore {
                         r.recording_status.map(|s| s.as_str()),
                         (!r.attempts.is_empty())
                             .then(|| serde_json::to_string(&r.attempts).unwrap_or_default()),
+                        r.end_reason,
                     ])?;
                     inserted[i] = tx.changes() == 1;
+                    ended.execute([&r.call_id])?;
                 }
             }
             // Follow-ups of a record that was already stored were queued then.
@@ -974,6 +1029,74 @@ impl Store for SqliteStore {
                 }
             }
             tx.commit()
+        })
+        .map_err(unavailable)
+    }
+
+    fn upsert_active_calls(&self, calls: &[CallRecord]) -> Result<()> {
+        self.write(|c| {
+            let tx = c.transaction()?;
+            {
+                // A call whose final row exists is over: its late update is ignored.
+                let mut st = tx.prepare_cached(
+                    "INSERT OR REPLACE INTO active_calls (call_id, operator_id, node, started_at, record) \
+                     SELECT ?1, ?2, ?3, ?4, ?5 WHERE NOT EXISTS (SELECT 1 FROM calls WHERE call_id = ?1)",
+                )?;
+                for r in calls {
+                    let json = serde_json::to_string(r).unwrap_or_default();
+                    st.execute(params![r.call_id, r.operator_id, r.node, r.started_at, json])?;
+                }
+            }
+            tx.commit()
+        })
+        .map_err(unavailable)
+    }
+
+    fn active_calls_of(&self, node: &str) -> Result<Vec<CallRecord>> {
+        let rows: Vec<String> = self.read(|c| {
+            let mut st = c
+                .prepare_cached(
+                    "SELECT record FROM active_calls WHERE node = ?1 ORDER BY started_at, call_id",
+                )
+                .map_err(unavailable)?;
+            let rows = st
+                .query_map([node], |r| r.get::<_, String>(0))
+                .map_err(unavailable)?
+                .collect::<rusqlite::Result<Vec<String>>>()
+                .map_err(unavailable);
+            rows
+        })?;
+        rows.into_iter().map(active_from).collect()
+    }
+
+    fn register_node(&self, node: &str, now_ms: i64) -> Result<(u64, Option<i64>)> {
+        self.write(|c| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let before: Option<(i64, i64)> = tx
+                .query_row(
+                    "SELECT epoch, last_seen FROM nodes WHERE node_id = ?1",
+                    [node],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            let epoch = before.map(|(e, _)| e + 1).unwrap_or(1);
+            tx.execute(
+                "INSERT OR REPLACE INTO nodes (node_id, epoch, started_at, last_seen) VALUES (?1, ?2, ?3, ?3)",
+                params![node, epoch, now_ms],
+            )?;
+            tx.commit()?;
+            Ok((epoch as u64, before.map(|(_, seen)| seen)))
+        })
+        .map_err(unavailable)
+    }
+
+    fn node_alive(&self, node: &str, epoch: u64, now_ms: i64) -> Result<bool> {
+        self.write(|c| {
+            c.prepare_cached(
+                "UPDATE nodes SET last_seen = max(last_seen, ?3) WHERE node_id = ?1 AND epoch = ?2",
+            )?
+            .execute(params![node, epoch as i64, now_ms])
+            .map(|n| n == 1)
         })
         .map_err(unavailable)
     }
@@ -1200,6 +1323,9 @@ impl Store for SqliteStore {
     }
 
     fn scan_calls(&self, q: &CallQuery, visit: &mut dyn FnMut(CallRecord) -> bool) -> Result<()> {
+        if q.state == CallState::Active {
+            return self.scan_active(q, visit);
+        }
         let mut sql = format!("SELECT {CALL_COLUMNS} FROM calls WHERE operator_id = ?");
         let mut args: Vec<Value> = vec![Value::Text(q.operator_id.clone())];
         let mut filter = |clause: &str, v: Value| {
@@ -1262,6 +1388,61 @@ impl Store for SqliteStore {
     }
 }
 
+impl SqliteStore {
+    /// The operator's calls in progress matching `q` (the table holds only calls in
+    /// progress: few rows, filtered here), in the query's order.
+    fn scan_active(&self, q: &CallQuery, visit: &mut dyn FnMut(CallRecord) -> bool) -> Result<()> {
+        let rows: Vec<String> = self.read(|c| {
+            let mut st = c
+                .prepare_cached("SELECT record FROM active_calls WHERE operator_id = ?1")
+                .map_err(unavailable)?;
+            let rows = st
+                .query_map([&q.operator_id], |r| r.get::<_, String>(0))
+                .map_err(unavailable)?
+                .collect::<rusqlite::Result<Vec<String>>>()
+                .map_err(unavailable);
+            rows
+        })?;
+        let mut calls: Vec<CallRecord> = rows
+            .into_iter()
+            .map(active_from)
+            .collect::<Result<Vec<_>>>()?
+            .into_iter()
+            .filter(|r| active_matches(q, r))
+            .collect();
+        calls.sort_by(|a, b| (a.started_at, &a.call_id).cmp(&(b.started_at, &b.call_id)));
+        if q.order == SortOrder::Desc {
+            calls.reverse();
+        }
+        for r in calls.into_iter().take(q.limit.unwrap_or(usize::MAX)) {
+            if !visit(r) {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether an active call matches a query's filters and lies after its cursor.
+fn active_matches(q: &CallQuery, r: &CallRecord) -> bool {
+    let after = match (&q.after, q.order) {
+        (None, _) => true,
+        (Some((t, id)), SortOrder::Asc) => (r.started_at, &r.call_id) > (*t, id),
+        (Some((t, id)), SortOrder::Desc) => (r.started_at, &r.call_id) < (*t, id),
+    };
+    after
+        && q.from_ms.is_none_or(|t| r.started_at >= t)
+        && q.to_ms.is_none_or(|t| r.started_at < t)
+        && q.advertiser_id
+            .as_ref()
+            .is_none_or(|a| &r.advertiser_id == a)
+        && q.tracking_number
+            .as_ref()
+            .is_none_or(|n| &r.tracking_number == n)
+        && q.result.is_none_or(|x| r.result == x)
+        && q.validity.is_none_or(|v| r.validity == v)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1292,7 +1473,7 @@ mod tests {
                 .iter()
                 .position(|m| m.contains("api_keys ADD COLUMN id"))
                 .unwrap();
-            let mut conn = open_connection(&path).unwrap();
+            let mut conn = open_connection(&path, Durability::Full).unwrap();
             for (i, sql) in MIGRATIONS[..ids].iter().enumerate() {
                 conn.execute_batch(sql).unwrap();
                 conn.pragma_update(None, "user_version", (i + 1) as i64)

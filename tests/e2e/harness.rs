@@ -226,6 +226,21 @@ trunks = ["carrier-a"]
         child.wait().ok().and_then(|s| s.code())
     }
 
+    /// Kills the node with SIGKILL (no drain, no flush: a crash) and waits for it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the node again on its configuration and data (after [`Node::kill`]).
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "the node is still running");
+        let config = self.dir.path().join("node.toml");
+        self.spawn(&config);
+    }
+
     /// Provisions an operator, an advertiser and a number; returns (api_key, advertiser_id).
     pub fn provision(&self, number: &str, destinations: &str, validity: &str) -> (String, String) {
         let op = self.send("POST", "/v1/operators", Some(ADMIN), r#"{"name": "op"}"#);

@@ -4,6 +4,8 @@
 mod api;
 mod api_abuse;
 mod calls;
+mod dialogs;
+mod durability;
 mod follow_up;
 mod harness;
 mod media_security;

@@ -1,6 +1,11 @@
 //! The two dialogs of a B2BUA call and the messages each sends: the caller's leg (A,
 //! where we are the UAS) and the forwarded leg (B, where we are the UAC). Nothing of
 //! one leg's Via, Contact, Record-Route or Call-ID is copied to the other.
+//!
+//! A far end names where its dialog's requests go (Contact, Record-Route); the node
+//! sends there only if that address belongs to a trunk, else back where the dialog came
+//! from — a caller cannot point the node's BYE at a third party. A request claiming to
+//! be in a dialog belongs to it only if both tags match ([`ALeg::owns`], [`BLeg::owns`]).
 
 use super::reliable::{Held, Out, Reliable, T1};
 use super::{CallMsg, CallRef};
@@ -9,17 +14,31 @@ use tsunagu_sip::parse::{header, header_values, uri_addr, uri_of, Peer, Transpor
 use tsunagu_sip::transaction::TxKey;
 use tsunagu_sip::{EndpointHandle, Info, Method, Request, Response};
 
-/// Where an in-dialog request goes: the first route if any, else the remote target,
-/// else back where the dialog came from.
-fn next_hop(routes: &[String], target: &str, fallback: Peer) -> Peer {
+/// Where a dialog's requests go: the first route if any, else the remote target, when
+/// that address is `allowed` (a trunk's); otherwise back where the dialog came from.
+fn next_hop(
+    routes: &[String],
+    target: &str,
+    fallback: Peer,
+    allowed: &dyn Fn(std::net::IpAddr) -> bool,
+) -> Peer {
     let uri = routes.first().map(|r| uri_of(r)).unwrap_or(target);
     match uri_addr(uri) {
-        Some(addr) => Peer {
+        Some(addr) if allowed(addr.ip()) => Peer {
             transport: fallback.transport,
             addr,
         },
+        Some(addr) => {
+            tracing::info!(%addr, "a dialog's next hop is no trunk's address: requests go where the dialog came from");
+            fallback
+        }
         None => fallback,
     }
+}
+
+/// The tag parameter of a From or To value.
+fn tag_of(value: &str) -> Option<&str> {
+    tsunagu_sip::parse::param(value, "tag")
 }
 
 fn local(ep: &EndpointHandle, transport: Transport) -> std::net::SocketAddr {
@@ -42,6 +61,8 @@ pub struct ALeg {
     pub local_tag: String,
     remote_target: String,
     routes: Vec<String>,
+    /// Where requests in this dialog go (see [`next_hop`]).
+    next: Peer,
     local_cseq: u32,
     /// A final response was sent (or decided on and held back for a PRACK).
     pub final_sent: bool,
@@ -53,15 +74,25 @@ pub struct ALeg {
 }
 
 impl ALeg {
-    pub fn new(invite: Request, info: Info, peer: Peer, key: TxKey) -> ALeg {
+    /// The caller's leg of `invite`; `allowed` says which addresses its requests may
+    /// be sent to (trunks').
+    pub fn new(
+        invite: Request,
+        info: Info,
+        peer: Peer,
+        key: TxKey,
+        allowed: &dyn Fn(std::net::IpAddr) -> bool,
+    ) -> ALeg {
         let remote_target = header(&invite, "Contact")
             .map(|c| uri_of(c).to_string())
             .unwrap_or_default();
-        let routes = header_values(&invite, "Record-Route")
+        let routes: Vec<String> = header_values(&invite, "Record-Route")
             .into_iter()
             .map(str::to_string)
             .collect();
+        let next = next_hop(&routes, &remote_target, peer, allowed);
         ALeg {
+            next,
             invite,
             info,
             peer,
@@ -74,6 +105,14 @@ impl ALeg {
             reliable: None,
             trim_pending: false,
         }
+    }
+
+    /// Whether a request that names this leg's Call-ID is of its dialog: the caller's
+    /// tag in From and ours in To.
+    pub fn owns(&self, info: &Info) -> bool {
+        info.from_tag.is_some()
+            && info.from_tag == self.info.from_tag
+            && info.to_tag.as_deref() == Some(self.local_tag.as_str())
     }
 
     /// The caller's INVITE is answered: from here on its dialog needs only From, To and
@@ -248,7 +287,7 @@ impl ALeg {
             header(&self.invite, "To").unwrap_or_default(),
             self.local_tag
         );
-        let peer = next_hop(&self.routes, &self.remote_target, self.peer);
+        let peer = self.next;
         let uri = if self.remote_target.is_empty() {
             format!("sip:{}", self.peer.addr)
         } else {
@@ -323,6 +362,8 @@ pub struct BLeg {
     to: Option<String>,
     remote_target: Option<String>,
     routes: Vec<String>,
+    /// Where requests in this dialog go (see [`next_hop`]).
+    next: Peer,
     cseq: u32,
 }
 
@@ -387,6 +428,7 @@ impl BLeg {
             to: None,
             remote_target: None,
             routes: Vec::new(),
+            next: o.peer,
             cseq: 1,
         }
     }
@@ -409,8 +451,19 @@ impl BLeg {
         }
     }
 
-    /// Records the dialog a 2xx established.
-    pub fn established(&mut self, resp: &Response) {
+    /// Whether a request that names this leg's Call-ID is of its dialog: our tag in To
+    /// and, once the callee answered, the callee's in From.
+    pub fn owns(&self, info: &Info) -> bool {
+        let ours = tag_of(&self.invite.from);
+        let theirs = self.to.as_deref().and_then(tag_of);
+        ours.is_some()
+            && info.to_tag.as_deref() == ours
+            && (theirs.is_none() || info.from_tag.as_deref() == theirs)
+    }
+
+    /// Records the dialog a 2xx established; `allowed` says which addresses its
+    /// requests may be sent to (trunks').
+    pub fn established(&mut self, resp: &Response, allowed: &dyn Fn(std::net::IpAddr) -> bool) {
         self.to = header(resp, "To").map(str::to_string);
         self.remote_target = header(resp, "Contact").map(|c| uri_of(c).to_string());
         let mut rr: Vec<String> = header_values(resp, "Record-Route")
@@ -419,6 +472,11 @@ impl BLeg {
             .collect();
         rr.reverse();
         self.routes = rr;
+        let target = self
+            .remote_target
+            .clone()
+            .unwrap_or_else(|| self.invite.uri.clone());
+        self.next = next_hop(&self.routes, &target, self.peer, allowed);
     }
 
     fn in_dialog(&self, ep: &EndpointHandle, method: Method, cseq: u32) -> (RequestSpec, Peer) {
@@ -426,7 +484,7 @@ impl BLeg {
             .remote_target
             .clone()
             .unwrap_or_else(|| self.invite.uri.clone());
-        let peer = next_hop(&self.routes, &target, self.peer);
+        let peer = self.next;
         let spec = RequestSpec {
             method,
             uri: target,

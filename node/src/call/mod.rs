@@ -35,8 +35,8 @@ use tsunagu_sip::endpoint::CallSink;
 use tsunagu_sip::parse::{header, sdp_body};
 use tsunagu_sip::{Method, NewInvite, Request, Response, SipEvent};
 use tsunagu_store::{
-    CallRecord, CallResult, CallerIdMode, ClosedAction, Destination, NumberKind, RecordingMode,
-    RecordingStatus, TrackingNumber, Validity,
+    CallRecord, CallResult, CallState, CallerIdMode, ClosedAction, Destination, NumberKind,
+    RecordingMode, RecordingStatus, TrackingNumber, Validity,
 };
 
 pub enum CallMsg {
@@ -59,6 +59,9 @@ pub enum CallMsg {
     SessionCheck(u32),
     /// Retransmit the reliable provisional (RSeq, attempt) if still unacknowledged.
     Reliable(u32, u32),
+    /// The node ends the call now (e.g. `drain` at the drain deadline): BYE to answered
+    /// legs, CANCEL to ringing ones, 503 to a caller still waiting; logged with the reason.
+    End(&'static str),
     /// Test hook: makes the actor panic, to exercise supervision.
     #[cfg(test)]
     Crash,
@@ -217,6 +220,8 @@ pub struct Call {
     session: Option<(u32, u32)>,
     /// The current attempt's ring timer.
     ring_timer: Option<RingTimer>,
+    /// Why the call ended when the parties did not end it (the log's `end_reason`).
+    end_reason: Option<&'static str>,
     _slot: CallSlot,
 }
 
@@ -290,7 +295,14 @@ impl Call {
         ctx.endpoint
             .register(&invite.info.call_id, Arc::new(CallHandle(myself.clone())));
         let slot = CallSlot::take(&ctx, inbound_trunk);
-        let mut a = ALeg::new(invite.request, invite.info, invite.peer, invite.key);
+        let routing = &ctx.routing;
+        let mut a = ALeg::new(
+            invite.request,
+            invite.info,
+            invite.peer,
+            invite.key,
+            &|ip| routing.is_trunk_address(ip),
+        );
         let requires_100rel = tsunagu_sip::parse::has_option_tag(&a.invite, "Require", "100rel");
         if requires_100rel {
             a.require_100rel(myself.clone());
@@ -348,6 +360,7 @@ impl Call {
             attempts: Vec::new(),
             session: None,
             ring_timer: None,
+            end_reason: None,
             _slot: slot,
         })
     }
@@ -375,6 +388,7 @@ impl Call {
             CallMsg::JudgementTimeout => call.end_judgement("none"),
             CallMsg::SessionCheck(generation) => call.session_check(generation),
             CallMsg::Reliable(rseq, attempt) => call.reliable_retransmit(rseq, attempt),
+            CallMsg::End(reason) => call.end_now(reason),
             #[cfg(test)]
             CallMsg::Crash => panic!("test-induced call actor panic"),
         }
@@ -387,6 +401,7 @@ impl Call {
     fn start(&mut self) {
         tracing::debug!("call started");
         self.ctx.metrics.calls.started.inc();
+        self.ctx.log.active(self.progress_record());
         self.emit(EventKind::Started);
         match gate(
             self.number.schedule.as_ref(),
@@ -620,11 +635,32 @@ impl Call {
         match ev {
             SipEvent::Cancelled { .. } => self.caller_cancelled(),
             SipEvent::Request {
-                request, info, key, ..
+                request,
+                info,
+                key,
+                peer,
             } => {
-                if info.call_id == self.a.info.call_id {
+                let is_a = info.call_id == self.a.info.call_id;
+                let is_b = Some(&info.call_id) == b_call_id.as_ref();
+                // Of the call's dialog only with both tags, from the leg's far end or a
+                // trunk: a guessed Call-ID cannot hang up a call or press its keys.
+                let source = peer.addr.ip();
+                let owned = if is_a {
+                    self.a.owns(&info)
+                        && (source == self.a.peer.addr.ip()
+                            || self.ctx.routing.is_trunk_address(source))
+                } else {
+                    self.b.as_ref().is_some_and(|b| {
+                        b.owns(&info)
+                            && (source == b.peer.addr.ip()
+                                || self.ctx.routing.is_trunk_address(source))
+                    })
+                };
+                if !owned {
+                    self.refuse_foreign(&request, &info, key.as_ref(), source);
+                } else if is_a {
                     self.on_a_request(request, info, key);
-                } else if Some(&info.call_id) == b_call_id.as_ref() {
+                } else if is_b {
                     self.on_b_request(request, info, key);
                 }
             }
@@ -679,6 +715,24 @@ impl Call {
                 tracing::warn!("caller never acknowledged our 200; hanging up");
                 self.hang_up_both();
             }
+        }
+    }
+
+    /// A request naming one of the call's Call-IDs but not of its dialog (tags or
+    /// source do not match): 481, and nothing else happens.
+    fn refuse_foreign(
+        &self,
+        req: &Request,
+        info: &tsunagu_sip::Info,
+        key: Option<&tsunagu_sip::transaction::TxKey>,
+        source: std::net::IpAddr,
+    ) {
+        tracing::warn!(method = %req.method, %source, "in-dialog request whose tags or source do not match the call's dialog: 481");
+        self.ctx.metrics.calls.foreign_requests.inc();
+        if let Some(key) = key {
+            self.ctx
+                .endpoint
+                .respond(req, info, key, 481, None, &[], None);
         }
     }
 
@@ -959,7 +1013,8 @@ impl Call {
                     b.ack(&ep); // retransmitted 2xx: our ACK was lost
                     return;
                 }
-                b.established(&resp);
+                let routing = &self.ctx.routing;
+                b.established(&resp, &|ip| routing.is_trunk_address(ip));
                 b.ack(&ep);
                 if self.phase != Phase::Trying {
                     // Answered after the caller gave up: hang up the callee.
@@ -980,6 +1035,7 @@ impl Call {
                 self.phase = Phase::Answered;
                 self.answer_with_session(&resp, sdp.as_deref());
                 self.a.answered();
+                self.ctx.log.active(self.progress_record());
                 self.emit(EventKind::Answered);
                 self.start_recording();
                 tracing::debug!("answered");
@@ -1137,6 +1193,69 @@ impl Call {
         self.me.send_after(self.ctx.end_guard, || CallMsg::EndGuard);
     }
 
+    /// The node ends the call (see [`CallMsg::End`]).
+    fn end_now(&mut self, reason: &'static str) {
+        tracing::info!(reason, "the node ends the call");
+        self.end_reason = Some(reason);
+        match self.phase {
+            Phase::Trying if self.a_answered => {
+                // The IVR answered the caller: hang up both sides.
+                self.leave_queue();
+                let ep = self.ctx.endpoint.clone();
+                if let Some(b) = self.b.as_mut() {
+                    b.cancel(&ep);
+                }
+                self.hang_up_caller();
+            }
+            Phase::Trying => {
+                self.leave_queue();
+                self.result = CallResult::Failed;
+                self.upstream_code = 503;
+                let ep = self.ctx.endpoint.clone();
+                let retry = self.ctx.retry_after.to_string();
+                self.a
+                    .respond_with(&ep, 503, None, &[("Retry-After", retry.as_str())]);
+                match self.b.as_mut() {
+                    Some(b) => {
+                        b.cancel(&ep);
+                        self.end_and_wait();
+                    }
+                    None => self.finish(),
+                }
+            }
+            Phase::Answered => self.hang_up_both(),
+            Phase::Ending | Phase::Done => {}
+        }
+    }
+
+    /// The call's record as it stands, in progress (state `active`): written at
+    /// admission and at answer, so the store knows every call a node carries.
+    fn progress_record(&self) -> CallRecord {
+        let mut record = base_record(
+            &self.ctx,
+            &self.id,
+            &self.number,
+            &self.caller,
+            self.started,
+            self.started_at_ms,
+        );
+        record.state = CallState::Active;
+        record.ended_at = 0;
+        record.destination_number = self.b.as_ref().map(|b| b.destination.clone());
+        record.answered_at = self.answered.map(|(_, ms)| ms);
+        record.result = if self.answered.is_some() {
+            CallResult::Answered
+        } else {
+            CallResult::Failed
+        };
+        record.sip_code = if self.answered.is_some() { 200 } else { 0 };
+        record.trunk = self
+            .last_trunk
+            .map(|t| self.ctx.routing.trunks[t].name.clone());
+        record.attempts = self.attempts.clone();
+        record
+    }
+
     fn finish(&mut self) {
         if self.phase == Phase::Done {
             return;
@@ -1164,6 +1283,7 @@ impl Call {
             .unwrap_or(0);
         record.result = self.result;
         record.sip_code = self.upstream_code;
+        record.end_reason = self.end_reason.map(str::to_string);
         record.ivr_digits = Some(self.ivr_digits.clone()).filter(|d| !d.is_empty());
         self.attempt_ended(0, "cancelled"); // still open: the caller hung up first
         record.attempts = std::mem::take(&mut self.attempts);
@@ -1285,6 +1405,8 @@ fn base_record(
         callback_of: None,
         recording_status: None,
         attempts: Vec::new(),
+        state: CallState::Ended,
+        end_reason: None,
     }
 }
 
@@ -1339,9 +1461,10 @@ fn routed_to(number: &TrackingNumber, destination: Option<Destination>) -> Arc<T
     Arc::new(routed)
 }
 
-/// The record of a call whose actor died: what the supervisor knows, result `failed`.
-pub fn failed_record(ctx: &NodeContext, seed: &CallSeed) -> LogEntry {
-    let record = base_record(
+/// The record of a call whose actor died (or was abandoned at shutdown, with
+/// `end_reason`): what the supervisor knows, result `failed`.
+pub fn failed_record(ctx: &NodeContext, seed: &CallSeed, end_reason: Option<&str>) -> LogEntry {
+    let mut record = base_record(
         ctx,
         &seed.id,
         &seed.number,
@@ -1349,6 +1472,7 @@ pub fn failed_record(ctx: &NodeContext, seed: &CallSeed) -> LogEntry {
         seed.started,
         seed.started_at_ms,
     );
+    record.end_reason = end_reason.map(str::to_string);
     log_entry(record, &seed.number)
 }
 

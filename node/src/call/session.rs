@@ -94,6 +94,7 @@ impl Call {
         }
         tracing::info!("session expired without a refresh; hanging up both legs");
         self.ctx.metrics.calls.sessions_expired.inc();
+        self.end_reason = Some("session_expired");
         self.hang_up_both();
     }
 }

@@ -22,6 +22,30 @@ pub fn normalize(raw: &str) -> String {
     }
 }
 
+/// The longest caller number kept (national numbers have at most 11 digits; E.164 15).
+const MAX_NUMBER: usize = 32;
+
+/// A caller's number as it may be logged and written into the forwarded leg's From and
+/// P-Asserted-Identity: characters a SIP user part may hold unescaped and that cannot
+/// break a header (letters, digits, `+ - . _ ~ * !`) are kept; anything else — CR, LF,
+/// `<`, `>`, quotes, commas, semicolons, spaces, `%`, non-ASCII — is percent-escaped
+/// (RFC 3261 25.1), and the number is cut at [`MAX_NUMBER`] characters. The caller
+/// chooses its From: this is the one place it is made safe.
+pub fn safe_number(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len().min(MAX_NUMBER));
+    for c in raw.chars().take(MAX_NUMBER) {
+        if c.is_ascii_alphanumeric() || "+-._~*!".contains(c) {
+            out.push(c);
+        } else {
+            let mut bytes = [0u8; 4];
+            for b in c.encode_utf8(&mut bytes).bytes() {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        }
+    }
+    out
+}
+
 /// What the signalling says about the caller, besides the number.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct CallerSignals {
@@ -93,7 +117,7 @@ pub fn identify(from: &str, pai: Option<&str>, privacy: Option<&str>, trusted: b
     let payphone = uri
         .split([';', '@', '?'])
         .any(|p| p.eq_ignore_ascii_case("cpc=payphone"));
-    let number = normalize(user);
+    let number = safe_number(&normalize(user));
     let kind = classify(
         &number,
         CallerSignals {
@@ -221,6 +245,27 @@ mod tests {
                 "{from} {pai:?} {privacy:?} trusted={trusted}"
             );
         }
+    }
+
+    #[test]
+    fn hostile_caller_numbers_are_made_safe_for_headers() {
+        let cases = [
+            ("09012345678", "09012345678"),
+            ("+81-3-1234", "+81-3-1234"),
+            ("a<b>c", "a%3Cb%3Ec"),
+            ("\"x\",y", "%22x%22%2Cy"),
+            ("1;tag=2?x", "1%3Btag%3D2%3Fx"),
+            ("50%", "50%25"),
+            ("a\r\nVia: x", "a%0D%0AVia%3A%20x"),
+            ("電話", "%E9%9B%BB%E8%A9%B1"),
+            (&"9".repeat(100), &"9".repeat(32)),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(safe_number(raw), want, "{raw:?}");
+        }
+        let c = identify("<sip:0901234\"5678,x@192.0.2.1>;tag=a", None, None, false);
+        assert_eq!(c.number, "0901234%225678%2Cx");
+        assert_eq!(c.kind, CallerKind::Unknown);
     }
 
     #[test]

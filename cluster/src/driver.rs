@@ -1,0 +1,500 @@
+//! The running cluster on one node: the thin async side of [`crate::membership`] and
+//! [`crate::lines`]. One task sends heartbeats (with the lines given back since the
+//! last one), declares silent peers down, dials the members the store lists, and hands
+//! every frame from a peer to the state machines; what they want sent goes out through
+//! [`crate::net`], what concerns the node goes to its [`Host`].
+//!
+//! Fencing: messages of an incarnation this node saw declared down are refused (the
+//! sender is told it is stale); this node itself acts only while it holds its lease
+//! ([`Cluster::lease_valid`]): when the lease lapses (a freeze, a cut link) its line
+//! tables are suspended until it either hears from its peers again (and rebuilds them)
+//! or learns it was declared down ([`Host::stale`]) and rejoins as a new incarnation.
+
+use crate::lines::{Answer, LineMsg, LineService, Output};
+use crate::membership::{Event, Membership, State, Timing, Verdict};
+use crate::metrics::ClusterMetrics;
+use crate::net::{Net, NetConfig, NetError};
+use crate::protocol::{Frame, Msg};
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A node the store knows, as the cluster needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registered {
+    pub name: String,
+    pub epoch: u64,
+    pub cluster_addr: Option<SocketAddr>,
+}
+
+/// What the cluster needs from the node it runs in.
+pub trait Host: Send + Sync + 'static {
+    /// Nodes registered in the store and not declared down (this one included or not).
+    fn registered(&self) -> Vec<Registered>;
+    /// `name` in incarnation `epoch` was declared down (by this node or another).
+    fn member_down(&self, name: &str, epoch: u64);
+    fn member_up(&self, name: &str, epoch: u64);
+    /// Provisioning changed in the store, up to change `seq` at least.
+    fn changed(&self, seq: i64);
+    /// This incarnation was declared down by the others: stop acting and rejoin
+    /// ([`Cluster::rejoin`]) as a new incarnation.
+    fn stale(&self);
+    /// The owner answered a line request of one of this node's calls.
+    fn line_answer(&self, key: &str, call: &str, answer: Answer);
+}
+
+/// How a node joins its cluster.
+pub struct Settings {
+    pub net: NetConfig,
+    pub epoch: u64,
+    /// Addresses dialled at start besides the ones the store lists.
+    pub seeds: Vec<SocketAddr>,
+    pub timing: Timing,
+}
+
+/// A member as `GET /v1/cluster` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MemberStatus {
+    pub name: String,
+    pub epoch: u64,
+    pub state: &'static str,
+    /// Seconds in that state.
+    pub for_seconds: f64,
+    pub rtt_ms: Option<f64>,
+    pub connected: bool,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Status {
+    pub name: String,
+    pub epoch: u64,
+    pub lease_valid: bool,
+    pub lines_rebuilding: bool,
+    /// Lines held and callers waiting in the tables this node owns.
+    pub lines_held: usize,
+    pub lines_waiting: usize,
+    pub members: Vec<MemberStatus>,
+}
+
+struct Shared {
+    membership: Mutex<Membership>,
+    lines: Arc<Mutex<LineService>>,
+    net: Net,
+    host: Arc<dyn Host>,
+    metrics: ClusterMetrics,
+    /// Declared down by the others: waiting for the node to rejoin.
+    stale: AtomicBool,
+    /// The lease lapsed: line tables suspended until peers are heard again.
+    suspended: AtomicBool,
+}
+
+/// This node's membership of the cluster; cheap to clone.
+#[derive(Clone)]
+pub struct Cluster(Arc<Shared>);
+
+impl Cluster {
+    /// Joins: starts the transport and the driver task. `lines` is the node's line
+    /// service (shared with its calls).
+    pub async fn start(
+        settings: Settings,
+        host: Arc<dyn Host>,
+        lines: Arc<Mutex<LineService>>,
+        metrics: ClusterMetrics,
+    ) -> Result<Cluster, NetError> {
+        let name = settings.net.name.clone();
+        let (net, rx) = Net::start(settings.net).await?;
+        let membership = Membership::new(&name, settings.epoch, settings.timing);
+        let cluster = Cluster(Arc::new(Shared {
+            membership: Mutex::new(membership),
+            lines,
+            net,
+            host,
+            metrics,
+            stale: AtomicBool::new(false),
+            suspended: AtomicBool::new(false),
+        }));
+        cluster.expect_registered(Instant::now()).await;
+        tokio::spawn(cluster.clone().run(rx, settings.seeds));
+        Ok(cluster)
+    }
+
+    fn membership(&self) -> std::sync::MutexGuard<'_, Membership> {
+        self.0.membership.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lines(&self) -> std::sync::MutexGuard<'_, LineService> {
+        self.0.lines.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn name(&self) -> String {
+        self.membership().name().to_string()
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.membership().epoch()
+    }
+
+    /// Whether this node may act (admit calls, grant lines): it holds its lease and
+    /// was not declared down.
+    pub fn lease_valid(&self) -> bool {
+        !self.0.stale.load(Ordering::Relaxed) && self.membership().lease_valid(Instant::now())
+    }
+
+    /// Sends what the line service produced: frames to owners and holders, answers to
+    /// this node's calls.
+    pub fn dispatch(&self, outputs: Vec<Output>) {
+        for o in outputs {
+            match o {
+                Output::Send { to, msg } => self.send(&to, vec![Msg::Line(msg)]),
+                Output::Local { key, call, answer } => self.0.host.line_answer(&key, &call, answer),
+            }
+        }
+    }
+
+    fn send(&self, to: &str, msgs: Vec<Msg>) {
+        let (from, epoch) = {
+            let m = self.membership();
+            (m.name().to_string(), m.epoch())
+        };
+        let frame = Frame { from, epoch, msgs }.encode();
+        self.0.metrics.frames_sent.inc();
+        if !self.0.net.send(to, frame) {
+            self.0.metrics.frames_unsent.inc();
+        }
+    }
+
+    /// Tells every peer that provisioning changed (up to change `seq`).
+    pub fn changed(&self, seq: i64) {
+        for peer in self.0.net.peers() {
+            self.send(&peer, vec![Msg::Changed { seq }]);
+        }
+    }
+
+    /// The node rejoins as incarnation `epoch` after [`Host::stale`]: a new membership
+    /// (seeded from the store) and line service; nothing of the old one is trusted.
+    pub async fn rejoin(&self, epoch: u64) {
+        let (name, timing) = {
+            let m = self.membership();
+            (m.name().to_string(), m.timing())
+        };
+        *self.membership() = Membership::new(&name, epoch, timing);
+        *self.lines() = LineService::new(&name);
+        self.0.stale.store(false, Ordering::Relaxed);
+        self.0.suspended.store(false, Ordering::Relaxed);
+        tracing::warn!(epoch, "rejoined the cluster as a new incarnation");
+        self.expect_registered(Instant::now()).await;
+    }
+
+    /// Seeds the membership with the nodes the store lists: they count as up until
+    /// heard from or silent for the detector's window, so a starting node never
+    /// mistakes a partial view for the whole cluster (its line tables wait for them).
+    async fn expect_registered(&self, now: Instant) {
+        let host = self.0.host.clone();
+        let registered = tokio::task::spawn_blocking(move || host.registered())
+            .await
+            .unwrap_or_default();
+        {
+            let mut m = self.membership();
+            for r in registered {
+                if r.name != m.name() {
+                    m.expect(&r.name, r.epoch, now);
+                }
+            }
+        }
+        self.after_events();
+    }
+
+    pub fn status(&self) -> Status {
+        let now = Instant::now();
+        let connected: BTreeSet<String> = self.0.net.peers().into_iter().collect();
+        let m = self.membership();
+        let (held, waiting) = self.lines().table_counts();
+        Status {
+            name: m.name().to_string(),
+            epoch: m.epoch(),
+            lease_valid: !self.0.stale.load(Ordering::Relaxed) && m.lease_valid(now),
+            lines_rebuilding: self.lines().rebuilding(),
+            lines_held: held,
+            lines_waiting: waiting,
+            members: m
+                .members()
+                .map(|(name, mem)| MemberStatus {
+                    name: name.clone(),
+                    epoch: mem.epoch,
+                    state: mem.state.as_str(),
+                    for_seconds: now.saturating_duration_since(mem.since).as_secs_f64(),
+                    rtt_ms: mem.rtt.map(|d| d.as_secs_f64() * 1000.0),
+                    connected: connected.contains(name),
+                })
+                .collect(),
+        }
+    }
+
+    async fn run(
+        self,
+        mut rx: tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>,
+        seeds: Vec<SocketAddr>,
+    ) {
+        let timing = self.membership().timing();
+        let mut tick = tokio::time::interval(timing.heartbeat);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ticks: u64 = 0;
+        loop {
+            tokio::select! {
+                frame = rx.recv() => match frame {
+                    Some(bytes) => self.on_frame(&bytes),
+                    None => return,
+                },
+                _ = tick.tick() => {
+                    ticks += 1;
+                    self.on_tick();
+                    // Dial who we have no session with, about every second.
+                    if ticks % 4 == 1 {
+                        let me = self.clone();
+                        let seeds = seeds.clone();
+                        tokio::spawn(async move { me.dial(&seeds).await });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Dials the seeds and every registered member without a session.
+    async fn dial(&self, seeds: &[SocketAddr]) {
+        let host = self.0.host.clone();
+        let registered = tokio::task::spawn_blocking(move || host.registered())
+            .await
+            .unwrap_or_default();
+        let me = self.name();
+        let connected: BTreeSet<String> = self.0.net.peers().into_iter().collect();
+        let mut targets: Vec<SocketAddr> = registered
+            .iter()
+            .filter(|r| r.name != me && !connected.contains(&r.name))
+            .filter_map(|r| r.cluster_addr)
+            .collect();
+        if connected.is_empty() {
+            targets.extend(seeds.iter().copied());
+        }
+        targets.sort();
+        targets.dedup();
+        for addr in targets {
+            if let Err(e) = self.0.net.connect(addr).await {
+                tracing::debug!(%e, "cluster dial failed");
+            }
+        }
+    }
+
+    fn on_tick(&self) {
+        let now = Instant::now();
+        let (seq, peers) = {
+            let mut m = self.membership();
+            m.tick(now);
+            let seq = m.heartbeat(now);
+            let mut peers: BTreeSet<String> = m.up().into_iter().map(|(n, _)| n).collect();
+            peers.remove(m.name());
+            (seq, peers)
+        };
+        let peers: BTreeSet<String> = peers.into_iter().chain(self.0.net.peers()).collect();
+        for peer in peers {
+            let mut msgs = vec![Msg::Heartbeat { seq }];
+            msgs.extend(
+                self.lines()
+                    .take_lazy_releases(&peer)
+                    .into_iter()
+                    .map(Msg::Line),
+            );
+            self.send(&peer, msgs);
+        }
+        self.after_events();
+        self.check_lease(now);
+        self.update_gauges();
+    }
+
+    /// Suspends the line tables while the lease is lapsed, and rebuilds them once it
+    /// is held again (the world may have changed meanwhile).
+    fn check_lease(&self, now: Instant) {
+        let valid = self.membership().lease_valid(now);
+        let was_suspended = self.0.suspended.load(Ordering::Relaxed);
+        if !valid && !was_suspended {
+            tracing::warn!("cluster lease lapsed (no peer acknowledged a heartbeat within the lease): not granting lines");
+            self.0.suspended.store(true, Ordering::Relaxed);
+            self.lines().suspend();
+        } else if valid && was_suspended {
+            tracing::info!("cluster lease held again: rebuilding line tables");
+            self.0.suspended.store(false, Ordering::Relaxed);
+            let members = self.up_names();
+            let out = {
+                let mut lines = self.lines();
+                lines.resume();
+                lines.view(members);
+                lines.drain()
+            };
+            self.dispatch(out);
+        }
+    }
+
+    fn up_names(&self) -> Vec<String> {
+        self.membership().up().into_iter().map(|(n, _)| n).collect()
+    }
+
+    fn on_frame(&self, bytes: &[u8]) {
+        self.0.metrics.frames_received.inc();
+        let Some(frame) = Frame::decode(bytes) else {
+            self.0.metrics.frames_refused.inc();
+            return;
+        };
+        let now = Instant::now();
+        let (me, my_epoch) = {
+            let m = self.membership();
+            (m.name().to_string(), m.epoch())
+        };
+        if frame.from == me {
+            return;
+        }
+        let mut replies = Vec::new();
+        let mut line_msgs = Vec::new();
+        for msg in frame.msgs {
+            match msg {
+                Msg::Heartbeat { seq } => {
+                    match self
+                        .membership()
+                        .on_heartbeat(&frame.from, frame.epoch, now)
+                    {
+                        Verdict::Fresh => replies.push(Msg::Ack { seq }),
+                        Verdict::Stale => replies.push(Msg::Stale { epoch: frame.epoch }),
+                    }
+                }
+                Msg::Ack { seq } => self.membership().on_ack(&frame.from, frame.epoch, seq, now),
+                Msg::Stale { epoch } => {
+                    if epoch == my_epoch {
+                        self.declared_down();
+                    }
+                }
+                Msg::Down { node, epoch } if node == me => {
+                    if epoch == my_epoch {
+                        self.declared_down();
+                    }
+                }
+                Msg::Down { node, epoch } => self.membership().on_down_notice(&node, epoch, now),
+                Msg::Changed { seq } => self.0.host.changed(seq),
+                Msg::Line(l) => line_msgs.push(l),
+            }
+        }
+        if !line_msgs.is_empty() {
+            self.on_line_msgs(&frame.from, frame.epoch, line_msgs, now, &mut replies);
+        }
+        if !replies.is_empty() {
+            self.send(&frame.from, replies);
+        }
+        self.after_events();
+    }
+
+    /// Line messages of a peer: taken from a member up in this incarnation (a frame of
+    /// a member not heard of yet is its first sign of life); refused from an
+    /// incarnation declared down, which is told it is stale.
+    fn on_line_msgs(
+        &self,
+        from: &str,
+        epoch: u64,
+        msgs: Vec<LineMsg>,
+        now: Instant,
+        replies: &mut Vec<Msg>,
+    ) {
+        let known = self.membership().up_epoch(from);
+        if known != Some(epoch) {
+            if self.membership().on_heartbeat(from, epoch, now) == Verdict::Stale {
+                replies.push(Msg::Stale { epoch });
+                return;
+            }
+            self.after_events(); // the view includes it before its messages
+        }
+        if self.0.stale.load(Ordering::Relaxed) {
+            return;
+        }
+        let out = {
+            let mut lines = self.lines();
+            for m in msgs {
+                lines.on_message(from, m);
+            }
+            lines.drain()
+        };
+        self.dispatch(out);
+    }
+
+    /// The others declared this incarnation down: from now on it acts on nothing until
+    /// the node has rejoined as a new one.
+    fn declared_down(&self) {
+        if self.0.stale.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        tracing::error!(
+            "this incarnation was declared down by the cluster: dropping its calls and rejoining"
+        );
+        self.lines().suspend();
+        self.0.metrics.stale.inc();
+        self.0.host.stale();
+    }
+
+    /// Hands membership changes to the node and the line service.
+    fn after_events(&self) {
+        let mut changed = false;
+        loop {
+            let Some(ev) = self.membership().poll_event() else {
+                break;
+            };
+            changed = true;
+            match ev {
+                Event::Up { name, epoch } => {
+                    tracing::info!(member = %name, epoch, "cluster member up");
+                    self.0.metrics.transition("up");
+                    self.0.host.member_up(&name, epoch);
+                }
+                Event::Down { name, epoch } => {
+                    tracing::warn!(member = %name, epoch, "cluster member down");
+                    self.0.metrics.transition("down");
+                    for peer in self.0.net.peers() {
+                        if peer != name {
+                            self.send(
+                                &peer,
+                                vec![Msg::Down {
+                                    node: name.clone(),
+                                    epoch,
+                                }],
+                            );
+                        }
+                    }
+                    self.0.host.member_down(&name, epoch);
+                }
+            }
+        }
+        if changed && !self.0.stale.load(Ordering::Relaxed) {
+            let members = self.up_names();
+            let out = {
+                let mut lines = self.lines();
+                lines.view(members);
+                lines.drain()
+            };
+            self.dispatch(out);
+            self.update_gauges();
+        }
+    }
+
+    fn update_gauges(&self) {
+        let m = self.membership();
+        let up = m.members().filter(|(_, x)| x.state == State::Up).count() + 1;
+        let down = m.members().filter(|(_, x)| x.state == State::Down).count();
+        self.0.metrics.members(up as i64, down as i64);
+        for (_, x) in m.members() {
+            if let Some(rtt) = x.rtt {
+                self.0.metrics.rtt.observe(rtt.as_secs_f64());
+            }
+        }
+    }
+}
+
+/// How long ago `t` was, for logs.
+pub fn ago(t: Instant) -> Duration {
+    Instant::now().saturating_duration_since(t)
+}

@@ -1,0 +1,793 @@
+//! Lines and queues across the cluster (コールキューイング): at most `limit` calls of a
+//! key (a number's or an advertiser's) hold a line at once, whichever nodes took them;
+//! callers over the limit wait first come, first served across nodes.
+//!
+//! Each key has one owner (rendezvous hashing over the live members, see
+//! [`crate::placement`]) that counts its lines and keeps its queue; a node asks the
+//! owner for a line for each of its calls and gives it back when the call is over. This
+//! module is the whole protocol as a sans-IO state machine ([`LineService`]): local
+//! requests, messages from peers and view changes go in; messages to send and answers
+//! for local calls come out.
+//!
+//! Ownership moves when members come and go. On every view change each node *rebuilds*
+//! the tables of the keys it owns from snapshots of every live member: the lines their
+//! calls hold or wait for, and the table entries of keys they owned before. Until every
+//! live member has answered it grants nothing, so no line is ever granted twice: a
+//! line held through a dead owner is counted again from its holder's report, and a
+//! frozen owner that wakes up finds its grants refused (answers are taken only from
+//! members up in the current view: a declared-down incarnation is fenced off by its
+//! epoch). A member's messages that reach a rebuilding owner before its snapshot are
+//! already reflected in it (one ordered session per pair) and are dropped; later ones
+//! wait for the rebuild to finish. Queue order survives: waiters carry the time they
+//! started waiting.
+//!
+//! Messages per call with a remote owner: the request and its answer. The line comes
+//! back with the next heartbeat, or at once when the owner said others may need it
+//! (`urgent`: the key was at its limit or had waiters).
+
+use crate::placement::owner;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+/// A line a node's call holds or waits for, as reported in a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holding {
+    pub key: String,
+    pub call: String,
+    pub node: String,
+    pub limit: u32,
+    /// When the call started waiting (ms since the epoch): queue order.
+    pub arrived_ms: i64,
+    /// Held (granted), or asked for and not granted yet.
+    pub held: bool,
+}
+
+/// The owner's answer to a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Answer {
+    /// The line is the call's. `urgent`: give it back at once when done (others may
+    /// be waiting), rather than with the next heartbeat.
+    Granted { urgent: bool },
+    /// Waiting, at this position (1 = next).
+    Queued { position: u32 },
+}
+
+/// Line messages between nodes (the envelope says who sent them, in which epoch).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LineMsg {
+    Acquire {
+        key: String,
+        call: String,
+        limit: u32,
+        arrived_ms: i64,
+    },
+    Answer {
+        key: String,
+        call: String,
+        answer: Answer,
+    },
+    Release {
+        key: String,
+        call: String,
+        /// Already passed on once by a node that was not the owner.
+        forwarded: bool,
+    },
+    SnapshotRequest {
+        round: u64,
+    },
+    Snapshot {
+        round: u64,
+        /// Lines the sender's calls hold or wait for.
+        holdings: Vec<Holding>,
+        /// Table entries of keys the sender owned and the requester owns now.
+        handed_over: Vec<Holding>,
+    },
+}
+
+/// What the service wants done.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    Send {
+        to: String,
+        msg: LineMsg,
+    },
+    /// An answer for a call of this node.
+    Local {
+        key: String,
+        call: String,
+        answer: Answer,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReqState {
+    /// Asked, no answer yet.
+    Pending,
+    Waiting,
+    Held,
+}
+
+/// One of this node's calls' lines.
+#[derive(Debug, Clone)]
+struct Request {
+    limit: u32,
+    arrived_ms: i64,
+    state: ReqState,
+    /// The call gave up while its request was unanswered: undo on the answer.
+    cancelled: bool,
+    /// The owner asked for the line back at once when done.
+    urgent: bool,
+}
+
+/// The owner's table of one key.
+#[derive(Debug, Default)]
+struct KeyTable {
+    limit: u32,
+    /// call -> node
+    held: BTreeMap<String, String>,
+    /// (arrived_ms, call) -> node
+    waiting: BTreeMap<(i64, String), String>,
+}
+
+impl KeyTable {
+    fn position(&self, call: &str) -> Option<u32> {
+        self.waiting
+            .keys()
+            .position(|(_, c)| c == call)
+            .map(|p| p as u32 + 1)
+    }
+
+    fn remove(&mut self, call: &str) -> bool {
+        if self.held.remove(call).is_some() {
+            return true;
+        }
+        let k = self.waiting.keys().find(|(_, c)| c == call).cloned();
+        k.is_some_and(|k| self.waiting.remove(&k).is_some())
+    }
+
+    /// Grants freed lines to waiters in order: (node, call) of each newly granted.
+    fn fill(&mut self) -> Vec<(String, String)> {
+        let mut granted = Vec::new();
+        while (self.held.len() as u32) < self.limit {
+            let Some(((_, call), node)) = self.waiting.pop_first() else {
+                break;
+            };
+            self.held.insert(call.clone(), node.clone());
+            granted.push((node, call));
+        }
+        granted
+    }
+
+    fn urgent(&self) -> bool {
+        !self.waiting.is_empty() || self.held.len() as u32 >= self.limit
+    }
+}
+
+/// A rebuild in progress: who still owes a snapshot, and what came meanwhile.
+#[derive(Debug, Default)]
+struct Rebuild {
+    round: u64,
+    waiting_for: BTreeSet<String>,
+    collected: Vec<Holding>,
+    /// Members whose snapshot arrived: their later messages wait in `held_back`.
+    answered: BTreeSet<String>,
+    held_back: Vec<(String, LineMsg)>,
+    /// This node's own requests made meanwhile.
+    local_held_back: Vec<LineMsg>,
+}
+
+/// The line protocol of one node (see the module doc).
+pub struct LineService {
+    me: String,
+    /// Live members in the current view, this node included.
+    members: Vec<String>,
+    requests: HashMap<(String, String), Request>,
+    tables: HashMap<String, KeyTable>,
+    /// Table entries of keys this node owned and no longer does, kept for their new
+    /// owner's snapshot request (grants that may still be on their way to holders).
+    handover: HashMap<String, KeyTable>,
+    rebuild: Option<Rebuild>,
+    /// See [`LineService::suspend`].
+    suspended: bool,
+    next_round: u64,
+    out: Vec<Output>,
+    /// Lines to give back with the next heartbeat, by owner.
+    lazy_releases: BTreeMap<String, Vec<(String, String)>>,
+}
+
+impl LineService {
+    /// A node alone (its first view): it owns every key.
+    pub fn new(me: &str) -> LineService {
+        LineService {
+            me: me.to_string(),
+            members: vec![me.to_string()],
+            requests: HashMap::new(),
+            tables: HashMap::new(),
+            handover: HashMap::new(),
+            rebuild: None,
+            suspended: false,
+            next_round: 1,
+            out: Vec::new(),
+            lazy_releases: BTreeMap::new(),
+        }
+    }
+
+    fn owner_of(&self, key: &str) -> String {
+        owner(key, self.members.iter().map(String::as_str))
+            .unwrap_or(&self.me)
+            .to_string()
+    }
+
+    /// The live members of the current view (this node included).
+    pub fn members(&self) -> &[String] {
+        &self.members
+    }
+
+    /// Whether this node is rebuilding or suspended (granting nothing).
+    pub fn rebuilding(&self) -> bool {
+        self.rebuild.is_some()
+    }
+
+    /// Grants nothing until [`LineService::resume`] (the node's lease lapsed: others
+    /// may be taking over): requests wait as during a rebuild.
+    pub fn suspend(&mut self) {
+        self.suspended = true;
+        if self.rebuild.is_none() {
+            self.rebuild = Some(Rebuild {
+                round: 0,
+                ..Rebuild::default()
+            });
+        }
+    }
+
+    /// Ends a suspension; a rebuild still waiting for snapshots goes on.
+    pub fn resume(&mut self) {
+        self.suspended = false;
+        self.try_finish_rebuild();
+    }
+
+    /// What to do next, in order.
+    pub fn poll(&mut self) -> Option<Output> {
+        (!self.out.is_empty()).then(|| self.out.remove(0))
+    }
+
+    /// Drains every output.
+    pub fn drain(&mut self) -> Vec<Output> {
+        std::mem::take(&mut self.out)
+    }
+
+    /// Releases to send with the next heartbeat to `owner` (taken).
+    pub fn take_lazy_releases(&mut self, to: &str) -> Vec<LineMsg> {
+        self.lazy_releases
+            .remove(to)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(key, call)| LineMsg::Release {
+                key,
+                call,
+                forwarded: false,
+            })
+            .collect()
+    }
+
+    /// Every owner with releases waiting for a heartbeat.
+    pub fn lazy_release_owners(&self) -> Vec<String> {
+        self.lazy_releases.keys().cloned().collect()
+    }
+
+    // ---- this node's calls ----
+
+    /// A call of this node asks for a line of `key`. The answer comes as an
+    /// [`Output::Local`] (at once when this node owns the key and is not rebuilding).
+    pub fn acquire(&mut self, key: &str, call: &str, limit: u32, now_ms: i64) {
+        let id = (key.to_string(), call.to_string());
+        if self.requests.contains_key(&id) {
+            return;
+        }
+        self.requests.insert(
+            id,
+            Request {
+                limit,
+                arrived_ms: now_ms,
+                state: ReqState::Pending,
+                cancelled: false,
+                urgent: false,
+            },
+        );
+        let msg = LineMsg::Acquire {
+            key: key.to_string(),
+            call: call.to_string(),
+            limit,
+            arrived_ms: now_ms,
+        };
+        self.send_to_owner(key, msg);
+    }
+
+    /// A call of this node is done with `key` (held or waiting or still asking).
+    pub fn release(&mut self, key: &str, call: &str) {
+        let id = (key.to_string(), call.to_string());
+        let Some(req) = self.requests.get_mut(&id) else {
+            return;
+        };
+        match req.state {
+            ReqState::Pending => req.cancelled = true, // undone when the answer comes
+            ReqState::Waiting | ReqState::Held => {
+                let urgent = req.state == ReqState::Waiting || req.urgent;
+                self.requests.remove(&id);
+                self.give_back(key, call, urgent);
+            }
+        }
+    }
+
+    /// Sends a release to the key's owner: now, or with the next heartbeat.
+    fn give_back(&mut self, key: &str, call: &str, urgent: bool) {
+        let owner = self.owner_of(key);
+        if owner != self.me && !urgent {
+            self.lazy_releases
+                .entry(owner)
+                .or_default()
+                .push((key.to_string(), call.to_string()));
+            return;
+        }
+        let msg = LineMsg::Release {
+            key: key.to_string(),
+            call: call.to_string(),
+            forwarded: false,
+        };
+        self.send_to_owner(key, msg);
+    }
+
+    /// Sends `msg` to the key's owner, or handles it here if that is this node.
+    fn send_to_owner(&mut self, key: &str, msg: LineMsg) {
+        let owner = self.owner_of(key);
+        if owner == self.me {
+            let me = self.me.clone();
+            if let Some(r) = self.rebuild.as_mut() {
+                r.local_held_back.push(msg);
+                return;
+            }
+            self.as_owner(&me, msg);
+        } else {
+            self.out.push(Output::Send { to: owner, msg });
+        }
+    }
+
+    /// This node's view changed: these members are up (this node included). Every node
+    /// rebuilds its tables (see the module doc); requests still unanswered go to their
+    /// owners again.
+    pub fn view(&mut self, members: Vec<String>) {
+        let mut members = members;
+        if !members.contains(&self.me) {
+            members.push(self.me.clone());
+        }
+        members.sort();
+        members.dedup();
+        self.members = members;
+        // Keys that moved away: their entries wait for the new owner's request; keys
+        // that came back need nothing of the sort (the rebuild counts them).
+        let moved: Vec<String> = self
+            .tables
+            .keys()
+            .filter(|k| self.owner_of(k) != self.me)
+            .cloned()
+            .collect();
+        for key in moved {
+            if let Some(t) = self.tables.remove(&key) {
+                self.handover.insert(key, t);
+            }
+        }
+        let me = self.me.clone();
+        self.handover
+            .retain(|k, _| owner(k, self.members.iter().map(String::as_str)) != Some(me.as_str()));
+        // Releases waiting for a heartbeat to an owner that left go to the new owner.
+        let lazy = std::mem::take(&mut self.lazy_releases);
+        for (_, items) in lazy {
+            for (key, call) in items {
+                self.give_back(&key, &call, false);
+            }
+        }
+        let round = self.next_round;
+        self.next_round += 1;
+        let others: BTreeSet<String> = self
+            .members
+            .iter()
+            .filter(|m| **m != self.me)
+            .cloned()
+            .collect();
+        let mut rebuild = Rebuild {
+            round,
+            waiting_for: others.clone(),
+            ..Rebuild::default()
+        };
+        // A rebuild interrupted by this change: what was held back still counts.
+        if let Some(old) = self.rebuild.take() {
+            rebuild.local_held_back = old.local_held_back;
+        }
+        // The tables are rebuilt from the holders' reports alone (ours included): an
+        // entry of our old table may be a line given back in a message dropped as
+        // already reflected in its holder's snapshot. Entries of keys we owned and now
+        // do not go to their new owners with our snapshot.
+        rebuild.collected = self.own_holdings();
+        self.rebuild = Some(rebuild);
+        for m in &others {
+            self.out.push(Output::Send {
+                to: m.clone(),
+                msg: LineMsg::SnapshotRequest { round },
+            });
+        }
+        self.try_finish_rebuild();
+        // Unanswered requests: to their (possibly new) owners. Duplicates are harmless.
+        let pending: Vec<(String, String, Request)> = self
+            .requests
+            .iter()
+            .filter(|(_, r)| r.state == ReqState::Pending)
+            .map(|((k, c), r)| (k.clone(), c.clone(), r.clone()))
+            .collect();
+        for (key, call, r) in pending {
+            if self.owner_of(&key) != self.me {
+                self.out.push(Output::Send {
+                    to: self.owner_of(&key),
+                    msg: LineMsg::Acquire {
+                        key,
+                        call,
+                        limit: r.limit,
+                        arrived_ms: r.arrived_ms,
+                    },
+                });
+            }
+        }
+    }
+
+    /// This node's calls' lines, for a snapshot. A request its call gave up while it
+    /// was unanswered is reported too: its new owner answers it, and the answer gives
+    /// the line back (a grant of the old owner may be on its way).
+    fn own_holdings(&self) -> Vec<Holding> {
+        self.requests
+            .iter()
+            .map(|((key, call), r)| Holding {
+                key: key.clone(),
+                call: call.clone(),
+                node: self.me.clone(),
+                limit: r.limit,
+                arrived_ms: r.arrived_ms,
+                held: r.state == ReqState::Held,
+            })
+            .collect()
+    }
+
+    /// Takes the handed-over entries of keys `who` owns in the current view.
+    fn take_handover(&mut self, who: &str) -> Vec<Holding> {
+        let keys: Vec<String> = self
+            .handover
+            .keys()
+            .filter(|k| self.owner_of(k) == who)
+            .cloned()
+            .collect();
+        let mut out = Vec::new();
+        for key in keys {
+            let Some(t) = self.handover.remove(&key) else {
+                continue;
+            };
+            for (call, node) in &t.held {
+                out.push(Holding {
+                    key: key.clone(),
+                    call: call.clone(),
+                    node: node.clone(),
+                    limit: t.limit,
+                    arrived_ms: 0,
+                    held: true,
+                });
+            }
+            for ((arrived_ms, call), node) in &t.waiting {
+                out.push(Holding {
+                    key: key.clone(),
+                    call: call.clone(),
+                    node: node.clone(),
+                    limit: t.limit,
+                    arrived_ms: *arrived_ms,
+                    held: false,
+                });
+            }
+        }
+        out
+    }
+
+    /// A line message from member `from` (up in the current view: the caller checks).
+    pub fn on_message(&mut self, from: &str, msg: LineMsg) {
+        match msg {
+            LineMsg::Answer { key, call, answer } => self.on_answer(&key, &call, answer),
+            LineMsg::SnapshotRequest { round } => {
+                let handed_over = self.take_handover(from);
+                let msg = LineMsg::Snapshot {
+                    round,
+                    holdings: self.own_holdings(),
+                    handed_over,
+                };
+                self.out.push(Output::Send {
+                    to: from.to_string(),
+                    msg,
+                });
+            }
+            LineMsg::Snapshot {
+                round,
+                holdings,
+                handed_over,
+            } => {
+                let Some(r) = self.rebuild.as_mut().filter(|r| r.round == round) else {
+                    return; // an old round's
+                };
+                if r.waiting_for.remove(from) {
+                    r.answered.insert(from.to_string());
+                    r.collected.extend(holdings);
+                    r.collected.extend(handed_over);
+                }
+                self.try_finish_rebuild();
+            }
+            LineMsg::Release { ref key, .. } | LineMsg::Acquire { ref key, .. }
+                if self.owner_of(key) != self.me =>
+            {
+                // Not a key of ours: handled at once, rebuilding or not (a release
+                // leaves our old entries and goes on to the owner).
+                self.as_owner(from, msg);
+            }
+            other => {
+                if let Some(r) = self.rebuild.as_mut() {
+                    if r.answered.contains(from) {
+                        r.held_back.push((from.to_string(), other));
+                    }
+                    // Otherwise it came before the sender's snapshot: already in it.
+                    return;
+                }
+                self.as_owner(from, other);
+            }
+        }
+    }
+
+    /// Ends the rebuild once every live member's snapshot is in: the tables of the
+    /// keys this node owns are replaced by what the snapshots say, every request that
+    /// waited for an answer gets one, and what was held back is handled in order.
+    fn try_finish_rebuild(&mut self) {
+        if !self
+            .rebuild
+            .as_ref()
+            .is_some_and(|r| r.waiting_for.is_empty())
+        {
+            return;
+        }
+        let Some(r) = self.rebuild.take() else { return };
+        let mut tables: HashMap<String, KeyTable> = HashMap::new();
+        // Held wins over waiting for the same call (a grant that crossed a snapshot).
+        let mut pending_reported: Vec<Holding> = Vec::new();
+        let mut by_call: BTreeMap<(String, String), Holding> = BTreeMap::new();
+        for h in r.collected {
+            if self.owner_of(&h.key) != self.me {
+                continue;
+            }
+            if !h.held && h.node != self.me {
+                pending_reported.push(h.clone());
+            }
+            let id = (h.key.clone(), h.call.clone());
+            match by_call.get(&id) {
+                Some(old) if old.held || (!h.held && old.arrived_ms <= h.arrived_ms) => {}
+                _ => {
+                    by_call.insert(id, h);
+                }
+            }
+        }
+        for ((key, call), h) in by_call {
+            let t = tables.entry(key).or_default();
+            t.limit = t.limit.max(h.limit);
+            if h.held {
+                t.held.insert(call, h.node);
+            } else {
+                t.waiting.insert((h.arrived_ms, call), h.node);
+            }
+        }
+        self.tables = tables;
+        // Grant what fits, then tell every waiter where it stands (remote requests
+        // were reported as not held: they may be waiting for their first answer).
+        let keys: Vec<String> = self.tables.keys().cloned().collect();
+        for key in keys {
+            self.fill_and_answer(&key);
+        }
+        for h in pending_reported {
+            let Some(t) = self.tables.get(&h.key) else {
+                continue;
+            };
+            let answer = if t.held.contains_key(&h.call) {
+                Answer::Granted { urgent: t.urgent() }
+            } else if let Some(position) = t.position(&h.call) {
+                Answer::Queued { position }
+            } else {
+                continue;
+            };
+            self.answer(&h.node, &h.key, &h.call, answer);
+        }
+        // This node's own pending requests for keys it owns: answered from the table.
+        let mine: Vec<(String, String)> = self
+            .requests
+            .iter()
+            .filter(|((k, _), q)| q.state == ReqState::Pending && self.owner_of(k) == self.me)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for (key, call) in mine {
+            let Some(t) = self.tables.get(&key) else {
+                continue;
+            };
+            let answer = if t.held.contains_key(&call) {
+                Answer::Granted { urgent: t.urgent() }
+            } else if let Some(position) = t.position(&call) {
+                Answer::Queued { position }
+            } else {
+                continue;
+            };
+            let me = self.me.clone();
+            self.answer(&me, &key, &call, answer);
+        }
+        for (from, msg) in r.held_back {
+            self.as_owner(&from, msg);
+        }
+        let me = self.me.clone();
+        for msg in r.local_held_back {
+            self.as_owner(&me, msg);
+        }
+    }
+
+    /// Grants freed lines of `key` to its waiters in order and tells them.
+    fn fill_and_answer(&mut self, key: &str) {
+        let Some(t) = self.tables.get_mut(key) else {
+            return;
+        };
+        let granted = t.fill();
+        let urgent = t.urgent();
+        for (node, call) in granted {
+            self.answer(&node, key, &call, Answer::Granted { urgent });
+        }
+        if self
+            .tables
+            .get(key)
+            .is_some_and(|t| t.held.is_empty() && t.waiting.is_empty())
+        {
+            self.tables.remove(key);
+        }
+    }
+
+    fn answer(&mut self, node: &str, key: &str, call: &str, answer: Answer) {
+        if node == self.me {
+            self.on_answer(key, call, answer);
+        } else {
+            self.out.push(Output::Send {
+                to: node.to_string(),
+                msg: LineMsg::Answer {
+                    key: key.to_string(),
+                    call: call.to_string(),
+                    answer,
+                },
+            });
+        }
+    }
+
+    /// The owner's side: a request of `from`'s call.
+    fn as_owner(&mut self, from: &str, msg: LineMsg) {
+        match msg {
+            LineMsg::Acquire {
+                key,
+                call,
+                limit,
+                arrived_ms,
+            } => {
+                if self.owner_of(&key) != self.me {
+                    // Not ours (views differ for a moment): the requester sends it
+                    // again to the right owner when its view changes, and the new
+                    // owner's rebuild asks it anyway.
+                    return;
+                }
+                let t = self.tables.entry(key.clone()).or_default();
+                t.limit = limit;
+                let answer = if t.held.contains_key(&call) {
+                    Answer::Granted { urgent: t.urgent() }
+                } else if let Some(position) = t.position(&call) {
+                    Answer::Queued { position }
+                } else if (t.held.len() as u32) < t.limit && t.waiting.is_empty() {
+                    t.held.insert(call.clone(), from.to_string());
+                    Answer::Granted { urgent: t.urgent() }
+                } else {
+                    t.waiting
+                        .insert((arrived_ms, call.clone()), from.to_string());
+                    Answer::Queued {
+                        position: t.position(&call).unwrap_or(1),
+                    }
+                };
+                self.answer(from, &key, &call, answer);
+            }
+            LineMsg::Release {
+                key,
+                call,
+                forwarded,
+            } => {
+                let owner = self.owner_of(&key);
+                if owner != self.me {
+                    // A key we owned before: the entry leaves our table here (so the
+                    // new owner does not get it with our snapshot) and the release
+                    // goes on to the new owner.
+                    for t in [self.tables.get_mut(&key), self.handover.get_mut(&key)]
+                        .into_iter()
+                        .flatten()
+                    {
+                        t.remove(&call);
+                    }
+                    if !forwarded {
+                        self.out.push(Output::Send {
+                            to: owner,
+                            msg: LineMsg::Release {
+                                key,
+                                call,
+                                forwarded: true,
+                            },
+                        });
+                    }
+                    return;
+                }
+                if self.tables.get_mut(&key).is_some_and(|t| t.remove(&call)) {
+                    self.fill_and_answer(&key);
+                }
+            }
+            // Answers and snapshots are not owner business.
+            other => self.on_message(from, other),
+        }
+    }
+
+    /// The owner answered one of this node's calls.
+    fn on_answer(&mut self, key: &str, call: &str, answer: Answer) {
+        let id = (key.to_string(), call.to_string());
+        let Some(req) = self.requests.get_mut(&id) else {
+            // Gone already: a grant for it goes straight back.
+            if let Answer::Granted { .. } = answer {
+                self.give_back(key, call, true);
+            }
+            return;
+        };
+        let before = req.state;
+        req.state = match answer {
+            Answer::Granted { urgent } => {
+                req.urgent |= urgent;
+                ReqState::Held
+            }
+            Answer::Queued { .. } => ReqState::Waiting,
+        };
+        if req.cancelled {
+            self.requests.remove(&id);
+            self.give_back(key, call, true);
+            return;
+        }
+        if before == ReqState::Held {
+            return; // told again (after a rebuild): nothing new
+        }
+        if before == ReqState::Waiting && req.state == ReqState::Waiting {
+            return;
+        }
+        self.out.push(Output::Local {
+            key: key.to_string(),
+            call: call.to_string(),
+            answer,
+        });
+    }
+
+    /// Lines held and calls waiting in this node's tables (keys it owns): for status.
+    pub fn table_counts(&self) -> (usize, usize) {
+        self.tables
+            .values()
+            .fold((0, 0), |(h, w), t| (h + t.held.len(), w + t.waiting.len()))
+    }
+
+    /// Calls of this node waiting in some queue.
+    pub fn waiting_calls(&self) -> usize {
+        self.requests
+            .values()
+            .filter(|r| r.state == ReqState::Waiting)
+            .count()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,498 @@
+//! The line protocol over a simulated network: several [`LineService`]s, messages
+//! delivered in random order across pairs but in order within one (as over one
+//! session), members killed and joined mid-way. After every step: never more calls
+//! holding a key's lines than its limit, across all nodes.
+
+use super::*;
+use std::collections::VecDeque;
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+struct Net {
+    nodes: BTreeMap<String, LineService>,
+    queues: BTreeMap<(String, String), VecDeque<LineMsg>>,
+    /// Answers local calls got, in order: (node, key, call, answer).
+    answers: Vec<(String, String, String, Answer)>,
+    limits: BTreeMap<String, u32>,
+    rng: Rng,
+}
+
+impl Net {
+    fn new(names: &[&str], seed: u64) -> Net {
+        let mut net = Net {
+            nodes: BTreeMap::new(),
+            queues: BTreeMap::new(),
+            answers: Vec::new(),
+            limits: BTreeMap::new(),
+            rng: Rng(seed | 1),
+        };
+        for n in names {
+            net.nodes.insert(n.to_string(), LineService::new(n));
+        }
+        let all: Vec<String> = net.nodes.keys().cloned().collect();
+        for s in net.nodes.values_mut() {
+            s.view(all.clone());
+        }
+        net.settle();
+        net
+    }
+
+    fn collect(&mut self) {
+        for (name, s) in self.nodes.iter_mut() {
+            for o in s.drain() {
+                match o {
+                    Output::Send { to, msg } => self
+                        .queues
+                        .entry((name.clone(), to))
+                        .or_default()
+                        .push_back(msg),
+                    Output::Local { key, call, answer } => {
+                        self.answers.push((name.clone(), key, call, answer))
+                    }
+                }
+            }
+        }
+    }
+
+    /// Delivers one message of a random non-empty pair; false when all are empty.
+    fn step(&mut self) -> bool {
+        self.collect();
+        let ready: Vec<(String, String)> = self
+            .queues
+            .iter()
+            .filter(|(_, q)| !q.is_empty())
+            .map(|(k, _)| k.clone())
+            .collect();
+        if ready.is_empty() {
+            return false;
+        }
+        let pair = ready[self.rng.below(ready.len())].clone();
+        let msg = self.queues.get_mut(&pair).unwrap().pop_front().unwrap();
+        if std::env::var("LINES_TRACE").is_ok() {
+            eprintln!("{} -> {}: {msg:?}", pair.0, pair.1);
+        }
+        let sender_up = self.nodes.contains_key(&pair.0);
+        if let Some(to) = self.nodes.get_mut(&pair.1).filter(|_| sender_up) {
+            // As the driver does: a message from a member not in the view is that
+            // member's first sign of life (it is up), taken before the message.
+            if !to.members().contains(&pair.0) {
+                let mut m = to.members().to_vec();
+                m.push(pair.0.clone());
+                to.view(m);
+            }
+            to.on_message(&pair.0, msg);
+        }
+        self.check();
+        true
+    }
+
+    fn settle(&mut self) {
+        let mut n = 0;
+        while self.step() {
+            n += 1;
+            assert!(n < 100_000, "the protocol does not settle");
+        }
+        self.collect();
+    }
+
+    /// Calls holding a line of `key`, over all live nodes.
+    fn holders(&self, key: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        for s in self.nodes.values() {
+            for ((k, c), r) in &s.requests {
+                if k == key && r.state == ReqState::Held {
+                    out.push(c.clone());
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    fn check(&self) {
+        for (key, limit) in &self.limits {
+            let h = self.holders(key);
+            assert!(
+                h.len() as u32 <= *limit,
+                "{key}: {} lines held with a limit of {limit}: {h:?}",
+                h.len()
+            );
+        }
+    }
+
+    fn acquire(&mut self, node: &str, key: &str, call: &str, at: i64) {
+        let limit = self.limits[key];
+        self.nodes
+            .get_mut(node)
+            .unwrap()
+            .acquire(key, call, limit, at);
+        self.collect();
+        self.check();
+    }
+
+    fn release(&mut self, node: &str, key: &str, call: &str) {
+        self.nodes.get_mut(node).unwrap().release(key, call);
+        self.collect();
+        self.check();
+    }
+
+    /// Delivers releases waiting for a heartbeat (as the heartbeat would carry them).
+    fn heartbeats(&mut self) {
+        let names: Vec<String> = self.nodes.keys().cloned().collect();
+        for n in names {
+            let owners = self.nodes[&n].lazy_release_owners();
+            for o in owners {
+                let msgs = self.nodes.get_mut(&n).unwrap().take_lazy_releases(&o);
+                self.queues.entry((n.clone(), o)).or_default().extend(msgs);
+            }
+        }
+    }
+
+    /// `name` dies: its state and messages are gone, and the others see it down.
+    fn kill(&mut self, name: &str) {
+        if std::env::var("LINES_TRACE").is_ok() {
+            eprintln!("== kill {name}");
+        }
+        self.nodes.remove(name);
+        self.queues.retain(|(f, t), _| f != name && t != name);
+        self.answers.retain(|(n, ..)| n != name);
+        let all: Vec<String> = self.nodes.keys().cloned().collect();
+        for s in self.nodes.values_mut() {
+            s.view(all.clone());
+        }
+    }
+
+    /// `name` joins: it knows every member from the start (the driver seeds its view
+    /// with the members registered in the store); the others see it up one at a time,
+    /// with messages in flight.
+    fn join(&mut self, name: &str) {
+        if std::env::var("LINES_TRACE").is_ok() {
+            eprintln!("== join {name}");
+        }
+        self.nodes.insert(name.to_string(), LineService::new(name));
+        let all: Vec<String> = self.nodes.keys().cloned().collect();
+        self.nodes.get_mut(name).unwrap().view(all.clone());
+        let names: Vec<String> = all.iter().filter(|n| *n != name).cloned().collect();
+        for n in names {
+            self.nodes.get_mut(&n).unwrap().view(all.clone());
+            for _ in 0..3 {
+                self.step();
+            }
+        }
+    }
+
+    fn granted(&self) -> Vec<String> {
+        self.answers
+            .iter()
+            .filter(|(.., a)| matches!(a, Answer::Granted { .. }))
+            .map(|(_, _, c, _)| c.clone())
+            .collect()
+    }
+}
+
+/// A key owned by `owner` among `members`.
+fn key_owned_by(owner_name: &str, members: &[&str]) -> String {
+    (0..)
+        .map(|i| format!("number:05{i:08}"))
+        .find(|k| owner(k, members.iter().copied()) == Some(owner_name))
+        .unwrap()
+}
+
+#[test]
+fn one_node_grants_up_to_the_limit_and_queues_the_rest_in_order() {
+    let mut net = Net::new(&["a"], 1);
+    net.limits.insert("k".into(), 2);
+    for (i, c) in ["c1", "c2", "c3", "c4"].iter().enumerate() {
+        net.acquire("a", "k", c, 100 + i as i64);
+    }
+    net.settle();
+    assert_eq!(net.granted(), vec!["c1", "c2"]);
+    let queued: Vec<(String, u32)> = net
+        .answers
+        .iter()
+        .filter_map(|(_, _, c, a)| match a {
+            Answer::Queued { position } => Some((c.clone(), *position)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(queued, vec![("c3".into(), 1), ("c4".into(), 2)]);
+    net.release("a", "k", "c2");
+    net.settle();
+    assert_eq!(net.granted(), vec!["c1", "c2", "c3"]);
+    // A waiter that gives up leaves the queue; the next line skips it.
+    net.release("a", "k", "c4");
+    net.release("a", "k", "c1");
+    net.settle();
+    assert_eq!(net.holders("k"), vec!["c3"]);
+}
+
+#[test]
+fn callers_on_three_nodes_share_one_limit_first_come_first_served() {
+    for seed in 1..40 {
+        let members = ["a", "b", "c"];
+        let mut net = Net::new(&members, seed);
+        let key = key_owned_by("b", &members);
+        net.limits.insert(key.clone(), 2);
+        // Four callers, one per node and a second on a, in this order of arrival.
+        let calls = [
+            ("a", "c1", 10),
+            ("c", "c2", 20),
+            ("b", "c3", 30),
+            ("a", "c4", 40),
+        ];
+        for (node, call, at) in calls {
+            net.acquire(node, &key, call, at);
+            net.settle();
+        }
+        assert_eq!(net.holders(&key), vec!["c1", "c2"], "seed {seed}");
+        net.release("a", &key, "c1");
+        net.heartbeats();
+        net.settle();
+        assert_eq!(
+            net.holders(&key),
+            vec!["c2", "c3"],
+            "seed {seed}: c3 came first"
+        );
+        net.release("c", &key, "c2");
+        net.heartbeats();
+        net.settle();
+        assert_eq!(net.holders(&key), vec!["c3", "c4"], "seed {seed}");
+    }
+}
+
+#[test]
+fn uncontended_lines_come_back_with_the_heartbeat() {
+    let members = ["a", "b"];
+    let mut net = Net::new(&members, 7);
+    let key = key_owned_by("b", &members);
+    net.limits.insert(key.clone(), 5);
+    net.acquire("a", &key, "c1", 1);
+    net.settle();
+    net.release("a", &key, "c1");
+    net.settle();
+    assert_eq!(
+        net.nodes["b"].table_counts(),
+        (1, 0),
+        "not sent yet: it rides on the next heartbeat"
+    );
+    net.heartbeats();
+    net.settle();
+    assert_eq!(net.nodes["b"].table_counts(), (0, 0));
+}
+
+#[test]
+fn the_queue_goes_on_from_a_new_owner_when_the_owner_dies() {
+    let seeds: Vec<u64> = match std::env::var("LINES_SEED") {
+        Ok(s) => vec![s.parse().unwrap()],
+        Err(_) => (1..60).collect(),
+    };
+    for seed in seeds {
+        let members = ["a", "b", "c"];
+        let mut net = Net::new(&members, seed);
+        let key = key_owned_by("b", &members);
+        net.limits.insert(key.clone(), 2);
+        let calls = [
+            ("a", "c1", 10),
+            ("c", "c2", 20),
+            ("a", "c3", 30),
+            ("c", "c4", 40),
+            ("a", "c5", 50),
+        ];
+        for (node, call, at) in calls {
+            net.acquire(node, &key, call, at);
+            net.settle();
+        }
+        assert_eq!(net.holders(&key).len(), 2, "seed {seed}");
+        // The owner dies with messages in flight (a release among them).
+        net.release("a", &key, "c1");
+        net.step();
+        net.kill("b");
+        net.heartbeats();
+        net.settle();
+        let h = net.holders(&key);
+        assert_eq!(
+            h.len(),
+            2,
+            "seed {seed}: the freed line was passed on: {h:?}"
+        );
+        // c3 waited longest (c1 released): it has a line before c4 and c5.
+        assert!(h.contains(&"c3".to_string()), "seed {seed}: {h:?}");
+        // And the queue goes on in arrival order.
+        let next_release = h.iter().find(|c| *c != "c3").unwrap().clone();
+        let node = if ["c2", "c4"].contains(&next_release.as_str()) {
+            "c"
+        } else {
+            "a"
+        };
+        net.release(node, &key, &next_release);
+        net.heartbeats();
+        net.settle();
+        let h2 = net.holders(&key);
+        assert_eq!(h2.len(), 2, "seed {seed}: {h2:?}");
+    }
+}
+
+#[test]
+fn a_node_joining_as_the_owner_takes_the_table_over_without_granting_twice() {
+    let seeds: Vec<u64> = match std::env::var("LINES_SEED") {
+        Ok(s) => vec![s.parse().unwrap()],
+        Err(_) => (1..80).collect(),
+    };
+    for seed in seeds {
+        let mut net = Net::new(&["a", "b"], seed);
+        let key = key_owned_by("c", &["a", "b", "c"]);
+        net.limits.insert(key.clone(), 2);
+        net.acquire("a", &key, "c1", 10);
+        net.acquire("b", &key, "c2", 20);
+        net.acquire("a", &key, "c3", 30);
+        // c joins while requests and answers are in flight.
+        net.join("c");
+        net.acquire("b", &key, "c4", 40);
+        net.release("b", &key, "c2");
+        net.settle();
+        net.heartbeats();
+        net.settle();
+        let h = net.holders(&key);
+        assert_eq!(h.len(), 2, "seed {seed}: {h:?}");
+        assert!(
+            h.contains(&"c1".to_string()) && h.contains(&"c3".to_string()),
+            "seed {seed}: {h:?}"
+        );
+        net.release("a", &key, "c1");
+        net.heartbeats();
+        net.settle();
+        assert_eq!(net.holders(&key), vec!["c3", "c4"], "seed {seed}");
+    }
+}
+
+#[test]
+fn a_cancelled_request_gives_its_line_back_when_the_answer_comes() {
+    let members = ["a", "b"];
+    let mut net = Net::new(&members, 3);
+    let key = key_owned_by("b", &members);
+    net.limits.insert(key.clone(), 1);
+    net.acquire("a", &key, "c1", 1);
+    net.release("a", &key, "c1"); // before the answer
+    net.acquire("a", &key, "c2", 2);
+    net.settle();
+    assert_eq!(net.holders(&key), vec!["c2"]);
+    assert!(
+        net.answers.iter().all(|(_, _, c, _)| c != "c1"),
+        "c1 is never told"
+    );
+}
+
+/// Random requests, releases, deaths and joins with messages in flight: never more
+/// holders than the limit, and once things settle no caller waits while a line is free
+/// and no line is left counted after every call gave its line back.
+#[test]
+fn chaos_never_grants_more_than_the_limit_and_leaks_nothing() {
+    let seeds: Vec<u64> = match std::env::var("LINES_SEED") {
+        Ok(s) => vec![s.parse().unwrap()],
+        Err(_) => (1..120).collect(),
+    };
+    for seed in seeds {
+        let mut net = Net::new(&["a", "b", "c"], seed);
+        let keys = ["number:0501", "number:0502", "advertiser:x"];
+        for (k, limit) in keys.iter().zip([2, 1, 3]) {
+            net.limits.insert(k.to_string(), limit);
+        }
+        let mut next_call = 0;
+        let mut joined = 0;
+        let mut calls: Vec<(String, String, String)> = Vec::new(); // (node, key, call)
+        for t in 0..300i64 {
+            let live: Vec<String> = net.nodes.keys().cloned().collect();
+            match net.rng.below(20) {
+                0..=7 => {
+                    let node = live[net.rng.below(live.len())].clone();
+                    let key = keys[net.rng.below(keys.len())];
+                    next_call += 1;
+                    let call = format!("c{next_call}");
+                    net.acquire(&node, key, &call, t);
+                    calls.push((node, key.to_string(), call));
+                }
+                8..=12 if !calls.is_empty() => {
+                    let i = net.rng.below(calls.len());
+                    let (node, key, call) = calls.remove(i);
+                    if net.nodes.contains_key(&node) {
+                        net.release(&node, &key, &call);
+                    }
+                }
+                13 => net.heartbeats(),
+                14 if live.len() > 2 => {
+                    let victim = live[net.rng.below(live.len())].clone();
+                    net.kill(&victim);
+                    calls.retain(|(n, ..)| *n != victim);
+                }
+                15 if joined < 3 => {
+                    joined += 1;
+                    net.join(&format!("j{joined}"));
+                }
+                _ => {
+                    for _ in 0..net.rng.below(6) {
+                        net.step();
+                    }
+                }
+            }
+        }
+        net.heartbeats();
+        net.settle();
+        net.heartbeats();
+        net.settle();
+        for key in keys {
+            let held = net.holders(key).len() as u32;
+            let waiting: usize = net
+                .nodes
+                .values()
+                .flat_map(|s| s.requests.iter())
+                .filter(|((k, _), r)| k == key && r.state != ReqState::Held)
+                .count();
+            if !(held == net.limits[key] || waiting == 0) {
+                for (name, s) in &net.nodes {
+                    eprintln!(
+                        "{name}: members {:?} rebuilding {} table {:?}",
+                        s.members,
+                        s.rebuilding(),
+                        s.tables.get(key).map(|t| (&t.held, &t.waiting))
+                    );
+                    for ((k, c), r) in &s.requests {
+                        if k == key {
+                            eprintln!("   {c}: {r:?}");
+                        }
+                    }
+                }
+            }
+            assert!(
+                held == net.limits[key] || waiting == 0,
+                "seed {seed}: {key} has {held} of {} lines held and {waiting} callers waiting",
+                net.limits[key]
+            );
+        }
+        for (node, key, call) in calls {
+            net.release(&node, &key, &call);
+        }
+        net.heartbeats();
+        net.settle();
+        net.heartbeats();
+        net.settle();
+        for (name, s) in &net.nodes {
+            assert_eq!(
+                s.table_counts(),
+                (0, 0),
+                "seed {seed}: {name} still counts lines"
+            );
+        }
+    }
+}

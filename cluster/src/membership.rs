@@ -1,0 +1,448 @@
+//! Who is in the cluster, as one node sees it: a failure detector over heartbeats, with
+//! incarnations. Sans-IO: heartbeats and ticks go in with the time, events come out.
+//!
+//! - Every node sends a heartbeat to every other every [`Timing::heartbeat`]; a peer
+//!   not heard from for [`Timing::down_after`] is declared down.
+//! - A node is an incarnation: `(name, epoch)`, the epoch going up at every start. A
+//!   heartbeat from a newer epoch is a new member (the old incarnation is down); one
+//!   from an incarnation already declared down is *stale*: that node was frozen or cut
+//!   off, others may have taken over what it held, and it must rejoin as a new
+//!   incarnation before it acts again. It is told so ([`Verdict::Stale`]).
+//! - A tick that comes long after the previous one means this node itself was frozen
+//!   (SIGSTOP, a VM pause): peers are then given a fresh window instead of being
+//!   declared down for a silence that was ours.
+//! - The node's *lease* ([`Membership::lease_valid`]): it may act (send RTP, answer,
+//!   grant lines) only while a peer acknowledged one of its heartbeats within
+//!   [`Timing::lease`], which is shorter than `down_after`: by the time peers declare it
+//!   down, it has stopped acting on its own. A node with no peer up holds the lease.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// The detector's timing.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    pub heartbeat: Duration,
+    pub down_after: Duration,
+    /// How long an acknowledged heartbeat keeps the lease (less than `down_after`).
+    pub lease: Duration,
+}
+
+impl Default for Timing {
+    /// 250 ms heartbeats, down after 1.5 s of silence (six missed heartbeats: a busy
+    /// runtime delaying a few does not fail a node), lease 1 s.
+    fn default() -> Self {
+        Timing {
+            heartbeat: Duration::from_millis(250),
+            down_after: Duration::from_millis(1500),
+            lease: Duration::from_millis(1000),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Up,
+    Down,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Up => "up",
+            State::Down => "down",
+        }
+    }
+}
+
+/// One peer as this node sees it.
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub epoch: u64,
+    pub state: State,
+    /// When it entered its state.
+    pub since: Instant,
+    last_heard: Instant,
+    /// The last heartbeat round trip measured to it.
+    pub rtt: Option<Duration>,
+}
+
+/// What changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Up { name: String, epoch: u64 },
+    Down { name: String, epoch: u64 },
+}
+
+/// How a heartbeat was taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// From a member in good standing: acknowledge it.
+    Fresh,
+    /// From an incarnation this node declared down, or an older one: tell it so.
+    Stale,
+}
+
+pub struct Membership {
+    name: String,
+    epoch: u64,
+    timing: Timing,
+    members: BTreeMap<String, Member>,
+    events: Vec<Event>,
+    last_tick: Option<Instant>,
+    /// When the newest heartbeat a peer acknowledged was sent.
+    acked: Option<Instant>,
+    /// Heartbeats sent, by sequence number, with when (the last few).
+    sent: Vec<(u64, Instant)>,
+    next_seq: u64,
+}
+
+impl Membership {
+    pub fn new(name: &str, epoch: u64, timing: Timing) -> Membership {
+        Membership {
+            name: name.to_string(),
+            epoch,
+            timing,
+            members: BTreeMap::new(),
+            events: Vec::new(),
+            last_tick: None,
+            acked: None,
+            sent: Vec::new(),
+            next_seq: 1,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    pub fn timing(&self) -> Timing {
+        self.timing
+    }
+
+    /// A heartbeat of `from` in incarnation `epoch` arrived at `now`.
+    pub fn on_heartbeat(&mut self, from: &str, epoch: u64, now: Instant) -> Verdict {
+        if from == self.name {
+            return Verdict::Stale; // another process under our name
+        }
+        match self.members.get_mut(from) {
+            None => {
+                self.members.insert(
+                    from.to_string(),
+                    Member {
+                        epoch,
+                        state: State::Up,
+                        since: now,
+                        last_heard: now,
+                        rtt: None,
+                    },
+                );
+                self.events.push(Event::Up {
+                    name: from.to_string(),
+                    epoch,
+                });
+                Verdict::Fresh
+            }
+            Some(m) if epoch > m.epoch => {
+                if m.state == State::Up {
+                    // Restarted faster than we noticed: the old incarnation is gone.
+                    self.events.push(Event::Down {
+                        name: from.to_string(),
+                        epoch: m.epoch,
+                    });
+                }
+                *m = Member {
+                    epoch,
+                    state: State::Up,
+                    since: now,
+                    last_heard: now,
+                    rtt: None,
+                };
+                self.events.push(Event::Up {
+                    name: from.to_string(),
+                    epoch,
+                });
+                Verdict::Fresh
+            }
+            Some(m) if epoch == m.epoch && m.state == State::Up => {
+                m.last_heard = now;
+                Verdict::Fresh
+            }
+            Some(_) => Verdict::Stale,
+        }
+    }
+
+    /// A member the store lists (not heard from yet): up until heard from or silent
+    /// for `down_after`, so a starting node's view is never smaller than the cluster.
+    pub fn expect(&mut self, name: &str, epoch: u64, now: Instant) {
+        if name == self.name || self.members.get(name).is_some_and(|m| m.epoch >= epoch) {
+            return;
+        }
+        self.on_heartbeat(name, epoch, now);
+    }
+
+    /// Another node (or the store) says `name` in incarnation `epoch` is down.
+    pub fn on_down_notice(&mut self, name: &str, epoch: u64, now: Instant) {
+        if let Some(m) = self.members.get_mut(name) {
+            if m.epoch == epoch && m.state == State::Up {
+                m.state = State::Down;
+                m.since = now;
+                self.events.push(Event::Down {
+                    name: name.to_string(),
+                    epoch,
+                });
+            } else if epoch > m.epoch {
+                // A newer incarnation we never heard of is already down.
+                if m.state == State::Up {
+                    self.events.push(Event::Down {
+                        name: name.to_string(),
+                        epoch: m.epoch,
+                    });
+                }
+                m.epoch = epoch;
+                m.state = State::Down;
+                m.since = now;
+            }
+        }
+    }
+
+    /// A heartbeat to send to every peer: its sequence number (remembered with `now`
+    /// for the round trip and the lease).
+    pub fn heartbeat(&mut self, now: Instant) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.sent.push((seq, now));
+        if self.sent.len() > 64 {
+            self.sent.remove(0);
+        }
+        seq
+    }
+
+    /// `from` acknowledged our heartbeat `seq`.
+    pub fn on_ack(&mut self, from: &str, epoch: u64, seq: u64, now: Instant) {
+        let Some(&(_, sent)) = self.sent.iter().find(|(s, _)| *s == seq) else {
+            return;
+        };
+        if let Some(m) = self
+            .members
+            .get_mut(from)
+            .filter(|m| m.epoch == epoch && m.state == State::Up)
+        {
+            m.rtt = Some(now.saturating_duration_since(sent));
+            self.acked = Some(self.acked.map_or(sent, |a| a.max(sent)));
+        }
+    }
+
+    /// Declares down every peer silent for longer than `down_after`. A tick long after
+    /// the previous one means this node was frozen: everyone gets a fresh window.
+    pub fn tick(&mut self, now: Instant) {
+        let frozen = self
+            .last_tick
+            .is_some_and(|t| now.saturating_duration_since(t) > self.timing.down_after / 2);
+        self.last_tick = Some(now);
+        for (name, m) in self.members.iter_mut() {
+            if m.state != State::Up {
+                continue;
+            }
+            if frozen {
+                m.last_heard = m.last_heard.max(now);
+                continue;
+            }
+            if now.saturating_duration_since(m.last_heard) > self.timing.down_after {
+                m.state = State::Down;
+                m.since = now;
+                self.events.push(Event::Down {
+                    name: name.clone(),
+                    epoch: m.epoch,
+                });
+            }
+        }
+    }
+
+    /// Whether this node may act now (see the module doc).
+    pub fn lease_valid(&self, now: Instant) -> bool {
+        if !self.members.values().any(|m| m.state == State::Up) {
+            return true;
+        }
+        self.acked
+            .is_some_and(|a| now.saturating_duration_since(a) < self.timing.lease)
+    }
+
+    /// The next event, oldest first.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        (!self.events.is_empty()).then(|| self.events.remove(0))
+    }
+
+    /// Live members, this node included, with their epochs.
+    pub fn up(&self) -> Vec<(String, u64)> {
+        let mut up: Vec<(String, u64)> = self
+            .members
+            .iter()
+            .filter(|(_, m)| m.state == State::Up)
+            .map(|(n, m)| (n.clone(), m.epoch))
+            .collect();
+        up.push((self.name.clone(), self.epoch));
+        up.sort();
+        up
+    }
+
+    /// The epoch of `name` if it is up in this view (this node included).
+    pub fn up_epoch(&self, name: &str) -> Option<u64> {
+        if name == self.name {
+            return Some(self.epoch);
+        }
+        self.members
+            .get(name)
+            .filter(|m| m.state == State::Up)
+            .map(|m| m.epoch)
+    }
+
+    pub fn members(&self) -> impl Iterator<Item = (&String, &Member)> {
+        self.members.iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(base: Instant, n: u64) -> Instant {
+        base + Duration::from_millis(n)
+    }
+
+    /// (at ms, input) -> events expected after it.
+    enum In {
+        Beat(&'static str, u64),
+        Tick,
+        Notice(&'static str, u64),
+    }
+
+    #[test]
+    fn detection_incarnations_and_staleness() {
+        use In::*;
+        let up = |n: &str, e| Event::Up {
+            name: n.into(),
+            epoch: e,
+        };
+        let down = |n: &str, e| Event::Down {
+            name: n.into(),
+            epoch: e,
+        };
+        let rows: Vec<(u64, In, Option<Verdict>, Vec<Event>)> = vec![
+            (0, Beat("b", 1), Some(Verdict::Fresh), vec![up("b", 1)]),
+            (0, Beat("c", 4), Some(Verdict::Fresh), vec![up("c", 4)]),
+            (250, Tick, None, vec![]),
+            (250, Beat("b", 1), Some(Verdict::Fresh), vec![]),
+            (500, Tick, None, vec![]),
+            (1000, Tick, None, vec![]),
+            (1400, Beat("b", 1), Some(Verdict::Fresh), vec![]),
+            // c silent since 0: down once 1.5 s have passed.
+            (1500, Tick, None, vec![]),
+            (1750, Tick, None, vec![down("c", 4)]),
+            // The same incarnation of c speaking again is stale: it must rejoin.
+            (1800, Beat("c", 4), Some(Verdict::Stale), vec![]),
+            (2000, Tick, None, vec![]),
+            // c restarted: a new incarnation.
+            (2100, Beat("c", 5), Some(Verdict::Fresh), vec![up("c", 5)]),
+            (2200, Beat("c", 4), Some(Verdict::Stale), vec![]),
+            // b restarted before we noticed: old incarnation down, new one up.
+            (
+                2300,
+                Beat("b", 2),
+                Some(Verdict::Fresh),
+                vec![down("b", 1), up("b", 2)],
+            ),
+            // Another node declared c@5 down first.
+            (2400, Notice("c", 5), None, vec![down("c", 5)]),
+            (2450, Notice("c", 5), None, vec![]),
+            // Our own name from elsewhere is never a member.
+            (2500, Beat("a", 9), Some(Verdict::Stale), vec![]),
+        ];
+        let t0 = Instant::now();
+        let mut m = Membership::new("a", 1, Timing::default());
+        for (at, input, verdict, events) in rows {
+            let now = ms(t0, at);
+            let got = match input {
+                Beat(n, e) => Some(m.on_heartbeat(n, e, now)),
+                Tick => {
+                    m.tick(now);
+                    None
+                }
+                Notice(n, e) => {
+                    m.on_down_notice(n, e, now);
+                    None
+                }
+            };
+            assert_eq!(got, verdict, "at {at}");
+            let mut seen = Vec::new();
+            while let Some(e) = m.poll_event() {
+                seen.push(e);
+            }
+            assert_eq!(seen, events, "at {at}");
+        }
+        assert_eq!(m.up(), vec![("a".into(), 1), ("b".into(), 2)]);
+    }
+
+    #[test]
+    fn a_frozen_node_does_not_declare_its_peers_down() {
+        let t0 = Instant::now();
+        let mut m = Membership::new("a", 1, Timing::default());
+        m.on_heartbeat("b", 1, t0);
+        m.tick(ms(t0, 250));
+        // SIGSTOP for 10 s: the first tick after waking sees the gap.
+        m.tick(ms(t0, 10_250));
+        assert_eq!(
+            m.poll_event(),
+            Some(Event::Up {
+                name: "b".into(),
+                epoch: 1
+            })
+        );
+        assert_eq!(m.poll_event(), None, "b is not blamed for our silence");
+        // But b must then be heard from within the normal window.
+        for at in (10_500..=11_750).step_by(250) {
+            m.tick(ms(t0, at));
+        }
+        assert_eq!(m.poll_event(), None, "1.5 s since waking: not more");
+        m.tick(ms(t0, 12_000));
+        assert_eq!(
+            m.poll_event(),
+            Some(Event::Down {
+                name: "b".into(),
+                epoch: 1
+            })
+        );
+    }
+
+    #[test]
+    fn the_lease_needs_an_acknowledged_heartbeat() {
+        let t0 = Instant::now();
+        let mut m = Membership::new("a", 1, Timing::default());
+        assert!(m.lease_valid(t0), "alone: always");
+        m.on_heartbeat("b", 3, t0);
+        assert!(
+            !m.lease_valid(t0),
+            "a peer is up and nothing was acknowledged"
+        );
+        let seq = m.heartbeat(ms(t0, 100));
+        m.on_ack("b", 2, seq, ms(t0, 102)); // an old incarnation's ack counts nothing
+        assert!(!m.lease_valid(ms(t0, 102)));
+        m.on_ack("b", 3, seq, ms(t0, 103));
+        assert!(m.lease_valid(ms(t0, 103)));
+        assert_eq!(
+            m.members().next().unwrap().1.rtt,
+            Some(Duration::from_millis(3))
+        );
+        assert!(m.lease_valid(ms(t0, 1099)));
+        assert!(
+            !m.lease_valid(ms(t0, 1100)),
+            "1 s after the acknowledged heartbeat"
+        );
+        // Frozen for 10 s: on waking the lease is long gone.
+        assert!(!m.lease_valid(ms(t0, 10_000)));
+    }
+}

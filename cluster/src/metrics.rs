@@ -1,0 +1,113 @@
+//! The cluster's metrics (registered by the node with the rest).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    pub state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ToLabel {
+    pub to: &'static str,
+}
+
+#[derive(Clone)]
+pub struct ClusterMetrics {
+    pub members: Family<StateLabel, Gauge>,
+    pub rtt: Histogram,
+    pub transitions: Family<ToLabel, Counter>,
+    pub frames_sent: Counter,
+    pub frames_unsent: Counter,
+    pub frames_received: Counter,
+    pub frames_refused: Counter,
+    pub stale: Counter,
+}
+
+impl Default for ClusterMetrics {
+    fn default() -> Self {
+        ClusterMetrics {
+            members: Family::default(),
+            rtt: Histogram::new([
+                0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0,
+            ]),
+            transitions: Family::default(),
+            frames_sent: Counter::default(),
+            frames_unsent: Counter::default(),
+            frames_received: Counter::default(),
+            frames_refused: Counter::default(),
+            stale: Counter::default(),
+        }
+    }
+}
+
+impl ClusterMetrics {
+    pub fn members(&self, up: i64, down: i64) {
+        self.members
+            .get_or_create(&StateLabel { state: "up" })
+            .set(up);
+        self.members
+            .get_or_create(&StateLabel { state: "down" })
+            .set(down);
+    }
+
+    pub fn transition(&self, to: &'static str) {
+        self.transitions.get_or_create(&ToLabel { to }).inc();
+    }
+
+    /// Series exported from the start (zero until something happens).
+    pub fn touch(&self) {
+        self.members(1, 0);
+        for to in ["up", "down"] {
+            let _ = self.transitions.get_or_create(&ToLabel { to });
+        }
+    }
+
+    pub fn register(&self, r: &mut Registry) {
+        r.register(
+            "cluster_members",
+            "Cluster members as this node sees them, by state (up includes this node; down: declared down and not back as a new incarnation)",
+            self.members.clone(),
+        );
+        r.register(
+            "cluster_heartbeat_rtt_seconds",
+            "Round trip of heartbeats to peers (sampled each heartbeat interval)",
+            self.rtt.clone(),
+        );
+        r.register(
+            "cluster_member_transitions",
+            "Members this node saw come up or be declared down",
+            self.transitions.clone(),
+        );
+        r.register(
+            "cluster_frames_sent",
+            "Frames sent to peers",
+            self.frames_sent.clone(),
+        );
+        r.register(
+            "cluster_frames_unsent",
+            "Frames that found no session to their peer (it is down or not connected yet)",
+            self.frames_unsent.clone(),
+        );
+        r.register(
+            "cluster_frames_received",
+            "Frames received from peers",
+            self.frames_received.clone(),
+        );
+        r.register(
+            "cluster_frames_refused",
+            "Frames from peers that did not decode (dropped)",
+            self.frames_refused.clone(),
+        );
+        r.register(
+            "cluster_declared_stale",
+            "Times this node learned the cluster had declared it down (frozen or cut off) and rejoined as a new incarnation",
+            self.stale.clone(),
+        );
+    }
+}

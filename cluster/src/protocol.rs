@@ -1,0 +1,74 @@
+//! What nodes say to each other: one frame (JSON, so a capture is readable) carries who
+//! sent it, in which incarnation, and one or more messages — a heartbeat takes the
+//! lines given back since the last one along.
+
+use crate::lines::LineMsg;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Frame {
+    pub from: String,
+    pub epoch: u64,
+    pub msgs: Vec<Msg>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Msg {
+    /// Sent every heartbeat interval to every peer; answered [`Msg::Ack`] (or
+    /// [`Msg::Stale`] when the sender's incarnation was declared down).
+    Heartbeat {
+        seq: u64,
+    },
+    Ack {
+        seq: u64,
+    },
+    /// Your incarnation `epoch` was declared down: rejoin as a new one.
+    Stale {
+        epoch: u64,
+    },
+    /// `node` in incarnation `epoch` was declared down (by the sender or the store).
+    Down {
+        node: String,
+        epoch: u64,
+    },
+    /// Provisioning changed in the store up to this change number: catch up.
+    Changed {
+        seq: i64,
+    },
+    Line(LineMsg),
+}
+
+impl Frame {
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// A frame from a peer; None if it is not one (counted and dropped by the caller).
+    pub fn decode(bytes: &[u8]) -> Option<Frame> {
+        serde_json::from_slice(bytes).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_and_garbage_is_refused() {
+        let f = Frame {
+            from: "n1".into(),
+            epoch: 3,
+            msgs: vec![
+                Msg::Heartbeat { seq: 9 },
+                Msg::Line(LineMsg::Release {
+                    key: "number:0501".into(),
+                    call: "call_1".into(),
+                    forwarded: false,
+                }),
+            ],
+        };
+        assert_eq!(Frame::decode(&f.encode()), Some(f));
+        assert_eq!(Frame::decode(b"\x00\xff"), None);
+        assert_eq!(Frame::decode(br#"{"from":"x"}"#), None);
+    }
+}

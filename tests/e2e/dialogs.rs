@@ -1,0 +1,205 @@
+//! A call's dialogs cannot be hijacked: requests that name a call's Call-ID but not its
+//! tags (or come from nowhere a trunk allows) are refused 481 and change nothing, and
+//! what a caller writes in its From reaches the forwarded leg only escaped.
+
+use crate::harness::*;
+use std::net::UdpSocket;
+use std::time::Duration;
+
+const DEST: &str = r#"[{"number": "0311112222", "ring_seconds": 20}]"#;
+
+/// A raw SIP party on a UDP socket: sends requests, reads responses.
+struct Party {
+    sock: UdpSocket,
+    node: String,
+}
+
+impl Party {
+    fn bind(ip: &str, node_port: u16) -> Party {
+        let sock = UdpSocket::bind((ip, 0)).expect("bind");
+        sock.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        Party {
+            sock,
+            node: format!("127.0.0.1:{node_port}"),
+        }
+    }
+
+    fn me(&self) -> String {
+        self.sock.local_addr().unwrap().to_string()
+    }
+
+    fn send(&self, text: &str) {
+        self.sock
+            .send_to(text.replace('\n', "\r\n").as_bytes(), &self.node)
+            .unwrap();
+    }
+
+    /// The next message received within `limit`, if any.
+    fn recv(&self, limit: Duration) -> Option<String> {
+        let deadline = std::time::Instant::now() + limit;
+        let mut buf = [0u8; 8192];
+        while std::time::Instant::now() < deadline {
+            if let Ok((n, _)) = self.sock.recv_from(&mut buf) {
+                return Some(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        }
+        None
+    }
+
+    /// Waits for a final response (skipping provisionals); its status line.
+    fn final_response(&self) -> String {
+        loop {
+            let m = self.recv(Duration::from_secs(5)).expect("a response");
+            let line = m.lines().next().unwrap_or_default().to_string();
+            if !line.starts_with("SIP/2.0 1") {
+                return m;
+            }
+        }
+    }
+
+    /// An in-dialog request with the given tags.
+    fn request(
+        &self,
+        method: &str,
+        call_id: &str,
+        from_tag: &str,
+        to_tag: &str,
+        cseq: u32,
+        extra: &str,
+    ) -> String {
+        format!(
+            "{method} sip:tsunagu@{node} SIP/2.0\n\
+             Via: SIP/2.0/UDP {me};branch=z9hG4bK{method}{cseq}{from_tag}{to_tag}\n\
+             From: <sip:09012345678@127.0.0.1>;tag={from_tag}\n\
+             To: <sip:0501234567@127.0.0.1>;tag={to_tag}\n\
+             Call-ID: {call_id}\n\
+             CSeq: {cseq} {method}\n\
+             Max-Forwards: 70\n\
+             {extra}",
+            node = self.node,
+            me = self.me()
+        )
+    }
+}
+
+fn header<'a>(msg: &'a str, name: &str) -> Option<&'a str> {
+    msg.lines().find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+fn tag(value: &str) -> String {
+    value
+        .split(';')
+        .find_map(|p| p.trim().strip_prefix("tag="))
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn spoofed_in_dialog_requests_get_481_and_a_hostile_from_is_escaped() {
+    let ports = Ports::take();
+    let node = Node::start(ports, "127.0.0.0/8", "");
+    let (key, _) = node.provision("0501234567", DEST, "{}");
+    let uas = Uas::start("uas_answer.xml", ports, node.dir.path(), &[]);
+
+    let caller = Party::bind("127.0.0.1", ports.sip);
+    let sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n";
+    let call_id = "dialog-hijack-1";
+    caller.send(&format!(
+        "INVITE sip:0501234567@{node} SIP/2.0\n\
+         Via: SIP/2.0/UDP {me};branch=z9hG4bKinv1\n\
+         From: <sip:0901234\"5678,x@127.0.0.1>;tag=callertag\n\
+         To: <sip:0501234567@127.0.0.1>\n\
+         Call-ID: {call_id}\n\
+         CSeq: 1 INVITE\n\
+         Contact: <sip:caller@{me}>\n\
+         Max-Forwards: 70\n\
+         Content-Type: application/sdp\n\
+         Content-Length: {len}\n\n{sdp}",
+        node = caller.node,
+        me = caller.me(),
+        len = sdp.len(),
+    ));
+    let ok = caller.final_response();
+    assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
+    let our_tag = tag(header(&ok, "To").unwrap());
+    caller.send(&caller.request(
+        "ACK",
+        call_id,
+        "callertag",
+        &our_tag,
+        1,
+        "Content-Length: 0\n\n",
+    ));
+
+    // The forwarded leg's From carries the caller's number escaped, not raw.
+    node.wait_until(Duration::from_secs(5), "the forwarded INVITE", || {
+        uas.messages().contains("INVITE sip:0311112222")
+    });
+    let forwarded = uas.messages();
+    let from = forwarded
+        .lines()
+        .find(|l| l.starts_with("From:"))
+        .unwrap()
+        .to_string();
+    assert!(from.contains("<sip:0901234%225678%2Cx@"), "{from}");
+
+    // An attacker at a trunk's address who knows the Call-ID but not the tags.
+    let attacker = Party::bind("127.0.0.1", ports.sip);
+    let attempts = [
+        ("BYE", "callertag", "guessed", "Content-Length: 0\n\n".to_string()),
+        ("BYE", "guessed", our_tag.as_str(), "Content-Length: 0\n\n".to_string()),
+        (
+            "INFO",
+            "guessed",
+            "guessed",
+            "Content-Type: application/dtmf-relay\nContent-Length: 24\n\nSignal=1\r\nDuration=160\r\n"
+                .to_string(),
+        ),
+    ];
+    for (i, (method, from_tag, to_tag, extra)) in attempts.iter().enumerate() {
+        attacker.send(&attacker.request(method, call_id, from_tag, to_tag, 10 + i as u32, extra));
+        let answer = attacker.final_response();
+        assert!(
+            answer.starts_with("SIP/2.0 481"),
+            "{method} with tags {from_tag}/{to_tag}: {answer}"
+        );
+    }
+    assert_eq!(
+        node.metric("tsunagu_sip_foreign_dialog_requests_total"),
+        3.0
+    );
+    // The call goes on: the callee got no BYE, and the call is still in progress.
+    std::thread::sleep(Duration::from_millis(300)); // a BYE would have been relayed by now
+    assert!(
+        !uas.messages().contains("BYE sip:"),
+        "no BYE reached the callee"
+    );
+    assert_eq!(node.metric("tsunagu_active_calls"), 1.0);
+
+    // The caller hangs up for real: the call ends, answered, with the escaped number.
+    caller.send(&caller.request(
+        "BYE",
+        call_id,
+        "callertag",
+        &our_tag,
+        2,
+        "Content-Length: 0\n\n",
+    ));
+    let bye_ok = caller.final_response();
+    assert!(bye_ok.starts_with("SIP/2.0 200"), "{bye_ok}");
+    let calls = node.wait_for_calls(&key, 1);
+    assert_eq!(calls[0]["result"], "answered");
+    assert_eq!(calls[0]["caller_number"], "0901234%225678%2Cx");
+    node.wait_until(Duration::from_secs(5), "the callee's BYE", || {
+        uas.messages().contains("BYE sip:")
+    });
+    assert_eq!(
+        uas.messages().matches("BYE sip:").count(),
+        1,
+        "the callee got one BYE: the caller's, none of the attacker's"
+    );
+}
