@@ -14,6 +14,10 @@ pub fn run_all(store: &dyn Store) {
     call_inserts_are_idempotent(store);
     calls_in_progress_end_in_one_final_record(store);
     node_incarnations(store);
+    the_change_feed_is_ordered_and_resumable(store);
+    prompts_are_shared_through_the_store(store);
+    the_change_feed_is_ordered_and_resumable(store);
+    prompts_are_shared_through_the_store(store);
     call_queries_filter_sort_and_page(store);
     duplicate_lookup_window(store);
     pools_are_created_atomically_and_scoped(store);
@@ -331,19 +335,71 @@ fn calls_in_progress_end_in_one_final_record(s: &dyn Store) {
 }
 
 fn node_incarnations(s: &dyn Store) {
-    assert_eq!(s.register_node("n-epoch", 1_000).unwrap(), (1, None));
+    let info = NodeInfo {
+        node_id: "n-epoch".into(),
+        cluster_addr: Some("127.0.0.1:7000".into()),
+        api_addr: Some("127.0.0.1:8080".into()),
+    };
+    assert_eq!(s.register_node(&info, 1_000).unwrap(), (1, None));
     assert!(s.node_alive("n-epoch", 1, 2_000).unwrap());
-    assert!(
-        s.node_alive("n-epoch", 1, 1_500).unwrap(),
-        "never goes back"
-    );
-    assert_eq!(s.register_node("n-epoch", 3_000).unwrap(), (2, Some(2_000)));
+    assert!(s.node_alive("n-epoch", 1, 1_500).unwrap(), "never goes back");
+    assert_eq!(s.register_node(&info, 3_000).unwrap(), (2, Some(2_000)));
     assert!(
         !s.node_alive("n-epoch", 1, 4_000).unwrap(),
         "the old incarnation is stale"
     );
     assert!(s.node_alive("n-epoch", 2, 4_000).unwrap());
     assert!(!s.node_alive("n-unknown", 1, 4_000).unwrap());
+    // Declared down: once (compare-and-set), not an older incarnation, and the
+    // incarnation's own heartbeat then fails (it must rejoin).
+    assert!(!s.mark_node_down("n-epoch", 1).unwrap());
+    assert!(s.mark_node_down("n-epoch", 2).unwrap());
+    assert!(!s.mark_node_down("n-epoch", 2).unwrap(), "already down");
+    assert!(!s.node_alive("n-epoch", 2, 5_000).unwrap());
+    let row = s
+        .nodes()
+        .unwrap()
+        .into_iter()
+        .find(|n| n.node_id == "n-epoch")
+        .unwrap();
+    assert_eq!(
+        (row.epoch, row.down, row.last_seen, row.cluster_addr.as_deref()),
+        (2, true, 4_000, Some("127.0.0.1:7000"))
+    );
+    assert_eq!(s.register_node(&info, 6_000).unwrap(), (3, Some(4_000)));
+    assert!(s.node_alive("n-epoch", 3, 7_000).unwrap(), "a new incarnation is up");
+}
+
+fn the_change_feed_is_ordered_and_resumable(s: &dyn Store) {
+    let start = s.changes_since(0, 1).unwrap().latest;
+    let a = s.record_change("number", "0501").unwrap();
+    let b = s.record_change("advertiser", "op/adv").unwrap();
+    assert!(b > a && a > start);
+    let got = s.changes_since(start, 10).unwrap();
+    assert!(got.complete);
+    assert_eq!(got.latest, b);
+    let keys: Vec<(&str, &str)> = got
+        .items
+        .iter()
+        .map(|c| (c.kind.as_str(), c.key.as_str()))
+        .collect();
+    assert_eq!(keys, vec![("number", "0501"), ("advertiser", "op/adv")]);
+    let rest = s.changes_since(a, 10).unwrap();
+    assert_eq!(rest.items.len(), 1);
+    assert!(s.changes_since(b, 10).unwrap().items.is_empty());
+}
+
+fn prompts_are_shared_through_the_store(s: &dyn Store) {
+    assert_eq!(s.prompt("op-p", "hello").unwrap(), None);
+    s.put_prompt("op-p", "hello", b"RIFF1").unwrap();
+    s.put_prompt("op-p", "hello", b"RIFF2").unwrap();
+    s.put_prompt("op-q", "hello", b"RIFF3").unwrap();
+    assert_eq!(s.prompt("op-p", "hello").unwrap().as_deref(), Some(&b"RIFF2"[..]));
+    let all = s.all_prompts().unwrap();
+    assert!(all.contains(&("op-q".into(), "hello".into(), b"RIFF3".to_vec())));
+    assert!(s.delete_prompt("op-p", "hello").unwrap());
+    assert!(!s.delete_prompt("op-p", "hello").unwrap());
+    assert_eq!(s.prompt("op-p", "hello").unwrap(), None);
 }
 
 fn call_inserts_are_idempotent(s: &dyn Store) {

@@ -143,12 +143,35 @@ pub trait Store: Send + Sync + 'static {
     /// The calls in progress carried by `node` (unscoped: finalising a node's calls
     /// after it died), oldest first.
     fn active_calls_of(&self, node: &str) -> Result<Vec<CallRecord>>;
-    /// A node starts: its incarnation (epoch) goes up by one. Returns the new epoch and
-    /// the previous incarnation's last sign of life (None for a node never seen).
-    fn register_node(&self, node: &str, now_ms: i64) -> Result<(u64, Option<i64>)>;
+    /// A node starts: its incarnation (epoch) goes up by one and its addresses are
+    /// recorded. Returns the new epoch and the previous incarnation's last sign of life
+    /// (None for a node never seen).
+    fn register_node(&self, info: &NodeInfo, now_ms: i64) -> Result<(u64, Option<i64>)>;
     /// A sign of life of `node` in incarnation `epoch` at `now_ms`; false if the store
-    /// knows a newer incarnation (this one must not act as the node any more).
+    /// knows a newer incarnation or this one was declared down (it must not act as the
+    /// node any more, and must rejoin as a new incarnation).
     fn node_alive(&self, node: &str, epoch: u64, now_ms: i64) -> Result<bool>;
+    /// The cluster declared `node` in incarnation `epoch` down: true if this call did
+    /// (compare-and-set: the first of several survivors wins), false if it already was
+    /// or a newer incarnation runs.
+    fn mark_node_down(&self, node: &str, epoch: u64) -> Result<bool>;
+    /// Every node ever registered, by name.
+    fn nodes(&self) -> Result<Vec<NodeRow>>;
+
+    // The provisioning change feed: every node follows it to keep its copies current.
+    /// Records that something of `kind` (`number`, `advertiser`, `webhooks`, `prompt`)
+    /// with this key changed; returns the change's number.
+    fn record_change(&self, kind: &str, key: &str) -> Result<i64>;
+    /// Up to `limit` changes after number `seq`, in order; `complete` is false when
+    /// older changes were pruned (the caller reloads everything).
+    fn changes_since(&self, seq: i64, limit: usize) -> Result<Changes>;
+
+    // Operators' own prompts (shared by every node).
+    fn put_prompt(&self, operator_id: &str, name: &str, wav: &[u8]) -> Result<()>;
+    fn delete_prompt(&self, operator_id: &str, name: &str) -> Result<bool>;
+    fn prompt(&self, operator_id: &str, name: &str) -> Result<Option<Vec<u8>>>;
+    /// Every operator's prompts: (operator id, name, WAV).
+    fn all_prompts(&self) -> Result<Vec<(String, String, Vec<u8>)>>;
     /// Queues follow-ups that belong to no finished call (e.g. `call.started`).
     fn enqueue_follow_ups(&self, items: &[NewFollowUp]) -> Result<()>;
     /// When the latest call from `caller` to `advertiser_id` started, among calls that

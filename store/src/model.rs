@@ -629,3 +629,44 @@ pub struct CallQuery {
     pub after: Option<(i64, String)>,
     pub limit: Option<usize>,
 }
+
+/// What a node says about itself when it registers (see `Store::register_node`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub node_id: String,
+    /// Where its peers reach it (`[cluster] listen`), if it is in a cluster.
+    pub cluster_addr: Option<String>,
+    /// Its HTTP API (`api.listen`): other nodes fetch its recordings there.
+    pub api_addr: Option<String>,
+}
+
+/// A registered node (see `Store::nodes`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeRow {
+    pub node_id: String,
+    pub epoch: u64,
+    pub started_at: i64,
+    pub last_seen: i64,
+    pub cluster_addr: Option<String>,
+    pub api_addr: Option<String>,
+    /// This incarnation was declared down by the cluster.
+    pub down: bool,
+}
+
+/// One provisioning change (see `Store::record_change`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub seq: i64,
+    pub kind: String,
+    pub key: String,
+}
+
+/// Changes after a point of the feed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Changes {
+    pub items: Vec<Change>,
+    /// The newest change number.
+    pub latest: i64,
+    /// False when changes after the point were pruned: reload everything.
+    pub complete: bool,
+}

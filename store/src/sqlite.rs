@@ -161,13 +161,33 @@ CREATE TABLE active_calls (
     record TEXT NOT NULL
 );
 CREATE INDEX active_calls_by_node ON active_calls(node);
--- Every node that ever ran on this store: its incarnation (epoch, +1 at each start) and
--- its last sign of life (the call-log writer's heartbeat).
+-- Every node that ever ran on this store: its incarnation (epoch, +1 at each start),
+-- its last sign of life (the call-log writer's heartbeat), where its peers and the API
+-- reach it, and whether the cluster declared this incarnation down.
 CREATE TABLE nodes (
     node_id TEXT PRIMARY KEY,
     epoch INTEGER NOT NULL,
     started_at INTEGER NOT NULL,
-    last_seen INTEGER NOT NULL
+    last_seen INTEGER NOT NULL,
+    cluster_addr TEXT,
+    api_addr TEXT,
+    down INTEGER NOT NULL DEFAULT 0
+);
+-- Provisioning changes (numbers, advertisers, webhooks, prompts), in order: every node
+-- follows this feed to keep its in-memory copies current (SPEC 6).
+CREATE TABLE changes (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    key TEXT NOT NULL,
+    at INTEGER NOT NULL
+);
+-- Operators' own prompts, so that one uploaded through any node plays on every node.
+CREATE TABLE prompts (
+    operator_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    wav BLOB NOT NULL,
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (operator_id, name)
 );
 "#,
 ];
@@ -178,6 +198,9 @@ const CALL_COLUMNS: &str = "call_id, operator_id, advertiser_id, tracking_number
     rtp_packets_out, rtp_lost, callback_of, recording_status, attempts, end_reason";
 
 const READER_POOL: usize = 4;
+
+/// Changes the provisioning feed keeps (see `record_change`).
+const CHANGES_KEPT: i64 = 100_000;
 
 pub struct SqliteStore {
     path: PathBuf,
@@ -1069,20 +1092,21 @@ impl Store for SqliteStore {
         rows.into_iter().map(active_from).collect()
     }
 
-    fn register_node(&self, node: &str, now_ms: i64) -> Result<(u64, Option<i64>)> {
+    fn register_node(&self, info: &NodeInfo, now_ms: i64) -> Result<(u64, Option<i64>)> {
         self.write(|c| {
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let before: Option<(i64, i64)> = tx
                 .query_row(
                     "SELECT epoch, last_seen FROM nodes WHERE node_id = ?1",
-                    [node],
+                    [&info.node_id],
                     |r| Ok((r.get(0)?, r.get(1)?)),
                 )
                 .optional()?;
             let epoch = before.map(|(e, _)| e + 1).unwrap_or(1);
             tx.execute(
-                "INSERT OR REPLACE INTO nodes (node_id, epoch, started_at, last_seen) VALUES (?1, ?2, ?3, ?3)",
-                params![node, epoch, now_ms],
+                "INSERT OR REPLACE INTO nodes (node_id, epoch, started_at, last_seen, cluster_addr, api_addr, down) \
+                 VALUES (?1, ?2, ?3, ?3, ?4, ?5, 0)",
+                params![info.node_id, epoch, now_ms, info.cluster_addr, info.api_addr],
             )?;
             tx.commit()?;
             Ok((epoch as u64, before.map(|(_, seen)| seen)))
@@ -1093,12 +1117,143 @@ impl Store for SqliteStore {
     fn node_alive(&self, node: &str, epoch: u64, now_ms: i64) -> Result<bool> {
         self.write(|c| {
             c.prepare_cached(
-                "UPDATE nodes SET last_seen = max(last_seen, ?3) WHERE node_id = ?1 AND epoch = ?2",
+                "UPDATE nodes SET last_seen = max(last_seen, ?3) WHERE node_id = ?1 AND epoch = ?2 AND down = 0",
             )?
             .execute(params![node, epoch as i64, now_ms])
             .map(|n| n == 1)
         })
         .map_err(unavailable)
+    }
+
+    fn mark_node_down(&self, node: &str, epoch: u64) -> Result<bool> {
+        self.write(|c| {
+            c.prepare_cached(
+                "UPDATE nodes SET down = 1 WHERE node_id = ?1 AND epoch = ?2 AND down = 0",
+            )?
+            .execute(params![node, epoch as i64])
+            .map(|n| n == 1)
+        })
+        .map_err(unavailable)
+    }
+
+    fn nodes(&self) -> Result<Vec<NodeRow>> {
+        self.read(|c| {
+            let mut st = c
+                .prepare_cached(
+                    "SELECT node_id, epoch, started_at, last_seen, cluster_addr, api_addr, down \
+                     FROM nodes ORDER BY node_id",
+                )
+                .map_err(unavailable)?;
+            let rows = st
+                .query_map([], |r| {
+                    Ok(NodeRow {
+                        node_id: r.get(0)?,
+                        epoch: r.get::<_, i64>(1)? as u64,
+                        started_at: r.get(2)?,
+                        last_seen: r.get(3)?,
+                        cluster_addr: r.get(4)?,
+                        api_addr: r.get(5)?,
+                        down: r.get::<_, i64>(6)? != 0,
+                    })
+                })
+                .map_err(unavailable)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(unavailable);
+            rows
+        })
+    }
+
+    fn record_change(&self, kind: &str, key: &str) -> Result<i64> {
+        self.write(|c| {
+            let tx = c.transaction()?;
+            tx.prepare_cached("INSERT INTO changes (kind, key, at) VALUES (?1, ?2, ?3)")?
+                .execute(params![kind, key, now_ms()])?;
+            let seq = tx.last_insert_rowid();
+            // The feed keeps the last CHANGES_KEPT changes: a node further behind
+            // reloads everything (see `changes_since`).
+            tx.prepare_cached("DELETE FROM changes WHERE seq <= ?1")?
+                .execute([seq - CHANGES_KEPT])?;
+            tx.commit()?;
+            Ok(seq)
+        })
+        .map_err(unavailable)
+    }
+
+    fn changes_since(&self, seq: i64, limit: usize) -> Result<Changes> {
+        self.read(|c| {
+            let oldest: Option<i64> = c
+                .query_row("SELECT min(seq) FROM changes", [], |r| r.get(0))
+                .map_err(unavailable)?;
+            let latest: i64 = c
+                .query_row("SELECT coalesce(max(seq), 0) FROM changes", [], |r| r.get(0))
+                .map_err(unavailable)?;
+            let complete = oldest.is_none_or(|o| o <= seq.saturating_add(1)) || seq >= latest;
+            let mut st = c
+                .prepare_cached(
+                    "SELECT seq, kind, key FROM changes WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+                )
+                .map_err(unavailable)?;
+            let items = st
+                .query_map(params![seq, limit.min(i64::MAX as usize) as i64], |r| {
+                    Ok(Change {
+                        seq: r.get(0)?,
+                        kind: r.get(1)?,
+                        key: r.get(2)?,
+                    })
+                })
+                .map_err(unavailable)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(unavailable)?;
+            Ok(Changes {
+                items,
+                latest,
+                complete,
+            })
+        })
+    }
+
+    fn put_prompt(&self, operator_id: &str, name: &str, wav: &[u8]) -> Result<()> {
+        self.write(|c| {
+            c.prepare_cached(
+                "INSERT OR REPLACE INTO prompts (operator_id, name, wav, updated_at) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![operator_id, name, wav, now_ms()])
+            .map(|_| ())
+        })
+        .map_err(unavailable)
+    }
+
+    fn delete_prompt(&self, operator_id: &str, name: &str) -> Result<bool> {
+        self.write(|c| {
+            c.prepare_cached("DELETE FROM prompts WHERE operator_id = ?1 AND name = ?2")?
+                .execute(params![operator_id, name])
+                .map(|n| n == 1)
+        })
+        .map_err(unavailable)
+    }
+
+    fn prompt(&self, operator_id: &str, name: &str) -> Result<Option<Vec<u8>>> {
+        self.read(|c| {
+            c.prepare_cached("SELECT wav FROM prompts WHERE operator_id = ?1 AND name = ?2")
+                .map_err(unavailable)?
+                .query_row(params![operator_id, name], |r| r.get(0))
+                .optional()
+                .map_err(unavailable)
+        })
+    }
+
+    fn all_prompts(&self) -> Result<Vec<(String, String, Vec<u8>)>> {
+        self.read(|c| {
+            let mut st = c
+                .prepare_cached("SELECT operator_id, name, wav FROM prompts ORDER BY operator_id, name")
+                .map_err(unavailable)?;
+            let rows = st
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .map_err(unavailable)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(unavailable);
+            rows
+        })
     }
 
     fn enqueue_follow_ups(&self, items: &[NewFollowUp]) -> Result<()> {
