@@ -57,8 +57,14 @@ pub trait NodeHooks: Send + Sync + 'static {
     fn advertiser_changed(&self, operator_id: &str, id: &str);
     /// An operator's webhooks were created or deleted.
     fn webhooks_changed(&self, operator_id: &str);
+    /// An operator's own prompt was uploaded or deleted (already in the store).
+    fn prompt_changed(&self, _operator_id: &str, _name: &str) {}
     /// Whether the node accepts new calls (false while draining).
     fn ready(&self) -> bool;
+    /// The cluster as this node sees it (`GET /v1/cluster`).
+    fn cluster(&self) -> serde_json::Value {
+        serde_json::json!({ "clustered": false, "members": [] })
+    }
 }
 
 pub struct ApiState {
@@ -131,6 +137,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
     };
     router
         .route("/v1/openapi.json", get(openapi::document))
+        .route("/v1/cluster", get(ops::cluster))
         .route(
             "/v1/operators",
             post(operators::create).get(operators::list),

@@ -66,3 +66,12 @@ fn render(st: &ApiState) -> impl IntoResponse {
         text,
     )
 }
+
+/// The cluster as this node sees it: its name and incarnation, its lease, and every
+/// member with its state, incarnation, time in that state and heartbeat round trip.
+pub async fn cluster(
+    _: crate::auth::Admin,
+    State(st): State<Arc<ApiState>>,
+) -> axum::Json<serde_json::Value> {
+    axum::Json(st.hooks.cluster())
+}

@@ -42,11 +42,15 @@ pub async fn put(
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let prompts = st.prompts.clone();
-    let (op2, name2) = (op.clone(), name.clone());
+    let (op2, name2, wav) = (op.clone(), name.clone(), body.clone());
     let seconds = tokio::task::spawn_blocking(move || prompts.save_own(&op2, &name2, &body))
         .await
         .map_err(|_| ApiError::unavailable("the prompt could not be saved"))?
         .map_err(refused)?;
+    // Kept in the store too, so that every node of the cluster plays it.
+    let (op2, name2) = (op.clone(), name.clone());
+    crate::db(&st, move |s| s.put_prompt(&op2, &name2, &wav)).await?;
+    st.hooks.prompt_changed(&op, &name);
     tracing::info!(operator = %op, prompt = %name, seconds, "prompt uploaded");
     Ok(Json(json!({"name": name, "own": true, "seconds": seconds})))
 }
@@ -57,11 +61,15 @@ pub async fn delete(
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let prompts = st.prompts.clone();
-    let removed = tokio::task::spawn_blocking(move || prompts.delete_own(&op, &name))
+    let (op2, name2) = (op.clone(), name.clone());
+    let removed = tokio::task::spawn_blocking(move || prompts.delete_own(&op2, &name2))
         .await
         .map_err(|_| ApiError::unavailable("the prompt could not be deleted"))?
         .map_err(refused)?;
-    if removed {
+    let (op2, name2) = (op.clone(), name.clone());
+    let stored = crate::db(&st, move |s| s.delete_prompt(&op2, &name2)).await?;
+    st.hooks.prompt_changed(&op, &name);
+    if removed || stored {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found("no prompt of yours has that name"))

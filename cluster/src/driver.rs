@@ -34,7 +34,9 @@ pub trait Host: Send + Sync + 'static {
     /// Nodes registered in the store and not declared down (this one included or not).
     fn registered(&self) -> Vec<Registered>;
     /// `name` in incarnation `epoch` was declared down (by this node or another).
-    fn member_down(&self, name: &str, epoch: u64);
+    /// `finaliser`: this node is the one of the survivors that cleans up after it (the
+    /// owner of the key `node:<name>` among the live members).
+    fn member_down(&self, name: &str, epoch: u64, finaliser: bool);
     fn member_up(&self, name: &str, epoch: u64);
     /// Provisioning changed in the store, up to change `seq` at least.
     fn changed(&self, seq: i64);
@@ -465,7 +467,15 @@ impl Cluster {
                             );
                         }
                     }
-                    self.0.host.member_down(&name, epoch);
+                    let finaliser = {
+                        let m = self.membership();
+                        let up = m.up();
+                        crate::placement::owner(
+                            &format!("node:{name}"),
+                            up.iter().map(|(n, _)| n.as_str()),
+                        ) == Some(m.name())
+                    };
+                    self.0.host.member_down(&name, epoch, finaliser);
                 }
             }
         }

@@ -370,11 +370,34 @@ impl Default for StoreConfig {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
-    /// Cluster listener for other nodes; unset = single node.
+    /// Where this node's peers connect (mutual TLS); unset = a node on its own.
     #[serde(default)]
     pub listen: Option<SocketAddr>,
+    /// Peers dialled at start besides those the store lists (any one suffices).
     #[serde(default)]
     pub seeds: Vec<SocketAddr>,
+    /// The cluster's shared secret (ractor_cluster's cookie): a node without it is
+    /// refused even with a valid certificate. At least 16 characters.
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// A file holding the secret (instead of `secret`).
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+    /// Certificates between nodes: required with `listen`.
+    #[serde(default)]
+    pub tls: Option<ClusterTlsConfig>,
+}
+
+/// Mutual TLS between nodes: each node presents `cert_file` (which must name the IP
+/// address of its `cluster.listen`) and accepts only peers whose certificate `ca_file`
+/// signed, as client and as server.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterTlsConfig {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// The cluster's CA (PEM): the only issuer of certificates nodes accept.
+    pub ca_file: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]

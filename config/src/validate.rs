@@ -115,6 +115,35 @@ impl Config {
                 "a node with seeds must also listen".into(),
             );
         }
+        if self.cluster.listen.is_some() {
+            if self.cluster.tls.is_none() {
+                err(
+                    "cluster.tls".into(),
+                    "nodes talk over mutual TLS: cert_file, key_file and ca_file are required".into(),
+                );
+            }
+            match (&self.cluster.secret, &self.cluster.secret_file) {
+                (None, None) => err(
+                    "cluster.secret".into(),
+                    "a cluster needs a shared secret (secret or secret_file)".into(),
+                ),
+                (Some(_), Some(_)) => err(
+                    "cluster.secret_file".into(),
+                    "give secret or secret_file, not both".into(),
+                ),
+                (Some(s), None) if s.chars().count() < 16 => err(
+                    "cluster.secret".into(),
+                    "must be at least 16 characters".into(),
+                ),
+                _ => {}
+            }
+            if self.node.id.contains('/') || self.node.id.trim().is_empty() {
+                err(
+                    "node.id".into(),
+                    "a cluster node's id must be non-empty and without `/`".into(),
+                );
+            }
+        }
 
         let mut names = HashSet::new();
         for (i, t) in self.trunks.iter().enumerate() {
@@ -506,6 +535,21 @@ mod tests {
                 &["sip.tcp_max_connections_per_source"],
             ),
             ("unknown untrusted mode", "[sip]\nuntrusted = \"answer\"\n", &["sip.untrusted"]),
+            (
+                "cluster without tls nor secret",
+                "[cluster]\nlisten = \"127.0.0.1:7001\"\n",
+                &["cluster.tls", "cluster.secret"],
+            ),
+            (
+                "cluster secret too short",
+                "[cluster]\nlisten = \"127.0.0.1:7001\"\nsecret = \"short\"\n[cluster.tls]\ncert_file = \"c\"\nkey_file = \"k\"\nca_file = \"a\"\n",
+                &["cluster.secret"],
+            ),
+            (
+                "cluster secret and secret file",
+                "[cluster]\nlisten = \"127.0.0.1:7001\"\nsecret = \"0123456789abcdef\"\nsecret_file = \"s\"\n[cluster.tls]\ncert_file = \"c\"\nkey_file = \"k\"\nca_file = \"a\"\n",
+                &["cluster.secret_file"],
+            ),
             (
                 "api limits",
                 "[api]\nmax_connections = 0\nheader_timeout_seconds = 0\nidle_timeout_seconds = 90000\nmax_exports = 0\nexport_send_timeout_seconds = 0\nmetrics_listen = \"127.0.0.1:20001\"\nmetrics_token = \"short\"\npool_metrics = [\"pool x\"]\n[api.issue]\nper_address_burst = 0\nmax_leases_per_session = 0\n[media]\nports = \"20000-20999\"\n",

@@ -91,6 +91,10 @@ impl InviteHandler for Admission {
         if ctx.draining.load(Ordering::Relaxed) {
             return self.refuse(503, "draining", invite);
         }
+        if !ctx.cluster_lease() {
+            // Frozen, cut off or declared down: others may be taking over.
+            return self.refuse(503, "cluster_lease", invite);
+        }
         if !ctx.log.ready() {
             // The call log cannot be written (store failing) or is far behind: a call
             // admitted now might never be logged.

@@ -93,7 +93,8 @@ pub struct Writer {
     pub webhooks: WebhookCache,
     /// This node and its incarnation, for the heartbeat.
     pub node_id: String,
-    pub epoch: u64,
+    /// Changes when the node rejoins its cluster as a new incarnation.
+    pub epoch: Arc<std::sync::atomic::AtomicU64>,
     /// Above this many waiting messages the node takes no new calls (see
     /// [`CallLog::ready`]).
     pub high_water: usize,
@@ -264,15 +265,17 @@ fn writer(w: Writer, rx: mpsc::Receiver<LogMsg>, shared: Arc<Shared>) {
     }
 }
 
-/// Records the node's sign of life. A newer incarnation of this node id in the store
-/// means another process runs as this node: said loudly (two nodes must not share an id).
+/// Records the node's sign of life. Refused when the store knows a newer incarnation
+/// of this node id (another process runs as this node: two nodes must not share an id)
+/// or the cluster declared this one down (it rejoins: see `cluster_link`).
 fn heartbeat(w: &Writer) {
-    match w.store.node_alive(&w.node_id, w.epoch, now_ms()) {
+    let epoch = w.epoch.load(Ordering::Relaxed);
+    match w.store.node_alive(&w.node_id, epoch, now_ms()) {
         Ok(true) => {}
-        Ok(false) => tracing::error!(
+        Ok(false) => tracing::warn!(
             node = %w.node_id,
-            epoch = w.epoch,
-            "a newer incarnation of this node id runs on the same store"
+            epoch,
+            "the store refused this incarnation's sign of life (declared down, or a newer incarnation of this node id runs)"
         ),
         Err(e) => tracing::debug!(%e, "heartbeat not written"),
     }
@@ -308,28 +311,7 @@ pub fn recover(
     node_id: &str,
     last_seen: Option<i64>,
 ) -> tsunagu_store::Result<usize> {
-    let left = store.active_calls_of(node_id)?;
-    for record in &left {
-        // The number as it is now (its validity rule and follow-ups); a number deleted
-        // since still gets its call logged, with default rules.
-        let number = store
-            .get_number(&record.tracking_number)?
-            .unwrap_or_else(|| TrackingNumber {
-                number: record.tracking_number.clone(),
-                operator_id: record.operator_id.clone(),
-                advertiser_id: record.advertiser_id.clone(),
-                ..TrackingNumber::default()
-            });
-        tracing::warn!(call_id = %record.call_id, started_at = record.started_at, "call left in progress by the previous run: logged as failed (node_lost)");
-        log.write(LogEntry {
-            record: lost_call(record.clone(), last_seen),
-            number: Arc::new(number),
-            // What the call's trunk asserted is not kept with a call in progress: a
-            // lost call sends no SMS to its caller.
-            caller_verified: false,
-        });
-    }
-    Ok(left.len())
+    crate::cluster_link::finalise_calls_of(store, log, node_id, last_seen)
 }
 
 /// Writes the batch, retrying with backoff while the store fails. A call's events come
@@ -573,7 +555,7 @@ mod tests {
             wake: Arc::new(Notify::new()),
             webhooks: WebhookCache::load(store.clone()).unwrap(),
             node_id: "n1".into(),
-            epoch: 1,
+            epoch: Arc::new(1.into()),
             high_water: 1000,
         };
         let batch = |entries| Batch {

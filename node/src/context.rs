@@ -12,6 +12,10 @@ use tsunagu_sip::EndpointHandle;
 
 pub struct NodeContext {
     pub node_id: String,
+    /// This run's incarnation of the node (a new one when it rejoins its cluster).
+    pub epoch: Arc<std::sync::atomic::AtomicU64>,
+    /// The node's cluster, if `[cluster]` is configured (set once it joined).
+    pub cluster: std::sync::OnceLock<tsunagu_cluster::Cluster>,
     pub endpoint: EndpointHandle,
     pub ports: Arc<PortPool>,
     pub routing: Routing,
@@ -46,6 +50,12 @@ pub struct NodeContext {
 impl NodeContext {
     pub fn active_calls(&self) -> usize {
         self.active.load(Ordering::Relaxed)
+    }
+
+    /// Whether the node may act in its cluster (always, outside one): see
+    /// `tsunagu_cluster::Cluster::lease_valid`.
+    pub fn cluster_lease(&self) -> bool {
+        self.cluster.get().is_none_or(|c| c.lease_valid())
     }
 }
 

@@ -1,11 +1,17 @@
 //! The number directory: every tracking number (and every advertiser's line limit) in
-//! memory, so an INVITE is routed without a store round trip. Loaded at start; the API
-//! refreshes an entry whenever it writes one (single node: the API and the call path
-//! share this process).
+//! memory, so an INVITE is routed without a store round trip. Loaded at start; kept
+//! current by the provisioning feed (`crate::provisioning`): the node whose API wrote
+//! an entry refreshes it at once, the others when the change reaches them.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use tsunagu_store::{LineLimit, Store, StoreError, TrackingNumber};
+
+/// Numbers by number, and line limits by advertiser.
+type Maps = (
+    HashMap<String, Arc<TrackingNumber>>,
+    HashMap<String, LineLimit>,
+);
 
 #[derive(Clone)]
 pub struct Directory {
@@ -17,6 +23,15 @@ pub struct Directory {
 
 impl Directory {
     pub fn load(store: Arc<dyn Store>) -> Result<Directory, StoreError> {
+        let (numbers, lines) = Directory::read_all(&*store)?;
+        Ok(Directory {
+            store,
+            numbers: Arc::new(RwLock::new(numbers)),
+            advertiser_lines: Arc::new(RwLock::new(lines)),
+        })
+    }
+
+    fn read_all(store: &dyn Store) -> Result<Maps, StoreError> {
         let numbers = store
             .all_numbers()?
             .into_iter()
@@ -27,11 +42,18 @@ impl Directory {
             .into_iter()
             .filter_map(|a| Some((a.id, a.lines?)))
             .collect();
-        Ok(Directory {
-            store,
-            numbers: Arc::new(RwLock::new(numbers)),
-            advertiser_lines: Arc::new(RwLock::new(lines)),
-        })
+        Ok((numbers, lines))
+    }
+
+    /// Reads everything again (a node that fell too far behind the change feed).
+    pub fn reload(&self) -> Result<(), StoreError> {
+        let (numbers, lines) = Directory::read_all(&*self.store)?;
+        *self.numbers.write().unwrap_or_else(|p| p.into_inner()) = numbers;
+        *self
+            .advertiser_lines
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = lines;
+        Ok(())
     }
 
     /// The line limit over all of an advertiser's numbers, if it has one.

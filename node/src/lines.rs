@@ -1,260 +1,220 @@
-//! Call queuing (コールキューイング): at most `max_lines` calls of a number connected or
-//! being connected at once; callers over the limit wait in FIFO order (hearing
-//! ringback) and take the first line that frees, or give up after `max_wait_seconds`.
+//! Call queuing's node side (コールキューイング): this node's calls ask for lines and give
+//! them back here; the counting and queues are the cluster's line service
+//! ([`tsunagu_cluster::lines`]), whose owner of a key may be this node (answered at
+//! once) or a peer (answered by message: [`Ask::Pending`], then the call's
+//! [`Waiter`] hears the answer). A node alone owns every key.
 //!
-//! [`LineTable`] is the sans-IO core (decisions only, table-tested). [`Lines`] shares it
-//! on one node behind a mutex and wakes the next waiter through its call actor; a
-//! cluster can later put the same table behind a per-number actor. A held line is a
-//! [`LineGuard`] released on drop, so a crashed call frees its line; a waiter whose
-//! actor died is skipped when its turn comes.
+//! What a call holds or waits for is a [`LineRequest`]: dropping it gives the line back
+//! or leaves the queue, so a call that ends or crashes frees what it had.
 
 use prometheus_client::metrics::gauge::Gauge;
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use tsunagu_cluster::lines::{Answer, LineService, Output};
+use tsunagu_cluster::Cluster;
 
 /// What a call is told when it asks for a line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ask {
     Granted,
     /// Queued at this position (1 = next).
-    Queued(usize),
+    Queued(u32),
+    /// The key's owner is another node: its answer comes to the waiter.
+    Pending,
 }
 
-#[derive(Default)]
-struct Line {
-    busy: u32,
-    waiting: VecDeque<u64>,
-}
-
-/// Line counts and queues by key (a tracking number).
-#[derive(Default)]
-pub struct LineTable {
-    lines: HashMap<String, Line>,
-}
-
-impl LineTable {
-    pub fn ask(&mut self, key: &str, max: u32, caller: u64) -> Ask {
-        let line = self.lines.entry(key.to_string()).or_default();
-        if line.busy < max && line.waiting.is_empty() {
-            line.busy += 1;
-            Ask::Granted
-        } else {
-            line.waiting.push_back(caller);
-            Ask::Queued(line.waiting.len())
-        }
-    }
-
-    /// A line is released: the waiter it passes to, if any (the line stays busy for it).
-    pub fn release(&mut self, key: &str) -> Option<u64> {
-        let line = self.lines.get_mut(key)?;
-        match line.waiting.pop_front() {
-            Some(next) => Some(next),
-            None => {
-                line.busy = line.busy.saturating_sub(1);
-                if line.busy == 0 {
-                    self.lines.remove(key);
-                }
-                None
-            }
-        }
-    }
-
-    /// A waiter gave up (hung up, timed out): leaves the queue. False if it was not in it
-    /// (e.g. a line had just been passed to it).
-    pub fn leave(&mut self, key: &str, caller: u64) -> bool {
-        let Some(line) = self.lines.get_mut(key) else {
-            return false;
-        };
-        let before = line.waiting.len();
-        line.waiting.retain(|c| *c != caller);
-        before != line.waiting.len()
-    }
-
-    pub fn waiting(&self) -> usize {
-        self.lines.values().map(|l| l.waiting.len()).sum()
-    }
-}
-
-/// Something that can be told a line is now its own (a call actor).
+/// Something that can be told the owner's answer (a call actor).
 pub trait Waiter: Send + Sync {
     /// False if the waiter is gone.
-    fn take_line(&self) -> bool;
+    fn answer(&self, key: &str, answer: Answer) -> bool;
 }
 
-/// The node's lines: the table and the waiters to wake.
-/// The table and, by ticket, the waiters to wake.
-type Shared = (LineTable, HashMap<u64, Arc<dyn Waiter>>);
-
-#[derive(Clone, Default)]
-pub struct Lines {
-    inner: Arc<Mutex<Shared>>,
-    next_id: Arc<std::sync::atomic::AtomicU64>,
-    /// Calls waiting in all queues, kept current by every change.
+struct Inner {
+    service: Arc<Mutex<LineService>>,
+    cluster: OnceLock<Cluster>,
+    /// This node's calls with a request out, by (key, call).
+    waiters: Mutex<HashMap<(String, String), Arc<dyn Waiter>>>,
+    /// Calls of this node waiting in a queue.
     waiting: Gauge,
 }
 
-/// A held line of `key`; dropping it passes the line on.
-pub struct LineGuard {
+#[derive(Clone)]
+pub struct Lines(Arc<Inner>);
+
+/// A line a call holds or waits for; dropping it gives it back.
+pub struct LineRequest {
     lines: Lines,
-    key: String,
+    pub key: String,
+    call: String,
 }
 
-impl Drop for LineGuard {
+impl Drop for LineRequest {
     fn drop(&mut self) {
-        self.lines.release(&self.key);
+        self.lines.release(&self.key, &self.call);
     }
 }
 
 impl Lines {
-    /// Lines that report the number of waiting calls to `waiting`.
-    pub fn new(waiting: Gauge) -> Lines {
-        Lines {
+    /// The lines of node `name`, counting its waiting calls in `waiting`.
+    pub fn new(name: &str, waiting: Gauge) -> Lines {
+        Lines(Arc::new(Inner {
+            service: Arc::new(Mutex::new(LineService::new(name))),
+            cluster: OnceLock::new(),
+            waiters: Mutex::default(),
             waiting,
-            ..Lines::default()
-        }
+        }))
     }
 
-    fn count_waiting(&self, table: &LineTable) {
-        self.waiting.set(table.waiting() as i64);
+    /// The line service, for the cluster driver (network messages, view changes).
+    pub fn service(&self) -> Arc<Mutex<LineService>> {
+        self.0.service.clone()
     }
 
-    /// Asks for a line of `key`: the guard at once, or a queue ticket (the waiter's
-    /// `take_line` is called when the line is its own; it then calls [`Lines::guard`]).
+    /// From now on, requests for keys other nodes own go to them.
+    pub fn attach(&self, cluster: Cluster) {
+        let _ = self.0.cluster.set(cluster);
+    }
+
+    /// Asks for a line of `key` (at most `limit` held cluster-wide) for `call`. The
+    /// request is the call's until dropped, whatever the answer.
     pub fn ask(
         &self,
         key: &str,
-        max: u32,
+        call: &str,
+        limit: u32,
         waiter: Arc<dyn Waiter>,
-    ) -> Result<LineGuard, (u64, usize)> {
-        let id = self
-            .next_id
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        match inner.0.ask(key, max, id) {
-            Ask::Granted => Ok(self.guard(key)),
-            Ask::Queued(position) => {
-                inner.1.insert(id, waiter);
-                self.count_waiting(&inner.0);
-                Err((id, position))
-            }
-        }
-    }
-
-    /// The guard of a line that was passed to a waiter.
-    pub fn guard(&self, key: &str) -> LineGuard {
-        LineGuard {
-            lines: self.clone(),
-            key: key.to_string(),
-        }
-    }
-
-    /// A waiter stops waiting. False if the line was already passed to it (it must then
-    /// take the guard and drop it, to pass the line on).
-    pub fn leave(&self, key: &str, ticket: u64) -> bool {
-        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        inner.1.remove(&ticket);
-        let left = inner.0.leave(key, ticket);
-        self.count_waiting(&inner.0);
-        left
-    }
-
-    fn release(&self, key: &str) {
-        loop {
-            let next = {
-                let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-                let next = inner.0.release(key);
-                self.count_waiting(&inner.0);
-                match next {
-                    Some(id) => inner.1.remove(&id),
-                    None => return,
-                }
-            };
-            // Wake outside the lock. A waiter that is gone passes the line on again.
-            match next {
-                Some(w) if w.take_line() => return,
-                _ => continue,
-            }
-        }
-    }
-
-    pub fn waiting(&self) -> usize {
-        self.inner
+    ) -> (LineRequest, Ask) {
+        let id = (key.to_string(), call.to_string());
+        self.0
+            .waiters
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+            .insert(id, waiter);
+        let out = {
+            let mut s = self.0.service.lock().unwrap_or_else(|p| p.into_inner());
+            s.acquire(key, call, limit, crate::clock::now_ms());
+            s.drain()
+        };
+        let mut ask = Ask::Pending;
+        let mut rest = Vec::with_capacity(out.len());
+        for o in out {
+            match o {
+                Output::Local {
+                    key: k,
+                    call: c,
+                    answer,
+                } if k == key && c == call => {
+                    ask = match answer {
+                        Answer::Granted { .. } => Ask::Granted,
+                        Answer::Queued { position } => Ask::Queued(position),
+                    };
+                }
+                other => rest.push(other),
+            }
+        }
+        self.dispatch(rest);
+        let request = LineRequest {
+            lines: self.clone(),
+            key: key.to_string(),
+            call: call.to_string(),
+        };
+        (request, ask)
+    }
+
+    fn release(&self, key: &str, call: &str) {
+        self.0
+            .waiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(key.to_string(), call.to_string()));
+        let out = {
+            let mut s = self.0.service.lock().unwrap_or_else(|p| p.into_inner());
+            s.release(key, call);
+            s.drain()
+        };
+        self.dispatch(out);
+    }
+
+    /// Sends what the service produced: answers to this node's waiting calls, messages
+    /// to peers.
+    pub fn dispatch(&self, out: Vec<Output>) {
+        let mut remote = Vec::new();
+        for o in out {
+            match o {
+                Output::Local { key, call, answer } => self.answer(&key, &call, answer),
+                send => remote.push(send),
+            }
+        }
+        if !remote.is_empty() {
+            match self.0.cluster.get() {
+                Some(c) => c.dispatch(remote),
+                None => tracing::error!("line messages for peers on a node outside a cluster"),
+            }
+        }
+        self.count_waiting();
+    }
+
+    /// The owner's answer for one of this node's calls.
+    pub fn answer(&self, key: &str, call: &str, answer: Answer) {
+        let waiter = self
             .0
-            .waiting()
+            .waiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(key.to_string(), call.to_string()))
+            .cloned();
+        if let Some(w) = waiter {
+            w.answer(key, answer);
+        }
+        self.count_waiting();
+    }
+
+    fn count_waiting(&self) {
+        let n = self
+            .0
+            .service
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .waiting_calls();
+        self.0.waiting.set(n as i64);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Mutex as StdMutex;
 
-    #[test]
-    fn fifo_with_a_line_limit() {
-        let mut t = LineTable::default();
-        assert_eq!(t.ask("n", 2, 1), Ask::Granted);
-        assert_eq!(t.ask("n", 2, 2), Ask::Granted);
-        assert_eq!(t.ask("n", 2, 3), Ask::Queued(1));
-        assert_eq!(t.ask("n", 2, 4), Ask::Queued(2));
-        assert_eq!(t.ask("other", 2, 5), Ask::Granted, "lines are per number");
-        assert_eq!(t.waiting(), 2);
-        assert_eq!(t.release("n"), Some(3), "first in, first served");
-        assert!(t.leave("n", 4), "4 hangs up while waiting");
-        assert!(!t.leave("n", 4));
-        assert_eq!(t.release("n"), None);
-        assert_eq!(t.release("n"), None);
-        assert_eq!(t.ask("n", 2, 6), Ask::Granted);
-        assert_eq!(t.ask("n", 2, 7), Ask::Granted, "both lines free again");
-        assert_eq!(t.ask("n", 2, 8), Ask::Queued(1));
-    }
+    #[derive(Default)]
+    struct Heard(StdMutex<Vec<(String, Answer)>>);
 
-    #[test]
-    fn a_newcomer_never_jumps_the_queue() {
-        let mut t = LineTable::default();
-        assert_eq!(t.ask("n", 1, 1), Ask::Granted);
-        assert_eq!(t.ask("n", 1, 2), Ask::Queued(1));
-        // The line passes straight to 2: it stays busy, so 3 queues.
-        assert_eq!(t.release("n"), Some(2));
-        assert_eq!(t.ask("n", 1, 3), Ask::Queued(1));
-    }
-
-    struct Flag(std::sync::atomic::AtomicBool, bool);
-    impl Waiter for Flag {
-        fn take_line(&self) -> bool {
-            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
-            self.1
+    impl Waiter for Heard {
+        fn answer(&self, key: &str, answer: Answer) -> bool {
+            self.0.lock().unwrap().push((key.to_string(), answer));
+            true
         }
     }
 
     #[test]
-    fn lines_pass_on_drop_and_skip_waiters_that_are_gone() {
-        let lines = Lines::default();
-        let first = lines
-            .ask("n", 1, Arc::new(Flag(Default::default(), true)))
-            .ok()
-            .unwrap();
-        let gone = Arc::new(Flag(Default::default(), false));
-        let alive = Arc::new(Flag(Default::default(), true));
-        assert!(lines.ask("n", 1, gone.clone()).is_err());
-        assert!(lines.ask("n", 1, alive.clone()).is_err());
-        assert_eq!(lines.waiting.get(), 2, "the gauge follows the queue");
-        drop(first);
-        assert!(
-            gone.0.load(std::sync::atomic::Ordering::SeqCst),
-            "offered to the first waiter"
-        );
-        assert!(
-            alive.0.load(std::sync::atomic::Ordering::SeqCst),
-            "then to the next one"
-        );
-        assert_eq!(lines.waiting.get(), 0);
-        drop(lines.guard("n"));
-        assert!(
-            lines
-                .ask("n", 1, Arc::new(Flag(Default::default(), true)))
-                .is_ok(),
-            "free again"
+    fn a_node_alone_grants_queues_and_passes_lines_on_when_requests_drop() {
+        let lines = Lines::new("n1", Gauge::default());
+        let w: Vec<Arc<Heard>> = (0..3).map(|_| Arc::new(Heard::default())).collect();
+        let (r1, a1) = lines.ask("number:1", "c1", 2, w[0].clone());
+        let (r2, a2) = lines.ask("number:1", "c2", 2, w[1].clone());
+        let (r3, a3) = lines.ask("number:1", "c3", 2, w[2].clone());
+        assert_eq!((a1, a2, a3), (Ask::Granted, Ask::Granted, Ask::Queued(1)));
+        assert_eq!(lines.0.waiting.get(), 1);
+        drop(r1);
+        assert!(matches!(
+            w[2].0.lock().unwrap().as_slice(),
+            [(k, Answer::Granted { .. })] if k == "number:1"
+        ));
+        assert_eq!(lines.0.waiting.get(), 0);
+        drop((r2, r3));
+        assert_eq!(
+            lines.service().lock().unwrap().table_counts(),
+            (0, 0),
+            "everything given back"
         );
     }
 }

@@ -260,12 +260,14 @@ pub struct Metrics {
     pub media: MediaMetrics,
     pub pools: tsunagu_api::PoolMetrics,
     pub api: tsunagu_api::ApiMetrics,
+    pub cluster: tsunagu_cluster::ClusterMetrics,
 }
 
 impl Metrics {
     /// Series that exist from the start at zero (see [`FollowUpMetrics::touch`]).
     pub fn touch(&self) {
         self.follow_ups.touch();
+        self.cluster.touch();
         for status in ["complete", "truncated", "missing"] {
             drop(self.calls.recordings.get_or_create(&StatusLabel { status }));
         }
@@ -501,6 +503,7 @@ impl Metrics {
         self.media.register(&mut r);
         self.pools.register(&mut r);
         self.api.register(&mut r);
+        self.cluster.register(&mut r);
         self.follow_ups.register(&mut r);
         r
     }

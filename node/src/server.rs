@@ -7,6 +7,8 @@
 
 use crate::admission::Admission;
 use crate::call_log::{CallLog, Writer};
+use crate::cluster_link::NodeHost;
+use crate::provisioning::{kind, Provisioning};
 use crate::context::NodeContext;
 use crate::decide::routing::{sip_transport, Routing};
 use crate::directory::Directory;
@@ -177,23 +179,44 @@ fn edge_settings(config: &Config) -> EdgeSettings {
     }
 }
 
+/// What the API asks of the node: provisioning changes go to the feed (this node at
+/// once, the cluster next), readiness, the cluster's state.
 struct Hooks {
-    directory: Directory,
+    provisioning: Provisioning,
     ctx: Arc<NodeContext>,
 }
 
 impl NodeHooks for Hooks {
     fn number_changed(&self, number: &str) {
-        self.directory.refresh(number);
+        self.provisioning.changed(kind::NUMBER, number.to_string());
     }
     fn webhooks_changed(&self, operator_id: &str) {
-        self.ctx.webhooks.refresh(operator_id);
+        self.provisioning
+            .changed(kind::WEBHOOKS, operator_id.to_string());
     }
     fn advertiser_changed(&self, operator_id: &str, id: &str) {
-        self.directory.refresh_advertiser(operator_id, id);
+        self.provisioning
+            .changed(kind::ADVERTISER, format!("{operator_id}/{id}"));
+    }
+    fn prompt_changed(&self, operator_id: &str, name: &str) {
+        self.provisioning
+            .changed(kind::PROMPT, format!("{operator_id}/{name}"));
     }
     fn ready(&self) -> bool {
-        !self.ctx.draining.load(Ordering::Relaxed) && self.ctx.log.ready()
+        !self.ctx.draining.load(Ordering::Relaxed)
+            && self.ctx.log.ready()
+            && self.ctx.cluster_lease()
+    }
+    fn cluster(&self) -> serde_json::Value {
+        match self.ctx.cluster.get() {
+            Some(c) => serde_json::to_value(c.status()).unwrap_or_default(),
+            None => serde_json::json!({
+                "name": self.ctx.node_id,
+                "epoch": self.ctx.epoch.load(Ordering::Relaxed),
+                "clustered": false,
+                "members": [],
+            }),
+        }
     }
 }
 
@@ -219,8 +242,14 @@ pub async fn run(
     metrics.touch();
     // A new incarnation of this node; the previous one's last sign of life dates the
     // end of the calls it left in progress (logged below, before any call of this run).
-    let (epoch, last_seen) = store.register_node(&config.node.id, crate::clock::now_ms())?;
+    let node_info = tsunagu_store::NodeInfo {
+        node_id: config.node.id.clone(),
+        cluster_addr: config.cluster.listen.map(|a| a.to_string()),
+        api_addr: Some(config.api.listen.to_string()),
+    };
+    let (epoch, last_seen) = store.register_node(&node_info, crate::clock::now_ms())?;
     tracing::info!(node = %config.node.id, epoch, "node registered");
+    let epoch = Arc::new(std::sync::atomic::AtomicU64::new(epoch));
     let directory = Directory::load(store.clone())?;
     let wake = Arc::new(tokio::sync::Notify::new());
     let webhooks = WebhookCache::load(store.clone())?;
@@ -238,7 +267,7 @@ pub async fn run(
         wake: wake.clone(),
         webhooks: webhooks.clone(),
         node_id: config.node.id.clone(),
-        epoch,
+        epoch: epoch.clone(),
         high_water: LOG_HIGH_WATER,
     });
     let recovered = crate::call_log::recover(&*store, &log, &config.node.id, last_seen)?;
@@ -340,8 +369,16 @@ pub async fn run(
             "this binary has no default prompts (espeak-ng was not installed when it was built)"
         );
     }
+    let provisioning = Provisioning::start(
+        store.clone(),
+        directory.clone(),
+        webhooks.clone(),
+        prompts.clone(),
+    )?;
     let ctx = Arc::new(NodeContext {
         node_id: config.node.id.clone(),
+        epoch,
+        cluster: OnceLock::new(),
         endpoint: endpoint.clone(),
         ports,
         trunk_channels: routing.trunks.iter().map(|_| AtomicU32::new(0)).collect(),
@@ -361,7 +398,7 @@ pub async fn run(
         log: log.clone(),
         store: store.clone(),
         recorder: tsunagu_media::Recorder::start(),
-        lines: crate::lines::Lines::new(metrics.calls.queue_waiting.clone()),
+        lines: crate::lines::Lines::new(&config.node.id, metrics.calls.queue_waiting.clone()),
         webhooks,
         recordings_dir: recordings_dir.clone(),
         prompts: prompts.clone(),
@@ -391,6 +428,20 @@ pub async fn run(
         .map(|t| t.options_interval_seconds)
         .collect();
     crate::trunk_health::start(&ctx, &intervals);
+    let host = Arc::new(NodeHost::new(
+        ctx.clone(),
+        provisioning.clone(),
+        supervisor.clone(),
+        node_info,
+    ));
+    if let Some(cluster) = crate::cluster_link::join(&config, host, metrics.cluster.clone())
+        .await
+        .map_err(NodeError::Io)?
+    {
+        tracing::info!(listen = ?config.cluster.listen, "joined the cluster");
+        let _ = ctx.cluster.set(cluster);
+    }
+    provisioning.spawn_follower();
     handler.set(Admission::new(
         ctx.clone(),
         directory.clone(),
@@ -400,7 +451,7 @@ pub async fn run(
     let api_state = Arc::new(ApiState {
         store: store.clone(),
         hooks: Arc::new(Hooks {
-            directory,
+            provisioning,
             ctx: ctx.clone(),
         }),
         registry: Arc::new(metrics.registry()),

@@ -26,6 +26,9 @@ pub enum SupervisorMsg {
     /// Logs every call task still running as failed with this reason and stops it;
     /// answers when done.
     Abandon(&'static str, ractor::RpcReplyPort<usize>),
+    /// The cluster declared this incarnation down: every call ends silently
+    /// (`CallMsg::Vanish`); answers how many there were.
+    VanishAll(ractor::RpcReplyPort<usize>),
     /// Test hook: makes every running call actor panic.
     #[cfg(test)]
     CrashAll,
@@ -135,6 +138,15 @@ impl Actor for CallSupervisor {
                 }
                 let _ = reply.send(left.len());
             }
+            SupervisorMsg::VanishAll(reply) => {
+                for (seed, me) in state.calls.values() {
+                    // Marked here too, so that a call that cannot take the message
+                    // (its inbox closing) is not logged by its exit either.
+                    seed.logged.store(true, Ordering::Release);
+                    let _ = me.send_message(crate::call::CallMsg::Vanish);
+                }
+                let _ = reply.send(state.calls.len());
+            }
             SupervisorMsg::Sweep => {
                 for (seed, me) in state.calls.values() {
                     if seed.started.elapsed() > self.max_call {
@@ -238,7 +250,7 @@ mod tests {
             wake: Arc::new(tokio::sync::Notify::new()),
             webhooks: crate::follow_up::hooks::WebhookCache::load(store.clone()).unwrap(),
             node_id: "n1".into(),
-            epoch: 1,
+            epoch: Arc::new(1.into()),
             high_water: 1000,
         });
         let ports = tsunagu_media::PortPool::new(

@@ -195,3 +195,51 @@ pub fn spawn_reloader(store: Arc<CertStore>, every: Duration, ok: Counter, faile
         }
     });
 }
+
+/// Mutual TLS between cluster nodes (`[cluster.tls]`): the node's certificate, served
+/// and presented; only the cluster's CA is trusted, both ways (never Mozilla's roots: a
+/// certificate any public CA signed must not make a node).
+pub fn cluster(
+    cfg: &tsunagu_config::ClusterTlsConfig,
+) -> Result<(tokio_rustls::TlsAcceptor, tokio_rustls::TlsConnector), String> {
+    let pair = Arc::new(load_pair(&cfg.cert_file, &cfg.key_file)?);
+    let ca = Arc::new(roots(&cfg.ca_file, "ca_file")?);
+    let versions = |e: rustls::Error| e.to_string();
+    let verifier = WebPkiClientVerifier::builder_with_provider(ca.clone(), provider())
+        .build()
+        .map_err(|e| format!("ca_file {}: {e}", cfg.ca_file.display()))?;
+    let server = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(versions)?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(Arc::new(FixedCert(pair.clone())));
+    let client = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(versions)?
+        .with_root_certificates(ca)
+        .with_client_cert_resolver(Arc::new(FixedCert(pair)));
+    Ok((
+        tokio_rustls::TlsAcceptor::from(Arc::new(server)),
+        tokio_rustls::TlsConnector::from(Arc::new(client)),
+    ))
+}
+
+/// One certificate, as server and as client.
+#[derive(Debug)]
+struct FixedCert(Arc<CertifiedKey>);
+
+impl ResolvesServerCert for FixedCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+}
+
+impl ResolvesClientCert for FixedCert {
+    fn resolve(&self, _hints: &[&[u8]], _schemes: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}

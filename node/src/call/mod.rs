@@ -23,7 +23,7 @@ use crate::decide::outcome::{next_step, Failure, Step};
 use crate::decide::redirect::redirect_target;
 use crate::decide::schedule::{gate, Gate};
 use crate::follow_up::plan::{CallEvent, EventKind};
-use crate::lines::LineGuard;
+use crate::lines::LineRequest;
 use crate::metrics::{ResultLabel, StatusLabel, TrunkCodeLabel};
 use flow::{After, IvrState, Stage};
 use legs::{ALeg, BLeg, Outbound};
@@ -45,8 +45,8 @@ pub enum CallMsg {
     Sip(Box<SipEvent>),
     RingTimeout(u32),
     EndGuard,
-    /// A queued call's line (of this key) is now its own (see [`crate::lines`]).
-    LineFree(String),
+    /// The owner of a key's lines answered this call's request (see [`crate::lines`]).
+    Line(String, tsunagu_cluster::lines::Answer),
     /// A queued call waited `max_wait_seconds`.
     QueueTimeout,
     /// From the media relay: a key pressed, a prompt ended.
@@ -62,6 +62,9 @@ pub enum CallMsg {
     /// The node ends the call now (e.g. `drain` at the drain deadline): BYE to answered
     /// legs, CANCEL to ringing ones, 503 to a caller still waiting; logged with the reason.
     End(&'static str),
+    /// The cluster declared this node's incarnation down: the call ends without a word
+    /// (no SIP, no RTP, no record: another node took it over or logged it).
+    Vanish,
     /// Test hook: makes the actor panic, to exercise supervision.
     #[cfg(test)]
     Crash,
@@ -190,7 +193,7 @@ pub struct Call {
     /// The advertiser's line limit, if it has one (looked up at admission).
     advertiser_lines: Option<tsunagu_store::LineLimit>,
     /// The lines this call holds (number, then advertiser), released when it ends.
-    held_lines: Vec<LineGuard>,
+    held_lines: Vec<LineRequest>,
     /// While queued for a line: which, and the ticket.
     queued: Option<queue::Queued>,
     /// When the call first queued.
@@ -381,7 +384,7 @@ impl Call {
                     call.finish();
                 }
             }
-            CallMsg::LineFree(key) => call.line_free(key),
+            CallMsg::Line(key, answer) => call.line_answer(key, answer),
             CallMsg::QueueTimeout => call.queue_timeout(),
             CallMsg::Media(event) => call.on_media(event),
             CallMsg::IvrTimeout(wait) => call.ivr_timeout(wait),
@@ -389,6 +392,7 @@ impl Call {
             CallMsg::SessionCheck(generation) => call.session_check(generation),
             CallMsg::Reliable(rseq, attempt) => call.reliable_retransmit(rseq, attempt),
             CallMsg::End(reason) => call.end_now(reason),
+            CallMsg::Vanish => call.vanish(),
             #[cfg(test)]
             CallMsg::Crash => panic!("test-induced call actor panic"),
         }
@@ -1226,6 +1230,22 @@ impl Call {
             Phase::Answered => self.hang_up_both(),
             Phase::Ending | Phase::Done => {}
         }
+    }
+
+    /// Ends the call silently (see [`CallMsg::Vanish`]): its ports and lines are freed,
+    /// its Call-IDs forgotten, and nothing is sent or logged.
+    fn vanish(&mut self) {
+        tracing::info!("the cluster declared this node down: the call is dropped here");
+        self.logged.store(true, Ordering::Release);
+        self.phase = Phase::Done;
+        self.stop_ring_timer();
+        self.queued = None;
+        self.held_lines.clear();
+        self.ep().unregister(&self.a.info.call_id);
+        if let Some(b) = &self.b {
+            self.ep().unregister(b.call_id());
+        }
+        self.relay = None;
     }
 
     /// The call's record as it stands, in progress (state `active`): written at

@@ -3,33 +3,34 @@
 //! `lines`). Always in that order, so two calls never each hold the line the other
 //! waits for. While it waits the caller hears the queue prompt, looped (ringback if
 //! the node has none); after the longest wait it hears the final prompt and is
-//! released with `queue_timeout`. The counting is [`crate::lines`].
+//! released with `queue_timeout`. The counting is [`crate::lines`]: cluster-wide, the
+//! owner of a key may be another node, whose answer arrives as a message.
 
 use super::flow::After;
 use super::{Call, CallMsg, CallRef, Phase};
-use crate::lines::Waiter;
+use crate::lines::{Ask, LineRequest, Waiter};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tsunagu_cluster::lines::Answer;
 use tsunagu_store::CallResult;
 
-/// Wakes a queued call when a line of `key` is its own.
-struct QueueWaiter {
-    actor: CallRef,
-    key: String,
-}
+/// Tells a call the owner's answer for one of its lines.
+struct QueueWaiter(CallRef);
 
 impl Waiter for QueueWaiter {
-    fn take_line(&self) -> bool {
-        self.actor
-            .send_message(CallMsg::LineFree(self.key.clone()))
+    fn answer(&self, key: &str, answer: Answer) -> bool {
+        self.0
+            .send_message(CallMsg::Line(key.to_string(), answer))
             .is_ok()
     }
 }
 
-/// The queue a call waits in.
+/// The line a call asked for and does not hold yet.
 pub(super) struct Queued {
-    key: String,
-    ticket: u64,
+    request: LineRequest,
+    /// The owner said the call waits in its queue (the caller hears the queue prompt);
+    /// until then the owner's answer is on its way.
+    waiting: bool,
 }
 
 /// How long a caller waits for lines when neither the number nor the advertiser says.
@@ -61,19 +62,23 @@ impl Call {
             .unwrap_or(DEFAULT_WAIT_SECONDS)
     }
 
-    /// Takes the lines the call still needs and forwards it, or queues it for the
-    /// first line that is taken.
+    /// Takes the lines the call still needs and forwards it, or waits for the first
+    /// line it does not get at once.
     pub(super) fn take_line(&mut self) {
         let needed = self.needed_lines();
         while let Some((key, max)) = needed.get(self.held_lines.len()) {
-            let waiter = Arc::new(QueueWaiter {
-                actor: self.me.clone(),
-                key: key.clone(),
-            });
-            match self.ctx.lines.ask(key, *max, waiter) {
-                Ok(line) => self.held_lines.push(line),
-                Err((ticket, position)) => {
-                    return self.wait_for_line(key.clone(), ticket, position);
+            let waiter = Arc::new(QueueWaiter(self.me.clone()));
+            let (request, ask) = self.ctx.lines.ask(key, &self.id, *max, waiter);
+            match ask {
+                Ask::Granted => self.held_lines.push(request),
+                Ask::Queued(position) => return self.wait_for_line(request, position),
+                Ask::Pending => {
+                    // The owner is another node: its answer comes as a message.
+                    self.queued = Some(Queued {
+                        request,
+                        waiting: false,
+                    });
+                    return;
                 }
             }
         }
@@ -91,9 +96,12 @@ impl Call {
         self.forward();
     }
 
-    fn wait_for_line(&mut self, key: String, ticket: u64, position: usize) {
-        tracing::info!(%key, position, "queued");
-        self.queued = Some(Queued { key, ticket });
+    fn wait_for_line(&mut self, request: LineRequest, position: u32) {
+        tracing::info!(key = %request.key, position, "queued");
+        self.queued = Some(Queued {
+            request,
+            waiting: true,
+        });
         if self.queue_since.is_some() {
             return; // still waiting (now for the next line): the prompt goes on
         }
@@ -116,24 +124,35 @@ impl Call {
         self.me.send_after(wait, || CallMsg::QueueTimeout);
     }
 
-    /// A line of `key` was passed to this call.
-    pub(super) fn line_free(&mut self, key: String) {
-        let line = self.ctx.lines.guard(&key);
-        let waiting_here = self.queued.as_ref().is_some_and(|q| q.key == key);
-        if !waiting_here || self.phase != Phase::Trying {
-            return; // not waiting (any more): dropping the guard passes the line on
+    /// The owner answered the request for a line of `key`.
+    pub(super) fn line_answer(&mut self, key: String, answer: Answer) {
+        let asked = self.queued.as_ref().is_some_and(|q| q.request.key == key);
+        if !asked || self.phase != Phase::Trying {
+            return; // not asking (any more): the request was dropped, the line passed on
         }
-        self.queued = None;
-        self.held_lines.push(line);
-        self.take_line();
+        match answer {
+            Answer::Granted { .. } => {
+                if let Some(q) = self.queued.take() {
+                    self.held_lines.push(q.request);
+                }
+                self.take_line();
+            }
+            Answer::Queued { position } => {
+                if let Some(q) = self.queued.take() {
+                    if q.waiting {
+                        self.queued = Some(q); // already waiting: nothing new
+                    } else {
+                        self.wait_for_line(q.request, position);
+                    }
+                }
+            }
+        }
     }
 
     pub(super) fn queue_timeout(&mut self) {
-        let Some(q) = &self.queued else { return };
-        if !self.ctx.lines.leave(&q.key, q.ticket) {
-            return; // a line was passed to us just now: LineFree is on its way
+        if self.queued.take().is_none() {
+            return; // not waiting any more
         }
-        self.queued = None;
         self.held_lines.clear(); // lines held while waiting for the next go to others
         tracing::info!("queue wait ran out");
         let name = self
@@ -148,13 +167,9 @@ impl Call {
         }
     }
 
-    /// Leaves the queue if waiting (the caller hung up).
+    /// Leaves the queue if waiting (the caller hung up): the request is dropped, and
+    /// a line granted meanwhile goes straight back.
     pub(super) fn leave_queue(&mut self) {
-        if let Some(q) = &self.queued {
-            if self.ctx.lines.leave(&q.key, q.ticket) {
-                self.queued = None;
-            }
-            // Otherwise LineFree is on its way; it finds the call over and passes the line on.
-        }
+        self.queued = None;
     }
 }

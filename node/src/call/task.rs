@@ -166,8 +166,8 @@ mod tests {
         me.send_message(CallMsg::QueueTimeout).unwrap();
         assert!(matches!(me.next().await, Some(CallMsg::EndGuard)));
         assert!(matches!(me.next().await, Some(CallMsg::QueueTimeout)));
-        let later = me.send_after(Duration::from_millis(10), || CallMsg::LineFree("k".into()));
-        assert!(matches!(me.next().await, Some(CallMsg::LineFree(k)) if k == "k"));
+        let later = me.send_after(Duration::from_millis(10), || CallMsg::JudgementTimeout);
+        assert!(matches!(me.next().await, Some(CallMsg::JudgementTimeout)));
         later.await.unwrap();
         me.stop();
         assert!(me.next().await.is_none());

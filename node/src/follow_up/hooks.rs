@@ -1,7 +1,6 @@
 //! Every operator's webhooks in memory, so a call decides without a store read whether
-//! anyone wants its events (and creates none when nobody does). Loaded at start; the
-//! API refreshes an operator's list whenever it changes one (single node, like the
-//! number directory).
+//! anyone wants its events (and creates none when nobody does). Loaded at start; kept
+//! current by the provisioning feed, like the number directory.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -15,6 +14,14 @@ pub struct WebhookCache {
 
 impl WebhookCache {
     pub fn load(store: Arc<dyn Store>) -> Result<WebhookCache, StoreError> {
+        let map = WebhookCache::read_all(&*store)?;
+        Ok(WebhookCache {
+            store,
+            by_operator: Arc::new(RwLock::new(map)),
+        })
+    }
+
+    fn read_all(store: &dyn Store) -> Result<HashMap<String, Arc<[Webhook]>>, StoreError> {
         let mut by_operator: HashMap<String, Vec<Webhook>> = HashMap::new();
         for h in store.all_webhooks()? {
             by_operator
@@ -22,14 +29,17 @@ impl WebhookCache {
                 .or_default()
                 .push(h);
         }
-        let map = by_operator
+        Ok(by_operator
             .into_iter()
             .map(|(op, hooks)| (op, Arc::from(hooks)))
-            .collect();
-        Ok(WebhookCache {
-            store,
-            by_operator: Arc::new(RwLock::new(map)),
-        })
+            .collect())
+    }
+
+    /// Reads every operator's webhooks again.
+    pub fn reload(&self) -> Result<(), StoreError> {
+        let map = WebhookCache::read_all(&*self.store)?;
+        *self.by_operator.write().unwrap_or_else(|p| p.into_inner()) = map;
+        Ok(())
     }
 
     /// The operator's webhooks (empty if none).

@@ -1,0 +1,256 @@
+//! The node's side of its cluster (`[cluster]`): joining, and what the cluster asks of
+//! the node ([`tsunagu_cluster::Host`]) — the registered members, the calls of a member
+//! declared down, provisioning changes, line answers, and rejoining when this node's
+//! own incarnation was declared down.
+//!
+//! A member declared down: one survivor (the finaliser, see `Host::member_down`) marks
+//! it down in the store (compare-and-set on its incarnation) and logs each call it left
+//! in progress once, as failed with reason `node_lost`, ended at its last sign of life;
+//! the owners of line keys drop its lines (`tsunagu_cluster::lines`), so queued
+//! callers elsewhere move up.
+//!
+//! This node declared down (frozen past the detector, cut off): it drops every call
+//! silently (others logged them), registers a new incarnation, and rejoins; meanwhile
+//! its lease is void, so it admits nothing.
+
+use crate::call_log::{lost_call, LogEntry};
+use crate::context::NodeContext;
+use crate::provisioning::Provisioning;
+use crate::supervisor::SupervisorMsg;
+use ractor::ActorRef;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use tsunagu_cluster::lines::Answer;
+use tsunagu_cluster::{Cluster, Host, Registered};
+use tsunagu_config::Config;
+use tsunagu_store::{NodeInfo, Store, TrackingNumber};
+
+/// What the cluster's callbacks reach in the node.
+pub struct NodeHost {
+    pub ctx: Arc<NodeContext>,
+    pub provisioning: Provisioning,
+    pub supervisor: ActorRef<SupervisorMsg>,
+    pub info: NodeInfo,
+    pub cluster: OnceLock<Cluster>,
+    /// A rejoin is under way.
+    rejoining: Arc<AtomicBool>,
+}
+
+impl NodeHost {
+    pub fn new(
+        ctx: Arc<NodeContext>,
+        provisioning: Provisioning,
+        supervisor: ActorRef<SupervisorMsg>,
+        info: NodeInfo,
+    ) -> NodeHost {
+        NodeHost {
+            ctx,
+            provisioning,
+            supervisor,
+            info,
+            cluster: OnceLock::new(),
+            rejoining: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    fn store(&self) -> &Arc<dyn Store> {
+        &self.ctx.store
+    }
+}
+
+impl Host for NodeHost {
+    fn registered(&self) -> Vec<Registered> {
+        match self.store().nodes() {
+            Ok(nodes) => nodes
+                .into_iter()
+                .filter(|n| !n.down)
+                .map(|n| Registered {
+                    name: n.node_id,
+                    epoch: n.epoch,
+                    cluster_addr: n.cluster_addr.and_then(|a| a.parse().ok()),
+                })
+                .collect(),
+            Err(e) => {
+                tracing::warn!(%e, "cannot read the cluster's members from the store");
+                Vec::new()
+            }
+        }
+    }
+
+    fn member_down(&self, name: &str, epoch: u64, finaliser: bool) {
+        if !finaliser {
+            return;
+        }
+        let (store, log) = (self.store().clone(), self.ctx.log.clone());
+        let name = name.to_string();
+        let calls_lost = self.ctx.metrics.calls.calls_recovered.clone();
+        tokio::task::spawn_blocking(move || {
+            match store.mark_node_down(&name, epoch) {
+                Ok(true) => tracing::warn!(member = %name, epoch, "member marked down in the store"),
+                Ok(false) => {} // another survivor did, or it came back as a new incarnation
+                Err(e) => tracing::warn!(%e, member = %name, "cannot mark the member down"),
+            }
+            let last_seen = store
+                .nodes()
+                .ok()
+                .and_then(|ns| ns.into_iter().find(|n| n.node_id == name))
+                .map(|n| n.last_seen);
+            match finalise_calls_of(&*store, &log, &name, last_seen) {
+                Ok(0) => {}
+                Ok(n) => {
+                    calls_lost.inc_by(n as u64);
+                    tracing::warn!(member = %name, calls = n, "calls of a member declared down logged as failed (node_lost)");
+                }
+                Err(e) => tracing::error!(%e, member = %name, "cannot log the calls of a member declared down"),
+            }
+        });
+    }
+
+    fn member_up(&self, name: &str, epoch: u64) {
+        tracing::info!(member = name, epoch, "cluster member up");
+        // What it provisioned while we did not hear it.
+        let p = self.provisioning.clone();
+        tokio::task::spawn_blocking(move || p.catch_up());
+    }
+
+    fn changed(&self, _seq: i64) {
+        let p = self.provisioning.clone();
+        tokio::task::spawn_blocking(move || p.catch_up());
+    }
+
+    fn stale(&self) {
+        if self.rejoining.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Some(cluster) = self.cluster.get().cloned() else {
+            return;
+        };
+        let (ctx, supervisor, info, provisioning) = (
+            self.ctx.clone(),
+            self.supervisor.clone(),
+            self.info.clone(),
+            self.provisioning.clone(),
+        );
+        let rejoining = self.rejoining.clone();
+        tokio::spawn(async move {
+            rejoin(ctx, supervisor, info, provisioning, cluster).await;
+            rejoining.store(false, Ordering::Release);
+        });
+    }
+
+    fn line_answer(&self, key: &str, call: &str, answer: Answer) {
+        self.ctx.lines.answer(key, call, answer);
+    }
+}
+
+/// Logs each call `node` left in progress once (see [`lost_call`]); how many.
+pub fn finalise_calls_of(
+    store: &dyn Store,
+    log: &crate::call_log::CallLog,
+    node: &str,
+    last_seen: Option<i64>,
+) -> tsunagu_store::Result<usize> {
+    let left = store.active_calls_of(node)?;
+    for record in &left {
+        let number = store
+            .get_number(&record.tracking_number)?
+            .unwrap_or_else(|| TrackingNumber {
+                number: record.tracking_number.clone(),
+                operator_id: record.operator_id.clone(),
+                advertiser_id: record.advertiser_id.clone(),
+                ..TrackingNumber::default()
+            });
+        log.write(LogEntry {
+            record: lost_call(record.clone(), last_seen),
+            number: Arc::new(number),
+            caller_verified: false,
+        });
+    }
+    Ok(left.len())
+}
+
+/// Drops every call silently, registers a new incarnation and rejoins the cluster.
+async fn rejoin(
+    ctx: Arc<NodeContext>,
+    supervisor: ActorRef<SupervisorMsg>,
+    info: NodeInfo,
+    provisioning: Provisioning,
+    cluster: Cluster,
+) {
+    let dropped = supervisor
+        .call(SupervisorMsg::VanishAll, Some(Duration::from_secs(5)))
+        .await;
+    if let Ok(ractor::rpc::CallResult::Success(n)) = dropped {
+        tracing::warn!(calls = n, "calls of the stale incarnation dropped");
+    }
+    // The calls' tasks end at their next message; wait (briefly) so that none acts
+    // under the new incarnation.
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while ctx.active_calls() > 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let store = ctx.store.clone();
+    let registered = loop {
+        let (s, i) = (store.clone(), info.clone());
+        match tokio::task::spawn_blocking(move || s.register_node(&i, crate::clock::now_ms())).await {
+            Ok(Ok(r)) => break r,
+            other => {
+                tracing::warn!(?other, "cannot register a new incarnation yet; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    };
+    let (epoch, _) = registered;
+    ctx.epoch.store(epoch, Ordering::Relaxed);
+    cluster.rejoin(epoch).await;
+    let p = provisioning.clone();
+    let _ = tokio::task::spawn_blocking(move || p.catch_up()).await;
+    tracing::warn!(epoch, "rejoined the cluster");
+}
+
+/// Joins the cluster configured in `[cluster]`, if any.
+pub async fn join(
+    config: &Config,
+    host: Arc<NodeHost>,
+    metrics: tsunagu_cluster::ClusterMetrics,
+) -> Result<Option<Cluster>, String> {
+    let c = &config.cluster;
+    let Some(listen) = c.listen else {
+        return Ok(None);
+    };
+    let tls = c
+        .tls
+        .as_ref()
+        .ok_or("cluster.tls: required with cluster.listen")?;
+    let (acceptor, connector) = crate::tls::cluster(tls).map_err(|e| format!("cluster.tls: {e}"))?;
+    let secret = match (&c.secret, &c.secret_file) {
+        (Some(s), _) => s.clone(),
+        (None, Some(f)) => std::fs::read_to_string(f)
+            .map(|s| s.trim().to_string())
+            .map_err(|e| format!("cluster.secret_file {}: {e}", f.display()))?,
+        (None, None) => return Err("cluster.secret: required with cluster.listen".into()),
+    };
+    let epoch = host.ctx.epoch.load(Ordering::Relaxed);
+    let settings = tsunagu_cluster::Settings {
+        net: tsunagu_cluster::net::NetConfig {
+            name: config.node.id.clone(),
+            listen,
+            secret,
+            acceptor,
+            connector,
+        },
+        epoch,
+        seeds: c.seeds.iter().copied().filter(|s: &SocketAddr| *s != listen).collect(),
+        timing: tsunagu_cluster::membership::Timing::default(),
+    };
+    let lines = host.ctx.lines.service();
+    let cluster = Cluster::start(settings, host.clone(), lines, metrics)
+        .await
+        .map_err(|e| e.to_string())?;
+    let _ = host.cluster.set(cluster.clone());
+    host.ctx.lines.attach(cluster.clone());
+    host.provisioning.attach(cluster.clone());
+    Ok(Some(cluster))
+}

@@ -1,0 +1,191 @@
+//! Provisioning that reaches every node: the node keeps copies of what the call path
+//! reads (the number directory, advertisers' line limits, webhooks, operators'
+//! prompts); a change made through any node's API is recorded in the store's change
+//! feed and announced to the peers, and every node follows the feed.
+//!
+//! - The node that made the change refreshes its own copy at once, records the change
+//!   (`Store::record_change`) and tells its peers (`Cluster::changed`): they apply it
+//!   within a round trip.
+//! - Every node also reads the feed every [`POLL`], and at start and when it rejoins,
+//!   so a node that missed an announcement (it was cut off, or joined later) catches
+//!   up; if the feed no longer reaches back to where it stopped, it reloads everything.
+
+use crate::directory::Directory;
+use crate::follow_up::hooks::WebhookCache;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+use tsunagu_cluster::Cluster;
+use tsunagu_store::{Change, Store};
+
+/// How often a node reads the feed besides the announcements.
+pub const POLL: Duration = Duration::from_secs(2);
+/// Changes read at once.
+const PAGE: usize = 1000;
+
+/// What a change is about (the feed's `kind`).
+pub mod kind {
+    pub const NUMBER: &str = "number";
+    /// Key `operator/advertiser`.
+    pub const ADVERTISER: &str = "advertiser";
+    /// Key: the operator whose webhooks changed.
+    pub const WEBHOOKS: &str = "webhooks";
+    /// Key `operator/name`.
+    pub const PROMPT: &str = "prompt";
+}
+
+#[derive(Clone)]
+pub struct Provisioning(Arc<Inner>);
+
+struct Inner {
+    store: Arc<dyn Store>,
+    directory: Directory,
+    webhooks: WebhookCache,
+    prompts: tsunagu_media::Prompts,
+    cluster: OnceLock<Cluster>,
+    /// The last change applied.
+    seen: AtomicI64,
+    /// One catch-up at a time.
+    busy: Mutex<()>,
+}
+
+impl Provisioning {
+    /// Follows the feed from its current end (what is in the store now was loaded with
+    /// the copies); operators' prompts are loaded from the store here.
+    pub fn start(
+        store: Arc<dyn Store>,
+        directory: Directory,
+        webhooks: WebhookCache,
+        prompts: tsunagu_media::Prompts,
+    ) -> Result<Provisioning, tsunagu_store::StoreError> {
+        let seen = store.changes_since(i64::MAX, 0)?.latest;
+        let p = Provisioning(Arc::new(Inner {
+            store,
+            directory,
+            webhooks,
+            prompts,
+            cluster: OnceLock::new(),
+            seen: AtomicI64::new(seen),
+            busy: Mutex::new(()),
+        }));
+        p.load_prompts()?;
+        Ok(p)
+    }
+
+    pub fn attach(&self, cluster: Cluster) {
+        let _ = self.0.cluster.set(cluster);
+    }
+
+    /// Reads the feed every [`POLL`] for as long as the node runs.
+    pub fn spawn_follower(&self) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(POLL);
+            loop {
+                tick.tick().await;
+                let p = this.clone();
+                let _ = tokio::task::spawn_blocking(move || p.catch_up()).await;
+            }
+        });
+    }
+
+    /// This node changed something through its API (already in the store): its copy
+    /// now, the feed and the peers next (on the blocking pool: the store is blocking).
+    pub fn changed(&self, kind: &'static str, key: String) {
+        self.apply(kind, &key);
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || match this.0.store.record_change(kind, &key) {
+            Ok(seq) => {
+                if let Some(c) = this.0.cluster.get() {
+                    c.changed(seq);
+                }
+            }
+            Err(e) => tracing::warn!(%e, kind, "provisioning change not recorded; peers catch up at their next full reload"),
+        });
+    }
+
+    /// Applies every change after the last one seen (blocking: store reads).
+    pub fn catch_up(&self) {
+        let _one = self.0.busy.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            let seen = self.0.seen.load(Ordering::Relaxed);
+            let page = match self.0.store.changes_since(seen, PAGE) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::debug!(%e, "provisioning feed unavailable");
+                    return;
+                }
+            };
+            if !page.complete {
+                tracing::warn!(seen, latest = page.latest, "the provisioning feed no longer reaches back this far: reloading everything");
+                self.reload_all(page.latest);
+                return;
+            }
+            let Some(last) = page.items.last().map(|c| c.seq) else {
+                return;
+            };
+            for Change { kind, key, .. } in &page.items {
+                self.apply(kind, key);
+            }
+            self.0.seen.store(last, Ordering::Relaxed);
+            if page.items.len() < PAGE {
+                return;
+            }
+        }
+    }
+
+    fn apply(&self, kind: &str, key: &str) {
+        match kind {
+            kind::NUMBER => self.0.directory.refresh(key),
+            kind::ADVERTISER => {
+                if let Some((op, adv)) = key.split_once('/') {
+                    self.0.directory.refresh_advertiser(op, adv);
+                }
+            }
+            kind::WEBHOOKS => self.0.webhooks.refresh(key),
+            kind::PROMPT => {
+                if let Some((op, name)) = key.split_once('/') {
+                    self.refresh_prompt(op, name);
+                }
+            }
+            other => tracing::warn!(kind = other, "unknown provisioning change"),
+        }
+    }
+
+    fn refresh_prompt(&self, operator: &str, name: &str) {
+        match self.0.store.prompt(operator, name) {
+            Ok(Some(wav)) => match tsunagu_media::Prompt::from_wav(&wav) {
+                Ok(p) => self.0.prompts.insert_own(operator, name, p),
+                Err(e) => tracing::warn!(%e, operator, name, "stored prompt is not a usable WAV"),
+            },
+            Ok(None) => self.0.prompts.remove_own(operator, name),
+            Err(e) => tracing::warn!(%e, operator, name, "prompt refresh failed"),
+        }
+    }
+
+    fn load_prompts(&self) -> Result<(), tsunagu_store::StoreError> {
+        for (op, name, wav) in self.0.store.all_prompts()? {
+            match tsunagu_media::Prompt::from_wav(&wav) {
+                Ok(p) => self.0.prompts.insert_own(&op, &name, p),
+                Err(e) => tracing::warn!(%e, operator = %op, name, "stored prompt is not a usable WAV"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Reloads every copy from the store (the feed was pruned past where this node
+    /// stopped, or the node rejoined after being cut off).
+    pub fn reload_all(&self, latest: i64) {
+        if let Err(e) = self
+            .0
+            .directory
+            .reload()
+            .and_then(|_| self.0.webhooks.reload())
+            .and_then(|_| self.load_prompts())
+        {
+            tracing::warn!(%e, "provisioning reload failed; the next poll tries again");
+            return;
+        }
+        self.0.seen.store(latest, Ordering::Relaxed);
+    }
+}
