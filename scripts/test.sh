@@ -39,12 +39,13 @@ set +e
 cargo test --workspace --locked 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
-# Fuzz the SIP parsing path and the stream framer for a bounded time, 60 s in all split
-# between the two (cargo-fuzz/libFuzzer; scripts/fuzz.sh).
+# Fuzz what the network meets first (SIP parsing, the stream framer, media parsing) for
+# a bounded time, 60 s in all split between the targets (cargo-fuzz; scripts/fuzz.sh).
 fuzz_log=$(mktemp)
 if scripts/fuzz.sh "${TSUNAGU_FUZZ_SECONDS:-60}" > "$fuzz_log" 2>&1; then
-    echo "fuzz: sip_parse and stream_framer: $(grep -E '^Done [0-9]+ runs' "$fuzz_log" | tr '\n' ' '), no crash"
-    echo "test result: ok. 2 passed; 0 failed; (fuzz)" >> "$log"
+    targets=$(grep -c '^fuzzing ' "$fuzz_log")
+    echo "fuzz: $targets targets: $(grep -E '^(fuzzing|Done [0-9]+ runs)' "$fuzz_log" | tr '\n' ' '), no crash"
+    echo "test result: ok. $targets passed; 0 failed; (fuzz)" >> "$log"
 else
     tail -60 "$fuzz_log"
     echo "fuzz: FAILED (input saved in fuzz/artifacts/<target>/)"

@@ -292,8 +292,8 @@ pub struct IssueLimitsConfig {
     pub per_pool_per_minute: u32,
     #[serde(default = "default_issue_per_pool_burst")]
     pub per_pool_burst: u32,
-    /// Live leases one session (its `session_id`, else `cookie_id`, else the client
-    /// address) may hold in one pool.
+    /// Live leases one session (its `session_id`, else `cookie_id`) may hold in one
+    /// pool. A request naming neither is a new visitor (only the rate limits apply).
     #[serde(default = "default_issue_max_leases_per_session")]
     pub max_leases_per_session: u32,
     /// Client addresses the limiter remembers at once; beyond it, new addresses share
