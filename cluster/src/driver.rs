@@ -252,8 +252,15 @@ impl Cluster {
                 _ = tick.tick() => {
                     ticks += 1;
                     self.on_tick();
-                    // Dial who we have no session with, about every second.
+                    // About every second: send again what a missing session may have
+                    // lost, and dial who we have no session with.
                     if ticks % 4 == 1 {
+                        let out = {
+                            let mut lines = self.lines();
+                            lines.retry();
+                            lines.drain()
+                        };
+                        self.dispatch(out);
                         let me = self.clone();
                         let seeds = seeds.clone();
                         tokio::spawn(async move { me.dial(&seeds).await });

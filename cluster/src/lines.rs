@@ -363,8 +363,10 @@ impl LineService {
         members.sort();
         members.dedup();
         self.members = members;
-        // Keys that moved away: their entries wait for the new owner's request; keys
-        // that came back need nothing of the sort (the rebuild counts them).
+        // Keys that moved away: their entries wait for the new owner's request (kept
+        // until the next view change: a request may come again if a reply was lost);
+        // keys that came back need nothing of the sort (the rebuild counts them).
+        self.handover.clear();
         let moved: Vec<String> = self
             .tables
             .keys()
@@ -438,6 +440,42 @@ impl LineService {
         }
     }
 
+    /// Sends again what may have been lost (a frame finds no session while a peer is
+    /// connecting or reconnecting): the snapshot requests of a rebuild still waiting,
+    /// and requests still unanswered. Both are idempotent at their receivers. The
+    /// driver calls this every second or so.
+    pub fn retry(&mut self) {
+        if let Some(r) = &self.rebuild {
+            let round = r.round;
+            for m in r.waiting_for.clone() {
+                self.out.push(Output::Send {
+                    to: m,
+                    msg: LineMsg::SnapshotRequest { round },
+                });
+            }
+        }
+        let pending: Vec<(String, String, Request)> = self
+            .requests
+            .iter()
+            .filter(|(_, r)| r.state == ReqState::Pending)
+            .map(|((k, c), r)| (k.clone(), c.clone(), r.clone()))
+            .collect();
+        for (key, call, r) in pending {
+            let owner = self.owner_of(&key);
+            if owner != self.me {
+                self.out.push(Output::Send {
+                    to: owner,
+                    msg: LineMsg::Acquire {
+                        key,
+                        call,
+                        limit: r.limit,
+                        arrived_ms: r.arrived_ms,
+                    },
+                });
+            }
+        }
+    }
+
     /// This node's calls' lines, for a snapshot. A request its call gave up while it
     /// was unanswered is reported too: its new owner answers it, and the answer gives
     /// the line back (a grant of the old owner may be on its way).
@@ -455,19 +493,13 @@ impl LineService {
             .collect()
     }
 
-    /// Takes the handed-over entries of keys `who` owns in the current view.
-    fn take_handover(&mut self, who: &str) -> Vec<Holding> {
-        let keys: Vec<String> = self
-            .handover
-            .keys()
-            .filter(|k| self.owner_of(k) == who)
-            .cloned()
-            .collect();
+    /// The handed-over entries of keys `who` owns in the current view.
+    fn handover_for(&self, who: &str) -> Vec<Holding> {
         let mut out = Vec::new();
-        for key in keys {
-            let Some(t) = self.handover.remove(&key) else {
+        for (key, t) in &self.handover {
+            if self.owner_of(key) != who {
                 continue;
-            };
+            }
             for (call, node) in &t.held {
                 out.push(Holding {
                     key: key.clone(),
@@ -497,7 +529,7 @@ impl LineService {
         match msg {
             LineMsg::Answer { key, call, answer } => self.on_answer(&key, &call, answer),
             LineMsg::SnapshotRequest { round } => {
-                let handed_over = self.take_handover(from);
+                let handed_over = self.handover_for(from);
                 let msg = LineMsg::Snapshot {
                     round,
                     holdings: self.own_holdings(),

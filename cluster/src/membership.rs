@@ -98,7 +98,13 @@ pub struct Membership {
 }
 
 impl Membership {
+    /// A new incarnation: it holds its lease from the start (it has no state of its own
+    /// yet that others could have taken over), for one lease period.
     pub fn new(name: &str, epoch: u64, timing: Timing) -> Membership {
+        Membership::starting_at(name, epoch, timing, Instant::now())
+    }
+
+    pub fn starting_at(name: &str, epoch: u64, timing: Timing, now: Instant) -> Membership {
         Membership {
             name: name.to_string(),
             epoch,
@@ -106,7 +112,7 @@ impl Membership {
             members: BTreeMap::new(),
             events: Vec::new(),
             last_tick: None,
-            acked: None,
+            acked: Some(now),
             sent: Vec::new(),
             next_seq: 1,
         }
@@ -421,28 +427,32 @@ mod tests {
     #[test]
     fn the_lease_needs_an_acknowledged_heartbeat() {
         let t0 = Instant::now();
-        let mut m = Membership::new("a", 1, Timing::default());
+        let mut m = Membership::starting_at("a", 1, Timing::default(), t0);
         assert!(m.lease_valid(t0), "alone: always");
         m.on_heartbeat("b", 3, t0);
         assert!(
-            !m.lease_valid(t0),
-            "a peer is up and nothing was acknowledged"
+            m.lease_valid(ms(t0, 999)),
+            "a new incarnation holds it for one lease period"
         );
-        let seq = m.heartbeat(ms(t0, 100));
-        m.on_ack("b", 2, seq, ms(t0, 102)); // an old incarnation's ack counts nothing
-        assert!(!m.lease_valid(ms(t0, 102)));
-        m.on_ack("b", 3, seq, ms(t0, 103));
-        assert!(m.lease_valid(ms(t0, 103)));
+        assert!(
+            !m.lease_valid(ms(t0, 1000)),
+            "a peer is up and nothing was acknowledged since"
+        );
+        let seq = m.heartbeat(ms(t0, 1100));
+        m.on_ack("b", 2, seq, ms(t0, 1102)); // an old incarnation's ack counts nothing
+        assert!(!m.lease_valid(ms(t0, 1102)));
+        m.on_ack("b", 3, seq, ms(t0, 1103));
+        assert!(m.lease_valid(ms(t0, 1103)));
         assert_eq!(
             m.members().next().unwrap().1.rtt,
             Some(Duration::from_millis(3))
         );
-        assert!(m.lease_valid(ms(t0, 1099)));
+        assert!(m.lease_valid(ms(t0, 2099)));
         assert!(
-            !m.lease_valid(ms(t0, 1100)),
+            !m.lease_valid(ms(t0, 2100)),
             "1 s after the acknowledged heartbeat"
         );
         // Frozen for 10 s: on waking the lease is long gone.
-        assert!(!m.lease_valid(ms(t0, 10_000)));
+        assert!(!m.lease_valid(ms(t0, 12_000)));
     }
 }

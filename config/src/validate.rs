@@ -119,7 +119,8 @@ impl Config {
             if self.cluster.tls.is_none() {
                 err(
                     "cluster.tls".into(),
-                    "nodes talk over mutual TLS: cert_file, key_file and ca_file are required".into(),
+                    "nodes talk over mutual TLS: cert_file, key_file and ca_file are required"
+                        .into(),
                 );
             }
             match (&self.cluster.secret, &self.cluster.secret_file) {

@@ -88,7 +88,9 @@ impl Host for NodeHost {
         let calls_lost = self.ctx.metrics.calls.calls_recovered.clone();
         tokio::task::spawn_blocking(move || {
             match store.mark_node_down(&name, epoch) {
-                Ok(true) => tracing::warn!(member = %name, epoch, "member marked down in the store"),
+                Ok(true) => {
+                    tracing::warn!(member = %name, epoch, "member marked down in the store")
+                }
                 Ok(false) => {} // another survivor did, or it came back as a new incarnation
                 Err(e) => tracing::warn!(%e, member = %name, "cannot mark the member down"),
             }
@@ -103,7 +105,9 @@ impl Host for NodeHost {
                     calls_lost.inc_by(n as u64);
                     tracing::warn!(member = %name, calls = n, "calls of a member declared down logged as failed (node_lost)");
                 }
-                Err(e) => tracing::error!(%e, member = %name, "cannot log the calls of a member declared down"),
+                Err(e) => {
+                    tracing::error!(%e, member = %name, "cannot log the calls of a member declared down")
+                }
             }
         });
     }
@@ -194,7 +198,8 @@ async fn rejoin(
     let store = ctx.store.clone();
     let registered = loop {
         let (s, i) = (store.clone(), info.clone());
-        match tokio::task::spawn_blocking(move || s.register_node(&i, crate::clock::now_ms())).await {
+        match tokio::task::spawn_blocking(move || s.register_node(&i, crate::clock::now_ms())).await
+        {
             Ok(Ok(r)) => break r,
             other => {
                 tracing::warn!(?other, "cannot register a new incarnation yet; retrying");
@@ -224,7 +229,8 @@ pub async fn join(
         .tls
         .as_ref()
         .ok_or("cluster.tls: required with cluster.listen")?;
-    let (acceptor, connector) = crate::tls::cluster(tls).map_err(|e| format!("cluster.tls: {e}"))?;
+    let (acceptor, connector) =
+        crate::tls::cluster(tls).map_err(|e| format!("cluster.tls: {e}"))?;
     let secret = match (&c.secret, &c.secret_file) {
         (Some(s), _) => s.clone(),
         (None, Some(f)) => std::fs::read_to_string(f)
@@ -242,7 +248,12 @@ pub async fn join(
             connector,
         },
         epoch,
-        seeds: c.seeds.iter().copied().filter(|s: &SocketAddr| *s != listen).collect(),
+        seeds: c
+            .seeds
+            .iter()
+            .copied()
+            .filter(|s: &SocketAddr| *s != listen)
+            .collect(),
         timing: tsunagu_cluster::membership::Timing::default(),
     };
     let lines = host.ctx.lines.service();

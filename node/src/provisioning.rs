@@ -100,7 +100,9 @@ impl Provisioning {
                     c.changed(seq);
                 }
             }
-            Err(e) => tracing::warn!(%e, kind, "provisioning change not recorded; peers catch up at their next full reload"),
+            Err(e) => {
+                tracing::warn!(%e, kind, "provisioning change not recorded; peers catch up at their next full reload")
+            }
         });
     }
 
@@ -117,7 +119,11 @@ impl Provisioning {
                 }
             };
             if !page.complete {
-                tracing::warn!(seen, latest = page.latest, "the provisioning feed no longer reaches back this far: reloading everything");
+                tracing::warn!(
+                    seen,
+                    latest = page.latest,
+                    "the provisioning feed no longer reaches back this far: reloading everything"
+                );
                 self.reload_all(page.latest);
                 return;
             }
@@ -167,7 +173,9 @@ impl Provisioning {
         for (op, name, wav) in self.0.store.all_prompts()? {
             match tsunagu_media::Prompt::from_wav(&wav) {
                 Ok(p) => self.0.prompts.insert_own(&op, &name, p),
-                Err(e) => tracing::warn!(%e, operator = %op, name, "stored prompt is not a usable WAV"),
+                Err(e) => {
+                    tracing::warn!(%e, operator = %op, name, "stored prompt is not a usable WAV")
+                }
             }
         }
         Ok(())

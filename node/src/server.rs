@@ -8,7 +8,6 @@
 use crate::admission::Admission;
 use crate::call_log::{CallLog, Writer};
 use crate::cluster_link::NodeHost;
-use crate::provisioning::{kind, Provisioning};
 use crate::context::NodeContext;
 use crate::decide::routing::{sip_transport, Routing};
 use crate::directory::Directory;
@@ -17,6 +16,7 @@ use crate::follow_up::hooks::WebhookCache;
 use crate::follow_up::outbox::Worker;
 use crate::follow_up::plan::Planner;
 use crate::metrics::{Metrics, StatusLabel};
+use crate::provisioning::{kind, Provisioning};
 use crate::supervisor::{CallSupervisor, SupervisorMsg};
 use ractor::Actor;
 use std::path::{Path, PathBuf};

@@ -272,6 +272,8 @@ mod tests {
         .unwrap();
         let routing = Routing::from_config(&config);
         let ctx = Arc::new(NodeContext {
+            epoch: Arc::new(1.into()),
+            cluster: std::sync::OnceLock::new(),
             node_id: "t".into(),
             endpoint: endpoint.clone(),
             ports,
@@ -280,7 +282,7 @@ mod tests {
             trunk_up: vec![AtomicBool::new(true)],
             store: store.clone(),
             recorder: tsunagu_media::Recorder::start(),
-            lines: crate::lines::Lines::default(),
+            lines: crate::lines::Lines::new("n1", Default::default()),
             webhooks: crate::follow_up::hooks::WebhookCache::load(store.clone()).unwrap(),
             recordings_dir: std::env::temp_dir(),
             prompts: tsunagu_media::Prompts::default(),

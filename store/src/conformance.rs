@@ -342,7 +342,10 @@ fn node_incarnations(s: &dyn Store) {
     };
     assert_eq!(s.register_node(&info, 1_000).unwrap(), (1, None));
     assert!(s.node_alive("n-epoch", 1, 2_000).unwrap());
-    assert!(s.node_alive("n-epoch", 1, 1_500).unwrap(), "never goes back");
+    assert!(
+        s.node_alive("n-epoch", 1, 1_500).unwrap(),
+        "never goes back"
+    );
     assert_eq!(s.register_node(&info, 3_000).unwrap(), (2, Some(2_000)));
     assert!(
         !s.node_alive("n-epoch", 1, 4_000).unwrap(),
@@ -363,11 +366,19 @@ fn node_incarnations(s: &dyn Store) {
         .find(|n| n.node_id == "n-epoch")
         .unwrap();
     assert_eq!(
-        (row.epoch, row.down, row.last_seen, row.cluster_addr.as_deref()),
+        (
+            row.epoch,
+            row.down,
+            row.last_seen,
+            row.cluster_addr.as_deref()
+        ),
         (2, true, 4_000, Some("127.0.0.1:7000"))
     );
     assert_eq!(s.register_node(&info, 6_000).unwrap(), (3, Some(4_000)));
-    assert!(s.node_alive("n-epoch", 3, 7_000).unwrap(), "a new incarnation is up");
+    assert!(
+        s.node_alive("n-epoch", 3, 7_000).unwrap(),
+        "a new incarnation is up"
+    );
 }
 
 fn the_change_feed_is_ordered_and_resumable(s: &dyn Store) {
@@ -394,7 +405,10 @@ fn prompts_are_shared_through_the_store(s: &dyn Store) {
     s.put_prompt("op-p", "hello", b"RIFF1").unwrap();
     s.put_prompt("op-p", "hello", b"RIFF2").unwrap();
     s.put_prompt("op-q", "hello", b"RIFF3").unwrap();
-    assert_eq!(s.prompt("op-p", "hello").unwrap().as_deref(), Some(&b"RIFF2"[..]));
+    assert_eq!(
+        s.prompt("op-p", "hello").unwrap().as_deref(),
+        Some(&b"RIFF2"[..])
+    );
     let all = s.all_prompts().unwrap();
     assert!(all.contains(&("op-q".into(), "hello".into(), b"RIFF3".to_vec())));
     assert!(s.delete_prompt("op-p", "hello").unwrap());

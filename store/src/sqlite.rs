@@ -1185,7 +1185,9 @@ impl Store for SqliteStore {
                 .query_row("SELECT min(seq) FROM changes", [], |r| r.get(0))
                 .map_err(unavailable)?;
             let latest: i64 = c
-                .query_row("SELECT coalesce(max(seq), 0) FROM changes", [], |r| r.get(0))
+                .query_row("SELECT coalesce(max(seq), 0) FROM changes", [], |r| {
+                    r.get(0)
+                })
                 .map_err(unavailable)?;
             let complete = oldest.is_none_or(|o| o <= seq.saturating_add(1)) || seq >= latest;
             let mut st = c
@@ -1245,7 +1247,9 @@ impl Store for SqliteStore {
     fn all_prompts(&self) -> Result<Vec<(String, String, Vec<u8>)>> {
         self.read(|c| {
             let mut st = c
-                .prepare_cached("SELECT operator_id, name, wav FROM prompts ORDER BY operator_id, name")
+                .prepare_cached(
+                    "SELECT operator_id, name, wav FROM prompts ORDER BY operator_id, name",
+                )
                 .map_err(unavailable)?;
             let rows = st
                 .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))

@@ -39,17 +39,19 @@ impl Drop for Callers {
     }
 }
 
-/// A node whose RTP range holds `calls` calls (two ports each), on a second slot's
-/// ports as well as its own.
+/// A node whose RTP range holds `calls` calls (two even ports each, so four port
+/// numbers) with a quarter to spare (other processes' ephemeral ports may sit in any
+/// range), on the next slots' RTP ports as well as its own.
 fn node_for(calls: u16) -> Node {
+    let range = calls * 5;
     let ports = Ports::take();
-    for _ in 0..(calls * 4).div_ceil(400).saturating_sub(1) {
+    for _ in 0..range.div_ceil(RTP_PER_SLOT).saturating_sub(1) {
         Ports::take(); // the next slots' RTP ranges are this node's
     }
     let media = format!(
         "[media]\naddress = \"127.0.0.1\"\nports = \"{}-{}\"",
         ports.rtp_first,
-        ports.rtp_first + calls * 4 - 1
+        ports.rtp_first + range - 1
     );
     // The harness writes its own [media]; this test's replaces it.
     let node = Node::start(ports, "127.0.0.1/32", "");

@@ -17,6 +17,11 @@ pub const ADMIN: &str = "test-admin-token";
 
 static NEXT_SLOT: AtomicU16 = AtomicU16::new(0);
 
+/// Port slots the tests can take (see [`Ports::take`]).
+pub const SLOTS: u16 = 95;
+/// Node RTP ports per slot (93 calls at once); a test needing more takes further slots.
+pub const RTP_PER_SLOT: u16 = 375;
+
 /// Ports of one test: SIP, API, SIPp UAS and UAC signalling and media, node RTP range.
 #[derive(Clone, Copy, Debug)]
 pub struct Ports {
@@ -30,16 +35,22 @@ pub struct Ports {
 }
 
 impl Ports {
+    /// The next slot. Layout (slot k < [`SLOTS`]): signalling 21000 + 10k (SIP,
+    /// API, UAS, UAC; +4..+9 free for a test's own use), SIPp media 22000 + 80k (UAS)
+    /// and + 40 (UAC; tests use up to +30 above each), and [`RTP_PER_SLOT`] node RTP
+    /// ports from 29600: disjoint for every slot, clear of the SPEC example's
+    /// 5060/8080/20000-20999.
     pub fn take() -> Ports {
         let k = NEXT_SLOT.fetch_add(1, Ordering::SeqCst);
+        assert!(k < SLOTS, "the e2e tests ran out of port slots");
         Ports {
-            sip: 35000 + 10 * k,
-            api: 35001 + 10 * k,
-            uas: 35002 + 10 * k,
-            uac: 35003 + 10 * k,
-            uas_media: 36000 + 100 * k,
-            uac_media: 36050 + 100 * k,
-            rtp_first: 40000 + 400 * k,
+            sip: 21000 + 10 * k,
+            api: 21001 + 10 * k,
+            uas: 21002 + 10 * k,
+            uac: 21003 + 10 * k,
+            uas_media: 22000 + 80 * k,
+            uac_media: 22040 + 80 * k,
+            rtp_first: 29600 + RTP_PER_SLOT * k,
         }
     }
 }
@@ -126,7 +137,7 @@ trunks = ["carrier-a"]
             data = dir.path().join("data").display(),
             sip_port = ports.sip,
             rtp_first = ports.rtp_first,
-            rtp_last = ports.rtp_first + 399,
+            rtp_last = ports.rtp_first + RTP_PER_SLOT - 1,
             api = ports.api,
             uas = ports.uas,
         );
@@ -581,8 +592,28 @@ pub fn uac(
     rate: u32,
     extra: &[&str],
 ) -> UacRun {
-    require_tool("sipp");
     let target = format!("127.0.0.1:{}", ports.sip);
+    uac_to(&target, scenario_name, ports, number, calls, rate, extra)
+}
+
+/// [`uac`] toward another node address (`ip:port`), e.g. a cluster's second node.
+pub fn uac_to(
+    target: &str,
+    scenario_name: &str,
+    ports: Ports,
+    number: &str,
+    calls: u32,
+    rate: u32,
+    extra: &[&str],
+) -> UacRun {
+    require_tool("sipp");
+    // The caller's number, unless `extra` names one (SIPp keeps the first `-key`).
+    let names_caller = extra.windows(2).any(|w| w == ["-key", "caller"]);
+    let default_caller: &[&str] = if names_caller {
+        &[]
+    } else {
+        &["-key", "caller", "09012345678"]
+    };
     let bind: &[&str] = if extra.contains(&"-i") {
         &[]
     } else {
@@ -596,7 +627,7 @@ pub fn uac(
             &scenario(scenario_name),
             "-s",
             number,
-            &target,
+            target,
             "-p",
             &ports.uac.to_string(),
             "-mp",
@@ -610,10 +641,8 @@ pub fn uac(
             "-nostdin",
             "-buff_size",
             "4194304",
-            "-key",
-            "caller",
-            "09012345678",
         ])
+        .args(default_caller)
         .args(bind)
         .args(extra)
         .output()
@@ -1133,7 +1162,7 @@ backend = "embedded"
             data = dir.path().join("data").display(),
             sip = ports.sip,
             rtp_first = ports.rtp_first,
-            rtp_last = ports.rtp_first + 399,
+            rtp_last = ports.rtp_first + RTP_PER_SLOT - 1,
             api_port = ports.api,
         );
         let path = dir.path().join("node.toml");

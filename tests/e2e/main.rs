@@ -4,6 +4,7 @@
 mod api;
 mod api_abuse;
 mod calls;
+mod cluster;
 mod dialogs;
 mod durability;
 mod follow_up;

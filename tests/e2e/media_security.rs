@@ -131,7 +131,7 @@ fn a_third_party_spraying_the_rtp_range_reaches_neither_party_nor_the_recording(
     let node = Node::start(ports, "127.0.0.1/32", "");
     let (key, _) = node.provision("0501234567", r#"[{"number": "0311112222"}]"#, "{}");
     node.set_number(&key, "0501234567", r#"{"recording": {"mode": "both"}}"#);
-    let (first, last) = (ports.rtp_first, ports.rtp_first + 399);
+    let (first, last) = (ports.rtp_first, ports.rtp_first + RTP_PER_SLOT - 1);
     let stranger = Sprayer::start("127.0.0.2", first, last);
 
     let _uas = Uas::start(

@@ -1,0 +1,729 @@
+//! Several real nodes as one cluster on loopback (SIP and the cluster on 127.0.0.1/2/3,
+//! one embedded store file shared by all, mutual TLS between nodes): provisioning
+//! reaches every node, lines and queues are counted cluster-wide and survive their
+//! owner's death, a frozen node is declared down and rejoins as a new incarnation, a
+//! joining node fails no call, and nodes without the certificate or the secret stay out.
+
+use crate::harness::*;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const SECRET: &str = "cluster-secret-for-tests-0123456789";
+
+/// Certificates for the cluster: a CA, one certificate per node address (127.0.0.N),
+/// and a rogue CA with a certificate for 127.0.0.2 it signed.
+fn make_certs(dir: &Path) {
+    require_tool("openssl");
+    let sh = |script: &str| {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .current_dir(dir)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ca = |name: &str| {
+        format!(
+            "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+             -keyout {name}.key -out {name}.pem -days 2 -subj '/CN={name}'"
+        )
+    };
+    let leaf = |name: &str, ip: &str, ca: &str| {
+        format!(
+            "openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout {name}.key \
+             -out {name}.csr -subj '/CN={name}' && \
+             printf 'subjectAltName=IP:{ip}\\nextendedKeyUsage=serverAuth,clientAuth\\n' > {name}.ext && \
+             openssl x509 -req -in {name}.csr -CA {ca}.pem -CAkey {ca}.key -CAcreateserial \
+             -out {name}.pem -days 2 -extfile {name}.ext"
+        )
+    };
+    sh(&ca("ca"));
+    sh(&ca("rogue-ca"));
+    for i in 1..=3 {
+        sh(&leaf(&format!("n{i}"), &format!("127.0.0.{i}"), "ca"));
+    }
+    sh(&leaf("rogue", "127.0.0.2", "rogue-ca"));
+}
+
+/// One node of a test cluster.
+struct Member {
+    node: Node,
+    /// Its SIP address (`ip:port`).
+    sip: String,
+}
+
+struct TestCluster {
+    shared: tempfile::TempDir,
+    members: BTreeMap<String, Member>,
+    /// The one destination (SIPp UAS) every node forwards to.
+    uas_ports: Ports,
+    cluster_port: u16,
+    /// Callers started so far (see `caller_ports`).
+    callers: usize,
+}
+
+/// How a node is to be started (the default: one of the cluster, the right certificate
+/// and secret).
+#[derive(Clone, Copy)]
+struct Joining<'a> {
+    cert: &'a str,
+    secret: &'a str,
+}
+
+const GOOD: Joining<'static> = Joining {
+    cert: "",
+    secret: SECRET,
+};
+
+impl TestCluster {
+    fn new() -> TestCluster {
+        let shared = tempfile::tempdir().expect("tempdir");
+        make_certs(shared.path());
+        let uas_ports = Ports::take();
+        // The cluster port: free in this slot's range (every node has its own IP).
+        let cluster_port = uas_ports.sip + 7;
+        TestCluster {
+            shared,
+            members: BTreeMap::new(),
+            uas_ports,
+            cluster_port,
+            callers: 0,
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.shared.path().join(name)
+    }
+
+    /// Starts node `n{i}` on 127.0.0.{i}.
+    fn start(&mut self, i: u8, how: Joining) -> &Member {
+        let name = format!("n{i}");
+        let ports = Ports::take();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cert = if how.cert.is_empty() {
+            name.clone()
+        } else {
+            how.cert.to_string()
+        };
+        let ca = if cert == "rogue" { "rogue-ca" } else { "ca" };
+        let config = format!(
+            r#"
+[node]
+id = "{name}"
+data_dir = "{data}"
+drain_seconds = 5
+
+[sip]
+listen = ["udp:127.0.0.{i}:{sip}"]
+
+[media]
+address = "127.0.0.{i}"
+ports = "{rtp_first}-{rtp_last}"
+
+[api]
+listen = "127.0.0.1:{api}"
+admin_token = "{ADMIN}"
+
+[store]
+backend = "embedded"
+path = "{db}"
+
+[cluster]
+listen = "127.0.0.{i}:{cport}"
+seeds = ["127.0.0.1:{cport}", "127.0.0.2:{cport}", "127.0.0.3:{cport}"]
+secret = "{secret}"
+
+[cluster.tls]
+cert_file = "{certs}/{cert}.pem"
+key_file = "{certs}/{cert}.key"
+ca_file = "{certs}/{ca}.pem"
+
+[[trunks]]
+name = "carrier-a"
+inbound = ["127.0.0.0/8"]
+outbound = "udp:127.0.0.1:{uas}"
+
+[[routes]]
+prefix = ""
+trunks = ["carrier-a"]
+"#,
+            data = dir.path().join("data").display(),
+            sip = ports.sip,
+            rtp_first = ports.rtp_first,
+            rtp_last = ports.rtp_first + RTP_PER_SLOT - 1,
+            api = ports.api,
+            db = self.path("shared.db").display(),
+            cport = self.cluster_port,
+            secret = how.secret,
+            certs = self.shared.path().display(),
+            uas = self.uas_ports.uas,
+        );
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, config).expect("write config");
+        let node = Node::run(ports, dir, &path);
+        let sip = format!("127.0.0.{i}:{}", ports.sip);
+        self.members.insert(name.clone(), Member { node, sip });
+        &self.members[&name]
+    }
+
+    /// UAC ports for the test's next caller: free offsets of the UAS slot (five at
+    /// most; callers need no RTP range of their own).
+    fn caller_ports(&mut self) -> Ports {
+        let j = self.callers;
+        assert!(j < 5, "five callers per test cluster");
+        self.callers += 1;
+        Ports {
+            uac: self.uas_ports.sip + [4, 5, 6, 8, 9][j],
+            uac_media: self.uas_ports.uac_media + 8 * j as u16,
+            ..self.uas_ports
+        }
+    }
+
+    fn node(&self, name: &str) -> &Node {
+        &self.members[name].node
+    }
+
+    /// The cluster as `name` sees it.
+    fn view(&self, name: &str) -> serde_json::Value {
+        let r = self.node(name).get("/v1/cluster", ADMIN);
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.json()
+    }
+
+    /// The state and epoch `of` has in `name`'s view.
+    fn state(&self, name: &str, of: &str) -> Option<(String, u64)> {
+        self.view(name)["members"]
+            .as_array()?
+            .iter()
+            .find(|m| m["name"] == of)
+            .map(|m| {
+                (
+                    m["state"].as_str().unwrap_or_default().to_string(),
+                    m["epoch"].as_u64().unwrap_or_default(),
+                )
+            })
+    }
+
+    /// Waits until every node sees every other up (and holds its lease, its line
+    /// tables rebuilt).
+    fn wait_formed(&self) {
+        let names: Vec<String> = self.members.keys().cloned().collect();
+        let formed = || {
+            names.iter().all(|a| {
+                names
+                    .iter()
+                    .filter(|b| *b != a)
+                    .all(|b| self.state(a, b).is_some_and(|(s, _)| s == "up"))
+                    && self.view(a)["lease_valid"] == true
+                    && self.view(a)["lines_rebuilding"] == false
+            })
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if formed() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let views: Vec<String> = names
+            .iter()
+            .map(|n| format!("{n}: {}", self.view(n)))
+            .collect();
+        let logs: Vec<String> = names
+            .iter()
+            .map(|n| format!("--- {n}\n{}", self.node(n).log()))
+            .collect();
+        panic!(
+            "the cluster did not form:\n{}\n{}",
+            views.join("\n"),
+            logs.join("\n")
+        );
+    }
+}
+
+/// What the destination (SIPp UAS with `-trace_msg`) saw: for each forwarded call, by
+/// its caller (From user), when its INVITE and its BYE arrived.
+struct Seen {
+    /// (caller, invite at, bye at)
+    calls: Vec<(String, String, Option<String>)>,
+}
+
+impl Seen {
+    fn parse(trace: &str) -> Seen {
+        let mut by_call: HashMap<String, (String, String, Option<String>)> = HashMap::new();
+        let mut order = Vec::new();
+        for block in trace
+            .split("----------------------------------------------- ")
+            .skip(1)
+        {
+            let mut lines = block.lines();
+            let stamp = lines.next().unwrap_or_default().trim().to_string();
+            if !lines
+                .next()
+                .unwrap_or_default()
+                .contains("message received")
+            {
+                continue;
+            }
+            let msg: Vec<&str> = lines.filter(|l| !l.is_empty()).collect();
+            let Some(first) = msg.first() else { continue };
+            let header = |name: &str| {
+                msg.iter()
+                    .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
+                    .unwrap_or_default()
+            };
+            let call_id = header("Call-ID:");
+            if first.starts_with("INVITE ") && !by_call.contains_key(&call_id) {
+                let from = header("From:");
+                let caller = from
+                    .split("sip:")
+                    .nth(1)
+                    .and_then(|r| r.split('@').next())
+                    .unwrap_or_default()
+                    .to_string();
+                by_call.insert(call_id.clone(), (caller, stamp, None));
+                order.push(call_id);
+            } else if first.starts_with("BYE ") {
+                if let Some(c) = by_call.get_mut(&call_id) {
+                    c.2.get_or_insert(stamp);
+                }
+            }
+        }
+        Seen {
+            calls: order
+                .into_iter()
+                .filter_map(|id| by_call.remove(&id))
+                .collect(),
+        }
+    }
+
+    /// Callers in the order their calls reached the destination.
+    fn order(&self) -> Vec<String> {
+        self.calls.iter().map(|c| c.0.clone()).collect()
+    }
+
+    /// The most calls connected at once (from INVITE to BYE at the destination).
+    fn max_concurrent(&self) -> usize {
+        let mut events: Vec<(String, i32)> = Vec::new();
+        for (_, start, end) in &self.calls {
+            events.push((start.clone(), 1));
+            events.push((end.clone().unwrap_or_else(|| "9999".into()), -1));
+        }
+        // At equal times an end counts before a start (a line passed on in the same
+        // instant is not two calls at once).
+        events.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
+        let (mut now, mut max) = (0i32, 0i32);
+        for (_, d) in events {
+            now += d;
+            max = max.max(now);
+        }
+        max as usize
+    }
+}
+
+/// A call through node `sip` from caller `caller`, talking `hold_ms` after the answer,
+/// on UAC ports of its own (see [`TestCluster::caller_ports`]); runs in the background
+/// and returns SIPp's outcome.
+fn caller(
+    ports: Ports,
+    sip: &str,
+    number: &str,
+    caller: &str,
+    hold_ms: u32,
+) -> std::thread::JoinHandle<UacRun> {
+    let (sip, number, caller) = (sip.to_string(), number.to_string(), caller.to_string());
+    std::thread::spawn(move || {
+        let hold = hold_ms.to_string();
+        uac_to(
+            &sip,
+            "uac.xml",
+            ports,
+            &number,
+            1,
+            1,
+            &["-d", &hold, "-key", "caller", &caller],
+        )
+    })
+}
+
+fn provision(node: &Node, number: &str, queue: Option<u32>) -> String {
+    let (key, _) = node.provision(
+        number,
+        r#"[{"number": "0311112222", "ring_seconds": 30}]"#,
+        "{}",
+    );
+    if let Some(lines) = queue {
+        node.set_number(
+            &key,
+            number,
+            &format!(r#"{{"queue": {{"max_lines": {lines}, "max_wait_seconds": 40}}}}"#),
+        );
+    }
+    key
+}
+
+/// A tracking number whose lines `owner` owns among `members`.
+fn number_owned_by(owner: &str, members: &[&str]) -> String {
+    (0..10_000)
+        .map(|i| format!("05{:08}", 10_000_000 + i))
+        .find(|n| {
+            tsunagu_cluster::placement::owner(&format!("number:{n}"), members.iter().copied())
+                == Some(owner)
+        })
+        .expect("a number")
+}
+
+#[test]
+fn provisioning_through_one_node_reaches_the_others_and_calls_are_listed_by_all() {
+    let mut c = TestCluster::new();
+    for i in 1..=3 {
+        c.start(i, GOOD);
+    }
+    c.wait_formed();
+    let uas = Uas::start("uas_answer.xml", c.uas_ports, c.shared.path(), &[]);
+    // Provisioned through n1, called through n3 at once.
+    let key = provision(c.node("n1"), "0501234567", None);
+    let ports = c.caller_ports();
+    let run = uac_to(
+        &c.members["n3"].sip,
+        "uac.xml",
+        ports,
+        "0501234567",
+        3,
+        10,
+        &["-d", "200"],
+    );
+    assert_eq!(run.successful, 3, "{}", run.output);
+    assert_eq!(uas.messages().matches("INVITE sip:0311112222@").count(), 3);
+    // Logged by n3, listed by n2.
+    let calls = c.node("n2").wait_for_calls(&key, 3);
+    assert!(
+        calls
+            .iter()
+            .all(|x| x["node"] == "n3" && x["result"] == "answered"),
+        "{calls:?}"
+    );
+    // A prompt uploaded through n1 is n3's too.
+    let wav = tiny_wav();
+    let up = http_bytes(
+        c.node("n1").ports.api,
+        "PUT",
+        "/v1/prompts/shop_closed",
+        Some(&key),
+        &wav,
+        &[("Content-Type", "audio/wav")],
+    )
+    .unwrap();
+    assert_eq!(up.status, 200, "{}", up.body);
+    c.node("n3")
+        .wait_until(Duration::from_secs(3), "n3 to have the prompt", || {
+            c.node("n3")
+                .get("/v1/prompts", &key)
+                .body
+                .contains("shop_closed")
+        });
+    // Deleted through n2: n1 and n3 route it no more.
+    let del = c
+        .node("n2")
+        .send("DELETE", "/v1/numbers/0501234567", Some(&key), "");
+    assert_eq!(del.status, 204, "{}", del.body);
+    for n in ["n1", "n3"] {
+        let ports = c.caller_ports();
+        let m = &c.members[n];
+        let refused = uac_expecting_to(404, c.shared.path(), ports, &m.sip, "0501234567");
+        assert_eq!(refused.successful, 1, "{n}: {}", refused.output);
+    }
+}
+
+/// A 0.2 s 8 kHz 16-bit mono WAV of silence.
+fn tiny_wav() -> Vec<u8> {
+    let samples = 1600u32;
+    let mut w = Vec::new();
+    w.extend_from_slice(b"RIFF");
+    w.extend_from_slice(&(36 + samples * 2).to_le_bytes());
+    w.extend_from_slice(b"WAVEfmt ");
+    w.extend_from_slice(&16u32.to_le_bytes());
+    w.extend_from_slice(&1u16.to_le_bytes());
+    w.extend_from_slice(&1u16.to_le_bytes());
+    w.extend_from_slice(&8000u32.to_le_bytes());
+    w.extend_from_slice(&16000u32.to_le_bytes());
+    w.extend_from_slice(&2u16.to_le_bytes());
+    w.extend_from_slice(&16u16.to_le_bytes());
+    w.extend_from_slice(b"data");
+    w.extend_from_slice(&(samples * 2).to_le_bytes());
+    w.resize(w.len() + samples as usize * 2, 0);
+    w
+}
+
+/// A call through `sip` that must be refused with `code`.
+fn uac_expecting_to(code: u16, dir: &Path, ports: Ports, sip: &str, number: &str) -> UacRun {
+    let template = std::fs::read_to_string(scenario("uac_expect_failure.xml")).expect("scenario");
+    let path = dir.join(format!("uac_expect_{code}.xml"));
+    std::fs::write(&path, template.replace("[expect]", &code.to_string())).expect("write");
+    uac_to(sip, &path.display().to_string(), ports, number, 1, 1, &[])
+}
+
+#[test]
+fn a_line_limit_holds_across_nodes_and_the_queue_is_first_come_first_served() {
+    let mut c = TestCluster::new();
+    for i in 1..=3 {
+        c.start(i, GOOD);
+    }
+    c.wait_formed();
+    let uas = Uas::start("uas_answer.xml", c.uas_ports, c.shared.path(), &[]);
+    provision(c.node("n1"), "0501234567", Some(2));
+    // Four callers 0.3 s apart on three nodes; each talks 2.5 s.
+    let order = [
+        ("n1", "09000000001"),
+        ("n2", "09000000002"),
+        ("n3", "09000000003"),
+        ("n1", "09000000004"),
+    ];
+    let mut runs = Vec::new();
+    for (node, who) in order {
+        let ports = c.caller_ports();
+        runs.push(caller(ports, &c.members[node].sip, "0501234567", who, 2500));
+        std::thread::sleep(Duration::from_millis(300)); // arrival order is the test's input
+    }
+    for r in runs {
+        let run = r.join().unwrap();
+        assert_eq!(run.successful, 1, "{}", run.output);
+    }
+    let seen = Seen::parse(&uas.messages());
+    assert_eq!(
+        seen.order(),
+        order.map(|(_, w)| w.to_string()).to_vec(),
+        "first come, first served"
+    );
+    assert_eq!(
+        seen.max_concurrent(),
+        2,
+        "never more than 2 connected: {:?}",
+        seen.calls
+    );
+}
+
+#[test]
+fn the_queue_goes_on_from_a_new_owner_when_the_owner_is_killed() {
+    let mut c = TestCluster::new();
+    for i in 1..=3 {
+        c.start(i, GOOD);
+    }
+    c.wait_formed();
+    let uas = Uas::start("uas_answer.xml", c.uas_ports, c.shared.path(), &[]);
+    let owner = "n2";
+    let number = number_owned_by(owner, &["n1", "n2", "n3"]);
+    provision(c.node("n1"), &number, Some(2));
+    // Two talk 6 s, two wait; callers on n1 and n3 only (n2's calls die with it).
+    let plan = [
+        ("n1", "09000000011", 6000),
+        ("n3", "09000000012", 6000),
+        ("n1", "09000000013", 1500),
+        ("n3", "09000000014", 1500),
+    ];
+    let mut runs = Vec::new();
+    for (node, who, hold) in plan {
+        let ports = c.caller_ports();
+        runs.push(caller(ports, &c.members[node].sip, &number, who, hold));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // Both waiting: kill -9 the owner of the number's lines.
+    c.node("n1")
+        .wait_until(Duration::from_secs(5), "two callers queued", || {
+            c.node("n1").metric("tsunagu_calls_queued_total")
+                + c.node("n3").metric("tsunagu_calls_queued_total")
+                == 2.0
+        });
+    c.members.get_mut(owner).unwrap().node.kill();
+    for r in runs {
+        let run = r.join().unwrap();
+        assert_eq!(run.successful, 1, "{}", run.output);
+    }
+    let seen = Seen::parse(&uas.messages());
+    assert_eq!(seen.calls.len(), 4, "{:?}", seen.calls);
+    assert_eq!(
+        seen.max_concurrent(),
+        2,
+        "never more than 2 connected: {:?}",
+        seen.calls
+    );
+    assert_eq!(
+        &seen.order()[2..],
+        ["09000000013", "09000000014"],
+        "the queue kept its order"
+    );
+}
+
+#[test]
+fn a_frozen_node_is_declared_down_within_2_s_and_rejoins_as_a_new_incarnation() {
+    let mut c = TestCluster::new();
+    for i in 1..=3 {
+        c.start(i, GOOD);
+    }
+    c.wait_formed();
+    let uas = Uas::start("uas_answer.xml", c.uas_ports, c.shared.path(), &[]);
+    // n2 owns the lines of a number with one line, held by a call through n1.
+    let number = number_owned_by("n2", &["n1", "n2", "n3"]);
+    provision(c.node("n1"), &number, Some(1));
+    let held = caller(
+        c.caller_ports(),
+        &c.members["n1"].sip,
+        &number,
+        "09000000021",
+        16_000,
+    );
+    c.node("n1")
+        .wait_until(Duration::from_secs(5), "the line to be taken", || {
+            uas.messages().contains("INVITE sip:0311112222@")
+        });
+    let (_, epoch) = c.state("n1", "n2").unwrap();
+    let pid = c.node("n2").pid().to_string();
+    let stopped = Instant::now();
+    assert!(Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    c.node("n1")
+        .wait_until(Duration::from_secs(5), "n2 declared down", || {
+            c.state("n1", "n2").is_some_and(|(s, _)| s == "down")
+        });
+    let detected = stopped.elapsed();
+    assert!(
+        detected < Duration::from_secs(2),
+        "declared down after {detected:?}"
+    );
+    assert_eq!(
+        c.node("n3")
+            .metric("tsunagu_cluster_members{state=\"down\"}"),
+        1.0
+    );
+    std::thread::sleep(Duration::from_secs(10).saturating_sub(stopped.elapsed()));
+    assert!(Command::new("kill")
+        .args(["-CONT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    c.node("n1").wait_until(
+        Duration::from_secs(10),
+        "n2 back as a new incarnation",
+        || {
+            c.state("n1", "n2")
+                .is_some_and(|(s, e)| s == "up" && e > epoch)
+                && c.view("n2")["lease_valid"] == true
+        },
+    );
+    assert_eq!(
+        c.node("n2").metric("tsunagu_cluster_declared_stale_total"),
+        1.0
+    );
+    // The line is still held (through n1): a call through the woken node waits.
+    let second = caller(
+        c.caller_ports(),
+        &c.members["n2"].sip,
+        &number,
+        "09000000022",
+        500,
+    );
+    let first = held.join().unwrap();
+    let second = second.join().unwrap();
+    assert_eq!(
+        (first.successful, second.successful),
+        (1, 1),
+        "{}\n{}",
+        first.output,
+        second.output
+    );
+    let seen = Seen::parse(&uas.messages());
+    assert_eq!(seen.order(), ["09000000021", "09000000022"]);
+    assert_eq!(
+        seen.max_concurrent(),
+        1,
+        "the woken node granted no line twice: {:?}",
+        seen.calls
+    );
+}
+
+#[test]
+fn a_node_joining_while_calls_flow_fails_no_call() {
+    let mut c = TestCluster::new();
+    c.start(1, GOOD);
+    c.start(2, GOOD);
+    c.wait_formed();
+    let _uas = Uas::start("uas_answer.xml", c.uas_ports, c.shared.path(), &[]);
+    // A line limit, so the joining node's line tables take part.
+    provision(c.node("n1"), "0501234567", Some(50));
+    let sip = c.members["n1"].sip.clone();
+    let ports = c.caller_ports();
+    let load = std::thread::spawn(move || {
+        uac_to(
+            &sip,
+            "uac.xml",
+            ports,
+            "0501234567",
+            120,
+            20,
+            &["-d", "500"],
+        )
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    c.start(3, GOOD);
+    let run = load.join().unwrap();
+    assert_eq!((run.successful, run.failed), (120, 0), "{}", run.output);
+    c.wait_formed();
+}
+
+#[test]
+fn nodes_without_the_cluster_certificate_or_secret_cannot_join() {
+    let mut c = TestCluster::new();
+    c.start(1, GOOD);
+    // A connection that never completes its TLS handshake must not stop anyone.
+    let _silent = std::net::TcpStream::connect(("127.0.0.1", c.cluster_port)).unwrap();
+    c.start(
+        2,
+        Joining {
+            cert: "rogue",
+            secret: SECRET,
+        },
+    );
+    c.start(
+        3,
+        Joining {
+            cert: "",
+            secret: "not-the-cluster-secret-at-all",
+        },
+    );
+    // Wait as long as a good node needs to join several times over.
+    std::thread::sleep(Duration::from_secs(4));
+    for n in ["n1", "n2", "n3"] {
+        let members = c.view(n)["members"].clone();
+        assert!(
+            members
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|m| m["state"] != "up"),
+            "{n} sees a member: {members}"
+        );
+    }
+    // Meanwhile a node with both does join (the silent connection blocked nothing).
+    let mut good = TestCluster {
+        shared: c.shared,
+        members: BTreeMap::new(),
+        uas_ports: c.uas_ports,
+        cluster_port: c.cluster_port,
+        callers: 0,
+    };
+    good.members
+        .insert("n1".into(), c.members.remove("n1").unwrap());
+    drop(c.members);
+    good.start(2, GOOD);
+    good.wait_formed();
+}
