@@ -7,7 +7,6 @@
 
 use crate::auth::OperatorId;
 use crate::{db, rfc3339, ApiError, ApiState};
-use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
@@ -383,56 +382,6 @@ pub async fn get_one(
         .await?
         .ok_or_else(|| ApiError::not_found("no such call"))?;
     Ok(Json(call_json(&r)))
-}
-
-/// The call's recording as `audio/wav`, streamed from the node's recordings directory.
-pub async fn recording(
-    OperatorId(op): OperatorId,
-    State(st): State<Arc<ApiState>>,
-    Path(id): Path<String>,
-) -> Result<Response, ApiError> {
-    let r = db(&st, move |s| s.get_call(&op, &id))
-        .await?
-        .ok_or_else(|| ApiError::not_found("no such call"))?;
-    let rel = r
-        .recording
-        .filter(|_| r.recording_status != Some(tsunagu_store::RecordingStatus::Missing))
-        .ok_or_else(|| ApiError::not_found("this call has no recording"))?;
-    let rel = std::path::Path::new(&rel);
-    let safe = rel
-        .components()
-        .all(|c| matches!(c, std::path::Component::Normal(_)));
-    if !safe {
-        return Err(ApiError::internal("stored recording path is not relative"));
-    }
-    let file = tokio::fs::File::open(st.recordings_dir.join(rel))
-        .await
-        .map_err(|_| ApiError::not_found("the recording file is not on this node"))?;
-    let len = file.metadata().await.map(|m| m.len()).unwrap_or(0);
-    let stream = futures_util::stream::unfold(file, |mut f| async move {
-        use tokio::io::AsyncReadExt;
-        let mut buf = vec![0u8; 64 * 1024];
-        match f.read(&mut buf).await {
-            Ok(0) => None,
-            Ok(n) => {
-                buf.truncate(n);
-                Some((Ok::<_, std::io::Error>(Bytes::from(buf)), f))
-            }
-            Err(e) => Some((Err(e), f)),
-        }
-    });
-    Ok((
-        [
-            (header::CONTENT_TYPE, "audio/wav".to_string()),
-            (header::CONTENT_LENGTH, len.to_string()),
-            (
-                header::CONTENT_DISPOSITION,
-                format!("attachment; filename=\"{}.wav\"", r.call_id),
-            ),
-        ],
-        Body::from_stream(stream),
-    )
-        .into_response())
 }
 
 #[cfg(test)]

@@ -215,6 +215,31 @@ async fn rejoin(
     tracing::warn!(epoch, "rejoined the cluster");
 }
 
+/// The cluster's shared secret (`cluster.secret` or `cluster.secret_file`), if the node
+/// is in a cluster.
+pub fn secret(config: &Config) -> Result<Option<String>, String> {
+    let c = &config.cluster;
+    if c.listen.is_none() {
+        return Ok(None);
+    }
+    match (&c.secret, &c.secret_file) {
+        (Some(s), _) => Ok(Some(s.clone())),
+        (None, Some(f)) => std::fs::read_to_string(f)
+            .map(|s| Some(s.trim().to_string()))
+            .map_err(|e| format!("cluster.secret_file {}: {e}", f.display())),
+        (None, None) => Ok(None),
+    }
+}
+
+/// The bearer token nodes present to each other's internal API endpoints (fetching a
+/// recording another node holds): derived from the secret, so the secret itself never
+/// travels in a request.
+pub fn internal_token(secret: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(format!("tsunagu-internal-api:{secret}").as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Joins the cluster configured in `[cluster]`, if any.
 pub async fn join(
     config: &Config,
@@ -231,13 +256,7 @@ pub async fn join(
         .ok_or("cluster.tls: required with cluster.listen")?;
     let (acceptor, connector) =
         crate::tls::cluster(tls).map_err(|e| format!("cluster.tls: {e}"))?;
-    let secret = match (&c.secret, &c.secret_file) {
-        (Some(s), _) => s.clone(),
-        (None, Some(f)) => std::fs::read_to_string(f)
-            .map(|s| s.trim().to_string())
-            .map_err(|e| format!("cluster.secret_file {}: {e}", f.display()))?,
-        (None, None) => return Err("cluster.secret: required with cluster.listen".into()),
-    };
+    let secret = secret(config)?.ok_or("cluster.secret: required with cluster.listen")?;
     let epoch = host.ctx.epoch.load(Ordering::Relaxed);
     let settings = tsunagu_cluster::Settings {
         net: tsunagu_cluster::net::NetConfig {

@@ -464,6 +464,10 @@ pub async fn run(
             egress_refused: guards.egress_refused.clone(),
         },
         recordings_dir,
+        node_id: config.node.id.clone(),
+        cluster_token: crate::cluster_link::secret(&config)
+            .map_err(NodeError::Io)?
+            .map(|s| crate::cluster_link::internal_token(&s)),
         prompts,
         defences: tsunagu_api::Defences::new(&config.api, metrics.api.clone()),
     });

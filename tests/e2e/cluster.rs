@@ -387,7 +387,12 @@ fn provisioning_through_one_node_reaches_the_others_and_calls_are_listed_by_all(
         c.start(i, GOOD);
     }
     c.wait_formed();
-    let uas = Uas::start("uas_answer.xml", c.uas_ports, c.shared.path(), &[]);
+    let uas = Uas::start(
+        "uas_answer.xml",
+        c.uas_ports,
+        c.shared.path(),
+        &["-rtp_echo"],
+    );
     // Provisioned through n1, called through n3 at once.
     let key = provision(c.node("n1"), "0501234567", None);
     let ports = c.caller_ports();
@@ -410,6 +415,56 @@ fn provisioning_through_one_node_reaches_the_others_and_calls_are_listed_by_all(
             .all(|x| x["node"] == "n3" && x["result"] == "answered"),
         "{calls:?}"
     );
+    // A call recorded by n3 is served by n1's API (fetched from n3), and only n3 holds
+    // the file.
+    c.node("n1")
+        .set_number(&key, "0501234567", r#"{"recording": {"mode": "both"}}"#);
+    let ports = c.caller_ports();
+    let run = uac_to(
+        &c.members["n3"].sip,
+        "uac_rtp.xml",
+        ports,
+        "0501234567",
+        1,
+        1,
+        &["-d", "2000"],
+    );
+    assert_eq!(run.successful, 1, "{}", run.output);
+    let calls = c.node("n1").wait_for_calls(&key, 4);
+    let recorded = calls
+        .iter()
+        .find(|x| x["recording"].is_string())
+        .expect("a recorded call");
+    let id = recorded["call_id"].as_str().unwrap();
+    let wav = c.node("n1").get(&format!("/v1/calls/{id}/recording"), &key);
+    assert_eq!(wav.status, 200, "{}", wav.body);
+    assert!(wav
+        .headers
+        .to_ascii_lowercase()
+        .contains("content-type: audio/wav"));
+    let rel = recorded["recording"].as_str().unwrap();
+    let holds = |n: &str| {
+        c.node(n)
+            .dir
+            .path()
+            .join("data/recordings")
+            .join(rel)
+            .exists()
+    };
+    assert!(holds("n3") && !holds("n1"), "the file is n3's alone");
+    let on_n3 = std::fs::metadata(c.node("n3").dir.path().join("data/recordings").join(rel))
+        .unwrap()
+        .len();
+    assert!(
+        wav.headers.contains(&format!("{on_n3}")),
+        "the whole file: {}",
+        wav.headers
+    );
+    // Without the cluster's internal token a node's internal endpoint answers nothing.
+    let probe = c
+        .node("n3")
+        .get(&format!("/v1/internal/recordings/x/{id}"), ADMIN);
+    assert_eq!(probe.status, 401, "{}", probe.body);
     // A prompt uploaded through n1 is n3's too.
     let wav = tiny_wav();
     let up = http_bytes(

@@ -535,3 +535,45 @@ impl BLeg {
         ep.request(spec, peer);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_go_to_a_dialogs_next_hop_only_when_it_is_a_trunks() {
+        let fallback = Peer {
+            transport: Transport::Udp,
+            addr: "192.0.2.10:5060".parse().unwrap(),
+        };
+        // Trunks: 192.0.2.0/24 only.
+        let allowed = |ip: std::net::IpAddr| ip.to_string().starts_with("192.0.2.");
+        let rr = |s: &str| vec![s.to_string()];
+        let cases: &[(Vec<String>, &str, &str)] = &[
+            // The first route wins over the target, when it is a trunk's.
+            (
+                rr("<sip:192.0.2.20:5070;lr>"),
+                "sip:a@192.0.2.30:5080",
+                "192.0.2.20:5070",
+            ),
+            // The remote target when there is no route.
+            (vec![], "sip:a@192.0.2.30:5080", "192.0.2.30:5080"),
+            // A Contact or Record-Route naming a third party: back where the dialog came from.
+            (vec![], "sip:victim@203.0.113.9:5060", "192.0.2.10:5060"),
+            (
+                rr("<sip:10.0.0.1;lr>"),
+                "sip:a@192.0.2.30:5080",
+                "192.0.2.10:5060",
+            ),
+            (vec![], "sip:a@127.0.0.1:5060", "192.0.2.10:5060"),
+            // Nothing usable at all.
+            (vec![], "", "192.0.2.10:5060"),
+            (vec![], "sip:a@host.example", "192.0.2.10:5060"),
+        ];
+        for (routes, target, want) in cases {
+            let got = next_hop(routes, target, fallback, &allowed);
+            assert_eq!(got.addr.to_string(), *want, "{routes:?} {target}");
+            assert_eq!(got.transport, Transport::Udp);
+        }
+    }
+}
