@@ -278,6 +278,18 @@ impl Membership {
             .is_some_and(|a| now.saturating_duration_since(a) < self.timing.lease)
     }
 
+    /// Until when this node holds its lease as things stand (None: without end, no
+    /// peer being up).
+    pub fn lease_until(&self) -> Option<Instant> {
+        if !self.members.values().any(|m| m.state == State::Up) {
+            return None;
+        }
+        Some(
+            self.acked
+                .map_or_else(Instant::now, |a| a + self.timing.lease),
+        )
+    }
+
     /// The next event, oldest first.
     pub fn poll_event(&mut self) -> Option<Event> {
         (!self.events.is_empty()).then(|| self.events.remove(0))
