@@ -68,6 +68,9 @@ pub(crate) const COLUMNS: &[&str] = &[
     "attempts",
     "state",
     "end_reason",
+    "nodes",
+    "taken_over_at",
+    "recording_parts",
 ];
 
 const JSON_PAGE_MAX: usize = 1000;
@@ -212,6 +215,9 @@ pub fn call_json(r: &CallRecord) -> Value {
         "attempts": attempts(r),
         "state": r.state,
         "end_reason": r.end_reason,
+        "nodes": nodes(r),
+        "taken_over_at": r.taken_over_at.map(rfc3339),
+        "recording_parts": recording_parts(r),
     });
     if r.state == CallState::Active {
         // In progress: what is not decided yet is null.
@@ -220,6 +226,24 @@ pub fn call_json(r: &CallRecord) -> Value {
         }
     }
     v
+}
+
+/// The nodes that carried the call, in order (one, unless it was taken over).
+fn nodes(r: &CallRecord) -> Vec<&str> {
+    if r.nodes.is_empty() {
+        vec![r.node.as_str()]
+    } else {
+        r.nodes.iter().map(String::as_str).collect()
+    }
+}
+
+/// The parts of a recording made on several nodes: which node, and when the part
+/// starts after the answer (the file itself is served joined, see recordings.rs).
+fn recording_parts(r: &CallRecord) -> Value {
+    r.recording_parts
+        .iter()
+        .map(|p| json!({"node": p.node, "offset_ms": p.offset_ms}))
+        .collect()
 }
 
 /// The forwarding attempts with times as the rest of the record shows them, plus
@@ -240,7 +264,7 @@ fn attempts(r: &CallRecord) -> Value {
         .collect()
 }
 
-pub(crate) fn fields(r: &CallRecord) -> [String; 28] {
+pub(crate) fn fields(r: &CallRecord) -> [String; 31] {
     let opt = |v: &Option<String>| v.clone().unwrap_or_default();
     [
         r.call_id.clone(),
@@ -281,6 +305,13 @@ pub(crate) fn fields(r: &CallRecord) -> [String; 28] {
         },
         r.state.to_string(),
         opt(&r.end_reason),
+        nodes(r).join(" "),
+        r.taken_over_at.map(rfc3339).unwrap_or_default(),
+        if r.recording_parts.is_empty() {
+            String::new()
+        } else {
+            recording_parts(r).to_string()
+        },
     ]
 }
 
