@@ -5,6 +5,7 @@ mod api;
 mod api_abuse;
 mod calls;
 mod cluster;
+mod cluster_cli;
 mod dialogs;
 mod durability;
 mod follow_up;
