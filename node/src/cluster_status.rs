@@ -278,7 +278,12 @@ pub fn render(view: &Value) -> Result<(String, Health), StatusError> {
             number(&m["epoch"]),
             printable(state, 16),
             duration(m["for_seconds"].as_f64()),
-            rtt(m["rtt_ms"].as_f64()),
+            // The last round trip of a member that is not up is history, not a measure.
+            if state == "up" {
+                rtt(m["rtt_ms"].as_f64())
+            } else {
+                "-".into()
+            },
             match m["connected"].as_bool() {
                 Some(true) => "yes",
                 Some(false) => "no",
@@ -429,7 +434,7 @@ mod tests {
     #[test]
     fn a_down_member_and_a_lapsed_lease_are_shown() {
         let mut v = view(json!([
-            {"name": "n2", "epoch": 3, "state": "down", "for_seconds": 7300.0, "rtt_ms": null, "connected": false},
+            {"name": "n2", "epoch": 3, "state": "down", "for_seconds": 7300.0, "rtt_ms": 0.7, "connected": false},
         ]));
         v["lease_valid"] = json!(false);
         v["lines_rebuilding"] = json!(true);
