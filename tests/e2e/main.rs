@@ -6,6 +6,7 @@ mod api_abuse;
 mod calls;
 mod cluster;
 mod cluster_cli;
+mod cluster_failover;
 mod dialogs;
 mod durability;
 mod follow_up;
