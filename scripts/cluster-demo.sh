@@ -138,7 +138,10 @@ else
   BIN="$ROOT/target/release/tsunagu"
 fi
 [ -x "$BIN" ] || BIN="$(command -v "$BIN" || true)"
-[ -n "$BIN" ] && [ -x "$BIN" ] || { echo "${TSUNAGU_BIN:-tsunagu}: not an executable" >&2; exit 2; }
+if [ -z "$BIN" ] || [ ! -x "$BIN" ]; then
+  echo "${TSUNAGU_BIN:-tsunagu}: not an executable" >&2
+  exit 2
+fi
 BIN="$(realpath "$BIN")" # the printed commands work from any directory
 for i in "${NODES[@]}"; do
   "$BIN" check-config "$DIR/n$i.toml" >/dev/null
