@@ -53,13 +53,13 @@ fn make_certs(dir: &Path) {
 }
 
 /// One node of a test cluster.
-struct Member {
+pub(crate) struct Member {
     node: Node,
     /// Its SIP address (`ip:port`).
     sip: String,
 }
 
-struct TestCluster {
+pub(crate) struct TestCluster {
     shared: tempfile::TempDir,
     members: BTreeMap<String, Member>,
     /// The one destination (SIPp UAS) every node forwards to.
@@ -72,18 +72,18 @@ struct TestCluster {
 /// How a node is to be started (the default: one of the cluster, the right certificate
 /// and secret).
 #[derive(Clone, Copy)]
-struct Joining<'a> {
+pub(crate) struct Joining<'a> {
     cert: &'a str,
     secret: &'a str,
 }
 
-const GOOD: Joining<'static> = Joining {
+pub(crate) const GOOD: Joining<'static> = Joining {
     cert: "",
     secret: SECRET,
 };
 
 impl TestCluster {
-    fn new() -> TestCluster {
+    pub(crate) fn new() -> TestCluster {
         let shared = tempfile::tempdir().expect("tempdir");
         make_certs(shared.path());
         let uas_ports = Ports::take();
@@ -103,7 +103,7 @@ impl TestCluster {
     }
 
     /// Starts node `n{i}` on 127.0.0.{i}.
-    fn start(&mut self, i: u8, how: Joining) -> &Member {
+    pub(crate) fn start(&mut self, i: u8, how: Joining) -> &Member {
         let name = format!("n{i}");
         let ports = Ports::take();
         let dir = tempfile::tempdir().expect("tempdir");
@@ -186,7 +186,7 @@ trunks = ["carrier-a"]
         }
     }
 
-    fn node(&self, name: &str) -> &Node {
+    pub(crate) fn node(&self, name: &str) -> &Node {
         &self.members[name].node
     }
 
@@ -198,7 +198,7 @@ trunks = ["carrier-a"]
     }
 
     /// The state and epoch `of` has in `name`'s view.
-    fn state(&self, name: &str, of: &str) -> Option<(String, u64)> {
+    pub(crate) fn state(&self, name: &str, of: &str) -> Option<(String, u64)> {
         self.view(name)["members"]
             .as_array()?
             .iter()
@@ -213,7 +213,7 @@ trunks = ["carrier-a"]
 
     /// Waits until every node sees every other up (and holds its lease, its line
     /// tables rebuilt).
-    fn wait_formed(&self) {
+    pub(crate) fn wait_formed(&self) {
         let names: Vec<String> = self.members.keys().cloned().collect();
         let formed = || {
             names.iter().all(|a| {

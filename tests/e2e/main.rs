@@ -5,6 +5,8 @@ mod api;
 mod api_abuse;
 mod calls;
 mod cluster;
+mod cluster_cli;
+mod cluster_failover;
 mod dialogs;
 mod durability;
 mod follow_up;
