@@ -436,6 +436,16 @@ impl Cluster {
                     self.membership().on_ack(&frame.from, frame.epoch, seq, now);
                     self.publish_lease();
                 }
+                // Down notices are taken only from members in good standing: a node
+                // that wakes from a freeze, declared down itself, must not take
+                // healthy members down with its old view. (A stale verdict is not
+                // fenced so: after a partition both sides see the other down, and
+                // each must be able to tell the other to rejoin.)
+                Msg::Down { node, epoch }
+                    if !self.membership().in_good_standing(&frame.from, frame.epoch) =>
+                {
+                    tracing::debug!(from = %frame.from, sender_epoch = frame.epoch, %node, epoch, "down notice from a member not in good standing ignored");
+                }
                 Msg::Stale { epoch } => {
                     if epoch == my_epoch {
                         self.declared_down();

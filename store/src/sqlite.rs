@@ -249,7 +249,7 @@ pub enum Durability {
 fn open_connection(path: &Path, durability: Durability) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
+    wal_mode(&conn)?;
     let sync = match durability {
         Durability::Full => "FULL",
         Durability::Normal => "NORMAL",
@@ -257,6 +257,24 @@ fn open_connection(path: &Path, durability: Durability) -> rusqlite::Result<Conn
     conn.pragma_update(None, "synchronous", sync)?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     Ok(conn)
+}
+
+/// Turns on WAL (a no-op once the file is in WAL mode: the mode is kept in the file).
+/// Switching a new file needs its exclusive lock, and SQLite answers BUSY at once
+/// instead of waiting (no busy handler there) when another process opens the file at
+/// the same moment, as nodes of one machine starting together do: retried for as long
+/// as the busy timeout.
+fn wal_mode(conn: &Connection) -> rusqlite::Result<()> {
+    let mut tries = 0;
+    loop {
+        match conn.pragma_update(None, "journal_mode", "WAL") {
+            Err(e) if e.sqlite_error_code() == Some(ErrorCode::DatabaseBusy) && tries < 100 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            other => return other,
+        }
+    }
 }
 
 impl SqliteStore {
@@ -392,25 +410,33 @@ impl SqliteStore {
     }
 }
 
+/// Applies pending migrations. Each runs in an IMMEDIATE transaction that reads the
+/// schema version under the write lock: nodes sharing one file that start at the same
+/// time apply each migration once (the others wait on the busy timeout, then find it
+/// applied) instead of failing on a column or table the first one already added.
 fn migrate(conn: &mut Connection) -> Result<()> {
-    let version: usize = conn
-        .pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0))
-        .map_err(unavailable)? as usize;
-    if version > MIGRATIONS.len() {
-        return Err(StoreError::Corrupt(format!(
-            "database schema version {version} is newer than this build knows ({})",
-            MIGRATIONS.len()
-        )));
-    }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
-        let tx = conn.transaction().map_err(unavailable)?;
+    loop {
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(unavailable)?;
+        let version: usize = tx
+            .pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0))
+            .map_err(unavailable)? as usize;
+        if version > MIGRATIONS.len() {
+            return Err(StoreError::Corrupt(format!(
+                "database schema version {version} is newer than this build knows ({})",
+                MIGRATIONS.len()
+            )));
+        }
+        let Some(sql) = MIGRATIONS.get(version) else {
+            return Ok(()); // up to date (the transaction rolls back: nothing written)
+        };
         tx.execute_batch(sql).map_err(unavailable)?;
-        tx.pragma_update(None, "user_version", (i + 1) as i64)
+        tx.pragma_update(None, "user_version", (version + 1) as i64)
             .map_err(unavailable)?;
         tx.commit().map_err(unavailable)?;
-        tracing::info!(version = i + 1, "store schema migrated");
+        tracing::info!(version = version + 1, "store schema migrated");
     }
-    Ok(())
 }
 
 fn operator_from(row: &Row) -> rusqlite::Result<Operator> {
@@ -1702,6 +1728,30 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("t.db")).unwrap();
         crate::conformance::run_all(&store);
+    }
+
+    #[test]
+    fn nodes_starting_together_on_a_new_file_migrate_it_once() {
+        // Three nodes of a cluster on one machine, started at the same instant on a
+        // file that does not exist yet: each migration is applied once, nobody fails.
+        for round in 0..10 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("t.db");
+            let start = std::sync::Arc::new(std::sync::Barrier::new(3));
+            let openers: Vec<_> = (0..3)
+                .map(|_| {
+                    let (path, start) = (path.clone(), start.clone());
+                    std::thread::spawn(move || {
+                        start.wait();
+                        SqliteStore::open(&path).map(|_| ())
+                    })
+                })
+                .collect();
+            for o in openers {
+                let opened = o.join().unwrap();
+                assert!(opened.is_ok(), "round {round}: {opened:?}");
+            }
+        }
     }
 
     #[test]

@@ -253,4 +253,3 @@ trunks = ["carrier-a"]
         );
     }
 }
-

@@ -125,7 +125,9 @@ impl Party {
             .expect("runtime");
         let inner = rt.block_on(async {
             let bind = |port: u16| async move {
-                let s = UdpSocket::bind(("127.0.0.1", port)).await.expect("bind party");
+                let s = UdpSocket::bind(("127.0.0.1", port))
+                    .await
+                    .expect("bind party");
                 Arc::new(s)
             };
             Arc::new(Inner {
@@ -147,7 +149,8 @@ impl Party {
     pub fn call(&self, node: SocketAddr, number: &str, caller: &str) {
         let inner = self.inner.clone();
         let (number, caller) = (number.to_string(), caller.to_string());
-        self.rt.spawn(async move { inner.invite(node, &number, &caller).await });
+        self.rt
+            .spawn(async move { inner.invite(node, &number, &caller).await });
     }
 
     /// Calls whose both sides are up and have received RTP.
@@ -401,7 +404,10 @@ impl Msg {
     /// The Contact's URI and the address it names.
     fn contact(&self) -> Option<(String, SocketAddr)> {
         let uri = Msg::uri(self.header("contact"));
-        let hostport = uri.split('@').nth(1).unwrap_or(uri.trim_start_matches("sip:"));
+        let hostport = uri
+            .split('@')
+            .nth(1)
+            .unwrap_or(uri.trim_start_matches("sip:"));
         let hostport = hostport.split(';').next()?;
         Some((uri.clone(), hostport.parse().ok()?))
     }
@@ -454,7 +460,14 @@ impl Inner {
         self.socket(callee).local_addr().expect("local")
     }
 
-    async fn new_leg(&self, call_id: &str, local_tag: String, local_uri: String, remote_uri: String, target: (String, SocketAddr)) -> Arc<Leg> {
+    async fn new_leg(
+        &self,
+        call_id: &str,
+        local_tag: String,
+        local_uri: String,
+        remote_uri: String,
+        target: (String, SocketAddr),
+    ) -> Arc<Leg> {
         let rtp = Arc::new(UdpSocket::bind("127.0.0.1:0").await.expect("rtp socket"));
         let leg = Arc::new(Leg {
             call_id: call_id.to_string(),
@@ -567,8 +580,21 @@ impl Inner {
         self.legs.lock().unwrap().get(call_id).cloned()
     }
 
-    async fn reply(&self, callee: bool, req: &Msg, to: SocketAddr, code: u16, reason: &str, extra: &str, body: &str) -> String {
-        let vias: String = req.all("via").iter().map(|v| format!("Via: {v}\r\n")).collect();
+    async fn reply(
+        &self,
+        callee: bool,
+        req: &Msg,
+        to: SocketAddr,
+        code: u16,
+        reason: &str,
+        extra: &str,
+        body: &str,
+    ) -> String {
+        let vias: String = req
+            .all("via")
+            .iter()
+            .map(|v| format!("Via: {v}\r\n"))
+            .collect();
         let text = with_body(
             format!(
                 "SIP/2.0 {code} {reason}\r\n{vias}From: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {}\r\n{extra}",
@@ -609,7 +635,13 @@ impl Inner {
                     .unwrap_or("")
                     .to_string();
                 let leg = self
-                    .new_leg(&call_id, format!("b{id}"), Msg::uri(req.header("to")), caller, target)
+                    .new_leg(
+                        &call_id,
+                        format!("b{id}"),
+                        Msg::uri(req.header("to")),
+                        caller,
+                        target,
+                    )
                     .await;
                 *leg.remote_tag.lock().unwrap() = Msg::tag(req.header("from"));
                 *leg.rtp_remote.lock().unwrap() = req.media();
@@ -624,7 +656,16 @@ impl Inner {
                 let mut to = req.clone_to_with_tag(&leg.local_tag);
                 to.push_str("\r\n");
                 let text = self
-                    .reply_to(true, &req, from, 200, "OK", &to, &format!("Contact: <sip:callee@{local}>\r\n"), &body)
+                    .reply_to(
+                        true,
+                        &req,
+                        from,
+                        200,
+                        "OK",
+                        &to,
+                        &format!("Contact: <sip:callee@{local}>\r\n"),
+                        &body,
+                    )
                     .await;
                 *leg.answered.lock().unwrap() = Some((cseq, text));
                 leg.set_state(LegState::Up);
@@ -632,7 +673,8 @@ impl Inner {
             "INVITE" => {
                 // A re-INVITE: a new target and media address (a takeover, a refresh).
                 let Some(leg) = self.leg(&call_id) else {
-                    self.reply(callee, &req, from, 481, "Call Does Not Exist", "", "").await;
+                    self.reply(callee, &req, from, 481, "Call Does Not Exist", "", "")
+                        .await;
                     return;
                 };
                 let answer = leg.answered.lock().unwrap().clone();
@@ -652,7 +694,15 @@ impl Inner {
                 let body = sdp(0, version, leg.rtp.local_addr().expect("rtp").port());
                 let local = self.local(callee);
                 let text = self
-                    .reply(callee, &req, from, 200, "OK", &format!("Contact: <sip:party@{local}>\r\n"), &body)
+                    .reply(
+                        callee,
+                        &req,
+                        from,
+                        200,
+                        "OK",
+                        &format!("Contact: <sip:party@{local}>\r\n"),
+                        &body,
+                    )
                     .await;
                 *leg.answered.lock().unwrap() = Some((cseq, text));
             }
@@ -671,8 +721,22 @@ impl Inner {
 
     /// [`Inner::reply`] with the To header given (the callee adds its tag).
     #[allow(clippy::too_many_arguments)]
-    async fn reply_to(&self, callee: bool, req: &Msg, to: SocketAddr, code: u16, reason: &str, to_header: &str, extra: &str, body: &str) -> String {
-        let vias: String = req.all("via").iter().map(|v| format!("Via: {v}\r\n")).collect();
+    async fn reply_to(
+        &self,
+        callee: bool,
+        req: &Msg,
+        to: SocketAddr,
+        code: u16,
+        reason: &str,
+        to_header: &str,
+        extra: &str,
+        body: &str,
+    ) -> String {
+        let vias: String = req
+            .all("via")
+            .iter()
+            .map(|v| format!("Via: {v}\r\n"))
+            .collect();
         let text = with_body(
             format!(
                 "SIP/2.0 {code} {reason}\r\n{vias}From: {}\r\nTo: {to_header}Call-ID: {}\r\nCSeq: {}\r\n{extra}",

@@ -88,7 +88,11 @@ impl Rig {
     /// talk time the caller saw; returns them by caller.
     fn hang_up_and_check_records(&self, n: usize, via: &str) -> HashMap<String, serde_json::Value> {
         let unclean = self.party.hang_up_all(Duration::from_secs(30));
-        assert!(unclean.is_empty(), "calls that did not end cleanly: {unclean:?}\n{:?}", self.party.states());
+        assert!(
+            unclean.is_empty(),
+            "calls that did not end cleanly: {unclean:?}\n{:?}",
+            self.party.states()
+        );
         let node = self.c.node(via);
         node.wait_for_calls(&self.key, n);
         // Nothing is left in progress anywhere, so every record there will be is written.
@@ -104,8 +108,14 @@ impl Rig {
             assert_eq!(r["result"], "answered", "{r}");
             let seen = talk[&caller].as_secs_f64();
             let logged = r["talk_seconds"].as_f64().unwrap_or(-1.0);
-            assert!((logged - seen).abs() <= 2.0, "talk time {logged} s logged, {seen:.1} s heard: {r}");
-            assert!(by_caller.insert(caller.clone(), r).is_none(), "{caller} logged twice");
+            assert!(
+                (logged - seen).abs() <= 2.0,
+                "talk time {logged} s logged, {seen:.1} s heard: {r}"
+            );
+            assert!(
+                by_caller.insert(caller.clone(), r).is_none(),
+                "{caller} logged twice"
+            );
         }
         assert_eq!(by_caller.len(), n);
         by_caller
@@ -155,18 +165,33 @@ fn a_killed_node_s_answered_calls_keep_talking_through_the_survivors() {
             .collect::<Vec<_>>()
             .join("\n")
     };
-    assert!(share >= 0.999, "{:.1} % resumed; worst gap {worst:?}\n{}", share * 100.0, logs());
+    assert!(
+        share >= 0.999,
+        "{:.1} % resumed; worst gap {worst:?}\n{}",
+        share * 100.0,
+        logs()
+    );
     // The other calls did not notice.
     let (_, worst_other) = survived(&others);
-    assert!(worst_other < Duration::from_secs(1), "calls on n1 and n3 broke off for {worst_other:?}");
-    assert!(gaps.iter().all(|g| g.caller_state == LegState::Up && g.callee_state == LegState::Up));
+    assert!(
+        worst_other < Duration::from_secs(1),
+        "calls on n1 and n3 broke off for {worst_other:?}"
+    );
+    assert!(gaps
+        .iter()
+        .all(|g| g.caller_state == LegState::Up && g.callee_state == LegState::Up));
     // Talk on, then hang up: each call logged once, by its last node, with the nodes
     // that carried it.
     std::thread::sleep(Duration::from_millis(500));
     let records = rig.hang_up_and_check_records(CALLS, "n1");
     for (caller, r) in &records {
         if victims.contains(caller) {
-            let nodes: Vec<&str> = r["nodes"].as_array().unwrap().iter().filter_map(|n| n.as_str()).collect();
+            let nodes: Vec<&str> = r["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|n| n.as_str())
+                .collect();
             assert_eq!(nodes.first(), Some(&"n2"), "{r}");
             assert_eq!(nodes.len(), 2, "{r}");
             assert_eq!(r["node"].as_str(), nodes.last().copied(), "{r}");
@@ -177,7 +202,11 @@ fn a_killed_node_s_answered_calls_keep_talking_through_the_survivors() {
     }
     let resumed: f64 = ["n1", "n3"]
         .iter()
-        .map(|n| rig.c.node(n).metric("tsunagu_calls_taken_over_total{outcome=\"resumed\"}"))
+        .map(|n| {
+            rig.c
+                .node(n)
+                .metric("tsunagu_calls_taken_over_total{outcome=\"resumed\"}")
+        })
         .sum();
     assert_eq!(resumed as usize, victims.len());
 }
