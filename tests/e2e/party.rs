@@ -833,7 +833,7 @@ async fn media(leg: Arc<Leg>) {
                 pkt.extend_from_slice(&seq.to_be_bytes());
                 pkt.extend_from_slice(&ts.to_be_bytes());
                 pkt.extend_from_slice(&ssrc.to_be_bytes());
-                pkt.resize(12 + 160, 0xd5);
+                pkt.resize(12 + 160, 0x00); // loud in PCMA: a recording of it is not silence
                 let _ = leg.rtp.send_to(&pkt, to).await;
             }
             r = leg.rtp.recv_from(&mut buf) => {
