@@ -367,6 +367,10 @@ async fn rejoin(
     while ctx.active_calls() > 0 && std::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // What those calls sent while the lease was void was withheld, but their client
+    // transactions would send it again once the new incarnation holds its lease (a
+    // BYE to a party another node now serves): forgotten.
+    ctx.endpoint.send(tsunagu_sip::Command::Forget);
     let store = ctx.store.clone();
     let registered = loop {
         let (s, i) = (store.clone(), info.clone());

@@ -111,6 +111,10 @@ pub enum Command {
         spec: RequestSpec,
         peer: Peer,
     },
+    /// Forgets every transaction and call route: the node's calls are gone (its
+    /// cluster incarnation was declared down and others carry them now), and nothing
+    /// they sent may be retransmitted once the node may send again.
+    Forget,
 }
 
 /// How calls reach the endpoint; cheap to clone.
@@ -623,6 +627,10 @@ impl Core {
             Command::Unregister { call_id } => {
                 self.calls.remove(&call_id);
             }
+            Command::Forget => {
+                self.transactions = Transactions::new();
+                self.calls.clear();
+            }
             Command::Respond {
                 key,
                 code,
@@ -782,6 +790,66 @@ CSeq: 1 INVITE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
             if done {
                 return lines;
             }
+        }
+    }
+
+    /// A node without its cluster lease sends nothing, and what its gone calls sent
+    /// meanwhile is not retransmitted once it may send again (forgotten).
+    #[tokio::test]
+    async fn a_closed_gate_withholds_and_forgotten_requests_never_go_out() {
+        let open = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut settings = EdgeSettings::new(SourcePolicy::trust_all());
+        let gate = open.clone();
+        settings.gate = Some(Arc::new(move || {
+            gate.load(std::sync::atomic::Ordering::SeqCst)
+        }));
+        let ep = Endpoint::start(
+            &[(Transport::Udp, "127.0.0.1:0".parse().unwrap())],
+            settings,
+            Arc::new(Busy),
+            SipMetrics::default(),
+            TlsSetup::default(),
+        )
+        .await
+        .unwrap();
+        let node = ep.local(Transport::Udp).unwrap();
+        let party = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let peer = Peer {
+            transport: Transport::Udp,
+            addr: party.local_addr().unwrap(),
+        };
+        let bye = |call_id: &str| RequestSpec {
+            method: Method::Bye,
+            uri: format!("sip:party@{}", peer.addr),
+            transport: Transport::Udp,
+            sent_by: node,
+            branch: format!("z9hG4bK-{call_id}"),
+            from: "<sip:node@127.0.0.1>;tag=n".into(),
+            to: "<sip:party@127.0.0.1>;tag=p".into(),
+            call_id: call_id.into(),
+            cseq: 2,
+            contact: None,
+            routes: Vec::new(),
+            max_forwards: 70,
+            extra: Vec::new(),
+            body: None,
+        };
+        // Sent while the gate is closed (a woken node's call), then forgotten.
+        ep.request(bye("withheld"), peer);
+        ep.send(Command::Forget);
+        open.store(true, std::sync::atomic::Ordering::SeqCst);
+        ep.request(bye("allowed"), peer);
+        // The allowed BYE, then its retransmission (500 ms later): the withheld one,
+        // sent earlier, would have been retransmitted before that.
+        let mut buf = [0u8; 4096];
+        for _ in 0..2 {
+            let (n, _) =
+                tokio::time::timeout(std::time::Duration::from_secs(5), party.recv_from(&mut buf))
+                    .await
+                    .expect("a request")
+                    .unwrap();
+            let text = String::from_utf8_lossy(&buf[..n]).to_string();
+            assert!(text.contains("Call-ID: allowed"), "{text}");
         }
     }
 

@@ -23,6 +23,8 @@ struct Stats {
     received: u64,
     last: Option<Instant>,
     max_gap: Duration,
+    /// When a packet last came from each address (which node relayed it).
+    last_from: HashMap<std::net::IpAddr, Instant>,
 }
 
 /// One dialog of the party: the caller's with the node, or the callee's.
@@ -181,6 +183,28 @@ impl Party {
             .unwrap()
             .iter()
             .filter(|(_, p)| after(&p.caller) && after(&p.callee))
+            .map(|(c, _)| c.clone())
+            .collect()
+    }
+
+    /// Callers that received RTP from `ip` (on either side) after `t`.
+    pub fn heard_from_since(&self, ip: std::net::IpAddr, t: Instant) -> Vec<String> {
+        let from = |l: &Option<Arc<Leg>>| {
+            l.as_ref().is_some_and(|l| {
+                l.stats
+                    .lock()
+                    .unwrap()
+                    .last_from
+                    .get(&ip)
+                    .is_some_and(|x| *x > t)
+            })
+        };
+        self.inner
+            .pairs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, p)| from(&p.caller) || from(&p.callee))
             .map(|(c, _)| c.clone())
             .collect()
     }
@@ -837,9 +861,10 @@ async fn media(leg: Arc<Leg>) {
                 let _ = leg.rtp.send_to(&pkt, to).await;
             }
             r = leg.rtp.recv_from(&mut buf) => {
-                if r.is_ok() {
+                if let Ok((_, from)) = r {
                     let now = Instant::now();
                     let mut s = leg.stats.lock().unwrap();
+                    s.last_from.insert(from.ip(), now);
                     if let Some(last) = s.last {
                         s.max_gap = s.max_gap.max(now - last);
                     }

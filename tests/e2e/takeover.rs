@@ -210,3 +210,77 @@ fn a_killed_node_s_answered_calls_keep_talking_through_the_survivors() {
         .sum();
     assert_eq!(resumed as usize, victims.len());
 }
+
+fn signal(node: &Node, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, &node.pid().to_string()])
+        .status()
+        .expect("kill")
+        .success();
+    assert!(ok, "kill {sig}");
+}
+
+#[test]
+fn a_frozen_node_s_calls_are_taken_over_and_it_wakes_without_a_sound() {
+    const CALLS: usize = 150;
+    let mut rig = Rig::new("");
+    rig.place(CALLS);
+    let victims = rig.carried_by("n2");
+    let epoch = rig.c.state("n1", "n2").expect("n2 in n1's view").1;
+    rig.party.mark();
+    let frozen = Instant::now();
+    signal(rig.c.node("n2"), "-STOP");
+    rig.wait_heard(&victims, frozen, Duration::from_secs(8));
+    let gaps = rig.party.gaps();
+    let theirs: Vec<&Gap> = gaps
+        .iter()
+        .filter(|g| victims.contains(&g.caller))
+        .collect();
+    let (share, worst) = survived(&theirs);
+    eprintln!(
+        "takeover of a frozen node: {:.1} % within {RESUMED_WITHIN:?}, worst {worst:?}",
+        share * 100.0
+    );
+    assert!(
+        share >= 0.999,
+        "{:.1} % resumed; worst gap {worst:?}",
+        share * 100.0
+    );
+    // Frozen for 10 s in all, then woken: it finds its incarnation declared down.
+    let stopped_for = frozen.elapsed();
+    std::thread::sleep(Duration::from_secs(10).saturating_sub(stopped_for));
+    let woken = Instant::now();
+    signal(rig.c.node("n2"), "-CONT");
+    rig.c.node("n1").wait_until(
+        Duration::from_secs(15),
+        "n2 back as a new incarnation",
+        || {
+            rig.c
+                .state("n1", "n2")
+                .is_some_and(|(s, e)| s == "up" && e > epoch)
+        },
+    );
+    // A second of talk through the survivors after it rejoined: nothing from n2 meanwhile.
+    std::thread::sleep(Duration::from_secs(1));
+    let n2: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+    let heard = rig.party.heard_from_since(n2, woken);
+    assert!(
+        heard.is_empty(),
+        "RTP from the woken node for {} calls: {heard:?}",
+        heard.len()
+    );
+    let gaps = rig.party.gaps();
+    assert!(
+        gaps.iter()
+            .all(|g| g.caller_state == LegState::Up && g.callee_state == LegState::Up),
+        "a party was hung up: {:?}",
+        rig.party.states()
+    );
+    let records = rig.hang_up_and_check_records(CALLS, "n2");
+    for (caller, r) in &records {
+        if victims.contains(caller) {
+            assert_ne!(r["node"], "n2", "{r}");
+            assert_eq!(r["nodes"][0], "n2", "{r}");
+        }
+    }
+}
