@@ -45,6 +45,11 @@ pub trait Host: Send + Sync + 'static {
     fn stale(&self);
     /// The owner answered a line request of one of this node's calls.
     fn line_answer(&self, key: &str, call: &str, answer: Answer);
+    /// `from` (incarnation `epoch`, draining) asks this node to take these calls over;
+    /// answer with [`Cluster::handed_over`] for those claimed.
+    fn hand_over(&self, from: &str, epoch: u64, calls: Vec<String>);
+    /// `from` took these calls of this node over: drop them silently.
+    fn handed_over(&self, from: &str, calls: Vec<String>);
 }
 
 /// How a node joins its cluster.
@@ -219,6 +224,41 @@ impl Cluster {
         self.0.metrics.frames_sent.inc();
         if !self.0.net.send(to, frame) {
             self.0.metrics.frames_unsent.inc();
+        }
+    }
+
+    /// Peers up in this node's view (this node excluded).
+    pub fn peers_up(&self) -> Vec<String> {
+        let m = self.membership();
+        m.up()
+            .into_iter()
+            .map(|(n, _)| n)
+            .filter(|n| n != m.name())
+            .collect()
+    }
+
+    /// Asks `to` to take `calls` over (a drain), in messages of at most
+    /// [`crate::protocol::MAX_HANDOVER`].
+    pub fn hand_over(&self, to: &str, calls: Vec<String>) {
+        for chunk in calls.chunks(crate::protocol::MAX_HANDOVER) {
+            self.send(
+                to,
+                vec![Msg::HandOver {
+                    calls: chunk.to_vec(),
+                }],
+            );
+        }
+    }
+
+    /// Tells `to` which of the calls it handed over this node claimed.
+    pub fn handed_over(&self, to: &str, calls: Vec<String>) {
+        for chunk in calls.chunks(crate::protocol::MAX_HANDOVER) {
+            self.send(
+                to,
+                vec![Msg::HandedOver {
+                    calls: chunk.to_vec(),
+                }],
+            );
         }
     }
 
@@ -459,6 +499,16 @@ impl Cluster {
                 Msg::Down { node, epoch } => self.membership().on_down_notice(&node, epoch, now),
                 Msg::Changed { seq } => self.0.host.changed(seq),
                 Msg::Line(l) => line_msgs.push(l),
+                // Hand-overs only between members in good standing (the store's
+                // compare-and-set on the owner's incarnation guards the claim anyway).
+                Msg::HandOver { calls } | Msg::HandedOver { calls }
+                    if calls.len() > crate::protocol::MAX_HANDOVER
+                        || !self.membership().in_good_standing(&frame.from, frame.epoch) =>
+                {
+                    self.0.metrics.frames_refused.inc();
+                }
+                Msg::HandOver { calls } => self.0.host.hand_over(&frame.from, frame.epoch, calls),
+                Msg::HandedOver { calls } => self.0.host.handed_over(&frame.from, calls),
             }
         }
         if !line_msgs.is_empty() {

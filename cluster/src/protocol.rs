@@ -36,7 +36,22 @@ pub enum Msg {
         seq: i64,
     },
     Line(LineMsg),
+    /// A draining node asks the receiver to take these answered calls over (claim each
+    /// in the store from the sender's incarnation and re-INVITE its parties); at most
+    /// [`MAX_HANDOVER`] per message.
+    HandOver {
+        calls: Vec<String>,
+    },
+    /// The receiver claimed these calls of a [`Msg::HandOver`]: the sender drops them
+    /// silently.
+    HandedOver {
+        calls: Vec<String>,
+    },
 }
+
+/// Calls named in one hand-over message (more are refused: a peer cannot make a node
+/// claim without bound).
+pub const MAX_HANDOVER: usize = 256;
 
 impl Frame {
     pub fn encode(&self) -> Vec<u8> {

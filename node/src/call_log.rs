@@ -57,6 +57,9 @@ enum LogMsg {
 /// admission and answer updates, and skipping calls that end sooner). Also the most a
 /// kill -9 can lose of calls just admitted.
 pub const ACTIVE_DELAY: Duration = Duration::from_millis(500);
+/// How long a checkpoint (an answer, a re-INVITE: what another node needs to resume the
+/// call) may wait: the most of a call's life a kill -9 can leave unresumable.
+pub const CHECKPOINT_DELAY: Duration = Duration::from_millis(50);
 /// How long writes may fail before the node stops taking new calls.
 pub const STALL: Duration = Duration::from_secs(2);
 /// Every second: the node's sign of life.
@@ -180,12 +183,17 @@ struct InProgress {
     calls: HashMap<String, ActiveCall>,
     /// When the oldest waiting one arrived.
     since: Option<Instant>,
+    /// When the oldest waiting checkpoint arrived.
+    checkpoint_since: Option<Instant>,
 }
 
 impl InProgress {
     /// A newer record replaces an older one; a checkpoint stays until a newer one.
     fn put(&mut self, mut a: ActiveCall, now: Instant) {
         self.since.get_or_insert(now);
+        if a.checkpoint.is_some() {
+            self.checkpoint_since.get_or_insert(now);
+        }
         if a.checkpoint.is_none() {
             a.checkpoint = self
                 .calls
@@ -201,11 +209,19 @@ impl InProgress {
     }
 
     fn due(&self, now: Instant) -> bool {
-        self.since.is_some_and(|t| now >= t + ACTIVE_DELAY)
+        self.next_due().is_some_and(|t| now >= t)
+    }
+
+    /// When the waiting records are due, if any wait.
+    fn next_due(&self) -> Option<Instant> {
+        let plain = self.since.map(|t| t + ACTIVE_DELAY);
+        let checkpoint = self.checkpoint_since.map(|t| t + CHECKPOINT_DELAY);
+        plain.into_iter().chain(checkpoint).min()
     }
 
     fn take(&mut self) -> Vec<ActiveCall> {
         self.since = None;
+        self.checkpoint_since = None;
         self.calls.drain().map(|(_, r)| r).collect()
     }
 }
@@ -219,8 +235,8 @@ fn writer(w: Writer, rx: mpsc::Receiver<LogMsg>, shared: Arc<Shared>) {
     while open || batch.len() > 0 || !in_progress.calls.is_empty() {
         let now = Instant::now();
         let mut wait = (beat + HEARTBEAT).saturating_duration_since(now);
-        if let Some(t) = in_progress.since {
-            wait = wait.min((t + ACTIVE_DELAY).saturating_duration_since(now));
+        if let Some(t) = in_progress.next_due() {
+            wait = wait.min(t.saturating_duration_since(now));
         }
         let take = |msg: LogMsg,
                     batch: &mut Batch,
@@ -528,6 +544,41 @@ mod tests {
             assert_eq!(r.result, CallResult::Failed);
             assert_eq!(r.state, CallState::Ended);
             assert_eq!(r.end_reason.as_deref(), Some("node_lost"));
+        }
+    }
+
+    #[test]
+    fn checkpoints_are_written_sooner_than_plain_records_in_progress() {
+        let active = |id: &str, checkpoint: bool| {
+            let mut record = sample_call("op", "adv", 10_000);
+            record.call_id = id.to_string();
+            ActiveCall {
+                record,
+                checkpoint: checkpoint.then(|| "{}".to_string()),
+            }
+        };
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        // (puts: (at ms, call, with a checkpoint)) -> due at ms
+        let rows: [(&[(u64, &str, bool)], u64); 4] = [
+            (&[(0, "a", false)], 500),
+            (&[(0, "a", true)], 50),
+            (&[(0, "a", false), (100, "b", true)], 150),
+            // A newer plain record of a call keeps its checkpoint (and its urgency).
+            (&[(0, "a", true), (10, "a", false)], 50),
+        ];
+        for (puts, due) in rows {
+            let mut p = InProgress::default();
+            for (at, id, cp) in puts {
+                p.put(active(id, *cp), ms(*at));
+            }
+            assert_eq!(p.next_due(), Some(ms(due)), "{puts:?}");
+            assert!(!p.due(ms(due - 1)) && p.due(ms(due)), "{puts:?}");
+            assert!(p
+                .take()
+                .iter()
+                .all(|a| a.record.call_id != "a" || puts[0].2 == a.checkpoint.is_some()));
+            assert_eq!(p.next_due(), None);
         }
     }
 

@@ -88,6 +88,7 @@ impl Host for NodeHost {
             dead_epoch: epoch,
             finaliser,
             survivors: survivors.to_vec(),
+            last_seen: None,
         };
         tokio::spawn(job.run());
     }
@@ -126,6 +127,227 @@ impl Host for NodeHost {
 
     fn line_answer(&self, key: &str, call: &str, answer: Answer) {
         self.ctx.lines.answer(key, call, answer);
+    }
+
+    fn hand_over(&self, from: &str, epoch: u64, calls: Vec<String>) {
+        let Some(cluster) = self.cluster.get().cloned() else {
+            return;
+        };
+        if self.ctx.draining.load(Ordering::Relaxed) {
+            // Draining too: the calls stay with their node (it ends them at its deadline).
+            tracing::warn!(
+                from,
+                calls = calls.len(),
+                "draining: calls handed over refused"
+            );
+            return;
+        }
+        let (ctx, supervisor, from) = (self.ctx.clone(), self.supervisor.clone(), from.to_string());
+        tokio::spawn(async move {
+            let claimed = take_handed_over(&ctx, &supervisor, &from, epoch, calls).await;
+            if !claimed.is_empty() {
+                tracing::info!(from = %from, calls = claimed.len(), "took over calls of a draining member");
+                cluster.handed_over(&from, claimed);
+            }
+        });
+    }
+
+    fn handed_over(&self, from: &str, calls: Vec<String>) {
+        tracing::info!(
+            to = from,
+            calls = calls.len(),
+            "calls handed over: dropped here"
+        );
+        self.ctx
+            .metrics
+            .calls
+            .handed_over
+            .inc_by(calls.len() as u64);
+        let _ = self.supervisor.cast(SupervisorMsg::HandedOff(calls));
+    }
+}
+
+/// What a previous run of this node id left in the store (killed, crashed): once
+/// joined, this node treats each earlier incarnation as a member declared down and
+/// itself as its only survivor: answered calls are claimed and resumed here (unless a
+/// peer already took them), ringing attempts cancelled, the rest logged lost.
+pub fn adopt_leftovers(
+    ctx: &Arc<NodeContext>,
+    supervisor: &ActorRef<SupervisorMsg>,
+    last_seen: Option<i64>,
+) {
+    let (ctx, supervisor) = (ctx.clone(), supervisor.clone());
+    tokio::spawn(async move {
+        let (s, me) = (ctx.store.clone(), ctx.node_id.clone());
+        let Ok(Ok(left)) = tokio::task::spawn_blocking(move || s.active_calls_of(&me)).await else {
+            return tracing::warn!("cannot read the calls a previous run left");
+        };
+        let epoch = ctx.epoch.load(Ordering::Relaxed);
+        let old: std::collections::BTreeSet<u64> = left
+            .iter()
+            .map(|c| c.record.owner_epoch)
+            .filter(|e| *e < epoch)
+            .collect();
+        for dead_epoch in old {
+            tracing::warn!(
+                dead_epoch,
+                "adopting the calls a previous run of this node left"
+            );
+            let job = TakeOver {
+                ctx: ctx.clone(),
+                supervisor: supervisor.clone(),
+                dead: ctx.node_id.clone(),
+                dead_epoch,
+                finaliser: true,
+                survivors: vec![ctx.node_id.clone()],
+                last_seen,
+            };
+            job.run().await;
+        }
+    });
+}
+
+/// The calls named in a hand-over that `from` (incarnation `epoch`) still owns in the
+/// store, answered with a checkpoint: each is claimed and resumed here; the ids claimed.
+async fn take_handed_over(
+    ctx: &Arc<NodeContext>,
+    supervisor: &ActorRef<SupervisorMsg>,
+    from: &str,
+    epoch: u64,
+    calls: Vec<String>,
+) -> Vec<String> {
+    let wanted: std::collections::HashSet<String> = calls.into_iter().collect();
+    let (s, owner) = (ctx.store.clone(), from.to_string());
+    let found = tokio::task::spawn_blocking(move || s.active_calls_of(&owner)).await;
+    let Ok(Ok(active)) = found else {
+        tracing::warn!(from, "cannot read the calls a draining member hands over");
+        return Vec::new();
+    };
+    let mut claimed = Vec::new();
+    for call in active {
+        if !wanted.contains(&call.record.call_id) || call.record.owner_epoch != epoch {
+            continue;
+        }
+        let cp = call.checkpoint.as_deref().and_then(Checkpoint::decode);
+        if let Some((nodes, State::Answered(answered))) = cp.map(|c| (c.nodes, c.state)) {
+            let id = call.record.call_id.clone();
+            if claim_and_resume(ctx, supervisor, from, call.record, answered, nodes).await {
+                claimed.push(id);
+            }
+        }
+    }
+    claimed
+}
+
+/// Claims one answered call from `from` (compare-and-set on its owner and epoch) and
+/// resumes it here; whether this node won it.
+async fn claim_and_resume(
+    ctx: &Arc<NodeContext>,
+    supervisor: &ActorRef<SupervisorMsg>,
+    from: &str,
+    record: tsunagu_store::CallRecord,
+    answered: Box<Answered>,
+    nodes: Vec<String>,
+) -> bool {
+    let from = (from.to_string(), record.owner_epoch);
+    let to = (ctx.node_id.clone(), ctx.epoch.load(Ordering::Relaxed));
+    let (s, id, number) = (
+        ctx.store.clone(),
+        record.call_id.clone(),
+        record.tracking_number.clone(),
+    );
+    let claimed = tokio::task::spawn_blocking(move || {
+        let won = s.claim_call(&id, (&from.0, from.1), (&to.0, to.1))?;
+        let number = s.get_number(&number)?;
+        Ok::<_, tsunagu_store::StoreError>((won, number))
+    })
+    .await;
+    let (Ok(Ok((Some(won), number))), r) = (claimed, &record) else {
+        return false; // another node won it, or the call ended meanwhile
+    };
+    let number = number.unwrap_or_else(|| TrackingNumber {
+        number: r.tracking_number.clone(),
+        operator_id: r.operator_id.clone(),
+        advertiser_id: r.advertiser_id.clone(),
+        ..TrackingNumber::default()
+    });
+    let args = crate::call::takeover::ResumeArgs {
+        ctx: ctx.clone(),
+        record: won.record,
+        answered,
+        nodes,
+        number: Arc::new(number),
+        logged: Arc::new(AtomicBool::new(false)),
+    };
+    supervisor
+        .cast(SupervisorMsg::Resume(Box::new(args)))
+        .is_ok()
+}
+
+/// How long a draining node waits for its peers to claim what it handed over before it
+/// asks again (once).
+const HAND_OVER_AGAIN: Duration = Duration::from_secs(2);
+
+/// The drain of a clustered node: every answered call is handed to a peer at once
+/// (rendezvous share among the peers up), which claims it and re-INVITEs its parties,
+/// so the drain takes seconds, not the longest call. Calls not answered finish here
+/// (or are ended at the drain deadline). Without a peer up, nothing is handed over.
+pub async fn hand_over_all(ctx: &Arc<NodeContext>, cluster: &Cluster) {
+    for round in 0..2 {
+        let peers = cluster.peers_up();
+        if peers.is_empty() {
+            tracing::warn!("draining without a peer up: calls finish here");
+            return;
+        }
+        // Checkpoints still waiting in the call-log writer go to the store first: the
+        // peers read them there.
+        let log = ctx.log.clone();
+        let _ = tokio::task::spawn_blocking(move || log.flush(Duration::from_secs(5))).await;
+        let (s, me, epoch) = (
+            ctx.store.clone(),
+            ctx.node_id.clone(),
+            ctx.epoch.load(Ordering::Relaxed),
+        );
+        let Ok(Ok(active)) = tokio::task::spawn_blocking(move || s.active_calls_of(&me)).await
+        else {
+            tracing::warn!("cannot read this node's calls to hand them over");
+            return;
+        };
+        let mut by_peer: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+        for call in active {
+            let answered = call.record.answered_at.is_some()
+                && call.record.owner_epoch == epoch
+                && call
+                    .checkpoint
+                    .as_deref()
+                    .and_then(Checkpoint::decode)
+                    .is_some_and(|c| matches!(c.state, State::Answered(_)));
+            if !answered {
+                continue;
+            }
+            if let Some(peer) =
+                placement::owner(&call.record.call_id, peers.iter().map(String::as_str))
+            {
+                by_peer
+                    .entry(peer.to_string())
+                    .or_default()
+                    .push(call.record.call_id);
+            }
+        }
+        let handed: usize = by_peer.values().map(Vec::len).sum();
+        if handed == 0 {
+            return;
+        }
+        let before = ctx.active_calls();
+        for (peer, calls) in by_peer {
+            tracing::info!(%peer, calls = calls.len(), round, "handing calls over");
+            cluster.hand_over(&peer, calls);
+        }
+        // The calls the peers claim end here: wait for them (or ask again).
+        let deadline = tokio::time::Instant::now() + HAND_OVER_AGAIN;
+        while ctx.active_calls() + handed > before && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 
@@ -174,6 +396,9 @@ struct TakeOver {
     dead_epoch: u64,
     finaliser: bool,
     survivors: Vec<String>,
+    /// The dead incarnation's last sign of life when known better than the store's
+    /// row for its node id (which a restarted node's new run keeps refreshing).
+    last_seen: Option<i64>,
 }
 
 /// How long the finaliser leaves the other survivors to claim their share.
@@ -215,7 +440,7 @@ impl TakeOver {
         })
         .await;
         let (calls, last_seen) = match found {
-            Ok(Ok(x)) => x,
+            Ok(Ok((calls, stored))) => (calls, self.last_seen.or(stored)),
             Ok(Err(e)) => {
                 return tracing::error!(%e, member = %self.dead, "cannot read the calls of a member declared down")
             }
@@ -224,6 +449,10 @@ impl TakeOver {
         let me = self.ctx.node_id.clone();
         let mut lost = 0;
         for call in calls {
+            if call.record.owner_epoch != self.dead_epoch {
+                // A newer incarnation of the same node id (restarted since) runs it.
+                continue;
+            }
             let cp = call.checkpoint.as_deref().and_then(Checkpoint::decode);
             match cp.map(|c| (c.nodes, c.state)) {
                 Some((nodes, State::Answered(answered))) if call.record.answered_at.is_some() => {
@@ -254,48 +483,26 @@ impl TakeOver {
         }
     }
 
-    /// Claims one answered call (compare-and-set on its owner) and resumes it here.
+    /// Claims one answered call and resumes it here.
     async fn claim(
         &self,
         record: tsunagu_store::CallRecord,
         answered: Box<Answered>,
         nodes: Vec<String>,
     ) {
-        let from = (self.dead.clone(), record.owner_epoch);
-        let to = (
-            self.ctx.node_id.clone(),
-            self.ctx.epoch.load(Ordering::Relaxed),
-        );
-        let (s, id, number) = (
-            self.ctx.store.clone(),
-            record.call_id.clone(),
-            record.tracking_number.clone(),
-        );
-        let claimed = tokio::task::spawn_blocking(move || {
-            let won = s.claim_call(&id, (&from.0, from.1), (&to.0, to.1))?;
-            let number = s.get_number(&number)?;
-            Ok::<_, tsunagu_store::StoreError>((won, number))
-        })
-        .await;
-        let (Ok(Ok((Some(won), number))), r) = (claimed, &record) else {
-            return; // another survivor won it, or the call ended meanwhile
-        };
-        let number = number.unwrap_or_else(|| TrackingNumber {
-            number: r.tracking_number.clone(),
-            operator_id: r.operator_id.clone(),
-            advertiser_id: r.advertiser_id.clone(),
-            ..TrackingNumber::default()
-        });
-        tracing::warn!(call_id = %r.call_id, from = %self.dead, "claimed a call of a member declared down");
-        let args = crate::call::takeover::ResumeArgs {
-            ctx: self.ctx.clone(),
-            record: won.record,
+        let id = record.call_id.clone();
+        if claim_and_resume(
+            &self.ctx,
+            &self.supervisor,
+            &self.dead,
+            record,
             answered,
             nodes,
-            number: Arc::new(number),
-            logged: Arc::new(AtomicBool::new(false)),
-        };
-        let _ = self.supervisor.cast(SupervisorMsg::Resume(Box::new(args)));
+        )
+        .await
+        {
+            tracing::warn!(call_id = %id, from = %self.dead, "claimed a call of a member declared down");
+        }
     }
 
     async fn log_lost(&self, record: tsunagu_store::CallRecord, last_seen: Option<i64>) {

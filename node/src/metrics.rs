@@ -100,6 +100,7 @@ pub struct CallMetrics {
     pub mailbox_messages: Gauge,
     pub mailbox_dropped: Counter,
     pub withheld: Family<PathLabel, Counter>,
+    pub handed_over: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -167,6 +168,7 @@ impl Default for CallMetrics {
             mailbox_messages: Gauge::default(),
             mailbox_dropped: Counter::default(),
             withheld: Family::default(),
+            handed_over: Counter::default(),
         }
     }
 }
@@ -420,6 +422,11 @@ impl Metrics {
             "takeover_seconds",
             "From claiming a call to both parties answering this node's re-INVITE",
             c.takeover_seconds.clone(),
+        );
+        r.register(
+            "calls_handed_over",
+            "Calls this node handed over to a peer while draining (the peer claimed them and re-INVITEd their parties); they ended here without a word",
+            c.handed_over.clone(),
         );
         r.register(
             "cluster_withheld_sends",

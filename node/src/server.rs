@@ -271,7 +271,13 @@ pub async fn run(
         epoch: epoch.clone(),
         high_water: LOG_HIGH_WATER,
     });
-    let recovered = crate::call_log::recover(&*store, &log, &config.node.id, last_seen)?;
+    // Clustered, the calls a previous run left are adopted once joined (answered ones
+    // resumed here or by a peer, the rest logged lost: see cluster_link::adopt_leftovers).
+    let recovered = if config.cluster.listen.is_some() {
+        0
+    } else {
+        crate::call_log::recover(&*store, &log, &config.node.id, last_seen)?
+    };
     metrics.calls.calls_recovered.inc_by(recovered as u64);
     if recovered > 0 {
         tracing::warn!(
@@ -454,6 +460,7 @@ pub async fn run(
         tracing::info!(listen = ?config.cluster.listen, "joined the cluster");
         lease_gate.set(cluster.lease());
         let _ = ctx.cluster.set(cluster);
+        crate::cluster_link::adopt_leftovers(&ctx, &supervisor, last_seen);
     }
     provisioning.spawn_follower();
     handler.set(Admission::new(
@@ -543,6 +550,12 @@ pub async fn run(
         drain_seconds = config.node.drain_seconds,
         "draining"
     );
+    if let Some(cluster) = ctx.cluster.get() {
+        // Answered calls go to peers at once (re-INVITEd from there), so a drain takes
+        // seconds; the rest finish here.
+        let handing = crate::cluster_link::hand_over_all(&ctx, cluster);
+        let _ = tokio::time::timeout_at(deadline.into(), handing).await;
+    }
     wait_for_calls(&ctx, deadline).await;
     if ctx.active_calls() > 0 {
         // The deadline: the node ends what is left itself (BYE, CANCEL, 503), gives the

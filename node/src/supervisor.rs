@@ -31,6 +31,8 @@ pub enum SupervisorMsg {
     /// The cluster declared this incarnation down: every call ends silently
     /// (`CallMsg::Vanish`); answers how many there were.
     VanishAll(ractor::RpcReplyPort<usize>),
+    /// A peer took these calls over (a drain): they end here silently.
+    HandedOff(Vec<String>),
     /// Test hook: makes every running call actor panic.
     #[cfg(test)]
     CrashAll,
@@ -168,6 +170,15 @@ impl Actor for CallSupervisor {
                     let _ = me.send_message(crate::call::CallMsg::Vanish);
                 }
                 let _ = reply.send(state.calls.len());
+            }
+            SupervisorMsg::HandedOff(ids) => {
+                let ids: std::collections::HashSet<String> = ids.into_iter().collect();
+                for (seed, me) in state.calls.values() {
+                    if ids.contains(&seed.id) {
+                        seed.logged.store(true, Ordering::Release);
+                        let _ = me.send_message(crate::call::CallMsg::Vanish);
+                    }
+                }
             }
             SupervisorMsg::Sweep => {
                 for (seed, me) in state.calls.values() {

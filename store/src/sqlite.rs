@@ -692,7 +692,7 @@ impl Store for SqliteStore {
             let mut st = c
                 .prepare_cached(
                     "SELECT id, operator_id, prefix, created_at FROM api_keys \
-                     WHERE operator_id = ?1 ORDER BY created_at, id",
+                     WHERE operator_id = ?1 ORDER BY created_at, rowid",
                 )
                 .map_err(unavailable)?;
             let rows = st

@@ -188,7 +188,8 @@ fn an_export_whose_client_stops_reading_is_cut() {
     );
 }
 
-/// API keys are listed by prefix (never the key) and revoked; a revoked key gets 401
+/// API keys are listed by prefix (never the key), oldest first (two keys made in the
+/// same millisecond in the order they were made), and revoked; a revoked key gets 401
 /// at once, the operator's other key keeps working; an operator manages only its own.
 #[test]
 fn a_revoked_key_gets_401() {

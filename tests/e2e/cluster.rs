@@ -536,6 +536,7 @@ fn nodes_without_the_cluster_certificate_or_secret_cannot_join() {
         shared: c.shared,
         members: BTreeMap::new(),
         uas_ports: c.uas_ports,
+        node_ports: c.node_ports,
         cluster_port: c.cluster_port,
         callers: 0,
         rtp: None,

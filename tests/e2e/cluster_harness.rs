@@ -61,6 +61,10 @@ pub struct TestCluster {
     pub members: BTreeMap<String, Member>,
     /// The one destination (SIPp UAS) every node forwards to.
     pub uas_ports: Ports,
+    /// The nodes' slot: node i listens for SIP and RTP on 127.0.0.i at the slot's
+    /// ports (one slot serves all three), its API on 127.0.0.1 at the slot's API port,
+    /// +4 or +5 (see [`TestCluster::start`]).
+    pub node_ports: Ports,
     pub cluster_port: u16,
     /// Callers started so far (see `caller_ports`).
     pub callers: usize,
@@ -89,12 +93,14 @@ impl TestCluster {
         let shared = tempfile::tempdir().expect("tempdir");
         make_certs(shared.path());
         let uas_ports = Ports::take();
+        let node_ports = Ports::take();
         // The cluster port: free in this slot's range (every node has its own IP).
         let cluster_port = uas_ports.sip + 7;
         TestCluster {
             shared,
             members: BTreeMap::new(),
             uas_ports,
+            node_ports,
             cluster_port,
             callers: 0,
             rtp: None,
@@ -109,7 +115,12 @@ impl TestCluster {
     /// Starts node `n{i}` on 127.0.0.{i}.
     pub fn start(&mut self, i: u8, how: Joining) -> &Member {
         let name = format!("n{i}");
-        let ports = Ports::take();
+        assert!((1..=3).contains(&i), "test clusters have nodes 1 to 3");
+        let base = self.node_ports;
+        let ports = Ports {
+            api: [base.api, base.sip + 4, base.sip + 5][usize::from(i) - 1],
+            ..base
+        };
         let dir = tempfile::tempdir().expect("tempdir");
         let cert = if how.cert.is_empty() {
             name.clone()
@@ -252,4 +263,13 @@ trunks = ["carrier-a"]
             logs.join("\n")
         );
     }
+}
+
+static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Held by the tests that carry hundreds of calls with RTP over three nodes: one at a
+/// time, so two of them never share the machine's two cores (their 3 s bounds are
+/// about the product, not about an overloaded test machine).
+pub fn one_heavy_test_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    HEAVY.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -20,10 +20,13 @@ struct Rig {
     key: String,
     /// Where each caller's call went (its first node).
     placed: HashMap<String, String>,
+    /// Dropped last: the next heavy test starts once this one's nodes are gone.
+    _heavy: std::sync::MutexGuard<'static, ()>,
 }
 
 impl Rig {
     fn new(node_extra: &str) -> Rig {
+        let heavy = one_heavy_test_at_a_time();
         let mut c = TestCluster::new();
         c.rtp = Some(wide_rtp_range());
         c.node_extra = node_extra.to_string();
@@ -43,6 +46,7 @@ impl Rig {
             party,
             key,
             placed: HashMap::new(),
+            _heavy: heavy,
         }
     }
 
@@ -283,4 +287,78 @@ fn a_frozen_node_s_calls_are_taken_over_and_it_wakes_without_a_sound() {
             assert_eq!(r["nodes"][0], "n2", "{r}");
         }
     }
+}
+
+#[test]
+fn a_rolling_restart_under_load_drops_no_call() {
+    const CALLS: usize = 300;
+    let mut rig = Rig::new("");
+    rig.place(CALLS);
+    rig.party.mark();
+    let resumed = |c: &TestCluster, names: &[&str]| -> f64 {
+        names
+            .iter()
+            .map(|n| {
+                c.node(n)
+                    .metric("tsunagu_calls_taken_over_total{outcome=\"resumed\"}")
+            })
+            .sum()
+    };
+    let mut moves = 0.0;
+    for name in ["n1", "n2", "n3"] {
+        let others: Vec<&str> = ["n1", "n2", "n3"]
+            .into_iter()
+            .filter(|n| *n != name)
+            .collect();
+        let before = resumed(&rig.c, &others);
+        let member = rig.c.members.get_mut(name).unwrap();
+        let carrying = member.node.metric("tsunagu_active_calls");
+        assert!(carrying > 0.0, "{name} carries calls");
+        let asked = Instant::now();
+        assert_eq!(
+            member.node.terminate(),
+            Some(0),
+            "{name} exit code\n{}",
+            member.node.log()
+        );
+        let drained = asked.elapsed();
+        eprintln!("{name}: drained {carrying} calls in {drained:?}");
+        assert!(
+            drained < Duration::from_secs(4),
+            "{name} took {drained:?} to drain {carrying} calls (deadline 5 s)"
+        );
+        // Every call it carried was handed to a peer and resumed there.
+        let moved = resumed(&rig.c, &others) - before;
+        assert_eq!(moved, carrying, "calls of {name} resumed by its peers");
+        moves += carrying;
+        let member = rig.c.members.get_mut(name).unwrap();
+        member.node.start_again();
+        rig.c.wait_formed();
+        let states = rig.party.states();
+        assert_eq!(
+            states.get(&(LegState::Up, Some(LegState::Up))),
+            Some(&CALLS),
+            "after restarting {name}: {states:?}"
+        );
+    }
+    let gaps = rig.party.gaps();
+    let worst = gaps.iter().map(Gap::worst).max().unwrap_or_default();
+    let p99 = percentile(gaps.iter().map(Gap::worst).collect(), 0.99);
+    eprintln!("rolling restart: largest gap per call p99 {p99:?}, worst {worst:?}");
+    assert!(worst < RESUMED_WITHIN, "a call was silent for {worst:?}");
+    let records = rig.hang_up_and_check_records(CALLS, "n1");
+    assert!(
+        records.values().all(|r| r["end_reason"].is_null()),
+        "no call ended by a drain"
+    );
+    // Every move was a hand-over by a draining node: none taken from a live one.
+    let hops: usize = records
+        .values()
+        .map(|r| {
+            r["nodes"]
+                .as_array()
+                .map_or(0, |n| n.len().saturating_sub(1))
+        })
+        .sum();
+    assert_eq!(hops as f64, moves, "moves recorded in the calls' nodes");
 }
