@@ -1,0 +1,180 @@
+//! The ScyllaDB schema: CQL files in `store/cql/`, applied in version order at start.
+//!
+//! `schema_version` has one row per migration. A node claims a version with a
+//! lightweight transaction (`INSERT ... IF NOT EXISTS`, LOCAL_SERIAL), applies its
+//! statements, then marks it `done` (`UPDATE ... IF owner = me`). A node that loses the
+//! claim waits for the winner to finish; a claim older than [`STALE_CLAIM_MS`] (its
+//! owner died mid-way) is taken over by compare-and-set and applied again. So two nodes
+//! starting together never both apply a migration, and a crash mid-way does not leave
+//! the schema half applied for ever. Every statement is idempotent (`IF NOT EXISTS`),
+//! which a migration added later must keep (a taken-over claim runs it again).
+
+/// (version, file name, CQL), in order. Versions start at 1 and have no gaps.
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[(
+    1,
+    "001_initial.cql",
+    include_str!("../../cql/001_initial.cql"),
+)];
+
+/// The table that records which migrations were applied (created before any).
+pub const SCHEMA_VERSION_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_version (\
+    version int PRIMARY KEY, name text, state text, owner text, claimed_at bigint, applied_at bigint)";
+
+/// A claim on a migration older than this is presumed dead and may be taken over.
+pub const STALE_CLAIM_MS: i64 = 120_000;
+
+/// The statements of a CQL file: `--` comments dropped, split at `;`.
+pub fn statements(cql: &str) -> Vec<String> {
+    let without_comments: String = cql
+        .lines()
+        .map(|l| match l.find("--") {
+            Some(i) => &l[..i],
+            None => l,
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    without_comments
+        .split(';')
+        .map(|s| s.split_whitespace().collect::<Vec<_>>().join(" "))
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// `CREATE KEYSPACE IF NOT EXISTS` with NetworkTopologyStrategy: `replication` copies
+/// in `datacenter`, or in every datacenter when none is named. The names were checked
+/// ([`super::settings::is_cql_identifier`], [`super::settings::is_datacenter_name`]).
+pub fn keyspace_cql(keyspace: &str, replication: u32, datacenter: Option<&str>) -> String {
+    let dc = match datacenter {
+        Some(dc) => format!("'{dc}': {replication}"),
+        None => format!("'replication_factor': {replication}"),
+    };
+    format!(
+        "CREATE KEYSPACE IF NOT EXISTS {keyspace} WITH replication = \
+         {{'class': 'NetworkTopologyStrategy', {dc}}} AND durable_writes = true"
+    )
+}
+
+/// What a starting node does about one migration, given its `schema_version` row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MigrationStep {
+    /// No row: claim it (`IF NOT EXISTS`) and apply it.
+    Claim,
+    /// Applied by someone: nothing to do.
+    Done,
+    /// Another node is applying it: wait and look again.
+    Wait,
+    /// Its claim is stale: take it over from `owner` (compare-and-set) and apply it.
+    TakeOver { owner: String },
+}
+
+/// The step for a migration row `(state, owner, claimed_at)` at `now_ms`.
+pub fn step_for(row: Option<(&str, &str, i64)>, now_ms: i64) -> MigrationStep {
+    match row {
+        None => MigrationStep::Claim,
+        Some(("done", _, _)) => MigrationStep::Done,
+        Some((_, owner, claimed_at)) if now_ms.saturating_sub(claimed_at) > STALE_CLAIM_MS => {
+            MigrationStep::TakeOver {
+                owner: owner.to_string(),
+            }
+        }
+        Some(_) => MigrationStep::Wait,
+    }
+}
+
+/// Refuses a keyspace migrated by a newer build (its tables may mean other things).
+pub fn check_not_newer(applied_versions: &[i32]) -> Result<(), String> {
+    let known = MIGRATIONS.last().map(|m| m.0).unwrap_or(0);
+    match applied_versions.iter().max() {
+        Some(&v) if v > known => Err(format!(
+            "keyspace schema version {v} is newer than this build knows ({known})"
+        )),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_are_numbered_in_order_and_parse() {
+        for (i, (version, name, cql)) in MIGRATIONS.iter().enumerate() {
+            assert_eq!(*version as usize, i + 1, "{name}");
+            assert!(name.starts_with(&format!("{version:03}_")), "{name}");
+            let st = statements(cql);
+            assert!(!st.is_empty(), "{name}");
+            for s in &st {
+                assert!(
+                    s.starts_with("CREATE TABLE IF NOT EXISTS ")
+                        || s.starts_with("CREATE INDEX IF NOT EXISTS ")
+                        || s.starts_with("ALTER TABLE "),
+                    "{name}: every statement must be safe to run twice: {s}"
+                );
+                assert!(!s.contains("ALLOW FILTERING"), "{s}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_table_the_backend_uses_is_created() {
+        let all: Vec<String> = MIGRATIONS.iter().flat_map(|m| statements(m.2)).collect();
+        for table in super::super::queries::TABLES {
+            assert!(
+                all.iter()
+                    .any(|s| s.starts_with(&format!("CREATE TABLE IF NOT EXISTS {table} ("))),
+                "{table} is not created by any migration"
+            );
+        }
+    }
+
+    #[test]
+    fn statements_drop_comments_and_split() {
+        let cql = "-- head\nCREATE TABLE IF NOT EXISTS a (x int PRIMARY KEY); -- tail\n\n\
+                   CREATE TABLE IF NOT EXISTS b (\n  y int PRIMARY KEY -- why\n);\n";
+        assert_eq!(
+            statements(cql),
+            vec![
+                "CREATE TABLE IF NOT EXISTS a (x int PRIMARY KEY)",
+                "CREATE TABLE IF NOT EXISTS b ( y int PRIMARY KEY )"
+            ]
+        );
+    }
+
+    #[test]
+    fn keyspace_replication_names_the_datacenter_or_every_one() {
+        assert_eq!(
+            keyspace_cql("tsunagu", 3, Some("dc1")),
+            "CREATE KEYSPACE IF NOT EXISTS tsunagu WITH replication = \
+             {'class': 'NetworkTopologyStrategy', 'dc1': 3} AND durable_writes = true"
+        );
+        assert!(keyspace_cql("ks", 1, None).contains("'replication_factor': 1"));
+    }
+
+    #[test]
+    fn migration_steps() {
+        let now = 1_000_000;
+        let cases = [
+            (None, MigrationStep::Claim),
+            (Some(("done", "n1", 0)), MigrationStep::Done),
+            (Some(("applying", "n1", now - 1_000)), MigrationStep::Wait),
+            (
+                Some(("applying", "n1", now - STALE_CLAIM_MS - 1)),
+                MigrationStep::TakeOver { owner: "n1".into() },
+            ),
+            (
+                Some(("applying", "n1", i64::MIN)),
+                MigrationStep::TakeOver { owner: "n1".into() },
+            ),
+        ];
+        for (row, want) in cases {
+            assert_eq!(step_for(row, now), want, "{row:?}");
+        }
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        assert!(check_not_newer(&[]).is_ok());
+        assert!(check_not_newer(&[1]).is_ok());
+        assert!(check_not_newer(&[1, 99]).unwrap_err().contains("newer"));
+    }
+}
