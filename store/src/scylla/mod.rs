@@ -108,10 +108,18 @@ mod conformance_tests {
             "TSUNAGU_SCYLLA_NODES was set when the tests were built but is empty now"
         );
         let mut settings = super::ScyllaSettings::new(nodes);
-        // A keyspace of its own, replicated once: the suite checks behaviour, not
-        // durability, and must run on a one-node test cluster too.
+        // A fresh keyspace per run (some cases expect a node id never seen), replicated
+        // once by default: the suite checks behaviour, not durability, and must run on a
+        // one-node test cluster too. Drop `tsunagu_conformance_*` keyspaces at leisure.
         settings.keyspace = std::env::var("TSUNAGU_SCYLLA_KEYSPACE")
-            .unwrap_or_else(|_| "tsunagu_conformance".into());
+            .unwrap_or_else(|_| format!("tsunagu_conformance_{}", &crate::new_id("k")[2..]));
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "ScyllaDB conformance suite on {:?}, keyspace {}",
+            settings.nodes,
+            settings.keyspace
+        );
         settings.replication = std::env::var("TSUNAGU_SCYLLA_REPLICATION")
             .ok()
             .and_then(|r| r.parse().ok())

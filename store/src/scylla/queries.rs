@@ -141,11 +141,11 @@ pub const NODES_ALL: &str =
 
 // The change feed (partition: bucket).
 pub const CH_HEAD: &str = "SELECT head FROM changes WHERE bucket = ? LIMIT 1";
-pub const CH_ADD_FIRST: &str = "UPDATE changes SET head = ?, kind = ?, key = ?, at = ? WHERE bucket = ? AND seq = ? IF head = null";
+pub const CH_ADD_FIRST: &str = "UPDATE changes SET head = ?, kind = ?, item_key = ?, at = ? WHERE bucket = ? AND seq = ? IF head = null";
 pub const CH_ADD: &str =
-    "UPDATE changes SET head = ?, kind = ?, key = ?, at = ? WHERE bucket = ? AND seq = ? IF head = ?";
+    "UPDATE changes SET head = ?, kind = ?, item_key = ?, at = ? WHERE bucket = ? AND seq = ? IF head = ?";
 pub const CH_SINCE: &str =
-    "SELECT seq, kind, key FROM changes WHERE bucket = ? AND seq > ? LIMIT ?";
+    "SELECT seq, kind, item_key FROM changes WHERE bucket = ? AND seq > ? LIMIT ?";
 pub const CH_DROP: &str = "DELETE FROM changes WHERE bucket = ?";
 pub const CH_META_GET: &str = "SELECT latest_bucket FROM changes_meta WHERE id = 0";
 pub const CH_META_SET: &str = "UPDATE changes_meta SET latest_bucket = ? WHERE id = 0";

@@ -43,6 +43,9 @@ pub fn statements(cql: &str) -> Vec<String> {
 /// `CREATE KEYSPACE IF NOT EXISTS` with NetworkTopologyStrategy: `replication` copies
 /// in `datacenter`, or in every datacenter when none is named. The names were checked
 /// ([`super::settings::is_cql_identifier`], [`super::settings::is_datacenter_name`]).
+/// Tablets are turned off: ScyllaDB 6.x creates keyspaces with tablets by default, and
+/// lightweight transactions (every compare-and-set here) need vnode keyspaces there.
+/// The `tablets` option needs ScyllaDB 6.0 or later (Cassandra does not know it).
 pub fn keyspace_cql(keyspace: &str, replication: u32, datacenter: Option<&str>) -> String {
     let dc = match datacenter {
         Some(dc) => format!("'{dc}': {replication}"),
@@ -50,7 +53,8 @@ pub fn keyspace_cql(keyspace: &str, replication: u32, datacenter: Option<&str>) 
     };
     format!(
         "CREATE KEYSPACE IF NOT EXISTS {keyspace} WITH replication = \
-         {{'class': 'NetworkTopologyStrategy', {dc}}} AND durable_writes = true"
+         {{'class': 'NetworkTopologyStrategy', {dc}}} AND durable_writes = true \
+         AND tablets = {{'enabled': false}}"
     )
 }
 
@@ -127,6 +131,105 @@ mod tests {
         }
     }
 
+    /// CQL's reserved words (Cassandra's list, which ScyllaDB shares): none may name a
+    /// table or a column unquoted.
+    const RESERVED: &[&str] = &[
+        "add",
+        "allow",
+        "alter",
+        "and",
+        "apply",
+        "asc",
+        "authorize",
+        "batch",
+        "begin",
+        "by",
+        "columnfamily",
+        "create",
+        "delete",
+        "desc",
+        "describe",
+        "drop",
+        "entries",
+        "execute",
+        "from",
+        "full",
+        "grant",
+        "if",
+        "in",
+        "index",
+        "infinity",
+        "insert",
+        "into",
+        "is",
+        "keyspace",
+        "limit",
+        "materialized",
+        "mbean",
+        "mbeans",
+        "modify",
+        "nan",
+        "norecursive",
+        "not",
+        "null",
+        "of",
+        "on",
+        "or",
+        "order",
+        "primary",
+        "rename",
+        "replace",
+        "revoke",
+        "schema",
+        "select",
+        "set",
+        "table",
+        "to",
+        "token",
+        "truncate",
+        "unlogged",
+        "unset",
+        "update",
+        "use",
+        "using",
+        "view",
+        "where",
+        "with",
+        // Not reserved in every version, avoided anyway.
+        "key",
+        "keys",
+        "count",
+        "ttl",
+        "writetime",
+        "timestamp",
+        "type",
+        "user",
+        "function",
+    ];
+
+    #[test]
+    fn no_table_or_column_is_a_reserved_word() {
+        for (_, name, cql) in MIGRATIONS {
+            for st in statements(cql) {
+                let Some(rest) = st.strip_prefix("CREATE TABLE IF NOT EXISTS ") else {
+                    continue;
+                };
+                let (table, body) = rest.split_once(" (").unwrap();
+                assert!(!RESERVED.contains(&table), "{name}: table {table}");
+                let columns = body.split("PRIMARY KEY").next().unwrap();
+                for item in columns.split(',') {
+                    let Some(column) = item.split_whitespace().next() else {
+                        continue;
+                    };
+                    assert!(
+                        !RESERVED.contains(&column.to_ascii_lowercase().as_str()),
+                        "{name}: column {column} of {table}"
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn statements_drop_comments_and_split() {
         let cql = "-- head\nCREATE TABLE IF NOT EXISTS a (x int PRIMARY KEY); -- tail\n\n\
@@ -145,7 +248,8 @@ mod tests {
         assert_eq!(
             keyspace_cql("tsunagu", 3, Some("dc1")),
             "CREATE KEYSPACE IF NOT EXISTS tsunagu WITH replication = \
-             {'class': 'NetworkTopologyStrategy', 'dc1': 3} AND durable_writes = true"
+             {'class': 'NetworkTopologyStrategy', 'dc1': 3} AND durable_writes = true \
+             AND tablets = {'enabled': false}"
         );
         assert!(keyspace_cql("ks", 1, None).contains("'replication_factor': 1"));
     }
