@@ -1,7 +1,8 @@
 //! The ScyllaDB backend (cargo feature `scylla`): the [`crate::Store`] trait on the
 //! `scylla` driver, for nodes that run across hosts. The schema is in `store/cql/`
 //! (versioned migrations, `schema.rs`); the statements in `queries.rs`; the decisions
-//! as pure functions in `logic.rs`; the driver code in `store.rs`. The trait is
+//! as pure functions in `logic.rs`; the driver code in `store.rs` (connection, the
+//! plain operations), `calls.rs`, `leases.rs`, `feed.rs` and `migrate.rs`. The trait is
 //! blocking, so the backend runs the async driver on a small runtime of its own
 //! (`exec.rs`). Without the feature only the pure parts are compiled (and tested).
 //!
@@ -57,7 +58,15 @@ pub mod schema;
 pub mod settings;
 
 #[cfg(feature = "scylla")]
+mod calls;
+#[cfg(feature = "scylla")]
 mod exec;
+#[cfg(feature = "scylla")]
+mod feed;
+#[cfg(feature = "scylla")]
+mod leases;
+#[cfg(feature = "scylla")]
+mod migrate;
 #[cfg(feature = "scylla")]
 mod store;
 

@@ -4,7 +4,7 @@
 use super::exec;
 use super::logic::*;
 use super::queries::{self as q, Kind};
-use super::schema::{self, MigrationStep};
+use super::schema;
 use super::settings::{Consistency, ScyllaSettings};
 use crate::model::*;
 use crate::{Result, Store, StoreError};
@@ -20,70 +20,71 @@ use scylla::statement::{Consistency as Cl, SerialConsistency};
 use scylla::value::{CqlValue, Row};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
 
 /// Rows of `calls_by_caller` live this long: the duplicate check sees calls of the last
 /// 400 days (a `duplicate_window_seconds` longer than that sees only those).
-const CALLER_INDEX_TTL_SECONDS: i32 = 400 * 86_400;
+pub(super) const CALLER_INDEX_TTL_SECONDS: i32 = 400 * 86_400;
 /// Lease history (attribution of calls to leases) is kept 35 days after the lease ends.
-const LEASE_HISTORY_MARGIN_SECONDS: i64 = 35 * 86_400;
+pub(super) const LEASE_HISTORY_MARGIN_SECONDS: i64 = 35 * 86_400;
 /// A session's slot rows stay a day past their lease and cool-down.
-const SESSION_SLOT_MARGIN_SECONDS: i64 = 86_400;
+pub(super) const SESSION_SLOT_MARGIN_SECONDS: i64 = 86_400;
 /// Caller SMS counts are kept three days (the trait forgets those older than yesterday).
 const CALLER_SMS_TTL_SECONDS: i32 = 3 * 86_400;
 /// Compare-and-set rounds before a contended operation reports the store unavailable.
-const CAS_ROUNDS: usize = 16;
+pub(super) const CAS_ROUNDS: usize = 16;
 /// Pool numbers tried per read of the pool before reading it again.
-const CANDIDATES_PER_READ: usize = 32;
+pub(super) const CANDIDATES_PER_READ: usize = 32;
+/// Calls of one call-log batch written at once.
+pub(super) const CONCURRENT_CALLS: usize = 32;
 /// Rows per page of scans (call logs, start-up loads).
 const PAGE_ROWS: i32 = 1_000;
 
-fn unavailable(e: impl std::fmt::Display) -> StoreError {
+pub(super) fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
-fn corrupt(e: impl std::fmt::Display) -> StoreError {
+pub(super) fn corrupt(e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(e.to_string())
 }
 
-fn now_ms() -> i64 {
+pub(super) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
 }
 
-fn json<T: serde::Serialize>(v: &T) -> Result<String> {
+pub(super) fn json<T: serde::Serialize>(v: &T) -> Result<String> {
     serde_json::to_string(v).map_err(corrupt)
 }
 
-fn parse<T: serde::de::DeserializeOwned>(what: &str, text: &str) -> Result<T> {
+pub(super) fn parse<T: serde::de::DeserializeOwned>(what: &str, text: &str) -> Result<T> {
     serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
 }
 
 /// The outcome of a compare-and-set: applied, and the row's current values when not
 /// (the columns of the condition, or the whole row for `IF NOT EXISTS`).
-struct Cas {
-    applied: bool,
-    row: HashMap<String, CqlValue>,
+pub(super) struct Cas {
+    pub(super) applied: bool,
+    pub(super) row: HashMap<String, CqlValue>,
 }
 
 impl Cas {
-    fn i64(&self, name: &str) -> Option<i64> {
+    pub(super) fn i64(&self, name: &str) -> Option<i64> {
         match self.row.get(name) {
             Some(CqlValue::BigInt(v)) => Some(*v),
             _ => None,
         }
     }
 
-    fn bool(&self, name: &str) -> Option<bool> {
+    pub(super) fn bool(&self, name: &str) -> Option<bool> {
         match self.row.get(name) {
             Some(CqlValue::Boolean(v)) => Some(*v),
             _ => None,
         }
     }
 
-    fn i64_list(&self, name: &str) -> Option<Vec<i64>> {
+    pub(super) fn i64_list(&self, name: &str) -> Option<Vec<i64>> {
         match self.row.get(name) {
             Some(CqlValue::List(items)) => Some(
                 items
@@ -107,7 +108,7 @@ pub struct ScyllaStore {
     handle: tokio::runtime::Handle,
 }
 
-struct Inner {
+pub(super) struct Inner {
     session: Session,
     prepared: HashMap<&'static str, PreparedStatement>,
     /// The block of outbox ids this process hands out: (next, end).
@@ -224,7 +225,7 @@ async fn open(settings: &ScyllaSettings) -> Result<Inner> {
         .use_keyspace(&settings.keyspace, false)
         .await
         .map_err(unavailable)?;
-    migrate(&session).await?;
+    super::migrate::migrate(&session).await?;
 
     let mut prepared = HashMap::new();
     for (cql, kind) in q::ALL {
@@ -249,132 +250,14 @@ async fn open(settings: &ScyllaSettings) -> Result<Inner> {
     Ok(inner)
 }
 
-/// Applies the migrations this keyspace lacks, each claimed by compare-and-set in
-/// `schema_version` (see `schema.rs`).
-async fn migrate(session: &Session) -> Result<()> {
-    session
-        .query_unpaged(schema::SCHEMA_VERSION_TABLE, ())
-        .await
-        .map_err(unavailable)?;
-    session
-        .await_schema_agreement()
-        .await
-        .map_err(unavailable)?;
-    let owner = crate::new_id("migrator");
-    let versions: Vec<i32> = {
-        let result = session
-            .query_unpaged("SELECT version FROM schema_version", ())
-            .await
-            .map_err(unavailable)?
-            .into_rows_result()
-            .map_err(corrupt)?;
-        result
-            .rows::<(i32,)>()
-            .map_err(corrupt)?
-            .filter_map(|r| r.ok().map(|(v,)| v))
-            .collect()
-    };
-    schema::check_not_newer(&versions).map_err(StoreError::Corrupt)?;
-    let cas = |cql: &'static str| {
-        let mut st = scylla::statement::Statement::new(cql);
-        st.set_serial_consistency(Some(SerialConsistency::Serial));
-        st
-    };
-    for (version, name, cql) in schema::MIGRATIONS {
-        let deadline = std::time::Instant::now() + Duration::from_secs(300);
-        loop {
-            let row = session
-                .query_unpaged(
-                    "SELECT state, owner, claimed_at FROM schema_version WHERE version = ?",
-                    (*version,),
-                )
-                .await
-                .map_err(unavailable)?
-                .into_rows_result()
-                .map_err(corrupt)?
-                .maybe_first_row::<(Option<String>, Option<String>, Option<i64>)>()
-                .map_err(corrupt)?;
-            let now = now_ms();
-            let step = schema::step_for(
-                row.as_ref().map(|(s, o, c)| {
-                    (
-                        s.as_deref().unwrap_or(""),
-                        o.as_deref().unwrap_or(""),
-                        c.unwrap_or(0),
-                    )
-                }),
-                now,
-            );
-            let claimed = match step {
-                MigrationStep::Done => break,
-                MigrationStep::Wait => {
-                    if std::time::Instant::now() > deadline {
-                        return Err(StoreError::Unavailable(format!(
-                            "schema migration {name} is being applied by another node and did not finish in 5 minutes"
-                        )));
-                    }
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    continue;
-                }
-                MigrationStep::Claim => session
-                    .query_unpaged(
-                        cas("INSERT INTO schema_version (version, name, state, owner, claimed_at) VALUES (?, ?, 'applying', ?, ?) IF NOT EXISTS"),
-                        (*version, *name, owner.as_str(), now),
-                    )
-                    .await
-                    .map_err(unavailable)?,
-                MigrationStep::TakeOver { owner: old } => session
-                    .query_unpaged(
-                        cas("UPDATE schema_version SET owner = ?, claimed_at = ? WHERE version = ? IF owner = ? AND state = 'applying'"),
-                        (owner.as_str(), now, *version, old.as_str()),
-                    )
-                    .await
-                    .map_err(unavailable)?,
-            };
-            if !applied(claimed)? {
-                continue;
-            }
-            for statement in schema::statements(cql) {
-                session
-                    .query_unpaged(statement.as_str(), ())
-                    .await
-                    .map_err(|e| StoreError::Unavailable(format!("{name}: {e}: {statement}")))?;
-            }
-            session
-                .await_schema_agreement()
-                .await
-                .map_err(unavailable)?;
-            session
-                .query_unpaged(
-                    cas("UPDATE schema_version SET state = 'done', applied_at = ? WHERE version = ? IF owner = ?"),
-                    (now_ms(), *version, owner.as_str()),
-                )
-                .await
-                .map_err(unavailable)?;
-            tracing::info!(version, name, "scylla schema migrated");
-            break;
-        }
-    }
-    Ok(())
-}
-
-fn applied(result: scylla::response::query_result::QueryResult) -> Result<bool> {
-    let rows = result.into_rows_result().map_err(corrupt)?;
-    let first = rows.maybe_first_row::<Row>().map_err(corrupt)?;
-    Ok(matches!(
-        first.and_then(|r| r.columns.into_iter().next().flatten()),
-        Some(CqlValue::Boolean(true))
-    ))
-}
-
 impl Inner {
-    fn st(&self, cql: &'static str) -> Result<&PreparedStatement> {
+    pub(super) fn st(&self, cql: &'static str) -> Result<&PreparedStatement> {
         self.prepared
             .get(cql)
             .ok_or_else(|| StoreError::Corrupt(format!("statement not prepared: {cql}")))
     }
 
-    async fn write(&self, cql: &'static str, values: impl SerializeRow) -> Result<()> {
+    pub(super) async fn write(&self, cql: &'static str, values: impl SerializeRow) -> Result<()> {
         self.session
             .execute_unpaged(self.st(cql)?, values)
             .await
@@ -383,7 +266,11 @@ impl Inner {
     }
 
     /// Every row of a (paged) read.
-    async fn rows<T>(&self, cql: &'static str, values: impl SerializeRow) -> Result<Vec<T>>
+    pub(super) async fn rows<T>(
+        &self,
+        cql: &'static str,
+        values: impl SerializeRow,
+    ) -> Result<Vec<T>>
     where
         T: for<'f, 'm> DeserializeRow<'f, 'm>,
     {
@@ -397,7 +284,7 @@ impl Inner {
     }
 
     /// Streams the rows of a (paged) read to `visit` until it returns false.
-    async fn each<T>(
+    pub(super) async fn each<T>(
         &self,
         cql: &'static str,
         values: impl SerializeRow,
@@ -420,7 +307,11 @@ impl Inner {
         Ok(())
     }
 
-    async fn first<T>(&self, cql: &'static str, values: impl SerializeRow) -> Result<Option<T>>
+    pub(super) async fn first<T>(
+        &self,
+        cql: &'static str,
+        values: impl SerializeRow,
+    ) -> Result<Option<T>>
     where
         T: for<'f, 'm> DeserializeRow<'f, 'm>,
     {
@@ -433,7 +324,7 @@ impl Inner {
         rows.maybe_first_row::<T>().map_err(corrupt)
     }
 
-    async fn cas(&self, cql: &'static str, values: impl SerializeRow) -> Result<Cas> {
+    pub(super) async fn cas(&self, cql: &'static str, values: impl SerializeRow) -> Result<Cas> {
         let result = self
             .session
             .execute_unpaged(self.st(cql)?, values)
@@ -459,7 +350,7 @@ impl Inner {
 
     /// `n` outbox ids from this process's block, taking a new block by compare-and-set
     /// when it runs out.
-    async fn next_ids(&self, n: usize) -> Result<Vec<i64>> {
+    pub(super) async fn next_ids(&self, n: usize) -> Result<Vec<i64>> {
         let mut block = self.ids.lock().await;
         let mut out = Vec::with_capacity(n);
         while out.len() < n {
@@ -472,7 +363,7 @@ impl Inner {
         Ok(out)
     }
 
-    async fn take_id_block(&self) -> Result<(i64, i64)> {
+    pub(super) async fn take_id_block(&self) -> Result<(i64, i64)> {
         for _ in 0..CAS_ROUNDS {
             let next = self
                 .first::<(Option<i64>,)>(q::ID_GET, ("outbox",))
@@ -501,7 +392,7 @@ impl Inner {
         ))
     }
 
-    async fn enqueue(&self, item: &NewFollowUp, id: i64, now: i64) -> Result<()> {
+    pub(super) async fn enqueue(&self, item: &NewFollowUp, id: i64, now: i64) -> Result<()> {
         self.write(
             q::OB_INSERT,
             (
@@ -518,7 +409,7 @@ impl Inner {
         .await
     }
 
-    async fn get_operator(&self, id: &str) -> Result<Option<Operator>> {
+    pub(super) async fn get_operator(&self, id: &str) -> Result<Option<Operator>> {
         Ok(self
             .first::<(String, Option<String>, Option<i64>)>(q::OP_GET, (id,))
             .await?
@@ -529,671 +420,20 @@ impl Inner {
             }))
     }
 
-    async fn get_advertiser(&self, operator_id: &str, id: &str) -> Result<Option<Advertiser>> {
+    pub(super) async fn get_advertiser(
+        &self,
+        operator_id: &str,
+        id: &str,
+    ) -> Result<Option<Advertiser>> {
         Ok(self
             .first::<AdvertiserRow>(q::ADV_GET, (operator_id, id))
             .await?
             .map(advertiser_from))
     }
-
-    async fn remove_active(&self, call_id: &str) -> Result<()> {
-        let at = self
-            .first::<(Option<String>, Option<String>, Option<i64>)>(q::ACT_LOCATE, (call_id,))
-            .await?;
-        if let Some((node, operator, started_at)) = at {
-            let started_at = started_at.unwrap_or(0);
-            if let Some(node) = &node {
-                self.write(q::ACT_NODE_DELETE, (node.as_str(), started_at, call_id))
-                    .await?;
-            }
-            if let Some(op) = &operator {
-                self.write(q::ACT_OP_DELETE, (op.as_str(), started_at, call_id))
-                    .await?;
-            }
-            self.write(q::ACT_DELETE, (call_id,)).await?;
-        }
-        Ok(())
-    }
-
-    async fn call_exists(&self, call_id: &str) -> Result<bool> {
-        Ok(self
-            .first::<(Option<Vec<i64>>, Option<bool>)>(q::CALL_STATE, (call_id,))
-            .await?
-            .is_some())
-    }
-
-    async fn insert_calls(
-        &self,
-        calls: &[CallRecord],
-        follow_ups: &[(usize, NewFollowUp)],
-    ) -> Result<()> {
-        let now = now_ms();
-        for (i, r) in calls.iter().enumerate() {
-            let items: Vec<&NewFollowUp> = follow_ups
-                .iter()
-                .filter(|(of, _)| *of == i)
-                .map(|(_, item)| item)
-                .collect();
-            let ids = self.next_ids(items.len()).await?;
-            let row = CallRow::of(r)?;
-            // The compare-and-set that makes the insert idempotent: the first writer
-            // of a call id records the follow-up ids it assigns with it.
-            let claim = self
-                .cas(
-                    q::CALL_CLAIM,
-                    (
-                        row.call_id.as_str(),
-                        row.operator_id.as_str(),
-                        row.started_at,
-                        row.record.as_str(),
-                        &ids,
-                    ),
-                )
-                .await?;
-            let (ids, complete) = if claim.applied {
-                (ids, false)
-            } else {
-                match (claim.i64_list("follow_up_ids"), claim.bool("complete")) {
-                    (Some(ids), Some(done)) => (ids, done),
-                    (ids, None) if claim.row.contains_key("call_id") => {
-                        (ids.unwrap_or_default(), false)
-                    }
-                    _ => match self
-                        .first::<(Option<Vec<i64>>, Option<bool>)>(
-                            q::CALL_STATE,
-                            (r.call_id.as_str(),),
-                        )
-                        .await?
-                    {
-                        Some((ids, done)) => (ids.unwrap_or_default(), done.unwrap_or(false)),
-                        None => (Vec::new(), true),
-                    },
-                }
-            };
-            if !complete {
-                // First write, or a writer that stopped half-way: the rest is idempotent
-                // (same keys, same values; follow-ups under the ids recorded above).
-                self.write(
-                    q::CALL_BY_DAY_PUT,
-                    (
-                        row.operator_id.as_str(),
-                        row.day,
-                        row.started_at,
-                        row.call_id.as_str(),
-                        row.advertiser_id.as_str(),
-                        row.tracking_number.as_str(),
-                        row.result.as_str(),
-                        row.validity.as_str(),
-                        row.record.as_str(),
-                    ),
-                )
-                .await?;
-                self.write(q::CALL_DAY_PUT, (row.operator_id.as_str(), row.day))
-                    .await?;
-                self.write(
-                    q::CALL_BY_CALLER_PUT,
-                    (
-                        r.advertiser_id.as_str(),
-                        r.caller_number.as_str(),
-                        r.started_at,
-                        r.call_id.as_str(),
-                        CALLER_INDEX_TTL_SECONDS,
-                    ),
-                )
-                .await?;
-                for (item, id) in items.iter().zip(ids.iter()) {
-                    self.enqueue(item, *id, now).await?;
-                }
-                self.write(q::CALL_COMPLETE, (r.call_id.as_str(),)).await?;
-            }
-            self.remove_active(&r.call_id).await?;
-        }
-        Ok(())
-    }
-
-    async fn upsert_active_calls(&self, calls: &[CallRecord]) -> Result<()> {
-        for r in calls {
-            if self.call_exists(&r.call_id).await? {
-                continue;
-            }
-            let record = record_json(r)?;
-            let id = r.call_id.as_str();
-            let before = self
-                .first::<(Option<String>, Option<String>, Option<i64>)>(q::ACT_LOCATE, (id,))
-                .await?;
-            if let Some((node, op, started)) = before {
-                let started = started.unwrap_or(0);
-                if node.as_deref() != Some(r.node.as_str()) || started != r.started_at {
-                    if let Some(node) = &node {
-                        self.write(q::ACT_NODE_DELETE, (node.as_str(), started, id))
-                            .await?;
-                    }
-                }
-                if op.as_deref() != Some(r.operator_id.as_str()) || started != r.started_at {
-                    if let Some(op) = &op {
-                        self.write(q::ACT_OP_DELETE, (op.as_str(), started, id))
-                            .await?;
-                    }
-                }
-            }
-            self.write(
-                q::ACT_PUT,
-                (id, r.operator_id.as_str(), r.node.as_str(), r.started_at),
-            )
-            .await?;
-            self.write(
-                q::ACT_NODE_PUT,
-                (r.node.as_str(), r.started_at, id, record.as_str()),
-            )
-            .await?;
-            self.write(
-                q::ACT_OP_PUT,
-                (r.operator_id.as_str(), r.started_at, id, record.as_str()),
-            )
-            .await?;
-            // Written first, checked second: a final record that landed meanwhile (its
-            // writer removes these rows after writing it) is seen here.
-            if self.call_exists(id).await? {
-                self.remove_active(id).await?;
-            }
-        }
-        Ok(())
-    }
-
-    async fn scan_active(
-        &self,
-        query: &CallQuery,
-        visit: &mut dyn FnMut(CallRecord) -> bool,
-    ) -> Result<()> {
-        let rows = self
-            .rows::<(Option<String>,)>(q::ACT_OF_OPERATOR, (query.operator_id.as_str(),))
-            .await?;
-        let (lower, upper) = scan_bounds(query);
-        let mut calls = Vec::new();
-        for (record,) in rows {
-            let r = record_from(record.as_deref().unwrap_or(""), None, CallState::Active)?;
-            let key = (r.started_at, r.call_id.clone());
-            if key > lower
-                && key < upper
-                && matches_filters(
-                    query,
-                    &r.advertiser_id,
-                    &r.tracking_number,
-                    r.result.as_str(),
-                    r.validity.as_str(),
-                )
-            {
-                calls.push(r);
-            }
-        }
-        calls.sort_by(|a, b| (a.started_at, &a.call_id).cmp(&(b.started_at, &b.call_id)));
-        if query.order == SortOrder::Desc {
-            calls.reverse();
-        }
-        for r in calls.into_iter().take(query.limit.unwrap_or(usize::MAX)) {
-            if !visit(r) {
-                break;
-            }
-        }
-        Ok(())
-    }
-
-    async fn scan_calls(
-        &self,
-        query: &CallQuery,
-        visit: &mut dyn FnMut(CallRecord) -> bool,
-    ) -> Result<()> {
-        if query.state == CallState::Active {
-            return self.scan_active(query, visit).await;
-        }
-        let Some((first_day, last_day)) = day_range(query) else {
-            return Ok(());
-        };
-        let op = query.operator_id.as_str();
-        let days: Vec<i64> = self
-            .rows::<(i64,)>(q::CALL_DAYS, (op, first_day, last_day))
-            .await?
-            .into_iter()
-            .map(|(d,)| d)
-            .collect();
-        let (lower, upper) = scan_bounds(query);
-        let statement = match query.order {
-            SortOrder::Asc => q::CALLS_ASC,
-            SortOrder::Desc => q::CALLS_DESC,
-        };
-        let mut left = query.limit.unwrap_or(usize::MAX);
-        let mut failed = None;
-        let mut stop = left == 0;
-        for day in scan_days(query, &days) {
-            if stop {
-                break;
-            }
-            self.each(
-                statement,
-                (
-                    op,
-                    day,
-                    lower.0,
-                    lower.1.as_str(),
-                    upper.0,
-                    upper.1.as_str(),
-                ),
-                |(call_id, adv, number, result, validity, record): CallScanRow| {
-                    let keep = matches_filters(
-                        query,
-                        adv.as_deref().unwrap_or(""),
-                        number.as_deref().unwrap_or(""),
-                        result.as_deref().unwrap_or(""),
-                        validity.as_deref().unwrap_or(""),
-                    );
-                    if !keep {
-                        return true;
-                    }
-                    match record_from(
-                        record.as_deref().unwrap_or(""),
-                        Some(&call_id),
-                        CallState::Ended,
-                    ) {
-                        Ok(r) => {
-                            left -= 1;
-                            stop = !visit(r) || left == 0;
-                        }
-                        Err(e) => {
-                            failed = Some(e);
-                            stop = true;
-                        }
-                    }
-                    !stop
-                },
-            )
-            .await?;
-        }
-        match failed {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
-    }
-
-    /// The newest change: its bucket and number ((0, 0) for an empty feed).
-    async fn latest_change(&self) -> Result<(i64, i64)> {
-        let hint = self
-            .first::<(Option<i64>,)>(q::CH_META_GET, ())
-            .await?
-            .and_then(|(b,)| b)
-            .unwrap_or(0)
-            .max(0);
-        let mut bucket = hint;
-        let mut head = self.head(bucket).await?;
-        // The hint is written after its bucket's first change: walk back only if a
-        // bucket was dropped under it.
-        let mut back = 0;
-        while head.is_none() && bucket > 0 && back < CHANGE_BUCKETS_KEPT {
-            bucket -= 1;
-            back += 1;
-            head = self.head(bucket).await?;
-        }
-        let Some(mut head) = head else {
-            return Ok((bucket, 0));
-        };
-        // The hint lags when another node started a bucket: probe forward.
-        while head == bucket_last(bucket) {
-            match self.head(bucket + 1).await? {
-                Some(h) => {
-                    bucket += 1;
-                    head = h;
-                }
-                None => break,
-            }
-        }
-        Ok((bucket, head))
-    }
-
-    async fn head(&self, bucket: i64) -> Result<Option<i64>> {
-        Ok(self
-            .first::<(Option<i64>,)>(q::CH_HEAD, (bucket,))
-            .await?
-            .and_then(|(h,)| h))
-    }
-
-    async fn record_change(&self, kind: &str, key: &str) -> Result<i64> {
-        for _ in 0..CAS_ROUNDS * 2 {
-            let (bucket, head) = self.latest_change().await?;
-            let next = head + 1;
-            let next_bucket = change_bucket(next);
-            let starts_bucket = head == 0 || next_bucket != bucket;
-            let now = now_ms();
-            let cas = if starts_bucket {
-                self.cas(q::CH_ADD_FIRST, (next, kind, key, now, next_bucket, next))
-                    .await?
-            } else {
-                self.cas(q::CH_ADD, (next, kind, key, now, next_bucket, next, head))
-                    .await?
-            };
-            if !cas.applied {
-                continue;
-            }
-            if starts_bucket {
-                self.write(q::CH_META_SET, (next_bucket,)).await?;
-                if let Some(old) = bucket_to_drop(next_bucket) {
-                    self.write(q::CH_DROP, (old,)).await?;
-                }
-            }
-            return Ok(next);
-        }
-        Err(StoreError::Unavailable(
-            "the change feed is contended; try again".into(),
-        ))
-    }
-
-    async fn changes_since(&self, seq: i64, limit: usize) -> Result<Changes> {
-        let (last_bucket, latest) = self.latest_change().await?;
-        let complete = feed_complete(seq, latest);
-        let mut items = Vec::new();
-        // An incomplete answer makes the caller reload everything: no items needed.
-        if complete && seq < latest {
-            let mut bucket = change_bucket(seq.saturating_add(1));
-            while items.len() < limit && bucket <= last_bucket {
-                let want = (limit - items.len()).min(i32::MAX as usize) as i32;
-                let rows = self
-                    .rows::<(i64, Option<String>, Option<String>)>(q::CH_SINCE, (bucket, seq, want))
-                    .await?;
-                items.extend(rows.into_iter().map(|(seq, kind, key)| Change {
-                    seq,
-                    kind: kind.unwrap_or_default(),
-                    key: key.unwrap_or_default(),
-                }));
-                bucket += 1;
-            }
-        }
-        Ok(Changes {
-            items,
-            latest,
-            complete,
-        })
-    }
-
-    async fn lease(
-        &self,
-        pool: &Pool,
-        session: Option<&str>,
-        params: &BTreeMap<String, String>,
-        now: i64,
-        cap: Option<u32>,
-    ) -> Result<IssueOutcome> {
-        let hold_ms = i64::from(pool.hold_seconds) * 1000;
-        let recycle_ms = i64::from(pool.recycle_seconds) * 1000;
-        let expires_at = now.saturating_add(hold_ms);
-        let params_json = json(params)?;
-        let slot_ttl = ttl_seconds(
-            expires_at,
-            now,
-            i64::from(pool.recycle_seconds) + SESSION_SLOT_MARGIN_SECONDS,
-        );
-        let Some(session) = session else {
-            return Ok(
-                match self
-                    .take_number(pool, None, &params_json, now, expires_at, recycle_ms)
-                    .await?
-                {
-                    Some(lease) => IssueOutcome::Leased(lease),
-                    None => IssueOutcome::Exhausted,
-                },
-            );
-        };
-        for _ in 0..CAS_ROUNDS {
-            let slots: Vec<SessionSlot> = self
-                .rows::<SlotRow>(q::SL_OF, (pool.id.as_str(), session))
-                .await?
-                .into_iter()
-                .map(slot_from)
-                .collect();
-            if matches!(pool.mode, PoolMode::Dynamic | PoolMode::Callback) {
-                if let Some(live) = lease_to_extend(&slots, now) {
-                    if let Some(lease) = self
-                        .extend(pool, session, live, expires_at, now, slot_ttl)
-                        .await?
-                    {
-                        return Ok(IssueOutcome::Leased(lease));
-                    }
-                }
-            }
-            let (slot, seen) = match choose_slot(&slots, now, cap) {
-                SlotChoice::Full { retry_at_ms } => {
-                    return Ok(IssueOutcome::SessionFull { retry_at_ms })
-                }
-                SlotChoice::Take { slot, seen_claim } => (slot, seen_claim),
-            };
-            let claim = crate::new_id("claim");
-            let reserved = match &seen {
-                None => {
-                    self.cas(
-                        q::SL_NEW,
-                        (
-                            pool.id.as_str(),
-                            session,
-                            slot,
-                            claim.as_str(),
-                            now,
-                            expires_at,
-                            slot_ttl,
-                        ),
-                    )
-                    .await?
-                }
-                Some(seen) => {
-                    self.cas(
-                        q::SL_REUSE,
-                        (
-                            slot_ttl,
-                            claim.as_str(),
-                            now,
-                            expires_at,
-                            pool.id.as_str(),
-                            session,
-                            slot,
-                            seen.as_str(),
-                        ),
-                    )
-                    .await?
-                }
-            };
-            if !reserved.applied {
-                continue;
-            }
-            let key = (pool.id.as_str(), session, slot, claim.as_str());
-            return match self
-                .take_number(
-                    pool,
-                    Some(session),
-                    &params_json,
-                    now,
-                    expires_at,
-                    recycle_ms,
-                )
-                .await?
-            {
-                Some(lease) => {
-                    self.cas(
-                        q::SL_FILL,
-                        (
-                            slot_ttl,
-                            lease.number.as_str(),
-                            params_json.as_str(),
-                            lease.issued_at,
-                            lease.expires_at,
-                            key.0,
-                            key.1,
-                            key.2,
-                            key.3,
-                        ),
-                    )
-                    .await?;
-                    Ok(IssueOutcome::Leased(lease))
-                }
-                None => {
-                    self.cas(q::SL_RELEASE, key).await?;
-                    Ok(IssueOutcome::Exhausted)
-                }
-            };
-        }
-        Err(StoreError::Unavailable(
-            "the session's lease slots are contended; try again".into(),
-        ))
-    }
-
-    /// Extends a session's live lease (compare-and-set on the number: it must still be
-    /// this lease's); None if the lease was lost meanwhile.
-    async fn extend(
-        &self,
-        pool: &Pool,
-        session: &str,
-        live: &SessionSlot,
-        expires_at: i64,
-        now: i64,
-        slot_ttl: i32,
-    ) -> Result<Option<Lease>> {
-        let Some(number) = live.number.as_deref() else {
-            return Ok(None);
-        };
-        let until = live.expires_at.max(expires_at);
-        let moved = self
-            .cas(q::NL_EXTEND, (until, number, session, live.issued_at))
-            .await?;
-        if !moved.applied {
-            return Ok(None);
-        }
-        let claim = live.claim.as_deref().unwrap_or("");
-        self.cas(
-            q::SL_EXTEND,
-            (slot_ttl, until, pool.id.as_str(), session, live.slot, claim),
-        )
-        .await?;
-        let params = live.params.as_deref().unwrap_or("{}");
-        self.write(
-            q::LH_PUT,
-            (
-                number,
-                live.issued_at,
-                until,
-                pool.id.as_str(),
-                session,
-                params,
-                ttl_seconds(until, now, LEASE_HISTORY_MARGIN_SECONDS),
-            ),
-        )
-        .await?;
-        self.write(q::PN_SET, (live.issued_at, until, pool.id.as_str(), number))
-            .await?;
-        Ok(Some(Lease {
-            number: number.to_string(),
-            pool_id: pool.id.clone(),
-            session: Some(session.to_string()),
-            params: parse("lease params", params)?,
-            issued_at: live.issued_at,
-            expires_at: until,
-        }))
-    }
-
-    /// Leases the free number issued longest ago by compare-and-set on its
-    /// `number_leases` row; None when none is free.
-    async fn take_number(
-        &self,
-        pool: &Pool,
-        session: Option<&str>,
-        params_json: &str,
-        now: i64,
-        expires_at: i64,
-        recycle_ms: i64,
-    ) -> Result<Option<Lease>> {
-        for _ in 0..4 {
-            let rows: Vec<PoolNumber> = self
-                .rows::<(String, Option<i32>, Option<i64>, Option<i64>)>(
-                    q::PN_OF,
-                    (pool.id.as_str(),),
-                )
-                .await?
-                .into_iter()
-                .map(|(number, position, last, expires)| PoolNumber {
-                    number,
-                    position: position.unwrap_or(0),
-                    last_issued_at: last.unwrap_or(0),
-                    expires_at: expires.unwrap_or(0),
-                })
-                .collect();
-            let candidates = free_in_order(&rows, now, recycle_ms);
-            if candidates.is_empty() {
-                return Ok(None);
-            }
-            for c in candidates.into_iter().take(CANDIDATES_PER_READ) {
-                let taken = self
-                    .cas(
-                        q::NL_TAKE,
-                        (
-                            now,
-                            now,
-                            expires_at,
-                            session,
-                            params_json,
-                            c.number.as_str(),
-                            pool.id.as_str(),
-                            free_if_expired_by(now, recycle_ms),
-                        ),
-                    )
-                    .await?;
-                if taken.applied {
-                    self.write(
-                        q::PN_SET,
-                        (now, expires_at, pool.id.as_str(), c.number.as_str()),
-                    )
-                    .await?;
-                    self.write(
-                        q::LH_PUT,
-                        (
-                            c.number.as_str(),
-                            now,
-                            expires_at,
-                            pool.id.as_str(),
-                            session,
-                            params_json,
-                            ttl_seconds(expires_at, now, LEASE_HISTORY_MARGIN_SECONDS),
-                        ),
-                    )
-                    .await?;
-                    return Ok(Some(Lease {
-                        number: c.number.clone(),
-                        pool_id: pool.id.clone(),
-                        session: session.map(str::to_string),
-                        params: parse("lease params", params_json)?,
-                        issued_at: now,
-                        expires_at,
-                    }));
-                }
-                // Someone else took it: bring the pool's row up to date.
-                if let Some((last, expires)) = self
-                    .first::<(Option<i64>, Option<i64>)>(q::NL_GET, (c.number.as_str(),))
-                    .await?
-                {
-                    self.write(
-                        q::PN_SET,
-                        (
-                            last.unwrap_or(0),
-                            expires.unwrap_or(0),
-                            pool.id.as_str(),
-                            c.number.as_str(),
-                        ),
-                    )
-                    .await?;
-                }
-            }
-        }
-        Err(StoreError::Unavailable(
-            "the pool's free numbers are contended; try again".into(),
-        ))
-    }
 }
 
 type AdvertiserRow = (String, String, Option<String>, Option<i64>, Option<String>);
-type SlotRow = (
+pub(super) type SlotRow = (
     i32,
     Option<String>,
     Option<String>,
@@ -1201,7 +441,7 @@ type SlotRow = (
     Option<i64>,
     Option<i64>,
 );
-type CallScanRow = (
+pub(super) type CallScanRow = (
     String,
     Option<String>,
     Option<String>,
@@ -1248,7 +488,9 @@ fn advertiser_from((operator_id, id, name, created_at, lines): AdvertiserRow) ->
     }
 }
 
-fn slot_from((slot, claim, number, params, issued_at, expires_at): SlotRow) -> SessionSlot {
+pub(super) fn slot_from(
+    (slot, claim, number, params, issued_at, expires_at): SlotRow,
+) -> SessionSlot {
     SessionSlot {
         slot,
         claim,
@@ -2151,41 +1393,56 @@ impl Store for ScyllaStore {
                     full.insert(r.0, r);
                 }
             }
-            let mut claimed = Vec::new();
+            // Shards claim concurrently; within a shard one row after another (its rows
+            // share a Paxos partition: concurrent claims there would contend).
+            let mut by_shard: BTreeMap<i32, Vec<&OutboxRow>> = BTreeMap::new();
             for row in due_rows(&rows, now_ms, limit) {
-                let attempts = row.attempts.saturating_add(1);
-                let values = (
-                    now_ms.saturating_add(claim_ms),
-                    attempts,
-                    shard_of(row.id),
-                    row.id,
-                    row.next_at,
-                    row.attempts,
-                );
-                if !self.inner.cas(q::OB_CLAIM, values).await?.applied {
-                    continue; // another claimer has it
+                by_shard.entry(shard_of(row.id)).or_default().push(row);
+            }
+            let claims = by_shard.into_values().map(|rows| async move {
+                let mut won = Vec::new();
+                for row in rows {
+                    let attempts = row.attempts.saturating_add(1);
+                    let values = (
+                        now_ms.saturating_add(claim_ms),
+                        attempts,
+                        shard_of(row.id),
+                        row.id,
+                        row.next_at,
+                        row.attempts,
+                    );
+                    // Not applied: another claimer has it.
+                    if self.inner.cas(q::OB_CLAIM, values).await?.applied {
+                        won.push((row.id, attempts));
+                    }
                 }
-                let Some((id, kind, op, target, payload, _, _, created_at, _)) =
-                    full.remove(&row.id)
-                else {
-                    continue;
-                };
-                let kind: FollowUpKind = kind
-                    .as_deref()
-                    .unwrap_or("")
-                    .parse()
-                    .map_err(StoreError::Corrupt)?;
-                claimed.push(FollowUp {
-                    id,
-                    item: NewFollowUp {
-                        kind,
-                        operator_id: op.unwrap_or_default(),
-                        target: target.unwrap_or_default(),
-                        payload: payload.unwrap_or_default(),
-                    },
-                    attempts: u32::try_from(attempts).unwrap_or(0),
-                    created_at: created_at.unwrap_or(0),
-                });
+                Ok::<_, StoreError>(won)
+            });
+            let mut claimed = Vec::new();
+            for won in futures_util::future::try_join_all(claims).await? {
+                for (id, attempts) in won {
+                    let Some((id, kind, op, target, payload, _, _, created_at, _)) =
+                        full.remove(&id)
+                    else {
+                        continue;
+                    };
+                    let kind: FollowUpKind = kind
+                        .as_deref()
+                        .unwrap_or("")
+                        .parse()
+                        .map_err(StoreError::Corrupt)?;
+                    claimed.push(FollowUp {
+                        id,
+                        item: NewFollowUp {
+                            kind,
+                            operator_id: op.unwrap_or_default(),
+                            target: target.unwrap_or_default(),
+                            payload: payload.unwrap_or_default(),
+                        },
+                        attempts: u32::try_from(attempts).unwrap_or(0),
+                        created_at: created_at.unwrap_or(0),
+                    });
+                }
             }
             claimed.sort_by_key(|f| f.id);
             Ok(claimed)
