@@ -52,9 +52,7 @@ impl Inner {
     pub(super) async fn record_change(&self, kind: &str, key: &str) -> Result<i64> {
         for _ in 0..CAS_ROUNDS * 2 {
             let (bucket, head) = self.latest_change().await?;
-            let next = head + 1;
-            let next_bucket = change_bucket(next);
-            let starts_bucket = head == 0 || next_bucket != bucket;
+            let (next, next_bucket, starts_bucket) = next_change(bucket, head);
             let now = now_ms();
             let cas = if starts_bucket {
                 self.cas(q::CH_ADD_FIRST, (next, kind, key, now, next_bucket, next))

@@ -314,6 +314,34 @@ pub fn bucket_to_drop(new_bucket: i64) -> Option<i64> {
     (old >= 0).then_some(old)
 }
 
+/// The next change number after the newest (`head` in `bucket`; 0 when the feed is
+/// empty), its bucket, and whether it starts that bucket (then the compare-and-set is
+/// `IF head = null` on the new bucket, else `IF head = <head>`).
+pub fn next_change(bucket: i64, head: i64) -> (i64, i64, bool) {
+    let next = head.saturating_add(1);
+    let next_bucket = change_bucket(next);
+    (next, next_bucket, head == 0 || next_bucket != bucket)
+}
+
+/// Whether a heartbeat of incarnation `epoch` at `now` is accepted, from the outcome of
+/// its compare-and-set (`IF epoch = ? AND down = false AND last_seen < now`) and, when
+/// not applied, the row's current values: a later sign of life already recorded still
+/// means alive (last_seen never goes back); another epoch, a down mark or no row means
+/// the incarnation must stop.
+pub fn heartbeat_accepted(
+    applied: bool,
+    epoch: i64,
+    now: i64,
+    row_epoch: Option<i64>,
+    row_down: Option<bool>,
+    row_last_seen: Option<i64>,
+) -> bool {
+    applied
+        || (row_epoch == Some(epoch)
+            && row_down == Some(false)
+            && row_last_seen.is_some_and(|seen| seen >= now))
+}
+
 /// A caller SMS slot to take: the call's own (already counted), or the lowest free
 /// one below the cap.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -681,6 +709,41 @@ mod tests {
         assert!(feed_complete(i64::MAX, 5));
         assert_eq!(bucket_to_drop(9), None);
         assert_eq!(bucket_to_drop(10), Some(0));
+    }
+
+    #[test]
+    fn next_change_numbers_and_buckets() {
+        assert_eq!(
+            next_change(0, 0),
+            (1, 0, true),
+            "empty feed: bucket 0 starts"
+        );
+        assert_eq!(next_change(0, 1), (2, 0, false));
+        assert_eq!(next_change(0, 9_998), (9_999, 0, false));
+        assert_eq!(next_change(0, 9_999), (10_000, 1, true), "bucket 1 starts");
+        assert_eq!(next_change(1, 10_000), (10_001, 1, false));
+    }
+
+    #[test]
+    fn heartbeats() {
+        let now = 2_000;
+        let cases = [
+            (true, None, None, None, true),
+            // Not applied because a later heartbeat is recorded: alive.
+            (false, Some(1), Some(false), Some(2_000), true),
+            (false, Some(1), Some(false), Some(5_000), true),
+            (false, Some(2), Some(false), Some(5_000), false),
+            (false, Some(1), Some(true), Some(5_000), false),
+            (false, None, None, None, false),
+            (false, Some(1), Some(false), Some(1_999), false),
+        ];
+        for (applied, epoch, down, seen, want) in cases {
+            assert_eq!(
+                heartbeat_accepted(applied, 1, now, epoch, down, seen),
+                want,
+                "{applied} {epoch:?} {down:?} {seen:?}"
+            );
+        }
     }
 
     #[test]

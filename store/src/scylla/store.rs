@@ -1167,11 +1167,14 @@ impl Store for ScyllaStore {
     fn node_alive(&self, node: &str, epoch: u64, now_ms: i64) -> Result<bool> {
         let epoch = epoch_i64(epoch);
         let cas = self.wait(self.inner.cas(q::NODE_ALIVE, (now_ms, node, epoch, now_ms)))?;
-        // Not applied because a later sign of life is already recorded: still alive.
-        Ok(cas.applied
-            || (cas.i64("epoch") == Some(epoch)
-                && cas.bool("down") == Some(false)
-                && cas.i64("last_seen").is_some_and(|seen| seen >= now_ms)))
+        Ok(heartbeat_accepted(
+            cas.applied,
+            epoch,
+            now_ms,
+            cas.i64("epoch"),
+            cas.bool("down"),
+            cas.i64("last_seen"),
+        ))
     }
 
     fn mark_node_down(&self, node: &str, epoch: u64) -> Result<bool> {
