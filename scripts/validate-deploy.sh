@@ -10,7 +10,7 @@
 #   - the Grafana dashboard JSON and provisioning YAML parse;
 #   - `systemd-analyze verify deploy/tsunagu.service` prints nothing (any warning fails),
 #     with a stub /usr/local/bin/tsunagu in a private mount namespace (the host's
-#     /usr/local/bin is not touched);
+#     /usr/local/bin is not touched; without namespaces, a copy pointing at the stub);
 #   - the Dockerfile is multi-stage, installs espeak-ng in the build stage, builds with
 #     the scylla feature and runs as a non-root user.
 # Prints one "deploy: N checks passed" line; exits non-zero at the first failure.
@@ -114,8 +114,16 @@ pass "loadtest/grafana/tsunagu.json parses"
 
 printf '#!/bin/sh\nexit 0\n' > "$tmp/tsunagu"
 chmod +x "$tmp/tsunagu"
-out=$(unshare -m sh -c "mount -t tmpfs tmpfs /usr/local/bin && cp '$tmp/tsunagu' /usr/local/bin/tsunagu && systemd-analyze verify deploy/tsunagu.service" 2>&1) \
-    || fail "systemd-analyze verify: $out"
+if unshare -m true 2>/dev/null; then
+    out=$(unshare -m sh -c "mount -t tmpfs tmpfs /usr/local/bin && cp '$tmp/tsunagu' /usr/local/bin/tsunagu && systemd-analyze verify deploy/tsunagu.service" 2>&1) \
+        || fail "systemd-analyze verify: $out"
+else
+    # No private mount namespace here (not root): verify a copy whose binary path
+    # points at the stub instead; everything else is the unit as shipped.
+    echo "deploy: note: no mount namespace; verifying a copy with ExecStart at a stub"
+    sed "s|/usr/local/bin/tsunagu|$tmp/tsunagu|g" deploy/tsunagu.service > "$tmp/tsunagu.service"
+    out=$(systemd-analyze verify "$tmp/tsunagu.service" 2>&1) || fail "systemd-analyze verify: $out"
+fi
 [ -z "$out" ] || fail "systemd-analyze verify warns: $out"
 stop=$(sed -n 's/^TimeoutStopSec=\([0-9]*\)$/\1/p' deploy/tsunagu.service)
 [ "${stop:-0}" -gt 60 ] || fail "TimeoutStopSec must be above node.drain_seconds (60)"
