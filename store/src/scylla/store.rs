@@ -132,7 +132,15 @@ impl ScyllaStore {
         }
         let runtime = exec::runtime().map_err(unavailable)?;
         let handle = runtime.handle().clone();
-        let inner = exec::block_on(&handle, open(settings))?;
+        let inner = match exec::block_on(&handle, open(settings)) {
+            Ok(inner) => inner,
+            Err(e) => {
+                // Dropping a runtime inside another one's async context panics (the node
+                // opens its store there): let its threads go in the background.
+                runtime.shutdown_background();
+                return Err(e);
+            }
+        };
         Ok(ScyllaStore {
             inner: Arc::new(inner),
             runtime: Some(runtime),
@@ -1551,5 +1559,26 @@ impl Store for ScyllaStore {
     fn ping(&self) -> Result<()> {
         self.wait(self.inner.first::<(Option<String>,)>(q::PING, ()))
             .map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The node opens its store from inside its own runtime: a cluster that cannot be
+    /// reached must come back as an error there, not as a panic while the backend's
+    /// runtime is dropped.
+    #[test]
+    fn a_failed_connect_inside_a_runtime_is_an_error() {
+        // Port 1 on loopback: nothing listens, the connection is refused at once.
+        let mut settings = ScyllaSettings::new(vec!["127.0.0.1:1".into()]);
+        settings.request_timeout = std::time::Duration::from_secs(2);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let got = rt.block_on(async { ScyllaStore::connect(&settings).map(|_| ()) });
+        assert!(matches!(got, Err(StoreError::Unavailable(_))), "{got:?}");
     }
 }
