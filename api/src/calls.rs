@@ -7,7 +7,6 @@
 
 use crate::auth::OperatorId;
 use crate::{db, rfc3339, ApiError, ApiState};
-use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
@@ -69,6 +68,9 @@ pub(crate) const COLUMNS: &[&str] = &[
     "attempts",
     "state",
     "end_reason",
+    "nodes",
+    "taken_over_at",
+    "recording_parts",
 ];
 
 const JSON_PAGE_MAX: usize = 1000;
@@ -213,6 +215,9 @@ pub fn call_json(r: &CallRecord) -> Value {
         "attempts": attempts(r),
         "state": r.state,
         "end_reason": r.end_reason,
+        "nodes": nodes(r),
+        "taken_over_at": r.taken_over_at.map(rfc3339),
+        "recording_parts": recording_parts(r),
     });
     if r.state == CallState::Active {
         // In progress: what is not decided yet is null.
@@ -221,6 +226,24 @@ pub fn call_json(r: &CallRecord) -> Value {
         }
     }
     v
+}
+
+/// The nodes that carried the call, in order (one, unless it was taken over).
+fn nodes(r: &CallRecord) -> Vec<&str> {
+    if r.nodes.is_empty() {
+        vec![r.node.as_str()]
+    } else {
+        r.nodes.iter().map(String::as_str).collect()
+    }
+}
+
+/// The parts of a recording made on several nodes: which node, and when the part
+/// starts after the answer (the file itself is served joined, see recordings.rs).
+fn recording_parts(r: &CallRecord) -> Value {
+    r.recording_parts
+        .iter()
+        .map(|p| json!({"node": p.node, "offset_ms": p.offset_ms}))
+        .collect()
 }
 
 /// The forwarding attempts with times as the rest of the record shows them, plus
@@ -241,7 +264,7 @@ fn attempts(r: &CallRecord) -> Value {
         .collect()
 }
 
-pub(crate) fn fields(r: &CallRecord) -> [String; 28] {
+pub(crate) fn fields(r: &CallRecord) -> [String; 31] {
     let opt = |v: &Option<String>| v.clone().unwrap_or_default();
     [
         r.call_id.clone(),
@@ -282,6 +305,13 @@ pub(crate) fn fields(r: &CallRecord) -> [String; 28] {
         },
         r.state.to_string(),
         opt(&r.end_reason),
+        nodes(r).join(" "),
+        r.taken_over_at.map(rfc3339).unwrap_or_default(),
+        if r.recording_parts.is_empty() {
+            String::new()
+        } else {
+            recording_parts(r).to_string()
+        },
     ]
 }
 
@@ -383,56 +413,6 @@ pub async fn get_one(
         .await?
         .ok_or_else(|| ApiError::not_found("no such call"))?;
     Ok(Json(call_json(&r)))
-}
-
-/// The call's recording as `audio/wav`, streamed from the node's recordings directory.
-pub async fn recording(
-    OperatorId(op): OperatorId,
-    State(st): State<Arc<ApiState>>,
-    Path(id): Path<String>,
-) -> Result<Response, ApiError> {
-    let r = db(&st, move |s| s.get_call(&op, &id))
-        .await?
-        .ok_or_else(|| ApiError::not_found("no such call"))?;
-    let rel = r
-        .recording
-        .filter(|_| r.recording_status != Some(tsunagu_store::RecordingStatus::Missing))
-        .ok_or_else(|| ApiError::not_found("this call has no recording"))?;
-    let rel = std::path::Path::new(&rel);
-    let safe = rel
-        .components()
-        .all(|c| matches!(c, std::path::Component::Normal(_)));
-    if !safe {
-        return Err(ApiError::internal("stored recording path is not relative"));
-    }
-    let file = tokio::fs::File::open(st.recordings_dir.join(rel))
-        .await
-        .map_err(|_| ApiError::not_found("the recording file is not on this node"))?;
-    let len = file.metadata().await.map(|m| m.len()).unwrap_or(0);
-    let stream = futures_util::stream::unfold(file, |mut f| async move {
-        use tokio::io::AsyncReadExt;
-        let mut buf = vec![0u8; 64 * 1024];
-        match f.read(&mut buf).await {
-            Ok(0) => None,
-            Ok(n) => {
-                buf.truncate(n);
-                Some((Ok::<_, std::io::Error>(Bytes::from(buf)), f))
-            }
-            Err(e) => Some((Err(e), f)),
-        }
-    });
-    Ok((
-        [
-            (header::CONTENT_TYPE, "audio/wav".to_string()),
-            (header::CONTENT_LENGTH, len.to_string()),
-            (
-                header::CONTENT_DISPOSITION,
-                format!("attachment; filename=\"{}.wav\"", r.call_id),
-            ),
-        ],
-        Body::from_stream(stream),
-    )
-        .into_response())
 }
 
 #[cfg(test)]

@@ -27,6 +27,7 @@ mod operators;
 mod ops;
 mod pools;
 mod prompts;
+mod recordings;
 pub mod serve;
 mod tag;
 #[cfg(test)]
@@ -77,6 +78,11 @@ pub struct ApiState {
     pub channels: Channels,
     /// Where this node writes call recordings (call records hold paths relative to it).
     pub recordings_dir: std::path::PathBuf,
+    /// This node's id: recordings of calls other nodes carried are fetched from them.
+    pub node_id: String,
+    /// The bearer token nodes of the cluster present to each other's internal
+    /// endpoints (derived from the cluster secret); None outside a cluster.
+    pub cluster_token: Option<String>,
     /// The node's prompt library (numbers name prompts; operators upload their own).
     pub prompts: tsunagu_media::Prompts,
     /// Limits against abuse, from `[api]`.
@@ -189,7 +195,11 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/tag.js", get(tag::script))
         .route("/v1/calls", get(calls::list))
         .route("/v1/calls/{call_id}", get(calls::get_one))
-        .route("/v1/calls/{call_id}/recording", get(calls::recording))
+        .route("/v1/calls/{call_id}/recording", get(recordings::recording))
+        .route(
+            "/v1/internal/recordings/{operator}/{call_id}",
+            get(recordings::internal),
+        )
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .with_state(state)
 }

@@ -72,6 +72,8 @@ pub fn api_with(config: &ApiConfig, adjust: impl FnOnce(&mut Defences)) -> Api {
             egress_refused: Default::default(),
         },
         recordings_dir: dir.path().join("recordings"),
+        node_id: "n1".into(),
+        cluster_token: None,
         prompts: tsunagu_media::Prompts::load(&dir.path().join("prompts")).unwrap(),
         defences,
     });

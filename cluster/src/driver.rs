@@ -35,8 +35,8 @@ pub trait Host: Send + Sync + 'static {
     fn registered(&self) -> Vec<Registered>;
     /// `name` in incarnation `epoch` was declared down (by this node or another).
     /// `finaliser`: this node is the one of the survivors that cleans up after it (the
-    /// owner of the key `node:<name>` among the live members).
-    fn member_down(&self, name: &str, epoch: u64, finaliser: bool);
+    /// owner of the key `node:<name>` among the live members, `survivors`).
+    fn member_down(&self, name: &str, epoch: u64, finaliser: bool, survivors: &[String]);
     fn member_up(&self, name: &str, epoch: u64);
     /// Provisioning changed in the store, up to change `seq` at least.
     fn changed(&self, seq: i64);
@@ -80,7 +80,44 @@ pub struct Status {
     pub members: Vec<MemberStatus>,
 }
 
+/// The node's lease as one number that any thread may read without a lock (every RTP
+/// batch and SIP message leaving the node does): this node may act until then.
+#[derive(Debug)]
+pub struct Lease {
+    base: Instant,
+    /// Milliseconds after `base`; u64::MAX without end, 0 when declared down.
+    until_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Lease {
+    fn new() -> Lease {
+        Lease {
+            base: Instant::now(),
+            until_ms: std::sync::atomic::AtomicU64::new(u64::MAX),
+        }
+    }
+
+    /// Whether this node holds its lease at `now`.
+    pub fn valid_at(&self, now: Instant) -> bool {
+        let at = now.saturating_duration_since(self.base).as_millis() as u64;
+        at < self.until_ms.load(Ordering::Relaxed)
+    }
+
+    fn set(&self, until: Option<Instant>) {
+        let ms = match until {
+            None => u64::MAX,
+            Some(t) => t.saturating_duration_since(self.base).as_millis() as u64,
+        };
+        self.until_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn void(&self) {
+        self.until_ms.store(0, Ordering::Relaxed);
+    }
+}
+
 struct Shared {
+    lease: Arc<Lease>,
     membership: Mutex<Membership>,
     lines: Arc<Mutex<LineService>>,
     net: Net,
@@ -109,6 +146,7 @@ impl Cluster {
         let (net, rx) = Net::start(settings.net).await?;
         let membership = Membership::new(&name, settings.epoch, settings.timing);
         let cluster = Cluster(Arc::new(Shared {
+            lease: Arc::new(Lease::new()),
             membership: Mutex::new(membership),
             lines,
             net,
@@ -142,6 +180,23 @@ impl Cluster {
     /// was not declared down.
     pub fn lease_valid(&self) -> bool {
         !self.0.stale.load(Ordering::Relaxed) && self.membership().lease_valid(Instant::now())
+    }
+
+    /// The lease as a lock-free value, for the media relays and the SIP edge: nothing
+    /// leaves the node while it does not hold its lease (a frozen node that wakes up
+    /// after its calls were taken over sends no RTP and no BYE).
+    pub fn lease(&self) -> Arc<Lease> {
+        self.0.lease.clone()
+    }
+
+    /// Publishes the membership's lease to the lock-free copy.
+    fn publish_lease(&self) {
+        if self.0.stale.load(Ordering::Relaxed) {
+            self.0.lease.void();
+        } else {
+            let until = self.membership().lease_until();
+            self.0.lease.set(until);
+        }
     }
 
     /// Sends what the line service produced: frames to owners and holders, answers to
@@ -185,6 +240,7 @@ impl Cluster {
         *self.lines() = LineService::new(&name);
         self.0.stale.store(false, Ordering::Relaxed);
         self.0.suspended.store(false, Ordering::Relaxed);
+        self.publish_lease();
         tracing::warn!(epoch, "rejoined the cluster as a new incarnation");
         self.expect_registered(Instant::now()).await;
     }
@@ -318,6 +374,7 @@ impl Cluster {
         }
         self.after_events();
         self.check_lease(now);
+        self.publish_lease();
         self.update_gauges();
     }
 
@@ -375,7 +432,20 @@ impl Cluster {
                         Verdict::Stale => replies.push(Msg::Stale { epoch: frame.epoch }),
                     }
                 }
-                Msg::Ack { seq } => self.membership().on_ack(&frame.from, frame.epoch, seq, now),
+                Msg::Ack { seq } => {
+                    self.membership().on_ack(&frame.from, frame.epoch, seq, now);
+                    self.publish_lease();
+                }
+                // Down notices are taken only from members in good standing: a node
+                // that wakes from a freeze, declared down itself, must not take
+                // healthy members down with its old view. (A stale verdict is not
+                // fenced so: after a partition both sides see the other down, and
+                // each must be able to tell the other to rejoin.)
+                Msg::Down { node, epoch }
+                    if !self.membership().in_good_standing(&frame.from, frame.epoch) =>
+                {
+                    tracing::debug!(from = %frame.from, sender_epoch = frame.epoch, %node, epoch, "down notice from a member not in good standing ignored");
+                }
                 Msg::Stale { epoch } => {
                     if epoch == my_epoch {
                         self.declared_down();
@@ -474,15 +544,16 @@ impl Cluster {
                             );
                         }
                     }
-                    let finaliser = {
+                    let (finaliser, survivors) = {
                         let m = self.membership();
-                        let up = m.up();
-                        crate::placement::owner(
+                        let up: Vec<String> = m.up().into_iter().map(|(n, _)| n).collect();
+                        let finaliser = crate::placement::owner(
                             &format!("node:{name}"),
-                            up.iter().map(|(n, _)| n.as_str()),
-                        ) == Some(m.name())
+                            up.iter().map(String::as_str),
+                        ) == Some(m.name());
+                        (finaliser, up)
                     };
-                    self.0.host.member_down(&name, epoch, finaliser);
+                    self.0.host.member_down(&name, epoch, finaliser, &survivors);
                 }
             }
         }

@@ -111,7 +111,9 @@ impl Membership {
             timing,
             members: BTreeMap::new(),
             events: Vec::new(),
-            last_tick: None,
+            // Created now: a freeze before the first tick (a node stopped right after
+            // it rejoined) is a gap like any other, not its peers' silence.
+            last_tick: Some(now),
             acked: Some(now),
             sent: Vec::new(),
             next_seq: 1,
@@ -278,6 +280,18 @@ impl Membership {
             .is_some_and(|a| now.saturating_duration_since(a) < self.timing.lease)
     }
 
+    /// Until when this node holds its lease as things stand (None: without end, no
+    /// peer being up).
+    pub fn lease_until(&self) -> Option<Instant> {
+        if !self.members.values().any(|m| m.state == State::Up) {
+            return None;
+        }
+        Some(
+            self.acked
+                .map_or_else(Instant::now, |a| a + self.timing.lease),
+        )
+    }
+
     /// The next event, oldest first.
     pub fn poll_event(&mut self) -> Option<Event> {
         (!self.events.is_empty()).then(|| self.events.remove(0))
@@ -309,6 +323,14 @@ impl Membership {
 
     pub fn members(&self) -> impl Iterator<Item = (&String, &Member)> {
         self.members.iter()
+    }
+
+    /// Whether `from` in incarnation `epoch` may tell this node who is down (a down
+    /// notice): only a member up in this view, in that incarnation.
+    /// A node that was frozen and declared down itself still believes its old view
+    /// when it wakes; what it says must not take healthy members down with it.
+    pub fn in_good_standing(&self, from: &str, epoch: u64) -> bool {
+        from != self.name && self.up_epoch(from) == Some(epoch)
     }
 }
 
@@ -422,6 +444,44 @@ mod tests {
                 epoch: 1
             })
         );
+    }
+
+    #[test]
+    fn a_node_frozen_before_its_first_tick_does_not_declare_its_peers_down() {
+        // A new incarnation (just rejoined) seeded with its peers, then SIGSTOPped
+        // before its first tick for longer than the detector's window.
+        let t0 = Instant::now();
+        let mut m = Membership::starting_at("a", 2, Timing::default(), t0);
+        m.expect("b", 1, t0);
+        m.expect("c", 1, t0);
+        while m.poll_event().is_some() {}
+        m.tick(ms(t0, 1_600));
+        assert_eq!(
+            m.poll_event(),
+            None,
+            "b and c are not blamed for our freeze"
+        );
+        assert_eq!(m.up().len(), 3);
+    }
+
+    #[test]
+    fn only_members_in_good_standing_may_say_who_is_down() {
+        let t0 = Instant::now();
+        let mut m = Membership::starting_at("a", 1, Timing::default(), t0);
+        m.on_heartbeat("b", 1, t0);
+        m.on_heartbeat("c", 4, t0);
+        m.on_down_notice("c", 4, ms(t0, 10));
+        let cases = [
+            ("b", 1, true),
+            ("b", 2, false), // an incarnation not heard of yet
+            ("b", 0, false), // an older one
+            ("c", 4, false), // declared down: its view is history
+            ("d", 1, false), // never heard of
+            ("a", 1, false), // our own name from elsewhere
+        ];
+        for (from, epoch, want) in cases {
+            assert_eq!(m.in_good_standing(from, epoch), want, "{from}@{epoch}");
+        }
     }
 
     #[test]

@@ -26,7 +26,7 @@ pub mod wav;
 
 pub use latch::Latch;
 pub use metrics::MediaMetrics;
-pub use ports::{MediaPort, PortPool};
+pub use ports::{Gate, MediaPort, PortPool};
 pub use prompt::{Prompt, Prompts};
 pub use recording::{RecordMode, Recorder};
 pub use relay::{MediaEvent, OnEvent, Relay, RelayStats, Side};

@@ -16,7 +16,13 @@ pub struct PortPool {
     socket_buffer: usize,
     latch: Latch,
     metrics: MediaMetrics,
+    /// Asked once per batch of packets a relay would send; `false` withholds them
+    /// (a clustered node without its lease; see [`PortPool::set_gate`]).
+    gate: std::sync::OnceLock<Gate>,
 }
+
+/// Whether the node may send media now.
+pub type Gate = Arc<dyn Fn() -> bool + Send + Sync>;
 
 /// A leased RTP port and its bound socket.
 pub struct MediaPort {
@@ -28,6 +34,11 @@ pub struct MediaPort {
 impl MediaPort {
     pub fn local(&self) -> SocketAddr {
         SocketAddr::new(self.pool.address, self.port)
+    }
+
+    /// Whether the relay using this port may send now ([`PortPool::set_gate`]).
+    pub(crate) fn open(&self) -> bool {
+        self.pool.open()
     }
 
     /// The source policy of the relay using this port.
@@ -91,7 +102,20 @@ impl PortPool {
             socket_buffer,
             latch,
             metrics,
+            gate: std::sync::OnceLock::new(),
         })
+    }
+
+    /// From now on the relays of this pool send only while `gate` says so (the first
+    /// gate set stays). Received packets are still read (and dropped), so a node that
+    /// lost its lease neither relays nor plays audio to parties another node now serves.
+    pub fn set_gate(&self, gate: Gate) {
+        let _ = self.gate.set(gate);
+    }
+
+    /// Whether the relays may send now.
+    pub(crate) fn open(&self) -> bool {
+        self.gate.get().is_none_or(|open| open())
     }
 
     pub fn free_ports(&self) -> usize {

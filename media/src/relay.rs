@@ -371,6 +371,8 @@ struct Flow<'a> {
     counters: [&'a AtomicU64; 3],
     latch: Latch,
     refused: &'a Refused,
+    /// Whether this node may send now (its cluster lease).
+    open: bool,
 }
 
 /// Receives what is waiting on the path's socket and forwards what the source policy
@@ -425,8 +427,8 @@ fn drain(p: Flow<'_>, mut rec: Option<&mut Recording>, on_event: &OnEvent) {
                 p.dir.lost.inc_by(gap);
             }
             let dst = p.to_side.peer.destination();
-            let Some(dst) = dst.filter(|_| p.to_side.player.is_none()) else {
-                continue; // nowhere to send yet, or a prompt plays there
+            let Some(dst) = dst.filter(|_| p.to_side.player.is_none() && p.open) else {
+                continue; // nowhere to send yet, a prompt plays there, or no lease
             };
             p.to_side.out.relay(pkt, now);
             if p.out.try_send_to(pkt, dst).is_ok() {
@@ -543,21 +545,23 @@ async fn run(
             r = a.socket.readable() => {
                 if r.is_ok() {
                     let counters = [&stats.packets_a_to_b, &stats.bytes_a_to_b, &stats.lost_a_to_b];
-                    let path = Flow { from: &a.socket, from_side: &mut sa, out: &b.socket, to_side: &mut sb, dir: &a_to_b, counters, latch, refused: &refused };
+                    let path = Flow { from: &a.socket, from_side: &mut sa, out: &b.socket, to_side: &mut sb, dir: &a_to_b, counters, latch, refused: &refused, open: a.open() };
                     drain(path, rec.as_mut(), &on_event);
                 }
             }
             r = b.socket.readable() => {
                 if r.is_ok() {
                     let counters = [&stats.packets_b_to_a, &stats.bytes_b_to_a, &stats.lost_b_to_a];
-                    let path = Flow { from: &b.socket, from_side: &mut sb, out: &a.socket, to_side: &mut sa, dir: &b_to_a, counters, latch, refused: &refused };
+                    let path = Flow { from: &b.socket, from_side: &mut sb, out: &a.socket, to_side: &mut sa, dir: &b_to_a, counters, latch, refused: &refused, open: a.open() };
                     drain(path, rec.as_mut(), &on_event);
                 }
             }
             _ = async { frames.as_mut().expect("checked").tick().await }, if frames.is_some() => {
                 let now = Instant::now();
-                play_frame(&a.socket, &mut sa, now, &on_event);
-                play_frame(&b.socket, &mut sb, now, &on_event);
+                if a.open() {
+                    play_frame(&a.socket, &mut sa, now, &on_event);
+                    play_frame(&b.socket, &mut sb, now, &on_event);
+                }
                 if sa.player.is_none() && sb.player.is_none() {
                     frames = None;
                 }
@@ -644,6 +648,39 @@ mod tests {
         assert!(
             inbox.send(Control::StopPlaying(Side::A)).is_err(),
             "nothing is queued once the task has ended"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_closed_gate_withholds_relayed_audio() {
+        // The node without its cluster lease: packets are read and dropped, not sent.
+        let pool = pool(41340);
+        let open = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (asked_tx, mut asked) = mpsc::unbounded_channel();
+        let gate_open = open.clone();
+        pool.set_gate(Arc::new(move || {
+            let now = gate_open.load(Ordering::SeqCst);
+            let _ = asked_tx.send(now);
+            now
+        }));
+        let relay = relay_from(&pool);
+        let caller = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let callee = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        relay.set_remote(Side::A, caller.local_addr().unwrap());
+        relay.set_remote(Side::B, callee.local_addr().unwrap());
+        caller.send_to(&rtp(1), relay.local(Side::A)).await.unwrap();
+        // The relay asked the gate for the batch holding packet 1 (a current-thread
+        // runtime: that batch is done before this task runs again).
+        while asked.recv().await != Some(false) {}
+        open.store(true, Ordering::SeqCst);
+        caller.send_to(&rtp(2), relay.local(Side::A)).await.unwrap();
+        let mut buf = [0u8; 2048];
+        let (n, _) = callee.recv_from(&mut buf).await.unwrap();
+        assert!(n > 12);
+        assert_eq!(
+            u16::from_be_bytes([buf[2], buf[3]]),
+            2,
+            "packet 1 arrived while the gate was closed and went nowhere"
         );
     }
 

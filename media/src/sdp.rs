@@ -213,9 +213,53 @@ pub fn restrict(sdp: &str, keep: &[u8]) -> String {
     out
 }
 
+/// The same session description as a new offer in the same session (RFC 3264 8): the
+/// `o=` line's version goes up by one (saturating; an unreadable one is left as it is).
+pub fn next_version(sdp: &str) -> String {
+    let mut out = String::with_capacity(sdp.len() + 2);
+    for line in sdp.split_inclusive('\n') {
+        let body = line.trim_end_matches(['\r', '\n']);
+        let end = &line[body.len()..];
+        match body.strip_prefix("o=") {
+            Some(o) => {
+                let mut parts: Vec<String> = o.split(' ').map(str::to_string).collect();
+                if let Some(v) = parts.get_mut(2) {
+                    if let Ok(n) = v.parse::<u64>() {
+                        *v = n.saturating_add(1).to_string();
+                    }
+                }
+                out.push_str("o=");
+                out.push_str(&parts.join(" "));
+                out.push_str(end);
+            }
+            None => out.push_str(line),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_new_offer_goes_up_one_version() {
+        let cases = [
+            (
+                "v=0\r\no=- 42 7 IN IP4 1.2.3.4\r\ns=-\r\n",
+                "v=0\r\no=- 42 8 IN IP4 1.2.3.4\r\ns=-\r\n",
+            ),
+            (
+                "o=u 1 18446744073709551615 IN IP4 h\n",
+                "o=u 1 18446744073709551615 IN IP4 h\n",
+            ),
+            ("o=u 1 x IN IP4 h\n", "o=u 1 x IN IP4 h\n"),
+            ("v=0\r\n", "v=0\r\n"),
+        ];
+        for (sdp, want) in cases {
+            assert_eq!(next_version(sdp), want, "{sdp:?}");
+        }
+    }
 
     const OFFER: &str = "v=0\r\no=user1 53655765 2353687637 IN IP4 10.1.1.1\r\ns=-\r\nc=IN IP4 10.1.1.1\r\nt=0 0\r\nm=audio 6000 RTP/AVP 0 8 101\r\na=rtpmap:101 telephone-event/8000\r\na=rtcp:6001\r\nm=video 7000 RTP/AVP 96\r\n";
 

@@ -32,7 +32,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tsunagu_store::{
-    CallRecord, CallResult, CallState, CallerKind, NewFollowUp, NumberKind, Store, TrackingNumber,
+    ActiveCall, CallRecord, CallResult, CallState, CallerKind, NewFollowUp, NumberKind, Store,
+    TrackingNumber,
 };
 
 /// A finished call and the number it was made to (validity rule, pool, follow-ups).
@@ -46,7 +47,7 @@ pub struct LogEntry {
 enum LogMsg {
     Entry(Box<LogEntry>),
     /// A call's record in progress (admitted, or answered).
-    Active(Box<CallRecord>),
+    Active(Box<ActiveCall>),
     Event(Box<CallEvent>),
     /// Answered once everything queued before it is written.
     Flush(mpsc::Sender<()>),
@@ -129,9 +130,11 @@ impl CallLog {
         self.send(LogMsg::Entry(Box::new(entry)));
     }
 
-    /// A call's record in progress (state `active`): at admission, and at answer.
-    pub fn active(&self, record: CallRecord) {
-        self.send(LogMsg::Active(Box::new(record)));
+    /// A call's record in progress (state `active`): at admission, at each forwarding
+    /// attempt and at answer; with a checkpoint once answered and after each change
+    /// of the session (what another node needs to take the call over).
+    pub fn active(&self, record: CallRecord, checkpoint: Option<String>) {
+        self.send(LogMsg::Active(Box::new(ActiveCall { record, checkpoint })));
     }
 
     /// A call event for webhooks (queued in order with the call's record).
@@ -161,7 +164,7 @@ struct Batch {
     events: Vec<CallEvent>,
     entries: Vec<LogEntry>,
     /// Calls in progress written with this batch.
-    active: Vec<CallRecord>,
+    active: Vec<ActiveCall>,
 }
 
 impl Batch {
@@ -174,15 +177,22 @@ impl Batch {
 /// an older; a final record removes it).
 #[derive(Default)]
 struct InProgress {
-    calls: HashMap<String, CallRecord>,
+    calls: HashMap<String, ActiveCall>,
     /// When the oldest waiting one arrived.
     since: Option<Instant>,
 }
 
 impl InProgress {
-    fn put(&mut self, r: CallRecord, now: Instant) {
+    /// A newer record replaces an older one; a checkpoint stays until a newer one.
+    fn put(&mut self, mut a: ActiveCall, now: Instant) {
         self.since.get_or_insert(now);
-        self.calls.insert(r.call_id.clone(), r);
+        if a.checkpoint.is_none() {
+            a.checkpoint = self
+                .calls
+                .get_mut(&a.record.call_id)
+                .and_then(|old| old.checkpoint.take());
+        }
+        self.calls.insert(a.record.call_id.clone(), a);
     }
 
     /// A final record supersedes the call's record in progress; true if one waited.
@@ -194,7 +204,7 @@ impl InProgress {
         self.since.is_some_and(|t| now >= t + ACTIVE_DELAY)
     }
 
-    fn take(&mut self) -> Vec<CallRecord> {
+    fn take(&mut self) -> Vec<ActiveCall> {
         self.since = None;
         self.calls.drain().map(|(_, r)| r).collect()
     }

@@ -13,6 +13,7 @@
 //! silently (others logged them), registers a new incarnation, and rejoins; meanwhile
 //! its lease is void, so it admits nothing.
 
+use crate::call::checkpoint::{Answered, Checkpoint, State};
 use crate::call_log::{lost_call, LogEntry};
 use crate::context::NodeContext;
 use crate::provisioning::Provisioning;
@@ -23,9 +24,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tsunagu_cluster::lines::Answer;
-use tsunagu_cluster::{Cluster, Host, Registered};
+use tsunagu_cluster::{placement, Cluster, Host, Registered};
 use tsunagu_config::Config;
-use tsunagu_store::{NodeInfo, Store, TrackingNumber};
+use tsunagu_store::{ActiveCall, NodeInfo, Store, TrackingNumber};
 
 /// What the cluster's callbacks reach in the node.
 pub struct NodeHost {
@@ -79,37 +80,16 @@ impl Host for NodeHost {
         }
     }
 
-    fn member_down(&self, name: &str, epoch: u64, finaliser: bool) {
-        if !finaliser {
-            return;
-        }
-        let (store, log) = (self.store().clone(), self.ctx.log.clone());
-        let name = name.to_string();
-        let calls_lost = self.ctx.metrics.calls.calls_recovered.clone();
-        tokio::task::spawn_blocking(move || {
-            match store.mark_node_down(&name, epoch) {
-                Ok(true) => {
-                    tracing::warn!(member = %name, epoch, "member marked down in the store")
-                }
-                Ok(false) => {} // another survivor did, or it came back as a new incarnation
-                Err(e) => tracing::warn!(%e, member = %name, "cannot mark the member down"),
-            }
-            let last_seen = store
-                .nodes()
-                .ok()
-                .and_then(|ns| ns.into_iter().find(|n| n.node_id == name))
-                .map(|n| n.last_seen);
-            match finalise_calls_of(&*store, &log, &name, last_seen) {
-                Ok(0) => {}
-                Ok(n) => {
-                    calls_lost.inc_by(n as u64);
-                    tracing::warn!(member = %name, calls = n, "calls of a member declared down logged as failed (node_lost)");
-                }
-                Err(e) => {
-                    tracing::error!(%e, member = %name, "cannot log the calls of a member declared down")
-                }
-            }
-        });
+    fn member_down(&self, name: &str, epoch: u64, finaliser: bool, survivors: &[String]) {
+        let job = TakeOver {
+            ctx: self.ctx.clone(),
+            supervisor: self.supervisor.clone(),
+            dead: name.to_string(),
+            dead_epoch: epoch,
+            finaliser,
+            survivors: survivors.to_vec(),
+        };
+        tokio::spawn(job.run());
     }
 
     fn member_up(&self, name: &str, epoch: u64) {
@@ -149,6 +129,198 @@ impl Host for NodeHost {
     }
 }
 
+/// The node's lease as the gate of what leaves it (SIP messages, RTP): open while the
+/// node is not clustered, has not joined yet, or holds its lease. The cluster starts
+/// after the SIP endpoint and the media ports, so the lease is filled in once joined.
+#[derive(Clone, Default)]
+pub struct LeaseGate(Arc<OnceLock<Arc<tsunagu_cluster::Lease>>>);
+
+impl LeaseGate {
+    pub fn set(&self, lease: Arc<tsunagu_cluster::Lease>) {
+        let _ = self.0.set(lease);
+    }
+
+    pub fn open(&self) -> bool {
+        self.0
+            .get()
+            .is_none_or(|l| l.valid_at(std::time::Instant::now()))
+    }
+
+    /// A gate closure counting what it withholds on `path`.
+    pub fn closure(
+        &self,
+        withheld: prometheus_client::metrics::counter::Counter,
+    ) -> Arc<dyn Fn() -> bool + Send + Sync> {
+        let gate = self.clone();
+        Arc::new(move || {
+            let open = gate.open();
+            if !open {
+                withheld.inc();
+            }
+            open
+        })
+    }
+}
+
+/// What a survivor does for the calls of a member declared down: its share of the
+/// answered ones (those whose rendezvous owner among the survivors it is) it claims and
+/// resumes; the finaliser marks the member down in the store, cancels the attempts
+/// still ringing, logs the unanswered calls once as lost, and after a grace period
+/// claims whatever answered call no one took (views of the survivors may differ).
+struct TakeOver {
+    ctx: Arc<NodeContext>,
+    supervisor: ActorRef<SupervisorMsg>,
+    dead: String,
+    dead_epoch: u64,
+    finaliser: bool,
+    survivors: Vec<String>,
+}
+
+/// How long the finaliser leaves the other survivors to claim their share.
+const CLAIM_GRACE: Duration = Duration::from_secs(2);
+
+impl TakeOver {
+    async fn run(self) {
+        let store = self.ctx.store.clone();
+        if self.finaliser {
+            let (s, name, epoch) = (store.clone(), self.dead.clone(), self.dead_epoch);
+            let _ = tokio::task::spawn_blocking(move || match s.mark_node_down(&name, epoch) {
+                Ok(true) => {
+                    tracing::warn!(member = %name, epoch, "member marked down in the store")
+                }
+                Ok(false) => {} // another survivor did, or it came back as a new incarnation
+                Err(e) => tracing::warn!(%e, member = %name, "cannot mark the member down"),
+            })
+            .await;
+        }
+        self.round(false).await;
+        if self.finaliser {
+            tokio::time::sleep(CLAIM_GRACE).await;
+            self.round(true).await;
+        }
+    }
+
+    /// One pass over the dead member's calls in progress; `all`: this node claims every
+    /// answered call still there (the finaliser, after the grace period).
+    async fn round(&self, all: bool) {
+        let (s, dead) = (self.ctx.store.clone(), self.dead.clone());
+        let found = tokio::task::spawn_blocking(move || {
+            let calls = s.active_calls_of(&dead)?;
+            let last_seen = s
+                .nodes()?
+                .into_iter()
+                .find(|n| n.node_id == dead)
+                .map(|n| n.last_seen);
+            Ok::<_, tsunagu_store::StoreError>((calls, last_seen))
+        })
+        .await;
+        let (calls, last_seen) = match found {
+            Ok(Ok(x)) => x,
+            Ok(Err(e)) => {
+                return tracing::error!(%e, member = %self.dead, "cannot read the calls of a member declared down")
+            }
+            Err(e) => return tracing::error!(%e, "takeover task failed"),
+        };
+        let me = self.ctx.node_id.clone();
+        let mut lost = 0;
+        for call in calls {
+            let cp = call.checkpoint.as_deref().and_then(Checkpoint::decode);
+            match cp.map(|c| (c.nodes, c.state)) {
+                Some((nodes, State::Answered(answered))) if call.record.answered_at.is_some() => {
+                    let mine = all
+                        || placement::owner(
+                            &call.record.call_id,
+                            self.survivors.iter().map(String::as_str),
+                        ) == Some(me.as_str());
+                    if mine {
+                        self.claim(call.record, answered, nodes).await;
+                    }
+                }
+                other if self.finaliser => {
+                    if let Some((_, State::Ringing(r))) = &other {
+                        // The callee still rings for a caller that is gone.
+                        let spec = crate::call::takeover::cancel_of(r);
+                        self.ctx.endpoint.request(spec, r.hop.into());
+                    }
+                    lost += 1;
+                    self.log_lost(call.record, last_seen).await;
+                }
+                _ => {}
+            }
+        }
+        if lost > 0 {
+            self.ctx.metrics.calls.calls_recovered.inc_by(lost);
+            tracing::warn!(member = %self.dead, calls = lost, "unanswered calls of a member declared down logged as failed (node_lost)");
+        }
+    }
+
+    /// Claims one answered call (compare-and-set on its owner) and resumes it here.
+    async fn claim(
+        &self,
+        record: tsunagu_store::CallRecord,
+        answered: Box<Answered>,
+        nodes: Vec<String>,
+    ) {
+        let from = (self.dead.clone(), record.owner_epoch);
+        let to = (
+            self.ctx.node_id.clone(),
+            self.ctx.epoch.load(Ordering::Relaxed),
+        );
+        let (s, id, number) = (
+            self.ctx.store.clone(),
+            record.call_id.clone(),
+            record.tracking_number.clone(),
+        );
+        let claimed = tokio::task::spawn_blocking(move || {
+            let won = s.claim_call(&id, (&from.0, from.1), (&to.0, to.1))?;
+            let number = s.get_number(&number)?;
+            Ok::<_, tsunagu_store::StoreError>((won, number))
+        })
+        .await;
+        let (Ok(Ok((Some(won), number))), r) = (claimed, &record) else {
+            return; // another survivor won it, or the call ended meanwhile
+        };
+        let number = number.unwrap_or_else(|| TrackingNumber {
+            number: r.tracking_number.clone(),
+            operator_id: r.operator_id.clone(),
+            advertiser_id: r.advertiser_id.clone(),
+            ..TrackingNumber::default()
+        });
+        tracing::warn!(call_id = %r.call_id, from = %self.dead, "claimed a call of a member declared down");
+        let args = crate::call::takeover::ResumeArgs {
+            ctx: self.ctx.clone(),
+            record: won.record,
+            answered,
+            nodes,
+            number: Arc::new(number),
+            logged: Arc::new(AtomicBool::new(false)),
+        };
+        let _ = self.supervisor.cast(SupervisorMsg::Resume(Box::new(args)));
+    }
+
+    async fn log_lost(&self, record: tsunagu_store::CallRecord, last_seen: Option<i64>) {
+        let (s, log) = (self.ctx.store.clone(), self.ctx.log.clone());
+        let _ = tokio::task::spawn_blocking(move || {
+            let number = s
+                .get_number(&record.tracking_number)
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| TrackingNumber {
+                    number: record.tracking_number.clone(),
+                    operator_id: record.operator_id.clone(),
+                    advertiser_id: record.advertiser_id.clone(),
+                    ..TrackingNumber::default()
+                });
+            log.write(LogEntry {
+                record: lost_call(record, last_seen),
+                number: Arc::new(number),
+                caller_verified: false,
+            });
+        })
+        .await;
+    }
+}
+
 /// Logs each call `node` left in progress once (see [`lost_call`]); how many.
 pub fn finalise_calls_of(
     store: &dyn Store,
@@ -157,7 +329,7 @@ pub fn finalise_calls_of(
     last_seen: Option<i64>,
 ) -> tsunagu_store::Result<usize> {
     let left = store.active_calls_of(node)?;
-    for record in &left {
+    for ActiveCall { record, .. } in &left {
         let number = store
             .get_number(&record.tracking_number)?
             .unwrap_or_else(|| TrackingNumber {
@@ -215,6 +387,31 @@ async fn rejoin(
     tracing::warn!(epoch, "rejoined the cluster");
 }
 
+/// The cluster's shared secret (`cluster.secret` or `cluster.secret_file`), if the node
+/// is in a cluster.
+pub fn secret(config: &Config) -> Result<Option<String>, String> {
+    let c = &config.cluster;
+    if c.listen.is_none() {
+        return Ok(None);
+    }
+    match (&c.secret, &c.secret_file) {
+        (Some(s), _) => Ok(Some(s.clone())),
+        (None, Some(f)) => std::fs::read_to_string(f)
+            .map(|s| Some(s.trim().to_string()))
+            .map_err(|e| format!("cluster.secret_file {}: {e}", f.display())),
+        (None, None) => Ok(None),
+    }
+}
+
+/// The bearer token nodes present to each other's internal API endpoints (fetching a
+/// recording another node holds): derived from the secret, so the secret itself never
+/// travels in a request.
+pub fn internal_token(secret: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(format!("tsunagu-internal-api:{secret}").as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Joins the cluster configured in `[cluster]`, if any.
 pub async fn join(
     config: &Config,
@@ -231,13 +428,7 @@ pub async fn join(
         .ok_or("cluster.tls: required with cluster.listen")?;
     let (acceptor, connector) =
         crate::tls::cluster(tls).map_err(|e| format!("cluster.tls: {e}"))?;
-    let secret = match (&c.secret, &c.secret_file) {
-        (Some(s), _) => s.clone(),
-        (None, Some(f)) => std::fs::read_to_string(f)
-            .map(|s| s.trim().to_string())
-            .map_err(|e| format!("cluster.secret_file {}: {e}", f.display()))?,
-        (None, None) => return Err("cluster.secret: required with cluster.listen".into()),
-    };
+    let secret = secret(config)?.ok_or("cluster.secret: required with cluster.listen")?;
     let epoch = host.ctx.epoch.load(Ordering::Relaxed);
     let settings = tsunagu_cluster::Settings {
         net: tsunagu_cluster::net::NetConfig {

@@ -1,4 +1,7 @@
-//! `tsunagu`: run a node (`serve`) or validate a configuration (`check-config`).
+//! `tsunagu`: run a node (`serve`), validate a configuration (`check-config`), or ask a
+//! running node how it sees its cluster (`cluster status`).
+
+mod cluster_status;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,6 +16,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const USAGE: &str = "usage:
   tsunagu serve [--config FILE]     run a node (no FILE: built-in single-node defaults)
   tsunagu check-config FILE         validate FILE; every error with its key path; exit 2 on error
+  tsunagu cluster status [--config FILE]
+                                    the cluster as the node of FILE sees it (GET /v1/cluster);
+                                    exit 0 all members up, 1 a member down, 2 node not reachable
   tsunagu --version";
 
 /// Files the node creates (the store and its WAL, recordings, uploaded prompts, the
@@ -39,6 +45,10 @@ fn main() -> ExitCode {
         ["serve"] => serve(None),
         ["serve", "--config", file] | ["serve", "-c", file] => serve(Some(PathBuf::from(file))),
         ["check-config", file] => check_config(file),
+        ["cluster", "status"] => cluster_status::run(None),
+        ["cluster", "status", "--config", file] | ["cluster", "status", "-c", file] => {
+            cluster_status::run(Some(PathBuf::from(file)))
+        }
         ["--version"] | ["version"] => {
             println!("tsunagu {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS

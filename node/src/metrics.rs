@@ -95,8 +95,25 @@ pub struct CallMetrics {
     pub attempts: Histogram,
     pub sessions_expired: Counter,
     pub foreign_requests: Counter,
+    pub takeovers: Family<OutcomeLabel, Counter>,
+    pub takeover_seconds: Histogram,
     pub mailbox_messages: Gauge,
     pub mailbox_dropped: Counter,
+    pub withheld: Family<PathLabel, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PathLabel {
+    pub path: &'static str,
+}
+
+impl CallMetrics {
+    /// A call taken over: `resumed` or `failed`.
+    pub fn taken_over(&self, outcome: &'static str) {
+        self.takeovers
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
+    }
 }
 
 impl Default for CallMetrics {
@@ -143,8 +160,13 @@ impl Default for CallMetrics {
             attempts: Histogram::new([1.0, 2.0, 3.0, 4.0, 5.0, 10.0]),
             sessions_expired: Counter::default(),
             foreign_requests: Counter::default(),
+            takeovers: Family::default(),
+            takeover_seconds: Histogram::new([
+                0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
+            ]),
             mailbox_messages: Gauge::default(),
             mailbox_dropped: Counter::default(),
+            withheld: Family::default(),
         }
     }
 }
@@ -389,6 +411,24 @@ impl Metrics {
             "Requests naming a call's Call-ID whose tags or source did not match its dialog (answered 481, ignored): spoofed BYE, INFO, re-INVITE",
             c.foreign_requests.clone(),
         );
+        r.register(
+            "calls_taken_over",
+            "Calls this node took over from another (a node declared down, or draining): resumed (both parties answered the re-INVITE) or failed (hung up and logged)",
+            c.takeovers.clone(),
+        );
+        r.register(
+            "takeover_seconds",
+            "From claiming a call to both parties answering this node's re-INVITE",
+            c.takeover_seconds.clone(),
+        );
+        r.register(
+            "cluster_withheld_sends",
+            "Sends withheld because this node does not hold its cluster lease (declared down, or cut off from the majority): path sip (messages) or rtp (relay batches and prompt frames)",
+            c.withheld.clone(),
+        );
+        for path in ["sip", "rtp"] {
+            let _ = c.withheld.get_or_create(&PathLabel { path });
+        }
         r.register(
             "calls_recovered",
             "Calls left in progress by a previous run of this node (killed, crashed) that were logged at start as failed with reason node_lost",

@@ -15,7 +15,7 @@ use crate::follow_up::deliver::Deliverer;
 use crate::follow_up::hooks::WebhookCache;
 use crate::follow_up::outbox::Worker;
 use crate::follow_up::plan::Planner;
-use crate::metrics::{Metrics, StatusLabel};
+use crate::metrics::{Metrics, PathLabel, StatusLabel};
 use crate::provisioning::{kind, Provisioning};
 use crate::supervisor::{CallSupervisor, SupervisorMsg};
 use ractor::Actor;
@@ -232,7 +232,7 @@ impl TrustedSources for TrunkSources {
 }
 
 /// The SIP edge's policies and bounds from `[sip]`.
-fn edge_settings(config: &Config) -> EdgeSettings {
+fn edge_settings(config: &Config, gate: tsunagu_sip::SendGate) -> EdgeSettings {
     let sip = &config.sip;
     EdgeSettings {
         socket_buffer: sip.socket_buffer_bytes,
@@ -249,6 +249,7 @@ fn edge_settings(config: &Config) -> EdgeSettings {
             max_per_source: sip.tcp_max_connections_per_source,
             idle_timeout: Duration::from_secs(sip.tcp_idle_timeout_seconds),
         },
+        gate: Some(gate),
     }
 }
 
@@ -377,6 +378,18 @@ pub async fn run(
         latch,
         metrics.media.clone(),
     );
+    let lease_gate = crate::cluster_link::LeaseGate::default();
+    let rtp_withheld = metrics
+        .calls
+        .withheld
+        .get_or_create(&PathLabel { path: "rtp" })
+        .clone();
+    ports.set_gate(lease_gate.closure(rtp_withheld));
+    let sip_withheld = metrics
+        .calls
+        .withheld
+        .get_or_create(&PathLabel { path: "sip" })
+        .clone();
 
     let handler = Arc::new(LateHandler::default());
     let listeners: Vec<(Transport, std::net::SocketAddr)> = config
@@ -403,7 +416,7 @@ pub async fn run(
     };
     let endpoint = Endpoint::start(
         &listeners,
-        edge_settings(&config),
+        edge_settings(&config, lease_gate.closure(sip_withheld)),
         handler.clone(),
         metrics.sip.clone(),
         tls,
@@ -505,6 +518,7 @@ pub async fn run(
         .map_err(NodeError::Io)?
     {
         tracing::info!(listen = ?config.cluster.listen, "joined the cluster");
+        lease_gate.set(cluster.lease());
         let _ = ctx.cluster.set(cluster);
     }
     provisioning.spawn_follower();
@@ -530,6 +544,10 @@ pub async fn run(
             egress_refused: guards.egress_refused.clone(),
         },
         recordings_dir,
+        node_id: config.node.id.clone(),
+        cluster_token: crate::cluster_link::secret(&config)
+            .map_err(NodeError::Io)?
+            .map(|s| crate::cluster_link::internal_token(&s)),
         prompts,
         defences: tsunagu_api::Defences::new(&config.api, metrics.api.clone()),
     });

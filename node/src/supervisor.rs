@@ -15,6 +15,8 @@ use std::time::Duration;
 
 pub enum SupervisorMsg {
     Spawn(Box<CallArgs>),
+    /// Runs a call claimed from another node (see `call::takeover`).
+    Resume(Box<crate::call::takeover::ResumeArgs>),
     /// A call task ended (its number here, and how).
     Exited(u64, Exit),
     Sweep,
@@ -92,6 +94,26 @@ impl Actor for CallSupervisor {
                         .catch_unwind()
                         .await
                         .unwrap_or_else(|p| Exit::Panicked(crate::call::panic_text(&*p)));
+                    let _ = sup.send_message(SupervisorMsg::Exited(n, exit));
+                });
+            }
+            SupervisorMsg::Resume(args) => {
+                let seed = CallSeed::resumed(&args);
+                let calls = &self.ctx.metrics.calls;
+                let me = CallRef::new(
+                    calls.mailbox_messages.clone(),
+                    calls.mailbox_dropped.clone(),
+                );
+                let n = state.next;
+                state.next += 1;
+                state.calls.insert(n, (seed, me.clone()));
+                let sup = myself.clone();
+                tokio::spawn(async move {
+                    let exit =
+                        std::panic::AssertUnwindSafe(crate::call::takeover::resume(*args, me))
+                            .catch_unwind()
+                            .await
+                            .unwrap_or_else(|p| Exit::Panicked(crate::call::panic_text(&*p)));
                     let _ = sup.send_message(SupervisorMsg::Exited(n, exit));
                 });
             }

@@ -195,7 +195,14 @@ pub struct EdgeSettings {
     /// [`BACKLOG_LIMIT`] messages); past it messages are dropped unparsed.
     pub max_queued_bytes: usize,
     pub streams: StreamLimits,
+    /// Asked before each message leaves the node; `false` withholds it. A clustered
+    /// node closes it while it does not hold its lease (SPEC 6: a node declared down
+    /// that wakes up must not send a BYE or a re-INVITE for calls others took over).
+    pub gate: Option<SendGate>,
 }
+
+/// Whether the node may send now (see [`EdgeSettings::gate`]).
+pub type SendGate = Arc<dyn Fn() -> bool + Send + Sync>;
 
 impl EdgeSettings {
     /// The defaults, answering only the sources `sources` trusts.
@@ -205,6 +212,7 @@ impl EdgeSettings {
             sources,
             max_queued_bytes: 16 << 20,
             streams: StreamLimits::default(),
+            gate: None,
         }
     }
 }
@@ -274,6 +282,7 @@ impl Endpoint {
             tls,
             metrics,
             out: Vec::new(),
+            gate: settings.gate,
         };
         tokio::spawn(core.run(in_rx, cmd_rx));
         Ok(handle)
@@ -298,6 +307,7 @@ struct Core {
     tls: StreamConnections,
     metrics: SipMetrics,
     out: Vec<Output>,
+    gate: Option<SendGate>,
 }
 
 impl Core {
@@ -345,6 +355,9 @@ impl Core {
     }
 
     fn transmit(&self, peer: Peer, data: Bytes) {
+        if self.gate.as_ref().is_some_and(|open| !open()) {
+            return; // counted by the gate's owner
+        }
         match peer.transport {
             Transport::Udp => {
                 let sock = self

@@ -23,7 +23,8 @@ pub mod transaction;
 mod transport;
 
 pub use endpoint::{
-    Command, EdgeSettings, Endpoint, EndpointHandle, InviteHandler, NewInvite, Reject, SipEvent,
+    Command, EdgeSettings, Endpoint, EndpointHandle, InviteHandler, NewInvite, Reject, SendGate,
+    SipEvent,
 };
 pub use parse::{Info, ParseError, Peer, Transport};
 pub use rsipstack::sip::{Method, Request, Response, SipMessage};

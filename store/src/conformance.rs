@@ -13,6 +13,7 @@ pub fn run_all(store: &dyn Store) {
     numbers_are_unique_and_scoped(store);
     call_inserts_are_idempotent(store);
     calls_in_progress_end_in_one_final_record(store);
+    a_claimed_call_belongs_to_its_new_owner_alone(store);
     node_incarnations(store);
     the_change_feed_is_ordered_and_resumable(store);
     prompts_are_shared_through_the_store(store);
@@ -218,6 +219,10 @@ pub fn sample_call(operator_id: &str, advertiser_id: &str, started_at: i64) -> C
         recording_status: None,
         state: CallState::Ended,
         end_reason: None,
+        nodes: Vec::new(),
+        taken_over_at: None,
+        recording_parts: Vec::new(),
+        owner_epoch: 0,
         attempts: vec![
             Attempt {
                 destination: "0311112222".into(),
@@ -250,23 +255,38 @@ fn collect(s: &dyn Store, q: &CallQuery) -> Vec<CallRecord> {
 fn calls_in_progress_end_in_one_final_record(s: &dyn Store) {
     let op = s.create_operator("active").unwrap();
     let other = s.create_operator("active-other").unwrap();
-    let mut call = sample_call(&op.id, "adv_1", 5_000_000);
-    call.node = "n-active".into();
-    call.state = CallState::Active;
+    let in_progress = |start: i64, node: &str| {
+        let mut r = sample_call(&op.id, "adv_1", start);
+        r.node = node.into();
+        r.owner_epoch = 1;
+        r.state = CallState::Active;
+        r
+    };
+    let bare = |r: &CallRecord| ActiveCall {
+        record: r.clone(),
+        checkpoint: None,
+    };
+    let mut call = in_progress(5_000_000, "n-active");
     call.answered_at = None;
-    let mut second = sample_call(&op.id, "adv_1", 5_000_100);
-    second.node = "n-active".into();
-    second.state = CallState::Active;
-    let mut elsewhere = sample_call(&op.id, "adv_1", 5_000_200);
-    elsewhere.node = "n-elsewhere".into();
-    elsewhere.state = CallState::Active;
-    s.upsert_active_calls(&[call.clone(), second.clone(), elsewhere.clone()])
+    let second = in_progress(5_000_100, "n-active");
+    let elsewhere = in_progress(5_000_200, "n-elsewhere");
+    s.upsert_active_calls(&[bare(&call), bare(&second), bare(&elsewhere)])
         .unwrap();
-    // Answered: the row in progress is replaced.
+    // Answered: the row in progress is replaced, and its checkpoint kept.
     call.answered_at = Some(5_002_000);
-    s.upsert_active_calls(&[call.clone()]).unwrap();
+    let answered = ActiveCall {
+        record: call.clone(),
+        checkpoint: Some("{\"legs\":1}".into()),
+    };
+    s.upsert_active_calls(std::slice::from_ref(&answered))
+        .unwrap();
+    s.upsert_active_calls(&[bare(&call)]).unwrap(); // no checkpoint: the last one stays
     let of_node = s.active_calls_of("n-active").unwrap();
-    assert_eq!(of_node, vec![call.clone(), second.clone()], "oldest first");
+    assert_eq!(
+        of_node,
+        vec![answered.clone(), bare(&second)],
+        "oldest first"
+    );
     let active = |op: &str| {
         collect(
             s,
@@ -306,8 +326,10 @@ fn calls_in_progress_end_in_one_final_record(s: &dyn Store) {
     s.insert_calls(&[done.clone()], &[(0, hook)]).unwrap();
     let (pending_after, _) = s.follow_up_counts().unwrap();
     assert_eq!(pending_after, pending_before + 1);
-    assert_eq!(s.active_calls_of("n-active").unwrap(), vec![second.clone()]);
-    assert_eq!(ended(&op.id), vec![done.clone()]);
+    assert_eq!(s.active_calls_of("n-active").unwrap(), vec![bare(&second)]);
+    let mut stored = done.clone();
+    stored.owner_epoch = 0; // not part of the log
+    assert_eq!(ended(&op.id), vec![stored]);
     assert_eq!(
         s.get_call(&op.id, &call.call_id)
             .unwrap()
@@ -317,21 +339,95 @@ fn calls_in_progress_end_in_one_final_record(s: &dyn Store) {
         Some("drain")
     );
     // A late update of a call that has ended does not bring it back.
-    s.upsert_active_calls(&[call.clone()]).unwrap();
-    assert_eq!(s.active_calls_of("n-active").unwrap(), vec![second]);
+    s.upsert_active_calls(&[bare(&call)]).unwrap();
+    assert_eq!(s.active_calls_of("n-active").unwrap(), vec![bare(&second)]);
     // Clean up for the other cases of the suite.
     let mut finals = Vec::new();
-    for mut r in s
+    for a in s
         .active_calls_of("n-active")
         .unwrap()
         .into_iter()
         .chain(s.active_calls_of("n-elsewhere").unwrap())
     {
+        let mut r = a.record;
         r.state = CallState::Ended;
         finals.push(r);
     }
     s.insert_calls(&finals, &[]).unwrap();
     assert!(active(&op.id).is_empty());
+}
+
+/// A takeover: one claim wins (compare-and-set on the owner and its epoch), and from
+/// then on the old owner's writes of the call — in progress or final — are fenced off.
+fn a_claimed_call_belongs_to_its_new_owner_alone(s: &dyn Store) {
+    let op = s.create_operator("claims").unwrap();
+    let mut r = sample_call(&op.id, "adv_1", 6_000_000);
+    r.node = "n-old".into();
+    r.owner_epoch = 4;
+    r.state = CallState::Active;
+    s.upsert_active_calls(&[ActiveCall {
+        record: r.clone(),
+        checkpoint: Some("cp".into()),
+    }])
+    .unwrap();
+    assert_eq!(
+        s.claim_call(&r.call_id, ("n-old", 3), ("n-a", 1)).unwrap(),
+        None,
+        "wrong epoch"
+    );
+    let won = s
+        .claim_call(&r.call_id, ("n-old", 4), ("n-a", 2))
+        .unwrap()
+        .expect("the first claim wins");
+    assert_eq!(
+        (won.record.node.as_str(), won.record.owner_epoch),
+        ("n-a", 2)
+    );
+    assert_eq!(won.checkpoint.as_deref(), Some("cp"));
+    assert_eq!(
+        s.claim_call(&r.call_id, ("n-old", 4), ("n-b", 1)).unwrap(),
+        None,
+        "only one"
+    );
+    assert!(s.active_calls_of("n-old").unwrap().is_empty());
+    // The old owner wakes up: its update and its final record change nothing.
+    let mut stale = r.clone();
+    stale.talk_seconds = 1;
+    s.upsert_active_calls(&[ActiveCall {
+        record: stale.clone(),
+        checkpoint: None,
+    }])
+    .unwrap();
+    stale.state = CallState::Ended;
+    s.insert_calls(&[stale], &[]).unwrap();
+    assert!(s.get_call(&op.id, &r.call_id).unwrap().is_none(), "fenced");
+    let now_owned = s.active_calls_of("n-a").unwrap();
+    assert_eq!(now_owned.len(), 1);
+    assert_eq!(now_owned[0].record.talk_seconds, r.talk_seconds);
+    // The new owner ends it: one record, with the nodes that carried it.
+    let mut done = won.record.clone();
+    done.state = CallState::Ended;
+    done.nodes = vec!["n-old".into(), "n-a".into()];
+    done.taken_over_at = Some(6_010_000);
+    done.recording_parts = vec![
+        RecordingPart {
+            node: "n-old".into(),
+            path: "d/call.wav".into(),
+            offset_ms: 0,
+        },
+        RecordingPart {
+            node: "n-a".into(),
+            path: "d/call.part2.wav".into(),
+            offset_ms: 9_000,
+        },
+    ];
+    s.insert_calls(&[done], &[]).unwrap();
+    let logged = s.get_call(&op.id, &r.call_id).unwrap().unwrap();
+    assert_eq!(logged.node, "n-a");
+    assert_eq!(logged.nodes, vec!["n-old", "n-a"]);
+    assert_eq!(logged.taken_over_at, Some(6_010_000));
+    assert_eq!(logged.recording_parts.len(), 2);
+    assert!(s.active_calls_of("n-a").unwrap().is_empty());
 }
 
 fn node_incarnations(s: &dyn Store) {

@@ -137,16 +137,28 @@ pub trait Store: Send + Sync + 'static {
     /// webhooks and notices are never lost nor sent for a call that was not logged).
     /// Idempotent by `call_id`: a record written twice is kept once, and the follow-ups
     /// of a record already stored are not queued again. The call leaves the calls in
-    /// progress (see [`Store::upsert_active_calls`]) in the same step.
+    /// progress (see [`Store::upsert_active_calls`]) in the same step. A record whose
+    /// call in progress another incarnation owns (`node`, `owner_epoch`) is not written.
     fn insert_calls(&self, calls: &[CallRecord], follow_ups: &[(usize, NewFollowUp)])
         -> Result<()>;
     /// Writes calls in progress (state `active`, durable from admission): inserts new
     /// ones and replaces those still in progress (e.g. at answer). A call that already
     /// has its final record is left alone. `insert_calls` removes a call from here.
-    fn upsert_active_calls(&self, calls: &[CallRecord]) -> Result<()>;
-    /// The calls in progress carried by `node` (unscoped: finalising a node's calls
-    /// after it died), oldest first.
-    fn active_calls_of(&self, node: &str) -> Result<Vec<CallRecord>>;
+    /// Each is written only by the incarnation that owns the call (`record.node` and
+    /// `record.owner_epoch`); a checkpoint, when given, replaces the stored one.
+    fn upsert_active_calls(&self, calls: &[ActiveCall]) -> Result<()>;
+    /// The calls in progress carried by `node` (unscoped: taking over or finalising a
+    /// node's calls after it died), oldest first, with their owning epoch.
+    fn active_calls_of(&self, node: &str) -> Result<Vec<ActiveCall>>;
+    /// Moves a call in progress from incarnation `from` to `to` (compare-and-set on its
+    /// owner: the fencing token of a takeover). The call as stored if this claim won,
+    /// None if another did or the call ended.
+    fn claim_call(
+        &self,
+        call_id: &str,
+        from: (&str, u64),
+        to: (&str, u64),
+    ) -> Result<Option<ActiveCall>>;
     /// A node starts: its incarnation (epoch) goes up by one and its addresses are
     /// recorded. Returns the new epoch and the previous incarnation's last sign of life
     /// (None for a node never seen).

@@ -548,6 +548,38 @@ pub struct CallRecord {
     /// down), `node_lost` (the node carrying it died), `session_expired`, ...
     #[serde(default)]
     pub end_reason: Option<String>,
+    /// Every node that carried the call, in order (more than one when a node took it
+    /// over from another); empty means just `node`.
+    #[serde(default)]
+    pub nodes: Vec<String>,
+    /// When the call last moved to another node (taken over, or handed over at drain).
+    #[serde(default)]
+    pub taken_over_at: Option<i64>,
+    /// A recording made in parts (the call moved to another node while recorded): each
+    /// part, in order; empty when `recording` is the one file.
+    #[serde(default)]
+    pub recording_parts: Vec<RecordingPart>,
+    /// The incarnation of `node` that owns the call: writes of any other are fenced off
+    /// (a frozen node that wakes up after its calls were taken over writes nothing).
+    #[serde(default)]
+    pub owner_epoch: u64,
+}
+
+/// One part of a call's recording: the file `path` (relative to the recordings
+/// directory) on `node`, starting `offset_ms` after the call was answered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordingPart {
+    pub node: String,
+    pub path: String,
+    pub offset_ms: i64,
+}
+
+/// A call in progress as the store keeps it: its record and the state another node
+/// needs to take it over (opaque to the store: the node's checkpoint, JSON).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ActiveCall {
+    pub record: CallRecord,
+    pub checkpoint: Option<String>,
 }
 
 /// An operator's subscription to call events, delivered signed (HMAC-SHA256 with `secret`).

@@ -157,9 +157,15 @@ CREATE TABLE active_calls (
     call_id TEXT PRIMARY KEY,
     operator_id TEXT NOT NULL,
     node TEXT NOT NULL,
+    -- The owning incarnation of `node`: the fencing token of every write.
+    epoch INTEGER NOT NULL DEFAULT 0,
     started_at INTEGER NOT NULL,
-    record TEXT NOT NULL
+    record TEXT NOT NULL,
+    checkpoint TEXT
 );
+ALTER TABLE calls ADD COLUMN nodes TEXT;
+ALTER TABLE calls ADD COLUMN taken_over_at INTEGER;
+ALTER TABLE calls ADD COLUMN recording_parts TEXT;
 CREATE INDEX active_calls_by_node ON active_calls(node);
 -- Every node that ever ran on this store: its incarnation (epoch, +1 at each start),
 -- its last sign of life (the call-log writer's heartbeat), where its peers and the API
@@ -195,7 +201,7 @@ CREATE TABLE prompts (
 const CALL_COLUMNS: &str = "call_id, operator_id, advertiser_id, tracking_number, caller_number, caller_kind, \
     destination_number, started_at, answered_at, ended_at, ring_seconds, talk_seconds, result, validity, \
     ivr_digits, judgement_digit, recording, tracking_params, node, sip_code, trunk, rtp_packets_in, \
-    rtp_packets_out, rtp_lost, callback_of, recording_status, attempts, end_reason";
+    rtp_packets_out, rtp_lost, callback_of, recording_status, attempts, end_reason, nodes, taken_over_at, recording_parts";
 
 const READER_POOL: usize = 4;
 
@@ -243,7 +249,7 @@ pub enum Durability {
 fn open_connection(path: &Path, durability: Durability) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
+    wal_mode(&conn)?;
     let sync = match durability {
         Durability::Full => "FULL",
         Durability::Normal => "NORMAL",
@@ -251,6 +257,24 @@ fn open_connection(path: &Path, durability: Durability) -> rusqlite::Result<Conn
     conn.pragma_update(None, "synchronous", sync)?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     Ok(conn)
+}
+
+/// Turns on WAL (a no-op once the file is in WAL mode: the mode is kept in the file).
+/// Switching a new file needs its exclusive lock, and SQLite answers BUSY at once
+/// instead of waiting (no busy handler there) when another process opens the file at
+/// the same moment, as nodes of one machine starting together do: retried for as long
+/// as the busy timeout.
+fn wal_mode(conn: &Connection) -> rusqlite::Result<()> {
+    let mut tries = 0;
+    loop {
+        match conn.pragma_update(None, "journal_mode", "WAL") {
+            Err(e) if e.sqlite_error_code() == Some(ErrorCode::DatabaseBusy) && tries < 100 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            other => return other,
+        }
+    }
 }
 
 impl SqliteStore {
@@ -386,25 +410,33 @@ impl SqliteStore {
     }
 }
 
+/// Applies pending migrations. Each runs in an IMMEDIATE transaction that reads the
+/// schema version under the write lock: nodes sharing one file that start at the same
+/// time apply each migration once (the others wait on the busy timeout, then find it
+/// applied) instead of failing on a column or table the first one already added.
 fn migrate(conn: &mut Connection) -> Result<()> {
-    let version: usize = conn
-        .pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0))
-        .map_err(unavailable)? as usize;
-    if version > MIGRATIONS.len() {
-        return Err(StoreError::Corrupt(format!(
-            "database schema version {version} is newer than this build knows ({})",
-            MIGRATIONS.len()
-        )));
-    }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
-        let tx = conn.transaction().map_err(unavailable)?;
+    loop {
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(unavailable)?;
+        let version: usize = tx
+            .pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0))
+            .map_err(unavailable)? as usize;
+        if version > MIGRATIONS.len() {
+            return Err(StoreError::Corrupt(format!(
+                "database schema version {version} is newer than this build knows ({})",
+                MIGRATIONS.len()
+            )));
+        }
+        let Some(sql) = MIGRATIONS.get(version) else {
+            return Ok(()); // up to date (the transaction rolls back: nothing written)
+        };
         tx.execute_batch(sql).map_err(unavailable)?;
-        tx.pragma_update(None, "user_version", (i + 1) as i64)
+        tx.pragma_update(None, "user_version", (version + 1) as i64)
             .map_err(unavailable)?;
         tx.commit().map_err(unavailable)?;
-        tracing::info!(version = i + 1, "store schema migrated");
+        tracing::info!(version = version + 1, "store schema migrated");
     }
-    Ok(())
 }
 
 fn operator_from(row: &Row) -> rusqlite::Result<Operator> {
@@ -498,6 +530,16 @@ fn call_from(row: &Row) -> rusqlite::Result<CallRecord> {
             .unwrap_or_default(),
         state: CallState::Ended,
         end_reason: row.get(27)?,
+        nodes: row
+            .get::<_, Option<String>>(28)?
+            .and_then(|a| serde_json::from_str(&a).ok())
+            .unwrap_or_default(),
+        taken_over_at: row.get(29)?,
+        recording_parts: row
+            .get::<_, Option<String>>(30)?
+            .and_then(|a| serde_json::from_str(&a).ok())
+            .unwrap_or_default(),
+        owner_epoch: 0,
     })
 }
 
@@ -1005,10 +1047,21 @@ impl Store for SqliteStore {
             {
                 let mut st = tx.prepare_cached(&format!(
                     "INSERT OR IGNORE INTO calls ({CALL_COLUMNS}) VALUES \
-                     (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28)"
+                     (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31)"
                 ))?;
                 let mut ended = tx.prepare_cached("DELETE FROM active_calls WHERE call_id = ?1")?;
+                // A call in progress owned by another incarnation (taken over) is not
+                // this writer's to end: its record is fenced off.
+                let mut owner = tx.prepare_cached(
+                    "SELECT node, epoch FROM active_calls WHERE call_id = ?1",
+                )?;
                 for (i, r) in calls.iter().enumerate() {
+                    let held: Option<(String, i64)> = owner
+                        .query_row([&r.call_id], |x| Ok((x.get(0)?, x.get(1)?)))
+                        .optional()?;
+                    if held.is_some_and(|(n, e)| n != r.node || e as u64 != r.owner_epoch) {
+                        continue;
+                    }
                     let params_json = serde_json::to_string(&r.tracking_params).unwrap_or_else(|_| "{}".into());
                     st.execute(params![
                         r.call_id,
@@ -1040,6 +1093,12 @@ impl Store for SqliteStore {
                         (!r.attempts.is_empty())
                             .then(|| serde_json::to_string(&r.attempts).unwrap_or_default()),
                         r.end_reason,
+                        (!r.nodes.is_empty())
+                            .then(|| serde_json::to_string(&r.nodes).unwrap_or_default()),
+                        r.taken_over_at,
+                        (!r.recording_parts.is_empty()).then(|| {
+                            serde_json::to_string(&r.recording_parts).unwrap_or_default()
+                        }),
                     ])?;
                     inserted[i] = tx.changes() == 1;
                     ended.execute([&r.call_id])?;
@@ -1056,18 +1115,31 @@ impl Store for SqliteStore {
         .map_err(unavailable)
     }
 
-    fn upsert_active_calls(&self, calls: &[CallRecord]) -> Result<()> {
+    fn upsert_active_calls(&self, calls: &[ActiveCall]) -> Result<()> {
         self.write(|c| {
             let tx = c.transaction()?;
             {
-                // A call whose final row exists is over: its late update is ignored.
+                // A call whose final row exists is over: its late update is ignored; a
+                // call another incarnation owns now (taken over) is not replaced.
                 let mut st = tx.prepare_cached(
-                    "INSERT OR REPLACE INTO active_calls (call_id, operator_id, node, started_at, record) \
-                     SELECT ?1, ?2, ?3, ?4, ?5 WHERE NOT EXISTS (SELECT 1 FROM calls WHERE call_id = ?1)",
+                    "INSERT INTO active_calls (call_id, operator_id, node, epoch, started_at, record, checkpoint) \
+                     SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7 WHERE NOT EXISTS (SELECT 1 FROM calls WHERE call_id = ?1) \
+                     ON CONFLICT (call_id) DO UPDATE SET record = excluded.record, \
+                     checkpoint = coalesce(excluded.checkpoint, active_calls.checkpoint) \
+                     WHERE active_calls.node = excluded.node AND active_calls.epoch = excluded.epoch",
                 )?;
-                for r in calls {
+                for a in calls {
+                    let r = &a.record;
                     let json = serde_json::to_string(r).unwrap_or_default();
-                    st.execute(params![r.call_id, r.operator_id, r.node, r.started_at, json])?;
+                    st.execute(params![
+                        r.call_id,
+                        r.operator_id,
+                        r.node,
+                        r.owner_epoch as i64,
+                        r.started_at,
+                        json,
+                        a.checkpoint
+                    ])?;
                 }
             }
             tx.commit()
@@ -1075,21 +1147,66 @@ impl Store for SqliteStore {
         .map_err(unavailable)
     }
 
-    fn active_calls_of(&self, node: &str) -> Result<Vec<CallRecord>> {
-        let rows: Vec<String> = self.read(|c| {
+    fn active_calls_of(&self, node: &str) -> Result<Vec<ActiveCall>> {
+        let rows: Vec<(String, i64, Option<String>)> = self.read(|c| {
             let mut st = c
                 .prepare_cached(
-                    "SELECT record FROM active_calls WHERE node = ?1 ORDER BY started_at, call_id",
+                    "SELECT record, epoch, checkpoint FROM active_calls WHERE node = ?1 \
+                     ORDER BY started_at, call_id",
                 )
                 .map_err(unavailable)?;
             let rows = st
-                .query_map([node], |r| r.get::<_, String>(0))
+                .query_map([node], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
                 .map_err(unavailable)?
-                .collect::<rusqlite::Result<Vec<String>>>()
+                .collect::<rusqlite::Result<Vec<_>>>()
                 .map_err(unavailable);
             rows
         })?;
-        rows.into_iter().map(active_from).collect()
+        rows.into_iter()
+            .map(|(json, epoch, checkpoint)| {
+                let mut record = active_from(json)?;
+                record.owner_epoch = epoch as u64;
+                Ok(ActiveCall { record, checkpoint })
+            })
+            .collect()
+    }
+
+    fn claim_call(
+        &self,
+        call_id: &str,
+        from: (&str, u64),
+        to: (&str, u64),
+    ) -> Result<Option<ActiveCall>> {
+        let claimed: Option<(String, Option<String>)> = self
+            .write(|c| {
+                let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                let n = tx
+                    .prepare_cached(
+                        "UPDATE active_calls SET node = ?4, epoch = ?5 \
+                         WHERE call_id = ?1 AND node = ?2 AND epoch = ?3",
+                    )?
+                    .execute(params![call_id, from.0, from.1 as i64, to.0, to.1 as i64])?;
+                let row = if n == 1 {
+                    tx.prepare_cached(
+                        "SELECT record, checkpoint FROM active_calls WHERE call_id = ?1",
+                    )?
+                    .query_row([call_id], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()?
+                } else {
+                    None
+                };
+                tx.commit()?;
+                Ok(row)
+            })
+            .map_err(unavailable)?;
+        claimed
+            .map(|(json, checkpoint)| {
+                let mut record = active_from(json)?;
+                record.node = to.0.to_string();
+                record.owner_epoch = to.1;
+                Ok(ActiveCall { record, checkpoint })
+            })
+            .transpose()
     }
 
     fn register_node(&self, info: &NodeInfo, now_ms: i64) -> Result<(u64, Option<i64>)> {
@@ -1611,6 +1728,30 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("t.db")).unwrap();
         crate::conformance::run_all(&store);
+    }
+
+    #[test]
+    fn nodes_starting_together_on_a_new_file_migrate_it_once() {
+        // Three nodes of a cluster on one machine, started at the same instant on a
+        // file that does not exist yet: each migration is applied once, nobody fails.
+        for round in 0..10 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("t.db");
+            let start = std::sync::Arc::new(std::sync::Barrier::new(3));
+            let openers: Vec<_> = (0..3)
+                .map(|_| {
+                    let (path, start) = (path.clone(), start.clone());
+                    std::thread::spawn(move || {
+                        start.wait();
+                        SqliteStore::open(&path).map(|_| ())
+                    })
+                })
+                .collect();
+            for o in openers {
+                let opened = o.join().unwrap();
+                assert!(opened.is_ok(), "round {round}: {opened:?}");
+            }
+        }
     }
 
     #[test]

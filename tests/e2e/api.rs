@@ -334,6 +334,26 @@ fn dashboard_and_alert_rules_use_exported_metrics() {
     let refused = uac_expecting(404, node.dir.path(), ports, "0509999999", 1, &[]);
     assert_eq!(refused.successful, 1, "{}", refused.output);
     node.wait_for_calls(&key, 1);
+    // The SIP stream defences' families appear with their first event (the dashboard
+    // plots them): a TCP connection from an untrusted source (refused) and a stream
+    // that cannot be framed (closed).
+    let sip = std::net::SocketAddr::from(([127, 0, 0, 1], ports.sip));
+    let _untrusted = tcp_from([127, 0, 0, 2].into(), sip, None);
+    let mut garbled = tcp_from([127, 0, 0, 1].into(), sip, None).expect("connect");
+    std::io::Write::write_all(
+        &mut garbled,
+        b"OPTIONS sip:x@127.0.0.1 SIP/2.0\r\nContent-Length: many\r\n\r\n",
+    )
+    .unwrap();
+    node.wait_until(
+        std::time::Duration::from_secs(5),
+        "a refused and a closed SIP connection to be counted",
+        || {
+            let m = node.try_get("/metrics", None).unwrap().body;
+            m.contains("tsunagu_sip_connections_refused_total{")
+                && m.contains("tsunagu_sip_connections_closed_total{")
+        },
+    );
     let text = node.try_get("/metrics", None).unwrap().body;
     let families: Vec<String> = text
         .lines()

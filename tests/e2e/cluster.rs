@@ -4,249 +4,12 @@
 //! owner's death, a frozen node is declared down and rejoins as a new incarnation, a
 //! joining node fails no call, and nodes without the certificate or the secret stay out.
 
+use crate::cluster_harness::*;
 use crate::harness::*;
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-const SECRET: &str = "cluster-secret-for-tests-0123456789";
-
-/// Certificates for the cluster: a CA, one certificate per node address (127.0.0.N),
-/// and a rogue CA with a certificate for 127.0.0.2 it signed.
-fn make_certs(dir: &Path) {
-    require_tool("openssl");
-    let sh = |script: &str| {
-        let out = Command::new("sh")
-            .arg("-c")
-            .arg(script)
-            .current_dir(dir)
-            .output()
-            .expect("openssl");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    let ca = |name: &str| {
-        format!(
-            "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
-             -keyout {name}.key -out {name}.pem -days 2 -subj '/CN={name}'"
-        )
-    };
-    let leaf = |name: &str, ip: &str, ca: &str| {
-        format!(
-            "openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout {name}.key \
-             -out {name}.csr -subj '/CN={name}' && \
-             printf 'subjectAltName=IP:{ip}\\nextendedKeyUsage=serverAuth,clientAuth\\n' > {name}.ext && \
-             openssl x509 -req -in {name}.csr -CA {ca}.pem -CAkey {ca}.key -CAcreateserial \
-             -out {name}.pem -days 2 -extfile {name}.ext"
-        )
-    };
-    sh(&ca("ca"));
-    sh(&ca("rogue-ca"));
-    for i in 1..=3 {
-        sh(&leaf(&format!("n{i}"), &format!("127.0.0.{i}"), "ca"));
-    }
-    sh(&leaf("rogue", "127.0.0.2", "rogue-ca"));
-}
-
-/// One node of a test cluster.
-struct Member {
-    node: Node,
-    /// Its SIP address (`ip:port`).
-    sip: String,
-}
-
-struct TestCluster {
-    shared: tempfile::TempDir,
-    members: BTreeMap<String, Member>,
-    /// The one destination (SIPp UAS) every node forwards to.
-    uas_ports: Ports,
-    cluster_port: u16,
-    /// Callers started so far (see `caller_ports`).
-    callers: usize,
-}
-
-/// How a node is to be started (the default: one of the cluster, the right certificate
-/// and secret).
-#[derive(Clone, Copy)]
-struct Joining<'a> {
-    cert: &'a str,
-    secret: &'a str,
-}
-
-const GOOD: Joining<'static> = Joining {
-    cert: "",
-    secret: SECRET,
-};
-
-impl TestCluster {
-    fn new() -> TestCluster {
-        let shared = tempfile::tempdir().expect("tempdir");
-        make_certs(shared.path());
-        let uas_ports = Ports::take();
-        // The cluster port: free in this slot's range (every node has its own IP).
-        let cluster_port = uas_ports.sip + 7;
-        TestCluster {
-            shared,
-            members: BTreeMap::new(),
-            uas_ports,
-            cluster_port,
-            callers: 0,
-        }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.shared.path().join(name)
-    }
-
-    /// Starts node `n{i}` on 127.0.0.{i}.
-    fn start(&mut self, i: u8, how: Joining) -> &Member {
-        let name = format!("n{i}");
-        let ports = Ports::take();
-        let dir = tempfile::tempdir().expect("tempdir");
-        let cert = if how.cert.is_empty() {
-            name.clone()
-        } else {
-            how.cert.to_string()
-        };
-        let ca = if cert == "rogue" { "rogue-ca" } else { "ca" };
-        let config = format!(
-            r#"
-[node]
-id = "{name}"
-data_dir = "{data}"
-drain_seconds = 5
-
-[sip]
-listen = ["udp:127.0.0.{i}:{sip}"]
-
-[media]
-address = "127.0.0.{i}"
-ports = "{rtp_first}-{rtp_last}"
-
-[api]
-listen = "127.0.0.1:{api}"
-admin_token = "{ADMIN}"
-
-[store]
-backend = "embedded"
-path = "{db}"
-
-[cluster]
-listen = "127.0.0.{i}:{cport}"
-seeds = ["127.0.0.1:{cport}", "127.0.0.2:{cport}", "127.0.0.3:{cport}"]
-secret = "{secret}"
-
-[cluster.tls]
-cert_file = "{certs}/{cert}.pem"
-key_file = "{certs}/{cert}.key"
-ca_file = "{certs}/{ca}.pem"
-
-[[trunks]]
-name = "carrier-a"
-inbound = ["127.0.0.0/8"]
-outbound = "udp:127.0.0.1:{uas}"
-
-[[routes]]
-prefix = ""
-trunks = ["carrier-a"]
-"#,
-            data = dir.path().join("data").display(),
-            sip = ports.sip,
-            rtp_first = ports.rtp_first,
-            rtp_last = ports.rtp_first + RTP_PER_SLOT - 1,
-            api = ports.api,
-            db = self.path("shared.db").display(),
-            cport = self.cluster_port,
-            secret = how.secret,
-            certs = self.shared.path().display(),
-            uas = self.uas_ports.uas,
-        );
-        let path = dir.path().join("node.toml");
-        std::fs::write(&path, config).expect("write config");
-        let node = Node::run(ports, dir, &path);
-        let sip = format!("127.0.0.{i}:{}", ports.sip);
-        self.members.insert(name.clone(), Member { node, sip });
-        &self.members[&name]
-    }
-
-    /// UAC ports for the test's next caller: free offsets of the UAS slot (five at
-    /// most; callers need no RTP range of their own).
-    fn caller_ports(&mut self) -> Ports {
-        let j = self.callers;
-        assert!(j < 5, "five callers per test cluster");
-        self.callers += 1;
-        Ports {
-            uac: self.uas_ports.sip + [4, 5, 6, 8, 9][j],
-            uac_media: self.uas_ports.uac_media + 8 * j as u16,
-            ..self.uas_ports
-        }
-    }
-
-    fn node(&self, name: &str) -> &Node {
-        &self.members[name].node
-    }
-
-    /// The cluster as `name` sees it.
-    fn view(&self, name: &str) -> serde_json::Value {
-        let r = self.node(name).get("/v1/cluster", ADMIN);
-        assert_eq!(r.status, 200, "{}", r.body);
-        r.json()
-    }
-
-    /// The state and epoch `of` has in `name`'s view.
-    fn state(&self, name: &str, of: &str) -> Option<(String, u64)> {
-        self.view(name)["members"]
-            .as_array()?
-            .iter()
-            .find(|m| m["name"] == of)
-            .map(|m| {
-                (
-                    m["state"].as_str().unwrap_or_default().to_string(),
-                    m["epoch"].as_u64().unwrap_or_default(),
-                )
-            })
-    }
-
-    /// Waits until every node sees every other up (and holds its lease, its line
-    /// tables rebuilt).
-    fn wait_formed(&self) {
-        let names: Vec<String> = self.members.keys().cloned().collect();
-        let formed = || {
-            names.iter().all(|a| {
-                names
-                    .iter()
-                    .filter(|b| *b != a)
-                    .all(|b| self.state(a, b).is_some_and(|(s, _)| s == "up"))
-                    && self.view(a)["lease_valid"] == true
-                    && self.view(a)["lines_rebuilding"] == false
-            })
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if formed() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let views: Vec<String> = names
-            .iter()
-            .map(|n| format!("{n}: {}", self.view(n)))
-            .collect();
-        let logs: Vec<String> = names
-            .iter()
-            .map(|n| format!("--- {n}\n{}", self.node(n).log()))
-            .collect();
-        panic!(
-            "the cluster did not form:\n{}\n{}",
-            views.join("\n"),
-            logs.join("\n")
-        );
-    }
-}
 
 /// What the destination (SIPp UAS with `-trace_msg`) saw: for each forwarded call, by
 /// its caller (From user), when its INVITE and its BYE arrived.
@@ -387,7 +150,12 @@ fn provisioning_through_one_node_reaches_the_others_and_calls_are_listed_by_all(
         c.start(i, GOOD);
     }
     c.wait_formed();
-    let uas = Uas::start("uas_answer.xml", c.uas_ports, c.shared.path(), &[]);
+    let uas = Uas::start(
+        "uas_answer.xml",
+        c.uas_ports,
+        c.shared.path(),
+        &["-rtp_echo"],
+    );
     // Provisioned through n1, called through n3 at once.
     let key = provision(c.node("n1"), "0501234567", None);
     let ports = c.caller_ports();
@@ -410,6 +178,56 @@ fn provisioning_through_one_node_reaches_the_others_and_calls_are_listed_by_all(
             .all(|x| x["node"] == "n3" && x["result"] == "answered"),
         "{calls:?}"
     );
+    // A call recorded by n3 is served by n1's API (fetched from n3), and only n3 holds
+    // the file.
+    c.node("n1")
+        .set_number(&key, "0501234567", r#"{"recording": {"mode": "both"}}"#);
+    let ports = c.caller_ports();
+    let run = uac_to(
+        &c.members["n3"].sip,
+        "uac_rtp.xml",
+        ports,
+        "0501234567",
+        1,
+        1,
+        &["-d", "2000"],
+    );
+    assert_eq!(run.successful, 1, "{}", run.output);
+    let calls = c.node("n1").wait_for_calls(&key, 4);
+    let recorded = calls
+        .iter()
+        .find(|x| x["recording"].is_string())
+        .expect("a recorded call");
+    let id = recorded["call_id"].as_str().unwrap();
+    let wav = c.node("n1").get(&format!("/v1/calls/{id}/recording"), &key);
+    assert_eq!(wav.status, 200, "{}", wav.body);
+    assert!(wav
+        .headers
+        .to_ascii_lowercase()
+        .contains("content-type: audio/wav"));
+    let rel = recorded["recording"].as_str().unwrap();
+    let holds = |n: &str| {
+        c.node(n)
+            .dir
+            .path()
+            .join("data/recordings")
+            .join(rel)
+            .exists()
+    };
+    assert!(holds("n3") && !holds("n1"), "the file is n3's alone");
+    let on_n3 = std::fs::metadata(c.node("n3").dir.path().join("data/recordings").join(rel))
+        .unwrap()
+        .len();
+    assert!(
+        wav.headers.contains(&format!("{on_n3}")),
+        "the whole file: {}",
+        wav.headers
+    );
+    // Without the cluster's internal token a node's internal endpoint answers nothing.
+    let probe = c
+        .node("n3")
+        .get(&format!("/v1/internal/recordings/x/{id}"), ADMIN);
+    assert_eq!(probe.status, 401, "{}", probe.body);
     // A prompt uploaded through n1 is n3's too.
     let wav = tiny_wav();
     let up = http_bytes(
@@ -720,6 +538,8 @@ fn nodes_without_the_cluster_certificate_or_secret_cannot_join() {
         uas_ports: c.uas_ports,
         cluster_port: c.cluster_port,
         callers: 0,
+        rtp: None,
+        node_extra: String::new(),
     };
     good.members
         .insert("n1".into(), c.members.remove("n1").unwrap());

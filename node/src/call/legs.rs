@@ -7,6 +7,7 @@
 //! from — a caller cannot point the node's BYE at a third party. A request claiming to
 //! be in a dialog belongs to it only if both tags match ([`ALeg::owns`], [`BLeg::owns`]).
 
+use super::checkpoint::Dialog;
 use super::reliable::{Held, Out, Reliable, T1};
 use super::{CallMsg, CallRef};
 use tsunagu_sip::build::{new_branch, new_call_id, new_tag, RequestSpec};
@@ -71,6 +72,8 @@ pub struct ALeg {
     reliable: Option<Box<(Reliable, CallRef)>>,
     /// Answered: the INVITE is to be trimmed once no response is left to build from it.
     trim_pending: bool,
+    /// The SDP the node last sent the caller (a checkpoint's base for the next offer).
+    pub last_sdp: Option<String>,
 }
 
 impl ALeg {
@@ -104,6 +107,7 @@ impl ALeg {
             final_sent: false,
             reliable: None,
             trim_pending: false,
+            last_sdp: None,
         }
     }
 
@@ -256,7 +260,16 @@ impl ALeg {
         self.send(ep, code, sdp, headers);
     }
 
-    fn send(&self, ep: &EndpointHandle, code: u16, sdp: Option<&str>, headers: &[(&str, &str)]) {
+    fn send(
+        &mut self,
+        ep: &EndpointHandle,
+        code: u16,
+        sdp: Option<&str>,
+        headers: &[(&str, &str)],
+    ) {
+        if let Some(body) = sdp {
+            self.last_sdp = Some(body.to_string());
+        }
         let contact = contact(ep, self.peer.transport);
         let mut extra: Vec<(&str, &str)> = Vec::new();
         if (101..300).contains(&code) {
@@ -320,6 +333,9 @@ impl ALeg {
         sdp: Option<String>,
         headers: Headers,
     ) -> u32 {
+        if let Some(body) = &sdp {
+            self.last_sdp = Some(body.clone());
+        }
         let (mut spec, peer) = self.request(ep, method);
         reoffer_parts(&mut spec, ep, peer, sdp, headers);
         let cseq = spec.cseq;
@@ -332,6 +348,85 @@ impl ALeg {
         let (spec, peer) = self.in_dialog(ep, Method::Ack, cseq);
         ep.request(spec, peer);
     }
+
+    /// The dialog as a checkpoint keeps it (media fields filled in by the call).
+    pub fn dialog(&self) -> Dialog {
+        let our_to = format!(
+            "{};tag={}",
+            header(&self.invite, "To").unwrap_or_default(),
+            self.local_tag
+        );
+        Dialog {
+            call_id: self.info.call_id.clone(),
+            local: our_to,
+            remote: header(&self.invite, "From").unwrap_or_default().to_string(),
+            next_cseq: self.local_cseq + 1,
+            target: self.target(),
+            routes: self.routes.clone(),
+            hop: self.next.into(),
+            sdp: self.last_sdp.clone().unwrap_or_default(),
+            media: None,
+            dtmf: None,
+        }
+    }
+
+    fn target(&self) -> String {
+        if self.remote_target.is_empty() {
+            format!("sip:{}", self.peer.addr)
+        } else {
+            self.remote_target.clone()
+        }
+    }
+
+    /// The caller's dialog of a call taken over from another node: answered, with the
+    /// checkpoint's tags, CSeq, target and route (`allowed` checks the next hop again).
+    pub fn restore(d: &Dialog, allowed: &dyn Fn(std::net::IpAddr) -> bool) -> Option<ALeg> {
+        let (to, local_tag) = split_tag(&d.local)?;
+        let remote_tag = tsunagu_sip::parse::param(&d.remote, "tag")?.to_string();
+        // The dialog's From, To and Call-ID, in the form an answered leg keeps them.
+        let text = format!(
+            "INVITE {target} SIP/2.0\r\nVia: SIP/2.0/UDP {hop};branch=z9hG4bKrestored\r\n\
+             From: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\n\
+             Content-Length: 0\r\n\r\n",
+            target = d.target,
+            hop = d.hop.addr,
+            from = d.remote,
+            call_id = d.call_id,
+        );
+        let (msg, mut info) = tsunagu_sip::parse::parse(text.as_bytes()).ok()?;
+        let tsunagu_sip::SipMessage::Request(mut invite) = msg else {
+            return None;
+        };
+        tsunagu_sip::parse::keep_only(&mut invite, &["From", "To", "Call-ID"]);
+        info.from_tag = Some(remote_tag);
+        info.to_tag = None;
+        let hop: Peer = d.hop.into();
+        let next = next_hop(&d.routes, &d.target, hop, allowed);
+        Some(ALeg {
+            key: TxKey::new("z9hG4bKrestored", Method::Invite),
+            invite,
+            info,
+            peer: hop,
+            local_tag: local_tag.to_string(),
+            remote_target: d.target.clone(),
+            routes: d.routes.clone(),
+            next,
+            local_cseq: d.next_cseq.saturating_sub(1),
+            final_sent: true,
+            reliable: None,
+            trim_pending: false,
+            last_sdp: Some(d.sdp.clone()),
+        })
+    }
+}
+
+/// A header value and the value of its `tag` parameter, split: `<sip:a@b>` and `x`
+/// from `<sip:a@b>;tag=x`.
+fn split_tag(value: &str) -> Option<(&str, &str)> {
+    let at = value.rfind(";tag=")?;
+    let tag = &value[at + 5..];
+    let tag = tag.split(';').next().unwrap_or(tag);
+    (!tag.is_empty()).then_some((&value[..at], tag))
 }
 
 /// Contact and SDP body of a relayed re-INVITE or UPDATE.
@@ -365,6 +460,8 @@ pub struct BLeg {
     /// Where requests in this dialog go (see [`next_hop`]).
     next: Peer,
     cseq: u32,
+    /// The SDP the node last sent the callee (a checkpoint's base for the next offer).
+    pub last_sdp: Option<String>,
 }
 
 /// What the B-leg INVITE carries.
@@ -430,6 +527,7 @@ impl BLeg {
             routes: Vec::new(),
             next: o.peer,
             cseq: 1,
+            last_sdp: Some(o.sdp.to_string()),
         }
     }
 
@@ -522,6 +620,9 @@ impl BLeg {
         sdp: Option<String>,
         headers: Headers,
     ) -> u32 {
+        if let Some(body) = &sdp {
+            self.last_sdp = Some(body.clone());
+        }
         self.cseq += 1;
         let (mut spec, peer) = self.in_dialog(ep, method, self.cseq);
         reoffer_parts(&mut spec, ep, peer, sdp, headers);
@@ -533,5 +634,108 @@ impl BLeg {
     pub fn ack_at(&self, ep: &EndpointHandle, cseq: u32) {
         let (spec, peer) = self.in_dialog(ep, Method::Ack, cseq);
         ep.request(spec, peer);
+    }
+
+    /// The established dialog as a checkpoint keeps it (media fields filled in by the
+    /// call).
+    pub fn dialog(&self) -> Dialog {
+        Dialog {
+            call_id: self.invite.call_id.clone(),
+            local: self.invite.from.clone(),
+            remote: self.to.clone().unwrap_or_else(|| self.invite.to.clone()),
+            next_cseq: self.cseq + 1,
+            target: self
+                .remote_target
+                .clone()
+                .unwrap_or_else(|| self.invite.uri.clone()),
+            routes: self.routes.clone(),
+            hop: self.next.into(),
+            sdp: self.last_sdp.clone().unwrap_or_default(),
+            media: None,
+            dtmf: None,
+        }
+    }
+
+    /// The callee's dialog of a call taken over from another node (answered).
+    pub fn restore(
+        ep: &EndpointHandle,
+        d: &Dialog,
+        destination: &str,
+        allowed: &dyn Fn(std::net::IpAddr) -> bool,
+    ) -> BLeg {
+        let hop: Peer = d.hop.into();
+        let cseq = d.next_cseq.saturating_sub(1).max(1);
+        let invite = RequestSpec {
+            method: Method::Invite,
+            uri: d.target.clone(),
+            transport: hop.transport,
+            sent_by: local(ep, hop.transport),
+            branch: new_branch(),
+            from: d.local.clone(),
+            to: d.remote.clone(),
+            call_id: d.call_id.clone(),
+            cseq,
+            contact: Some(contact(ep, hop.transport)),
+            routes: Vec::new(),
+            max_forwards: 70,
+            extra: Vec::new(),
+            body: None,
+        };
+        BLeg {
+            invite,
+            peer: hop,
+            destination: destination.to_string(),
+            provisional: true,
+            cancel_pending: false,
+            cancel_sent: false,
+            to: Some(d.remote.clone()),
+            remote_target: Some(d.target.clone()),
+            routes: d.routes.clone(),
+            next: next_hop(&d.routes, &d.target, hop, allowed),
+            cseq,
+            last_sdp: Some(d.sdp.clone()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_go_to_a_dialogs_next_hop_only_when_it_is_a_trunks() {
+        let fallback = Peer {
+            transport: Transport::Udp,
+            addr: "192.0.2.10:5060".parse().unwrap(),
+        };
+        // Trunks: 192.0.2.0/24 only.
+        let allowed = |ip: std::net::IpAddr| ip.to_string().starts_with("192.0.2.");
+        let rr = |s: &str| vec![s.to_string()];
+        let cases: &[(Vec<String>, &str, &str)] = &[
+            // The first route wins over the target, when it is a trunk's.
+            (
+                rr("<sip:192.0.2.20:5070;lr>"),
+                "sip:a@192.0.2.30:5080",
+                "192.0.2.20:5070",
+            ),
+            // The remote target when there is no route.
+            (vec![], "sip:a@192.0.2.30:5080", "192.0.2.30:5080"),
+            // A Contact or Record-Route naming a third party: back where the dialog came from.
+            (vec![], "sip:victim@203.0.113.9:5060", "192.0.2.10:5060"),
+            (
+                rr("<sip:10.0.0.1;lr>"),
+                "sip:a@192.0.2.30:5080",
+                "192.0.2.10:5060",
+            ),
+            (vec![], "sip:a@127.0.0.1:5060", "192.0.2.10:5060"),
+            // Nothing usable at all.
+            (vec![], "", "192.0.2.10:5060"),
+            (vec![], "sip:a@host.example", "192.0.2.10:5060"),
+        ];
+        for (routes, target, want) in cases {
+            let got = next_hop(routes, target, fallback, &allowed);
+            assert_eq!(got.addr.to_string(), *want, "{routes:?} {target}");
+            assert_eq!(got.transport, Transport::Udp);
+        }
     }
 }

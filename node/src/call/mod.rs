@@ -6,11 +6,13 @@
 //! Decisions (what a failure means, who is calling) come from [`crate::decide`];
 //! this module only sequences them and talks to the SIP edge.
 
+pub mod checkpoint;
 mod flow;
 mod legs;
 mod queue;
 mod reliable;
 mod session;
+pub mod takeover;
 mod task;
 
 pub use task::{panic_text, CallRef, Exit};
@@ -65,6 +67,8 @@ pub enum CallMsg {
     /// The cluster declared this node's incarnation down: the call ends without a word
     /// (no SIP, no RTP, no record: another node took it over or logged it).
     Vanish,
+    /// A call claimed from another node: set up media and re-INVITE the parties.
+    Resume,
     /// Test hook: makes the actor panic, to exercise supervision.
     #[cfg(test)]
     Crash,
@@ -112,6 +116,26 @@ pub struct CallSeed {
 }
 
 impl CallSeed {
+    /// What the supervisor keeps of a call claimed from another node.
+    pub fn resumed(args: &takeover::ResumeArgs) -> CallSeed {
+        let r = &args.record;
+        CallSeed {
+            id: r.call_id.clone(),
+            a_call_id: args.answered.a.call_id.clone(),
+            key: tsunagu_sip::transaction::TxKey::new("z9hG4bKrestored", Method::Invite),
+            caller: Caller {
+                number: r.caller_number.clone(),
+                kind: r.caller_kind,
+                identity: None,
+                withheld: r.caller_kind == tsunagu_store::CallerKind::Anonymous,
+            },
+            number: args.number.clone(),
+            started_at_ms: r.started_at,
+            started: Instant::now(),
+            logged: args.logged.clone(),
+        }
+    }
+
     pub fn new(args: &CallArgs) -> CallSeed {
         let inv = &args.invite;
         CallSeed {
@@ -225,7 +249,20 @@ pub struct Call {
     ring_timer: Option<RingTimer>,
     /// Why the call ended when the parties did not end it (the log's `end_reason`).
     end_reason: Option<&'static str>,
-    _slot: CallSlot,
+    /// Each party's media address and telephone-event type, from its SDP (caller,
+    /// callee): for the checkpoint.
+    far_media: std::cell::Cell<[Option<std::net::SocketAddr>; 2]>,
+    far_dtmf: std::cell::Cell<[Option<u8>; 2]>,
+    /// Nodes that carried the call before this one (taken over), and when it moved.
+    nodes: Vec<String>,
+    taken_over_at: Option<i64>,
+    /// Parts of the recording made on other nodes, and where this node's part starts
+    /// (ms after the answer).
+    recording_parts: Vec<tsunagu_store::RecordingPart>,
+    recording_offset_ms: i64,
+    /// A call taken over, while the parties answer our re-INVITEs.
+    resuming: Option<Box<takeover::Resuming>>,
+    _slot: Option<CallSlot>,
 }
 
 /// Who is calling, from the INVITE's From, P-Asserted-Identity (believed only from a
@@ -243,10 +280,14 @@ type RingTimer = tokio::task::JoinHandle<()>;
 
 /// Runs one call from its INVITE to its end (see [`task`]); returns how it ended.
 pub async fn run(args: CallArgs, me: CallRef) -> Exit {
-    let mut call = match Call::new(args, me.clone()).await {
-        Ok(call) => call,
-        Err(e) => return Exit::Failed(e),
-    };
+    match Call::new(args, me.clone()).await {
+        Ok(call) => drive(call, me).await,
+        Err(e) => Exit::Failed(e),
+    }
+}
+
+/// Hands the call its messages until it is done (see [`task`]).
+async fn drive(mut call: Call, me: CallRef) -> Exit {
     let exit = loop {
         let Some(msg) = me.next().await else {
             break Exit::Stopped;
@@ -313,9 +354,31 @@ impl Call {
         myself
             .send_message(CallMsg::Start)
             .map_err(|_| "the call ended before it started".to_string())?;
-        Ok(Call {
+        let mut call = Call::blank(ctx, myself, id, span, number, a, caller);
+        call.caller_verified = caller_verified;
+        call.privacy = privacy;
+        call.max_forwards = max_forwards;
+        call.started = started;
+        call.started_at_ms = started_at_ms;
+        call.logged = logged;
+        call.advertiser_lines = advertiser_lines;
+        call._slot = Some(slot);
+        Ok(call)
+    }
+
+    /// A call of `number` from `caller` with nothing done yet.
+    fn blank(
+        ctx: Arc<NodeContext>,
+        me: CallRef,
+        id: String,
+        span: tracing::Span,
+        number: Arc<TrackingNumber>,
+        a: ALeg,
+        caller: Caller,
+    ) -> Call {
+        Call {
             ctx,
-            me: myself.clone(),
+            me,
             id,
             span,
             number,
@@ -323,11 +386,11 @@ impl Call {
             b: None,
             relay: None,
             caller,
-            caller_verified,
-            privacy,
-            max_forwards,
-            started,
-            started_at_ms,
+            caller_verified: false,
+            privacy: None,
+            max_forwards: 69,
+            started: Instant::now(),
+            started_at_ms: crate::clock::now_ms(),
             b_offer: String::new(),
             setup_observed: false,
             answered: None,
@@ -341,12 +404,12 @@ impl Call {
             result: CallResult::Failed,
             upstream_code: 500,
             last_trunk: None,
-            logged,
+            logged: Arc::new(AtomicBool::new(false)),
             recording: None,
             redirect: None,
             redirects_followed: 0,
             closed_result: None,
-            advertiser_lines,
+            advertiser_lines: None,
             held_lines: Vec::new(),
             queued: None,
             queue_since: None,
@@ -364,8 +427,15 @@ impl Call {
             session: None,
             ring_timer: None,
             end_reason: None,
-            _slot: slot,
-        })
+            far_media: std::cell::Cell::new([None, None]),
+            far_dtmf: std::cell::Cell::new([None, None]),
+            nodes: Vec::new(),
+            taken_over_at: None,
+            recording_parts: Vec::new(),
+            recording_offset_ms: 0,
+            resuming: None,
+            _slot: None,
+        }
     }
 
     fn handle(&mut self, msg: CallMsg) {
@@ -393,6 +463,7 @@ impl Call {
             CallMsg::Reliable(rseq, attempt) => call.reliable_retransmit(rseq, attempt),
             CallMsg::End(reason) => call.end_now(reason),
             CallMsg::Vanish => call.vanish(),
+            CallMsg::Resume => call.resume_media(),
             #[cfg(test)]
             CallMsg::Crash => panic!("test-induced call actor panic"),
         }
@@ -405,7 +476,7 @@ impl Call {
     fn start(&mut self) {
         tracing::debug!("call started");
         self.ctx.metrics.calls.started.inc();
-        self.ctx.log.active(self.progress_record());
+        self.ctx.log.active(self.progress_record(), None);
         self.emit(EventKind::Started);
         match gate(
             self.number.schedule.as_ref(),
@@ -568,6 +639,8 @@ impl Call {
         );
         self.stop_ring_timer();
         self.ring_timer = Some(timer);
+        // What a survivor needs to CANCEL this attempt if this node dies now.
+        self.checkpoint_now();
     }
 
     /// Drops the ring timer's task at once (an answered call keeps no timer task for
@@ -668,6 +741,11 @@ impl Call {
                     self.on_b_request(request, info, key);
                 }
             }
+            SipEvent::Response { response, info } if self.takeover_side(&info).is_some() => {
+                if let Some(side) = self.takeover_side(&info) {
+                    self.on_takeover_answer(side, response);
+                }
+            }
             SipEvent::Response { response, info } => {
                 let answers_reoffer = self.reoffer.as_ref().is_some_and(|p| {
                     let target = if p.from == Side::A {
@@ -691,6 +769,9 @@ impl Call {
                 }
             }
             SipEvent::Timeout { key } if self.phase == Phase::Answered => {
+                if key.method == Method::Invite && self.on_takeover_timeout() {
+                    return;
+                }
                 if let Some(p) = self.reoffer.take() {
                     if p.method == key.method {
                         self.ctx.endpoint.respond(
@@ -964,6 +1045,19 @@ impl Call {
             &extra,
             answer.as_deref().map(|s| ("application/sdp", s.as_bytes())),
         );
+        if code < 300 {
+            // The session changed: what a takeover needs changed with it.
+            match (p.from, answer) {
+                (Side::A, Some(sdp)) => self.a.last_sdp = Some(sdp),
+                (Side::B, Some(sdp)) => {
+                    if let Some(b) = self.b.as_mut() {
+                        b.last_sdp = Some(sdp);
+                    }
+                }
+                _ => {}
+            }
+            self.checkpoint_now();
+        }
     }
 
     fn on_b_response(&mut self, resp: Response, method: Method) {
@@ -1039,7 +1133,7 @@ impl Call {
                 self.phase = Phase::Answered;
                 self.answer_with_session(&resp, sdp.as_deref());
                 self.a.answered();
-                self.ctx.log.active(self.progress_record());
+                self.checkpoint_now();
                 self.emit(EventKind::Answered);
                 self.start_recording();
                 tracing::debug!("answered");
@@ -1088,7 +1182,19 @@ impl Call {
         if let Some(remote) = rewritten.remote {
             relay.set_remote(from, remote);
         }
+        self.note_far_end(from, rewritten.remote, sdp::telephone_event(body));
         Some(rewritten.sdp)
+    }
+
+    /// Remembers a party's media address and telephone-event type (for checkpoints).
+    fn note_far_end(&self, side: Side, media: Option<std::net::SocketAddr>, dtmf: Option<u8>) {
+        let i = usize::from(side == Side::B);
+        let mut m = self.far_media.get();
+        m[i] = media;
+        self.far_media.set(m);
+        let mut d = self.far_dtmf.get();
+        d[i] = dtmf;
+        self.far_dtmf.set(d);
     }
 
     /// A 3xx from a trunk that follows redirects: the current destination becomes the
@@ -1125,6 +1231,13 @@ impl Call {
 
     /// Starts recording the conversation if the number asks for it.
     fn start_recording(&mut self) {
+        let name = self.id.clone();
+        self.start_recording_part(&name);
+    }
+
+    /// Starts recording into `<day>/<name>.wav` (a call taken over records its next
+    /// part under another name).
+    fn start_recording_part(&mut self, name: &str) {
         let (Some(settings), Some(relay)) = (self.number.recording.as_ref(), self.relay.as_ref())
         else {
             return;
@@ -1135,7 +1248,7 @@ impl Call {
             RecordingMode::Callee => RecordMode::Callee,
         };
         let day = chrono::Utc::now().format("%Y-%m-%d");
-        let rel = format!("{day}/{}.wav", self.id);
+        let rel = format!("{day}/{name}.wav");
         let sink = self
             .ctx
             .recorder
@@ -1304,6 +1417,10 @@ impl Call {
         record.result = self.result;
         record.sip_code = self.upstream_code;
         record.end_reason = self.end_reason.map(str::to_string);
+        if !self.nodes.is_empty() {
+            record.nodes = self.carried_by();
+            record.taken_over_at = self.taken_over_at;
+        }
         record.ivr_digits = Some(self.ivr_digits.clone()).filter(|d| !d.is_empty());
         self.attempt_ended(0, "cancelled"); // still open: the caller hung up first
         record.attempts = std::mem::take(&mut self.attempts);
@@ -1350,12 +1467,25 @@ impl Call {
                     self.span.clone(),
                 );
                 let mut entry = entry;
+                // A call taken over records in parts: this node's part covers the talk
+                // time since it started.
+                let mut parts = self.recording_parts.clone();
+                let covered =
+                    talk_seconds.saturating_sub((self.recording_offset_ms.max(0) / 1000) as u32);
+                if !parts.is_empty() {
+                    parts.push(tsunagu_store::RecordingPart {
+                        node: self.ctx.node_id.clone(),
+                        path: rel.clone(),
+                        offset_ms: self.recording_offset_ms,
+                    });
+                }
                 relay.stop_recording(Box::new(move |outcome| {
-                    let status = recording_status(outcome.seconds, talk_seconds, outcome.error.is_some());
+                    let status = recording_status(outcome.seconds, covered, outcome.error.is_some());
                     span.in_scope(|| tracing::info!(seconds = outcome.seconds, status = %status, error = ?outcome.error, "recording closed"));
                     metrics.recordings.get_or_create(&StatusLabel { status: status.as_str() }).inc();
-                    entry.record.recording = Some(rel);
+                    entry.record.recording = Some(parts.first().map_or(rel, |p| p.path.clone()));
                     entry.record.recording_status = Some(status);
+                    entry.record.recording_parts = parts;
                     log.write(entry);
                 }));
             }
@@ -1427,6 +1557,10 @@ fn base_record(
         attempts: Vec::new(),
         state: CallState::Ended,
         end_reason: None,
+        nodes: Vec::new(),
+        taken_over_at: None,
+        recording_parts: Vec::new(),
+        owner_epoch: ctx.epoch.load(Ordering::Relaxed),
     }
 }
 

@@ -1,0 +1,181 @@
+#!/usr/bin/env python3
+"""Cluster rate ladder: the same basic-call load through a three-node cluster and
+through a single node, in the same run, on this machine.
+
+Starts the demo's three nodes (scripts/cluster-demo.sh --write-configs: a throwaway CA,
+mutual TLS, one shared store file; SIP 127.0.0.1/2/3:5060) and one node on its own
+(SIP 127.0.0.4:5060), all release builds, a SIPp UAS as the destination, and
+provisions the same tracking number on both (through n1 for the cluster). For each
+target rate it runs, one after the other (alternating which goes first), the cluster
+step — three SIPp UACs at rate/3 each, one per node, at once — and the single step —
+one UAC at the full rate. Between steps it waits until the nodes hold no call. Per
+step and setup it prints:
+
+  achieved cps | calls | success % | setup p50/p95 ms | CPU ms/call | frames/call
+
+and the ratio of CPU per call cluster/single (the target for numbers without line
+limits: at most 1.2). CPU ms/call is the nodes' per-thread run time
+(/proc/PID/task/*/schedstat) summed over the three nodes, divided by the calls they
+admitted. frames/call (cluster only) is tsunagu_cluster_frames_sent_total summed over
+the nodes, less the idle traffic measured before the first step (heartbeats and their
+acknowledgements: 4 + 4 per second per peer), divided by the calls admitted.
+
+--lines N gives the number a line limit of N (choose it large enough never to queue:
+above rate x hold seconds) so every call takes a cluster-wide line from the number's
+owner: a call through a node that does not own the number costs a request and a grant
+(the release rides on a heartbeat); the target is at most two cluster messages per
+call. Calls that queued anyway are reported.
+
+Nothing here is a test: it reports, it never asserts. Do not run it while a build runs.
+
+Usage: python3 loadtest/cluster_ladder.py [--rates 300,600,900] [--seconds 10]
+       [--hold-ms 1000] [--lines N] [--bin PATH]
+"""
+import argparse, os, shutil, sys, tempfile, time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from ladder import ROOT, cpu_ns, percentile  # noqa: E402
+from cluster_common import Cluster, provision, single_node, uac, uac_result, uas, wait_for  # noqa: E402
+
+FRAMES = "tsunagu_cluster_frames_sent_total"
+
+
+def idle(nodes):
+    """Waits until no node holds a call (the previous step's are over)."""
+    wait_for("the nodes to hold no call", lambda: all(n.metric("tsunagu_active_calls") == 0 for n in nodes), 90, nodes)
+
+
+def frames(nodes):
+    return sum(n.metric(FRAMES) for n in nodes)
+
+
+def idle_frame_rate(nodes, seconds=3.0):
+    """Frames per second the nodes send with no call (heartbeats, acknowledgements)."""
+    f0, t0 = frames(nodes), time.time()
+    time.sleep(seconds)
+    return (frames(nodes) - f0) / (time.time() - t0)
+
+
+def probe(nodes, work):
+    """One call through each node until it succeeds: provisioning has reached every
+    node (the change feed: within a second) and the paths are warm."""
+    for i, n in enumerate(nodes):
+        def answered():
+            step = os.path.join(work, "probe", f"{n.name}-{time.time():.3f}")
+            p = uac(n.sip, 5069, 1, 1, 100, step, trace_rtt=False, limit_s=20)
+            p.wait()
+            return uac_result(5069, step)[0] == 1
+        wait_for(f"a first call through {n.name} to succeed", answered, 30, nodes)
+
+
+def step(setup, nodes, rate, args, work):
+    """Runs one setup's UACs (one per node, rate split evenly) and measures it."""
+    idle(nodes)
+    step_dir = os.path.join(work, f"step{rate}-{setup}")
+    cpu0 = sum(cpu_ns(n.pid) for n in nodes)
+    started0 = sum(n.metric("tsunagu_calls_started_total") for n in nodes)
+    queued0 = sum(n.metric("tsunagu_calls_queued_total") for n in nodes)
+    frames0 = frames(nodes)
+    t0 = time.time()
+    per_node = rate / len(nodes)
+    total_calls = max(len(nodes), round(rate * args.seconds))
+    ports = [5061 + i for i in range(len(nodes))]
+    procs = [uac(n.sip, port, per_node, total_calls // len(nodes) + (i < total_calls % len(nodes)), args.hold_ms,
+                 step_dir, args.transport, limit_s=args.seconds * 4 + 60)
+             for i, (n, port) in enumerate(zip(nodes, ports))]
+    for p in procs:
+        p.wait()
+    elapsed = time.time() - t0
+    idle(nodes)
+    window = time.time() - t0
+    cpu1 = sum(cpu_ns(n.pid) for n in nodes)
+    started = sum(n.metric("tsunagu_calls_started_total") for n in nodes) - started0
+    queued = sum(n.metric("tsunagu_calls_queued_total") for n in nodes) - queued0
+    sent = frames(nodes) - frames0
+    ok = failed = 0
+    rtts = []
+    for port in ports:
+        s, f, r = uac_result(port, step_dir)
+        ok, failed, rtts = ok + s, failed + f, rtts + r
+    total = ok + failed
+    return {
+        "achieved": total / max(0.001, elapsed - args.hold_ms / 1000),
+        "calls": total,
+        "success": 100.0 * ok / max(1, total),
+        "p50": percentile(rtts, 50),
+        "p95": percentile(rtts, 95),
+        "cpu_ms_per_call": (cpu1 - cpu0) / 1e6 / max(1.0, started),
+        "sent": sent,
+        "window": window,
+        "started": started,
+        "queued": queued,
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rates", default="300,600,900,1200,1500", help="target calls per second, in total")
+    ap.add_argument("--seconds", type=int, default=10, help="duration of each step")
+    ap.add_argument("--hold-ms", type=int, default=1000, help="call hold time")
+    ap.add_argument("--lines", type=int, default=0,
+                    help="a line limit on the number (cluster-wide lines; large enough never to queue)")
+    ap.add_argument("--bin", default=os.path.join(ROOT, "target", "release", "tsunagu"))
+    ap.add_argument("--transport", default="u1", help="SIPp -t (u1 = one UDP socket)")
+    args = ap.parse_args()
+    if not shutil.which("sipp"):
+        sys.exit("sipp is not installed (apt-get install sip-tester)")
+    if not shutil.which("openssl"):
+        sys.exit("openssl is not installed (apt-get install openssl)")
+    if not os.path.exists(args.bin):
+        sys.exit(f"{args.bin} missing: cargo build --release --bin tsunagu")
+    rates = [int(r) for r in args.rates.split(",")]
+    if args.lines and args.lines < max(rates) * (args.hold_ms / 1000 + 1):
+        print(f"warning: --lines {args.lines} is below rate x hold at {max(rates)} cps: calls will queue", file=sys.stderr)
+
+    work = tempfile.mkdtemp(prefix="tsunagu-cluster-ladder-")
+    cluster = Cluster(work)
+    single = single_node(work, cluster.admin)
+    everyone = cluster.nodes + [single]
+    destination = None
+    try:
+        cluster.start(args.bin)
+        single.start(args.bin)
+        wait_for("the single node to answer /healthz", single.healthy, 30, everyone)
+        provision(cluster.nodes[0], cluster.admin, args.lines)
+        provision(single, cluster.admin, args.lines)
+        destination = uas(work)
+        probe(everyone, work)
+        idle(everyone)
+        background = idle_frame_rate(cluster.nodes)
+        print(f"work dir {work}; cluster n1 n2 n3 pids {[n.pid for n in cluster.nodes]}, single pid {single.pid}; "
+              f"hold {args.hold_ms} ms, {args.seconds} s per step, "
+              f"{'line limit ' + str(args.lines) if args.lines else 'no line limit'}")
+        print(f"idle cluster traffic: {background:.1f} frames/s over the three nodes "
+              f"(expected 48: 8 per second per peer, 2 peers each)")
+        print(f"{'target':>7} {'setup':>8} {'achieved':>9} {'calls':>7} {'success%':>9} {'p50 ms':>7} {'p95 ms':>7} "
+              f"{'CPU ms/call':>12} {'frames/call':>12}")
+        for k, rate in enumerate(rates):
+            order = [("cluster", cluster.nodes), ("single", [single])]
+            if k % 2:
+                order.reverse()  # neither setup always meets the machine first
+            results = {setup: step(setup, nodes, rate, args, work) for setup, nodes in order}
+            for setup in ("cluster", "single"):
+                r = results[setup]
+                fpc = ""
+                if setup == "cluster":
+                    fpc = f"{max(0.0, r['sent'] - background * r['window']) / max(1.0, r['started']):.2f}"
+                print(f"{rate:>7} {setup:>8} {r['achieved']:>9.0f} {r['calls']:>7} {r['success']:>8.2f}% "
+                      f"{r['p50']:>7.2f} {r['p95']:>7.2f} {r['cpu_ms_per_call']:>12.3f} {fpc:>12}", flush=True)
+                if r["queued"]:
+                    print(f"{'':>16} ({r['queued']:.0f} calls queued for a line: raise --lines)")
+            ratio = results["cluster"]["cpu_ms_per_call"] / max(1e-9, results["single"]["cpu_ms_per_call"])
+            print(f"{rate:>7} {'ratio':>8}   CPU per call cluster/single {ratio:.2f}", flush=True)
+    finally:
+        if destination:
+            destination.kill()
+        cluster.stop()
+        single.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,220 @@
+//! What another node needs to take a call over (SPEC 6), written with the call's record
+//! in progress and kept in the store as JSON (opaque to it).
+//!
+//! - An answered call ([`Answered`]): both dialogs as this node sees them — Call-ID,
+//!   From and To with both tags, the next CSeq we would send, the remote target and
+//!   route set, where requests go and by which transport — the SDP this node last sent
+//!   on each leg (the next offer goes on from its session version), each party's media
+//!   address and telephone-event type, the session timer, and the recording so far.
+//!   Written at answer and after every change of the session (re-INVITE, UPDATE,
+//!   refresh).
+//! - A call still ringing a destination ([`Ringing`]): that INVITE, so that a survivor
+//!   can CANCEL it (an unanswered call cannot be resumed: the caller's INVITE
+//!   transaction died with its node).
+
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use tsunagu_sip::{Peer, Transport};
+
+/// The format; a node refuses a checkpoint of a format it does not know.
+pub const VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub version: u32,
+    /// Nodes that carried the call, in order (the writer last).
+    pub nodes: Vec<String>,
+    pub state: State,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    Answered(Box<Answered>),
+    Ringing(Box<Ringing>),
+}
+
+/// An answered call's state (see the module doc).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Answered {
+    /// The caller's dialog (the node is its UAS).
+    pub a: Dialog,
+    /// The callee's dialog (the node is its UAC).
+    pub b: Dialog,
+    /// Session timer interval (seconds) if one was agreed.
+    pub session_seconds: Option<u32>,
+    /// The recording so far, if the call is recorded.
+    pub recording: Option<Recording>,
+    /// The callee's codec (for prompts to it after the caller hangs up).
+    pub b_payload_type: u8,
+}
+
+/// The INVITE of the attempt still ringing (what a CANCEL of it repeats).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ringing {
+    pub uri: String,
+    pub hop: Hop,
+    /// The Via sent-by and branch of the INVITE.
+    pub sent_by: SocketAddr,
+    pub branch: String,
+    pub from: String,
+    pub to: String,
+    pub call_id: String,
+    pub cseq: u32,
+}
+
+/// One leg's dialog, from this node's side.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dialog {
+    pub call_id: String,
+    /// Our From in requests we send (with our tag).
+    pub local: String,
+    /// Our To in requests we send (the far end, with its tag).
+    pub remote: String,
+    /// The CSeq of the next request we send.
+    pub next_cseq: u32,
+    /// The Request-URI of requests we send (the far end's Contact).
+    pub target: String,
+    /// Route set (Route header values, in order).
+    pub routes: Vec<String>,
+    /// Where requests go.
+    pub hop: Hop,
+    /// The SDP this node last sent on this leg.
+    pub sdp: String,
+    /// Where the far end receives RTP (from its SDP).
+    pub media: Option<SocketAddr>,
+    /// The telephone-event payload type the far end sends, if any.
+    pub dtmf: Option<u8>,
+}
+
+/// A [`Peer`] in a stable form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hop {
+    pub transport: HopTransport,
+    pub addr: SocketAddr,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HopTransport {
+    Udp,
+    Tcp,
+    Tls,
+}
+
+impl From<Peer> for Hop {
+    fn from(p: Peer) -> Hop {
+        let transport = match p.transport {
+            Transport::Udp => HopTransport::Udp,
+            Transport::Tcp => HopTransport::Tcp,
+            Transport::Tls => HopTransport::Tls,
+        };
+        Hop {
+            transport,
+            addr: p.addr,
+        }
+    }
+}
+
+impl From<Hop> for Peer {
+    fn from(h: Hop) -> Peer {
+        let transport = match h.transport {
+            HopTransport::Udp => Transport::Udp,
+            HopTransport::Tcp => Transport::Tcp,
+            HopTransport::Tls => Transport::Tls,
+        };
+        Peer {
+            transport,
+            addr: h.addr,
+        }
+    }
+}
+
+/// A call's recording: its parts so far (one per node that carried it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Recording {
+    /// `both`, `caller` or `callee`.
+    pub mode: String,
+    pub parts: Vec<tsunagu_store::RecordingPart>,
+}
+
+impl Checkpoint {
+    pub fn encode(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// A stored checkpoint; None if it does not parse or is of another format.
+    pub fn decode(text: &str) -> Option<Checkpoint> {
+        serde_json::from_str::<Checkpoint>(text)
+            .ok()
+            .filter(|c| c.version == VERSION)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dialog(call_id: &str) -> Dialog {
+        Dialog {
+            call_id: call_id.into(),
+            local: "<sip:0501234567@192.0.2.1>;tag=ours".into(),
+            remote: "<sip:09012345678@192.0.2.9>;tag=theirs".into(),
+            next_cseq: 3,
+            target: "sip:caller@192.0.2.9:5060".into(),
+            routes: vec!["<sip:192.0.2.8;lr>".into()],
+            hop: Hop {
+                transport: HopTransport::Tcp,
+                addr: "192.0.2.8:5060".parse().unwrap(),
+            },
+            sdp: "v=0\r\n".into(),
+            media: Some("192.0.2.9:4000".parse().unwrap()),
+            dtmf: Some(101),
+        }
+    }
+
+    #[test]
+    fn round_trips_and_refuses_what_it_does_not_know() {
+        let answered = Answered {
+            a: dialog("a"),
+            b: dialog("b"),
+            session_seconds: Some(90),
+            recording: Some(Recording {
+                mode: "both".into(),
+                parts: vec![tsunagu_store::RecordingPart {
+                    node: "n1".into(),
+                    path: "2026-12-02/call_1.wav".into(),
+                    offset_ms: 0,
+                }],
+            }),
+            b_payload_type: 8,
+        };
+        let hop = answered.a.hop;
+        let c = Checkpoint {
+            version: VERSION,
+            nodes: vec!["n1".into()],
+            state: State::Answered(Box::new(answered)),
+        };
+        assert_eq!(Checkpoint::decode(&c.encode()), Some(c.clone()));
+        let other = c.encode().replace("\"version\":1", "\"version\":2");
+        assert_eq!(Checkpoint::decode(&other), None, "another format");
+        assert_eq!(Checkpoint::decode("{"), None);
+        let peer: Peer = hop.into();
+        assert_eq!(Hop::from(peer), hop);
+        let ringing = Checkpoint {
+            version: VERSION,
+            nodes: vec!["n1".into()],
+            state: State::Ringing(Box::new(Ringing {
+                uri: "sip:0311112222@192.0.2.5:5060".into(),
+                hop,
+                sent_by: "192.0.2.1:5060".parse().unwrap(),
+                branch: "z9hG4bKx".into(),
+                from: "<sip:a@192.0.2.1>;tag=f".into(),
+                to: "<sip:0311112222@192.0.2.5:5060>".into(),
+                call_id: "b-leg".into(),
+                cseq: 1,
+            })),
+        };
+        assert_eq!(Checkpoint::decode(&ringing.encode()), Some(ringing));
+    }
+}

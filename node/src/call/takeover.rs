@@ -1,0 +1,381 @@
+//! Calls that move between nodes (SPEC 6).
+//!
+//! Every call keeps a checkpoint in the store ([`super::checkpoint`]): at each
+//! forwarding attempt (the INVITE ringing), at answer, and after each change of the
+//! session. When its node dies (or drains), another node claims the call in the store
+//! (compare-and-set on its owner and epoch) and resumes it here: it allocates media
+//! ports, re-INVITEs each party with SDP pointing at its own ports and a Contact at
+//! itself (a target refresh: later requests come here), and relays again once a party
+//! answers. The call's record is written once, by its last owner, with the nodes that
+//! carried it and when it moved; talk time counts from the first answer.
+
+use super::checkpoint::{Answered, Checkpoint, Dialog, Ringing, State, VERSION};
+use super::legs::{ALeg, BLeg};
+use super::{Call, CallHandle, CallMsg, CallRef, Exit, Phase};
+use crate::context::{CallSlot, NodeContext};
+use crate::decide::caller::Caller;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tsunagu_media::{sdp, Side};
+use tsunagu_sip::build::RequestSpec;
+use tsunagu_sip::parse::sdp_body;
+use tsunagu_sip::{Method, Response};
+use tsunagu_store::{CallRecord, CallResult, CallerKind, RecordingPart, TrackingNumber};
+
+/// A call this node claimed, to resume.
+pub struct ResumeArgs {
+    pub ctx: Arc<NodeContext>,
+    /// The call as stored, now owned by this node.
+    pub record: CallRecord,
+    pub answered: Box<Answered>,
+    /// Nodes that carried it so far.
+    pub nodes: Vec<String>,
+    pub number: Arc<TrackingNumber>,
+    pub logged: Arc<AtomicBool>,
+}
+
+/// Resuming: our re-INVITEs waiting for the parties' answers.
+pub(super) struct Resuming {
+    /// The CSeq of our re-INVITE on each leg (caller, callee); None once answered.
+    pending: [Option<u32>; 2],
+    started: Instant,
+    /// What the call came with, until the media is set up.
+    answered: Option<Box<Answered>>,
+}
+
+fn index(side: Side) -> usize {
+    match side {
+        Side::A => 0,
+        Side::B => 1,
+    }
+}
+
+fn elapsed_since_ms(then_ms: i64) -> Duration {
+    let now = crate::clock::now_ms();
+    Duration::from_millis(now.saturating_sub(then_ms).max(0) as u64)
+}
+
+impl Call {
+    /// The checkpoint of the call as it stands: answered (both dialogs), ringing (the
+    /// INVITE of the attempt), or none yet.
+    pub(super) fn checkpoint(&self) -> Option<Checkpoint> {
+        let state = match (&self.answered, &self.b) {
+            (Some(_), Some(b)) => {
+                let (media, dtmf) = (self.far_media.get(), self.far_dtmf.get());
+                let mut a = self.a.dialog();
+                (a.media, a.dtmf) = (media[0], dtmf[0]);
+                let mut bd = b.dialog();
+                (bd.media, bd.dtmf) = (media[1], dtmf[1]);
+                State::Answered(Box::new(Answered {
+                    a,
+                    b: bd,
+                    session_seconds: self.session.map(|(i, _)| i),
+                    recording: self.recording_state(),
+                    b_payload_type: self.b_payload_type,
+                }))
+            }
+            (None, Some(b)) if self.phase == Phase::Trying => {
+                let i = &b.invite;
+                State::Ringing(Box::new(Ringing {
+                    uri: i.uri.clone(),
+                    hop: b.peer.into(),
+                    sent_by: i.sent_by,
+                    branch: i.branch.clone(),
+                    from: i.from.clone(),
+                    to: i.to.clone(),
+                    call_id: i.call_id.clone(),
+                    cseq: i.cseq,
+                }))
+            }
+            _ => return None,
+        };
+        Some(Checkpoint {
+            version: VERSION,
+            nodes: self.carried_by(),
+            state,
+        })
+    }
+
+    /// Nodes that carried the call, this one last.
+    pub(super) fn carried_by(&self) -> Vec<String> {
+        let mut nodes = self.nodes.clone();
+        if nodes.last() != Some(&self.ctx.node_id) {
+            nodes.push(self.ctx.node_id.clone());
+        }
+        nodes
+    }
+
+    fn recording_state(&self) -> Option<super::checkpoint::Recording> {
+        let rel = self.recording.as_ref()?;
+        let mode = match self.number.recording.as_ref()?.mode {
+            tsunagu_store::RecordingMode::Both => "both",
+            tsunagu_store::RecordingMode::Caller => "caller",
+            tsunagu_store::RecordingMode::Callee => "callee",
+        };
+        let mut parts = self.recording_parts.clone();
+        parts.push(RecordingPart {
+            node: self.ctx.node_id.clone(),
+            path: rel.clone(),
+            offset_ms: self.recording_offset_ms,
+        });
+        Some(super::checkpoint::Recording {
+            mode: mode.to_string(),
+            parts,
+        })
+    }
+
+    /// Writes the call's record in progress with its checkpoint (through the call-log
+    /// writer's batches, like every record in progress).
+    pub(super) fn checkpoint_now(&mut self) {
+        let cp = self.checkpoint().map(|c| c.encode());
+        self.ctx.log.active(self.progress_record(), cp);
+    }
+
+    /// A call claimed from another node (see the module doc). It starts answered; the
+    /// media and the re-INVITEs follow at its first message.
+    pub(super) fn resumed(args: ResumeArgs, me: CallRef) -> Result<Call, String> {
+        let ResumeArgs {
+            ctx,
+            record: r,
+            answered,
+            nodes,
+            number,
+            logged,
+        } = args;
+        let routing = ctx.routing.clone();
+        let allowed = |ip: std::net::IpAddr| routing.is_trunk_address(ip);
+        let a = ALeg::restore(&answered.a, &allowed)
+            .ok_or("the checkpoint's caller dialog cannot be restored")?;
+        let destination = r.destination_number.clone().unwrap_or_default();
+        let b = BLeg::restore(&ctx.endpoint, &answered.b, &destination, &allowed);
+        ctx.endpoint
+            .register(&a.info.call_id, Arc::new(CallHandle(me.clone())));
+        ctx.endpoint
+            .register(b.call_id(), Arc::new(CallHandle(me.clone())));
+        let answered_at = r.answered_at.unwrap_or(r.started_at);
+        let now = Instant::now();
+        let started = now
+            .checked_sub(elapsed_since_ms(r.started_at))
+            .unwrap_or(now);
+        let answered_instant = now
+            .checked_sub(elapsed_since_ms(answered_at))
+            .unwrap_or(now);
+        let caller = Caller {
+            number: r.caller_number.clone(),
+            kind: r.caller_kind,
+            identity: None,
+            withheld: r.caller_kind == CallerKind::Anonymous,
+        };
+        let span = tracing::info_span!("call", call_id = %r.call_id, number = %number.number, caller = %caller.number);
+        let slot = CallSlot::take(&ctx, usize::MAX);
+        let last_trunk = r
+            .trunk
+            .as_ref()
+            .and_then(|t| ctx.routing.trunks.iter().position(|x| &x.name == t));
+        let recording_parts = answered
+            .recording
+            .as_ref()
+            .map(|rec| rec.parts.clone())
+            .unwrap_or_default();
+        let mut call = Call::blank(ctx, me.clone(), r.call_id.clone(), span, number, a, caller);
+        call.b = Some(b);
+        call.started = started;
+        call.started_at_ms = r.started_at;
+        call.answered = Some((answered_instant, answered_at));
+        call.phase = Phase::Answered;
+        call.result = CallResult::Answered;
+        call.upstream_code = 200;
+        call.a_answered = true;
+        call.attempts = r.attempts.clone();
+        call.last_trunk = last_trunk;
+        call.logged = logged;
+        call.b_payload_type = answered.b_payload_type;
+        call.nodes = nodes;
+        call.taken_over_at = Some(crate::clock::now_ms());
+        call.recording_parts = recording_parts;
+        call.b_offer = answered.b.sdp.clone();
+        call._slot = Some(slot);
+        call.resuming = Some(Box::new(Resuming {
+            pending: [None, None],
+            started: now,
+            answered: Some(answered),
+        }));
+        me.send_message(CallMsg::Resume)
+            .map_err(|_| "the call ended before it resumed".to_string())?;
+        Ok(call)
+    }
+
+    /// Sets up media and re-INVITEs both parties (the first message of a resumed call).
+    pub(super) fn resume_media(&mut self) {
+        let Some(answered) = self.resuming.as_mut().and_then(|r| r.answered.take()) else {
+            return;
+        };
+        if !self.ensure_relay() {
+            return self.takeover_failed("no RTP ports free");
+        }
+        let Some(relay) = self.relay.as_ref() else {
+            return;
+        };
+        for (side, d) in [(Side::A, &answered.a), (Side::B, &answered.b)] {
+            if let Some(m) = d.media {
+                relay.set_remote(side, m);
+            }
+            relay.set_dtmf(side, d.dtmf);
+            let mut media = self.far_media.get();
+            media[index(side)] = d.media;
+            self.far_media.set(media);
+            let mut dtmf = self.far_dtmf.get();
+            dtmf[index(side)] = d.dtmf;
+            self.far_dtmf.set(dtmf);
+        }
+        let offer = |d: &Dialog, local: std::net::SocketAddr| {
+            sdp::rewrite(&d.sdp, local.ip(), local.port()).map(|r| sdp::next_version(&r.sdp))
+        };
+        let (a_local, b_local) = (relay.local(Side::A), relay.local(Side::B));
+        let (Some(a_offer), Some(b_offer)) =
+            (offer(&answered.a, a_local), offer(&answered.b, b_local))
+        else {
+            return self.takeover_failed("the checkpoint's SDP cannot be offered again");
+        };
+        let ep = self.ctx.endpoint.clone();
+        let a_cseq = self
+            .a
+            .reoffer(&ep, Method::Invite, Some(a_offer), Vec::new());
+        let b_cseq = match self.b.as_mut() {
+            Some(b) => b.reoffer(&ep, Method::Invite, Some(b_offer), Vec::new()),
+            None => return self.takeover_failed("no callee dialog"),
+        };
+        if let Some(r) = self.resuming.as_mut() {
+            r.pending = [Some(a_cseq), Some(b_cseq)];
+        }
+        if let Some(rec) = &answered.recording {
+            self.restart_recording(&rec.mode);
+        }
+        if let Some(interval) = answered.session_seconds {
+            self.session_refreshed(interval);
+        }
+        tracing::info!(from = ?self.nodes, "call taken over: re-INVITEs sent to both parties");
+    }
+
+    /// Recording goes on here as a new part.
+    fn restart_recording(&mut self, _mode: &str) {
+        let offset = self
+            .answered
+            .map(|(_, at)| crate::clock::now_ms().saturating_sub(at))
+            .unwrap_or(0);
+        self.recording_offset_ms = offset;
+        self.start_recording_part(&format!("{}.{}", self.id, self.ctx.node_id));
+    }
+
+    /// Which of our takeover re-INVITEs a response answers, if any.
+    pub(super) fn takeover_side(&self, info: &tsunagu_sip::Info) -> Option<Side> {
+        let r = self.resuming.as_ref()?;
+        if info.cseq_method != Method::Invite {
+            return None;
+        }
+        if r.pending[0] == Some(info.cseq) && info.call_id == self.a.info.call_id {
+            return Some(Side::A);
+        }
+        let b = self.b.as_ref()?;
+        (r.pending[1] == Some(info.cseq) && info.call_id == b.call_id()).then_some(Side::B)
+    }
+
+    /// A party answered our takeover re-INVITE.
+    pub(super) fn on_takeover_answer(&mut self, side: Side, resp: Response) {
+        let code = resp.status_code.code();
+        if code < 200 {
+            return;
+        }
+        let Some(cseq) = self
+            .resuming
+            .as_mut()
+            .and_then(|r| r.pending[index(side)].take())
+        else {
+            return;
+        };
+        if !(200..300).contains(&code) {
+            return self.takeover_failed(&format!("a party answered {code}"));
+        }
+        let ep = self.ctx.endpoint.clone();
+        match side {
+            Side::A => self.a.ack_at(&ep, cseq),
+            Side::B => {
+                if let Some(b) = &self.b {
+                    b.ack_at(&ep, cseq);
+                }
+            }
+        }
+        if let Some(body) = sdp_body(&resp, &resp.body) {
+            self.anchor_sdp(side, &body);
+        }
+        let done = self
+            .resuming
+            .as_ref()
+            .is_some_and(|r| r.pending.iter().all(Option::is_none));
+        if done {
+            if let Some(r) = self.resuming.take() {
+                let seconds = r.started.elapsed().as_secs_f64();
+                self.ctx.metrics.calls.takeover_seconds.observe(seconds);
+                self.ctx.metrics.calls.taken_over("resumed");
+                tracing::info!(
+                    ms = (seconds * 1000.0) as u64,
+                    "both parties now talk through this node"
+                );
+            }
+            self.checkpoint_now();
+        }
+    }
+
+    /// A takeover re-INVITE got no answer in time.
+    pub(super) fn on_takeover_timeout(&mut self) -> bool {
+        if self
+            .resuming
+            .as_ref()
+            .is_some_and(|r| r.pending.iter().any(Option::is_some))
+        {
+            self.takeover_failed("a party did not answer the re-INVITE");
+            return true;
+        }
+        false
+    }
+
+    /// The call cannot go on here: both parties are hung up and the call is logged.
+    fn takeover_failed(&mut self, why: &str) {
+        tracing::warn!(why, "takeover failed: hanging up both parties");
+        self.resuming = None;
+        self.ctx.metrics.calls.taken_over("failed");
+        self.end_reason = Some("takeover_failed");
+        self.hang_up_both();
+    }
+}
+
+/// Runs a call claimed from another node until it ends.
+pub async fn resume(args: ResumeArgs, me: CallRef) -> Exit {
+    match Call::resumed(args, me.clone()) {
+        Ok(call) => super::drive(call, me).await,
+        Err(e) => Exit::Failed(e),
+    }
+}
+
+/// The CANCEL of a ringing attempt a dead node left (see [`Ringing`]).
+pub fn cancel_of(r: &Ringing) -> RequestSpec {
+    let hop: tsunagu_sip::Peer = r.hop.into();
+    RequestSpec {
+        method: Method::Invite,
+        uri: r.uri.clone(),
+        transport: hop.transport,
+        sent_by: r.sent_by,
+        branch: r.branch.clone(),
+        from: r.from.clone(),
+        to: r.to.clone(),
+        call_id: r.call_id.clone(),
+        cseq: r.cseq,
+        contact: None,
+        routes: Vec::new(),
+        max_forwards: 70,
+        extra: Vec::new(),
+        body: None,
+    }
+    .cancel()
+}

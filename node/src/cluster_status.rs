@@ -1,0 +1,559 @@
+//! `tsunagu cluster status`: asks a running node for its view of the cluster
+//! (`GET /v1/cluster` on `api.listen`, with the admin token) and prints it as a table.
+//! Exit status: 0 when every member is up, 1 when a member is down, 2 when the node
+//! cannot be asked (bad configuration, no token, node unreachable, odd answer).
+//!
+//! A plain blocking HTTP/1.1 request over `std::net::TcpStream` is enough here (one
+//! request, `Connection: close`); the answer is still treated as untrusted: bounded in
+//! size and time, parsed without panics, and names are made safe for a terminal.
+
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+use tsunagu_config::Config;
+
+/// Time to open the connection, and to wait for each read or write after it.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// A cluster view is a few hundred bytes per member: anything larger is not one.
+const MAX_ANSWER: u64 = 1 << 20;
+/// Names longer than this are cut in the table (node ids are short).
+const MAX_NAME: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    #[error("configuration error:\n{0}")]
+    Config(String),
+    #[error("no admin token: {path} {reason} (set api.admin_token or api.admin_token_file, or start the node once so that it writes one)")]
+    NoToken { path: PathBuf, reason: String },
+    #[error("the admin token holds characters that cannot go into an HTTP header")]
+    BadToken,
+    #[error("cannot reach the node's API at {addr}: {source}")]
+    Unreachable {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("the node refused the admin token (401): is this the node's configuration?")]
+    Unauthorized,
+    #[error("the node answered {status}: {body}")]
+    Status { status: u16, body: String },
+    #[error("the node's answer is not a cluster view: {0}")]
+    BadAnswer(String),
+}
+
+/// What the view says about the members.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// Every member is up (or the node is on its own).
+    AllUp,
+    /// At least one member is down (or in a state this CLI does not know).
+    MemberDown,
+}
+
+impl Health {
+    pub fn exit_code(self) -> ExitCode {
+        match self {
+            Health::AllUp => ExitCode::SUCCESS,
+            Health::MemberDown => ExitCode::from(1),
+        }
+    }
+}
+
+/// Runs the subcommand: `file` is the node's configuration (none: built-in defaults).
+pub fn run(file: Option<PathBuf>) -> ExitCode {
+    match status(file) {
+        Ok((text, health)) => {
+            print!("{text}");
+            health.exit_code()
+        }
+        Err(e) => {
+            eprintln!("tsunagu cluster status: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn status(file: Option<PathBuf>) -> Result<(String, Health), StatusError> {
+    let config = match &file {
+        Some(f) => Config::load(f).map_err(|e| StatusError::Config(e.to_string()))?,
+        None => Config::embedded_default().map_err(|e| StatusError::Config(e.to_string()))?,
+    };
+    let token = admin_token(&config)?;
+    let addr = api_address(config.api.listen);
+    let view = fetch_view(addr, &token)?;
+    render(&view)
+}
+
+/// The admin token as the node has it, read-only: unlike `serve`, this never generates
+/// one (a token the node does not know would only be refused).
+fn admin_token(config: &Config) -> Result<String, StatusError> {
+    if let Some(t) = &config.api.admin_token {
+        return Ok(t.clone());
+    }
+    let path = config
+        .api
+        .admin_token_file
+        .clone()
+        .unwrap_or_else(|| config.node.data_dir.join("admin_token"));
+    match std::fs::read_to_string(&path) {
+        Ok(t) if !t.trim().is_empty() => Ok(t.trim().to_string()),
+        Ok(_) => Err(StatusError::NoToken {
+            path,
+            reason: "is empty".into(),
+        }),
+        Err(e) => Err(StatusError::NoToken {
+            path,
+            reason: format!("cannot be read ({e})"),
+        }),
+    }
+}
+
+/// Where to reach the API: `api.listen`, with a wildcard address (`0.0.0.0`, `::`)
+/// replaced by loopback (the CLI runs on the node's machine).
+fn api_address(listen: SocketAddr) -> SocketAddr {
+    let ip = match listen.ip() {
+        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    SocketAddr::new(ip, listen.port())
+}
+
+fn fetch_view(addr: SocketAddr, token: &str) -> Result<Value, StatusError> {
+    // Printable ASCII only: a CR or LF would end the header (and no valid token has one).
+    if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(StatusError::BadToken);
+    }
+    let unreachable = |source| StatusError::Unreachable { addr, source };
+    let mut stream = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT).map_err(unreachable)?;
+    stream
+        .set_read_timeout(Some(IO_TIMEOUT))
+        .map_err(unreachable)?;
+    stream
+        .set_write_timeout(Some(IO_TIMEOUT))
+        .map_err(unreachable)?;
+    let request = format!(
+        "GET /v1/cluster HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+         Accept: application/json\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).map_err(unreachable)?;
+    let mut raw = Vec::new();
+    stream
+        .take(MAX_ANSWER + 1)
+        .read_to_end(&mut raw)
+        .map_err(unreachable)?;
+    if raw.len() as u64 > MAX_ANSWER {
+        return Err(StatusError::BadAnswer(format!(
+            "larger than {MAX_ANSWER} bytes"
+        )));
+    }
+    let (code, body) = parse_response(&raw)?;
+    match code {
+        200 => serde_json::from_slice(&body)
+            .map_err(|e| StatusError::BadAnswer(format!("not JSON ({e})"))),
+        401 => Err(StatusError::Unauthorized),
+        status => Err(StatusError::Status {
+            status,
+            body: printable(&String::from_utf8_lossy(&body), 200),
+        }),
+    }
+}
+
+/// An HTTP/1.1 answer read to the end: its status code and body (chunked or not).
+fn parse_response(raw: &[u8]) -> Result<(u16, Vec<u8>), StatusError> {
+    let bad = |what: &str| StatusError::BadAnswer(what.to_string());
+    let head_end = find(raw, b"\r\n\r\n").ok_or_else(|| bad("no end of headers"))?;
+    let head = std::str::from_utf8(&raw[..head_end]).map_err(|_| bad("headers not UTF-8"))?;
+    let body = &raw[head_end + 4..];
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let mut parts = status_line.split(' ');
+    if !parts.next().unwrap_or_default().starts_with("HTTP/1.") {
+        return Err(bad("not HTTP/1.x"));
+    }
+    let code: u16 = parts
+        .next()
+        .and_then(|c| c.parse().ok())
+        .filter(|c| (100..=599).contains(c))
+        .ok_or_else(|| bad("no status code"))?;
+    let mut chunked = false;
+    let mut length: Option<usize> = None;
+    for line in lines {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        let (name, value) = (name.trim(), value.trim());
+        if name.eq_ignore_ascii_case("transfer-encoding") {
+            chunked = value.to_ascii_lowercase().contains("chunked");
+        } else if name.eq_ignore_ascii_case("content-length") {
+            length = Some(value.parse().map_err(|_| bad("bad Content-Length"))?);
+        }
+    }
+    if chunked {
+        return Ok((code, dechunk(body)?));
+    }
+    match length {
+        Some(n) if n > body.len() => Err(bad("body shorter than its Content-Length")),
+        Some(n) => Ok((code, body[..n].to_vec())),
+        None => Ok((code, body.to_vec())),
+    }
+}
+
+/// Decodes a chunked body (extensions and trailers ignored).
+fn dechunk(mut rest: &[u8]) -> Result<Vec<u8>, StatusError> {
+    let bad = |what: &str| StatusError::BadAnswer(what.to_string());
+    let mut out = Vec::new();
+    loop {
+        let line_end = find(rest, b"\r\n").ok_or_else(|| bad("chunk size line missing"))?;
+        let line = std::str::from_utf8(&rest[..line_end]).map_err(|_| bad("bad chunk size"))?;
+        let hex = line.split(';').next().unwrap_or_default().trim();
+        let size = usize::from_str_radix(hex, 16).map_err(|_| bad("bad chunk size"))?;
+        let start = line_end + 2;
+        if size == 0 {
+            return Ok(out);
+        }
+        let end = start
+            .checked_add(size)
+            .filter(|&e| e.checked_add(2).is_some_and(|t| t <= rest.len()))
+            .ok_or_else(|| bad("chunk longer than the answer"))?;
+        out.extend_from_slice(&rest[start..end]);
+        rest = &rest[end + 2..];
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// The view as a table, and what it says about the members. Pure: unit-tested.
+pub fn render(view: &Value) -> Result<(String, Health), StatusError> {
+    let name = view["name"]
+        .as_str()
+        .ok_or_else(|| StatusError::BadAnswer("no node name".into()))?;
+    let members = view["members"]
+        .as_array()
+        .ok_or_else(|| StatusError::BadAnswer("no member list".into()))?;
+    let epoch = number(&view["epoch"]);
+    let mut out = String::new();
+    if view["clustered"] == Value::Bool(false) {
+        out.push_str(&format!(
+            "node {}  epoch {epoch}: on its own (no [cluster] listen configured)\n",
+            printable(name, MAX_NAME)
+        ));
+        return Ok((out, Health::AllUp));
+    }
+    let lease = match view["lease_valid"].as_bool() {
+        Some(true) => "held",
+        Some(false) => "LAPSED (admits no calls, grants no lines)",
+        None => "?",
+    };
+    out.push_str(&format!(
+        "node {}  epoch {epoch}  lease {lease}",
+        printable(name, MAX_NAME)
+    ));
+    if let (Some(held), Some(waiting)) =
+        (view["lines_held"].as_u64(), view["lines_waiting"].as_u64())
+    {
+        out.push_str(&format!("  lines {held} held, {waiting} waiting"));
+    }
+    if view["lines_rebuilding"] == Value::Bool(true) {
+        out.push_str(" (rebuilding)");
+    }
+    out.push('\n');
+    let header = ["MEMBER", "EPOCH", "STATE", "FOR", "RTT", "CONNECTED"];
+    let mut rows: Vec<[String; 6]> = Vec::with_capacity(members.len());
+    let (mut up, mut down) = (0usize, 0usize);
+    for m in members {
+        let state = m["state"].as_str().unwrap_or("?");
+        if state == "up" {
+            up += 1;
+        } else {
+            down += 1;
+        }
+        rows.push([
+            printable(m["name"].as_str().unwrap_or("?"), MAX_NAME),
+            number(&m["epoch"]),
+            printable(state, 16),
+            duration(m["for_seconds"].as_f64()),
+            // The last round trip of a member that is not up is history, not a measure.
+            if state == "up" {
+                rtt(m["rtt_ms"].as_f64())
+            } else {
+                "-".into()
+            },
+            match m["connected"].as_bool() {
+                Some(true) => "yes",
+                Some(false) => "no",
+                None => "?",
+            }
+            .to_string(),
+        ]);
+    }
+    if rows.is_empty() {
+        out.push_str("no members known yet (is any peer configured in [cluster] seeds?)\n");
+    } else {
+        let mut widths = header.map(str::len);
+        for row in &rows {
+            for (w, cell) in widths.iter_mut().zip(row) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+        let line = |cells: &[String]| {
+            let mut s = String::new();
+            for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+                if i + 1 == cells.len() {
+                    s.push_str(cell);
+                } else {
+                    s.push_str(&format!("{cell:<w$}  "));
+                }
+            }
+            s.push('\n');
+            s
+        };
+        out.push_str(&line(&header.map(String::from)));
+        for row in &rows {
+            out.push_str(&line(row));
+        }
+    }
+    out.push_str(&format!(
+        "{} member{}: {up} up, {down} down\n",
+        rows.len(),
+        if rows.len() == 1 { "" } else { "s" }
+    ));
+    let health = if down == 0 {
+        Health::AllUp
+    } else {
+        Health::MemberDown
+    };
+    Ok((out, health))
+}
+
+fn number(v: &Value) -> String {
+    v.as_u64().map_or_else(|| "?".into(), |n| n.to_string())
+}
+
+/// Seconds in a state, short: `850ms`, `12.3s`, `5m07s`, `2h03m`, `3d04h`.
+fn duration(seconds: Option<f64>) -> String {
+    let Some(s) = seconds.filter(|s| s.is_finite() && *s >= 0.0) else {
+        return "?".into();
+    };
+    if s < 1.0 {
+        return format!("{}ms", (s * 1000.0) as u64);
+    }
+    if s < 60.0 {
+        return format!("{s:.1}s");
+    }
+    // Saturates for absurd values (f64 -> u64 casts do).
+    let whole = s as u64;
+    match whole {
+        0..=3599 => format!("{}m{:02}s", whole / 60, whole % 60),
+        3600..=86_399 => format!("{}h{:02}m", whole / 3600, whole % 3600 / 60),
+        _ => format!("{}d{:02}h", whole / 86_400, whole % 86_400 / 3600),
+    }
+}
+
+fn rtt(ms: Option<f64>) -> String {
+    match ms.filter(|m| m.is_finite() && *m >= 0.0) {
+        Some(m) if m < 10.0 => format!("{m:.2} ms"),
+        Some(m) => format!("{m:.0} ms"),
+        None => "-".into(),
+    }
+}
+
+/// `s` safe to print on a terminal: control characters (escape sequences) become `?`,
+/// and it is cut at `max` characters.
+fn printable(s: &str, max: usize) -> String {
+    let mut out: String = s
+        .chars()
+        .take(max)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
+    if s.chars().count() > max {
+        out.push('…');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn view(members: Value) -> Value {
+        json!({
+            "name": "n1", "epoch": 7, "lease_valid": true, "lines_rebuilding": false,
+            "lines_held": 2, "lines_waiting": 1, "members": members,
+        })
+    }
+
+    #[test]
+    fn a_cluster_with_every_member_up_renders_as_a_table_and_exits_0() {
+        let (text, health) = render(&view(json!([
+            {"name": "n2", "epoch": 8, "state": "up", "for_seconds": 65.2, "rtt_ms": 0.4123, "connected": true},
+            {"name": "n3-long-name", "epoch": 12, "state": "up", "for_seconds": 0.25, "rtt_ms": 12.6, "connected": true},
+        ])))
+        .unwrap();
+        assert_eq!(health, Health::AllUp);
+        assert_eq!(health.exit_code(), ExitCode::SUCCESS);
+        assert_eq!(
+            text,
+            "node n1  epoch 7  lease held  lines 2 held, 1 waiting\n\
+             MEMBER        EPOCH  STATE  FOR    RTT      CONNECTED\n\
+             n2            8      up     1m05s  0.41 ms  yes\n\
+             n3-long-name  12     up     250ms  13 ms    yes\n\
+             2 members: 2 up, 0 down\n"
+        );
+    }
+
+    #[test]
+    fn exit_status_follows_the_members_states() {
+        let cases: &[(Value, Health)] = &[
+            (json!([]), Health::AllUp),
+            (json!([{"name": "n2", "state": "up"}]), Health::AllUp),
+            (json!([{"name": "n2", "state": "down"}]), Health::MemberDown),
+            (
+                json!([{"name": "n2", "state": "up"}, {"name": "n3", "state": "down"}]),
+                Health::MemberDown,
+            ),
+            // A state this CLI does not know is not "up".
+            (
+                json!([{"name": "n2", "state": "joining"}]),
+                Health::MemberDown,
+            ),
+            (json!([{"name": "n2"}]), Health::MemberDown),
+        ];
+        for (members, want) in cases {
+            let (_, got) = render(&view(members.clone())).unwrap();
+            assert_eq!(got, *want, "{members}");
+        }
+    }
+
+    #[test]
+    fn a_down_member_and_a_lapsed_lease_are_shown() {
+        let mut v = view(json!([
+            {"name": "n2", "epoch": 3, "state": "down", "for_seconds": 7300.0, "rtt_ms": 0.7, "connected": false},
+        ]));
+        v["lease_valid"] = json!(false);
+        v["lines_rebuilding"] = json!(true);
+        let (text, health) = render(&v).unwrap();
+        assert_eq!(health, Health::MemberDown);
+        assert!(text.starts_with("node n1  epoch 7  lease LAPSED"), "{text}");
+        assert!(text.contains("(rebuilding)"), "{text}");
+        assert!(
+            text.contains("n2      3      down   2h01m  -    no"),
+            "{text}"
+        );
+        assert!(text.ends_with("1 member: 0 up, 1 down\n"), "{text}");
+    }
+
+    #[test]
+    fn a_node_on_its_own_exits_0() {
+        let v = json!({"name": "solo", "epoch": 1, "clustered": false, "members": []});
+        let (text, health) = render(&v).unwrap();
+        assert_eq!(health, Health::AllUp);
+        assert!(text.contains("node solo  epoch 1: on its own"), "{text}");
+    }
+
+    #[test]
+    fn hostile_or_broken_views_neither_panic_nor_reach_the_terminal_raw() {
+        for bad in [
+            json!(null),
+            json!([]),
+            json!({"name": 1}),
+            json!({"name": "x"}),
+        ] {
+            assert!(
+                matches!(render(&bad), Err(StatusError::BadAnswer(_))),
+                "{bad}"
+            );
+        }
+        let long = "x".repeat(500);
+        let (text, _) = render(&view(json!([
+            {"name": "\u{1b}[2J\u{1b}]0;owned\u{7}", "epoch": -1, "state": "up\n", "for_seconds": -5,
+             "rtt_ms": 1e308, "connected": "yes"},
+            {"name": long, "epoch": u64::MAX, "state": "up", "for_seconds": 1e300, "rtt_ms": -1},
+        ])))
+        .unwrap();
+        assert!(
+            !text.contains('\u{1b}') && !text.contains('\u{7}'),
+            "{text:?}"
+        );
+        assert!(text.contains("?[2J?]0;owned?"), "{text}");
+        assert!(
+            text.contains(&format!("{}…", "x".repeat(MAX_NAME))),
+            "{text}"
+        );
+        assert!(!text.contains(&"x".repeat(MAX_NAME + 1)), "{text}");
+        assert!(text.contains(&u64::MAX.to_string()), "{text}");
+    }
+
+    #[test]
+    fn durations_are_short() {
+        let cases = [
+            (Some(0.0), "0ms"),
+            (Some(0.8505), "850ms"),
+            (Some(12.34), "12.3s"),
+            (Some(307.0), "5m07s"),
+            (Some(7380.0), "2h03m"),
+            (Some(273_600.0), "3d04h"),
+            (Some(-1.0), "?"),
+            (Some(f64::NAN), "?"),
+            (None, "?"),
+        ];
+        for (s, want) in cases {
+            assert_eq!(duration(s), want, "{s:?}");
+        }
+    }
+
+    #[test]
+    fn answers_are_parsed_plain_sized_or_chunked() {
+        let cases: &[(&[u8], Option<(u16, &[u8])>)] = &[
+            (b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}", Some((200, b"{}"))),
+            (b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}junk", Some((200, b"{}"))),
+            (b"HTTP/1.1 401 Unauthorized\r\n\r\nno", Some((401, b"no"))),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{\"\r\n3;x=1\r\na\":\r\n2\r\n1}\r\n0\r\n\r\n",
+                Some((200, b"{\"a\":1}")),
+            ),
+            (b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n{}", None),
+            (b"HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n{}", None),
+            (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffff\r\nab", None),
+            (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", None),
+            (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab", None),
+            (b"HTTP/1.1 999 Odd\r\n\r\n", None),
+            (b"SSH-2.0-OpenSSH\r\n\r\n", None),
+            (b"HTTP/1.1 200 OK\r\n", None),
+            (b"", None),
+        ];
+        for (raw, want) in cases {
+            let got = parse_response(raw).ok();
+            let want = want.map(|(c, b)| (c, b.to_vec()));
+            assert_eq!(got, want, "{}", String::from_utf8_lossy(raw));
+        }
+    }
+
+    #[test]
+    fn a_wildcard_api_address_is_reached_on_loopback() {
+        let cases = [
+            ("0.0.0.0:8080", "127.0.0.1:8080"),
+            ("[::]:8080", "[::1]:8080"),
+            ("127.0.0.2:8082", "127.0.0.2:8082"),
+        ];
+        for (listen, want) in cases {
+            assert_eq!(api_address(listen.parse().unwrap()).to_string(), want);
+        }
+    }
+
+    #[test]
+    fn a_token_that_would_break_the_header_is_refused_before_connecting() {
+        // Port 9 on loopback: refused if the check did not come first.
+        let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        for token in ["a\r\nX-Evil: 1", "with space", ""] {
+            let e = fetch_view(addr, token);
+            assert!(matches!(e, Err(StatusError::BadToken)), "{token:?}: {e:?}");
+        }
+    }
+}

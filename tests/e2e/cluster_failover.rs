@@ -1,0 +1,91 @@
+//! A node that wakes from a freeze, declared down by the others, must not take healthy
+//! members down with its old view (found by loadtest/failover.py --stop: a node
+//! stopped again right after it had rejoined, before its detector's first tick, woke
+//! up blaming its peers for its own silence and told them so; both rejoined as new
+//! incarnations, dropping their calls).
+
+use crate::cluster_harness::{TestCluster, GOOD};
+use crate::harness::*;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn signal(node: &Node, sig: &str) {
+    let pid = node.pid().to_string();
+    assert!(Command::new("kill")
+        .args([sig, &pid])
+        .status()
+        .unwrap()
+        .success());
+}
+
+/// `name`'s own incarnation, as its API says.
+fn own_epoch(c: &TestCluster, name: &str) -> u64 {
+    c.node(name).get("/v1/cluster", ADMIN).json()["epoch"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+fn stale_count(c: &TestCluster, name: &str) -> f64 {
+    c.node(name).metric("tsunagu_cluster_declared_stale_total")
+}
+
+#[test]
+fn a_node_frozen_right_after_it_rejoined_wakes_without_taking_the_others_down() {
+    let mut c = TestCluster::new();
+    for i in 1..=3 {
+        c.start(i, GOOD);
+    }
+    c.wait_formed();
+    let epochs = |c: &TestCluster| (own_epoch(c, "n1"), own_epoch(c, "n3"));
+    let before = epochs(&c);
+
+    // Frozen, declared down, continued: n2 rejoins as a new incarnation.
+    let first = own_epoch(&c, "n2");
+    signal(c.node("n2"), "-STOP");
+    c.node("n1")
+        .wait_until(Duration::from_secs(5), "n2 declared down", || {
+            c.state("n1", "n2").is_some_and(|(s, _)| s == "down")
+        });
+    signal(c.node("n2"), "-CONT");
+    // Frozen again as soon as it has rejoined (before its detector's first tick,
+    // 250 ms later), for longer than the detector's window (1.5 s).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let second = loop {
+        let e = own_epoch(&c, "n2");
+        if e > first {
+            break e;
+        }
+        assert!(Instant::now() < deadline, "n2 did not rejoin");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let stopped = Instant::now();
+    signal(c.node("n2"), "-STOP");
+    c.node("n1")
+        .wait_until(Duration::from_secs(5), "n2 declared down again", || {
+            c.state("n1", "n2")
+                .is_some_and(|(s, e)| s == "down" && e == second)
+        });
+    std::thread::sleep(Duration::from_millis(2000).saturating_sub(stopped.elapsed()));
+    signal(c.node("n2"), "-CONT");
+    c.node("n1")
+        .wait_until(Duration::from_secs(10), "n2 back once more", || {
+            c.state("n1", "n2")
+                .is_some_and(|(s, e)| s == "up" && e > second)
+        });
+    c.wait_formed();
+
+    // n1 and n3 were never declared down: same incarnations, never stale, and each
+    // saw exactly n2's two incarnations go down.
+    assert_eq!(epochs(&c), before, "n1 or n3 had to rejoin");
+    for n in ["n1", "n3"] {
+        assert_eq!(stale_count(&c, n), 0.0, "{n} was declared stale");
+        assert_eq!(
+            c.node(n)
+                .metric("tsunagu_cluster_member_transitions_total{to=\"down\"}"),
+            2.0,
+            "{n} saw a member down that was not frozen\n{}",
+            c.node(n).log()
+        );
+    }
+    assert_eq!(stale_count(&c, "n2"), 2.0);
+}
