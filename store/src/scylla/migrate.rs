@@ -8,9 +8,9 @@ use scylla::statement::SerialConsistency;
 use scylla::value::{CqlValue, Row};
 use std::time::Duration;
 
-/// Applies the migrations this keyspace lacks, each claimed by compare-and-set in
-/// `schema_version` (see `schema.rs`).
-pub(super) async fn migrate(session: &Session) -> Result<()> {
+/// Applies the migrations `keyspace` (the session's) lacks, each claimed by
+/// compare-and-set in `schema_version` (see `schema.rs`).
+pub(super) async fn migrate(session: &Session, keyspace: &str) -> Result<()> {
     session
         .query_unpaged(schema::SCHEMA_VERSION_TABLE, ())
         .await
@@ -94,6 +94,11 @@ pub(super) async fn migrate(session: &Session) -> Result<()> {
                 continue;
             }
             for statement in schema::statements(cql) {
+                if let Some((table, column)) = schema::added_column(&statement) {
+                    if has_column(session, keyspace, table, column).await? {
+                        continue; // added by an earlier, interrupted run
+                    }
+                }
                 session
                     .query_unpaged(statement.as_str(), ())
                     .await
@@ -115,6 +120,24 @@ pub(super) async fn migrate(session: &Session) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Whether `table` of `keyspace` has `column` (unquoted names are stored lower case).
+async fn has_column(session: &Session, keyspace: &str, table: &str, column: &str) -> Result<bool> {
+    let names = (
+        keyspace.to_ascii_lowercase(),
+        table.to_ascii_lowercase(),
+        column.to_ascii_lowercase(),
+    );
+    Ok(session
+        .query_unpaged(schema::COLUMN_EXISTS, names)
+        .await
+        .map_err(unavailable)?
+        .into_rows_result()
+        .map_err(corrupt)?
+        .maybe_first_row::<(String,)>()
+        .map_err(corrupt)?
+        .is_some())
 }
 
 fn applied(result: scylla::response::query_result::QueryResult) -> Result<bool> {

@@ -406,6 +406,35 @@ mod tests {
     }
 
     #[test]
+    fn every_column_a_statement_names_is_created() {
+        // Without a server, this is what catches a misspelt or forgotten column: every
+        // word of a statement that is not CQL, a value or its table must be a column
+        // the migrations create (or add) in that table.
+        const CQL: &[&str] = &[
+            "SELECT", "FROM", "WHERE", "AND", "IF", "NOT", "EXISTS", "INSERT", "INTO", "VALUES",
+            "UPDATE", "SET", "DELETE", "USING", "TTL", "LIMIT", "ORDER", "BY", "ASC", "DESC",
+            "NULL", "TRUE", "FALSE",
+        ];
+        let tables = super::super::schema::created_columns();
+        for (cql, _) in ALL {
+            let table = table_of(cql).unwrap();
+            if table.starts_with("system.") {
+                continue;
+            }
+            let columns = &tables[table];
+            let words = cql
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| !w.is_empty() && !w.starts_with(|c: char| c.is_ascii_digit()));
+            for w in words {
+                if w == table || CQL.contains(&w.to_ascii_uppercase().as_str()) {
+                    continue;
+                }
+                assert!(columns.contains(w), "{table} has no column {w}: {cql}");
+            }
+        }
+    }
+
+    #[test]
     fn tables_are_found_in_statements() {
         let cases = [
             (OP_GET, "operators"),

@@ -6,8 +6,10 @@
 //! claim waits for the winner to finish; a claim older than [`STALE_CLAIM_MS`] (its
 //! owner died mid-way) is taken over by compare-and-set and applied again. So two nodes
 //! starting together never both apply a migration, and a crash mid-way does not leave
-//! the schema half applied for ever. Every statement is idempotent (`IF NOT EXISTS`),
-//! which a migration added later must keep (a taken-over claim runs it again).
+//! the schema half applied for ever. Every statement is idempotent (`IF NOT EXISTS`;
+//! an added column, which CQL cannot say `IF NOT EXISTS` of, is skipped when the
+//! table has it: [`added_column`]), which a migration added later must keep (a
+//! taken-over claim runs it again).
 
 /// (version, file name, CQL), in order. Versions start at 1 and have no gaps.
 pub const MIGRATIONS: &[(i32, &str, &str)] = &[(
@@ -39,6 +41,28 @@ pub fn statements(cql: &str) -> Vec<String> {
         .filter(|s| !s.is_empty())
         .collect()
 }
+
+/// The (table, column) a statement `ALTER TABLE <table> ADD <column> <type>` adds:
+/// applied only when the table lacks the column (looked up in `system_schema.columns`),
+/// so applying it twice is harmless. None for any other statement.
+pub fn added_column(statement: &str) -> Option<(&str, &str)> {
+    let words: Vec<&str> = statement.split_whitespace().collect();
+    match words.as_slice() {
+        [alter, table, t, add, c, _type]
+            if alter.eq_ignore_ascii_case("ALTER")
+                && table.eq_ignore_ascii_case("TABLE")
+                && add.eq_ignore_ascii_case("ADD")
+                && !c.starts_with('(') =>
+        {
+            Some((t, c))
+        }
+        _ => None,
+    }
+}
+
+/// Whether the columns of `system_schema.columns` read for an added column show it.
+pub const COLUMN_EXISTS: &str = "SELECT column_name FROM system_schema.columns \
+    WHERE keyspace_name = ? AND table_name = ? AND column_name = ?";
 
 /// `CREATE KEYSPACE IF NOT EXISTS` with NetworkTopologyStrategy: `replication` copies
 /// in `datacenter`, or in every datacenter when none is named. The names were checked
@@ -96,6 +120,48 @@ pub fn check_not_newer(applied_versions: &[i32]) -> Result<(), String> {
     }
 }
 
+/// Every table the migrations create with its columns (those of `CREATE TABLE` and
+/// those added later), for tests that check statements against the schema.
+#[cfg(test)]
+pub fn created_columns() -> std::collections::HashMap<String, std::collections::HashSet<String>> {
+    let mut tables: std::collections::HashMap<String, std::collections::HashSet<String>> =
+        Default::default();
+    for st in MIGRATIONS.iter().flat_map(|m| statements(m.2)) {
+        if let Some((table, column)) = added_column(&st) {
+            tables
+                .entry(table.to_string())
+                .or_default()
+                .insert(column.to_string());
+        } else if let Some(rest) = st.strip_prefix("CREATE TABLE IF NOT EXISTS ") {
+            let (table, body) = rest.split_once(" (").expect("CREATE TABLE name (");
+            let columns = tables.entry(table.to_string()).or_default();
+            // Column definitions are the items at depth 0 of the body, up to the
+            // closing parenthesis; `PRIMARY KEY (...)` is not one.
+            let (mut depth, mut item) = (0i32, String::new());
+            for ch in body.chars() {
+                match ch {
+                    '(' | '<' => depth += 1,
+                    ')' | '>' => depth -= 1,
+                    _ => {}
+                }
+                if depth < 0 || (depth == 0 && ch == ',') {
+                    let name = item.split_whitespace().next().unwrap_or("");
+                    if !name.is_empty() && !item.trim_start().starts_with("PRIMARY KEY") {
+                        columns.insert(name.to_string());
+                    }
+                    item.clear();
+                    if depth < 0 {
+                        break;
+                    }
+                } else {
+                    item.push(ch);
+                }
+            }
+        }
+    }
+    tables
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,7 +177,7 @@ mod tests {
                 assert!(
                     s.starts_with("CREATE TABLE IF NOT EXISTS ")
                         || s.starts_with("CREATE INDEX IF NOT EXISTS ")
-                        || s.starts_with("ALTER TABLE "),
+                        || added_column(s).is_some(),
                     "{name}: every statement must be safe to run twice: {s}"
                 );
                 assert!(!s.contains("ALLOW FILTERING"), "{s}");
@@ -211,6 +277,13 @@ mod tests {
     fn no_table_or_column_is_a_reserved_word() {
         for (_, name, cql) in MIGRATIONS {
             for st in statements(cql) {
+                if let Some((table, column)) = added_column(&st) {
+                    assert!(
+                        !RESERVED.contains(&column.to_ascii_lowercase().as_str()),
+                        "{name}: column {column} added to {table}"
+                    );
+                    continue;
+                }
                 let Some(rest) = st.strip_prefix("CREATE TABLE IF NOT EXISTS ") else {
                     continue;
                 };
@@ -226,6 +299,38 @@ mod tests {
                         "{name}: column {column} of {table}"
                     );
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn added_columns_are_recognised() {
+        let cases = [
+            (
+                "ALTER TABLE active_calls ADD epoch bigint",
+                Some(("active_calls", "epoch")),
+            ),
+            ("alter table t add c text", Some(("t", "c"))),
+            ("ALTER TABLE t ADD (a int, b text)", None),
+            ("ALTER TABLE t DROP c", None),
+            ("ALTER TABLE t WITH gc_grace_seconds = 1", None),
+            ("CREATE TABLE IF NOT EXISTS t (c int PRIMARY KEY)", None),
+        ];
+        for (st, want) in cases {
+            assert_eq!(added_column(st), want, "{st}");
+        }
+    }
+
+    #[test]
+    fn added_columns_are_added_to_created_tables() {
+        let all: Vec<String> = MIGRATIONS.iter().flat_map(|m| statements(m.2)).collect();
+        for st in &all {
+            if let Some((table, _)) = added_column(st) {
+                assert!(
+                    all.iter()
+                        .any(|s| s.starts_with(&format!("CREATE TABLE IF NOT EXISTS {table} ("))),
+                    "{st}: no such table"
+                );
             }
         }
     }
