@@ -1,14 +1,65 @@
 //! Call records on ScyllaDB: idempotent inserts of finished calls (with their
-//! follow-ups), calls in progress, and call-log scans by (operator, day) partitions.
+//! follow-ups), calls in progress fenced by their owner (updates, the final record and
+//! takeover claims are compare-and-set on the call's `active_calls` row: see
+//! `ownership.rs`), and call-log scans by (operator, day) partitions.
 
 use super::logic::*;
+use super::ownership::*;
 use super::queries as q;
-use super::store::{now_ms, CallScanRow, Inner, CALLER_INDEX_TTL_SECONDS, CONCURRENT_CALLS};
+use super::store::{
+    now_ms, CallScanRow, Cas, Inner, CALLER_INDEX_TTL_SECONDS, CAS_ROUNDS, CONCURRENT_CALLS,
+};
 use crate::model::*;
-use crate::Result;
+use crate::{Result, StoreError};
 use futures_util::{StreamExt, TryStreamExt};
 
+/// Tries of a claim's compare-and-set that fails without an answer (its outcome is
+/// unknown: the next try finds out whether it applied).
+const CLAIM_TRIES: usize = 3;
+
+type ActiveGetRow = (
+    Option<String>,
+    Option<i64>,
+    Option<bool>,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+);
+
+/// The owner a compare-and-set on `active_calls` found (its condition columns).
+fn owner_in(cas: &Cas) -> Option<Owner> {
+    Owner::of(cas.text("node"), cas.i64("epoch"), cas.bool("ending"))
+}
+
+fn contended(call_id: &str) -> StoreError {
+    StoreError::Unavailable(format!("call {call_id} in progress is contended"))
+}
+
 impl Inner {
+    /// The owner of a call in progress, if it has a row.
+    async fn owner(&self, call_id: &str) -> Result<Option<Owner>> {
+        Ok(self
+            .first::<(Option<String>, Option<i64>, Option<bool>)>(q::ACT_OWNER, (call_id,))
+            .await?
+            .and_then(|(node, epoch, ending)| Owner::of(node, epoch, ending)))
+    }
+
+    /// A call's row of `active_calls` (the authority), if it has one.
+    async fn active_row(&self, call_id: &str) -> Result<Option<ActiveRow>> {
+        let row = self.first::<ActiveGetRow>(q::ACT_GET, (call_id,)).await?;
+        Ok(
+            row.and_then(|(node, epoch, ending, started_at, record, checkpoint)| {
+                Some(ActiveRow {
+                    call_id: call_id.to_string(),
+                    owner: Owner::of(node, epoch, ending)?,
+                    started_at: started_at.unwrap_or(0),
+                    record: record.unwrap_or_default(),
+                    checkpoint,
+                })
+            }),
+        )
+    }
+
     pub(super) async fn remove_active(&self, call_id: &str) -> Result<()> {
         let at = self
             .first::<(Option<String>, Option<String>, Option<i64>)>(q::ACT_LOCATE, (call_id,))
@@ -79,6 +130,9 @@ impl Inner {
         ids: Vec<i64>,
         now: i64,
     ) -> Result<()> {
+        if !self.may_write_final(r).await? {
+            return Ok(()); // the call was taken over: its record is the new owner's
+        }
         let row = CallRow::of(r)?;
         // The compare-and-set that makes the insert idempotent: the first writer of a
         // call id records the follow-up ids it assigns with it.
@@ -148,51 +202,111 @@ impl Inner {
         self.remove_active(&r.call_id).await
     }
 
-    pub(super) async fn upsert_active_calls(&self, calls: &[CallRecord]) -> Result<()> {
-        futures_util::stream::iter(calls.iter().map(|r| self.upsert_active(r)))
+    /// Whether the final record of `r` may be written: the call in progress is its
+    /// writer's (`r.node`, `r.owner_epoch`), now marked ending so that no claim can
+    /// take it any more, or there is none. Fenced off when another incarnation owns it.
+    async fn may_write_final(&self, r: &CallRecord) -> Result<bool> {
+        let (id, node, epoch) = (
+            r.call_id.as_str(),
+            r.node.as_str(),
+            epoch_column(r.owner_epoch),
+        );
+        let mut owner = self.owner(id).await?;
+        for _ in 0..CAS_ROUNDS {
+            match final_write(owner.as_ref(), node, epoch) {
+                FinalWrite::Write => return Ok(true),
+                FinalWrite::Fenced => return Ok(false),
+                FinalWrite::MarkEnding => {
+                    let cas = self.cas(q::ACT_ENDING, (id, node, epoch)).await?;
+                    if cas.applied {
+                        return Ok(true);
+                    }
+                    owner = owner_in(&cas);
+                }
+            }
+        }
+        Err(contended(id))
+    }
+
+    pub(super) async fn upsert_active_calls(&self, calls: &[ActiveCall]) -> Result<()> {
+        futures_util::stream::iter(calls.iter().map(|a| self.upsert_active(a)))
             .buffer_unordered(CONCURRENT_CALLS)
             .try_collect::<Vec<()>>()
             .await?;
         Ok(())
     }
 
-    pub(super) async fn upsert_active(&self, r: &CallRecord) -> Result<()> {
-        if self.call_exists(&r.call_id).await? {
+    /// Writes a call in progress if its writer owns it (compare-and-set on the owner:
+    /// see `ownership.rs`), then its row by operator.
+    pub(super) async fn upsert_active(&self, a: &ActiveCall) -> Result<()> {
+        let r = &a.record;
+        let (id, node, epoch) = (
+            r.call_id.as_str(),
+            r.node.as_str(),
+            epoch_column(r.owner_epoch),
+        );
+        if self.call_exists(id).await? {
             return Ok(());
         }
         let record = record_json(r)?;
-        let id = r.call_id.as_str();
-        let before = self
-            .first::<(Option<String>, Option<String>, Option<i64>)>(q::ACT_LOCATE, (id,))
-            .await?;
-        if let Some((node, op, started)) = before {
-            let started = started.unwrap_or(0);
-            if node.as_deref() != Some(r.node.as_str()) || started != r.started_at {
-                if let Some(node) = &node {
-                    self.write(q::ACT_NODE_DELETE, (node.as_str(), started, id))
-                        .await?;
+        let mut owner = self.owner(id).await?;
+        let mut indexed = false;
+        let mut written = false;
+        for _ in 0..CAS_ROUNDS {
+            let cas = match active_write(owner.as_ref(), node, epoch) {
+                ActiveWrite::Fenced => break,
+                ActiveWrite::Insert => {
+                    // Listed under its node before it exists: a call is never owned
+                    // without being found by `active_calls_of` (stale index rows are
+                    // checked against the authority when read).
+                    if !indexed {
+                        self.write(q::ACT_NODE_PUT, (node, r.started_at, id))
+                            .await?;
+                        indexed = true;
+                    }
+                    let values = (
+                        id,
+                        r.operator_id.as_str(),
+                        node,
+                        epoch,
+                        r.started_at,
+                        record.as_str(),
+                        a.checkpoint.as_deref(),
+                    );
+                    self.cas(q::ACT_NEW, values).await?
                 }
+                ActiveWrite::Update => match &a.checkpoint {
+                    Some(cp) => {
+                        let values = (record.as_str(), cp.as_str(), id, node, epoch);
+                        self.cas(q::ACT_UPDATE_CHECKPOINT, values).await?
+                    }
+                    None => {
+                        self.cas(q::ACT_UPDATE, (record.as_str(), id, node, epoch))
+                            .await?
+                    }
+                },
+            };
+            if cas.applied {
+                written = true;
+                break;
             }
-            if op.as_deref() != Some(r.operator_id.as_str()) || started != r.started_at {
-                if let Some(op) = &op {
-                    self.write(q::ACT_OP_DELETE, (op.as_str(), started, id))
-                        .await?;
-                }
-            }
+            owner = owner_in(&cas);
         }
-        futures_util::future::try_join3(
-            self.write(
-                q::ACT_PUT,
-                (id, r.operator_id.as_str(), r.node.as_str(), r.started_at),
-            ),
-            self.write(
-                q::ACT_NODE_PUT,
-                (r.node.as_str(), r.started_at, id, record.as_str()),
-            ),
-            self.write(
-                q::ACT_OP_PUT,
-                (r.operator_id.as_str(), r.started_at, id, record.as_str()),
-            ),
+        if !written {
+            if active_write(owner.as_ref(), node, epoch) != ActiveWrite::Fenced {
+                return Err(contended(id));
+            }
+            // Fenced: an index row put under this node for a call another node owns
+            // is not this node's.
+            if indexed && owner.is_some_and(|o| o.node != node) {
+                self.write(q::ACT_NODE_DELETE, (node, r.started_at, id))
+                    .await?;
+            }
+            return Ok(());
+        }
+        self.write(
+            q::ACT_OP_PUT,
+            (r.operator_id.as_str(), r.started_at, id, record.as_str()),
         )
         .await?;
         // Written first, checked second: a final record that landed meanwhile (its
@@ -201,6 +315,93 @@ impl Inner {
             self.remove_active(id).await?;
         }
         Ok(())
+    }
+
+    /// The calls in progress `node` owns, oldest first: its index rows, each checked
+    /// against the call's row (the authority).
+    pub(super) async fn active_calls_of(&self, node: &str) -> Result<Vec<ActiveCall>> {
+        let mut ids: Vec<String> = self
+            .rows::<(String,)>(q::ACT_OF_NODE, (node,))
+            .await?
+            .into_iter()
+            .map(|(id,)| id)
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let rows: Vec<Option<ActiveRow>> =
+            futures_util::stream::iter(ids.iter().map(|id| self.active_row(id)))
+                .buffer_unordered(CONCURRENT_CALLS)
+                .try_collect()
+                .await?;
+        owned_in_order(node, rows.into_iter().flatten().collect())
+            .iter()
+            .map(active_call)
+            .collect()
+    }
+
+    /// Moves a call in progress from incarnation `from` to `to` by compare-and-set on
+    /// its owner; the call as stored if this claim won.
+    pub(super) async fn claim_call(
+        &self,
+        call_id: &str,
+        from: (&str, u64),
+        to: (&str, u64),
+    ) -> Result<Option<ActiveCall>> {
+        let (from, to) = ((from.0, epoch_column(from.1)), (to.0, epoch_column(to.1)));
+        let Some(before) = self.active_row(call_id).await? else {
+            return Ok(None);
+        };
+        if !claimable(Some(&before.owner), from) {
+            return Ok(None);
+        }
+        let started_at = before.started_at;
+        let moves = from.0 != to.0;
+        if moves {
+            // Listed under the new owner before it is one (see `upsert_active`).
+            self.write(q::ACT_NODE_PUT, (to.0, started_at, call_id))
+                .await?;
+        }
+        let mut tries = 0;
+        let (won, after) = loop {
+            tries += 1;
+            match self
+                .cas(q::ACT_CLAIM, (to.0, to.1, call_id, from.0, from.1))
+                .await
+            {
+                Ok(cas) => {
+                    let after = owner_in(&cas);
+                    break (claim_won(cas.applied, after.as_ref(), to, tries > 1), after);
+                }
+                Err(e) if tries < CLAIM_TRIES => {
+                    tracing::warn!(%e, call_id, "claim of a call in progress unanswered; trying again");
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        if !won {
+            // The index row put under `to` is stale unless `to` owns the call anyway.
+            if moves && after.is_none_or(|o| o.node != to.0) {
+                self.write(q::ACT_NODE_DELETE, (to.0, started_at, call_id))
+                    .await?;
+            }
+            return Ok(None);
+        }
+        if moves {
+            self.write(q::ACT_NODE_DELETE, (from.0, started_at, call_id))
+                .await?;
+        }
+        // The call as it is now (its old owner may have updated it since it was read
+        // above; it can no longer), else as read above.
+        let mut row = match self.active_row(call_id).await {
+            Ok(Some(now)) if now.owner.is(to.0, to.1) => now,
+            _ => before,
+        };
+        row.owner = Owner {
+            node: to.0.to_string(),
+            epoch: to.1,
+            ending: false,
+        };
+        active_call(&row).map(Some)
     }
 
     pub(super) async fn scan_active(

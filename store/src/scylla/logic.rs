@@ -61,7 +61,8 @@ pub fn record_json(r: &CallRecord) -> Result<String> {
 }
 
 /// A stored call record back, checked against the key it was stored under; finished
-/// records always read as `ended`, calls in progress as `active`.
+/// records always read as `ended`, calls in progress as `active`. A finished record has
+/// no owning incarnation (`owner_epoch` 0: fencing is about calls in progress).
 pub fn record_from(json: &str, call_id: Option<&str>, state: CallState) -> Result<CallRecord> {
     let mut r: CallRecord =
         serde_json::from_str(json).map_err(|e| StoreError::Corrupt(format!("call record: {e}")))?;
@@ -72,6 +73,9 @@ pub fn record_from(json: &str, call_id: Option<&str>, state: CallState) -> Resul
                 r.call_id
             )));
         }
+    }
+    if state == CallState::Ended {
+        r.owner_epoch = 0;
     }
     r.state = state;
     Ok(r)
@@ -366,7 +370,7 @@ pub fn sms_slot(taken: &[(i32, String)], call_id: &str, cap: u32) -> SmsSlot {
 mod tests {
     use super::*;
     use crate::conformance::sample_call;
-    use crate::model::{CallResult, Validity};
+    use crate::model::{CallResult, RecordingPart, Validity};
 
     #[test]
     fn days_are_utc_and_floor_before_the_epoch() {
@@ -402,6 +406,14 @@ mod tests {
         let mut call = sample_call("op_1", "adv_1", 1_767_225_600_123);
         call.result = CallResult::Busy;
         call.validity = Validity::InvalidShort;
+        // A call taken over: the fields of the move are part of the stored record.
+        call.nodes = vec!["n1".into(), "n2".into()];
+        call.taken_over_at = Some(1_767_225_700_000);
+        call.recording_parts = vec![RecordingPart {
+            node: "n2".into(),
+            path: "d/c.part2.wav".into(),
+            offset_ms: 9_000,
+        }];
         let row = CallRow::of(&call).unwrap();
         assert_eq!(
             (row.day, row.result.as_str(), row.validity.as_str()),
@@ -409,8 +421,13 @@ mod tests {
         );
         let back = record_from(&row.record, Some(&call.call_id), CallState::Ended).unwrap();
         assert_eq!(back, call);
-        let active = record_from(&row.record, None, CallState::Active).unwrap();
-        assert_eq!(active.state, CallState::Active);
+        let mut owned = call.clone();
+        owned.owner_epoch = 7;
+        let owned_json = record_json(&owned).unwrap();
+        let logged = record_from(&owned_json, None, CallState::Ended).unwrap();
+        assert_eq!(logged.owner_epoch, 0, "a finished record has no owner");
+        let active = record_from(&owned_json, None, CallState::Active).unwrap();
+        assert_eq!((active.state, active.owner_epoch), (CallState::Active, 7));
         assert!(matches!(
             record_from(&row.record, Some("call_other"), CallState::Ended),
             Err(StoreError::Corrupt(_))

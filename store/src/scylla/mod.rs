@@ -1,7 +1,8 @@
 //! The ScyllaDB backend (cargo feature `scylla`): the [`crate::Store`] trait on the
 //! `scylla` driver, for nodes that run across hosts. The schema is in `store/cql/`
 //! (versioned migrations, `schema.rs`); the statements in `queries.rs`; the decisions
-//! as pure functions in `logic.rs`; the driver code in `store.rs` (connection, the
+//! as pure functions in `logic.rs` and, for who owns a call in progress, `ownership.rs`;
+//! the driver code in `store.rs` (connection, the
 //! plain operations), `calls.rs`, `leases.rs`, `feed.rs` and `migrate.rs`. The trait is
 //! blocking, so the backend runs the async driver on a small runtime of its own
 //! (`exec.rs`). Without the feature only the pure parts are compiled (and tested).
@@ -26,11 +27,18 @@
 //! | extend a session's lease | number_leases (number) `IF session, issued_at` | CAS |
 //! | session cap (slots 0..cap) | session_leases (pool_id, session) `IF NOT EXISTS` / `IF claim` | CAS |
 //! | lease at a time (attribution) | lease_history (number), newest first | read |
+//! | fence a final record (its call in progress marked `ending`) | active_calls (call_id) `IF node, epoch` | CAS |
 //! | insert finished call (idempotent) | calls (call_id) `IF NOT EXISTS` | CAS |
 //! | call log pages | calls_by_day ((operator_id, day)), clustering (started_at, call_id) | scan |
 //! | days with calls | call_days (operator_id) | read |
 //! | duplicate-call check (call path) | calls_by_caller ((advertiser_id, caller_number)) | read |
-//! | calls in progress | active_calls (call_id), _by_node (node), _by_operator (operator_id) | read/write |
+//! | owner of a call in progress | active_calls (call_id) | read |
+//! | new call in progress | active_calls (call_id) `IF NOT EXISTS` | CAS |
+//! | update a call in progress (and its checkpoint) | active_calls (call_id) `IF node, epoch, ending = null` | CAS |
+//! | claim a call (takeover) | active_calls (call_id) `IF node, epoch, ending = null` | CAS |
+//! | a node's calls in progress | active_calls_by_node (node), then active_calls (call_id) each | read |
+//! | calls in progress on the live screen | active_calls_by_operator (operator_id) | read |
+//! | index rows of calls in progress, removal | active_calls_by_node, _by_operator, active_calls | write |
 //! | node epoch (register) | nodes (node_id) `IF NOT EXISTS` / `IF epoch` | CAS |
 //! | heartbeat | nodes (node_id) `IF epoch AND down = false AND last_seen < now` | CAS |
 //! | declare a node down | nodes (node_id) `IF epoch AND down = false` | CAS |
@@ -44,15 +52,41 @@
 //!
 //! TTLs: session slots (lease + cool-down + 1 day), lease history (35 days after the
 //! lease), the duplicate-call index (400 days), caller SMS counts (3 days). Call logs
-//! have none (they are the product's record). "Call ownership for takeover" is not a
-//! store operation in this project: ownership moves by cluster messages, fenced by the
-//! node epochs above.
+//! have none (they are the product's record).
+//!
+//! # What a call costs
+//!
+//! A lightweight transaction (LWT) is four round trips among the replicas (Paxos
+//! prepare with the read, propose, commit, and the coordinator's answer), against one
+//! for a plain read or write. Per call, with the node's call-log writer (which writes a
+//! call's record in progress at most every 500 ms, and not at all for a call that ends
+//! sooner):
+//!
+//! - each write of the record in progress (admission, answer with its checkpoint,
+//!   later checkpoints): 1 LWT (`IF NOT EXISTS` the first time, then `IF node, epoch,
+//!   ending = null`: the fencing of a takeover), plus 3 reads and 1–2 writes;
+//! - the final record: 1 LWT to fence it (the call in progress, if one was written,
+//!   marked ending by its owner) and 1 LWT to insert it idempotently, plus 2 reads, 4
+//!   writes and one per follow-up, and 3 writes removing the call in progress;
+//! - so about 4 LWTs for an answered call (admission, answer, fence, insert; 1 before
+//!   calls could be taken over), 3 for one that rang unanswered, 1 for one that ended
+//!   within 500 ms;
+//! - a takeover, per call claimed: 1 LWT, 2 reads, 2 writes; finding a dead node's
+//!   calls: 1 read of its index and 1 read per call.
+//!
+//! A claim and the final record contend on one row (`active_calls`, partition: call
+//! id), so exactly one wins: a call that is ending cannot be claimed, a claimed call's
+//! old owner can neither update it nor write its final record. A node that dies after
+//! marking a call ending and before its final record leaves it listed without a
+//! checkpoint: survivors log it as lost (idempotently: a record that was written is
+//! kept) instead of resuming it.
 //!
 //! Not run against a real cluster here (none can be installed on the build machines):
 //! the conformance suite runs only when `TSUNAGU_SCYLLA_NODES` names one (see
 //! `conformance_tests` below and the README).
 
 pub mod logic;
+pub mod ownership;
 pub mod queries;
 pub mod schema;
 pub mod settings;

@@ -111,21 +111,28 @@ pub const CALLS_ASC: &str = "SELECT call_id, advertiser_id, tracking_number, res
 pub const CALLS_DESC: &str = "SELECT call_id, advertiser_id, tracking_number, result, validity, record FROM calls_by_day WHERE operator_id = ? AND day = ? AND (started_at, call_id) > (?, ?) AND (started_at, call_id) < (?, ?) ORDER BY started_at DESC, call_id DESC";
 pub const LAST_CALL: &str = "SELECT started_at FROM calls_by_caller WHERE advertiser_id = ? AND caller_number = ? AND started_at >= ? AND started_at < ? LIMIT 1";
 
-// Calls in progress. active_calls (partition: call_id); by node (partition: node);
-// by operator (partition: operator_id).
+// Calls in progress. active_calls (partition: call_id) is the authority: its owner
+// (node, epoch) is the fencing token of every write (see ownership.rs); by node
+// (partition: node) and by operator (partition: operator_id) are indexes.
 pub const ACT_LOCATE: &str =
     "SELECT node, operator_id, started_at FROM active_calls WHERE call_id = ?";
-pub const ACT_PUT: &str =
-    "INSERT INTO active_calls (call_id, operator_id, node, started_at) VALUES (?, ?, ?, ?)";
+pub const ACT_OWNER: &str = "SELECT node, epoch, ending FROM active_calls WHERE call_id = ?";
+pub const ACT_GET: &str = "SELECT node, epoch, ending, started_at, record, checkpoint FROM active_calls WHERE call_id = ?";
+pub const ACT_NEW: &str = "INSERT INTO active_calls (call_id, operator_id, node, epoch, started_at, record, checkpoint) VALUES (?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS";
+pub const ACT_UPDATE: &str = "UPDATE active_calls SET record = ? WHERE call_id = ? IF node = ? AND epoch = ? AND ending = null";
+pub const ACT_UPDATE_CHECKPOINT: &str = "UPDATE active_calls SET record = ?, checkpoint = ? WHERE call_id = ? IF node = ? AND epoch = ? AND ending = null";
+pub const ACT_CLAIM: &str = "UPDATE active_calls SET node = ?, epoch = ? WHERE call_id = ? IF node = ? AND epoch = ? AND ending = null";
+pub const ACT_ENDING: &str =
+    "UPDATE active_calls SET ending = true WHERE call_id = ? IF node = ? AND epoch = ?";
 pub const ACT_NODE_PUT: &str =
-    "INSERT INTO active_calls_by_node (node, started_at, call_id, record) VALUES (?, ?, ?, ?)";
+    "INSERT INTO active_calls_by_node (node, started_at, call_id) VALUES (?, ?, ?)";
 pub const ACT_OP_PUT: &str = "INSERT INTO active_calls_by_operator (operator_id, started_at, call_id, record) VALUES (?, ?, ?, ?)";
 pub const ACT_DELETE: &str = "DELETE FROM active_calls WHERE call_id = ?";
 pub const ACT_NODE_DELETE: &str =
     "DELETE FROM active_calls_by_node WHERE node = ? AND started_at = ? AND call_id = ?";
 pub const ACT_OP_DELETE: &str =
     "DELETE FROM active_calls_by_operator WHERE operator_id = ? AND started_at = ? AND call_id = ?";
-pub const ACT_OF_NODE: &str = "SELECT record FROM active_calls_by_node WHERE node = ?";
+pub const ACT_OF_NODE: &str = "SELECT call_id FROM active_calls_by_node WHERE node = ?";
 pub const ACT_OF_OPERATOR: &str =
     "SELECT record FROM active_calls_by_operator WHERE operator_id = ?";
 
@@ -253,7 +260,13 @@ pub const ALL: &[(&str, Kind)] = &[
     (CALLS_DESC, Kind::Scan),
     (LAST_CALL, Kind::Read),
     (ACT_LOCATE, Kind::Read),
-    (ACT_PUT, Kind::Write),
+    (ACT_OWNER, Kind::Read),
+    (ACT_GET, Kind::Read),
+    (ACT_NEW, Kind::CompareAndSet),
+    (ACT_UPDATE, Kind::CompareAndSet),
+    (ACT_UPDATE_CHECKPOINT, Kind::CompareAndSet),
+    (ACT_CLAIM, Kind::CompareAndSet),
+    (ACT_ENDING, Kind::CompareAndSet),
     (ACT_NODE_PUT, Kind::Write),
     (ACT_OP_PUT, Kind::Write),
     (ACT_DELETE, Kind::Write),

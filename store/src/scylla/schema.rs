@@ -12,11 +12,18 @@
 //! taken-over claim runs it again).
 
 /// (version, file name, CQL), in order. Versions start at 1 and have no gaps.
-pub const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "001_initial.cql",
-    include_str!("../../cql/001_initial.cql"),
-)];
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "001_initial.cql",
+        include_str!("../../cql/001_initial.cql"),
+    ),
+    (
+        2,
+        "002_call_ownership.cql",
+        include_str!("../../cql/002_call_ownership.cql"),
+    ),
+];
 
 /// The table that records which migrations were applied (created before any).
 pub const SCHEMA_VERSION_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_version (\
@@ -384,6 +391,7 @@ mod tests {
     fn a_newer_schema_is_refused() {
         assert!(check_not_newer(&[]).is_ok());
         assert!(check_not_newer(&[1]).is_ok());
+        assert!(check_not_newer(&[1, 2]).is_ok());
         assert!(check_not_newer(&[1, 99]).unwrap_err().contains("newer"));
     }
 }

@@ -3,6 +3,7 @@
 
 use super::exec;
 use super::logic::*;
+use super::ownership::{epoch_column, epoch_of};
 use super::queries::{self as q, Kind};
 use super::schema;
 use super::settings::{Consistency, ScyllaSettings};
@@ -73,6 +74,13 @@ impl Cas {
     pub(super) fn i64(&self, name: &str) -> Option<i64> {
         match self.row.get(name) {
             Some(CqlValue::BigInt(v)) => Some(*v),
+            _ => None,
+        }
+    }
+
+    pub(super) fn text(&self, name: &str) -> Option<String> {
+        match self.row.get(name) {
+            Some(CqlValue::Text(v)) | Some(CqlValue::Ascii(v)) => Some(v.clone()),
             _ => None,
         }
     }
@@ -233,7 +241,7 @@ async fn open(settings: &ScyllaSettings) -> Result<Inner> {
         .use_keyspace(&settings.keyspace, false)
         .await
         .map_err(unavailable)?;
-    super::migrate::migrate(&session).await?;
+    super::migrate::migrate(&session, &settings.keyspace).await?;
 
     let mut prepared = HashMap::new();
     for (cql, kind) in q::ALL {
@@ -520,10 +528,6 @@ fn webhook_from((id, operator_id, url, secret, events, created_at): WebhookRow) 
             .unwrap_or_default(),
         created_at: created_at.unwrap_or(0),
     }
-}
-
-fn epoch_i64(epoch: u64) -> i64 {
-    i64::try_from(epoch).unwrap_or(i64::MAX)
 }
 
 impl Store for ScyllaStore {
@@ -1126,18 +1130,21 @@ impl Store for ScyllaStore {
         self.wait(self.inner.insert_calls(calls, follow_ups))
     }
 
-    fn upsert_active_calls(&self, calls: &[CallRecord]) -> Result<()> {
+    fn upsert_active_calls(&self, calls: &[ActiveCall]) -> Result<()> {
         self.wait(self.inner.upsert_active_calls(calls))
     }
 
-    fn active_calls_of(&self, node: &str) -> Result<Vec<CallRecord>> {
-        self.wait(
-            self.inner
-                .rows::<(Option<String>,)>(q::ACT_OF_NODE, (node,)),
-        )?
-        .into_iter()
-        .map(|(r,)| record_from(r.as_deref().unwrap_or(""), None, CallState::Active))
-        .collect()
+    fn active_calls_of(&self, node: &str) -> Result<Vec<ActiveCall>> {
+        self.wait(self.inner.active_calls_of(node))
+    }
+
+    fn claim_call(
+        &self,
+        call_id: &str,
+        from: (&str, u64),
+        to: (&str, u64),
+    ) -> Result<Option<ActiveCall>> {
+        self.wait(self.inner.claim_call(call_id, from, to))
     }
 
     fn register_node(&self, info: &NodeInfo, now_ms: i64) -> Result<(u64, Option<i64>)> {
@@ -1161,7 +1168,7 @@ impl Store for ScyllaStore {
                         let next = epoch.saturating_add(1);
                         let values = (next, now_ms, now_ms, cluster, api, id, epoch);
                         if self.inner.cas(q::NODE_NEXT, values).await?.applied {
-                            return Ok((u64::try_from(next).unwrap_or(0), last_seen));
+                            return Ok((epoch_of(next), last_seen));
                         }
                     }
                 }
@@ -1173,7 +1180,7 @@ impl Store for ScyllaStore {
     }
 
     fn node_alive(&self, node: &str, epoch: u64, now_ms: i64) -> Result<bool> {
-        let epoch = epoch_i64(epoch);
+        let epoch = epoch_column(epoch);
         let cas = self.wait(self.inner.cas(q::NODE_ALIVE, (now_ms, node, epoch, now_ms)))?;
         Ok(heartbeat_accepted(
             cas.applied,
@@ -1187,7 +1194,7 @@ impl Store for ScyllaStore {
 
     fn mark_node_down(&self, node: &str, epoch: u64) -> Result<bool> {
         Ok(self
-            .wait(self.inner.cas(q::NODE_DOWN, (node, epoch_i64(epoch))))?
+            .wait(self.inner.cas(q::NODE_DOWN, (node, epoch_column(epoch))))?
             .applied)
     }
 
@@ -1198,7 +1205,7 @@ impl Store for ScyllaStore {
             .map(
                 |(node_id, epoch, started_at, last_seen, cluster_addr, api_addr, down)| NodeRow {
                     node_id,
-                    epoch: u64::try_from(epoch.unwrap_or(0)).unwrap_or(0),
+                    epoch: epoch_of(epoch.unwrap_or(0)),
                     started_at: started_at.unwrap_or(0),
                     last_seen: last_seen.unwrap_or(0),
                     cluster_addr,
