@@ -336,13 +336,55 @@ pub struct StoreConfig {
     pub nodes: Vec<String>,
     #[serde(default = "default_keyspace")]
     pub keyspace: String,
+    /// Replication factor of the keyspace, when the first node creates it.
     #[serde(default = "default_replication")]
     pub replication: u32,
+    /// ScyllaDB: the consistency of reads and writes (`local_quorum` or `quorum`);
+    /// compare-and-set uses the matching serial level (LOCAL_SERIAL or SERIAL).
+    #[serde(default)]
+    pub consistency: StoreConsistency,
+    /// ScyllaDB: the local datacenter (preferred for requests; where the keyspace
+    /// replicates when created). Unset: every datacenter, `replication` copies each.
+    #[serde(default)]
+    pub datacenter: Option<String>,
+    /// ScyllaDB: user name for password authentication.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// ScyllaDB: a file holding the password (needs `username`).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// ScyllaDB: how long one request may take before it fails.
+    #[serde(default = "default_store_request_timeout")]
+    pub request_timeout_seconds: u64,
+    /// ScyllaDB: TLS to the cluster's native transport.
+    #[serde(default)]
+    pub tls: Option<StoreTlsConfig>,
     /// When the embedded store's commits reach the disk (SQLite `synchronous` in WAL
     /// mode): `full` (every commit; a power cut loses nothing committed) or `normal`
     /// (at checkpoints; a power cut may lose the last commits, never corrupts).
     #[serde(default)]
     pub synchronous: Synchronous,
+}
+
+/// The consistency level of the ScyllaDB backend (see `store.consistency`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreConsistency {
+    #[default]
+    LocalQuorum,
+    Quorum,
+}
+
+/// TLS to ScyllaDB: the CAs its certificates are checked against and, when the
+/// cluster asks for one, this node's client certificate.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreTlsConfig {
+    pub ca_file: PathBuf,
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
 }
 
 /// SQLite's `synchronous` setting for the embedded store (see `store.synchronous`).
@@ -363,6 +405,12 @@ impl Default for StoreConfig {
             nodes: Vec::new(),
             keyspace: default_keyspace(),
             replication: default_replication(),
+            consistency: StoreConsistency::default(),
+            datacenter: None,
+            username: None,
+            password_file: None,
+            request_timeout_seconds: default_store_request_timeout(),
+            tls: None,
         }
     }
 }
@@ -741,6 +789,9 @@ fn default_keyspace() -> String {
 }
 fn default_replication() -> u32 {
     3
+}
+fn default_store_request_timeout() -> u64 {
+    5
 }
 fn default_log_level() -> String {
     "info".into()

@@ -108,6 +108,9 @@ impl Config {
         if self.store.replication == 0 {
             err("store.replication".into(), "must be at least 1".into());
         }
+        if self.store.backend == StoreBackend::Scylla {
+            self.validate_scylla(&mut err);
+        }
 
         if !self.cluster.seeds.is_empty() && self.cluster.listen.is_none() {
             err(
@@ -439,6 +442,68 @@ pub fn http_url_error(url: &str) -> Option<String> {
     }
 }
 
+impl Config {
+    /// The ScyllaDB settings of `[store]`: the names spliced into CQL (keyspace,
+    /// datacenter) are plain words, contact points are `host:port`, and the TLS and
+    /// password settings are complete.
+    fn validate_scylla(&self, err: &mut impl FnMut(String, String)) {
+        let store = &self.store;
+        for (i, node) in store.nodes.iter().enumerate() {
+            let ok = node.rsplit_once(':').is_some_and(|(host, port)| {
+                !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+            });
+            if !ok {
+                err(
+                    format!("store.nodes[{i}]"),
+                    format!("`{node}` is not host:port"),
+                );
+            }
+        }
+        let word = |s: &str| {
+            s.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+                && s.len() <= 48
+                && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        };
+        if !word(&store.keyspace) {
+            err(
+                "store.keyspace".into(),
+                "must be a letter, then letters, digits or _ (at most 48)".into(),
+            );
+        }
+        if let Some(dc) = &store.datacenter {
+            let ok = !dc.is_empty()
+                && dc.len() <= 64
+                && dc
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+            if !ok {
+                err(
+                    "store.datacenter".into(),
+                    "must be letters, digits, `_`, `-` or `.` (at most 64)".into(),
+                );
+            }
+        }
+        if store.password_file.is_some() && store.username.is_none() {
+            err("store.password_file".into(), "needs store.username".into());
+        }
+        if !(1..=300).contains(&store.request_timeout_seconds) {
+            err(
+                "store.request_timeout_seconds".into(),
+                "must be 1 to 300".into(),
+            );
+        }
+        if let Some(tls) = &store.tls {
+            if tls.cert_file.is_some() != tls.key_file.is_some() {
+                err(
+                    "store.tls".into(),
+                    "cert_file and key_file go together (a client certificate needs its key)"
+                        .into(),
+                );
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use crate::Config;
@@ -506,6 +571,21 @@ mod tests {
             ),
             ("overlapping api port", "[api]\nlisten = \"127.0.0.1:20500\"\n[media]\nports = \"20000-20999\"\n", &["media.ports"]),
             ("scylla without nodes", "[store]\nbackend = \"scylla\"\n", &["store.nodes"]),
+            (
+                "scylla settings",
+                "[store]\nbackend = \"scylla\"\nnodes = [\"db1:9042\", \"db2\", \":9042\"]\nkeyspace = \"ks; DROP\"\ndatacenter = \"dc'1\"\npassword_file = \"p\"\nrequest_timeout_seconds = 0\n[store.tls]\nca_file = \"ca.pem\"\ncert_file = \"c.pem\"\n",
+                &[
+                    "store.nodes[1]",
+                    "store.nodes[2]",
+                    "store.keyspace",
+                    "store.datacenter",
+                    "store.password_file",
+                    "store.request_timeout_seconds",
+                    "store.tls",
+                ],
+            ),
+            ("unknown consistency", "[store]\nconsistency = \"one\"\n", &["store.consistency"]),
+            ("unknown store.tls key", "[store.tls]\nca_file = \"a\"\ncrl = \"x\"\n", &["store.tls.crl"]),
             ("unknown backend", "[store]\nbackend = \"postgres\"\n", &["store.backend"]),
             ("unknown latch policy", "[media]\nlatch = \"loose\"\n", &["media.latch"]),
             (
@@ -590,6 +670,30 @@ mod tests {
             want.sort();
             assert_eq!(paths, want, "{name}: {errs:?}");
         }
+    }
+
+    /// A complete ScyllaDB `[store]` loads with every setting; defaults otherwise.
+    #[test]
+    fn scylla_store_settings_load() {
+        use crate::model::StoreConsistency;
+        let c = Config::from_toml(
+            "[store]\nbackend = \"scylla\"\nnodes = [\"scylla-1:9042\", \"10.0.0.2:9142\"]\nkeyspace = \"calls_2\"\nreplication = 3\nconsistency = \"quorum\"\ndatacenter = \"dc-1\"\nusername = \"tsunagu\"\npassword_file = \"/run/secrets/scylla\"\nrequest_timeout_seconds = 2\n[store.tls]\nca_file = \"ca.pem\"\ncert_file = \"c.pem\"\nkey_file = \"k.pem\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.store.consistency, StoreConsistency::Quorum);
+        assert_eq!(c.store.datacenter.as_deref(), Some("dc-1"));
+        assert_eq!(c.store.request_timeout_seconds, 2);
+        assert!(c.store.tls.unwrap().key_file.is_some());
+        let d =
+            Config::from_toml("[store]\nbackend = \"scylla\"\nnodes = [\"db:9042\"]\n").unwrap();
+        assert_eq!(
+            (
+                d.store.consistency,
+                d.store.request_timeout_seconds,
+                d.store.keyspace.as_str()
+            ),
+            (StoreConsistency::LocalQuorum, 5, "tsunagu")
+        );
     }
 
     /// `media.latch`: the safe default, and each policy by name.

@@ -66,10 +66,17 @@ fn main() -> ExitCode {
 
 fn check_config(file: &str) -> ExitCode {
     match Config::load(std::path::Path::new(file)) {
-        Ok(_) => {
-            println!("{file}: ok");
-            ExitCode::SUCCESS
-        }
+        // What `serve` would refuse, refused here too, in the same words.
+        Ok(config) => match server::store_unavailable_in_this_build(&config) {
+            Some(problem) => {
+                eprintln!("{file}: {problem}");
+                ExitCode::from(2)
+            }
+            None => {
+                println!("{file}: ok");
+                ExitCode::SUCCESS
+            }
+        },
         Err(tsunagu_config::LoadError::Invalid(errors)) => {
             for e in &errors.0 {
                 eprintln!("{file}: {e}");

@@ -118,6 +118,79 @@ fn store_path(config: &Config) -> PathBuf {
         .unwrap_or_else(|| config.node.data_dir.join("tsunagu.db"))
 }
 
+/// Why this build cannot open the configured store, if it cannot: the ScyllaDB backend
+/// is compiled in only with the `scylla` cargo feature (off by default; the container
+/// image has it). `serve` and `check-config` both refuse with this message.
+pub fn store_unavailable_in_this_build(config: &Config) -> Option<String> {
+    (config.store.backend == StoreBackend::Scylla && !cfg!(feature = "scylla")).then(|| {
+        "store.backend: \"scylla\" needs a build with the ScyllaDB backend \
+         (cargo build --release --features scylla; the container image has it); \
+         this build has only \"embedded\""
+            .to_string()
+    })
+}
+
+/// Opens the configured store: SQLite (embedded) or ScyllaDB.
+fn open_store(config: &Config) -> Result<Arc<dyn Store>, NodeError> {
+    match config.store.backend {
+        StoreBackend::Embedded => {
+            let durability = match config.store.synchronous {
+                tsunagu_config::Synchronous::Full => tsunagu_store::Durability::Full,
+                tsunagu_config::Synchronous::Normal => tsunagu_store::Durability::Normal,
+            };
+            Ok(Arc::new(SqliteStore::open_with(
+                &store_path(config),
+                durability,
+            )?))
+        }
+        StoreBackend::Scylla => open_scylla(config),
+    }
+}
+
+/// The ScyllaDB settings of `[store]` (the password read from its file).
+#[cfg(feature = "scylla")]
+fn open_scylla(config: &Config) -> Result<Arc<dyn Store>, NodeError> {
+    let store = &config.store;
+    let password = match &store.password_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| NodeError::Io(format!("store.password_file {}: {e}", path.display())))?
+                .trim_end_matches(['\r', '\n'])
+                .to_string(),
+        ),
+        None => None,
+    };
+    let settings = tsunagu_store::ScyllaSettings {
+        nodes: store.nodes.clone(),
+        keyspace: store.keyspace.clone(),
+        replication: store.replication,
+        datacenter: store.datacenter.clone(),
+        consistency: match store.consistency {
+            tsunagu_config::StoreConsistency::LocalQuorum => {
+                tsunagu_store::ScyllaConsistency::LocalQuorum
+            }
+            tsunagu_config::StoreConsistency::Quorum => tsunagu_store::ScyllaConsistency::Quorum,
+        },
+        username: store.username.clone(),
+        password,
+        tls: store.tls.as_ref().map(|t| tsunagu_store::ScyllaTlsFiles {
+            ca_file: t.ca_file.clone(),
+            cert_file: t.cert_file.clone(),
+            key_file: t.key_file.clone(),
+        }),
+        request_timeout: Duration::from_secs(store.request_timeout_seconds),
+    };
+    tracing::info!(nodes = ?settings.nodes, keyspace = %settings.keyspace, "connecting to ScyllaDB");
+    Ok(Arc::new(tsunagu_store::ScyllaStore::connect(&settings)?))
+}
+
+#[cfg(not(feature = "scylla"))]
+fn open_scylla(config: &Config) -> Result<Arc<dyn Store>, NodeError> {
+    Err(NodeError::Unsupported(
+        store_unavailable_in_this_build(config).unwrap_or_default(),
+    ))
+}
+
 /// Admission is built after the endpoint (it needs the endpoint's handle); until then
 /// new INVITEs are answered 503.
 #[derive(Default)]
@@ -226,18 +299,11 @@ pub async fn run(
     config: Config,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), NodeError> {
-    if config.store.backend == StoreBackend::Scylla {
-        return Err(NodeError::Unsupported(
-            "store.backend = \"scylla\" is not available in this build yet; use \"embedded\""
-                .into(),
-        ));
+    if let Some(problem) = store_unavailable_in_this_build(&config) {
+        return Err(NodeError::Unsupported(problem));
     }
     let (token, token_source) = admin_token(&config)?;
-    let durability = match config.store.synchronous {
-        tsunagu_config::Synchronous::Full => tsunagu_store::Durability::Full,
-        tsunagu_config::Synchronous::Normal => tsunagu_store::Durability::Normal,
-    };
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open_with(&store_path(&config), durability)?);
+    let store = open_store(&config)?;
     warn_if_readable_by_others(&config.node.data_dir);
     let metrics = Metrics::default();
     metrics.touch();

@@ -13,10 +13,14 @@ pub mod conformance;
 mod ids;
 mod model;
 pub mod schedule;
+pub mod scylla;
 mod sqlite;
 
 pub use ids::{hash_api_key, new_api_key, new_id, new_time_id};
 pub use model::*;
+#[cfg(feature = "scylla")]
+pub use scylla::ScyllaStore;
+pub use scylla::{Consistency as ScyllaConsistency, ScyllaSettings, TlsFiles as ScyllaTlsFiles};
 pub use sqlite::{Durability, SqliteStore};
 
 /// Errors a store operation can report.

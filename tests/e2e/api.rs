@@ -216,6 +216,43 @@ fn check_config_reports_every_error_with_its_key_path() {
     );
 }
 
+/// `check-config` refuses what `serve` refuses: a ScyllaDB store in a build without
+/// the backend is refused by both, in the same words (before, check-config said ok).
+#[test]
+fn check_config_refuses_what_serve_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("scylla.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[node]\nid = \"n1\"\ndata_dir = \"{}\"\n[store]\nbackend = \"scylla\"\nnodes = [\"127.0.0.1:9042\"]\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_tsunagu"))
+            .args(args)
+            .arg(&file)
+            .output()
+            .unwrap()
+    };
+    let check = run(&["check-config"]);
+    let check_err = String::from_utf8_lossy(&check.stderr);
+    if cfg!(feature = "scylla") {
+        assert_eq!(check.status.code(), Some(0), "{check_err}");
+        return;
+    }
+    let refusal = "store.backend: \"scylla\" needs a build with the ScyllaDB backend";
+    assert_eq!(check.status.code(), Some(2), "{check_err}");
+    assert!(check_err.contains(refusal), "{check_err}");
+    // serve refuses at once, before opening anything, with the same message.
+    let serve = run(&["serve", "--config"]);
+    let serve_err = String::from_utf8_lossy(&serve.stderr);
+    assert!(!serve.status.success(), "{serve_err}");
+    assert!(serve_err.contains(refusal), "{serve_err}");
+}
+
 /// SPEC section 8, as written: the shipped configuration file, the API calls with the
 /// documented bodies, SIPp on 5060 → 5070, and the CSV export.
 #[test]
