@@ -459,6 +459,7 @@ pub async fn run(
         directory.clone(),
         webhooks.clone(),
         prompts.clone(),
+        metrics.calls.provisioning_change.clone(),
     )?;
     let ctx = Arc::new(NodeContext {
         node_id: config.node.id.clone(),
