@@ -101,7 +101,7 @@ impl ClusterMetrics {
         );
         r.register(
             "cluster_frames_refused",
-            "Frames from peers that did not decode (dropped)",
+            "Frames or messages from peers dropped: frames that did not decode, hand-overs over their bound or from a member not in good standing",
             self.frames_refused.clone(),
         );
         r.register(

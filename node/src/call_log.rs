@@ -64,8 +64,10 @@ pub const CHECKPOINT_DELAY: Duration = Duration::from_millis(50);
 pub const STALL: Duration = Duration::from_secs(2);
 /// Every second: the node's sign of life.
 const HEARTBEAT: Duration = Duration::from_secs(1);
-/// The most messages one call sends the writer: in progress at admission and at
-/// answer, `call.started` and `call.answered` events, and its final record.
+/// The most messages one call sends the writer while it is not [`CallLog::ready`]: in
+/// progress at admission and at answer, `call.started` and `call.answered` events, and
+/// its final record. (Checkpoints of forwarding attempts and session changes are sent
+/// only while the writer is ready: see `Call::checkpoint_now`.)
 pub const MESSAGES_PER_CALL: usize = 5;
 
 /// Shared between the writer thread and its handles.

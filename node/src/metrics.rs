@@ -445,7 +445,7 @@ impl Metrics {
         }
         r.register(
             "calls_recovered",
-            "Calls left in progress by a previous run of this node (killed, crashed) that were logged at start as failed with reason node_lost",
+            "Calls logged as failed with reason node_lost by this node: calls a previous run of it left (a node on its own, at start), or unanswered calls of a member declared down (as that member's finaliser)",
             c.calls_recovered.clone(),
         );
         r.register(

@@ -231,6 +231,18 @@ impl TrustedSources for TrunkSources {
     }
 }
 
+/// Where peers reach this node's API (recordings are fetched there): `api.listen`, or
+/// with a wildcard address the cluster address's IP at the API's port.
+fn reachable_api(config: &Config) -> std::net::SocketAddr {
+    let api = config.api.listen;
+    match config.cluster.listen {
+        Some(cluster) if api.ip().is_unspecified() => {
+            std::net::SocketAddr::new(cluster.ip(), api.port())
+        }
+        _ => api,
+    }
+}
+
 /// The SIP edge's policies and bounds from `[sip]`.
 fn edge_settings(config: &Config, gate: tsunagu_sip::SendGate) -> EdgeSettings {
     let sip = &config.sip;
@@ -312,7 +324,7 @@ pub async fn run(
     let node_info = tsunagu_store::NodeInfo {
         node_id: config.node.id.clone(),
         cluster_addr: config.cluster.listen.map(|a| a.to_string()),
-        api_addr: Some(config.api.listen.to_string()),
+        api_addr: Some(reachable_api(&config).to_string()),
     };
     let (epoch, last_seen) = store.register_node(&node_info, crate::clock::now_ms())?;
     tracing::info!(node = %config.node.id, epoch, "node registered");

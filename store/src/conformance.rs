@@ -15,8 +15,7 @@ pub fn run_all(store: &dyn Store) {
     calls_in_progress_end_in_one_final_record(store);
     a_claimed_call_belongs_to_its_new_owner_alone(store);
     node_incarnations(store);
-    the_change_feed_is_ordered_and_resumable(store);
-    prompts_are_shared_through_the_store(store);
+    a_stale_incarnation_writes_no_call_in_progress(store);
     the_change_feed_is_ordered_and_resumable(store);
     prompts_are_shared_through_the_store(store);
     call_queries_filter_sort_and_page(store);
@@ -428,6 +427,46 @@ fn a_claimed_call_belongs_to_its_new_owner_alone(s: &dyn Store) {
     assert_eq!(logged.taken_over_at, Some(6_010_000));
     assert_eq!(logged.recording_parts.len(), 2);
     assert!(s.active_calls_of("n-a").unwrap().is_empty());
+}
+
+/// A node that wakes after it was declared down (or after its id started again as a
+/// newer incarnation) flushes what it had queued: none of its calls in progress is
+/// written, not even one the store has never seen (else that row would stay active for
+/// good: no survivor looks at that incarnation again).
+fn a_stale_incarnation_writes_no_call_in_progress(s: &dyn Store) {
+    let op = s.create_operator("stale").unwrap();
+    let info = NodeInfo {
+        node_id: "n-stale".into(),
+        cluster_addr: None,
+        api_addr: None,
+    };
+    let (epoch, _) = s.register_node(&info, 1_000).unwrap();
+    let active = |call: &str, epoch: u64| {
+        let mut r = sample_call(&op.id, "adv_1", 7_000_000);
+        r.call_id = call.into();
+        r.node = "n-stale".into();
+        r.owner_epoch = epoch;
+        r.state = CallState::Active;
+        ActiveCall {
+            record: r,
+            checkpoint: Some("cp".into()),
+        }
+    };
+    s.upsert_active_calls(&[active("call_stale_1", epoch)])
+        .unwrap();
+    assert!(s.mark_node_down("n-stale", epoch).unwrap());
+    s.upsert_active_calls(&[active("call_stale_2", epoch)])
+        .unwrap();
+    let (newer, _) = s.register_node(&info, 2_000).unwrap();
+    s.upsert_active_calls(&[active("call_stale_3", epoch), active("call_stale_4", newer)])
+        .unwrap();
+    let ids: Vec<String> = s
+        .active_calls_of("n-stale")
+        .unwrap()
+        .into_iter()
+        .map(|a| a.record.call_id)
+        .collect();
+    assert_eq!(ids, vec!["call_stale_1", "call_stale_4"]);
 }
 
 fn node_incarnations(s: &dyn Store) {

@@ -145,7 +145,9 @@ pub trait Store: Send + Sync + 'static {
     /// ones and replaces those still in progress (e.g. at answer). A call that already
     /// has its final record is left alone. `insert_calls` removes a call from here.
     /// Each is written only by the incarnation that owns the call (`record.node` and
-    /// `record.owner_epoch`); a checkpoint, when given, replaces the stored one.
+    /// `record.owner_epoch`), and not at all by an incarnation the store knows was
+    /// declared down or superseded by a newer one; a checkpoint, when given, replaces
+    /// the stored one.
     fn upsert_active_calls(&self, calls: &[ActiveCall]) -> Result<()>;
     /// The calls in progress carried by `node` (unscoped: taking over or finalising a
     /// node's calls after it died), oldest first, with their owning epoch.

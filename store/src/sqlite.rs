@@ -1120,10 +1120,12 @@ impl Store for SqliteStore {
             let tx = c.transaction()?;
             {
                 // A call whose final row exists is over: its late update is ignored; a
-                // call another incarnation owns now (taken over) is not replaced.
+                // call another incarnation owns now (taken over) is not replaced; an
+                // incarnation declared down or superseded writes nothing.
                 let mut st = tx.prepare_cached(
                     "INSERT INTO active_calls (call_id, operator_id, node, epoch, started_at, record, checkpoint) \
                      SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7 WHERE NOT EXISTS (SELECT 1 FROM calls WHERE call_id = ?1) \
+                     AND NOT EXISTS (SELECT 1 FROM nodes WHERE node_id = ?3 AND (epoch != ?4 OR down = 1)) \
                      ON CONFLICT (call_id) DO UPDATE SET record = excluded.record, \
                      checkpoint = coalesce(excluded.checkpoint, active_calls.checkpoint) \
                      WHERE active_calls.node = excluded.node AND active_calls.epoch = excluded.epoch",

@@ -136,6 +136,12 @@ impl Call {
             }
             return;
         }
+        if !always && !self.ctx.log.ready() {
+            // The store is failing or far behind: only what MESSAGES_PER_CALL counts
+            // is queued, so the queue stays bounded; the call's next checkpoint (or
+            // its last stored one) serves a takeover.
+            return;
+        }
         let cp = self.checkpoint().map(|c| c.encode());
         self.ctx.log.active(self.progress_record(), cp);
     }
@@ -273,7 +279,10 @@ impl Call {
             .map(|(_, at)| crate::clock::now_ms().saturating_sub(at))
             .unwrap_or(0);
         self.recording_offset_ms = offset;
-        self.start_recording_part(&format!("{}.{}", self.id, self.ctx.node_id));
+        // Named by node and part number: a call that comes back to a node (n1, n2,
+        // n1) does not overwrite its earlier part there.
+        let part = self.recording_parts.len() + 1;
+        self.start_recording_part(&format!("{}.{}-{part}", self.id, self.ctx.node_id));
     }
 
     /// Which of our takeover re-INVITEs a response answers, if any.

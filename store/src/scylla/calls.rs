@@ -248,6 +248,14 @@ impl Inner {
         if self.call_exists(id).await? {
             return Ok(());
         }
+        // Read before the compare-and-set (not in it: another partition); the node row
+        // changes only when the node is declared down or starts again.
+        let standing = self
+            .first::<(Option<i64>, Option<bool>)>(q::NODE_STANDING, (node,))
+            .await?;
+        if !incarnation_current(standing, epoch) {
+            return Ok(());
+        }
         let record = record_json(r)?;
         let mut owner = self.owner(id).await?;
         let mut indexed = false;

@@ -88,6 +88,17 @@ pub fn final_write(owner: Option<&Owner>, node: &str, epoch: i64) -> FinalWrite 
     }
 }
 
+/// Whether the incarnation `epoch` of a node may still write its calls in progress,
+/// given the node's row (`epoch`, `down`): not once declared down or superseded by a
+/// newer incarnation (a woken node's queued writes would leave rows no survivor looks
+/// at again). A node the store does not list (tests, a store shared by hand) may.
+pub fn incarnation_current(row: Option<(Option<i64>, Option<bool>)>, epoch: i64) -> bool {
+    match row {
+        None => true,
+        Some((e, down)) => e.unwrap_or(0) == epoch && !down.unwrap_or(false),
+    }
+}
+
 /// Whether a claim from `from` is worth its compare-and-set: the call is `from`'s and
 /// not ending (the compare-and-set decides; this only spares a hopeless one).
 pub fn claimable(owner: Option<&Owner>, from: (&str, i64)) -> bool {
@@ -149,6 +160,22 @@ mod tests {
             node: node.into(),
             epoch,
             ending,
+        }
+    }
+
+    #[test]
+    fn only_the_current_incarnation_writes_calls_in_progress() {
+        // (node row: epoch, down), writer's epoch -> may write
+        let cases = [
+            (None, 3, true),
+            (Some((Some(3), Some(false))), 3, true),
+            (Some((Some(3), None)), 3, true),
+            (Some((Some(3), Some(true))), 3, false),
+            (Some((Some(4), Some(false))), 3, false),
+            (Some((None, None)), 3, false),
+        ];
+        for (row, epoch, may) in cases {
+            assert_eq!(incarnation_current(row, epoch), may, "{row:?} {epoch}");
         }
     }
 

@@ -138,6 +138,7 @@ pub const ACT_OF_OPERATOR: &str =
 
 // Nodes (partition: node_id).
 pub const NODE_GET: &str = "SELECT epoch, last_seen FROM nodes WHERE node_id = ?";
+pub const NODE_STANDING: &str = "SELECT epoch, down FROM nodes WHERE node_id = ?";
 pub const NODE_FIRST: &str = "INSERT INTO nodes (node_id, epoch, started_at, last_seen, cluster_addr, api_addr, down) VALUES (?, 1, ?, ?, ?, ?, false) IF NOT EXISTS";
 pub const NODE_NEXT: &str = "UPDATE nodes SET epoch = ?, started_at = ?, last_seen = ?, cluster_addr = ?, api_addr = ?, down = false WHERE node_id = ? IF epoch = ?";
 pub const NODE_ALIVE: &str = "UPDATE nodes SET last_seen = ? WHERE node_id = ? IF epoch = ? AND down = false AND last_seen < ?";
@@ -275,6 +276,7 @@ pub const ALL: &[(&str, Kind)] = &[
     (ACT_OF_NODE, Kind::Scan),
     (ACT_OF_OPERATOR, Kind::Scan),
     (NODE_GET, Kind::Read),
+    (NODE_STANDING, Kind::Read),
     (NODE_FIRST, Kind::CompareAndSet),
     (NODE_NEXT, Kind::CompareAndSet),
     (NODE_ALIVE, Kind::CompareAndSet),
