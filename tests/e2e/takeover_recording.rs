@@ -69,10 +69,16 @@ impl Rig {
             .iter()
             .map(|f| (file_name(f), recorded_seconds(f)))
             .collect();
+        let logs: Vec<String> = self
+            .c
+            .members
+            .iter()
+            .map(|(n, m)| format!("--- {n}\n{}", m.node.log()))
+            .collect();
         panic!(
             "no recording part of {seconds} s under {}: {files:?}\n{}",
             dir.display(),
-            self.c.node("n2").log()
+            logs.join("\n")
         );
     }
 
