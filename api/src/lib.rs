@@ -27,6 +27,7 @@ mod operators;
 mod ops;
 mod pools;
 mod prompts;
+mod recording_join;
 mod recordings;
 pub mod serve;
 mod tag;

@@ -17,6 +17,16 @@ pub struct LimitLabel {
     pub limit: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabel {
+    pub source: &'static str,
+}
+
 #[derive(Clone, Default)]
 pub struct ApiMetrics {
     pub connections: Gauge,
@@ -29,7 +39,21 @@ pub struct ApiMetrics {
     pub exports_refused: Counter,
     pub exports_cut: Counter,
     pub metrics_unauthorized: Counter,
+    pub recordings_served: Family<OutcomeLabel, Counter>,
+    pub recording_parts_read: Family<SourceLabel, Counter>,
+    pub recording_parts_missing: Counter,
+    pub recording_gaps_capped: Counter,
 }
+
+/// The outcomes `api_recordings_served` counts (see its HELP).
+pub const RECORDING_OUTCOMES: [&str; 6] = [
+    "served",
+    "part_missing",
+    "channels_differ",
+    "too_long",
+    "broken",
+    "cut",
+];
 
 impl ApiMetrics {
     /// Creates every labelled series at zero, so dashboards and alerts see them from
@@ -46,6 +70,18 @@ impl ApiMetrics {
         }
         for limit in ["address", "pool", "session"] {
             drop(self.issue_throttled.get_or_create(&LimitLabel { limit }));
+        }
+        for outcome in RECORDING_OUTCOMES {
+            drop(
+                self.recordings_served
+                    .get_or_create(&OutcomeLabel { outcome }),
+            );
+        }
+        for source in ["local", "peer"] {
+            drop(
+                self.recording_parts_read
+                    .get_or_create(&SourceLabel { source }),
+            );
         }
     }
 
@@ -100,6 +136,26 @@ impl ApiMetrics {
             "api_metrics_unauthorized",
             "Requests for /metrics refused 401 (api.metrics_token set, wrong or no token)",
             self.metrics_unauthorized.clone(),
+        );
+        r.register(
+            "api_recordings_served",
+            "Requests for a call's recording (joined from its parts, or ?part=N) by outcome: served (streamed whole), part_missing (503 or 404: a part is neither in node.recordings_dir nor obtainable from the node that recorded it), channels_differ (409: parts of different channel counts are not joined), too_long (409: the parts together pass the 4 GiB WAV limit), broken (500: a part's file is not a WAV recording), cut (a part failed or changed while streaming; the response was ended short)",
+            self.recordings_served.clone(),
+        );
+        r.register(
+            "api_recording_parts_read",
+            "Recording parts streamed, by where they came from: local (node.recordings_dir of this node, shared or not) or peer (fetched from the node that recorded it)",
+            self.recording_parts_read.clone(),
+        );
+        r.register(
+            "api_recording_parts_missing",
+            "Recording parts that could not be had when a recording was asked for (not in node.recordings_dir, and their node unreachable or without the file)",
+            self.recording_parts_missing.clone(),
+        );
+        r.register(
+            "api_recording_gaps_capped",
+            "Gaps between recording parts longer than 60 s, joined with 60 s of silence (an earlier part lost audio)",
+            self.recording_gaps_capped.clone(),
         );
     }
 }

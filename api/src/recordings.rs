@@ -1,42 +1,209 @@
-//! `GET /v1/calls/{call_id}/recording` (operator key): the call's recording as
-//! `audio/wav`, whichever node recorded it. A recording is a file on the node that
-//! carried the call; when that is another node of the cluster, this node fetches it from
-//! the other's API (`GET /v1/internal/recordings/{operator}/{call_id}`, which answers
-//! only the cluster's internal token, derived from the cluster secret) and streams it
-//! through. The operator's scope is checked here, before anything is fetched.
+//! `GET /v1/calls/{call_id}/recording` (operator key): the call's recording as ONE
+//! `audio/wav`, whichever nodes recorded it. A call taken over by another node is
+//! recorded in parts (one per node that carried it); they are joined as the record lists
+//! them, with silence for the takeover gap (the layout is [`crate::recording_join`]),
+//! and streamed: the header's sizes are computed before any audio is read, so the
+//! response has a Content-Length and never sits in memory. `?part=N` (1 = the first
+//! part of `recording_parts`) serves one part alone.
+//!
+//! Each part is read from this node's `node.recordings_dir` when it is there (always,
+//! when the nodes share that directory), else fetched from the node that recorded it
+//! through `GET /v1/internal/recordings/{operator}/{call_id}?part=N`, which answers only
+//! the cluster's internal token (derived from the cluster secret) and serves only files
+//! of its own recordings dir. A HEAD of it tells what the part holds before the join is
+//! planned; its audio is fetched when its turn comes (a connection held open meanwhile
+//! would be closed idle by the peer).
+//!
+//! A part that cannot be had (not in the recordings dir, its node down or without the
+//! file) fails the whole request: 503 with Retry-After when its node cannot be reached
+//! now (it is served once that node is back), 404 when its node answered that it has no
+//! such file; the error names the parts. Serving the rest with silence in their place
+//! would hand out a file that looks complete and is not (recordings settle disputes,
+//! and players do not show response headers); the parts that can be had stay available
+//! one by one with `?part=N`.
+//!
+//! The operator's scope is checked before anything is read or fetched.
 
 use crate::auth::OperatorId;
-use crate::{db, ApiError, ApiState};
+use crate::metrics::{OutcomeLabel, SourceLabel};
+use crate::recording_join::{
+    self, read_header, HeaderError, JoinError, JoinPlan, PartAudio, PartHeader, Piece,
+    HEADER_BYTES, MAX_PARTS,
+};
+use crate::{db, ApiError, ApiMetrics, ApiState};
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap};
-use axum::response::{IntoResponse, Response};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::response::Response;
+use http_body_util::BodyExt;
+use std::net::SocketAddr;
 use std::sync::Arc;
-use tsunagu_store::CallRecord;
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
+use tsunagu_store::{CallRecord, RecordingStatus};
 
-/// How long fetching a recording from another node may take to start.
-const PEER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long a peer may take to answer, and to send each piece of a part's audio.
+const PEER_TIMEOUT: Duration = Duration::from_secs(5);
+/// `Retry-After` of a 503 for a part whose node cannot be reached now.
+const RETRY_AFTER_SECONDS: u64 = 60;
+/// The most bytes read from a file per chunk of the response.
+const CHUNK: usize = 64 * 1024;
+/// Chunks of the response waiting for the client (the rest waits on disk or at the peer).
+const QUEUED_CHUNKS: usize = 4;
+/// Silence is sent from here (no allocation per chunk).
+static ZEROS: [u8; 16 * 1024] = [0; 16 * 1024];
+
+/// On answers of the internal endpoint: what the part holds (so a HEAD tells a peer).
+const CHANNELS_HEADER: &str = "tsunagu-wav-channels";
+const DATA_BYTES_HEADER: &str = "tsunagu-wav-data-bytes";
+/// On answers to operators: how many parts the file was joined from.
+const PARTS_HEADER: &str = "tsunagu-recording-parts";
+
+#[derive(serde::Deserialize)]
+pub struct PartParam {
+    /// One part alone, counted from 1 in the record's `recording_parts` order.
+    part: Option<usize>,
+}
+
+/// One part of a call's recording as its record names it.
+#[derive(Debug, Clone)]
+struct PartRef {
+    /// Its number, from 1.
+    n: usize,
+    node: String,
+    path: String,
+    offset_ms: i64,
+}
+
+/// Where a part's audio comes from.
+enum Source {
+    /// This node's recordings dir: the file, positioned after its header.
+    Local(tokio::fs::File),
+    /// The node that recorded it: fetched when its turn comes, and it must still hold
+    /// what its HEAD said.
+    Peer {
+        addr: SocketAddr,
+        uri: String,
+        header: PartHeader,
+    },
+}
+
+/// A part ready to be streamed.
+struct Opened {
+    part: PartRef,
+    header: PartHeader,
+    source: Source,
+}
+
+/// Why a part cannot be served.
+#[derive(Debug)]
+enum Problem {
+    /// Not to be had now: `why`; `retry` when it may be had later (its node is down).
+    Missing {
+        part: PartRef,
+        why: &'static str,
+        retry: bool,
+    },
+    /// The file is there but is not a recording this project wrote (or cannot be read).
+    Broken(String),
+}
 
 pub async fn recording(
     OperatorId(op): OperatorId,
     State(st): State<Arc<ApiState>>,
+    method: Method,
     Path(id): Path<String>,
+    params: Result<Query<PartParam>, QueryRejection>,
 ) -> Result<Response, ApiError> {
+    let Query(q) = params.map_err(|e| ApiError::bad_request(Some("part"), e.body_text()))?;
     let r = db(&st, move |s| s.get_call(&op, &id))
         .await?
         .ok_or_else(|| ApiError::not_found("no such call"))?;
-    let rel = recording_path(&r)?;
-    if r.node.is_empty() || r.node == st.node_id {
-        return serve_file(&st, &r, rel).await;
+    let all = parts_of(&r)?;
+    let count = all.len();
+    let (chosen, filename) = match q.part {
+        None => (all, format!("{}.wav", r.call_id)),
+        Some(n) => {
+            let mut one = n
+                .checked_sub(1)
+                .and_then(|i| all.get(i))
+                .cloned()
+                .ok_or_else(|| {
+                    ApiError::not_found(format!("this recording has {count} part(s)"))
+                })?;
+            one.offset_ms = 0;
+            (vec![one], format!("{}.part{n}.wav", r.call_id))
+        }
+    };
+    let m = &st.defences.metrics;
+    let outcome = |outcome: &'static str| {
+        m.recordings_served
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
+    };
+    let opened = match open_parts(&st, &r, chosen).await {
+        Ok(opened) => opened,
+        Err(problems) => {
+            let e = refusal(&problems, count);
+            let missing = problems
+                .iter()
+                .filter(|p| matches!(p, Problem::Missing { .. }))
+                .count();
+            m.recording_parts_missing.inc_by(missing as u64);
+            outcome(if e.status == StatusCode::INTERNAL_SERVER_ERROR {
+                "broken"
+            } else {
+                "part_missing"
+            });
+            return Err(e);
+        }
+    };
+    let audio: Vec<PartAudio> = opened
+        .iter()
+        .map(|o| PartAudio {
+            offset_ms: o.part.offset_ms,
+            header: o.header,
+        })
+        .collect();
+    let plan = recording_join::plan(&audio).map_err(|e| {
+        let (word, error) = match e {
+            JoinError::ChannelsDiffer { .. } => {
+                ("channels_differ", ApiError::conflict(e.to_string()))
+            }
+            JoinError::TooLong => ("too_long", ApiError::conflict(e.to_string())),
+            JoinError::NoParts | JoinError::TooManyParts(_) | JoinError::Channels { .. } => {
+                ("broken", ApiError::internal(e.to_string()))
+            }
+        };
+        outcome(word);
+        error
+    })?;
+    m.recording_gaps_capped.inc_by(plan.gaps_capped as u64);
+    if plan.gaps_capped > 0 {
+        tracing::warn!(call_id = %r.call_id, gaps = plan.gaps_capped, "recording parts joined with gaps cut to 60 s of silence");
     }
-    from_peer(&st, &r).await
+    outcome("served");
+    let headers = [(PARTS_HEADER, count.to_string())];
+    Ok(respond(
+        &st,
+        plan,
+        opened,
+        &filename,
+        &headers,
+        method == Method::HEAD,
+        true,
+    ))
 }
 
-/// The internal side: a peer asks for a recording this node holds.
+/// The internal side: a peer asks for a part of a recording this node holds. It serves
+/// only its own recordings dir (a peer asks because the part was not in its own).
 pub async fn internal(
     State(st): State<Arc<ApiState>>,
+    method: Method,
     headers: HeaderMap,
     Path((op, id)): Path<(String, String)>,
+    params: Result<Query<PartParam>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let token = st
         .cluster_token
@@ -50,103 +217,464 @@ pub async fn internal(
     if !crate::auth::constant_time_eq(given.as_bytes(), token.as_bytes()) {
         return Err(ApiError::unauthorized("not a node of this cluster"));
     }
+    let Query(q) = params.map_err(|e| ApiError::bad_request(Some("part"), e.body_text()))?;
     let r = db(&st, move |s| s.get_call(&op, &id))
         .await?
         .ok_or_else(|| ApiError::not_found("no such call"))?;
-    let rel = recording_path(&r)?;
-    serve_file(&st, &r, rel).await
+    let n = q.part.unwrap_or(1);
+    let part = n
+        .checked_sub(1)
+        .and_then(|i| parts_of(&r).ok()?.into_iter().nth(i))
+        .ok_or_else(|| ApiError::not_found("no such part"))?;
+    let (file, header) = open_local(&st, &part)
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .ok_or_else(|| ApiError::not_found("the recording file is not on this node"))?;
+    let plan = recording_join::plan(&[PartAudio {
+        offset_ms: 0,
+        header,
+    }])
+    .map_err(|e| ApiError::internal(e.to_string()))?;
+    let headers = [
+        (CHANNELS_HEADER, plan.channels.to_string()),
+        (DATA_BYTES_HEADER, plan.data_bytes.to_string()),
+    ];
+    let opened = vec![Opened {
+        part,
+        header,
+        source: Source::Local(file),
+    }];
+    let filename = format!("{}.part{n}.wav", r.call_id);
+    Ok(respond(
+        &st,
+        plan,
+        opened,
+        &filename,
+        &headers,
+        method == Method::HEAD,
+        false,
+    ))
 }
 
-/// The recording's path relative to the recordings directory, if the call has one.
-fn recording_path(r: &CallRecord) -> Result<String, ApiError> {
-    let rel = r
+/// The parts of the call's recording (one for a call no node took over), their paths
+/// checked to be relative.
+fn parts_of(r: &CallRecord) -> Result<Vec<PartRef>, ApiError> {
+    let first = r
         .recording
         .clone()
-        .filter(|_| r.recording_status != Some(tsunagu_store::RecordingStatus::Missing))
+        .filter(|_| r.recording_status != Some(RecordingStatus::Missing))
         .ok_or_else(|| ApiError::not_found("this call has no recording"))?;
-    let safe = std::path::Path::new(&rel)
-        .components()
-        .all(|c| matches!(c, std::path::Component::Normal(_)));
-    if !safe {
+    let parts: Vec<PartRef> = if r.recording_parts.is_empty() {
+        vec![PartRef {
+            n: 1,
+            node: r.node.clone(),
+            path: first,
+            offset_ms: 0,
+        }]
+    } else {
+        r.recording_parts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| PartRef {
+                n: i + 1,
+                node: p.node.clone(),
+                path: p.path.clone(),
+                offset_ms: p.offset_ms,
+            })
+            .collect()
+    };
+    if parts.len() > MAX_PARTS {
+        return Err(ApiError::internal(format!(
+            "the recording has {} parts; at most {MAX_PARTS} are served",
+            parts.len()
+        )));
+    }
+    let relative = |p: &str| {
+        !p.is_empty()
+            && std::path::Path::new(p)
+                .components()
+                .all(|c| matches!(c, std::path::Component::Normal(_)))
+    };
+    if !parts.iter().all(|p| relative(&p.path)) {
         return Err(ApiError::internal("stored recording path is not relative"));
     }
-    Ok(rel)
+    Ok(parts)
 }
 
-fn wav_headers(call_id: &str, len: u64) -> [(header::HeaderName, String); 3] {
-    [
-        (header::CONTENT_TYPE, "audio/wav".to_string()),
-        (header::CONTENT_LENGTH, len.to_string()),
-        (
-            header::CONTENT_DISPOSITION,
-            format!("attachment; filename=\"{call_id}.wav\""),
-        ),
-    ]
-}
-
-/// Streams a recording file of this node.
-async fn serve_file(st: &ApiState, r: &CallRecord, rel: String) -> Result<Response, ApiError> {
-    let file = tokio::fs::File::open(st.recordings_dir.join(rel))
-        .await
-        .map_err(|_| ApiError::not_found("the recording file is not on this node"))?;
-    let len = file.metadata().await.map(|m| m.len()).unwrap_or(0);
-    let stream = futures_util::stream::unfold(file, |mut f| async move {
-        use tokio::io::AsyncReadExt;
-        let mut buf = vec![0u8; 64 * 1024];
-        match f.read(&mut buf).await {
-            Ok(0) => None,
-            Ok(n) => {
-                buf.truncate(n);
-                Some((Ok::<_, std::io::Error>(Bytes::from(buf)), f))
+/// Opens every part: from the recordings dir where it is there, else a HEAD to its node
+/// (all peers asked at once). Every part that cannot be had is reported.
+async fn open_parts(
+    st: &ApiState,
+    r: &CallRecord,
+    parts: Vec<PartRef>,
+) -> Result<Vec<Opened>, Vec<Problem>> {
+    let mut problems = Vec::new();
+    let mut opened: Vec<Option<Opened>> = Vec::with_capacity(parts.len());
+    let mut remote = Vec::new();
+    for part in parts {
+        match open_local(st, &part).await {
+            Ok(Some((file, header))) => opened.push(Some(Opened {
+                part,
+                header,
+                source: Source::Local(file),
+            })),
+            Ok(None) => {
+                remote.push((opened.len(), part));
+                opened.push(None);
             }
-            Err(e) => Some((Err(e), f)),
+            Err(e) => problems.push(Problem::Broken(format!("part {}: {e}", part.n))),
         }
-    });
-    Ok((wav_headers(&r.call_id, len), Body::from_stream(stream)).into_response())
+    }
+    if !remote.is_empty() {
+        let peers = peer_addresses(st).await;
+        let probes = remote.into_iter().map(|(slot, part)| {
+            let addr = peers.iter().find(|(n, _)| *n == part.node).map(|(_, a)| *a);
+            async move { (slot, probe(st, r, part, addr).await) }
+        });
+        for (slot, result) in futures_util::future::join_all(probes).await {
+            match result {
+                Ok(o) => opened[slot] = Some(o),
+                Err(p) => problems.push(p),
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(opened.into_iter().flatten().collect())
+    } else {
+        Err(problems)
+    }
 }
 
-/// Streams a recording another node of the cluster holds, from that node's API.
-async fn from_peer(st: &ApiState, r: &CallRecord) -> Result<Response, ApiError> {
-    let token = st
-        .cluster_token
-        .clone()
-        .ok_or_else(|| ApiError::not_found("the recording file is not on this node"))?;
-    let node = r.node.clone();
-    let peer = db(st, move |s| s.nodes())
-        .await?
-        .into_iter()
-        .find(|n| n.node_id == node)
-        .and_then(|n| n.api_addr)
-        .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
-        .ok_or_else(|| ApiError::unavailable("the node that recorded this call is unknown"))?;
-    let path = format!("/v1/internal/recordings/{}/{}", r.operator_id, r.call_id);
-    let unreachable = |e: String| {
-        tracing::warn!(node = %r.node, %peer, error = %e, "cannot fetch a recording from its node");
-        ApiError::unavailable("the node that recorded this call cannot be reached")
+/// A part from this node's recordings dir: the file after its header, and the header;
+/// None when the file is not here.
+async fn open_local(
+    st: &ApiState,
+    part: &PartRef,
+) -> Result<Option<(tokio::fs::File, PartHeader)>, String> {
+    let mut file = match tokio::fs::File::open(st.recordings_dir.join(&part.path)).await {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot open {}: {e}", part.path)),
     };
-    let answer = tokio::time::timeout(PEER_TIMEOUT, fetch(peer, &path, &token))
+    let len = file
+        .metadata()
         .await
-        .map_err(|_| unreachable("timed out".into()))?
-        .map_err(unreachable)?;
-    let status = answer.status();
-    if status == axum::http::StatusCode::NOT_FOUND {
-        return Err(ApiError::not_found("the recording file is not on its node"));
-    }
-    if !status.is_success() {
-        return Err(unreachable(format!("status {status}")));
-    }
-    let len = answer
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    Ok((wav_headers(&r.call_id, len), Body::new(answer.into_body())).into_response())
+        .map_err(|e| format!("cannot read {}: {e}", part.path))?
+        .len();
+    let mut h = [0u8; HEADER_BYTES];
+    file.read_exact(&mut h)
+        .await
+        .map_err(|e| format!("cannot read the header of {}: {e}", part.path))?;
+    let header = read_header(&h, len.saturating_sub(HEADER_BYTES as u64))
+        .map_err(|e: HeaderError| format!("{}: {e}", part.path))?;
+    Ok(Some((file, header)))
 }
 
-/// One GET over HTTP/1.1 to a peer's API.
+/// The API address of every node the store knows (an empty list if it cannot say).
+async fn peer_addresses(st: &ApiState) -> Vec<(String, SocketAddr)> {
+    let nodes = db(st, |s| s.nodes()).await.unwrap_or_default();
+    nodes
+        .into_iter()
+        .filter_map(|n| Some((n.node_id, n.api_addr?.parse().ok()?)))
+        .collect()
+}
+
+/// Asks the node that recorded `part` what it holds (HEAD of the internal endpoint).
+async fn probe(
+    st: &ApiState,
+    r: &CallRecord,
+    part: PartRef,
+    addr: Option<SocketAddr>,
+) -> Result<Opened, Problem> {
+    let missing = |part: PartRef, why, retry| Problem::Missing { part, why, retry };
+    let elsewhere = !part.node.is_empty() && part.node != st.node_id;
+    let Some(token) = st.cluster_token.as_deref().filter(|_| elsewhere) else {
+        return Err(missing(
+            part,
+            "the file is not in this node's recordings dir",
+            false,
+        ));
+    };
+    let Some(addr) = addr else {
+        return Err(missing(part, "its node is not known to the cluster", true));
+    };
+    let uri = format!(
+        "/v1/internal/recordings/{}/{}?part={}",
+        r.operator_id, r.call_id, part.n
+    );
+    let answer = match tokio::time::timeout(PEER_TIMEOUT, fetch(addr, Method::HEAD, &uri, token))
+        .await
+    {
+        Ok(Ok(a)) => a,
+        Ok(Err(e)) => {
+            tracing::warn!(node = %part.node, %addr, error = %e, "cannot reach the node that recorded a recording part");
+            return Err(missing(part, "its node cannot be reached", true));
+        }
+        Err(_) => {
+            tracing::warn!(node = %part.node, %addr, "the node that recorded a recording part did not answer in time");
+            return Err(missing(part, "its node cannot be reached", true));
+        }
+    };
+    match answer.status() {
+        StatusCode::OK => {}
+        StatusCode::NOT_FOUND => {
+            return Err(missing(part, "its node does not have the file", false))
+        }
+        status => {
+            tracing::warn!(node = %part.node, %addr, %status, "the node that recorded a recording part refused it");
+            return Err(missing(part, "its node cannot serve it now", true));
+        }
+    }
+    let header = header_of(answer.headers()).ok_or_else(|| {
+        Problem::Broken(format!(
+            "part {}: node {} answered without the part's format",
+            part.n, part.node
+        ))
+    })?;
+    Ok(Opened {
+        part,
+        header,
+        source: Source::Peer { addr, uri, header },
+    })
+}
+
+/// What a peer's answer says the part holds.
+fn header_of(h: &HeaderMap) -> Option<PartHeader> {
+    let number = |name: &str| h.get(name)?.to_str().ok()?.parse::<u64>().ok();
+    Some(PartHeader {
+        channels: u16::try_from(number(CHANNELS_HEADER)?).ok()?,
+        data_bytes: number(DATA_BYTES_HEADER)?,
+    })
+}
+
+/// The error for parts that cannot be had: 500 if one is broken; else 503 (with
+/// Retry-After) if a missing one may come back, 404 if none will.
+fn refusal(problems: &[Problem], count: usize) -> ApiError {
+    if let Some(Problem::Broken(why)) = problems.iter().find(|p| matches!(p, Problem::Broken(_))) {
+        tracing::error!(error = %why, "a recording part is not a recording");
+        return ApiError::internal(format!("a recording part cannot be read: {why}"));
+    }
+    let mut text = Vec::new();
+    let mut retry = false;
+    for p in problems {
+        if let Problem::Missing {
+            part,
+            why,
+            retry: r,
+        } = p
+        {
+            retry |= *r;
+            let on = if part.node.is_empty() {
+                "this node"
+            } else {
+                part.node.as_str()
+            };
+            text.push(format!("part {} (recorded on {on}): {why}", part.n));
+        }
+    }
+    let mut message = text.join("; ");
+    if count > 1 {
+        message.push_str(&format!(
+            " (the recording has {count} parts; each one that can be had is served with ?part=N)"
+        ));
+    }
+    if retry {
+        ApiError::unavailable(message).retry_after(RETRY_AFTER_SECONDS)
+    } else {
+        ApiError::not_found(message)
+    }
+}
+
+/// The WAV answer: its headers now, its audio streamed by a task through a small queue
+/// (none for a HEAD).
+fn respond(
+    st: &ApiState,
+    plan: JoinPlan,
+    opened: Vec<Opened>,
+    filename: &str,
+    extra: &[(&'static str, String)],
+    head: bool,
+    public: bool,
+) -> Response {
+    let mut b = Response::builder()
+        .header(header::CONTENT_TYPE, "audio/wav")
+        .header(header::CONTENT_LENGTH, plan.content_length())
+        .header(
+            header::CONTENT_DISPOSITION,
+            format!("attachment; filename=\"{filename}\""),
+        );
+    for (name, value) in extra {
+        b = b.header(*name, value.as_str());
+    }
+    let body = if head {
+        Body::empty()
+    } else {
+        let (tx, rx) = tokio::sync::mpsc::channel(QUEUED_CHUNKS);
+        let metrics = st.defences.metrics.clone();
+        let token = st.cluster_token.clone();
+        let sources: Vec<Option<Source>> = opened.into_iter().map(|o| Some(o.source)).collect();
+        let span = tracing::Span::current();
+        tokio::spawn(async move {
+            match stream_pieces(&plan, sources, &tx, token.as_deref(), &metrics).await {
+                Ok(()) | Err(Cut::ClientGone) => {}
+                Err(Cut::Failed(why)) => {
+                    span.in_scope(|| tracing::warn!(error = %why, "recording response cut short"));
+                    if public {
+                        metrics
+                            .recordings_served
+                            .get_or_create(&OutcomeLabel { outcome: "cut" })
+                            .inc();
+                    }
+                    // The client sees the transfer end before its Content-Length.
+                    let _ = tx.send(Err(std::io::Error::other(why))).await;
+                }
+            }
+        });
+        Body::from_stream(futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|chunk| (chunk, rx))
+        }))
+    };
+    b.body(body).unwrap_or_else(|e| {
+        axum::response::IntoResponse::into_response(ApiError::internal(format!(
+            "cannot build the answer: {e}"
+        )))
+    })
+}
+
+/// Why streaming stopped early.
+enum Cut {
+    /// The client went away: nothing to report.
+    ClientGone,
+    /// A part could not be read as planned.
+    Failed(String),
+}
+
+type Chunks = tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>;
+
+async fn send(tx: &Chunks, chunk: Bytes) -> Result<(), Cut> {
+    tx.send(Ok(chunk)).await.map_err(|_| Cut::ClientGone)
+}
+
+/// The header, then each piece of the plan in turn.
+async fn stream_pieces(
+    plan: &JoinPlan,
+    mut sources: Vec<Option<Source>>,
+    tx: &Chunks,
+    token: Option<&str>,
+    metrics: &ApiMetrics,
+) -> Result<(), Cut> {
+    send(tx, Bytes::copy_from_slice(&plan.header())).await?;
+    for piece in &plan.pieces {
+        match *piece {
+            Piece::Silence(mut left) => {
+                while left > 0 {
+                    let n = usize::try_from(left).unwrap_or(usize::MAX).min(ZEROS.len());
+                    send(tx, Bytes::from_static(&ZEROS[..n])).await?;
+                    left -= n as u64;
+                }
+            }
+            Piece::Part { index, bytes } => {
+                let source = sources
+                    .get_mut(index)
+                    .and_then(Option::take)
+                    .ok_or_else(|| Cut::Failed(format!("part {} planned twice", index + 1)))?;
+                let from = match source {
+                    Source::Local(file) => {
+                        local_audio(file, bytes, tx).await?;
+                        "local"
+                    }
+                    Source::Peer { addr, uri, header } => {
+                        let token = token.ok_or_else(|| Cut::Failed("no cluster token".into()))?;
+                        peer_audio(addr, &uri, token, header, bytes, tx).await?;
+                        "peer"
+                    }
+                };
+                metrics
+                    .recording_parts_read
+                    .get_or_create(&SourceLabel { source: from })
+                    .inc();
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `bytes` of audio from a local file (positioned after its header).
+async fn local_audio(file: tokio::fs::File, bytes: u64, tx: &Chunks) -> Result<(), Cut> {
+    let mut audio = file.take(bytes);
+    let mut sent: u64 = 0;
+    loop {
+        let mut buf = bytes::BytesMut::with_capacity(CHUNK);
+        let n = audio
+            .read_buf(&mut buf)
+            .await
+            .map_err(|e| Cut::Failed(format!("reading a recording part: {e}")))?;
+        if n == 0 {
+            break;
+        }
+        sent = sent.saturating_add(n as u64);
+        send(tx, buf.freeze()).await?;
+    }
+    if sent != bytes {
+        return Err(Cut::Failed(format!(
+            "a recording part ended after {sent} of {bytes} bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// `bytes` of audio of a part at its node, which must still hold what its HEAD said.
+async fn peer_audio(
+    addr: SocketAddr,
+    uri: &str,
+    token: &str,
+    expected: PartHeader,
+    bytes: u64,
+    tx: &Chunks,
+) -> Result<(), Cut> {
+    let failed = |what: String| Cut::Failed(format!("part from {addr}: {what}"));
+    let answer = tokio::time::timeout(PEER_TIMEOUT, fetch(addr, Method::GET, uri, token))
+        .await
+        .map_err(|_| failed("no answer in time".into()))?
+        .map_err(failed)?;
+    if answer.status() != StatusCode::OK {
+        return Err(failed(format!("status {}", answer.status())));
+    }
+    if header_of(answer.headers()) != Some(expected) {
+        return Err(failed("the part changed since it was asked for".into()));
+    }
+    let mut body = answer.into_body();
+    let mut skip = HEADER_BYTES;
+    let mut left = bytes;
+    while left > 0 {
+        let frame = match tokio::time::timeout(PEER_TIMEOUT, body.frame()).await {
+            Err(_) => return Err(failed("stalled".into())),
+            Ok(None) => break,
+            Ok(Some(Err(e))) => return Err(failed(e.to_string())),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Ok(mut data) = frame.into_data() else {
+            continue;
+        };
+        let k = skip.min(data.len());
+        skip -= k;
+        let data = data.split_off(k);
+        let take = usize::try_from(left).unwrap_or(usize::MAX).min(data.len());
+        if take > 0 {
+            send(tx, data.slice(..take)).await?;
+            left -= take as u64;
+        }
+    }
+    if left > 0 {
+        return Err(failed(format!("the part ended {left} bytes early")));
+    }
+    Ok(())
+}
+
+/// One request over HTTP/1.1 to a peer's API.
 async fn fetch(
-    peer: std::net::SocketAddr,
+    peer: SocketAddr,
+    method: Method,
     path: &str,
     token: &str,
 ) -> Result<hyper::Response<hyper::body::Incoming>, String> {
@@ -159,10 +687,398 @@ async fn fetch(
     tokio::spawn(async move {
         let _ = conn.await;
     });
-    let req = hyper::Request::get(path)
+    let req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
         .header(header::HOST, peer.to_string())
         .header(header::AUTHORIZATION, format!("Bearer {token}"))
         .body(http_body_util::Empty::<Bytes>::new())
         .map_err(|e| e.to_string())?;
     send.send_request(req).await.map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{api, Api};
+    use crate::{Channels, Defences};
+    use tsunagu_store::conformance::sample_call;
+    use tsunagu_store::{NodeInfo, RecordingPart, Store};
+
+    const TOKEN: &str = "internal-token-for-tests";
+
+    /// Writes a part as nodes do (media's WavFile), every sample `value`.
+    fn write_part(dir: &std::path::Path, rel: &str, channels: u16, frames: usize, value: i16) {
+        let mut w = tsunagu_media::wav::WavFile::create(&dir.join(rel), channels).unwrap();
+        w.append(&vec![value; frames * usize::from(channels)])
+            .unwrap();
+    }
+
+    /// A call answered with a recording in `parts` (node, path, offset_ms).
+    fn recorded_call(a: &Api, parts: &[(&str, &str, i64)]) -> String {
+        let mut c = sample_call(&a.operator, &a.advertiser, 5_000);
+        c.recording = Some(parts[0].1.to_string());
+        c.recording_status = Some(RecordingStatus::Complete);
+        c.node = parts.last().unwrap().0.to_string();
+        if parts.len() > 1 {
+            c.recording_parts = parts
+                .iter()
+                .map(|(node, path, offset_ms)| RecordingPart {
+                    node: node.to_string(),
+                    path: path.to_string(),
+                    offset_ms: *offset_ms,
+                })
+                .collect();
+        }
+        a.store.insert_calls(&[c.clone()], &[]).unwrap();
+        c.call_id
+    }
+
+    /// Another node of `a`'s cluster: same store, its own recordings dir and metrics.
+    fn node(a: &Api, id: &str, dir: &std::path::Path, token: Option<&str>) -> Arc<ApiState> {
+        let metrics = ApiMetrics::default();
+        metrics.touch();
+        Arc::new(ApiState {
+            store: a.store.clone(),
+            hooks: a.state.hooks.clone(),
+            registry: a.state.registry.clone(),
+            admin_token: a.state.admin_token.clone(),
+            pool_metrics: a.state.pool_metrics.clone(),
+            channels: Channels {
+                email: false,
+                sms: false,
+                egress: Default::default(),
+                egress_refused: Default::default(),
+            },
+            recordings_dir: dir.to_path_buf(),
+            node_id: id.into(),
+            cluster_token: token.map(str::to_string),
+            prompts: a.state.prompts.clone(),
+            defences: Defences::new(&tsunagu_config::ApiConfig::default(), metrics),
+        })
+    }
+
+    /// Serves `state`'s API on a loopback port, registered in the store as its node's.
+    async fn serve(a: &Api, state: Arc<ApiState>) -> tokio::task::JoinHandle<()> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        a.store
+            .register_node(
+                &NodeInfo {
+                    node_id: state.node_id.clone(),
+                    cluster_addr: None,
+                    api_addr: Some(addr.to_string()),
+                },
+                1,
+            )
+            .unwrap();
+        let router = crate::router(state);
+        tokio::spawn(async move {
+            axum::serve(listener, router).await.unwrap();
+        })
+    }
+
+    struct Got {
+        status: StatusCode,
+        headers: HeaderMap,
+        /// The body, or why it could not be read whole.
+        body: Result<Bytes, String>,
+    }
+
+    async fn get(a: &Api, state: &Arc<ApiState>, path: &str) -> Got {
+        let router = crate::router(state.clone());
+        let r = a.call(&router, "GET", path, Some(&a.key), "").await;
+        let (status, headers) = (r.status(), r.headers().clone());
+        let body = axum::body::to_bytes(r.into_body(), usize::MAX)
+            .await
+            .map_err(|e| e.to_string());
+        Got {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    fn header(g: &Got, name: &str) -> String {
+        g.headers
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default()
+    }
+
+    /// (channels, samples) of a WAV whose header counts exactly the bytes that follow.
+    fn wav(bytes: &[u8]) -> (u16, Vec<i16>) {
+        let h: &[u8; 44] = bytes[..44].try_into().unwrap();
+        let parsed = read_header(h, (bytes.len() - 44) as u64).unwrap();
+        assert_eq!(parsed.data_bytes, (bytes.len() - 44) as u64, "sizes agree");
+        let samples = bytes[44..]
+            .chunks_exact(2)
+            .map(|c| i16::from_le_bytes([c[0], c[1]]))
+            .collect();
+        (parsed.channels, samples)
+    }
+
+    /// Runs of equal samples: [(value, count)].
+    fn runs(samples: &[i16]) -> Vec<(i16, usize)> {
+        let mut out: Vec<(i16, usize)> = Vec::new();
+        for s in samples {
+            match out.last_mut() {
+                Some((v, n)) if v == s => *n += 1,
+                _ => out.push((*s, 1)),
+            }
+        }
+        out
+    }
+
+    fn metric(st: &ApiState, outcome: &'static str) -> u64 {
+        st.defences
+            .metrics
+            .recordings_served
+            .get_or_create(&OutcomeLabel { outcome })
+            .get()
+    }
+
+    #[tokio::test]
+    async fn parts_are_joined_with_silence_for_the_gap() {
+        let a = api();
+        let dir = a.state.recordings_dir.clone();
+        // 125 ms on n2, then n1 from 500 ms: 375 ms of silence between them.
+        write_part(&dir, "d/c.wav", 2, 1000, 1000);
+        write_part(&dir, "d/c.n1.wav", 2, 800, -2000);
+        // n2 was killed after writing audio and before counting it in the header.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(dir.join("d/c.wav"))
+            .and_then(|mut f| std::io::Write::write_all(&mut f, &[9, 9, 9]))
+            .unwrap();
+        let id = recorded_call(&a, &[("n2", "d/c.wav", 0), ("n1", "d/c.n1.wav", 500)]);
+        let g = get(&a, &a.state, &format!("/v1/calls/{id}/recording")).await;
+        assert_eq!(g.status, 200);
+        let body = g.body.clone().unwrap();
+        assert_eq!(header(&g, "content-length"), body.len().to_string());
+        assert_eq!(header(&g, "content-type"), "audio/wav");
+        assert_eq!(header(&g, "tsunagu-recording-parts"), "2");
+        let (channels, samples) = wav(&body);
+        assert_eq!(channels, 2);
+        assert_eq!(runs(&samples), vec![(1000, 2000), (0, 6000), (-2000, 1600)]);
+        let local = |st: &ApiState| {
+            st.defences
+                .metrics
+                .recording_parts_read
+                .get_or_create(&SourceLabel { source: "local" })
+                .get()
+        };
+        assert_eq!((metric(&a.state, "served"), local(&a.state)), (1, 2));
+
+        // One part alone.
+        let g = get(&a, &a.state, &format!("/v1/calls/{id}/recording?part=2")).await;
+        assert_eq!(g.status, 200);
+        assert!(header(&g, "content-disposition").contains(".part2.wav"));
+        assert_eq!(runs(&wav(&g.body.unwrap()).1), vec![(-2000, 1600)]);
+        for (query, status) in [
+            ("part=3", 404),
+            ("part=0", 404),
+            ("part=x", 400),
+            ("part=-1", 400),
+        ] {
+            let g = get(&a, &a.state, &format!("/v1/calls/{id}/recording?{query}")).await;
+            assert_eq!(g.status, status, "{query}");
+        }
+        // Another operator's key finds no such call.
+        let other = a.store.create_operator("other").unwrap();
+        let key = tsunagu_store::new_api_key();
+        a.store
+            .add_api_key(&other.id, &tsunagu_store::hash_api_key(&key), "tsk_o")
+            .unwrap();
+        let r = a
+            .call(
+                &a.router,
+                "GET",
+                &format!("/v1/calls/{id}/recording"),
+                Some(&key),
+                "",
+            )
+            .await;
+        assert_eq!(r.status(), 404);
+    }
+
+    /// What cannot be joined is refused whole, with the reason, never served garbled or
+    /// silently short.
+    #[tokio::test]
+    async fn parts_that_cannot_be_joined_are_refused() {
+        let a = api();
+        let dir = a.state.recordings_dir.clone();
+        write_part(&dir, "d/stereo.wav", 2, 100, 7);
+        write_part(&dir, "d/mono.wav", 1, 100, 7);
+        std::fs::write(
+            dir.join("d/text.wav"),
+            "this is not audio at all, it is a secret token",
+        )
+        .unwrap();
+        type Row = (
+            &'static str,
+            Vec<(&'static str, &'static str, i64)>,
+            u16,
+            &'static str,
+            &'static str,
+        );
+        let table: Vec<Row> = vec![
+            (
+                "stereo then mono",
+                vec![("n1", "d/stereo.wav", 0), ("n1", "d/mono.wav", 100)],
+                409,
+                "channels_differ",
+                "part 1 has 2 channel(s) and part 2 has 1",
+            ),
+            (
+                "a part that is not a WAV",
+                vec![("n1", "d/stereo.wav", 0), ("n1", "d/text.wav", 100)],
+                500,
+                "broken",
+                "not a WAV recording",
+            ),
+            (
+                "a part not here, recorded here",
+                vec![("n1", "d/stereo.wav", 0), ("n1", "d/gone.wav", 100)],
+                404,
+                "part_missing",
+                "part 2 (recorded on n1): the file is not in this node's recordings dir",
+            ),
+            (
+                "a part of another node outside a cluster",
+                vec![("n1", "d/stereo.wav", 0), ("n2", "d/x.n2.wav", 100)],
+                404,
+                "part_missing",
+                "part 2 (recorded on n2)",
+            ),
+            (
+                "a path out of the recordings dir",
+                vec![("n1", "d/stereo.wav", 0), ("n1", "../t.db", 100)],
+                500,
+                "",
+                "not relative",
+            ),
+        ];
+        for (name, parts, status, outcome, message) in table {
+            let id = recorded_call(&a, &parts);
+            let before = (!outcome.is_empty()).then(|| metric(&a.state, outcome));
+            let g = get(&a, &a.state, &format!("/v1/calls/{id}/recording")).await;
+            assert_eq!(g.status.as_u16(), status, "{name}");
+            let text = String::from_utf8_lossy(&g.body.unwrap()).into_owned();
+            assert!(text.contains(message), "{name}: {text}");
+            if let Some(before) = before {
+                assert_eq!(metric(&a.state, outcome), before + 1, "{name}");
+            }
+        }
+        // The parts that can be had are served one by one.
+        let id = recorded_call(&a, &[("n1", "d/stereo.wav", 0), ("n1", "d/mono.wav", 100)]);
+        let g = get(&a, &a.state, &format!("/v1/calls/{id}/recording?part=2")).await;
+        assert_eq!((g.status.as_u16(), wav(&g.body.unwrap()).0), (200, 1));
+    }
+
+    /// Nodes that do not share a recordings dir: a part is fetched from the node that
+    /// recorded it; while that node is down the recording is 503 (Retry-After) and names
+    /// the part; the internal endpoint answers only the cluster's token and only parts
+    /// the record lists.
+    #[tokio::test]
+    async fn parts_on_other_nodes_are_fetched_from_them() {
+        let a = api();
+        let dir_n2 = tempfile::tempdir().unwrap();
+        let n1 = node(&a, "n1", &a.state.recordings_dir, Some(TOKEN));
+        let n2 = node(&a, "n2", dir_n2.path(), Some(TOKEN));
+        write_part(dir_n2.path(), "d/c.wav", 1, 4000, 300);
+        write_part(&n1.recordings_dir, "d/c.n1.wav", 1, 2000, -300);
+        let id = recorded_call(&a, &[("n2", "d/c.wav", 0), ("n1", "d/c.n1.wav", 1000)]);
+        let server = serve(&a, n2.clone()).await;
+
+        let g = get(&a, &n1, &format!("/v1/calls/{id}/recording")).await;
+        assert_eq!(g.status, 200);
+        let (channels, samples) = wav(&g.body.unwrap());
+        assert_eq!(channels, 1);
+        assert_eq!(runs(&samples), vec![(300, 4000), (0, 4000), (-300, 2000)]);
+        let peer = n1
+            .defences
+            .metrics
+            .recording_parts_read
+            .get_or_create(&SourceLabel { source: "peer" })
+            .get();
+        assert_eq!(peer, 1);
+
+        // The internal endpoint: the token, the part's number, its own files only.
+        let internal = |q: &str| format!("/v1/internal/recordings/{}/{id}{q}", a.operator);
+        let router = crate::router(n2.clone());
+        for (token, q, status) in [
+            (Some(TOKEN), "?part=1", 200),
+            (None, "?part=1", 401),
+            (Some("internal-token-for-testz"), "?part=1", 401),
+            (Some(a.key.as_str()), "?part=1", 401),
+            (Some(TOKEN), "?part=3", 404),
+            (Some(TOKEN), "?part=2", 404),
+        ] {
+            let r = a.call(&router, "GET", &internal(q), token, "").await;
+            assert_eq!(r.status().as_u16(), status, "{token:?} {q}");
+        }
+
+        // n2 goes down: its part cannot be had, and the answer says which and why.
+        server.abort();
+        let _ = server.await;
+        let g = get(&a, &n1, &format!("/v1/calls/{id}/recording")).await;
+        assert_eq!(g.status, 503);
+        assert_eq!(header(&g, "retry-after"), "60");
+        let text = String::from_utf8_lossy(&g.body.unwrap()).into_owned();
+        assert!(
+            text.contains("part 1 (recorded on n2): its node cannot be reached"),
+            "{text}"
+        );
+        assert!(text.contains("?part=N"), "{text}");
+        assert_eq!(n1.defences.metrics.recording_parts_missing.get(), 1);
+        assert_eq!(metric(&n1, "part_missing"), 1);
+        // Its own part is still served alone.
+        let g = get(&a, &n1, &format!("/v1/calls/{id}/recording?part=2")).await;
+        assert_eq!(g.status, 200);
+    }
+
+    /// A peer that announces more audio than it sends (or whose part shrank) cannot
+    /// make the node hand out a malformed file: the transfer ends before its
+    /// Content-Length, and it is counted.
+    #[tokio::test]
+    async fn a_peer_sending_less_than_it_announced_cuts_the_response() {
+        let a = api();
+        let n1 = node(&a, "n1", &a.state.recordings_dir, Some(TOKEN));
+        let liar = axum::Router::new().route(
+            "/v1/internal/recordings/{op}/{id}",
+            axum::routing::get(|| async {
+                let mut body = tsunagu_media::wav::header(1, 100).to_vec();
+                body.extend_from_slice(&[1; 100]);
+                (
+                    [(CHANNELS_HEADER, "1"), (DATA_BYTES_HEADER, "100000")],
+                    body,
+                )
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, liar).await.unwrap() });
+        a.store
+            .register_node(
+                &NodeInfo {
+                    node_id: "n2".into(),
+                    cluster_addr: None,
+                    api_addr: Some(addr.to_string()),
+                },
+                1,
+            )
+            .unwrap();
+        let id = recorded_call(&a, &[("n2", "d/c.wav", 0), ("n1", "d/c.n1.wav", 1000)]);
+        write_part(&n1.recordings_dir, "d/c.n1.wav", 1, 10, 5);
+        let g = get(&a, &n1, &format!("/v1/calls/{id}/recording")).await;
+        assert_eq!(g.status, 200, "the head went out before the audio");
+        // 100,000 bytes announced, then the local part (which overlaps: no gap).
+        assert_eq!(
+            header(&g, "content-length"),
+            (44 + 100_000 + 20).to_string()
+        );
+        assert!(g.body.is_err(), "the body must not end as if complete");
+        assert_eq!(metric(&n1, "cut"), 1);
+    }
 }

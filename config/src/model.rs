@@ -49,6 +49,22 @@ pub struct NodeConfig {
     /// A call older than this is ended by its supervisor (a stuck-call safety net).
     #[serde(default = "default_max_call_seconds")]
     pub max_call_seconds: u64,
+    /// Where call recordings are written (`<day>/<call_id>.wav`, and
+    /// `<day>/<call_id>.<node>.wav` for the part a node records after taking a call
+    /// over); default `<data_dir>/recordings` (see [`NodeConfig::effective_recordings_dir`]).
+    /// In a cluster, a directory shared by all nodes (NFS, CephFS...) lets any node serve
+    /// every part of a recording even while the node that recorded a part is down.
+    #[serde(default)]
+    pub recordings_dir: Option<PathBuf>,
+}
+
+impl NodeConfig {
+    /// `recordings_dir`, or its default under `data_dir`.
+    pub fn effective_recordings_dir(&self) -> PathBuf {
+        self.recordings_dir
+            .clone()
+            .unwrap_or_else(|| default_recordings_dir(&self.data_dir))
+    }
 }
 
 impl Default for NodeConfig {
@@ -59,6 +75,7 @@ impl Default for NodeConfig {
             drain_seconds: default_drain_seconds(),
             max_calls: default_max_calls(),
             max_call_seconds: default_max_call_seconds(),
+            recordings_dir: None,
         }
     }
 }
@@ -702,6 +719,9 @@ fn default_node_id() -> String {
 }
 fn default_data_dir() -> PathBuf {
     PathBuf::from("./data")
+}
+fn default_recordings_dir(data_dir: &std::path::Path) -> PathBuf {
+    data_dir.join("recordings")
 }
 fn default_drain_seconds() -> u64 {
     60

@@ -5,6 +5,13 @@ use crate::net::Transport;
 use std::collections::HashSet;
 use std::fmt;
 
+/// `path` without `.` components, so `./data` and `data` compare equal.
+fn lexical(path: &std::path::Path) -> std::path::PathBuf {
+    path.components()
+        .filter(|c| !matches!(c, std::path::Component::CurDir))
+        .collect()
+}
+
 /// One configuration problem: where (`trunks[1].outbound`) and what.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -45,6 +52,9 @@ impl Config {
         }
         if self.node.max_calls == 0 {
             err("node.max_calls".into(), "must be at least 1".into());
+        }
+        if let Some(message) = self.recordings_dir_error() {
+            err("node.recordings_dir".into(), message);
         }
 
         if self.sip.listen.is_empty() {
@@ -320,6 +330,38 @@ impl Config {
 impl Config {
     /// The `[api]` limits: every timeout and cap at least 1 (0 would refuse everything
     /// or close every connection at once), rates with a bucket to refill.
+    /// What is wrong with `node.recordings_dir`, if anything. The API serves files from
+    /// it by the paths call records name, so it must not hold the data directory (its
+    /// secrets and store) and must not overlap the prompts directory (operators'
+    /// uploads). Paths are compared as written (`./a` and `a` alike), not resolved.
+    fn recordings_dir_error(&self) -> Option<String> {
+        let dir = self.node.recordings_dir.as_deref()?;
+        if dir.as_os_str().is_empty() {
+            return Some("must name a directory".into());
+        }
+        let dir = lexical(dir);
+        if lexical(&self.node.data_dir).starts_with(&dir) {
+            return Some(format!(
+                "must not be node.data_dir ({}) nor contain it: it holds the store and secrets",
+                self.node.data_dir.display()
+            ));
+        }
+        // The prompts directory's default, as the node resolves it.
+        let prompts = self
+            .media
+            .prompts_dir
+            .clone()
+            .unwrap_or_else(|| self.node.data_dir.join("prompts"));
+        let prompts = lexical(&prompts);
+        if prompts.starts_with(&dir) || dir.starts_with(&prompts) {
+            return Some(format!(
+                "must not overlap the prompts directory ({})",
+                prompts.display()
+            ));
+        }
+        None
+    }
+
     fn validate_api(&self, err: &mut impl FnMut(String, String)) {
         let a = &self.api;
         let at_least_one = [
@@ -729,6 +771,98 @@ mod tests {
         let env = vec![("TSUNAGU_MEDIA__LATCH".to_string(), "strict".to_string())];
         let c = Config::from_toml_with_env(SPEC_EXAMPLE, env).unwrap();
         assert_eq!(c.media.latch, RtpLatch::Strict, "set from the environment");
+    }
+
+    /// `node.recordings_dir`: its default under `data_dir`, a shared directory, and the
+    /// directories it must stay clear of.
+    #[test]
+    fn recordings_dir() {
+        use std::path::PathBuf;
+        let c = Config::from_toml("[node]\ndata_dir = \"/var/lib/tsunagu\"\n").unwrap();
+        assert_eq!(
+            c.node.effective_recordings_dir(),
+            PathBuf::from("/var/lib/tsunagu/recordings")
+        );
+        type Row = (
+            &'static str,
+            &'static str,
+            Result<&'static str, &'static str>,
+        );
+        let table: &[Row] = &[
+            (
+                "shared mount",
+                "recordings_dir = \"/mnt/shared/recordings\"",
+                Ok("/mnt/shared/recordings"),
+            ),
+            (
+                "relative",
+                "data_dir = \"./data\"\nrecordings_dir = \"rec\"",
+                Ok("rec"),
+            ),
+            (
+                "inside data_dir",
+                "data_dir = \"/d\"\nrecordings_dir = \"/d/rec\"",
+                Ok("/d/rec"),
+            ),
+            (
+                "empty",
+                "recordings_dir = \"\"",
+                Err("must name a directory"),
+            ),
+            (
+                "the data dir",
+                "data_dir = \"./data\"\nrecordings_dir = \"data\"",
+                Err("must not be node.data_dir"),
+            ),
+            (
+                "above the data dir",
+                "data_dir = \"/d/x\"\nrecordings_dir = \"/d\"",
+                Err("must not be node.data_dir"),
+            ),
+            (
+                "root",
+                "data_dir = \"/d\"\nrecordings_dir = \"/\"",
+                Err("must not be node.data_dir"),
+            ),
+            (
+                "the default prompts dir",
+                "data_dir = \"/d\"\nrecordings_dir = \"/d/prompts\"",
+                Err("must not overlap the prompts"),
+            ),
+            (
+                "inside the prompts dir",
+                "data_dir = \"/d\"\nrecordings_dir = \"/d/prompts/rec\"",
+                Err("must not overlap the prompts"),
+            ),
+        ];
+        for (name, node, want) in table {
+            let text = format!("[node]\n{node}\n");
+            match (Config::from_toml(&text), want) {
+                (Ok(c), Ok(dir)) => {
+                    assert_eq!(
+                        c.node.effective_recordings_dir(),
+                        PathBuf::from(dir),
+                        "{name}"
+                    )
+                }
+                (Err(errs), Err(message)) => {
+                    assert_eq!(errs.0.len(), 1, "{name}: {errs:?}");
+                    assert_eq!(errs.0[0].path, "node.recordings_dir", "{name}");
+                    assert!(errs.0[0].message.contains(message), "{name}: {errs:?}");
+                }
+                (got, _) => panic!("{name}: {got:?}"),
+            }
+        }
+        let c = Config::from_toml(
+            "[node]\nrecordings_dir = \"/srv/p/rec\"\n[media]\nprompts_dir = \"/srv/p\"\n",
+        );
+        assert!(c.is_err(), "inside a prompts_dir set explicitly");
+        let env = vec![(
+            "TSUNAGU_NODE__RECORDINGS_DIR".to_string(),
+            "/mnt/rec".to_string(),
+        )];
+        let c = Config::from_toml_with_env("", env).unwrap();
+        assert_eq!(c.node.effective_recordings_dir(), PathBuf::from("/mnt/rec"));
     }
 
     #[test]

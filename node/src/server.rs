@@ -453,7 +453,7 @@ pub async fn run(
     })?;
 
     let routing = Routing::from_config(&config);
-    let recordings_dir = config.node.data_dir.join("recordings");
+    let recordings_dir = config.node.effective_recordings_dir();
     let prompts_dir = config
         .media
         .prompts_dir
@@ -738,6 +738,10 @@ fn print_banner(
         config.media.address, config.media.ports
     );
     println!("  data:         {}", config.node.data_dir.display());
+    println!(
+        "  recordings:   {}",
+        config.node.effective_recordings_dir().display()
+    );
     for t in &config.trunks {
         if let Some(o) = &t.outbound {
             println!("  trunk `{}`: forwarded legs go to {o}", t.name);

@@ -1133,9 +1133,11 @@ impl Call {
                 self.phase = Phase::Answered;
                 self.answer_with_session(&resp, sdp.as_deref());
                 self.a.answered();
+                // Recording first: the checkpoint carries it, so a node taking the
+                // call over records the next part.
+                self.start_recording();
                 self.checkpoint_now(true);
                 self.emit(EventKind::Answered);
-                self.start_recording();
                 tracing::debug!("answered");
             }
             _ => {
