@@ -19,5 +19,6 @@ mod prompts;
 mod recording;
 mod sip_edge;
 mod takeover;
+mod takeover_sipp;
 mod tls;
 mod torture;
