@@ -177,26 +177,31 @@ def provision(node, admin, lines=0):
     return key
 
 
-def uas(work):
-    """The destination: a SIPp UAS answering every call at once."""
-    return subprocess.Popen(["sipp", "-sf", os.path.join(SCEN, "uas_answer.xml"), "-i", "127.0.0.1", "-p", str(UAS_PORT),
-                             "-buff_size", "4194304", "-nostdin", "-t", "u1"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=work)
+def uas(work, scenario="uas_answer.xml", extra=(), out=None):
+    """The destination: a SIPp UAS answering every call at once (`scenario`, with more
+    SIPp options in `extra`; its screens written to the file `out`, if given). Returns
+    the process (its command line in `.args`)."""
+    return subprocess.Popen(["sipp", "-sf", os.path.join(SCEN, scenario), "-i", "127.0.0.1", "-p", str(UAS_PORT),
+                             "-buff_size", "4194304", "-nostdin", "-t", "u1", *extra],
+                            stdout=out or subprocess.DEVNULL, stderr=subprocess.STDOUT if out else subprocess.DEVNULL,
+                            cwd=work)
 
 
-def uac(target, port, rate_per_s, calls, hold_ms, step_dir, transport="u1", trace_rtt=True, limit_s=None):
+def uac(target, port, rate_per_s, calls, hold_ms, step_dir, transport="u1", trace_rtt=True, limit_s=None,
+        scenario="uac.xml", extra=()):
     """Starts a SIPp UAC calling NUMBER through `target` from 127.0.0.1:`port`, at
     `rate_per_s` calls per second (a float: SIPp's -r/-rp make 100/3 exact) for `calls`
-    calls, in a directory of its own under `step_dir`. Returns the process; its
-    outcome is `uac_result(port, step_dir)` once it has exited."""
+    calls, in a directory of its own under `step_dir` (`scenario`, with more SIPp
+    options in `extra`). Returns the process (its command line in `.args`); its outcome
+    is `uac_result(port, step_dir)` once it has exited."""
     d = os.path.join(step_dir, f"uac{port}")
     os.makedirs(d, exist_ok=True)
     rate_calls, period_ms = rate_fraction(rate_per_s)
-    cmd = ["sipp", "-sf", os.path.join(SCEN, "uac.xml"), "-s", NUMBER, target, "-i", "127.0.0.1", "-p", str(port),
+    cmd = ["sipp", "-sf", os.path.join(SCEN, scenario), "-s", NUMBER, target, "-i", "127.0.0.1", "-p", str(port),
            "-mp", str(6100 + 10 * (port % 100)), "-t", transport, "-key", "caller", "09012345678",
            "-r", str(rate_calls), "-rp", str(period_ms), "-m", str(calls),
            "-l", str(int(rate_per_s * (hold_ms / 1000 + 5)) + 1), "-d", str(hold_ms),
-           "-buff_size", "4194304", "-nostdin"]
+           "-buff_size", "4194304", "-nostdin", *extra]
     if trace_rtt:
         cmd += ["-trace_rtt", "-rtt_freq", "1"]
     if limit_s:

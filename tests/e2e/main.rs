@@ -20,5 +20,6 @@ mod recording;
 mod sip_edge;
 mod takeover;
 mod takeover_recording;
+mod takeover_sipp;
 mod tls;
 mod torture;

@@ -4,7 +4,6 @@
 //! PCMA both ways every 100 ms (20 ms of audio each: a recording of it has 80 ms lulls).
 
 use crate::cluster_harness::*;
-use crate::harness::*;
 use crate::party::Party;
 use std::io::{Read, Write};
 use std::net::SocketAddr;
@@ -29,7 +28,6 @@ struct Rig {
 impl Rig {
     fn new(node_extra: &str) -> Rig {
         let mut c = TestCluster::new();
-        c.rtp = Some(wide_rtp_range());
         c.node_extra = node_extra.to_string();
         for i in 1..=3 {
             c.start(i, GOOD);
