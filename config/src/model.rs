@@ -415,7 +415,7 @@ impl Default for StoreConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
     /// Where this node's peers connect (mutual TLS); unset = a node on its own.
@@ -434,6 +434,28 @@ pub struct ClusterConfig {
     /// Certificates between nodes: required with `listen`.
     #[serde(default)]
     pub tls: Option<ClusterTlsConfig>,
+    /// Calls keep a checkpoint in the store so that another node can resume them (on
+    /// by default in a cluster; off: a node's answered calls end with it, and each call
+    /// writes its record in progress only at admission and answer).
+    #[serde(default = "default_checkpoints")]
+    pub checkpoints: bool,
+}
+
+fn default_checkpoints() -> bool {
+    true
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            listen: None,
+            seeds: Vec::new(),
+            secret: None,
+            secret_file: None,
+            tls: None,
+            checkpoints: default_checkpoints(),
+        }
+    }
 }
 
 /// Mutual TLS between nodes: each node presents `cert_file` (which must name the IP

@@ -547,6 +547,20 @@ mod tests {
     }
 
     #[test]
+    fn checkpoints_are_on_unless_turned_off() {
+        assert!(Config::from_toml("").unwrap().cluster.checkpoints);
+        assert!(
+            Config::from_toml("[cluster]\n")
+                .unwrap()
+                .cluster
+                .checkpoints
+        );
+        let off = Config::from_toml("[cluster]\ncheckpoints = false\n").unwrap();
+        assert!(!off.cluster.checkpoints);
+        assert!(Config::from_toml("[cluster]\ncheckpoints = 1\n").is_err());
+    }
+
+    #[test]
     fn embedded_default_is_valid() {
         Config::from_toml(crate::EMBEDDED_DEFAULT).unwrap();
     }

@@ -45,6 +45,8 @@ pub struct NodeContext {
     /// Whether each trunk answers its OPTIONS keepalives (always true without them).
     pub trunk_up: Vec<AtomicBool>,
     pub draining: AtomicBool,
+    /// Calls write checkpoints (clustered, `cluster.checkpoints`): see call/takeover.rs.
+    pub checkpoints: bool,
 }
 
 impl NodeContext {

@@ -101,6 +101,7 @@ pub struct CallMetrics {
     pub mailbox_dropped: Counter,
     pub withheld: Family<PathLabel, Counter>,
     pub handed_over: Counter,
+    pub provisioning_change: Gauge,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -169,6 +170,7 @@ impl Default for CallMetrics {
             mailbox_dropped: Counter::default(),
             withheld: Family::default(),
             handed_over: Counter::default(),
+            provisioning_change: Gauge::default(),
         }
     }
 }
@@ -422,6 +424,11 @@ impl Metrics {
             "takeover_seconds",
             "From claiming a call to both parties answering this node's re-INVITE",
             c.takeover_seconds.clone(),
+        );
+        r.register(
+            "provisioning_change",
+            "The last provisioning change this node applied (a sequence number of the store's change feed): the nodes of a cluster reach the same value within a round trip of a change (every 2 s at worst)",
+            c.provisioning_change.clone(),
         );
         r.register(
             "calls_handed_over",

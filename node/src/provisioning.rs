@@ -45,6 +45,8 @@ struct Inner {
     cluster: OnceLock<Cluster>,
     /// The last change applied.
     seen: AtomicI64,
+    /// `seen`, exported (`tsunagu_provisioning_change`).
+    seen_gauge: prometheus_client::metrics::gauge::Gauge,
     /// One catch-up at a time.
     busy: Mutex<()>,
 }
@@ -57,8 +59,10 @@ impl Provisioning {
         directory: Directory,
         webhooks: WebhookCache,
         prompts: tsunagu_media::Prompts,
+        seen_gauge: prometheus_client::metrics::gauge::Gauge,
     ) -> Result<Provisioning, tsunagu_store::StoreError> {
         let seen = store.changes_since(i64::MAX, 0)?.latest;
+        seen_gauge.set(seen);
         let p = Provisioning(Arc::new(Inner {
             store,
             directory,
@@ -66,6 +70,7 @@ impl Provisioning {
             prompts,
             cluster: OnceLock::new(),
             seen: AtomicI64::new(seen),
+            seen_gauge,
             busy: Mutex::new(()),
         }));
         p.load_prompts()?;
@@ -134,6 +139,7 @@ impl Provisioning {
                 self.apply(kind, key);
             }
             self.0.seen.store(last, Ordering::Relaxed);
+            self.0.seen_gauge.set(last);
             if page.items.len() < PAGE {
                 return;
             }
@@ -195,5 +201,6 @@ impl Provisioning {
             return;
         }
         self.0.seen.store(latest, Ordering::Relaxed);
+        self.0.seen_gauge.set(latest);
     }
 }

@@ -459,6 +459,7 @@ pub async fn run(
         directory.clone(),
         webhooks.clone(),
         prompts.clone(),
+        metrics.calls.provisioning_change.clone(),
     )?;
     let ctx = Arc::new(NodeContext {
         node_id: config.node.id.clone(),
@@ -496,6 +497,7 @@ pub async fn run(
         min_se: config.sip.min_session_expires,
         active: AtomicUsize::new(0),
         draining: AtomicBool::new(false),
+        checkpoints: config.cluster.listen.is_some() && config.cluster.checkpoints,
     });
     let (supervisor, supervisor_handle) = Actor::spawn(
         Some("call-supervisor".into()),

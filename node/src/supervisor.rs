@@ -330,6 +330,7 @@ mod tests {
             min_se: 90,
             active: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
+            checkpoints: true,
         });
         let (sup, _) = Actor::spawn(
             None,

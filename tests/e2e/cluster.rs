@@ -548,3 +548,59 @@ fn nodes_without_the_cluster_certificate_or_secret_cannot_join() {
     good.start(2, GOOD);
     good.wait_formed();
 }
+
+/// Number leases are compare-and-set in the shared store: issuers on three nodes at
+/// once never get the same number.
+#[test]
+fn issuers_on_every_node_at_once_never_get_the_same_number() {
+    let mut c = TestCluster::new();
+    for i in 1..=3 {
+        c.start(i, GOOD);
+    }
+    c.wait_formed();
+    let (key, adv) = c
+        .node("n1")
+        .provision("0501234567", r#"[{"number": "0311112222"}]"#, "{}");
+    let numbers: Vec<String> = (0..150).map(|i| format!("\"05077{i:05}\"")).collect();
+    let body = format!(
+        r#"{{"advertiser_id": "{adv}", "mode": "one_time", "numbers": [{}], "hold_seconds": 600, "destinations": [{{"number": "0311112222"}}]}}"#,
+        numbers.join(",")
+    );
+    let pool = c.node("n1").send("POST", "/v1/pools", Some(&key), &body);
+    assert_eq!(pool.status, 201, "{}", pool.body);
+    let id = pool.json()["id"].as_str().unwrap().to_string();
+    let apis: Vec<u16> = ["n1", "n2", "n3"]
+        .iter()
+        .map(|n| c.node(n).ports.api)
+        .collect();
+    let issued: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..120)
+            .map(|i| {
+                let (key, id, api) = (key.clone(), id.clone(), apis[i % 3]);
+                s.spawn(move || {
+                    let body = format!(r#"{{"params": {{"session_id": "visitor-{i}"}}}}"#);
+                    let r = http(
+                        api,
+                        "POST",
+                        &format!("/v1/pools/{id}/issue"),
+                        Some(&key),
+                        Some(&body),
+                        &[],
+                    )
+                    .unwrap();
+                    assert_eq!(r.status, 200, "{}", r.body);
+                    r.json()["number"].as_str().unwrap().to_string()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut distinct = issued.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(
+        distinct.len(),
+        120,
+        "120 issues through three nodes, 120 different numbers"
+    );
+}

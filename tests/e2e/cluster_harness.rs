@@ -228,6 +228,25 @@ trunks = ["carrier-a"]
             })
     }
 
+    /// Waits until every node applied every provisioning change in the store (a change
+    /// made through one node reaches the others within a round trip, or the 2 s poll).
+    pub fn wait_provisioned(&self) {
+        use tsunagu_store::Store;
+        let store =
+            tsunagu_store::SqliteStore::open(&self.path("shared.db")).expect("the shared store");
+        let latest = store
+            .changes_since(i64::MAX, 0)
+            .expect("change feed")
+            .latest;
+        for (name, m) in &self.members {
+            m.node.wait_until(
+                Duration::from_secs(5),
+                &format!("{name} to apply change {latest}"),
+                || m.node.metric("tsunagu_provisioning_change") >= latest as f64,
+            );
+        }
+    }
+
     /// Waits until every node sees every other up (and holds its lease, its line
     /// tables rebuilt).
     pub fn wait_formed(&self) {

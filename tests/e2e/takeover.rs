@@ -39,6 +39,7 @@ impl Rig {
             r#"[{"number": "0311112222", "ring_seconds": 30}]"#,
             "{}",
         );
+        c.wait_provisioned();
         let callers = c.caller_ports();
         let party = Party::start(callers.uac, c.uas_ports.uas);
         Rig {
@@ -361,4 +362,45 @@ fn a_rolling_restart_under_load_drops_no_call() {
         })
         .sum();
     assert_eq!(hops as f64, moves, "moves recorded in the calls' nodes");
+}
+
+#[test]
+fn a_node_killed_and_started_again_at_once_loses_no_answered_call() {
+    // As systemd's Restart=always does: the new run is up before the peers notice the
+    // death. Its calls are resumed (by the new run itself or by a peer, whichever claims
+    // each first) and logged once.
+    const CALLS: usize = 90;
+    let mut rig = Rig::new("");
+    rig.place(CALLS);
+    let victims = rig.carried_by("n2");
+    rig.party.mark();
+    let death = Instant::now();
+    let n2 = &mut rig.c.members.get_mut("n2").unwrap().node;
+    n2.kill();
+    n2.start_again();
+    rig.wait_heard(&victims, death, Duration::from_secs(10));
+    let gaps = rig.party.gaps();
+    let theirs: Vec<&Gap> = gaps
+        .iter()
+        .filter(|g| victims.contains(&g.caller))
+        .collect();
+    let (share, worst) = survived(&theirs);
+    eprintln!(
+        "kill -9 and restart: {:.1} % within {RESUMED_WITHIN:?}, worst {worst:?}",
+        share * 100.0
+    );
+    assert!(
+        share >= 0.999,
+        "{:.1} % resumed; worst gap {worst:?}\n{}",
+        share * 100.0,
+        rig.c.node("n2").log()
+    );
+    rig.c.wait_formed();
+    let records = rig.hang_up_and_check_records(CALLS, "n3");
+    for (caller, r) in &records {
+        if victims.contains(caller) {
+            assert_eq!(r["nodes"][0], "n2", "{r}");
+            assert!(r["taken_over_at"].is_string(), "{r}");
+        }
+    }
 }

@@ -640,7 +640,7 @@ impl Call {
         self.stop_ring_timer();
         self.ring_timer = Some(timer);
         // What a survivor needs to CANCEL this attempt if this node dies now.
-        self.checkpoint_now();
+        self.checkpoint_now(false);
     }
 
     /// Drops the ring timer's task at once (an answered call keeps no timer task for
@@ -1056,7 +1056,7 @@ impl Call {
                 }
                 _ => {}
             }
-            self.checkpoint_now();
+            self.checkpoint_now(false);
         }
     }
 
@@ -1133,7 +1133,7 @@ impl Call {
                 self.phase = Phase::Answered;
                 self.answer_with_session(&resp, sdp.as_deref());
                 self.a.answered();
-                self.checkpoint_now();
+                self.checkpoint_now(true);
                 self.emit(EventKind::Answered);
                 self.start_recording();
                 tracing::debug!("answered");

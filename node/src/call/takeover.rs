@@ -126,8 +126,16 @@ impl Call {
     }
 
     /// Writes the call's record in progress with its checkpoint (through the call-log
-    /// writer's batches, like every record in progress).
-    pub(super) fn checkpoint_now(&mut self) {
+    /// writer's batches, like every record in progress). Without checkpoints (a node
+    /// on its own, or `cluster.checkpoints = false`) only the answer is written
+    /// (`always`), as a plain record in progress.
+    pub(super) fn checkpoint_now(&mut self, always: bool) {
+        if !self.ctx.checkpoints {
+            if always {
+                self.ctx.log.active(self.progress_record(), None);
+            }
+            return;
+        }
         let cp = self.checkpoint().map(|c| c.encode());
         self.ctx.log.active(self.progress_record(), cp);
     }
@@ -323,7 +331,7 @@ impl Call {
                     "both parties now talk through this node"
                 );
             }
-            self.checkpoint_now();
+            self.checkpoint_now(true);
         }
     }
 
