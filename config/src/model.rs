@@ -50,8 +50,8 @@ pub struct NodeConfig {
     #[serde(default = "default_max_call_seconds")]
     pub max_call_seconds: u64,
     /// Where call recordings are written (`<day>/<call_id>.wav`, and
-    /// `<day>/<call_id>.<node>.wav` for the part a node records after taking a call
-    /// over); default `<data_dir>/recordings` (see [`NodeConfig::effective_recordings_dir`]).
+    /// `<day>/<call_id>.<node>-<k>.wav` for part k, recorded by a node that took the
+    /// call over); default `<data_dir>/recordings` (see [`NodeConfig::effective_recordings_dir`]).
     /// In a cluster, a directory shared by all nodes (NFS, CephFS...) lets any node serve
     /// every part of a recording even while the node that recorded a part is down.
     #[serde(default)]

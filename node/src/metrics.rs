@@ -445,7 +445,7 @@ impl Metrics {
         }
         r.register(
             "calls_recovered",
-            "Calls logged as failed with reason node_lost by this node: calls a previous run of it left (a node on its own, at start), or unanswered calls of a member declared down (as that member's finaliser)",
+            "Calls logged as failed with reason node_lost by this node: unanswered (or, on a node on its own, all) calls a previous run of it left, and unanswered calls of a member declared down (as that member's finaliser)",
             c.calls_recovered.clone(),
         );
         r.register(

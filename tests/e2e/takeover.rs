@@ -404,3 +404,66 @@ fn a_node_killed_and_started_again_at_once_loses_no_answered_call() {
         }
     }
 }
+
+/// A call still ringing when its node dies cannot be resumed (the caller's INVITE was
+/// never answered): the finaliser CANCELs the forwarded INVITE from the checkpoint and
+/// logs the call once, failed with reason node_lost.
+#[test]
+fn a_ringing_call_of_a_killed_node_is_cancelled_and_logged_lost() {
+    let mut c = TestCluster::new();
+    for i in 1..=3 {
+        c.start(i, GOOD);
+    }
+    c.wait_formed();
+    let (key, _) = c.node("n1").provision(
+        NUMBER,
+        r#"[{"number": "0311112222", "ring_seconds": 60}]"#,
+        "{}",
+    );
+    c.wait_provisioned();
+    let uas = Uas::start("uas_no_answer.xml", c.uas_ports, c.shared.path(), &[]);
+    let ports = c.caller_ports();
+    let n2 = c.members["n2"].sip.clone();
+    // The caller gives up by itself 8 s after its last message (unanswered).
+    let caller = std::thread::spawn(move || {
+        uac_to(
+            &n2,
+            "uac.xml",
+            ports,
+            NUMBER,
+            1,
+            1,
+            &["-recv_timeout", "8000"],
+        )
+    });
+    // Ringing, with its attempt checkpointed (listed in progress with the attempt).
+    c.node("n1").wait_until(
+        Duration::from_secs(10),
+        "the call ringing, in progress",
+        || {
+            c.node("n1")
+                .calls(&key, "&state=active")
+                .first()
+                .is_some_and(|r| r["attempts"].as_array().is_some_and(|a| !a.is_empty()))
+        },
+    );
+    assert!(uas.messages().contains("INVITE sip:0311112222@"));
+    c.members.get_mut("n2").unwrap().node.kill();
+    c.node("n1").wait_until(
+        Duration::from_secs(10),
+        "the callee to get a CANCEL",
+        || uas.messages().contains("CANCEL sip:0311112222@"),
+    );
+    let records = c.node("n3").wait_for_calls(&key, 1);
+    assert_eq!(records.len(), 1, "{records:?}");
+    let r = &records[0];
+    assert_eq!(
+        (r["result"].as_str(), r["end_reason"].as_str()),
+        (Some("failed"), Some("node_lost")),
+        "{r}"
+    );
+    assert_eq!(r["node"], "n2", "{r}");
+    let run = caller.join().expect("caller");
+    assert_eq!(run.successful, 0, "the caller was never answered");
+    assert_eq!(c.node("n1").calls(&key, "").len(), 1, "logged once");
+}

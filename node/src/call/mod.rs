@@ -1482,7 +1482,12 @@ impl Call {
                     });
                 }
                 relay.stop_recording(Box::new(move |outcome| {
-                    let status = recording_status(outcome.seconds, covered, outcome.error.is_some());
+                    let mut status = recording_status(outcome.seconds, covered, outcome.error.is_some());
+                    if status == RecordingStatus::Missing && parts.len() > 1 {
+                        // Earlier parts hold the call's audio; this one (the call ended
+                        // as it moved here) holds none.
+                        status = RecordingStatus::Truncated;
+                    }
                     span.in_scope(|| tracing::info!(seconds = outcome.seconds, status = %status, error = ?outcome.error, "recording closed"));
                     metrics.recordings.get_or_create(&StatusLabel { status: status.as_str() }).inc();
                     entry.record.recording = Some(parts.first().map_or(rel, |p| p.path.clone()));

@@ -64,7 +64,8 @@
 //!
 //! - each write of the record in progress (admission, answer with its checkpoint,
 //!   later checkpoints): 1 LWT (`IF NOT EXISTS` the first time, then `IF node, epoch,
-//!   ending = null`: the fencing of a takeover), plus 3 reads and 1–2 writes;
+//!   ending = null`: the fencing of a takeover), plus 4 reads (one of them the
+//!   writer's node row: a stale incarnation writes nothing) and 1–2 writes;
 //! - the final record: 1 LWT to fence it (the call in progress, if one was written,
 //!   marked ending by its owner) and 1 LWT to insert it idempotently, plus 2 reads, 4
 //!   writes and one per follow-up, and 3 writes removing the call in progress;
