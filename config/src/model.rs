@@ -114,6 +114,11 @@ pub struct SipConfig {
     /// messages); past it new messages are dropped unparsed.
     #[serde(default = "default_incoming_queue_bytes")]
     pub incoming_queue_bytes: usize,
+    /// Queueing delay (ms) of received messages that, lasting 100 ms, makes the node
+    /// refuse new INVITEs with 503 until the delay falls below it again (overload
+    /// admission, CoDel-style). Calls in progress are never refused.
+    #[serde(default = "default_overload_queue_delay_ms")]
+    pub overload_queue_delay_ms: u64,
     /// TCP/TLS connections open at once (inbound and outbound together).
     #[serde(default = "default_tcp_max_connections")]
     pub tcp_max_connections: usize,
@@ -173,6 +178,7 @@ impl Default for SipConfig {
             tls: None,
             untrusted: UntrustedSources::default(),
             incoming_queue_bytes: default_incoming_queue_bytes(),
+            overload_queue_delay_ms: default_overload_queue_delay_ms(),
             tcp_max_connections: default_tcp_max_connections(),
             tcp_max_connections_per_source: default_tcp_max_connections_per_source(),
             tcp_idle_timeout_seconds: default_tcp_idle_timeout_seconds(),
@@ -750,6 +756,10 @@ fn default_retry_after() -> u32 {
 fn default_min_session_expires() -> u32 {
     90
 }
+fn default_overload_queue_delay_ms() -> u64 {
+    50
+}
+
 fn default_incoming_queue_bytes() -> usize {
     16 * 1024 * 1024
 }

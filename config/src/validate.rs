@@ -230,6 +230,14 @@ impl Config {
                 "must be 65536 to 1073741824".into(),
             );
         }
+        // Above ~250 ms a caller admitted at the edge of overload retransmits its INVITE
+        // (T1, 500 ms) before the 100 Trying; below 5 ms ordinary bursts refuse calls.
+        if !(5..=250).contains(&self.sip.overload_queue_delay_ms) {
+            err(
+                "sip.overload_queue_delay_ms".into(),
+                "must be 5 to 250 ms".into(),
+            );
+        }
         if !(1..=1_000_000).contains(&self.sip.tcp_max_connections) {
             err(
                 "sip.tcp_max_connections".into(),
@@ -576,9 +584,10 @@ mod tests {
                 c.sip.incoming_queue_bytes,
                 c.sip.tcp_max_connections,
                 c.sip.tcp_max_connections_per_source,
-                c.sip.tcp_idle_timeout_seconds
+                c.sip.tcp_idle_timeout_seconds,
+                c.sip.overload_queue_delay_ms
             ),
-            (16 << 20, 1024, 64, 120)
+            (16 << 20, 1024, 64, 120, 50)
         );
         let c = Config::from_toml(
             "[sip]\nuntrusted = \"reject\"\ntcp_max_connections = 10\ntcp_max_connections_per_source = 10\ntcp_idle_timeout_seconds = 2\n",
@@ -658,9 +667,10 @@ mod tests {
             ("no session floor", "[sip]\nmin_session_expires = 0\n", &["sip.min_session_expires"]),
             (
                 "sip edge limits",
-                "[sip]\nincoming_queue_bytes = 100\ntcp_max_connections = 0\ntcp_max_connections_per_source = 0\ntcp_idle_timeout_seconds = 0\n",
+                "[sip]\nincoming_queue_bytes = 100\noverload_queue_delay_ms = 1000\ntcp_max_connections = 0\ntcp_max_connections_per_source = 0\ntcp_idle_timeout_seconds = 0\n",
                 &[
                     "sip.incoming_queue_bytes",
+                    "sip.overload_queue_delay_ms",
                     "sip.tcp_max_connections",
                     "sip.tcp_max_connections_per_source",
                     "sip.tcp_idle_timeout_seconds",

@@ -262,6 +262,11 @@ fn edge_settings(config: &Config, gate: tsunagu_sip::SendGate) -> EdgeSettings {
             idle_timeout: Duration::from_secs(sip.tcp_idle_timeout_seconds),
         },
         gate: Some(gate),
+        overload: tsunagu_sip::OverloadSettings {
+            target: Duration::from_millis(sip.overload_queue_delay_ms),
+            retry_after: sip.retry_after_seconds,
+            ..Default::default()
+        },
     }
 }
 

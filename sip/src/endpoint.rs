@@ -11,6 +11,7 @@
 
 use crate::build::{self, RequestSpec};
 use crate::metrics::{CodeLabel, MethodLabel, SipMetrics};
+use crate::overload::{DelayAdmission, OverloadSettings, RefusalGate};
 use crate::parse::{header, method_name, Info, Peer, Transport};
 use crate::source::SourcePolicy;
 use crate::transaction::{Output, RequestMatch, ResponseMatch, Transactions, TxKey};
@@ -203,6 +204,8 @@ pub struct EdgeSettings {
     /// node closes it while it does not hold its lease (SPEC 6: a node declared down
     /// that wakes up must not send a BYE or a re-INVITE for calls others took over).
     pub gate: Option<SendGate>,
+    /// When new INVITEs are refused for overload ([`crate::overload`]).
+    pub overload: OverloadSettings,
 }
 
 /// Whether the node may send now (see [`EdgeSettings::gate`]).
@@ -217,6 +220,7 @@ impl EdgeSettings {
             max_queued_bytes: 16 << 20,
             streams: StreamLimits::default(),
             gate: None,
+            overload: OverloadSettings::default(),
         }
     }
 }
@@ -234,11 +238,13 @@ impl Endpoint {
     ) -> std::io::Result<EndpointHandle> {
         let (in_tx, in_rx) = mpsc::unbounded_channel();
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+        let refusals = Arc::new(RefusalGate::new(settings.overload.retry_after));
         let inbound = Inbound {
             tx: in_tx,
             metrics: metrics.clone(),
             sources: settings.sources.clone(),
             max_queued_bytes: settings.max_queued_bytes,
+            overload: refusals.clone(),
         };
         let tcp = StreamConnections::new(
             inbound.clone(),
@@ -252,12 +258,10 @@ impl Endpoint {
         for (transport, addr) in listeners {
             match transport {
                 Transport::Udp => {
-                    let sock = Arc::new(bind_udp(*addr, settings.socket_buffer)?);
+                    let (sock, receiving) = bind_udp(*addr, settings.socket_buffer)?;
+                    let sock = Arc::new(sock);
                     let local = sock.local_addr()?;
-                    // Two receivers per socket: parsing runs on both cores.
-                    for _ in 0..2 {
-                        spawn_udp_receiver(sock.clone(), inbound.clone());
-                    }
+                    spawn_udp_receiver(receiving, inbound.clone())?;
                     udp.push((local, sock));
                     locals.push((Transport::Udp, local));
                 }
@@ -287,6 +291,9 @@ impl Endpoint {
             metrics,
             out: Vec::new(),
             gate: settings.gate,
+            admission: DelayAdmission::new(&settings.overload),
+            refusals,
+            retry_after: settings.overload.retry_after.to_string(),
         };
         tokio::spawn(core.run(in_rx, cmd_rx));
         Ok(handle)
@@ -312,6 +319,11 @@ struct Core {
     metrics: SipMetrics,
     out: Vec<Output>,
     gate: Option<SendGate>,
+    /// Decides from each message's queueing delay whether new calls are refused...
+    admission: DelayAdmission,
+    /// ...and tells the receivers, which refuse them before they are queued.
+    refusals: Arc<RefusalGate>,
+    retry_after: String,
 }
 
 impl Core {
@@ -338,7 +350,21 @@ impl Core {
                         self.metrics
                             .incoming_backlog_bytes
                             .dec_by(i64::try_from(m.cost).unwrap_or(i64::MAX));
-                        self.on_incoming(m)
+                        let now = Instant::now();
+                        let sojourn = now.saturating_duration_since(m.queued_at);
+                        self.metrics.queue_delay.0.observe(sojourn.as_secs_f64());
+                        let was = self.admission.refusing();
+                        self.admission.on_dequeue(sojourn, now);
+                        self.on_incoming(m);
+                        if incoming.is_empty() {
+                            // Nothing waits: the next message is on time.
+                            self.admission.on_idle();
+                        }
+                        let refusing = self.admission.refusing();
+                        if refusing != was {
+                            self.refusals.set(refusing);
+                            tracing::debug!(refusing, "SIP overload admission");
+                        }
                     }
                     None => break,
                 },
@@ -563,11 +589,14 @@ impl Core {
                     self.answer(&req, &info, 482, &[]);
                     return;
                 }
-                if overloaded(self.metrics.incoming_backlog.get()) {
+                if self.admission.refusing() || overloaded(self.metrics.incoming_backlog.get()) {
                     // Past capacity: refuse new calls cheaply so the ones in progress
-                    // keep their share of the CPU (goodput instead of collapse).
+                    // keep their share of the CPU (goodput instead of collapse). Most
+                    // are refused by the receivers already; these were queued before.
                     self.metrics.overload_rejections.inc();
-                    self.answer(&req, &info, 503, &[("Retry-After", "5")]);
+                    let retry = std::mem::take(&mut self.retry_after);
+                    self.answer(&req, &info, 503, &[("Retry-After", &retry)]);
+                    self.retry_after = retry;
                     return;
                 }
                 // Made before the INVITE is handed over (the handler takes it); sent
@@ -881,6 +910,98 @@ CSeq: 1 INVITE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
             "SIP/2.0 503 Service Unavailable",
             "refused before admission"
         );
+    }
+
+    /// Takes every call, after a pause for each whose Call-ID starts with "slow" (a
+    /// core that has fallen behind), and counts the INVITEs it was offered.
+    struct Slow(std::sync::atomic::AtomicUsize);
+
+    impl InviteHandler for Slow {
+        fn on_invite(&self, invite: NewInvite) -> Result<(), (Reject, NewInvite)> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if invite.info.call_id.starts_with("slow") {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            Ok(())
+        }
+    }
+
+    /// INVITEs that waited for the core longer than the overload target are refused
+    /// 503 without being offered to the node; once nothing waits, new ones are offered
+    /// again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn invites_that_waited_too_long_are_refused_unoffered() {
+        let mut settings = EdgeSettings::new(SourcePolicy::trust_all());
+        settings.overload = OverloadSettings {
+            target: std::time::Duration::from_millis(20),
+            interval: std::time::Duration::ZERO,
+            retry_after: 7,
+        };
+        let handler = Arc::new(Slow(Default::default()));
+        let metrics = SipMetrics::default();
+        let ep = Endpoint::start(
+            &[(Transport::Udp, "127.0.0.1:0".parse().unwrap())],
+            settings,
+            handler.clone(),
+            metrics.clone(),
+            TlsSetup::default(),
+        )
+        .await
+        .unwrap();
+        let node = ep.local(Transport::Udp).unwrap();
+        let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let me = sock.local_addr().unwrap();
+        let invite = |call_id: &str| {
+            format!(
+                "INVITE sip:0501234567@{node} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK{call_id}\r\n\
+From: <sip:09012345678@{me}>;tag=a\r\nTo: <sip:0501234567@{node}>\r\nCall-ID: {call_id}\r\n\
+CSeq: 1 INVITE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+            )
+        };
+        let mut answers = std::collections::HashMap::new();
+        let mut buf = [0u8; 4096];
+        let mut next_answer = async |answers: &mut std::collections::HashMap<String, String>| {
+            let (n, _) =
+                tokio::time::timeout(std::time::Duration::from_secs(5), sock.recv_from(&mut buf))
+                    .await
+                    .expect("an answer")
+                    .unwrap();
+            let text = String::from_utf8_lossy(&buf[..n]).to_string();
+            let call_id = text
+                .lines()
+                .find_map(|l| l.strip_prefix("Call-ID: "))
+                .unwrap_or_default()
+                .to_string();
+            let status = text.lines().next().unwrap_or_default().to_string();
+            if status.starts_with("SIP/2.0 503") {
+                assert!(text.contains("Retry-After: 7\r\n"), "{text}");
+            }
+            answers.entry(call_id).or_insert(status);
+        };
+        // The first holds the core 200 ms; the one sent meanwhile waits that long.
+        sock.send_to(invite("slow-1").as_bytes(), node)
+            .await
+            .unwrap();
+        while handler.0.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        sock.send_to(invite("late-2").as_bytes(), node)
+            .await
+            .unwrap();
+        while answers.len() < 2 {
+            next_answer(&mut answers).await;
+        }
+        assert_eq!(answers["slow-1"], "SIP/2.0 100 Trying", "{answers:?}");
+        assert_eq!(answers["late-2"], "SIP/2.0 503 Service Unavailable");
+        assert_eq!(handler.0.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(metrics.overload_rejections.get(), 1);
+        // The queue emptied: the next one is on time and offered.
+        sock.send_to(invite("calm").as_bytes(), node).await.unwrap();
+        while !answers.contains_key("calm") {
+            next_answer(&mut answers).await;
+        }
+        assert_eq!(answers["calm"], "SIP/2.0 100 Trying");
+        assert_eq!(handler.0.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 
     #[test]

@@ -11,11 +11,14 @@
 //! dropped by the receivers ([`source`]), stream framing checks every length
 //! ([`framing`]), the queue to the core is bounded in messages and bytes, TCP/TLS
 //! connections are capped and time out, and header bytes are checked before parsing.
+//! New calls are refused early, at the receivers, when messages wait too long for the
+//! core ([`overload`]).
 
 pub mod build;
 pub mod endpoint;
 pub mod framing;
 pub mod metrics;
+pub mod overload;
 pub mod parse;
 mod sanitize;
 pub mod source;
@@ -26,6 +29,7 @@ pub use endpoint::{
     Command, EdgeSettings, Endpoint, EndpointHandle, InviteHandler, NewInvite, Reject, SendGate,
     SipEvent,
 };
+pub use overload::OverloadSettings;
 pub use parse::{Info, ParseError, Peer, Transport};
 pub use rsipstack::sip::{Method, Request, Response, SipMessage};
 pub use source::{SourcePolicy, TrustAll, TrustedSources, Untrusted};

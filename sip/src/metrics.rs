@@ -4,6 +4,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -121,6 +122,18 @@ pub struct ReasonLabel {
     pub reason: &'static str,
 }
 
+/// The queue delay histogram (its own type so [`SipMetrics`] keeps `Default`).
+#[derive(Clone)]
+pub struct QueueDelay(pub Histogram);
+
+impl Default for QueueDelay {
+    fn default() -> Self {
+        QueueDelay(Histogram::new([
+            0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0,
+        ]))
+    }
+}
+
 #[derive(Default, Clone)]
 pub struct SipMetrics {
     pub requests_received: Family<MethodLabel, Counter>,
@@ -133,6 +146,11 @@ pub struct SipMetrics {
     /// Parsed messages waiting for the endpoint task (the node's overload signal).
     pub incoming_backlog: Gauge,
     pub overload_rejections: Counter,
+    /// Retransmissions of INVITEs refused for overload and their ACKs (dropped), and
+    /// their CANCELs (answered 481 without a transaction).
+    pub refused_repeats_dropped: Counter,
+    /// Age of received messages when the SIP core takes them (the overload signal).
+    pub queue_delay: QueueDelay,
     /// Messages dropped unparsed because the backlog reached its bound.
     pub backlog_drops: Counter,
     pub server_transactions: Gauge,
@@ -199,8 +217,18 @@ impl SipMetrics {
         );
         r.register(
             "sip_overload_rejections",
-            "New INVITEs answered 503 because the incoming backlog was over the overload limit",
+            "New INVITEs answered 503 (Retry-After) because the node is past capacity: received messages waited longer than sip.overload_queue_delay_ms for the SIP core for 100 ms, or over 5,000 messages wait",
             self.overload_rejections.clone(),
+        );
+        r.register(
+            "sip_overload_repeats_dropped",
+            "Retransmissions of INVITEs refused for overload and the ACKs of those refusals (dropped by the receivers: the 503 was sent once), and CANCELs of them (answered 481 without a transaction)",
+            self.refused_repeats_dropped.clone(),
+        );
+        r.register(
+            "sip_queue_delay_seconds",
+            "Time received SIP messages waited for the SIP core (sojourn; the overload signal)",
+            self.queue_delay.0.clone(),
         );
         r.register(
             "sip_backlog_drops",

@@ -12,11 +12,12 @@
 
 use crate::build::{reject_unparsed, reject_untrusted};
 use crate::framing::{FrameError, Framer};
-use crate::metrics::{ReasonLabel, SipMetrics};
+use crate::metrics::{CodeLabel, MethodLabel, ReasonLabel, SipMetrics};
+use crate::overload::RefusalGate;
 use crate::parse::{parse, Info, Peer, Transport};
 use crate::source::{kind, verdict, SourcePolicy, Untrusted, Verdict};
 use bytes::Bytes;
-use rsipstack::sip::SipMessage;
+use rsipstack::sip::{Method, SipMessage};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -34,6 +35,8 @@ pub(crate) struct Incoming {
     pub peer: Peer,
     /// The bytes it was charged against the queue's byte bound.
     pub cost: usize,
+    /// When it joined the queue (its sojourn is what admission decides on).
+    pub queued_at: std::time::Instant,
 }
 
 pub(crate) type IncomingTx = mpsc::UnboundedSender<Incoming>;
@@ -56,6 +59,15 @@ pub fn queue_admits(messages: i64, bytes: i64, len: usize, max_bytes: usize) -> 
     messages < BACKLOG_LIMIT && bytes.saturating_add(len) <= max
 }
 
+/// What the receivers do with a request before it is queued ([`crate::overload`]).
+enum Admit {
+    Queue,
+    /// A retransmission of an INVITE refused lately, or its ACK.
+    Drop,
+    /// A new INVITE while the core is late: its 503.
+    Answer(Vec<u8>),
+}
+
 /// Everything a receiver (UDP or stream) needs to hand messages to the SIP core.
 #[derive(Clone)]
 pub(crate) struct Inbound {
@@ -63,9 +75,56 @@ pub(crate) struct Inbound {
     pub metrics: SipMetrics,
     pub sources: SourcePolicy,
     pub max_queued_bytes: usize,
+    /// Set by the core while messages wait too long: new INVITEs are refused here.
+    pub overload: Arc<RefusalGate>,
 }
 
 impl Inbound {
+    /// Refuses a new INVITE while the core is late, and drops what repeats a refusal.
+    fn admit(&self, req: &rsipstack::sip::Request, info: &Info) -> Admit {
+        let gate = &self.overload;
+        match req.method {
+            Method::Invite if info.to_tag.is_none() => {
+                if gate.recent.contains(&info.call_id, info.cseq) {
+                    self.metrics.refused_repeats_dropped.inc();
+                    return Admit::Drop;
+                }
+                if !gate.refusing() {
+                    return Admit::Queue;
+                }
+                let m = &self.metrics;
+                m.requests_received
+                    .get_or_create(&MethodLabel { method: "INVITE" })
+                    .inc();
+                m.overload_rejections.inc();
+                m.responses_sent.get_or_create(&CodeLabel::of(503)).inc();
+                gate.recent.insert(&info.call_id, info.cseq);
+                let retry = gate.retry_after.to_string();
+                let tag = crate::build::new_tag();
+                Admit::Answer(crate::build::response(
+                    req,
+                    503,
+                    Some(&tag),
+                    &[("Retry-After", &retry)],
+                    None,
+                ))
+            }
+            Method::Ack if gate.recent.contains(&info.call_id, info.cseq) => {
+                self.metrics.refused_repeats_dropped.inc();
+                Admit::Drop
+            }
+            // A caller that counts the 503 as a failure may CANCEL the INVITE (SIPp
+            // does): it is answered here, without a transaction, as the core would
+            // (no such transaction), so it neither queues nor retransmits for 32 s.
+            Method::Cancel if gate.recent.contains(&info.call_id, info.cseq) => {
+                self.metrics.refused_repeats_dropped.inc();
+                let tag = crate::build::new_tag();
+                Admit::Answer(crate::build::response(req, 481, Some(&tag), &[], None))
+            }
+            _ => Admit::Queue,
+        }
+    }
+
     /// Handles one received datagram or stream frame: dropped or refused if its source
     /// is not trusted, dropped if the queue is full, else parsed and queued; the answer
     /// to send back at once (a 400 for a malformed request, a stateless 403), if any.
@@ -103,6 +162,13 @@ impl Inbound {
         }
         match parse(data) {
             Ok((msg, info)) => {
+                if let SipMessage::Request(req) = &msg {
+                    match self.admit(req, &info) {
+                        Admit::Queue => {}
+                        Admit::Drop => return None,
+                        Admit::Answer(reply) => return Some(reply),
+                    }
+                }
                 let cost = data.len();
                 let cost_i64 = i64::try_from(cost).unwrap_or(i64::MAX);
                 m.incoming_backlog.inc();
@@ -112,6 +178,7 @@ impl Inbound {
                     info,
                     peer,
                     cost,
+                    queued_at: std::time::Instant::now(),
                 };
                 if self.tx.send(incoming).is_err() {
                     m.incoming_backlog.dec();
@@ -128,11 +195,17 @@ impl Inbound {
     }
 }
 
-pub(crate) fn bind_udp(addr: SocketAddr, buffer: usize) -> std::io::Result<UdpSocket> {
+/// Binds a UDP listener; returns the socket the core sends from and a second handle
+/// on the same socket for the receive thread ([`spawn_udp_receiver`]).
+pub(crate) fn bind_udp(
+    addr: SocketAddr,
+    buffer: usize,
+) -> std::io::Result<(UdpSocket, std::net::UdpSocket)> {
     let std_sock = std::net::UdpSocket::bind(addr)?;
     std_sock.set_nonblocking(true)?;
     set_buffers(&std_sock, buffer);
-    UdpSocket::from_std(std_sock)
+    let receiving = std_sock.try_clone()?;
+    Ok((UdpSocket::from_std(std_sock)?, receiving))
 }
 
 /// Asks the kernel for large socket buffers (capped by net.core.[rw]mem_max).
@@ -142,30 +215,65 @@ pub fn set_buffers<S: std::os::fd::AsFd>(sock: &S, bytes: usize) {
     let _ = sock.set_send_buffer_size(bytes);
 }
 
-pub(crate) fn spawn_udp_receiver(sock: Arc<UdpSocket>, inbound: Inbound) {
-    tokio::spawn(async move {
-        let mut buf = vec![0u8; MAX_DATAGRAM];
-        loop {
-            let (n, src) = match sock.recv_from(&mut buf).await {
-                Ok(x) => x,
-                Err(e) => {
-                    // ICMP port-unreachable surfaces here on some systems; keep serving.
-                    tracing::debug!(%e, "udp receive error");
-                    continue;
+/// Reads a UDP listener on a thread of its own (one per listener, for the life of the
+/// endpoint): received datagrams are checked, parsed and queued for the core there.
+///
+/// Why not a task on the node's runtime: past capacity every task of the node wants
+/// the CPU, and a receiver that waits its turn behind thousands of call tasks leaves
+/// datagrams in the kernel's buffer until it overflows. The kernel then drops at
+/// random (the 200 OK and ACKs of calls already admitted as much as new INVITEs), the
+/// senders retransmit, and the node collapses while the overload control, which sees
+/// only the queue behind the receiver, is blind. An OS thread gets its share from the
+/// kernel's scheduler whatever the runtime is doing, so the socket is drained, the
+/// backlog builds where [`crate::overload`] measures it, and new INVITEs are refused
+/// by this thread at the cost of a parse. The thread ends when the core is gone.
+pub(crate) fn spawn_udp_receiver(
+    sock: std::net::UdpSocket,
+    inbound: Inbound,
+) -> std::io::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()?;
+    std::thread::Builder::new()
+        .name("sip-udp-rx".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let sock = match UdpSocket::from_std(sock) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::error!(%e, "SIP UDP receiver could not start");
+                        return;
+                    }
+                };
+                let tx = inbound.tx.clone();
+                tokio::select! {
+                    _ = receive_udp(&sock, &inbound) => {}
+                    _ = tx.closed() => {}
                 }
-            };
-            let peer = Peer {
-                transport: Transport::Udp,
-                addr: src,
-            };
-            if let Some(reply) = inbound.frame(&buf[..n], peer) {
-                let _ = sock.try_send_to(&reply, src);
+            })
+        })?;
+    Ok(())
+}
+
+async fn receive_udp(sock: &UdpSocket, inbound: &Inbound) {
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    loop {
+        let (n, src) = match sock.recv_from(&mut buf).await {
+            Ok(x) => x,
+            Err(e) => {
+                // ICMP port-unreachable surfaces here on some systems; keep serving.
+                tracing::debug!(%e, "udp receive error");
+                continue;
             }
-            if inbound.tx.is_closed() {
-                break;
-            }
+        };
+        let peer = Peer {
+            transport: Transport::Udp,
+            addr: src,
+        };
+        if let Some(reply) = inbound.frame(&buf[..n], peer) {
+            let _ = sock.try_send_to(&reply, src);
         }
-    });
+    }
 }
 
 /// TLS for SIP: the acceptor of TLS listeners and the connector for outbound TLS.
@@ -651,6 +759,7 @@ mod tests {
                 untrusted,
             },
             max_queued_bytes: 4096,
+            overload: Arc::new(RefusalGate::new(5)),
         };
         (inbound, rx)
     }
@@ -680,6 +789,73 @@ mod tests {
         assert!(inb.frame(OPTIONS, peer("127.0.0.1:5070")).is_none());
         assert!(rx.try_recv().is_err(), "dropped at the byte bound");
         assert_eq!(m.backlog_drops.get(), 2);
+    }
+
+    fn request(method: &str, call_id: &str, cseq: u32, to_tag: &str) -> Vec<u8> {
+        format!(
+            "{method} sip:0501234567@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK{call_id}{cseq}\r\n\
+From: <sip:a@127.0.0.1>;tag=1\r\nTo: <sip:0501234567@127.0.0.1>{to_tag}\r\nCall-ID: {call_id}\r\n\
+CSeq: {cseq} {method}\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+        )
+        .into_bytes()
+    }
+
+    /// While the core is late (the gate set by it), a new INVITE gets its 503 from
+    /// the receiver and is not queued; its retransmission and its ACK are dropped; the
+    /// messages of calls in progress and a retry with a new CSeq are handled as usual.
+    #[test]
+    fn a_late_core_has_new_invites_refused_at_the_receiver() {
+        let (inb, mut rx) = inbound(Untrusted::Drop);
+        let from = peer("127.0.0.1:5070");
+        let m = inb.metrics.clone();
+        let invite = request("INVITE", "new", 1, "");
+        assert!(inb.frame(&invite, from).is_none(), "admitting: queued");
+        assert!(rx.try_recv().is_ok());
+        inb.overload.set(true);
+        // Each row: (message, answered with, queued, repeats dropped so far).
+        let rows: Vec<(Vec<u8>, Option<&str>, bool, u64)> = vec![
+            (invite.clone(), Some("SIP/2.0 503 "), false, 0),
+            (invite.clone(), None, false, 1),
+            (request("ACK", "new", 1, ";tag=x"), None, false, 2),
+            (
+                request("CANCEL", "new", 1, ""),
+                Some("SIP/2.0 481 "),
+                false,
+                3,
+            ),
+            (
+                request("INVITE", "new", 2, ""),
+                Some("SIP/2.0 503 "),
+                false,
+                3,
+            ),
+            (request("BYE", "up", 2, ";tag=x"), None, true, 3),
+            (request("INVITE", "up", 3, ";tag=x"), None, true, 3),
+            (request("ACK", "up", 1, ";tag=x"), None, true, 3),
+            (request("CANCEL", "up", 1, ""), None, true, 3),
+            (OPTIONS.to_vec(), None, true, 3),
+        ];
+        for (i, (msg, answer, queued, repeats)) in rows.into_iter().enumerate() {
+            let reply = inb.frame(&msg, from).map(|r| String::from_utf8(r).unwrap());
+            match answer {
+                Some(status) => {
+                    let reply = reply.unwrap_or_else(|| panic!("row {i}: no answer"));
+                    assert!(reply.starts_with(status), "row {i}: {reply}");
+                    if status.contains("503") {
+                        assert!(reply.contains("Retry-After: 5\r\n"), "row {i}: {reply}");
+                    }
+                }
+                None => assert!(reply.is_none(), "row {i}: {reply:?}"),
+            }
+            assert_eq!(rx.try_recv().is_ok(), queued, "row {i}: queued");
+            assert_eq!(m.refused_repeats_dropped.get(), repeats, "row {i}");
+        }
+        assert_eq!(m.overload_rejections.get(), 2);
+        inb.overload.set(false);
+        assert!(inb
+            .frame(&request("INVITE", "later", 1, ""), from)
+            .is_none());
+        assert!(rx.try_recv().is_ok(), "admitting again: queued");
     }
 
     #[test]

@@ -1,0 +1,264 @@
+//! Admission by queueing delay: the node refuses new calls when received messages wait
+//! too long for the SIP core, not when too many of them wait.
+//!
+//! A count of waiting messages says nothing about how late they are (5,000 OPTIONS are
+//! quick, 5,000 INVITEs with SDP are not), and a bound large enough to ride out a burst
+//! holds seconds of work once the node is past capacity: callers retransmit, give up,
+//! and the node spends its CPU on calls nobody waits for any more (the "collapse" of a
+//! SIP server under overload, RFC 6357). So, as CoDel does for packets (RFC 8289), the
+//! core measures each message's *sojourn* (received → taken off the queue) and
+//! [`DelayAdmission`] decides:
+//!
+//! - a sojourn at or above `target` that has lasted `interval` (one message above it is
+//!   a burst, not overload) starts refusing: new INVITEs get a 503 with Retry-After
+//!   straight from the receivers ([`RefusalGate`]), before they are queued or given a
+//!   transaction, so a refusal costs a parse and one datagram;
+//! - the first message below `target`, or an empty queue, stops refusing.
+//!
+//! Messages of calls in progress (ACK, BYE, responses, re-INVITEs) are always queued:
+//! refusing new work is what keeps the old work on time. Retransmissions of a refused
+//! INVITE, and its ACK, are dropped by the receivers ([`RecentlyRefused`]): the 503 was
+//! sent and answering again would only feed the overload.
+//!
+//! Pure state machines with the time as an argument; the endpoint owns them.
+
+use std::collections::hash_map::RandomState;
+use std::collections::{HashSet, VecDeque};
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// The admission policy (the node fills it from `[sip]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OverloadSettings {
+    /// Queueing delay that, sustained for `interval`, starts refusing new INVITEs.
+    pub target: Duration,
+    /// How long the delay must stay at or above `target` before refusals start.
+    pub interval: Duration,
+    /// Seconds in the Retry-After of the 503.
+    pub retry_after: u32,
+}
+
+impl Default for OverloadSettings {
+    /// 50 ms of waiting for 100 ms: well under SIP's first retransmission (T1, 500 ms),
+    /// so a caller admitted at the edge of overload still gets its 100 Trying before it
+    /// retransmits; well above what a node at its clean rate shows (a few ms).
+    fn default() -> Self {
+        OverloadSettings {
+            target: Duration::from_millis(50),
+            interval: Duration::from_millis(100),
+            retry_after: 5,
+        }
+    }
+}
+
+/// The core's side: fed with the sojourn of every message it takes off the queue.
+#[derive(Debug)]
+pub struct DelayAdmission {
+    target: Duration,
+    interval: Duration,
+    /// When the sojourn first reached `target` without dropping below it since.
+    above_since: Option<Instant>,
+    refusing: bool,
+}
+
+impl DelayAdmission {
+    pub fn new(settings: &OverloadSettings) -> DelayAdmission {
+        DelayAdmission {
+            target: settings.target,
+            interval: settings.interval,
+            above_since: None,
+            refusing: false,
+        }
+    }
+
+    /// A message waited `sojourn` before the core took it, at `now`. Returns whether
+    /// new INVITEs are refused from now on.
+    pub fn on_dequeue(&mut self, sojourn: Duration, now: Instant) -> bool {
+        if sojourn < self.target {
+            self.above_since = None;
+            self.refusing = false;
+        } else {
+            let since = *self.above_since.get_or_insert(now);
+            if now.saturating_duration_since(since) >= self.interval {
+                self.refusing = true;
+            }
+        }
+        self.refusing
+    }
+
+    /// Nothing waits: nothing is late.
+    pub fn on_idle(&mut self) -> bool {
+        self.above_since = None;
+        self.refusing = false;
+        false
+    }
+
+    pub fn refusing(&self) -> bool {
+        self.refusing
+    }
+}
+
+/// The receivers' side: whether to refuse new INVITEs now (set by the core), and the
+/// INVITEs refused lately.
+#[derive(Debug)]
+pub struct RefusalGate {
+    refusing: AtomicBool,
+    pub recent: RecentlyRefused,
+    pub retry_after: u32,
+}
+
+impl RefusalGate {
+    pub fn new(retry_after: u32) -> RefusalGate {
+        RefusalGate {
+            refusing: AtomicBool::new(false),
+            recent: RecentlyRefused::new(RECENT_REFUSALS),
+            retry_after,
+        }
+    }
+
+    pub fn set(&self, refusing: bool) {
+        self.refusing.store(refusing, Ordering::Relaxed);
+    }
+
+    pub fn refusing(&self) -> bool {
+        self.refusing.load(Ordering::Relaxed)
+    }
+}
+
+/// Refused Call-IDs remembered, about 13 s of refusals at 5,000 a second: most of an
+/// INVITE's retransmissions (Timer B, 32 s, with the gaps doubling) fall in it, and one
+/// that comes later is merely refused again. 1.5 MiB at most.
+pub const RECENT_REFUSALS: usize = 65_536;
+
+/// A bounded set of refused INVITEs, by Call-ID and CSeq number (kept as keyed hashes: the set holds no peer text, and an
+/// attacker cannot aim collisions at a key it does not know); the oldest is forgotten
+/// when it is full.
+#[derive(Debug)]
+pub struct RecentlyRefused {
+    inner: Mutex<Recent>,
+    hasher: RandomState,
+}
+
+#[derive(Debug)]
+struct Recent {
+    order: VecDeque<u64>,
+    set: HashSet<u64>,
+    capacity: usize,
+}
+
+impl RecentlyRefused {
+    pub fn new(capacity: usize) -> RecentlyRefused {
+        RecentlyRefused {
+            inner: Mutex::new(Recent {
+                order: VecDeque::new(),
+                set: HashSet::new(),
+                capacity: capacity.max(1),
+            }),
+            hasher: RandomState::new(),
+        }
+    }
+
+    /// Remembers the INVITE `cseq` of `call_id` as refused.
+    pub fn insert(&self, call_id: &str, cseq: u32) {
+        let h = self.hasher.hash_one((call_id, cseq));
+        let mut r = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if !r.set.insert(h) {
+            return;
+        }
+        r.order.push_back(h);
+        if r.order.len() > r.capacity {
+            if let Some(old) = r.order.pop_front() {
+                r.set.remove(&old);
+            }
+        }
+    }
+
+    /// Whether the INVITE `cseq` of `call_id` (or its ACK) was refused lately. A new
+    /// INVITE of the same call (a retry, a higher CSeq) is not.
+    pub fn contains(&self, call_id: &str, cseq: u32) -> bool {
+        let h = self.hasher.hash_one((call_id, cseq));
+        let r = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        r.set.contains(&h)
+    }
+
+    pub fn len(&self) -> usize {
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .set
+            .len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn refuses_only_when_the_delay_lasts() {
+        // Each row: (ms since start, sojourn ms) → refusing after it.
+        let table: &[(u64, u64, bool)] = &[
+            (0, 1, false),
+            (10, 80, false),  // above target: the clock starts
+            (60, 90, false),  // 50 ms above: a burst so far
+            (109, 70, false), // 99 ms
+            (110, 60, true),  // 100 ms above: refusing
+            (150, 200, true),
+            (160, 49, false), // below target: admitting again
+            (170, 60, false), // the clock starts over
+            (269, 60, false),
+            (270, 55, true),
+        ];
+        let mut a = DelayAdmission::new(&OverloadSettings::default());
+        let t0 = Instant::now();
+        for &(at, sojourn, want) in table {
+            let got = a.on_dequeue(ms(sojourn), t0 + ms(at));
+            assert_eq!(got, want, "at {at} ms, sojourn {sojourn} ms");
+            assert_eq!(a.refusing(), want);
+        }
+    }
+
+    #[test]
+    fn an_empty_queue_admits_again() {
+        let mut a = DelayAdmission::new(&OverloadSettings::default());
+        let t0 = Instant::now();
+        a.on_dequeue(ms(100), t0);
+        assert!(a.on_dequeue(ms(100), t0 + ms(100)));
+        assert!(!a.on_idle());
+        // And the next late message starts the clock afresh.
+        assert!(!a.on_dequeue(ms(100), t0 + ms(150)));
+    }
+
+    #[test]
+    fn remembers_a_bounded_number_of_refusals() {
+        let r = RecentlyRefused::new(3);
+        for id in ["a", "b", "c", "a"] {
+            r.insert(id, 1);
+        }
+        assert_eq!(r.len(), 3, "a repeated INVITE is kept once");
+        assert!(!r.contains("b", 2), "a retry with a higher CSeq is new");
+        r.insert("d", 1);
+        assert!(!r.contains("a", 1), "the oldest is forgotten");
+        assert!(r.contains("b", 1) && r.contains("c", 1) && r.contains("d", 1));
+        assert_eq!(r.len(), 3);
+    }
+
+    #[test]
+    fn the_gate_is_shared_state() {
+        let g = RefusalGate::new(5);
+        assert!(!g.refusing());
+        g.set(true);
+        assert!(g.refusing());
+        assert!(g.recent.is_empty());
+    }
+}
