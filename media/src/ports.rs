@@ -26,11 +26,15 @@
 //!   100 KB): never read while the port is free, over thousands of free ports a single
 //!   spray would pin hundreds of MB of the kernel's UDP memory (`udp_mem`), which live
 //!   calls and SIP share. The connect and disconnect are one system call each.
-//! - *What a free port holds.* A descriptor and the socket's kernel structures; their
-//!   number is bounded by the range, as at full load (`LimitNOFILE`), and
-//!   [`PortPool::set_idle_sockets_max`] can lower it (released sockets beyond it are
-//!   closed, as before). The end of a call's audio queued at its release stays until
-//!   the next lease drains it: at most the receive buffer the socket had in use.
+//! - *What a free port holds.* A descriptor and the socket's kernel structures. Their
+//!   number is bounded by the range, as at full load, and by default also by half the
+//!   descriptors the process may open (the soft `RLIMIT_NOFILE`; the unit's and
+//!   compose's 65,536 keep the whole default range), so that a node started from a
+//!   shell's 1,024 does not run out of descriptors for SIP connections and files once
+//!   calls have cycled through its range. Released sockets beyond the bound are closed,
+//!   as before; [`PortPool::set_idle_sockets_max`] sets another bound. The end of a
+//!   call's audio queued at its release stays until the next lease drains it: at most
+//!   the receive buffer the socket had in use.
 //! - *Free sockets are `std` sockets*, taken out of the runtime's reactor at release
 //!   (`into_std`) and registered again at lease (`from_std`). Keeping the tokio socket
 //!   would save that `epoll_ctl` pair (`ports/reactor_register_and_deregister` in the
@@ -148,6 +152,20 @@ fn park(socket: tokio::net::UdpSocket, own: SocketAddr) -> Option<std::net::UdpS
     Some(socket)
 }
 
+/// Half the descriptors this process may open (the soft `RLIMIT_NOFILE`): by default
+/// the most free ports keeping their socket. Unbounded if the limit cannot be read.
+fn half_the_descriptor_limit() -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes only the struct it is given, which outlives the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return usize::MAX;
+    }
+    usize::try_from(limit.rlim_cur / 2).unwrap_or(usize::MAX)
+}
+
 /// What draining a free socket found.
 #[derive(Debug, PartialEq, Eq)]
 struct Drained {
@@ -250,7 +268,7 @@ impl PortPool {
             metrics,
             gate: std::sync::OnceLock::new(),
             idle: AtomicUsize::new(0),
-            idle_max: AtomicUsize::new(usize::MAX),
+            idle_max: AtomicUsize::new(half_the_descriptor_limit()),
         })
     }
 
@@ -261,9 +279,9 @@ impl PortPool {
         let _ = self.gate.set(gate);
     }
 
-    /// From now on at most `max` free ports keep their socket (by default all of them);
-    /// the sockets of ports released beyond it are closed, as before sockets were
-    /// reused. `0` binds a socket for every lease.
+    /// From now on at most `max` free ports keep their socket (by default half the
+    /// process's descriptor limit); the sockets of ports released beyond it are closed,
+    /// as before sockets were reused. `0` binds a socket for every lease.
     pub fn set_idle_sockets_max(&self, max: usize) {
         self.idle_max.store(max, Ordering::Relaxed);
     }
