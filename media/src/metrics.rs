@@ -27,6 +27,8 @@ pub struct MediaMetrics {
     pub ports_in_use: Gauge,
     pub ports_total: Gauge,
     pub port_exhaustions: Counter,
+    /// Datagrams read off a reused port's socket before its lease ([`crate::ports`]).
+    pub stray_packets_drained: Counter,
     /// Packets refused by the relays' source and RTP checks ([`crate::latch`]).
     pub foreign: Family<ForeignLabel, Counter>,
 }
@@ -62,6 +64,11 @@ impl MediaMetrics {
             "rtp_port_exhaustions",
             "Calls refused because no RTP port was free",
             self.port_exhaustions.clone(),
+        );
+        r.register(
+            "rtp_stray_packets_drained",
+            "Datagrams found queued on a released RTP port's socket when the port was leased again (the end of the previous call's audio), read and discarded so that none reaches the next call",
+            self.stray_packets_drained.clone(),
         );
         r.register(
             "rtp_foreign_packets",

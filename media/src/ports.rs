@@ -1,24 +1,97 @@
-//! The RTP port pool. Each lease is an even port bound to a UDP socket; when the
+//! The RTP port pool. Each lease is an even port with its bound UDP socket; when the
 //! [`MediaPort`] drops (call ended, actor crashed) the port goes to the back of the
 //! queue, so a just-freed port is reused last and stray packets find no new call.
 //! The pool also carries the node's source policy ([`Latch`]) to the relays of the
 //! ports it leases.
+//!
+//! **Sockets stay bound and are reused.** Creating and closing two UDP sockets per call
+//! was a visible share of the kernel's work at 3,000 calls/s (`inet_create`,
+//! `sk_alloc`, socket destruction and its RCU callbacks). A released port keeps its
+//! socket in the free queue and its next lease reuses it; a port is bound afresh only
+//! on its first lease, when its socket could not be kept, or after it was busy in
+//! another process.
+//!
+//! - *Nothing of the previous call reaches the next.* Datagrams still queued when the
+//!   port was released (the end of the call's audio) are read and discarded before the
+//!   socket is leased again, at most [`DRAIN_MAX`] of them, counted in
+//!   `tsunagu_rtp_stray_packets_drained_total`. If more are queued, the socket is
+//!   closed and the port bound afresh, as before.
+//! - *A free port receives nothing.* At release the socket is connected to its own
+//!   address, so the kernel delivers it only datagrams sent from itself (none): what is
+//!   sprayed at a free port finds no socket and is refused exactly as at an unbound
+//!   port (ICMP port unreachable), using no receive memory. The lease disconnects it
+//!   again. This was chosen over shrinking a free socket's receive buffer to the
+//!   kernel minimum, which still lets it queue datagrams while the queue is under about
+//!   4.6 KB, and always one more of any size (a reassembled 64 KB datagram counts over
+//!   100 KB): never read while the port is free, over thousands of free ports a single
+//!   spray would pin hundreds of MB of the kernel's UDP memory (`udp_mem`), which live
+//!   calls and SIP share. The connect and disconnect are one system call each.
+//! - *What a free port holds.* A descriptor and the socket's kernel structures. Their
+//!   number is bounded by the range, as at full load, and by default also by half the
+//!   descriptors the process may open (the soft `RLIMIT_NOFILE`; the unit's and
+//!   compose's 65,536 keep the whole default range), so that a node started from a
+//!   shell's 1,024 does not run out of descriptors for SIP connections and files once
+//!   calls have cycled through its range. Released sockets beyond the bound are closed,
+//!   as before; [`PortPool::set_idle_sockets_max`] sets another bound. The end of a
+//!   call's audio queued at its release stays until the next lease drains it: at most
+//!   the receive buffer the socket had in use.
+//! - *Free sockets stay tokio sockets*, registered with the reactor of the runtime
+//!   that leased them: taking them out at release (`into_std`) and registering them
+//!   again at lease (`from_std`) is an `epoll_ctl` pair whose removal frees its entry
+//!   through RCU, and measured 1.9 µs of the 2.6 µs a reused lease took that way
+//!   (`ports/reactor_register_and_deregister` in the benches). A connected-to-itself
+//!   free socket gets no packets, so it costs the reactor nothing. But a tokio socket
+//!   works only with the reactor that registered it: one kept from a runtime that has
+//!   ended (a test's, a restarted node's) would be leased dead, the relay's
+//!   `readable()` failing at once, forever. So each kept socket carries the id of its
+//!   runtime, and a lease from another runtime registers it again with its own.
+//!   Releasing needs no runtime (a port dropped outside one is kept all the same).
+//! - The drain reads the descriptor itself, not through tokio, whose cached readiness
+//!   may not yet know of a datagram that arrived.
+//!
+//! `Drop` makes its one system call (`connect`) before taking the pool's lock, which is
+//! held only to push the port.
 
 use crate::latch::Latch;
 use crate::{MediaError, MediaMetrics};
 use std::collections::VecDeque;
+use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+
+/// At most this many datagrams are read off a reused socket before its lease; a socket
+/// holding more is closed and its port bound afresh.
+pub const DRAIN_MAX: u64 = 1024;
 
 pub struct PortPool {
     address: IpAddr,
-    free: Mutex<VecDeque<u16>>,
+    free: Mutex<VecDeque<FreePort>>,
     socket_buffer: usize,
     latch: Latch,
     metrics: MediaMetrics,
     /// Asked once per batch of packets a relay would send; `false` withholds them
     /// (a clustered node without its lease; see [`PortPool::set_gate`]).
     gate: std::sync::OnceLock<Gate>,
+    /// Free ports holding their socket, or being released with it.
+    idle: AtomicUsize,
+    /// At most this many free ports keep their socket ([`PortPool::set_idle_sockets_max`]).
+    idle_max: AtomicUsize,
+}
+
+/// A port in the free queue.
+struct FreePort {
+    port: u16,
+    /// The socket of its last lease, connected to itself (it receives nothing); None
+    /// if the port was never bound or its socket was closed.
+    socket: Option<Kept>,
+}
+
+/// A free port's socket.
+struct Kept {
+    socket: tokio::net::UdpSocket,
+    /// The runtime whose reactor it is registered with.
+    runtime: tokio::runtime::Id,
 }
 
 /// Whether the node may send media now.
@@ -26,12 +99,22 @@ pub type Gate = Arc<dyn Fn() -> bool + Send + Sync>;
 
 /// A leased RTP port and its bound socket.
 pub struct MediaPort {
-    pub socket: tokio::net::UdpSocket,
+    /// Some until the port drops (the socket then goes back to the pool).
+    socket: Option<tokio::net::UdpSocket>,
+    /// The runtime whose reactor the socket is registered with.
+    runtime: tokio::runtime::Id,
     pub port: u16,
     pool: Arc<PortPool>,
 }
 
 impl MediaPort {
+    /// The port's bound socket.
+    pub fn socket(&self) -> &tokio::net::UdpSocket {
+        self.socket
+            .as_ref()
+            .expect("a MediaPort holds its socket until it drops")
+    }
+
     pub fn local(&self) -> SocketAddr {
         SocketAddr::new(self.pool.address, self.port)
     }
@@ -49,13 +132,105 @@ impl MediaPort {
 
 impl Drop for MediaPort {
     fn drop(&mut self) {
-        self.pool
-            .free
+        let (pool, own, runtime) = (&self.pool, self.local(), self.runtime);
+        let kept = self.socket.take().and_then(|socket| {
+            // Reserve a place among the idle sockets, or close this one as before.
+            let max = pool.idle_max.load(Ordering::Relaxed);
+            pool.idle
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                    (n < max).then_some(n + 1)
+                })
+                .ok()?;
+            if park(&socket, own).is_err() {
+                pool.idle.fetch_sub(1, Ordering::Relaxed);
+                return None; // closed
+            }
+            Some(Kept { socket, runtime })
+        });
+        pool.free
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push_back(self.port);
-        self.pool.metrics.ports_in_use.dec();
+            .push_back(FreePort {
+                port: self.port,
+                socket: kept,
+            });
+        pool.metrics.ports_in_use.dec();
     }
+}
+
+/// Makes a released socket deaf while its port is free: connected to its own address,
+/// it receives only what it sends itself (nothing).
+fn park(socket: &tokio::net::UdpSocket, own: SocketAddr) -> io::Result<()> {
+    socket2::SockRef::from(socket).connect(&own.into())
+}
+
+/// Half the descriptors this process may open (the soft `RLIMIT_NOFILE`): by default
+/// the most free ports keeping their socket. Unbounded if the limit cannot be read.
+fn half_the_descriptor_limit() -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes only the struct it is given, which outlives the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return usize::MAX;
+    }
+    usize::try_from(limit.rlim_cur / 2).unwrap_or(usize::MAX)
+}
+
+/// What draining a free socket found.
+#[derive(Debug, PartialEq, Eq)]
+struct Drained {
+    /// Datagrams read and discarded.
+    packets: u64,
+    /// Whether the queue was found empty (else the most allowed were read, and more may
+    /// wait).
+    empty: bool,
+}
+
+/// Reads and discards what is queued on a free (non-blocking) socket, at most `max`
+/// datagrams.
+fn drain(socket: &socket2::Socket, max: u64) -> Drained {
+    // One byte is enough to take a datagram off the queue; the rest of it is discarded.
+    let mut byte = [std::mem::MaybeUninit::new(0u8); 1];
+    let mut packets = 0;
+    for _ in 0..max {
+        match socket.recv(&mut byte) {
+            Ok(_) => packets += 1,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                return Drained {
+                    packets,
+                    empty: true,
+                }
+            }
+            // A pending socket error is consumed by reading it; go on.
+            Err(_) => {}
+        }
+    }
+    Drained {
+        packets,
+        empty: false,
+    }
+}
+
+/// Undoes [`park`]'s connect, so that the socket receives from anyone again: a connect
+/// to an address of family `AF_UNSPEC`, which std has no call for.
+fn disconnect(socket: &socket2::Socket) -> io::Result<()> {
+    let family_only = std::mem::size_of::<socket2::sa_family_t>() as socket2::socklen_t;
+    // SAFETY: all zeros is a valid address storage, of family AF_UNSPEC (0); the length
+    // covers only the family field, which is all the kernel reads of it.
+    let unspecified =
+        unsafe { socket2::SockAddr::new(socket2::SockAddrStorage::zeroed(), family_only) };
+    socket.connect(&unspecified)
+}
+
+/// Why a free socket was not reused.
+#[derive(Debug, thiserror::Error)]
+enum NotReused {
+    #[error("more than {DRAIN_MAX} stray datagrams queued")]
+    Flooded,
+    #[error(transparent)]
+    Io(#[from] io::Error),
 }
 
 impl PortPool {
@@ -89,9 +264,10 @@ impl PortPool {
     ) -> Arc<PortPool> {
         // In u32: `first + 1` must not wrap at 65535 (ports 0.. would be leased).
         let start = u32::from(first) + u32::from(first % 2);
-        let free: VecDeque<u16> = (start..u32::from(last))
+        let free: VecDeque<FreePort> = (start..u32::from(last))
             .step_by(2)
             .filter_map(|p| u16::try_from(p).ok())
+            .map(|port| FreePort { port, socket: None })
             .collect();
         metrics
             .ports_total
@@ -103,6 +279,8 @@ impl PortPool {
             latch,
             metrics,
             gate: std::sync::OnceLock::new(),
+            idle: AtomicUsize::new(0),
+            idle_max: AtomicUsize::new(half_the_descriptor_limit()),
         })
     }
 
@@ -111,6 +289,18 @@ impl PortPool {
     /// lost its lease neither relays nor plays audio to parties another node now serves.
     pub fn set_gate(&self, gate: Gate) {
         let _ = self.gate.set(gate);
+    }
+
+    /// From now on at most `max` free ports keep their socket (by default half the
+    /// process's descriptor limit); the sockets of ports released beyond it are closed,
+    /// as before sockets were reused. `0` binds a socket for every lease.
+    pub fn set_idle_sockets_max(&self, max: usize) {
+        self.idle_max.store(max, Ordering::Relaxed);
+    }
+
+    /// Free ports holding their socket.
+    pub fn idle_sockets(&self) -> usize {
+        self.idle.load(Ordering::Relaxed)
     }
 
     /// Whether the relays may send now.
@@ -122,12 +312,13 @@ impl PortPool {
         self.free.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
-    /// Leases a port; ports another process holds are skipped (and kept for later).
-    /// Must be called inside a tokio runtime.
+    /// Leases a port, with the socket it kept if it has one; ports another process
+    /// holds are skipped (and kept for later). Must be called inside a tokio runtime.
     pub fn allocate(self: &Arc<Self>) -> Result<MediaPort, MediaError> {
+        let here = tokio::runtime::Handle::current().id();
         let attempts = self.free_ports();
         for _ in 0..attempts {
-            let Some(port) = self
+            let Some(FreePort { port, socket }) = self
                 .free
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -135,48 +326,107 @@ impl PortPool {
             else {
                 break;
             };
-            let bound = std::net::UdpSocket::bind((self.address, port)).and_then(|s| {
-                s.set_nonblocking(true)?;
-                let sock = socket2::SockRef::from(&s);
-                let _ = sock.set_recv_buffer_size(self.socket_buffer);
-                tokio::net::UdpSocket::from_std(s)
-            });
-            match bound {
-                Ok(socket) => {
-                    self.metrics.ports_in_use.inc();
-                    return Ok(MediaPort {
-                        socket,
-                        port,
-                        pool: self.clone(),
-                    });
+            if let Some(socket) = socket {
+                self.idle.fetch_sub(1, Ordering::Relaxed);
+                match self.reuse(socket, here) {
+                    Ok(socket) => return Ok(self.lease(port, socket, here)),
+                    // The socket is closed by now: bind the port afresh.
+                    Err(e) => tracing::debug!(port, %e, "RTP socket not reused"),
                 }
+            }
+            match self.bind(port) {
+                Ok(socket) => return Ok(self.lease(port, socket, here)),
                 Err(e) => {
                     tracing::debug!(port, %e, "RTP port busy, skipping");
                     self.free
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
-                        .push_back(port);
+                        .push_back(FreePort { port, socket: None });
                 }
             }
         }
         self.metrics.port_exhaustions.inc();
         Err(MediaError::PortsExhausted)
     }
+
+    fn lease(
+        self: &Arc<Self>,
+        port: u16,
+        socket: tokio::net::UdpSocket,
+        runtime: tokio::runtime::Id,
+    ) -> MediaPort {
+        self.metrics.ports_in_use.inc();
+        MediaPort {
+            socket: Some(socket),
+            runtime,
+            port,
+            pool: self.clone(),
+        }
+    }
+
+    /// A new socket bound to `port`.
+    fn bind(&self, port: u16) -> io::Result<tokio::net::UdpSocket> {
+        let s = std::net::UdpSocket::bind((self.address, port))?;
+        s.set_nonblocking(true)?;
+        let _ = socket2::SockRef::from(&s).set_recv_buffer_size(self.socket_buffer);
+        tokio::net::UdpSocket::from_std(s)
+    }
+
+    /// A free port's socket, emptied of what the previous call left, open again to
+    /// every source, and registered with the reactor of runtime `here`.
+    fn reuse(
+        &self,
+        kept: Kept,
+        here: tokio::runtime::Id,
+    ) -> Result<tokio::net::UdpSocket, NotReused> {
+        let raw = socket2::SockRef::from(&kept.socket);
+        let drained = drain(&raw, DRAIN_MAX);
+        self.metrics.stray_packets_drained.inc_by(drained.packets);
+        if !drained.empty {
+            return Err(NotReused::Flooded);
+        }
+        disconnect(&raw)?;
+        if kept.runtime == here {
+            return Ok(kept.socket);
+        }
+        // Kept from another runtime (perhaps ended): register it with this one's reactor.
+        let socket = kept.socket.into_std()?;
+        Ok(tokio::net::UdpSocket::from_std(socket)?)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+
+    fn localhost() -> IpAddr {
+        "127.0.0.1".parse().unwrap()
+    }
+
+    /// A pool of the even ports in `first..=last` on 127.0.0.1.
+    fn pool(first: u16, last: u16, metrics: &MediaMetrics) -> Arc<PortPool> {
+        PortPool::new(localhost(), first, last, 65536, metrics.clone())
+    }
+
+    /// The kernel's id of a socket (`SO_COOKIE`): equal means the same socket.
+    fn cookie(port: &MediaPort) -> u64 {
+        socket2::SockRef::from(port.socket()).cookie().unwrap()
+    }
+
+    /// The next datagram `socket` receives, within 5 s.
+    async fn next(socket: &tokio::net::UdpSocket) -> Vec<u8> {
+        let mut buf = [0u8; 2048];
+        let n = tokio::time::timeout(Duration::from_secs(5), socket.recv(&mut buf))
+            .await
+            .expect("a datagram within 5 s")
+            .unwrap();
+        buf[..n].to_vec()
+    }
 
     #[tokio::test]
     async fn leases_even_ports_and_returns_them_on_drop() {
-        let pool = PortPool::new(
-            "127.0.0.1".parse().unwrap(),
-            41001,
-            41008,
-            65536,
-            MediaMetrics::default(),
-        );
+        let pool = pool(41001, 41008, &MediaMetrics::default());
         assert_eq!(pool.free_ports(), 3, "41002, 41004, 41006");
         let a = pool.allocate().unwrap();
         let b = pool.allocate().unwrap();
@@ -201,14 +451,8 @@ mod tests {
             (1, 6, &[2, 4]),
         ];
         for (first, last, want) in table {
-            let pool = PortPool::new(
-                "127.0.0.1".parse().unwrap(),
-                *first,
-                *last,
-                65536,
-                MediaMetrics::default(),
-            );
-            let free: Vec<u16> = pool.free.lock().unwrap().iter().copied().collect();
+            let pool = pool(*first, *last, &MediaMetrics::default());
+            let free: Vec<u16> = pool.free.lock().unwrap().iter().map(|f| f.port).collect();
             assert_eq!(free, *want, "{first}-{last}");
         }
     }
@@ -216,15 +460,197 @@ mod tests {
     #[tokio::test]
     async fn skips_ports_held_elsewhere() {
         let squatter = std::net::UdpSocket::bind("127.0.0.1:41102").unwrap();
-        let pool = PortPool::new(
-            "127.0.0.1".parse().unwrap(),
-            41102,
-            41105,
-            65536,
-            MediaMetrics::default(),
-        );
+        let pool = pool(41102, 41105, &MediaMetrics::default());
         let got = pool.allocate().unwrap();
         assert_eq!(got.port, 41104);
         drop(squatter);
+    }
+
+    /// A released port keeps its socket, still at the back of the queue; the next
+    /// lease of the port gets the same socket, and the cap closes those beyond it.
+    #[tokio::test]
+    async fn released_sockets_are_reused_up_to_the_cap() {
+        // Each row: idle_max, then how many of the three ports keep their socket.
+        let table = [(usize::MAX, 3), (3, 3), (1, 1), (0, 0)];
+        for (i, (max, kept)) in table.into_iter().enumerate() {
+            let first = 41120 + 10 * i as u16;
+            let pool = pool(first, first + 6, &MediaMetrics::default());
+            pool.set_idle_sockets_max(max);
+            let leased: Vec<MediaPort> = (0..3).map(|_| pool.allocate().unwrap()).collect();
+            let before: Vec<(u16, u64)> = leased.iter().map(|p| (p.port, cookie(p))).collect();
+            drop(leased);
+            assert_eq!(pool.idle_sockets(), kept, "max {max}");
+            let again: Vec<MediaPort> = (0..3).map(|_| pool.allocate().unwrap()).collect();
+            let after: Vec<(u16, u64)> = again.iter().map(|p| (p.port, cookie(p))).collect();
+            let ports = |v: &[(u16, u64)]| v.iter().map(|(p, _)| *p).collect::<Vec<_>>();
+            assert_eq!(
+                ports(&after),
+                ports(&before),
+                "same order: first freed, first leased"
+            );
+            let reused = before.iter().zip(&after).filter(|(b, a)| b == a).count();
+            assert_eq!(reused, kept, "max {max}");
+            assert_eq!(pool.idle_sockets(), 0);
+        }
+    }
+
+    /// What was queued on a port when it was released (the end of the previous call's
+    /// audio) is drained and counted before the next lease: the new lease finds its
+    /// socket empty, and receives what is sent to it after the lease from anyone.
+    #[tokio::test]
+    async fn the_previous_call_s_packets_are_drained_before_the_next_lease() {
+        let metrics = MediaMetrics::default();
+        let pool = pool(41160, 41162, &metrics);
+        let port = pool.allocate().unwrap();
+        let peer = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        for i in 0..5u8 {
+            peer.send_to(&[i; 172], port.local()).await.unwrap();
+        }
+        port.socket().readable().await.unwrap();
+        let (old, to) = (cookie(&port), port.local());
+        drop(port);
+        let port = pool.allocate().unwrap();
+        assert_eq!(cookie(&port), old, "reused");
+        let drained = metrics.stray_packets_drained.get();
+        assert!((1..=5).contains(&drained), "drained {drained}");
+        let mut buf = [0u8; 2048];
+        assert_eq!(
+            port.socket().try_recv(&mut buf).unwrap_err().kind(),
+            io::ErrorKind::WouldBlock,
+            "nothing of the previous call is left"
+        );
+        let stranger = tokio::net::UdpSocket::bind("127.0.0.2:0").await.unwrap();
+        stranger.send_to(b"new call", to).await.unwrap();
+        assert_eq!(next(port.socket()).await, b"new call");
+    }
+
+    /// An attacker spraying a free port (many small datagrams, and large ones that a
+    /// minimum receive buffer would still take one of) is refused as at an unbound
+    /// port: nothing is queued, so nothing is drained, and the port is leased again
+    /// with its socket and works. Both for a pool on one address and on the wildcard.
+    #[tokio::test]
+    async fn a_free_port_refuses_what_is_sprayed_at_it() {
+        for (i, address) in ["127.0.0.1", "0.0.0.0"].into_iter().enumerate() {
+            let metrics = MediaMetrics::default();
+            let first = 41180 + 10 * i as u16;
+            let pool = PortPool::new(
+                address.parse().unwrap(),
+                first,
+                first + 2,
+                65536,
+                metrics.clone(),
+            );
+            let port = pool.allocate().unwrap();
+            let (old, to) = (cookie(&port), SocketAddr::new(localhost(), port.port));
+            drop(port);
+            assert_eq!(pool.idle_sockets(), 1, "{address}");
+            // A probe connected to the free port learns it is closed (ICMP port
+            // unreachable), as with no socket there.
+            let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            probe
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            probe.connect(to).unwrap();
+            probe.send(b"anyone?").unwrap();
+            assert_eq!(
+                probe.recv(&mut [0u8; 64]).unwrap_err().kind(),
+                io::ErrorKind::ConnectionRefused,
+                "{address}"
+            );
+            let sprayer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            for n in 0..2000 {
+                let _ = sprayer.send_to(&[0xaa; 172], to);
+                if n % 100 == 0 {
+                    let _ = sprayer.send_to(&vec![0xbb; 60_000], to);
+                }
+            }
+            let port = pool.allocate().unwrap();
+            assert_eq!(cookie(&port), old, "{address}: reused");
+            assert_eq!(metrics.stray_packets_drained.get(), 0, "{address}");
+            sprayer.send_to(b"after the lease", to).unwrap();
+            assert_eq!(next(port.socket()).await, b"after the lease", "{address}");
+        }
+    }
+
+    /// A port may drop outside any runtime, even after the runtime that leased it has
+    /// ended: nothing panics, the socket is kept, and another runtime leases it and
+    /// receives on it.
+    #[test]
+    fn ports_released_outside_a_runtime_are_reused_by_another() {
+        let pool = pool(41400, 41404, &MediaMetrics::default());
+        let first = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (a, b) = first.block_on(async { (pool.allocate().unwrap(), pool.allocate().unwrap()) });
+        let cookies = [cookie(&a), cookie(&b)];
+        drop(a); // no runtime entered here
+        drop(first);
+        drop(b); // its reactor is gone
+        assert_eq!(pool.idle_sockets(), 2);
+        let second = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        second.block_on(async {
+            let peer = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            for want in cookies {
+                let port = pool.allocate().unwrap();
+                assert_eq!(cookie(&port), want);
+                peer.send_to(b"hello", port.local()).await.unwrap();
+                assert_eq!(next(port.socket()).await, b"hello");
+            }
+        });
+    }
+
+    /// The drain reads at most its bound and says whether it emptied the queue.
+    #[test]
+    fn draining_is_bounded() {
+        // Each row: datagrams queued, the bound, then what draining finds.
+        let table = [
+            (
+                0,
+                5,
+                Drained {
+                    packets: 0,
+                    empty: true,
+                },
+            ),
+            (
+                3,
+                5,
+                Drained {
+                    packets: 3,
+                    empty: true,
+                },
+            ),
+            (
+                5,
+                5,
+                Drained {
+                    packets: 5,
+                    empty: false,
+                },
+            ),
+            (
+                8,
+                5,
+                Drained {
+                    packets: 5,
+                    empty: false,
+                },
+            ),
+        ];
+        for (queued, max, want) in table {
+            let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            socket.set_nonblocking(true).unwrap();
+            let to = socket.local_addr().unwrap();
+            let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            for _ in 0..queued {
+                sender.send_to(&[0; 20], to).unwrap();
+            }
+            let raw = socket2::SockRef::from(&socket);
+            assert_eq!(drain(&raw, max), want, "{queued} queued");
+        }
     }
 }

@@ -542,25 +542,25 @@ async fn run(
             break;
         }
         tokio::select! {
-            r = a.socket.readable() => {
+            r = a.socket().readable() => {
                 if r.is_ok() {
                     let counters = [&stats.packets_a_to_b, &stats.bytes_a_to_b, &stats.lost_a_to_b];
-                    let path = Flow { from: &a.socket, from_side: &mut sa, out: &b.socket, to_side: &mut sb, dir: &a_to_b, counters, latch, refused: &refused, open: a.open() };
+                    let path = Flow { from: a.socket(), from_side: &mut sa, out: b.socket(), to_side: &mut sb, dir: &a_to_b, counters, latch, refused: &refused, open: a.open() };
                     drain(path, rec.as_mut(), &on_event);
                 }
             }
-            r = b.socket.readable() => {
+            r = b.socket().readable() => {
                 if r.is_ok() {
                     let counters = [&stats.packets_b_to_a, &stats.bytes_b_to_a, &stats.lost_b_to_a];
-                    let path = Flow { from: &b.socket, from_side: &mut sb, out: &a.socket, to_side: &mut sa, dir: &b_to_a, counters, latch, refused: &refused, open: a.open() };
+                    let path = Flow { from: b.socket(), from_side: &mut sb, out: a.socket(), to_side: &mut sa, dir: &b_to_a, counters, latch, refused: &refused, open: a.open() };
                     drain(path, rec.as_mut(), &on_event);
                 }
             }
             _ = async { frames.as_mut().expect("checked").tick().await }, if frames.is_some() => {
                 let now = Instant::now();
                 if a.open() {
-                    play_frame(&a.socket, &mut sa, now, &on_event);
-                    play_frame(&b.socket, &mut sb, now, &on_event);
+                    play_frame(a.socket(), &mut sa, now, &on_event);
+                    play_frame(b.socket(), &mut sb, now, &on_event);
                 }
                 if sa.player.is_none() && sb.player.is_none() {
                     frames = None;
@@ -956,6 +956,53 @@ mod tests {
             !samples.contains(&spray_s),
             "the spray is not in the recording"
         );
+    }
+
+    /// A call on reused ports: what the previous call left queued on them (sent from the
+    /// very address the new call's caller uses, which the latch would accept) and what
+    /// was sprayed at them while they were free never reaches the new call; the
+    /// caller's first packet of the new call is the first the callee receives.
+    #[tokio::test]
+    async fn nothing_sent_to_a_port_before_its_lease_reaches_the_next_call() {
+        let metrics = MediaMetrics::default();
+        let pool = PortPool::new(
+            "127.0.0.1".parse().unwrap(),
+            41360,
+            41363,
+            65536,
+            metrics.clone(),
+        );
+        let caller = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let callee = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        // The previous call ends with the caller's last packets unread.
+        let (a, b) = (pool.allocate().unwrap(), pool.allocate().unwrap());
+        let ports = [a.local(), b.local()];
+        for seq in 0..3 {
+            caller
+                .send_to(&rtp_of(seq, 1, SPRAY), ports[0])
+                .await
+                .unwrap();
+        }
+        a.socket().readable().await.unwrap();
+        drop((a, b));
+        // While the ports are free.
+        spray(&caller, ports).await;
+        let relay = Relay::start(
+            pool.allocate().unwrap(),
+            pool.allocate().unwrap(),
+            metrics.clone(),
+            Arc::new(|_| {}),
+        );
+        assert_eq!([relay.local(Side::A), relay.local(Side::B)], ports);
+        assert!(metrics.stray_packets_drained.get() >= 1, "drained");
+        relay.set_remote(Side::A, caller.local_addr().unwrap());
+        relay.set_remote(Side::B, callee.local_addr().unwrap());
+        caller
+            .send_to(&rtp_of(10, 1, CALLER), ports[0])
+            .await
+            .unwrap();
+        assert_eq!(next_payload(&callee).await, (CALLER, ports[1]));
+        assert_eq!(relay.stats.packets(), (1, 0));
     }
 
     /// The latch follows the SDP: the same address again (a session refresh) keeps it,
