@@ -60,6 +60,21 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+/// At most this many ports are tried by one lease: past them the lease fails
+/// (`PortsExhausted`) rather than trying every free port of a range another process
+/// squats. Ports that failed go to the back of the queue, so the next lease tries
+/// others.
+pub const MAX_BIND_ATTEMPTS: usize = 32;
+
+/// Kept sockets of free ports closed when the process runs out of descriptors.
+const RELEASE_ON_EMFILE: usize = 256;
+
+/// Whether a bind failed for want of a descriptor (the process's or the system's
+/// limit), which no other port would avoid.
+fn out_of_descriptors(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE))
+}
+
 /// At most this many datagrams are read off a reused socket before its lease; a socket
 /// holding more is closed and its port bound afresh.
 pub const DRAIN_MAX: u64 = 1024;
@@ -316,7 +331,8 @@ impl PortPool {
     /// holds are skipped (and kept for later). Must be called inside a tokio runtime.
     pub fn allocate(self: &Arc<Self>) -> Result<MediaPort, MediaError> {
         let here = tokio::runtime::Handle::current().id();
-        let attempts = self.free_ports();
+        let attempts = self.free_ports().min(MAX_BIND_ATTEMPTS);
+        let mut released_idle = false;
         for _ in 0..attempts {
             let Some(FreePort { port, socket }) = self
                 .free
@@ -334,8 +350,27 @@ impl PortPool {
                     Err(e) => tracing::debug!(port, %e, "RTP socket not reused"),
                 }
             }
-            match self.bind(port) {
+            let mut bound = self.bind(port);
+            if bound.as_ref().is_err_and(out_of_descriptors) && !released_idle {
+                // Free ports' kept sockets yield to calls: close some, try once more.
+                released_idle = true;
+                self.close_idle(RELEASE_ON_EMFILE);
+                bound = self.bind(port);
+            }
+            match bound {
                 Ok(socket) => return Ok(self.lease(port, socket, here)),
+                Err(e) if out_of_descriptors(&e) => {
+                    // Every other port would fail the same way: stop here (the port
+                    // keeps its place) instead of creating and destroying a socket for
+                    // each free port on every call, which is what burned the CPU of a
+                    // node at its descriptor limit under overload.
+                    self.free
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push_front(FreePort { port, socket: None });
+                    tracing::debug!(port, %e, "no descriptor for an RTP socket");
+                    break;
+                }
                 Err(e) => {
                     tracing::debug!(port, %e, "RTP port busy, skipping");
                     self.free
@@ -347,6 +382,19 @@ impl PortPool {
         }
         self.metrics.port_exhaustions.inc();
         Err(MediaError::PortsExhausted)
+    }
+
+    /// Closes up to `n` sockets kept by free ports (their ports stay free).
+    fn close_idle(&self, n: usize) {
+        let closed: Vec<Kept> = {
+            let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+            free.iter_mut()
+                .filter_map(|f| f.socket.take())
+                .take(n)
+                .collect()
+        };
+        self.idle.fetch_sub(closed.len(), Ordering::Relaxed);
+        drop(closed); // closed outside the lock
     }
 
     fn lease(
@@ -464,6 +512,41 @@ mod tests {
         let got = pool.allocate().unwrap();
         assert_eq!(got.port, 41104);
         drop(squatter);
+    }
+
+    /// A range another process squats costs a lease at most MAX_BIND_ATTEMPTS binds:
+    /// the lease fails (counted) instead of trying every port, and the ports it tried
+    /// go to the back, so the next lease finds a free one.
+    #[tokio::test]
+    async fn a_squatted_range_costs_a_lease_a_bounded_number_of_binds() {
+        let first = 41400u16;
+        let squatted = MAX_BIND_ATTEMPTS as u16 + 8;
+        let squatters: Vec<_> = (0..squatted)
+            .map(|i| std::net::UdpSocket::bind(("127.0.0.1", first + 2 * i)).unwrap())
+            .collect();
+        let metrics = MediaMetrics::default();
+        let pool = pool(first, first + 2 * (squatted + 4), &metrics);
+        assert!(matches!(pool.allocate(), Err(MediaError::PortsExhausted)));
+        assert_eq!(metrics.port_exhaustions.get(), 1);
+        let got = pool
+            .allocate()
+            .expect("the queue moved past the squatted ports");
+        assert!(got.port >= first + 2 * squatted, "{}", got.port);
+        drop(squatters);
+    }
+
+    #[test]
+    fn which_bind_errors_mean_no_descriptor() {
+        let table = [
+            (libc::EMFILE, true),
+            (libc::ENFILE, true),
+            (libc::EADDRINUSE, false),
+            (libc::EACCES, false),
+        ];
+        for (code, want) in table {
+            let e = io::Error::from_raw_os_error(code);
+            assert_eq!(out_of_descriptors(&e), want, "{e}");
+        }
     }
 
     /// A released port keeps its socket, still at the back of the queue; the next

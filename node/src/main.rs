@@ -129,6 +129,7 @@ fn serve(file: Option<PathBuf>) -> ExitCode {
         }
     };
     init_tracing(&config);
+    raise_descriptor_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -154,5 +155,35 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// Raises the soft limit on open descriptors to the hard one: a call holds two RTP
+/// sockets, so a node started from a shell's 1,024 would refuse calls long before its
+/// RTP range is used (the systemd unit sets `LimitNOFILE` itself).
+fn raise_descriptor_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write only the struct given, which
+    // outlives both calls.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                tracing::info!(
+                    from = limit.rlim_cur,
+                    to = limit.rlim_max,
+                    "open descriptor limit raised"
+                );
+            }
+        }
     }
 }
