@@ -99,6 +99,61 @@ fn slowloris_connections_are_cut_and_capped() {
     );
 }
 
+/// A slow upload: headers on time, then the body a byte at a time (each byte within
+/// the idle timeout, so only the request deadline can stop it). The node answers 408
+/// once `request_timeout_seconds` has passed and closes the connection; nothing of
+/// the half-sent request is created; other clients are served meanwhile.
+#[test]
+fn a_request_whose_body_trickles_gets_408() {
+    let ports = Ports::take();
+    let node = Node::start_api(ports, "request_timeout_seconds = 2", "");
+    let body = r#"{"name": "trickled operator, never created"}"#;
+    let mut s = connect_from("127.0.0.1", ports.api, None).unwrap();
+    write!(
+        s,
+        "POST /v1/operators HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ADMIN}\r\n\
+Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len() + 1000
+    )
+    .unwrap();
+    let started = Instant::now();
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut answer = Vec::new();
+    let mut sent = 0;
+    let closed = loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "no answer to a trickled request"
+        );
+        if sent < body.len() && s.write_all(&body.as_bytes()[sent..sent + 1]).is_ok() {
+            sent += 1;
+        }
+        let mut buf = [0u8; 4096];
+        match s.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => break true,
+        }
+    };
+    assert!(closed);
+    let answer = String::from_utf8_lossy(&answer).to_string();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("request_timeout"), "{answer}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "not before the deadline"
+    );
+    assert_eq!(
+        node.metric("tsunagu_api_timeouts_total{reason=\"request\"}"),
+        1.0
+    );
+    let listed = node.send("GET", "/v1/operators", Some(ADMIN), "");
+    assert_eq!(listed.status, 200, "{}", listed.body);
+    assert!(!listed.body.contains("trickled"), "{}", listed.body);
+}
+
 /// A client asks for a big CSV and stops reading: the node cuts the export after
 /// `export_send_timeout_seconds` (5 s here: with less, a loaded machine could run out
 /// the timeout before the second export is asked for) and closes the connection after

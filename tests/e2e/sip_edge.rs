@@ -517,6 +517,76 @@ trunks = ["carrier-a"]
     );
 }
 
+/// Issue 10, API: with the node out of file descriptors (ulimit 128, held by SIP TCP
+/// connections), the API's failing accept backs off instead of spinning: connections
+/// to the API wait in the backlog, the failures are counted, the CPU stays low, and
+/// the API answers again once descriptors are free.
+#[test]
+fn the_api_out_of_file_descriptors_does_not_spin() {
+    let ports = Ports::take();
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        r#"
+[node]
+id = "e2e"
+data_dir = "{d}/data"
+[sip]
+listen = ["udp:127.0.0.1:{sip}", "tcp:127.0.0.1:{sip}"]
+[media]
+address = "127.0.0.1"
+ports = "{rtp}-{rtp_last}"
+[api]
+listen = "127.0.0.1:{api}"
+admin_token = "{ADMIN}"
+[[trunks]]
+name = "carrier-a"
+inbound = ["127.0.0.0/8"]
+outbound = "udp:127.0.0.1:{uas}"
+[[routes]]
+prefix = ""
+trunks = ["carrier-a"]
+"#,
+        d = dir.path().display(),
+        sip = ports.sip,
+        rtp = ports.rtp_first,
+        rtp_last = ports.rtp_first + 399,
+        api = ports.api,
+        uas = ports.uas,
+    );
+    let path = dir.path().join("node.toml");
+    std::fs::write(&path, config).unwrap();
+    let node = Node::run_in_shell(ports, dir, &path, "ulimit -n 128");
+    let sip_addr = SocketAddr::from(([127, 0, 0, 1], ports.sip));
+    let conns: Vec<TcpStream> = (0..200)
+        .filter_map(|i| tcp_from(IpAddr::from([127, 0, 0, 1 + i % 4]), sip_addr, None).ok())
+        .collect();
+    assert!(conns.len() > 150, "connections queued: {}", conns.len());
+    // SIP took every descriptor it could; these wait for the API's accept.
+    let api_addr = SocketAddr::from(([127, 0, 0, 1], ports.api));
+    let waiting: Vec<TcpStream> = (0..8)
+        .filter_map(|_| TcpStream::connect(api_addr).ok())
+        .collect();
+    assert!(!waiting.is_empty());
+    let share = cpu_share(node.pid(), Duration::from_secs(1));
+    assert!(
+        share < 0.2,
+        "a failing API accept must not spin: {:.0} % of a core",
+        share * 100.0
+    );
+    drop(conns);
+    drop(waiting);
+    node.wait_until(
+        Duration::from_secs(10),
+        "API accept failures counted",
+        || node.metric("tsunagu_api_accept_errors_total") >= 1.0,
+    );
+    assert_eq!(
+        node.try_get("/healthz", None).map(|r| r.status).ok(),
+        Some(200),
+        "served again"
+    );
+}
+
 /// Issue 10, SIP TCP/TLS: a peer that sends requests and never reads the answers is
 /// disconnected once 1 MiB waits for it, instead of being buffered without bound.
 #[test]
