@@ -92,6 +92,9 @@ pub struct PortPool {
     idle: AtomicUsize,
     /// At most this many free ports keep their socket ([`PortPool::set_idle_sockets_max`]).
     idle_max: AtomicUsize,
+    /// Tests: binds attempted, and an error every bind returns instead of binding.
+    #[cfg(test)]
+    binds: (AtomicUsize, Mutex<Option<i32>>),
 }
 
 /// A port in the free queue.
@@ -296,6 +299,8 @@ impl PortPool {
             gate: std::sync::OnceLock::new(),
             idle: AtomicUsize::new(0),
             idle_max: AtomicUsize::new(half_the_descriptor_limit()),
+            #[cfg(test)]
+            binds: Default::default(),
         })
     }
 
@@ -332,7 +337,6 @@ impl PortPool {
     pub fn allocate(self: &Arc<Self>) -> Result<MediaPort, MediaError> {
         let here = tokio::runtime::Handle::current().id();
         let attempts = self.free_ports().min(MAX_BIND_ATTEMPTS);
-        let mut released_idle = false;
         for _ in 0..attempts {
             let Some(FreePort { port, socket }) = self
                 .free
@@ -350,25 +354,27 @@ impl PortPool {
                     Err(e) => tracing::debug!(port, %e, "RTP socket not reused"),
                 }
             }
-            let mut bound = self.bind(port);
-            if bound.as_ref().is_err_and(out_of_descriptors) && !released_idle {
-                // Free ports' kept sockets yield to calls: close some, try once more.
-                released_idle = true;
-                self.close_idle(RELEASE_ON_EMFILE);
-                bound = self.bind(port);
-            }
-            match bound {
+            match self.bind(port) {
                 Ok(socket) => return Ok(self.lease(port, socket, here)),
                 Err(e) if out_of_descriptors(&e) => {
-                    // Every other port would fail the same way: stop here (the port
-                    // keeps its place) instead of creating and destroying a socket for
-                    // each free port on every call, which is what burned the CPU of a
-                    // node at its descriptor limit under overload.
+                    // Every other fresh port would fail the same way: this one keeps
+                    // its place, and no socket is created for each free port on every
+                    // call (which burned the CPU of a node at its descriptor limit under
+                    // overload). Free ports' kept sockets yield to calls: the lease
+                    // takes one of them (it needs no new descriptor), and a few more are
+                    // closed so SIP, the API and the store get descriptors again.
                     self.free
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .push_front(FreePort { port, socket: None });
                     tracing::debug!(port, %e, "no descriptor for an RTP socket");
+                    let kept = self.take_kept();
+                    self.close_idle(RELEASE_ON_EMFILE);
+                    if let Some((port, socket)) = kept {
+                        if let Ok(socket) = self.reuse(socket, here) {
+                            return Ok(self.lease(port, socket, here));
+                        }
+                    }
                     break;
                 }
                 Err(e) => {
@@ -382,6 +388,16 @@ impl PortPool {
         }
         self.metrics.port_exhaustions.inc();
         Err(MediaError::PortsExhausted)
+    }
+
+    /// The first free port that kept its socket, out of the queue.
+    fn take_kept(&self) -> Option<(u16, Kept)> {
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        let at = free.iter().position(|f| f.socket.is_some())?;
+        let FreePort { port, socket } = free.remove(at)?;
+        drop(free);
+        self.idle.fetch_sub(1, Ordering::Relaxed);
+        socket.map(|kept| (port, kept))
     }
 
     /// Closes up to `n` sockets kept by free ports (their ports stay free).
@@ -414,6 +430,13 @@ impl PortPool {
 
     /// A new socket bound to `port`.
     fn bind(&self, port: u16) -> io::Result<tokio::net::UdpSocket> {
+        #[cfg(test)]
+        {
+            self.binds.0.fetch_add(1, Ordering::Relaxed);
+            if let Some(code) = *self.binds.1.lock().unwrap() {
+                return Err(io::Error::from_raw_os_error(code));
+            }
+        }
         let s = std::net::UdpSocket::bind((self.address, port))?;
         s.set_nonblocking(true)?;
         let _ = socket2::SockRef::from(&s).set_recv_buffer_size(self.socket_buffer);
@@ -533,6 +556,32 @@ mod tests {
             .expect("the queue moved past the squatted ports");
         assert!(got.port >= first + 2 * squatted, "{}", got.port);
         drop(squatters);
+    }
+
+    /// Out of descriptors, a lease makes one bind attempt, not one per free port, and
+    /// takes a kept socket from further back in the queue (it needs no new descriptor);
+    /// the other kept sockets are closed to give descriptors back.
+    #[tokio::test]
+    async fn out_of_descriptors_a_lease_takes_a_kept_socket() {
+        let metrics = MediaMetrics::default();
+        let first = 41500u16;
+        let pool = pool(first, first + 40, &metrics);
+        let (a, b) = (pool.allocate().unwrap(), pool.allocate().unwrap());
+        let released = [a.port, b.port];
+        drop((a, b)); // kept, at the back behind 16 fresh ports
+        *pool.binds.1.lock().unwrap() = Some(libc::EMFILE);
+        pool.binds.0.store(0, Ordering::Relaxed);
+        let got = pool.allocate().expect("a kept socket");
+        assert!(released.contains(&got.port), "{}", got.port);
+        assert_eq!(pool.binds.0.load(Ordering::Relaxed), 1, "one bind attempt");
+        // The other kept socket was closed: nothing is left that needs no descriptor.
+        assert!(matches!(pool.allocate(), Err(MediaError::PortsExhausted)));
+        assert_eq!(pool.binds.0.load(Ordering::Relaxed), 2);
+        assert_eq!(metrics.port_exhaustions.get(), 1);
+        // Descriptors back: fresh ports bind again.
+        *pool.binds.1.lock().unwrap() = None;
+        assert!(pool.allocate().is_ok());
+        drop(got);
     }
 
     #[test]

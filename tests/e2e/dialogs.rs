@@ -203,3 +203,131 @@ fn spoofed_in_dialog_requests_get_481_and_a_hostile_from_is_escaped() {
         "the callee got one BYE: the caller's, none of the attacker's"
     );
 }
+
+/// The answer to `req` (a raw SIP request): its Via, From, To (with `to_tag` added),
+/// Call-ID and CSeq, then `extra` (more headers, the blank line and any body).
+fn answer(req: &str, status: &str, to_tag: &str, extra: &str) -> String {
+    let mut out = format!("SIP/2.0 {status}\n");
+    for line in req.lines() {
+        let name = line.split(':').next().unwrap_or_default().trim();
+        if ["via", "from", "call-id", "cseq"].contains(&name.to_ascii_lowercase().as_str()) {
+            out.push_str(line);
+            out.push('\n');
+        } else if name.eq_ignore_ascii_case("to") {
+            out.push_str(&format!("{line};tag={to_tag}\n"));
+        }
+    }
+    out.push_str(extra);
+    out
+}
+
+/// Issue 10: a caller that names a third party in its Contact cannot point the node's
+/// in-dialog requests at it. When the callee hangs up, the node's BYE to the caller goes
+/// back where the caller's INVITE came from (127.0.0.1, the trunk), not to the Contact
+/// (127.0.0.9, in no trunk's networks), which receives nothing.
+#[test]
+fn a_caller_cannot_point_the_nodes_bye_at_a_third_party() {
+    let ports = Ports::take();
+    let node = Node::start(ports, "127.0.0.1/32", "");
+    node.provision("0501234567", DEST, "{}");
+    let third = UdpSocket::bind("127.0.0.9:0").expect("bind the third party");
+    third.set_nonblocking(true).unwrap();
+    let victim = third.local_addr().unwrap();
+    let callee = UdpSocket::bind(("127.0.0.1", ports.uas)).expect("bind the callee");
+    callee
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let callee_recv = |what: &str, wanted: &dyn Fn(&str) -> bool| -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let mut buf = [0u8; 8192];
+        while std::time::Instant::now() < deadline {
+            if let Ok((n, _)) = callee.recv_from(&mut buf) {
+                let m = String::from_utf8_lossy(&buf[..n]).into_owned();
+                if wanted(&m) {
+                    return m;
+                }
+            }
+        }
+        panic!("the callee never got {what}");
+    };
+    let node_sip = format!("127.0.0.1:{}", ports.sip);
+    let callee_send = |text: &str| {
+        callee
+            .send_to(text.replace('\n', "\r\n").as_bytes(), &node_sip)
+            .unwrap();
+    };
+
+    let caller = Party::bind("127.0.0.1", ports.sip);
+    let sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n";
+    let call_id = "contact-points-elsewhere";
+    caller.send(&format!(
+        "INVITE sip:0501234567@{node} SIP/2.0\n\
+         Via: SIP/2.0/UDP {me};branch=z9hG4bKinvthird\n\
+         From: <sip:09012345678@127.0.0.1>;tag=callertag\n\
+         To: <sip:0501234567@127.0.0.1>\n\
+         Call-ID: {call_id}\n\
+         CSeq: 1 INVITE\n\
+         Contact: <sip:caller@{victim}>\n\
+         Max-Forwards: 70\n\
+         Content-Type: application/sdp\n\
+         Content-Length: {len}\n\n{sdp}",
+        node = caller.node,
+        me = caller.me(),
+        len = sdp.len(),
+    ));
+    // The callee answers the forwarded INVITE and gets the node's ACK.
+    let invite = callee_recv("the forwarded INVITE", &|m| m.starts_with("INVITE "));
+    let callee_sdp = "v=0\r\no=- 2 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4002 RTP/AVP 0\r\n";
+    callee_send(&answer(
+        &invite,
+        "200 OK",
+        "calleetag",
+        &format!(
+            "Contact: <sip:callee@127.0.0.1:{uas}>\nContent-Type: application/sdp\nContent-Length: {len}\n\n{callee_sdp}",
+            uas = ports.uas,
+            len = callee_sdp.len()
+        ),
+    ));
+    let ok = caller.final_response();
+    assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
+    let our_tag = tag(header(&ok, "To").unwrap());
+    caller.send(&caller.request(
+        "ACK",
+        call_id,
+        "callertag",
+        &our_tag,
+        1,
+        "Content-Length: 0\n\n",
+    ));
+    callee_recv("the node's ACK", &|m| m.starts_with("ACK "));
+
+    // The callee hangs up: the node answers it and sends its BYE to the caller.
+    let leg_call_id = header(&invite, "Call-ID").unwrap().to_string();
+    let node_tag = tag(header(&invite, "From").unwrap());
+    callee_send(&format!(
+        "BYE sip:tsunagu@{node_sip} SIP/2.0\n\
+         Via: SIP/2.0/UDP 127.0.0.1:{uas};branch=z9hG4bKcalleebye\n\
+         From: <sip:0311112222@127.0.0.1>;tag=calleetag\n\
+         To: <sip:tsunagu@127.0.0.1>;tag={node_tag}\n\
+         Call-ID: {leg_call_id}\n\
+         CSeq: 2 BYE\n\
+         Max-Forwards: 70\n\
+         Content-Length: 0\n\n",
+        uas = ports.uas
+    ));
+    let bye = loop {
+        let m = caller
+            .recv(Duration::from_secs(5))
+            .expect("the node's BYE to the caller");
+        if m.starts_with("BYE ") {
+            break m;
+        }
+    };
+    assert!(bye.contains(call_id), "{bye}");
+    let mut buf = [0u8; 4096];
+    assert!(
+        third.recv_from(&mut buf).is_err(),
+        "the third party named in the Contact got: {}",
+        String::from_utf8_lossy(&buf)
+    );
+}
