@@ -28,9 +28,9 @@ pub fn wide_rtp_range() -> (u16, u16) {
 }
 
 /// Port slots the tests can take (see [`Ports::take`]).
-pub const SLOTS: u16 = 95;
-/// Node RTP ports per slot (93 calls at once); a test needing more takes further slots.
-pub const RTP_PER_SLOT: u16 = 375;
+pub const SLOTS: u16 = 99;
+/// Node RTP ports per slot (90 calls at once); a test needing more takes further slots.
+pub const RTP_PER_SLOT: u16 = 360;
 
 /// Ports of one test: SIP, API, SIPp UAS and UAC signalling and media, node RTP range.
 #[derive(Clone, Copy, Debug)]
@@ -46,7 +46,7 @@ pub struct Ports {
 
 impl Ports {
     /// The next slot. Layout (slot k < [`SLOTS`]): signalling 21000 + 10k (SIP,
-    /// API, UAS, UAC; +4..+9 free for a test's own use), SIPp media 22000 + 80k (UAS)
+    /// API, UAS, UAC; +4..+9 free for a test's own use), SIPp media 22000 + 76k (UAS)
     /// and + 40 (UAC; tests use up to +30 above each), and [`RTP_PER_SLOT`] node RTP
     /// ports from 29600: disjoint for every slot, clear of the SPEC example's
     /// 5060/8080/20000-20999.
@@ -58,8 +58,8 @@ impl Ports {
             api: 21001 + 10 * k,
             uas: 21002 + 10 * k,
             uac: 21003 + 10 * k,
-            uas_media: 22000 + 80 * k,
-            uac_media: 22040 + 80 * k,
+            uas_media: 22000 + 76 * k,
+            uac_media: 22040 + 76 * k,
             rtp_first: 29600 + RTP_PER_SLOT * k,
         }
     }
