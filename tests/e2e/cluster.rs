@@ -604,3 +604,65 @@ fn issuers_on_every_node_at_once_never_get_the_same_number() {
         "120 issues through three nodes, 120 different numbers"
     );
 }
+
+/// Whether the node closed `s` within `limit` (EOF or reset), reading what comes.
+fn closed_within(s: &mut std::net::TcpStream, limit: Duration) -> bool {
+    use std::io::Read;
+    s.set_read_timeout(Some(limit)).unwrap();
+    let mut buf = [0u8; 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return false
+            }
+            Err(_) => return true,
+        }
+    }
+}
+
+/// Issue 11: silent connections flooding the cluster port. One address holds at most
+/// four handshakes: its fifth connection is closed at once; the four are closed when
+/// the 5 s handshake deadline passes, not before; and meanwhile real nodes join.
+#[test]
+fn silent_connections_to_the_cluster_port_are_capped_and_timed_out() {
+    let mut c = TestCluster::new();
+    c.start(1, GOOD);
+    let port = c.cluster_port;
+    let opened = Instant::now();
+    let mut held: Vec<_> = (0..4)
+        .map(|_| connect_from("127.0.0.9", port, None).expect("connect"))
+        .collect();
+    let mut fifth = connect_from("127.0.0.9", port, None).expect("connect");
+    assert!(
+        closed_within(&mut fifth, Duration::from_secs(2)),
+        "a fifth silent connection from one address is closed at once"
+    );
+    for s in &mut held {
+        assert!(
+            !closed_within(s, Duration::from_millis(50)),
+            "a connection within the cap waits for its handshake"
+        );
+    }
+    // The flood costs the cluster nothing: the other nodes join meanwhile.
+    c.start(2, GOOD);
+    c.start(3, GOOD);
+    c.wait_formed();
+    for s in &mut held {
+        assert!(
+            closed_within(s, Duration::from_secs(10)),
+            "a silent connection outlives the handshake deadline"
+        );
+    }
+    assert!(
+        opened.elapsed() >= Duration::from_millis(4500),
+        "closed before the handshake deadline: {:?}",
+        opened.elapsed()
+    );
+}
