@@ -293,7 +293,6 @@ impl Endpoint {
             gate: settings.gate,
             admission: DelayAdmission::new(&settings.overload),
             refusals,
-            retry_after: settings.overload.retry_after.to_string(),
         };
         tokio::spawn(core.run(in_rx, cmd_rx));
         Ok(handle)
@@ -323,7 +322,6 @@ struct Core {
     admission: DelayAdmission,
     /// ...and tells the receivers, which refuse them before they are queued.
     refusals: Arc<RefusalGate>,
-    retry_after: String,
 }
 
 impl Core {
@@ -594,9 +592,8 @@ impl Core {
                     // keep their share of the CPU (goodput instead of collapse). Most
                     // are refused by the receivers already; these were queued before.
                     self.metrics.overload_rejections.inc();
-                    let retry = std::mem::take(&mut self.retry_after);
-                    self.answer(&req, &info, 503, &[("Retry-After", &retry)]);
-                    self.retry_after = retry;
+                    let gate = self.refusals.clone();
+                    self.answer(&req, &info, 503, &[("Retry-After", &gate.retry_after)]);
                     return;
                 }
                 // Made before the INVITE is handed over (the handler takes it); sent
@@ -763,6 +760,15 @@ mod tests {
         }
     }
 
+    /// A new INVITE without SDP from `me` to `node`.
+    fn invite(node: SocketAddr, me: SocketAddr, call_id: &str) -> String {
+        format!(
+            "INVITE sip:0501234567@{node} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK{call_id}\r\n\
+From: <sip:09012345678@{me}>;tag=a\r\nTo: <sip:0501234567@{node}>\r\nCall-ID: {call_id}\r\n\
+CSeq: 1 INVITE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+        )
+    }
+
     /// The final status the endpoint answers an INVITE with, with `backlog` messages
     /// already waiting for its core.
     async fn final_status(backlog: i64, call_id: &str) -> String {
@@ -795,12 +801,9 @@ mod tests {
         let node = ep.local(Transport::Udp).unwrap();
         let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let me = sock.local_addr().unwrap();
-        let invite = format!(
-            "INVITE sip:0501234567@{node} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK{call_id}\r\n\
-From: <sip:09012345678@{me}>;tag=a\r\nTo: <sip:0501234567@{node}>\r\nCall-ID: {call_id}\r\n\
-CSeq: 1 INVITE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
-        );
-        sock.send_to(invite.as_bytes(), node).await.unwrap();
+        sock.send_to(invite(node, me, call_id).as_bytes(), node)
+            .await
+            .unwrap();
         let mut buf = [0u8; 4096];
         let mut lines = Vec::new();
         loop {
@@ -951,13 +954,7 @@ CSeq: 1 INVITE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
         let node = ep.local(Transport::Udp).unwrap();
         let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let me = sock.local_addr().unwrap();
-        let invite = |call_id: &str| {
-            format!(
-                "INVITE sip:0501234567@{node} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK{call_id}\r\n\
-From: <sip:09012345678@{me}>;tag=a\r\nTo: <sip:0501234567@{node}>\r\nCall-ID: {call_id}\r\n\
-CSeq: 1 INVITE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
-            )
-        };
+        let invite = |call_id: &str| invite(node, me, call_id);
         let mut answers = std::collections::HashMap::new();
         let mut buf = [0u8; 4096];
         let mut next_answer = async |answers: &mut std::collections::HashMap<String, String>| {

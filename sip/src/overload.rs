@@ -25,7 +25,7 @@
 use std::collections::hash_map::RandomState;
 use std::collections::{HashSet, VecDeque};
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -89,10 +89,9 @@ impl DelayAdmission {
     }
 
     /// Nothing waits: nothing is late.
-    pub fn on_idle(&mut self) -> bool {
+    pub fn on_idle(&mut self) {
         self.above_since = None;
         self.refusing = false;
-        false
     }
 
     pub fn refusing(&self) -> bool {
@@ -106,7 +105,8 @@ impl DelayAdmission {
 pub struct RefusalGate {
     refusing: AtomicBool,
     pub recent: RecentlyRefused,
-    pub retry_after: u32,
+    /// The Retry-After value of every overload 503 (formatted once).
+    pub retry_after: String,
 }
 
 impl RefusalGate {
@@ -114,7 +114,7 @@ impl RefusalGate {
         RefusalGate {
             refusing: AtomicBool::new(false),
             recent: RecentlyRefused::new(RECENT_REFUSALS),
-            retry_after,
+            retry_after: retry_after.to_string(),
         }
     }
 
@@ -132,13 +132,17 @@ impl RefusalGate {
 /// that comes later is merely refused again. 1.5 MiB at most.
 pub const RECENT_REFUSALS: usize = 65_536;
 
-/// A bounded set of refused INVITEs, by Call-ID and CSeq number (kept as keyed hashes: the set holds no peer text, and an
-/// attacker cannot aim collisions at a key it does not know); the oldest is forgotten
-/// when it is full.
+/// A bounded set of refused INVITEs, by Call-ID and CSeq number (kept as keyed hashes:
+/// the set holds no peer text, and an attacker cannot aim collisions at a key it does
+/// not know); the oldest is forgotten when it is full. Until the first refusal a
+/// lookup costs one atomic load (the INVITEs and ACKs of a node never overloaded take
+/// no lock).
 #[derive(Debug)]
 pub struct RecentlyRefused {
     inner: Mutex<Recent>,
     hasher: RandomState,
+    /// Entries in the set (kept beside it so lookups can skip an empty set).
+    len: AtomicUsize,
 }
 
 #[derive(Debug)]
@@ -157,6 +161,7 @@ impl RecentlyRefused {
                 capacity: capacity.max(1),
             }),
             hasher: RandomState::new(),
+            len: AtomicUsize::new(0),
         }
     }
 
@@ -173,22 +178,22 @@ impl RecentlyRefused {
                 r.set.remove(&old);
             }
         }
+        self.len.store(r.set.len(), Ordering::Relaxed);
     }
 
     /// Whether the INVITE `cseq` of `call_id` (or its ACK) was refused lately. A new
     /// INVITE of the same call (a retry, a higher CSeq) is not.
     pub fn contains(&self, call_id: &str, cseq: u32) -> bool {
+        if self.is_empty() {
+            return false;
+        }
         let h = self.hasher.hash_one((call_id, cseq));
         let r = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         r.set.contains(&h)
     }
 
     pub fn len(&self) -> usize {
-        self.inner
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .set
-            .len()
+        self.len.load(Ordering::Relaxed)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -234,7 +239,8 @@ mod tests {
         let t0 = Instant::now();
         a.on_dequeue(ms(100), t0);
         assert!(a.on_dequeue(ms(100), t0 + ms(100)));
-        assert!(!a.on_idle());
+        a.on_idle();
+        assert!(!a.refusing());
         // And the next late message starts the clock afresh.
         assert!(!a.on_dequeue(ms(100), t0 + ms(150)));
     }

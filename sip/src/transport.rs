@@ -99,13 +99,12 @@ impl Inbound {
                 m.overload_rejections.inc();
                 m.responses_sent.get_or_create(&CodeLabel::of(503)).inc();
                 gate.recent.insert(&info.call_id, info.cseq);
-                let retry = gate.retry_after.to_string();
                 let tag = crate::build::new_tag();
                 Admit::Answer(crate::build::response(
                     req,
                     503,
                     Some(&tag),
-                    &[("Retry-After", &retry)],
+                    &[("Retry-After", &gate.retry_after)],
                     None,
                 ))
             }
