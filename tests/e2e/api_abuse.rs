@@ -9,14 +9,7 @@ use std::time::{Duration, Instant};
 
 /// Whether the node has closed `s` (EOF or reset), without waiting long.
 fn closed_by_node(s: &mut TcpStream) -> bool {
-    s.set_read_timeout(Some(Duration::from_millis(5))).unwrap();
-    let mut buf = [0u8; 512];
-    match s.read(&mut buf) {
-        Ok(0) => true,
-        Ok(_) => false,
-        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => false,
-        Err(_) => true,
-    }
+    closed_within(s, Duration::from_millis(5))
 }
 
 /// Slowloris: connections that dribble header bytes for ever are closed once the

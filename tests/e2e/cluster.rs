@@ -605,28 +605,6 @@ fn issuers_on_every_node_at_once_never_get_the_same_number() {
     );
 }
 
-/// Whether the node closed `s` within `limit` (EOF or reset), reading what comes.
-fn closed_within(s: &mut std::net::TcpStream, limit: Duration) -> bool {
-    use std::io::Read;
-    s.set_read_timeout(Some(limit)).unwrap();
-    let mut buf = [0u8; 1024];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(_) => continue,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                return false
-            }
-            Err(_) => return true,
-        }
-    }
-}
-
 /// Issue 11: silent connections flooding the cluster port. One address holds at most
 /// four handshakes: its fifth connection is closed at once; the four are closed when
 /// the 5 s handshake deadline passes, not before; and meanwhile real nodes join.

@@ -58,6 +58,27 @@ impl Party {
         }
     }
 
+    /// A new INVITE with SDP from caller `from_user` (From tag `callertag`), naming
+    /// `contact` (`ip:port`) as its Contact.
+    fn invite(&self, call_id: &str, from_user: &str, contact: &str) -> String {
+        let sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n";
+        format!(
+            "INVITE sip:0501234567@{node} SIP/2.0\n\
+             Via: SIP/2.0/UDP {me};branch=z9hG4bKinv{call_id}\n\
+             From: <sip:{from_user}@127.0.0.1>;tag=callertag\n\
+             To: <sip:0501234567@127.0.0.1>\n\
+             Call-ID: {call_id}\n\
+             CSeq: 1 INVITE\n\
+             Contact: <sip:caller@{contact}>\n\
+             Max-Forwards: 70\n\
+             Content-Type: application/sdp\n\
+             Content-Length: {len}\n\n{sdp}",
+            node = self.node,
+            me = self.me(),
+            len = sdp.len(),
+        )
+    }
+
     /// An in-dialog request with the given tags.
     fn request(
         &self,
@@ -106,23 +127,8 @@ fn spoofed_in_dialog_requests_get_481_and_a_hostile_from_is_escaped() {
     let uas = Uas::start("uas_answer.xml", ports, node.dir.path(), &[]);
 
     let caller = Party::bind("127.0.0.1", ports.sip);
-    let sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n";
     let call_id = "dialog-hijack-1";
-    caller.send(&format!(
-        "INVITE sip:0501234567@{node} SIP/2.0\n\
-         Via: SIP/2.0/UDP {me};branch=z9hG4bKinv1\n\
-         From: <sip:0901234\"56\"78,x@127.0.0.1>;tag=callertag\n\
-         To: <sip:0501234567@127.0.0.1>\n\
-         Call-ID: {call_id}\n\
-         CSeq: 1 INVITE\n\
-         Contact: <sip:caller@{me}>\n\
-         Max-Forwards: 70\n\
-         Content-Type: application/sdp\n\
-         Content-Length: {len}\n\n{sdp}",
-        node = caller.node,
-        me = caller.me(),
-        len = sdp.len(),
-    ));
+    caller.send(&caller.invite(call_id, "0901234\"56\"78,x", &caller.me()));
     let ok = caller.final_response();
     assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
     let our_tag = tag(header(&ok, "To").unwrap());
@@ -258,23 +264,8 @@ fn a_caller_cannot_point_the_nodes_bye_at_a_third_party() {
     };
 
     let caller = Party::bind("127.0.0.1", ports.sip);
-    let sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n";
     let call_id = "contact-points-elsewhere";
-    caller.send(&format!(
-        "INVITE sip:0501234567@{node} SIP/2.0\n\
-         Via: SIP/2.0/UDP {me};branch=z9hG4bKinvthird\n\
-         From: <sip:09012345678@127.0.0.1>;tag=callertag\n\
-         To: <sip:0501234567@127.0.0.1>\n\
-         Call-ID: {call_id}\n\
-         CSeq: 1 INVITE\n\
-         Contact: <sip:caller@{victim}>\n\
-         Max-Forwards: 70\n\
-         Content-Type: application/sdp\n\
-         Content-Length: {len}\n\n{sdp}",
-        node = caller.node,
-        me = caller.me(),
-        len = sdp.len(),
-    ));
+    caller.send(&caller.invite(call_id, "09012345678", &victim.to_string()));
     // The callee answers the forwarded INVITE and gets the node's ACK.
     let invite = callee_recv("the forwarded INVITE", &|m| m.starts_with("INVITE "));
     let callee_sdp = "v=0\r\no=- 2 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4002 RTP/AVP 0\r\n";

@@ -445,13 +445,10 @@ fn slowloris_connections_are_capped_and_timed_out() {
     });
 }
 
-/// Issue 10, SIP TCP/TLS: a node out of file descriptors (ulimit 128; 200 connections
-/// from four addresses, each within the default caps, waiting to be accepted) does not
-/// spin on the failing accept; it counts the failures, and serves again once
-/// descriptors are free. (Default limits only, so the same test runs on old builds.)
-#[test]
-fn running_out_of_file_descriptors_does_not_spin() {
-    let ports = Ports::take();
+/// A node limited to 128 descriptors (`ulimit -n`), listening for SIP on UDP and TCP,
+/// and 200 SIP TCP connections from four addresses (each within the default caps)
+/// holding or waiting for all of them.
+fn node_out_of_descriptors(ports: Ports) -> (Node, Vec<TcpStream>) {
     let dir = tempfile::tempdir().unwrap();
     let config = format!(
         r#"
@@ -477,18 +474,29 @@ trunks = ["carrier-a"]
         d = dir.path().display(),
         sip = ports.sip,
         rtp = ports.rtp_first,
-        rtp_last = ports.rtp_first + 399,
+        rtp_last = ports.rtp_first + RTP_PER_SLOT - 1,
         api = ports.api,
         uas = ports.uas,
     );
     let path = dir.path().join("node.toml");
     std::fs::write(&path, config).unwrap();
     let node = Node::run_in_shell(ports, dir, &path, "ulimit -n 128");
-    let node_addr = SocketAddr::from(([127, 0, 0, 1], ports.sip));
+    let sip_addr = SocketAddr::from(([127, 0, 0, 1], ports.sip));
     let conns: Vec<TcpStream> = (0..200)
-        .filter_map(|i| tcp_from(IpAddr::from([127, 0, 0, 1 + i % 4]), node_addr, None).ok())
+        .filter_map(|i| tcp_from(IpAddr::from([127, 0, 0, 1 + i % 4]), sip_addr, None).ok())
         .collect();
     assert!(conns.len() > 150, "connections queued: {}", conns.len());
+    (node, conns)
+}
+
+/// Issue 10, SIP TCP/TLS: a node out of file descriptors (ulimit 128; 200 connections
+/// from four addresses, each within the default caps, waiting to be accepted) does not
+/// spin on the failing accept; it counts the failures, and serves again once
+/// descriptors are free. (Default limits only, so the same test runs on old builds.)
+#[test]
+fn running_out_of_file_descriptors_does_not_spin() {
+    let ports = Ports::take();
+    let (node, conns) = node_out_of_descriptors(ports);
     // The node is out of descriptors now; give the listener a moment to hit it.
     let share = cpu_share(node.pid(), Duration::from_secs(1));
     assert!(
@@ -524,43 +532,7 @@ trunks = ["carrier-a"]
 #[test]
 fn the_api_out_of_file_descriptors_does_not_spin() {
     let ports = Ports::take();
-    let dir = tempfile::tempdir().unwrap();
-    let config = format!(
-        r#"
-[node]
-id = "e2e"
-data_dir = "{d}/data"
-[sip]
-listen = ["udp:127.0.0.1:{sip}", "tcp:127.0.0.1:{sip}"]
-[media]
-address = "127.0.0.1"
-ports = "{rtp}-{rtp_last}"
-[api]
-listen = "127.0.0.1:{api}"
-admin_token = "{ADMIN}"
-[[trunks]]
-name = "carrier-a"
-inbound = ["127.0.0.0/8"]
-outbound = "udp:127.0.0.1:{uas}"
-[[routes]]
-prefix = ""
-trunks = ["carrier-a"]
-"#,
-        d = dir.path().display(),
-        sip = ports.sip,
-        rtp = ports.rtp_first,
-        rtp_last = ports.rtp_first + 399,
-        api = ports.api,
-        uas = ports.uas,
-    );
-    let path = dir.path().join("node.toml");
-    std::fs::write(&path, config).unwrap();
-    let node = Node::run_in_shell(ports, dir, &path, "ulimit -n 128");
-    let sip_addr = SocketAddr::from(([127, 0, 0, 1], ports.sip));
-    let conns: Vec<TcpStream> = (0..200)
-        .filter_map(|i| tcp_from(IpAddr::from([127, 0, 0, 1 + i % 4]), sip_addr, None).ok())
-        .collect();
-    assert!(conns.len() > 150, "connections queued: {}", conns.len());
+    let (node, conns) = node_out_of_descriptors(ports);
     // SIP took every descriptor it could; these wait for the API's accept.
     let api_addr = SocketAddr::from(([127, 0, 0, 1], ports.api));
     let waiting: Vec<TcpStream> = (0..8)
