@@ -36,7 +36,7 @@
 //!   call's audio queued at its release stays until the next lease drains it: at most
 //!   the receive buffer the socket had in use. Kept sockets never cost a call: when
 //!   the process is out of descriptors a lease takes a kept socket from anywhere in
-//!   the queue and closes [`RELEASE_ON_EMFILE`] more; and a lease stops at the first
+//!   the queue and closes `RELEASE_ON_EMFILE` (256) more; and a lease stops at the first
 //!   out-of-descriptors error, trying at most [`MAX_BIND_ATTEMPTS`] ports in all.
 //! - *Free sockets stay tokio sockets*, registered with the reactor of the runtime
 //!   that leased them: taking them out at release (`into_std`) and registering them
