@@ -7,7 +7,7 @@ target rate runs a SIPp UAC for a fixed number of seconds. Between steps it wait
 the node has no active call (an idle machine). For each step it prints:
 
   target cps | achieved cps | calls | success % | setup p50/p95 ms | node CPU ms/call | node RSS MiB
-  | CPU % not ours
+  | CPU % not ours | SIP core busy % (the busiest shard)
 
 "Not ours" is the machine's busy CPU during the step (from /proc/stat) less the node's,
 the UAS's and the UAC's, in % of one core: work nothing this run started (a build, the
@@ -18,7 +18,14 @@ Setup time is SIPp's response time 1 (INVITE sent -> 200 received) from -trace_r
 CPU is the node's per-thread run time from /proc/PID/task/*/schedstat (tick-based tools
 under-count short bursts in VMs). Nothing here is a test: it reports, it never asserts.
 
+The busiest shard's share of a core (from tsunagu_sip_core_busy_seconds_total) says
+whether signalling is bound by one shard (near 100 %) or by the CPU as a whole.
+--node-cpus/--sipp-cpus pin the node and SIPp with taskset (the node then sizes its
+runtime and its shards, sip.shards = 0, to the CPUs it is given), --shards sets
+sip.shards: e.g. one core against two for the scaling of the sharded SIP core.
+
 Usage: python3 loadtest/ladder.py [--rates 100,200,500] [--seconds 10] [--hold-ms 1000]
+       [--node-cpus 0] [--sipp-cpus 1] [--shards N]
 """
 import argparse, json, os, re, shutil, signal, statistics, subprocess, sys, tempfile, time, urllib.request
 
@@ -44,6 +51,17 @@ def metric(port, name):
             if line.startswith(name + " "):
                 return float(line.split()[1])
     return 0.0
+
+
+def series(port, name):
+    """Every series of metric `name`: {labels text: value}."""
+    out = {}
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith(name + "{"):
+                labels, value = line.rsplit(" ", 1)
+                out[labels] = float(value)
+    return out
 
 
 def cpu_ns(pid):
@@ -102,7 +120,12 @@ def main():
                     help="with --concurrency: measure again this many seconds after the plateau (35 lets the INVITE transactions' 32 s linger end)")
     ap.add_argument("--concurrency", type=int, default=0,
                     help="instead of the ladder: open this many calls (at the first --rates value, held --hold-ms) and report memory per call")
+    ap.add_argument("--node-cpus", default="", help="taskset -c list for the node (e.g. 0 or 0,1)")
+    ap.add_argument("--sipp-cpus", default="", help="taskset -c list for the SIPp UAC and UAS")
+    ap.add_argument("--shards", type=int, default=0, help="sip.shards (0 = one per CPU the node may use)")
     args = ap.parse_args()
+    node_pin = ["taskset", "-c", args.node_cpus] if args.node_cpus else []
+    sipp_pin = ["taskset", "-c", args.sipp_cpus] if args.sipp_cpus else []
     if not shutil.which("sipp"):
         sys.exit("sipp is not installed (apt-get install sip-tester)")
     if not os.path.exists(args.bin):
@@ -117,6 +140,7 @@ id = "ladder"
 data_dir = "{work}/data"
 [sip]
 listen = ["udp:127.0.0.1:5060", "tcp:127.0.0.1:5060"]
+{f"shards = {args.shards}" if args.shards else ""}
 [media]
 address = "127.0.0.1"
 ports = "20000-39999"
@@ -133,7 +157,7 @@ outbound = "udp:127.0.0.1:5070"
 prefix = ""
 trunks = ["carrier-a"]
 """)
-    node = subprocess.Popen([args.bin, "serve", "--config", conf], stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, "node.log"), "w"))
+    node = subprocess.Popen(node_pin + [args.bin, "serve", "--config", conf], stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, "node.log"), "w"))
     uas = None
     try:
         for _ in range(100):
@@ -148,13 +172,13 @@ trunks = ["carrier-a"]
         api(8080, "POST", "/v1/numbers", key, {"number": "0501234567", "advertiser_id": adv["id"],
                                                  "destinations": [{"number": "0311112222", "ring_seconds": 20}],
                                                  "validity": {"min_talk_seconds": 1, "duplicate_window_seconds": 0}})
-        uas = subprocess.Popen(["sipp", "-sf", os.path.join(SCEN, "uas_answer.xml"), "-i", "127.0.0.1", "-p", "5070",
+        uas = subprocess.Popen(sipp_pin + ["sipp", "-sf", os.path.join(SCEN, "uas_answer.xml"), "-i", "127.0.0.1", "-p", "5070",
                                 "-buff_size", "4194304", "-nostdin", "-t", "u1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=work)
         time.sleep(0.5)
         if args.concurrency:
             return concurrency_run(args, node, work)
         print(f"node pid {node.pid}, work dir {work}, hold {args.hold_ms} ms, {args.seconds} s per step")
-        print(f"{'target':>7} {'achieved':>9} {'calls':>7} {'success%':>9} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'CPU ms/call':>12} {'RSS MiB':>8} {'not ours %':>11}")
+        print(f"{'target':>7} {'achieved':>9} {'calls':>7} {'success%':>9} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'CPU ms/call':>12} {'RSS MiB':>8} {'not ours %':>11} {'core busy %':>12}")
         steps = [int(r) for r in args.rates.split(",")]
         retried = set()
         while steps:
@@ -166,10 +190,11 @@ trunks = ["carrier-a"]
             calls = rate * args.seconds
             cpu0, started0 = cpu_ns(node.pid), metric(8080, "tsunagu_calls_started_total")
             idle0, kids0, uas0 = machine_idle_ns(), children_ns(), cpu_ns(uas.pid)
+            busy0 = series(8080, "tsunagu_sip_core_busy_seconds_total")
             t0 = time.time()
             step = os.path.join(work, f"step{rate}")
             os.makedirs(step, exist_ok=True)
-            out = subprocess.run(["timeout", str(args.seconds * 4 + 60), "sipp", "-sf", os.path.join(SCEN, "uac.xml"), "-s", "0501234567",
+            out = subprocess.run(sipp_pin + ["timeout", str(args.seconds * 4 + 60), "sipp", "-sf", os.path.join(SCEN, "uac.xml"), "-s", "0501234567",
                                   "127.0.0.1:5060", "-i", "127.0.0.1", "-p", "5061", "-t", args.transport, "-key", "caller", "09012345678",
                                   "-r", str(rate), "-m", str(calls), "-l", str(rate * (args.hold_ms // 1000 + 5)), "-d", str(args.hold_ms),
                                   "-buff_size", "4194304", "-nostdin", "-trace_rtt", "-rtt_freq", "1"],
@@ -180,6 +205,9 @@ trunks = ["carrier-a"]
                 time.sleep(0.2)
             cpu1, started1 = cpu_ns(node.pid), metric(8080, "tsunagu_calls_started_total")
             idle1, kids1, uas1 = machine_idle_ns(), children_ns(), cpu_ns(uas.pid)
+            busy1 = series(8080, "tsunagu_sip_core_busy_seconds_total")
+            # The busiest shard during SIPp's run (the node idles after it).
+            shard_busy = max([busy1[k] - busy0.get(k, 0.0) for k in busy1] or [0.0]) / max(0.001, elapsed) * 100
             window = max(0.001, time.time() - t0)
             busy = (os.cpu_count() or 1) * window * 1e9 - (idle1 - idle0)
             ours = (cpu1 - cpu0) + (kids1 - kids0) + (uas1 - uas0)
@@ -202,7 +230,7 @@ trunks = ["carrier-a"]
             total = ok + failed
             achieved = total / max(0.001, elapsed - args.hold_ms / 1000)
             print(f"{rate:>7} {achieved:>9.0f} {total:>7} {100.0 * ok / max(1, total):>8.2f}% {percentile(rtts, 50):>7.2f} {percentile(rtts, 95):>7.2f} "
-                  f"{percentile(rtts, 99):>7.2f} {(cpu1 - cpu0) / 1e6 / handled:>12.3f} {rss_mib(node.pid):>8.1f} {not_ours:>10.1f}%"
+                  f"{percentile(rtts, 99):>7.2f} {(cpu1 - cpu0) / 1e6 / handled:>12.3f} {rss_mib(node.pid):>8.1f} {not_ours:>10.1f}% {shard_busy:>11.1f}%"
                   + ("" if not_ours <= NOISE_PCT else (" noisy: repeated" if rate in retried else " noisy: repeating")), flush=True)
             if not_ours > NOISE_PCT and rate not in retried:
                 retried.add(rate)

@@ -91,14 +91,17 @@ struct Slot {
 }
 
 impl Counts {
+    /// A slot for `ip`, or none if it holds [`PER_SOURCE`] or all hold [`TOTAL`]. A
+    /// refused source leaves no entry behind (the table holds at most [`TOTAL`]
+    /// addresses, however many a flood comes from).
     fn take(self: &Arc<Self>, ip: IpAddr) -> Option<Slot> {
         let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let total: usize = m.values().sum();
-        let n = m.entry(ip).or_default();
-        if *n >= PER_SOURCE || total >= TOTAL {
+        let mine = m.get(&ip).copied().unwrap_or(0);
+        if mine >= PER_SOURCE || total >= TOTAL {
             return None;
         }
-        *n += 1;
+        *m.entry(ip).or_default() += 1;
         Some(Slot {
             counts: self.clone(),
             ip,
@@ -288,5 +291,45 @@ async fn accept_loop(
                 is_server: true,
             });
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(n: u32) -> IpAddr {
+        IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + n))
+    }
+
+    /// Handshake slots: four per source, 64 in all, given back when a handshake ends;
+    /// a flood from many addresses neither passes the total nor grows the table.
+    #[test]
+    fn handshake_slots_are_capped_per_source_and_in_all() {
+        let counts = Arc::new(Counts::default());
+        let mut held = Vec::new();
+        for _ in 0..PER_SOURCE {
+            held.push(counts.take(ip(0)).expect("a slot"));
+        }
+        assert!(counts.take(ip(0)).is_none(), "the fifth from one source");
+        // Fifteen more sources fill the 64.
+        for src in 1..(TOTAL / PER_SOURCE) as u32 {
+            for _ in 0..PER_SOURCE {
+                held.push(counts.take(ip(src)).expect("a slot"));
+            }
+        }
+        assert_eq!(held.len(), TOTAL);
+        for src in 100..10_100 {
+            assert!(counts.take(ip(src)).is_none(), "past the total");
+        }
+        assert_eq!(
+            counts.0.lock().unwrap().len(),
+            TOTAL / PER_SOURCE,
+            "refused sources leave no entry"
+        );
+        drop(held.pop());
+        assert!(counts.take(ip(5000)).is_some(), "a slot given back is free");
+        held.clear();
+        assert!(counts.0.lock().unwrap().is_empty(), "all given back");
     }
 }

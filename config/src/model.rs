@@ -119,6 +119,11 @@ pub struct SipConfig {
     /// admission, CoDel-style). Calls in progress are never refused.
     #[serde(default = "default_overload_queue_delay_ms")]
     pub overload_queue_delay_ms: u64,
+    /// Shards of the SIP core, each a task owning the transactions and calls of the
+    /// Call-IDs that hash to it, so signalling spreads over cores; 0 = one per CPU the
+    /// node may use. 1 to 64 otherwise.
+    #[serde(default)]
+    pub shards: usize,
     /// TCP/TLS connections open at once (inbound and outbound together).
     #[serde(default = "default_tcp_max_connections")]
     pub tcp_max_connections: usize,
@@ -179,6 +184,7 @@ impl Default for SipConfig {
             untrusted: UntrustedSources::default(),
             incoming_queue_bytes: default_incoming_queue_bytes(),
             overload_queue_delay_ms: default_overload_queue_delay_ms(),
+            shards: 0,
             tcp_max_connections: default_tcp_max_connections(),
             tcp_max_connections_per_source: default_tcp_max_connections_per_source(),
             tcp_idle_timeout_seconds: default_tcp_idle_timeout_seconds(),

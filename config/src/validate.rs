@@ -238,6 +238,10 @@ impl Config {
                 "must be 5 to 250 ms".into(),
             );
         }
+        // Each shard is a task and a queue; past one per core they only add queues.
+        if self.sip.shards > 64 {
+            err("sip.shards".into(), "must be 0 (one per CPU) to 64".into());
+        }
         if !(1..=1_000_000).contains(&self.sip.tcp_max_connections) {
             err(
                 "sip.tcp_max_connections".into(),
@@ -585,9 +589,10 @@ mod tests {
                 c.sip.tcp_max_connections,
                 c.sip.tcp_max_connections_per_source,
                 c.sip.tcp_idle_timeout_seconds,
-                c.sip.overload_queue_delay_ms
+                c.sip.overload_queue_delay_ms,
+                c.sip.shards
             ),
-            (16 << 20, 1024, 64, 120, 50)
+            (16 << 20, 1024, 64, 120, 50, 0)
         );
         let c = Config::from_toml(
             "[sip]\nuntrusted = \"reject\"\ntcp_max_connections = 10\ntcp_max_connections_per_source = 10\ntcp_idle_timeout_seconds = 2\n",
@@ -667,10 +672,11 @@ mod tests {
             ("no session floor", "[sip]\nmin_session_expires = 0\n", &["sip.min_session_expires"]),
             (
                 "sip edge limits",
-                "[sip]\nincoming_queue_bytes = 100\noverload_queue_delay_ms = 1000\ntcp_max_connections = 0\ntcp_max_connections_per_source = 0\ntcp_idle_timeout_seconds = 0\n",
+                "[sip]\nincoming_queue_bytes = 100\noverload_queue_delay_ms = 1000\nshards = 65\ntcp_max_connections = 0\ntcp_max_connections_per_source = 0\ntcp_idle_timeout_seconds = 0\n",
                 &[
                     "sip.incoming_queue_bytes",
                     "sip.overload_queue_delay_ms",
+                    "sip.shards",
                     "sip.tcp_max_connections",
                     "sip.tcp_max_connections_per_source",
                     "sip.tcp_idle_timeout_seconds",

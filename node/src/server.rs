@@ -267,6 +267,10 @@ fn edge_settings(config: &Config, gate: tsunagu_sip::SendGate) -> EdgeSettings {
             retry_after: sip.retry_after_seconds,
             ..Default::default()
         },
+        shards: match sip.shards {
+            0 => tsunagu_sip::shard::per_cpu(),
+            n => n,
+        },
     }
 }
 

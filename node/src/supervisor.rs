@@ -200,6 +200,7 @@ impl CallSupervisor {
         self.ctx.endpoint.send(tsunagu_sip::Command::Fail {
             key: seed.key.clone(),
             code: 500,
+            call_id: seed.a_call_id.clone(),
         });
         self.ctx.endpoint.unregister(&seed.a_call_id);
         self.ctx

@@ -1,6 +1,8 @@
-//! The async driver of the SIP edge. One task owns the [`Transactions`] state machine
-//! and the Call-ID → call routing table; receiver tasks parse packets in parallel and
-//! hand them over; calls talk to it through an [`EndpointHandle`].
+//! The async driver of the SIP edge. Each shard of the core ([`crate::shard`]: one per
+//! CPU by default) is a task that owns a [`Transactions`] state machine and a Call-ID →
+//! call routing table for the Call-IDs that hash to it; receivers parse packets in
+//! parallel and hand each to its shard; calls talk to the shards through an
+//! [`EndpointHandle`], which routes each command by the Call-ID it is for.
 //!
 //! A new INVITE is offered to the [`InviteHandler`] (the node), which either rejects
 //! it or starts a call that registers its Call-ID; only an accepted INVITE gets 100
@@ -10,18 +12,21 @@
 //! short queue. Messages from untrusted sources never get here ([`crate::source`]).
 
 use crate::build::{self, RequestSpec};
-use crate::metrics::{CodeLabel, MethodLabel, SipMetrics};
+use crate::metrics::{CodeLabel, MethodLabel, ShardLabel, SipMetrics};
 use crate::overload::{DelayAdmission, OverloadSettings, RefusalGate};
 use crate::parse::{header, method_name, Info, Peer, Transport};
+use crate::shard::{self, Shards};
 use crate::source::SourcePolicy;
 use crate::transaction::{Output, RequestMatch, ResponseMatch, Transactions, TxKey};
 use crate::transport::{
-    bind_udp, spawn_udp_receiver, Inbound, Incoming, StreamConnections, StreamLimits, TlsSetup,
+    bind_udp, spawn_udp_receivers, Inbound, Incoming, StreamConnections, StreamLimits, TlsSetup,
 };
 use bytes::Bytes;
+use prometheus_client::metrics::counter::Counter;
 use rsipstack::sip::{Method, Request, Response, SipMessage};
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::net::{TcpListener, UdpSocket};
@@ -106,6 +111,8 @@ pub enum Command {
     Fail {
         key: TxKey,
         code: u16,
+        /// The INVITE's Call-ID (which shard holds the transaction).
+        call_id: String,
     },
     /// Sends a request: in a new client transaction, or bare for ACK.
     Request {
@@ -121,13 +128,36 @@ pub enum Command {
 /// How calls reach the endpoint; cheap to clone.
 #[derive(Clone)]
 pub struct EndpointHandle {
-    commands: mpsc::UnboundedSender<Command>,
+    /// Each shard's command queue, in shard order.
+    commands: Arc<[mpsc::UnboundedSender<Command>]>,
+    shards: Shards,
     locals: Arc<Vec<(Transport, SocketAddr)>>,
 }
 
 impl EndpointHandle {
+    /// Hands `cmd` to the shard of the Call-ID it is for ([`Command::Forget`] to all).
     pub fn send(&self, cmd: Command) {
-        let _ = self.commands.send(cmd);
+        let call_id = match &cmd {
+            Command::Register { call_id, .. }
+            | Command::Unregister { call_id }
+            | Command::Respond { call_id, .. }
+            | Command::Fail { call_id, .. } => call_id,
+            Command::Request { spec, .. } => &spec.call_id,
+            Command::Forget => {
+                for shard in self.commands.iter() {
+                    let _ = shard.send(Command::Forget);
+                }
+                return;
+            }
+        };
+        if let Some(shard) = self.commands.get(self.shards.of(call_id)) {
+            let _ = shard.send(cmd);
+        }
+    }
+
+    /// How many shards the core runs as.
+    pub fn shards(&self) -> usize {
+        self.commands.len()
     }
 
     pub fn register(&self, call_id: &str, sink: Arc<dyn CallSink>) {
@@ -206,6 +236,8 @@ pub struct EdgeSettings {
     pub gate: Option<SendGate>,
     /// When new INVITEs are refused for overload ([`crate::overload`]).
     pub overload: OverloadSettings,
+    /// Shards of the SIP core ([`crate::shard`]; clamped to 1..=64).
+    pub shards: usize,
 }
 
 /// Whether the node may send now (see [`EdgeSettings::gate`]).
@@ -221,6 +253,7 @@ impl EdgeSettings {
             streams: StreamLimits::default(),
             gate: None,
             overload: OverloadSettings::default(),
+            shards: shard::per_cpu(),
         }
     }
 }
@@ -236,11 +269,20 @@ impl Endpoint {
         metrics: SipMetrics,
         tls: TlsSetup,
     ) -> std::io::Result<EndpointHandle> {
-        let (in_tx, in_rx) = mpsc::unbounded_channel();
-        let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
-        let refusals = Arc::new(RefusalGate::new(settings.overload.retry_after));
+        let shards = Shards::new(settings.shards);
+        let (in_tx, in_rx): (Vec<_>, Vec<_>) = (0..shards.count())
+            .map(|_| mpsc::unbounded_channel())
+            .unzip();
+        let (cmd_tx, cmd_rx): (Vec<_>, Vec<_>) = (0..shards.count())
+            .map(|_| mpsc::unbounded_channel())
+            .unzip();
+        let refusals = Arc::new(RefusalGate::new(
+            settings.overload.retry_after,
+            shards.count(),
+        ));
         let inbound = Inbound {
-            tx: in_tx,
+            tx: in_tx.into(),
+            shards: shards.clone(),
             metrics: metrics.clone(),
             sources: settings.sources.clone(),
             max_queued_bytes: settings.max_queued_bytes,
@@ -261,7 +303,8 @@ impl Endpoint {
                     let (sock, receiving) = bind_udp(*addr, settings.socket_buffer)?;
                     let sock = Arc::new(sock);
                     let local = sock.local_addr()?;
-                    spawn_udp_receiver(receiving, inbound.clone())?;
+                    let threads = shard::udp_receivers(shards.count());
+                    spawn_udp_receivers(receiving, inbound.clone(), threads)?;
                     udp.push((local, sock));
                     locals.push((Transport::Udp, local));
                 }
@@ -278,23 +321,35 @@ impl Endpoint {
             }
         }
         let handle = EndpointHandle {
-            commands: cmd_tx,
+            commands: cmd_tx.into(),
+            shards,
             locals: Arc::new(locals),
         };
-        let core = Core {
-            transactions: Transactions::new(),
-            calls: HashMap::new(),
-            handler,
-            udp,
-            tcp,
-            tls,
-            metrics,
-            out: Vec::new(),
-            gate: settings.gate,
-            admission: DelayAdmission::new(&settings.overload),
-            refusals,
-        };
-        tokio::spawn(core.run(in_rx, cmd_rx));
+        for (shard, (incoming, commands)) in in_rx.into_iter().zip(cmd_rx).enumerate() {
+            let busy = metrics
+                .core_busy
+                .get_or_create(&ShardLabel {
+                    shard: shard.to_string(),
+                })
+                .clone();
+            let core = Core {
+                shard,
+                transactions: Transactions::new(),
+                calls: HashMap::new(),
+                handler: handler.clone(),
+                udp: udp.clone(),
+                tcp: tcp.clone(),
+                tls: tls.clone(),
+                metrics: metrics.clone(),
+                out: Vec::new(),
+                gate: settings.gate.clone(),
+                admission: DelayAdmission::new(&settings.overload),
+                refusals: refusals.clone(),
+                busy,
+                reported: (0, 0),
+            };
+            tokio::spawn(core.run(incoming, commands));
+        }
         Ok(handle)
     }
 }
@@ -307,7 +362,10 @@ enum Route {
 
 const PENDING_LIMIT: usize = 32;
 
+/// One shard of the SIP core.
 struct Core {
+    /// Which shard this is (its flag in `refusals`, its `busy` series).
+    shard: usize,
     transactions: Transactions,
     calls: HashMap<String, Route>,
     handler: Arc<dyn InviteHandler>,
@@ -322,6 +380,11 @@ struct Core {
     admission: DelayAdmission,
     /// ...and tells the receivers, which refuse them before they are queued.
     refusals: Arc<RefusalGate>,
+    /// Seconds spent handling events (`tsunagu_sip_core_busy_seconds_total`).
+    busy: Counter<f64, AtomicU64>,
+    /// This shard's server and client transactions as last added to the node-wide
+    /// gauges (each shard adds what changed).
+    reported: (usize, usize),
 }
 
 impl Core {
@@ -341,14 +404,16 @@ impl Core {
                 }
                 armed = next;
             }
+            let woken;
             tokio::select! {
                 msg = incoming.recv() => match msg {
                     Some(m) => {
+                        woken = Instant::now();
                         self.metrics.incoming_backlog.dec();
                         self.metrics
                             .incoming_backlog_bytes
                             .dec_by(i64::try_from(m.cost).unwrap_or(i64::MAX));
-                        let now = Instant::now();
+                        let now = woken;
                         let sojourn = now.saturating_duration_since(m.queued_at);
                         self.metrics.queue_delay.0.observe(sojourn.as_secs_f64());
                         let was = self.admission.refusing();
@@ -360,25 +425,44 @@ impl Core {
                         }
                         let refusing = self.admission.refusing();
                         if refusing != was {
-                            self.refusals.set(refusing);
+                            self.refusals.set(self.shard, refusing);
                             tracing::debug!(refusing, "SIP overload admission");
                         }
                     }
                     None => break,
                 },
                 cmd = commands.recv() => match cmd {
-                    Some(c) => self.on_command(c),
+                    Some(c) => {
+                        woken = Instant::now();
+                        self.on_command(c);
+                    }
                     None => break,
                 },
                 _ = &mut sleep, if armed.is_some() => {
+                    woken = Instant::now();
                     armed = None;
                     self.transactions.handle_timeout(Instant::now(), &mut self.out);
                     self.flush();
                 }
             }
-            let (s, c, _) = self.transactions.counts();
-            self.metrics.server_transactions.set(s as i64);
-            self.metrics.client_transactions.set(c as i64);
+            self.report_transactions();
+            self.busy.inc_by(woken.elapsed().as_secs_f64());
+        }
+        // A shard that stops takes its transactions out of the node-wide gauges.
+        self.transactions = Transactions::new();
+        self.report_transactions();
+    }
+
+    /// Adds what changed in this shard's transaction counts to the node-wide gauges.
+    fn report_transactions(&mut self) {
+        let (s, c, _) = self.transactions.counts();
+        let (was_s, was_c) = std::mem::replace(&mut self.reported, (s, c));
+        let delta = |now: usize, was: usize| {
+            i64::try_from(now).unwrap_or(i64::MAX) - i64::try_from(was).unwrap_or(i64::MAX)
+        };
+        if (s, c) != (was_s, was_c) {
+            self.metrics.server_transactions.inc_by(delta(s, was_s));
+            self.metrics.client_transactions.inc_by(delta(c, was_c));
         }
     }
 
@@ -679,7 +763,7 @@ impl Core {
                         .inc();
                 }
             }
-            Command::Fail { key, code } => {
+            Command::Fail { key, code, .. } => {
                 let Some(earlier) = self.transactions.pending_response(&key) else {
                     return; // answered already, or gone
                 };
@@ -825,6 +909,75 @@ CSeq: 1 INVITE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
         }
     }
 
+    /// Hands every offered INVITE to the test (which answers it through the handle).
+    struct Collect(std::sync::Mutex<mpsc::UnboundedSender<NewInvite>>);
+
+    impl InviteHandler for Collect {
+        fn on_invite(&self, invite: NewInvite) -> Result<(), (Reject, NewInvite)> {
+            let _ = self.0.lock().unwrap().send(invite);
+            Ok(())
+        }
+    }
+
+    /// With the core in four shards, a call's answer reaches the shard that holds its
+    /// transaction (the one its Call-ID picks) whichever Call-IDs the calls have, and
+    /// every shard works.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn answers_reach_the_shard_that_holds_the_transaction() {
+        let (tx, mut offered) = mpsc::unbounded_channel();
+        let mut settings = EdgeSettings::new(SourcePolicy::trust_all());
+        settings.shards = 4;
+        let metrics = SipMetrics::default();
+        let ep = Endpoint::start(
+            &[(Transport::Udp, "127.0.0.1:0".parse().unwrap())],
+            settings,
+            Arc::new(Collect(std::sync::Mutex::new(tx))),
+            metrics.clone(),
+            TlsSetup::default(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(ep.shards(), 4);
+        let node = ep.local(Transport::Udp).unwrap();
+        let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let me = sock.local_addr().unwrap();
+        const CALLS: usize = 48;
+        for i in 0..CALLS {
+            let msg = invite(node, me, &format!("sharded-{i}"));
+            sock.send_to(msg.as_bytes(), node).await.unwrap();
+        }
+        for _ in 0..CALLS {
+            let inv = tokio::time::timeout(std::time::Duration::from_secs(5), offered.recv())
+                .await
+                .expect("an INVITE offered")
+                .unwrap();
+            ep.respond(&inv.request, &inv.info, &inv.key, 486, Some("t"), &[], None);
+        }
+        let mut busy = std::collections::HashSet::new();
+        let mut buf = [0u8; 4096];
+        while busy.len() < CALLS {
+            let (n, _) =
+                tokio::time::timeout(std::time::Duration::from_secs(5), sock.recv_from(&mut buf))
+                    .await
+                    .expect("every call answered")
+                    .unwrap();
+            let text = String::from_utf8_lossy(&buf[..n]).to_string();
+            if text.starts_with("SIP/2.0 486") {
+                let id = text.lines().find_map(|l| l.strip_prefix("Call-ID: "));
+                busy.insert(id.unwrap_or_default().to_string());
+            }
+        }
+        let worked = (0..4)
+            .filter(|i| {
+                let label = ShardLabel {
+                    shard: i.to_string(),
+                };
+                metrics.core_busy.get_or_create(&label).get() > 0.0
+            })
+            .count();
+        assert_eq!(worked, 4, "48 calls spread over all four shards");
+    }
+
     /// A node without its cluster lease sends nothing, and what its gone calls sent
     /// meanwhile is not retransmitted once it may send again (forgotten).
     #[tokio::test]
@@ -935,6 +1088,8 @@ CSeq: 1 INVITE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn invites_that_waited_too_long_are_refused_unoffered() {
         let mut settings = EdgeSettings::new(SourcePolicy::trust_all());
+        // One shard: the late INVITE must queue behind the slow one.
+        settings.shards = 1;
         settings.overload = OverloadSettings {
             target: std::time::Duration::from_millis(20),
             interval: std::time::Duration::ZERO,

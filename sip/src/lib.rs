@@ -12,7 +12,8 @@
 //! ([`framing`]), the queue to the core is bounded in messages and bytes, TCP/TLS
 //! connections are capped and time out, and header bytes are checked before parsing.
 //! New calls are refused early, at the receivers, when messages wait too long for the
-//! core ([`overload`]).
+//! core ([`overload`]). The core runs as several shards, one per CPU, each owning the
+//! Call-IDs that hash to it ([`shard`]).
 
 pub mod build;
 pub mod endpoint;
@@ -21,6 +22,7 @@ pub mod metrics;
 pub mod overload;
 pub mod parse;
 mod sanitize;
+pub mod shard;
 pub mod source;
 pub mod transaction;
 mod transport;

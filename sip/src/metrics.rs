@@ -6,6 +6,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MethodLabel {
@@ -117,6 +118,12 @@ pub fn code_label(code: u16) -> &'static str {
 }
 
 /// Why a TCP/TLS connection was refused or closed by the node.
+/// A shard of the SIP core ([`crate::shard`]): at most 64 of them.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShardLabel {
+    pub shard: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
     pub reason: &'static str,
@@ -155,6 +162,9 @@ pub struct SipMetrics {
     pub backlog_drops: Counter,
     pub server_transactions: Gauge,
     pub client_transactions: Gauge,
+    /// Time each shard of the SIP core spent handling messages, commands and timers:
+    /// near one second per second, a shard is saturated.
+    pub core_busy: Family<ShardLabel, Counter<f64, AtomicU64>>,
     /// Bytes of SIP text waiting for the endpoint task (the queue's second bound).
     pub incoming_backlog_bytes: Gauge,
     /// Messages from untrusted sources dropped unanswered.
@@ -244,6 +254,11 @@ impl SipMetrics {
             "sip_client_transactions",
             "Open SIP client transactions",
             self.client_transactions.clone(),
+        );
+        r.register(
+            "sip_core_busy_seconds",
+            "Time each shard of the SIP core (sip.shards) spent handling messages, commands and timers; a shard near 1 s per second is saturated",
+            self.core_busy.clone(),
         );
         r.register(
             "sip_incoming_backlog_bytes",

@@ -99,31 +99,39 @@ impl DelayAdmission {
     }
 }
 
-/// The receivers' side: whether to refuse new INVITEs now (set by the core), and the
-/// INVITEs refused lately.
+/// The receivers' side: whether to refuse new INVITEs now, per shard of the core (set
+/// by each shard from its own queue: an INVITE waits in the queue of the shard its
+/// Call-ID picks, see [`crate::shard`]), and the INVITEs refused lately.
 #[derive(Debug)]
 pub struct RefusalGate {
-    refusing: AtomicBool,
+    refusing: Box<[AtomicBool]>,
     pub recent: RecentlyRefused,
     /// The Retry-After value of every overload 503 (formatted once).
     pub retry_after: String,
 }
 
 impl RefusalGate {
-    pub fn new(retry_after: u32) -> RefusalGate {
+    /// A gate for `shards` shards (at least one).
+    pub fn new(retry_after: u32, shards: usize) -> RefusalGate {
         RefusalGate {
-            refusing: AtomicBool::new(false),
+            refusing: (0..shards.max(1)).map(|_| AtomicBool::new(false)).collect(),
             recent: RecentlyRefused::new(RECENT_REFUSALS),
             retry_after: retry_after.to_string(),
         }
     }
 
-    pub fn set(&self, refusing: bool) {
-        self.refusing.store(refusing, Ordering::Relaxed);
+    /// Shard `shard` refuses (or admits again); a shard past the gate's is ignored.
+    pub fn set(&self, shard: usize, refusing: bool) {
+        if let Some(flag) = self.refusing.get(shard) {
+            flag.store(refusing, Ordering::Relaxed);
+        }
     }
 
-    pub fn refusing(&self) -> bool {
-        self.refusing.load(Ordering::Relaxed)
+    /// Whether new INVITEs for shard `shard` are refused now.
+    pub fn refusing(&self, shard: usize) -> bool {
+        self.refusing
+            .get(shard)
+            .is_some_and(|flag| flag.load(Ordering::Relaxed))
     }
 }
 
@@ -260,11 +268,16 @@ mod tests {
     }
 
     #[test]
-    fn the_gate_is_shared_state() {
-        let g = RefusalGate::new(5);
-        assert!(!g.refusing());
-        g.set(true);
-        assert!(g.refusing());
+    fn the_gate_is_shared_state_per_shard() {
+        let g = RefusalGate::new(5, 2);
+        assert!(!g.refusing(0) && !g.refusing(1));
+        g.set(1, true);
+        assert!(g.refusing(1), "the late shard refuses");
+        assert!(!g.refusing(0), "the other one admits");
+        g.set(7, true);
+        assert!(!g.refusing(7), "no such shard: nothing refused, no panic");
+        g.set(1, false);
+        assert!(!g.refusing(1));
         assert!(g.recent.is_empty());
     }
 }

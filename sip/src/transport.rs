@@ -15,6 +15,7 @@ use crate::framing::{FrameError, Framer};
 use crate::metrics::{CodeLabel, MethodLabel, ReasonLabel, SipMetrics};
 use crate::overload::RefusalGate;
 use crate::parse::{parse, Info, Peer, Transport};
+use crate::shard::Shards;
 use crate::source::{kind, verdict, SourcePolicy, Untrusted, Verdict};
 use bytes::Bytes;
 use rsipstack::sip::{Method, SipMessage};
@@ -71,17 +72,22 @@ enum Admit {
 /// Everything a receiver (UDP or stream) needs to hand messages to the SIP core.
 #[derive(Clone)]
 pub(crate) struct Inbound {
-    pub tx: IncomingTx,
+    /// The queue of each shard of the core, in shard order ([`crate::shard`]).
+    pub tx: Arc<[IncomingTx]>,
+    /// Which shard a message goes to (by its Call-ID).
+    pub shards: Shards,
     pub metrics: SipMetrics,
     pub sources: SourcePolicy,
     pub max_queued_bytes: usize,
-    /// Set by the core while messages wait too long: new INVITEs are refused here.
+    /// Set by each shard while its messages wait too long: new INVITEs for it are
+    /// refused here.
     pub overload: Arc<RefusalGate>,
 }
 
 impl Inbound {
-    /// Refuses a new INVITE while the core is late, and drops what repeats a refusal.
-    fn admit(&self, req: &rsipstack::sip::Request, info: &Info) -> Admit {
+    /// Refuses a new INVITE for `shard` while that shard is late, and drops what
+    /// repeats a refusal.
+    fn admit(&self, req: &rsipstack::sip::Request, info: &Info, shard: usize) -> Admit {
         let gate = &self.overload;
         match req.method {
             Method::Invite if info.to_tag.is_none() => {
@@ -89,7 +95,7 @@ impl Inbound {
                     self.metrics.refused_repeats_dropped.inc();
                     return Admit::Drop;
                 }
-                if !gate.refusing() {
+                if !gate.refusing(shard) {
                     return Admit::Queue;
                 }
                 let m = &self.metrics;
@@ -161,8 +167,9 @@ impl Inbound {
         }
         match parse(data) {
             Ok((msg, info)) => {
+                let shard = self.shards.of(&info.call_id);
                 if let SipMessage::Request(req) = &msg {
-                    match self.admit(req, &info) {
+                    match self.admit(req, &info, shard) {
                         Admit::Queue => {}
                         Admit::Drop => return None,
                         Admit::Answer(reply) => return Some(reply),
@@ -179,7 +186,12 @@ impl Inbound {
                     cost,
                     queued_at: std::time::Instant::now(),
                 };
-                if self.tx.send(incoming).is_err() {
+                // `shards` and `tx` are made together: every shard has its queue.
+                let sent = match self.tx.get(shard) {
+                    Some(tx) => tx.send(incoming).is_ok(),
+                    None => false,
+                };
+                if !sent {
                     m.incoming_backlog.dec();
                     m.incoming_backlog_bytes.dec_by(cost_i64);
                 }
@@ -195,7 +207,7 @@ impl Inbound {
 }
 
 /// Binds a UDP listener; returns the socket the core sends from and a second handle
-/// on the same socket for the receive thread ([`spawn_udp_receiver`]).
+/// on the same socket for the receive threads ([`spawn_udp_receivers`]).
 pub(crate) fn bind_udp(
     addr: SocketAddr,
     buffer: usize,
@@ -214,8 +226,10 @@ pub fn set_buffers<S: std::os::fd::AsFd>(sock: &S, bytes: usize) {
     let _ = sock.set_send_buffer_size(bytes);
 }
 
-/// Reads a UDP listener on a thread of its own (one per listener, for the life of the
-/// endpoint): received datagrams are checked, parsed and queued for the core there.
+/// Reads a UDP listener on `threads` threads of their own (for the life of the
+/// endpoint; see [`crate::shard::udp_receivers`] for how many): received datagrams are
+/// checked, parsed and queued for the core's shards there. Each thread reads the same
+/// socket through a descriptor of its own; the kernel gives each datagram to one.
 ///
 /// Why not a task on the node's runtime: past capacity every task of the node wants
 /// the CPU, and a receiver that waits its turn behind thousands of call tasks leaves
@@ -225,14 +239,25 @@ pub fn set_buffers<S: std::os::fd::AsFd>(sock: &S, bytes: usize) {
 /// only the queue behind the receiver, is blind. An OS thread gets its share from the
 /// kernel's scheduler whatever the runtime is doing, so the socket is drained, the
 /// backlog builds where [`crate::overload`] measures it, and new INVITEs are refused
-/// by this thread at the cost of a parse. The thread ends when the core is gone.
-pub(crate) fn spawn_udp_receiver(
+/// by this thread at the cost of a parse. The threads end when the core is gone.
+pub(crate) fn spawn_udp_receivers(
     sock: std::net::UdpSocket,
     inbound: Inbound,
+    threads: usize,
 ) -> std::io::Result<()> {
+    for _ in 1..threads {
+        spawn_udp_receiver(sock.try_clone()?, inbound.clone())?;
+    }
+    spawn_udp_receiver(sock, inbound)
+}
+
+fn spawn_udp_receiver(sock: std::net::UdpSocket, inbound: Inbound) -> std::io::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .build()?;
+    let Some(first) = inbound.tx.first().cloned() else {
+        return Ok(()); // no core to feed
+    };
     std::thread::Builder::new()
         .name("sip-udp-rx".into())
         .spawn(move || {
@@ -244,10 +269,10 @@ pub(crate) fn spawn_udp_receiver(
                         return;
                     }
                 };
-                let tx = inbound.tx.clone();
+                // The shards end together (when the node drops its endpoint).
                 tokio::select! {
                     _ = receive_udp(&sock, &inbound) => {}
-                    _ = tx.closed() => {}
+                    _ = first.closed() => {}
                 }
             })
         })?;
@@ -751,14 +776,15 @@ mod tests {
     fn inbound(untrusted: Untrusted) -> (Inbound, mpsc::UnboundedReceiver<Incoming>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let inbound = Inbound {
-            tx,
+            tx: Arc::new([tx]),
+            shards: Shards::new(1),
             metrics: SipMetrics::default(),
             sources: SourcePolicy {
                 trusted: Arc::new(Only("127.0.0.1".parse().unwrap())),
                 untrusted,
             },
             max_queued_bytes: 4096,
-            overload: Arc::new(RefusalGate::new(5)),
+            overload: Arc::new(RefusalGate::new(5, 1)),
         };
         (inbound, rx)
     }
@@ -810,7 +836,7 @@ CSeq: {cseq} {method}\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
         let invite = request("INVITE", "new", 1, "");
         assert!(inb.frame(&invite, from).is_none(), "admitting: queued");
         assert!(rx.try_recv().is_ok());
-        inb.overload.set(true);
+        inb.overload.set(0, true);
         // Each row: (message, answered with, queued, repeats dropped so far).
         let rows: Vec<(Vec<u8>, Option<&str>, bool, u64)> = vec![
             (invite.clone(), Some("SIP/2.0 503 "), false, 0),
@@ -850,11 +876,61 @@ CSeq: {cseq} {method}\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
             assert_eq!(m.refused_repeats_dropped.get(), repeats, "row {i}");
         }
         assert_eq!(m.overload_rejections.get(), 2);
-        inb.overload.set(false);
+        inb.overload.set(0, false);
         assert!(inb
             .frame(&request("INVITE", "later", 1, ""), from)
             .is_none());
         assert!(rx.try_recv().is_ok(), "admitting again: queued");
+    }
+
+    /// With two shards, each message goes to the queue of its Call-ID's shard, and a
+    /// late shard has only its own new INVITEs refused: calls hashed to the other shard
+    /// are admitted.
+    #[test]
+    fn messages_go_to_their_shard_and_only_a_late_shard_refuses() {
+        let (tx0, mut rx0) = mpsc::unbounded_channel();
+        let (tx1, mut rx1) = mpsc::unbounded_channel();
+        let (mut one, _) = inbound(Untrusted::Drop);
+        one.tx = Arc::new([tx0, tx1]);
+        one.shards = Shards::new(2);
+        one.overload = Arc::new(RefusalGate::new(5, 2));
+        let inb = one;
+        let from = peer("127.0.0.1:5070");
+        // A Call-ID of each shard.
+        let on = |shard: usize| {
+            (0..)
+                .map(|i| format!("c{i}"))
+                .find(|id| inb.shards.of(id) == shard)
+                .unwrap()
+        };
+        let (a, b) = (on(0), on(1));
+        for (call_id, shard) in [(&a, 0), (&b, 1)] {
+            assert!(inb
+                .frame(&request("INVITE", call_id, 1, ""), from)
+                .is_none());
+            assert!(inb
+                .frame(&request("BYE", call_id, 2, ";tag=x"), from)
+                .is_none());
+            let (mine, other) = if shard == 0 {
+                (&mut rx0, &mut rx1)
+            } else {
+                (&mut rx1, &mut rx0)
+            };
+            for _ in 0..2 {
+                assert_eq!(mine.try_recv().unwrap().info.call_id, *call_id);
+            }
+            assert!(other.try_recv().is_err(), "nothing on the other shard");
+        }
+        inb.overload.set(1, true);
+        let refused = inb.frame(&request("INVITE", &b, 3, ""), from);
+        assert!(refused.is_some_and(|r| r.starts_with(b"SIP/2.0 503 ")));
+        assert!(rx1.try_recv().is_err(), "refused, not queued");
+        assert!(inb.frame(&request("INVITE", &a, 3, ""), from).is_none());
+        assert_eq!(
+            rx0.try_recv().unwrap().info.call_id,
+            a,
+            "the calm shard admits"
+        );
     }
 
     #[test]
