@@ -18,7 +18,11 @@ limits: at most 1.2). CPU ms/call is the nodes' per-thread run time
 (/proc/PID/task/*/schedstat) summed over the three nodes, divided by the calls they
 admitted. frames/call (cluster only) is tsunagu_cluster_frames_sent_total summed over
 the nodes, less the idle traffic measured before the first step (heartbeats and their
-acknowledgements: 4 + 4 per second per peer), divided by the calls admitted.
+acknowledgements: 4 + 4 per second per peer), divided by the calls admitted. Under each
+setup's line, the CPU per call of the five busiest thread names (tokio-rt-worker,
+call-log, sip-udp-rx, ...) says where a difference comes from; the ratio is also
+given less each setup's idle CPU (measured before the first step, charged over each
+step's window): what the calls themselves cost, apart from three idle nodes' upkeep.
 
 --lines N gives the number a line limit of N (choose it large enough never to queue:
 above rate x hold seconds) so every call takes a cluster-wide line from the number's
@@ -68,11 +72,34 @@ def probe(nodes, work):
         wait_for(f"a first call through {n.name} to succeed", answered, 30, nodes)
 
 
+def cpu_by_thread(pids):
+    """Run time (ns) per thread name, summed over the processes `pids`."""
+    out = {}
+    for pid in pids:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                    name = f.read().strip()
+                with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                    out[name] = out.get(name, 0) + int(f.read().split()[0])
+            except OSError:
+                pass
+    return out
+
+
+def idle_cpu_rate(nodes, seconds=3.0):
+    """CPU ns per second the idle nodes use (heartbeats, timers, store polling)."""
+    cpu0 = sum(cpu_ns(n.pid) for n in nodes)
+    time.sleep(seconds)
+    return (sum(cpu_ns(n.pid) for n in nodes) - cpu0) / seconds
+
+
 def step(setup, nodes, rate, args, work):
     """Runs one setup's UACs (one per node, rate split evenly) and measures it."""
     idle(nodes)
     step_dir = os.path.join(work, f"step{rate}-{setup}")
     cpu0 = sum(cpu_ns(n.pid) for n in nodes)
+    threads0 = cpu_by_thread([n.pid for n in nodes])
     started0 = sum(n.metric("tsunagu_calls_started_total") for n in nodes)
     queued0 = sum(n.metric("tsunagu_calls_queued_total") for n in nodes)
     frames0 = frames(nodes)
@@ -89,6 +116,7 @@ def step(setup, nodes, rate, args, work):
     idle(nodes)
     window = time.time() - t0
     cpu1 = sum(cpu_ns(n.pid) for n in nodes)
+    threads1 = cpu_by_thread([n.pid for n in nodes])
     started = sum(n.metric("tsunagu_calls_started_total") for n in nodes) - started0
     queued = sum(n.metric("tsunagu_calls_queued_total") for n in nodes) - queued0
     sent = frames(nodes) - frames0
@@ -105,6 +133,8 @@ def step(setup, nodes, rate, args, work):
         "p50": percentile(rtts, 50),
         "p95": percentile(rtts, 95),
         "cpu_ms_per_call": (cpu1 - cpu0) / 1e6 / max(1.0, started),
+        "cpu_ns": cpu1 - cpu0,
+        "threads": {k: (v - threads0.get(k, 0)) / 1e6 / max(1.0, started) for k, v in threads1.items()},
         "sent": sent,
         "window": window,
         "started": started,
@@ -147,11 +177,13 @@ def main():
         probe(everyone, work)
         idle(everyone)
         background = idle_frame_rate(cluster.nodes)
+        idle_cluster, idle_single = idle_cpu_rate(cluster.nodes), idle_cpu_rate([single])
         print(f"work dir {work}; cluster n1 n2 n3 pids {[n.pid for n in cluster.nodes]}, single pid {single.pid}; "
               f"hold {args.hold_ms} ms, {args.seconds} s per step, "
               f"{'line limit ' + str(args.lines) if args.lines else 'no line limit'}")
         print(f"idle cluster traffic: {background:.1f} frames/s over the three nodes "
               f"(expected 48: 8 per second per peer, 2 peers each)")
+        print(f"idle CPU: cluster {idle_cluster / 1e7:.1f} % of a core over the three nodes, single {idle_single / 1e7:.1f} %")
         print(f"{'target':>7} {'setup':>8} {'achieved':>9} {'calls':>7} {'success%':>9} {'p50 ms':>7} {'p95 ms':>7} "
               f"{'CPU ms/call':>12} {'frames/call':>12}")
         for k, rate in enumerate(rates):
@@ -166,10 +198,16 @@ def main():
                     fpc = f"{max(0.0, r['sent'] - background * r['window']) / max(1.0, r['started']):.2f}"
                 print(f"{rate:>7} {setup:>8} {r['achieved']:>9.0f} {r['calls']:>7} {r['success']:>8.2f}% "
                       f"{r['p50']:>7.2f} {r['p95']:>7.2f} {r['cpu_ms_per_call']:>12.3f} {fpc:>12}", flush=True)
+                top = sorted(r["threads"].items(), key=lambda kv: -kv[1])[:5]
+                print(f"{'':>16} CPU ms/call by thread: " + ", ".join(f"{k} {v:.3f}" for k, v in top))
                 if r["queued"]:
                     print(f"{'':>16} ({r['queued']:.0f} calls queued for a line: raise --lines)")
             ratio = results["cluster"]["cpu_ms_per_call"] / max(1e-9, results["single"]["cpu_ms_per_call"])
-            print(f"{rate:>7} {'ratio':>8}   CPU per call cluster/single {ratio:.2f}", flush=True)
+            # The same less each setup's idle cost over its step's window: what calls cost.
+            busy = {k: max(0.0, results[k]["cpu_ns"] - idle * results[k]["window"]) / max(1.0, results[k]["started"])
+                    for k, idle in (("cluster", idle_cluster), ("single", idle_single))}
+            print(f"{rate:>7} {'ratio':>8}   CPU per call cluster/single {ratio:.2f}; less idle cost "
+                  f"{busy['cluster'] / max(1e-9, busy['single']):.2f}", flush=True)
     finally:
         if destination:
             destination.kill()

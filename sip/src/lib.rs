@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod overload;
 pub mod parse;
 mod sanitize;
+mod segmented;
 pub mod shard;
 pub mod source;
 pub mod transaction;

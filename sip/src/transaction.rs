@@ -10,10 +10,10 @@
 
 use crate::build::RequestSpec;
 use crate::parse::Peer;
+use crate::segmented::Segmented;
 use bytes::Bytes;
 use rsipstack::sip::Method;
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 pub const T1: Duration = Duration::from_millis(500);
@@ -136,37 +136,20 @@ enum TimerId {
     Ok2xx(String, u32),
 }
 
-/// A heap entry, ordered by time alone. Entries are not removed when a transaction
-/// moves on: a popped entry whose time no longer matches its transaction is stale.
-#[derive(Debug)]
-struct TimerEntry {
-    at: Instant,
-    id: TimerId,
-}
-
-impl PartialEq for TimerEntry {
-    fn eq(&self, other: &Self) -> bool {
-        self.at == other.at
-    }
-}
-impl Eq for TimerEntry {}
-impl PartialOrd for TimerEntry {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for TimerEntry {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.at.cmp(&other.at)
-    }
-}
-
 #[derive(Default)]
 pub struct Transactions {
-    server: HashMap<TxKey, ServerTx>,
-    client: HashMap<TxKey, ClientTx>,
-    ok2xx: HashMap<(String, u32), Pending2xx>,
-    heap: BinaryHeap<Reverse<TimerEntry>>,
+    // In segments: a table of every transaction of the last 32 s must grow without
+    // stalling the shard (see `crate::segmented`).
+    server: Segmented<TxKey, ServerTx>,
+    client: Segmented<TxKey, ClientTx>,
+    ok2xx: Segmented<(String, u32), Pending2xx>,
+    /// Timers by due time, then by when they were set (the sequence number makes each
+    /// key unique). Entries are not removed when a transaction moves on: a due entry
+    /// whose time no longer matches its transaction is stale and skipped. A B-tree
+    /// rather than a binary heap: it grows node by node, where a heap's vector of a
+    /// million timers is copied whole each time it doubles (a stall of the shard).
+    timers: BTreeMap<(Instant, u64), TimerId>,
+    set: u64,
 }
 
 fn reliable(peer: &Peer) -> bool {
@@ -193,7 +176,8 @@ impl Transactions {
 
     fn schedule(&mut self, at: Option<Instant>, id: TimerId) {
         if let Some(at) = at {
-            self.heap.push(Reverse(TimerEntry { at, id }));
+            self.set = self.set.wrapping_add(1);
+            self.timers.insert((at, self.set), id);
         }
     }
 
@@ -450,12 +434,16 @@ impl Transactions {
     // ---- time ----
 
     pub fn poll_timeout(&mut self) -> Option<Instant> {
-        self.heap.peek().map(|Reverse(e)| e.at)
+        self.timers.first_key_value().map(|((at, _), _)| *at)
     }
 
     pub fn handle_timeout(&mut self, now: Instant, out: &mut Vec<Output>) {
-        while self.heap.peek().is_some_and(|Reverse(e)| e.at <= now) {
-            let Some(Reverse(TimerEntry { at, id })) = self.heap.pop() else {
+        while self
+            .timers
+            .first_key_value()
+            .is_some_and(|((at, _), _)| *at <= now)
+        {
+            let Some(((at, _), id)) = self.timers.pop_first() else {
                 break;
             };
             match id {
