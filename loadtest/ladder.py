@@ -123,6 +123,7 @@ def main():
     ap.add_argument("--node-cpus", default="", help="taskset -c list for the node (e.g. 0 or 0,1)")
     ap.add_argument("--sipp-cpus", default="", help="taskset -c list for the SIPp UAC and UAS")
     ap.add_argument("--shards", type=int, default=0, help="sip.shards (0 = one per CPU the node may use)")
+    ap.add_argument("--overload-ms", type=int, default=0, help="sip.overload_queue_delay_ms (0 = the default)")
     args = ap.parse_args()
     node_pin = ["taskset", "-c", args.node_cpus] if args.node_cpus else []
     sipp_pin = ["taskset", "-c", args.sipp_cpus] if args.sipp_cpus else []
@@ -141,6 +142,7 @@ data_dir = "{work}/data"
 [sip]
 listen = ["udp:127.0.0.1:5060", "tcp:127.0.0.1:5060"]
 {f"shards = {args.shards}" if args.shards else ""}
+{f"overload_queue_delay_ms = {args.overload_ms}" if args.overload_ms else ""}
 [media]
 address = "127.0.0.1"
 ports = "20000-39999"

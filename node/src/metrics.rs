@@ -68,6 +68,8 @@ pub struct CallMetrics {
     pub ring_seconds: Histogram,
     pub talk_seconds: Histogram,
     pub setup_seconds: Histogram,
+    /// Admission → the call's task running (the supervisor's queue and the runtime's).
+    pub start_delay_seconds: Histogram,
     pub actor_failures: Counter,
     pub log_pending: Gauge,
     pub log_written: Counter,
@@ -132,6 +134,9 @@ impl Default for CallMetrics {
             talk_seconds: Histogram::new(time_buckets),
             setup_seconds: Histogram::new([
                 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0,
+            ]),
+            start_delay_seconds: Histogram::new([
+                0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0,
             ]),
             actor_failures: Counter::default(),
             log_pending: Gauge::default(),
@@ -383,6 +388,11 @@ impl Metrics {
             "call_setup_seconds",
             "Time from INVITE to the first ringing or answer relayed to the caller",
             c.setup_seconds.clone(),
+        );
+        r.register(
+            "call_start_delay_seconds",
+            "Time from a call's admission (100 Trying) to its task running: the call supervisor's queue and the runtime's (and, for a call shaped by its trunk's max_cps, its shaping wait); growing, new calls wait to start",
+            c.start_delay_seconds.clone(),
         );
         r.register("call_actor_failures", "Call actors that panicked or were killed; their calls were cleaned up and logged as failed", c.actor_failures.clone());
         r.register(

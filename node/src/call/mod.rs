@@ -280,6 +280,11 @@ type RingTimer = tokio::task::JoinHandle<()>;
 
 /// Runs one call from its INVITE to its end (see [`task`]); returns how it ended.
 pub async fn run(args: CallArgs, me: CallRef) -> Exit {
+    args.ctx
+        .metrics
+        .calls
+        .start_delay_seconds
+        .observe(args.started.elapsed().as_secs_f64());
     match Call::new(args, me.clone()).await {
         Ok(call) => drive(call, me).await,
         Err(e) => Exit::Failed(e),
