@@ -32,8 +32,13 @@ call. Calls that queued anyway are reported.
 
 Nothing here is a test: it reports, it never asserts. Do not run it while a build runs.
 
+--per-node also runs the single node at rate/3, the rate each cluster node carries, and
+gives the ratio against that: a node's CPU per call falls as its own rate grows (wake-ups
+are shared by more messages), so this separates what the cluster adds from what
+carrying a third of the calls costs each node.
+
 Usage: python3 loadtest/cluster_ladder.py [--rates 300,600,900] [--seconds 10]
-       [--hold-ms 1000] [--lines N] [--bin PATH]
+       [--hold-ms 1000] [--lines N] [--bin PATH] [--per-node]
 """
 import argparse, os, shutil, sys, tempfile, time
 
@@ -97,7 +102,7 @@ def idle_cpu_rate(nodes, seconds=3.0):
 def step(setup, nodes, rate, args, work):
     """Runs one setup's UACs (one per node, rate split evenly) and measures it."""
     idle(nodes)
-    step_dir = os.path.join(work, f"step{rate}-{setup}")
+    step_dir = os.path.join(work, f"step{rate:g}-{setup.replace('/', '-')}")
     cpu0 = sum(cpu_ns(n.pid) for n in nodes)
     threads0 = cpu_by_thread([n.pid for n in nodes])
     started0 = sum(n.metric("tsunagu_calls_started_total") for n in nodes)
@@ -151,6 +156,8 @@ def main():
                     help="a line limit on the number (cluster-wide lines; large enough never to queue)")
     ap.add_argument("--bin", default=os.path.join(ROOT, "target", "release", "tsunagu"))
     ap.add_argument("--transport", default="u1", help="SIPp -t (u1 = one UDP socket)")
+    ap.add_argument("--per-node", action="store_true",
+                    help="also run the single node at rate/3 (what each cluster node carries) and compare with it")
     args = ap.parse_args()
     if not shutil.which("sipp"):
         sys.exit("sipp is not installed (apt-get install sip-tester)")
@@ -191,7 +198,13 @@ def main():
             if k % 2:
                 order.reverse()  # neither setup always meets the machine first
             results = {setup: step(setup, nodes, rate, args, work) for setup, nodes in order}
-            for setup in ("cluster", "single"):
+            setups = ("cluster", "single")
+            if args.per_node:
+                # Same calls per node as the cluster's: separates the cluster's own cost
+                # from what a node's CPU per call does at a third of the rate.
+                results["single/3"] = step("single/3", [single], rate / len(cluster.nodes), args, work)
+                setups += ("single/3",)
+            for setup in setups:
                 r = results[setup]
                 fpc = ""
                 if setup == "cluster":
@@ -208,6 +221,9 @@ def main():
                     for k, idle in (("cluster", idle_cluster), ("single", idle_single))}
             print(f"{rate:>7} {'ratio':>8}   CPU per call cluster/single {ratio:.2f}; less idle cost "
                   f"{busy['cluster'] / max(1e-9, busy['single']):.2f}", flush=True)
+            if args.per_node:
+                third = results["cluster"]["cpu_ms_per_call"] / max(1e-9, results["single/3"]["cpu_ms_per_call"])
+                print(f"{rate:>7} {'ratio':>8}   CPU per call cluster / single node at rate/3 {third:.2f}", flush=True)
     finally:
         if destination:
             destination.kill()

@@ -4,8 +4,13 @@
 //! - A call is in the store from admission: its record in progress (state `active`) is
 //!   written within [`ACTIVE_DELAY`] of the call starting, and again at answer (both
 //!   coalesced: a call that ends first is written once, as ended). So a crash (kill -9)
-//!   loses at most the calls admitted in the last [`ACTIVE_DELAY`] plus one batch write:
-//!   under a second. The rows of a node that died are finalised by [`recover`].
+//!   loses at most the calls admitted in the last [`ACTIVE_DELAY`] plus [`LINGER`] and
+//!   one batch write: under a second. The rows of a node that died are finalised by
+//!   [`recover`].
+//! - Final records and events wait up to [`LINGER`] for others to share their write:
+//!   a commit costs the same for one record as for hundreds, and at a few hundred calls
+//!   per second a node (each node of a cluster carries a share) would otherwise commit
+//!   once per call.
 //! - The final record replaces it when the call ends; validity is judged then, when
 //!   earlier calls of the same caller are known.
 //! - If the store fails, the batch is kept and retried with backoff, in order. After
@@ -64,6 +69,11 @@ pub const CHECKPOINT_DELAY: Duration = Duration::from_millis(50);
 pub const STALL: Duration = Duration::from_secs(2);
 /// Every second: the node's sign of life.
 const HEARTBEAT: Duration = Duration::from_secs(1);
+/// How long the first record of a batch waits for more before the batch is written
+/// (unless the batch is full, a flush is asked for, or records in progress are due).
+/// Measured (`loadtest/cluster_ladder.py --per-node`, one node at 300 calls/s): the
+/// writer's CPU per call fell from 0.220 to 0.109 ms, at 900 calls/s from 0.113 to 0.064.
+pub const LINGER: Duration = Duration::from_millis(20);
 /// The most messages one call sends the writer while it is not [`CallLog::ready`]: in
 /// progress at admission and at answer, `call.started` and `call.answered` events, and
 /// its final record. (Checkpoints of forwarding attempts and session changes are sent
@@ -234,11 +244,16 @@ fn writer(w: Writer, rx: mpsc::Receiver<LogMsg>, shared: Arc<Shared>) {
     let mut flushes = Vec::new();
     let mut beat = Instant::now();
     let mut open = true;
+    // When the batch got its first record (it is written at most LINGER later).
+    let mut first_at: Option<Instant> = None;
     while open || batch.len() > 0 || !in_progress.calls.is_empty() {
         let now = Instant::now();
         let mut wait = (beat + HEARTBEAT).saturating_duration_since(now);
         if let Some(t) = in_progress.next_due() {
             wait = wait.min(t.saturating_duration_since(now));
+        }
+        if let Some(first) = first_at {
+            wait = wait.min((first + LINGER).saturating_duration_since(now));
         }
         let take = |msg: LogMsg,
                     batch: &mut Batch,
@@ -272,15 +287,22 @@ fn writer(w: Writer, rx: mpsc::Receiver<LogMsg>, shared: Arc<Shared>) {
             }
         }
         let now = Instant::now();
-        if in_progress.due(now) || !flushes.is_empty() || !open {
+        let due = in_progress.due(now) || !flushes.is_empty() || !open;
+        if due {
             batch.active = in_progress.take();
         }
+        if batch.len() > 0 {
+            first_at.get_or_insert(now);
+        }
+        let lingering =
+            !due && batch.len() < BATCH && first_at.is_some_and(|first| now < first + LINGER);
         let pending = |batch: &Batch, in_progress: &InProgress| {
             shared.queued.load(Ordering::Relaxed) + (batch.len() + in_progress.calls.len()) as i64
         };
         w.metrics.log_pending.set(pending(&batch, &in_progress));
-        if batch.len() > 0 {
+        if batch.len() > 0 && !lingering {
             write_with_retry(&w, &mut batch, &shared);
+            first_at = None;
             w.metrics.log_pending.set(pending(&batch, &in_progress));
         }
         for done in flushes.drain(..) {
