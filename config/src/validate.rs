@@ -238,6 +238,14 @@ impl Config {
                 "must be 5 to 250 ms".into(),
             );
         }
+        // A caller hears ringing this long at most; 0 would refuse every call at once,
+        // and a day is beyond any ring a person waits for.
+        if !(1..=86_400).contains(&self.sip.max_ring_seconds) {
+            err(
+                "sip.max_ring_seconds".into(),
+                "must be 1 to 86400 seconds".into(),
+            );
+        }
         // Each shard is a task and a queue; past one per core they only add queues.
         if self.sip.shards > 64 {
             err("sip.shards".into(), "must be 0 (one per CPU) to 64".into());
@@ -670,6 +678,7 @@ mod tests {
             ),
             ("tls missing key", "[sip.tls]\ncert_file = \"c.pem\"\n", &["sip.tls"]),
             ("no session floor", "[sip]\nmin_session_expires = 0\n", &["sip.min_session_expires"]),
+            ("no ring at all", "[sip]\nmax_ring_seconds = 0\n", &["sip.max_ring_seconds"]),
             (
                 "sip edge limits",
                 "[sip]\nincoming_queue_bytes = 100\noverload_queue_delay_ms = 1000\nshards = 65\ntcp_max_connections = 0\ntcp_max_connections_per_source = 0\ntcp_idle_timeout_seconds = 0\n",

@@ -33,6 +33,9 @@ pub struct NodeContext {
     pub system_number: Option<String>,
     /// Guard timer for a call that is ending but whose far end never confirms.
     pub end_guard: Duration,
+    /// A caller still not answered this long after admission is answered 480 and the
+    /// call ended (`sip.max_ring_seconds`: the safety net behind every ring timer).
+    pub max_ring: Duration,
     pub max_calls: usize,
     pub retry_after: u32,
     /// Min-SE: the smallest session-timer interval accepted.

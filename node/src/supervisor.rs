@@ -238,6 +238,7 @@ mod tests {
 
     struct Fixture {
         _dir: tempfile::TempDir,
+        callee: UdpSocket,
         store: Arc<dyn Store>,
         operator: String,
         caller: UdpSocket,
@@ -249,6 +250,15 @@ mod tests {
 
     /// A node's call path with real parts, and one call forwarding (the callee never answers).
     async fn forwarding_call(max_call: Duration) -> Fixture {
+        forwarding_call_with(max_call, Duration::from_secs(180), Duration::from_secs(32)).await
+    }
+
+    /// The same with `sip.max_ring_seconds` and the end guard given.
+    async fn forwarding_call_with(
+        max_call: Duration,
+        max_ring: Duration,
+        end_guard: Duration,
+    ) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("t.db")).unwrap());
         let op = store.create_operator("op").unwrap();
@@ -325,7 +335,8 @@ mod tests {
             log: log.clone(),
             metrics: metrics.clone(),
             system_number: None,
-            end_guard: Duration::from_secs(32),
+            end_guard,
+            max_ring,
             max_calls: 10,
             retry_after: 5,
             min_se: 90,
@@ -366,6 +377,7 @@ mod tests {
 
         Fixture {
             _dir: dir,
+            callee,
             store,
             operator: op.id,
             caller,
@@ -430,5 +442,65 @@ mod tests {
         let f = forwarding_call(Duration::ZERO).await;
         f.sup.send_message(SupervisorMsg::Sweep).unwrap();
         assert_cleaned_up(&f).await;
+    }
+
+    /// A caller nobody answers within `sip.max_ring_seconds` is answered 480, the
+    /// forwarded leg is cancelled, and the call is logged `failed` with reason
+    /// `max_ring` (the callee here never answers, nor even rings).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_caller_nobody_answers_is_given_up_at_max_ring_seconds() {
+        let f = forwarding_call_with(
+            Duration::from_secs(3600),
+            Duration::from_secs(1),
+            Duration::from_millis(500),
+        )
+        .await;
+        // The callee says 100 Trying (a CANCEL may only follow a provisional answer)
+        // and then nothing.
+        let invite = recv_text(&f.callee);
+        let trying: String = std::iter::once("SIP/2.0 100 Trying")
+            .chain(invite.lines().filter(|l| {
+                ["Via:", "From:", "To:", "Call-ID:", "CSeq:"]
+                    .iter()
+                    .any(|h| l.starts_with(h))
+            }))
+            .chain(["Content-Length: 0", "", ""])
+            .collect::<Vec<_>>()
+            .join("\r\n");
+        let node = f.ctx.endpoint.local(tsunagu_sip::Transport::Udp).unwrap();
+        f.callee.send_to(trying.as_bytes(), node).unwrap();
+        let reply = recv_text(&f.caller);
+        assert!(reply.starts_with("SIP/2.0 480 "), "{reply}");
+        // Retransmissions of the unanswered INVITE may come first.
+        let cancel = std::iter::repeat_with(|| recv_text(&f.callee))
+            .find(|m| !m.starts_with("INVITE "))
+            .unwrap();
+        assert!(cancel.starts_with("CANCEL sip:0311112222@"), "{cancel}");
+        // The callee never confirms: the call ends at the guard and is logged.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut records = Vec::new();
+        while records.is_empty() && Instant::now() < deadline {
+            assert!(f.log.flush(Duration::from_secs(5)));
+            f.store
+                .scan_calls(
+                    &CallQuery {
+                        operator_id: f.operator.clone(),
+                        ..Default::default()
+                    },
+                    &mut |r| {
+                        records.push(r);
+                        true
+                    },
+                )
+                .unwrap();
+            records.retain(|r| r.state != tsunagu_store::CallState::Active);
+            if records.is_empty() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        assert_eq!(records.len(), 1, "one final record");
+        assert_eq!(records[0].result, CallResult::Failed);
+        assert_eq!(records[0].end_reason.as_deref(), Some("max_ring"));
+        assert_eq!(f.metrics.calls.actor_failures.get(), 0, "ended by the call");
     }
 }

@@ -47,6 +47,8 @@ pub enum CallMsg {
     Sip(Box<SipEvent>),
     RingTimeout(u32),
     EndGuard,
+    /// `sip.max_ring_seconds` since admission: a caller still not answered is given up.
+    RingGuard,
     /// The owner of a key's lines answered this call's request (see [`crate::lines`]).
     Line(String, tsunagu_cluster::lines::Answer),
     /// A queued call waited `max_wait_seconds`.
@@ -247,6 +249,8 @@ pub struct Call {
     session: Option<(u32, u32)>,
     /// The current attempt's ring timer.
     ring_timer: Option<RingTimer>,
+    /// The `sip.max_ring_seconds` guard's task, dropped at answer and at the end.
+    ring_guard: Option<tokio::task::JoinHandle<()>>,
     /// Why the call ended when the parties did not end it (the log's `end_reason`).
     end_reason: Option<&'static str>,
     /// Each party's media address and telephone-event type, from its SDP (caller,
@@ -431,6 +435,7 @@ impl Call {
             attempts: Vec::new(),
             session: None,
             ring_timer: None,
+            ring_guard: None,
             end_reason: None,
             far_media: std::cell::Cell::new([None, None]),
             far_dtmf: std::cell::Cell::new([None, None]),
@@ -451,6 +456,11 @@ impl Call {
             CallMsg::RingTimeout(n) => {
                 if n == call.attempt && call.phase == Phase::Trying {
                     call.ring_timeout();
+                }
+            }
+            CallMsg::RingGuard => {
+                if call.phase == Phase::Trying && !call.a_answered {
+                    call.refuse_caller(480, "max_ring");
                 }
             }
             CallMsg::EndGuard => {
@@ -481,6 +491,8 @@ impl Call {
     fn start(&mut self) {
         tracing::debug!("call started");
         self.ctx.metrics.calls.started.inc();
+        let left = self.ctx.max_ring.saturating_sub(self.started.elapsed());
+        self.ring_guard = Some(self.me.send_after(left, || CallMsg::RingGuard));
         self.ctx.log.active(self.progress_record(), None);
         self.emit(EventKind::Started);
         match gate(
@@ -652,6 +664,13 @@ impl Call {
     /// the rest of its ring time).
     fn stop_ring_timer(&mut self) {
         if let Some(t) = self.ring_timer.take() {
+            t.abort();
+        }
+    }
+
+    /// Drops the `sip.max_ring_seconds` guard (the call was answered or is over).
+    fn stop_ring_guard(&mut self) {
+        if let Some(t) = self.ring_guard.take() {
             t.abort();
         }
     }
@@ -1086,7 +1105,15 @@ impl Call {
                 .inc();
         }
         match code {
-            100 => {}
+            100 => {
+                // A provisional answer: a CANCEL may be sent from now on (RFC 3261
+                // 9.1), so one the call wanted meanwhile goes out.
+                let Some(b) = self.b.as_mut() else { return };
+                b.provisional = true;
+                if b.cancel_pending {
+                    b.cancel(&ep);
+                }
+            }
             101..=199 => {
                 let Some(b) = self.b.as_mut() else { return };
                 b.provisional = true;
@@ -1136,6 +1163,7 @@ impl Call {
                 self.result = CallResult::Answered;
                 self.upstream_code = 200;
                 self.phase = Phase::Answered;
+                self.stop_ring_guard();
                 self.answer_with_session(&resp, sdp.as_deref());
                 self.a.answered();
                 // Recording first: the checkpoint carries it, so a node taking the
@@ -1331,24 +1359,35 @@ impl Call {
                 }
                 self.hang_up_caller();
             }
-            Phase::Trying => {
-                self.leave_queue();
-                self.result = CallResult::Failed;
-                self.upstream_code = 503;
-                let ep = self.ctx.endpoint.clone();
-                let retry = self.ctx.retry_after.to_string();
-                self.a
-                    .respond_with(&ep, 503, None, &[("Retry-After", retry.as_str())]);
-                match self.b.as_mut() {
-                    Some(b) => {
-                        b.cancel(&ep);
-                        self.end_and_wait();
-                    }
-                    None => self.finish(),
-                }
-            }
+            Phase::Trying => self.refuse_caller(503, reason),
             Phase::Answered => self.hang_up_both(),
             Phase::Ending | Phase::Done => {}
+        }
+    }
+
+    /// Refuses a caller not yet answered with `code` (503 with Retry-After: the node
+    /// ends it; 480: nobody answered in `sip.max_ring_seconds`), cancels the forwarded
+    /// leg and logs the call `failed` with `reason`.
+    fn refuse_caller(&mut self, code: u16, reason: &'static str) {
+        tracing::info!(code, reason, "the caller is given up");
+        self.end_reason = Some(reason);
+        self.leave_queue();
+        self.result = CallResult::Failed;
+        self.upstream_code = code;
+        let ep = self.ctx.endpoint.clone();
+        let retry = self.ctx.retry_after.to_string();
+        let extra: &[(&str, &str)] = if code == 503 {
+            &[("Retry-After", retry.as_str())]
+        } else {
+            &[]
+        };
+        self.a.respond_with(&ep, code, None, extra);
+        match self.b.as_mut() {
+            Some(b) => {
+                b.cancel(&ep);
+                self.end_and_wait();
+            }
+            None => self.finish(),
         }
     }
 
@@ -1359,6 +1398,7 @@ impl Call {
         self.logged.store(true, Ordering::Release);
         self.phase = Phase::Done;
         self.stop_ring_timer();
+        self.stop_ring_guard();
         self.queued = None;
         self.held_lines.clear();
         self.ep().unregister(&self.a.info.call_id);
@@ -1402,6 +1442,7 @@ impl Call {
         }
         self.phase = Phase::Done;
         self.stop_ring_timer();
+        self.stop_ring_guard();
         self.held_lines.clear(); // the next queued caller may go
         self.leave_queue();
         let ended = self.talk_end.unwrap_or_else(Instant::now);
