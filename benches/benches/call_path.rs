@@ -9,7 +9,7 @@ use tsunagu::decide::routing::Routing;
 use tsunagu_sip::parse::{header, parse, request_user};
 use tsunagu_sip::SipMessage;
 use tsunagu_store::{
-    conformance::sample_call, CallRecord, CallState, Durability, SqliteStore, Store,
+    conformance::sample_call, ActiveCall, CallRecord, CallState, Durability, SqliteStore, Store,
 };
 
 const SDP: &str = "v=0\r\no=- 1 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0 8 101\r\na=rtpmap:101 telephone-event/8000\r\n";
@@ -98,11 +98,14 @@ fn benches(c: &mut Criterion) {
             b.iter_batched(
                 || {
                     let finals = batch(2_000_000);
-                    let active: Vec<CallRecord> = finals
+                    let active: Vec<ActiveCall> = finals
                         .iter()
-                        .map(|r| CallRecord {
-                            state: CallState::Active,
-                            ..r.clone()
+                        .map(|r| ActiveCall {
+                            record: CallRecord {
+                                state: CallState::Active,
+                                ..r.clone()
+                            },
+                            checkpoint: None,
                         })
                         .collect();
                     (active, finals)
