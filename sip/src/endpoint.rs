@@ -52,7 +52,8 @@ pub struct Reject {
     pub unsupported: Option<String>,
 }
 
-/// The node's side of new calls. Runs on the endpoint task: it must not block.
+/// The node's side of new calls. Runs on the shards' tasks (several at once, one per
+/// shard): it must not block.
 pub trait InviteHandler: Send + Sync + 'static {
     /// `Ok` means a call took the INVITE and will [`EndpointHandle::register`] its Call-ID.
     /// A refusal hands the INVITE back, so the endpoint can answer it without a copy.
@@ -207,7 +208,7 @@ impl EndpointHandle {
     }
 }
 
-/// Messages waiting for the endpoint task above which new INVITEs are refused 503. At
+/// Messages waiting for the SIP core (all shards) above which new INVITEs are refused 503. At
 /// a few microseconds per message this is some tens of milliseconds of queued work:
 /// beyond it the node is behind, and admitting more calls only makes every call late.
 pub const OVERLOAD_BACKLOG: i64 = 5000;
@@ -226,7 +227,7 @@ pub struct EdgeSettings {
     pub socket_buffer: usize,
     /// Who is answered (trunks), and what everybody else gets.
     pub sources: SourcePolicy,
-    /// Bytes of received messages that may wait for the endpoint task (besides the
+    /// Bytes of received messages that may wait for the SIP core (besides the
     /// [`BACKLOG_LIMIT`] messages); past it messages are dropped unparsed.
     pub max_queued_bytes: usize,
     pub streams: StreamLimits,
@@ -261,7 +262,7 @@ impl EdgeSettings {
 pub struct Endpoint;
 
 impl Endpoint {
-    /// Binds every listener and starts the endpoint task.
+    /// Binds every listener and starts the shards of the core.
     pub async fn start(
         listeners: &[(Transport, SocketAddr)],
         settings: EdgeSettings,
@@ -853,6 +854,17 @@ CSeq: 1 INVITE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
         )
     }
 
+    /// The next datagram `sock` receives, as text (`what` names it if none comes in 5 s).
+    async fn recv_text(sock: &tokio::net::UdpSocket, what: &str) -> String {
+        let mut buf = [0u8; 4096];
+        let (n, _) =
+            tokio::time::timeout(std::time::Duration::from_secs(5), sock.recv_from(&mut buf))
+                .await
+                .unwrap_or_else(|_| panic!("{what}"))
+                .unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+
     /// The final status the endpoint answers an INVITE with, with `backlog` messages
     /// already waiting for its core.
     async fn final_status(backlog: i64, call_id: &str) -> String {
@@ -888,15 +900,10 @@ CSeq: 1 INVITE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
         sock.send_to(invite(node, me, call_id).as_bytes(), node)
             .await
             .unwrap();
-        let mut buf = [0u8; 4096];
         let mut lines = Vec::new();
         loop {
-            let (n, _) =
-                tokio::time::timeout(std::time::Duration::from_secs(5), sock.recv_from(&mut buf))
-                    .await
-                    .expect("an answer")
-                    .unwrap();
-            let line = String::from_utf8_lossy(&buf[..n])
+            let line = recv_text(&sock, "an answer")
+                .await
                 .lines()
                 .next()
                 .unwrap_or_default()
@@ -954,14 +961,8 @@ CSeq: 1 INVITE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
             ep.respond(&inv.request, &inv.info, &inv.key, 486, Some("t"), &[], None);
         }
         let mut busy = std::collections::HashSet::new();
-        let mut buf = [0u8; 4096];
         while busy.len() < CALLS {
-            let (n, _) =
-                tokio::time::timeout(std::time::Duration::from_secs(5), sock.recv_from(&mut buf))
-                    .await
-                    .expect("every call answered")
-                    .unwrap();
-            let text = String::from_utf8_lossy(&buf[..n]).to_string();
+            let text = recv_text(&sock, "every call answered").await;
             if text.starts_with("SIP/2.0 486") {
                 let id = text.lines().find_map(|l| l.strip_prefix("Call-ID: "));
                 busy.insert(id.unwrap_or_default().to_string());
@@ -1026,14 +1027,8 @@ CSeq: 1 INVITE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
         ep.request(bye("allowed"), peer);
         // The allowed BYE, then its retransmission (500 ms later): the withheld one,
         // sent earlier, would have been retransmitted before that.
-        let mut buf = [0u8; 4096];
         for _ in 0..2 {
-            let (n, _) =
-                tokio::time::timeout(std::time::Duration::from_secs(5), party.recv_from(&mut buf))
-                    .await
-                    .expect("a request")
-                    .unwrap();
-            let text = String::from_utf8_lossy(&buf[..n]).to_string();
+            let text = recv_text(&party, "a request").await;
             assert!(text.contains("Call-ID: allowed"), "{text}");
         }
     }
@@ -1111,14 +1106,8 @@ CSeq: 1 INVITE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
         let me = sock.local_addr().unwrap();
         let invite = |call_id: &str| invite(node, me, call_id);
         let mut answers = std::collections::HashMap::new();
-        let mut buf = [0u8; 4096];
-        let mut next_answer = async |answers: &mut std::collections::HashMap<String, String>| {
-            let (n, _) =
-                tokio::time::timeout(std::time::Duration::from_secs(5), sock.recv_from(&mut buf))
-                    .await
-                    .expect("an answer")
-                    .unwrap();
-            let text = String::from_utf8_lossy(&buf[..n]).to_string();
+        let next_answer = async |answers: &mut std::collections::HashMap<String, String>| {
+            let text = recv_text(&sock, "an answer").await;
             let call_id = text
                 .lines()
                 .find_map(|l| l.strip_prefix("Call-ID: "))

@@ -150,7 +150,7 @@ pub struct SipMetrics {
     pub retransmissions: Counter,
     pub parse_errors: Counter,
     pub tls_handshake_failures: Counter,
-    /// Parsed messages waiting for the endpoint task (the node's overload signal).
+    /// Parsed messages waiting for the SIP core (all shards) (the node's overload signal).
     pub incoming_backlog: Gauge,
     pub overload_rejections: Counter,
     /// Retransmissions of INVITEs refused for overload and their ACKs (dropped), and
@@ -165,7 +165,7 @@ pub struct SipMetrics {
     /// Time each shard of the SIP core spent handling messages, commands and timers:
     /// near one second per second, a shard is saturated.
     pub core_busy: Family<ShardLabel, Counter<f64, AtomicU64>>,
-    /// Bytes of SIP text waiting for the endpoint task (the queue's second bound).
+    /// Bytes of SIP text waiting for the SIP core (the queue's second bound).
     pub incoming_backlog_bytes: Gauge,
     /// Messages from untrusted sources dropped unanswered.
     pub untrusted_dropped: Counter,
@@ -222,7 +222,7 @@ impl SipMetrics {
         );
         r.register(
             "sip_incoming_backlog",
-            "Parsed SIP messages waiting for the endpoint task; above the overload limit new INVITEs get 503",
+            "Parsed SIP messages waiting for the SIP core (all shards); above the overload limit new INVITEs get 503",
             self.incoming_backlog.clone(),
         );
         r.register(
@@ -262,7 +262,7 @@ impl SipMetrics {
         );
         r.register(
             "sip_incoming_backlog_bytes",
-            "Bytes of SIP messages waiting for the endpoint task; at sip.incoming_queue_bytes further messages are dropped unparsed",
+            "Bytes of SIP messages waiting for the SIP core; at sip.incoming_queue_bytes further messages are dropped unparsed",
             self.incoming_backlog_bytes.clone(),
         );
         r.register(
