@@ -21,6 +21,11 @@
 //! wait for the rebuild to finish. Queue order survives: waiters carry the time they
 //! started waiting.
 //!
+//! A call that moves to another node (taken over, handed over) keeps its lines: the
+//! new node *adopts* them ([`LineService::adopt`]: the owner counts them as held by it,
+//! even over the limit, since the call is up) and the old one, if alive, forgets them
+//! without a release ([`LineService::forget`]).
+//!
 //! Messages per call with a remote owner: the request and its answer. The line comes
 //! back with the next heartbeat, or at once when the owner said others may need it
 //! (`urgent`: the key was at its limit or had waiters).
@@ -72,6 +77,13 @@ pub enum LineMsg {
         /// Already passed on once by a node that was not the owner.
         forwarded: bool,
     },
+    /// A call that held a line on another node now runs on the sender (taken over, or
+    /// handed over): it holds the line there, whatever the count. Answered `Granted`.
+    Adopt {
+        key: String,
+        call: String,
+        limit: u32,
+    },
     SnapshotRequest {
         round: u64,
     },
@@ -117,6 +129,9 @@ struct Request {
     cancelled: bool,
     /// The owner asked for the line back at once when done.
     urgent: bool,
+    /// Adopted from the node that ran the call before ([`LineService::adopt`]): held
+    /// whatever the answer, reported as held in snapshots.
+    adopted: bool,
 }
 
 /// The owner's table of one key.
@@ -292,6 +307,7 @@ impl LineService {
                 state: ReqState::Pending,
                 cancelled: false,
                 urgent: false,
+                adopted: false,
             },
         );
         let msg = LineMsg::Acquire {
@@ -301,6 +317,55 @@ impl LineService {
             arrived_ms: now_ms,
         };
         self.send_to_owner(key, msg);
+    }
+
+    /// A call that held a line of `key` on the node that ran it before (it died, or
+    /// handed the call over) runs here now: it holds the line here from now on, even
+    /// over the limit (the call is up, and a count without it would let one caller too
+    /// many through). The owner counts it when the `Adopt` arrives; until it answers,
+    /// the request is resent like an unanswered one, and reported as held.
+    pub fn adopt(&mut self, key: &str, call: &str, limit: u32, now_ms: i64) {
+        self.requests.insert(
+            (key.to_string(), call.to_string()),
+            Request {
+                limit,
+                arrived_ms: now_ms,
+                state: ReqState::Pending,
+                cancelled: false,
+                urgent: true,
+                adopted: true,
+            },
+        );
+        let msg = LineMsg::Adopt {
+            key: key.to_string(),
+            call: call.to_string(),
+            limit,
+        };
+        self.send_to_owner(key, msg);
+    }
+
+    /// Forgets a line of this node's call without giving it back: the call moved to
+    /// another node, which adopted the line (a release from here would free it there).
+    pub fn forget(&mut self, key: &str, call: &str) {
+        self.requests.remove(&(key.to_string(), call.to_string()));
+    }
+
+    /// The message that asks `key`'s owner again for an unanswered request.
+    fn ask_again(key: String, call: String, r: &Request) -> LineMsg {
+        if r.adopted {
+            LineMsg::Adopt {
+                key,
+                call,
+                limit: r.limit,
+            }
+        } else {
+            LineMsg::Acquire {
+                key,
+                call,
+                limit: r.limit,
+                arrived_ms: r.arrived_ms,
+            }
+        }
     }
 
     /// A call of this node is done with `key` (held or waiting or still asking).
@@ -429,12 +494,7 @@ impl LineService {
             if self.owner_of(&key) != self.me {
                 self.out.push(Output::Send {
                     to: self.owner_of(&key),
-                    msg: LineMsg::Acquire {
-                        key,
-                        call,
-                        limit: r.limit,
-                        arrived_ms: r.arrived_ms,
-                    },
+                    msg: Self::ask_again(key, call, &r),
                 });
             }
         }
@@ -465,12 +525,7 @@ impl LineService {
             if owner != self.me {
                 self.out.push(Output::Send {
                     to: owner,
-                    msg: LineMsg::Acquire {
-                        key,
-                        call,
-                        limit: r.limit,
-                        arrived_ms: r.arrived_ms,
-                    },
+                    msg: Self::ask_again(key, call, &r),
                 });
             }
         }
@@ -488,7 +543,7 @@ impl LineService {
                 node: self.me.clone(),
                 limit: r.limit,
                 arrived_ms: r.arrived_ms,
-                held: r.state == ReqState::Held,
+                held: r.state == ReqState::Held || r.adopted,
             })
             .collect()
     }
@@ -555,7 +610,9 @@ impl LineService {
                 }
                 self.try_finish_rebuild();
             }
-            LineMsg::Release { ref key, .. } | LineMsg::Acquire { ref key, .. }
+            LineMsg::Release { ref key, .. }
+            | LineMsg::Acquire { ref key, .. }
+            | LineMsg::Adopt { ref key, .. }
                 if self.owner_of(key) != self.me =>
             {
                 // Not a key of ours: handled at once, rebuilding or not (a release
@@ -764,6 +821,17 @@ impl LineService {
                     self.fill_and_answer(&key);
                 }
             }
+            LineMsg::Adopt { key, call, limit } => {
+                if self.owner_of(&key) != self.me {
+                    return; // resent to the right owner when the views agree
+                }
+                let t = self.tables.entry(key.clone()).or_default();
+                t.limit = limit;
+                t.remove(&call); // a waiting or older entry of the same call
+                t.held.insert(call.clone(), from.to_string());
+                let answer = Answer::Granted { urgent: t.urgent() };
+                self.answer(from, &key, &call, answer);
+            }
             // Answers and snapshots are not owner business.
             other => self.on_message(from, other),
         }
@@ -792,8 +860,8 @@ impl LineService {
             self.give_back(key, call, true);
             return;
         }
-        if before == ReqState::Held {
-            return; // told again (after a rebuild): nothing new
+        if before == ReqState::Held || req.adopted {
+            return; // told again (after a rebuild), or adopted: nothing new for the call
         }
         if before == ReqState::Waiting && req.state == ReqState::Waiting {
             return;

@@ -46,11 +46,33 @@ pub struct LineRequest {
     lines: Lines,
     pub key: String,
     call: String,
+    /// The key's limit (carried in the call's checkpoint, for the node that adopts it).
+    pub limit: u32,
+    /// The call moved to another node, which adopted the line: drop gives nothing back.
+    moved: bool,
 }
 
 impl Drop for LineRequest {
     fn drop(&mut self) {
-        self.lines.release(&self.key, &self.call);
+        if self.moved {
+            let mut s = self
+                .lines
+                .0
+                .service
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            s.forget(&self.key, &self.call);
+        } else {
+            self.lines.release(&self.key, &self.call);
+        }
+    }
+}
+
+impl LineRequest {
+    /// The call went on another node (taken over, handed over): this node forgets the
+    /// line without giving it back, since the new node holds it now.
+    pub fn moved(mut self) {
+        self.moved = true;
     }
 }
 
@@ -117,8 +139,29 @@ impl Lines {
             lines: self.clone(),
             key: key.to_string(),
             call: call.to_string(),
+            limit,
+            moved: false,
         };
         (request, ask)
+    }
+
+    /// A call taken over (or handed over) that held a line of `key` where it ran
+    /// before: it holds it here, counted by the key's owner even over the limit (see
+    /// `LineService::adopt`).
+    pub fn adopt(&self, key: &str, call: &str, limit: u32) -> LineRequest {
+        let out = {
+            let mut s = self.0.service.lock().unwrap_or_else(|p| p.into_inner());
+            s.adopt(key, call, limit, crate::clock::now_ms());
+            s.drain()
+        };
+        self.dispatch(out);
+        LineRequest {
+            lines: self.clone(),
+            key: key.to_string(),
+            call: call.to_string(),
+            limit,
+            moved: false,
+        }
     }
 
     fn release(&self, key: &str, call: &str) {

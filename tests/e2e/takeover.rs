@@ -51,6 +51,35 @@ impl Rig {
         }
     }
 
+    /// Every call takes one of the number's cluster-wide lines (a limit nobody
+    /// reaches), so that a test can check the lines of calls that move move with them.
+    fn count_lines(&mut self) {
+        self.c.node("n1").set_number(
+            &self.key,
+            NUMBER,
+            r#"{"queue": {"max_lines": 1000, "max_wait_seconds": 40}}"#,
+        );
+        self.c.wait_provisioned();
+    }
+
+    /// Lines of the number held, as its owner among `nodes` counts them.
+    fn lines_held(&self, nodes: &[&str]) -> u64 {
+        nodes
+            .iter()
+            .map(|n| self.c.view(n)["lines_held"].as_u64().unwrap_or(0))
+            .sum()
+    }
+
+    /// Waits (bounded) until the number's owner counts `n` lines held.
+    fn wait_lines_held(&self, nodes: &[&str], n: usize) {
+        let what = format!("{n} lines counted by the number's owner");
+        self.c
+            .node(nodes[0])
+            .wait_until(Duration::from_secs(10), &what, || {
+                self.lines_held(nodes) == n as u64
+            });
+    }
+
     fn sip(&self, node: &str) -> SocketAddr {
         self.c.members[node].sip.parse().expect("sip address")
     }
@@ -145,7 +174,9 @@ fn percentile(mut v: Vec<Duration>, p: f64) -> Duration {
 fn a_killed_node_s_answered_calls_keep_talking_through_the_survivors() {
     const CALLS: usize = 300;
     let mut rig = Rig::new("");
+    rig.count_lines();
     rig.place(CALLS);
+    rig.wait_lines_held(&["n1", "n2", "n3"], CALLS);
     let victims = rig.carried_by("n2");
     assert_eq!(victims.len(), CALLS / 3);
     rig.party.mark();
@@ -185,6 +216,9 @@ fn a_killed_node_s_answered_calls_keep_talking_through_the_survivors() {
     assert!(gaps
         .iter()
         .all(|g| g.caller_state == LegState::Up && g.callee_state == LegState::Up));
+    // The moved calls hold their lines on their new nodes: the owner (a survivor, or
+    // the new owner rebuilt from the survivors' snapshots) counts every call still up.
+    rig.wait_lines_held(&["n1", "n3"], CALLS);
     // Talk on, then hang up: each call logged once, by its last node, with the nodes
     // that carried it.
     std::thread::sleep(Duration::from_millis(500));
@@ -294,6 +328,7 @@ fn a_frozen_node_s_calls_are_taken_over_and_it_wakes_without_a_sound() {
 fn a_rolling_restart_under_load_drops_no_call() {
     const CALLS: usize = 300;
     let mut rig = Rig::new("");
+    rig.count_lines();
     rig.place(CALLS);
     rig.party.mark();
     let resumed = |c: &TestCluster, names: &[&str]| -> f64 {
@@ -341,6 +376,8 @@ fn a_rolling_restart_under_load_drops_no_call() {
             Some(&CALLS),
             "after restarting {name}: {states:?}"
         );
+        // The handed-over calls' lines moved with them: counted once, none freed.
+        rig.wait_lines_held(&["n1", "n2", "n3"], CALLS);
     }
     let gaps = rig.party.gaps();
     let worst = gaps.iter().map(Gap::worst).max().unwrap_or_default();

@@ -496,3 +496,72 @@ fn chaos_never_grants_more_than_the_limit_and_leaks_nothing() {
         }
     }
 }
+
+/// A call that held a line on a node that died, taken over by another node, holds it
+/// there: the next caller over the limit waits (without the adoption the dead node's
+/// line would be free again and one caller too many would be connected).
+#[test]
+fn a_call_taken_over_keeps_its_line_on_its_new_node() {
+    let members = ["a", "b", "c"];
+    for owner_node in ["b", "c"] {
+        let mut net = Net::new(&members, 7);
+        let key = key_owned_by(owner_node, &members);
+        net.limits.insert(key.clone(), 2);
+        net.acquire("a", &key, "moved", 10);
+        net.acquire("c", &key, "stays", 20);
+        net.settle();
+        assert_eq!(net.holders(&key), ["moved", "stays"]);
+        net.kill("a");
+        net.settle();
+        assert_eq!(net.holders(&key), ["stays"], "a's line went with it");
+        // "c" took the call over (the checkpoint says which lines it held).
+        net.nodes.get_mut("c").unwrap().adopt(&key, "moved", 2, 10);
+        net.collect();
+        net.settle();
+        assert_eq!(net.holders(&key), ["moved", "stays"], "owner {owner_node}");
+        net.acquire("b", &key, "late", 30);
+        net.settle();
+        assert!(
+            !net.granted().contains(&"late".to_string()),
+            "owner {owner_node}: the limit holds with the moved call counted"
+        );
+        // When the moved call ends on its new node, the waiting caller gets the line.
+        net.release("c", &key, "moved");
+        net.heartbeats();
+        net.settle();
+        assert_eq!(net.holders(&key), ["late", "stays"], "owner {owner_node}");
+    }
+}
+
+/// A call handed over by a live node (a drain): the new node adopts the line and the
+/// old one forgets it without a release, so the line is neither freed nor counted
+/// twice; a rebuild after a view change still counts it once.
+#[test]
+fn a_handed_over_call_is_counted_once_and_survives_a_rebuild() {
+    let members = ["a", "b", "c"];
+    let mut net = Net::new(&members, 11);
+    let key = key_owned_by("b", &members);
+    net.limits.insert(key.clone(), 1);
+    net.acquire("a", &key, "moved", 10);
+    net.settle();
+    net.nodes.get_mut("c").unwrap().adopt(&key, "moved", 1, 10);
+    net.nodes.get_mut("a").unwrap().forget(&key, "moved");
+    net.collect();
+    net.settle();
+    assert_eq!(net.holders(&key), ["moved"]);
+    net.acquire("a", &key, "next", 20);
+    net.settle();
+    assert!(!net.granted().contains(&"next".to_string()), "limit 1 held");
+    // The owner dies: the new owner rebuilds from snapshots, the adopted line in them.
+    net.kill("b");
+    net.settle();
+    assert_eq!(
+        net.holders(&key),
+        ["moved"],
+        "counted once after the rebuild"
+    );
+    net.release("c", &key, "moved");
+    net.heartbeats();
+    net.settle();
+    assert_eq!(net.holders(&key), ["next"]);
+}

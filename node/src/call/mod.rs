@@ -1400,7 +1400,11 @@ impl Call {
         self.stop_ring_timer();
         self.stop_ring_guard();
         self.queued = None;
-        self.held_lines.clear();
+        // Its lines went with it: the node carrying it now adopted them (a release from
+        // here would free a line the call still holds there).
+        for line in self.held_lines.drain(..) {
+            line.moved();
+        }
         self.ep().unregister(&self.a.info.call_id);
         if let Some(b) = &self.b {
             self.ep().unregister(b.call_id());

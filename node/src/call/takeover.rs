@@ -9,7 +9,7 @@
 //! answers. The call's record is written once, by its last owner, with the nodes that
 //! carried it and when it moved; talk time counts from the first answer.
 
-use super::checkpoint::{Answered, Checkpoint, Dialog, Ringing, State, VERSION};
+use super::checkpoint::{Answered, Checkpoint, Dialog, HeldLine, Ringing, State, VERSION};
 use super::legs::{ALeg, BLeg};
 use super::{Call, CallHandle, CallMsg, CallRef, Exit, Phase};
 use crate::context::{CallSlot, NodeContext};
@@ -73,6 +73,14 @@ impl Call {
                     session_seconds: self.session.map(|(i, _)| i),
                     recording: self.recording_state(),
                     b_payload_type: self.b_payload_type,
+                    lines: self
+                        .held_lines
+                        .iter()
+                        .map(|l| HeldLine {
+                            key: l.key.clone(),
+                            limit: l.limit,
+                        })
+                        .collect(),
                 }))
             }
             (None, Some(b)) if self.phase == Phase::Trying => {
@@ -210,6 +218,12 @@ impl Call {
         call.recording_parts = recording_parts;
         call.b_offer = answered.b.sdp.clone();
         call._slot = Some(slot);
+        // The lines it held where it ran: held here now (counted even over the limit).
+        call.held_lines = answered
+            .lines
+            .iter()
+            .map(|l| call.ctx.lines.adopt(&l.key, &call.id, l.limit))
+            .collect();
         call.resuming = Some(Box::new(Resuming {
             pending: [None, None],
             started: now,
