@@ -55,13 +55,7 @@ pub struct LineRequest {
 impl Drop for LineRequest {
     fn drop(&mut self) {
         if self.moved {
-            let mut s = self
-                .lines
-                .0
-                .service
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            s.forget(&self.key, &self.call);
+            self.lines.forget(&self.key, &self.call);
         } else {
             self.lines.release(&self.key, &self.call);
         }
@@ -164,12 +158,24 @@ impl Lines {
         }
     }
 
-    fn release(&self, key: &str, call: &str) {
+    /// The call is done here: no answer for it is awaited any more.
+    fn drop_waiter(&self, key: &str, call: &str) {
         self.0
             .waiters
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&(key.to_string(), call.to_string()));
+    }
+
+    /// The call moved to another node, which adopted the line: nothing is given back.
+    fn forget(&self, key: &str, call: &str) {
+        self.drop_waiter(key, call);
+        let mut s = self.0.service.lock().unwrap_or_else(|p| p.into_inner());
+        s.forget(key, call);
+    }
+
+    fn release(&self, key: &str, call: &str) {
+        self.drop_waiter(key, call);
         let out = {
             let mut s = self.0.service.lock().unwrap_or_else(|p| p.into_inner());
             s.release(key, call);
@@ -258,6 +264,23 @@ mod tests {
             lines.service().lock().unwrap().table_counts(),
             (0, 0),
             "everything given back"
+        );
+    }
+
+    /// A call that moved elsewhere leaves nothing behind here: its line is not given
+    /// back (the new node adopted it) and no answer for it is awaited any more.
+    #[test]
+    fn a_moved_line_is_forgotten_without_a_release() {
+        let lines = Lines::new("n1", Gauge::default());
+        let w = Arc::new(Heard::default());
+        let (moved, a) = lines.ask("number:1", "c1", 1, w.clone());
+        assert_eq!(a, Ask::Granted);
+        moved.moved();
+        assert!(lines.0.waiters.lock().unwrap().is_empty(), "no waiter left");
+        assert_eq!(
+            lines.service().lock().unwrap().table_counts(),
+            (1, 0),
+            "still counted: the call holds it on its new node"
         );
     }
 }
