@@ -24,6 +24,9 @@ Usage: python3 loadtest/wire_tail.py [--seconds 4] [--sip-port 5060] [--uas-port
 """
 import argparse, collections, os, re, shutil, struct, subprocess, sys, tempfile
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from ladder import percentile  # noqa: E402
+
 CALL_ID = re.compile(rb"\r\n(?:Call-ID|i): *([^\r]+)", re.I)
 CSEQ = re.compile(rb"\r\nCSeq: *\d+ +(\w+)", re.I)
 
@@ -76,11 +79,6 @@ def timeline(path, sip_port, uas_port):
     return calls
 
 
-def pct(values, p):
-    values = sorted(values)
-    return values[min(len(values) - 1, int(p / 100 * (len(values) - 1)))] if values else float("nan")
-
-
 def report(calls, slow_ms):
     def span(a, b):
         return [1000 * (c[b] - c[a]) for c in calls.values() if a in c and b in c]
@@ -88,8 +86,8 @@ def report(calls, slow_ms):
                         ("caller INVITE -> 200", "invite", "ok"),
                         ("callee INVITE -> 200", "uas_invite", "uas_ok")):
         v = span(a, b)
-        print(f"{label:<22} n={len(v):>6}  p50 {pct(v, 50):6.2f}  p95 {pct(v, 95):6.2f}  "
-              f"p99 {pct(v, 99):6.2f}  max {max(v or [float('nan')]):6.1f} ms")
+        print(f"{label:<22} n={len(v):>6}  p50 {percentile(v, 50):6.2f}  p95 {percentile(v, 95):6.2f}  "
+              f"p99 {percentile(v, 99):6.2f}  max {max(v or [float('nan')]):6.1f} ms")
     starts = [c["invite"] for c in calls.values() if "invite" in c]
     if not starts:
         return

@@ -414,11 +414,10 @@ impl Core {
                         self.metrics
                             .incoming_backlog_bytes
                             .dec_by(i64::try_from(m.cost).unwrap_or(i64::MAX));
-                        let now = woken;
-                        let sojourn = now.saturating_duration_since(m.queued_at);
+                        let sojourn = woken.saturating_duration_since(m.queued_at);
                         self.metrics.queue_delay.0.observe(sojourn.as_secs_f64());
                         let was = self.admission.refusing();
-                        self.admission.on_dequeue(sojourn, now);
+                        self.admission.on_dequeue(sojourn, woken);
                         self.on_incoming(m);
                         if incoming.is_empty() {
                             // Nothing waits: the next message is on time.
@@ -442,21 +441,21 @@ impl Core {
                 _ = &mut sleep, if armed.is_some() => {
                     woken = Instant::now();
                     armed = None;
-                    self.transactions.handle_timeout(Instant::now(), &mut self.out);
+                    self.transactions.handle_timeout(woken, &mut self.out);
                     self.flush();
                 }
             }
-            self.report_transactions();
+            let (s, c, _) = self.transactions.counts();
+            self.report_transactions((s, c));
             self.busy.inc_by(woken.elapsed().as_secs_f64());
         }
         // A shard that stops takes its transactions out of the node-wide gauges.
-        self.transactions = Transactions::new();
-        self.report_transactions();
+        self.report_transactions((0, 0));
     }
 
-    /// Adds what changed in this shard's transaction counts to the node-wide gauges.
-    fn report_transactions(&mut self) {
-        let (s, c, _) = self.transactions.counts();
+    /// Adds what changed in this shard's (server, client) transaction counts to the
+    /// node-wide gauges.
+    fn report_transactions(&mut self, (s, c): (usize, usize)) {
         let (was_s, was_c) = std::mem::replace(&mut self.reported, (s, c));
         let delta = |now: usize, was: usize| {
             i64::try_from(now).unwrap_or(i64::MAX) - i64::try_from(was).unwrap_or(i64::MAX)
@@ -854,6 +853,33 @@ CSeq: 1 INVITE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
         )
     }
 
+    /// An endpoint listening on a loopback UDP port, and a party's socket: the endpoint,
+    /// its address, the socket and the socket's address.
+    async fn on_loopback(
+        settings: EdgeSettings,
+        handler: Arc<dyn InviteHandler>,
+        metrics: SipMetrics,
+    ) -> (
+        EndpointHandle,
+        SocketAddr,
+        tokio::net::UdpSocket,
+        SocketAddr,
+    ) {
+        let ep = Endpoint::start(
+            &[(Transport::Udp, "127.0.0.1:0".parse().unwrap())],
+            settings,
+            handler,
+            metrics,
+            TlsSetup::default(),
+        )
+        .await
+        .unwrap();
+        let node = ep.local(Transport::Udp).unwrap();
+        let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let me = sock.local_addr().unwrap();
+        (ep, node, sock, me)
+    }
+
     /// The next datagram `sock` receives, as text (`what` names it if none comes in 5 s).
     async fn recv_text(sock: &tokio::net::UdpSocket, what: &str) -> String {
         let mut buf = [0u8; 4096];
@@ -885,18 +911,8 @@ CSeq: 1 INVITE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
     ) -> Vec<String> {
         let metrics = SipMetrics::default();
         metrics.incoming_backlog.set(backlog);
-        let ep = Endpoint::start(
-            &[(Transport::Udp, "127.0.0.1:0".parse().unwrap())],
-            EdgeSettings::new(SourcePolicy::trust_all()),
-            handler,
-            metrics,
-            TlsSetup::default(),
-        )
-        .await
-        .unwrap();
-        let node = ep.local(Transport::Udp).unwrap();
-        let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let me = sock.local_addr().unwrap();
+        let settings = EdgeSettings::new(SourcePolicy::trust_all());
+        let (_ep, node, sock, me) = on_loopback(settings, handler, metrics).await;
         sock.send_to(invite(node, me, call_id).as_bytes(), node)
             .await
             .unwrap();
@@ -935,19 +951,9 @@ CSeq: 1 INVITE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
         let mut settings = EdgeSettings::new(SourcePolicy::trust_all());
         settings.shards = 4;
         let metrics = SipMetrics::default();
-        let ep = Endpoint::start(
-            &[(Transport::Udp, "127.0.0.1:0".parse().unwrap())],
-            settings,
-            Arc::new(Collect(std::sync::Mutex::new(tx))),
-            metrics.clone(),
-            TlsSetup::default(),
-        )
-        .await
-        .unwrap();
+        let collect = Arc::new(Collect(std::sync::Mutex::new(tx)));
+        let (ep, node, sock, me) = on_loopback(settings, collect, metrics.clone()).await;
         assert_eq!(ep.shards(), 4);
-        let node = ep.local(Transport::Udp).unwrap();
-        let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let me = sock.local_addr().unwrap();
         const CALLS: usize = 48;
         for i in 0..CALLS {
             let msg = invite(node, me, &format!("sharded-{i}"));
@@ -989,20 +995,11 @@ CSeq: 1 INVITE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
         settings.gate = Some(Arc::new(move || {
             gate.load(std::sync::atomic::Ordering::SeqCst)
         }));
-        let ep = Endpoint::start(
-            &[(Transport::Udp, "127.0.0.1:0".parse().unwrap())],
-            settings,
-            Arc::new(Busy),
-            SipMetrics::default(),
-            TlsSetup::default(),
-        )
-        .await
-        .unwrap();
-        let node = ep.local(Transport::Udp).unwrap();
-        let party = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let (ep, node, party, addr) =
+            on_loopback(settings, Arc::new(Busy), SipMetrics::default()).await;
         let peer = Peer {
             transport: Transport::Udp,
-            addr: party.local_addr().unwrap(),
+            addr,
         };
         let bye = |call_id: &str| RequestSpec {
             method: Method::Bye,
@@ -1092,18 +1089,7 @@ CSeq: 1 INVITE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
         };
         let handler = Arc::new(Slow(Default::default()));
         let metrics = SipMetrics::default();
-        let ep = Endpoint::start(
-            &[(Transport::Udp, "127.0.0.1:0".parse().unwrap())],
-            settings,
-            handler.clone(),
-            metrics.clone(),
-            TlsSetup::default(),
-        )
-        .await
-        .unwrap();
-        let node = ep.local(Transport::Udp).unwrap();
-        let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let me = sock.local_addr().unwrap();
+        let (_ep, node, sock, me) = on_loopback(settings, handler.clone(), metrics.clone()).await;
         let invite = |call_id: &str| invite(node, me, call_id);
         let mut answers = std::collections::HashMap::new();
         let next_answer = async |answers: &mut std::collections::HashMap<String, String>| {

@@ -117,13 +117,13 @@ pub fn code_label(code: u16) -> &'static str {
     }
 }
 
-/// Why a TCP/TLS connection was refused or closed by the node.
 /// A shard of the SIP core ([`crate::shard`]): at most 64 of them.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ShardLabel {
     pub shard: String,
 }
 
+/// Why a TCP/TLS connection was refused or closed by the node.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
     pub reason: &'static str,

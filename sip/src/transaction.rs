@@ -149,7 +149,8 @@ pub struct Transactions {
     /// rather than a binary heap: it grows node by node, where a heap's vector of a
     /// million timers is copied whole each time it doubles (a stall of the shard).
     timers: BTreeMap<(Instant, u64), TimerId>,
-    set: u64,
+    /// Timers set so far (the tie-breaker of `timers`' keys).
+    timers_set: u64,
 }
 
 fn reliable(peer: &Peer) -> bool {
@@ -176,8 +177,8 @@ impl Transactions {
 
     fn schedule(&mut self, at: Option<Instant>, id: TimerId) {
         if let Some(at) = at {
-            self.set = self.set.wrapping_add(1);
-            self.timers.insert((at, self.set), id);
+            self.timers_set = self.timers_set.wrapping_add(1);
+            self.timers.insert((at, self.timers_set), id);
         }
     }
 

@@ -58,6 +58,23 @@ impl Party {
         }
     }
 
+    /// Waits for the 200 to this party's INVITE of `call_id`, ACKs it, and returns the
+    /// node's To tag.
+    fn ack_answer(&self, call_id: &str) -> String {
+        let ok = self.final_response();
+        assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
+        let our_tag = tag(header(&ok, "To").unwrap());
+        self.send(&self.request(
+            "ACK",
+            call_id,
+            "callertag",
+            &our_tag,
+            1,
+            "Content-Length: 0\n\n",
+        ));
+        our_tag
+    }
+
     /// A new INVITE with SDP from caller `from_user` (From tag `callertag`), naming
     /// `contact` (`ip:port`) as its Contact.
     fn invite(&self, call_id: &str, from_user: &str, contact: &str) -> String {
@@ -129,17 +146,7 @@ fn spoofed_in_dialog_requests_get_481_and_a_hostile_from_is_escaped() {
     let caller = Party::bind("127.0.0.1", ports.sip);
     let call_id = "dialog-hijack-1";
     caller.send(&caller.invite(call_id, "0901234\"56\"78,x", &caller.me()));
-    let ok = caller.final_response();
-    assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
-    let our_tag = tag(header(&ok, "To").unwrap());
-    caller.send(&caller.request(
-        "ACK",
-        call_id,
-        "callertag",
-        &our_tag,
-        1,
-        "Content-Length: 0\n\n",
-    ));
+    let our_tag = caller.ack_answer(call_id);
 
     // The forwarded leg's From carries the caller's number escaped, not raw.
     node.wait_until(Duration::from_secs(5), "the forwarded INVITE", || {
@@ -279,17 +286,7 @@ fn a_caller_cannot_point_the_nodes_bye_at_a_third_party() {
             len = callee_sdp.len()
         ),
     ));
-    let ok = caller.final_response();
-    assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
-    let our_tag = tag(header(&ok, "To").unwrap());
-    caller.send(&caller.request(
-        "ACK",
-        call_id,
-        "callertag",
-        &our_tag,
-        1,
-        "Content-Length: 0\n\n",
-    ));
+    caller.ack_answer(call_id);
     callee_recv("the node's ACK", &|m| m.starts_with("ACK "));
 
     // The callee hangs up: the node answers it and sends its BYE to the caller.

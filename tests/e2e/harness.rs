@@ -947,6 +947,18 @@ pub fn cpu_share(pid: u32, window: Duration) -> f64 {
     (cpu_seconds(pid) - before) / window.as_secs_f64()
 }
 
+/// Asserts that process `pid` uses less than `limit` of a core over the next second
+/// (`what` says why it should be that quiet).
+pub fn assert_cpu_below(pid: u32, limit: f64, what: &str) {
+    let share = cpu_share(pid, Duration::from_secs(1));
+    assert!(
+        share < limit,
+        "{what}: {:.1} % of a core (limit {:.0} %)",
+        share * 100.0,
+        limit * 100.0
+    );
+}
+
 /// Resident memory of a process in bytes (VmRSS of /proc/PID/status).
 pub fn rss_bytes(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/PID/status");

@@ -208,12 +208,7 @@ fn a_wrapping_content_length_over_tcp_and_tls_hangs_nothing() {
         "the unframeable TLS connection is closed"
     );
     let _ = tls.wait();
-    let share = cpu_share(node.pid(), Duration::from_secs(1));
-    assert!(
-        share < 0.05,
-        "the node is idle again: {:.1} % of a core",
-        share * 100.0
-    );
+    assert_cpu_below(node.pid(), 0.05, "the node is idle again");
     assert!(
         node.metric("tsunagu_sip_connections_closed_total{reason=\"framing\"}")
             >= (cores + 2) as f64
@@ -498,12 +493,7 @@ fn running_out_of_file_descriptors_does_not_spin() {
     let ports = Ports::take();
     let (node, conns) = node_out_of_descriptors(ports);
     // The node is out of descriptors now; give the listener a moment to hit it.
-    let share = cpu_share(node.pid(), Duration::from_secs(1));
-    assert!(
-        share < 0.2,
-        "a failing accept must not spin: {:.0} % of a core",
-        share * 100.0
-    );
+    assert_cpu_below(node.pid(), 0.2, "a failing accept must not spin");
     drop(conns);
     node.wait_until(Duration::from_secs(10), "accept failures counted", || {
         node.metric("tsunagu_sip_accept_errors_total") >= 1.0
@@ -539,12 +529,7 @@ fn the_api_out_of_file_descriptors_does_not_spin() {
         .filter_map(|_| TcpStream::connect(api_addr).ok())
         .collect();
     assert!(!waiting.is_empty());
-    let share = cpu_share(node.pid(), Duration::from_secs(1));
-    assert!(
-        share < 0.2,
-        "a failing API accept must not spin: {:.0} % of a core",
-        share * 100.0
-    );
+    assert_cpu_below(node.pid(), 0.2, "a failing API accept must not spin");
     drop(conns);
     drop(waiting);
     node.wait_until(
