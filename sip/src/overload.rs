@@ -142,9 +142,10 @@ pub const RECENT_REFUSALS: usize = 65_536;
 
 /// A bounded set of refused INVITEs, by Call-ID and CSeq number (kept as keyed hashes:
 /// the set holds no peer text, and an attacker cannot aim collisions at a key it does
-/// not know); the oldest is forgotten when it is full. Until the first refusal a
-/// lookup costs one atomic load (the INVITEs and ACKs of a node never overloaded take
-/// no lock).
+/// not know); the oldest is forgotten when it is full, and all of them once
+/// [`FORGET_AFTER`] has passed since the last refusal. While it is empty a lookup costs
+/// one atomic load: the INVITEs and ACKs of a node that is not (or no longer) refusing
+/// take no lock.
 #[derive(Debug)]
 pub struct RecentlyRefused {
     inner: Mutex<Recent>,
@@ -158,7 +159,13 @@ struct Recent {
     order: VecDeque<u64>,
     set: HashSet<u64>,
     capacity: usize,
+    /// When the last refusal was remembered.
+    last: Option<Instant>,
 }
+
+/// Refusals are forgotten this long after the last one: an INVITE's retransmissions
+/// stop by then (Timer B, 64·T1), so nothing more repeats them.
+pub const FORGET_AFTER: Duration = Duration::from_secs(32);
 
 impl RecentlyRefused {
     pub fn new(capacity: usize) -> RecentlyRefused {
@@ -167,16 +174,18 @@ impl RecentlyRefused {
                 order: VecDeque::new(),
                 set: HashSet::new(),
                 capacity: capacity.max(1),
+                last: None,
             }),
             hasher: RandomState::new(),
             len: AtomicUsize::new(0),
         }
     }
 
-    /// Remembers the INVITE `cseq` of `call_id` as refused.
-    pub fn insert(&self, call_id: &str, cseq: u32) {
+    /// Remembers the INVITE `cseq` of `call_id` as refused at `now`.
+    pub fn insert(&self, call_id: &str, cseq: u32, now: Instant) {
         let h = self.hasher.hash_one((call_id, cseq));
         let mut r = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        r.last = Some(now);
         if !r.set.insert(h) {
             return;
         }
@@ -189,14 +198,23 @@ impl RecentlyRefused {
         self.len.store(r.set.len(), Ordering::Relaxed);
     }
 
-    /// Whether the INVITE `cseq` of `call_id` (or its ACK) was refused lately. A new
-    /// INVITE of the same call (a retry, a higher CSeq) is not.
-    pub fn contains(&self, call_id: &str, cseq: u32) -> bool {
+    /// Whether the INVITE `cseq` of `call_id` (or its ACK) was refused lately, as of
+    /// `now`. A new INVITE of the same call (a retry, a higher CSeq) is not.
+    pub fn contains(&self, call_id: &str, cseq: u32, now: Instant) -> bool {
         if self.is_empty() {
             return false;
         }
         let h = self.hasher.hash_one((call_id, cseq));
-        let r = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut r = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if r.last
+            .is_some_and(|last| now.saturating_duration_since(last) >= FORGET_AFTER)
+        {
+            // The overload is long over: empty again, lookups skip the lock.
+            r.set.clear();
+            r.order.clear();
+            self.len.store(0, Ordering::Relaxed);
+            return false;
+        }
         r.set.contains(&h)
     }
 
@@ -256,15 +274,36 @@ mod tests {
     #[test]
     fn remembers_a_bounded_number_of_refusals() {
         let r = RecentlyRefused::new(3);
+        let t0 = Instant::now();
         for id in ["a", "b", "c", "a"] {
-            r.insert(id, 1);
+            r.insert(id, 1, t0);
         }
         assert_eq!(r.len(), 3, "a repeated INVITE is kept once");
-        assert!(!r.contains("b", 2), "a retry with a higher CSeq is new");
-        r.insert("d", 1);
-        assert!(!r.contains("a", 1), "the oldest is forgotten");
-        assert!(r.contains("b", 1) && r.contains("c", 1) && r.contains("d", 1));
+        assert!(!r.contains("b", 2, t0), "a retry with a higher CSeq is new");
+        r.insert("d", 1, t0);
+        assert!(!r.contains("a", 1, t0), "the oldest is forgotten");
+        assert!(r.contains("b", 1, t0) && r.contains("c", 1, t0) && r.contains("d", 1, t0));
         assert_eq!(r.len(), 3);
+    }
+
+    /// Refusals are forgotten FORGET_AFTER after the last one, so a node that was
+    /// overloaded once takes no lock again for every INVITE and ACK.
+    #[test]
+    fn refusals_are_forgotten_once_the_overload_is_long_over() {
+        let r = RecentlyRefused::new(8);
+        let t0 = Instant::now();
+        r.insert("a", 1, t0);
+        r.insert("b", 1, t0 + ms(10_000)); // the last refusal
+                                           // Each row: (ms after t0, Call-ID) → still remembered.
+        for (at, id, want) in [
+            (20_000, "a", true),
+            (41_999, "a", true),
+            (42_000, "b", false), // 32 s after the last refusal
+            (42_001, "b", false),
+        ] {
+            assert_eq!(r.contains(id, 1, t0 + ms(at)), want, "{id} at {at} ms");
+        }
+        assert!(r.is_empty(), "emptied: lookups skip the lock again");
     }
 
     #[test]

@@ -87,11 +87,17 @@ pub(crate) struct Inbound {
 impl Inbound {
     /// Refuses a new INVITE for `shard` while that shard is late, and drops what
     /// repeats a refusal.
-    fn admit(&self, req: &rsipstack::sip::Request, info: &Info, shard: usize) -> Admit {
+    fn admit(
+        &self,
+        req: &rsipstack::sip::Request,
+        info: &Info,
+        shard: usize,
+        now: std::time::Instant,
+    ) -> Admit {
         let gate = &self.overload;
         match req.method {
             Method::Invite if info.to_tag.is_none() => {
-                if gate.recent.contains(&info.call_id, info.cseq) {
+                if gate.recent.contains(&info.call_id, info.cseq, now) {
                     self.metrics.refused_repeats_dropped.inc();
                     return Admit::Drop;
                 }
@@ -104,7 +110,7 @@ impl Inbound {
                     .inc();
                 m.overload_rejections.inc();
                 m.responses_sent.get_or_create(&CodeLabel::of(503)).inc();
-                gate.recent.insert(&info.call_id, info.cseq);
+                gate.recent.insert(&info.call_id, info.cseq, now);
                 let tag = crate::build::new_tag();
                 Admit::Answer(crate::build::response(
                     req,
@@ -114,14 +120,14 @@ impl Inbound {
                     None,
                 ))
             }
-            Method::Ack if gate.recent.contains(&info.call_id, info.cseq) => {
+            Method::Ack if gate.recent.contains(&info.call_id, info.cseq, now) => {
                 self.metrics.refused_repeats_dropped.inc();
                 Admit::Drop
             }
             // A caller that counts the 503 as a failure may CANCEL the INVITE (SIPp
             // does): it is answered here, without a transaction, as the core would
             // (no such transaction), so it neither queues nor retransmits for 32 s.
-            Method::Cancel if gate.recent.contains(&info.call_id, info.cseq) => {
+            Method::Cancel if gate.recent.contains(&info.call_id, info.cseq, now) => {
                 self.metrics.refused_repeats_dropped.inc();
                 let tag = crate::build::new_tag();
                 Admit::Answer(crate::build::response(req, 481, Some(&tag), &[], None))
@@ -168,8 +174,9 @@ impl Inbound {
         match parse(data) {
             Ok((msg, info)) => {
                 let shard = self.shards.of(&info.call_id);
+                let now = std::time::Instant::now();
                 if let SipMessage::Request(req) = &msg {
-                    match self.admit(req, &info, shard) {
+                    match self.admit(req, &info, shard, now) {
                         Admit::Queue => {}
                         Admit::Drop => return None,
                         Admit::Answer(reply) => return Some(reply),
@@ -184,7 +191,7 @@ impl Inbound {
                     info,
                     peer,
                     cost,
-                    queued_at: std::time::Instant::now(),
+                    queued_at: now,
                 };
                 // `shards` and `tx` are made together: every shard has its queue.
                 let sent = match self.tx.get(shard) {
