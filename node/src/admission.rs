@@ -2,7 +2,7 @@
 //! trunk (403), hop count (483), tracking number (404), SDP offer (488), then capacity
 //! — draining node, node-wide call cap, trunk channel and call-rate caps — answered
 //! 503 with Retry-After. A call over its trunk's rate whose turn comes within the
-//! trunk's shaping delay is started late instead of refused. An admitted call is handed to the supervisor to spawn.
+//! trunk's shaping delay is started late instead of refused. An admitted call's task is started here (see `supervisor::Calls`).
 
 use crate::call::{identify_caller, CallArgs};
 use crate::clock::now_ms;
@@ -11,7 +11,7 @@ use crate::decide::caller::normalize;
 use crate::decide::rate::TokenBucket;
 use crate::directory::Directory;
 use crate::metrics::{RejectLabel, TrunkLabel};
-use crate::supervisor::SupervisorMsg;
+use crate::supervisor::{Calls, SupervisorMsg};
 use ractor::ActorRef;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -23,6 +23,7 @@ pub struct Admission {
     pub ctx: Arc<NodeContext>,
     pub directory: Directory,
     pub supervisor: ActorRef<SupervisorMsg>,
+    pub calls: Arc<Calls>,
     pub cps: Vec<Option<Mutex<TokenBucket>>>,
 }
 
@@ -31,6 +32,7 @@ impl Admission {
         ctx: Arc<NodeContext>,
         directory: Directory,
         supervisor: ActorRef<SupervisorMsg>,
+        calls: Arc<Calls>,
     ) -> Admission {
         let now = Instant::now();
         let cps = ctx
@@ -43,6 +45,7 @@ impl Admission {
             ctx,
             directory,
             supervisor,
+            calls,
             cps,
         }
     }
@@ -178,20 +181,8 @@ impl InviteHandler for Admission {
                 .send_after(wait, move || SupervisorMsg::Spawn(args));
             return Ok(());
         }
-        match self
-            .supervisor
-            .send_message(SupervisorMsg::Spawn(Box::new(args)))
-        {
-            Ok(()) => Ok(()),
-            // A closed mailbox hands the message back: answer the INVITE with it.
-            Err(ractor::MessagingErr::SendErr(SupervisorMsg::Spawn(args))) => {
-                self.refuse(503, "supervisor_down", args.invite)
-            }
-            Err(e) => {
-                tracing::error!(%e, "call supervisor unreachable; INVITE dropped");
-                Ok(())
-            }
-        }
+        self.calls.spawn(args);
+        Ok(())
     }
 }
 

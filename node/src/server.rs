@@ -521,10 +521,12 @@ pub async fn run(
         draining: AtomicBool::new(false),
         checkpoints: config.cluster.listen.is_some() && config.cluster.checkpoints,
     });
+    let calls = Arc::new(crate::supervisor::Calls::default());
     let (supervisor, supervisor_handle) = Actor::spawn(
         Some("call-supervisor".into()),
         CallSupervisor {
             ctx: ctx.clone(),
+            calls: calls.clone(),
             max_call: Duration::from_secs(config.node.max_call_seconds),
         },
         (),
@@ -557,6 +559,7 @@ pub async fn run(
         ctx.clone(),
         directory.clone(),
         supervisor.clone(),
+        calls,
     ));
 
     let api_state = Arc::new(ApiState {

@@ -1,8 +1,10 @@
-//! The per-node call supervisor: spawns call tasks (see `call::task`), hears how each
-//! ended, and cleans up after one that panicked or was stopped — the caller gets a 500
-//! if still unanswered, the call's routes and media are released (its state drops),
-//! and a `failed` log record is written, so no call is ever lost from the logs. A
-//! sweep ends calls older than `node.max_call_seconds`.
+//! The node's running calls ([`Calls`]) and their supervisor. A call task is started
+//! through [`Calls`], which hears how it ended and cleans up after one that panicked or
+//! was stopped — the caller gets a 500 if still unanswered, the call's routes and media
+//! are released (its state drops), and a `failed` log record is written, so no call is
+//! ever lost from the logs. The supervisor actor acts on all calls at once (drain,
+//! shutdown, takeover, hand-over) and its sweep ends calls older than
+//! `node.max_call_seconds`.
 
 use crate::call::{failed_record, CallArgs, CallRef, CallSeed, Exit};
 use crate::context::NodeContext;
@@ -10,15 +12,15 @@ use futures_util::FutureExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub enum SupervisorMsg {
+    /// Starts a call later (a trunk's shaping delay); admission starts the others itself
+    /// through [`Calls::spawn`].
     Spawn(Box<CallArgs>),
     /// Runs a call claimed from another node (see `call::takeover`).
     Resume(Box<crate::call::takeover::ResumeArgs>),
-    /// A call task ended (its number here, and how).
-    Exited(u64, Exit),
     Sweep,
     /// Ends every call now, for this reason (see `CallMsg::End`).
     EndAll(&'static str),
@@ -42,177 +44,211 @@ pub enum SupervisorMsg {
 /// cluster, turns off ractor's blanket `Message` impl, so local message types say so.
 impl ractor::Message for SupervisorMsg {}
 
-pub struct CallSupervisor {
-    pub ctx: Arc<NodeContext>,
-    pub max_call: Duration,
+/// The calls running on this node. Admission (on the SIP core's task) starts a call
+/// here directly, and the call's task takes itself out when it ends: a call's start
+/// and end no longer pass through one actor's mailbox (that hop was one of five a
+/// setup crossed, and one task every call of the node queued behind). The lock is
+/// held only to insert, remove or walk the table, never across an await.
+#[derive(Default)]
+pub struct Calls {
+    table: Mutex<Table>,
 }
 
-pub struct SupervisorState {
+#[derive(Default)]
+struct Table {
     calls: HashMap<u64, (CallSeed, CallRef)>,
     next: u64,
+}
+
+impl Calls {
+    fn table(&self) -> std::sync::MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Enters a call in the table; its number and its inbox.
+    fn enter(&self, ctx: &NodeContext, seed: CallSeed) -> (u64, CallRef) {
+        let calls = &ctx.metrics.calls;
+        let me = CallRef::new(
+            calls.mailbox_messages.clone(),
+            calls.mailbox_dropped.clone(),
+        );
+        let mut t = self.table();
+        let n = t.next;
+        t.next += 1;
+        t.calls.insert(n, (seed, me.clone()));
+        (n, me)
+    }
+
+    /// Starts a new call's task.
+    pub fn spawn(self: &Arc<Self>, args: CallArgs) {
+        let ctx = args.ctx.clone();
+        let (n, me) = self.enter(&ctx, CallSeed::new(&args));
+        let calls = self.clone();
+        tokio::spawn(async move {
+            // Panics of the call's handlers are caught inside `run`; this also catches
+            // one while it starts.
+            let exit = std::panic::AssertUnwindSafe(crate::call::run(args, me))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|p| Exit::Panicked(crate::call::panic_text(&*p)));
+            calls.exited(&ctx, n, exit);
+        });
+    }
+
+    /// Starts the task of a call claimed from another node.
+    pub fn resume(self: &Arc<Self>, args: crate::call::takeover::ResumeArgs) {
+        let ctx = args.ctx.clone();
+        let (n, me) = self.enter(&ctx, CallSeed::resumed(&args));
+        let calls = self.clone();
+        tokio::spawn(async move {
+            let exit = std::panic::AssertUnwindSafe(crate::call::takeover::resume(args, me))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|p| Exit::Panicked(crate::call::panic_text(&*p)));
+            calls.exited(&ctx, n, exit);
+        });
+    }
+
+    /// A call's task ended: out of the table, and logged as failed if it did not log
+    /// itself. A call [`Calls::abandon`] already took out is left alone.
+    fn exited(&self, ctx: &NodeContext, n: u64, exit: Exit) {
+        let Some((seed, _)) = self.table().calls.remove(&n) else {
+            return;
+        };
+        match exit {
+            Exit::Done | Exit::Stopped => {
+                if !seed.logged.load(Ordering::Acquire) {
+                    clean_up(ctx, &seed, None);
+                }
+            }
+            Exit::Panicked(e) | Exit::Failed(e) => {
+                tracing::error!(call_id = %seed.id, error = %e, "call failed");
+                clean_up(ctx, &seed, None);
+            }
+        }
+    }
+
+    /// Calls `f` on every running call; answers how many there were.
+    fn each(&self, mut f: impl FnMut(&CallSeed, &CallRef)) -> usize {
+        let t = self.table();
+        for (seed, me) in t.calls.values() {
+            f(seed, me);
+        }
+        t.calls.len()
+    }
+
+    /// Takes every running call out of the table.
+    fn take_all(&self) -> HashMap<u64, (CallSeed, CallRef)> {
+        std::mem::take(&mut self.table().calls)
+    }
+}
+
+pub struct CallSupervisor {
+    pub ctx: Arc<NodeContext>,
+    pub calls: Arc<Calls>,
+    pub max_call: Duration,
 }
 
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
 
 impl Actor for CallSupervisor {
     type Msg = SupervisorMsg;
-    type State = SupervisorState;
+    type State = ();
     type Arguments = ();
 
     async fn pre_start(
         &self,
         myself: ActorRef<SupervisorMsg>,
         _: (),
-    ) -> Result<SupervisorState, ActorProcessingErr> {
+    ) -> Result<(), ActorProcessingErr> {
         myself.send_interval(SWEEP_EVERY, || SupervisorMsg::Sweep);
-        Ok(SupervisorState {
-            calls: HashMap::new(),
-            next: 0,
-        })
+        Ok(())
     }
 
     async fn handle(
         &self,
-        myself: ActorRef<SupervisorMsg>,
+        _: ActorRef<SupervisorMsg>,
         msg: SupervisorMsg,
-        state: &mut SupervisorState,
+        _: &mut (),
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            SupervisorMsg::Spawn(args) => {
-                let seed = CallSeed::new(&args);
-                let calls = &self.ctx.metrics.calls;
-                let me = CallRef::new(
-                    calls.mailbox_messages.clone(),
-                    calls.mailbox_dropped.clone(),
-                );
-                let n = state.next;
-                state.next += 1;
-                state.calls.insert(n, (seed, me.clone()));
-                let sup = myself.clone();
-                tokio::spawn(async move {
-                    // Panics of the call's handlers are caught inside `run`; this also
-                    // catches one while it starts.
-                    let exit = std::panic::AssertUnwindSafe(crate::call::run(*args, me))
-                        .catch_unwind()
-                        .await
-                        .unwrap_or_else(|p| Exit::Panicked(crate::call::panic_text(&*p)));
-                    let _ = sup.send_message(SupervisorMsg::Exited(n, exit));
-                });
-            }
-            SupervisorMsg::Resume(args) => {
-                let seed = CallSeed::resumed(&args);
-                let calls = &self.ctx.metrics.calls;
-                let me = CallRef::new(
-                    calls.mailbox_messages.clone(),
-                    calls.mailbox_dropped.clone(),
-                );
-                let n = state.next;
-                state.next += 1;
-                state.calls.insert(n, (seed, me.clone()));
-                let sup = myself.clone();
-                tokio::spawn(async move {
-                    let exit =
-                        std::panic::AssertUnwindSafe(crate::call::takeover::resume(*args, me))
-                            .catch_unwind()
-                            .await
-                            .unwrap_or_else(|p| Exit::Panicked(crate::call::panic_text(&*p)));
-                    let _ = sup.send_message(SupervisorMsg::Exited(n, exit));
-                });
-            }
-            SupervisorMsg::Exited(n, exit) => {
-                let Some((seed, _)) = state.calls.remove(&n) else {
-                    return Ok(());
-                };
-                match exit {
-                    Exit::Done | Exit::Stopped => {
-                        if !seed.logged.load(Ordering::Acquire) {
-                            self.clean_up(&seed, None);
-                        }
-                    }
-                    Exit::Panicked(e) | Exit::Failed(e) => {
-                        tracing::error!(call_id = %seed.id, error = %e, "call failed");
-                        self.clean_up(&seed, None);
-                    }
-                }
-            }
+            SupervisorMsg::Spawn(args) => self.calls.spawn(*args),
+            SupervisorMsg::Resume(args) => self.calls.resume(*args),
             #[cfg(test)]
             SupervisorMsg::CrashAll => {
-                for (_, me) in state.calls.values() {
+                self.calls.each(|_, me| {
                     let _ = me.send_message(crate::call::CallMsg::Crash);
-                }
+                });
             }
             SupervisorMsg::EndAll(reason) => {
-                for (_, me) in state.calls.values() {
+                self.calls.each(|_, me| {
                     let _ = me.send_message(crate::call::CallMsg::End(reason));
-                }
+                });
             }
             SupervisorMsg::FinishAll => {
-                for (_, me) in state.calls.values() {
+                self.calls.each(|_, me| {
                     let _ = me.send_message(crate::call::CallMsg::EndGuard);
-                }
+                });
             }
             SupervisorMsg::Abandon(reason, reply) => {
-                let left = std::mem::take(&mut state.calls);
+                let left = self.calls.take_all();
                 for (seed, me) in left.values() {
                     if !seed.logged.swap(true, Ordering::AcqRel) {
                         tracing::warn!(call_id = %seed.id, reason, "call still running at shutdown: logged as failed");
-                        self.clean_up(seed, Some(reason));
+                        clean_up(&self.ctx, seed, Some(reason));
                     }
                     me.stop();
                 }
                 let _ = reply.send(left.len());
             }
             SupervisorMsg::VanishAll(reply) => {
-                for (seed, me) in state.calls.values() {
+                let n = self.calls.each(|seed, me| {
                     // Marked here too, so that a call that cannot take the message
                     // (its inbox closing) is not logged by its exit either.
                     seed.logged.store(true, Ordering::Release);
                     let _ = me.send_message(crate::call::CallMsg::Vanish);
-                }
-                let _ = reply.send(state.calls.len());
+                });
+                let _ = reply.send(n);
             }
             SupervisorMsg::HandedOff(ids) => {
                 let ids: std::collections::HashSet<String> = ids.into_iter().collect();
-                for (seed, me) in state.calls.values() {
+                self.calls.each(|seed, me| {
                     if ids.contains(&seed.id) {
                         seed.logged.store(true, Ordering::Release);
                         let _ = me.send_message(crate::call::CallMsg::Vanish);
                     }
-                }
+                });
             }
             SupervisorMsg::Sweep => {
-                for (seed, me) in state.calls.values() {
+                self.calls.each(|seed, me| {
                     if seed.started.elapsed() > self.max_call {
                         tracing::warn!(call_id = %seed.id, "call exceeded node.max_call_seconds; stopping it");
                         me.stop();
                     }
-                }
+                });
             }
         }
         Ok(())
     }
 }
 
-impl CallSupervisor {
-    fn clean_up(&self, seed: &CallSeed, end_reason: Option<&str>) {
-        self.ctx.metrics.calls.actor_failures.inc();
-        // Only sent if the INVITE is still unanswered; the transaction layer drops it otherwise.
-        self.ctx.endpoint.send(tsunagu_sip::Command::Fail {
-            key: seed.key.clone(),
-            code: 500,
-            call_id: seed.a_call_id.clone(),
-        });
-        self.ctx.endpoint.unregister(&seed.a_call_id);
-        self.ctx
-            .log
-            .write(failed_record(&self.ctx, seed, end_reason));
-        self.ctx
-            .metrics
-            .calls
-            .ended
-            .get_or_create(&crate::metrics::ResultLabel { result: "failed" })
-            .inc();
-    }
+/// What a call that could not finish itself leaves to do: the caller's 500 if still
+/// unanswered, its routes dropped, a `failed` record.
+fn clean_up(ctx: &NodeContext, seed: &CallSeed, end_reason: Option<&str>) {
+    ctx.metrics.calls.actor_failures.inc();
+    // Only sent if the INVITE is still unanswered; the transaction layer drops it otherwise.
+    ctx.endpoint.send(tsunagu_sip::Command::Fail {
+        key: seed.key.clone(),
+        code: 500,
+        call_id: seed.a_call_id.clone(),
+    });
+    ctx.endpoint.unregister(&seed.a_call_id);
+    ctx.log.write(failed_record(ctx, seed, end_reason));
+    ctx.metrics
+        .calls
+        .ended
+        .get_or_create(&crate::metrics::ResultLabel { result: "failed" })
+        .inc();
 }
 
 #[cfg(test)]
@@ -344,10 +380,12 @@ mod tests {
             draining: AtomicBool::new(false),
             checkpoints: true,
         });
+        let calls = Arc::new(Calls::default());
         let (sup, _) = Actor::spawn(
             None,
             CallSupervisor {
                 ctx: ctx.clone(),
+                calls: calls.clone(),
                 max_call,
             },
             (),
@@ -358,6 +396,7 @@ mod tests {
             ctx.clone(),
             Directory::load(store.clone()).unwrap(),
             sup.clone(),
+            calls,
         ));
 
         let node = endpoint.local(tsunagu_sip::Transport::Udp).unwrap();

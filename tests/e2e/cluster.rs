@@ -504,6 +504,7 @@ fn nodes_without_the_cluster_certificate_or_secret_cannot_join() {
     c.start(1, GOOD);
     // A connection that never completes its TLS handshake must not stop anyone.
     let _silent = std::net::TcpStream::connect(("127.0.0.1", c.cluster_port)).unwrap();
+    oversized_frame_is_cut_off(&c);
     c.start(
         2,
         Joining {
@@ -547,6 +548,74 @@ fn nodes_without_the_cluster_certificate_or_secret_cannot_join() {
     drop(c.members);
     good.start(2, GOOD);
     good.wait_formed();
+}
+
+/// A peer holding a member's certificate (not the secret) announces a frame one byte
+/// over the 4 MiB bound (`cluster::net`'s `MAX_FRAME`; ractor_cluster's own default is
+/// 16 MiB, under which the node would wait for the 4 MiB to come): the node closes
+/// the connection at the length, before it reads or allocates anything. A second
+/// peer with the same certificate that announces a small frame is still connected
+/// then (so the first was cut for its length, not for its certificate).
+fn oversized_frame_is_cut_off(c: &TestCluster) {
+    let mut small = member_peer(c, 16);
+    let mut big = member_peer(c, 4 * 1024 * 1024 + 1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while big.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = big.kill();
+            let _ = small.kill();
+            panic!("the node kept a connection that announced an oversized frame");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        small.try_wait().unwrap().is_none(),
+        "the node also cut the peer that announced a small frame"
+    );
+    let _ = small.kill();
+    let _ = small.wait();
+}
+
+/// A TLS peer (Python's `ssl`) connected to node 1's cluster port with node 3's
+/// certificate, its handshake done, having sent a frame length of `len` and nothing
+/// more; it then waits to read, so only the node can end the connection (and the
+/// process exits when it does).
+fn member_peer(c: &TestCluster, len: u64) -> std::process::Child {
+    use std::io::BufRead;
+    require_tool("python3");
+    const PEER: &str = r#"
+import socket, ssl, sys
+port, cert, key, ca, length = sys.argv[1:6]
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+ctx.load_cert_chain(cert, key)
+ctx.load_verify_locations(ca)
+t = ctx.wrap_socket(socket.create_connection(("127.0.0.1", int(port))), server_hostname="127.0.0.1")
+print("ready", t.version(), flush=True)
+t.sendall(int(length).to_bytes(8, "big"))
+try:
+    while t.recv(4096):
+        pass
+except OSError:
+    pass
+"#;
+    let file = |n: &str| c.path(n).display().to_string();
+    let mut peer = Command::new("python3")
+        .args(["-c", PEER])
+        .arg(c.cluster_port.to_string())
+        .args([file("n3.pem"), file("n3.key"), file("ca.pem")])
+        .arg(len.to_string())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut line = String::new();
+    std::io::BufReader::new(peer.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(
+        line.starts_with("ready"),
+        "no TLS handshake with the node: {line:?}"
+    );
+    peer
 }
 
 /// Number leases are compare-and-set in the shared store: issuers on three nodes at
