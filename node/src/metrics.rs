@@ -68,7 +68,7 @@ pub struct CallMetrics {
     pub ring_seconds: Histogram,
     pub talk_seconds: Histogram,
     pub setup_seconds: Histogram,
-    /// Admission → the call's task running (the supervisor's queue and the runtime's).
+    /// Admission → the call's task running (the runtime's queue).
     pub start_delay_seconds: Histogram,
     pub actor_failures: Counter,
     pub log_pending: Gauge,
@@ -310,6 +310,9 @@ impl Metrics {
             );
         }
         let c = &self.calls;
+        for outcome in ["resumed", "failed"] {
+            drop(c.takeovers.get_or_create(&OutcomeLabel { outcome }));
+        }
         for purpose in [
             "closed",
             "recording_notice",
@@ -391,7 +394,7 @@ impl Metrics {
         );
         r.register(
             "call_start_delay_seconds",
-            "Time from a call's admission (100 Trying) to its task running: the call supervisor's queue and the runtime's (and, for a call shaped by its trunk's max_cps, its shaping wait); growing, new calls wait to start",
+            "Time from a call's admission (100 Trying) to its task running: the runtime's queue (and, for a call shaped by its trunk's max_cps, its shaping wait); growing, new calls wait to start",
             c.start_delay_seconds.clone(),
         );
         r.register("call_actor_failures", "Call actors that panicked or were killed; their calls were cleaned up and logged as failed", c.actor_failures.clone());

@@ -285,9 +285,7 @@ impl Call {
                     ivr.wait += 1;
                     let wait = ivr.wait;
                     let seconds = u64::from(ivr.menu.timeout_seconds.max(1));
-                    self.me.send_after(Duration::from_secs(seconds), move || {
-                        CallMsg::IvrTimeout(wait)
-                    });
+                    self.after(Duration::from_secs(seconds), CallMsg::IvrTimeout(wait));
                 }
             }
             After::IvrMenu => self.play_menu(),
@@ -298,10 +296,10 @@ impl Call {
                     .as_ref()
                     .map(|j| j.seconds)
                     .unwrap_or(5);
-                self.me
-                    .send_after(Duration::from_secs(u64::from(seconds.max(1))), || {
-                        CallMsg::JudgementTimeout
-                    });
+                self.after(
+                    Duration::from_secs(u64::from(seconds.max(1))),
+                    CallMsg::JudgementTimeout,
+                );
             }
         }
     }

@@ -14,6 +14,7 @@ mod reliable;
 mod session;
 pub mod takeover;
 mod task;
+mod timers;
 
 pub use task::{panic_text, CallRef, Exit};
 
@@ -103,7 +104,7 @@ pub struct CallArgs {
     pub logged: Arc<AtomicBool>,
 }
 
-/// What the supervisor keeps about a running call, to clean up if its actor dies: a
+/// What the call table keeps about a running call, to clean up if its actor dies: a
 /// few fields, not a copy of the INVITE (the 500 is made from the transaction's own
 /// last provisional response, see `tsunagu_sip::Command::Fail`).
 pub struct CallSeed {
@@ -118,7 +119,7 @@ pub struct CallSeed {
 }
 
 impl CallSeed {
-    /// What the supervisor keeps of a call claimed from another node.
+    /// What the call table keeps of a call claimed from another node.
     pub fn resumed(args: &takeover::ResumeArgs) -> CallSeed {
         let r = &args.record;
         CallSeed {
@@ -247,10 +248,12 @@ pub struct Call {
     attempts: Vec<tsunagu_store::Attempt>,
     /// The session timer once answered: (interval, refresh generation).
     session: Option<(u32, u32)>,
+    /// The call's pending timers (see `timers`).
+    timers: timers::Timers,
     /// The current attempt's ring timer.
-    ring_timer: Option<RingTimer>,
-    /// The `sip.max_ring_seconds` guard's task, dropped at answer and at the end.
-    ring_guard: Option<tokio::task::JoinHandle<()>>,
+    ring_timer: Option<timers::TimerId>,
+    /// The `sip.max_ring_seconds` guard, cancelled at answer and at the end.
+    ring_guard: Option<timers::TimerId>,
     /// Why the call ended when the parties did not end it (the log's `end_reason`).
     end_reason: Option<&'static str>,
     /// Each party's media address and telephone-event type, from its SDP (caller,
@@ -280,8 +283,6 @@ pub fn identify_caller(req: &Request, trusted: bool) -> Caller {
     )
 }
 
-type RingTimer = tokio::task::JoinHandle<()>;
-
 /// Runs one call from its INVITE to its end (see [`task`]); returns how it ended.
 pub async fn run(args: CallArgs, me: CallRef) -> Exit {
     args.ctx
@@ -297,9 +298,35 @@ pub async fn run(args: CallArgs, me: CallRef) -> Exit {
 
 /// Hands the call its messages until it is done (see [`task`]).
 async fn drive(mut call: Call, me: CallRef) -> Exit {
+    // One sleep for the call's earliest timer, moved (not made anew) when that changes.
+    let sleep = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(sleep);
+    let mut armed: Option<Instant> = None;
     let exit = loop {
-        let Some(msg) = me.next().await else {
+        if me.is_stopped() {
             break Exit::Stopped;
+        }
+        let msg = match call.timers.pop_due(Instant::now()) {
+            Some(due) => due,
+            None => match call.timers.next_due() {
+                None => match me.next().await {
+                    Some(msg) => msg,
+                    None => break Exit::Stopped,
+                },
+                Some(at) => {
+                    if armed != Some(at) {
+                        sleep.as_mut().reset(at.into());
+                        armed = Some(at);
+                    }
+                    tokio::select! {
+                        msg = me.next() => match msg {
+                            Some(msg) => msg,
+                            None => break Exit::Stopped,
+                        },
+                        () = sleep.as_mut() => continue,
+                    }
+                }
+            },
         };
         let span = call.span.clone();
         let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -434,6 +461,7 @@ impl Call {
             talk_end: None,
             attempts: Vec::new(),
             session: None,
+            timers: timers::Timers::default(),
             ring_timer: None,
             ring_guard: None,
             end_reason: None,
@@ -492,7 +520,7 @@ impl Call {
         tracing::debug!("call started");
         self.ctx.metrics.calls.started.inc();
         let left = self.ctx.max_ring.saturating_sub(self.started.elapsed());
-        self.ring_guard = Some(self.me.send_after(left, || CallMsg::RingGuard));
+        self.ring_guard = Some(self.after(left, CallMsg::RingGuard));
         self.ctx.log.active(self.progress_record(), None);
         self.emit(EventKind::Started);
         match gate(
@@ -650,9 +678,9 @@ impl Call {
         self.b = Some(b);
         self.ringback();
         let n = self.attempt;
-        let timer = self.me.send_after(
+        let timer = self.after(
             Duration::from_secs(u64::from(dest.ring_seconds.max(1))),
-            move || CallMsg::RingTimeout(n),
+            CallMsg::RingTimeout(n),
         );
         self.stop_ring_timer();
         self.ring_timer = Some(timer);
@@ -660,19 +688,28 @@ impl Call {
         self.checkpoint_now(false);
     }
 
-    /// Drops the ring timer's task at once (an answered call keeps no timer task for
-    /// the rest of its ring time).
+    /// Cancels the current attempt's ring timer.
     fn stop_ring_timer(&mut self) {
         if let Some(t) = self.ring_timer.take() {
-            t.abort();
+            self.timers.cancel(t);
         }
     }
 
-    /// Drops the `sip.max_ring_seconds` guard (the call was answered or is over).
+    /// Cancels the `sip.max_ring_seconds` guard (the call was answered or is over).
     fn stop_ring_guard(&mut self) {
         if let Some(t) = self.ring_guard.take() {
-            t.abort();
+            self.timers.cancel(t);
         }
+    }
+
+    /// `msg` comes to this call after `delay` (one of its own timers, see `timers`).
+    fn after(&mut self, delay: Duration, msg: CallMsg) -> timers::TimerId {
+        let now = Instant::now();
+        // A delay too far to add (none configurable is) waits a year.
+        let at = now
+            .checked_add(delay)
+            .unwrap_or(now + Duration::from_secs(365 * 86_400));
+        self.timers.at(at, msg)
     }
 
     /// The route's trunks for a destination, those marked down by keepalives skipped.
@@ -1342,7 +1379,7 @@ impl Call {
     /// Enters Ending: the call finishes when the far end confirms, or at the guard timer.
     fn end_and_wait(&mut self) {
         self.phase = Phase::Ending;
-        self.me.send_after(self.ctx.end_guard, || CallMsg::EndGuard);
+        self.after(self.ctx.end_guard, CallMsg::EndGuard);
     }
 
     /// The node ends the call (see [`CallMsg::End`]).
@@ -1673,7 +1710,7 @@ fn routed_to(number: &TrackingNumber, destination: Option<Destination>) -> Arc<T
 }
 
 /// The record of a call whose actor died (or was abandoned at shutdown, with
-/// `end_reason`): what the supervisor knows, result `failed`.
+/// `end_reason`): what the call table knows, result `failed`.
 pub fn failed_record(ctx: &NodeContext, seed: &CallSeed, end_reason: Option<&str>) -> LogEntry {
     let mut record = base_record(
         ctx,

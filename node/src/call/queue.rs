@@ -121,7 +121,7 @@ impl Call {
             self.a.respond(&ep, 180, None);
         }
         let wait = Duration::from_secs(u64::from(self.max_wait()));
-        self.me.send_after(wait, || CallMsg::QueueTimeout);
+        self.after(wait, CallMsg::QueueTimeout);
     }
 
     /// The owner answered the request for a line of `key`.

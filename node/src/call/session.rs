@@ -70,9 +70,7 @@ impl Call {
         }
         let generation = generation + 1;
         self.session = Some((interval, generation));
-        self.me.send_after(check_after(interval), move || {
-            CallMsg::SessionCheck(generation)
-        });
+        self.after(check_after(interval), CallMsg::SessionCheck(generation));
     }
 
     /// A 2xx to a relayed refresh: restart the clock (with the interval it names).

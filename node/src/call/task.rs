@@ -3,8 +3,8 @@
 //! actor per call: ractor gives every actor two unbounded channels whose first 32-slot
 //! blocks alone were 4.4 KiB per call (measured with heaptrack), more than half of a
 //! held call's memory; the inbox here allocates only when a message is queued. The
-//! call supervisor stays a ractor actor (one per node); a call task tells it how it
-//! ended ([`Exit`]), panics included, so a failed call is still answered and logged.
+//! node's call table (`supervisor::Calls`) hears how a call task ended ([`Exit`]),
+//! panics included, so a failed call is still answered and logged.
 //! The inbox is bounded for what arrives from the network ([`CallRef::deliver`]): a
 //! peer flooding one dialog cannot grow a call without limit (the transaction layer has
 //! already absorbed retransmissions; what is dropped here the sender retransmits).
@@ -97,6 +97,11 @@ impl CallRef {
             tokio::time::sleep(delay).await;
             let _ = me.send_message(msg());
         })
+    }
+
+    /// Whether the call was told to stop (or has ended).
+    pub(super) fn is_stopped(&self) -> bool {
+        self.0.stopped.load(Ordering::Acquire)
     }
 
     /// Ends the call's task at its next message (whatever state it is in).
