@@ -303,30 +303,34 @@ async fn drive(mut call: Call, me: CallRef) -> Exit {
     tokio::pin!(sleep);
     let mut armed: Option<Instant> = None;
     let exit = loop {
-        if me.is_stopped() {
-            break Exit::Stopped;
-        }
-        let msg = match call.timers.pop_due(Instant::now()) {
-            Some(due) => due,
-            None => match call.timers.next_due() {
-                None => match me.next().await {
-                    Some(msg) => msg,
-                    None => break Exit::Stopped,
-                },
-                Some(at) => {
-                    if armed != Some(at) {
-                        sleep.as_mut().reset(at.into());
-                        armed = Some(at);
-                    }
-                    tokio::select! {
-                        msg = me.next() => match msg {
-                            Some(msg) => msg,
-                            None => break Exit::Stopped,
-                        },
-                        () = sleep.as_mut() => continue,
+        let msg = match call.timers.next_due() {
+            None => me.next().await,
+            Some(at) if at <= Instant::now() => {
+                // Due timers join the inbox behind what came before them, as when each
+                // was a task of its own: first come, first handled, and a peer that
+                // keeps the inbox full cannot hold a timer back.
+                while let Some(due) = call.timers.pop_due(Instant::now()) {
+                    let _ = me.send_message(due);
+                }
+                me.next().await
+            }
+            Some(at) => {
+                if armed != Some(at) {
+                    sleep.as_mut().reset(at.into());
+                    armed = Some(at);
+                }
+                tokio::select! {
+                    biased;
+                    msg = me.next() => msg,
+                    () = sleep.as_mut() => {
+                        armed = None;
+                        continue;
                     }
                 }
-            },
+            }
+        };
+        let Some(msg) = msg else {
+            break Exit::Stopped;
         };
         let span = call.span.clone();
         let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {

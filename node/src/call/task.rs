@@ -99,11 +99,6 @@ impl CallRef {
         })
     }
 
-    /// Whether the call was told to stop (or has ended).
-    pub(super) fn is_stopped(&self) -> bool {
-        self.0.stopped.load(Ordering::Acquire)
-    }
-
     /// Ends the call's task at its next message (whatever state it is in).
     pub fn stop(&self) {
         self.0.stopped.store(true, Ordering::Release);
