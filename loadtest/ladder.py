@@ -23,9 +23,10 @@ whether signalling is bound by one shard (near 100 %) or by the CPU as a whole.
 --node-cpus/--sipp-cpus pin the node and SIPp with taskset (the node then sizes its
 runtime and its shards, sip.shards = 0, to the CPUs it is given), --shards sets
 sip.shards: e.g. one core against two for the scaling of the sharded SIP core.
+--workers sets node.worker_threads (the runtime's threads).
 
 Usage: python3 loadtest/ladder.py [--rates 100,200,500] [--seconds 10] [--hold-ms 1000]
-       [--node-cpus 0] [--sipp-cpus 1] [--shards N]
+       [--node-cpus 0] [--sipp-cpus 1] [--shards N] [--workers N]
 """
 import argparse, json, os, re, shutil, signal, statistics, subprocess, sys, tempfile, time, urllib.request
 
@@ -123,6 +124,7 @@ def main():
     ap.add_argument("--node-cpus", default="", help="taskset -c list for the node (e.g. 0 or 0,1)")
     ap.add_argument("--sipp-cpus", default="", help="taskset -c list for the SIPp UAC and UAS")
     ap.add_argument("--shards", type=int, default=0, help="sip.shards (0 = one per CPU the node may use)")
+    ap.add_argument("--workers", type=int, default=0, help="node.worker_threads (0 = one per CPU the node may use)")
     ap.add_argument("--overload-ms", type=int, default=0, help="sip.overload_queue_delay_ms (0 = the default)")
     args = ap.parse_args()
     node_pin = ["taskset", "-c", args.node_cpus] if args.node_cpus else []
@@ -139,6 +141,7 @@ def main():
 [node]
 id = "ladder"
 data_dir = "{work}/data"
+{f"worker_threads = {args.workers}" if args.workers else ""}
 [sip]
 listen = ["udp:127.0.0.1:5060", "tcp:127.0.0.1:5060"]
 {f"shards = {args.shards}" if args.shards else ""}

@@ -56,6 +56,11 @@ pub struct NodeConfig {
     /// every part of a recording even while the node that recorded a part is down.
     #[serde(default)]
     pub recordings_dir: Option<PathBuf>,
+    /// Threads of the runtime that runs calls, media and the API; 0 = one per CPU the
+    /// node may use. Fewer wake each other less: on a host shared by several nodes, or
+    /// well below a node's capacity, 1 costs less CPU per call (see README).
+    #[serde(default)]
+    pub worker_threads: usize,
 }
 
 impl NodeConfig {
@@ -76,6 +81,7 @@ impl Default for NodeConfig {
             max_calls: default_max_calls(),
             max_call_seconds: default_max_call_seconds(),
             recordings_dir: None,
+            worker_threads: 0,
         }
     }
 }

@@ -246,6 +246,14 @@ impl Config {
                 "must be 1 to 86400 seconds".into(),
             );
         }
+        // A thread per core at most is useful; this only stops a typo from starting
+        // thousands.
+        if self.node.worker_threads > 1024 {
+            err(
+                "node.worker_threads".into(),
+                "must be 0 (one per CPU) to 1024".into(),
+            );
+        }
         // Each shard is a task and a queue; past one per core they only add queues.
         if self.sip.shards > 64 {
             err("sip.shards".into(), "must be 0 (one per CPU) to 64".into());
@@ -679,6 +687,7 @@ mod tests {
             ("tls missing key", "[sip.tls]\ncert_file = \"c.pem\"\n", &["sip.tls"]),
             ("no session floor", "[sip]\nmin_session_expires = 0\n", &["sip.min_session_expires"]),
             ("no ring at all", "[sip]\nmax_ring_seconds = 0\n", &["sip.max_ring_seconds"]),
+            ("thousands of threads", "[node]\nworker_threads = 1025\n", &["node.worker_threads"]),
             (
                 "sip edge limits",
                 "[sip]\nincoming_queue_bytes = 100\noverload_queue_delay_ms = 1000\nshards = 65\ntcp_max_connections = 0\ntcp_max_connections_per_source = 0\ntcp_idle_timeout_seconds = 0\n",

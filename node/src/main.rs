@@ -130,10 +130,11 @@ fn serve(file: Option<PathBuf>) -> ExitCode {
     };
     init_tracing(&config);
     raise_descriptor_limit();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if config.node.worker_threads > 0 {
+        builder.worker_threads(config.node.worker_threads);
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");
