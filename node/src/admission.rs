@@ -2,7 +2,8 @@
 //! trunk (403), hop count (483), tracking number (404), SDP offer (488), then capacity
 //! — draining node, node-wide call cap, trunk channel and call-rate caps — answered
 //! 503 with Retry-After. A call over its trunk's rate whose turn comes within the
-//! trunk's shaping delay is started late instead of refused. An admitted call's task is started here (see `supervisor::Calls`).
+//! trunk's shaping delay is started late instead of refused. An admitted call's task
+//! is started here, through the node's call table (`supervisor::Calls`).
 
 use crate::call::{identify_caller, CallArgs};
 use crate::clock::now_ms;
@@ -11,8 +12,7 @@ use crate::decide::caller::normalize;
 use crate::decide::rate::TokenBucket;
 use crate::directory::Directory;
 use crate::metrics::{RejectLabel, TrunkLabel};
-use crate::supervisor::{Calls, SupervisorMsg};
-use ractor::ActorRef;
+use crate::supervisor::Calls;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -22,18 +22,12 @@ use tsunagu_sip::{InviteHandler, NewInvite, Reject};
 pub struct Admission {
     pub ctx: Arc<NodeContext>,
     pub directory: Directory,
-    pub supervisor: ActorRef<SupervisorMsg>,
     pub calls: Arc<Calls>,
     pub cps: Vec<Option<Mutex<TokenBucket>>>,
 }
 
 impl Admission {
-    pub fn new(
-        ctx: Arc<NodeContext>,
-        directory: Directory,
-        supervisor: ActorRef<SupervisorMsg>,
-        calls: Arc<Calls>,
-    ) -> Admission {
+    pub fn new(ctx: Arc<NodeContext>, directory: Directory, calls: Arc<Calls>) -> Admission {
         let now = Instant::now();
         let cps = ctx
             .routing
@@ -44,7 +38,6 @@ impl Admission {
         Admission {
             ctx,
             directory,
-            supervisor,
             calls,
             cps,
         }
@@ -176,9 +169,7 @@ impl InviteHandler for Admission {
                     trunk: t.name.clone(),
                 })
                 .inc();
-            let args = Box::new(args);
-            self.supervisor
-                .send_after(wait, move || SupervisorMsg::Spawn(args));
+            self.calls.spawn_after(wait, args);
             return Ok(());
         }
         self.calls.spawn(args);

@@ -555,12 +555,7 @@ pub async fn run(
         crate::cluster_link::adopt_leftovers(&ctx, &supervisor, last_seen);
     }
     provisioning.spawn_follower();
-    handler.set(Admission::new(
-        ctx.clone(),
-        directory.clone(),
-        supervisor.clone(),
-        calls,
-    ));
+    handler.set(Admission::new(ctx.clone(), directory.clone(), calls));
 
     let api_state = Arc::new(ApiState {
         store: store.clone(),

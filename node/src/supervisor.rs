@@ -16,9 +16,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub enum SupervisorMsg {
-    /// Starts a call later (a trunk's shaping delay); admission starts the others itself
-    /// through [`Calls::spawn`].
-    Spawn(Box<CallArgs>),
     /// Runs a call claimed from another node (see `call::takeover`).
     Resume(Box<crate::call::takeover::ResumeArgs>),
     Sweep,
@@ -81,27 +78,42 @@ impl Calls {
 
     /// Starts a new call's task.
     pub fn spawn(self: &Arc<Self>, args: CallArgs) {
-        let ctx = args.ctx.clone();
-        let (n, me) = self.enter(&ctx, CallSeed::new(&args));
+        let (ctx, seed) = (args.ctx.clone(), CallSeed::new(&args));
+        self.start(ctx, seed, |me| crate::call::run(args, me));
+    }
+
+    /// Starts a new call's task after `wait` (its trunk's shaping delay).
+    pub fn spawn_after(self: &Arc<Self>, wait: Duration, args: CallArgs) {
         let calls = self.clone();
         tokio::spawn(async move {
-            // Panics of the call's handlers are caught inside `run`; this also catches
-            // one while it starts.
-            let exit = std::panic::AssertUnwindSafe(crate::call::run(args, me))
-                .catch_unwind()
-                .await
-                .unwrap_or_else(|p| Exit::Panicked(crate::call::panic_text(&*p)));
-            calls.exited(&ctx, n, exit);
+            tokio::time::sleep(wait).await;
+            calls.spawn(args);
         });
     }
 
     /// Starts the task of a call claimed from another node.
     pub fn resume(self: &Arc<Self>, args: crate::call::takeover::ResumeArgs) {
-        let ctx = args.ctx.clone();
-        let (n, me) = self.enter(&ctx, CallSeed::resumed(&args));
+        let (ctx, seed) = (args.ctx.clone(), CallSeed::resumed(&args));
+        self.start(ctx, seed, |me| crate::call::takeover::resume(args, me));
+    }
+
+    /// Enters a call and runs `call` as its task; the task takes itself out when it
+    /// ends, however it ends.
+    fn start<F>(
+        self: &Arc<Self>,
+        ctx: Arc<NodeContext>,
+        seed: CallSeed,
+        call: impl FnOnce(CallRef) -> F,
+    ) where
+        F: std::future::Future<Output = Exit> + Send + 'static,
+    {
+        let (n, me) = self.enter(&ctx, seed);
+        let task = call(me);
         let calls = self.clone();
         tokio::spawn(async move {
-            let exit = std::panic::AssertUnwindSafe(crate::call::takeover::resume(args, me))
+            // Panics of the call's handlers are caught inside the call; this also
+            // catches one while it starts.
+            let exit = std::panic::AssertUnwindSafe(task)
                 .catch_unwind()
                 .await
                 .unwrap_or_else(|p| Exit::Panicked(crate::call::panic_text(&*p)));
@@ -110,7 +122,8 @@ impl Calls {
     }
 
     /// A call's task ended: out of the table, and logged as failed if it did not log
-    /// itself. A call [`Calls::abandon`] already took out is left alone.
+    /// itself. A call that shutdown already took out (`SupervisorMsg::Abandon`) is left
+    /// alone.
     fn exited(&self, ctx: &NodeContext, n: u64, exit: Exit) {
         let Some((seed, _)) = self.table().calls.remove(&n) else {
             return;
@@ -172,7 +185,6 @@ impl Actor for CallSupervisor {
         _: &mut (),
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            SupervisorMsg::Spawn(args) => self.calls.spawn(*args),
             SupervisorMsg::Resume(args) => self.calls.resume(*args),
             #[cfg(test)]
             SupervisorMsg::CrashAll => {
@@ -395,7 +407,6 @@ mod tests {
         handler.set(Admission::new(
             ctx.clone(),
             Directory::load(store.clone()).unwrap(),
-            sup.clone(),
             calls,
         ));
 

@@ -301,7 +301,6 @@ async fn drive(mut call: Call, me: CallRef) -> Exit {
     // One sleep for the call's earliest timer, moved (not made anew) when that changes.
     let sleep = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(sleep);
-    let mut armed: Option<Instant> = None;
     let exit = loop {
         let msg = match call.timers.next_due() {
             None => me.next().await,
@@ -315,17 +314,13 @@ async fn drive(mut call: Call, me: CallRef) -> Exit {
                 me.next().await
             }
             Some(at) => {
-                if armed != Some(at) {
+                if sleep.deadline() != at.into() {
                     sleep.as_mut().reset(at.into());
-                    armed = Some(at);
                 }
                 tokio::select! {
                     biased;
                     msg = me.next() => msg,
-                    () = sleep.as_mut() => {
-                        armed = None;
-                        continue;
-                    }
+                    () = sleep.as_mut() => continue,
                 }
             }
         };

@@ -51,12 +51,6 @@ impl Timers {
             .map(|(i, _)| i)?;
         Some(self.pending.remove(i).2)
     }
-
-    /// Timers pending.
-    #[cfg(test)]
-    pub fn len(&self) -> usize {
-        self.pending.len()
-    }
 }
 
 #[cfg(test)]
@@ -105,7 +99,7 @@ mod tests {
             "the cancelled ring timer"
         );
         t.cancel(guard);
-        assert_eq!((t.len(), t.next_due()), (0, None));
+        assert_eq!((t.pending.len(), t.next_due()), (0, None));
         assert_eq!(kind(t.pop_due(t0 + s(1000))), "none");
     }
 }
