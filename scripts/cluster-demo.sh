@@ -79,6 +79,9 @@ write_config() {
 id = "n$i"
 data_dir = "$DIR/n$i"
 drain_seconds = 5
+# Three nodes share this host: one runtime thread each costs about 15 % less CPU per
+# call (README, "Runtime threads").
+worker_threads = 1
 
 [sip]
 listen = ["udp:127.0.0.$i:5060", "tcp:127.0.0.$i:5060"]

@@ -305,12 +305,8 @@ async fn drive(mut call: Call, me: CallRef) -> Exit {
         let msg = match call.timers.next_due() {
             None => me.next().await,
             Some(at) if at <= Instant::now() => {
-                // Due timers join the inbox behind what came before them, as when each
-                // was a task of its own: first come, first handled, and a peer that
-                // keeps the inbox full cannot hold a timer back.
-                while let Some(due) = call.timers.pop_due(Instant::now()) {
-                    let _ = me.send_message(due);
-                }
+                // Due timers join the inbox behind what came before them.
+                me.queue_due(&mut call.timers, Instant::now());
                 me.next().await
             }
             Some(at) => {

@@ -14,7 +14,7 @@ use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Messages a call may have waiting before [`CallRef::deliver`] drops more.
 pub const INBOX_LIMIT: usize = 64;
@@ -84,6 +84,16 @@ impl CallRef {
         self.0.waiting.inc();
         self.0.wake.notify_one();
         Ok(())
+    }
+
+    /// Moves the timers due at `now` into the inbox, behind the messages that came
+    /// before them, as when each timer was a task of its own: first come, first
+    /// handled, and a peer keeping the inbox full cannot hold a timer back (timers are
+    /// the node's own messages, never dropped at the bound).
+    pub(super) fn queue_due(&self, timers: &mut super::timers::Timers, now: Instant) {
+        while let Some(due) = timers.pop_due(now) {
+            let _ = self.send_message(due);
+        }
     }
 
     /// Sends `msg()` after `delay` (dropped if the call has ended by then). Abort the
@@ -176,6 +186,36 @@ mod tests {
             "nothing after the end"
         );
         assert_eq!(panic_text(&"boom"), "boom");
+    }
+
+    #[tokio::test]
+    async fn a_due_timer_waits_behind_earlier_messages_even_in_a_full_inbox() {
+        let me = CallRef::default();
+        for _ in 0..INBOX_LIMIT {
+            me.deliver(CallMsg::EndGuard).unwrap();
+        }
+        let t0 = Instant::now();
+        let mut timers = super::super::timers::Timers::default();
+        timers.at(t0, CallMsg::QueueTimeout);
+        timers.at(t0 + Duration::from_secs(1), CallMsg::JudgementTimeout);
+        me.queue_due(&mut timers, t0);
+        for i in 0..INBOX_LIMIT {
+            assert!(
+                matches!(me.next().await, Some(CallMsg::EndGuard)),
+                "message {i} came before the timer"
+            );
+        }
+        // Bounded: a timer that was not queued leaves nothing to wait for.
+        let timer = tokio::time::timeout(Duration::from_secs(5), me.next()).await;
+        assert!(
+            matches!(timer, Ok(Some(CallMsg::QueueTimeout))),
+            "the timer follows them, not dropped at the inbox bound"
+        );
+        assert_eq!(
+            timers.next_due(),
+            Some(t0 + Duration::from_secs(1)),
+            "a timer not yet due stays"
+        );
     }
 
     #[tokio::test]
