@@ -371,8 +371,10 @@ struct Flow<'a> {
     counters: [&'a AtomicU64; 3],
     latch: Latch,
     refused: &'a Refused,
-    /// Whether this node may send now (its cluster lease).
-    open: bool,
+    /// Asked at each send whether this node may send (its cluster lease): asked once
+    /// per burst, a node frozen (SIGSTOP) mid-burst sent the rest of the burst when it
+    /// woke, after its calls had moved (seen once in the frozen-node takeover test).
+    gate: &'a MediaPort,
 }
 
 /// Receives what is waiting on the path's socket and forwards what the source policy
@@ -427,7 +429,7 @@ fn drain(p: Flow<'_>, mut rec: Option<&mut Recording>, on_event: &OnEvent) {
                 p.dir.lost.inc_by(gap);
             }
             let dst = p.to_side.peer.destination();
-            let Some(dst) = dst.filter(|_| p.to_side.player.is_none() && p.open) else {
+            let Some(dst) = dst.filter(|_| p.to_side.player.is_none() && p.gate.open()) else {
                 continue; // nowhere to send yet, a prompt plays there, or no lease
             };
             p.to_side.out.relay(pkt, now);
@@ -545,14 +547,14 @@ async fn run(
             r = a.socket().readable() => {
                 if r.is_ok() {
                     let counters = [&stats.packets_a_to_b, &stats.bytes_a_to_b, &stats.lost_a_to_b];
-                    let path = Flow { from: a.socket(), from_side: &mut sa, out: b.socket(), to_side: &mut sb, dir: &a_to_b, counters, latch, refused: &refused, open: a.open() };
+                    let path = Flow { from: a.socket(), from_side: &mut sa, out: b.socket(), to_side: &mut sb, dir: &a_to_b, counters, latch, refused: &refused, gate: &a };
                     drain(path, rec.as_mut(), &on_event);
                 }
             }
             r = b.socket().readable() => {
                 if r.is_ok() {
                     let counters = [&stats.packets_b_to_a, &stats.bytes_b_to_a, &stats.lost_b_to_a];
-                    let path = Flow { from: b.socket(), from_side: &mut sb, out: a.socket(), to_side: &mut sa, dir: &b_to_a, counters, latch, refused: &refused, open: a.open() };
+                    let path = Flow { from: b.socket(), from_side: &mut sb, out: a.socket(), to_side: &mut sa, dir: &b_to_a, counters, latch, refused: &refused, gate: &a };
                     drain(path, rec.as_mut(), &on_event);
                 }
             }
@@ -682,6 +684,42 @@ mod tests {
             2,
             "packet 1 arrived while the gate was closed and went nowhere"
         );
+    }
+
+    #[tokio::test]
+    async fn a_gate_closing_mid_burst_stops_the_rest_of_the_burst() {
+        // A node frozen between two packets of one wake-up must not send the rest when
+        // it wakes without its lease: the gate is asked for every packet. Here it is
+        // open for the first packet asked about and closed after, until reopened.
+        let pool = pool(41420);
+        let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let reopened = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (a, r) = (asked.clone(), reopened.clone());
+        pool.set_gate(Arc::new(move || {
+            a.fetch_add(1, Ordering::SeqCst) == 0 || r.load(Ordering::SeqCst)
+        }));
+        let relay = relay_from(&pool);
+        let caller = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let callee = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        relay.set_remote(Side::A, caller.local_addr().unwrap());
+        relay.set_remote(Side::B, callee.local_addr().unwrap());
+        // Three packets queued before the relay runs (blocking sends: this task does
+        // not yield on a current-thread runtime), so one wake-up reads all three.
+        for seq in 1..=3 {
+            caller.send_to(&rtp(seq), relay.local(Side::A)).unwrap();
+        }
+        let mut buf = [0u8; 2048];
+        let (n, _) = callee.recv_from(&mut buf).await.unwrap();
+        assert_eq!((n > 12, u16::from_be_bytes([buf[2], buf[3]])), (true, 1));
+        reopened.store(true, Ordering::SeqCst);
+        caller.send_to(&rtp(4), relay.local(Side::A)).unwrap();
+        callee.recv_from(&mut buf).await.unwrap();
+        assert_eq!(
+            u16::from_be_bytes([buf[2], buf[3]]),
+            4,
+            "packets 2 and 3 came after the gate closed and went nowhere"
+        );
+        assert!(asked.load(Ordering::SeqCst) >= 4, "asked for each packet");
     }
 
     #[tokio::test]

@@ -450,7 +450,7 @@ impl Metrics {
         );
         r.register(
             "cluster_withheld_sends",
-            "Sends withheld because this node does not hold its cluster lease (declared down, or cut off from the majority): path sip (messages) or rtp (relay batches and prompt frames)",
+            "Sends withheld because this node does not hold its cluster lease (declared down, or cut off from the majority): path sip (messages) or rtp (relayed packets and prompt frames)",
             c.withheld.clone(),
         );
         for path in ["sip", "rtp"] {
