@@ -1479,6 +1479,10 @@ impl Call {
         self.phase = Phase::Done;
         self.stop_ring_timer();
         self.stop_ring_guard();
+        // Stamped before the lines go: the next queued caller may be answered on
+        // another worker within milliseconds, and its `answered_at` must not come
+        // before this call's `ended_at` (a line's calls never overlap in the log).
+        let ended_at_ms = now_ms();
         self.held_lines.clear(); // the next queued caller may go
         self.leave_queue();
         let ended = self.talk_end.unwrap_or_else(Instant::now);
@@ -1491,6 +1495,7 @@ impl Call {
             self.started,
             self.started_at_ms,
         );
+        record.ended_at = ended_at_ms;
         record.destination_number = self.b.as_ref().map(|b| b.destination.clone());
         record.answered_at = self.answered.map(|(_, ms)| ms);
         record.ring_seconds = rounded_seconds(ring_end.duration_since(self.started));
