@@ -13,7 +13,7 @@
 
 use crate::build::{self, RequestSpec};
 use crate::metrics::{CodeLabel, MethodLabel, ShardLabel, SipMetrics};
-use crate::overload::{DelayAdmission, OverloadSettings, RefusalGate};
+use crate::overload::{OverloadSettings, Queue, RefusalGate, ShardAdmission};
 use crate::parse::{header, method_name, Info, Peer, Transport};
 use crate::shard::{self, Shards};
 use crate::source::SourcePolicy;
@@ -130,7 +130,7 @@ pub enum Command {
 #[derive(Clone)]
 pub struct EndpointHandle {
     /// Each shard's command queue, in shard order.
-    commands: Arc<[mpsc::UnboundedSender<Command>]>,
+    commands: Arc<[mpsc::UnboundedSender<(Instant, Command)>]>,
     shards: Shards,
     locals: Arc<Vec<(Transport, SocketAddr)>>,
 }
@@ -146,13 +146,13 @@ impl EndpointHandle {
             Command::Request { spec, .. } => &spec.call_id,
             Command::Forget => {
                 for shard in self.commands.iter() {
-                    let _ = shard.send(Command::Forget);
+                    let _ = shard.send((Instant::now(), Command::Forget));
                 }
                 return;
             }
         };
         if let Some(shard) = self.commands.get(self.shards.of(call_id)) {
-            let _ = shard.send(cmd);
+            let _ = shard.send((Instant::now(), cmd));
         }
     }
 
@@ -344,7 +344,7 @@ impl Endpoint {
                 metrics: metrics.clone(),
                 out: Vec::new(),
                 gate: settings.gate.clone(),
-                admission: DelayAdmission::new(&settings.overload),
+                admission: ShardAdmission::new(&settings.overload),
                 refusals: refusals.clone(),
                 busy,
                 reported: (0, 0),
@@ -377,8 +377,9 @@ struct Core {
     metrics: SipMetrics,
     out: Vec<Output>,
     gate: Option<SendGate>,
-    /// Decides from each message's queueing delay whether new calls are refused...
-    admission: DelayAdmission,
+    /// Decides from each received message's queueing delay, and from each command's,
+    /// whether new calls are refused...
+    admission: ShardAdmission,
     /// ...and tells the receivers, which refuse them before they are queued.
     refusals: Arc<RefusalGate>,
     /// Seconds spent handling events (`tsunagu_sip_core_busy_seconds_total`).
@@ -392,7 +393,7 @@ impl Core {
     async fn run(
         mut self,
         mut incoming: mpsc::UnboundedReceiver<Incoming>,
-        mut commands: mpsc::UnboundedReceiver<Command>,
+        mut commands: mpsc::UnboundedReceiver<(Instant, Command)>,
     ) {
         let sleep = tokio::time::sleep(std::time::Duration::from_secs(3600));
         tokio::pin!(sleep);
@@ -416,25 +417,28 @@ impl Core {
                             .dec_by(i64::try_from(m.cost).unwrap_or(i64::MAX));
                         let sojourn = woken.saturating_duration_since(m.queued_at);
                         self.metrics.queue_delay.0.observe(sojourn.as_secs_f64());
-                        let was = self.admission.refusing();
-                        self.admission.on_dequeue(sojourn, woken);
+                        let change = self.admission.on_dequeue(Queue::Received, sojourn, woken);
+                        self.admission_changed(Queue::Received, change);
                         self.on_incoming(m);
                         if incoming.is_empty() {
-                            // Nothing waits: the next message is on time.
-                            self.admission.on_idle();
-                        }
-                        let refusing = self.admission.refusing();
-                        if refusing != was {
-                            self.refusals.set(self.shard, refusing);
-                            tracing::debug!(refusing, "SIP overload admission");
+                            let change = self.admission.on_idle(Queue::Received);
+                            self.admission_changed(Queue::Received, change);
                         }
                     }
                     None => break,
                 },
                 cmd = commands.recv() => match cmd {
-                    Some(c) => {
+                    Some((sent, c)) => {
                         woken = Instant::now();
+                        let sojourn = woken.saturating_duration_since(sent);
+                        self.metrics.command_delay.0.observe(sojourn.as_secs_f64());
+                        let change = self.admission.on_dequeue(Queue::Commands, sojourn, woken);
+                        self.admission_changed(Queue::Commands, change);
                         self.on_command(c);
+                        if commands.is_empty() {
+                            let change = self.admission.on_idle(Queue::Commands);
+                            self.admission_changed(Queue::Commands, change);
+                        }
                     }
                     None => break,
                 },
@@ -451,6 +455,15 @@ impl Core {
         }
         // A shard that stops takes its transactions out of the node-wide gauges.
         self.report_transactions((0, 0));
+    }
+
+    /// Tells the receivers when this shard starts or stops refusing new INVITEs
+    /// (`change` from [`ShardAdmission`]).
+    fn admission_changed(&self, queue: Queue, change: Option<bool>) {
+        if let Some(refusing) = change {
+            self.refusals.set(self.shard, refusing);
+            tracing::debug!(refusing, ?queue, "SIP overload admission");
+        }
     }
 
     /// Adds what changed in this shard's (server, client) transaction counts to the

@@ -158,6 +158,9 @@ pub struct SipMetrics {
     pub refused_repeats_dropped: Counter,
     /// Age of received messages when the SIP core takes them (the overload signal).
     pub queue_delay: QueueDelay,
+    /// Age of the calls' commands (requests and responses to send) when the SIP core
+    /// takes them.
+    pub command_delay: QueueDelay,
     /// Messages dropped unparsed because the backlog reached its bound.
     pub backlog_drops: Counter,
     pub server_transactions: Gauge,
@@ -239,6 +242,11 @@ impl SipMetrics {
             "sip_queue_delay_seconds",
             "Time received SIP messages waited for the SIP core (sojourn; the overload signal)",
             self.queue_delay.0.clone(),
+        );
+        r.register(
+            "sip_command_delay_seconds",
+            "Time the calls' commands (a request or response to send, a call to register) waited for the SIP core",
+            self.command_delay.0.clone(),
         );
         r.register(
             "sip_backlog_drops",

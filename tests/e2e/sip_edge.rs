@@ -1,7 +1,8 @@
 //! Attacks on the SIP edge of a real node, from raw sockets: a Content-Length that
 //! wraps the framing arithmetic (TCP and TLS), strangers probing for a reflector, a
 //! flood of OPTIONS from a stranger, more TCP connections than allowed that dribble
-//! bytes (slowloris), a node out of file descriptors, and a peer that stops reading.
+//! bytes (slowloris), a node out of file descriptors, a peer that stops reading, and a
+//! node out of RTP ports.
 //! After each, the node must still answer, and must not burn CPU or memory.
 
 use crate::harness::*;
@@ -63,8 +64,16 @@ fn healthz_quickly(node: &Node) -> bool {
     })
 }
 
-/// A node whose configuration this file writes (a TLS listener needs [sip.tls]).
-fn edge_node(ports: Ports, inbound: &str, sip_extra: &str, tls: Option<u16>) -> Node {
+/// A node whose configuration this file writes (a TLS listener needs [sip.tls]), with
+/// `rtp_ports` ports of its slot's RTP range (at most [`RTP_PER_SLOT`]).
+fn edge_node(
+    ports: Ports,
+    inbound: &str,
+    sip_extra: &str,
+    tls: Option<u16>,
+    rtp_ports: u16,
+) -> Node {
+    assert!((2..=RTP_PER_SLOT).contains(&rtp_ports));
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().display().to_string();
     let (tls_listener, tls_table) = match tls {
@@ -128,7 +137,7 @@ trunks = ["carrier-a"]
 "#,
         sip = ports.sip,
         rtp_first = ports.rtp_first,
-        rtp_last = ports.rtp_first + 399,
+        rtp_last = ports.rtp_first + rtp_ports - 1,
         api = ports.api,
         uas = ports.uas,
     );
@@ -171,7 +180,7 @@ except Exception as e:
 fn a_wrapping_content_length_over_tcp_and_tls_hangs_nothing() {
     let ports = Ports::take();
     let tls_port = ports.sip + 4;
-    let node = edge_node(ports, "127.0.0.1/32", "", Some(tls_port));
+    let node = edge_node(ports, "127.0.0.1/32", "", Some(tls_port), RTP_PER_SLOT);
     let mut tls = tls_attacker(tls_port, OVERFLOW);
     let mut tls_out = std::io::BufReader::new(tls.stdout.take().unwrap());
     let mut line = String::new();
@@ -576,4 +585,90 @@ fn a_peer_that_stops_reading_is_disconnected() {
     );
     assert!(sent > 1000, "the node read the requests: {sent}");
     assert!(answers_options_quickly(ports.sip));
+}
+
+/// The SIP message among `got` whose Call-ID is `call_id`'s, and whose first line starts
+/// with `status`.
+fn answer_for<'a>(got: &'a [String], call_id: &str, status: &str) -> Option<&'a String> {
+    got.iter()
+        .find(|m| m.starts_with(status) && m.contains(&format!("Call-ID: {call_id}@edge\r\n")))
+}
+
+/// Issue 14: RTP ports are leased when the INVITE is admitted, so a node out of them
+/// refuses the call at once with 503 and Retry-After, and no 100 Trying before it, the
+/// cheap refusal a caller retries elsewhere (it used to send 100 Trying, then fail the
+/// call with a 503 without Retry-After once the call looked for ports). A range of four
+/// ports holds one call (two even ports).
+#[test]
+fn a_node_out_of_rtp_ports_refuses_before_its_100_trying() {
+    let ports = Ports::take();
+    let node = edge_node(ports, "127.0.0.1/32", "", None, 4);
+    node.provision(
+        "0501234567",
+        r#"[{"number": "0311112222", "ring_seconds": 30}]"#,
+        "{}",
+    );
+    assert_eq!(node.metric("tsunagu_rtp_ports_total"), 2.0);
+    // The callee never answers: the first call rings, holding both ports.
+    let _callee = Uas::start("uas_no_answer.xml", ports, node.dir.path(), &[]);
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let me = sock.local_addr().unwrap();
+    let to = ("127.0.0.1", ports.sip);
+    sock.send_to(invite(me, "rtp-first").as_bytes(), to)
+        .unwrap();
+    let got = datagrams_within(&sock, Duration::from_secs(1));
+    assert!(
+        answer_for(&got, "rtp-first", "SIP/2.0 100 ").is_some(),
+        "{got:?}"
+    );
+    assert_eq!(node.metric("tsunagu_rtp_ports_in_use"), 2.0);
+
+    sock.send_to(invite(me, "rtp-second").as_bytes(), to)
+        .unwrap();
+    let got = datagrams_within(&sock, Duration::from_secs(1));
+    let second: Vec<_> = got
+        .iter()
+        .filter(|m| m.contains("Call-ID: rtp-second@edge\r\n"))
+        .collect();
+    // The 503 (retransmitted until ACKed, as any final answer to an INVITE) and
+    // nothing else: no 100 Trying.
+    assert!(
+        !second.is_empty() && second.iter().all(|m| m.starts_with("SIP/2.0 503 ")),
+        "{got:?}"
+    );
+    assert!(second[0].contains("\r\nRetry-After: "), "{}", second[0]);
+    assert_eq!(
+        node.metric("tsunagu_invites_rejected_total{code=\"503\",reason=\"rtp_ports\"}"),
+        1.0
+    );
+    assert_eq!(node.metric("tsunagu_rtp_port_exhaustions_total"), 1.0);
+
+    // The first caller gives up: its ports go back, and the next call is admitted.
+    let cancel = invite(me, "rtp-first")
+        .replace("INVITE sip:", "CANCEL sip:")
+        .replace("1 INVITE", "1 CANCEL");
+    sock.send_to(cancel.as_bytes(), to).unwrap();
+    let got = datagrams_within(&sock, Duration::from_secs(1));
+    let cancelled = answer_for(&got, "rtp-first", "SIP/2.0 487 ").expect("487 to the INVITE");
+    let to_header = cancelled
+        .lines()
+        .find(|l| l.starts_with("To: "))
+        .expect("To");
+    let ack = invite(me, "rtp-first")
+        .replace("INVITE sip:", "ACK sip:")
+        .replace("1 INVITE", "1 ACK")
+        .replace("To: <sip:0501234567@127.0.0.1>", to_header);
+    sock.send_to(ack.as_bytes(), to).unwrap();
+    node.wait_until(
+        Duration::from_secs(5),
+        "the first call's ports to go back",
+        || node.metric("tsunagu_rtp_ports_in_use") == 0.0,
+    );
+    sock.send_to(invite(me, "rtp-third").as_bytes(), to)
+        .unwrap();
+    let got = datagrams_within(&sock, Duration::from_secs(1));
+    assert!(
+        answer_for(&got, "rtp-third", "SIP/2.0 100 ").is_some(),
+        "{got:?}"
+    );
 }

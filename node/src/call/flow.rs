@@ -79,9 +79,13 @@ impl Call {
         if self.relay.is_some() {
             return true;
         }
-        let (a, b) = match (self.ctx.ports.allocate(), self.ctx.ports.allocate()) {
-            (Ok(a), Ok(b)) => (a, b),
-            _ => {
+        let leased = match self.media_ports.take() {
+            Some(ports) => Ok(ports),
+            None => super::lease_two(&self.ctx.ports),
+        };
+        let (a, b) = match leased {
+            Ok(ports) => ports,
+            Err(_) => {
                 tracing::warn!("no RTP ports free");
                 self.give_up(CallResult::Failed, 503);
                 return false;

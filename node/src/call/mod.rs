@@ -33,6 +33,7 @@ use legs::{ALeg, BLeg, Outbound};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tsunagu_media::ports::MediaPort;
 use tsunagu_media::{sdp, MediaEvent, RecordMode, Relay, Side};
 use tsunagu_sip::endpoint::CallSink;
 use tsunagu_sip::parse::{header, sdp_body};
@@ -102,6 +103,9 @@ pub struct CallArgs {
     pub id: String,
     /// Set once the call has written its own log record.
     pub logged: Arc<AtomicBool>,
+    /// The two RTP ports leased at admission for the call's relay (so a node out of
+    /// ports refuses the INVITE before its 100 Trying instead of failing the call after).
+    pub media_ports: Option<(MediaPort, MediaPort)>,
 }
 
 /// What the call table keeps about a running call, to clean up if its actor dies: a
@@ -270,6 +274,8 @@ pub struct Call {
     /// A call taken over, while the parties answer our re-INVITEs.
     resuming: Option<Box<takeover::Resuming>>,
     _slot: Option<CallSlot>,
+    /// Ports leased at admission, until the relay takes them (dropped, they are free).
+    media_ports: Option<(MediaPort, MediaPort)>,
 }
 
 /// Who is calling, from the INVITE's From, P-Asserted-Identity (believed only from a
@@ -281,6 +287,15 @@ pub fn identify_caller(req: &Request, trusted: bool) -> Caller {
         header(req, "Privacy"),
         trusted,
     )
+}
+
+/// Two RTP ports for a call's relay (caller side, callee side), or none: one leased
+/// alone goes back to the pool.
+pub fn lease_two(
+    ports: &Arc<tsunagu_media::ports::PortPool>,
+) -> Result<(MediaPort, MediaPort), tsunagu_media::MediaError> {
+    let a = ports.allocate()?;
+    Ok((a, ports.allocate()?))
 }
 
 /// Runs one call from its INVITE to its end (see [`task`]); returns how it ended.
@@ -351,6 +366,7 @@ impl Call {
             advertiser_lines,
             id,
             logged,
+            media_ports,
         } = args;
         let privacy = header(&invite.request, "Privacy").map(str::to_string);
         let caller_verified = ctx.routing.trunks.get(inbound_trunk).is_some_and(|t| {
@@ -394,6 +410,7 @@ impl Call {
         call.logged = logged;
         call.advertiser_lines = advertiser_lines;
         call._slot = Some(slot);
+        call.media_ports = media_ports;
         Ok(call)
     }
 
@@ -468,6 +485,7 @@ impl Call {
             recording_offset_ms: 0,
             resuming: None,
             _slot: None,
+            media_ports: None,
         }
     }
 
