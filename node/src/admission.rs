@@ -1,22 +1,22 @@
 //! Admission of new INVITEs, on the SIP endpoint's task (so it never blocks): source
-//! trunk (403), hop count (483), tracking number (404), SDP offer (488), then capacity
-//! — draining node, node-wide call cap, trunk channel and call-rate caps — answered
-//! 503 with Retry-After. A call over its trunk's rate whose turn comes within the
+//! trunk (403), what the INVITE asks (read once into an [`InviteView`]: hop count 483,
+//! option tags 420, session interval 422, SDP offer 488), tracking number (404), then
+//! capacity — draining node, node-wide call cap, trunk channel and call-rate caps, two
+//! free RTP ports — answered 503 with Retry-After. A call over its trunk's rate whose turn comes within the
 //! trunk's shaping delay is started late instead of refused. An admitted call's task
 //! is started here, through the node's call table (`supervisor::Calls`).
 
-use crate::call::{identify_caller, CallArgs};
+use crate::call::CallArgs;
 use crate::clock::now_ms;
 use crate::context::NodeContext;
-use crate::decide::caller::normalize;
 use crate::decide::rate::TokenBucket;
 use crate::directory::Directory;
+use crate::invite::{InviteView, Refusal};
 use crate::metrics::{RejectLabel, TrunkLabel};
 use crate::supervisor::Calls;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
-use tsunagu_sip::parse::{header, header_values, request_user, sdp_body};
 use tsunagu_sip::{InviteHandler, NewInvite, Reject};
 
 pub struct Admission {
@@ -103,29 +103,20 @@ impl InviteHandler for Admission {
             tracing::info!(source = %invite.peer.addr, "INVITE from a source no trunk allows");
             return self.refuse(403, "source_not_allowed", invite);
         };
-        if header(&invite.request, "Max-Forwards").and_then(|m| m.trim().parse::<u32>().ok())
-            == Some(0)
-        {
-            return self.refuse(483, "too_many_hops", invite);
+        // The INVITE, read once: these refusals need no lookup, and the call takes
+        // the view over.
+        let view = InviteView::of(&invite.request);
+        match view.refusal(ctx.min_se) {
+            None => {}
+            Some(Refusal::Extensions(tags)) => return self.refuse_extensions(tags, invite),
+            Some(other) => {
+                let (code, reason) = other.code_and_reason();
+                return self.refuse(code, reason, invite);
+            }
         }
-        let dialled = request_user(&invite.request)
-            .map(|u| normalize(&u))
-            .unwrap_or_default();
-        let Some(number) = self.directory.get(&dialled) else {
+        let Some(number) = self.directory.get(&view.dialled) else {
             return self.refuse(404, "unknown_number", invite);
         };
-        if let Some(tags) = unsupported_requirements(&header_values(&invite.request, "Require")) {
-            return self.refuse_extensions(tags, invite);
-        }
-        if crate::decide::session_timer::too_small(
-            header(&invite.request, "Session-Expires"),
-            ctx.min_se,
-        ) {
-            return self.refuse(422, "session_interval_too_small", invite);
-        }
-        if sdp_body(&invite.request, &invite.request.body).is_none() {
-            return self.refuse(488, "no_sdp_offer", invite);
-        }
         if ctx.active_calls() >= ctx.max_calls {
             return self.refuse(503, "node_full", invite);
         }
@@ -155,10 +146,12 @@ impl InviteHandler for Admission {
         let advertiser_lines = self.directory.advertiser_lines(&number.advertiser_id);
         let args = CallArgs {
             ctx: ctx.clone(),
-            caller: identify_caller(&invite.request, t.trusted),
+            caller: view.caller(t.trusted),
             started: Instant::now(),
+            shaping: wait,
             started_at_ms: now_ms(),
             invite,
+            view,
             number,
             inbound_trunk: trunk,
             advertiser_lines,
@@ -176,54 +169,8 @@ impl InviteHandler for Admission {
                     trunk: t.name.clone(),
                 })
                 .inc();
-            self.calls.spawn_after(wait, args);
-            return Ok(());
         }
         self.calls.spawn(args);
         Ok(())
-    }
-}
-
-/// Option tags (RFC 3261 20.32) a caller may require of us: session timers (RFC 4028,
-/// see `decide::session_timer`) and reliable provisionals (RFC 3262, `call::reliable`:
-/// sent reliably to callers that require them; one that only supports them gets
-/// ordinary 18x). Anything else (e.g. `precondition`) is refused 420.
-const SUPPORTED: [&str; 2] = ["timer", "100rel"];
-
-/// The required option tags we do not support, comma-separated, if any.
-pub fn unsupported_requirements(require: &[&str]) -> Option<String> {
-    let missing: Vec<&str> = require
-        .iter()
-        .map(|t| t.trim())
-        .filter(|t| !t.is_empty() && !SUPPORTED.iter().any(|s| s.eq_ignore_ascii_case(t)))
-        .collect();
-    (!missing.is_empty()).then(|| missing.join(", "))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn required_extensions() {
-        let cases: &[(&[&str], Option<&str>)] = &[
-            (&[], None),
-            (&["timer"], None),
-            (&["Timer"], None),
-            (&["100rel"], None),
-            (&["timer", "100rel", "precondition"], Some("precondition")),
-            (
-                &["precondition", "sec-agree"],
-                Some("precondition, sec-agree"),
-            ),
-            (&[""], None),
-        ];
-        for (require, want) in cases {
-            assert_eq!(
-                unsupported_requirements(require).as_deref(),
-                *want,
-                "{require:?}"
-            );
-        }
     }
 }

@@ -10,6 +10,7 @@ pub mod context;
 pub mod decide;
 pub mod directory;
 pub mod follow_up;
+pub mod invite;
 pub mod lines;
 pub mod metrics;
 pub mod provisioning;

@@ -82,15 +82,6 @@ impl Calls {
         self.start(ctx, seed, |me| crate::call::run(args, me));
     }
 
-    /// Starts a new call's task after `wait` (its trunk's shaping delay).
-    pub fn spawn_after(self: &Arc<Self>, wait: Duration, args: CallArgs) {
-        let calls = self.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(wait).await;
-            calls.spawn(args);
-        });
-    }
-
     /// Starts the task of a call claimed from another node.
     pub fn resume(self: &Arc<Self>, args: crate::call::takeover::ResumeArgs) {
         let (ctx, seed) = (args.ctx.clone(), CallSeed::resumed(&args));

@@ -587,6 +587,51 @@ shaping_ms = 300
     );
 }
 
+/// A call waiting for its turn (shaped) when the node is told to stop is neither
+/// forgotten nor dropped: the drain waits for it, it runs, and it has its record. (It
+/// used to wait outside the call table: the drain saw no call, the node exited, and
+/// the caller, who had a 100 Trying, got nothing more and the call no record.)
+#[test]
+fn a_shaped_call_waiting_at_shutdown_still_runs_and_is_logged() {
+    let ports = Ports::take();
+    // Calls from 127.0.0.3: one per second, the next waits up to 3 s for its turn.
+    let extra = r#"
+[[trunks]]
+name = "slow"
+inbound = ["127.0.0.3/32"]
+max_cps = 1
+shaping_ms = 3000
+"#;
+    let mut node = Node::start(ports, "127.0.0.1/32", extra);
+    let (key, _) = node.provision("0501234567", DEST, "{}");
+    let _uas = Uas::start("uas_busy.xml", ports, node.dir.path(), &[]);
+    let sock = std::net::UdpSocket::bind("127.0.0.3:0").unwrap();
+    let me = sock.local_addr().unwrap();
+    for call in ["shaped-a", "shaped-b"] {
+        sock.send_to(
+            crate::sip_edge::invite(me, call).as_bytes(),
+            ("127.0.0.1", ports.sip),
+        )
+        .unwrap();
+    }
+    node.wait_until(
+        Duration::from_secs(5),
+        "the second call to be shaped",
+        || node.metric("tsunagu_invites_shaped_total{trunk=\"slow\"}") == 1.0,
+    );
+    assert_eq!(node.terminate(), Some(0), "{}", node.log());
+    let got = datagrams_within(&sock, Duration::from_millis(200));
+    assert!(
+        got.iter()
+            .any(|m| m.starts_with("SIP/2.0 486 ") && m.contains("Call-ID: shaped-b@edge")),
+        "the shaped caller got its final answer: {got:?}"
+    );
+    node.start_again();
+    let calls = node.wait_for_calls(&key, 2);
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    assert!(calls.iter().all(|c| c["result"] == "busy"), "{calls:?}");
+}
+
 #[test]
 fn hold_reinvites_pass_through_both_ways() {
     let ports = Ports::take();

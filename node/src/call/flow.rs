@@ -11,7 +11,6 @@ use crate::metrics::{OutcomeLabel, PurposeLabel};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tsunagu_media::{sdp, MediaEvent, Prompt, Side};
-use tsunagu_sip::parse::sdp_body;
 use tsunagu_sip::Method;
 use tsunagu_store::{CallResult, Ivr};
 
@@ -116,7 +115,7 @@ impl Call {
             }
             return Some(pt);
         }
-        let offer = sdp_body(&self.a.invite, &self.a.invite.body)?;
+        let offer = self.a_view.offer.clone()?;
         let relay = self.relay.as_ref()?;
         let local = relay.local(Side::A);
         let answer = sdp::answer(&offer, local.ip(), local.port(), now_session())?;

@@ -21,11 +21,12 @@ pub use task::{panic_text, CallRef, Exit};
 use crate::call_log::LogEntry;
 use crate::clock::now_ms;
 use crate::context::{CallSlot, NodeContext};
-use crate::decide::caller::{identify, Caller};
+use crate::decide::caller::Caller;
 use crate::decide::outcome::{next_step, Failure, Step};
 use crate::decide::redirect::redirect_target;
 use crate::decide::schedule::{gate, Gate};
 use crate::follow_up::plan::{CallEvent, EventKind};
+use crate::invite::InviteView;
 use crate::lines::LineRequest;
 use crate::metrics::{ResultLabel, StatusLabel, TrunkCodeLabel};
 use flow::{After, IvrState, Stage};
@@ -94,8 +95,14 @@ pub struct CallArgs {
     pub caller: Caller,
     /// When the INVITE was admitted (before any shaping delay).
     pub started: Instant,
+    /// How long the call waits for its turn before it starts (its trunk's call-rate
+    /// shaping; zero: at once). It waits in the call table, so a drain waits for it
+    /// and a shutdown logs it.
+    pub shaping: Duration,
     pub started_at_ms: i64,
     pub invite: NewInvite,
+    /// The INVITE as admission read it (once).
+    pub view: InviteView,
     pub number: Arc<TrackingNumber>,
     pub inbound_trunk: usize,
     /// The advertiser's line limit (from the directory), if any.
@@ -190,8 +197,9 @@ pub struct Call {
     caller: Caller,
     /// The caller's number was asserted or verified by its trunk (SMS to callers).
     caller_verified: bool,
-    privacy: Option<String>,
-    max_forwards: u8,
+    /// The caller's INVITE as admission read it (a call taken over has a blank one:
+    /// it is answered, and needs none of it).
+    a_view: InviteView,
     started: Instant,
     started_at_ms: i64,
     /// The caller's SDP offer pointed at the node's callee-facing port (every attempt).
@@ -278,17 +286,6 @@ pub struct Call {
     media_ports: Option<(MediaPort, MediaPort)>,
 }
 
-/// Who is calling, from the INVITE's From, P-Asserted-Identity (believed only from a
-/// trusted trunk) and Privacy headers.
-pub fn identify_caller(req: &Request, trusted: bool) -> Caller {
-    identify(
-        header(req, "From").unwrap_or_default(),
-        header(req, "P-Asserted-Identity"),
-        header(req, "Privacy"),
-        trusted,
-    )
-}
-
 /// Two RTP ports for a call's relay (caller side, callee side), or none: one leased
 /// alone goes back to the pool.
 pub fn lease_two(
@@ -359,8 +356,10 @@ impl Call {
             ctx,
             caller,
             started,
+            shaping,
             started_at_ms,
             invite,
+            view,
             number,
             inbound_trunk,
             advertiser_lines,
@@ -368,15 +367,10 @@ impl Call {
             logged,
             media_ports,
         } = args;
-        let privacy = header(&invite.request, "Privacy").map(str::to_string);
         let caller_verified = ctx.routing.trunks.get(inbound_trunk).is_some_and(|t| {
-            let pai = header(&invite.request, "P-Asserted-Identity");
+            let pai = view.asserted_identity.as_deref();
             crate::follow_up::plan::caller_verified(t.trusted, t.verifies_caller_id, pai)
         });
-        let max_forwards = header(&invite.request, "Max-Forwards")
-            .and_then(|m| m.trim().parse::<u8>().ok())
-            .unwrap_or(70)
-            .saturating_sub(1);
         let span = tracing::info_span!("call", call_id = %id, number = %number.number, caller = %caller.number);
         let number = if number.kind == NumberKind::Callback {
             callback_route(&ctx, number, started_at_ms).await
@@ -394,17 +388,22 @@ impl Call {
             invite.key,
             &|ip| routing.is_trunk_address(ip),
         );
-        let requires_100rel = tsunagu_sip::parse::has_option_tag(&a.invite, "Require", "100rel");
-        if requires_100rel {
+        if view.requires_100rel {
             a.require_100rel(myself.clone());
         }
-        myself
-            .send_message(CallMsg::Start)
-            .map_err(|_| "the call ended before it started".to_string())?;
+        if shaping.is_zero() {
+            myself
+                .send_message(CallMsg::Start)
+                .map_err(|_| "the call ended before it started".to_string())?;
+        }
         let mut call = Call::blank(ctx, myself, id, span, number, a, caller);
+        if !shaping.is_zero() {
+            // Its turn comes as a timer: meanwhile a CANCEL or the node's drain ends
+            // the call like any other that has not started.
+            call.after(shaping, CallMsg::Start);
+        }
         call.caller_verified = caller_verified;
-        call.privacy = privacy;
-        call.max_forwards = max_forwards;
+        call.a_view = view;
         call.started = started;
         call.started_at_ms = started_at_ms;
         call.logged = logged;
@@ -435,8 +434,7 @@ impl Call {
             relay: None,
             caller,
             caller_verified: false,
-            privacy: None,
-            max_forwards: 69,
+            a_view: InviteView::default(),
             started: Instant::now(),
             started_at_ms: crate::clock::now_ms(),
             b_offer: String::new(),
@@ -492,7 +490,11 @@ impl Call {
     fn handle(&mut self, msg: CallMsg) {
         let call = self;
         match msg {
-            CallMsg::Start => call.start(),
+            // A shaped call ended before its turn (CANCEL, drain) does not start.
+            CallMsg::Start if call.phase == Phase::Trying && call.end_reason.is_none() => {
+                call.start()
+            }
+            CallMsg::Start => {}
             CallMsg::Sip(ev) => call.on_sip(*ev),
             CallMsg::RingTimeout(n) => {
                 if n == call.attempt && call.phase == Phase::Trying {
@@ -609,7 +611,7 @@ impl Call {
         if !self.ensure_relay() {
             return;
         }
-        let offer = sdp_body(&self.a.invite, &self.a.invite.body);
+        let offer = self.a_view.offer.as_deref();
         self.b_offer = offer
             .and_then(|o| self.anchor_sdp(Side::A, &o))
             .unwrap_or_default();
@@ -662,8 +664,8 @@ impl Call {
                 presented: &presented,
                 peer,
                 sdp: &self.b_offer,
-                max_forwards: self.max_forwards,
-                privacy: self.privacy.as_deref(),
+                max_forwards: self.a_view.forwards(),
+                privacy: self.a_view.privacy.as_deref(),
                 // The asserted identity goes only to trunks we trust (RFC 3325).
                 asserted: self
                     .caller

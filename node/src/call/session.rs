@@ -41,8 +41,8 @@ impl Call {
     /// with it.
     pub(super) fn answer_with_session(&mut self, resp: &Response, sdp: Option<&str>) {
         let agreed = agree(
-            header(&self.a.invite, "Session-Expires"),
-            has_option_tag(&self.a.invite, "Supported", "timer"),
+            self.a_view.session_expires.as_deref(),
+            self.a_view.supports_timer,
             header(resp, "Session-Expires"),
         );
         let ep = self.ctx.endpoint.clone();
