@@ -65,6 +65,8 @@ pub struct CallMetrics {
     pub ended: Family<ResultLabel, Counter>,
     pub rejected: Family<RejectLabel, Counter>,
     pub active: Gauge,
+    /// Worker threads of the node's runtime (set once at start).
+    pub runtime_workers: Gauge,
     pub ring_seconds: Histogram,
     pub talk_seconds: Histogram,
     pub setup_seconds: Histogram,
@@ -130,6 +132,7 @@ impl Default for CallMetrics {
             ended: Family::default(),
             rejected: Family::default(),
             active: Gauge::default(),
+            runtime_workers: Gauge::default(),
             ring_seconds: Histogram::new(time_buckets),
             talk_seconds: Histogram::new(time_buckets),
             setup_seconds: Histogram::new([
@@ -376,6 +379,11 @@ impl Metrics {
             "active_calls",
             "Calls in progress on this node",
             c.active.clone(),
+        );
+        r.register(
+            "runtime_workers",
+            "Worker threads of the node's runtime (node.worker_threads, or one per CPU the node may use)",
+            c.runtime_workers.clone(),
         );
         r.register(
             "call_ring_seconds",

@@ -328,6 +328,11 @@ pub async fn run(
     warn_if_readable_by_others(&config.node.data_dir);
     let metrics = Metrics::default();
     metrics.touch();
+    let workers = tokio::runtime::Handle::current().metrics().num_workers();
+    metrics
+        .calls
+        .runtime_workers
+        .set(i64::try_from(workers).unwrap_or(i64::MAX));
     // A new incarnation of this node; the previous one's last sign of life dates the
     // end of the calls it left in progress (logged below, before any call of this run).
     let node_info = tsunagu_store::NodeInfo {

@@ -24,7 +24,9 @@
 //! Messages of calls in progress (ACK, BYE, responses, re-INVITEs) are always queued:
 //! refusing new work is what keeps the old work on time. Retransmissions of a refused
 //! INVITE, and its ACK, are dropped by the receivers ([`RecentlyRefused`]): the 503 was
-//! sent and answering again would only feed the overload.
+//! sent and answering again would only feed the overload. Retransmissions of an INVITE
+//! queued before the refusals began are queued too ([`RecentlyQueued`]): that call is
+//! the core's, not a new one.
 //!
 //! Pure state machines with the time as an argument; the endpoint owns them.
 
@@ -171,6 +173,8 @@ impl ShardAdmission {
 pub struct RefusalGate {
     refusing: Box<[AtomicBool]>,
     pub recent: RecentlyRefused,
+    /// The new INVITEs queued lately: their retransmissions are not new calls.
+    pub queued: RecentlyQueued,
     /// The Retry-After value of every overload 503 (formatted once).
     pub retry_after: String,
 }
@@ -181,6 +185,7 @@ impl RefusalGate {
         RefusalGate {
             refusing: (0..shards.max(1)).map(|_| AtomicBool::new(false)).collect(),
             recent: RecentlyRefused::new(RECENT_REFUSALS),
+            queued: RecentlyQueued::new(shards, QUEUED_PER_GENERATION),
             retry_after: retry_after.to_string(),
         }
     }
@@ -197,6 +202,94 @@ impl RefusalGate {
         self.refusing
             .get(shard)
             .is_some_and(|flag| flag.load(Ordering::Relaxed))
+    }
+}
+
+/// Queued INVITEs a shard remembers per generation ([`RecentlyQueued`]): 16 s at
+/// 4,000 new calls a second for one shard; past it, the rest of a generation is not
+/// remembered (their retransmissions may be refused as new calls, as they all were
+/// before this set). At most about 4 MiB per shard.
+pub const QUEUED_PER_GENERATION: usize = 65_536;
+
+/// How long a generation of [`RecentlyQueued`] lasts: an entry is kept for one to two
+/// generations, and two cover an INVITE's retransmissions (Timer B, 64·T1 = 32 s).
+pub const GENERATION: Duration = Duration::from_secs(16);
+
+/// The new INVITEs the receivers queued lately, by shard, Call-ID and CSeq number
+/// (keyed hashes, as in [`RecentlyRefused`]). A caller whose 100 Trying is late or lost
+/// retransmits its INVITE; if the shard has meanwhile started refusing, that
+/// retransmission must reach the core (which answers it from the call's transaction),
+/// not get a 503 with a tag of its own: the caller would count the call failed while
+/// the node goes on to connect it (measured past capacity: hundreds of calls per run
+/// answered 200 that no caller acknowledged). Two generations per shard, swapped
+/// every [`GENERATION`]; a lock per shard, held for one hash-set operation.
+#[derive(Debug)]
+pub struct RecentlyQueued {
+    shards: Box<[Mutex<Generations>]>,
+    hasher: RandomState,
+    capacity: usize,
+}
+
+#[derive(Debug, Default)]
+struct Generations {
+    current: HashSet<u64>,
+    previous: HashSet<u64>,
+    /// When `current` began.
+    since: Option<Instant>,
+}
+
+impl Generations {
+    /// Moves on to the generation of `now`.
+    fn age(&mut self, now: Instant) {
+        let Some(since) = self.since else {
+            self.since = Some(now);
+            return;
+        };
+        let elapsed = now.saturating_duration_since(since);
+        if elapsed >= GENERATION * 2 {
+            self.previous.clear();
+            self.current.clear();
+            self.since = Some(now);
+        } else if elapsed >= GENERATION {
+            self.previous = std::mem::take(&mut self.current);
+            self.since = Some(since + GENERATION);
+        }
+    }
+}
+
+impl RecentlyQueued {
+    pub fn new(shards: usize, capacity: usize) -> RecentlyQueued {
+        RecentlyQueued {
+            shards: (0..shards.max(1)).map(|_| Mutex::default()).collect(),
+            hasher: RandomState::new(),
+            capacity,
+        }
+    }
+
+    fn shard(&self, shard: usize) -> Option<std::sync::MutexGuard<'_, Generations>> {
+        self.shards
+            .get(shard)
+            .map(|m| m.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Remembers the INVITE `cseq` of `call_id`, queued for `shard` at `now`.
+    pub fn insert(&self, shard: usize, call_id: &str, cseq: u32, now: Instant) {
+        let h = self.hasher.hash_one((call_id, cseq));
+        if let Some(mut g) = self.shard(shard) {
+            g.age(now);
+            if g.current.len() < self.capacity {
+                g.current.insert(h);
+            }
+        }
+    }
+
+    /// Whether the INVITE `cseq` of `call_id` was queued for `shard` lately.
+    pub fn contains(&self, shard: usize, call_id: &str, cseq: u32, now: Instant) -> bool {
+        let h = self.hasher.hash_one((call_id, cseq));
+        self.shard(shard).is_some_and(|mut g| {
+            g.age(now);
+            g.current.contains(&h) || g.previous.contains(&h)
+        })
     }
 }
 
@@ -356,6 +449,46 @@ mod tests {
             assert_eq!(changed, (want != refusing).then_some(want), "at {at} ms");
             refusing = want;
         }
+    }
+
+    #[test]
+    fn queued_invites_are_remembered_for_one_to_two_generations() {
+        let q = RecentlyQueued::new(2, 3);
+        let t0 = Instant::now();
+        let s = |n: u64| t0 + Duration::from_secs(n);
+        q.insert(0, "a", 1, s(0));
+        q.insert(0, "b", 1, s(10));
+        // Each row: (seconds, shard, Call-ID, CSeq) → remembered.
+        let rows: &[(u64, usize, &str, u32, bool)] = &[
+            (1, 0, "a", 1, true),
+            (1, 0, "a", 2, false), // a new transaction of the same call
+            (1, 1, "a", 1, false), // another shard's
+            (17, 0, "a", 1, true), // the previous generation still counts
+            (17, 0, "b", 1, true),
+            (33, 0, "a", 1, false), // two generations on: forgotten
+            (33, 0, "b", 1, false),
+        ];
+        for &(at, shard, call_id, cseq, want) in rows {
+            assert_eq!(
+                q.contains(shard, call_id, cseq, s(at)),
+                want,
+                "{at} s {shard} {call_id} {cseq}"
+            );
+        }
+        // Idle for long: everything is forgotten at once.
+        q.insert(0, "c", 1, s(40));
+        assert!(!q.contains(0, "c", 1, s(100)));
+        // Bounded: past capacity a generation remembers no more.
+        for i in 0..5 {
+            q.insert(1, &format!("x{i}"), 1, s(100));
+        }
+        let kept = (0..5)
+            .filter(|i| q.contains(1, &format!("x{i}"), 1, s(100)))
+            .count();
+        assert_eq!(kept, 3);
+        // A shard past the gate's is ignored.
+        q.insert(9, "z", 1, s(100));
+        assert!(!q.contains(9, "z", 1, s(100)));
     }
 
     #[test]

@@ -102,6 +102,12 @@ impl Inbound {
                     return Admit::Drop;
                 }
                 if !gate.refusing(shard) {
+                    gate.queued.insert(shard, &info.call_id, info.cseq, now);
+                    return Admit::Queue;
+                }
+                if gate.queued.contains(shard, &info.call_id, info.cseq, now) {
+                    // A retransmission of an INVITE the core already has: it answers
+                    // it from the call's transaction.
                     return Admit::Queue;
                 }
                 let m = &self.metrics;
@@ -834,18 +840,22 @@ CSeq: {cseq} {method}\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
 
     /// While the core is late (the gate set by it), a new INVITE gets its 503 from
     /// the receiver and is not queued; its retransmission and its ACK are dropped; the
-    /// messages of calls in progress and a retry with a new CSeq are handled as usual.
+    /// messages of calls in progress, the retransmission of an INVITE queued before
+    /// the refusals began, and a retry with a new CSeq are handled as usual.
     #[test]
     fn a_late_core_has_new_invites_refused_at_the_receiver() {
         let (inb, mut rx) = inbound(Untrusted::Drop);
         let from = peer("127.0.0.1:5070");
         let m = inb.metrics.clone();
-        let invite = request("INVITE", "new", 1, "");
-        assert!(inb.frame(&invite, from).is_none(), "admitting: queued");
+        let taken = request("INVITE", "taken", 1, "");
+        assert!(inb.frame(&taken, from).is_none(), "admitting: queued");
         assert!(rx.try_recv().is_ok());
         inb.overload.set(0, true);
+        let invite = request("INVITE", "new", 1, "");
         // Each row: (message, answered with, queued, repeats dropped so far).
         let rows: Vec<(Vec<u8>, Option<&str>, bool, u64)> = vec![
+            // The call taken before: its retransmission goes to the core.
+            (taken.clone(), None, true, 0),
             (invite.clone(), Some("SIP/2.0 503 "), false, 0),
             (invite.clone(), None, false, 1),
             (request("ACK", "new", 1, ";tag=x"), None, false, 2),

@@ -147,6 +147,24 @@ Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
     assert!(!listed.body.contains("trickled"), "{}", listed.body);
 }
 
+/// Inserts call records straight into a running node's store. The node writes the same
+/// file, and under the whole suite's disk load one of its commits has held the write
+/// lock past SQLite's 5 s busy timeout ("database is locked"): the insert is tried
+/// again for up to a minute (a lock that long is a broken store, not a busy disk).
+fn insert_patiently(store: &tsunagu_store::SqliteStore, records: &[tsunagu_store::CallRecord]) {
+    use tsunagu_store::Store;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match store.insert_calls(records, &[]) {
+            Ok(_) => return,
+            Err(e) if e.to_string().contains("locked") && Instant::now() < deadline => {
+                eprintln!("store busy, inserting again: {e}");
+            }
+            Err(e) => panic!("insert: {e}"),
+        }
+    }
+}
+
 /// A client asks for a big CSV and stops reading: the node cuts the export after
 /// `export_send_timeout_seconds` (5 s here: with less, a loaded machine could run out
 /// the timeout before the second export is asked for) and closes the connection after
@@ -173,8 +191,7 @@ fn an_export_whose_client_stops_reading_is_cut() {
     let records: Vec<_> = (0..30_000)
         .map(|i| tsunagu_store::conformance::sample_call(&op_id, &adv, 1_700_000_000_000 + i))
         .collect();
-    use tsunagu_store::Store;
-    store.insert_calls(&records, &[]).unwrap();
+    insert_patiently(&store, &records);
 
     let mut stalled = connect_from("127.0.0.1", ports.api, Some(4096)).unwrap();
     write!(
@@ -197,7 +214,7 @@ fn an_export_whose_client_stops_reading_is_cut() {
     assert_eq!(second.header("retry-after").as_deref(), Some("5"));
     let mut one_more = tsunagu_store::conformance::sample_call(&op_id, &adv, 1_800_000_000_000);
     one_more.call_id = "call_written_during_export".into();
-    store.insert_calls(&[one_more], &[]).unwrap();
+    insert_patiently(&store, &[one_more]);
     // A write after the export began: only a reader still on an older snapshot would
     // keep the checkpoint from copying it into the database (and the WAL from resetting).
     assert!(store.checkpoint().unwrap(), "an export pins the WAL");

@@ -632,6 +632,25 @@ shaping_ms = 3000
     assert!(calls.iter().all(|c| c["result"] == "busy"), "{calls:?}");
 }
 
+/// `node.worker_threads` sizes the node's runtime (the lever the README gives for nodes
+/// sharing a host); by default there is one worker per CPU the node may use.
+#[test]
+fn worker_threads_size_the_runtime() {
+    let ports = Ports::take();
+    let mut node = Node::start(ports, "127.0.0.1/32", "");
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert_eq!(node.metric("tsunagu_runtime_workers"), cpus as f64);
+    let path = node.dir.path().join("node.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        text.replacen("[node]\n", "[node]\nworker_threads = 3\n", 1),
+    )
+    .unwrap();
+    node.restart();
+    assert_eq!(node.metric("tsunagu_runtime_workers"), 3.0);
+}
+
 #[test]
 fn hold_reinvites_pass_through_both_ways() {
     let ports = Ports::take();
