@@ -542,18 +542,18 @@ trunks = ["dead", "carrier-a"]
     assert!(node.metric("tsunagu_trunk_ping_failures_total{trunk=\"dead\"}") >= 2.0);
 }
 
+/// A trunk "slow" for calls from 127.0.0.3, capped at `max_cps` with `shaping_ms`.
+fn slow_trunk(max_cps: u32, shaping_ms: u32) -> String {
+    format!(
+        "\n[[trunks]]\nname = \"slow\"\ninbound = [\"127.0.0.3/32\"]\nmax_cps = {max_cps}\nshaping_ms = {shaping_ms}\n"
+    )
+}
+
 #[test]
 fn a_trunk_over_its_call_rate_is_shaped_then_refused() {
     let ports = Ports::take();
     // Calls from 127.0.0.3 arrive on a trunk capped at 5 calls/s with 300 ms of shaping.
-    let extra = r#"
-[[trunks]]
-name = "slow"
-inbound = ["127.0.0.3/32"]
-max_cps = 5
-shaping_ms = 300
-"#;
-    let node = Node::start(ports, "127.0.0.1/32", extra);
+    let node = Node::start(ports, "127.0.0.1/32", &slow_trunk(5, 300));
     let (key, _) = node.provision("0501234567", DEST, "{}");
     let _uas = Uas::start("uas_answer.xml", ports, node.dir.path(), &[]);
     let run = uac(
@@ -595,14 +595,7 @@ shaping_ms = 300
 fn a_shaped_call_waiting_at_shutdown_still_runs_and_is_logged() {
     let ports = Ports::take();
     // Calls from 127.0.0.3: one per second, the next waits up to 3 s for its turn.
-    let extra = r#"
-[[trunks]]
-name = "slow"
-inbound = ["127.0.0.3/32"]
-max_cps = 1
-shaping_ms = 3000
-"#;
-    let mut node = Node::start(ports, "127.0.0.1/32", extra);
+    let mut node = Node::start(ports, "127.0.0.1/32", &slow_trunk(1, 3000));
     let (key, _) = node.provision("0501234567", DEST, "{}");
     let _uas = Uas::start("uas_busy.xml", ports, node.dir.path(), &[]);
     let sock = std::net::UdpSocket::bind("127.0.0.3:0").unwrap();

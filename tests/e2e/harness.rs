@@ -27,8 +27,10 @@ pub fn wide_rtp_range() -> (u16, u16) {
     (10_000 + 2000 * k, 10_000 + 2000 * k + 1999)
 }
 
-/// Port slots the tests can take (see [`Ports::take`]).
-pub const SLOTS: u16 = 99;
+/// Port slots the tests can take (see [`Ports::take`]): the main bank, then a second.
+pub const SLOTS: u16 = MAIN_SLOTS + 8;
+/// Slots of the main bank (which fills 21000–65239).
+const MAIN_SLOTS: u16 = 99;
 /// Node RTP ports per slot (90 calls at once); a test needing more takes further slots.
 pub const RTP_PER_SLOT: u16 = 360;
 
@@ -50,9 +52,25 @@ impl Ports {
     /// and + 40 (UAC; tests use up to +30 above each), and [`RTP_PER_SLOT`] node RTP
     /// ports from 29600: disjoint for every slot, clear of the SPEC example's
     /// 5060/8080/20000-20999.
+    ///
+    /// Slots past the main bank's (j = k - 99 < 8) lie below it, clear of 5060, 8080
+    /// and of the wide RTP ranges: signalling 5100 + 10j, SIPp media 5200 + 76j (and
+    /// + 40), node RTP 2100 + 360j (up to 4979).
     pub fn take() -> Ports {
         let k = NEXT_SLOT.fetch_add(1, Ordering::SeqCst);
         assert!(k < SLOTS, "the e2e tests ran out of port slots");
+        if k >= MAIN_SLOTS {
+            let j = k - MAIN_SLOTS;
+            return Ports {
+                sip: 5100 + 10 * j,
+                api: 5101 + 10 * j,
+                uas: 5102 + 10 * j,
+                uac: 5103 + 10 * j,
+                uas_media: 5200 + 76 * j,
+                uac_media: 5240 + 76 * j,
+                rtp_first: 2100 + RTP_PER_SLOT * j,
+            };
+        }
         Ports {
             sip: 21000 + 10 * k,
             api: 21001 + 10 * k,

@@ -9,7 +9,6 @@
 
 use super::checkpoint::Dialog;
 use super::reliable::{Held, Out, Reliable, T1};
-use super::{CallMsg, CallRef};
 use tsunagu_sip::build::{new_branch, new_call_id, new_tag, RequestSpec};
 use tsunagu_sip::parse::{header, header_values, uri_addr, uri_of, Peer, Transport};
 use tsunagu_sip::transaction::TxKey;
@@ -67,9 +66,11 @@ pub struct ALeg {
     local_cseq: u32,
     /// A final response was sent (or decided on and held back for a PRACK).
     pub final_sent: bool,
-    /// Reliable provisionals, when the caller requires them (100rel), and the actor that
-    /// keeps their retransmission timer.
-    reliable: Option<Box<(Reliable, CallRef)>>,
+    /// Reliable provisionals, when the caller requires them (100rel).
+    reliable: Option<Box<Reliable>>,
+    /// The retransmission of a reliable provisional to arm, (RSeq, attempt): the call
+    /// puts it on its own timers ([`ALeg::take_rearm`]).
+    rearm: Option<(u32, u32)>,
     /// Answered: the INVITE is to be trimmed once no response is left to build from it.
     trim_pending: bool,
     /// The SDP the node last sent the caller (a checkpoint's base for the next offer).
@@ -106,6 +107,7 @@ impl ALeg {
             local_cseq: 0,
             final_sent: false,
             reliable: None,
+            rearm: None,
             trim_pending: false,
             last_sdp: None,
         }
@@ -128,7 +130,7 @@ impl ALeg {
     }
 
     fn trim(&mut self) {
-        let idle = self.reliable.as_deref().is_none_or(|(r, _)| r.idle());
+        let idle = self.reliable.as_deref().is_none_or(Reliable::idle);
         if self.trim_pending && idle {
             self.trim_pending = false;
             tsunagu_sip::parse::keep_only(&mut self.invite, &["From", "To", "Call-ID"]);
@@ -137,26 +139,22 @@ impl ALeg {
 
     /// The caller requires reliable provisionals (`Require: 100rel`): send them so,
     /// with retransmissions timed by `me`.
-    pub fn require_100rel(&mut self, me: CallRef) {
+    pub fn require_100rel(&mut self) {
         let first = (rand::random::<u32>() >> 1).max(1);
-        self.reliable = Some(Box::new((Reliable::new(first), me)));
+        self.reliable = Some(Box::new(Reliable::new(first)));
     }
 
     /// Whether the reliable provisional `rseq` awaits its PRACK.
     pub fn outstanding(&self, rseq: u32) -> bool {
         self.reliable
             .as_deref()
-            .is_some_and(|(r, _)| r.retransmit(rseq).is_some())
+            .is_some_and(|r| r.retransmit(rseq).is_some())
     }
 
     /// A PRACK acknowledging `rseq`: sends what waited for it. False if no such
     /// provisional is outstanding.
     pub fn prack(&mut self, ep: &EndpointHandle, rseq: u32) -> bool {
-        let Some(out) = self
-            .reliable
-            .as_deref_mut()
-            .and_then(|(r, _)| r.prack(rseq))
-        else {
+        let Some(out) = self.reliable.as_deref_mut().and_then(|r| r.prack(rseq)) else {
             return false;
         };
         for o in out {
@@ -170,11 +168,7 @@ impl ALeg {
     /// unacknowledged. False when it has gone unacknowledged for 64*T1: the caller
     /// is to be given up.
     pub fn retransmit_reliable(&mut self, ep: &EndpointHandle, rseq: u32, attempt: u32) -> bool {
-        let Some(out) = self
-            .reliable
-            .as_deref()
-            .and_then(|(r, _)| r.retransmit(rseq))
-        else {
+        let Some(out) = self.reliable.as_deref().and_then(|r| r.retransmit(rseq)) else {
             return true; // acknowledged (or superseded by a final response)
         };
         if attempt >= 6 {
@@ -190,12 +184,17 @@ impl ALeg {
         self.reliable = None;
     }
 
-    fn arm(&self, rseq: u32, attempt: u32) {
-        if let Some((_, me)) = self.reliable.as_deref() {
-            me.send_after(T1 * (1 << attempt), move || {
-                CallMsg::Reliable(rseq, attempt)
-            });
+    fn arm(&mut self, rseq: u32, attempt: u32) {
+        if self.reliable.is_some() {
+            self.rearm = Some((rseq, attempt));
         }
+    }
+
+    /// The retransmission to arm, if one was asked for since the last call: after
+    /// how long, and the RSeq and attempt it retransmits (T1, doubling).
+    pub fn take_rearm(&mut self) -> Option<(std::time::Duration, u32, u32)> {
+        let (rseq, attempt) = self.rearm.take()?;
+        Some((T1.saturating_mul(1 << attempt.min(16)), rseq, attempt))
     }
 
     /// Sends a response the reliable layer released; `first` arms the retransmission
@@ -236,7 +235,7 @@ impl ALeg {
         if code >= 200 {
             self.final_sent = true;
         }
-        if let Some((rel, _)) = self.reliable.as_deref_mut() {
+        if let Some(rel) = self.reliable.as_deref_mut() {
             if code > 100 {
                 let held = Held {
                     code,
@@ -414,6 +413,7 @@ impl ALeg {
             local_cseq: d.next_cseq.saturating_sub(1),
             final_sent: true,
             reliable: None,
+            rearm: None,
             trim_pending: false,
             last_sdp: Some(d.sdp.clone()),
         })

@@ -389,7 +389,7 @@ impl Call {
             &|ip| routing.is_trunk_address(ip),
         );
         if view.requires_100rel {
-            a.require_100rel(myself.clone());
+            a.require_100rel();
         }
         if shaping.is_zero() {
             myself
@@ -524,6 +524,11 @@ impl Call {
             CallMsg::Resume => call.resume_media(),
             #[cfg(test)]
             CallMsg::Crash => panic!("test-induced call actor panic"),
+        }
+        // A reliable provisional sent (or sent again) waits for its PRACK on the
+        // call's own timers.
+        if let Some((delay, rseq, attempt)) = call.a.take_rearm() {
+            call.after(delay, CallMsg::Reliable(rseq, attempt));
         }
     }
 

@@ -14,7 +14,7 @@ use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// Messages a call may have waiting before [`CallRef::deliver`] drops more.
 pub const INBOX_LIMIT: usize = 64;
@@ -96,19 +96,6 @@ impl CallRef {
         }
     }
 
-    /// Sends `msg()` after `delay` (dropped if the call has ended by then). Abort the
-    /// returned task to cancel.
-    pub fn send_after<F>(&self, delay: Duration, msg: F) -> tokio::task::JoinHandle<()>
-    where
-        F: FnOnce() -> CallMsg + Send + 'static,
-    {
-        let me = self.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
-            let _ = me.send_message(msg());
-        })
-    }
-
     /// Ends the call's task at its next message (whatever state it is in).
     pub fn stop(&self) {
         self.0.stopped.store(true, Ordering::Release);
@@ -168,6 +155,7 @@ pub fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[tokio::test]
     async fn messages_arrive_in_order_and_stop_ends_the_inbox() {
@@ -176,9 +164,6 @@ mod tests {
         me.send_message(CallMsg::QueueTimeout).unwrap();
         assert!(matches!(me.next().await, Some(CallMsg::EndGuard)));
         assert!(matches!(me.next().await, Some(CallMsg::QueueTimeout)));
-        let later = me.send_after(Duration::from_millis(10), || CallMsg::JudgementTimeout);
-        assert!(matches!(me.next().await, Some(CallMsg::JudgementTimeout)));
-        later.await.unwrap();
         me.stop();
         assert!(me.next().await.is_none());
         assert!(
