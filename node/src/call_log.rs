@@ -361,7 +361,23 @@ pub fn recover(
     node_id: &str,
     last_seen: Option<i64>,
 ) -> tsunagu_store::Result<usize> {
-    crate::cluster_link::finalise_calls_of(store, log, node_id, last_seen)
+    let left = store.active_calls_of(node_id)?;
+    for tsunagu_store::ActiveCall { record, .. } in &left {
+        let number = store
+            .get_number(&record.tracking_number)?
+            .unwrap_or_else(|| tsunagu_store::TrackingNumber {
+                number: record.tracking_number.clone(),
+                operator_id: record.operator_id.clone(),
+                advertiser_id: record.advertiser_id.clone(),
+                ..Default::default()
+            });
+        log.write(LogEntry {
+            record: lost_call(record.clone(), last_seen),
+            number: Arc::new(number),
+            caller_verified: false,
+        });
+    }
+    Ok(left.len())
 }
 
 /// Writes the batch, retrying with backoff while the store fails. A call's events come

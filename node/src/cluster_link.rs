@@ -26,7 +26,7 @@ use std::time::Duration;
 use tsunagu_cluster::lines::Answer;
 use tsunagu_cluster::{placement, Cluster, Host, Registered};
 use tsunagu_config::Config;
-use tsunagu_store::{ActiveCall, NodeInfo, Store, TrackingNumber};
+use tsunagu_store::{NodeInfo, Store, TrackingNumber};
 
 /// What the cluster's callbacks reach in the node.
 pub struct NodeHost {
@@ -526,32 +526,6 @@ impl TakeOver {
         })
         .await;
     }
-}
-
-/// Logs each call `node` left in progress once (see [`lost_call`]); how many.
-pub fn finalise_calls_of(
-    store: &dyn Store,
-    log: &crate::call_log::CallLog,
-    node: &str,
-    last_seen: Option<i64>,
-) -> tsunagu_store::Result<usize> {
-    let left = store.active_calls_of(node)?;
-    for ActiveCall { record, .. } in &left {
-        let number = store
-            .get_number(&record.tracking_number)?
-            .unwrap_or_else(|| TrackingNumber {
-                number: record.tracking_number.clone(),
-                operator_id: record.operator_id.clone(),
-                advertiser_id: record.advertiser_id.clone(),
-                ..TrackingNumber::default()
-            });
-        log.write(LogEntry {
-            record: lost_call(record.clone(), last_seen),
-            number: Arc::new(number),
-            caller_verified: false,
-        });
-    }
-    Ok(left.len())
 }
 
 /// Drops every call silently, registers a new incarnation and rejoins the cluster.

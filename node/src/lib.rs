@@ -11,6 +11,8 @@ pub mod decide;
 pub mod directory;
 pub mod follow_up;
 pub mod invite;
+#[cfg(test)]
+mod layout;
 pub mod lines;
 pub mod metrics;
 pub mod provisioning;

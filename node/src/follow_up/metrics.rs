@@ -1,14 +1,111 @@
-//! Metrics of the follow-up defences: destinations refused by the egress policy,
-//! rows handed back because their destination had its share, deliveries in flight,
-//! and SMS withheld from callers. Part of [`crate::metrics::FollowUpMetrics`].
+//! Metrics of follow-ups: deliveries from the outbox by kind ([`FollowUpMetrics`]),
+//! and the defences: destinations refused by the egress policy, rows handed back
+//! because their destination had its share, deliveries in flight, and SMS withheld
+//! from callers ([`GuardMetrics`]). The node's registry (`crate::metrics`) takes them.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use tsunagu_api::{EgressLabel, EgressRefusals};
 use tsunagu_config::egress::Refusal;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: &'static str,
+}
+
+/// Delivery of follow-ups (webhooks, GA4, e-mail, SMS) from the outbox.
+#[derive(Clone)]
+pub struct FollowUpMetrics {
+    pub delivered: Family<KindLabel, Counter>,
+    pub failures: Family<KindLabel, Counter>,
+    pub given_up: Family<KindLabel, Counter>,
+    pub pending: Gauge,
+    pub dead: Gauge,
+    pub delivery_seconds: Histogram,
+    pub callbacks_issued: Counter,
+    pub callback_pool_empty: Counter,
+    pub guards: GuardMetrics,
+}
+
+impl Default for FollowUpMetrics {
+    fn default() -> Self {
+        FollowUpMetrics {
+            delivered: Family::default(),
+            failures: Family::default(),
+            given_up: Family::default(),
+            pending: Gauge::default(),
+            dead: Gauge::default(),
+            delivery_seconds: Histogram::new([
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+            callbacks_issued: Counter::default(),
+            callback_pool_empty: Counter::default(),
+            guards: Default::default(),
+        }
+    }
+}
+
+impl FollowUpMetrics {
+    /// Creates every kind's series at zero, so dashboards and alerts see them from the
+    /// start (a labelled family without samples is not exported at all).
+    pub fn touch(&self) {
+        for kind in ["webhook", "ga4", "email", "sms"] {
+            let l = KindLabel { kind };
+            drop(self.delivered.get_or_create(&l));
+            drop(self.failures.get_or_create(&l));
+            drop(self.given_up.get_or_create(&l));
+        }
+        self.guards.touch();
+    }
+
+    pub(crate) fn register(&self, r: &mut Registry) {
+        r.register(
+            "follow_ups_delivered",
+            "Follow-ups delivered, by kind (webhook, ga4, email, sms)",
+            self.delivered.clone(),
+        );
+        r.register(
+            "follow_up_failures",
+            "Failed delivery attempts, by kind (each is retried until notify.max_attempts)",
+            self.failures.clone(),
+        );
+        r.register(
+            "follow_ups_given_up",
+            "Follow-ups that exhausted their attempts or can never be delivered, by kind",
+            self.given_up.clone(),
+        );
+        r.register(
+            "follow_ups_pending",
+            "Follow-ups waiting in the outbox (all nodes sharing the store)",
+            self.pending.clone(),
+        );
+        r.register(
+            "follow_ups_dead",
+            "Follow-ups kept in the outbox after giving up",
+            self.dead.clone(),
+        );
+        r.register(
+            "follow_up_delivery_seconds",
+            "Time of one delivery attempt",
+            self.delivery_seconds.clone(),
+        );
+        r.register(
+            "callback_numbers_issued",
+            "Callback numbers leased to missed calls",
+            self.callbacks_issued.clone(),
+        );
+        r.register(
+            "callback_pool_exhausted",
+            "Missed calls whose notice went without a callback number because the pool was full",
+            self.callback_pool_empty.clone(),
+        );
+        self.guards.register(r);
+    }
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
