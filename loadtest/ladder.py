@@ -7,7 +7,8 @@ target rate runs a SIPp UAC for a fixed number of seconds. Between steps it wait
 the node has no active call (an idle machine). For each step it prints:
 
   target cps | achieved cps | calls | success % | setup p50/p95 ms | node CPU ms/call | node RSS MiB
-  | CPU % not ours | SIP core busy % (the busiest shard)
+  | CPU % not ours | SIP core busy % (the busiest shard) | refused (new INVITEs refused
+  503 for overload) | repeats (retransmissions of refused INVITEs, and their ACKs, dropped)
 
 "Not ours" is the machine's busy CPU during the step (from /proc/stat) less the node's,
 the UAS's and the UAC's, in % of one core: work nothing this run started (a build, the
@@ -183,7 +184,7 @@ trunks = ["carrier-a"]
         if args.concurrency:
             return concurrency_run(args, node, work)
         print(f"node pid {node.pid}, work dir {work}, hold {args.hold_ms} ms, {args.seconds} s per step")
-        print(f"{'target':>7} {'achieved':>9} {'calls':>7} {'success%':>9} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'CPU ms/call':>12} {'RSS MiB':>8} {'not ours %':>11} {'core busy %':>12}")
+        print(f"{'target':>7} {'achieved':>9} {'calls':>7} {'success%':>9} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'CPU ms/call':>12} {'RSS MiB':>8} {'not ours %':>11} {'core busy %':>12} {'refused':>8} {'repeats':>8}")
         steps = [int(r) for r in args.rates.split(",")]
         retried = set()
         while steps:
@@ -196,6 +197,8 @@ trunks = ["carrier-a"]
             cpu0, started0 = cpu_ns(node.pid), metric(8080, "tsunagu_calls_started_total")
             idle0, kids0, uas0 = machine_idle_ns(), children_ns(), cpu_ns(uas.pid)
             busy0 = series(8080, "tsunagu_sip_core_busy_seconds_total")
+            refused0 = metric(8080, "tsunagu_sip_overload_rejections_total")
+            repeats0 = metric(8080, "tsunagu_sip_overload_repeats_dropped_total")
             t0 = time.time()
             step = os.path.join(work, f"step{rate}")
             os.makedirs(step, exist_ok=True)
@@ -211,6 +214,8 @@ trunks = ["carrier-a"]
             cpu1, started1 = cpu_ns(node.pid), metric(8080, "tsunagu_calls_started_total")
             idle1, kids1, uas1 = machine_idle_ns(), children_ns(), cpu_ns(uas.pid)
             busy1 = series(8080, "tsunagu_sip_core_busy_seconds_total")
+            refused = metric(8080, "tsunagu_sip_overload_rejections_total") - refused0
+            repeats = metric(8080, "tsunagu_sip_overload_repeats_dropped_total") - repeats0
             # The busiest shard during SIPp's run (the node idles after it).
             shard_busy = max([busy1[k] - busy0.get(k, 0.0) for k in busy1] or [0.0]) / max(0.001, elapsed) * 100
             window = max(0.001, time.time() - t0)
@@ -235,7 +240,7 @@ trunks = ["carrier-a"]
             total = ok + failed
             achieved = total / max(0.001, elapsed - args.hold_ms / 1000)
             print(f"{rate:>7} {achieved:>9.0f} {total:>7} {100.0 * ok / max(1, total):>8.2f}% {percentile(rtts, 50):>7.2f} {percentile(rtts, 95):>7.2f} "
-                  f"{percentile(rtts, 99):>7.2f} {(cpu1 - cpu0) / 1e6 / handled:>12.3f} {rss_mib(node.pid):>8.1f} {not_ours:>10.1f}% {shard_busy:>11.1f}%"
+                  f"{percentile(rtts, 99):>7.2f} {(cpu1 - cpu0) / 1e6 / handled:>12.3f} {rss_mib(node.pid):>8.1f} {not_ours:>10.1f}% {shard_busy:>11.1f}% {refused:>8.0f} {repeats:>8.0f}"
                   + ("" if not_ours <= NOISE_PCT else (" noisy: repeated" if rate in retried else " noisy: repeating")), flush=True)
             if not_ours > NOISE_PCT and rate not in retried:
                 retried.add(rate)
