@@ -335,6 +335,13 @@ impl PortPool {
         self.free.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
+    /// Two ports for one call's relay (caller side, callee side), or none: one leased
+    /// alone goes back to the pool when it drops.
+    pub fn allocate_two(self: &Arc<Self>) -> Result<(MediaPort, MediaPort), MediaError> {
+        let a = self.allocate()?;
+        Ok((a, self.allocate()?))
+    }
+
     /// Leases a port, with the socket it kept if it has one; ports another process
     /// holds are skipped (and kept for later). Must be called inside a tokio runtime.
     pub fn allocate(self: &Arc<Self>) -> Result<MediaPort, MediaError> {

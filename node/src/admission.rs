@@ -139,7 +139,7 @@ impl InviteHandler for Admission {
         // The relay's ports, leased now: a node out of them refuses here, before the
         // 100 Trying and with Retry-After, rather than admitting calls that fail (at
         // 1.5x this machine's capacity, a third of all calls did, after their 100).
-        let Ok(media_ports) = crate::call::lease_two(&ctx.ports) else {
+        let Ok(media_ports) = ctx.ports.allocate_two() else {
             return self.refuse(503, "rtp_ports", invite);
         };
         ctx.trunk_counters[trunk].inbound.inc();
@@ -157,7 +157,7 @@ impl InviteHandler for Admission {
             advertiser_lines,
             id: tsunagu_store::new_time_id("call"),
             logged: Arc::new(AtomicBool::new(false)),
-            media_ports: Some(media_ports),
+            media_ports,
         };
         if !wait.is_zero() {
             // Shaped: the call starts when its turn comes. It counts as accepted: the

@@ -59,26 +59,20 @@ impl Ports {
     pub fn take() -> Ports {
         let k = NEXT_SLOT.fetch_add(1, Ordering::SeqCst);
         assert!(k < SLOTS, "the e2e tests ran out of port slots");
-        if k >= MAIN_SLOTS {
-            let j = k - MAIN_SLOTS;
-            return Ports {
-                sip: 5100 + 10 * j,
-                api: 5101 + 10 * j,
-                uas: 5102 + 10 * j,
-                uac: 5103 + 10 * j,
-                uas_media: 5200 + 76 * j,
-                uac_media: 5240 + 76 * j,
-                rtp_first: 2100 + RTP_PER_SLOT * j,
-            };
-        }
+        // (slot within its bank, signalling, SIPp media and node RTP bases)
+        let (k, signalling, media, rtp) = if k < MAIN_SLOTS {
+            (k, 21000, 22000, 29600)
+        } else {
+            (k - MAIN_SLOTS, 5100, 5200, 2100)
+        };
         Ports {
-            sip: 21000 + 10 * k,
-            api: 21001 + 10 * k,
-            uas: 21002 + 10 * k,
-            uac: 21003 + 10 * k,
-            uas_media: 22000 + 76 * k,
-            uac_media: 22040 + 76 * k,
-            rtp_first: 29600 + RTP_PER_SLOT * k,
+            sip: signalling + 10 * k,
+            api: signalling + 1 + 10 * k,
+            uas: signalling + 2 + 10 * k,
+            uac: signalling + 3 + 10 * k,
+            uas_media: media + 76 * k,
+            uac_media: media + 40 + 76 * k,
+            rtp_first: rtp + RTP_PER_SLOT * k,
         }
     }
 }

@@ -613,19 +613,20 @@ fn a_node_out_of_rtp_ports_refuses_before_its_100_trying() {
     let _callee = Uas::start("uas_no_answer.xml", ports, node.dir.path(), &[]);
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
     let me = sock.local_addr().unwrap();
-    let to = ("127.0.0.1", ports.sip);
-    sock.send_to(invite(me, "rtp-first").as_bytes(), to)
-        .unwrap();
-    let got = datagrams_within(&sock, Duration::from_secs(1));
+    // Sends `msg` to the node; every datagram back within a second.
+    let ask = |msg: &str| {
+        sock.send_to(msg.as_bytes(), ("127.0.0.1", ports.sip))
+            .unwrap();
+        datagrams_within(&sock, Duration::from_secs(1))
+    };
+    let got = ask(&invite(me, "rtp-first"));
     assert!(
         answer_for(&got, "rtp-first", "SIP/2.0 100 ").is_some(),
         "{got:?}"
     );
     assert_eq!(node.metric("tsunagu_rtp_ports_in_use"), 2.0);
 
-    sock.send_to(invite(me, "rtp-second").as_bytes(), to)
-        .unwrap();
-    let got = datagrams_within(&sock, Duration::from_secs(1));
+    let got = ask(&invite(me, "rtp-second"));
     let second: Vec<_> = got
         .iter()
         .filter(|m| m.contains("Call-ID: rtp-second@edge\r\n"))
@@ -647,8 +648,7 @@ fn a_node_out_of_rtp_ports_refuses_before_its_100_trying() {
     let cancel = invite(me, "rtp-first")
         .replace("INVITE sip:", "CANCEL sip:")
         .replace("1 INVITE", "1 CANCEL");
-    sock.send_to(cancel.as_bytes(), to).unwrap();
-    let got = datagrams_within(&sock, Duration::from_secs(1));
+    let got = ask(&cancel);
     let cancelled = answer_for(&got, "rtp-first", "SIP/2.0 487 ").expect("487 to the INVITE");
     let to_header = cancelled
         .lines()
@@ -658,15 +658,14 @@ fn a_node_out_of_rtp_ports_refuses_before_its_100_trying() {
         .replace("INVITE sip:", "ACK sip:")
         .replace("1 INVITE", "1 ACK")
         .replace("To: <sip:0501234567@127.0.0.1>", to_header);
-    sock.send_to(ack.as_bytes(), to).unwrap();
+    sock.send_to(ack.as_bytes(), ("127.0.0.1", ports.sip))
+        .unwrap();
     node.wait_until(
         Duration::from_secs(5),
         "the first call's ports to go back",
         || node.metric("tsunagu_rtp_ports_in_use") == 0.0,
     );
-    sock.send_to(invite(me, "rtp-third").as_bytes(), to)
-        .unwrap();
-    let got = datagrams_within(&sock, Duration::from_secs(1));
+    let got = ask(&invite(me, "rtp-third"));
     assert!(
         answer_for(&got, "rtp-third", "SIP/2.0 100 ").is_some(),
         "{got:?}"

@@ -78,10 +78,11 @@ impl Call {
         if self.relay.is_some() {
             return true;
         }
-        let leased = match self.media_ports.take() {
-            Some(ports) => Ok(ports),
-            None => super::lease_two(&self.ctx.ports),
-        };
+        // Leased at admission; a call taken over from another node leases them now.
+        let leased = self
+            .media_ports
+            .take()
+            .map_or_else(|| self.ctx.ports.allocate_two(), Ok);
         let (a, b) = match leased {
             Ok(ports) => ports,
             Err(_) => {

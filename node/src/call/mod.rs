@@ -112,7 +112,7 @@ pub struct CallArgs {
     pub logged: Arc<AtomicBool>,
     /// The two RTP ports leased at admission for the call's relay (so a node out of
     /// ports refuses the INVITE before its 100 Trying instead of failing the call after).
-    pub media_ports: Option<(MediaPort, MediaPort)>,
+    pub media_ports: (MediaPort, MediaPort),
 }
 
 /// What the call table keeps about a running call, to clean up if its actor dies: a
@@ -286,15 +286,6 @@ pub struct Call {
     media_ports: Option<(MediaPort, MediaPort)>,
 }
 
-/// Two RTP ports for a call's relay (caller side, callee side), or none: one leased
-/// alone goes back to the pool.
-pub fn lease_two(
-    ports: &Arc<tsunagu_media::ports::PortPool>,
-) -> Result<(MediaPort, MediaPort), tsunagu_media::MediaError> {
-    let a = ports.allocate()?;
-    Ok((a, ports.allocate()?))
-}
-
 /// Runs one call from its INVITE to its end (see [`task`]); returns how it ended.
 pub async fn run(args: CallArgs, me: CallRef) -> Exit {
     args.ctx
@@ -391,13 +382,12 @@ impl Call {
         if view.requires_100rel {
             a.require_100rel();
         }
+        let mut call = Call::blank(ctx, myself, id, span, number, a, caller);
         if shaping.is_zero() {
-            myself
+            call.me
                 .send_message(CallMsg::Start)
                 .map_err(|_| "the call ended before it started".to_string())?;
-        }
-        let mut call = Call::blank(ctx, myself, id, span, number, a, caller);
-        if !shaping.is_zero() {
+        } else {
             // Its turn comes as a timer: meanwhile a CANCEL or the node's drain ends
             // the call like any other that has not started.
             call.after(shaping, CallMsg::Start);
@@ -409,7 +399,7 @@ impl Call {
         call.logged = logged;
         call.advertiser_lines = advertiser_lines;
         call._slot = Some(slot);
-        call.media_ports = media_ports;
+        call.media_ports = Some(media_ports);
         Ok(call)
     }
 
