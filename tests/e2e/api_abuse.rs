@@ -157,7 +157,9 @@ fn insert_patiently(store: &tsunagu_store::SqliteStore, records: &[tsunagu_store
     loop {
         match store.insert_calls(records, &[]) {
             Ok(_) => return,
-            Err(e) if e.to_string().contains("locked") && Instant::now() < deadline => {
+            Err(tsunagu_store::StoreError::Unavailable(e))
+                if e.contains("locked") && Instant::now() < deadline =>
+            {
                 eprintln!("store busy, inserting again: {e}");
             }
             Err(e) => panic!("insert: {e}"),

@@ -633,14 +633,7 @@ fn worker_threads_size_the_runtime() {
     let mut node = Node::start(ports, "127.0.0.1/32", "");
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     assert_eq!(node.metric("tsunagu_runtime_workers"), cpus as f64);
-    let path = node.dir.path().join("node.toml");
-    let text = std::fs::read_to_string(&path).unwrap();
-    std::fs::write(
-        &path,
-        text.replacen("[node]\n", "[node]\nworker_threads = 3\n", 1),
-    )
-    .unwrap();
-    node.restart();
+    node.restart_with_line("node", "worker_threads = 3");
     assert_eq!(node.metric("tsunagu_runtime_workers"), 3.0);
 }
 

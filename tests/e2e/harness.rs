@@ -1206,9 +1206,14 @@ backend = "embedded"
 
     /// Adds `line` to the `[api]` table of the node's configuration and restarts it.
     pub fn restart_with_api_line(&mut self, line: &str) {
+        self.restart_with_line("api", line);
+    }
+
+    /// Adds `line` to the `[table]` of the node's configuration and restarts it.
+    pub fn restart_with_line(&mut self, table: &str, line: &str) {
         let path = self.dir.path().join("node.toml");
         let text = std::fs::read_to_string(&path).expect("config");
-        let text = text.replacen("[api]\n", &format!("[api]\n{line}\n"), 1);
+        let text = text.replacen(&format!("[{table}]\n"), &format!("[{table}]\n{line}\n"), 1);
         std::fs::write(&path, text).expect("write config");
         self.restart();
     }
