@@ -30,7 +30,7 @@ use crate::decide::validity::{judge, Facts};
 use crate::follow_up::hooks::WebhookCache;
 use crate::follow_up::plan::{callback_pool, CallEvent, Planner};
 use crate::metrics::{CallMetrics, FollowUpMetrics};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -231,6 +231,37 @@ impl InProgress {
         plain.into_iter().chain(checkpoint).min()
     }
 
+    /// The waiting records of calls from the callers of `entries` to the same
+    /// advertisers: written with the entries' batch, before them, so that the duplicate
+    /// check of a call that ends first sees an earlier call of its caller still in
+    /// progress (see `complete_records`).
+    fn take_callers_of(&mut self, entries: &[LogEntry]) -> Vec<ActiveCall> {
+        if self.calls.is_empty() || entries.is_empty() {
+            return Vec::new();
+        }
+        let callers: HashSet<(&str, &str)> = entries
+            .iter()
+            .map(|e| {
+                (
+                    e.record.advertiser_id.as_str(),
+                    e.record.caller_number.as_str(),
+                )
+            })
+            .collect();
+        let ids: Vec<String> = self
+            .calls
+            .iter()
+            .filter(|(_, a)| {
+                callers.contains(&(
+                    a.record.advertiser_id.as_str(),
+                    a.record.caller_number.as_str(),
+                ))
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        ids.iter().filter_map(|id| self.calls.remove(id)).collect()
+    }
+
     fn take(&mut self) -> Vec<ActiveCall> {
         self.since = None;
         self.checkpoint_since = None;
@@ -301,6 +332,8 @@ fn writer(w: Writer, rx: mpsc::Receiver<LogMsg>, shared: Arc<Shared>) {
         };
         w.metrics.log_pending.set(pending(&batch, &in_progress));
         if batch.len() > 0 && !lingering {
+            let same_callers = in_progress.take_callers_of(&batch.entries);
+            batch.active.extend(same_callers);
             write_with_retry(&w, &mut batch, &shared);
             first_at = None;
             w.metrics.log_pending.set(pending(&batch, &in_progress));
@@ -516,16 +549,15 @@ fn complete_records(
         let known = r.caller_kind != CallerKind::Anonymous && !r.caller_number.is_empty();
         let earlier = if window_ms > 0 && known {
             let since = r.started_at - window_ms;
-            let in_batch = out.iter().any(|o| {
+            let before = (r.started_at, r.call_id.as_str());
+            let in_batch = batch.iter().any(|o| {
+                let o = &o.record;
                 o.advertiser_id == r.advertiser_id
                     && o.caller_number == r.caller_number
                     && o.started_at >= since
-                    && o.started_at < r.started_at
+                    && (o.started_at, o.call_id.as_str()) < before
             });
-            in_batch
-                || store
-                    .last_call_started(&r.advertiser_id, &r.caller_number, since, r.started_at)?
-                    .is_some()
+            in_batch || store.earlier_call(&r.advertiser_id, &r.caller_number, since, before)?
         } else {
             false
         };
@@ -622,86 +654,171 @@ mod tests {
         }
     }
 
-    #[test]
-    fn duplicates_are_judged_across_batches_and_within_one() {
-        let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("t.db")).unwrap());
-        let op = store.create_operator("op").unwrap();
-        let rule = ValidityRule {
-            min_talk_seconds: 10,
-            duplicate_window_seconds: 3600,
-            ..ValidityRule::default()
-        };
-        let mut number = tsunagu_store::conformance::sample_number(&op.id, "adv_1");
-        number.validity = rule;
-        let number = Arc::new(number);
-        let at = |start: i64, talk: u32| {
-            let mut r = sample_call(&op.id, "adv_1", start);
+    /// A writer on a fresh store, a number whose calls count once an hour, and a call
+    /// to it from the same caller starting at a given time with a given talk time.
+    struct Dup {
+        _dir: tempfile::TempDir,
+        store: Arc<dyn Store>,
+        op: String,
+        number: Arc<TrackingNumber>,
+        w: Writer,
+        shared: Shared,
+    }
+
+    impl Dup {
+        fn new() -> Dup {
+            let dir = tempfile::tempdir().unwrap();
+            let store: Arc<dyn Store> =
+                Arc::new(SqliteStore::open(&dir.path().join("t.db")).unwrap());
+            let op = store.create_operator("op").unwrap().id;
+            let mut number = tsunagu_store::conformance::sample_number(&op, "adv_1");
+            number.validity = ValidityRule {
+                min_talk_seconds: 10,
+                duplicate_window_seconds: 3600,
+                ..ValidityRule::default()
+            };
+            let w = Writer {
+                store: store.clone(),
+                metrics: CallMetrics::default(),
+                follow_up_metrics: FollowUpMetrics::default(),
+                planner: Planner {
+                    email: false,
+                    sms: false,
+                    utc_offset_minutes: 540,
+                },
+                wake: Arc::new(Notify::new()),
+                webhooks: WebhookCache::load(store.clone()).unwrap(),
+                node_id: "n1".into(),
+                epoch: Arc::new(1.into()),
+                high_water: 1000,
+            };
+            let shared = Shared {
+                queued: AtomicI64::new(0),
+                stalled: AtomicBool::new(false),
+                high_water: 1000,
+            };
+            Dup {
+                _dir: dir,
+                store,
+                op,
+                number: Arc::new(number),
+                w,
+                shared,
+            }
+        }
+
+        fn call(&self, id: &str, start: i64, talk: u32) -> LogEntry {
+            let mut r = sample_call(&self.op, "adv_1", start);
+            r.call_id = id.into();
             r.talk_seconds = talk;
+            r.owner_epoch = 1; // this writer's incarnation owns its calls in progress
             LogEntry {
                 record: r,
-                number: number.clone(),
+                number: self.number.clone(),
                 caller_verified: false,
             }
-        };
-        let w = Writer {
-            store: store.clone(),
-            metrics: CallMetrics::default(),
-            follow_up_metrics: FollowUpMetrics::default(),
-            planner: Planner {
-                email: false,
-                sms: false,
-                utc_offset_minutes: 540,
-            },
-            wake: Arc::new(Notify::new()),
-            webhooks: WebhookCache::load(store.clone()).unwrap(),
-            node_id: "n1".into(),
-            epoch: Arc::new(1.into()),
-            high_water: 1000,
-        };
-        let batch = |entries| Batch {
-            events: Vec::new(),
-            entries,
-            active: Vec::new(),
-        };
-        let shared = Shared {
-            queued: AtomicI64::new(0),
-            stalled: AtomicBool::new(false),
-            high_water: 1000,
-        };
-        write_with_retry(&w, &mut batch(vec![at(1_000_000, 30)]), &shared);
-        // Same batch: a repeat within the hour, then a short call 2 hours later.
-        write_with_retry(
-            &w,
-            &mut batch(vec![
-                at(1_000_000 + 60_000, 30),
-                at(1_000_000 + 2 * 3_600_000 + 120_000, 3),
-                at(1_000_000 + 2 * 3_600_000 + 180_000, 30),
-            ]),
-            &shared,
-        );
-        let mut got = Vec::new();
-        store
-            .scan_calls(
-                &CallQuery {
-                    operator_id: op.id.clone(),
-                    ..Default::default()
-                },
-                &mut |r| {
-                    got.push(r.validity);
+        }
+
+        /// Writes `entries` as one batch, with the records in progress the writer
+        /// would write with them (see the writer loop).
+        fn write(&self, entries: Vec<LogEntry>, in_progress: &mut InProgress) {
+            let active = in_progress.take_callers_of(&entries);
+            let mut batch = Batch {
+                events: Vec::new(),
+                entries,
+                active,
+            };
+            write_with_retry(&self.w, &mut batch, &self.shared);
+        }
+
+        /// Validity by call id.
+        fn validity(&self) -> BTreeMap<String, Validity> {
+            let mut got = BTreeMap::new();
+            let query = CallQuery {
+                operator_id: self.op.clone(),
+                ..Default::default()
+            };
+            self.store
+                .scan_calls(&query, &mut |r| {
+                    got.insert(r.call_id, r.validity);
                     true
-                },
-            )
-            .unwrap();
-        assert_eq!(
-            got,
+                })
+                .unwrap();
+            got
+        }
+    }
+
+    #[test]
+    fn duplicates_are_judged_across_batches_and_within_one() {
+        let d = Dup::new();
+        let none = &mut InProgress::default();
+        d.write(vec![d.call("c1", 1_000_000, 30)], none);
+        // Same batch: a repeat within the hour, then a short call 2 hours later, then
+        // a repeat of that (listed first: the batch's order does not matter).
+        let later = 1_000_000 + 2 * 3_600_000;
+        d.write(
             vec![
-                Validity::Valid,
-                Validity::InvalidDuplicate,
-                Validity::InvalidShort,
-                Validity::InvalidDuplicate
-            ]
+                d.call("c4", later + 180_000, 30),
+                d.call("c2", 1_000_000 + 60_000, 30),
+                d.call("c3", later + 120_000, 3),
+            ],
+            none,
         );
-        assert_eq!(w.metrics.log_written.get(), 4);
+        use Validity::*;
+        let want = [
+            ("c1", Valid),
+            ("c2", InvalidDuplicate),
+            ("c3", InvalidShort),
+            ("c4", InvalidDuplicate),
+        ];
+        let want: BTreeMap<String, Validity> = want
+            .into_iter()
+            .map(|(id, v)| (id.to_string(), v))
+            .collect();
+        assert_eq!(d.validity(), want);
+        assert_eq!(d.w.metrics.log_written.get(), 4);
+    }
+
+    /// Calls end in any order and start in the same millisecond: of the caller's calls
+    /// exactly one is valid, the earliest (by start, then call id).
+    #[test]
+    fn the_earliest_call_is_valid_whatever_order_the_calls_end_in() {
+        use Validity::*;
+        let t = 1_000_000;
+        // (calls in the order they end: id, start, still in progress (not yet written)
+        // when an earlier one ends) -> the valid one
+        let cases: [(&[(&str, i64)], &str); 5] = [
+            (&[("a", t), ("b", t + 10)], "a"),
+            (&[("b", t + 10), ("a", t)], "a"),
+            (&[("b", t), ("a", t)], "a"),
+            (&[("a", t), ("b", t)], "a"),
+            (&[("c", t + 5), ("b", t), ("a", t + 1)], "b"),
+        ];
+        for (order, valid) in cases {
+            // Every call is admitted (its record in progress waits in the writer), then
+            // they end one batch at a time.
+            let d = Dup::new();
+            let mut in_progress = InProgress::default();
+            let now = Instant::now();
+            for (id, start) in order {
+                let mut r = d.call(id, *start, 30).record;
+                r.state = CallState::Active;
+                let a = ActiveCall {
+                    record: r,
+                    checkpoint: None,
+                };
+                in_progress.put(a, now);
+            }
+            for (id, start) in order {
+                in_progress.ended(id);
+                d.write(vec![d.call(id, *start, 30)], &mut in_progress);
+            }
+            let got = d.validity();
+            for (id, v) in &got {
+                let want = if id == valid { Valid } else { InvalidDuplicate };
+                assert_eq!(*v, want, "{order:?}: {id}");
+            }
+            assert_eq!(got.len(), order.len());
+        }
     }
 }

@@ -716,20 +716,40 @@ fn call_queries_filter_sort_and_page(s: &dyn Store) {
 fn duplicate_lookup_window(s: &dyn Store) {
     let op = s.create_operator("a").unwrap();
     let adv = crate::new_id("adv");
+    let caller = "0312345678";
     let mut first = sample_call(&op.id, &adv, 5_000_000);
-    first.caller_number = "0312345678".into();
-    s.insert_calls(&[first], &[]).unwrap();
+    first.caller_number = caller.into();
+    first.call_id = "call_m".into();
+    s.insert_calls(std::slice::from_ref(&first), &[]).unwrap();
+    // A call still in progress counts as well as an ended one.
+    let mut running = sample_call(&op.id, &adv, 7_000_000);
+    running.caller_number = caller.into();
+    running.call_id = "call_r".into();
+    running.node = "n-dup".into();
+    running.owner_epoch = 1;
+    running.state = CallState::Active;
+    s.upsert_active_calls(&[ActiveCall {
+        record: running,
+        checkpoint: None,
+    }])
+    .unwrap();
+    // (caller, since, before) -> an earlier call exists
     let cases = [
-        ("0312345678", 4_000_000, 6_000_000, Some(5_000_000)),
-        ("0312345678", 5_000_001, 6_000_000, None),
-        ("0312345678", 4_000_000, 5_000_000, None),
-        ("0399999999", 4_000_000, 6_000_000, None),
+        (caller, 4_000_000, (6_000_000, "call_z"), true),
+        (caller, 5_000_001, (6_000_000, "call_z"), false),
+        (caller, 4_000_000, (5_000_000, "call_z"), true), // same ms, smaller id
+        (caller, 4_000_000, (5_000_000, "call_m"), false), // itself
+        (caller, 4_000_000, (5_000_000, "call_a"), false), // same ms, larger id
+        (caller, 5_000_000, (5_000_000, "call_z"), true), // the window's first ms
+        (caller, 6_000_000, (7_000_001, "call_a"), true), // in progress
+        (caller, 6_000_000, (7_000_000, "call_r"), false),
+        ("0399999999", 4_000_000, (8_000_000, "call_z"), false),
     ];
     for (caller, since, before, want) in cases {
         assert_eq!(
-            s.last_call_started(&adv, caller, since, before).unwrap(),
+            s.earlier_call(&adv, caller, since, before).unwrap(),
             want,
-            "{caller} {since} {before}"
+            "{caller} {since} {before:?}"
         );
     }
 }

@@ -192,15 +192,17 @@ pub trait Store: Send + Sync + 'static {
     fn all_prompts(&self) -> Result<Vec<(String, String, Vec<u8>)>>;
     /// Queues follow-ups that belong to no finished call (e.g. `call.started`).
     fn enqueue_follow_ups(&self, items: &[NewFollowUp]) -> Result<()>;
-    /// When the latest call from `caller` to `advertiser_id` started, among calls that
-    /// started at or after `since_ms` and strictly before `before_ms`.
-    fn last_call_started(
+    /// Whether a call from `caller` to `advertiser_id` (ended, or in progress) started at
+    /// or after `since_ms` and before `before`: a start time and call id, compared in
+    /// that order, so that of two calls started in the same millisecond exactly one is
+    /// the earlier.
+    fn earlier_call(
         &self,
         advertiser_id: &str,
         caller: &str,
         since_ms: i64,
-        before_ms: i64,
-    ) -> Result<Option<i64>>;
+        before: (i64, &str),
+    ) -> Result<bool>;
     fn get_call(&self, operator_id: &str, call_id: &str) -> Result<Option<CallRecord>>;
     /// Streams the calls matching `query` to `visit`, in the query's order, until
     /// `visit` returns false. Rows are not collected in memory.

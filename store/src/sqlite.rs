@@ -196,6 +196,14 @@ CREATE TABLE prompts (
     PRIMARY KEY (operator_id, name)
 );
 "#,
+    r#"
+-- The duplicate check counts calls in progress too (a caller's earlier call may still
+-- ring when a later one ends). Rows written before this migration have no caller: they
+-- are gone within a call's length.
+ALTER TABLE active_calls ADD COLUMN advertiser_id TEXT;
+ALTER TABLE active_calls ADD COLUMN caller_number TEXT;
+CREATE INDEX active_calls_by_caller ON active_calls(advertiser_id, caller_number, started_at);
+"#,
 ];
 
 const CALL_COLUMNS: &str = "call_id, operator_id, advertiser_id, tracking_number, caller_number, caller_kind, \
@@ -1123,8 +1131,8 @@ impl Store for SqliteStore {
                 // call another incarnation owns now (taken over) is not replaced; an
                 // incarnation declared down or superseded writes nothing.
                 let mut st = tx.prepare_cached(
-                    "INSERT INTO active_calls (call_id, operator_id, node, epoch, started_at, record, checkpoint) \
-                     SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7 WHERE NOT EXISTS (SELECT 1 FROM calls WHERE call_id = ?1) \
+                    "INSERT INTO active_calls (call_id, operator_id, node, epoch, started_at, record, checkpoint, advertiser_id, caller_number) \
+                     SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9 WHERE NOT EXISTS (SELECT 1 FROM calls WHERE call_id = ?1) \
                      AND NOT EXISTS (SELECT 1 FROM nodes WHERE node_id = ?3 AND (epoch != ?4 OR down = 1)) \
                      ON CONFLICT (call_id) DO UPDATE SET record = excluded.record, \
                      checkpoint = coalesce(excluded.checkpoint, active_calls.checkpoint) \
@@ -1140,7 +1148,9 @@ impl Store for SqliteStore {
                         r.owner_epoch as i64,
                         r.started_at,
                         json,
-                        a.checkpoint
+                        a.checkpoint,
+                        r.advertiser_id,
+                        r.caller_number
                     ])?;
                 }
             }
@@ -1568,19 +1578,21 @@ impl Store for SqliteStore {
         })
     }
 
-    fn last_call_started(
+    fn earlier_call(
         &self,
         advertiser_id: &str,
         caller: &str,
         since_ms: i64,
-        before_ms: i64,
-    ) -> Result<Option<i64>> {
+        (before_ms, before_id): (i64, &str),
+    ) -> Result<bool> {
         self.read(|c| {
             c.query_row(
-                "SELECT MAX(started_at) FROM calls WHERE advertiser_id = ?1 AND caller_number = ?2 \
-                 AND started_at >= ?3 AND started_at < ?4",
-                params![advertiser_id, caller, since_ms, before_ms],
-                |r| r.get::<_, Option<i64>>(0),
+                "SELECT EXISTS (SELECT 1 FROM calls WHERE advertiser_id = ?1 AND caller_number = ?2 \
+                 AND started_at >= ?3 AND (started_at < ?4 OR (started_at = ?4 AND call_id < ?5))) \
+                 OR EXISTS (SELECT 1 FROM active_calls WHERE advertiser_id = ?1 AND caller_number = ?2 \
+                 AND started_at >= ?3 AND (started_at < ?4 OR (started_at = ?4 AND call_id < ?5)))",
+                params![advertiser_id, caller, since_ms, before_ms, before_id],
+                |r| r.get::<_, bool>(0),
             )
             .map_err(unavailable)
         })

@@ -267,9 +267,20 @@ impl Inner {
                     // Listed under its node before it exists: a call is never owned
                     // without being found by `active_calls_of` (stale index rows are
                     // checked against the authority when read).
+                    // And under its caller: the duplicate check sees calls in
+                    // progress as well as ended ones (the final record writes the
+                    // same row again).
                     if !indexed {
                         self.write(q::ACT_NODE_PUT, (node, r.started_at, id))
                             .await?;
+                        let by_caller = (
+                            r.advertiser_id.as_str(),
+                            r.caller_number.as_str(),
+                            r.started_at,
+                            id,
+                            CALLER_INDEX_TTL_SECONDS,
+                        );
+                        self.write(q::CALL_BY_CALLER_PUT, by_caller).await?;
                         indexed = true;
                     }
                     let values = (

@@ -109,7 +109,7 @@ pub const CALL_DAYS: &str =
     "SELECT day FROM call_days WHERE operator_id = ? AND day >= ? AND day <= ?";
 pub const CALLS_ASC: &str = "SELECT call_id, advertiser_id, tracking_number, result, validity, record FROM calls_by_day WHERE operator_id = ? AND day = ? AND (started_at, call_id) > (?, ?) AND (started_at, call_id) < (?, ?) ORDER BY started_at ASC, call_id ASC";
 pub const CALLS_DESC: &str = "SELECT call_id, advertiser_id, tracking_number, result, validity, record FROM calls_by_day WHERE operator_id = ? AND day = ? AND (started_at, call_id) > (?, ?) AND (started_at, call_id) < (?, ?) ORDER BY started_at DESC, call_id DESC";
-pub const LAST_CALL: &str = "SELECT started_at FROM calls_by_caller WHERE advertiser_id = ? AND caller_number = ? AND started_at >= ? AND started_at < ? LIMIT 1";
+pub const EARLIER_CALL: &str = "SELECT started_at FROM calls_by_caller WHERE advertiser_id = ? AND caller_number = ? AND (started_at, call_id) >= (?, ?) AND (started_at, call_id) < (?, ?) LIMIT 1";
 
 // Calls in progress. active_calls (partition: call_id) is the authority: its owner
 // (node, epoch) is the fencing token of every write (see ownership.rs); by node
@@ -259,7 +259,7 @@ pub const ALL: &[(&str, Kind)] = &[
     (CALL_DAYS, Kind::Read),
     (CALLS_ASC, Kind::Scan),
     (CALLS_DESC, Kind::Scan),
-    (LAST_CALL, Kind::Read),
+    (EARLIER_CALL, Kind::Read),
     (ACT_LOCATE, Kind::Read),
     (ACT_OWNER, Kind::Read),
     (ACT_GET, Kind::Read),

@@ -1280,19 +1280,18 @@ impl Store for ScyllaStore {
         })
     }
 
-    fn last_call_started(
+    fn earlier_call(
         &self,
         advertiser_id: &str,
         caller: &str,
         since_ms: i64,
-        before_ms: i64,
-    ) -> Result<Option<i64>> {
+        (before_ms, before_id): (i64, &str),
+    ) -> Result<bool> {
+        // "" sorts before every call id: the window starts at the first call of since_ms.
+        let bounds = (advertiser_id, caller, since_ms, "", before_ms, before_id);
         Ok(self
-            .wait(
-                self.inner
-                    .first::<(i64,)>(q::LAST_CALL, (advertiser_id, caller, since_ms, before_ms)),
-            )?
-            .map(|(t,)| t))
+            .wait(self.inner.first::<(i64,)>(q::EARLIER_CALL, bounds))?
+            .is_some())
     }
 
     fn get_call(&self, operator_id: &str, call_id: &str) -> Result<Option<CallRecord>> {
