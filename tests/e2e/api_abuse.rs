@@ -45,6 +45,25 @@ fn slowloris_connections_are_cut_and_capped() {
     // Another address is served meanwhile.
     let ok = http_from("127.0.0.2", api, "GET", "/healthz", None, "", &[]).unwrap();
     assert_eq!(ok.status, 200);
+    // Its connection is closed by the node a moment after the answer: wait until the
+    // node counts only the 6 dribblers (and the connection asking), or the third
+    // address's 6th connection below would find the total cap still full.
+    let open_now = || {
+        let m = http_from("127.0.0.2", api, "GET", "/metrics", None, "", &[]).unwrap();
+        m.body
+            .lines()
+            .find_map(|l| l.strip_prefix("tsunagu_api_connections "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while open_now() != Some(7.0) {
+        assert!(
+            Instant::now() < deadline,
+            "the node still counts the served connection: {:?}",
+            open_now()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     // 6 more from a third address fill the total of 12: the next one is refused.
     open.extend((0..6).map(|_| dribbler("127.0.0.3")));
     let mut extra = connect_from("127.0.0.2", api, None).unwrap();
