@@ -79,13 +79,15 @@ impl Calls {
     /// Starts a new call's task.
     pub fn spawn(self: &Arc<Self>, args: CallArgs) {
         let (ctx, seed) = (args.ctx.clone(), CallSeed::new(&args));
-        self.start(ctx, seed, |me| crate::call::run(args, me));
+        self.start(ctx, seed, |me| crate::call::run(Box::new(args), me));
     }
 
     /// Starts the task of a call claimed from another node.
     pub fn resume(self: &Arc<Self>, args: crate::call::takeover::ResumeArgs) {
         let (ctx, seed) = (args.ctx.clone(), CallSeed::resumed(&args));
-        self.start(ctx, seed, |me| crate::call::takeover::resume(args, me));
+        self.start(ctx, seed, |me| {
+            crate::call::takeover::resume(Box::new(args), me)
+        });
     }
 
     /// Enters a call and runs `call` as its task; the task takes itself out when it
@@ -99,17 +101,17 @@ impl Calls {
         F: std::future::Future<Output = Exit> + Send + 'static,
     {
         let (n, me) = self.enter(&ctx, seed);
-        let task = call(me);
         let calls = self.clone();
-        tokio::spawn(async move {
-            // Panics of the call's handlers are caught inside the call; this also
-            // catches one while it starts.
-            let exit = std::panic::AssertUnwindSafe(task)
-                .catch_unwind()
-                .await
-                .unwrap_or_else(|p| Exit::Panicked(crate::call::panic_text(&*p)));
-            calls.exited(&ctx, n, exit);
-        });
+        // Panics of the call's handlers are caught inside the call; this also catches
+        // one while it starts. Combinators, not an async block: a block would hold the
+        // call's future twice (captured, and moved into the awaited CatchUnwind).
+        let task = std::panic::AssertUnwindSafe(call(me))
+            .catch_unwind()
+            .map(move |exit| {
+                let exit = exit.unwrap_or_else(|p| Exit::Panicked(crate::call::panic_text(&*p)));
+                calls.exited(&ctx, n, exit);
+            });
+        tokio::spawn(task);
     }
 
     /// A call's task ended: out of the table, and logged as failed if it did not log

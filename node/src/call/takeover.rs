@@ -381,12 +381,15 @@ impl Call {
     }
 }
 
-/// Runs a call claimed from another node until it ends.
-pub async fn resume(args: ResumeArgs, me: CallRef) -> Exit {
-    match Call::resumed(args, me.clone()) {
-        Ok(call) => super::drive(call, me).await,
-        Err(e) => Exit::Failed(e),
-    }
+/// Runs a call claimed from another node until it ends (its arguments boxed: see
+/// [`super::run`]).
+pub async fn resume(args: Box<ResumeArgs>, me: CallRef) -> Exit {
+    // Boxed before the await: a `Call` in a temporary would live in the future.
+    let call = match Call::resumed(*args, me.clone()) {
+        Ok(call) => Box::new(call),
+        Err(e) => return Exit::Failed(e),
+    };
+    super::drive(call, me).await
 }
 
 /// The CANCEL of a ringing attempt a dead node left (see [`Ringing`]).
