@@ -304,7 +304,7 @@ pub async fn run(args: Box<CallArgs>, me: CallRef) -> Exit {
     } else {
         args.number.clone()
     };
-    match Call::new(*args, number, me.clone()) {
+    match Call::new(args, number, me.clone()) {
         Ok(call) => drive(call, me).await,
         Err(e) => Exit::Failed(e),
     }
@@ -354,8 +354,10 @@ async fn drive(mut call: Box<Call>, me: CallRef) -> Exit {
 
 impl Call {
     /// The call of `args`, to `number` (the route of a callback number resolved).
+    /// Takes the box: its allocation is freed here, not when `run` ends (a box moved
+    /// out of is freed at the end of its variable's scope, the call's whole life).
     fn new(
-        args: CallArgs,
+        args: Box<CallArgs>,
         number: Arc<TrackingNumber>,
         myself: CallRef,
     ) -> Result<Box<Call>, String> {
@@ -373,7 +375,7 @@ impl Call {
             id,
             logged,
             media_ports,
-        } = args;
+        } = *args;
         let caller_verified = ctx.routing.trunks.get(inbound_trunk).is_some_and(|t| {
             let pai = view.asserted_identity.as_deref();
             crate::follow_up::plan::caller_verified(t.trusted, t.verifies_caller_id, pai)

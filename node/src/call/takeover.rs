@@ -156,7 +156,8 @@ impl Call {
 
     /// A call claimed from another node (see the module doc). It starts answered; the
     /// media and the re-INVITEs follow at its first message.
-    pub(super) fn resumed(args: ResumeArgs, me: CallRef) -> Result<Call, String> {
+    /// Takes the box so that its allocation is freed here (see `Call::new`).
+    pub(super) fn resumed(args: Box<ResumeArgs>, me: CallRef) -> Result<Call, String> {
         let ResumeArgs {
             ctx,
             record: r,
@@ -164,7 +165,7 @@ impl Call {
             nodes,
             number,
             logged,
-        } = args;
+        } = *args;
         let routing = ctx.routing.clone();
         let allowed = |ip: std::net::IpAddr| routing.is_trunk_address(ip);
         let a = ALeg::restore(&answered.a, &allowed)
@@ -385,7 +386,7 @@ impl Call {
 /// [`super::run`]).
 pub async fn resume(args: Box<ResumeArgs>, me: CallRef) -> Exit {
     // Boxed before the await: a `Call` in a temporary would live in the future.
-    let call = match Call::resumed(*args, me.clone()) {
+    let call = match Call::resumed(args, me.clone()) {
         Ok(call) => Box::new(call),
         Err(e) => return Exit::Failed(e),
     };
