@@ -156,6 +156,7 @@ pub struct SipMetrics {
     /// Retransmissions of INVITEs refused for overload and their ACKs (dropped), and
     /// their CANCELs (answered 481 without a transaction).
     pub refused_repeats_dropped: Counter,
+    pub refused_repeats_answered: Counter,
     /// Age of received messages when the SIP core takes them (the overload signal).
     pub queue_delay: QueueDelay,
     /// Age of the calls' commands (requests and responses to send) when the SIP core
@@ -237,6 +238,11 @@ impl SipMetrics {
             "sip_overload_repeats_dropped",
             "Retransmissions of INVITEs refused for overload and the ACKs of those refusals (dropped by the receivers: the 503 was sent once), and CANCELs of them (answered 481 without a transaction)",
             self.refused_repeats_dropped.clone(),
+        );
+        r.register(
+            "sip_overload_repeats_answered",
+            "Retransmissions of INVITEs refused for overload that came once the node was on time again, answered with the 503 once more (the first was lost)",
+            self.refused_repeats_answered.clone(),
         );
         r.register(
             "sip_queue_delay_seconds",

@@ -97,26 +97,35 @@ impl Inbound {
         let gate = &self.overload;
         match req.method {
             Method::Invite if info.to_tag.is_none() => {
-                if gate.recent.contains(&info.call_id, info.cseq, now) {
-                    self.metrics.refused_repeats_dropped.inc();
+                let refusing = gate.refusing(shard);
+                let repeat = gate.recent.contains(&info.call_id, info.cseq, now);
+                let m = &self.metrics;
+                if repeat && refusing {
+                    m.refused_repeats_dropped.inc();
                     return Admit::Drop;
                 }
-                if !gate.refusing(shard) {
-                    gate.queued.insert(shard, &info.call_id, info.cseq, now);
-                    return Admit::Queue;
+                if repeat {
+                    // Refused while the shard was late, and retransmitted: its 503 was
+                    // lost. The shard is on time again, so one more datagram is cheap,
+                    // and without it the caller would wait for its Timer B (32 s).
+                    m.refused_repeats_answered.inc();
+                } else {
+                    if !refusing {
+                        gate.queued.insert(shard, &info.call_id, info.cseq, now);
+                        return Admit::Queue;
+                    }
+                    if gate.queued.contains(shard, &info.call_id, info.cseq, now) {
+                        // A retransmission of an INVITE the core already has: it
+                        // answers it from the call's transaction.
+                        return Admit::Queue;
+                    }
+                    m.requests_received
+                        .get_or_create(&MethodLabel { method: "INVITE" })
+                        .inc();
+                    m.overload_rejections.inc();
+                    gate.recent.insert(&info.call_id, info.cseq, now);
                 }
-                if gate.queued.contains(shard, &info.call_id, info.cseq, now) {
-                    // A retransmission of an INVITE the core already has: it answers
-                    // it from the call's transaction.
-                    return Admit::Queue;
-                }
-                let m = &self.metrics;
-                m.requests_received
-                    .get_or_create(&MethodLabel { method: "INVITE" })
-                    .inc();
-                m.overload_rejections.inc();
                 m.responses_sent.get_or_create(&CodeLabel::of(503)).inc();
-                gate.recent.insert(&info.call_id, info.cseq, now);
                 let tag = crate::build::new_tag();
                 Admit::Answer(crate::build::response(
                     req,
@@ -894,6 +903,22 @@ CSeq: {cseq} {method}\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
         }
         assert_eq!(m.overload_rejections.get(), 2);
         inb.overload.set(0, false);
+        // On time again: a refused INVITE retransmitted (its 503 was lost) gets its 503
+        // again, is not queued as a new call, and its ACK is still dropped.
+        let again = inb
+            .frame(&invite, from)
+            .map(|r| String::from_utf8(r).unwrap());
+        assert!(again.is_some_and(|r| r.starts_with("SIP/2.0 503 ")));
+        assert!(
+            rx.try_recv().is_err(),
+            "a refused INVITE is not queued later"
+        );
+        assert_eq!(m.refused_repeats_answered.get(), 1);
+        assert!(inb
+            .frame(&request("ACK", "new", 1, ";tag=x"), from)
+            .is_none());
+        assert!(rx.try_recv().is_err());
+        assert_eq!(m.overload_rejections.get(), 2, "not a new refusal");
         assert!(inb
             .frame(&request("INVITE", "later", 1, ""), from)
             .is_none());
