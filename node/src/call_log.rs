@@ -241,6 +241,7 @@ impl InProgress {
         }
         let callers: HashSet<(&str, &str)> = entries
             .iter()
+            .filter(|e| duplicate_window_ms(e).is_some())
             .map(|e| {
                 (
                     e.record.advertiser_id.as_str(),
@@ -248,6 +249,9 @@ impl InProgress {
                 )
             })
             .collect();
+        if callers.is_empty() {
+            return Vec::new();
+        }
         let ids: Vec<String> = self
             .calls
             .iter()
@@ -534,6 +538,17 @@ fn lease_callback(
     Ok(lease.map(|l| l.number))
 }
 
+/// The duplicate window of the entry's number, if its call is judged against earlier
+/// calls of its caller (a window is set and the caller is known). Only then are its
+/// caller's calls in progress written early (`InProgress::take_callers_of`): a load
+/// test from one caller number to a number without a window costs no extra write.
+fn duplicate_window_ms(e: &LogEntry) -> Option<i64> {
+    let r = &e.record;
+    let known = r.caller_kind != CallerKind::Anonymous && !r.caller_number.is_empty();
+    let window_ms = i64::from(e.number.validity.duplicate_window_seconds) * 1000;
+    (window_ms > 0 && known).then_some(window_ms)
+}
+
 /// Completes each record before it is stored: the lease's tracking parameters for pool
 /// numbers (attribution; for callback numbers also the call it calls back), and
 /// validity, looking for earlier calls in the store and earlier in this batch.
@@ -545,9 +560,8 @@ fn complete_records(
     for e in batch {
         let r = &e.record;
         let rule = e.number.validity;
-        let window_ms = i64::from(rule.duplicate_window_seconds) * 1000;
         let known = r.caller_kind != CallerKind::Anonymous && !r.caller_number.is_empty();
-        let earlier = if window_ms > 0 && known {
+        let earlier = if let Some(window_ms) = duplicate_window_ms(e) {
             let since = r.started_at - window_ms;
             let before = (r.started_at, r.call_id.as_str());
             let in_batch = batch.iter().any(|o| {
@@ -819,6 +833,42 @@ mod tests {
                 assert_eq!(*v, want, "{order:?}: {id}");
             }
             assert_eq!(got.len(), order.len());
+        }
+    }
+
+    /// Records in progress are written early only for a caller whose call ends and is
+    /// judged for duplicates: a number without a window, or an anonymous caller, leaves
+    /// them to coalesce (a load test from one caller number costs no extra writes).
+    #[test]
+    fn only_a_duplicate_check_writes_a_caller_s_calls_in_progress_early() {
+        let d = Dup::new();
+        let mut no_window = (*d.number).clone();
+        no_window.validity.duplicate_window_seconds = 0;
+        let no_window = Arc::new(no_window);
+        let waiting = |id: &str| ActiveCall {
+            record: d.call(id, 1_000, 30).record,
+            checkpoint: None,
+        };
+        let ended = |number: &Arc<TrackingNumber>, anonymous: bool| {
+            let mut e = d.call("ended", 2_000, 30);
+            e.number = number.clone();
+            if anonymous {
+                e.record.caller_kind = CallerKind::Anonymous;
+            }
+            e
+        };
+        // (number of the call that ended, anonymous caller) -> records taken
+        let rows = [
+            (&no_window, false, 0),
+            (&d.number, true, 0),
+            (&d.number, false, 1),
+        ];
+        for (number, anonymous, taken) in rows {
+            let mut in_progress = InProgress::default();
+            in_progress.put(waiting("running"), Instant::now());
+            let got = in_progress.take_callers_of(&[ended(number, anonymous)]);
+            assert_eq!(got.len(), taken, "{anonymous}");
+            assert_eq!(in_progress.calls.len(), 1 - taken);
         }
     }
 }
