@@ -242,28 +242,15 @@ impl InProgress {
         let callers: HashSet<(&str, &str)> = entries
             .iter()
             .filter(|e| duplicate_window_ms(e).is_some())
-            .map(|e| {
-                (
-                    e.record.advertiser_id.as_str(),
-                    e.record.caller_number.as_str(),
-                )
-            })
+            .map(|e| caller_of(&e.record))
             .collect();
         if callers.is_empty() {
             return Vec::new();
         }
-        let ids: Vec<String> = self
-            .calls
-            .iter()
-            .filter(|(_, a)| {
-                callers.contains(&(
-                    a.record.advertiser_id.as_str(),
-                    a.record.caller_number.as_str(),
-                ))
-            })
-            .map(|(id, _)| id.clone())
-            .collect();
-        ids.iter().filter_map(|id| self.calls.remove(id)).collect()
+        self.calls
+            .extract_if(|_, a| callers.contains(&caller_of(&a.record)))
+            .map(|(_, a)| a)
+            .collect()
     }
 
     fn take(&mut self) -> Vec<ActiveCall> {
@@ -543,10 +530,18 @@ fn lease_callback(
 /// caller's calls in progress written early (`InProgress::take_callers_of`): a load
 /// test from one caller number to a number without a window costs no extra write.
 fn duplicate_window_ms(e: &LogEntry) -> Option<i64> {
-    let r = &e.record;
-    let known = r.caller_kind != CallerKind::Anonymous && !r.caller_number.is_empty();
     let window_ms = i64::from(e.number.validity.duplicate_window_seconds) * 1000;
-    (window_ms > 0 && known).then_some(window_ms)
+    (window_ms > 0 && caller_known(&e.record)).then_some(window_ms)
+}
+
+/// The caller's number is known (not anonymous, not empty): its calls can repeat.
+fn caller_known(r: &CallRecord) -> bool {
+    r.caller_kind != CallerKind::Anonymous && !r.caller_number.is_empty()
+}
+
+/// Who called whom, as the duplicate check groups calls.
+fn caller_of(r: &CallRecord) -> (&str, &str) {
+    (r.advertiser_id.as_str(), r.caller_number.as_str())
 }
 
 /// Completes each record before it is stored: the lease's tracking parameters for pool
@@ -560,14 +555,12 @@ fn complete_records(
     for e in batch {
         let r = &e.record;
         let rule = e.number.validity;
-        let known = r.caller_kind != CallerKind::Anonymous && !r.caller_number.is_empty();
         let earlier = if let Some(window_ms) = duplicate_window_ms(e) {
             let since = r.started_at - window_ms;
             let before = (r.started_at, r.call_id.as_str());
             let in_batch = batch.iter().any(|o| {
                 let o = &o.record;
-                o.advertiser_id == r.advertiser_id
-                    && o.caller_number == r.caller_number
+                caller_of(o) == caller_of(r)
                     && o.started_at >= since
                     && (o.started_at, o.call_id.as_str()) < before
             });
@@ -578,7 +571,7 @@ fn complete_records(
         let facts = Facts {
             result: r.result,
             talk_seconds: r.talk_seconds,
-            caller_known: known,
+            caller_known: caller_known(r),
             earlier_call_in_window: earlier,
             ivr_digit: r.ivr_digits.as_deref().is_some_and(|d| !d.is_empty()),
             judgement_digit: r.judgement_digit.is_some(),

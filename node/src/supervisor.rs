@@ -11,6 +11,7 @@ use crate::context::NodeContext;
 use futures_util::FutureExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -98,20 +99,11 @@ impl Calls {
         seed: CallSeed,
         call: impl FnOnce(CallRef) -> F,
     ) where
-        F: std::future::Future<Output = Exit> + Send + 'static,
+        F: Future<Output = Exit> + Send + 'static,
     {
         let (n, me) = self.enter(&ctx, seed);
         let calls = self.clone();
-        // Panics of the call's handlers are caught inside the call; this also catches
-        // one while it starts. Combinators, not an async block: a block would hold the
-        // call's future twice (captured, and moved into the awaited CatchUnwind).
-        let task = std::panic::AssertUnwindSafe(call(me))
-            .catch_unwind()
-            .map(move |exit| {
-                let exit = exit.unwrap_or_else(|p| Exit::Panicked(crate::call::panic_text(&*p)));
-                calls.exited(&ctx, n, exit);
-            });
-        tokio::spawn(task);
+        tokio::spawn(catching(call(me)).map(move |exit| calls.exited(&ctx, n, exit)));
     }
 
     /// A call's task ended: out of the table, and logged as failed if it did not log
@@ -147,6 +139,16 @@ impl Calls {
     fn take_all(&self) -> HashMap<u64, (CallSeed, CallRef)> {
         std::mem::take(&mut self.table().calls)
     }
+}
+
+/// `call`, with a panic turned into [`Exit::Panicked`]. Panics of the call's handlers
+/// are caught inside the call; this also catches one while it starts. Combinators, not
+/// an async block: a block would hold the call's future twice (captured, and moved into
+/// the awaited `CatchUnwind`), for the call's whole life.
+fn catching<F: Future<Output = Exit>>(call: F) -> impl Future<Output = Exit> {
+    std::panic::AssertUnwindSafe(call)
+        .catch_unwind()
+        .map(|exit| exit.unwrap_or_else(|p| Exit::Panicked(crate::call::panic_text(&*p))))
 }
 
 pub struct CallSupervisor {
@@ -270,6 +272,31 @@ mod tests {
     use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize};
     use std::time::Instant;
     use tsunagu_store::{conformance::sample_number, CallQuery, CallResult, SqliteStore, Store};
+
+    /// The wrapper around every call's task adds a few bytes to the call's future (an
+    /// async block would double it) and turns a panic into `Exit::Panicked`.
+    #[tokio::test]
+    async fn the_panic_guard_holds_the_call_once() {
+        let call = async {
+            let state = [1u8; 1000];
+            tokio::task::yield_now().await;
+            std::hint::black_box(state);
+            Exit::Done
+        };
+        let bare = std::mem::size_of_val(&call);
+        let guarded = catching(call);
+        assert!(
+            std::mem::size_of_val(&guarded) < bare + 64,
+            "{} bytes around a {bare}-byte call",
+            std::mem::size_of_val(&guarded)
+        );
+        assert!(matches!(guarded.await, Exit::Done));
+        let exit = catching(async { panic!("boom") }).await;
+        assert!(
+            matches!(exit, Exit::Panicked(ref e) if e.contains("boom")),
+            "{exit:?}"
+        );
+    }
 
     fn recv_text(sock: &UdpSocket) -> String {
         let mut buf = [0u8; 8192];

@@ -25,9 +25,9 @@
 //! refusing new work is what keeps the old work on time. Retransmissions of a refused
 //! INVITE, and its ACK, are dropped by the receivers ([`RecentlyRefused`]) while the
 //! shard refuses: the 503 was sent and answering again would only feed the overload.
-//! Once it is on time again, a retransmission means the 503 was lost: it gets it again. Retransmissions of an INVITE
-//! queued before the refusals began are queued too ([`RecentlyQueued`]): that call is
-//! the core's, not a new one.
+//! Once it is on time again, a retransmission means the 503 was lost: it gets it
+//! again. Retransmissions of an INVITE queued before the refusals began are queued too
+//! ([`RecentlyQueued`]): that call is the core's, not a new one.
 //!
 //! Pure state machines with the time as an argument; the endpoint owns them.
 

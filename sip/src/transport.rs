@@ -97,33 +97,35 @@ impl Inbound {
         let gate = &self.overload;
         match req.method {
             Method::Invite if info.to_tag.is_none() => {
-                let refusing = gate.refusing(shard);
-                let repeat = gate.recent.contains(&info.call_id, info.cseq, now);
                 let m = &self.metrics;
-                if repeat && refusing {
-                    m.refused_repeats_dropped.inc();
-                    return Admit::Drop;
-                }
-                if repeat {
+                let repeat = gate.recent.contains(&info.call_id, info.cseq, now);
+                match (repeat, gate.refusing(shard)) {
+                    (true, true) => {
+                        m.refused_repeats_dropped.inc();
+                        return Admit::Drop;
+                    }
                     // Refused while the shard was late, and retransmitted: its 503 was
                     // lost. The shard is on time again, so one more datagram is cheap,
                     // and without it the caller would wait for its Timer B (32 s).
-                    m.refused_repeats_answered.inc();
-                } else {
-                    if !refusing {
+                    (true, false) => {
+                        m.refused_repeats_answered.inc();
+                    }
+                    (false, false) => {
                         gate.queued.insert(shard, &info.call_id, info.cseq, now);
                         return Admit::Queue;
                     }
-                    if gate.queued.contains(shard, &info.call_id, info.cseq, now) {
-                        // A retransmission of an INVITE the core already has: it
-                        // answers it from the call's transaction.
+                    // A retransmission of an INVITE the core already has: it answers it
+                    // from the call's transaction.
+                    (false, true) if gate.queued.contains(shard, &info.call_id, info.cseq, now) => {
                         return Admit::Queue;
                     }
-                    m.requests_received
-                        .get_or_create(&MethodLabel { method: "INVITE" })
-                        .inc();
-                    m.overload_rejections.inc();
-                    gate.recent.insert(&info.call_id, info.cseq, now);
+                    (false, true) => {
+                        m.requests_received
+                            .get_or_create(&MethodLabel { method: "INVITE" })
+                            .inc();
+                        m.overload_rejections.inc();
+                        gate.recent.insert(&info.call_id, info.cseq, now);
+                    }
                 }
                 m.responses_sent.get_or_create(&CodeLabel::of(503)).inc();
                 let tag = crate::build::new_tag();

@@ -1585,15 +1585,21 @@ impl Store for SqliteStore {
         since_ms: i64,
         (before_ms, before_id): (i64, &str),
     ) -> Result<bool> {
+        // Once per finished call with a duplicate window: the statement is cached on
+        // the pooled reader, not prepared each time.
         self.read(|c| {
-            c.query_row(
+            c.prepare_cached(
                 "SELECT EXISTS (SELECT 1 FROM calls WHERE advertiser_id = ?1 AND caller_number = ?2 \
-                 AND started_at >= ?3 AND (started_at < ?4 OR (started_at = ?4 AND call_id < ?5))) \
+                 AND started_at >= ?3 AND (started_at, call_id) < (?4, ?5)) \
                  OR EXISTS (SELECT 1 FROM active_calls WHERE advertiser_id = ?1 AND caller_number = ?2 \
-                 AND started_at >= ?3 AND (started_at < ?4 OR (started_at = ?4 AND call_id < ?5)))",
-                params![advertiser_id, caller, since_ms, before_ms, before_id],
-                |r| r.get::<_, bool>(0),
+                 AND started_at >= ?3 AND (started_at, call_id) < (?4, ?5))",
             )
+            .and_then(|mut st| {
+                st.query_row(
+                    params![advertiser_id, caller, since_ms, before_ms, before_id],
+                    |r| r.get::<_, bool>(0),
+                )
+            })
             .map_err(unavailable)
         })
     }

@@ -352,14 +352,17 @@ trunks = ["carrier-a"]
     /// The value of a metric line (exact name with labels), 0 if absent.
     pub fn metric(&self, series: &str) -> f64 {
         let text = self.try_get("/metrics", None).expect("metrics").body;
-        text.lines()
-            .find_map(|l| {
-                l.strip_prefix(series)
-                    .and_then(|rest| rest.strip_prefix(' '))
-                    .and_then(|v| v.trim().parse().ok())
-            })
-            .unwrap_or(0.0)
+        metric_in(&text, series).unwrap_or(0.0)
     }
+}
+
+/// The value of a metric line (exact name with labels) in a `/metrics` page.
+pub fn metric_in(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)
+            .and_then(|rest| rest.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+    })
 }
 
 impl Drop for Node {

@@ -157,7 +157,7 @@ impl Call {
     /// A call claimed from another node (see the module doc). It starts answered; the
     /// media and the re-INVITEs follow at its first message.
     /// Takes the box so that its allocation is freed here (see `Call::new`).
-    pub(super) fn resumed(args: Box<ResumeArgs>, me: CallRef) -> Result<Call, String> {
+    pub(super) fn resumed(args: Box<ResumeArgs>, me: CallRef) -> Result<Box<Call>, String> {
         let ResumeArgs {
             ctx,
             record: r,
@@ -201,7 +201,15 @@ impl Call {
             .as_ref()
             .map(|rec| rec.parts.clone())
             .unwrap_or_default();
-        let mut call = Call::blank(ctx, me.clone(), r.call_id.clone(), span, number, a, caller);
+        let mut call = Box::new(Call::blank(
+            ctx,
+            me.clone(),
+            r.call_id.clone(),
+            span,
+            number,
+            a,
+            caller,
+        ));
         call.b = Some(b);
         call.started = started;
         call.started_at_ms = r.started_at;
@@ -385,12 +393,10 @@ impl Call {
 /// Runs a call claimed from another node until it ends (its arguments boxed: see
 /// [`super::run`]).
 pub async fn resume(args: Box<ResumeArgs>, me: CallRef) -> Exit {
-    // Boxed before the await: a `Call` in a temporary would live in the future.
-    let call = match Call::resumed(args, me.clone()) {
-        Ok(call) => Box::new(call),
-        Err(e) => return Exit::Failed(e),
-    };
-    super::drive(call, me).await
+    match Call::resumed(args, me.clone()) {
+        Ok(call) => super::drive(call, me).await,
+        Err(e) => Exit::Failed(e),
+    }
 }
 
 /// The CANCEL of a ringing attempt a dead node left (see [`Ringing`]).

@@ -180,16 +180,7 @@ impl Inner {
                 ),
             );
             let day = self.write(q::CALL_DAY_PUT, (row.operator_id.as_str(), row.day));
-            let by_caller = self.write(
-                q::CALL_BY_CALLER_PUT,
-                (
-                    r.advertiser_id.as_str(),
-                    r.caller_number.as_str(),
-                    r.started_at,
-                    r.call_id.as_str(),
-                    CALLER_INDEX_TTL_SECONDS,
-                ),
-            );
+            let by_caller = self.index_by_caller(r);
             let queued = futures_util::future::try_join_all(
                 items
                     .iter()
@@ -226,6 +217,18 @@ impl Inner {
             }
         }
         Err(contended(id))
+    }
+
+    /// The call's row in `calls_by_caller`, what the duplicate check reads.
+    async fn index_by_caller(&self, r: &CallRecord) -> Result<()> {
+        let row = (
+            r.advertiser_id.as_str(),
+            r.caller_number.as_str(),
+            r.started_at,
+            r.call_id.as_str(),
+            CALLER_INDEX_TTL_SECONDS,
+        );
+        self.write(q::CALL_BY_CALLER_PUT, row).await
     }
 
     pub(super) async fn upsert_active_calls(&self, calls: &[ActiveCall]) -> Result<()> {
@@ -273,14 +276,7 @@ impl Inner {
                     if !indexed {
                         self.write(q::ACT_NODE_PUT, (node, r.started_at, id))
                             .await?;
-                        let by_caller = (
-                            r.advertiser_id.as_str(),
-                            r.caller_number.as_str(),
-                            r.started_at,
-                            id,
-                            CALLER_INDEX_TTL_SECONDS,
-                        );
-                        self.write(q::CALL_BY_CALLER_PUT, by_caller).await?;
+                        self.index_by_caller(r).await?;
                         indexed = true;
                     }
                     let values = (
