@@ -87,6 +87,18 @@ def fail(message, nodes):
 class Cluster:
     """The demo's three nodes, configured by scripts/cluster-demo.sh --write-configs."""
 
+    def worker_threads(self):
+        """The members' node.worker_threads (the demo sets it), or None."""
+        m = re.search(r"^worker_threads\s*=\s*(\d+)", open(self.nodes[0].config).read(), re.M)
+        return int(m.group(1)) if m else None
+
+    def set_store(self, line):
+        """Adds `line` (e.g. `synchronous = "normal"`) to every member's [store]."""
+        for n in self.nodes:
+            text = open(n.config).read().replace("[store]\n", f"[store]\n{line}\n", 1)
+            with open(n.config, "w") as f:
+                f.write(text)
+
     def __init__(self, work, log_level="warn"):
         self.dir = os.path.join(work, "cluster")
         env = dict(os.environ, TSUNAGU_DEMO_LOG_LEVEL=log_level)
@@ -130,17 +142,21 @@ class Cluster:
             n.stop()
 
 
-def single_node(work, admin):
-    """A node on its own, configured like a member of the demo cluster (no [cluster])."""
+def single_node(work, admin, worker_threads=None):
+    """A node on its own, configured like a member of the demo cluster (no [cluster]);
+    `worker_threads`: its node.worker_threads (pass the members' to compare like with
+    like; None leaves the default, one per CPU)."""
     d = os.path.join(work, "single")
     os.makedirs(d, exist_ok=True)
     conf = os.path.join(d, "node.toml")
+    workers = f"worker_threads = {worker_threads}" if worker_threads else ""
     with open(conf, "w") as f:
         f.write(f"""
 [node]
 id = "single"
 data_dir = "{d}/data"
 drain_seconds = 5
+{workers}
 [sip]
 listen = ["udp:127.0.0.4:5060", "tcp:127.0.0.4:5060"]
 [media]

@@ -37,8 +37,13 @@ gives the ratio against that: a node's CPU per call falls as its own rate grows 
 are shared by more messages), so this separates what the cluster adds from what
 carrying a third of the calls costs each node.
 
+The single node runs with the members' node.worker_threads (the demo sets 1), so the two
+setups differ only in being a cluster; --single-workers N overrides it. --synchronous
+normal sets store.synchronous = "normal" on all four nodes (no fsync per commit).
+
 Usage: python3 loadtest/cluster_ladder.py [--rates 300,600,900] [--seconds 10]
        [--hold-ms 1000] [--lines N] [--bin PATH] [--per-node]
+       [--synchronous full|normal] [--single-workers N]
 """
 import argparse, os, shutil, sys, tempfile, time
 
@@ -158,6 +163,11 @@ def main():
     ap.add_argument("--transport", default="u1", help="SIPp -t (u1 = one UDP socket)")
     ap.add_argument("--per-node", action="store_true",
                     help="also run the single node at rate/3 (what each cluster node carries) and compare with it")
+    ap.add_argument("--synchronous", choices=("full", "normal"), default="full",
+                    help="store.synchronous of every node (cluster and single): when commits reach the disk")
+    ap.add_argument("--single-workers", type=int, default=0,
+                    help="node.worker_threads of the single node (default: the cluster members', "
+                         "so both setups run alike; the demo sets 1)")
     args = ap.parse_args()
     if not shutil.which("sipp"):
         sys.exit("sipp is not installed (apt-get install sip-tester)")
@@ -171,7 +181,11 @@ def main():
 
     work = tempfile.mkdtemp(prefix="tsunagu-cluster-ladder-")
     cluster = Cluster(work)
-    single = single_node(work, cluster.admin)
+    single = single_node(work, cluster.admin, args.single_workers or cluster.worker_threads())
+    if args.synchronous != "full":
+        cluster.set_store(f'synchronous = "{args.synchronous}"')
+        with open(single.config, "a") as f:
+            f.write(f'[store]\nsynchronous = "{args.synchronous}"\n')
     everyone = cluster.nodes + [single]
     destination = None
     try:
@@ -186,6 +200,9 @@ def main():
         background = idle_frame_rate(cluster.nodes)
         idle_cluster, idle_single = idle_cpu_rate(cluster.nodes), idle_cpu_rate([single])
         print(f"work dir {work}; cluster n1 n2 n3 pids {[n.pid for n in cluster.nodes]}, single pid {single.pid}; "
+              f"worker threads per node: cluster {cluster.worker_threads() or 'one per CPU'}, "
+              f"single {args.single_workers or cluster.worker_threads() or 'one per CPU'}; "
+              f"store.synchronous {args.synchronous}; "
               f"hold {args.hold_ms} ms, {args.seconds} s per step, "
               f"{'line limit ' + str(args.lines) if args.lines else 'no line limit'}")
         print(f"idle cluster traffic: {background:.1f} frames/s over the three nodes "

@@ -76,6 +76,8 @@ pub struct CallMetrics {
     pub start_delay_seconds: Histogram,
     pub actor_failures: Counter,
     pub log_pending: Gauge,
+    /// Times the call-log writer woke (a message while idle, a tick, a deadline).
+    pub log_wakeups: Counter,
     pub log_written: Counter,
     pub log_write_errors: Counter,
     pub log_stalled: Gauge,
@@ -145,6 +147,7 @@ impl Default for CallMetrics {
             ]),
             actor_failures: Counter::default(),
             log_pending: Gauge::default(),
+            log_wakeups: Counter::default(),
             log_written: Counter::default(),
             log_write_errors: Counter::default(),
             log_stalled: Gauge::default(),
@@ -317,6 +320,11 @@ impl Metrics {
             "call_log_pending",
             "Call-log messages (final records, records of calls in progress, webhook events) waiting to be written to the store",
             c.log_pending.clone(),
+        );
+        r.register(
+            "call_log_wakeups",
+            "Times the call-log writer thread woke: once per tick while records wait, at the first message when idle, and for deadlines (not once per message)",
+            c.log_wakeups.clone(),
         );
         r.register(
             "call_log_written",
