@@ -92,6 +92,11 @@ class Cluster:
         m = re.search(r"^worker_threads\s*=\s*(\d+)", open(self.nodes[0].config).read(), re.M)
         return int(m.group(1)) if m else None
 
+    def udp_receive_threads(self):
+        """The members' sip.udp_receive_threads (the demo sets false), or None."""
+        m = re.search(r"^udp_receive_threads\s*=\s*(\w+)", open(self.nodes[0].config).read(), re.M)
+        return m.group(1) == "true" if m else None
+
     def set_store(self, line):
         """Adds `line` (e.g. `synchronous = "normal"`) to every member's [store]."""
         for n in self.nodes:
@@ -142,14 +147,16 @@ class Cluster:
             n.stop()
 
 
-def single_node(work, admin, worker_threads=None):
+def single_node(work, admin, worker_threads=None, udp_receive_threads=None):
     """A node on its own, configured like a member of the demo cluster (no [cluster]);
-    `worker_threads`: its node.worker_threads (pass the members' to compare like with
-    like; None leaves the default, one per CPU)."""
+    `worker_threads`, `udp_receive_threads`: its node.worker_threads and
+    sip.udp_receive_threads (pass the members' to compare like with like; None leaves
+    the defaults: one runtime thread per CPU, UDP read on a thread of its own)."""
     d = os.path.join(work, "single")
     os.makedirs(d, exist_ok=True)
     conf = os.path.join(d, "node.toml")
     workers = f"worker_threads = {worker_threads}" if worker_threads else ""
+    receive = "" if udp_receive_threads is None else f"udp_receive_threads = {str(udp_receive_threads).lower()}"
     with open(conf, "w") as f:
         f.write(f"""
 [node]
@@ -159,6 +166,7 @@ drain_seconds = 5
 {workers}
 [sip]
 listen = ["udp:127.0.0.4:5060", "tcp:127.0.0.4:5060"]
+{receive}
 [media]
 address = "127.0.0.4"
 ports = "20000-29999"

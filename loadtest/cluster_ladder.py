@@ -37,8 +37,8 @@ gives the ratio against that: a node's CPU per call falls as its own rate grows 
 are shared by more messages), so this separates what the cluster adds from what
 carrying a third of the calls costs each node.
 
-The single node runs with the members' node.worker_threads (the demo sets 1), so the two
-setups differ only in being a cluster; --single-workers N overrides it. --synchronous
+The single node runs with the members' node.worker_threads and sip.udp_receive_threads
+(the demo sets 1 and false), so the two setups differ only in being a cluster; --single-workers N overrides it. --synchronous
 normal sets store.synchronous = "normal" on all four nodes (no fsync per commit).
 
 Usage: python3 loadtest/cluster_ladder.py [--rates 300,600,900] [--seconds 10]
@@ -181,7 +181,8 @@ def main():
 
     work = tempfile.mkdtemp(prefix="tsunagu-cluster-ladder-")
     cluster = Cluster(work)
-    single = single_node(work, cluster.admin, args.single_workers or cluster.worker_threads())
+    single = single_node(work, cluster.admin, args.single_workers or cluster.worker_threads(),
+                         cluster.udp_receive_threads())
     if args.synchronous != "full":
         cluster.set_store(f'synchronous = "{args.synchronous}"')
         with open(single.config, "a") as f:
@@ -202,6 +203,7 @@ def main():
         print(f"work dir {work}; cluster n1 n2 n3 pids {[n.pid for n in cluster.nodes]}, single pid {single.pid}; "
               f"worker threads per node: cluster {cluster.worker_threads() or 'one per CPU'}, "
               f"single {args.single_workers or cluster.worker_threads() or 'one per CPU'}; "
+              f"UDP read by {'the runtime' if cluster.udp_receive_threads() is False else 'receive threads'}; "
               f"store.synchronous {args.synchronous}; "
               f"hold {args.hold_ms} ms, {args.seconds} s per step, "
               f"{'line limit ' + str(args.lines) if args.lines else 'no line limit'}")

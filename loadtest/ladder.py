@@ -24,10 +24,11 @@ whether signalling is bound by one shard (near 100 %) or by the CPU as a whole.
 --node-cpus/--sipp-cpus pin the node and SIPp with taskset (the node then sizes its
 runtime and its shards, sip.shards = 0, to the CPUs it is given), --shards sets
 sip.shards: e.g. one core against two for the scaling of the sharded SIP core.
---workers sets node.worker_threads (the runtime's threads).
+--workers sets node.worker_threads (the runtime's threads); --udp-runtime sets
+sip.udp_receive_threads = false (SIP over UDP read by the runtime, no receive thread).
 
 Usage: python3 loadtest/ladder.py [--rates 100,200,500] [--seconds 10] [--hold-ms 1000]
-       [--node-cpus 0] [--sipp-cpus 1] [--shards N] [--workers N]
+       [--node-cpus 0] [--sipp-cpus 1] [--shards N] [--workers N] [--udp-runtime]
 """
 import argparse, json, os, re, shutil, signal, statistics, subprocess, sys, tempfile, time, urllib.request
 
@@ -127,6 +128,8 @@ def main():
     ap.add_argument("--shards", type=int, default=0, help="sip.shards (0 = one per CPU the node may use)")
     ap.add_argument("--workers", type=int, default=0, help="node.worker_threads (0 = one per CPU the node may use)")
     ap.add_argument("--overload-ms", type=int, default=0, help="sip.overload_queue_delay_ms (0 = the default)")
+    ap.add_argument("--udp-runtime", action="store_true",
+                    help="sip.udp_receive_threads = false: SIP over UDP read by the node's runtime")
     args = ap.parse_args()
     node_pin = ["taskset", "-c", args.node_cpus] if args.node_cpus else []
     sipp_pin = ["taskset", "-c", args.sipp_cpus] if args.sipp_cpus else []
@@ -147,6 +150,7 @@ data_dir = "{work}/data"
 listen = ["udp:127.0.0.1:5060", "tcp:127.0.0.1:5060"]
 {f"shards = {args.shards}" if args.shards else ""}
 {f"overload_queue_delay_ms = {args.overload_ms}" if args.overload_ms else ""}
+{"udp_receive_threads = false" if args.udp_runtime else ""}
 [media]
 address = "127.0.0.1"
 ports = "20000-39999"

@@ -85,6 +85,10 @@ worker_threads = 1
 
 [sip]
 listen = ["udp:127.0.0.$i:5060", "tcp:127.0.0.$i:5060"]
+# SIP over UDP read by the runtime rather than a thread of its own: one wake-up fewer
+# per datagram, about 17 % less CPU per call well below capacity (README, "Reading
+# SIP over UDP").
+udp_receive_threads = false
 
 [media]
 address = "127.0.0.$i"

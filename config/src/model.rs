@@ -130,6 +130,13 @@ pub struct SipConfig {
     /// node may use. 1 to 64 otherwise.
     #[serde(default)]
     pub shards: usize,
+    /// Whether SIP over UDP is read on threads of its own (`true`, the default: the
+    /// socket is drained and overload refused however busy the runtime is) or by the
+    /// node's runtime (`false`: one thread wake-up fewer per datagram, cheaper per call
+    /// well below capacity, for nodes that share a host; past capacity datagrams wait
+    /// in the kernel behind the runtime's work).
+    #[serde(default = "default_udp_receive_threads")]
+    pub udp_receive_threads: bool,
     /// TCP/TLS connections open at once (inbound and outbound together).
     #[serde(default = "default_tcp_max_connections")]
     pub tcp_max_connections: usize,
@@ -173,6 +180,10 @@ pub struct SipTlsConfig {
     pub reload_seconds: u64,
 }
 
+fn default_udp_receive_threads() -> bool {
+    true
+}
+
 fn default_tls_reload() -> u64 {
     60
 }
@@ -191,6 +202,7 @@ impl Default for SipConfig {
             incoming_queue_bytes: default_incoming_queue_bytes(),
             overload_queue_delay_ms: default_overload_queue_delay_ms(),
             shards: 0,
+            udp_receive_threads: true,
             tcp_max_connections: default_tcp_max_connections(),
             tcp_max_connections_per_source: default_tcp_max_connections_per_source(),
             tcp_idle_timeout_seconds: default_tcp_idle_timeout_seconds(),

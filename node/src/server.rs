@@ -271,6 +271,7 @@ fn edge_settings(config: &Config, gate: tsunagu_sip::SendGate) -> EdgeSettings {
             0 => tsunagu_sip::shard::per_cpu(),
             n => n,
         },
+        udp_receive_threads: sip.udp_receive_threads,
     }
 }
 

@@ -19,7 +19,8 @@ use crate::shard::{self, Shards};
 use crate::source::SourcePolicy;
 use crate::transaction::{Output, RequestMatch, ResponseMatch, Transactions, TxKey};
 use crate::transport::{
-    bind_udp, spawn_udp_receivers, Inbound, Incoming, StreamConnections, StreamLimits, TlsSetup,
+    bind_udp, spawn_udp_receive_task, spawn_udp_receivers, Inbound, Incoming, StreamConnections,
+    StreamLimits, TlsSetup,
 };
 use bytes::Bytes;
 use prometheus_client::metrics::counter::Counter;
@@ -239,6 +240,9 @@ pub struct EdgeSettings {
     pub overload: OverloadSettings,
     /// Shards of the SIP core ([`crate::shard`]; clamped to 1..=64).
     pub shards: usize,
+    /// UDP is read on threads of its own ([`spawn_udp_receivers`], the default) or,
+    /// when false, by a task on the node's runtime ([`spawn_udp_receive_task`]).
+    pub udp_receive_threads: bool,
 }
 
 /// Whether the node may send now (see [`EdgeSettings::gate`]).
@@ -255,6 +259,7 @@ impl EdgeSettings {
             gate: None,
             overload: OverloadSettings::default(),
             shards: shard::per_cpu(),
+            udp_receive_threads: true,
         }
     }
 }
@@ -304,8 +309,12 @@ impl Endpoint {
                     let (sock, receiving) = bind_udp(*addr, settings.socket_buffer)?;
                     let sock = Arc::new(sock);
                     let local = sock.local_addr()?;
-                    let threads = shard::udp_receivers(shards.count());
-                    spawn_udp_receivers(receiving, inbound.clone(), threads)?;
+                    if settings.udp_receive_threads {
+                        let threads = shard::udp_receivers(shards.count());
+                        spawn_udp_receivers(receiving, inbound.clone(), threads)?;
+                    } else {
+                        spawn_udp_receive_task(sock.clone(), inbound.clone());
+                    }
                     udp.push((local, sock));
                     locals.push((Transport::Udp, local));
                 }

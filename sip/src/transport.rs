@@ -303,6 +303,23 @@ fn spawn_udp_receiver(sock: std::net::UdpSocket, inbound: Inbound) -> std::io::R
     Ok(())
 }
 
+/// Reads a UDP listener in a task on the node's runtime (`sip.udp_receive_threads =
+/// false`): a datagram is received, checked, parsed and queued by the runtime thread
+/// that then runs the core, with no wake-up of another thread in between. Cheaper per
+/// call well below capacity; past it, the task waits its turn behind call tasks (see
+/// [`spawn_udp_receivers`] for why that is not the default). Ends with the core.
+pub(crate) fn spawn_udp_receive_task(sock: Arc<UdpSocket>, inbound: Inbound) {
+    let Some(first) = inbound.tx.first().cloned() else {
+        return; // no core to feed
+    };
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = receive_udp(&sock, &inbound) => {}
+            _ = first.closed() => {}
+        }
+    });
+}
+
 async fn receive_udp(sock: &UdpSocket, inbound: &Inbound) {
     let mut buf = vec![0u8; MAX_DATAGRAM];
     loop {

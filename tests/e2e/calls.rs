@@ -637,6 +637,38 @@ fn worker_threads_size_the_runtime() {
     assert_eq!(node.metric("tsunagu_runtime_workers"), 3.0);
 }
 
+/// The names of a process's threads.
+fn thread_names(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("the node's threads")
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim().to_string())
+        .collect()
+}
+
+/// `sip.udp_receive_threads = false`: SIP over UDP is read by the node's runtime (no
+/// receive thread of its own), and calls go through as with one.
+#[test]
+fn udp_read_by_the_runtime_carries_calls_without_a_receive_thread() {
+    let ports = Ports::take();
+    let mut node = Node::start(ports, "127.0.0.1/32", "");
+    let threads = thread_names(node.pid());
+    assert!(threads.iter().any(|t| t == "sip-udp-rx"), "{threads:?}");
+    node.restart_with_line("sip", "udp_receive_threads = false");
+    let threads = thread_names(node.pid());
+    assert!(!threads.iter().any(|t| t == "sip-udp-rx"), "{threads:?}");
+    let (key, _) = node.provision("0501234567", DEST, "{}");
+    let _uas = Uas::start("uas_answer.xml", ports, node.dir.path(), &[]);
+    let run = uac("uac.xml", ports, "0501234567", 20, 20, &[]);
+    assert_eq!(
+        (run.exit, run.successful, run.failed),
+        (0, 20, 0),
+        "{}",
+        run.output
+    );
+    assert_eq!(node.wait_for_calls(&key, 20).len(), 20);
+}
+
 #[test]
 fn hold_reinvites_pass_through_both_ways() {
     let ports = Ports::take();
