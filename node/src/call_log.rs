@@ -4,8 +4,8 @@
 //! - A call is in the store from admission: its record in progress (state `active`) is
 //!   written within [`ACTIVE_DELAY`] of the call starting, and again at answer (both
 //!   coalesced: a call that ends first is written once, as ended). So a crash (kill -9)
-//!   loses at most the calls admitted in the last [`ACTIVE_DELAY`] plus a [`TICK`] and
-//!   one batch write: under a second. The rows of a node that died are finalised by
+//!   loses at most the calls admitted in the last [`ACTIVE_DELAY`] and one batch
+//!   write: under a second. The rows of a node that died are finalised by
 //!   [`recover`].
 //! - Final records and events wait up to [`LINGER`] for others to share their write:
 //!   a commit costs the same for one record as for hundreds, and at a few hundred calls
@@ -286,7 +286,9 @@ fn writer(w: Writer, rx: mpsc::Receiver<LogMsg>, shared: Arc<Shared>) {
         if let Some(first) = first_at {
             wait = wait.min((first + LINGER).saturating_duration_since(now));
         }
+        // `at`: when the message arrived, at the latest (what its deadline runs from).
         let take = |msg: LogMsg,
+                    at: Instant,
                     batch: &mut Batch,
                     in_progress: &mut InProgress,
                     flushes: &mut Vec<mpsc::Sender<()>>| {
@@ -298,7 +300,7 @@ fn writer(w: Writer, rx: mpsc::Receiver<LogMsg>, shared: Arc<Shared>) {
                     in_progress.ended(&e.record.call_id);
                     batch.entries.push(*e)
                 }
-                LogMsg::Active(r) => in_progress.put(*r, Instant::now()),
+                LogMsg::Active(r) => in_progress.put(*r, at),
                 LogMsg::Event(e) => batch.events.push(*e),
                 LogMsg::Flush(done) => flushes.push(done),
             }
@@ -312,7 +314,13 @@ fn writer(w: Writer, rx: mpsc::Receiver<LogMsg>, shared: Arc<Shared>) {
                 std::thread::sleep(d);
             }
             Wait::Receive(d) => match rx.recv_timeout(d) {
-                Ok(msg) => take(msg, &mut batch, &mut in_progress, &mut flushes),
+                Ok(msg) => take(
+                    msg,
+                    Instant::now(),
+                    &mut batch,
+                    &mut in_progress,
+                    &mut flushes,
+                ),
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 // All senders gone: write what is left (in progress included) and end.
                 Err(mpsc::RecvTimeoutError::Disconnected) => open = false,
@@ -327,7 +335,12 @@ fn writer(w: Writer, rx: mpsc::Receiver<LogMsg>, shared: Arc<Shared>) {
                 break;
             }
             match rx.try_recv() {
-                Ok(msg) => take(msg, &mut batch, &mut in_progress, &mut flushes),
+                Ok(msg) => {
+                    // What came in during a tick is dated from its start: a checkpoint
+                    // is written within CHECKPOINT_DELAY of arriving, ticks or not.
+                    let at = arrived_since.unwrap_or_else(Instant::now);
+                    take(msg, at, &mut batch, &mut in_progress, &mut flushes)
+                }
                 Err(mpsc::TryRecvError::Empty) => break,
                 Err(mpsc::TryRecvError::Disconnected) => open = false,
             }
