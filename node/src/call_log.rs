@@ -759,6 +759,7 @@ mod tests {
         let (log, handle) = CallLog::start(d.w);
         let sent = 200;
         let before = wakeups.get();
+        let started = Instant::now();
         for i in 0..sent {
             let mut record = sample_call(&d.op, "adv_1", 10_000 + i);
             record.call_id = format!("call_{i:04}");
@@ -766,9 +767,12 @@ mod tests {
             std::thread::sleep(Duration::from_millis(1));
         }
         let woke = wakeups.get() - before;
+        // One per tick, and a few for deadlines (records in progress come due after
+        // ACTIVE_DELAY): a slow machine stretches the ticks and the bound alike.
+        let ticks = (started.elapsed().as_millis() / TICK.as_millis()) as u64;
         assert!(
-            woke * 2 < sent as u64,
-            "{woke} wake-ups for {sent} messages"
+            woke <= ticks + 10,
+            "{woke} wake-ups for {sent} messages in {ticks} ticks"
         );
         assert!(log.flush(Duration::from_secs(10)));
         drop(log);
