@@ -100,7 +100,10 @@ class Cluster:
     def set_store(self, line):
         """Adds `line` (e.g. `synchronous = "normal"`) to every member's [store]."""
         for n in self.nodes:
-            text = open(n.config).read().replace("[store]\n", f"[store]\n{line}\n", 1)
+            before = open(n.config).read()
+            text = before.replace("[store]\n", f"[store]\n{line}\n", 1)
+            if text == before:
+                sys.exit(f"{n.config} has no [store] table to add {line!r} to")
             with open(n.config, "w") as f:
                 f.write(text)
 

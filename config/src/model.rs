@@ -130,11 +130,12 @@ pub struct SipConfig {
     /// node may use. 1 to 64 otherwise.
     #[serde(default)]
     pub shards: usize,
-    /// Whether SIP over UDP is read on threads of its own (`true`, the default: the
-    /// socket is drained and overload refused however busy the runtime is) or by the
-    /// node's runtime (`false`: one thread wake-up fewer per datagram, cheaper per call
-    /// well below capacity, for nodes that share a host; past capacity datagrams wait
-    /// in the kernel behind the runtime's work).
+    /// Whether SIP over UDP is read on threads of its own (`true`, the default: one per
+    /// four shards; the socket is drained and overload refused however busy the
+    /// runtime is) or by one task of the node's runtime (`false`: one thread wake-up
+    /// fewer per datagram, cheaper per call well below capacity, for nodes that share a
+    /// host; near capacity datagrams wait in the kernel behind the runtime's work and
+    /// overflow its buffer, and one task receives one core's worth at most).
     #[serde(default = "default_udp_receive_threads")]
     pub udp_receive_threads: bool,
     /// TCP/TLS connections open at once (inbound and outbound together).

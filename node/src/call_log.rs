@@ -306,28 +306,33 @@ fn writer(w: Writer, rx: mpsc::Receiver<LogMsg>, shared: Arc<Shared>) {
             }
         };
         let holding = batch.len() > 0 || !in_progress.calls.is_empty();
-        // What the drain below finds arrived no earlier than this.
+        // What the drain below finds after a tick is dated from the tick's start: no
+        // later than it arrived, unless it came in during the previous write (then
+        // its deadlines run from this tick, at most that write late).
         let mut arrived_since = None;
         match next_wait(open, holding, backlog, wait) {
             Wait::Collect(d) => {
                 arrived_since = Some(now);
                 std::thread::sleep(d);
+                w.metrics.log_wakeups.inc();
             }
-            Wait::Receive(d) => match rx.recv_timeout(d) {
-                Ok(msg) => take(
-                    msg,
-                    Instant::now(),
-                    &mut batch,
-                    &mut in_progress,
-                    &mut flushes,
-                ),
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-                // All senders gone: write what is left (in progress included) and end.
-                Err(mpsc::RecvTimeoutError::Disconnected) => open = false,
-            },
+            Wait::Receive(d) => {
+                match rx.recv_timeout(d) {
+                    Ok(msg) => take(
+                        msg,
+                        Instant::now(),
+                        &mut batch,
+                        &mut in_progress,
+                        &mut flushes,
+                    ),
+                    Err(mpsc::RecvTimeoutError::Timeout) => {}
+                    // All senders gone: write what is left (in progress included), end.
+                    Err(mpsc::RecvTimeoutError::Disconnected) => open = false,
+                }
+                w.metrics.log_wakeups.inc();
+            }
             Wait::No => {}
         }
-        w.metrics.log_wakeups.inc();
         backlog = false;
         while open && flushes.is_empty() {
             if batch.len() >= BATCH {
@@ -336,8 +341,8 @@ fn writer(w: Writer, rx: mpsc::Receiver<LogMsg>, shared: Arc<Shared>) {
             }
             match rx.try_recv() {
                 Ok(msg) => {
-                    // What came in during a tick is dated from its start: a checkpoint
-                    // is written within CHECKPOINT_DELAY of arriving, ticks or not.
+                    // Dated from the tick's start (see `arrived_since`): a checkpoint is
+                    // written within CHECKPOINT_DELAY of arriving, ticks or not.
                     let at = arrived_since.unwrap_or_else(Instant::now);
                     take(msg, at, &mut batch, &mut in_progress, &mut flushes)
                 }

@@ -231,7 +231,8 @@ impl Inbound {
 }
 
 /// Binds a UDP listener; returns the socket the core sends from and a second handle
-/// on the same socket for the receive threads ([`spawn_udp_receivers`]).
+/// on the same socket for the receive threads ([`spawn_udp_receivers`]; dropped when
+/// the runtime reads the socket instead).
 pub(crate) fn bind_udp(
     addr: SocketAddr,
     buffer: usize,
@@ -278,6 +279,7 @@ pub(crate) fn spawn_udp_receivers(
 fn spawn_udp_receiver(sock: std::net::UdpSocket, inbound: Inbound) -> std::io::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
+        .enable_time() // the pause after a receive error
         .build()?;
     let Some(first) = inbound.tx.first().cloned() else {
         return Ok(()); // no core to feed
@@ -304,10 +306,13 @@ fn spawn_udp_receiver(sock: std::net::UdpSocket, inbound: Inbound) -> std::io::R
 }
 
 /// Reads a UDP listener in a task on the node's runtime (`sip.udp_receive_threads =
-/// false`): a datagram is received, checked, parsed and queued by the runtime thread
-/// that then runs the core, with no wake-up of another thread in between. Cheaper per
-/// call well below capacity; past it, the task waits its turn behind call tasks (see
-/// [`spawn_udp_receivers`] for why that is not the default). Ends with the core.
+/// false`): a datagram is received, checked, parsed and queued by a runtime thread,
+/// which (with one runtime thread, or when the shard's task runs on the same one)
+/// also runs the core, with no wake-up of another thread in between. Cheaper per call
+/// well below capacity; near and past it, the task waits its turn behind call tasks
+/// while the socket's buffer overflows (see [`spawn_udp_receivers`] for why that is
+/// not the default). One task per listener: one core's worth of receiving, whatever
+/// the shards. Ends with the core.
 pub(crate) fn spawn_udp_receive_task(sock: Arc<UdpSocket>, inbound: Inbound) {
     let Some(first) = inbound.tx.first().cloned() else {
         return; // no core to feed
@@ -320,6 +325,19 @@ pub(crate) fn spawn_udp_receive_task(sock: Arc<UdpSocket>, inbound: Inbound) {
     });
 }
 
+/// How long a UDP receiver pauses after an error that may repeat at once.
+const RECEIVE_ERROR_PAUSE: Duration = Duration::from_millis(10);
+
+/// Errors a UDP receive reports about one datagram or one peer (an ICMP answer to
+/// something sent), not about the socket: the next receive is tried at once.
+fn receive_error_is_transient(kind: std::io::ErrorKind) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        kind,
+        ConnectionRefused | ConnectionReset | Interrupted | WouldBlock | HostUnreachable
+    )
+}
+
 async fn receive_udp(sock: &UdpSocket, inbound: &Inbound) {
     let mut buf = vec![0u8; MAX_DATAGRAM];
     loop {
@@ -328,6 +346,11 @@ async fn receive_udp(sock: &UdpSocket, inbound: &Inbound) {
             Err(e) => {
                 // ICMP port-unreachable surfaces here on some systems; keep serving.
                 tracing::debug!(%e, "udp receive error");
+                if !receive_error_is_transient(e.kind()) {
+                    // Anything else may repeat at once (and the runtime's task would
+                    // spin a worker): pause as the stream listener does.
+                    tokio::time::sleep(RECEIVE_ERROR_PAUSE).await;
+                }
                 continue;
             }
         };
@@ -802,6 +825,25 @@ impl StreamConnections {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_errors_about_one_datagram_are_retried_without_a_pause() {
+        use std::io::ErrorKind::*;
+        // (what the receive reported, retried at once)
+        let rows = [
+            (ConnectionRefused, true), // ICMP port unreachable for something we sent
+            (ConnectionReset, true),
+            (HostUnreachable, true),
+            (Interrupted, true),
+            (WouldBlock, true),
+            (OutOfMemory, false), // ENOBUFS/ENOMEM: would fail again at once
+            (PermissionDenied, false),
+            (Other, false),
+        ];
+        for (kind, transient) in rows {
+            assert_eq!(receive_error_is_transient(kind), transient, "{kind:?}");
+        }
+    }
     use crate::source::{TrustedSources, Untrusted};
 
     const OPTIONS: &[u8] = b"OPTIONS sip:x@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK1\r\nFrom: <sip:a@127.0.0.1>;tag=1\r\nTo: <sip:x@127.0.0.1>\r\nCall-ID: c1\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n";
