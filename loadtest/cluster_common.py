@@ -87,15 +87,11 @@ def fail(message, nodes):
 class Cluster:
     """The demo's three nodes, configured by scripts/cluster-demo.sh --write-configs."""
 
-    def worker_threads(self):
-        """The members' node.worker_threads (the demo sets it), or None."""
-        m = re.search(r"^worker_threads\s*=\s*(\d+)", open(self.nodes[0].config).read(), re.M)
-        return int(m.group(1)) if m else None
-
-    def udp_receive_threads(self):
-        """The members' sip.udp_receive_threads (the demo sets false), or None."""
-        m = re.search(r"^udp_receive_threads\s*=\s*(\w+)", open(self.nodes[0].config).read(), re.M)
-        return m.group(1) == "true" if m else None
+    def setting(self, name):
+        """A setting of the members' configuration as written (e.g. worker_threads "1",
+        udp_receive_threads "false": the demo sets both), or None when it is not set."""
+        m = re.search(rf"^{name}\s*=\s*(\S+)", open(self.nodes[0].config).read(), re.M)
+        return m.group(1) if m else None
 
     def set_store(self, line):
         """Adds `line` (e.g. `synchronous = "normal"`) to every member's [store]."""
@@ -153,13 +149,14 @@ class Cluster:
 def single_node(work, admin, worker_threads=None, udp_receive_threads=None):
     """A node on its own, configured like a member of the demo cluster (no [cluster]);
     `worker_threads`, `udp_receive_threads`: its node.worker_threads and
-    sip.udp_receive_threads (pass the members' to compare like with like; None leaves
-    the defaults: one runtime thread per CPU, UDP read on a thread of its own)."""
+    sip.udp_receive_threads as TOML values (pass the members' to compare like with
+    like; None leaves the defaults: one runtime thread per CPU, UDP read on threads of
+    its own)."""
     d = os.path.join(work, "single")
     os.makedirs(d, exist_ok=True)
     conf = os.path.join(d, "node.toml")
     workers = f"worker_threads = {worker_threads}" if worker_threads else ""
-    receive = "" if udp_receive_threads is None else f"udp_receive_threads = {str(udp_receive_threads).lower()}"
+    receive = f"udp_receive_threads = {udp_receive_threads}" if udp_receive_threads else ""
     with open(conf, "w") as f:
         f.write(f"""
 [node]

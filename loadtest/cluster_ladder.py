@@ -181,8 +181,9 @@ def main():
 
     work = tempfile.mkdtemp(prefix="tsunagu-cluster-ladder-")
     cluster = Cluster(work)
-    single = single_node(work, cluster.admin, args.single_workers or cluster.worker_threads(),
-                         cluster.udp_receive_threads())
+    single_workers = str(args.single_workers) if args.single_workers else cluster.setting("worker_threads")
+    receive = cluster.setting("udp_receive_threads")
+    single = single_node(work, cluster.admin, single_workers, receive)
     if args.synchronous != "full":
         cluster.set_store(f'synchronous = "{args.synchronous}"')
         with open(single.config, "a") as f:
@@ -201,9 +202,9 @@ def main():
         background = idle_frame_rate(cluster.nodes)
         idle_cluster, idle_single = idle_cpu_rate(cluster.nodes), idle_cpu_rate([single])
         print(f"work dir {work}; cluster n1 n2 n3 pids {[n.pid for n in cluster.nodes]}, single pid {single.pid}; "
-              f"worker threads per node: cluster {cluster.worker_threads() or 'one per CPU'}, "
-              f"single {args.single_workers or cluster.worker_threads() or 'one per CPU'}; "
-              f"UDP read by {'the runtime' if cluster.udp_receive_threads() is False else 'receive threads'}; "
+              f"worker threads per node: cluster {cluster.setting('worker_threads') or 'one per CPU'}, "
+              f"single {single_workers or 'one per CPU'}; "
+              f"UDP read by {'the runtime' if receive == 'false' else 'receive threads'}; "
               f"store.synchronous {args.synchronous}; "
               f"hold {args.hold_ms} ms, {args.seconds} s per step, "
               f"{'line limit ' + str(args.lines) if args.lines else 'no line limit'}")

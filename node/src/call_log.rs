@@ -286,7 +286,7 @@ fn writer(w: Writer, rx: mpsc::Receiver<LogMsg>, shared: Arc<Shared>) {
         if let Some(first) = first_at {
             wait = wait.min((first + LINGER).saturating_duration_since(now));
         }
-        // `at`: when the message arrived, at the latest (what its deadline runs from).
+        // `at`: when the message arrived, at the latest (see `arrived`).
         let take = |msg: LogMsg,
                     at: Instant,
                     batch: &mut Batch,
@@ -306,32 +306,31 @@ fn writer(w: Writer, rx: mpsc::Receiver<LogMsg>, shared: Arc<Shared>) {
             }
         };
         let holding = batch.len() > 0 || !in_progress.calls.is_empty();
-        // What the drain below finds after a tick is dated from the tick's start: no
-        // later than it arrived, unless it came in during the previous write (then
-        // its deadlines run from this tick, at most that write late).
-        let mut arrived_since = None;
-        match next_wait(open, holding, backlog, wait) {
+        // When what this pass takes in arrived, at the latest, and what its deadlines
+        // run from: after a tick, the tick's start (so a checkpoint is written within
+        // CHECKPOINT_DELAY of arriving, ticks or not); otherwise the end of the wait.
+        // (What came in during the previous pass's write is dated at most that late.)
+        let mut received = None;
+        let arrived = match next_wait(open, holding, backlog, wait) {
             Wait::Collect(d) => {
-                arrived_since = Some(now);
                 std::thread::sleep(d);
                 w.metrics.log_wakeups.inc();
+                now
             }
             Wait::Receive(d) => {
                 match rx.recv_timeout(d) {
-                    Ok(msg) => take(
-                        msg,
-                        Instant::now(),
-                        &mut batch,
-                        &mut in_progress,
-                        &mut flushes,
-                    ),
+                    Ok(msg) => received = Some(msg),
                     Err(mpsc::RecvTimeoutError::Timeout) => {}
                     // All senders gone: write what is left (in progress included), end.
                     Err(mpsc::RecvTimeoutError::Disconnected) => open = false,
                 }
                 w.metrics.log_wakeups.inc();
+                Instant::now()
             }
-            Wait::No => {}
+            Wait::No => now,
+        };
+        if let Some(msg) = received {
+            take(msg, arrived, &mut batch, &mut in_progress, &mut flushes);
         }
         backlog = false;
         while open && flushes.is_empty() {
@@ -340,12 +339,7 @@ fn writer(w: Writer, rx: mpsc::Receiver<LogMsg>, shared: Arc<Shared>) {
                 break;
             }
             match rx.try_recv() {
-                Ok(msg) => {
-                    // Dated from the tick's start (see `arrived_since`): a checkpoint is
-                    // written within CHECKPOINT_DELAY of arriving, ticks or not.
-                    let at = arrived_since.unwrap_or_else(Instant::now);
-                    take(msg, at, &mut batch, &mut in_progress, &mut flushes)
-                }
+                Ok(msg) => take(msg, arrived, &mut batch, &mut in_progress, &mut flushes),
                 Err(mpsc::TryRecvError::Empty) => break,
                 Err(mpsc::TryRecvError::Disconnected) => open = false,
             }
@@ -356,8 +350,7 @@ fn writer(w: Writer, rx: mpsc::Receiver<LogMsg>, shared: Arc<Shared>) {
             batch.active = in_progress.take();
         }
         if batch.len() > 0 {
-            // Records that came in during a tick have waited since it began, at most.
-            first_at.get_or_insert(arrived_since.unwrap_or(now));
+            first_at.get_or_insert(arrived);
         }
         let lingering =
             !due && batch.len() < BATCH && first_at.is_some_and(|first| now < first + LINGER);

@@ -156,6 +156,8 @@ pub struct SipMetrics {
     /// Retransmissions of INVITEs refused for overload and their ACKs (dropped), and
     /// their CANCELs (answered 481 without a transaction).
     pub refused_repeats_dropped: Counter,
+    /// Retransmissions of refused INVITEs that came once the shard was on time again
+    /// (their 503 was lost), answered 503 once more.
     pub refused_repeats_answered: Counter,
     /// Age of received messages when the SIP core takes them (the overload signal).
     pub queue_delay: QueueDelay,

@@ -825,6 +825,7 @@ impl StreamConnections {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::source::{TrustedSources, Untrusted};
 
     #[test]
     fn only_errors_about_one_datagram_are_retried_without_a_pause() {
@@ -844,7 +845,6 @@ mod tests {
             assert_eq!(receive_error_is_transient(kind), transient, "{kind:?}");
         }
     }
-    use crate::source::{TrustedSources, Untrusted};
 
     const OPTIONS: &[u8] = b"OPTIONS sip:x@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK1\r\nFrom: <sip:a@127.0.0.1>;tag=1\r\nTo: <sip:x@127.0.0.1>\r\nCall-ID: c1\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n";
 
