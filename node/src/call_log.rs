@@ -4,7 +4,8 @@
 //! - A call is in the store from admission: its record in progress (state `active`) is
 //!   written within [`ACTIVE_DELAY`] of the call starting, and again at answer (both
 //!   coalesced: a call that ends first is written once, as ended). So a crash (kill -9)
-//!   loses at most the calls admitted in the last [`ACTIVE_DELAY`] and one batch
+//!   loses at most the calls admitted in the last [`ACTIVE_DELAY`] plus [`LINGER`] (a
+//!   call that ended waits that long for its final record's commit) and one batch
 //!   write: under a second. The rows of a node that died are finalised by
 //!   [`recover`].
 //! - Final records and events wait up to [`LINGER`] for others to share their write:
