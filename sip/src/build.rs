@@ -1,7 +1,7 @@
 //! Writing SIP messages as text: requests from a [`RequestSpec`], responses from the
 //! request they answer. Written directly into one buffer: no intermediate tree.
 
-use crate::parse::{header, header_values, Transport};
+use crate::parse::{header, header_lines, Transport};
 use rand::RngExt;
 use rsipstack::sip::{Method, Request};
 use std::fmt::Write;
@@ -206,11 +206,11 @@ pub fn response(
 ) -> Vec<u8> {
     let mut s = String::with_capacity(512);
     let _ = write!(s, "SIP/2.0 {code} {}\r\n", reason(code));
-    for via in header_values(req, "Via") {
+    for via in header_lines(req, "Via") {
         let _ = write!(s, "Via: {via}\r\n");
     }
     if req.method == Method::Invite && (101..300).contains(&code) {
-        for rr in header_values(req, "Record-Route") {
+        for rr in header_lines(req, "Record-Route") {
             let _ = write!(s, "Record-Route: {rr}\r\n");
         }
     }
@@ -240,7 +240,7 @@ pub fn response(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::parse::{parse, tag};
+    use crate::parse::{header_values, parse, tag};
     use rsipstack::sip::SipMessage;
 
     #[test]
@@ -306,6 +306,45 @@ mod tests {
         );
         let (_, ci) = parse(&s.cancel().to_bytes()).unwrap();
         assert_eq!((ci.branch, ci.cseq_method), (s.branch, Method::Cancel));
+    }
+
+    #[test]
+    fn a_response_is_not_much_larger_than_its_request() {
+        // Lists that a response copies, written to make the copy grow: empty
+        // elements, one-byte elements, one-byte lines (compact form).
+        let lists = [
+            format!(
+                "Via: SIP/2.0/UDP a;branch=z9hG4bK1{}\r\n",
+                ",".repeat(9_000)
+            ),
+            format!(
+                "Via: SIP/2.0/UDP a;branch=z9hG4bK1{}\r\n",
+                ",a".repeat(4_000)
+            ),
+            format!(
+                "Via: SIP/2.0/UDP a;branch=z9hG4bK1\r\n{}",
+                "v:a\r\n".repeat(2_000)
+            ),
+            format!(
+                "Via: SIP/2.0/UDP a;branch=z9hG4bK1\r\nRecord-Route: <sip:p;lr>{}\r\n",
+                ",".repeat(9_000)
+            ),
+        ];
+        for list in lists {
+            let raw = format!("INVITE sip:1@h SIP/2.0\r\n{list}From: <sip:a@h>;tag=f\r\nTo: <sip:1@h>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n");
+            let (SipMessage::Request(req), _) = parse(raw.as_bytes()).unwrap() else {
+                panic!()
+            };
+            for code in [180, 403, 503] {
+                let out = response(&req, code, Some("tt"), &[], None).len();
+                assert!(
+                    out <= raw.len() * 2 + 512,
+                    "{code}: {out} bytes out for {} in ({})",
+                    raw.len(),
+                    &list[..60]
+                );
+            }
+        }
     }
 
     #[test]

@@ -287,6 +287,18 @@ pub fn keep_only(req: &mut Request, names: &[&str]) {
     req.body = Vec::new();
 }
 
+/// Every line of a header by name, as received (a list stays one line; empty lines
+/// are left out): what a response copies, so that its size follows the request's
+/// instead of growing with each list element (a `Via: a,a,a,...` of single bytes
+/// would otherwise come back as a line of its own per byte pair).
+pub fn header_lines<'a, M: HasHeaders>(msg: &'a M, name: &'a str) -> impl Iterator<Item = &'a str> {
+    msg.headers()
+        .iter()
+        .filter(move |h| h.name().eq_ignore_ascii_case(name))
+        .map(|h| h.value().trim())
+        .filter(|v| !v.is_empty())
+}
+
 /// Every value of a header by name, splitting comma-separated lists (Via, Record-Route).
 pub fn header_values<'a, M: HasHeaders>(msg: &'a M, name: &str) -> Vec<&'a str> {
     msg.headers()
@@ -306,7 +318,12 @@ pub fn split_list(value: &str) -> Vec<&str> {
             '<' if !quoted => depth += 1,
             '>' if !quoted => depth -= 1,
             ',' if !quoted && depth == 0 => {
-                out.push(value[start..i].trim());
+                // An empty element (`a,,b`) carries nothing: dropped, so that nothing
+                // built from the list grows with commas a peer sent.
+                let item = value[start..i].trim();
+                if !item.is_empty() {
+                    out.push(item);
+                }
                 start = i + 1;
             }
             _ => {}

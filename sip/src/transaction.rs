@@ -107,6 +107,11 @@ impl Timers {
 
 struct ServerTx {
     peer: Peer,
+    /// The request's Call-ID and CSeq number: a CANCEL names its INVITE by branch, and
+    /// must carry the same two (RFC 3261 9.2), or anyone who learnt a branch could
+    /// cancel another caller's call.
+    call_id: String,
+    cseq: u32,
     state: State,
     last_response: Option<Bytes>,
     timers: Timers,
@@ -227,6 +232,8 @@ impl Transactions {
                 }
                 let tx = ServerTx {
                     peer,
+                    call_id: call_id.to_string(),
+                    cseq,
                     state: State::Proceeding,
                     last_response: None,
                     timers: Timers {
@@ -239,7 +246,13 @@ impl Transactions {
                 if method == Method::Cancel {
                     let invite = TxKey::new(branch, Method::Invite);
                     return match self.server.get(&invite) {
-                        Some(inv) if inv.state == State::Proceeding => RequestMatch::Cancel(invite),
+                        Some(inv)
+                            if inv.state == State::Proceeding
+                                && inv.call_id == call_id
+                                && inv.cseq == cseq =>
+                        {
+                            RequestMatch::Cancel(invite)
+                        }
                         _ => RequestMatch::CancelUnmatched,
                     };
                 }
@@ -702,6 +715,37 @@ mod tests {
             .iter()
             .all(|(_, o)| !matches!(o, Output::ClientTimeout { .. })));
         assert_eq!(t.counts().1, 0, "Timer D removed it");
+    }
+
+    #[test]
+    fn a_cancel_matches_its_invite_only_with_the_same_call_id_and_cseq() {
+        let now = Instant::now();
+        // (CANCEL's Call-ID, CSeq number, expected)
+        let cases = [
+            ("c7", 5, true),
+            ("victim", 5, false), // another call's Call-ID on a known branch
+            ("c7", 6, false),
+        ];
+        for (call_id, cseq, matches) in cases {
+            let mut t = Transactions::new();
+            let mut out = Vec::new();
+            t.on_request(Method::Invite, "z9hG4bKc", "c7", 5, udp(), now, &mut out);
+            let got = t.on_request(
+                Method::Cancel,
+                "z9hG4bKc",
+                call_id,
+                cseq,
+                udp(),
+                now,
+                &mut out,
+            );
+            let want = if matches {
+                RequestMatch::Cancel(TxKey::new("z9hG4bKc", Method::Invite))
+            } else {
+                RequestMatch::CancelUnmatched
+            };
+            assert_eq!(got, want, "CANCEL {call_id} {cseq}");
+        }
     }
 
     #[test]
