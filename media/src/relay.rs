@@ -117,6 +117,9 @@ struct Player {
 
 enum Control {
     SetRemote(Side, SocketAddr),
+    /// That side's far end is gone (a forwarding attempt failed): accept nothing from
+    /// it and send it nothing until new SDP names another.
+    ClearRemote(Side),
     /// The telephone-event payload type the far end of a side sends (from its SDP).
     SetDtmf(Side, Option<u8>),
     Play(Side, Player),
@@ -241,6 +244,15 @@ impl Relay {
     /// this is called a side accepts nothing; the same address again keeps the latch.
     pub fn set_remote(&self, side: Side, addr: SocketAddr) {
         let _ = self.control.send(Control::SetRemote(side, addr));
+    }
+
+    /// Forgets the far end of `side` (its SDP address and latch): until
+    /// [`Relay::set_remote`] names another, that side accepts nothing and nothing is
+    /// sent to it. A failed forwarding attempt's callee, which may have sent SDP in a
+    /// 183, must not go on hearing the caller or talking to them while the next
+    /// destination rings.
+    pub fn clear_remote(&self, side: Side) {
+        let _ = self.control.send(Control::ClearRemote(side));
     }
 
     /// Which payload type carries the telephone-events the far end of `side` sends.
@@ -504,6 +516,11 @@ fn run(
                         // latch is redone only if the address changed.
                         let s = if side == Side::A { &mut sa } else { &mut sb };
                         s.peer.signal(addr);
+                    }
+                    Control::ClearRemote(side) => {
+                        let s = if side == Side::A { &mut sa } else { &mut sb };
+                        s.peer = Peer::default();
+                        s.dtmf_payload_type = None;
                     }
                     Control::SetDtmf(side, pt) => {
                         let s = if side == Side::A { &mut sa } else { &mut sb };
@@ -1087,6 +1104,72 @@ mod tests {
             "the old latched port is refused"
         );
         drop(signalled);
+    }
+
+    /// A callee that sent SDP (a 183) and then failed is forgotten: its packets are
+    /// refused and the caller's go nowhere until the next destination's SDP. Packets
+    /// to one port are handled in order, so a key press reported after the caller's
+    /// packet proves that packet was handled (the old callee's socket, on loopback,
+    /// would already hold it).
+    #[tokio::test]
+    async fn a_failed_callee_is_forgotten_until_the_next_one_signals() {
+        let pool = pool(41440);
+        let metrics = MediaMetrics::default();
+        let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+        let relay = Relay::start(
+            pool.allocate().unwrap(),
+            pool.allocate().unwrap(),
+            metrics.clone(),
+            Arc::new(move |e| {
+                let _ = tx.send(e);
+            }),
+        );
+        let (a_port, b_port) = (relay.local(Side::A), relay.local(Side::B));
+        let caller = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let failed = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let next = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        relay.set_remote(Side::A, caller.local_addr().unwrap());
+        relay.set_dtmf(Side::A, Some(101));
+        relay.set_remote(Side::B, failed.local_addr().unwrap());
+        failed.send_to(&rtp_of(1, 2, 1), b_port).await.unwrap();
+        assert_eq!(
+            next_payload(&caller).await.0,
+            1,
+            "early media while it rang"
+        );
+        relay.clear_remote(Side::B);
+        failed.send_to(&rtp_of(2, 2, 2), b_port).await.unwrap();
+        until("the failed callee's packet refused", || {
+            refused(&metrics, "source") == 1
+        })
+        .await;
+        caller.send_to(&rtp_of(1, 1, 3), a_port).await.unwrap();
+        let mut key = vec![0x80, 101, 0, 2, 0, 0, 0x10, 0, 0, 0, 0, 1];
+        key.extend_from_slice(&[5, 0x8a, 0, 160]);
+        caller.send_to(&key, a_port).await.unwrap();
+        assert_eq!(
+            events.recv().await,
+            Some(MediaEvent::Digit {
+                side: Side::A,
+                key: '5'
+            })
+        );
+        let mut buf = [0u8; 2048];
+        assert_eq!(
+            failed
+                .try_recv_from(&mut buf)
+                .map(|(n, _)| n)
+                .map_err(|e| e.kind()),
+            Err(std::io::ErrorKind::WouldBlock),
+            "the failed callee heard the caller after it failed"
+        );
+        relay.set_remote(Side::B, next.local_addr().unwrap());
+        caller.send_to(&rtp_of(3, 1, 4), a_port).await.unwrap();
+        assert_eq!(
+            next_payload(&next).await.0,
+            4,
+            "the next callee hears the caller"
+        );
     }
 
     /// `strict` refuses the NAT'd port the default policy latches; `off` (unsafe) lets

@@ -752,6 +752,12 @@ impl Call {
 
     fn after_failure(&mut self, failure: Failure) {
         self.attempt_ended(failure.code(), failure.outcome());
+        // The failed callee may have sent SDP (early media in a 183): it must neither
+        // hear the caller nor reach them while the next destination rings.
+        if let Some(relay) = self.relay.as_ref() {
+            relay.clear_remote(Side::B);
+        }
+        self.note_far_end(Side::B, None, None);
         let trunks = self.dest_trunks.len();
         let has_next_trunk = self.trunk_pos + 1 < trunks;
         let has_next_dest = self.dest_index + 1 < self.number.destinations.len();
