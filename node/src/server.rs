@@ -272,6 +272,9 @@ fn edge_settings(config: &Config, gate: tsunagu_sip::SendGate) -> EdgeSettings {
             n => n,
         },
         udp_receive_threads: sip.udp_receive_threads,
+        // A call answers or gives up within its longest ring; 32 s more for its answer
+        // to be retransmitted.
+        invite_limit: Duration::from_secs(sip.max_ring_seconds) + tsunagu_sip::transaction::TIMEOUT,
     }
 }
 

@@ -29,7 +29,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::mpsc;
 
@@ -243,6 +243,10 @@ pub struct EdgeSettings {
     /// UDP is read on threads of its own ([`spawn_udp_receivers`], the default) or,
     /// when false, by a task on the node's runtime ([`spawn_udp_receive_task`]).
     pub udp_receive_threads: bool,
+    /// How long an INVITE may go without a final response before its transaction is
+    /// forgotten ([`crate::transaction::INVITE_LIMIT`]; the node sets its longest ring
+    /// plus 32 s).
+    pub invite_limit: Duration,
 }
 
 /// Whether the node may send now (see [`EdgeSettings::gate`]).
@@ -260,6 +264,7 @@ impl EdgeSettings {
             overload: OverloadSettings::default(),
             shards: shard::per_cpu(),
             udp_receive_threads: true,
+            invite_limit: crate::transaction::INVITE_LIMIT,
         }
     }
 }
@@ -344,7 +349,8 @@ impl Endpoint {
                 .clone();
             let core = Core {
                 shard,
-                transactions: Transactions::new(),
+                transactions: Transactions::with_invite_limit(settings.invite_limit),
+                invite_limit: settings.invite_limit,
                 calls: HashMap::new(),
                 handler: handler.clone(),
                 udp: udp.clone(),
@@ -377,6 +383,7 @@ struct Core {
     /// Which shard this is (its flag in `refusals`, its `busy` series).
     shard: usize,
     transactions: Transactions,
+    invite_limit: Duration,
     calls: HashMap<String, Route>,
     handler: Arc<dyn InviteHandler>,
     /// UDP listeners with their bound address (the family picks the sending socket).
@@ -529,6 +536,12 @@ impl Core {
                 }
                 Output::ClientTimeout { key, call_id } => {
                     self.deliver(&call_id, SipEvent::Timeout { key });
+                }
+                Output::Abandoned { server: true } => {
+                    self.metrics.abandoned_server_transactions.inc();
+                }
+                Output::Abandoned { server: false } => {
+                    self.metrics.abandoned_client_transactions.inc();
                 }
                 Output::AckTimeout { call_id } => {
                     self.deliver(&call_id, SipEvent::AckTimeout);
@@ -760,7 +773,7 @@ impl Core {
                 self.calls.remove(&call_id);
             }
             Command::Forget => {
-                self.transactions = Transactions::new();
+                self.transactions = Transactions::with_invite_limit(self.invite_limit);
                 self.calls.clear();
             }
             Command::Respond {

@@ -168,6 +168,9 @@ pub struct SipMetrics {
     pub backlog_drops: Counter,
     pub server_transactions: Gauge,
     pub client_transactions: Gauge,
+    /// Transactions nobody finished, removed by the sweep (`transaction::Transactions`).
+    pub abandoned_server_transactions: Counter,
+    pub abandoned_client_transactions: Counter,
     /// Time each shard of the SIP core spent handling messages, commands and timers:
     /// near one second per second, a shard is saturated.
     pub core_busy: Family<ShardLabel, Counter<f64, AtomicU64>>,
@@ -270,6 +273,16 @@ impl SipMetrics {
             "sip_client_transactions",
             "Open SIP client transactions",
             self.client_transactions.clone(),
+        );
+        r.register(
+            "sip_abandoned_server_transactions",
+            "Requests the node never answered, forgotten after 32 s (an INVITE: sip.max_ring_seconds plus 32 s); their calls had dropped them (a full call inbox) or ended first",
+            self.abandoned_server_transactions.clone(),
+        );
+        r.register(
+            "sip_abandoned_client_transactions",
+            "INVITEs of the node answered only provisionally for sip.max_ring_seconds plus 32 s (a 180 and then silence, a CANCEL never answered 487): forgotten and reported to their call as a timeout",
+            self.abandoned_client_transactions.clone(),
         );
         r.register(
             "sip_core_busy_seconds",

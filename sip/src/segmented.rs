@@ -75,6 +75,18 @@ impl<K: Hash + Eq, V> Segmented<K, V> {
         self.len
     }
 
+    /// Keeps the entries of segment `i` (of [`SEGMENTS`]) for which `keep` says so;
+    /// returns how many were removed. A sweep of the whole map one segment at a time
+    /// does its work in 1/256 steps, as growth does.
+    pub fn retain_segment(&mut self, i: usize, mut keep: impl FnMut(&K, &mut V) -> bool) -> usize {
+        let segment = &mut self.segments[i & (SEGMENTS - 1)];
+        let before = segment.len();
+        segment.retain(|k, v| keep(k, v));
+        let removed = before - segment.len();
+        self.len -= removed;
+        removed
+    }
+
     #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len == 0

@@ -20,6 +20,12 @@ pub const T1: Duration = Duration::from_millis(500);
 pub const T2: Duration = Duration::from_secs(4);
 pub const T4: Duration = Duration::from_secs(5);
 pub const TIMEOUT: Duration = Duration::from_secs(32); // 64*T1
+/// How long an INVITE may go without a final response, either way, by default (the
+/// node sets `sip.max_ring_seconds` plus [`TIMEOUT`]: its calls answer or give up
+/// within that). RFC 3261's Timer C for the client side, and its server-side twin.
+pub const INVITE_LIMIT: Duration = Duration::from_secs(180 + 32);
+/// One segment of the transaction tables is swept this often (all 256 in about 10 s).
+const SWEEP_STEP: Duration = Duration::from_millis(40);
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct TxKey {
@@ -53,6 +59,9 @@ pub enum Output {
     ClientTimeout { key: TxKey, call_id: String },
     /// A 2xx we sent was never acknowledged.
     AckTimeout { call_id: String },
+    /// A transaction nobody finished was removed by the sweep (server: one we were
+    /// to answer; else one of ours, also reported as a `ClientTimeout`).
+    Abandoned { server: bool },
 }
 
 /// How an incoming request relates to existing transactions.
@@ -115,6 +124,7 @@ struct ServerTx {
     state: State,
     last_response: Option<Bytes>,
     timers: Timers,
+    created: Instant,
 }
 
 struct ClientTx {
@@ -126,6 +136,7 @@ struct ClientTx {
     state: State,
     ack: Option<Bytes>,
     timers: Timers,
+    created: Instant,
 }
 
 struct Pending2xx {
@@ -141,7 +152,6 @@ enum TimerId {
     Ok2xx(String, u32),
 }
 
-#[derive(Default)]
 pub struct Transactions {
     // In segments: a table of every transaction of the last 32 s must grow without
     // stalling the shard (see `crate::segmented`).
@@ -156,6 +166,18 @@ pub struct Transactions {
     timers: BTreeMap<(Instant, u64), TimerId>,
     /// Timers set so far (the tie-breaker of `timers`' keys).
     timers_set: u64,
+    /// See [`INVITE_LIMIT`].
+    invite_limit: Duration,
+    /// The sweep for transactions nobody will finish (`sweep`): when its next step is
+    /// due (None while the tables are empty), and which segment it takes.
+    next_sweep: Option<Instant>,
+    sweep_segment: usize,
+}
+
+impl Default for Transactions {
+    fn default() -> Self {
+        Transactions::with_invite_limit(INVITE_LIMIT)
+    }
 }
 
 fn reliable(peer: &Peer) -> bool {
@@ -173,6 +195,20 @@ fn linger(peer: &Peer, d: Duration) -> Duration {
 impl Transactions {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Tables whose INVITEs may go `invite_limit` without a final response.
+    pub fn with_invite_limit(invite_limit: Duration) -> Self {
+        Transactions {
+            server: Segmented::default(),
+            client: Segmented::default(),
+            ok2xx: Segmented::default(),
+            timers: BTreeMap::new(),
+            timers_set: 0,
+            invite_limit,
+            next_sweep: None,
+            sweep_segment: 0,
+        }
     }
 
     /// Open transactions (server, client, unacknowledged 2xx), for metrics.
@@ -241,8 +277,10 @@ impl Transactions {
                         interval: T1,
                         expire_at: None,
                     },
+                    created: now,
                 };
                 self.server.insert(key, tx);
+                self.arm_sweep(now);
                 if method == Method::Cancel {
                     let invite = TxKey::new(branch, Method::Invite);
                     return match self.server.get(&invite) {
@@ -376,11 +414,13 @@ impl Transactions {
                 interval: T1,
                 expire_at: Some(now + TIMEOUT),
             },
+            created: now,
         };
         let next = tx.timers.next();
         let id = TimerId::Client(key.clone());
         self.client.insert(key, tx);
         self.schedule(next, id);
+        self.arm_sweep(now);
     }
 
     pub fn on_response(
@@ -448,10 +488,64 @@ impl Transactions {
     // ---- time ----
 
     pub fn poll_timeout(&mut self) -> Option<Instant> {
-        self.timers.first_key_value().map(|((at, _), _)| *at)
+        let timer = self.timers.first_key_value().map(|((at, _), _)| *at);
+        match (timer, self.next_sweep) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn arm_sweep(&mut self, now: Instant) {
+        if self.next_sweep.is_none() {
+            self.next_sweep = Some(now + SWEEP_STEP);
+        }
+    }
+
+    /// One step of the sweep for transactions that no timer ends and nobody will
+    /// finish: a request whose call never answered it (its message was dropped at a
+    /// full inbox, or the call ended first) and an INVITE of ours that got a
+    /// provisional answer and then nothing (a 180 and silence, a CANCEL never answered
+    /// 487). Without it each stays for good: memory a peer could grow one request at
+    /// a time, and a request it would go on treating as a retransmission. Removed:
+    /// a server transaction still without a final response after [`TIMEOUT`] (its
+    /// client's Timer F has fired) or, for an INVITE, the INVITE limit; a client
+    /// INVITE after the INVITE limit, reported as a timeout to its call.
+    fn sweep(&mut self, now: Instant, out: &mut Vec<Output>) {
+        let segment = self.sweep_segment;
+        self.sweep_segment = (segment + 1) % crate::segmented::SEGMENTS;
+        let invite_limit = self.invite_limit;
+        let removed = self.server.retain_segment(segment, |key, tx| {
+            let limit = if key.method == Method::Invite {
+                invite_limit
+            } else {
+                TIMEOUT
+            };
+            tx.state != State::Proceeding || now.saturating_duration_since(tx.created) < limit
+        });
+        for _ in 0..removed {
+            out.push(Output::Abandoned { server: true });
+        }
+        let mut timed_out = Vec::new();
+        self.client.retain_segment(segment, |key, tx| {
+            let stuck = key.method == Method::Invite
+                && tx.state == State::Proceeding
+                && now.saturating_duration_since(tx.created) >= invite_limit;
+            if stuck {
+                timed_out.push((key.clone(), tx.call_id.clone()));
+            }
+            !stuck
+        });
+        for (key, call_id) in timed_out {
+            out.push(Output::Abandoned { server: false });
+            out.push(Output::ClientTimeout { key, call_id });
+        }
+        self.next_sweep = (self.server.len() + self.client.len() > 0).then(|| now + SWEEP_STEP);
     }
 
     pub fn handle_timeout(&mut self, now: Instant, out: &mut Vec<Output>) {
+        if self.next_sweep.is_some_and(|at| at <= now) {
+            self.sweep(now, out);
+        }
         while self
             .timers
             .first_key_value()
@@ -650,6 +744,120 @@ mod tests {
             ResponseMatch::Deliver
         );
         assert!(run(&mut t, now, Duration::from_secs(40)).is_empty());
+    }
+
+    /// The sweep: what no timer ends and nobody finishes is forgotten at its limit,
+    /// and nothing that will still be finished is. Each row: the transaction, how
+    /// long the clock runs, whether it is still there, the outputs it led to.
+    #[test]
+    fn transactions_nobody_finishes_are_swept_at_their_limit() {
+        let limit = Duration::from_secs(60);
+        #[derive(Clone, Copy, Debug)]
+        enum Tx {
+            /// An INFO (or BYE) whose call dropped it.
+            UnansweredRequest,
+            UnansweredInvite,
+            /// An INVITE of ours answered 180, then nothing.
+            ProvisionalOnly,
+        }
+        let sweep_cycle = SWEEP_STEP * crate::segmented::SEGMENTS as u32;
+        let cases = [
+            (
+                Tx::UnansweredRequest,
+                TIMEOUT - Duration::from_secs(1),
+                true,
+                0,
+            ),
+            (Tx::UnansweredRequest, TIMEOUT + sweep_cycle, false, 1),
+            (Tx::UnansweredInvite, TIMEOUT + sweep_cycle, true, 0),
+            (Tx::UnansweredInvite, limit + sweep_cycle, false, 1),
+            (Tx::ProvisionalOnly, limit - Duration::from_secs(1), true, 0),
+            (Tx::ProvisionalOnly, limit + sweep_cycle, false, 2),
+        ];
+        for (tx, runs, kept, outputs) in cases {
+            let mut t = Transactions::with_invite_limit(limit);
+            let now = Instant::now();
+            let mut out = Vec::new();
+            match tx {
+                Tx::UnansweredRequest => {
+                    t.on_request(Method::Info, "z9hG4bKi", "c9", 2, udp(), now, &mut out);
+                }
+                Tx::UnansweredInvite => {
+                    t.on_request(Method::Invite, "z9hG4bKi", "c9", 1, udp(), now, &mut out);
+                }
+                Tx::ProvisionalOnly => {
+                    let key = TxKey::new("z9hG4bKi", Method::Invite);
+                    t.send_request(
+                        key,
+                        udp(),
+                        Bytes::from_static(b"INVITE"),
+                        None,
+                        "c9",
+                        now,
+                        &mut out,
+                    );
+                    t.on_response(
+                        "z9hG4bKi",
+                        Method::Invite,
+                        180,
+                        "<sip:x>;tag=1",
+                        now,
+                        &mut out,
+                    );
+                    out.clear();
+                }
+            }
+            let outs = run(&mut t, now, runs);
+            let (s, c, _) = t.counts();
+            assert_eq!(s + c == 1, kept, "{tx:?} after {runs:?}");
+            assert_eq!(outs.len(), outputs, "{tx:?} after {runs:?}: {outs:?}");
+            match (tx, kept) {
+                (Tx::ProvisionalOnly, false) => assert!(outs.iter().any(|(_, o)| matches!(
+                    o,
+                    Output::ClientTimeout { call_id, .. } if call_id == "c9"
+                ))),
+                (Tx::UnansweredRequest, false) => {
+                    // The request again is a new one, not a retransmission swallowed
+                    // for want of an answer to resend.
+                    let later = now + runs;
+                    assert_eq!(
+                        t.on_request(Method::Info, "z9hG4bKi", "c9", 2, udp(), later, &mut out),
+                        RequestMatch::New
+                    );
+                }
+                _ => {}
+            }
+        }
+    }
+
+    #[test]
+    fn answered_transactions_are_not_swept() {
+        let mut t = Transactions::with_invite_limit(Duration::from_secs(60));
+        let now = Instant::now();
+        let mut out = Vec::new();
+        t.on_request(Method::Invite, "z9hG4bKr", "c8", 1, tcp(), now, &mut out);
+        let key = TxKey::new("z9hG4bKr", Method::Invite);
+        t.send_response(
+            &key,
+            180,
+            Bytes::from_static(b"180"),
+            "c8",
+            1,
+            now,
+            &mut out,
+        );
+        // Ringing for 50 s (under the limit), then answered: the 200 goes out.
+        run(&mut t, now, Duration::from_secs(50));
+        let later = now + Duration::from_secs(50);
+        assert!(t.send_response(
+            &key,
+            200,
+            Bytes::from_static(b"200"),
+            "c8",
+            1,
+            later,
+            &mut out
+        ));
     }
 
     #[test]
