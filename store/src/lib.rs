@@ -213,7 +213,11 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<()>;
 
     // Webhooks.
-    fn create_webhook(&self, hook: &Webhook) -> Result<()>;
+    /// Adds `hook` unless its operator has `limit` webhooks already
+    /// ([`StoreError::InUse`]): counted and added at once, so that requests in
+    /// parallel cannot pass the count together (SQLite: one write transaction;
+    /// ScyllaDB: the count is read first, as close as it has without a counter).
+    fn create_webhook(&self, hook: &Webhook, limit: usize) -> Result<()>;
     fn list_webhooks(&self, operator_id: &str) -> Result<Vec<Webhook>>;
     fn delete_webhook(&self, operator_id: &str, id: &str) -> Result<bool>;
     /// Unscoped: the delivery worker looks a webhook up by the id its outbox row names.

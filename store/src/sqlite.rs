@@ -1401,23 +1401,42 @@ impl Store for SqliteStore {
         .map_err(unavailable)
     }
 
-    fn create_webhook(&self, h: &Webhook) -> Result<()> {
+    fn create_webhook(&self, h: &Webhook, limit: usize) -> Result<()> {
         let events = serde_json::to_string(&h.events).unwrap_or_else(|_| "[]".into());
-        self.write(|c| {
-            c.execute(
-                &format!(
-                    "INSERT INTO webhooks ({WEBHOOK_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
-                ),
-                params![h.id, h.operator_id, h.url, h.secret, events, h.created_at],
-            )
-        })
-        .map_err(|e| {
-            if is_unique_violation(&e) {
-                StoreError::Conflict(format!("webhook {}", h.id))
-            } else {
-                unavailable(e)
-            }
-        })?;
+        // Counted and inserted in one write transaction: other nodes sharing the
+        // file wait for it too.
+        let added = self
+            .write(|c| {
+                let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                let count: i64 = tx.query_row(
+                    "SELECT COUNT(*) FROM webhooks WHERE operator_id = ?1",
+                    params![h.operator_id],
+                    |r| r.get(0),
+                )?;
+                if usize::try_from(count).unwrap_or(usize::MAX) >= limit {
+                    return Ok(false);
+                }
+                tx.execute(
+                    &format!(
+                        "INSERT INTO webhooks ({WEBHOOK_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
+                    ),
+                    params![h.id, h.operator_id, h.url, h.secret, events, h.created_at],
+                )?;
+                tx.commit()?;
+                Ok(true)
+            })
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    StoreError::Conflict(format!("webhook {}", h.id))
+                } else {
+                    unavailable(e)
+                }
+            })?;
+        if !added {
+            return Err(StoreError::InUse(format!(
+                "an operator has at most {limit} webhooks"
+            )));
+        }
         Ok(())
     }
 
@@ -1748,6 +1767,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("t.db")).unwrap();
         crate::conformance::run_all(&store);
+        crate::conformance::the_webhook_limit_holds_against_parallel_creations(&store);
     }
 
     #[test]

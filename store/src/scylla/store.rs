@@ -1314,7 +1314,14 @@ impl Store for ScyllaStore {
         self.wait(self.inner.scan_calls(query, visit))
     }
 
-    fn create_webhook(&self, h: &Webhook) -> Result<()> {
+    fn create_webhook(&self, h: &Webhook, limit: usize) -> Result<()> {
+        // Without a transaction the count is read first: requests in parallel may
+        // pass it together (bounded by how many are in flight at once).
+        if self.list_webhooks(&h.operator_id)?.len() >= limit {
+            return Err(StoreError::InUse(format!(
+                "an operator has at most {limit} webhooks"
+            )));
+        }
         let events = json(&h.events)?;
         self.wait(async {
             let values = (
