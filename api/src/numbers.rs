@@ -150,7 +150,7 @@ fn validate_ivr(ivr: &Ivr) -> Result<(), ApiError> {
 }
 
 /// Every prompt a number names, with its field: each must exist for the operator.
-fn named_prompts(n: &TrackingNumber) -> Vec<(&'static str, &str)> {
+pub(crate) fn named_prompts(n: &TrackingNumber) -> Vec<(&'static str, &str)> {
     let mut out = Vec::new();
     if let Some(q) = &n.queue {
         out.extend(q.prompt.as_deref().map(|p| ("queue.prompt", p)));
@@ -184,7 +184,7 @@ fn named_prompts(n: &TrackingNumber) -> Vec<(&'static str, &str)> {
     out
 }
 
-fn check_prompts(st: &ApiState, op: &str, n: &TrackingNumber) -> Result<(), ApiError> {
+pub(crate) fn check_prompts(st: &ApiState, op: &str, n: &TrackingNumber) -> Result<(), ApiError> {
     for (field, name) in named_prompts(n) {
         if st.prompts.get(op, name).is_none() {
             return Err(ApiError::invalid(

@@ -311,6 +311,10 @@ pub async fn create(
             updated_at: now,
         })
         .collect();
+    // A recording notice that does not exist would record callers without it.
+    if let Some(first) = records.first() {
+        crate::numbers::check_prompts(&st, &op, first)?;
+    }
     let p = pool.clone();
     db(&st, move |s| s.create_pool(&p, &records)).await?;
     for n in &pool.numbers {

@@ -60,6 +60,24 @@ pub async fn delete(
     State(st): State<Arc<ApiState>>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    // A prompt a number still names (a recording notice, an IVR menu) stays: calls
+    // would go on without it (recorded without their notice). The shared prompt of
+    // the same name, if any, is what the number falls back to.
+    if !st.prompts.is_shared(&name) {
+        let op2 = op.clone();
+        let numbers = crate::db(&st, move |s| s.list_numbers(&op2, None)).await?;
+        let user = numbers.iter().find_map(|n| {
+            crate::numbers::named_prompts(n)
+                .into_iter()
+                .find(|(_, p)| *p == name)
+                .map(|(field, _)| (n.number.clone(), field))
+        });
+        if let Some((number, field)) = user {
+            return Err(ApiError::conflict(format!(
+                "number {number} uses this prompt ({field}): change it first"
+            )));
+        }
+    }
     let prompts = st.prompts.clone();
     let (op2, name2) = (op.clone(), name.clone());
     let removed = tokio::task::spawn_blocking(move || prompts.delete_own(&op2, &name2))

@@ -228,6 +228,15 @@ impl Prompts {
             .remove(&(operator.to_string(), name.to_string()));
     }
 
+    /// Whether `name` is one of the prompts every operator has (what an operator's own
+    /// prompt of that name falls back to when it is deleted).
+    pub fn is_shared(&self, name: &str) -> bool {
+        self.shared
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(name)
+    }
+
     /// The prompt `name` as `operator` sees it.
     pub fn get(&self, operator: &str, name: &str) -> Option<Arc<Prompt>> {
         let own = self

@@ -53,7 +53,7 @@ fn upload(node: &Node, key: &str, name: &str, body: &[u8]) -> Response {
 fn callers_hear_the_notice_then_ringback_then_the_callee_in_one_rtp_stream() {
     let ports = Ports::take();
     let node = Node::start(ports, "127.0.0.1/32", "");
-    let (key, _) = node.provision(
+    let (key, adv) = node.provision(
         "0501234567",
         r#"[{"number": "0311112222", "ring_seconds": 10}]"#,
         "{}",
@@ -170,6 +170,46 @@ fn callers_hear_the_notice_then_ringback_then_the_callee_in_one_rtp_stream() {
     for (i, p) in heard.iter().enumerate() {
         assert_eq!(p.payload, prompt.frame(8, i), "frame {i}");
     }
+
+    // A prompt a number still names is not deleted (its calls would go on without
+    // it), nor is a pool created with a notice that does not exist (its callers
+    // would be recorded without one).
+    let del = node.send("DELETE", "/v1/prompts/hello", Some(&key), "");
+    assert_eq!(del.status, 409, "{}", del.body);
+    assert!(del.body.contains("0501234567"), "{}", del.body);
+    assert!(
+        node.get("/v1/prompts", &key).body.contains("\"hello\""),
+        "still listed"
+    );
+    let pool = format!(
+        r#"{{"advertiser_id": "{adv}", "mode": "dynamic", "numbers": ["0505559001"], "hold_seconds": 600,
+            "destinations": [{{"number": "0311112222", "ring_seconds": 20}}],
+            "recording": {{"mode": "both", "notice": "nope"}}}}"#
+    );
+    let refused = node.send("POST", "/v1/pools", Some(&key), &pool);
+    assert_eq!(refused.status, 422, "{}", refused.body);
+    assert!(
+        refused.body.contains("recording.notice"),
+        "{}",
+        refused.body
+    );
+    assert_eq!(
+        node.send(
+            "POST",
+            "/v1/pools",
+            Some(&key),
+            &pool.replace("nope", "hello")
+        )
+        .status,
+        201
+    );
+    // A prompt no number names goes.
+    assert_eq!(upload(&node, &key, "spare", &wav(&tone)).status, 200);
+    assert_eq!(
+        node.send("DELETE", "/v1/prompts/spare", Some(&key), "")
+            .status,
+        204
+    );
 }
 
 /// Checks what the listening caller got in the first call: the notice, ringback, then
