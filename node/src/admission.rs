@@ -8,7 +8,7 @@
 
 use crate::call::CallArgs;
 use crate::clock::now_ms;
-use crate::context::NodeContext;
+use crate::context::{CallSlot, NoSlot, NodeContext};
 use crate::decide::rate::TokenBucket;
 use crate::directory::Directory;
 use crate::invite::{InviteView, Refusal};
@@ -117,14 +117,14 @@ impl InviteHandler for Admission {
         let Some(number) = self.directory.get(&view.dialled) else {
             return self.refuse(404, "unknown_number", invite);
         };
-        if ctx.active_calls() >= ctx.max_calls {
-            return self.refuse(503, "node_full", invite);
-        }
         let t = &ctx.routing.trunks[trunk];
-        if t.max_channels > 0 && ctx.trunk_channels[trunk].load(Ordering::Relaxed) >= t.max_channels
-        {
-            return self.refuse(503, "trunk_channels", invite);
-        }
+        // Counted now, in the same step as the limits are checked; given back if the
+        // INVITE is refused below.
+        let slot = match CallSlot::try_take(ctx, trunk, t.max_channels) {
+            Ok(slot) => slot,
+            Err(NoSlot::NodeFull) => return self.refuse(503, "node_full", invite),
+            Err(NoSlot::TrunkChannels) => return self.refuse(503, "trunk_channels", invite),
+        };
         let mut wait = std::time::Duration::ZERO;
         if let Some(bucket) = &self.cps[trunk] {
             let reserved = bucket
@@ -158,6 +158,7 @@ impl InviteHandler for Admission {
             id: tsunagu_store::new_time_id("call"),
             logged: Arc::new(AtomicBool::new(false)),
             media_ports,
+            slot,
         };
         if !wait.is_zero() {
             // Shaped: the call starts when its turn comes. It counts as accepted: the

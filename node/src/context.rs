@@ -71,7 +71,66 @@ pub struct CallSlot {
     trunk: usize,
 }
 
+/// Why admission got no call slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoSlot {
+    /// `node.max_calls` reached.
+    NodeFull,
+    /// The trunk's `max_channels` reached.
+    TrunkChannels,
+}
+
+/// Counts one more in `counter` if that keeps it at most `limit`, in one atomic step.
+fn reserve_below(counter: &AtomicUsize, limit: usize) -> bool {
+    counter
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+            (n < limit).then_some(n + 1)
+        })
+        .is_ok()
+}
+
+/// [`reserve_below`] for a trunk's count; a limit of 0 is none.
+fn reserve_channel(counter: &AtomicU32, limit: u32) -> bool {
+    if limit == 0 {
+        counter.fetch_add(1, Ordering::Relaxed);
+        return true;
+    }
+    counter
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+            (n < limit).then_some(n + 1)
+        })
+        .is_ok()
+}
+
 impl CallSlot {
+    /// A slot for a new call from `trunk`, only if the node holds fewer than its
+    /// `max_calls` and the trunk fewer than `max_channels` (0: no limit). Each count is
+    /// checked and taken in one atomic step: INVITEs that several SIP shards admit at
+    /// the same instant cannot pass a limit together (they did while the check was
+    /// at admission and the count in the call's task, an await later).
+    pub fn try_take(
+        ctx: &Arc<NodeContext>,
+        trunk: usize,
+        max_channels: u32,
+    ) -> Result<CallSlot, NoSlot> {
+        if !reserve_below(&ctx.active, ctx.max_calls) {
+            return Err(NoSlot::NodeFull);
+        }
+        if let Some(c) = ctx.trunk_channels.get(trunk) {
+            if !reserve_channel(c, max_channels) {
+                ctx.active.fetch_sub(1, Ordering::Relaxed);
+                return Err(NoSlot::TrunkChannels);
+            }
+        }
+        ctx.metrics.calls.active.inc();
+        Ok(CallSlot {
+            ctx: ctx.clone(),
+            trunk,
+        })
+    }
+
+    /// A slot whatever the limits (a call taken over from a dead node is never
+    /// refused by them: see README "Trade-offs and limits").
     pub fn take(ctx: &Arc<NodeContext>, trunk: usize) -> CallSlot {
         ctx.active.fetch_add(1, Ordering::Relaxed);
         if let Some(c) = ctx.trunk_channels.get(trunk) {
@@ -92,5 +151,36 @@ impl Drop for CallSlot {
             c.fetch_sub(1, Ordering::Relaxed);
         }
         self.ctx.metrics.calls.active.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Threads taking slots at the same instant never pass the limit together, and a
+    /// limit of 0 on a trunk is none.
+    #[test]
+    fn slots_taken_at_once_never_pass_their_limit() {
+        for (limit, threads, want) in [(2u32, 8, 2u32), (5, 8, 5), (0, 8, 8)] {
+            let trunk = AtomicU32::new(0);
+            let node = AtomicUsize::new(0);
+            let start = std::sync::Barrier::new(threads);
+            let taken = std::sync::atomic::AtomicU32::new(0);
+            std::thread::scope(|s| {
+                for _ in 0..threads {
+                    s.spawn(|| {
+                        start.wait();
+                        if reserve_channel(&trunk, limit) {
+                            taken.fetch_add(1, Ordering::Relaxed);
+                        }
+                        reserve_below(&node, 6);
+                    });
+                }
+            });
+            assert_eq!(taken.into_inner(), want, "trunk limit {limit}");
+            assert_eq!(trunk.into_inner(), want);
+            assert_eq!(node.into_inner(), 6, "node limit 6");
+        }
     }
 }

@@ -587,6 +587,44 @@ fn a_trunk_over_its_call_rate_is_shaped_then_refused() {
     );
 }
 
+/// A trunk's `max_channels` refuses calls past it (503, counted) and frees a channel
+/// as each call ends. (The check and the count are one atomic step: see
+/// `context::tests::slots_taken_at_once_never_pass_their_limit`.)
+#[test]
+fn a_trunk_at_its_channel_limit_refuses_more_calls_until_one_ends() {
+    let ports = Ports::take();
+    let narrow =
+        "\n[[trunks]]\nname = \"narrow\"\ninbound = [\"127.0.0.3/32\"]\nmax_channels = 2\n";
+    let node = Node::start(ports, "127.0.0.1/32", narrow);
+    let (key, _) = node.provision("0501234567", DEST, "{}");
+    let _uas = Uas::start("uas_answer.xml", ports, node.dir.path(), &[]);
+    // Six calls within 60 ms, each held 2 s: two get a channel.
+    let run = uac(
+        "uac.xml",
+        ports,
+        "0501234567",
+        6,
+        100,
+        &["-d", "2000", "-i", "127.0.0.3"],
+    );
+    assert_eq!((run.successful, run.failed), (2, 4), "{}", run.output);
+    assert_eq!(
+        node.metric("tsunagu_invites_rejected_total{code=\"503\",reason=\"trunk_channels\"}"),
+        4.0
+    );
+    assert_eq!(node.wait_for_calls(&key, 2).len(), 2);
+    // Both ended: the channels are free again.
+    let again = uac(
+        "uac.xml",
+        ports,
+        "0501234567",
+        2,
+        100,
+        &["-d", "100", "-i", "127.0.0.3"],
+    );
+    assert_eq!((again.successful, again.failed), (2, 0), "{}", again.output);
+}
+
 /// A call waiting for its turn (shaped) when the node is told to stop is neither
 /// forgotten nor dropped: the drain waits for it, it runs, and it has its record. (It
 /// used to wait outside the call table: the drain saw no call, the node exited, and

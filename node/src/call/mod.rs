@@ -113,6 +113,8 @@ pub struct CallArgs {
     /// The two RTP ports leased at admission for the call's relay (so a node out of
     /// ports refuses the INVITE before its 100 Trying instead of failing the call after).
     pub media_ports: (MediaPort, MediaPort),
+    /// The call's slot in the node's and its trunk's counts, taken at admission.
+    pub slot: CallSlot,
 }
 
 /// What the call table keeps about a running call, to clean up if its actor dies: a
@@ -375,6 +377,7 @@ impl Call {
             id,
             logged,
             media_ports,
+            slot,
         } = *args;
         let caller_verified = ctx.routing.trunks.get(inbound_trunk).is_some_and(|t| {
             let pai = view.asserted_identity.as_deref();
@@ -383,7 +386,6 @@ impl Call {
         let span = tracing::info_span!("call", call_id = %id, number = %number.number, caller = %caller.number);
         ctx.endpoint
             .register(&invite.info.call_id, Arc::new(CallHandle(myself.clone())));
-        let slot = CallSlot::take(&ctx, inbound_trunk);
         let routing = &ctx.routing;
         let mut a = ALeg::new(
             invite.request,
