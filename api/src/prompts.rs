@@ -27,6 +27,7 @@ pub async fn list(OperatorId(op): OperatorId, State(st): State<Arc<ApiState>>) -
 fn refused(e: PromptError) -> ApiError {
     match e {
         PromptError::Name => ApiError::invalid("name", e.to_string()),
+        PromptError::Limit(why) => ApiError::conflict(why),
         PromptError::Wav { source, .. } => ApiError::invalid("body", source.to_string()),
         PromptError::File { .. } => {
             tracing::error!(%e, "cannot save a prompt");

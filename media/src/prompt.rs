@@ -92,7 +92,17 @@ pub enum PromptError {
     Wav { path: String, source: WavError },
     #[error("a prompt name is 1 to 64 letters, digits, `_` or `-`")]
     Name,
+    /// The operator's own prompts would pass [`MAX_OWN_PROMPTS`] or
+    /// [`MAX_OWN_SECONDS`].
+    #[error("{0}")]
+    Limit(String),
 }
+
+/// Own prompts one operator may have, and their total length: every node keeps every
+/// operator's prompts in memory (about 16 KB a second of audio), so uploads in a loop
+/// must not be able to grow it without bound.
+pub const MAX_OWN_PROMPTS: usize = 50;
+pub const MAX_OWN_SECONDS: f64 = 600.0;
 
 /// Whether `name` may name a prompt (and a file of the prompts directory).
 pub fn valid_name(name: &str) -> bool {
@@ -160,19 +170,49 @@ impl Prompts {
             path: shown.clone(),
             source,
         })?;
+        let seconds = prompt.seconds();
+        // Checked and taken under one lock: uploads in parallel cannot pass the
+        // limits together. The one it replaces does not count.
+        let replaced = {
+            let mut own = self.own.write().unwrap_or_else(|p| p.into_inner());
+            let (count, total) = own
+                .iter()
+                .filter(|((op, n), _)| op == operator && n != name)
+                .fold((0, 0.0), |(c, t), (_, p)| (c + 1, t + p.seconds()));
+            if count >= MAX_OWN_PROMPTS {
+                return Err(PromptError::Limit(format!(
+                    "an operator has at most {MAX_OWN_PROMPTS} prompts of its own"
+                )));
+            }
+            if total + seconds > MAX_OWN_SECONDS {
+                return Err(PromptError::Limit(format!(
+                    "an operator's own prompts last at most {MAX_OWN_SECONDS} s together ({total:.1} s already)"
+                )));
+            }
+            own.insert((operator.to_string(), name.to_string()), Arc::new(prompt))
+        };
         if let Some(dir) = &self.dir {
             let dir = dir.join("operators").join(operator);
             let io = |source| PromptError::File {
                 path: shown.clone(),
                 source,
             };
-            std::fs::create_dir_all(&dir).map_err(io)?;
-            let tmp = dir.join(format!(".{name}.wav.tmp"));
-            std::fs::write(&tmp, wav).map_err(io)?;
-            std::fs::rename(&tmp, dir.join(&shown)).map_err(io)?;
+            let written = std::fs::create_dir_all(&dir).and_then(|()| {
+                let tmp = dir.join(format!(".{name}.wav.tmp"));
+                std::fs::write(&tmp, wav)?;
+                std::fs::rename(&tmp, dir.join(&shown))
+            });
+            if let Err(e) = written {
+                // Not saved: what played before plays on.
+                let mut own = self.own.write().unwrap_or_else(|p| p.into_inner());
+                let key = (operator.to_string(), name.to_string());
+                match replaced {
+                    Some(old) => own.insert(key, old),
+                    None => own.remove(&key),
+                };
+                return Err(io(e));
+            }
         }
-        let seconds = prompt.seconds();
-        self.insert_own(operator, name, prompt);
         Ok(seconds)
     }
 
@@ -351,6 +391,44 @@ mod tests {
         assert_eq!(ring.frames(), 150, "three seconds");
         assert!(ring.frame(0, 10).iter().any(|b| *b != 0xff), "tone");
         assert!(ring.frame(0, 100).iter().all(|b| *b == 0xff), "pause");
+    }
+
+    /// Uploads in a loop stop at the count and at the total length; a replacement
+    /// does not count twice; another operator has limits of its own.
+    #[test]
+    fn an_operators_own_prompts_are_bounded_in_number_and_length() {
+        let wav = |seconds: usize| {
+            let bytes = seconds * 16_000;
+            let mut w = crate::wav::header(1, bytes as u32).to_vec();
+            w.resize(w.len() + bytes, 0);
+            w
+        };
+        let lib = Prompts::default();
+        for i in 0..MAX_OWN_PROMPTS {
+            lib.save_own("op1", &format!("p{i}"), &wav(1)).unwrap();
+        }
+        assert!(matches!(
+            lib.save_own("op1", "one_more", &wav(1)),
+            Err(PromptError::Limit(_))
+        ));
+        lib.save_own("op1", "p0", &wav(2))
+            .expect("a replacement is not one more");
+        lib.save_own("op2", "p0", &wav(1))
+            .expect("another operator");
+        let lib = Prompts::default();
+        lib.save_own("op1", "long", &wav(500)).unwrap();
+        assert!(matches!(
+            lib.save_own("op1", "more", &wav(101)),
+            Err(PromptError::Limit(_))
+        ));
+        assert!(
+            lib.get("op1", "more").is_none(),
+            "a refused upload is not kept"
+        );
+        lib.save_own("op1", "more", &wav(100))
+            .expect("up to the total");
+        lib.save_own("op1", "long", &wav(400))
+            .expect("a replacement counts its new length only");
     }
 
     #[test]
