@@ -487,24 +487,50 @@ impl Conn {
     }
 }
 
+/// Connections from strangers (sources no trunk trusts) open at once, in
+/// `sip.untrusted = "reject"` mode, where they may connect to be answered 403: a
+/// budget of their own, one per address, so that they can never take the slots of
+/// trunks or of the node's own outbound connections.
+pub const STRANGER_CONNECTIONS: usize = 32;
+
 /// The connection table: senders by remote address, and counts for the limits.
 #[derive(Default)]
 struct Table {
     conns: HashMap<SocketAddr, Conn>,
     per_source: HashMap<IpAddr, usize>,
     total: usize,
+    /// Of which strangers' (see [`STRANGER_CONNECTIONS`]).
+    strangers: usize,
 }
 
 impl Table {
     fn reserve(&mut self, ip: IpAddr, limits: &StreamLimits) -> Result<(), Refusal> {
         let from_source = self.per_source.get(&ip).copied().unwrap_or(0);
-        admit_connection(self.total, from_source, limits)?;
+        admit_connection(self.total - self.strangers, from_source, limits)?;
         self.total += 1;
         *self.per_source.entry(ip).or_insert(0) += 1;
         Ok(())
     }
 
-    fn release(&mut self, ip: IpAddr) {
+    /// [`Table::reserve`] for a stranger: its own budget, one connection per address.
+    fn reserve_stranger(&mut self, ip: IpAddr) -> Result<(), Refusal> {
+        let budget = StreamLimits {
+            max_connections: STRANGER_CONNECTIONS,
+            max_per_source: 1,
+            idle_timeout: Duration::ZERO,
+        };
+        let from_source = self.per_source.get(&ip).copied().unwrap_or(0);
+        admit_connection(self.strangers, from_source, &budget)?;
+        self.strangers += 1;
+        self.total += 1;
+        *self.per_source.entry(ip).or_insert(0) += 1;
+        Ok(())
+    }
+
+    fn release(&mut self, ip: IpAddr, stranger: bool) {
+        if stranger {
+            self.strangers = self.strangers.saturating_sub(1);
+        }
         self.total = self.total.saturating_sub(1);
         if let Some(n) = self.per_source.get_mut(&ip) {
             *n = n.saturating_sub(1);
@@ -519,6 +545,7 @@ impl Table {
 struct Slot {
     table: Arc<Mutex<Table>>,
     ip: IpAddr,
+    stranger: bool,
     gauge: prometheus_client::metrics::gauge::Gauge,
 }
 
@@ -527,7 +554,7 @@ impl Drop for Slot {
         self.table
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .release(self.ip);
+            .release(self.ip, self.stranger);
         self.gauge.dec();
     }
 }
@@ -571,14 +598,19 @@ impl StreamConnections {
     }
 
     /// Takes a slot for a connection with `ip`, or counts the refusal.
-    fn reserve(&self, ip: IpAddr) -> Option<Slot> {
-        let reserved = self.lock().reserve(ip, &self.limits);
+    fn reserve(&self, ip: IpAddr, stranger: bool) -> Option<Slot> {
+        let reserved = if stranger {
+            self.lock().reserve_stranger(ip)
+        } else {
+            self.lock().reserve(ip, &self.limits)
+        };
         match reserved {
             Ok(()) => {
                 self.metrics().stream_connections.inc();
                 Some(Slot {
                     table: self.table.clone(),
                     ip,
+                    stranger,
                     gauge: self.metrics().stream_connections.clone(),
                 })
             }
@@ -621,7 +653,7 @@ impl StreamConnections {
                 }
             }
         }
-        let Some(slot) = self.reserve(addr.ip()) else {
+        let Some(slot) = self.reserve(addr.ip(), false) else {
             tracing::debug!(%addr, "SIP connection limit reached; message not sent");
             return;
         };
@@ -722,8 +754,9 @@ impl StreamConnections {
                 .inc();
             return None;
         }
-        let Some(slot) = self.reserve(addr.ip()) else {
-            tracing::debug!(%addr, "SIP connection refused: limit reached");
+        let stranger = !sources.is_trusted(addr.ip());
+        let Some(slot) = self.reserve(addr.ip(), stranger) else {
+            tracing::debug!(%addr, stranger, "SIP connection refused: limit reached");
             return None;
         };
         let _ = stream.set_nodelay(true);
@@ -1104,15 +1137,53 @@ CSeq: {cseq} {method}\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
             table.reserve(a, &limits).unwrap();
         }
         assert_eq!(table.reserve(a, &limits), Err(Refusal::SourceLimit));
-        table.release(a);
+        table.release(a, false);
         assert_eq!(table.reserve(a, &limits), Ok(()));
         for _ in 0..3 {
-            table.release(a);
+            table.release(a, false);
         }
         assert!(
             table.per_source.is_empty() && table.total == 0,
             "nothing kept"
         );
+    }
+
+    /// Strangers (reject mode) fill a budget of their own, one per address, and the
+    /// trusted sources' connections are still admitted when it is full.
+    #[test]
+    fn strangers_cannot_take_the_trunks_connections() {
+        let limits = StreamLimits {
+            max_connections: 10,
+            max_per_source: 3,
+            idle_timeout: Duration::from_secs(1),
+        };
+        let mut table = Table::default();
+        let stranger = |i: usize| -> IpAddr { format!("192.0.2.{}", i % 250).parse().unwrap() };
+        let mut held = 0;
+        for i in 0..100 {
+            if table.reserve_stranger(stranger(i)).is_ok() {
+                held += 1;
+            }
+        }
+        assert_eq!(held, STRANGER_CONNECTIONS);
+        let first = stranger(0);
+        table.release(first, true);
+        table.release(stranger(1), true);
+        assert_eq!(table.reserve_stranger(first), Ok(()));
+        assert_eq!(
+            table.reserve_stranger(first),
+            Err(Refusal::SourceLimit),
+            "one per address"
+        );
+        let trunk: IpAddr = "10.0.0.1".parse().unwrap();
+        for _ in 0..3 {
+            assert_eq!(
+                table.reserve(trunk, &limits),
+                Ok(()),
+                "the trunk still connects"
+            );
+        }
+        assert_eq!(table.reserve(trunk, &limits), Err(Refusal::SourceLimit));
     }
 
     #[test]
