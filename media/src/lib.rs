@@ -11,6 +11,7 @@
 //!   prompts and relayed audio share one outgoing RTP stream.
 //! - [`dtmf`]: RFC 4733 telephone-events and SIP INFO digits.
 
+pub mod destination;
 pub mod dtmf;
 pub mod g711;
 pub mod latch;

@@ -31,6 +31,8 @@ pub struct MediaMetrics {
     pub stray_packets_drained: Counter,
     /// Packets refused by the relays' source and RTP checks ([`crate::latch`]).
     pub foreign: Family<ForeignLabel, Counter>,
+    /// Media addresses from SDP the relays refused to send to ([`crate::destination`]).
+    pub destinations_refused: Family<ForeignLabel, Counter>,
 }
 
 impl MediaMetrics {
@@ -75,9 +77,19 @@ impl MediaMetrics {
             "Packets dropped on RTP ports: reason=source came from an address the leg's SDP (media.latch) does not allow, reason=not_rtp came from the leg's peer but were not RTP (RTCP, STUN, malformed headers)",
             self.foreign.clone(),
         );
-        // Both series exist from the start (a dashboard sees 0, not a missing series).
+        r.register(
+            "rtp_destinations_refused",
+            "Media addresses named in SDP that the relay refused to send to (and accepts nothing from): multicast, broadcast, link_local (e.g. cloud metadata), loopback (on a node whose media address is not), own_port (the node's own RTP ports)",
+            self.destinations_refused.clone(),
+        );
+        // Every series exists from the start (a dashboard sees 0, not a missing series).
         for reason in ["source", "not_rtp"] {
             let _ = self.foreign.get_or_create(&ForeignLabel { reason });
+        }
+        for reason in crate::destination::REASONS {
+            let _ = self
+                .destinations_refused
+                .get_or_create(&ForeignLabel { reason });
         }
     }
 }

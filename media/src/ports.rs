@@ -84,6 +84,8 @@ pub const DRAIN_MAX: u64 = 1024;
 
 pub struct PortPool {
     address: IpAddr,
+    /// The configured range (`media.ports`).
+    range: std::ops::RangeInclusive<u16>,
     free: Mutex<VecDeque<FreePort>>,
     socket_buffer: usize,
     latch: Latch,
@@ -148,6 +150,12 @@ impl MediaPort {
     /// The source policy of the relay using this port.
     pub fn latch(&self) -> Latch {
         self.pool.latch
+    }
+
+    /// Why the relay using this port must not send to `dst`, if it must not
+    /// ([`crate::destination`]).
+    pub(crate) fn refuses(&self, dst: SocketAddr) -> Option<&'static str> {
+        crate::destination::refused(dst, self.pool.address, &self.pool.range)
     }
 }
 
@@ -295,6 +303,7 @@ impl PortPool {
             .set(i64::try_from(free.len()).unwrap_or(i64::MAX));
         Arc::new(PortPool {
             address,
+            range: first..=last,
             free: Mutex::new(free),
             socket_buffer,
             latch,

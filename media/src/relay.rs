@@ -515,7 +515,17 @@ fn run(
                         // destination after a failed attempt): accept and send there; the
                         // latch is redone only if the address changed.
                         let s = if side == Side::A { &mut sa } else { &mut sb };
-                        s.peer.signal(addr);
+                        match a.refuses(addr) {
+                            None => s.peer.signal(addr),
+                            Some(reason) => {
+                                tracing::info!(%addr, reason, "media address refused");
+                                metrics
+                                    .destinations_refused
+                                    .get_or_create(&ForeignLabel { reason })
+                                    .inc();
+                                s.peer = Peer::default();
+                            }
+                        }
                     }
                     Control::ClearRemote(side) => {
                         let s = if side == Side::A { &mut sa } else { &mut sb };
@@ -1169,6 +1179,71 @@ mod tests {
             next_payload(&next).await.0,
             4,
             "the next callee hears the caller"
+        );
+    }
+
+    /// SDP naming a destination the node must not send to (cloud metadata, a LAN's
+    /// multicast) leaves that side without one: counted, nothing sent there, and the
+    /// next good SDP works as usual.
+    #[tokio::test]
+    async fn media_addresses_the_node_must_not_send_to_are_refused() {
+        let pool = pool(41460);
+        let metrics = MediaMetrics::default();
+        let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+        let relay = Relay::start(
+            pool.allocate().unwrap(),
+            pool.allocate().unwrap(),
+            metrics.clone(),
+            Arc::new(move |e| {
+                let _ = tx.send(e);
+            }),
+        );
+        let refused_to = |reason| {
+            metrics
+                .destinations_refused
+                .get_or_create(&ForeignLabel { reason })
+                .get()
+        };
+        let caller = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let callee = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        relay.set_remote(Side::A, caller.local_addr().unwrap());
+        relay.set_dtmf(Side::A, Some(101));
+        relay.set_remote(Side::B, "169.254.169.254:80".parse().unwrap());
+        relay.set_remote(Side::B, "224.0.0.251:5353".parse().unwrap());
+        until("both refused", || {
+            refused_to("link_local") == 1 && refused_to("multicast") == 1
+        })
+        .await;
+        // The caller talks, then presses a key: once the key is reported, the audio
+        // before it was handled (one port's packets in order) and went nowhere.
+        caller
+            .send_to(&rtp_of(1, 1, 1), relay.local(Side::A))
+            .await
+            .unwrap();
+        let mut key = vec![0x80, 101, 0, 2, 0, 0, 0x10, 0, 0, 0, 0, 1];
+        key.extend_from_slice(&[5, 0x8a, 0, 160]);
+        caller.send_to(&key, relay.local(Side::A)).await.unwrap();
+        assert_eq!(
+            events.recv().await,
+            Some(MediaEvent::Digit {
+                side: Side::A,
+                key: '5'
+            })
+        );
+        assert_eq!(
+            relay.stats.packets(),
+            (0, 0),
+            "nothing was sent to the refused addresses"
+        );
+        relay.set_remote(Side::B, callee.local_addr().unwrap());
+        caller
+            .send_to(&rtp_of(3, 1, 3), relay.local(Side::A))
+            .await
+            .unwrap();
+        assert_eq!(
+            next_payload(&callee).await.0,
+            3,
+            "a good address works as usual"
         );
     }
 

@@ -1,0 +1,87 @@
+//! Where the relay may send audio. A party's SDP names the address its audio goes
+//! to; the node sends there from its own address, so an SDP could aim that stream at
+//! anything the node can reach. Refused, whoever sent the SDP: multicast and
+//! broadcast (a LAN flooded with a call's audio), link-local (169.254.169.254 is the
+//! cloud's metadata service), loopback unless the node's media address is itself on
+//! loopback (a test or lab setup), and the node's own RTP ports (one call's audio
+//! looped into another call's relay; not checked when the media address is on
+//! loopback). Private networks stay allowed: carriers
+//! interconnect over them. A refused address is as no address: the side accepts
+//! nothing and is sent nothing until new SDP names a good one.
+
+use std::net::{IpAddr, SocketAddr};
+use std::ops::RangeInclusive;
+
+/// Why `dst` is refused as a media destination of a relay whose sockets are bound to
+/// `local` with ports in `own_ports`; None if audio may go there.
+pub fn refused(
+    dst: SocketAddr,
+    local: IpAddr,
+    own_ports: &RangeInclusive<u16>,
+) -> Option<&'static str> {
+    let ip = dst.ip().to_canonical();
+    let local = local.to_canonical();
+    let link_local = match ip {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
+    };
+    if ip.is_multicast() {
+        Some("multicast")
+    } else if matches!(ip, IpAddr::V4(v4) if v4.is_broadcast()) {
+        Some("broadcast")
+    } else if link_local {
+        Some("link_local")
+    } else if ip.is_loopback() && !local.is_loopback() {
+        Some("loopback")
+    } else if ip == local && !local.is_loopback() && own_ports.contains(&dst.port()) {
+        // (Not on loopback: there the parties of a test or a lab are local sockets
+        // whose ephemeral ports may fall in the range.)
+        Some("own_port")
+    } else {
+        None
+    }
+}
+
+/// Every reason [`refused`] gives (the metric's series).
+pub const REASONS: [&str; 5] = [
+    "multicast",
+    "broadcast",
+    "link_local",
+    "loopback",
+    "own_port",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn media_destinations_a_party_may_name() {
+        let public: IpAddr = "203.0.113.5".parse().unwrap();
+        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        let ports = 20000..=29999;
+        // (destination, node's media address, expected)
+        let rows: [(&str, IpAddr, Option<&str>); 16] = [
+            ("198.51.100.7:4000", public, None),
+            ("10.1.2.3:4000", public, None), // a carrier's private interconnect
+            ("[2001:db8::1]:4000", public, None),
+            ("224.0.0.251:5353", public, Some("multicast")),
+            ("[ff02::1]:4000", public, Some("multicast")),
+            ("255.255.255.255:4000", public, Some("broadcast")),
+            ("169.254.169.254:80", public, Some("link_local")),
+            ("[fe80::1]:4000", public, Some("link_local")),
+            ("[::ffff:169.254.169.254]:80", public, Some("link_local")),
+            ("127.0.0.1:8125", public, Some("loopback")),
+            ("[::1]:8125", public, Some("loopback")),
+            ("127.0.0.1:8125", lo, None), // a node on loopback talks to loopback
+            ("127.0.0.1:20002", lo, None), // on loopback, a local party's ephemeral port
+            ("203.0.113.5:20002", public, Some("own_port")),
+            ("203.0.113.5:30000", public, None), // the node's address, not an RTP port
+            ("198.51.100.7:20002", public, None), // another host's port
+        ];
+        for (dst, local, want) in rows {
+            let dst: SocketAddr = dst.parse().unwrap();
+            assert_eq!(refused(dst, local, &ports), want, "{dst} from {local}");
+        }
+    }
+}
