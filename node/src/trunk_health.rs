@@ -64,8 +64,11 @@ pub fn trunk_order(route: &[usize], up: impl Fn(usize) -> bool) -> Vec<usize> {
 struct Responses(mpsc::UnboundedSender<SipEvent>);
 
 impl CallSink for Responses {
-    fn deliver(&self, event: SipEvent) {
-        let _ = self.0.send(event);
+    fn deliver(&self, event: SipEvent) -> Result<(), tsunagu_sip::Undelivered> {
+        // Unbounded: only the answers to this pinger's own OPTIONS come here.
+        self.0
+            .send(event)
+            .map_err(|e| tsunagu_sip::Undelivered::Gone(e.0))
     }
 }
 

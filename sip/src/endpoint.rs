@@ -63,7 +63,19 @@ pub trait InviteHandler: Send + Sync + 'static {
 
 /// Where a call receives its messages.
 pub trait CallSink: Send + Sync + 'static {
-    fn deliver(&self, event: SipEvent);
+    /// Hands `event` to the call; gives it back if the call could not take it.
+    fn deliver(&self, event: SipEvent) -> Result<(), Undelivered>;
+}
+
+/// An event a call did not take. A request among them is answered by the core, so
+/// that its sender hears something and its transaction ends (instead of waiting for
+/// the sweep while every retransmission is swallowed).
+#[derive(Debug)]
+pub enum Undelivered {
+    /// The call's inbox is full (a peer flooding the dialog): answered 503.
+    Busy(SipEvent),
+    /// The call has ended: answered 481.
+    Gone(SipEvent),
 }
 
 /// What a call hears from the SIP edge.
@@ -552,18 +564,46 @@ impl Core {
     }
 
     fn deliver(&mut self, call_id: &str, event: SipEvent) -> bool {
-        match self.calls.get_mut(call_id) {
-            Some(Route::Ready(sink)) => {
-                sink.deliver(event);
-                true
-            }
+        let undelivered = match self.calls.get_mut(call_id) {
+            Some(Route::Ready(sink)) => sink.deliver(event).err(),
             Some(Route::Pending(queue)) => {
                 if queue.len() < PENDING_LIMIT {
                     queue.push(event);
+                    None
+                } else {
+                    Some(Undelivered::Busy(event))
                 }
-                true
             }
-            None => false,
+            None => return false,
+        };
+        if let Some(u) = undelivered {
+            self.refuse_undelivered(u);
+        }
+        true
+    }
+
+    /// Answers a request its call did not take (see [`Undelivered`]); other events
+    /// (responses, timeouts) go nowhere, as before.
+    fn refuse_undelivered(&mut self, u: Undelivered) {
+        let (event, code) = match u {
+            Undelivered::Busy(e) => (e, 503),
+            Undelivered::Gone(e) => (e, 481),
+        };
+        if let SipEvent::Request {
+            request,
+            info,
+            key: Some(_),
+            ..
+        } = event
+        {
+            self.metrics.requests_undelivered.inc();
+            let retry = self.refusals.retry_after.clone();
+            let extra: &[(&str, &str)] = if code == 503 {
+                &[("Retry-After", &retry)]
+            } else {
+                &[]
+            };
+            self.answer(&request, &info, code, extra);
         }
     }
 
@@ -764,7 +804,9 @@ impl Core {
             Command::Register { call_id, sink } => {
                 if let Some(Route::Pending(queue)) = self.calls.remove(&call_id) {
                     for ev in queue {
-                        sink.deliver(ev);
+                        if let Err(u) = sink.deliver(ev) {
+                            self.refuse_undelivered(u);
+                        }
                     }
                 }
                 self.calls.insert(call_id, Route::Ready(sink));
@@ -1062,6 +1104,56 @@ CSeq: 1 INVITE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
         for _ in 0..2 {
             let text = recv_text(&party, "a request").await;
             assert!(text.contains("Call-ID: allowed"), "{text}");
+        }
+    }
+
+    /// A call that cannot take its events: its inbox full, or ended.
+    struct Refusing(bool);
+
+    impl CallSink for Refusing {
+        fn deliver(&self, event: SipEvent) -> Result<(), Undelivered> {
+            Err(if self.0 {
+                Undelivered::Busy(event)
+            } else {
+                Undelivered::Gone(event)
+            })
+        }
+    }
+
+    /// A request its call does not take is answered by the core (503 with Retry-After
+    /// for a full inbox, 481 for an ended call), so its sender hears something and
+    /// its retransmissions are answered, instead of being swallowed for want of an
+    /// answer (and the transaction kept until the sweep).
+    #[tokio::test]
+    async fn requests_a_call_does_not_take_are_answered() {
+        let (ep, node, sock, me) = on_loopback(
+            EdgeSettings::new(SourcePolicy::trust_all()),
+            Arc::new(Taker),
+            SipMetrics::default(),
+        )
+        .await;
+        for (call_id, busy, want) in [
+            ("full", true, "SIP/2.0 503"),
+            ("ended", false, "SIP/2.0 481"),
+        ] {
+            sock.send_to(invite(node, me, call_id).as_bytes(), node)
+                .await
+                .unwrap();
+            assert!(recv_text(&sock, "100 Trying")
+                .await
+                .starts_with("SIP/2.0 100"));
+            ep.register(call_id, Arc::new(Refusing(busy)));
+            let info = format!(
+                "INFO sip:0501234567@{node} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKinfo{call_id}\r\n\
+From: <sip:09012345678@{me}>;tag=a\r\nTo: <sip:0501234567@{node}>;tag=b\r\nCall-ID: {call_id}\r\n\
+CSeq: 2 INFO\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+            );
+            for attempt in ["first", "retransmission"] {
+                sock.send_to(info.as_bytes(), node).await.unwrap();
+                let answer = recv_text(&sock, "an answer to the INFO").await;
+                assert!(answer.starts_with(want), "{call_id} {attempt}: {answer}");
+                assert_eq!(busy, answer.contains("Retry-After:"), "{answer}");
+            }
         }
     }
 

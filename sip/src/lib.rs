@@ -30,7 +30,7 @@ mod transport;
 
 pub use endpoint::{
     Command, EdgeSettings, Endpoint, EndpointHandle, InviteHandler, NewInvite, Reject, SendGate,
-    SipEvent,
+    SipEvent, Undelivered,
 };
 pub use overload::OverloadSettings;
 pub use parse::{Info, ParseError, Peer, Transport};

@@ -168,6 +168,8 @@ pub struct SipMetrics {
     pub backlog_drops: Counter,
     pub server_transactions: Gauge,
     pub client_transactions: Gauge,
+    /// Requests their call did not take (inbox full: 503; call ended: 481).
+    pub requests_undelivered: Counter,
     /// Transactions nobody finished, removed by the sweep (`transaction::Transactions`).
     pub abandoned_server_transactions: Counter,
     pub abandoned_client_transactions: Counter,
@@ -273,6 +275,11 @@ impl SipMetrics {
             "sip_client_transactions",
             "Open SIP client transactions",
             self.client_transactions.clone(),
+        );
+        r.register(
+            "sip_requests_undelivered",
+            "In-dialog requests their call did not take, answered by the SIP core: 503 with Retry-After when the call's inbox was full (a peer flooding the dialog), 481 when the call had ended",
+            self.requests_undelivered.clone(),
         );
         r.register(
             "sip_abandoned_server_transactions",

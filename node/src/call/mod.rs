@@ -38,7 +38,7 @@ use tsunagu_media::ports::MediaPort;
 use tsunagu_media::{sdp, MediaEvent, RecordMode, Relay, Side};
 use tsunagu_sip::endpoint::CallSink;
 use tsunagu_sip::parse::{header, sdp_body};
-use tsunagu_sip::{Method, NewInvite, Request, Response, SipEvent};
+use tsunagu_sip::{Method, NewInvite, Request, Response, SipEvent, Undelivered};
 use tsunagu_store::{
     CallRecord, CallResult, CallState, CallerIdMode, ClosedAction, Destination, NumberKind,
     RecordingMode, RecordingStatus, TrackingNumber, Validity,
@@ -83,8 +83,23 @@ pub enum CallMsg {
 struct CallHandle(CallRef);
 
 impl CallSink for CallHandle {
-    fn deliver(&self, event: SipEvent) {
-        let _ = self.0.deliver(CallMsg::Sip(Box::new(event)));
+    fn deliver(&self, event: SipEvent) -> Result<(), Undelivered> {
+        let bye =
+            matches!(&event, SipEvent::Request { request, .. } if request.method == Method::Bye);
+        let limit = if bye {
+            task::BYE_LIMIT
+        } else {
+            task::INBOX_LIMIT
+        };
+        let back = |m: CallMsg| match m {
+            CallMsg::Sip(e) => Some(*e),
+            _ => None,
+        };
+        match self.0.deliver(CallMsg::Sip(Box::new(event)), limit) {
+            Ok(()) => Ok(()),
+            Err(task::NotQueued::Full(m)) => back(m).map_or(Ok(()), |e| Err(Undelivered::Busy(e))),
+            Err(task::NotQueued::Gone(m)) => back(m).map_or(Ok(()), |e| Err(Undelivered::Gone(e))),
+        }
     }
 }
 

@@ -18,6 +18,10 @@ use std::time::Instant;
 
 /// Messages a call may have waiting before [`CallRef::deliver`] drops more.
 pub const INBOX_LIMIT: usize = 64;
+/// The same for a BYE: room of its own past a flood of other requests, so that the
+/// message that ends the call still gets in (BYEs are the call's end: one handled,
+/// the rest find it over).
+pub const BYE_LIMIT: usize = 2 * INBOX_LIMIT;
 
 #[derive(Default)]
 struct Inbox {
@@ -45,6 +49,21 @@ impl Drop for Inbox {
 #[derive(Debug)]
 pub struct Gone;
 
+/// A message from the network the inbox did not take, given back.
+pub enum NotQueued {
+    Full(CallMsg),
+    Gone(CallMsg),
+}
+
+impl std::fmt::Debug for NotQueued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            NotQueued::Full(_) => "the call's inbox is full",
+            NotQueued::Gone(_) => "the call has ended",
+        })
+    }
+}
+
 impl CallRef {
     /// A call whose waiting messages count in `waiting` and drops in `dropped`.
     pub fn new(waiting: Gauge, dropped: Counter) -> CallRef {
@@ -59,25 +78,26 @@ impl CallRef {
 
     /// Queues a message of the node's own (a timer, a media event, a line).
     pub fn send_message(&self, msg: CallMsg) -> Result<(), Gone> {
-        self.push(msg, usize::MAX)
+        self.push(msg, usize::MAX).map_err(|_| Gone)
     }
 
-    /// Queues a message from the network, dropped (and counted) when the inbox holds
-    /// [`INBOX_LIMIT`] already.
-    pub fn deliver(&self, msg: CallMsg) -> Result<(), Gone> {
-        self.push(msg, INBOX_LIMIT)
+    /// Queues a message from the network unless the inbox holds `limit` already
+    /// ([`INBOX_LIMIT`], [`BYE_LIMIT`]); a message not queued comes back (counted when
+    /// the inbox was full).
+    pub fn deliver(&self, msg: CallMsg, limit: usize) -> Result<(), NotQueued> {
+        self.push(msg, limit)
     }
 
-    fn push(&self, msg: CallMsg, limit: usize) -> Result<(), Gone> {
+    fn push(&self, msg: CallMsg, limit: usize) -> Result<(), NotQueued> {
         if self.0.stopped.load(Ordering::Acquire) {
-            return Err(Gone);
+            return Err(NotQueued::Gone(msg));
         }
         {
             let mut queue = self.0.queue.lock().unwrap_or_else(|p| p.into_inner());
             if queue.len() >= limit {
                 self.0.dropped.inc();
-                tracing::warn!("call inbox full; message from the network dropped");
-                return Ok(());
+                tracing::warn!("call inbox full; message from the network refused");
+                return Err(NotQueued::Full(msg));
             }
             queue.push_back(msg);
         }
@@ -177,7 +197,7 @@ mod tests {
     async fn a_due_timer_waits_behind_earlier_messages_even_in_a_full_inbox() {
         let me = CallRef::default();
         for _ in 0..INBOX_LIMIT {
-            me.deliver(CallMsg::EndGuard).unwrap();
+            me.deliver(CallMsg::EndGuard, INBOX_LIMIT).unwrap();
         }
         let t0 = Instant::now();
         let mut timers = super::super::timers::Timers::default();
@@ -208,20 +228,25 @@ mod tests {
         let (waiting, dropped) = (Gauge::default(), Counter::default());
         let me = CallRef::new(waiting.clone(), dropped.clone());
         for _ in 0..INBOX_LIMIT {
-            me.deliver(CallMsg::EndGuard).unwrap();
+            me.deliver(CallMsg::EndGuard, INBOX_LIMIT).unwrap();
         }
-        me.deliver(CallMsg::EndGuard).unwrap();
-        assert_eq!(dropped.get(), 1, "the 65th is dropped");
+        assert!(matches!(
+            me.deliver(CallMsg::EndGuard, INBOX_LIMIT),
+            Err(NotQueued::Full(CallMsg::EndGuard))
+        ));
+        assert_eq!(dropped.get(), 1, "the 65th is refused, and given back");
+        me.deliver(CallMsg::EndGuard, BYE_LIMIT)
+            .expect("a BYE has room past the others");
         me.send_message(CallMsg::QueueTimeout).unwrap();
         assert_eq!(
             waiting.get(),
-            INBOX_LIMIT as i64 + 1,
+            INBOX_LIMIT as i64 + 2,
             "the node's own still go in"
         );
         me.next().await.unwrap();
-        assert_eq!(waiting.get(), INBOX_LIMIT as i64);
+        assert_eq!(waiting.get(), INBOX_LIMIT as i64 + 1);
         let other = CallRef::new(waiting.clone(), dropped.clone());
-        other.deliver(CallMsg::EndGuard).unwrap();
+        other.deliver(CallMsg::EndGuard, INBOX_LIMIT).unwrap();
         me.close();
         assert_eq!(waiting.get(), 1, "what an ended call left is uncounted");
         drop(other);
