@@ -1116,16 +1116,17 @@ mod tests {
         drop(signalled);
     }
 
-    /// A callee that sent SDP (a 183) and then failed is forgotten: its packets are
-    /// refused and the caller's go nowhere until the next destination's SDP. Packets
-    /// to one port are handled in order, so a key press reported after the caller's
-    /// packet proves that packet was handled (the old callee's socket, on loopback,
-    /// would already hold it).
-    #[tokio::test]
-    async fn a_failed_callee_is_forgotten_until_the_next_one_signals() {
-        let pool = pool(41440);
+    /// A relay on two ports of a new pool at `first`, its metrics, and what it reports.
+    fn relay_with_events(
+        first: u16,
+    ) -> (
+        Relay,
+        MediaMetrics,
+        tokio::sync::mpsc::UnboundedReceiver<MediaEvent>,
+    ) {
+        let pool = pool(first);
         let metrics = MediaMetrics::default();
-        let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+        let (tx, events) = tokio::sync::mpsc::unbounded_channel();
         let relay = Relay::start(
             pool.allocate().unwrap(),
             pool.allocate().unwrap(),
@@ -1134,6 +1135,24 @@ mod tests {
                 let _ = tx.send(e);
             }),
         );
+        (relay, metrics, events)
+    }
+
+    /// The end packet of a key press of 5 (telephone-event, payload type 101).
+    fn key_five_end() -> Vec<u8> {
+        let mut key = vec![0x80, 101, 0, 2, 0, 0, 0x10, 0, 0, 0, 0, 1];
+        key.extend_from_slice(&[5, 0x8a, 0, 160]);
+        key
+    }
+
+    /// A callee that sent SDP (a 183) and then failed is forgotten: its packets are
+    /// refused and the caller's go nowhere until the next destination's SDP. Packets
+    /// to one port are handled in order, so a key press reported after the caller's
+    /// packet proves that packet was handled (the old callee's socket, on loopback,
+    /// would already hold it).
+    #[tokio::test]
+    async fn a_failed_callee_is_forgotten_until_the_next_one_signals() {
+        let (relay, metrics, mut events) = relay_with_events(41440);
         let (a_port, b_port) = (relay.local(Side::A), relay.local(Side::B));
         let caller = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let failed = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
@@ -1154,8 +1173,7 @@ mod tests {
         })
         .await;
         caller.send_to(&rtp_of(1, 1, 3), a_port).await.unwrap();
-        let mut key = vec![0x80, 101, 0, 2, 0, 0, 0x10, 0, 0, 0, 0, 1];
-        key.extend_from_slice(&[5, 0x8a, 0, 160]);
+        let key = key_five_end();
         caller.send_to(&key, a_port).await.unwrap();
         assert_eq!(
             events.recv().await,
@@ -1187,17 +1205,7 @@ mod tests {
     /// next good SDP works as usual.
     #[tokio::test]
     async fn media_addresses_the_node_must_not_send_to_are_refused() {
-        let pool = pool(41460);
-        let metrics = MediaMetrics::default();
-        let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
-        let relay = Relay::start(
-            pool.allocate().unwrap(),
-            pool.allocate().unwrap(),
-            metrics.clone(),
-            Arc::new(move |e| {
-                let _ = tx.send(e);
-            }),
-        );
+        let (relay, metrics, mut events) = relay_with_events(41460);
         let refused_to = |reason| {
             metrics
                 .destinations_refused
@@ -1220,8 +1228,7 @@ mod tests {
             .send_to(&rtp_of(1, 1, 1), relay.local(Side::A))
             .await
             .unwrap();
-        let mut key = vec![0x80, 101, 0, 2, 0, 0, 0x10, 0, 0, 0, 0, 1];
-        key.extend_from_slice(&[5, 0x8a, 0, 160]);
+        let key = key_five_end();
         caller.send_to(&key, relay.local(Side::A)).await.unwrap();
         assert_eq!(
             events.recv().await,
