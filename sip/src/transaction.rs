@@ -14,6 +14,7 @@ use crate::segmented::Segmented;
 use bytes::Bytes;
 use rsipstack::sip::Method;
 use std::collections::BTreeMap;
+use std::hash::BuildHasher;
 use std::time::{Duration, Instant};
 
 pub const T1: Duration = Duration::from_millis(500);
@@ -116,10 +117,11 @@ impl Timers {
 
 struct ServerTx {
     peer: Peer,
-    /// The request's Call-ID and CSeq number: a CANCEL names its INVITE by branch, and
-    /// must carry the same two (RFC 3261 9.2), or anyone who learnt a branch could
-    /// cancel another caller's call.
-    call_id: String,
+    /// The request's Call-ID (a keyed hash of it: 8 bytes instead of a string per
+    /// transaction, and no collision a peer can aim at) and CSeq number: a CANCEL
+    /// names its INVITE by branch, and must carry the same two (RFC 3261 9.2), or
+    /// anyone who learnt a branch could cancel another caller's call.
+    call_id: u64,
     cseq: u32,
     state: State,
     last_response: Option<Bytes>,
@@ -172,6 +174,8 @@ pub struct Transactions {
     /// due (None while the tables are empty), and which segment it takes.
     next_sweep: Option<Instant>,
     sweep_segment: usize,
+    /// Hashes the server transactions' Call-IDs (keyed at random per table).
+    call_ids: std::collections::hash_map::RandomState,
 }
 
 impl Default for Transactions {
@@ -208,6 +212,7 @@ impl Transactions {
             invite_limit,
             next_sweep: None,
             sweep_segment: 0,
+            call_ids: Default::default(),
         }
     }
 
@@ -268,7 +273,7 @@ impl Transactions {
                 }
                 let tx = ServerTx {
                     peer,
-                    call_id: call_id.to_string(),
+                    call_id: self.call_ids.hash_one(call_id),
                     cseq,
                     state: State::Proceeding,
                     last_response: None,
@@ -286,7 +291,7 @@ impl Transactions {
                     return match self.server.get(&invite) {
                         Some(inv)
                             if inv.state == State::Proceeding
-                                && inv.call_id == call_id
+                                && inv.call_id == self.call_ids.hash_one(call_id)
                                 && inv.cseq == cseq =>
                         {
                             RequestMatch::Cancel(invite)
