@@ -154,6 +154,9 @@ listen = ["udp:127.0.0.1:5060", "tcp:127.0.0.1:5060"]
 [media]
 address = "127.0.0.1"
 ports = "20000-39999"
+# The ladder's calls carry no RTP (signalling load): held calls (--concurrency) must
+# not be ended by the media timeout.
+timeout_seconds = 0
 [api]
 listen = "127.0.0.1:8080"
 admin_token = "{ADMIN}"

@@ -229,6 +229,13 @@ pub struct MediaConfig {
     /// `off` (anyone: unsafe, the behaviour before the source check).
     #[serde(default = "default_latch")]
     pub latch: RtpLatch,
+    /// An answered call from which neither party has sent RTP for this long is ended
+    /// (BYE to both, logged `end_reason = "media_timeout"`): a party gone without a
+    /// BYE would otherwise hold its ports and its advertiser's line until
+    /// `node.max_call_seconds`. Not while a party holds the call (`a=inactive`,
+    /// `sendonly`, `recvonly`). 0 turns it off.
+    #[serde(default = "default_media_timeout")]
+    pub timeout_seconds: u64,
 }
 
 impl Default for MediaConfig {
@@ -238,8 +245,13 @@ impl Default for MediaConfig {
             ports: default_ports(),
             prompts_dir: None,
             latch: default_latch(),
+            timeout_seconds: default_media_timeout(),
         }
     }
+}
+
+fn default_media_timeout() -> u64 {
+    120
 }
 
 /// `media.latch`: the RTP source policy (tsunagu_media::Latch; this crate does not

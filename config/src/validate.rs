@@ -79,6 +79,12 @@ impl Config {
                 "must be a concrete address: it is advertised in SDP".into(),
             );
         }
+        if self.media.timeout_seconds > 86_400 {
+            err(
+                "media.timeout_seconds".into(),
+                "at most 86400 (0 turns the media timeout off)".into(),
+            );
+        }
         let ports = self.media.ports;
         for (i, l) in self.sip.listen.iter().enumerate() {
             if l.transport == Transport::Udp && ports.contains(l.addr.port()) {

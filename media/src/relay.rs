@@ -50,6 +50,9 @@ pub struct RelayStats {
     pub bytes_b_to_a: AtomicU64,
     pub lost_a_to_b: AtomicU64,
     pub lost_b_to_a: AtomicU64,
+    /// RTP packets accepted from either party (relayed or not: a prompt may be playing
+    /// toward the other): what says the call's media is alive (`media.timeout_seconds`).
+    pub received: AtomicU64,
 }
 
 impl RelayStats {
@@ -59,6 +62,11 @@ impl RelayStats {
             self.packets_b_to_a.load(Ordering::Relaxed),
         )
     }
+    /// RTP packets accepted from either party so far.
+    pub fn received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
+    }
+
     pub fn lost(&self) -> u64 {
         self.lost_a_to_b.load(Ordering::Relaxed) + self.lost_b_to_a.load(Ordering::Relaxed)
     }
@@ -380,7 +388,9 @@ struct Flow<'a> {
     out: &'a tokio::net::UdpSocket,
     to_side: &'a mut SideState,
     dir: &'a Direction,
-    counters: [&'a AtomicU64; 3],
+    /// Packets sent, bytes sent and packets lost in this direction, and packets
+    /// accepted from either side.
+    counters: [&'a AtomicU64; 4],
     latch: Latch,
     refused: &'a Refused,
     /// Asked at each send whether this node may send (its cluster lease): asked once
@@ -415,6 +425,7 @@ fn drain(p: Flow<'_>, mut rec: Option<&mut Recording>, on_event: &OnEvent) {
             let Ok(r) = parsed else {
                 continue; // judged above: only RTP is accepted
             };
+            p.counters[3].fetch_add(1, Ordering::Relaxed);
             let seq = u16::from(r.sequence_number());
             if let Some(rec) = rec.as_deref_mut() {
                 let side = p.from_side.side;
@@ -579,14 +590,14 @@ fn run(
             tokio::select! {
                 r = a.socket().readable() => {
                     if r.is_ok() {
-                        let counters = [&stats.packets_a_to_b, &stats.bytes_a_to_b, &stats.lost_a_to_b];
+                        let counters = [&stats.packets_a_to_b, &stats.bytes_a_to_b, &stats.lost_a_to_b, &stats.received];
                         let path = Flow { from: a.socket(), from_side: &mut sa, out: b.socket(), to_side: &mut sb, dir: &a_to_b, counters, latch, refused: &refused, gate: &a };
                         drain(path, rec.as_mut(), &on_event);
                     }
                 }
                 r = b.socket().readable() => {
                     if r.is_ok() {
-                        let counters = [&stats.packets_b_to_a, &stats.bytes_b_to_a, &stats.lost_b_to_a];
+                        let counters = [&stats.packets_b_to_a, &stats.bytes_b_to_a, &stats.lost_b_to_a, &stats.received];
                         let path = Flow { from: b.socket(), from_side: &mut sb, out: a.socket(), to_side: &mut sa, dir: &b_to_a, counters, latch, refused: &refused, gate: &a };
                         drain(path, rec.as_mut(), &on_event);
                     }

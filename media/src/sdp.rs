@@ -401,3 +401,41 @@ mod tests {
         assert!(rewrite("garbage", "127.0.0.1".parse().unwrap(), 1).is_none());
     }
 }
+
+/// Whether an SDP body puts its audio on hold: `a=inactive`, `a=sendonly` or
+/// `a=recvonly` (RFC 3264 section 8.4; at session or media level), or the audio
+/// stream disabled (port 0). A held call may carry no RTP for as long as it is held,
+/// so the media timeout does not apply to it.
+pub fn holds(sdp: &str) -> bool {
+    sdp.lines().map(str::trim).any(|l| {
+        matches!(l, "a=inactive" | "a=sendonly" | "a=recvonly")
+            || l.strip_prefix("m=audio ")
+                .and_then(|rest| rest.split(' ').next())
+                .is_some_and(|port| port.split('/').next() == Some("0"))
+    })
+}
+
+#[cfg(test)]
+mod hold_tests {
+    use super::holds;
+
+    #[test]
+    fn what_puts_audio_on_hold() {
+        let body = |extra: &str| {
+            format!("v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n{extra}")
+        };
+        let rows = [
+            ("", false),
+            ("a=sendrecv\r\n", false),
+            ("a=inactive\r\n", true),
+            ("a=sendonly\r\n", true),
+            ("a=recvonly\r\n", true),
+            ("a=rtpmap:0 PCMU/8000\r\n", false),
+        ];
+        for (extra, want) in rows {
+            assert_eq!(holds(&body(extra)), want, "{extra:?}");
+        }
+        assert!(holds("v=0\r\nm=audio 0 RTP/AVP 0\r\n"), "audio disabled");
+        assert!(!holds("v=0\r\nm=audio 40000 RTP/AVP 0\r\n"));
+    }
+}

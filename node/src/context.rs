@@ -36,6 +36,9 @@ pub struct NodeContext {
     /// A caller still not answered this long after admission is answered 480 and the
     /// call ended (`sip.max_ring_seconds`: the safety net behind every ring timer).
     pub max_ring: Duration,
+    /// An answered call without RTP from either party this long is ended
+    /// (`media.timeout_seconds`; None: off).
+    pub media_timeout: Option<Duration>,
     pub max_calls: usize,
     pub retry_after: u32,
     /// Min-SE: the smallest session-timer interval accepted.

@@ -88,6 +88,9 @@ pub struct CallMetrics {
     pub trunk_ping_failures: Family<TrunkLabel, Counter>,
     pub shaped: Family<TrunkLabel, Counter>,
     pub recordings_started: Counter,
+    /// Answered calls the node ended because neither party sent RTP for
+    /// `media.timeout_seconds`.
+    pub media_timeouts: Counter,
     pub recordings: Family<StatusLabel, Counter>,
     pub trunk_calls: Family<TrunkDirectionLabel, Counter>,
     pub trunk_responses: Family<TrunkCodeLabel, Counter>,
@@ -160,6 +163,7 @@ impl Default for CallMetrics {
             trunk_ping_failures: Family::default(),
             shaped: Family::default(),
             recordings_started: Counter::default(),
+            media_timeouts: Counter::default(),
             recordings: Family::default(),
             trunk_calls: Family::default(),
             trunk_responses: Family::default(),
@@ -280,6 +284,11 @@ impl Metrics {
             c.started.clone(),
         );
         r.register("calls_ended", "Calls ended, by result", c.ended.clone());
+        r.register(
+            "calls_media_timeouts",
+            "Answered calls the node ended (BYE to both, end_reason media_timeout) because neither party had sent RTP for media.timeout_seconds and none held the call",
+            c.media_timeouts.clone(),
+        );
         r.register(
             "invites_rejected",
             "New INVITEs refused, by status code and reason",

@@ -523,6 +523,8 @@ pub async fn run(
         system_number: config.sip.system_number.clone(),
         end_guard: Duration::from_secs(32),
         max_ring: Duration::from_secs(config.sip.max_ring_seconds),
+        media_timeout: (config.media.timeout_seconds > 0)
+            .then(|| Duration::from_secs(config.media.timeout_seconds)),
         max_calls: config.node.max_calls,
         retry_after: config.sip.retry_after_seconds,
         min_se: config.sip.min_session_expires,

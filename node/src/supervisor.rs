@@ -405,6 +405,7 @@ mod tests {
             system_number: None,
             end_guard,
             max_ring,
+            media_timeout: None,
             max_calls: 10,
             retry_after: 5,
             min_se: 90,

@@ -137,6 +137,43 @@ fn rtp_is_relayed_both_ways_and_counted() {
     );
 }
 
+/// `media.timeout_seconds`: an answered call from which neither party sends RTP is
+/// ended by the node (BYE to both, logged `media_timeout`); a call whose audio flows
+/// is not.
+#[test]
+fn an_answered_call_without_rtp_is_ended_after_the_media_timeout() {
+    let ports = Ports::take();
+    let mut node = Node::start(ports, "127.0.0.1/32", "");
+    node.restart_with_line("media", "timeout_seconds = 1");
+    let (key, _) = node.provision("0501234567", DEST, "{}");
+    let uas = Uas::start("uas_answer.xml", ports, node.dir.path(), &["-rtp_echo"]);
+    // Talking for 3 s (three checks): left alone.
+    let talk = uac("uac_rtp.xml", ports, "0501234567", 1, 1, &["-d", "3000"]);
+    assert_eq!((talk.exit, talk.successful), (0, 1), "{}", talk.output);
+    // Silent (no RTP at all), held for a minute: ended by the node within about two
+    // checks. SIPp answers the node's BYE and counts its call failed.
+    let started = std::time::Instant::now();
+    let silent = uac("uac.xml", ports, "0501234567", 1, 1, &["-d", "60000"]);
+    assert_eq!(silent.failed, 1, "{}", silent.output);
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the node ended it"
+    );
+    let calls = node.wait_for_calls(&key, 2);
+    let reasons: Vec<&serde_json::Value> = calls.iter().map(|c| &c["end_reason"]).collect();
+    assert!(reasons.contains(&&serde_json::Value::Null), "{calls:?}");
+    assert!(
+        reasons.contains(&&serde_json::json!("media_timeout")),
+        "{calls:?}"
+    );
+    assert!(calls.iter().all(|c| c["result"] == "answered"), "{calls:?}");
+    assert!(
+        uas.messages().contains("BYE sip:"),
+        "the callee got the node's BYE"
+    );
+    assert_eq!(node.metric("tsunagu_calls_media_timeouts_total"), 1.0);
+}
+
 #[test]
 fn busy_no_answer_and_cancel_are_logged_with_their_result() {
     let ports = Ports::take();

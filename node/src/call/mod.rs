@@ -74,6 +74,8 @@ pub enum CallMsg {
     Vanish,
     /// A call claimed from another node: set up media and re-INVITE the parties.
     Resume,
+    /// Time to see whether the answered call's media is alive (`media.timeout_seconds`).
+    MediaCheck,
     /// Test hook: makes the actor panic, to exercise supervision.
     #[cfg(test)]
     Crash,
@@ -289,6 +291,11 @@ pub struct Call {
     /// callee): for the checkpoint.
     far_media: std::cell::Cell<[Option<std::net::SocketAddr>; 2]>,
     far_dtmf: std::cell::Cell<[Option<u8>; 2]>,
+    /// Whether each party's last SDP held the call (caller, callee): no media timeout
+    /// then.
+    held: std::cell::Cell<[bool; 2]>,
+    /// RTP packets received from the parties at the last media check.
+    media_seen: u64,
     /// Nodes that carried the call before this one (taken over), and when it moved.
     nodes: Vec<String>,
     taken_over_at: Option<i64>,
@@ -497,6 +504,8 @@ impl Call {
             end_reason: None,
             far_media: std::cell::Cell::new([None, None]),
             far_dtmf: std::cell::Cell::new([None, None]),
+            held: std::cell::Cell::new([false, false]),
+            media_seen: 0,
             nodes: Vec::new(),
             taken_over_at: None,
             recording_parts: Vec::new(),
@@ -540,6 +549,7 @@ impl Call {
             CallMsg::SessionCheck(generation) => call.session_check(generation),
             CallMsg::Reliable(rseq, attempt) => call.reliable_retransmit(rseq, attempt),
             CallMsg::End(reason) => call.end_now(reason),
+            CallMsg::MediaCheck => call.media_check(),
             CallMsg::Vanish => call.vanish(),
             CallMsg::Resume => call.resume_media(),
             #[cfg(test)]
@@ -1253,6 +1263,7 @@ impl Call {
                 // call over records the next part.
                 self.start_recording();
                 self.checkpoint_now(true);
+                self.arm_media_check();
                 self.emit(EventKind::Answered);
                 tracing::debug!("answered");
             }
@@ -1301,7 +1312,45 @@ impl Call {
             relay.set_remote(from, remote);
         }
         self.note_far_end(from, rewritten.remote, sdp::telephone_event(body));
+        let mut held = self.held.get();
+        held[usize::from(from == Side::B)] = sdp::holds(body);
+        self.held.set(held);
         Some(rewritten.sdp)
+    }
+
+    /// Starts watching the answered call's media (`media.timeout_seconds`).
+    fn arm_media_check(&mut self) {
+        if let (Some(every), Some(relay)) = (self.ctx.media_timeout, self.relay.as_ref()) {
+            self.media_seen = relay.stats.received();
+            self.after(every, CallMsg::MediaCheck);
+        }
+    }
+
+    /// Ends an answered call from which neither party sent RTP since the last check
+    /// (one `media.timeout_seconds` ago), unless a party holds it; else checks again.
+    fn media_check(&mut self) {
+        let (Some(every), Some(relay)) = (self.ctx.media_timeout, self.relay.as_ref()) else {
+            return;
+        };
+        if self.phase != Phase::Answered {
+            return;
+        }
+        let received = relay.stats.received();
+        let held = self.held.get().contains(&true);
+        match media_verdict(self.media_seen, received, held) {
+            Media::Alive => {
+                self.media_seen = received;
+                self.after(every, CallMsg::MediaCheck);
+            }
+            Media::Silent => {
+                tracing::info!(
+                    seconds = every.as_secs(),
+                    "no RTP from either party: ending the call"
+                );
+                self.ctx.metrics.calls.media_timeouts.inc();
+                self.end_now("media_timeout");
+            }
+        }
     }
 
     /// Remembers a party's media address and telephone-event type (for checkpoints).
@@ -1815,6 +1864,45 @@ mod tests {
             ("drive", future_size(drive)),
         ] {
             assert!(size < call / 2, "{name}: {size} bytes, a Call is {call}");
+        }
+    }
+}
+
+/// What a media check finds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Media {
+    Alive,
+    Silent,
+}
+
+/// The media check's decision: packets received since the last check, or a party
+/// holding the call, keep it.
+fn media_verdict(seen_before: u64, received: u64, held: bool) -> Media {
+    if received != seen_before || held {
+        Media::Alive
+    } else {
+        Media::Silent
+    }
+}
+
+#[cfg(test)]
+mod media_check_tests {
+    use super::*;
+
+    #[test]
+    fn a_call_is_silent_only_without_packets_and_without_hold() {
+        let rows = [
+            (10, 25, false, Media::Alive),
+            (10, 10, false, Media::Silent),
+            (10, 10, true, Media::Alive),
+            (0, 0, false, Media::Silent),
+        ];
+        for (before, now, held, want) in rows {
+            assert_eq!(
+                media_verdict(before, now, held),
+                want,
+                "{before} {now} {held}"
+            );
         }
     }
 }

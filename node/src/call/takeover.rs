@@ -292,6 +292,7 @@ impl Call {
         if let Some(interval) = answered.session_seconds {
             self.session_refreshed(interval);
         }
+        self.arm_media_check();
         tracing::info!(from = ?self.nodes, "call taken over: re-INVITEs sent to both parties");
     }
 
