@@ -403,15 +403,19 @@ mod tests {
 }
 
 /// Whether an SDP body puts its audio on hold: `a=inactive`, `a=sendonly` or
-/// `a=recvonly` (RFC 3264 section 8.4; at session or media level), or the audio
-/// stream disabled (port 0). A held call may carry no RTP for as long as it is held,
+/// `a=recvonly` (RFC 3264 section 8.4; at session or media level), a connection
+/// address of 0.0.0.0 (RFC 2543), or the audio stream disabled (port 0). A held call may carry no RTP for as long as it is held,
 /// so the media timeout does not apply to it.
 pub fn holds(sdp: &str) -> bool {
     sdp.lines().map(str::trim).any(|l| {
-        matches!(l, "a=inactive" | "a=sendonly" | "a=recvonly")
-            || l.strip_prefix("m=audio ")
-                .and_then(|rest| rest.split(' ').next())
-                .is_some_and(|port| port.split('/').next() == Some("0"))
+        // `c=0.0.0.0`: the older way to hold (RFC 2543), still sent by some PBXs.
+        matches!(
+            l,
+            "a=inactive" | "a=sendonly" | "a=recvonly" | "c=IN IP4 0.0.0.0" | "c=IN IP6 ::"
+        ) || l
+            .strip_prefix("m=audio ")
+            .and_then(|rest| rest.split(' ').next())
+            .is_some_and(|port| port.split('/').next() == Some("0"))
     })
 }
 
@@ -436,6 +440,10 @@ mod hold_tests {
             assert_eq!(holds(&body(extra)), want, "{extra:?}");
         }
         assert!(holds("v=0\r\nm=audio 0 RTP/AVP 0\r\n"), "audio disabled");
+        assert!(
+            holds("v=0\r\nc=IN IP4 0.0.0.0\r\nm=audio 4000 RTP/AVP 0\r\n"),
+            "RFC 2543 hold"
+        );
         assert!(!holds("v=0\r\nm=audio 40000 RTP/AVP 0\r\n"));
     }
 }

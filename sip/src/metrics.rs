@@ -283,12 +283,12 @@ impl SipMetrics {
         );
         r.register(
             "sip_abandoned_server_transactions",
-            "Requests the node never answered, forgotten after 32 s (an INVITE: sip.max_ring_seconds plus 32 s); their calls had dropped them (a full call inbox) or ended first",
+            "Requests the node never answered, forgotten after 32 s (an INVITE: the longest ring, sip.max_ring_seconds or 300 s, plus 32 s); their calls had dropped them (a full call inbox) or ended first",
             self.abandoned_server_transactions.clone(),
         );
         r.register(
             "sip_abandoned_client_transactions",
-            "INVITEs of the node answered only provisionally for sip.max_ring_seconds plus 32 s (a 180 and then silence, a CANCEL never answered 487): forgotten and reported to their call as a timeout",
+            "INVITEs of the node without a response for the longest ring (sip.max_ring_seconds or 300 s) plus 32 s since their last provisional (a 180 and then silence, a CANCEL never answered 487): forgotten and reported to their call as a timeout",
             self.abandoned_client_transactions.clone(),
         );
         r.register(

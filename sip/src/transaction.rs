@@ -22,8 +22,9 @@ pub const T2: Duration = Duration::from_secs(4);
 pub const T4: Duration = Duration::from_secs(5);
 pub const TIMEOUT: Duration = Duration::from_secs(32); // 64*T1
 /// How long an INVITE may go without a final response, either way, by default (the
-/// node sets `sip.max_ring_seconds` plus [`TIMEOUT`]: its calls answer or give up
-/// within that). RFC 3261's Timer C for the client side, and its server-side twin.
+/// node sets its longest ring plus [`TIMEOUT`]: its calls answer or give up within
+/// that); for an INVITE of ours, since its last provisional response. RFC 3261's
+/// Timer C for the client side, and its server-side twin.
 pub const INVITE_LIMIT: Duration = Duration::from_secs(180 + 32);
 /// One segment of the transaction tables is swept this often (all 256 in about 10 s).
 const SWEEP_STEP: Duration = Duration::from_millis(40);
@@ -459,9 +460,11 @@ impl Transactions {
         if code < 200 {
             if cseq_method == Method::Invite {
                 // Proceeding: the INVITE is no longer retransmitted nor timed out here;
-                // the call's own ring timer decides how long to wait.
+                // the call's own ring timer decides how long to wait. Each provisional
+                // restarts the INVITE limit (RFC 3261's Timer C), swept, not timed.
                 tx.timers.retransmit_at = None;
                 tx.timers.expire_at = None;
+                tx.created = now;
             } else if tx.timers.retransmit_at.is_some() {
                 tx.timers.interval = T2;
             }
@@ -833,6 +836,46 @@ mod tests {
                 _ => {}
             }
         }
+    }
+
+    /// Each provisional response restarts an INVITE of ours' limit (Timer C): a
+    /// callee that sends 180 again keeps its INVITE.
+    #[test]
+    fn a_new_provisional_restarts_the_invite_limit() {
+        let limit = Duration::from_secs(60);
+        let mut t = Transactions::with_invite_limit(limit);
+        let now = Instant::now();
+        let mut out = Vec::new();
+        let key = TxKey::new("z9hG4bKc", Method::Invite);
+        t.send_request(
+            key,
+            udp(),
+            Bytes::from_static(b"INVITE"),
+            None,
+            "c6",
+            now,
+            &mut out,
+        );
+        t.on_response(
+            "z9hG4bKc",
+            Method::Invite,
+            180,
+            "<sip:x>;tag=1",
+            now,
+            &mut out,
+        );
+        let later = now + Duration::from_secs(50);
+        run(&mut t, now, Duration::from_secs(50));
+        t.on_response(
+            "z9hG4bKc",
+            Method::Invite,
+            183,
+            "<sip:x>;tag=1",
+            later,
+            &mut out,
+        );
+        assert!(run(&mut t, later, Duration::from_secs(55)).is_empty());
+        assert_eq!(t.counts().1, 1, "kept: 55 s since its last provisional");
     }
 
     #[test]

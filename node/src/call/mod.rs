@@ -86,8 +86,10 @@ struct CallHandle(CallRef);
 
 impl CallSink for CallHandle {
     fn deliver(&self, event: SipEvent) -> Result<(), Undelivered> {
-        let bye =
-            matches!(&event, SipEvent::Request { request, .. } if request.method == Method::Bye);
+        // What ends the call (a BYE, a CANCEL already answered 200) has room past a
+        // flood of anything else.
+        let bye = matches!(&event, SipEvent::Request { request, .. } if request.method == Method::Bye)
+            || matches!(&event, SipEvent::Cancelled { .. });
         let limit = if bye {
             task::BYE_LIMIT
         } else {
