@@ -4,7 +4,7 @@
 use crate::call_log::CallLog;
 use crate::decide::routing::Routing;
 use crate::metrics::Metrics;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tsunagu_media::PortPool;
@@ -45,7 +45,7 @@ pub struct NodeContext {
     pub min_se: u32,
     pub active: AtomicUsize,
     /// Calls open per trunk (index as in `routing.trunks`).
-    pub trunk_channels: Vec<AtomicU32>,
+    pub trunk_channels: Vec<AtomicUsize>,
     /// Calls counted per trunk (index as in `routing.trunks`).
     pub trunk_counters: Vec<crate::metrics::TrunkCounters>,
     /// Whether each trunk answers its OPTIONS keepalives (always true without them).
@@ -92,17 +92,12 @@ fn reserve_below(counter: &AtomicUsize, limit: usize) -> bool {
         .is_ok()
 }
 
-/// [`reserve_below`] for a trunk's count; a limit of 0 is none.
-fn reserve_channel(counter: &AtomicU32, limit: u32) -> bool {
-    if limit == 0 {
-        counter.fetch_add(1, Ordering::Relaxed);
-        return true;
+/// A trunk's `max_channels` as a limit for [`reserve_below`]: 0 is none.
+fn channel_limit(max_channels: u32) -> usize {
+    match max_channels {
+        0 => usize::MAX,
+        n => usize::try_from(n).unwrap_or(usize::MAX),
     }
-    counter
-        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-            (n < limit).then_some(n + 1)
-        })
-        .is_ok()
 }
 
 impl CallSlot {
@@ -120,7 +115,7 @@ impl CallSlot {
             return Err(NoSlot::NodeFull);
         }
         if let Some(c) = ctx.trunk_channels.get(trunk) {
-            if !reserve_channel(c, max_channels) {
+            if !reserve_below(c, channel_limit(max_channels)) {
                 ctx.active.fetch_sub(1, Ordering::Relaxed);
                 return Err(NoSlot::TrunkChannels);
             }
@@ -165,16 +160,16 @@ mod tests {
     /// limit of 0 on a trunk is none.
     #[test]
     fn slots_taken_at_once_never_pass_their_limit() {
-        for (limit, threads, want) in [(2u32, 8, 2u32), (5, 8, 5), (0, 8, 8)] {
-            let trunk = AtomicU32::new(0);
+        for (limit, threads, want) in [(2u32, 8, 2usize), (5, 8, 5), (0, 8, 8)] {
+            let trunk = AtomicUsize::new(0);
             let node = AtomicUsize::new(0);
             let start = std::sync::Barrier::new(threads);
-            let taken = std::sync::atomic::AtomicU32::new(0);
+            let taken = AtomicUsize::new(0);
             std::thread::scope(|s| {
                 for _ in 0..threads {
                     s.spawn(|| {
                         start.wait();
-                        if reserve_channel(&trunk, limit) {
+                        if reserve_below(&trunk, channel_limit(limit)) {
                             taken.fetch_add(1, Ordering::Relaxed);
                         }
                         reserve_below(&node, 6);

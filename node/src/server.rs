@@ -20,7 +20,7 @@ use crate::provisioning::{kind, Provisioning};
 use crate::supervisor::{CallSupervisor, SupervisorMsg};
 use ractor::Actor;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use tsunagu_api::{ApiState, NodeHooks};
@@ -500,7 +500,7 @@ pub async fn run(
         cluster: OnceLock::new(),
         endpoint: endpoint.clone(),
         ports,
-        trunk_channels: routing.trunks.iter().map(|_| AtomicU32::new(0)).collect(),
+        trunk_channels: routing.trunks.iter().map(|_| AtomicUsize::new(0)).collect(),
         trunk_counters: metrics.trunk_counters(
             &routing
                 .trunks

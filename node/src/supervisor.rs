@@ -269,7 +269,7 @@ mod tests {
     use crate::directory::Directory;
     use crate::metrics::Metrics;
     use std::net::UdpSocket;
-    use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize};
+    use std::sync::atomic::{AtomicBool, AtomicUsize};
     use std::time::Instant;
     use tsunagu_store::{conformance::sample_number, CallQuery, CallResult, SqliteStore, Store};
 
@@ -389,7 +389,7 @@ mod tests {
             node_id: "t".into(),
             endpoint: endpoint.clone(),
             ports,
-            trunk_channels: vec![AtomicU32::new(0)],
+            trunk_channels: vec![AtomicUsize::new(0)],
             trunk_counters: metrics.trunk_counters(&["t".to_string()]),
             trunk_up: vec![AtomicBool::new(true)],
             store: store.clone(),
