@@ -362,7 +362,6 @@ impl Endpoint {
             let core = Core {
                 shard,
                 transactions: Transactions::with_invite_limit(settings.invite_limit),
-                invite_limit: settings.invite_limit,
                 calls: HashMap::new(),
                 handler: handler.clone(),
                 udp: udp.clone(),
@@ -395,7 +394,6 @@ struct Core {
     /// Which shard this is (its flag in `refusals`, its `busy` series).
     shard: usize,
     transactions: Transactions,
-    invite_limit: Duration,
     calls: HashMap<String, Route>,
     handler: Arc<dyn InviteHandler>,
     /// UDP listeners with their bound address (the family picks the sending socket).
@@ -549,11 +547,14 @@ impl Core {
                 Output::ClientTimeout { key, call_id } => {
                     self.deliver(&call_id, SipEvent::Timeout { key });
                 }
-                Output::Abandoned { server: true } => {
-                    self.metrics.abandoned_server_transactions.inc();
-                }
-                Output::Abandoned { server: false } => {
-                    self.metrics.abandoned_client_transactions.inc();
+                Output::Abandoned { server } => {
+                    let m = &self.metrics;
+                    let counter = if server {
+                        &m.abandoned_server_transactions
+                    } else {
+                        &m.abandoned_client_transactions
+                    };
+                    counter.inc();
                 }
                 Output::AckTimeout { call_id } => {
                     self.deliver(&call_id, SipEvent::AckTimeout);
@@ -815,7 +816,7 @@ impl Core {
                 self.calls.remove(&call_id);
             }
             Command::Forget => {
-                self.transactions = Transactions::with_invite_limit(self.invite_limit);
+                self.transactions.forget_all();
                 self.calls.clear();
             }
             Command::Respond {

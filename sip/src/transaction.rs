@@ -217,6 +217,12 @@ impl Transactions {
         }
     }
 
+    /// Forgets every transaction (a node declared down drops what it had), keeping
+    /// the tables' settings.
+    pub fn forget_all(&mut self) {
+        *self = Transactions::with_invite_limit(self.invite_limit);
+    }
+
     /// Open transactions (server, client, unacknowledged 2xx), for metrics.
     pub fn counts(&self) -> (usize, usize, usize) {
         (self.server.len(), self.client.len(), self.ok2xx.len())

@@ -487,11 +487,15 @@ impl Conn {
     }
 }
 
-/// Connections from strangers (sources no trunk trusts) open at once, in
-/// `sip.untrusted = "reject"` mode, where they may connect to be answered 403: a
-/// budget of their own, one per address, so that they can never take the slots of
-/// trunks or of the node's own outbound connections.
-pub const STRANGER_CONNECTIONS: usize = 32;
+/// Connections from strangers (sources no trunk trusts), in `sip.untrusted =
+/// "reject"` mode, where they may connect to be answered 403: a budget of their own,
+/// 32 at once and one per address, so that they can never take the slots of trunks
+/// or of the node's own outbound connections.
+pub const STRANGER_LIMITS: StreamLimits = StreamLimits {
+    max_connections: 32,
+    max_per_source: 1,
+    idle_timeout: Duration::from_secs(120),
+};
 
 /// The connection table: senders by remote address, and counts for the limits.
 #[derive(Default)]
@@ -499,29 +503,27 @@ struct Table {
     conns: HashMap<SocketAddr, Conn>,
     per_source: HashMap<IpAddr, usize>,
     total: usize,
-    /// Of which strangers' (see [`STRANGER_CONNECTIONS`]).
+    /// Of which strangers' (see [`STRANGER_LIMITS`]).
     strangers: usize,
 }
 
 impl Table {
-    fn reserve(&mut self, ip: IpAddr, limits: &StreamLimits) -> Result<(), Refusal> {
+    /// Counts a connection with `ip` if the limits allow it: a stranger's against
+    /// [`STRANGER_LIMITS`] and the other strangers, anyone else's against `limits`
+    /// and everyone but the strangers.
+    fn reserve(
+        &mut self,
+        ip: IpAddr,
+        limits: &StreamLimits,
+        stranger: bool,
+    ) -> Result<(), Refusal> {
         let from_source = self.per_source.get(&ip).copied().unwrap_or(0);
-        admit_connection(self.total - self.strangers, from_source, limits)?;
-        self.total += 1;
-        *self.per_source.entry(ip).or_insert(0) += 1;
-        Ok(())
-    }
-
-    /// [`Table::reserve`] for a stranger: its own budget, one connection per address.
-    fn reserve_stranger(&mut self, ip: IpAddr) -> Result<(), Refusal> {
-        let budget = StreamLimits {
-            max_connections: STRANGER_CONNECTIONS,
-            max_per_source: 1,
-            idle_timeout: Duration::ZERO,
-        };
-        let from_source = self.per_source.get(&ip).copied().unwrap_or(0);
-        admit_connection(self.strangers, from_source, &budget)?;
-        self.strangers += 1;
+        if stranger {
+            admit_connection(self.strangers, from_source, &STRANGER_LIMITS)?;
+            self.strangers += 1;
+        } else {
+            admit_connection(self.total - self.strangers, from_source, limits)?;
+        }
         self.total += 1;
         *self.per_source.entry(ip).or_insert(0) += 1;
         Ok(())
@@ -599,11 +601,7 @@ impl StreamConnections {
 
     /// Takes a slot for a connection with `ip`, or counts the refusal.
     fn reserve(&self, ip: IpAddr, stranger: bool) -> Option<Slot> {
-        let reserved = if stranger {
-            self.lock().reserve_stranger(ip)
-        } else {
-            self.lock().reserve(ip, &self.limits)
-        };
+        let reserved = self.lock().reserve(ip, &self.limits, stranger);
         match reserved {
             Ok(()) => {
                 self.metrics().stream_connections.inc();
@@ -1134,11 +1132,11 @@ CSeq: {cseq} {method}\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
         let mut table = Table::default();
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         for _ in 0..3 {
-            table.reserve(a, &limits).unwrap();
+            table.reserve(a, &limits, false).unwrap();
         }
-        assert_eq!(table.reserve(a, &limits), Err(Refusal::SourceLimit));
+        assert_eq!(table.reserve(a, &limits, false), Err(Refusal::SourceLimit));
         table.release(a, false);
-        assert_eq!(table.reserve(a, &limits), Ok(()));
+        assert_eq!(table.reserve(a, &limits, false), Ok(()));
         for _ in 0..3 {
             table.release(a, false);
         }
@@ -1161,29 +1159,32 @@ CSeq: {cseq} {method}\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
         let stranger = |i: usize| -> IpAddr { format!("192.0.2.{}", i % 250).parse().unwrap() };
         let mut held = 0;
         for i in 0..100 {
-            if table.reserve_stranger(stranger(i)).is_ok() {
+            if table.reserve(stranger(i), &limits, true).is_ok() {
                 held += 1;
             }
         }
-        assert_eq!(held, STRANGER_CONNECTIONS);
+        assert_eq!(held, STRANGER_LIMITS.max_connections);
         let first = stranger(0);
         table.release(first, true);
         table.release(stranger(1), true);
-        assert_eq!(table.reserve_stranger(first), Ok(()));
+        assert_eq!(table.reserve(first, &limits, true), Ok(()));
         assert_eq!(
-            table.reserve_stranger(first),
+            table.reserve(first, &limits, true),
             Err(Refusal::SourceLimit),
             "one per address"
         );
         let trunk: IpAddr = "10.0.0.1".parse().unwrap();
         for _ in 0..3 {
             assert_eq!(
-                table.reserve(trunk, &limits),
+                table.reserve(trunk, &limits, false),
                 Ok(()),
                 "the trunk still connects"
             );
         }
-        assert_eq!(table.reserve(trunk, &limits), Err(Refusal::SourceLimit));
+        assert_eq!(
+            table.reserve(trunk, &limits, false),
+            Err(Refusal::SourceLimit)
+        );
     }
 
     #[test]
