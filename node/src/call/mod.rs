@@ -88,22 +88,27 @@ impl CallSink for CallHandle {
     fn deliver(&self, event: SipEvent) -> Result<(), Undelivered> {
         // What ends the call (a BYE, a CANCEL already answered 200) has room past a
         // flood of anything else.
-        let bye = matches!(&event, SipEvent::Request { request, .. } if request.method == Method::Bye)
+        let ends_call = matches!(&event, SipEvent::Request { request, .. } if request.method == Method::Bye)
             || matches!(&event, SipEvent::Cancelled { .. });
-        let limit = if bye {
-            task::BYE_LIMIT
+        let limit = if ends_call {
+            task::END_LIMIT
         } else {
             task::INBOX_LIMIT
         };
-        let back = |m: CallMsg| match m {
-            CallMsg::Sip(e) => Some(*e),
-            _ => None,
+        let (full, msg) = match self.0.deliver(CallMsg::Sip(Box::new(event)), limit) {
+            Ok(()) => return Ok(()),
+            Err(task::NotQueued::Full(m)) => (true, m),
+            Err(task::NotQueued::Gone(m)) => (false, m),
         };
-        match self.0.deliver(CallMsg::Sip(Box::new(event)), limit) {
-            Ok(()) => Ok(()),
-            Err(task::NotQueued::Full(m)) => back(m).map_or(Ok(()), |e| Err(Undelivered::Busy(e))),
-            Err(task::NotQueued::Gone(m)) => back(m).map_or(Ok(()), |e| Err(Undelivered::Gone(e))),
-        }
+        // What comes back is the SIP event sent.
+        let CallMsg::Sip(event) = msg else {
+            return Ok(());
+        };
+        Err(if full {
+            Undelivered::Busy(*event)
+        } else {
+            Undelivered::Gone(*event)
+        })
     }
 }
 

@@ -18,10 +18,10 @@ use std::time::Instant;
 
 /// Messages a call may have waiting before [`CallRef::deliver`] drops more.
 pub const INBOX_LIMIT: usize = 64;
-/// The same for a BYE: room of its own past a flood of other requests, so that the
-/// message that ends the call still gets in (BYEs are the call's end: one handled,
-/// the rest find it over).
-pub const BYE_LIMIT: usize = 2 * INBOX_LIMIT;
+/// The same for what ends the call (a BYE, a CANCEL): room of its own past a flood
+/// of other requests, so that the call's end still gets in (one handled, the rest
+/// find the call over).
+pub const END_LIMIT: usize = 2 * INBOX_LIMIT;
 
 #[derive(Default)]
 struct Inbox {
@@ -82,7 +82,7 @@ impl CallRef {
     }
 
     /// Queues a message from the network unless the inbox holds `limit` already
-    /// ([`INBOX_LIMIT`], [`BYE_LIMIT`]); a message not queued comes back (counted when
+    /// ([`INBOX_LIMIT`], [`END_LIMIT`]); a message not queued comes back (counted when
     /// the inbox was full).
     pub fn deliver(&self, msg: CallMsg, limit: usize) -> Result<(), NotQueued> {
         self.push(msg, limit)
@@ -235,8 +235,8 @@ mod tests {
             Err(NotQueued::Full(CallMsg::EndGuard))
         ));
         assert_eq!(dropped.get(), 1, "the 65th is refused, and given back");
-        me.deliver(CallMsg::EndGuard, BYE_LIMIT)
-            .expect("a BYE has room past the others");
+        me.deliver(CallMsg::EndGuard, END_LIMIT)
+            .expect("a BYE or CANCEL has room past the others");
         me.send_message(CallMsg::QueueTimeout).unwrap();
         assert_eq!(
             waiting.get(),
