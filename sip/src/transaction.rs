@@ -731,30 +731,21 @@ mod tests {
         );
     }
 
+    /// Sends an INVITE of ours on `branch` and takes a 180 for it (how it matched).
+    fn ringing(t: &mut Transactions, branch: &str, call_id: &str, now: Instant) -> ResponseMatch {
+        let mut out = Vec::new();
+        let key = TxKey::new(branch, Method::Invite);
+        let invite = Bytes::from_static(b"INVITE");
+        t.send_request(key, udp(), invite, None, call_id, now, &mut out);
+        t.on_response(branch, Method::Invite, 180, "<sip:x>;tag=1", now, &mut out)
+    }
+
     #[test]
     fn provisional_stops_invite_retransmission_and_timeout() {
         let mut t = Transactions::new();
         let now = Instant::now();
-        let key = TxKey::new("z9hG4bKa", Method::Invite);
-        let mut out = Vec::new();
-        t.send_request(
-            key,
-            udp(),
-            Bytes::from_static(b"INVITE"),
-            None,
-            "c1",
-            now,
-            &mut out,
-        );
         assert_eq!(
-            t.on_response(
-                "z9hG4bKa",
-                Method::Invite,
-                180,
-                "<sip:x>;tag=1",
-                now,
-                &mut out
-            ),
+            ringing(&mut t, "z9hG4bKa", "c1", now),
             ResponseMatch::Deliver
         );
         assert!(run(&mut t, now, Duration::from_secs(40)).is_empty());
@@ -800,25 +791,7 @@ mod tests {
                     t.on_request(Method::Invite, "z9hG4bKi", "c9", 1, udp(), now, &mut out);
                 }
                 Tx::ProvisionalOnly => {
-                    let key = TxKey::new("z9hG4bKi", Method::Invite);
-                    t.send_request(
-                        key,
-                        udp(),
-                        Bytes::from_static(b"INVITE"),
-                        None,
-                        "c9",
-                        now,
-                        &mut out,
-                    );
-                    t.on_response(
-                        "z9hG4bKi",
-                        Method::Invite,
-                        180,
-                        "<sip:x>;tag=1",
-                        now,
-                        &mut out,
-                    );
-                    out.clear();
+                    ringing(&mut t, "z9hG4bKi", "c9", now);
                 }
             }
             let outs = run(&mut t, now, runs);
@@ -852,24 +825,7 @@ mod tests {
         let mut t = Transactions::with_invite_limit(limit);
         let now = Instant::now();
         let mut out = Vec::new();
-        let key = TxKey::new("z9hG4bKc", Method::Invite);
-        t.send_request(
-            key,
-            udp(),
-            Bytes::from_static(b"INVITE"),
-            None,
-            "c6",
-            now,
-            &mut out,
-        );
-        t.on_response(
-            "z9hG4bKc",
-            Method::Invite,
-            180,
-            "<sip:x>;tag=1",
-            now,
-            &mut out,
-        );
+        ringing(&mut t, "z9hG4bKc", "c6", now);
         let later = now + Duration::from_secs(50);
         run(&mut t, now, Duration::from_secs(50));
         t.on_response(
