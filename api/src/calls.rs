@@ -181,6 +181,7 @@ fn query_from(op: String, p: &CallsParams) -> Result<CallQuery, ApiError> {
         after: p.cursor.as_deref().map(decode_cursor).transpose()?,
         limit: p.limit,
         state,
+        deadline: None,
     })
 }
 
@@ -386,7 +387,22 @@ pub async fn list(
     }
     let limit = query.limit.unwrap_or(JSON_PAGE_DEFAULT).min(JSON_PAGE_MAX);
     query.limit = Some(limit);
+    // Bounded twice: a few at once (each holds a store connection and a blocking
+    // thread), and each stopped by the store once its time is up, so a search the
+    // request timeout answered 408 does not scan on.
+    let d = &st.defences;
+    let Ok(permit) = d.searches.clone().try_acquire_owned() else {
+        d.metrics.searches_refused.inc();
+        return Err(
+            ApiError::unavailable("too many call searches are running; try again shortly")
+                .retry_after(1),
+        );
+    };
+    query.deadline = Some(std::time::Instant::now() + d.search_timeout);
     let rows = db(&st, move |s| {
+        // Held by the scan itself: a search whose request was answered 408 keeps its
+        // place until the store stops it.
+        let _permit = permit;
         let mut rows = Vec::new();
         s.scan_calls(&query, &mut |r| {
             rows.push(r);
@@ -394,7 +410,12 @@ pub async fn list(
         })?;
         Ok(rows)
     })
-    .await?;
+    .await
+    .inspect_err(|e| {
+        if e.code == "search_timeout" {
+            d.metrics.searches_timed_out.inc();
+        }
+    })?;
     let next = (rows.len() == limit)
         .then(|| rows.last().map(encode_cursor))
         .flatten();
@@ -418,7 +439,62 @@ pub async fn get_one(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{api, api_with};
     use axum::http::StatusCode;
+    use std::time::Duration;
+    use tsunagu_config::ApiConfig;
+    use tsunagu_store::conformance::sample_call;
+    use tsunagu_store::Store;
+
+    /// Searches past `api.max_searches` are refused at once (503 with Retry-After),
+    /// not queued behind the running ones; when one ends the next is served.
+    #[tokio::test]
+    async fn searches_past_the_cap_are_refused_at_once() {
+        let config = ApiConfig {
+            max_searches: 2,
+            ..ApiConfig::default()
+        };
+        let a = api_with(&config, |_| {});
+        a.store
+            .insert_calls(&[sample_call(&a.operator, &a.advertiser, 1_000)], &[])
+            .unwrap();
+        // Two searches still scanning (their permits, as a running search holds one).
+        let searches = a.state.defences.searches.clone();
+        let running = searches.clone().try_acquire_many_owned(2).unwrap();
+        let refused = a.get("/v1/calls").await;
+        assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(refused.headers["retry-after"], "1");
+        assert_eq!(refused.json()["error"]["code"], "unavailable");
+        assert_eq!(a.state.defences.metrics.searches_refused.get(), 1);
+        drop(running);
+        let served = a.get("/v1/calls").await;
+        assert_eq!(served.status, StatusCode::OK, "{}", served.text());
+        assert_eq!(served.json()["calls"].as_array().unwrap().len(), 1);
+        assert_eq!(
+            searches.available_permits(),
+            2,
+            "a search gives its place back"
+        );
+    }
+
+    /// A search that runs out of `api.search_timeout_seconds` is stopped by the store
+    /// and answered 503 `search_timeout` (here a budget of zero: the store's own test
+    /// shows a scan stopping part way).
+    #[tokio::test]
+    async fn a_search_past_its_time_is_stopped() {
+        let a = api_with(&ApiConfig::default(), |d| d.search_timeout = Duration::ZERO);
+        a.store
+            .insert_calls(&[sample_call(&a.operator, &a.advertiser, 1_000)], &[])
+            .unwrap();
+        let stopped = a.get("/v1/calls?result=busy").await;
+        assert_eq!(stopped.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(stopped.json()["error"]["code"], "search_timeout");
+        assert_eq!(a.state.defences.metrics.searches_timed_out.get(), 1);
+        assert_eq!(a.state.defences.searches.available_permits(), 8);
+        // The default budget serves the same search.
+        let served = api().get("/v1/calls?result=busy").await;
+        assert_eq!(served.status, StatusCode::OK, "{}", served.text());
+    }
 
     #[test]
     fn csv_and_tsv_escaping() {

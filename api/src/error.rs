@@ -85,6 +85,11 @@ impl From<StoreError> for ApiError {
             StoreError::InUse(_) => ApiError::conflict(e.to_string()),
             StoreError::Unavailable(_) => ApiError::unavailable(e.to_string()),
             StoreError::Corrupt(_) => ApiError::internal(e.to_string()),
+            StoreError::TimedOut(_) => ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "search_timeout",
+                e.to_string(),
+            ),
         }
     }
 }

@@ -99,6 +99,10 @@ pub struct Defences {
     /// One permit per running CSV/TSV export.
     pub exports: Arc<tokio::sync::Semaphore>,
     pub export_send_timeout: Duration,
+    /// One permit per running JSON call search.
+    pub searches: Arc<tokio::sync::Semaphore>,
+    /// How long a JSON call search may read the store.
+    pub search_timeout: Duration,
     /// `/metrics` needs this bearer token when set.
     pub metrics_token: Option<String>,
     /// `/metrics` is served on the API listener (false: on `api.metrics_listen` only).
@@ -115,6 +119,13 @@ impl Defences {
             issue: limit::IssueLimiter::new(&c.issue, now_ms()),
             exports: Arc::new(tokio::sync::Semaphore::new(c.max_exports as usize)),
             export_send_timeout: Duration::from_secs(c.export_send_timeout_seconds.into()),
+            searches: Arc::new(tokio::sync::Semaphore::new(c.max_searches as usize)),
+            // Never past the request's own timeout: its client has had a 408 by then.
+            search_timeout: Duration::from_secs(
+                c.search_timeout_seconds
+                    .min(c.request_timeout_seconds)
+                    .into(),
+            ),
             metrics_token: c.metrics_token.clone(),
             metrics_on_api: c.metrics_listen.is_none(),
             pool_labels: c.pool_metrics.iter().cloned().collect(),

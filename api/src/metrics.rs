@@ -38,6 +38,8 @@ pub struct ApiMetrics {
     pub exports_active: Gauge,
     pub exports_refused: Counter,
     pub exports_cut: Counter,
+    pub searches_refused: Counter,
+    pub searches_timed_out: Counter,
     pub metrics_unauthorized: Counter,
     pub recordings_served: Family<OutcomeLabel, Counter>,
     pub recording_parts_read: Family<SourceLabel, Counter>,
@@ -126,6 +128,16 @@ impl ApiMetrics {
             "api_exports_refused",
             "CSV/TSV exports answered 503 because api.max_exports were running",
             self.exports_refused.clone(),
+        );
+        r.register(
+            "api_searches_refused",
+            "JSON call searches answered 503 because api.max_searches were running",
+            self.searches_refused.clone(),
+        );
+        r.register(
+            "api_searches_timed_out",
+            "JSON call searches stopped and answered 503 after reading the store for api.search_timeout_seconds",
+            self.searches_timed_out.clone(),
         );
         r.register(
             "api_exports_cut",

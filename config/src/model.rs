@@ -298,6 +298,15 @@ pub struct ApiConfig {
     /// CSV/TSV exports running at once; more are answered 503 with Retry-After.
     #[serde(default = "default_api_max_exports")]
     pub max_exports: u32,
+    /// JSON call searches (`GET /v1/calls`) running at once; more are answered 503
+    /// with Retry-After (each holds a store connection and a blocking thread).
+    #[serde(default = "default_api_max_searches")]
+    pub max_searches: u32,
+    /// A JSON call search that has not finished reading the store in this long is
+    /// stopped and answered 503 (a filter over years of calls would otherwise scan on
+    /// after its client was answered 408).
+    #[serde(default = "default_api_search_timeout")]
+    pub search_timeout_seconds: u32,
     /// An export whose client takes no data for this long is cut.
     #[serde(default = "default_api_export_send_timeout")]
     pub export_send_timeout_seconds: u32,
@@ -329,6 +338,8 @@ impl Default for ApiConfig {
             idle_timeout_seconds: default_api_idle_timeout(),
             request_timeout_seconds: default_api_request_timeout(),
             max_exports: default_api_max_exports(),
+            max_searches: default_api_max_searches(),
+            search_timeout_seconds: default_api_search_timeout(),
             export_send_timeout_seconds: default_api_export_send_timeout(),
             metrics_listen: None,
             metrics_token: None,
@@ -847,6 +858,12 @@ fn default_api_request_timeout() -> u32 {
 }
 fn default_api_max_exports() -> u32 {
     4
+}
+fn default_api_max_searches() -> u32 {
+    8
+}
+fn default_api_search_timeout() -> u32 {
+    10
 }
 fn default_api_export_send_timeout() -> u32 {
     30

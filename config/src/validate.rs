@@ -408,6 +408,8 @@ impl Config {
             ("api.idle_timeout_seconds", a.idle_timeout_seconds),
             ("api.request_timeout_seconds", a.request_timeout_seconds),
             ("api.max_exports", a.max_exports),
+            ("api.max_searches", a.max_searches),
+            ("api.search_timeout_seconds", a.search_timeout_seconds),
             (
                 "api.export_send_timeout_seconds",
                 a.export_send_timeout_seconds,
@@ -729,12 +731,14 @@ mod tests {
             ),
             (
                 "api limits",
-                "[api]\nmax_connections = 0\nheader_timeout_seconds = 0\nidle_timeout_seconds = 90000\nmax_exports = 0\nexport_send_timeout_seconds = 0\nmetrics_listen = \"127.0.0.1:20001\"\nmetrics_token = \"short\"\npool_metrics = [\"pool x\"]\n[api.issue]\nper_address_burst = 0\nmax_leases_per_session = 0\n[media]\nports = \"20000-20999\"\n",
+                "[api]\nmax_connections = 0\nheader_timeout_seconds = 0\nidle_timeout_seconds = 90000\nmax_exports = 0\nmax_searches = 0\nsearch_timeout_seconds = 0\nexport_send_timeout_seconds = 0\nmetrics_listen = \"127.0.0.1:20001\"\nmetrics_token = \"short\"\npool_metrics = [\"pool x\"]\n[api.issue]\nper_address_burst = 0\nmax_leases_per_session = 0\n[media]\nports = \"20000-20999\"\n",
                 &[
                     "api.max_connections",
                     "api.header_timeout_seconds",
                     "api.idle_timeout_seconds",
                     "api.max_exports",
+                    "api.max_searches",
+                    "api.search_timeout_seconds",
                     "api.export_send_timeout_seconds",
                     "media.ports",
                     "api.metrics_token",

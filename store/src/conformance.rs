@@ -19,6 +19,7 @@ pub fn run_all(store: &dyn Store) {
     the_change_feed_is_ordered_and_resumable(store);
     prompts_are_shared_through_the_store(store);
     call_queries_filter_sort_and_page(store);
+    a_search_stops_at_its_deadline(store);
     duplicate_lookup_window(store);
     pools_are_created_atomically_and_scoped(store);
     dynamic_leases(store);
@@ -711,6 +712,45 @@ fn call_queries_filter_sort_and_page(s: &dyn Store) {
     })
     .unwrap();
     assert_eq!(seen, 4, "scan stops when the visitor says so");
+}
+
+/// A query's deadline stops its scan part way (an API search's time budget) and says
+/// so; a query without one, or within it, sees every row.
+fn a_search_stops_at_its_deadline(s: &dyn Store) {
+    use std::time::{Duration, Instant};
+    let op = s.create_operator("deadline").unwrap();
+    let calls: Vec<CallRecord> = (0..400i64)
+        .map(|i| sample_call(&op.id, "adv_d", 3_000_000 + i * 1000))
+        .collect();
+    s.insert_calls(&calls, &[]).unwrap();
+    let query = |deadline| CallQuery {
+        operator_id: op.id.clone(),
+        deadline,
+        ..Default::default()
+    };
+    let mut seen = 0;
+    let past = s.scan_calls(&query(Some(Instant::now())), &mut |_| {
+        seen += 1;
+        true
+    });
+    assert!(matches!(past, Err(StoreError::TimedOut(_))), "{past:?}");
+    assert_eq!(seen, 0);
+    // The first row takes longer than the whole budget (a slow client of the
+    // scan); the scan must stop soon after instead of reading on to the end.
+    let budget = Duration::from_millis(20);
+    let mut seen = 0;
+    let late = s.scan_calls(&query(Some(Instant::now() + budget)), &mut |_| {
+        if seen == 0 {
+            std::thread::sleep(budget * 2);
+        }
+        seen += 1;
+        true
+    });
+    assert!(matches!(late, Err(StoreError::TimedOut(_))), "{late:?}");
+    assert!(seen < calls.len(), "the scan read on past its deadline");
+    let far = Instant::now() + Duration::from_secs(3600);
+    assert_eq!(collect(s, &query(Some(far))).len(), calls.len());
+    assert_eq!(collect(s, &query(None)).len(), calls.len());
 }
 
 fn duplicate_lookup_window(s: &dyn Store) {

@@ -34,6 +34,19 @@ pub enum StoreError {
     Unavailable(String),
     #[error("stored data is unreadable: {0}")]
     Corrupt(String),
+    /// A scan ran past its query's deadline and was stopped (nothing was changed).
+    #[error("{0}")]
+    TimedOut(String),
+}
+
+impl StoreError {
+    /// A scan stopped at its query's deadline ([`CallQuery::deadline`]).
+    pub fn scan_timed_out() -> StoreError {
+        StoreError::TimedOut(
+            "the search ran past its time budget; narrow it (a time range, a number, an advertiser)"
+                .into(),
+        )
+    }
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;

@@ -660,6 +660,10 @@ pub struct CallQuery {
     /// Continue after this `(started_at, call_id)` position.
     pub after: Option<(i64, String)>,
     pub limit: Option<usize>,
+    /// Give up with [`crate::StoreError::TimedOut`] once the scan runs past this
+    /// instant (an API search's time budget); None: no limit (exports, the node's own
+    /// scans).
+    pub deadline: Option<std::time::Instant>,
 }
 
 /// What a node says about itself when it registers (see `Store::register_node`).

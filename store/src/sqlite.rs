@@ -8,7 +8,9 @@ use rusqlite::types::Value;
 use rusqlite::{params, params_from_iter, Connection, ErrorCode, OptionalExtension, Row};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 /// Schema versions, applied in order at start (PRAGMA user_version counts them).
 const MIGRATIONS: &[&str] = &[
@@ -212,6 +214,9 @@ const CALL_COLUMNS: &str = "call_id, operator_id, advertiser_id, tracking_number
     rtp_packets_out, rtp_lost, callback_of, recording_status, attempts, end_reason, nodes, taken_over_at, recording_parts";
 
 const READER_POOL: usize = 4;
+/// Virtual-machine steps between checks of a scan's deadline: a few microseconds of
+/// work, so a search stops within a millisecond or so of its budget.
+const PROGRESS_OPS: i32 = 1000;
 
 /// Changes the provisioning feed keeps (see `record_change`).
 const CHANGES_KEPT: i64 = 100_000;
@@ -327,6 +332,48 @@ impl SqliteStore {
         let mut pool = self.readers.lock().unwrap_or_else(|p| p.into_inner());
         if pool.len() < READER_POOL {
             pool.push(conn);
+        }
+        out
+    }
+
+    /// [`Self::read`] that SQLite interrupts once `deadline` has passed (checked every
+    /// [`PROGRESS_OPS`] virtual-machine steps, so a scan of rows that all fail a filter
+    /// stops too, not only one that hands rows out): [`StoreError::TimedOut`] then.
+    fn read_until<T>(
+        &self,
+        deadline: Option<Instant>,
+        f: impl FnOnce(&Connection) -> Result<T>,
+    ) -> Result<T> {
+        let Some(deadline) = deadline else {
+            return self.read(f);
+        };
+        let fired = Arc::new(AtomicBool::new(false));
+        let flag = fired.clone();
+        let pooled = self.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let mut conn = match pooled {
+            Some(c) => c,
+            None => open_connection(&self.path, self.durability).map_err(unavailable)?,
+        };
+        conn.progress_handler(
+            PROGRESS_OPS,
+            Some(move || {
+                let late = Instant::now() >= deadline;
+                flag.store(late, Ordering::Relaxed);
+                late
+            }),
+        )
+        .map_err(unavailable)?;
+        let out = f(&conn);
+        // A pooled connection must not keep this query's handler.
+        let cleared = conn.progress_handler(0, None::<fn() -> bool>).is_ok();
+        if cleared {
+            let mut pool = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+            if pool.len() < READER_POOL {
+                pool.push(conn);
+            }
+        }
+        if fired.load(Ordering::Relaxed) {
+            return Err(StoreError::scan_timed_out());
         }
         out
     }
@@ -1638,6 +1685,9 @@ impl Store for SqliteStore {
     }
 
     fn scan_calls(&self, q: &CallQuery, visit: &mut dyn FnMut(CallRecord) -> bool) -> Result<()> {
+        if q.deadline.is_some_and(|d| Instant::now() >= d) {
+            return Err(StoreError::scan_timed_out());
+        }
         if q.state == CallState::Active {
             return self.scan_active(q, visit);
         }
@@ -1685,7 +1735,7 @@ impl Store for SqliteStore {
             sql.push_str(" LIMIT ?");
             args.push(Value::Integer(i64::try_from(limit).unwrap_or(i64::MAX)));
         }
-        self.read(|c| {
+        self.read_until(q.deadline, |c| {
             let mut st = c.prepare(&sql).map_err(unavailable)?;
             let mut rows = st.query(params_from_iter(args)).map_err(unavailable)?;
             while let Some(row) = rows.next().map_err(unavailable)? {

@@ -462,6 +462,14 @@ impl Inner {
         query: &CallQuery,
         visit: &mut dyn FnMut(CallRecord) -> bool,
     ) -> Result<()> {
+        let late = || {
+            query
+                .deadline
+                .is_some_and(|d| std::time::Instant::now() >= d)
+        };
+        if late() {
+            return Err(StoreError::scan_timed_out());
+        }
         if query.state == CallState::Active {
             return self.scan_active(query, visit).await;
         }
@@ -498,6 +506,12 @@ impl Inner {
                     upper.1.as_str(),
                 ),
                 |(call_id, adv, number, result, validity, record): CallScanRow| {
+                    // Checked on every row read, matching or not (the driver pages).
+                    if late() {
+                        failed = Some(StoreError::scan_timed_out());
+                        stop = true;
+                        return false;
+                    }
                     let keep = matches_filters(
                         query,
                         adv.as_deref().unwrap_or(""),
