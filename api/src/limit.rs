@@ -149,6 +149,8 @@ pub enum Limit {
     Address,
     Pool,
     Session,
+    /// The client address holds as many live leases of the pool as it may.
+    AddressLeases,
 }
 
 impl Limit {
@@ -157,6 +159,7 @@ impl Limit {
             Limit::Address => "address",
             Limit::Pool => "pool",
             Limit::Session => "session",
+            Limit::AddressLeases => "address_leases",
         }
     }
 }
@@ -167,6 +170,7 @@ pub struct IssueLimiter {
     addresses: Mutex<KeyedBuckets<IpAddr>>,
     pools: Mutex<KeyedBuckets<String>>,
     pub max_leases_per_session: u32,
+    pub max_leases_per_address: u32,
 }
 
 impl IssueLimiter {
@@ -190,6 +194,7 @@ impl IssueLimiter {
                 now_ms,
             )),
             max_leases_per_session: c.max_leases_per_session,
+            max_leases_per_address: c.max_leases_per_address,
         }
     }
 

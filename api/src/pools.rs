@@ -13,7 +13,7 @@ use crate::auth::OperatorId;
 use crate::client::client_ip;
 use crate::error::parse_json;
 use crate::follow_up::present;
-use crate::limit::Limit;
+use crate::limit::{address_key, Limit};
 use crate::metrics::LimitLabel;
 use crate::numbers::{is_phone_number, validate_forwarding, validate_params};
 use crate::{db, now_ms, rfc3339, ApiError, ApiState};
@@ -35,7 +35,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 use tsunagu_store::{
-    CallerIdMode, Destination, Ga4, IssueOutcome, Notify, NumberKind, Pool, PoolMode,
+    CallerIdMode, Destination, Ga4, IssueOutcome, LeaseCaps, Notify, NumberKind, Pool, PoolMode,
     RecordingSettings, TrackingNumber, ValidityRule,
 };
 
@@ -488,6 +488,7 @@ fn throttled(st: &ApiState, limit: Limit, retry_after: u64) -> ApiError {
         Limit::Address => "too many issue requests from this address",
         Limit::Pool => "too many issue requests for this pool",
         Limit::Session => "this session already holds as many numbers as it may",
+        Limit::AddressLeases => "this address already holds as many numbers of the pool as it may",
     };
     ApiError::too_many_requests(retry_after, what)
 }
@@ -500,7 +501,7 @@ pub async fn issue(
     let (mut parts, body) = req.into_parts();
     let who = issuer(&st, &mut parts).await?;
     let mut headers = cors(&who);
-    if matches!(who, Issuer::Page(_)) {
+    let client = if matches!(who, Issuer::Page(_)) {
         // A page's script may read Retry-After only if it is exposed.
         headers.push((
             header::ACCESS_CONTROL_EXPOSE_HEADERS,
@@ -512,20 +513,33 @@ pub async fn issue(
             let e = throttled(&st, Limit::Address, secs);
             return Ok((AppendHeaders(headers), e).into_response());
         }
-    }
+        Some(client)
+    } else {
+        // A server with the operator's key leases for its own visitors: no client cap.
+        None
+    };
     let headers = AppendHeaders(headers);
     let body = axum::body::to_bytes(body, 64 * 1024)
         .await
         .map_err(|_| ApiError::bad_request(None, "body too large or unreadable"))?;
-    match issue_number(&st, &who, id, &body).await {
+    match issue_number(&st, &who, client, id, &body).await {
         Ok(v) => Ok((headers, Json(v)).into_response()),
         Err(e) => Ok((headers, e).into_response()),
     }
 }
 
+/// Whole seconds from `now` until `at_ms` (at least one): a `Retry-After`.
+fn seconds_until(at_ms: i64, now: i64) -> u64 {
+    let wait_ms = at_ms.saturating_sub(now).max(0);
+    u64::try_from(wait_ms.saturating_add(999) / 1000)
+        .unwrap_or(1)
+        .max(1)
+}
+
 async fn issue_number(
     st: &Arc<ApiState>,
     who: &Issuer,
+    client: Option<std::net::IpAddr>,
     id: String,
     body: &[u8],
 ) -> Result<Value, ApiError> {
@@ -552,9 +566,15 @@ async fn issue_number(
         .cloned();
     let now = now_ms();
     let p = pool.clone();
-    let cap = st.defences.issue.max_leases_per_session;
+    let limits = &st.defences.issue;
+    let (per_session, per_address) = (limits.max_leases_per_session, limits.max_leases_per_address);
+    let client = client.map(|ip| address_key(ip).to_string());
     let (outcome, leased) = db(st, move |s| {
-        let outcome = s.issue_lease_capped(&p, session.as_deref(), &input.params, now, cap)?;
+        let caps = LeaseCaps {
+            per_session: Some(per_session),
+            client: client.as_deref().map(|c| (c, per_address)),
+        };
+        let outcome = s.issue_lease_capped(&p, session.as_deref(), &input.params, now, caps)?;
         Ok((outcome, s.leased_count(&p.id, now)?))
     })
     .await?;
@@ -573,11 +593,16 @@ async fn issue_number(
             m.issued.get_or_create(&label).inc();
             Ok(json!({"number": l.number, "expires_at": rfc3339(l.expires_at), "overflow": false}))
         }
-        IssueOutcome::SessionFull { retry_at_ms } => {
-            let wait_ms = retry_at_ms.saturating_sub(now).max(0);
-            let secs = u64::try_from(wait_ms.saturating_add(999) / 1000).unwrap_or(1);
-            Err(throttled(st, Limit::Session, secs.max(1)))
-        }
+        IssueOutcome::SessionFull { retry_at_ms } => Err(throttled(
+            st,
+            Limit::Session,
+            seconds_until(retry_at_ms, now),
+        )),
+        IssueOutcome::ClientFull { retry_at_ms } => Err(throttled(
+            st,
+            Limit::AddressLeases,
+            seconds_until(retry_at_ms, now),
+        )),
         IssueOutcome::Exhausted => {
             m.overflows.get_or_create(&label).inc();
             match pool.overflow_number {

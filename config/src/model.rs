@@ -367,6 +367,10 @@ pub struct IssueLimitsConfig {
     /// pool. A request naming neither is a new visitor (only the rate limits apply).
     #[serde(default = "default_issue_max_leases_per_session")]
     pub max_leases_per_session: u32,
+    /// Live leases one client address (IPv6: one /64) may hold in one pool, however
+    /// many sessions it names: a script that names none, or a new one each time.
+    #[serde(default = "default_issue_max_leases_per_address")]
+    pub max_leases_per_address: u32,
     /// Client addresses the limiter remembers at once; beyond it, new addresses share
     /// one bucket until idle ones are swept (memory stays bounded under a spray).
     #[serde(default = "default_issue_tracked_addresses")]
@@ -381,6 +385,7 @@ impl Default for IssueLimitsConfig {
             per_pool_per_minute: default_issue_per_pool_per_minute(),
             per_pool_burst: default_issue_per_pool_burst(),
             max_leases_per_session: default_issue_max_leases_per_session(),
+            max_leases_per_address: default_issue_max_leases_per_address(),
             tracked_addresses: default_issue_tracked_addresses(),
         }
     }
@@ -886,6 +891,9 @@ fn default_issue_per_pool_burst() -> u32 {
 }
 fn default_issue_max_leases_per_session() -> u32 {
     2
+}
+fn default_issue_max_leases_per_address() -> u32 {
+    10
 }
 fn default_issue_tracked_addresses() -> u32 {
     100_000

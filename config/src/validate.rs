@@ -418,6 +418,10 @@ impl Config {
                 "api.issue.max_leases_per_session",
                 a.issue.max_leases_per_session,
             ),
+            (
+                "api.issue.max_leases_per_address",
+                a.issue.max_leases_per_address,
+            ),
             ("api.issue.tracked_addresses", a.issue.tracked_addresses),
         ];
         for (path, v) in at_least_one {
@@ -731,7 +735,7 @@ mod tests {
             ),
             (
                 "api limits",
-                "[api]\nmax_connections = 0\nheader_timeout_seconds = 0\nidle_timeout_seconds = 90000\nmax_exports = 0\nmax_searches = 0\nsearch_timeout_seconds = 0\nexport_send_timeout_seconds = 0\nmetrics_listen = \"127.0.0.1:20001\"\nmetrics_token = \"short\"\npool_metrics = [\"pool x\"]\n[api.issue]\nper_address_burst = 0\nmax_leases_per_session = 0\n[media]\nports = \"20000-20999\"\n",
+                "[api]\nmax_connections = 0\nheader_timeout_seconds = 0\nidle_timeout_seconds = 90000\nmax_exports = 0\nmax_searches = 0\nsearch_timeout_seconds = 0\nexport_send_timeout_seconds = 0\nmetrics_listen = \"127.0.0.1:20001\"\nmetrics_token = \"short\"\npool_metrics = [\"pool x\"]\n[api.issue]\nper_address_burst = 0\nmax_leases_per_session = 0\nmax_leases_per_address = 0\n[media]\nports = \"20000-20999\"\n",
                 &[
                     "api.max_connections",
                     "api.header_timeout_seconds",
@@ -745,6 +749,7 @@ mod tests {
                     "api.pool_metrics[0]",
                     "api.issue.per_address_burst",
                     "api.issue.max_leases_per_session",
+                    "api.issue.max_leases_per_address",
                 ],
             ),
             (

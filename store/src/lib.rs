@@ -73,16 +73,19 @@ pub trait Store: Send + Sync + 'static {
     fn list_api_keys(&self, operator_id: &str) -> Result<Vec<ApiKey>>;
     /// Revokes one of the operator's keys at once; false if it has no such key.
     fn revoke_api_key(&self, operator_id: &str, key_id: &str) -> Result<bool>;
-    /// [`Store::issue_lease`] where a `session` may hold at most `max_per_session` live
-    /// leases of the pool (an extension of its live lease is not a new one), checked in
-    /// the same compare-and-set step.
+    /// [`Store::issue_lease`] where a `session` may hold at most `caps.per_session`
+    /// live leases of the pool and the client `caps.client` names at most its cap (an
+    /// extension of a session's live lease is not a new one). SQLite checks both in
+    /// the same compare-and-set step; ScyllaDB checks the session's cap so, and the
+    /// client's by a count read just before (parallel requests of one client may pass
+    /// it together: see the README).
     fn issue_lease_capped(
         &self,
         pool: &Pool,
         session: Option<&str>,
         params: &BTreeMap<String, String>,
         now_ms: i64,
-        max_per_session: u32,
+        caps: LeaseCaps<'_>,
     ) -> Result<IssueOutcome>;
 
     // Advertisers (operator-scoped).

@@ -413,6 +413,21 @@ pub enum IssueOutcome {
     /// The session already holds its cap of live leases in the pool; the earliest of
     /// them ends at `retry_at_ms`.
     SessionFull { retry_at_ms: i64 },
+    /// The client address already holds its cap of live leases in the pool; the
+    /// earliest of them ends at `retry_at_ms`.
+    ClientFull { retry_at_ms: i64 },
+}
+
+/// Caps on a page's new lease (see `Store::issue_lease_capped`); an extension of a
+/// session's live lease is never capped (it is not a new lease).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LeaseCaps<'a> {
+    /// Live leases of the pool one session may hold.
+    pub per_session: Option<u32>,
+    /// The client asking (its address key: an IPv4 address, an IPv6 /64) and the
+    /// live leases of the pool it may hold: a script that names no session, or a new
+    /// one each time, still holds no more than this.
+    pub client: Option<(&'a str, u32)>,
 }
 
 macro_rules! string_enum {

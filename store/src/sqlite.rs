@@ -206,6 +206,12 @@ ALTER TABLE active_calls ADD COLUMN advertiser_id TEXT;
 ALTER TABLE active_calls ADD COLUMN caller_number TEXT;
 CREATE INDEX active_calls_by_caller ON active_calls(advertiser_id, caller_number, started_at);
 "#,
+    r#"
+-- The client (address key) a page lease was issued to, so its live leases of a pool
+-- can be capped (api.issue.max_leases_per_address). Older leases have none.
+ALTER TABLE leases ADD COLUMN client TEXT;
+CREATE INDEX leases_by_pool_client ON leases(pool_id, client, expires_at);
+"#,
 ];
 
 const CALL_COLUMNS: &str = "call_id, operator_id, advertiser_id, tracking_number, caller_number, caller_kind, \
@@ -378,15 +384,16 @@ impl SqliteStore {
         out
     }
 
-    /// Leases a number (see [`Store::issue_lease`]), with an optional cap on the
-    /// session's live leases checked inside the same IMMEDIATE transaction.
+    /// Leases a number (see [`Store::issue_lease`]), with optional caps on the
+    /// session's and the client's live leases checked inside the same IMMEDIATE
+    /// transaction.
     fn lease(
         &self,
         pool: &Pool,
         session: Option<&str>,
         params: &BTreeMap<String, String>,
         now: i64,
-        max_per_session: Option<u32>,
+        caps: LeaseCaps<'_>,
     ) -> Result<IssueOutcome> {
         // u32 seconds * 1000 fits an i64; the sums with `now` saturate.
         let hold_ms = i64::from(pool.hold_seconds) * 1000;
@@ -413,7 +420,7 @@ impl SqliteStore {
                     return Ok(IssueOutcome::Leased(lease));
                 }
             }
-            if let (Some(session), Some(cap)) = (session, max_per_session) {
+            if let (Some(session), Some(cap)) = (session, caps.per_session) {
                 let (held, earliest): (i64, Option<i64>) = tx
                     .prepare_cached(
                         "SELECT COUNT(*), MIN(expires_at) FROM leases \
@@ -422,6 +429,19 @@ impl SqliteStore {
                     .query_row(params![pool.id, session, now], |r| Ok((r.get(0)?, r.get(1)?)))?;
                 if held >= i64::from(cap) {
                     return Ok(IssueOutcome::SessionFull {
+                        retry_at_ms: earliest.unwrap_or(now),
+                    });
+                }
+            }
+            if let Some((client, cap)) = caps.client {
+                let (held, earliest): (i64, Option<i64>) = tx
+                    .prepare_cached(
+                        "SELECT COUNT(*), MIN(expires_at) FROM leases \
+                         WHERE pool_id = ?1 AND client = ?2 AND expires_at > ?3",
+                    )?
+                    .query_row(params![pool.id, client, now], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                if held >= i64::from(cap) {
+                    return Ok(IssueOutcome::ClientFull {
                         retry_at_ms: earliest.unwrap_or(now),
                     });
                 }
@@ -443,8 +463,8 @@ impl SqliteStore {
                 params![lease.number, lease.issued_at, lease.expires_at],
             )?;
             tx.execute(
-                "INSERT INTO leases (pool_id, number, session, params, issued_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![lease.pool_id, lease.number, lease.session, params_json, lease.issued_at, lease.expires_at],
+                "INSERT INTO leases (pool_id, number, session, params, issued_at, expires_at, client) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![lease.pool_id, lease.number, lease.session, params_json, lease.issued_at, lease.expires_at, caps.client.map(|(c, _)| c)],
             )?;
             tx.commit()?;
             Ok(IssueOutcome::Leased(lease))
@@ -783,9 +803,9 @@ impl Store for SqliteStore {
         session: Option<&str>,
         params: &BTreeMap<String, String>,
         now: i64,
-        max_per_session: u32,
+        caps: LeaseCaps<'_>,
     ) -> Result<IssueOutcome> {
-        self.lease(pool, session, params, now, Some(max_per_session))
+        self.lease(pool, session, params, now, caps)
     }
 
     fn create_advertiser(&self, operator_id: &str, name: &str) -> Result<Advertiser> {
@@ -1060,10 +1080,14 @@ impl Store for SqliteStore {
         params: &BTreeMap<String, String>,
         now: i64,
     ) -> Result<Option<Lease>> {
-        Ok(match self.lease(pool, session, params, now, None)? {
-            IssueOutcome::Leased(lease) => Some(lease),
-            IssueOutcome::Exhausted | IssueOutcome::SessionFull { .. } => None,
-        })
+        Ok(
+            match self.lease(pool, session, params, now, LeaseCaps::default())? {
+                IssueOutcome::Leased(lease) => Some(lease),
+                IssueOutcome::Exhausted
+                | IssueOutcome::SessionFull { .. }
+                | IssueOutcome::ClientFull { .. } => None,
+            },
+        )
     }
 
     fn lease_at(&self, number: &str, at_ms: i64) -> Result<Option<Lease>> {
@@ -1851,6 +1875,7 @@ mod tests {
         let a = SqliteStore::open(&dir.path().join("t.db")).unwrap();
         let b = SqliteStore::open(&dir.path().join("t.db")).unwrap();
         crate::conformance::concurrent_issuers_never_share_a_number(&[&a, &b]);
+        crate::conformance::the_client_cap_holds_against_parallel_issuers(&[&a, &b]);
     }
 
     #[test]

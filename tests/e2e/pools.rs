@@ -307,3 +307,75 @@ fn a_page_in_a_loop_cannot_drain_a_pool() {
         );
     }
 }
+
+/// A page script that names a new session each time (or none) still gets at most
+/// `api.issue.max_leases_per_address` live numbers of a pool from one address; the
+/// session's own extension is not refused, and other addresses are not affected.
+#[test]
+fn an_address_holds_at_most_its_cap_of_live_leases() {
+    let ports = Ports::take();
+    // Rates generous enough that only the lease cap refuses.
+    let node = Node::start_api(
+        ports,
+        "",
+        "[api.issue]\nper_address_per_minute = 600\nper_address_burst = 100\nper_pool_per_minute = 600\nper_pool_burst = 100\nmax_leases_per_address = 3\n",
+    );
+    let op = node.send("POST", "/v1/operators", Some(ADMIN), r#"{"name": "op"}"#);
+    let key = op.json()["api_key"].as_str().unwrap().to_string();
+    let adv = node.send("POST", "/v1/advertisers", Some(&key), r#"{"name": "shop"}"#);
+    let adv = adv.json()["id"].as_str().unwrap().to_string();
+    let numbers: Vec<String> = (0..20).map(|i| format!("\"054444{i:04}\"")).collect();
+    let body = format!(
+        r#"{{"advertiser_id": "{adv}", "mode": "dynamic", "numbers": [{}], "allowed_origins": ["https://shop.example"], "destinations": [{{"number": "0311112222"}}]}}"#,
+        numbers.join(",")
+    );
+    let r = node.send("POST", "/v1/pools", Some(&key), &body);
+    assert_eq!(r.status, 201, "{}", r.body);
+    let pool = r.json()["id"].as_str().unwrap().to_string();
+    let page = |from: &str, params: &str| {
+        http_from(
+            from,
+            ports.api,
+            "POST",
+            &format!("/v1/pools/{pool}/issue"),
+            None,
+            &format!(r#"{{"params": {params}}}"#),
+            &[("Origin", "https://shop.example")],
+        )
+        .expect("issue")
+    };
+    let first = page("127.0.0.1", r#"{"session_id": "v0"}"#);
+    assert_eq!(first.status, 200, "{}", first.body);
+    for i in 1..3 {
+        let r = page("127.0.0.1", &format!(r#"{{"session_id": "v{i}"}}"#));
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    for params in [r#"{"session_id": "v3"}"#, r#"{"session_id": "v4"}"#, "{}"] {
+        let r = page("127.0.0.1", params);
+        assert_eq!(r.status, 429, "{params}: {}", r.body);
+        assert_eq!(r.json()["error"]["code"], "rate_limited");
+        assert!(r.body.contains("this address"), "{}", r.body);
+        let wait: u64 = r
+            .header("retry-after")
+            .expect("Retry-After")
+            .parse()
+            .unwrap();
+        assert!(wait >= 1, "{wait}");
+    }
+    let again = page("127.0.0.1", r#"{"session_id": "v0"}"#);
+    assert_eq!(
+        again.status, 200,
+        "an extension is not a new lease: {}",
+        again.body
+    );
+    assert_eq!(again.json()["number"], first.json()["number"]);
+    assert_eq!(page("127.0.0.2", r#"{"session_id": "w0"}"#).status, 200);
+    assert_eq!(
+        node.get(&format!("/v1/pools/{pool}"), &key).json()["leased"],
+        4
+    );
+    assert_eq!(
+        node.metric("tsunagu_api_issue_throttled_total{limit=\"address_leases\"}"),
+        3.0
+    );
+}

@@ -1,5 +1,6 @@
 //! Number leases on ScyllaDB: a session's slots (its cap), the number taken by
-//! compare-and-set on its own partition, extensions of a session's live lease.
+//! compare-and-set on its own partition, extensions of a session's live lease, and a
+//! client's live leases (its cap, counted by a read before a number is taken).
 
 use super::logic::*;
 use super::queries as q;
@@ -12,14 +13,67 @@ use crate::{Result, StoreError};
 use std::collections::BTreeMap;
 
 impl Inner {
+    /// A lease under `caps` (see `Store::issue_lease_capped`); the client's row of
+    /// `client_leases` is written for a new lease and an extension alike, so an
+    /// extended lease goes on counting toward its client's cap.
     pub(super) async fn lease(
         &self,
         pool: &Pool,
         session: Option<&str>,
         params: &BTreeMap<String, String>,
         now: i64,
-        cap: Option<u32>,
+        caps: LeaseCaps<'_>,
     ) -> Result<IssueOutcome> {
+        let outcome = self
+            .lease_for_session(pool, session, params, now, caps)
+            .await?;
+        if let (IssueOutcome::Leased(lease), Some((client, _))) = (&outcome, caps.client) {
+            let ttl = ttl_seconds(lease.expires_at, now, 0);
+            self.write(
+                q::CL_PUT,
+                (
+                    pool.id.as_str(),
+                    client,
+                    lease.number.as_str(),
+                    lease.expires_at,
+                    ttl,
+                ),
+            )
+            .await?;
+        }
+        Ok(outcome)
+    }
+
+    /// Whether the client already holds its cap of live leases in the pool.
+    async fn client_full(
+        &self,
+        pool: &Pool,
+        caps: LeaseCaps<'_>,
+        now: i64,
+    ) -> Result<Option<IssueOutcome>> {
+        let Some((client, cap)) = caps.client else {
+            return Ok(None);
+        };
+        let live: Vec<i64> = self
+            .rows::<(Option<i64>,)>(q::CL_OF, (pool.id.as_str(), client))
+            .await?
+            .into_iter()
+            .filter_map(|(e,)| e)
+            .filter(|&e| e > now)
+            .collect();
+        Ok(client_cap_reached(&live, cap, now)
+            .map(|retry_at_ms| IssueOutcome::ClientFull { retry_at_ms }))
+    }
+
+    async fn lease_for_session(
+        &self,
+        pool: &Pool,
+        session: Option<&str>,
+        params: &BTreeMap<String, String>,
+        now: i64,
+        caps: LeaseCaps<'_>,
+    ) -> Result<IssueOutcome> {
+        let cap = caps.per_session;
         let hold_ms = i64::from(pool.hold_seconds) * 1000;
         let recycle_ms = i64::from(pool.recycle_seconds) * 1000;
         let expires_at = now.saturating_add(hold_ms);
@@ -30,6 +84,9 @@ impl Inner {
             i64::from(pool.recycle_seconds) + SESSION_SLOT_MARGIN_SECONDS,
         );
         let Some(session) = session else {
+            if let Some(full) = self.client_full(pool, caps, now).await? {
+                return Ok(full);
+            }
             return Ok(
                 match self
                     .take_number(pool, None, &params_json, now, expires_at, recycle_ms)
@@ -56,6 +113,9 @@ impl Inner {
                         return Ok(IssueOutcome::Leased(lease));
                     }
                 }
+            }
+            if let Some(full) = self.client_full(pool, caps, now).await? {
+                return Ok(full);
             }
             let (slot, seen) = match choose_slot(&slots, now, cap) {
                 SlotChoice::Full { retry_at_ms } => {

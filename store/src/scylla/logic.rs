@@ -206,6 +206,13 @@ pub fn lease_to_extend(slots: &[SessionSlot], now: i64) -> Option<&SessionSlot> 
         .max_by_key(|s| (s.expires_at, s.slot))
 }
 
+/// When a client holding leases that end at `live` (its live ones) has reached
+/// `cap`: the end of the earliest (when it may try again; `now` if it holds none),
+/// else None.
+pub fn client_cap_reached(live: &[i64], cap: u32, now: i64) -> Option<i64> {
+    (live.len() >= cap as usize).then(|| live.iter().copied().min().unwrap_or(now))
+}
+
 /// What a session may do about a new lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SlotChoice {
@@ -383,6 +390,21 @@ mod tests {
             (i64::MIN, i64::MIN.div_euclid(DAY_MS)),
         ] {
             assert_eq!(day_of(ms), day, "{ms}");
+        }
+    }
+
+    #[test]
+    fn a_client_reaches_its_cap_with_as_many_live_leases() {
+        // (ends of the client's live leases, cap, now) -> when it may try again
+        let cases: [(&[i64], u32, i64, Option<i64>); 5] = [
+            (&[], 2, 100, None),
+            (&[500], 2, 100, None),
+            (&[500, 300], 2, 100, Some(300)),
+            (&[500, 300, 900], 2, 100, Some(300)),
+            (&[], 0, 100, Some(100)),
+        ];
+        for (live, cap, now, want) in cases {
+            assert_eq!(client_cap_reached(live, cap, now), want, "{live:?} {cap}");
         }
     }
 

@@ -26,6 +26,7 @@
 //! | lease a number | number_leases (number) `IF expires_at <= now - recycle` | CAS |
 //! | extend a session's lease | number_leases (number) `IF session, issued_at` | CAS |
 //! | session cap (slots 0..cap) | session_leases (pool_id, session) `IF NOT EXISTS` / `IF claim` | CAS |
+//! | client address cap (count, then a row per lease) | client_leases ((pool_id, client)) | read / write |
 //! | lease at a time (attribution) | lease_history (number), newest first | read |
 //! | fence a final record (its call in progress marked `ending`) | active_calls (call_id) `IF node, epoch` | CAS |
 //! | insert finished call (idempotent) | calls (call_id) `IF NOT EXISTS` | CAS |

@@ -92,6 +92,8 @@ pub const SL_REUSE: &str = "UPDATE session_leases USING TTL ? SET claim = ?, num
 pub const SL_FILL: &str = "UPDATE session_leases USING TTL ? SET number = ?, params = ?, issued_at = ?, expires_at = ? WHERE pool_id = ? AND session = ? AND slot = ? IF claim = ?";
 pub const SL_EXTEND: &str = "UPDATE session_leases USING TTL ? SET expires_at = ? WHERE pool_id = ? AND session = ? AND slot = ? IF claim = ?";
 pub const SL_RELEASE: &str = "UPDATE session_leases SET expires_at = 0 WHERE pool_id = ? AND session = ? AND slot = ? IF claim = ?";
+pub const CL_OF: &str = "SELECT expires_at FROM client_leases WHERE pool_id = ? AND client = ?";
+pub const CL_PUT: &str = "INSERT INTO client_leases (pool_id, client, number, expires_at) VALUES (?, ?, ?, ?) USING TTL ?";
 pub const LH_PUT: &str = "INSERT INTO lease_history (number, issued_at, expires_at, pool_id, session, params) VALUES (?, ?, ?, ?, ?, ?) USING TTL ?";
 pub const LH_AT: &str = "SELECT pool_id, number, session, params, issued_at, expires_at FROM lease_history WHERE number = ? AND issued_at <= ? LIMIT 1";
 
@@ -247,6 +249,8 @@ pub const ALL: &[(&str, Kind)] = &[
     (SL_FILL, Kind::CompareAndSet),
     (SL_EXTEND, Kind::CompareAndSet),
     (SL_RELEASE, Kind::CompareAndSet),
+    (CL_OF, Kind::Read),
+    (CL_PUT, Kind::Write),
     (LH_PUT, Kind::Write),
     (LH_AT, Kind::Read),
     (CALL_CLAIM, Kind::CompareAndSet),
@@ -330,6 +334,7 @@ pub const TABLES: &[&str] = &[
     "number_leases",
     "pool_numbers",
     "session_leases",
+    "client_leases",
     "lease_history",
     "calls",
     "calls_by_day",

@@ -23,6 +23,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "002_call_ownership.cql",
         include_str!("../../cql/002_call_ownership.cql"),
     ),
+    (
+        3,
+        "003_client_leases.cql",
+        include_str!("../../cql/003_client_leases.cql"),
+    ),
 ];
 
 /// The table that records which migrations were applied (created before any).

@@ -699,12 +699,9 @@ impl Store for ScyllaStore {
         session: Option<&str>,
         params: &BTreeMap<String, String>,
         now_ms: i64,
-        max_per_session: u32,
+        caps: LeaseCaps<'_>,
     ) -> Result<IssueOutcome> {
-        self.wait(
-            self.inner
-                .lease(pool, session, params, now_ms, Some(max_per_session)),
-        )
+        self.wait(self.inner.lease(pool, session, params, now_ms, caps))
     }
 
     fn create_advertiser(&self, operator_id: &str, name: &str) -> Result<Advertiser> {
@@ -1075,9 +1072,17 @@ impl Store for ScyllaStore {
         now_ms: i64,
     ) -> Result<Option<Lease>> {
         Ok(
-            match self.wait(self.inner.lease(pool, session, params, now_ms, None))? {
+            match self.wait(self.inner.lease(
+                pool,
+                session,
+                params,
+                now_ms,
+                LeaseCaps::default(),
+            ))? {
                 IssueOutcome::Leased(lease) => Some(lease),
-                IssueOutcome::Exhausted | IssueOutcome::SessionFull { .. } => None,
+                IssueOutcome::Exhausted
+                | IssueOutcome::SessionFull { .. }
+                | IssueOutcome::ClientFull { .. } => None,
             },
         )
     }
