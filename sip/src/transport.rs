@@ -14,7 +14,7 @@ use crate::build::{reject_unparsed, reject_untrusted};
 use crate::framing::{FrameError, Framer};
 use crate::metrics::{CodeLabel, MethodLabel, ReasonLabel, SipMetrics};
 use crate::overload::RefusalGate;
-use crate::parse::{parse, Info, Peer, Transport};
+use crate::parse::{method_name, parse, Info, Peer, Transport};
 use crate::shard::Shards;
 use crate::source::{kind, verdict, SourcePolicy, Untrusted, Verdict};
 use bytes::Bytes;
@@ -120,9 +120,6 @@ impl Inbound {
                         return Admit::Queue;
                     }
                     (false, true) => {
-                        m.requests_received
-                            .get_or_create(&MethodLabel { method: "INVITE" })
-                            .inc();
                         m.overload_rejections.inc();
                         gate.recent.insert(&info.call_id, info.cseq, now);
                     }
@@ -193,7 +190,17 @@ impl Inbound {
                 let shard = self.shards.of(&info.call_id);
                 let now = std::time::Instant::now();
                 if let SipMessage::Request(req) = &msg {
-                    match self.admit(req, &info, shard, now) {
+                    let admit = self.admit(req, &info, shard, now);
+                    if !matches!(admit, Admit::Queue) {
+                        // The core counts what it is handed; what stops here is
+                        // received all the same (repeats of refusals included).
+                        m.requests_received
+                            .get_or_create(&MethodLabel {
+                                method: method_name(req.method),
+                            })
+                            .inc();
+                    }
+                    match admit {
                         Admit::Queue => {}
                         Admit::Drop => return None,
                         Admit::Answer(reply) => return Some(reply),
@@ -1011,6 +1018,18 @@ CSeq: {cseq} {method}\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
             .is_none());
         assert!(rx.try_recv().is_err());
         assert_eq!(m.overload_rejections.get(), 2, "not a new refusal");
+        // Everything that stopped at the receiver was received: two refusals and two
+        // repeats of INVITEs, two ACKs and a CANCEL of refused calls (the queued ones
+        // are counted by the core).
+        let received = |method| {
+            m.requests_received
+                .get_or_create(&MethodLabel { method })
+                .get()
+        };
+        assert_eq!(
+            (received("INVITE"), received("ACK"), received("CANCEL")),
+            (4, 2, 1)
+        );
         assert!(inb
             .frame(&request("INVITE", "later", 1, ""), from)
             .is_none());

@@ -329,17 +329,27 @@ impl SqliteStore {
     }
 
     fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
-        let pooled = self.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        let conn = match pooled {
-            Some(c) => c,
-            None => open_connection(&self.path, self.durability).map_err(unavailable)?,
-        };
+        let conn = self.reader()?;
         let out = f(&conn);
+        self.give_back(conn);
+        out
+    }
+
+    /// A read connection from the pool, or a new one when all are in use.
+    fn reader(&self) -> Result<Connection> {
+        let pooled = self.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        match pooled {
+            Some(c) => Ok(c),
+            None => open_connection(&self.path, self.durability).map_err(unavailable),
+        }
+    }
+
+    /// Returns a read connection to the pool (closed if the pool is full).
+    fn give_back(&self, conn: Connection) {
         let mut pool = self.readers.lock().unwrap_or_else(|p| p.into_inner());
         if pool.len() < READER_POOL {
             pool.push(conn);
         }
-        out
     }
 
     /// [`Self::read`] that SQLite interrupts once `deadline` has passed (checked every
@@ -355,11 +365,7 @@ impl SqliteStore {
         };
         let fired = Arc::new(AtomicBool::new(false));
         let flag = fired.clone();
-        let pooled = self.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        let mut conn = match pooled {
-            Some(c) => c,
-            None => open_connection(&self.path, self.durability).map_err(unavailable)?,
-        };
+        let mut conn = self.reader()?;
         conn.progress_handler(
             PROGRESS_OPS,
             Some(move || {
@@ -371,12 +377,8 @@ impl SqliteStore {
         .map_err(unavailable)?;
         let out = f(&conn);
         // A pooled connection must not keep this query's handler.
-        let cleared = conn.progress_handler(0, None::<fn() -> bool>).is_ok();
-        if cleared {
-            let mut pool = self.readers.lock().unwrap_or_else(|p| p.into_inner());
-            if pool.len() < READER_POOL {
-                pool.push(conn);
-            }
+        if conn.progress_handler(0, None::<fn() -> bool>).is_ok() {
+            self.give_back(conn);
         }
         if fired.load(Ordering::Relaxed) {
             return Err(StoreError::scan_timed_out());
