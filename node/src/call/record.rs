@@ -1,0 +1,267 @@
+//! A call's records: the record in progress (written at admission and at answer), the
+//! final record and its log entry when the call ends, and the record of a call that
+//! could not be carried at all.
+
+use super::*;
+
+impl Call {
+    /// The call's record as it stands, in progress (state `active`): written at
+    /// admission and at answer, so the store knows every call a node carries.
+    pub(super) fn progress_record(&self) -> CallRecord {
+        let mut record = base_record(
+            &self.ctx,
+            &self.id,
+            &self.number,
+            &self.caller,
+            self.started,
+            self.started_at_ms,
+        );
+        record.state = CallState::Active;
+        record.ended_at = 0;
+        record.destination_number = self.b.as_ref().map(|b| b.destination.clone());
+        record.answered_at = self.answered.map(|(_, ms)| ms);
+        record.result = if self.answered.is_some() {
+            CallResult::Answered
+        } else {
+            CallResult::Failed
+        };
+        record.sip_code = if self.answered.is_some() { 200 } else { 0 };
+        record.trunk = self
+            .last_trunk
+            .map(|t| self.ctx.routing.trunks[t].name.clone());
+        record.attempts = self.attempts.clone();
+        record
+    }
+
+    pub(super) fn finish(&mut self) {
+        if self.phase == Phase::Done {
+            return;
+        }
+        self.phase = Phase::Done;
+        self.stop_ring_timer();
+        self.stop_ring_guard();
+        // Stamped before the lines go: the next queued caller may be answered on
+        // another worker within milliseconds, and its `answered_at` must not come
+        // before this call's `ended_at` (a line's calls never overlap in the log).
+        let ended_at_ms = now_ms();
+        self.held_lines.clear(); // the next queued caller may go
+        self.leave_queue();
+        let ended = self.talk_end.unwrap_or_else(Instant::now);
+        let ring_end = self.answered.map(|(t, _)| t).unwrap_or(ended);
+        let mut record = base_record(
+            &self.ctx,
+            &self.id,
+            &self.number,
+            &self.caller,
+            self.started,
+            self.started_at_ms,
+        );
+        record.ended_at = ended_at_ms;
+        record.destination_number = self.b.as_ref().map(|b| b.destination.clone());
+        record.answered_at = self.answered.map(|(_, ms)| ms);
+        record.ring_seconds = rounded_seconds(ring_end.duration_since(self.started));
+        record.talk_seconds = self
+            .answered
+            .map(|(t, _)| rounded_seconds(ended.duration_since(t)))
+            .unwrap_or(0);
+        record.result = self.result;
+        record.sip_code = self.upstream_code;
+        record.end_reason = self.end_reason.map(str::to_string);
+        if !self.nodes.is_empty() {
+            record.nodes = self.carried_by();
+            record.taken_over_at = self.taken_over_at;
+        }
+        record.ivr_digits = Some(self.ivr_digits.clone()).filter(|d| !d.is_empty());
+        self.attempt_ended(0, "cancelled"); // still open: the caller hung up first
+        record.attempts = std::mem::take(&mut self.attempts);
+        record.judgement_digit = self.judgement_digit.map(String::from);
+        if let Some(closed) = self.closed_result {
+            // Answered by the closed-hours destination: the record still says why.
+            record
+                .tracking_params
+                .insert("closed".into(), closed.to_string());
+        }
+        record.trunk = self
+            .last_trunk
+            .map(|t| self.ctx.routing.trunks[t].name.clone());
+        if let Some(r) = &self.relay {
+            (record.rtp_packets_in, record.rtp_packets_out) = r.stats.packets();
+            record.rtp_lost = r.stats.lost();
+        }
+        let (ring_seconds, talk_seconds) = (record.ring_seconds, record.talk_seconds);
+        let (pin, pout) = (record.rtp_packets_in, record.rtp_packets_out);
+        let m = &self.ctx.metrics.calls;
+        m.ended
+            .get_or_create(&ResultLabel {
+                result: self.result.as_str(),
+            })
+            .inc();
+        m.ring_seconds
+            .observe(ring_end.duration_since(self.started).as_secs_f64());
+        if self.attempt > 0 {
+            m.attempts.observe(f64::from(self.attempt));
+        }
+        if let Some((t, _)) = self.answered {
+            m.talk_seconds
+                .observe(ended.duration_since(t).as_secs_f64());
+        }
+        tracing::info!(result = %self.result, ring_seconds, talk_seconds, rtp_in = pin, rtp_out = pout, "call ended");
+        let mut entry = log_entry(record, &self.number);
+        entry.caller_verified = self.caller_verified;
+        match (self.recording.take(), self.relay.as_ref()) {
+            (Some(rel), Some(relay)) => {
+                // The record waits for the recording file to be complete.
+                let (log, metrics, span) = (
+                    self.ctx.log.clone(),
+                    self.ctx.metrics.calls.clone(),
+                    self.span.clone(),
+                );
+                let mut entry = entry;
+                // A call taken over records in parts: this node's part covers the talk
+                // time since it started.
+                let mut parts = self.recording_parts.clone();
+                let covered =
+                    talk_seconds.saturating_sub((self.recording_offset_ms.max(0) / 1000) as u32);
+                if !parts.is_empty() {
+                    parts.push(tsunagu_store::RecordingPart {
+                        node: self.ctx.node_id.clone(),
+                        path: rel.clone(),
+                        offset_ms: self.recording_offset_ms,
+                    });
+                }
+                relay.stop_recording(Box::new(move |outcome| {
+                    let mut status = recording_status(outcome.seconds, covered, outcome.error.is_some());
+                    if status == RecordingStatus::Missing && parts.len() > 1 {
+                        // Earlier parts hold the call's audio; this one (the call ended
+                        // as it moved here) holds none.
+                        status = RecordingStatus::Truncated;
+                    }
+                    span.in_scope(|| tracing::info!(seconds = outcome.seconds, status = %status, error = ?outcome.error, "recording closed"));
+                    metrics.recordings.get_or_create(&StatusLabel { status: status.as_str() }).inc();
+                    entry.record.recording = Some(parts.first().map_or(rel, |p| p.path.clone()));
+                    entry.record.recording_status = Some(status);
+                    entry.record.recording_parts = parts;
+                    log.write(entry);
+                }));
+            }
+            _ => self.ctx.log.write(entry),
+        }
+        self.logged.store(true, Ordering::Release);
+        self.ep().unregister(&self.a.info.call_id);
+        if let Some(b) = &self.b {
+            self.ep().unregister(b.call_id());
+        }
+        self.relay = None;
+    }
+}
+
+/// Whether a closed recording holds the conversation: audio within 1.5 s of the talk
+/// time and no write error is complete.
+pub fn recording_status(seconds: f64, talk_seconds: u32, write_failed: bool) -> RecordingStatus {
+    if seconds <= 0.0 {
+        RecordingStatus::Missing
+    } else if write_failed || seconds + 1.5 < f64::from(talk_seconds) {
+        RecordingStatus::Truncated
+    } else {
+        RecordingStatus::Complete
+    }
+}
+
+/// Seconds rounded to the nearest second, as call logs count them.
+fn rounded_seconds(d: Duration) -> u32 {
+    ((d.as_millis() + 500) / 1000) as u32
+}
+
+/// A call's record before its outcome is known: who, what, when, and result `failed`
+/// with nothing answered. Validity is judged later by the call-log writer.
+fn base_record(
+    ctx: &NodeContext,
+    id: &str,
+    number: &TrackingNumber,
+    caller: &Caller,
+    started: Instant,
+    started_at_ms: i64,
+) -> CallRecord {
+    CallRecord {
+        call_id: id.to_string(),
+        operator_id: number.operator_id.clone(),
+        advertiser_id: number.advertiser_id.clone(),
+        tracking_number: number.number.clone(),
+        caller_number: caller.number.clone(),
+        caller_kind: caller.kind,
+        destination_number: None,
+        started_at: started_at_ms,
+        answered_at: None,
+        ended_at: now_ms(),
+        ring_seconds: rounded_seconds(started.elapsed()),
+        talk_seconds: 0,
+        result: CallResult::Failed,
+        validity: Validity::InvalidShort,
+        ivr_digits: None,
+        judgement_digit: None,
+        recording: None,
+        tracking_params: number.tracking_params.clone(),
+        node: ctx.node_id.clone(),
+        sip_code: 500,
+        trunk: None,
+        rtp_packets_in: 0,
+        rtp_packets_out: 0,
+        rtp_lost: 0,
+        callback_of: None,
+        recording_status: None,
+        attempts: Vec::new(),
+        state: CallState::Ended,
+        end_reason: None,
+        nodes: Vec::new(),
+        taken_over_at: None,
+        recording_parts: Vec::new(),
+        owner_epoch: ctx.epoch.load(Ordering::Relaxed),
+    }
+}
+
+fn log_entry(record: CallRecord, number: &Arc<TrackingNumber>) -> LogEntry {
+    LogEntry {
+        record,
+        number: number.clone(),
+        caller_verified: false,
+    }
+}
+
+/// The record of a call whose actor died (or was abandoned at shutdown, with
+/// `end_reason`): what the call table knows, result `failed`.
+pub fn failed_record(ctx: &NodeContext, seed: &CallSeed, end_reason: Option<&str>) -> LogEntry {
+    let mut record = base_record(
+        ctx,
+        &seed.id,
+        &seed.number,
+        &seed.caller,
+        seed.started,
+        seed.started_at_ms,
+    );
+    record.end_reason = end_reason.map(str::to_string);
+    log_entry(record, &seed.number)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recording_statuses() {
+        let rows = [
+            (0.0, 10, false, RecordingStatus::Missing),
+            (0.0, 0, true, RecordingStatus::Missing),
+            (9.0, 10, false, RecordingStatus::Complete),
+            (8.4, 10, false, RecordingStatus::Truncated),
+            (9.9, 10, true, RecordingStatus::Truncated),
+            (0.5, 0, false, RecordingStatus::Complete),
+        ];
+        for (seconds, talk, failed, want) in rows {
+            assert_eq!(
+                recording_status(seconds, talk, failed),
+                want,
+                "{seconds} {talk} {failed}"
+            );
+        }
+    }
+}
