@@ -6,6 +6,7 @@
 //! injection (OWASP: a leading `=`, `+`, `-`, `@`, tab or CR gets a `'`).
 
 use crate::auth::OperatorId;
+use crate::searches::Refusal;
 use crate::{db, rfc3339, ApiError, ApiState};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap};
@@ -391,31 +392,33 @@ pub async fn list(
     // thread), and each stopped by the store once its time is up, so a search the
     // request timeout answered 408 does not scan on.
     let d = &st.defences;
-    let Ok(permit) = d.searches.clone().try_acquire_owned() else {
+    let permit = d.searches.try_start(&query.operator_id).map_err(|why| {
         d.metrics.searches_refused.inc();
-        return Err(
-            ApiError::unavailable("too many call searches are running; try again shortly")
-                .retry_after(1),
-        );
-    };
+        let message = match why {
+            Refusal::Node => "too many call searches are running; try again shortly",
+            Refusal::Operator => {
+                "this operator already runs as many call searches as it may; try again shortly"
+            }
+        };
+        ApiError::unavailable(message).retry_after(1)
+    })?;
     query.deadline = Some(std::time::Instant::now() + d.search_timeout);
+    let metrics = d.metrics.clone();
     let rows = db(&st, move |s| {
         // Held by the scan itself: a search whose request was answered 408 keeps its
-        // place until the store stops it.
+        // place until the store stops it, and is counted even then.
         let _permit = permit;
         let mut rows = Vec::new();
-        s.scan_calls(&query, &mut |r| {
+        let scanned = s.scan_calls(&query, &mut |r| {
             rows.push(r);
             true
-        })?;
-        Ok(rows)
-    })
-    .await
-    .inspect_err(|e| {
-        if e.code == "search_timeout" {
-            d.metrics.searches_timed_out.inc();
+        });
+        if let Err(tsunagu_store::StoreError::TimedOut(_)) = &scanned {
+            metrics.searches_timed_out.inc();
         }
-    })?;
+        scanned.map(|()| rows)
+    })
+    .await?;
     let next = (rows.len() == limit)
         .then(|| rows.last().map(encode_cursor))
         .flatten();
@@ -446,35 +449,64 @@ mod tests {
     use tsunagu_store::conformance::sample_call;
     use tsunagu_store::Store;
 
-    /// Searches past `api.max_searches` are refused at once (503 with Retry-After),
-    /// not queued behind the running ones; when one ends the next is served.
+    /// Searches past `api.max_searches` (in all) or `api.max_searches_per_operator`
+    /// are refused at once (503 with Retry-After), not queued behind the running ones;
+    /// one operator at its cap does not block another; when one ends the next is
+    /// served.
     #[tokio::test]
     async fn searches_past_the_cap_are_refused_at_once() {
         let config = ApiConfig {
-            max_searches: 2,
+            max_searches: 3,
+            max_searches_per_operator: 2,
             ..ApiConfig::default()
         };
         let a = api_with(&config, |_| {});
         a.store
             .insert_calls(&[sample_call(&a.operator, &a.advertiser, 1_000)], &[])
             .unwrap();
-        // Two searches still scanning (their permits, as a running search holds one).
+        // Two of this operator's searches still scanning (a running search holds a
+        // permit while the store reads).
         let searches = a.state.defences.searches.clone();
-        let running = searches.clone().try_acquire_many_owned(2).unwrap();
+        let mut running = vec![
+            searches.try_start(&a.operator).unwrap(),
+            searches.try_start(&a.operator).unwrap(),
+        ];
         let refused = a.get("/v1/calls").await;
         assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(refused.headers["retry-after"], "1");
         assert_eq!(refused.json()["error"]["code"], "unavailable");
+        assert!(
+            refused.text().contains("this operator"),
+            "{}",
+            refused.text()
+        );
         assert_eq!(a.state.defences.metrics.searches_refused.get(), 1);
+        // Other operators still have room; once the node runs three searches in all
+        // it is full for everyone.
+        running.pop();
+        running.push(searches.try_start("op_other").unwrap());
+        running.push(searches.try_start("op_third").unwrap());
+        let full = a.get("/v1/calls").await;
+        assert_eq!(full.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(full.text().contains("too many"), "{}", full.text());
         drop(running);
         let served = a.get("/v1/calls").await;
         assert_eq!(served.status, StatusCode::OK, "{}", served.text());
         assert_eq!(served.json()["calls"].as_array().unwrap().len(), 1);
-        assert_eq!(
-            searches.available_permits(),
-            2,
-            "a search gives its place back"
-        );
+        assert_eq!(searches.running(), 0, "a search gives its place back");
+    }
+
+    #[test]
+    fn a_search_ends_before_its_request() {
+        // (api.search_timeout_seconds, api.request_timeout_seconds) -> budget in ms
+        let rows = [(10, 60, 10_000), (60, 60, 59_750), (10, 1, 750), (0, 60, 0)];
+        for (search, request, want) in rows {
+            assert_eq!(
+                crate::search_budget(search, request),
+                Duration::from_millis(want),
+                "{search} {request}"
+            );
+        }
     }
 
     /// A search that runs out of `api.search_timeout_seconds` is stopped by the store
@@ -490,7 +522,7 @@ mod tests {
         assert_eq!(stopped.status, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(stopped.json()["error"]["code"], "search_timeout");
         assert_eq!(a.state.defences.metrics.searches_timed_out.get(), 1);
-        assert_eq!(a.state.defences.searches.available_permits(), 8);
+        assert_eq!(a.state.defences.searches.running(), 0);
         // The default budget serves the same search.
         let served = api().get("/v1/calls?result=busy").await;
         assert_eq!(served.status, StatusCode::OK, "{}", served.text());

@@ -29,6 +29,7 @@ mod pools;
 mod prompts;
 mod recording_join;
 mod recordings;
+pub mod searches;
 pub mod serve;
 mod tag;
 #[cfg(test)]
@@ -99,8 +100,8 @@ pub struct Defences {
     /// One permit per running CSV/TSV export.
     pub exports: Arc<tokio::sync::Semaphore>,
     pub export_send_timeout: Duration,
-    /// One permit per running JSON call search.
-    pub searches: Arc<tokio::sync::Semaphore>,
+    /// The JSON call searches running, in all and per operator.
+    pub searches: Arc<searches::SearchLimits>,
     /// How long a JSON call search may read the store.
     pub search_timeout: Duration,
     /// `/metrics` needs this bearer token when set.
@@ -119,19 +120,23 @@ impl Defences {
             issue: limit::IssueLimiter::new(&c.issue, now_ms()),
             exports: Arc::new(tokio::sync::Semaphore::new(c.max_exports as usize)),
             export_send_timeout: Duration::from_secs(c.export_send_timeout_seconds.into()),
-            searches: Arc::new(tokio::sync::Semaphore::new(c.max_searches as usize)),
-            // Never past the request's own timeout: its client has had a 408 by then.
-            search_timeout: Duration::from_secs(
-                c.search_timeout_seconds
-                    .min(c.request_timeout_seconds)
-                    .into(),
-            ),
+            searches: searches::SearchLimits::new(c.max_searches, c.max_searches_per_operator),
+            search_timeout: search_budget(c.search_timeout_seconds, c.request_timeout_seconds),
             metrics_token: c.metrics_token.clone(),
             metrics_on_api: c.metrics_listen.is_none(),
             pool_labels: c.pool_metrics.iter().cloned().collect(),
             metrics,
         }
     }
+}
+
+/// How long a JSON search may read the store: `api.search_timeout_seconds`, but a
+/// quarter second less than the request's own timeout at most, so that the store
+/// stops it, and its client hears `search_timeout`, before the request is answered 408.
+fn search_budget(search_seconds: u32, request_seconds: u32) -> Duration {
+    let request = Duration::from_secs(request_seconds.into());
+    Duration::from_secs(search_seconds.into())
+        .min(request.saturating_sub(Duration::from_millis(250)))
 }
 
 /// The router of `api.metrics_listen`: `/metrics` (and `/healthz`) only.

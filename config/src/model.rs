@@ -302,9 +302,14 @@ pub struct ApiConfig {
     /// with Retry-After (each holds a store connection and a blocking thread).
     #[serde(default = "default_api_max_searches")]
     pub max_searches: u32,
+    /// JSON call searches one operator may run at once (so that one operator's slow
+    /// searches do not keep the others' answered 503).
+    #[serde(default = "default_api_max_searches_per_operator")]
+    pub max_searches_per_operator: u32,
     /// A JSON call search that has not finished reading the store in this long is
     /// stopped and answered 503 (a filter over years of calls would otherwise scan on
-    /// after its client was answered 408).
+    /// after its client was answered 408). Capped a quarter second below
+    /// `request_timeout_seconds`, so the client hears why.
     #[serde(default = "default_api_search_timeout")]
     pub search_timeout_seconds: u32,
     /// An export whose client takes no data for this long is cut.
@@ -339,6 +344,7 @@ impl Default for ApiConfig {
             request_timeout_seconds: default_api_request_timeout(),
             max_exports: default_api_max_exports(),
             max_searches: default_api_max_searches(),
+            max_searches_per_operator: default_api_max_searches_per_operator(),
             search_timeout_seconds: default_api_search_timeout(),
             export_send_timeout_seconds: default_api_export_send_timeout(),
             metrics_listen: None,
@@ -866,6 +872,9 @@ fn default_api_max_exports() -> u32 {
 }
 fn default_api_max_searches() -> u32 {
     8
+}
+fn default_api_max_searches_per_operator() -> u32 {
+    2
 }
 fn default_api_search_timeout() -> u32 {
     10

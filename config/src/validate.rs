@@ -409,6 +409,7 @@ impl Config {
             ("api.request_timeout_seconds", a.request_timeout_seconds),
             ("api.max_exports", a.max_exports),
             ("api.max_searches", a.max_searches),
+            ("api.max_searches_per_operator", a.max_searches_per_operator),
             ("api.search_timeout_seconds", a.search_timeout_seconds),
             (
                 "api.export_send_timeout_seconds",
@@ -429,6 +430,7 @@ impl Config {
                 err(path.into(), "must be at least 1".into());
             }
         }
+
         let day = 86_400;
         for (path, v) in [
             ("api.header_timeout_seconds", a.header_timeout_seconds),
@@ -758,6 +760,7 @@ mod tests {
                 &["api.metrics_listen"],
             ),
             ("unknown api.issue key", "[api.issue]\nper_hour = 1\n", &["api.issue.per_hour"]),
+
             ("unknown notify key", "[notify.smtp]\nhost = \"h\"\nfrom = \"a@b\"\ntls = true\n", &["notify.smtp.tls"]),
             (
                 "notify limits",

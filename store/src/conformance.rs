@@ -749,6 +749,11 @@ fn a_search_stops_at_its_deadline(s: &dyn Store) {
     });
     assert!(matches!(late, Err(StoreError::TimedOut(_))), "{late:?}");
     assert!(seen < calls.len(), "the scan read on past its deadline");
+    // The next reads without a deadline (on the connection that scan gave back) see
+    // every row: its deadline, long past, stays with it.
+    for _ in 0..4 {
+        assert_eq!(collect(s, &query(None)).len(), calls.len());
+    }
     let far = Instant::now() + Duration::from_secs(3600);
     assert_eq!(collect(s, &query(Some(far))).len(), calls.len());
     assert_eq!(collect(s, &query(None)).len(), calls.len());
@@ -1140,6 +1145,21 @@ fn clients_hold_at_most_their_cap(s: &dyn Store) {
         .issue_lease(&pool, None, &BTreeMap::new(), t + 10_002)
         .unwrap()
         .is_some());
+    // Both caps reached at once: the session's is the one reported, on every backend.
+    let (one_time, numbers) = sample_pool(&op.id, &adv.id, PoolMode::OneTime, 4, 10, 0);
+    s.create_pool(&one_time, &numbers).unwrap();
+    let both = |session: &str| {
+        let caps = LeaseCaps {
+            per_session: Some(1),
+            client: Some(("198.51.100.1", 2)),
+        };
+        s.issue_lease_capped(&one_time, Some(session), &BTreeMap::new(), t, caps)
+            .unwrap()
+    };
+    assert!(matches!(both("a"), IssueOutcome::Leased(_)));
+    assert!(matches!(both("b"), IssueOutcome::Leased(_)));
+    assert!(matches!(both("a"), IssueOutcome::SessionFull { .. }));
+    assert!(matches!(both("c"), IssueOutcome::ClientFull { .. }));
 }
 
 /// The client cap holds against parallel issuers on several connections: eight

@@ -29,17 +29,23 @@ impl Inner {
             .await?;
         if let (IssueOutcome::Leased(lease), Some((client, _))) = (&outcome, caps.client) {
             let ttl = ttl_seconds(lease.expires_at, now, 0);
-            self.write(
-                q::CL_PUT,
-                (
-                    pool.id.as_str(),
-                    client,
-                    lease.number.as_str(),
-                    lease.expires_at,
-                    ttl,
-                ),
-            )
-            .await?;
+            let counted = self
+                .write(
+                    q::CL_PUT,
+                    (
+                        pool.id.as_str(),
+                        client,
+                        lease.number.as_str(),
+                        lease.expires_at,
+                        ttl,
+                    ),
+                )
+                .await;
+            // The number is leased: answering an error would lose it for its hold
+            // time. The client's count misses it instead (logged).
+            if let Err(e) = counted {
+                tracing::warn!(%e, pool = %pool.id, "a client's lease was not counted");
+            }
         }
         Ok(outcome)
     }
@@ -114,15 +120,16 @@ impl Inner {
                     }
                 }
             }
-            if let Some(full) = self.client_full(pool, caps, now).await? {
-                return Ok(full);
-            }
             let (slot, seen) = match choose_slot(&slots, now, cap) {
                 SlotChoice::Full { retry_at_ms } => {
                     return Ok(IssueOutcome::SessionFull { retry_at_ms })
                 }
                 SlotChoice::Take { slot, seen_claim } => (slot, seen_claim),
             };
+            // After the session's cap, as the embedded store checks them.
+            if let Some(full) = self.client_full(pool, caps, now).await? {
+                return Ok(full);
+            }
             let claim = crate::new_id("claim");
             let reserved = match &seen {
                 None => {

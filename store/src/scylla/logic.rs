@@ -207,10 +207,16 @@ pub fn lease_to_extend(slots: &[SessionSlot], now: i64) -> Option<&SessionSlot> 
 }
 
 /// When a client holding leases that end at `live` (its live ones) has reached
-/// `cap`: the end of the earliest (when it may try again; `now` if it holds none),
-/// else None.
+/// `cap`: the end that brings it under the cap again (its (held - cap + 1)-th to
+/// end: more than one must end if it holds more than its cap) or `now` if it holds
+/// none; else None.
 pub fn client_cap_reached(live: &[i64], cap: u32, now: i64) -> Option<i64> {
-    (live.len() >= cap as usize).then(|| live.iter().copied().min().unwrap_or(now))
+    if live.len() < cap as usize {
+        return None;
+    }
+    let mut ends = live.to_vec();
+    ends.sort_unstable();
+    Some(ends.get(live.len() - cap as usize).copied().unwrap_or(now))
 }
 
 /// What a session may do about a new lease.
@@ -396,11 +402,13 @@ mod tests {
     #[test]
     fn a_client_reaches_its_cap_with_as_many_live_leases() {
         // (ends of the client's live leases, cap, now) -> when it may try again
-        let cases: [(&[i64], u32, i64, Option<i64>); 5] = [
+        let cases: [(&[i64], u32, i64, Option<i64>); 6] = [
             (&[], 2, 100, None),
             (&[500], 2, 100, None),
             (&[500, 300], 2, 100, Some(300)),
-            (&[500, 300, 900], 2, 100, Some(300)),
+            // Over its cap (a race, a lowered cap): two must end.
+            (&[500, 300, 900], 2, 100, Some(500)),
+            (&[500, 300, 900], 1, 100, Some(900)),
             (&[], 0, 100, Some(100)),
         ];
         for (live, cap, now, want) in cases {

@@ -235,15 +235,26 @@ impl SqliteStore {
                 }
             }
             if let Some((client, cap)) = caps.client {
-                let (held, earliest): (i64, Option<i64>) = tx
+                let held: i64 = tx
                     .prepare_cached(
-                        "SELECT COUNT(*), MIN(expires_at) FROM leases \
+                        "SELECT COUNT(*) FROM leases \
                          WHERE pool_id = ?1 AND client = ?2 AND expires_at > ?3",
                     )?
-                    .query_row(params![pool.id, client, now], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                    .query_row(params![pool.id, client, now], |r| r.get(0))?;
                 if held >= i64::from(cap) {
+                    // When the client is back under its cap: the end of its
+                    // (held - cap + 1)-th lease to end (more than one if the cap was
+                    // lowered), not merely of the first.
+                    let retry_at_ms: Option<i64> = tx
+                        .prepare_cached(
+                            "SELECT expires_at FROM leases \
+                             WHERE pool_id = ?1 AND client = ?2 AND expires_at > ?3 \
+                             ORDER BY expires_at LIMIT 1 OFFSET ?4",
+                        )?
+                        .query_row(params![pool.id, client, now, held - i64::from(cap)], |r| r.get(0))
+                        .optional()?;
                     return Ok(IssueOutcome::ClientFull {
-                        retry_at_ms: earliest.unwrap_or(now),
+                        retry_at_ms: retry_at_ms.unwrap_or(now),
                     });
                 }
             }
