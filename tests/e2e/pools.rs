@@ -4,6 +4,46 @@
 
 use crate::harness::*;
 
+/// An operator with an advertiser on `node`: (its API key, the advertiser's id).
+fn shop(node: &Node) -> (String, String) {
+    let op = node.send("POST", "/v1/operators", Some(ADMIN), r#"{"name": "op"}"#);
+    let key = op.json()["api_key"].as_str().unwrap().to_string();
+    let adv = node.send("POST", "/v1/advertisers", Some(&key), r#"{"name": "shop"}"#);
+    (key, adv.json()["id"].as_str().unwrap().to_string())
+}
+
+/// A pool of 30 numbers `05{stem}NNNN` that pages of https://shop.example may issue.
+fn page_pool(node: &Node, key: &str, adv: &str, stem: &str, mode: &str) -> String {
+    let numbers: Vec<String> = (0..30).map(|i| format!("\"05{stem}{i:04}\"")).collect();
+    let body = format!(
+        r#"{{"advertiser_id": "{adv}", "mode": "{mode}", "numbers": [{}], "allowed_origins": ["https://shop.example"], "destinations": [{{"number": "0311112222"}}]}}"#,
+        numbers.join(",")
+    );
+    let r = node.send("POST", "/v1/pools", Some(key), &body);
+    assert_eq!(r.status, 201, "{}", r.body);
+    r.json()["id"].as_str().unwrap().to_string()
+}
+
+/// A page's issue request for `pool` from the address `from`, as a browser on
+/// https://shop.example sends it: `params` (a JSON object), an optional
+/// X-Forwarded-For.
+fn page_issue(api: u16, from: &str, pool: &str, params: &str, xff: Option<&str>) -> Response {
+    let mut headers = vec![("Origin", "https://shop.example")];
+    if let Some(x) = xff {
+        headers.push(("X-Forwarded-For", x));
+    }
+    http_from(
+        from,
+        api,
+        "POST",
+        &format!("/v1/pools/{pool}/issue"),
+        None,
+        &format!(r#"{{"params": {params}}}"#),
+        &headers,
+    )
+    .expect("issue")
+}
+
 #[test]
 fn issued_numbers_carry_tracking_parameters_into_call_logs() {
     let ports = Ports::take();
@@ -176,41 +216,16 @@ fn a_page_in_a_loop_cannot_drain_a_pool() {
         r#"trusted_proxies = ["127.0.0.4/32"]"#,
         "[api.issue]\nper_address_per_minute = 1\nper_address_burst = 5\nper_pool_per_minute = 1\nper_pool_burst = 8\nmax_leases_per_session = 2\n",
     );
-    let op = node.send("POST", "/v1/operators", Some(ADMIN), r#"{"name": "op"}"#);
-    let key = op.json()["api_key"].as_str().unwrap().to_string();
-    let adv = node.send("POST", "/v1/advertisers", Some(&key), r#"{"name": "shop"}"#);
-    let adv = adv.json()["id"].as_str().unwrap().to_string();
-    let pool = |stem: &str, mode: &str| {
-        let numbers: Vec<String> = (0..30).map(|i| format!("\"05{stem}{i:04}\"")).collect();
-        let body = format!(
-            r#"{{"advertiser_id": "{adv}", "mode": "{mode}", "numbers": [{}], "allowed_origins": ["https://shop.example"], "destinations": [{{"number": "0311112222"}}]}}"#,
-            numbers.join(",")
-        );
-        let r = node.send("POST", "/v1/pools", Some(&key), &body);
-        assert_eq!(r.status, 201, "{}", r.body);
-        r.json()["id"].as_str().unwrap().to_string()
-    };
+    let (key, adv) = shop(&node);
+    let pool = |stem: &str, mode: &str| page_pool(&node, &key, &adv, stem, mode);
     let (a, b, c) = (
         pool("1111", "dynamic"),
         pool("2222", "dynamic"),
         pool("3333", "one_time"),
     );
     let page = |from: &str, pool: &str, session: &str, xff: Option<&str>| {
-        let mut headers = vec![("Origin", "https://shop.example")];
-        if let Some(x) = xff {
-            headers.push(("X-Forwarded-For", x));
-        }
-        let body = format!(r#"{{"params": {{"session_id": "{session}"}}}}"#);
-        http_from(
-            from,
-            ports.api,
-            "POST",
-            &format!("/v1/pools/{pool}/issue"),
-            None,
-            &body,
-            &headers,
-        )
-        .expect("issue")
+        let params = format!(r#"{{"session_id": "{session}"}}"#);
+        page_issue(ports.api, from, pool, &params, xff)
     };
 
     let statuses: Vec<u16> = (0..30)
@@ -320,30 +335,9 @@ fn an_address_holds_at_most_its_cap_of_live_leases() {
         "",
         "[api.issue]\nper_address_per_minute = 600\nper_address_burst = 100\nper_pool_per_minute = 600\nper_pool_burst = 100\nmax_leases_per_address = 3\n",
     );
-    let op = node.send("POST", "/v1/operators", Some(ADMIN), r#"{"name": "op"}"#);
-    let key = op.json()["api_key"].as_str().unwrap().to_string();
-    let adv = node.send("POST", "/v1/advertisers", Some(&key), r#"{"name": "shop"}"#);
-    let adv = adv.json()["id"].as_str().unwrap().to_string();
-    let numbers: Vec<String> = (0..20).map(|i| format!("\"054444{i:04}\"")).collect();
-    let body = format!(
-        r#"{{"advertiser_id": "{adv}", "mode": "dynamic", "numbers": [{}], "allowed_origins": ["https://shop.example"], "destinations": [{{"number": "0311112222"}}]}}"#,
-        numbers.join(",")
-    );
-    let r = node.send("POST", "/v1/pools", Some(&key), &body);
-    assert_eq!(r.status, 201, "{}", r.body);
-    let pool = r.json()["id"].as_str().unwrap().to_string();
-    let page = |from: &str, params: &str| {
-        http_from(
-            from,
-            ports.api,
-            "POST",
-            &format!("/v1/pools/{pool}/issue"),
-            None,
-            &format!(r#"{{"params": {params}}}"#),
-            &[("Origin", "https://shop.example")],
-        )
-        .expect("issue")
-    };
+    let (key, adv) = shop(&node);
+    let pool = page_pool(&node, &key, &adv, "4444", "dynamic");
+    let page = |from: &str, params: &str| page_issue(ports.api, from, &pool, params, None);
     let first = page("127.0.0.1", r#"{"session_id": "v0"}"#);
     assert_eq!(first.status, 200, "{}", first.body);
     for i in 1..3 {

@@ -5,17 +5,22 @@
 use super::*;
 
 impl Call {
-    /// The call's record as it stands, in progress (state `active`): written at
-    /// admission and at answer, so the store knows every call a node carries.
-    pub(super) fn progress_record(&self) -> CallRecord {
-        let mut record = base_record(
+    /// What every record of this call says (see [`base_record`]).
+    fn base_record(&self) -> CallRecord {
+        base_record(
             &self.ctx,
             &self.id,
             &self.number,
             &self.caller,
             self.started,
             self.started_at_ms,
-        );
+        )
+    }
+
+    /// The call's record as it stands, in progress (state `active`): written at
+    /// admission and at answer, so the store knows every call a node carries.
+    pub(super) fn progress_record(&self) -> CallRecord {
+        let mut record = self.base_record();
         record.state = CallState::Active;
         record.ended_at = 0;
         record.destination_number = self.b.as_ref().map(|b| b.destination.clone());
@@ -48,14 +53,7 @@ impl Call {
         self.leave_queue();
         let ended = self.talk_end.unwrap_or_else(Instant::now);
         let ring_end = self.answered.map(|(t, _)| t).unwrap_or(ended);
-        let mut record = base_record(
-            &self.ctx,
-            &self.id,
-            &self.number,
-            &self.caller,
-            self.started,
-            self.started_at_ms,
-        );
+        let mut record = self.base_record();
         record.ended_at = ended_at_ms;
         record.destination_number = self.b.as_ref().map(|b| b.destination.clone());
         record.answered_at = self.answered.map(|(_, ms)| ms);
