@@ -214,10 +214,10 @@ pub(crate) fn validate_forwarding(
                 "must be 4 to 15 digits",
             ));
         }
-        if !(1..=300).contains(&d.ring_seconds) {
+        if !(1..=Destination::MAX_RING_SECONDS).contains(&d.ring_seconds) {
             return Err(ApiError::invalid(
                 &format!("destinations[{i}].ring_seconds"),
-                "must be 1 to 300",
+                format!("must be 1 to {}", Destination::MAX_RING_SECONDS),
             ));
         }
     }

@@ -18,12 +18,12 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::net::{IpAddr, SocketAddr};
-
-/// Webhooks one operator may have: each call event becomes this many deliveries.
-const MAX_WEBHOOKS: usize = 20;
 use std::sync::Arc;
 use std::time::Duration;
 use tsunagu_store::Webhook;
+
+/// Webhooks one operator may have: each call event becomes this many deliveries.
+const MAX_WEBHOOKS: usize = 20;
 
 /// How long a webhook host's name may take to resolve at registration.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);

@@ -238,6 +238,25 @@ pub fn next_version(sdp: &str) -> String {
     out
 }
 
+/// Whether an SDP body puts its audio on hold: `a=inactive`, `a=sendonly` or
+/// `a=recvonly` (RFC 3264 section 8.4; at session or media level), a connection
+/// address of 0.0.0.0 (RFC 2543), or the audio stream disabled (port 0). A held
+/// call may carry no RTP for as long as it is held, so the media timeout does not
+/// apply to it.
+pub fn holds(sdp: &str) -> bool {
+    sdp.lines().map(str::trim).any(|l| {
+        // `c=0.0.0.0`: the older way to hold (RFC 2543), still sent by some PBXs.
+        matches!(
+            l,
+            "a=inactive" | "a=sendonly" | "a=recvonly" | "c=IN IP4 0.0.0.0" | "c=IN IP6 ::"
+        ) || l
+            .strip_prefix("m=audio ")
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(media_port)
+            == Some(0)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -400,28 +419,6 @@ mod tests {
         .is_none());
         assert!(rewrite("garbage", "127.0.0.1".parse().unwrap(), 1).is_none());
     }
-}
-
-/// Whether an SDP body puts its audio on hold: `a=inactive`, `a=sendonly` or
-/// `a=recvonly` (RFC 3264 section 8.4; at session or media level), a connection
-/// address of 0.0.0.0 (RFC 2543), or the audio stream disabled (port 0). A held call may carry no RTP for as long as it is held,
-/// so the media timeout does not apply to it.
-pub fn holds(sdp: &str) -> bool {
-    sdp.lines().map(str::trim).any(|l| {
-        // `c=0.0.0.0`: the older way to hold (RFC 2543), still sent by some PBXs.
-        matches!(
-            l,
-            "a=inactive" | "a=sendonly" | "a=recvonly" | "c=IN IP4 0.0.0.0" | "c=IN IP6 ::"
-        ) || l
-            .strip_prefix("m=audio ")
-            .and_then(|rest| rest.split(' ').next())
-            .is_some_and(|port| port.split('/').next() == Some("0"))
-    })
-}
-
-#[cfg(test)]
-mod hold_tests {
-    use super::holds;
 
     #[test]
     fn what_puts_audio_on_hold() {

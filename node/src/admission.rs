@@ -120,7 +120,7 @@ impl InviteHandler for Admission {
         let t = &ctx.routing.trunks[trunk];
         // Counted now, in the same step as the limits are checked; given back if the
         // INVITE is refused below.
-        let slot = match CallSlot::try_take(ctx, trunk, t.max_channels) {
+        let slot = match CallSlot::try_take(ctx, trunk) {
             Ok(slot) => slot,
             Err(NoSlot::NodeFull) => return self.refuse(503, "node_full", invite),
             Err(NoSlot::TrunkChannels) => return self.refuse(503, "trunk_channels", invite),

@@ -102,19 +102,16 @@ fn channel_limit(max_channels: u32) -> usize {
 
 impl CallSlot {
     /// A slot for a new call from `trunk`, only if the node holds fewer than its
-    /// `max_calls` and the trunk fewer than `max_channels` (0: no limit). Each count is
-    /// checked and taken in one atomic step: INVITEs that several SIP shards admit at
-    /// the same instant cannot pass a limit together (they did while the check was
-    /// at admission and the count in the call's task, an await later).
-    pub fn try_take(
-        ctx: &Arc<NodeContext>,
-        trunk: usize,
-        max_channels: u32,
-    ) -> Result<CallSlot, NoSlot> {
+    /// `max_calls` and the trunk fewer than its `max_channels` (0: no limit). Each
+    /// count is checked and taken in one atomic step: INVITEs that several SIP shards
+    /// admit at the same instant cannot pass a limit together (they did while the
+    /// check was at admission and the count in the call's task, an await later).
+    pub fn try_take(ctx: &Arc<NodeContext>, trunk: usize) -> Result<CallSlot, NoSlot> {
         if !reserve_below(&ctx.active, ctx.max_calls) {
             return Err(NoSlot::NodeFull);
         }
         if let Some(c) = ctx.trunk_channels.get(trunk) {
+            let max_channels = ctx.routing.trunks.get(trunk).map_or(0, |t| t.max_channels);
             if !reserve_below(c, channel_limit(max_channels)) {
                 ctx.active.fetch_sub(1, Ordering::Relaxed);
                 return Err(NoSlot::TrunkChannels);

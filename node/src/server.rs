@@ -276,8 +276,10 @@ fn edge_settings(config: &Config, gate: tsunagu_sip::SendGate) -> EdgeSettings {
         // the caller, a destination's ring_seconds (at most 300, and not bounded by
         // max_ring once an IVR answered) for a forwarded leg; 32 s more for the answer
         // to be retransmitted or the CANCEL answered.
-        invite_limit: Duration::from_secs(sip.max_ring_seconds.max(MAX_DESTINATION_RING))
-            + tsunagu_sip::transaction::TIMEOUT,
+        invite_limit: Duration::from_secs(
+            sip.max_ring_seconds
+                .max(tsunagu_store::Destination::MAX_RING_SECONDS.into()),
+        ) + tsunagu_sip::transaction::TIMEOUT,
     }
 }
 
@@ -708,9 +710,6 @@ pub async fn run(
 
 /// How long ended calls may wait for the far ends' answers to BYE and CANCEL at the
 /// drain deadline before they are logged anyway.
-/// The longest a destination may ring (`ring_seconds`, checked by the API: 1 to 300).
-const MAX_DESTINATION_RING: u64 = 300;
-
 const DRAIN_ANSWERS: Duration = Duration::from_secs(2);
 
 /// Waits until no call runs, or `deadline`.

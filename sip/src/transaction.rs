@@ -127,7 +127,8 @@ struct ServerTx {
     state: State,
     last_response: Option<Bytes>,
     timers: Timers,
-    created: Instant,
+    /// When it began: the sweep's limit counts from here.
+    since: Instant,
 }
 
 struct ClientTx {
@@ -139,7 +140,9 @@ struct ClientTx {
     state: State,
     ack: Option<Bytes>,
     timers: Timers,
-    created: Instant,
+    /// When it was sent, or got its last provisional response: the INVITE limit
+    /// (Timer C) counts from here.
+    since: Instant,
 }
 
 struct Pending2xx {
@@ -289,7 +292,7 @@ impl Transactions {
                         interval: T1,
                         expire_at: None,
                     },
-                    created: now,
+                    since: now,
                 };
                 self.server.insert(key, tx);
                 self.arm_sweep(now);
@@ -426,7 +429,7 @@ impl Transactions {
                 interval: T1,
                 expire_at: Some(now + TIMEOUT),
             },
-            created: now,
+            since: now,
         };
         let next = tx.timers.next();
         let id = TimerId::Client(key.clone());
@@ -470,7 +473,7 @@ impl Transactions {
                 // restarts the INVITE limit (RFC 3261's Timer C), swept, not timed.
                 tx.timers.retransmit_at = None;
                 tx.timers.expire_at = None;
-                tx.created = now;
+                tx.since = now;
             } else if tx.timers.retransmit_at.is_some() {
                 tx.timers.interval = T2;
             }
@@ -503,10 +506,7 @@ impl Transactions {
 
     pub fn poll_timeout(&mut self) -> Option<Instant> {
         let timer = self.timers.first_key_value().map(|((at, _), _)| *at);
-        match (timer, self.next_sweep) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        timer.into_iter().chain(self.next_sweep).min()
     }
 
     fn arm_sweep(&mut self, now: Instant) {
@@ -534,7 +534,7 @@ impl Transactions {
             } else {
                 TIMEOUT
             };
-            tx.state != State::Proceeding || now.saturating_duration_since(tx.created) < limit
+            tx.state != State::Proceeding || now.saturating_duration_since(tx.since) < limit
         });
         for _ in 0..removed {
             out.push(Output::Abandoned { server: true });
@@ -543,7 +543,7 @@ impl Transactions {
         self.client.retain_segment(segment, |key, tx| {
             let stuck = key.method == Method::Invite
                 && tx.state == State::Proceeding
-                && now.saturating_duration_since(tx.created) >= invite_limit;
+                && now.saturating_duration_since(tx.since) >= invite_limit;
             if stuck {
                 timed_out.push((key.clone(), tx.call_id.clone()));
             }

@@ -497,7 +497,8 @@ impl Conn {
 /// Connections from strangers (sources no trunk trusts), in `sip.untrusted =
 /// "reject"` mode, where they may connect to be answered 403: a budget of their own,
 /// 32 at once and one per address, so that they can never take the slots of trunks
-/// or of the node's own outbound connections.
+/// or of the node's own outbound connections; idle, closed after 120 s (or the node's
+/// own idle timeout, if shorter).
 pub const STRANGER_LIMITS: StreamLimits = StreamLimits {
     max_connections: 32,
     max_per_source: 1,
@@ -509,15 +510,24 @@ pub const STRANGER_LIMITS: StreamLimits = StreamLimits {
 struct Table {
     conns: HashMap<SocketAddr, Conn>,
     per_source: HashMap<IpAddr, usize>,
-    total: usize,
-    /// Of which strangers' (see [`STRANGER_LIMITS`]).
+    /// Connections open with trusted sources and outbound (`limits`), and with
+    /// strangers ([`STRANGER_LIMITS`]): two budgets.
+    trusted: usize,
     strangers: usize,
 }
 
 impl Table {
-    /// Counts a connection with `ip` if the limits allow it: a stranger's against
-    /// [`STRANGER_LIMITS`] and the other strangers, anyone else's against `limits`
-    /// and everyone but the strangers.
+    /// The count of a stranger's connection, or of anyone else's.
+    fn count(&mut self, stranger: bool) -> &mut usize {
+        if stranger {
+            &mut self.strangers
+        } else {
+            &mut self.trusted
+        }
+    }
+
+    /// Counts a connection with `ip` if its budget allows it: a stranger's against
+    /// [`STRANGER_LIMITS`], anyone else's against `limits`.
     fn reserve(
         &mut self,
         ip: IpAddr,
@@ -525,22 +535,17 @@ impl Table {
         stranger: bool,
     ) -> Result<(), Refusal> {
         let from_source = self.per_source.get(&ip).copied().unwrap_or(0);
-        if stranger {
-            admit_connection(self.strangers, from_source, &STRANGER_LIMITS)?;
-            self.strangers += 1;
-        } else {
-            admit_connection(self.total - self.strangers, from_source, limits)?;
-        }
-        self.total += 1;
+        let limits = if stranger { &STRANGER_LIMITS } else { limits };
+        let count = self.count(stranger);
+        admit_connection(*count, from_source, limits)?;
+        *count += 1;
         *self.per_source.entry(ip).or_insert(0) += 1;
         Ok(())
     }
 
     fn release(&mut self, ip: IpAddr, stranger: bool) {
-        if stranger {
-            self.strangers = self.strangers.saturating_sub(1);
-        }
-        self.total = self.total.saturating_sub(1);
+        let count = self.count(stranger);
+        *count = count.saturating_sub(1);
         if let Some(n) = self.per_source.get_mut(&ip) {
             *n = n.saturating_sub(1);
             if *n == 0 {
@@ -790,7 +795,7 @@ impl StreamConnections {
         addr: SocketAddr,
         conn: Conn,
         mut rx: mpsc::UnboundedReceiver<Bytes>,
-        _slot: Slot,
+        slot: Slot,
     ) where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
     {
@@ -809,7 +814,11 @@ impl StreamConnections {
             transport: self.transport,
             addr,
         };
-        let idle = self.limits.idle_timeout;
+        let idle = if slot.stranger {
+            self.limits.idle_timeout.min(STRANGER_LIMITS.idle_timeout)
+        } else {
+            self.limits.idle_timeout
+        };
         let mut framer = Framer::new();
         let mut deadline = Instant::now() + idle;
         'read: loop {
@@ -1160,7 +1169,7 @@ CSeq: {cseq} {method}\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
             table.release(a, false);
         }
         assert!(
-            table.per_source.is_empty() && table.total == 0,
+            table.per_source.is_empty() && table.trusted + table.strangers == 0,
             "nothing kept"
         );
     }

@@ -142,7 +142,17 @@ pub trait Store: Send + Sync + 'static {
         session: Option<&str>,
         params: &BTreeMap<String, String>,
         now_ms: i64,
-    ) -> Result<Option<Lease>>;
+    ) -> Result<Option<Lease>> {
+        let uncapped = LeaseCaps::default();
+        Ok(
+            match self.issue_lease_capped(pool, session, params, now_ms, uncapped)? {
+                IssueOutcome::Leased(lease) => Some(lease),
+                IssueOutcome::Exhausted
+                | IssueOutcome::SessionFull { .. }
+                | IssueOutcome::ClientFull { .. } => None,
+            },
+        )
+    }
     /// The lease a number was under at `at_ms`, if any (attribution of a call).
     fn lease_at(&self, number: &str, at_ms: i64) -> Result<Option<Lease>>;
     /// Numbers of the pool under a live lease at `now_ms`.

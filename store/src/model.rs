@@ -66,9 +66,16 @@ pub struct Attempt {
 pub struct Destination {
     /// The advertiser's real phone number (digits).
     pub number: String,
-    /// How long it may ring before the call gives up on it.
+    /// How long it may ring before the call gives up on it (1 to
+    /// [`Destination::MAX_RING_SECONDS`]).
     #[serde(default = "default_ring_seconds")]
     pub ring_seconds: u32,
+}
+
+impl Destination {
+    /// The longest a destination may ring (the API refuses more; the SIP core keeps
+    /// an INVITE's transaction this long plus 32 s).
+    pub const MAX_RING_SECONDS: u32 = 300;
 }
 
 fn default_ring_seconds() -> u32 {

@@ -91,27 +91,18 @@ impl CallSink for CallHandle {
     fn deliver(&self, event: SipEvent) -> Result<(), Undelivered> {
         // What ends the call (a BYE, a CANCEL already answered 200) has room past a
         // flood of anything else.
-        let ends_call = matches!(&event, SipEvent::Request { request, .. } if request.method == Method::Bye)
-            || matches!(&event, SipEvent::Cancelled { .. });
-        let limit = if ends_call {
-            task::END_LIMIT
-        } else {
-            task::INBOX_LIMIT
+        let limit = match &event {
+            SipEvent::Request { request, .. } if request.method == Method::Bye => task::END_LIMIT,
+            SipEvent::Cancelled { .. } => task::END_LIMIT,
+            _ => task::INBOX_LIMIT,
         };
-        let (full, msg) = match self.0.deliver(CallMsg::Sip(Box::new(event)), limit) {
-            Ok(()) => return Ok(()),
-            Err(task::NotQueued::Full(m)) => (true, m),
-            Err(task::NotQueued::Gone(m)) => (false, m),
-        };
-        // What comes back is the SIP event sent.
-        let CallMsg::Sip(event) = msg else {
-            return Ok(());
-        };
-        Err(if full {
-            Undelivered::Busy(*event)
-        } else {
-            Undelivered::Gone(*event)
-        })
+        match self.0.deliver(CallMsg::Sip(Box::new(event)), limit) {
+            Ok(()) => Ok(()),
+            Err(task::NotQueued::Full(CallMsg::Sip(event))) => Err(Undelivered::Busy(*event)),
+            Err(task::NotQueued::Gone(CallMsg::Sip(event))) => Err(Undelivered::Gone(*event)),
+            // Only the SIP event sent can come back.
+            Err(_) => Ok(()),
+        }
     }
 }
 

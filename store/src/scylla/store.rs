@@ -1064,29 +1064,6 @@ impl Store for ScyllaStore {
         })
     }
 
-    fn issue_lease(
-        &self,
-        pool: &Pool,
-        session: Option<&str>,
-        params: &BTreeMap<String, String>,
-        now_ms: i64,
-    ) -> Result<Option<Lease>> {
-        Ok(
-            match self.wait(self.inner.lease(
-                pool,
-                session,
-                params,
-                now_ms,
-                LeaseCaps::default(),
-            ))? {
-                IssueOutcome::Leased(lease) => Some(lease),
-                IssueOutcome::Exhausted
-                | IssueOutcome::SessionFull { .. }
-                | IssueOutcome::ClientFull { .. } => None,
-            },
-        )
-    }
-
     fn lease_at(&self, number: &str, at_ms: i64) -> Result<Option<Lease>> {
         type LeaseRow = (
             Option<String>,

@@ -222,40 +222,13 @@ impl SqliteStore {
                 }
             }
             if let (Some(session), Some(cap)) = (session, caps.per_session) {
-                let (held, earliest): (i64, Option<i64>) = tx
-                    .prepare_cached(
-                        "SELECT COUNT(*), MIN(expires_at) FROM leases \
-                         WHERE pool_id = ?1 AND session = ?2 AND expires_at > ?3",
-                    )?
-                    .query_row(params![pool.id, session, now], |r| Ok((r.get(0)?, r.get(1)?)))?;
-                if held >= i64::from(cap) {
-                    return Ok(IssueOutcome::SessionFull {
-                        retry_at_ms: earliest.unwrap_or(now),
-                    });
+                if let Some(retry_at_ms) = cap_reached(&tx, Holder::Session, &pool.id, session, cap, now)? {
+                    return Ok(IssueOutcome::SessionFull { retry_at_ms });
                 }
             }
             if let Some((client, cap)) = caps.client {
-                let held: i64 = tx
-                    .prepare_cached(
-                        "SELECT COUNT(*) FROM leases \
-                         WHERE pool_id = ?1 AND client = ?2 AND expires_at > ?3",
-                    )?
-                    .query_row(params![pool.id, client, now], |r| r.get(0))?;
-                if held >= i64::from(cap) {
-                    // When the client is back under its cap: the end of its
-                    // (held - cap + 1)-th lease to end (more than one if the cap was
-                    // lowered), not merely of the first.
-                    let retry_at_ms: Option<i64> = tx
-                        .prepare_cached(
-                            "SELECT expires_at FROM leases \
-                             WHERE pool_id = ?1 AND client = ?2 AND expires_at > ?3 \
-                             ORDER BY expires_at LIMIT 1 OFFSET ?4",
-                        )?
-                        .query_row(params![pool.id, client, now, held - i64::from(cap)], |r| r.get(0))
-                        .optional()?;
-                    return Ok(IssueOutcome::ClientFull {
-                        retry_at_ms: retry_at_ms.unwrap_or(now),
-                    });
+                if let Some(retry_at_ms) = cap_reached(&tx, Holder::Client, &pool.id, client, cap, now)? {
+                    return Ok(IssueOutcome::ClientFull { retry_at_ms });
                 }
             }
             // The free number issued longest ago (never issued = 0, first), ties in pool order.
@@ -295,6 +268,45 @@ impl SqliteStore {
         .map(|busy| busy == 0)
         .map_err(unavailable)
     }
+}
+
+/// Who a lease cap counts for: the `leases` column naming it.
+#[derive(Clone, Copy)]
+enum Holder {
+    Session,
+    Client,
+}
+
+/// When `who` (a session or a client) holds `cap` live leases of the pool or more:
+/// when it is back under its cap, the end of its (held - cap + 1)-th lease to end
+/// (more than one must end if it holds more, after the cap was lowered); None while
+/// it is under.
+fn cap_reached(
+    tx: &rusqlite::Transaction,
+    holder: Holder,
+    pool_id: &str,
+    who: &str,
+    cap: u32,
+    now: i64,
+) -> rusqlite::Result<Option<i64>> {
+    let live = match holder {
+        Holder::Session => "FROM leases WHERE pool_id = ?1 AND session = ?2 AND expires_at > ?3",
+        Holder::Client => "FROM leases WHERE pool_id = ?1 AND client = ?2 AND expires_at > ?3",
+    };
+    let held: i64 = tx
+        .prepare_cached(&format!("SELECT COUNT(*) {live}"))?
+        .query_row(params![pool_id, who, now], |r| r.get(0))?;
+    let over = held - i64::from(cap);
+    if over < 0 {
+        return Ok(None);
+    }
+    let end: Option<i64> = tx
+        .prepare_cached(&format!(
+            "SELECT expires_at {live} ORDER BY expires_at LIMIT 1 OFFSET ?4"
+        ))?
+        .query_row(params![pool_id, who, now, over], |r| r.get(0))
+        .optional()?;
+    Ok(Some(end.unwrap_or(now)))
 }
 
 impl Store for SqliteStore {
@@ -716,23 +728,6 @@ impl Store for SqliteStore {
             })
             .map_err(unavailable)?;
         Ok(n > 0)
-    }
-
-    fn issue_lease(
-        &self,
-        pool: &Pool,
-        session: Option<&str>,
-        params: &BTreeMap<String, String>,
-        now: i64,
-    ) -> Result<Option<Lease>> {
-        Ok(
-            match self.lease(pool, session, params, now, LeaseCaps::default())? {
-                IssueOutcome::Leased(lease) => Some(lease),
-                IssueOutcome::Exhausted
-                | IssueOutcome::SessionFull { .. }
-                | IssueOutcome::ClientFull { .. } => None,
-            },
-        )
     }
 
     fn lease_at(&self, number: &str, at_ms: i64) -> Result<Option<Lease>> {
