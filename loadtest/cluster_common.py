@@ -89,7 +89,7 @@ class Cluster:
 
     def setting(self, name):
         """A setting of the members' configuration as written (e.g. worker_threads "1",
-        udp_receive_threads "false": the demo sets both), or None when it is not set."""
+        udp_receive "\"auto\"": the demo sets both), or None when it is not set."""
         m = re.search(rf"^{name}\s*=\s*(\S+)", open(self.nodes[0].config).read(), re.M)
         return m.group(1) if m else None
 
@@ -146,17 +146,17 @@ class Cluster:
             n.stop()
 
 
-def single_node(work, admin, worker_threads=None, udp_receive_threads=None):
+def single_node(work, admin, worker_threads=None, udp_receive=None):
     """A node on its own, configured like a member of the demo cluster (no [cluster]);
-    `worker_threads`, `udp_receive_threads`: its node.worker_threads and
-    sip.udp_receive_threads as TOML values (pass the members' to compare like with
-    like; None leaves the defaults: one runtime thread per CPU, UDP read on threads of
-    its own)."""
+    `worker_threads`, `udp_receive`: its node.worker_threads and sip.udp_receive as
+    TOML values (pass the members' to compare like with like; None leaves the
+    defaults: one runtime thread per CPU, UDP read by the runtime with a standby
+    thread)."""
     d = os.path.join(work, "single")
     os.makedirs(d, exist_ok=True)
     conf = os.path.join(d, "node.toml")
     workers = f"worker_threads = {worker_threads}" if worker_threads else ""
-    receive = f"udp_receive_threads = {udp_receive_threads}" if udp_receive_threads else ""
+    receive = f"udp_receive = {udp_receive}" if udp_receive else ""
     with open(conf, "w") as f:
         f.write(f"""
 [node]

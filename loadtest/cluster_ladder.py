@@ -37,8 +37,8 @@ gives the ratio against that: a node's CPU per call falls as its own rate grows 
 are shared by more messages), so this separates what the cluster adds from what
 carrying a third of the calls costs each node.
 
-The single node runs with the members' node.worker_threads and sip.udp_receive_threads
-(the demo sets 1 and false), so the two setups differ only in being a cluster; --single-workers N overrides it. --synchronous
+The single node runs with the members' node.worker_threads and sip.udp_receive
+(the demo sets 1 and "auto"), so the two setups differ only in being a cluster; --single-workers N overrides it. --synchronous
 normal sets store.synchronous = "normal" on all four nodes (no fsync per commit).
 
 Usage: python3 loadtest/cluster_ladder.py [--rates 300,600,900] [--seconds 10]
@@ -182,7 +182,7 @@ def main():
     work = tempfile.mkdtemp(prefix="tsunagu-cluster-ladder-")
     cluster = Cluster(work)
     single_workers = str(args.single_workers) if args.single_workers else cluster.setting("worker_threads")
-    receive = cluster.setting("udp_receive_threads")
+    receive = cluster.setting("udp_receive")
     single = single_node(work, cluster.admin, single_workers, receive)
     if args.synchronous != "full":
         cluster.set_store(f'synchronous = "{args.synchronous}"')

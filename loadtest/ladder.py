@@ -24,11 +24,13 @@ whether signalling is bound by one shard (near 100 %) or by the CPU as a whole.
 --node-cpus/--sipp-cpus pin the node and SIPp with taskset (the node then sizes its
 runtime and its shards, sip.shards = 0, to the CPUs it is given), --shards sets
 sip.shards: e.g. one core against two for the scaling of the sharded SIP core.
---workers sets node.worker_threads (the runtime's threads); --udp-runtime sets
-sip.udp_receive_threads = false (SIP over UDP read by the runtime, no receive thread).
+--workers sets node.worker_threads (the runtime's threads); --udp-receive sets
+sip.udp_receive (auto, the default: the runtime reads SIP over UDP and a standby thread
+reads too while it is late; threads: receive threads always; runtime: the runtime
+alone); --udp-runtime is --udp-receive runtime.
 
 Usage: python3 loadtest/ladder.py [--rates 100,200,500] [--seconds 10] [--hold-ms 1000]
-       [--node-cpus 0] [--sipp-cpus 1] [--shards N] [--workers N] [--udp-runtime]
+       [--node-cpus 0] [--sipp-cpus 1] [--shards N] [--workers N] [--udp-receive auto|threads|runtime]
 """
 import argparse, json, os, re, shutil, signal, statistics, subprocess, sys, tempfile, time, urllib.request
 
@@ -128,8 +130,9 @@ def main():
     ap.add_argument("--shards", type=int, default=0, help="sip.shards (0 = one per CPU the node may use)")
     ap.add_argument("--workers", type=int, default=0, help="node.worker_threads (0 = one per CPU the node may use)")
     ap.add_argument("--overload-ms", type=int, default=0, help="sip.overload_queue_delay_ms (0 = the default)")
-    ap.add_argument("--udp-runtime", action="store_true",
-                    help="sip.udp_receive_threads = false: SIP over UDP read by the node's runtime")
+    ap.add_argument("--udp-receive", choices=["auto", "threads", "runtime"], default="",
+                    help="sip.udp_receive (who reads SIP over UDP; default: the node's, auto)")
+    ap.add_argument("--udp-runtime", action="store_true", help="--udp-receive runtime")
     args = ap.parse_args()
     node_pin = ["taskset", "-c", args.node_cpus] if args.node_cpus else []
     sipp_pin = ["taskset", "-c", args.sipp_cpus] if args.sipp_cpus else []
@@ -150,7 +153,7 @@ data_dir = "{work}/data"
 listen = ["udp:127.0.0.1:5060", "tcp:127.0.0.1:5060"]
 {f"shards = {args.shards}" if args.shards else ""}
 {f"overload_queue_delay_ms = {args.overload_ms}" if args.overload_ms else ""}
-{"udp_receive_threads = false" if args.udp_runtime else ""}
+{f'udp_receive = "{args.udp_receive or "runtime"}"' if args.udp_receive or args.udp_runtime else ""}
 [media]
 address = "127.0.0.1"
 ports = "20000-39999"
@@ -191,7 +194,7 @@ trunks = ["carrier-a"]
         if args.concurrency:
             return concurrency_run(args, node, work)
         print(f"node pid {node.pid}, work dir {work}, hold {args.hold_ms} ms, {args.seconds} s per step")
-        print(f"{'target':>7} {'achieved':>9} {'calls':>7} {'success%':>9} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'CPU ms/call':>12} {'RSS MiB':>8} {'not ours %':>11} {'core busy %':>12} {'refused':>8} {'repeats':>8}")
+        print(f"{'target':>7} {'achieved':>9} {'calls':>7} {'success%':>9} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'CPU ms/call':>12} {'RSS MiB':>8} {'not ours %':>11} {'core busy %':>12} {'refused':>8} {'repeats':>8} {'standby':>8}")
         steps = [int(r) for r in args.rates.split(",")]
         retried = set()
         while steps:
@@ -206,6 +209,7 @@ trunks = ["carrier-a"]
             busy0 = series(8080, "tsunagu_sip_core_busy_seconds_total")
             refused0 = metric(8080, "tsunagu_sip_overload_rejections_total")
             repeats0 = metric(8080, "tsunagu_sip_overload_repeats_dropped_total")
+            standby0 = metric(8080, "tsunagu_sip_udp_standby_engagements_total")
             t0 = time.time()
             step = os.path.join(work, f"step{rate}")
             os.makedirs(step, exist_ok=True)
@@ -223,6 +227,8 @@ trunks = ["carrier-a"]
             busy1 = series(8080, "tsunagu_sip_core_busy_seconds_total")
             refused = metric(8080, "tsunagu_sip_overload_rejections_total") - refused0
             repeats = metric(8080, "tsunagu_sip_overload_repeats_dropped_total") - repeats0
+            # Times the UDP standby started reading (sip.udp_receive = auto): the runtime was late.
+            standby = metric(8080, "tsunagu_sip_udp_standby_engagements_total") - standby0
             # The busiest shard during SIPp's run (the node idles after it).
             shard_busy = max([busy1[k] - busy0.get(k, 0.0) for k in busy1] or [0.0]) / max(0.001, elapsed) * 100
             window = max(0.001, time.time() - t0)
@@ -247,7 +253,7 @@ trunks = ["carrier-a"]
             total = ok + failed
             achieved = total / max(0.001, elapsed - args.hold_ms / 1000)
             print(f"{rate:>7} {achieved:>9.0f} {total:>7} {100.0 * ok / max(1, total):>8.2f}% {percentile(rtts, 50):>7.2f} {percentile(rtts, 95):>7.2f} "
-                  f"{percentile(rtts, 99):>7.2f} {(cpu1 - cpu0) / 1e6 / handled:>12.3f} {rss_mib(node.pid):>8.1f} {not_ours:>10.1f}% {shard_busy:>11.1f}% {refused:>8.0f} {repeats:>8.0f}"
+                  f"{percentile(rtts, 99):>7.2f} {(cpu1 - cpu0) / 1e6 / handled:>12.3f} {rss_mib(node.pid):>8.1f} {not_ours:>10.1f}% {shard_busy:>11.1f}% {refused:>8.0f} {repeats:>8.0f} {standby:>8.0f}"
                   + ("" if not_ours <= NOISE_PCT else (" noisy: repeated" if rate in retried else " noisy: repeating")), flush=True)
             if not_ours > NOISE_PCT and rate not in retried:
                 retried.add(rate)

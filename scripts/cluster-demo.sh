@@ -85,10 +85,10 @@ worker_threads = 1
 
 [sip]
 listen = ["udp:127.0.0.$i:5060", "tcp:127.0.0.$i:5060"]
-# SIP over UDP read by the runtime rather than a thread of its own: one wake-up fewer
-# per datagram, about 17 % less CPU per call well below capacity (README, "Reading
-# SIP over UDP").
-udp_receive_threads = false
+# SIP over UDP read by the runtime, with a standby thread only while the runtime is
+# late (the default, written out for loadtest/cluster_ladder.py to copy): one wake-up
+# per datagram rather than two well below capacity (README, "Reading SIP over UDP").
+udp_receive = "auto"
 
 [media]
 address = "127.0.0.$i"

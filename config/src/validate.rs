@@ -1,6 +1,6 @@
 //! Semantic checks of a parsed [`Config`]; every problem is reported with its key path.
 
-use crate::model::{Config, StoreBackend};
+use crate::model::{Config, StoreBackend, UdpReceive};
 use crate::net::Transport;
 use std::collections::HashSet;
 use std::fmt;
@@ -261,6 +261,12 @@ impl Config {
             );
         }
         // Each shard is a task and a queue; past one per core they only add queues.
+        if self.sip.udp_receive_threads.is_some() && self.sip.udp_receive != UdpReceive::default() {
+            err(
+                "sip.udp_receive_threads".into(),
+                "set sip.udp_receive only (udp_receive_threads is its former name)".into(),
+            );
+        }
         if self.sip.shards > 64 {
             err("sip.shards".into(), "must be 0 (one per CPU) to 64".into());
         }
@@ -633,6 +639,24 @@ mod tests {
     }
 
     #[test]
+    fn udp_receive_and_its_former_name() {
+        use crate::model::UdpReceive;
+        // (the [sip] lines, who reads)
+        let rows = [
+            ("", UdpReceive::Auto),
+            ("udp_receive = \"auto\"", UdpReceive::Auto),
+            ("udp_receive = \"threads\"", UdpReceive::Threads),
+            ("udp_receive = \"runtime\"", UdpReceive::Runtime),
+            ("udp_receive_threads = true", UdpReceive::Threads),
+            ("udp_receive_threads = false", UdpReceive::Runtime),
+        ];
+        for (lines, mode) in rows {
+            let c = Config::from_toml(&format!("[sip]\n{lines}\n")).unwrap();
+            assert_eq!(c.sip.udp_receive_mode(), mode, "{lines}");
+        }
+    }
+
+    #[test]
     fn checkpoints_are_on_unless_turned_off() {
         assert!(Config::from_toml("").unwrap().cluster.checkpoints);
         assert!(
@@ -720,6 +744,12 @@ mod tests {
                 &["sip.tcp_max_connections_per_source"],
             ),
             ("unknown untrusted mode", "[sip]\nuntrusted = \"answer\"\n", &["sip.untrusted"]),
+            ("unknown udp_receive", "[sip]\nudp_receive = \"both\"\n", &["sip.udp_receive"]),
+            (
+                "udp_receive and its former name",
+                "[sip]\nudp_receive = \"runtime\"\nudp_receive_threads = false\n",
+                &["sip.udp_receive_threads"],
+            ),
             (
                 "cluster without tls nor secret",
                 "[cluster]\nlisten = \"127.0.0.1:7001\"\n",

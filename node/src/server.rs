@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use tsunagu_api::{ApiState, NodeHooks};
-use tsunagu_config::{Config, StoreBackend};
+use tsunagu_config::{Config, StoreBackend, UdpReceive};
 use tsunagu_media::PortPool;
 use tsunagu_sip::{
     EdgeSettings, Endpoint, InviteHandler, NewInvite, Reject, SourcePolicy, StreamLimits,
@@ -271,7 +271,11 @@ fn edge_settings(config: &Config, gate: tsunagu_sip::SendGate) -> EdgeSettings {
             0 => tsunagu_sip::shard::per_cpu(),
             n => n,
         },
-        udp_receive_threads: sip.udp_receive_threads,
+        udp_receive: match sip.udp_receive_mode() {
+            UdpReceive::Auto => tsunagu_sip::udp::UdpReceive::Auto,
+            UdpReceive::Threads => tsunagu_sip::udp::UdpReceive::Threads,
+            UdpReceive::Runtime => tsunagu_sip::udp::UdpReceive::Runtime,
+        },
         // A call answers or gives up within its longest ring: sip.max_ring_seconds for
         // the caller, a destination's ring_seconds (at most 300, and not bounded by
         // max_ring once an IVR answered) for a forwarded leg; 32 s more for the answer

@@ -18,10 +18,8 @@ use crate::parse::{header, method_name, Info, Peer, Transport};
 use crate::shard::{self, Shards};
 use crate::source::SourcePolicy;
 use crate::transaction::{Output, RequestMatch, ResponseMatch, Transactions, TxKey};
-use crate::transport::{
-    bind_udp, spawn_udp_receive_task, spawn_udp_receivers, Inbound, Incoming, StreamConnections,
-    StreamLimits, TlsSetup,
-};
+use crate::transport::{Inbound, Incoming, StreamConnections, StreamLimits, TlsSetup};
+use crate::udp::{self, bind_udp, UdpReceive};
 use bytes::Bytes;
 use prometheus_client::metrics::counter::Counter;
 use rsipstack::sip::{Method, Request, Response, SipMessage};
@@ -252,9 +250,8 @@ pub struct EdgeSettings {
     pub overload: OverloadSettings,
     /// Shards of the SIP core ([`crate::shard`]; clamped to 1..=64).
     pub shards: usize,
-    /// UDP is read on threads of its own ([`spawn_udp_receivers`], the default) or,
-    /// when false, by a task on the node's runtime ([`spawn_udp_receive_task`]).
-    pub udp_receive_threads: bool,
+    /// Who reads SIP over UDP ([`crate::udp`]).
+    pub udp_receive: UdpReceive,
     /// How long an INVITE may go without a final response before its transaction is
     /// forgotten ([`crate::transaction::INVITE_LIMIT`]; the node sets its longest ring
     /// plus 32 s).
@@ -275,7 +272,7 @@ impl EdgeSettings {
             gate: None,
             overload: OverloadSettings::default(),
             shards: shard::per_cpu(),
-            udp_receive_threads: true,
+            udp_receive: UdpReceive::default(),
             invite_limit: crate::transaction::INVITE_LIMIT,
         }
     }
@@ -326,12 +323,14 @@ impl Endpoint {
                     let (sock, receiving) = bind_udp(*addr, settings.socket_buffer)?;
                     let sock = Arc::new(sock);
                     let local = sock.local_addr()?;
-                    if settings.udp_receive_threads {
-                        let threads = shard::udp_receivers(shards.count());
-                        spawn_udp_receivers(receiving, inbound.clone(), threads)?;
-                    } else {
-                        spawn_udp_receive_task(sock.clone(), inbound.clone());
-                    }
+                    let threads = shard::udp_receivers(shards.count());
+                    udp::start_receiving(
+                        settings.udp_receive,
+                        sock.clone(),
+                        receiving,
+                        inbound.clone(),
+                        threads,
+                    )?;
                     udp.push((local, sock));
                     locals.push((Transport::Udp, local));
                 }
@@ -1233,12 +1232,14 @@ CSeq: 2 INFO\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
             }
             answers.entry(call_id).or_insert(status);
         };
-        // The first holds the core 200 ms; the one sent meanwhile waits that long.
+        // The first holds the core 200 ms; the one sent meanwhile waits that long. (The
+        // wait for it is the test thread's own: the blocked worker may hold up the
+        // runtime's timers and sockets, and the node's UDP standby reads meanwhile.)
         sock.send_to(invite("slow-1").as_bytes(), node)
             .await
             .unwrap();
         while handler.0.load(std::sync::atomic::Ordering::SeqCst) == 0 {
-            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            std::thread::sleep(std::time::Duration::from_millis(1));
         }
         sock.send_to(invite("late-2").as_bytes(), node)
             .await

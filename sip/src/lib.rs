@@ -27,6 +27,7 @@ pub mod shard;
 pub mod source;
 pub mod transaction;
 mod transport;
+pub mod udp;
 
 pub use endpoint::{
     Command, EdgeSettings, Endpoint, EndpointHandle, InviteHandler, NewInvite, Reject, SendGate,

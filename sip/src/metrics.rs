@@ -192,6 +192,11 @@ pub struct SipMetrics {
     pub accept_errors: Counter,
     /// Outbound TCP/TLS connections that could not be opened.
     pub connect_failures: Counter,
+    /// Times a UDP standby thread started reading because the runtime was late
+    /// (`sip.udp_receive = "auto"`).
+    pub udp_standby_engagements: Counter,
+    /// UDP standby threads reading now.
+    pub udp_standby_reading: Gauge,
 }
 
 impl SipMetrics {
@@ -240,6 +245,16 @@ impl SipMetrics {
             "sip_overload_rejections",
             "New INVITEs answered 503 (Retry-After) because the node is past capacity: received messages waited longer than sip.overload_queue_delay_ms for the SIP core for 100 ms, or over 5,000 messages wait",
             self.overload_rejections.clone(),
+        );
+        r.register(
+            "sip_udp_standby_engagements",
+            "Times a SIP UDP standby thread started reading because the runtime left a datagram unread for 5 ms (sip.udp_receive = auto); it reads until the runtime has been on time for 2 s",
+            self.udp_standby_engagements.clone(),
+        );
+        r.register(
+            "sip_udp_standby_reading",
+            "SIP UDP standby threads reading now (the runtime was late: near or past capacity, or stalled)",
+            self.udp_standby_reading.clone(),
         );
         r.register(
             "sip_overload_repeats_dropped",

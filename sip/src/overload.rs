@@ -198,6 +198,13 @@ impl RefusalGate {
         }
     }
 
+    /// Whether any shard refuses new INVITEs now.
+    pub fn any_refusing(&self) -> bool {
+        self.refusing
+            .iter()
+            .any(|flag| flag.load(Ordering::Relaxed))
+    }
+
     /// Whether new INVITEs for shard `shard` are refused now.
     pub fn refusing(&self, shard: usize) -> bool {
         self.refusing

@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 
@@ -43,7 +43,7 @@ pub(crate) struct Incoming {
 pub(crate) type IncomingTx = mpsc::UnboundedSender<Incoming>;
 
 /// The largest UDP datagram read.
-const MAX_DATAGRAM: usize = 65_535;
+pub(crate) const MAX_DATAGRAM: usize = 65_535;
 
 /// Messages waiting for the SIP core past which received messages are dropped
 /// unparsed: the queue's message bound (ten times the overload mark, so calls in
@@ -153,7 +153,7 @@ impl Inbound {
     /// Handles one received datagram or stream frame: dropped or refused if its source
     /// is not trusted, dropped if the queue is full, else parsed and queued; the answer
     /// to send back at once (a 400 for a malformed request, a stateless 403), if any.
-    fn frame(&self, data: &[u8], peer: Peer) -> Option<Vec<u8>> {
+    pub(crate) fn frame(&self, data: &[u8], peer: Peer) -> Option<Vec<u8>> {
         if data.iter().all(|b| b.is_ascii_whitespace()) {
             return None; // keepalive (RFC 5626 CRLF)
         }
@@ -233,140 +233,6 @@ impl Inbound {
                 tracing::debug!(%e, peer = %peer.addr, "malformed SIP message");
                 reject_unparsed(data, e.status(), &e.to_string())
             }
-        }
-    }
-}
-
-/// Binds a UDP listener; returns the socket the core sends from and a second handle
-/// on the same socket for the receive threads ([`spawn_udp_receivers`]; dropped when
-/// the runtime reads the socket instead).
-pub(crate) fn bind_udp(
-    addr: SocketAddr,
-    buffer: usize,
-) -> std::io::Result<(UdpSocket, std::net::UdpSocket)> {
-    let std_sock = std::net::UdpSocket::bind(addr)?;
-    std_sock.set_nonblocking(true)?;
-    set_buffers(&std_sock, buffer);
-    let receiving = std_sock.try_clone()?;
-    Ok((UdpSocket::from_std(std_sock)?, receiving))
-}
-
-/// Asks the kernel for large socket buffers (capped by net.core.[rw]mem_max).
-pub fn set_buffers<S: std::os::fd::AsFd>(sock: &S, bytes: usize) {
-    let sock = socket2::SockRef::from(sock);
-    let _ = sock.set_recv_buffer_size(bytes);
-    let _ = sock.set_send_buffer_size(bytes);
-}
-
-/// Reads a UDP listener on `threads` threads of their own (for the life of the
-/// endpoint; see [`crate::shard::udp_receivers`] for how many): received datagrams are
-/// checked, parsed and queued for the core's shards there. Each thread reads the same
-/// socket through a descriptor of its own; the kernel gives each datagram to one.
-///
-/// Why not a task on the node's runtime: past capacity every task of the node wants
-/// the CPU, and a receiver that waits its turn behind thousands of call tasks leaves
-/// datagrams in the kernel's buffer until it overflows. The kernel then drops at
-/// random (the 200 OK and ACKs of calls already admitted as much as new INVITEs), the
-/// senders retransmit, and the node collapses while the overload control, which sees
-/// only the queue behind the receiver, is blind. An OS thread gets its share from the
-/// kernel's scheduler whatever the runtime is doing, so the socket is drained, the
-/// backlog builds where [`crate::overload`] measures it, and new INVITEs are refused
-/// by this thread at the cost of a parse. The threads end when the core is gone.
-pub(crate) fn spawn_udp_receivers(
-    sock: std::net::UdpSocket,
-    inbound: Inbound,
-    threads: usize,
-) -> std::io::Result<()> {
-    for _ in 1..threads {
-        spawn_udp_receiver(sock.try_clone()?, inbound.clone())?;
-    }
-    spawn_udp_receiver(sock, inbound)
-}
-
-fn spawn_udp_receiver(sock: std::net::UdpSocket, inbound: Inbound) -> std::io::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .enable_time() // the pause after a receive error
-        .build()?;
-    let Some(first) = inbound.tx.first().cloned() else {
-        return Ok(()); // no core to feed
-    };
-    std::thread::Builder::new()
-        .name("sip-udp-rx".into())
-        .spawn(move || {
-            runtime.block_on(async move {
-                let sock = match UdpSocket::from_std(sock) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tracing::error!(%e, "SIP UDP receiver could not start");
-                        return;
-                    }
-                };
-                // The shards end together (when the node drops its endpoint).
-                tokio::select! {
-                    _ = receive_udp(&sock, &inbound) => {}
-                    _ = first.closed() => {}
-                }
-            })
-        })?;
-    Ok(())
-}
-
-/// Reads a UDP listener in a task on the node's runtime (`sip.udp_receive_threads =
-/// false`): a datagram is received, checked, parsed and queued by a runtime thread,
-/// which (with one runtime thread, or when the shard's task runs on the same one)
-/// also runs the core, with no wake-up of another thread in between. Cheaper per call
-/// well below capacity; near and past it, the task waits its turn behind call tasks
-/// while the socket's buffer overflows (see [`spawn_udp_receivers`] for why that is
-/// not the default). One task per listener: one core's worth of receiving, whatever
-/// the shards. Ends with the core.
-pub(crate) fn spawn_udp_receive_task(sock: Arc<UdpSocket>, inbound: Inbound) {
-    let Some(first) = inbound.tx.first().cloned() else {
-        return; // no core to feed
-    };
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = receive_udp(&sock, &inbound) => {}
-            _ = first.closed() => {}
-        }
-    });
-}
-
-/// How long a UDP receiver pauses after an error that may repeat at once.
-const RECEIVE_ERROR_PAUSE: Duration = Duration::from_millis(10);
-
-/// Errors a UDP receive reports about one datagram or one peer (an ICMP answer to
-/// something sent), not about the socket: the next receive is tried at once.
-fn receive_error_is_transient(kind: std::io::ErrorKind) -> bool {
-    use std::io::ErrorKind::*;
-    matches!(
-        kind,
-        ConnectionRefused | ConnectionReset | Interrupted | WouldBlock | HostUnreachable
-    )
-}
-
-async fn receive_udp(sock: &UdpSocket, inbound: &Inbound) {
-    let mut buf = vec![0u8; MAX_DATAGRAM];
-    loop {
-        let (n, src) = match sock.recv_from(&mut buf).await {
-            Ok(x) => x,
-            Err(e) => {
-                // ICMP port-unreachable surfaces here on some systems; keep serving.
-                tracing::debug!(%e, "udp receive error");
-                if !receive_error_is_transient(e.kind()) {
-                    // Anything else may repeat at once (and the runtime's task would
-                    // spin a worker): pause as the stream listener does.
-                    tokio::time::sleep(RECEIVE_ERROR_PAUSE).await;
-                }
-                continue;
-            }
-        };
-        let peer = Peer {
-            transport: Transport::Udp,
-            addr: src,
-        };
-        if let Some(reply) = inbound.frame(&buf[..n], peer) {
-            let _ = sock.try_send_to(&reply, src);
         }
     }
 }
@@ -873,25 +739,6 @@ impl StreamConnections {
 mod tests {
     use super::*;
     use crate::source::{TrustedSources, Untrusted};
-
-    #[test]
-    fn only_errors_about_one_datagram_are_retried_without_a_pause() {
-        use std::io::ErrorKind::*;
-        // (what the receive reported, retried at once)
-        let rows = [
-            (ConnectionRefused, true), // ICMP port unreachable for something we sent
-            (ConnectionReset, true),
-            (HostUnreachable, true),
-            (Interrupted, true),
-            (WouldBlock, true),
-            (OutOfMemory, false), // ENOBUFS/ENOMEM: would fail again at once
-            (PermissionDenied, false),
-            (Other, false),
-        ];
-        for (kind, transient) in rows {
-            assert_eq!(receive_error_is_transient(kind), transient, "{kind:?}");
-        }
-    }
 
     const OPTIONS: &[u8] = b"OPTIONS sip:x@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK1\r\nFrom: <sip:a@127.0.0.1>;tag=1\r\nTo: <sip:x@127.0.0.1>\r\nCall-ID: c1\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n";
 

@@ -721,27 +721,46 @@ fn thread_names(pid: u32) -> Vec<String> {
         .collect()
 }
 
-/// `sip.udp_receive_threads = false`: SIP over UDP is read by the node's runtime (no
-/// receive thread of its own), and calls go through as with one.
+/// `sip.udp_receive`: `auto` (the default) reads SIP over UDP from the node's runtime
+/// with a standby thread, `threads` on receive threads of its own, and `runtime` (here
+/// by its former name, `udp_receive_threads = false`) with neither; calls go through
+/// in each.
 #[test]
-fn udp_read_by_the_runtime_carries_calls_without_a_receive_thread() {
+fn every_udp_receive_mode_carries_calls() {
     let ports = Ports::take();
     let mut node = Node::start(ports, "127.0.0.1/32", "");
-    let threads = thread_names(node.pid());
-    assert!(threads.iter().any(|t| t == "sip-udp-rx"), "{threads:?}");
-    node.restart_with_line("sip", "udp_receive_threads = false");
-    let threads = thread_names(node.pid());
-    assert!(!threads.iter().any(|t| t == "sip-udp-rx"), "{threads:?}");
     let (key, _) = node.provision("0501234567", DEST, "{}");
     let _uas = Uas::start("uas_answer.xml", ports, node.dir.path(), &[]);
-    let run = uac("uac.xml", ports, "0501234567", 20, 20, &[]);
-    assert_eq!(
-        (run.exit, run.successful, run.failed),
-        (0, 20, 0),
-        "{}",
-        run.output
-    );
-    assert_eq!(node.wait_for_calls(&key, 20).len(), 20);
+    let config = node.dir.path().join("node.toml");
+    // (how the mode is set: None for the default, the receive threads present)
+    let modes: [(Option<&str>, &[&str]); 3] = [
+        (None, &["sip-udp-standby"]),
+        (Some("udp_receive = \"threads\""), &["sip-udp-rx"]),
+        (Some("udp_receive_threads = false"), &[]),
+    ];
+    let mut logged = 0;
+    for (line, receivers) in modes {
+        if let Some(line) = line {
+            let text = std::fs::read_to_string(&config).expect("config");
+            let text = text.replace("udp_receive = \"threads\"\n", "");
+            std::fs::write(&config, text).expect("config");
+            node.restart_with_line("sip", line);
+        }
+        let mut threads = thread_names(node.pid());
+        threads.retain(|t| t.starts_with("sip-udp"));
+        threads.sort();
+        threads.dedup();
+        assert_eq!(threads, receivers, "{line:?}");
+        let run = uac("uac.xml", ports, "0501234567", 20, 20, &[]);
+        assert_eq!(
+            (run.exit, run.successful, run.failed),
+            (0, 20, 0),
+            "{line:?}: {}",
+            run.output
+        );
+        logged += 20;
+        assert_eq!(node.wait_for_calls(&key, logged).len(), logged);
+    }
 }
 
 #[test]
