@@ -93,6 +93,29 @@ impl Engaged {
     }
 }
 
+/// A standby's turn at reading. Ended when dropped, so that a standby thread that
+/// ends in any way (a panic included) never leaves the runtime's reader standing aside
+/// on a socket nobody reads.
+struct Turn<'a> {
+    engaged: &'a Engaged,
+    metrics: &'a crate::metrics::SipMetrics,
+}
+
+impl<'a> Turn<'a> {
+    fn start(engaged: &'a Engaged, metrics: &'a crate::metrics::SipMetrics) -> Turn<'a> {
+        metrics.udp_standby_reading.inc();
+        engaged.start();
+        Turn { engaged, metrics }
+    }
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        self.engaged.stop();
+        self.metrics.udp_standby_reading.dec();
+    }
+}
+
 /// Binds a UDP listener; returns the socket the core sends from and a second handle
 /// on the same socket for receive threads (dropped when only the runtime reads).
 pub(crate) fn bind_udp(
@@ -229,14 +252,11 @@ fn spawn_standby(
                 if !waits_unread(&sock) {
                     continue;
                 }
-                let m = &inbound.metrics;
-                m.udp_standby_engagements.inc();
-                m.udp_standby_reading.inc();
-                engaged.start();
+                inbound.metrics.udp_standby_engagements.inc();
                 tracing::debug!("the runtime is late reading SIP over UDP: the standby reads");
+                let turn = Turn::start(&engaged, &inbound.metrics);
                 let back = own.block_on(read_while_late(sock, &inbound, &runtime));
-                engaged.stop();
-                m.udp_standby_reading.dec();
+                drop(turn);
                 match back {
                     Some(s) => sock = s,
                     None => return, // the core is gone, or the socket could not be read
@@ -483,6 +503,30 @@ mod tests {
         for (i, (delay, refusing, at, stop)) in rows.into_iter().enumerate() {
             assert_eq!(release.on_probe(delay, refusing, at), stop, "row {i}");
         }
+    }
+
+    /// However a standby's turn ends, the runtime's reader is let back.
+    #[test]
+    fn a_turn_that_ends_by_a_panic_lets_the_runtime_read_again() {
+        let engaged = Engaged::default();
+        let metrics = crate::metrics::SipMetrics::default();
+        let ended = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _turn = Turn::start(&engaged, &metrics);
+            assert_eq!(engaged.reading.load(Ordering::SeqCst), 1);
+            panic!("a standby thread dies mid-turn");
+        }));
+        assert!(ended.is_err());
+        assert_eq!(engaged.reading.load(Ordering::SeqCst), 0);
+        assert_eq!(metrics.udp_standby_reading.get(), 0);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            tokio::time::timeout(Duration::from_secs(1), engaged.until_released())
+                .await
+                .expect("the runtime's reader is released");
+        });
     }
 
     const OPTIONS: &[u8] = b"OPTIONS sip:x@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK1\r\nFrom: <sip:a@127.0.0.1>;tag=1\r\nTo: <sip:x@127.0.0.1>\r\nCall-ID: c1\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n";
