@@ -25,7 +25,7 @@
 //! receive errors.
 
 use crate::parse::{Peer, Transport};
-use crate::transport::{Inbound, MAX_DATAGRAM};
+use crate::transport::{Inbound, IncomingTx, MAX_DATAGRAM};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -255,7 +255,7 @@ fn spawn_standby(
                 inbound.metrics.udp_standby_engagements.inc();
                 tracing::debug!("the runtime is late reading SIP over UDP: the standby reads");
                 let turn = Turn::start(&engaged, &inbound.metrics);
-                let back = own.block_on(read_while_late(sock, &inbound, &runtime));
+                let back = own.block_on(read_while_late(sock, &inbound, &first, &runtime));
                 drop(turn);
                 match back {
                     Some(s) => sock = s,
@@ -331,9 +331,9 @@ const PENDING: u64 = u64::MAX;
 async fn read_while_late(
     sock: std::net::UdpSocket,
     inbound: &Inbound,
+    first: &IncomingTx,
     runtime: &tokio::runtime::Handle,
 ) -> Option<std::net::UdpSocket> {
-    let first = inbound.tx.first()?.clone();
     let sock = match UdpSocket::from_std(sock) {
         Ok(s) => s,
         Err(e) => {

@@ -127,6 +127,20 @@ impl SqliteStore {
         f(&mut conn)
     }
 
+    /// Deletes the row `id` of `table` if `operator_id` owns it; true if one was.
+    /// `table` is one of ours (never from a request).
+    fn delete_owned(&self, table: &'static str, operator_id: &str, id: &str) -> Result<bool> {
+        let n = self
+            .write(|c| {
+                c.execute(
+                    &format!("DELETE FROM {table} WHERE id = ?1 AND operator_id = ?2"),
+                    params![id, operator_id],
+                )
+            })
+            .map_err(unavailable)?;
+        Ok(n > 0)
+    }
+
     fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
         let conn = self.reader()?;
         let out = f(&conn);
@@ -443,15 +457,7 @@ impl Store for SqliteStore {
     }
 
     fn revoke_api_key(&self, operator_id: &str, key_id: &str) -> Result<bool> {
-        let n = self
-            .write(|c| {
-                c.execute(
-                    "DELETE FROM api_keys WHERE id = ?1 AND operator_id = ?2",
-                    params![key_id, operator_id],
-                )
-            })
-            .map_err(unavailable)?;
-        Ok(n > 0)
+        self.delete_owned("api_keys", operator_id, key_id)
     }
 
     fn issue_lease_capped(
@@ -1165,15 +1171,7 @@ impl Store for SqliteStore {
     }
 
     fn delete_webhook(&self, operator_id: &str, id: &str) -> Result<bool> {
-        let n = self
-            .write(|c| {
-                c.execute(
-                    "DELETE FROM webhooks WHERE id = ?1 AND operator_id = ?2",
-                    params![id, operator_id],
-                )
-            })
-            .map_err(unavailable)?;
-        Ok(n > 0)
+        self.delete_owned("webhooks", operator_id, id)
     }
 
     fn all_webhooks(&self) -> Result<Vec<Webhook>> {
