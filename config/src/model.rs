@@ -61,6 +61,11 @@ pub struct NodeConfig {
     /// well below a node's capacity, 1 costs less CPU per call (see README).
     #[serde(default)]
     pub worker_threads: usize,
+    /// Let the process use transparent huge pages. Off by default: the first touch of
+    /// each 2 MiB page zeroes all of it in the thread that touched it, a stall of
+    /// several ms on the call path while the node's memory grows (see README).
+    #[serde(default)]
+    pub transparent_huge_pages: bool,
 }
 
 impl NodeConfig {
@@ -82,6 +87,7 @@ impl Default for NodeConfig {
             max_call_seconds: default_max_call_seconds(),
             recordings_dir: None,
             worker_threads: 0,
+            transparent_huge_pages: false,
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod invite;
 mod layout;
 pub mod lines;
 pub mod metrics;
+pub mod process;
 pub mod provisioning;
 pub mod server;
 pub mod supervisor;

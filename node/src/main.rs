@@ -5,7 +5,7 @@ mod cluster_status;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use tsunagu::server;
+use tsunagu::{process, server};
 use tsunagu_config::{Config, LogFormat};
 
 /// mimalloc instead of glibc malloc: the call path allocates and frees many small
@@ -128,8 +128,34 @@ fn serve(file: Option<PathBuf>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Before the runtime's (and the log writer's) threads exist: see `process`.
+    let raised = raise_descriptor_limit();
+    let needed = process::descriptors_needed(
+        usize::from(
+            config
+                .media
+                .ports
+                .last
+                .saturating_sub(config.media.ports.first),
+        ) + 1,
+        config.sip.tcp_max_connections,
+        usize::try_from(config.api.max_connections).unwrap_or(usize::MAX),
+    );
+    let presized = process::presize_descriptor_table(needed);
+    let huge_pages =
+        (!config.node.transparent_huge_pages).then(process::disable_transparent_huge_pages);
     init_tracing(&config);
-    raise_descriptor_limit();
+    if let Some((from, to)) = raised {
+        tracing::info!(from, to, "open descriptor limit raised");
+    }
+    match presized {
+        Ok(Some(top)) => tracing::debug!(descriptors = top + 1, "descriptor table sized"),
+        Ok(None) => {}
+        Err(e) => tracing::warn!(error = %e, needed, "cannot size the descriptor table"),
+    }
+    if let Some(Err(e)) = huge_pages {
+        tracing::warn!(error = %e, "cannot turn transparent huge pages off");
+    }
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if config.node.worker_threads > 0 {
         builder.worker_threads(config.node.worker_threads);
@@ -161,8 +187,9 @@ async fn shutdown_signal() {
 
 /// Raises the soft limit on open descriptors to the hard one: a call holds two RTP
 /// sockets, so a node started from a shell's 1,024 would refuse calls long before its
-/// RTP range is used (the systemd unit sets `LimitNOFILE` itself).
-fn raise_descriptor_limit() {
+/// RTP range is used (the systemd unit sets `LimitNOFILE` itself). Returns the limits
+/// before and after, if it was raised (logged once logging is set up).
+fn raise_descriptor_limit() -> Option<(u64, u64)> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -171,20 +198,16 @@ fn raise_descriptor_limit() {
     // outlives both calls.
     unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return;
+            return None;
         }
-        if limit.rlim_cur < limit.rlim_max {
-            let raised = libc::rlimit {
-                rlim_cur: limit.rlim_max,
-                rlim_max: limit.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                tracing::info!(
-                    from = limit.rlim_cur,
-                    to = limit.rlim_max,
-                    "open descriptor limit raised"
-                );
-            }
+        if limit.rlim_cur >= limit.rlim_max {
+            return None;
         }
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        (libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0)
+            .then_some((limit.rlim_cur, limit.rlim_max))
     }
 }

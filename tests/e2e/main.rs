@@ -15,6 +15,7 @@ mod harness;
 mod media_security;
 mod party;
 mod pools;
+mod process;
 mod prompts;
 mod recording;
 mod sip_edge;

@@ -1,0 +1,126 @@
+//! Settings of the node's process made once at start, before any call: each removes a
+//! stall that a fresh node otherwise hit while its first calls came in (found on the
+//! wire, `loadtest/wire_tail.py`; README "A fresh node's stalls").
+//!
+//! - **The descriptor table is sized for the load at start.** Each call's RTP ports
+//!   hold bound sockets, and a freed port is reused last, so a fresh node opens new
+//!   descriptors with every call until its RTP range has been cycled through. The
+//!   kernel's table of descriptors doubles as it fills (at 256, 512, 1,024...), and a
+//!   multi-threaded process's doubling waits for an RCU grace period
+//!   (`expand_fdtable` → `synchronize_rcu`): the runtime thread opening the socket
+//!   sat 6–15 ms in `socket(2)` at each doubling, with the SIP core's next task queued
+//!   behind it, so every call arriving then was late together (at call 117, 245, 502,
+//!   1,013, 2,037, 4,085 of a 1,000 cps run). The kernel never shrinks the table, so
+//!   one descriptor placed at the top of what the node can use, before the runtime's
+//!   threads exist, sizes it once, without the wait.
+//! - **No transparent huge pages** (`node.transparent_huge_pages`, default off): the
+//!   allocator asks for them (`MADV_HUGEPAGE`), and the first touch of each 2 MiB page
+//!   zeroes all of it in the faulting thread: 6 ms a page on the 2-core VM measured,
+//!   a few times a second while the node's memory grows. Off, the same memory is
+//!   faulted 4 KiB at a time, spread over the calls that touch it.
+
+use std::io;
+
+/// `prctl(2)` option that turns transparent huge pages off for this process (and
+/// what it executes); not in every libc crate release, so spelled here.
+const PR_SET_THP_DISABLE: libc::c_int = 41;
+
+/// Descriptors besides the RTP sockets, SIP connections and API connections: the
+/// store's files, listeners, the cluster's links, recordings being written.
+const OTHER_DESCRIPTORS: usize = 1024;
+
+/// The descriptors the node may hold at once under full load: one socket per RTP
+/// port pair (a lease binds the even port), the SIP and API connection limits, and
+/// [`OTHER_DESCRIPTORS`].
+pub fn descriptors_needed(
+    rtp_ports: usize,
+    sip_connections: usize,
+    api_connections: usize,
+) -> usize {
+    (rtp_ports / 2)
+        .saturating_add(sip_connections)
+        .saturating_add(api_connections)
+        .saturating_add(OTHER_DESCRIPTORS)
+}
+
+/// The descriptor number to place so that the table holds `needed` descriptors:
+/// within the soft limit (a higher one cannot be opened), `None` when the table need
+/// not grow past the few slots every process starts with.
+pub fn presize_target(needed: usize, soft_limit: usize) -> Option<usize> {
+    let top = needed.min(soft_limit).checked_sub(1)?;
+    (top >= 64).then_some(top)
+}
+
+/// The soft limit on open descriptors (`RLIMIT_NOFILE`), if it can be read.
+fn soft_descriptor_limit() -> Option<usize> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes only the struct it is given, which outlives the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return None;
+    }
+    Some(usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX))
+}
+
+/// Grows the process's descriptor table to hold `needed` descriptors (within the soft
+/// limit) by duplicating one descriptor to the top number and closing it again.
+/// Returns the number placed, or `None` if nothing needed doing. Call it before the
+/// runtime starts its threads: a single-threaded process grows its table without
+/// waiting for RCU.
+pub fn presize_descriptor_table(needed: usize) -> io::Result<Option<usize>> {
+    let Some(soft) = soft_descriptor_limit() else {
+        return Err(io::Error::last_os_error());
+    };
+    let Some(top) = presize_target(needed, soft) else {
+        return Ok(None);
+    };
+    let top = libc::c_int::try_from(top).unwrap_or(libc::c_int::MAX);
+    let null = std::fs::File::open("/dev/null")?;
+    use std::os::fd::AsRawFd;
+    // SAFETY: F_DUPFD_CLOEXEC duplicates a descriptor we own into the lowest free
+    // number at or above `top`; the duplicate is closed at once and touches no memory
+    // of ours.
+    let placed = unsafe { libc::fcntl(null.as_raw_fd(), libc::F_DUPFD_CLOEXEC, top) };
+    if placed < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `placed` was just returned by fcntl and nothing else holds it.
+    unsafe { libc::close(placed) };
+    Ok(usize::try_from(placed).ok())
+}
+
+/// Turns transparent huge pages off for this process (`PR_SET_THP_DISABLE`): memory
+/// is then faulted in 4 KiB pages whatever the allocator advises.
+pub fn disable_transparent_huge_pages() -> io::Result<()> {
+    // SAFETY: prctl with PR_SET_THP_DISABLE only sets a flag of this process's memory
+    // map; it reads no memory of ours.
+    if unsafe { libc::prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_is_sized_for_the_load_within_the_limit() {
+        // (needed, soft limit) -> descriptor number placed
+        let rows = [
+            ((22_501 + 4_096 + 1_024 + 1_024, 65_536), Some(28_644)),
+            ((28_645, 20_000), Some(19_999)),
+            ((28_645, 1_024), Some(1_023)),
+            ((40, 65_536), None), // the table every process starts with holds it
+            ((10, 0), None),
+            ((usize::MAX, usize::MAX), Some(usize::MAX - 1)),
+        ];
+        for ((needed, soft), want) in rows {
+            assert_eq!(presize_target(needed, soft), want, "{needed} {soft}");
+        }
+        assert_eq!(descriptors_needed(45_001, 4_096, 1_024), 22_500 + 6_144);
+        assert_eq!(descriptors_needed(usize::MAX, usize::MAX, 1), usize::MAX);
+    }
+}
