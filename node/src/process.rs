@@ -21,10 +21,6 @@
 
 use std::io;
 
-/// `prctl(2)` option that turns transparent huge pages off for this process (and
-/// what it executes); not in every libc crate release, so spelled here.
-const PR_SET_THP_DISABLE: libc::c_int = 41;
-
 /// Descriptors besides the RTP sockets, SIP connections and API connections: the
 /// store's files, listeners, the cluster's links, recordings being written.
 const OTHER_DESCRIPTORS: usize = 1024;
@@ -91,12 +87,23 @@ pub fn presize_descriptor_table(needed: usize) -> io::Result<Option<usize>> {
     Ok(usize::try_from(placed).ok())
 }
 
-/// Turns transparent huge pages off for this process (`PR_SET_THP_DISABLE`): memory
-/// is then faulted in 4 KiB pages whatever the allocator advises.
+/// Turns transparent huge pages off for this process (`PR_SET_THP_DISABLE`, kept by
+/// what it executes): memory is then faulted in 4 KiB pages whatever the allocator
+/// advises.
 pub fn disable_transparent_huge_pages() -> io::Result<()> {
     // SAFETY: prctl with PR_SET_THP_DISABLE only sets a flag of this process's memory
-    // map; it reads no memory of ours.
-    if unsafe { libc::prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0) } != 0 {
+    // map; it reads no memory of ours. The arguments are passed as the unsigned longs
+    // the kernel reads (a variadic call would leave an int's upper half undefined).
+    if unsafe {
+        libc::prctl(
+            libc::PR_SET_THP_DISABLE,
+            1 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        )
+    } != 0
+    {
         return Err(io::Error::last_os_error());
     }
     Ok(())
