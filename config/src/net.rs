@@ -139,6 +139,14 @@ impl PortRange {
     pub fn contains(&self, port: u16) -> bool {
         (self.first..=self.last).contains(&port)
     }
+
+    /// How many legs the range can carry at once: even ports with the odd one above
+    /// still in the range (what the RTP port pool leases).
+    pub fn pairs(&self) -> usize {
+        let first_even = (u32::from(self.first) + 1) / 2; // halves: ceil(first / 2)
+        let last_even = u32::from(self.last).saturating_sub(1) / 2; // floor((last - 1) / 2)
+        (last_even + 1).saturating_sub(first_even) as usize
+    }
 }
 
 impl FromStr for PortRange {
@@ -235,6 +243,24 @@ mod tests {
         );
         for bad in ["20000", "2-1", "0-100", "20000-20001", "a-b", "1-70000"] {
             assert!(bad.parse::<PortRange>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_range_carries_one_leg_per_even_port_with_its_odd_one() {
+        // (first, last) -> legs at once
+        let rows = [
+            ((20000, 29999), 5000),
+            ((20001, 29999), 4999),
+            ((20000, 20000), 0),
+            ((20000, 20001), 1),
+            ((20001, 20003), 1),
+            ((29600, 29959), 180),
+            ((65532, 65535), 2),
+            ((1, 65535), 32767),
+        ];
+        for ((first, last), want) in rows {
+            assert_eq!(PortRange { first, last }.pairs(), want, "{first}-{last}");
         }
     }
 }

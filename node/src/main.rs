@@ -129,24 +129,21 @@ fn serve(file: Option<PathBuf>) -> ExitCode {
         }
     };
     // Before the runtime's (and the log writer's) threads exist: see `process`.
-    let raised = raise_descriptor_limit();
-    let needed = process::descriptors_needed(
-        usize::from(
-            config
-                .media
-                .ports
-                .last
-                .saturating_sub(config.media.ports.first),
-        ) + 1,
-        config.sip.tcp_max_connections,
-        usize::try_from(config.api.max_connections).unwrap_or(usize::MAX),
-    );
-    let presized = process::presize_descriptor_table(needed);
+    let limit = process::raise_descriptor_limit();
+    let needed = process::descriptors_needed(&config);
+    let presized = match &limit {
+        Ok(l) => process::presize_descriptor_table(needed, l.now),
+        Err(_) => Ok(None), // the limit unknown: reported below
+    };
     let huge_pages =
         (!config.node.transparent_huge_pages).then(process::disable_transparent_huge_pages);
     init_tracing(&config);
-    if let Some((from, to)) = raised {
-        tracing::info!(from, to, "open descriptor limit raised");
+    match limit {
+        Ok(l) if l.now != l.was => {
+            tracing::info!(from = l.was, to = l.now, "open descriptor limit raised")
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot read the open descriptor limit"),
     }
     match presized {
         Ok(Some(top)) => tracing::debug!(descriptors = top + 1, "descriptor table sized"),
@@ -182,32 +179,5 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
-    }
-}
-
-/// Raises the soft limit on open descriptors to the hard one: a call holds two RTP
-/// sockets, so a node started from a shell's 1,024 would refuse calls long before its
-/// RTP range is used (the systemd unit sets `LimitNOFILE` itself). Returns the limits
-/// before and after, if it was raised (logged once logging is set up).
-fn raise_descriptor_limit() -> Option<(u64, u64)> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit and setrlimit read and write only the struct given, which
-    // outlives both calls.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return None;
-        }
-        if limit.rlim_cur >= limit.rlim_max {
-            return None;
-        }
-        let raised = libc::rlimit {
-            rlim_cur: limit.rlim_max,
-            rlim_max: limit.rlim_max,
-        };
-        (libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0)
-            .then_some((limit.rlim_cur, limit.rlim_max))
     }
 }

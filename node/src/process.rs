@@ -20,56 +20,81 @@
 //!   faulted 4 KiB at a time, spread over the calls that touch it.
 
 use std::io;
+use tsunagu_config::Config;
 
 /// Descriptors besides the RTP sockets, SIP connections and API connections: the
 /// store's files, listeners, the cluster's links, recordings being written.
 const OTHER_DESCRIPTORS: usize = 1024;
 
+/// Slots of the descriptor table every process starts with (one word of bits).
+const INITIAL_SLOTS: usize = 64;
+
 /// The descriptors the node may hold at once under full load: one socket per RTP
 /// port pair (a lease binds the even port), the SIP and API connection limits, and
 /// [`OTHER_DESCRIPTORS`].
-pub fn descriptors_needed(
-    rtp_ports: usize,
-    sip_connections: usize,
-    api_connections: usize,
-) -> usize {
-    (rtp_ports / 2)
-        .saturating_add(sip_connections)
-        .saturating_add(api_connections)
+pub fn descriptors_needed(config: &Config) -> usize {
+    config
+        .media
+        .ports
+        .pairs()
+        .saturating_add(config.sip.tcp_max_connections)
+        .saturating_add(usize::try_from(config.api.max_connections).unwrap_or(usize::MAX))
         .saturating_add(OTHER_DESCRIPTORS)
 }
 
 /// The descriptor number to place so that the table holds `needed` descriptors:
 /// within the soft limit (a higher one cannot be opened), `None` when the table need
-/// not grow past the few slots every process starts with.
-pub fn presize_target(needed: usize, soft_limit: usize) -> Option<usize> {
-    let top = needed.min(soft_limit).checked_sub(1)?;
-    (top >= 64).then_some(top)
+/// not grow past the slots every process starts with.
+pub fn presize_target(needed: usize, soft_limit: u64) -> Option<usize> {
+    let soft = usize::try_from(soft_limit).unwrap_or(usize::MAX);
+    let top = needed.min(soft).checked_sub(1)?;
+    (top >= INITIAL_SLOTS).then_some(top)
 }
 
-/// The soft limit on open descriptors (`RLIMIT_NOFILE`), if it can be read.
-fn soft_descriptor_limit() -> Option<usize> {
+/// The limit on open descriptors before and after raising the soft limit to the hard
+/// one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DescriptorLimit {
+    pub was: u64,
+    pub now: u64,
+}
+
+/// Raises the soft limit on open descriptors to the hard one: a call holds two RTP
+/// sockets, so a node started from a shell's 1,024 would refuse calls long before its
+/// RTP range is used (the systemd unit sets `LimitNOFILE` itself). If it cannot be
+/// raised, `now` is the limit as it was.
+pub fn raise_descriptor_limit() -> io::Result<DescriptorLimit> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
-    // SAFETY: getrlimit writes only the struct it is given, which outlives the call.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return None;
+    // SAFETY: getrlimit and setrlimit read and write only the struct given, which
+    // outlives both calls.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let was = limit.rlim_cur;
+        if was < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                limit.rlim_cur = was;
+            }
+        }
+        Ok(DescriptorLimit {
+            was,
+            now: limit.rlim_cur,
+        })
     }
-    Some(usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX))
 }
 
-/// Grows the process's descriptor table to hold `needed` descriptors (within the soft
-/// limit) by duplicating one descriptor to the top number and closing it again.
+/// Grows the process's descriptor table to hold `needed` descriptors (within
+/// `soft_limit`) by duplicating one descriptor to the top number and closing it again.
 /// Returns the number placed, or `None` if nothing needed doing. Call it before the
 /// runtime starts its threads: a single-threaded process grows its table without
 /// waiting for RCU.
-pub fn presize_descriptor_table(needed: usize) -> io::Result<Option<usize>> {
-    let Some(soft) = soft_descriptor_limit() else {
-        return Err(io::Error::last_os_error());
-    };
-    let Some(top) = presize_target(needed, soft) else {
+pub fn presize_descriptor_table(needed: usize, soft_limit: u64) -> io::Result<Option<usize>> {
+    let Some(top) = presize_target(needed, soft_limit) else {
         return Ok(None);
     };
     let top = libc::c_int::try_from(top).unwrap_or(libc::c_int::MAX);
@@ -122,12 +147,17 @@ mod tests {
             ((28_645, 1_024), Some(1_023)),
             ((40, 65_536), None), // the table every process starts with holds it
             ((10, 0), None),
-            ((usize::MAX, usize::MAX), Some(usize::MAX - 1)),
+            ((usize::MAX, u64::MAX), Some(usize::MAX - 1)),
         ];
         for ((needed, soft), want) in rows {
             assert_eq!(presize_target(needed, soft), want, "{needed} {soft}");
         }
-        assert_eq!(descriptors_needed(45_001, 4_096, 1_024), 22_500 + 6_144);
-        assert_eq!(descriptors_needed(usize::MAX, usize::MAX, 1), usize::MAX);
+        let mut config = Config::embedded_default().expect("defaults");
+        config.media.ports = "20000-65000".parse().unwrap();
+        config.sip.tcp_max_connections = 4_096;
+        config.api.max_connections = 1_024;
+        assert_eq!(descriptors_needed(&config), 22_500 + 6_144);
+        config.sip.tcp_max_connections = usize::MAX;
+        assert_eq!(descriptors_needed(&config), usize::MAX);
     }
 }

@@ -24,12 +24,8 @@ fn status_field(pid: u32, name: &str) -> u64 {
 fn a_fresh_node_is_sized_for_its_load_and_takes_no_huge_pages() {
     let ports = Ports::take();
     let node = Node::start(ports, "127.0.0.0/8", "");
-    let defaults = Config::embedded_default().expect("defaults");
-    let needed = tsunagu::process::descriptors_needed(
-        usize::from(RTP_PER_SLOT),
-        defaults.sip.tcp_max_connections,
-        defaults.api.max_connections as usize,
-    );
+    let config = Config::load(&node.dir.path().join("node.toml")).expect("the node's config");
+    let needed = tsunagu::process::descriptors_needed(&config);
     let fd_size = status_field(node.pid(), "FDSize");
     assert!(
         fd_size >= needed as u64,
@@ -40,10 +36,10 @@ fn a_fresh_node_is_sized_for_its_load_and_takes_no_huge_pages() {
     // Allowed by the configuration: left on.
     let mut node = node;
     node.kill();
-    let config = node.dir.path().join("node.toml");
-    let text = std::fs::read_to_string(&config).expect("config");
+    let path = node.dir.path().join("node.toml");
+    let text = std::fs::read_to_string(&path).expect("config");
     let text = text.replacen("[node]\n", "[node]\ntransparent_huge_pages = true\n", 1);
-    std::fs::write(&config, text).expect("write config");
+    std::fs::write(&path, text).expect("write config");
     node.start_again();
     assert_eq!(status_field(node.pid(), "THP_enabled"), 1);
 }
