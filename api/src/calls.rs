@@ -6,7 +6,7 @@
 //! injection (OWASP: a leading `=`, `+`, `-`, `@`, tab or CR gets a `'`).
 
 use crate::auth::OperatorId;
-use crate::searches::Refusal;
+use crate::running::Refusal;
 use crate::{db, rfc3339, ApiError, ApiState};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap};
@@ -369,18 +369,22 @@ pub async fn list(
     let mut query = query_from(op, &p)?;
     if format != Format::Json {
         let d = &st.defences;
-        let Ok(permit) = d.exports.clone().try_acquire_owned() else {
+        let permit = d.exports.try_start(&query.operator_id).map_err(|why| {
             d.metrics.exports_refused.inc();
-            return Err(
-                ApiError::unavailable("too many exports are running; try again shortly")
-                    .retry_after(5),
-            );
-        };
+            let message = match why {
+                Refusal::Node => "too many exports are running; try again shortly",
+                Refusal::Operator => {
+                    "this operator already runs as many exports as it may; try again shortly"
+                }
+            };
+            ApiError::unavailable(message).retry_after(5)
+        })?;
         return Ok(crate::export::Export {
             store: st.store.clone(),
             query,
             format,
             send_timeout: d.export_send_timeout,
+            max_duration: d.export_max_duration,
             metrics: d.metrics.clone(),
             permit,
         }

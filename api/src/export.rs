@@ -6,19 +6,22 @@
 //!   without bound and is never checkpointed);
 //! - pages go to the socket through a small channel; a client that takes no data for
 //!   `api.export_send_timeout_seconds` gets its export cut (the body ends in an error,
-//!   never in a clean end that would pass for a complete file);
-//! - at most `api.max_exports` run at once (a semaphore permit held by the exporter
-//!   task): the rest are answered 503 by the handler.
+//!   never in a clean end that would pass for a complete file), and so does an export
+//!   still streaming after `api.export_max_seconds`, however steadily its client reads
+//!   (a trickle would otherwise hold its place for days);
+//! - at most `api.max_exports` run at once, `api.max_exports_per_operator` of one
+//!   operator (a permit held by the exporter task): the rest are answered 503 by the
+//!   handler.
 
 use crate::calls::{fields, write_row, Format, COLUMNS};
-use crate::metrics::ApiMetrics;
+use crate::metrics::{ApiMetrics, ReasonLabel};
+use crate::running::RunPermit;
 use axum::body::{Body, Bytes};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc::error::SendTimeoutError;
-use tokio::sync::OwnedSemaphorePermit;
 use tsunagu_store::{CallQuery, Store};
 
 /// Rows read per page (one short read transaction each).
@@ -39,8 +42,10 @@ pub struct Export {
     pub query: CallQuery,
     pub format: Format,
     pub send_timeout: Duration,
+    /// How long the export may stream in all.
+    pub max_duration: Duration,
     pub metrics: ApiMetrics,
-    pub permit: OwnedSemaphorePermit,
+    pub permit: RunPermit,
 }
 
 /// One page of rows, formatted, and where the next page starts.
@@ -116,21 +121,35 @@ impl Export {
             query,
             format,
             send_timeout,
+            max_duration,
             metrics,
             permit,
         } = self;
         let _permit = permit;
         metrics.exports_active.inc();
         let _active = Active(metrics.clone());
+        let cut_at = tokio::time::Instant::now() + max_duration;
+        let cut = |reason: &'static str| {
+            metrics
+                .exports_cut
+                .get_or_create(&ReasonLabel { reason })
+                .inc();
+            tracing::info!(reason, "call export cut");
+        };
         let send = |piece: Piece| {
             let tx = tx.clone();
-            let metrics = metrics.clone();
             async move {
-                match tx.send_timeout(piece, send_timeout).await {
+                // The client's time to take this piece: the stall timeout, or what
+                // is left of the export's whole time if that is less.
+                let left = cut_at.saturating_duration_since(tokio::time::Instant::now());
+                match tx.send_timeout(piece, send_timeout.min(left)).await {
                     Ok(()) => true,
+                    Err(SendTimeoutError::Timeout(_)) if left < send_timeout => {
+                        cut("too_long");
+                        false
+                    }
                     Err(SendTimeoutError::Timeout(_)) => {
-                        metrics.exports_cut.inc();
-                        tracing::info!("call export cut: the client took no data in time");
+                        cut("stalled");
                         false
                     }
                     Err(SendTimeoutError::Closed(_)) => false,
@@ -148,6 +167,11 @@ impl Export {
             let rows = remaining.map_or(PAGE_ROWS, |r| r.min(PAGE_ROWS));
             if rows == 0 {
                 break;
+            }
+            if tokio::time::Instant::now() >= cut_at {
+                // Dropping the sender ends the body in an error, not a clean end.
+                cut("too_long");
+                return;
             }
             let mut q = query.clone();
             q.after = after.take();
@@ -181,6 +205,7 @@ impl Export {
 
 #[cfg(test)]
 mod tests {
+    use crate::metrics::{ApiMetrics, ReasonLabel};
     use crate::testing::{api, api_with};
     use axum::http::StatusCode;
     use futures_util::StreamExt;
@@ -198,6 +223,10 @@ mod tests {
                 c
             })
             .collect()
+    }
+
+    fn cuts(m: &ApiMetrics, reason: &'static str) -> u64 {
+        m.exports_cut.get_or_create(&ReasonLabel { reason }).get()
     }
 
     fn ids_of_csv(text: &str) -> Vec<String> {
@@ -304,6 +333,7 @@ mod tests {
     async fn a_stalled_export_is_cut_and_pins_nothing() {
         let config = ApiConfig {
             max_exports: 1,
+            max_exports_per_operator: 2,
             ..ApiConfig::default()
         };
         let a = api_with(&config, |d| {
@@ -330,10 +360,11 @@ mod tests {
         assert!(a.store.checkpoint().unwrap(), "no read snapshot is open");
         let m = a.state.defences.metrics.clone();
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while m.exports_cut.get() == 0 {
+        while cuts(&m, "stalled") == 0 {
             assert!(std::time::Instant::now() < deadline, "never cut");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        assert_eq!(cuts(&m, "too_long"), 0);
         let mut body = stalled.into_body().into_data_stream();
         let mut got = 0;
         let end = loop {
@@ -354,5 +385,103 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert_eq!(a.get("/v1/calls?format=csv").await.status, StatusCode::OK);
+    }
+
+    /// A client that keeps reading, a little at a time, never trips the stall timeout:
+    /// `api.export_max_seconds` cuts it (the body ends in an error, not a clean end)
+    /// and frees its place.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_trickling_export_is_cut_at_its_time_limit() {
+        let a = api_with(&ApiConfig::default(), |d| {
+            d.export_max_duration = Duration::from_millis(400)
+        });
+        a.store
+            .insert_calls(&calls(&a.operator, &a.advertiser, 3000, 1_000_000), &[])
+            .unwrap();
+        let key = a.key.clone();
+        let started = std::time::Instant::now();
+        let slow = a
+            .call(&a.router, "GET", "/v1/calls?format=csv", Some(&key), "")
+            .await;
+        assert_eq!(slow.status(), StatusCode::OK);
+        let mut body = slow.into_body().into_data_stream();
+        let (mut got, mut chunks) = (0, 0);
+        let end = loop {
+            match body.next().await {
+                Some(Ok(chunk)) => {
+                    got += chunk.len();
+                    chunks += 1;
+                    // One page every 100 ms: well inside the 30 s stall timeout.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Some(Err(e)) => break Some(e),
+                None => break None,
+            }
+        };
+        assert!(
+            end.is_some(),
+            "a cut export must not end like a complete one"
+        );
+        assert!(
+            chunks >= 2 && got > 0,
+            "it streamed before the cut: {chunks} chunks"
+        );
+        // 3,000 rows are 12 pages: the whole export would take over 1.2 s.
+        assert!(started.elapsed() < Duration::from_secs(5));
+        let m = a.state.defences.metrics.clone();
+        assert_eq!(cuts(&m, "too_long"), 1);
+        assert_eq!(cuts(&m, "stalled"), 0);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while m.exports_active.get() != 0 {
+            assert!(std::time::Instant::now() < deadline, "permit held");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(a.state.defences.exports.running(), 0);
+    }
+
+    /// One operator's exports (here one whose client never reads) take at most
+    /// `api.max_exports_per_operator` places: its next is refused 503, another
+    /// operator's export still runs.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_operator_cannot_take_every_export() {
+        let config = ApiConfig {
+            max_exports: 3,
+            max_exports_per_operator: 1,
+            ..ApiConfig::default()
+        };
+        let a = api_with(&config, |_| {});
+        a.store
+            .insert_calls(&calls(&a.operator, &a.advertiser, 3000, 1_000_000), &[])
+            .unwrap();
+        let key = a.key.clone();
+        let held = a
+            .call(&a.router, "GET", "/v1/calls?format=csv", Some(&key), "")
+            .await;
+        assert_eq!(held.status(), StatusCode::OK);
+        let refused = a.get("/v1/calls?format=tsv").await;
+        assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(refused.headers["retry-after"], "5");
+        assert!(
+            refused.text().contains("this operator"),
+            "{}",
+            refused.text()
+        );
+        assert_eq!(a.state.defences.metrics.exports_refused.get(), 1);
+
+        let other = a.store.create_operator("other").unwrap();
+        let other_key = tsunagu_store::new_api_key();
+        a.store
+            .add_api_key(&other.id, &tsunagu_store::hash_api_key(&other_key), "tsk_o")
+            .unwrap();
+        let theirs = a
+            .send("GET", "/v1/calls?format=csv", Some(&other_key), "")
+            .await;
+        assert_eq!(theirs.status, StatusCode::OK, "{}", theirs.text());
+        assert_eq!(
+            theirs.text().lines().count(),
+            1,
+            "the header only: no calls of theirs"
+        );
+        drop(held);
     }
 }

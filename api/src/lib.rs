@@ -29,7 +29,7 @@ mod pools;
 mod prompts;
 mod recording_join;
 mod recordings;
-pub mod searches;
+pub mod running;
 pub mod serve;
 mod tag;
 #[cfg(test)]
@@ -97,11 +97,13 @@ pub struct Defences {
     pub trusted_proxies: Vec<Cidr>,
     /// Rate limits of page issuance.
     pub issue: limit::IssueLimiter,
-    /// One permit per running CSV/TSV export.
-    pub exports: Arc<tokio::sync::Semaphore>,
+    /// The CSV/TSV exports running, in all and per operator.
+    pub exports: Arc<running::RunLimits>,
     pub export_send_timeout: Duration,
+    /// How long an export may stream in all.
+    pub export_max_duration: Duration,
     /// The JSON call searches running, in all and per operator.
-    pub searches: Arc<searches::SearchLimits>,
+    pub searches: Arc<running::RunLimits>,
     /// How long a JSON call search may read the store.
     pub search_timeout: Duration,
     /// `/metrics` needs this bearer token when set.
@@ -118,9 +120,10 @@ impl Defences {
         Defences {
             trusted_proxies: c.trusted_proxies.clone(),
             issue: limit::IssueLimiter::new(&c.issue, now_ms()),
-            exports: Arc::new(tokio::sync::Semaphore::new(c.max_exports as usize)),
+            exports: running::RunLimits::new(c.max_exports, c.max_exports_per_operator),
             export_send_timeout: Duration::from_secs(c.export_send_timeout_seconds.into()),
-            searches: searches::SearchLimits::new(c.max_searches, c.max_searches_per_operator),
+            export_max_duration: Duration::from_secs(c.export_max_seconds.into()),
+            searches: running::RunLimits::new(c.max_searches, c.max_searches_per_operator),
             search_timeout: search_budget(c.search_timeout_seconds, c.request_timeout_seconds),
             metrics_token: c.metrics_token.clone(),
             metrics_on_api: c.metrics_listen.is_none(),
@@ -234,10 +237,7 @@ where
         .map_err(ApiError::from)
 }
 
-/// The current time in milliseconds since the epoch.
-pub(crate) fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
+pub(crate) use tsunagu_store::now_ms;
 
 /// Milliseconds since the epoch as RFC 3339 UTC with milliseconds.
 pub fn rfc3339(ms: i64) -> String {

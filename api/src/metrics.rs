@@ -37,7 +37,7 @@ pub struct ApiMetrics {
     pub issue_tracked_addresses: Gauge,
     pub exports_active: Gauge,
     pub exports_refused: Counter,
-    pub exports_cut: Counter,
+    pub exports_cut: Family<ReasonLabel, Counter>,
     pub searches_refused: Counter,
     pub searches_timed_out: Counter,
     pub metrics_unauthorized: Counter,
@@ -46,6 +46,10 @@ pub struct ApiMetrics {
     pub recording_parts_missing: Counter,
     pub recording_gaps_capped: Counter,
 }
+
+/// Why an export was cut (`api_exports_cut`): its client took no data for
+/// `api.export_send_timeout_seconds`, or it ran for `api.export_max_seconds`.
+pub const EXPORT_CUTS: [&str; 2] = ["stalled", "too_long"];
 
 /// The outcomes `api_recordings_served` counts (see its HELP).
 pub const RECORDING_OUTCOMES: [&str; 6] = [
@@ -69,6 +73,9 @@ impl ApiMetrics {
         }
         for reason in ["header", "idle", "request"] {
             drop(self.timeouts.get_or_create(&ReasonLabel { reason }));
+        }
+        for reason in EXPORT_CUTS {
+            drop(self.exports_cut.get_or_create(&ReasonLabel { reason }));
         }
         for limit in ["address", "pool", "session"] {
             drop(self.issue_throttled.get_or_create(&LimitLabel { limit }));
@@ -126,7 +133,7 @@ impl ApiMetrics {
         );
         r.register(
             "api_exports_refused",
-            "CSV/TSV exports answered 503 because api.max_exports were running",
+            "CSV/TSV exports answered 503 because api.max_exports (or the operator's api.max_exports_per_operator) were running",
             self.exports_refused.clone(),
         );
         r.register(
@@ -141,7 +148,7 @@ impl ApiMetrics {
         );
         r.register(
             "api_exports_cut",
-            "CSV/TSV exports ended early because the client took no data for api.export_send_timeout_seconds",
+            "CSV/TSV exports ended early (their body ends in an error), by reason: stalled (the client took no data for api.export_send_timeout_seconds), too_long (still streaming after api.export_max_seconds)",
             self.exports_cut.clone(),
         );
         r.register(

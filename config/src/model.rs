@@ -329,6 +329,15 @@ pub struct ApiConfig {
     /// CSV/TSV exports running at once; more are answered 503 with Retry-After.
     #[serde(default = "default_api_max_exports")]
     pub max_exports: u32,
+    /// CSV/TSV exports one operator may run at once (so that one operator's exports,
+    /// slow clients included, cannot hold every place of `max_exports`).
+    #[serde(default = "default_api_max_exports_per_operator")]
+    pub max_exports_per_operator: u32,
+    /// An export still streaming after this long is cut (its body ends in an error),
+    /// however steadily its client reads: a client reading a trickle would otherwise
+    /// hold its place for days.
+    #[serde(default = "default_api_export_max_seconds")]
+    pub export_max_seconds: u32,
     /// JSON call searches (`GET /v1/calls`) running at once; more are answered 503
     /// with Retry-After (each holds a store connection and a blocking thread).
     #[serde(default = "default_api_max_searches")]
@@ -374,6 +383,8 @@ impl Default for ApiConfig {
             idle_timeout_seconds: default_api_idle_timeout(),
             request_timeout_seconds: default_api_request_timeout(),
             max_exports: default_api_max_exports(),
+            max_exports_per_operator: default_api_max_exports_per_operator(),
+            export_max_seconds: default_api_export_max_seconds(),
             max_searches: default_api_max_searches(),
             max_searches_per_operator: default_api_max_searches_per_operator(),
             search_timeout_seconds: default_api_search_timeout(),
@@ -900,6 +911,16 @@ fn default_api_request_timeout() -> u32 {
 }
 fn default_api_max_exports() -> u32 {
     4
+}
+/// One at a time: with the default four places, no operator can take more than a
+/// quarter of them.
+fn default_api_max_exports_per_operator() -> u32 {
+    1
+}
+/// An hour: a year of a busy operator's calls (millions of rows, a few hundred MB) at
+/// a few hundred kB/s. Longer exports page through it with `from`/`to`.
+fn default_api_export_max_seconds() -> u32 {
+    3600
 }
 fn default_api_max_searches() -> u32 {
     8

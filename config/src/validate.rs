@@ -414,6 +414,8 @@ impl Config {
             ("api.idle_timeout_seconds", a.idle_timeout_seconds),
             ("api.request_timeout_seconds", a.request_timeout_seconds),
             ("api.max_exports", a.max_exports),
+            ("api.max_exports_per_operator", a.max_exports_per_operator),
+            ("api.export_max_seconds", a.export_max_seconds),
             ("api.max_searches", a.max_searches),
             ("api.max_searches_per_operator", a.max_searches_per_operator),
             ("api.search_timeout_seconds", a.search_timeout_seconds),
@@ -446,6 +448,7 @@ impl Config {
                 "api.export_send_timeout_seconds",
                 a.export_send_timeout_seconds,
             ),
+            ("api.export_max_seconds", a.export_max_seconds),
         ] {
             if v > day {
                 err(path.into(), "must be at most 86400 seconds".into());
@@ -767,12 +770,14 @@ mod tests {
             ),
             (
                 "api limits",
-                "[api]\nmax_connections = 0\nheader_timeout_seconds = 0\nidle_timeout_seconds = 90000\nmax_exports = 0\nmax_searches = 0\nsearch_timeout_seconds = 0\nexport_send_timeout_seconds = 0\nmetrics_listen = \"127.0.0.1:20001\"\nmetrics_token = \"short\"\npool_metrics = [\"pool x\"]\n[api.issue]\nper_address_burst = 0\nmax_leases_per_session = 0\nmax_leases_per_address = 0\n[media]\nports = \"20000-20999\"\n",
+                "[api]\nmax_connections = 0\nheader_timeout_seconds = 0\nidle_timeout_seconds = 90000\nmax_exports = 0\nmax_exports_per_operator = 0\nexport_max_seconds = 90000\nmax_searches = 0\nsearch_timeout_seconds = 0\nexport_send_timeout_seconds = 0\nmetrics_listen = \"127.0.0.1:20001\"\nmetrics_token = \"short\"\npool_metrics = [\"pool x\"]\n[api.issue]\nper_address_burst = 0\nmax_leases_per_session = 0\nmax_leases_per_address = 0\n[media]\nports = \"20000-20999\"\n",
                 &[
                     "api.max_connections",
                     "api.header_timeout_seconds",
                     "api.idle_timeout_seconds",
                     "api.max_exports",
+                    "api.max_exports_per_operator",
+                    "api.export_max_seconds",
                     "api.max_searches",
                     "api.search_timeout_seconds",
                     "api.export_send_timeout_seconds",

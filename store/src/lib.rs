@@ -9,6 +9,7 @@
 //! Async callers (the HTTP API) run store calls on `spawn_blocking`; the call path never
 //! touches the store directly (call logs go through a batching writer).
 
+mod clock;
 pub mod conformance;
 mod ids;
 mod model;
@@ -16,6 +17,7 @@ pub mod schedule;
 pub mod scylla;
 mod sqlite;
 
+pub use clock::now_ms;
 pub use ids::{hash_api_key, new_api_key, new_id, new_time_id};
 pub use model::*;
 #[cfg(feature = "scylla")]

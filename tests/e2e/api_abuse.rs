@@ -240,7 +240,7 @@ fn an_export_whose_client_stops_reading_is_cut() {
     assert_eq!(node.try_get("/healthz", None).unwrap().status, 200);
 
     node.wait_until(Duration::from_secs(15), "the export to be cut", || {
-        node.metric("tsunagu_api_exports_cut_total") == 1.0
+        node.metric("tsunagu_api_exports_cut_total{reason=\"stalled\"}") == 1.0
     });
     // Now read what the node had sent: it ends without the last chunk, in a close.
     let mut rest = Vec::new();

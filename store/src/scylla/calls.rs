@@ -7,9 +7,10 @@ use super::logic::*;
 use super::ownership::*;
 use super::queries as q;
 use super::store::{
-    now_ms, CallScanRow, Cas, Inner, CALLER_INDEX_TTL_SECONDS, CAS_ROUNDS, CONCURRENT_CALLS,
+    CallScanRow, Cas, Inner, CALLER_INDEX_TTL_SECONDS, CAS_ROUNDS, CONCURRENT_CALLS,
 };
 use crate::model::*;
+use crate::now_ms;
 use crate::{Result, StoreError};
 use futures_util::{StreamExt, TryStreamExt};
 

@@ -3,8 +3,9 @@
 
 use super::logic::*;
 use super::queries as q;
-use super::store::{now_ms, Inner, CAS_ROUNDS};
+use super::store::{Inner, CAS_ROUNDS};
 use crate::model::*;
+use crate::now_ms;
 use crate::{Result, StoreError};
 
 impl Inner {

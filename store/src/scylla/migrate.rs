@@ -1,7 +1,8 @@
 //! Applying the schema migrations at start (see `schema.rs` for the protocol).
 
 use super::schema::{self, MigrationStep};
-use super::store::{corrupt, now_ms, unavailable};
+use super::store::{corrupt, unavailable};
+use crate::now_ms;
 use crate::{Result, StoreError};
 use scylla::client::session::Session;
 use scylla::statement::SerialConsistency;

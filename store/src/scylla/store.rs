@@ -8,7 +8,7 @@ use super::queries::{self as q, Kind};
 use super::schema;
 use super::settings::{Consistency, ScyllaSettings};
 use crate::model::*;
-use crate::{Result, Store, StoreError};
+use crate::{now_ms, Result, Store, StoreError};
 use futures_util::StreamExt;
 use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
@@ -46,13 +46,6 @@ pub(super) fn unavailable(e: impl std::fmt::Display) -> StoreError {
 
 pub(super) fn corrupt(e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(e.to_string())
-}
-
-pub(super) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 pub(super) fn json<T: serde::Serialize>(v: &T) -> Result<String> {

@@ -3,7 +3,7 @@
 //! processes on one machine may share the file (a multi-node test cluster).
 
 use crate::model::*;
-use crate::{Result, Store, StoreError};
+use crate::{now_ms, Result, Store, StoreError};
 use rusqlite::types::Value;
 use rusqlite::{params, params_from_iter, Connection, ErrorCode, OptionalExtension};
 use std::collections::BTreeMap;
@@ -31,13 +31,6 @@ pub struct SqliteStore {
     durability: Durability,
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 fn unavailable(e: rusqlite::Error) -> StoreError {

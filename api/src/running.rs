@@ -1,51 +1,55 @@
-//! How many JSON call searches run at once: in all (`api.max_searches`: each holds a
-//! store connection and a blocking thread) and per operator
-//! (`api.max_searches_per_operator`), so that one operator's slow searches cannot
-//! keep every other operator's answered 503. A permit is held by the scan itself and
-//! given back when it ends, whether its request is still waiting or not.
+//! How many long-running reads of the call log run at once, in all and per operator:
+//! JSON call searches (`api.max_searches`, `api.max_searches_per_operator`: each holds
+//! a store connection and a blocking thread while it scans) and CSV/TSV exports
+//! (`api.max_exports`, `api.max_exports_per_operator`: each streams for as long as its
+//! client reads). The cap per operator is there so that one operator's slow searches
+//! or exports cannot keep every other operator's answered 503. A permit is held by the
+//! work itself (the scan, the exporter task) and given back when it ends, whether its
+//! request is still waiting or not.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// The searches running now.
+/// The searches (or the exports) running now.
 #[derive(Debug)]
-pub struct SearchLimits {
+pub struct RunLimits {
     total: Arc<Semaphore>,
     per_operator: u32,
-    /// Searches running per operator; an operator with none has no entry, so the map
-    /// holds at most `api.max_searches` entries.
+    /// Running per operator; an operator with none has no entry, so the map holds at
+    /// most as many entries as the cap in all.
     running: Mutex<HashMap<String, u32>>,
 }
 
-/// One running search's place; given back on drop.
+/// One running search's (or export's) place; given back on drop.
 #[derive(Debug)]
-pub struct SearchPermit {
-    limits: Arc<SearchLimits>,
+pub struct RunPermit {
+    limits: Arc<RunLimits>,
     operator: String,
     _total: OwnedSemaphorePermit,
 }
 
-/// Why a search was not started.
+/// Why a search (or an export) was not started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
-    /// `api.max_searches` are running.
+    /// The cap in all is reached (`api.max_searches`, `api.max_exports`).
     Node,
-    /// The operator already runs `api.max_searches_per_operator`.
+    /// The operator is at its own cap (`api.max_searches_per_operator`,
+    /// `api.max_exports_per_operator`).
     Operator,
 }
 
-impl SearchLimits {
-    pub fn new(total: u32, per_operator: u32) -> Arc<SearchLimits> {
-        Arc::new(SearchLimits {
+impl RunLimits {
+    pub fn new(total: u32, per_operator: u32) -> Arc<RunLimits> {
+        Arc::new(RunLimits {
             total: Arc::new(Semaphore::new(total as usize)),
             per_operator,
             running: Mutex::new(HashMap::new()),
         })
     }
 
-    /// A place for one more search of `operator`, or why there is none.
-    pub fn try_start(self: &Arc<Self>, operator: &str) -> Result<SearchPermit, Refusal> {
+    /// A place for one more of `operator`'s, or why there is none.
+    pub fn try_start(self: &Arc<Self>, operator: &str) -> Result<RunPermit, Refusal> {
         let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
         let mine = running.get(operator).copied().unwrap_or(0);
         if mine >= self.per_operator {
@@ -57,14 +61,14 @@ impl SearchLimits {
             .try_acquire_owned()
             .map_err(|_| Refusal::Node)?;
         running.insert(operator.to_string(), mine + 1);
-        Ok(SearchPermit {
+        Ok(RunPermit {
             limits: self.clone(),
             operator: operator.to_string(),
             _total: total,
         })
     }
 
-    /// Searches running now, in all.
+    /// Running now, in all.
     pub fn running(&self) -> usize {
         self.running
             .lock()
@@ -75,7 +79,7 @@ impl SearchLimits {
     }
 }
 
-impl Drop for SearchPermit {
+impl Drop for RunPermit {
     fn drop(&mut self) {
         let mut running = self
             .limits
@@ -98,7 +102,7 @@ mod tests {
     /// Each row: (operator starting a search, expected) with every permit kept.
     #[test]
     fn searches_are_capped_in_all_and_per_operator() {
-        let limits = SearchLimits::new(3, 2);
+        let limits = RunLimits::new(3, 2);
         let rows = [
             ("a", Ok(())),
             ("a", Ok(())),
