@@ -143,7 +143,7 @@ impl PortRange {
     /// How many legs the range can carry at once: even ports with the odd one above
     /// still in the range (what the RTP port pool leases).
     pub fn pairs(&self) -> usize {
-        let first_even = (u32::from(self.first) + 1) / 2; // halves: ceil(first / 2)
+        let first_even = u32::from(self.first).div_ceil(2); // halves: ceil(first / 2)
         let last_even = u32::from(self.last).saturating_sub(1) / 2; // floor((last - 1) / 2)
         (last_even + 1).saturating_sub(first_even) as usize
     }

@@ -463,7 +463,7 @@ mod tests {
     async fn assert_cleaned_up(f: &Fixture) {
         let (caller, log, store, metrics, ctx) = (&f.caller, &f.log, &f.store, &f.metrics, &f.ctx);
         let op = &f.operator;
-        let reply = recv_text(&caller);
+        let reply = recv_text(caller);
         assert!(
             reply.starts_with("SIP/2.0 500 "),
             "the caller is answered: {reply}"

@@ -253,7 +253,7 @@ fn check_quotes(msg: &SipMessage) -> Result<(), ParseError> {
         let name = h.name();
         if let Some(known) = QUOTING_HEADERS
             .iter()
-            .find(|n| n.eq_ignore_ascii_case(&name))
+            .find(|n| n.eq_ignore_ascii_case(name))
         {
             return Err(ParseError::Header(known));
         }

@@ -649,7 +649,7 @@ impl Call {
         }
         let offer = self.a_view.offer.as_deref();
         self.b_offer = offer
-            .and_then(|o| self.anchor_sdp(Side::A, &o))
+            .and_then(|o| self.anchor_sdp(Side::A, o))
             .unwrap_or_default();
         if let Some((pt, _)) = &self.a_answer {
             // The caller already has the node's answer: offer the callee that codec.
