@@ -371,13 +371,7 @@ pub async fn list(
         let d = &st.defences;
         let permit = d.exports.try_start(&query.operator_id).map_err(|why| {
             d.metrics.exports_refused.inc();
-            let message = match why {
-                Refusal::Node => "too many exports are running; try again shortly",
-                Refusal::Operator => {
-                    "this operator already runs as many exports as it may; try again shortly"
-                }
-            };
-            ApiError::unavailable(message).retry_after(5)
+            refused(why, "exports", 5)
         })?;
         return Ok(crate::export::Export {
             store: st.store.clone(),
@@ -398,13 +392,7 @@ pub async fn list(
     let d = &st.defences;
     let permit = d.searches.try_start(&query.operator_id).map_err(|why| {
         d.metrics.searches_refused.inc();
-        let message = match why {
-            Refusal::Node => "too many call searches are running; try again shortly",
-            Refusal::Operator => {
-                "this operator already runs as many call searches as it may; try again shortly"
-            }
-        };
-        ApiError::unavailable(message).retry_after(1)
+        refused(why, "call searches", 1)
     })?;
     query.deadline = Some(std::time::Instant::now() + d.search_timeout);
     let metrics = d.metrics.clone();
@@ -430,6 +418,17 @@ pub async fn list(
         Json(json!({"calls": rows.iter().map(call_json).collect::<Vec<_>>(), "next_cursor": next}))
             .into_response(),
     )
+}
+
+/// 503 for a search or an export the caps refused: whose cap, and when to retry.
+fn refused(why: Refusal, what: &str, retry_after: u64) -> ApiError {
+    let message = match why {
+        Refusal::Node => format!("too many {what} are running; try again shortly"),
+        Refusal::Operator => {
+            format!("this operator already runs as many {what} as it may; try again shortly")
+        }
+    };
+    ApiError::unavailable(message).retry_after(retry_after)
 }
 
 pub async fn get_one(
