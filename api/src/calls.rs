@@ -379,6 +379,7 @@ pub async fn list(
             format,
             send_timeout: d.export_send_timeout,
             max_duration: d.export_max_duration,
+            page_timeout: d.search_timeout,
             metrics: d.metrics.clone(),
             permit,
         }

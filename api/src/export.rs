@@ -3,7 +3,9 @@
 //! - rows are read in pages of [`PAGE_ROWS`], keyset-paged by `(started_at, call_id)`,
 //!   each page its own short read on the blocking pool: no read snapshot stays open
 //!   while the client is slow (an open snapshot pins SQLite's WAL, which then grows
-//!   without bound and is never checkpointed);
+//!   without bound and is never checkpointed); a page whose filter matches too few
+//!   rows to fill it within the search time (`api.search_timeout_seconds`) is stopped
+//!   by the store and the export cut, so no page's read lasts longer either;
 //! - pages go to the socket through a small channel; a client that takes no data for
 //!   `api.export_send_timeout_seconds` gets its export cut (the body ends in an error,
 //!   never in a clean end that would pass for a complete file), and so does an export
@@ -22,7 +24,7 @@ use axum::response::{IntoResponse, Response};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc::error::SendTimeoutError;
-use tsunagu_store::{CallQuery, Store};
+use tsunagu_store::{CallQuery, Store, StoreError};
 
 /// Rows read per page (one short read transaction each).
 const PAGE_ROWS: usize = 256;
@@ -44,6 +46,8 @@ pub struct Export {
     pub send_timeout: Duration,
     /// How long the export may stream in all.
     pub max_duration: Duration,
+    /// How long one page may read the store.
+    pub page_timeout: Duration,
     pub metrics: ApiMetrics,
     pub permit: RunPermit,
 }
@@ -122,6 +126,7 @@ impl Export {
             format,
             send_timeout,
             max_duration,
+            page_timeout,
             metrics,
             permit,
         } = self;
@@ -176,10 +181,26 @@ impl Export {
             let mut q = query.clone();
             q.after = after.take();
             q.limit = Some(rows);
+            let left = cut_at.saturating_duration_since(tokio::time::Instant::now());
+            q.deadline = Some(std::time::Instant::now() + page_timeout.min(left));
             let s = store.clone();
             let page = tokio::task::spawn_blocking(move || read_page(&*s, &q, format)).await;
             let page = match page {
                 Ok(Ok(p)) => p,
+                Ok(Err(StoreError::TimedOut(_))) => {
+                    let why = if tokio::time::Instant::now() >= cut_at {
+                        "too_long"
+                    } else {
+                        "slow_page"
+                    };
+                    cut(why);
+                    let _ = send(Piece::Failed(
+                        "a page of this export read the store for too long: narrow it with from/to"
+                            .into(),
+                    ))
+                    .await;
+                    return;
+                }
                 Ok(Err(e)) => {
                     let _ = send(Piece::Failed(e.to_string())).await;
                     return;
@@ -483,5 +504,42 @@ mod tests {
             "the header only: no calls of theirs"
         );
         drop(held);
+    }
+
+    /// A page whose filter finds too few rows to fill it in the search time is stopped
+    /// by the store (here a time of zero), and the export cut: no page's read snapshot
+    /// lasts longer than a search's, whatever the filter.
+    #[tokio::test]
+    async fn an_export_page_that_reads_too_long_is_stopped() {
+        let a = api_with(&ApiConfig::default(), |d| d.search_timeout = Duration::ZERO);
+        a.store
+            .insert_calls(&calls(&a.operator, &a.advertiser, 10, 1_000_000), &[])
+            .unwrap();
+        let key = a.key.clone();
+        let r = a
+            .call(&a.router, "GET", "/v1/calls?format=csv", Some(&key), "")
+            .await;
+        assert_eq!(r.status(), StatusCode::OK);
+        let mut body = r.into_body().into_data_stream();
+        let mut text = Vec::new();
+        let end = loop {
+            match body.next().await {
+                Some(Ok(chunk)) => text.extend_from_slice(&chunk),
+                Some(Err(e)) => break Some(e),
+                None => break None,
+            }
+        };
+        assert!(
+            end.is_some(),
+            "a stopped export must not end like a complete one"
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&text).lines().count(),
+            1,
+            "the header only"
+        );
+        let m = a.state.defences.metrics.clone();
+        assert_eq!(cuts(&m, "slow_page"), 1);
+        assert_eq!(a.state.defences.exports.running(), 0);
     }
 }

@@ -48,8 +48,9 @@ pub struct ApiMetrics {
 }
 
 /// Why an export was cut (`api_exports_cut`): its client took no data for
-/// `api.export_send_timeout_seconds`, or it ran for `api.export_max_seconds`.
-pub const EXPORT_CUTS: [&str; 2] = ["stalled", "too_long"];
+/// `api.export_send_timeout_seconds`, it ran for `api.export_max_seconds`, or one
+/// page read the store for the search time (`api.search_timeout_seconds`).
+pub const EXPORT_CUTS: [&str; 3] = ["stalled", "too_long", "slow_page"];
 
 /// The outcomes `api_recordings_served` counts (see its HELP).
 pub const RECORDING_OUTCOMES: [&str; 6] = [
@@ -148,7 +149,7 @@ impl ApiMetrics {
         );
         r.register(
             "api_exports_cut",
-            "CSV/TSV exports ended early (their body ends in an error), by reason: stalled (the client took no data for api.export_send_timeout_seconds), too_long (still streaming after api.export_max_seconds)",
+            "CSV/TSV exports ended early (their body ends in an error), by reason: stalled (the client took no data for api.export_send_timeout_seconds), too_long (still streaming after api.export_max_seconds), slow_page (one page read the store for api.search_timeout_seconds: a filter too narrow for the range)",
             self.exports_cut.clone(),
         );
         r.register(
