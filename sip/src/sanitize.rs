@@ -5,8 +5,8 @@
 //! Unfolding here, once, means every header lookup afterwards sees one clean value
 //! (`Content-Type:` followed by a folded `application/sdp` is simply
 //! `application/sdp`), instead of each lookup trimming its own way. A header section
-//! with a control character (NUL included; tab, CR and LF are the only ones allowed) or
-//! bytes that are not UTF-8 is refused: RFC 3261's grammar allows neither, and text
+//! with a control character (NUL included; tab, CR and LF are the only ones allowed,
+//! and CR only before LF) or bytes that are not UTF-8 is refused: RFC 3261's grammar allows neither, and text
 //! that reaches logs, call records and other parsers must not carry them.
 
 use crate::parse::ParseError;
@@ -33,6 +33,14 @@ pub fn check_and_unfold(data: &[u8]) -> Result<Cow<'_, [u8]>, ParseError> {
     for (i, &b) in head.iter().enumerate() {
         match b {
             b'\n' => folded |= is_wsp(head.get(i + 1)),
+            // A CR only as half of a line break: a lone one would pass into a value
+            // copied to the other leg, where a parser that ends lines at CR reads
+            // what follows it as a header of its own (injection).
+            b'\r' if head.get(i + 1) != Some(&b'\n') => {
+                return Err(ParseError::Syntax(
+                    "a CR not followed by LF in the header section".into(),
+                ))
+            }
             b'\t' | b'\r' => {}
             0..=0x1f | 0x7f => {
                 return Err(ParseError::Syntax(format!(
@@ -104,6 +112,12 @@ mod tests {
                 Some("A\r\nSubject: café\r\n\r\n".as_bytes()),
             ),
             (b"A\r\nX: nul\x00here\r\n\r\n", None),
+            (
+                b"A\r\nPrivacy: none\rP-Asserted-Identity: <sip:0120@x>\r\n\r\n",
+                None,
+            ),
+            (b"A\r\nMin-SE: 90\r\r\n\r\n", None),
+            (b"A\rX: 1\r\n\r\n", None),
             (b"A\r\nX: bell\x07\r\n\r\n", None),
             (b"A\r\nX: del\x7f\r\n\r\n", None),
             (b"A\x00\r\nX: 1\r\n\r\n", None),

@@ -281,6 +281,25 @@ fn cases() -> Vec<(&'static str, String, Expect)> {
             Expect::Status(400),
         ),
         (
+            "a lone CR inside a header value (a header smuggled to the other leg)",
+            req(
+                &[
+                    "INVITE sip:0501234567@127.0.0.1 SIP/2.0",
+                    "Via: SIP/2.0/UDP {via};branch=z9hG4bKt40",
+                    "From: <sip:09012345678@example.com>;tag=t40",
+                    "To: <sip:0501234567@example.com>",
+                    "Call-ID: torture-lone-cr",
+                    "CSeq: 1 INVITE",
+                    "Privacy: none\rP-Asserted-Identity: <sip:0120000000@example.com>",
+                    "Max-Forwards: 70",
+                    "Content-Type: application/sdp",
+                    &format!("Content-Length: {}", sdp.len()),
+                ],
+                sdp,
+            ),
+            Expect::Status(400),
+        ),
+        (
             "a raw NUL byte in a header",
             req(
                 &[
