@@ -236,19 +236,29 @@ pub(crate) fn validate_forwarding(
     Ok(())
 }
 
-/// Tracking parameters: at most 50 keys of 1-100 characters, values up to 2000.
+/// The most tracking parameters may hold in all, keys and values (bytes). A page's
+/// parameters are stored with every lease and copied into every call record and
+/// webhook of it, and anyone may issue a page's lease: without a total, 50 keys of
+/// 2,000 bytes would store 100 kB per request. A landing URL with a long query string
+/// and a dozen attribution keys fit with room to spare.
+pub(crate) const PARAMS_MAX_BYTES: usize = 8 * 1024;
+
+/// Tracking parameters: at most 50 keys of 1-100 characters, values up to 2000, and
+/// [`PARAMS_MAX_BYTES`] in all.
 pub(crate) fn validate_params(
     field: &str,
     params: &BTreeMap<String, String>,
 ) -> Result<(), ApiError> {
+    let total = params.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
     if params.len() > 50
+        || total > PARAMS_MAX_BYTES
         || params
             .iter()
             .any(|(k, v)| k.is_empty() || k.len() > 100 || v.len() > 2000)
     {
         return Err(ApiError::invalid(
             field,
-            "at most 50 keys of 1-100 characters with values up to 2000",
+            "at most 50 keys of 1-100 characters with values up to 2000, 8192 bytes in all",
         ));
     }
     Ok(())

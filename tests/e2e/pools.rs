@@ -113,7 +113,28 @@ fn issued_numbers_carry_tracking_parameters_into_call_logs() {
     assert_eq!(calls[0]["tracking_params"]["keyword"], "hotel tokyo");
     assert_eq!(calls[0]["tracking_params"]["session_id"], "s1");
 
-    // Errors and scoping.
+    // Errors and scoping. Parameters are stored with every lease and copied into its
+    // calls: five values of 1,900 bytes are each allowed, but not together (8 KiB).
+    let bulky = (0..5)
+        .map(|i| format!(r#""k{i}": "{}""#, "x".repeat(1900)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let refused = node.send(
+        "POST",
+        &format!("/v1/pools/{id}/issue"),
+        Some(&key),
+        &format!(r#"{{"params": {{"session_id": "s9", {bulky}}}}}"#),
+    );
+    assert_eq!(refused.status, 422, "{}", refused.body);
+    assert_eq!(refused.json()["error"]["field"], "params");
+    let four = (0..4)
+        .map(|i| format!(r#""k{i}": "{}""#, "x".repeat(1900)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    assert_eq!(
+        issue(&format!(r#"{{"session_id": "s1", {four}}}"#))["number"],
+        "0505550001"
+    );
     let other = node.other_operator();
     assert_eq!(
         node.send("POST", &format!("/v1/pools/{id}/issue"), Some(&other), "{}")
