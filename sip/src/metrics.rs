@@ -333,7 +333,7 @@ impl SipMetrics {
         );
         r.register(
             "sip_connections_refused",
-            "SIP TCP/TLS connections refused: untrusted (source in no trunk), total_limit (sip.tcp_max_connections), source_limit (sip.tcp_max_connections_per_source)",
+            "SIP TCP/TLS connections refused: untrusted (source in no trunk; or a message toward one with no connection open, which the node never dials), total_limit (sip.tcp_max_connections), source_limit (sip.tcp_max_connections_per_source)",
             self.connections_refused.clone(),
         );
         r.register(

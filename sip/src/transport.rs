@@ -507,7 +507,24 @@ impl StreamConnections {
             .inc();
     }
 
+    /// Sends `data` to `addr` on the connection open with it, or on a new one: a new
+    /// connection only toward a trusted source (a trunk), never toward a stranger, so
+    /// that what is sent to strangers (their 403s) cannot make the node open, and hold
+    /// in the trunks' budget, connections to any address they name.
     pub fn send(&self, addr: SocketAddr, data: Bytes) {
+        self.send_or_dial(addr, data, self.inbound.sources.is_trusted(addr.ip()));
+    }
+
+    /// An immediate answer (a 403 to a stranger, a 400) to a message read on the
+    /// connection `id`: on that connection while it is open, else nowhere.
+    fn reply(&self, addr: SocketAddr, id: u64, data: Bytes) {
+        let open = self.lock().conns.get(&addr).is_some_and(|c| c.id == id);
+        if open {
+            self.send_or_dial(addr, data, false);
+        }
+    }
+
+    fn send_or_dial(&self, addr: SocketAddr, data: Bytes, may_dial: bool) {
         {
             // One lock and no clone on the common path: queue to the open connection.
             let mut table = self.lock();
@@ -529,6 +546,16 @@ impl StreamConnections {
                 }
             }
         }
+        if !may_dial {
+            tracing::debug!(%addr, "no connection with this stranger; message not sent");
+            self.metrics()
+                .connections_refused
+                .get_or_create(&ReasonLabel {
+                    reason: "untrusted",
+                })
+                .inc();
+            return;
+        }
         let Some(slot) = self.reserve(addr.ip(), false) else {
             tracing::debug!(%addr, "SIP connection limit reached; message not sent");
             return;
@@ -538,7 +565,15 @@ impl StreamConnections {
         self.lock().conns.insert(addr, conn.clone());
         let this = self.clone();
         tokio::spawn(async move {
-            let tcp = match TcpStream::connect(addr).await {
+            // Bounded: a peer that drops SYNs would hold the slot for the kernel's
+            // two minutes of retries.
+            let connect = tokio::time::timeout(HANDSHAKE, TcpStream::connect(addr)).await;
+            let tcp = match connect.unwrap_or_else(|_| {
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "connect timed out",
+                ))
+            }) {
                 Ok(s) => s,
                 Err(e) => {
                     // Counted, logged at debug: a peer can make the node try often
@@ -708,7 +743,7 @@ impl StreamConnections {
                     Ok(Some(msg)) => {
                         completed = true;
                         if let Some(reply) = self.inbound.frame(&msg, peer) {
-                            self.send(addr, Bytes::from(reply));
+                            self.reply(addr, conn.id, Bytes::from(reply));
                         }
                     }
                     Ok(None) => break,
@@ -1074,5 +1109,49 @@ CSeq: {cseq} {method}\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
             Enqueue::Overflow
         ));
         assert_eq!(conn.queued.load(Ordering::Relaxed), WRITE_QUEUE_BYTES);
+    }
+
+    /// A message toward a stranger with no connection open is not sent: the node never
+    /// dials a stranger (the 403s of `sip.untrusted = "reject"` go on the stranger's
+    /// own connection only), so strangers cannot make it open, and hold in the trunks'
+    /// budget, connections to any address they name. A trunk is dialled.
+    #[tokio::test]
+    async fn strangers_are_never_dialled() {
+        use tokio::io::AsyncReadExt;
+        let (inb, _rx) = inbound(Untrusted::Reject);
+        let limits = StreamLimits {
+            max_connections: 10,
+            max_per_source: 3,
+            idle_timeout: Duration::from_secs(5),
+        };
+        let conns =
+            StreamConnections::new(inb.clone(), Transport::Tcp, TlsSetup::default(), limits);
+        let stranger = TcpListener::bind("127.0.0.2:0").await.unwrap();
+        conns.send(stranger.local_addr().unwrap(), Bytes::from_static(OPTIONS));
+        {
+            let table = conns.lock();
+            assert!(table.conns.is_empty(), "no connection opened");
+            assert_eq!(table.trusted + table.strangers, 0, "no slot taken");
+        }
+        let untrusted = ReasonLabel {
+            reason: "untrusted",
+        };
+        assert_eq!(
+            inb.metrics
+                .connections_refused
+                .get_or_create(&untrusted)
+                .get(),
+            1
+        );
+
+        let trunk = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        conns.send(trunk.local_addr().unwrap(), Bytes::from_static(OPTIONS));
+        let (mut s, _) = tokio::time::timeout(Duration::from_secs(5), trunk.accept())
+            .await
+            .expect("the trunk is dialled")
+            .unwrap();
+        let mut got = vec![0u8; OPTIONS.len()];
+        s.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, OPTIONS);
     }
 }
