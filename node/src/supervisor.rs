@@ -327,6 +327,16 @@ mod tests {
         max_ring: Duration,
         end_guard: Duration,
     ) -> Fixture {
+        forwarding_call_from(max_call, max_ring, end_guard, "").await
+    }
+
+    /// The same with more headers in the caller's INVITE (each ending in CRLF).
+    async fn forwarding_call_from(
+        max_call: Duration,
+        max_ring: Duration,
+        end_guard: Duration,
+        invite_headers: &str,
+    ) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("t.db")).unwrap());
         let op = store.create_operator("op").unwrap();
@@ -435,7 +445,7 @@ mod tests {
         let me = caller.local_addr().unwrap();
         let sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n";
         let invite = format!(
-            "INVITE sip:0501234567@{node} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKcrash\r\nFrom: <sip:09012345678@{me}>;tag=c\r\nTo: <sip:0501234567@{node}>\r\nCall-ID: crash-1\r\nCSeq: 1 INVITE\r\nContact: <sip:c@{me}>\r\nMax-Forwards: 70\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+            "INVITE sip:0501234567@{node} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKcrash\r\nFrom: <sip:09012345678@{me}>;tag=c\r\nTo: <sip:0501234567@{node}>\r\nCall-ID: crash-1\r\nCSeq: 1 INVITE\r\nContact: <sip:c@{me}>\r\nMax-Forwards: 70\r\n{invite_headers}Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
             sdp.len()
         );
         caller.send_to(invite.as_bytes(), node).unwrap();
@@ -572,6 +582,111 @@ mod tests {
         assert_eq!(records.len(), 1, "one final record");
         assert_eq!(records[0].result, CallResult::Failed);
         assert_eq!(records[0].end_reason.as_deref(), Some("max_ring"));
+        assert_eq!(f.metrics.calls.actor_failures.get(), 0, "ended by the call");
+    }
+
+    /// A response of the callee at `me` to `request` (its Via, From, To with tag
+    /// `callee`, Call-ID and CSeq), with SDP if given.
+    fn callee_response(
+        request: &str,
+        status: &str,
+        me: std::net::SocketAddr,
+        sdp: Option<&str>,
+    ) -> String {
+        let mut lines: Vec<String> = vec![format!("SIP/2.0 {status}")];
+        for l in request.lines() {
+            if l.starts_with("To:") && !l.contains(";tag=") {
+                lines.push(format!("{l};tag=callee"));
+            } else if ["Via:", "From:", "To:", "Call-ID:", "CSeq:"]
+                .iter()
+                .any(|h| l.starts_with(h))
+            {
+                lines.push(l.to_string());
+            }
+        }
+        lines.push(format!("Contact: <sip:callee@{me}>"));
+        let body = sdp.unwrap_or_default();
+        if sdp.is_some() {
+            lines.push("Content-Type: application/sdp".into());
+        }
+        lines.push(format!("Content-Length: {}", body.len()));
+        format!("{}\r\n\r\n{body}", lines.join("\r\n"))
+    }
+
+    /// RFC 3262: a caller requiring 100rel that never PRACKs the callee's 183 with SDP
+    /// does not get the callee's 200, which waits for that PRACK; when the 183's
+    /// retransmissions give up (64*T1: 3.2 s in unit tests, 32 s in the node) the
+    /// caller is refused 500, the answered callee gets a BYE, and the call is logged
+    /// `failed` with end reason `prack_timeout` and no answer.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_caller_that_never_pracks_the_answer_is_refused_and_the_callee_hung_up() {
+        let f = forwarding_call_from(
+            Duration::from_secs(3600),
+            Duration::from_secs(180),
+            Duration::from_secs(5),
+            "Require: 100rel\r\nSupported: 100rel\r\n",
+        )
+        .await;
+        let node = f.ctx.endpoint.local(tsunagu_sip::Transport::Udp).unwrap();
+        let invite = recv_text(&f.callee);
+        let me = f.callee.local_addr().unwrap();
+        let sdp = "v=0\r\no=- 2 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4002 RTP/AVP 0\r\n";
+        for status in ["183 Session Progress", "200 OK"] {
+            let response = callee_response(&invite, status, me, Some(sdp));
+            f.callee.send_to(response.as_bytes(), node).unwrap();
+        }
+        let first = recv_text(&f.caller);
+        assert!(
+            first.starts_with("SIP/2.0 183 ") && first.contains("RSeq: "),
+            "a reliable 183: {first}"
+        );
+        // The 183 again until the node gives up; never the held 200.
+        let mut retransmitted = 0;
+        let last = loop {
+            let m = recv_text(&f.caller);
+            if !m.starts_with("SIP/2.0 183 ") {
+                break m;
+            }
+            retransmitted += 1;
+        };
+        assert!(
+            last.starts_with("SIP/2.0 500 "),
+            "refused, not answered: {last}"
+        );
+        assert!(retransmitted >= 5, "{retransmitted} retransmissions");
+        // The callee: the ACK of its 200, then the BYE, which it answers.
+        let bye = std::iter::repeat_with(|| recv_text(&f.callee))
+            .find(|m| !m.starts_with("ACK ") && !m.starts_with("INVITE "))
+            .unwrap();
+        assert!(bye.starts_with("BYE sip:"), "{bye}");
+        let ok = callee_response(&bye, "200 OK", me, None);
+        f.callee.send_to(ok.as_bytes(), node).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut records = Vec::new();
+        while records.is_empty() && Instant::now() < deadline {
+            assert!(f.log.flush(Duration::from_secs(5)));
+            f.store
+                .scan_calls(
+                    &CallQuery {
+                        operator_id: f.operator.clone(),
+                        ..Default::default()
+                    },
+                    &mut |r| {
+                        records.push(r);
+                        true
+                    },
+                )
+                .unwrap();
+            records.retain(|r| r.state != tsunagu_store::CallState::Active);
+            if records.is_empty() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        assert_eq!(records.len(), 1, "one final record");
+        let r = &records[0];
+        assert_eq!(r.result, CallResult::Failed);
+        assert_eq!(r.end_reason.as_deref(), Some("prack_timeout"));
+        assert_eq!((r.sip_code, r.answered_at, r.talk_seconds), (500, None, 0));
         assert_eq!(f.metrics.calls.actor_failures.get(), 0, "ended by the call");
     }
 }

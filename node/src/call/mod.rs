@@ -1006,8 +1006,13 @@ impl Call {
     /// after 64*T1 without a PRACK (RFC 3262 3: the INVITE is refused 5xx).
     fn reliable_retransmit(&mut self, rseq: u32, attempt: u32) {
         let ep = self.ctx.endpoint.clone();
-        if self.a.retransmit_reliable(&ep, rseq, attempt) || self.phase != Phase::Trying {
+        if self.a.retransmit_reliable(&ep, rseq, attempt) {
             return;
+        }
+        match self.phase {
+            Phase::Trying => {}
+            Phase::Answered => return self.unacknowledged_answer(),
+            Phase::Ending | Phase::Done => return,
         }
         tracing::warn!("the caller never acknowledged a reliable provisional; giving up");
         self.leave_queue();
@@ -1022,6 +1027,27 @@ impl Call {
             }
             None => self.give_up(CallResult::Failed, 500),
         }
+    }
+
+    /// The callee answered but the caller never PRACKed the 18x with SDP its 200 waits
+    /// for (RFC 3262 3): the held 200 is dropped and the caller refused 500, the
+    /// answered callee hung up, and the call logged `failed` with end reason
+    /// `prack_timeout` (the caller was never answered: no talk time).
+    fn unacknowledged_answer(&mut self) {
+        tracing::warn!(
+            "the caller never acknowledged a reliable provisional; its 200 held back, the callee hung up"
+        );
+        let ep = self.ctx.endpoint.clone();
+        self.a.abandon_reliable();
+        self.end_reason = Some("prack_timeout");
+        self.result = CallResult::Failed;
+        self.upstream_code = 500;
+        self.answered = None;
+        self.a.respond(&ep, 500, None);
+        if let Some(b) = self.b.as_mut() {
+            b.bye(&ep);
+        }
+        self.end_and_wait();
     }
 
     /// SIP INFO: a key (`application/dtmf-relay` or `application/dtmf`) is taken as

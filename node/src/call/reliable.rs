@@ -17,7 +17,11 @@ pub struct Held {
 
 /// The first retransmission interval (RFC 3261 T1); six doublings later (64*T1)
 /// an unacknowledged provisional makes the node give the caller up.
+#[cfg(not(test))]
 pub const T1: Duration = Duration::from_millis(500);
+/// Unit tests with a real call give the caller up after 64*T1 = 3.2 s, not 32 s.
+#[cfg(test)]
+pub const T1: Duration = Duration::from_millis(50);
 
 #[derive(Debug)]
 pub struct Reliable {
@@ -86,6 +90,11 @@ impl Reliable {
         Some(out)
     }
 
+    /// A 2xx is held until the PRACK of an 18x with SDP (never sent to the caller).
+    pub fn holds_final(&self) -> bool {
+        self.held_final.is_some()
+    }
+
     /// Nothing outstanding: no provisional awaiting its PRACK, no final response held.
     pub fn idle(&self) -> bool {
         self.unacked.is_none() && self.held_final.is_none()
@@ -144,7 +153,9 @@ mod tests {
         assert_eq!(rel.retransmit(7), None);
         // A 2xx while 8 (with SDP) is unacknowledged is held until its PRACK.
         assert_eq!(rel.final_response(r(200, true)), None);
+        assert!(rel.holds_final() && !rel.idle());
         assert_eq!(rel.prack(8), Some(vec![(None, r(200, true))]));
+        assert!(!rel.holds_final() && rel.idle());
         assert_eq!(rel.prack(8), None);
     }
 
