@@ -16,7 +16,7 @@ use crate::metrics::ClusterMetrics;
 use crate::net::{Net, NetConfig, NetError};
 use crate::protocol::{Frame, Msg};
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -132,6 +132,8 @@ struct Shared {
     stale: AtomicBool,
     /// The lease lapsed: line tables suspended until peers are heard again.
     suspended: AtomicBool,
+    /// The configured seeds (their addresses are members' for the listener).
+    seeds: Vec<SocketAddr>,
 }
 
 /// This node's membership of the cluster; cheap to clone.
@@ -149,6 +151,8 @@ impl Cluster {
     ) -> Result<Cluster, NetError> {
         let name = settings.net.name.clone();
         let (net, rx) = Net::start(settings.net).await?;
+        net.members()
+            .set_listed(settings.seeds.iter().map(SocketAddr::ip));
         let membership = Membership::new(&name, settings.epoch, settings.timing);
         let cluster = Cluster(Arc::new(Shared {
             lease: Arc::new(Lease::new()),
@@ -159,6 +163,7 @@ impl Cluster {
             metrics,
             stale: AtomicBool::new(false),
             suspended: AtomicBool::new(false),
+            seeds: settings.seeds.clone(),
         }));
         cluster.expect_registered(Instant::now()).await;
         tokio::spawn(cluster.clone().run(rx, settings.seeds));
@@ -293,6 +298,7 @@ impl Cluster {
         let registered = tokio::task::spawn_blocking(move || host.registered())
             .await
             .unwrap_or_default();
+        self.know(&registered);
         {
             let mut m = self.membership();
             for r in registered {
@@ -366,12 +372,32 @@ impl Cluster {
         }
     }
 
+    /// Tells the listener which addresses are members' (their handshakes have a
+    /// budget strangers cannot take, see [`crate::net::Members`]): the seeds' and
+    /// those of the nodes the store lists, as just read.
+    fn know(&self, registered: &[Registered]) {
+        let listed: Vec<IpAddr> = self
+            .0
+            .seeds
+            .iter()
+            .map(SocketAddr::ip)
+            .chain(
+                registered
+                    .iter()
+                    .filter_map(|r| r.cluster_addr)
+                    .map(|a| a.ip()),
+            )
+            .collect();
+        self.0.net.members().set_listed(listed);
+    }
+
     /// Dials the seeds and every registered member without a session.
     async fn dial(&self, seeds: &[SocketAddr]) {
         let host = self.0.host.clone();
         let registered = tokio::task::spawn_blocking(move || host.registered())
             .await
             .unwrap_or_default();
+        self.know(&registered);
         let me = self.name();
         let connected: BTreeSet<String> = self.0.net.peers().into_iter().collect();
         let mut targets: Vec<SocketAddr> = registered

@@ -6,7 +6,8 @@
 //! others' (`tsunagu/<node>`). Its own listener awaits each TLS handshake inline, with
 //! no timeout and no limit, so one silent connection would stop every later node from
 //! joining: connections are therefore accepted and dialled here — mutual TLS against the
-//! cluster's CA, a handshake deadline, a cap on handshakes per source and in all — and
+//! cluster's CA, a handshake deadline, a cap on handshakes per source and in all, with
+//! a budget of their own for the addresses of known members (see [`Members`]) — and
 //! only then handed to ractor_cluster's node server as established TLS streams. (Its
 //! listener still runs, as the node server insists on one, on 127.0.0.1 with an
 //! ephemeral port and the same mutual TLS; nothing is told about it.)
@@ -16,9 +17,9 @@
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use ractor_cluster::{NetworkStream, NodeServer, NodeServerMessage};
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -26,11 +27,26 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 /// How long a TLS handshake between nodes may take.
 const HANDSHAKE: Duration = Duration::from_secs(5);
-/// Handshakes in progress from one address at once (a peer needs one or two).
+/// Handshakes in progress from one source at once (a peer needs one or two). A source
+/// is a member's exact address, or a stranger's address (IPv4) or /64 (IPv6): see
+/// [`source_of`].
 const PER_SOURCE: usize = 4;
-/// Handshakes in progress at once in all. Once mutual TLS succeeded the peer holds the
-/// cluster's certificate: it is a member, and its session no longer counts.
+/// Handshakes in progress at once from strangers (addresses not in [`Members`]). Once
+/// mutual TLS succeeded the peer holds the cluster's certificate: it is a member, and
+/// its session no longer counts.
 const TOTAL: usize = 64;
+/// Handshakes in progress at once from the addresses of known members. A budget of
+/// their own, not shared with strangers': anyone who can reach the port can keep
+/// [`TOTAL`] silent handshakes open (16 IPv4 addresses, renewing every [`HANDSHAKE`]),
+/// and if members drew on the same budget a restarting node or one re-dialling after
+/// a lost link would be refused at accept, the cluster could not heal, and a restarted
+/// node would declare its healthy peers down. Strangers can take at most a member
+/// address's own [`PER_SOURCE`], and only from that very address.
+const MEMBERS_TOTAL: usize = 64;
+/// The most addresses [`Members`] holds (seeds, the store's registry, and peers whose
+/// mutual TLS succeeded), so that it cannot grow without bound; past it the oldest
+/// address learnt from a session is forgotten first.
+const MAX_MEMBERS: usize = 256;
 /// The largest frame a peer may send (ractor_cluster checks it before allocating).
 const MAX_FRAME: u64 = 4 * 1024 * 1024;
 
@@ -81,41 +97,165 @@ impl Actor for Mailbox {
     }
 }
 
-/// Handshakes in progress per source address (our accepting side), released on drop.
+/// The addresses of known cluster members, which the listener gives a handshake budget
+/// of their own ([`MEMBERS_TOTAL`]): the IPs of the configured seeds and of the nodes
+/// in the store's registry (set together by the driver each time it reads the
+/// registry, [`Members::set_listed`]), and of peers whose mutual TLS succeeded
+/// ([`Members::session`]). Bounded by [`MAX_MEMBERS`]; cheap to clone (shared).
+///
+/// Limits: membership is by the connection's source address, so a member that dials
+/// from an address other than the one it is listed with is a stranger until its first
+/// session (and its own dialling still reaches the others), and a stranger that shares
+/// a member's address (same host, same NAT) can take that address's [`PER_SOURCE`]
+/// slots, no more.
+#[derive(Clone, Default)]
+pub struct Members(Arc<RwLock<MemberSet>>);
+
 #[derive(Default)]
-struct Counts(Mutex<HashMap<IpAddr, usize>>);
+struct MemberSet {
+    /// Seeds and registry, as last set.
+    listed: HashSet<IpAddr>,
+    /// Peers whose mutual TLS succeeded, oldest first, not in `listed`.
+    sessions: VecDeque<IpAddr>,
+}
+
+impl MemberSet {
+    fn trim(&mut self) {
+        while self.listed.len() + self.sessions.len() > MAX_MEMBERS {
+            if self.sessions.pop_front().is_none() {
+                break;
+            }
+        }
+    }
+}
+
+impl Members {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, MemberSet> {
+        self.0.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Replaces the listed addresses (the seeds' and the registry's, together); at
+    /// most [`MAX_MEMBERS`] are kept, before any learnt from sessions.
+    pub fn set_listed(&self, ips: impl IntoIterator<Item = IpAddr>) {
+        let mut listed = HashSet::new();
+        for ip in ips {
+            if listed.len() >= MAX_MEMBERS {
+                break;
+            }
+            listed.insert(ip.to_canonical());
+        }
+        let mut set = self.write();
+        set.sessions.retain(|ip| !listed.contains(ip));
+        set.listed = listed;
+        set.trim();
+    }
+
+    /// `ip` completed mutual TLS with the cluster's CA: it holds a member's
+    /// certificate.
+    pub fn session(&self, ip: IpAddr) {
+        let ip = ip.to_canonical();
+        let mut set = self.write();
+        if set.listed.contains(&ip) {
+            return;
+        }
+        set.sessions.retain(|x| *x != ip);
+        set.sessions.push_back(ip);
+        set.trim();
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        let set = self.0.read().unwrap_or_else(|p| p.into_inner());
+        set.listed.contains(&ip) || set.sessions.contains(&ip)
+    }
+
+    pub fn len(&self) -> usize {
+        let set = self.0.read().unwrap_or_else(|p| p.into_inner());
+        set.listed.len() + set.sessions.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The source a stranger's handshakes count against: its IPv4 address, or the /64 its
+/// IPv6 address is in. One host is routinely given a whole /64 (SLAAC, privacy
+/// addresses, a /64 per VM), so keyed by exact IPv6 address one host would have
+/// 2^64 sources and take all of [`TOTAL`] alone. IPv4-mapped IPv6 addresses (a
+/// dual-stack listener) count as the IPv4 address, not as one shared /64.
+fn source_of(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let net = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(Ipv6Addr::from(net))
+        }
+        v4 => v4,
+    }
+}
+
+/// Handshakes in progress (our accepting side), released on drop: members' by exact
+/// address and strangers' by [`source_of`], in two tables with budgets of their own.
+#[derive(Default)]
+struct Counts(Mutex<Tables>);
+
+#[derive(Default)]
+struct Tables {
+    members: HashMap<IpAddr, usize>,
+    strangers: HashMap<IpAddr, usize>,
+}
+
+impl Tables {
+    fn of(&mut self, member: bool) -> &mut HashMap<IpAddr, usize> {
+        if member {
+            &mut self.members
+        } else {
+            &mut self.strangers
+        }
+    }
+}
 
 struct Slot {
     counts: Arc<Counts>,
-    ip: IpAddr,
+    member: bool,
+    source: IpAddr,
 }
 
 impl Counts {
-    /// A slot for `ip`, or none if it holds [`PER_SOURCE`] or all hold [`TOTAL`]. A
-    /// refused source leaves no entry behind (the table holds at most [`TOTAL`]
-    /// addresses, however many a flood comes from).
-    fn take(self: &Arc<Self>, ip: IpAddr) -> Option<Slot> {
-        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+    /// A slot for a handshake from `ip` (`member`: in [`Members`]), or none if its
+    /// source holds [`PER_SOURCE`] or its class (members, strangers) holds its total
+    /// ([`MEMBERS_TOTAL`], [`TOTAL`]). A refused source leaves no entry behind (each
+    /// table holds at most its total's sources, however many a flood comes from).
+    fn take(self: &Arc<Self>, ip: IpAddr, member: bool) -> Option<Slot> {
+        let (source, total_cap) = if member {
+            (ip.to_canonical(), MEMBERS_TOTAL)
+        } else {
+            (source_of(ip), TOTAL)
+        };
+        let mut t = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let m = t.of(member);
         let total: usize = m.values().sum();
-        let mine = m.get(&ip).copied().unwrap_or(0);
-        if mine >= PER_SOURCE || total >= TOTAL {
+        let mine = m.get(&source).copied().unwrap_or(0);
+        if mine >= PER_SOURCE || total >= total_cap {
             return None;
         }
-        *m.entry(ip).or_default() += 1;
+        *m.entry(source).or_default() += 1;
         Some(Slot {
             counts: self.clone(),
-            ip,
+            member,
+            source,
         })
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut m = self.counts.0.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = m.get_mut(&self.ip) {
+        let mut t = self.counts.0.lock().unwrap_or_else(|p| p.into_inner());
+        let m = t.of(self.member);
+        if let Some(n) = m.get_mut(&self.source) {
             *n = n.saturating_sub(1);
             if *n == 0 {
-                m.remove(&self.ip);
+                m.remove(&self.source);
             }
         }
     }
@@ -138,6 +278,7 @@ pub struct Net {
     name: String,
     server: ActorRef<NodeServerMessage>,
     connector: TlsConnector,
+    members: Members,
 }
 
 impl Net {
@@ -175,12 +316,19 @@ impl Net {
         )
         .await
         .map_err(|e| NetError::Server(e.to_string()))?;
-        tokio::spawn(accept_loop(listener, cfg.acceptor, server.clone()));
+        let members = Members::default();
+        tokio::spawn(accept_loop(
+            listener,
+            cfg.acceptor,
+            server.clone(),
+            members.clone(),
+        ));
         Ok((
             Net {
                 name: cfg.name,
                 server,
                 connector: cfg.connector,
+                members,
             },
             rx,
         ))
@@ -201,6 +349,7 @@ impl Net {
             .await
             .map_err(|_| err("TLS handshake timed out".into()))?
             .map_err(|e| err(format!("TLS: {e}")))?;
+        self.members.session(addr.ip());
         self.server
             .cast(NodeServerMessage::ConnectionOpened {
                 stream: Box::new(NetworkStream::TlsClient {
@@ -211,6 +360,12 @@ impl Net {
                 is_server: false,
             })
             .map_err(|e| err(e.to_string()))
+    }
+
+    /// The addresses the listener treats as members' (see [`Members`]); the driver
+    /// sets the seeds' and the registry's.
+    pub fn members(&self) -> &Members {
+        &self.members
     }
 
     /// Sends a frame to a node's mailbox; false if no session to it is up.
@@ -240,12 +395,14 @@ impl Net {
     }
 }
 
-/// Accepts peers: a handshake slot (per source and in all), the mutual TLS handshake
-/// within [`HANDSHAKE`], each on its own task, then the stream goes to the node server.
+/// Accepts peers: a handshake slot (per source and in all, members' apart from
+/// strangers'), the mutual TLS handshake within [`HANDSHAKE`], each on its own task,
+/// then the stream goes to the node server (and its address is a member's from then).
 async fn accept_loop(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     server: ActorRef<NodeServerMessage>,
+    members: Members,
 ) {
     let counts = Arc::new(Counts::default());
     loop {
@@ -258,12 +415,14 @@ async fn accept_loop(
                 continue;
             }
         };
-        let Some(slot) = counts.take(peer_addr.ip()) else {
-            tracing::warn!(%peer_addr, "cluster listener: too many connections from this address");
+        let member = members.contains(peer_addr.ip());
+        let Some(slot) = counts.take(peer_addr.ip(), member) else {
+            tracing::warn!(%peer_addr, member, "cluster listener: too many handshakes in progress from this source or in all");
             continue;
         };
         let acceptor = acceptor.clone();
         let server = server.clone();
+        let members = members.clone();
         tokio::spawn(async move {
             let _ = tcp.set_nodelay(true);
             let Ok(local_addr) = tcp.local_addr() else {
@@ -272,7 +431,10 @@ async fn accept_loop(
             let shake = tokio::time::timeout(HANDSHAKE, acceptor.accept(tcp)).await;
             drop(slot);
             let stream = match shake {
-                Ok(Ok(s)) => s,
+                Ok(Ok(s)) => {
+                    members.session(peer_addr.ip());
+                    s
+                }
                 Ok(Err(e)) => {
                     tracing::warn!(%peer_addr, %e, "cluster connection refused: TLS");
                     return;
@@ -302,6 +464,18 @@ mod tests {
         IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + n))
     }
 
+    /// An address in the IPv6 /64 `net` (host part `host`).
+    fn ip6(net: u16, host: u64) -> IpAddr {
+        IpAddr::from(Ipv6Addr::from(
+            (0x2001_0db8_u128 << 96) | (u128::from(net) << 64) | u128::from(host),
+        ))
+    }
+
+    fn sizes(counts: &Counts) -> (usize, usize) {
+        let t = counts.0.lock().unwrap();
+        (t.members.len(), t.strangers.len())
+    }
+
     /// Handshake slots: four per source, 64 in all, given back when a handshake ends;
     /// a flood from many addresses neither passes the total nor grows the table.
     #[test]
@@ -309,27 +483,182 @@ mod tests {
         let counts = Arc::new(Counts::default());
         let mut held = Vec::new();
         for _ in 0..PER_SOURCE {
-            held.push(counts.take(ip(0)).expect("a slot"));
+            held.push(counts.take(ip(0), false).expect("a slot"));
         }
-        assert!(counts.take(ip(0)).is_none(), "the fifth from one source");
+        assert!(
+            counts.take(ip(0), false).is_none(),
+            "the fifth from one source"
+        );
         // Fifteen more sources fill the 64.
         for src in 1..(TOTAL / PER_SOURCE) as u32 {
             for _ in 0..PER_SOURCE {
-                held.push(counts.take(ip(src)).expect("a slot"));
+                held.push(counts.take(ip(src), false).expect("a slot"));
             }
         }
         assert_eq!(held.len(), TOTAL);
         for src in 100..10_100 {
-            assert!(counts.take(ip(src)).is_none(), "past the total");
+            assert!(counts.take(ip(src), false).is_none(), "past the total");
         }
         assert_eq!(
-            counts.0.lock().unwrap().len(),
-            TOTAL / PER_SOURCE,
+            sizes(&counts),
+            (0, TOTAL / PER_SOURCE),
             "refused sources leave no entry"
         );
         drop(held.pop());
-        assert!(counts.take(ip(5000)).is_some(), "a slot given back is free");
+        assert!(
+            counts.take(ip(5000), false).is_some(),
+            "a slot given back is free"
+        );
         held.clear();
-        assert!(counts.0.lock().unwrap().is_empty(), "all given back");
+        assert_eq!(sizes(&counts), (0, 0), "all given back");
+    }
+
+    /// What `take` decides, row by row: (address, member?, slot given?). Slots given
+    /// are held to the end of the table unless a row says otherwise.
+    #[test]
+    fn members_have_their_own_budget_and_their_own_cap() {
+        let counts = Arc::new(Counts::default());
+        let mut strangers = Vec::new();
+        // Strangers from 16 IPv4 addresses hold all of TOTAL.
+        for src in 0..(TOTAL / PER_SOURCE) as u32 {
+            for _ in 0..PER_SOURCE {
+                strangers.push(counts.take(ip(src), false).expect("a stranger's slot"));
+            }
+        }
+        let mut held = Vec::new();
+        let rows: &[(IpAddr, bool, bool, &str)] = &[
+            (ip(1000), false, false, "a new stranger: TOTAL is full"),
+            // (a) members still get slots while strangers hold all of TOTAL.
+            (ip(900), true, true, "a member, while strangers hold TOTAL"),
+            (ip(901), true, true, "another member"),
+            (ip(900), true, true, "member 900: 2nd"),
+            (ip(900), true, true, "member 900: 3rd"),
+            (ip(900), true, true, "member 900: 4th"),
+            // (b) a member's own per-source cap still applies.
+            (ip(900), true, false, "member 900: 5th, past PER_SOURCE"),
+            (ip(901), true, true, "member 901 is not held back by 900"),
+        ];
+        for (n, &(addr, member, given, why)) in rows.iter().enumerate() {
+            let slot = counts.take(addr, member);
+            assert_eq!(slot.is_some(), given, "row {n}: {why}");
+            held.extend(slot);
+        }
+        assert_eq!(sizes(&counts), (2, TOTAL / PER_SOURCE));
+        // The members' budget is bounded too: MEMBERS_TOTAL in all.
+        let mut more = Vec::new();
+        for src in 2000..2000 + MEMBERS_TOTAL as u32 {
+            more.extend(counts.take(ip(src), true));
+        }
+        assert_eq!(held.len() + more.len(), MEMBERS_TOTAL, "members in all");
+        assert!(counts.take(ip(901), true).is_none(), "past MEMBERS_TOTAL");
+        more.clear();
+        // (d) slots are given back on drop: a stranger's, then a member's.
+        drop(strangers.pop());
+        assert!(
+            counts.take(ip(1000), false).is_some(),
+            "a stranger's slot given back is free"
+        );
+        held.clear();
+        assert_eq!(
+            sizes(&counts).0,
+            0,
+            "members' slots given back leave no entry"
+        );
+        strangers.clear();
+        assert_eq!(sizes(&counts), (0, 0), "all given back");
+    }
+
+    /// (c) Several addresses of one IPv6 /64 share one stranger's budget; another /64
+    /// is another source; a member's IPv6 address is its own source even within a
+    /// /64 that strangers fill.
+    #[test]
+    fn addresses_of_one_v6_64_share_one_strangers_budget() {
+        let counts = Arc::new(Counts::default());
+        let mut held = Vec::new();
+        let rows: &[(IpAddr, bool, bool, &str)] = &[
+            (ip6(1, 1), false, true, "first of the /64"),
+            (ip6(1, 2), false, true, "another address, same /64"),
+            (ip6(1, 0xffff_ffff), false, true, "a third"),
+            (
+                ip6(1, u64::MAX),
+                false,
+                true,
+                "a fourth: PER_SOURCE reached",
+            ),
+            (
+                ip6(1, 77),
+                false,
+                false,
+                "a fifth address of the /64: refused",
+            ),
+            (ip6(2, 1), false, true, "the next /64 is another source"),
+            (ip6(1, 5), true, true, "a member inside the full /64"),
+        ];
+        for (n, &(addr, member, given, why)) in rows.iter().enumerate() {
+            let slot = counts.take(addr, member);
+            assert_eq!(slot.is_some(), given, "row {n}: {why}");
+            held.extend(slot);
+        }
+        assert_eq!(
+            sizes(&counts),
+            (1, 2),
+            "one entry per /64, refused leave none"
+        );
+        // A flood from a million addresses of one /64 holds PER_SOURCE, no more.
+        for host in 1_000..1_001_000 {
+            assert!(counts.take(ip6(1, host), false).is_none());
+        }
+        assert_eq!(sizes(&counts), (1, 2));
+        held.clear();
+        assert_eq!(sizes(&counts), (0, 0), "all given back");
+    }
+
+    /// IPv4 stays per address; an IPv4-mapped IPv6 address (a dual-stack listener)
+    /// counts as its IPv4 address, not as one /64 shared by every IPv4 peer.
+    #[test]
+    fn sources_are_v4_addresses_and_v6_networks() {
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        assert_eq!(source_of(a), a);
+        assert_ne!(source_of(a), source_of(b));
+        assert_eq!(source_of("::ffff:192.0.2.1".parse().unwrap()), a);
+        assert_eq!(
+            source_of("2001:db8:0:1:aaaa::1".parse().unwrap()),
+            "2001:db8:0:1::".parse::<IpAddr>().unwrap()
+        );
+    }
+
+    /// Members: seeds and registry set together (a refresh drops what is no longer
+    /// listed), sessions added, the whole bounded by MAX_MEMBERS (oldest session out
+    /// first; listed addresses first).
+    #[test]
+    fn members_are_listed_or_learnt_and_bounded() {
+        let m = Members::default();
+        assert!(!m.contains(ip(1)));
+        m.set_listed([ip(1), ip(2), ip(2)]);
+        assert!(m.contains(ip(1)) && m.contains(ip(2)));
+        assert!(
+            m.contains("::ffff:10.0.0.1".parse().unwrap()),
+            "mapped = v4"
+        );
+        assert_eq!(m.len(), 2);
+        m.session(ip(3));
+        m.session(ip(1)); // already listed: not counted twice
+        assert_eq!(m.len(), 3);
+        m.set_listed([ip(2)]);
+        assert!(!m.contains(ip(1)), "no longer listed");
+        assert!(m.contains(ip(3)), "a session's address stays");
+        for n in 10..10_000 {
+            m.session(ip(n));
+        }
+        assert_eq!(m.len(), MAX_MEMBERS);
+        assert!(m.contains(ip(2)), "listed addresses are kept");
+        assert!(
+            !m.contains(ip(3)) && !m.contains(ip(10)),
+            "oldest sessions out"
+        );
+        assert!(m.contains(ip(9_999)));
+        m.set_listed((0..10_000).map(ip));
+        assert_eq!(m.len(), MAX_MEMBERS, "a huge registry is cut at the bound");
     }
 }

@@ -713,3 +713,107 @@ fn silent_connections_to_the_cluster_port_are_capped_and_timed_out() {
         opened.elapsed()
     );
 }
+
+/// Strangers (loopback addresses 127.0.0.20 to .39, not members: the test cluster's
+/// seeds and registry are 127.0.0.1 to .3) holding every stranger's handshake slot of
+/// the cluster ports of 127.0.0.1 and 127.0.0.2: four silent connections from each of
+/// the 20 addresses to each port (80, more than `TOTAL`'s 64, so that the spares take
+/// any slot freed while others renew), renewed at once when the node closes them at its
+/// 5 s deadline, and retried while a port is closed; until `stop`.
+fn flood_strangers_slots(
+    port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    use std::sync::atomic::Ordering;
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let mut slots: Vec<(String, String, Option<tokio::net::TcpStream>)> = Vec::new();
+            for target in ["127.0.0.1", "127.0.0.2"] {
+                for source in 20..40 {
+                    for _ in 0..4 {
+                        slots.push((target.into(), format!("127.0.0.{source}"), None));
+                    }
+                }
+            }
+            let mut buf = [0u8; 64];
+            while !stop.load(Ordering::Relaxed) {
+                for (target, source, conn) in &mut slots {
+                    let open = conn.as_ref().is_some_and(|s| {
+                        matches!(s.try_read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+                    });
+                    if open {
+                        continue;
+                    }
+                    *conn = None;
+                    let Ok(socket) = tokio::net::TcpSocket::new_v4() else {
+                        continue;
+                    };
+                    if socket.bind(format!("{source}:0").parse().unwrap()).is_err() {
+                        continue;
+                    }
+                    let to: std::net::SocketAddr = format!("{target}:{port}").parse().unwrap();
+                    if let Ok(Ok(s)) =
+                        tokio::time::timeout(Duration::from_millis(200), socket.connect(to)).await
+                    {
+                        *conn = Some(s);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+    })
+}
+
+/// Waits (15 s at most) until `ip`'s cluster port closes a new silent connection from
+/// a stranger (127.0.0.50) at once, i.e. strangers hold all of its handshake slots.
+fn strangers_refused_at(ip: &str, port: u16) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let probe = rt.block_on(async {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.bind("127.0.0.50:0".parse().unwrap())?;
+            socket
+                .connect(format!("{ip}:{port}").parse().unwrap())
+                .await?
+                .into_std()
+        });
+        if let Ok(mut s) = probe {
+            s.set_nonblocking(false).unwrap();
+            if closed_within(&mut s, Duration::from_millis(500)) {
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "strangers never held all of {ip}'s handshake slots"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Strangers holding every stranger's handshake slot (64, from 20 addresses, renewed
+/// at each 5 s deadline) crowd no member out: members' addresses have a budget of their
+/// own (`cluster::net`'s `Members`). With n1's port so flooded, and n2's from the
+/// moment it listens, a node started after the flood still becomes a member.
+#[test]
+fn members_join_while_strangers_hold_every_handshake_slot() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let mut c = TestCluster::new();
+    c.start(1, GOOD);
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let flood = flood_strangers_slots(c.cluster_port, stop.clone());
+    strangers_refused_at("127.0.0.1", c.cluster_port);
+    c.start(2, GOOD);
+    strangers_refused_at("127.0.0.2", c.cluster_port);
+    c.wait_formed();
+    stop.store(true, Ordering::Relaxed);
+    flood.join().unwrap();
+}
