@@ -41,6 +41,7 @@ pub struct ApiMetrics {
     pub searches_refused: Counter,
     pub searches_timed_out: Counter,
     pub metrics_unauthorized: Counter,
+    pub internal_refused: Counter,
     pub recordings_served: Family<OutcomeLabel, Counter>,
     pub recording_parts_read: Family<SourceLabel, Counter>,
     pub recording_parts_missing: Counter,
@@ -151,6 +152,11 @@ impl ApiMetrics {
             "api_exports_cut",
             "CSV/TSV exports ended early (their body ends in an error), by reason: stalled (the client took no data for api.export_send_timeout_seconds), too_long (still streaming after api.export_max_seconds), slow_page (one page read the store for api.search_timeout_seconds: a filter too narrow for the range)",
             self.exports_cut.clone(),
+        );
+        r.register(
+            "api_internal_refused",
+            "Requests for another node's recording part refused although their token was right: they came from an address no registered node has",
+            self.internal_refused.clone(),
         );
         r.register(
             "api_metrics_unauthorized",

@@ -25,6 +25,7 @@
 //! The operator's scope is checked before anything is read or fetched.
 
 use crate::auth::OperatorId;
+use crate::client::PeerAddr;
 use crate::metrics::{OutcomeLabel, SourceLabel};
 use crate::recording_join::{
     self, read_header, HeaderError, JoinError, JoinPlan, PartAudio, PartHeader, Piece,
@@ -33,11 +34,11 @@ use crate::recording_join::{
 use crate::{db, ApiError, ApiMetrics, ApiState};
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::Response;
 use http_body_util::BodyExt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
@@ -83,7 +84,7 @@ enum Source {
     /// The node that recorded it: fetched when its turn comes, and it must still hold
     /// what its HEAD said.
     Peer {
-        addr: SocketAddr,
+        link: Link,
         uri: String,
         header: PartHeader,
     },
@@ -200,6 +201,7 @@ pub async fn recording(
 /// only its own recordings dir (a peer asks because the part was not in its own).
 pub async fn internal(
     State(st): State<Arc<ApiState>>,
+    peer: Option<Extension<PeerAddr>>,
     method: Method,
     headers: HeaderMap,
     Path((op, id)): Path<(String, String)>,
@@ -215,6 +217,21 @@ pub async fn internal(
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or_default();
     if !crate::auth::constant_time_eq(given.as_bytes(), token.as_bytes()) {
+        return Err(ApiError::unauthorized("not a node of this cluster"));
+    }
+    // The token travels between nodes in clear HTTP: one seen on the wire is of no use
+    // from an address that is not a registered node's.
+    let from = peer.map(|Extension(PeerAddr(a))| a.ip());
+    let known = match from {
+        Some(ip) => is_node_address(&st, ip).await,
+        None => false,
+    };
+    if !known {
+        st.defences.metrics.internal_refused.inc();
+        tracing::warn!(
+            ?from,
+            "internal recording request from an address no node has"
+        );
         return Err(ApiError::unauthorized("not a node of this cluster"));
     }
     let Query(q) = params.map_err(|e| ApiError::bad_request(Some("part"), e.body_text()))?;
@@ -327,8 +344,16 @@ async fn open_parts(
     }
     if !remote.is_empty() {
         let peers = peer_addresses(st).await;
+        let own = peers
+            .iter()
+            .find(|(n, _)| *n == st.node_id)
+            .map(|(_, a)| a.ip())
+            .filter(|ip| !ip.is_unspecified());
         let probes = remote.into_iter().map(|(slot, part)| {
-            let addr = peers.iter().find(|(n, _)| *n == part.node).map(|(_, a)| *a);
+            let addr = peers
+                .iter()
+                .find(|(n, _)| *n == part.node)
+                .map(|(_, a)| Link { to: *a, from: own });
             async move { (slot, probe(st, r, part, addr).await) }
         });
         for (slot, result) in futures_util::future::join_all(probes).await {
@@ -379,12 +404,33 @@ async fn peer_addresses(st: &ApiState) -> Vec<(String, SocketAddr)> {
         .collect()
 }
 
+/// Where this node asks a peer for a part: the peer's API, from this node's own
+/// registered address (the peer serves its internal endpoint to registered nodes'
+/// addresses only, and without binding the system may pick another source address).
+#[derive(Debug, Clone, Copy)]
+struct Link {
+    to: SocketAddr,
+    from: Option<IpAddr>,
+}
+
+/// Whether `ip` is an address of a node registered in the store (its API's or its
+/// cluster listener's): who may use the internal endpoint, token or not.
+async fn is_node_address(st: &ApiState, ip: IpAddr) -> bool {
+    let nodes = db(st, |s| s.nodes()).await.unwrap_or_default();
+    nodes.iter().any(|n| {
+        [&n.api_addr, &n.cluster_addr]
+            .into_iter()
+            .flatten()
+            .any(|a| a.parse::<SocketAddr>().is_ok_and(|a| a.ip() == ip))
+    })
+}
+
 /// Asks the node that recorded `part` what it holds (HEAD of the internal endpoint).
 async fn probe(
     st: &ApiState,
     r: &CallRecord,
     part: PartRef,
-    addr: Option<SocketAddr>,
+    link: Option<Link>,
 ) -> Result<Opened, Problem> {
     let missing = |part: PartRef, why, retry| Problem::Missing { part, why, retry };
     let elsewhere = !part.node.is_empty() && part.node != st.node_id;
@@ -395,14 +441,15 @@ async fn probe(
             false,
         ));
     };
-    let Some(addr) = addr else {
+    let Some(link) = link else {
         return Err(missing(part, "its node is not known to the cluster", true));
     };
+    let addr = link.to;
     let uri = format!(
         "/v1/internal/recordings/{}/{}?part={}",
         r.operator_id, r.call_id, part.n
     );
-    let answer = match tokio::time::timeout(PEER_TIMEOUT, fetch(addr, Method::HEAD, &uri, token))
+    let answer = match tokio::time::timeout(PEER_TIMEOUT, fetch(link, Method::HEAD, &uri, token))
         .await
     {
         Ok(Ok(a)) => a,
@@ -434,7 +481,7 @@ async fn probe(
     Ok(Opened {
         part,
         header,
-        source: Source::Peer { addr, uri, header },
+        source: Source::Peer { link, uri, header },
     })
 }
 
@@ -583,9 +630,9 @@ async fn stream_pieces(
                         local_audio(file, bytes, tx).await?;
                         "local"
                     }
-                    Source::Peer { addr, uri, header } => {
+                    Source::Peer { link, uri, header } => {
                         let token = token.ok_or_else(|| Cut::Failed("no cluster token".into()))?;
-                        peer_audio(addr, &uri, token, header, bytes, tx).await?;
+                        peer_audio(link, &uri, token, header, bytes, tx).await?;
                         "peer"
                     }
                 };
@@ -625,15 +672,16 @@ async fn local_audio(file: tokio::fs::File, bytes: u64, tx: &Chunks) -> Result<(
 
 /// `bytes` of audio of a part at its node, which must still hold what its HEAD said.
 async fn peer_audio(
-    addr: SocketAddr,
+    link: Link,
     uri: &str,
     token: &str,
     expected: PartHeader,
     bytes: u64,
     tx: &Chunks,
 ) -> Result<(), Cut> {
+    let addr = link.to;
     let failed = |what: String| Cut::Failed(format!("part from {addr}: {what}"));
-    let answer = tokio::time::timeout(PEER_TIMEOUT, fetch(addr, Method::GET, uri, token))
+    let answer = tokio::time::timeout(PEER_TIMEOUT, fetch(link, Method::GET, uri, token))
         .await
         .map_err(|_| failed("no answer in time".into()))?
         .map_err(failed)?;
@@ -673,14 +721,24 @@ async fn peer_audio(
 
 /// One request over HTTP/1.1 to a peer's API.
 async fn fetch(
-    peer: SocketAddr,
+    link: Link,
     method: Method,
     path: &str,
     token: &str,
 ) -> Result<hyper::Response<hyper::body::Incoming>, String> {
-    let tcp = tokio::net::TcpStream::connect(peer)
-        .await
-        .map_err(|e| e.to_string())?;
+    let peer = link.to;
+    let socket = match peer {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+    }
+    .map_err(|e| e.to_string())?;
+    if let Some(ip) = link.from.filter(|ip| ip.is_ipv4() == peer.is_ipv4()) {
+        // Not fatal: the peer then sees another source and refuses (logged there).
+        if let Err(e) = socket.bind(SocketAddr::new(ip, 0)) {
+            tracing::debug!(%ip, error = %e, "cannot send from this node's own address");
+        }
+    }
+    let tcp = socket.connect(peer).await.map_err(|e| e.to_string())?;
     let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
         .await
         .map_err(|e| e.to_string())?;
@@ -772,9 +830,22 @@ mod tests {
                 1,
             )
             .unwrap();
-        let router = crate::router(state);
+        // As the node's own server does: each request knows its TCP peer.
+        let router = crate::router(state).layer(axum::middleware::map_request(
+            |mut req: axum::extract::Request| async move {
+                let peer = req
+                    .extensions()
+                    .get::<axum::extract::ConnectInfo<SocketAddr>>()
+                    .map(|c| c.0);
+                if let Some(peer) = peer {
+                    req.extensions_mut().insert(PeerAddr(peer));
+                }
+                req
+            },
+        ));
         tokio::spawn(async move {
-            axum::serve(listener, router).await.unwrap();
+            let service = router.into_make_service_with_connect_info::<SocketAddr>();
+            axum::serve(listener, service).await.unwrap();
         })
     }
 
@@ -1004,20 +1075,32 @@ mod tests {
             .get();
         assert_eq!(peer, 1);
 
-        // The internal endpoint: the token, the part's number, its own files only.
+        // The internal endpoint: the token, from a registered node's address (n2's
+        // API is on 127.0.0.1), the part's number, its own files only. The token
+        // crosses the network in clear: from any other address it is refused.
         let internal = |q: &str| format!("/v1/internal/recordings/{}/{id}{q}", a.operator);
-        let router = crate::router(n2.clone());
-        for (token, q, status) in [
-            (Some(TOKEN), "?part=1", 200),
-            (None, "?part=1", 401),
-            (Some("internal-token-for-testz"), "?part=1", 401),
-            (Some(a.key.as_str()), "?part=1", 401),
-            (Some(TOKEN), "?part=3", 404),
-            (Some(TOKEN), "?part=2", 404),
+        let from = |peer: Option<&str>| {
+            let router = crate::router(n2.clone());
+            match peer {
+                Some(p) => router.layer(axum::Extension(PeerAddr(p.parse().unwrap()))),
+                None => router,
+            }
+        };
+        let node = Some("127.0.0.1:40000");
+        for (token, peer, q, status) in [
+            (Some(TOKEN), node, "?part=1", 200),
+            (None, node, "?part=1", 401),
+            (Some("internal-token-for-testz"), node, "?part=1", 401),
+            (Some(a.key.as_str()), node, "?part=1", 401),
+            (Some(TOKEN), node, "?part=3", 404),
+            (Some(TOKEN), node, "?part=2", 404),
+            (Some(TOKEN), Some("192.0.2.7:40000"), "?part=1", 401),
+            (Some(TOKEN), None, "?part=1", 401),
         ] {
-            let r = a.call(&router, "GET", &internal(q), token, "").await;
-            assert_eq!(r.status().as_u16(), status, "{token:?} {q}");
+            let r = a.call(&from(peer), "GET", &internal(q), token, "").await;
+            assert_eq!(r.status().as_u16(), status, "{token:?} {peer:?} {q}");
         }
+        assert_eq!(n2.defences.metrics.internal_refused.get(), 2);
 
         // n2 goes down: its part cannot be had, and the answer says which and why.
         server.abort();
