@@ -159,25 +159,54 @@ pub struct CallSupervisor {
 
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
 
+/// A call past `node.max_call_seconds` is first asked to end (BYE to answered legs,
+/// CANCEL to ringing ones, logged with `end_reason = "max_call"`); one still there this
+/// long after being asked no longer handles its messages, and its task is stopped.
+/// Longer than a call's own end guard (32 s), so a call that ends itself is never cut.
+const STOP_AFTER: Duration = Duration::from_secs(60);
+
+/// What the sweep does with one call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SweepAction {
+    Nothing,
+    /// Past `node.max_call_seconds`: the call ends itself.
+    AskToEnd,
+    /// Asked [`STOP_AFTER`] ago and still running: its task is stopped (the caller,
+    /// if still unanswered, gets a 500; the call is logged `failed`).
+    Stop,
+}
+
+/// The sweep's decision for a call of `age`, asked to end `asked` ago (if it was).
+fn sweep_action(age: Duration, asked: Option<Duration>, max_call: Duration) -> SweepAction {
+    match asked {
+        Some(since) if since >= STOP_AFTER => SweepAction::Stop,
+        Some(_) => SweepAction::Nothing,
+        None if age > max_call => SweepAction::AskToEnd,
+        None => SweepAction::Nothing,
+    }
+}
+
 impl Actor for CallSupervisor {
     type Msg = SupervisorMsg;
-    type State = ();
+    /// The calls the sweep asked to end, and when (by call id; entries leave with
+    /// their call).
+    type State = HashMap<String, std::time::Instant>;
     type Arguments = ();
 
     async fn pre_start(
         &self,
         myself: ActorRef<SupervisorMsg>,
         _: (),
-    ) -> Result<(), ActorProcessingErr> {
+    ) -> Result<HashMap<String, std::time::Instant>, ActorProcessingErr> {
         myself.send_interval(SWEEP_EVERY, || SupervisorMsg::Sweep);
-        Ok(())
+        Ok(HashMap::new())
     }
 
     async fn handle(
         &self,
         _: ActorRef<SupervisorMsg>,
         msg: SupervisorMsg,
-        _: &mut (),
+        asked: &mut HashMap<String, std::time::Instant>,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             SupervisorMsg::Resume(args) => self.calls.resume(*args),
@@ -227,12 +256,25 @@ impl Actor for CallSupervisor {
                 });
             }
             SupervisorMsg::Sweep => {
+                let now = std::time::Instant::now();
+                let mut running = std::collections::HashSet::new();
                 self.calls.each(|seed, me| {
-                    if seed.started.elapsed() > self.max_call {
-                        tracing::warn!(call_id = %seed.id, "call exceeded node.max_call_seconds; stopping it");
-                        me.stop();
+                    running.insert(seed.id.clone());
+                    let since = asked.get(&seed.id).map(|at| now.saturating_duration_since(*at));
+                    match sweep_action(seed.started.elapsed(), since, self.max_call) {
+                        SweepAction::Nothing => {}
+                        SweepAction::AskToEnd => {
+                            tracing::warn!(call_id = %seed.id, "call exceeded node.max_call_seconds; ending it");
+                            asked.insert(seed.id.clone(), now);
+                            let _ = me.send_message(crate::call::CallMsg::End("max_call"));
+                        }
+                        SweepAction::Stop => {
+                            tracing::warn!(call_id = %seed.id, "call did not end when asked; stopping it");
+                            me.stop();
+                        }
                     }
                 });
+                asked.retain(|id, _| running.contains(id));
             }
         }
         Ok(())
@@ -518,11 +560,78 @@ mod tests {
         assert_cleaned_up(&f).await;
     }
 
+    /// Each row: (age, asked to end this long ago, node.max_call_seconds) → action.
+    #[test]
+    fn the_sweep_asks_a_long_call_to_end_and_stops_one_that_does_not() {
+        let s = Duration::from_secs;
+        let rows = [
+            (s(10), None, s(60), SweepAction::Nothing),
+            (s(61), None, s(60), SweepAction::AskToEnd),
+            (s(61), Some(s(0)), s(60), SweepAction::Nothing),
+            (s(100), Some(s(59)), s(60), SweepAction::Nothing),
+            (s(130), Some(s(60)), s(60), SweepAction::Stop),
+            (s(0), Some(STOP_AFTER), s(0), SweepAction::Stop),
+        ];
+        for (age, asked, max_call, want) in rows {
+            assert_eq!(
+                sweep_action(age, asked, max_call),
+                want,
+                "{age:?} {asked:?}"
+            );
+        }
+    }
+
+    /// An answered call past `node.max_call_seconds` is ended by the node: both
+    /// parties get a BYE (not only the task stopped, which left both dialogs up), and
+    /// the call is logged with `end_reason = "max_call"`.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_stuck_call_is_stopped_by_the_sweep_released_and_logged() {
+    async fn an_answered_call_past_max_call_seconds_is_hung_up_on_both_sides() {
         let f = forwarding_call(Duration::ZERO).await;
+        let node = f.ctx.endpoint.local(tsunagu_sip::Transport::Udp).unwrap();
+        let invite = recv_text(&f.callee);
+        let me = f.callee.local_addr().unwrap();
+        let sdp = "v=0\r\no=- 2 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4002 RTP/AVP 0\r\n";
+        let ok = callee_response(&invite, "200 OK", me, Some(sdp));
+        f.callee.send_to(ok.as_bytes(), node).unwrap();
+        let answer = std::iter::repeat_with(|| recv_text(&f.caller))
+            .find(|m| !m.starts_with("SIP/2.0 1"))
+            .unwrap();
+        assert!(answer.starts_with("SIP/2.0 200 "), "{answer}");
         f.sup.send_message(SupervisorMsg::Sweep).unwrap();
-        assert_cleaned_up(&f).await;
+        let to_caller = std::iter::repeat_with(|| recv_text(&f.caller))
+            .find(|m| !m.starts_with("SIP/2.0 "))
+            .unwrap();
+        assert!(to_caller.starts_with("BYE "), "{to_caller}");
+        let to_callee = std::iter::repeat_with(|| recv_text(&f.callee))
+            .find(|m| !m.starts_with("ACK "))
+            .unwrap();
+        assert!(to_callee.starts_with("BYE "), "{to_callee}");
+        let bye_ok = callee_response(&to_callee, "200 OK", me, None);
+        f.callee.send_to(bye_ok.as_bytes(), node).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut records = Vec::new();
+        while records.is_empty() && Instant::now() < deadline {
+            assert!(f.log.flush(Duration::from_secs(5)));
+            f.store
+                .scan_calls(
+                    &CallQuery {
+                        operator_id: f.operator.clone(),
+                        ..Default::default()
+                    },
+                    &mut |r| {
+                        records.push(r);
+                        true
+                    },
+                )
+                .unwrap();
+            records.retain(|r| r.state != tsunagu_store::CallState::Active);
+            if records.is_empty() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        assert_eq!(records.len(), 1, "one final record");
+        assert_eq!(records[0].end_reason.as_deref(), Some("max_call"));
+        assert_eq!(f.metrics.calls.actor_failures.get(), 0, "ended by the call");
     }
 
     /// A caller nobody answers within `sip.max_ring_seconds` is answered 480, the

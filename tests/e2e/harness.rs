@@ -27,8 +27,9 @@ pub fn wide_rtp_range() -> (u16, u16) {
     (10_000 + 2000 * k, 10_000 + 2000 * k + 1999)
 }
 
-/// Port slots the tests can take (see [`Ports::take`]): the main bank, then a second.
-pub const SLOTS: u16 = MAIN_SLOTS + 8;
+/// Port slots the tests can take (see [`Ports::take`]): the main bank, then a second
+/// and a third of 8 each.
+pub const SLOTS: u16 = MAIN_SLOTS + 16;
 /// Slots of the main bank (which fills 21000–65239).
 const MAIN_SLOTS: u16 = 99;
 /// Node RTP ports per slot (90 calls at once); a test needing more takes further slots.
@@ -55,15 +56,24 @@ impl Ports {
     ///
     /// Slots past the main bank's (j = k - 99 < 8) lie below it, clear of 5060, 8080
     /// and of the wide RTP ranges: signalling 5100 + 10j, SIPp media 5200 + 76j (and
-    /// + 40), node RTP 2100 + 360j (up to 4979).
+    /// + 40), node RTP 2100 + 360j (up to 4979). The third bank's (j = k - 107 < 8):
+    /// signalling 5900 + 10j, SIPp media 6000 + 76j, node RTP 6700 + 360j for j < 3
+    /// and 8100 + 360(j - 3) after (6700-7779 and 8100-9899: around 8080, below the
+    /// wide ranges' 10000).
     pub fn take() -> Ports {
         let k = NEXT_SLOT.fetch_add(1, Ordering::SeqCst);
         assert!(k < SLOTS, "the e2e tests ran out of port slots");
         // (slot within its bank, signalling, SIPp media and node RTP bases)
         let (k, signalling, media, rtp) = if k < MAIN_SLOTS {
             (k, 21000, 22000, 29600)
-        } else {
+        } else if k < MAIN_SLOTS + 8 {
             (k - MAIN_SLOTS, 5100, 5200, 2100)
+        } else {
+            let j = k - MAIN_SLOTS - 8;
+            // Node RTP is `rtp + RTP_PER_SLOT * j` below: based so that it lands on the
+            // ranges above.
+            let rtp = if j < 3 { 6700 } else { 8100 - 3 * RTP_PER_SLOT };
+            (j, 5900, 6000, rtp)
         };
         Ports {
             sip: signalling + 10 * k,
