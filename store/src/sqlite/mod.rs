@@ -33,6 +33,13 @@ pub struct SqliteStore {
     readers: Mutex<Vec<Connection>>,
 }
 
+/// How long a row of the lease history is kept after its lease ended (a day: far past
+/// any call that could have matched it).
+const LEASE_HISTORY_MS: i64 = 86_400_000;
+/// Old lease rows looked at, and deleted if ended long enough ago, per lease issued:
+/// more than one, so the history shrinks back after a burst.
+const PRUNE_PER_LEASE: i64 = 16;
+
 fn unavailable(e: rusqlite::Error) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
@@ -258,6 +265,14 @@ impl SqliteStore {
                 "INSERT INTO leases (pool_id, number, session, params, issued_at, expires_at, client) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 params![lease.pool_id, lease.number, lease.session, params_json, lease.issued_at, lease.expires_at, caps.client.map(|(c, _)| c)],
             )?;
+            // The history is pruned as it grows (anyone with a page's origin adds rows):
+            // of the oldest rows, those whose lease ended over LEASE_HISTORY_MS ago. No
+            // call can match them (a call takes the lease live at its start), and only
+            // the lowest ids are looked at, so an issue never scans the table.
+            tx.prepare_cached(
+                "DELETE FROM leases WHERE id IN (SELECT id FROM leases ORDER BY id LIMIT ?1) AND expires_at < ?2",
+            )?
+            .execute(params![PRUNE_PER_LEASE, now.saturating_sub(LEASE_HISTORY_MS)])?;
             tx.commit()?;
             Ok(IssueOutcome::Leased(lease))
         })
@@ -1498,6 +1513,42 @@ mod tests {
                 assert!(opened.is_ok(), "round {round}: {opened:?}");
             }
         }
+    }
+
+    /// The lease history is pruned as it grows: each issue deletes, of the 16 oldest
+    /// rows, those whose lease ended over a day before; live leases stay.
+    #[test]
+    fn the_lease_history_is_pruned_as_it_grows() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("t.db")).unwrap();
+        let op = s.create_operator("a").unwrap();
+        let adv = s.create_advertiser(&op.id, "shop").unwrap();
+        let (pool, numbers) =
+            crate::conformance::sample_pool(&op.id, &adv.id, PoolMode::OneTime, 20, 60, 0);
+        s.create_pool(&pool, &numbers).unwrap();
+        let rows = |s: &SqliteStore| {
+            s.read(|c| {
+                c.query_row("SELECT COUNT(*) FROM leases", [], |r| r.get::<_, i64>(0))
+                    .map_err(unavailable)
+            })
+            .unwrap()
+        };
+        let none = BTreeMap::new();
+        for _ in 0..20 {
+            s.issue_lease(&pool, None, &none, 1_000).unwrap().unwrap();
+        }
+        let ended = 1_000 + 60_000;
+        s.issue_lease(&pool, None, &none, ended + LEASE_HISTORY_MS)
+            .unwrap()
+            .unwrap();
+        assert_eq!(rows(&s), 21, "nothing ended over a day ago yet");
+        let later = ended + LEASE_HISTORY_MS + 1;
+        s.issue_lease(&pool, None, &none, later).unwrap().unwrap();
+        assert_eq!(rows(&s), 22 - PRUNE_PER_LEASE, "16 old rows gone");
+        let live = s.issue_lease(&pool, None, &none, later).unwrap().unwrap();
+        assert_eq!(rows(&s), 3, "the last old rows gone, the three recent kept");
+        let found = s.lease_at(&live.number, later).unwrap();
+        assert_eq!(found.map(|l| l.number), Some(live.number));
     }
 
     #[test]
