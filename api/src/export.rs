@@ -246,6 +246,27 @@ mod tests {
             .collect()
     }
 
+    /// An export's body as a client reads it, pausing `pause` after each chunk: the
+    /// bytes, the chunks, and the error it ended in (None: a clean end).
+    async fn read_body(
+        r: axum::response::Response,
+        pause: Duration,
+    ) -> (Vec<u8>, usize, Option<axum::Error>) {
+        let mut body = r.into_body().into_data_stream();
+        let (mut bytes, mut chunks) = (Vec::new(), 0);
+        loop {
+            match body.next().await {
+                Some(Ok(chunk)) => {
+                    bytes.extend_from_slice(&chunk);
+                    chunks += 1;
+                    tokio::time::sleep(pause).await;
+                }
+                Some(Err(e)) => return (bytes, chunks, Some(e)),
+                None => return (bytes, chunks, None),
+            }
+        }
+    }
+
     fn cuts(m: &ApiMetrics, reason: &'static str) -> u64 {
         m.exports_cut.get_or_create(&ReasonLabel { reason }).get()
     }
@@ -386,15 +407,8 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert_eq!(cuts(&m, "too_long"), 0);
-        let mut body = stalled.into_body().into_data_stream();
-        let mut got = 0;
-        let end = loop {
-            match body.next().await {
-                Some(Ok(chunk)) => got += chunk.len(),
-                Some(Err(e)) => break Some(e),
-                None => break None,
-            }
-        };
+        let (bytes, _, end) = read_body(stalled, Duration::ZERO).await;
+        let got = bytes.len();
         assert!(
             end.is_some(),
             "a cut export must not end like a complete one"
@@ -425,20 +439,9 @@ mod tests {
             .call(&a.router, "GET", "/v1/calls?format=csv", Some(&key), "")
             .await;
         assert_eq!(slow.status(), StatusCode::OK);
-        let mut body = slow.into_body().into_data_stream();
-        let (mut got, mut chunks) = (0, 0);
-        let end = loop {
-            match body.next().await {
-                Some(Ok(chunk)) => {
-                    got += chunk.len();
-                    chunks += 1;
-                    // One page every 100 ms: well inside the 30 s stall timeout.
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Some(Err(e)) => break Some(e),
-                None => break None,
-            }
-        };
+        // One page every 100 ms: well inside the 30 s stall timeout.
+        let (bytes, chunks, end) = read_body(slow, Duration::from_millis(100)).await;
+        let got = bytes.len();
         assert!(
             end.is_some(),
             "a cut export must not end like a complete one"
@@ -520,15 +523,7 @@ mod tests {
             .call(&a.router, "GET", "/v1/calls?format=csv", Some(&key), "")
             .await;
         assert_eq!(r.status(), StatusCode::OK);
-        let mut body = r.into_body().into_data_stream();
-        let mut text = Vec::new();
-        let end = loop {
-            match body.next().await {
-                Some(Ok(chunk)) => text.extend_from_slice(&chunk),
-                Some(Err(e)) => break Some(e),
-                None => break None,
-            }
-        };
+        let (text, _, end) = read_body(r, Duration::ZERO).await;
         assert!(
             end.is_some(),
             "a stopped export must not end like a complete one"

@@ -511,6 +511,34 @@ mod tests {
         }
     }
 
+    /// The call's one final record (not its record in progress), waited for (5 s at
+    /// most) as the call-log writer commits it.
+    async fn final_record(f: &Fixture) -> tsunagu_store::CallRecord {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut records = Vec::new();
+        while records.is_empty() && Instant::now() < deadline {
+            assert!(f.log.flush(Duration::from_secs(5)));
+            f.store
+                .scan_calls(
+                    &CallQuery {
+                        operator_id: f.operator.clone(),
+                        ..Default::default()
+                    },
+                    &mut |r| {
+                        records.push(r);
+                        true
+                    },
+                )
+                .unwrap();
+            records.retain(|r| r.state != tsunagu_store::CallState::Active);
+            if records.is_empty() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        assert_eq!(records.len(), 1, "one final record");
+        records.remove(0)
+    }
+
     /// The caller got a 500, the call is logged `failed`, and its ports and slot are free.
     async fn assert_cleaned_up(f: &Fixture) {
         let (caller, log, store, metrics, ctx) = (&f.caller, &f.log, &f.store, &f.metrics, &f.ctx);
@@ -608,29 +636,8 @@ mod tests {
         assert!(to_callee.starts_with("BYE "), "{to_callee}");
         let bye_ok = callee_response(&to_callee, "200 OK", me, None);
         f.callee.send_to(bye_ok.as_bytes(), node).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let mut records = Vec::new();
-        while records.is_empty() && Instant::now() < deadline {
-            assert!(f.log.flush(Duration::from_secs(5)));
-            f.store
-                .scan_calls(
-                    &CallQuery {
-                        operator_id: f.operator.clone(),
-                        ..Default::default()
-                    },
-                    &mut |r| {
-                        records.push(r);
-                        true
-                    },
-                )
-                .unwrap();
-            records.retain(|r| r.state != tsunagu_store::CallState::Active);
-            if records.is_empty() {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-        assert_eq!(records.len(), 1, "one final record");
-        assert_eq!(records[0].end_reason.as_deref(), Some("max_call"));
+        let r = final_record(&f).await;
+        assert_eq!(r.end_reason.as_deref(), Some("max_call"));
         assert_eq!(f.metrics.calls.actor_failures.get(), 0, "ended by the call");
     }
 
@@ -667,30 +674,9 @@ mod tests {
             .unwrap();
         assert!(cancel.starts_with("CANCEL sip:0311112222@"), "{cancel}");
         // The callee never confirms: the call ends at the guard and is logged.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let mut records = Vec::new();
-        while records.is_empty() && Instant::now() < deadline {
-            assert!(f.log.flush(Duration::from_secs(5)));
-            f.store
-                .scan_calls(
-                    &CallQuery {
-                        operator_id: f.operator.clone(),
-                        ..Default::default()
-                    },
-                    &mut |r| {
-                        records.push(r);
-                        true
-                    },
-                )
-                .unwrap();
-            records.retain(|r| r.state != tsunagu_store::CallState::Active);
-            if records.is_empty() {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-        assert_eq!(records.len(), 1, "one final record");
-        assert_eq!(records[0].result, CallResult::Failed);
-        assert_eq!(records[0].end_reason.as_deref(), Some("max_ring"));
+        let r = final_record(&f).await;
+        assert_eq!(r.result, CallResult::Failed);
+        assert_eq!(r.end_reason.as_deref(), Some("max_ring"));
         assert_eq!(f.metrics.calls.actor_failures.get(), 0, "ended by the call");
     }
 
@@ -770,29 +756,7 @@ mod tests {
         assert!(bye.starts_with("BYE sip:"), "{bye}");
         let ok = callee_response(&bye, "200 OK", me, None);
         f.callee.send_to(ok.as_bytes(), node).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let mut records = Vec::new();
-        while records.is_empty() && Instant::now() < deadline {
-            assert!(f.log.flush(Duration::from_secs(5)));
-            f.store
-                .scan_calls(
-                    &CallQuery {
-                        operator_id: f.operator.clone(),
-                        ..Default::default()
-                    },
-                    &mut |r| {
-                        records.push(r);
-                        true
-                    },
-                )
-                .unwrap();
-            records.retain(|r| r.state != tsunagu_store::CallState::Active);
-            if records.is_empty() {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-        assert_eq!(records.len(), 1, "one final record");
-        let r = &records[0];
+        let r = final_record(&f).await;
         assert_eq!(r.result, CallResult::Failed);
         assert_eq!(r.end_reason.as_deref(), Some("prack_timeout"));
         assert_eq!((r.sip_code, r.answered_at, r.talk_seconds), (500, None, 0));
