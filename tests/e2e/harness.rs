@@ -56,8 +56,8 @@ impl Ports {
     ///
     /// Slots past the main bank's (j = k - 99 < 8) lie below it, clear of 5060, 8080
     /// and of the wide RTP ranges: signalling 5100 + 10j, SIPp media 5200 + 76j (and
-    /// + 40), node RTP 2100 + 360j (up to 4979). The third bank's (j = k - 107 < 8):
-    /// signalling 5900 + 10j, SIPp media 6000 + 76j, node RTP 6700 + 360j for j < 3
+    /// 40 above), node RTP 2100 + 360j (up to 4979). The third bank's (j = k - 107 <
+    /// 8): signalling 5900 + 10j, SIPp media 6000 + 76j, node RTP 6700 + 360j for j < 3
     /// and 8100 + 360(j - 3) after (6700-7779 and 8100-9899: around 8080, below the
     /// wide ranges' 10000).
     pub fn take() -> Ports {
