@@ -130,9 +130,11 @@ impl Export {
             metrics,
             permit,
         } = self;
-        let _permit = permit;
         metrics.exports_active.inc();
         let _active = Active(metrics.clone());
+        // Declared after `_active`, so dropped before it: the place is free by the time
+        // the gauge says no export runs.
+        let _permit = permit;
         let cut_at = tokio::time::Instant::now() + max_duration;
         let cut = |reason: &'static str| {
             metrics
@@ -194,11 +196,12 @@ impl Export {
                         "slow_page"
                     };
                     cut(why);
-                    let _ = send(Piece::Failed(
+                    // Without waiting (and without counting a second cut): if the client
+                    // has no room for it, the dropped sender ends the body in an error.
+                    let _ = tx.try_send(Piece::Failed(
                         "a page of this export read the store for too long: narrow it with from/to"
                             .into(),
-                    ))
-                    .await;
+                    ));
                     return;
                 }
                 Ok(Err(e)) => {

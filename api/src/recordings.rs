@@ -344,11 +344,7 @@ async fn open_parts(
     }
     if !remote.is_empty() {
         let peers = peer_addresses(st).await;
-        let own = peers
-            .iter()
-            .find(|(n, _)| *n == st.node_id)
-            .map(|(_, a)| a.ip())
-            .filter(|ip| !ip.is_unspecified());
+        let own = own_address(st).await;
         let probes = remote.into_iter().map(|(slot, part)| {
             let addr = peers
                 .iter()
@@ -404,6 +400,21 @@ async fn peer_addresses(st: &ApiState) -> Vec<(String, SocketAddr)> {
         .collect()
 }
 
+/// The address this node sends from when it asks a peer for a part: its cluster
+/// listener's IP as registered (the address peers know it by), else its API's; none
+/// when unknown or a wildcard.
+async fn own_address(st: &ApiState) -> Option<IpAddr> {
+    let me = st.node_id.clone();
+    let nodes = db(st, |s| s.nodes()).await.unwrap_or_default();
+    let row = nodes.into_iter().find(|n| n.node_id == me)?;
+    [row.cluster_addr, row.api_addr]
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a.parse::<SocketAddr>().ok())
+        .map(|a| a.ip())
+        .find(|ip| !ip.is_unspecified())
+}
+
 /// Where this node asks a peer for a part: the peer's API, from this node's own
 /// registered address (the peer serves its internal endpoint to registered nodes'
 /// addresses only, and without binding the system may pick another source address).
@@ -421,7 +432,11 @@ async fn is_node_address(st: &ApiState, ip: IpAddr) -> bool {
         [&n.api_addr, &n.cluster_addr]
             .into_iter()
             .flatten()
-            .any(|a| a.parse::<SocketAddr>().is_ok_and(|a| a.ip() == ip))
+            .any(|a| {
+                // `::ffff:10.0.0.2` on a dual-stack listener is 10.0.0.2.
+                a.parse::<SocketAddr>()
+                    .is_ok_and(|a| a.ip().to_canonical() == ip.to_canonical())
+            })
     })
 }
 
@@ -732,7 +747,12 @@ async fn fetch(
         SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
     }
     .map_err(|e| e.to_string())?;
-    if let Some(ip) = link.from.filter(|ip| ip.is_ipv4() == peer.is_ipv4()) {
+    // Same family, and not loopback toward another host (an API on 127.0.0.1 behind
+    // a proxy): then the system's own choice of source is the better one.
+    let usable = |ip: &IpAddr| {
+        ip.is_ipv4() == peer.is_ipv4() && (!ip.is_loopback() || peer.ip().is_loopback())
+    };
+    if let Some(ip) = link.from.filter(usable) {
         // Not fatal: the peer then sees another source and refuses (logged there).
         if let Err(e) = socket.bind(SocketAddr::new(ip, 0)) {
             tracing::debug!(%ip, error = %e, "cannot send from this node's own address");

@@ -115,7 +115,7 @@ pub struct Members(Arc<RwLock<MemberSet>>);
 struct MemberSet {
     /// Seeds and registry, as last set.
     listed: HashSet<IpAddr>,
-    /// Peers whose mutual TLS succeeded, oldest first, not in `listed`.
+    /// Peers whose mutual TLS succeeded, oldest first (listed or not).
     sessions: VecDeque<IpAddr>,
 }
 
@@ -145,19 +145,16 @@ impl Members {
             listed.insert(ip.to_canonical());
         }
         let mut set = self.write();
-        set.sessions.retain(|ip| !listed.contains(ip));
         set.listed = listed;
         set.trim();
     }
 
     /// `ip` completed mutual TLS with the cluster's CA: it holds a member's
-    /// certificate.
+    /// certificate. Kept even when listed, so that a member the registry stops listing
+    /// (a store read that failed, a node marked down that restarts) is still known.
     pub fn session(&self, ip: IpAddr) {
         let ip = ip.to_canonical();
         let mut set = self.write();
-        if set.listed.contains(&ip) {
-            return;
-        }
         set.sessions.retain(|x| *x != ip);
         set.sessions.push_back(ip);
         set.trim();
@@ -169,9 +166,11 @@ impl Members {
         set.listed.contains(&ip) || set.sessions.contains(&ip)
     }
 
+    /// Addresses known, each once.
     pub fn len(&self) -> usize {
         let set = self.0.read().unwrap_or_else(|p| p.into_inner());
-        set.listed.len() + set.sessions.len()
+        let learnt = set.sessions.iter().filter(|ip| !set.listed.contains(ip));
+        set.listed.len() + learnt.count()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -646,8 +645,14 @@ mod tests {
         m.session(ip(1)); // already listed: not counted twice
         assert_eq!(m.len(), 3);
         m.set_listed([ip(2)]);
-        assert!(!m.contains(ip(1)), "no longer listed");
+        assert!(
+            m.contains(ip(1)),
+            "no longer listed (a failed registry read, a member marked down), but known from its session"
+        );
         assert!(m.contains(ip(3)), "a session's address stays");
+        m.set_listed([ip(2), ip(4)]);
+        m.set_listed([ip(2)]);
+        assert!(!m.contains(ip(4)), "listed only, then no longer: forgotten");
         for n in 10..10_000 {
             m.session(ip(n));
         }

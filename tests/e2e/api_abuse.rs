@@ -194,7 +194,7 @@ fn an_export_whose_client_stops_reading_is_cut() {
     let ports = Ports::take();
     let node = Node::start_api(
         ports,
-        "max_exports = 1\nexport_send_timeout_seconds = 5\nidle_timeout_seconds = 6",
+        "max_exports = 1\nmax_exports_per_operator = 2\nexport_send_timeout_seconds = 5\nidle_timeout_seconds = 6",
         "",
     );
     let op = node.send("POST", "/v1/operators", Some(ADMIN), r#"{"name": "op"}"#);

@@ -1471,6 +1471,10 @@ impl Call {
 
     /// The node ends the call (see [`CallMsg::End`]).
     fn end_now(&mut self, reason: &'static str) {
+        if matches!(self.phase, Phase::Ending | Phase::Done) {
+            // Already ending for its own reason (a BYE sent or received): kept.
+            return;
+        }
         tracing::info!(reason, "the node ends the call");
         self.end_reason = Some(reason);
         match self.phase {

@@ -36,8 +36,8 @@ pub struct SqliteStore {
 /// How long a row of the lease history is kept after its lease ended (a day: far past
 /// any call that could have matched it).
 const LEASE_HISTORY_MS: i64 = 86_400_000;
-/// Old lease rows looked at, and deleted if ended long enough ago, per lease issued:
-/// more than one, so the history shrinks back after a burst.
+/// Lease rows that ended long enough ago deleted, at most, per lease issued: more than
+/// one, so the history shrinks back after a burst.
 const PRUNE_PER_LEASE: i64 = 16;
 
 fn unavailable(e: rusqlite::Error) -> StoreError {
@@ -266,11 +266,12 @@ impl SqliteStore {
                 params![lease.pool_id, lease.number, lease.session, params_json, lease.issued_at, lease.expires_at, caps.client.map(|(c, _)| c)],
             )?;
             // The history is pruned as it grows (anyone with a page's origin adds rows):
-            // of the oldest rows, those whose lease ended over LEASE_HISTORY_MS ago. No
-            // call can match them (a call takes the lease live at its start), and only
-            // the lowest ids are looked at, so an issue never scans the table.
+            // up to PRUNE_PER_LEASE rows whose lease ended over LEASE_HISTORY_MS ago, the
+            // longest ended first, found through `leases_by_expiry` (never a scan). No
+            // call can match them (a call takes the lease live at its start), and rows
+            // still live (long holds, extended sessions) do not stand in the way.
             tx.prepare_cached(
-                "DELETE FROM leases WHERE id IN (SELECT id FROM leases ORDER BY id LIMIT ?1) AND expires_at < ?2",
+                "DELETE FROM leases WHERE id IN (SELECT id FROM leases WHERE expires_at < ?2 ORDER BY expires_at LIMIT ?1)",
             )?
             .execute(params![PRUNE_PER_LEASE, now.saturating_sub(LEASE_HISTORY_MS)])?;
             tx.commit()?;
@@ -1515,8 +1516,9 @@ mod tests {
         }
     }
 
-    /// The lease history is pruned as it grows: each issue deletes, of the 16 oldest
-    /// rows, those whose lease ended over a day before; live leases stay.
+    /// The lease history is pruned as it grows: each issue deletes up to 16 rows whose
+    /// lease ended over a day before, the longest ended first; live leases stay, and a
+    /// long-lived lease issued first does not stop the pruning of those after it.
     #[test]
     fn the_lease_history_is_pruned_as_it_grows() {
         let dir = tempfile::tempdir().unwrap();
@@ -1534,6 +1536,11 @@ mod tests {
             .unwrap()
         };
         let none = BTreeMap::new();
+        // First, and so lowest in id: a lease of another pool held for a week.
+        let (week, week_numbers) =
+            crate::conformance::sample_pool(&op.id, &adv.id, PoolMode::OneTime, 1, 604_800, 0);
+        s.create_pool(&week, &week_numbers).unwrap();
+        s.issue_lease(&week, None, &none, 1_000).unwrap().unwrap();
         for _ in 0..20 {
             s.issue_lease(&pool, None, &none, 1_000).unwrap().unwrap();
         }
@@ -1541,12 +1548,16 @@ mod tests {
         s.issue_lease(&pool, None, &none, ended + LEASE_HISTORY_MS)
             .unwrap()
             .unwrap();
-        assert_eq!(rows(&s), 21, "nothing ended over a day ago yet");
+        assert_eq!(rows(&s), 22, "nothing ended over a day ago yet");
         let later = ended + LEASE_HISTORY_MS + 1;
         s.issue_lease(&pool, None, &none, later).unwrap().unwrap();
-        assert_eq!(rows(&s), 22 - PRUNE_PER_LEASE, "16 old rows gone");
+        assert_eq!(rows(&s), 23 - PRUNE_PER_LEASE, "16 old rows gone");
         let live = s.issue_lease(&pool, None, &none, later).unwrap().unwrap();
-        assert_eq!(rows(&s), 3, "the last old rows gone, the three recent kept");
+        assert_eq!(
+            rows(&s),
+            4,
+            "the last old rows gone; the week's lease and the three recent kept"
+        );
         let found = s.lease_at(&live.number, later).unwrap();
         assert_eq!(found.map(|l| l.number), Some(live.number));
     }
