@@ -267,6 +267,13 @@ pub struct MediaConfig {
     /// `sendonly`, `recvonly`). 0 turns it off.
     #[serde(default = "default_media_timeout")]
     pub timeout_seconds: u64,
+    /// RTP consent: send nothing (prompts, ringback, relayed audio) toward a party
+    /// until one of its RTP packets arrived, instead of to the address its SDP names.
+    /// For trunks that pass end users' SDP on unchanged (an SDP can name anyone);
+    /// off by default, as a phone that sends nothing while silent would then not hear
+    /// its prompts.
+    #[serde(default)]
+    pub consent: bool,
 }
 
 impl Default for MediaConfig {
@@ -277,6 +284,7 @@ impl Default for MediaConfig {
             prompts_dir: None,
             latch: default_latch(),
             timeout_seconds: default_media_timeout(),
+            consent: false,
         }
     }
 }

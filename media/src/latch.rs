@@ -69,6 +69,10 @@ pub struct Peer {
     pub signalled: Option<SocketAddr>,
     /// The source its RTP was latched to; None until the first accepted packet.
     pub latched: Option<SocketAddr>,
+    /// Consent (`media.consent`): audio goes toward this side only once a packet from
+    /// it was accepted, never on the word of its SDP alone (which a caller chooses:
+    /// an SDP naming a victim would have the node stream prompts at it).
+    pub consent: bool,
 }
 
 impl Peer {
@@ -82,10 +86,20 @@ impl Peer {
         }
     }
 
+    /// No far end any more (its address refused, or the leg gone): nothing signalled,
+    /// nothing latched; the consent policy stays.
+    pub fn forget(&mut self) {
+        (self.signalled, self.latched) = (None, None);
+    }
+
     /// Where audio toward this side's far end goes: the latched source (symmetric RTP,
-    /// which is what gets through a NAT), else the SDP's address.
+    /// which is what gets through a NAT), else the SDP's address unless consent is
+    /// required.
     pub fn destination(&self) -> Option<SocketAddr> {
-        self.latched.or(self.signalled)
+        match self.consent {
+            true => self.latched,
+            false => self.latched.or(self.signalled),
+        }
     }
 }
 
@@ -205,6 +219,7 @@ mod tests {
             let peer = Peer {
                 signalled: *signalled,
                 latched: *latched,
+                consent: false,
             };
             assert_eq!(judge(*policy, &peer, *src, *rtp), *want, "row {i}");
         }
@@ -235,5 +250,41 @@ mod tests {
             (p.signalled, p.latched),
             (Some(a("198.51.100.1:4002")), None)
         );
+    }
+
+    /// Each row: consent, (signalled, latched) → where audio goes. With consent the
+    /// SDP's word alone sends nothing; a latched source always gets it.
+    #[test]
+    fn with_consent_audio_goes_only_to_a_latched_source() {
+        let rows = [
+            (false, Some(SDP), None, Some(SDP)),
+            (true, Some(SDP), None, None),
+            (
+                true,
+                Some(SDP),
+                Some("192.0.2.10:61000"),
+                Some("192.0.2.10:61000"),
+            ),
+            (false, None, None, None),
+            (true, None, None, None),
+        ];
+        for (consent, signalled, latched, want) in rows {
+            let p = Peer {
+                signalled: signalled.map(a),
+                latched: latched.map(a),
+                consent,
+            };
+            assert_eq!(
+                p.destination(),
+                want.map(a),
+                "{consent} {signalled:?} {latched:?}"
+            );
+        }
+        let mut p = Peer {
+            consent: true,
+            ..Peer::default()
+        };
+        p.signal(a(SDP));
+        assert!(p.consent, "new SDP keeps the policy");
     }
 }

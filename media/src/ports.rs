@@ -89,6 +89,8 @@ pub struct PortPool {
     free: Mutex<VecDeque<FreePort>>,
     socket_buffer: usize,
     latch: Latch,
+    /// `media.consent`: relays send toward a side only once a packet from it arrived.
+    consent: std::sync::atomic::AtomicBool,
     metrics: MediaMetrics,
     /// Asked once per batch of packets a relay would send; `false` withholds them
     /// (a clustered node without its lease; see [`PortPool::set_gate`]).
@@ -150,6 +152,12 @@ impl MediaPort {
     /// The source policy of the relay using this port.
     pub fn latch(&self) -> Latch {
         self.pool.latch
+    }
+
+    /// Whether the relay using this port sends toward a side only once a packet from
+    /// it arrived (`media.consent`).
+    pub fn consent(&self) -> bool {
+        self.pool.consent.load(Ordering::Relaxed)
     }
 
     /// Why the relay using this port must not send to `dst`, if it must not
@@ -307,6 +315,7 @@ impl PortPool {
             free: Mutex::new(free),
             socket_buffer,
             latch,
+            consent: std::sync::atomic::AtomicBool::new(false),
             metrics,
             gate: std::sync::OnceLock::new(),
             idle: AtomicUsize::new(0),
@@ -314,6 +323,12 @@ impl PortPool {
             #[cfg(test)]
             binds: Default::default(),
         })
+    }
+
+    /// Relays started from now on send toward a side only once a packet from it
+    /// arrived (`media.consent`), not to the address its SDP names before that.
+    pub fn set_consent(&self, on: bool) {
+        self.consent.store(on, Ordering::Relaxed);
     }
 
     /// From now on the relays of this pool send only while `gate` says so (the first

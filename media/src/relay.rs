@@ -509,6 +509,7 @@ fn run(
         let _ended = ended;
         let mut sa = SideState::new(Side::A);
         let mut sb = SideState::new(Side::B);
+        (sa.peer.consent, sb.peer.consent) = (a.consent(), b.consent());
         let mut rec: Option<Recording> = None;
         // While recording, audio goes to the file about once a second (no timer otherwise).
         let mut tick: Option<tokio::time::Interval> = None;
@@ -534,13 +535,13 @@ fn run(
                                     .destinations_refused
                                     .get_or_create(&ForeignLabel { reason })
                                     .inc();
-                                s.peer = Peer::default();
+                                s.peer.forget();
                             }
                         }
                     }
                     Control::ClearRemote(side) => {
                         let s = if side == Side::A { &mut sa } else { &mut sb };
-                        s.peer = Peer::default();
+                        s.peer.forget();
                         s.dtmf_payload_type = None;
                     }
                     Control::SetDtmf(side, pt) => {
@@ -847,6 +848,53 @@ mod tests {
             events.try_recv().is_err(),
             "a looped prompt never ends by itself"
         );
+    }
+
+    /// With `media.consent`, a prompt toward a caller whose SDP names an address that
+    /// never sent a packet goes nowhere (an SDP naming a victim gets nothing); once a
+    /// packet comes from that side, prompts and relayed audio reach it.
+    #[tokio::test]
+    async fn with_consent_nothing_goes_to_a_side_before_its_first_packet() {
+        let pool = pool(41360);
+        pool.set_consent(true);
+        let (tx, mut events) = mpsc::unbounded_channel();
+        let relay = Relay::start(
+            pool.allocate().unwrap(),
+            pool.allocate().unwrap(),
+            MediaMetrics::default(),
+            Arc::new(move |e| {
+                let _ = tx.send(e);
+            }),
+        );
+        let caller = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let callee = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        relay.set_remote(Side::A, caller.local_addr().unwrap());
+        relay.set_remote(Side::B, callee.local_addr().unwrap());
+        let prompt = Arc::new(Prompt::from_samples(&[1000; 480]));
+        relay.play(Side::A, prompt.clone(), 8, false, 1);
+        // The prompt's three frames are done (each sent, or withheld) when it reports
+        // its end; a datagram sent on loopback is queued at once.
+        assert_eq!(
+            events.recv().await,
+            Some(MediaEvent::PromptDone {
+                side: Side::A,
+                id: 1
+            })
+        );
+        let mut buf = [0u8; 2048];
+        assert!(
+            caller.try_recv_from(&mut buf).is_err(),
+            "nothing toward an address that never sent a packet"
+        );
+        // The caller speaks: its side is latched, and a prompt reaches it (looped, so
+        // that frames keep coming whichever of the packet and the prompt the relay
+        // takes first).
+        caller.send_to(&rtp(1), relay.local(Side::A)).await.unwrap();
+        relay.play(Side::A, prompt.clone(), 8, true, 2);
+        let (n, from) = caller.recv_from(&mut buf).await.unwrap();
+        assert_eq!((n, from), (172, relay.local(Side::A)));
+        assert_eq!(buf[1] & 0x7f, 8, "the prompt, in PCMA");
+        relay.stop_playing(Side::A);
     }
 
     #[tokio::test]

@@ -423,6 +423,7 @@ pub async fn run(
         latch,
         metrics.media.clone(),
     );
+    ports.set_consent(media.consent);
     let lease_gate = crate::cluster_link::LeaseGate::default();
     let rtp_withheld = metrics
         .calls
