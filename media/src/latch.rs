@@ -69,10 +69,6 @@ pub struct Peer {
     pub signalled: Option<SocketAddr>,
     /// The source its RTP was latched to; None until the first accepted packet.
     pub latched: Option<SocketAddr>,
-    /// Consent (`media.consent`): audio goes toward this side only once a packet from
-    /// it was accepted, never on the word of its SDP alone (which a caller chooses:
-    /// an SDP naming a victim would have the node stream prompts at it).
-    pub consent: bool,
 }
 
 impl Peer {
@@ -86,17 +82,13 @@ impl Peer {
         }
     }
 
-    /// No far end any more (its address refused, or the leg gone): nothing signalled,
-    /// nothing latched; the consent policy stays.
-    pub fn forget(&mut self) {
-        (self.signalled, self.latched) = (None, None);
-    }
-
     /// Where audio toward this side's far end goes: the latched source (symmetric RTP,
-    /// which is what gets through a NAT), else the SDP's address unless consent is
-    /// required.
-    pub fn destination(&self) -> Option<SocketAddr> {
-        match self.consent {
+    /// which is what gets through a NAT), else the SDP's address, unless `consent`
+    /// (`media.consent`) asks for a packet from this side first: an SDP's word alone
+    /// (which a caller chooses: one naming a victim would have the node stream prompts
+    /// at it) then sends nothing.
+    pub fn destination(&self, consent: bool) -> Option<SocketAddr> {
+        match consent {
             true => self.latched,
             false => self.latched.or(self.signalled),
         }
@@ -219,7 +211,6 @@ mod tests {
             let peer = Peer {
                 signalled: *signalled,
                 latched: *latched,
-                consent: false,
             };
             assert_eq!(judge(*policy, &peer, *src, *rtp), *want, "row {i}");
         }
@@ -228,12 +219,12 @@ mod tests {
     #[test]
     fn new_sdp_relatches_only_when_the_address_changes() {
         let mut p = Peer::default();
-        assert_eq!(p.destination(), None);
+        assert_eq!(p.destination(false), None);
         p.signal(a(SDP));
-        assert_eq!(p.destination(), Some(a(SDP)));
+        assert_eq!(p.destination(false), Some(a(SDP)));
         p.latched = Some(a("192.0.2.10:61000"));
         assert_eq!(
-            p.destination(),
+            p.destination(false),
             Some(a("192.0.2.10:61000")),
             "symmetric RTP"
         );
@@ -243,7 +234,7 @@ mod tests {
         // A re-INVITE moving the media (another port, another host).
         p.signal(a("192.0.2.10:4002"));
         assert_eq!(p.latched, None, "latch redone");
-        assert_eq!(p.destination(), Some(a("192.0.2.10:4002")));
+        assert_eq!(p.destination(false), Some(a("192.0.2.10:4002")));
         p.latched = Some(a("192.0.2.10:61000"));
         p.signal(a("198.51.100.1:4002"));
         assert_eq!(
@@ -272,19 +263,12 @@ mod tests {
             let p = Peer {
                 signalled: signalled.map(a),
                 latched: latched.map(a),
-                consent,
             };
             assert_eq!(
-                p.destination(),
+                p.destination(consent),
                 want.map(a),
                 "{consent} {signalled:?} {latched:?}"
             );
         }
-        let mut p = Peer {
-            consent: true,
-            ..Peer::default()
-        };
-        p.signal(a(SDP));
-        assert!(p.consent, "new SDP keeps the policy");
     }
 }

@@ -392,6 +392,8 @@ struct Flow<'a> {
     /// accepted from either side.
     counters: [&'a AtomicU64; 4],
     latch: Latch,
+    /// `media.consent`: nothing toward a side before a packet from it.
+    consent: bool,
     refused: &'a Refused,
     /// Asked at each send whether this node may send (its cluster lease): asked once
     /// per burst, a node frozen (SIGSTOP) mid-burst sent the rest of the burst when it
@@ -451,7 +453,7 @@ fn drain(p: Flow<'_>, mut rec: Option<&mut Recording>, on_event: &OnEvent) {
                 p.counters[2].fetch_add(gap, Ordering::Relaxed);
                 p.dir.lost.inc_by(gap);
             }
-            let dst = p.to_side.peer.destination();
+            let dst = p.to_side.peer.destination(p.consent);
             let Some(dst) = dst.filter(|_| p.to_side.player.is_none() && p.gate.open()) else {
                 continue; // nowhere to send yet, a prompt plays there, or no lease
             };
@@ -468,9 +470,15 @@ fn drain(p: Flow<'_>, mut rec: Option<&mut Recording>, on_event: &OnEvent) {
 
 /// Sends the next frame of the prompt playing into `s`, if any; ends a prompt that is
 /// not looped at its last frame.
-fn play_frame(socket: &tokio::net::UdpSocket, s: &mut SideState, now: Instant, on_event: &OnEvent) {
+fn play_frame(
+    socket: &tokio::net::UdpSocket,
+    s: &mut SideState,
+    consent: bool,
+    now: Instant,
+    on_event: &OnEvent,
+) {
     let Some(p) = s.player.as_mut() else { return };
-    if let Some(dst) = s.peer.destination() {
+    if let Some(dst) = s.peer.destination(consent) {
         let mut pkt = [0u8; 12 + FRAME_SAMPLES];
         pkt[..12].copy_from_slice(&s.out.generate(p.payload_type, FRAME_SAMPLES as u32, now));
         pkt[12..].copy_from_slice(p.prompt.frame(p.payload_type, p.next));
@@ -504,12 +512,11 @@ fn run(
     let a_to_b = Direction::new(&metrics, "caller_to_callee");
     let b_to_a = Direction::new(&metrics, "callee_to_caller");
     let refused = Refused::new(&metrics);
-    let latch = a.latch();
+    let (latch, consent) = (a.latch(), a.consent());
     async move {
         let _ended = ended;
         let mut sa = SideState::new(Side::A);
         let mut sb = SideState::new(Side::B);
-        (sa.peer.consent, sb.peer.consent) = (a.consent(), b.consent());
         let mut rec: Option<Recording> = None;
         // While recording, audio goes to the file about once a second (no timer otherwise).
         let mut tick: Option<tokio::time::Interval> = None;
@@ -535,13 +542,13 @@ fn run(
                                     .destinations_refused
                                     .get_or_create(&ForeignLabel { reason })
                                     .inc();
-                                s.peer.forget();
+                                s.peer = Peer::default();
                             }
                         }
                     }
                     Control::ClearRemote(side) => {
                         let s = if side == Side::A { &mut sa } else { &mut sb };
-                        s.peer.forget();
+                        s.peer = Peer::default();
                         s.dtmf_payload_type = None;
                     }
                     Control::SetDtmf(side, pt) => {
@@ -592,22 +599,22 @@ fn run(
                 r = a.socket().readable() => {
                     if r.is_ok() {
                         let counters = [&stats.packets_a_to_b, &stats.bytes_a_to_b, &stats.lost_a_to_b, &stats.received];
-                        let path = Flow { from: a.socket(), from_side: &mut sa, out: b.socket(), to_side: &mut sb, dir: &a_to_b, counters, latch, refused: &refused, gate: &a };
+                        let path = Flow { from: a.socket(), from_side: &mut sa, out: b.socket(), to_side: &mut sb, dir: &a_to_b, counters, latch, consent, refused: &refused, gate: &a };
                         drain(path, rec.as_mut(), &on_event);
                     }
                 }
                 r = b.socket().readable() => {
                     if r.is_ok() {
                         let counters = [&stats.packets_b_to_a, &stats.bytes_b_to_a, &stats.lost_b_to_a, &stats.received];
-                        let path = Flow { from: b.socket(), from_side: &mut sb, out: a.socket(), to_side: &mut sa, dir: &b_to_a, counters, latch, refused: &refused, gate: &a };
+                        let path = Flow { from: b.socket(), from_side: &mut sb, out: a.socket(), to_side: &mut sa, dir: &b_to_a, counters, latch, consent, refused: &refused, gate: &a };
                         drain(path, rec.as_mut(), &on_event);
                     }
                 }
                 _ = async { frames.as_mut().expect("checked").tick().await }, if frames.is_some() => {
                     let now = Instant::now();
                     if a.open() {
-                        play_frame(a.socket(), &mut sa, now, &on_event);
-                        play_frame(b.socket(), &mut sb, now, &on_event);
+                        play_frame(a.socket(), &mut sa, consent, now, &on_event);
+                        play_frame(b.socket(), &mut sb, consent, now, &on_event);
                     }
                     if sa.player.is_none() && sb.player.is_none() {
                         frames = None;
@@ -670,6 +677,16 @@ mod tests {
             65536,
             MediaMetrics::default(),
         )
+    }
+
+    /// A caller (side A) and a callee (side B) on loopback, each named to the relay
+    /// as its side's SDP would.
+    async fn parties(relay: &Relay) -> (tokio::net::UdpSocket, tokio::net::UdpSocket) {
+        let caller = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let callee = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        relay.set_remote(Side::A, caller.local_addr().unwrap());
+        relay.set_remote(Side::B, callee.local_addr().unwrap());
+        (caller, callee)
     }
 
     fn relay_from(pool: &Arc<PortPool>) -> Relay {
@@ -771,19 +788,8 @@ mod tests {
     #[tokio::test]
     async fn plays_prompts_into_one_side_and_reports_key_presses() {
         let pool = pool(41240);
-        let (tx, mut events) = mpsc::unbounded_channel();
-        let relay = Relay::start(
-            pool.allocate().unwrap(),
-            pool.allocate().unwrap(),
-            MediaMetrics::default(),
-            Arc::new(move |e| {
-                let _ = tx.send(e);
-            }),
-        );
-        let caller = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let callee = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        relay.set_remote(Side::A, caller.local_addr().unwrap());
-        relay.set_remote(Side::B, callee.local_addr().unwrap());
+        let (relay, _, mut events) = relay_with_events(&pool);
+        let (caller, callee) = parties(&relay).await;
         relay.set_dtmf(Side::A, Some(101));
         // A three-frame prompt in PCMA to the caller.
         let prompt = Arc::new(Prompt::from_samples(&[1000; 480]));
@@ -852,24 +858,13 @@ mod tests {
 
     /// With `media.consent`, a prompt toward a caller whose SDP names an address that
     /// never sent a packet goes nowhere (an SDP naming a victim gets nothing); once a
-    /// packet comes from that side, prompts and relayed audio reach it.
+    /// packet comes from that side, prompts reach it.
     #[tokio::test]
     async fn with_consent_nothing_goes_to_a_side_before_its_first_packet() {
         let pool = pool(41360);
         pool.set_consent(true);
-        let (tx, mut events) = mpsc::unbounded_channel();
-        let relay = Relay::start(
-            pool.allocate().unwrap(),
-            pool.allocate().unwrap(),
-            MediaMetrics::default(),
-            Arc::new(move |e| {
-                let _ = tx.send(e);
-            }),
-        );
-        let caller = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let callee = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        relay.set_remote(Side::A, caller.local_addr().unwrap());
-        relay.set_remote(Side::B, callee.local_addr().unwrap());
+        let (relay, _, mut events) = relay_with_events(&pool);
+        let (caller, _callee) = parties(&relay).await;
         let prompt = Arc::new(Prompt::from_samples(&[1000; 480]));
         relay.play(Side::A, prompt.clone(), 8, false, 1);
         // The prompt's three frames are done (each sent, or withheld) when it reports
@@ -1175,15 +1170,14 @@ mod tests {
         drop(signalled);
     }
 
-    /// A relay on two ports of a new pool at `first`, its metrics, and what it reports.
+    /// A relay on two ports of `pool`, its metrics, and what it reports.
     fn relay_with_events(
-        first: u16,
+        pool: &Arc<PortPool>,
     ) -> (
         Relay,
         MediaMetrics,
         tokio::sync::mpsc::UnboundedReceiver<MediaEvent>,
     ) {
-        let pool = pool(first);
         let metrics = MediaMetrics::default();
         let (tx, events) = tokio::sync::mpsc::unbounded_channel();
         let relay = Relay::start(
@@ -1211,7 +1205,7 @@ mod tests {
     /// would already hold it).
     #[tokio::test]
     async fn a_failed_callee_is_forgotten_until_the_next_one_signals() {
-        let (relay, metrics, mut events) = relay_with_events(41440);
+        let (relay, metrics, mut events) = relay_with_events(&pool(41440));
         let (a_port, b_port) = (relay.local(Side::A), relay.local(Side::B));
         let caller = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let failed = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
@@ -1264,7 +1258,7 @@ mod tests {
     /// next good SDP works as usual.
     #[tokio::test]
     async fn media_addresses_the_node_must_not_send_to_are_refused() {
-        let (relay, metrics, mut events) = relay_with_events(41460);
+        let (relay, metrics, mut events) = relay_with_events(&pool(41460));
         let refused_to = |reason| {
             metrics
                 .destinations_refused
