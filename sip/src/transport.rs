@@ -510,43 +510,13 @@ impl StreamConnections {
     /// Sends `data` to `addr` on the connection open with it, or on a new one: a new
     /// connection only toward a trusted source (a trunk), never toward a stranger, so
     /// that what is sent to strangers (their 403s) cannot make the node open, and hold
-    /// in the trunks' budget, connections to any address they name.
+    /// in the trunks' budget, connections to any address they name. The trust check
+    /// runs only when there is no connection to use (not for every message).
     pub fn send(&self, addr: SocketAddr, data: Bytes) {
-        self.send_or_dial(addr, data, self.inbound.sources.is_trusted(addr.ip()));
-    }
-
-    /// An immediate answer (a 403 to a stranger, a 400) to a message read on the
-    /// connection `id`: on that connection while it is open, else nowhere.
-    fn reply(&self, addr: SocketAddr, id: u64, data: Bytes) {
-        let open = self.lock().conns.get(&addr).is_some_and(|c| c.id == id);
-        if open {
-            self.send_or_dial(addr, data, false);
-        }
-    }
-
-    fn send_or_dial(&self, addr: SocketAddr, data: Bytes, may_dial: bool) {
-        {
-            // One lock and no clone on the common path: queue to the open connection.
-            let mut table = self.lock();
-            if let Some(conn) = table.conns.get(&addr) {
-                match conn.enqueue(data.clone()) {
-                    Enqueue::Queued => return,
-                    Enqueue::Overflow => {
-                        conn.close.notify_one();
-                        table.conns.remove(&addr);
-                        drop(table);
-                        tracing::info!(%addr, "SIP peer stopped reading; connection closed");
-                        self.closed("write_queue");
-                        return;
-                    }
-                    // The connection ended: open a new one.
-                    Enqueue::Closed => {
-                        table.conns.remove(&addr);
-                    }
-                }
-            }
-        }
-        if !may_dial {
+        let Some(data) = self.queue_on_open(addr, data, None) else {
+            return;
+        };
+        if !self.inbound.sources.is_trusted(addr.ip()) {
             tracing::debug!(%addr, "no connection with this stranger; message not sent");
             self.metrics()
                 .connections_refused
@@ -556,6 +526,49 @@ impl StreamConnections {
                 .inc();
             return;
         }
+        self.dial(addr, data);
+    }
+
+    /// An immediate answer (a 403 to a stranger, a 400) to a message read on the
+    /// connection `id`: on that connection while it is open, else nowhere.
+    fn reply(&self, addr: SocketAddr, id: u64, data: Bytes) {
+        if self.queue_on_open(addr, data, Some(id)).is_some() {
+            tracing::debug!(%addr, "the connection a reply was for has closed; not sent");
+        }
+    }
+
+    /// Queues `data` on the connection open with `addr` (connection `id` only, if
+    /// given), closing one whose peer stopped reading. Gives `data` back when there is
+    /// no such connection, or it has just ended: whether to open one is the caller's.
+    fn queue_on_open(&self, addr: SocketAddr, data: Bytes, id: Option<u64>) -> Option<Bytes> {
+        // One lock and no copy on the common path.
+        let mut table = self.lock();
+        let Some(conn) = table
+            .conns
+            .get(&addr)
+            .filter(|c| id.is_none_or(|id| c.id == id))
+        else {
+            return Some(data);
+        };
+        match conn.enqueue(data.clone()) {
+            Enqueue::Queued => None,
+            Enqueue::Overflow => {
+                conn.close.notify_one();
+                table.conns.remove(&addr);
+                drop(table);
+                tracing::info!(%addr, "SIP peer stopped reading; connection closed");
+                self.closed("write_queue");
+                None
+            }
+            Enqueue::Closed => {
+                table.conns.remove(&addr);
+                Some(data)
+            }
+        }
+    }
+
+    /// Opens a connection to `addr` (within the trunks' budget) and sends `data` on it.
+    fn dial(&self, addr: SocketAddr, data: Bytes) {
         let Some(slot) = self.reserve(addr.ip(), false) else {
             tracing::debug!(%addr, "SIP connection limit reached; message not sent");
             return;
