@@ -132,7 +132,8 @@ struct Shared {
     stale: AtomicBool,
     /// The lease lapsed: line tables suspended until peers are heard again.
     suspended: AtomicBool,
-    /// The configured seeds (their addresses are members' for the listener).
+    /// The configured seeds: dialled while no session is up, and their addresses are
+    /// members' for the listener.
     seeds: Vec<SocketAddr>,
 }
 
@@ -166,7 +167,7 @@ impl Cluster {
             seeds: settings.seeds.clone(),
         }));
         cluster.expect_registered(Instant::now()).await;
-        tokio::spawn(cluster.clone().run(rx, settings.seeds));
+        tokio::spawn(cluster.clone().run(rx));
         Ok(cluster)
     }
 
@@ -336,11 +337,7 @@ impl Cluster {
         }
     }
 
-    async fn run(
-        self,
-        mut rx: tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>,
-        seeds: Vec<SocketAddr>,
-    ) {
+    async fn run(self, mut rx: tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>) {
         let timing = self.membership().timing();
         let mut tick = tokio::time::interval(timing.heartbeat);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -364,8 +361,7 @@ impl Cluster {
                         };
                         self.dispatch(out);
                         let me = self.clone();
-                        let seeds = seeds.clone();
-                        tokio::spawn(async move { me.dial(&seeds).await });
+                        tokio::spawn(async move { me.dial().await });
                     }
                 }
             }
@@ -392,7 +388,7 @@ impl Cluster {
     }
 
     /// Dials the seeds and every registered member without a session.
-    async fn dial(&self, seeds: &[SocketAddr]) {
+    async fn dial(&self) {
         let host = self.0.host.clone();
         let registered = tokio::task::spawn_blocking(move || host.registered())
             .await
@@ -406,7 +402,7 @@ impl Cluster {
             .filter_map(|r| r.cluster_addr)
             .collect();
         if connected.is_empty() {
-            targets.extend(seeds.iter().copied());
+            targets.extend(self.0.seeds.iter().copied());
         }
         targets.sort();
         targets.dedup();
