@@ -175,37 +175,32 @@ impl Export {
             if rows == 0 {
                 break;
             }
-            if tokio::time::Instant::now() >= cut_at {
-                // Dropping the sender ends the body in an error, not a clean end.
-                cut("too_long");
-                return;
-            }
             let mut q = query.clone();
             q.after = after.take();
             q.limit = Some(rows);
+            // A page reads for the search time at most, and never past the export's
+            // end (which has come when `left` is zero: the store then stops at once).
             let left = cut_at.saturating_duration_since(tokio::time::Instant::now());
             q.deadline = Some(std::time::Instant::now() + page_timeout.min(left));
             let s = store.clone();
-            let page = tokio::task::spawn_blocking(move || read_page(&*s, &q, format)).await;
+            let page = tokio::task::spawn_blocking(move || read_page(&*s, &q, format))
+                .await
+                .unwrap_or_else(|e| Err(StoreError::Unavailable(e.to_string())));
             let page = match page {
-                Ok(Ok(p)) => p,
-                Ok(Err(StoreError::TimedOut(_))) => {
-                    let why = if tokio::time::Instant::now() >= cut_at {
-                        "too_long"
+                Ok(p) => p,
+                Err(StoreError::TimedOut(_)) => {
+                    let (why, text) = if left <= page_timeout {
+                        (
+                            "too_long",
+                            "this export ran for its whole time: export the rest from its last row",
+                        )
                     } else {
-                        "slow_page"
+                        ("slow_page", "a page of this export read the store for too long: narrow it with from/to")
                     };
                     cut(why);
                     // Without waiting (and without counting a second cut): if the client
                     // has no room for it, the dropped sender ends the body in an error.
-                    let _ = tx.try_send(Piece::Failed(
-                        "a page of this export read the store for too long: narrow it with from/to"
-                            .into(),
-                    ));
-                    return;
-                }
-                Ok(Err(e)) => {
-                    let _ = send(Piece::Failed(e.to_string())).await;
+                    let _ = tx.try_send(Piece::Failed(text.into()));
                     return;
                 }
                 Err(e) => {

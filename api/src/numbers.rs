@@ -241,7 +241,7 @@ pub(crate) fn validate_forwarding(
 /// webhook of it, and anyone may issue a page's lease: without a total, 50 keys of
 /// 2,000 bytes would store 100 kB per request. A landing URL with a long query string
 /// and a dozen attribution keys fit with room to spare.
-pub(crate) const PARAMS_MAX_BYTES: usize = 8 * 1024;
+const PARAMS_MAX_BYTES: usize = 8 * 1024;
 
 /// Tracking parameters: at most 50 keys of 1-100 characters, values up to 2000, and
 /// [`PARAMS_MAX_BYTES`] in all.
@@ -258,7 +258,9 @@ pub(crate) fn validate_params(
     {
         return Err(ApiError::invalid(
             field,
-            "at most 50 keys of 1-100 characters with values up to 2000, 8192 bytes in all",
+            format!(
+                "at most 50 keys of 1-100 characters with values up to 2000, {PARAMS_MAX_BYTES} bytes in all"
+            ),
         ));
     }
     Ok(())

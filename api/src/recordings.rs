@@ -42,7 +42,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
-use tsunagu_store::{CallRecord, RecordingStatus};
+use tsunagu_store::{CallRecord, NodeRow, RecordingStatus};
 
 /// How long a peer may take to answer, and to send each piece of a part's audio.
 const PEER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -343,14 +343,11 @@ async fn open_parts(
         }
     }
     if !remote.is_empty() {
-        let peers = peer_addresses(st).await;
-        let own = own_address(st).await;
+        // One read of the registry for every part.
+        let nodes = registered(st).await;
         let probes = remote.into_iter().map(|(slot, part)| {
-            let addr = peers
-                .iter()
-                .find(|(n, _)| *n == part.node)
-                .map(|(_, a)| Link { to: *a, from: own });
-            async move { (slot, probe(st, r, part, addr).await) }
+            let link = link_to(&nodes, &st.node_id, &part.node);
+            async move { (slot, probe(st, r, part, link).await) }
         });
         for (slot, result) in futures_util::future::join_all(probes).await {
             match result {
@@ -391,28 +388,35 @@ async fn open_local(
     Ok(Some((file, header)))
 }
 
-/// The API address of every node the store knows (an empty list if it cannot say).
-async fn peer_addresses(st: &ApiState) -> Vec<(String, SocketAddr)> {
-    let nodes = db(st, |s| s.nodes()).await.unwrap_or_default();
-    nodes
-        .into_iter()
-        .filter_map(|n| Some((n.node_id, n.api_addr?.parse().ok()?)))
-        .collect()
+/// The nodes the store knows (an empty list if it cannot say).
+async fn registered(st: &ApiState) -> Vec<NodeRow> {
+    db(st, |s| s.nodes()).await.unwrap_or_default()
 }
 
-/// The address this node sends from when it asks a peer for a part: its cluster
-/// listener's IP as registered (the address peers know it by), else its API's; none
-/// when unknown or a wildcard.
-async fn own_address(st: &ApiState) -> Option<IpAddr> {
-    let me = st.node_id.clone();
-    let nodes = db(st, |s| s.nodes()).await.unwrap_or_default();
-    let row = nodes.into_iter().find(|n| n.node_id == me)?;
-    [row.cluster_addr, row.api_addr]
+/// A node's registered addresses, its cluster listener's first (the address its peers
+/// know it by), then its API's.
+fn addresses(n: &NodeRow) -> impl Iterator<Item = SocketAddr> + '_ {
+    [&n.cluster_addr, &n.api_addr]
         .into_iter()
         .flatten()
-        .filter_map(|a| a.parse::<SocketAddr>().ok())
-        .map(|a| a.ip())
-        .find(|ip| !ip.is_unspecified())
+        .filter_map(|a| a.parse().ok())
+}
+
+/// Where this node asks `node` for a part (its API), sent from this node's own
+/// registered address, if the store knows both.
+fn link_to(nodes: &[NodeRow], me: &str, node: &str) -> Option<Link> {
+    let to = nodes
+        .iter()
+        .find(|n| n.node_id == node)?
+        .api_addr
+        .as_deref()?
+        .parse()
+        .ok()?;
+    let from = nodes
+        .iter()
+        .find(|n| n.node_id == me)
+        .and_then(|n| addresses(n).map(|a| a.ip()).find(|ip| !ip.is_unspecified()));
+    Some(Link { to, from })
 }
 
 /// Where this node asks a peer for a part: the peer's API, from this node's own
@@ -427,17 +431,12 @@ struct Link {
 /// Whether `ip` is an address of a node registered in the store (its API's or its
 /// cluster listener's): who may use the internal endpoint, token or not.
 async fn is_node_address(st: &ApiState, ip: IpAddr) -> bool {
-    let nodes = db(st, |s| s.nodes()).await.unwrap_or_default();
-    nodes.iter().any(|n| {
-        [&n.api_addr, &n.cluster_addr]
-            .into_iter()
-            .flatten()
-            .any(|a| {
-                // `::ffff:10.0.0.2` on a dual-stack listener is 10.0.0.2.
-                a.parse::<SocketAddr>()
-                    .is_ok_and(|a| a.ip().to_canonical() == ip.to_canonical())
-            })
-    })
+    // `::ffff:10.0.0.2` on a dual-stack listener is 10.0.0.2.
+    let ip = ip.to_canonical();
+    registered(st)
+        .await
+        .iter()
+        .any(|n| addresses(n).any(|a| a.ip().to_canonical() == ip))
 }
 
 /// Asks the node that recorded `part` what it holds (HEAD of the internal endpoint).
