@@ -188,25 +188,23 @@ fn sweep_action(age: Duration, asked: Option<Duration>, max_call: Duration) -> S
 
 impl Actor for CallSupervisor {
     type Msg = SupervisorMsg;
-    /// The calls the sweep asked to end, and when (by call id; entries leave with
-    /// their call).
-    type State = HashMap<String, std::time::Instant>;
+    type State = ();
     type Arguments = ();
 
     async fn pre_start(
         &self,
         myself: ActorRef<SupervisorMsg>,
         _: (),
-    ) -> Result<HashMap<String, std::time::Instant>, ActorProcessingErr> {
+    ) -> Result<(), ActorProcessingErr> {
         myself.send_interval(SWEEP_EVERY, || SupervisorMsg::Sweep);
-        Ok(HashMap::new())
+        Ok(())
     }
 
     async fn handle(
         &self,
         _: ActorRef<SupervisorMsg>,
         msg: SupervisorMsg,
-        asked: &mut HashMap<String, std::time::Instant>,
+        _: &mut (),
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             SupervisorMsg::Resume(args) => self.calls.resume(*args),
@@ -257,15 +255,16 @@ impl Actor for CallSupervisor {
             }
             SupervisorMsg::Sweep => {
                 let now = std::time::Instant::now();
-                let mut running = std::collections::HashSet::new();
                 self.calls.each(|seed, me| {
-                    running.insert(seed.id.clone());
-                    let since = asked.get(&seed.id).map(|at| now.saturating_duration_since(*at));
+                    let since = seed
+                        .asked_to_end
+                        .get()
+                        .map(|at| now.saturating_duration_since(*at));
                     match sweep_action(seed.started.elapsed(), since, self.max_call) {
                         SweepAction::Nothing => {}
                         SweepAction::AskToEnd => {
                             tracing::warn!(call_id = %seed.id, "call exceeded node.max_call_seconds; ending it");
-                            asked.insert(seed.id.clone(), now);
+                            let _ = seed.asked_to_end.set(now);
                             let _ = me.send_message(crate::call::CallMsg::End("max_call"));
                         }
                         SweepAction::Stop => {
@@ -274,7 +273,6 @@ impl Actor for CallSupervisor {
                         }
                     }
                 });
-                asked.retain(|id, _| running.contains(id));
             }
         }
         Ok(())

@@ -181,13 +181,11 @@ impl ALeg {
 
     /// Drops reliability (the caller is being given up: its final response goes plainly).
     /// A 2xx held for a PRACK goes with it: it was never sent, so the INVITE is
-    /// unanswered again and may still be refused. True if one was held.
-    pub fn abandon_reliable(&mut self) -> bool {
-        let held = self.reliable.take().is_some_and(|r| r.holds_final());
-        if held {
+    /// unanswered again and may still be refused.
+    pub fn abandon_reliable(&mut self) {
+        if self.reliable.take().is_some_and(|r| r.holds_final()) {
             self.final_sent = false;
         }
-        held
     }
 
     fn arm(&mut self, rseq: u32, attempt: u32) {

@@ -147,6 +147,8 @@ pub struct CallSeed {
     pub started_at_ms: i64,
     pub started: Instant,
     pub logged: Arc<AtomicBool>,
+    /// When the max-call sweep asked the call to end (see `supervisor`).
+    pub asked_to_end: std::sync::OnceLock<Instant>,
 }
 
 impl CallSeed {
@@ -167,6 +169,7 @@ impl CallSeed {
             started_at_ms: r.started_at,
             started: Instant::now(),
             logged: args.logged.clone(),
+            asked_to_end: Default::default(),
         }
     }
 
@@ -181,6 +184,7 @@ impl CallSeed {
             started_at_ms: args.started_at_ms,
             started: args.started,
             logged: args.logged.clone(),
+            asked_to_end: Default::default(),
         }
     }
 }
