@@ -653,15 +653,7 @@ mod tests {
         // The callee says 100 Trying (a CANCEL may only follow a provisional answer)
         // and then nothing.
         let invite = recv_text(&f.callee);
-        let trying: String = std::iter::once("SIP/2.0 100 Trying")
-            .chain(invite.lines().filter(|l| {
-                ["Via:", "From:", "To:", "Call-ID:", "CSeq:"]
-                    .iter()
-                    .any(|h| l.starts_with(h))
-            }))
-            .chain(["Content-Length: 0", "", ""])
-            .collect::<Vec<_>>()
-            .join("\r\n");
+        let trying = callee_response(&invite, "100 Trying", f.callee.local_addr().unwrap(), None);
         let node = f.ctx.endpoint.local(tsunagu_sip::Transport::Udp).unwrap();
         f.callee.send_to(trying.as_bytes(), node).unwrap();
         let reply = recv_text(&f.caller);
