@@ -6,8 +6,9 @@
 //! (`Content-Type:` followed by a folded `application/sdp` is simply
 //! `application/sdp`), instead of each lookup trimming its own way. A header section
 //! with a control character (NUL included; tab, CR and LF are the only ones allowed,
-//! and CR only before LF) or bytes that are not UTF-8 is refused: RFC 3261's grammar allows neither, and text
-//! that reaches logs, call records and other parsers must not carry them.
+//! and CR only before LF) or bytes that are not UTF-8 is refused: RFC 3261's grammar
+//! allows neither, and text that reaches logs, call records and other parsers must not
+//! carry them.
 
 use crate::parse::ParseError;
 use std::borrow::Cow;
