@@ -743,7 +743,7 @@ mod tests {
     /// receives on it.
     #[test]
     fn ports_released_outside_a_runtime_are_reused_by_another() {
-        let pool = pool(41400, 41404, &MediaMetrics::default());
+        let pool = pool(41600, 41604, &MediaMetrics::default());
         let first = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
