@@ -56,9 +56,11 @@ pub struct NodeConfig {
     /// every part of a recording even while the node that recorded a part is down.
     #[serde(default)]
     pub recordings_dir: Option<PathBuf>,
-    /// Threads of the runtime that runs calls, media and the API; 0 = one per CPU the
-    /// node may use. Fewer wake each other less: on a host shared by several nodes, or
-    /// well below a node's capacity, 1 costs less CPU per call (see README).
+    /// Threads of the runtime that runs calls, media and the API; 0 = one fewer than
+    /// the CPUs the node may use, at least one (the call-log writer, the UDP standby
+    /// and the kernel's packet work take the last). Fewer wake each other less: on a
+    /// host shared by several nodes, or well below a node's capacity, 1 costs less CPU
+    /// per call (see README).
     #[serde(default)]
     pub worker_threads: usize,
     /// Let the process use transparent huge pages. Off by default: the first touch of

@@ -154,8 +154,13 @@ fn serve(file: Option<PathBuf>) -> ExitCode {
         tracing::warn!(error = %e, "cannot turn transparent huge pages off");
     }
     let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if config.node.worker_threads > 0 {
-        builder.worker_threads(config.node.worker_threads);
+    let env_override = std::env::var_os("TOKIO_WORKER_THREADS").is_some();
+    if let Some(n) = process::runtime_workers(
+        config.node.worker_threads,
+        process::usable_cpus(),
+        env_override,
+    ) {
+        builder.worker_threads(n);
     }
     let runtime = match builder.enable_all().build() {
         Ok(r) => r,

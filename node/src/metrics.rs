@@ -301,7 +301,7 @@ impl Metrics {
         );
         r.register(
             "runtime_workers",
-            "Worker threads of the node's runtime (node.worker_threads, or one per CPU the node may use)",
+            "Worker threads of the node's runtime (node.worker_threads, or one fewer than the CPUs the node may use, at least one)",
             c.runtime_workers.clone(),
         );
         r.register(
