@@ -688,6 +688,9 @@ impl Core {
         );
         match verdict {
             RequestMatch::Retransmission | RequestMatch::AckAbsorbed => {}
+            RequestMatch::Foreign => {
+                self.metrics.foreign_transaction_requests.inc();
+            }
             RequestMatch::AckFor2xx => {
                 let call_id = info.call_id.clone();
                 self.deliver(

@@ -170,6 +170,8 @@ pub struct SipMetrics {
     pub client_transactions: Gauge,
     /// Requests their call did not take (inbox full: 503; call ended: 481).
     pub requests_undelivered: Counter,
+    /// Requests on the branch of a transaction another source began: dropped.
+    pub foreign_transaction_requests: Counter,
     /// Transactions nobody finished, removed by the sweep (`transaction::Transactions`).
     pub abandoned_server_transactions: Counter,
     pub abandoned_client_transactions: Counter,
@@ -295,6 +297,11 @@ impl SipMetrics {
             "sip_requests_undelivered",
             "In-dialog requests their call did not take, answered by the SIP core: 503 with Retry-After when the call's inbox was full (a peer flooding the dialog), 481 when the call had ended",
             self.requests_undelivered.clone(),
+        );
+        r.register(
+            "sip_foreign_transaction_requests",
+            "Requests (retransmissions, ACKs, CANCELs) naming the branch of a server transaction another source address began: dropped unanswered, the transaction left alone (a peer that learnt a branch)",
+            self.foreign_transaction_requests.clone(),
         );
         r.register(
             "sip_abandoned_server_transactions",

@@ -81,6 +81,17 @@ pub enum RequestMatch {
     Cancel(TxKey),
     /// CANCEL matching nothing; a CANCEL transaction was created for the 481.
     CancelUnmatched,
+    /// The branch of a transaction another source began: nothing is sent back and the
+    /// transaction is left alone (a peer that learnt a branch must not have its
+    /// responses resent, nor create a transaction under the same key).
+    Foreign,
+}
+
+/// Whether a request comes from the source that began a transaction: the same
+/// transport and address. The port may differ (a TCP peer reconnects from a new one; a
+/// NAT may rebind), so the check is by address, which another trunk cannot share.
+fn same_source(a: &Peer, b: &Peer) -> bool {
+    a.transport == b.transport && a.addr.ip() == b.addr.ip()
 }
 
 /// How an incoming response relates to our client transactions.
@@ -254,6 +265,9 @@ impl Transactions {
         match method {
             Method::Ack => {
                 if let Some(tx) = self.server.get_mut(&key) {
+                    if !same_source(&tx.peer, &peer) {
+                        return RequestMatch::Foreign;
+                    }
                     if tx.state == State::Completed {
                         tx.state = State::Confirmed;
                         tx.timers.retransmit_at = None;
@@ -267,11 +281,24 @@ impl Transactions {
                         return RequestMatch::AckAbsorbed;
                     }
                 }
-                self.ok2xx.remove(&(call_id.to_string(), cseq));
+                // The ACK stops the 2xx's retransmissions only from the source the 2xx
+                // went to; from anywhere else it goes on to the call, whose dialog
+                // check refuses it.
+                let k = (call_id.to_string(), cseq);
+                if self
+                    .ok2xx
+                    .get(&k)
+                    .is_some_and(|p| same_source(&p.peer, &peer))
+                {
+                    self.ok2xx.remove(&k);
+                }
                 RequestMatch::AckFor2xx
             }
             _ => {
                 if let Some(tx) = self.server.get(&key) {
+                    if !same_source(&tx.peer, &peer) {
+                        return RequestMatch::Foreign;
+                    }
                     if let Some(resp) = &tx.last_response {
                         out.push(Output::Transmit {
                             peer: tx.peer,
@@ -301,6 +328,7 @@ impl Transactions {
                     return match self.server.get(&invite) {
                         Some(inv)
                             if inv.state == State::Proceeding
+                                && same_source(&inv.peer, &peer)
                                 && inv.call_id == self.call_ids.hash_one(call_id)
                                 && inv.cseq == cseq =>
                         {
@@ -963,6 +991,103 @@ mod tests {
                 RequestMatch::CancelUnmatched
             };
             assert_eq!(got, want, "CANCEL {call_id} {cseq}");
+        }
+    }
+
+    fn from(addr: &str) -> Peer {
+        Peer {
+            transport: Transport::Udp,
+            addr: addr.parse().unwrap(),
+        }
+    }
+
+    /// A server transaction answers only the source that began it (by address: a port
+    /// may change): a peer elsewhere that learnt its branch, Call-ID and CSeq gets no
+    /// response resent, cannot stop the 2xx's or the failure's retransmissions with an
+    /// ACK, and cannot cancel the INVITE.
+    #[test]
+    fn a_server_transaction_answers_only_its_own_source() {
+        let now = Instant::now();
+        let caller = from("127.0.0.1:5070");
+        // (request, its branch, its source, what it matches, the INVITE's final response
+        // and whether it is still retransmitted after the request); the ACK of a 2xx
+        // is a transaction of its own (another branch)
+        let (same, other) = ("z9hG4bKf", "z9hG4bKack");
+        let cases = [
+            (
+                Method::Invite,
+                same,
+                "127.0.0.2:5070",
+                RequestMatch::Foreign,
+                None,
+            ),
+            (
+                Method::Invite,
+                same,
+                "127.0.0.1:5071",
+                RequestMatch::Retransmission,
+                None,
+            ),
+            (
+                Method::Cancel,
+                same,
+                "127.0.0.2:5070",
+                RequestMatch::CancelUnmatched,
+                None,
+            ),
+            (
+                Method::Ack,
+                same,
+                "127.0.0.2:5070",
+                RequestMatch::Foreign,
+                Some((486, true)),
+            ),
+            (
+                Method::Ack,
+                same,
+                "127.0.0.1:5070",
+                RequestMatch::AckAbsorbed,
+                Some((486, false)),
+            ),
+            (
+                Method::Ack,
+                other,
+                "127.0.0.2:5070",
+                RequestMatch::AckFor2xx,
+                Some((200, true)),
+            ),
+            (
+                Method::Ack,
+                other,
+                "127.0.0.1:5070",
+                RequestMatch::AckFor2xx,
+                Some((200, false)),
+            ),
+        ];
+        for (method, branch, source, want, final_response) in cases {
+            let mut t = Transactions::new();
+            let mut out = Vec::new();
+            let key = TxKey::new("z9hG4bKf", Method::Invite);
+            t.on_request(Method::Invite, "z9hG4bKf", "cf", 1, caller, now, &mut out);
+            let code = final_response.map_or(100, |(code, _)| code);
+            let data = Bytes::from(code.to_string());
+            assert!(t.send_response(&key, code, data, "cf", 1, now, &mut out));
+            out.clear();
+            let got = t.on_request(method, branch, "cf", 1, from(source), now, &mut out);
+            assert_eq!(got, want, "{method:?} from {source}");
+            let resent_to_asker = transmits(&out);
+            assert_eq!(
+                resent_to_asker,
+                usize::from(want == RequestMatch::Retransmission),
+                "{method:?} from {source}: responses resent"
+            );
+            if let Some((code, still)) = final_response {
+                let later = run(&mut t, now, Duration::from_secs(2));
+                let resent = later
+                    .iter()
+                    .any(|(_, o)| matches!(o, Output::Transmit { .. }));
+                assert_eq!(resent, still, "{code} after an ACK from {source}");
+            }
         }
     }
 
