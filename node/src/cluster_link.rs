@@ -153,18 +153,55 @@ impl Host for NodeHost {
     }
 
     fn handed_over(&self, from: &str, calls: Vec<String>) {
-        tracing::info!(
-            to = from,
-            calls = calls.len(),
-            "calls handed over: dropped here"
-        );
-        self.ctx
-            .metrics
-            .calls
-            .handed_over
-            .inc_by(calls.len() as u64);
-        let _ = self.supervisor.cast(SupervisorMsg::HandedOff(calls));
+        let (ctx, supervisor, from) = (self.ctx.clone(), self.supervisor.clone(), from.to_string());
+        tokio::spawn(async move {
+            let (store, me) = (ctx.store.clone(), ctx.node_id.clone());
+            let epoch = ctx.epoch.load(Ordering::Relaxed);
+            let checked =
+                tokio::task::spawn_blocking(move || taken_from_here(&*store, &me, epoch, calls))
+                    .await;
+            let (gone, kept) = match checked {
+                Ok(Ok(split)) => split,
+                Ok(Err(e)) => {
+                    // Unreadable store: the peer's word stands (keeping calls it did take
+                    // would have this node hang them up at its drain deadline).
+                    tracing::warn!(error = %e, to = %from, "cannot check calls handed over; taking the peer's word");
+                    return;
+                }
+                Err(_) => return,
+            };
+            if !kept.is_empty() {
+                tracing::warn!(from = %from, calls = kept.len(), "calls said to be handed over are still this node's in the store: kept");
+                ctx.metrics
+                    .calls
+                    .handed_over_refused
+                    .inc_by(kept.len() as u64);
+            }
+            tracing::info!(to = %from, calls = gone.len(), "calls handed over: dropped here");
+            ctx.metrics.calls.handed_over.inc_by(gone.len() as u64);
+            let _ = supervisor.cast(SupervisorMsg::HandedOff(gone));
+        });
     }
+}
+
+/// Splits the calls a peer says it took over into those this node may drop (the store
+/// no longer gives them to this incarnation: the peer's claim won, or the call ended)
+/// and those it keeps (still this incarnation's in the store). A `HandedOver` frame's
+/// sender is taken from the frame, so the store's owner, which only a claim's
+/// compare-and-set changes, is what decides whether a call moved.
+pub fn taken_from_here(
+    store: &dyn Store,
+    me: &str,
+    epoch: u64,
+    calls: Vec<String>,
+) -> tsunagu_store::Result<(Vec<String>, Vec<String>)> {
+    let mine: std::collections::HashSet<String> = store
+        .active_calls_of(me)?
+        .into_iter()
+        .filter(|c| c.record.owner_epoch == epoch)
+        .map(|c| c.record.call_id)
+        .collect();
+    Ok(calls.into_iter().partition(|id| !mine.contains(id)))
 }
 
 /// What a previous run of this node id left in the store (killed, crashed): once
@@ -640,4 +677,46 @@ pub async fn join(
     host.ctx.lines.attach(cluster.clone());
     host.provisioning.attach(cluster.clone());
     Ok(Some(cluster))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tsunagu_store::conformance::sample_call;
+    use tsunagu_store::{ActiveCall, CallState, SqliteStore};
+
+    /// A member's `HandedOver` names a call it never claimed (still this incarnation's
+    /// in the store) beside one it claimed, one that ended and one of this node's
+    /// previous incarnation: only the one the store still gives to this incarnation is
+    /// kept.
+    #[test]
+    fn only_calls_the_store_moved_are_dropped_on_a_peers_word() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("t.db")).unwrap();
+        let op = store.create_operator("handover").unwrap();
+        let call = |id: &str, epoch: u64| {
+            let mut r = sample_call(&op.id, "adv_1", 1_000_000);
+            r.call_id = id.into();
+            r.node = "n1".into();
+            r.owner_epoch = epoch;
+            r.state = CallState::Active;
+            ActiveCall {
+                record: r,
+                checkpoint: Some("cp".into()),
+            }
+        };
+        store
+            .upsert_active_calls(&[call("kept", 2), call("claimed", 2), call("older", 1)])
+            .unwrap();
+        store
+            .claim_call("claimed", ("n1", 2), ("n2", 1))
+            .unwrap()
+            .expect("n2's claim wins");
+        let named = ["kept", "claimed", "ended", "older"]
+            .map(String::from)
+            .to_vec();
+        let (gone, kept) = taken_from_here(&store, "n1", 2, named).unwrap();
+        assert_eq!(gone, ["claimed", "ended", "older"]);
+        assert_eq!(kept, ["kept"]);
+    }
 }

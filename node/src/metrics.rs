@@ -112,6 +112,7 @@ pub struct CallMetrics {
     pub mailbox_dropped: Counter,
     pub withheld: Family<PathLabel, Counter>,
     pub handed_over: Counter,
+    pub handed_over_refused: Counter,
     pub provisioning_change: Gauge,
 }
 
@@ -187,6 +188,7 @@ impl Default for CallMetrics {
             mailbox_dropped: Counter::default(),
             withheld: Family::default(),
             handed_over: Counter::default(),
+            handed_over_refused: Counter::default(),
             provisioning_change: Gauge::default(),
         }
     }
@@ -379,6 +381,11 @@ impl Metrics {
             "calls_handed_over",
             "Calls this node handed over to a peer while draining (the peer claimed them and re-INVITEd their parties); they ended here without a word",
             c.handed_over.clone(),
+        );
+        r.register(
+            "calls_handed_over_refused",
+            "Calls a peer said it had taken over that the store still gives to this node: kept here (a member naming calls it never claimed)",
+            c.handed_over_refused.clone(),
         );
         r.register(
             "cluster_withheld_sends",
