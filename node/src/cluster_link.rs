@@ -682,8 +682,8 @@ pub async fn join(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tsunagu_store::conformance::sample_call;
-    use tsunagu_store::{ActiveCall, CallState, SqliteStore};
+    use tsunagu_store::conformance::sample_active_call;
+    use tsunagu_store::SqliteStore;
 
     /// A member's `HandedOver` names a call it never claimed (still this incarnation's
     /// in the store) beside one it claimed, one that ended and one of this node's
@@ -694,17 +694,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("t.db")).unwrap();
         let op = store.create_operator("handover").unwrap();
-        let call = |id: &str, epoch: u64| {
-            let mut r = sample_call(&op.id, "adv_1", 1_000_000);
-            r.call_id = id.into();
-            r.node = "n1".into();
-            r.owner_epoch = epoch;
-            r.state = CallState::Active;
-            ActiveCall {
-                record: r,
-                checkpoint: Some("cp".into()),
-            }
-        };
+        let call = |id: &str, epoch: u64| sample_active_call(&op.id, id, "n1", epoch);
         store
             .upsert_active_calls(&[call("kept", 2), call("claimed", 2), call("older", 1)])
             .unwrap();

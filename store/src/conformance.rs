@@ -189,6 +189,20 @@ fn numbers_are_unique_and_scoped(s: &dyn Store) {
     assert!(s.get_number(&n.number).unwrap().is_none());
 }
 
+/// A call in progress for tests: `call_id` carried by `node` in incarnation `epoch`,
+/// with a checkpoint.
+pub fn sample_active_call(operator_id: &str, call_id: &str, node: &str, epoch: u64) -> ActiveCall {
+    let mut r = sample_call(operator_id, "adv_1", 7_000_000);
+    r.call_id = call_id.into();
+    r.node = node.into();
+    r.owner_epoch = epoch;
+    r.state = CallState::Active;
+    ActiveCall {
+        record: r,
+        checkpoint: Some("cp".into()),
+    }
+}
+
 /// A finished-call record for tests.
 pub fn sample_call(operator_id: &str, advertiser_id: &str, started_at: i64) -> CallRecord {
     CallRecord {
@@ -443,17 +457,7 @@ fn a_stale_incarnation_writes_no_call_in_progress(s: &dyn Store) {
         api_addr: None,
     };
     let (epoch, _) = s.register_node(&info, 1_000).unwrap();
-    let active = |call: &str, epoch: u64| {
-        let mut r = sample_call(&op.id, "adv_1", 7_000_000);
-        r.call_id = call.into();
-        r.node = "n-stale".into();
-        r.owner_epoch = epoch;
-        r.state = CallState::Active;
-        ActiveCall {
-            record: r,
-            checkpoint: Some("cp".into()),
-        }
-    };
+    let active = |call: &str, epoch: u64| sample_active_call(&op.id, call, "n-stale", epoch);
     s.upsert_active_calls(&[active("call_stale_1", epoch)])
         .unwrap();
     assert!(s.mark_node_down("n-stale", epoch).unwrap());
