@@ -26,7 +26,7 @@
 //!   the node's other threads (the call-log writer, the UDP standby) and the kernel's
 //!   packet work need a CPU of their own anyway. On the 2-core host measured, one
 //!   worker instead of two cost 14–17 % less CPU per call from 1,000 to 6,000 cps,
-//!   with the same clean rate (README "Runtime threads").
+//!   for about 10 % less ceiling (README "Runtime threads").
 
 use std::io;
 use tsunagu_config::Config;
