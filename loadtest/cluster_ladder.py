@@ -54,6 +54,17 @@ from cluster_common import Cluster, provision, single_node, uac, uac_result, uas
 FRAMES = "tsunagu_cluster_frames_sent_total"
 
 
+def udp_reader(setting):
+    """Who reads SIP over UDP for a `sip.udp_receive` value as written in the members'
+    configuration (None: the default, "auto"; `true`/`false`: the former switch)."""
+    value = (setting or '"auto"').strip('"')
+    return {
+        "auto": "the runtime, with a standby thread while it is late (auto)",
+        "runtime": "the runtime", "false": "the runtime",
+        "threads": "receive threads", "true": "receive threads",
+    }.get(value, value)
+
+
 def idle(nodes):
     """Waits until no node holds a call (the previous step's are over)."""
     wait_for("the nodes to hold no call", lambda: all(n.metric("tsunagu_active_calls") == 0 for n in nodes), 90, nodes)
@@ -202,9 +213,9 @@ def main():
         background = idle_frame_rate(cluster.nodes)
         idle_cluster, idle_single = idle_cpu_rate(cluster.nodes), idle_cpu_rate([single])
         print(f"work dir {work}; cluster n1 n2 n3 pids {[n.pid for n in cluster.nodes]}, single pid {single.pid}; "
-              f"worker threads per node: cluster {cluster.setting('worker_threads') or 'one per CPU'}, "
-              f"single {single_workers or 'one per CPU'}; "
-              f"UDP read by {'the runtime' if receive == 'false' else 'receive threads'}; "
+              f"worker threads per node: cluster {cluster.setting('worker_threads') or 'the default'}, "
+              f"single {single_workers or 'the default'}; "
+              f"UDP read by {udp_reader(receive)}; "
               f"store.synchronous {args.synchronous}; "
               f"hold {args.hold_ms} ms, {args.seconds} s per step, "
               f"{'line limit ' + str(args.lines) if args.lines else 'no line limit'}")
