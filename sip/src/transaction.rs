@@ -28,6 +28,24 @@ pub const TIMEOUT: Duration = Duration::from_secs(32); // 64*T1
 pub const INVITE_LIMIT: Duration = Duration::from_secs(180 + 32);
 /// One segment of the transaction tables is swept this often (all 256 in about 10 s).
 const SWEEP_STEP: Duration = Duration::from_millis(40);
+/// Transactions end (their `expire_at`: removal, and the timeouts reported after 32 s)
+/// on a multiple of this from the table's start, so that the ends of the transactions
+/// of every call within it share one wake-up of the shard instead of one each. Below
+/// a few hundred calls a second each end was a wake-up of its own: three a call, as
+/// many as the datagrams a call sends the node. Retransmissions keep their exact times.
+const END_GRAIN: Duration = Duration::from_millis(100);
+
+/// `at` rounded up to a multiple of [`END_GRAIN`] from `base` (`at` itself if earlier
+/// than `base`): at most `END_GRAIN` later.
+fn end_at(at: Instant, base: Instant) -> Instant {
+    let Some(since) = at.checked_duration_since(base) else {
+        return at;
+    };
+    let grain = END_GRAIN.as_nanos();
+    let late = (grain - since.as_nanos() % grain) % grain;
+    // `late` is below the grain (100 ms in nanoseconds): it fits a u64.
+    at + Duration::from_nanos(u64::try_from(late).unwrap_or(0))
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct TxKey {
@@ -166,7 +184,7 @@ struct Pending2xx {
 enum TimerId {
     Server(TxKey),
     Client(TxKey),
-    Ok2xx(String, u32),
+    Ok2xx((String, u32)),
 }
 
 pub struct Transactions {
@@ -191,6 +209,8 @@ pub struct Transactions {
     sweep_segment: usize,
     /// Hashes the server transactions' Call-IDs (keyed at random per table).
     call_ids: std::collections::hash_map::RandomState,
+    /// Where the grain of transactions' ends counts from ([`end_at`]).
+    base: Instant,
 }
 
 impl Default for Transactions {
@@ -228,6 +248,7 @@ impl Transactions {
             next_sweep: None,
             sweep_segment: 0,
             call_ids: Default::default(),
+            base: Instant::now(),
         }
     }
 
@@ -272,7 +293,7 @@ impl Transactions {
                         tx.state = State::Confirmed;
                         tx.timers.retransmit_at = None;
                         // Timer I: linger to absorb ACK retransmissions.
-                        let expire = now + linger(&peer, T4);
+                        let expire = end_at(now + linger(&peer, T4), self.base);
                         tx.timers.expire_at = Some(expire);
                         self.schedule(Some(expire), TimerId::Server(key));
                         return RequestMatch::AckAbsorbed;
@@ -384,7 +405,7 @@ impl Transactions {
             // RFC 6026 Accepted: absorb INVITE retransmissions by resending the 2xx;
             // the 2xx itself is retransmitted until its ACK arrives (13.3.1.4).
             tx.state = State::Accepted;
-            let expire = now + TIMEOUT;
+            let expire = end_at(now + TIMEOUT, self.base);
             tx.timers = Timers {
                 retransmit_at: None,
                 interval: T1,
@@ -398,25 +419,25 @@ impl Transactions {
                 timers: Timers {
                     retransmit_at,
                     interval: T1,
-                    expire_at: Some(now + TIMEOUT),
+                    expire_at: Some(end_at(now + TIMEOUT, self.base)),
                 },
             };
             let next = pending.timers.next();
             self.ok2xx.insert((call_id.to_string(), cseq), pending);
-            self.schedule(next, TimerId::Ok2xx(call_id.to_string(), cseq));
+            self.schedule(next, TimerId::Ok2xx((call_id.to_string(), cseq)));
         } else if key.method == Method::Invite {
             tx.state = State::Completed;
             let retransmit_at = (!reliable(&peer)).then(|| now + T1);
             tx.timers = Timers {
                 retransmit_at,
                 interval: T1,
-                expire_at: Some(now + TIMEOUT),
+                expire_at: Some(end_at(now + TIMEOUT, self.base)),
             };
             let next = tx.timers.next();
             self.schedule(next, id);
         } else {
             tx.state = State::Completed;
-            let expire = now + linger(&peer, TIMEOUT);
+            let expire = end_at(now + linger(&peer, TIMEOUT), self.base);
             tx.timers = Timers {
                 retransmit_at: None,
                 interval: T1,
@@ -455,7 +476,7 @@ impl Transactions {
             timers: Timers {
                 retransmit_at,
                 interval: T1,
-                expire_at: Some(now + TIMEOUT),
+                expire_at: Some(end_at(now + TIMEOUT, self.base)),
             },
             since: now,
         };
@@ -521,9 +542,11 @@ impl Transactions {
                 retransmission: false,
             });
             tx.ack = Some(ack);
-            tx.timers.expire_at = Some(now + linger(&tx.peer, TIMEOUT)); // Timer D
+            tx.timers.expire_at = Some(end_at(now + linger(&tx.peer, TIMEOUT), self.base));
+        // Timer D
         } else {
-            tx.timers.expire_at = Some(now + linger(&tx.peer, T4)); // Timer K
+            tx.timers.expire_at = Some(end_at(now + linger(&tx.peer, T4), self.base));
+            // Timer K
         }
         let next = tx.timers.next();
         self.schedule(next, id);
@@ -532,9 +555,28 @@ impl Transactions {
 
     // ---- time ----
 
+    /// When the shard must next wake for these transactions. Timers whose transaction
+    /// moved on (answered before a retransmission was due, acknowledged, ended) are
+    /// dropped here rather than woken for: most of a call's timers end so.
     pub fn poll_timeout(&mut self) -> Option<Instant> {
+        while let Some((&(at, _), id)) = self.timers.first_key_value() {
+            if self.is_due(id, at) {
+                break;
+            }
+            self.timers.pop_first();
+        }
         let timer = self.timers.first_key_value().map(|((at, _), _)| *at);
         timer.into_iter().chain(self.next_sweep).min()
+    }
+
+    /// Whether a timer set for `at` is still its transaction's next one.
+    fn is_due(&self, id: &TimerId, at: Instant) -> bool {
+        let next = match id {
+            TimerId::Server(key) => self.server.get(key).and_then(|tx| tx.timers.next()),
+            TimerId::Client(key) => self.client.get(key).and_then(|tx| tx.timers.next()),
+            TimerId::Ok2xx(key) => self.ok2xx.get(key).and_then(|p| p.timers.next()),
+        };
+        next == Some(at)
     }
 
     fn arm_sweep(&mut self, now: Instant) {
@@ -599,7 +641,7 @@ impl Transactions {
             match id {
                 TimerId::Server(key) => self.server_timer(key, at, now, out),
                 TimerId::Client(key) => self.client_timer(key, at, now, out),
-                TimerId::Ok2xx(call_id, cseq) => self.ok2xx_timer(call_id, cseq, at, now, out),
+                TimerId::Ok2xx(k) => self.ok2xx_timer(k, at, now, out),
             }
         }
     }
@@ -661,15 +703,7 @@ impl Transactions {
         self.schedule(next, TimerId::Client(key));
     }
 
-    fn ok2xx_timer(
-        &mut self,
-        call_id: String,
-        cseq: u32,
-        at: Instant,
-        now: Instant,
-        out: &mut Vec<Output>,
-    ) {
-        let k = (call_id, cseq);
+    fn ok2xx_timer(&mut self, k: (String, u32), at: Instant, now: Instant, out: &mut Vec<Output>) {
         let Some(p) = self.ok2xx.get_mut(&k) else {
             return;
         };
@@ -689,7 +723,7 @@ impl Transactions {
         p.timers.interval = (p.timers.interval * 2).min(T2);
         p.timers.retransmit_at = Some(now + p.timers.interval);
         let next = p.timers.next();
-        self.schedule(next, TimerId::Ok2xx(k.0, k.1));
+        self.schedule(next, TimerId::Ok2xx(k));
     }
 }
 
@@ -992,6 +1026,89 @@ mod tests {
             };
             assert_eq!(got, want, "CANCEL {call_id} {cseq}");
         }
+    }
+
+    /// A hundred calls within 100 ms (an INVITE answered 200 and acknowledged, a BYE
+    /// of ours answered 200): the shard wakes for their timers at most four times
+    /// (the ends of the BYEs and of the INVITEs, each on at most two grains), never
+    /// for a retransmission that an answer or an ACK made void. Each timer was a
+    /// wake-up of its own before: four hundred.
+    #[test]
+    fn the_timers_of_many_calls_share_wake_ups() {
+        let mut t = Transactions::new();
+        let start = Instant::now();
+        let mut out = Vec::new();
+        for i in 0..100u64 {
+            let now = start + Duration::from_millis(i);
+            let (branch, call, bye) = (
+                format!("z9hG4bKw{i}"),
+                format!("w{i}"),
+                format!("z9hG4bKb{i}"),
+            );
+            t.on_request(Method::Invite, &branch, &call, 1, udp(), now, &mut out);
+            let invite = TxKey::new(&branch, Method::Invite);
+            assert!(t.send_response(
+                &invite,
+                200,
+                Bytes::from_static(b"200"),
+                &call,
+                1,
+                now,
+                &mut out
+            ));
+            let ack = t.on_request(Method::Ack, "z9hG4bKack", &call, 1, udp(), now, &mut out);
+            assert_eq!(ack, RequestMatch::AckFor2xx);
+            let key = TxKey::new(&bye, Method::Bye);
+            t.send_request(
+                key,
+                udp(),
+                Bytes::from_static(b"BYE"),
+                None,
+                &call,
+                now,
+                &mut out,
+            );
+            t.on_response(&bye, Method::Bye, 200, "tag", now, &mut out);
+        }
+        out.clear();
+        let mut wakes = Vec::new();
+        loop {
+            t.poll_timeout();
+            let Some(((at, _), _)) = t.timers.first_key_value() else {
+                break;
+            };
+            let at = *at;
+            t.handle_timeout(at, &mut out);
+            wakes.push(at - start);
+        }
+        assert!(wakes.len() <= 4, "{wakes:?}");
+        assert_eq!(transmits(&out), 0, "nothing resent");
+        assert_eq!(t.counts(), (0, 0, 0), "every transaction ended");
+        let last = wakes.last().copied().unwrap_or_default();
+        assert!(
+            last >= TIMEOUT && last < TIMEOUT + Duration::from_millis(200),
+            "{last:?}"
+        );
+    }
+
+    #[test]
+    fn ends_fall_on_the_grain_at_most_one_grain_late() {
+        let base = Instant::now();
+        let ms = Duration::from_millis;
+        // (offset of `at` from base, offset of its end)
+        let rows = [
+            (ms(0), ms(0)),
+            (ms(1), ms(100)),
+            (ms(99), ms(100)),
+            (ms(100), ms(100)),
+            (ms(32_001), ms(32_100)),
+            (Duration::from_nanos(100_000_001), ms(200)),
+        ];
+        for (at, end) in rows {
+            assert_eq!(end_at(base + at, base) - base, end, "{at:?}");
+        }
+        let earlier = base - ms(5);
+        assert_eq!(end_at(earlier, base), earlier, "before the base: unchanged");
     }
 
     fn from(addr: &str) -> Peer {
