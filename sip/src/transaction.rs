@@ -106,10 +106,11 @@ pub enum RequestMatch {
 }
 
 /// Whether a request comes from the source that began a transaction: the same
-/// transport and address. The port may differ (a TCP peer reconnects from a new one; a
-/// NAT may rebind), so the check is by address, which another trunk cannot share.
+/// address. The port may differ (a TCP peer reconnects from a new one; a NAT may
+/// rebind) and so may the transport (an ACK of a 2xx may come over the transport the
+/// Contact names), so the check is by address, which another trunk cannot share.
 fn same_source(a: &Peer, b: &Peer) -> bool {
-    a.transport == b.transport && a.addr.ip() == b.addr.ip()
+    a.addr.ip() == b.addr.ip()
 }
 
 /// How an incoming response relates to our client transactions.
