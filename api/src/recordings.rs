@@ -223,7 +223,8 @@ pub async fn internal(
     // from an address that is not a registered node's.
     let from = peer.map(|Extension(PeerAddr(a))| a.ip());
     let known = match from {
-        Some(ip) => is_node_address(&st, ip).await,
+        // A store that cannot say answers 503 (`db`), not "an intruder".
+        Some(ip) => is_node_address(&st, ip).await?,
         None => false,
     };
     if !known {
@@ -428,15 +429,17 @@ struct Link {
     from: Option<IpAddr>,
 }
 
-/// Whether `ip` is an address of a node registered in the store (its API's or its
-/// cluster listener's): who may use the internal endpoint, token or not.
-async fn is_node_address(st: &ApiState, ip: IpAddr) -> bool {
+/// Whether `ip` is an address of a node registered in the store and not declared
+/// down (its API's or its cluster listener's): who may use the internal endpoint,
+/// token or not.
+async fn is_node_address(st: &ApiState, ip: IpAddr) -> Result<bool, ApiError> {
     // `::ffff:10.0.0.2` on a dual-stack listener is 10.0.0.2.
     let ip = ip.to_canonical();
-    registered(st)
-        .await
+    let nodes = db(st, |s| s.nodes()).await?;
+    Ok(nodes
         .iter()
-        .any(|n| addresses(n).any(|a| a.ip().to_canonical() == ip))
+        .filter(|n| !n.down)
+        .any(|n| addresses(n).any(|a| a.ip().to_canonical() == ip)))
 }
 
 /// Asks the node that recorded `part` what it holds (HEAD of the internal endpoint).
@@ -1120,6 +1123,26 @@ mod tests {
             assert_eq!(r.status().as_u16(), status, "{token:?} {peer:?} {q}");
         }
         assert_eq!(n2.defences.metrics.internal_refused.get(), 2);
+        // A dual-stack listener sees n2's address as ::ffff:127.0.0.1: the same node.
+        let mapped = from(Some("[::ffff:127.0.0.1]:40000"));
+        let r = a
+            .call(&mapped, "GET", &internal("?part=1"), Some(TOKEN), "")
+            .await;
+        assert_eq!(r.status().as_u16(), 200, "IPv4-mapped");
+        // Declared down, a node's address is let in no more.
+        let row = a
+            .store
+            .nodes()
+            .unwrap()
+            .into_iter()
+            .find(|n| n.node_id == "n2")
+            .unwrap();
+        assert!(a.store.mark_node_down("n2", row.epoch).unwrap());
+        let r = a
+            .call(&from(node), "GET", &internal("?part=1"), Some(TOKEN), "")
+            .await;
+        assert_eq!(r.status().as_u16(), 401, "a node declared down");
+        assert_eq!(n2.defences.metrics.internal_refused.get(), 3);
 
         // n2 goes down: its part cannot be had, and the answer says which and why.
         server.abort();

@@ -157,18 +157,22 @@ impl Host for NodeHost {
         tokio::spawn(async move {
             let (store, me) = (ctx.store.clone(), ctx.node_id.clone());
             let epoch = ctx.epoch.load(Ordering::Relaxed);
+            let named = calls.clone();
             let checked =
                 tokio::task::spawn_blocking(move || taken_from_here(&*store, &me, epoch, calls))
                     .await;
             let (gone, kept) = match checked {
                 Ok(Ok(split)) => split,
-                Ok(Err(e)) => {
+                failed => {
                     // Unreadable store: the peer's word stands (keeping calls it did take
                     // would have this node hang them up at its drain deadline).
-                    tracing::warn!(error = %e, to = %from, "cannot check calls handed over; taking the peer's word");
-                    return;
+                    let error = match failed {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => "the check did not finish".to_string(),
+                    };
+                    tracing::warn!(%error, to = %from, "cannot check calls handed over; taking the peer's word");
+                    (named, Vec::new())
                 }
-                Err(_) => return,
             };
             if !kept.is_empty() {
                 tracing::warn!(from = %from, calls = kept.len(), "calls said to be handed over are still this node's in the store: kept");

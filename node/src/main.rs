@@ -157,7 +157,7 @@ fn serve(file: Option<PathBuf>) -> ExitCode {
     let env_override = std::env::var_os("TOKIO_WORKER_THREADS").is_some();
     if let Some(n) = process::runtime_workers(
         config.node.worker_threads,
-        process::usable_cpus(),
+        tsunagu_sip::shard::usable_cpus(),
         env_override,
     ) {
         builder.worker_threads(n);

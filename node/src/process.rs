@@ -155,12 +155,6 @@ pub fn runtime_workers(configured: usize, cpus: usize, env_override: bool) -> Op
     }
 }
 
-/// The CPUs this process may run on (its affinity mask: `taskset` and cgroup CPU sets
-/// count), at least one.
-pub fn usable_cpus() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

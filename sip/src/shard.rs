@@ -54,12 +54,15 @@ impl Shards {
     }
 }
 
+/// The CPUs this process may run on (its affinity mask: `taskset` and cgroup CPU sets
+/// count), at least one.
+pub fn usable_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 /// One shard per CPU the node may run on (`sip.shards = 0`).
 pub fn per_cpu() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        .clamp(1, MAX_SHARDS)
+    usable_cpus().clamp(1, MAX_SHARDS)
 }
 
 /// UDP receive threads per listener for `shards` shards: one per four. A receive

@@ -33,7 +33,9 @@ const SWEEP_STEP: Duration = Duration::from_millis(40);
 /// of every call within it share one wake-up of the shard instead of one each. Below
 /// a few hundred calls a second each end was a wake-up of its own: three a call, as
 /// many as the datagrams a call sends the node. Retransmissions keep their exact times.
-const END_GRAIN: Duration = Duration::from_millis(100);
+/// The sweep's steps fall on the same grain, so that while transactions are open (the
+/// sweep runs then) ends cost no wake-up of their own.
+const END_GRAIN: Duration = SWEEP_STEP;
 
 /// `at` rounded up to a multiple of [`END_GRAIN`] from `base` (`at` itself if earlier
 /// than `base`): at most `END_GRAIN` later.
@@ -43,7 +45,7 @@ fn end_at(at: Instant, base: Instant) -> Instant {
     };
     let grain = END_GRAIN.as_nanos();
     let late = (grain - since.as_nanos() % grain) % grain;
-    // `late` is below the grain (100 ms in nanoseconds): it fits a u64.
+    // `late` is below the grain (40 ms in nanoseconds): it fits a u64.
     at + Duration::from_nanos(u64::try_from(late).unwrap_or(0))
 }
 
@@ -105,10 +107,11 @@ pub enum RequestMatch {
     Foreign,
 }
 
-/// Whether a request comes from the source that began a transaction: the same
-/// address. The port may differ (a TCP peer reconnects from a new one; a NAT may
-/// rebind) and so may the transport (an ACK of a 2xx may come over the transport the
-/// Contact names), so the check is by address, which another trunk cannot share.
+/// Whether a request of a transaction (a retransmission, the ACK of a failure, a
+/// CANCEL: hop by hop, so from the element that sent the request) comes from the
+/// source that began it: the same address. The port may differ (a TCP peer reconnects
+/// from a new one; a NAT may rebind), so the check is by address, which another trunk
+/// cannot share.
 fn same_source(a: &Peer, b: &Peer) -> bool {
     a.addr.ip() == b.addr.ip()
 }
@@ -212,6 +215,8 @@ pub struct Transactions {
     call_ids: std::collections::hash_map::RandomState,
     /// Where the grain of transactions' ends counts from ([`end_at`]).
     base: Instant,
+    /// The first timer as `poll_timeout` last found it due.
+    head_checked: Option<(Instant, u64)>,
 }
 
 impl Default for Transactions {
@@ -250,6 +255,7 @@ impl Transactions {
             sweep_segment: 0,
             call_ids: Default::default(),
             base: Instant::now(),
+            head_checked: None,
         }
     }
 
@@ -303,17 +309,11 @@ impl Transactions {
                         return RequestMatch::AckAbsorbed;
                     }
                 }
-                // The ACK stops the 2xx's retransmissions only from the source the 2xx
-                // went to; from anywhere else it goes on to the call, whose dialog
-                // check refuses it.
-                let k = (call_id.to_string(), cseq);
-                if self
-                    .ok2xx
-                    .get(&k)
-                    .is_some_and(|p| same_source(&p.peer, &peer))
-                {
-                    self.ok2xx.remove(&k);
-                }
+                // The ACK of a 2xx is end to end (RFC 3261 13.2.2.4): it may come from
+                // another address of the caller's side than the INVITE did, so it is
+                // not matched by source here; the call's dialog check (the leg's
+                // address or a trunk's) decides whether it counts.
+                self.ok2xx.remove(&(call_id.to_string(), cseq));
                 RequestMatch::AckFor2xx
             }
             _ => {
@@ -560,8 +560,11 @@ impl Transactions {
     /// moved on (answered before a retransmission was due, acknowledged, ended) are
     /// dropped here rather than woken for: most of a call's timers end so.
     pub fn poll_timeout(&mut self) -> Option<Instant> {
-        while let Some((&(at, _), id)) = self.timers.first_key_value() {
-            if self.is_due(id, at) {
+        while let Some((&key, id)) = self.timers.first_key_value() {
+            // The first timer is checked once, not at every message of the shard's loop
+            // (should it go stale later, its handler skips it, as before).
+            if self.head_checked == Some(key) || self.is_due(id, key.0) {
+                self.head_checked = Some(key);
                 break;
             }
             self.timers.pop_first();
@@ -580,9 +583,16 @@ impl Transactions {
         next == Some(at)
     }
 
+    /// The sweep's next step: the first step of the grain after `now` (at most
+    /// [`SWEEP_STEP`] on; counted from `now + SWEEP_STEP` a step woken a little late
+    /// would round up to two steps on).
+    fn next_step(&self, now: Instant) -> Instant {
+        end_at(now + Duration::from_nanos(1), self.base)
+    }
+
     fn arm_sweep(&mut self, now: Instant) {
         if self.next_sweep.is_none() {
-            self.next_sweep = Some(now + SWEEP_STEP);
+            self.next_sweep = Some(self.next_step(now));
         }
     }
 
@@ -624,7 +634,8 @@ impl Transactions {
             out.push(Output::Abandoned { server: false });
             out.push(Output::ClientTimeout { key, call_id });
         }
-        self.next_sweep = (self.server.len() + self.client.len() > 0).then(|| now + SWEEP_STEP);
+        let open = self.server.len() + self.client.len() > 0;
+        self.next_sweep = open.then(|| self.next_step(now));
     }
 
     pub fn handle_timeout(&mut self, now: Instant, out: &mut Vec<Output>) {
@@ -1030,10 +1041,10 @@ mod tests {
     }
 
     /// A hundred calls within 100 ms (an INVITE answered 200 and acknowledged, a BYE
-    /// of ours answered 200): the shard wakes for their timers at most four times
-    /// (the ends of the BYEs and of the INVITEs, each on at most two grains), never
-    /// for a retransmission that an answer or an ACK made void. Each timer was a
-    /// wake-up of its own before: four hundred.
+    /// of ours answered 200): every time the shard wakes until they have all ended is a
+    /// step of the grain (the sweep's and the ends' alike), none for a retransmission
+    /// that an answer or an ACK made void, and at most one a grain. Each timer was a
+    /// wake-up of its own before, off the grain.
     #[test]
     fn the_timers_of_many_calls_share_wake_ups() {
         let mut t = Transactions::new();
@@ -1073,22 +1084,29 @@ mod tests {
         }
         out.clear();
         let mut wakes = Vec::new();
-        loop {
-            t.poll_timeout();
-            let Some(((at, _), _)) = t.timers.first_key_value() else {
-                break;
-            };
-            let at = *at;
+        while let Some(at) = t.poll_timeout() {
             t.handle_timeout(at, &mut out);
-            wakes.push(at - start);
+            wakes.push(at);
         }
-        assert!(wakes.len() <= 4, "{wakes:?}");
+        let grain = END_GRAIN.as_nanos();
+        let off_grain: Vec<_> = wakes
+            .iter()
+            .filter(|at| (**at - t.base).as_nanos() % grain != 0)
+            .collect();
+        assert!(off_grain.is_empty(), "{off_grain:?}");
+        let (first, last) = (wakes[0], wakes[wakes.len() - 1]);
+        let steps = (last - first).as_nanos() / grain + 1;
+        assert!(
+            wakes.len() as u128 <= steps,
+            "{} wakes in {steps} steps",
+            wakes.len()
+        );
         assert_eq!(transmits(&out), 0, "nothing resent");
         assert_eq!(t.counts(), (0, 0, 0), "every transaction ended");
-        let last = wakes.last().copied().unwrap_or_default();
+        let ended = last - start;
         assert!(
-            last >= TIMEOUT && last < TIMEOUT + Duration::from_millis(200),
-            "{last:?}"
+            ended >= TIMEOUT && ended < TIMEOUT + Duration::from_millis(200),
+            "{ended:?}"
         );
     }
 
@@ -1096,14 +1114,15 @@ mod tests {
     fn ends_fall_on_the_grain_at_most_one_grain_late() {
         let base = Instant::now();
         let ms = Duration::from_millis;
+        assert_eq!(END_GRAIN, ms(40));
         // (offset of `at` from base, offset of its end)
         let rows = [
             (ms(0), ms(0)),
-            (ms(1), ms(100)),
-            (ms(99), ms(100)),
-            (ms(100), ms(100)),
-            (ms(32_001), ms(32_100)),
-            (Duration::from_nanos(100_000_001), ms(200)),
+            (ms(1), ms(40)),
+            (ms(39), ms(40)),
+            (ms(40), ms(40)),
+            (ms(32_001), ms(32_040)),
+            (Duration::from_nanos(40_000_001), ms(80)),
         ];
         for (at, end) in rows {
             assert_eq!(end_at(base + at, base) - base, end, "{at:?}");
@@ -1121,8 +1140,8 @@ mod tests {
 
     /// A server transaction answers only the source that began it (by address: a port
     /// may change): a peer elsewhere that learnt its branch, Call-ID and CSeq gets no
-    /// response resent, cannot stop the 2xx's or the failure's retransmissions with an
-    /// ACK, and cannot cancel the INVITE.
+    /// response resent, cannot stop the failure's retransmissions with an ACK, and
+    /// cannot cancel the INVITE. The ACK of a 2xx is end to end and left to the call.
     #[test]
     fn a_server_transaction_answers_only_its_own_source() {
         let now = Instant::now();
@@ -1167,12 +1186,13 @@ mod tests {
                 RequestMatch::AckAbsorbed,
                 Some((486, false)),
             ),
+            // end to end: the call's dialog check judges its source
             (
                 Method::Ack,
                 other,
                 "127.0.0.2:5070",
                 RequestMatch::AckFor2xx,
-                Some((200, true)),
+                Some((200, false)),
             ),
             (
                 Method::Ack,

@@ -20,10 +20,7 @@ pub fn new_id(prefix: &str) -> String {
 /// (milliseconds since the epoch in hex, then 32 random bits). Call records are keyed
 /// by it: new rows land at the end of the key index instead of anywhere in it.
 pub fn new_time_id(prefix: &str) -> String {
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
+    let ms = u64::try_from(crate::now_ms()).unwrap_or(0);
     format!("{prefix}_{ms:012x}_{}", random_hex(4))
 }
 

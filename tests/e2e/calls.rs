@@ -707,7 +707,7 @@ fn a_shaped_call_waiting_at_shutdown_still_runs_and_is_logged() {
 fn worker_threads_size_the_runtime() {
     let ports = Ports::take();
     let mut node = Node::start(ports, "127.0.0.1/32", "");
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cpus = tsunagu_sip::shard::usable_cpus();
     let default = cpus.saturating_sub(1).max(1);
     assert_eq!(node.metric("tsunagu_runtime_workers"), default as f64);
     node.restart_with_line("node", "worker_threads = 3");
