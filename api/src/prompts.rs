@@ -12,7 +12,8 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde_json::{json, Value};
 use std::sync::Arc;
-use tsunagu_media::prompt::PromptError;
+use tsunagu_media::prompt::{parse_own, PromptError, MAX_OWN_BYTES, MAX_OWN_PROMPTS};
+use tsunagu_store::{PromptPut, PromptQuota};
 
 pub async fn list(OperatorId(op): OperatorId, State(st): State<Arc<ApiState>>) -> Json<Value> {
     let prompts: Vec<Value> = st
@@ -27,7 +28,6 @@ pub async fn list(OperatorId(op): OperatorId, State(st): State<Arc<ApiState>>) -
 fn refused(e: PromptError) -> ApiError {
     match e {
         PromptError::Name => ApiError::invalid("name", e.to_string()),
-        PromptError::Limit(why) => ApiError::conflict(why),
         PromptError::Wav { source, .. } => ApiError::invalid("body", source.to_string()),
         PromptError::File { .. } => {
             tracing::error!(%e, "cannot save a prompt");
@@ -36,22 +36,54 @@ fn refused(e: PromptError) -> ApiError {
     }
 }
 
+/// What an operator's own prompts may take together, cluster-wide.
+const OWN_QUOTA: PromptQuota = PromptQuota {
+    prompts: MAX_OWN_PROMPTS,
+    bytes: MAX_OWN_BYTES,
+};
+
+/// The 409 of an upload the store refused.
+fn over_quota(put: PromptPut) -> Option<ApiError> {
+    match put {
+        PromptPut::Saved => None,
+        PromptPut::TooMany => Some(ApiError::conflict(format!(
+            "an operator has at most {MAX_OWN_PROMPTS} prompts of its own"
+        ))),
+        PromptPut::TooLarge { others } => Some(ApiError::conflict(format!(
+            "an operator's own prompts take at most {MAX_OWN_BYTES} bytes of WAV together \
+             (600 s of audio; {others} bytes already)"
+        ))),
+    }
+}
+
+/// Checked (name and WAV), then stored if the operator's prompts leave room (the
+/// store checks and writes at once, so uploads through several nodes cannot pass the
+/// cap together), then made playable here and announced to the other nodes.
 pub async fn put(
     OperatorId(op): OperatorId,
     State(st): State<Arc<ApiState>>,
     Path(name): Path<String>,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let prompts = st.prompts.clone();
-    let (op2, name2, wav) = (op.clone(), name.clone(), body.clone());
-    let seconds = tokio::task::spawn_blocking(move || prompts.save_own(&op2, &name2, &body))
+    let (name2, wav) = (name.clone(), body.clone());
+    tokio::task::spawn_blocking(move || parse_own(&name2, &wav))
         .await
         .map_err(|_| ApiError::unavailable("the prompt could not be saved"))?
         .map_err(refused)?;
-    // Kept in the store too, so that every node of the cluster plays it.
+    let (op2, name2, wav) = (op.clone(), name.clone(), body.clone());
+    let put = crate::db(&st, move |s| s.put_prompt(&op2, &name2, &wav, OWN_QUOTA)).await?;
+    if let Some(e) = over_quota(put) {
+        return Err(e);
+    }
+    let prompts = st.prompts.clone();
     let (op2, name2) = (op.clone(), name.clone());
-    crate::db(&st, move |s| s.put_prompt(&op2, &name2, &wav)).await?;
+    let saved = tokio::task::spawn_blocking(move || prompts.save_own(&op2, &name2, &body))
+        .await
+        .map_err(|_| ApiError::unavailable("the prompt could not be saved"));
+    // Stored: every node loads it from the store when told, this one included should
+    // its own copy have failed.
     st.hooks.prompt_changed(&op, &name);
+    let seconds = saved?.map_err(refused)?;
     tracing::info!(operator = %op, prompt = %name, seconds, "prompt uploaded");
     Ok(Json(json!({"name": name, "own": true, "seconds": seconds})))
 }
@@ -92,5 +124,71 @@ pub async fn delete(
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found("no prompt of yours has that name"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::api;
+    use axum::http::StatusCode;
+
+    /// A WAV of `bytes` bytes of silence.
+    fn wav(bytes: u32) -> Vec<u8> {
+        let mut w = tsunagu_media::wav::header(1, bytes).to_vec();
+        w.resize(w.len() + bytes as usize, 0);
+        w
+    }
+
+    /// Two nodes on one store: the cap counts what was uploaded through either, a
+    /// replacement is not one more, and a refused upload plays nowhere.
+    #[tokio::test]
+    async fn the_cap_on_an_operators_prompts_is_the_clusters() {
+        let a = api();
+        let b = a.peer();
+        for i in 0..MAX_OWN_PROMPTS {
+            let node = if i % 2 == 0 { &a } else { &b };
+            let up = node
+                .send_bytes("PUT", &format!("/v1/prompts/p{i}"), wav(320))
+                .await;
+            assert_eq!(up.status, StatusCode::OK, "{}", up.text());
+        }
+        for node in [&a, &b] {
+            let over = node
+                .send_bytes("PUT", "/v1/prompts/one_more", wav(320))
+                .await;
+            assert_eq!(over.status, StatusCode::CONFLICT, "{}", over.text());
+            assert!(
+                over.text().contains("at most 50 prompts"),
+                "{}",
+                over.text()
+            );
+            assert!(node.state.prompts.get(&node.operator, "one_more").is_none());
+        }
+        let again = b.send_bytes("PUT", "/v1/prompts/p0", wav(640)).await;
+        assert_eq!(
+            again.status,
+            StatusCode::OK,
+            "a replacement: {}",
+            again.text()
+        );
+    }
+
+    /// WAV bytes together: 600 s of audio (five bodies of 1.92 MB fill it; a body is
+    /// at most 2 MiB).
+    #[tokio::test]
+    async fn the_cap_counts_bytes_too() {
+        let a = api();
+        let b = a.peer();
+        let fifth = (MAX_OWN_BYTES / 5) as u32 - 44;
+        for (i, node) in [&a, &b, &a, &b, &a].into_iter().enumerate() {
+            let up = node
+                .send_bytes("PUT", &format!("/v1/prompts/q{i}"), wav(fifth))
+                .await;
+            assert_eq!(up.status, StatusCode::OK, "{}", up.text());
+        }
+        let over = a.send_bytes("PUT", "/v1/prompts/tiny", wav(2)).await;
+        assert_eq!(over.status, StatusCode::CONFLICT, "{}", over.text());
+        assert!(over.text().contains("9600000 bytes"), "{}", over.text());
     }
 }

@@ -40,6 +40,19 @@ pub struct Answer {
 }
 
 impl Answer {
+    async fn read(r: axum::response::Response) -> Answer {
+        let status = r.status();
+        let headers = r.headers().clone();
+        let body = axum::body::to_bytes(r.into_body(), usize::MAX)
+            .await
+            .unwrap_or_default();
+        Answer {
+            status,
+            headers,
+            body,
+        }
+    }
+
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
@@ -52,31 +65,7 @@ impl Answer {
 pub fn api_with(config: &ApiConfig, adjust: impl FnOnce(&mut Defences)) -> Api {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(SqliteStore::open(&dir.path().join("t.db")).unwrap());
-    let metrics = ApiMetrics::default();
-    let pools = PoolMetrics::default();
-    let mut registry = Registry::with_prefix("tsunagu");
-    pools.register(&mut registry);
-    metrics.register(&mut registry);
-    let mut defences = Defences::new(config, metrics);
-    adjust(&mut defences);
-    let state = Arc::new(ApiState {
-        store: store.clone(),
-        hooks: Arc::new(NoHooks),
-        registry: Arc::new(registry),
-        admin_token: ADMIN.into(),
-        pool_metrics: pools,
-        channels: Channels {
-            email: false,
-            sms: false,
-            egress: Default::default(),
-            egress_refused: Default::default(),
-        },
-        recordings_dir: dir.path().join("recordings"),
-        node_id: "n1".into(),
-        cluster_token: None,
-        prompts: tsunagu_media::Prompts::load(&dir.path().join("prompts")).unwrap(),
-        defences,
-    });
+    let state = state_on(&store, dir.path(), config, adjust);
     let op = store.create_operator("op").unwrap();
     let key = tsunagu_store::new_api_key();
     store
@@ -94,11 +83,62 @@ pub fn api_with(config: &ApiConfig, adjust: impl FnOnce(&mut Defences)) -> Api {
     }
 }
 
+/// A node's state on `store`, its recordings and prompts under `dir`.
+fn state_on(
+    store: &Arc<SqliteStore>,
+    dir: &std::path::Path,
+    config: &ApiConfig,
+    adjust: impl FnOnce(&mut Defences),
+) -> Arc<ApiState> {
+    let metrics = ApiMetrics::default();
+    let pools = PoolMetrics::default();
+    let mut registry = Registry::with_prefix("tsunagu");
+    pools.register(&mut registry);
+    metrics.register(&mut registry);
+    let mut defences = Defences::new(config, metrics);
+    adjust(&mut defences);
+    Arc::new(ApiState {
+        store: store.clone(),
+        hooks: Arc::new(NoHooks),
+        registry: Arc::new(registry),
+        admin_token: ADMIN.into(),
+        pool_metrics: pools,
+        channels: Channels {
+            email: false,
+            sms: false,
+            egress: Default::default(),
+            egress_refused: Default::default(),
+        },
+        recordings_dir: dir.join("recordings"),
+        node_id: "n1".into(),
+        cluster_token: None,
+        prompts: tsunagu_media::Prompts::load(&dir.join("prompts")).unwrap(),
+        defences,
+    })
+}
+
 pub fn api() -> Api {
     api_with(&ApiConfig::default(), |_| {})
 }
 
 impl Api {
+    /// Another node on this one's store file (as the nodes of one machine share it),
+    /// with its own connection, state and directory; the same operator and key.
+    pub fn peer(&self) -> Api {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(&self._dir.path().join("t.db")).unwrap());
+        let state = state_on(&store, dir.path(), &ApiConfig::default(), |_| {});
+        Api {
+            router: crate::router(state.clone()),
+            _dir: dir,
+            store,
+            state,
+            operator: self.operator.clone(),
+            key: self.key.clone(),
+            advertiser: self.advertiser.clone(),
+        }
+    }
+
     /// The response head; the body is left to the caller (it may be a stream).
     pub async fn call(
         &self,
@@ -108,14 +148,29 @@ impl Api {
         token: Option<&str>,
         body: &str,
     ) -> axum::response::Response {
+        let kind = (!body.is_empty()).then_some("application/json");
+        let body = Body::from(body.to_string());
+        self.call_with(router, method, path, token, body, kind)
+            .await
+    }
+
+    async fn call_with(
+        &self,
+        router: &Router,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Body,
+        content_type: Option<&str>,
+    ) -> axum::response::Response {
         let mut req = Request::builder().method(method).uri(path);
         if let Some(t) = token {
             req = req.header("authorization", format!("Bearer {t}"));
         }
-        if !body.is_empty() {
-            req = req.header("content-type", "application/json");
+        if let Some(kind) = content_type {
+            req = req.header("content-type", kind);
         }
-        let req = req.body(Body::from(body.to_string())).unwrap();
+        let req = req.body(body).unwrap();
         let mut router = router.clone();
         tower_service::Service::call(&mut router, req)
             .await
@@ -124,16 +179,17 @@ impl Api {
 
     pub async fn send(&self, method: &str, path: &str, token: Option<&str>, body: &str) -> Answer {
         let r = self.call(&self.router, method, path, token, body).await;
-        let status = r.status();
-        let headers = r.headers().clone();
-        let body = axum::body::to_bytes(r.into_body(), usize::MAX)
-            .await
-            .unwrap_or_default();
-        Answer {
-            status,
-            headers,
-            body,
-        }
+        Answer::read(r).await
+    }
+
+    /// `method path` with a binary body (e.g. a WAV), as the operator.
+    pub async fn send_bytes(&self, method: &str, path: &str, body: Vec<u8>) -> Answer {
+        let token = Some(self.key.as_str());
+        let body = Body::from(body);
+        let r = self
+            .call_with(&self.router, method, path, token, body, Some("audio/wav"))
+            .await;
+        Answer::read(r).await
     }
 
     pub async fn get(&self, path: &str) -> Answer {

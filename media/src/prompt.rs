@@ -92,17 +92,25 @@ pub enum PromptError {
     Wav { path: String, source: WavError },
     #[error("a prompt name is 1 to 64 letters, digits, `_` or `-`")]
     Name,
-    /// The operator's own prompts would pass [`MAX_OWN_PROMPTS`] or
-    /// [`MAX_OWN_SECONDS`].
-    #[error("{0}")]
-    Limit(String),
 }
 
-/// Own prompts one operator may have, and their total length: every node keeps every
-/// operator's prompts in memory (about 16 KB a second of audio), so uploads in a loop
-/// must not be able to grow it without bound.
+/// Own prompts one operator may have, and their WAV bytes together: every node keeps
+/// every operator's prompts in memory, so uploads in a loop must not be able to grow
+/// it without bound. The store checks both, cluster-wide, as it stores a prompt.
 pub const MAX_OWN_PROMPTS: usize = 50;
-pub const MAX_OWN_SECONDS: f64 = 600.0;
+/// 600 s of 8 kHz 16-bit mono audio (16,000 bytes a second), WAV headers included.
+pub const MAX_OWN_BYTES: u64 = 600 * 16_000;
+
+/// An operator's upload as a prompt: its name and its WAV checked.
+pub fn parse_own(name: &str, wav: &[u8]) -> Result<Prompt, PromptError> {
+    if !valid_name(name) {
+        return Err(PromptError::Name);
+    }
+    Prompt::from_wav(wav).map_err(|source| PromptError::Wav {
+        path: format!("{name}.wav"),
+        source,
+    })
+}
 
 /// Whether `name` may name a prompt (and a file of the prompts directory).
 pub fn valid_name(name: &str) -> bool {
@@ -160,37 +168,17 @@ impl Prompts {
     }
 
     /// Checks and saves an operator's own prompt (WAV bytes), replacing one of the
-    /// same name, and makes it playable at once.
+    /// same name, and makes it playable at once. The cap on an operator's prompts
+    /// ([`MAX_OWN_PROMPTS`], [`MAX_OWN_BYTES`]) is the store's to check, before this.
     pub fn save_own(&self, operator: &str, name: &str, wav: &[u8]) -> Result<f64, PromptError> {
-        if !valid_name(name) {
-            return Err(PromptError::Name);
-        }
-        let shown = format!("{name}.wav");
-        let prompt = Prompt::from_wav(wav).map_err(|source| PromptError::Wav {
-            path: shown.clone(),
-            source,
-        })?;
+        let prompt = parse_own(name, wav)?;
         let seconds = prompt.seconds();
-        // Checked and taken under one lock: uploads in parallel cannot pass the
-        // limits together. The one it replaces does not count.
-        let replaced = {
-            let mut own = self.own.write().unwrap_or_else(|p| p.into_inner());
-            let (count, total) = own
-                .iter()
-                .filter(|((op, n), _)| op == operator && n != name)
-                .fold((0, 0.0), |(c, t), (_, p)| (c + 1, t + p.seconds()));
-            if count >= MAX_OWN_PROMPTS {
-                return Err(PromptError::Limit(format!(
-                    "an operator has at most {MAX_OWN_PROMPTS} prompts of its own"
-                )));
-            }
-            if total + seconds > MAX_OWN_SECONDS {
-                return Err(PromptError::Limit(format!(
-                    "an operator's own prompts last at most {MAX_OWN_SECONDS} s together ({total:.1} s already)"
-                )));
-            }
-            own.insert((operator.to_string(), name.to_string()), Arc::new(prompt))
-        };
+        let shown = format!("{name}.wav");
+        let replaced = self
+            .own
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((operator.to_string(), name.to_string()), Arc::new(prompt));
         if let Some(dir) = &self.dir {
             let dir = dir.join("operators").join(operator);
             let io = |source| PromptError::File {
@@ -391,44 +379,6 @@ mod tests {
         assert_eq!(ring.frames(), 150, "three seconds");
         assert!(ring.frame(0, 10).iter().any(|b| *b != 0xff), "tone");
         assert!(ring.frame(0, 100).iter().all(|b| *b == 0xff), "pause");
-    }
-
-    /// Uploads in a loop stop at the count and at the total length; a replacement
-    /// does not count twice; another operator has limits of its own.
-    #[test]
-    fn an_operators_own_prompts_are_bounded_in_number_and_length() {
-        let wav = |seconds: usize| {
-            let bytes = seconds * 16_000;
-            let mut w = crate::wav::header(1, bytes as u32).to_vec();
-            w.resize(w.len() + bytes, 0);
-            w
-        };
-        let lib = Prompts::default();
-        for i in 0..MAX_OWN_PROMPTS {
-            lib.save_own("op1", &format!("p{i}"), &wav(1)).unwrap();
-        }
-        assert!(matches!(
-            lib.save_own("op1", "one_more", &wav(1)),
-            Err(PromptError::Limit(_))
-        ));
-        lib.save_own("op1", "p0", &wav(2))
-            .expect("a replacement is not one more");
-        lib.save_own("op2", "p0", &wav(1))
-            .expect("another operator");
-        let lib = Prompts::default();
-        lib.save_own("op1", "long", &wav(500)).unwrap();
-        assert!(matches!(
-            lib.save_own("op1", "more", &wav(101)),
-            Err(PromptError::Limit(_))
-        ));
-        assert!(
-            lib.get("op1", "more").is_none(),
-            "a refused upload is not kept"
-        );
-        lib.save_own("op1", "more", &wav(100))
-            .expect("up to the total");
-        lib.save_own("op1", "long", &wav(400))
-            .expect("a replacement counts its new length only");
     }
 
     #[test]

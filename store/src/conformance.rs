@@ -4,7 +4,7 @@
 //! Each check starts from fresh ids, so the suite tolerates a non-empty store.
 
 use crate::model::*;
-use crate::{Store, StoreError};
+use crate::{PromptPut, PromptQuota, Store, StoreError};
 use std::collections::BTreeMap;
 
 pub fn run_all(store: &dyn Store) {
@@ -18,6 +18,8 @@ pub fn run_all(store: &dyn Store) {
     a_stale_incarnation_writes_no_call_in_progress(store);
     the_change_feed_is_ordered_and_resumable(store);
     prompts_are_shared_through_the_store(store);
+    prompts_are_capped_per_operator(store);
+    parallel_uploads_never_pass_the_prompt_cap(&[store]);
     call_queries_filter_sort_and_page(store);
     a_search_stops_at_its_deadline(store);
     duplicate_lookup_window(store);
@@ -541,11 +543,18 @@ fn the_change_feed_is_ordered_and_resumable(s: &dyn Store) {
     assert!(s.changes_since(b, 10).unwrap().items.is_empty());
 }
 
+/// Room for anything the suite uploads.
+const ROOMY: PromptQuota = PromptQuota {
+    prompts: 10,
+    bytes: 1 << 20,
+};
+
 fn prompts_are_shared_through_the_store(s: &dyn Store) {
     assert_eq!(s.prompt("op-p", "hello").unwrap(), None);
-    s.put_prompt("op-p", "hello", b"RIFF1").unwrap();
-    s.put_prompt("op-p", "hello", b"RIFF2").unwrap();
-    s.put_prompt("op-q", "hello", b"RIFF3").unwrap();
+    let put = |op, name, wav: &[u8]| s.put_prompt(op, name, wav, ROOMY).unwrap();
+    assert_eq!(put("op-p", "hello", b"RIFF1"), PromptPut::Saved);
+    assert_eq!(put("op-p", "hello", b"RIFF2"), PromptPut::Saved);
+    assert_eq!(put("op-q", "hello", b"RIFF3"), PromptPut::Saved);
     assert_eq!(
         s.prompt("op-p", "hello").unwrap().as_deref(),
         Some(&b"RIFF2"[..])
@@ -555,6 +564,74 @@ fn prompts_are_shared_through_the_store(s: &dyn Store) {
     assert!(s.delete_prompt("op-p", "hello").unwrap());
     assert!(!s.delete_prompt("op-p", "hello").unwrap());
     assert_eq!(s.prompt("op-p", "hello").unwrap(), None);
+}
+
+/// The cap counts the operator's other prompts (a replacement is not one more) and
+/// no other operator's; a refused upload changes nothing.
+fn prompts_are_capped_per_operator(s: &dyn Store) {
+    let (op, other) = (crate::new_id("opq"), crate::new_id("opq"));
+    let quota = PromptQuota {
+        prompts: 2,
+        bytes: 10,
+    };
+    let put = |op: &str, name, wav: &[u8]| s.put_prompt(op, name, wav, quota).unwrap();
+    assert_eq!(put(&op, "a", b"12345"), PromptPut::Saved);
+    assert_eq!(put(&op, "b", b"123"), PromptPut::Saved);
+    assert_eq!(put(&op, "c", b"1"), PromptPut::TooMany);
+    assert_eq!(put(&op, "b", b"123456"), PromptPut::TooLarge { others: 5 });
+    assert_eq!(
+        s.prompt(&op, "b").unwrap().as_deref(),
+        Some(&b"123"[..]),
+        "a refused replacement leaves the prompt it would have replaced"
+    );
+    assert_eq!(s.prompt(&op, "c").unwrap(), None);
+    assert_eq!(put(&op, "b", b"12345"), PromptPut::Saved, "a replacement");
+    assert_eq!(put(&other, "a", b"1234567890"), PromptPut::Saved);
+    assert!(s.delete_prompt(&op, "a").unwrap());
+    assert_eq!(put(&op, "c", b"1"), PromptPut::Saved, "a delete frees room");
+}
+
+/// Uploads of one operator through several handles (nodes) at once never pass the
+/// cap together: eight threads uploading distinct prompts leave exactly the cap.
+pub fn parallel_uploads_never_pass_the_prompt_cap(stores: &[&dyn Store]) {
+    let op = crate::new_id("opq");
+    let quota = PromptQuota {
+        prompts: 5,
+        bytes: 1 << 20,
+    };
+    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+    let (saved, contended) = (AtomicUsize::new(0), AtomicUsize::new(0));
+    std::thread::scope(|scope| {
+        for worker in 0..8 {
+            let (op, saved, contended) = (&op, &saved, &contended);
+            let store = stores[worker % stores.len()];
+            scope.spawn(move || {
+                for i in 0..4 {
+                    let name = format!("w{worker}_{i}");
+                    match store.put_prompt(op, &name, b"RIFF", quota) {
+                        Ok(PromptPut::Saved) => saved.fetch_add(1, Relaxed),
+                        Ok(_) => 0,
+                        // A compare-and-set backend gives up after some rounds of
+                        // contention (the API answers 503: try again).
+                        Err(StoreError::Unavailable(_)) => contended.fetch_add(1, Relaxed),
+                        Err(e) => panic!("{e}"),
+                    };
+                }
+            });
+        }
+    });
+    let saved = saved.into_inner();
+    if contended.into_inner() == 0 {
+        assert_eq!(saved, 5);
+    }
+    assert!(saved <= 5, "{saved} saved past a cap of 5");
+    let stored = stores[0]
+        .all_prompts()
+        .unwrap()
+        .into_iter()
+        .filter(|(o, _, _)| *o == op)
+        .count();
+    assert_eq!(stored, saved);
 }
 
 fn call_inserts_are_idempotent(s: &dyn Store) {

@@ -13,6 +13,7 @@ mod clock;
 pub mod conformance;
 mod ids;
 mod model;
+mod prompt_quota;
 pub mod schedule;
 pub mod scylla;
 mod sqlite;
@@ -20,6 +21,7 @@ mod sqlite;
 pub use clock::now_ms;
 pub use ids::{hash_api_key, new_api_key, new_id, new_time_id};
 pub use model::*;
+pub use prompt_quota::{judge_prompt_put, PromptPut, PromptQuota};
 #[cfg(feature = "scylla")]
 pub use scylla::ScyllaStore;
 pub use scylla::{Consistency as ScyllaConsistency, ScyllaSettings, TlsFiles as ScyllaTlsFiles};
@@ -213,7 +215,16 @@ pub trait Store: Send + Sync + 'static {
     fn changes_since(&self, seq: i64, limit: usize) -> Result<Changes>;
 
     // Operators' own prompts (shared by every node).
-    fn put_prompt(&self, operator_id: &str, name: &str, wav: &[u8]) -> Result<()>;
+    /// Stores (or replaces) an operator's prompt unless the operator's prompts, less
+    /// the one it replaces, would then pass `quota` ([`judge_prompt_put`]): checked
+    /// and written at once, so uploads through several nodes cannot pass it together.
+    fn put_prompt(
+        &self,
+        operator_id: &str,
+        name: &str,
+        wav: &[u8],
+        quota: PromptQuota,
+    ) -> Result<PromptPut>;
     fn delete_prompt(&self, operator_id: &str, name: &str) -> Result<bool>;
     fn prompt(&self, operator_id: &str, name: &str) -> Result<Option<Vec<u8>>>;
     /// Every operator's prompts: (operator id, name, WAV).

@@ -45,6 +45,7 @@
 //! | declare a node down | nodes (node_id) `IF epoch AND down = false` | CAS |
 //! | record a change | changes (bucket) `IF head` (static) | CAS |
 //! | changes since | changes (bucket) | read |
+//! | upload an operator's prompt (cap checked on the partition's rows) | prompts (operator_id) read, then `IF quota` (static) | CAS |
 //! | outbox enqueue | outbox (shard = id mod 16) | write |
 //! | outbox claim / release / fail | outbox (shard) `IF next_at, attempts, dead` | CAS |
 //! | outbox id block | id_blocks (name) `IF next` | CAS |
@@ -174,5 +175,6 @@ mod conformance_tests {
         // Two handles stand for two nodes sharing the cluster.
         let other = super::ScyllaStore::connect(&settings).expect("second connection");
         crate::conformance::concurrent_issuers_never_share_a_number(&[&store, &other]);
+        crate::conformance::parallel_uploads_never_pass_the_prompt_cap(&[&store, &other]);
     }
 }

@@ -161,8 +161,12 @@ pub const CH_META_GET: &str = "SELECT latest_bucket FROM changes_meta WHERE id =
 pub const CH_META_SET: &str = "UPDATE changes_meta SET latest_bucket = ? WHERE id = 0";
 
 // Prompts (partition: operator_id).
-pub const PROMPT_PUT: &str =
-    "INSERT INTO prompts (operator_id, name, wav, updated_at) VALUES (?, ?, ?, ?)";
+// An upload reads the operator's partition (its prompts and the static `quota`
+// counter), checks the cap, and writes the prompt while moving the counter: a
+// compare-and-set on the partition (store/cql/004_prompt_quota.cql).
+pub const PROMPT_OF_OPERATOR: &str = "SELECT name, wav, quota FROM prompts WHERE operator_id = ?";
+pub const PROMPT_PUT_FIRST: &str = "UPDATE prompts SET quota = ?, wav = ?, updated_at = ? WHERE operator_id = ? AND name = ? IF quota = null";
+pub const PROMPT_PUT: &str = "UPDATE prompts SET quota = ?, wav = ?, updated_at = ? WHERE operator_id = ? AND name = ? IF quota = ?";
 pub const PROMPT_GET: &str = "SELECT wav FROM prompts WHERE operator_id = ? AND name = ?";
 pub const PROMPT_DELETE: &str = "DELETE FROM prompts WHERE operator_id = ? AND name = ?";
 pub const PROMPT_ALL: &str = "SELECT operator_id, name, wav FROM prompts";
@@ -293,7 +297,9 @@ pub const ALL: &[(&str, Kind)] = &[
     (CH_DROP, Kind::Write),
     (CH_META_GET, Kind::Read),
     (CH_META_SET, Kind::Write),
-    (PROMPT_PUT, Kind::Write),
+    (PROMPT_OF_OPERATOR, Kind::Read),
+    (PROMPT_PUT_FIRST, Kind::CompareAndSet),
+    (PROMPT_PUT, Kind::CompareAndSet),
     (PROMPT_GET, Kind::Read),
     (PROMPT_DELETE, Kind::Write),
     (PROMPT_ALL, Kind::Scan),

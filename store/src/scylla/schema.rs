@@ -28,6 +28,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "003_client_leases.cql",
         include_str!("../../cql/003_client_leases.cql"),
     ),
+    (
+        4,
+        "004_prompt_quota.cql",
+        include_str!("../../cql/004_prompt_quota.cql"),
+    ),
 ];
 
 /// The table that records which migrations were applied (created before any).
@@ -60,13 +65,18 @@ pub fn statements(cql: &str) -> Vec<String> {
 pub fn added_column(statement: &str) -> Option<(&str, &str)> {
     let words: Vec<&str> = statement.split_whitespace().collect();
     match words.as_slice() {
-        [alter, table, t, add, c, _type]
+        [alter, table, t, add, c, _type, rest @ ..]
             if alter.eq_ignore_ascii_case("ALTER")
                 && table.eq_ignore_ascii_case("TABLE")
                 && add.eq_ignore_ascii_case("ADD")
-                && !c.starts_with('(') =>
+                && !c.starts_with('(')
+                && matches!(rest, [] | [_]) =>
         {
-            Some((t, c))
+            match rest {
+                [] => Some((t, c)),
+                [w] if w.eq_ignore_ascii_case("static") => Some((t, c)),
+                _ => None,
+            }
         }
         _ => None,
     }
@@ -323,6 +333,12 @@ mod tests {
                 Some(("active_calls", "epoch")),
             ),
             ("alter table t add c text", Some(("t", "c"))),
+            (
+                "ALTER TABLE prompts ADD quota bigint static",
+                Some(("prompts", "quota")),
+            ),
+            ("ALTER TABLE t ADD c bigint frozen", None),
+            ("ALTER TABLE t ADD c bigint static x", None),
             ("ALTER TABLE t ADD (a int, b text)", None),
             ("ALTER TABLE t DROP c", None),
             ("ALTER TABLE t WITH gc_grace_seconds = 1", None),

@@ -8,7 +8,7 @@ use super::queries::{self as q, Kind};
 use super::schema;
 use super::settings::{Consistency, ScyllaSettings};
 use crate::model::*;
-use crate::{now_ms, Result, Store, StoreError};
+use crate::{judge_prompt_put, now_ms, PromptPut, PromptQuota, Result, Store, StoreError};
 use futures_util::StreamExt;
 use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
@@ -1201,11 +1201,51 @@ impl Store for ScyllaStore {
         self.wait(self.inner.changes_since(seq, limit))
     }
 
-    fn put_prompt(&self, operator_id: &str, name: &str, wav: &[u8]) -> Result<()> {
-        self.wait(
-            self.inner
-                .write(q::PROMPT_PUT, (operator_id, name, wav, now_ms())),
-        )
+    fn put_prompt(
+        &self,
+        operator_id: &str,
+        name: &str,
+        wav: &[u8],
+        quota: PromptQuota,
+    ) -> Result<PromptPut> {
+        self.wait(async {
+            for _ in 0..CAS_ROUNDS {
+                let rows = self
+                    .inner
+                    .rows::<(String, Option<Vec<u8>>, Option<i64>)>(
+                        q::PROMPT_OF_OPERATOR,
+                        (operator_id,),
+                    )
+                    .await?;
+                // Every row carries the partition's static counter.
+                let counter = rows.first().and_then(|r| r.2);
+                let others = rows
+                    .iter()
+                    .filter(|r| r.0 != name)
+                    .map(|r| r.1.as_ref().map_or(0, |w| w.len() as u64));
+                let verdict = judge_prompt_put(others, wav.len() as u64, quota);
+                if verdict != PromptPut::Saved {
+                    return Ok(verdict);
+                }
+                let next = counter.unwrap_or(0).saturating_add(1);
+                let cas = match counter {
+                    None => {
+                        let values = (next, wav, now_ms(), operator_id, name);
+                        self.inner.cas(q::PROMPT_PUT_FIRST, values).await?
+                    }
+                    Some(c) => {
+                        let values = (next, wav, now_ms(), operator_id, name, c);
+                        self.inner.cas(q::PROMPT_PUT, values).await?
+                    }
+                };
+                if cas.applied {
+                    return Ok(PromptPut::Saved);
+                }
+            }
+            Err(StoreError::Unavailable(format!(
+                "prompts of operator {operator_id} are being uploaded concurrently; try again"
+            )))
+        })
     }
 
     fn delete_prompt(&self, operator_id: &str, name: &str) -> Result<bool> {

@@ -3,7 +3,7 @@
 //! processes on one machine may share the file (a multi-node test cluster).
 
 use crate::model::*;
-use crate::{now_ms, Result, Store, StoreError};
+use crate::{judge_prompt_put, now_ms, PromptPut, PromptQuota, Result, Store, StoreError};
 use rusqlite::types::Value;
 use rusqlite::{params, params_from_iter, Connection, ErrorCode, OptionalExtension};
 use std::collections::BTreeMap;
@@ -1069,13 +1069,33 @@ impl Store for SqliteStore {
         })
     }
 
-    fn put_prompt(&self, operator_id: &str, name: &str, wav: &[u8]) -> Result<()> {
+    fn put_prompt(
+        &self,
+        operator_id: &str,
+        name: &str,
+        wav: &[u8],
+        quota: PromptQuota,
+    ) -> Result<PromptPut> {
         self.write(|c| {
-            c.prepare_cached(
-                "INSERT OR REPLACE INTO prompts (operator_id, name, wav, updated_at) VALUES (?1, ?2, ?3, ?4)",
-            )?
-            .execute(params![operator_id, name, wav, now_ms()])
-            .map(|_| ())
+            // IMMEDIATE: the sizes read are the ones the insert lands beside, whichever
+            // process (node) writes next.
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let others: Vec<u64> = tx
+                .prepare_cached(
+                    "SELECT length(wav) FROM prompts WHERE operator_id = ?1 AND name <> ?2",
+                )?
+                .query_map(params![operator_id, name], |r| r.get::<_, i64>(0))?
+                .map(|b| b.map(|b| b.max(0) as u64))
+                .collect::<rusqlite::Result<_>>()?;
+            let verdict = judge_prompt_put(others, wav.len() as u64, quota);
+            if verdict == PromptPut::Saved {
+                tx.prepare_cached(
+                    "INSERT OR REPLACE INTO prompts (operator_id, name, wav, updated_at) VALUES (?1, ?2, ?3, ?4)",
+                )?
+                .execute(params![operator_id, name, wav, now_ms()])?;
+            }
+            tx.commit()?;
+            Ok(verdict)
         })
         .map_err(unavailable)
     }
@@ -1570,6 +1590,7 @@ mod tests {
         let b = SqliteStore::open(&dir.path().join("t.db")).unwrap();
         crate::conformance::concurrent_issuers_never_share_a_number(&[&a, &b]);
         crate::conformance::the_client_cap_holds_against_parallel_issuers(&[&a, &b]);
+        crate::conformance::parallel_uploads_never_pass_the_prompt_cap(&[&a, &b]);
     }
 
     #[test]
