@@ -93,6 +93,8 @@ struct Track {
 pub struct Mixer {
     mode: RecordMode,
     tracks: [Track; 2],
+    /// Some party's audio was placed (see [`Outcome::heard`]).
+    heard: bool,
     /// Absolute sample index up to which frames have been emitted.
     emitted: u64,
     scratch: Vec<i16>,
@@ -110,6 +112,7 @@ impl Mixer {
         Mixer {
             mode,
             tracks: [Track::default(), Track::default()],
+            heard: false,
             emitted: 0,
             scratch: Vec::with_capacity(320),
         }
@@ -162,6 +165,12 @@ impl Mixer {
         for (slot, s) in track.buf.range_mut(at..end).zip(samples) {
             *slot = *s;
         }
+        self.heard = true;
+    }
+
+    /// Whether some party's audio was placed (not only silence filling gaps).
+    pub fn heard(&self) -> bool {
+        self.heard
     }
 
     /// Frames that are final at `now` (older than the jitter allowance), interleaved.
@@ -199,6 +208,9 @@ pub struct Outcome {
     pub seconds: f64,
     /// The first write error, if any (the file holds what was written before it).
     pub error: Option<String>,
+    /// Any party's audio was recorded: a file of `seconds` may be silence alone (gaps
+    /// are filled), which is no recording of the call. Set by the relay, which mixes.
+    pub heard: bool,
 }
 
 pub type OnClosed = Box<dyn FnOnce(Outcome) + Send>;
@@ -264,6 +276,7 @@ impl Sink {
             done(Outcome {
                 seconds: 0.0,
                 error: Some("recorder thread is gone".into()),
+                heard: false,
             });
         }
     }
@@ -321,6 +334,7 @@ fn run(rx: mpsc::Receiver<Msg>) {
                 let outcome = Outcome {
                     seconds: o.file.as_ref().map(|f| f.seconds()).unwrap_or(0.0),
                     error: o.error,
+                    heard: false,
                 };
                 if let Some(done) = done {
                     done(outcome);
@@ -336,6 +350,20 @@ mod tests {
 
     fn pcmu(n: usize, byte: u8) -> Vec<u8> {
         vec![byte; n]
+    }
+
+    /// Silence filling time is not audio heard; a packet of either side's is, one of a
+    /// side not recorded or not G.711 is not.
+    #[test]
+    fn heard_means_a_partys_audio_was_placed() {
+        let mut m = Mixer::new(RecordMode::Caller);
+        assert_eq!(m.drain(8000).len(), 8000 - JITTER_SAMPLES as usize);
+        assert!(!m.heard(), "a second of silence is not audio");
+        m.push(Side::B, 2, 0, g711::PCMU, &pcmu(160, 0x80), 8000);
+        m.push(Side::A, 1, 0, 18, &pcmu(20, 0x80), 8000);
+        assert!(!m.heard(), "the callee's side is not recorded; G.729 is not decoded");
+        m.push(Side::A, 1, 0, g711::PCMU, &pcmu(160, 0x80), 8000);
+        assert!(m.heard());
     }
 
     #[test]
@@ -476,7 +504,8 @@ mod tests {
             o,
             Outcome {
                 seconds: 8.0 / 32000.0,
-                error: None
+                error: None,
+                heard: false,
             }
         );
         assert_eq!(

@@ -201,6 +201,7 @@ impl Drop for Ended {
                 done(Outcome {
                     seconds: 0.0,
                     error: Some("the media relay had stopped".into()),
+                    heard: false,
                 });
             }
         }
@@ -301,6 +302,7 @@ impl Relay {
             done(Outcome {
                 seconds: 0.0,
                 error: Some("the media relay had stopped".into()),
+                heard: false,
             });
         }
     }
@@ -583,11 +585,14 @@ fn run(
                     Control::StopRecording(done) => match rec.take().inspect(|_| tick = None) {
                         Some(mut r) => {
                             r.sink.append(r.mixer.finish());
-                            r.sink.close(done);
+                            let heard = r.mixer.heard();
+                            r.sink
+                                .close(Box::new(move |o| done(Outcome { heard, ..o })));
                         }
                         None => done(Outcome {
                             seconds: 0.0,
                             error: Some("no recording was running".into()),
+                            heard: false,
                         }),
                     },
                 }

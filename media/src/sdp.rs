@@ -87,6 +87,15 @@ pub fn rewrite(sdp: &str, addr: IpAddr, port: u16) -> Option<Rewritten> {
 
 /// The port of an m= line's port field (`49170` or `49170/2`, RFC 4566 5.14): digits
 /// only, at most 65535; None for anything else (`+1`, `70000`, a 30-digit number).
+/// The port of the body's first audio stream (`m=audio`) when it names a valid one:
+/// what the node needs of an offer to anchor its media. None for a body without
+/// audio, with a port that is not 0-65535, or that is not SDP at all; `Some(0)` for a
+/// declined stream (RFC 3264 section 6).
+pub fn audio_port(sdp: &str) -> Option<u16> {
+    let rest = sdp.lines().find_map(|l| l.strip_prefix("m=audio "))?;
+    media_port(rest.split(' ').next()?)
+}
+
 fn media_port(field: &str) -> Option<u16> {
     let digits = field.split('/').next()?;
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
@@ -442,5 +451,33 @@ mod tests {
             "RFC 2543 hold"
         );
         assert!(!holds("v=0\r\nm=audio 40000 RTP/AVP 0\r\n"));
+    }
+
+    #[test]
+    fn audio_ports_of_offers() {
+        let cases: &[(&str, Option<u16>)] = &[
+            (
+                "v=0\r\nc=IN IP4 1.2.3.4\r\nm=audio 4000 RTP/AVP 0\r\n",
+                Some(4000),
+            ),
+            (
+                "m=video 5000 RTP/AVP 96\r\nm=audio 6000/2 RTP/AVP 0\r\n",
+                Some(6000),
+            ),
+            ("m=audio 0 RTP/AVP 0\r\n", Some(0)),
+            ("m=audio 65535 RTP/AVP 0\n", Some(65535)),
+            ("m=audio 65536 RTP/AVP 0\r\n", None),
+            ("m=audio -1 RTP/AVP 0\r\n", None),
+            ("m=audio abc RTP/AVP 0\r\n", None),
+            ("m=audio  RTP/AVP 0\r\n", None),
+            ("m=audio 99999999999 RTP/AVP 0\r\n", None),
+            ("m=video 5000 RTP/AVP 96\r\n", None),
+            ("v=0\r\n", None),
+            ("\u{fffd}\u{fffd} garbage \u{0}\u{1}", None),
+            ("", None),
+        ];
+        for (body, want) in cases {
+            assert_eq!(audio_port(body), *want, "{body:?}");
+        }
     }
 }

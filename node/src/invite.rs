@@ -43,6 +43,10 @@ pub enum Refusal {
     SessionTooSmall,
     /// 488: no SDP offer (the node does not do late offers).
     NoOffer,
+    /// 488: an SDP offer the node cannot anchor (no audio stream with a valid, non-zero
+    /// port, or not SDP at all): forwarded, it would give the callee no offer and the
+    /// caller no media.
+    UnusableOffer,
 }
 
 impl Refusal {
@@ -53,6 +57,7 @@ impl Refusal {
             Refusal::Extensions(_) => (420, "extension_required"),
             Refusal::SessionTooSmall => (422, "session_interval_too_small"),
             Refusal::NoOffer => (488, "no_sdp_offer"),
+            Refusal::UnusableOffer => (488, "unusable_sdp_offer"),
         }
     }
 }
@@ -92,10 +97,11 @@ impl InviteView {
         if session_timer::too_small(self.session_expires.as_deref(), min_se) {
             return Some(Refusal::SessionTooSmall);
         }
-        if self.offer.is_none() {
-            return Some(Refusal::NoOffer);
+        match self.offer.as_deref().map(tsunagu_media::sdp::audio_port) {
+            None => Some(Refusal::NoOffer),
+            Some(None | Some(0)) => Some(Refusal::UnusableOffer),
+            Some(Some(_)) => None,
         }
-        None
     }
 
     /// Who is calling: P-Asserted-Identity is believed only from a trusted trunk.
@@ -211,6 +217,24 @@ Session-Expires: 1800;refresher=uac\r\nPrivacy: id\r\nP-Asserted-Identity: <sip:
                 Some(Refusal::SessionTooSmall),
             ),
             ("", "", Some(Refusal::NoOffer)),
+            // An offer the node cannot anchor: refused, not forwarded without one.
+            ("", "v=0\r\n", Some(Refusal::UnusableOffer)),
+            (
+                "",
+                "v=0\r\nm=audio 65536 RTP/AVP 0\r\n",
+                Some(Refusal::UnusableOffer),
+            ),
+            (
+                "",
+                "v=0\r\nm=video 4000 RTP/AVP 96\r\n",
+                Some(Refusal::UnusableOffer),
+            ),
+            (
+                "",
+                "v=0\r\nm=audio 0 RTP/AVP 0\r\n",
+                Some(Refusal::UnusableOffer),
+            ),
+            ("", "\u{fffd} garbage", Some(Refusal::UnusableOffer)),
         ];
         for (extra, body, want) in rows {
             assert_eq!(&view(extra, body).refusal(90), want, "{extra:?} {body:?}");

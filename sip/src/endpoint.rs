@@ -219,6 +219,11 @@ impl EndpointHandle {
     }
 }
 
+/// The methods the node takes (the `Allow` of its OPTIONS answers and of its 405s):
+/// in a dialog, anything else (REFER, NOTIFY, MESSAGE, ...) is refused 405 rather
+/// than answered 200 and dropped.
+pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, PRACK";
+
 /// Messages waiting for the SIP core (all shards) above which new INVITEs are refused 503. At
 /// a few microseconds per message this is some tens of milliseconds of queued work:
 /// beyond it the node is behind, and admitting more calls only makes every call late.
@@ -717,12 +722,11 @@ impl Core {
         let key = TxKey::new(&info.branch, req.method);
         if req.method == Method::Options && info.to_tag.is_none() {
             // Keepalive / capability probe: always 200 while the node is up.
-            let allow = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE";
             self.answer(
                 &req,
                 &info,
                 200,
-                &[("Allow", allow), ("Accept", "application/sdp")],
+                &[("Allow", ALLOW), ("Accept", "application/sdp")],
             );
             return;
         }
@@ -792,12 +796,7 @@ impl Core {
             Method::Bye | Method::Info | Method::Update | Method::PRack => {
                 self.answer(&req, &info, 481, &[])
             }
-            _ => self.answer(
-                &req,
-                &info,
-                405,
-                &[("Allow", "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE")],
-            ),
+            _ => self.answer(&req, &info, 405, &[("Allow", ALLOW)]),
         }
     }
 

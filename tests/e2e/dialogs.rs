@@ -9,13 +9,13 @@ use std::time::Duration;
 const DEST: &str = r#"[{"number": "0311112222", "ring_seconds": 20}]"#;
 
 /// A raw SIP party on a UDP socket: sends requests, reads responses.
-struct Party {
-    sock: UdpSocket,
+pub(crate) struct Party {
+    pub(crate) sock: UdpSocket,
     node: String,
 }
 
 impl Party {
-    fn bind(ip: &str, node_port: u16) -> Party {
+    pub(crate) fn bind(ip: &str, node_port: u16) -> Party {
         let sock = UdpSocket::bind((ip, 0)).expect("bind");
         sock.set_read_timeout(Some(Duration::from_millis(300)))
             .unwrap();
@@ -25,18 +25,18 @@ impl Party {
         }
     }
 
-    fn me(&self) -> String {
+    pub(crate) fn me(&self) -> String {
         self.sock.local_addr().unwrap().to_string()
     }
 
-    fn send(&self, text: &str) {
+    pub(crate) fn send(&self, text: &str) {
         self.sock
             .send_to(text.replace('\n', "\r\n").as_bytes(), &self.node)
             .unwrap();
     }
 
     /// The next message received within `limit`, if any.
-    fn recv(&self, limit: Duration) -> Option<String> {
+    pub(crate) fn recv(&self, limit: Duration) -> Option<String> {
         let deadline = std::time::Instant::now() + limit;
         let mut buf = [0u8; 8192];
         while std::time::Instant::now() < deadline {
@@ -48,7 +48,7 @@ impl Party {
     }
 
     /// Waits for a final response (skipping provisionals); its status line.
-    fn final_response(&self) -> String {
+    pub(crate) fn final_response(&self) -> String {
         loop {
             let m = self.recv(Duration::from_secs(5)).expect("a response");
             let line = m.lines().next().unwrap_or_default().to_string();
@@ -60,7 +60,7 @@ impl Party {
 
     /// Waits for the 200 to this party's INVITE of `call_id`, ACKs it, and returns the
     /// node's To tag.
-    fn ack_answer(&self, call_id: &str) -> String {
+    pub(crate) fn ack_answer(&self, call_id: &str) -> String {
         let ok = self.final_response();
         assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
         let our_tag = tag(header(&ok, "To").unwrap());
@@ -77,7 +77,7 @@ impl Party {
 
     /// A new INVITE with SDP from caller `from_user` (From tag `callertag`), naming
     /// `contact` (`ip:port`) as its Contact.
-    fn invite(&self, call_id: &str, from_user: &str, contact: &str) -> String {
+    pub(crate) fn invite(&self, call_id: &str, from_user: &str, contact: &str) -> String {
         let sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n";
         format!(
             "INVITE sip:0501234567@{node} SIP/2.0\n\
@@ -97,7 +97,7 @@ impl Party {
     }
 
     /// An in-dialog request with the given tags.
-    fn request(
+    pub(crate) fn request(
         &self,
         method: &str,
         call_id: &str,
@@ -121,14 +121,14 @@ impl Party {
     }
 }
 
-fn header<'a>(msg: &'a str, name: &str) -> Option<&'a str> {
+pub(crate) fn header<'a>(msg: &'a str, name: &str) -> Option<&'a str> {
     msg.lines().find_map(|l| {
         let (n, v) = l.split_once(':')?;
         n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
     })
 }
 
-fn tag(value: &str) -> String {
+pub(crate) fn tag(value: &str) -> String {
     value
         .split(';')
         .find_map(|p| p.trim().strip_prefix("tag="))
@@ -219,7 +219,7 @@ fn spoofed_in_dialog_requests_get_481_and_a_hostile_from_is_escaped() {
 
 /// The answer to `req` (a raw SIP request): its Via, From, To (with `to_tag` added),
 /// Call-ID and CSeq, then `extra` (more headers, the blank line and any body).
-fn answer(req: &str, status: &str, to_tag: &str, extra: &str) -> String {
+pub(crate) fn answer(req: &str, status: &str, to_tag: &str, extra: &str) -> String {
     let mut out = format!("SIP/2.0 {status}\n");
     for line in req.lines() {
         let name = line.split(':').next().unwrap_or_default().trim();

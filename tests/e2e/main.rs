@@ -13,6 +13,7 @@ mod durability;
 mod follow_up;
 mod harness;
 mod media_security;
+mod offer_answer;
 mod party;
 mod pools;
 mod process;

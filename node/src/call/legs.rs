@@ -346,9 +346,11 @@ impl ALeg {
         cseq
     }
 
-    /// ACKs a 2xx to the re-INVITE with this CSeq.
-    pub fn ack_at(&self, ep: &EndpointHandle, cseq: u32) {
-        let (spec, peer) = self.in_dialog(ep, Method::Ack, cseq);
+    /// ACKs a 2xx to the re-INVITE with this CSeq (with the answer, for a 2xx that
+    /// carried the offer).
+    pub fn ack_at(&self, ep: &EndpointHandle, cseq: u32, sdp: Option<&str>) {
+        let (mut spec, peer) = self.in_dialog(ep, Method::Ack, cseq);
+        spec.body = sdp.map(|s| ("application/sdp", s.as_bytes().to_vec()));
         ep.request(spec, peer);
     }
 
@@ -607,7 +609,7 @@ impl BLeg {
     }
 
     pub fn ack(&self, ep: &EndpointHandle) {
-        self.ack_at(ep, self.invite.cseq);
+        self.ack_at(ep, self.invite.cseq, None);
     }
 
     pub fn bye(&mut self, ep: &EndpointHandle) {
@@ -634,9 +636,11 @@ impl BLeg {
         self.cseq
     }
 
-    /// ACKs a 2xx to the re-INVITE with this CSeq.
-    pub fn ack_at(&self, ep: &EndpointHandle, cseq: u32) {
-        let (spec, peer) = self.in_dialog(ep, Method::Ack, cseq);
+    /// ACKs a 2xx to the re-INVITE with this CSeq (with the answer, for a 2xx that
+    /// carried the offer).
+    pub fn ack_at(&self, ep: &EndpointHandle, cseq: u32, sdp: Option<&str>) {
+        let (mut spec, peer) = self.in_dialog(ep, Method::Ack, cseq);
+        spec.body = sdp.map(|s| ("application/sdp", s.as_bytes().to_vec()));
         ep.request(spec, peer);
     }
 

@@ -198,6 +198,9 @@ struct Reoffer {
     key: tsunagu_sip::transaction::TxKey,
     /// CSeq of the relayed request on the other leg.
     cseq: u32,
+    /// A re-INVITE without an offer: the other leg's 2xx brings one, and its ACK waits
+    /// for the answer in the sender's ACK.
+    late: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -275,6 +278,17 @@ pub struct Call {
     ivr_digits: String,
     /// The callee's codec (for the judgement prompt).
     b_payload_type: u8,
+    /// The caller acknowledged the 200 that answered it.
+    a_acked: bool,
+    /// A 2xx that carried an offer (to a re-INVITE without one) waits for its ACK: the
+    /// leg to ACK and the CSeq, sent with the answer the other leg's ACK brings.
+    late_ack: Option<(Side, u32)>,
+    /// The CSeq of the last request each far end (caller, callee) sent in its dialog:
+    /// a lower one is out of order (RFC 3261 12.2.2) and refused 500.
+    remote_cseq: [Option<u32>; 2],
+    /// The current attempt's callee sent its SDP in an 18x (the caller has it): a 200
+    /// without SDP then stands on that answer.
+    b_early_answer: bool,
     /// Waiting for the callee's judgement key.
     judging: bool,
     judgement_digit: Option<char>,
@@ -498,6 +512,10 @@ impl Call {
             ivr: None,
             ivr_digits: String::new(),
             b_payload_type: 0,
+            b_early_answer: false,
+            remote_cseq: [None, None],
+            a_acked: false,
+            late_ack: None,
             judging: false,
             judgement_digit: None,
             talk_end: None,
@@ -724,6 +742,7 @@ impl Call {
             outcome: String::new(),
         });
         self.pending_failure = None;
+        self.b_early_answer = false;
         self.last_trunk = Some(trunk);
         self.ctx.trunk_counters[trunk].outbound.inc();
         tracing::debug!(destination = %dest.number, trunk = %self.ctx.routing.trunks[trunk].name, attempt = self.attempt, "forwarding");
@@ -919,7 +938,16 @@ impl Call {
                 }
             }
             SipEvent::AckTimeout => {
-                tracing::warn!("caller never acknowledged our 200; hanging up");
+                tracing::warn!("a 200 of ours was never acknowledged; hanging up");
+                if !self.a_acked {
+                    // The caller never confirmed the call's 200 (it may never have had
+                    // it): logged failed with no talk time, as for `prack_timeout`, so
+                    // a trunk that loses ACKs does not make valid 32 s conversations.
+                    self.end_reason = Some("ack_timeout");
+                    if self.answered.take().is_some() {
+                        self.result = CallResult::Failed;
+                    }
+                }
                 self.hang_up_both();
             }
         }
@@ -968,8 +996,13 @@ impl Call {
         info: tsunagu_sip::Info,
         key: Option<tsunagu_sip::transaction::TxKey>,
     ) {
-        let Some(key) = key else { return }; // ACK of our 2xx: nothing to do
+        let Some(key) = key else {
+            return self.on_ack(Side::A, &req, &info); // ACK of our 2xx
+        };
         let ep = self.ctx.endpoint.clone();
+        if !self.in_order(Side::A, &req, &info, &key) {
+            return;
+        }
         match req.method {
             Method::Bye => {
                 ep.respond(&req, &info, &key, 200, None, &[], None);
@@ -1002,8 +1035,52 @@ impl Call {
                     self.a.prack(&ep, r);
                 }
             }
-            _ => ep.respond(&req, &info, &key, 200, None, &[], None),
+            Method::Options => ep.respond(&req, &info, &key, 200, None, &[], None),
+            _ => refuse_method(&ep, &req, &info, &key),
         }
+    }
+
+    /// The ACK of a 2xx of ours from `side`'s far end: the caller's first confirms the
+    /// call; one that answers an offer the node passed on in a 2xx (a re-INVITE
+    /// without one) lets the other leg's held ACK go, with that answer.
+    fn on_ack(&mut self, side: Side, req: &Request, info: &tsunagu_sip::Info) {
+        if side == Side::A && info.cseq == self.a.info.cseq {
+            self.a_acked = true;
+        }
+        let Some((to, cseq)) = self.late_ack.filter(|(to, _)| *to == side.other()) else {
+            return;
+        };
+        self.late_ack = None;
+        let answer = sdp_body(req, &req.body).and_then(|body| self.anchor_sdp(side, &body));
+        let ep = self.ctx.endpoint.clone();
+        match to {
+            Side::A => self.a.ack_at(&ep, cseq, answer.as_deref()),
+            Side::B => {
+                if let Some(b) = &self.b {
+                    b.ack_at(&ep, cseq, answer.as_deref());
+                }
+            }
+        }
+    }
+
+    /// Whether an in-dialog request from `side`'s far end comes in CSeq order; one
+    /// below the last is answered 500 (RFC 3261 12.2.2) and goes no further.
+    fn in_order(
+        &mut self,
+        side: Side,
+        req: &Request,
+        info: &tsunagu_sip::Info,
+        key: &tsunagu_sip::transaction::TxKey,
+    ) -> bool {
+        let last = &mut self.remote_cseq[usize::from(side == Side::B)];
+        if cseq_in_order(last, info.cseq) {
+            return true;
+        }
+        tracing::info!(method = %req.method, cseq = info.cseq, ?side, "in-dialog request out of CSeq order: 500");
+        self.ctx
+            .endpoint
+            .respond(req, info, key, 500, None, &[], None);
+        false
     }
 
     /// A reliable provisional's retransmission time: resend it, or give the caller up
@@ -1079,8 +1156,13 @@ impl Call {
         info: tsunagu_sip::Info,
         key: Option<tsunagu_sip::transaction::TxKey>,
     ) {
-        let Some(key) = key else { return };
+        let Some(key) = key else {
+            return self.on_ack(Side::B, &req, &info); // ACK of our 2xx
+        };
         let ep = self.ctx.endpoint.clone();
+        if !self.in_order(Side::B, &req, &info, &key) {
+            return;
+        }
         match req.method {
             Method::Bye if self.judging => {
                 ep.respond(&req, &info, &key, 200, None, &[], None);
@@ -1106,7 +1188,8 @@ impl Call {
             }
             Method::Invite | Method::Update => ep.respond(&req, &info, &key, 491, None, &[], None),
             Method::Info => self.on_info(Side::B, &req, &info, &key),
-            _ => ep.respond(&req, &info, &key, 200, None, &[], None),
+            Method::Options => ep.respond(&req, &info, &key, 200, None, &[], None),
+            _ => refuse_method(&ep, &req, &info, &key),
         }
     }
 
@@ -1126,7 +1209,19 @@ impl Call {
             return;
         }
         let to = from.other();
-        let sdp = sdp_body(&req, &req.body).and_then(|body| self.anchor_sdp(from, &body));
+        let sdp = match sdp_body(&req, &req.body) {
+            Some(body) => match self.anchor_sdp(from, &body) {
+                Some(sdp) => Some(sdp),
+                None => {
+                    // Not an offer the node can anchor: refused, and the session goes
+                    // on as it was (RFC 3261 14.2).
+                    tracing::info!(method = %req.method, ?from, "re-offer without a usable SDP: 488");
+                    return ep.respond(&req, &info, &key, 488, None, &[], None);
+                }
+            },
+            None => None,
+        };
+        let late = sdp.is_none() && req.method == Method::Invite;
         let method = req.method;
         let headers = session::headers_of(&req);
         let cseq = match to {
@@ -1144,6 +1239,7 @@ impl Call {
             info,
             key,
             cseq,
+            late,
         }));
     }
 
@@ -1157,19 +1253,25 @@ impl Call {
         let Some(p) = self.reoffer.take() else { return };
         let ep = self.ctx.endpoint.clone();
         let to = p.from.other();
-        if (200..300).contains(&code) && p.method == Method::Invite {
-            match to {
-                Side::B => {
-                    if let Some(b) = &self.b {
-                        b.ack_at(&ep, p.cseq);
-                    }
-                }
-                Side::A => self.a.ack_at(&ep, p.cseq),
-            }
-        }
         let answer = sdp_body(&resp, &resp.body)
             .filter(|_| code < 300)
             .and_then(|body| self.anchor_sdp(to, &body));
+        if (200..300).contains(&code) && p.method == Method::Invite {
+            if p.late && answer.is_some() {
+                // The 2xx carries `to`'s offer: ACKed with the answer the sender's
+                // ACK brings ([`Call::on_ack`]).
+                self.late_ack = Some((to, p.cseq));
+            } else {
+                match to {
+                    Side::B => {
+                        if let Some(b) = &self.b {
+                            b.ack_at(&ep, p.cseq, None);
+                        }
+                    }
+                    Side::A => self.a.ack_at(&ep, p.cseq, None),
+                }
+            }
+        }
         let transport = match (p.from, &self.b) {
             (Side::B, Some(b)) => b.peer.transport,
             _ => self.a.peer.transport,
@@ -1248,6 +1350,7 @@ impl Call {
                     return;
                 }
                 let sdp = self.callee_sdp(&resp);
+                self.b_early_answer |= sdp.is_some();
                 if self.a_answer.is_some() {
                     // The caller hears the node's media: the callee's early media
                     // replaces the ringback; no further provisional goes upstream.
@@ -1275,9 +1378,29 @@ impl Call {
                     b.bye(&ep);
                     return;
                 }
+                // The answer to the caller's offer: in the 200, or already in an 18x
+                // (the caller was sent it then; the 200 repeats it, RFC 6337 3.1).
+                let sdp = match self.callee_sdp(&resp) {
+                    Some(sdp) => Some(sdp),
+                    None if self.b_early_answer => self.a.last_sdp.clone(),
+                    None => None,
+                };
+                if sdp.is_none() {
+                    // Answered with no answer the node can anchor (none, or not SDP):
+                    // passed on, the caller would have a call without media. The
+                    // callee is hung up and the attempt failed.
+                    tracing::warn!(
+                        code,
+                        "the callee answered without a usable SDP answer; hung up"
+                    );
+                    if let Some(b) = self.b.as_mut() {
+                        b.bye(&ep);
+                    }
+                    self.stop_ring_timer();
+                    return self.after_failure(Failure::UnusableAnswer);
+                }
                 self.attempt_ended(code, "answered");
                 self.stop_ring_timer();
-                let sdp = self.callee_sdp(&resp);
                 if let Some(pt) = sdp_body(&resp, &resp.body).and_then(|b| sdp::g711(&b)) {
                     self.b_payload_type = pt;
                 }
@@ -1588,6 +1711,30 @@ fn routed_to(number: &TrackingNumber, destination: Option<Destination>) -> Arc<T
     Arc::new(routed)
 }
 
+/// RFC 3261 12.2.2: a dialog's request whose CSeq is below the last one received is
+/// out of order; otherwise it becomes the last one.
+fn cseq_in_order(last: &mut Option<u32>, cseq: u32) -> bool {
+    if last.is_some_and(|l| cseq < l) {
+        return false;
+    }
+    *last = Some(cseq);
+    true
+}
+
+/// A method the node does not take in a dialog (REFER, NOTIFY, MESSAGE, SUBSCRIBE,
+/// ...): 405 with what it takes, rather than a 200 for something that is not done
+/// (a REFER answered 200 would tell the caller its transfer was accepted).
+fn refuse_method(
+    ep: &tsunagu_sip::EndpointHandle,
+    req: &Request,
+    info: &tsunagu_sip::Info,
+    key: &tsunagu_sip::transaction::TxKey,
+) {
+    tracing::info!(method = %req.method, "in-dialog method not taken: 405");
+    let allow = [("Allow", tsunagu_sip::endpoint::ALLOW)];
+    ep.respond(req, info, key, 405, None, &allow, None);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1609,6 +1756,28 @@ mod tests {
             ("drive", future_size(drive)),
         ] {
             assert!(size < call / 2, "{name}: {size} bytes, a Call is {call}");
+        }
+    }
+
+    #[test]
+    fn cseq_order() {
+        // Each row: the last CSeq received, this request's → accepted, the last after.
+        let rows: &[(Option<u32>, u32, bool, Option<u32>)] = &[
+            (None, 1, true, Some(1)),
+            (None, 0, true, Some(0)),
+            (Some(1), 2, true, Some(2)),
+            (Some(7), 1, false, Some(7)),
+            (Some(7), 7, true, Some(7)),
+            (Some(7), u32::MAX, true, Some(u32::MAX)),
+        ];
+        for &(last, cseq, accepted, after) in rows {
+            let mut l = last;
+            assert_eq!(
+                cseq_in_order(&mut l, cseq),
+                accepted,
+                "{last:?} then {cseq}"
+            );
+            assert_eq!(l, after, "{last:?} then {cseq}");
         }
     }
 }

@@ -128,7 +128,12 @@ impl Call {
                     });
                 }
                 relay.stop_recording(Box::new(move |outcome| {
-                    let mut status = recording_status(outcome.seconds, covered, outcome.error.is_some());
+                    let mut status = recording_status(
+                        outcome.seconds,
+                        covered,
+                        outcome.error.is_some(),
+                        outcome.heard,
+                    );
                     if status == RecordingStatus::Missing && parts.len() > 1 {
                         // Earlier parts hold the call's audio; this one (the call ended
                         // as it moved here) holds none.
@@ -154,9 +159,15 @@ impl Call {
 }
 
 /// Whether a closed recording holds the conversation: audio within 1.5 s of the talk
-/// time and no write error is complete.
-pub fn recording_status(seconds: f64, talk_seconds: u32, write_failed: bool) -> RecordingStatus {
-    if seconds <= 0.0 {
+/// time and no write error is complete; a file of silence alone (nobody's audio
+/// arrived) is missing.
+pub fn recording_status(
+    seconds: f64,
+    talk_seconds: u32,
+    write_failed: bool,
+    heard: bool,
+) -> RecordingStatus {
+    if seconds <= 0.0 || !heard {
         RecordingStatus::Missing
     } else if write_failed || seconds + 1.5 < f64::from(talk_seconds) {
         RecordingStatus::Truncated
@@ -246,19 +257,23 @@ mod tests {
 
     #[test]
     fn recording_statuses() {
+        // Each row: seconds in the file, talk seconds, a write failed, audio heard.
         let rows = [
-            (0.0, 10, false, RecordingStatus::Missing),
-            (0.0, 0, true, RecordingStatus::Missing),
-            (9.0, 10, false, RecordingStatus::Complete),
-            (8.4, 10, false, RecordingStatus::Truncated),
-            (9.9, 10, true, RecordingStatus::Truncated),
-            (0.5, 0, false, RecordingStatus::Complete),
+            (0.0, 10, false, true, RecordingStatus::Missing),
+            (0.0, 0, true, true, RecordingStatus::Missing),
+            (9.0, 10, false, true, RecordingStatus::Complete),
+            (8.4, 10, false, true, RecordingStatus::Truncated),
+            (9.9, 10, true, true, RecordingStatus::Truncated),
+            (0.5, 0, false, true, RecordingStatus::Complete),
+            // Silence alone: nobody's audio was recorded.
+            (4.0, 4, false, false, RecordingStatus::Missing),
+            (4.0, 4, true, false, RecordingStatus::Missing),
         ];
-        for (seconds, talk, failed, want) in rows {
+        for (seconds, talk, failed, heard, want) in rows {
             assert_eq!(
-                recording_status(seconds, talk, failed),
+                recording_status(seconds, talk, failed, heard),
                 want,
-                "{seconds} {talk} {failed}"
+                "{seconds} {talk} {failed} {heard}"
             );
         }
     }

@@ -218,6 +218,9 @@ impl Call {
         call.result = CallResult::Answered;
         call.upstream_code = 200;
         call.a_answered = true;
+        // Its caller acknowledged the answer where it ran (the call was checkpointed
+        // answered): an ACK timeout here is a re-INVITE's.
+        call.a_acked = true;
         call.attempts = r.attempts.clone();
         call.last_trunk = last_trunk;
         call.logged = logged;
@@ -340,10 +343,10 @@ impl Call {
         }
         let ep = self.ctx.endpoint.clone();
         match side {
-            Side::A => self.a.ack_at(&ep, cseq),
+            Side::A => self.a.ack_at(&ep, cseq, None),
             Side::B => {
                 if let Some(b) = &self.b {
-                    b.ack_at(&ep, cseq);
+                    b.ack_at(&ep, cseq, None);
                 }
             }
         }

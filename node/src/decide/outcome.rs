@@ -16,16 +16,20 @@ pub enum Failure {
     Timeout,
     /// The destination's ring time ran out and we cancelled it.
     RingTimeout,
+    /// The callee answered (2xx) without an SDP answer the node could anchor; it was
+    /// hung up.
+    UnusableAnswer,
 }
 
 impl Failure {
     /// The status the attempt ended with: the far end's, 408 for no response, 487
-    /// for our CANCEL at the ring timeout.
+    /// for our CANCEL at the ring timeout, the 200 of an answer without SDP.
     pub fn code(self) -> u16 {
         match self {
             Failure::Status(c) => c,
             Failure::Timeout => 408,
             Failure::RingTimeout => 487,
+            Failure::UnusableAnswer => 200,
         }
     }
 
@@ -46,6 +50,7 @@ pub enum Step {
 pub fn classify(f: Failure) -> (CallResult, u16) {
     match f {
         Failure::RingTimeout | Failure::Timeout => (CallResult::NoAnswer, 480),
+        Failure::UnusableAnswer => (CallResult::Failed, 502),
         Failure::Status(code) => match code {
             486 | 600 => (CallResult::Busy, 486),
             408 | 480 => (CallResult::NoAnswer, 480),
@@ -88,6 +93,17 @@ mod tests {
             (Timeout, true, false, Step::NextTrunk),
             (Status(486), true, true, Step::NextDestination),
             (RingTimeout, true, true, Step::NextDestination),
+            // A callee without an SDP answer: its destination, not its trunk.
+            (UnusableAnswer, true, true, Step::NextDestination),
+            (
+                UnusableAnswer,
+                true,
+                false,
+                Step::GiveUp {
+                    result: Failed,
+                    upstream: 502,
+                },
+            ),
             (Status(503), false, true, Step::NextDestination),
             (
                 Status(486),

@@ -1,0 +1,389 @@
+//! Offers and answers the node cannot use are not passed on as if they were: an offer
+//! without an audio stream it can anchor is refused 488, a callee's 200 without an
+//! answer is hung up rather than handed to the caller, a re-INVITE without an offer
+//! gets the other side's offer and its ACK the answer; in a dialog, methods the node
+//! does not take get 405 and requests out of CSeq order 500; a 200 the caller never
+//! acknowledges is logged without talk time. A raw caller and a raw callee on UDP
+//! sockets (the callee on the trunk's outbound port), so each message is seen.
+
+use crate::dialogs::{answer, header, tag, Party};
+use crate::harness::*;
+use std::net::UdpSocket;
+use std::time::Duration;
+
+const DEST: &str = r#"[{"number": "0311112222", "ring_seconds": 20}]"#;
+
+const CALLER_SDP: &str =
+    "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n";
+
+fn sdp(port: u16) -> String {
+    format!("v=0\r\no=- 2 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {port} RTP/AVP 0\r\n")
+}
+
+/// The callee: a raw UDP socket on the trunk's outbound port.
+struct Callee {
+    sock: UdpSocket,
+    node: String,
+    uas_port: u16,
+}
+
+impl Callee {
+    fn bind(ports: Ports) -> Callee {
+        let sock = UdpSocket::bind(("127.0.0.1", ports.uas)).expect("bind the callee");
+        Callee {
+            sock,
+            node: format!("127.0.0.1:{}", ports.sip),
+            uas_port: ports.uas,
+        }
+    }
+
+    /// The next message starting with `start` within 5 s (others skipped).
+    fn expect(&self, start: &str) -> String {
+        self.expect_within(start, Duration::from_secs(5))
+    }
+
+    fn expect_within(&self, start: &str, limit: Duration) -> String {
+        let deadline = std::time::Instant::now() + limit;
+        let mut buf = [0u8; 8192];
+        self.sock
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        while std::time::Instant::now() < deadline {
+            if let Ok((n, _)) = self.sock.recv_from(&mut buf) {
+                let m = String::from_utf8_lossy(&buf[..n]).into_owned();
+                if m.starts_with(start) {
+                    return m;
+                }
+            }
+        }
+        panic!("the callee never got {start}");
+    }
+
+    /// What reaches the callee within `window`.
+    fn quiet_for(&self, window: Duration) -> Vec<String> {
+        datagrams_within(&self.sock, window)
+    }
+
+    fn send(&self, text: &str) {
+        self.sock
+            .send_to(text.replace('\n', "\r\n").as_bytes(), &self.node)
+            .unwrap();
+    }
+
+    /// A 200 to a request of the established dialog.
+    fn ok(&self, req: &str) {
+        self.send(&ok_to(req));
+    }
+
+    /// Answers `req` with `status`, its Contact and `body` as SDP (none if empty).
+    fn respond(&self, req: &str, status: &str, body: &str) {
+        let content = if body.is_empty() {
+            "Content-Length: 0\n\n".to_string()
+        } else {
+            format!(
+                "Content-Type: application/sdp\nContent-Length: {}\n\n{body}",
+                body.len()
+            )
+        };
+        self.send(&answer(
+            req,
+            status,
+            "calleetag",
+            &format!(
+                "Contact: <sip:callee@127.0.0.1:{}>\n{content}",
+                self.uas_port
+            ),
+        ));
+    }
+}
+
+/// A 200 to a request of an established dialog (its To has the tag already).
+fn ok_to(req: &str) -> String {
+    let mut out = "SIP/2.0 200 OK\n".to_string();
+    for line in req.lines() {
+        let name = line.split(':').next().unwrap_or_default().trim();
+        if ["via", "from", "to", "call-id", "cseq"].contains(&name.to_ascii_lowercase().as_str()) {
+            out.push_str(line.trim_end_matches('\r'));
+            out.push('\n');
+        }
+    }
+    out.push_str("Content-Length: 0\n\n");
+    out
+}
+
+/// An INVITE from `caller` with `body` as its SDP (an empty body: none).
+fn invite_with(caller: &Party, call_id: &str, body: &str) -> String {
+    let offer = caller.invite(call_id, "09012345678", &caller.me());
+    let (head, _) = offer.split_once("Content-Type:").unwrap();
+    if body.is_empty() {
+        format!("{head}Content-Length: 0\n\n")
+    } else {
+        format!(
+            "{head}Content-Type: application/sdp\nContent-Length: {}\n\n{body}",
+            body.len()
+        )
+    }
+}
+
+/// The ACK of a failure to INVITE `invite` (same branch, RFC 3261 17.1.1.3).
+fn ack_of_failure(invite: &str) -> String {
+    let (head, _) = invite.split_once("Content-Type:").unwrap();
+    let head = head
+        .replacen("INVITE ", "ACK ", 1)
+        .replace(" INVITE\n", " ACK\n");
+    format!("{head}Content-Length: 0\n\n")
+}
+
+/// A request of the caller's dialog with a body (`kind` its type).
+fn with_body(
+    caller: &Party,
+    method: &str,
+    call_id: &str,
+    node_tag: &str,
+    cseq: u32,
+    kind: &str,
+    body: &str,
+) -> String {
+    let extra = if body.is_empty() {
+        "Content-Length: 0\n\n".to_string()
+    } else {
+        format!(
+            "Content-Type: {kind}\nContent-Length: {}\n\n{body}",
+            body.len()
+        )
+    };
+    caller.request(method, call_id, "callertag", node_tag, cseq, &extra)
+}
+
+#[test]
+fn offers_the_node_cannot_anchor_are_refused_488_and_reach_nobody() {
+    let ports = Ports::take();
+    let node = Node::start(ports, "127.0.0.1/32", "");
+    node.provision("0501234567", DEST, "{}");
+    let callee = Callee::bind(ports);
+    let caller = Party::bind("127.0.0.1", ports.sip);
+    let bodies = [
+        "v=0\r\n",
+        "v=0\r\nc=IN IP4 127.0.0.1\r\nm=audio 65536 RTP/AVP 0\r\n",
+        "v=0\r\nc=IN IP4 127.0.0.1\r\nm=audio -1 RTP/AVP 0\r\n",
+        "v=0\r\nc=IN IP4 127.0.0.1\r\nm=video 4000 RTP/AVP 96\r\n",
+        "v=0\r\nc=IN IP4 127.0.0.1\r\nm=audio 0 RTP/AVP 0\r\n",
+        "garbage, not SDP",
+    ];
+    for (i, body) in bodies.iter().enumerate() {
+        caller.send(&invite_with(&caller, &format!("bad-offer-{i}"), body));
+        let refused = caller.final_response();
+        assert!(refused.starts_with("SIP/2.0 488"), "{body:?}: {refused}");
+    }
+    assert!(
+        callee.quiet_for(Duration::from_millis(300)).is_empty(),
+        "an INVITE reached the callee"
+    );
+    assert_eq!(
+        node.metric("tsunagu_invites_rejected_total{code=\"488\",reason=\"unusable_sdp_offer\"}"),
+        bodies.len() as f64
+    );
+    assert_eq!(node.metric("tsunagu_active_calls"), 0.0);
+}
+
+/// A callee's 200 without SDP: hung up and the caller refused 502 (not answered
+/// without media); after an 18x with SDP, the 200 stands on that answer.
+#[test]
+fn a_callee_answer_without_sdp_is_hung_up_unless_an_18x_carried_it() {
+    let ports = Ports::take();
+    let node = Node::start(ports, "127.0.0.1/32", "");
+    let (key, _) = node.provision("0501234567", DEST, "{}");
+    let callee = Callee::bind(ports);
+    let caller = Party::bind("127.0.0.1", ports.sip);
+
+    caller.send(&invite_with(&caller, "no-answer-sdp", CALLER_SDP));
+    let invite = callee.expect("INVITE ");
+    callee.respond(&invite, "200 OK", "");
+    callee.expect("ACK ");
+    let bye = callee.expect("BYE ");
+    callee.ok(&bye);
+    let refused = caller.final_response();
+    assert!(refused.starts_with("SIP/2.0 502"), "{refused}");
+    let calls = node.wait_for_calls(&key, 1);
+    assert_eq!(calls[0]["result"], "failed", "{}", calls[0]);
+    assert_eq!(calls[0]["talk_seconds"], 0, "{}", calls[0]);
+    let attempt = &calls[0]["attempts"][0];
+    assert_eq!(
+        (attempt["sip_code"].as_u64(), attempt["outcome"].as_str()),
+        (Some(200), Some("failed")),
+        "{attempt}"
+    );
+
+    // Early media: the 183's SDP is the answer; the 200 to the caller repeats it.
+    caller.send(&invite_with(&caller, "early-answer", CALLER_SDP));
+    let invite = callee.expect("INVITE ");
+    callee.respond(&invite, "183 Session Progress", &sdp(4002));
+    callee.respond(&invite, "200 OK", "");
+    let ok = caller.final_response();
+    assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
+    assert!(
+        ok.contains("m=audio "),
+        "the 200 repeats the early answer: {ok}"
+    );
+    assert!(!ok.contains("m=audio 4002 "), "pointed at the node: {ok}");
+    let node_tag = tag(header(&ok, "To").unwrap());
+    caller.send(&caller.request(
+        "ACK",
+        "early-answer",
+        "callertag",
+        &node_tag,
+        1,
+        "Content-Length: 0\n\n",
+    ));
+    caller.send(&caller.request(
+        "BYE",
+        "early-answer",
+        "callertag",
+        &node_tag,
+        2,
+        "Content-Length: 0\n\n",
+    ));
+    let bye_ok = caller.final_response();
+    assert!(bye_ok.starts_with("SIP/2.0 200"), "{bye_ok}");
+    let bye = callee.expect("BYE ");
+    callee.ok(&bye);
+    let calls = node.wait_for_calls(&key, 2);
+    assert!(calls.iter().any(|c| c["result"] == "answered"), "{calls:?}");
+}
+
+/// In a dialog: REFER and MESSAGE get 405 with Allow and reach nobody; a request
+/// below the caller's last CSeq gets 500; a re-offer the node cannot anchor 488; a
+/// re-INVITE without SDP gets the callee's offer, and the callee's ACK waits for the
+/// caller's answer and carries it.
+#[test]
+fn in_dialog_requests_the_node_cannot_honour_are_refused_and_late_offers_complete() {
+    let ports = Ports::take();
+    let node = Node::start(ports, "127.0.0.1/32", "");
+    node.provision("0501234567", DEST, "{}");
+    let callee = Callee::bind(ports);
+    let caller = Party::bind("127.0.0.1", ports.sip);
+    let call_id = "in-dialog";
+
+    caller.send(&invite_with(&caller, call_id, CALLER_SDP));
+    let invite = callee.expect("INVITE ");
+    callee.respond(&invite, "200 OK", &sdp(4002));
+    let node_tag = caller.ack_answer(call_id);
+    callee.expect("ACK ");
+
+    for (cseq, method) in [(2, "REFER"), (3, "MESSAGE")] {
+        let extra = "Refer-To: <sip:0399999999@127.0.0.1>\nContent-Length: 0\n\n";
+        caller.send(&caller.request(method, call_id, "callertag", &node_tag, cseq, extra));
+        let refused = caller.final_response();
+        assert!(refused.starts_with("SIP/2.0 405"), "{method}: {refused}");
+        assert!(header(&refused, "Allow").is_some(), "{refused}");
+    }
+    // Out of order: below the MESSAGE's CSeq 3.
+    let info = with_body(
+        &caller,
+        "INFO",
+        call_id,
+        &node_tag,
+        1,
+        "application/dtmf-relay",
+        "Signal=1\r\nDuration=160\r\n",
+    );
+    caller.send(&info);
+    let refused = caller.final_response();
+    assert!(refused.starts_with("SIP/2.0 500"), "{refused}");
+    // A re-offer that is not SDP the node can anchor.
+    let bad = with_body(
+        &caller,
+        "INVITE",
+        call_id,
+        &node_tag,
+        4,
+        "application/sdp",
+        "v=0\r\nnot sdp\r\n",
+    );
+    caller.send(&bad);
+    let refused = caller.final_response();
+    assert!(refused.starts_with("SIP/2.0 488"), "{refused}");
+    caller.send(&ack_of_failure(&bad));
+    let reached = callee.quiet_for(Duration::from_millis(300));
+    assert!(reached.is_empty(), "reached the callee: {reached:?}");
+
+    // A re-INVITE without SDP: the callee's 200 brings the offer to the caller.
+    caller.send(&with_body(&caller, "INVITE", call_id, &node_tag, 5, "", ""));
+    let reinvite = callee.expect("INVITE ");
+    assert!(!reinvite.contains("m=audio"), "{reinvite}");
+    callee.respond(&reinvite, "200 OK", &sdp(4004));
+    let offer = caller.final_response();
+    assert!(
+        offer.starts_with("SIP/2.0 200") && offer.contains("m=audio "),
+        "{offer}"
+    );
+    let early = callee.quiet_for(Duration::from_millis(300));
+    assert!(
+        !early.iter().any(|m| m.starts_with("ACK ")),
+        "the callee's ACK went before the caller's answer: {early:?}"
+    );
+    caller.send(&with_body(
+        &caller,
+        "ACK",
+        call_id,
+        &node_tag,
+        5,
+        "application/sdp",
+        &sdp(4006),
+    ));
+    let ack = callee.expect("ACK ");
+    assert!(
+        ack.contains("m=audio "),
+        "the ACK carries the answer: {ack}"
+    );
+    assert!(!ack.contains("m=audio 4006 "), "pointed at the node: {ack}");
+
+    caller.send(&caller.request(
+        "BYE",
+        call_id,
+        "callertag",
+        &node_tag,
+        6,
+        "Content-Length: 0\n\n",
+    ));
+    let bye_ok = caller.final_response();
+    assert!(bye_ok.starts_with("SIP/2.0 200"), "{bye_ok}");
+    let bye = callee.expect("BYE ");
+    callee.ok(&bye);
+}
+
+/// The caller never ACKs the 200: after 64*T1 (32 s, RFC 3261 13.3.1.4) both are hung up and the call is
+/// logged failed, `ack_timeout`, with no talk time.
+#[test]
+fn a_200_the_caller_never_acknowledges_is_logged_without_talk_time() {
+    let ports = Ports::take();
+    let node = Node::start(ports, "127.0.0.1/32", "");
+    let (key, _) = node.provision("0501234567", DEST, r#"{"min_talk_seconds": 5}"#);
+    let callee = Callee::bind(ports);
+    let caller = Party::bind("127.0.0.1", ports.sip);
+    caller.send(&invite_with(&caller, "never-acked", CALLER_SDP));
+    let invite = callee.expect("INVITE ");
+    callee.respond(&invite, "200 OK", &sdp(4002));
+    let ok = caller.final_response();
+    assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
+    // At 64*T1 the node hangs up both sides.
+    let bye = callee.expect_within("BYE ", Duration::from_secs(40));
+    callee.ok(&bye);
+    let bye = loop {
+        let m = caller
+            .recv(Duration::from_secs(5))
+            .expect("the caller's BYE");
+        if m.starts_with("BYE ") {
+            break m;
+        }
+    };
+    caller.send(&ok_to(&bye));
+    node.wait_until(Duration::from_secs(10), "the call's record", || {
+        !node.calls(&key, "").is_empty()
+    });
+    let call = &node.calls(&key, "")[0];
+    assert_eq!(call["result"], "failed", "{call}");
+    assert_eq!(call["end_reason"], "ack_timeout", "{call}");
+    assert_eq!(call["talk_seconds"], 0, "{call}");
+    assert_ne!(call["validity"], "valid", "{call}");
+}
