@@ -20,10 +20,18 @@ struct OperatorInput {
     name: String,
 }
 
+/// An operator's or advertiser's name: 1 to 200 characters, none a control character
+/// (a NUL, a line break or an escape would reach exports, logs and screens as is).
 pub(crate) fn valid_name(name: &str) -> Result<String, ApiError> {
     let name = name.trim();
     if name.is_empty() || name.chars().count() > 200 {
         return Err(ApiError::invalid("name", "must be 1 to 200 characters"));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(ApiError::invalid(
+            "name",
+            "must not contain control characters",
+        ));
     }
     Ok(name.to_string())
 }
@@ -176,5 +184,30 @@ pub async fn revoke_key(
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found("no such key"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_name;
+
+    #[test]
+    fn names() {
+        let cases: &[(&str, Option<&str>)] = &[
+            ("shop", Some("shop")),
+            ("  渋谷店  ", Some("渋谷店")),
+            ("", None),
+            ("   ", None),
+            ("a\u{0}b", None),
+            ("a\nb", None),
+            ("a\u{1b}[31mb", None),
+            ("a\u{85}b", None),
+            ("a\tb", None),
+        ];
+        for (name, want) in cases {
+            assert_eq!(valid_name(name).ok().as_deref(), *want, "{name:?}");
+        }
+        assert!(valid_name(&"x".repeat(200)).is_ok());
+        assert!(valid_name(&"x".repeat(201)).is_err());
     }
 }

@@ -620,6 +620,10 @@ pub struct LogConfig {
     /// A tracing filter such as `info` or `info,tsunagu_sip=debug`; `RUST_LOG` wins if set.
     #[serde(default = "default_log_level")]
     pub level: String,
+    /// KiB of log lines that may wait for the log writer thread (lines past it are
+    /// dropped and counted); 0 writes each line to stderr from the thread that logs it.
+    #[serde(default = "default_log_queue_kib")]
+    pub queue_kib: u32,
 }
 
 impl Default for LogConfig {
@@ -627,6 +631,7 @@ impl Default for LogConfig {
         LogConfig {
             format: LogFormat::Text,
             level: default_log_level(),
+            queue_kib: default_log_queue_kib(),
         }
     }
 }
@@ -980,4 +985,8 @@ fn default_store_request_timeout() -> u64 {
 }
 fn default_log_level() -> String {
     "info".into()
+}
+
+fn default_log_queue_kib() -> u32 {
+    4096
 }

@@ -57,6 +57,13 @@ impl Config {
             err("node.recordings_dir".into(), message);
         }
 
+        if self.log.queue_kib > 1 << 20 {
+            err(
+                "log.queue_kib".into(),
+                "at most 1048576 (1 GiB; 0 writes each line at once)".into(),
+            );
+        }
+
         if self.sip.listen.is_empty() {
             err("sip.listen".into(), "needs at least one listener".into());
         }

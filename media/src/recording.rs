@@ -361,7 +361,10 @@ mod tests {
         assert!(!m.heard(), "a second of silence is not audio");
         m.push(Side::B, 2, 0, g711::PCMU, &pcmu(160, 0x80), 8000);
         m.push(Side::A, 1, 0, 18, &pcmu(20, 0x80), 8000);
-        assert!(!m.heard(), "the callee's side is not recorded; G.729 is not decoded");
+        assert!(
+            !m.heard(),
+            "the callee's side is not recorded; G.729 is not decoded"
+        );
         m.push(Side::A, 1, 0, g711::PCMU, &pcmu(160, 0x80), 8000);
         assert!(m.heard());
     }

@@ -14,6 +14,7 @@ pub mod invite;
 #[cfg(test)]
 mod layout;
 pub mod lines;
+pub mod log_output;
 pub mod metrics;
 pub mod process;
 pub mod provisioning;

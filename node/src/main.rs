@@ -5,7 +5,8 @@ mod cluster_status;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use tsunagu::{process, server};
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
+use tsunagu::{log_output, process, server};
 use tsunagu_config::{Config, LogFormat};
 
 /// mimalloc instead of glibc malloc: the call path allocates and frees many small
@@ -92,7 +93,10 @@ fn check_config(file: &str) -> ExitCode {
 
 /// Logs to stderr, filtered by `RUST_LOG` or `log.level` (a `target=level` list such as
 /// `info,tsunagu_sip=debug`; regex-based filters are not supported, to keep the build lean).
-fn init_tracing(config: &Config) {
+/// Logs go through the log writer thread (`log.queue_kib`, see `log_output`), or
+/// straight to stderr with `log.queue_kib = 0`; the writer, if any, is returned to be
+/// finished at exit.
+fn init_tracing(config: &Config) -> Option<log_output::Output> {
     use tracing_subscriber::filter::Targets;
     use tracing_subscriber::prelude::*;
     let spec = std::env::var("RUST_LOG")
@@ -103,7 +107,22 @@ fn init_tracing(config: &Config) {
         eprintln!("log filter `{spec}` is not valid ({e}); logging at info");
         Targets::new().with_default(tracing::Level::INFO)
     });
-    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let capacity = config.log.queue_kib as usize * 1024;
+    let queued = match capacity {
+        0 => None,
+        c => match log_output::start(c) {
+            Ok(q) => Some(q),
+            Err(e) => {
+                eprintln!("cannot start the log writer thread ({e}); logging directly");
+                None
+            }
+        },
+    };
+    let (writer, output) = match queued {
+        Some((w, o)) => (BoxMakeWriter::new(w), Some(o)),
+        None => (BoxMakeWriter::new(std::io::stderr), None),
+    };
+    let layer = tracing_subscriber::fmt::layer().with_writer(writer);
     match config.log.format {
         LogFormat::Json => tracing_subscriber::registry()
             .with(layer.json())
@@ -114,6 +133,7 @@ fn init_tracing(config: &Config) {
             .with(filter)
             .init(),
     }
+    output
 }
 
 fn serve(file: Option<PathBuf>) -> ExitCode {
@@ -137,7 +157,22 @@ fn serve(file: Option<PathBuf>) -> ExitCode {
     };
     let huge_pages =
         (!config.node.transparent_huge_pages).then(process::disable_transparent_huge_pages);
-    init_tracing(&config);
+    let log_output = init_tracing(&config);
+    let code = run_node(config, limit, needed, presized, huge_pages);
+    if let Some(o) = log_output {
+        o.finish(); // what is queued is written before the process exits
+    }
+    code
+}
+
+/// The node on its runtime, once logging is set up.
+fn run_node(
+    config: Config,
+    limit: std::io::Result<process::DescriptorLimit>,
+    needed: usize,
+    presized: std::io::Result<Option<usize>>,
+    huge_pages: Option<std::io::Result<()>>,
+) -> ExitCode {
     match limit {
         Ok(l) if l.now != l.was => {
             tracing::info!(from = l.was, to = l.now, "open descriptor limit raised")

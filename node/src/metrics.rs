@@ -287,6 +287,11 @@ impl Metrics {
         );
         r.register("calls_ended", "Calls ended, by result", c.ended.clone());
         r.register(
+            "log_lines_dropped",
+            "Log lines dropped because log.queue_kib of lines already waited for the log writer thread (stderr slower than the node logs)",
+            crate::log_output::dropped_counter(),
+        );
+        r.register(
             "calls_media_timeouts",
             "Answered calls the node ended (BYE to both, end_reason media_timeout) because neither party had sent RTP for media.timeout_seconds and none held the call",
             c.media_timeouts.clone(),

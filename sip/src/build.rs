@@ -378,16 +378,19 @@ pub fn bad_request_for(raw: &[u8], why: &str) -> Option<Vec<u8>> {
 /// raw lines when it still has a request line and a Via to route the response by
 /// (RFC 4475 3.1.2.18: a request missing Call-ID, CSeq, From or To still gets its 400,
 /// with whichever of them it has). None for responses, ACKs and text too broken to
-/// answer (no Via, not UTF-8): those are dropped. Header lines with control
-/// characters are not copied.
+/// answer (no Via, a request line that is not UTF-8): those are dropped. Header lines
+/// with control characters or bytes that are not UTF-8 are not copied.
 pub fn reject_unparsed(raw: &[u8], code: u16, why: &str) -> Option<Vec<u8>> {
     let head_len = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
         .unwrap_or(raw.len());
-    let head = std::str::from_utf8(&raw[..head_len]).ok()?;
+    // Bytes that are not UTF-8 become U+FFFD; a line holding one is not copied.
+    let head = String::from_utf8_lossy(&raw[..head_len]);
+    let whole = |l: &&str| !l.contains(char::REPLACEMENT_CHARACTER);
     let mut lines = head.split("\r\n");
-    let first = lines.next()?;
+    let first = lines.next().filter(whole)?;
+    let lines = lines.filter(whole);
     let version_ok = first.ends_with("SIP/2.0") || code == 505;
     if first.starts_with("SIP/") || !version_ok || first.starts_with("ACK ") {
         return None;
@@ -509,6 +512,22 @@ mod bad_request_tests {
             }
             assert!(!reply.contains(full[missing]), "{reply}");
         }
+        // A header that is not UTF-8 is left out; the rest still gets its 400.
+        let mut not_utf8 =
+            b"OPTIONS sip:1@h SIP/2.0\r\nVia: SIP/2.0/UDP a;branch=z9hG4bK1\r\nX-B: ".to_vec();
+        not_utf8.extend_from_slice(b"\xff\xfe\x80\r\nCall-ID: c\r\n\r\n");
+        let reply = String::from_utf8(bad_request_for(&not_utf8, "x").unwrap()).unwrap();
+        assert!(
+            reply.starts_with("SIP/2.0 400") && reply.contains("Call-ID: c\r\n"),
+            "{reply}"
+        );
+        let mut bad_line =
+            b"OPTIONS sip:1@h\xff SIP/2.0\r\nVia: SIP/2.0/UDP a;branch=z9hG4bK1\r\n\r\n".to_vec();
+        assert!(
+            bad_request_for(&bad_line, "x").is_none(),
+            "a request line not UTF-8"
+        );
+        bad_line.clear();
         let with_nul = "OPTIONS sip:1@h SIP/2.0\r\nVia: SIP/2.0/UDP a;branch=z9hG4bK1\r\nFrom: <sip:a\x00@h>\r\nCall-ID: c\r\n\r\n";
         let reply = String::from_utf8(bad_request_for(with_nul.as_bytes(), "x").unwrap()).unwrap();
         assert!(

@@ -141,10 +141,15 @@ fn check_body_length(msg: &mut SipMessage) -> Result<(), ParseError> {
     let Some(declared) = header(msg, "Content-Length") else {
         return Ok(());
     };
+    // Digits only (RFC 3261 20.14: 1*DIGIT): `str::parse` would also take `+5`, which
+    // the stream framer refuses.
+    let declared = declared.trim();
+    if declared.is_empty() || !declared.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ParseError::ContentLength("is not a number"));
+    }
     let declared: usize = declared
-        .trim()
         .parse()
-        .map_err(|_| ParseError::ContentLength("is not a number"))?;
+        .map_err(|_| ParseError::ContentLength("is too large"))?;
     let body = match msg {
         SipMessage::Request(r) => &mut r.body,
         SipMessage::Response(r) => &mut r.body,
@@ -634,6 +639,8 @@ Content-Length: 0\r\n\r\n";
                 400,
             ),
             ("negative Content-Length", with_body("-1", ""), 400),
+            ("a signed Content-Length", with_body("+3", "abc"), 400),
+            ("an empty Content-Length", with_body("", ""), 400),
             (
                 "bytes after the body are dropped",
                 with_body("3", "abcdef"),

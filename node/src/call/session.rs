@@ -10,11 +10,13 @@ use tsunagu_sip::parse::{has_option_tag, header};
 use tsunagu_sip::{Request, Response};
 
 /// The session-timer headers of a request, to pass on to the other leg.
+/// Only values that parse go on (a Session-Expires of 20 digits, a Min-SE past 32 bits
+/// would otherwise reach the other leg as they came).
 pub(super) fn headers_of(req: &Request) -> Headers {
     let mut out = Headers::new();
-    if let Some(se) = header(req, "Session-Expires") {
+    if let Some(se) = header(req, "Session-Expires").filter(|v| parse(v).is_some()) {
         out.push(("Session-Expires", se.to_string()));
-        if let Some(min) = header(req, "Min-SE") {
+        if let Some(min) = header(req, "Min-SE").filter(|v| v.trim().parse::<u32>().is_ok()) {
             out.push(("Min-SE", min.to_string()));
         }
     }
@@ -27,7 +29,7 @@ pub(super) fn headers_of(req: &Request) -> Headers {
 /// The session-timer headers of a 2xx to a refresh, to pass on with the answer.
 pub(super) fn answer_headers(resp: &Response) -> Vec<(&'static str, String)> {
     let mut out = Vec::new();
-    if let Some(se) = header(resp, "Session-Expires") {
+    if let Some(se) = header(resp, "Session-Expires").filter(|v| parse(v).is_some()) {
         out.push(("Session-Expires", se.to_string()));
     }
     if has_option_tag(resp, "Require", "timer") {
