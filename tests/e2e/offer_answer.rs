@@ -77,6 +77,11 @@ impl Callee {
 
     /// Answers `req` with `status`, its Contact and `body` as SDP (none if empty).
     fn respond(&self, req: &str, status: &str, body: &str) {
+        self.respond_as("calleetag", req, status, body);
+    }
+
+    /// [`Callee::respond`] with the To tag `to_tag` (a fork of a forking proxy).
+    fn respond_as(&self, to_tag: &str, req: &str, status: &str, body: &str) {
         let content = if body.is_empty() {
             "Content-Length: 0\n\n".to_string()
         } else {
@@ -88,7 +93,7 @@ impl Callee {
         self.send(&answer(
             req,
             status,
-            "calleetag",
+            to_tag,
             &format!(
                 "Contact: <sip:callee@127.0.0.1:{}>\n{content}",
                 self.uas_port
@@ -386,4 +391,48 @@ fn a_200_the_caller_never_acknowledges_is_logged_without_talk_time() {
     assert_eq!(call["end_reason"], "ack_timeout", "{call}");
     assert_eq!(call["talk_seconds"], 0, "{call}");
     assert_ne!(call["validity"], "valid", "{call}");
+}
+
+/// A forked INVITE answered twice (two To tags): the node keeps the first dialog and
+/// ACKs and hangs up the second on its own dialog (RFC 3261 13.2.2.4); the call goes on.
+#[test]
+fn a_second_fork_that_answers_is_acked_and_hung_up() {
+    let ports = Ports::take();
+    let node = Node::start(ports, "127.0.0.1/32", "");
+    node.provision("0501234567", DEST, "{}");
+    let callee = Callee::bind(ports);
+    let caller = Party::bind("127.0.0.1", ports.sip);
+    caller.send(&invite_with(&caller, "forked", CALLER_SDP));
+    let invite = callee.expect("INVITE ");
+    callee.respond(&invite, "200 OK", &sdp(4002));
+    let first_ack = callee.expect("ACK ");
+    assert!(first_ack.contains("tag=calleetag"), "{first_ack}");
+    callee.respond_as("forktag", &invite, "200 OK", &sdp(4008));
+    let fork_ack = callee.expect("ACK ");
+    assert!(
+        fork_ack.contains("tag=forktag"),
+        "the fork's own ACK: {fork_ack}"
+    );
+    let fork_bye = callee.expect("BYE ");
+    assert!(fork_bye.contains("tag=forktag"), "{fork_bye}");
+    callee.ok(&fork_bye);
+    let node_tag = caller.ack_answer("forked");
+    assert_eq!(
+        node.metric("tsunagu_active_calls"),
+        1.0,
+        "the kept call goes on"
+    );
+    caller.send(&caller.request(
+        "BYE",
+        "forked",
+        "callertag",
+        &node_tag,
+        2,
+        "Content-Length: 0\n\n",
+    ));
+    let bye_ok = caller.final_response();
+    assert!(bye_ok.starts_with("SIP/2.0 200"), "{bye_ok}");
+    let bye = callee.expect("BYE ");
+    assert!(bye.contains("tag=calleetag"), "{bye}");
+    callee.ok(&bye);
 }

@@ -452,6 +452,7 @@ fn reoffer_parts(
 }
 
 /// The forwarded leg of one attempt.
+#[derive(Clone)]
 pub struct BLeg {
     pub invite: RequestSpec,
     pub peer: Peer,
@@ -581,6 +582,27 @@ impl BLeg {
             .clone()
             .unwrap_or_else(|| self.invite.uri.clone());
         self.next = next_hop(&self.routes, &target, self.peer, allowed);
+    }
+
+    /// Whether a 2xx to our INVITE is of the dialog this leg keeps: any before one is
+    /// kept, then only those with the callee's To tag.
+    pub fn keeps(&self, resp: &Response) -> bool {
+        let kept = self.to.as_deref().and_then(tag_of);
+        kept.is_none() || header(resp, "To").and_then(tag_of) == kept
+    }
+
+    /// A 2xx from a fork of our INVITE this leg does not keep (another To tag, RFC 3261
+    /// 13.2.2.4): ACKed and hung up on its own dialog, the kept one untouched.
+    pub fn end_fork(
+        &self,
+        ep: &EndpointHandle,
+        resp: &Response,
+        allowed: &dyn Fn(std::net::IpAddr) -> bool,
+    ) {
+        let mut fork = self.clone();
+        fork.established(resp, allowed);
+        fork.ack(ep);
+        fork.bye(ep);
     }
 
     fn in_dialog(&self, ep: &EndpointHandle, method: Method, cseq: u32) -> (RequestSpec, Peer) {

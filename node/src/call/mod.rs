@@ -1366,6 +1366,14 @@ impl Call {
             }
             200..=299 => {
                 let Some(b) = self.b.as_mut() else { return };
+                if !b.keeps(&resp) {
+                    // A second callee of a forked INVITE answered too: not left
+                    // connected to nobody.
+                    tracing::info!("a fork of the forwarded INVITE answered too; hung up");
+                    let routing = &self.ctx.routing;
+                    b.end_fork(&ep, &resp, &|ip| routing.is_trunk_address(ip));
+                    return;
+                }
                 if self.phase == Phase::Answered {
                     b.ack(&ep); // retransmitted 2xx: our ACK was lost
                     return;
