@@ -91,6 +91,9 @@ pub struct CallMetrics {
     /// Answered calls the node ended because neither party sent RTP for
     /// `media.timeout_seconds`.
     pub media_timeouts: Counter,
+    /// Forwarding attempts given up at their ring time with nothing from the callee
+    /// (the leg then answers late responses by itself: `call::abandoned`).
+    pub attempts_abandoned: Counter,
     pub recordings: Family<StatusLabel, Counter>,
     pub trunk_calls: Family<TrunkDirectionLabel, Counter>,
     pub trunk_responses: Family<TrunkCodeLabel, Counter>,
@@ -165,6 +168,7 @@ impl Default for CallMetrics {
             shaped: Family::default(),
             recordings_started: Counter::default(),
             media_timeouts: Counter::default(),
+            attempts_abandoned: Counter::default(),
             recordings: Family::default(),
             trunk_calls: Family::default(),
             trunk_responses: Family::default(),
@@ -290,6 +294,11 @@ impl Metrics {
             "log_lines_dropped",
             "Log lines dropped because log.queue_kib of lines already waited for the log writer thread (stderr slower than the node logs)",
             crate::log_output::dropped_counter(),
+        );
+        r.register(
+            "forward_attempts_abandoned",
+            "Forwarding attempts given up at their destination's ring time with nothing (not even 100 Trying) from the callee: the call moves on at once, and the leg answers late responses by itself (CANCEL after a provisional, ACK and BYE after a 2xx)",
+            c.attempts_abandoned.clone(),
         );
         r.register(
             "calls_media_timeouts",

@@ -3,7 +3,8 @@
 //! answer is hung up rather than handed to the caller, a re-INVITE without an offer
 //! gets the other side's offer and its ACK the answer; in a dialog, methods the node
 //! does not take get 405 and requests out of CSeq order 500; a 200 the caller never
-//! acknowledges is logged without talk time. A raw caller and a raw callee on UDP
+//! acknowledges is logged without talk time; a callee silent at its ring time is left
+//! at once, its late answers answered. A raw caller and a raw callee on UDP
 //! sockets (the callee on the trunk's outbound port), so each message is seen.
 
 use crate::dialogs::{answer, header, tag, Party};
@@ -435,4 +436,62 @@ fn a_second_fork_that_answers_is_acked_and_hung_up() {
     let bye = callee.expect("BYE ");
     assert!(bye.contains("tag=calleetag"), "{bye}");
     callee.ok(&bye);
+}
+
+/// A callee that says nothing (not even 100 Trying) by its ring time: the caller hears
+/// 480 at the ring time, not at Timer B (32 s); the callee's late 180 gets a CANCEL
+/// (and its 487 an ACK), a late 200 an ACK and a BYE.
+#[test]
+fn a_silent_callee_is_left_at_its_ring_time_and_its_late_answers_are_answered() {
+    let ports = Ports::take();
+    let node = Node::start(ports, "127.0.0.1/32", "");
+    let dest = r#"[{"number": "0311112222", "ring_seconds": 1}]"#;
+    let (key, _) = node.provision("0501234567", dest, "{}");
+    let callee = Callee::bind(ports);
+    let caller = Party::bind("127.0.0.1", ports.sip);
+
+    let started = std::time::Instant::now();
+    let first = invite_with(&caller, "silent-1", CALLER_SDP);
+    caller.send(&first);
+    let invite = callee.expect("INVITE ");
+    let refused = caller.final_response();
+    assert!(refused.starts_with("SIP/2.0 480"), "{refused}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "refused after {:?}, not at the ring time",
+        started.elapsed()
+    );
+    caller.send(&ack_of_failure(&first));
+    callee.respond(&invite, "180 Ringing", "");
+    let cancel = callee.expect("CANCEL ");
+    callee.ok(&cancel);
+    callee.respond(&invite, "487 Request Terminated", "");
+    callee.expect("ACK ");
+    let calls = node.wait_for_calls(&key, 1);
+    assert_eq!(calls[0]["result"], "no_answer", "{}", calls[0]);
+    assert_eq!(node.metric("tsunagu_forward_attempts_abandoned_total"), 1.0);
+
+    let second = invite_with(&caller, "silent-2", CALLER_SDP);
+    caller.send(&second);
+    let first_leg = header(&invite, "Call-ID").unwrap().to_string();
+    let invite = loop {
+        // The first INVITE's retransmissions (sent while its callee was silent) may
+        // still wait in the socket.
+        let m = callee.expect("INVITE ");
+        if header(&m, "Call-ID") != Some(first_leg.as_str()) {
+            break m;
+        }
+    };
+    let refused = caller.final_response();
+    assert!(
+        refused.starts_with("SIP/2.0 480") && refused.contains("silent-2"),
+        "{refused}"
+    );
+    caller.send(&ack_of_failure(&second));
+    callee.respond(&invite, "200 OK", &sdp(4002));
+    callee.expect("ACK ");
+    let bye = callee.expect("BYE ");
+    assert!(bye.contains("tag=calleetag"), "{bye}");
+    callee.ok(&bye);
+    node.wait_for_calls(&key, 2);
 }

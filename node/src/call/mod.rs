@@ -6,6 +6,7 @@
 //! Decisions (what a failure means, who is calling) come from [`crate::decide`];
 //! this module only sequences them and talks to the SIP edge.
 
+mod abandoned;
 pub mod checkpoint;
 mod flow;
 mod legs;
@@ -794,10 +795,24 @@ impl Call {
 
     fn ring_timeout(&mut self) {
         tracing::debug!("ring timeout");
-        self.pending_failure = Some(Failure::RingTimeout);
         let ep = self.ctx.endpoint.clone();
-        if let Some(b) = self.b.as_mut() {
-            b.cancel(&ep);
+        match self.b.take() {
+            Some(mut b) if !b.provisional => {
+                // Nothing from the callee yet: no CANCEL may go (RFC 3261 9.1), and
+                // waiting for Timer B would hold the caller 32 s. The attempt fails
+                // now; the leg answers late responses by itself (`abandoned`).
+                tracing::info!("nothing from the callee by its ring time; moving on");
+                self.ctx.metrics.calls.attempts_abandoned.inc();
+                b.cancel(&ep); // held until a provisional comes
+                abandoned::Abandoned::hand_over(b, &self.ctx);
+                self.after_failure(Failure::RingTimeout);
+            }
+            Some(mut b) => {
+                self.pending_failure = Some(Failure::RingTimeout);
+                b.cancel(&ep);
+                self.b = Some(b);
+            }
+            None => {}
         }
     }
 

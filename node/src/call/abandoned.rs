@@ -1,0 +1,73 @@
+//! A forwarding attempt the call moved on from before its callee said anything: at
+//! the destination's ring time no provisional (not even 100 Trying) had come, and RFC
+//! 3261 9.1 forbids a CANCEL until one does. Waiting for Timer B (32 s) held the
+//! caller that long; instead the call tries its next destination (or gives up) at
+//! once, and the leg is handed to the SIP core under its Call-ID, where it answers
+//! for itself whatever becomes of the call: a late provisional gets its CANCEL, a
+//! late 2xx its ACK and a BYE (nobody is left connected to nobody), and a final
+//! response, the BYE's answer or a timeout ends it.
+
+use super::legs::BLeg;
+use crate::context::NodeContext;
+use std::sync::{Arc, Mutex};
+use tsunagu_sip::endpoint::CallSink;
+use tsunagu_sip::{EndpointHandle, Method, SipEvent, Undelivered};
+
+pub struct Abandoned {
+    leg: Mutex<BLeg>,
+    ep: EndpointHandle,
+    ctx: Arc<NodeContext>,
+}
+
+impl Abandoned {
+    /// Takes `leg` over from its call (its Call-ID now reaches this instead).
+    pub fn hand_over(leg: BLeg, ctx: &Arc<NodeContext>) {
+        let ep = ctx.endpoint.clone();
+        let call_id = leg.call_id().to_string();
+        let this = Abandoned {
+            leg: Mutex::new(leg),
+            ep: ep.clone(),
+            ctx: ctx.clone(),
+        };
+        ep.register(&call_id, Arc::new(this));
+    }
+
+    fn done(&self, leg: &BLeg) {
+        self.ep.unregister(leg.call_id());
+    }
+}
+
+impl CallSink for Abandoned {
+    fn deliver(&self, event: SipEvent) -> Result<(), Undelivered> {
+        let mut leg = self.leg.lock().unwrap_or_else(|p| p.into_inner());
+        match event {
+            SipEvent::Response { response, info } => {
+                let code = response.status_code.code();
+                match (info.cseq_method, code) {
+                    (Method::Invite, 100..=199) => {
+                        leg.provisional = true;
+                        leg.cancel(&self.ep); // sent now that it may be
+                    }
+                    (Method::Invite, 200..=299) => {
+                        let routing = &self.ctx.routing;
+                        leg.established(&response, &|ip| routing.is_trunk_address(ip));
+                        leg.ack(&self.ep);
+                        leg.bye(&self.ep);
+                    }
+                    // A failure (487 after our CANCEL), ACKed by the transaction.
+                    (Method::Invite, _) => self.done(&leg),
+                    (Method::Bye, 200..) => self.done(&leg),
+                    _ => {}
+                }
+                Ok(())
+            }
+            SipEvent::Timeout { .. } => {
+                self.done(&leg);
+                Ok(())
+            }
+            // A request of the callee's (a BYE after its 2xx): the core answers it.
+            other @ SipEvent::Request { .. } => Err(Undelivered::Gone(other)),
+            _ => Ok(()),
+        }
+    }
+}
