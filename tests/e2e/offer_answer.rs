@@ -140,6 +140,18 @@ fn ack_of_failure(invite: &str) -> String {
     format!("{head}Content-Length: 0\n\n")
 }
 
+/// The caller hangs up (BYE with `cseq`): answered 200, and the BYE passed to the
+/// callee, who answers it; that BYE.
+fn hang_up(caller: &Party, callee: &Callee, call_id: &str, node_tag: &str, cseq: u32) -> String {
+    let bye = "Content-Length: 0\n\n";
+    caller.send(&caller.request("BYE", call_id, "callertag", node_tag, cseq, bye));
+    let bye_ok = caller.final_response();
+    assert!(bye_ok.starts_with("SIP/2.0 200"), "{bye_ok}");
+    let bye = callee.expect("BYE ");
+    callee.ok(&bye);
+    bye
+}
+
 /// A request of the caller's dialog with a body (`kind` its type).
 fn with_body(
     caller: &Party,
@@ -241,18 +253,7 @@ fn a_callee_answer_without_sdp_is_hung_up_unless_an_18x_carried_it() {
         1,
         "Content-Length: 0\n\n",
     ));
-    caller.send(&caller.request(
-        "BYE",
-        "early-answer",
-        "callertag",
-        &node_tag,
-        2,
-        "Content-Length: 0\n\n",
-    ));
-    let bye_ok = caller.final_response();
-    assert!(bye_ok.starts_with("SIP/2.0 200"), "{bye_ok}");
-    let bye = callee.expect("BYE ");
-    callee.ok(&bye);
+    hang_up(&caller, &callee, "early-answer", &node_tag, 2);
     let calls = node.wait_for_calls(&key, 2);
     assert!(calls.iter().any(|c| c["result"] == "answered"), "{calls:?}");
 }
@@ -344,18 +345,7 @@ fn in_dialog_requests_the_node_cannot_honour_are_refused_and_late_offers_complet
     );
     assert!(!ack.contains("m=audio 4006 "), "pointed at the node: {ack}");
 
-    caller.send(&caller.request(
-        "BYE",
-        call_id,
-        "callertag",
-        &node_tag,
-        6,
-        "Content-Length: 0\n\n",
-    ));
-    let bye_ok = caller.final_response();
-    assert!(bye_ok.starts_with("SIP/2.0 200"), "{bye_ok}");
-    let bye = callee.expect("BYE ");
-    callee.ok(&bye);
+    hang_up(&caller, &callee, call_id, &node_tag, 6);
 }
 
 /// The caller never ACKs the 200: after 64*T1 (32 s, RFC 3261 13.3.1.4) both are hung up and the call is
@@ -423,19 +413,8 @@ fn a_second_fork_that_answers_is_acked_and_hung_up() {
         1.0,
         "the kept call goes on"
     );
-    caller.send(&caller.request(
-        "BYE",
-        "forked",
-        "callertag",
-        &node_tag,
-        2,
-        "Content-Length: 0\n\n",
-    ));
-    let bye_ok = caller.final_response();
-    assert!(bye_ok.starts_with("SIP/2.0 200"), "{bye_ok}");
-    let bye = callee.expect("BYE ");
+    let bye = hang_up(&caller, &callee, "forked", &node_tag, 2);
     assert!(bye.contains("tag=calleetag"), "{bye}");
-    callee.ok(&bye);
 }
 
 /// A callee that says nothing (not even 100 Trying) by its ring time: the caller hears
