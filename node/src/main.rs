@@ -122,7 +122,12 @@ fn init_tracing(config: &Config) -> Option<log_output::Output> {
         Some((w, o)) => (BoxMakeWriter::new(w), Some(o)),
         None => (BoxMakeWriter::new(std::io::stderr), None),
     };
-    let layer = tracing_subscriber::fmt::layer().with_writer(writer);
+    // Colours only for a terminal: a log file or a journal gets plain text (escape
+    // codes in files are noise for every reader and cost formatting).
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let layer = tracing_subscriber::fmt::layer()
+        .with_ansi(ansi)
+        .with_writer(writer);
     match config.log.format {
         LogFormat::Json => tracing_subscriber::registry()
             .with(layer.json())
