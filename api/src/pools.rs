@@ -557,13 +557,8 @@ async fn issue_number(
         }
     }
     let label = pool_label(st, &pool.id);
-    // The visitor's session: its session id, else its cookie id; none = a new visitor.
     // Only a request naming the session of a live lease extends it (dynamic mode).
-    let session = input
-        .params
-        .get("session_id")
-        .or_else(|| input.params.get("cookie_id"))
-        .cloned();
+    let session = visitor_session(&input.params);
     let now = now_ms();
     let p = pool.clone();
     let limits = &st.defences.issue;
@@ -611,6 +606,39 @@ async fn issue_number(
                     "every number of the pool is leased and the pool has no overflow_number",
                 )),
             }
+        }
+    }
+}
+
+/// The visitor's session: its session id, else its cookie id; none (a new visitor)
+/// when neither names one. An empty or blank id names none: otherwise every page
+/// sending `""` would share one session and one number.
+fn visitor_session(params: &BTreeMap<String, String>) -> Option<String> {
+    let named = |key: &str| params.get(key).filter(|v| !v.trim().is_empty());
+    named("session_id").or_else(|| named("cookie_id")).cloned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn visitor_sessions() {
+        let cases: &[(&[(&str, &str)], Option<&str>)] = &[
+            (&[("session_id", "s1")], Some("s1")),
+            (&[("cookie_id", "c1")], Some("c1")),
+            (&[("session_id", "s1"), ("cookie_id", "c1")], Some("s1")),
+            (&[("session_id", ""), ("cookie_id", "c1")], Some("c1")),
+            (&[("session_id", "")], None),
+            (&[("session_id", "  "), ("cookie_id", "")], None),
+            (&[("gclid", "G-1")], None),
+        ];
+        for (params, want) in cases {
+            let params: BTreeMap<String, String> = params
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            assert_eq!(visitor_session(&params).as_deref(), *want, "{params:?}");
         }
     }
 }

@@ -27,6 +27,20 @@ pub struct Registered {
     pub name: String,
     pub epoch: u64,
     pub cluster_addr: Option<SocketAddr>,
+    /// Its last sign of life in the store (wall-clock milliseconds).
+    pub last_seen_ms: i64,
+}
+
+/// How often a node records its sign of life in the store (the call-log writer's
+/// second): a member whose last one is older than the detector's window plus this is
+/// silent in the store too.
+pub const STORE_SIGN_EVERY: Duration = Duration::from_secs(1);
+
+/// Wall-clock milliseconds (the store's signs of life are dated so).
+fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// What the cluster needs from the node it runs in.
@@ -135,6 +149,8 @@ struct Shared {
     /// The configured seeds: dialled while no session is up, and their addresses are
     /// members' for the listener.
     seeds: Vec<SocketAddr>,
+    /// Registry reads while no peer was heard and the store showed some alive.
+    unheard_reads: std::sync::atomic::AtomicU64,
 }
 
 /// This node's membership of the cluster; cheap to clone.
@@ -165,6 +181,7 @@ impl Cluster {
             stale: AtomicBool::new(false),
             suspended: AtomicBool::new(false),
             seeds: settings.seeds.clone(),
+            unheard_reads: Default::default(),
         }));
         cluster.expect_registered(Instant::now()).await;
         tokio::spawn(cluster.clone().run(rx));
@@ -300,6 +317,7 @@ impl Cluster {
             .await
             .unwrap_or_default();
         self.know(&registered);
+        self.note_signs(&registered);
         {
             let mut m = self.membership();
             for r in registered {
@@ -387,6 +405,29 @@ impl Cluster {
         self.0.net.members().set_listed(listed);
     }
 
+    /// Tells the membership which registered members the store shows alive (see
+    /// [`Membership::store_signs`]); says so, every 30 s, while this node has heard
+    /// no peer although the store shows some alive (a wrong secret or certificate,
+    /// a network that does not reach them): it then takes no calls.
+    fn note_signs(&self, registered: &[Registered]) {
+        let mut m = self.membership();
+        let window = i64::try_from((m.timing().down_after + STORE_SIGN_EVERY).as_millis())
+            .unwrap_or(i64::MAX);
+        let now = wall_ms();
+        let me = m.name().to_string();
+        let alive: Vec<String> = registered
+            .iter()
+            .filter(|r| r.name != me && now.saturating_sub(r.last_seen_ms) <= window)
+            .map(|r| r.name.clone())
+            .collect();
+        let unheard = !m.heard_any() && !alive.is_empty();
+        m.store_signs(alive);
+        drop(m);
+        if unheard && self.0.unheard_reads.fetch_add(1, Ordering::Relaxed) % 30 == 5 {
+            tracing::error!("no cluster member answers although the store shows members alive: check cluster.secret, the cluster certificates and the network; this node takes no calls until it joins");
+        }
+    }
+
     /// Dials the seeds and every registered member without a session.
     async fn dial(&self) {
         let host = self.0.host.clone();
@@ -394,6 +435,7 @@ impl Cluster {
             .await
             .unwrap_or_default();
         self.know(&registered);
+        self.note_signs(&registered);
         let me = self.name();
         let connected: BTreeSet<String> = self.0.net.peers().into_iter().collect();
         let mut targets: Vec<SocketAddr> = registered

@@ -15,8 +15,15 @@
 //!   grant lines) only while a peer acknowledged one of its heartbeats within
 //!   [`Timing::lease`], which is shorter than `down_after`: by the time peers declare it
 //!   down, it has stopped acting on its own. A node with no peer up holds the lease.
+//! - A node that has not heard a single peer since it started (a wrong cluster secret
+//!   or certificate, a cut network) knows nothing of the others: it declares a silent
+//!   member down only when the store's sign of life of that member is old too
+//!   ([`Membership::store_signs`]). Otherwise such a node, alone in its view, would
+//!   hold the lease, declare every live member down and take their calls over. It
+//!   stays without the lease instead (its peers up and never acknowledging), so it
+//!   takes no calls until it joins.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 /// The detector's timing.
@@ -95,6 +102,10 @@ pub struct Membership {
     /// Heartbeats sent, by sequence number, with when (the last few).
     sent: Vec<(u64, Instant)>,
     next_seq: u64,
+    /// A peer's frame was taken since this incarnation started.
+    heard: bool,
+    /// Members whose sign of life in the store is recent, as last read.
+    alive_in_store: BTreeSet<String>,
 }
 
 impl Membership {
@@ -117,6 +128,8 @@ impl Membership {
             acked: Some(now),
             sent: Vec::new(),
             next_seq: 1,
+            heard: false,
+            alive_in_store: BTreeSet::new(),
         }
     }
 
@@ -137,6 +150,12 @@ impl Membership {
         if from == self.name {
             return Verdict::Stale; // another process under our name
         }
+        self.heard = true;
+        self.seen(from, epoch, now)
+    }
+
+    /// `from` in incarnation `epoch` is alive as of `now` (heard, or listed by the store).
+    fn seen(&mut self, from: &str, epoch: u64, now: Instant) -> Verdict {
         match self.members.get_mut(from) {
             None => {
                 self.members.insert(
@@ -190,7 +209,19 @@ impl Membership {
         if name == self.name || self.members.get(name).is_some_and(|m| m.epoch >= epoch) {
             return;
         }
-        self.on_heartbeat(name, epoch, now);
+        self.seen(name, epoch, now);
+    }
+
+    /// The members whose sign of life in the store is recent (the store's registry
+    /// as just read): until this node hears a peer, those are not declared down for
+    /// their silence (see the module doc).
+    pub fn store_signs(&mut self, alive: impl IntoIterator<Item = String>) {
+        self.alive_in_store = alive.into_iter().collect();
+    }
+
+    /// Whether a peer's frame was taken since this incarnation started.
+    pub fn heard_any(&self) -> bool {
+        self.heard
     }
 
     /// Another node (or the store) says `name` in incarnation `epoch` is down.
@@ -259,6 +290,9 @@ impl Membership {
             if frozen {
                 m.last_heard = m.last_heard.max(now);
                 continue;
+            }
+            if !self.heard && self.alive_in_store.contains(name) {
+                continue; // cut off from birth: the store says it lives
             }
             if now.saturating_duration_since(m.last_heard) > self.timing.down_after {
                 m.state = State::Down;
@@ -462,6 +496,54 @@ mod tests {
             "b and c are not blamed for our freeze"
         );
         assert_eq!(m.up().len(), 3);
+    }
+
+    /// A node that never heard a peer (a wrong secret, a cut network) declares down
+    /// only the members the store also shows silent; once it hears one, silence alone.
+    #[test]
+    fn a_node_cut_off_from_birth_trusts_the_stores_signs_of_life() {
+        let t0 = Instant::now();
+        let mut m = Membership::starting_at("rogue", 1, Timing::default(), t0);
+        m.expect("b", 3, t0);
+        m.expect("c", 2, t0);
+        m.store_signs(["b".to_string()]);
+        while m.poll_event().is_some() {}
+        for t in (250..=3_000).step_by(250) {
+            m.tick(ms(t0, t));
+        }
+        let down = |n: &str, e| Event::Down {
+            name: n.into(),
+            epoch: e,
+        };
+        assert_eq!(
+            m.poll_event(),
+            Some(down("c", 2)),
+            "c: silent in the store too"
+        );
+        assert_eq!(
+            m.poll_event(),
+            None,
+            "b lives by the store: not declared down"
+        );
+        assert!(
+            !m.lease_valid(ms(t0, 3_000)),
+            "without the lease: b never acknowledged"
+        );
+        // b's sign of life stops: declared down at the next tick.
+        m.store_signs([]);
+        m.tick(ms(t0, 3_250));
+        assert_eq!(m.poll_event(), Some(down("b", 3)));
+
+        // Having heard a peer, silence alone decides, whatever the store says.
+        let mut m = Membership::starting_at("a", 1, Timing::default(), t0);
+        m.on_heartbeat("b", 3, t0);
+        m.store_signs(["b".to_string()]);
+        while m.poll_event().is_some() {}
+        for t in (250..=1_750).step_by(250) {
+            m.tick(ms(t0, t));
+        }
+        assert_eq!(m.poll_event(), Some(down("b", 3)));
+        assert!(m.heard_any());
     }
 
     #[test]

@@ -20,7 +20,7 @@ use ractor_cluster::{NetworkStream, NodeServer, NodeServerMessage};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
@@ -94,6 +94,30 @@ impl Actor for Mailbox {
     ) -> Result<(), ActorProcessingErr> {
         let _ = self.tx.send(frame);
         Ok(())
+    }
+}
+
+/// At most one log line a second: [`Throttle::allow`] says whether this one may go,
+/// and how many were held back since the last that went.
+#[derive(Default)]
+pub struct Throttle {
+    state: Mutex<(Option<Instant>, u64)>,
+}
+
+impl Throttle {
+    pub fn allow(&self, now: Instant) -> Option<u64> {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        match s.0 {
+            Some(last) if now.saturating_duration_since(last) < Duration::from_secs(1) => {
+                s.1 = s.1.saturating_add(1);
+                None
+            }
+            _ => {
+                let held = std::mem::take(&mut s.1);
+                s.0 = Some(now);
+                Some(held)
+            }
+        }
     }
 }
 
@@ -278,6 +302,12 @@ pub struct Net {
     server: ActorRef<NodeServerMessage>,
     connector: TlsConnector,
     members: Members,
+    /// The address dials go out from: the listener's, so that a peer counts them in
+    /// the members' handshake budget (its registry lists that address), not as a
+    /// stranger's (an unbound dial leaves from whatever address the route picks,
+    /// e.g. 127.0.0.1 for a node listening on 127.0.0.2). None when listening on
+    /// every address.
+    source: Option<IpAddr>,
 }
 
 impl Net {
@@ -328,6 +358,7 @@ impl Net {
                 server,
                 connector: cfg.connector,
                 members,
+                source: Some(cfg.listen.ip()).filter(|ip| !ip.is_unspecified()),
             },
             rx,
         ))
@@ -337,7 +368,17 @@ impl Net {
     /// session and the secret's challenge run in ractor_cluster.
     pub async fn connect(&self, addr: SocketAddr) -> Result<(), NetError> {
         let err = |e: String| NetError::Connect(addr, e);
-        let tcp = tokio::time::timeout(HANDSHAKE, tokio::net::TcpStream::connect(addr))
+        let socket = match addr {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+        }
+        .map_err(|e| err(e.to_string()))?;
+        if let Some(ip) = self.source.filter(|ip| ip.is_ipv4() == addr.is_ipv4()) {
+            socket
+                .bind(SocketAddr::new(ip, 0))
+                .map_err(|e| err(format!("binding to {ip}: {e}")))?;
+        }
+        let tcp = tokio::time::timeout(HANDSHAKE, socket.connect(addr))
             .await
             .map_err(|_| err("timed out".into()))?
             .map_err(|e| err(e.to_string()))?;
@@ -404,6 +445,9 @@ async fn accept_loop(
     members: Members,
 ) {
     let counts = Arc::new(Counts::default());
+    // Refusals are logged at most once a second, with how many were not: a flood of
+    // connections must not fill the disk with a line each.
+    let refusals = Arc::new(Throttle::default());
     loop {
         let (tcp, peer_addr) = match listener.accept().await {
             Ok(x) => x,
@@ -416,12 +460,15 @@ async fn accept_loop(
         };
         let member = members.contains(peer_addr.ip());
         let Some(slot) = counts.take(peer_addr.ip(), member) else {
-            tracing::warn!(%peer_addr, member, "cluster listener: too many handshakes in progress from this source or in all");
+            if let Some(more) = refusals.allow(Instant::now()) {
+                tracing::warn!(%peer_addr, member, more, "cluster listener: too many handshakes in progress from this source or in all (`more`: refusals not logged since the last line)");
+            }
             continue;
         };
         let acceptor = acceptor.clone();
         let server = server.clone();
         let members = members.clone();
+        let refusals = refusals.clone();
         tokio::spawn(async move {
             let _ = tcp.set_nodelay(true);
             let Ok(local_addr) = tcp.local_addr() else {
@@ -435,11 +482,15 @@ async fn accept_loop(
                     s
                 }
                 Ok(Err(e)) => {
-                    tracing::warn!(%peer_addr, %e, "cluster connection refused: TLS");
+                    if let Some(more) = refusals.allow(Instant::now()) {
+                        tracing::warn!(%peer_addr, %e, more, "cluster connection refused: TLS");
+                    }
                     return;
                 }
                 Err(_) => {
-                    tracing::warn!(%peer_addr, "cluster connection refused: TLS handshake timed out");
+                    if let Some(more) = refusals.allow(Instant::now()) {
+                        tracing::warn!(%peer_addr, more, "cluster connection refused: TLS handshake timed out");
+                    }
                     return;
                 }
             };
@@ -457,6 +508,21 @@ async fn accept_loop(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_throttle_lets_one_line_a_second_and_counts_the_rest() {
+        let t = Throttle::default();
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        assert_eq!(t.allow(at(0)), Some(0));
+        assert_eq!(t.allow(at(10)), None);
+        assert_eq!(t.allow(at(999)), None);
+        assert_eq!(t.allow(at(1_000)), Some(2));
+        assert_eq!(t.allow(at(1_500)), None);
+        assert_eq!(t.allow(at(5_000)), Some(1));
+        assert_eq!(t.allow(at(5_001)), None);
+    }
+
     use super::*;
 
     fn ip(n: u32) -> IpAddr {

@@ -71,6 +71,7 @@ impl Host for NodeHost {
                     name: n.node_id,
                     epoch: n.epoch,
                     cluster_addr: n.cluster_addr.and_then(|a| a.parse().ok()),
+                    last_seen_ms: n.last_seen,
                 })
                 .collect(),
             Err(e) => {

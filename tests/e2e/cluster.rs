@@ -519,19 +519,35 @@ fn nodes_without_the_cluster_certificate_or_secret_cannot_join() {
             secret: "not-the-cluster-secret-at-all",
         },
     );
+    let epoch = c.view("n1")["epoch"].clone();
     // Wait as long as a good node needs to join several times over.
     std::thread::sleep(Duration::from_secs(4));
-    for n in ["n1", "n2", "n3"] {
-        let members = c.view(n)["members"].clone();
+    let members = c.view("n1")["members"].clone();
+    assert!(
+        members
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["state"] != "up"),
+        "n1 sees an outsider: {members}"
+    );
+    // The outsiders heard nobody: they hold no lease (take no calls) and declared
+    // nobody down, though the store lets them see n1 (an outsider that did would
+    // have n1 marked down in the store and its calls taken over).
+    for n in ["n2", "n3"] {
+        let view = c.view(n);
+        assert_eq!(view["lease_valid"], false, "{n}: {view}");
+        let members = view["members"].as_array().unwrap().clone();
         assert!(
-            members
-                .as_array()
-                .unwrap()
-                .iter()
-                .all(|m| m["state"] != "up"),
-            "{n} sees a member: {members}"
+            members.iter().all(|m| m["state"] != "down"),
+            "{n} declared a member down: {view}"
         );
     }
+    assert_eq!(
+        c.view("n1")["epoch"],
+        epoch,
+        "n1 was declared down and rejoined"
+    );
     // Meanwhile a node with both does join (the silent connection blocked nothing).
     let mut good = TestCluster {
         shared: c.shared,
