@@ -172,7 +172,9 @@ pub fn start(capacity: usize) -> std::io::Result<(QueueWriter, Output)> {
     let q = queue.clone();
     let thread = std::thread::Builder::new()
         .name("log-output".into())
-        .spawn(move || q.run(&mut std::io::stderr().lock(), LINGER))?;
+        // Locked for each write, not for the thread's life: `eprintln!` and the panic
+        // hook take the same lock.
+        .spawn(move || q.run(&mut std::io::stderr(), LINGER))?;
     Ok((
         QueueWriter(queue.clone()),
         Output {
