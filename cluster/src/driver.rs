@@ -27,21 +27,14 @@ pub struct Registered {
     pub name: String,
     pub epoch: u64,
     pub cluster_addr: Option<SocketAddr>,
-    /// Its last sign of life in the store (wall-clock milliseconds).
-    pub last_seen_ms: i64,
+    /// How long ago it last recorded its sign of life in the store.
+    pub sign_age: Duration,
 }
 
-/// How often a node records its sign of life in the store (the call-log writer's
-/// second): a member whose last one is older than the detector's window plus this is
-/// silent in the store too.
+/// How often a node records its sign of life in the store (the node's call-log
+/// writer uses this): a member whose last one is older than the detector's window
+/// plus this is silent in the store too.
 pub const STORE_SIGN_EVERY: Duration = Duration::from_secs(1);
-
-/// Wall-clock milliseconds (the store's signs of life are dated so).
-fn wall_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
 
 /// What the cluster needs from the node it runs in.
 pub trait Host: Send + Sync + 'static {
@@ -411,13 +404,11 @@ impl Cluster {
     /// a network that does not reach them): it then takes no calls.
     fn note_signs(&self, registered: &[Registered]) {
         let mut m = self.membership();
-        let window = i64::try_from((m.timing().down_after + STORE_SIGN_EVERY).as_millis())
-            .unwrap_or(i64::MAX);
-        let now = wall_ms();
+        let window = m.timing().down_after + STORE_SIGN_EVERY;
         let me = m.name().to_string();
         let alive: Vec<String> = registered
             .iter()
-            .filter(|r| r.name != me && now.saturating_sub(r.last_seen_ms) <= window)
+            .filter(|r| r.name != me && r.sign_age <= window)
             .map(|r| r.name.clone())
             .collect();
         let unheard = !m.heard_any() && !alive.is_empty();

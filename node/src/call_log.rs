@@ -68,8 +68,9 @@ pub const ACTIVE_DELAY: Duration = Duration::from_millis(500);
 pub const CHECKPOINT_DELAY: Duration = Duration::from_millis(50);
 /// How long writes may fail before the node stops taking new calls.
 pub const STALL: Duration = Duration::from_secs(2);
-/// Every second: the node's sign of life.
-const HEARTBEAT: Duration = Duration::from_secs(1);
+/// Every second: the node's sign of life (the cadence peers that cannot hear this
+/// node judge its sign of life by).
+const HEARTBEAT: Duration = tsunagu_cluster::STORE_SIGN_EVERY;
 /// How long the first record of a batch waits for more before the batch is written
 /// (unless the batch is full, a flush is asked for, or records in progress are due).
 /// Measured (`loadtest/cluster_ladder.py --per-node`, one node at 300 calls/s): the

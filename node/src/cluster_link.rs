@@ -71,7 +71,7 @@ impl Host for NodeHost {
                     name: n.node_id,
                     epoch: n.epoch,
                     cluster_addr: n.cluster_addr.and_then(|a| a.parse().ok()),
-                    last_seen_ms: n.last_seen,
+                    sign_age: sign_age(n.last_seen, crate::clock::now_ms()),
                 })
                 .collect(),
             Err(e) => {
@@ -187,6 +187,12 @@ impl Host for NodeHost {
             let _ = supervisor.cast(SupervisorMsg::HandedOff(gone));
         });
     }
+}
+
+/// How long ago a sign of life dated `last_seen` (store milliseconds) was recorded, as
+/// of `now_ms`; zero for one dated ahead of this node's clock.
+fn sign_age(last_seen: i64, now_ms: i64) -> Duration {
+    Duration::from_millis(u64::try_from(now_ms.saturating_sub(last_seen)).unwrap_or(0))
 }
 
 /// Splits the calls a peer says it took over into those this node may drop (the store
@@ -694,6 +700,17 @@ mod tests {
     /// in the store) beside one it claimed, one that ended and one of this node's
     /// previous incarnation: only the one the store still gives to this incarnation is
     /// kept.
+    #[test]
+    fn signs_of_life_age_by_this_nodes_clock() {
+        assert_eq!(sign_age(1_000, 3_500), Duration::from_millis(2_500));
+        assert_eq!(sign_age(1_000, 1_000), Duration::ZERO);
+        assert_eq!(sign_age(5_000, 1_000), Duration::ZERO, "ahead of our clock");
+        assert_eq!(
+            sign_age(i64::MIN, i64::MAX),
+            Duration::from_millis(i64::MAX as u64)
+        );
+    }
+
     #[test]
     fn only_calls_the_store_moved_are_dropped_on_a_peers_word() {
         let dir = tempfile::tempdir().unwrap();

@@ -3,14 +3,14 @@
 //! write, at most every [`LINGER`]. A runtime worker never waits on stderr — a log
 //! file on a disk busy with the store's `fsync`s, a full pipe, a stopped terminal —
 //! and a node logging a line per call makes one `write` per 20 ms instead of one per
-//! line. Measured with the side-by-side harness at 3,000–4,000 cps (one runtime
-//! worker, logs to a file): writing each line from the worker cost 6–15 % more CPU per
-//! call than not logging at all, and two of four steps at 4,000 cps had the worker
-//! stalled for 38 and 113 ms (README, "Log output").
+//! line. Measured with the side-by-side harness at 4,000 cps (one runtime worker,
+//! logs to a file): writing each line from the worker stalled it for 38–114 ms in
+//! three runs of four, queued no run for more than 16 ms; the CPU per call is about
+//! the same either way, formatting a line being its cost (README, "Log output").
 //!
 //! Bounded: past [`Queue::capacity`] bytes waiting, a line is dropped and counted
 //! (`tsunagu_log_lines_dropped_total`), never waited for. At exit the queue is
-//! written out ([`Output::finish`]); a node killed with SIGKILL loses at most the
+//! written out (when [`Output`] is dropped); a node killed with SIGKILL loses at most the
 //! last [`LINGER`] of lines, and a panic's message (written by the panic hook
 //! directly) may come before lines logged just ahead of it.
 
@@ -137,29 +137,19 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for QueueWriter {
 /// The process's queue, once [`start`]ed (for the metric).
 static QUEUE: OnceLock<Arc<Queue>> = OnceLock::new();
 
-/// The writer thread of the process's log output; [`Output::finish`] writes out what
-/// is queued and waits for it.
+/// The writer thread of the process's log output; dropped, it writes out what is
+/// queued and ends.
 pub struct Output {
     queue: Arc<Queue>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-impl Output {
-    pub fn finish(mut self) {
-        self.stop();
-    }
-
-    fn stop(&mut self) {
+impl Drop for Output {
+    fn drop(&mut self) {
         self.queue.close();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-    }
-}
-
-impl Drop for Output {
-    fn drop(&mut self) {
-        self.stop();
     }
 }
 

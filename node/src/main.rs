@@ -95,7 +95,7 @@ fn check_config(file: &str) -> ExitCode {
 /// `info,tsunagu_sip=debug`; regex-based filters are not supported, to keep the build lean).
 /// Logs go through the log writer thread (`log.queue_kib`, see `log_output`), or
 /// straight to stderr with `log.queue_kib = 0`; the writer, if any, is returned to be
-/// finished at exit.
+/// dropped at exit (which writes out what is queued).
 fn init_tracing(config: &Config) -> Option<log_output::Output> {
     use tracing_subscriber::filter::Targets;
     use tracing_subscriber::prelude::*;
@@ -164,9 +164,7 @@ fn serve(file: Option<PathBuf>) -> ExitCode {
         (!config.node.transparent_huge_pages).then(process::disable_transparent_huge_pages);
     let log_output = init_tracing(&config);
     let code = run_node(config, limit, needed, presized, huge_pages);
-    if let Some(o) = log_output {
-        o.finish(); // what is queued is written before the process exits
-    }
+    drop(log_output); // what is queued is written before the process exits
     code
 }
 

@@ -543,11 +543,11 @@ impl Transactions {
                 retransmission: false,
             });
             tx.ack = Some(ack);
+            // Timer D
             tx.timers.expire_at = Some(end_at(now + linger(&tx.peer, TIMEOUT), self.base));
-        // Timer D
         } else {
-            tx.timers.expire_at = Some(end_at(now + linger(&tx.peer, T4), self.base));
             // Timer K
+            tx.timers.expire_at = Some(end_at(now + linger(&tx.peer, T4), self.base));
         }
         let next = tx.timers.next();
         self.schedule(next, id);

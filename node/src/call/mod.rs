@@ -1403,12 +1403,8 @@ impl Call {
                 }
                 // The answer to the caller's offer: in the 200, or already in an 18x
                 // (the caller was sent it then; the 200 repeats it, RFC 6337 3.1).
-                let sdp = match self.callee_sdp(&resp) {
-                    Some(sdp) => Some(sdp),
-                    None if self.b_early_answer => self.a.last_sdp.clone(),
-                    None => None,
-                };
-                if sdp.is_none() {
+                let early = || self.b_early_answer.then(|| self.a.last_sdp.clone());
+                let Some(sdp) = self.callee_sdp(&resp).or_else(|| early().flatten()) else {
                     // Answered with no answer the node can anchor (none, or not SDP):
                     // passed on, the caller would have a call without media. The
                     // callee is hung up and the attempt failed.
@@ -1421,7 +1417,7 @@ impl Call {
                     }
                     self.stop_ring_timer();
                     return self.after_failure(Failure::UnusableAnswer);
-                }
+                };
                 self.attempt_ended(code, "answered");
                 self.stop_ring_timer();
                 if let Some(pt) = sdp_body(&resp, &resp.body).and_then(|b| sdp::g711(&b)) {
@@ -1434,7 +1430,7 @@ impl Call {
                 self.upstream_code = 200;
                 self.phase = Phase::Answered;
                 self.stop_ring_guard();
-                self.answer_with_session(&resp, sdp.as_deref());
+                self.answer_with_session(&resp, Some(&sdp));
                 self.a.answered();
                 // Recording first: the checkpoint carries it, so a node taking the
                 // call over records the next part.
