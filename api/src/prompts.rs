@@ -66,10 +66,11 @@ pub async fn put(
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let (name2, wav) = (name.clone(), body.clone());
-    tokio::task::spawn_blocking(move || parse_own(&name2, &wav))
+    let prompt = tokio::task::spawn_blocking(move || parse_own(&name2, &wav))
         .await
         .map_err(|_| ApiError::unavailable("the prompt could not be saved"))?
         .map_err(refused)?;
+    let seconds = prompt.seconds();
     let (op2, name2, wav) = (op.clone(), name.clone(), body.clone());
     let put = crate::db(&st, move |s| s.put_prompt(&op2, &name2, &wav, OWN_QUOTA)).await?;
     if let Some(e) = over_quota(put) {
@@ -77,13 +78,13 @@ pub async fn put(
     }
     let prompts = st.prompts.clone();
     let (op2, name2) = (op.clone(), name.clone());
-    let saved = tokio::task::spawn_blocking(move || prompts.save_own(&op2, &name2, &body))
+    let saved = tokio::task::spawn_blocking(move || prompts.save_own(&op2, &name2, prompt, &body))
         .await
         .map_err(|_| ApiError::unavailable("the prompt could not be saved"));
     // Stored: every node loads it from the store when told, this one included should
     // its own copy have failed.
     st.hooks.prompt_changed(&op, &name);
-    let seconds = saved?.map_err(refused)?;
+    saved?.map_err(refused)?;
     tracing::info!(operator = %op, prompt = %name, seconds, "prompt uploaded");
     Ok(Json(json!({"name": name, "own": true, "seconds": seconds})))
 }

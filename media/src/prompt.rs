@@ -167,12 +167,20 @@ impl Prompts {
             .insert(name.to_string(), Arc::new(prompt));
     }
 
-    /// Checks and saves an operator's own prompt (WAV bytes), replacing one of the
-    /// same name, and makes it playable at once. The cap on an operator's prompts
-    /// ([`MAX_OWN_PROMPTS`], [`MAX_OWN_BYTES`]) is the store's to check, before this.
-    pub fn save_own(&self, operator: &str, name: &str, wav: &[u8]) -> Result<f64, PromptError> {
-        let prompt = parse_own(name, wav)?;
-        let seconds = prompt.seconds();
+    /// Saves an operator's own prompt (`prompt`, read by [`parse_own`] from the `wav`
+    /// bytes written to disk), replacing one of the same name, and makes it playable at
+    /// once. The cap on an operator's prompts ([`MAX_OWN_PROMPTS`],
+    /// [`MAX_OWN_BYTES`]) is the store's to check, before this.
+    pub fn save_own(
+        &self,
+        operator: &str,
+        name: &str,
+        prompt: Prompt,
+        wav: &[u8],
+    ) -> Result<(), PromptError> {
+        if !valid_name(name) {
+            return Err(PromptError::Name); // it names a file
+        }
         let shown = format!("{name}.wav");
         let replaced = self
             .own
@@ -201,7 +209,7 @@ impl Prompts {
                 return Err(io(e));
             }
         }
-        Ok(seconds)
+        Ok(())
     }
 
     /// Deletes an operator's own prompt; false if it had none of that name.
@@ -410,13 +418,17 @@ mod tests {
         ));
         std::fs::remove_file(dir.path().join("bad.wav")).unwrap();
         let lib = Prompts::load(dir.path()).unwrap();
-        assert_eq!(lib.save_own("op1", "hello", &wav).unwrap(), 0.02);
+        let hello = parse_own("hello", &wav).unwrap();
+        assert_eq!(hello.seconds(), 0.02);
+        lib.save_own("op1", "hello", hello, &wav).unwrap();
+        assert!(matches!(parse_own("../x", &wav), Err(PromptError::Name)));
+        let any = parse_own("x", &wav).unwrap();
         assert!(matches!(
-            lib.save_own("op1", "../x", &wav),
+            lib.save_own("op1", "../x", any, &wav),
             Err(PromptError::Name)
         ));
         assert!(matches!(
-            lib.save_own("op1", "x", b"RIFF"),
+            parse_own("x", b"RIFF"),
             Err(PromptError::Wav { .. })
         ));
         let reloaded = Prompts::load(dir.path()).unwrap();
