@@ -98,3 +98,46 @@ impl Call {
         self.hang_up_both();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn invite(extra: &str) -> Request {
+        let text = format!(
+            "INVITE sip:0501234567@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK1\r\n\
+             From: <sip:a@127.0.0.1>;tag=1\r\nTo: <sip:0501234567@127.0.0.1>\r\nCall-ID: c1\r\n\
+             CSeq: 1 INVITE\r\n{extra}Content-Length: 0\r\n\r\n"
+        );
+        match tsunagu_sip::parse::parse(text.as_bytes()).unwrap().0 {
+            tsunagu_sip::SipMessage::Request(r) => r,
+            _ => unreachable!(),
+        }
+    }
+
+    /// Only session headers that parse go to the other leg.
+    #[test]
+    fn session_headers_passed_on() {
+        let se = ("Session-Expires", "1800;refresher=uac".to_string());
+        let min = ("Min-SE", "90".to_string());
+        let rows: &[(&str, Headers)] = &[
+            (
+                "Session-Expires: 1800;refresher=uac\r\nMin-SE: 90\r\n",
+                vec![se.clone(), min.clone()],
+            ),
+            (
+                "Session-Expires: 99999999999999999999\r\nMin-SE: 90\r\n",
+                vec![],
+            ),
+            (
+                "Session-Expires: 1800;refresher=uac\r\nMin-SE: 18446744073709551615\r\n",
+                vec![se.clone()],
+            ),
+            ("Min-SE: 90\r\n", vec![]),
+            ("Supported: timer\r\n", vec![("Supported", "timer".into())]),
+        ];
+        for (extra, want) in rows {
+            assert_eq!(&headers_of(&invite(extra)), want, "{extra:?}");
+        }
+    }
+}
