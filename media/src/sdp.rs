@@ -3,6 +3,13 @@
 //! knows where to send; the node's own answer when it answers a caller itself (a
 //! prompt, the IVR), and an offer narrowed to the codec that answer chose. Pure text
 //! in, text out.
+//!
+//! What one leg's body may tell the other is a short list (see [`rewrite`]): the
+//! node anchors plain RTP (`RTP/AVP`, `RTP/AVPF`) and hides each leg's topology, so
+//! ICE candidates (the far end's own addresses: they would let the other leg send
+//! around the relay), SRTP keys and DTLS fingerprints (media the node relays, records
+//! and listens to for DTMF must be plain RTP), SSRC names and free-text fields stay
+//! on the side they came from.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -15,8 +22,10 @@ pub struct Rewritten {
 }
 
 /// Replaces origin and connection addresses with `addr` and the first audio port with
-/// `port`. Other media streams are declined (port 0): only audio is anchored. RTCP
-/// attributes are removed because RTCP is not relayed.
+/// `port`. Other media streams are declined (port 0): only audio is anchored. Of the
+/// attributes, only those that describe the audio itself pass ([`passes`]); RTCP
+/// attributes among the rest, because RTCP is not relayed. None when the body has no
+/// audio stream with a valid port over plain RTP.
 pub fn rewrite(sdp: &str, addr: IpAddr, port: u16) -> Option<Rewritten> {
     let family = if addr.is_ipv4() { "IP4" } else { "IP6" };
     let mut out = String::with_capacity(sdp.len() + 32);
@@ -31,6 +40,9 @@ pub fn rewrite(sdp: &str, addr: IpAddr, port: u16) -> Option<Rewritten> {
             continue;
         }
         let mut rewritten = None;
+        if !passes(line, in_audio, seen_audio) {
+            continue;
+        }
         if let Some(rest) = line.strip_prefix("o=") {
             let mut f: Vec<&str> = rest.split(' ').collect();
             if f.len() == 6 {
@@ -57,6 +69,9 @@ pub fn rewrite(sdp: &str, addr: IpAddr, port: u16) -> Option<Rewritten> {
             if in_audio {
                 seen_audio = true;
                 audio_port = f.get(1).and_then(|p| media_port(p));
+                if !f.get(2).is_some_and(|proto| plain_rtp(proto)) {
+                    return None;
+                }
                 // A disabled stream (port 0, RFC 3264 section 6) stays disabled: the
                 // other leg must not be told audio was accepted.
                 let p = port.to_string();
@@ -68,8 +83,6 @@ pub fn rewrite(sdp: &str, addr: IpAddr, port: u16) -> Option<Rewritten> {
                 f[1] = "0";
                 rewritten = Some(format!("m={}", f.join(" ")));
             }
-        } else if line.starts_with("a=rtcp:") {
-            continue;
         }
         out.push_str(rewritten.as_deref().unwrap_or(line));
         out.push_str("\r\n");
@@ -85,17 +98,53 @@ pub fn rewrite(sdp: &str, addr: IpAddr, port: u16) -> Option<Rewritten> {
     Some(Rewritten { sdp: out, remote })
 }
 
-/// The port of an m= line's port field (`49170` or `49170/2`, RFC 4566 5.14): digits
-/// only, at most 65535; None for anything else (`+1`, `70000`, a 30-digit number).
-/// The port of the body's first audio stream (`m=audio`) when it names a valid one:
-/// what the node needs of an offer to anchor its media. None for a body without
-/// audio, with a port that is not 0-65535, or that is not SDP at all; `Some(0)` for a
-/// declined stream (RFC 3264 section 6).
-pub fn audio_port(sdp: &str) -> Option<u16> {
-    let rest = sdp.lines().find_map(|l| l.strip_prefix("m=audio "))?;
-    media_port(rest.split(' ').next()?)
+/// Whether one line of a body goes to the other leg. Lines: the version, origin,
+/// session name, timing, connection, bandwidth and media lines (the addresses and
+/// ports rewritten by the caller); not the free text or contact fields (`i=`, `u=`,
+/// `e=`, `p=`) nor an encryption key (`k=`). Attributes: the direction at session
+/// level; in the first audio stream its formats (`rtpmap`, `fmtp`), packet times and
+/// direction; nothing of a declined stream. Everything else (`candidate`, `ice-*`,
+/// `crypto`, `fingerprint`, `setup`, `rtcp`, `rtcp-mux`, `ssrc`, `mid`, `group`, ...)
+/// describes a transport the node does not offer or an address it hides.
+fn passes(line: &str, in_audio: bool, seen_audio: bool) -> bool {
+    const DIRECTION: [&str; 4] = ["sendrecv", "sendonly", "recvonly", "inactive"];
+    const AUDIO: [&str; 4] = ["rtpmap", "fmtp", "ptime", "maxptime"];
+    let Some(attribute) = line.strip_prefix("a=") else {
+        return matches!(
+            line.as_bytes().first(),
+            Some(b'v' | b'o' | b's' | b't' | b'c' | b'b' | b'm' | b'r' | b'z')
+        ) && line.as_bytes().get(1) == Some(&b'=');
+    };
+    let name = attribute.split(':').next().unwrap_or_default();
+    let direction = DIRECTION.contains(&name);
+    match (in_audio, seen_audio) {
+        (true, _) => direction || AUDIO.contains(&name),
+        (false, false) => direction,
+        (false, true) => false,
+    }
 }
 
+/// Whether an m= line's transport is plain RTP, the only one the node relays:
+/// `RTP/AVP` or `RTP/AVPF` (RFC 4585), any case.
+fn plain_rtp(proto: &str) -> bool {
+    proto.eq_ignore_ascii_case("RTP/AVP") || proto.eq_ignore_ascii_case("RTP/AVPF")
+}
+
+/// The port of the body's first audio stream (`m=audio`) when it names a valid one
+/// over plain RTP: what the node needs of an offer to anchor its media. None for a
+/// body without audio, with a port that is not 0-65535, with a transport other than
+/// `RTP/AVP`/`RTP/AVPF` (SRTP, DTLS: the node relays, records and detects DTMF in
+/// plain RTP only), or that is not SDP at all; `Some(0)` for a declined stream
+/// (RFC 3264 section 6).
+pub fn audio_port(sdp: &str) -> Option<u16> {
+    let rest = sdp.lines().find_map(|l| l.strip_prefix("m=audio "))?;
+    let mut fields = rest.trim_end().split(' ');
+    let port = media_port(fields.next()?)?;
+    plain_rtp(fields.next()?).then_some(port)
+}
+
+/// The port of an m= line's port field (`49170` or `49170/2`, RFC 4566 5.14): digits
+/// only, at most 65535; None for anything else (`+1`, `70000`, a 30-digit number).
 fn media_port(field: &str) -> Option<u16> {
     let digits = field.split('/').next()?;
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
@@ -416,6 +465,80 @@ mod tests {
         let a = answer(sdp, "127.0.0.1".parse().unwrap(), 20000, 1).unwrap();
         assert!(a.sdp.contains("m=audio 20000 RTP/AVP 8\r\n"), "{}", a.sdp);
         assert_eq!(a.dtmf, None);
+    }
+
+    /// What of one leg's body reaches the other: each row a line of the far end's
+    /// body and whether it passes (with addresses rewritten, as checked above).
+    #[test]
+    fn only_what_describes_the_audio_passes() {
+        let rows: &[(&str, &str, bool)] = &[
+            // (section, line, passes)
+            ("session", "i=Alice's office at 10.9.9.9", false),
+            ("session", "u=http://10.9.9.9/alice", false),
+            ("session", "e=alice@example.com", false),
+            ("session", "p=+1 617 555 6011", false),
+            ("session", "b=AS:64", true),
+            ("session", "a=group:BUNDLE 0", false),
+            ("session", "a=ice-ufrag:F7gI", false),
+            ("session", "a=fingerprint:sha-256 4A:AD", false),
+            ("session", "a=sendonly", true),
+            ("session", "a=tool:softphone 10.9.9.9", false),
+            ("audio", "a=rtpmap:0 PCMU/8000", true),
+            ("audio", "a=fmtp:101 0-15", true),
+            ("audio", "a=ptime:20", true),
+            ("audio", "a=maxptime:40", true),
+            ("audio", "a=recvonly", true),
+            ("audio", "a=candidate:1 1 UDP 2130706431 10.9.9.9 8998 typ host", false),
+            ("audio", "a=candidate:2 1 UDP 1694498815 203.0.113.7 45664 typ srflx", false),
+            ("audio", "a=remote-candidates:1 10.9.9.9 8998", false),
+            ("audio", "a=ice-pwd:asd88fgpdd777uzjYhagZg", false),
+            ("audio", "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR", false),
+            ("audio", "a=setup:actpass", false),
+            ("audio", "a=rtcp:6001 IN IP4 10.9.9.9", false),
+            ("audio", "a=rtcp-mux", false),
+            ("audio", "a=ssrc:1234 cname:alice@10.9.9.9", false),
+            ("audio", "a=mid:0", false),
+            ("audio", "k=clear:secret", false),
+            ("video", "a=rtpmap:96 H264/90000", false),
+            ("video", "a=sendrecv", false),
+        ];
+        for (section, line, passes) in rows {
+            let sdp = match *section {
+                "session" => format!("v=0\r\no=- 1 1 IN IP4 10.9.9.9\r\ns=-\r\n{line}\r\nc=IN IP4 10.9.9.9\r\nt=0 0\r\nm=audio 6000 RTP/AVP 0\r\n"),
+                "audio" => format!("v=0\r\nc=IN IP4 10.9.9.9\r\nm=audio 6000 RTP/AVP 0 101\r\n{line}\r\n"),
+                _ => format!("v=0\r\nc=IN IP4 10.9.9.9\r\nm=audio 6000 RTP/AVP 0\r\nm=video 7000 RTP/AVP 96\r\n{line}\r\n"),
+            };
+            let out = rewrite(&sdp, "192.0.2.5".parse().unwrap(), 20000).unwrap();
+            assert_eq!(
+                out.sdp.contains(line),
+                *passes,
+                "{section}: {line}\n{}",
+                out.sdp
+            );
+            assert!(!out.sdp.contains("10.9.9.9"), "{line}: {}", out.sdp);
+        }
+    }
+
+    /// The node relays plain RTP only: an SRTP or DTLS audio stream is no offer or
+    /// answer it can anchor (refused with 488 as an offer, hung up as an answer).
+    #[test]
+    fn only_plain_rtp_is_anchored() {
+        let rows = [
+            ("RTP/AVP", Some(6000)),
+            ("RTP/AVPF", Some(6000)),
+            ("rtp/avp", Some(6000)),
+            ("RTP/SAVP", None),
+            ("RTP/SAVPF", None),
+            ("UDP/TLS/RTP/SAVPF", None),
+            ("UDP", None),
+            ("", None),
+        ];
+        for (proto, port) in rows {
+            let sdp = format!("v=0\r\nc=IN IP4 10.1.1.1\r\nm=audio 6000 {proto} 0\r\n");
+            assert_eq!(audio_port(&sdp), port, "{proto}");
+            let rewritten = rewrite(&sdp, "192.0.2.5".parse().unwrap(), 20000);
+            assert_eq!(rewritten.is_some(), port.is_some(), "{proto}");
+        }
     }
 
     #[test]

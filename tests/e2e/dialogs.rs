@@ -8,6 +8,12 @@ use std::time::Duration;
 
 const DEST: &str = r#"[{"number": "0311112222", "ring_seconds": 20}]"#;
 
+/// `text` with every line ending CRLF, whether written with `\n` or `\r\n` (a body
+/// written with CRLF keeps its length, so its Content-Length stays true).
+pub(crate) fn crlf(text: &str) -> String {
+    text.replace("\r\n", "\n").replace('\n', "\r\n")
+}
+
 /// A raw SIP party on a UDP socket: sends requests, reads responses.
 pub(crate) struct Party {
     pub(crate) sock: UdpSocket,
@@ -31,7 +37,7 @@ impl Party {
 
     pub(crate) fn send(&self, text: &str) {
         self.sock
-            .send_to(text.replace('\n', "\r\n").as_bytes(), &self.node)
+            .send_to(crlf(text).as_bytes(), &self.node)
             .unwrap();
     }
 
@@ -266,7 +272,7 @@ fn a_caller_cannot_point_the_nodes_bye_at_a_third_party() {
     let node_sip = format!("127.0.0.1:{}", ports.sip);
     let callee_send = |text: &str| {
         callee
-            .send_to(text.replace('\n', "\r\n").as_bytes(), &node_sip)
+            .send_to(crlf(text).as_bytes(), &node_sip)
             .unwrap();
     };
 

@@ -67,7 +67,7 @@ impl Callee {
 
     fn send(&self, text: &str) {
         self.sock
-            .send_to(text.replace('\n', "\r\n").as_bytes(), &self.node)
+            .send_to(crate::dialogs::crlf(text).as_bytes(), &self.node)
             .unwrap();
     }
 
@@ -187,6 +187,9 @@ fn offers_the_node_cannot_anchor_are_refused_488_and_reach_nobody() {
         "v=0\r\nc=IN IP4 127.0.0.1\r\nm=video 4000 RTP/AVP 96\r\n",
         "v=0\r\nc=IN IP4 127.0.0.1\r\nm=audio 0 RTP/AVP 0\r\n",
         "garbage, not SDP",
+        // SRTP: the node relays, records and hears DTMF in plain RTP only.
+        "v=0\r\nc=IN IP4 127.0.0.1\r\nm=audio 4000 RTP/SAVP 0\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR\r\n",
+        "v=0\r\nc=IN IP4 127.0.0.1\r\nm=audio 4000 UDP/TLS/RTP/SAVPF 0\r\na=setup:actpass\r\n",
     ];
     for (i, body) in bodies.iter().enumerate() {
         caller.send(&invite_with(&caller, &format!("bad-offer-{i}"), body));
@@ -202,6 +205,68 @@ fn offers_the_node_cannot_anchor_are_refused_488_and_reach_nobody() {
         bodies.len() as f64
     );
     assert_eq!(node.metric("tsunagu_active_calls"), 0.0);
+}
+
+/// Topology hiding in the bodies (SPEC: no address of the other leg leaks): ICE
+/// candidates, SSRC names, keys and free text of one leg reach neither the other
+/// leg's INVITE nor its 200, so neither party can send around the relay or learn
+/// where the other is; the audio's formats and direction pass.
+#[test]
+fn candidates_keys_and_free_text_stay_with_their_leg() {
+    let ports = Ports::take();
+    let node = Node::start(ports, "127.0.0.1/32", "");
+    let (key, _) = node.provision("0501234567", DEST, "{}");
+    let callee = Callee::bind(ports);
+    let caller = Party::bind("127.0.0.1", ports.sip);
+    let noisy = |who: &str, port: u16| {
+        format!(
+            "v=0\r\no=- 7 7 IN IP4 127.0.0.1\r\ns=-\r\ni={who} at 10.9.9.9\r\ne={who}@example.com\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\na=ice-ufrag:{who}\r\nm=audio {port} RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\na=ptime:20\r\na=candidate:1 1 UDP 2130706431 10.9.9.9 {port} typ host\r\na=candidate:2 1 UDP 1694498815 203.0.113.7 45664 typ srflx\r\na=ssrc:99 cname:{who}@10.9.9.9\r\na=rtcp:{} IN IP4 10.9.9.9\r\na=rtcp-mux\r\n",
+            port + 1
+        )
+    };
+    let leaks = [
+        "candidate",
+        "ice-ufrag",
+        "ssrc",
+        "rtcp",
+        "10.9.9.9",
+        "203.0.113.7",
+        "example.com",
+    ];
+
+    caller.send(&invite_with(&caller, "noisy-sdp", &noisy("alice", 4000)));
+    let invite = callee.expect("INVITE ");
+    for leak in leaks {
+        assert!(
+            !invite.contains(leak),
+            "{leak} reached the callee: {invite}"
+        );
+    }
+    for kept in [
+        "a=rtpmap:101 telephone-event/8000",
+        "a=fmtp:101 0-15",
+        "a=ptime:20",
+    ] {
+        assert!(invite.contains(kept), "{kept} lost: {invite}");
+    }
+    callee.respond(&invite, "200 OK", &noisy("bob", 4002));
+    let ok = caller.final_response();
+    assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
+    for leak in leaks {
+        assert!(!ok.contains(leak), "{leak} reached the caller: {ok}");
+    }
+    let node_tag = tag(header(&ok, "To").unwrap());
+    caller.send(&caller.request(
+        "ACK",
+        "noisy-sdp",
+        "callertag",
+        &node_tag,
+        1,
+        "Content-Length: 0\n\n",
+    ));
+    hang_up(&caller, &callee, "noisy-sdp", &node_tag, 2);
+    let calls = node.wait_for_calls(&key, 1);
+    assert_eq!(calls[0]["result"], "answered", "{}", calls[0]);
 }
 
 /// A callee's 200 without SDP: hung up and the caller refused 502 (not answered
