@@ -271,9 +271,7 @@ fn a_caller_cannot_point_the_nodes_bye_at_a_third_party() {
     };
     let node_sip = format!("127.0.0.1:{}", ports.sip);
     let callee_send = |text: &str| {
-        callee
-            .send_to(crlf(text).as_bytes(), &node_sip)
-            .unwrap();
+        callee.send_to(crlf(text).as_bytes(), &node_sip).unwrap();
     };
 
     let caller = Party::bind("127.0.0.1", ports.sip);
