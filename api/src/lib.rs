@@ -68,6 +68,13 @@ pub trait NodeHooks: Send + Sync + 'static {
     fn cluster(&self) -> serde_json::Value {
         serde_json::json!({ "clustered": false, "members": [] })
     }
+    /// Retires member `name` for good (`DELETE /v1/cluster/members/{name}`): its
+    /// incarnation retired, or why not. Blocking (it writes to the store).
+    fn retire_member(&self, _name: &str) -> Result<u64, ApiError> {
+        Err(ApiError::not_found(
+            "this node is on its own: it has no cluster members",
+        ))
+    }
 }
 
 pub struct ApiState {
@@ -164,6 +171,10 @@ pub fn router(state: Arc<ApiState>) -> Router {
     router
         .route("/v1/openapi.json", get(openapi::document))
         .route("/v1/cluster", get(ops::cluster))
+        .route(
+            "/v1/cluster/members/{name}",
+            axum::routing::delete(ops::retire_member),
+        )
         .route(
             "/v1/operators",
             post(operators::create).get(operators::list),

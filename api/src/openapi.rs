@@ -34,6 +34,8 @@ mod tests {
             "/v1/webhooks",
             "/v1/webhooks/{id}",
             "/v1/tag.js",
+            "/v1/cluster",
+            "/v1/cluster/members/{name}",
             "/healthz",
             "/readyz",
             "/metrics",

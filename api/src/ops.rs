@@ -75,3 +75,22 @@ pub async fn cluster(
 ) -> axum::Json<serde_json::Value> {
     axum::Json(st.hooks.cluster())
 }
+
+/// Takes a member that is down out of the cluster for good (a node decommissioned):
+/// every member stops listing, counting and alerting on it within a second or so. A
+/// node of that name that starts again joins as a new incarnation. 404 for a name
+/// this node does not know, 409 for a member up (stop it first) or this node itself.
+pub async fn retire_member(
+    _: crate::auth::Admin,
+    State(st): State<Arc<ApiState>>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> Result<axum::Json<serde_json::Value>, crate::ApiError> {
+    let hooks = st.hooks.clone();
+    let member = name.clone();
+    let epoch = tokio::task::spawn_blocking(move || hooks.retire_member(&member))
+        .await
+        .map_err(|e| crate::ApiError::internal(format!("retirement failed: {e}")))??;
+    Ok(axum::Json(
+        serde_json::json!({ "retired": name, "epoch": epoch }),
+    ))
+}

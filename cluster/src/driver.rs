@@ -29,6 +29,19 @@ pub struct Registered {
     pub cluster_addr: Option<SocketAddr>,
     /// How long ago it last recorded its sign of life in the store.
     pub sign_age: Duration,
+    /// An operator retired this incarnation (`tsunagu cluster forget`).
+    pub retired: bool,
+}
+
+/// Why a member cannot be retired (see [`Cluster::retirable`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RetireRefusal {
+    #[error("no member of that name is known to this node")]
+    Unknown,
+    #[error("the member is up: stop it first (a running node cannot be retired)")]
+    Up,
+    #[error("a node cannot retire itself")]
+    Itself,
 }
 
 /// How often a node records its sign of life in the store (the node's call-log
@@ -38,7 +51,8 @@ pub const STORE_SIGN_EVERY: Duration = Duration::from_secs(1);
 
 /// What the cluster needs from the node it runs in.
 pub trait Host: Send + Sync + 'static {
-    /// Nodes registered in the store and not declared down (this one included or not).
+    /// Nodes registered in the store and not declared down (this one included or
+    /// not), and the retired ones (`retired` set).
     fn registered(&self) -> Vec<Registered>;
     /// `name` in incarnation `epoch` was declared down (by this node or another).
     /// `finaliser`: this node is the one of the survivors that cleans up after it (the
@@ -305,10 +319,7 @@ impl Cluster {
     /// heard from or silent for the detector's window, so a starting node never
     /// mistakes a partial view for the whole cluster (its line tables wait for them).
     async fn expect_registered(&self, now: Instant) {
-        let host = self.0.host.clone();
-        let registered = tokio::task::spawn_blocking(move || host.registered())
-            .await
-            .unwrap_or_default();
+        let registered = self.roster().await;
         self.know(&registered);
         self.note_signs(&registered);
         {
@@ -379,6 +390,56 @@ impl Cluster {
         }
     }
 
+    /// The nodes the store lists, read now: the retired ones are retired in this view
+    /// (see [`Cluster::retire`]) and left out of what is returned.
+    async fn roster(&self) -> Vec<Registered> {
+        let host = self.0.host.clone();
+        let (retired, registered): (Vec<Registered>, Vec<Registered>) =
+            tokio::task::spawn_blocking(move || host.registered())
+                .await
+                .unwrap_or_default()
+                .into_iter()
+                .partition(|r| r.retired);
+        for r in retired {
+            self.retire(&r.name, r.epoch);
+        }
+        registered
+    }
+
+    /// The incarnation of `name` an operator may retire: a member down in this view
+    /// (a running node must be stopped first; its peers then declare it down).
+    pub fn retirable(&self, name: &str) -> Result<u64, RetireRefusal> {
+        let m = self.membership();
+        if name == m.name() {
+            return Err(RetireRefusal::Itself);
+        }
+        let found = m
+            .members()
+            .find(|(n, _)| n.as_str() == name)
+            .map(|(_, x)| (x.epoch, x.state));
+        match found {
+            None => Err(RetireRefusal::Unknown),
+            Some((_, State::Up)) => Err(RetireRefusal::Up),
+            Some((epoch, _)) => Ok(epoch),
+        }
+    }
+
+    /// `name` in incarnation `epoch` was retired (recorded in the store, by this node
+    /// or another): it is no longer listed or counted here. Logged and counted once.
+    pub fn retire(&self, name: &str, epoch: u64) {
+        let retired = self.membership().retire(name, epoch, Instant::now());
+        if retired {
+            tracing::warn!(
+                member = name,
+                epoch,
+                "cluster member retired by an operator"
+            );
+            self.0.metrics.transition("retired");
+            self.after_events();
+            self.update_gauges();
+        }
+    }
+
     /// Tells the listener which addresses are members' (their handshakes have a
     /// budget strangers cannot take, see [`crate::net::Members`]): the seeds' and
     /// those of the nodes the store lists, as just read.
@@ -421,10 +482,7 @@ impl Cluster {
 
     /// Dials the seeds and every registered member without a session.
     async fn dial(&self) {
-        let host = self.0.host.clone();
-        let registered = tokio::task::spawn_blocking(move || host.registered())
-            .await
-            .unwrap_or_default();
+        let registered = self.roster().await;
         self.know(&registered);
         self.note_signs(&registered);
         let me = self.name();

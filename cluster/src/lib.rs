@@ -12,5 +12,7 @@ pub mod net;
 pub mod placement;
 pub mod protocol;
 
-pub use driver::{Cluster, Host, Lease, Registered, Settings, Status, STORE_SIGN_EVERY};
+pub use driver::{
+    Cluster, Host, Lease, Registered, RetireRefusal, Settings, Status, STORE_SIGN_EVERY,
+};
 pub use metrics::ClusterMetrics;

@@ -22,6 +22,10 @@
 //!   hold the lease, declare every live member down and take their calls over. It
 //!   stays without the lease instead (its peers up and never acknowledging), so it
 //!   takes no calls until it joins.
+//! - A member an operator took out of the cluster for good is *retired*
+//!   ([`Membership::retire`]): no longer listed, counted or alerted on, but
+//!   remembered, so its incarnation's heartbeats stay stale; a new incarnation of
+//!   that name is a member again.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -51,6 +55,8 @@ impl Default for Timing {
 pub enum State {
     Up,
     Down,
+    /// Down, and taken out of the cluster by an operator: not listed.
+    Retired,
 }
 
 impl State {
@@ -58,6 +64,7 @@ impl State {
         match self {
             State::Up => "up",
             State::Down => "down",
+            State::Retired => "retired",
         }
     }
 }
@@ -249,6 +256,51 @@ impl Membership {
         }
     }
 
+    /// `name` in incarnation `epoch` (or an older one) was retired by an operator:
+    /// unless a newer incarnation is known, it is no longer listed, and what that
+    /// incarnation sends stays stale. Only a member not up in this view is retired
+    /// (one up here is a newer start the store will list); true if it was.
+    pub fn retire(&mut self, name: &str, epoch: u64, now: Instant) -> bool {
+        if name == self.name {
+            return false;
+        }
+        match self.members.get_mut(name) {
+            Some(m) if m.state == State::Retired || m.epoch > epoch => false,
+            Some(m) if m.state == State::Up && m.epoch == epoch => false,
+            Some(m) => {
+                if m.state == State::Up {
+                    // An older incarnation we still thought up: it is down too.
+                    self.events.push(Event::Down {
+                        name: name.to_string(),
+                        epoch: m.epoch,
+                    });
+                }
+                *m = Member {
+                    epoch,
+                    state: State::Retired,
+                    since: now,
+                    last_heard: m.last_heard,
+                    rtt: None,
+                };
+                true
+            }
+            None => {
+                // Never seen here: remembered, so its heartbeats are stale.
+                self.members.insert(
+                    name.to_string(),
+                    Member {
+                        epoch,
+                        state: State::Retired,
+                        since: now,
+                        last_heard: now,
+                        rtt: None,
+                    },
+                );
+                false
+            }
+        }
+    }
+
     /// A heartbeat to send to every peer: its sequence number (remembered with `now`
     /// for the round trip and the lease).
     pub fn heartbeat(&mut self, now: Instant) -> u64 {
@@ -355,8 +407,11 @@ impl Membership {
             .map(|m| m.epoch)
     }
 
+    /// The members this node lists: every peer it knows but the retired ones.
     pub fn members(&self) -> impl Iterator<Item = (&String, &Member)> {
-        self.members.iter()
+        self.members
+            .iter()
+            .filter(|(_, m)| m.state != State::Retired)
     }
 
     /// Whether `from` in incarnation `epoch` may tell this node who is down (a down
@@ -447,6 +502,86 @@ mod tests {
             assert_eq!(seen, events, "at {at}");
         }
         assert_eq!(m.up(), vec![("a".into(), 1), ("b".into(), 2)]);
+    }
+
+    /// Retirement, row by row: (member, its epoch in this view and state before,
+    /// retired epoch) -> retired?, what the view lists after, and how a heartbeat
+    /// of the retired incarnation is taken.
+    #[test]
+    fn retired_members_are_unlisted_and_their_incarnation_stays_stale() {
+        type Row = (
+            Option<(u64, State)>,
+            u64,
+            bool,
+            Option<(u64, State)>,
+            Verdict,
+        );
+        let rows: &[Row] = &[
+            // Down here, retired in that incarnation: unlisted, stale.
+            (Some((3, State::Down)), 3, true, None, Verdict::Stale),
+            // Up here in the incarnation retired: not retired here (it is heard).
+            (
+                Some((3, State::Up)),
+                3,
+                false,
+                Some((3, State::Up)),
+                Verdict::Fresh,
+            ),
+            // Up here in an older one than retired: that one is down, the newer retired.
+            (Some((2, State::Up)), 3, true, None, Verdict::Stale),
+            // A newer incarnation than the one retired runs: left alone.
+            (
+                Some((4, State::Up)),
+                3,
+                false,
+                Some((4, State::Up)),
+                Verdict::Stale,
+            ),
+            (
+                Some((4, State::Down)),
+                3,
+                false,
+                Some((4, State::Down)),
+                Verdict::Stale,
+            ),
+            // Never seen here: remembered, never listed, stale.
+            (None, 3, false, None, Verdict::Stale),
+        ];
+        let t0 = Instant::now();
+        for (i, (before, retired, was, after, verdict)) in rows.iter().enumerate() {
+            let mut m = Membership::new("a", 1, Timing::default());
+            if let Some((epoch, state)) = before {
+                m.on_heartbeat("c", *epoch, t0);
+                if *state == State::Down {
+                    m.on_down_notice("c", *epoch, t0);
+                }
+            }
+            while m.poll_event().is_some() {}
+            assert_eq!(m.retire("c", *retired, ms(t0, 10)), *was, "row {i}");
+            let listed: Vec<(u64, State)> = m.members().map(|(_, x)| (x.epoch, x.state)).collect();
+            assert_eq!(listed, after.iter().copied().collect::<Vec<_>>(), "row {i}");
+            assert_eq!(
+                m.on_heartbeat("c", *retired, ms(t0, 20)),
+                *verdict,
+                "row {i}"
+            );
+        }
+        // A new incarnation of a retired node is a member again.
+        let mut m = Membership::new("a", 1, Timing::default());
+        m.on_heartbeat("c", 3, t0);
+        m.on_down_notice("c", 3, t0);
+        m.retire("c", 3, t0);
+        while m.poll_event().is_some() {}
+        assert_eq!(m.on_heartbeat("c", 4, ms(t0, 5)), Verdict::Fresh);
+        assert_eq!(
+            m.poll_event(),
+            Some(Event::Up {
+                name: "c".into(),
+                epoch: 4
+            })
+        );
+        assert_eq!(m.members().count(), 1);
+        assert!(!m.retire("a", 1, t0), "never itself");
     }
 
     #[test]

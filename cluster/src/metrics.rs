@@ -63,7 +63,7 @@ impl ClusterMetrics {
     /// Series exported from the start (zero until something happens).
     pub fn touch(&self) {
         self.members(1, 0);
-        for to in ["up", "down"] {
+        for to in ["up", "down", "retired"] {
             let _ = self.transitions.get_or_create(&ToLabel { to });
         }
     }
@@ -71,7 +71,7 @@ impl ClusterMetrics {
     pub fn register(&self, r: &mut Registry) {
         r.register(
             "cluster_members",
-            "Cluster members as this node sees them, by state (up includes this node; down: declared down and not back as a new incarnation)",
+            "Cluster members as this node sees them, by state (up includes this node; down: declared down and not back as a new incarnation; a member an operator retired with `tsunagu cluster forget` is in neither)",
             self.members.clone(),
         );
         r.register(
@@ -81,7 +81,7 @@ impl ClusterMetrics {
         );
         r.register(
             "cluster_member_transitions",
-            "Members this node saw come up or be declared down",
+            "Members this node saw come up, be declared down, or be retired by an operator (to=\"retired\")",
             self.transitions.clone(),
         );
         r.register(

@@ -66,12 +66,13 @@ impl Host for NodeHost {
         match self.store().nodes() {
             Ok(nodes) => nodes
                 .into_iter()
-                .filter(|n| !n.down)
+                .filter(|n| !n.down || n.retired)
                 .map(|n| Registered {
                     name: n.node_id,
                     epoch: n.epoch,
                     cluster_addr: n.cluster_addr.and_then(|a| a.parse().ok()),
                     sign_age: sign_age(n.last_seen, crate::clock::now_ms()),
+                    retired: n.retired,
                 })
                 .collect(),
             Err(e) => {

@@ -1,7 +1,8 @@
-//! `tsunagu`: run a node (`serve`), validate a configuration (`check-config`), or ask a
-//! running node how it sees its cluster (`cluster status`).
+//! `tsunagu`: run a node (`serve`), validate a configuration (`check-config`), ask a
+//! running node how it sees its cluster (`cluster status`), or have it retire a member
+//! for good (`cluster forget`).
 
-mod cluster_status;
+mod cluster_cli;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -20,6 +21,9 @@ const USAGE: &str = "usage:
   tsunagu cluster status [--config FILE]
                                     the cluster as the node of FILE sees it (GET /v1/cluster);
                                     exit 0 all members up, 1 a member down, 2 node not reachable
+  tsunagu cluster forget NAME [--config FILE]
+                                    retire member NAME (down, decommissioned) for good, on every
+                                    member; exit 0 retired, 1 refused (up, unknown), 2 not reachable
   tsunagu --version";
 
 /// Files the node creates (the store and its WAL, recordings, uploaded prompts, the
@@ -46,9 +50,14 @@ fn main() -> ExitCode {
         ["serve"] => serve(None),
         ["serve", "--config", file] | ["serve", "-c", file] => serve(Some(PathBuf::from(file))),
         ["check-config", file] => check_config(file),
-        ["cluster", "status"] => cluster_status::run(None),
+        ["cluster", "status"] => cluster_cli::status(None),
         ["cluster", "status", "--config", file] | ["cluster", "status", "-c", file] => {
-            cluster_status::run(Some(PathBuf::from(file)))
+            cluster_cli::status(Some(PathBuf::from(file)))
+        }
+        ["cluster", "forget", name] => cluster_cli::forget(None, name),
+        ["cluster", "forget", name, "--config" | "-c", file]
+        | ["cluster", "forget", "--config" | "-c", file, name] => {
+            cluster_cli::forget(Some(PathBuf::from(file)), name)
         }
         ["--version"] | ["version"] => {
             println!("tsunagu {}", env!("CARGO_PKG_VERSION"));

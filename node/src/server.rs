@@ -326,6 +326,31 @@ impl NodeHooks for Hooks {
             }),
         }
     }
+    fn retire_member(&self, name: &str) -> Result<u64, tsunagu_api::ApiError> {
+        use tsunagu_api::ApiError;
+        use tsunagu_cluster::RetireRefusal;
+        let Some(cluster) = self.ctx.cluster.get() else {
+            return Err(ApiError::not_found(
+                "this node is on its own: it has no cluster members",
+            ));
+        };
+        let epoch = cluster.retirable(name).map_err(|why| match why {
+            RetireRefusal::Unknown => ApiError::not_found(format!("no member {name:?}: {why}")),
+            RetireRefusal::Up | RetireRefusal::Itself => ApiError::conflict(why.to_string()),
+        })?;
+        match self.ctx.store.retire_node(name, epoch) {
+            Ok(true) => {
+                cluster.retire(name, epoch);
+                Ok(epoch)
+            }
+            Ok(false) => Err(ApiError::conflict(format!(
+                "{name} started again since (a newer incarnation than {epoch}): nothing retired"
+            ))),
+            Err(e) => Err(ApiError::unavailable(format!(
+                "the store cannot record the retirement: {e}"
+            ))),
+        }
+    }
 }
 
 /// Runs a node until `shutdown` resolves, then drains and returns.

@@ -522,6 +522,33 @@ fn node_incarnations(s: &dyn Store) {
         s.node_alive("n-epoch", 3, 7_000).unwrap(),
         "a new incarnation is up"
     );
+    assert!(!row_of(s, "n-epoch").retired);
+
+    // Retired by an operator: only the incarnation named (an older one is no longer
+    // the node), fenced like one declared down; a new start is not retired.
+    assert!(
+        !s.retire_node("n-epoch", 2).unwrap(),
+        "an older incarnation"
+    );
+    assert!(!s.retire_node("n-nobody", 1).unwrap(), "no such node");
+    assert!(s.retire_node("n-epoch", 3).unwrap());
+    let row = row_of(s, "n-epoch");
+    assert_eq!((row.epoch, row.down, row.retired), (3, true, true));
+    assert!(
+        !s.node_alive("n-epoch", 3, 8_000).unwrap(),
+        "a retired incarnation that still runs must rejoin"
+    );
+    assert_eq!(s.register_node(&info, 9_000).unwrap(), (4, Some(7_000)));
+    let row = row_of(s, "n-epoch");
+    assert_eq!((row.epoch, row.down, row.retired), (4, false, false));
+}
+
+fn row_of(s: &dyn Store, node: &str) -> NodeRow {
+    s.nodes()
+        .unwrap()
+        .into_iter()
+        .find(|n| n.node_id == node)
+        .unwrap()
 }
 
 fn the_change_feed_is_ordered_and_resumable(s: &dyn Store) {

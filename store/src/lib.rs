@@ -203,6 +203,12 @@ pub trait Store: Send + Sync + 'static {
     /// (compare-and-set: the first of several survivors wins), false if it already was
     /// or a newer incarnation runs.
     fn mark_node_down(&self, node: &str, epoch: u64) -> Result<bool>;
+    /// An operator takes `node` out of the cluster for good (`tsunagu cluster forget`):
+    /// its incarnation `epoch` is marked retired, and down (fenced: if it still runs,
+    /// its next sign of life fails and it must rejoin). Members stop listing it; a
+    /// node of that name that starts again is a new incarnation, not retired. True if
+    /// this call retired it; false if a newer incarnation runs or none is known.
+    fn retire_node(&self, node: &str, epoch: u64) -> Result<bool>;
     /// Every node ever registered, by name.
     fn nodes(&self) -> Result<Vec<NodeRow>>;
 

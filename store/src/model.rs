@@ -709,6 +709,8 @@ pub struct NodeRow {
     pub api_addr: Option<String>,
     /// This incarnation was declared down by the cluster.
     pub down: bool,
+    /// This incarnation was retired by an operator (see `Store::retire_node`).
+    pub retired: bool,
 }
 
 /// One provisioning change (see `Store::record_change`).

@@ -142,12 +142,14 @@ pub const ACT_OF_OPERATOR: &str =
 pub const NODE_GET: &str = "SELECT epoch, last_seen FROM nodes WHERE node_id = ?";
 pub const NODE_STANDING: &str = "SELECT epoch, down FROM nodes WHERE node_id = ?";
 pub const NODE_FIRST: &str = "INSERT INTO nodes (node_id, epoch, started_at, last_seen, cluster_addr, api_addr, down) VALUES (?, 1, ?, ?, ?, ?, false) IF NOT EXISTS";
-pub const NODE_NEXT: &str = "UPDATE nodes SET epoch = ?, started_at = ?, last_seen = ?, cluster_addr = ?, api_addr = ?, down = false WHERE node_id = ? IF epoch = ?";
+pub const NODE_NEXT: &str = "UPDATE nodes SET epoch = ?, started_at = ?, last_seen = ?, cluster_addr = ?, api_addr = ?, down = false, retired = false WHERE node_id = ? IF epoch = ?";
 pub const NODE_ALIVE: &str = "UPDATE nodes SET last_seen = ? WHERE node_id = ? IF epoch = ? AND down = false AND last_seen < ?";
 pub const NODE_DOWN: &str =
     "UPDATE nodes SET down = true WHERE node_id = ? IF epoch = ? AND down = false";
+pub const NODE_RETIRE: &str =
+    "UPDATE nodes SET retired = true, down = true WHERE node_id = ? IF epoch = ?";
 pub const NODES_ALL: &str =
-    "SELECT node_id, epoch, started_at, last_seen, cluster_addr, api_addr, down FROM nodes";
+    "SELECT node_id, epoch, started_at, last_seen, cluster_addr, api_addr, down, retired FROM nodes";
 
 // The change feed (partition: bucket).
 pub const CH_HEAD: &str = "SELECT head FROM changes WHERE bucket = ? LIMIT 1";
@@ -289,6 +291,7 @@ pub const ALL: &[(&str, Kind)] = &[
     (NODE_NEXT, Kind::CompareAndSet),
     (NODE_ALIVE, Kind::CompareAndSet),
     (NODE_DOWN, Kind::CompareAndSet),
+    (NODE_RETIRE, Kind::CompareAndSet),
     (NODES_ALL, Kind::Scan),
     (CH_HEAD, Kind::Read),
     (CH_ADD_FIRST, Kind::CompareAndSet),

@@ -33,6 +33,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "004_prompt_quota.cql",
         include_str!("../../cql/004_prompt_quota.cql"),
     ),
+    (
+        5,
+        "005_node_retirement.cql",
+        include_str!("../../cql/005_node_retirement.cql"),
+    ),
 ];
 
 /// The table that records which migrations were applied (created before any).

@@ -485,6 +485,7 @@ type NodeFullRow = (
     Option<String>,
     Option<String>,
     Option<bool>,
+    Option<bool>,
 );
 
 fn advertiser_from((operator_id, id, name, created_at, lines): AdvertiserRow) -> Advertiser {
@@ -1173,19 +1174,28 @@ impl Store for ScyllaStore {
             .applied)
     }
 
+    fn retire_node(&self, node: &str, epoch: u64) -> Result<bool> {
+        Ok(self
+            .wait(self.inner.cas(q::NODE_RETIRE, (node, epoch_column(epoch))))?
+            .applied)
+    }
+
     fn nodes(&self) -> Result<Vec<NodeRow>> {
         let mut nodes: Vec<NodeRow> = self
             .wait(self.inner.rows::<NodeFullRow>(q::NODES_ALL, ()))?
             .into_iter()
             .map(
-                |(node_id, epoch, started_at, last_seen, cluster_addr, api_addr, down)| NodeRow {
-                    node_id,
-                    epoch: epoch_of(epoch.unwrap_or(0)),
-                    started_at: started_at.unwrap_or(0),
-                    last_seen: last_seen.unwrap_or(0),
-                    cluster_addr,
-                    api_addr,
-                    down: down.unwrap_or(false),
+                |(node_id, epoch, started_at, last_seen, cluster_addr, api_addr, down, retired)| {
+                    NodeRow {
+                        node_id,
+                        epoch: epoch_of(epoch.unwrap_or(0)),
+                        started_at: started_at.unwrap_or(0),
+                        last_seen: last_seen.unwrap_or(0),
+                        cluster_addr,
+                        api_addr,
+                        down: down.unwrap_or(false),
+                        retired: retired.unwrap_or(false),
+                    }
                 },
             )
             .collect();

@@ -991,11 +991,22 @@ impl Store for SqliteStore {
         .map_err(unavailable)
     }
 
+    fn retire_node(&self, node: &str, epoch: u64) -> Result<bool> {
+        self.write(|c| {
+            c.prepare_cached(
+                "UPDATE nodes SET retired = 1, down = 1 WHERE node_id = ?1 AND epoch = ?2",
+            )?
+            .execute(params![node, epoch as i64])
+            .map(|n| n == 1)
+        })
+        .map_err(unavailable)
+    }
+
     fn nodes(&self) -> Result<Vec<NodeRow>> {
         self.read(|c| {
             let mut st = c
                 .prepare_cached(
-                    "SELECT node_id, epoch, started_at, last_seen, cluster_addr, api_addr, down \
+                    "SELECT node_id, epoch, started_at, last_seen, cluster_addr, api_addr, down, retired \
                      FROM nodes ORDER BY node_id",
                 )
                 .map_err(unavailable)?;
@@ -1009,6 +1020,7 @@ impl Store for SqliteStore {
                         cluster_addr: r.get(4)?,
                         api_addr: r.get(5)?,
                         down: r.get::<_, i64>(6)? != 0,
+                        retired: r.get::<_, i64>(7)? != 0,
                     })
                 })
                 .map_err(unavailable)?

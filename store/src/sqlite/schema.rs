@@ -210,6 +210,12 @@ CREATE INDEX leases_by_pool_client ON leases(pool_id, client, expires_at);
 -- a few rows per issue: found through this index, never by a scan.
 CREATE INDEX leases_by_expiry ON leases(expires_at);
 "#,
+    r#"
+-- A node an operator took out of the cluster for good (tsunagu cluster forget): its
+-- incarnation is retired, and no member lists it any more. Starting it again replaces
+-- the row (a new incarnation, not retired).
+ALTER TABLE nodes ADD COLUMN retired INTEGER NOT NULL DEFAULT 0;
+"#,
 ];
 
 /// Applies pending migrations. Each runs in an IMMEDIATE transaction that reads the

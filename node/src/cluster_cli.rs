@@ -1,7 +1,13 @@
-//! `tsunagu cluster status`: asks a running node for its view of the cluster
-//! (`GET /v1/cluster` on `api.listen`, with the admin token) and prints it as a table.
-//! Exit status: 0 when every member is up, 1 when a member is down, 2 when the node
-//! cannot be asked (bad configuration, no token, node unreachable, odd answer).
+//! The `tsunagu cluster` commands, run on a node's machine with its configuration:
+//!
+//! - `status` asks the node for its view of the cluster (`GET /v1/cluster` on
+//!   `api.listen`, with the admin token) and prints it as a table. Exit status: 0 when
+//!   every member is up, 1 when a member is down, 2 when the node cannot be asked (bad
+//!   configuration, no token, node unreachable, odd answer).
+//! - `forget NAME` has the node retire member NAME for good (`DELETE
+//!   /v1/cluster/members/NAME`): a decommissioned node, down, that every member then
+//!   stops listing and alerting on. Exit status: 0 retired, 1 refused (the node's
+//!   reason: the member is up, or unknown), 2 as above.
 //!
 //! A plain blocking HTTP/1.1 request over `std::net::TcpStream` is enough here (one
 //! request, `Connection: close`); the answer is still treated as untrusted: bounded in
@@ -62,9 +68,18 @@ impl Health {
     }
 }
 
-/// Runs the subcommand: `file` is the node's configuration (none: built-in defaults).
-pub fn run(file: Option<PathBuf>) -> ExitCode {
-    match status(file) {
+/// `cluster status`: `file` is the node's configuration (none: built-in defaults).
+pub fn status(file: Option<PathBuf>) -> ExitCode {
+    let asked = node(file).and_then(|(addr, token)| {
+        let (code, body) = ask(addr, &token, "GET", "/v1/cluster")?;
+        if code != 200 {
+            return Err(refused(code, &body));
+        }
+        let view = serde_json::from_slice(&body)
+            .map_err(|e| StatusError::BadAnswer(format!("not JSON ({e})")))?;
+        render(&view)
+    });
+    match asked {
         Ok((text, health)) => {
             print!("{text}");
             health.exit_code()
@@ -76,15 +91,72 @@ pub fn run(file: Option<PathBuf>) -> ExitCode {
     }
 }
 
-fn status(file: Option<PathBuf>) -> Result<(String, Health), StatusError> {
+/// `cluster forget NAME`: the node of `file` retires member `name`.
+pub fn forget(file: Option<PathBuf>, name: &str) -> ExitCode {
+    let asked = node(file).and_then(|(addr, token)| {
+        let path = format!("/v1/cluster/members/{}", path_segment(name));
+        ask(addr, &token, "DELETE", &path)
+    });
+    match asked {
+        Ok((200, _)) => {
+            println!(
+                "{} retired: no member lists it any more (a node of that name that starts again joins anew)",
+                printable(name, MAX_NAME)
+            );
+            ExitCode::SUCCESS
+        }
+        // The node's reason (the member is up, unknown, restarted since).
+        Ok((code @ (404 | 409), body)) => {
+            eprintln!("tsunagu cluster forget: {}", refused(code, &body));
+            ExitCode::from(1)
+        }
+        Ok((code, body)) => {
+            eprintln!("tsunagu cluster forget: {}", refused(code, &body));
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("tsunagu cluster forget: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// The node's API address and admin token, from its configuration.
+fn node(file: Option<PathBuf>) -> Result<(SocketAddr, String), StatusError> {
     let config = match &file {
         Some(f) => Config::load(f).map_err(|e| StatusError::Config(e.to_string()))?,
         None => Config::embedded_default().map_err(|e| StatusError::Config(e.to_string()))?,
     };
     let token = admin_token(&config)?;
-    let addr = api_address(config.api.listen);
-    let view = fetch_view(addr, &token)?;
-    render(&view)
+    Ok((api_address(config.api.listen), token))
+}
+
+/// An answer other than success, as an error: the node's own message when it gave one.
+fn refused(code: u16, body: &[u8]) -> StatusError {
+    if code == 401 {
+        return StatusError::Unauthorized;
+    }
+    let text = serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+        .unwrap_or_else(|| String::from_utf8_lossy(body).into_owned());
+    StatusError::Status {
+        status: code,
+        body: printable(&text, 200),
+    }
+}
+
+/// `s` as one URL path segment: unreserved characters as they are, the rest
+/// percent-encoded (a name with a `/` or `?` stays one segment).
+fn path_segment(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// The admin token as the node has it, read-only: unlike `serve`, this never generates
@@ -122,7 +194,13 @@ fn api_address(listen: SocketAddr) -> SocketAddr {
     SocketAddr::new(ip, listen.port())
 }
 
-fn fetch_view(addr: SocketAddr, token: &str) -> Result<Value, StatusError> {
+/// One request to the node's API with the admin token: the answer's status and body.
+fn ask(
+    addr: SocketAddr,
+    token: &str,
+    method: &str,
+    path: &str,
+) -> Result<(u16, Vec<u8>), StatusError> {
     // Printable ASCII only: a CR or LF would end the header (and no valid token has one).
     if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(StatusError::BadToken);
@@ -136,7 +214,7 @@ fn fetch_view(addr: SocketAddr, token: &str) -> Result<Value, StatusError> {
         .set_write_timeout(Some(IO_TIMEOUT))
         .map_err(unreachable)?;
     let request = format!(
-        "GET /v1/cluster HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
          Accept: application/json\r\nConnection: close\r\n\r\n"
     );
     stream.write_all(request.as_bytes()).map_err(unreachable)?;
@@ -150,16 +228,7 @@ fn fetch_view(addr: SocketAddr, token: &str) -> Result<Value, StatusError> {
             "larger than {MAX_ANSWER} bytes"
         )));
     }
-    let (code, body) = parse_response(&raw)?;
-    match code {
-        200 => serde_json::from_slice(&body)
-            .map_err(|e| StatusError::BadAnswer(format!("not JSON ({e})"))),
-        401 => Err(StatusError::Unauthorized),
-        status => Err(StatusError::Status {
-            status,
-            body: printable(&String::from_utf8_lossy(&body), 200),
-        }),
-    }
+    parse_response(&raw)
 }
 
 /// An HTTP/1.1 answer read to the end: its status code and body (chunked or not).
@@ -536,6 +605,20 @@ mod tests {
     }
 
     #[test]
+    fn a_member_name_stays_one_path_segment() {
+        let cases = [
+            ("n3", "n3"),
+            ("node-3.tokyo_a~", "node-3.tokyo_a~"),
+            ("../admin", "..%2Fadmin"),
+            ("a b?c#d", "a%20b%3Fc%23d"),
+            ("ノード", "%E3%83%8E%E3%83%BC%E3%83%89"),
+        ];
+        for (name, want) in cases {
+            assert_eq!(path_segment(name), want, "{name}");
+        }
+    }
+
+    #[test]
     fn a_wildcard_api_address_is_reached_on_loopback() {
         let cases = [
             ("0.0.0.0:8080", "127.0.0.1:8080"),
@@ -552,7 +635,7 @@ mod tests {
         // Port 9 on loopback: refused if the check did not come first.
         let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
         for token in ["a\r\nX-Evil: 1", "with space", ""] {
-            let e = fetch_view(addr, token);
+            let e = ask(addr, token, "GET", "/v1/cluster");
             assert!(matches!(e, Err(StatusError::BadToken)), "{token:?}: {e:?}");
         }
     }
