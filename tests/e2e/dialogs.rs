@@ -14,6 +14,16 @@ pub(crate) fn crlf(text: &str) -> String {
     text.replace("\r\n", "\n").replace('\n', "\r\n")
 }
 
+/// Whether a datagram starts as a SIP message: a status line, or a request line's
+/// method (upper-case letters) and a space.
+fn looks_like_sip(datagram: &[u8]) -> bool {
+    let method = datagram
+        .iter()
+        .take_while(|b| b.is_ascii_uppercase())
+        .count();
+    datagram.starts_with(b"SIP/2.0 ") || (method > 0 && datagram.get(method) == Some(&b' '))
+}
+
 /// A raw SIP party on a UDP socket: sends requests, reads responses.
 pub(crate) struct Party {
     pub(crate) sock: UdpSocket,
@@ -41,19 +51,28 @@ impl Party {
             .unwrap();
     }
 
-    /// The next message received within `limit`, if any.
+    /// The next SIP message received within `limit`, if any. Datagrams that are not
+    /// SIP are skipped, as a UA does: the party's port is an ephemeral one, which can
+    /// lie in another test's RTP range, where that test's spray or relay reaches it.
     pub(crate) fn recv(&self, limit: Duration) -> Option<String> {
         let deadline = std::time::Instant::now() + limit;
         let mut buf = [0u8; 8192];
         while std::time::Instant::now() < deadline {
-            if let Ok((n, _)) = self.sock.recv_from(&mut buf) {
+            if let Ok((n, from)) = self.sock.recv_from(&mut buf) {
+                if !looks_like_sip(&buf[..n]) {
+                    eprintln!(
+                        "party {}: skipped {n} bytes of not SIP from {from}",
+                        self.me()
+                    );
+                    continue;
+                }
                 return Some(String::from_utf8_lossy(&buf[..n]).into_owned());
             }
         }
         None
     }
 
-    /// Waits for a final response (skipping provisionals); its status line.
+    /// Waits for a final response (skipping provisionals); the message.
     pub(crate) fn final_response(&self) -> String {
         loop {
             let m = self.recv(Duration::from_secs(5)).expect("a response");

@@ -244,7 +244,7 @@ fn offers_the_node_cannot_anchor_are_refused_488_and_the_rest_pass_without_what_
     }
     callee.respond(&invite, "200 OK", &noisy("bob", 4002));
     let ok = caller.final_response();
-    assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
+    assert!(ok.starts_with("SIP/2.0 200"), "{ok:?}");
     for leak in leaks {
         assert!(!ok.contains(leak), "{leak} reached the caller: {ok}");
     }
@@ -296,7 +296,7 @@ fn a_callee_answer_without_sdp_is_hung_up_unless_an_18x_carried_it() {
     callee.respond(&invite, "183 Session Progress", &sdp(4002));
     callee.respond(&invite, "200 OK", "");
     let ok = caller.final_response();
-    assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
+    assert!(ok.starts_with("SIP/2.0 200"), "{ok:?}");
     assert!(
         ok.contains("m=audio "),
         "the 200 repeats the early answer: {ok}"
@@ -419,7 +419,7 @@ fn a_200_the_caller_never_acknowledges_is_logged_without_talk_time() {
     let invite = callee.expect("INVITE ");
     callee.respond(&invite, "200 OK", &sdp(4002));
     let ok = caller.final_response();
-    assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
+    assert!(ok.starts_with("SIP/2.0 200"), "{ok:?}");
     // At 64*T1 the node hangs up both sides.
     let bye = callee.expect_within("BYE ", Duration::from_secs(40));
     callee.ok(&bye);
