@@ -28,8 +28,8 @@ pub fn wide_rtp_range() -> (u16, u16) {
 }
 
 /// Port slots the tests can take (see [`Ports::take`]): the main bank, then a second
-/// and a third of 8 each.
-pub const SLOTS: u16 = MAIN_SLOTS + 16;
+/// and a third of 8 each, and a fourth of 2.
+pub const SLOTS: u16 = MAIN_SLOTS + 18;
 /// Slots of the main bank (which fills 21000–65239).
 const MAIN_SLOTS: u16 = 99;
 /// Node RTP ports per slot (90 calls at once); a test needing more takes further slots.
@@ -59,15 +59,27 @@ impl Ports {
     /// 40 above), node RTP 2100 + 360j (up to 4979). The third bank's (j = k - 107 <
     /// 8): signalling 5900 + 10j, SIPp media 6000 + 76j, node RTP 6700 + 360j for j < 3
     /// and 8100 + 360(j - 3) after (6700-7779 and 8100-9899: around 8080, below the
-    /// wide ranges' 10000).
+    /// wide ranges' 10000). The fourth's (j = k - 115 < 2), in what is left below the
+    /// second: signalling 1100 + 10j, SIPp media 1140 + 76j, node RTP 1300 + 360j (up
+    /// to 2019). A test that needs more adds a bank where nothing else listens.
     pub fn take() -> Ports {
         let k = NEXT_SLOT.fetch_add(1, Ordering::SeqCst);
-        assert!(k < SLOTS, "the e2e tests ran out of port slots");
+        assert!(
+            k < SLOTS,
+            "the e2e tests ran out of port slots: add a bank in harness.rs (Ports::slot)"
+        );
+        Ports::slot(k)
+    }
+
+    /// The ports of slot `k` (see [`Ports::take`]).
+    fn slot(k: u16) -> Ports {
         // (slot within its bank, signalling, SIPp media and node RTP bases)
         let (k, signalling, media, rtp) = if k < MAIN_SLOTS {
             (k, 21000, 22000, 29600)
         } else if k < MAIN_SLOTS + 8 {
             (k - MAIN_SLOTS, 5100, 5200, 2100)
+        } else if k >= MAIN_SLOTS + 16 {
+            (k - MAIN_SLOTS - 16, 1100, 1140, 1300)
         } else {
             let j = k - MAIN_SLOTS - 8;
             // Node RTP is `rtp + RTP_PER_SLOT * j` below: based so that it lands on the
@@ -84,6 +96,44 @@ impl Ports {
             uac_media: media + 40 + 76 * k,
             rtp_first: rtp + RTP_PER_SLOT * k,
         }
+    }
+}
+
+/// Every slot's ports, the wide RTP ranges and the SPEC example's 5060/8080/20000-20999
+/// are disjoint: the range each one takes, as the tests use them (signalling +0..+9,
+/// SIPp media +0..+30 above each of `uas_media` and `uac_media`, RTP_PER_SLOT node RTP
+/// ports; the few tests that need more take further slots).
+#[test]
+fn port_slots_never_overlap() {
+    let mut taken: Vec<(u32, u32, String)> = vec![
+        (5060, 5060, "5060".into()),
+        (8080, 8080, "8080".into()),
+        (20000, 20999, "SPEC media".into()),
+        (10_000, 19_999, "wide RTP ranges".into()),
+    ];
+    for k in 0..SLOTS {
+        let p = Ports::slot(k);
+        let r = |first: u16, len: u16, what: &str| {
+            (
+                u32::from(first),
+                u32::from(first) + u32::from(len) - 1,
+                format!("slot {k} {what}"),
+            )
+        };
+        taken.push(r(p.sip, 10, "signalling"));
+        taken.push(r(p.uas_media, 31, "UAS media"));
+        taken.push(r(p.uac_media, 31, "UAC media"));
+        taken.push(r(p.rtp_first, RTP_PER_SLOT, "node RTP"));
+        assert!(p.sip >= 1024 && u32::from(p.rtp_first) + u32::from(RTP_PER_SLOT) <= 65536);
+    }
+    taken.sort();
+    for pair in taken.windows(2) {
+        assert!(
+            pair[0].1 < pair[1].0,
+            "{:?} overlaps {:?}",
+            pair[0],
+            pair[1]
+        );
     }
 }
 

@@ -146,7 +146,7 @@ trunks = ["carrier-tls"]
         node_key = p("node.key"),
         ca = p("ca.pem"),
         rtp_first = ports.rtp_first,
-        rtp_last = ports.rtp_first + 399,
+        rtp_last = ports.rtp_first + RTP_PER_SLOT - 1,
         api = ports.api,
     );
     let node_dir = tempfile::tempdir().unwrap();
