@@ -1,6 +1,7 @@
 //! The per-call work of a node outside the network: parse the INVITE, route it (inbound
-//! trunk by source, outbound trunks by destination prefix), identify the caller, and
-//! log the finished call (the store's batched insert, per record).
+//! trunk by source, outbound trunks by destination prefix), identify the caller, anchor
+//! its SDP (addresses rewritten, attributes filtered), and log the finished call (the
+//! store's batched insert, per record).
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use std::hint::black_box;
@@ -13,6 +14,15 @@ use tsunagu_store::{
 };
 
 const SDP: &str = "v=0\r\no=- 1 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0 8 101\r\na=rtpmap:101 telephone-event/8000\r\n";
+
+/// An offer from a softphone with ICE and SSRC lines (most of which the node drops).
+const NOISY_SDP: &str = "v=0\r\no=- 4611731400430051336 2 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\n\
+a=group:BUNDLE 0\r\na=msid-semantic: WMS\r\nm=audio 4000 RTP/AVPF 0 8 101\r\na=rtcp:4001 IN IP4 10.0.0.1\r\n\
+a=candidate:1 1 udp 2122260223 10.0.0.1 4000 typ host generation 0\r\n\
+a=candidate:2 1 udp 1686052607 203.0.113.7 41000 typ srflx raddr 10.0.0.1 rport 4000 generation 0\r\n\
+a=ice-ufrag:F7gI\r\na=ice-pwd:x9cml/YzichV2+XlhiMu8g\r\na=mid:0\r\na=sendrecv\r\na=rtcp-mux\r\n\
+a=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\n\
+a=ptime:20\r\na=ssrc:3735928559 cname:4TOk42mSjXCkVIa6\r\n";
 
 fn invite() -> Vec<u8> {
     format!(
@@ -71,6 +81,13 @@ fn benches(c: &mut Criterion) {
             black_box((trunk, number, caller, out))
         })
     });
+    // Anchoring an offer: what the node does to each SDP body it passes on.
+    let node_ip: std::net::IpAddr = "192.0.2.5".parse().unwrap();
+    for (name, body) in [("sdp_anchor_plain", SDP), ("sdp_anchor_softphone", NOISY_SDP)] {
+        g.bench_function(name, |b| {
+            b.iter(|| tsunagu_media::sdp::rewrite(black_box(body), node_ip, 20000).unwrap())
+        });
+    }
     // Logging: the call-log writer inserts batches of up to 512 records in one
     // transaction; this is the cost per record at that batch size, on a real file, with
     // every commit synced (`store.synchronous = "full"`, the default) and without.
