@@ -33,17 +33,6 @@ pub struct Registered {
     pub retired: bool,
 }
 
-/// Why a member cannot be retired (see [`Cluster::retirable`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum RetireRefusal {
-    #[error("no member of that name is known to this node")]
-    Unknown,
-    #[error("the member is up: stop it first (a running node cannot be retired)")]
-    Up,
-    #[error("a node cannot retire itself")]
-    Itself,
-}
-
 /// How often a node records its sign of life in the store (the node's call-log
 /// writer uses this): a member whose last one is older than the detector's window
 /// plus this is silent in the store too.
@@ -406,22 +395,12 @@ impl Cluster {
         registered
     }
 
-    /// The incarnation of `name` an operator may retire: a member down in this view
-    /// (a running node must be stopped first; its peers then declare it down).
-    pub fn retirable(&self, name: &str) -> Result<u64, RetireRefusal> {
-        let m = self.membership();
-        if name == m.name() {
-            return Err(RetireRefusal::Itself);
-        }
-        let found = m
+    /// The incarnation and state of member `name` in this node's view, if listed.
+    pub fn member(&self, name: &str) -> Option<(u64, State)> {
+        self.membership()
             .members()
             .find(|(n, _)| n.as_str() == name)
-            .map(|(_, x)| (x.epoch, x.state));
-        match found {
-            None => Err(RetireRefusal::Unknown),
-            Some((_, State::Up)) => Err(RetireRefusal::Up),
-            Some((epoch, _)) => Ok(epoch),
-        }
+            .map(|(_, m)| (m.epoch, m.state))
     }
 
     /// `name` in incarnation `epoch` was retired (recorded in the store, by this node

@@ -1,6 +1,7 @@
 //! Cluster coordination (SPEC section 6): membership with our own failure detector,
 //! incarnations and a lease ([`membership`]), which node owns a key ([`placement`]),
-//! cluster-wide line counts and queues ([`lines`]) — all sans-IO state machines — and
+//! cluster-wide line counts and queues ([`lines`]), whether an operator may retire a
+//! member ([`retire`]) — all sans-IO — and
 //! the async side that carries their messages between nodes over ractor_cluster with
 //! mutual TLS ([`net`], [`protocol`], [`driver`]).
 
@@ -11,8 +12,7 @@ pub mod metrics;
 pub mod net;
 pub mod placement;
 pub mod protocol;
+pub mod retire;
 
-pub use driver::{
-    Cluster, Host, Lease, Registered, RetireRefusal, Settings, Status, STORE_SIGN_EVERY,
-};
+pub use driver::{Cluster, Host, Lease, Registered, Settings, Status, STORE_SIGN_EVERY};
 pub use metrics::ClusterMetrics;

@@ -265,7 +265,12 @@ impl Membership {
             return false;
         }
         match self.members.get_mut(name) {
-            Some(m) if m.state == State::Retired || m.epoch > epoch => false,
+            Some(m) if m.state == State::Retired => {
+                // A later incarnation retired too: that one's heartbeats are stale now.
+                m.epoch = m.epoch.max(epoch);
+                false
+            }
+            Some(m) if m.epoch > epoch => false,
             Some(m) if m.state == State::Up && m.epoch == epoch => false,
             Some(m) => {
                 if m.state == State::Up {
@@ -582,6 +587,14 @@ mod tests {
         );
         assert_eq!(m.members().count(), 1);
         assert!(!m.retire("a", 1, t0), "never itself");
+        // Retired at 3, and later (unheard here) at 5: 5's heartbeats are stale too.
+        let mut m = Membership::new("a", 1, Timing::default());
+        m.on_heartbeat("c", 3, t0);
+        m.on_down_notice("c", 3, t0);
+        assert!(m.retire("c", 3, t0));
+        m.retire("c", 5, t0);
+        assert_eq!(m.on_heartbeat("c", 5, ms(t0, 5)), Verdict::Stale);
+        assert_eq!(m.on_heartbeat("c", 6, ms(t0, 5)), Verdict::Fresh);
     }
 
     #[test]

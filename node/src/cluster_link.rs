@@ -66,13 +66,15 @@ impl Host for NodeHost {
         match self.store().nodes() {
             Ok(nodes) => nodes
                 .into_iter()
+                // Retired only with `down`: a build without the flag clears `down`
+                // alone when it restarts a retired node (tsunagu_cluster::retire).
                 .filter(|n| !n.down || n.retired)
                 .map(|n| Registered {
+                    retired: n.retired && n.down,
                     name: n.node_id,
                     epoch: n.epoch,
                     cluster_addr: n.cluster_addr.and_then(|a| a.parse().ok()),
                     sign_age: sign_age(n.last_seen, crate::clock::now_ms()),
-                    retired: n.retired,
                 })
                 .collect(),
             Err(e) => {

@@ -54,9 +54,12 @@ fn main() -> ExitCode {
         ["cluster", "status", "--config", file] | ["cluster", "status", "-c", file] => {
             cluster_cli::status(Some(PathBuf::from(file)))
         }
-        ["cluster", "forget", name] => cluster_cli::forget(None, name),
+        // A name is never an option: `forget --config` alone is a mistake, not a member.
+        ["cluster", "forget", name] if !name.starts_with('-') => cluster_cli::forget(None, name),
         ["cluster", "forget", name, "--config" | "-c", file]
-        | ["cluster", "forget", "--config" | "-c", file, name] => {
+        | ["cluster", "forget", "--config" | "-c", file, name]
+            if !name.starts_with('-') && !file.starts_with('-') =>
+        {
             cluster_cli::forget(Some(PathBuf::from(file)), name)
         }
         ["--version"] | ["version"] => {

@@ -328,27 +328,49 @@ impl NodeHooks for Hooks {
     }
     fn retire_member(&self, name: &str) -> Result<u64, tsunagu_api::ApiError> {
         use tsunagu_api::ApiError;
-        use tsunagu_cluster::RetireRefusal;
+        use tsunagu_cluster::retire::{decide, RetireRefusal, Retirement, Row};
         let Some(cluster) = self.ctx.cluster.get() else {
             return Err(ApiError::not_found(
                 "this node is on its own: it has no cluster members",
             ));
         };
-        let epoch = cluster.retirable(name).map_err(|why| match why {
-            RetireRefusal::Unknown => ApiError::not_found(format!("no member {name:?}: {why}")),
-            RetireRefusal::Up | RetireRefusal::Itself => ApiError::conflict(why.to_string()),
-        })?;
-        match self.ctx.store.retire_node(name, epoch) {
-            Ok(true) => {
+        let store_error =
+            |e| ApiError::unavailable(format!("the store cannot be read or written: {e}"));
+        let row = self
+            .ctx
+            .store
+            .nodes()
+            .map_err(store_error)?
+            .into_iter()
+            .find(|n| n.node_id == name)
+            .map(|n| Row {
+                epoch: n.epoch,
+                down: n.down,
+                retired: n.retired,
+            });
+        match decide(name, &self.ctx.node_id, row, cluster.member(name)) {
+            Ok(Retirement::Already(epoch)) => {
                 cluster.retire(name, epoch);
                 Ok(epoch)
             }
-            Ok(false) => Err(ApiError::conflict(format!(
-                "{name} started again since (a newer incarnation than {epoch}): nothing retired"
-            ))),
-            Err(e) => Err(ApiError::unavailable(format!(
-                "the store cannot record the retirement: {e}"
-            ))),
+            Ok(Retirement::Retire(epoch)) => {
+                if !self
+                    .ctx
+                    .store
+                    .retire_node(name, epoch)
+                    .map_err(store_error)?
+                {
+                    return Err(ApiError::conflict(format!(
+                        "{name} started again since (a newer incarnation than {epoch}): nothing retired"
+                    )));
+                }
+                cluster.retire(name, epoch);
+                Ok(epoch)
+            }
+            Err(why @ RetireRefusal::Unknown) => {
+                Err(ApiError::not_found(format!("no member {name:?}: {why}")))
+            }
+            Err(why) => Err(ApiError::conflict(why.to_string())),
         }
     }
 }

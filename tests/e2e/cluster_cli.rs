@@ -71,6 +71,10 @@ fn cluster_status_exits_0_with_every_member_up_1_with_one_down_and_2_when_unreac
     assert!(n2.contains(" up ") && n2.ends_with("yes"), "{out}");
     assert!(out.ends_with("2 members: 2 up, 0 down\n"), "{out}");
 
+    // An option is not a member's name.
+    let (code, _, err) = cluster_forget(c.node("n1"), "--config");
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("usage:"), "{err}");
     // Nothing up, unknown or itself is retired: refused with the node's reason.
     for (member, why) in [
         ("n2", "stop it first"),
@@ -121,8 +125,14 @@ fn cluster_status_exits_0_with_every_member_up_1_with_one_down_and_2_when_unreac
             "{node}"
         );
     }
-    let (code, _, err) = cluster_forget(c.node("n2"), "n3");
-    assert_eq!(code, 1, "retired already: {err}");
+    // Asked again (of another member): the same answer, nothing more written.
+    let (code, out, err) = cluster_forget(c.node("n2"), "n3");
+    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+    assert_eq!(
+        c.node("n2")
+            .metric("tsunagu_cluster_member_transitions_total{to=\"retired\"}"),
+        1.0
+    );
 
     // A node of that name started again is a member again, as a new incarnation.
     c.start(3, GOOD);
