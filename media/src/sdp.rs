@@ -21,54 +21,73 @@ pub struct Rewritten {
     pub remote: Option<SocketAddr>,
 }
 
+/// The part of a body a line belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Section {
+    /// Before the first m= line.
+    Session,
+    /// The first audio stream: the one anchored.
+    Audio,
+    /// Any other stream (declined).
+    Other,
+}
+
 /// Replaces origin and connection addresses with `addr` and the first audio port with
-/// `port`. Other media streams are declined (port 0): only audio is anchored. Of the
-/// attributes, only those that describe the audio itself pass ([`passes`]); RTCP
-/// attributes among the rest, because RTCP is not relayed. None when the body has no
-/// audio stream with a valid port over plain RTP.
+/// `port`; the origin's user name and the session name become `-`. Other media
+/// streams are declined (port 0): only audio is anchored. Of the attributes, only those
+/// that describe the audio itself pass ([`passes`]); RTCP attributes among the rest,
+/// because RTCP is not relayed. None when the body has no audio stream with a valid
+/// port over plain RTP.
 pub fn rewrite(sdp: &str, addr: IpAddr, port: u16) -> Option<Rewritten> {
     let family = if addr.is_ipv4() { "IP4" } else { "IP6" };
     let mut out = String::with_capacity(sdp.len() + 32);
     let mut session_c: Option<IpAddr> = None;
     let mut audio_c: Option<IpAddr> = None;
     let mut audio_port: Option<u16> = None;
-    let mut in_audio = false;
-    let mut seen_audio = false;
+    let mut section = Section::Session;
     for line in sdp.lines() {
         let line = line.trim_end_matches('\r');
         if line.is_empty() {
             continue;
         }
         let mut rewritten = None;
-        if !passes(line, in_audio, seen_audio) {
+        if !passes(line, section) {
             continue;
         }
         if let Some(rest) = line.strip_prefix("o=") {
-            let mut f: Vec<&str> = rest.split(' ').collect();
-            if f.len() == 6 {
-                f[4] = family;
-                let a = addr.to_string();
-                f[5] = &a;
-                rewritten = Some(format!("o={}", f.join(" ")));
-            }
+            // Session id and version kept (a re-offer's version must go up), the rest
+            // ours; one that does not read as two numbers is replaced.
+            let f: Vec<&str> = rest.split(' ').collect();
+            let number = |s: &&str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+            let (id, version) = match (f.get(1), f.get(2)) {
+                (Some(id), Some(v)) if f.len() == 6 && number(id) && number(v) => (*id, *v),
+                _ => ("0", "0"),
+            };
+            rewritten = Some(format!("o=- {id} {version} IN {family} {addr}"));
+        } else if line.starts_with("s=") {
+            rewritten = Some("s=-".to_string());
         } else if let Some(rest) = line.strip_prefix("c=") {
             let ip = rest
                 .split(' ')
                 .nth(2)
                 .and_then(|a| a.split('/').next())
                 .and_then(|a| a.parse::<IpAddr>().ok());
-            if in_audio {
-                audio_c = ip;
-            } else if !seen_audio && audio_port.is_none() {
-                session_c = ip;
+            match section {
+                Section::Session => session_c = ip,
+                Section::Audio => audio_c = ip,
+                Section::Other => {}
             }
             rewritten = Some(format!("c=IN {family} {addr}"));
         } else if let Some(rest) = line.strip_prefix("m=") {
             let mut f: Vec<&str> = rest.split(' ').collect();
-            in_audio = f.first() == Some(&"audio") && !seen_audio;
-            if in_audio {
-                seen_audio = true;
-                audio_port = f.get(1).and_then(|p| media_port(p));
+            let first_audio = f.first() == Some(&"audio") && audio_port.is_none();
+            section = if first_audio {
+                Section::Audio
+            } else {
+                Section::Other
+            };
+            if first_audio {
+                audio_port = Some(f.get(1).and_then(|p| media_port(p))?);
                 if !f.get(2).is_some_and(|proto| plain_rtp(proto)) {
                     return None;
                 }
@@ -99,16 +118,20 @@ pub fn rewrite(sdp: &str, addr: IpAddr, port: u16) -> Option<Rewritten> {
 }
 
 /// Whether one line of a body goes to the other leg. Lines: the version, origin,
-/// session name, timing, connection, bandwidth and media lines (the addresses and
-/// ports rewritten by the caller); not the free text or contact fields (`i=`, `u=`,
-/// `e=`, `p=`) nor an encryption key (`k=`). Attributes: the direction at session
-/// level; in the first audio stream its formats (`rtpmap`, `fmtp`), packet times and
-/// direction; nothing of a declined stream. Everything else (`candidate`, `ice-*`,
-/// `crypto`, `fingerprint`, `setup`, `rtcp`, `rtcp-mux`, `ssrc`, `mid`, `group`, ...)
-/// describes a transport the node does not offer or an address it hides.
-fn passes(line: &str, in_audio: bool, seen_audio: bool) -> bool {
-    const DIRECTION: [&str; 4] = ["sendrecv", "sendonly", "recvonly", "inactive"];
-    const AUDIO: [&str; 4] = ["rtpmap", "fmtp", "ptime", "maxptime"];
+/// session name, timing, connection, bandwidth and media lines (the addresses, ports
+/// and names rewritten by the caller); not the free text or contact fields (`i=`,
+/// `u=`, `e=`, `p=`) nor an encryption key (`k=`). Attributes: at session level the
+/// direction and packet times (some PBXs put `ptime` there); in the first audio stream
+/// its formats (`rtpmap`, `fmtp`), packet times, direction and `silenceSupp` (RFC
+/// 3108: gateways turn voice activity detection off with it); nothing of a declined
+/// stream. Everything else (`candidate`, `ice-*`, `crypto`, `fingerprint`, `setup`,
+/// `rtcp`, `rtcp-mux`, `ssrc`, `mid`, `group`, ...) describes a transport the node does
+/// not offer or an address it hides.
+fn passes(line: &str, section: Section) -> bool {
+    const SESSION: [&str; 6] = [
+        "sendrecv", "sendonly", "recvonly", "inactive", "ptime", "maxptime",
+    ];
+    const AUDIO: [&str; 3] = ["rtpmap", "fmtp", "silenceSupp"];
     let Some(attribute) = line.strip_prefix("a=") else {
         return matches!(
             line.as_bytes().first(),
@@ -116,11 +139,10 @@ fn passes(line: &str, in_audio: bool, seen_audio: bool) -> bool {
         ) && line.as_bytes().get(1) == Some(&b'=');
     };
     let name = attribute.split(':').next().unwrap_or_default();
-    let direction = DIRECTION.contains(&name);
-    match (in_audio, seen_audio) {
-        (true, _) => direction || AUDIO.contains(&name),
-        (false, false) => direction,
-        (false, true) => false,
+    match section {
+        Section::Session => SESSION.contains(&name),
+        Section::Audio => SESSION.contains(&name) || AUDIO.contains(&name),
+        Section::Other => false,
     }
 }
 
@@ -346,7 +368,7 @@ mod tests {
         assert_eq!(r.remote, Some("10.1.1.1:6000".parse().unwrap()));
         assert!(r
             .sdp
-            .contains("o=user1 53655765 2353687637 IN IP4 192.0.2.5\r\n"));
+            .contains("o=- 53655765 2353687637 IN IP4 192.0.2.5\r\n"));
         assert!(r.sdp.contains("c=IN IP4 192.0.2.5\r\n"));
         assert!(r.sdp.contains("m=audio 20000 RTP/AVP 0 8 101\r\n"));
         assert!(r.sdp.contains("m=video 0 RTP/AVP 96\r\n"));
@@ -482,11 +504,13 @@ mod tests {
             ("session", "a=ice-ufrag:F7gI", false),
             ("session", "a=fingerprint:sha-256 4A:AD", false),
             ("session", "a=sendonly", true),
+            ("session", "a=ptime:30", true),
             ("session", "a=tool:softphone 10.9.9.9", false),
             ("audio", "a=rtpmap:0 PCMU/8000", true),
             ("audio", "a=fmtp:101 0-15", true),
             ("audio", "a=ptime:20", true),
             ("audio", "a=maxptime:40", true),
+            ("audio", "a=silenceSupp:off - - - -", true),
             ("audio", "a=recvonly", true),
             ("audio", "a=candidate:1 1 UDP 2130706431 10.9.9.9 8998 typ host", false),
             ("audio", "a=candidate:2 1 UDP 1694498815 203.0.113.7 45664 typ srflx", false),
@@ -501,11 +525,15 @@ mod tests {
             ("audio", "k=clear:secret", false),
             ("video", "a=rtpmap:96 H264/90000", false),
             ("video", "a=sendrecv", false),
+            // A stream before the audio is no session level.
+            ("video first", "a=inactive", false),
+            ("video first", "a=ptime:20", false),
         ];
         for (section, line, passes) in rows {
             let sdp = match *section {
                 "session" => format!("v=0\r\no=- 1 1 IN IP4 10.9.9.9\r\ns=-\r\n{line}\r\nc=IN IP4 10.9.9.9\r\nt=0 0\r\nm=audio 6000 RTP/AVP 0\r\n"),
                 "audio" => format!("v=0\r\nc=IN IP4 10.9.9.9\r\nm=audio 6000 RTP/AVP 0 101\r\n{line}\r\n"),
+                "video first" => format!("v=0\r\nc=IN IP4 10.9.9.9\r\nm=video 7000 RTP/AVP 96\r\n{line}\r\nm=audio 6000 RTP/AVP 0\r\n"),
                 _ => format!("v=0\r\nc=IN IP4 10.9.9.9\r\nm=audio 6000 RTP/AVP 0\r\nm=video 7000 RTP/AVP 96\r\n{line}\r\n"),
             };
             let out = rewrite(&sdp, "192.0.2.5".parse().unwrap(), 20000).unwrap();
@@ -517,6 +545,36 @@ mod tests {
             );
             assert!(!out.sdp.contains("10.9.9.9"), "{line}: {}", out.sdp);
         }
+    }
+
+    /// The origin keeps its session id and version (a re-offer's must go up) and
+    /// loses its user name and address; the session name is ours; a connection line
+    /// in a stream before the audio is no session-level address.
+    #[test]
+    fn origin_and_session_name_hide_who_sent_them() {
+        let rows = [
+            ("o=alice 42 7 IN IP4 10.9.9.9", "o=- 42 7 IN IP4 192.0.2.5"),
+            ("o=- 1 1 IN IP6 fd00::1", "o=- 1 1 IN IP4 192.0.2.5"),
+            // Not six fields, or not numbers: replaced whole.
+            ("o=alice 42 7 IN IP4 10.9.9.9 ", "o=- 0 0 IN IP4 192.0.2.5"),
+            ("o=alice x 7 IN IP4 10.9.9.9", "o=- 0 0 IN IP4 192.0.2.5"),
+            ("o=10.9.9.9", "o=- 0 0 IN IP4 192.0.2.5"),
+        ];
+        for (origin, want) in rows {
+            let sdp = format!("v=0\r\n{origin}\r\ns=Alice's PBX\r\nc=IN IP4 10.9.9.9\r\nt=0 0\r\nm=audio 6000 RTP/AVP 0\r\n");
+            let out = rewrite(&sdp, "192.0.2.5".parse().unwrap(), 20000)
+                .unwrap()
+                .sdp;
+            assert!(
+                out.contains(&format!("\r\n{want}\r\ns=-\r\n")),
+                "{origin}: {out}"
+            );
+            assert!(!out.contains("10.9.9.9") && !out.contains("Alice"), "{out}");
+        }
+        let video_first =
+            "v=0\r\nm=video 7000 RTP/AVP 96\r\nc=IN IP4 10.8.8.8\r\nm=audio 6000 RTP/AVP 0\r\n";
+        let out = rewrite(video_first, "192.0.2.5".parse().unwrap(), 20000).unwrap();
+        assert_eq!(out.remote, None, "the video's address is not the audio's");
     }
 
     /// The node relays plain RTP only: an SRTP or DTLS audio stream is no offer or
