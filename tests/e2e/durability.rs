@@ -44,10 +44,7 @@ impl Drop for Callers {
 /// range), on the next slots' RTP ports as well as its own.
 fn node_for(calls: u16) -> Node {
     let range = calls * 5;
-    let ports = Ports::take();
-    for _ in 0..range.div_ceil(RTP_PER_SLOT).saturating_sub(1) {
-        Ports::take(); // the next slots' RTP ranges are this node's
-    }
+    let ports = Ports::take_many(range.div_ceil(RTP_PER_SLOT));
     let media = format!(
         "[media]\naddress = \"127.0.0.1\"\nports = \"{}-{}\"",
         ports.rtp_first,

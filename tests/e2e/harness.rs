@@ -32,6 +32,14 @@ pub fn wide_rtp_range() -> (u16, u16) {
 pub const SLOTS: u16 = MAIN_SLOTS + 18;
 /// Slots of the main bank (which fills 21000–65239).
 const MAIN_SLOTS: u16 = 99;
+/// Runs of slots whose node RTP ranges follow one another: `first..end`.
+const RUNS: [(u16, u16); 5] = [
+    (0, MAIN_SLOTS),
+    (MAIN_SLOTS, MAIN_SLOTS + 8),
+    (MAIN_SLOTS + 8, MAIN_SLOTS + 11),
+    (MAIN_SLOTS + 11, MAIN_SLOTS + 16),
+    (MAIN_SLOTS + 16, SLOTS),
+];
 /// Node RTP ports per slot (90 calls at once); a test needing more takes further slots.
 pub const RTP_PER_SLOT: u16 = 360;
 
@@ -63,12 +71,29 @@ impl Ports {
     /// second: signalling 1100 + 10j, SIPp media 1140 + 76j, node RTP 1300 + 360j (up
     /// to 2019). A test that needs more adds a bank where nothing else listens.
     pub fn take() -> Ports {
-        let k = NEXT_SLOT.fetch_add(1, Ordering::SeqCst);
-        assert!(
-            k < SLOTS,
-            "the e2e tests ran out of port slots: add a bank in harness.rs (Ports::slot)"
-        );
-        Ports::slot(k)
+        Ports::take_many(1)
+    }
+
+    /// `n` slots whose node RTP ranges follow one another (one run of [`RUNS`]), for
+    /// a node that needs `n * RTP_PER_SLOT` ports: the first slot's ports. Taken in one
+    /// step, so a test running at the same time cannot take a slot in between.
+    pub fn take_many(n: u16) -> Ports {
+        let mut next = NEXT_SLOT.load(Ordering::SeqCst);
+        loop {
+            let k = RUNS
+                .iter()
+                .find_map(|&(first, end)| {
+                    let k = next.max(first);
+                    (k + n <= end).then_some(k)
+                })
+                .expect(
+                    "the e2e tests ran out of port slots: add a bank in harness.rs (Ports::slot)",
+                );
+            match NEXT_SLOT.compare_exchange(next, k + n, Ordering::SeqCst, Ordering::SeqCst) {
+                Ok(_) => return Ports::slot(k),
+                Err(now) => next = now,
+            }
+        }
     }
 
     /// The ports of slot `k` (see [`Ports::take`]).
@@ -100,9 +125,10 @@ impl Ports {
 }
 
 /// Every slot's ports, the wide RTP ranges and the SPEC example's 5060/8080/20000-20999
-/// are disjoint: the range each one takes, as the tests use them (signalling +0..+9,
-/// SIPp media +0..+30 above each of `uas_media` and `uac_media`, RTP_PER_SLOT node RTP
-/// ports; the few tests that need more take further slots).
+/// are disjoint: the range each one takes, as the tests use them (signalling +0..+9;
+/// SIPp media 40 ports from `uas_media`, 36 from `uac_media`, where test clusters put
+/// five callers 8 apart; RTP_PER_SLOT node RTP ports; a node needing more takes a run
+/// of slots, [`Ports::take_many`]).
 #[test]
 fn port_slots_never_overlap() {
     let mut taken: Vec<(u32, u32, String)> = vec![
@@ -121,8 +147,8 @@ fn port_slots_never_overlap() {
             )
         };
         taken.push(r(p.sip, 10, "signalling"));
-        taken.push(r(p.uas_media, 31, "UAS media"));
-        taken.push(r(p.uac_media, 31, "UAC media"));
+        taken.push(r(p.uas_media, 40, "UAS media"));
+        taken.push(r(p.uac_media, 36, "UAC media"));
         taken.push(r(p.rtp_first, RTP_PER_SLOT, "node RTP"));
         assert!(p.sip >= 1024 && u32::from(p.rtp_first) + u32::from(RTP_PER_SLOT) <= 65536);
     }
@@ -134,6 +160,20 @@ fn port_slots_never_overlap() {
             pair[0],
             pair[1]
         );
+    }
+    // Runs cover every slot once, and within one the RTP ranges follow one another.
+    assert_eq!((RUNS[0].0, RUNS[RUNS.len() - 1].1), (0, SLOTS));
+    for (run, next) in RUNS.iter().zip(RUNS.iter().skip(1)) {
+        assert_eq!(run.1, next.0);
+    }
+    for (first, end) in RUNS {
+        for k in first + 1..end {
+            assert_eq!(
+                Ports::slot(k).rtp_first,
+                Ports::slot(k - 1).rtp_first + RTP_PER_SLOT,
+                "slot {k}"
+            );
+        }
     }
 }
 
