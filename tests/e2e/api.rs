@@ -30,6 +30,13 @@ fn api_scoping_errors_and_crud() {
         node.send("GET", "/v1/advertisers", Some(ADMIN), "").status,
         403
     );
+    // Retiring a cluster member is the admin's, and a node on its own has none.
+    let retire = "/v1/cluster/members/n2";
+    assert_eq!(node.send("DELETE", retire, None, "").status, 401);
+    assert_eq!(node.send("DELETE", retire, Some(&key), "").status, 403);
+    let alone = node.send("DELETE", retire, Some(ADMIN), "");
+    assert_eq!(alone.status, 404, "{}", alone.body);
+    assert!(alone.body.contains("on its own"), "{}", alone.body);
 
     // Another operator's ids answer 404 and change nothing.
     for (method, path, body) in [
