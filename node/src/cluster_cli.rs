@@ -9,23 +9,16 @@
 //!   stops listing and alerting on. Exit status: 0 retired, 1 refused (the node's
 //!   reason: the member is up, or unknown), 2 as above.
 //!
-//! A plain blocking HTTP/1.1 request over `std::net::TcpStream` is enough here (one
-//! request, `Connection: close`); the answer is still treated as untrusted: bounded in
-//! size and time, parsed without panics, and names are made safe for a terminal.
+//! The requests go through [`crate::api_client`]; the view is treated as untrusted:
+//! parsed without panics, and names are made safe for a terminal.
 
+use crate::api_client::{api_address, ask, path_segment, printable, ClientError};
 use serde_json::Value;
-use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 use tsunagu_config::Config;
 
-/// Time to open the connection, and to wait for each read or write after it.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-const IO_TIMEOUT: Duration = Duration::from_secs(5);
-/// A cluster view is a few hundred bytes per member: anything larger is not one.
-const MAX_ANSWER: u64 = 1 << 20;
 /// Names longer than this are cut in the table (node ids are short).
 const MAX_NAME: usize = 64;
 
@@ -35,13 +28,8 @@ pub enum StatusError {
     Config(String),
     #[error("no admin token: {path} {reason} (set api.admin_token or api.admin_token_file, or start the node once so that it writes one)")]
     NoToken { path: PathBuf, reason: String },
-    #[error("the admin token holds characters that cannot go into an HTTP header")]
-    BadToken,
-    #[error("cannot reach the node's API at {addr}: {source}")]
-    Unreachable {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Client(#[from] ClientError),
     #[error("the node refused the admin token (401): is this the node's configuration?")]
     Unauthorized,
     #[error("the node answered {status}: {body}")]
@@ -71,7 +59,7 @@ impl Health {
 /// `cluster status`: `file` is the node's configuration (none: built-in defaults).
 pub fn status(file: Option<PathBuf>) -> ExitCode {
     let asked = node(file).and_then(|(addr, token)| {
-        let (code, body) = ask(addr, &token, "GET", "/v1/cluster")?;
+        let (code, body) = ask(addr, &token, "GET", "/v1/cluster", None)?;
         if code != 200 {
             return Err(refused(code, &body));
         }
@@ -95,7 +83,7 @@ pub fn status(file: Option<PathBuf>) -> ExitCode {
 pub fn forget(file: Option<PathBuf>, name: &str) -> ExitCode {
     let asked = node(file).and_then(|(addr, token)| {
         let path = format!("/v1/cluster/members/{}", path_segment(name));
-        ask(addr, &token, "DELETE", &path)
+        Ok(ask(addr, &token, "DELETE", &path, None)?)
     });
     match asked {
         Ok((200, _)) => {
@@ -146,19 +134,6 @@ fn refused(code: u16, body: &[u8]) -> StatusError {
     }
 }
 
-/// `s` as one URL path segment: unreserved characters as they are, the rest
-/// percent-encoded (a name with a `/` or `?` stays one segment).
-fn path_segment(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 /// The admin token as the node has it, read-only: unlike `serve`, this never generates
 /// one (a token the node does not know would only be refused).
 fn admin_token(config: &Config) -> Result<String, StatusError> {
@@ -181,120 +156,6 @@ fn admin_token(config: &Config) -> Result<String, StatusError> {
             reason: format!("cannot be read ({e})"),
         }),
     }
-}
-
-/// Where to reach the API: `api.listen`, with a wildcard address (`0.0.0.0`, `::`)
-/// replaced by loopback (the CLI runs on the node's machine).
-fn api_address(listen: SocketAddr) -> SocketAddr {
-    let ip = match listen.ip() {
-        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
-        ip => ip,
-    };
-    SocketAddr::new(ip, listen.port())
-}
-
-/// One request to the node's API with the admin token: the answer's status and body.
-fn ask(
-    addr: SocketAddr,
-    token: &str,
-    method: &str,
-    path: &str,
-) -> Result<(u16, Vec<u8>), StatusError> {
-    // Printable ASCII only: a CR or LF would end the header (and no valid token has one).
-    if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(StatusError::BadToken);
-    }
-    let unreachable = |source| StatusError::Unreachable { addr, source };
-    let mut stream = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT).map_err(unreachable)?;
-    stream
-        .set_read_timeout(Some(IO_TIMEOUT))
-        .map_err(unreachable)?;
-    stream
-        .set_write_timeout(Some(IO_TIMEOUT))
-        .map_err(unreachable)?;
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
-         Accept: application/json\r\nConnection: close\r\n\r\n"
-    );
-    stream.write_all(request.as_bytes()).map_err(unreachable)?;
-    let mut raw = Vec::new();
-    stream
-        .take(MAX_ANSWER + 1)
-        .read_to_end(&mut raw)
-        .map_err(unreachable)?;
-    if raw.len() as u64 > MAX_ANSWER {
-        return Err(StatusError::BadAnswer(format!(
-            "larger than {MAX_ANSWER} bytes"
-        )));
-    }
-    parse_response(&raw)
-}
-
-/// An HTTP/1.1 answer read to the end: its status code and body (chunked or not).
-fn parse_response(raw: &[u8]) -> Result<(u16, Vec<u8>), StatusError> {
-    let bad = |what: &str| StatusError::BadAnswer(what.to_string());
-    let head_end = find(raw, b"\r\n\r\n").ok_or_else(|| bad("no end of headers"))?;
-    let head = std::str::from_utf8(&raw[..head_end]).map_err(|_| bad("headers not UTF-8"))?;
-    let body = &raw[head_end + 4..];
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let mut parts = status_line.split(' ');
-    if !parts.next().unwrap_or_default().starts_with("HTTP/1.") {
-        return Err(bad("not HTTP/1.x"));
-    }
-    let code: u16 = parts
-        .next()
-        .and_then(|c| c.parse().ok())
-        .filter(|c| (100..=599).contains(c))
-        .ok_or_else(|| bad("no status code"))?;
-    let mut chunked = false;
-    let mut length: Option<usize> = None;
-    for line in lines {
-        let Some((name, value)) = line.split_once(':') else {
-            continue;
-        };
-        let (name, value) = (name.trim(), value.trim());
-        if name.eq_ignore_ascii_case("transfer-encoding") {
-            chunked = value.to_ascii_lowercase().contains("chunked");
-        } else if name.eq_ignore_ascii_case("content-length") {
-            length = Some(value.parse().map_err(|_| bad("bad Content-Length"))?);
-        }
-    }
-    if chunked {
-        return Ok((code, dechunk(body)?));
-    }
-    match length {
-        Some(n) if n > body.len() => Err(bad("body shorter than its Content-Length")),
-        Some(n) => Ok((code, body[..n].to_vec())),
-        None => Ok((code, body.to_vec())),
-    }
-}
-
-/// Decodes a chunked body (extensions and trailers ignored).
-fn dechunk(mut rest: &[u8]) -> Result<Vec<u8>, StatusError> {
-    let bad = |what: &str| StatusError::BadAnswer(what.to_string());
-    let mut out = Vec::new();
-    loop {
-        let line_end = find(rest, b"\r\n").ok_or_else(|| bad("chunk size line missing"))?;
-        let line = std::str::from_utf8(&rest[..line_end]).map_err(|_| bad("bad chunk size"))?;
-        let hex = line.split(';').next().unwrap_or_default().trim();
-        let size = usize::from_str_radix(hex, 16).map_err(|_| bad("bad chunk size"))?;
-        let start = line_end + 2;
-        if size == 0 {
-            return Ok(out);
-        }
-        let end = start
-            .checked_add(size)
-            .filter(|&e| e.checked_add(2).is_some_and(|t| t <= rest.len()))
-            .ok_or_else(|| bad("chunk longer than the answer"))?;
-        out.extend_from_slice(&rest[start..end]);
-        rest = &rest[end + 2..];
-    }
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
 }
 
 /// The view as a table, and what it says about the members. Pure: unit-tested.
@@ -432,20 +293,6 @@ fn rtt(ms: Option<f64>) -> String {
     }
 }
 
-/// `s` safe to print on a terminal: control characters (escape sequences) become `?`,
-/// and it is cut at `max` characters.
-fn printable(s: &str, max: usize) -> String {
-    let mut out: String = s
-        .chars()
-        .take(max)
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect();
-    if s.chars().count() > max {
-        out.push('…');
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -574,69 +421,6 @@ mod tests {
         ];
         for (s, want) in cases {
             assert_eq!(duration(s), want, "{s:?}");
-        }
-    }
-
-    #[test]
-    fn answers_are_parsed_plain_sized_or_chunked() {
-        let cases: &[(&[u8], Option<(u16, &[u8])>)] = &[
-            (b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}", Some((200, b"{}"))),
-            (b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}junk", Some((200, b"{}"))),
-            (b"HTTP/1.1 401 Unauthorized\r\n\r\nno", Some((401, b"no"))),
-            (
-                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{\"\r\n3;x=1\r\na\":\r\n2\r\n1}\r\n0\r\n\r\n",
-                Some((200, b"{\"a\":1}")),
-            ),
-            (b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n{}", None),
-            (b"HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n{}", None),
-            (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffff\r\nab", None),
-            (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", None),
-            (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab", None),
-            (b"HTTP/1.1 999 Odd\r\n\r\n", None),
-            (b"SSH-2.0-OpenSSH\r\n\r\n", None),
-            (b"HTTP/1.1 200 OK\r\n", None),
-            (b"", None),
-        ];
-        for (raw, want) in cases {
-            let got = parse_response(raw).ok();
-            let want = want.map(|(c, b)| (c, b.to_vec()));
-            assert_eq!(got, want, "{}", String::from_utf8_lossy(raw));
-        }
-    }
-
-    #[test]
-    fn a_member_name_stays_one_path_segment() {
-        let cases = [
-            ("n3", "n3"),
-            ("node-3.tokyo_a~", "node-3.tokyo_a~"),
-            ("../admin", "..%2Fadmin"),
-            ("a b?c#d", "a%20b%3Fc%23d"),
-            ("ノード", "%E3%83%8E%E3%83%BC%E3%83%89"),
-        ];
-        for (name, want) in cases {
-            assert_eq!(path_segment(name), want, "{name}");
-        }
-    }
-
-    #[test]
-    fn a_wildcard_api_address_is_reached_on_loopback() {
-        let cases = [
-            ("0.0.0.0:8080", "127.0.0.1:8080"),
-            ("[::]:8080", "[::1]:8080"),
-            ("127.0.0.2:8082", "127.0.0.2:8082"),
-        ];
-        for (listen, want) in cases {
-            assert_eq!(api_address(listen.parse().unwrap()).to_string(), want);
-        }
-    }
-
-    #[test]
-    fn a_token_that_would_break_the_header_is_refused_before_connecting() {
-        // Port 9 on loopback: refused if the check did not come first.
-        let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
-        for token in ["a\r\nX-Evil: 1", "with space", ""] {
-            let e = ask(addr, token, "GET", "/v1/cluster");
-            assert!(matches!(e, Err(StatusError::BadToken)), "{token:?}: {e:?}");
         }
     }
 }

@@ -2,6 +2,7 @@
 //! running node how it sees its cluster (`cluster status`), or have it retire a member
 //! for good (`cluster forget`).
 
+mod api_client;
 mod cluster_cli;
 
 use std::path::PathBuf;
