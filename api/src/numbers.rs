@@ -301,9 +301,18 @@ async fn check_advertiser(st: &ApiState, op: &str, adv: &str) -> Result<(), ApiE
     }
 }
 
+#[derive(Deserialize)]
+pub struct CreateQuery {
+    /// `true`: every check of a creation, nothing written (200 with the number as it
+    /// would be). `tsunagu numbers import` checks a whole file this way first.
+    #[serde(default)]
+    dry_run: bool,
+}
+
 pub async fn create(
     OperatorId(op): OperatorId,
     State(st): State<Arc<ApiState>>,
+    Query(q): Query<CreateQuery>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let input: NumberInput = parse_json(&body)?;
@@ -340,6 +349,16 @@ pub async fn create(
     crate::follow_up::validate(&st, &op, number.notify.as_ref(), number.ga4.as_ref()).await?;
     check_advertiser(&st, &op, &number.advertiser_id).await?;
     let n = number.clone();
+    if q.dry_run {
+        // The same conflict creating it would meet (a number is unique across
+        // operators).
+        let taken = db(&st, move |s| s.get_number(&n.number)).await?.is_some();
+        if taken {
+            let e = tsunagu_store::StoreError::Conflict(format!("number {}", number.number));
+            return Err(e.into());
+        }
+        return Ok((StatusCode::OK, Json(view(&number))));
+    }
     db(&st, move |s| s.create_number(&n)).await?;
     st.hooks.number_changed(&number.number);
     Ok((StatusCode::CREATED, Json(view(&number))))

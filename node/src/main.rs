@@ -1,9 +1,10 @@
 //! `tsunagu`: run a node (`serve`), validate a configuration (`check-config`), ask a
-//! running node how it sees its cluster (`cluster status`), or have it retire a member
-//! for good (`cluster forget`).
+//! running node how it sees its cluster (`cluster status`), have it retire a member
+//! for good (`cluster forget`), or provision numbers from a CSV file (`numbers import`).
 
 mod api_client;
 mod cluster_cli;
+mod numbers_cli;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -25,6 +26,11 @@ const USAGE: &str = "usage:
   tsunagu cluster forget NAME [--config FILE]
                                     retire member NAME (down, decommissioned) for good, on every
                                     member; exit 0 retired, 1 refused (up, unknown), 2 not reachable
+  tsunagu numbers import FILE.csv [--config FILE]
+                                    create the numbers of FILE (columns number, advertiser_id,
+                                    destinations, options) as the operator of TSUNAGU_API_KEY;
+                                    all checked first, none created if a row is bad; exit 0 all
+                                    created, 1 refused, 2 node not reachable
   tsunagu --version";
 
 /// Files the node creates (the store and its WAL, recordings, uploaded prompts, the
@@ -62,6 +68,15 @@ fn main() -> ExitCode {
             if !name.starts_with('-') && !file.starts_with('-') =>
         {
             cluster_cli::forget(Some(PathBuf::from(file)), name)
+        }
+        ["numbers", "import", csv] if !csv.starts_with('-') => {
+            numbers_cli::import(std::path::Path::new(csv), None)
+        }
+        ["numbers", "import", csv, "--config" | "-c", file]
+        | ["numbers", "import", "--config" | "-c", file, csv]
+            if !csv.starts_with('-') && !file.starts_with('-') =>
+        {
+            numbers_cli::import(std::path::Path::new(csv), Some(PathBuf::from(file)))
         }
         ["--version"] | ["version"] => {
             println!("tsunagu {}", env!("CARGO_PKG_VERSION"));

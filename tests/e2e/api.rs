@@ -402,3 +402,100 @@ fn dashboard_and_alert_rules_use_exported_metrics() {
         assert!(seen > 5, "{file} names metrics");
     }
 }
+
+/// Runs `tsunagu numbers import <csv> --config <node's config>` with `key` (if any) in
+/// TSUNAGU_API_KEY: (exit code, stdout, stderr).
+fn import_numbers(node: &Node, csv: &str, key: Option<&str>) -> (i32, String, String) {
+    let file = node.dir.path().join("numbers.csv");
+    std::fs::write(&file, csv).unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tsunagu"));
+    cmd.args(["numbers", "import"])
+        .arg(&file)
+        .arg("--config")
+        .arg(node.dir.path().join("node.toml"))
+        .env_remove("TSUNAGU_API_KEY");
+    if let Some(key) = key {
+        cmd.env("TSUNAGU_API_KEY", key);
+    }
+    let out = cmd.output().expect("run tsunagu numbers import");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `tsunagu numbers import`: a sheet with bad rows is refused whole, each problem named
+/// with its line, and creates nothing; the mended sheet creates every number with its
+/// destinations and options; another operator's key or none imports nothing.
+#[test]
+fn numbers_are_imported_from_a_csv_file_all_or_nothing() {
+    let ports = Ports::take();
+    let node = Node::start(ports, "127.0.0.1/32", "");
+    let (key, adv) = node.provision("0501234567", r#"[{"number": "0311112222"}]"#, "{}");
+    let listed = |key: &str| -> Vec<String> {
+        let r = node.send("GET", "/v1/numbers", Some(key), "");
+        assert_eq!(r.status, 200, "{}", r.body);
+        let mut n: Vec<String> = r.json()["numbers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["number"].as_str().unwrap().to_string())
+            .collect();
+        n.sort();
+        n
+    };
+    let good = format!(
+        "\u{feff}number,advertiser_id,destinations,options\r\n\
+         0501230001,{adv},0311112222:20;0311113333,\r\n\
+         0501230002,{adv},0311114444,\"{{\"\"recording\"\": {{\"\"mode\"\": \"\"both\"\"}}}}\"\r\n"
+    );
+    // Line 3 rings too long; line 4 is a number that exists; line 5 names an
+    // advertiser the operator does not have. Checked by the node: nothing created.
+    let bad = format!(
+        "{good}0501230003,{adv},0311115555:999,\r\n0501234567,{adv},0311116666,\r\n0501230005,adv_nobody,0311117777,\r\n"
+    );
+    let (code, out, err) = import_numbers(&node, &bad, Some(&key));
+    assert_eq!(code, 1, "stdout:\n{out}\nstderr:\n{err}");
+    for line in ["line 4: 422", "line 5: 409", "line 6: 422"] {
+        assert!(err.contains(line), "{line}: {err}");
+    }
+    assert!(
+        err.contains("nothing imported: 3 of 5 rows refused"),
+        "{err}"
+    );
+    assert_eq!(listed(&key), vec!["0501234567"]);
+
+    // Another operator's key: its advertiser is not this one's.
+    let other = node.other_operator();
+    let (code, _, err) = import_numbers(&node, &good, Some(&other));
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(listed(&key), vec!["0501234567"]);
+    let (code, _, err) = import_numbers(&node, &good, None);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("TSUNAGU_API_KEY"), "{err}");
+
+    let (code, out, err) = import_numbers(&node, &good, Some(&key));
+    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+    assert_eq!(out, "2 numbers imported\n");
+    assert_eq!(listed(&key), vec!["0501230001", "0501230002", "0501234567"]);
+    let first = node
+        .send("GET", "/v1/numbers/0501230001", Some(&key), "")
+        .json();
+    assert_eq!(
+        first["destinations"],
+        serde_json::json!([{"number": "0311112222", "ring_seconds": 20}, {"number": "0311113333", "ring_seconds": 30}]),
+        "{first}"
+    );
+    let second = node
+        .send("GET", "/v1/numbers/0501230002", Some(&key), "")
+        .json();
+    assert_eq!(second["recording"]["mode"], "both", "{second}");
+    // The same file again: every row exists now, so nothing more happens.
+    let (code, _, err) = import_numbers(&node, &good, Some(&key));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("line 2: 409") && err.contains("line 3: 409"),
+        "{err}"
+    );
+}

@@ -1,0 +1,449 @@
+//! `tsunagu numbers import FILE.csv`: provisions tracking numbers from a spreadsheet
+//! through the node's API, as the operator whose API key is in `TSUNAGU_API_KEY` (a
+//! key on the command line would show in `ps`).
+//!
+//! The file is CSV (RFC 4180: commas, double quotes, CRLF or LF; a UTF-8 byte-order
+//! mark, as spreadsheets write, is skipped) with a header row naming its columns:
+//!
+//! - `number`, `advertiser_id`: as in `POST /v1/numbers`;
+//! - `destinations`: the phones to forward to, in order, separated by `;`, each
+//!   `NUMBER` or `NUMBER:RING_SECONDS` (`0311112222:20;0311113333`);
+//! - `options` (optional): a JSON object with any other field of `POST /v1/numbers`
+//!   (`{"recording": {"mode": "both"}}`), empty for none.
+//!
+//! All or nothing, as far as the API allows: every row is first checked by the node
+//! (`POST /v1/numbers?dry_run=true`: the same checks as a creation, nothing written),
+//! and a file with any bad row creates nothing: every problem is printed with its line.
+//! Then the rows are created in order. Exit status: 0 every number created; 1 the file
+//! was refused (nothing created), or a creation failed after the check (another client
+//! took the number meanwhile: the numbers before it were created, and are named); 2 the
+//! node could not be asked.
+
+use crate::api_client::{api_address, ask, printable, ClientError};
+use serde_json::{json, Map, Value};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use tsunagu_config::Config;
+
+/// Larger files are not a number plan (10,000 rows of a few hundred bytes).
+const MAX_FILE: u64 = 8 << 20;
+const MAX_ROWS: usize = 10_000;
+
+/// One row as the API takes it, with the line it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    pub line: usize,
+    pub number: Value,
+}
+
+/// `tsunagu numbers import FILE`: `config` is the node's configuration (none: built-in
+/// defaults).
+pub fn import(file: &Path, config: Option<PathBuf>) -> ExitCode {
+    let fail = |e: String| {
+        eprintln!("tsunagu numbers import: {e}");
+        ExitCode::from(2)
+    };
+    let key = match std::env::var("TSUNAGU_API_KEY") {
+        Ok(k) if !k.trim().is_empty() => k.trim().to_string(),
+        _ => return fail("set TSUNAGU_API_KEY to the operator's API key".into()),
+    };
+    let config = match &config {
+        Some(f) => Config::load(f).map_err(|e| e.to_string()),
+        None => Config::embedded_default().map_err(|e| e.to_string()),
+    };
+    let addr = match config {
+        Ok(c) => api_address(c.api.listen),
+        Err(e) => return fail(format!("configuration error:\n{e}")),
+    };
+    let text = match read_bounded(file) {
+        Ok(t) => t,
+        Err(e) => return fail(format!("{}: {e}", file.display())),
+    };
+    let rows = match rows(&text) {
+        Ok(rows) => rows,
+        Err(problems) => {
+            for p in &problems {
+                eprintln!("{}: {p}", file.display());
+            }
+            eprintln!(
+                "nothing imported: {} problem(s) in the file",
+                problems.len()
+            );
+            return ExitCode::from(1);
+        }
+    };
+    let send = |row: &Row, path: &str| -> Result<(u16, String), ClientError> {
+        let body = serde_json::to_vec(&row.number).unwrap_or_default();
+        let (code, answer) = ask(addr, &key, "POST", path, Some(&body))?;
+        Ok((code, refusal(&answer)))
+    };
+    // Checked by the node, every row, before anything is written.
+    let mut problems = Vec::new();
+    for row in &rows {
+        match send(row, "/v1/numbers?dry_run=true") {
+            Ok((200, _)) => {}
+            Ok((401, _)) => return fail("the node refused TSUNAGU_API_KEY (401)".into()),
+            Ok((code, why)) => problems.push(format!("line {}: {code}: {why}", row.line)),
+            Err(e) => return fail(e.to_string()),
+        }
+    }
+    if !problems.is_empty() {
+        for p in &problems {
+            eprintln!("{}: {p}", file.display());
+        }
+        eprintln!(
+            "nothing imported: {} of {} rows refused",
+            problems.len(),
+            rows.len()
+        );
+        return ExitCode::from(1);
+    }
+    for (done, row) in rows.iter().enumerate() {
+        match send(row, "/v1/numbers") {
+            Ok((201, _)) => {}
+            Ok((code, why)) => {
+                eprintln!("{}: line {}: {code}: {why}", file.display(), row.line);
+                eprintln!(
+                    "{done} of {} numbers imported (those before line {}); the rest not",
+                    rows.len(),
+                    row.line
+                );
+                return ExitCode::from(1);
+            }
+            Err(e) => {
+                eprintln!("{done} of {} numbers imported before: {e}", rows.len());
+                return ExitCode::from(2);
+            }
+        }
+    }
+    println!("{} numbers imported", rows.len());
+    ExitCode::SUCCESS
+}
+
+fn read_bounded(file: &Path) -> Result<String, String> {
+    use std::io::Read;
+    let f = std::fs::File::open(file).map_err(|e| e.to_string())?;
+    let mut bytes = Vec::new();
+    f.take(MAX_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| e.to_string())?;
+    if bytes.len() as u64 > MAX_FILE {
+        return Err(format!("larger than {MAX_FILE} bytes"));
+    }
+    String::from_utf8(bytes).map_err(|_| "not UTF-8 text (save the sheet as CSV UTF-8)".into())
+}
+
+/// The node's reason in an error answer, safe to print.
+fn refusal(answer: &[u8]) -> String {
+    let text = serde_json::from_slice::<Value>(answer)
+        .ok()
+        .and_then(|v| {
+            let e = &v["error"];
+            let message = e["message"].as_str()?;
+            Some(match e["field"].as_str() {
+                Some(field) => format!("{field}: {message}"),
+                None => message.to_string(),
+            })
+        })
+        .unwrap_or_else(|| String::from_utf8_lossy(answer).into_owned());
+    printable(&text, 300)
+}
+
+/// The file's rows as API bodies, or every problem found, each with its line.
+pub fn rows(text: &str) -> Result<Vec<Row>, Vec<String>> {
+    let records = records(text).map_err(|e| vec![e])?;
+    let mut records = records.into_iter();
+    let Some((_, header)) = records.next() else {
+        return Err(vec![
+            "empty file: a header row (number,advertiser_id,destinations[,options]) is needed"
+                .into(),
+        ]);
+    };
+    let columns: Vec<String> = header
+        .iter()
+        .map(|c| c.trim().to_ascii_lowercase())
+        .collect();
+    let mut problems = Vec::new();
+    for (i, c) in columns.iter().enumerate() {
+        if !["number", "advertiser_id", "destinations", "options"].contains(&c.as_str()) {
+            problems.push(format!("line 1: unknown column {:?}", printable(c, 40)));
+        } else if columns[..i].contains(c) {
+            problems.push(format!("line 1: column {c} twice"));
+        }
+    }
+    for needed in ["number", "advertiser_id", "destinations"] {
+        if !columns.iter().any(|c| c == needed) {
+            problems.push(format!("line 1: no {needed} column"));
+        }
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    let mut rows = Vec::new();
+    let mut seen = std::collections::HashMap::new();
+    for (line, fields) in records {
+        if fields.iter().all(|f| f.trim().is_empty()) {
+            continue;
+        }
+        if fields.len() != columns.len() {
+            problems.push(format!(
+                "line {line}: {} fields for {} columns",
+                fields.len(),
+                columns.len()
+            ));
+            continue;
+        }
+        let cell = |name: &str| {
+            let i = columns.iter().position(|c| c == name);
+            i.map(|i| fields[i].trim()).unwrap_or_default()
+        };
+        match row(
+            cell("number"),
+            cell("advertiser_id"),
+            cell("destinations"),
+            cell("options"),
+        ) {
+            Ok(number) => {
+                let n = cell("number").to_string();
+                if let Some(first) = seen.insert(n.clone(), line) {
+                    problems.push(format!("line {line}: number {n} is on line {first} too"));
+                }
+                rows.push(Row { line, number });
+            }
+            Err(e) => problems.push(format!("line {line}: {e}")),
+        }
+        if rows.len() > MAX_ROWS {
+            return Err(vec![format!("more than {MAX_ROWS} rows: split the file")]);
+        }
+    }
+    if rows.is_empty() && problems.is_empty() {
+        problems.push("no rows under the header".into());
+    }
+    if problems.is_empty() {
+        Ok(rows)
+    } else {
+        Err(problems)
+    }
+}
+
+/// One row's API body.
+fn row(number: &str, advertiser: &str, destinations: &str, options: &str) -> Result<Value, String> {
+    if number.is_empty() {
+        return Err("number is empty".into());
+    }
+    if advertiser.is_empty() {
+        return Err("advertiser_id is empty".into());
+    }
+    let mut body = if options.is_empty() {
+        Map::new()
+    } else {
+        match serde_json::from_str::<Value>(options) {
+            Ok(Value::Object(m)) => m,
+            Ok(_) => return Err("options is not a JSON object".into()),
+            Err(e) => return Err(format!("options is not JSON: {e}")),
+        }
+    };
+    for own in ["number", "advertiser_id", "destinations"] {
+        if body.contains_key(own) {
+            return Err(format!("options sets {own}: it has its own column"));
+        }
+    }
+    let mut list = Vec::new();
+    for entry in destinations
+        .split(';')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+    {
+        let (phone, ring) = match entry.split_once(':') {
+            Some((p, r)) => {
+                let ring: u32 = r
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("destination {entry:?}: ring seconds are not a number"))?;
+                (p.trim(), Some(ring))
+            }
+            None => (entry, None),
+        };
+        list.push(match ring {
+            Some(r) => json!({"number": phone, "ring_seconds": r}),
+            None => json!({"number": phone}),
+        });
+    }
+    if list.is_empty() {
+        return Err("no destinations".into());
+    }
+    body.insert("number".into(), json!(number));
+    body.insert("advertiser_id".into(), json!(advertiser));
+    body.insert("destinations".into(), Value::Array(list));
+    Ok(Value::Object(body))
+}
+
+/// RFC 4180 records with the line each starts on; a quoted field may hold commas,
+/// doubled quotes and line breaks. A UTF-8 byte-order mark at the start is skipped.
+pub fn records(text: &str) -> Result<Vec<(usize, Vec<String>)>, String> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let mut out = Vec::new();
+    let mut fields = Vec::new();
+    let mut field = String::new();
+    let (mut line, mut start) = (1, 1);
+    let mut quoted = false;
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (quoted, c) {
+            (true, '"') if chars.peek() == Some(&'"') => {
+                chars.next();
+                field.push('"');
+            }
+            (true, '"') => quoted = false,
+            (true, c) => {
+                if c == '\n' {
+                    line += 1;
+                }
+                field.push(c);
+            }
+            (false, '"') if field.is_empty() => quoted = true,
+            (false, '"') => return Err(format!("line {line}: a quote inside an unquoted field")),
+            (false, ',') => fields.push(std::mem::take(&mut field)),
+            (false, '\r') if chars.peek() == Some(&'\n') => {}
+            (false, '\n') => {
+                fields.push(std::mem::take(&mut field));
+                out.push((start, std::mem::take(&mut fields)));
+                line += 1;
+                start = line;
+            }
+            (false, c) => field.push(c),
+        }
+    }
+    if quoted {
+        return Err(format!("line {start}: a quoted field is not closed"));
+    }
+    if !field.is_empty() || !fields.is_empty() {
+        fields.push(field);
+        out.push((start, fields));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_records() {
+        let cases: &[(&str, Result<Vec<(usize, Vec<&str>)>, &str>)] = &[
+            (
+                "a,b\n1,2\n",
+                Ok(vec![(1, vec!["a", "b"]), (2, vec!["1", "2"])]),
+            ),
+            (
+                "a,b\r\n1,2",
+                Ok(vec![(1, vec!["a", "b"]), (2, vec!["1", "2"])]),
+            ),
+            ("\u{feff}a\n", Ok(vec![(1, vec!["a"])])),
+            (
+                "a,\"x, \"\"y\"\"\nz\",c\nn\n",
+                Ok(vec![(1, vec!["a", "x, \"y\"\nz", "c"]), (3, vec!["n"])]),
+            ),
+            ("a,,\n", Ok(vec![(1, vec!["a", "", ""])])),
+            ("", Ok(vec![])),
+            ("a\"b\n", Err("line 1: a quote inside an unquoted field")),
+            ("a\n\"open\n", Err("line 2: a quoted field is not closed")),
+        ];
+        for (text, want) in cases {
+            let want = want
+                .clone()
+                .map(|v| {
+                    v.into_iter()
+                        .map(|(l, f)| (l, f.into_iter().map(String::from).collect()))
+                        .collect::<Vec<_>>()
+                })
+                .map_err(String::from);
+            assert_eq!(records(text), want, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn rows_and_their_problems() {
+        let ok = rows(
+            "Number,advertiser_id,destinations,options\n\
+             0501234567,adv_1,0311112222:20;0311113333,\n\
+             \n\
+             0501234568,adv_1,0311114444,\"{\"\"recording\"\": {\"\"mode\"\": \"\"both\"\"}}\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            ok,
+            vec![
+                Row {
+                    line: 2,
+                    number: json!({"number": "0501234567", "advertiser_id": "adv_1",
+                        "destinations": [{"number": "0311112222", "ring_seconds": 20}, {"number": "0311113333"}]}),
+                },
+                Row {
+                    line: 4,
+                    number: json!({"number": "0501234568", "advertiser_id": "adv_1",
+                        "destinations": [{"number": "0311114444"}], "recording": {"mode": "both"}}),
+                },
+            ]
+        );
+        let bad: &[(&str, &str)] = &[
+            ("", "empty file"),
+            ("number,advertiser_id\n", "no destinations column"),
+            (
+                "number,advertiser_id,destinations,colour\n",
+                "unknown column \"colour\"",
+            ),
+            (
+                "number,number,advertiser_id,destinations\n",
+                "column number twice",
+            ),
+            (
+                "number,advertiser_id,destinations\n",
+                "no rows under the header",
+            ),
+            (
+                "number,advertiser_id,destinations\n1,a\n",
+                "line 2: 2 fields for 3 columns",
+            ),
+            (
+                "number,advertiser_id,destinations\n,a,3\n",
+                "line 2: number is empty",
+            ),
+            (
+                "number,advertiser_id,destinations\n1,,3\n",
+                "line 2: advertiser_id is empty",
+            ),
+            (
+                "number,advertiser_id,destinations\n1,a,\n",
+                "line 2: no destinations",
+            ),
+            (
+                "number,advertiser_id,destinations\n1,a,3:x\n",
+                "ring seconds are not a number",
+            ),
+            (
+                "number,advertiser_id,destinations,options\n1,a,3,[1]\n",
+                "options is not a JSON object",
+            ),
+            (
+                "number,advertiser_id,destinations,options\n1,a,3,{\n",
+                "options is not JSON",
+            ),
+            (
+                "number,advertiser_id,destinations,options\n1,a,3,\"{\"\"number\"\": 2}\"\n",
+                "options sets number",
+            ),
+            (
+                "number,advertiser_id,destinations\n1,a,3\n1,a,4\n",
+                "line 3: number 1 is on line 2 too",
+            ),
+        ];
+        for (text, want) in bad {
+            let problems = rows(text).unwrap_err();
+            assert!(
+                problems.iter().any(|p| p.contains(want)),
+                "{text:?}: {problems:?}"
+            );
+        }
+    }
+}
