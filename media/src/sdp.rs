@@ -39,6 +39,8 @@ enum Section {
 /// because RTCP is not relayed. None when the body has no audio stream with a valid
 /// port over plain RTP.
 pub fn rewrite(sdp: &str, addr: IpAddr, port: u16) -> Option<Rewritten> {
+    let anchored = anchored(sdp)?;
+    let mut stream = 0;
     let family = if addr.is_ipv4() { "IP4" } else { "IP6" };
     let mut out = String::with_capacity(sdp.len() + 32);
     let mut session_c: Option<IpAddr> = None;
@@ -80,17 +82,11 @@ pub fn rewrite(sdp: &str, addr: IpAddr, port: u16) -> Option<Rewritten> {
             rewritten = Some(format!("c=IN {family} {addr}"));
         } else if let Some(rest) = line.strip_prefix("m=") {
             let mut f: Vec<&str> = rest.split(' ').collect();
-            let first_audio = f.first() == Some(&"audio") && audio_port.is_none();
-            section = if first_audio {
-                Section::Audio
-            } else {
-                Section::Other
-            };
-            if first_audio {
+            let this = stream == anchored;
+            stream += 1;
+            section = if this { Section::Audio } else { Section::Other };
+            if this {
                 audio_port = Some(f.get(1).and_then(|p| media_port(p))?);
-                if !f.get(2).is_some_and(|proto| plain_rtp(proto)) {
-                    return None;
-                }
                 // A disabled stream (port 0, RFC 3264 section 6) stays disabled: the
                 // other leg must not be told audio was accepted.
                 let p = port.to_string();
@@ -152,17 +148,50 @@ fn plain_rtp(proto: &str) -> bool {
     proto.eq_ignore_ascii_case("RTP/AVP") || proto.eq_ignore_ascii_case("RTP/AVPF")
 }
 
-/// The port of the body's first audio stream (`m=audio`) when it names a valid one
-/// over plain RTP: what the node needs of an offer to anchor its media. None for a
-/// body without audio, with a port that is not 0-65535, with a transport other than
-/// `RTP/AVP`/`RTP/AVPF` (SRTP, DTLS: the node relays, records and detects DTMF in
-/// plain RTP only), or that is not SDP at all; `Some(0)` for a declined stream
-/// (RFC 3264 section 6).
+/// Which m= line of a body (counting from 0) carries the audio the node anchors: the
+/// first audio stream over plain RTP (SRTP and DTLS cannot be relayed, recorded or
+/// searched for DTMF by the node). Every other stream, an SRTP audio stream offered
+/// before a plain one included (an old way to offer SRTP as optional), is declined.
+fn anchored(sdp: &str) -> Option<usize> {
+    sdp.lines()
+        .filter_map(|l| l.trim_end().strip_prefix("m="))
+        .position(|rest| {
+            let mut f = rest.split(' ');
+            f.next() == Some("audio") && f.nth(1).is_some_and(plain_rtp)
+        })
+}
+
+/// The anchored stream: its m= line (after `m=`) and its lines up to the next m=
+/// line; and the session-level lines (before the first m= line).
+fn anchored_stream(sdp: &str) -> Option<(&str, Vec<&str>, Vec<&str>)> {
+    let index = anchored(sdp)?;
+    let (mut m, mut lines, mut session) = (None, Vec::new(), Vec::new());
+    let mut stream: Option<usize> = None;
+    for l in sdp.lines().map(str::trim_end) {
+        if let Some(rest) = l.strip_prefix("m=") {
+            let i = stream.map_or(0, |s| s + 1);
+            stream = Some(i);
+            if i == index {
+                m = Some(rest);
+            }
+            continue;
+        }
+        match stream {
+            None => session.push(l),
+            Some(i) if i == index => lines.push(l),
+            Some(_) => {}
+        }
+    }
+    Some((m?, lines, session))
+}
+
+/// The port of the anchored audio stream when it names a valid one: what the node
+/// needs of an offer to anchor its media. None for a body without audio over plain RTP
+/// (`RTP/AVP`, `RTP/AVPF`), with a port that is not 0-65535, or that is not SDP at
+/// all; `Some(0)` for a declined stream (RFC 3264 section 6).
 pub fn audio_port(sdp: &str) -> Option<u16> {
-    let rest = sdp.lines().find_map(|l| l.strip_prefix("m=audio "))?;
-    let mut fields = rest.trim_end().split(' ');
-    let port = media_port(fields.next()?)?;
-    plain_rtp(fields.next()?).then_some(port)
+    let (m, _, _) = anchored_stream(sdp)?;
+    media_port(m.split(' ').nth(1)?)
 }
 
 /// The port of an m= line's port field (`49170` or `49170/2`, RFC 4566 5.14): digits
@@ -183,18 +212,18 @@ fn payload_type(field: &str) -> Option<u8> {
     field.parse().ok().filter(|pt| *pt <= 127)
 }
 
-/// The formats of the first audio m= line.
+/// The formats of the anchored audio stream.
 fn audio_formats(sdp: &str) -> Vec<u8> {
-    sdp.lines()
-        .find_map(|l| l.trim_end().strip_prefix("m=audio "))
-        .map(|rest| rest.split(' ').skip(2).filter_map(payload_type).collect())
+    anchored_stream(sdp)
+        .map(|(m, _, _)| m.split(' ').skip(3).filter_map(payload_type).collect())
         .unwrap_or_default()
 }
 
-/// The payload type of `telephone-event/8000` in an SDP body (RFC 4733).
+/// The payload type of `telephone-event/8000` in the anchored audio stream (RFC 4733).
 pub fn telephone_event(sdp: &str) -> Option<u8> {
-    sdp.lines().find_map(|l| {
-        let (pt, codec) = l.trim_end().strip_prefix("a=rtpmap:")?.split_once(' ')?;
+    let (_, lines, _) = anchored_stream(sdp)?;
+    lines.into_iter().find_map(|l| {
+        let (pt, codec) = l.strip_prefix("a=rtpmap:")?.split_once(' ')?;
         codec
             .to_ascii_lowercase()
             .starts_with("telephone-event/8000")
@@ -202,7 +231,7 @@ pub fn telephone_event(sdp: &str) -> Option<u8> {
     })
 }
 
-/// The first G.711 codec (PCMU 0 or PCMA 8) of the audio m= line.
+/// The first G.711 codec (PCMU 0 or PCMA 8) of the anchored audio stream.
 pub fn g711(sdp: &str) -> Option<u8> {
     audio_formats(sdp).into_iter().find(|f| *f == 0 || *f == 8)
 }
@@ -247,7 +276,7 @@ pub fn answer(offer: &str, addr: IpAddr, port: u16, session: u64) -> Option<Answ
     })
 }
 
-/// `sdp` with the first audio m= line offering only `keep` (and the rtpmap/fmtp lines
+/// `sdp` with the anchored audio stream offering only `keep` (and the rtpmap/fmtp lines
 /// of other formats removed): after the node answered the caller with one codec, the
 /// callee is offered that codec, so the relayed audio needs no transcoding.
 pub fn restrict(sdp: &str, keep: &[u8]) -> String {
@@ -255,18 +284,19 @@ pub fn restrict(sdp: &str, keep: &[u8]) -> String {
         .into_iter()
         .filter(|f| !keep.contains(f))
         .collect();
+    let anchored = anchored(sdp);
+    let mut stream = 0;
     let mut out = String::with_capacity(sdp.len());
     let mut in_audio = false;
-    let mut seen_audio = false;
     for line in sdp.lines() {
         let line = line.trim_end();
         if line.is_empty() {
             continue;
         }
         if let Some(rest) = line.strip_prefix("m=") {
-            in_audio = rest.starts_with("audio ") && !seen_audio;
+            in_audio = anchored == Some(stream);
+            stream += 1;
             if in_audio {
-                seen_audio = true;
                 let head: Vec<&str> = rest.split(' ').take(3).collect();
                 let kept: Vec<String> = rest
                     .split(' ')
@@ -319,22 +349,22 @@ pub fn next_version(sdp: &str) -> String {
 }
 
 /// Whether an SDP body puts its audio on hold: `a=inactive`, `a=sendonly` or
-/// `a=recvonly` (RFC 3264 section 8.4; at session or media level), a connection
-/// address of 0.0.0.0 (RFC 2543), or the audio stream disabled (port 0). A held
-/// call may carry no RTP for as long as it is held, so the media timeout does not
-/// apply to it.
+/// `a=recvonly` (RFC 3264 section 8.4; at session level or in the anchored audio
+/// stream), a connection address of 0.0.0.0 (RFC 2543), or the audio stream disabled
+/// (port 0). A held call may carry no RTP for as long as it is held, so the media
+/// timeout does not apply to it.
 pub fn holds(sdp: &str) -> bool {
-    sdp.lines().map(str::trim).any(|l| {
-        // `c=0.0.0.0`: the older way to hold (RFC 2543), still sent by some PBXs.
-        matches!(
-            l,
-            "a=inactive" | "a=sendonly" | "a=recvonly" | "c=IN IP4 0.0.0.0" | "c=IN IP6 ::"
-        ) || l
-            .strip_prefix("m=audio ")
-            .and_then(|rest| rest.split(' ').next())
-            .and_then(media_port)
-            == Some(0)
-    })
+    let Some((m, lines, session)) = anchored_stream(sdp) else {
+        return false;
+    };
+    media_port(m.split(' ').nth(1).unwrap_or_default()) == Some(0)
+        || session.iter().chain(&lines).map(|l| l.trim()).any(|l| {
+            // `c=0.0.0.0`: the older way to hold (RFC 2543), still sent by some PBXs.
+            matches!(
+                l,
+                "a=inactive" | "a=sendonly" | "a=recvonly" | "c=IN IP4 0.0.0.0" | "c=IN IP6 ::"
+            )
+        })
 }
 
 #[cfg(test)]
@@ -545,6 +575,42 @@ mod tests {
             );
             assert!(!out.sdp.contains("10.9.9.9"), "{line}: {}", out.sdp);
         }
+    }
+
+    /// SRTP offered as optional the old way (an SRTP audio stream, then the same audio
+    /// over plain RTP): the plain one is anchored and read, the SRTP one declined.
+    #[test]
+    fn the_first_plain_rtp_audio_stream_is_the_one_anchored() {
+        let offer = "v=0\r\nc=IN IP4 10.1.1.1\r\nt=0 0\r\n\
+            m=audio 6000 RTP/SAVP 8 96\r\na=rtpmap:96 telephone-event/8000\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR\r\na=inactive\r\n\
+            m=audio 6002 RTP/AVP 0 8 101\r\na=rtpmap:101 telephone-event/8000\r\n";
+        assert_eq!(audio_port(offer), Some(6002));
+        assert_eq!(telephone_event(offer), Some(101));
+        assert_eq!(g711(offer), Some(0));
+        assert!(
+            !holds(offer),
+            "the declined stream's direction is not the call's"
+        );
+        let r = rewrite(offer, "192.0.2.5".parse().unwrap(), 20000).unwrap();
+        assert_eq!(r.remote, Some("10.1.1.1:6002".parse().unwrap()));
+        assert!(r.sdp.contains("m=audio 0 RTP/SAVP 8 96\r\nm=audio 20000 RTP/AVP 0 8 101\r\na=rtpmap:101 telephone-event/8000\r\n"), "{}", r.sdp);
+        assert!(
+            !r.sdp.contains("crypto") && !r.sdp.contains("inactive"),
+            "{}",
+            r.sdp
+        );
+        let narrowed = restrict(&r.sdp, &[0, 101]);
+        assert!(
+            narrowed.contains("m=audio 0 RTP/SAVP 8 96\r\nm=audio 20000 RTP/AVP 0 101\r\n"),
+            "{narrowed}"
+        );
+        // Without a plain stream there is nothing to anchor.
+        let srtp_only = "v=0\r\nc=IN IP4 10.1.1.1\r\nm=audio 6000 RTP/SAVP 8\r\n";
+        assert_eq!(
+            (audio_port(srtp_only), telephone_event(srtp_only)),
+            (None, None)
+        );
+        assert!(rewrite(srtp_only, "192.0.2.5".parse().unwrap(), 20000).is_none());
     }
 
     /// The origin keeps its session id and version (a re-offer's must go up) and
