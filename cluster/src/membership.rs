@@ -182,20 +182,15 @@ impl Membership {
                 Verdict::Fresh
             }
             Some(m) if epoch > m.epoch => {
-                if m.state == State::Up {
-                    // Restarted faster than we noticed: the old incarnation is gone.
-                    self.events.push(Event::Down {
-                        name: from.to_string(),
-                        epoch: m.epoch,
-                    });
-                }
-                *m = Member {
+                // Restarted faster than we noticed, if the old one was still up here.
+                let next = Member {
                     epoch,
                     state: State::Up,
                     since: now,
                     last_heard: now,
                     rtt: None,
                 };
+                supersede(&mut self.events, from, m, next);
                 self.events.push(Event::Up {
                     name: from.to_string(),
                     epoch,
@@ -273,20 +268,15 @@ impl Membership {
             Some(m) if m.epoch > epoch => false,
             Some(m) if m.state == State::Up && m.epoch == epoch => false,
             Some(m) => {
-                if m.state == State::Up {
-                    // An older incarnation we still thought up: it is down too.
-                    self.events.push(Event::Down {
-                        name: name.to_string(),
-                        epoch: m.epoch,
-                    });
-                }
-                *m = Member {
+                // An older incarnation we still thought up is down too.
+                let next = Member {
                     epoch,
                     state: State::Retired,
                     since: now,
                     last_heard: m.last_heard,
                     rtt: None,
                 };
+                supersede(&mut self.events, name, m, next);
                 true
             }
             None => {
@@ -426,6 +416,18 @@ impl Membership {
     pub fn in_good_standing(&self, from: &str, epoch: u64) -> bool {
         from != self.name && self.up_epoch(from) == Some(epoch)
     }
+}
+
+/// `m` (member `name`) becomes `next`; the end of its incarnation is an event if it
+/// was up in this view.
+fn supersede(events: &mut Vec<Event>, name: &str, m: &mut Member, next: Member) {
+    if m.state == State::Up {
+        events.push(Event::Down {
+            name: name.to_string(),
+            epoch: m.epoch,
+        });
+    }
+    *m = next;
 }
 
 #[cfg(test)]
