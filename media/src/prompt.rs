@@ -120,14 +120,16 @@ pub fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
+/// An operator's own prompts, by (operator, name).
+type OwnPrompts = HashMap<(String, String), Arc<Prompt>>;
+
 /// The node's prompt library. Names are shared by every operator (the files of the
 /// prompts directory) or belong to one operator (uploaded through the API), which
 /// wins over a shared prompt of the same name.
 #[derive(Clone, Default)]
 pub struct Prompts {
     shared: Arc<RwLock<HashMap<String, Arc<Prompt>>>>,
-    /// By (operator, name).
-    own: Arc<RwLock<HashMap<(String, String), Arc<Prompt>>>>,
+    own: Arc<RwLock<OwnPrompts>>,
     /// Where operators' own prompts are saved (`<dir>/operators/<id>/<name>.wav`).
     dir: Option<std::path::PathBuf>,
 }
