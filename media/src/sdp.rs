@@ -150,15 +150,30 @@ fn plain_rtp(proto: &str) -> bool {
 
 /// Which m= line of a body (counting from 0) carries the audio the node anchors: the
 /// first audio stream over plain RTP (SRTP and DTLS cannot be relayed, recorded or
-/// searched for DTMF by the node). Every other stream, an SRTP audio stream offered
-/// before a plain one included (an old way to offer SRTP as optional), is declined.
+/// searched for DTMF by the node) with a port, else the first one declined (port 0:
+/// audio off). Every other stream, an SRTP audio stream offered before a plain one
+/// included (an old way to offer SRTP as optional), is declined. Preferring a stream
+/// with a port keeps an answer that declines the SRTP stream as `m=audio 0 RTP/AVP`,
+/// or a re-offer that keeps a removed stream at port 0 before its new one, on the
+/// stream actually in use.
 fn anchored(sdp: &str) -> Option<usize> {
-    sdp.lines()
+    let mut declined = None;
+    for (i, rest) in sdp
+        .lines()
         .filter_map(|l| l.trim_end().strip_prefix("m="))
-        .position(|rest| {
-            let mut f = rest.split(' ');
-            f.next() == Some("audio") && f.nth(1).is_some_and(plain_rtp)
-        })
+        .enumerate()
+    {
+        let f: Vec<&str> = rest.split(' ').collect();
+        if f.first() != Some(&"audio") || !f.get(2).is_some_and(|p| plain_rtp(p)) {
+            continue;
+        }
+        if f.get(1).and_then(|p| media_port(p)) == Some(0) {
+            declined = declined.or(Some(i));
+        } else {
+            return Some(i);
+        }
+    }
+    declined
 }
 
 /// The anchored stream: its m= line (after `m=`) and its lines up to the next m=
@@ -249,25 +264,43 @@ pub struct Answer {
 }
 
 /// Answers `offer` from `addr:port` with its first G.711 codec and its
-/// telephone-event, if any. None if the offer has no audio or no G.711.
+/// telephone-event, if any, on the anchored audio stream; every other stream of the
+/// offer is declined in its place (RFC 3264 section 6: one m= line per offered one, in
+/// order). None if the offer has no audio over plain RTP or no G.711.
 pub fn answer(offer: &str, addr: IpAddr, port: u16, session: u64) -> Option<Answer> {
     let payload_type = g711(offer)?;
     let dtmf = telephone_event(offer);
     let remote = rewrite(offer, addr, port)?.remote;
+    let anchored = anchored(offer)?;
     let family = if addr.is_ipv4() { "IP4" } else { "IP6" };
     let codec = if payload_type == 0 { "PCMU" } else { "PCMA" };
     let mut sdp = format!(
         "v=0\r\no=tsunagu {session} 1 IN {family} {addr}\r\ns=tsunagu\r\nc=IN {family} {addr}\r\nt=0 0\r\n"
     );
-    match dtmf {
-        Some(te) => sdp.push_str(&format!(
-            "m=audio {port} RTP/AVP {payload_type} {te}\r\na=rtpmap:{payload_type} {codec}/8000\r\na=rtpmap:{te} telephone-event/8000\r\na=fmtp:{te} 0-15\r\n"
-        )),
-        None => sdp.push_str(&format!(
-            "m=audio {port} RTP/AVP {payload_type}\r\na=rtpmap:{payload_type} {codec}/8000\r\n"
-        )),
+    let offered = offer
+        .lines()
+        .filter_map(|l| l.trim_end().strip_prefix("m="));
+    for (i, rest) in offered.enumerate() {
+        if i != anchored {
+            let f: Vec<&str> = rest.split(' ').filter(|f| !f.is_empty()).collect();
+            let (media, proto) = (
+                f.first().unwrap_or(&"audio"),
+                f.get(2).unwrap_or(&"RTP/AVP"),
+            );
+            let format = f.get(3).unwrap_or(&"0");
+            sdp.push_str(&format!("m={media} 0 {proto} {format}\r\n"));
+            continue;
+        }
+        match dtmf {
+            Some(te) => sdp.push_str(&format!(
+                "m=audio {port} RTP/AVP {payload_type} {te}\r\na=rtpmap:{payload_type} {codec}/8000\r\na=rtpmap:{te} telephone-event/8000\r\na=fmtp:{te} 0-15\r\n"
+            )),
+            None => sdp.push_str(&format!(
+                "m=audio {port} RTP/AVP {payload_type}\r\na=rtpmap:{payload_type} {codec}/8000\r\n"
+            )),
+        }
+        sdp.push_str("a=sendrecv\r\n");
     }
-    sdp.push_str("a=sendrecv\r\n");
     Some(Answer {
         sdp,
         payload_type,
@@ -357,14 +390,26 @@ pub fn holds(sdp: &str) -> bool {
     let Some((m, lines, session)) = anchored_stream(sdp) else {
         return false;
     };
+    // The stream's own direction and connection line win over the session's (RFC 4566).
+    let direction = last_of(&lines, is_direction).or_else(|| last_of(&session, is_direction));
+    // `c=0.0.0.0`: the older way to hold (RFC 2543), still sent by some PBXs.
+    let connection = last_of(&lines, |l| l.starts_with("c="))
+        .or_else(|| last_of(&session, |l| l.starts_with("c=")));
     media_port(m.split(' ').nth(1).unwrap_or_default()) == Some(0)
-        || session.iter().chain(&lines).map(|l| l.trim()).any(|l| {
-            // `c=0.0.0.0`: the older way to hold (RFC 2543), still sent by some PBXs.
-            matches!(
-                l,
-                "a=inactive" | "a=sendonly" | "a=recvonly" | "c=IN IP4 0.0.0.0" | "c=IN IP6 ::"
-            )
-        })
+        || direction.is_some_and(|d| d != "a=sendrecv")
+        || matches!(connection, Some("c=IN IP4 0.0.0.0" | "c=IN IP6 ::"))
+}
+
+fn is_direction(line: &str) -> bool {
+    matches!(
+        line,
+        "a=sendrecv" | "a=inactive" | "a=sendonly" | "a=recvonly"
+    )
+}
+
+/// The last of `lines` (trimmed) that `wanted` picks.
+fn last_of<'a>(lines: &[&'a str], wanted: impl Fn(&str) -> bool) -> Option<&'a str> {
+    lines.iter().map(|l| l.trim()).filter(|l| wanted(l)).last()
 }
 
 #[cfg(test)]
@@ -599,11 +644,25 @@ mod tests {
             "{}",
             r.sdp
         );
+        let a = answer(offer, "192.0.2.5".parse().unwrap(), 20000, 7).unwrap();
+        assert!(
+            a.sdp.ends_with("m=audio 0 RTP/SAVP 8\r\nm=audio 20000 RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\na=sendrecv\r\n"),
+            "one m= line per offered stream, in order: {}",
+            a.sdp
+        );
         let narrowed = restrict(&r.sdp, &[0, 101]);
         assert!(
             narrowed.contains("m=audio 0 RTP/SAVP 8 96\r\nm=audio 20000 RTP/AVP 0 101\r\n"),
             "{narrowed}"
         );
+        // An answer declining the SRTP stream as plain RTP at port 0 (not allowed, but
+        // sent), or a re-offer keeping a removed stream at port 0: the stream with a
+        // port is the one in use.
+        let answer_body = "v=0\r\nc=IN IP4 10.2.2.2\r\nm=audio 0 RTP/AVP 8\r\nm=audio 7000 RTP/AVP 0\r\na=sendrecv\r\n";
+        assert_eq!(audio_port(answer_body), Some(7000));
+        assert!(!holds(answer_body));
+        let r = rewrite(answer_body, "192.0.2.5".parse().unwrap(), 20000).unwrap();
+        assert_eq!(r.remote, Some("10.2.2.2:7000".parse().unwrap()));
         // Without a plain stream there is nothing to anchor.
         let srtp_only = "v=0\r\nc=IN IP4 10.1.1.1\r\nm=audio 6000 RTP/SAVP 8\r\n";
         assert_eq!(
@@ -698,6 +757,16 @@ mod tests {
             "RFC 2543 hold"
         );
         assert!(!holds("v=0\r\nm=audio 40000 RTP/AVP 0\r\n"));
+        // The stream's own lines win over the session's (RFC 4566).
+        assert!(!holds(
+            "v=0\r\na=sendonly\r\nc=IN IP4 10.0.0.1\r\nm=audio 4000 RTP/AVP 0\r\na=sendrecv\r\n"
+        ));
+        assert!(holds(
+            "v=0\r\na=sendrecv\r\nc=IN IP4 10.0.0.1\r\nm=audio 4000 RTP/AVP 0\r\na=inactive\r\n"
+        ));
+        assert!(!holds(
+            "v=0\r\nc=IN IP4 0.0.0.0\r\nm=audio 4000 RTP/AVP 0\r\nc=IN IP4 10.0.0.2\r\n"
+        ));
     }
 
     #[test]
