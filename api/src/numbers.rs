@@ -312,9 +312,10 @@ pub struct CreateQuery {
 pub async fn create(
     OperatorId(op): OperatorId,
     State(st): State<Arc<ApiState>>,
-    Query(q): Query<CreateQuery>,
+    q: Result<Query<CreateQuery>, axum::extract::rejection::QueryRejection>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::bad_request(Some("dry_run"), e.body_text()))?;
     let input: NumberInput = parse_json(&body)?;
     let now = now_ms();
     let number = TrackingNumber {

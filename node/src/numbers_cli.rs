@@ -15,9 +15,10 @@
 //! (`POST /v1/numbers?dry_run=true`: the same checks as a creation, nothing written),
 //! and a file with any bad row creates nothing: every problem is printed with its line.
 //! Then the rows are created in order. Exit status: 0 every number created; 1 the file
-//! was refused (nothing created), or a creation failed after the check (another client
-//! took the number meanwhile: the numbers before it were created, and are named); 2 the
-//! node could not be asked.
+//! or its rows were refused (nothing created), or a creation failed after the check
+//! (another client took the number meanwhile: the numbers before it were created, and
+//! it says how many); 2 the node could not be asked, or answered other than about the
+//! rows (no key or a refused one, configuration, unreachable, overloaded, store down).
 
 use crate::api_client::{api_address, ask, printable, ClientError};
 use serde_json::{json, Map, Value};
@@ -57,7 +58,10 @@ pub fn import(file: &Path, config: Option<PathBuf>) -> ExitCode {
     };
     let text = match read_bounded(file) {
         Ok(t) => t,
-        Err(e) => return fail(format!("{}: {e}", file.display())),
+        Err(e) => {
+            eprintln!("tsunagu numbers import: {}: {e}", file.display());
+            return ExitCode::from(1);
+        }
     };
     let rows = match rows(&text) {
         Ok(rows) => rows,
@@ -82,8 +86,18 @@ pub fn import(file: &Path, config: Option<PathBuf>) -> ExitCode {
     for row in &rows {
         match send(row, "/v1/numbers?dry_run=true") {
             Ok((200, _)) => {}
-            Ok((401, _)) => return fail("the node refused TSUNAGU_API_KEY (401)".into()),
-            Ok((code, why)) => problems.push(format!("line {}: {code}: {why}", row.line)),
+            // What the node says about the row itself.
+            Ok((code @ (400 | 404 | 409 | 422), why)) => {
+                problems.push(format!("line {}: {code}: {why}", row.line))
+            }
+            Ok((201, _)) => {
+                return fail(format!(
+                    "the node created line {}'s number while asked only to check it: it does not know dry_run (an older node?); numbers of the lines before may have been created too",
+                    row.line
+                ))
+            }
+            // About the request, not the row: the same for every row, said once.
+            Ok((code, why)) => return fail(format!("the node answered {code}: {why}")),
             Err(e) => return fail(e.to_string()),
         }
     }
@@ -111,7 +125,11 @@ pub fn import(file: &Path, config: Option<PathBuf>) -> ExitCode {
                 return ExitCode::from(1);
             }
             Err(e) => {
-                eprintln!("{done} of {} numbers imported before: {e}", rows.len());
+                eprintln!(
+                    "{done} of {} numbers imported before line {} (whose own may or may not have been): {e}",
+                    rows.len(),
+                    row.line
+                );
                 return ExitCode::from(2);
             }
         }
@@ -165,6 +183,11 @@ pub fn rows(text: &str) -> Result<Vec<Row>, Vec<String>> {
         .collect();
     let mut problems = Vec::new();
     for (i, c) in columns.iter().enumerate() {
+        // A nameless column (a stray cell right of the table) is ignored while it
+        // stays empty.
+        if c.is_empty() {
+            continue;
+        }
         if !["number", "advertiser_id", "destinations", "options"].contains(&c.as_str()) {
             problems.push(format!("line 1: unknown column {:?}", printable(c, 40)));
         } else if columns[..i].contains(c) {
@@ -181,15 +204,31 @@ pub fn rows(text: &str) -> Result<Vec<Row>, Vec<String>> {
     }
     let mut rows = Vec::new();
     let mut seen = std::collections::HashMap::new();
-    for (line, fields) in records {
+    // Cells a row may leave out at its end: `options` and nameless columns.
+    let needed = 1 + columns
+        .iter()
+        .rposition(|c| ["number", "advertiser_id", "destinations"].contains(&c.as_str()))
+        .unwrap_or(0);
+    for (line, mut fields) in records {
         if fields.iter().all(|f| f.trim().is_empty()) {
             continue;
         }
-        if fields.len() != columns.len() {
+        if fields.len() < needed || fields.len() > columns.len() {
             problems.push(format!(
                 "line {line}: {} fields for {} columns",
                 fields.len(),
                 columns.len()
+            ));
+            continue;
+        }
+        fields.resize(columns.len(), String::new());
+        if columns
+            .iter()
+            .zip(&fields)
+            .any(|(c, f)| c.is_empty() && !f.trim().is_empty())
+        {
+            problems.push(format!(
+                "line {line}: a value under a column without a name"
             ));
             continue;
         }
@@ -278,46 +317,72 @@ fn row(number: &str, advertiser: &str, destinations: &str, options: &str) -> Res
     Ok(Value::Object(body))
 }
 
+/// At most this many fields in a record (the columns are four).
+const MAX_FIELDS: usize = 32;
+
 /// RFC 4180 records with the line each starts on; a quoted field may hold commas,
-/// doubled quotes and line breaks. A UTF-8 byte-order mark at the start is skipped.
+/// doubled quotes and line breaks. A UTF-8 byte-order mark at the start is skipped; a
+/// lone CR ends a line as LF and CRLF do (old Mac sheets). Bounded: at most
+/// [`MAX_ROWS`] + 1 lines of records and [`MAX_FIELDS`] fields each.
 pub fn records(text: &str) -> Result<Vec<(usize, Vec<String>)>, String> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut out = Vec::new();
     let mut fields = Vec::new();
     let mut field = String::new();
     let (mut line, mut start) = (1, 1);
-    let mut quoted = false;
+    // In a quoted field; just after its closing quote.
+    let (mut quoted, mut closed) = (false, false);
     let mut chars = text.chars().peekable();
     while let Some(c) = chars.next() {
-        match (quoted, c) {
-            (true, '"') if chars.peek() == Some(&'"') => {
-                chars.next();
-                field.push('"');
-            }
-            (true, '"') => quoted = false,
-            (true, c) => {
-                if c == '\n' {
-                    line += 1;
+        if quoted {
+            match c {
+                '"' if chars.peek() == Some(&'"') => {
+                    chars.next();
+                    field.push('"');
                 }
-                field.push(c);
+                '"' => (quoted, closed) = (false, true),
+                c => {
+                    if c == '\n' || (c == '\r' && chars.peek() != Some(&'\n')) {
+                        line += 1;
+                    }
+                    field.push(c);
+                }
             }
-            (false, '"') if field.is_empty() => quoted = true,
-            (false, '"') => return Err(format!("line {line}: a quote inside an unquoted field")),
-            (false, ',') => fields.push(std::mem::take(&mut field)),
-            (false, '\r') if chars.peek() == Some(&'\n') => {}
-            (false, '\n') => {
+            continue;
+        }
+        match c {
+            '"' if field.is_empty() && !closed => quoted = true,
+            ',' => {
+                fields.push(std::mem::take(&mut field));
+                closed = false;
+                if fields.len() >= MAX_FIELDS {
+                    return Err(format!("line {start}: more than {MAX_FIELDS} fields"));
+                }
+            }
+            '\r' if chars.peek() == Some(&'\n') => {}
+            '\n' | '\r' => {
                 fields.push(std::mem::take(&mut field));
                 out.push((start, std::mem::take(&mut fields)));
                 line += 1;
                 start = line;
+                closed = false;
+                if out.len() > MAX_ROWS + 1 {
+                    return Err(format!("more than {MAX_ROWS} rows: split the file"));
+                }
             }
-            (false, c) => field.push(c),
+            '"' => return Err(format!("line {line}: a quote inside an unquoted field")),
+            _ if closed => {
+                return Err(format!(
+                    "line {line}: text after a quoted field's closing quote"
+                ))
+            }
+            c => field.push(c),
         }
     }
     if quoted {
         return Err(format!("line {start}: a quoted field is not closed"));
     }
-    if !field.is_empty() || !fields.is_empty() {
+    if !field.is_empty() || !fields.is_empty() || closed {
         fields.push(field);
         out.push((start, fields));
     }
@@ -347,6 +412,11 @@ mod tests {
             ("a,,\n", Ok(vec![(1, vec!["a", "", ""])])),
             ("", Ok(vec![])),
             ("a\"b\n", Err("line 1: a quote inside an unquoted field")),
+            ("\"abc\"def\n", Err("line 1: text after a quoted field's closing quote")),
+            ("a,b\r1,2\r", Ok(vec![(1, vec!["a", "b"]), (2, vec!["1", "2"])])),
+            ("\"x\"", Ok(vec![(1, vec!["x"])])),
+            ("a,\"\"", Ok(vec![(1, vec!["a", ""])])),
+            ("1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31,32,33\n", Err("line 1: more than 32 fields")),
             ("a\n\"open\n", Err("line 2: a quoted field is not closed")),
         ];
         for (text, want) in cases {
@@ -385,6 +455,20 @@ mod tests {
                         "destinations": [{"number": "0311114444"}], "recording": {"mode": "both"}}),
                 },
             ]
+        );
+        // A stray empty column right of the table, and rows that leave the optional
+        // `options` out.
+        let lenient =
+            rows("number,advertiser_id,destinations,options,,\n1,a,3\n2,a,4,,,\n").unwrap();
+        assert_eq!(lenient.len(), 2);
+        assert_eq!(
+            lenient[0].number,
+            json!({"number": "1", "advertiser_id": "a", "destinations": [{"number": "3"}]})
+        );
+        let many = "number,advertiser_id,destinations\n".to_string() + &"\n".repeat(MAX_ROWS + 1);
+        assert_eq!(
+            rows(&many).unwrap_err(),
+            vec![format!("more than {MAX_ROWS} rows: split the file")]
         );
         let bad: &[(&str, &str)] = &[
             ("", "empty file"),
@@ -436,6 +520,14 @@ mod tests {
             (
                 "number,advertiser_id,destinations\n1,a,3\n1,a,4\n",
                 "line 3: number 1 is on line 2 too",
+            ),
+            (
+                "number,advertiser_id,destinations,,\n1,a,3,,x\n",
+                "line 2: a value under a column without a name",
+            ),
+            (
+                "number,advertiser_id,destinations,options\n1,a\n",
+                "line 2: 2 fields for 4 columns",
             ),
         ];
         for (text, want) in bad {
