@@ -41,14 +41,18 @@ impl Drop for Callers {
 
 /// A node whose RTP range holds `calls` calls (two even ports each, so four port
 /// numbers) with a quarter to spare (other processes' ephemeral ports may sit in any
-/// range), on the next slots' RTP ports as well as its own.
+/// range), in a wide range of its own.
 fn node_for(calls: u16) -> Node {
     let range = calls * 5;
-    let ports = Ports::take_many(range.div_ceil(RTP_PER_SLOT));
+    let ports = Ports::take();
+    let (first, last) = wide_rtp_range();
+    assert!(
+        last - first + 1 >= range,
+        "{calls} calls need {range} ports"
+    );
     let media = format!(
-        "[media]\naddress = \"127.0.0.1\"\nports = \"{}-{}\"",
-        ports.rtp_first,
-        ports.rtp_first + range - 1
+        "[media]\naddress = \"127.0.0.1\"\nports = \"{first}-{}\"",
+        first + range - 1
     );
     // The harness writes its own [media]; this test's replaces it.
     let node = Node::start(ports, "127.0.0.1/32", "");

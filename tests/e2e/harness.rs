@@ -18,13 +18,13 @@ pub const ADMIN: &str = "test-admin-token";
 static NEXT_SLOT: AtomicU16 = AtomicU16::new(0);
 static NEXT_WIDE: AtomicU16 = AtomicU16::new(0);
 
-/// A node RTP range of 2000 ports for tests carrying hundreds of calls per node, from
-/// 10000 (below every slot; five ranges up to 19999). Nodes of one test cluster share
-/// it, each on its own address.
+/// A node RTP range of 1600 ports (800 calls) for tests carrying hundreds of calls per
+/// node, from 10000 (below every slot; six ranges up to 19599). Nodes of one test
+/// cluster share it, each on its own address.
 pub fn wide_rtp_range() -> (u16, u16) {
     let k = NEXT_WIDE.fetch_add(1, Ordering::SeqCst);
-    assert!(k < 5, "the e2e tests ran out of wide RTP ranges");
-    (10_000 + 2000 * k, 10_000 + 2000 * k + 1999)
+    assert!(k < 6, "the e2e tests ran out of wide RTP ranges");
+    (10_000 + 1600 * k, 10_000 + 1600 * k + 1599)
 }
 
 /// Port slots the tests can take (see [`Ports::take`]): the main bank, then a second
