@@ -81,7 +81,8 @@ fn benches(c: &mut Criterion) {
             black_box((trunk, number, caller, out))
         })
     });
-    // Anchoring an offer: what the node does to each SDP body it passes on.
+    // Anchoring an offer: what the node does to each SDP body it passes on (rewritten,
+    // and its telephone-event and hold read, in one parse).
     let node_ip: std::net::IpAddr = "192.0.2.5".parse().unwrap();
     for (name, body) in [("sdp_anchor_plain", SDP), ("sdp_anchor_softphone", NOISY_SDP)] {
         g.bench_function(name, |b| {

@@ -19,6 +19,114 @@ pub struct Rewritten {
     pub sdp: String,
     /// Where the far end said it receives audio; None on hold (0.0.0.0) or no audio.
     pub remote: Option<SocketAddr>,
+    /// Its telephone-event payload type ([`telephone_event`]).
+    pub dtmf: Option<u8>,
+    /// It puts the audio on hold (see `Body::holds`).
+    pub held: bool,
+}
+
+/// An SDP body split once into its session-level lines and its streams, with the stream
+/// the node anchors; every reader below works on it. Lines are trimmed at their end and
+/// empty ones left out.
+struct Body<'a> {
+    /// The lines before the first m= line.
+    session: Vec<&'a str>,
+    /// Each m= line (after `m=`) with the lines up to the next one.
+    streams: Vec<(&'a str, Vec<&'a str>)>,
+    /// Which stream carries the audio the node anchors: the first audio stream over
+    /// plain RTP (SRTP and DTLS cannot be relayed, recorded or searched for DTMF by the
+    /// node) with a port, else the first one declined (port 0: audio off). Every other
+    /// stream, an SRTP audio stream offered before a plain one included (an old way to
+    /// offer SRTP as optional), is declined. Preferring a stream with a port keeps an
+    /// answer that declines the SRTP stream as `m=audio 0 RTP/AVP`, or a re-offer that
+    /// keeps a removed stream at port 0 before its new one, on the stream in use.
+    anchored: Option<usize>,
+}
+
+impl<'a> Body<'a> {
+    fn parse(sdp: &'a str) -> Body<'a> {
+        let mut session = Vec::new();
+        let mut streams: Vec<(&str, Vec<&str>)> = Vec::new();
+        for line in sdp.lines().map(str::trim_end).filter(|l| !l.is_empty()) {
+            match (line.strip_prefix("m="), streams.last_mut()) {
+                (Some(m), _) => streams.push((m, Vec::new())),
+                (None, Some((_, lines))) => lines.push(line),
+                (None, None) => session.push(line),
+            }
+        }
+        let plain_audio = |m: &&str| {
+            let f: Vec<&str> = m.split(' ').collect();
+            f.first() == Some(&"audio") && f.get(2).is_some_and(|p| plain_rtp(p))
+        };
+        let declined = |m: &&str| m.split(' ').nth(1).and_then(media_port) == Some(0);
+        let anchored = streams
+            .iter()
+            .position(|(m, _)| plain_audio(m) && !declined(m))
+            .or_else(|| streams.iter().position(|(m, _)| plain_audio(m)));
+        Body {
+            session,
+            streams,
+            anchored,
+        }
+    }
+
+    /// The anchored stream: its m= line (after `m=`) and its lines.
+    fn audio(&self) -> Option<(&'a str, &[&'a str])> {
+        let (m, lines) = self.streams.get(self.anchored?)?;
+        Some((m, lines))
+    }
+
+    /// The anchored stream's port, when it names a valid one.
+    fn audio_port(&self) -> Option<u16> {
+        media_port(self.audio()?.0.split(' ').nth(1)?)
+    }
+
+    /// The anchored stream's formats.
+    fn audio_formats(&self) -> Vec<u8> {
+        self.audio()
+            .map(|(m, _)| m.split(' ').skip(3).filter_map(payload_type).collect())
+            .unwrap_or_default()
+    }
+
+    /// The payload type of `telephone-event/8000` in the anchored stream (RFC 4733).
+    fn telephone_event(&self) -> Option<u8> {
+        self.audio()?.1.iter().find_map(|l| {
+            let (pt, codec) = l.strip_prefix("a=rtpmap:")?.split_once(' ')?;
+            codec
+                .to_ascii_lowercase()
+                .starts_with("telephone-event/8000")
+                .then(|| payload_type(pt))?
+        })
+    }
+
+    /// Whether the body puts its audio on hold: `a=inactive`, `a=sendonly` or
+    /// `a=recvonly` (RFC 3264 section 8.4; the anchored stream's own direction, else the
+    /// session's, RFC 4566), a connection address of 0.0.0.0 (RFC 2543, the same way),
+    /// or the audio stream disabled (port 0). A held call may carry no RTP for as long
+    /// as it is held, so the media timeout does not apply to it.
+    fn holds(&self) -> bool {
+        let Some((_, lines)) = self.audio() else {
+            return false;
+        };
+        let last = |wanted: fn(&str) -> bool| {
+            let of = |ls: &[&'a str]| ls.iter().rev().copied().find(|l| wanted(l));
+            of(lines).or_else(|| of(&self.session))
+        };
+        self.audio_port() == Some(0)
+            || last(is_direction).is_some_and(|d| d != "a=sendrecv")
+            // `c=0.0.0.0`: the older way to hold (RFC 2543), still sent by some PBXs.
+            || matches!(
+                last(|l| l.starts_with("c=")),
+                Some("c=IN IP4 0.0.0.0" | "c=IN IP6 ::")
+            )
+    }
+}
+
+fn is_direction(line: &str) -> bool {
+    matches!(
+        line,
+        "a=sendrecv" | "a=inactive" | "a=sendonly" | "a=recvonly"
+    )
 }
 
 /// The part of a body a line belongs to.
@@ -26,103 +134,104 @@ pub struct Rewritten {
 enum Section {
     /// Before the first m= line.
     Session,
-    /// The first audio stream: the one anchored.
+    /// The anchored audio stream.
     Audio,
     /// Any other stream (declined).
     Other,
 }
 
-/// Replaces origin and connection addresses with `addr` and the first audio port with
-/// `port`; the origin's user name and the session name become `-`. Other media
-/// streams are declined (port 0): only audio is anchored. Of the attributes, only those
-/// that describe the audio itself pass ([`passes`]); RTCP attributes among the rest,
-/// because RTCP is not relayed. None when the body has no audio stream with a valid
-/// port over plain RTP.
+/// Replaces origin and connection addresses with `addr` and the anchored audio
+/// stream's port with `port`; the origin's user name and the session name become `-`.
+/// Other media streams are declined (port 0): only audio is anchored. Of the
+/// attributes, only those that describe the audio itself pass ([`passes`]); RTCP
+/// attributes among the rest, because RTCP is not relayed. None when the body has no
+/// audio stream with a valid port over plain RTP.
 pub fn rewrite(sdp: &str, addr: IpAddr, port: u16) -> Option<Rewritten> {
-    let anchored = anchored(sdp)?;
-    let mut stream = 0;
+    let body = Body::parse(sdp);
+    let anchored = body.anchored?;
+    let audio_port = body.audio_port()?;
     let family = if addr.is_ipv4() { "IP4" } else { "IP6" };
     let mut out = String::with_capacity(sdp.len() + 32);
     let mut session_c: Option<IpAddr> = None;
     let mut audio_c: Option<IpAddr> = None;
-    let mut audio_port: Option<u16> = None;
-    let mut section = Section::Session;
-    for line in sdp.lines() {
-        let line = line.trim_end_matches('\r');
-        if line.is_empty() {
-            continue;
-        }
-        let mut rewritten = None;
-        if !passes(line, section) {
-            continue;
-        }
-        if let Some(rest) = line.strip_prefix("o=") {
-            // Session id and version kept (a re-offer's version must go up), the rest
-            // ours; one that does not read as two numbers is replaced.
-            let f: Vec<&str> = rest.split(' ').collect();
-            let number = |s: &&str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-            let (id, version) = match (f.get(1), f.get(2)) {
-                (Some(id), Some(v)) if f.len() == 6 && number(id) && number(v) => (*id, *v),
-                _ => ("0", "0"),
+    let sections = std::iter::once((Section::Session, None, &body.session)).chain(
+        body.streams.iter().enumerate().map(|(i, (m, lines))| {
+            let section = if i == anchored {
+                Section::Audio
+            } else {
+                Section::Other
             };
-            rewritten = Some(format!("o=- {id} {version} IN {family} {addr}"));
-        } else if line.starts_with("s=") {
-            rewritten = Some("s=-".to_string());
-        } else if let Some(rest) = line.strip_prefix("c=") {
-            let ip = rest
-                .split(' ')
-                .nth(2)
-                .and_then(|a| a.split('/').next())
-                .and_then(|a| a.parse::<IpAddr>().ok());
-            match section {
-                Section::Session => session_c = ip,
-                Section::Audio => audio_c = ip,
-                Section::Other => {}
+            (section, Some(*m), lines)
+        }),
+    );
+    for (section, m, lines) in sections {
+        if let Some(m) = m {
+            let mut f: Vec<&str> = m.split(' ').collect();
+            // Another stream is declined; a disabled audio stream (port 0, RFC 3264
+            // section 6) stays disabled: the other leg must not be told audio was
+            // accepted.
+            let p = port.to_string();
+            if f.len() > 1 && (section == Section::Other || audio_port != 0) {
+                f[1] = if section == Section::Other { "0" } else { &p };
             }
-            rewritten = Some(format!("c=IN {family} {addr}"));
-        } else if let Some(rest) = line.strip_prefix("m=") {
-            let mut f: Vec<&str> = rest.split(' ').collect();
-            let this = stream == anchored;
-            stream += 1;
-            section = if this { Section::Audio } else { Section::Other };
-            if this {
-                audio_port = Some(f.get(1).and_then(|p| media_port(p))?);
-                // A disabled stream (port 0, RFC 3264 section 6) stays disabled: the
-                // other leg must not be told audio was accepted.
-                let p = port.to_string();
-                if f.len() > 1 && audio_port != Some(0) {
-                    f[1] = &p;
-                }
-                rewritten = Some(format!("m={}", f.join(" ")));
-            } else if f.len() > 1 {
-                f[1] = "0";
-                rewritten = Some(format!("m={}", f.join(" ")));
-            }
+            out.push_str(&format!("m={}\r\n", f.join(" ")));
         }
-        out.push_str(rewritten.as_deref().unwrap_or(line));
-        out.push_str("\r\n");
+        for line in lines.iter().filter(|l| passes(l, section)) {
+            let rewritten = if let Some(rest) = line.strip_prefix("o=") {
+                // Session id and version kept (a re-offer's version must go up), the
+                // rest ours; one that does not read as two numbers is replaced.
+                let f: Vec<&str> = rest.split(' ').collect();
+                let number = |s: &&str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+                let (id, version) = match (f.get(1), f.get(2)) {
+                    (Some(id), Some(v)) if f.len() == 6 && number(id) && number(v) => (*id, *v),
+                    _ => ("0", "0"),
+                };
+                Some(format!("o=- {id} {version} IN {family} {addr}"))
+            } else if line.starts_with("s=") {
+                Some("s=-".to_string())
+            } else if let Some(rest) = line.strip_prefix("c=") {
+                let ip = rest
+                    .split(' ')
+                    .nth(2)
+                    .and_then(|a| a.split('/').next())
+                    .and_then(|a| a.parse::<IpAddr>().ok());
+                match section {
+                    Section::Session => session_c = ip,
+                    Section::Audio => audio_c = ip,
+                    Section::Other => {}
+                }
+                Some(format!("c=IN {family} {addr}"))
+            } else {
+                None
+            };
+            out.push_str(rewritten.as_deref().unwrap_or(line));
+            out.push_str("\r\n");
+        }
     }
-    let audio_port = audio_port?;
-    let ip = audio_c.or(session_c);
-    let remote = match ip {
+    let remote = match audio_c.or(session_c) {
         Some(ip) if !ip.is_unspecified() && audio_port != 0 => {
             Some(SocketAddr::new(ip, audio_port))
         }
         _ => None,
     };
-    Some(Rewritten { sdp: out, remote })
+    Some(Rewritten {
+        sdp: out,
+        remote,
+        dtmf: body.telephone_event(),
+        held: body.holds(),
+    })
 }
 
 /// Whether one line of a body goes to the other leg. Lines: the version, origin,
 /// session name, timing, connection, bandwidth and media lines (the addresses, ports
 /// and names rewritten by the caller); not the free text or contact fields (`i=`,
 /// `u=`, `e=`, `p=`) nor an encryption key (`k=`). Attributes: at session level the
-/// direction and packet times (some PBXs put `ptime` there); in the first audio stream
-/// its formats (`rtpmap`, `fmtp`), packet times, direction and `silenceSupp` (RFC
-/// 3108: gateways turn voice activity detection off with it); nothing of a declined
-/// stream. Everything else (`candidate`, `ice-*`, `crypto`, `fingerprint`, `setup`,
-/// `rtcp`, `rtcp-mux`, `ssrc`, `mid`, `group`, ...) describes a transport the node does
-/// not offer or an address it hides.
+/// direction and packet times (some PBXs put `ptime` there); in the anchored audio
+/// stream its formats (`rtpmap`, `fmtp`), packet times, direction and `silenceSupp`
+/// (RFC 3108: gateways turn voice activity detection off with it); nothing of a
+/// declined stream. Everything else (`candidate`, `ice-*`, `crypto`, `fingerprint`,
+/// `setup`, `rtcp`, `rtcp-mux`, `ssrc`, `mid`, `group`, ...) describes a transport the
+/// node does not offer or an address it hides.
 fn passes(line: &str, section: Section) -> bool {
     const SESSION: [&str; 6] = [
         "sendrecv", "sendonly", "recvonly", "inactive", "ptime", "maxptime",
@@ -131,7 +240,7 @@ fn passes(line: &str, section: Section) -> bool {
     let Some(attribute) = line.strip_prefix("a=") else {
         return matches!(
             line.as_bytes().first(),
-            Some(b'v' | b'o' | b's' | b't' | b'c' | b'b' | b'm' | b'r' | b'z')
+            Some(b'v' | b'o' | b's' | b't' | b'c' | b'b' | b'r' | b'z')
         ) && line.as_bytes().get(1) == Some(&b'=');
     };
     let name = attribute.split(':').next().unwrap_or_default();
@@ -148,65 +257,12 @@ fn plain_rtp(proto: &str) -> bool {
     proto.eq_ignore_ascii_case("RTP/AVP") || proto.eq_ignore_ascii_case("RTP/AVPF")
 }
 
-/// Which m= line of a body (counting from 0) carries the audio the node anchors: the
-/// first audio stream over plain RTP (SRTP and DTLS cannot be relayed, recorded or
-/// searched for DTMF by the node) with a port, else the first one declined (port 0:
-/// audio off). Every other stream, an SRTP audio stream offered before a plain one
-/// included (an old way to offer SRTP as optional), is declined. Preferring a stream
-/// with a port keeps an answer that declines the SRTP stream as `m=audio 0 RTP/AVP`,
-/// or a re-offer that keeps a removed stream at port 0 before its new one, on the
-/// stream actually in use.
-fn anchored(sdp: &str) -> Option<usize> {
-    let mut declined = None;
-    for (i, rest) in sdp
-        .lines()
-        .filter_map(|l| l.trim_end().strip_prefix("m="))
-        .enumerate()
-    {
-        let f: Vec<&str> = rest.split(' ').collect();
-        if f.first() != Some(&"audio") || !f.get(2).is_some_and(|p| plain_rtp(p)) {
-            continue;
-        }
-        if f.get(1).and_then(|p| media_port(p)) == Some(0) {
-            declined = declined.or(Some(i));
-        } else {
-            return Some(i);
-        }
-    }
-    declined
-}
-
-/// The anchored stream: its m= line (after `m=`) and its lines up to the next m=
-/// line; and the session-level lines (before the first m= line).
-fn anchored_stream(sdp: &str) -> Option<(&str, Vec<&str>, Vec<&str>)> {
-    let index = anchored(sdp)?;
-    let (mut m, mut lines, mut session) = (None, Vec::new(), Vec::new());
-    let mut stream: Option<usize> = None;
-    for l in sdp.lines().map(str::trim_end) {
-        if let Some(rest) = l.strip_prefix("m=") {
-            let i = stream.map_or(0, |s| s + 1);
-            stream = Some(i);
-            if i == index {
-                m = Some(rest);
-            }
-            continue;
-        }
-        match stream {
-            None => session.push(l),
-            Some(i) if i == index => lines.push(l),
-            Some(_) => {}
-        }
-    }
-    Some((m?, lines, session))
-}
-
 /// The port of the anchored audio stream when it names a valid one: what the node
 /// needs of an offer to anchor its media. None for a body without audio over plain RTP
 /// (`RTP/AVP`, `RTP/AVPF`), with a port that is not 0-65535, or that is not SDP at
 /// all; `Some(0)` for a declined stream (RFC 3264 section 6).
 pub fn audio_port(sdp: &str) -> Option<u16> {
-    let (m, _, _) = anchored_stream(sdp)?;
-    media_port(m.split(' ').nth(1)?)
+    Body::parse(sdp).audio_port()
 }
 
 /// The port of an m= line's port field (`49170` or `49170/2`, RFC 4566 5.14): digits
@@ -227,28 +283,20 @@ fn payload_type(field: &str) -> Option<u8> {
     field.parse().ok().filter(|pt| *pt <= 127)
 }
 
-/// The formats of the anchored audio stream.
-fn audio_formats(sdp: &str) -> Vec<u8> {
-    anchored_stream(sdp)
-        .map(|(m, _, _)| m.split(' ').skip(3).filter_map(payload_type).collect())
-        .unwrap_or_default()
-}
-
 /// The payload type of `telephone-event/8000` in the anchored audio stream (RFC 4733).
 pub fn telephone_event(sdp: &str) -> Option<u8> {
-    let (_, lines, _) = anchored_stream(sdp)?;
-    lines.into_iter().find_map(|l| {
-        let (pt, codec) = l.strip_prefix("a=rtpmap:")?.split_once(' ')?;
-        codec
-            .to_ascii_lowercase()
-            .starts_with("telephone-event/8000")
-            .then(|| payload_type(pt))?
-    })
+    Body::parse(sdp).telephone_event()
 }
 
 /// The first G.711 codec (PCMU 0 or PCMA 8) of the anchored audio stream.
 pub fn g711(sdp: &str) -> Option<u8> {
-    audio_formats(sdp).into_iter().find(|f| *f == 0 || *f == 8)
+    first_g711(&Body::parse(sdp))
+}
+
+fn first_g711(body: &Body) -> Option<u8> {
+    body.audio_formats()
+        .into_iter()
+        .find(|f| *f == 0 || *f == 8)
 }
 
 /// The node's own answer to an offer, for when it answers the caller itself.
@@ -268,21 +316,18 @@ pub struct Answer {
 /// offer is declined in its place (RFC 3264 section 6: one m= line per offered one, in
 /// order). None if the offer has no audio over plain RTP or no G.711.
 pub fn answer(offer: &str, addr: IpAddr, port: u16, session: u64) -> Option<Answer> {
-    let payload_type = g711(offer)?;
-    let dtmf = telephone_event(offer);
+    let body = Body::parse(offer);
+    let payload_type = first_g711(&body)?;
+    let dtmf = body.telephone_event();
     let remote = rewrite(offer, addr, port)?.remote;
-    let anchored = anchored(offer)?;
     let family = if addr.is_ipv4() { "IP4" } else { "IP6" };
     let codec = if payload_type == 0 { "PCMU" } else { "PCMA" };
     let mut sdp = format!(
         "v=0\r\no=tsunagu {session} 1 IN {family} {addr}\r\ns=tsunagu\r\nc=IN {family} {addr}\r\nt=0 0\r\n"
     );
-    let offered = offer
-        .lines()
-        .filter_map(|l| l.trim_end().strip_prefix("m="));
-    for (i, rest) in offered.enumerate() {
-        if i != anchored {
-            let f: Vec<&str> = rest.split(' ').filter(|f| !f.is_empty()).collect();
+    for (i, (m, _)) in body.streams.iter().enumerate() {
+        if Some(i) != body.anchored {
+            let f: Vec<&str> = m.split(' ').filter(|f| !f.is_empty()).collect();
             let (media, proto) = (
                 f.first().unwrap_or(&"audio"),
                 f.get(2).unwrap_or(&"RTP/AVP"),
@@ -313,45 +358,46 @@ pub fn answer(offer: &str, addr: IpAddr, port: u16, session: u64) -> Option<Answ
 /// of other formats removed): after the node answered the caller with one codec, the
 /// callee is offered that codec, so the relayed audio needs no transcoding.
 pub fn restrict(sdp: &str, keep: &[u8]) -> String {
-    let dropped: Vec<u8> = audio_formats(sdp)
+    let body = Body::parse(sdp);
+    let dropped: Vec<u8> = body
+        .audio_formats()
         .into_iter()
         .filter(|f| !keep.contains(f))
         .collect();
-    let anchored = anchored(sdp);
-    let mut stream = 0;
     let mut out = String::with_capacity(sdp.len());
-    let mut in_audio = false;
-    for line in sdp.lines() {
-        let line = line.trim_end();
-        if line.is_empty() {
+    let line = |out: &mut String, l: &str| {
+        out.push_str(l);
+        out.push_str("\r\n");
+    };
+    for l in &body.session {
+        line(&mut out, l);
+    }
+    for (i, (m, lines)) in body.streams.iter().enumerate() {
+        if Some(i) != body.anchored {
+            line(&mut out, &format!("m={m}"));
+            lines.iter().for_each(|l| line(&mut out, l));
             continue;
         }
-        if let Some(rest) = line.strip_prefix("m=") {
-            in_audio = anchored == Some(stream);
-            stream += 1;
-            if in_audio {
-                let head: Vec<&str> = rest.split(' ').take(3).collect();
-                let kept: Vec<String> = rest
-                    .split(' ')
-                    .skip(3)
-                    .filter(|fmt| payload_type(fmt).is_some_and(|n| keep.contains(&n)))
-                    .map(str::to_string)
-                    .collect();
-                out.push_str(&format!("m={} {}\r\n", head.join(" "), kept.join(" ")));
-                continue;
-            }
-        } else if in_audio {
-            let format = line
+        let head: Vec<&str> = m.split(' ').take(3).collect();
+        let kept: Vec<&str> = m
+            .split(' ')
+            .skip(3)
+            .filter(|fmt| payload_type(fmt).is_some_and(|n| keep.contains(&n)))
+            .collect();
+        line(
+            &mut out,
+            &format!("m={} {}", head.join(" "), kept.join(" ")),
+        );
+        for l in lines {
+            let format = l
                 .strip_prefix("a=rtpmap:")
-                .or_else(|| line.strip_prefix("a=fmtp:"))
+                .or_else(|| l.strip_prefix("a=fmtp:"))
                 .and_then(|r| r.split(' ').next())
                 .and_then(payload_type);
-            if format.is_some_and(|f| dropped.contains(&f)) {
-                continue;
+            if !format.is_some_and(|f| dropped.contains(&f)) {
+                line(&mut out, l);
             }
         }
-        out.push_str(line);
-        out.push_str("\r\n");
     }
     out
 }
@@ -381,40 +427,13 @@ pub fn next_version(sdp: &str) -> String {
     out
 }
 
-/// Whether an SDP body puts its audio on hold: `a=inactive`, `a=sendonly` or
-/// `a=recvonly` (RFC 3264 section 8.4; at session level or in the anchored audio
-/// stream), a connection address of 0.0.0.0 (RFC 2543), or the audio stream disabled
-/// (port 0). A held call may carry no RTP for as long as it is held, so the media
-/// timeout does not apply to it.
-pub fn holds(sdp: &str) -> bool {
-    let Some((m, lines, session)) = anchored_stream(sdp) else {
-        return false;
-    };
-    // The stream's own direction and connection line win over the session's (RFC 4566).
-    let direction = last_of(&lines, is_direction).or_else(|| last_of(&session, is_direction));
-    // `c=0.0.0.0`: the older way to hold (RFC 2543), still sent by some PBXs.
-    let connection = last_of(&lines, |l| l.starts_with("c="))
-        .or_else(|| last_of(&session, |l| l.starts_with("c=")));
-    media_port(m.split(' ').nth(1).unwrap_or_default()) == Some(0)
-        || direction.is_some_and(|d| d != "a=sendrecv")
-        || matches!(connection, Some("c=IN IP4 0.0.0.0" | "c=IN IP6 ::"))
-}
-
-fn is_direction(line: &str) -> bool {
-    matches!(
-        line,
-        "a=sendrecv" | "a=inactive" | "a=sendonly" | "a=recvonly"
-    )
-}
-
-/// The last of `lines` (trimmed) that `wanted` picks.
-fn last_of<'a>(lines: &[&'a str], wanted: impl Fn(&str) -> bool) -> Option<&'a str> {
-    lines.iter().map(|l| l.trim()).filter(|l| wanted(l)).last()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn holds(sdp: &str) -> bool {
+        Body::parse(sdp).holds()
+    }
 
     #[test]
     fn a_new_offer_goes_up_one_version() {
@@ -552,7 +571,7 @@ mod tests {
         }
         // Payload types are 7 bits: larger numbers are no format, and no DTMF type.
         let sdp = "v=0\r\nm=audio 6000 RTP/AVP 300 128 255 8 101 -1\r\na=rtpmap:228 telephone-event/8000\r\n";
-        assert_eq!(audio_formats(sdp), vec![8, 101]);
+        assert_eq!(Body::parse(sdp).audio_formats(), vec![8, 101]);
         assert_eq!(telephone_event(sdp), None);
         assert_eq!(g711(sdp), Some(8));
         assert_eq!(
@@ -681,7 +700,7 @@ mod tests {
             ("o=alice 42 7 IN IP4 10.9.9.9", "o=- 42 7 IN IP4 192.0.2.5"),
             ("o=- 1 1 IN IP6 fd00::1", "o=- 1 1 IN IP4 192.0.2.5"),
             // Not six fields, or not numbers: replaced whole.
-            ("o=alice 42 7 IN IP4 10.9.9.9 ", "o=- 0 0 IN IP4 192.0.2.5"),
+            ("o=alice 42 7 IN IP4 10.9.9.9 x", "o=- 0 0 IN IP4 192.0.2.5"),
             ("o=alice x 7 IN IP4 10.9.9.9", "o=- 0 0 IN IP4 192.0.2.5"),
             ("o=10.9.9.9", "o=- 0 0 IN IP4 192.0.2.5"),
         ];

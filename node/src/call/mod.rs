@@ -1484,9 +1484,9 @@ impl Call {
         if let Some(remote) = rewritten.remote {
             relay.set_remote(from, remote);
         }
-        self.note_far_end(from, rewritten.remote, sdp::telephone_event(body));
+        self.note_far_end(from, rewritten.remote, rewritten.dtmf);
         let mut held = self.held.get();
-        held[usize::from(from == Side::B)] = sdp::holds(body);
+        held[usize::from(from == Side::B)] = rewritten.held;
         self.held.set(held);
         Some(rewritten.sdp)
     }
