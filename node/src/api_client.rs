@@ -14,6 +14,31 @@ const IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Answers of the node to these commands are small: anything larger is not one.
 const MAX_ANSWER: u64 = 1 << 20;
 
+/// The node's configuration as `serve` would read it: `file`, or the built-in defaults.
+pub fn load_config(file: Option<&std::path::Path>) -> Result<tsunagu_config::Config, String> {
+    match file {
+        Some(f) => tsunagu_config::Config::load(f).map_err(|e| e.to_string()),
+        None => tsunagu_config::Config::embedded_default().map_err(|e| e.to_string()),
+    }
+}
+
+/// What an error answer of the API says (`{"error": {"message", "field"}}`: the field
+/// first when there is one), else its text; safe to print, at most `max` characters.
+pub fn error_message(answer: &[u8], max: usize) -> String {
+    let text = serde_json::from_slice::<serde_json::Value>(answer)
+        .ok()
+        .and_then(|v| {
+            let e = &v["error"];
+            let message = e["message"].as_str()?;
+            Some(match e["field"].as_str() {
+                Some(field) => format!("{field}: {message}"),
+                None => message.to_string(),
+            })
+        })
+        .unwrap_or_else(|| String::from_utf8_lossy(answer).into_owned());
+    printable(&text, max)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("the token holds characters that cannot go into an HTTP header")]

@@ -12,7 +12,9 @@
 //! The requests go through [`crate::api_client`]; the view is treated as untrusted:
 //! parsed without panics, and names are made safe for a terminal.
 
-use crate::api_client::{api_address, ask, path_segment, printable, ClientError};
+use crate::api_client::{
+    api_address, ask, error_message, load_config, path_segment, printable, ClientError,
+};
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -111,10 +113,7 @@ pub fn forget(file: Option<PathBuf>, name: &str) -> ExitCode {
 
 /// The node's API address and admin token, from its configuration.
 fn node(file: Option<PathBuf>) -> Result<(SocketAddr, String), StatusError> {
-    let config = match &file {
-        Some(f) => Config::load(f).map_err(|e| StatusError::Config(e.to_string()))?,
-        None => Config::embedded_default().map_err(|e| StatusError::Config(e.to_string()))?,
-    };
+    let config = load_config(file.as_deref()).map_err(StatusError::Config)?;
     let token = admin_token(&config)?;
     Ok((api_address(config.api.listen), token))
 }
@@ -124,13 +123,9 @@ fn refused(code: u16, body: &[u8]) -> StatusError {
     if code == 401 {
         return StatusError::Unauthorized;
     }
-    let text = serde_json::from_slice::<Value>(body)
-        .ok()
-        .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
-        .unwrap_or_else(|| String::from_utf8_lossy(body).into_owned());
     StatusError::Status {
         status: code,
-        body: printable(&text, 200),
+        body: error_message(body, 200),
     }
 }
 

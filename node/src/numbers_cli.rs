@@ -20,11 +20,10 @@
 //! it says how many); 2 the node could not be asked, or answered other than about the
 //! rows (no key or a refused one, configuration, unreachable, overloaded, store down).
 
-use crate::api_client::{api_address, ask, printable, ClientError};
+use crate::api_client::{api_address, ask, error_message, load_config, printable, ClientError};
 use serde_json::{json, Map, Value};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use tsunagu_config::Config;
 
 /// Larger files are not a number plan (10,000 rows of a few hundred bytes).
 const MAX_FILE: u64 = 8 << 20;
@@ -48,11 +47,7 @@ pub fn import(file: &Path, config: Option<PathBuf>) -> ExitCode {
         Ok(k) if !k.trim().is_empty() => k.trim().to_string(),
         _ => return fail("set TSUNAGU_API_KEY to the operator's API key".into()),
     };
-    let config = match &config {
-        Some(f) => Config::load(f).map_err(|e| e.to_string()),
-        None => Config::embedded_default().map_err(|e| e.to_string()),
-    };
-    let addr = match config {
+    let addr = match load_config(config.as_deref()) {
         Ok(c) => api_address(c.api.listen),
         Err(e) => return fail(format!("configuration error:\n{e}")),
     };
@@ -79,7 +74,7 @@ pub fn import(file: &Path, config: Option<PathBuf>) -> ExitCode {
     let send = |row: &Row, path: &str| -> Result<(u16, String), ClientError> {
         let body = serde_json::to_vec(&row.number).unwrap_or_default();
         let (code, answer) = ask(addr, &key, "POST", path, Some(&body))?;
-        Ok((code, refusal(&answer)))
+        Ok((code, error_message(&answer, 300)))
     };
     // Checked by the node, every row, before anything is written.
     let mut problems = Vec::new();
@@ -149,22 +144,6 @@ fn read_bounded(file: &Path) -> Result<String, String> {
         return Err(format!("larger than {MAX_FILE} bytes"));
     }
     String::from_utf8(bytes).map_err(|_| "not UTF-8 text (save the sheet as CSV UTF-8)".into())
-}
-
-/// The node's reason in an error answer, safe to print.
-fn refusal(answer: &[u8]) -> String {
-    let text = serde_json::from_slice::<Value>(answer)
-        .ok()
-        .and_then(|v| {
-            let e = &v["error"];
-            let message = e["message"].as_str()?;
-            Some(match e["field"].as_str() {
-                Some(field) => format!("{field}: {message}"),
-                None => message.to_string(),
-            })
-        })
-        .unwrap_or_else(|| String::from_utf8_lossy(answer).into_owned());
-    printable(&text, 300)
 }
 
 /// The file's rows as API bodies, or every problem found, each with its line.

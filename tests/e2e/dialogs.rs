@@ -88,7 +88,12 @@ impl Party {
     pub(crate) fn ack_answer(&self, call_id: &str) -> String {
         let ok = self.final_response();
         assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
-        let our_tag = tag(header(&ok, "To").unwrap());
+        self.ack(call_id, &ok)
+    }
+
+    /// ACKs `ok`, the node's 200 to this party's INVITE of `call_id`; the node's To tag.
+    pub(crate) fn ack(&self, call_id: &str, ok: &str) -> String {
+        let our_tag = tag(header(ok, "To").unwrap());
         self.send(&self.request(
             "ACK",
             call_id,

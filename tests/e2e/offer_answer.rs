@@ -8,7 +8,7 @@
 //! at once, its late answers answered. A raw caller and a raw callee on UDP
 //! sockets (the callee on the trunk's outbound port), so each message is seen.
 
-use crate::dialogs::{answer, header, tag, Party};
+use crate::dialogs::{answer, header, Party};
 use crate::harness::*;
 use std::net::UdpSocket;
 use std::time::Duration;
@@ -248,15 +248,7 @@ fn offers_the_node_cannot_anchor_are_refused_488_and_the_rest_pass_without_what_
     for leak in leaks {
         assert!(!ok.contains(leak), "{leak} reached the caller: {ok}");
     }
-    let node_tag = tag(header(&ok, "To").unwrap());
-    caller.send(&caller.request(
-        "ACK",
-        "noisy-sdp",
-        "callertag",
-        &node_tag,
-        1,
-        "Content-Length: 0\n\n",
-    ));
+    let node_tag = caller.ack("noisy-sdp", &ok);
     hang_up(&caller, &callee, "noisy-sdp", &node_tag, 2);
     let calls = node.wait_for_calls(&key, 1);
     assert_eq!(calls[0]["result"], "answered", "{}", calls[0]);
@@ -302,15 +294,7 @@ fn a_callee_answer_without_sdp_is_hung_up_unless_an_18x_carried_it() {
         "the 200 repeats the early answer: {ok}"
     );
     assert!(!ok.contains("m=audio 4002 "), "pointed at the node: {ok}");
-    let node_tag = tag(header(&ok, "To").unwrap());
-    caller.send(&caller.request(
-        "ACK",
-        "early-answer",
-        "callertag",
-        &node_tag,
-        1,
-        "Content-Length: 0\n\n",
-    ));
+    let node_tag = caller.ack("early-answer", &ok);
     hang_up(&caller, &callee, "early-answer", &node_tag, 2);
     let calls = node.wait_for_calls(&key, 2);
     assert!(calls.iter().any(|c| c["result"] == "answered"), "{calls:?}");
