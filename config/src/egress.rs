@@ -7,10 +7,13 @@
 //!
 //! Only public unicast addresses pass, unless the node's operator allow-lists networks
 //! (`notify.allowed_networks`). IPv6 forms that carry an IPv4 address (IPv4-mapped,
-//! NAT64, 6to4) are judged by that IPv4 address.
+//! NAT64, 6to4) are judged by that IPv4 address. An allow-list never opens the node's
+//! own listeners nor those of the other nodes of its cluster (their API and cluster
+//! link: a cluster's subnet is what an operator allow-lists for an internal receiver).
 
 use crate::net::Cidr;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, RwLock};
 
 /// Why a destination is refused. [`Refusal::as_str`] is its metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -38,6 +41,9 @@ pub enum Refusal {
     /// One of the node's own listening sockets (its API or SIP over TCP), which an
     /// allow-list does not open.
     OwnListener,
+    /// A listener of another node of the cluster (its API or cluster link), which an
+    /// allow-list does not open either.
+    ClusterListener,
 }
 
 impl Refusal {
@@ -54,11 +60,12 @@ impl Refusal {
             Refusal::Benchmarking => "benchmarking",
             Refusal::Reserved => "reserved",
             Refusal::OwnListener => "own_listener",
+            Refusal::ClusterListener => "cluster_listener",
         }
     }
 
     /// Every label, for metrics that are exported from the start.
-    pub const ALL: [Refusal; 11] = [
+    pub const ALL: [Refusal; 12] = [
         Refusal::Unspecified,
         Refusal::Loopback,
         Refusal::Private,
@@ -70,6 +77,7 @@ impl Refusal {
         Refusal::Benchmarking,
         Refusal::Reserved,
         Refusal::OwnListener,
+        Refusal::ClusterListener,
     ];
 }
 
@@ -87,6 +95,7 @@ impl std::fmt::Display for Refusal {
             Refusal::Benchmarking => "a benchmarking address",
             Refusal::Reserved => "a reserved address",
             Refusal::OwnListener => "one of this node's own listeners",
+            Refusal::ClusterListener => "a listener of another node of this cluster",
         })
     }
 }
@@ -194,22 +203,19 @@ pub struct EgressPolicy {
     pub allowed: Vec<Cidr>,
     /// The node's own TCP listeners (API, SIP over TCP/TLS).
     pub own: Vec<SocketAddr>,
+    /// The listeners of the cluster's other nodes, kept current by the node.
+    pub members: MemberListeners,
 }
 
 impl EgressPolicy {
     /// Whether the node may connect to `addr`.
     pub fn check(&self, addr: SocketAddr) -> Result<(), Refusal> {
         let ip = canonical(addr.ip());
-        let own = self.own.iter().any(|o| {
-            o.port() == addr.port()
-                && (canonical(o.ip()) == ip
-                    // A listener on 0.0.0.0/:: is reachable on every local address;
-                    // the ones known to be local without asking the kernel are the
-                    // loopback ones (another host's 10.0.0.5:8080 is not us).
-                    || (o.ip().is_unspecified() && ip.is_loopback()))
-        });
-        if own {
+        if self.own.iter().any(|o| listens_at(*o, ip, addr.port())) {
             return Err(Refusal::OwnListener);
+        }
+        if self.members.contains(ip, addr.port()) {
+            return Err(Refusal::ClusterListener);
         }
         if self.allowed.iter().any(|c| c.contains(ip)) {
             return Ok(());
@@ -217,6 +223,46 @@ impl EgressPolicy {
         classify(ip).map_or(Ok(()), Err)
     }
 }
+
+/// Whether a listener on `listener` takes connections to `ip` (canonical) and `port`.
+fn listens_at(listener: SocketAddr, ip: IpAddr, port: u16) -> bool {
+    listener.port() == port
+        && (canonical(listener.ip()) == ip
+            // A listener on 0.0.0.0/:: is reachable on every local address; the ones
+            // known to be local without asking the kernel are the loopback ones
+            // (another host's 10.0.0.5:8080 is not us).
+            || (listener.ip().is_unspecified() && ip.is_loopback()))
+}
+
+/// The listeners of the cluster's other nodes (their API and cluster addresses as the
+/// store registers them): one list shared by every clone of a policy, which the node
+/// replaces whenever it reads the cluster's roster (every few seconds), so a node that
+/// joins is covered without a restart.
+#[derive(Debug, Clone, Default)]
+pub struct MemberListeners(Arc<RwLock<Vec<SocketAddr>>>);
+
+impl MemberListeners {
+    /// Replaces the list (bounded by the caller: the store's registered nodes).
+    pub fn set(&self, listeners: Vec<SocketAddr>) {
+        // A writer that panicked left a whole list: keep using it.
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = listeners;
+    }
+
+    fn contains(&self, ip: IpAddr, port: u16) -> bool {
+        let list = self.0.read().unwrap_or_else(|e| e.into_inner());
+        list.iter().any(|l| listens_at(*l, ip, port))
+    }
+}
+
+/// Two policies are equal when they hold the same list (the same handle), not merely
+/// equal contents at this moment.
+impl PartialEq for MemberListeners {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for MemberListeners {}
 
 /// IPv4-mapped IPv6 addresses as the IPv4 address they are.
 fn canonical(ip: IpAddr) -> IpAddr {
@@ -351,9 +397,43 @@ mod tests {
             let policy = EgressPolicy {
                 allowed: allowed.iter().map(|c| c.parse().unwrap()).collect(),
                 own: own.iter().map(|a| a.parse().unwrap()).collect(),
+                members: MemberListeners::default(),
             };
             let dest: SocketAddr = dest.parse().unwrap();
             assert_eq!(policy.check(dest), *want, "{allowed:?} {own:?} {dest}");
         }
+    }
+
+    /// The other nodes' listeners are refused however wide the allow-list, and a clone
+    /// of the policy (the API's, the connector's) sees the list the node sets later.
+    #[test]
+    fn policy_never_opens_other_nodes_listeners() {
+        let policy = EgressPolicy {
+            allowed: vec!["10.0.0.0/8".parse().unwrap()],
+            own: vec![],
+            members: MemberListeners::default(),
+        };
+        let clone = policy.clone();
+        let api: SocketAddr = "10.0.0.6:8080".parse().unwrap();
+        assert_eq!(clone.check(api), Ok(()), "before the roster is read");
+        policy
+            .members
+            .set(vec![api, "10.0.0.6:7946".parse().unwrap()]);
+        let rows: &[(&str, Result<(), Refusal>)] = &[
+            ("10.0.0.6:8080", Err(ClusterListener)),
+            ("[::ffff:10.0.0.6]:8080", Err(ClusterListener)),
+            ("10.0.0.6:7946", Err(ClusterListener)),
+            ("10.0.0.6:9000", Ok(())),
+            ("10.0.0.7:8080", Ok(())),
+        ];
+        for (dest, want) in rows {
+            assert_eq!(clone.check(dest.parse().unwrap()), *want, "{dest}");
+        }
+        policy.members.set(vec![]);
+        assert_eq!(
+            clone.check(api),
+            Ok(()),
+            "a node that left is no longer refused"
+        );
     }
 }

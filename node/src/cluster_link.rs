@@ -25,6 +25,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tsunagu_cluster::lines::Answer;
 use tsunagu_cluster::{placement, Cluster, Host, Registered};
+use tsunagu_config::egress::MemberListeners;
 use tsunagu_config::Config;
 use tsunagu_store::{NodeInfo, Store, TrackingNumber};
 
@@ -35,6 +36,9 @@ pub struct NodeHost {
     pub supervisor: ActorRef<SupervisorMsg>,
     pub info: NodeInfo,
     pub cluster: OnceLock<Cluster>,
+    /// The other nodes' listeners, which follow-ups may never reach: refreshed from
+    /// each roster read.
+    egress_members: MemberListeners,
     /// A rejoin is under way.
     rejoining: Arc<AtomicBool>,
 }
@@ -45,9 +49,11 @@ impl NodeHost {
         provisioning: Provisioning,
         supervisor: ActorRef<SupervisorMsg>,
         info: NodeInfo,
+        egress_members: MemberListeners,
     ) -> NodeHost {
         NodeHost {
             ctx,
+            egress_members,
             provisioning,
             supervisor,
             info,
@@ -64,19 +70,22 @@ impl NodeHost {
 impl Host for NodeHost {
     fn registered(&self) -> Vec<Registered> {
         match self.store().nodes() {
-            Ok(nodes) => nodes
-                .into_iter()
-                // Retired only with `down`: a build without the flag clears `down`
-                // alone when it restarts a retired node (tsunagu_cluster::retire).
-                .filter(|n| !n.down || n.retired)
-                .map(|n| Registered {
-                    retired: n.retired && n.down,
-                    name: n.node_id,
-                    epoch: n.epoch,
-                    cluster_addr: n.cluster_addr.and_then(|a| a.parse().ok()),
-                    sign_age: sign_age(n.last_seen, crate::clock::now_ms()),
-                })
-                .collect(),
+            Ok(nodes) => {
+                self.egress_members.set(listeners(&nodes));
+                nodes
+                    .into_iter()
+                    // Retired only with `down`: a build without the flag clears `down`
+                    // alone when it restarts a retired node (tsunagu_cluster::retire).
+                    .filter(|n| !n.down || n.retired)
+                    .map(|n| Registered {
+                        retired: n.retired && n.down,
+                        name: n.node_id,
+                        epoch: n.epoch,
+                        cluster_addr: n.cluster_addr.and_then(|a| a.parse().ok()),
+                        sign_age: sign_age(n.last_seen, crate::clock::now_ms()),
+                    })
+                    .collect()
+            }
             Err(e) => {
                 tracing::warn!(%e, "cannot read the cluster's members from the store");
                 Vec::new()
@@ -190,6 +199,16 @@ impl Host for NodeHost {
             let _ = supervisor.cast(SupervisorMsg::HandedOff(gone));
         });
     }
+}
+
+/// The API and cluster listeners the store registers for the cluster's nodes (down and
+/// retired ones too: one may come back at the same address).
+fn listeners(nodes: &[tsunagu_store::NodeRow]) -> Vec<SocketAddr> {
+    nodes
+        .iter()
+        .flat_map(|n| [&n.api_addr, &n.cluster_addr])
+        .filter_map(|a| a.as_deref()?.parse().ok())
+        .collect()
 }
 
 /// How long ago a sign of life dated `last_seen` (store milliseconds) was recorded, as
@@ -699,10 +718,7 @@ mod tests {
     use tsunagu_store::conformance::sample_active_call;
     use tsunagu_store::SqliteStore;
 
-    /// A member's `HandedOver` names a call it never claimed (still this incarnation's
-    /// in the store) beside one it claimed, one that ended and one of this node's
-    /// previous incarnation: only the one the store still gives to this incarnation is
-    /// kept.
+    /// A sign of life ages by this node's clock, never negatively, never overflowing.
     #[test]
     fn signs_of_life_age_by_this_nodes_clock() {
         assert_eq!(sign_age(1_000, 3_500), Duration::from_millis(2_500));
@@ -714,6 +730,10 @@ mod tests {
         );
     }
 
+    /// A member's `HandedOver` names a call it never claimed (still this incarnation's
+    /// in the store) beside one it claimed, one that ended and one of this node's
+    /// previous incarnation: only the one the store still gives to this incarnation is
+    /// kept.
     #[test]
     fn only_calls_the_store_moved_are_dropped_on_a_peers_word() {
         let dir = tempfile::tempdir().unwrap();

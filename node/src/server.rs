@@ -612,6 +612,7 @@ pub async fn run(
         provisioning.clone(),
         supervisor.clone(),
         node_info,
+        egress.members.clone(),
     ));
     if let Some(cluster) = crate::cluster_link::join(&config, host, metrics.cluster.clone())
         .await

@@ -146,6 +146,8 @@ fn number_owned_by(owner: &str, members: &[&str]) -> String {
 #[test]
 fn provisioning_through_one_node_reaches_the_others_and_calls_are_listed_by_all() {
     let mut c = TestCluster::new();
+    // Webhooks may go to loopback (where every node listens): see the end.
+    c.extra = format!("[notify]\n{ALLOW_LOOPBACK}\n");
     for i in 1..=3 {
         c.start(i, GOOD);
     }
@@ -258,6 +260,37 @@ fn provisioning_through_one_node_reaches_the_others_and_calls_are_listed_by_all(
         let refused = uac_expecting_to(404, c.shared.path(), ports, &m.sip, "0501234567");
         assert_eq!(refused.successful, 1, "{n}: {}", refused.output);
     }
+    // SSRF: with loopback allow-listed, a webhook registered through n1 may not aim at
+    // another node's API or cluster listener (a tenant would make the cluster call its
+    // own internal endpoints), while another loopback port is accepted. n1 learns the
+    // others' listeners from the store's roster, read every second.
+    let register = |url: String| {
+        c.node("n1").send(
+            "POST",
+            "/v1/webhooks",
+            Some(&key),
+            &format!(r#"{{"url": "{url}", "events": ["call.ended"]}}"#),
+        )
+    };
+    let n2_api = format!("http://127.0.0.1:{}/v1/calls", c.node("n2").ports.api);
+    let n3_link = format!("http://127.0.0.3:{}/", c.cluster_port);
+    for url in [n2_api, n3_link] {
+        let mut last = None;
+        c.node("n1").wait_until(
+            Duration::from_secs(3),
+            &format!("n1 to refuse {url}"),
+            || {
+                let r = register(url.clone());
+                let refused = r.status == 422 && r.body.contains("another node of this cluster");
+                last = Some(r);
+                refused
+            },
+        );
+        let r = last.unwrap();
+        assert_eq!(r.json()["error"]["field"], "url", "{url}: {}", r.body);
+    }
+    let elsewhere = register(format!("http://127.0.0.1:{}/hook", c.uas_ports.sip + 3));
+    assert_eq!(elsewhere.status, 201, "{}", elsewhere.body);
 }
 
 /// A 0.2 s 8 kHz 16-bit mono WAV of silence.
@@ -558,6 +591,7 @@ fn nodes_without_the_cluster_certificate_or_secret_cannot_join() {
         callers: 0,
         rtp: None,
         node_extra: String::new(),
+        extra: String::new(),
     };
     good.members
         .insert("n1".into(), c.members.remove("n1").unwrap());

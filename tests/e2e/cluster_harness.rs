@@ -73,6 +73,8 @@ pub struct TestCluster {
     pub rtp: Option<(u16, u16)>,
     /// More lines for each node's `[node]` table.
     pub node_extra: String,
+    /// More tables for each node's configuration.
+    pub extra: String,
 }
 
 /// How a node is to be started (the default: one of the cluster, the right certificate
@@ -105,6 +107,7 @@ impl TestCluster {
             callers: 0,
             rtp: None,
             node_extra: String::new(),
+            extra: String::new(),
         }
     }
 
@@ -169,12 +172,15 @@ outbound = "udp:127.0.0.1:{uas}"
 [[routes]]
 prefix = ""
 trunks = ["carrier-a"]
+
+{extra}
 "#,
             data = dir.path().join("data").display(),
             sip = ports.sip,
             rtp_first = self.rtp.map_or(ports.rtp_first, |r| r.0),
             rtp_last = self.rtp.map_or(ports.rtp_first + RTP_PER_SLOT - 1, |r| r.1),
             node_extra = self.node_extra,
+            extra = self.extra,
             api = ports.api,
             db = self.path("shared.db").display(),
             cport = self.cluster_port,

@@ -622,6 +622,7 @@ mod tests {
         let policy = EgressPolicy {
             allowed: allowed.iter().map(|c| c.parse().unwrap()).collect(),
             own: Vec::new(),
+            members: Default::default(),
         };
         let roots = rustls::RootCertStore::empty();
         let c = Client::new(Duration::from_secs(5), roots, policy, refused.clone(), 4);

@@ -22,7 +22,8 @@ use tsunagu_config::egress::EgressPolicy;
 use tsunagu_config::{Config, Transport};
 
 /// Where this node's follow-ups may go: public addresses, the networks of
-/// `notify.allowed_networks`, and never the node's own API or SIP stream listeners.
+/// `notify.allowed_networks`, and never the node's own API or SIP stream listeners nor
+/// the other nodes' API and cluster listeners.
 pub fn egress_policy(config: &Config) -> EgressPolicy {
     let sip = config
         .sip
@@ -36,5 +37,7 @@ pub fn egress_policy(config: &Config) -> EgressPolicy {
             .chain(sip)
             .chain(config.cluster.listen)
             .collect(),
+        // Filled from the cluster's roster once the node joins (cluster_link).
+        members: Default::default(),
     }
 }
