@@ -90,7 +90,19 @@ fn validate(n: &TrackingNumber) -> Result<(), ApiError> {
             "must be 4 to 15 digits in national form (e.g. 0501234567)",
         ));
     }
-    validate_forwarding(&n.destinations, &n.validity)?;
+    if n.kind == NumberKind::Callback {
+        // A number of a callback pool calls back the caller its lease names: it has no
+        // destinations of its own, its other settings change like any number's.
+        if !n.destinations.is_empty() {
+            return Err(ApiError::invalid(
+                "destinations",
+                "a callback pool's number calls the caller its lease names: it has no destinations",
+            ));
+        }
+        validate_validity(&n.validity)?;
+    } else {
+        validate_forwarding(&n.destinations, &n.validity)?;
+    }
     if let Some(q) = &n.queue {
         if !(1..=1000).contains(&q.max_lines) {
             return Err(ApiError::invalid("queue.max_lines", "must be 1 to 1000"));
@@ -221,6 +233,11 @@ pub(crate) fn validate_forwarding(
             ));
         }
     }
+    validate_validity(validity)
+}
+
+/// The validity rule's bounds.
+fn validate_validity(validity: &ValidityRule) -> Result<(), ApiError> {
     if validity.min_talk_seconds > 86_400 {
         return Err(ApiError::invalid(
             "validity.min_talk_seconds",
@@ -474,4 +491,49 @@ pub async fn delete(
     }
     st.hooks.number_changed(&number);
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::testing::api;
+    use axum::http::StatusCode;
+
+    /// A callback pool's numbers have no destinations: their other settings change
+    /// like any number's, and destinations cannot be given to them.
+    #[tokio::test]
+    async fn a_callback_pools_numbers_can_be_changed() {
+        let a = api();
+        let pool = format!(
+            r#"{{"advertiser_id": "{}", "mode": "callback", "numbers": ["0120000001"], "hold_seconds": 86400}}"#,
+            a.advertiser
+        );
+        let made = a.send("POST", "/v1/pools", Some(&a.key), &pool).await;
+        assert_eq!(made.status, StatusCode::CREATED, "{}", made.text());
+        let patch =
+            |body: &'static str| a.send("PATCH", "/v1/numbers/0120000001", Some(&a.key), body);
+        let absent = patch(r#"{"absent": true}"#).await;
+        assert_eq!(absent.status, StatusCode::OK, "{}", absent.text());
+        assert_eq!(absent.json()["absent"], true, "{}", absent.text());
+        let forward = patch(r#"{"destinations": [{"number": "0311112222"}]}"#).await;
+        assert_eq!(
+            forward.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{}",
+            forward.text()
+        );
+        assert_eq!(forward.json()["error"]["field"], "destinations");
+        let validity = patch(r#"{"validity": {"min_talk_seconds": 90000}}"#).await;
+        assert_eq!(
+            validity.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{}",
+            validity.text()
+        );
+        let stored = a
+            .send("GET", "/v1/numbers/0120000001", Some(&a.key), "")
+            .await
+            .json();
+        assert_eq!(stored["destinations"], serde_json::json!([]), "{stored}");
+        assert_eq!(stored["absent"], true, "{stored}");
+    }
 }

@@ -12,7 +12,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde_json::{json, Value};
 use std::sync::Arc;
-use tsunagu_media::prompt::{parse_own, PromptError, MAX_OWN_BYTES, MAX_OWN_PROMPTS};
+use tsunagu_media::prompt::{parse_own, valid_name, PromptError, MAX_OWN_BYTES, MAX_OWN_PROMPTS};
 use tsunagu_store::{PromptPut, PromptQuota};
 
 pub async fn list(OperatorId(op): OperatorId, State(st): State<Arc<ApiState>>) -> Json<Value> {
@@ -89,11 +89,18 @@ pub async fn put(
     Ok(Json(json!({"name": name, "own": true, "seconds": seconds})))
 }
 
+/// Removes the operator's own prompt `name`: from the store first (a failure there
+/// changes nothing), then here, and announces it to the other nodes only when there
+/// was something to remove (an announcement is a row of the store's change log and a
+/// reload on every node: a loop of deletes of names that do not exist must cost none).
 pub async fn delete(
     OperatorId(op): OperatorId,
     State(st): State<Arc<ApiState>>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    if !valid_name(&name) {
+        return Err(refused(PromptError::Name));
+    }
     // A prompt a number still names (a recording notice, an IVR menu) stays: calls
     // would go on without it (recorded without their notice). The shared prompt of
     // the same name, if any, is what the number falls back to.
@@ -112,16 +119,20 @@ pub async fn delete(
             )));
         }
     }
+    let (op2, name2) = (op.clone(), name.clone());
+    let stored = crate::db(&st, move |s| s.delete_prompt(&op2, &name2)).await?;
     let prompts = st.prompts.clone();
     let (op2, name2) = (op.clone(), name.clone());
     let removed = tokio::task::spawn_blocking(move || prompts.delete_own(&op2, &name2))
         .await
-        .map_err(|_| ApiError::unavailable("the prompt could not be deleted"))?
-        .map_err(refused)?;
-    let (op2, name2) = (op.clone(), name.clone());
-    let stored = crate::db(&st, move |s| s.delete_prompt(&op2, &name2)).await?;
-    st.hooks.prompt_changed(&op, &name);
-    if removed || stored {
+        .map_err(|_| ApiError::unavailable("the prompt could not be deleted"))?;
+    let gone = stored || matches!(removed, Ok(true));
+    if gone {
+        // Every node drops it when told, this one included should its file remain.
+        st.hooks.prompt_changed(&op, &name);
+    }
+    removed.map_err(refused)?;
+    if gone {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found("no prompt of yours has that name"))
@@ -173,6 +184,40 @@ mod tests {
             "a replacement: {}",
             again.text()
         );
+    }
+
+    /// A delete of a name no prompt has (or can have) answers 404 (422) and announces
+    /// nothing to the cluster; one of a prompt the operator holds removes it everywhere.
+    #[tokio::test]
+    async fn deleting_what_is_not_there_changes_nothing() {
+        let a = api();
+        let long = "x".repeat(1000);
+        let cases = [
+            ("nothing_here", StatusCode::NOT_FOUND),
+            (long.as_str(), StatusCode::UNPROCESSABLE_ENTITY),
+            ("%2e%2e%2fsecret", StatusCode::UNPROCESSABLE_ENTITY),
+        ];
+        for (name, want) in cases {
+            let r = a
+                .send("DELETE", &format!("/v1/prompts/{name}"), Some(&a.key), "")
+                .await;
+            assert_eq!(r.status, want, "{name}: {}", r.text());
+        }
+        assert_eq!(a.announced.count(), 0, "nothing announced");
+        let up = a.send_bytes("PUT", "/v1/prompts/greeting", wav(320)).await;
+        assert_eq!(up.status, StatusCode::OK, "{}", up.text());
+        assert_eq!(a.announced.count(), 1);
+        let del = a
+            .send("DELETE", "/v1/prompts/greeting", Some(&a.key), "")
+            .await;
+        assert_eq!(del.status, StatusCode::NO_CONTENT, "{}", del.text());
+        assert_eq!(a.announced.count(), 2);
+        assert!(a.state.prompts.get(&a.operator, "greeting").is_none());
+        let again = a
+            .send("DELETE", "/v1/prompts/greeting", Some(&a.key), "")
+            .await;
+        assert_eq!(again.status, StatusCode::NOT_FOUND, "{}", again.text());
+        assert_eq!(a.announced.count(), 2);
     }
 
     /// WAV bytes together: 600 s of audio (five bodies of 1.92 MB fill it; a body is

@@ -6,16 +6,39 @@ use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, Request, StatusCode};
 use axum::Router;
 use prometheus_client::registry::Registry;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use tsunagu_config::ApiConfig;
 use tsunagu_store::{SqliteStore, Store};
 
-struct NoHooks;
+/// The node's side of the API: counts the changes the API announces to the cluster
+/// (each one a row of the store's change log and a reload on every node).
+#[derive(Default)]
+pub struct Announcements(AtomicUsize);
 
-impl NodeHooks for NoHooks {
-    fn number_changed(&self, _: &str) {}
-    fn advertiser_changed(&self, _: &str, _: &str) {}
-    fn webhooks_changed(&self, _: &str) {}
+impl Announcements {
+    pub fn count(&self) -> usize {
+        self.0.load(Ordering::SeqCst)
+    }
+
+    fn note(&self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+impl NodeHooks for Announcements {
+    fn number_changed(&self, _: &str) {
+        self.note()
+    }
+    fn advertiser_changed(&self, _: &str, _: &str) {
+        self.note()
+    }
+    fn webhooks_changed(&self, _: &str) {
+        self.note()
+    }
+    fn prompt_changed(&self, _: &str, _: &str) {
+        self.note()
+    }
     fn ready(&self) -> bool {
         true
     }
@@ -27,6 +50,8 @@ pub struct Api {
     pub _dir: tempfile::TempDir,
     pub store: Arc<SqliteStore>,
     pub state: Arc<ApiState>,
+    /// What this node announced to the cluster.
+    pub announced: Arc<Announcements>,
     pub router: Router,
     pub operator: String,
     pub key: String,
@@ -65,7 +90,8 @@ impl Answer {
 pub fn api_with(config: &ApiConfig, adjust: impl FnOnce(&mut Defences)) -> Api {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(SqliteStore::open(&dir.path().join("t.db")).unwrap());
-    let state = state_on(&store, dir.path(), config, adjust);
+    let announced = Arc::new(Announcements::default());
+    let state = state_on(&store, dir.path(), config, adjust, announced.clone());
     let op = store.create_operator("op").unwrap();
     let key = tsunagu_store::new_api_key();
     store
@@ -77,6 +103,7 @@ pub fn api_with(config: &ApiConfig, adjust: impl FnOnce(&mut Defences)) -> Api {
         _dir: dir,
         store,
         state,
+        announced,
         operator: op.id,
         key,
         advertiser,
@@ -89,6 +116,7 @@ fn state_on(
     dir: &std::path::Path,
     config: &ApiConfig,
     adjust: impl FnOnce(&mut Defences),
+    hooks: Arc<Announcements>,
 ) -> Arc<ApiState> {
     let metrics = ApiMetrics::default();
     let pools = PoolMetrics::default();
@@ -99,7 +127,7 @@ fn state_on(
     adjust(&mut defences);
     Arc::new(ApiState {
         store: store.clone(),
-        hooks: Arc::new(NoHooks),
+        hooks,
         registry: Arc::new(registry),
         admin_token: ADMIN.into(),
         pool_metrics: pools,
@@ -127,12 +155,20 @@ impl Api {
     pub fn peer(&self) -> Api {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(SqliteStore::open(&self._dir.path().join("t.db")).unwrap());
-        let state = state_on(&store, dir.path(), &ApiConfig::default(), |_| {});
+        let announced = Arc::new(Announcements::default());
+        let state = state_on(
+            &store,
+            dir.path(),
+            &ApiConfig::default(),
+            |_| {},
+            announced.clone(),
+        );
         Api {
             router: crate::router(state.clone()),
             _dir: dir,
             store,
             state,
+            announced,
             operator: self.operator.clone(),
             key: self.key.clone(),
             advertiser: self.advertiser.clone(),

@@ -68,7 +68,8 @@ pub async fn create(
     if let Some(e) = tsunagu_config::http_url_error(&input.url) {
         return Err(ApiError::invalid("url", e));
     }
-    check_destination(&st, &input.url).await?;
+    // Each type once: so a list is at most EVENT_TYPES long in every node's cache,
+    // however long the body that carried it.
     for (i, e) in input.events.iter().enumerate() {
         if !EVENT_TYPES.contains(&e.as_str()) {
             return Err(ApiError::invalid(
@@ -76,7 +77,14 @@ pub async fn create(
                 format!("`{e}` is not one of {}", EVENT_TYPES.join(", ")),
             ));
         }
+        if input.events[..i].contains(e) {
+            return Err(ApiError::invalid(
+                &format!("events[{i}]"),
+                format!("`{e}` is listed twice"),
+            ));
+        }
     }
+    check_destination(&st, &input.url).await?;
     let hook = Webhook {
         id: tsunagu_store::new_id("wh"),
         operator_id: op,
@@ -178,4 +186,51 @@ async fn check_destination(st: &ApiState, url: &str) -> Result<(), ApiError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::testing::api;
+    use axum::http::StatusCode;
+
+    /// Event lists: each known type at most once (a 2 MB list of one type would sit in
+    /// every node's webhook cache); nothing is stored from a refused request.
+    #[tokio::test]
+    async fn event_lists_name_known_types_once() {
+        let a = api();
+        let body = |events: &str| {
+            format!(r#"{{"url": "https://93.184.216.34/hook", "events": {events}}}"#)
+        };
+        let many = format!("[{}]", vec![r#""call.ended""#; 10_000].join(","));
+        let rows: &[(&str, StatusCode, Option<&str>)] = &[
+            (
+                r#"["call.ended", "call.started"]"#,
+                StatusCode::CREATED,
+                None,
+            ),
+            ("[]", StatusCode::CREATED, None),
+            (
+                r#"["call.ended", "call.ended"]"#,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Some("events[1]"),
+            ),
+            (&many, StatusCode::UNPROCESSABLE_ENTITY, Some("events[1]")),
+            (
+                r#"["call.exploded"]"#,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Some("events[0]"),
+            ),
+        ];
+        for (events, status, field) in rows {
+            let r = a
+                .send("POST", "/v1/webhooks", Some(&a.key), &body(events))
+                .await;
+            assert_eq!(r.status, *status, "{events:.60}: {}", r.text());
+            if let Some(field) = field {
+                assert_eq!(r.json()["error"]["field"], *field, "{}", r.text());
+            }
+        }
+        let listed = a.send("GET", "/v1/webhooks", Some(&a.key), "").await.json();
+        assert_eq!(listed["webhooks"].as_array().unwrap().len(), 2, "{listed}");
+    }
 }
