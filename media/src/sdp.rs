@@ -44,7 +44,15 @@ struct Body<'a> {
 }
 
 impl<'a> Body<'a> {
+    /// A body with a control character inside a line (a bare CR, a NUL: RFC 4566
+    /// allows neither) anchors nothing: a peer ending lines at a lone CR would read
+    /// whatever follows it (`a=ptime:20\rc=IN IP4 10.9.9.9`) as lines of their own,
+    /// past the attribute allow-list.
     fn parse(sdp: &'a str) -> Body<'a> {
+        let malformed = sdp
+            .lines()
+            .map(str::trim_end)
+            .any(|l| l.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f));
         let mut session = Vec::new();
         let mut streams: Vec<(&str, Vec<&str>)> = Vec::new();
         for line in sdp.lines().map(str::trim_end).filter(|l| !l.is_empty()) {
@@ -62,7 +70,8 @@ impl<'a> Body<'a> {
         let anchored = streams
             .iter()
             .position(|(m, _)| plain_audio(m) && !declined(m))
-            .or_else(|| streams.iter().position(|(m, _)| plain_audio(m)));
+            .or_else(|| streams.iter().position(|(m, _)| plain_audio(m)))
+            .filter(|_| !malformed);
         Body {
             session,
             streams,
@@ -88,15 +97,27 @@ impl<'a> Body<'a> {
             .unwrap_or_default()
     }
 
-    /// The payload type of `telephone-event/8000` in the anchored stream (RFC 4733).
+    /// The payload type of `telephone-event/8000` in the anchored stream (RFC 4733):
+    /// one its m= line lists, and not one of the static types RFC 3551 assigns to
+    /// codecs (0-34): `a=rtpmap:0 telephone-event/8000` would make every PCMU packet
+    /// read as a key press.
     fn telephone_event(&self) -> Option<u8> {
+        let formats = self.audio_formats();
         self.audio()?.1.iter().find_map(|l| {
             let (pt, codec) = l.strip_prefix("a=rtpmap:")?.split_once(' ')?;
-            codec
+            let pt = payload_type(pt)?;
+            let named = codec
                 .to_ascii_lowercase()
-                .starts_with("telephone-event/8000")
-                .then(|| payload_type(pt))?
+                .starts_with("telephone-event/8000");
+            (named && pt >= 35 && formats.contains(&pt)).then_some(pt)
         })
+    }
+
+    /// The anchored stream's direction attribute, else the session's (RFC 4566).
+    fn direction(&self) -> Option<&'a str> {
+        let (_, lines) = self.audio()?;
+        let last = |ls: &[&'a str]| ls.iter().rev().copied().find(|l| is_direction(l));
+        last(lines).or_else(|| last(&self.session))
     }
 
     /// Whether the body puts its audio on hold: `a=inactive`, `a=sendonly` or
@@ -105,20 +126,23 @@ impl<'a> Body<'a> {
     /// or the audio stream disabled (port 0). A held call may carry no RTP for as long
     /// as it is held, so the media timeout does not apply to it.
     fn holds(&self) -> bool {
+        self.audio().is_some()
+            && (self.audio_port() == Some(0)
+                || self.direction().is_some_and(|d| d != "a=sendrecv")
+                || self.unspecified_connection())
+    }
+
+    /// Whether the anchored stream's connection address (its own, else the session's)
+    /// is 0.0.0.0 or `::`: the older way to hold (RFC 2543), still sent by some PBXs.
+    fn unspecified_connection(&self) -> bool {
         let Some((_, lines)) = self.audio() else {
             return false;
         };
-        let last = |wanted: fn(&str) -> bool| {
-            let of = |ls: &[&'a str]| ls.iter().rev().copied().find(|l| wanted(l));
-            of(lines).or_else(|| of(&self.session))
-        };
-        self.audio_port() == Some(0)
-            || last(is_direction).is_some_and(|d| d != "a=sendrecv")
-            // `c=0.0.0.0`: the older way to hold (RFC 2543), still sent by some PBXs.
-            || matches!(
-                last(|l| l.starts_with("c=")),
-                Some("c=IN IP4 0.0.0.0" | "c=IN IP6 ::")
-            )
+        let last = |ls: &[&'a str]| ls.iter().rev().copied().find(|l| l.starts_with("c="));
+        matches!(
+            last(lines).or_else(|| last(&self.session)),
+            Some("c=IN IP4 0.0.0.0" | "c=IN IP6 ::")
+        )
     }
 }
 
@@ -206,6 +230,13 @@ pub fn rewrite(sdp: &str, addr: IpAddr, port: u16) -> Option<Rewritten> {
             };
             out.push_str(rewritten.as_deref().unwrap_or(line));
             out.push_str("\r\n");
+        }
+        // A hold by `c=0.0.0.0` reaches the other leg with the node's address: said
+        // the way RFC 3264 says it instead (the holder receives nothing; it may send
+        // music on hold), or the other leg would see an active stream.
+        if section == Section::Audio && body.direction().is_none() && body.unspecified_connection()
+        {
+            out.push_str("a=sendonly\r\n");
         }
     }
     let remote = match audio_c.or(session_c) {
@@ -344,7 +375,15 @@ pub fn answer(offer: &str, addr: IpAddr, port: u16, session: u64) -> Option<Answ
                 "m=audio {port} RTP/AVP {payload_type}\r\na=rtpmap:{payload_type} {codec}/8000\r\n"
             )),
         }
-        sdp.push_str("a=sendrecv\r\n");
+        // The offer's direction answered (RFC 3264 section 6.1).
+        let direction = match body.direction() {
+            Some("a=sendonly") => "a=recvonly",
+            Some("a=recvonly") => "a=sendonly",
+            Some("a=inactive") => "a=inactive",
+            _ => "a=sendrecv",
+        };
+        sdp.push_str(direction);
+        sdp.push_str("\r\n");
     }
     Some(Answer {
         sdp,
@@ -754,6 +793,30 @@ mod tests {
         assert!(rewrite("garbage", "127.0.0.1".parse().unwrap(), 1).is_none());
     }
 
+    /// A control character inside a line (a lone CR some parsers end a line at, a
+    /// NUL) makes the body unusable: nothing smuggled behind an allowed attribute
+    /// reaches the other leg, because no body goes to it.
+    #[test]
+    fn control_characters_inside_lines_anchor_nothing() {
+        let body = |audio_line: &str| {
+            format!("v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n{audio_line}\r\n")
+        };
+        let addr = "127.0.0.1".parse().unwrap();
+        for line in [
+            "a=ptime:20\rc=IN IP4 198.51.100.66\ra=candidate:1 1 UDP 2130706431 10.9.9.9 8998 typ host",
+            "a=rtpmap:0 PCMU/8000\0a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:x",
+            "a=ptime:20\x7f",
+        ] {
+            let sdp = body(line);
+            assert!(rewrite(&sdp, addr, 20000).is_none(), "{line:?}");
+            assert!(answer(&sdp, addr, 20000, 7).is_none(), "{line:?}");
+        }
+        // Tabs and the CRLF (or bare LF) line ends are fine.
+        let fine = body("a=fmtp:101 0-15;\tx=1");
+        let out = rewrite(&fine.replace("\r\n", "\n"), addr, 20000).expect("fine");
+        assert!(out.sdp.contains("a=fmtp:101 0-15"), "{}", out.sdp);
+    }
+
     #[test]
     fn what_puts_audio_on_hold() {
         let body = |extra: &str| {
@@ -786,6 +849,104 @@ mod tests {
         assert!(!holds(
             "v=0\r\nc=IN IP4 0.0.0.0\r\nm=audio 4000 RTP/AVP 0\r\nc=IN IP4 10.0.0.2\r\n"
         ));
+    }
+
+    /// A hold by `c=0.0.0.0` without a direction reaches the other leg as `a=sendonly`
+    /// (the node's address in its c= line would otherwise read as an active stream); a
+    /// body that says its direction keeps it, and an active one gets none.
+    #[test]
+    fn an_rfc_2543_hold_is_said_with_a_direction() {
+        let addr = "127.0.0.1".parse().unwrap();
+        let rows: &[(&str, &[&str], &[&str])] = &[
+            (
+                "v=0\r\nc=IN IP4 0.0.0.0\r\nm=audio 4000 RTP/AVP 0\r\n",
+                &["a=sendonly"],
+                &["0.0.0.0", "sendrecv"],
+            ),
+            (
+                "v=0\r\nc=IN IP4 10.0.0.1\r\nm=audio 4000 RTP/AVP 0\r\nc=IN IP4 0.0.0.0\r\n",
+                &["a=sendonly"],
+                &["0.0.0.0"],
+            ),
+            (
+                "v=0\r\nc=IN IP4 0.0.0.0\r\nm=audio 4000 RTP/AVP 0\r\na=inactive\r\n",
+                &["a=inactive"],
+                &["sendonly"],
+            ),
+            (
+                "v=0\r\na=recvonly\r\nc=IN IP4 0.0.0.0\r\nm=audio 4000 RTP/AVP 0\r\n",
+                &["a=recvonly"],
+                &["sendonly"],
+            ),
+            (
+                "v=0\r\nc=IN IP4 10.0.0.1\r\nm=audio 4000 RTP/AVP 0\r\n",
+                &[],
+                &["sendonly", "sendrecv", "inactive"],
+            ),
+        ];
+        for (sdp, has, lacks) in rows {
+            let out = rewrite(sdp, addr, 20000).unwrap().sdp;
+            for h in *has {
+                assert!(out.contains(h), "{sdp:?} → {out:?} lacks {h}");
+            }
+            for l in *lacks {
+                assert!(!out.contains(l), "{sdp:?} → {out:?} has {l}");
+            }
+        }
+    }
+
+    /// The telephone-event type is one the m= line lists and no codec's static type;
+    /// the node's own answer says the direction the offer's calls for.
+    #[test]
+    fn telephone_events_and_directions_of_the_nodes_answer() {
+        let offer = |m: &str, extra: &str| {
+            format!("v=0\r\nc=IN IP4 10.0.0.9\r\nm=audio 4000 RTP/AVP {m}\r\n{extra}")
+        };
+        let te = "a=rtpmap:101 telephone-event/8000\r\n";
+        let rows: &[(String, Option<u8>)] = &[
+            (offer("0 101", te), Some(101)),
+            (offer("0", te), None),
+            (offer("0 8", "a=rtpmap:0 telephone-event/8000\r\n"), None),
+            (offer("0 34", "a=rtpmap:34 telephone-event/8000\r\n"), None),
+            (
+                offer("0 96", "a=rtpmap:96 TELEPHONE-EVENT/8000\r\n"),
+                Some(96),
+            ),
+        ];
+        let addr = "127.0.0.2".parse().unwrap();
+        for (sdp, want) in rows {
+            assert_eq!(telephone_event(sdp), *want, "{sdp:?}");
+            let a = answer(sdp, addr, 20000, 1).unwrap();
+            assert_eq!(a.dtmf, *want, "{sdp:?}");
+            let m = a.sdp.lines().find(|l| l.starts_with("m=audio")).unwrap();
+            let listed: Vec<&str> = m.split(' ').skip(3).collect();
+            let expected = match want {
+                Some(te) => vec!["0".to_string(), te.to_string()],
+                None => vec!["0".to_string()],
+            };
+            assert_eq!(listed, expected, "{}", a.sdp);
+        }
+        let directions = [
+            ("", "a=sendrecv"),
+            ("a=sendrecv\r\n", "a=sendrecv"),
+            ("a=sendonly\r\n", "a=recvonly"),
+            ("a=recvonly\r\n", "a=sendonly"),
+            ("a=inactive\r\n", "a=inactive"),
+        ];
+        for (extra, want) in directions {
+            let a = answer(&offer("0", extra), addr, 20000, 1).unwrap();
+            assert!(
+                a.sdp.contains(&format!("{want}\r\n")),
+                "{extra:?}: {}",
+                a.sdp
+            );
+            assert_eq!(
+                a.sdp.lines().filter(|l| is_direction(l)).count(),
+                1,
+                "one direction: {}",
+                a.sdp
+            );
+        }
     }
 
     #[test]

@@ -256,6 +256,42 @@ fn ear_packets_checked(ear: &Ear, tone: &[i16]) -> usize {
     callee
 }
 
+/// The callee's key as RFC 4733 telephone-events judges the call too: the relay
+/// learns the callee's telephone-event type from its answer (the test above presses
+/// the judgement key by SIP INFO).
+#[test]
+fn the_callee_judges_the_call_with_telephone_events() {
+    let ports = Ports::take();
+    let node = Node::start(ports, "127.0.0.1/32", "");
+    let (key, _) = node.provision(
+        "0501234567",
+        r#"[{"number": "0311112222"}]"#,
+        r#"{"require_judgement_digit": true}"#,
+    );
+    node.set_number(
+        &key,
+        "0501234567",
+        r#"{"judgement": {"prompt": "judgement", "seconds": 5}}"#,
+    );
+    // The caller hangs up 1 s after the answer; the callee presses 1 2.5 s after it.
+    let _uas = Uas::start(
+        "uas_judge_rfc4733.xml",
+        ports,
+        node.dir.path(),
+        &["-d", "200"],
+    );
+    let run = uac("uac.xml", ports, "0501234567", 1, 1, &["-d", "1000"]);
+    assert_eq!((run.exit, run.successful), (0, 1), "{}", run.output);
+    let call = node.wait_for_calls(&key, 1)[0].clone();
+    assert_eq!(call["judgement_digit"], "1", "{call}");
+    assert_eq!(call["validity"], "valid", "{call}");
+    assert_eq!(
+        node.metric("tsunagu_judgements_total{outcome=\"digit\"}"),
+        1.0
+    );
+    assert!(node.metric("tsunagu_dtmf_digits_total{source=\"rfc4733\"}") >= 1.0);
+}
+
 #[test]
 fn the_ivr_routes_by_key_and_the_callee_judges_the_call_after_the_caller_hangs_up() {
     let ports = Ports::take();

@@ -1484,6 +1484,9 @@ impl Call {
         if let Some(remote) = rewritten.remote {
             relay.set_remote(from, remote);
         }
+        // The keys this party sends as telephone-events (RFC 4733): a callee's judge
+        // the call, a caller's pick an IVR route.
+        relay.set_dtmf(from, rewritten.dtmf);
         self.note_far_end(from, rewritten.remote, rewritten.dtmf);
         let mut held = self.held.get();
         held[usize::from(from == Side::B)] = rewritten.held;
