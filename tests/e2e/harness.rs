@@ -9,21 +9,79 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub const ADMIN: &str = "test-admin-token";
 
-static NEXT_SLOT: AtomicU16 = AtomicU16::new(0);
-static NEXT_WIDE: AtomicU16 = AtomicU16::new(0);
+/// Which port slots ([`Ports::take`]) and wide RTP ranges ([`wide_rtp_range`]) are
+/// taken. A test holds what it took until its thread ends (libtest runs each test on
+/// a thread of its own, and the test's nodes and SIPp processes, dropped before the
+/// thread's locals, are killed and reaped by then): then they go back for another
+/// test. So the banks bound how many tests run at once, not how many there are.
+/// (Under `--test-threads=1` libtest runs tests on its main thread and nothing comes
+/// back: the banks then bound the whole run.)
+static TAKEN: Mutex<Taken> = Mutex::new(Taken {
+    slots: [false; SLOTS as usize],
+    wide: [false; WIDE_RANGES as usize],
+});
+
+struct Taken {
+    slots: [bool; SLOTS as usize],
+    wide: [bool; WIDE_RANGES as usize],
+}
+
+fn taken() -> std::sync::MutexGuard<'static, Taken> {
+    // A test that panicked while holding the lock left whole arrays.
+    TAKEN.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// What this thread took, given back when it ends.
+struct Held {
+    slots: Vec<u16>,
+    wide: Vec<u16>,
+}
+
+impl Held {
+    fn give_back(&self, t: &mut Taken) {
+        for &k in &self.slots {
+            t.slots[usize::from(k)] = false;
+        }
+        for &k in &self.wide {
+            t.wide[usize::from(k)] = false;
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.give_back(&mut taken());
+    }
+}
+
+thread_local! {
+    static HELD: std::cell::RefCell<Held> = const {
+        std::cell::RefCell::new(Held { slots: Vec::new(), wide: Vec::new() })
+    };
+}
+
+/// Wide RTP ranges: six of 1600 ports from 10000 (up to 19599).
+const WIDE_RANGES: u16 = 6;
 
 /// A node RTP range of 1600 ports (800 calls) for tests carrying hundreds of calls per
 /// node, from 10000 (below every slot; six ranges up to 19599). Nodes of one test
 /// cluster share it, each on its own address.
 pub fn wide_rtp_range() -> (u16, u16) {
-    let k = NEXT_WIDE.fetch_add(1, Ordering::SeqCst);
-    assert!(k < 6, "the e2e tests ran out of wide RTP ranges");
+    let k = {
+        let mut t = taken();
+        let k = (0..WIDE_RANGES)
+            .find(|&k| !t.wide[usize::from(k)])
+            .expect("the e2e tests ran out of wide RTP ranges: more tests at once than ranges");
+        t.wide[usize::from(k)] = true;
+        k
+    };
+    HELD.with(|h| h.borrow_mut().wide.push(k));
     (10_000 + 1600 * k, 10_000 + 1600 * k + 1599)
 }
 
@@ -74,26 +132,23 @@ impl Ports {
         Ports::take_many(1)
     }
 
-    /// `n` slots whose node RTP ranges follow one another (one run of [`RUNS`]), for
-    /// a node that needs `n * RTP_PER_SLOT` ports: the first slot's ports. Taken in one
-    /// step, so a test running at the same time cannot take a slot in between.
+    /// `n` free slots whose node RTP ranges follow one another (within one run of
+    /// [`RUNS`]), for a node that needs `n * RTP_PER_SLOT` ports: the first slot's
+    /// ports. Taken in one step, so a test running at the same time cannot take a slot
+    /// in between; given back when the test's thread ends ([`TAKEN`]).
     pub fn take_many(n: u16) -> Ports {
-        let mut next = NEXT_SLOT.load(Ordering::SeqCst);
-        loop {
-            let k = RUNS
-                .iter()
-                .find_map(|&(first, end)| {
-                    let k = next.max(first);
-                    (k + n <= end).then_some(k)
-                })
-                .expect(
-                    "the e2e tests ran out of port slots: add a bank in harness.rs (Ports::slot)",
+        let k = {
+            let mut t = taken();
+            let k = first_free(&t.slots, n).expect(
+                    "the e2e tests ran out of port slots (more tests at once than slots): add a bank in harness.rs (Ports::slot)",
                 );
-            match NEXT_SLOT.compare_exchange(next, k + n, Ordering::SeqCst, Ordering::SeqCst) {
-                Ok(_) => return Ports::slot(k),
-                Err(now) => next = now,
+            for j in k..k + n {
+                t.slots[usize::from(j)] = true;
             }
-        }
+            k
+        };
+        HELD.with(|h| h.borrow_mut().slots.extend(k..k + n));
+        Ports::slot(k)
     }
 
     /// The ports of slot `k` (see [`Ports::take`]).
@@ -122,6 +177,52 @@ impl Ports {
             rtp_first: rtp + RTP_PER_SLOT * k,
         }
     }
+}
+
+/// The first of `n` free slots in a row within one run of [`RUNS`] (`taken`: by slot).
+fn first_free(taken: &[bool], n: u16) -> Option<u16> {
+    RUNS.iter()
+        .flat_map(|&(first, end)| first..(end + 1).saturating_sub(n).max(first))
+        .find(|&k| (k..k + n).all(|j| !taken[usize::from(j)]))
+}
+
+#[test]
+fn free_slots_are_found_within_one_run() {
+    let mut taken = [false; SLOTS as usize];
+    assert_eq!(first_free(&taken, 1), Some(0));
+    assert_eq!(first_free(&taken, 3), Some(0));
+    taken[1] = true;
+    assert_eq!(first_free(&taken, 1), Some(0));
+    assert_eq!(first_free(&taken, 2), Some(2), "around a taken slot");
+    // The main bank full but its last two: two in a row fit there, three do not (the
+    // next run's RTP ranges do not follow the main bank's).
+    let main = usize::from(MAIN_SLOTS);
+    taken[..main - 2].iter_mut().for_each(|t| *t = true);
+    assert_eq!(first_free(&taken, 2), Some(MAIN_SLOTS - 2));
+    assert_eq!(first_free(&taken, 3), Some(MAIN_SLOTS));
+    taken.iter_mut().for_each(|t| *t = true);
+    assert_eq!(first_free(&taken, 1), None);
+    taken[usize::from(SLOTS) - 1] = false;
+    assert_eq!(first_free(&taken, 1), Some(SLOTS - 1));
+    assert_eq!(first_free(&taken, 2), None);
+}
+
+/// What a test held goes back, and nothing else.
+#[test]
+fn what_a_test_held_goes_back() {
+    let mut t = Taken {
+        slots: [true; SLOTS as usize],
+        wide: [true; WIDE_RANGES as usize],
+    };
+    let held = Held {
+        slots: vec![3, 4],
+        wide: vec![5],
+    };
+    held.give_back(&mut t);
+    let free: Vec<usize> = (0..t.slots.len()).filter(|&k| !t.slots[k]).collect();
+    assert_eq!(free, [3, 4]);
+    assert_eq!(t.wide, [true, true, true, true, true, false]);
+    std::mem::forget(held); // its Drop would give back the shared table's slots 3 and 4
 }
 
 /// Every slot's ports, the wide RTP ranges and the SPEC example's 5060/8080/20000-20999
