@@ -31,6 +31,8 @@ pub struct Registered {
     pub sign_age: Duration,
     /// An operator retired this incarnation (`tsunagu cluster forget`).
     pub retired: bool,
+    /// This incarnation was declared down (by the cluster, recorded in the store).
+    pub down: bool,
 }
 
 /// How often a node records its sign of life in the store (the node's call-log
@@ -40,9 +42,11 @@ pub const STORE_SIGN_EVERY: Duration = Duration::from_secs(1);
 
 /// What the cluster needs from the node it runs in.
 pub trait Host: Send + Sync + 'static {
-    /// Nodes registered in the store and not declared down (this one included or
-    /// not), and the retired ones (`retired` set).
-    fn registered(&self) -> Vec<Registered>;
+    /// Every node registered in the store (this one included or not), with the
+    /// incarnations declared down and the retired ones marked; None when the store
+    /// cannot be read now (which says nothing about the members: an empty list would
+    /// read as "nobody is alive in the store").
+    fn registered(&self) -> Option<Vec<Registered>>;
     /// `name` in incarnation `epoch` was declared down (by this node or another).
     /// `finaliser`: this node is the one of the survivors that cleans up after it (the
     /// owner of the key `node:<name>` among the live members, `survivors`).
@@ -223,6 +227,24 @@ impl Cluster {
         }
     }
 
+    /// Sends the messages for peers among `outputs` at once, in order, and returns the
+    /// answers for this node's calls (for [`Cluster::dispatch`]). Called with the line
+    /// service still locked: two threads that each drained it (the driver's, a call's)
+    /// and sent after unlocking could put a release ahead of the snapshot it came
+    /// after, and the owner, which takes a snapshot to cover what its sender did
+    /// before, would count a line nobody holds. Frames to one peer keep their order
+    /// over its session.
+    pub fn send_in_order(&self, outputs: Vec<Output>) -> Vec<Output> {
+        let mut local = Vec::new();
+        for o in outputs {
+            match o {
+                Output::Send { to, msg } => self.send(&to, vec![Msg::Line(msg)]),
+                answer => local.push(answer),
+            }
+        }
+        local
+    }
+
     /// Sends what the line service produced: frames to owners and holders, answers to
     /// this node's calls.
     pub fn dispatch(&self, outputs: Vec<Output>) {
@@ -297,18 +319,28 @@ impl Cluster {
         };
         *self.membership() = Membership::new(&name, epoch, timing);
         *self.lines() = LineService::new(&name);
-        self.0.stale.store(false, Ordering::Relaxed);
         self.0.suspended.store(false, Ordering::Relaxed);
+        // Still stale (granting nothing, taking no line messages) until the membership
+        // knows the members the store lists: a new incarnation alone in its view would
+        // own every key and grant against empty tables.
+        self.expect_registered(Instant::now()).await;
+        self.0.stale.store(false, Ordering::Relaxed);
+        let members = self.up_names();
+        let out = {
+            let mut lines = self.lines();
+            lines.view(members);
+            self.send_in_order(lines.drain())
+        };
+        self.dispatch(out);
         self.publish_lease();
         tracing::warn!(epoch, "rejoined the cluster as a new incarnation");
-        self.expect_registered(Instant::now()).await;
     }
 
     /// Seeds the membership with the nodes the store lists: they count as up until
     /// heard from or silent for the detector's window, so a starting node never
     /// mistakes a partial view for the whole cluster (its line tables wait for them).
     async fn expect_registered(&self, now: Instant) {
-        let registered = self.roster().await;
+        let registered = self.roster().await.unwrap_or_default();
         self.know(&registered);
         self.note_signs(&registered);
         {
@@ -325,13 +357,19 @@ impl Cluster {
     pub fn status(&self) -> Status {
         let now = Instant::now();
         let connected: BTreeSet<String> = self.0.net.peers().into_iter().collect();
+        // The line service first, released before the membership is locked: threads
+        // holding the line service lock the membership to send (never the reverse).
+        let (held, waiting, rebuilding) = {
+            let lines = self.lines();
+            let (held, waiting) = lines.table_counts();
+            (held, waiting, lines.rebuilding())
+        };
         let m = self.membership();
-        let (held, waiting) = self.lines().table_counts();
         Status {
             name: m.name().to_string(),
             epoch: m.epoch(),
             lease_valid: !self.0.stale.load(Ordering::Relaxed) && m.lease_valid(now),
-            lines_rebuilding: self.lines().rebuilding(),
+            lines_rebuilding: rebuilding,
             lines_held: held,
             lines_waiting: waiting,
             members: m
@@ -368,7 +406,7 @@ impl Cluster {
                         let out = {
                             let mut lines = self.lines();
                             lines.retry();
-                            lines.drain()
+                            self.send_in_order(lines.drain())
                         };
                         self.dispatch(out);
                         let me = self.clone();
@@ -379,20 +417,29 @@ impl Cluster {
         }
     }
 
-    /// The nodes the store lists, read now: the retired ones are retired in this view
-    /// (see [`Cluster::retire`]) and left out of what is returned.
-    async fn roster(&self) -> Vec<Registered> {
+    /// The nodes the store lists, read now, or None if it could not be read: the
+    /// retired ones are retired in this view (see [`Cluster::retire`]), those declared
+    /// down are down in it (a node that joined after the others declared one down
+    /// must not take that incarnation's heartbeats as fresh if it wakes up), and
+    /// neither is returned.
+    async fn roster(&self) -> Option<Vec<Registered>> {
         let host = self.0.host.clone();
-        let (retired, registered): (Vec<Registered>, Vec<Registered>) =
-            tokio::task::spawn_blocking(move || host.registered())
-                .await
-                .unwrap_or_default()
-                .into_iter()
-                .partition(|r| r.retired);
-        for r in retired {
-            self.retire(&r.name, r.epoch);
+        let read = tokio::task::spawn_blocking(move || host.registered())
+            .await
+            .ok()
+            .flatten()?;
+        let (gone, registered): (Vec<Registered>, Vec<Registered>) =
+            read.into_iter().partition(|r| r.retired || r.down);
+        let now = Instant::now();
+        for r in gone {
+            if r.retired {
+                self.retire(&r.name, r.epoch);
+            } else {
+                self.membership().known_down(&r.name, r.epoch, now);
+            }
         }
-        registered
+        self.after_events();
+        Some(registered)
     }
 
     /// The incarnation and state of member `name` in this node's view, if listed.
@@ -461,9 +508,13 @@ impl Cluster {
 
     /// Dials the seeds and every registered member without a session.
     async fn dial(&self) {
-        let registered = self.roster().await;
-        self.know(&registered);
-        self.note_signs(&registered);
+        // An unreadable store changes nothing of what the last read told.
+        let read = self.roster().await;
+        if let Some(registered) = &read {
+            self.know(registered);
+            self.note_signs(registered);
+        }
+        let registered = read.unwrap_or_default();
         let me = self.name();
         let connected: BTreeSet<String> = self.0.net.peers().into_iter().collect();
         let mut targets: Vec<SocketAddr> = registered
@@ -525,9 +576,8 @@ impl Cluster {
             let members = self.up_names();
             let out = {
                 let mut lines = self.lines();
-                lines.resume();
-                lines.view(members);
-                lines.drain()
+                lines.resume(members);
+                self.send_in_order(lines.drain())
             };
             self.dispatch(out);
         }
@@ -639,7 +689,7 @@ impl Cluster {
             for m in msgs {
                 lines.on_message(from, m);
             }
-            lines.drain()
+            self.send_in_order(lines.drain())
         };
         self.dispatch(out);
     }
@@ -704,7 +754,7 @@ impl Cluster {
             let out = {
                 let mut lines = self.lines();
                 lines.view(members);
-                lines.drain()
+                self.send_in_order(lines.drain())
             };
             self.dispatch(out);
             self.update_gauges();

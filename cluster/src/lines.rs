@@ -255,10 +255,13 @@ impl LineService {
         }
     }
 
-    /// Ends a suspension; a rebuild still waiting for snapshots goes on.
-    pub fn resume(&mut self) {
+    /// Ends a suspension with a rebuild over `members` (see [`LineService::view`]):
+    /// while suspended the tables may have fallen behind (messages from peers were
+    /// dropped as if a rebuild were under way), so they are rebuilt from every
+    /// holder's report before anything is granted.
+    pub fn resume(&mut self, members: Vec<String>) {
         self.suspended = false;
-        self.try_finish_rebuild();
+        self.view(members);
     }
 
     /// What to do next, in order.
@@ -636,10 +639,12 @@ impl LineService {
     /// keys this node owns are replaced by what the snapshots say, every request that
     /// waited for an answer gets one, and what was held back is handled in order.
     fn try_finish_rebuild(&mut self) {
-        if !self
-            .rebuild
-            .as_ref()
-            .is_some_and(|r| r.waiting_for.is_empty())
+        // Suspended, nothing is granted: the rebuild ends after `resume`.
+        if self.suspended
+            || !self
+                .rebuild
+                .as_ref()
+                .is_some_and(|r| r.waiting_for.is_empty())
         {
             return;
         }
@@ -853,6 +858,10 @@ impl LineService {
                 req.urgent |= urgent;
                 ReqState::Held
             }
+            // A queue position sent before the grant, arriving after it (or an old
+            // owner's): a held line never goes back to waiting, or the next snapshot
+            // would queue a call that talks and give its line away.
+            Answer::Queued { .. } if before == ReqState::Held => ReqState::Held,
             Answer::Queued { .. } => ReqState::Waiting,
         };
         if req.cancelled {

@@ -251,6 +251,33 @@ impl Membership {
         }
     }
 
+    /// The store says `name` in incarnation `epoch` was declared down: a member up here
+    /// in that incarnation goes down (as on a peer's notice); one unknown here is
+    /// remembered down, so that its heartbeats (a frozen node waking up after the
+    /// others declared it down, before this node joined) are stale, not a fresh
+    /// member's. A retired member stays retired.
+    pub fn known_down(&mut self, name: &str, epoch: u64, now: Instant) {
+        if name == self.name {
+            return;
+        }
+        match self.members.get(name) {
+            Some(m) if m.state == State::Retired => {}
+            Some(_) => self.on_down_notice(name, epoch, now),
+            None => {
+                self.members.insert(
+                    name.to_string(),
+                    Member {
+                        epoch,
+                        state: State::Down,
+                        since: now,
+                        last_heard: now,
+                        rtt: None,
+                    },
+                );
+            }
+        }
+    }
+
     /// `name` in incarnation `epoch` (or an older one) was retired by an operator:
     /// unless a newer incarnation is known, it is no longer listed, and what that
     /// incarnation sends stays stale. Only a member not up in this view is retired
@@ -514,6 +541,81 @@ mod tests {
     /// Retirement, row by row: (member, its epoch in this view and state before,
     /// retired epoch) -> retired?, what the view lists after, and how a heartbeat
     /// of the retired incarnation is taken.
+    /// What the store says was declared down: (state here before, incarnation the
+    /// store has down) → (listed after, events, verdict on that incarnation's
+    /// heartbeat). A node that joined after the others declared `c` down treats `c`
+    /// waking up as stale, not as a fresh member.
+    #[test]
+    fn members_the_store_has_down_are_down_here() {
+        type Row = (
+            Option<(u64, State)>,
+            u64,
+            Option<(u64, State)>,
+            usize,
+            Verdict,
+        );
+        let rows: &[Row] = &[
+            // Never seen here: remembered down, quietly (nothing was up).
+            (None, 4, Some((4, State::Down)), 0, Verdict::Stale),
+            // Up here in that incarnation: down, as on a peer's notice.
+            (
+                Some((4, State::Up)),
+                4,
+                Some((4, State::Down)),
+                1,
+                Verdict::Stale,
+            ),
+            // Up here in an older one: the older one goes down, the newer is down.
+            (
+                Some((3, State::Up)),
+                4,
+                Some((4, State::Down)),
+                1,
+                Verdict::Stale,
+            ),
+            // Up here in a newer one (it restarted): left alone.
+            (
+                Some((5, State::Up)),
+                4,
+                Some((5, State::Up)),
+                0,
+                Verdict::Stale,
+            ),
+            // Down here already: nothing new.
+            (
+                Some((4, State::Down)),
+                4,
+                Some((4, State::Down)),
+                0,
+                Verdict::Stale,
+            ),
+        ];
+        let t0 = Instant::now();
+        for (i, (before, down, after, events, verdict)) in rows.iter().enumerate() {
+            let mut m = Membership::new("a", 1, Timing::default());
+            if let Some((epoch, state)) = before {
+                m.on_heartbeat("c", *epoch, t0);
+                if *state == State::Down {
+                    m.on_down_notice("c", *epoch, t0);
+                }
+            }
+            while m.poll_event().is_some() {}
+            m.known_down("c", *down, ms(t0, 10));
+            let mut n = 0;
+            while m.poll_event().is_some() {
+                n += 1;
+            }
+            assert_eq!(n, *events, "row {i}");
+            let listed: Vec<(u64, State)> = m.members().map(|(_, x)| (x.epoch, x.state)).collect();
+            assert_eq!(listed, after.iter().copied().collect::<Vec<_>>(), "row {i}");
+            assert_eq!(m.on_heartbeat("c", *down, ms(t0, 20)), *verdict, "row {i}");
+        }
+        // Its own row (declared down itself) is not for the membership to judge.
+        let mut m = Membership::new("a", 1, Timing::default());
+        m.known_down("a", 1, t0);
+        assert_eq!(m.members().count(), 0);
+    }
+
     #[test]
     fn retired_members_are_unlisted_and_their_incarnation_stays_stale() {
         type Row = (

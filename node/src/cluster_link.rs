@@ -68,27 +68,31 @@ impl NodeHost {
 }
 
 impl Host for NodeHost {
-    fn registered(&self) -> Vec<Registered> {
+    fn registered(&self) -> Option<Vec<Registered>> {
         match self.store().nodes() {
             Ok(nodes) => {
                 self.egress_members.set(listeners(&nodes));
-                nodes
-                    .into_iter()
-                    // Retired only with `down`: a build without the flag clears `down`
-                    // alone when it restarts a retired node (tsunagu_cluster::retire).
-                    .filter(|n| !n.down || n.retired)
-                    .map(|n| Registered {
-                        retired: n.retired && n.down,
-                        name: n.node_id,
-                        epoch: n.epoch,
-                        cluster_addr: n.cluster_addr.and_then(|a| a.parse().ok()),
-                        sign_age: sign_age(n.last_seen, crate::clock::now_ms()),
-                    })
-                    .collect()
+                let now = crate::clock::now_ms();
+                Some(
+                    nodes
+                        .into_iter()
+                        .map(|n| Registered {
+                            // Retired only with `down`: a build without the flag clears
+                            // `down` alone when it restarts a retired node
+                            // (tsunagu_cluster::retire).
+                            retired: n.retired && n.down,
+                            down: n.down,
+                            name: n.node_id,
+                            epoch: n.epoch,
+                            cluster_addr: n.cluster_addr.and_then(|a| a.parse().ok()),
+                            sign_age: sign_age(n.last_seen, now),
+                        })
+                        .collect(),
+                )
             }
             Err(e) => {
                 tracing::warn!(%e, "cannot read the cluster's members from the store");
-                Vec::new()
+                None
             }
         }
     }

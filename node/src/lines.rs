@@ -109,7 +109,7 @@ impl Lines {
         let out = {
             let mut s = self.0.service.lock().unwrap_or_else(|p| p.into_inner());
             s.acquire(key, call, limit, crate::clock::now_ms());
-            s.drain()
+            self.send_in_order(s.drain())
         };
         let mut ask = Ask::Pending;
         let mut rest = Vec::with_capacity(out.len());
@@ -146,7 +146,7 @@ impl Lines {
         let out = {
             let mut s = self.0.service.lock().unwrap_or_else(|p| p.into_inner());
             s.adopt(key, call, limit, crate::clock::now_ms());
-            s.drain()
+            self.send_in_order(s.drain())
         };
         self.dispatch(out);
         LineRequest {
@@ -179,9 +179,19 @@ impl Lines {
         let out = {
             let mut s = self.0.service.lock().unwrap_or_else(|p| p.into_inner());
             s.release(key, call);
-            s.drain()
+            self.send_in_order(s.drain())
         };
         self.dispatch(out);
+    }
+
+    /// Sends the messages for peers among `out` at once (called with the service still
+    /// locked, so they leave in the order the service produced them: see
+    /// `Cluster::send_in_order`); returns the answers for this node's calls.
+    fn send_in_order(&self, out: Vec<Output>) -> Vec<Output> {
+        match self.0.cluster.get() {
+            Some(c) => c.send_in_order(out),
+            None => out, // a node outside a cluster: `dispatch` says so
+        }
     }
 
     /// Sends what the service produced: answers to this node's waiting calls, messages

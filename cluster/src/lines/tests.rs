@@ -565,3 +565,83 @@ fn a_handed_over_call_is_counted_once_and_survives_a_rebuild() {
     net.settle();
     assert_eq!(net.holders(&key), ["next"]);
 }
+
+/// An owner that resumes after a suspension (its lease lapsed and came back) rebuilds
+/// from every holder's report before granting: a call held on another node keeps
+/// counting, and what this node's calls asked meanwhile waits its turn.
+#[test]
+fn a_resuming_owner_counts_the_lines_held_elsewhere() {
+    let mut net = Net::new(&["a", "b"], 7);
+    let key = key_owned_by("a", &["a", "b"]);
+    net.limits.insert(key.clone(), 1);
+    net.acquire("b", &key, "c1", 100);
+    net.settle();
+    assert_eq!(net.holders(&key), ["c1"]);
+    net.nodes.get_mut("a").unwrap().suspend();
+    net.acquire("a", &key, "c2", 200);
+    let all: Vec<String> = net.nodes.keys().cloned().collect();
+    net.nodes.get_mut("a").unwrap().resume(all);
+    net.settle();
+    assert_eq!(net.holders(&key), ["c1"], "b's call still counts");
+    assert!(
+        net.answers
+            .iter()
+            .any(|(n, _, c, a)| n == "a" && c == "c2" && matches!(a, Answer::Queued { .. })),
+        "{:?}",
+        net.answers
+    );
+    net.release("b", &key, "c1");
+    net.settle();
+    assert_eq!(net.holders(&key), ["c2"]);
+}
+
+/// While suspended an owner grants nothing, not even when the rebuild of a view
+/// change completes meanwhile (others may be taking its keys over); on resuming it
+/// grants what fits.
+#[test]
+fn a_suspended_owner_grants_nothing_until_it_resumes() {
+    let members = ["a", "b", "c"];
+    let mut net = Net::new(&members[..2], 11);
+    let key = key_owned_by("a", &members);
+    net.limits.insert(key.clone(), 2);
+    net.acquire("b", &key, "c1", 100);
+    net.settle();
+    net.nodes.get_mut("a").unwrap().suspend();
+    net.acquire("a", &key, "c2", 200);
+    net.join("c");
+    net.settle();
+    assert_eq!(net.granted(), ["c1"], "nothing granted while suspended");
+    let all: Vec<String> = net.nodes.keys().cloned().collect();
+    net.nodes.get_mut("a").unwrap().resume(all);
+    net.settle();
+    assert_eq!(net.holders(&key), ["c1", "c2"]);
+}
+
+/// A queue position that arrives after the grant it preceded never turns the held
+/// line back into a waiting call (the next snapshot would give its line away).
+#[test]
+fn a_late_queue_position_leaves_a_held_line_held() {
+    let mut net = Net::new(&["a", "b"], 3);
+    let key = key_owned_by("a", &["a", "b"]);
+    net.limits.insert(key.clone(), 1);
+    net.acquire("b", &key, "c1", 100);
+    net.settle();
+    assert_eq!(net.holders(&key), ["c1"]);
+    let b = net.nodes.get_mut("b").unwrap();
+    b.on_message(
+        "a",
+        LineMsg::Answer {
+            key: key.clone(),
+            call: "c1".into(),
+            answer: Answer::Queued { position: 1 },
+        },
+    );
+    assert_eq!(b.waiting_calls(), 0);
+    assert!(
+        b.own_holdings().iter().all(|h| h.held),
+        "{:?}",
+        b.own_holdings()
+    );
+    assert!(b.drain().is_empty(), "nothing new for the call");
+    assert_eq!(net.holders(&key), ["c1"]);
+}
