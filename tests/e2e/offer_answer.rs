@@ -390,6 +390,143 @@ fn in_dialog_requests_the_node_cannot_honour_are_refused_and_late_offers_complet
     hang_up(&caller, &callee, call_id, &node_tag, 6);
 }
 
+/// The audio port of the body of `msg` (its first m= line).
+fn audio_port(msg: &str) -> u16 {
+    let m = msg.lines().find(|l| l.starts_with("m=audio ")).expect(msg);
+    m.split(' ')
+        .nth(1)
+        .and_then(|p| p.trim().parse().ok())
+        .expect(m)
+}
+
+/// An RTP packet (PCMU) whose payload is `byte`.
+fn rtp_of(seq: u16, byte: u8) -> Vec<u8> {
+    let mut p = vec![0x80, 0x00];
+    p.extend_from_slice(&seq.to_be_bytes());
+    p.extend_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+    p.extend_from_slice(&0x5eed_u32.to_be_bytes());
+    p.extend_from_slice(&[byte; 160]);
+    p
+}
+
+/// Whether `sock` receives an RTP packet carrying `byte` (what it may have received
+/// before is read and skipped).
+fn heard(sock: &UdpSocket, byte: u8) -> bool {
+    let mut buf = [0u8; 2048];
+    while let Ok(n) = sock.recv(&mut buf) {
+        if n > 12 && buf[12..n].iter().all(|b| *b == byte) {
+            return true;
+        }
+    }
+    false
+}
+
+/// Sends RTP carrying `byte` from `from` to `to` every 20 ms, as a phone does, until
+/// `ear` hears it (true) or for a second (false). The first packets may find the
+/// relay before the answer that tells it where to send them has.
+fn talk(from: &UdpSocket, to: (&str, u16), byte: u8, ear: &UdpSocket) -> bool {
+    ear.set_read_timeout(Some(Duration::from_millis(20)))
+        .unwrap();
+    for seq in 0..50 {
+        from.send_to(&rtp_of(seq, byte), to).unwrap();
+        if heard(ear, byte) {
+            return true;
+        }
+    }
+    false
+}
+
+/// A re-offer the other leg refuses changes nothing (RFC 3261 section 14.2): the
+/// callee's audio still goes where the caller's accepted SDP says, not where the
+/// refused offer named; a re-offer the callee accepts moves it.
+#[test]
+fn a_refused_re_offer_leaves_the_media_where_it_was() {
+    let ports = Ports::take();
+    let node = Node::start(ports, "127.0.0.1/32", "");
+    node.provision("0501234567", DEST, "{}");
+    let callee = Callee::bind(ports);
+    let caller = Party::bind("127.0.0.1", ports.sip);
+    let media = |port: u16| UdpSocket::bind(("127.0.0.1", port)).expect("bind a media port");
+    let (old, new, far) = (
+        media(ports.uac_media),
+        media(ports.uac_media + 2),
+        media(ports.uas_media),
+    );
+    let call_id = "refused-reoffer";
+    caller.send(&invite_with(&caller, call_id, &sdp(ports.uac_media)));
+    let invite = callee.expect("INVITE ");
+    let node_for_callee = ("127.0.0.1", audio_port(&invite));
+    callee.respond(&invite, "200 OK", &sdp(ports.uas_media));
+    let ok = caller.final_response();
+    let node_for_caller = ("127.0.0.1", audio_port(&ok));
+    let node_tag = caller.ack(call_id, &ok);
+    callee.expect("ACK ");
+    // Audio both ways.
+    assert!(
+        talk(&old, node_for_caller, 0x11, &far),
+        "the callee hears the caller"
+    );
+    assert!(
+        talk(&far, node_for_callee, 0x22, &old),
+        "the caller hears the callee"
+    );
+
+    // The caller offers a new port; the callee refuses.
+    let reoffer = with_body(
+        &caller,
+        "INVITE",
+        call_id,
+        &node_tag,
+        2,
+        "application/sdp",
+        &sdp(ports.uac_media + 2),
+    );
+    caller.send(&reoffer);
+    let relayed = callee.expect("INVITE ");
+    callee.respond(&relayed, "488 Not Acceptable Here", "");
+    callee.expect("ACK ");
+    let refused = caller.final_response();
+    assert!(refused.starts_with("SIP/2.0 488"), "{refused}");
+    caller.send(&ack_of_failure(&reoffer));
+    assert!(
+        talk(&far, node_for_callee, 0x33, &old),
+        "the callee's audio still reaches the old port"
+    );
+    new.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    assert!(
+        !heard(&new, 0x33),
+        "nothing went to the refused offer's port"
+    );
+
+    // The same offer again, accepted: the audio moves.
+    let reoffer = with_body(
+        &caller,
+        "INVITE",
+        call_id,
+        &node_tag,
+        3,
+        "application/sdp",
+        &sdp(ports.uac_media + 2),
+    );
+    caller.send(&reoffer);
+    let relayed = callee.expect("INVITE ");
+    callee.respond(&relayed, "200 OK", &sdp(ports.uas_media));
+    let ok = caller.final_response();
+    assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
+    callee.expect("ACK ");
+    assert!(
+        talk(&new, node_for_caller, 0x44, &far),
+        "the callee hears the caller's new port"
+    );
+    assert!(
+        talk(&far, node_for_callee, 0x55, &new),
+        "the callee's audio goes to the new port"
+    );
+
+    hang_up(&caller, &callee, call_id, &node_tag, 4);
+}
+
 /// The caller never ACKs the 200: after 64*T1 (32 s, RFC 3261 13.3.1.4) both are hung up and the call is
 /// logged failed, `ack_timeout`, with no talk time.
 #[test]

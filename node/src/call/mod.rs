@@ -202,6 +202,10 @@ struct Reoffer {
     /// A re-INVITE without an offer: the other leg's 2xx brings one, and its ACK waits
     /// for the answer in the sender's ACK.
     late: bool,
+    /// The sender's offer as the node relayed it: what the relay, the hold and the
+    /// telephone-event type become once the other leg accepts it (a 2xx); a refused
+    /// offer (488, 491, ...) leaves the session as it was (RFC 3261 section 14.2).
+    offer: Option<sdp::Rewritten>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1224,9 +1228,9 @@ impl Call {
             return;
         }
         let to = from.other();
-        let sdp = match sdp_body(&req, &req.body) {
-            Some(body) => match self.anchor_sdp(from, &body) {
-                Some(sdp) => Some(sdp),
+        let offer = match sdp_body(&req, &req.body) {
+            Some(body) => match self.rewrite_sdp(from, &body) {
+                Some(rewritten) => Some(rewritten),
                 None => {
                     // Not an offer the node can anchor: refused, and the session goes
                     // on as it was (RFC 3261 14.2).
@@ -1236,6 +1240,7 @@ impl Call {
             },
             None => None,
         };
+        let sdp = offer.as_ref().map(|o| o.sdp.clone());
         let late = sdp.is_none() && req.method == Method::Invite;
         let method = req.method;
         let headers = session::headers_of(&req);
@@ -1255,6 +1260,7 @@ impl Call {
             key,
             cseq,
             late,
+            offer,
         }));
     }
 
@@ -1268,6 +1274,9 @@ impl Call {
         let Some(p) = self.reoffer.take() else { return };
         let ep = self.ctx.endpoint.clone();
         let to = p.from.other();
+        if let (200..=299, Some(offer)) = (code, &p.offer) {
+            self.apply_sdp(p.from, offer);
+        }
         let answer = sdp_body(&resp, &resp.body)
             .filter(|_| code < 300)
             .and_then(|body| self.anchor_sdp(to, &body));
@@ -1478,9 +1487,23 @@ impl Call {
     /// to where that body says `from` receives, and the body is rewritten to the node's
     /// port facing the other side, for the other leg.
     fn anchor_sdp(&self, from: Side, body: &str) -> Option<String> {
-        let relay = self.relay.as_ref()?;
-        let local = relay.local(from.other());
-        let rewritten = sdp::rewrite(body, local.ip(), local.port())?;
+        let rewritten = self.rewrite_sdp(from, body)?;
+        self.apply_sdp(from, &rewritten);
+        Some(rewritten.sdp)
+    }
+
+    /// `from`'s body as the other leg gets it (pointed at the node), changing nothing.
+    fn rewrite_sdp(&self, from: Side, body: &str) -> Option<sdp::Rewritten> {
+        let local = self.relay.as_ref()?.local(from.other());
+        sdp::rewrite(body, local.ip(), local.port())
+    }
+
+    /// What `from`'s body says takes effect: where its audio goes, its telephone-event
+    /// type, its hold.
+    fn apply_sdp(&self, from: Side, rewritten: &sdp::Rewritten) {
+        let Some(relay) = self.relay.as_ref() else {
+            return;
+        };
         if let Some(remote) = rewritten.remote {
             relay.set_remote(from, remote);
         }
@@ -1491,7 +1514,6 @@ impl Call {
         let mut held = self.held.get();
         held[usize::from(from == Side::B)] = rewritten.held;
         self.held.set(held);
-        Some(rewritten.sdp)
     }
 
     /// Remembers a party's media address and telephone-event type (for checkpoints).
