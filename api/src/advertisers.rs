@@ -63,7 +63,14 @@ pub async fn create(
     let name = valid_name(&input.name)?;
     validate_lines(input.lines.as_ref())?;
     let lines = input.lines;
+    let cap = st.defences.max_advertisers_per_operator;
     let adv = db(&st, move |s| {
+        // Counted first: requests in flight at once may pass together, by their number.
+        if s.list_advertisers(&op)?.len() >= cap {
+            return Err(tsunagu_store::StoreError::InUse(format!(
+                "an operator has at most {cap} advertisers (api.max_advertisers_per_operator)"
+            )));
+        }
         let adv = s.create_advertiser(&op, &name)?;
         match lines {
             Some(_) => Ok(s

@@ -113,6 +113,10 @@ pub struct Defences {
     pub searches: Arc<running::RunLimits>,
     /// How long a JSON call search may read the store.
     pub search_timeout: Duration,
+    /// Numbers and advertisers one operator may hold (`api.max_numbers_per_operator`,
+    /// `api.max_advertisers_per_operator`).
+    pub max_numbers_per_operator: usize,
+    pub max_advertisers_per_operator: usize,
     /// `/metrics` needs this bearer token when set.
     pub metrics_token: Option<String>,
     /// `/metrics` is served on the API listener (false: on `api.metrics_listen` only).
@@ -132,6 +136,8 @@ impl Defences {
             export_max_duration: Duration::from_secs(c.export_max_seconds.into()),
             searches: running::RunLimits::new(c.max_searches, c.max_searches_per_operator),
             search_timeout: search_budget(c.search_timeout_seconds, c.request_timeout_seconds),
+            max_numbers_per_operator: c.max_numbers_per_operator as usize,
+            max_advertisers_per_operator: c.max_advertisers_per_operator as usize,
             metrics_token: c.metrics_token.clone(),
             metrics_on_api: c.metrics_listen.is_none(),
             pool_labels: c.pool_metrics.iter().cloned().collect(),

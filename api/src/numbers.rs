@@ -90,6 +90,7 @@ fn validate(n: &TrackingNumber) -> Result<(), ApiError> {
             "must be 4 to 15 digits in national form (e.g. 0501234567)",
         ));
     }
+    check_size(n)?;
     if n.kind == NumberKind::Callback {
         // A number of a callback pool calls back the caller its lease names: it has no
         // destinations of its own, its other settings change like any number's.
@@ -204,6 +205,39 @@ pub(crate) fn check_prompts(st: &ApiState, op: &str, n: &TrackingNumber) -> Resu
                 format!("no prompt named `{name}` (GET /v1/prompts lists them)"),
             ));
         }
+    }
+    Ok(())
+}
+
+/// The most a number's settings may take, as stored (JSON): every node holds every
+/// number in memory, and each field's own caps (400 schedule exceptions, three
+/// 4000-byte templates, ...) would together allow about 160 KB. A number that uses
+/// every option takes a few kilobytes.
+pub(crate) const MAX_NUMBER_BYTES: usize = 64 * 1024;
+
+/// A number's settings within [`MAX_NUMBER_BYTES`].
+pub(crate) fn check_size(n: &TrackingNumber) -> Result<(), ApiError> {
+    let bytes = serde_json::to_vec(n).map_or(usize::MAX, |v| v.len());
+    if bytes > MAX_NUMBER_BYTES {
+        return Err(ApiError::invalid(
+            "settings",
+            format!("a number's settings take at most {MAX_NUMBER_BYTES} bytes as JSON (these take {bytes})"),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether the operator may add `adding` numbers (`api.max_numbers_per_operator`,
+/// counted across the cluster in the store; requests in flight at once may pass the
+/// count together, by at most their number).
+pub(crate) async fn check_room(st: &ApiState, op: &str, adding: usize) -> Result<(), ApiError> {
+    let cap = st.defences.max_numbers_per_operator;
+    let o = op.to_string();
+    let held = db(st, move |s| s.count_numbers(&o)).await?;
+    if held.saturating_add(adding) > cap {
+        return Err(ApiError::conflict(format!(
+            "an operator holds at most {cap} numbers (api.max_numbers_per_operator); it holds {held}"
+        )));
     }
     Ok(())
 }
@@ -366,6 +400,7 @@ pub async fn create(
     check_prompts(&st, &op, &number)?;
     crate::follow_up::validate(&st, &op, number.notify.as_ref(), number.ga4.as_ref()).await?;
     check_advertiser(&st, &op, &number.advertiser_id).await?;
+    check_room(&st, &op, 1).await?;
     let n = number.clone();
     if q.dry_run {
         // The same conflict creating it would meet (a number is unique across
@@ -495,8 +530,103 @@ pub async fn delete(
 
 #[cfg(test)]
 mod tests {
-    use crate::testing::api;
+    use crate::testing::{api, api_with};
     use axum::http::StatusCode;
+    use tsunagu_store::Store;
+
+    fn number(adv: &str, n: &str, extra: &str) -> String {
+        format!(
+            r#"{{"number": "{n}", "advertiser_id": "{adv}", "destinations": [{{"number": "0311112222"}}]{extra}}}"#
+        )
+    }
+
+    /// An operator's numbers (its own and its pools') and advertisers are capped: the
+    /// request past the cap is refused 409 (a dry run too) and creates nothing.
+    #[tokio::test]
+    async fn an_operators_numbers_and_advertisers_are_capped() {
+        let a = api_with(&Default::default(), |d| {
+            d.max_numbers_per_operator = 3;
+            d.max_advertisers_per_operator = 2;
+        });
+        let key = Some(a.key.as_str());
+        for n in ["0501000001", "0501000002"] {
+            let r = a
+                .send("POST", "/v1/numbers", key, &number(&a.advertiser, n, ""))
+                .await;
+            assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+        }
+        // A pool of two would make four.
+        let pool = format!(
+            r#"{{"advertiser_id": "{}", "mode": "one_time", "numbers": ["0502000001", "0502000002"], "hold_seconds": 60, "destinations": [{{"number": "0311112222"}}]}}"#,
+            a.advertiser
+        );
+        let over = a.send("POST", "/v1/pools", key, &pool).await;
+        assert_eq!(over.status, StatusCode::CONFLICT, "{}", over.text());
+        assert!(over.text().contains("at most 3 numbers"), "{}", over.text());
+        let third = number(&a.advertiser, "0501000003", "");
+        let dry = a
+            .send("POST", "/v1/numbers?dry_run=true", key, &third)
+            .await;
+        assert_eq!(dry.status, StatusCode::OK, "{}", dry.text());
+        let r = a.send("POST", "/v1/numbers", key, &third).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+        let fourth = number(&a.advertiser, "0501000004", "");
+        for path in ["/v1/numbers?dry_run=true", "/v1/numbers"] {
+            let r = a.send("POST", path, key, &fourth).await;
+            assert_eq!(r.status, StatusCode::CONFLICT, "{path}: {}", r.text());
+        }
+        assert_eq!(a.store.count_numbers(&a.operator).unwrap(), 3);
+        assert!(a.store.get_number("0502000001").unwrap().is_none());
+        // One advertiser exists (the test's); a second fits, a third does not.
+        let adv = |name: &str| format!(r#"{{"name": "{name}"}}"#);
+        let r = a.send("POST", "/v1/advertisers", key, &adv("second")).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+        let r = a.send("POST", "/v1/advertisers", key, &adv("third")).await;
+        assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text());
+        assert_eq!(a.store.list_advertisers(&a.operator).unwrap().len(), 2);
+    }
+
+    /// A number whose settings would take more than 64 KiB is refused, however each
+    /// field stays within its own cap (here: 400 schedule exceptions of six spans).
+    #[tokio::test]
+    async fn a_numbers_settings_are_capped_in_bytes() {
+        let a = api();
+        let spans: Vec<String> = (0..6)
+            .map(|h| {
+                format!(
+                    r#"{{"start": "{:02}:00", "end": "{:02}:30"}}"#,
+                    h * 2,
+                    h * 2
+                )
+            })
+            .collect();
+        let exceptions: Vec<String> = (0..400)
+            .map(|i| {
+                format!(
+                    r#"{{"date": "2027-{:02}-{:02}", "hours": [{}]}}"#,
+                    i / 28 + 1,
+                    i % 28 + 1,
+                    spans.join(", ")
+                )
+            })
+            .collect();
+        let schedule = format!(
+            r#", "schedule": {{"time_zone": "Asia/Tokyo", "exceptions": [{}]}}"#,
+            exceptions.join(", ")
+        );
+        let body = number(&a.advertiser, "0501000009", &schedule);
+        let r = a.send("POST", "/v1/numbers", Some(&a.key), &body).await;
+        assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text());
+        assert_eq!(r.json()["error"]["field"], "settings", "{}", r.text());
+        assert!(a.store.get_number("0501000009").unwrap().is_none());
+        // A tenth of it is fine.
+        let small = schedule
+            .replace(&exceptions[40..].join(", "), "")
+            .replacen(", ]", "]", 1);
+        let body = number(&a.advertiser, "0501000009", &small);
+        let r = a.send("POST", "/v1/numbers", Some(&a.key), &body).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    }
 
     /// A callback pool's numbers have no destinations: their other settings change
     /// like any number's, and destinations cannot be given to them.

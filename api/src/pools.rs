@@ -311,10 +311,13 @@ pub async fn create(
             updated_at: now,
         })
         .collect();
-    // A recording notice that does not exist would record callers without it.
+    // A recording notice that does not exist would record callers without it. The
+    // records differ only in their number: the first's size is every one's.
     if let Some(first) = records.first() {
         crate::numbers::check_prompts(&st, &op, first)?;
+        crate::numbers::check_size(first)?;
     }
+    crate::numbers::check_room(&st, &op, records.len()).await?;
     let p = pool.clone();
     db(&st, move |s| s.create_pool(&p, &records)).await?;
     for n in &pool.numbers {

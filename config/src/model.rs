@@ -356,6 +356,14 @@ pub struct ApiConfig {
     /// searches do not keep the others' answered 503).
     #[serde(default = "default_api_max_searches_per_operator")]
     pub max_searches_per_operator: u32,
+    /// Tracking numbers one operator may hold (its own and its pools' together):
+    /// every node keeps every number in memory, so one operator's key must not be
+    /// able to fill them.
+    #[serde(default = "default_api_max_numbers_per_operator")]
+    pub max_numbers_per_operator: u32,
+    /// Advertisers one operator may create.
+    #[serde(default = "default_api_max_advertisers_per_operator")]
+    pub max_advertisers_per_operator: u32,
     /// A JSON call search that has not finished reading the store in this long is
     /// stopped and answered 503 (a filter over years of calls would otherwise scan on
     /// after its client was answered 408). Capped a quarter second below
@@ -397,6 +405,8 @@ impl Default for ApiConfig {
             export_max_seconds: default_api_export_max_seconds(),
             max_searches: default_api_max_searches(),
             max_searches_per_operator: default_api_max_searches_per_operator(),
+            max_numbers_per_operator: default_api_max_numbers_per_operator(),
+            max_advertisers_per_operator: default_api_max_advertisers_per_operator(),
             search_timeout_seconds: default_api_search_timeout(),
             export_send_timeout_seconds: default_api_export_send_timeout(),
             metrics_listen: None,
@@ -942,6 +952,14 @@ fn default_api_max_searches() -> u32 {
 }
 fn default_api_max_searches_per_operator() -> u32 {
     2
+}
+/// Far above a call-tracking operator's needs (thousands); at the largest a number's
+/// settings may take (64 KiB) still a bounded share of a node's memory.
+fn default_api_max_numbers_per_operator() -> u32 {
+    50_000
+}
+fn default_api_max_advertisers_per_operator() -> u32 {
+    10_000
 }
 fn default_api_search_timeout() -> u32 {
     10

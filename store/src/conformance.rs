@@ -154,9 +154,16 @@ fn numbers_are_unique_and_scoped(s: &dyn Store) {
     let b = s.create_operator("b").unwrap();
     let adv = s.create_advertiser(&a.id, "shop").unwrap();
     let mut n = sample_number(&a.id, &adv.id);
+    assert_eq!(s.count_numbers(&a.id).unwrap(), 0);
     s.create_number(&n).unwrap();
     assert!(matches!(s.create_number(&n), Err(StoreError::Conflict(_))));
     assert_eq!(s.get_number(&n.number).unwrap().as_ref(), Some(&n));
+    assert_eq!(s.count_numbers(&a.id).unwrap(), 1);
+    assert_eq!(
+        s.count_numbers(&b.id).unwrap(),
+        0,
+        "another operator's count"
+    );
     assert_eq!(s.list_numbers(&a.id, None).unwrap(), vec![n.clone()]);
     assert_eq!(s.list_numbers(&a.id, Some(&adv.id)).unwrap().len(), 1);
     assert!(s.list_numbers(&a.id, Some("adv_other")).unwrap().is_empty());
@@ -189,6 +196,7 @@ fn numbers_are_unique_and_scoped(s: &dyn Store) {
     ));
     assert!(s.delete_number(&a.id, &n.number).unwrap());
     assert!(s.get_number(&n.number).unwrap().is_none());
+    assert_eq!(s.count_numbers(&a.id).unwrap(), 0);
 }
 
 /// A call in progress for tests: `call_id` carried by `node` in incarnation `epoch`,
@@ -964,6 +972,7 @@ fn pools_are_created_atomically_and_scoped(s: &dyn Store) {
     let adv = s.create_advertiser(&a.id, "shop").unwrap();
     let (pool, numbers) = sample_pool(&a.id, &adv.id, PoolMode::Dynamic, 3, 60, 0);
     s.create_pool(&pool, &numbers).unwrap();
+    assert_eq!(s.count_numbers(&a.id).unwrap(), 3, "a pool's numbers count");
     assert_eq!(s.get_pool(&a.id, &pool.id).unwrap().as_ref(), Some(&pool));
     assert!(s.get_pool(&b.id, &pool.id).unwrap().is_none());
     assert_eq!(s.pool_by_id(&pool.id).unwrap().as_ref(), Some(&pool));

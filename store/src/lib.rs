@@ -122,6 +122,9 @@ pub trait Store: Send + Sync + 'static {
     /// Replaces a number's settings; false if the operator has no such number.
     fn update_number(&self, number: &TrackingNumber) -> Result<bool>;
     fn delete_number(&self, operator_id: &str, number: &str) -> Result<bool>;
+    /// How many numbers the operator has (static and pools' alike): what its cap
+    /// (`api.max_numbers_per_operator`) is checked against.
+    fn count_numbers(&self, operator_id: &str) -> Result<usize>;
     fn all_numbers(&self) -> Result<Vec<TrackingNumber>>;
 
     // Number pools and leases.

@@ -60,6 +60,8 @@ pub const NUM_INDEX_PUT: &str = "INSERT INTO numbers_by_operator (operator_id, a
 pub const NUM_INDEX_DELETE: &str =
     "DELETE FROM numbers_by_operator WHERE operator_id = ? AND advertiser_id = ? AND number = ?";
 pub const NUM_OF_OPERATOR: &str = "SELECT settings FROM numbers_by_operator WHERE operator_id = ?";
+pub const NUM_IDS_OF_OPERATOR: &str =
+    "SELECT number FROM numbers_by_operator WHERE operator_id = ?";
 pub const NUM_OF_ADVERTISER: &str =
     "SELECT settings FROM numbers_by_operator WHERE operator_id = ? AND advertiser_id = ?";
 pub const NUM_ANY_OF_ADVERTISER: &str =
@@ -235,6 +237,7 @@ pub const ALL: &[(&str, Kind)] = &[
     (NUM_INDEX_PUT, Kind::Write),
     (NUM_INDEX_DELETE, Kind::Write),
     (NUM_OF_OPERATOR, Kind::Read),
+    (NUM_IDS_OF_OPERATOR, Kind::Read),
     (NUM_OF_ADVERTISER, Kind::Read),
     (NUM_ANY_OF_ADVERTISER, Kind::Read),
     (POOL_INSERT, Kind::Write),

@@ -814,6 +814,15 @@ impl Store for ScyllaStore {
         }
     }
 
+    fn count_numbers(&self, operator_id: &str) -> Result<usize> {
+        // The numbers alone (the clustering column), not their settings.
+        let rows = self.wait(
+            self.inner
+                .rows::<(String,)>(q::NUM_IDS_OF_OPERATOR, (operator_id,)),
+        )?;
+        Ok(rows.len())
+    }
+
     fn list_numbers(
         &self,
         operator_id: &str,

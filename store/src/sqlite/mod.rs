@@ -653,6 +653,18 @@ impl Store for SqliteStore {
         Ok(n > 0)
     }
 
+    fn count_numbers(&self, operator_id: &str) -> Result<usize> {
+        let n: i64 = self.read(|c| {
+            c.query_row(
+                "SELECT COUNT(*) FROM numbers WHERE operator_id = ?1",
+                [operator_id],
+                |r| r.get(0),
+            )
+            .map_err(unavailable)
+        })?;
+        Ok(usize::try_from(n).unwrap_or(0))
+    }
+
     fn all_numbers(&self) -> Result<Vec<TrackingNumber>> {
         let rows: Vec<String> = self.read(|c| {
             let mut st = c
