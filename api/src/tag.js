@@ -34,15 +34,48 @@
     return m ? m[1] : null;
   }
 
+  // What the API takes of a page's parameters (api/src/numbers.rs, validate_params):
+  // at most 50 keys of up to 100 bytes, values of up to 2000 bytes, 8 KiB in all.
+  // A visit from a long ad URL (click ids, many utm_* keys) is cut to fit rather than
+  // refused, which would leave the page without a tracking number.
+  var MAX_KEYS = 50, MAX_KEY = 100, MAX_VALUE = 2000, MAX_TOTAL = 8192;
+
+  function bytes(v) {
+    return new TextEncoder().encode(v).length;
+  }
+
+  // The longest prefix of `v` that takes at most `max` bytes as UTF-8.
+  function fit(v, max) {
+    v = String(v);
+    if (bytes(v) <= max) return v;
+    var lo = 0, hi = Math.min(v.length, max);
+    while (lo < hi) {
+      var mid = (lo + hi + 1) >> 1;
+      if (bytes(v.slice(0, mid)) <= max) lo = mid; else hi = mid - 1;
+    }
+    return v.slice(0, lo);
+  }
+
   function params() {
-    var p = { session_id: sessionId(), landing_url: location.href };
-    if (document.referrer) p.referrer = document.referrer;
+    var p = {}, keys = 0, total = 0;
+    // In order of worth: what comes later is left out when the budget runs out.
+    function put(k, v) {
+      var room = Math.min(MAX_VALUE, MAX_TOTAL - total - bytes(k));
+      if (keys >= MAX_KEYS || bytes(k) > MAX_KEY || room < 0 || p.hasOwnProperty(k)) return;
+      v = fit(v, room);
+      p[k] = v;
+      keys += 1;
+      total += bytes(k) + bytes(v);
+    }
+    put("session_id", sessionId());
+    put("landing_url", location.href);
+    if (document.referrer) put("referrer", document.referrer);
+    var ga = gaClientId();
+    if (ga) put("client_id", ga);
     var q = new URLSearchParams(location.search);
     q.forEach(function (v, k) {
-      if (k === "gclid" || k === "keyword" || k.indexOf("utm_") === 0) p[k] = v.slice(0, 2000);
+      if (k === "gclid" || k === "keyword" || k.indexOf("utm_") === 0) put(k, v);
     });
-    var ga = gaClientId();
-    if (ga) p.client_id = ga;
     return p;
   }
 

@@ -413,9 +413,16 @@ fn page_tag_swaps_the_number_in_chromium_and_the_call_carries_the_visit() {
     );
     let _page = Receiver::with_pages(page_port, vec![("/landing.html".into(), html)]);
     let profile = tempfile::tempdir().unwrap();
-    // 40 s of virtual time: the tag re-issues every 15 s (half of a 30 s lease).
+    // 40 s of virtual time: the tag re-issues every 15 s (half of a 30 s lease). The
+    // visit comes from a long ad URL: a 2,500-byte utm_content and 60 more utm_* keys,
+    // more than the API takes (values of 2,000 bytes, 50 keys): the tag cuts them to
+    // fit rather than have the visit refused.
+    let extra: String = (0..60).map(|i| format!("&utm_k{i}=v")).collect();
     let dom = chromium_dom(
-        &format!("{origin}/landing.html?gclid=GC-CHROME&utm_source=google&utm_campaign=winter"),
+        &format!(
+            "{origin}/landing.html?gclid=GC-CHROME&utm_source=google&utm_campaign=winter&utm_content={}{extra}",
+            "x".repeat(2500)
+        ),
         profile.path(),
         40_000,
     );
@@ -456,6 +463,19 @@ fn page_tag_swaps_the_number_in_chromium_and_the_call_carries_the_visit() {
     assert!(params["session_id"]
         .as_str()
         .is_some_and(|s| s.starts_with('s')));
+    let kept = params.as_object().unwrap();
+    assert_eq!(
+        params["utm_content"].as_str().unwrap().len(),
+        2000,
+        "cut to fit"
+    );
+    assert_eq!(
+        params["landing_url"].as_str().unwrap().len(),
+        2000,
+        "cut to fit"
+    );
+    assert_eq!(kept.len(), 50, "{:?}", kept.keys());
+    assert!(kept.contains_key("utm_k0") && !kept.contains_key("utm_k59"));
     drop(uas);
 }
 
