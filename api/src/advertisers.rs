@@ -73,9 +73,15 @@ pub async fn create(
         }
         let adv = s.create_advertiser(&op, &name)?;
         match lines {
-            Some(_) => Ok(s
-                .update_advertiser(&op, &adv.id, &name, lines)?
-                .unwrap_or(adv)),
+            // Two writes: an advertiser whose line limit could not be stored is taken
+            // back (best effort), so a retry does not leave a twin without its limit.
+            Some(_) => match s.update_advertiser(&op, &adv.id, &name, lines) {
+                Ok(updated) => Ok(updated.unwrap_or(adv)),
+                Err(e) => {
+                    let _ = s.delete_advertiser(&op, &adv.id);
+                    Err(e)
+                }
+            },
             None => Ok(adv),
         }
     })

@@ -50,8 +50,15 @@ pub async fn create(
     let (key, hash, prefix) = new_key_parts();
     let (op, listed) = db(&st, move |s| {
         let op = s.create_operator(&name)?;
-        let listed = s.add_api_key(&op.id, &hash, &prefix)?;
-        Ok((op, listed))
+        // Two writes: an operator whose key could not be stored is taken back (best
+        // effort), so a retry of the request does not leave a keyless twin behind.
+        match s.add_api_key(&op.id, &hash, &prefix) {
+            Ok(listed) => Ok((op, listed)),
+            Err(e) => {
+                let _ = s.delete_operator(&op.id);
+                Err(e)
+            }
+        }
     })
     .await?;
     let mut v = view(&op);
