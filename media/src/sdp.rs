@@ -441,6 +441,61 @@ pub fn restrict(sdp: &str, keep: &[u8]) -> String {
     out
 }
 
+/// `body` as the next description of the session a party was last sent `last` of
+/// (RFC 3264 section 8): with `last`'s session id, and its version, one up if the
+/// description changed (anything but the o= line), the same if not. A B2BUA's party
+/// sees one session whoever's bodies the node relays (the callee's, another fork's,
+/// the node's own after it answered, a new node's after a takeover), so a body
+/// relayed with its sender's own version could repeat a version the party already
+/// has for another description, and be ignored as unchanged (a hold lost). `body`
+/// unchanged when `last` is None or has no origin to continue.
+pub fn continue_origin(last: Option<&str>, body: &str) -> String {
+    let origin = |sdp: &str| -> Option<(String, u64)> {
+        let o = sdp
+            .lines()
+            .map(str::trim_end)
+            .find_map(|l| l.strip_prefix("o="))?;
+        let f: Vec<&str> = o.split(' ').collect();
+        let version = f.get(2)?.parse::<u64>().ok()?;
+        (f.len() == 6).then(|| (f[1].to_string(), version))
+    };
+    let Some(last) = last else {
+        return body.to_string();
+    };
+    let (Some((session, version)), Some(_)) = (origin(last), origin(body)) else {
+        return body.to_string();
+    };
+    let described = |sdp: &str| -> Vec<String> {
+        sdp.lines()
+            .map(str::trim_end)
+            .filter(|l| !l.is_empty() && !l.starts_with("o="))
+            .map(str::to_string)
+            .collect()
+    };
+    let version = if described(last) == described(body) {
+        version
+    } else {
+        version.saturating_add(1)
+    };
+    let mut out = String::with_capacity(body.len() + 8);
+    for line in body.split_inclusive('\n') {
+        let text = line.trim_end_matches(['\r', '\n']);
+        match text.strip_prefix("o=") {
+            Some(o) => {
+                let mut f: Vec<&str> = o.split(' ').collect();
+                let v = version.to_string();
+                f[1] = &session;
+                f[2] = &v;
+                out.push_str("o=");
+                out.push_str(&f.join(" "));
+                out.push_str(&line[text.len()..]);
+            }
+            None => out.push_str(line),
+        }
+    }
+    out
+}
+
 /// The same session description as a new offer in the same session (RFC 3264 8): the
 /// `o=` line's version goes up by one (saturating; an unreadable one is left as it is).
 pub fn next_version(sdp: &str) -> String {
@@ -946,6 +1001,64 @@ mod tests {
                 "one direction: {}",
                 a.sdp
             );
+        }
+    }
+
+    /// Each row: what the party was last sent, the next body, and the origin it gets.
+    #[test]
+    fn a_partys_session_goes_on_whoever_sent_the_body() {
+        let body = |origin: &str, port: u16| {
+            format!("v=0\r\no={origin}\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\nm=audio {port} RTP/AVP 0\r\n")
+        };
+        let rows: &[(Option<String>, String, &str)] = &[
+            // The first body a party gets: as it is.
+            (
+                None,
+                body("- 55 7 IN IP4 192.0.2.1", 4000),
+                "- 55 7 IN IP4 192.0.2.1",
+            ),
+            // The callee's next version after a takeover's re-offer took its number.
+            (
+                Some(body("- 55 8 IN IP4 192.0.2.1", 4000)),
+                body("- 55 8 IN IP4 192.0.2.1", 4002),
+                "- 55 9 IN IP4 192.0.2.1",
+            ),
+            // Another sender (the node answered itself first): its session goes on.
+            (
+                Some(body("tsunagu 99 1 IN IP4 192.0.2.1", 4000)),
+                body("- 55 1 IN IP4 192.0.2.1", 4002),
+                "- 99 2 IN IP4 192.0.2.1",
+            ),
+            // Unchanged (a session refresh): the same version.
+            (
+                Some(body("- 55 8 IN IP4 192.0.2.1", 4000)),
+                body("- 55 3 IN IP4 192.0.2.1", 4000),
+                "- 55 8 IN IP4 192.0.2.1",
+            ),
+            // The last body had no origin to continue: as it is.
+            (
+                Some("v=0\r\nm=audio 4000 RTP/AVP 0\r\n".to_string()),
+                body("- 55 3 IN IP4 192.0.2.1", 4002),
+                "- 55 3 IN IP4 192.0.2.1",
+            ),
+            // At the top of the range: stays there rather than wrap.
+            (
+                Some(body(&format!("- 55 {} IN IP4 192.0.2.1", u64::MAX), 4000)),
+                body("- 55 1 IN IP4 192.0.2.1", 4002),
+                &format!("- 55 {} IN IP4 192.0.2.1", u64::MAX),
+            ),
+        ];
+        for (i, (last, next, want)) in rows.iter().enumerate() {
+            let out = continue_origin(last.as_deref(), next);
+            let origin = out.lines().find_map(|l| l.strip_prefix("o=")).unwrap();
+            assert_eq!(origin, *want, "row {i}");
+            let rest = |s: &str| {
+                s.lines()
+                    .filter(|l| !l.starts_with("o="))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            };
+            assert_eq!(rest(&out), rest(next), "row {i}: only the origin changes");
         }
     }
 

@@ -390,6 +390,96 @@ fn in_dialog_requests_the_node_cannot_honour_are_refused_and_late_offers_complet
     hang_up(&caller, &callee, call_id, &node_tag, 6);
 }
 
+/// The session id and version of the o= line of `msg`'s body.
+fn origin(msg: &str) -> (String, String) {
+    let o = msg.lines().find_map(|l| l.strip_prefix("o=")).expect(msg);
+    let f: Vec<&str> = o.split(' ').collect();
+    (f[1].to_string(), f[2].trim().to_string())
+}
+
+/// The caller sees one session whoever's bodies the node relays (RFC 3264 section 8):
+/// the first destination's early media (session 10, version 1) stands as the answer
+/// when the second destination (its own session 20) answers; the second's re-offers
+/// then reach the caller in session 10: unchanged (a refresh) at the same version, on
+/// hold one up — not in session 20, which the caller never heard of.
+#[test]
+fn the_caller_sees_one_session_whoever_answers() {
+    let ports = Ports::take();
+    let node = Node::start(ports, "127.0.0.1/32", "");
+    node.provision(
+        "0501234567",
+        r#"[{"number": "0311112222", "ring_seconds": 20}, {"number": "0322223333", "ring_seconds": 20}]"#,
+        "{}",
+    );
+    let callee = Callee::bind(ports);
+    let caller = Party::bind("127.0.0.1", ports.sip);
+    let body = |session: u32, version: u32, port: u16| {
+        format!("v=0\r\no=- {session} {version} IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {port} RTP/AVP 0\r\n")
+    };
+    let call_id = "one-session";
+    caller.send(&invite_with(&caller, call_id, CALLER_SDP));
+    let first = callee.expect("INVITE sip:0311112222");
+    callee.respond(&first, "183 Session Progress", &body(10, 1, 4002));
+    let early = caller.recv(Duration::from_secs(5)).expect("the 183");
+    let early = if early.starts_with("SIP/2.0 100") {
+        caller.recv(Duration::from_secs(5)).expect("the 183")
+    } else {
+        early
+    };
+    assert!(early.starts_with("SIP/2.0 183"), "{early}");
+    assert_eq!(origin(&early), ("10".into(), "1".into()));
+    callee.respond(&first, "486 Busy Here", "");
+    callee.expect("ACK ");
+    let second = callee.expect("INVITE sip:0322223333");
+    callee.respond(&second, "200 OK", &body(20, 1, 4004));
+    let ok = caller.final_response();
+    assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
+    assert_eq!(origin(&ok), ("10".into(), "1".into()), "{ok}");
+    let node_tag = caller.ack(call_id, &ok);
+    callee.expect("ACK ");
+    // The callee re-offers: unchanged (a refresh), then on hold.
+    for (version, extra, want) in [(2, "", "1"), (3, "a=sendonly\r\n", "2")] {
+        let reinvite = format!(
+            "INVITE sip:node@{node} SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.1:{uas};branch=z9hG4bK-re{version}\nFrom: <sip:0322223333@127.0.0.1>;tag=calleetag\nTo: <sip:09012345678@127.0.0.1>;tag={from_tag}\nCall-ID: {cid}\nCSeq: {version} INVITE\nContact: <sip:callee@127.0.0.1:{uas}>\nMax-Forwards: 70\nContent-Type: application/sdp\nContent-Length: {len}\n\n{sdp}",
+            node = ports.sip,
+            uas = ports.uas,
+            from_tag = crate::dialogs::tag(header(&second, "From").unwrap()),
+            cid = header(&second, "Call-ID").unwrap().trim(),
+            len = body(20, version, 4004).len() + extra.len(),
+            sdp = format!("{}{extra}", body(20, version, 4004)),
+        );
+        callee.send(&reinvite);
+        let relayed = caller.recv(Duration::from_secs(5)).expect("the re-INVITE");
+        assert!(relayed.starts_with("INVITE "), "{relayed}");
+        assert_eq!(
+            origin(&relayed),
+            ("10".into(), want.to_string()),
+            "{relayed}"
+        );
+        let ok = ok_to(&relayed).replace(
+            "Content-Length: 0\n\n",
+            &format!(
+                "Contact: <sip:caller@{}>\nContent-Type: application/sdp\nContent-Length: {}\n\n{CALLER_SDP}",
+                caller.me(),
+                CALLER_SDP.len()
+            ),
+        );
+        caller.send(&ok);
+        callee.expect("SIP/2.0 200");
+        let ack = reinvite
+            .split("\nContact:")
+            .next()
+            .unwrap()
+            .replacen("INVITE sip:", "ACK sip:", 1)
+            .replace(" INVITE\n", " ACK\n");
+        callee.send(&format!("{ack}\nContent-Length: 0\n\n"));
+        std::iter::from_fn(|| caller.recv(Duration::from_secs(5)))
+            .find(|m| m.starts_with("ACK "))
+            .expect("the node's ACK of the caller's 200");
+    }
+    hang_up(&caller, &callee, call_id, &node_tag, 2);
+}
+
 /// The audio port of the body of `msg` (its first m= line).
 fn audio_port(msg: &str) -> u16 {
     let m = msg.lines().find(|l| l.starts_with("m=audio ")).expect(msg);

@@ -53,6 +53,14 @@ pub(crate) fn contact(ep: &EndpointHandle, transport: Transport) -> String {
 }
 
 /// The caller's leg.
+/// `sdp` as the next body of the session a party was last sent `last` of (its
+/// session id and version going on: `sdp::continue_origin`), kept as the last.
+fn next_body(last: &mut Option<String>, sdp: Option<String>) -> Option<String> {
+    let body = tsunagu_media::sdp::continue_origin(last.as_deref(), &sdp?);
+    *last = Some(body.clone());
+    Some(body)
+}
+
 pub struct ALeg {
     pub invite: Request,
     pub info: Info,
@@ -239,6 +247,8 @@ impl ALeg {
         if code >= 200 {
             self.final_sent = true;
         }
+        let stamped = self.next_body(sdp.map(str::to_string));
+        let sdp = stamped.as_deref();
         if let Some(rel) = self.reliable.as_deref_mut() {
             if code > 100 {
                 let held = Held {
@@ -270,9 +280,6 @@ impl ALeg {
         sdp: Option<&str>,
         headers: &[(&str, &str)],
     ) {
-        if let Some(body) = sdp {
-            self.last_sdp = Some(body.to_string());
-        }
         let contact = contact(ep, self.peer.transport);
         let mut extra: Vec<(&str, &str)> = Vec::new();
         if (101..300).contains(&code) {
@@ -328,6 +335,11 @@ impl ALeg {
         (spec, peer)
     }
 
+    /// `sdp` as the next body this party gets (see [`next_body`]).
+    pub fn next_body(&mut self, sdp: Option<String>) -> Option<String> {
+        next_body(&mut self.last_sdp, sdp)
+    }
+
     /// Sends a re-INVITE or UPDATE relayed from the other leg; returns its CSeq.
     pub fn reoffer(
         &mut self,
@@ -336,9 +348,7 @@ impl ALeg {
         sdp: Option<String>,
         headers: Headers,
     ) -> u32 {
-        if let Some(body) = &sdp {
-            self.last_sdp = Some(body.clone());
-        }
+        let sdp = self.next_body(sdp);
         let (mut spec, peer) = self.request(ep, method);
         reoffer_parts(&mut spec, ep, peer, sdp, headers);
         let cseq = spec.cseq;
@@ -640,6 +650,11 @@ impl BLeg {
         ep.request(spec, peer);
     }
 
+    /// `sdp` as the next body this party gets (see [`next_body`]).
+    pub fn next_body(&mut self, sdp: Option<String>) -> Option<String> {
+        next_body(&mut self.last_sdp, sdp)
+    }
+
     /// Sends a re-INVITE or UPDATE relayed from the caller; returns its CSeq.
     pub fn reoffer(
         &mut self,
@@ -648,9 +663,7 @@ impl BLeg {
         sdp: Option<String>,
         headers: Headers,
     ) -> u32 {
-        if let Some(body) = &sdp {
-            self.last_sdp = Some(body.clone());
-        }
+        let sdp = self.next_body(sdp);
         self.cseq += 1;
         let (mut spec, peer) = self.in_dialog(ep, method, self.cseq);
         reoffer_parts(&mut spec, ep, peer, sdp, headers);

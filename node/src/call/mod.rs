@@ -1073,9 +1073,13 @@ impl Call {
         let answer = sdp_body(req, &req.body).and_then(|body| self.anchor_sdp(side, &body));
         let ep = self.ctx.endpoint.clone();
         match to {
-            Side::A => self.a.ack_at(&ep, cseq, answer.as_deref()),
+            Side::A => {
+                let answer = self.a.next_body(answer);
+                self.a.ack_at(&ep, cseq, answer.as_deref());
+            }
             Side::B => {
-                if let Some(b) = &self.b {
+                if let Some(b) = self.b.as_mut() {
+                    let answer = b.next_body(answer);
                     b.ack_at(&ep, cseq, answer.as_deref());
                 }
             }
@@ -1280,6 +1284,11 @@ impl Call {
         let answer = sdp_body(&resp, &resp.body)
             .filter(|_| code < 300)
             .and_then(|body| self.anchor_sdp(to, &body));
+        // The answer as the next body of the offerer's session (the leg keeps it).
+        let answer = match p.from {
+            Side::A => self.a.next_body(answer),
+            Side::B => self.b.as_mut().and_then(|b| b.next_body(answer)),
+        };
         if (200..300).contains(&code) && p.method == Method::Invite {
             if p.late && answer.is_some() {
                 // The 2xx carries `to`'s offer: ACKed with the answer the sender's
@@ -1321,15 +1330,6 @@ impl Call {
         );
         if code < 300 {
             // The session changed: what a takeover needs changed with it.
-            match (p.from, answer) {
-                (Side::A, Some(sdp)) => self.a.last_sdp = Some(sdp),
-                (Side::B, Some(sdp)) => {
-                    if let Some(b) = self.b.as_mut() {
-                        b.last_sdp = Some(sdp);
-                    }
-                }
-                _ => {}
-            }
             self.checkpoint_now(false);
         }
     }
