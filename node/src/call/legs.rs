@@ -554,6 +554,11 @@ impl BLeg {
 
     /// Cancels the INVITE now if the callee has sent a provisional response, else as
     /// soon as it does (RFC 3261 9.1).
+    /// Whether the callee answered (its 2xx established the dialog).
+    pub fn is_answered(&self) -> bool {
+        self.to.is_some()
+    }
+
     pub fn cancel(&mut self, ep: &EndpointHandle) {
         if self.cancel_sent {
             return;

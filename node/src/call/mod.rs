@@ -720,6 +720,19 @@ impl Call {
         if let Some(old) = self.b.take() {
             self.ep().unregister(old.call_id());
         }
+        // The caller's identity is asserted only to trunks we trust (RFC 3325), and not
+        // when the callee is to see the system number (a trunk may display it).
+        let asserted = self
+            .caller
+            .identity
+            .as_deref()
+            .filter(|_| self.ctx.routing.trunks[trunk].trusted)
+            .filter(|_| self.number.caller_id != CallerIdMode::System);
+        let privacy = crate::decide::caller::privacy_for_callee(
+            self.a_view.privacy.as_deref(),
+            self.caller.withheld,
+            asserted.is_some(),
+        );
         let b = BLeg::invite(
             self.ep(),
             Outbound {
@@ -728,13 +741,8 @@ impl Call {
                 peer,
                 sdp: &self.b_offer,
                 max_forwards: self.a_view.forwards(),
-                privacy: self.a_view.privacy.as_deref(),
-                // The asserted identity goes only to trunks we trust (RFC 3325).
-                asserted: self
-                    .caller
-                    .identity
-                    .as_deref()
-                    .filter(|_| self.ctx.routing.trunks[trunk].trusted),
+                privacy: privacy.as_deref(),
+                asserted,
                 session: session::headers_of(&self.a.invite),
             },
         );
@@ -1626,12 +1634,29 @@ impl Call {
 
     fn hang_up_both(&mut self) {
         let ep = self.ctx.endpoint.clone();
-        if let Some(b) = self.b.as_mut() {
-            b.bye(&ep);
-        }
+        self.end_b();
         let (spec, peer) = self.a.request(&ep, Method::Bye);
         ep.request(spec, peer);
         self.end_and_wait();
+    }
+
+    /// Ends the forwarded leg: a BYE once its callee answered; otherwise a CANCEL (sent
+    /// when it may be, RFC 3261 9.1) and the leg handed to [`abandoned`], which ACKs
+    /// and hangs up an answer that crosses it (this call, ending, stops listening to
+    /// it; a BYE on a leg never answered would leave the callee ringing).
+    fn end_b(&mut self) {
+        let ep = self.ctx.endpoint.clone();
+        match self.b.take() {
+            Some(mut b) if b.is_answered() => {
+                b.bye(&ep);
+                self.b = Some(b);
+            }
+            Some(mut b) => {
+                b.cancel(&ep);
+                abandoned::Abandoned::hand_over(b, &self.ctx);
+            }
+            None => {}
+        }
     }
 
     /// Enters Ending: the call finishes when the far end confirms, or at the guard timer.
@@ -1652,10 +1677,7 @@ impl Call {
             Phase::Trying if self.a_answered => {
                 // The IVR answered the caller: hang up both sides.
                 self.leave_queue();
-                let ep = self.ctx.endpoint.clone();
-                if let Some(b) = self.b.as_mut() {
-                    b.cancel(&ep);
-                }
+                self.end_b();
                 self.hang_up_caller();
             }
             Phase::Trying => self.refuse_caller(503, reason),

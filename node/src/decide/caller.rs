@@ -99,6 +99,31 @@ pub struct Caller {
     pub withheld: bool,
 }
 
+/// The Privacy header the forwarded INVITE carries: the caller's values, and `id`
+/// besides whenever it asserts the identity of a caller who withheld it (by `user` or
+/// `header` too), so that the trusted trunk strips the P-Asserted-Identity before the
+/// callee (RFC 3325 section 7) rather than show the number.
+pub fn privacy_for_callee(
+    caller_privacy: Option<&str>,
+    withheld: bool,
+    asserting: bool,
+) -> Option<String> {
+    let tokens: Vec<&str> = caller_privacy
+        .map(|p| {
+            p.split(';')
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .collect()
+        })
+        .unwrap_or_default();
+    let has_id = tokens.iter().any(|t| t.eq_ignore_ascii_case("id"));
+    match (withheld && asserting && !has_id, tokens.is_empty()) {
+        (true, true) => Some("id".into()),
+        (true, false) => Some(format!("{};id", tokens.join(";"))),
+        (false, _) => caller_privacy.map(str::to_string),
+    }
+}
+
 /// Identifies the caller from the From, P-Asserted-Identity and Privacy header values.
 /// P-Asserted-Identity is believed only from a trusted trunk (RFC 3325): from anyone
 /// else it is ignored and From is used.
@@ -110,9 +135,13 @@ pub fn identify(from: &str, pai: Option<&str>, privacy: Option<&str>, trusted: b
         .filter(|u| uri_user(u).is_some());
     let uri = asserted.unwrap_or_else(|| uri_of(from));
     let user = uri_user(uri).unwrap_or_default();
+    // Privacy values are tokens: case-insensitive (RFC 3261 section 7.3.1).
     let privacy_withheld = privacy.is_some_and(|p| {
-        p.split(';')
-            .any(|t| matches!(t.trim(), "id" | "user" | "header"))
+        p.split(';').any(|t| {
+            ["id", "user", "header"]
+                .iter()
+                .any(|w| t.trim().eq_ignore_ascii_case(w))
+        })
     });
     let payphone = uri
         .split([';', '@', '?'])
@@ -141,6 +170,36 @@ pub fn identify(from: &str, pai: Option<&str>, privacy: Option<&str>, trusted: b
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// (caller's Privacy, withheld, asserting) → the forwarded INVITE's Privacy.
+    #[test]
+    fn a_withheld_callers_asserted_identity_is_marked_private() {
+        let rows: &[(Option<&str>, bool, bool, Option<&str>)] = &[
+            (None, false, true, None),
+            (None, false, false, None),
+            (Some("id"), true, true, Some("id")),
+            (Some("ID"), true, true, Some("ID")),
+            (Some("user"), true, true, Some("user;id")),
+            (
+                Some("header; critical"),
+                true,
+                true,
+                Some("header;critical;id"),
+            ),
+            // Not asserting: nothing to hide beyond what the caller asked.
+            (Some("user"), true, false, Some("user")),
+            // Withheld without a Privacy header (an anonymous From): id alone.
+            (None, true, true, Some("id")),
+            (Some("none"), false, true, Some("none")),
+        ];
+        for (caller, withheld, asserting, want) in rows {
+            assert_eq!(
+                privacy_for_callee(*caller, *withheld, *asserting).as_deref(),
+                *want,
+                "{caller:?} {withheld} {asserting}"
+            );
+        }
+    }
 
     #[test]
     fn identity_from_trusted_assertion_or_from() {
@@ -190,6 +249,25 @@ mod tests {
                 "anonymous",
                 CallerKind::Anonymous,
                 Some("09011112222"),
+            ),
+            // Privacy values are case-insensitive tokens.
+            (
+                from,
+                pai,
+                Some("ID"),
+                true,
+                "anonymous",
+                CallerKind::Anonymous,
+                Some("09011112222"),
+            ),
+            (
+                from,
+                None,
+                Some("User; critical"),
+                false,
+                "anonymous",
+                CallerKind::Anonymous,
+                Some("0312345678"),
             ),
             (
                 "\"Anonymous\" <sip:anonymous@anonymous.invalid>;tag=x",
