@@ -1420,8 +1420,11 @@ impl Call {
                 }
                 // The answer to the caller's offer: in the 200, or already in an 18x
                 // (the caller was sent it then; the 200 repeats it, RFC 6337 3.1).
-                let early = || self.b_early_answer.then(|| self.a.last_sdp.clone());
-                let Some(sdp) = self.callee_sdp(&resp).or_else(|| early().flatten()) else {
+                let early = self
+                    .b_early_answer
+                    .then(|| self.a.last_sdp.clone())
+                    .flatten();
+                let Some(sdp) = self.callee_sdp(&resp).or(early) else {
                     // Answered with no answer the node can anchor (none, or not SDP):
                     // passed on, the caller would have a call without media. The
                     // callee is hung up and the attempt failed.
@@ -1437,9 +1440,6 @@ impl Call {
                 };
                 self.attempt_ended(code, "answered");
                 self.stop_ring_timer();
-                if let Some(pt) = sdp_body(&resp, &resp.body).and_then(|b| sdp::g711(&b)) {
-                    self.b_payload_type = pt;
-                }
                 self.stop_caller_audio();
                 self.observe_setup();
                 self.answered = Some((Instant::now(), now_ms()));
@@ -1487,8 +1487,15 @@ impl Call {
     }
 
     /// The callee's SDP in a response, anchored for the caller.
-    fn callee_sdp(&self, resp: &Response) -> Option<String> {
-        self.anchor_sdp(Side::B, &sdp_body(resp, &resp.body)?)
+    fn callee_sdp(&mut self, resp: &Response) -> Option<String> {
+        let body = sdp_body(resp, &resp.body)?;
+        let anchored = self.anchor_sdp(Side::B, &body)?;
+        // The codec the callee answered with, for prompts played to it (the judgement):
+        // from whichever response carried the answer, an 18x or the 200.
+        if let Some(pt) = sdp::g711(&body) {
+            self.b_payload_type = pt;
+        }
+        Some(anchored)
     }
 
     /// Media anchoring of one SDP body sent by the far end of `from`: the relay now sends

@@ -5,7 +5,7 @@
 
 use super::legs::Headers;
 use super::{Call, CallMsg, Phase};
-use crate::decide::session_timer::{agree, check_after, parse};
+use crate::decide::session_timer::{check_after, on_callee_answer, parse};
 use tsunagu_sip::parse::{has_option_tag, header};
 use tsunagu_sip::{Request, Response};
 
@@ -42,10 +42,11 @@ impl Call {
     /// The callee answered: agrees the caller's session timer and answers the caller
     /// with it.
     pub(super) fn answer_with_session(&mut self, resp: &Response, sdp: Option<&str>) {
-        let agreed = agree(
+        let agreed = on_callee_answer(
             self.a_view.session_expires.as_deref(),
             self.a_view.supports_timer,
             header(resp, "Session-Expires"),
+            self.a_answered,
         );
         let ep = self.ctx.endpoint.clone();
         match agreed {

@@ -78,6 +78,22 @@ pub fn agree(request: Option<&str>, caller_supports: bool, callee: Option<&str>)
     })
 }
 
+/// The caller's session timer once the callee answers: [`agree`], unless the caller
+/// was answered before (by the node itself, an IVR menu): that 200 named no timer, so
+/// the caller refreshes nothing, and a timer armed now would hang up the call at its
+/// interval.
+pub fn on_callee_answer(
+    request: Option<&str>,
+    caller_supports: bool,
+    callee: Option<&str>,
+    caller_answered: bool,
+) -> Option<Agreed> {
+    if caller_answered {
+        return None;
+    }
+    agree(request, caller_supports, callee)
+}
+
 /// When the node gives up on a session with no refresh: the interval less a third of
 /// it or 32 s, whichever is less (RFC 4028 10: the non-refresher's BYE).
 pub fn check_after(interval: u32) -> Duration {
@@ -152,6 +168,17 @@ mod tests {
                 .map(|a| (a.header.as_str(), a.require, a.interval));
             assert_eq!(got, *want, "{req:?} {supports} {callee:?}");
         }
+    }
+
+    /// A caller the node answered itself (an IVR) gets no timer when the callee
+    /// answers, whatever the two asked; otherwise as [`agree`].
+    #[test]
+    fn a_caller_answered_by_the_node_gets_no_timer_later() {
+        let callee = Some("90;refresher=uac");
+        assert!(on_callee_answer(Some("90"), true, callee, true).is_none());
+        assert!(on_callee_answer(Some("90"), true, None, true).is_none());
+        let got = on_callee_answer(Some("90"), true, callee, false).map(|a| a.interval);
+        assert_eq!(got, Some(90));
     }
 
     #[test]
