@@ -779,7 +779,8 @@ pub struct SmtpConfig {
 }
 
 /// An HTTP SMS gateway: each SMS is one POST of `body` with `{to}` and `{text}` filled
-/// in (JSON-escaped, without quotes).
+/// in, escaped for `content_type` (JSON-escaped without quotes, or percent-encoded for
+/// a form body: [`SmsEncoding`]).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SmsConfig {
@@ -836,6 +837,35 @@ fn default_smtp_port() -> u16 {
 fn default_sms_body() -> String {
     r#"{"to":"{to}","text":"{text}"}"#.into()
 }
+/// How `{to}` and `{text}` are escaped into `notify.sms.body`: for the body's content
+/// type, so that a value (a tracking parameter in a template, which any page visitor
+/// sets) cannot add or override the gateway's fields (`&To=...` in a form body).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmsEncoding {
+    /// `application/json` and other JSON types (`+json`).
+    Json,
+    /// `application/x-www-form-urlencoded`: percent-encoded.
+    Form,
+}
+
+impl SmsEncoding {
+    /// The encoding of a content type (parameters such as `charset` ignored); None for
+    /// any other type, which the configuration refuses.
+    pub fn of(content_type: &str) -> Option<SmsEncoding> {
+        let media = content_type.split(';').next().unwrap_or_default().trim();
+        let media = media.to_ascii_lowercase();
+        if media == "application/json"
+            || (media.starts_with("application/") && media.ends_with("+json"))
+        {
+            Some(SmsEncoding::Json)
+        } else if media == "application/x-www-form-urlencoded" {
+            Some(SmsEncoding::Form)
+        } else {
+            None
+        }
+    }
+}
+
 fn default_sms_content_type() -> String {
     "application/json".into()
 }

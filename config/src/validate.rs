@@ -337,6 +337,12 @@ impl Config {
                     "must contain both {to} and {text}".into(),
                 );
             }
+            if crate::model::SmsEncoding::of(&sms.content_type).is_none() {
+                err(
+                    "notify.sms.content_type".into(),
+                    "must be application/json (or another JSON type) or application/x-www-form-urlencoded: {to} and {text} are escaped for it".into(),
+                );
+            }
         }
         if let Some(e) = http_url_error(&n.ga4.endpoint) {
             err("notify.ga4.endpoint".into(), e);
@@ -729,8 +735,8 @@ mod tests {
             ("unknown latch policy", "[media]\nlatch = \"loose\"\n", &["media.latch"]),
             (
                 "notify errors",
-                "[notify]\nmax_attempts = 0\n[notify.smtp]\nhost = \"\"\nfrom = \"nobody\"\nusername = \"u\"\n[notify.sms]\nurl = \"ftp://x\"\nbody = \"{to}\"\n[notify.ga4]\nendpoint = \"https:///collect\"\n",
-                &["notify.max_attempts", "notify.smtp.host", "notify.smtp.from", "notify.smtp.username", "notify.sms.url", "notify.sms.body", "notify.ga4.endpoint"],
+                "[notify]\nmax_attempts = 0\n[notify.smtp]\nhost = \"\"\nfrom = \"nobody\"\nusername = \"u\"\n[notify.sms]\nurl = \"ftp://x\"\nbody = \"{to}\"\ncontent_type = \"text/plain\"\n[notify.ga4]\nendpoint = \"https:///collect\"\n",
+                &["notify.max_attempts", "notify.smtp.host", "notify.smtp.from", "notify.smtp.username", "notify.sms.url", "notify.sms.body", "notify.sms.content_type", "notify.ga4.endpoint"],
             ),
             (
                 "tls without certificates",

@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tsunagu_config::egress::EgressPolicy;
-use tsunagu_config::{NotifyConfig, SmsConfig};
+use tsunagu_config::{NotifyConfig, SmsConfig, SmsEncoding};
 use tsunagu_store::{FollowUp, FollowUpKind, Store};
 
 #[derive(Debug)]
@@ -230,8 +230,7 @@ impl Deliverer {
                 )));
             }
         }
-        let values = BTreeMap::from([("to", json_escaped(&s.to)), ("text", json_escaped(&s.text))]);
-        let body = render(&cfg.body, &values);
+        let body = sms_body(cfg, &s.to, &s.text);
         let headers: Vec<(&str, String)> = cfg
             .authorization
             .iter()
@@ -279,5 +278,74 @@ impl Deliverer {
             // change (each try is checked again and counted).
             Err(e) => Err(Failure::Retry(e.to_string())),
         }
+    }
+}
+
+/// The gateway's request body: `notify.sms.body` with `{to}` and `{text}` escaped for
+/// its content type (JSON strings, or percent-encoded form values), so that the text
+/// (which may carry a page visitor's tracking parameters) stays one value.
+fn sms_body(cfg: &SmsConfig, to: &str, text: &str) -> String {
+    let escape = match SmsEncoding::of(&cfg.content_type) {
+        Some(SmsEncoding::Form) => query_escaped,
+        // JSON, and anything the configuration let through before it was checked.
+        _ => json_escaped,
+    };
+    let values = BTreeMap::from([("to", escape(to)), ("text", escape(text))]);
+    render(&cfg.body, &values)
+}
+
+#[cfg(test)]
+mod sms_tests {
+    use super::*;
+
+    /// (content type, body template, text) → the body sent: a value never adds or
+    /// overrides a field, whatever it carries.
+    #[test]
+    fn sms_values_are_escaped_for_the_bodys_content_type() {
+        let hostile = "hi&To=0900000000&x=\"}, \"to\": \"0900000000\" +%";
+        let rows: &[(&str, &str, &str)] = &[
+            (
+                "application/json",
+                r#"{"to":"{to}","text":"{text}"}"#,
+                r#"{"to":"09011112222","text":"hi&To=0900000000&x=\"}, \"to\": \"0900000000\" +%"}"#,
+            ),
+            (
+                "application/x-www-form-urlencoded; charset=utf-8",
+                "To={to}&Body={text}",
+                "To=09011112222&Body=hi%26To%3D0900000000%26x%3D%22%7D%2C%20%22to%22%3A%20%220900000000%22%20%2B%25",
+            ),
+            (
+                "application/vnd.gateway+json",
+                r#"{"msisdn":"{to}","msg":"{text}"}"#,
+                r#"{"msisdn":"09011112222","msg":"hi&To=0900000000&x=\"}, \"to\": \"0900000000\" +%"}"#,
+            ),
+        ];
+        for (content_type, template, want) in rows {
+            let cfg = SmsConfig {
+                content_type: content_type.to_string(),
+                body: template.to_string(),
+                url: "https://sms.example/send".into(),
+                authorization: None,
+            };
+            assert_eq!(
+                sms_body(&cfg, "09011112222", hostile),
+                *want,
+                "{content_type}"
+            );
+        }
+        // And the JSON stays one object with the two fields it had.
+        let json: serde_json::Value = serde_json::from_str(&sms_body(
+            &SmsConfig {
+                content_type: "application/json".into(),
+                body: r#"{"to":"{to}","text":"{text}"}"#.into(),
+                url: "https://sms.example/send".into(),
+                authorization: None,
+            },
+            "09011112222",
+            hostile,
+        ))
+        .unwrap();
+        assert_eq!(json["to"], "09011112222");
+        assert_eq!(json["text"], hostile);
     }
 }

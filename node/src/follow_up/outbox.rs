@@ -25,6 +25,10 @@ use tsunagu_store::{FollowUp, FollowUpKind, Store};
 /// Follow-ups claimed at most in one store round trip.
 const BATCH: usize = 64;
 const POLL: Duration = Duration::from_secs(1);
+/// Claims in a row that hand rows back (their destination or operator full) before
+/// the worker waits for the next poll or wake: 8 batches look past 512 rows of busy
+/// destinations for rows of idle ones.
+const MAX_HAND_BACK_ROUNDS: u32 = 8;
 /// Time beyond the delivery timeout for the store reads and writes around a delivery.
 const STORE_MARGIN: Duration = Duration::from_secs(2);
 
@@ -127,9 +131,21 @@ impl Worker {
         // The gauges count the whole outbox: refreshed once per poll interval.
         let mut counted: Option<Instant> = None;
         let mut claim_now = true;
+        // Claims in a row that handed rows back (see below).
+        let mut handing_back = 0;
         loop {
             if *stop.borrow() {
                 break;
+            }
+            // Finished deliveries first, on every pass: passes that claim and hand rows
+            // back (a backlog for a slow destination) must not keep them from freeing
+            // their slots, or the rows waiting for those slots would never start.
+            while let Ok(done) = done_rx.try_recv() {
+                if let Some(next) =
+                    lanes.finish(&done.destination, done.operator.as_deref(), done.took)
+                {
+                    this.start(next, &done_tx);
+                }
             }
             if claim_now && lanes.room() > 0 {
                 let want = lanes.room().min(BATCH);
@@ -147,8 +163,15 @@ impl Worker {
                         Offer::Release(job) => back.push(job),
                     }
                 }
-                if !back.is_empty() {
-                    claim_now = true;
+                if back.is_empty() {
+                    handing_back = 0;
+                } else {
+                    // Rows handed back may hide rows of idle destinations behind them:
+                    // claim again, but not without end (each round is two writes, and
+                    // a backlog of thousands for one destination would keep this loop
+                    // writing): past a few rounds, the next poll or wake claims again.
+                    handing_back += 1;
+                    claim_now = handing_back < MAX_HAND_BACK_ROUNDS;
                     this.hand_back(back, |d| lanes.release_delay(d)).await;
                 }
                 continue;
