@@ -24,7 +24,7 @@ use tsunagu_store::{FollowUp, FollowUpKind, Store};
 pub enum Failure {
     /// Try again later (receiver down, 5xx, timeout, store briefly unavailable).
     Retry(String),
-    /// Never deliverable (webhook deleted, channel not configured, bad payload).
+    /// Never deliverable (webhook deleted, bad payload).
     Permanent(String),
     /// Not sent on purpose (a cap): the row leaves the outbox without a delivery.
     Withheld(String),
@@ -210,10 +210,12 @@ impl Deliverer {
     }
 
     async fn sms(&self, f: &FollowUp) -> Result<(), Failure> {
-        let cfg = self
-            .sms
-            .as_ref()
-            .ok_or_else(|| Failure::Permanent("no [notify.sms] gateway configured".into()))?;
+        // Retried, not given up: the outbox is the cluster's, and a node whose
+        // configuration lacks the channel (a rolling change, one node left behind)
+        // leaves the row to a node that has it, within the attempts.
+        let cfg = self.sms.as_ref().ok_or_else(|| {
+            Failure::Retry("no [notify.sms] gateway configured on this node".into())
+        })?;
         let s: Sms = serde_json::from_str(&f.item.payload).map_err(permanent("sms"))?;
         if let (Some(day), Some(call_id)) = (s.caller_day, s.call_id.clone()) {
             let (store, to, cap) = (self.store.clone(), s.to.clone(), self.caller_sms_per_day);
@@ -241,10 +243,9 @@ impl Deliverer {
     }
 
     async fn email(&self, f: &FollowUp) -> Result<(), Failure> {
-        let (transport, from) = self
-            .smtp
-            .as_ref()
-            .ok_or_else(|| Failure::Permanent("no [notify.smtp] relay configured".into()))?;
+        let (transport, from) = self.smtp.as_ref().ok_or_else(|| {
+            Failure::Retry("no [notify.smtp] relay configured on this node".into())
+        })?;
         let e: Email = serde_json::from_str(&f.item.payload).map_err(permanent("email"))?;
         let to =
             e.to.parse()
