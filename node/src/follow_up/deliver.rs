@@ -232,7 +232,7 @@ impl Deliverer {
                 )));
             }
         }
-        let body = sms_body(cfg, &s.to, &s.text);
+        let body = sms_body(cfg, &s.to, &s.text, f.id);
         let headers: Vec<(&str, String)> = cfg
             .authorization
             .iter()
@@ -284,14 +284,20 @@ impl Deliverer {
 
 /// The gateway's request body: `notify.sms.body` with `{to}` and `{text}` escaped for
 /// its content type (JSON strings, or percent-encoded form values), so that the text
-/// (which may carry a page visitor's tracking parameters) stays one value.
-fn sms_body(cfg: &SmsConfig, to: &str, text: &str) -> String {
+/// (which may carry a page visitor's tracking parameters) stays one value. `{id}` is
+/// the message's own id, the same on every retry: a gateway that de-duplicates on it
+/// sends a message once even when its answer to the first try was lost.
+fn sms_body(cfg: &SmsConfig, to: &str, text: &str, id: i64) -> String {
     let escape = match SmsEncoding::of(&cfg.content_type) {
         Some(SmsEncoding::Form) => query_escaped,
         // JSON, and anything the configuration let through before it was checked.
         _ => json_escaped,
     };
-    let values = BTreeMap::from([("to", escape(to)), ("text", escape(text))]);
+    let values = BTreeMap::from([
+        ("to", escape(to)),
+        ("text", escape(text)),
+        ("id", format!("sms-{id}")),
+    ]);
     render(&cfg.body, &values)
 }
 
@@ -329,7 +335,7 @@ mod sms_tests {
                 authorization: None,
             };
             assert_eq!(
-                sms_body(&cfg, "09011112222", hostile),
+                sms_body(&cfg, "09011112222", hostile, 7),
                 *want,
                 "{content_type}"
             );
@@ -344,9 +350,18 @@ mod sms_tests {
             },
             "09011112222",
             hostile,
+            7,
         ))
         .unwrap();
         assert_eq!(json["to"], "09011112222");
         assert_eq!(json["text"], hostile);
+        // The message's id, for gateways that de-duplicate retries.
+        let cfg = SmsConfig {
+            content_type: "application/json".into(),
+            body: r#"{"to":"{to}","text":"{text}","reference":"{id}"}"#.into(),
+            url: "https://sms.example/send".into(),
+            authorization: None,
+        };
+        assert!(sms_body(&cfg, "0901", "x", 42).contains(r#""reference":"sms-42""#));
     }
 }
