@@ -696,6 +696,9 @@ impl Core {
             RequestMatch::Foreign => {
                 self.metrics.foreign_transaction_requests.inc();
             }
+            RequestMatch::Full => {
+                self.metrics.server_transactions_full.inc();
+            }
             RequestMatch::AckFor2xx => {
                 let call_id = info.call_id.clone();
                 self.deliver(

@@ -172,6 +172,8 @@ pub struct SipMetrics {
     pub requests_undelivered: Counter,
     /// Requests on the branch of a transaction another source began: dropped.
     pub foreign_transaction_requests: Counter,
+    /// New requests dropped because their shard held the most server transactions.
+    pub server_transactions_full: Counter,
     /// Transactions nobody finished, removed by the sweep (`transaction::Transactions`).
     pub abandoned_server_transactions: Counter,
     pub abandoned_client_transactions: Counter,
@@ -302,6 +304,11 @@ impl SipMetrics {
             "sip_foreign_transaction_requests",
             "Requests (retransmissions, ACKs, CANCELs) naming the branch of a server transaction another source address began: dropped unanswered, the transaction left alone (a peer that learnt a branch)",
             self.foreign_transaction_requests.clone(),
+        );
+        r.register(
+            "sip_server_transactions_full",
+            "New requests dropped unanswered because their shard already held the most server transactions (200,000, each kept 32 s after its answer): a flood of distinct requests",
+            self.server_transactions_full.clone(),
         );
         r.register(
             "sip_abandoned_server_transactions",

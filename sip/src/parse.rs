@@ -362,7 +362,10 @@ fn info(msg: &SipMessage) -> Result<Info, ParseError> {
         .into_iter()
         .next()
         .ok_or(ParseError::Header("Via"))?;
+    // A branch names a transaction: one is needed (an empty one names none), and at
+    // most MAX_BRANCH bytes of it are kept for the transaction's life, twice.
     let branch = param(via, "branch")
+        .filter(|b| !b.is_empty() && b.len() <= MAX_BRANCH)
         .ok_or(ParseError::Header("Via"))?
         .to_string();
     let from = header(msg, "From").ok_or(ParseError::Header("From"))?;
@@ -381,6 +384,9 @@ fn info(msg: &SipMessage) -> Result<Info, ParseError> {
         to_tag: tag(to).map(str::to_string),
     })
 }
+
+/// The longest Via branch taken (RFC 3261 generators use tens of bytes).
+pub const MAX_BRANCH: usize = 256;
 
 pub fn method_from(s: &str) -> Option<Method> {
     Some(match s {
@@ -586,12 +592,41 @@ Content-Length: 0\r\n\r\n";
             ("cseq method mismatch", &INVITE.replace("CSeq: 7 INVITE", "CSeq: 7 BYE")),
             ("no via", &INVITE.replace("Via: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bK-1;rport\r\nVia: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK-0\r\n", "")),
             ("no branch", &INVITE.replace(";branch=z9hG4bK-1", "")),
+            ("empty branch", &INVITE.replace(";branch=z9hG4bK-1", ";branch=")),
+            ("bare branch", &INVITE.replace(";branch=z9hG4bK-1", ";branch")),
+            (
+                "branch too long",
+                &INVITE.replace("z9hG4bK-1", &format!("z9hG4bK{}", "x".repeat(MAX_BRANCH))),
+            ),
+            (
+                // A datagram's header section is capped as a stream's is.
+                "header section too long",
+                &INVITE.replace(
+                    "Max-Forwards: 70\r\n",
+                    &format!("Max-Forwards: 70\r\nX-Pad: {}\r\n", "p".repeat(crate::framing::MAX_HEADER)),
+                ),
+            ),
             ("no from", &INVITE.replace("f: \"Alice\" <sip:09012345678@127.0.0.1>;tag=abc\r\n", "")),
             ("truncated", &INVITE[..60]),
         ];
         for (name, text) in cases {
             assert!(parse(text.as_bytes()).is_err(), "{name}");
         }
+        // Just within both caps: taken.
+        let fits = INVITE
+            .replace(
+                "z9hG4bK-1",
+                &format!("z9hG4bK{}", "x".repeat(MAX_BRANCH - 7)),
+            )
+            .replace(
+                "Max-Forwards: 70\r\n",
+                &format!(
+                    "Max-Forwards: 70\r\nX-Pad: {}\r\n",
+                    "p".repeat(crate::framing::MAX_HEADER - INVITE.len() - 300)
+                ),
+            );
+        let (_, info) = parse(fits.as_bytes()).expect("fits");
+        assert_eq!(info.branch.len(), MAX_BRANCH);
     }
 
     /// Each row: a change to a valid INVITE → the status a request failing so is

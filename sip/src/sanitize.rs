@@ -29,6 +29,14 @@ fn is_wsp(b: Option<&u8>) -> bool {
 /// common case), or why its header section is refused.
 pub fn check_and_unfold(data: &[u8]) -> Result<Cow<'_, [u8]>, ParseError> {
     let end = header_end(data);
+    // A datagram's header section is capped as a stream's is (the framer's): every
+    // Via is copied into each response, kept for the transaction's 32 s.
+    if end > crate::framing::MAX_HEADER {
+        return Err(ParseError::Syntax(format!(
+            "header section longer than {} bytes",
+            crate::framing::MAX_HEADER
+        )));
+    }
     let head = &data[..end];
     let mut folded = false;
     for (i, &b) in head.iter().enumerate() {

@@ -101,10 +101,15 @@ pub enum RequestMatch {
     Cancel(TxKey),
     /// CANCEL matching nothing; a CANCEL transaction was created for the 481.
     CancelUnmatched,
-    /// The branch of a transaction another source began: nothing is sent back and the
-    /// transaction is left alone (a peer that learnt a branch must not have its
-    /// responses resent, nor create a transaction under the same key).
+    /// The branch of a transaction another source began, or another request of the
+    /// same source reusing a branch (another Call-ID or CSeq: RFC 3261 wants branches
+    /// unique): nothing is sent back and the transaction is left alone (a peer must
+    /// not get another request's responses resent, nor create a transaction under the
+    /// same key).
     Foreign,
+    /// A new request while the shard holds [`MAX_SERVER_TRANSACTIONS`]: dropped (its
+    /// sender retransmits; a flood of distinct requests cannot grow the table).
+    Full,
 }
 
 /// Whether a request of a transaction (a retransmission, the ACK of a failure, a
@@ -191,10 +196,17 @@ enum TimerId {
     Ok2xx((String, u32)),
 }
 
+/// Server transactions one shard holds at most. Each lives 32 s after its answer (on
+/// UDP, with the answer kept to resend): 4,000 calls per second, a few requests each,
+/// hold some tens of thousands per shard; more is a flood of distinct requests.
+pub const MAX_SERVER_TRANSACTIONS: usize = 200_000;
+
 pub struct Transactions {
     // In segments: a table of every transaction of the last 32 s must grow without
     // stalling the shard (see `crate::segmented`).
     server: Segmented<TxKey, ServerTx>,
+    /// [`MAX_SERVER_TRANSACTIONS`] (lower in tests).
+    max_server: usize,
     client: Segmented<TxKey, ClientTx>,
     ok2xx: Segmented<(String, u32), Pending2xx>,
     /// Timers by due time, then by when they were set (the sequence number makes each
@@ -246,6 +258,7 @@ impl Transactions {
     pub fn with_invite_limit(invite_limit: Duration) -> Self {
         Transactions {
             server: Segmented::default(),
+            max_server: MAX_SERVER_TRANSACTIONS,
             client: Segmented::default(),
             ok2xx: Segmented::default(),
             timers: BTreeMap::new(),
@@ -318,7 +331,9 @@ impl Transactions {
             }
             _ => {
                 if let Some(tx) = self.server.get(&key) {
-                    if !same_source(&tx.peer, &peer) {
+                    let same_request =
+                        tx.call_id == self.call_ids.hash_one(call_id) && tx.cseq == cseq;
+                    if !same_source(&tx.peer, &peer) || !same_request {
                         return RequestMatch::Foreign;
                     }
                     if let Some(resp) = &tx.last_response {
@@ -329,6 +344,9 @@ impl Transactions {
                         });
                     }
                     return RequestMatch::Retransmission;
+                }
+                if self.server.len() >= self.max_server {
+                    return RequestMatch::Full;
                 }
                 let tx = ServerTx {
                     peer,
@@ -1136,6 +1154,57 @@ mod tests {
             transport: Transport::Udp,
             addr: addr.parse().unwrap(),
         }
+    }
+
+    /// A branch names one request: another Call-ID or CSeq from the same source under
+    /// a branch already taken is not a retransmission (it would get the other
+    /// request's response) but dropped; and past the shard's cap new requests are
+    /// dropped, the table does not grow.
+    #[test]
+    fn a_branch_names_one_request_and_the_table_is_capped() {
+        let now = Instant::now();
+        let caller = from("127.0.0.1:5070");
+        let mut t = Transactions::new();
+        let mut out = Vec::new();
+        let req =
+            |t: &mut Transactions, branch: &str, call: &str, cseq: u32, out: &mut Vec<Output>| {
+                t.on_request(Method::Options, branch, call, cseq, caller, now, out)
+            };
+        assert_eq!(
+            req(&mut t, "z9hG4bK1", "c1", 1, &mut out),
+            RequestMatch::New
+        );
+        assert_eq!(
+            req(&mut t, "z9hG4bK1", "c1", 1, &mut out),
+            RequestMatch::Retransmission
+        );
+        assert_eq!(
+            req(&mut t, "z9hG4bK1", "c2", 1, &mut out),
+            RequestMatch::Foreign
+        );
+        assert_eq!(
+            req(&mut t, "z9hG4bK1", "c1", 2, &mut out),
+            RequestMatch::Foreign
+        );
+        t.max_server = 3;
+        assert_eq!(
+            req(&mut t, "z9hG4bK2", "c2", 1, &mut out),
+            RequestMatch::New
+        );
+        assert_eq!(
+            req(&mut t, "z9hG4bK3", "c3", 1, &mut out),
+            RequestMatch::New
+        );
+        assert_eq!(
+            req(&mut t, "z9hG4bK4", "c4", 1, &mut out),
+            RequestMatch::Full
+        );
+        assert_eq!(t.counts().0, 3);
+        // A retransmission of one it holds is still answered.
+        assert_eq!(
+            req(&mut t, "z9hG4bK3", "c3", 1, &mut out),
+            RequestMatch::Retransmission
+        );
     }
 
     /// A server transaction answers only the source that began it (by address: a port
