@@ -68,9 +68,18 @@ impl Config {
             err("sip.listen".into(), "needs at least one listener".into());
         }
         let mut seen = HashSet::new();
+        let mut udp_families = HashSet::new();
         for (i, l) in self.sip.listen.iter().enumerate() {
             if !seen.insert(*l) {
                 err(format!("sip.listen[{i}]"), format!("`{l}` is listed twice"));
+            } else if l.transport == Transport::Udp && !udp_families.insert(l.addr.is_ipv4()) {
+                // Every datagram to a peer leaves from the one UDP socket of its address
+                // family: a second would take requests whose answers left from the
+                // first (another source address: trunks, firewalls and NATs drop them).
+                err(
+                    format!("sip.listen[{i}]"),
+                    "one udp listener per address family: to take SIP on several addresses, listen on 0.0.0.0 (or [::])".into(),
+                );
             }
             if l.transport == Transport::Tls && self.sip.tls.is_none() {
                 err(
@@ -703,6 +712,11 @@ mod tests {
             ("unknown key", "[node]\nid = \"n1\"\ncolour = 1\n", &["node.colour"]),
             ("unknown section", "[nodes]\nid = \"x\"\n", &["nodes"]),
             ("bad listener", "[sip]\nlisten = [\"udp:127.0.0.1:5060\", \"udp:nowhere\"]\n", &["sip.listen[1]"]),
+            (
+                "two udp listeners of one family",
+                "[sip]\nlisten = [\"udp:127.0.0.1:5060\", \"tcp:127.0.0.1:5060\", \"udp:127.0.0.2:5080\"]\n",
+                &["sip.listen[2]"],
+            ),
             ("bad cidr", "[[trunks]]\nname = \"a\"\ninbound = [\"10.0.0.0/99\"]\n", &["trunks[0].inbound[0]"]),
             (
                 "route names unknown trunk",
