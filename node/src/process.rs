@@ -39,14 +39,14 @@ const OTHER_DESCRIPTORS: usize = 1024;
 const INITIAL_SLOTS: usize = 64;
 
 /// The descriptors the node may hold at once under full load: one socket per RTP
-/// port pair (a lease binds the even port), the SIP and API connection limits, and
-/// [`OTHER_DESCRIPTORS`].
+/// port pair (a lease binds the even port), the SIP connection limits (inbound, and
+/// as many outbound: a budget of their own), the API's, and [`OTHER_DESCRIPTORS`].
 pub fn descriptors_needed(config: &Config) -> usize {
     config
         .media
         .ports
         .pairs()
-        .saturating_add(config.sip.tcp_max_connections)
+        .saturating_add(config.sip.tcp_max_connections.saturating_mul(2))
         .saturating_add(usize::try_from(config.api.max_connections).unwrap_or(usize::MAX))
         .saturating_add(OTHER_DESCRIPTORS)
 }
@@ -199,7 +199,7 @@ mod tests {
         config.media.ports = "20000-65000".parse().unwrap();
         config.sip.tcp_max_connections = 4_096;
         config.api.max_connections = 1_024;
-        assert_eq!(descriptors_needed(&config), 22_500 + 6_144);
+        assert_eq!(descriptors_needed(&config), 22_500 + 2 * 4_096 + 2_048);
         config.sip.tcp_max_connections = usize::MAX;
         assert_eq!(descriptors_needed(&config), usize::MAX);
     }

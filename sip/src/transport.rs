@@ -263,7 +263,8 @@ const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 /// Bounds of the TCP/TLS connections (the node fills them from `[sip]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StreamLimits {
-    /// Connections open at once, inbound and outbound together.
+    /// Connections open at once from trusted sources; the node's own outbound ones
+    /// have a budget of the same size besides (see `Table`).
     pub max_connections: usize,
     /// Connections open at once with one remote IP address.
     pub max_per_source: usize,
@@ -376,10 +377,14 @@ pub const STRANGER_LIMITS: StreamLimits = StreamLimits {
 struct Table {
     conns: HashMap<SocketAddr, Conn>,
     per_source: HashMap<IpAddr, usize>,
-    /// Connections open with trusted sources and outbound (`limits`), and with
-    /// strangers ([`STRANGER_LIMITS`]): two budgets.
+    /// Connections open with trusted sources (`limits`), with strangers
+    /// ([`STRANGER_LIMITS`]), and the node's own outbound ones (`limits`' total, no
+    /// per-address cap): three budgets, so that inbound connections (a trunk's wide
+    /// network, each address up to its cap) can never leave the node unable to dial
+    /// a callee's trunk, nor a trunk's connections keep the node from dialling back.
     trusted: usize,
     strangers: usize,
+    outbound: usize,
 }
 
 impl Table {
@@ -409,6 +414,19 @@ impl Table {
         Ok(())
     }
 
+    /// Counts an outbound connection if the outbound budget allows it.
+    fn reserve_outbound(&mut self, limits: &StreamLimits) -> Result<(), Refusal> {
+        if self.outbound >= limits.max_connections {
+            return Err(Refusal::TotalLimit);
+        }
+        self.outbound += 1;
+        Ok(())
+    }
+
+    fn release_outbound(&mut self) {
+        self.outbound = self.outbound.saturating_sub(1);
+    }
+
     fn release(&mut self, ip: IpAddr, stranger: bool) {
         let count = self.count(stranger);
         *count = count.saturating_sub(1);
@@ -426,15 +444,19 @@ struct Slot {
     table: Arc<Mutex<Table>>,
     ip: IpAddr,
     stranger: bool,
+    /// One the node opened (the outbound budget).
+    outbound: bool,
     gauge: prometheus_client::metrics::gauge::Gauge,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.table
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .release(self.ip, self.stranger);
+        let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        if self.outbound {
+            table.release_outbound();
+        } else {
+            table.release(self.ip, self.stranger);
+        }
         self.gauge.dec();
     }
 }
@@ -479,7 +501,23 @@ impl StreamConnections {
 
     /// Takes a slot for a connection with `ip`, or counts the refusal.
     fn reserve(&self, ip: IpAddr, stranger: bool) -> Option<Slot> {
-        let reserved = self.lock().reserve(ip, &self.limits, stranger);
+        self.take_slot(ip, stranger, false)
+    }
+
+    /// Takes a slot for a connection the node opens to `ip` (the outbound budget).
+    fn reserve_outbound(&self, ip: IpAddr) -> Option<Slot> {
+        self.take_slot(ip, false, true)
+    }
+
+    fn take_slot(&self, ip: IpAddr, stranger: bool, outbound: bool) -> Option<Slot> {
+        let reserved = {
+            let mut table = self.lock();
+            if outbound {
+                table.reserve_outbound(&self.limits)
+            } else {
+                table.reserve(ip, &self.limits, stranger)
+            }
+        };
         match reserved {
             Ok(()) => {
                 self.metrics().stream_connections.inc();
@@ -487,6 +525,7 @@ impl StreamConnections {
                     table: self.table.clone(),
                     ip,
                     stranger,
+                    outbound,
                     gauge: self.metrics().stream_connections.clone(),
                 })
             }
@@ -569,8 +608,8 @@ impl StreamConnections {
 
     /// Opens a connection to `addr` (within the trunks' budget) and sends `data` on it.
     fn dial(&self, addr: SocketAddr, data: Bytes) {
-        let Some(slot) = self.reserve(addr.ip(), false) else {
-            tracing::debug!(%addr, "SIP connection limit reached; message not sent");
+        let Some(slot) = self.reserve_outbound(addr.ip()) else {
+            tracing::warn!(%addr, "SIP outbound connection limit reached; message not sent");
             return;
         };
         let (conn, rx) = Conn::new(self.next_id.fetch_add(1, Ordering::Relaxed));
@@ -1064,9 +1103,42 @@ CSeq: {cseq} {method}\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
             table.release(a, false);
         }
         assert!(
-            table.per_source.is_empty() && table.trusted + table.strangers == 0,
+            table.per_source.is_empty() && table.trusted + table.strangers + table.outbound == 0,
             "nothing kept"
         );
+    }
+
+    /// The node's own connections have a budget of their own: trunks' inbound
+    /// connections filling theirs leave the node able to dial, and dialling out
+    /// takes nothing of the per-address cap of inbound ones.
+    #[test]
+    fn inbound_connections_never_keep_the_node_from_dialling() {
+        let limits = StreamLimits {
+            max_connections: 4,
+            max_per_source: 2,
+            idle_timeout: Duration::from_secs(1),
+        };
+        let mut table = Table::default();
+        let trunk = |i: u8| -> IpAddr { format!("10.0.0.{i}").parse().unwrap() };
+        for i in 0..4 {
+            assert_eq!(table.reserve(trunk(i / 2), &limits, false), Ok(()));
+        }
+        assert_eq!(
+            table.reserve(trunk(9), &limits, false),
+            Err(Refusal::TotalLimit)
+        );
+        for _ in 0..4 {
+            assert_eq!(table.reserve_outbound(&limits), Ok(()), "dialling out");
+        }
+        assert_eq!(table.reserve_outbound(&limits), Err(Refusal::TotalLimit));
+        table.release_outbound();
+        assert_eq!(table.reserve_outbound(&limits), Ok(()));
+        // A trunk at its per-address cap inbound: the node still dials it.
+        assert_eq!(
+            table.reserve(trunk(0), &limits, false),
+            Err(Refusal::TotalLimit)
+        );
+        assert_eq!(table.per_source.get(&trunk(0)), Some(&2));
     }
 
     /// Strangers (reject mode) fill a budget of their own, one per address, and the
