@@ -88,7 +88,8 @@ impl Routing {
     pub fn is_trunk_address(&self, ip: IpAddr) -> bool {
         self.trunks.iter().any(|t| {
             t.inbound.iter().any(|c| c.contains(ip))
-                || t.outbound.is_some_and(|o| o.addr.ip() == ip)
+                // An IPv4 trunk seen on a dual-stack socket (`::ffff:a.b.c.d`) too.
+                || t.outbound.is_some_and(|o| o.addr.ip().to_canonical() == ip.to_canonical())
         })
     }
 
@@ -168,6 +169,7 @@ trunks = ["b", "c"]
         );
         assert!(only_outbound.is_trunk_address("192.0.2.7".parse().unwrap()));
         assert!(!only_outbound.is_trunk_address("192.0.2.8".parse().unwrap()));
+        assert!(only_outbound.is_trunk_address("::ffff:192.0.2.7".parse().unwrap()));
     }
 
     #[test]
