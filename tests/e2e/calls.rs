@@ -1272,6 +1272,31 @@ fn session_timers_are_agreed_refreshed_end_to_end_and_expire() {
     assert_eq!(run.successful, 1, "{}", run.output);
 }
 
+/// A caller that CANCELs while its answer waits for the PRACK of a reliable 183 never
+/// had that answer: its CANCEL stands (487), the answered callee is hung up, and the
+/// call is logged cancelled, with no talk time.
+#[test]
+fn a_cancel_while_the_answer_waits_for_the_prack_stands() {
+    let ports = Ports::take();
+    let node = Node::start(ports, "127.0.0.1/32", "");
+    let (key, _) = node.provision("0501234567", DEST, "{}");
+    let uas = Uas::start(
+        "uas_early_answer.xml",
+        ports,
+        node.dir.path(),
+        &["-d", "1000"],
+    );
+    let run = uac("uac_100rel_cancel.xml", ports, "0501234567", 1, 1, &[]);
+    assert_eq!((run.exit, run.successful), (0, 1), "{}", run.output);
+    let call = node.wait_for_calls(&key, 1)[0].clone();
+    assert_eq!(call["result"], "cancelled", "{call}");
+    assert_eq!(call["talk_seconds"], 0, "{call}");
+    assert!(call["answered_at"].is_null(), "{call}");
+    node.wait_until(Duration::from_secs(5), "the callee to be hung up", || {
+        uas.messages().contains("BYE sip:")
+    });
+}
+
 #[test]
 fn callers_requiring_100rel_get_reliable_provisionals_and_the_answer_after_their_prack() {
     let ports = Ports::take();

@@ -187,6 +187,11 @@ impl ALeg {
         true
     }
 
+    /// Whether a 2xx waits for the caller's PRACK (generated, never sent).
+    pub fn holds_final(&self) -> bool {
+        self.reliable.as_deref().is_some_and(|r| r.holds_final())
+    }
+
     /// Drops reliability (the caller is being given up: its final response goes plainly).
     /// A 2xx held for a PRACK goes with it: it was never sent, so the INVITE is
     /// unanswered again and may still be refused.

@@ -999,6 +999,9 @@ impl Call {
     }
 
     fn caller_cancelled(&mut self) {
+        if self.phase == Phase::Answered && self.a.holds_final() {
+            return self.cancelled_before_its_answer();
+        }
         if self.phase != Phase::Trying {
             return; // too late: already answered or ending
         }
@@ -1139,6 +1142,24 @@ impl Call {
             }
             None => self.give_up(CallResult::Failed, 500),
         }
+    }
+
+    /// The caller cancelled while the callee's answer waited for its PRACK (the 200 was
+    /// never sent): the CANCEL stands (RFC 3261 9.2), the held 200 is dropped and the
+    /// INVITE answered 487, the answered callee hung up, the call logged `cancelled`
+    /// with no talk time.
+    fn cancelled_before_its_answer(&mut self) {
+        tracing::debug!("caller cancelled while its answer waited for a PRACK");
+        let ep = self.ctx.endpoint.clone();
+        self.a.abandon_reliable();
+        self.result = CallResult::Cancelled;
+        self.upstream_code = 487;
+        self.answered = None;
+        self.a.respond(&ep, 487, None);
+        if let Some(b) = self.b.as_mut() {
+            b.bye(&ep);
+        }
+        self.end_and_wait();
     }
 
     /// The callee answered but the caller never PRACKed the 18x with SDP its 200 waits
