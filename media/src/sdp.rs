@@ -465,14 +465,13 @@ pub fn continue_origin(last: Option<&str>, body: &str) -> String {
     let (Some((session, version)), Some(_)) = (origin(last), origin(body)) else {
         return body.to_string();
     };
-    let described = |sdp: &str| -> Vec<String> {
+    // Compared line by line without copying (a body or two per call).
+    fn described(sdp: &str) -> impl Iterator<Item = &str> {
         sdp.lines()
             .map(str::trim_end)
             .filter(|l| !l.is_empty() && !l.starts_with("o="))
-            .map(str::to_string)
-            .collect()
-    };
-    let version = if described(last) == described(body) {
+    }
+    let version = if described(last).eq(described(body)) {
         version
     } else {
         version.saturating_add(1)
