@@ -405,8 +405,16 @@ impl PortPool {
                     let kept = self.take_kept();
                     self.close_idle(RELEASE_ON_EMFILE);
                     if let Some((port, socket)) = kept {
-                        if let Ok(socket) = self.reuse(socket, here) {
-                            return Ok(self.lease(port, socket, here));
+                        match self.reuse(socket, here) {
+                            Ok(socket) => return Ok(self.lease(port, socket, here)),
+                            // Its socket is closed: the port goes back, to be bound
+                            // afresh once descriptors are free (else the range shrank
+                            // for good).
+                            Err(_) => self
+                                .free
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .push_back(FreePort { port, socket: None }),
                         }
                     }
                     break;

@@ -86,6 +86,8 @@ struct Anchor {
 #[derive(Default)]
 struct Track {
     anchor: Option<Anchor>,
+    /// The newest timestamp of the anchored stream (serial order).
+    newest: Option<u32>,
     /// Samples from the mixer's `emitted` index on.
     buf: VecDeque<i16>,
 }
@@ -137,11 +139,35 @@ impl Mixer {
         }
         let emitted = self.emitted;
         let track = &mut self.tracks[index(side)];
-        let (pos, anchor) = place(track.anchor, ssrc, timestamp, now);
-        track.anchor = Some(anchor);
+        let (pos, mut anchor) = place(track.anchor, ssrc, timestamp, now);
+        if anchor.first_ts == timestamp && anchor.base == now {
+            track.newest = None; // a new anchor: a new sequence
+        }
+        let in_sequence = track
+            .newest
+            .is_none_or(|n| timestamp.wrapping_sub(n) as i32 > 0);
+        if in_sequence {
+            track.newest = Some(timestamp);
+        }
         let Some(mut pos) = pos else {
+            track.anchor = Some(anchor);
             return; // for time before the recording began
         };
+        let len = self.scratch.len() as u64;
+        if in_sequence && pos.saturating_add(len) <= emitted {
+            // The stream's newest packet is wholly late: its sender's clock runs slow
+            // (a sound card), or its delay rose for good, by more than the jitter
+            // allowance. Re-anchored where it arrives, it is heard again (else it would
+            // be dropped until the skew limit, minutes of one side's silence). A single
+            // reordered packet (older than the newest) is only dropped.
+            anchor = Anchor {
+                ssrc,
+                first_ts: timestamp,
+                base: now,
+            };
+            pos = now;
+        }
+        track.anchor = Some(anchor);
         let mut samples = &self.scratch[..];
         if pos < emitted {
             // Late: keep what is not emitted yet (`late` < the payload's length).
@@ -417,6 +443,44 @@ mod tests {
             m.push(Side::B, 2, 1, 101, &[1, 2, 3, 4], 0); // telephone-event: ignored
             assert_eq!(m.finish(), want, "{mode:?}");
         }
+    }
+
+    /// A sender whose clock runs 0.5 % slow (its timestamps advance 159.2 samples per
+    /// 20 ms of wall clock) for 100 s: it falls behind by more than the jitter
+    /// allowance after about 40 s, and is then re-anchored, not dropped; almost every
+    /// sample of its side is audio. A packet reordered behind the newest is dropped.
+    #[test]
+    fn a_slow_senders_audio_is_kept() {
+        let mut m = Mixer::new(RecordMode::Caller);
+        let mut out = Vec::new();
+        let mut ts: f64 = 0.0;
+        for k in 0..5_000u64 {
+            let now = k * 160;
+            m.push(Side::A, 1, ts as u32, g711::PCMU, &pcmu(160, 0x80), now);
+            ts += 159.2;
+            if now % 8_000 == 0 {
+                out.extend(m.drain(now));
+            }
+        }
+        out.extend(m.finish());
+        let audio = out.iter().filter(|&&s| s == 32124).count();
+        assert!(
+            audio as f64 >= 0.99 * out.len() as f64,
+            "{audio} of {} samples are audio",
+            out.len()
+        );
+        // Reordered: an old packet arriving late does not move the stream.
+        let mut m = Mixer::new(RecordMode::Caller);
+        m.push(Side::A, 1, 0, g711::PCMU, &pcmu(160, 0x80), 0);
+        m.push(Side::A, 1, 3_200, g711::PCMU, &pcmu(160, 0x80), 3_200);
+        assert!(!m.drain(3_200).is_empty());
+        m.push(Side::A, 1, 160, g711::PCMU, &pcmu(160, 0x00), 3_300);
+        m.push(Side::A, 1, 3_360, g711::PCMU, &pcmu(160, 0x80), 3_360);
+        let rest = m.finish();
+        assert!(
+            rest.iter().all(|&s| s != -32124),
+            "the reordered packet is dropped"
+        );
     }
 
     #[test]
