@@ -220,9 +220,18 @@ pub async fn internal(
         return Err(ApiError::unauthorized("not a node of this cluster"));
     }
     // The token travels between nodes in clear HTTP: one seen on the wire is of no use
-    // from an address that is not a registered node's.
+    // from an address that is not a registered node's. Nor through a proxy: a reverse
+    // proxy on a node's own host connects from that node's address for every client
+    // on the internet (nodes call each other directly, never with these headers).
     let from = peer.map(|Extension(PeerAddr(a))| a.ip());
+    let proxied = headers.contains_key("x-forwarded-for")
+        || headers.contains_key(header::FORWARDED)
+        || from.is_some_and(|ip| {
+            let ip = ip.to_canonical();
+            st.defences.trusted_proxies.iter().any(|c| c.contains(ip))
+        });
     let known = match from {
+        _ if proxied => false,
         // A store that cannot say answers 503 (`db`), not "an intruder".
         Some(ip) => is_node_address(&st, ip).await?,
         None => false,
@@ -1123,6 +1132,34 @@ mod tests {
             assert_eq!(r.status().as_u16(), status, "{token:?} {peer:?} {q}");
         }
         assert_eq!(n2.defences.metrics.internal_refused.get(), 2);
+        // Through a proxy on a node's host (from the node's own address), with the
+        // token: refused, whether the proxy says so in a header or is a trusted one.
+        for forwarded in [
+            ("x-forwarded-for", "203.0.113.9"),
+            ("forwarded", "for=203.0.113.9"),
+        ] {
+            let req = axum::http::Request::builder()
+                .uri(internal("?part=1"))
+                .header("authorization", format!("Bearer {TOKEN}"))
+                .header(forwarded.0, forwarded.1)
+                .body(axum::body::Body::empty())
+                .unwrap();
+            let r = tower_service::Service::call(&mut from(node), req)
+                .await
+                .unwrap();
+            assert_eq!(r.status().as_u16(), 401, "{forwarded:?}");
+        }
+        let mut proxied = self::node(&a, "n2", dir_n2.path(), Some(TOKEN));
+        Arc::get_mut(&mut proxied).unwrap().defences.trusted_proxies =
+            vec!["127.0.0.1/32".parse().unwrap()];
+        let router = crate::router(proxied.clone())
+            .layer(axum::Extension(PeerAddr(node.unwrap().parse().unwrap())));
+        let r = a
+            .call(&router, "GET", &internal("?part=1"), Some(TOKEN), "")
+            .await;
+        assert_eq!(r.status().as_u16(), 401, "from a trusted proxy");
+        assert_eq!(proxied.defences.metrics.internal_refused.get(), 1);
+        assert_eq!(n2.defences.metrics.internal_refused.get(), 4);
         // A dual-stack listener sees n2's address as ::ffff:127.0.0.1: the same node.
         let mapped = from(Some("[::ffff:127.0.0.1]:40000"));
         let r = a
@@ -1142,7 +1179,7 @@ mod tests {
             .call(&from(node), "GET", &internal("?part=1"), Some(TOKEN), "")
             .await;
         assert_eq!(r.status().as_u16(), 401, "a node declared down");
-        assert_eq!(n2.defences.metrics.internal_refused.get(), 3);
+        assert_eq!(n2.defences.metrics.internal_refused.get(), 5);
 
         // n2 goes down: its part cannot be had, and the answer says which and why.
         server.abort();
