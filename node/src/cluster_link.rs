@@ -332,7 +332,10 @@ async fn claim_and_resume(
     );
     let claimed = tokio::task::spawn_blocking(move || {
         let won = s.claim_call(&id, (&from.0, from.1), (&to.0, to.1))?;
-        let number = s.get_number(&number)?;
+        // Once won, the call is this node's to run: a number that cannot be read now
+        // must not make it "lost to another node" (nobody would run it); it runs with
+        // the record's own (below), as for a number deleted meanwhile.
+        let number = s.get_number(&number).ok().flatten();
         Ok::<_, tsunagu_store::StoreError>((won, number))
     })
     .await;

@@ -415,6 +415,32 @@ fn a_claimed_call_belongs_to_its_new_owner_alone(s: &dyn Store) {
         "only one"
     );
     assert!(s.active_calls_of("n-old").unwrap().is_empty());
+    // An incarnation the cluster declared down claims nothing (it would own the call
+    // with nobody alive to run it).
+    let (epoch, _) = s
+        .register_node(
+            &NodeInfo {
+                node_id: "n-down".into(),
+                cluster_addr: None,
+                api_addr: None,
+            },
+            6_000_000,
+        )
+        .unwrap();
+    assert!(s.mark_node_down("n-down", epoch).unwrap());
+    assert_eq!(
+        s.claim_call(&r.call_id, ("n-a", 2), ("n-down", epoch))
+            .unwrap(),
+        None,
+        "claimed by a node declared down"
+    );
+    let held = s.active_calls_of("n-a").unwrap();
+    assert_eq!(held.len(), 1, "still n-a's");
+    assert_eq!(
+        (held[0].record.node.as_str(), held[0].record.owner_epoch),
+        ("n-a", 2),
+        "the owner as claimed, not the record's older copy"
+    );
     // The old owner wakes up: its update and its final record change nothing.
     let mut stale = r.clone();
     stale.talk_seconds = 1;

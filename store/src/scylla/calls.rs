@@ -364,6 +364,14 @@ impl Inner {
         to: (&str, u64),
     ) -> Result<Option<ActiveCall>> {
         let (from, to) = ((from.0, epoch_column(from.1)), (to.0, epoch_column(to.1)));
+        // A claimer the cluster declared down (or a newer incarnation replaced) claims
+        // nothing: read before the compare-and-set, as `upsert_active` does.
+        let standing = self
+            .first::<(Option<i64>, Option<bool>)>(q::NODE_STANDING, (to.0,))
+            .await?;
+        if !incarnation_current(standing, to.1) {
+            return Ok(None);
+        }
         let Some(before) = self.active_row(call_id).await? else {
             return Ok(None);
         };

@@ -36,6 +36,12 @@ pub struct SqliteStore {
 /// How long a row of the lease history is kept after its lease ended (a day: far past
 /// any call that could have matched it).
 const LEASE_HISTORY_MS: i64 = 86_400_000;
+/// How long a follow-up given up (dead) stays in the outbox for inspection: thirty
+/// days, then it is pruned (a receiver gone for good would otherwise add a row per
+/// event forever, and every node counts the outbox each second).
+const DEAD_RETENTION_MS: i64 = 30 * 86_400_000;
+/// Dead rows pruned at most per claim (bounded work in the claim's transaction).
+const DEAD_PRUNED_PER_CLAIM: i64 = 64;
 /// Lease rows that ended long enough ago deleted, at most, per lease issued: more than
 /// one, so the history shrinks back after a burst.
 const PRUNE_PER_LEASE: i64 = 16;
@@ -119,6 +125,10 @@ impl SqliteStore {
         })
     }
 
+    /// Runs `f` on the writer connection. Its transactions are IMMEDIATE, all of
+    /// them: one that reads before it writes (an ownership check, a count) would
+    /// otherwise start as a read and fail at once with SQLITE_BUSY, without waiting
+    /// for the busy timeout, when another process holds or just took the write lock.
     fn write<T>(
         &self,
         f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
@@ -389,7 +399,7 @@ impl Store for SqliteStore {
 
     fn delete_operator(&self, id: &str) -> Result<bool> {
         self.write(|c| {
-            let tx = c.transaction()?;
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let owned: i64 = tx.query_row(
                 "SELECT COUNT(*) FROM advertisers WHERE operator_id = ?1",
                 [id],
@@ -557,7 +567,7 @@ impl Store for SqliteStore {
 
     fn delete_advertiser(&self, operator_id: &str, id: &str) -> Result<bool> {
         self.write(|c| {
-            let tx = c.transaction()?;
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let owned: i64 = tx.query_row(
                 "SELECT COUNT(*) FROM numbers WHERE advertiser_id = ?1 AND operator_id = ?2",
                 [id, operator_id],
@@ -686,7 +696,7 @@ impl Store for SqliteStore {
             .collect::<std::result::Result<_, _>>()
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
         self.write(|c| {
-            let tx = c.transaction()?;
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             tx.execute("INSERT INTO pools (id, operator_id, settings) VALUES (?1, ?2, ?3)", params![pool.id, pool.operator_id, settings])?;
             for (number, settings) in &rows {
                 tx.execute(
@@ -788,7 +798,7 @@ impl Store for SqliteStore {
     ) -> Result<()> {
         let now = now_ms();
         self.write(|c| {
-            let tx = c.transaction()?;
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let mut inserted = vec![false; calls.len()];
             {
                 let mut st = tx.prepare_cached(&format!(
@@ -863,7 +873,7 @@ impl Store for SqliteStore {
 
     fn upsert_active_calls(&self, calls: &[ActiveCall]) -> Result<()> {
         self.write(|c| {
-            let tx = c.transaction()?;
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             {
                 // A call whose final row exists is over: its late update is ignored; a
                 // call another incarnation owns now (taken over) is not replaced; an
@@ -914,7 +924,9 @@ impl Store for SqliteStore {
         })?;
         rows.into_iter()
             .map(|(json, epoch, checkpoint)| {
+                // The owner from the row (the record's own copy predates a claim).
                 let mut record = active_from(json)?;
+                record.node = node.to_string();
                 record.owner_epoch = epoch as u64;
                 Ok(ActiveCall { record, checkpoint })
             })
@@ -932,8 +944,12 @@ impl Store for SqliteStore {
                 let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
                 let n = tx
                     .prepare_cached(
+                        // Nor by an incarnation the cluster declared down (or a newer
+                        // one replaced): its claim would leave the call owned by nobody
+                        // alive, and no survivor looks at that incarnation again.
                         "UPDATE active_calls SET node = ?4, epoch = ?5 \
-                         WHERE call_id = ?1 AND node = ?2 AND epoch = ?3",
+                         WHERE call_id = ?1 AND node = ?2 AND epoch = ?3 \
+                         AND NOT EXISTS (SELECT 1 FROM nodes WHERE node_id = ?4 AND (epoch != ?5 OR down = 1))",
                     )?
                     .execute(params![call_id, from.0, from.1 as i64, to.0, to.1 as i64])?;
                 let row = if n == 1 {
@@ -1044,7 +1060,7 @@ impl Store for SqliteStore {
 
     fn record_change(&self, kind: &str, key: &str) -> Result<i64> {
         self.write(|c| {
-            let tx = c.transaction()?;
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             tx.prepare_cached("INSERT INTO changes (kind, key, at) VALUES (?1, ?2, ?3)")?
                 .execute(params![kind, key, now_ms()])?;
             let seq = tx.last_insert_rowid();
@@ -1060,6 +1076,9 @@ impl Store for SqliteStore {
 
     fn changes_since(&self, seq: i64, limit: usize) -> Result<Changes> {
         self.read(|c| {
+            // One snapshot for the three reads: pruning by another node between them
+            // could otherwise call a page complete that skipped changes.
+            let c = c.unchecked_transaction().map_err(unavailable)?;
             let oldest: Option<i64> = c
                 .query_row("SELECT min(seq) FROM changes", [], |r| r.get(0))
                 .map_err(unavailable)?;
@@ -1085,6 +1104,8 @@ impl Store for SqliteStore {
                 .map_err(unavailable)?
                 .collect::<rusqlite::Result<Vec<_>>>()
                 .map_err(unavailable)?;
+            drop(st);
+            c.commit().map_err(unavailable)?;
             Ok(Changes {
                 items,
                 latest,
@@ -1162,7 +1183,7 @@ impl Store for SqliteStore {
     fn enqueue_follow_ups(&self, items: &[NewFollowUp]) -> Result<()> {
         let now = now_ms();
         self.write(|c| {
-            let tx = c.transaction()?;
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             for item in items {
                 enqueue(&tx, item, now)?;
             }
@@ -1256,6 +1277,12 @@ impl Store for SqliteStore {
         self.write(|c| {
             // IMMEDIATE: select-then-hide is one step, also against other processes.
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            // A dead row's next_at is when it was given up (its last claim's).
+            tx.prepare_cached(
+                "DELETE FROM outbox WHERE id IN \
+                 (SELECT id FROM outbox WHERE dead = 1 AND next_at < ?1 ORDER BY next_at LIMIT ?2)",
+            )?
+            .execute(params![now.saturating_sub(DEAD_RETENTION_MS), DEAD_PRUNED_PER_CLAIM])?;
             let claimed = {
                 let mut st = tx.prepare_cached(
                     "UPDATE outbox SET next_at = ?2, attempts = attempts + 1 WHERE id IN \
@@ -1306,7 +1333,7 @@ impl Store for SqliteStore {
 
     fn release_follow_ups(&self, ids: &[i64], next_at: i64) -> Result<()> {
         self.write(|c| {
-            let tx = c.transaction()?;
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             {
                 let mut st = tx.prepare_cached(
                     "UPDATE outbox SET next_at = ?2, attempts = MAX(attempts - 1, 0) WHERE id = ?1 AND dead = 0",
@@ -1615,6 +1642,65 @@ mod tests {
         crate::conformance::concurrent_issuers_never_share_a_number(&[&a, &b]);
         crate::conformance::the_client_cap_holds_against_parallel_issuers(&[&a, &b]);
         crate::conformance::parallel_uploads_never_pass_the_prompt_cap(&[&a, &b]);
+    }
+
+    /// A follow-up given up stays in the outbox thirty days, then is pruned by a
+    /// later claim; one given up less long ago stays.
+    #[test]
+    fn dead_follow_ups_are_pruned_after_thirty_days() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("t.db")).unwrap();
+        let day: i64 = 86_400_000;
+        let item = |target: &str| NewFollowUp {
+            kind: FollowUpKind::Webhook,
+            operator_id: "op_1".into(),
+            target: target.into(),
+            payload: "{}".into(),
+        };
+        store.enqueue_follow_ups(&[item("wh_old")]).unwrap();
+        let old = store.claim_follow_ups(now_ms(), 10, 1_000).unwrap();
+        store.follow_up_failed(old[0].id, None, "gone").unwrap();
+        // Given up at the claim's end: dated by it (here, the real clock's now).
+        let given_up = now_ms();
+        assert_eq!(store.follow_up_counts().unwrap(), (0, 1));
+        assert!(store
+            .claim_follow_ups(given_up + 29 * day, 10, 1_000)
+            .unwrap()
+            .is_empty());
+        assert_eq!(store.follow_up_counts().unwrap(), (0, 1), "kept 29 days");
+        assert!(store
+            .claim_follow_ups(given_up + 31 * day, 10, 1_000)
+            .unwrap()
+            .is_empty());
+        assert_eq!(store.follow_up_counts().unwrap(), (0, 0), "pruned after 30");
+    }
+
+    /// Another process holds the write lock for 300 ms (as a node committing does): a
+    /// call-log batch, which checks ownership before it writes, waits for it (the busy
+    /// timeout) instead of failing at once.
+    #[test]
+    fn a_batch_that_reads_first_waits_for_another_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let store = SqliteStore::open(&path).unwrap();
+        let op = store.create_operator("op").unwrap();
+        let call = crate::conformance::sample_call(&op.id, "adv_1", 1_000);
+        let id = call.call_id.clone();
+        let mut other = open_connection(&path, Durability::Full).unwrap();
+        let tx = other
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .unwrap();
+        let writing = std::thread::spawn(move || {
+            let r = store.insert_calls(&[call], &[]);
+            (r, store)
+        });
+        // The other writer's transaction lasts 300 ms (what it does, not a wait for
+        // the batch: the batch must wait for it whenever it starts).
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        tx.commit().unwrap();
+        let (r, store) = writing.join().unwrap();
+        r.expect("written once the other writer is done");
+        assert!(store.get_call(&op.id, &id).unwrap().is_some());
     }
 
     #[test]
