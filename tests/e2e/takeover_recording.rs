@@ -246,6 +246,12 @@ fn a_recording_across_a_takeover_is_served_joined_from_a_shared_dir() {
     let mut rig = Rig::new(&format!("recordings_dir = \"{}\"", rec.display()));
     // n2 has written a second of the call.
     rig.wait_recorded(&rec, |name| name.matches('.').count() == 1, 1.0);
+    // The number's recording is turned off meanwhile: the call taken over records its
+    // next part all the same, in the mode its first was (the parts are one recording;
+    // without it the first part was left out of the record).
+    rig.c
+        .node("n1")
+        .set_number(&rig.key, NUMBER, r#"{"recording": null}"#);
     rig.kill_n2_and_wait_resumed();
     // The survivor records a second of its own part (`<call>.<node>.wav`).
     rig.wait_recorded(&rec, |name| name.matches('.').count() == 2, 1.0);

@@ -255,6 +255,9 @@ pub struct Call {
     logged: Arc<AtomicBool>,
     /// The recording's path (relative to the recordings directory), once it started.
     recording: Option<String>,
+    /// What it records: the number's mode when it started, or the checkpoint's for a
+    /// call taken over (the parts of one call are joined: one mode for all of them).
+    recording_mode: Option<RecordMode>,
     /// A number a trunk redirected the current destination to (3xx, followed).
     redirect: Option<Destination>,
     redirects_followed: u8,
@@ -503,6 +506,7 @@ impl Call {
             last_trunk: None,
             logged: Arc::new(AtomicBool::new(false)),
             recording: None,
+            recording_mode: None,
             redirect: None,
             redirects_followed: 0,
             closed_result: None,
@@ -1597,21 +1601,23 @@ impl Call {
 
     /// Starts recording the conversation if the number asks for it.
     fn start_recording(&mut self) {
-        let name = self.id.clone();
-        self.start_recording_part(&name);
-    }
-
-    /// Starts recording into `<day>/<name>.wav` (a call taken over records its next
-    /// part under another name).
-    fn start_recording_part(&mut self, name: &str) {
-        let (Some(settings), Some(relay)) = (self.number.recording.as_ref(), self.relay.as_ref())
-        else {
+        let Some(settings) = self.number.recording.as_ref() else {
             return;
         };
         let mode = match settings.mode {
             RecordingMode::Both => RecordMode::Both,
             RecordingMode::Caller => RecordMode::Caller,
             RecordingMode::Callee => RecordMode::Callee,
+        };
+        let name = self.id.clone();
+        self.start_recording_part(&name, mode);
+    }
+
+    /// Starts recording into `<day>/<name>.wav` (a call taken over records its next
+    /// part under another name).
+    fn start_recording_part(&mut self, name: &str, mode: RecordMode) {
+        let Some(relay) = self.relay.as_ref() else {
+            return;
         };
         let day = chrono::Utc::now().format("%Y-%m-%d");
         let rel = format!("{day}/{name}.wav");
@@ -1622,6 +1628,7 @@ impl Call {
         relay.start_recording(mode, sink);
         self.ctx.metrics.calls.recordings_started.inc();
         self.recording = Some(rel);
+        self.recording_mode = Some(mode);
     }
 
     /// Queues a webhook event of this call, if the operator has a webhook that takes it.

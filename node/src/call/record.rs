@@ -147,6 +147,17 @@ impl Call {
                     log.write(entry);
                 }));
             }
+            _ if !self.recording_parts.is_empty() => {
+                // Taken over with a recording, and nothing recorded here (no ports
+                // for it, or the call ended as it moved): the earlier parts hold the
+                // call's audio and stay in its record.
+                let mut entry = entry;
+                let parts = self.recording_parts.clone();
+                entry.record.recording = parts.first().map(|p| p.path.clone());
+                entry.record.recording_status = Some(RecordingStatus::Truncated);
+                entry.record.recording_parts = parts;
+                self.ctx.log.write(entry);
+            }
             _ => self.ctx.log.write(entry),
         }
         self.logged.store(true, Ordering::Release);

@@ -17,7 +17,7 @@ use crate::decide::caller::Caller;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tsunagu_media::{sdp, Side};
+use tsunagu_media::{sdp, RecordMode, Side};
 use tsunagu_sip::build::RequestSpec;
 use tsunagu_sip::parse::sdp_body;
 use tsunagu_sip::{Method, Response};
@@ -116,10 +116,10 @@ impl Call {
 
     fn recording_state(&self) -> Option<super::checkpoint::Recording> {
         let rel = self.recording.as_ref()?;
-        let mode = match self.number.recording.as_ref()?.mode {
-            tsunagu_store::RecordingMode::Both => "both",
-            tsunagu_store::RecordingMode::Caller => "caller",
-            tsunagu_store::RecordingMode::Callee => "callee",
+        let mode = match self.recording_mode? {
+            RecordMode::Both => "both",
+            RecordMode::Caller => "caller",
+            RecordMode::Callee => "callee",
         };
         let mut parts = self.recording_parts.clone();
         parts.push(RecordingPart {
@@ -300,7 +300,16 @@ impl Call {
     }
 
     /// Recording goes on here as a new part.
-    fn restart_recording(&mut self, _mode: &str) {
+    /// Records the next part of a call taken over, in the mode its earlier parts were
+    /// recorded in (the checkpoint's), whatever the number says now: the parts are
+    /// joined into one file, and a number whose recording was turned off meanwhile
+    /// must not leave the earlier parts out of the record.
+    fn restart_recording(&mut self, mode: &str) {
+        let mode = match mode {
+            "caller" => RecordMode::Caller,
+            "callee" => RecordMode::Callee,
+            _ => RecordMode::Both,
+        };
         let offset = self
             .answered
             .map(|(_, at)| crate::clock::now_ms().saturating_sub(at))
@@ -309,7 +318,7 @@ impl Call {
         // Named by node and part number: a call that comes back to a node (n1, n2,
         // n1) does not overwrite its earlier part there.
         let part = self.recording_parts.len() + 1;
-        self.start_recording_part(&format!("{}.{}-{part}", self.id, self.ctx.node_id));
+        self.start_recording_part(&format!("{}.{}-{part}", self.id, self.ctx.node_id), mode);
     }
 
     /// Which of our takeover re-INVITEs a response answers, if any.
