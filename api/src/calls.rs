@@ -77,11 +77,25 @@ pub(crate) const COLUMNS: &[&str] = &[
 const JSON_PAGE_MAX: usize = 1000;
 const JSON_PAGE_DEFAULT: usize = 100;
 
+/// A time bound: RFC 3339, or epoch milliseconds. A `+` offset written raw in a
+/// query string arrives as a space (form decoding) and is read as `+`. A number
+/// below 10^11 other than 0 (before March 1973 in milliseconds) is refused as
+/// seconds rather than taken as milliseconds, which would select calls from 1970 on.
 fn parse_time(field: &str, v: &str) -> Result<i64, ApiError> {
     if let Ok(ms) = v.parse::<i64>() {
+        if ms != 0 && ms.unsigned_abs() < 100_000_000_000 {
+            return Err(ApiError::bad_request(
+                Some(field),
+                "epoch milliseconds expected (this looks like seconds: multiply by 1000)",
+            ));
+        }
         return Ok(ms);
     }
     chrono::DateTime::parse_from_rfc3339(v)
+        .or_else(|e| match v.contains(' ') {
+            true => chrono::DateTime::parse_from_rfc3339(&v.replace(' ', "+")),
+            false => Err(e),
+        })
         .map(|t| t.timestamp_millis())
         .map_err(|_| {
             ApiError::bad_request(
@@ -223,12 +237,16 @@ pub fn call_json(r: &CallRecord) -> Value {
     });
     if r.state == CallState::Active {
         // In progress: what is not decided yet is null.
-        for key in ["ended_at", "result", "validity", "sip_code", "talk_seconds"] {
+        for key in UNDECIDED {
             v[key] = Value::Null;
         }
     }
     v
 }
+
+/// What a call in progress has not decided yet: null in JSON, an empty cell in an
+/// export (not "failed", ended at 1970).
+const UNDECIDED: [&str; 5] = ["ended_at", "result", "validity", "sip_code", "talk_seconds"];
 
 /// The nodes that carried the call, in order (one, unless it was taken over).
 fn nodes(r: &CallRecord) -> Vec<&str> {
@@ -268,6 +286,13 @@ fn attempts(r: &CallRecord) -> Value {
 
 pub(crate) fn fields(r: &CallRecord) -> [String; 31] {
     let opt = |v: &Option<String>| v.clone().unwrap_or_default();
+    let decided = |s: String| {
+        if r.state == CallState::Active {
+            String::new()
+        } else {
+            s
+        }
+    };
     [
         r.call_id.clone(),
         r.advertiser_id.clone(),
@@ -277,11 +302,11 @@ pub(crate) fn fields(r: &CallRecord) -> [String; 31] {
         opt(&r.destination_number),
         rfc3339(r.started_at),
         r.answered_at.map(rfc3339).unwrap_or_default(),
-        rfc3339(r.ended_at),
+        decided(rfc3339(r.ended_at)),
         r.ring_seconds.to_string(),
-        r.talk_seconds.to_string(),
-        r.result.to_string(),
-        r.validity.to_string(),
+        decided(r.talk_seconds.to_string()),
+        decided(r.result.to_string()),
+        decided(r.validity.to_string()),
         opt(&r.ivr_digits),
         opt(&r.judgement_digit),
         opt(&r.recording),
@@ -291,7 +316,7 @@ pub(crate) fn fields(r: &CallRecord) -> [String; 31] {
             serde_json::to_string(&r.tracking_params).unwrap_or_default()
         },
         r.node.clone(),
-        r.sip_code.to_string(),
+        decided(r.sip_code.to_string()),
         opt(&r.trunk),
         r.rtp_packets_in.to_string(),
         r.rtp_packets_out.to_string(),
@@ -450,6 +475,27 @@ mod tests {
     use axum::http::StatusCode;
     use std::time::Duration;
     use tsunagu_config::ApiConfig;
+
+    /// A call in progress exports what it has not decided yet as empty cells, as its
+    /// JSON has them null (not "failed", ended at 1970); an ended call has them all.
+    #[test]
+    fn a_call_in_progress_exports_nothing_undecided() {
+        let mut r = tsunagu_store::conformance::sample_call("op_1", "adv_1", 1_000);
+        let column = |name: &str| COLUMNS.iter().position(|c| *c == name).unwrap();
+        let ended = fields(&r);
+        for name in UNDECIDED {
+            assert!(!ended[column(name)].is_empty(), "{name} of an ended call");
+        }
+        r.state = CallState::Active;
+        r.ended_at = 0;
+        let active = fields(&r);
+        let json = call_json(&r);
+        for name in UNDECIDED {
+            assert_eq!(active[column(name)], "", "{name}");
+            assert!(json[name].is_null(), "{name}");
+        }
+        assert_eq!(active[column("state")], "active");
+    }
     use tsunagu_store::conformance::sample_call;
     use tsunagu_store::Store;
 
@@ -587,6 +633,14 @@ mod tests {
         let q = query_from("op".into(), &ok).unwrap();
         assert_eq!(q.from_ms, Some(1767193200000));
         assert_eq!(q.to_ms, Some(1767225600000));
+        // A raw `+` offset arrives as a space; 0 is the beginning.
+        let spaced = CallsParams {
+            from: Some("2026-01-01T00:00:00 09:00".into()),
+            to: Some("0".into()),
+            ..Default::default()
+        };
+        let q2 = query_from("op".into(), &spaced).unwrap();
+        assert_eq!((q2.from_ms, q2.to_ms), (Some(1767193200000), Some(0)));
         assert_eq!(q.order, SortOrder::Desc);
         assert_eq!(q.after, Some((5, "call_x".into())));
         let bad: Vec<(CallsParams, &str)> = vec![
@@ -596,6 +650,14 @@ mod tests {
                     ..Default::default()
                 },
                 "from",
+            ),
+            (
+                // Seconds, not milliseconds.
+                CallsParams {
+                    to: Some("1767225600".into()),
+                    ..Default::default()
+                },
+                "to",
             ),
             (
                 CallsParams {
