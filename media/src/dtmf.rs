@@ -18,20 +18,27 @@ pub fn key(event: u8) -> Option<char> {
 /// Telephone-events of one stream, de-duplicated.
 #[derive(Debug, Default)]
 pub struct EventDetector {
-    /// Timestamp of the last event reported.
-    last: Option<u32>,
+    /// The stream (SSRC) and start timestamp of the last event reported.
+    last: Option<(u32, u32)>,
 }
 
 impl EventDetector {
-    /// One telephone-event packet: its RTP timestamp and payload. Returns the key when
-    /// this packet starts a new event.
-    pub fn on_packet(&mut self, timestamp: u32, payload: &[u8]) -> Option<char> {
+    /// One telephone-event packet: its stream, RTP timestamp and payload. Returns the
+    /// key when this packet starts a new event: one later than the last reported
+    /// (serial order: a late end retransmission of an earlier key, arriving after the
+    /// next key began, is not a press), or the first of another stream.
+    pub fn on_packet(&mut self, ssrc: u32, timestamp: u32, payload: &[u8]) -> Option<char> {
         let event = *payload.first()?;
-        if payload.len() < 4 || self.last == Some(timestamp) {
+        if payload.len() < 4 {
             return None;
         }
+        if let Some((last_ssrc, last_ts)) = self.last {
+            if last_ssrc == ssrc && timestamp.wrapping_sub(last_ts) as i32 <= 0 {
+                return None;
+            }
+        }
         let k = key(event)?;
-        self.last = Some(timestamp);
+        self.last = Some((ssrc, timestamp));
         Some(k)
     }
 }
@@ -83,11 +90,18 @@ mod tests {
             (6000, &[16, 0x0a, 0, 160], None), // flash: not a key
             (7000, &[1, 0x0a], None),          // short
             (8000, &[13, 0x0a, 0, 160], Some('B')),
+            (1000, &[5, 0x8a, 3, 32], None), // a late end of an earlier key
+            (u32::MAX - 100, &[9, 0x8a, 3, 32], None), // before, across the wrap
+            (8100, &[2, 0x0a, 0, 160], Some('2')),
         ];
         let mut d = EventDetector::default();
         for (i, (ts, payload, want)) in table.iter().enumerate() {
-            assert_eq!(d.on_packet(*ts, payload), *want, "row {i}");
+            assert_eq!(d.on_packet(7, *ts, payload), *want, "row {i}");
         }
+        // Another stream (a new SSRC after a re-INVITE) starts afresh, whatever its
+        // timestamps.
+        assert_eq!(d.on_packet(8, 10, &[4, 0x0a, 0, 160]), Some('4'));
+        assert_eq!(d.on_packet(8, 10, &[4, 0x8a, 0, 160]), None);
     }
 
     /// Hostile telephone-event payloads (RFC 4733 2.3: event, E/R/volume, duration):
@@ -109,7 +123,7 @@ mod tests {
         for (i, (payload, want)) in table.iter().enumerate() {
             let mut d = EventDetector::default();
             assert_eq!(
-                d.on_packet(i as u32, payload),
+                d.on_packet(1, i as u32, payload),
                 *want,
                 "row {i}: {payload:?}"
             );
@@ -117,7 +131,7 @@ mod tests {
         for event in 0..=255u8 {
             let want = (event <= 15).then(|| key(event)).flatten();
             assert_eq!(
-                EventDetector::default().on_packet(0, &[event, 0, 0, 160]),
+                EventDetector::default().on_packet(1, 0, &[event, 0, 0, 160]),
                 want
             );
         }

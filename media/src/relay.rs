@@ -443,7 +443,11 @@ fn drain(p: Flow<'_>, mut rec: Option<&mut Recording>, on_event: &OnEvent) {
                 );
             }
             if Some(r.payload_type()) == p.from_side.dtmf_payload_type {
-                if let Some(key) = p.from_side.dtmf.on_packet(r.timestamp(), r.payload()) {
+                if let Some(key) = p
+                    .from_side
+                    .dtmf
+                    .on_packet(r.ssrc(), r.timestamp(), r.payload())
+                {
                     on_event(MediaEvent::Digit {
                         side: p.from_side.side,
                         key,
