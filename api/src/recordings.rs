@@ -413,19 +413,25 @@ fn addresses(n: &NodeRow) -> impl Iterator<Item = SocketAddr> + '_ {
 }
 
 /// Where this node asks `node` for a part (its API), sent from this node's own
-/// registered address, if the store knows both.
+/// registered address, if the store knows both. None (the part's node cannot be
+/// reached: 503, tried again later) for an address that is no one's in particular
+/// (`0.0.0.0`) or one of this node's own: two nodes registered with the same API
+/// address (both on the default `127.0.0.1:8080`) would have this node ask itself
+/// and call a part that exists elsewhere missing for good.
 fn link_to(nodes: &[NodeRow], me: &str, node: &str) -> Option<Link> {
-    let to = nodes
+    let to: SocketAddr = nodes
         .iter()
         .find(|n| n.node_id == node)?
         .api_addr
         .as_deref()?
         .parse()
         .ok()?;
-    let from = nodes
-        .iter()
-        .find(|n| n.node_id == me)
-        .and_then(|n| addresses(n).map(|a| a.ip()).find(|ip| !ip.is_unspecified()));
+    let mine = nodes.iter().find(|n| n.node_id == me);
+    if to.ip().is_unspecified() || mine.is_some_and(|n| addresses(n).any(|a| a == to)) {
+        tracing::warn!(%to, node, "a recording part's node is registered at an address that does not reach it from here (unspecified, or this node's own): set its api.listen to an address the others reach");
+        return None;
+    }
+    let from = mine.and_then(|n| addresses(n).map(|a| a.ip()).find(|ip| !ip.is_unspecified()));
     Some(Link { to, from })
 }
 
@@ -1198,6 +1204,35 @@ mod tests {
         // Its own part is still served alone.
         let g = get(&a, &n1, &format!("/v1/calls/{id}/recording?part=2")).await;
         assert_eq!(g.status, 200);
+    }
+
+    /// Each row: n2's registered API address → whether n1 asks n2 there. Not at an
+    /// unspecified address, nor at one of n1's own (both on the default): n1 would ask
+    /// itself and call the part missing for good.
+    #[test]
+    fn a_part_is_asked_of_its_node_only_where_it_is() {
+        let row = |id: &str, api: &str| NodeRow {
+            node_id: id.into(),
+            epoch: 1,
+            started_at: 0,
+            last_seen: 0,
+            cluster_addr: Some("10.0.0.1:7946".into()).filter(|_| id == "n1"),
+            api_addr: Some(api.into()),
+            down: false,
+            retired: false,
+        };
+        let rows: &[(&str, Option<&str>)] = &[
+            ("10.0.0.2:8080", Some("10.0.0.2:8080")),
+            ("127.0.0.1:8081", Some("127.0.0.1:8081")),
+            ("127.0.0.1:8080", None),
+            ("0.0.0.0:8080", None),
+            ("10.0.0.1:7946", None),
+        ];
+        for (n2_api, want) in rows {
+            let nodes = [row("n1", "127.0.0.1:8080"), row("n2", n2_api)];
+            let got = link_to(&nodes, "n1", "n2").map(|l| l.to.to_string());
+            assert_eq!(got.as_deref(), *want, "{n2_api}");
+        }
     }
 
     /// A peer that announces more audio than it sends (or whose part shrank) cannot
