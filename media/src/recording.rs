@@ -244,14 +244,25 @@ pub type OnClosed = Box<dyn FnOnce(Outcome) + Send>;
 enum Msg {
     Open(u64, PathBuf, u16),
     Append(u64, Vec<i16>),
+    /// Audio of this recording was dropped: the writer is behind (see [`MAX_QUEUED`]).
+    Dropped(u64),
     Close(u64, Option<OnClosed>),
 }
+
+/// Audio waiting for the recorder thread, at most (bytes): about a second of 2,000
+/// stereo calls. Past it (a disk or network share that stalls) appends are dropped and
+/// the recording reports an error, rather than the node's memory growing with every
+/// recorded call for as long as the stall lasts.
+pub const MAX_QUEUED: usize = 64 << 20;
 
 /// Handle to the recorder thread.
 #[derive(Clone)]
 pub struct Recorder {
     tx: mpsc::Sender<Msg>,
     next: std::sync::Arc<AtomicU64>,
+    /// Bytes of audio sent and not yet written.
+    queued: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    limit: usize,
 }
 
 /// One open recording; closed by [`Sink::close`] or, without a callback, on drop.
@@ -259,19 +270,37 @@ pub struct Sink {
     id: u64,
     tx: mpsc::Sender<Msg>,
     closed: bool,
+    queued: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    limit: usize,
+    /// Some audio of it was dropped (said once to the writer).
+    dropped: std::cell::Cell<bool>,
 }
 
 impl Recorder {
     pub fn start() -> Recorder {
+        Recorder::with_limit(MAX_QUEUED)
+    }
+
+    /// A recorder whose queue holds at most `limit` bytes of audio.
+    pub fn with_limit(limit: usize) -> Recorder {
         let (tx, rx) = mpsc::channel();
+        let queued = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let q = queued.clone();
         std::thread::Builder::new()
             .name("recorder".into())
-            .spawn(move || run(rx))
+            .spawn(move || run(rx, q))
             .expect("spawn recorder thread");
         Recorder {
             tx,
             next: std::sync::Arc::new(AtomicU64::new(1)),
+            queued,
+            limit,
         }
+    }
+
+    /// Bytes of audio waiting to be written.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
     }
 
     pub fn open(&self, path: PathBuf, mode: RecordMode) -> Sink {
@@ -281,14 +310,29 @@ impl Recorder {
             id,
             tx: self.tx.clone(),
             closed: false,
+            queued: self.queued.clone(),
+            limit: self.limit,
+            dropped: std::cell::Cell::new(false),
         }
     }
 }
 
 impl Sink {
     pub fn append(&self, samples: Vec<i16>) {
-        if !samples.is_empty() {
-            let _ = self.tx.send(Msg::Append(self.id, samples));
+        if samples.is_empty() {
+            return;
+        }
+        let bytes = samples.len() * 2;
+        let before = self.queued.fetch_add(bytes, Ordering::Relaxed);
+        if before.saturating_add(bytes) > self.limit {
+            self.queued.fetch_sub(bytes, Ordering::Relaxed);
+            if !self.dropped.replace(true) {
+                let _ = self.tx.send(Msg::Dropped(self.id));
+            }
+            return;
+        }
+        if self.tx.send(Msg::Append(self.id, samples)).is_err() {
+            self.queued.fetch_sub(bytes, Ordering::Relaxed);
         }
     }
 
@@ -321,7 +365,7 @@ struct Open {
     error: Option<String>,
 }
 
-fn run(rx: mpsc::Receiver<Msg>) {
+fn run(rx: mpsc::Receiver<Msg>, queued: std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     let mut files: HashMap<u64, Open> = HashMap::new();
     while let Ok(msg) = rx.recv() {
         match msg {
@@ -342,6 +386,7 @@ fn run(rx: mpsc::Receiver<Msg>) {
                 files.insert(id, open);
             }
             Msg::Append(id, samples) => {
+                queued.fetch_sub(samples.len() * 2, Ordering::Relaxed);
                 let Some(o) = files.get_mut(&id) else {
                     continue;
                 };
@@ -353,6 +398,16 @@ fn run(rx: mpsc::Receiver<Msg>) {
                         tracing::warn!(%e, "recording write failed");
                         o.error = Some(format!("write failed: {e}"));
                     }
+                }
+            }
+            Msg::Dropped(id) => {
+                if let Some(o) = files.get_mut(&id) {
+                    o.error.get_or_insert_with(|| {
+                        tracing::warn!(
+                            "the recorder fell behind: audio of a recording was dropped"
+                        );
+                        "the recorder fell behind (storage too slow): audio was dropped".into()
+                    });
                 }
             }
             Msg::Close(id, done) => {
@@ -556,6 +611,39 @@ mod tests {
                 "{name}: a gap in the audio"
             );
         }
+    }
+
+    /// A writer that stalls (here: opening a FIFO nobody reads, as a hung network
+    /// share would) holds at most its limit of queued audio however much the calls
+    /// send; the recording says audio was lost.
+    #[test]
+    fn a_stalled_writer_holds_no_more_than_its_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("stall.wav");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success(), "mkfifo");
+        let limit = 64 * 1024;
+        let rec = Recorder::with_limit(limit);
+        let stalled = rec.open(fifo.clone(), RecordMode::Both);
+        for _ in 0..100 {
+            stalled.append(vec![1; 8000]); // 16 KB each: 1.6 MB offered
+            assert!(rec.queued_bytes() <= limit, "{}", rec.queued_bytes());
+        }
+        // The share comes back: the writer goes on, and reports the loss.
+        let reader = std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ =
+                std::io::Read::read_to_end(&mut std::fs::File::open(&fifo).unwrap(), &mut bytes);
+        });
+        let (tx, rx) = mpsc::channel();
+        stalled.close(Box::new(move |o| tx.send(o).unwrap()));
+        let o = rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap();
+        assert!(o.error.is_some(), "{o:?}");
+        reader.join().unwrap();
+        assert_eq!(rec.queued_bytes(), 0);
     }
 
     #[test]
