@@ -325,13 +325,7 @@ impl Cluster {
         // own every key and grant against empty tables.
         self.expect_registered(Instant::now()).await;
         self.0.stale.store(false, Ordering::Relaxed);
-        let members = self.up_names();
-        let out = {
-            let mut lines = self.lines();
-            lines.view(members);
-            self.send_in_order(lines.drain())
-        };
-        self.dispatch(out);
+        self.lines_to_view(LineService::view);
         self.publish_lease();
         tracing::warn!(epoch, "rejoined the cluster as a new incarnation");
     }
@@ -573,14 +567,20 @@ impl Cluster {
         } else if valid && was_suspended {
             tracing::info!("cluster lease held again: rebuilding line tables");
             self.0.suspended.store(false, Ordering::Relaxed);
-            let members = self.up_names();
-            let out = {
-                let mut lines = self.lines();
-                lines.resume(members);
-                self.send_in_order(lines.drain())
-            };
-            self.dispatch(out);
+            self.lines_to_view(LineService::resume);
         }
+    }
+
+    /// Gives the line service the members up in this node's view (`change`: a view
+    /// change, or the end of a suspension) and sends what it produced.
+    fn lines_to_view(&self, change: impl FnOnce(&mut LineService, Vec<String>)) {
+        let members = self.up_names();
+        let out = {
+            let mut lines = self.lines();
+            change(&mut lines, members);
+            self.send_in_order(lines.drain())
+        };
+        self.dispatch(out);
     }
 
     fn up_names(&self) -> Vec<String> {
@@ -750,13 +750,7 @@ impl Cluster {
             }
         }
         if changed && !self.0.stale.load(Ordering::Relaxed) {
-            let members = self.up_names();
-            let out = {
-                let mut lines = self.lines();
-                lines.view(members);
-                self.send_in_order(lines.drain())
-            };
-            self.dispatch(out);
+            self.lines_to_view(LineService::view);
             self.update_gauges();
         }
     }

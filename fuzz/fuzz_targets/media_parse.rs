@@ -45,7 +45,7 @@ fuzz_target!(|data: &[u8]| {
         if let Ok(r) = parsed {
             let side = if r.ssrc() & 1 == 0 { Side::A } else { Side::B };
             mixer.push(side, r.ssrc(), r.timestamp(), r.payload_type(), r.payload(), now);
-            let _ = events.on_packet(r.timestamp(), r.payload());
+            let _ = events.on_packet(r.ssrc(), r.timestamp(), r.payload());
             if now % 8000 == 0 {
                 let _ = mixer.drain(now);
             }

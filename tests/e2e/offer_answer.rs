@@ -562,15 +562,18 @@ fn a_refused_re_offer_leaves_the_media_where_it_was() {
     );
 
     // The caller offers a new port; the callee refuses.
-    let reoffer = with_body(
-        &caller,
-        "INVITE",
-        call_id,
-        &node_tag,
-        2,
-        "application/sdp",
-        &sdp(ports.uac_media + 2),
-    );
+    let offer_new_port = |cseq: u32| {
+        with_body(
+            &caller,
+            "INVITE",
+            call_id,
+            &node_tag,
+            cseq,
+            "application/sdp",
+            &sdp(ports.uac_media + 2),
+        )
+    };
+    let reoffer = offer_new_port(2);
     caller.send(&reoffer);
     let relayed = callee.expect("INVITE ");
     callee.respond(&relayed, "488 Not Acceptable Here", "");
@@ -590,16 +593,7 @@ fn a_refused_re_offer_leaves_the_media_where_it_was() {
     );
 
     // The same offer again, accepted: the audio moves.
-    let reoffer = with_body(
-        &caller,
-        "INVITE",
-        call_id,
-        &node_tag,
-        3,
-        "application/sdp",
-        &sdp(ports.uac_media + 2),
-    );
-    caller.send(&reoffer);
+    caller.send(&offer_new_port(3));
     let relayed = callee.expect("INVITE ");
     callee.respond(&relayed, "200 OK", &sdp(ports.uas_media));
     let ok = caller.final_response();
