@@ -1644,6 +1644,28 @@ mod tests {
         crate::conformance::parallel_uploads_never_pass_the_prompt_cap(&[&a, &b]);
     }
 
+    /// An operator's calls in progress are read through an index (the query the API's
+    /// `state=active` listing runs), not by a scan of every operator's.
+    #[test]
+    fn calls_in_progress_are_found_by_operator_through_an_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let _store = SqliteStore::open(&path).unwrap();
+        let c = open_connection(&path, Durability::Full).unwrap();
+        let plan: Vec<String> = c
+            .prepare("EXPLAIN QUERY PLAN SELECT record FROM active_calls WHERE operator_id = ?1")
+            .unwrap()
+            .query_map(["op_1"], |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert!(
+            plan.iter()
+                .any(|p| p.contains("USING INDEX active_calls_by_operator")),
+            "{plan:?}"
+        );
+    }
+
     /// A follow-up given up stays in the outbox thirty days, then is pruned by a
     /// later claim; one given up less long ago stays.
     #[test]

@@ -216,6 +216,11 @@ CREATE INDEX leases_by_expiry ON leases(expires_at);
 -- the row (a new incarnation, not retired).
 ALTER TABLE nodes ADD COLUMN retired INTEGER NOT NULL DEFAULT 0;
 "#,
+    r#"
+-- An operator's calls in progress (GET /v1/calls?state=active) are found through this
+-- index, not by reading every call in progress of every operator.
+CREATE INDEX active_calls_by_operator ON active_calls(operator_id, started_at);
+"#,
 ];
 
 /// Applies pending migrations. Each runs in an IMMEDIATE transaction that reads the
