@@ -1158,8 +1158,9 @@ mod tests {
         let mut proxied = self::node(&a, "n2", dir_n2.path(), Some(TOKEN));
         Arc::get_mut(&mut proxied).unwrap().defences.trusted_proxies =
             vec!["127.0.0.1/32".parse().unwrap()];
-        let router = crate::router(proxied.clone())
-            .layer(axum::Extension(PeerAddr(node.unwrap().parse().unwrap())));
+        let router = crate::router(proxied.clone()).layer(axum::Extension(PeerAddr(
+            "127.0.0.1:40000".parse().unwrap(),
+        )));
         let r = a
             .call(&router, "GET", &internal("?part=1"), Some(TOKEN), "")
             .await;

@@ -439,14 +439,14 @@ fn the_caller_sees_one_session_whoever_answers() {
     callee.expect("ACK ");
     // The callee re-offers: unchanged (a refresh), then on hold.
     for (version, extra, want) in [(2, "", "1"), (3, "a=sendonly\r\n", "2")] {
+        let sdp = format!("{}{extra}", body(20, version, 4004));
         let reinvite = format!(
             "INVITE sip:node@{node} SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.1:{uas};branch=z9hG4bK-re{version}\nFrom: <sip:0322223333@127.0.0.1>;tag=calleetag\nTo: <sip:09012345678@127.0.0.1>;tag={from_tag}\nCall-ID: {cid}\nCSeq: {version} INVITE\nContact: <sip:callee@127.0.0.1:{uas}>\nMax-Forwards: 70\nContent-Type: application/sdp\nContent-Length: {len}\n\n{sdp}",
             node = ports.sip,
             uas = ports.uas,
             from_tag = crate::dialogs::tag(header(&second, "From").unwrap()),
             cid = header(&second, "Call-ID").unwrap().trim(),
-            len = body(20, version, 4004).len() + extra.len(),
-            sdp = format!("{}{extra}", body(20, version, 4004)),
+            len = sdp.len(),
         );
         callee.send(&reinvite);
         let relayed = caller.recv(Duration::from_secs(5)).expect("the re-INVITE");
