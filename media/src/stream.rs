@@ -77,7 +77,11 @@ impl OutStream {
     pub fn generate(&mut self, payload_type: u8, samples: u32, now: Instant) -> [u8; HEADER] {
         let (seq, ts, marker) = match self.last {
             None => (1, 0, true),
-            Some((s, t, _)) if self.generating => {
+            // Frame after frame of one prompt (a late tick's catch-up burst included):
+            // contiguous. After a pause of more than a second (a prompt played again
+            // after an IVR timeout, nothing relayed meanwhile) the wall clock counts,
+            // with the marker: contiguous timestamps would read as seconds late.
+            Some((s, t, at)) if self.generating && elapsed(at, now) <= PAUSE_SAMPLES => {
                 (s.wrapping_add(1), t.wrapping_add(samples), false)
             }
             Some((s, t, at)) => (
@@ -97,6 +101,9 @@ impl OutStream {
         h
     }
 }
+
+/// Generated frames further apart than this (one second) start a new talkspurt.
+const PAUSE_SAMPLES: u32 = 8_000;
 
 /// Samples (8 kHz) between two instants, at least one. Past 2^32 samples (6.2 days)
 /// the count wraps, as RTP timestamps do.
@@ -173,6 +180,12 @@ mod tests {
             (Generate(1200), (false, 8, 9600)),
             // Back to the same source: re-based, not its old offsets.
             (Relay(60, 9000, 99, 1220), (true, 9, 9760)),
+            // A prompt, then the same again 3 s later with nothing between: the wall
+            // clock counts, with the marker.
+            (Generate(1240), (true, 10, 9920)),
+            (Generate(1260), (false, 11, 10080)),
+            (Generate(4260), (true, 12, 34080)),
+            (Generate(4280), (false, 13, 34240)),
         ];
         let mut s = OutStream::new(7);
         for (i, (step, want)) in table.iter().enumerate() {
