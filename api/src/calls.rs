@@ -447,7 +447,7 @@ pub async fn list(
 }
 
 /// 503 for a search or an export the caps refused: whose cap, and when to retry.
-fn refused(why: Refusal, what: &str, retry_after: u64) -> ApiError {
+pub(crate) fn refused(why: Refusal, what: &str, retry_after: u64) -> ApiError {
     let message = match why {
         Refusal::Node => format!("too many {what} are running; try again shortly"),
         Refusal::Operator => {

@@ -113,6 +113,8 @@ pub struct Defences {
     pub searches: Arc<running::RunLimits>,
     /// How long a JSON call search may read the store.
     pub search_timeout: Duration,
+    /// The recording downloads streaming, in all and per operator.
+    pub recordings: Arc<running::RunLimits>,
     /// Numbers and advertisers one operator may hold (`api.max_numbers_per_operator`,
     /// `api.max_advertisers_per_operator`).
     pub max_numbers_per_operator: usize,
@@ -136,6 +138,7 @@ impl Defences {
             export_max_duration: Duration::from_secs(c.export_max_seconds.into()),
             searches: running::RunLimits::new(c.max_searches, c.max_searches_per_operator),
             search_timeout: search_budget(c.search_timeout_seconds, c.request_timeout_seconds),
+            recordings: running::RunLimits::new(c.max_recordings, c.max_recordings_per_operator),
             max_numbers_per_operator: c.max_numbers_per_operator as usize,
             max_advertisers_per_operator: c.max_advertisers_per_operator as usize,
             metrics_token: c.metrics_token.clone(),

@@ -54,8 +54,9 @@ pub struct ApiMetrics {
 pub const EXPORT_CUTS: [&str; 3] = ["stalled", "too_long", "slow_page"];
 
 /// The outcomes `api_recordings_served` counts (see its HELP).
-pub const RECORDING_OUTCOMES: [&str; 6] = [
+pub const RECORDING_OUTCOMES: [&str; 7] = [
     "served",
+    "busy",
     "part_missing",
     "channels_differ",
     "too_long",
@@ -165,7 +166,7 @@ impl ApiMetrics {
         );
         r.register(
             "api_recordings_served",
-            "Requests for a call's recording (joined from its parts, or ?part=N) by outcome: served (streamed whole), part_missing (503 or 404: a part is neither in node.recordings_dir nor obtainable from the node that recorded it), channels_differ (409: parts of different channel counts are not joined), too_long (409: the parts together pass the 4 GiB WAV limit), broken (500: a part's file is not a WAV recording), cut (a part failed or changed while streaming; the response was ended short)",
+            "Requests for a call's recording (joined from its parts, or ?part=N) by outcome: served (streamed whole), part_missing (503 or 404: a part is neither in node.recordings_dir nor obtainable from the node that recorded it), channels_differ (409: parts of different channel counts are not joined), too_long (409: the parts together pass the 4 GiB WAV limit), broken (500: a part's file is not a WAV recording), cut (a part failed or changed while streaming, or the download passed api.export_max_seconds; the response was ended short), busy (503: api.max_recordings, or the operator's api.max_recordings_per_operator, were streaming)",
             self.recordings_served.clone(),
         );
         r.register(

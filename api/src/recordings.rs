@@ -184,6 +184,20 @@ pub async fn recording(
     if plan.gaps_capped > 0 {
         tracing::warn!(call_id = %r.call_id, gaps = plan.gaps_capped, "recording parts joined with gaps cut to 60 s of silence");
     }
+    // A place among the downloads streaming (a HEAD streams nothing): held by the
+    // streaming task, so a client that reads slowly holds one place, not the node.
+    let permit = if method == Method::HEAD {
+        None
+    } else {
+        let d = &st.defences;
+        match d.recordings.try_start(&r.operator_id) {
+            Ok(p) => Some(p),
+            Err(why) => {
+                outcome("busy");
+                return Err(crate::calls::refused(why, "recording downloads", 5));
+            }
+        }
+    };
     outcome("served");
     let headers = [(PARTS_HEADER, count.to_string())];
     Ok(respond(
@@ -193,7 +207,7 @@ pub async fn recording(
         &filename,
         &headers,
         method == Method::HEAD,
-        true,
+        permit,
     ))
 }
 
@@ -279,7 +293,7 @@ pub async fn internal(
         &filename,
         &headers,
         method == Method::HEAD,
-        false,
+        None,
     ))
 }
 
@@ -573,8 +587,10 @@ fn respond(
     filename: &str,
     extra: &[(&'static str, String)],
     head: bool,
-    public: bool,
+    // A public download's place among those streaming (None: a peer's request).
+    permit: Option<crate::running::RunPermit>,
 ) -> Response {
+    let public = permit.is_some();
     let mut b = Response::builder()
         .header(header::CONTENT_TYPE, "audio/wav")
         .header(header::CONTENT_LENGTH, plan.content_length())
@@ -593,8 +609,18 @@ fn respond(
         let token = st.cluster_token.clone();
         let sources: Vec<Option<Source>> = opened.into_iter().map(|o| Some(o.source)).collect();
         let span = tracing::Span::current();
+        let limit = st.defences.export_max_duration;
         tokio::spawn(async move {
-            match stream_pieces(&plan, sources, &tx, token.as_deref(), &metrics).await {
+            let _permit = permit;
+            // Cut at the exports' time limit: a client reading a trickle would hold
+            // the files (and a peer's connection) for days.
+            let streamed = tokio::time::timeout(
+                limit,
+                stream_pieces(&plan, sources, &tx, token.as_deref(), &metrics),
+            )
+            .await
+            .unwrap_or_else(|_| Err(Cut::Failed(format!("longer than {} s", limit.as_secs()))));
+            match streamed {
                 Ok(()) | Err(Cut::ClientGone) => {}
                 Err(Cut::Failed(why)) => {
                     span.in_scope(|| tracing::warn!(error = %why, "recording response cut short"));
@@ -944,6 +970,56 @@ mod tests {
             .recordings_served
             .get_or_create(&OutcomeLabel { outcome })
             .get()
+    }
+
+    /// Downloads streaming at once are capped: a client that holds one without
+    /// reading holds one place; past the cap the next is answered 503 with
+    /// Retry-After, and a place is free again once a client goes away. A HEAD takes
+    /// none.
+    #[tokio::test]
+    async fn recording_downloads_are_capped() {
+        let a = crate::testing::api_with(&Default::default(), |d| {
+            d.recordings = crate::running::RunLimits::new(1, 1);
+        });
+        let dir = a.state.recordings_dir.clone();
+        // 2 MB: more than the streaming task queues for a client that does not read.
+        write_part(&dir, "d/long.wav", 1, 1_000_000, 1000);
+        let id = recorded_call(&a, &[("n1", "d/long.wav", 0)]);
+        let path = format!("/v1/calls/{id}/recording");
+        let held = a.call(&a.router, "GET", &path, Some(&a.key), "").await;
+        assert_eq!(held.status(), StatusCode::OK);
+        let busy = a.send("GET", &path, Some(&a.key), "").await;
+        assert_eq!(
+            busy.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{}",
+            busy.text()
+        );
+        assert_eq!(busy.headers["retry-after"], "5");
+        let head = a.call(&a.router, "HEAD", &path, Some(&a.key), "").await;
+        assert_eq!(head.status(), StatusCode::OK, "a HEAD streams nothing");
+        drop(held);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let again = a.call(&a.router, "GET", &path, Some(&a.key), "").await;
+            if again.status() == StatusCode::OK {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the place never came back"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            a.state
+                .defences
+                .metrics
+                .recordings_served
+                .get_or_create(&OutcomeLabel { outcome: "busy" })
+                .get(),
+            1
+        );
     }
 
     #[tokio::test]

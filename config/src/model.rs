@@ -356,6 +356,14 @@ pub struct ApiConfig {
     /// searches do not keep the others' answered 503).
     #[serde(default = "default_api_max_searches_per_operator")]
     pub max_searches_per_operator: u32,
+    /// Recording downloads streaming at once; more are answered 503 with Retry-After
+    /// (each holds files, perhaps a peer's connection, for as long as its client
+    /// reads, at most `export_max_seconds`).
+    #[serde(default = "default_api_max_recordings")]
+    pub max_recordings: u32,
+    /// Recording downloads one operator may stream at once.
+    #[serde(default = "default_api_max_recordings_per_operator")]
+    pub max_recordings_per_operator: u32,
     /// Tracking numbers one operator may hold (its own and its pools' together):
     /// every node keeps every number in memory, so one operator's key must not be
     /// able to fill them.
@@ -405,6 +413,8 @@ impl Default for ApiConfig {
             export_max_seconds: default_api_export_max_seconds(),
             max_searches: default_api_max_searches(),
             max_searches_per_operator: default_api_max_searches_per_operator(),
+            max_recordings: default_api_max_recordings(),
+            max_recordings_per_operator: default_api_max_recordings_per_operator(),
             max_numbers_per_operator: default_api_max_numbers_per_operator(),
             max_advertisers_per_operator: default_api_max_advertisers_per_operator(),
             search_timeout_seconds: default_api_search_timeout(),
@@ -982,6 +992,12 @@ fn default_api_max_searches() -> u32 {
 }
 fn default_api_max_searches_per_operator() -> u32 {
     2
+}
+fn default_api_max_recordings() -> u32 {
+    32
+}
+fn default_api_max_recordings_per_operator() -> u32 {
+    8
 }
 /// Far above a call-tracking operator's needs (thousands); at the largest a number's
 /// settings may take (64 KiB) still a bounded share of a node's memory.

@@ -440,6 +440,11 @@ impl Config {
             ("api.export_max_seconds", a.export_max_seconds),
             ("api.max_searches", a.max_searches),
             ("api.max_searches_per_operator", a.max_searches_per_operator),
+            ("api.max_recordings", a.max_recordings),
+            (
+                "api.max_recordings_per_operator",
+                a.max_recordings_per_operator,
+            ),
             ("api.max_numbers_per_operator", a.max_numbers_per_operator),
             (
                 "api.max_advertisers_per_operator",
