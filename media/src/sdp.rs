@@ -49,13 +49,11 @@ impl<'a> Body<'a> {
     /// whatever follows it (`a=ptime:20\rc=IN IP4 10.9.9.9`) as lines of their own,
     /// past the attribute allow-list.
     fn parse(sdp: &'a str) -> Body<'a> {
-        let malformed = sdp
-            .lines()
-            .map(str::trim_end)
-            .any(|l| l.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f));
+        let mut malformed = false;
         let mut session = Vec::new();
         let mut streams: Vec<(&str, Vec<&str>)> = Vec::new();
         for line in sdp.lines().map(str::trim_end).filter(|l| !l.is_empty()) {
+            malformed |= line.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f);
             match (line.strip_prefix("m="), streams.last_mut()) {
                 (Some(m), _) => streams.push((m, Vec::new())),
                 (None, Some((_, lines))) => lines.push(line),
@@ -113,11 +111,17 @@ impl<'a> Body<'a> {
         })
     }
 
-    /// The anchored stream's direction attribute, else the session's (RFC 4566).
-    fn direction(&self) -> Option<&'a str> {
+    /// The last line of the anchored stream that is `wanted`, else of the session's
+    /// lines (a stream's own line wins, RFC 4566).
+    fn audio_or_session_line(&self, wanted: impl Fn(&str) -> bool) -> Option<&'a str> {
         let (_, lines) = self.audio()?;
-        let last = |ls: &[&'a str]| ls.iter().rev().copied().find(|l| is_direction(l));
+        let last = |ls: &[&'a str]| ls.iter().rev().copied().find(|l| wanted(l));
         last(lines).or_else(|| last(&self.session))
+    }
+
+    /// The anchored stream's direction attribute, else the session's.
+    fn direction(&self) -> Option<&'a str> {
+        self.audio_or_session_line(is_direction)
     }
 
     /// Whether the body puts its audio on hold: `a=inactive`, `a=sendonly` or
@@ -135,12 +139,8 @@ impl<'a> Body<'a> {
     /// Whether the anchored stream's connection address (its own, else the session's)
     /// is 0.0.0.0 or `::`: the older way to hold (RFC 2543), still sent by some PBXs.
     fn unspecified_connection(&self) -> bool {
-        let Some((_, lines)) = self.audio() else {
-            return false;
-        };
-        let last = |ls: &[&'a str]| ls.iter().rev().copied().find(|l| l.starts_with("c="));
         matches!(
-            last(lines).or_else(|| last(&self.session)),
+            self.audio_or_session_line(|l| l.starts_with("c=")),
             Some("c=IN IP4 0.0.0.0" | "c=IN IP6 ::")
         )
     }
@@ -450,19 +450,7 @@ pub fn restrict(sdp: &str, keep: &[u8]) -> String {
 /// has for another description, and be ignored as unchanged (a hold lost). `body`
 /// unchanged when `last` is None or has no origin to continue.
 pub fn continue_origin(last: Option<&str>, body: &str) -> String {
-    let origin = |sdp: &str| -> Option<(String, u64)> {
-        let o = sdp
-            .lines()
-            .map(str::trim_end)
-            .find_map(|l| l.strip_prefix("o="))?;
-        let f: Vec<&str> = o.split(' ').collect();
-        let version = f.get(2)?.parse::<u64>().ok()?;
-        (f.len() == 6).then(|| (f[1].to_string(), version))
-    };
-    let Some(last) = last else {
-        return body.to_string();
-    };
-    let (Some((session, version)), Some(_)) = (origin(last), origin(body)) else {
+    let (Some((session, version)), Some(_)) = (last.and_then(origin), origin(body)) else {
         return body.to_string();
     };
     // Compared line by line without copying (a body or two per call).
@@ -471,7 +459,8 @@ pub fn continue_origin(last: Option<&str>, body: &str) -> String {
             .map(str::trim_end)
             .filter(|l| !l.is_empty() && !l.starts_with("o="))
     }
-    let version = if described(last).eq(described(body)) {
+    let same = last.is_some_and(|last| described(last).eq(described(body)));
+    let version = if same {
         version
     } else {
         version.saturating_add(1)
@@ -483,7 +472,7 @@ pub fn continue_origin(last: Option<&str>, body: &str) -> String {
             Some(o) => {
                 let mut f: Vec<&str> = o.split(' ').collect();
                 let v = version.to_string();
-                f[1] = &session;
+                f[1] = session;
                 f[2] = &v;
                 out.push_str("o=");
                 out.push_str(&f.join(" "));
@@ -495,29 +484,16 @@ pub fn continue_origin(last: Option<&str>, body: &str) -> String {
     out
 }
 
-/// The same session description as a new offer in the same session (RFC 3264 8): the
-/// `o=` line's version goes up by one (saturating; an unreadable one is left as it is).
-pub fn next_version(sdp: &str) -> String {
-    let mut out = String::with_capacity(sdp.len() + 2);
-    for line in sdp.split_inclusive('\n') {
-        let body = line.trim_end_matches(['\r', '\n']);
-        let end = &line[body.len()..];
-        match body.strip_prefix("o=") {
-            Some(o) => {
-                let mut parts: Vec<String> = o.split(' ').map(str::to_string).collect();
-                if let Some(v) = parts.get_mut(2) {
-                    if let Ok(n) = v.parse::<u64>() {
-                        *v = n.saturating_add(1).to_string();
-                    }
-                }
-                out.push_str("o=");
-                out.push_str(&parts.join(" "));
-                out.push_str(end);
-            }
-            None => out.push_str(line),
-        }
-    }
-    out
+/// The session id and version of a body's o= line, when it has one of six fields with
+/// a numeric version.
+fn origin(sdp: &str) -> Option<(&str, u64)> {
+    let o = sdp
+        .lines()
+        .map(str::trim_end)
+        .find_map(|l| l.strip_prefix("o="))?;
+    let f: Vec<&str> = o.split(' ').collect();
+    let version = f.get(2)?.parse::<u64>().ok()?;
+    (f.len() == 6).then(|| (f[1], version))
 }
 
 #[cfg(test)]
@@ -530,20 +506,29 @@ mod tests {
 
     #[test]
     fn a_new_offer_goes_up_one_version() {
+        // (what the party last got, the next body) → the next body as it goes: a new
+        // description one version up (at the top it stays); nothing to continue from
+        // an unreadable version or no origin.
         let cases = [
             (
                 "v=0\r\no=- 42 7 IN IP4 1.2.3.4\r\ns=-\r\n",
-                "v=0\r\no=- 42 8 IN IP4 1.2.3.4\r\ns=-\r\n",
+                "v=0\r\no=- 42 7 IN IP4 1.2.3.4\r\ns=new\r\n",
+                "v=0\r\no=- 42 8 IN IP4 1.2.3.4\r\ns=new\r\n",
             ),
             (
                 "o=u 1 18446744073709551615 IN IP4 h\n",
-                "o=u 1 18446744073709551615 IN IP4 h\n",
+                "o=u 1 1 IN IP4 h\nc=IN IP4 h\n",
+                "o=u 1 18446744073709551615 IN IP4 h\nc=IN IP4 h\n",
             ),
-            ("o=u 1 x IN IP4 h\n", "o=u 1 x IN IP4 h\n"),
-            ("v=0\r\n", "v=0\r\n"),
+            (
+                "o=u 1 x IN IP4 h\n",
+                "o=u 1 3 IN IP4 h\ns=\n",
+                "o=u 1 3 IN IP4 h\ns=\n",
+            ),
+            ("v=0\r\n", "v=0\r\nt=0 0\r\n", "v=0\r\nt=0 0\r\n"),
         ];
-        for (sdp, want) in cases {
-            assert_eq!(next_version(sdp), want, "{sdp:?}");
+        for (last, next, want) in cases {
+            assert_eq!(continue_origin(Some(last), next), want, "{last:?}");
         }
     }
 

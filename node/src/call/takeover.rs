@@ -270,7 +270,9 @@ impl Call {
             self.far_dtmf.set(dtmf);
         }
         let offer = |d: &Dialog, local: std::net::SocketAddr| {
-            sdp::rewrite(&d.sdp, local.ip(), local.port()).map(|r| sdp::next_version(&r.sdp))
+            // Its version goes up as the leg sends it (`continue_origin`: the addresses
+            // changed).
+            sdp::rewrite(&d.sdp, local.ip(), local.port()).map(|r| r.sdp)
         };
         let (a_local, b_local) = (relay.local(Side::A), relay.local(Side::B));
         let (Some(a_offer), Some(b_offer)) =
