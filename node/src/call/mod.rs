@@ -1149,38 +1149,34 @@ impl Call {
     }
 
     /// The caller cancelled while the callee's answer waited for its PRACK (the 200 was
-    /// never sent): the CANCEL stands (RFC 3261 9.2), the held 200 is dropped and the
-    /// INVITE answered 487, the answered callee hung up, the call logged `cancelled`
-    /// with no talk time.
+    /// never sent): the CANCEL stands (RFC 3261 9.2), the INVITE answered 487, the call
+    /// logged `cancelled`.
     fn cancelled_before_its_answer(&mut self) {
         tracing::debug!("caller cancelled while its answer waited for a PRACK");
-        let ep = self.ctx.endpoint.clone();
-        self.a.abandon_reliable();
-        self.result = CallResult::Cancelled;
-        self.upstream_code = 487;
-        self.answered = None;
-        self.a.respond(&ep, 487, None);
-        if let Some(b) = self.b.as_mut() {
-            b.bye(&ep);
-        }
-        self.end_and_wait();
+        self.drop_held_answer(CallResult::Cancelled, 487);
     }
 
     /// The callee answered but the caller never PRACKed the 18x with SDP its 200 waits
-    /// for (RFC 3262 3): the held 200 is dropped and the caller refused 500, the
-    /// answered callee hung up, and the call logged `failed` with end reason
-    /// `prack_timeout` (the caller was never answered: no talk time).
+    /// for (RFC 3262 3): the caller is refused 500, the call logged `failed` with end
+    /// reason `prack_timeout`.
     fn unacknowledged_answer(&mut self) {
         tracing::warn!(
             "the caller never acknowledged a reliable provisional; its 200 held back, the callee hung up"
         );
+        self.end_reason = Some("prack_timeout");
+        self.drop_held_answer(CallResult::Failed, 500);
+    }
+
+    /// The callee's 200, held for the caller's PRACK, is never sent: the caller's
+    /// INVITE is answered `code` instead, the answered callee hung up, and the call
+    /// logged `result` without talk time (the caller was never answered).
+    fn drop_held_answer(&mut self, result: CallResult, code: u16) {
         let ep = self.ctx.endpoint.clone();
         self.a.abandon_reliable();
-        self.end_reason = Some("prack_timeout");
-        self.result = CallResult::Failed;
-        self.upstream_code = 500;
+        self.result = result;
+        self.upstream_code = code;
         self.answered = None;
-        self.a.respond(&ep, 500, None);
+        self.a.respond(&ep, code, None);
         if let Some(b) = self.b.as_mut() {
             b.bye(&ep);
         }
