@@ -34,6 +34,7 @@ pub fn run_all(store: &dyn Store) {
     follow_ups_are_queued_with_their_call_once(store);
     outbox_claims_retries_and_dead_letters(store);
     released_follow_ups_keep_their_attempts(store);
+    a_lost_claim_writes_no_outcome(store);
     caller_sms_are_capped_per_number_and_day(store);
     store.ping().expect("ping");
 }
@@ -1501,9 +1502,12 @@ fn outbox_claims_retries_and_dead_letters(s: &dyn Store) {
     assert_eq!(again.len(), 2, "a claim that ran out is released");
     assert!(again.iter().all(|f| f.attempts == 2));
     // x fails and is retried later; y fails for good.
-    s.follow_up_failed(again[0].id, Some(far + 200_000), "503")
-        .unwrap();
-    s.follow_up_failed(again[1].id, None, "gave up").unwrap();
+    assert!(s
+        .follow_up_failed(again[0].claim(), Some(far + 200_000), "503")
+        .unwrap());
+    assert!(s
+        .follow_up_failed(again[1].claim(), None, "gave up")
+        .unwrap());
     assert!(claim_of(s, &op.id, far + 199_999).is_empty());
     let retried = claim_of(s, &op.id, far + 200_000);
     assert_eq!(retried.len(), 1);
@@ -1522,7 +1526,8 @@ fn released_follow_ups_keep_their_attempts(s: &dyn Store) {
     let first = claim_of(s, &op.id, far);
     assert_eq!(first.len(), 1);
     assert_eq!(first[0].attempts, 1);
-    s.release_follow_ups(&[first[0].id], far + 5_000).unwrap();
+    s.release_follow_ups(&[first[0].claim()], far + 5_000)
+        .unwrap();
     assert!(
         claim_of(s, &op.id, far + 4_999).is_empty(),
         "released until next_at"
@@ -1531,6 +1536,41 @@ fn released_follow_ups_keep_their_attempts(s: &dyn Store) {
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].attempts, 1, "a released claim is not an attempt");
     s.follow_up_delivered(again[0].id).unwrap();
+}
+
+/// A worker whose claim ran out (a store stalled for longer than the claim) while
+/// another claimed the row: its late outcome or hand-back changes nothing, so it
+/// cannot make the row due again while the other delivers it (a double delivery).
+fn a_lost_claim_writes_no_outcome(s: &dyn Store) {
+    let op = s.create_operator("a").unwrap();
+    s.enqueue_follow_ups(&[follow_up(&op.id, "slow")]).unwrap();
+    let far = i64::MAX / 4;
+    let stale = claim_of(s, &op.id, far);
+    assert_eq!(stale.len(), 1);
+    assert_eq!(stale[0].claimed_until, far + 60_000);
+    let current = claim_of(s, &op.id, far + 60_000);
+    assert_eq!(current.len(), 1, "the first claim ran out");
+    assert_eq!(current[0].attempts, 2);
+    let stale = stale[0].claim();
+    assert!(!s
+        .follow_up_failed(stale, Some(far + 61_000), "timeout")
+        .unwrap());
+    assert!(!s.follow_up_failed(stale, None, "gave up").unwrap());
+    s.release_follow_ups(&[stale], far + 61_000).unwrap();
+    assert!(
+        claim_of(s, &op.id, far + 119_999).is_empty(),
+        "still the second claimer's, neither due again nor dead"
+    );
+    assert!(s
+        .follow_up_failed(current[0].claim(), Some(far + 130_000), "503")
+        .unwrap());
+    let retried = claim_of(s, &op.id, far + 130_000);
+    assert_eq!(retried.len(), 1, "the current claimer's outcome stands");
+    assert_eq!(
+        retried[0].attempts, 3,
+        "no attempt given back by the stale hand-back"
+    );
+    s.follow_up_delivered(retried[0].id).unwrap();
 }
 
 fn caller_sms_are_capped_per_number_and_day(s: &dyn Store) {

@@ -281,12 +281,20 @@ pub trait Store: Send + Sync + 'static {
     /// A follow-up was delivered: it leaves the outbox.
     fn follow_up_delivered(&self, id: i64) -> Result<()>;
     /// A delivery failed: try again at `retry_at_ms`, or never (`None`: kept as dead).
-    fn follow_up_failed(&self, id: i64, retry_at_ms: Option<i64>, error: &str) -> Result<()>;
+    /// Written only while the row still shows `claim` ([`OutboxClaim`]); false when
+    /// the claim was lost to another worker (the row is left as that worker has it).
+    fn follow_up_failed(
+        &self,
+        claim: OutboxClaim,
+        retry_at_ms: Option<i64>,
+        error: &str,
+    ) -> Result<bool>;
     /// Follow-ups waiting for delivery, and dead ones.
     fn follow_up_counts(&self) -> Result<(u64, u64)>;
     /// Hands claimed follow-ups back untried (their destination was busy): due again at
-    /// `next_at_ms`, and the claim's attempt is not counted.
-    fn release_follow_ups(&self, ids: &[i64], next_at_ms: i64) -> Result<()>;
+    /// `next_at_ms`, and the claim's attempt is not counted. A row whose claim was lost
+    /// (see [`OutboxClaim`]) is left as its new claimer has it.
+    fn release_follow_ups(&self, claims: &[OutboxClaim], next_at_ms: i64) -> Result<()>;
     /// Counts one SMS to a caller's number on `day` (a day number in the node's time
     /// zone) for the call `call_id`, if fewer than `cap` were counted for that number
     /// and day; true when this SMS may be sent. Idempotent per call (a retried delivery

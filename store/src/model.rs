@@ -655,6 +655,34 @@ pub struct FollowUp {
     /// Delivery attempts so far, this one included.
     pub attempts: u32,
     pub created_at: i64,
+    /// Until when this claim hides the row from other claimers (its `next_at` as the
+    /// claim wrote it).
+    pub claimed_until: i64,
+}
+
+impl FollowUp {
+    /// The claim this worker holds, which its outcome must still match.
+    pub fn claim(&self) -> OutboxClaim {
+        OutboxClaim {
+            id: self.id,
+            attempts: self.attempts,
+            until: self.claimed_until,
+        }
+    }
+}
+
+/// A worker's claim on an outbox row: the row as the claim left it. A failure or a
+/// hand-back is written only while the row still shows it: once a claim runs out
+/// (a store stalled for longer than the claim) another worker may claim the row,
+/// which moves `next_at` past `until` and counts an attempt, and the late outcome
+/// must not reschedule a row that worker is delivering. A later hand-back by that
+/// worker sets `next_at` no earlier than its own claim time, itself no earlier than
+/// `until`, so the pair does not come back (short of the same millisecond).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutboxClaim {
+    pub id: i64,
+    pub attempts: u32,
+    pub until: i64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -26,6 +26,7 @@ pub struct FollowUpMetrics {
     pub pending: Gauge,
     pub dead: Gauge,
     pub delivery_seconds: Histogram,
+    pub claims_lost: Counter,
     pub callbacks_issued: Counter,
     pub callback_pool_empty: Counter,
     pub guards: GuardMetrics,
@@ -42,6 +43,7 @@ impl Default for FollowUpMetrics {
             delivery_seconds: Histogram::new([
                 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
             ]),
+            claims_lost: Counter::default(),
             callbacks_issued: Counter::default(),
             callback_pool_empty: Counter::default(),
             guards: Default::default(),
@@ -92,6 +94,11 @@ impl FollowUpMetrics {
             "follow_up_delivery_seconds",
             "Time of one delivery attempt",
             self.delivery_seconds.clone(),
+        );
+        r.register(
+            "follow_up_claims_lost",
+            "Failed deliveries whose outcome was not written because the row's claim had run out (the store stalled past twice the delivery limit plus 5 s) and another worker had claimed it; that worker's outcome stands, and the follow-up may be delivered twice",
+            self.claims_lost.clone(),
         );
         r.register(
             "callback_numbers_issued",

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch, Notify};
 use tsunagu_config::NotifyConfig;
-use tsunagu_store::{FollowUp, FollowUpKind, Store};
+use tsunagu_store::{FollowUp, FollowUpKind, OutboxClaim, Store};
 
 /// Follow-ups claimed at most in one store round trip.
 const BATCH: usize = 64;
@@ -288,16 +288,16 @@ impl Worker {
         }
         self.metrics.guards.deferred.inc_by(jobs.len() as u64);
         let now = now_ms();
-        let mut by_time: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
+        let mut by_time: BTreeMap<i64, Vec<OutboxClaim>> = BTreeMap::new();
         for j in &jobs {
             let at = now.saturating_add(delay(&j.destination).as_millis() as i64);
-            by_time.entry(at).or_default().push(j.f.id);
+            by_time.entry(at).or_default().push(j.f.claim());
         }
         let store = self.store.clone();
         let released = tokio::task::spawn_blocking(move || {
             by_time
                 .into_iter()
-                .try_for_each(|(at, ids)| store.release_follow_ups(&ids, at))
+                .try_for_each(|(at, claims)| store.release_follow_ups(&claims, at))
         })
         .await;
         // If the store cannot take them back, their claims run out and they come back
@@ -327,16 +327,18 @@ impl Worker {
             .delivery_seconds
             .observe(started.elapsed().as_secs_f64());
         let store = self.store.clone();
-        let id = f.id;
-        let update: Box<dyn FnOnce() -> tsunagu_store::Result<()> + Send> = match outcome {
+        let (id, claim) = (f.id, f.claim());
+        // A delivered (or withheld) row leaves the outbox whoever holds it now; a
+        // failure is written only under this worker's claim (false: lost).
+        let update: Box<dyn FnOnce() -> tsunagu_store::Result<bool> + Send> = match outcome {
             Ok(()) => {
                 self.metrics.delivered.get_or_create(&label).inc();
                 span.in_scope(|| tracing::debug!("delivered"));
-                Box::new(move || store.follow_up_delivered(id))
+                Box::new(move || store.follow_up_delivered(id).map(|()| true))
             }
             Err(Failure::Withheld(why)) => {
                 span.in_scope(|| tracing::info!(%why, "follow-up withheld"));
-                Box::new(move || store.follow_up_delivered(id))
+                Box::new(move || store.follow_up_delivered(id).map(|()| true))
             }
             Err(failure) => {
                 self.metrics.failures.get_or_create(&label).inc();
@@ -353,13 +355,21 @@ impl Worker {
                 } else {
                     span.in_scope(|| tracing::info!(%error, "follow-up failed; will retry"));
                 }
-                Box::new(move || store.follow_up_failed(id, retry_at, &error))
+                Box::new(move || store.follow_up_failed(claim, retry_at, &error))
             }
         };
         // If the store is down the row's claim runs out and it is delivered again:
         // at-least-once, which is why every event carries an id to de-duplicate on.
         match tokio::task::spawn_blocking(update).await {
-            Ok(Ok(())) => {}
+            Ok(Ok(true)) => {}
+            Ok(Ok(false)) => {
+                self.metrics.claims_lost.inc();
+                span.in_scope(|| {
+                    tracing::warn!(
+                        "claim ran out before the outcome was written; another worker has the row"
+                    )
+                });
+            }
             Ok(Err(e)) => tracing::warn!(%e, id, "could not record a delivery outcome"),
             Err(e) => tracing::error!(%e, id, "delivery outcome task failed"),
         }

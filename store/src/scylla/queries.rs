@@ -190,13 +190,11 @@ pub const WH_INDEX_DELETE: &str =
 pub const OB_INSERT: &str = "INSERT INTO outbox (shard, id, kind, operator_id, target, payload, attempts, next_at, created_at, dead) VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?, false)";
 pub const OB_SHARD: &str = "SELECT id, kind, operator_id, target, payload, attempts, next_at, created_at, dead FROM outbox WHERE shard = ?";
 pub const OB_CLAIM: &str = "UPDATE outbox SET next_at = ?, attempts = ? WHERE shard = ? AND id = ? IF next_at = ? AND attempts = ? AND dead = false";
-pub const OB_GET: &str = "SELECT attempts, dead FROM outbox WHERE shard = ? AND id = ?";
 pub const OB_DELETE: &str = "DELETE FROM outbox WHERE shard = ? AND id = ?";
-pub const OB_RETRY: &str =
-    "UPDATE outbox SET next_at = ?, last_error = ? WHERE shard = ? AND id = ? IF EXISTS";
-pub const OB_DEAD: &str =
-    "UPDATE outbox SET dead = true, last_error = ? WHERE shard = ? AND id = ? IF EXISTS";
-pub const OB_RELEASE: &str = "UPDATE outbox SET next_at = ?, attempts = ? WHERE shard = ? AND id = ? IF attempts = ? AND dead = false";
+// Outcomes and hand-backs hold while the row shows the writer's claim (store::OutboxClaim);
+// a hand-back is OB_CLAIM's compare-and-set, back one attempt.
+pub const OB_RETRY: &str = "UPDATE outbox SET next_at = ?, last_error = ? WHERE shard = ? AND id = ? IF next_at = ? AND attempts = ? AND dead = false";
+pub const OB_DEAD: &str = "UPDATE outbox SET dead = true, last_error = ? WHERE shard = ? AND id = ? IF next_at = ? AND attempts = ? AND dead = false";
 pub const OB_COUNT: &str = "SELECT dead FROM outbox WHERE shard = ?";
 pub const ID_GET: &str = "SELECT next FROM id_blocks WHERE name = ?";
 pub const ID_FIRST: &str = "INSERT INTO id_blocks (name, next) VALUES (?, ?) IF NOT EXISTS";
@@ -319,11 +317,9 @@ pub const ALL: &[(&str, Kind)] = &[
     (OB_INSERT, Kind::Write),
     (OB_SHARD, Kind::Read),
     (OB_CLAIM, Kind::CompareAndSet),
-    (OB_GET, Kind::Read),
     (OB_DELETE, Kind::Write),
     (OB_RETRY, Kind::CompareAndSet),
     (OB_DEAD, Kind::CompareAndSet),
-    (OB_RELEASE, Kind::CompareAndSet),
     (OB_COUNT, Kind::Read),
     (ID_GET, Kind::Read),
     (ID_FIRST, Kind::CompareAndSet),

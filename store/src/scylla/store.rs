@@ -477,6 +477,11 @@ type OutboxFullRow = (
     Option<i64>,
     Option<bool>,
 );
+/// An attempt count as the outbox table holds it (`int`).
+fn cql_attempts(attempts: u32) -> i32 {
+    i32::try_from(attempts).unwrap_or(i32::MAX)
+}
+
 type NodeFullRow = (
     String,
     Option<i64>,
@@ -1499,6 +1504,7 @@ impl Store for ScyllaStore {
                         },
                         attempts: u32::try_from(attempts).unwrap_or(0),
                         created_at: created_at.unwrap_or(0),
+                        claimed_until: now_ms.saturating_add(claim_ms),
                     });
                 }
             }
@@ -1511,21 +1517,27 @@ impl Store for ScyllaStore {
         self.wait(self.inner.write(q::OB_DELETE, (shard_of(id), id)))
     }
 
-    fn follow_up_failed(&self, id: i64, retry_at_ms: Option<i64>, error: &str) -> Result<()> {
+    fn follow_up_failed(
+        &self,
+        claim: OutboxClaim,
+        retry_at_ms: Option<i64>,
+        error: &str,
+    ) -> Result<bool> {
+        let (id, until, attempts) = (claim.id, claim.until, cql_attempts(claim.attempts));
         self.wait(async {
-            match retry_at_ms {
+            let outcome = match retry_at_ms {
                 Some(at) => {
                     self.inner
-                        .cas(q::OB_RETRY, (at, error, shard_of(id), id))
+                        .cas(q::OB_RETRY, (at, error, shard_of(id), id, until, attempts))
                         .await?
                 }
                 None => {
                     self.inner
-                        .cas(q::OB_DEAD, (error, shard_of(id), id))
+                        .cas(q::OB_DEAD, (error, shard_of(id), id, until, attempts))
                         .await?
                 }
             };
-            Ok(())
+            Ok(outcome.applied)
         })
     }
 
@@ -1547,30 +1559,20 @@ impl Store for ScyllaStore {
         })
     }
 
-    fn release_follow_ups(&self, ids: &[i64], next_at_ms: i64) -> Result<()> {
+    fn release_follow_ups(&self, claims: &[OutboxClaim], next_at_ms: i64) -> Result<()> {
         self.wait(async {
-            for &id in ids {
-                for _ in 0..CAS_ROUNDS {
-                    let row = self
-                        .inner
-                        .first::<(Option<i32>, Option<bool>)>(q::OB_GET, (shard_of(id), id))
-                        .await?;
-                    let Some((attempts, dead)) = row else { break };
-                    if dead.unwrap_or(false) {
-                        break;
-                    }
-                    let attempts = attempts.unwrap_or(0);
-                    let values = (
-                        next_at_ms,
-                        attempts.saturating_sub(1).max(0),
-                        shard_of(id),
-                        id,
-                        attempts,
-                    );
-                    if self.inner.cas(q::OB_RELEASE, values).await?.applied {
-                        break;
-                    }
-                }
+            for c in claims {
+                let attempts = cql_attempts(c.attempts);
+                let values = (
+                    next_at_ms,
+                    attempts.saturating_sub(1).max(0),
+                    shard_of(c.id),
+                    c.id,
+                    c.until,
+                    attempts,
+                );
+                // Not applied: the claim was lost, and the row is its new claimer's.
+                self.inner.cas(q::OB_CLAIM, values).await?;
             }
             Ok(())
         })

@@ -1289,7 +1289,8 @@ impl Store for SqliteStore {
                      (SELECT id FROM outbox WHERE dead = 0 AND next_at <= ?1 ORDER BY next_at, id LIMIT ?3) \
                      RETURNING id, kind, operator_id, target, payload, attempts, created_at",
                 )?;
-                let rows = st.query_map(params![now, now + claim_ms, limit as i64], |r| {
+                let until = now.saturating_add(claim_ms);
+                let rows = st.query_map(params![now, until, limit as i64], |r| {
                     Ok(FollowUp {
                         id: r.get(0)?,
                         item: NewFollowUp {
@@ -1300,6 +1301,7 @@ impl Store for SqliteStore {
                         },
                         attempts: r.get(5)?,
                         created_at: r.get(6)?,
+                        claimed_until: until,
                     })
                 })?;
                 rows.collect::<rusqlite::Result<Vec<_>>>()?
@@ -1320,26 +1322,41 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    fn follow_up_failed(&self, id: i64, retry_at: Option<i64>, error: &str) -> Result<()> {
-        self.write(|c| {
-            c.execute(
-                "UPDATE outbox SET next_at = COALESCE(?2, next_at), dead = ?3, last_error = ?4 WHERE id = ?1",
-                params![id, retry_at, retry_at.is_none(), error],
-            )
-        })
-        .map_err(unavailable)?;
-        Ok(())
+    fn follow_up_failed(
+        &self,
+        claim: OutboxClaim,
+        retry_at: Option<i64>,
+        error: &str,
+    ) -> Result<bool> {
+        let written = self
+            .write(|c| {
+                c.execute(
+                    "UPDATE outbox SET next_at = COALESCE(?2, next_at), dead = ?3, last_error = ?4 \
+                     WHERE id = ?1 AND next_at = ?5 AND attempts = ?6 AND dead = 0",
+                    params![
+                        claim.id,
+                        retry_at,
+                        retry_at.is_none(),
+                        error,
+                        claim.until,
+                        claim.attempts
+                    ],
+                )
+            })
+            .map_err(unavailable)?;
+        Ok(written == 1)
     }
 
-    fn release_follow_ups(&self, ids: &[i64], next_at: i64) -> Result<()> {
+    fn release_follow_ups(&self, claims: &[OutboxClaim], next_at: i64) -> Result<()> {
         self.write(|c| {
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             {
                 let mut st = tx.prepare_cached(
-                    "UPDATE outbox SET next_at = ?2, attempts = MAX(attempts - 1, 0) WHERE id = ?1 AND dead = 0",
+                    "UPDATE outbox SET next_at = ?2, attempts = MAX(attempts - 1, 0) \
+                     WHERE id = ?1 AND next_at = ?3 AND attempts = ?4 AND dead = 0",
                 )?;
-                for id in ids {
-                    st.execute(params![id, next_at])?;
+                for c in claims {
+                    st.execute(params![c.id, next_at, c.until, c.attempts])?;
                 }
             }
             tx.commit()
@@ -1681,7 +1698,9 @@ mod tests {
         };
         store.enqueue_follow_ups(&[item("wh_old")]).unwrap();
         let old = store.claim_follow_ups(now_ms(), 10, 1_000).unwrap();
-        store.follow_up_failed(old[0].id, None, "gone").unwrap();
+        assert!(store
+            .follow_up_failed(old[0].claim(), None, "gone")
+            .unwrap());
         // Given up at the claim's end: dated by it (here, the real clock's now).
         let given_up = now_ms();
         assert_eq!(store.follow_up_counts().unwrap(), (0, 1));
