@@ -12,7 +12,8 @@
 # none can be installed here, so without one the run prints a SKIPPED line (see README,
 # "Running across hosts"). The deployment files are validated by
 # scripts/validate-deploy.sh (promtool from `prometheus`, PyYAML from `python3-yaml`,
-# systemd-analyze from `systemd`).
+# systemd-analyze from `systemd`). nftables cuts the network between cluster nodes
+# in the partition test (it runs as root, as CI does).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,6 +28,7 @@ command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 /usr/bin/python3 -c 'import yaml' >/dev/null 2>&1 || missing+=(python3-yaml)
+command -v nft >/dev/null 2>&1 || [ -x /usr/sbin/nft ] || missing+=(nftables)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing: ${missing[*]}"
     sudo=""

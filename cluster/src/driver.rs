@@ -8,7 +8,10 @@
 //! sender is told it is stale); this node itself acts only while it holds its lease
 //! ([`Cluster::lease_valid`]): when the lease lapses (a freeze, a cut link) its line
 //! tables are suspended until it either hears from its peers again (and rebuilds them)
-//! or learns it was declared down ([`Host::stale`]) and rejoins as a new incarnation.
+//! or learns it was declared down ([`Host::stale`]: from a peer, or from the store's
+//! registry, which a node cut off from its peers still reads) and rejoins as a new
+//! incarnation. Who may declare a silent peer down at all is the majority's call
+//! ([`crate::membership`]), fed with the store's signs of life by each registry read.
 
 use crate::lines::{Answer, LineMsg, LineService, Output};
 use crate::membership::{Event, Membership, State, Timing, Verdict};
@@ -92,6 +95,9 @@ pub struct Status {
     pub name: String,
     pub epoch: u64,
     pub lease_valid: bool,
+    /// This node's side of the cluster is a majority (see `membership`): false while
+    /// the network to members the store shows alive is cut.
+    pub majority: bool,
     pub lines_rebuilding: bool,
     /// Lines held and callers waiting in the tables this node owns.
     pub lines_held: usize,
@@ -146,6 +152,8 @@ struct Shared {
     stale: AtomicBool,
     /// The lease lapsed: line tables suspended until peers are heard again.
     suspended: AtomicBool,
+    /// This node's side was a majority at the last tick (for the log on a change).
+    majority: AtomicBool,
     /// The configured seeds: dialled while no session is up, and their addresses are
     /// members' for the listener.
     seeds: Vec<SocketAddr>,
@@ -180,6 +188,7 @@ impl Cluster {
             metrics,
             stale: AtomicBool::new(false),
             suspended: AtomicBool::new(false),
+            majority: AtomicBool::new(true),
             seeds: settings.seeds.clone(),
             unheard_reads: Default::default(),
         }));
@@ -222,7 +231,7 @@ impl Cluster {
         if self.0.stale.load(Ordering::Relaxed) {
             self.0.lease.void();
         } else {
-            let until = self.membership().lease_until();
+            let until = self.membership().lease_until(Instant::now());
             self.0.lease.set(until);
         }
     }
@@ -363,6 +372,7 @@ impl Cluster {
             name: m.name().to_string(),
             epoch: m.epoch(),
             lease_valid: !self.0.stale.load(Ordering::Relaxed) && m.lease_valid(now),
+            majority: m.in_majority(now),
             lines_rebuilding: rebuilding,
             lines_held: held,
             lines_waiting: waiting,
@@ -425,7 +435,20 @@ impl Cluster {
         let (gone, registered): (Vec<Registered>, Vec<Registered>) =
             read.into_iter().partition(|r| r.retired || r.down);
         let now = Instant::now();
+        let (me, my_epoch) = {
+            let m = self.membership();
+            (m.name().to_string(), m.epoch())
+        };
         for r in gone {
+            if r.name == me {
+                // The majority declared this incarnation down while the network
+                // between us was cut (or an operator retired it): the store says so
+                // before any peer can.
+                if r.epoch == my_epoch {
+                    self.declared_down();
+                }
+                continue;
+            }
             if r.retired {
                 self.retire(&r.name, r.epoch);
             } else {
@@ -493,7 +516,7 @@ impl Cluster {
             .map(|r| r.name.clone())
             .collect();
         let unheard = !m.heard_any() && !alive.is_empty();
-        m.store_signs(alive);
+        m.store_signs(alive, Instant::now() + window);
         drop(m);
         if unheard && self.0.unheard_reads.fetch_add(1, Ordering::Relaxed) % 30 == 5 {
             tracing::error!("no cluster member answers although the store shows members alive: check cluster.secret, the cluster certificates and the network; this node takes no calls until it joins");
@@ -760,6 +783,15 @@ impl Cluster {
         let up = m.members().filter(|(_, x)| x.state == State::Up).count() + 1;
         let down = m.members().filter(|(_, x)| x.state == State::Down).count();
         self.0.metrics.members(up as i64, down as i64);
+        let majority = m.in_majority(Instant::now());
+        self.0.metrics.majority.set(i64::from(majority));
+        if self.0.majority.swap(majority, Ordering::Relaxed) != majority {
+            if majority {
+                tracing::info!("this node's side of the cluster is a majority again");
+            } else {
+                tracing::error!("cut off from members the store shows alive, and not a majority without them: declaring nobody down, holding no lease (no calls admitted, no RTP or SIP sent) until the network heals or the majority declares this node down");
+            }
+        }
         for (_, x) in m.members() {
             if let Some(rtt) = x.rtt {
                 self.0.metrics.rtt.observe(rtt.as_secs_f64());

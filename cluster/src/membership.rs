@@ -22,6 +22,19 @@
 //!   hold the lease, declare every live member down and take their calls over. It
 //!   stays without the lease instead (its peers up and never acknowledging), so it
 //!   takes no calls until it joins.
+//! - *Majority*: a silent peer is declared down only by a side of the cluster that is a
+//!   majority ([`is_majority`]) of the members that count: those up in this view, and
+//!   those heard from before whose sign of life in the store is recent (alive, so
+//!   silent because the network between us is cut, not dead). A node cut off from its
+//!   peers but not from the store is such a minority: it declares nobody down, holds
+//!   no lease (it stops sending RTP and SIP within [`Timing::lease`]), and the
+//!   majority declares it down, marks that in the store and takes its calls over;
+//!   it learns so from the store and rejoins as a new incarnation. Without the rule
+//!   it would declare the majority down and, when the network healed, tell every one
+//!   of them to rejoin, dropping their calls. Halves of equal size: the half with the
+//!   lowest-named member is the majority. A member dead for good stops counting when
+//!   its sign of life ages out of the store's window; a store unread for longer than
+//!   that window counts nobody there (silence alone decides, as without a store).
 //! - A member an operator took out of the cluster for good is *retired*
 //!   ([`Membership::retire`]): no longer listed, counted or alerted on, but
 //!   remembered, so its incarnation's heartbeats stay stale; a new incarnation of
@@ -109,10 +122,12 @@ pub struct Membership {
     /// Heartbeats sent, by sequence number, with when (the last few).
     sent: Vec<(u64, Instant)>,
     next_seq: u64,
-    /// A peer's frame was taken since this incarnation started.
-    heard: bool,
+    /// The peers whose frames were taken since this incarnation started.
+    heard: BTreeSet<String>,
     /// Members whose sign of life in the store is recent, as last read.
     alive_in_store: BTreeSet<String>,
+    /// Until when that read counts for the majority.
+    store_read_until: Option<Instant>,
 }
 
 impl Membership {
@@ -135,8 +150,9 @@ impl Membership {
             acked: Some(now),
             sent: Vec::new(),
             next_seq: 1,
-            heard: false,
+            heard: BTreeSet::new(),
             alive_in_store: BTreeSet::new(),
+            store_read_until: None,
         }
     }
 
@@ -157,7 +173,9 @@ impl Membership {
         if from == self.name {
             return Verdict::Stale; // another process under our name
         }
-        self.heard = true;
+        if !self.heard.contains(from) {
+            self.heard.insert(from.to_string());
+        }
         self.seen(from, epoch, now)
     }
 
@@ -215,15 +233,61 @@ impl Membership {
     }
 
     /// The members whose sign of life in the store is recent (the store's registry
-    /// as just read): until this node hears a peer, those are not declared down for
-    /// their silence (see the module doc).
-    pub fn store_signs(&mut self, alive: impl IntoIterator<Item = String>) {
+    /// as just read), a read that counts for the majority until `until`: until this
+    /// node hears a peer, those are not declared down for their silence, and those
+    /// heard from before count in the majority (see the module doc).
+    pub fn store_signs(&mut self, alive: impl IntoIterator<Item = String>, until: Instant) {
         self.alive_in_store = alive.into_iter().collect();
+        self.store_read_until = Some(until);
     }
 
     /// Whether a peer's frame was taken since this incarnation started.
     pub fn heard_any(&self) -> bool {
-        self.heard
+        !self.heard.is_empty()
+    }
+
+    /// Whether this node's side is a majority at `now` with the members in `silent`
+    /// gone from it (see the module doc).
+    fn majority_without(&self, silent: &BTreeSet<&str>, now: Instant) -> bool {
+        let store_read = self.store_read_until.is_some_and(|until| now < until);
+        let mut counted = BTreeSet::from([self.name.as_str()]);
+        let mut reachable = counted.clone();
+        for (name, m) in &self.members {
+            let name = name.as_str();
+            if m.state == State::Up && !silent.contains(name) {
+                counted.insert(name);
+                reachable.insert(name);
+            } else if m.state != State::Retired
+                && store_read
+                && self.heard.contains(name)
+                && self.alive_in_store.contains(name)
+            {
+                counted.insert(name);
+            }
+        }
+        is_majority(&reachable, &counted)
+    }
+
+    /// Whether this node's side of the cluster is a majority now, without the members
+    /// up here but silent for longer than `down_after`: false while the store shows
+    /// alive as many members this node cannot hear as it can (a cut network, see the
+    /// module doc).
+    pub fn in_majority(&self, now: Instant) -> bool {
+        self.majority_without(&self.silent(now), now)
+    }
+
+    /// The members up here but silent for longer than `down_after`, except those a
+    /// node that never heard a peer keeps up because the store says they live.
+    fn silent(&self, now: Instant) -> BTreeSet<&str> {
+        self.members
+            .iter()
+            .filter(|(name, m)| {
+                m.state == State::Up
+                    && !(self.heard.is_empty() && self.alive_in_store.contains(*name))
+                    && now.saturating_duration_since(m.last_heard) > self.timing.down_after
+            })
+            .map(|(name, _)| name.as_str())
+            .collect()
     }
 
     /// Another node (or the store) says `name` in incarnation `epoch` is down.
@@ -350,29 +414,34 @@ impl Membership {
         }
     }
 
-    /// Declares down every peer silent for longer than `down_after`. A tick long after
-    /// the previous one means this node was frozen: everyone gets a fresh window.
+    /// Declares down every peer silent for longer than `down_after`, if this node's
+    /// side is a majority without them (see the module doc; if not, they stay up
+    /// here, unacknowledging, and this node holds no lease). A tick long after the
+    /// previous one means this node was frozen: everyone gets a fresh window.
     pub fn tick(&mut self, now: Instant) {
         let frozen = self
             .last_tick
             .is_some_and(|t| now.saturating_duration_since(t) > self.timing.down_after / 2);
         self.last_tick = Some(now);
-        for (name, m) in self.members.iter_mut() {
-            if m.state != State::Up {
-                continue;
+        if frozen {
+            for m in self.members.values_mut() {
+                if m.state == State::Up {
+                    m.last_heard = m.last_heard.max(now);
+                }
             }
-            if frozen {
-                m.last_heard = m.last_heard.max(now);
-                continue;
-            }
-            if !self.heard && self.alive_in_store.contains(name) {
-                continue; // cut off from birth: the store says it lives
-            }
-            if now.saturating_duration_since(m.last_heard) > self.timing.down_after {
+            return;
+        }
+        let silent = self.silent(now);
+        if silent.is_empty() || !self.majority_without(&silent, now) {
+            return;
+        }
+        let silent: Vec<String> = silent.into_iter().map(str::to_string).collect();
+        for name in silent {
+            if let Some(m) = self.members.get_mut(&name) {
                 m.state = State::Down;
                 m.since = now;
                 self.events.push(Event::Down {
-                    name: name.clone(),
+                    name,
                     epoch: m.epoch,
                 });
             }
@@ -381,6 +450,9 @@ impl Membership {
 
     /// Whether this node may act now (see the module doc).
     pub fn lease_valid(&self, now: Instant) -> bool {
+        if !self.in_majority(now) {
+            return false;
+        }
         if !self.members.values().any(|m| m.state == State::Up) {
             return true;
         }
@@ -390,14 +462,14 @@ impl Membership {
 
     /// Until when this node holds its lease as things stand (None: without end, no
     /// peer being up).
-    pub fn lease_until(&self) -> Option<Instant> {
+    pub fn lease_until(&self, now: Instant) -> Option<Instant> {
+        if !self.in_majority(now) {
+            return Some(now);
+        }
         if !self.members.values().any(|m| m.state == State::Up) {
             return None;
         }
-        Some(
-            self.acked
-                .map_or_else(Instant::now, |a| a + self.timing.lease),
-        )
+        Some(self.acked.map_or(now, |a| a + self.timing.lease))
     }
 
     /// The next event, oldest first.
@@ -443,6 +515,15 @@ impl Membership {
     pub fn in_good_standing(&self, from: &str, epoch: u64) -> bool {
         from != self.name && self.up_epoch(from) == Some(epoch)
     }
+}
+
+/// Whether `reachable` (the members a node hears, itself included) is a majority of
+/// `counted` (those, and the members alive elsewhere): more than half, or exactly half
+/// with the lowest-named member of `counted` among them (so of two halves exactly one
+/// is the majority, whichever side judges).
+pub fn is_majority(reachable: &BTreeSet<&str>, counted: &BTreeSet<&str>) -> bool {
+    let (r, c) = (reachable.len(), counted.len());
+    r * 2 > c || (r * 2 == c && counted.first().is_some_and(|n| reachable.contains(n)))
 }
 
 /// `m` (member `name`) becomes `next`; the end of its incarnation is an event if it
@@ -758,7 +839,7 @@ mod tests {
         let mut m = Membership::starting_at("rogue", 1, Timing::default(), t0);
         m.expect("b", 3, t0);
         m.expect("c", 2, t0);
-        m.store_signs(["b".to_string()]);
+        m.store_signs(["b".to_string()], ms(t0, 60_000));
         while m.poll_event().is_some() {}
         for t in (250..=3_000).step_by(250) {
             m.tick(ms(t0, t));
@@ -782,14 +863,15 @@ mod tests {
             "without the lease: b never acknowledged"
         );
         // b's sign of life stops: declared down at the next tick.
-        m.store_signs([]);
+        m.store_signs([], ms(t0, 60_000));
         m.tick(ms(t0, 3_250));
         assert_eq!(m.poll_event(), Some(down("b", 3)));
 
-        // Having heard a peer, silence alone decides, whatever the store says.
+        // Having heard a peer, silence and the majority decide: of two, a (the
+        // lowest name) is the majority, whatever the store says of b.
         let mut m = Membership::starting_at("a", 1, Timing::default(), t0);
         m.on_heartbeat("b", 3, t0);
-        m.store_signs(["b".to_string()]);
+        m.store_signs(["b".to_string()], ms(t0, 60_000));
         while m.poll_event().is_some() {}
         for t in (250..=1_750).step_by(250) {
             m.tick(ms(t0, t));
@@ -848,5 +930,124 @@ mod tests {
         );
         // Frozen for 10 s: on waking the lease is long gone.
         assert!(!m.lease_valid(ms(t0, 12_000)));
+    }
+
+    #[test]
+    fn a_majority_is_more_than_half_or_the_half_with_the_lowest_name() {
+        let set = |names: &[&'static str]| names.iter().copied().collect::<BTreeSet<&str>>();
+        let cases: &[(&[&str], &[&str], bool)] = &[
+            (&["a"], &["a"], true),
+            (&["b", "c"], &["a", "b", "c"], true),
+            (&["a"], &["a", "b", "c"], false),
+            (&["a"], &["a", "b"], true),
+            (&["b"], &["a", "b"], false),
+            (&["a", "d"], &["a", "b", "c", "d"], true),
+            (&["b", "c"], &["a", "b", "c", "d"], false),
+            (&["c"], &["a", "b", "c", "d"], false),
+            (&["a", "b", "c"], &["a", "b", "c", "d", "e"], true),
+        ];
+        for (reachable, counted, want) in cases {
+            assert_eq!(
+                is_majority(&set(reachable), &set(counted)),
+                *want,
+                "{reachable:?} of {counted:?}"
+            );
+        }
+    }
+
+    /// Three members; the network around `me` is cut from `cut` at 0 while everyone
+    /// keeps writing its sign of life to the store. Returns the membership after
+    /// 3 s of ticks, with the events drained into the second value.
+    fn cut_off(
+        me: &str,
+        others: [&str; 2],
+        cut: &[&str],
+        store_alive: &[&str],
+    ) -> (Membership, Vec<Event>) {
+        let t0 = Instant::now();
+        let mut m = Membership::starting_at(me, 1, Timing::default(), t0);
+        for o in others {
+            m.on_heartbeat(o, 1, t0);
+        }
+        while m.poll_event().is_some() {}
+        let alive: Vec<String> = store_alive.iter().map(|s| s.to_string()).collect();
+        m.store_signs(alive, ms(t0, 60_000));
+        for t in (250..=3_000).step_by(250) {
+            let now = ms(t0, t);
+            let seq = m.heartbeat(now);
+            for o in others.iter().filter(|o| !cut.contains(o)) {
+                m.on_heartbeat(o, 1, now);
+                m.on_ack(o, 1, seq, now);
+            }
+            m.tick(now);
+        }
+        let mut events = Vec::new();
+        while let Some(e) = m.poll_event() {
+            events.push(e);
+        }
+        (m, events)
+    }
+
+    /// A network partition, everyone still writing to the store: the side alone
+    /// declares nobody down and holds no lease; the side of two declares it down and
+    /// keeps its lease. Without the store's word (or once a member's sign of life is
+    /// gone: it died) silence alone decides, as for a crash.
+    #[test]
+    fn only_the_majority_declares_a_cut_off_side_down() {
+        let end = Instant::now() + Duration::from_millis(3_000);
+        let down = |n: &str| Event::Down {
+            name: n.into(),
+            epoch: 1,
+        };
+        // "a" cut off from b and c, which the store shows alive.
+        let (a, events) = cut_off("a", ["b", "c"], &["b", "c"], &["b", "c"]);
+        assert_eq!(events, vec![], "a, alone, declares nobody down");
+        assert!(!a.in_majority(end));
+        assert!(!a.lease_valid(end), "a acts on nothing");
+        assert_eq!(a.up().len(), 3, "b and c stay up in a's view");
+        // b's view of it: c answers, a is silent though alive in the store.
+        let (b, events) = cut_off("b", ["a", "c"], &["a"], &["a", "c"]);
+        assert_eq!(events, vec![down("a")]);
+        assert!(b.in_majority(end) && b.lease_valid(end));
+        // The store no longer shows b and c alive (they died): a is all there is.
+        let (a, events) = cut_off("a", ["b", "c"], &["b", "c"], &[]);
+        assert_eq!(events, vec![down("b"), down("c")]);
+        assert!(a.lease_valid(end), "alone and a majority of one");
+        // The store's read has aged out (it cannot be read): silence decides.
+        let t0 = Instant::now();
+        let mut m = Membership::starting_at("a", 1, Timing::default(), t0);
+        m.on_heartbeat("b", 1, t0);
+        m.on_heartbeat("c", 1, t0);
+        m.store_signs(["b".to_string(), "c".to_string()], ms(t0, 1_000));
+        while m.poll_event().is_some() {}
+        for t in (250..=2_000).step_by(250) {
+            m.tick(ms(t0, t));
+        }
+        assert_eq!(m.poll_event(), Some(down("b")));
+        assert_eq!(m.poll_event(), Some(down("c")));
+    }
+
+    /// Two halves of equal size: the one with the lowest-named member is the majority,
+    /// as both judge it.
+    #[test]
+    fn of_two_halves_the_one_with_the_lowest_name_goes_on() {
+        let down = |n: &str| Event::Down {
+            name: n.into(),
+            epoch: 1,
+        };
+        let t0 = Instant::now();
+        let end = ms(t0, 3_000);
+        let mut views = Vec::new();
+        for (me, peer) in [("a", "b"), ("b", "a")] {
+            let mut m = Membership::starting_at(me, 1, Timing::default(), t0);
+            m.on_heartbeat(peer, 1, t0);
+            m.store_signs([peer.to_string()], ms(t0, 60_000));
+            while m.poll_event().is_some() {}
+            for t in (250..=3_000).step_by(250) {
+                m.tick(ms(t0, t));
+            }
+            views.push((m.poll_event(), m.lease_valid(end)));
+        }
+        assert_eq!(views, vec![(Some(down("b")), true), (None, false)]);
     }
 }

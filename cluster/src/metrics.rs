@@ -27,6 +27,7 @@ pub struct ClusterMetrics {
     pub frames_received: Counter,
     pub frames_refused: Counter,
     pub stale: Counter,
+    pub majority: Gauge,
 }
 
 impl Default for ClusterMetrics {
@@ -42,6 +43,7 @@ impl Default for ClusterMetrics {
             frames_received: Counter::default(),
             frames_refused: Counter::default(),
             stale: Counter::default(),
+            majority: Gauge::default(),
         }
     }
 }
@@ -63,6 +65,7 @@ impl ClusterMetrics {
     /// Series exported from the start (zero until something happens).
     pub fn touch(&self) {
         self.members(1, 0);
+        self.majority.set(1);
         for to in ["up", "down", "retired"] {
             let _ = self.transitions.get_or_create(&ToLabel { to });
         }
@@ -108,6 +111,11 @@ impl ClusterMetrics {
             "cluster_declared_stale",
             "Times this node learned the cluster had declared it down (frozen or cut off) and rejoined as a new incarnation",
             self.stale.clone(),
+        );
+        r.register(
+            "cluster_majority",
+            "1 while this node's side of the cluster is a majority of the members that count (those it hears, and those the store shows alive); 0 while cut off from as many live members as it hears: it then declares nobody down and holds no lease",
+            self.majority.clone(),
         );
     }
 }

@@ -187,6 +187,9 @@ pub fn render(view: &Value) -> Result<(String, Health), StatusError> {
     if view["lines_rebuilding"] == Value::Bool(true) {
         out.push_str(" (rebuilding)");
     }
+    if view["majority"] == Value::Bool(false) {
+        out.push_str("  MINORITY (cut off from members the store shows alive)");
+    }
     out.push('\n');
     let header = ["MEMBER", "EPOCH", "STATE", "FOR", "RTT", "CONNECTED"];
     let mut rows: Vec<[String; 6]> = Vec::with_capacity(members.len());
@@ -353,6 +356,10 @@ mod tests {
         assert_eq!(health, Health::MemberDown);
         assert!(text.starts_with("node n1  epoch 7  lease LAPSED"), "{text}");
         assert!(text.contains("(rebuilding)"), "{text}");
+        assert!(!text.contains("MINORITY"), "{text}");
+        v["majority"] = json!(false);
+        let (text, _) = render(&v).unwrap();
+        assert!(text.contains("MINORITY"), "{text}");
         assert!(
             text.contains("n2      3      down   2h01m  -    no"),
             "{text}"

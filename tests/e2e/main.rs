@@ -8,6 +8,7 @@ mod cluster;
 mod cluster_cli;
 mod cluster_failover;
 mod cluster_harness;
+mod cluster_partition;
 mod dialogs;
 mod durability;
 mod follow_up;

@@ -1,0 +1,140 @@
+//! A network partition between cluster nodes that all still reach the store: n1 is cut
+//! off from n2 and n3 (nftables drops the cluster port's TCP between their addresses)
+//! while everyone keeps writing its sign of life to the store. Only the majority (n2,
+//! n3) declares anyone down; n1 holds no lease while cut, learns from the store that
+//! it was declared down and rejoins as a new incarnation, and when the network heals
+//! nobody tells n2 or n3 to rejoin (which would drop their calls).
+
+use crate::cluster_harness::{TestCluster, GOOD};
+use crate::harness::*;
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+/// An nftables table dropping the cluster traffic between `from` and `others`; the
+/// table is deleted when this is dropped (the network heals).
+struct Cut {
+    table: String,
+}
+
+fn nft(script: &str) {
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("nft (nftables) is required for the partition test: run scripts/test.sh");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert!(
+        status.success(),
+        "nft refused:\n{script}\n(the partition test needs root, to cut the network between nodes)"
+    );
+}
+
+impl Cut {
+    fn new(from: &str, others: &[&str], port: u16) -> Cut {
+        let table = format!("tsunagu_e2e_{}_{port}", std::process::id());
+        let others = others.join(", ");
+        let mut rules = String::new();
+        for (src, dst) in [
+            (from.to_string(), format!("{{ {others} }}")),
+            (format!("{{ {others} }}"), from.to_string()),
+        ] {
+            for dir in ["sport", "dport"] {
+                rules.push_str(&format!(
+                    "add rule inet {table} input ip saddr {src} ip daddr {dst} tcp {dir} {port} drop\n"
+                ));
+            }
+        }
+        nft(&format!(
+            "add table inet {table}\nadd chain inet {table} input {{ type filter hook input priority 0; policy accept; }}\n{rules}"
+        ));
+        Cut { table }
+    }
+}
+
+impl Drop for Cut {
+    fn drop(&mut self) {
+        let _ = Command::new("nft")
+            .args(["delete", "table", "inet", &self.table])
+            .status();
+    }
+}
+
+fn own_epoch(c: &TestCluster, name: &str) -> u64 {
+    c.view(name)["epoch"].as_u64().unwrap_or(0)
+}
+
+fn count(c: &TestCluster, name: &str, metric: &str) -> f64 {
+    c.node(name).metric(metric)
+}
+
+const DOWN: &str = "tsunagu_cluster_member_transitions_total{to=\"down\"}";
+const STALE: &str = "tsunagu_cluster_declared_stale_total";
+
+#[test]
+fn a_node_cut_off_from_the_others_stops_and_only_the_majority_takes_over() {
+    require_tool("nft");
+    let mut c = TestCluster::new();
+    for i in 1..=3 {
+        c.start(i, GOOD);
+    }
+    c.wait_formed();
+    let before: Vec<u64> = ["n1", "n2", "n3"]
+        .iter()
+        .map(|n| own_epoch(&c, n))
+        .collect();
+
+    let cut = Cut::new("127.0.0.1", &["127.0.0.2", "127.0.0.3"], c.cluster_port);
+    c.node("n1")
+        .wait_until(Duration::from_secs(5), "n1 to hold no lease", || {
+            c.view("n1")["lease_valid"] == false
+        });
+    for n in ["n2", "n3"] {
+        c.node(n)
+            .wait_until(Duration::from_secs(5), "n1 declared down", || {
+                c.state(n, "n1").is_some_and(|(s, _)| s == "down")
+            });
+    }
+    // Still cut off: n1 learns from the store that the majority declared it down.
+    c.node("n1").wait_until(
+        Duration::from_secs(10),
+        "n1 to rejoin as a new incarnation",
+        || own_epoch(&c, "n1") > before[0],
+    );
+    // A new incarnation holds its lease for its first second (it has nothing of its
+    // own yet); having heard nobody, it then acts on nothing.
+    c.node("n1").wait_until(
+        Duration::from_secs(3),
+        "n1's new incarnation to hold no lease",
+        || c.view("n1")["lease_valid"] == false,
+    );
+    for n in ["n2", "n3"] {
+        assert_eq!(c.view(n)["lease_valid"], true, "{n}: {}", c.view(n));
+    }
+
+    drop(cut);
+    c.wait_formed();
+    for (i, n) in ["n2", "n3"].iter().enumerate() {
+        assert_eq!(own_epoch(&c, n), before[i + 1], "{n} had to rejoin");
+        assert_eq!(count(&c, n, STALE), 0.0, "{n} was told it is stale");
+        assert_eq!(count(&c, n, DOWN), 1.0, "{n} saw only n1 go down");
+    }
+    assert_eq!(
+        count(&c, "n1", DOWN),
+        0.0,
+        "n1, a minority, declared a member down\n{}",
+        c.node("n1").log()
+    );
+    assert_eq!(count(&c, "n1", STALE), 1.0);
+    assert_eq!(
+        count(&c, "n1", "tsunagu_cluster_majority"),
+        1.0,
+        "a majority again once healed"
+    );
+}
