@@ -5,7 +5,7 @@
 #   - the node configs pass `tsunagu check-config` (given the binary as $1; the store
 #     backend is overridden to `embedded` so a build without --features scylla can check
 #     everything else) and name the certificate files deploy/make-certs.sh makes;
-#   - `promtool check rules` on the alert rules, `promtool check config` on
+#   - `promtool check rules` and the rules' unit tests (`promtool test rules`), `promtool check config` on
 #     deploy/prometheus/prometheus.yml;
 #   - the Grafana dashboard JSON and provisioning YAML parse;
 #   - `systemd-analyze verify deploy/tsunagu.service` prints nothing (any warning fails),
@@ -103,6 +103,8 @@ fi
 
 promtool check rules loadtest/prometheus/alerts.yml >/dev/null || fail "promtool check rules"
 pass "promtool check rules loadtest/prometheus/alerts.yml"
+(cd loadtest/prometheus && promtool test rules alerts_test.yml >/dev/null) || fail "promtool test rules (loadtest/prometheus/alerts_test.yml)"
+pass "promtool test rules loadtest/prometheus/alerts_test.yml"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 sed "s|/etc/prometheus/alerts.yml|$PWD/loadtest/prometheus/alerts.yml|" deploy/prometheus/prometheus.yml > "$tmp/prometheus.yml"
