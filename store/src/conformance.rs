@@ -35,6 +35,7 @@ pub fn run_all(store: &dyn Store) {
     outbox_claims_retries_and_dead_letters(store);
     released_follow_ups_keep_their_attempts(store);
     a_lost_claim_writes_no_outcome(store);
+    dead_follow_ups_are_pruned_after_thirty_days(store);
     caller_sms_are_capped_per_number_and_day(store);
     store.ping().expect("ping");
 }
@@ -1571,6 +1572,35 @@ fn a_lost_claim_writes_no_outcome(s: &dyn Store) {
         "no attempt given back by the stale hand-back"
     );
     s.follow_up_delivered(retried[0].id).unwrap();
+}
+
+/// A follow-up given up stays in the outbox thirty days (dated by its last claim's
+/// end), then later claims prune it. Run after the other outbox checks: it is dated
+/// after their rows, and prunes their dead ones too.
+fn dead_follow_ups_are_pruned_after_thirty_days(s: &dyn Store) {
+    let op = s.create_operator("a").unwrap();
+    s.enqueue_follow_ups(&[follow_up(&op.id, "gone")]).unwrap();
+    let day: i64 = 86_400_000;
+    let at = i64::MAX / 4 + 1_000 * day;
+    let claimed = claim_of(s, &op.id, at);
+    assert_eq!(claimed.len(), 1);
+    assert!(s
+        .follow_up_failed(claimed[0].claim(), None, "gone")
+        .unwrap());
+    let given_up = claimed[0].claimed_until;
+    let dead = |s: &dyn Store| s.follow_up_counts().unwrap().1;
+    assert!(dead(s) >= 1);
+    let before = dead(s);
+    assert!(claim_of(s, &op.id, given_up + 29 * day).is_empty());
+    assert!(dead(s) >= 1, "kept 29 days");
+    // Each claim prunes a bounded number: a few rounds clear what earlier checks left.
+    for _ in 0..16 {
+        if dead(s) == 0 {
+            break;
+        }
+        assert!(claim_of(s, &op.id, given_up + 31 * day).is_empty());
+    }
+    assert_eq!(dead(s), 0, "pruned after 30 days ({before} dead before)");
 }
 
 fn caller_sms_are_capped_per_number_and_day(s: &dyn Store) {

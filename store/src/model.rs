@@ -671,6 +671,13 @@ impl FollowUp {
     }
 }
 
+/// How long a follow-up given up (dead) stays in the outbox for inspection: thirty
+/// days, then a later claim prunes it (a receiver gone for good would otherwise add a
+/// row per event forever, and every node counts the outbox each second).
+pub const OUTBOX_DEAD_RETENTION_MS: i64 = 30 * 86_400_000;
+/// Dead rows pruned at most per claim (bounded work in a claim).
+pub const OUTBOX_DEAD_PRUNED_PER_CLAIM: usize = 64;
+
 /// A worker's claim on an outbox row: the row as the claim left it. A failure or a
 /// hand-back is written only while the row still shows it: once a claim runs out
 /// (a store stalled for longer than the claim) another worker may claim the row,

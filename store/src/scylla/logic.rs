@@ -4,7 +4,7 @@
 //! call records to rows. The driver code in `store.rs` only reads, calls these, and
 //! writes; these are tested without a server.
 
-use crate::model::{CallQuery, CallRecord, CallState, SortOrder};
+use crate::model::{CallQuery, CallRecord, CallState, SortOrder, OUTBOX_DEAD_RETENTION_MS};
 use crate::{Result, StoreError};
 
 const DAY_MS: i64 = 86_400_000;
@@ -295,6 +295,20 @@ pub fn due_rows(rows: &[OutboxRow], now: i64, limit: usize) -> Vec<&OutboxRow> {
     due.sort_by_key(|r| (r.next_at, r.id));
     due.truncate(limit);
     due
+}
+
+/// The dead rows a claim at `now` prunes: given up (their `next_at`, the last
+/// claim's end) more than [`OUTBOX_DEAD_RETENTION_MS`] ago, oldest first, at most
+/// `limit` (as the embedded store does).
+pub fn prunable_rows(rows: &[OutboxRow], now: i64, limit: usize) -> Vec<&OutboxRow> {
+    let before = now.saturating_sub(OUTBOX_DEAD_RETENTION_MS);
+    let mut old: Vec<&OutboxRow> = rows
+        .iter()
+        .filter(|r| r.dead && r.next_at < before)
+        .collect();
+    old.sort_by_key(|r| (r.next_at, r.id));
+    old.truncate(limit);
+    old
 }
 
 /// Ids handed out per block (see `id_blocks`).
@@ -732,6 +746,34 @@ mod tests {
         assert_eq!(ids(100, 10), vec![4, 3, 5, 1]);
         assert!(ids(0, 10).is_empty());
         assert_eq!((shard_of(17), shard_of(-1)), (1, 15));
+    }
+
+    #[test]
+    fn dead_outbox_rows_are_pruned_after_their_retention_oldest_first() {
+        let day = 86_400_000;
+        let row = |id, next_at, dead| OutboxRow {
+            id,
+            attempts: 0,
+            next_at,
+            dead,
+        };
+        let now = 100 * day;
+        let rows = [
+            row(1, now - 31 * day, true),
+            row(2, now - 29 * day, true),
+            row(3, now - 40 * day, false), // overdue, not dead: delivered, never pruned
+            row(4, now - 45 * day, true),
+            row(5, now - 30 * day, true), // exactly thirty days: kept
+        ];
+        let ids = |limit| {
+            prunable_rows(&rows, now, limit)
+                .iter()
+                .map(|r| r.id)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ids(10), vec![4, 1]);
+        assert_eq!(ids(1), vec![4]);
+        assert!(prunable_rows(&rows, i64::MIN, 10).is_empty());
     }
 
     #[test]

@@ -1456,6 +1456,11 @@ impl Store for ScyllaStore {
                     full.insert(r.0, r);
                 }
             }
+            // Dead rows past their retention go (the embedded store prunes as much).
+            let prunes = prunable_rows(&rows, now_ms, OUTBOX_DEAD_PRUNED_PER_CLAIM)
+                .into_iter()
+                .map(|r| self.inner.write(q::OB_DELETE, (shard_of(r.id), r.id)));
+            futures_util::future::try_join_all(prunes).await?;
             // Shards claim concurrently; within a shard one row after another (its rows
             // share a Paxos partition: concurrent claims there would contend).
             let mut by_shard: BTreeMap<i32, Vec<&OutboxRow>> = BTreeMap::new();

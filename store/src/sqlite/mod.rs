@@ -36,12 +36,6 @@ pub struct SqliteStore {
 /// How long a row of the lease history is kept after its lease ended (a day: far past
 /// any call that could have matched it).
 const LEASE_HISTORY_MS: i64 = 86_400_000;
-/// How long a follow-up given up (dead) stays in the outbox for inspection: thirty
-/// days, then it is pruned (a receiver gone for good would otherwise add a row per
-/// event forever, and every node counts the outbox each second).
-const DEAD_RETENTION_MS: i64 = 30 * 86_400_000;
-/// Dead rows pruned at most per claim (bounded work in the claim's transaction).
-const DEAD_PRUNED_PER_CLAIM: i64 = 64;
 /// Lease rows that ended long enough ago deleted, at most, per lease issued: more than
 /// one, so the history shrinks back after a burst.
 const PRUNE_PER_LEASE: i64 = 16;
@@ -1282,7 +1276,10 @@ impl Store for SqliteStore {
                 "DELETE FROM outbox WHERE id IN \
                  (SELECT id FROM outbox WHERE dead = 1 AND next_at < ?1 ORDER BY next_at LIMIT ?2)",
             )?
-            .execute(params![now.saturating_sub(DEAD_RETENTION_MS), DEAD_PRUNED_PER_CLAIM])?;
+            .execute(params![
+                now.saturating_sub(OUTBOX_DEAD_RETENTION_MS),
+                OUTBOX_DEAD_PRUNED_PER_CLAIM as i64
+            ])?;
             let claimed = {
                 let mut st = tx.prepare_cached(
                     "UPDATE outbox SET next_at = ?2, attempts = attempts + 1 WHERE id IN \
@@ -1681,39 +1678,6 @@ mod tests {
                 .any(|p| p.contains("USING INDEX active_calls_by_operator")),
             "{plan:?}"
         );
-    }
-
-    /// A follow-up given up stays in the outbox thirty days, then is pruned by a
-    /// later claim; one given up less long ago stays.
-    #[test]
-    fn dead_follow_ups_are_pruned_after_thirty_days() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("t.db")).unwrap();
-        let day: i64 = 86_400_000;
-        let item = |target: &str| NewFollowUp {
-            kind: FollowUpKind::Webhook,
-            operator_id: "op_1".into(),
-            target: target.into(),
-            payload: "{}".into(),
-        };
-        store.enqueue_follow_ups(&[item("wh_old")]).unwrap();
-        let old = store.claim_follow_ups(now_ms(), 10, 1_000).unwrap();
-        assert!(store
-            .follow_up_failed(old[0].claim(), None, "gone")
-            .unwrap());
-        // Given up at the claim's end: dated by it (here, the real clock's now).
-        let given_up = now_ms();
-        assert_eq!(store.follow_up_counts().unwrap(), (0, 1));
-        assert!(store
-            .claim_follow_ups(given_up + 29 * day, 10, 1_000)
-            .unwrap()
-            .is_empty());
-        assert_eq!(store.follow_up_counts().unwrap(), (0, 1), "kept 29 days");
-        assert!(store
-            .claim_follow_ups(given_up + 31 * day, 10, 1_000)
-            .unwrap()
-            .is_empty());
-        assert_eq!(store.follow_up_counts().unwrap(), (0, 0), "pruned after 30");
     }
 
     /// Another process holds the write lock for 300 ms (as a node committing does): a
