@@ -215,6 +215,33 @@ impl Cluster {
 
     /// Whether this node may act (admit calls, grant lines): it holds its lease and
     /// was not declared down.
+    /// This node leaves the cluster for good (its drain is over): it tells every peer
+    /// it is down (a down notice about itself, taken from a member in good standing),
+    /// so they count it out at once rather than after its silence, and it acts on
+    /// nothing more.
+    pub fn leave(&self) {
+        let (me, epoch) = {
+            let m = self.membership();
+            (m.name().to_string(), m.epoch())
+        };
+        self.0.stale.store(true, Ordering::Relaxed);
+        self.publish_lease();
+        for peer in self.peers_up() {
+            self.send(
+                &peer,
+                vec![Msg::Down {
+                    node: me.clone(),
+                    epoch,
+                }],
+            );
+        }
+    }
+
+    /// Declared down, and not rejoined yet.
+    pub fn is_stale(&self) -> bool {
+        self.0.stale.load(Ordering::Relaxed)
+    }
+
     pub fn lease_valid(&self) -> bool {
         !self.0.stale.load(Ordering::Relaxed) && self.membership().lease_valid(Instant::now())
     }
@@ -326,7 +353,7 @@ impl Cluster {
             let m = self.membership();
             (m.name().to_string(), m.timing())
         };
-        *self.membership() = Membership::new(&name, epoch, timing);
+        *self.membership() = Membership::rejoined(&name, epoch, timing, Instant::now());
         *self.lines() = LineService::new(&name);
         self.0.suspended.store(false, Ordering::Relaxed);
         // Still stale (granting nothing, taking no line messages) until the membership
@@ -510,10 +537,10 @@ impl Cluster {
         let mut m = self.membership();
         let window = m.timing().down_after + STORE_SIGN_EVERY;
         let me = m.name().to_string();
-        let alive: Vec<String> = registered
+        let alive: Vec<(String, u64)> = registered
             .iter()
             .filter(|r| r.name != me && r.sign_age <= window)
-            .map(|r| r.name.clone())
+            .map(|r| (r.name.clone(), r.epoch))
             .collect();
         let unheard = !m.heard_any() && !alive.is_empty();
         m.store_signs(alive, Instant::now() + window);
@@ -660,6 +687,10 @@ impl Cluster {
                     if epoch == my_epoch {
                         self.declared_down();
                     }
+                }
+                // A member leaving for good says so itself (`Cluster::leave`).
+                Msg::Down { node, epoch } if node == frame.from => {
+                    self.membership().on_leave(&node, epoch, now)
                 }
                 Msg::Down { node, epoch } => self.membership().on_down_notice(&node, epoch, now),
                 Msg::Changed { seq } => self.0.host.changed(seq),

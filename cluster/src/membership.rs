@@ -23,18 +23,24 @@
 //!   stays without the lease instead (its peers up and never acknowledging), so it
 //!   takes no calls until it joins.
 //! - *Majority*: a silent peer is declared down only by a side of the cluster that is a
-//!   majority ([`is_majority`]) of the members that count: those up in this view, and
-//!   those heard from before whose sign of life in the store is recent (alive, so
-//!   silent because the network between us is cut, not dead). A node cut off from its
-//!   peers but not from the store is such a minority: it declares nobody down, holds
-//!   no lease (it stops sending RTP and SIP within [`Timing::lease`]), and the
-//!   majority declares it down, marks that in the store and takes its calls over;
-//!   it learns so from the store and rejoins as a new incarnation. Without the rule
-//!   it would declare the majority down and, when the network healed, tell every one
-//!   of them to rejoin, dropping their calls. Halves of equal size: the half with the
-//!   lowest-named member is the majority. A member dead for good stops counting when
-//!   its sign of life ages out of the store's window; a store unread for longer than
-//!   that window counts nobody there (silence alone decides, as without a store).
+//!   majority ([`is_majority`]) of the members that count: those it hears, and the
+//!   incarnations the store shows alive that it cannot reach (heard before and silent
+//!   now, or listed by the store and never heard: alive, so silent because the network
+//!   between us is cut, not dead). A member never heard in its incarnation is not
+//!   declared down for its silence while the store shows it alive. A node cut off from
+//!   its peers but not from the store is such a minority: it declares nobody down,
+//!   holds no lease (it stops sending RTP and SIP within [`Timing::lease`]), and the
+//!   majority declares it down, marks that in the store and takes its calls over; it
+//!   learns so from the store and rejoins as a new incarnation, which has no lease
+//!   until a peer acknowledges it ([`Membership::rejoined`]). Without the rule it
+//!   would declare the majority down and, when the network healed, tell every one of
+//!   them to rejoin, dropping their calls. Halves of equal size: the half with the
+//!   lowest-named member is the majority. Incarnations are matched exactly: a newer
+//!   incarnation of a member in the store proves the one heard here gone. A member
+//!   dead for good stops counting when its sign of life ages out of the store's
+//!   window; a store unread for longer than that window counts nobody there (silence
+//!   alone decides, as without a store). A node just started holds its lease for one
+//!   lease period whatever the majority (it has nothing yet others could take over).
 //! - A member an operator took out of the cluster for good is *retired*
 //!   ([`Membership::retire`]): no longer listed, counted or alerted on, but
 //!   remembered, so its incarnation's heartbeats stay stale; a new incarnation of
@@ -90,6 +96,9 @@ pub struct Member {
     /// When it entered its state.
     pub since: Instant,
     last_heard: Instant,
+    /// A frame of this incarnation of it was taken since this node's incarnation
+    /// started (else it is up here because the store lists it, or down).
+    heard: bool,
     /// The last heartbeat round trip measured to it.
     pub rtt: Option<Duration>,
 }
@@ -122,12 +131,15 @@ pub struct Membership {
     /// Heartbeats sent, by sequence number, with when (the last few).
     sent: Vec<(u64, Instant)>,
     next_seq: u64,
-    /// The peers whose frames were taken since this incarnation started.
-    heard: BTreeSet<String>,
-    /// Members whose sign of life in the store is recent, as last read.
-    alive_in_store: BTreeSet<String>,
+    /// A peer's frame was taken since this incarnation started.
+    heard: bool,
+    /// The incarnations whose sign of life in the store is recent, as last read.
+    alive_in_store: BTreeMap<String, u64>,
     /// Until when that read counts for the majority.
     store_read_until: Option<Instant>,
+    /// A node just started holds its lease for one lease period before any peer
+    /// acknowledges it, majority or not (it has nothing yet others could take over).
+    grace_until: Option<Instant>,
 }
 
 impl Membership {
@@ -150,9 +162,20 @@ impl Membership {
             acked: Some(now),
             sent: Vec::new(),
             next_seq: 1,
-            heard: BTreeSet::new(),
-            alive_in_store: BTreeSet::new(),
+            heard: false,
+            alive_in_store: BTreeMap::new(),
             store_read_until: None,
+            grace_until: Some(now + timing.lease),
+        }
+    }
+
+    /// A new incarnation of a node that was declared down (frozen, cut off): no grace
+    /// (it may still be cut off), so it acts once a peer acknowledges it.
+    pub fn rejoined(name: &str, epoch: u64, timing: Timing, now: Instant) -> Membership {
+        Membership {
+            acked: None,
+            grace_until: None,
+            ..Membership::starting_at(name, epoch, timing, now)
         }
     }
 
@@ -173,10 +196,14 @@ impl Membership {
         if from == self.name {
             return Verdict::Stale; // another process under our name
         }
-        if !self.heard.contains(from) {
-            self.heard.insert(from.to_string());
+        self.heard = true;
+        let verdict = self.seen(from, epoch, now);
+        if verdict == Verdict::Fresh {
+            if let Some(m) = self.members.get_mut(from) {
+                m.heard = true;
+            }
         }
-        self.seen(from, epoch, now)
+        verdict
     }
 
     /// `from` in incarnation `epoch` is alive as of `now` (heard, or listed by the store).
@@ -191,6 +218,7 @@ impl Membership {
                         since: now,
                         last_heard: now,
                         rtt: None,
+                        heard: false,
                     },
                 );
                 self.events.push(Event::Up {
@@ -207,6 +235,7 @@ impl Membership {
                     since: now,
                     last_heard: now,
                     rtt: None,
+                    heard: false,
                 };
                 supersede(&mut self.events, from, m, next);
                 self.events.push(Event::Up {
@@ -232,40 +261,57 @@ impl Membership {
         self.seen(name, epoch, now);
     }
 
-    /// The members whose sign of life in the store is recent (the store's registry
-    /// as just read), a read that counts for the majority until `until`: until this
-    /// node hears a peer, those are not declared down for their silence, and those
-    /// heard from before count in the majority (see the module doc).
-    pub fn store_signs(&mut self, alive: impl IntoIterator<Item = String>, until: Instant) {
+    /// The incarnations whose sign of life in the store is recent (the store's
+    /// registry as just read), a read that counts for the majority until `until`:
+    /// members up here but never heard in those incarnations are not declared down
+    /// for their silence, and they and those heard before count in the majority
+    /// (see the module doc).
+    pub fn store_signs(&mut self, alive: impl IntoIterator<Item = (String, u64)>, until: Instant) {
         self.alive_in_store = alive.into_iter().collect();
         self.store_read_until = Some(until);
     }
 
     /// Whether a peer's frame was taken since this incarnation started.
     pub fn heard_any(&self) -> bool {
-        !self.heard.is_empty()
+        self.heard
+    }
+
+    /// Whether the store's last read shows member `name`'s incarnation alive.
+    fn alive_in_store(&self, name: &str, m: &Member) -> bool {
+        self.alive_in_store.get(name) == Some(&m.epoch)
     }
 
     /// Whether this node's side is a majority at `now` with the members in `silent`
-    /// gone from it (see the module doc).
+    /// gone from it (see the module doc). Reachable: this node and the members up
+    /// here and heard (not silent). Counted: those, and the incarnations the store
+    /// shows alive that this node cannot reach — heard before and silent or declared
+    /// down, or up here by the store's word and never heard. Without a store read,
+    /// members up here by the store's word count as reachable (as before any read).
     fn majority_without(&self, silent: &BTreeSet<&str>, now: Instant) -> bool {
-        let store_read = self.store_read_until.is_some_and(|until| now < until);
+        let read = self.store_read_until.is_some_and(|until| now < until);
         let mut counted = BTreeSet::from([self.name.as_str()]);
         let mut reachable = counted.clone();
         for (name, m) in &self.members {
             let name = name.as_str();
-            if m.state == State::Up && !silent.contains(name) {
-                counted.insert(name);
+            let alive = read && self.alive_in_store(name, m);
+            let (reach, count) = match m.state {
+                State::Retired => (false, false),
+                State::Up if m.heard && !silent.contains(name) => (true, true),
+                State::Up if !m.heard && !read => (true, true),
+                State::Up => (false, alive),
+                State::Down => (false, m.heard && alive),
+            };
+            if reach {
                 reachable.insert(name);
-            } else if m.state != State::Retired
-                && store_read
-                && self.heard.contains(name)
-                && self.alive_in_store.contains(name)
-            {
+            }
+            if count {
                 counted.insert(name);
             }
         }
-        is_majority(&reachable, &counted)
+        // A node that has heard no peer since it started knows nothing of the others:
+        // it wins nothing on a tie-break (a newcomer with a wrong secret, named
+        // lowest, would otherwise declare the real cluster's dead members down).
+        (self.heard || counted.len() == 1) && is_majority(&reachable, &counted)
     }
 
     /// Whether this node's side of the cluster is a majority now, without the members
@@ -276,14 +322,15 @@ impl Membership {
         self.majority_without(&self.silent(now), now)
     }
 
-    /// The members up here but silent for longer than `down_after`, except those a
-    /// node that never heard a peer keeps up because the store says they live.
+    /// The members up here but silent for longer than `down_after`, except those never
+    /// heard in their incarnation that the store says live (a node cut off, from birth
+    /// or since it rejoined, cannot tell them dead).
     fn silent(&self, now: Instant) -> BTreeSet<&str> {
         self.members
             .iter()
             .filter(|(name, m)| {
                 m.state == State::Up
-                    && !(self.heard.is_empty() && self.alive_in_store.contains(*name))
+                    && (m.heard || !self.alive_in_store(name, m))
                     && now.saturating_duration_since(m.last_heard) > self.timing.down_after
             })
             .map(|(name, _)| name.as_str())
@@ -311,7 +358,18 @@ impl Membership {
                 m.epoch = epoch;
                 m.state = State::Down;
                 m.since = now;
+                m.heard = false;
             }
+        }
+    }
+
+    /// `name` in incarnation `epoch` said it leaves the cluster for good (its drain is
+    /// over): down, and no longer counted alive by the store's last read (it marked
+    /// itself down there too), so the members left are a majority without it at once.
+    pub fn on_leave(&mut self, name: &str, epoch: u64, now: Instant) {
+        self.on_down_notice(name, epoch, now);
+        if self.alive_in_store.get(name) == Some(&epoch) {
+            self.alive_in_store.remove(name);
         }
     }
 
@@ -336,6 +394,7 @@ impl Membership {
                         since: now,
                         last_heard: now,
                         rtt: None,
+                        heard: false,
                     },
                 );
             }
@@ -366,6 +425,7 @@ impl Membership {
                     since: now,
                     last_heard: m.last_heard,
                     rtt: None,
+                    heard: false,
                 };
                 supersede(&mut self.events, name, m, next);
                 true
@@ -380,6 +440,7 @@ impl Membership {
                         since: now,
                         last_heard: now,
                         rtt: None,
+                        heard: false,
                     },
                 );
                 false
@@ -450,7 +511,7 @@ impl Membership {
 
     /// Whether this node may act now (see the module doc).
     pub fn lease_valid(&self, now: Instant) -> bool {
-        if !self.in_majority(now) {
+        if !self.in_grace(now) && !self.in_majority(now) {
             return false;
         }
         if !self.members.values().any(|m| m.state == State::Up) {
@@ -464,12 +525,17 @@ impl Membership {
     /// peer being up).
     pub fn lease_until(&self, now: Instant) -> Option<Instant> {
         if !self.in_majority(now) {
-            return Some(now);
+            return Some(self.grace_until.filter(|g| now < *g).unwrap_or(now));
         }
         if !self.members.values().any(|m| m.state == State::Up) {
             return None;
         }
         Some(self.acked.map_or(now, |a| a + self.timing.lease))
+    }
+
+    /// Whether this incarnation is in its first lease period after a start.
+    fn in_grace(&self, now: Instant) -> bool {
+        self.grace_until.is_some_and(|g| now < g)
     }
 
     /// The next event, oldest first.
@@ -831,47 +897,48 @@ mod tests {
         assert_eq!(m.up().len(), 3);
     }
 
-    /// A node that never heard a peer (a wrong secret, a cut network) declares down
-    /// only the members the store also shows silent; once it hears one, silence alone.
+    /// A node that never heard a peer (a wrong secret, a cut network) declares nobody
+    /// down while the store shows a member alive (it is no majority: it hears nobody);
+    /// once the store shows them all dead, it is alone and declares them down.
     #[test]
     fn a_node_cut_off_from_birth_trusts_the_stores_signs_of_life() {
         let t0 = Instant::now();
-        let mut m = Membership::starting_at("rogue", 1, Timing::default(), t0);
-        m.expect("b", 3, t0);
-        m.expect("c", 2, t0);
-        m.store_signs(["b".to_string()], ms(t0, 60_000));
-        while m.poll_event().is_some() {}
-        for t in (250..=3_000).step_by(250) {
-            m.tick(ms(t0, t));
-        }
         let down = |n: &str, e| Event::Down {
             name: n.into(),
             epoch: e,
         };
-        assert_eq!(
-            m.poll_event(),
-            Some(down("c", 2)),
-            "c: silent in the store too"
-        );
-        assert_eq!(
-            m.poll_event(),
-            None,
-            "b lives by the store: not declared down"
-        );
-        assert!(
-            !m.lease_valid(ms(t0, 3_000)),
-            "without the lease: b never acknowledged"
-        );
-        // b's sign of life stops: declared down at the next tick.
-        m.store_signs([], ms(t0, 60_000));
-        m.tick(ms(t0, 3_250));
-        assert_eq!(m.poll_event(), Some(down("b", 3)));
+        for me in ["rogue", "a"] {
+            let mut m = Membership::starting_at(me, 1, Timing::default(), t0);
+            m.expect("b", 3, t0);
+            m.expect("c", 2, t0);
+            m.store_signs([("b".to_string(), 3)], ms(t0, 60_000));
+            while m.poll_event().is_some() {}
+            for t in (250..=3_000).step_by(250) {
+                m.tick(ms(t0, t));
+            }
+            assert_eq!(
+                m.poll_event(),
+                None,
+                "{me}: b lives by the store, and with it alive {me} is no majority (not even named lowest)"
+            );
+            assert!(!m.in_majority(ms(t0, 3_000)));
+            assert!(
+                !m.lease_valid(ms(t0, 3_000)),
+                "{me}: without the lease: b never acknowledged"
+            );
+            // b's sign of life stops: alone, it declares both down at the next tick.
+            m.store_signs([], ms(t0, 60_000));
+            m.tick(ms(t0, 3_250));
+            assert_eq!(m.poll_event(), Some(down("b", 3)));
+            assert_eq!(m.poll_event(), Some(down("c", 2)));
+            assert!(m.lease_valid(ms(t0, 3_250)));
+        }
 
         // Having heard a peer, silence and the majority decide: of two, a (the
         // lowest name) is the majority, whatever the store says of b.
         let mut m = Membership::starting_at("a", 1, Timing::default(), t0);
         m.on_heartbeat("b", 3, t0);
-        m.store_signs(["b".to_string()], ms(t0, 60_000));
+        m.store_signs([("b".to_string(), 3)], ms(t0, 60_000));
         while m.poll_event().is_some() {}
         for t in (250..=1_750).step_by(250) {
             m.tick(ms(t0, t));
@@ -970,7 +1037,7 @@ mod tests {
             m.on_heartbeat(o, 1, t0);
         }
         while m.poll_event().is_some() {}
-        let alive: Vec<String> = store_alive.iter().map(|s| s.to_string()).collect();
+        let alive: Vec<(String, u64)> = store_alive.iter().map(|s| (s.to_string(), 1)).collect();
         m.store_signs(alive, ms(t0, 60_000));
         for t in (250..=3_000).step_by(250) {
             let now = ms(t0, t);
@@ -1018,7 +1085,7 @@ mod tests {
         let mut m = Membership::starting_at("a", 1, Timing::default(), t0);
         m.on_heartbeat("b", 1, t0);
         m.on_heartbeat("c", 1, t0);
-        m.store_signs(["b".to_string(), "c".to_string()], ms(t0, 1_000));
+        m.store_signs([("b".to_string(), 1), ("c".to_string(), 1)], ms(t0, 1_000));
         while m.poll_event().is_some() {}
         for t in (250..=2_000).step_by(250) {
             m.tick(ms(t0, t));
@@ -1041,7 +1108,7 @@ mod tests {
         for (me, peer) in [("a", "b"), ("b", "a")] {
             let mut m = Membership::starting_at(me, 1, Timing::default(), t0);
             m.on_heartbeat(peer, 1, t0);
-            m.store_signs([peer.to_string()], ms(t0, 60_000));
+            m.store_signs([(peer.to_string(), 1)], ms(t0, 60_000));
             while m.poll_event().is_some() {}
             for t in (250..=3_000).step_by(250) {
                 m.tick(ms(t0, t));
@@ -1049,5 +1116,83 @@ mod tests {
             views.push((m.poll_event(), m.lease_valid(end)));
         }
         assert_eq!(views, vec![(Some(down("b")), true), (None, false)]);
+    }
+
+    /// A node rejoined while still cut off (it learned from the store that the others
+    /// declared it down) hears one peer of its side, never the members listed by the
+    /// store: those are alive there, so they are neither declared down for their
+    /// silence nor left out of the count, and the two are no majority of five (found
+    /// by review: a 2|3 split rejoined back and forth). It holds no lease at first.
+    #[test]
+    fn a_rejoined_node_does_not_declare_members_it_never_heard() {
+        let t0 = Instant::now();
+        let mut m = Membership::rejoined("a", 7, Timing::default(), t0);
+        for (n, e) in [("b", 2), ("c", 1), ("d", 1), ("e", 1)] {
+            m.expect(n, e, t0);
+        }
+        m.store_signs(
+            [("b", 2), ("c", 1), ("d", 1), ("e", 1)].map(|(n, e)| (n.to_string(), e)),
+            ms(t0, 60_000),
+        );
+        assert!(!m.lease_valid(t0), "no grace after a rejoin");
+        while m.poll_event().is_some() {}
+        for t in (250..=3_000).step_by(250) {
+            let now = ms(t0, t);
+            let seq = m.heartbeat(now);
+            m.on_heartbeat("b", 2, now);
+            m.on_ack("b", 2, seq, now);
+            m.tick(now);
+        }
+        assert_eq!(m.poll_event(), None, "c, d and e live by the store");
+        assert!(!m.in_majority(ms(t0, 3_000)), "two of five");
+        assert!(!m.lease_valid(ms(t0, 3_000)));
+        // The network heals: c, d and e are heard.
+        for n in ["c", "d", "e"] {
+            m.on_heartbeat(n, 1, ms(t0, 3_100));
+        }
+        assert!(m.in_majority(ms(t0, 3_100)));
+    }
+
+    /// Incarnations are matched exactly: b heard a in epoch 1; the store shows a
+    /// restarted (epoch 2) and never joining (a wrong secret, a crash loop). Epoch 1
+    /// is gone for sure, so b, alone in the count, declares it down and goes on
+    /// (found by review: with names alone b held no lease for good).
+    #[test]
+    fn a_newer_incarnation_in_the_store_proves_the_old_one_gone() {
+        let t0 = Instant::now();
+        let mut m = Membership::starting_at("b", 1, Timing::default(), t0);
+        m.on_heartbeat("a", 1, t0);
+        m.store_signs([("a".to_string(), 2)], ms(t0, 60_000));
+        while m.poll_event().is_some() {}
+        for t in (250..=1_750).step_by(250) {
+            m.tick(ms(t0, t));
+        }
+        assert_eq!(
+            m.poll_event(),
+            Some(Event::Down {
+                name: "a".into(),
+                epoch: 1
+            })
+        );
+        assert!(m.lease_valid(ms(t0, 1_750)));
+    }
+
+    /// Of two, the lower-named leaves for good (SIGTERM, its drain over) and says so:
+    /// the other is a majority at once, instead of holding no lease until the
+    /// leaver's sign of life in the store ages (the tie-break favours the leaver).
+    #[test]
+    fn a_member_that_leaves_is_counted_out_at_once() {
+        let t0 = Instant::now();
+        let mut m = Membership::starting_at("b", 1, Timing::default(), t0);
+        m.on_heartbeat("a", 1, t0);
+        m.store_signs([("a".to_string(), 1)], ms(t0, 60_000));
+        let later = ms(t0, 2_000);
+        assert!(
+            !m.in_majority(later),
+            "a silent, alive by the store, named lower"
+        );
+        m.on_leave("a", 1, ms(t0, 100));
+        assert!(m.in_majority(later));
+        assert!(m.lease_valid(later), "no peer up, a majority");
     }
 }

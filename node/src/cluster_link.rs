@@ -137,8 +137,22 @@ impl Host for NodeHost {
         );
         let rejoining = self.rejoining.clone();
         tokio::spawn(async move {
-            rejoin(ctx, supervisor, info, provisioning, cluster).await;
-            rejoining.store(false, Ordering::Release);
+            loop {
+                rejoin(
+                    ctx.clone(),
+                    supervisor.clone(),
+                    info.clone(),
+                    provisioning.clone(),
+                    cluster.clone(),
+                )
+                .await;
+                rejoining.store(false, Ordering::Release);
+                // Declared down again while rejoining (its `stale` call found a rejoin
+                // under way and returned): once more, or it would stay stale for good.
+                if !cluster.is_stale() || rejoining.swap(true, Ordering::AcqRel) {
+                    break;
+                }
+            }
         });
     }
 

@@ -138,3 +138,58 @@ fn a_node_cut_off_from_the_others_stops_and_only_the_majority_takes_over() {
         "a majority again once healed"
     );
 }
+
+/// Of a two-node cluster, n1 (the lower name, which a tie-break favours) leaves with
+/// SIGTERM: it marks itself down in the store and tells n2 so, and n2 holds its lease
+/// throughout. Without that, n2 would count n1 alive (by its sign of life in the store)
+/// and, the lower name being n1, hold no lease for the 2.5 s that sign takes to age:
+/// the survivor of a rolling restart would go silent right after taking every call.
+#[test]
+fn the_survivor_of_two_keeps_its_lease_when_the_other_leaves() {
+    let mut c = TestCluster::new();
+    c.start(1, GOOD);
+    c.start(2, GOOD);
+    c.wait_formed();
+    let api = c.node("n2").ports.api;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut lapsed = Vec::new();
+            let mut samples = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(r) = http(api, "GET", "/v1/cluster", Some(ADMIN), None, &[]) {
+                    let view = r.json();
+                    samples += 1;
+                    if view["lease_valid"] != true {
+                        lapsed.push(view);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(25));
+            }
+            (samples, lapsed)
+        })
+    };
+    let n1 = &mut c.members.get_mut("n1").unwrap().node;
+    assert_eq!(n1.terminate(), Some(0), "n1 drained and exited");
+    let exited = std::time::Instant::now();
+    c.node("n2")
+        .wait_until(Duration::from_secs(10), "n2 to see n1 down", || {
+            c.state("n2", "n1").is_some_and(|(s, _)| s == "down")
+        });
+    // Watched for as long as n1's sign of life would have counted it alive (2.5 s
+    // after its last one, read within a second): a lapse shows within that window.
+    c.node("n2")
+        .wait_until(Duration::from_secs(10), "the window to pass", || {
+            exited.elapsed() >= Duration::from_secs(4)
+        });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (samples, lapsed) = sampler.join().unwrap();
+    assert!(samples > 20, "{samples} samples");
+    assert!(
+        lapsed.is_empty(),
+        "n2 lost its lease as n1 left: {lapsed:?}\n{}",
+        c.node("n2").log()
+    );
+    assert_eq!(c.view("n2")["lease_valid"], true);
+}
