@@ -154,6 +154,9 @@ struct Shared {
     suspended: AtomicBool,
     /// This node's side was a majority at the last tick (for the log on a change).
     majority: AtomicBool,
+    /// This node is leaving the cluster for good ([`Cluster::leaving`]): it never
+    /// rejoins.
+    leaving: AtomicBool,
     /// The configured seeds: dialled while no session is up, and their addresses are
     /// members' for the listener.
     seeds: Vec<SocketAddr>,
@@ -189,6 +192,7 @@ impl Cluster {
             stale: AtomicBool::new(false),
             suspended: AtomicBool::new(false),
             majority: AtomicBool::new(true),
+            leaving: AtomicBool::new(false),
             seeds: settings.seeds.clone(),
             unheard_reads: Default::default(),
         }));
@@ -213,19 +217,25 @@ impl Cluster {
         self.membership().epoch()
     }
 
-    /// Whether this node may act (admit calls, grant lines): it holds its lease and
-    /// was not declared down.
-    /// This node leaves the cluster for good (its drain is over): it tells every peer
-    /// it is down (a down notice about itself, taken from a member in good standing),
-    /// so they count it out at once rather than after its silence, and it acts on
-    /// nothing more.
-    pub fn leave(&self) {
+    /// This node leaves the cluster for good (its drain is over), first step: it acts
+    /// on nothing more, and nothing it learns makes it rejoin (the store row it is
+    /// about to mark down, a peer's Stale answer). Then the node marks itself down in
+    /// the store and calls [`Cluster::announce_leave`].
+    pub fn leaving(&self) {
+        self.0.leaving.store(true, Ordering::Relaxed);
+        self.0.stale.store(true, Ordering::Relaxed);
+        self.publish_lease();
+    }
+
+    /// This node leaves the cluster for good, last step (after [`Cluster::leaving`] and
+    /// the store's mark): it tells every peer it is down (a down notice about itself,
+    /// taken from a member in good standing), so they count it out at once rather than
+    /// after its silence.
+    pub fn announce_leave(&self) {
         let (me, epoch) = {
             let m = self.membership();
             (m.name().to_string(), m.epoch())
         };
-        self.0.stale.store(true, Ordering::Relaxed);
-        self.publish_lease();
         for peer in self.peers_up() {
             self.send(
                 &peer,
@@ -242,6 +252,8 @@ impl Cluster {
         self.0.stale.load(Ordering::Relaxed)
     }
 
+    /// Whether this node may act (admit calls, grant lines): it holds its lease and
+    /// was not declared down.
     pub fn lease_valid(&self) -> bool {
         !self.0.stale.load(Ordering::Relaxed) && self.membership().lease_valid(Instant::now())
     }
@@ -353,6 +365,9 @@ impl Cluster {
             let m = self.membership();
             (m.name().to_string(), m.timing())
         };
+        if self.0.leaving.load(Ordering::Relaxed) {
+            return; // leaving for good: stays stale, acts on nothing
+        }
         *self.membership() = Membership::rejoined(&name, epoch, timing, Instant::now());
         *self.lines() = LineService::new(&name);
         self.0.suspended.store(false, Ordering::Relaxed);
@@ -360,6 +375,9 @@ impl Cluster {
         // knows the members the store lists: a new incarnation alone in its view would
         // own every key and grant against empty tables.
         self.expect_registered(Instant::now()).await;
+        if self.0.leaving.load(Ordering::Relaxed) {
+            return; // began to leave meanwhile
+        }
         self.0.stale.store(false, Ordering::Relaxed);
         self.lines_to_view(LineService::view);
         self.publish_lease();
@@ -814,7 +832,10 @@ impl Cluster {
         let up = m.members().filter(|(_, x)| x.state == State::Up).count() + 1;
         let down = m.members().filter(|(_, x)| x.state == State::Down).count();
         self.0.metrics.members(up as i64, down as i64);
-        let majority = m.in_majority(Instant::now());
+        // A node just started or rejoined has not heard the members yet: a minority
+        // for a moment by the count, not cut off.
+        let now = Instant::now();
+        let majority = m.in_majority(now) || m.settling(now);
         self.0.metrics.majority.set(i64::from(majority));
         if self.0.majority.swap(majority, Ordering::Relaxed) != majority {
             if majority {

@@ -49,6 +49,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+/// How long after a node first hears a peer the members the store lists but it never
+/// heard stay exempt from being declared down for their silence (see
+/// `Membership::silent`).
+pub const UNHEARD_GRACE: Duration = Duration::from_secs(10);
+
 /// The detector's timing.
 #[derive(Debug, Clone, Copy)]
 pub struct Timing {
@@ -133,6 +138,9 @@ pub struct Membership {
     next_seq: u64,
     /// A peer's frame was taken since this incarnation started.
     heard: bool,
+    /// When this incarnation started, and when it first heard a peer.
+    started: Instant,
+    first_heard: Option<Instant>,
     /// The incarnations whose sign of life in the store is recent, as last read.
     alive_in_store: BTreeMap<String, u64>,
     /// Until when that read counts for the majority.
@@ -163,6 +171,8 @@ impl Membership {
             sent: Vec::new(),
             next_seq: 1,
             heard: false,
+            started: now,
+            first_heard: None,
             alive_in_store: BTreeMap::new(),
             store_read_until: None,
             grace_until: Some(now + timing.lease),
@@ -197,6 +207,7 @@ impl Membership {
             return Verdict::Stale; // another process under our name
         }
         self.heard = true;
+        self.first_heard.get_or_insert(now);
         let verdict = self.seen(from, epoch, now);
         if verdict == Verdict::Fresh {
             if let Some(m) = self.members.get_mut(from) {
@@ -283,10 +294,9 @@ impl Membership {
 
     /// Whether this node's side is a majority at `now` with the members in `silent`
     /// gone from it (see the module doc). Reachable: this node and the members up
-    /// here and heard (not silent). Counted: those, and the incarnations the store
-    /// shows alive that this node cannot reach — heard before and silent or declared
-    /// down, or up here by the store's word and never heard. Without a store read,
-    /// members up here by the store's word count as reachable (as before any read).
+    /// here and heard (not silent). Counted: those, the members up here by the store's
+    /// word and not heard yet (not silent), and the incarnations the store shows alive
+    /// that were heard before and are silent or declared down now.
     fn majority_without(&self, silent: &BTreeSet<&str>, now: Instant) -> bool {
         let read = self.store_read_until.is_some_and(|until| now < until);
         let mut counted = BTreeSet::from([self.name.as_str()]);
@@ -296,9 +306,10 @@ impl Membership {
             let alive = read && self.alive_in_store(name, m);
             let (reach, count) = match m.state {
                 State::Retired => (false, false),
-                State::Up if m.heard && !silent.contains(name) => (true, true),
-                State::Up if !m.heard && !read => (true, true),
-                State::Up => (false, alive),
+                State::Up if silent.contains(name) => (false, alive),
+                State::Up if m.heard => (true, true),
+                // Listed by the store, not heard yet: counted, not reachable.
+                State::Up => (false, true),
                 State::Down => (false, m.heard && alive),
             };
             if reach {
@@ -323,18 +334,30 @@ impl Membership {
     }
 
     /// The members up here but silent for longer than `down_after`, except those never
-    /// heard in their incarnation that the store says live (a node cut off, from birth
-    /// or since it rejoined, cannot tell them dead).
+    /// heard in their incarnation that the store (as last read) says live, until
+    /// [`UNHEARD_GRACE`] after this node first heard a peer: a node cut off, from birth
+    /// or since it rejoined, cannot tell them dead, and when the network heals its
+    /// sessions come back one by one (TCP's retransmission back-off: seconds apart).
+    /// A member that registers and never joins is declared down after that.
     fn silent(&self, now: Instant) -> BTreeSet<&str> {
+        let unheard_exempt = self
+            .first_heard
+            .is_none_or(|t| now.saturating_duration_since(t) < UNHEARD_GRACE);
         self.members
             .iter()
             .filter(|(name, m)| {
                 m.state == State::Up
-                    && (m.heard || !self.alive_in_store(name, m))
+                    && (m.heard || !unheard_exempt || !self.alive_in_store(name, m))
                     && now.saturating_duration_since(m.last_heard) > self.timing.down_after
             })
             .map(|(name, _)| name.as_str())
             .collect()
+    }
+
+    /// Whether this incarnation started (or rejoined) less than `down_after` ago: its
+    /// view still fills as members are heard (for reports, not decisions).
+    pub fn settling(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.started) < self.timing.down_after
     }
 
     /// Another node (or the store) says `name` in incarnation `epoch` is down.
@@ -370,6 +393,10 @@ impl Membership {
         self.on_down_notice(name, epoch, now);
         if self.alive_in_store.get(name) == Some(&epoch) {
             self.alive_in_store.remove(name);
+        }
+        // Not counted again should the store still show it alive (its mark failed).
+        if let Some(m) = self.members.get_mut(name).filter(|m| m.epoch == epoch) {
+            m.heard = false;
         }
     }
 
@@ -1135,6 +1162,15 @@ mod tests {
             ms(t0, 60_000),
         );
         assert!(!m.lease_valid(t0), "no grace after a rejoin");
+        assert_eq!(m.lease_until(t0), Some(t0), "nor in what the gate is given");
+        let mut fresh = Membership::starting_at("a", 7, Timing::default(), t0);
+        fresh.expect("b", 2, t0);
+        fresh.store_signs([("b".to_string(), 2)], ms(t0, 60_000));
+        assert_eq!(
+            fresh.lease_until(t0),
+            Some(ms(t0, 1_000)),
+            "a start has its grace"
+        );
         while m.poll_event().is_some() {}
         for t in (250..=3_000).step_by(250) {
             let now = ms(t0, t);
@@ -1194,5 +1230,52 @@ mod tests {
         m.on_leave("a", 1, ms(t0, 100));
         assert!(m.in_majority(later));
         assert!(m.lease_valid(later), "no peer up, a majority");
+    }
+
+    /// A node that rejoined hears b, c and d when the network heals, and e's session
+    /// comes back later (TCP's back-off): e, listed alive by the store and never heard
+    /// yet, is not declared down by the four for its silence until UNHEARD_GRACE after
+    /// the first peer was heard (then it is: a member that registers and never joins
+    /// does not stay in the view for good).
+    #[test]
+    fn a_member_heard_late_after_a_heal_is_not_declared_down() {
+        let t0 = Instant::now();
+        let mut m = Membership::rejoined("a", 7, Timing::default(), t0);
+        for n in ["b", "c", "d", "e"] {
+            m.expect(n, 1, t0);
+        }
+        m.store_signs(
+            ["b", "c", "d", "e"].map(|n| (n.to_string(), 1)),
+            ms(t0, 600_000),
+        );
+        while m.poll_event().is_some() {}
+        let heard_from = 5_000;
+        let grace = 10_000;
+        assert_eq!(UNHEARD_GRACE, Duration::from_millis(grace));
+        for t in (250..=heard_from + grace - 250).step_by(250) {
+            let now = ms(t0, t);
+            if t >= heard_from {
+                let seq = m.heartbeat(now);
+                for n in ["b", "c", "d"] {
+                    m.on_heartbeat(n, 1, now);
+                    m.on_ack(n, 1, seq, now);
+                }
+            }
+            m.tick(now);
+        }
+        assert_eq!(m.poll_event(), None, "e not declared down");
+        assert!(m.in_majority(ms(t0, heard_from + 1_000)), "four of five");
+        let now = ms(t0, heard_from + grace + 250);
+        for n in ["b", "c", "d"] {
+            m.on_heartbeat(n, 1, now);
+        }
+        m.tick(now);
+        assert_eq!(
+            m.poll_event(),
+            Some(Event::Down {
+                name: "e".into(),
+                epoch: 1
+            })
+        );
     }
 }

@@ -752,6 +752,9 @@ pub async fn run(
         // peers count it out at once (the majority rule would otherwise count it
         // alive for its sign of life's window: a two-node cluster's survivor would
         // hold no lease right after taking every call over).
+        if let Some(cluster) = ctx.cluster.get() {
+            cluster.leaving();
+        }
         let (store, me) = (ctx.store.clone(), ctx.node_id.clone());
         let epoch = ctx.epoch.load(Ordering::Relaxed);
         match tokio::task::spawn_blocking(move || store.mark_node_down(&me, epoch)).await {
@@ -760,7 +763,7 @@ pub async fn run(
             Err(e) => tracing::warn!(%e, "marking this node down failed"),
         }
         if let Some(cluster) = ctx.cluster.get() {
-            cluster.leave();
+            cluster.announce_leave();
             // The notices go out on the sessions' tasks: a moment for them to leave
             // before the runtime stops (a peer that misses one counts this node out
             // from the store instead, within a second).

@@ -107,8 +107,7 @@ fn a_node_cut_off_from_the_others_stops_and_only_the_majority_takes_over() {
         "n1 to rejoin as a new incarnation",
         || own_epoch(&c, "n1") > before[0],
     );
-    // A new incarnation holds its lease for its first second (it has nothing of its
-    // own yet); having heard nobody, it then acts on nothing.
+    // A rejoined incarnation has no grace: having heard nobody, it acts on nothing.
     c.node("n1").wait_until(
         Duration::from_secs(3),
         "n1's new incarnation to hold no lease",
