@@ -682,12 +682,14 @@ impl Core {
                 method: method_name(req.method),
             })
             .inc();
+        // The transaction answers where the Via says (over UDP), the call keeps the
+        // source (its dialog and media checks are by the address the party sent from).
         let verdict = self.transactions.on_request(
             req.method,
             &info.branch,
             &info.call_id,
             info.cseq,
-            peer,
+            peer.reply_to(&info),
             now,
             &mut self.out,
         );

@@ -171,6 +171,10 @@ pub struct Info {
     pub branch: String,
     pub from_tag: Option<String>,
     pub to_tag: Option<String>,
+    /// Where a response to this request goes over UDP (RFC 3261 18.2.2): the port
+    /// the top Via names (5060 if none), or None, the request's source port: when
+    /// the Via asks for it (`rport`, RFC 3581) or names no port that parses.
+    pub reply_port: Option<u16>,
 }
 
 /// Parses a datagram or framed stream message and extracts its [`Info`].
@@ -382,7 +386,44 @@ fn info(msg: &SipMessage) -> Result<Info, ParseError> {
         branch,
         from_tag: tag(from).map(str::to_string),
         to_tag: tag(to).map(str::to_string),
+        reply_port: via_reply_port(via),
     })
+}
+
+/// The port a response over UDP goes to, from the top Via (see [`Info::reply_port`]):
+/// `SIP/2.0/UDP host[:port][;params]`, the host an IPv4 address, a name or an IPv6
+/// reference (`[...]`).
+fn via_reply_port(via: &str) -> Option<u16> {
+    if param(via, "rport").is_some() {
+        return None;
+    }
+    let sent_by = via.split(';').next()?.trim();
+    // The protocol (`SIP/2.0/UDP`, spaces allowed around its slashes) ends at the
+    // last whitespace before the host.
+    let host_port = sent_by.rsplit(char::is_whitespace).next()?;
+    let port = match host_port.strip_prefix('[') {
+        Some(v6) => v6.split_once(']')?.1.strip_prefix(':'),
+        None => host_port.split_once(':').map(|(_, p)| p),
+    };
+    match port {
+        None => Some(5060),
+        Some(p) => p.parse::<u16>().ok().filter(|p| *p != 0),
+    }
+}
+
+impl Peer {
+    /// Where a response to a request that came from this peer goes: over UDP the
+    /// source address at the Via's port ([`Info::reply_port`]); over a stream, the
+    /// connection it came on.
+    pub fn reply_to(self, info: &Info) -> Peer {
+        match (self.transport, info.reply_port) {
+            (Transport::Udp, Some(port)) => Peer {
+                addr: SocketAddr::new(self.addr.ip(), port),
+                ..self
+            },
+            _ => self,
+        }
+    }
 }
 
 /// The longest Via branch taken (RFC 3261 generators use tens of bytes).
@@ -523,6 +564,57 @@ i: call-1@host\r\n\
 CSeq: 7 INVITE\r\n\
 Max-Forwards: 70\r\n\
 Content-Length: 0\r\n\r\n";
+
+    /// RFC 3261 18.2.2 and RFC 3581: a response over UDP goes to the source address
+    /// at the Via's port (5060 if it names none), or the source port when the Via
+    /// asks for `rport` or names a port that does not parse.
+    #[test]
+    fn responses_go_to_the_vias_port_unless_it_asks_for_rport() {
+        let cases: &[(&str, Option<u16>)] = &[
+            ("SIP/2.0/UDP 10.0.0.1:5062;branch=z9hG4bK1", Some(5062)),
+            ("SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK1", Some(5060)),
+            (
+                "SIP/2.0/UDP proxy.example.net:5080;branch=z9hG4bK1",
+                Some(5080),
+            ),
+            ("SIP/2.0/UDP [2001:db8::1]:5070;branch=z9hG4bK1", Some(5070)),
+            ("SIP/2.0/UDP [2001:db8::1];branch=z9hG4bK1", Some(5060)),
+            ("SIP / 2.0 / UDP 10.0.0.1:5064;branch=z9hG4bK1", Some(5064)),
+            ("SIP/2.0/UDP 10.0.0.1:5062;branch=z9hG4bK1;rport", None),
+            ("SIP/2.0/UDP 10.0.0.1:5062;rport=4000;branch=z9hG4bK1", None),
+            ("SIP/2.0/UDP 10.0.0.1:0;branch=z9hG4bK1", None),
+            ("SIP/2.0/UDP 10.0.0.1:99999;branch=z9hG4bK1", None),
+            ("SIP/2.0/UDP 10.0.0.1:x;branch=z9hG4bK1", None),
+            ("SIP/2.0/UDP [2001:db8::1;branch=z9hG4bK1", None),
+        ];
+        for (via, want) in cases {
+            assert_eq!(via_reply_port(via), *want, "{via}");
+        }
+        let src: SocketAddr = "10.0.0.1:40000".parse().unwrap();
+        let (_, info) = parse(
+            INVITE
+                .replace(";branch=z9hG4bK-1;rport", ";branch=z9hG4bK-1")
+                .as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(info.reply_port, Some(5061));
+        let udp = Peer {
+            transport: Transport::Udp,
+            addr: src,
+        };
+        assert_eq!(udp.reply_to(&info).addr, "10.0.0.1:5061".parse().unwrap());
+        let tcp = Peer {
+            transport: Transport::Tcp,
+            addr: src,
+        };
+        assert_eq!(
+            tcp.reply_to(&info),
+            tcp,
+            "a stream answers on its connection"
+        );
+        let (_, info) = parse(INVITE.as_bytes()).unwrap();
+        assert_eq!(udp.reply_to(&info), udp, "rport: the source port");
+    }
 
     #[test]
     fn extracts_info_with_compact_headers() {

@@ -152,8 +152,10 @@ impl Inbound {
 
     /// Handles one received datagram or stream frame: dropped or refused if its source
     /// is not trusted, dropped if the queue is full, else parsed and queued; the answer
-    /// to send back at once (a 400 for a malformed request, a stateless 403), if any.
-    pub(crate) fn frame(&self, data: &[u8], peer: Peer) -> Option<Vec<u8>> {
+    /// to send back at once (a 400 for a malformed request, a stateless 403, a 503
+    /// past capacity), if any, and where to: a message that parsed is answered where
+    /// its Via says ([`Peer::reply_to`]), one that did not at its source.
+    pub(crate) fn frame(&self, data: &[u8], peer: Peer) -> Option<(Vec<u8>, Peer)> {
         if data.iter().all(|b| b.is_ascii_whitespace()) {
             return None; // keepalive (RFC 5626 CRLF)
         }
@@ -170,7 +172,7 @@ impl Inbound {
                     Some(_) => self.metrics.untrusted_rejected.inc(),
                     None => self.metrics.untrusted_dropped.inc(),
                 };
-                return reply;
+                return reply.map(|r| (r, peer));
             }
         }
         let m = &self.metrics;
@@ -203,7 +205,7 @@ impl Inbound {
                     match admit {
                         Admit::Queue => {}
                         Admit::Drop => return None,
-                        Admit::Answer(reply) => return Some(reply),
+                        Admit::Answer(reply) => return Some((reply, peer.reply_to(&info))),
                     }
                 }
                 let cost = data.len();
@@ -231,7 +233,7 @@ impl Inbound {
             Err(e) => {
                 m.parse_errors.inc();
                 tracing::debug!(%e, peer = %peer.addr, "malformed SIP message");
-                reject_unparsed(data, e.status(), &e.to_string())
+                reject_unparsed(data, e.status(), &e.to_string()).map(|r| (r, peer))
             }
         }
     }
@@ -794,7 +796,7 @@ impl StreamConnections {
                 match framer.next() {
                     Ok(Some(msg)) => {
                         completed = true;
-                        if let Some(reply) = self.inbound.frame(&msg, peer) {
+                        if let Some((reply, _)) = self.inbound.frame(&msg, peer) {
                             self.reply(addr, conn.id, Bytes::from(reply));
                         }
                     }
@@ -929,7 +931,9 @@ CSeq: {cseq} {method}\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
             (OPTIONS.to_vec(), None, true, 3),
         ];
         for (i, (msg, answer, queued, repeats)) in rows.into_iter().enumerate() {
-            let reply = inb.frame(&msg, from).map(|r| String::from_utf8(r).unwrap());
+            let reply = inb
+                .frame(&msg, from)
+                .map(|(r, _)| String::from_utf8(r).unwrap());
             match answer {
                 Some(status) => {
                     let reply = reply.unwrap_or_else(|| panic!("row {i}: no answer"));
@@ -949,7 +953,7 @@ CSeq: {cseq} {method}\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
         // again, is not queued as a new call, and its ACK is still dropped.
         let again = inb
             .frame(&invite, from)
-            .map(|r| String::from_utf8(r).unwrap());
+            .map(|(r, _)| String::from_utf8(r).unwrap());
         assert!(again.is_some_and(|r| r.starts_with("SIP/2.0 503 ")));
         assert!(
             rx.try_recv().is_err(),
@@ -991,8 +995,8 @@ CSeq: {cseq} {method}\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
         one.shards = Shards::new(2);
         one.overload = Arc::new(RefusalGate::new(5, 2));
         let inb = one;
-        let from = peer("127.0.0.1:5070");
-        // A Call-ID of each shard.
+        let from = peer("127.0.0.1:40000"); // an ephemeral source port
+                                            // A Call-ID of each shard.
         let on = |shard: usize| {
             (0..)
                 .map(|i| format!("c{i}"))
@@ -1019,7 +1023,11 @@ CSeq: {cseq} {method}\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
         }
         inb.overload.set(1, true);
         let refused = inb.frame(&request("INVITE", &b, 3, ""), from);
-        assert!(refused.is_some_and(|r| r.starts_with(b"SIP/2.0 503 ")));
+        let (reply, to) = refused.expect("refused");
+        assert!(reply.starts_with(b"SIP/2.0 503 "));
+        // The Via names 127.0.0.1:5070 without rport: the 503 goes there (RFC 3261
+        // 18.2.2), whatever port the INVITE came from.
+        assert_eq!(to.addr, "127.0.0.1:5070".parse().unwrap());
         assert!(rx1.try_recv().is_err(), "refused, not queued");
         assert!(inb.frame(&request("INVITE", &a, 3, ""), from).is_none());
         assert_eq!(
@@ -1057,8 +1065,13 @@ CSeq: {cseq} {method}\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
         assert_eq!(inb.metrics.untrusted_dropped.get(), 1);
 
         let (inb, mut rx) = inbound(Untrusted::Reject);
-        let reply = inb.frame(OPTIONS, peer("127.0.0.2:5070")).expect("a 403");
+        let (reply, to) = inb.frame(OPTIONS, peer("127.0.0.2:5070")).expect("a 403");
         assert!(reply.starts_with(b"SIP/2.0 403 Forbidden\r\n"));
+        assert_eq!(
+            to,
+            peer("127.0.0.2:5070"),
+            "a stranger's 403 goes to its source"
+        );
         assert!(rx.try_recv().is_err(), "no transaction either");
         let response = b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK1\r\nFrom: <sip:a@h>;tag=1\r\nTo: <sip:b@h>;tag=2\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n";
         assert!(inb.frame(response, peer("127.0.0.2:5070")).is_none());

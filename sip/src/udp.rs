@@ -416,8 +416,8 @@ async fn receive_one(sock: &UdpSocket, buf: &mut [u8], inbound: &Inbound) {
         transport: Transport::Udp,
         addr: src,
     };
-    if let Some(reply) = inbound.frame(&buf[..n], peer) {
-        let _ = sock.try_send_to(&reply, src);
+    if let Some((reply, to)) = inbound.frame(&buf[..n], peer) {
+        let _ = sock.try_send_to(&reply, to.addr);
     }
 }
 

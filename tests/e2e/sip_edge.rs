@@ -275,6 +275,46 @@ fn strangers_get_no_answer_at_all() {
     assert!(answers_options_quickly(ports.sip));
 }
 
+/// RFC 3261 18.2.2 and RFC 3581 over UDP: a request whose Via names another port than
+/// the one it was sent from (a carrier's SBC sending from one port and listening on
+/// another) is answered at the Via's port; one whose Via asks for `rport`, at its
+/// source port.
+#[test]
+fn udp_responses_go_to_the_vias_port_unless_it_asks_for_rport() {
+    let ports = Ports::take();
+    let _node = Node::start(ports, "127.0.0.0/8", "");
+    let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let listener = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let to = ("127.0.0.1", ports.sip);
+    let via = listener.local_addr().unwrap();
+    sender
+        .send_to(options(via, "UDP", "viaport").as_bytes(), to)
+        .unwrap();
+    let at_via = datagrams_within(&listener, Duration::from_secs(2));
+    assert!(
+        at_via.iter().any(|m| m.starts_with("SIP/2.0 200")),
+        "answered at the Via's port: {at_via:?}"
+    );
+    let at_source = datagrams_within(&sender, Duration::from_millis(300));
+    assert!(
+        at_source.is_empty(),
+        "not at the source port: {at_source:?}"
+    );
+
+    let rport = options(via, "UDP", "rport").replace(";branch=", ";rport;branch=");
+    sender.send_to(rport.as_bytes(), to).unwrap();
+    let at_source = datagrams_within(&sender, Duration::from_secs(2));
+    assert!(
+        at_source.iter().any(|m| m.starts_with("SIP/2.0 200")),
+        "rport: answered at the source port: {at_source:?}"
+    );
+    let at_via = datagrams_within(&listener, Duration::from_millis(300));
+    assert!(
+        at_via.is_empty(),
+        "rport: not at the Via's port: {at_via:?}"
+    );
+}
+
 /// With `sip.untrusted = "reject"` a stranger's request gets exactly one 403, never
 /// retransmitted (no transaction), and no 100 Trying before it.
 #[test]
