@@ -18,6 +18,7 @@ use crate::metrics::{DirectionLabel, ForeignLabel, MediaMetrics};
 use crate::ports::MediaPort;
 use crate::prompt::{Prompt, FRAME_SAMPLES};
 use crate::recording::{Mixer, OnClosed, Outcome, RecordMode, Sink};
+use crate::sdp::PayloadTypes;
 use crate::stream::{new_ssrc, OutStream};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -128,8 +129,9 @@ enum Control {
     /// That side's far end is gone (a forwarding attempt failed): accept nothing from
     /// it and send it nothing until new SDP names another.
     ClearRemote(Side),
-    /// The telephone-event payload type the far end of a side sends (from its SDP).
-    SetDtmf(Side, Option<u8>),
+    /// The telephone-event payload type the far end of a side names in its SDP, and
+    /// its audio formats.
+    SetDtmf(Side, Option<u8>, PayloadTypes),
     Play(Side, Player),
     StopPlaying(Side),
     StartRecording(Box<Mixer>, Sink),
@@ -264,9 +266,16 @@ impl Relay {
         let _ = self.control.send(Control::ClearRemote(side));
     }
 
-    /// Which payload type carries the telephone-events the far end of `side` sends.
-    pub fn set_dtmf(&self, side: Side, payload_type: Option<u8>) {
-        let _ = self.control.send(Control::SetDtmf(side, payload_type));
+    /// Which payload type carries the telephone-events the far end of `side` sends,
+    /// as its own SDP names it, and the formats of that SDP's audio stream
+    /// ([`PayloadTypes::UNKNOWN`] if not known). Its packets in the other party's
+    /// telephone-event type count as keys too, unless that type is one of its formats:
+    /// RFC 3264 has each party send in the types of the SDP it received, and an
+    /// answer may number telephone-event differently from its offer.
+    pub fn set_dtmf(&self, side: Side, payload_type: Option<u8>, formats: PayloadTypes) {
+        let _ = self
+            .control
+            .send(Control::SetDtmf(side, payload_type, formats));
     }
 
     /// Plays `prompt` into `side` in `payload_type` (PCMU 0 or PCMA 8), replacing
@@ -357,6 +366,8 @@ struct SideState {
     out: OutStream,
     player: Option<Player>,
     dtmf_payload_type: Option<u8>,
+    /// The audio formats of this side's far end's SDP.
+    formats: PayloadTypes,
     dtmf: EventDetector,
 }
 
@@ -369,9 +380,18 @@ impl SideState {
             out: OutStream::new(new_ssrc()),
             player: None,
             dtmf_payload_type: None,
+            formats: PayloadTypes::UNKNOWN,
             dtmf: EventDetector::default(),
         }
     }
+}
+
+/// Whether a packet of payload type `pt` from `from`'s far end is a telephone-event:
+/// in the type its own SDP names, or in the type of the SDP it received (the other
+/// party's, relayed) when that is none of its own audio formats.
+fn is_key(from: &SideState, to: &SideState, pt: u8) -> bool {
+    Some(pt) == from.dtmf_payload_type
+        || (Some(pt) == to.dtmf_payload_type && !from.formats.contains(pt))
 }
 
 thread_local! {
@@ -442,7 +462,7 @@ fn drain(p: Flow<'_>, mut rec: Option<&mut Recording>, on_event: &OnEvent) {
                     rec_now,
                 );
             }
-            if Some(r.payload_type()) == p.from_side.dtmf_payload_type {
+            if is_key(p.from_side, p.to_side, r.payload_type()) {
                 if let Some(key) = p
                     .from_side
                     .dtmf
@@ -556,10 +576,12 @@ fn run(
                         let s = if side == Side::A { &mut sa } else { &mut sb };
                         s.peer = Peer::default();
                         s.dtmf_payload_type = None;
+                        s.formats = PayloadTypes::UNKNOWN;
                     }
-                    Control::SetDtmf(side, pt) => {
+                    Control::SetDtmf(side, pt, formats) => {
                         let s = if side == Side::A { &mut sa } else { &mut sb };
                         s.dtmf_payload_type = pt;
+                        s.formats = formats;
                     }
                     Control::Play(side, player) => {
                         let s = if side == Side::A { &mut sa } else { &mut sb };
@@ -799,7 +821,7 @@ mod tests {
         let pool = pool(41240);
         let (relay, _, mut events) = relay_with_events(&pool);
         let (caller, callee) = parties(&relay).await;
-        relay.set_dtmf(Side::A, Some(101));
+        relay.set_dtmf(Side::A, Some(101), PayloadTypes::of([8, 101]));
         // A three-frame prompt in PCMA to the caller.
         let prompt = Arc::new(Prompt::from_samples(&[1000; 480]));
         relay.play(Side::A, prompt.clone(), 8, false, 7);
@@ -1220,7 +1242,7 @@ mod tests {
         let failed = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let next = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         relay.set_remote(Side::A, caller.local_addr().unwrap());
-        relay.set_dtmf(Side::A, Some(101));
+        relay.set_dtmf(Side::A, Some(101), PayloadTypes::of([8, 101]));
         relay.set_remote(Side::B, failed.local_addr().unwrap());
         failed.send_to(&rtp_of(1, 2, 1), b_port).await.unwrap();
         assert_eq!(
@@ -1262,6 +1284,66 @@ mod tests {
         );
     }
 
+    /// The caller's offer names telephone-event 101, the callee's answer 100 (RFC 3264
+    /// lets an answer number it its own way, and has each party send in the types of
+    /// the SDP it received): the caller's keys in 100 are heard, as in 101. A type the
+    /// caller's own SDP gives an audio codec is never read as keys.
+    #[tokio::test]
+    async fn keys_in_the_other_partys_telephone_event_type_are_heard() {
+        let (relay, _metrics, mut events) = relay_with_events(&pool(41480));
+        let a_port = relay.local(Side::A);
+        let caller = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let callee = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        relay.set_remote(Side::A, caller.local_addr().unwrap());
+        relay.set_remote(Side::B, callee.local_addr().unwrap());
+        relay.set_dtmf(Side::A, Some(101), PayloadTypes::of([8, 101]));
+        relay.set_dtmf(Side::B, Some(100), PayloadTypes::of([8, 100]));
+        let key_in = |pt: u8, key: u8, seq: u8| {
+            let mut p = vec![0x80, pt, 0, seq, 0, 0, 0x10 * seq, 0, 0, 0, 0, 1];
+            p.extend_from_slice(&[key, 0x8a, 0, 160]);
+            p
+        };
+        // A key not heard fails the test (rather than waiting for ever).
+        async fn next(
+            events: &mut tokio::sync::mpsc::UnboundedReceiver<MediaEvent>,
+        ) -> Option<MediaEvent> {
+            tokio::time::timeout(Duration::from_secs(5), events.recv())
+                .await
+                .ok()
+                .flatten()
+        }
+        caller.send_to(&key_in(100, 5, 1), a_port).await.unwrap();
+        assert_eq!(
+            next(&mut events).await,
+            Some(MediaEvent::Digit {
+                side: Side::A,
+                key: '5'
+            }),
+            "in the callee's number"
+        );
+        caller.send_to(&key_in(101, 7, 2), a_port).await.unwrap();
+        assert_eq!(
+            next(&mut events).await,
+            Some(MediaEvent::Digit {
+                side: Side::A,
+                key: '7'
+            }),
+            "in its own"
+        );
+        // The caller's SDP gives 100 to a codec: its packets in 100 are audio. A key in
+        // 101 after them is the next event: the 100 ones made none.
+        relay.set_dtmf(Side::A, Some(101), PayloadTypes::of([8, 100, 101]));
+        caller.send_to(&key_in(100, 3, 3), a_port).await.unwrap();
+        caller.send_to(&key_in(101, 9, 4), a_port).await.unwrap();
+        assert_eq!(
+            next(&mut events).await,
+            Some(MediaEvent::Digit {
+                side: Side::A,
+                key: '9'
+            })
+        );
+    }
+
     /// SDP naming a destination the node must not send to (cloud metadata, a LAN's
     /// multicast) leaves that side without one: counted, nothing sent there, and the
     /// next good SDP works as usual.
@@ -1277,7 +1359,7 @@ mod tests {
         let caller = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let callee = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         relay.set_remote(Side::A, caller.local_addr().unwrap());
-        relay.set_dtmf(Side::A, Some(101));
+        relay.set_dtmf(Side::A, Some(101), PayloadTypes::of([8, 101]));
         relay.set_remote(Side::B, "169.254.169.254:80".parse().unwrap());
         relay.set_remote(Side::B, "224.0.0.251:5353".parse().unwrap());
         until("both refused", || {

@@ -21,8 +21,35 @@ pub struct Rewritten {
     pub remote: Option<SocketAddr>,
     /// Its telephone-event payload type ([`telephone_event`]).
     pub dtmf: Option<u8>,
+    /// The formats of its audio stream.
+    pub formats: PayloadTypes,
     /// It puts the audio on hold (see `Body::holds`).
     pub held: bool,
+}
+
+/// A set of RTP payload types (0-127), without allocating: the formats of a party's
+/// audio stream, which the relay checks before it takes packets in another party's
+/// telephone-event type for keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PayloadTypes(u128);
+
+impl PayloadTypes {
+    /// Not known (a call resumed from a checkpoint): every type, so that no other
+    /// number than a party's own is taken for its keys.
+    pub const UNKNOWN: PayloadTypes = PayloadTypes(u128::MAX);
+
+    pub fn of(types: impl IntoIterator<Item = u8>) -> PayloadTypes {
+        PayloadTypes(
+            types
+                .into_iter()
+                .filter(|pt| *pt < 128)
+                .fold(0, |set, pt| set | 1 << pt),
+        )
+    }
+
+    pub fn contains(self, pt: u8) -> bool {
+        pt < 128 && self.0 & (1 << pt) != 0
+    }
 }
 
 /// An SDP body split once into its session-level lines and its streams, with the stream
@@ -249,6 +276,7 @@ pub fn rewrite(sdp: &str, addr: IpAddr, port: u16) -> Option<Rewritten> {
         sdp: out,
         remote,
         dtmf: body.telephone_event(),
+        formats: PayloadTypes::of(body.audio_formats()),
         held: body.holds(),
     })
 }
@@ -338,6 +366,8 @@ pub struct Answer {
     pub payload_type: u8,
     /// The telephone-event payload type, if the offer had one.
     pub dtmf: Option<u8>,
+    /// The formats of the offer's audio stream.
+    pub formats: PayloadTypes,
     /// Where the offerer receives audio.
     pub remote: Option<SocketAddr>,
 }
@@ -389,6 +419,7 @@ pub fn answer(offer: &str, addr: IpAddr, port: u16, session: u64) -> Option<Answ
         sdp,
         payload_type,
         dtmf,
+        formats: PayloadTypes::of(body.audio_formats()),
         remote,
     })
 }
@@ -936,6 +967,31 @@ mod tests {
 
     /// The telephone-event type is one the m= line lists and no codec's static type;
     /// the node's own answer says the direction the offer's calls for.
+    #[test]
+    fn payload_type_sets_and_the_formats_of_a_body() {
+        let set = PayloadTypes::of([0, 8, 101, 127, 200]);
+        for (pt, want) in [
+            (0, true),
+            (8, true),
+            (101, true),
+            (127, true),
+            (1, false),
+            (100, false),
+            (200, false),
+        ] {
+            assert_eq!(set.contains(pt), want, "{pt}");
+        }
+        assert!(PayloadTypes::UNKNOWN.contains(100));
+        assert!(!PayloadTypes::UNKNOWN.contains(200));
+        let local: IpAddr = "10.0.0.9".parse().unwrap();
+        let rw = rewrite(OFFER, local, 30000).unwrap();
+        assert_eq!(
+            rw.formats,
+            PayloadTypes::of([0, 8, 101]),
+            "the audio stream's"
+        );
+    }
+
     #[test]
     fn telephone_events_and_directions_of_the_nodes_answer() {
         let offer = |m: &str, extra: &str| {

@@ -123,7 +123,7 @@ impl Call {
         if let Some(remote) = answer.remote {
             relay.set_remote(Side::A, remote);
         }
-        relay.set_dtmf(Side::A, answer.dtmf);
+        relay.set_dtmf(Side::A, answer.dtmf, answer.formats);
         let ep = self.ctx.endpoint.clone();
         self.a.respond(&ep, code, Some(&answer.sdp));
         self.a_answered = code == 200;

@@ -1545,7 +1545,7 @@ impl Call {
         }
         // The keys this party sends as telephone-events (RFC 4733): a callee's judge
         // the call, a caller's pick an IVR route.
-        relay.set_dtmf(from, rewritten.dtmf);
+        relay.set_dtmf(from, rewritten.dtmf, rewritten.formats);
         self.note_far_end(from, rewritten.remote, rewritten.dtmf);
         let mut held = self.held.get();
         held[usize::from(from == Side::B)] = rewritten.held;

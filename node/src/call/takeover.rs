@@ -261,7 +261,8 @@ impl Call {
             if let Some(m) = d.media {
                 relay.set_remote(side, m);
             }
-            relay.set_dtmf(side, d.dtmf);
+            // A checkpoint keeps no formats: only the party's own number counts.
+            relay.set_dtmf(side, d.dtmf, sdp::PayloadTypes::UNKNOWN);
             let mut media = self.far_media.get();
             media[index(side)] = d.media;
             self.far_media.set(media);
