@@ -124,6 +124,11 @@ pub struct SipConfig {
     /// request (`reject`).
     #[serde(default)]
     pub untrusted: UntrustedSources,
+    /// Answer every request over UDP at the port it came from, as if its Via asked for
+    /// `rport` (RFC 3581): for trunks behind NAT that do not ask for it. Off: the Via's
+    /// port, as RFC 3261 18.2.2 says, unless the Via asks for `rport`.
+    #[serde(default)]
+    pub force_rport: bool,
     /// Bytes of received SIP messages that may wait for the SIP core (besides 50,000
     /// messages); past it new messages are dropped unparsed.
     #[serde(default = "default_incoming_queue_bytes")]
@@ -232,6 +237,7 @@ impl Default for SipConfig {
             min_session_expires: default_min_session_expires(),
             tls: None,
             untrusted: UntrustedSources::default(),
+            force_rport: false,
             incoming_queue_bytes: default_incoming_queue_bytes(),
             overload_queue_delay_ms: default_overload_queue_delay_ms(),
             shards: 0,

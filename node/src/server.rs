@@ -256,6 +256,7 @@ fn edge_settings(config: &Config, gate: tsunagu_sip::SendGate) -> EdgeSettings {
             },
         },
         max_queued_bytes: sip.incoming_queue_bytes,
+        force_rport: sip.force_rport,
         streams: StreamLimits {
             max_connections: sip.tcp_max_connections,
             max_per_source: sip.tcp_max_connections_per_source,

@@ -257,6 +257,9 @@ pub struct EdgeSettings {
     pub shards: usize,
     /// Who reads SIP over UDP ([`crate::udp`]).
     pub udp_receive: UdpReceive,
+    /// Answer requests over UDP at their source port whatever their Via says
+    /// (`sip.force_rport`).
+    pub force_rport: bool,
     /// How long an INVITE may go without a final response before its transaction is
     /// forgotten ([`crate::transaction::INVITE_LIMIT`]; the node sets its longest ring
     /// plus 32 s).
@@ -278,6 +281,7 @@ impl EdgeSettings {
             overload: OverloadSettings::default(),
             shards: shard::per_cpu(),
             udp_receive: UdpReceive::default(),
+            force_rport: false,
             invite_limit: crate::transaction::INVITE_LIMIT,
         }
     }
@@ -312,6 +316,7 @@ impl Endpoint {
             sources: settings.sources.clone(),
             max_queued_bytes: settings.max_queued_bytes,
             overload: refusals.clone(),
+            force_rport: settings.force_rport,
         };
         let tcp = StreamConnections::new(
             inbound.clone(),

@@ -398,9 +398,16 @@ fn via_reply_port(via: &str) -> Option<u16> {
         return None;
     }
     let sent_by = via.split(';').next()?.trim();
-    // The protocol (`SIP/2.0/UDP`, spaces allowed around its slashes) ends at the
-    // last whitespace before the host.
-    let host_port = sent_by.rsplit(char::is_whitespace).next()?;
+    // The protocol (`SIP/2.0/UDP`, spaces allowed around its slashes) ends with its
+    // transport token, the sent-by follows (spaces allowed around its colon).
+    let after_slash = sent_by.rsplit_once('/')?.1.trim_start();
+    let raw = after_slash.split_once(char::is_whitespace)?.1.trim();
+    let host_port: std::borrow::Cow<str> = if raw.contains(char::is_whitespace) {
+        raw.chars().filter(|c| !c.is_whitespace()).collect()
+    } else {
+        raw.into()
+    };
+    let host_port = &*host_port;
     let port = match host_port.strip_prefix('[') {
         Some(v6) => v6.split_once(']')?.1.strip_prefix(':'),
         None => host_port.split_once(':').map(|(_, p)| p),
@@ -580,6 +587,9 @@ Content-Length: 0\r\n\r\n";
             ("SIP/2.0/UDP [2001:db8::1]:5070;branch=z9hG4bK1", Some(5070)),
             ("SIP/2.0/UDP [2001:db8::1];branch=z9hG4bK1", Some(5060)),
             ("SIP / 2.0 / UDP 10.0.0.1:5064;branch=z9hG4bK1", Some(5064)),
+            ("SIP/2.0/UDP 10.0.0.1 : 5066;branch=z9hG4bK1", Some(5066)),
+            ("SIP/2.0/UDP 10.0.0.1: 5067 ;branch=z9hG4bK1", Some(5067)),
+            ("SIP/2.0/UDP  10.0.0.1;branch=z9hG4bK1", Some(5060)),
             ("SIP/2.0/UDP 10.0.0.1:5062;branch=z9hG4bK1;rport", None),
             ("SIP/2.0/UDP 10.0.0.1:5062;rport=4000;branch=z9hG4bK1", None),
             ("SIP/2.0/UDP 10.0.0.1:0;branch=z9hG4bK1", None),

@@ -82,6 +82,8 @@ pub(crate) struct Inbound {
     /// Set by each shard while its messages wait too long: new INVITEs for it are
     /// refused here.
     pub overload: Arc<RefusalGate>,
+    /// Every request over UDP is answered at its source port (`sip.force_rport`).
+    pub force_rport: bool,
 }
 
 impl Inbound {
@@ -188,7 +190,10 @@ impl Inbound {
             return None;
         }
         match parse(data) {
-            Ok((msg, info)) => {
+            Ok((msg, mut info)) => {
+                if self.force_rport {
+                    info.reply_port = None;
+                }
                 let shard = self.shards.of(&info.call_id);
                 let now = std::time::Instant::now();
                 if let SipMessage::Request(req) = &msg {
@@ -851,6 +856,7 @@ mod tests {
             },
             max_queued_bytes: 4096,
             overload: Arc::new(RefusalGate::new(5, 1)),
+            force_rport: false,
         };
         (inbound, rx)
     }

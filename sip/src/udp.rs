@@ -566,6 +566,7 @@ mod tests {
             },
             max_queued_bytes: 1 << 20,
             overload: Arc::new(RefusalGate::new(5, 1)),
+            force_rport: false,
         };
         let addr = runtime.block_on(async {
             let (sock, receiving) = bind_udp("127.0.0.1:0".parse().unwrap(), 1 << 20).unwrap();

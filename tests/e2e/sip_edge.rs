@@ -313,6 +313,26 @@ fn udp_responses_go_to_the_vias_port_unless_it_asks_for_rport() {
         at_via.is_empty(),
         "rport: not at the Via's port: {at_via:?}"
     );
+
+    // `sip.force_rport`: the source port, whatever the Via says (trunks behind NAT).
+    let ports = Ports::take();
+    let _forced = Node::start_with_sip(ports, "127.0.0.0/8", "force_rport = true", "");
+    sender
+        .send_to(
+            options(via, "UDP", "forced").as_bytes(),
+            ("127.0.0.1", ports.sip),
+        )
+        .unwrap();
+    let at_source = datagrams_within(&sender, Duration::from_secs(2));
+    assert!(
+        at_source.iter().any(|m| m.starts_with("SIP/2.0 200")),
+        "force_rport: answered at the source port: {at_source:?}"
+    );
+    let at_via = datagrams_within(&listener, Duration::from_millis(300));
+    assert!(
+        at_via.is_empty(),
+        "force_rport: not at the Via's port: {at_via:?}"
+    );
 }
 
 /// With `sip.untrusted = "reject"` a stranger's request gets exactly one 403, never
