@@ -208,10 +208,18 @@ impl Membership {
         }
         self.heard = true;
         self.first_heard.get_or_insert(now);
+        let held_alone =
+            !self.members.values().any(|m| m.state == State::Up) && self.lease_valid(now);
         let verdict = self.seen(from, epoch, now);
         if verdict == Verdict::Fresh {
             if let Some(m) = self.members.get_mut(from) {
                 m.heard = true;
+            }
+            if held_alone {
+                // The lease held alone goes on while the newcomer's first
+                // acknowledgement is on its way (else it would lapse at once: the
+                // last acknowledgement is as old as the last peer's).
+                self.acked = Some(now);
             }
         }
         verdict
@@ -1277,5 +1285,25 @@ mod tests {
                 epoch: 1
             })
         );
+    }
+
+    /// A node alone holds its lease; when a peer comes up (a restarted member's first
+    /// heartbeat) the lease goes on until that peer's acknowledgements come, instead
+    /// of lapsing at once for an acknowledgement as old as the last peer's (found by
+    /// review: every rolling restart of a two-node cluster suspended the survivor's
+    /// line tables).
+    #[test]
+    fn a_lease_held_alone_goes_on_when_a_peer_comes_up() {
+        let t0 = Instant::now();
+        let mut m = Membership::starting_at("b", 1, Timing::default(), t0);
+        m.on_heartbeat("a", 1, t0);
+        for t in (250..=3_000).step_by(250) {
+            m.tick(ms(t0, t));
+        }
+        while m.poll_event().is_some() {}
+        assert!(m.lease_valid(ms(t0, 10_000)), "alone");
+        m.on_heartbeat("a", 2, ms(t0, 10_000));
+        assert!(m.lease_valid(ms(t0, 10_250)), "a newcomer's ack on its way");
+        assert!(!m.lease_valid(ms(t0, 11_000)), "and it must come");
     }
 }
