@@ -50,6 +50,12 @@ impl PayloadTypes {
     pub fn contains(self, pt: u8) -> bool {
         pt < 128 && self.0 & (1 << pt) != 0
     }
+
+    /// The types, in order; None for [`PayloadTypes::UNKNOWN`] (for a checkpoint).
+    pub fn known(self) -> Option<Vec<u8>> {
+        (self != PayloadTypes::UNKNOWN)
+            .then(|| (0..128u8).filter(|pt| self.contains(*pt)).collect())
+    }
 }
 
 /// An SDP body split once into its session-level lines and its streams, with the stream
@@ -983,6 +989,9 @@ mod tests {
         }
         assert!(PayloadTypes::UNKNOWN.contains(100));
         assert!(!PayloadTypes::UNKNOWN.contains(200));
+        assert_eq!(set.known(), Some(vec![0, 8, 101, 127]));
+        assert_eq!(PayloadTypes::of([]).known(), Some(vec![]));
+        assert_eq!(PayloadTypes::UNKNOWN.known(), None);
         let local: IpAddr = "10.0.0.9".parse().unwrap();
         let rw = rewrite(OFFER, local, 30000).unwrap();
         assert_eq!(

@@ -97,6 +97,11 @@ pub struct Dialog {
     pub media: Option<SocketAddr>,
     /// The telephone-event payload type the far end sends, if any.
     pub dtmf: Option<u8>,
+    /// The formats of the far end's audio stream (None: not known, as in a checkpoint
+    /// written before 2026-12-05 evening): its keys in the other party's
+    /// telephone-event type count when that type is none of these.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub formats: Option<Vec<u8>>,
 }
 
 /// A [`Peer`] in a stable form.
@@ -182,6 +187,7 @@ mod tests {
             sdp: "v=0\r\n".into(),
             media: Some("192.0.2.9:4000".parse().unwrap()),
             dtmf: Some(101),
+            formats: Some(vec![0, 8, 101]),
         }
     }
 
@@ -212,6 +218,13 @@ mod tests {
             state: State::Answered(Box::new(answered)),
         };
         assert_eq!(Checkpoint::decode(&c.encode()), Some(c.clone()));
+        // A checkpoint written before formats were kept reads as not knowing them.
+        let no_formats = c.encode().replace(",\"formats\":[0,8,101]", "");
+        assert_ne!(no_formats, c.encode(), "the field was cut out");
+        match Checkpoint::decode(&no_formats).map(|c| c.state) {
+            Some(State::Answered(a)) => assert_eq!((a.a.formats, a.b.formats), (None, None)),
+            other => panic!("{other:?}"),
+        }
         // A checkpoint written before lines were carried reads as holding none.
         let older = c.encode().replace(
             ",\"lines\":[{\"key\":\"number:0501234567\",\"limit\":2}]",

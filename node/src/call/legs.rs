@@ -387,6 +387,7 @@ impl ALeg {
             sdp: self.last_sdp.clone().unwrap_or_default(),
             media: None,
             dtmf: None,
+            formats: None,
         }
     }
 
@@ -706,6 +707,7 @@ impl BLeg {
             sdp: self.last_sdp.clone().unwrap_or_default(),
             media: None,
             dtmf: None,
+            formats: None,
         }
     }
 

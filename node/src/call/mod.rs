@@ -318,6 +318,8 @@ pub struct Call {
     /// callee): for the checkpoint.
     far_media: std::cell::Cell<[Option<std::net::SocketAddr>; 2]>,
     far_dtmf: std::cell::Cell<[Option<u8>; 2]>,
+    /// The formats of each party's audio stream, as its SDP last said (for checkpoints).
+    far_formats: std::cell::Cell<[sdp::PayloadTypes; 2]>,
     /// Whether each party's last SDP held the call (caller, callee): no media timeout
     /// then.
     held: std::cell::Cell<[bool; 2]>,
@@ -536,6 +538,7 @@ impl Call {
             end_reason: None,
             far_media: std::cell::Cell::new([None, None]),
             far_dtmf: std::cell::Cell::new([None, None]),
+            far_formats: std::cell::Cell::new([sdp::PayloadTypes::UNKNOWN; 2]),
             held: std::cell::Cell::new([false, false]),
             media_seen: 0,
             nodes: Vec::new(),
@@ -839,7 +842,7 @@ impl Call {
         if let Some(relay) = self.relay.as_ref() {
             relay.clear_remote(Side::B);
         }
-        self.note_far_end(Side::B, None, None);
+        self.note_far_end(Side::B, None, None, sdp::PayloadTypes::UNKNOWN);
         let trunks = self.dest_trunks.len();
         let has_next_trunk = self.trunk_pos + 1 < trunks;
         let has_next_dest = self.dest_index + 1 < self.number.destinations.len();
@@ -1546,15 +1549,24 @@ impl Call {
         // The keys this party sends as telephone-events (RFC 4733): a callee's judge
         // the call, a caller's pick an IVR route.
         relay.set_dtmf(from, rewritten.dtmf, rewritten.formats);
-        self.note_far_end(from, rewritten.remote, rewritten.dtmf);
+        self.note_far_end(from, rewritten.remote, rewritten.dtmf, rewritten.formats);
         let mut held = self.held.get();
         held[usize::from(from == Side::B)] = rewritten.held;
         self.held.set(held);
     }
 
     /// Remembers a party's media address and telephone-event type (for checkpoints).
-    fn note_far_end(&self, side: Side, media: Option<std::net::SocketAddr>, dtmf: Option<u8>) {
+    fn note_far_end(
+        &self,
+        side: Side,
+        media: Option<std::net::SocketAddr>,
+        dtmf: Option<u8>,
+        formats: sdp::PayloadTypes,
+    ) {
         let i = usize::from(side == Side::B);
+        let mut f = self.far_formats.get();
+        f[i] = formats;
+        self.far_formats.set(f);
         let mut m = self.far_media.get();
         m[i] = media;
         self.far_media.set(m);

@@ -63,10 +63,11 @@ impl Call {
         let state = match (&self.answered, &self.b) {
             (Some(_), Some(b)) => {
                 let (media, dtmf) = (self.far_media.get(), self.far_dtmf.get());
+                let formats = self.far_formats.get();
                 let mut a = self.a.dialog();
-                (a.media, a.dtmf) = (media[0], dtmf[0]);
+                (a.media, a.dtmf, a.formats) = (media[0], dtmf[0], formats[0].known());
                 let mut bd = b.dialog();
-                (bd.media, bd.dtmf) = (media[1], dtmf[1]);
+                (bd.media, bd.dtmf, bd.formats) = (media[1], dtmf[1], formats[1].known());
                 State::Answered(Box::new(Answered {
                     a,
                     b: bd,
@@ -261,8 +262,14 @@ impl Call {
             if let Some(m) = d.media {
                 relay.set_remote(side, m);
             }
-            // A checkpoint keeps no formats: only the party's own number counts.
-            relay.set_dtmf(side, d.dtmf, sdp::PayloadTypes::UNKNOWN);
+            // Without formats (an older checkpoint) only the party's own number counts.
+            let formats = d.formats.as_ref().map_or(sdp::PayloadTypes::UNKNOWN, |f| {
+                sdp::PayloadTypes::of(f.iter().copied())
+            });
+            relay.set_dtmf(side, d.dtmf, formats);
+            let mut known = self.far_formats.get();
+            known[index(side)] = formats;
+            self.far_formats.set(known);
             let mut media = self.far_media.get();
             media[index(side)] = d.media;
             self.far_media.set(media);
