@@ -14,7 +14,8 @@
 //! - The node's *lease* ([`Membership::lease_valid`]): it may act (send RTP, answer,
 //!   grant lines) only while a peer acknowledged one of its heartbeats within
 //!   [`Timing::lease`], which is shorter than `down_after`: by the time peers declare it
-//!   down, it has stopped acting on its own. A node with no peer up holds the lease.
+//!   down, it has stopped acting on its own. A node with no peer up holds the lease
+//!   if it is a majority (below).
 //! - A node that has not heard a single peer since it started (a wrong cluster secret
 //!   or certificate, a cut network) knows nothing of the others: it declares a silent
 //!   member down only when the store's sign of life of that member is old too
