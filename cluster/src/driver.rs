@@ -247,15 +247,16 @@ impl Cluster {
         }
     }
 
-    /// Declared down, and not rejoined yet.
-    pub fn is_stale(&self) -> bool {
-        self.0.stale.load(Ordering::Relaxed)
+    /// Declared down and not rejoined yet, and not leaving for good: a rejoin is due.
+    pub fn needs_rejoin(&self) -> bool {
+        self.0.stale.load(Ordering::Relaxed) && !self.0.leaving.load(Ordering::Relaxed)
     }
 
     /// Whether this node may act (admit calls, grant lines): it holds its lease and
-    /// was not declared down.
+    /// was not declared down. Read from the published lease (as every RTP batch and
+    /// SIP message is), without the membership's lock: admission asks at every call.
     pub fn lease_valid(&self) -> bool {
-        !self.0.stale.load(Ordering::Relaxed) && self.membership().lease_valid(Instant::now())
+        !self.0.stale.load(Ordering::Relaxed) && self.0.lease.valid_at(Instant::now())
     }
 
     /// The lease as a lock-free value, for the media relays and the SIP edge: nothing
@@ -365,9 +366,6 @@ impl Cluster {
             let m = self.membership();
             (m.name().to_string(), m.timing())
         };
-        if self.0.leaving.load(Ordering::Relaxed) {
-            return; // leaving for good: stays stale, acts on nothing
-        }
         *self.membership() = Membership::rejoined(&name, epoch, timing, Instant::now());
         *self.lines() = LineService::new(&name);
         self.0.suspended.store(false, Ordering::Relaxed);
@@ -376,7 +374,7 @@ impl Cluster {
         // own every key and grant against empty tables.
         self.expect_registered(Instant::now()).await;
         if self.0.leaving.load(Ordering::Relaxed) {
-            return; // began to leave meanwhile
+            return; // leaving for good (it began meanwhile): stays stale
         }
         self.0.stale.store(false, Ordering::Relaxed);
         self.lines_to_view(LineService::view);

@@ -17,12 +17,11 @@
 //!   down, it has stopped acting on its own. A node with no peer up holds the lease
 //!   if it is a majority (below).
 //! - A node that has not heard a single peer since it started (a wrong cluster secret
-//!   or certificate, a cut network) knows nothing of the others: it declares a silent
-//!   member down only when the store's sign of life of that member is old too
-//!   ([`Membership::store_signs`]). Otherwise such a node, alone in its view, would
-//!   hold the lease, declare every live member down and take their calls over. It
-//!   stays without the lease instead (its peers up and never acknowledging), so it
-//!   takes no calls until it joins.
+//!   or certificate, a cut network) knows nothing of the others: it declares nobody
+//!   down while the store shows a member alive ([`Membership::store_signs`]).
+//!   Otherwise such a node, alone in its view, would hold the lease, declare every
+//!   live member down and take their calls over. It stays without the lease instead
+//!   (its peers up and never acknowledging), so it takes no calls until it joins.
 //! - *Majority*: a silent peer is declared down only by a side of the cluster that is a
 //!   majority ([`is_majority`]) of the members that count: those it hears, and the
 //!   incarnations the store shows alive that it cannot reach (heard before and silent
@@ -137,9 +136,8 @@ pub struct Membership {
     /// Heartbeats sent, by sequence number, with when (the last few).
     sent: Vec<(u64, Instant)>,
     next_seq: u64,
-    /// A peer's frame was taken since this incarnation started.
-    heard: bool,
-    /// When this incarnation started, and when it first heard a peer.
+    /// When this incarnation started, and when it first heard a peer (None: it has
+    /// heard none).
     started: Instant,
     first_heard: Option<Instant>,
     /// The incarnations whose sign of life in the store is recent, as last read.
@@ -171,7 +169,6 @@ impl Membership {
             acked: Some(now),
             sent: Vec::new(),
             next_seq: 1,
-            heard: false,
             started: now,
             first_heard: None,
             alive_in_store: BTreeMap::new(),
@@ -207,7 +204,6 @@ impl Membership {
         if from == self.name {
             return Verdict::Stale; // another process under our name
         }
-        self.heard = true;
         self.first_heard.get_or_insert(now);
         let held_alone =
             !self.members.values().any(|m| m.state == State::Up) && self.lease_valid(now);
@@ -293,7 +289,7 @@ impl Membership {
 
     /// Whether a peer's frame was taken since this incarnation started.
     pub fn heard_any(&self) -> bool {
-        self.heard
+        self.first_heard.is_some()
     }
 
     /// Whether the store's last read shows member `name`'s incarnation alive.
@@ -331,7 +327,7 @@ impl Membership {
         // A node that has heard no peer since it started knows nothing of the others:
         // it wins nothing on a tie-break (a newcomer with a wrong secret, named
         // lowest, would otherwise declare the real cluster's dead members down).
-        (self.heard || counted.len() == 1) && is_majority(&reachable, &counted)
+        (self.heard_any() || counted.len() == 1) && is_majority(&reachable, &counted)
     }
 
     /// Whether this node's side of the cluster is a majority now, without the members
@@ -396,14 +392,12 @@ impl Membership {
     }
 
     /// `name` in incarnation `epoch` said it leaves the cluster for good (its drain is
-    /// over): down, and no longer counted alive by the store's last read (it marked
-    /// itself down there too), so the members left are a majority without it at once.
+    /// over): down, and no longer counted (it marked itself down in the store too), so
+    /// the members left are a majority without it at once.
     pub fn on_leave(&mut self, name: &str, epoch: u64, now: Instant) {
         self.on_down_notice(name, epoch, now);
-        if self.alive_in_store.get(name) == Some(&epoch) {
-            self.alive_in_store.remove(name);
-        }
-        // Not counted again should the store still show it alive (its mark failed).
+        // A member down counts only as heard and alive by the store: not again,
+        // whatever the store shows until it reads the leaver's own mark.
         if let Some(m) = self.members.get_mut(name).filter(|m| m.epoch == epoch) {
             m.heard = false;
         }
@@ -547,14 +541,7 @@ impl Membership {
 
     /// Whether this node may act now (see the module doc).
     pub fn lease_valid(&self, now: Instant) -> bool {
-        if !self.in_grace(now) && !self.in_majority(now) {
-            return false;
-        }
-        if !self.members.values().any(|m| m.state == State::Up) {
-            return true;
-        }
-        self.acked
-            .is_some_and(|a| now.saturating_duration_since(a) < self.timing.lease)
+        self.lease_until(now).is_none_or(|until| now < until)
     }
 
     /// Until when this node holds its lease as things stand (None: without end, no
@@ -567,11 +554,6 @@ impl Membership {
             return None;
         }
         Some(self.acked.map_or(now, |a| a + self.timing.lease))
-    }
-
-    /// Whether this incarnation is in its first lease period after a start.
-    fn in_grace(&self, now: Instant) -> bool {
-        self.grace_until.is_some_and(|g| now < g)
     }
 
     /// The next event, oldest first.

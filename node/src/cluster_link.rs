@@ -149,7 +149,7 @@ impl Host for NodeHost {
                 rejoining.store(false, Ordering::Release);
                 // Declared down again while rejoining (its `stale` call found a rejoin
                 // under way and returned): once more, or it would stay stale for good.
-                if !cluster.is_stale() || rejoining.swap(true, Ordering::AcqRel) {
+                if !cluster.needs_rejoin() || rejoining.swap(true, Ordering::AcqRel) {
                     break;
                 }
             }
@@ -661,6 +661,27 @@ async fn rejoin(
     let p = provisioning.clone();
     let _ = tokio::task::spawn_blocking(move || p.catch_up()).await;
     tracing::warn!(epoch, "rejoined the cluster");
+}
+
+/// This node leaves the cluster for good (its drain is over, its calls logged): it
+/// stops acting, marks this incarnation down in the store, then tells its peers, so
+/// they count it out at once (the majority rule would otherwise count it alive for its
+/// sign of life's window: a two-node cluster's survivor would hold no lease right
+/// after taking every call over).
+pub async fn leave(ctx: &Arc<NodeContext>, cluster: &Cluster) {
+    cluster.leaving();
+    let (store, me) = (ctx.store.clone(), ctx.node_id.clone());
+    let epoch = ctx.epoch.load(Ordering::Relaxed);
+    match tokio::task::spawn_blocking(move || store.mark_node_down(&me, epoch)).await {
+        Ok(Ok(_)) => tracing::info!(epoch, "marked down in the store: leaving the cluster"),
+        Ok(Err(e)) => tracing::warn!(%e, "could not mark this node down in the store"),
+        Err(e) => tracing::warn!(%e, "marking this node down failed"),
+    }
+    cluster.announce_leave();
+    // The notices go out on the sessions' tasks: a moment for them to leave before
+    // the runtime stops (a peer that misses one counts this node out from the store
+    // instead, within a second).
+    tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
 /// The cluster's shared secret (`cluster.secret` or `cluster.secret_file`), if the node

@@ -748,28 +748,8 @@ pub async fn run(
         .unwrap_or(false);
     if !flushed {
         tracing::error!("call log could not be flushed within 30 s");
-    } else if ctx.cluster.get().is_some() {
-        // Leaving for good: this incarnation is marked down in the store, so the
-        // peers count it out at once (the majority rule would otherwise count it
-        // alive for its sign of life's window: a two-node cluster's survivor would
-        // hold no lease right after taking every call over).
-        if let Some(cluster) = ctx.cluster.get() {
-            cluster.leaving();
-        }
-        let (store, me) = (ctx.store.clone(), ctx.node_id.clone());
-        let epoch = ctx.epoch.load(Ordering::Relaxed);
-        match tokio::task::spawn_blocking(move || store.mark_node_down(&me, epoch)).await {
-            Ok(Ok(_)) => tracing::info!(epoch, "marked down in the store: leaving the cluster"),
-            Ok(Err(e)) => tracing::warn!(%e, "could not mark this node down in the store"),
-            Err(e) => tracing::warn!(%e, "marking this node down failed"),
-        }
-        if let Some(cluster) = ctx.cluster.get() {
-            cluster.announce_leave();
-            // The notices go out on the sessions' tasks: a moment for them to leave
-            // before the runtime stops (a peer that misses one counts this node out
-            // from the store instead, within a second).
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+    } else if let Some(cluster) = ctx.cluster.get() {
+        crate::cluster_link::leave(&ctx, cluster).await;
     }
     // Follow-ups not delivered by now stay in the outbox for the next start.
     let _ = outbox_stop.send(true);
