@@ -51,6 +51,13 @@ impl PayloadTypes {
         pt < 128 && self.0 & (1 << pt) != 0
     }
 
+    /// The set a checkpoint's list stands for ([`PayloadTypes::known`]).
+    pub fn from_known(types: Option<&[u8]>) -> PayloadTypes {
+        types.map_or(PayloadTypes::UNKNOWN, |t| {
+            PayloadTypes::of(t.iter().copied())
+        })
+    }
+
     /// The types, in order; None for [`PayloadTypes::UNKNOWN`] (for a checkpoint).
     pub fn known(self) -> Option<Vec<u8>> {
         (self != PayloadTypes::UNKNOWN)
@@ -992,6 +999,9 @@ mod tests {
         assert_eq!(set.known(), Some(vec![0, 8, 101, 127]));
         assert_eq!(PayloadTypes::of([]).known(), Some(vec![]));
         assert_eq!(PayloadTypes::UNKNOWN.known(), None);
+        for set in [set, PayloadTypes::of([]), PayloadTypes::UNKNOWN] {
+            assert_eq!(PayloadTypes::from_known(set.known().as_deref()), set);
+        }
         let local: IpAddr = "10.0.0.9".parse().unwrap();
         let rw = rewrite(OFFER, local, 30000).unwrap();
         assert_eq!(

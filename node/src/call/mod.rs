@@ -217,6 +217,23 @@ enum Phase {
     Done,
 }
 
+/// What a party's SDP last said of its media: where it receives audio, its
+/// telephone-event type, its audio formats.
+#[derive(Debug, Clone, Copy)]
+struct FarEnd {
+    media: Option<std::net::SocketAddr>,
+    dtmf: Option<u8>,
+    formats: sdp::PayloadTypes,
+}
+
+impl FarEnd {
+    const NONE: FarEnd = FarEnd {
+        media: None,
+        dtmf: None,
+        formats: sdp::PayloadTypes::UNKNOWN,
+    };
+}
+
 pub struct Call {
     ctx: Arc<NodeContext>,
     me: CallRef,
@@ -314,12 +331,9 @@ pub struct Call {
     ring_guard: Option<timers::TimerId>,
     /// Why the call ended when the parties did not end it (the log's `end_reason`).
     end_reason: Option<&'static str>,
-    /// Each party's media address and telephone-event type, from its SDP (caller,
-    /// callee): for the checkpoint.
-    far_media: std::cell::Cell<[Option<std::net::SocketAddr>; 2]>,
-    far_dtmf: std::cell::Cell<[Option<u8>; 2]>,
-    /// The formats of each party's audio stream, as its SDP last said (for checkpoints).
-    far_formats: std::cell::Cell<[sdp::PayloadTypes; 2]>,
+    /// What each party's SDP last said of its media (caller, callee): for the
+    /// checkpoint.
+    far_ends: std::cell::Cell<[FarEnd; 2]>,
     /// Whether each party's last SDP held the call (caller, callee): no media timeout
     /// then.
     held: std::cell::Cell<[bool; 2]>,
@@ -536,9 +550,7 @@ impl Call {
             ring_timer: None,
             ring_guard: None,
             end_reason: None,
-            far_media: std::cell::Cell::new([None, None]),
-            far_dtmf: std::cell::Cell::new([None, None]),
-            far_formats: std::cell::Cell::new([sdp::PayloadTypes::UNKNOWN; 2]),
+            far_ends: std::cell::Cell::new([FarEnd::NONE; 2]),
             held: std::cell::Cell::new([false, false]),
             media_seen: 0,
             nodes: Vec::new(),
@@ -842,7 +854,7 @@ impl Call {
         if let Some(relay) = self.relay.as_ref() {
             relay.clear_remote(Side::B);
         }
-        self.note_far_end(Side::B, None, None, sdp::PayloadTypes::UNKNOWN);
+        self.note_far_end(Side::B, FarEnd::NONE);
         let trunks = self.dest_trunks.len();
         let has_next_trunk = self.trunk_pos + 1 < trunks;
         let has_next_dest = self.dest_index + 1 < self.number.destinations.len();
@@ -1549,30 +1561,24 @@ impl Call {
         // The keys this party sends as telephone-events (RFC 4733): a callee's judge
         // the call, a caller's pick an IVR route.
         relay.set_dtmf(from, rewritten.dtmf, rewritten.formats);
-        self.note_far_end(from, rewritten.remote, rewritten.dtmf, rewritten.formats);
+        self.note_far_end(
+            from,
+            FarEnd {
+                media: rewritten.remote,
+                dtmf: rewritten.dtmf,
+                formats: rewritten.formats,
+            },
+        );
         let mut held = self.held.get();
         held[usize::from(from == Side::B)] = rewritten.held;
         self.held.set(held);
     }
 
-    /// Remembers a party's media address and telephone-event type (for checkpoints).
-    fn note_far_end(
-        &self,
-        side: Side,
-        media: Option<std::net::SocketAddr>,
-        dtmf: Option<u8>,
-        formats: sdp::PayloadTypes,
-    ) {
-        let i = usize::from(side == Side::B);
-        let mut f = self.far_formats.get();
-        f[i] = formats;
-        self.far_formats.set(f);
-        let mut m = self.far_media.get();
-        m[i] = media;
-        self.far_media.set(m);
-        let mut d = self.far_dtmf.get();
-        d[i] = dtmf;
-        self.far_dtmf.set(d);
+    /// Remembers what a party's SDP says of its media (for checkpoints).
+    fn note_far_end(&self, side: Side, far: FarEnd) {
+        let mut ends = self.far_ends.get();
+        ends[usize::from(side == Side::B)] = far;
+        self.far_ends.set(ends);
     }
 
     /// A 3xx from a trunk that follows redirects: the current destination becomes the

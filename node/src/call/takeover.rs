@@ -11,7 +11,7 @@
 
 use super::checkpoint::{Answered, Checkpoint, Dialog, HeldLine, Ringing, State, VERSION};
 use super::legs::{ALeg, BLeg};
-use super::{Call, CallHandle, CallMsg, CallRef, Exit, Phase};
+use super::{Call, CallHandle, CallMsg, CallRef, Exit, FarEnd, Phase};
 use crate::context::{CallSlot, NodeContext};
 use crate::decide::caller::Caller;
 use std::sync::atomic::AtomicBool;
@@ -62,12 +62,11 @@ impl Call {
     pub(super) fn checkpoint(&self) -> Option<Checkpoint> {
         let state = match (&self.answered, &self.b) {
             (Some(_), Some(b)) => {
-                let (media, dtmf) = (self.far_media.get(), self.far_dtmf.get());
-                let formats = self.far_formats.get();
+                let [far_a, far_b] = self.far_ends.get();
                 let mut a = self.a.dialog();
-                (a.media, a.dtmf, a.formats) = (media[0], dtmf[0], formats[0].known());
+                (a.media, a.dtmf, a.formats) = (far_a.media, far_a.dtmf, far_a.formats.known());
                 let mut bd = b.dialog();
-                (bd.media, bd.dtmf, bd.formats) = (media[1], dtmf[1], formats[1].known());
+                (bd.media, bd.dtmf, bd.formats) = (far_b.media, far_b.dtmf, far_b.formats.known());
                 State::Answered(Box::new(Answered {
                     a,
                     b: bd,
@@ -263,19 +262,16 @@ impl Call {
                 relay.set_remote(side, m);
             }
             // Without formats (an older checkpoint) only the party's own number counts.
-            let formats = d.formats.as_ref().map_or(sdp::PayloadTypes::UNKNOWN, |f| {
-                sdp::PayloadTypes::of(f.iter().copied())
-            });
+            let formats = sdp::PayloadTypes::from_known(d.formats.as_deref());
             relay.set_dtmf(side, d.dtmf, formats);
-            let mut known = self.far_formats.get();
-            known[index(side)] = formats;
-            self.far_formats.set(known);
-            let mut media = self.far_media.get();
-            media[index(side)] = d.media;
-            self.far_media.set(media);
-            let mut dtmf = self.far_dtmf.get();
-            dtmf[index(side)] = d.dtmf;
-            self.far_dtmf.set(dtmf);
+            self.note_far_end(
+                side,
+                FarEnd {
+                    media: d.media,
+                    dtmf: d.dtmf,
+                    formats,
+                },
+            );
         }
         let offer = |d: &Dialog, local: std::net::SocketAddr| {
             // Its version goes up as the leg sends it (`continue_origin`: the addresses
