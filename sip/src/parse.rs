@@ -401,20 +401,15 @@ fn via_reply_port(via: &str) -> Option<u16> {
     // The protocol (`SIP/2.0/UDP`, spaces allowed around its slashes) ends with its
     // transport token, the sent-by follows (spaces allowed around its colon).
     let after_slash = sent_by.rsplit_once('/')?.1.trim_start();
-    let raw = after_slash.split_once(char::is_whitespace)?.1.trim();
-    let host_port: std::borrow::Cow<str> = if raw.contains(char::is_whitespace) {
-        raw.chars().filter(|c| !c.is_whitespace()).collect()
-    } else {
-        raw.into()
-    };
-    let host_port = &*host_port;
-    let port = match host_port.strip_prefix('[') {
-        Some(v6) => v6.split_once(']')?.1.strip_prefix(':'),
+    let host_port = after_slash.split_once(char::is_whitespace)?.1;
+    // The port follows the colon after an IPv6 reference's `]`, else the first colon.
+    let port = match host_port.split_once(']') {
+        Some((_, after)) => after.trim_start().strip_prefix(':'),
         None => host_port.split_once(':').map(|(_, p)| p),
     };
     match port {
         None => Some(5060),
-        Some(p) => p.parse::<u16>().ok().filter(|p| *p != 0),
+        Some(p) => p.trim().parse::<u16>().ok().filter(|p| *p != 0),
     }
 }
 

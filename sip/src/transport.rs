@@ -1001,8 +1001,9 @@ CSeq: {cseq} {method}\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
         one.shards = Shards::new(2);
         one.overload = Arc::new(RefusalGate::new(5, 2));
         let inb = one;
-        let from = peer("127.0.0.1:40000"); // an ephemeral source port
-                                            // A Call-ID of each shard.
+        // From an ephemeral source port (the Via names 5070).
+        let from = peer("127.0.0.1:40000");
+        // A Call-ID of each shard.
         let on = |shard: usize| {
             (0..)
                 .map(|i| format!("c{i}"))

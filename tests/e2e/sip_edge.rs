@@ -275,10 +275,21 @@ fn strangers_get_no_answer_at_all() {
     assert!(answers_options_quickly(ports.sip));
 }
 
+/// Asserts the 200 to a request just sent arrives at `at`, and nothing at `not_at`.
+fn answered_at_only(at: &UdpSocket, not_at: &UdpSocket, what: &str) {
+    let got = datagrams_within(at, Duration::from_secs(2));
+    assert!(
+        got.iter().any(|m| m.starts_with("SIP/2.0 200")),
+        "{what}: answered there: {got:?}"
+    );
+    let elsewhere = datagrams_within(not_at, Duration::from_millis(300));
+    assert!(elsewhere.is_empty(), "{what}: not elsewhere: {elsewhere:?}");
+}
+
 /// RFC 3261 18.2.2 and RFC 3581 over UDP: a request whose Via names another port than
 /// the one it was sent from (a carrier's SBC sending from one port and listening on
 /// another) is answered at the Via's port; one whose Via asks for `rport`, at its
-/// source port.
+/// source port; with `sip.force_rport`, every one at its source port.
 #[test]
 fn udp_responses_go_to_the_vias_port_unless_it_asks_for_rport() {
     let ports = Ports::take();
@@ -290,49 +301,20 @@ fn udp_responses_go_to_the_vias_port_unless_it_asks_for_rport() {
     sender
         .send_to(options(via, "UDP", "viaport").as_bytes(), to)
         .unwrap();
-    let at_via = datagrams_within(&listener, Duration::from_secs(2));
-    assert!(
-        at_via.iter().any(|m| m.starts_with("SIP/2.0 200")),
-        "answered at the Via's port: {at_via:?}"
-    );
-    let at_source = datagrams_within(&sender, Duration::from_millis(300));
-    assert!(
-        at_source.is_empty(),
-        "not at the source port: {at_source:?}"
-    );
+    answered_at_only(&listener, &sender, "the Via's port");
 
     let rport = options(via, "UDP", "rport").replace(";branch=", ";rport;branch=");
     sender.send_to(rport.as_bytes(), to).unwrap();
-    let at_source = datagrams_within(&sender, Duration::from_secs(2));
-    assert!(
-        at_source.iter().any(|m| m.starts_with("SIP/2.0 200")),
-        "rport: answered at the source port: {at_source:?}"
-    );
-    let at_via = datagrams_within(&listener, Duration::from_millis(300));
-    assert!(
-        at_via.is_empty(),
-        "rport: not at the Via's port: {at_via:?}"
-    );
+    answered_at_only(&sender, &listener, "rport: the source port");
 
-    // `sip.force_rport`: the source port, whatever the Via says (trunks behind NAT).
+    // Trunks behind NAT that do not ask for rport.
     let ports = Ports::take();
     let _forced = Node::start_with_sip(ports, "127.0.0.0/8", "force_rport = true", "");
+    let forced = options(via, "UDP", "forced");
     sender
-        .send_to(
-            options(via, "UDP", "forced").as_bytes(),
-            ("127.0.0.1", ports.sip),
-        )
+        .send_to(forced.as_bytes(), ("127.0.0.1", ports.sip))
         .unwrap();
-    let at_source = datagrams_within(&sender, Duration::from_secs(2));
-    assert!(
-        at_source.iter().any(|m| m.starts_with("SIP/2.0 200")),
-        "force_rport: answered at the source port: {at_source:?}"
-    );
-    let at_via = datagrams_within(&listener, Duration::from_millis(300));
-    assert!(
-        at_via.is_empty(),
-        "force_rport: not at the Via's port: {at_via:?}"
-    );
+    answered_at_only(&sender, &listener, "force_rport: the source port");
 }
 
 /// With `sip.untrusted = "reject"` a stranger's request gets exactly one 403, never
