@@ -18,13 +18,6 @@ fn signal(node: &Node, sig: &str) {
         .success());
 }
 
-/// `name`'s own incarnation, as its API says.
-fn own_epoch(c: &TestCluster, name: &str) -> u64 {
-    c.node(name).get("/v1/cluster", ADMIN).json()["epoch"]
-        .as_u64()
-        .unwrap_or(0)
-}
-
 fn stale_count(c: &TestCluster, name: &str) -> f64 {
     c.node(name).metric("tsunagu_cluster_declared_stale_total")
 }
@@ -36,11 +29,11 @@ fn a_node_frozen_right_after_it_rejoined_wakes_without_taking_the_others_down() 
         c.start(i, GOOD);
     }
     c.wait_formed();
-    let epochs = |c: &TestCluster| (own_epoch(c, "n1"), own_epoch(c, "n3"));
+    let epochs = |c: &TestCluster| (c.epoch("n1"), c.epoch("n3"));
     let before = epochs(&c);
 
     // Frozen, declared down, continued: n2 rejoins as a new incarnation.
-    let first = own_epoch(&c, "n2");
+    let first = c.epoch("n2");
     signal(c.node("n2"), "-STOP");
     c.node("n1")
         .wait_until(Duration::from_secs(5), "n2 declared down", || {

@@ -220,6 +220,11 @@ trunks = ["carrier-a"]
         r.json()
     }
 
+    /// `name`'s own incarnation, as its API says.
+    pub fn epoch(&self, name: &str) -> u64 {
+        self.view(name)["epoch"].as_u64().unwrap_or(0)
+    }
+
     /// The state and epoch `of` has in `name`'s view.
     pub fn state(&self, name: &str, of: &str) -> Option<(String, u64)> {
         self.view(name)["members"]

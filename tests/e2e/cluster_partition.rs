@@ -66,14 +66,6 @@ impl Drop for Cut {
     }
 }
 
-fn own_epoch(c: &TestCluster, name: &str) -> u64 {
-    c.view(name)["epoch"].as_u64().unwrap_or(0)
-}
-
-fn count(c: &TestCluster, name: &str, metric: &str) -> f64 {
-    c.node(name).metric(metric)
-}
-
 const DOWN: &str = "tsunagu_cluster_member_transitions_total{to=\"down\"}";
 const STALE: &str = "tsunagu_cluster_declared_stale_total";
 
@@ -85,10 +77,7 @@ fn a_node_cut_off_from_the_others_stops_and_only_the_majority_takes_over() {
         c.start(i, GOOD);
     }
     c.wait_formed();
-    let before: Vec<u64> = ["n1", "n2", "n3"]
-        .iter()
-        .map(|n| own_epoch(&c, n))
-        .collect();
+    let before: Vec<u64> = ["n1", "n2", "n3"].iter().map(|n| c.epoch(n)).collect();
 
     let cut = Cut::new("127.0.0.1", &["127.0.0.2", "127.0.0.3"], c.cluster_port);
     c.node("n1")
@@ -105,7 +94,7 @@ fn a_node_cut_off_from_the_others_stops_and_only_the_majority_takes_over() {
     c.node("n1").wait_until(
         Duration::from_secs(10),
         "n1 to rejoin as a new incarnation",
-        || own_epoch(&c, "n1") > before[0],
+        || c.epoch("n1") > before[0],
     );
     // A rejoined incarnation has no grace: having heard nobody, it acts on nothing.
     c.node("n1").wait_until(
@@ -120,19 +109,19 @@ fn a_node_cut_off_from_the_others_stops_and_only_the_majority_takes_over() {
     drop(cut);
     c.wait_formed();
     for (i, n) in ["n2", "n3"].iter().enumerate() {
-        assert_eq!(own_epoch(&c, n), before[i + 1], "{n} had to rejoin");
-        assert_eq!(count(&c, n, STALE), 0.0, "{n} was told it is stale");
-        assert_eq!(count(&c, n, DOWN), 1.0, "{n} saw only n1 go down");
+        assert_eq!(c.epoch(n), before[i + 1], "{n} had to rejoin");
+        assert_eq!(c.node(n).metric(STALE), 0.0, "{n} was told it is stale");
+        assert_eq!(c.node(n).metric(DOWN), 1.0, "{n} saw only n1 go down");
     }
     assert_eq!(
-        count(&c, "n1", DOWN),
+        c.node("n1").metric(DOWN),
         0.0,
         "n1, a minority, declared a member down\n{}",
         c.node("n1").log()
     );
-    assert_eq!(count(&c, "n1", STALE), 1.0);
+    assert_eq!(c.node("n1").metric(STALE), 1.0);
     assert_eq!(
-        count(&c, "n1", "tsunagu_cluster_majority"),
+        c.node("n1").metric("tsunagu_cluster_majority"),
         1.0,
         "a majority again once healed"
     );
