@@ -414,7 +414,7 @@ impl Cluster {
         Status {
             name: m.name().to_string(),
             epoch: m.epoch(),
-            lease_valid: !self.0.stale.load(Ordering::Relaxed) && m.lease_valid(now),
+            lease_valid: self.lease_valid(),
             majority: m.in_majority(now),
             lines_rebuilding: rebuilding,
             lines_held: held,
