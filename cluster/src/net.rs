@@ -10,13 +10,17 @@
 //! a budget of their own for the addresses of known members (see [`Members`]) — and
 //! only then handed to ractor_cluster's node server as established TLS streams. (Its
 //! listener still runs, as the node server insists on one, on 127.0.0.1 with an
-//! ephemeral port and the same mutual TLS; nothing is told about it.)
+//! ephemeral port and the same mutual TLS; nothing is told about it.) Its sessions
+//! would also wait for ever on a peer that stops inside the secret's challenge: a
+//! session that has not passed it within [`HANDSHAKE`] of its TLS is stopped
+//! ([`ChallengeDeadline`]).
 //!
 //! A frame is one message of ours (see [`crate::protocol`]), opaque here: bytes in,
 //! bytes out.
 
-use ractor::{Actor, ActorProcessingErr, ActorRef};
-use ractor_cluster::{NetworkStream, NodeServer, NodeServerMessage};
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, ActorStatus};
+use ractor_cluster::node::NodeServerSessionInformation;
+use ractor_cluster::{NetworkStream, NodeEventSubscription, NodeServer, NodeServerMessage};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex, RwLock};
@@ -25,7 +29,8 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-/// How long a TLS handshake between nodes may take.
+/// How long a TLS handshake between nodes may take, and then again ractor_cluster's
+/// challenge with the secret.
 const HANDSHAKE: Duration = Duration::from_secs(5);
 /// Handshakes in progress from one source at once (a peer needs one or two). A source
 /// is a member's exact address, or a stranger's address (IPv4) or /64 (IPv6): see
@@ -334,6 +339,12 @@ impl Net {
         let (server, _) = Actor::spawn(None, server, ())
             .await
             .map_err(|e| NetError::Server(e.to_string()))?;
+        server
+            .cast(NodeServerMessage::SubscribeToEvents {
+                id: "challenge-deadline".into(),
+                subscription: Box::new(ChallengeDeadline::default()),
+            })
+            .map_err(|e| NetError::Server(e.to_string()))?;
         let (tx, rx) = mpsc::unbounded_channel();
         Actor::spawn(
             None,
@@ -432,6 +443,60 @@ impl Net {
             .collect();
         out.sort();
         out
+    }
+}
+
+/// Stops a session that has not passed ractor_cluster's challenge with the secret
+/// within [`HANDSHAKE`] of being handed over. ractor_cluster has no deadline of its
+/// own there: a peer holding the cluster's certificate (its TLS done, so no longer
+/// holding a handshake slot) that sends half a frame, or nothing, would keep its
+/// session, its socket and its task for ever; enough of them exhaust descriptors.
+#[derive(Default)]
+struct ChallengeDeadline {
+    /// The sessions that passed, until they end (so bounded by the live sessions).
+    passed: Arc<Mutex<HashSet<ActorId>>>,
+    cut: Arc<Throttle>,
+}
+
+impl NodeEventSubscription for ChallengeDeadline {
+    fn node_session_opened(&self, ses: NodeServerSessionInformation) {
+        let passed = self.passed.clone();
+        let cut = self.cut.clone();
+        // Called inside the node server's handler, on the runtime.
+        tokio::spawn(async move {
+            tokio::time::sleep(HANDSHAKE).await;
+            let id = ses.actor.get_id();
+            let ended = matches!(
+                ses.actor.get_status(),
+                ActorStatus::Stopping | ActorStatus::Stopped
+            );
+            if ended
+                || passed
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .contains(&id)
+            {
+                return;
+            }
+            if let Some(more) = cut.allow(Instant::now()) {
+                tracing::warn!(peer = %ses.peer_addr, more, "cluster connection cut: the secret's challenge not passed in time");
+            }
+            ses.actor.stop(Some("challenge timed out".into()));
+        });
+    }
+
+    fn node_session_authenticated(&self, ses: NodeServerSessionInformation) {
+        self.passed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(ses.actor.get_id());
+    }
+
+    fn node_session_disconnected(&self, ses: NodeServerSessionInformation) {
+        self.passed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&ses.actor.get_id());
     }
 }
 

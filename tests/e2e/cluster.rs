@@ -537,7 +537,7 @@ fn nodes_without_the_cluster_certificate_or_secret_cannot_join() {
     c.start(1, GOOD);
     // A connection that never completes its TLS handshake must not stop anyone.
     let _silent = std::net::TcpStream::connect(("127.0.0.1", c.cluster_port)).unwrap();
-    oversized_frame_is_cut_off(&c);
+    oversized_and_silent_peers_are_cut_off(&c);
     c.start(
         2,
         Joining {
@@ -605,9 +605,12 @@ fn nodes_without_the_cluster_certificate_or_secret_cannot_join() {
 /// 16 MiB, under which the node would wait for the 4 MiB to come): the node closes
 /// the connection at the length, before it reads or allocates anything. A second
 /// peer with the same certificate that announces a small frame is still connected
-/// then (so the first was cut for its length, not for its certificate).
-fn oversized_frame_is_cut_off(c: &TestCluster) {
+/// then (so the first was cut for its length, not for its certificate); as it never
+/// sends the frame, it is cut at the challenge's deadline (5 s after its TLS:
+/// `cluster::net`'s `ChallengeDeadline`; ractor_cluster alone would wait for ever).
+fn oversized_and_silent_peers_are_cut_off(c: &TestCluster) {
     let mut small = member_peer(c, 16);
+    let small_since = Instant::now();
     let mut big = member_peer(c, 4 * 1024 * 1024 + 1);
     let deadline = Instant::now() + Duration::from_secs(10);
     while big.try_wait().unwrap().is_none() {
@@ -622,8 +625,19 @@ fn oversized_frame_is_cut_off(c: &TestCluster) {
         small.try_wait().unwrap().is_none(),
         "the node also cut the peer that announced a small frame"
     );
-    let _ = small.kill();
-    let _ = small.wait();
+    let deadline = small_since + Duration::from_secs(10);
+    while small.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = small.kill();
+            panic!("the node kept a session that never passed the secret's challenge");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        small_since.elapsed() >= Duration::from_secs(4),
+        "the silent peer was cut before its deadline: {:?}",
+        small_since.elapsed()
+    );
 }
 
 /// A TLS peer (Python's `ssl`) connected to node 1's cluster port with node 3's
