@@ -28,6 +28,7 @@ pub mod source;
 pub mod transaction;
 mod transport;
 pub mod udp;
+pub mod via;
 
 pub use endpoint::{
     Command, EdgeSettings, Endpoint, EndpointHandle, InviteHandler, NewInvite, Reject, SendGate,

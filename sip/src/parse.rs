@@ -386,31 +386,8 @@ fn info(msg: &SipMessage) -> Result<Info, ParseError> {
         branch,
         from_tag: tag(from).map(str::to_string),
         to_tag: tag(to).map(str::to_string),
-        reply_port: via_reply_port(via),
+        reply_port: crate::via::reply_port(via),
     })
-}
-
-/// The port a response over UDP goes to, from the top Via (see [`Info::reply_port`]):
-/// `SIP/2.0/UDP host[:port][;params]`, the host an IPv4 address, a name or an IPv6
-/// reference (`[...]`).
-fn via_reply_port(via: &str) -> Option<u16> {
-    if param(via, "rport").is_some() {
-        return None;
-    }
-    let sent_by = via.split(';').next()?.trim();
-    // The protocol (`SIP/2.0/UDP`, spaces allowed around its slashes) ends with its
-    // transport token, the sent-by follows (spaces allowed around its colon).
-    let after_slash = sent_by.rsplit_once('/')?.1.trim_start();
-    let host_port = after_slash.split_once(char::is_whitespace)?.1;
-    // The port follows the colon after an IPv6 reference's `]`, else the first colon.
-    let port = match host_port.split_once(']') {
-        Some((_, after)) => after.trim_start().strip_prefix(':'),
-        None => host_port.split_once(':').map(|(_, p)| p),
-    };
-    match port {
-        None => Some(5060),
-        Some(p) => p.trim().parse::<u16>().ok().filter(|p| *p != 0),
-    }
 }
 
 impl Peer {
@@ -566,60 +543,6 @@ i: call-1@host\r\n\
 CSeq: 7 INVITE\r\n\
 Max-Forwards: 70\r\n\
 Content-Length: 0\r\n\r\n";
-
-    /// RFC 3261 18.2.2 and RFC 3581: a response over UDP goes to the source address
-    /// at the Via's port (5060 if it names none), or the source port when the Via
-    /// asks for `rport` or names a port that does not parse.
-    #[test]
-    fn responses_go_to_the_vias_port_unless_it_asks_for_rport() {
-        let cases: &[(&str, Option<u16>)] = &[
-            ("SIP/2.0/UDP 10.0.0.1:5062;branch=z9hG4bK1", Some(5062)),
-            ("SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK1", Some(5060)),
-            (
-                "SIP/2.0/UDP proxy.example.net:5080;branch=z9hG4bK1",
-                Some(5080),
-            ),
-            ("SIP/2.0/UDP [2001:db8::1]:5070;branch=z9hG4bK1", Some(5070)),
-            ("SIP/2.0/UDP [2001:db8::1];branch=z9hG4bK1", Some(5060)),
-            ("SIP / 2.0 / UDP 10.0.0.1:5064;branch=z9hG4bK1", Some(5064)),
-            ("SIP/2.0/UDP 10.0.0.1 : 5066;branch=z9hG4bK1", Some(5066)),
-            ("SIP/2.0/UDP 10.0.0.1: 5067 ;branch=z9hG4bK1", Some(5067)),
-            ("SIP/2.0/UDP  10.0.0.1;branch=z9hG4bK1", Some(5060)),
-            ("SIP/2.0/UDP 10.0.0.1:5062;branch=z9hG4bK1;rport", None),
-            ("SIP/2.0/UDP 10.0.0.1:5062;rport=4000;branch=z9hG4bK1", None),
-            ("SIP/2.0/UDP 10.0.0.1:0;branch=z9hG4bK1", None),
-            ("SIP/2.0/UDP 10.0.0.1:99999;branch=z9hG4bK1", None),
-            ("SIP/2.0/UDP 10.0.0.1:x;branch=z9hG4bK1", None),
-            ("SIP/2.0/UDP [2001:db8::1;branch=z9hG4bK1", None),
-        ];
-        for (via, want) in cases {
-            assert_eq!(via_reply_port(via), *want, "{via}");
-        }
-        let src: SocketAddr = "10.0.0.1:40000".parse().unwrap();
-        let (_, info) = parse(
-            INVITE
-                .replace(";branch=z9hG4bK-1;rport", ";branch=z9hG4bK-1")
-                .as_bytes(),
-        )
-        .unwrap();
-        assert_eq!(info.reply_port, Some(5061));
-        let udp = Peer {
-            transport: Transport::Udp,
-            addr: src,
-        };
-        assert_eq!(udp.reply_to(&info).addr, "10.0.0.1:5061".parse().unwrap());
-        let tcp = Peer {
-            transport: Transport::Tcp,
-            addr: src,
-        };
-        assert_eq!(
-            tcp.reply_to(&info),
-            tcp,
-            "a stream answers on its connection"
-        );
-        let (_, info) = parse(INVITE.as_bytes()).unwrap();
-        assert_eq!(udp.reply_to(&info), udp, "rport: the source port");
-    }
 
     #[test]
     fn extracts_info_with_compact_headers() {

@@ -190,9 +190,12 @@ impl Inbound {
             return None;
         }
         match parse(data) {
-            Ok((msg, mut info)) => {
+            Ok((mut msg, mut info)) => {
                 if self.force_rport {
                     info.reply_port = None;
+                }
+                if let SipMessage::Request(req) = &mut msg {
+                    crate::via::stamp(req, peer.addr);
                 }
                 let shard = self.shards.of(&info.call_id);
                 let now = std::time::Instant::now();
@@ -558,10 +561,24 @@ impl StreamConnections {
     /// that what is sent to strangers (their 403s) cannot make the node open, and hold
     /// in the trunks' budget, connections to any address they name. The trust check
     /// runs only when there is no connection to use (not for every message).
+    ///
+    /// A response whose connection has closed goes to the source address at its Via's
+    /// sent-by port (RFC 3261 18.2.2), on a connection open there or a new one, not to
+    /// the closed connection's (ephemeral) source port.
     pub fn send(&self, addr: SocketAddr, data: Bytes) {
-        let Some(data) = self.queue_on_open(addr, data, None) else {
+        let Some(mut data) = self.queue_on_open(addr, data, None) else {
             return;
         };
+        let mut addr = addr;
+        if let Some(port) = crate::via::reopen_port(&data, self.transport) {
+            if port != addr.port() {
+                addr.set_port(port);
+                data = match self.queue_on_open(addr, data, None) {
+                    Some(data) => data,
+                    None => return,
+                };
+            }
+        }
         if !self.inbound.sources.is_trusted(addr.ip()) {
             tracing::debug!(%addr, "no connection with this stranger; message not sent");
             self.metrics()
@@ -1258,5 +1275,45 @@ CSeq: {cseq} {method}\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
         let mut got = vec![0u8; OPTIONS.len()];
         s.read_exact(&mut got).await.unwrap();
         assert_eq!(got, OPTIONS);
+    }
+
+    /// RFC 3261 18.2.2: a response toward a connection that has closed (here, a source
+    /// port nothing listens on any more) goes on a new connection to the source address
+    /// at its Via's sent-by port; a second response finds that connection open.
+    #[tokio::test]
+    async fn a_response_whose_connection_closed_goes_to_the_vias_port() {
+        use tokio::io::AsyncReadExt;
+        let (inb, _rx) = inbound(Untrusted::Reject);
+        let limits = StreamLimits {
+            max_connections: 10,
+            max_per_source: 3,
+            idle_timeout: Duration::from_secs(5),
+        };
+        let conns =
+            StreamConnections::new(inb.clone(), Transport::Tcp, TlsSetup::default(), limits);
+        let listening = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let via_port = listening.local_addr().unwrap().port();
+        // The closed connection's source port: bound once, nothing listens there now.
+        let gone = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let response = |code: u16| {
+            Bytes::from(format!(
+                "SIP/2.0 {code} X\r\nVia: SIP/2.0/TCP 127.0.0.1:{via_port};branch=z9hG4bK1;received=127.0.0.1\r\nContent-Length: 0\r\n\r\n"
+            ))
+        };
+        conns.send(gone, response(180));
+        conns.send(gone, response(200));
+        let (mut s, _) = tokio::time::timeout(Duration::from_secs(5), listening.accept())
+            .await
+            .expect("the Via's port is dialled")
+            .unwrap();
+        let want = [response(180), response(200)].concat();
+        let mut got = vec![0u8; want.len()];
+        s.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, want, "both responses, on one connection");
+        assert!(!conns.lock().conns.contains_key(&gone));
     }
 }

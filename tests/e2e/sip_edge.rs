@@ -276,20 +276,30 @@ fn strangers_get_no_answer_at_all() {
 }
 
 /// Asserts the 200 to a request just sent arrives at `at`, and nothing at `not_at`.
-fn answered_at_only(at: &UdpSocket, not_at: &UdpSocket, what: &str) {
+/// The 200 that came to `at` (and nothing to `not_at`).
+fn answered_at_only(at: &UdpSocket, not_at: &UdpSocket, what: &str) -> String {
     let got = datagrams_within(at, Duration::from_secs(2));
-    assert!(
-        got.iter().any(|m| m.starts_with("SIP/2.0 200")),
-        "{what}: answered there: {got:?}"
-    );
     let elsewhere = datagrams_within(not_at, Duration::from_millis(300));
     assert!(elsewhere.is_empty(), "{what}: not elsewhere: {elsewhere:?}");
+    got.into_iter()
+        .find(|m| m.starts_with("SIP/2.0 200"))
+        .unwrap_or_else(|| panic!("{what}: not answered there"))
+}
+
+/// The top Via line of a message.
+fn top_via(msg: &str) -> &str {
+    msg.lines()
+        .find(|l| l.starts_with("Via:"))
+        .expect("a Via")
+        .trim_end()
 }
 
 /// RFC 3261 18.2.2 and RFC 3581 over UDP: a request whose Via names another port than
 /// the one it was sent from (a carrier's SBC sending from one port and listening on
 /// another) is answered at the Via's port; one whose Via asks for `rport`, at its
-/// source port; with `sip.force_rport`, every one at its source port.
+/// source port, the response's Via telling it its address and port (`received`,
+/// `rport=`); one whose Via names another host gets `received`; with
+/// `sip.force_rport`, every one at its source port.
 #[test]
 fn udp_responses_go_to_the_vias_port_unless_it_asks_for_rport() {
     let ports = Ports::take();
@@ -301,11 +311,37 @@ fn udp_responses_go_to_the_vias_port_unless_it_asks_for_rport() {
     sender
         .send_to(options(via, "UDP", "viaport").as_bytes(), to)
         .unwrap();
-    answered_at_only(&listener, &sender, "the Via's port");
+    let ok = answered_at_only(&listener, &sender, "the Via's port");
+    assert_eq!(
+        top_via(&ok),
+        format!("Via: SIP/2.0/UDP {via};branch=z9hG4bKviaport"),
+        "the host is the source: as it came"
+    );
 
     let rport = options(via, "UDP", "rport").replace(";branch=", ";rport;branch=");
     sender.send_to(rport.as_bytes(), to).unwrap();
-    answered_at_only(&sender, &listener, "rport: the source port");
+    let ok = answered_at_only(&sender, &listener, "rport: the source port");
+    assert_eq!(
+        top_via(&ok),
+        format!(
+            "Via: SIP/2.0/UDP {via};branch=z9hG4bKrport;received=127.0.0.1;rport={}",
+            sender.local_addr().unwrap().port()
+        )
+    );
+
+    let named = options(via, "UDP", "named").replace(
+        &format!("UDP {via}"),
+        &format!("UDP sbc.example.invalid:{}", via.port()),
+    );
+    sender.send_to(named.as_bytes(), to).unwrap();
+    let ok = answered_at_only(&listener, &sender, "a named host: the Via's port");
+    assert_eq!(
+        top_via(&ok),
+        format!(
+            "Via: SIP/2.0/UDP sbc.example.invalid:{};branch=z9hG4bKnamed;received=127.0.0.1",
+            via.port()
+        )
+    );
 
     // Trunks behind NAT that do not ask for rport.
     let ports = Ports::take();
@@ -315,6 +351,83 @@ fn udp_responses_go_to_the_vias_port_unless_it_asks_for_rport() {
         .send_to(forced.as_bytes(), ("127.0.0.1", ports.sip))
         .unwrap();
     answered_at_only(&sender, &listener, "force_rport: the source port");
+}
+
+/// RFC 3261 18.2.2 over TCP: a caller's INVITE whose connection closes while the
+/// callee rings gets its final response on a new connection to its address at the
+/// Via's sent-by port (where it listens), not at the closed connection's source port.
+#[test]
+fn tcp_responses_after_the_connection_closed_go_to_the_vias_port() {
+    let ports = Ports::take();
+    let node = Node::start(ports, "127.0.0.0/8", "");
+    node.provision("0501234567", r#"[{"number": "0311112222"}]"#, "{}");
+    let callee = UdpSocket::bind(("127.0.0.1", ports.uas)).unwrap();
+    let listening = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let via = listening.local_addr().unwrap();
+    let mut caller = TcpStream::connect(("127.0.0.1", ports.sip)).unwrap();
+    caller
+        .write_all(
+            invite(via, "reopen")
+                .replace("SIP/2.0/UDP", "SIP/2.0/TCP")
+                .as_bytes(),
+        )
+        .unwrap();
+    // The B leg's INVITE reaches the callee; the caller then goes away.
+    let b_invite = datagrams_within(&callee, Duration::from_secs(5))
+        .into_iter()
+        .find(|m| m.starts_with("INVITE "))
+        .expect("the call reached the callee");
+    drop(caller);
+    node.wait_until(
+        Duration::from_secs(5),
+        "the caller's connection to end",
+        || node.metric("tsunagu_sip_stream_connections") == 0.0,
+    );
+    // The callee refuses: the caller's final response has no connection to go on.
+    let head = b_invite.split("\r\n\r\n").next().unwrap();
+    let mut busy = String::from("SIP/2.0 486 Busy Here\r\n");
+    for line in head.lines().skip(1) {
+        let name = line
+            .split(':')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        match name.as_str() {
+            "via" | "from" | "call-id" | "cseq" => busy.push_str(line),
+            "to" => busy.push_str(&format!("{line};tag=callee")),
+            _ => continue,
+        }
+        busy.push_str("\r\n");
+    }
+    busy.push_str("Content-Length: 0\r\n\r\n");
+    callee
+        .send_to(busy.as_bytes(), ("127.0.0.1", ports.sip))
+        .unwrap();
+    listening.set_nonblocking(false).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        if let Ok((mut s, _)) = listening.accept() {
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = tx.send(String::from_utf8_lossy(&got).into_owned());
+        }
+    });
+    let got = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("no connection to the Via's port");
+    assert!(got.starts_with("SIP/2.0 "), "{got}");
+    assert!(
+        got.contains("Call-ID: reopen@edge"),
+        "the caller's call: {got}"
+    );
 }
 
 /// With `sip.untrusted = "reject"` a stranger's request gets exactly one 403, never
