@@ -178,7 +178,7 @@ impl Cluster {
         metrics: ClusterMetrics,
     ) -> Result<Cluster, NetError> {
         let name = settings.net.name.clone();
-        let (net, rx) = Net::start(settings.net).await?;
+        let (net, rx) = Net::start(settings.net, metrics.sessions_cut.clone()).await?;
         net.members()
             .set_listed(settings.seeds.iter().map(SocketAddr::ip));
         let membership = Membership::new(&name, settings.epoch, settings.timing);

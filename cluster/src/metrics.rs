@@ -28,6 +28,7 @@ pub struct ClusterMetrics {
     pub frames_refused: Counter,
     pub stale: Counter,
     pub majority: Gauge,
+    pub sessions_cut: Counter,
 }
 
 impl Default for ClusterMetrics {
@@ -44,6 +45,7 @@ impl Default for ClusterMetrics {
             frames_refused: Counter::default(),
             stale: Counter::default(),
             majority: Gauge::default(),
+            sessions_cut: Counter::default(),
         }
     }
 }
@@ -116,6 +118,11 @@ impl ClusterMetrics {
             "cluster_majority",
             "1 while this node's side of the cluster is a majority of the members that count (those it hears, and those the store shows alive); 0 while cut off from as many live members as it hears: it then declares nobody down and holds no lease",
             self.majority.clone(),
+        );
+        r.register(
+            "cluster_sessions_cut",
+            "Sessions with peers stopped because the peer had not passed the challenge with the cluster's secret 5 s after its TLS handshake (a peer holding the certificate that stalls, or a wrong secret that never answers)",
+            self.sessions_cut.clone(),
         );
     }
 }

@@ -18,6 +18,7 @@
 //! A frame is one message of ours (see [`crate::protocol`]), opaque here: bytes in,
 //! bytes out.
 
+use prometheus_client::metrics::counter::Counter;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, ActorStatus};
 use ractor_cluster::node::NodeServerSessionInformation;
 use ractor_cluster::{NetworkStream, NodeEventSubscription, NodeServer, NodeServerMessage};
@@ -318,8 +319,10 @@ pub struct Net {
 impl Net {
     /// Starts the node server, this node's mailbox and the listener; frames for this
     /// node come out of the returned receiver.
+    /// `sessions_cut` counts the sessions [`ChallengeDeadline`] stops.
     pub async fn start(
         cfg: NetConfig,
+        sessions_cut: Counter,
     ) -> Result<(Net, mpsc::UnboundedReceiver<Vec<u8>>), NetError> {
         let listener = TcpListener::bind(cfg.listen)
             .await
@@ -342,7 +345,11 @@ impl Net {
         server
             .cast(NodeServerMessage::SubscribeToEvents {
                 id: "challenge-deadline".into(),
-                subscription: Box::new(ChallengeDeadline::default()),
+                subscription: Box::new(ChallengeDeadline {
+                    passed: Arc::default(),
+                    cut: Arc::default(),
+                    counted: sessions_cut,
+                }),
             })
             .map_err(|e| NetError::Server(e.to_string()))?;
         let (tx, rx) = mpsc::unbounded_channel();
@@ -451,17 +458,20 @@ impl Net {
 /// own there: a peer holding the cluster's certificate (its TLS done, so no longer
 /// holding a handshake slot) that sends half a frame, or nothing, would keep its
 /// session, its socket and its task for ever; enough of them exhaust descriptors.
-#[derive(Default)]
 struct ChallengeDeadline {
     /// The sessions that passed, until they end (so bounded by the live sessions).
     passed: Arc<Mutex<HashSet<ActorId>>>,
+    /// Log lines about cut sessions, at most one a second.
     cut: Arc<Throttle>,
+    /// `tsunagu_cluster_sessions_cut_total`.
+    counted: Counter,
 }
 
 impl NodeEventSubscription for ChallengeDeadline {
     fn node_session_opened(&self, ses: NodeServerSessionInformation) {
         let passed = self.passed.clone();
         let cut = self.cut.clone();
+        let counted = self.counted.clone();
         // Called inside the node server's handler, on the runtime.
         tokio::spawn(async move {
             tokio::time::sleep(HANDSHAKE).await;
@@ -478,6 +488,7 @@ impl NodeEventSubscription for ChallengeDeadline {
             {
                 return;
             }
+            counted.inc();
             if let Some(more) = cut.allow(Instant::now()) {
                 tracing::warn!(peer = %ses.peer_addr, more, "cluster connection cut: the secret's challenge not passed in time");
             }

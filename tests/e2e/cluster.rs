@@ -638,6 +638,11 @@ fn oversized_and_silent_peers_are_cut_off(c: &TestCluster) {
         "the silent peer was cut before its deadline: {:?}",
         small_since.elapsed()
     );
+    assert_eq!(
+        c.node("n1").metric("tsunagu_cluster_sessions_cut_total"),
+        1.0,
+        "the silent session counted; the oversized one was cut by its length, not counted"
+    );
 }
 
 /// A TLS peer (Python's `ssl`) connected to node 1's cluster port with node 3's
