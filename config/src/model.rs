@@ -282,6 +282,18 @@ pub struct MediaConfig {
     /// its prompts.
     #[serde(default)]
     pub consent: bool,
+    /// How much audio the node generates (prompts, ringback, queue audio) goes to
+    /// the address a party's SDP names before any RTP packet came from that party:
+    /// then nothing until one does (an SDP can name anyone's address; this bounds
+    /// what one INVITE can have the node send there to 250 packets). Phones and SBCs
+    /// send RTP from the start, so they hear everything; one that stays silent for
+    /// longer misses the rest until it sends. 0 is `consent` for generated audio.
+    #[serde(default = "default_unverified_audio_seconds")]
+    pub unverified_audio_seconds: u32,
+}
+
+fn default_unverified_audio_seconds() -> u32 {
+    5
 }
 
 impl Default for MediaConfig {
@@ -293,6 +305,7 @@ impl Default for MediaConfig {
             latch: default_latch(),
             timeout_seconds: default_media_timeout(),
             consent: false,
+            unverified_audio_seconds: default_unverified_audio_seconds(),
         }
     }
 }

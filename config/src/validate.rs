@@ -101,6 +101,12 @@ impl Config {
                 "at most 86400 (0 turns the media timeout off)".into(),
             );
         }
+        if self.media.unverified_audio_seconds > 3_600 {
+            err(
+                "media.unverified_audio_seconds".into(),
+                "at most 3600".into(),
+            );
+        }
         let ports = self.media.ports;
         for (i, l) in self.sip.listen.iter().enumerate() {
             if l.transport == Transport::Udp && ports.contains(l.addr.port()) {
@@ -752,6 +758,7 @@ mod tests {
             ("unknown store.tls key", "[store.tls]\nca_file = \"a\"\ncrl = \"x\"\n", &["store.tls.crl"]),
             ("unknown backend", "[store]\nbackend = \"postgres\"\n", &["store.backend"]),
             ("unknown latch policy", "[media]\nlatch = \"loose\"\n", &["media.latch"]),
+            ("unverified audio past an hour", "[media]\nunverified_audio_seconds = 3601\n", &["media.unverified_audio_seconds"]),
             (
                 "notify errors",
                 "[notify]\nmax_attempts = 0\n[notify.smtp]\nhost = \"\"\nfrom = \"nobody\"\nusername = \"u\"\n[notify.sms]\nurl = \"ftp://x\"\nbody = \"{to}\"\ncontent_type = \"text/plain\"\n[notify.ga4]\nendpoint = \"https:///collect\"\n",

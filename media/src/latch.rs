@@ -69,6 +69,10 @@ pub struct Peer {
     pub signalled: Option<SocketAddr>,
     /// The source its RTP was latched to; None until the first accepted packet.
     pub latched: Option<SocketAddr>,
+    /// Frames of generated audio sent to `signalled` while nothing had come from this
+    /// side (see [`Peer::generated_destination`]); back to 0 when the SDP names
+    /// another address.
+    pub unverified_sent: u32,
 }
 
 impl Peer {
@@ -79,7 +83,25 @@ impl Peer {
         if self.signalled != Some(addr) {
             self.signalled = Some(addr);
             self.latched = None;
+            self.unverified_sent = 0;
         }
+    }
+
+    /// Where a frame of audio the node generates (a prompt, ringback, queue audio)
+    /// toward this side goes: the latched source, else the SDP's address for the first
+    /// `budget` frames only (`media.unverified_audio_seconds`), counted here, else
+    /// nowhere until a packet comes from this side; with `consent`, only the latched
+    /// source. An SDP can name anyone: without the budget an INVITE naming a victim's
+    /// address would have the node stream a whole prompt or queue at it (about 50
+    /// packets a second, for minutes); with it, at most `budget` packets per address
+    /// an SDP names. Relayed audio is not limited (what it sends, someone sent).
+    pub fn generated_destination(&mut self, consent: bool, budget: u32) -> Option<SocketAddr> {
+        if self.latched.is_some() || consent {
+            return self.latched;
+        }
+        let to = self.signalled.filter(|_| self.unverified_sent < budget)?;
+        self.unverified_sent += 1;
+        Some(to)
     }
 
     /// Where audio toward this side's far end goes: the latched source (symmetric RTP,
@@ -211,6 +233,7 @@ mod tests {
             let peer = Peer {
                 signalled: *signalled,
                 latched: *latched,
+                unverified_sent: 0,
             };
             assert_eq!(judge(*policy, &peer, *src, *rtp), *want, "row {i}");
         }
@@ -243,6 +266,51 @@ mod tests {
         );
     }
 
+    /// Generated audio toward a side that never sent a packet: the SDP's address gets
+    /// `budget` frames, then nothing; a latched side gets every frame; new SDP naming
+    /// another address starts a new budget, the same address does not; with consent,
+    /// nothing before a packet.
+    #[test]
+    fn generated_audio_reaches_an_unverified_address_for_a_budget_of_frames() {
+        let sent = |p: &mut Peer, consent: bool, budget: u32, frames: usize| {
+            (0..frames)
+                .filter(|_| p.generated_destination(consent, budget).is_some())
+                .count()
+        };
+        let mut p = Peer::default();
+        assert_eq!(sent(&mut p, false, 3, 10), 0, "no SDP: nowhere");
+        p.signal(a(SDP));
+        assert_eq!(p.generated_destination(false, 3), Some(a(SDP)));
+        assert_eq!(sent(&mut p, false, 3, 10), 2, "the rest of the budget");
+        assert_eq!(p.generated_destination(false, 3), None);
+        p.signal(a(SDP));
+        assert_eq!(
+            sent(&mut p, false, 3, 10),
+            0,
+            "the same address: no new budget"
+        );
+        p.signal(a("192.0.2.99:5000"));
+        assert_eq!(
+            sent(&mut p, false, 3, 10),
+            3,
+            "another address: a new budget"
+        );
+        p.latched = Some(a("192.0.2.99:61000"));
+        assert_eq!(sent(&mut p, false, 3, 10), 10, "latched: every frame");
+        assert_eq!(
+            p.generated_destination(true, 3),
+            Some(a("192.0.2.99:61000"))
+        );
+        let mut q = Peer::default();
+        q.signal(a(SDP));
+        assert_eq!(
+            sent(&mut q, true, 3, 10),
+            0,
+            "consent: nothing before a packet"
+        );
+        assert_eq!(sent(&mut q, false, 0, 10), 0, "a budget of 0");
+    }
+
     /// Each row: consent, (signalled, latched) → where audio goes. With consent the
     /// SDP's word alone sends nothing; a latched source always gets it.
     #[test]
@@ -263,6 +331,7 @@ mod tests {
             let p = Peer {
                 signalled: signalled.map(a),
                 latched: latched.map(a),
+                unverified_sent: 0,
             };
             assert_eq!(
                 p.destination(consent),

@@ -33,6 +33,9 @@ pub struct MediaMetrics {
     pub foreign: Family<ForeignLabel, Counter>,
     /// Media addresses from SDP the relays refused to send to ([`crate::destination`]).
     pub destinations_refused: Family<ForeignLabel, Counter>,
+    /// Frames of generated audio not sent toward a side that had sent nothing
+    /// ([`crate::latch::Peer::generated_destination`]).
+    pub unverified_withheld: Counter,
 }
 
 impl MediaMetrics {
@@ -81,6 +84,11 @@ impl MediaMetrics {
             "rtp_destinations_refused",
             "Media addresses named in SDP that the relay refused to send to (and accepts nothing from): multicast, broadcast, link_local (e.g. cloud metadata), loopback (on a node whose media address is not), own_port (the node's own RTP ports)",
             self.destinations_refused.clone(),
+        );
+        r.register(
+            "rtp_unverified_audio_withheld",
+            "Frames of audio the node generates (prompts, ringback, queue audio) not sent toward a party that had sent no RTP packet yet: past media.unverified_audio_seconds of them, or any with media.consent (an SDP can name anyone's address)",
+            self.unverified_withheld.clone(),
         );
         // Every series exists from the start (a dashboard sees 0, not a missing series).
         for reason in ["source", "not_rtp"] {

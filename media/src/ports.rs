@@ -82,6 +82,11 @@ fn out_of_descriptors(e: &io::Error) -> bool {
 /// holding more is closed and its port bound afresh.
 pub const DRAIN_MAX: u64 = 1024;
 
+/// `media.unverified_audio_seconds` when not set.
+pub const DEFAULT_UNVERIFIED_AUDIO_SECONDS: u32 = 5;
+/// Generated audio goes in 20 ms frames.
+const FRAMES_PER_SECOND: u32 = 50;
+
 pub struct PortPool {
     address: IpAddr,
     /// The configured range (`media.ports`).
@@ -91,6 +96,9 @@ pub struct PortPool {
     latch: Latch,
     /// `media.consent`: relays send toward a side only once a packet from it arrived.
     consent: std::sync::atomic::AtomicBool,
+    /// `media.unverified_audio_seconds`, in 20 ms frames: how much generated audio
+    /// goes to a side's SDP address before a packet came from it.
+    unverified_frames: std::sync::atomic::AtomicU32,
     metrics: MediaMetrics,
     /// Asked once per batch of packets a relay would send; `false` withholds them
     /// (a clustered node without its lease; see [`PortPool::set_gate`]).
@@ -158,6 +166,12 @@ impl MediaPort {
     /// it arrived (`media.consent`).
     pub fn consent(&self) -> bool {
         self.pool.consent.load(Ordering::Relaxed)
+    }
+
+    /// How many frames of generated audio the relay using this port sends toward a
+    /// side's SDP address before a packet came from it.
+    pub fn unverified_frames(&self) -> u32 {
+        self.pool.unverified_frames.load(Ordering::Relaxed)
     }
 
     /// Why the relay using this port must not send to `dst`, if it must not
@@ -316,6 +330,9 @@ impl PortPool {
             socket_buffer,
             latch,
             consent: std::sync::atomic::AtomicBool::new(false),
+            unverified_frames: std::sync::atomic::AtomicU32::new(
+                DEFAULT_UNVERIFIED_AUDIO_SECONDS * FRAMES_PER_SECOND,
+            ),
             metrics,
             gate: std::sync::OnceLock::new(),
             idle: AtomicUsize::new(0),
@@ -329,6 +346,18 @@ impl PortPool {
     /// arrived (`media.consent`), not to the address its SDP names before that.
     pub fn set_consent(&self, on: bool) {
         self.consent.store(on, Ordering::Relaxed);
+    }
+
+    /// Relays started from now on send at most `seconds` of generated audio (prompts,
+    /// ringback, queue audio) toward a side's SDP address before a packet came from
+    /// that side (`media.unverified_audio_seconds`; see
+    /// [`crate::latch::Peer::generated_destination`]).
+    pub fn set_unverified_audio_seconds(&self, seconds: u32) {
+        self.set_unverified_audio_frames(seconds.saturating_mul(FRAMES_PER_SECOND));
+    }
+
+    pub(crate) fn set_unverified_audio_frames(&self, frames: u32) {
+        self.unverified_frames.store(frames, Ordering::Relaxed);
     }
 
     /// From now on the relays of this pool send only while `gate` says so (the first

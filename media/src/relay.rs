@@ -494,17 +494,35 @@ fn drain(p: Flow<'_>, mut rec: Option<&mut Recording>, on_event: &OnEvent) {
     });
 }
 
-/// Sends the next frame of the prompt playing into `s`, if any; ends a prompt that is
-/// not looped at its last frame.
+/// What decides whether generated audio goes to a side that has sent nothing yet.
+#[derive(Clone, Copy)]
+struct Unverified<'a> {
+    /// `media.consent`.
+    consent: bool,
+    /// `media.unverified_audio_seconds`, in frames.
+    budget: u32,
+    /// `tsunagu_rtp_unverified_audio_withheld_total`.
+    withheld: &'a prometheus_client::metrics::counter::Counter,
+}
+
+/// Sends the next frame of the prompt playing into `s`, if any (see
+/// [`Peer::generated_destination`]); ends a prompt that is not looped at its last
+/// frame.
 fn play_frame(
     socket: &tokio::net::UdpSocket,
     s: &mut SideState,
-    consent: bool,
+    unverified: Unverified<'_>,
     now: Instant,
     on_event: &OnEvent,
 ) {
     let Some(p) = s.player.as_mut() else { return };
-    if let Some(dst) = s.peer.destination(consent) {
+    let to = s
+        .peer
+        .generated_destination(unverified.consent, unverified.budget);
+    if to.is_none() && s.peer.signalled.is_some() {
+        unverified.withheld.inc();
+    }
+    if let Some(dst) = to {
         let mut pkt = [0u8; 12 + FRAME_SAMPLES];
         pkt[..12].copy_from_slice(&s.out.generate(p.payload_type, FRAME_SAMPLES as u32, now));
         pkt[12..].copy_from_slice(p.prompt.frame(p.payload_type, p.next));
@@ -538,7 +556,8 @@ fn run(
     let a_to_b = Direction::new(&metrics, "caller_to_callee");
     let b_to_a = Direction::new(&metrics, "callee_to_caller");
     let refused = Refused::new(&metrics);
-    let (latch, consent) = (a.latch(), a.consent());
+    let (latch, consent, budget) = (a.latch(), a.consent(), a.unverified_frames());
+    let withheld = metrics.unverified_withheld.clone();
     async move {
         let _ended = ended;
         let mut sa = SideState::new(Side::A);
@@ -644,8 +663,9 @@ fn run(
                 _ = async { frames.as_mut().expect("checked").tick().await }, if frames.is_some() => {
                     let now = Instant::now();
                     if a.open() {
-                        play_frame(a.socket(), &mut sa, consent, now, &on_event);
-                        play_frame(b.socket(), &mut sb, consent, now, &on_event);
+                        let unverified = Unverified { consent, budget, withheld: &withheld };
+                        play_frame(a.socket(), &mut sa, unverified, now, &on_event);
+                        play_frame(b.socket(), &mut sb, unverified, now, &on_event);
                     }
                     if sa.player.is_none() && sb.player.is_none() {
                         frames = None;
@@ -920,6 +940,43 @@ mod tests {
         let (n, from) = caller.recv_from(&mut buf).await.unwrap();
         assert_eq!((n, from), (172, relay.local(Side::A)));
         assert_eq!(buf[1] & 0x7f, 8, "the prompt, in PCMA");
+        relay.stop_playing(Side::A);
+    }
+
+    /// A prompt toward a caller whose SDP names an address that never sent a packet
+    /// (it could be anyone's): the first frames of `media.unverified_audio_seconds`
+    /// (3 here) go there, the rest are withheld and counted; once the caller sends a
+    /// packet, prompts reach it in full.
+    #[tokio::test]
+    async fn an_unverified_address_gets_a_bounded_share_of_a_prompt() {
+        let pool = pool(41560);
+        pool.set_unverified_audio_frames(3);
+        let (relay, metrics, mut events) = relay_with_events(&pool);
+        let (caller, _callee) = parties(&relay).await;
+        let prompt = Arc::new(Prompt::from_samples(&[1000; 160 * 10]));
+        relay.play(Side::A, prompt.clone(), 0, false, 1);
+        assert_eq!(
+            events.recv().await,
+            Some(MediaEvent::PromptDone {
+                side: Side::A,
+                id: 1
+            })
+        );
+        // Sent on loopback before the prompt reported its end: all queued by now.
+        let mut buf = [0u8; 2048];
+        let mut got = 0;
+        while caller.try_recv_from(&mut buf).is_ok() {
+            got += 1;
+        }
+        assert_eq!(got, 3, "the budget, then nothing");
+        assert_eq!(metrics.unverified_withheld.get(), 7);
+        // The caller sends: latched, every frame of the next prompt reaches it.
+        caller.send_to(&rtp(1), relay.local(Side::A)).await.unwrap();
+        relay.play(Side::A, prompt.clone(), 0, true, 2);
+        for _ in 0..12 {
+            let (n, from) = caller.recv_from(&mut buf).await.unwrap();
+            assert_eq!((n, from), (172, relay.local(Side::A)));
+        }
         relay.stop_playing(Side::A);
     }
 

@@ -472,6 +472,7 @@ pub async fn run(
         metrics.media.clone(),
     );
     ports.set_consent(media.consent);
+    ports.set_unverified_audio_seconds(media.unverified_audio_seconds);
     let lease_gate = crate::cluster_link::LeaseGate::default();
     let rtp_withheld = metrics
         .calls

@@ -277,3 +277,58 @@ fn a_third_party_spraying_the_rtp_range_reaches_neither_party_nor_the_recording(
         "the caller's own non-RTP counted: {junk}"
     );
 }
+
+/// An INVITE whose SDP names someone else's address (a "victim" socket that never
+/// sends), to a number that plays the recording notice and then ringback while the
+/// callee rings for 10 s: the victim gets the first `media.unverified_audio_seconds`
+/// (5 s, 250 frames) of that audio and then nothing, and the node counts what it
+/// withheld. Before the bound, the whole notice and ring (about 500 frames) went there.
+#[test]
+fn an_sdp_naming_a_victim_gets_a_bounded_share_of_generated_audio() {
+    let ports = Ports::take();
+    let node = Node::start(ports, "127.0.0.1/32", "");
+    let (key, _) = node.provision(
+        "0501234567",
+        r#"[{"number": "0311112222", "ring_seconds": 10}]"#,
+        "{}",
+    );
+    node.set_number(
+        &key,
+        "0501234567",
+        r#"{"recording": {"mode": "both", "notice": "recording_notice"}}"#,
+    );
+    let _uas = Uas::start("uas_no_answer.xml", ports, node.dir.path(), &[]);
+    let victim = UdpSocket::bind(("127.0.0.1", ports.uac_media + 20)).unwrap();
+    victim
+        .set_read_timeout(Some(Duration::from_millis(1500)))
+        .unwrap();
+    let caller = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let me = caller.local_addr().unwrap();
+    let sdp = format!(
+        "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {} RTP/AVP 8\r\n",
+        victim.local_addr().unwrap().port()
+    );
+    let invite = format!(
+        "INVITE sip:0501234567@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKvictim\r\n\
+From: <sip:09012345678@{me}>;tag=victim\r\nTo: <sip:0501234567@127.0.0.1>\r\nCall-ID: victim@media\r\n\
+CSeq: 1 INVITE\r\nContact: <sip:c@{me}>\r\nMax-Forwards: 70\r\nContent-Type: application/sdp\r\n\
+Content-Length: {}\r\n\r\n{sdp}",
+        sdp.len()
+    );
+    caller
+        .send_to(invite.as_bytes(), ("127.0.0.1", ports.sip))
+        .unwrap();
+    // Frames until the victim has heard nothing for 1.5 s (the notice and the ring
+    // go on for 10 s: silence before that is the bound).
+    let mut buf = [0u8; 2048];
+    let mut frames = 0;
+    while victim.recv_from(&mut buf).is_ok() {
+        frames += 1;
+        assert!(frames <= 250, "more than the bound reached the victim");
+    }
+    assert_eq!(frames, 250, "5 s of the notice and ring, then nothing");
+    assert!(
+        node.metric("tsunagu_rtp_unverified_audio_withheld_total") > 0.0,
+        "the withheld frames are counted"
+    );
+}
