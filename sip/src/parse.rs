@@ -319,30 +319,80 @@ pub fn header_values<'a, M: HasHeaders>(msg: &'a M, name: &str) -> Vec<&'a str> 
 
 /// Splits a header value on commas that are outside quotes and angle brackets.
 pub fn split_list(value: &str) -> Vec<&str> {
-    let mut out = Vec::new();
-    let (mut depth, mut quoted, mut start) = (0i32, false, 0);
-    for (i, c) in value.char_indices() {
-        match c {
-            '"' => quoted = !quoted,
-            '<' if !quoted => depth += 1,
-            '>' if !quoted => depth -= 1,
-            ',' if !quoted && depth == 0 => {
-                // An empty element (`a,,b`) carries nothing: dropped, so that nothing
-                // built from the list grows with commas a peer sent.
-                let item = value[start..i].trim();
-                if !item.is_empty() {
-                    out.push(item);
+    list_elements(value).collect()
+}
+
+/// The elements of a header list, as [`split_list`] gives them, without allocating.
+/// An empty element (`a,,b`) carries nothing: left out, so that nothing built from
+/// the list grows with commas a peer sent.
+pub fn list_elements(value: &str) -> Elements<'_> {
+    Elements {
+        rest: Some(value),
+        sep: ',',
+    }
+}
+
+/// The `;`-separated parts of a header value (its first part, then its parameters),
+/// split outside quoted strings (RFC 3261 25.1 allows `;` inside them), trimmed,
+/// empty ones left out; no allocation.
+pub fn param_parts(value: &str) -> Elements<'_> {
+    Elements {
+        rest: Some(value),
+        sep: ';',
+    }
+}
+
+/// A splitter honouring quotes and angle brackets: [`list_elements`], [`param_parts`].
+pub struct Elements<'a> {
+    rest: Option<&'a str>,
+    sep: char,
+}
+
+impl<'a> Iterator for Elements<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        loop {
+            let rest = self.rest?;
+            let (mut depth, mut quoted) = (0i32, false);
+            let mut cut = None;
+            for (i, c) in rest.char_indices() {
+                match c {
+                    '"' => quoted = !quoted,
+                    '<' if !quoted => depth += 1,
+                    '>' if !quoted => depth -= 1,
+                    c if c == self.sep && !quoted && depth == 0 => {
+                        cut = Some(i);
+                        break;
+                    }
+                    _ => {}
                 }
-                start = i + 1;
             }
-            _ => {}
+            let item = match cut {
+                Some(i) => {
+                    self.rest = Some(&rest[i + 1..]);
+                    &rest[..i]
+                }
+                None => {
+                    self.rest = None;
+                    rest
+                }
+            };
+            let item = item.trim();
+            if !item.is_empty() {
+                return Some(item);
+            }
         }
     }
-    let last = value[start..].trim();
-    if !last.is_empty() {
-        out.push(last);
-    }
-    out
+}
+
+/// The first element of a header list by name, across its lines (empty lines and
+/// elements skipped): the top Via, without allocating.
+pub fn first_value<'a, M: HasHeaders>(msg: &'a M, name: &str) -> Option<&'a str> {
+    msg.headers()
+        .iter()
+        .filter(|h| h.name().eq_ignore_ascii_case(name))
+        .find_map(|h| list_elements(h.value()).next())
 }
 
 fn info(msg: &SipMessage) -> Result<Info, ParseError> {
@@ -362,10 +412,7 @@ fn info(msg: &SipMessage) -> Result<Info, ParseError> {
         .filter(|n| *n < 1 << 31)
         .ok_or(ParseError::Header("CSeq"))?;
     let cseq_method = method_from(method.trim()).ok_or(ParseError::Header("CSeq"))?;
-    let via = header_values(msg, "Via")
-        .into_iter()
-        .next()
-        .ok_or(ParseError::Header("Via"))?;
+    let via = first_value(msg, "Via").ok_or(ParseError::Header("Via"))?;
     // A branch names a transaction: one is needed (an empty one names none), and at
     // most MAX_BRANCH bytes of it are kept for the transaction's life, twice.
     let branch = param(via, "branch")

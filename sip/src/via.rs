@@ -14,7 +14,7 @@
 //!   [`stamp`]. A common Via (its host the source address, no `rport`) is left as it
 //!   came, without an allocation.
 
-use crate::parse::{param, split_list, Transport};
+use crate::parse::{list_elements, param_parts, Transport};
 use rsipstack::sip::{headers::Via, Header, Request};
 use std::fmt::Write;
 use std::net::{IpAddr, SocketAddr};
@@ -46,10 +46,21 @@ fn sent_by(via: &str) -> Option<(&str, Option<&str>)> {
 /// sent-by's (5060 if it names none); None, the source port, when the Via asks for
 /// `rport` or its sent-by does not parse.
 pub(crate) fn reply_port(via: &str) -> Option<u16> {
-    if param(via, "rport").is_some() {
+    if has_param(via, "rport") {
         return None;
     }
     port_or(sent_by(via)?.1, 5060)
+}
+
+/// Whether a Via value has the parameter `name` (quoted strings honoured).
+fn has_param(via: &str, name: &str) -> bool {
+    param_parts(via)
+        .skip(1)
+        .any(|p| param_name(p).eq_ignore_ascii_case(name))
+}
+
+fn param_name(part: &str) -> &str {
+    part.split('=').next().unwrap_or_default().trim()
 }
 
 fn port_or(port: Option<&str>, default: u16) -> Option<u16> {
@@ -71,12 +82,12 @@ pub(crate) fn reopen_port(data: &[u8], transport: Transport) -> Option<u16> {
         .position(|w| w == b"\r\n\r\n")
         .unwrap_or(data.len());
     let head = std::str::from_utf8(&data[..end]).ok()?;
-    let via = head.split("\r\n").skip(1).find_map(|line| {
+    let top = head.split("\r\n").skip(1).find_map(|line| {
         let (name, value) = line.split_once(':')?;
         let name = name.trim();
-        (name.eq_ignore_ascii_case("via") || name.eq_ignore_ascii_case("v")).then_some(value)
+        let via = name.eq_ignore_ascii_case("via") || name.eq_ignore_ascii_case("v");
+        via.then(|| list_elements(value).next()).flatten()
     })?;
-    let top = split_list(via).into_iter().next()?;
     let default = if transport == Transport::Tls {
         5061
     } else {
@@ -87,39 +98,46 @@ pub(crate) fn reopen_port(data: &[u8], transport: Transport) -> Option<u16> {
 
 /// Writes `received` and `rport` into the top Via of `req`, received from `src` (see
 /// the module's doc). A `received` or `rport` value the peer wrote itself is replaced.
+/// An IPv4 peer read on a dual-stack socket (`::ffff:a.b.c.d`) is written as IPv4.
 pub fn stamp(req: &mut Request, src: SocketAddr) {
-    let Some(h) = req.headers.iter_mut().find(|h| matches!(h, Header::Via(_))) else {
+    // The top Via: the first element of the first Via line that has one.
+    let Some(h) = req
+        .headers
+        .iter_mut()
+        .find(|h| matches!(h, Header::Via(_)) && list_elements(h.value()).next().is_some())
+    else {
         return;
     };
     let value = h.value();
-    let Some(top) = split_list(value).into_iter().next() else {
+    let Some(top) = list_elements(value).next() else {
         return;
     };
-    let wants_rport = param(top, "rport").is_some();
+    let ip = src.ip().to_canonical();
+    let wants_rport = has_param(top, "rport");
     let host_is_source = sent_by(top)
         .and_then(|(host, _)| host.parse::<IpAddr>().ok())
-        .is_some_and(|ip| ip == src.ip());
-    if !wants_rport && host_is_source && param(top, "received").is_none() {
+        .is_some_and(|host| host.to_canonical() == ip);
+    if !wants_rport && host_is_source && !has_param(top, "received") {
         return;
     }
     let mut out = String::with_capacity(value.len() + 40);
-    let mut parts = top.split(';');
-    out.push_str(parts.next().unwrap_or_default().trim());
+    let mut parts = param_parts(top);
+    out.push_str(parts.next().unwrap_or_default());
     for p in parts {
-        let name = p.split('=').next().unwrap_or_default().trim();
+        let name = param_name(p);
         if !name.eq_ignore_ascii_case("received") && !name.eq_ignore_ascii_case("rport") {
             out.push(';');
-            out.push_str(p.trim());
+            out.push_str(p);
         }
     }
     if wants_rport || !host_is_source {
-        let _ = write!(out, ";received={}", src.ip());
+        let _ = write!(out, ";received={ip}");
     }
     if wants_rport {
         let _ = write!(out, ";rport={}", src.port());
     }
     // The rest of the list (other Vias on the same line) as it came. `top` is a slice
-    // of `value` (split_list trims), so what follows it starts after its end.
+    // of `value` (the splitter trims), so what follows it starts after its end.
     let top_end = top.as_ptr() as usize - value.as_ptr() as usize + top.len();
     if let Some(rest) = value[top_end..].trim_start().strip_prefix(',') {
         out.push(',');
@@ -185,6 +203,52 @@ mod tests {
         assert_eq!(udp.reply_to(&info), udp, "rport: the source port");
     }
 
+    /// Counts the allocations made on the thread that asks (tests run on several).
+    mod counting {
+        use std::alloc::{GlobalAlloc, Layout, System};
+        use std::cell::Cell;
+
+        thread_local!(static COUNT: Cell<usize> = const { Cell::new(0) });
+
+        pub struct Counting;
+
+        // SAFETY: every call is passed on to the system allocator unchanged.
+        unsafe impl GlobalAlloc for Counting {
+            unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+                let _ = COUNT.try_with(|c| c.set(c.get() + 1));
+                unsafe { System.alloc(layout) }
+            }
+
+            unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+                unsafe { System.dealloc(ptr, layout) }
+            }
+        }
+
+        pub fn allocations() -> usize {
+            COUNT.with(Cell::get)
+        }
+    }
+
+    #[global_allocator]
+    static ALLOCATOR: counting::Counting = counting::Counting;
+
+    /// The Via of every SIPp load test and of most trunks (its host the source, no
+    /// `rport`) costs `stamp` and `reply_port` no allocation: they run on every request.
+    #[test]
+    fn the_common_via_costs_no_allocation() {
+        let raw = "INVITE sip:1@h SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.9:5060;branch=z9hG4bK1, SIP/2.0/UDP 10.0.0.8;branch=z9hG4bK0\r\nFrom: <sip:a@h>;tag=1\r\nTo: <sip:1@h>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\n\r\n";
+        let (SipMessage::Request(mut req), _) = parse(raw.as_bytes()).unwrap() else {
+            panic!("a request");
+        };
+        let src: SocketAddr = "10.0.0.9:40000".parse().unwrap();
+        let before = counting::allocations();
+        stamp(&mut req, src);
+        let top = crate::parse::first_value(&req, "Via").unwrap();
+        assert_eq!(reply_port(top), Some(5060));
+        assert_eq!(counting::allocations(), before, "allocations");
+        assert_eq!(top, "SIP/2.0/UDP 10.0.0.9:5060;branch=z9hG4bK1");
+    }
+
     /// RFC 3261 18.2.2 over a stream whose connection closed: the top Via's sent-by
     /// port, the transport's default when it names none; nothing for requests.
     #[test]
@@ -244,6 +308,15 @@ mod tests {
                 "SIP/2.0/UDP 10.0.0.9;branch=z9hG4bK1;received=1.2.3.4",
                 "SIP/2.0/UDP 10.0.0.9;branch=z9hG4bK1",
             ),
+            // A quoted parameter value may hold `;` and `,`: kept whole.
+            (
+                "SIP/2.0/UDP 192.168.1.5;x=\"a;received=1,b\";branch=z9hG4bK1",
+                "SIP/2.0/UDP 192.168.1.5;x=\"a;received=1,b\";branch=z9hG4bK1;received=10.0.0.9",
+            ),
+            (
+                "SIP/2.0/UDP 10.0.0.9;x=\";rport\";branch=z9hG4bK1",
+                "SIP/2.0/UDP 10.0.0.9;x=\";rport\";branch=z9hG4bK1",
+            ),
             // Only the top Via of a list changes.
             (
                 "SIP/2.0/UDP 192.168.1.5;branch=z9hG4bK1, SIP/2.0/UDP 192.168.1.6;branch=z9hG4bK0;rport",
@@ -260,6 +333,31 @@ mod tests {
             let vias: Vec<&str> = crate::parse::header_lines(&req, "Via").collect();
             assert_eq!(vias, [*want, "SIP/2.0/UDP x;branch=z9hG4bK9"], "{via}");
         }
+        // An IPv4 peer read on a dual-stack socket is written, and compared, as IPv4.
+        let mapped: SocketAddr = "[::ffff:10.0.0.9]:40000".parse().unwrap();
+        let vias = |first: &str| {
+            let raw = format!("OPTIONS sip:a@h SIP/2.0\r\n{first}Via: SIP/2.0/UDP x;branch=z9hG4bK9\r\nFrom: <sip:a@h>;tag=1\r\nTo: <sip:b@h>\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\n\r\n");
+            let (SipMessage::Request(mut req), _) = parse(raw.as_bytes()).unwrap() else {
+                panic!("a request");
+            };
+            stamp(&mut req, mapped);
+            crate::parse::header_lines(&req, "Via")
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            vias("Via: SIP/2.0/UDP 10.0.0.9;branch=z9hG4bK1\r\n")[0],
+            "SIP/2.0/UDP 10.0.0.9;branch=z9hG4bK1"
+        );
+        assert_eq!(
+            vias("Via: SIP/2.0/UDP 10.0.0.9;branch=z9hG4bK1;rport\r\n")[0],
+            "SIP/2.0/UDP 10.0.0.9;branch=z9hG4bK1;received=10.0.0.9;rport=40000"
+        );
+        // An empty Via line before the top Via: the top Via is still the one stamped.
+        assert_eq!(
+            vias("Via: \r\nVia: SIP/2.0/UDP 10.0.0.9;branch=z9hG4bK1;rport\r\n")[0],
+            "SIP/2.0/UDP 10.0.0.9;branch=z9hG4bK1;received=10.0.0.9;rport=40000"
+        );
         // An IPv6 source is written without brackets (RFC 3261 `received` grammar).
         let raw = "OPTIONS sip:a@h SIP/2.0\r\nVia: SIP/2.0/UDP [2001:db8::1];rport;branch=z9hG4bK1\r\nFrom: <sip:a@h>;tag=1\r\nTo: <sip:b@h>\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\n\r\n";
         let (SipMessage::Request(mut req), _) = parse(raw.as_bytes()).unwrap() else {

@@ -404,10 +404,22 @@ fn tcp_responses_after_the_connection_closed_go_to_the_vias_port() {
     callee
         .send_to(busy.as_bytes(), ("127.0.0.1", ports.sip))
         .unwrap();
-    listening.set_nonblocking(false).unwrap();
+    // Accepts for at most 10 s (polled: a blocking accept would outlive the test).
+    listening.set_nonblocking(true).unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        if let Ok((mut s, _)) = listening.accept() {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let accepted = loop {
+            match listening.accept() {
+                Ok(conn) => break Some(conn),
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                Err(_) => break None,
+            }
+        };
+        if let Some((mut s, _)) = accepted {
+            s.set_nonblocking(false).unwrap();
             s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
             let mut got = Vec::new();
             let mut buf = [0u8; 4096];
