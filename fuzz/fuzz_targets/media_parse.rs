@@ -30,8 +30,7 @@ fuzz_target!(|data: &[u8]| {
     let mut events = EventDetector::default();
     let peer = Peer {
         signalled: Some("127.0.0.1:4000".parse().unwrap()),
-        latched: None,
-        unverified_sent: 0,
+        ..Peer::default()
     };
     let src = "127.0.0.1:4002".parse().unwrap();
     let (mut rest, mut now) = (data, 0u64);

@@ -69,10 +69,12 @@ pub struct Peer {
     pub signalled: Option<SocketAddr>,
     /// The source its RTP was latched to; None until the first accepted packet.
     pub latched: Option<SocketAddr>,
-    /// Frames of generated audio sent to `signalled` while nothing had come from this
-    /// side (see [`Peer::generated_destination`]); back to 0 when the SDP names
-    /// another address.
+    /// Packets sent toward this side while nothing had come from it (see
+    /// [`Peer::destination`]), whichever addresses its SDPs named.
     pub unverified_sent: u32,
+    /// `signalled` is a trunk's address (inside a trunk's inbound networks, or its
+    /// outbound target): a carrier's media anchor, not a party who could be anyone.
+    pub trusted: bool,
 }
 
 impl Peer {
@@ -83,37 +85,45 @@ impl Peer {
         if self.signalled != Some(addr) {
             self.signalled = Some(addr);
             self.latched = None;
-            self.unverified_sent = 0;
         }
     }
 
-    /// Where a frame of audio the node generates (a prompt, ringback, queue audio)
-    /// toward this side goes: the latched source, else the SDP's address for the first
-    /// `budget` frames only (`media.unverified_audio_seconds`), counted here, else
-    /// nowhere until a packet comes from this side; with `consent`, only the latched
-    /// source. An SDP can name anyone: without the budget an INVITE naming a victim's
-    /// address would have the node stream a whole prompt or queue at it (about 50
-    /// packets a second, for minutes); with it, at most `budget` packets per address
-    /// an SDP names. Relayed audio is not limited (what it sends, someone sent).
-    pub fn generated_destination(&mut self, consent: bool, budget: u32) -> Option<SocketAddr> {
+    /// No address for this side any more (its SDP named one the relay refuses, or
+    /// the call took it away): nothing goes there. What was sent unverified stays
+    /// counted: the budget is the side's for the call, whatever addresses its SDPs
+    /// name in turn.
+    pub fn forget(&mut self) {
+        *self = Peer {
+            unverified_sent: self.unverified_sent,
+            ..Peer::default()
+        };
+    }
+
+    /// Where a packet toward this side's far end goes, relayed or generated (a prompt,
+    /// ringback, queue audio): the latched source (symmetric RTP, which is what gets
+    /// through a NAT); before any packet came from this side, the SDP's address —
+    /// always when it is a trunk's (`trusted`), else for the first `budget` packets
+    /// only (`media.unverified_audio_seconds`), counted here — and then nothing until
+    /// a packet comes. With `consent` (`media.consent`) nothing goes before a packet.
+    /// An SDP can name anyone: without the budget an INVITE naming a victim's address
+    /// had the node stream a whole prompt, ring or queue, or the callee's audio, at it.
+    pub fn destination(&mut self, consent: bool, budget: u32) -> Option<SocketAddr> {
         if self.latched.is_some() || consent {
             return self.latched;
+        }
+        if self.trusted {
+            return self.signalled;
         }
         let to = self.signalled.filter(|_| self.unverified_sent < budget)?;
         self.unverified_sent += 1;
         Some(to)
     }
 
-    /// Where audio toward this side's far end goes: the latched source (symmetric RTP,
-    /// which is what gets through a NAT), else the SDP's address, unless `consent`
-    /// (`media.consent`) asks for a packet from this side first: an SDP's word alone
-    /// (which a caller chooses: one naming a victim would have the node stream prompts
-    /// at it) then sends nothing.
-    pub fn destination(&self, consent: bool) -> Option<SocketAddr> {
-        match consent {
-            true => self.latched,
-            false => self.latched.or(self.signalled),
-        }
+    /// Whether a packet toward this side is being withheld for want of a packet from
+    /// it (its SDP named an address, nothing came from there, the budget is spent or
+    /// `media.consent` asks for one first).
+    pub fn withholding(&self) -> bool {
+        self.signalled.is_some() && self.latched.is_none()
     }
 }
 
@@ -134,7 +144,10 @@ pub fn judge(policy: Latch, peer: &Peer, src: SocketAddr, rtp: bool) -> Verdict 
     let allowed = match policy {
         Latch::Off => Verdict::LatchTo(src),
         Latch::Strict => match peer.signalled {
-            Some(s) if same_addr(s, src) => Verdict::Accept,
+            // The first packet marks the side as heard from (latched to its own SDP
+            // address), which is what lets audio flow to it past the unverified budget.
+            Some(s) if same_addr(s, src) && peer.latched == Some(src) => Verdict::Accept,
+            Some(s) if same_addr(s, src) => Verdict::LatchTo(src),
             _ => Verdict::Drop(Foreign::Source),
         },
         Latch::Address => match peer.signalled {
@@ -198,8 +211,16 @@ mod tests {
             (Strict, None, None, a(SDP), true, Drop(Source)),
             (Address, None, None, a(SDP), true, Drop(Source)),
             // strict: exactly the SDP's address.
-            (Strict, sdp, None, a(SDP), true, Accept),
-            (Strict, sdp, None, a("[::ffff:192.0.2.10]:4000"), true, Accept),
+            (Strict, sdp, None, a(SDP), true, LatchTo(a(SDP))),
+            (Strict, sdp, Some(a(SDP)), a(SDP), true, Accept),
+            (
+                Strict,
+                sdp,
+                None,
+                a("[::ffff:192.0.2.10]:4000"),
+                true,
+                LatchTo(a("[::ffff:192.0.2.10]:4000")),
+            ),
             (Strict, sdp, None, nat, true, Drop(Source)),
             (Strict, sdp, None, stranger, true, Drop(Source)),
             (Strict, sdp, None, a(SDP), false, Drop(NotRtp)),
@@ -233,7 +254,7 @@ mod tests {
             let peer = Peer {
                 signalled: *signalled,
                 latched: *latched,
-                unverified_sent: 0,
+                ..Peer::default()
             };
             assert_eq!(judge(*policy, &peer, *src, *rtp), *want, "row {i}");
         }
@@ -242,12 +263,12 @@ mod tests {
     #[test]
     fn new_sdp_relatches_only_when_the_address_changes() {
         let mut p = Peer::default();
-        assert_eq!(p.destination(false), None);
+        assert_eq!(p.destination(false, u32::MAX), None);
         p.signal(a(SDP));
-        assert_eq!(p.destination(false), Some(a(SDP)));
+        assert_eq!(p.destination(false, u32::MAX), Some(a(SDP)));
         p.latched = Some(a("192.0.2.10:61000"));
         assert_eq!(
-            p.destination(false),
+            p.destination(false, u32::MAX),
             Some(a("192.0.2.10:61000")),
             "symmetric RTP"
         );
@@ -257,7 +278,7 @@ mod tests {
         // A re-INVITE moving the media (another port, another host).
         p.signal(a("192.0.2.10:4002"));
         assert_eq!(p.latched, None, "latch redone");
-        assert_eq!(p.destination(false), Some(a("192.0.2.10:4002")));
+        assert_eq!(p.destination(false, u32::MAX), Some(a("192.0.2.10:4002")));
         p.latched = Some(a("192.0.2.10:61000"));
         p.signal(a("198.51.100.1:4002"));
         assert_eq!(
@@ -266,41 +287,38 @@ mod tests {
         );
     }
 
-    /// Generated audio toward a side that never sent a packet: the SDP's address gets
-    /// `budget` frames, then nothing; a latched side gets every frame; new SDP naming
-    /// another address starts a new budget, the same address does not; with consent,
-    /// nothing before a packet.
+    /// Audio toward a side that never sent a packet: the SDP's address gets `budget`
+    /// packets, then nothing, also after new SDP naming another address (the budget
+    /// is the side's); a latched side gets every packet; a trunk's address is not
+    /// limited; with consent, nothing before a packet.
     #[test]
-    fn generated_audio_reaches_an_unverified_address_for_a_budget_of_frames() {
-        let sent = |p: &mut Peer, consent: bool, budget: u32, frames: usize| {
-            (0..frames)
-                .filter(|_| p.generated_destination(consent, budget).is_some())
+    fn audio_reaches_an_unverified_address_for_a_budget_of_packets() {
+        let sent = |p: &mut Peer, consent: bool, budget: u32, packets: usize| {
+            (0..packets)
+                .filter(|_| p.destination(consent, budget).is_some())
                 .count()
         };
         let mut p = Peer::default();
         assert_eq!(sent(&mut p, false, 3, 10), 0, "no SDP: nowhere");
+        assert!(!p.withholding());
         p.signal(a(SDP));
-        assert_eq!(p.generated_destination(false, 3), Some(a(SDP)));
+        assert_eq!(p.destination(false, 3), Some(a(SDP)));
         assert_eq!(sent(&mut p, false, 3, 10), 2, "the rest of the budget");
-        assert_eq!(p.generated_destination(false, 3), None);
-        p.signal(a(SDP));
-        assert_eq!(
-            sent(&mut p, false, 3, 10),
-            0,
-            "the same address: no new budget"
-        );
+        assert_eq!(p.destination(false, 3), None);
+        assert!(p.withholding());
         p.signal(a("192.0.2.99:5000"));
         assert_eq!(
             sent(&mut p, false, 3, 10),
-            3,
-            "another address: a new budget"
+            0,
+            "another address: no new budget"
         );
-        p.latched = Some(a("192.0.2.99:61000"));
-        assert_eq!(sent(&mut p, false, 3, 10), 10, "latched: every frame");
-        assert_eq!(
-            p.generated_destination(true, 3),
-            Some(a("192.0.2.99:61000"))
-        );
+        p.forget();
+        p.signal(a(SDP));
+        assert_eq!(sent(&mut p, false, 3, 10), 0, "nor after forgetting");
+        p.latched = Some(a("192.0.2.10:61000"));
+        assert_eq!(sent(&mut p, false, 3, 10), 10, "latched: every packet");
+        assert!(!p.withholding());
+        assert_eq!(p.destination(true, 3), Some(a("192.0.2.10:61000")));
         let mut q = Peer::default();
         q.signal(a(SDP));
         assert_eq!(
@@ -309,6 +327,13 @@ mod tests {
             "consent: nothing before a packet"
         );
         assert_eq!(sent(&mut q, false, 0, 10), 0, "a budget of 0");
+        q.trusted = true;
+        assert_eq!(sent(&mut q, false, 0, 10), 10, "a trunk's address");
+        assert_eq!(
+            sent(&mut q, true, 0, 10),
+            0,
+            "consent still waits for a packet"
+        );
     }
 
     /// Each row: consent, (signalled, latched) → where audio goes. With consent the
@@ -331,10 +356,10 @@ mod tests {
             let p = Peer {
                 signalled: signalled.map(a),
                 latched: latched.map(a),
-                unverified_sent: 0,
+                ..Peer::default()
             };
             assert_eq!(
-                p.destination(consent),
+                p.clone().destination(consent, u32::MAX),
                 want.map(a),
                 "{consent} {signalled:?} {latched:?}"
             );

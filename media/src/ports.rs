@@ -103,6 +103,8 @@ pub struct PortPool {
     /// Asked once per batch of packets a relay would send; `false` withholds them
     /// (a clustered node without its lease; see [`PortPool::set_gate`]).
     gate: std::sync::OnceLock<Gate>,
+    /// Which media addresses are trunks' ([`PortPool::set_trunk_addresses`]).
+    trunks: std::sync::OnceLock<TrunkAddresses>,
     /// Free ports holding their socket, or being released with it.
     idle: AtomicUsize,
     /// At most this many free ports keep their socket ([`PortPool::set_idle_sockets_max`]).
@@ -129,6 +131,9 @@ struct Kept {
 
 /// Whether the node may send media now.
 pub type Gate = Arc<dyn Fn() -> bool + Send + Sync>;
+
+/// Whether an address is a trunk's (the node's `Routing::is_trunk_address`).
+pub type TrunkAddresses = Arc<dyn Fn(IpAddr) -> bool + Send + Sync>;
 
 /// A leased RTP port and its bound socket.
 pub struct MediaPort {
@@ -168,8 +173,14 @@ impl MediaPort {
         self.pool.consent.load(Ordering::Relaxed)
     }
 
-    /// How many frames of generated audio the relay using this port sends toward a
-    /// side's SDP address before a packet came from it.
+    /// Whether `ip`, named in a side's SDP, is a trunk's address
+    /// ([`PortPool::set_trunk_addresses`]).
+    pub fn trusts(&self, ip: IpAddr) -> bool {
+        self.pool.trunks.get().is_some_and(|t| t(ip))
+    }
+
+    /// How many packets the relay using this port sends toward a side's SDP address
+    /// (unless a trunk's) before a packet came from it.
     pub fn unverified_frames(&self) -> u32 {
         self.pool.unverified_frames.load(Ordering::Relaxed)
     }
@@ -335,6 +346,7 @@ impl PortPool {
             ),
             metrics,
             gate: std::sync::OnceLock::new(),
+            trunks: std::sync::OnceLock::new(),
             idle: AtomicUsize::new(0),
             idle_max: AtomicUsize::new(half_the_descriptor_limit()),
             #[cfg(test)]
@@ -358,6 +370,14 @@ impl PortPool {
 
     pub(crate) fn set_unverified_audio_frames(&self, frames: u32) {
         self.unverified_frames.store(frames, Ordering::Relaxed);
+    }
+
+    /// Media addresses for which `trunks` says yes are a trunk's (a carrier's media
+    /// anchor, not a party who could be anyone): audio goes there before a packet
+    /// came from it without the `media.unverified_audio_seconds` bound. The first
+    /// set stays; unset, no address is.
+    pub fn set_trunk_addresses(&self, trunks: TrunkAddresses) {
+        let _ = self.trunks.set(trunks);
     }
 
     /// From now on the relays of this pool send only while `gate` says so (the first

@@ -414,8 +414,8 @@ struct Flow<'a> {
     /// accepted from either side.
     counters: [&'a AtomicU64; 4],
     latch: Latch,
-    /// `media.consent`: nothing toward a side before a packet from it.
-    consent: bool,
+    /// What may go toward a side that has sent nothing yet.
+    unverified: Unverified<'a>,
     refused: &'a Refused,
     /// Asked at each send whether this node may send (its cluster lease): asked once
     /// per burst, a node frozen (SIGSTOP) mid-burst sent the rest of the burst when it
@@ -479,9 +479,11 @@ fn drain(p: Flow<'_>, mut rec: Option<&mut Recording>, on_event: &OnEvent) {
                 p.counters[2].fetch_add(gap, Ordering::Relaxed);
                 p.dir.lost.inc_by(gap);
             }
-            let dst = p.to_side.peer.destination(p.consent);
-            let Some(dst) = dst.filter(|_| p.to_side.player.is_none() && p.gate.open()) else {
-                continue; // nowhere to send yet, a prompt plays there, or no lease
+            if p.to_side.player.is_some() || !p.gate.open() {
+                continue; // a prompt plays there, or no lease
+            }
+            let Some(dst) = p.unverified.destination(&mut p.to_side.peer) else {
+                continue; // nowhere to send yet
             };
             p.to_side.out.relay(pkt, now);
             if p.out.try_send_to(pkt, dst).is_ok() {
@@ -494,19 +496,31 @@ fn drain(p: Flow<'_>, mut rec: Option<&mut Recording>, on_event: &OnEvent) {
     });
 }
 
-/// What decides whether generated audio goes to a side that has sent nothing yet.
+/// What decides whether audio goes to a side that has sent nothing yet.
 #[derive(Clone, Copy)]
 struct Unverified<'a> {
     /// `media.consent`.
     consent: bool,
-    /// `media.unverified_audio_seconds`, in frames.
+    /// `media.unverified_audio_seconds`, in packets.
     budget: u32,
     /// `tsunagu_rtp_unverified_audio_withheld_total`.
     withheld: &'a prometheus_client::metrics::counter::Counter,
 }
 
+impl Unverified<'_> {
+    /// Where a packet toward `peer` goes ([`Peer::destination`]), counting one
+    /// withheld for want of a packet from it.
+    fn destination(&self, peer: &mut Peer) -> Option<SocketAddr> {
+        let to = peer.destination(self.consent, self.budget);
+        if to.is_none() && peer.withholding() {
+            self.withheld.inc();
+        }
+        to
+    }
+}
+
 /// Sends the next frame of the prompt playing into `s`, if any (see
-/// [`Peer::generated_destination`]); ends a prompt that is not looped at its last
+/// [`Peer::destination`]); ends a prompt that is not looped at its last
 /// frame.
 fn play_frame(
     socket: &tokio::net::UdpSocket,
@@ -516,13 +530,7 @@ fn play_frame(
     on_event: &OnEvent,
 ) {
     let Some(p) = s.player.as_mut() else { return };
-    let to = s
-        .peer
-        .generated_destination(unverified.consent, unverified.budget);
-    if to.is_none() && s.peer.signalled.is_some() {
-        unverified.withheld.inc();
-    }
-    if let Some(dst) = to {
+    if let Some(dst) = unverified.destination(&mut s.peer) {
         let mut pkt = [0u8; 12 + FRAME_SAMPLES];
         pkt[..12].copy_from_slice(&s.out.generate(p.payload_type, FRAME_SAMPLES as u32, now));
         pkt[12..].copy_from_slice(p.prompt.frame(p.payload_type, p.next));
@@ -559,6 +567,11 @@ fn run(
     let (latch, consent, budget) = (a.latch(), a.consent(), a.unverified_frames());
     let withheld = metrics.unverified_withheld.clone();
     async move {
+        let unverified = Unverified {
+            consent,
+            budget,
+            withheld: &withheld,
+        };
         let _ended = ended;
         let mut sa = SideState::new(Side::A);
         let mut sb = SideState::new(Side::B);
@@ -580,20 +593,23 @@ fn run(
                         // latch is redone only if the address changed.
                         let s = if side == Side::A { &mut sa } else { &mut sb };
                         match a.refuses(addr) {
-                            None => s.peer.signal(addr),
+                            None => {
+                                s.peer.signal(addr);
+                                s.peer.trusted = a.trusts(addr.ip());
+                            }
                             Some(reason) => {
                                 tracing::info!(%addr, reason, "media address refused");
                                 metrics
                                     .destinations_refused
                                     .get_or_create(&ForeignLabel { reason })
                                     .inc();
-                                s.peer = Peer::default();
+                                s.peer.forget();
                             }
                         }
                     }
                     Control::ClearRemote(side) => {
                         let s = if side == Side::A { &mut sa } else { &mut sb };
-                        s.peer = Peer::default();
+                        s.peer.forget();
                         s.dtmf_payload_type = None;
                         s.formats = PayloadTypes::UNKNOWN;
                     }
@@ -649,21 +665,20 @@ fn run(
                 r = a.socket().readable() => {
                     if r.is_ok() {
                         let counters = [&stats.packets_a_to_b, &stats.bytes_a_to_b, &stats.lost_a_to_b, &stats.received];
-                        let path = Flow { from: a.socket(), from_side: &mut sa, out: b.socket(), to_side: &mut sb, dir: &a_to_b, counters, latch, consent, refused: &refused, gate: &a };
+                        let path = Flow { from: a.socket(), from_side: &mut sa, out: b.socket(), to_side: &mut sb, dir: &a_to_b, counters, latch, unverified, refused: &refused, gate: &a };
                         drain(path, rec.as_mut(), &on_event);
                     }
                 }
                 r = b.socket().readable() => {
                     if r.is_ok() {
                         let counters = [&stats.packets_b_to_a, &stats.bytes_b_to_a, &stats.lost_b_to_a, &stats.received];
-                        let path = Flow { from: b.socket(), from_side: &mut sb, out: a.socket(), to_side: &mut sa, dir: &b_to_a, counters, latch, consent, refused: &refused, gate: &a };
+                        let path = Flow { from: b.socket(), from_side: &mut sb, out: a.socket(), to_side: &mut sa, dir: &b_to_a, counters, latch, unverified, refused: &refused, gate: &a };
                         drain(path, rec.as_mut(), &on_event);
                     }
                 }
                 _ = async { frames.as_mut().expect("checked").tick().await }, if frames.is_some() => {
                     let now = Instant::now();
                     if a.open() {
-                        let unverified = Unverified { consent, budget, withheld: &withheld };
                         play_frame(a.socket(), &mut sa, unverified, now, &on_event);
                         play_frame(b.socket(), &mut sb, unverified, now, &on_event);
                     }
@@ -978,6 +993,97 @@ mod tests {
             assert_eq!((n, from), (172, relay.local(Side::A)));
         }
         relay.stop_playing(Side::A);
+    }
+
+    /// The callee's audio toward a caller whose SDP names an address that never sent
+    /// a packet: 3 packets (the budget, shared with generated audio), the rest withheld
+    /// and counted; once the caller sends, all of it.
+    #[tokio::test]
+    async fn an_unverified_address_gets_a_bounded_share_of_relayed_audio() {
+        let pool = pool(41580);
+        pool.set_unverified_audio_frames(3);
+        let (relay, metrics, _events) = relay_with_events(&pool);
+        let (caller, callee) = parties(&relay).await;
+        for seq in 0..10 {
+            callee
+                .send_to(&rtp(seq), relay.local(Side::B))
+                .await
+                .unwrap();
+        }
+        // The relay counts every packet it accepts: all ten handled.
+        until("ten packets from the callee", || {
+            relay.stats.received() == 10
+        })
+        .await;
+        let mut buf = [0u8; 2048];
+        let mut got = 0;
+        while caller.try_recv_from(&mut buf).is_ok() {
+            got += 1;
+        }
+        assert_eq!(got, 3, "the budget, then nothing");
+        assert_eq!(metrics.unverified_withheld.get(), 7);
+        caller.send_to(&rtp(1), relay.local(Side::A)).await.unwrap();
+        until("the caller's packet", || relay.stats.received() == 11).await;
+        callee
+            .send_to(&rtp(10), relay.local(Side::B))
+            .await
+            .unwrap();
+        let (n, from) = caller.recv_from(&mut buf).await.unwrap();
+        assert_eq!(
+            (n, from),
+            (172, relay.local(Side::A)),
+            "heard from: relayed"
+        );
+    }
+
+    /// A media address inside a trunk's networks (a carrier's anchor) gets audio
+    /// before it sends, whatever the budget; under `media.latch = "strict"` a party's
+    /// first packet marks it heard from like under the default policy, so a prompt
+    /// reaches it in full past the budget.
+    #[tokio::test]
+    async fn trunks_and_strictly_latched_parties_get_audio_past_the_budget() {
+        let prompt = Arc::new(Prompt::from_samples(&[1000; 160 * 10]));
+        let mut buf = [0u8; 2048];
+        // A trunk's address, budget 0: every frame of the prompt.
+        let pool = pool(41640);
+        pool.set_unverified_audio_frames(0);
+        pool.set_trunk_addresses(Arc::new(|ip: std::net::IpAddr| ip.is_loopback()));
+        let (relay, _, mut events) = relay_with_events(&pool);
+        let (caller, _callee) = parties(&relay).await;
+        relay.play(Side::A, prompt.clone(), 0, false, 1);
+        assert!(matches!(
+            events.recv().await,
+            Some(MediaEvent::PromptDone { .. })
+        ));
+        let mut got = 0;
+        while caller.try_recv_from(&mut buf).is_ok() {
+            got += 1;
+        }
+        assert_eq!(got, 10, "a trunk's address is not bounded");
+        // Strict latching, budget 3: after the caller's first packet, all ten frames.
+        let pool = PortPool::with_latch(
+            "127.0.0.1".parse().unwrap(),
+            41660,
+            41670,
+            65536,
+            Latch::Strict,
+            MediaMetrics::default(),
+        );
+        pool.set_unverified_audio_frames(3);
+        let (relay, _, mut events) = relay_with_events(&pool);
+        let (caller, _callee) = parties(&relay).await;
+        caller.send_to(&rtp(1), relay.local(Side::A)).await.unwrap();
+        until("the caller's packet", || relay.stats.received() == 1).await;
+        relay.play(Side::A, prompt.clone(), 0, false, 1);
+        assert!(matches!(
+            events.recv().await,
+            Some(MediaEvent::PromptDone { .. })
+        ));
+        let mut got = 0;
+        while caller.try_recv_from(&mut buf).is_ok() {
+            got += 1;
+        }
+        assert_eq!(got, 10, "a strictly latched caller hears all of it");
     }
 
     #[tokio::test]

@@ -473,6 +473,8 @@ pub async fn run(
     );
     ports.set_consent(media.consent);
     ports.set_unverified_audio_seconds(media.unverified_audio_seconds);
+    let trunks = Routing::from_config(&config);
+    ports.set_trunk_addresses(Arc::new(move |ip| trunks.is_trunk_address(ip)));
     let lease_gate = crate::cluster_link::LeaseGate::default();
     let rtp_withheld = metrics
         .calls

@@ -278,11 +278,13 @@ fn a_third_party_spraying_the_rtp_range_reaches_neither_party_nor_the_recording(
     );
 }
 
-/// An INVITE whose SDP names someone else's address (a "victim" socket that never
-/// sends), to a number that plays the recording notice and then ringback while the
-/// callee rings for 10 s: the victim gets the first `media.unverified_audio_seconds`
-/// (5 s, 250 frames) of that audio and then nothing, and the node counts what it
-/// withheld. Before the bound, the whole notice and ring (about 500 frames) went there.
+/// Two INVITEs whose SDP names an address outside every trunk's networks (127.0.0.3;
+/// the trunk is 127.0.0.1/32), to a number that plays the recording notice and then
+/// ringback while the callee rings for 10 s. One names a "victim" that never sends:
+/// it gets the first `media.unverified_audio_seconds` (5 s, 250 frames) of that audio
+/// and then nothing, and the node counts what it withheld (before the bound it got the
+/// whole notice and ring, about 500 frames). The other is a caller whose phone sends
+/// one packet: it hears the notice and the ring past the bound.
 #[test]
 fn an_sdp_naming_a_victim_gets_a_bounded_share_of_generated_audio() {
     let ports = Ports::take();
@@ -298,37 +300,75 @@ fn an_sdp_naming_a_victim_gets_a_bounded_share_of_generated_audio() {
         r#"{"recording": {"mode": "both", "notice": "recording_notice"}}"#,
     );
     let _uas = Uas::start("uas_no_answer.xml", ports, node.dir.path(), &[]);
-    let victim = UdpSocket::bind(("127.0.0.1", ports.uac_media + 20)).unwrap();
-    victim
-        .set_read_timeout(Some(Duration::from_millis(1500)))
+    let victim = UdpSocket::bind(("127.0.0.3", ports.uac_media + 20)).unwrap();
+    let speaker = UdpSocket::bind(("127.0.0.3", ports.uac_media + 22)).unwrap();
+    let victim_sip = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let speaker_sip = UdpSocket::bind("127.0.0.1:0").unwrap();
+    call_naming(&victim_sip, ports.sip, &victim, "victim");
+    call_naming(&speaker_sip, ports.sip, &speaker, "speaker");
+    // The speaker's phone sends one packet to the node's port from its 183.
+    speaker_sip
+        .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
-    let caller = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let me = caller.local_addr().unwrap();
+    let mut buf = [0u8; 4096];
+    let node_media = loop {
+        let (n, _) = speaker_sip.recv_from(&mut buf).expect("a 183 with SDP");
+        let text = String::from_utf8_lossy(&buf[..n]).to_string();
+        if let Some(port) = text
+            .split("m=audio ")
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|p| p.parse::<u16>().ok())
+        {
+            break SocketAddr::from(([127, 0, 0, 1], port));
+        }
+    };
+    speaker
+        .send_to(&rtp(1, 0x5350_4b52, TALK), node_media)
+        .unwrap();
+    // Frames until each has heard nothing for 1.5 s (the notice and the ring go on
+    // for 10 s: silence before that is the bound).
+    let count = |sock: UdpSocket| {
+        std::thread::spawn(move || {
+            sock.set_read_timeout(Some(Duration::from_millis(1500)))
+                .unwrap();
+            let mut buf = [0u8; 2048];
+            let mut frames = 0;
+            while sock.recv_from(&mut buf).is_ok() {
+                frames += 1;
+            }
+            frames
+        })
+    };
+    let (victim, speaker) = (count(victim), count(speaker));
+    let (victim, speaker) = (victim.join().unwrap(), speaker.join().unwrap());
+    assert_eq!(victim, 250, "5 s of the notice and ring, then nothing");
+    assert!(
+        speaker > 350,
+        "a caller that sent a packet hears the notice and the ring: {speaker} frames"
+    );
+    assert!(
+        node.metric("tsunagu_rtp_unverified_audio_withheld_total") >= 100.0,
+        "the victim's withheld frames are counted"
+    );
+}
+
+/// Sends an INVITE for 0501234567 from `sip` whose SDP names `media`'s address.
+fn call_naming(sip: &UdpSocket, node_sip: u16, media: &UdpSocket, call: &str) {
+    let me = sip.local_addr().unwrap();
+    let m = media.local_addr().unwrap();
     let sdp = format!(
-        "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {} RTP/AVP 8\r\n",
-        victim.local_addr().unwrap().port()
+        "v=0\r\no=- 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\nm=audio {port} RTP/AVP 8\r\n",
+        ip = m.ip(),
+        port = m.port()
     );
     let invite = format!(
-        "INVITE sip:0501234567@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKvictim\r\n\
-From: <sip:09012345678@{me}>;tag=victim\r\nTo: <sip:0501234567@127.0.0.1>\r\nCall-ID: victim@media\r\n\
+        "INVITE sip:0501234567@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK{call}\r\n\
+From: <sip:09012345678@{me}>;tag={call}\r\nTo: <sip:0501234567@127.0.0.1>\r\nCall-ID: {call}@media\r\n\
 CSeq: 1 INVITE\r\nContact: <sip:c@{me}>\r\nMax-Forwards: 70\r\nContent-Type: application/sdp\r\n\
 Content-Length: {}\r\n\r\n{sdp}",
         sdp.len()
     );
-    caller
-        .send_to(invite.as_bytes(), ("127.0.0.1", ports.sip))
+    sip.send_to(invite.as_bytes(), ("127.0.0.1", node_sip))
         .unwrap();
-    // Frames until the victim has heard nothing for 1.5 s (the notice and the ring
-    // go on for 10 s: silence before that is the bound).
-    let mut buf = [0u8; 2048];
-    let mut frames = 0;
-    while victim.recv_from(&mut buf).is_ok() {
-        frames += 1;
-        assert!(frames <= 250, "more than the bound reached the victim");
-    }
-    assert_eq!(frames, 250, "5 s of the notice and ring, then nothing");
-    assert!(
-        node.metric("tsunagu_rtp_unverified_audio_withheld_total") > 0.0,
-        "the withheld frames are counted"
-    );
 }
