@@ -282,12 +282,13 @@ pub struct MediaConfig {
     /// its prompts.
     #[serde(default)]
     pub consent: bool,
-    /// How much audio the node generates (prompts, ringback, queue audio) goes to
-    /// the address a party's SDP names before any RTP packet came from that party:
-    /// then nothing until one does (an SDP can name anyone's address; this bounds
-    /// what one INVITE can have the node send there to 250 packets). Phones and SBCs
-    /// send RTP from the start, so they hear everything; one that stays silent for
-    /// longer misses the rest until it sends. 0 is `consent` for generated audio.
+    /// How much audio (relayed, or generated: prompts, ringback, queue audio) goes to
+    /// the address a party's SDP names before any RTP packet came from that party,
+    /// when that address is outside every trunk's networks: then nothing until one
+    /// does (an SDP can name anyone's address; this bounds what one call can have
+    /// the node send there to 250 packets). Phones send RTP from the start, so they
+    /// hear everything; one that stays silent for longer misses the rest until it
+    /// sends. 0 is `consent` for such addresses.
     #[serde(default = "default_unverified_audio_seconds")]
     pub unverified_audio_seconds: u32,
 }

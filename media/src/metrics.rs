@@ -33,8 +33,8 @@ pub struct MediaMetrics {
     pub foreign: Family<ForeignLabel, Counter>,
     /// Media addresses from SDP the relays refused to send to ([`crate::destination`]).
     pub destinations_refused: Family<ForeignLabel, Counter>,
-    /// Frames of generated audio not sent toward a side that had sent nothing
-    /// ([`crate::latch::Peer::generated_destination`]).
+    /// Packets (relayed or generated) not sent toward a side that had sent nothing
+    /// ([`crate::latch::Peer::destination`]).
     pub unverified_withheld: Counter,
 }
 
@@ -87,7 +87,7 @@ impl MediaMetrics {
         );
         r.register(
             "rtp_unverified_audio_withheld",
-            "Frames of audio the node generates (prompts, ringback, queue audio) not sent toward a party that had sent no RTP packet yet: past media.unverified_audio_seconds of them, or any with media.consent (an SDP can name anyone's address)",
+            "Packets of audio (relayed, or generated: prompts, ringback, queue audio) not sent toward a party that had sent no RTP packet yet: past media.unverified_audio_seconds of them when its SDP names an address outside the trunks' networks, or any with media.consent (an SDP can name anyone's address)",
             self.unverified_withheld.clone(),
         );
         // Every series exists from the start (a dashboard sees 0, not a missing series).

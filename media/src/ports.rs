@@ -96,8 +96,8 @@ pub struct PortPool {
     latch: Latch,
     /// `media.consent`: relays send toward a side only once a packet from it arrived.
     consent: std::sync::atomic::AtomicBool,
-    /// `media.unverified_audio_seconds`, in 20 ms frames: how much generated audio
-    /// goes to a side's SDP address before a packet came from it.
+    /// `media.unverified_audio_seconds`, in packets (20 ms each): how much audio goes
+    /// to a side's SDP address (unless a trunk's) before a packet came from it.
     unverified_frames: std::sync::atomic::AtomicU32,
     metrics: MediaMetrics,
     /// Asked once per batch of packets a relay would send; `false` withholds them
@@ -360,10 +360,10 @@ impl PortPool {
         self.consent.store(on, Ordering::Relaxed);
     }
 
-    /// Relays started from now on send at most `seconds` of generated audio (prompts,
-    /// ringback, queue audio) toward a side's SDP address before a packet came from
-    /// that side (`media.unverified_audio_seconds`; see
-    /// [`crate::latch::Peer::generated_destination`]).
+    /// Relays started from now on send at most `seconds` of audio (relayed, or
+    /// generated: prompts, ringback, queue audio) toward a side's SDP address, unless a
+    /// trunk's, before a packet came from that side (`media.unverified_audio_seconds`;
+    /// see [`crate::latch::Peer::destination`]).
     pub fn set_unverified_audio_seconds(&self, seconds: u32) {
         self.set_unverified_audio_frames(seconds.saturating_mul(FRAMES_PER_SECOND));
     }
@@ -633,7 +633,8 @@ mod tests {
     /// go to the back, so the next lease finds a free one.
     #[tokio::test]
     async fn a_squatted_range_costs_a_lease_a_bounded_number_of_binds() {
-        let first = 41400u16;
+        // 41720-41808: no other test of this crate uses these ports (tests run at once).
+        let first = 41720u16;
         let squatted = MAX_BIND_ATTEMPTS as u16 + 8;
         let squatters: Vec<_> = (0..squatted)
             .map(|i| std::net::UdpSocket::bind(("127.0.0.1", first + 2 * i)).unwrap())

@@ -971,7 +971,7 @@ mod tests {
         let prompt = Arc::new(Prompt::from_samples(&[1000; 160 * 10]));
         relay.play(Side::A, prompt.clone(), 0, false, 1);
         assert_eq!(
-            events.recv().await,
+            within(events.recv()).await,
             Some(MediaEvent::PromptDone {
                 side: Side::A,
                 id: 1
@@ -989,10 +989,17 @@ mod tests {
         caller.send_to(&rtp(1), relay.local(Side::A)).await.unwrap();
         relay.play(Side::A, prompt.clone(), 0, true, 2);
         for _ in 0..12 {
-            let (n, from) = caller.recv_from(&mut buf).await.unwrap();
+            let (n, from) = within(caller.recv_from(&mut buf)).await.unwrap();
             assert_eq!((n, from), (172, relay.local(Side::A)));
         }
         relay.stop_playing(Side::A);
+    }
+
+    /// `f`, within 5 s (a test fails rather than hangs).
+    async fn within<T>(f: impl std::future::Future<Output = T>) -> T {
+        tokio::time::timeout(Duration::from_secs(5), f)
+            .await
+            .expect("within 5 s")
     }
 
     /// The callee's audio toward a caller whose SDP names an address that never sent
@@ -1028,7 +1035,7 @@ mod tests {
             .send_to(&rtp(10), relay.local(Side::B))
             .await
             .unwrap();
-        let (n, from) = caller.recv_from(&mut buf).await.unwrap();
+        let (n, from) = within(caller.recv_from(&mut buf)).await.unwrap();
         assert_eq!(
             (n, from),
             (172, relay.local(Side::A)),
@@ -1052,7 +1059,7 @@ mod tests {
         let (caller, _callee) = parties(&relay).await;
         relay.play(Side::A, prompt.clone(), 0, false, 1);
         assert!(matches!(
-            events.recv().await,
+            within(events.recv()).await,
             Some(MediaEvent::PromptDone { .. })
         ));
         let mut got = 0;
@@ -1076,7 +1083,7 @@ mod tests {
         until("the caller's packet", || relay.stats.received() == 1).await;
         relay.play(Side::A, prompt.clone(), 0, false, 1);
         assert!(matches!(
-            events.recv().await,
+            within(events.recv()).await,
             Some(MediaEvent::PromptDone { .. })
         ));
         let mut got = 0;
@@ -1287,8 +1294,8 @@ mod tests {
         let metrics = MediaMetrics::default();
         let pool = PortPool::new(
             "127.0.0.1".parse().unwrap(),
-            41360,
-            41363,
+            41700,
+            41703,
             65536,
             metrics.clone(),
         );
