@@ -995,6 +995,27 @@ mod tests {
         relay.stop_playing(Side::A);
     }
 
+    /// Plays `prompt` once toward side A and counts the frames `caller` got by its end
+    /// (sent on loopback before the relay reports the end: all queued by then).
+    async fn frames_heard(
+        relay: &Relay,
+        events: &mut tokio::sync::mpsc::UnboundedReceiver<MediaEvent>,
+        caller: &tokio::net::UdpSocket,
+        prompt: &Arc<Prompt>,
+    ) -> usize {
+        relay.play(Side::A, prompt.clone(), 0, false, 1);
+        assert!(matches!(
+            within(events.recv()).await,
+            Some(MediaEvent::PromptDone { .. })
+        ));
+        let mut buf = [0u8; 2048];
+        let mut got = 0;
+        while caller.try_recv_from(&mut buf).is_ok() {
+            got += 1;
+        }
+        got
+    }
+
     /// `f`, within 5 s (a test fails rather than hangs).
     async fn within<T>(f: impl std::future::Future<Output = T>) -> T {
         tokio::time::timeout(Duration::from_secs(5), f)
@@ -1050,22 +1071,13 @@ mod tests {
     #[tokio::test]
     async fn trunks_and_strictly_latched_parties_get_audio_past_the_budget() {
         let prompt = Arc::new(Prompt::from_samples(&[1000; 160 * 10]));
-        let mut buf = [0u8; 2048];
         // A trunk's address, budget 0: every frame of the prompt.
         let pool = pool(41640);
         pool.set_unverified_audio_frames(0);
         pool.set_trunk_addresses(Arc::new(|ip: std::net::IpAddr| ip.is_loopback()));
         let (relay, _, mut events) = relay_with_events(&pool);
         let (caller, _callee) = parties(&relay).await;
-        relay.play(Side::A, prompt.clone(), 0, false, 1);
-        assert!(matches!(
-            within(events.recv()).await,
-            Some(MediaEvent::PromptDone { .. })
-        ));
-        let mut got = 0;
-        while caller.try_recv_from(&mut buf).is_ok() {
-            got += 1;
-        }
+        let got = frames_heard(&relay, &mut events, &caller, &prompt).await;
         assert_eq!(got, 10, "a trunk's address is not bounded");
         // Strict latching, budget 3: after the caller's first packet, all ten frames.
         let pool = PortPool::with_latch(
@@ -1081,15 +1093,7 @@ mod tests {
         let (caller, _callee) = parties(&relay).await;
         caller.send_to(&rtp(1), relay.local(Side::A)).await.unwrap();
         until("the caller's packet", || relay.stats.received() == 1).await;
-        relay.play(Side::A, prompt.clone(), 0, false, 1);
-        assert!(matches!(
-            within(events.recv()).await,
-            Some(MediaEvent::PromptDone { .. })
-        ));
-        let mut got = 0;
-        while caller.try_recv_from(&mut buf).is_ok() {
-            got += 1;
-        }
+        let got = frames_heard(&relay, &mut events, &caller, &prompt).await;
         assert_eq!(got, 10, "a strictly latched caller hears all of it");
     }
 

@@ -1233,6 +1233,16 @@ CSeq: {cseq} {method}\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
         assert_eq!(conn.queued.load(Ordering::Relaxed), WRITE_QUEUE_BYTES);
     }
 
+    /// Plain TCP connections of `inb` (10 at most, 3 per source).
+    fn tcp_connections(inb: &Inbound) -> StreamConnections {
+        let limits = StreamLimits {
+            max_connections: 10,
+            max_per_source: 3,
+            idle_timeout: Duration::from_secs(5),
+        };
+        StreamConnections::new(inb.clone(), Transport::Tcp, TlsSetup::default(), limits)
+    }
+
     /// A message toward a stranger with no connection open is not sent: the node never
     /// dials a stranger (the 403s of `sip.untrusted = "reject"` go on the stranger's
     /// own connection only), so strangers cannot make it open, and hold in the trunks'
@@ -1241,13 +1251,7 @@ CSeq: {cseq} {method}\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
     async fn strangers_are_never_dialled() {
         use tokio::io::AsyncReadExt;
         let (inb, _rx) = inbound(Untrusted::Reject);
-        let limits = StreamLimits {
-            max_connections: 10,
-            max_per_source: 3,
-            idle_timeout: Duration::from_secs(5),
-        };
-        let conns =
-            StreamConnections::new(inb.clone(), Transport::Tcp, TlsSetup::default(), limits);
+        let conns = tcp_connections(&inb);
         let stranger = TcpListener::bind("127.0.0.2:0").await.unwrap();
         conns.send(stranger.local_addr().unwrap(), Bytes::from_static(OPTIONS));
         {
@@ -1284,13 +1288,7 @@ CSeq: {cseq} {method}\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
     async fn a_response_whose_connection_closed_goes_to_the_vias_port() {
         use tokio::io::AsyncReadExt;
         let (inb, _rx) = inbound(Untrusted::Reject);
-        let limits = StreamLimits {
-            max_connections: 10,
-            max_per_source: 3,
-            idle_timeout: Duration::from_secs(5),
-        };
-        let conns =
-            StreamConnections::new(inb.clone(), Transport::Tcp, TlsSetup::default(), limits);
+        let conns = tcp_connections(&inb);
         let listening = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let via_port = listening.local_addr().unwrap().port();
         // The closed connection's source port: bound once, nothing listens there now.
