@@ -978,12 +978,8 @@ mod tests {
             })
         );
         // Sent on loopback before the prompt reported its end: all queued by now.
+        assert_eq!(queued(&caller), 3, "the budget, then nothing");
         let mut buf = [0u8; 2048];
-        let mut got = 0;
-        while caller.try_recv_from(&mut buf).is_ok() {
-            got += 1;
-        }
-        assert_eq!(got, 3, "the budget, then nothing");
         assert_eq!(metrics.unverified_withheld.get(), 7);
         // The caller sends: latched, every frame of the next prompt reaches it.
         caller.send_to(&rtp(1), relay.local(Side::A)).await.unwrap();
@@ -1008,12 +1004,17 @@ mod tests {
             within(events.recv()).await,
             Some(MediaEvent::PromptDone { .. })
         ));
+        queued(caller)
+    }
+
+    /// How many datagrams wait on `sock` (read and dropped).
+    fn queued(sock: &tokio::net::UdpSocket) -> usize {
         let mut buf = [0u8; 2048];
-        let mut got = 0;
-        while caller.try_recv_from(&mut buf).is_ok() {
-            got += 1;
+        let mut n = 0;
+        while sock.try_recv_from(&mut buf).is_ok() {
+            n += 1;
         }
-        got
+        n
     }
 
     /// `f`, within 5 s (a test fails rather than hangs).
@@ -1043,15 +1044,11 @@ mod tests {
             relay.stats.received() == 10
         })
         .await;
-        let mut buf = [0u8; 2048];
-        let mut got = 0;
-        while caller.try_recv_from(&mut buf).is_ok() {
-            got += 1;
-        }
-        assert_eq!(got, 3, "the budget, then nothing");
+        assert_eq!(queued(&caller), 3, "the budget, then nothing");
         assert_eq!(metrics.unverified_withheld.get(), 7);
         caller.send_to(&rtp(1), relay.local(Side::A)).await.unwrap();
         until("the caller's packet", || relay.stats.received() == 11).await;
+        let mut buf = [0u8; 2048];
         callee
             .send_to(&rtp(10), relay.local(Side::B))
             .await
