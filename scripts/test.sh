@@ -41,11 +41,12 @@ command -v chromium >/dev/null 2>&1 || { echo "chromium is still missing: the pa
 
 cargo fmt --all -- --check
 
-# Run every test; then print one closing total over all test binaries.
+# Run every test (a failing test binary does not skip the others); then print one
+# closing total over all test binaries.
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e
-cargo test --workspace --locked 2>&1 | tee "$log"
+cargo test --workspace --locked --no-fail-fast 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 # The ScyllaDB backend compiles (it is behind a feature the workspace test leaves off).
