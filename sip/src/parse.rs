@@ -437,21 +437,6 @@ fn info(msg: &SipMessage) -> Result<Info, ParseError> {
     })
 }
 
-impl Peer {
-    /// Where a response to a request that came from this peer goes: over UDP the
-    /// source address at the Via's port ([`Info::reply_port`]); over a stream, the
-    /// connection it came on.
-    pub fn reply_to(self, info: &Info) -> Peer {
-        match (self.transport, info.reply_port) {
-            (Transport::Udp, Some(port)) => Peer {
-                addr: SocketAddr::new(self.addr.ip(), port),
-                ..self
-            },
-            _ => self,
-        }
-    }
-}
-
 /// The longest Via branch taken (RFC 3261 generators use tens of bytes).
 pub const MAX_BRANCH: usize = 256;
 

@@ -194,12 +194,10 @@ impl Inbound {
                 if self.force_rport {
                     info.reply_port = None;
                 }
-                if let SipMessage::Request(req) = &mut msg {
-                    crate::via::stamp(req, peer.addr);
-                }
                 let shard = self.shards.of(&info.call_id);
                 let now = std::time::Instant::now();
-                if let SipMessage::Request(req) = &msg {
+                if let SipMessage::Request(req) = &mut msg {
+                    crate::via::stamp(req, peer.addr);
                     let admit = self.admit(req, &info, shard, now);
                     if !matches!(admit, Admit::Queue) {
                         // The core counts what it is handed; what stops here is

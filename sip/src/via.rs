@@ -14,7 +14,7 @@
 //!   [`stamp`]. A common Via (its host the source address, no `rport`) is left as it
 //!   came, without an allocation.
 
-use crate::parse::{list_elements, param_parts, Transport};
+use crate::parse::{list_elements, param_parts, Info, Peer, Transport};
 use rsipstack::sip::{headers::Via, Header, Request};
 use std::fmt::Write;
 use std::net::{IpAddr, SocketAddr};
@@ -99,25 +99,27 @@ pub(crate) fn reopen_port(data: &[u8], transport: Transport) -> Option<u16> {
 /// Writes `received` and `rport` into the top Via of `req`, received from `src` (see
 /// the module's doc). A `received` or `rport` value the peer wrote itself is replaced.
 /// An IPv4 peer read on a dual-stack socket (`::ffff:a.b.c.d`) is written as IPv4.
+/// One pass over the top Via and its parameters; nothing allocated unless it changes.
 pub fn stamp(req: &mut Request, src: SocketAddr) {
     // The top Via: the first element of the first Via line that has one.
-    let Some(h) = req
-        .headers
-        .iter_mut()
-        .find(|h| matches!(h, Header::Via(_)) && list_elements(h.value()).next().is_some())
-    else {
-        return;
-    };
-    let value = h.value();
-    let Some(top) = list_elements(value).next() else {
+    let Some((index, value, top)) = req.headers.iter().enumerate().find_map(|(i, h)| {
+        let Header::Via(_) = h else { return None };
+        let value = h.value();
+        list_elements(value).next().map(|top| (i, value, top))
+    }) else {
         return;
     };
     let ip = src.ip().to_canonical();
-    let wants_rport = has_param(top, "rport");
+    let (mut wants_rport, mut had_received) = (false, false);
+    for p in param_parts(top).skip(1) {
+        let name = param_name(p);
+        wants_rport |= name.eq_ignore_ascii_case("rport");
+        had_received |= name.eq_ignore_ascii_case("received");
+    }
     let host_is_source = sent_by(top)
         .and_then(|(host, _)| host.parse::<IpAddr>().ok())
         .is_some_and(|host| host.to_canonical() == ip);
-    if !wants_rport && host_is_source && !has_param(top, "received") {
+    if !wants_rport && host_is_source && !had_received {
         return;
     }
     let mut out = String::with_capacity(value.len() + 40);
@@ -143,13 +145,28 @@ pub fn stamp(req: &mut Request, src: SocketAddr) {
         out.push(',');
         out.push_str(rest.trim_start());
     }
-    *h = Header::Via(Via::new(out));
+    req.headers.0[index] = Header::Via(Via::new(out));
+}
+
+impl Peer {
+    /// Where a response to a request that came from this peer goes: over UDP the
+    /// source address at the Via's port ([`crate::Info::reply_port`]); over a stream,
+    /// the connection it came on.
+    pub fn reply_to(self, info: &Info) -> Peer {
+        match (self.transport, info.reply_port) {
+            (Transport::Udp, Some(port)) => Peer {
+                addr: SocketAddr::new(self.addr.ip(), port),
+                ..self
+            },
+            _ => self,
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::parse::{parse, Peer};
+    use crate::parse::parse;
     use rsipstack::sip::SipMessage;
 
     /// RFC 3261 18.2.2 and RFC 3581: a response over UDP goes to the source address
