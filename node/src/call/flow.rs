@@ -5,7 +5,7 @@
 //! the next [`Stage`], or plays a prompt and goes on when the relay reports its end
 //! ([`After`]), a key, or a timer.
 
-use super::{Call, CallMsg, Phase};
+use super::{Call, CallMsg, FarEnd, Phase};
 use crate::decide::ivr::{on_key, on_silence, IvrStep};
 use crate::metrics::{OutcomeLabel, PurposeLabel};
 use std::sync::Arc;
@@ -120,10 +120,15 @@ impl Call {
         let relay = self.relay.as_ref()?;
         let local = relay.local(Side::A);
         let answer = sdp::answer(&offer, local.ip(), local.port(), now_session())?;
-        if let Some(remote) = answer.remote {
-            relay.set_remote(Side::A, remote);
-        }
-        relay.set_dtmf(Side::A, answer.dtmf, answer.formats);
+        // The caller's own offer says where it receives (a checkpoint keeps it too).
+        self.set_far_end(
+            Side::A,
+            FarEnd {
+                media: answer.remote,
+                dtmf: answer.dtmf,
+                formats: answer.formats,
+            },
+        );
         let ep = self.ctx.endpoint.clone();
         self.a.respond(&ep, code, Some(&answer.sdp));
         self.a_answered = code == 200;

@@ -1552,16 +1552,10 @@ impl Call {
     /// What `from`'s body says takes effect: where its audio goes, its telephone-event
     /// type, its hold.
     fn apply_sdp(&self, from: Side, rewritten: &sdp::Rewritten) {
-        let Some(relay) = self.relay.as_ref() else {
+        if self.relay.is_none() {
             return;
-        };
-        if let Some(remote) = rewritten.remote {
-            relay.set_remote(from, remote);
         }
-        // The keys this party sends as telephone-events (RFC 4733): a callee's judge
-        // the call, a caller's pick an IVR route.
-        relay.set_dtmf(from, rewritten.dtmf, rewritten.formats);
-        self.note_far_end(
+        self.set_far_end(
             from,
             FarEnd {
                 media: rewritten.remote,
@@ -1572,6 +1566,20 @@ impl Call {
         let mut held = self.held.get();
         held[usize::from(from == Side::B)] = rewritten.held;
         self.held.set(held);
+    }
+
+    /// What a party's SDP says of its media takes effect: the relay sends its audio
+    /// where it receives, and reads the keys it sends as telephone-events (RFC 4733: a
+    /// callee's judge the call, a caller's pick an IVR route); remembered for
+    /// checkpoints.
+    fn set_far_end(&self, side: Side, far: FarEnd) {
+        if let Some(relay) = self.relay.as_ref() {
+            if let Some(remote) = far.media {
+                relay.set_remote(side, remote);
+            }
+            relay.set_dtmf(side, far.dtmf, far.formats);
+        }
+        self.note_far_end(side, far);
     }
 
     /// Remembers what a party's SDP says of its media (for checkpoints).

@@ -254,25 +254,21 @@ impl Call {
         if !self.ensure_relay() {
             return self.takeover_failed("no RTP ports free");
         }
-        let Some(relay) = self.relay.as_ref() else {
-            return;
-        };
         for (side, d) in [(Side::A, &answered.a), (Side::B, &answered.b)] {
-            if let Some(m) = d.media {
-                relay.set_remote(side, m);
-            }
-            // Without formats (an older checkpoint) only the party's own number counts.
-            let formats = sdp::PayloadTypes::from_known(d.formats.as_deref());
-            relay.set_dtmf(side, d.dtmf, formats);
-            self.note_far_end(
+            self.set_far_end(
                 side,
                 FarEnd {
                     media: d.media,
                     dtmf: d.dtmf,
-                    formats,
+                    // Without formats (an older checkpoint) only the party's own
+                    // number counts.
+                    formats: sdp::PayloadTypes::from_known(d.formats.as_deref()),
                 },
             );
         }
+        let Some(relay) = self.relay.as_ref() else {
+            return;
+        };
         let offer = |d: &Dialog, local: std::net::SocketAddr| {
             // Its version goes up as the leg sends it (`continue_origin`: the addresses
             // changed).
