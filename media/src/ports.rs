@@ -84,8 +84,8 @@ pub const DRAIN_MAX: u64 = 1024;
 
 /// `media.unverified_audio_seconds` when not set.
 pub const DEFAULT_UNVERIFIED_AUDIO_SECONDS: u32 = 5;
-/// Generated audio goes in 20 ms frames.
-const FRAMES_PER_SECOND: u32 = 50;
+/// Audio goes in 20 ms packets.
+const PACKETS_PER_SECOND: u32 = 50;
 
 pub struct PortPool {
     address: IpAddr,
@@ -98,7 +98,7 @@ pub struct PortPool {
     consent: std::sync::atomic::AtomicBool,
     /// `media.unverified_audio_seconds`, in packets (20 ms each): how much audio goes
     /// to a side's SDP address (unless a trunk's) before a packet came from it.
-    unverified_frames: std::sync::atomic::AtomicU32,
+    unverified_packets: std::sync::atomic::AtomicU32,
     metrics: MediaMetrics,
     /// Asked once per batch of packets a relay would send; `false` withholds them
     /// (a clustered node without its lease; see [`PortPool::set_gate`]).
@@ -181,8 +181,8 @@ impl MediaPort {
 
     /// How many packets the relay using this port sends toward a side's SDP address
     /// (unless a trunk's) before a packet came from it.
-    pub fn unverified_frames(&self) -> u32 {
-        self.pool.unverified_frames.load(Ordering::Relaxed)
+    pub fn unverified_packets(&self) -> u32 {
+        self.pool.unverified_packets.load(Ordering::Relaxed)
     }
 
     /// Why the relay using this port must not send to `dst`, if it must not
@@ -341,8 +341,8 @@ impl PortPool {
             socket_buffer,
             latch,
             consent: std::sync::atomic::AtomicBool::new(false),
-            unverified_frames: std::sync::atomic::AtomicU32::new(
-                DEFAULT_UNVERIFIED_AUDIO_SECONDS * FRAMES_PER_SECOND,
+            unverified_packets: std::sync::atomic::AtomicU32::new(
+                DEFAULT_UNVERIFIED_AUDIO_SECONDS * PACKETS_PER_SECOND,
             ),
             metrics,
             gate: std::sync::OnceLock::new(),
@@ -365,11 +365,11 @@ impl PortPool {
     /// trunk's, before a packet came from that side (`media.unverified_audio_seconds`;
     /// see [`crate::latch::Peer::destination`]).
     pub fn set_unverified_audio_seconds(&self, seconds: u32) {
-        self.set_unverified_audio_frames(seconds.saturating_mul(FRAMES_PER_SECOND));
+        self.set_unverified_packets(seconds.saturating_mul(PACKETS_PER_SECOND));
     }
 
-    pub(crate) fn set_unverified_audio_frames(&self, frames: u32) {
-        self.unverified_frames.store(frames, Ordering::Relaxed);
+    pub(crate) fn set_unverified_packets(&self, packets: u32) {
+        self.unverified_packets.store(packets, Ordering::Relaxed);
     }
 
     /// Media addresses for which `trunks` says yes are a trunk's (a carrier's media

@@ -564,7 +564,7 @@ fn run(
     let a_to_b = Direction::new(&metrics, "caller_to_callee");
     let b_to_a = Direction::new(&metrics, "callee_to_caller");
     let refused = Refused::new(&metrics);
-    let (latch, consent, budget) = (a.latch(), a.consent(), a.unverified_frames());
+    let (latch, consent, budget) = (a.latch(), a.consent(), a.unverified_packets());
     let withheld = metrics.unverified_withheld.clone();
     async move {
         let unverified = Unverified {
@@ -965,7 +965,7 @@ mod tests {
     #[tokio::test]
     async fn an_unverified_address_gets_a_bounded_share_of_a_prompt() {
         let pool = pool(41560);
-        pool.set_unverified_audio_frames(3);
+        pool.set_unverified_packets(3);
         let (relay, metrics, mut events) = relay_with_events(&pool);
         let (caller, _callee) = parties(&relay).await;
         let prompt = Arc::new(Prompt::from_samples(&[1000; 160 * 10]));
@@ -1030,7 +1030,7 @@ mod tests {
     #[tokio::test]
     async fn an_unverified_address_gets_a_bounded_share_of_relayed_audio() {
         let pool = pool(41580);
-        pool.set_unverified_audio_frames(3);
+        pool.set_unverified_packets(3);
         let (relay, metrics, _events) = relay_with_events(&pool);
         let (caller, callee) = parties(&relay).await;
         for seq in 0..10 {
@@ -1070,7 +1070,7 @@ mod tests {
         let prompt = Arc::new(Prompt::from_samples(&[1000; 160 * 10]));
         // A trunk's address, budget 0: every frame of the prompt.
         let pool = pool(41640);
-        pool.set_unverified_audio_frames(0);
+        pool.set_unverified_packets(0);
         pool.set_trunk_addresses(Arc::new(|ip: std::net::IpAddr| ip.is_loopback()));
         let (relay, _, mut events) = relay_with_events(&pool);
         let (caller, _callee) = parties(&relay).await;
@@ -1085,7 +1085,7 @@ mod tests {
             Latch::Strict,
             MediaMetrics::default(),
         );
-        pool.set_unverified_audio_frames(3);
+        pool.set_unverified_packets(3);
         let (relay, _, mut events) = relay_with_events(&pool);
         let (caller, _callee) = parties(&relay).await;
         caller.send_to(&rtp(1), relay.local(Side::A)).await.unwrap();
@@ -1474,45 +1474,21 @@ mod tests {
             p.extend_from_slice(&[key, 0x8a, 0, 160]);
             p
         };
-        // A key not heard fails the test (rather than waiting for ever).
-        async fn next(
-            events: &mut tokio::sync::mpsc::UnboundedReceiver<MediaEvent>,
-        ) -> Option<MediaEvent> {
-            tokio::time::timeout(Duration::from_secs(5), events.recv())
-                .await
-                .ok()
-                .flatten()
-        }
+        let key = |key| Some(MediaEvent::Digit { side: Side::A, key });
         caller.send_to(&key_in(100, 5, 1), a_port).await.unwrap();
         assert_eq!(
-            next(&mut events).await,
-            Some(MediaEvent::Digit {
-                side: Side::A,
-                key: '5'
-            }),
+            within(events.recv()).await,
+            key('5'),
             "in the callee's number"
         );
         caller.send_to(&key_in(101, 7, 2), a_port).await.unwrap();
-        assert_eq!(
-            next(&mut events).await,
-            Some(MediaEvent::Digit {
-                side: Side::A,
-                key: '7'
-            }),
-            "in its own"
-        );
+        assert_eq!(within(events.recv()).await, key('7'), "in its own");
         // The caller's SDP gives 100 to a codec: its packets in 100 are audio. A key in
         // 101 after them is the next event: the 100 ones made none.
         relay.set_dtmf(Side::A, Some(101), PayloadTypes::of([8, 100, 101]));
         caller.send_to(&key_in(100, 3, 3), a_port).await.unwrap();
         caller.send_to(&key_in(101, 9, 4), a_port).await.unwrap();
-        assert_eq!(
-            next(&mut events).await,
-            Some(MediaEvent::Digit {
-                side: Side::A,
-                key: '9'
-            })
-        );
+        assert_eq!(within(events.recv()).await, key('9'));
     }
 
     /// SDP naming a destination the node must not send to (cloud metadata, a LAN's
