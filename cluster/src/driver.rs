@@ -415,7 +415,7 @@ impl Cluster {
             name: m.name().to_string(),
             epoch: m.epoch(),
             lease_valid: self.lease_valid(),
-            majority: m.in_majority(now),
+            majority: m.reported_majority(now),
             lines_rebuilding: rebuilding,
             lines_held: held,
             lines_waiting: waiting,
@@ -830,10 +830,7 @@ impl Cluster {
         let up = m.members().filter(|(_, x)| x.state == State::Up).count() + 1;
         let down = m.members().filter(|(_, x)| x.state == State::Down).count();
         self.0.metrics.members(up as i64, down as i64);
-        // A node just started or rejoined has not heard the members yet: a minority
-        // for a moment by the count, not cut off.
-        let now = Instant::now();
-        let majority = m.in_majority(now) || m.settling(now);
+        let majority = m.reported_majority(Instant::now());
         self.0.metrics.majority.set(i64::from(majority));
         if self.0.majority.swap(majority, Ordering::Relaxed) != majority {
             if majority {

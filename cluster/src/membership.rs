@@ -108,6 +108,20 @@ pub struct Member {
     pub rtt: Option<Duration>,
 }
 
+impl Member {
+    /// Incarnation `epoch` entering `state` at `now`, not heard yet in it.
+    fn new(epoch: u64, state: State, now: Instant) -> Member {
+        Member {
+            epoch,
+            state,
+            since: now,
+            last_heard: now,
+            heard: false,
+            rtt: None,
+        }
+    }
+}
+
 /// What changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
@@ -226,17 +240,8 @@ impl Membership {
     fn seen(&mut self, from: &str, epoch: u64, now: Instant) -> Verdict {
         match self.members.get_mut(from) {
             None => {
-                self.members.insert(
-                    from.to_string(),
-                    Member {
-                        epoch,
-                        state: State::Up,
-                        since: now,
-                        last_heard: now,
-                        rtt: None,
-                        heard: false,
-                    },
-                );
+                self.members
+                    .insert(from.to_string(), Member::new(epoch, State::Up, now));
                 self.events.push(Event::Up {
                     name: from.to_string(),
                     epoch,
@@ -245,14 +250,7 @@ impl Membership {
             }
             Some(m) if epoch > m.epoch => {
                 // Restarted faster than we noticed, if the old one was still up here.
-                let next = Member {
-                    epoch,
-                    state: State::Up,
-                    since: now,
-                    last_heard: now,
-                    rtt: None,
-                    heard: false,
-                };
+                let next = Member::new(epoch, State::Up, now);
                 supersede(&mut self.events, from, m, next);
                 self.events.push(Event::Up {
                     name: from.to_string(),
@@ -359,10 +357,13 @@ impl Membership {
             .collect()
     }
 
-    /// Whether this incarnation started (or rejoined) less than `down_after` ago: its
-    /// view still fills as members are heard (for reports, not decisions).
-    pub fn settling(&self, now: Instant) -> bool {
-        now.saturating_duration_since(self.started) < self.timing.down_after
+    /// Whether this node's side is a majority, as reported (metric, status): a node
+    /// that started or rejoined less than `down_after` ago counts as one, as its view
+    /// still fills while members are heard (a minority for a moment by the count, not
+    /// cut off). Decisions use [`Membership::in_majority`].
+    pub fn reported_majority(&self, now: Instant) -> bool {
+        self.in_majority(now)
+            || now.saturating_duration_since(self.started) < self.timing.down_after
     }
 
     /// Another node (or the store) says `name` in incarnation `epoch` is down.
@@ -416,17 +417,8 @@ impl Membership {
             Some(m) if m.state == State::Retired => {}
             Some(_) => self.on_down_notice(name, epoch, now),
             None => {
-                self.members.insert(
-                    name.to_string(),
-                    Member {
-                        epoch,
-                        state: State::Down,
-                        since: now,
-                        last_heard: now,
-                        rtt: None,
-                        heard: false,
-                    },
-                );
+                self.members
+                    .insert(name.to_string(), Member::new(epoch, State::Down, now));
             }
         }
     }
@@ -450,29 +442,16 @@ impl Membership {
             Some(m) => {
                 // An older incarnation we still thought up is down too.
                 let next = Member {
-                    epoch,
-                    state: State::Retired,
-                    since: now,
                     last_heard: m.last_heard,
-                    rtt: None,
-                    heard: false,
+                    ..Member::new(epoch, State::Retired, now)
                 };
                 supersede(&mut self.events, name, m, next);
                 true
             }
             None => {
                 // Never seen here: remembered, so its heartbeats are stale.
-                self.members.insert(
-                    name.to_string(),
-                    Member {
-                        epoch,
-                        state: State::Retired,
-                        since: now,
-                        last_heard: now,
-                        rtt: None,
-                        heard: false,
-                    },
-                );
+                self.members
+                    .insert(name.to_string(), Member::new(epoch, State::Retired, now));
                 false
             }
         }
@@ -630,6 +609,18 @@ mod tests {
         base + Duration::from_millis(n)
     }
 
+    /// Ticks `m` every 250 ms of `range` (milliseconds after `t0`).
+    fn ticks(m: &mut Membership, t0: Instant, range: std::ops::RangeInclusive<u64>) {
+        for t in range.step_by(250) {
+            m.tick(ms(t0, t));
+        }
+    }
+
+    /// The events waiting, oldest first (and none left).
+    fn drain(m: &mut Membership) -> Vec<Event> {
+        std::iter::from_fn(|| m.poll_event()).collect()
+    }
+
     /// (at ms, input) -> events expected after it.
     enum In {
         Beat(&'static str, u64),
@@ -764,7 +755,7 @@ mod tests {
                     m.on_down_notice("c", *epoch, t0);
                 }
             }
-            while m.poll_event().is_some() {}
+            drain(&mut m);
             m.known_down("c", *down, ms(t0, 10));
             let mut n = 0;
             while m.poll_event().is_some() {
@@ -830,7 +821,7 @@ mod tests {
                     m.on_down_notice("c", *epoch, t0);
                 }
             }
-            while m.poll_event().is_some() {}
+            drain(&mut m);
             assert_eq!(m.retire("c", *retired, ms(t0, 10)), *was, "row {i}");
             let listed: Vec<(u64, State)> = m.members().map(|(_, x)| (x.epoch, x.state)).collect();
             assert_eq!(listed, after.iter().copied().collect::<Vec<_>>(), "row {i}");
@@ -845,7 +836,7 @@ mod tests {
         m.on_heartbeat("c", 3, t0);
         m.on_down_notice("c", 3, t0);
         m.retire("c", 3, t0);
-        while m.poll_event().is_some() {}
+        drain(&mut m);
         assert_eq!(m.on_heartbeat("c", 4, ms(t0, 5)), Verdict::Fresh);
         assert_eq!(
             m.poll_event(),
@@ -883,9 +874,7 @@ mod tests {
         );
         assert_eq!(m.poll_event(), None, "b is not blamed for our silence");
         // But b must then be heard from within the normal window.
-        for at in (10_500..=11_750).step_by(250) {
-            m.tick(ms(t0, at));
-        }
+        ticks(&mut m, t0, 10_500..=11_750);
         assert_eq!(m.poll_event(), None, "1.5 s since waking: not more");
         m.tick(ms(t0, 12_000));
         assert_eq!(
@@ -905,7 +894,7 @@ mod tests {
         let mut m = Membership::starting_at("a", 2, Timing::default(), t0);
         m.expect("b", 1, t0);
         m.expect("c", 1, t0);
-        while m.poll_event().is_some() {}
+        drain(&mut m);
         m.tick(ms(t0, 1_600));
         assert_eq!(
             m.poll_event(),
@@ -930,10 +919,8 @@ mod tests {
             m.expect("b", 3, t0);
             m.expect("c", 2, t0);
             m.store_signs([("b".to_string(), 3)], ms(t0, 60_000));
-            while m.poll_event().is_some() {}
-            for t in (250..=3_000).step_by(250) {
-                m.tick(ms(t0, t));
-            }
+            drain(&mut m);
+            ticks(&mut m, t0, 250..=3_000);
             assert_eq!(
                 m.poll_event(),
                 None,
@@ -957,10 +944,8 @@ mod tests {
         let mut m = Membership::starting_at("a", 1, Timing::default(), t0);
         m.on_heartbeat("b", 3, t0);
         m.store_signs([("b".to_string(), 3)], ms(t0, 60_000));
-        while m.poll_event().is_some() {}
-        for t in (250..=1_750).step_by(250) {
-            m.tick(ms(t0, t));
-        }
+        drain(&mut m);
+        ticks(&mut m, t0, 250..=1_750);
         assert_eq!(m.poll_event(), Some(down("b", 3)));
         assert!(m.heard_any());
     }
@@ -1054,7 +1039,7 @@ mod tests {
         for o in others {
             m.on_heartbeat(o, 1, t0);
         }
-        while m.poll_event().is_some() {}
+        drain(&mut m);
         let alive: Vec<(String, u64)> = store_alive.iter().map(|s| (s.to_string(), 1)).collect();
         m.store_signs(alive, ms(t0, 60_000));
         for t in (250..=3_000).step_by(250) {
@@ -1066,10 +1051,7 @@ mod tests {
             }
             m.tick(now);
         }
-        let mut events = Vec::new();
-        while let Some(e) = m.poll_event() {
-            events.push(e);
-        }
+        let events = drain(&mut m);
         (m, events)
     }
 
@@ -1104,10 +1086,8 @@ mod tests {
         m.on_heartbeat("b", 1, t0);
         m.on_heartbeat("c", 1, t0);
         m.store_signs([("b".to_string(), 1), ("c".to_string(), 1)], ms(t0, 1_000));
-        while m.poll_event().is_some() {}
-        for t in (250..=2_000).step_by(250) {
-            m.tick(ms(t0, t));
-        }
+        drain(&mut m);
+        ticks(&mut m, t0, 250..=2_000);
         assert_eq!(m.poll_event(), Some(down("b")));
         assert_eq!(m.poll_event(), Some(down("c")));
     }
@@ -1127,10 +1107,8 @@ mod tests {
             let mut m = Membership::starting_at(me, 1, Timing::default(), t0);
             m.on_heartbeat(peer, 1, t0);
             m.store_signs([(peer.to_string(), 1)], ms(t0, 60_000));
-            while m.poll_event().is_some() {}
-            for t in (250..=3_000).step_by(250) {
-                m.tick(ms(t0, t));
-            }
+            drain(&mut m);
+            ticks(&mut m, t0, 250..=3_000);
             views.push((m.poll_event(), m.lease_valid(end)));
         }
         assert_eq!(views, vec![(Some(down("b")), true), (None, false)]);
@@ -1162,7 +1140,7 @@ mod tests {
             Some(ms(t0, 1_000)),
             "a start has its grace"
         );
-        while m.poll_event().is_some() {}
+        drain(&mut m);
         for t in (250..=3_000).step_by(250) {
             let now = ms(t0, t);
             let seq = m.heartbeat(now);
@@ -1190,10 +1168,8 @@ mod tests {
         let mut m = Membership::starting_at("b", 1, Timing::default(), t0);
         m.on_heartbeat("a", 1, t0);
         m.store_signs([("a".to_string(), 2)], ms(t0, 60_000));
-        while m.poll_event().is_some() {}
-        for t in (250..=1_750).step_by(250) {
-            m.tick(ms(t0, t));
-        }
+        drain(&mut m);
+        ticks(&mut m, t0, 250..=1_750);
         assert_eq!(
             m.poll_event(),
             Some(Event::Down {
@@ -1239,7 +1215,7 @@ mod tests {
             ["b", "c", "d", "e"].map(|n| (n.to_string(), 1)),
             ms(t0, 600_000),
         );
-        while m.poll_event().is_some() {}
+        drain(&mut m);
         let heard_from = 5_000;
         let grace = 10_000;
         assert_eq!(UNHEARD_GRACE, Duration::from_millis(grace));
@@ -1280,10 +1256,8 @@ mod tests {
         let t0 = Instant::now();
         let mut m = Membership::starting_at("b", 1, Timing::default(), t0);
         m.on_heartbeat("a", 1, t0);
-        for t in (250..=3_000).step_by(250) {
-            m.tick(ms(t0, t));
-        }
-        while m.poll_event().is_some() {}
+        ticks(&mut m, t0, 250..=3_000);
+        drain(&mut m);
         assert!(m.lease_valid(ms(t0, 10_000)), "alone");
         m.on_heartbeat("a", 2, ms(t0, 10_000));
         assert!(m.lease_valid(ms(t0, 10_250)), "a newcomer's ack on its way");

@@ -1463,6 +1463,7 @@ impl Store for ScyllaStore {
             futures_util::future::try_join_all(prunes).await?;
             // Shards claim concurrently; within a shard one row after another (its rows
             // share a Paxos partition: concurrent claims there would contend).
+            let until = now_ms.saturating_add(claim_ms);
             let mut by_shard: BTreeMap<i32, Vec<&OutboxRow>> = BTreeMap::new();
             for row in due_rows(&rows, now_ms, limit) {
                 by_shard.entry(shard_of(row.id)).or_default().push(row);
@@ -1472,7 +1473,7 @@ impl Store for ScyllaStore {
                 for row in rows {
                     let attempts = row.attempts.saturating_add(1);
                     let values = (
-                        now_ms.saturating_add(claim_ms),
+                        until,
                         attempts,
                         shard_of(row.id),
                         row.id,
@@ -1509,7 +1510,7 @@ impl Store for ScyllaStore {
                         },
                         attempts: u32::try_from(attempts).unwrap_or(0),
                         created_at: created_at.unwrap_or(0),
-                        claimed_until: now_ms.saturating_add(claim_ms),
+                        claimed_until: until,
                     });
                 }
             }
