@@ -384,26 +384,8 @@ fn tcp_responses_after_the_connection_closed_go_to_the_vias_port() {
         || node.metric("tsunagu_sip_stream_connections") == 0.0,
     );
     // The callee refuses: the caller's final response has no connection to go on.
-    let head = b_invite.split("\r\n\r\n").next().unwrap();
-    let mut busy = String::from("SIP/2.0 486 Busy Here\r\n");
-    for line in head.lines().skip(1) {
-        let name = line
-            .split(':')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
-        match name.as_str() {
-            "via" | "from" | "call-id" | "cseq" => busy.push_str(line),
-            "to" => busy.push_str(&format!("{line};tag=callee")),
-            _ => continue,
-        }
-        busy.push_str("\r\n");
-    }
-    busy.push_str("Content-Length: 0\r\n\r\n");
-    callee
-        .send_to(busy.as_bytes(), ("127.0.0.1", ports.sip))
-        .unwrap();
+    let busy = tsunagu_sip::build::restatus(b_invite.as_bytes(), 486, "callee");
+    callee.send_to(&busy, ("127.0.0.1", ports.sip)).unwrap();
     // Accepts for at most 10 s (polled: a blocking accept would outlive the test).
     listening.set_nonblocking(true).unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
