@@ -63,6 +63,32 @@ fn benches(c: &mut Criterion) {
     g.bench_function("parse_invite", |b| {
         b.iter(|| parse(black_box(&raw)).unwrap())
     });
+    // What the receivers add to every request: received/rport into the top Via
+    // (`sip::via::stamp`), for a Via that asks for rport (rewritten) and for the
+    // common one whose host is its source (left as it came).
+    let source: std::net::SocketAddr = "10.0.0.1:40000".parse().unwrap();
+    let common = String::from_utf8(raw.clone())
+        .unwrap()
+        .replace(";rport", "");
+    for (name, bytes) in [
+        ("stamp_via_rport", raw.clone()),
+        ("stamp_via_common", common.into_bytes()),
+    ] {
+        let SipMessage::Request(req) = parse(&bytes).unwrap().0 else {
+            unreachable!()
+        };
+        g.bench_function(name, |b| {
+            b.iter_batched(
+                || req.clone(),
+                // Returned: the request is dropped outside the timing.
+                |mut r| {
+                    tsunagu_sip::via::stamp(&mut r, black_box(source));
+                    r
+                },
+                BatchSize::SmallInput,
+            )
+        });
+    }
     g.bench_function("parse_route_identify", |b| {
         b.iter(|| {
             let (msg, _info) = parse(black_box(&raw)).unwrap();
@@ -84,7 +110,10 @@ fn benches(c: &mut Criterion) {
     // Anchoring an offer: what the node does to each SDP body it passes on (rewritten,
     // and its telephone-event and hold read, in one parse).
     let node_ip: std::net::IpAddr = "192.0.2.5".parse().unwrap();
-    for (name, body) in [("sdp_anchor_plain", SDP), ("sdp_anchor_softphone", NOISY_SDP)] {
+    for (name, body) in [
+        ("sdp_anchor_plain", SDP),
+        ("sdp_anchor_softphone", NOISY_SDP),
+    ] {
         g.bench_function(name, |b| {
             b.iter(|| tsunagu_media::sdp::rewrite(black_box(body), node_ip, 20000).unwrap())
         });
