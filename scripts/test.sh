@@ -40,6 +40,11 @@ command -v sipp >/dev/null 2>&1 || { echo "sipp is still missing: the end-to-end
 command -v chromium >/dev/null 2>&1 || { echo "chromium is still missing: the page-tag test cannot run" >&2; exit 1; }
 
 cargo fmt --all -- --check
+# Clippy with warnings as errors, the ScyllaDB backend included (the workspace's
+# allowed lints and why are in Cargo.toml).
+cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo clippy -p tsunagu-store --features scylla --all-targets --locked -- -D warnings
 
 # Run every test (a failing test binary does not skip the others); then print one
 # closing total over all test binaries.

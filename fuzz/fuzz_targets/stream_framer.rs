@@ -22,7 +22,7 @@ fn frame(pieces: impl Iterator<Item = Vec<u8>>) -> (Vec<Vec<u8>>, Option<FrameEr
         // At most one message per buffered byte, plus the final "need more".
         for _ in 0..=framer.buffered() {
             let before = framer.buffered();
-            match framer.next() {
+            match framer.next_message() {
                 Ok(Some(msg)) => {
                     assert!(!msg.is_empty(), "a zero-length frame");
                     assert!(msg.len() <= MAX_MESSAGE, "a frame over the limit");
@@ -43,7 +43,7 @@ fn frame(pieces: impl Iterator<Item = Vec<u8>>) -> (Vec<Vec<u8>>, Option<FrameEr
             framer.buffered()
         );
         // The loop above must have ended on "need more": one more call agrees.
-        assert_eq!(framer.next().ok().flatten(), None, "no progress left undone");
+        assert_eq!(framer.next_message().ok().flatten(), None, "no progress left undone");
     }
     (out, None)
 }

@@ -194,7 +194,7 @@ impl Framer {
     }
 
     /// The buffer to read into directly (with at least `spare` bytes of room); bytes
-    /// appended to it are framed by the next [`Framer::next`].
+    /// appended to it are framed by the next [`Framer::next_message`].
     pub fn read_buffer(&mut self, spare: usize) -> &mut BytesMut {
         self.buf.reserve(spare);
         &mut self.buf
@@ -207,7 +207,7 @@ impl Framer {
 
     /// The next whole message (never empty), `None` until more bytes are needed, or
     /// the reason the stream cannot be framed. Keepalive CR/LF are dropped here.
-    pub fn next(&mut self) -> Result<Option<Bytes>, FrameError> {
+    pub fn next_message(&mut self) -> Result<Option<Bytes>, FrameError> {
         loop {
             if let Some(total) = self.total {
                 if self.buf.len() < total {
@@ -398,7 +398,7 @@ mod tests {
         for p in pieces {
             f.push(p);
             loop {
-                match f.next() {
+                match f.next_message() {
                     Ok(Some(m)) => out.push(m),
                     Ok(None) => break,
                     Err(e) => return (out, Some(e)),
@@ -442,13 +442,13 @@ mod tests {
     fn the_header_search_resumes_where_it_stopped() {
         let mut f = Framer::new();
         f.push(b"BYE sip:a@b SIP/2.0\r\n");
-        assert_eq!(f.next(), Ok(None));
+        assert_eq!(f.next_message(), Ok(None));
         assert_eq!(f.searched, 21);
         f.push(b"Content-Length: 0\r\n\r");
-        assert_eq!(f.next(), Ok(None));
+        assert_eq!(f.next_message(), Ok(None));
         assert_eq!(f.searched, 41);
         f.push(b"\n");
-        assert_eq!(f.next().unwrap().unwrap().len(), 42);
+        assert_eq!(f.next_message().unwrap().unwrap().len(), 42);
         assert_eq!((f.buffered(), f.searched), (0, 0));
     }
 }

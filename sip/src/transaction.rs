@@ -1109,7 +1109,7 @@ mod tests {
         let grain = END_GRAIN.as_nanos();
         let off_grain: Vec<_> = wakes
             .iter()
-            .filter(|at| (**at - t.base).as_nanos() % grain != 0)
+            .filter(|at| !(**at - t.base).as_nanos().is_multiple_of(grain))
             .collect();
         assert!(off_grain.is_empty(), "{off_grain:?}");
         let (first, last) = (wakes[0], wakes[wakes.len() - 1]);

@@ -813,7 +813,7 @@ impl StreamConnections {
             }
             let mut completed = false;
             loop {
-                match framer.next() {
+                match framer.next_message() {
                     Ok(Some(msg)) => {
                         completed = true;
                         if let Some((reply, _)) = self.inbound.frame(&msg, peer) {

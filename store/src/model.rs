@@ -438,11 +438,11 @@ pub struct LeaseCaps<'a> {
 }
 
 macro_rules! string_enum {
-    ($(#[$m:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+    ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
         $(#[$m])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
         #[serde(rename_all = "snake_case")]
-        pub enum $name { $($variant),+ }
+        pub enum $name { $($(#[$vm])* $variant),+ }
 
         impl $name {
             pub fn as_str(self) -> &'static str {
@@ -512,17 +512,13 @@ string_enum!(
 string_enum!(
     /// Whether a call is still in progress (`active`: durable from admission, updated
     /// at answer) or over (`ended`: its one final record).
+    #[derive(Default)]
     CallState {
         Active => "active",
+        #[default]
         Ended => "ended",
     }
 );
-
-impl Default for CallState {
-    fn default() -> Self {
-        CallState::Ended
-    }
-}
 
 /// One call log record (通話ログ): kept as `active` while the call runs, written once
 /// as `ended` when it ends.
