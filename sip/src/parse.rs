@@ -354,9 +354,15 @@ impl<'a> Iterator for Elements<'a> {
     fn next(&mut self) -> Option<&'a str> {
         loop {
             let rest = self.rest?;
-            let (mut depth, mut quoted) = (0i32, false);
+            let (mut depth, mut quoted, mut escaped) = (0i32, false, false);
             let mut cut = None;
             for (i, c) in rest.char_indices() {
+                // Inside a quoted string a backslash escapes the next character
+                // (RFC 3261 25.1 quoted-pair): `\"` does not end it.
+                if quoted && (escaped || c == '\\') {
+                    escaped = !escaped;
+                    continue;
+                }
                 match c {
                     '"' => quoted = !quoted,
                     '<' if !quoted => depth += 1,
@@ -480,13 +486,10 @@ pub fn method_name(m: Method) -> &'static str {
     }
 }
 
-/// A `;name=value` parameter of a header value (outside any `<...>` part).
+/// A `;name=value` parameter of a header value (outside any `<...>` part and any
+/// quoted string: a `;` or `>` inside either is not a parameter's edge).
 pub fn param<'a>(value: &'a str, name: &str) -> Option<&'a str> {
-    let params = match value.rfind('>') {
-        Some(i) => &value[i + 1..],
-        None => value,
-    };
-    params.split(';').skip(1).find_map(|p| {
+    param_parts(value).skip(1).find_map(|p| {
         let (k, v) = p.split_once('=').unwrap_or((p, ""));
         k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
     })
@@ -977,5 +980,46 @@ m:\"Quoted string \\\"\\\"\" <sip:jdrosen@example.com> ; newparam =\r\n      new
             param("SIP/2.0/UDP h;branch=z9hG4bKx;rport", "branch"),
             Some("z9hG4bKx")
         );
+    }
+
+    /// Quoted strings (with `\"` escapes, RFC 3261 25.1) and angle brackets hide the
+    /// separators inside them: from the list splitter, the parameter splitter and
+    /// `param` alike (which read a `;` or `>` in a quoted value as an edge).
+    #[test]
+    fn separators_inside_quotes_and_brackets_are_not_edges() {
+        let lists: &[(&str, &[&str])] = &[
+            ("a, b", &["a", "b"]),
+            ("\"x,y\" <sip:b>, c", &["\"x,y\" <sip:b>", "c"]),
+            (r#"h;x="a\",b", c"#, &[r#"h;x="a\",b""#, "c"]),
+            (r#"h;x="\"";rport, c"#, &[r#"h;x="\"";rport"#, "c"]),
+            (r#"h;x="a\\", c"#, &[r#"h;x="a\\""#, "c"]),
+            ("<sip:a,b>, c", &["<sip:a,b>", "c"]),
+        ];
+        for (value, want) in lists {
+            assert_eq!(list_elements(value).collect::<Vec<_>>(), *want, "{value}");
+        }
+        let params: &[(&str, &str, Option<&str>)] = &[
+            (
+                "SIP/2.0/UDP h;branch=z9hG4bK1;x=\"a>b\"",
+                "branch",
+                Some("z9hG4bK1"),
+            ),
+            (
+                "SIP/2.0/UDP h;x=\";branch=z9hG4bKa\";branch=z9hG4bKb",
+                "branch",
+                Some("z9hG4bKb"),
+            ),
+            (
+                r#"SIP/2.0/UDP h;x="\"";rport;branch=z9hG4bK1"#,
+                "rport",
+                Some(""),
+            ),
+            ("\"Bob; Jr\" <sip:b@h;tag=in>;tag=out", "tag", Some("out")),
+            ("<sip:b@h;tag=in>", "tag", None),
+            ("sip:b@h;tag=bare", "tag", Some("bare")),
+        ];
+        for (value, name, want) in params {
+            assert_eq!(param(value, name), *want, "{value}");
+        }
     }
 }

@@ -385,9 +385,9 @@ pub const STRANGER_LIMITS: StreamLimits = StreamLimits {
 struct Table {
     conns: HashMap<SocketAddr, Conn>,
     per_source: HashMap<IpAddr, usize>,
-    /// Connections open with trusted sources (`limits`), with strangers
-    /// ([`STRANGER_LIMITS`]), and the node's own outbound ones (`limits`' total, no
-    /// per-address cap): three budgets, so that inbound connections (a trunk's wide
+    /// Connections open with trusted sources (`limits`; with those the node reopened to
+    /// answer them), with strangers ([`STRANGER_LIMITS`]), and the node's own outbound
+    /// ones (`limits`' total, no per-address cap): three budgets, so that inbound connections (a trunk's wide
     /// network, each address up to its cap) can never leave the node unable to dial
     /// a callee's trunk, nor a trunk's connections keep the node from dialling back.
     trusted: usize,
@@ -562,13 +562,17 @@ impl StreamConnections {
     ///
     /// A response whose connection has closed goes to the source address at its Via's
     /// sent-by port (RFC 3261 18.2.2), on a connection open there or a new one, not to
-    /// the closed connection's (ephemeral) source port.
+    /// the closed connection's (ephemeral) source port. That new connection is the
+    /// source's, counted as if it had opened it (its address's cap, the inbound
+    /// budget): the source chose the port and can keep it open, so reopened connections
+    /// must not use up the budget the node dials callees' trunks from.
     pub fn send(&self, addr: SocketAddr, data: Bytes) {
         let Some(mut data) = self.queue_on_open(addr, data, None) else {
             return;
         };
         let mut addr = addr;
-        if let Some(port) = crate::via::reopen_port(&data, self.transport) {
+        let reopen = crate::via::reopen_port(&data, self.transport);
+        if let Some(port) = reopen {
             if port != addr.port() {
                 addr.set_port(port);
                 data = match self.queue_on_open(addr, data, None) {
@@ -587,7 +591,15 @@ impl StreamConnections {
                 .inc();
             return;
         }
-        self.dial(addr, data);
+        let slot = match reopen {
+            Some(_) => self.reserve(addr.ip(), false),
+            None => self.reserve_outbound(addr.ip()),
+        };
+        let Some(slot) = slot else {
+            tracing::warn!(%addr, "SIP connection limit reached; message not sent");
+            return;
+        };
+        self.dial(addr, data, slot);
     }
 
     /// An immediate answer (a 403 to a stranger, a 400) to a message read on the
@@ -628,12 +640,9 @@ impl StreamConnections {
         }
     }
 
-    /// Opens a connection to `addr` (within the trunks' budget) and sends `data` on it.
-    fn dial(&self, addr: SocketAddr, data: Bytes) {
-        let Some(slot) = self.reserve_outbound(addr.ip()) else {
-            tracing::warn!(%addr, "SIP outbound connection limit reached; message not sent");
-            return;
-        };
+    /// Opens a connection to `addr` in the budget `slot` was taken from and sends
+    /// `data` on it.
+    fn dial(&self, addr: SocketAddr, data: Bytes, slot: Slot) {
         let (conn, rx) = Conn::new(self.next_id.fetch_add(1, Ordering::Relaxed));
         conn.enqueue(data);
         self.lock().conns.insert(addr, conn.clone());
@@ -1311,5 +1320,41 @@ CSeq: {cseq} {method}\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
         s.read_exact(&mut got).await.unwrap();
         assert_eq!(got, want, "both responses, on one connection");
         assert!(!conns.lock().conns.contains_key(&gone));
+    }
+
+    /// Connections reopened for responses are their source's (its cap, the inbound
+    /// budget): a source that closes its connections and names a new Via port each
+    /// time cannot take the outbound budget the node dials trunks from (with all of it
+    /// reopened, the next request to a trunk found no slot).
+    #[tokio::test]
+    async fn reopened_connections_do_not_use_up_the_outbound_budget() {
+        let (inb, _rx) = inbound(Untrusted::Reject);
+        let conns = tcp_connections(&inb);
+        let mut listeners = Vec::new();
+        for i in 0..10 {
+            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let port = l.local_addr().unwrap().port();
+            listeners.push(l);
+            // Each "closed connection" is a port nothing has on the table.
+            let gone: SocketAddr = format!("127.0.0.1:{}", 1 + i).parse().unwrap();
+            conns.send(
+                gone,
+                Bytes::from(format!(
+                    "SIP/2.0 180 X\r\nVia: SIP/2.0/TCP 127.0.0.1:{port};branch=z9hG4bK{i}\r\nContent-Length: 0\r\n\r\n"
+                )),
+            );
+        }
+        {
+            let table = conns.lock();
+            assert_eq!(table.trusted, 3, "the source's cap of 3");
+            assert_eq!(table.outbound, 0, "none from the outbound budget");
+        }
+        let trunk = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        conns.send(trunk.local_addr().unwrap(), Bytes::from_static(OPTIONS));
+        assert_eq!(conns.lock().outbound, 1);
+        tokio::time::timeout(Duration::from_secs(5), trunk.accept())
+            .await
+            .expect("the trunk is dialled")
+            .unwrap();
     }
 }

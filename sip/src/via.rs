@@ -31,7 +31,13 @@ fn sent_by(via: &str) -> Option<(&str, Option<&str>)> {
     let (host, port) = match host_port.strip_prefix('[') {
         Some(v6) => {
             let (host, after) = v6.split_once(']')?;
-            (host, after.trim_start().strip_prefix(':'))
+            let after = after.trim_start();
+            // Nothing but a `:port` may follow the reference.
+            let port = after.strip_prefix(':');
+            if port.is_none() && !after.is_empty() {
+                return None;
+            }
+            (host, port)
         }
         None => match host_port.split_once(':') {
             Some((h, p)) => (h, Some(p)),
@@ -66,6 +72,8 @@ fn param_name(part: &str) -> &str {
 fn port_or(port: Option<&str>, default: u16) -> Option<u16> {
     match port {
         None => Some(default),
+        // `port = 1*DIGIT` (RFC 3261 25.1): no sign, nothing else.
+        Some(p) if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) => None,
         Some(p) => p.parse::<u16>().ok().filter(|p| *p != 0),
     }
 }
@@ -194,6 +202,15 @@ mod tests {
             ("SIP/2.0/UDP 10.0.0.1:x;branch=z9hG4bK1", None),
             ("SIP/2.0/UDP [2001:db8::1;branch=z9hG4bK1", None),
             ("SIP/2.0/UDP ;branch=z9hG4bK1", None),
+            // `port = 1*DIGIT`: nothing but a `:port` after an IPv6 reference, no sign.
+            ("SIP/2.0/UDP [2001:db8::1]5070;branch=z9hG4bK1", None),
+            ("SIP/2.0/UDP 10.0.0.1:+5062;branch=z9hG4bK1", None),
+            ("SIP/2.0/UDP 10.0.0.1:;branch=z9hG4bK1", None),
+            // An escaped quote does not end a quoted value: the `rport` after it counts.
+            (
+                r#"SIP/2.0/UDP 10.0.0.1:5062;x="\"";rport;branch=z9hG4bK1"#,
+                None,
+            ),
         ];
         for (via, want) in cases {
             assert_eq!(reply_port(via), *want, "{via}");
@@ -333,6 +350,16 @@ mod tests {
             (
                 "SIP/2.0/UDP 10.0.0.9;x=\";rport\";branch=z9hG4bK1",
                 "SIP/2.0/UDP 10.0.0.9;x=\";rport\";branch=z9hG4bK1",
+            ),
+            // An escaped quote (`\\"`) does not end a quoted value: the comma after
+            // it is inside, the `rport` after the value is the top Via's.
+            (
+                r#"SIP/2.0/UDP 192.168.1.5;branch=z9hG4bK1;x="a\",b""#,
+                r#"SIP/2.0/UDP 192.168.1.5;branch=z9hG4bK1;x="a\",b";received=10.0.0.9"#,
+            ),
+            (
+                r#"SIP/2.0/UDP 10.0.0.9;x="\"";rport;branch=z9hG4bK1"#,
+                r#"SIP/2.0/UDP 10.0.0.9;x="\"";branch=z9hG4bK1;received=10.0.0.9;rport=40000"#,
             ),
             // Only the top Via of a list changes.
             (
