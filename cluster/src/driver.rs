@@ -43,6 +43,10 @@ pub struct Registered {
 /// plus this is silent in the store too.
 pub const STORE_SIGN_EVERY: Duration = Duration::from_secs(1);
 
+/// How long a node that cannot read the members from the store waits before asking
+/// again, at start and when it rejoins.
+const ROSTER_RETRY: Duration = Duration::from_millis(500);
+
 /// What the cluster needs from the node it runs in.
 pub trait Host: Send + Sync + 'static {
     /// Every node registered in the store (this one included or not), with the
@@ -133,11 +137,13 @@ impl Lease {
             None => u64::MAX,
             Some(t) => t.saturating_duration_since(self.base).as_millis() as u64,
         };
-        self.until_ms.store(ms, Ordering::Relaxed);
+        // SeqCst (as `stale`'s writes and reads in `publish_lease`): the write must
+        // not pass the check of `stale` that follows it.
+        self.until_ms.store(ms, Ordering::SeqCst);
     }
 
     fn void(&self) {
-        self.until_ms.store(0, Ordering::Relaxed);
+        self.until_ms.store(0, Ordering::SeqCst);
     }
 }
 
@@ -196,7 +202,7 @@ impl Cluster {
             seeds: settings.seeds.clone(),
             unheard_reads: Default::default(),
         }));
-        cluster.expect_registered(Instant::now()).await;
+        cluster.expect_registered().await;
         tokio::spawn(cluster.clone().run(rx));
         Ok(cluster)
     }
@@ -223,7 +229,7 @@ impl Cluster {
     /// the store and calls [`Cluster::announce_leave`].
     pub fn leaving(&self) {
         self.0.leaving.store(true, Ordering::Relaxed);
-        self.0.stale.store(true, Ordering::Relaxed);
+        self.0.stale.store(true, Ordering::SeqCst);
         self.publish_lease();
     }
 
@@ -266,13 +272,17 @@ impl Cluster {
         self.0.lease.clone()
     }
 
-    /// Publishes the membership's lease to the lock-free copy.
+    /// Publishes the membership's lease to the lock-free copy. A node declared down
+    /// (or leaving) between the check and the write voids the lease itself, and is
+    /// seen here after the write: a lease set meanwhile is voided again, never left
+    /// standing until the next tick.
     fn publish_lease(&self) {
-        if self.0.stale.load(Ordering::Relaxed) {
-            self.0.lease.void();
-        } else {
+        if !self.0.stale.load(Ordering::SeqCst) {
             let until = self.membership().lease_until(Instant::now());
             self.0.lease.set(until);
+        }
+        if self.0.stale.load(Ordering::SeqCst) {
+            self.0.lease.void();
         }
     }
 
@@ -372,7 +382,7 @@ impl Cluster {
         // Still stale (granting nothing, taking no line messages) until the membership
         // knows the members the store lists: a new incarnation alone in its view would
         // own every key and grant against empty tables.
-        self.expect_registered(Instant::now()).await;
+        self.expect_registered().await;
         if self.0.leaving.load(Ordering::Relaxed) {
             return; // leaving for good (it began meanwhile): stays stale
         }
@@ -385,8 +395,21 @@ impl Cluster {
     /// Seeds the membership with the nodes the store lists: they count as up until
     /// heard from or silent for the detector's window, so a starting node never
     /// mistakes a partial view for the whole cluster (its line tables wait for them).
-    async fn expect_registered(&self, now: Instant) {
-        let registered = self.roster().await.unwrap_or_default();
+    /// Asked until the store answers: with no list (a read that failed taken as
+    /// "nobody") a new incarnation would be alone in its view, a majority of one with
+    /// a lease without end, owning every line key while cut off (review, 2026-12-06).
+    async fn expect_registered(&self) {
+        let registered = loop {
+            if let Some(read) = self.roster().await {
+                break read;
+            }
+            if self.0.leaving.load(Ordering::Relaxed) {
+                return;
+            }
+            tracing::warn!("cannot read the cluster's members from the store yet; retrying");
+            tokio::time::sleep(ROSTER_RETRY).await;
+        };
+        let now = Instant::now();
         self.know(&registered);
         self.note_signs(&registered);
         {
@@ -559,7 +582,7 @@ impl Cluster {
             .map(|r| (r.name.clone(), r.epoch))
             .collect();
         let unheard = !m.heard_any() && !alive.is_empty();
-        m.store_signs(alive, Instant::now() + window);
+        m.store_signs(alive);
         drop(m);
         if unheard && self.0.unheard_reads.fetch_add(1, Ordering::Relaxed) % 30 == 5 {
             tracing::error!("no cluster member answers although the store shows members alive: check cluster.secret, the cluster certificates and the network; this node takes no calls until it joins");
@@ -767,9 +790,11 @@ impl Cluster {
     /// The others declared this incarnation down: from now on it acts on nothing until
     /// the node has rejoined as a new one.
     fn declared_down(&self) {
-        if self.0.stale.swap(true, Ordering::Relaxed) {
+        if self.0.stale.swap(true, Ordering::SeqCst) {
             return;
         }
+        // The SIP and RTP gates read the lease alone: closed now, not at the next tick.
+        self.publish_lease();
         tracing::error!(
             "this incarnation was declared down by the cluster: dropping its calls and rejoining"
         );

@@ -670,7 +670,11 @@ impl LineService {
         }
         for ((key, call), h) in by_call {
             let t = tables.entry(key).or_default();
-            t.limit = t.limit.max(h.limit);
+            // The lowest limit any holding was made under: a limit lowered since an
+            // older call took its line is not raised back by that call (a raise is
+            // taken at the next request, which fills the queue).
+            let first = t.held.is_empty() && t.waiting.is_empty();
+            t.limit = if first { h.limit } else { t.limit.min(h.limit) };
             if h.held {
                 t.held.insert(call, h.node);
             } else {
@@ -777,6 +781,7 @@ impl LineService {
                     return;
                 }
                 let t = self.tables.entry(key.clone()).or_default();
+                let raised = limit > t.limit && !(t.held.is_empty() && t.waiting.is_empty());
                 t.limit = limit;
                 let answer = if t.held.contains_key(&call) {
                     Answer::Granted { urgent: t.urgent() }
@@ -793,6 +798,10 @@ impl LineService {
                     }
                 };
                 self.answer(from, &key, &call, answer);
+                if raised {
+                    // Lines the new limit frees go to the queue, in its order.
+                    self.fill_and_answer(&key);
+                }
             }
             LineMsg::Release {
                 key,
@@ -831,7 +840,11 @@ impl LineService {
                     return; // resent to the right owner when the views agree
                 }
                 let t = self.tables.entry(key.clone()).or_default();
-                t.limit = limit;
+                // The adopted call's limit is its checkpoint's, maybe older than the
+                // table's (set by the latest request): it only starts a new table.
+                if t.held.is_empty() && t.waiting.is_empty() {
+                    t.limit = limit;
+                }
                 t.remove(&call); // a waiting or older entry of the same call
                 t.held.insert(call.clone(), from.to_string());
                 let answer = Answer::Granted { urgent: t.urgent() };

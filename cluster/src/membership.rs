@@ -38,8 +38,13 @@
 //!   lowest-named member is the majority. Incarnations are matched exactly: a newer
 //!   incarnation of a member in the store proves the one heard here gone. A member
 //!   dead for good stops counting when its sign of life ages out of the store's
-//!   window; a store unread for longer than that window counts nobody there (silence
-//!   alone decides, as without a store). A node just started holds its lease for one
+//!   window. A store that cannot be read leaves its last read standing: a node cut
+//!   off from its peers and from the store alike stays the minority it was (were the
+//!   read to age out, it would be a majority of one, declare everyone down, and when
+//!   the network healed tell the real majority to rejoin); the price is that a member
+//!   that dies while the store is unreadable still counts until the next read (a
+//!   majority of the rest goes on; two nodes, one dead, go on only on the tie-break).
+//!   A node just started holds its lease for one
 //!   lease period whatever the majority (it has nothing yet others could take over).
 //! - A member an operator took out of the cluster for good is *retired*
 //!   ([`Membership::retire`]): no longer listed, counted or alerted on, but
@@ -154,10 +159,9 @@ pub struct Membership {
     /// heard none).
     started: Instant,
     first_heard: Option<Instant>,
-    /// The incarnations whose sign of life in the store is recent, as last read.
+    /// The incarnations whose sign of life in the store is recent, as last read (it
+    /// stands until the next read: see the module doc).
     alive_in_store: BTreeMap<String, u64>,
-    /// Until when that read counts for the majority.
-    store_read_until: Option<Instant>,
     /// A node just started holds its lease for one lease period before any peer
     /// acknowledges it, majority or not (it has nothing yet others could take over).
     grace_until: Option<Instant>,
@@ -186,7 +190,6 @@ impl Membership {
             started: now,
             first_heard: None,
             alive_in_store: BTreeMap::new(),
-            store_read_until: None,
             grace_until: Some(now + timing.lease),
         }
     }
@@ -276,13 +279,11 @@ impl Membership {
     }
 
     /// The incarnations whose sign of life in the store is recent (the store's
-    /// registry as just read), a read that counts for the majority until `until`:
-    /// members up here but never heard in those incarnations are not declared down
-    /// for their silence, and they and those heard before count in the majority
-    /// (see the module doc).
-    pub fn store_signs(&mut self, alive: impl IntoIterator<Item = (String, u64)>, until: Instant) {
+    /// registry as just read; it stands until the next read): members up here but
+    /// never heard in those incarnations are not declared down for their silence, and
+    /// they and those heard before count in the majority (see the module doc).
+    pub fn store_signs(&mut self, alive: impl IntoIterator<Item = (String, u64)>) {
         self.alive_in_store = alive.into_iter().collect();
-        self.store_read_until = Some(until);
     }
 
     /// Whether a peer's frame was taken since this incarnation started.
@@ -300,13 +301,12 @@ impl Membership {
     /// here and heard (not silent). Counted: those, the members up here by the store's
     /// word and not heard yet (not silent), and the incarnations the store shows alive
     /// that were heard before and are silent or declared down now.
-    fn majority_without(&self, silent: &BTreeSet<&str>, now: Instant) -> bool {
-        let read = self.store_read_until.is_some_and(|until| now < until);
+    fn majority_without(&self, silent: &BTreeSet<&str>) -> bool {
         let mut counted = BTreeSet::from([self.name.as_str()]);
         let mut reachable = counted.clone();
         for (name, m) in &self.members {
             let name = name.as_str();
-            let alive = read && self.alive_in_store(name, m);
+            let alive = self.alive_in_store(name, m);
             let (reach, count) = match m.state {
                 State::Retired => (false, false),
                 State::Up if silent.contains(name) => (false, alive),
@@ -333,7 +333,7 @@ impl Membership {
     /// alive as many members this node cannot hear as it can (a cut network, see the
     /// module doc).
     pub fn in_majority(&self, now: Instant) -> bool {
-        self.majority_without(&self.silent(now), now)
+        self.majority_without(&self.silent(now))
     }
 
     /// The members up here but silent for longer than `down_after`, except those never
@@ -502,7 +502,7 @@ impl Membership {
             return;
         }
         let silent = self.silent(now);
-        if silent.is_empty() || !self.majority_without(&silent, now) {
+        if silent.is_empty() || !self.majority_without(&silent) {
             return;
         }
         let silent: Vec<String> = silent.into_iter().map(str::to_string).collect();
@@ -918,7 +918,7 @@ mod tests {
             let mut m = Membership::starting_at(me, 1, Timing::default(), t0);
             m.expect("b", 3, t0);
             m.expect("c", 2, t0);
-            m.store_signs([("b".to_string(), 3)], ms(t0, 60_000));
+            m.store_signs([("b".to_string(), 3)]);
             drain(&mut m);
             ticks(&mut m, t0, 250..=3_000);
             assert_eq!(
@@ -932,7 +932,7 @@ mod tests {
                 "{me}: without the lease: b never acknowledged"
             );
             // b's sign of life stops: alone, it declares both down at the next tick.
-            m.store_signs([], ms(t0, 60_000));
+            m.store_signs([]);
             m.tick(ms(t0, 3_250));
             assert_eq!(m.poll_event(), Some(down("b", 3)));
             assert_eq!(m.poll_event(), Some(down("c", 2)));
@@ -943,7 +943,7 @@ mod tests {
         // lowest name) is the majority, whatever the store says of b.
         let mut m = Membership::starting_at("a", 1, Timing::default(), t0);
         m.on_heartbeat("b", 3, t0);
-        m.store_signs([("b".to_string(), 3)], ms(t0, 60_000));
+        m.store_signs([("b".to_string(), 3)]);
         drain(&mut m);
         ticks(&mut m, t0, 250..=1_750);
         assert_eq!(m.poll_event(), Some(down("b", 3)));
@@ -1041,7 +1041,7 @@ mod tests {
         }
         drain(&mut m);
         let alive: Vec<(String, u64)> = store_alive.iter().map(|s| (s.to_string(), 1)).collect();
-        m.store_signs(alive, ms(t0, 60_000));
+        m.store_signs(alive);
         for t in (250..=3_000).step_by(250) {
             let now = ms(t0, t);
             let seq = m.heartbeat(now);
@@ -1080,16 +1080,26 @@ mod tests {
         let (a, events) = cut_off("a", ["b", "c"], &["b", "c"], &[]);
         assert_eq!(events, vec![down("b"), down("c")]);
         assert!(a.lease_valid(end), "alone and a majority of one");
-        // The store's read has aged out (it cannot be read): silence decides.
+        // Cut off from the store as well (no read since): its last read stands, so
+        // a stays a minority however long it lasts. (Had that read aged out, a would
+        // have been a majority of one: declared b and c down, held a lease without
+        // end, and when the network healed answered their heartbeats as stale,
+        // making the whole majority drop its calls and rejoin.)
         let t0 = Instant::now();
         let mut m = Membership::starting_at("a", 1, Timing::default(), t0);
         m.on_heartbeat("b", 1, t0);
         m.on_heartbeat("c", 1, t0);
-        m.store_signs([("b".to_string(), 1), ("c".to_string(), 1)], ms(t0, 1_000));
+        m.store_signs([("b".to_string(), 1), ("c".to_string(), 1)]);
         drain(&mut m);
-        ticks(&mut m, t0, 250..=2_000);
-        assert_eq!(m.poll_event(), Some(down("b")));
-        assert_eq!(m.poll_event(), Some(down("c")));
+        ticks(&mut m, t0, 250..=60_000);
+        assert_eq!(drain(&mut m), vec![], "a declares nobody down");
+        assert!(!m.lease_valid(ms(t0, 60_000)), "a acts on nothing");
+        let healed = ms(t0, 60_250);
+        assert_eq!(
+            m.on_heartbeat("b", 1, healed),
+            Verdict::Fresh,
+            "b is told nothing"
+        );
     }
 
     /// Two halves of equal size: the one with the lowest-named member is the majority,
@@ -1106,7 +1116,7 @@ mod tests {
         for (me, peer) in [("a", "b"), ("b", "a")] {
             let mut m = Membership::starting_at(me, 1, Timing::default(), t0);
             m.on_heartbeat(peer, 1, t0);
-            m.store_signs([(peer.to_string(), 1)], ms(t0, 60_000));
+            m.store_signs([(peer.to_string(), 1)]);
             drain(&mut m);
             ticks(&mut m, t0, 250..=3_000);
             views.push((m.poll_event(), m.lease_valid(end)));
@@ -1126,15 +1136,12 @@ mod tests {
         for (n, e) in [("b", 2), ("c", 1), ("d", 1), ("e", 1)] {
             m.expect(n, e, t0);
         }
-        m.store_signs(
-            [("b", 2), ("c", 1), ("d", 1), ("e", 1)].map(|(n, e)| (n.to_string(), e)),
-            ms(t0, 60_000),
-        );
+        m.store_signs([("b", 2), ("c", 1), ("d", 1), ("e", 1)].map(|(n, e)| (n.to_string(), e)));
         assert!(!m.lease_valid(t0), "no grace after a rejoin");
         assert_eq!(m.lease_until(t0), Some(t0), "nor in what the gate is given");
         let mut fresh = Membership::starting_at("a", 7, Timing::default(), t0);
         fresh.expect("b", 2, t0);
-        fresh.store_signs([("b".to_string(), 2)], ms(t0, 60_000));
+        fresh.store_signs([("b".to_string(), 2)]);
         assert_eq!(
             fresh.lease_until(t0),
             Some(ms(t0, 1_000)),
@@ -1167,7 +1174,7 @@ mod tests {
         let t0 = Instant::now();
         let mut m = Membership::starting_at("b", 1, Timing::default(), t0);
         m.on_heartbeat("a", 1, t0);
-        m.store_signs([("a".to_string(), 2)], ms(t0, 60_000));
+        m.store_signs([("a".to_string(), 2)]);
         drain(&mut m);
         ticks(&mut m, t0, 250..=1_750);
         assert_eq!(
@@ -1188,7 +1195,7 @@ mod tests {
         let t0 = Instant::now();
         let mut m = Membership::starting_at("b", 1, Timing::default(), t0);
         m.on_heartbeat("a", 1, t0);
-        m.store_signs([("a".to_string(), 1)], ms(t0, 60_000));
+        m.store_signs([("a".to_string(), 1)]);
         let later = ms(t0, 2_000);
         assert!(
             !m.in_majority(later),
@@ -1211,10 +1218,7 @@ mod tests {
         for n in ["b", "c", "d", "e"] {
             m.expect(n, 1, t0);
         }
-        m.store_signs(
-            ["b", "c", "d", "e"].map(|n| (n.to_string(), 1)),
-            ms(t0, 600_000),
-        );
+        m.store_signs(["b", "c", "d", "e"].map(|n| (n.to_string(), 1)));
         drain(&mut m);
         let heard_from = 5_000;
         let grace = 10_000;

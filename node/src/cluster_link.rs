@@ -113,13 +113,11 @@ impl Host for NodeHost {
     fn member_up(&self, name: &str, epoch: u64) {
         tracing::info!(member = name, epoch, "cluster member up");
         // What it provisioned while we did not hear it.
-        let p = self.provisioning.clone();
-        tokio::task::spawn_blocking(move || p.catch_up());
+        self.provisioning.catch_up_soon(None);
     }
 
-    fn changed(&self, _seq: i64) {
-        let p = self.provisioning.clone();
-        tokio::task::spawn_blocking(move || p.catch_up());
+    fn changed(&self, seq: i64) {
+        self.provisioning.catch_up_soon(Some(seq));
     }
 
     fn stale(&self) {

@@ -12,7 +12,7 @@
 
 use crate::directory::Directory;
 use crate::follow_up::hooks::WebhookCache;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tsunagu_cluster::Cluster;
@@ -49,6 +49,11 @@ struct Inner {
     seen_gauge: prometheus_client::metrics::gauge::Gauge,
     /// One catch-up at a time.
     busy: Mutex<()>,
+    /// A catch-up asked for by a notice ([`Provisioning::catch_up_soon`]) that has not
+    /// begun reading yet: later notices are folded into it.
+    queued: AtomicBool,
+    /// Catch-ups that read the feed (for tests and the log).
+    runs: AtomicU64,
 }
 
 impl Provisioning {
@@ -72,6 +77,8 @@ impl Provisioning {
             seen: AtomicI64::new(seen),
             seen_gauge,
             busy: Mutex::new(()),
+            queued: AtomicBool::new(false),
+            runs: AtomicU64::new(0),
         }));
         p.load_prompts()?;
         Ok(p)
@@ -111,9 +118,43 @@ impl Provisioning {
         });
     }
 
+    /// A peer says provisioning changed up to change `seq` (None: a member came up
+    /// and may have changed anything while unheard): catches up on the blocking pool,
+    /// unless that change is applied already or a catch-up is queued that has not
+    /// begun (it reads this change too). A peer's burst of notices (one frame can
+    /// carry thousands) costs one or two reads of the feed, not a blocking job each.
+    /// The catch-up's task, when this notice started one.
+    pub fn catch_up_soon(&self, seq: Option<i64>) -> Option<tokio::task::JoinHandle<()>> {
+        if seq.is_some_and(|seq| seq <= self.0.seen.load(Ordering::Relaxed)) {
+            return None;
+        }
+        if self.0.queued.swap(true, Ordering::AcqRel) {
+            return None;
+        }
+        let this = self.clone();
+        Some(tokio::task::spawn_blocking(move || {
+            let _one = this.0.busy.lock().unwrap_or_else(|p| p.into_inner());
+            // From here a new notice queues another catch-up: this one may have
+            // read the feed before that change.
+            this.0.queued.store(false, Ordering::Release);
+            this.catch_up_locked();
+        }))
+    }
+
+    /// Catch-ups that read the feed since the node started.
+    pub fn catch_up_runs(&self) -> u64 {
+        self.0.runs.load(Ordering::Relaxed)
+    }
+
     /// Applies every change after the last one seen (blocking: store reads).
     pub fn catch_up(&self) {
         let _one = self.0.busy.lock().unwrap_or_else(|p| p.into_inner());
+        self.catch_up_locked();
+    }
+
+    /// [`Provisioning::catch_up`] with `busy` held.
+    fn catch_up_locked(&self) {
+        self.0.runs.fetch_add(1, Ordering::Relaxed);
         loop {
             let seen = self.0.seen.load(Ordering::Relaxed);
             let page = match self.0.store.changes_since(seen, PAGE) {
@@ -202,5 +243,46 @@ impl Provisioning {
         }
         self.0.seen.store(latest, Ordering::Relaxed);
         self.0.seen_gauge.set(latest);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tsunagu_store::SqliteStore;
+
+    /// One frame from a peer can carry thousands of change notices: they fold into one
+    /// read of the feed (each used to start a blocking job that queued on the same
+    /// lock, starving the blocking pool), and a notice of a change already applied
+    /// reads nothing.
+    #[tokio::test]
+    async fn a_burst_of_change_notices_reads_the_feed_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("t.db")).unwrap());
+        let p = Provisioning::start(
+            store.clone(),
+            Directory::load(store.clone()).unwrap(),
+            WebhookCache::load(store.clone()).unwrap(),
+            tsunagu_media::Prompts::load(&dir.path().join("prompts")).unwrap(),
+            Default::default(),
+        )
+        .unwrap();
+        let seq = store.record_change(kind::NUMBER, "0312345678").unwrap();
+        let handles: Vec<_> = {
+            // Another catch-up (the follower's) holds the feed while the burst comes.
+            let _busy = p.0.busy.lock().unwrap();
+            (0..100_000)
+                .filter_map(|_| p.catch_up_soon(Some(seq)))
+                .collect()
+        };
+        assert_eq!(handles.len(), 1, "one catch-up for the burst");
+        for h in handles {
+            h.await.unwrap();
+        }
+        assert_eq!(p.catch_up_runs(), 1);
+        assert_eq!(p.0.seen.load(Ordering::Relaxed), seq);
+        assert!(p.catch_up_soon(Some(seq)).is_none(), "applied already");
+        assert!(p.catch_up_soon(Some(seq - 1)).is_none());
+        assert_eq!(p.catch_up_runs(), 1);
     }
 }

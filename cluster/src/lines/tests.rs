@@ -645,3 +645,59 @@ fn a_late_queue_position_leaves_a_held_line_held() {
     assert!(b.drain().is_empty(), "nothing new for the call");
     assert_eq!(net.holders(&key), ["c1"]);
 }
+
+/// A limit lowered while a call holds a line under the old one: a rebuild (a view
+/// change) keeps the new limit (it took the highest of the holdings' limits, and
+/// granted the queue up to the old one), and a call adopted under an old checkpoint's
+/// limit does not raise it either. A limit raised while callers wait fills the queue.
+#[test]
+fn a_lowered_limit_survives_a_rebuild_and_a_raised_one_fills_the_queue() {
+    let members = ["a", "b", "c"];
+    let mut net = Net::new(&members, 5);
+    let key = key_owned_by("b", &members);
+    net.limits.insert(key.clone(), 10);
+    net.acquire("a", &key, "c1", 10);
+    net.settle();
+    net.limits.insert(key.clone(), 2);
+    for (i, call) in ["c2", "c3", "c4", "c5"].into_iter().enumerate() {
+        net.acquire("c", &key, call, 20 + i as i64);
+        net.settle();
+    }
+    assert_eq!(net.holders(&key), ["c1", "c2"]);
+    // A view change: "d" joins, every owner rebuilds from the snapshots.
+    net.nodes.insert("d".into(), LineService::new("d"));
+    let all: Vec<String> = net.nodes.keys().cloned().collect();
+    for s in net.nodes.values_mut() {
+        s.view(all.clone());
+    }
+    net.settle();
+    assert_eq!(net.holders(&key), ["c1", "c2"], "still 2 after the rebuild");
+    net.nodes.get_mut("a").unwrap().release(&key, "c1");
+    net.heartbeats();
+    net.settle();
+    assert_eq!(net.holders(&key), ["c2", "c3"]);
+    // Raised to 4: the next request fills the queue in its order.
+    net.limits.insert(key.clone(), 4);
+    net.acquire("a", &key, "c6", 40);
+    net.settle();
+    assert_eq!(net.holders(&key), ["c2", "c3", "c4", "c5"]);
+}
+
+/// A call adopted under an old checkpoint's limit (10) does not raise the owner's
+/// table's limit (2): when a line frees, the adopted call still counts and the
+/// waiting caller waits. (It took the adopted call's limit, and the caller got a
+/// third line.)
+#[test]
+fn an_adopted_calls_old_limit_does_not_raise_the_tables() {
+    let mut net = Net::new(&["b"], 3);
+    let key = "number:1".to_string();
+    let b = net.nodes.get_mut("b").unwrap();
+    b.acquire(&key, "x1", 2, 1);
+    b.acquire(&key, "x2", 2, 2);
+    b.acquire(&key, "x3", 2, 3);
+    b.adopt(&key, "moved", 10, 4);
+    b.release(&key, "x1");
+    net.collect();
+    net.settle();
+    assert_eq!(net.holders(&key), ["moved", "x2"], "x3 waits: 2 lines held");
+}
