@@ -13,11 +13,13 @@ use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
 
 /// Why `dst` is refused as a media destination of a relay whose sockets are bound to
-/// `local` with ports in `own_ports`; None if audio may go there.
+/// `local` with ports in `own_ports`; None if audio may go there. `trusted`: `dst` is
+/// a trunk's address (a carrier's media anchor may share the node's host).
 pub fn refused(
     dst: SocketAddr,
     local: IpAddr,
     own_ports: &RangeInclusive<u16>,
+    trusted: bool,
 ) -> Option<&'static str> {
     let ip = dst.ip().to_canonical();
     let local = local.to_canonical();
@@ -25,7 +27,10 @@ pub fn refused(
         IpAddr::V4(v4) => v4.is_link_local(),
         IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
     };
-    if ip.is_multicast() {
+    if ip.is_unspecified() {
+        // `0.0.0.0` (also written `::ffff:0.0.0.0`) is "this host" to the kernel.
+        Some("unspecified")
+    } else if ip.is_multicast() {
         Some("multicast")
     } else if matches!(ip, IpAddr::V4(v4) if v4.is_broadcast()) {
         Some("broadcast")
@@ -37,18 +42,25 @@ pub fn refused(
         // (Not on loopback: there the parties of a test or a lab are local sockets
         // whose ephemeral ports may fall in the range.)
         Some("own_port")
+    } else if ip == local && !local.is_loopback() && !trusted {
+        // The node's host, outside its RTP ports: its SIP listener, a metrics agent,
+        // any UDP service bound to every address. A party is never on the node's
+        // host; a trunk's media anchor may be.
+        Some("own_address")
     } else {
         None
     }
 }
 
 /// Every reason [`refused`] gives (the metric's series).
-pub const REASONS: [&str; 5] = [
+pub const REASONS: [&str; 7] = [
+    "unspecified",
     "multicast",
     "broadcast",
     "link_local",
     "loopback",
     "own_port",
+    "own_address",
 ];
 
 #[cfg(test)]
@@ -61,7 +73,7 @@ mod tests {
         let lo: IpAddr = "127.0.0.1".parse().unwrap();
         let ports = 20000..=29999;
         // (destination, node's media address, expected)
-        let rows: [(&str, IpAddr, Option<&str>); 16] = [
+        let rows: &[(&str, IpAddr, Option<&str>)] = &[
             ("198.51.100.7:4000", public, None),
             ("10.1.2.3:4000", public, None), // a carrier's private interconnect
             ("[2001:db8::1]:4000", public, None),
@@ -76,12 +88,26 @@ mod tests {
             ("127.0.0.1:8125", lo, None), // a node on loopback talks to loopback
             ("127.0.0.1:20002", lo, None), // on loopback, a local party's ephemeral port
             ("203.0.113.5:20002", public, Some("own_port")),
-            ("203.0.113.5:30000", public, None), // the node's address, not an RTP port
+            ("203.0.113.5:30000", public, Some("own_address")), // the node's host
+            ("203.0.113.5:8125", public, Some("own_address")),
             ("198.51.100.7:20002", public, None), // another host's port
+            ("0.0.0.0:8125", public, Some("unspecified")),
+            ("[::ffff:0.0.0.0]:8125", public, Some("unspecified")),
+            ("[::]:8125", public, Some("unspecified")),
         ];
         for (dst, local, want) in rows {
             let dst: SocketAddr = dst.parse().unwrap();
-            assert_eq!(refused(dst, local, &ports), want, "{dst} from {local}");
+            assert_eq!(
+                refused(dst, *local, &ports, false),
+                *want,
+                "{dst} from {local}"
+            );
         }
+        // A trunk's media anchor on the node's host, outside the RTP ports: allowed;
+        // inside them still refused.
+        let anchor: SocketAddr = "203.0.113.5:30000".parse().unwrap();
+        assert_eq!(refused(anchor, public, &ports, true), None);
+        let inside: SocketAddr = "203.0.113.5:20002".parse().unwrap();
+        assert_eq!(refused(inside, public, &ports, true), Some("own_port"));
     }
 }

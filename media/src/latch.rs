@@ -154,7 +154,10 @@ pub fn judge(policy: Latch, peer: &Peer, src: SocketAddr, rtp: bool) -> Verdict 
             None => Verdict::Drop(Foreign::Source),
             // The SDP's own address is always the peer's; if the port was latched to
             // another one (a same-host stranger who raced the first packet), the
-            // peer's first packet takes the latch back.
+            // peer's first packet takes the latch back, at any time (so whoever can
+            // send from that exact address can move a latch made to another port:
+            // the peer itself, or a process sharing its host and port; README
+            // "Security" notes).
             Some(s) if same_addr(s, src) => Verdict::LatchTo(src),
             Some(_) if peer.latched == Some(src) => Verdict::Accept,
             Some(s) if peer.latched.is_none() && same_ip(s.ip(), src.ip()) => Verdict::LatchTo(src),

@@ -82,7 +82,7 @@ impl MediaMetrics {
         );
         r.register(
             "rtp_destinations_refused",
-            "Media addresses named in SDP that the relay refused to send to (and accepts nothing from): multicast, broadcast, link_local (e.g. cloud metadata), loopback (on a node whose media address is not), own_port (the node's own RTP ports)",
+            "Media addresses named in SDP that the relay refused to send to (and accepts nothing from): unspecified (this host), multicast, broadcast, link_local (e.g. cloud metadata), loopback (on a node whose media address is not), own_port (the node's own RTP ports), own_address (another port of the node's media address, not a trunk's)",
             self.destinations_refused.clone(),
         );
         r.register(

@@ -188,7 +188,12 @@ impl MediaPort {
     /// Why the relay using this port must not send to `dst`, if it must not
     /// ([`crate::destination`]).
     pub(crate) fn refuses(&self, dst: SocketAddr) -> Option<&'static str> {
-        crate::destination::refused(dst, self.pool.address, &self.pool.range)
+        crate::destination::refused(
+            dst,
+            self.pool.address,
+            &self.pool.range,
+            self.trusts(dst.ip()),
+        )
     }
 }
 

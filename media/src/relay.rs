@@ -76,17 +76,22 @@ impl RelayStats {
 /// Sequence-number gap counting for one direction.
 #[derive(Default)]
 struct LossCounter {
-    last: Option<u16>,
+    /// The stream's SSRC and the highest sequence number seen in it.
+    last: Option<(u32, u16)>,
 }
 
 impl LossCounter {
     /// Returns how many packets are missing before this one. Reordered or duplicate
     /// packets (behind the highest seen) count nothing; a jump of more than 3000 is
-    /// taken as a stream restart, not loss.
-    fn on_packet(&mut self, seq: u16) -> u64 {
+    /// taken as a stream restart, not loss. A new SSRC is a new stream (another
+    /// device after a re-INVITE, a new callee): counting starts again from its first
+    /// packet (else a new stream starting below the old one's numbers read as late
+    /// packets, and nothing was counted for up to 32,768 packets).
+    fn on_packet(&mut self, ssrc: u32, seq: u16) -> u64 {
         let lost = match self.last {
+            Some((s, _)) if s != ssrc => 0,
             None => 0,
-            Some(last) => {
+            Some((_, last)) => {
                 let delta = seq.wrapping_sub(last);
                 if delta == 0 || delta > 0x8000 {
                     return 0; // duplicate or late
@@ -98,7 +103,7 @@ impl LossCounter {
                 }
             }
         };
-        self.last = Some(seq);
+        self.last = Some((ssrc, seq));
         lost
     }
 }
@@ -474,7 +479,7 @@ fn drain(p: Flow<'_>, mut rec: Option<&mut Recording>, on_event: &OnEvent) {
                     });
                 }
             }
-            let gap = p.from_side.loss.on_packet(seq);
+            let gap = p.from_side.loss.on_packet(r.ssrc(), seq);
             if gap > 0 {
                 p.counters[2].fetch_add(gap, Ordering::Relaxed);
                 p.dir.lost.inc_by(gap);
@@ -722,9 +727,17 @@ mod tests {
         ];
         for (seqs, want) in cases {
             let mut c = LossCounter::default();
-            let got: u64 = seqs.iter().map(|s| c.on_packet(*s)).sum();
+            let got: u64 = seqs.iter().map(|s| c.on_packet(1, *s)).sum();
             assert_eq!(got, *want, "{seqs:?}");
         }
+        // A new stream (SSRC) starting below the old one's numbers: its own gaps
+        // count from its first packet (one SSRC, they read as late packets).
+        let mut c = LossCounter::default();
+        let got: u64 = [(1, 30000), (1, 30001), (2, 1), (2, 2), (2, 5)]
+            .iter()
+            .map(|(ssrc, seq)| c.on_packet(*ssrc, *seq))
+            .sum();
+        assert_eq!(got, 2);
     }
 
     fn rtp(seq: u16) -> Vec<u8> {

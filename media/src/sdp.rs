@@ -280,7 +280,7 @@ pub fn rewrite(sdp: &str, addr: IpAddr, port: u16) -> Option<Rewritten> {
         }
     }
     let remote = match audio_c.or(session_c) {
-        Some(ip) if !ip.is_unspecified() && audio_port != 0 => {
+        Some(ip) if !ip.to_canonical().is_unspecified() && audio_port != 0 => {
             Some(SocketAddr::new(ip, audio_port))
         }
         _ => None,
