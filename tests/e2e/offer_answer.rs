@@ -255,7 +255,8 @@ fn offers_the_node_cannot_anchor_are_refused_488_and_the_rest_pass_without_what_
 }
 
 /// A callee's 200 without SDP: hung up and the caller refused 502 (not answered
-/// without media); after an 18x with SDP, the 200 stands on that answer.
+/// without media); after an 18x with SDP from the same fork (To tag), the 200 stands
+/// on that answer; after another fork's, it does not.
 #[test]
 fn a_callee_answer_without_sdp_is_hung_up_unless_an_18x_carried_it() {
     let ports = Ports::take();
@@ -298,6 +299,27 @@ fn a_callee_answer_without_sdp_is_hung_up_unless_an_18x_carried_it() {
     hang_up(&caller, &callee, "early-answer", &node_tag, 2);
     let calls = node.wait_for_calls(&key, 2);
     assert!(calls.iter().any(|c| c["result"] == "answered"), "{calls:?}");
+
+    // A forked INVITE: one fork's 183 carried SDP, another fork answers without any.
+    // The first fork's answer is not the second's (the relay would send the caller's
+    // audio to the first fork): hung up like any answer without SDP.
+    caller.send(&invite_with(&caller, "other-fork", CALLER_SDP));
+    let invite = callee.expect("INVITE ");
+    callee.respond(&invite, "183 Session Progress", &sdp(4002));
+    callee.respond_as("forktag", &invite, "200 OK", "");
+    let ack = callee.expect("ACK ");
+    assert!(ack.contains("tag=forktag"), "{ack}");
+    let bye = callee.expect("BYE ");
+    assert!(bye.contains("tag=forktag"), "{bye}");
+    callee.ok(&bye);
+    let refused = caller.final_response();
+    assert!(refused.starts_with("SIP/2.0 502"), "{refused}");
+    let calls = node.wait_for_calls(&key, 3);
+    assert_eq!(
+        calls.iter().filter(|c| c["result"] == "failed").count(),
+        2,
+        "{calls:?}"
+    );
 }
 
 /// In a dialog: REFER and MESSAGE get 405 with Allow and reach nobody; a request

@@ -311,9 +311,10 @@ pub struct Call {
     /// The CSeq of the last request each far end (caller, callee) sent in its dialog:
     /// a lower one is out of order (RFC 3261 12.2.2) and refused 500.
     remote_cseq: [Option<u32>; 2],
-    /// The current attempt's callee sent its SDP in an 18x (the caller has it): a 200
-    /// without SDP then stands on that answer.
-    b_early_answer: bool,
+    /// The current attempt's callee sent its SDP in an 18x (the caller has it), from
+    /// the fork with this To tag: a 200 without SDP from that fork stands on that
+    /// answer (another fork's would leave the relay at the first fork's address).
+    b_early_answer: Option<String>,
     /// Waiting for the callee's judgement key.
     judging: bool,
     judgement_digit: Option<char>,
@@ -537,7 +538,7 @@ impl Call {
             ivr: None,
             ivr_digits: String::new(),
             b_payload_type: 0,
-            b_early_answer: false,
+            b_early_answer: None,
             remote_cseq: [None, None],
             a_acked: false,
             late_ack: None,
@@ -774,7 +775,7 @@ impl Call {
             outcome: String::new(),
         });
         self.pending_failure = None;
-        self.b_early_answer = false;
+        self.b_early_answer = None;
         self.last_trunk = Some(trunk);
         self.ctx.trunk_counters[trunk].outbound.inc();
         tracing::debug!(destination = %dest.number, trunk = %self.ctx.routing.trunks[trunk].name, attempt = self.attempt, "forwarding");
@@ -1418,7 +1419,9 @@ impl Call {
                     return;
                 }
                 let sdp = self.callee_sdp(&resp);
-                self.b_early_answer |= sdp.is_some();
+                if sdp.is_some() {
+                    self.b_early_answer = Some(to_tag(&resp).unwrap_or_default().to_string());
+                }
                 if self.a_answer.is_some() {
                     // The caller hears the node's media: the callee's early media
                     // replaces the ringback; no further provisional goes upstream.
@@ -1458,8 +1461,9 @@ impl Call {
                 // (the caller was sent it then; the 200 repeats it, RFC 6337 3.1).
                 let early = self
                     .b_early_answer
-                    .then(|| self.a.last_sdp.clone())
-                    .flatten();
+                    .as_deref()
+                    .filter(|tag| Some(*tag) == to_tag(&resp))
+                    .and_then(|_| self.a.last_sdp.clone());
                 let Some(sdp) = self.callee_sdp(&resp).or(early) else {
                     // Answered with no answer the node can anchor (none, or not SDP):
                     // passed on, the caller would have a call without media. The
@@ -1856,6 +1860,11 @@ fn refuse_method(
     tracing::info!(method = %req.method, "in-dialog method not taken: 405");
     let allow = [("Allow", tsunagu_sip::endpoint::ALLOW)];
     ep.respond(req, info, key, 405, None, &allow, None);
+}
+
+/// The To tag of a response (the fork of a forwarded INVITE it came from).
+fn to_tag(resp: &Response) -> Option<&str> {
+    header(resp, "To").and_then(tsunagu_sip::parse::tag)
 }
 
 #[cfg(test)]
