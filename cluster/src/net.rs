@@ -348,6 +348,7 @@ impl Net {
                 subscription: Box::new(ChallengeDeadline {
                     passed: Arc::default(),
                     cut: Arc::default(),
+                    refused: Throttle::default(),
                     counted: sessions_cut,
                 }),
             })
@@ -463,6 +464,8 @@ struct ChallengeDeadline {
     passed: Arc<Mutex<HashSet<ActorId>>>,
     /// Log lines about cut sessions, at most one a second.
     cut: Arc<Throttle>,
+    /// Log lines about sessions that ended before authenticating, at most one a second.
+    refused: Throttle,
     /// `tsunagu_cluster_sessions_cut_total`.
     counted: Counter,
 }
@@ -504,10 +507,18 @@ impl NodeEventSubscription for ChallengeDeadline {
     }
 
     fn node_session_disconnected(&self, ses: NodeServerSessionInformation) {
-        self.passed
+        let passed = self
+            .passed
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&ses.actor.get_id());
+        if !passed {
+            // A peer with the cluster's certificate whose secret is not the cluster's
+            // (or one this node gave up on): the operator needs to know which.
+            if let Some(more) = self.refused.allow(Instant::now()) {
+                tracing::warn!(peer = %ses.peer_addr, more, "cluster connection closed before the secret's challenge was passed (a wrong cluster.secret?)");
+            }
+        }
     }
 }
 

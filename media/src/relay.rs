@@ -815,11 +815,11 @@ mod tests {
         caller.send_to(&rtp(1), relay.local(Side::A)).await.unwrap();
         // The relay asked the gate for the batch holding packet 1 (a current-thread
         // runtime: that batch is done before this task runs again).
-        while asked.recv().await != Some(false) {}
+        while within(asked.recv()).await != Some(false) {}
         open.store(true, Ordering::SeqCst);
         caller.send_to(&rtp(2), relay.local(Side::A)).await.unwrap();
         let mut buf = [0u8; 2048];
-        let (n, _) = callee.recv_from(&mut buf).await.unwrap();
+        let (n, _) = within(callee.recv_from(&mut buf)).await.unwrap();
         assert!(n > 12);
         assert_eq!(
             u16::from_be_bytes([buf[2], buf[3]]),
@@ -851,11 +851,11 @@ mod tests {
             caller.send_to(&rtp(seq), relay.local(Side::A)).unwrap();
         }
         let mut buf = [0u8; 2048];
-        let (n, _) = callee.recv_from(&mut buf).await.unwrap();
+        let (n, _) = within(callee.recv_from(&mut buf)).await.unwrap();
         assert_eq!((n > 12, u16::from_be_bytes([buf[2], buf[3]])), (true, 1));
         reopened.store(true, Ordering::SeqCst);
         caller.send_to(&rtp(4), relay.local(Side::A)).unwrap();
-        callee.recv_from(&mut buf).await.unwrap();
+        within(callee.recv_from(&mut buf)).await.unwrap();
         assert_eq!(
             u16::from_be_bytes([buf[2], buf[3]]),
             4,
@@ -876,7 +876,7 @@ mod tests {
         let mut buf = [0u8; 2048];
         let mut seqs = Vec::new();
         for _ in 0..3 {
-            let (n, from) = caller.recv_from(&mut buf).await.unwrap();
+            let (n, from) = within(caller.recv_from(&mut buf)).await.unwrap();
             assert_eq!((n, from), (172, relay.local(Side::A)));
             assert_eq!(buf[1] & 0x7f, 8, "PCMA");
             assert_eq!(&buf[12..n], prompt.frame(8, seqs.len()));
@@ -884,7 +884,7 @@ mod tests {
         }
         assert_eq!(seqs, vec![1, 2, 3]);
         assert_eq!(
-            events.recv().await,
+            within(events.recv()).await,
             Some(MediaEvent::PromptDone {
                 side: Side::A,
                 id: 7
@@ -895,7 +895,7 @@ mod tests {
             .send_to(&rtp(500), relay.local(Side::B))
             .await
             .unwrap();
-        caller.recv_from(&mut buf).await.unwrap();
+        within(caller.recv_from(&mut buf)).await.unwrap();
         assert_eq!(
             u16::from_be_bytes([buf[2], buf[3]]),
             4,
@@ -907,10 +907,10 @@ mod tests {
             let mut ev = vec![0x80, 101, 0, 9, 0, 0, 0x10, 0, 0, 0, 0, 1];
             ev.extend_from_slice(&[5, flags, 0, 160]);
             caller.send_to(&ev, relay.local(Side::A)).await.unwrap();
-            callee.recv_from(&mut buf).await.unwrap();
+            within(callee.recv_from(&mut buf)).await.unwrap();
         }
         assert_eq!(
-            events.recv().await,
+            within(events.recv()).await,
             Some(MediaEvent::Digit {
                 side: Side::A,
                 key: '5'
@@ -924,7 +924,7 @@ mod tests {
             .await
             .unwrap();
         for i in 0..5 {
-            let (n, _) = caller.recv_from(&mut buf).await.unwrap();
+            let (n, _) = within(caller.recv_from(&mut buf)).await.unwrap();
             assert_eq!(buf[1] & 0x7f, 0, "PCMU, not the callee's packet");
             assert_eq!(&buf[12..n], prompt.frame(0, i % 3), "frame {i}");
         }
@@ -949,7 +949,7 @@ mod tests {
         // The prompt's three frames are done (each sent, or withheld) when it reports
         // its end; a datagram sent on loopback is queued at once.
         assert_eq!(
-            events.recv().await,
+            within(events.recv()).await,
             Some(MediaEvent::PromptDone {
                 side: Side::A,
                 id: 1
@@ -965,7 +965,7 @@ mod tests {
         // takes first).
         caller.send_to(&rtp(1), relay.local(Side::A)).await.unwrap();
         relay.play(Side::A, prompt.clone(), 8, true, 2);
-        let (n, from) = caller.recv_from(&mut buf).await.unwrap();
+        let (n, from) = within(caller.recv_from(&mut buf)).await.unwrap();
         assert_eq!((n, from), (172, relay.local(Side::A)));
         assert_eq!(buf[1] & 0x7f, 8, "the prompt, in PCMA");
         relay.stop_playing(Side::A);
@@ -1124,7 +1124,7 @@ mod tests {
                 .send_to(&rtp(seq), relay.local(Side::A))
                 .await
                 .unwrap();
-            let (n, from) = callee.recv_from(&mut buf).await.unwrap();
+            let (n, from) = within(callee.recv_from(&mut buf)).await.unwrap();
             assert_eq!(n, 172);
             assert_eq!(from, relay.local(Side::B), "the callee sees only the node");
         }
@@ -1132,7 +1132,7 @@ mod tests {
             .send_to(&rtp(100), relay.local(Side::B))
             .await
             .unwrap();
-        let (_, from) = caller.recv_from(&mut buf).await.unwrap();
+        let (_, from) = within(caller.recv_from(&mut buf)).await.unwrap();
         assert_eq!(from, relay.local(Side::A));
         assert_eq!(relay.stats.packets(), (3, 1));
         assert_eq!(relay.stats.lost(), 1, "sequence 3 never came");
@@ -1444,7 +1444,7 @@ mod tests {
         let key = key_five_end();
         caller.send_to(&key, a_port).await.unwrap();
         assert_eq!(
-            events.recv().await,
+            within(events.recv()).await,
             Some(MediaEvent::Digit {
                 side: Side::A,
                 key: '5'
@@ -1535,7 +1535,7 @@ mod tests {
         let key = key_five_end();
         caller.send_to(&key, relay.local(Side::A)).await.unwrap();
         assert_eq!(
-            events.recv().await,
+            within(events.recv()).await,
             Some(MediaEvent::Digit {
                 side: Side::A,
                 key: '5'
@@ -1608,12 +1608,12 @@ mod tests {
                 .send_to(&rtp(seq), relay.local(Side::A))
                 .await
                 .unwrap();
-            callee.recv_from(&mut buf).await.unwrap();
+            within(callee.recv_from(&mut buf)).await.unwrap();
             callee
                 .send_to(&rtp(seq), relay.local(Side::B))
                 .await
                 .unwrap();
-            caller.recv_from(&mut buf).await.unwrap();
+            within(caller.recv_from(&mut buf)).await.unwrap();
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
         relay.stop_recording(Box::new(move |o| {

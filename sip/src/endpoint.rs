@@ -1250,7 +1250,12 @@ CSeq: 2 INFO\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
         sock.send_to(invite("slow-1").as_bytes(), node)
             .await
             .unwrap();
+        let offered_by = std::time::Instant::now() + std::time::Duration::from_secs(5);
         while handler.0.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            assert!(
+                std::time::Instant::now() < offered_by,
+                "the INVITE was never offered"
+            );
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
         sock.send_to(invite("late-2").as_bytes(), node)

@@ -481,7 +481,10 @@ fn banner(dir: &std::path::Path, config: &str, api: u16) -> String {
     let _ = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
-    let _ = child.wait();
+    assert!(
+        crate::harness::exit_within(&mut child, crate::harness::EXIT_LIMIT).is_some(),
+        "the node did not exit after SIGTERM"
+    );
     std::fs::read_to_string(out).unwrap()
 }
 

@@ -321,6 +321,25 @@ fn uac_expecting_to(code: u16, dir: &Path, ports: Ports, sip: &str, number: &str
     uac_to(sip, &path.display().to_string(), ports, number, 1, 1, &[])
 }
 
+/// Waits until the `k`-th caller (from 1) has arrived on `nodes`: the first `limit`
+/// forwarded to the callee (a line each), the others waiting in the queue.
+fn wait_arrived(c: &TestCluster, nodes: &[&str], k: usize, limit: usize) {
+    let sum = |series: &str| -> f64 { nodes.iter().map(|n| c.node(n).metric(series)).sum() };
+    let (series, want) = if k <= limit {
+        (
+            "tsunagu_trunk_calls_total{trunk=\"carrier-a\",direction=\"outbound\"}",
+            k,
+        )
+    } else {
+        ("tsunagu_calls_queued_total", k - limit)
+    };
+    c.node(nodes[0]).wait_until(
+        Duration::from_secs(10),
+        &format!("caller {k} to arrive"),
+        || sum(series) >= want as f64,
+    );
+}
+
 #[test]
 fn a_line_limit_holds_across_nodes_and_the_queue_is_first_come_first_served() {
     let mut c = TestCluster::new();
@@ -338,10 +357,12 @@ fn a_line_limit_holds_across_nodes_and_the_queue_is_first_come_first_served() {
         ("n1", "09000000004"),
     ];
     let mut runs = Vec::new();
-    for (node, who) in order {
+    for (k, (node, who)) in order.into_iter().enumerate() {
         let ports = c.caller_ports();
         runs.push(caller(ports, &c.members[node].sip, "0501234567", who, 2500));
-        std::thread::sleep(Duration::from_millis(300)); // arrival order is the test's input
+        // Arrival order is the test's input: the next caller goes once this one holds
+        // a line or waits in the queue.
+        wait_arrived(&c, &["n1", "n2", "n3"], k + 1, 2);
     }
     for r in runs {
         let run = r.join().unwrap();
@@ -380,10 +401,10 @@ fn the_queue_goes_on_from_a_new_owner_when_the_owner_is_killed() {
         ("n3", "09000000014", 1500),
     ];
     let mut runs = Vec::new();
-    for (node, who, hold) in plan {
+    for (k, (node, who, hold)) in plan.into_iter().enumerate() {
         let ports = c.caller_ports();
         runs.push(caller(ports, &c.members[node].sip, &number, who, hold));
-        std::thread::sleep(Duration::from_millis(300));
+        wait_arrived(&c, &["n1", "n2", "n3"], k + 1, 2);
     }
     // Both waiting: kill -9 the owner of the number's lines.
     c.node("n1")
@@ -519,16 +540,21 @@ fn a_node_joining_while_calls_flow_fails_no_call() {
             "uac.xml",
             ports,
             "0501234567",
-            120,
+            200,
             20,
             &["-d", "500"],
         )
     });
-    std::thread::sleep(Duration::from_secs(2));
+    // The join happens while calls are up (not before the first or after the last).
+    c.node("n1")
+        .wait_until(Duration::from_secs(10), "calls in progress", || {
+            c.node("n1").metric("tsunagu_active_calls") >= 1.0
+        });
     c.start(3, GOOD);
-    let run = load.join().unwrap();
-    assert_eq!((run.successful, run.failed), (120, 0), "{}", run.output);
     c.wait_formed();
+    assert!(!load.is_finished(), "the load ended before n3 had joined");
+    let run = load.join().unwrap();
+    assert_eq!((run.successful, run.failed), (200, 0), "{}", run.output);
 }
 
 #[test]
@@ -553,8 +579,19 @@ fn nodes_without_the_cluster_certificate_or_secret_cannot_join() {
         },
     );
     let epoch = c.view("n1")["epoch"].clone();
-    // Wait as long as a good node needs to join several times over.
-    std::thread::sleep(Duration::from_secs(4));
+    // Both tried and were refused: the rogue certificate at the TLS handshake, the
+    // wrong secret at the challenge (either side may have dialled).
+    let refused = |line: &str, peer: &str| {
+        let logs = [c.node("n1").log(), c.node("n3").log()];
+        logs.iter()
+            .any(|log| log.lines().any(|l| l.contains(line) && l.contains(peer)))
+    };
+    c.node("n1")
+        .wait_until(Duration::from_secs(20), "both outsiders refused", || {
+            refused("cluster connection refused: TLS", "127.0.0.2")
+                && (refused("before the secret's challenge was passed", "127.0.0.")
+                    || refused("the secret's challenge not passed in time", "127.0.0.3"))
+        });
     let members = c.view("n1")["members"].clone();
     assert!(
         members
@@ -658,7 +695,10 @@ port, cert, key, ca, length = sys.argv[1:6]
 ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
 ctx.load_cert_chain(cert, key)
 ctx.load_verify_locations(ca)
-t = ctx.wrap_socket(socket.create_connection(("127.0.0.1", int(port))), server_hostname="127.0.0.1")
+# Connecting and the handshake are bounded (a node that stalls them fails the test
+# instead of hanging it); then the peer reads until the node ends the connection.
+t = ctx.wrap_socket(socket.create_connection(("127.0.0.1", int(port)), timeout=10), server_hostname="127.0.0.1")
+t.settimeout(None)
 print("ready", t.version(), flush=True)
 t.sendall(int(length).to_bytes(8, "big"))
 try:

@@ -451,13 +451,21 @@ trunks = ["carrier-a"]
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
     }
 
-    /// Sends SIGTERM and waits for the process to exit; returns its exit code.
+    /// Sends SIGTERM and waits for the process to exit; returns its exit code. A node
+    /// still running [`EXIT_LIMIT`] later (a drain that hangs) is killed and the test
+    /// fails, rather than hanging the suite.
     pub fn terminate(&mut self) -> Option<i32> {
         let mut child = self.child.take()?;
         let _ = Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
             .status();
-        child.wait().ok().and_then(|s| s.code())
+        match exit_within(&mut child, EXIT_LIMIT) {
+            Some(status) => status.code(),
+            None => panic!(
+                "the node did not exit within {EXIT_LIMIT:?} of SIGTERM\nnode log:\n{}",
+                self.log()
+            ),
+        }
     }
 
     /// Kills the node with SIGKILL (no drain, no flush: a crash) and waits for it.
@@ -550,10 +558,40 @@ trunks = ["carrier-a"]
         self.calls(key, "")
     }
 
-    /// The value of a metric line (exact name with labels), 0 if absent.
+    /// The value of a metric line (exact name with labels). A labelled series absent
+    /// from the page reads 0 (labelled counters appear at their first increment); an
+    /// unlabelled one is registered at start, so its absence fails the test (a renamed
+    /// or removed metric would otherwise read 0 and pass every "is 0" check).
     pub fn metric(&self, series: &str) -> f64 {
         let text = self.try_get("/metrics", None).expect("metrics").body;
-        metric_in(&text, series).unwrap_or(0.0)
+        match metric_in(&text, series) {
+            Some(v) => v,
+            None if series.contains('{') => 0.0,
+            None => panic!("no metric {series} on the node's /metrics page"),
+        }
+    }
+}
+
+/// How long a test waits for a node to exit after SIGTERM (its drain included: the
+/// tests' nodes drain for 20 s at most).
+pub const EXIT_LIMIT: Duration = Duration::from_secs(60);
+
+/// Waits up to `limit` for `child` to exit; kills it (and returns None) if it has not.
+pub fn exit_within(
+    child: &mut std::process::Child,
+    limit: Duration,
+) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+        }
     }
 }
 

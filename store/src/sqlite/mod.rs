@@ -1695,13 +1695,20 @@ mod tests {
         let tx = other
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .unwrap();
+        let (started, began) = std::sync::mpsc::channel();
         let writing = std::thread::spawn(move || {
+            started.send(()).unwrap();
             let r = store.insert_calls(&[call], &[]);
             (r, store)
         });
-        // The other writer's transaction lasts 300 ms (what it does, not a wait for
-        // the batch: the batch must wait for it whenever it starts).
+        began.recv().unwrap();
+        // The other writer's transaction lasts 300 ms from the batch's start (what it
+        // does, not a wait for the batch), and the batch is still waiting at its end.
         std::thread::sleep(std::time::Duration::from_millis(300));
+        assert!(
+            !writing.is_finished(),
+            "the batch waits for the other writer"
+        );
         tx.commit().unwrap();
         let (r, store) = writing.join().unwrap();
         r.expect("written once the other writer is done");
