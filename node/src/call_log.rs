@@ -103,6 +103,22 @@ struct Shared {
 pub struct CallLog {
     tx: mpsc::Sender<LogMsg>,
     shared: Arc<Shared>,
+    /// Records promised and not written yet ([`CallLog::promise`]).
+    promised: Arc<(std::sync::Mutex<usize>, std::sync::Condvar)>,
+}
+
+/// A final record that will be written later, from another thread (a recorded call's,
+/// once its recording is closed): [`CallLog::flush`] waits for it. Given back when
+/// dropped, written or not.
+pub struct Promise(Arc<(std::sync::Mutex<usize>, std::sync::Condvar)>);
+
+impl Drop for Promise {
+    fn drop(&mut self) {
+        let (count, kept) = &*self.0;
+        let mut n = count.lock().unwrap_or_else(|p| p.into_inner());
+        *n = n.saturating_sub(1);
+        kept.notify_all();
+    }
 }
 
 const BATCH: usize = 512;
@@ -139,7 +155,15 @@ impl CallLog {
             .name("call-log".into())
             .spawn(move || writer(w, rx, writer_shared))
             .expect("spawn call-log thread");
-        (CallLog { tx, shared }, handle)
+        let promised = Arc::default();
+        (
+            CallLog {
+                tx,
+                shared,
+                promised,
+            },
+            handle,
+        )
     }
 
     fn send(&self, msg: LogMsg) {
@@ -176,10 +200,36 @@ impl CallLog {
             && self.shared.queued.load(Ordering::Relaxed) < self.shared.high_water
     }
 
-    /// Blocks until every record queued so far is in the store, or `timeout` passes.
+    /// A final record to come from another thread: until it is written (the promise
+    /// dropped after [`CallLog::write`]), [`CallLog::flush`] waits for it. Without it
+    /// a recorded call's record, written when its recording closed, could come after
+    /// the node's last flush at shutdown and be lost (the call already counted as
+    /// logged, nothing wrote a substitute).
+    pub fn promise(&self) -> Promise {
+        *self.promised.0.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        Promise(self.promised.clone())
+    }
+
+    /// Blocks until every record queued so far, and every one promised, is in the
+    /// store, or `timeout` passes.
     pub fn flush(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let (count, kept) = &*self.promised;
+        let mut n = count.lock().unwrap_or_else(|p| p.into_inner());
+        while *n > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            n = kept
+                .wait_timeout(n, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        drop(n);
+        let left = deadline.saturating_duration_since(Instant::now());
         let (tx, rx) = mpsc::channel();
-        self.tx.send(LogMsg::Flush(tx)).is_ok() && rx.recv_timeout(timeout).is_ok()
+        self.tx.send(LogMsg::Flush(tx)).is_ok() && rx.recv_timeout(left).is_ok()
     }
 }
 
@@ -747,6 +797,29 @@ mod tests {
             next_wait(true, true, false, near),
             Wait::Collect(near.min(TICK))
         );
+    }
+
+    /// A record promised (a recorded call's, written when its recording closes) is
+    /// waited for by a flush: the last flush at shutdown does not end before it.
+    #[test]
+    fn a_flush_waits_for_a_promised_record() {
+        let d = Dup::new();
+        let entry = d.call("promised", 10_000, 30);
+        let (log, handle) = CallLog::start(d.w);
+        let promise = log.promise();
+        assert!(
+            !log.flush(Duration::from_millis(200)),
+            "a record is still to come"
+        );
+        log.write(entry);
+        drop(promise);
+        assert!(log.flush(Duration::from_secs(10)));
+        assert!(d.store.get_call(&d.op, "promised").unwrap().is_some());
+        // One never written (its call gone with its recorder) is given back too.
+        drop(log.promise());
+        assert!(log.flush(Duration::from_secs(10)));
+        drop(log);
+        handle.join().unwrap();
     }
 
     /// Calls sending their records one by one wake the writer about once a tick, not

@@ -211,7 +211,6 @@ impl Host for NodeHost {
                     .inc_by(kept.len() as u64);
             }
             tracing::info!(to = %from, calls = gone.len(), "calls handed over: dropped here");
-            ctx.metrics.calls.handed_over.inc_by(gone.len() as u64);
             let _ = supervisor.cast(SupervisorMsg::HandedOff(gone));
         });
     }
@@ -381,7 +380,11 @@ const HAND_OVER_AGAIN: Duration = Duration::from_secs(2);
 /// (rendezvous share among the peers up), which claims it and re-INVITEs its parties,
 /// so the drain takes seconds, not the longest call. Calls not answered finish here
 /// (or are ended at the drain deadline). Without a peer up, nothing is handed over.
-pub async fn hand_over_all(ctx: &Arc<NodeContext>, cluster: &Cluster) {
+pub async fn hand_over_all(
+    ctx: &Arc<NodeContext>,
+    cluster: &Cluster,
+    supervisor: &ActorRef<SupervisorMsg>,
+) {
     for round in 0..2 {
         let peers = cluster.peers_up();
         if peers.is_empty() {
@@ -428,8 +431,10 @@ pub async fn hand_over_all(ctx: &Arc<NodeContext>, cluster: &Cluster) {
             return;
         }
         let before = ctx.active_calls();
+        let mut named = Vec::with_capacity(handed);
         for (peer, calls) in by_peer {
             tracing::info!(%peer, calls = calls.len(), round, "handing calls over");
+            named.extend(calls.iter().cloned());
             cluster.hand_over(&peer, calls);
         }
         // The calls the peers claim end here: wait for them (or ask again).
@@ -437,6 +442,29 @@ pub async fn hand_over_all(ctx: &Arc<NodeContext>, cluster: &Cluster) {
         while ctx.active_calls() + handed > before && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        drop_moved(ctx, supervisor, named).await;
+    }
+}
+
+/// Of the calls just handed over, those the store gives to another node now but that
+/// still run here (the peer's `HandedOver` lost): dropped as if it had come. Without
+/// this such a call ran on both nodes, and this one hung up both parties at its drain
+/// deadline.
+async fn drop_moved(
+    ctx: &Arc<NodeContext>,
+    supervisor: &ActorRef<SupervisorMsg>,
+    named: Vec<String>,
+) {
+    let (store, me) = (ctx.store.clone(), ctx.node_id.clone());
+    let epoch = ctx.epoch.load(Ordering::Relaxed);
+    let checked =
+        tokio::task::spawn_blocking(move || taken_from_here(&*store, &me, epoch, named)).await;
+    let Ok(Ok((gone, _))) = checked else {
+        return; // unreadable: the peers' HandedOver frames decide
+    };
+    // Those already dropped on the peer's word are no longer running: a no-op for them.
+    if !gone.is_empty() {
+        let _ = supervisor.cast(SupervisorMsg::HandedOff(gone));
     }
 }
 

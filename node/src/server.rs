@@ -714,7 +714,7 @@ pub async fn run(
     if let Some(cluster) = ctx.cluster.get() {
         // Answered calls go to peers at once (re-INVITEd from there), so a drain takes
         // seconds; the rest finish here.
-        let handing = crate::cluster_link::hand_over_all(&ctx, cluster);
+        let handing = crate::cluster_link::hand_over_all(&ctx, cluster, &supervisor);
         let _ = tokio::time::timeout_at(deadline.into(), handing).await;
     }
     wait_for_calls(&ctx, deadline).await;

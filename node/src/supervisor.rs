@@ -245,10 +245,14 @@ impl Actor for CallSupervisor {
                 let _ = reply.send(n);
             }
             SupervisorMsg::HandedOff(ids) => {
+                // Counted here, once per call still running: the same call may be
+                // named twice (the peer's HandedOver, then the drain's own check of
+                // the store for calls whose HandedOver was lost).
                 let ids: std::collections::HashSet<String> = ids.into_iter().collect();
+                let handed_over = &self.ctx.metrics.calls.handed_over;
                 self.calls.each(|seed, me| {
-                    if ids.contains(&seed.id) {
-                        seed.logged.store(true, Ordering::Release);
+                    if ids.contains(&seed.id) && !seed.logged.swap(true, Ordering::AcqRel) {
+                        handed_over.inc();
                         let _ = me.send_message(crate::call::CallMsg::Vanish);
                     }
                 });

@@ -1272,6 +1272,44 @@ fn session_timers_are_agreed_refreshed_end_to_end_and_expire() {
     assert_eq!(run.successful, 1, "{}", run.output);
 }
 
+/// A callee that answers and hangs up while the caller's answer waits for its PRACK:
+/// the caller's dialog is early (it never had the 200), so it gets no BYE (RFC 3261 15)
+/// but a refusal of its INVITE (480), and the call is logged failed with no talk time.
+/// (It got a BYE on its early dialog, its INVITE was left unanswered and the call was
+/// logged answered.)
+#[test]
+fn a_callee_that_hangs_up_before_the_callers_prack_gets_the_caller_refused() {
+    let ports = Ports::take();
+    let node = Node::start(ports, "127.0.0.1/32", "");
+    let (key, _) = node.provision("0501234567", DEST, "{}");
+    let uas = Uas::start(
+        "uas_early_answer_then_bye.xml",
+        ports,
+        node.dir.path(),
+        &["-d", "500"],
+    );
+    let run = uac(
+        "uac_100rel_callee_hangs_up.xml",
+        ports,
+        "0501234567",
+        1,
+        1,
+        &[],
+    );
+    assert_eq!((run.exit, run.successful), (0, 1), "{}", run.output);
+    let call = node.wait_for_calls(&key, 1)[0].clone();
+    assert_eq!(call["result"], "failed", "{call}");
+    assert_eq!(call["sip_code"], 480, "{call}");
+    assert_eq!(call["talk_seconds"], 0, "{call}");
+    assert!(call["answered_at"].is_null(), "{call}");
+    let messages = uas.messages();
+    assert!(
+        messages.contains("BYE sip:"),
+        "the callee hung up: {messages}"
+    );
+    drop(uas);
+}
+
 /// A caller that CANCELs while its answer waits for the PRACK of a reliable 183 never
 /// had that answer: its CANCEL stands (487), the answered callee is hung up, and the
 /// call is logged cancelled, with no talk time.

@@ -388,6 +388,9 @@ fn in_dialog_requests_the_node_cannot_honour_are_refused_and_late_offers_complet
         offer.starts_with("SIP/2.0 200") && offer.contains("m=audio "),
         "{offer}"
     );
+    // A stray ACK first (the first INVITE's, repeated): not the re-INVITE's, so it
+    // carries no answer and releases nothing.
+    caller.send(&with_body(&caller, "ACK", call_id, &node_tag, 1, "", ""));
     let early = callee.quiet_for(Duration::from_millis(300));
     assert!(
         !early.iter().any(|m| m.starts_with("ACK ")),
@@ -495,11 +498,25 @@ fn the_caller_sees_one_session_whoever_answers() {
             .replacen("INVITE sip:", "ACK sip:", 1)
             .replace(" INVITE\n", " ACK\n");
         callee.send(&format!("{ack}\nContent-Length: 0\n\n"));
-        std::iter::from_fn(|| caller.recv(Duration::from_secs(5)))
+        let node_ack = std::iter::from_fn(|| caller.recv(Duration::from_secs(5)))
             .find(|m| m.starts_with("ACK "))
             .expect("the node's ACK of the caller's 200");
+        let want = cseq_of(&relayed).replace("INVITE", "ACK");
+        assert_eq!(cseq_of(&node_ack), want, "{node_ack}");
+        // The caller's 200 again (the node's ACK lost): the same ACK again, with the
+        // re-INVITE's CSeq (RFC 3261 13.2.2.4), else the caller hangs up at 32 s.
+        caller.send(&ok);
+        let again = std::iter::from_fn(|| caller.recv(Duration::from_secs(5)))
+            .find(|m| m.starts_with("ACK "))
+            .expect("the node's ACK of the repeated 200");
+        assert_eq!(cseq_of(&again), want, "{again}");
     }
     hang_up(&caller, &callee, call_id, &node_tag, 2);
+}
+
+/// The CSeq line of `msg` (number and method).
+fn cseq_of(msg: &str) -> String {
+    header(msg, "CSeq").expect("a CSeq").to_string()
 }
 
 /// The audio port of the body of `msg` (its first m= line).
@@ -620,7 +637,13 @@ fn a_refused_re_offer_leaves_the_media_where_it_was() {
     callee.respond(&relayed, "200 OK", &sdp(ports.uas_media));
     let ok = caller.final_response();
     assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
-    callee.expect("ACK ");
+    let ack = callee.expect("ACK ");
+    assert_eq!(cseq_of(&ack), cseq_of(&relayed).replace("INVITE", "ACK"));
+    // The callee's 200 again (the node's ACK lost): acknowledged again, with the
+    // re-INVITE's CSeq (it got the first INVITE's, which matches nothing).
+    callee.respond(&relayed, "200 OK", &sdp(ports.uas_media));
+    let again = callee.expect("ACK ");
+    assert_eq!(cseq_of(&again), cseq_of(&relayed).replace("INVITE", "ACK"));
     assert!(
         talk(&new, node_for_caller, 0x44, &far),
         "the callee hears the caller's new port"
@@ -733,6 +756,8 @@ fn a_silent_callee_is_left_at_its_ring_time_and_its_late_answers_are_answered() 
     callee.expect("ACK ");
     let calls = node.wait_for_calls(&key, 1);
     assert_eq!(calls[0]["result"], "no_answer", "{}", calls[0]);
+    // The leg went to the late-answer handler; the record still names where it rang.
+    assert_eq!(calls[0]["destination_number"], "0311112222", "{}", calls[0]);
     assert_eq!(node.metric("tsunagu_forward_attempts_abandoned_total"), 1.0);
 
     let second = invite_with(&caller, "silent-2", CALLER_SDP);

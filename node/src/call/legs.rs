@@ -83,6 +83,9 @@ pub struct ALeg {
     trim_pending: bool,
     /// The SDP the node last sent the caller (a checkpoint's base for the next offer).
     pub last_sdp: Option<String>,
+    /// The last ACK the node sent the caller (CSeq, body): sent again when the 2xx it
+    /// acknowledged comes again (the ACK was lost).
+    last_ack: Option<(u32, Option<String>)>,
 }
 
 impl ALeg {
@@ -118,6 +121,7 @@ impl ALeg {
             rearm: None,
             trim_pending: false,
             last_sdp: None,
+            last_ack: None,
         }
     }
 
@@ -363,10 +367,23 @@ impl ALeg {
 
     /// ACKs a 2xx to the re-INVITE with this CSeq (with the answer, for a 2xx that
     /// carried the offer).
-    pub fn ack_at(&self, ep: &EndpointHandle, cseq: u32, sdp: Option<&str>) {
+    pub fn ack_at(&mut self, ep: &EndpointHandle, cseq: u32, sdp: Option<&str>) {
         let (mut spec, peer) = self.in_dialog(ep, Method::Ack, cseq);
         spec.body = sdp.map(|s| ("application/sdp", s.as_bytes().to_vec()));
         ep.request(spec, peer);
+        self.last_ack = Some((cseq, sdp.map(str::to_string)));
+    }
+
+    /// A 2xx to the INVITE with CSeq `cseq` came again: the ACK sent for it (with the
+    /// same body) goes again (RFC 3261 13.2.2.4), or none if none was sent for it.
+    pub fn reack(&self, ep: &EndpointHandle, cseq: u32) {
+        if let Some((acked, body)) = self.last_ack.as_ref().filter(|(c, _)| *c == cseq) {
+            let (mut spec, peer) = self.in_dialog(ep, Method::Ack, *acked);
+            spec.body = body
+                .as_ref()
+                .map(|s| ("application/sdp", s.as_bytes().to_vec()));
+            ep.request(spec, peer);
+        }
     }
 
     /// The dialog as a checkpoint keeps it (media fields filled in by the call).
@@ -438,6 +455,7 @@ impl ALeg {
             rearm: None,
             trim_pending: false,
             last_sdp: Some(d.sdp.clone()),
+            last_ack: None,
         })
     }
 }
@@ -485,6 +503,9 @@ pub struct BLeg {
     cseq: u32,
     /// The SDP the node last sent the callee (a checkpoint's base for the next offer).
     pub last_sdp: Option<String>,
+    /// The last ACK the node sent the callee (CSeq, body): sent again when the 2xx it
+    /// acknowledged comes again (the ACK was lost).
+    last_ack: Option<(u32, Option<String>)>,
 }
 
 /// What the B-leg INVITE carries.
@@ -551,6 +572,7 @@ impl BLeg {
             next: o.peer,
             cseq: 1,
             last_sdp: Some(o.sdp.to_string()),
+            last_ack: None,
         }
     }
 
@@ -651,7 +673,7 @@ impl BLeg {
         (spec, peer)
     }
 
-    pub fn ack(&self, ep: &EndpointHandle) {
+    pub fn ack(&mut self, ep: &EndpointHandle) {
         self.ack_at(ep, self.invite.cseq, None);
     }
 
@@ -684,10 +706,23 @@ impl BLeg {
 
     /// ACKs a 2xx to the re-INVITE with this CSeq (with the answer, for a 2xx that
     /// carried the offer).
-    pub fn ack_at(&self, ep: &EndpointHandle, cseq: u32, sdp: Option<&str>) {
+    pub fn ack_at(&mut self, ep: &EndpointHandle, cseq: u32, sdp: Option<&str>) {
         let (mut spec, peer) = self.in_dialog(ep, Method::Ack, cseq);
         spec.body = sdp.map(|s| ("application/sdp", s.as_bytes().to_vec()));
         ep.request(spec, peer);
+        self.last_ack = Some((cseq, sdp.map(str::to_string)));
+    }
+
+    /// A 2xx to the INVITE with CSeq `cseq` came again: the ACK sent for it (with the
+    /// same body) goes again (RFC 3261 13.2.2.4), or none if none was sent for it.
+    pub fn reack(&self, ep: &EndpointHandle, cseq: u32) {
+        if let Some((acked, body)) = self.last_ack.as_ref().filter(|(c, _)| *c == cseq) {
+            let (mut spec, peer) = self.in_dialog(ep, Method::Ack, *acked);
+            spec.body = body
+                .as_ref()
+                .map(|s| ("application/sdp", s.as_bytes().to_vec()));
+            ep.request(spec, peer);
+        }
     }
 
     /// The established dialog as a checkpoint keeps it (media fields filled in by the
@@ -749,6 +784,7 @@ impl BLeg {
             next: next_hop(&d.routes, &d.target, hop, allowed),
             cseq,
             last_sdp: Some(d.sdp.clone()),
+            last_ack: None,
         }
     }
 }

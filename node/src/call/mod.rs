@@ -306,8 +306,10 @@ pub struct Call {
     /// The caller acknowledged the 200 that answered it.
     a_acked: bool,
     /// A 2xx that carried an offer (to a re-INVITE without one) waits for its ACK: the
-    /// leg to ACK and the CSeq, sent with the answer the other leg's ACK brings.
-    late_ack: Option<(Side, u32)>,
+    /// leg to ACK and the CSeq, sent with the answer the other leg's ACK brings; and
+    /// the CSeq of that other leg's re-INVITE, which its ACK must carry (another ACK,
+    /// a stray or a repeat of an older one, brings no answer).
+    late_ack: Option<(Side, u32, u32)>,
     /// The CSeq of the last request each far end (caller, callee) sent in its dialog:
     /// a lower one is out of order (RFC 3261 12.2.2) and refused 500.
     remote_cseq: [Option<u32>; 2],
@@ -948,7 +950,15 @@ impl Call {
                 if answers_reoffer {
                     self.on_reoffer_answer(response);
                 } else if Some(&info.call_id) == b_call_id.as_ref() {
-                    self.on_b_response(response, info.cseq_method);
+                    self.on_b_response(response, info.cseq_method, info.cseq);
+                } else if info.call_id == self.a.info.call_id
+                    && info.cseq_method == Method::Invite
+                    && (200..300).contains(&response.status_code.code())
+                {
+                    // A 2xx to a re-INVITE the node sent the caller, again: the ACK
+                    // was lost (else the caller hangs up after 32 s, RFC 3261 13.3.1.4).
+                    let ep = self.ctx.endpoint.clone();
+                    self.a.reack(&ep, info.cseq);
                 } else if info.call_id == self.a.info.call_id
                     && self.phase == Phase::Ending
                     && response.status_code.code() >= 200
@@ -1054,6 +1064,12 @@ impl Call {
             return;
         }
         match req.method {
+            Method::Bye if self.phase == Phase::Answered && self.a.holds_final() => {
+                // A BYE on its early dialog (its answer waits for its PRACK): as a
+                // CANCEL, its INVITE is answered 487 (RFC 3261 15.1.2).
+                ep.respond(&req, &info, &key, 200, None, &[], None);
+                self.cancelled_before_its_answer();
+            }
             Method::Bye => {
                 ep.respond(&req, &info, &key, 200, None, &[], None);
                 if self.phase == Phase::Answered {
@@ -1097,7 +1113,10 @@ impl Call {
         if side == Side::A && info.cseq == self.a.info.cseq {
             self.a_acked = true;
         }
-        let Some((to, cseq)) = self.late_ack.filter(|(to, _)| *to == side.other()) else {
+        let Some((to, cseq, _)) = self
+            .late_ack
+            .filter(|(to, _, sender)| *to == side.other() && *sender == info.cseq)
+        else {
             return;
         };
         self.late_ack = None;
@@ -1169,7 +1188,7 @@ impl Call {
     /// logged `cancelled`.
     fn cancelled_before_its_answer(&mut self) {
         tracing::debug!("caller cancelled while its answer waited for a PRACK");
-        self.drop_held_answer(CallResult::Cancelled, 487);
+        self.drop_held_answer(CallResult::Cancelled, 487, true);
     }
 
     /// The callee answered but the caller never PRACKed the 18x with SDP its 200 waits
@@ -1180,23 +1199,27 @@ impl Call {
             "the caller never acknowledged a reliable provisional; its 200 held back, the callee hung up"
         );
         self.end_reason = Some("prack_timeout");
-        self.drop_held_answer(CallResult::Failed, 500);
+        self.drop_held_answer(CallResult::Failed, 500, true);
     }
 
     /// The callee's 200, held for the caller's PRACK, is never sent: the caller's
-    /// INVITE is answered `code` instead, the answered callee hung up, and the call
-    /// logged `result` without talk time (the caller was never answered).
-    fn drop_held_answer(&mut self, result: CallResult, code: u16) {
+    /// INVITE is answered `code` instead, the answered callee hung up (`bye_callee`;
+    /// not when it hung up itself), and the call logged `result` without talk time
+    /// (the caller was never answered).
+    fn drop_held_answer(&mut self, result: CallResult, code: u16, bye_callee: bool) {
         let ep = self.ctx.endpoint.clone();
         self.a.abandon_reliable();
         self.result = result;
         self.upstream_code = code;
         self.answered = None;
         self.a.respond(&ep, code, None);
-        if let Some(b) = self.b.as_mut() {
-            b.bye(&ep);
+        match self.b.as_mut() {
+            Some(b) if bye_callee => {
+                b.bye(&ep);
+                self.end_and_wait();
+            }
+            _ => self.finish(),
         }
-        self.end_and_wait();
     }
 
     /// SIP INFO: a key (`application/dtmf-relay` or `application/dtmf`) is taken as
@@ -1242,6 +1265,14 @@ impl Call {
                     .inc();
                 self.judging = false;
                 self.finish();
+            }
+            Method::Bye if self.phase == Phase::Answered && self.a.holds_final() => {
+                // The caller never had the answer (it waits for the caller's PRACK):
+                // its dialog is early and the node may not BYE it (RFC 3261 15); its
+                // INVITE is refused instead, and the call was never answered.
+                ep.respond(&req, &info, &key, 200, None, &[], None);
+                tracing::debug!("callee hung up before the caller's PRACK released its answer");
+                self.drop_held_answer(CallResult::Failed, 480, false);
             }
             Method::Bye if self.phase == Phase::Answered => {
                 ep.respond(&req, &info, &key, 200, None, &[], None);
@@ -1338,11 +1369,11 @@ impl Call {
             if p.late && answer.is_some() {
                 // The 2xx carries `to`'s offer: ACKed with the answer the sender's
                 // ACK brings ([`Call::on_ack`]).
-                self.late_ack = Some((to, p.cseq));
+                self.late_ack = Some((to, p.cseq, p.info.cseq));
             } else {
                 match to {
                     Side::B => {
-                        if let Some(b) = &self.b {
+                        if let Some(b) = &mut self.b {
                             b.ack_at(&ep, p.cseq, None);
                         }
                     }
@@ -1379,7 +1410,7 @@ impl Call {
         }
     }
 
-    fn on_b_response(&mut self, resp: Response, method: Method) {
+    fn on_b_response(&mut self, resp: Response, method: Method, cseq: u32) {
         let code = resp.status_code.code();
         let ep = self.ctx.endpoint.clone();
         if method != Method::Invite {
@@ -1446,7 +1477,9 @@ impl Call {
                     return;
                 }
                 if self.phase == Phase::Answered {
-                    b.ack(&ep); // retransmitted 2xx: our ACK was lost
+                    // A retransmitted 2xx (the INVITE's, or a re-INVITE's): the ACK
+                    // sent for it was lost; sent again with its CSeq and body.
+                    b.reack(&ep, cseq);
                     return;
                 }
                 let routing = &self.ctx.routing;
@@ -1677,9 +1710,18 @@ impl Call {
             tracking_number: self.number.number.clone(),
             caller_number: self.caller.number.clone(),
             caller_kind: self.caller.kind,
-            destination: self.b.as_ref().map(|b| b.destination.clone()),
+            destination: self.destination(),
             at_ms: now_ms(),
         }
+    }
+
+    /// The destination last forwarded to: the callee's leg's, or (that leg handed
+    /// away unanswered: a ring timeout, the node ending the call) the last attempt's.
+    fn destination(&self) -> Option<String> {
+        self.b
+            .as_ref()
+            .map(|b| b.destination.clone())
+            .or_else(|| self.attempts.last().map(|a| a.destination.clone()))
     }
 
     fn observe_setup(&mut self) {
@@ -1694,6 +1736,11 @@ impl Call {
     }
 
     fn hang_up_both(&mut self) {
+        if self.a.holds_final() {
+            // The caller's answer waits for its PRACK: not BYE (its dialog is early)
+            // but a refusal of its INVITE; never answered.
+            return self.drop_held_answer(CallResult::Failed, 503, true);
+        }
         let ep = self.ctx.endpoint.clone();
         self.end_b();
         let (spec, peer) = self.a.request(&ep, Method::Bye);

@@ -23,7 +23,7 @@ impl Call {
         let mut record = self.base_record();
         record.state = CallState::Active;
         record.ended_at = 0;
-        record.destination_number = self.b.as_ref().map(|b| b.destination.clone());
+        record.destination_number = self.destination();
         record.answered_at = self.answered.map(|(_, ms)| ms);
         record.result = if self.answered.is_some() {
             CallResult::Answered
@@ -55,7 +55,7 @@ impl Call {
         let ring_end = self.answered.map(|(t, _)| t).unwrap_or(ended);
         let mut record = self.base_record();
         record.ended_at = ended_at_ms;
-        record.destination_number = self.b.as_ref().map(|b| b.destination.clone());
+        record.destination_number = self.destination();
         record.answered_at = self.answered.map(|(_, ms)| ms);
         record.ring_seconds = rounded_seconds(ring_end.duration_since(self.started));
         record.talk_seconds = self
@@ -127,6 +127,7 @@ impl Call {
                         offset_ms: self.recording_offset_ms,
                     });
                 }
+                let promise = self.ctx.log.promise();
                 relay.stop_recording(Box::new(move |outcome| {
                     let mut status = recording_status(
                         outcome.seconds,
@@ -145,6 +146,7 @@ impl Call {
                     entry.record.recording_status = Some(status);
                     entry.record.recording_parts = parts;
                     log.write(entry);
+                    drop(promise);
                 }));
             }
             _ if !self.recording_parts.is_empty() => {

@@ -356,7 +356,7 @@ impl Call {
         match side {
             Side::A => self.a.ack_at(&ep, cseq, None),
             Side::B => {
-                if let Some(b) = &self.b {
+                if let Some(b) = &mut self.b {
                     b.ack_at(&ep, cseq, None);
                 }
             }
@@ -397,8 +397,14 @@ impl Call {
 
     /// The call cannot go on here: both parties are hung up and the call is logged.
     fn takeover_failed(&mut self, why: &str) {
-        tracing::warn!(why, "takeover failed: hanging up both parties");
         self.resuming = None;
+        if self.phase != Phase::Answered {
+            // A party hung up meanwhile (its BYE came before its answer to the
+            // re-INVITE, a 481 then): the call ends as it was ending, for its reason.
+            tracing::debug!(why, "takeover re-INVITE refused by a call already ending");
+            return;
+        }
+        tracing::warn!(why, "takeover failed: hanging up both parties");
         self.ctx.metrics.calls.taken_over("failed");
         self.end_reason = Some("takeover_failed");
         self.hang_up_both();
