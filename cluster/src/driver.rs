@@ -399,6 +399,7 @@ impl Cluster {
     /// "nobody") a new incarnation would be alone in its view, a majority of one with
     /// a lease without end, owning every line key while cut off (review, 2026-12-06).
     async fn expect_registered(&self) {
+        let mut tries = 0u32;
         let registered = loop {
             if let Some(read) = self.roster().await {
                 break read;
@@ -406,7 +407,10 @@ impl Cluster {
             if self.0.leaving.load(Ordering::Relaxed) {
                 return;
             }
-            tracing::warn!("cannot read the cluster's members from the store yet; retrying");
+            if tries.is_multiple_of(20) {
+                tracing::warn!(tries, "cannot read the cluster's members from the store yet; retrying (logged every 10 s)");
+            }
+            tries = tries.saturating_add(1);
             tokio::time::sleep(ROSTER_RETRY).await;
         };
         let now = Instant::now();

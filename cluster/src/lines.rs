@@ -327,12 +327,14 @@ impl LineService {
     /// over the limit (the call is up, and a count without it would let one caller too
     /// many through). The owner counts it when the `Adopt` arrives; until it answers,
     /// the request is resent like an unanswered one, and reported as held.
-    pub fn adopt(&mut self, key: &str, call: &str, limit: u32, now_ms: i64) {
+    pub fn adopt(&mut self, key: &str, call: &str, limit: u32) {
         self.requests.insert(
             (key.to_string(), call.to_string()),
             Request {
                 limit,
-                arrived_ms: now_ms,
+                // Held, never queued: no arrival (so its checkpoint's limit, maybe
+                // older than any request's, never decides a rebuilt table's).
+                arrived_ms: i64::MIN,
                 state: ReqState::Pending,
                 cancelled: false,
                 urgent: true,
@@ -668,17 +670,27 @@ impl LineService {
                 }
             }
         }
+        // Each key's limit is that of its newest request (by arrival), as the request
+        // path takes it: the provisioning in force when the latest caller came. Not
+        // the highest (a limit lowered since an older call took its line would come
+        // back) nor the lowest (a raised one would). Adopted lines report no arrival:
+        // their limit is their checkpoint's, maybe older than any request's.
+        let mut newest: HashMap<String, (i64, u32)> = HashMap::new();
         for ((key, call), h) in by_call {
+            let n = newest.entry(key.clone()).or_insert((h.arrived_ms, h.limit));
+            if h.arrived_ms > n.0 || (h.arrived_ms == n.0 && h.limit < n.1) {
+                *n = (h.arrived_ms, h.limit);
+            }
             let t = tables.entry(key).or_default();
-            // The lowest limit any holding was made under: a limit lowered since an
-            // older call took its line is not raised back by that call (a raise is
-            // taken at the next request, which fills the queue).
-            let first = t.held.is_empty() && t.waiting.is_empty();
-            t.limit = if first { h.limit } else { t.limit.min(h.limit) };
             if h.held {
                 t.held.insert(call, h.node);
             } else {
                 t.waiting.insert((h.arrived_ms, call), h.node);
+            }
+        }
+        for (key, (_, limit)) in newest {
+            if let Some(t) = tables.get_mut(&key) {
+                t.limit = limit;
             }
         }
         self.tables = tables;

@@ -145,7 +145,7 @@ impl Lines {
     pub fn adopt(&self, key: &str, call: &str, limit: u32) -> LineRequest {
         let out = {
             let mut s = self.0.service.lock().unwrap_or_else(|p| p.into_inner());
-            s.adopt(key, call, limit, crate::clock::now_ms());
+            s.adopt(key, call, limit);
             self.send_in_order(s.drain())
         };
         self.dispatch(out);

@@ -515,7 +515,7 @@ fn a_call_taken_over_keeps_its_line_on_its_new_node() {
         net.settle();
         assert_eq!(net.holders(&key), ["stays"], "a's line went with it");
         // "c" took the call over (the checkpoint says which lines it held).
-        net.nodes.get_mut("c").unwrap().adopt(&key, "moved", 2, 10);
+        net.nodes.get_mut("c").unwrap().adopt(&key, "moved", 2);
         net.collect();
         net.settle();
         assert_eq!(net.holders(&key), ["moved", "stays"], "owner {owner_node}");
@@ -544,7 +544,7 @@ fn a_handed_over_call_is_counted_once_and_survives_a_rebuild() {
     net.limits.insert(key.clone(), 1);
     net.acquire("a", &key, "moved", 10);
     net.settle();
-    net.nodes.get_mut("c").unwrap().adopt(&key, "moved", 1, 10);
+    net.nodes.get_mut("c").unwrap().adopt(&key, "moved", 1);
     net.nodes.get_mut("a").unwrap().forget(&key, "moved");
     net.collect();
     net.settle();
@@ -681,6 +681,14 @@ fn a_lowered_limit_survives_a_rebuild_and_a_raised_one_fills_the_queue() {
     net.acquire("a", &key, "c6", 40);
     net.settle();
     assert_eq!(net.holders(&key), ["c2", "c3", "c4", "c5"]);
+    // And a rebuild keeps the raised limit (the lowest holding's limit, 2, would
+    // leave the waiting caller waiting when a line frees).
+    net.kill("d");
+    net.settle();
+    net.nodes.get_mut("c").unwrap().release(&key, "c2");
+    net.heartbeats();
+    net.settle();
+    assert_eq!(net.holders(&key), ["c3", "c4", "c5", "c6"]);
 }
 
 /// A call adopted under an old checkpoint's limit (10) does not raise the owner's
@@ -695,7 +703,7 @@ fn an_adopted_calls_old_limit_does_not_raise_the_tables() {
     b.acquire(&key, "x1", 2, 1);
     b.acquire(&key, "x2", 2, 2);
     b.acquire(&key, "x3", 2, 3);
-    b.adopt(&key, "moved", 10, 4);
+    b.adopt(&key, "moved", 10);
     b.release(&key, "x1");
     net.collect();
     net.settle();

@@ -714,15 +714,17 @@ impl BLeg {
     }
 
     /// A 2xx to the INVITE with CSeq `cseq` came again: the ACK sent for it (with the
-    /// same body) goes again (RFC 3261 13.2.2.4), or none if none was sent for it.
+    /// same body) goes again (RFC 3261 13.2.2.4); for the first INVITE's (its ACK
+    /// never has a body) also after re-INVITEs' ACKs were sent since.
     pub fn reack(&self, ep: &EndpointHandle, cseq: u32) {
-        if let Some((acked, body)) = self.last_ack.as_ref().filter(|(c, _)| *c == cseq) {
-            let (mut spec, peer) = self.in_dialog(ep, Method::Ack, *acked);
-            spec.body = body
-                .as_ref()
-                .map(|s| ("application/sdp", s.as_bytes().to_vec()));
-            ep.request(spec, peer);
-        }
+        let body = match self.last_ack.as_ref() {
+            Some((acked, body)) if *acked == cseq => body.as_deref(),
+            _ if cseq == self.invite.cseq => None,
+            _ => return,
+        };
+        let (mut spec, peer) = self.in_dialog(ep, Method::Ack, cseq);
+        spec.body = body.map(|s| ("application/sdp", s.as_bytes().to_vec()));
+        ep.request(spec, peer);
     }
 
     /// The established dialog as a checkpoint keeps it (media fields filled in by the

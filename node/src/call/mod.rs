@@ -1495,7 +1495,9 @@ impl Call {
                 let early = self
                     .b_early_answer
                     .as_deref()
-                    .filter(|tag| Some(*tag) == to_tag(&resp))
+                    // (An 18x without a To tag, against RFC 3261, names no fork:
+                    // taken as the answering one's.)
+                    .filter(|tag| tag.is_empty() || Some(*tag) == to_tag(&resp))
                     .and_then(|_| self.a.last_sdp.clone());
                 let Some(sdp) = self.callee_sdp(&resp).or(early) else {
                     // Answered with no answer the node can anchor (none, or not SDP):

@@ -349,17 +349,31 @@ impl Call {
         else {
             return;
         };
-        if !(200..300).contains(&code) {
-            return self.takeover_failed(&format!("a party answered {code}"));
-        }
         let ep = self.ctx.endpoint.clone();
-        match side {
-            Side::A => self.a.ack_at(&ep, cseq, None),
-            Side::B => {
-                if let Some(b) = &mut self.b {
-                    b.ack_at(&ep, cseq, None);
+        if (200..300).contains(&code) {
+            match side {
+                Side::A => self.a.ack_at(&ep, cseq, None),
+                Side::B => {
+                    if let Some(b) = &mut self.b {
+                        b.ack_at(&ep, cseq, None);
+                    }
                 }
             }
+        }
+        if self.phase != Phase::Answered {
+            // A party hung up meanwhile (a BYE before its answer, then 481): the call
+            // ends as it was ending, for its reason; the other answer is still ACKed.
+            if self
+                .resuming
+                .as_ref()
+                .is_some_and(|r| r.pending.iter().all(Option::is_none))
+            {
+                self.resuming = None;
+            }
+            return;
+        }
+        if !(200..300).contains(&code) {
+            return self.takeover_failed(&format!("a party answered {code}"));
         }
         if let Some(body) = sdp_body(&resp, &resp.body) {
             self.anchor_sdp(side, &body);
@@ -395,13 +409,15 @@ impl Call {
         false
     }
 
-    /// The call cannot go on here: both parties are hung up and the call is logged.
+    /// The call cannot go on here: both parties are hung up and the call is logged
+    /// (unless it is ending already, for its own reason: then nothing changes).
     fn takeover_failed(&mut self, why: &str) {
         self.resuming = None;
         if self.phase != Phase::Answered {
-            // A party hung up meanwhile (its BYE came before its answer to the
-            // re-INVITE, a 481 then): the call ends as it was ending, for its reason.
-            tracing::debug!(why, "takeover re-INVITE refused by a call already ending");
+            tracing::debug!(
+                why,
+                "takeover re-INVITE unanswered by a call already ending"
+            );
             return;
         }
         tracing::warn!(why, "takeover failed: hanging up both parties");
