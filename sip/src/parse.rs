@@ -328,7 +328,7 @@ pub fn split_list(value: &str) -> Vec<&str> {
 pub fn list_elements(value: &str) -> Elements<'_> {
     Elements {
         rest: Some(value),
-        sep: ',',
+        sep: b',',
     }
 }
 
@@ -338,14 +338,16 @@ pub fn list_elements(value: &str) -> Elements<'_> {
 pub fn param_parts(value: &str) -> Elements<'_> {
     Elements {
         rest: Some(value),
-        sep: ';',
+        sep: b';',
     }
 }
 
 /// A splitter honouring quotes and angle brackets: [`list_elements`], [`param_parts`].
 pub struct Elements<'a> {
     rest: Option<&'a str>,
-    sep: char,
+    /// An ASCII separator: the scan goes by bytes (every byte it looks for is ASCII,
+    /// and no byte of a multi-byte UTF-8 character is), so a cut is a char boundary.
+    sep: u8,
 }
 
 impl<'a> Iterator for Elements<'a> {
@@ -356,18 +358,18 @@ impl<'a> Iterator for Elements<'a> {
             let rest = self.rest?;
             let (mut depth, mut quoted, mut escaped) = (0i32, false, false);
             let mut cut = None;
-            for (i, c) in rest.char_indices() {
+            for (i, &b) in rest.as_bytes().iter().enumerate() {
                 // Inside a quoted string a backslash escapes the next character
                 // (RFC 3261 25.1 quoted-pair): `\"` does not end it.
-                if quoted && (escaped || c == '\\') {
+                if quoted && (escaped || b == b'\\') {
                     escaped = !escaped;
                     continue;
                 }
-                match c {
-                    '"' => quoted = !quoted,
-                    '<' if !quoted => depth += 1,
-                    '>' if !quoted => depth -= 1,
-                    c if c == self.sep && !quoted && depth == 0 => {
+                match b {
+                    b'"' => quoted = !quoted,
+                    b'<' if !quoted => depth += 1,
+                    b'>' if !quoted => depth -= 1,
+                    b if b == self.sep && !quoted && depth == 0 => {
                         cut = Some(i);
                         break;
                     }
@@ -489,10 +491,17 @@ pub fn method_name(m: Method) -> &'static str {
 /// A `;name=value` parameter of a header value (outside any `<...>` part and any
 /// quoted string: a `;` or `>` inside either is not a parameter's edge).
 pub fn param<'a>(value: &'a str, name: &str) -> Option<&'a str> {
-    param_parts(value).skip(1).find_map(|p| {
+    let matches = |p: &'a str| {
         let (k, v) = p.split_once('=').unwrap_or((p, ""));
         k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
-    })
+    };
+    if !value.contains('"') {
+        // The common value has no quoted string: its parameters follow the one
+        // `<...>` part, if any (the quick way; the same answer).
+        let params = value.rfind('>').map_or(value, |i| &value[i + 1..]);
+        return params.split(';').skip(1).find_map(matches);
+    }
+    param_parts(value).skip(1).find_map(matches)
 }
 
 /// The tag parameter of a From or To value.
