@@ -5,7 +5,7 @@ use crate::auth::OperatorId;
 use crate::error::parse_json;
 use crate::follow_up::present;
 use crate::operators::valid_name;
-use crate::{db, rfc3339, ApiError, ApiState};
+use crate::{db, db_then, rfc3339, ApiError, ApiState};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -64,29 +64,35 @@ pub async fn create(
     validate_lines(input.lines.as_ref())?;
     let lines = input.lines;
     let cap = st.defences.max_advertisers_per_operator;
-    let adv = db(&st, move |s| {
-        // Counted first: requests in flight at once may pass together, by their number.
-        if s.list_advertisers(&op)?.len() >= cap {
-            return Err(tsunagu_store::StoreError::InUse(format!(
-                "an operator has at most {cap} advertisers (api.max_advertisers_per_operator)"
-            )));
-        }
-        let adv = s.create_advertiser(&op, &name)?;
-        match lines {
-            // Two writes: an advertiser whose line limit could not be stored is taken
-            // back (best effort), so a retry does not leave a twin without its limit.
-            Some(_) => match s.update_advertiser(&op, &adv.id, &name, lines) {
-                Ok(updated) => Ok(updated.unwrap_or(adv)),
-                Err(e) => {
-                    let _ = s.delete_advertiser(&op, &adv.id);
-                    Err(e)
-                }
-            },
-            None => Ok(adv),
-        }
-    })
+    let announce = |h: &dyn crate::NodeHooks, adv: &Advertiser| {
+        h.advertiser_changed(&adv.operator_id, &adv.id)
+    };
+    let adv = db_then(
+        &st,
+        move |s| {
+            // Counted first: requests in flight at once may pass together, by their number.
+            if s.list_advertisers(&op)?.len() >= cap {
+                return Err(tsunagu_store::StoreError::InUse(format!(
+                    "an operator has at most {cap} advertisers (api.max_advertisers_per_operator)"
+                )));
+            }
+            let adv = s.create_advertiser(&op, &name)?;
+            match lines {
+                // Two writes: an advertiser whose line limit could not be stored is taken
+                // back (best effort), so a retry does not leave a twin without its limit.
+                Some(_) => match s.update_advertiser(&op, &adv.id, &name, lines) {
+                    Ok(updated) => Ok(updated.unwrap_or(adv)),
+                    Err(e) => {
+                        let _ = s.delete_advertiser(&op, &adv.id);
+                        Err(e)
+                    }
+                },
+                None => Ok(adv),
+            }
+        },
+        announce,
+    )
     .await?;
-    st.hooks.advertiser_changed(&adv.operator_id, &adv.id);
     Ok((StatusCode::CREATED, Json(view(&adv))))
 }
 
@@ -122,17 +128,25 @@ pub async fn update(
     if let Some(lines) = &patch.lines {
         validate_lines(lines.as_ref())?;
     }
-    let adv = db(&st, move |s| {
-        let Some(old) = s.get_advertiser(&op, &id)? else {
-            return Ok(None);
-        };
-        let name = name.unwrap_or(old.name);
-        let lines = patch.lines.unwrap_or(old.lines);
-        s.update_advertiser(&op, &id, &name, lines)
-    })
+    let announce = |h: &dyn crate::NodeHooks, adv: &Option<Advertiser>| {
+        if let Some(adv) = adv {
+            h.advertiser_changed(&adv.operator_id, &adv.id)
+        }
+    };
+    let adv = db_then(
+        &st,
+        move |s| {
+            let Some(old) = s.get_advertiser(&op, &id)? else {
+                return Ok(None);
+            };
+            let name = name.unwrap_or(old.name);
+            let lines = patch.lines.unwrap_or(old.lines);
+            s.update_advertiser(&op, &id, &name, lines)
+        },
+        announce,
+    )
     .await?
     .ok_or_else(not_found)?;
-    st.hooks.advertiser_changed(&adv.operator_id, &adv.id);
     Ok(Json(view(&adv)))
 }
 

@@ -52,7 +52,8 @@ use std::time::Duration;
 use tsunagu_config::{ApiConfig, Cidr};
 use tsunagu_store::Store;
 
-/// What the API needs from the running node.
+/// What the API needs from the running node. The `*_changed` hooks are called on the
+/// blocking pool, in the job of the write they announce ([`db_then`]): they may block.
 pub trait NodeHooks: Send + Sync + 'static {
     /// A tracking number was created, changed or deleted: refresh the call path's copy.
     fn number_changed(&self, number: &str);
@@ -230,7 +231,9 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/prompts", get(prompts::list))
         .route(
             "/v1/prompts/{name}",
-            axum::routing::put(prompts::put).delete(prompts::delete),
+            axum::routing::put(prompts::put)
+                .layer(axum::extract::DefaultBodyLimit::max(prompts::BODY_LIMIT))
+                .delete(prompts::delete),
         )
         .route("/v1/tag.js", get(tag::script))
         .route("/v1/calls", get(calls::list))
@@ -255,6 +258,29 @@ where
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?
         .map_err(ApiError::from)
+}
+
+/// [`db`] for a write the node must hear of: `announce` tells the node's hooks
+/// (provisioning: this node's copy, the change feed, the peers) in the same job on the
+/// blocking pool, right after the write. A handler dropped while it waits (its client
+/// gone, its request timed out) cannot leave a committed write unannounced (no node
+/// would have learnt of it until a restart), and the hooks' store reads run off the
+/// runtime that carries the calls.
+pub(crate) async fn db_then<T, F, A>(state: &ApiState, f: F, announce: A) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    F: FnOnce(&dyn Store) -> tsunagu_store::Result<T> + Send + 'static,
+    A: FnOnce(&dyn NodeHooks, &T) + Send + 'static,
+{
+    let (store, hooks) = (state.store.clone(), state.hooks.clone());
+    tokio::task::spawn_blocking(move || {
+        let written = f(&*store)?;
+        announce(&*hooks, &written);
+        Ok::<T, tsunagu_store::StoreError>(written)
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))?
+    .map_err(ApiError::from)
 }
 
 pub(crate) use tsunagu_store::now_ms;

@@ -16,7 +16,7 @@ use crate::follow_up::present;
 use crate::limit::{address_key, Limit};
 use crate::metrics::LimitLabel;
 use crate::numbers::{is_phone_number, validate_forwarding, validate_params};
-use crate::{db, now_ms, rfc3339, ApiError, ApiState};
+use crate::{db, db_then, now_ms, rfc3339, ApiError, ApiState};
 use axum::body::Bytes;
 use axum::extract::{FromRequestParts, Path, Request, State};
 use axum::http::request::Parts;
@@ -319,10 +319,13 @@ pub async fn create(
     }
     crate::numbers::check_room(&st, &op, records.len()).await?;
     let p = pool.clone();
-    db(&st, move |s| s.create_pool(&p, &records)).await?;
-    for n in &pool.numbers {
-        st.hooks.number_changed(n);
-    }
+    let numbers = pool.numbers.clone();
+    let created = move |h: &dyn crate::NodeHooks, _: &_| {
+        for n in &numbers {
+            h.number_changed(n);
+        }
+    };
+    db_then(&st, move |s| s.create_pool(&p, &records), created).await?;
     if let Some(label) = own_label(&st, &pool.id) {
         st.pool_metrics
             .size

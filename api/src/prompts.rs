@@ -59,12 +59,24 @@ fn over_quota(put: PromptPut) -> Option<ApiError> {
 /// Checked (name and WAV), then stored if the operator's prompts leave room (the
 /// store checks and writes at once, so uploads through several nodes cannot pass the
 /// cap together), then made playable here and announced to the other nodes.
+/// The body limit of `PUT /v1/prompts/{name}`: one prompt may take an operator's
+/// whole quota (600 s; axum's default of 2 MiB cut uploads at about 131 s).
+pub const BODY_LIMIT: usize = MAX_OWN_BYTES as usize;
+
 pub async fn put(
     OperatorId(op): OperatorId,
     State(st): State<Arc<ApiState>>,
     Path(name): Path<String>,
-    body: Bytes,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    // The route's body limit is an operator's whole quota (`BODY_LIMIT`); past it the
+    // answer is JSON like every other refusal (axum's own is plain text).
+    let body = body.map_err(|e| match e.status() {
+        axum::http::StatusCode::PAYLOAD_TOO_LARGE => ApiError::too_large(format!(
+            "a prompt is at most {MAX_OWN_BYTES} bytes of WAV (an operator's whole quota)"
+        )),
+        _ => ApiError::bad_request(None, e.body_text()),
+    })?;
     let (name2, wav) = (name.clone(), body.clone());
     let prompt = tokio::task::spawn_blocking(move || parse_own(&name2, &wav))
         .await
@@ -72,7 +84,20 @@ pub async fn put(
         .map_err(refused)?;
     let seconds = prompt.seconds();
     let (op2, name2, wav) = (op.clone(), name.clone(), body.clone());
-    let put = crate::db(&st, move |s| s.put_prompt(&op2, &name2, &wav, OWN_QUOTA)).await?;
+    let (op3, name3) = (op.clone(), name.clone());
+    // Stored: every node loads it from the store when told (this one too, should its
+    // own copy below fail), told in the same job as the write.
+    let announce = move |h: &dyn crate::NodeHooks, put: &_| {
+        if over_quota(*put).is_none() {
+            h.prompt_changed(&op3, &name3)
+        }
+    };
+    let put = crate::db_then(
+        &st,
+        move |s| s.put_prompt(&op2, &name2, &wav, OWN_QUOTA),
+        announce,
+    )
+    .await?;
     if let Some(e) = over_quota(put) {
         return Err(e);
     }
@@ -81,9 +106,6 @@ pub async fn put(
     let saved = tokio::task::spawn_blocking(move || prompts.save_own(&op2, &name2, prompt, &body))
         .await
         .map_err(|_| ApiError::unavailable("the prompt could not be saved"));
-    // Stored: every node loads it from the store when told, this one included should
-    // its own copy have failed.
-    st.hooks.prompt_changed(&op, &name);
     saved?.map_err(refused)?;
     tracing::info!(operator = %op, prompt = %name, seconds, "prompt uploaded");
     Ok(Json(json!({"name": name, "own": true, "seconds": seconds})))
@@ -120,17 +142,29 @@ pub async fn delete(
         }
     }
     let (op2, name2) = (op.clone(), name.clone());
-    let stored = crate::db(&st, move |s| s.delete_prompt(&op2, &name2)).await?;
+    let (op3, name3) = (op.clone(), name.clone());
+    // Every node drops it when told (this one too, should its file remain), told in
+    // the same job as the write.
+    let announce = move |h: &dyn crate::NodeHooks, stored: &bool| {
+        if *stored {
+            h.prompt_changed(&op3, &name3)
+        }
+    };
+    let stored = crate::db_then(&st, move |s| s.delete_prompt(&op2, &name2), announce).await?;
     let prompts = st.prompts.clone();
     let (op2, name2) = (op.clone(), name.clone());
-    let removed = tokio::task::spawn_blocking(move || prompts.delete_own(&op2, &name2))
-        .await
-        .map_err(|_| ApiError::unavailable("the prompt could not be deleted"))?;
+    let (hooks, op3, name3) = (st.hooks.clone(), op.clone(), name.clone());
+    let removed = tokio::task::spawn_blocking(move || {
+        let removed = prompts.delete_own(&op2, &name2);
+        if !stored && matches!(removed, Ok(true)) {
+            // Only this node's file was left: still told, so every copy goes.
+            hooks.prompt_changed(&op3, &name3);
+        }
+        removed
+    })
+    .await
+    .map_err(|_| ApiError::unavailable("the prompt could not be deleted"))?;
     let gone = stored || matches!(removed, Ok(true));
-    if gone {
-        // Every node drops it when told, this one included should its file remain.
-        st.hooks.prompt_changed(&op, &name);
-    }
     removed.map_err(refused)?;
     if gone {
         Ok(StatusCode::NO_CONTENT)
@@ -220,8 +254,7 @@ mod tests {
         assert_eq!(a.announced.count(), 2);
     }
 
-    /// WAV bytes together: 600 s of audio (five bodies of 1.92 MB fill it; a body is
-    /// at most 2 MiB).
+    /// WAV bytes together: 600 s of audio (five bodies of 1.92 MB fill it).
     #[tokio::test]
     async fn the_cap_counts_bytes_too() {
         let a = api();
@@ -236,5 +269,26 @@ mod tests {
         let over = a.send_bytes("PUT", "/v1/prompts/tiny", wav(2)).await;
         assert_eq!(over.status, StatusCode::CONFLICT, "{}", over.text());
         assert!(over.text().contains("9600000 bytes"), "{}", over.text());
+    }
+
+    /// One prompt may take the whole quota (a body past axum's default of 2 MiB: a
+    /// 140 s prompt was refused 413); past the quota the refusal is JSON too.
+    #[tokio::test]
+    async fn one_prompt_may_take_the_whole_quota() {
+        let a = api();
+        let long = wav(140 * 16_000);
+        assert!(long.len() > 2 << 20);
+        let up = a.send_bytes("PUT", "/v1/prompts/long", long).await;
+        assert_eq!(up.status, StatusCode::OK, "{}", up.text());
+        let too_big = a
+            .send_bytes("PUT", "/v1/prompts/huge", wav(MAX_OWN_BYTES as u32))
+            .await;
+        assert_eq!(too_big.status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(
+            too_big.json()["error"]["code"],
+            "too_large",
+            "{}",
+            too_big.text()
+        );
     }
 }

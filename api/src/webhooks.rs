@@ -10,7 +10,7 @@
 
 use crate::auth::OperatorId;
 use crate::error::parse_json;
-use crate::{db, now_ms, rfc3339, ApiError, ApiState};
+use crate::{db, db_then, now_ms, rfc3339, ApiError, ApiState};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -94,8 +94,13 @@ pub async fn create(
         created_at: now_ms(),
     };
     let h = hook.clone();
-    db(&st, move |s| s.create_webhook(&h, MAX_WEBHOOKS)).await?;
-    st.hooks.webhooks_changed(&hook.operator_id);
+    let op = hook.operator_id.clone();
+    db_then(
+        &st,
+        move |s| s.create_webhook(&h, MAX_WEBHOOKS),
+        move |hooks, _| hooks.webhooks_changed(&op),
+    )
+    .await?;
     let mut v = view(&hook);
     v["secret"] = json!(hook.secret);
     Ok((StatusCode::CREATED, Json(v)))
@@ -117,8 +122,12 @@ pub async fn delete(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let o = op.clone();
-    if db(&st, move |s| s.delete_webhook(&o, &id)).await? {
-        st.hooks.webhooks_changed(&op);
+    let announced = move |hooks: &dyn crate::NodeHooks, deleted: &bool| {
+        if *deleted {
+            hooks.webhooks_changed(&op)
+        }
+    };
+    if db_then(&st, move |s| s.delete_webhook(&o, &id), announced).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found("no such webhook"))

@@ -101,21 +101,21 @@ impl Provisioning {
         });
     }
 
-    /// This node changed something through its API (already in the store): its copy
-    /// now, the feed and the peers next (on the blocking pool: the store is blocking).
+    /// This node changed something through its API (already in the store): its copy,
+    /// then the feed and the peers. Blocking (store reads and a write): the API calls
+    /// it on the blocking pool, in the same job as the write it announces.
     pub fn changed(&self, kind: &'static str, key: String) {
         self.apply(kind, &key);
-        let this = self.clone();
-        tokio::task::spawn_blocking(move || match this.0.store.record_change(kind, &key) {
+        match self.0.store.record_change(kind, &key) {
             Ok(seq) => {
-                if let Some(c) = this.0.cluster.get() {
+                if let Some(c) = self.0.cluster.get() {
                     c.changed(seq);
                 }
             }
             Err(e) => {
                 tracing::warn!(%e, kind, "provisioning change not recorded; peers catch up at their next full reload")
             }
-        });
+        }
     }
 
     /// A peer says provisioning changed up to change `seq` (None: a member came up
