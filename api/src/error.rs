@@ -118,7 +118,7 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
         return Err(ApiError::bad_request(None, "a JSON body is required"));
     }
     let de = &mut serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    let value = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
         let path = e.path().to_string();
         let field = (path != ".").then_some(path);
         let message = e.inner().to_string();
@@ -126,5 +126,34 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
             field,
             ..ApiError::bad_request(None, message)
         }
-    })
+    })?;
+    // One JSON value and nothing after it but whitespace (`{...}garbage` is malformed).
+    de.end()
+        .map_err(|e| ApiError::bad_request(None, e.to_string()))?;
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A body is one JSON value: what follows it, but whitespace, makes it malformed
+    /// (it was taken, the garbage ignored).
+    #[test]
+    fn a_json_body_is_one_value_and_nothing_after_it() {
+        #[derive(serde::Deserialize)]
+        struct Named {
+            #[allow(dead_code)]
+            name: String,
+        }
+        assert!(parse_json::<Named>(br#"{"name":"x"}  "#).is_ok());
+        for bad in [
+            &br#"{"name":"x"}garbage"#[..],
+            br#"{"name":"x"}{"name":"y"}"#,
+            b"",
+        ] {
+            let e = parse_json::<Named>(bad).err().expect("refused");
+            assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        }
+    }
 }

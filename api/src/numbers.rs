@@ -271,7 +271,7 @@ pub(crate) fn validate_forwarding(
 }
 
 /// The validity rule's bounds.
-fn validate_validity(validity: &ValidityRule) -> Result<(), ApiError> {
+pub(crate) fn validate_validity(validity: &ValidityRule) -> Result<(), ApiError> {
     if validity.min_talk_seconds > 86_400 {
         return Err(ApiError::invalid(
             "validity.min_talk_seconds",
@@ -698,6 +698,20 @@ mod tests {
         let pool = format!(
             r#"{{"advertiser_id": "{}", "mode": "callback", "numbers": ["0120000001"], "hold_seconds": 86400}}"#,
             a.advertiser
+        );
+        // Its validity is checked as a number's is (it was not, at creation).
+        let out_of_range = pool.replace(
+            r#""hold_seconds": 86400"#,
+            r#""hold_seconds": 86400, "validity": {"min_talk_seconds": 90000}"#,
+        );
+        let refused = a
+            .send("POST", "/v1/pools", Some(&a.key), &out_of_range)
+            .await;
+        assert_eq!(
+            refused.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{}",
+            refused.text()
         );
         let made = a.send("POST", "/v1/pools", Some(&a.key), &pool).await;
         assert_eq!(made.status, StatusCode::CREATED, "{}", made.text());

@@ -15,7 +15,7 @@ use crate::error::parse_json;
 use crate::follow_up::present;
 use crate::limit::{address_key, Limit};
 use crate::metrics::LimitLabel;
-use crate::numbers::{is_phone_number, validate_forwarding, validate_params};
+use crate::numbers::{is_phone_number, validate_forwarding, validate_params, validate_validity};
 use crate::{db, db_then, now_ms, rfc3339, ApiError, ApiState};
 use axum::body::Bytes;
 use axum::extract::{FromRequestParts, Path, Request, State};
@@ -276,6 +276,8 @@ pub async fn create(
                 "a callback pool's calls go to the caller they call back: leave it out",
             ));
         }
+        // Checked as a callback number's own validity is on a PATCH (it was not here).
+        validate_validity(&input.validity)?;
         NumberKind::Callback
     } else {
         validate_forwarding(&input.destinations, &input.validity)?;

@@ -108,6 +108,11 @@ impl ConnTable {
     /// A connection admitted for `ip` closed.
     pub fn release(&mut self, ip: IpAddr) {
         self.total = self.total.saturating_sub(1);
+        if self.exempt.iter().any(|c| c.contains(ip)) {
+            // Never counted per address (a proxy sharing its /64 with others would
+            // otherwise free their places).
+            return;
+        }
         let key = address_key(ip);
         if let Some(n) = self.per_address.get_mut(&key) {
             *n = n.saturating_sub(1);
@@ -354,5 +359,24 @@ mod tests {
             t.per_address.is_empty(),
             "no entry outlives its connections"
         );
+    }
+
+    /// A trusted proxy is not counted per address, so its closing connections free no
+    /// place of the others in its IPv6 /64 (they did: one more client each time).
+    #[test]
+    fn a_proxys_connections_free_no_place_of_its_neighbours() {
+        let mut t = ConnTable::new(&ServeLimits {
+            max_connections: 100,
+            max_connections_per_address: 1,
+            header_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(1),
+            trusted_proxies: vec!["2001:db8::1/128".parse().unwrap()],
+        });
+        let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
+        assert_eq!(t.admit(ip("2001:db8::2")), Ok(()));
+        assert_eq!(t.admit(ip("2001:db8::1")), Ok(()));
+        t.release(ip("2001:db8::1"));
+        assert_eq!(t.admit(ip("2001:db8::3")), Err(Refusal::PerAddress));
     }
 }
