@@ -244,7 +244,23 @@ pub fn router(state: Arc<ApiState>) -> Router {
             get(recordings::internal),
         )
         .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .layer(axum::middleware::map_response(json_refusals))
         .with_state(state)
+}
+
+/// The framework's own refusal of a body past a route's limit (2 MiB, the prompts'
+/// quota on theirs) is plain text: answered as JSON like every other refusal.
+async fn json_refusals(response: axum::response::Response) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let is_json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|t| t.as_bytes().starts_with(b"application/json"));
+    if response.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE && !is_json {
+        return ApiError::too_large("the request body is larger than this endpoint takes")
+            .into_response();
+    }
+    response
 }
 
 /// Runs a store operation on the blocking pool.

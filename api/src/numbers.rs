@@ -562,6 +562,17 @@ mod tests {
         )
     }
 
+    /// A body past a route's limit (2 MiB here) is refused 413 in JSON, as every other
+    /// refusal (the framework's own answer was plain text).
+    #[tokio::test]
+    async fn a_body_past_the_limit_is_refused_in_json() {
+        let a = api();
+        let huge = format!(r#"{{"number": "{}"}}"#, "0".repeat(3 << 20));
+        let r = a.send("POST", "/v1/numbers", Some(&a.key), &huge).await;
+        assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", r.text());
+        assert_eq!(r.json()["error"]["code"], "too_large", "{}", r.text());
+    }
+
     /// A change whose request is dropped while the store is busy (its client gone, its
     /// request timed out) still reaches the node once written: the write and its
     /// announcement are one job (the write used to commit and the announcement, left
