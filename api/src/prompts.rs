@@ -56,13 +56,13 @@ fn over_quota(put: PromptPut) -> Option<ApiError> {
     }
 }
 
-/// Checked (name and WAV), then stored if the operator's prompts leave room (the
-/// store checks and writes at once, so uploads through several nodes cannot pass the
-/// cap together), then made playable here and announced to the other nodes.
 /// The body limit of `PUT /v1/prompts/{name}`: one prompt may take an operator's
 /// whole quota (600 s; axum's default of 2 MiB cut uploads at about 131 s).
 pub const BODY_LIMIT: usize = MAX_OWN_BYTES as usize;
 
+/// Checked (name and WAV), then stored if the operator's prompts leave room (the
+/// store checks and writes at once, so uploads through several nodes cannot pass the
+/// cap together), then made playable here and announced to the other nodes.
 pub async fn put(
     OperatorId(op): OperatorId,
     State(st): State<Arc<ApiState>>,
@@ -141,29 +141,22 @@ pub async fn delete(
             )));
         }
     }
+    let (store, prompts, hooks) = (st.store.clone(), st.prompts.clone(), st.hooks.clone());
     let (op2, name2) = (op.clone(), name.clone());
-    let (op3, name3) = (op.clone(), name.clone());
-    // Every node drops it when told (this one too, should its file remain), told in
-    // the same job as the write.
-    let announce = move |h: &dyn crate::NodeHooks, stored: &bool| {
-        if *stored {
-            h.prompt_changed(&op3, &name3)
-        }
-    };
-    let stored = crate::db_then(&st, move |s| s.delete_prompt(&op2, &name2), announce).await?;
-    let prompts = st.prompts.clone();
-    let (op2, name2) = (op.clone(), name.clone());
-    let (hooks, op3, name3) = (st.hooks.clone(), op.clone(), name.clone());
-    let removed = tokio::task::spawn_blocking(move || {
+    // One job, whatever becomes of the request: the store's row, then this node's copy
+    // and its file, then the announcement (every node drops its copy; this node's is
+    // gone by then). Announced first, the node's own refresh dropped the copy from
+    // memory and the file deletion, finding no copy, left the file: back at restart.
+    let (stored, removed) = tokio::task::spawn_blocking(move || {
+        let stored = store.delete_prompt(&op2, &name2)?;
         let removed = prompts.delete_own(&op2, &name2);
-        if !stored && matches!(removed, Ok(true)) {
-            // Only this node's file was left: still told, so every copy goes.
-            hooks.prompt_changed(&op3, &name3);
+        if stored || matches!(removed, Ok(true)) {
+            hooks.prompt_changed(&op2, &name2);
         }
-        removed
+        Ok::<_, tsunagu_store::StoreError>((stored, removed))
     })
     .await
-    .map_err(|_| ApiError::unavailable("the prompt could not be deleted"))?;
+    .map_err(|_| ApiError::unavailable("the prompt could not be deleted"))??;
     let gone = stored || matches!(removed, Ok(true));
     removed.map_err(refused)?;
     if gone {

@@ -495,11 +495,11 @@ pub fn param<'a>(value: &'a str, name: &str) -> Option<&'a str> {
         let (k, v) = p.split_once('=').unwrap_or((p, ""));
         k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
     };
-    if !value.contains('"') {
-        // The common value has no quoted string: its parameters follow the one
-        // `<...>` part, if any (the quick way; the same answer).
-        let params = value.rfind('>').map_or(value, |i| &value[i + 1..]);
-        return params.split(';').skip(1).find_map(matches);
+    if !value.bytes().any(|b| matches!(b, b'"' | b'<' | b'>')) {
+        // The common Via has no quoted string and no `<...>`: a plain split gives the
+        // same answer (with either, only the full splitter does: an unquoted `<...>`
+        // may also stand in a parameter's value).
+        return value.split(';').skip(1).find_map(matches);
     }
     param_parts(value).skip(1).find_map(matches)
 }
@@ -1008,6 +1008,14 @@ m:\"Quoted string \\\"\\\"\" <sip:jdrosen@example.com> ; newparam =\r\n      new
             assert_eq!(list_elements(value).collect::<Vec<_>>(), *want, "{value}");
         }
         let params: &[(&str, &str, Option<&str>)] = &[
+            // An unquoted `<...>` in a parameter's value hides nothing before it.
+            ("<sip:a@b>;tag=1;x=<y>", "tag", Some("1")),
+            (
+                "SIP/2.0/UDP h;branch=z9hG4bK1;x=a>b",
+                "branch",
+                Some("z9hG4bK1"),
+            ),
+            ("<sip:a>;p=<sip:b>;y=2", "p", Some("<sip:b>")),
             (
                 "SIP/2.0/UDP h;branch=z9hG4bK1;x=\"a>b\"",
                 "branch",

@@ -526,3 +526,47 @@ fn an_advertisers_line_limit_queues_calls_to_any_of_its_numbers() {
         "nobody queued"
     );
 }
+
+/// The files under `dir` named `name`.
+fn files_named(dir: &std::path::Path, name: &str) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                todo.push(path);
+            } else if path.file_name().is_some_and(|n| n == name) {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
+/// A prompt deleted through the API is gone from the node's disk too, and stays gone
+/// across a restart. (Its file was left when the announcement, run first, had
+/// dropped the node's copy: the deletion then found no copy and kept the file, which
+/// came back at the next start.)
+#[test]
+fn a_deleted_prompt_stays_deleted_across_a_restart() {
+    let ports = Ports::take();
+    let mut node = Node::start(ports, "127.0.0.1/32", "");
+    let (key, _) = node.provision("0501234567", r#"[{"number": "0311112222"}]"#, "{}");
+    let up = upload(&node, &key, "farewell", &wav(&[0; 1600]));
+    assert_eq!(up.status, 200, "{}", up.body);
+    assert_eq!(files_named(node.dir.path(), "farewell.wav").len(), 1);
+    let gone = node.send("DELETE", "/v1/prompts/farewell", Some(&key), "");
+    assert_eq!(gone.status, 204, "{}", gone.body);
+    assert_eq!(
+        files_named(node.dir.path(), "farewell.wav"),
+        Vec::<std::path::PathBuf>::new(),
+        "the file is deleted"
+    );
+    node.restart();
+    let listed = node.get("/v1/prompts", &key).json();
+    assert!(
+        !listed.to_string().contains("farewell"),
+        "back after a restart: {listed}"
+    );
+}

@@ -412,7 +412,15 @@ impl Call {
     /// The call cannot go on here: both parties are hung up and the call is logged
     /// (unless it is ending already, for its own reason: then nothing changes).
     fn takeover_failed(&mut self, why: &str) {
-        self.resuming = None;
+        // The other party's re-INVITE may still be answered: kept, so a late 2xx is
+        // still ACKed ([`Call::on_takeover_answer`]); gone once none is outstanding.
+        if self
+            .resuming
+            .as_ref()
+            .is_none_or(|r| r.pending.iter().all(Option::is_none))
+        {
+            self.resuming = None;
+        }
         if self.phase != Phase::Answered {
             tracing::debug!(
                 why,
