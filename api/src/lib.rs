@@ -269,11 +269,7 @@ where
     T: Send + 'static,
     F: FnOnce(&dyn Store) -> tsunagu_store::Result<T> + Send + 'static,
 {
-    let store = state.store.clone();
-    tokio::task::spawn_blocking(move || f(&*store))
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))?
-        .map_err(ApiError::from)
+    db_then(state, f, |_, _| {}).await
 }
 
 /// [`db`] for a write the node must hear of: `announce` tells the node's hooks

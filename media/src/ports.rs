@@ -186,14 +186,9 @@ impl MediaPort {
     }
 
     /// Why the relay using this port must not send to `dst`, if it must not
-    /// ([`crate::destination`]).
-    pub(crate) fn refuses(&self, dst: SocketAddr) -> Option<&'static str> {
-        crate::destination::refused(
-            dst,
-            self.pool.address,
-            &self.pool.range,
-            self.trusts(dst.ip()),
-        )
+    /// ([`crate::destination`]); `trusted`: `dst` is a trunk's ([`MediaPort::trusts`]).
+    pub(crate) fn refuses(&self, dst: SocketAddr, trusted: bool) -> Option<&'static str> {
+        crate::destination::refused(dst, self.pool.address, &self.pool.range, trusted)
     }
 }
 

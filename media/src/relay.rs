@@ -597,10 +597,11 @@ fn run(
                         // destination after a failed attempt): accept and send there; the
                         // latch is redone only if the address changed.
                         let s = if side == Side::A { &mut sa } else { &mut sb };
-                        match a.refuses(addr) {
+                        let trusted = a.trusts(addr.ip());
+                        match a.refuses(addr, trusted) {
                             None => {
                                 s.peer.signal(addr);
-                                s.peer.trusted = a.trusts(addr.ip());
+                                s.peer.trusted = trusted;
                             }
                             Some(reason) => {
                                 tracing::info!(%addr, reason, "media address refused");
@@ -982,16 +983,8 @@ mod tests {
         let (relay, metrics, mut events) = relay_with_events(&pool);
         let (caller, _callee) = parties(&relay).await;
         let prompt = Arc::new(Prompt::from_samples(&[1000; 160 * 10]));
-        relay.play(Side::A, prompt.clone(), 0, false, 1);
-        assert_eq!(
-            within(events.recv()).await,
-            Some(MediaEvent::PromptDone {
-                side: Side::A,
-                id: 1
-            })
-        );
-        // Sent on loopback before the prompt reported its end: all queued by now.
-        assert_eq!(queued(&caller), 3, "the budget, then nothing");
+        let heard = frames_heard(&relay, &mut events, &caller, &prompt).await;
+        assert_eq!(heard, 3, "the budget, then nothing");
         let mut buf = [0u8; 2048];
         assert_eq!(metrics.unverified_withheld.get(), 7);
         // The caller sends: latched, every frame of the next prompt reaches it.
@@ -1013,10 +1006,13 @@ mod tests {
         prompt: &Arc<Prompt>,
     ) -> usize {
         relay.play(Side::A, prompt.clone(), 0, false, 1);
-        assert!(matches!(
+        assert_eq!(
             within(events.recv()).await,
-            Some(MediaEvent::PromptDone { .. })
-        ));
+            Some(MediaEvent::PromptDone {
+                side: Side::A,
+                id: 1
+            })
+        );
         queued(caller)
     }
 
@@ -1165,10 +1161,7 @@ mod tests {
     /// The payload byte of the next packet `socket` receives, and its source.
     async fn next_payload(socket: &tokio::net::UdpSocket) -> (u8, SocketAddr) {
         let mut buf = [0u8; 2048];
-        let (n, from) = tokio::time::timeout(Duration::from_secs(5), socket.recv_from(&mut buf))
-            .await
-            .expect("a packet within 5 s")
-            .unwrap();
+        let (n, from) = within(socket.recv_from(&mut buf)).await.unwrap();
         assert!(n > 12, "RTP with a payload: {:?}", &buf[..n]);
         (buf[n - 1], from)
     }

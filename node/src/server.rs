@@ -473,7 +473,8 @@ pub async fn run(
     );
     ports.set_consent(media.consent);
     ports.set_unverified_audio_seconds(media.unverified_audio_seconds);
-    let trunks = Routing::from_config(&config);
+    let routing = Routing::from_config(&config);
+    let trunks = routing.clone();
     ports.set_trunk_addresses(Arc::new(move |ip| trunks.is_trunk_address(ip)));
     let lease_gate = crate::cluster_link::LeaseGate::default();
     let rtp_withheld = metrics
@@ -531,7 +532,6 @@ pub async fn run(
         ))
     })?;
 
-    let routing = Routing::from_config(&config);
     let recordings_dir = config.node.effective_recordings_dir();
     let prompts_dir = config
         .media

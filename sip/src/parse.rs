@@ -313,7 +313,7 @@ pub fn header_values<'a, M: HasHeaders>(msg: &'a M, name: &str) -> Vec<&'a str> 
     msg.headers()
         .iter()
         .filter(|h| h.name().eq_ignore_ascii_case(name))
-        .flat_map(|h| split_list(h.value()))
+        .flat_map(|h| list_elements(h.value()))
         .collect()
 }
 

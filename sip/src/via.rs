@@ -14,7 +14,7 @@
 //!   [`stamp`]. A common Via (its host the source address, no `rport`) is left as it
 //!   came, without an allocation.
 
-use crate::parse::{list_elements, param_parts, Info, Peer, Transport};
+use crate::parse::{list_elements, param, param_parts, Info, Peer, Transport};
 use rsipstack::sip::{headers::Via, Header, Request};
 use std::fmt::Write;
 use std::net::{IpAddr, SocketAddr};
@@ -52,17 +52,10 @@ fn sent_by(via: &str) -> Option<(&str, Option<&str>)> {
 /// sent-by's (5060 if it names none); None, the source port, when the Via asks for
 /// `rport` or its sent-by does not parse.
 pub(crate) fn reply_port(via: &str) -> Option<u16> {
-    if has_param(via, "rport") {
+    if param(via, "rport").is_some() {
         return None;
     }
     port_or(sent_by(via)?.1, 5060)
-}
-
-/// Whether a Via value has the parameter `name` (quoted strings honoured).
-fn has_param(via: &str, name: &str) -> bool {
-    param_parts(via)
-        .skip(1)
-        .any(|p| param_name(p).eq_ignore_ascii_case(name))
 }
 
 fn param_name(part: &str) -> &str {

@@ -41,6 +41,31 @@ fn tag_of(value: &str) -> Option<&str> {
     tsunagu_sip::parse::param(value, "tag")
 }
 
+/// The last ACK a leg sent for a 2xx of its far end (CSeq, body): sent again as it was
+/// when that 2xx comes again, the ACK lost (RFC 3261 13.2.2.4), or the far end hangs up
+/// 32 s later.
+#[derive(Clone, Default)]
+struct LastAck(Option<(u32, Option<String>)>);
+
+impl LastAck {
+    fn note(&mut self, cseq: u32, sdp: Option<&str>) {
+        self.0 = Some((cseq, sdp.map(str::to_string)));
+    }
+
+    /// The body of the ACK sent for the 2xx with CSeq `cseq` (`Some(None)`: none), or
+    /// None when no ACK was sent for it.
+    fn body_for(&self, cseq: u32) -> Option<Option<&str>> {
+        let (acked, body) = self.0.as_ref()?;
+        (*acked == cseq).then_some(body.as_deref())
+    }
+}
+
+/// Sends an ACK built in a leg's dialog, with `sdp` as its body.
+fn send_ack(ep: &EndpointHandle, (mut spec, peer): (RequestSpec, Peer), sdp: Option<&str>) {
+    spec.body = sdp.map(|s| ("application/sdp", s.as_bytes().to_vec()));
+    ep.request(spec, peer);
+}
+
 fn local(ep: &EndpointHandle, transport: Transport) -> std::net::SocketAddr {
     ep.local(transport)
         .or_else(|| ep.local(Transport::Udp))
@@ -83,9 +108,8 @@ pub struct ALeg {
     trim_pending: bool,
     /// The SDP the node last sent the caller (a checkpoint's base for the next offer).
     pub last_sdp: Option<String>,
-    /// The last ACK the node sent the caller (CSeq, body): sent again when the 2xx it
-    /// acknowledged comes again (the ACK was lost).
-    last_ack: Option<(u32, Option<String>)>,
+    /// The last ACK the node sent this party.
+    last_ack: LastAck,
 }
 
 impl ALeg {
@@ -121,7 +145,7 @@ impl ALeg {
             rearm: None,
             trim_pending: false,
             last_sdp: None,
-            last_ack: None,
+            last_ack: LastAck::default(),
         }
     }
 
@@ -368,21 +392,15 @@ impl ALeg {
     /// ACKs a 2xx to the re-INVITE with this CSeq (with the answer, for a 2xx that
     /// carried the offer).
     pub fn ack_at(&mut self, ep: &EndpointHandle, cseq: u32, sdp: Option<&str>) {
-        let (mut spec, peer) = self.in_dialog(ep, Method::Ack, cseq);
-        spec.body = sdp.map(|s| ("application/sdp", s.as_bytes().to_vec()));
-        ep.request(spec, peer);
-        self.last_ack = Some((cseq, sdp.map(str::to_string)));
+        send_ack(ep, self.in_dialog(ep, Method::Ack, cseq), sdp);
+        self.last_ack.note(cseq, sdp);
     }
 
-    /// A 2xx to the INVITE with CSeq `cseq` came again: the ACK sent for it (with the
-    /// same body) goes again (RFC 3261 13.2.2.4), or none if none was sent for it.
+    /// A 2xx to the INVITE with CSeq `cseq` came again: the ACK sent for it goes again
+    /// ([`LastAck`]), or none if none was sent for it.
     pub fn reack(&self, ep: &EndpointHandle, cseq: u32) {
-        if let Some((acked, body)) = self.last_ack.as_ref().filter(|(c, _)| *c == cseq) {
-            let (mut spec, peer) = self.in_dialog(ep, Method::Ack, *acked);
-            spec.body = body
-                .as_ref()
-                .map(|s| ("application/sdp", s.as_bytes().to_vec()));
-            ep.request(spec, peer);
+        if let Some(body) = self.last_ack.body_for(cseq) {
+            send_ack(ep, self.in_dialog(ep, Method::Ack, cseq), body);
         }
     }
 
@@ -455,7 +473,7 @@ impl ALeg {
             rearm: None,
             trim_pending: false,
             last_sdp: Some(d.sdp.clone()),
-            last_ack: None,
+            last_ack: LastAck::default(),
         })
     }
 }
@@ -503,9 +521,8 @@ pub struct BLeg {
     cseq: u32,
     /// The SDP the node last sent the callee (a checkpoint's base for the next offer).
     pub last_sdp: Option<String>,
-    /// The last ACK the node sent the callee (CSeq, body): sent again when the 2xx it
-    /// acknowledged comes again (the ACK was lost).
-    last_ack: Option<(u32, Option<String>)>,
+    /// The last ACK the node sent this party.
+    last_ack: LastAck,
 }
 
 /// What the B-leg INVITE carries.
@@ -572,7 +589,7 @@ impl BLeg {
             next: o.peer,
             cseq: 1,
             last_sdp: Some(o.sdp.to_string()),
-            last_ack: None,
+            last_ack: LastAck::default(),
         }
     }
 
@@ -707,24 +724,18 @@ impl BLeg {
     /// ACKs a 2xx to the re-INVITE with this CSeq (with the answer, for a 2xx that
     /// carried the offer).
     pub fn ack_at(&mut self, ep: &EndpointHandle, cseq: u32, sdp: Option<&str>) {
-        let (mut spec, peer) = self.in_dialog(ep, Method::Ack, cseq);
-        spec.body = sdp.map(|s| ("application/sdp", s.as_bytes().to_vec()));
-        ep.request(spec, peer);
-        self.last_ack = Some((cseq, sdp.map(str::to_string)));
+        send_ack(ep, self.in_dialog(ep, Method::Ack, cseq), sdp);
+        self.last_ack.note(cseq, sdp);
     }
 
-    /// A 2xx to the INVITE with CSeq `cseq` came again: the ACK sent for it (with the
-    /// same body) goes again (RFC 3261 13.2.2.4); for the first INVITE's (its ACK
-    /// never has a body) also after re-INVITEs' ACKs were sent since.
+    /// A 2xx to the INVITE with CSeq `cseq` came again: the ACK sent for it goes again
+    /// ([`LastAck`]); for the first INVITE's (its ACK never has a body) also after
+    /// re-INVITEs' ACKs were sent since.
     pub fn reack(&self, ep: &EndpointHandle, cseq: u32) {
-        let body = match self.last_ack.as_ref() {
-            Some((acked, body)) if *acked == cseq => body.as_deref(),
-            _ if cseq == self.invite.cseq => None,
-            _ => return,
-        };
-        let (mut spec, peer) = self.in_dialog(ep, Method::Ack, cseq);
-        spec.body = body.map(|s| ("application/sdp", s.as_bytes().to_vec()));
-        ep.request(spec, peer);
+        let first = (cseq == self.invite.cseq).then_some(None);
+        if let Some(body) = self.last_ack.body_for(cseq).or(first) {
+            send_ack(ep, self.in_dialog(ep, Method::Ack, cseq), body);
+        }
     }
 
     /// The established dialog as a checkpoint keeps it (media fields filled in by the
@@ -786,7 +797,7 @@ impl BLeg {
             next: next_hop(&d.routes, &d.target, hop, allowed),
             cseq,
             last_sdp: Some(d.sdp.clone()),
-            last_ack: None,
+            last_ack: LastAck::default(),
         }
     }
 }

@@ -1371,14 +1371,7 @@ impl Call {
                 // ACK brings ([`Call::on_ack`]).
                 self.late_ack = Some((to, p.cseq, p.info.cseq));
             } else {
-                match to {
-                    Side::B => {
-                        if let Some(b) = &mut self.b {
-                            b.ack_at(&ep, p.cseq, None);
-                        }
-                    }
-                    Side::A => self.a.ack_at(&ep, p.cseq, None),
-                }
+                self.ack_2xx(to, p.cseq);
             }
         }
         let transport = match (p.from, &self.b) {
@@ -1714,6 +1707,19 @@ impl Call {
             caller_kind: self.caller.kind,
             destination: self.destination(),
             at_ms: now_ms(),
+        }
+    }
+
+    /// ACKs (without a body) `side`'s 2xx to the node's re-INVITE with CSeq `cseq`.
+    fn ack_2xx(&mut self, side: Side, cseq: u32) {
+        let ep = self.ctx.endpoint.clone();
+        match side {
+            Side::A => self.a.ack_at(&ep, cseq, None),
+            Side::B => {
+                if let Some(b) = &mut self.b {
+                    b.ack_at(&ep, cseq, None);
+                }
+            }
         }
     }
 

@@ -349,27 +349,13 @@ impl Call {
         else {
             return;
         };
-        let ep = self.ctx.endpoint.clone();
         if (200..300).contains(&code) {
-            match side {
-                Side::A => self.a.ack_at(&ep, cseq, None),
-                Side::B => {
-                    if let Some(b) = &mut self.b {
-                        b.ack_at(&ep, cseq, None);
-                    }
-                }
-            }
+            self.ack_2xx(side, cseq);
         }
         if self.phase != Phase::Answered {
             // A party hung up meanwhile (a BYE before its answer, then 481): the call
             // ends as it was ending, for its reason; the other answer is still ACKed.
-            if self
-                .resuming
-                .as_ref()
-                .is_some_and(|r| r.pending.iter().all(Option::is_none))
-            {
-                self.resuming = None;
-            }
+            self.forget_takeover_once_answered();
             return;
         }
         if !(200..300).contains(&code) {
@@ -409,11 +395,8 @@ impl Call {
         false
     }
 
-    /// The call cannot go on here: both parties are hung up and the call is logged
-    /// (unless it is ending already, for its own reason: then nothing changes).
-    fn takeover_failed(&mut self, why: &str) {
-        // The other party's re-INVITE may still be answered: kept, so a late 2xx is
-        // still ACKed ([`Call::on_takeover_answer`]); gone once none is outstanding.
+    /// The takeover's state goes once no party's re-INVITE is outstanding.
+    fn forget_takeover_once_answered(&mut self) {
         if self
             .resuming
             .as_ref()
@@ -421,6 +404,14 @@ impl Call {
         {
             self.resuming = None;
         }
+    }
+
+    /// The call cannot go on here: both parties are hung up and the call is logged
+    /// (unless it is ending already, for its own reason: then nothing changes).
+    fn takeover_failed(&mut self, why: &str) {
+        // The other party's re-INVITE may still be answered: kept, so a late 2xx is
+        // still ACKed ([`Call::on_takeover_answer`]).
+        self.forget_takeover_once_answered();
         if self.phase != Phase::Answered {
             tracing::debug!(
                 why,
