@@ -446,19 +446,6 @@ fn files_the_node_creates_are_private() {
     }
 }
 
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = vec![dir.to_path_buf()];
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
-}
-
 /// Starts the binary on `config` with stdout captured; returns what it printed once
 /// /healthz answered, then stops it.
 fn banner(dir: &std::path::Path, config: &str, api: u16) -> String {

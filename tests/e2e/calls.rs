@@ -1307,6 +1307,11 @@ fn a_callee_that_hangs_up_before_the_callers_prack_gets_the_caller_refused() {
         messages.contains("BYE sip:"),
         "the callee hung up: {messages}"
     );
+    // ... and the node answered its BYE (on the callee's dialog, not the caller's).
+    let bye_answered = messages
+        .split("-----------------------------------------------")
+        .any(|m| m.contains("message received") && m.contains("SIP/2.0 200") && m.contains(" BYE"));
+    assert!(bye_answered, "the callee's BYE answered: {messages}");
     drop(uas);
 }
 

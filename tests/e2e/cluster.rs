@@ -349,7 +349,8 @@ fn a_line_limit_holds_across_nodes_and_the_queue_is_first_come_first_served() {
     c.wait_formed();
     let uas = Uas::start("uas_answer.xml", c.uas_ports, c.shared.path(), &[]);
     provision(c.node("n1"), "0501234567", Some(2));
-    // Four callers 0.3 s apart on three nodes; each talks 2.5 s.
+    // Four callers on three nodes, each sent once the one before has arrived (a line
+    // or a place in the queue); each talks 2.5 s.
     let order = [
         ("n1", "09000000001"),
         ("n2", "09000000002"),
@@ -608,6 +609,13 @@ fn nodes_without_the_cluster_certificate_or_secret_cannot_join() {
     // nobody down, though the store lets them see n1 (an outsider that did would
     // have n1 marked down in the store and its calls taken over).
     for n in ["n2", "n3"] {
+        // (A node just started holds its lease for its first second whatever it
+        // hears: waited out, bounded.)
+        c.node("n1").wait_until(
+            Duration::from_secs(10),
+            "an outsider without a lease",
+            || c.view(n)["lease_valid"] == false,
+        );
         let view = c.view(n);
         assert_eq!(view["lease_valid"], false, "{n}: {view}");
         let members = view["members"].as_array().unwrap().clone();
@@ -674,15 +682,7 @@ fn oversized_and_silent_peers_are_cut_off(c: &TestCluster) {
 /// up to `limit`; None (and the child killed) if it did not.
 fn wait_exit(child: &mut std::process::Child, limit: Duration) -> Option<Duration> {
     let since = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if since.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Some(since.elapsed())
+    crate::harness::exit_within(child, limit).map(|_| since.elapsed())
 }
 
 /// A TLS peer (Python's `ssl`) connected to node 1's cluster port with node 3's

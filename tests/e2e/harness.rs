@@ -1574,3 +1574,17 @@ pub fn closed_within(s: &mut std::net::TcpStream, limit: Duration) -> bool {
         }
     }
 }
+
+/// `dir` and everything under it, directories included.
+pub fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = vec![dir.to_path_buf()];
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}

@@ -529,19 +529,10 @@ fn an_advertisers_line_limit_queues_calls_to_any_of_its_numbers() {
 
 /// The files under `dir` named `name`.
 fn files_named(dir: &std::path::Path, name: &str) -> Vec<std::path::PathBuf> {
-    let mut found = Vec::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                todo.push(path);
-            } else if path.file_name().is_some_and(|n| n == name) {
-                found.push(path);
-            }
-        }
-    }
-    found
+    walk(dir)
+        .into_iter()
+        .filter(|p| p.is_file() && p.file_name().is_some_and(|n| n == name))
+        .collect()
 }
 
 /// A prompt deleted through the API is gone from the node's disk too, and stays gone
