@@ -92,6 +92,9 @@ pub struct MemberStatus {
     pub for_seconds: f64,
     pub rtt_ms: Option<f64>,
     pub connected: bool,
+    /// Up by the word of other members only: not heard here within the detector's
+    /// window, heard by a member this node hears (a cut link between the two).
+    pub heard_through_others: bool,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -455,6 +458,7 @@ impl Cluster {
                     for_seconds: now.saturating_duration_since(mem.since).as_secs_f64(),
                     rtt_ms: mem.rtt.map(|d| d.as_secs_f64() * 1000.0),
                     connected: connected.contains(name),
+                    heard_through_others: m.only_heard_through_others(name, now),
                 })
                 .collect(),
         }
@@ -623,17 +627,18 @@ impl Cluster {
 
     fn on_tick(&self) {
         let now = Instant::now();
-        let (seq, peers) = {
+        let (seq, peers, hears) = {
             let mut m = self.membership();
             m.tick(now);
             let seq = m.heartbeat(now);
             let mut peers: BTreeSet<String> = m.up().into_iter().map(|(n, _)| n).collect();
             peers.remove(m.name());
-            (seq, peers)
+            (seq, peers, m.hears(now))
         };
         let peers: BTreeSet<String> = peers.into_iter().chain(self.0.net.peers()).collect();
         for peer in peers {
-            let mut msgs = vec![Msg::Heartbeat { seq }];
+            let hears = hears.iter().filter(|h| h.node != peer).cloned().collect();
+            let mut msgs = vec![Msg::Heartbeat { seq, hears }];
             msgs.extend(
                 self.lines()
                     .take_lazy_releases(&peer)
@@ -698,12 +703,13 @@ impl Cluster {
         let mut line_msgs = Vec::new();
         for msg in frame.msgs {
             match msg {
-                Msg::Heartbeat { seq } => {
-                    match self
-                        .membership()
-                        .on_heartbeat(&frame.from, frame.epoch, now)
-                    {
-                        Verdict::Fresh => replies.push(Msg::Ack { seq }),
+                Msg::Heartbeat { seq, hears } => {
+                    let mut m = self.membership();
+                    match m.on_heartbeat(&frame.from, frame.epoch, now) {
+                        Verdict::Fresh => {
+                            m.on_hears(&frame.from, frame.epoch, &hears, now);
+                            replies.push(Msg::Ack { seq });
+                        }
                         Verdict::Stale => replies.push(Msg::Stale { epoch: frame.epoch }),
                     }
                 }
@@ -859,7 +865,16 @@ impl Cluster {
         let up = m.members().filter(|(_, x)| x.state == State::Up).count() + 1;
         let down = m.members().filter(|(_, x)| x.state == State::Down).count();
         self.0.metrics.members(up as i64, down as i64);
-        let majority = m.reported_majority(Instant::now());
+        let now = Instant::now();
+        let through_others = m
+            .members()
+            .filter(|(name, _)| m.only_heard_through_others(name, now))
+            .count();
+        self.0
+            .metrics
+            .heard_through_others
+            .set(through_others as i64);
+        let majority = m.reported_majority(now);
         self.0.metrics.majority.set(i64::from(majority));
         if self.0.majority.swap(majority, Ordering::Relaxed) != majority {
             if majority {

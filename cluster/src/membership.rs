@@ -46,11 +46,22 @@
 //!   majority of the rest goes on; two nodes, one dead, go on only on the tie-break).
 //!   A node just started holds its lease for one
 //!   lease period whatever the majority (it has nothing yet others could take over).
+//! - *Heard through others* (SWIM's indirect probe, by gossip): every heartbeat says
+//!   which members its sender heard itself, and how long ago ([`Membership::hears`]).
+//!   A member this node cannot hear but another member in good standing heard within
+//!   `down_after` is alive, only not reachable from here: it is not declared down
+//!   ([`Membership::on_hears`]). Without this one bad link (a firewall rule, a route,
+//!   one member's receive queue) took a member down for the whole cluster, which then
+//!   dropped and took over its calls, and its next incarnation, still cut off from
+//!   that one observer, went down again the same way. Only what a member heard itself
+//!   is passed on, never what it was told: two members cannot keep a dead one alive
+//!   by vouching for it to each other.
 //! - A member an operator took out of the cluster for good is *retired*
 //!   ([`Membership::retire`]): no longer listed, counted or alerted on, but
 //!   remembered, so its incarnation's heartbeats stay stale; a new incarnation of
 //!   that name is a member again.
 
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
@@ -111,6 +122,9 @@ pub struct Member {
     heard: bool,
     /// The last heartbeat round trip measured to it.
     pub rtt: Option<Duration>,
+    /// When another member in good standing last heard this incarnation itself, by
+    /// its word (see the module doc).
+    heard_by_others: Option<Instant>,
 }
 
 impl Member {
@@ -123,9 +137,28 @@ impl Member {
             last_heard: now,
             heard: false,
             rtt: None,
+            heard_by_others: None,
         }
     }
+
+    /// When this incarnation was last known alive: heard here, or by another member.
+    fn last_alive(&self) -> Instant {
+        self.heard_by_others
+            .map_or(self.last_heard, |t| t.max(self.last_heard))
+    }
 }
+
+/// One member a heartbeat's sender heard itself, and how long before it sent it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heard {
+    pub node: String,
+    pub epoch: u64,
+    pub ago_ms: u32,
+}
+
+/// Entries of one heartbeat's [`Heard`] list taken (a member's list names each other
+/// member once; the rest is ignored).
+pub const MAX_HEARD: usize = 64;
 
 /// What changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -310,7 +343,7 @@ impl Membership {
             let (reach, count) = match m.state {
                 State::Retired => (false, false),
                 State::Up if silent.contains(name) => (false, alive),
-                State::Up if m.heard => (true, true),
+                State::Up if m.heard || m.heard_by_others.is_some() => (true, true),
                 // Listed by the store, not heard yet: counted, not reachable.
                 State::Up => (false, true),
                 State::Down => (false, m.heard && alive),
@@ -351,7 +384,7 @@ impl Membership {
             .filter(|(name, m)| {
                 m.state == State::Up
                     && (m.heard || !unheard_exempt || !self.alive_in_store(name, m))
-                    && now.saturating_duration_since(m.last_heard) > self.timing.down_after
+                    && now.saturating_duration_since(m.last_alive()) > self.timing.down_after
             })
             .map(|(name, _)| name.as_str())
             .collect()
@@ -482,6 +515,61 @@ impl Membership {
             m.rtt = Some(now.saturating_duration_since(sent));
             self.acked = Some(self.acked.map_or(sent, |a| a.max(sent)));
         }
+    }
+
+    /// The members this node heard itself within `down_after`, for its heartbeats
+    /// (see the module doc): what it was told by others is not passed on.
+    pub fn hears(&self, now: Instant) -> Vec<Heard> {
+        self.members
+            .iter()
+            .filter(|(_, m)| m.state == State::Up && m.heard)
+            .filter_map(|(name, m)| {
+                let ago = now.saturating_duration_since(m.last_heard);
+                (ago <= self.timing.down_after).then(|| Heard {
+                    node: name.clone(),
+                    epoch: m.epoch,
+                    ago_ms: u32::try_from(ago.as_millis()).unwrap_or(u32::MAX),
+                })
+            })
+            .collect()
+    }
+
+    /// `from` in incarnation `epoch` heard these members itself (its heartbeat's
+    /// list): each one up here in that incarnation is alive as of then, though this
+    /// node may not hear it. Taken only from a member in good standing, about others
+    /// (not this node, not the sender); a time a peer puts before this clock's start
+    /// says nothing (a word older than `down_after` keeps nobody up anyway).
+    pub fn on_hears(&mut self, from: &str, epoch: u64, heard: &[Heard], now: Instant) {
+        if !self.in_good_standing(from, epoch) {
+            return;
+        }
+        for h in heard.iter().take(MAX_HEARD) {
+            if h.node == self.name || h.node == from {
+                continue;
+            }
+            let ago = Duration::from_millis(u64::from(h.ago_ms));
+            let Some(at) = now.checked_sub(ago) else {
+                continue;
+            };
+            if let Some(m) = self
+                .members
+                .get_mut(&h.node)
+                .filter(|m| m.epoch == h.epoch && m.state == State::Up)
+            {
+                m.heard_by_others = Some(m.heard_by_others.map_or(at, |t| t.max(at)));
+            }
+        }
+    }
+
+    /// Whether member `name` is up here only by others' word: not heard itself within
+    /// `down_after`, heard by another member since (status, metric).
+    pub fn only_heard_through_others(&self, name: &str, now: Instant) -> bool {
+        self.members.get(name).is_some_and(|m| {
+            m.state == State::Up
+                && now.saturating_duration_since(m.last_heard) > self.timing.down_after
+                && m.heard_by_others
+                    .is_some_and(|t| now.saturating_duration_since(t) <= self.timing.down_after)
+        })
     }
 
     /// Declares down every peer silent for longer than `down_after`, if this node's
@@ -1266,5 +1354,123 @@ mod tests {
         m.on_heartbeat("a", 2, ms(t0, 10_000));
         assert!(m.lease_valid(ms(t0, 10_250)), "a newcomer's ack on its way");
         assert!(!m.lease_valid(ms(t0, 11_000)), "and it must come");
+    }
+
+    fn heard(node: &str, epoch: u64, ago_ms: u32) -> Heard {
+        Heard {
+            node: node.into(),
+            epoch,
+            ago_ms,
+        }
+    }
+
+    /// A cut link between a and b only: c hears both and says so in its heartbeats.
+    /// a does not declare b down while c heard b within `down_after` (before: down at
+    /// 1.75 s for the whole cluster, its calls dropped); once c stops hearing b too, b
+    /// is declared down as before, `down_after` after the last word of it.
+    #[test]
+    fn a_member_others_hear_is_not_declared_down() {
+        let t0 = Instant::now();
+        let mut m = Membership::starting_at("a", 1, Timing::default(), t0);
+        m.on_heartbeat("b", 1, t0);
+        m.on_heartbeat("c", 1, t0);
+        drain(&mut m);
+        for t in (250..=6_000).step_by(250) {
+            let now = ms(t0, t);
+            m.on_heartbeat("c", 1, now);
+            m.on_hears("c", 1, &[heard("b", 1, 100)], now);
+            m.tick(now);
+        }
+        assert_eq!(drain(&mut m), vec![], "b declared down by one observer");
+        assert!(m.only_heard_through_others("b", ms(t0, 6_000)));
+        assert!(!m.only_heard_through_others("c", ms(t0, 6_000)));
+        assert!(m.in_majority(ms(t0, 6_000)));
+        // What a was told is not passed on: only what it heard itself.
+        let passed: Vec<String> = m.hears(ms(t0, 6_000)).into_iter().map(|h| h.node).collect();
+        assert_eq!(passed, vec!["c".to_string()]);
+        // b stops too (c no longer names it): down 1.5 s after c last heard it.
+        let mut down_at = None;
+        for t in (6_250..=9_000).step_by(250) {
+            let now = ms(t0, t);
+            m.on_heartbeat("c", 1, now);
+            m.on_hears("c", 1, &[], now);
+            m.tick(now);
+            if !drain(&mut m).is_empty() {
+                down_at.get_or_insert(t);
+            }
+        }
+        // c heard b at 5,900 (its last word: at 6,000, 100 ms ago).
+        assert_eq!(down_at, Some(7_500));
+        assert_eq!(m.up_epoch("b"), None);
+    }
+
+    /// Which words of others are taken: (sender, its epoch, what it says) -> whether b,
+    /// silent here since 0, is still up at 2 s.
+    #[test]
+    fn only_fresh_words_of_members_in_good_standing_about_others_count() {
+        let rows: Vec<(&str, &str, u64, Vec<Heard>, bool)> = vec![
+            ("c heard b", "c", 1, vec![heard("b", 1, 100)], true),
+            (
+                "c heard b 1 s before",
+                "c",
+                1,
+                vec![heard("b", 1, 1_000)],
+                true,
+            ),
+            ("too long ago", "c", 1, vec![heard("b", 1, 1_600)], false),
+            (
+                "a time before the clock's start",
+                "c",
+                1,
+                vec![heard("b", 1, u32::MAX)],
+                false,
+            ),
+            (
+                "another incarnation of b",
+                "c",
+                1,
+                vec![heard("b", 2, 100)],
+                false,
+            ),
+            (
+                "from an incarnation of c not up here",
+                "c",
+                2,
+                vec![heard("b", 1, 100)],
+                false,
+            ),
+            ("from a stranger", "x", 1, vec![heard("b", 1, 100)], false),
+            ("b about itself", "b", 1, vec![heard("b", 1, 100)], false),
+            (
+                "past the entries taken",
+                "c",
+                1,
+                (0..MAX_HEARD as u32)
+                    .map(|i| heard("z", 1, i))
+                    .chain([heard("b", 1, 100)])
+                    .collect(),
+                false,
+            ),
+        ];
+        let t0 = Instant::now();
+        for (what, from, epoch, said, alive) in rows {
+            let mut m = Membership::starting_at("a", 1, Timing::default(), t0);
+            m.on_heartbeat("b", 1, t0);
+            m.on_heartbeat("c", 1, t0);
+            for t in (250..=2_000).step_by(250) {
+                let now = ms(t0, t);
+                m.on_heartbeat("c", 1, now);
+                if t == 1_500 {
+                    m.on_hears(from, epoch, &said, now);
+                }
+                m.tick(now);
+            }
+            assert_eq!(m.up_epoch("b").is_some(), alive, "{what}");
+        }
+        // Never about a: what others say of this node does not make it a member.
+        let mut m = Membership::starting_at("a", 1, Timing::default(), t0);
+        m.on_heartbeat("c", 1, t0);
+        m.on_hears("c", 1, &[heard("a", 1, 0)], t0);
+        assert_eq!(m.members().count(), 1);
     }
 }

@@ -29,6 +29,7 @@ pub struct ClusterMetrics {
     pub stale: Counter,
     pub majority: Gauge,
     pub sessions_cut: Counter,
+    pub heard_through_others: Gauge,
 }
 
 impl Default for ClusterMetrics {
@@ -46,6 +47,7 @@ impl Default for ClusterMetrics {
             stale: Counter::default(),
             majority: Gauge::default(),
             sessions_cut: Counter::default(),
+            heard_through_others: Gauge::default(),
         }
     }
 }
@@ -118,6 +120,11 @@ impl ClusterMetrics {
             "cluster_majority",
             "1 while this node's side of the cluster is a majority of the members that count (those it hears, and those the store shows alive); 0 while cut off from as many live members as it hears: it then declares nobody down and holds no lease",
             self.majority.clone(),
+        );
+        r.register(
+            "cluster_members_heard_through_others",
+            "Members up in this node's view that it has not heard within the failure detector's window while another member has (a cut link between this node and them): not declared down, since they are alive; should be 0",
+            self.heard_through_others.clone(),
         );
         r.register(
             "cluster_sessions_cut",

@@ -3,6 +3,7 @@
 //! lines given back since the last one along.
 
 use crate::lines::LineMsg;
+use crate::membership::Heard;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -15,9 +16,14 @@ pub struct Frame {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Msg {
     /// Sent every heartbeat interval to every peer; answered [`Msg::Ack`] (or
-    /// [`Msg::Stale`] when the sender's incarnation was declared down).
+    /// [`Msg::Stale`] when the sender's incarnation was declared down). `hears`: the
+    /// other members the sender heard itself, and how long ago (see
+    /// [`crate::membership`]); absent from a node of a release before it, and then
+    /// empty, so members of both releases understand each other during an upgrade.
     Heartbeat {
         seq: u64,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        hears: Vec<Heard>,
     },
     Ack {
         seq: u64,
@@ -74,7 +80,14 @@ mod tests {
             from: "n1".into(),
             epoch: 3,
             msgs: vec![
-                Msg::Heartbeat { seq: 9 },
+                Msg::Heartbeat {
+                    seq: 9,
+                    hears: vec![Heard {
+                        node: "n2".into(),
+                        epoch: 4,
+                        ago_ms: 120,
+                    }],
+                },
                 Msg::Line(LineMsg::Release {
                     key: "number:0501".into(),
                     call: "call_1".into(),
@@ -84,6 +97,17 @@ mod tests {
         };
         assert_eq!(Frame::decode(&f.encode()), Some(f));
         assert_eq!(Frame::decode(b"\x00\xff"), None);
+        // A heartbeat of a release without `hears`, and one without it to such a node.
+        let old = br#"{"from":"n1","epoch":3,"msgs":[{"Heartbeat":{"seq":9}}]}"#;
+        let taken = Frame::decode(old).expect("an older node's heartbeat");
+        assert_eq!(
+            taken.msgs,
+            vec![Msg::Heartbeat {
+                seq: 9,
+                hears: vec![]
+            }]
+        );
+        assert_eq!(taken.encode(), old.to_vec());
         assert_eq!(Frame::decode(br#"{"from":"x"}"#), None);
     }
 }

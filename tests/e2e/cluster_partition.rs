@@ -127,6 +127,74 @@ fn a_node_cut_off_from_the_others_stops_and_only_the_majority_takes_over() {
     );
 }
 
+/// Whether `name` sees `of` up by the other members' word only.
+fn heard_through_others(c: &TestCluster, name: &str, of: &str) -> bool {
+    c.view(name)["members"]
+        .as_array()
+        .and_then(|ms| ms.iter().find(|m| m["name"] == of))
+        .is_some_and(|m| m["heard_through_others"] == true)
+}
+
+/// One bad link: only the traffic between n1 and n2 is cut; n3 hears both and says so
+/// in its heartbeats. Nobody is declared down (before: n1, a majority with n3, declared
+/// n2 down after 1.5 s for the whole cluster, which dropped and took over its calls,
+/// and n2's next incarnation, still cut off from n1, went down the same way again).
+#[test]
+fn a_link_cut_between_two_members_takes_nobody_down() {
+    require_tool("nft");
+    let mut c = TestCluster::new();
+    for i in 1..=3 {
+        c.start(i, GOOD);
+    }
+    c.wait_formed();
+    let before: Vec<u64> = ["n1", "n2", "n3"].iter().map(|n| c.epoch(n)).collect();
+
+    let cut = Cut::new("127.0.0.1", &["127.0.0.2"], c.cluster_port);
+    for (n, other) in [("n1", "n2"), ("n2", "n1")] {
+        c.node(n).wait_until(
+            Duration::from_secs(10),
+            &format!("{n} to hear {other} only through n3"),
+            || heard_through_others(&c, n, other),
+        );
+    }
+    // Watched for twice the failure detector's window (1.5 s) after both noticed: a
+    // window to watch, not an event to wait for.
+    std::thread::sleep(Duration::from_secs(3));
+    for n in ["n1", "n2", "n3"] {
+        let view = c.view(n);
+        assert_eq!(
+            c.node(n).metric(DOWN),
+            0.0,
+            "{n} declared a member down: {view}"
+        );
+        assert_eq!(c.node(n).metric(STALE), 0.0, "{n} was told it is stale");
+        assert_eq!(view["lease_valid"], true, "{n}: {view}");
+        assert!(
+            view["members"]
+                .as_array()
+                .is_some_and(|ms| ms.iter().all(|m| m["state"] == "up")),
+            "{n}: {view}"
+        );
+    }
+    let gauge = "tsunagu_cluster_members_heard_through_others";
+    assert_eq!(c.node("n1").metric(gauge), 1.0);
+    assert_eq!(c.node("n2").metric(gauge), 1.0);
+    assert_eq!(c.node("n3").metric(gauge), 0.0);
+
+    drop(cut);
+    for n in ["n1", "n2"] {
+        c.node(n)
+            .wait_until(Duration::from_secs(30), "the link to heal", || {
+                c.node(n).metric(gauge) == 0.0
+            });
+    }
+    c.wait_formed();
+    for (i, n) in ["n1", "n2", "n3"].iter().enumerate() {
+        assert_eq!(c.epoch(n), before[i], "{n} had to rejoin");
+        assert_eq!(c.node(n).metric(DOWN), 0.0, "{n} declared a member down");
+    }
+}
+
 /// Of a two-node cluster, n1 (the lower name, which a tie-break favours) leaves with
 /// SIGTERM: it marks itself down in the store and tells n2 so, and n2 holds its lease
 /// throughout. Without that, n2 would count n1 alive (by its sign of life in the store)
