@@ -200,15 +200,24 @@ fn validate_settings(p: &Pool) -> Result<(), ApiError> {
         if o != "*" && !is_origin(o) {
             return Err(ApiError::invalid(
                 &format!("allowed_origins[{i}]"),
-                "must be `*` or an origin such as https://www.example.com",
+                "must be `*` or an origin such as https://www.example.com (at most 300 bytes)",
             ));
         }
     }
     Ok(())
 }
 
-/// `scheme://host[:port]` with nothing after it (what browsers send as `Origin`).
+/// The longest origin taken: `https://`, a 253-byte host name, `:` and a port, with
+/// room to spare. Every page issue reads the pool's origins: unbounded, twenty of them
+/// could each be as long as the request body allowed.
+const MAX_ORIGIN_BYTES: usize = 300;
+
+/// `scheme://host[:port]` with nothing after it (what browsers send as `Origin`), at
+/// most [`MAX_ORIGIN_BYTES`].
 fn is_origin(o: &str) -> bool {
+    if o.len() > MAX_ORIGIN_BYTES {
+        return false;
+    }
     let rest = o
         .strip_prefix("https://")
         .or_else(|| o.strip_prefix("http://"));
@@ -629,6 +638,26 @@ fn visitor_session(params: &BTreeMap<String, String>) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn origins() {
+        let long_host = format!("https://{}.example.com", "a".repeat(MAX_ORIGIN_BYTES));
+        let longest = format!("https://{}", "a".repeat(MAX_ORIGIN_BYTES - 8));
+        let cases: &[(&str, bool)] = &[
+            ("https://www.example.com", true),
+            ("http://example.com:8080", true),
+            ("https://[2001:db8::1]:443", true),
+            (&longest, true),
+            (&long_host, false),
+            ("https://example.com/", false),
+            ("https://", false),
+            ("ftp://example.com", false),
+            ("https://exa mple.com", false),
+        ];
+        for (origin, ok) in cases {
+            assert_eq!(is_origin(origin), *ok, "{origin}");
+        }
+    }
 
     #[test]
     fn visitor_sessions() {

@@ -143,6 +143,17 @@ pub async fn recording(
             .get_or_create(&OutcomeLabel { outcome })
             .inc();
     };
+    // A place among the downloads, taken before any part is opened or a peer asked
+    // (a refused request costs neither); held by the streaming task, so a client that
+    // reads slowly holds one place, not the node. A HEAD opens and asks as a GET does,
+    // to tell the length, so it takes a place too, given back with its answer.
+    let permit = match st.defences.recordings.try_start(&r.operator_id) {
+        Ok(p) => p,
+        Err(why) => {
+            outcome("busy");
+            return Err(crate::calls::refused(why, "recording downloads", 5));
+        }
+    };
     let opened = match open_parts(&st, &r, chosen).await {
         Ok(opened) => opened,
         Err(problems) => {
@@ -184,20 +195,6 @@ pub async fn recording(
     if plan.gaps_capped > 0 {
         tracing::warn!(call_id = %r.call_id, gaps = plan.gaps_capped, "recording parts joined with gaps cut to 60 s of silence");
     }
-    // A place among the downloads streaming (a HEAD streams nothing): held by the
-    // streaming task, so a client that reads slowly holds one place, not the node.
-    let permit = if method == Method::HEAD {
-        None
-    } else {
-        let d = &st.defences;
-        match d.recordings.try_start(&r.operator_id) {
-            Ok(p) => Some(p),
-            Err(why) => {
-                outcome("busy");
-                return Err(crate::calls::refused(why, "recording downloads", 5));
-            }
-        }
-    };
     outcome("served");
     let headers = [(PARTS_HEADER, count.to_string())];
     Ok(respond(
@@ -207,7 +204,7 @@ pub async fn recording(
         &filename,
         &headers,
         method == Method::HEAD,
-        permit,
+        Some(permit),
     ))
 }
 
@@ -974,8 +971,9 @@ mod tests {
 
     /// Downloads streaming at once are capped: a client that holds one without
     /// reading holds one place; past the cap the next is answered 503 with
-    /// Retry-After, and a place is free again once a client goes away. A HEAD takes
-    /// none.
+    /// Retry-After, and a place is free again once a client goes away. A HEAD, which
+    /// opens the parts as a GET does, is refused too, and a refused request opens no
+    /// part (its missing part is not even noticed).
     #[tokio::test]
     async fn recording_downloads_are_capped() {
         let a = crate::testing::api_with(&Default::default(), |d| {
@@ -997,11 +995,36 @@ mod tests {
         );
         assert_eq!(busy.headers["retry-after"], "5");
         let head = a.call(&a.router, "HEAD", &path, Some(&a.key), "").await;
-        assert_eq!(head.status(), StatusCode::OK, "a HEAD streams nothing");
+        assert_eq!(
+            head.status(),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "a HEAD opens parts"
+        );
+        let gone = recorded_call(&a, &[("n1", "d/never-written.wav", 0)]);
+        let missing_before = a.state.defences.metrics.recording_parts_missing.get();
+        let busy = a
+            .send(
+                "GET",
+                &format!("/v1/calls/{gone}/recording"),
+                Some(&a.key),
+                "",
+            )
+            .await;
+        assert_eq!(
+            busy.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{}",
+            busy.text()
+        );
+        assert_eq!(
+            a.state.defences.metrics.recording_parts_missing.get(),
+            missing_before,
+            "a refused download opened its parts"
+        );
         drop(held);
         // The place comes back once the dropped stream is released; a retry before
         // that is refused busy, and counted so (seen once in CI).
-        let mut busy_seen = 1;
+        let mut busy_seen = 3; // the GET, the HEAD and the GET of a missing part
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         loop {
             let again = a.call(&a.router, "GET", &path, Some(&a.key), "").await;
