@@ -125,6 +125,9 @@ pub struct Member {
     /// When another member in good standing last heard this incarnation itself, by
     /// its word (see the module doc).
     heard_by_others: Option<Instant>,
+    /// When this node last took a frame of this incarnation (`last_heard` is also
+    /// moved on after this node's own freeze; this is not): what it tells others.
+    last_frame: Option<Instant>,
 }
 
 impl Member {
@@ -138,6 +141,7 @@ impl Member {
             heard: false,
             rtt: None,
             heard_by_others: None,
+            last_frame: None,
         }
     }
 
@@ -261,6 +265,7 @@ impl Membership {
         if verdict == Verdict::Fresh {
             if let Some(m) = self.members.get_mut(from) {
                 m.heard = true;
+                m.last_frame = Some(now);
             }
             if held_alone {
                 // The lease held alone goes on while the newcomer's first
@@ -518,13 +523,14 @@ impl Membership {
     }
 
     /// The members this node heard itself within `down_after`, for its heartbeats
-    /// (see the module doc): what it was told by others is not passed on.
+    /// (see the module doc): what it was told by others is not passed on, nor the
+    /// fresh window its members get after this node's own freeze.
     pub fn hears(&self, now: Instant) -> Vec<Heard> {
         self.members
             .iter()
             .filter(|(_, m)| m.state == State::Up && m.heard)
             .filter_map(|(name, m)| {
-                let ago = now.saturating_duration_since(m.last_heard);
+                let ago = now.saturating_duration_since(m.last_frame?);
                 (ago <= self.timing.down_after).then(|| Heard {
                     node: name.clone(),
                     epoch: m.epoch,
@@ -961,6 +967,11 @@ mod tests {
             })
         );
         assert_eq!(m.poll_event(), None, "b is not blamed for our silence");
+        assert_eq!(
+            m.hears(ms(t0, 10_250)),
+            vec![],
+            "nor vouched for by its window"
+        );
         // But b must then be heard from within the normal window.
         ticks(&mut m, t0, 10_500..=11_750);
         assert_eq!(m.poll_event(), None, "1.5 s since waking: not more");

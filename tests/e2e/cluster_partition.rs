@@ -66,18 +66,24 @@ impl Drop for Cut {
     }
 }
 
-const DOWN: &str = "tsunagu_cluster_member_transitions_total{to=\"down\"}";
-const STALE: &str = "tsunagu_cluster_declared_stale_total";
-
-#[test]
-fn a_node_cut_off_from_the_others_stops_and_only_the_majority_takes_over() {
+/// Three nodes formed into a cluster (nftables checked first), and their epochs.
+fn three_formed() -> (TestCluster, Vec<u64>) {
     require_tool("nft");
     let mut c = TestCluster::new();
     for i in 1..=3 {
         c.start(i, GOOD);
     }
     c.wait_formed();
-    let before: Vec<u64> = ["n1", "n2", "n3"].iter().map(|n| c.epoch(n)).collect();
+    let before = ["n1", "n2", "n3"].iter().map(|n| c.epoch(n)).collect();
+    (c, before)
+}
+
+const DOWN: &str = "tsunagu_cluster_member_transitions_total{to=\"down\"}";
+const STALE: &str = "tsunagu_cluster_declared_stale_total";
+
+#[test]
+fn a_node_cut_off_from_the_others_stops_and_only_the_majority_takes_over() {
+    let (c, before) = three_formed();
 
     let cut = Cut::new("127.0.0.1", &["127.0.0.2", "127.0.0.3"], c.cluster_port);
     c.node("n1")
@@ -141,13 +147,7 @@ fn heard_through_others(c: &TestCluster, name: &str, of: &str) -> bool {
 /// and n2's next incarnation, still cut off from n1, went down the same way again).
 #[test]
 fn a_link_cut_between_two_members_takes_nobody_down() {
-    require_tool("nft");
-    let mut c = TestCluster::new();
-    for i in 1..=3 {
-        c.start(i, GOOD);
-    }
-    c.wait_formed();
-    let before: Vec<u64> = ["n1", "n2", "n3"].iter().map(|n| c.epoch(n)).collect();
+    let (c, before) = three_formed();
 
     let cut = Cut::new("127.0.0.1", &["127.0.0.2"], c.cluster_port);
     for (n, other) in [("n1", "n2"), ("n2", "n1")] {
