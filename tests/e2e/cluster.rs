@@ -94,7 +94,7 @@ impl Seen {
 /// A call through node `sip` from caller `caller`, talking `hold_ms` after the answer,
 /// on UAC ports of its own (see [`TestCluster::caller_ports`]); runs in the background
 /// and returns SIPp's outcome.
-fn caller(
+pub(crate) fn caller(
     ports: Ports,
     sip: &str,
     number: &str,
@@ -116,7 +116,7 @@ fn caller(
     })
 }
 
-fn provision(node: &Node, number: &str, queue: Option<u32>) -> String {
+pub(crate) fn provision(node: &Node, number: &str, queue: Option<u32>) -> String {
     let (key, _) = node.provision(
         number,
         r#"[{"number": "0311112222", "ring_seconds": 30}]"#,
@@ -133,7 +133,7 @@ fn provision(node: &Node, number: &str, queue: Option<u32>) -> String {
 }
 
 /// A tracking number whose lines `owner` owns among `members`.
-fn number_owned_by(owner: &str, members: &[&str]) -> String {
+pub(crate) fn number_owned_by(owner: &str, members: &[&str]) -> String {
     (0..10_000)
         .map(|i| format!("05{:08}", 10_000_000 + i))
         .find(|n| {

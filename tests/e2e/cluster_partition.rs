@@ -195,6 +195,58 @@ fn a_link_cut_between_two_members_takes_nobody_down() {
     }
 }
 
+/// A call through n1 needs a line n2 owns while the link between them is cut (n3
+/// hears both, so n2 stays up): n1's request is not answered, and the caller waits no
+/// longer than the queue's `max_wait_seconds` (3 s) before a 480 (before: until the
+/// caller gave up, hearing nothing). After the heal the line is free again (the
+/// request given up was not left holding it) and a call through n1 connects.
+#[test]
+fn a_line_owned_across_a_cut_link_is_waited_for_no_longer_than_the_queue() {
+    let (mut c, _) = three_formed();
+    let _uas = Uas::start("uas_answer.xml", c.uas_ports, c.shared.path(), &[]);
+    let number = crate::cluster::number_owned_by("n2", &["n1", "n2", "n3"]);
+    let key = crate::cluster::provision(c.node("n1"), &number, Some(1));
+    c.node("n1").set_number(
+        &key,
+        &number,
+        r#"{"queue": {"max_lines": 1, "max_wait_seconds": 3}}"#,
+    );
+    let cut = Cut::new("127.0.0.1", &["127.0.0.2"], c.cluster_port);
+    c.node("n1").wait_until(
+        Duration::from_secs(10),
+        "n1 to hear n2 only through n3",
+        || heard_through_others(&c, "n1", "n2"),
+    );
+    let template = std::fs::read_to_string(scenario("uac_expect_failure.xml")).expect("scenario");
+    let refused = c.shared.path().join("uac_expect_480.xml");
+    std::fs::write(&refused, template.replace("[expect]", "480")).expect("write");
+    let ports = c.caller_ports();
+    let run = uac_to(
+        &c.members["n1"].sip,
+        &refused.display().to_string(),
+        ports,
+        &number,
+        1,
+        1,
+        &["-recv_timeout", "20000"],
+    );
+    assert_eq!(run.successful, 1, "no 480 in time:\n{}", run.output);
+    let calls = c.node("n1").wait_for_calls(&key, 1);
+    assert_eq!(calls[0]["result"], "queue_timeout", "{calls:?}");
+    assert_eq!(c.node("n2").metric(DOWN), 0.0, "n2 was declared down");
+
+    drop(cut);
+    c.node("n1")
+        .wait_until(Duration::from_secs(30), "the link to heal", || {
+            !heard_through_others(&c, "n1", "n2")
+        });
+    let ports = c.caller_ports();
+    let run = crate::cluster::caller(ports, &c.members["n1"].sip, &number, "09000000021", 500)
+        .join()
+        .unwrap();
+    assert_eq!(run.successful, 1, "{}", run.output);
+}
+
 /// Of a two-node cluster, n1 (the lower name, which a tie-break favours) leaves with
 /// SIGTERM: it marks itself down in the store and tells n2 so, and n2 holds its lease
 /// throughout. Without that, n2 would count n1 alive (by its sign of life in the store)

@@ -73,11 +73,18 @@ impl Call {
                 Ask::Granted => self.held_lines.push(request),
                 Ask::Queued(position) => return self.wait_for_line(request, position),
                 Ask::Pending => {
-                    // The owner is another node: its answer comes as a message.
+                    // The owner is another node: its answer comes as a message. The
+                    // caller waits for it no longer than for a line in the queue: an
+                    // owner this node cannot reach (a link cut between the two while
+                    // others still hear it) may not answer until the link heals.
                     self.queued = Some(Queued {
                         request,
                         waiting: false,
                     });
+                    if self.queue_since.is_none() {
+                        let wait = Duration::from_secs(u64::from(self.max_wait()));
+                        self.after(wait, CallMsg::QueueTimeout);
+                    }
                     return;
                 }
             }
@@ -150,11 +157,15 @@ impl Call {
     }
 
     pub(super) fn queue_timeout(&mut self) {
-        if self.queued.take().is_none() {
+        let Some(queued) = self.queued.take() else {
             return; // not waiting any more
-        }
+        };
         self.held_lines.clear(); // lines held while waiting for the next go to others
-        tracing::info!("queue wait ran out");
+        if queued.waiting {
+            tracing::info!("queue wait ran out");
+        } else {
+            tracing::warn!(key = %queued.request.key, "the owner of the line never answered within the queue's wait: giving up as a queue timeout");
+        }
         let name = self
             .number
             .queue
