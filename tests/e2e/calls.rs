@@ -5,6 +5,33 @@ use std::time::Duration;
 
 const DEST: &str = r#"[{"number": "0311112222", "ring_seconds": 20}]"#;
 
+/// The caller hangs up after 1 s and the callee takes 5 s to answer the node's BYE:
+/// the talk ends at the caller's BYE (1 s: `invalid_short` under a 3 s minimum), not
+/// when the callee confirms it (before: 6 s and `valid`; a party that never answers a
+/// BYE added up to 32 s and made any short call count).
+#[test]
+fn talk_ends_at_the_first_bye_not_when_the_other_party_confirms_it() {
+    let ports = Ports::take();
+    let node = Node::start(ports, "127.0.0.1/32", "");
+    let (key, _) = node.provision(
+        "0501234567",
+        DEST,
+        r#"{"min_talk_seconds": 3, "duplicate_window_seconds": 86400}"#,
+    );
+    let slow = node.dir.path().join("uas_slow_bye.xml");
+    let text = std::fs::read_to_string(scenario("uas_answer.xml")).expect("scenario");
+    let bye = r#"<recv request="BYE"/>"#;
+    assert!(text.contains(bye));
+    let paused = format!("{bye}\n  <pause milliseconds=\"5000\"/>");
+    std::fs::write(&slow, text.replace(bye, &paused)).expect("write scenario");
+    let _uas = Uas::start(&slow.display().to_string(), ports, node.dir.path(), &[]);
+    let run = uac("uac.xml", ports, "0501234567", 1, 1, &["-d", "1000"]);
+    assert_eq!(run.successful, 1, "{}", run.output);
+    let calls = node.wait_for_calls(&key, 1);
+    assert_eq!(calls[0]["talk_seconds"], 1, "{}", calls[0]);
+    assert_eq!(calls[0]["validity"], "invalid_short", "{}", calls[0]);
+}
+
 #[test]
 fn basic_calls_are_forwarded_logged_and_exported() {
     let ports = Ports::take();

@@ -320,8 +320,13 @@ pub struct Call {
     /// Waiting for the callee's judgement key.
     judging: bool,
     judgement_digit: Option<char>,
-    /// When the conversation ended, if the call went on after it (judgement).
+    /// When the conversation ended: the judgement began, or a party hung up or the
+    /// node did (then also `ended_ms`, the same moment by the wall clock). The call
+    /// may go on after it (the judgement; a BYE the other party has yet to answer),
+    /// and that time is not talk: a party that never answers the BYE would otherwise
+    /// lengthen the logged talk by up to 32 s, enough to make a short call valid.
     talk_end: Option<Instant>,
+    ended_ms: Option<i64>,
     /// Every forwarding attempt, for the log.
     attempts: Vec<tsunagu_store::Attempt>,
     /// The session timer once answered: (interval, refresh generation).
@@ -547,6 +552,7 @@ impl Call {
             judging: false,
             judgement_digit: None,
             talk_end: None,
+            ended_ms: None,
             attempts: Vec::new(),
             session: None,
             timers: timers::Timers::default(),
@@ -1778,6 +1784,8 @@ impl Call {
     /// Enters Ending: the call finishes when the far end confirms, or at the guard timer.
     fn end_and_wait(&mut self) {
         self.phase = Phase::Ending;
+        self.talk_end.get_or_insert_with(Instant::now);
+        self.ended_ms.get_or_insert_with(now_ms);
         self.after(self.ctx.end_guard, CallMsg::EndGuard);
     }
 

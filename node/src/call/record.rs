@@ -48,7 +48,7 @@ impl Call {
         // Stamped before the lines go: the next queued caller may be answered on
         // another worker within milliseconds, and its `answered_at` must not come
         // before this call's `ended_at` (a line's calls never overlap in the log).
-        let ended_at_ms = now_ms();
+        let ended_at_ms = self.ended_ms.unwrap_or_else(now_ms);
         self.held_lines.clear(); // the next queued caller may go
         self.leave_queue();
         let ended = self.talk_end.unwrap_or_else(Instant::now);
