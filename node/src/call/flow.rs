@@ -42,6 +42,8 @@ pub(super) struct IvrState {
     menu: Ivr,
     /// Times the menu has been played.
     played: u32,
+    /// Invalid keys pressed (each a try: see `decide::ivr`).
+    invalid: u32,
     /// Which wait a timeout belongs to.
     wait: u32,
 }
@@ -332,6 +334,7 @@ impl Call {
         self.ivr = Some(Box::new(IvrState {
             menu,
             played: 0,
+            invalid: 0,
             wait: 0,
         }));
         self.play_menu();
@@ -351,7 +354,7 @@ impl Call {
 
     fn ivr_key(&mut self, key: char) {
         let Some(ivr) = self.ivr.as_ref() else { return };
-        let step = on_key(&ivr.menu, key, ivr.played);
+        let step = on_key(&ivr.menu, key, ivr.played, ivr.invalid);
         self.ivr_digits.push(key);
         self.ivr_step(step, "routed");
     }
@@ -381,6 +384,7 @@ impl Call {
                 routed
             }
             IvrStep::Invalid => {
+                ivr.invalid += 1;
                 let name = ivr
                     .menu
                     .invalid_prompt

@@ -1,5 +1,12 @@
 //! IVR menu decisions: what a key, or silence, does after the menu has been played
-//! `played` times. Pure; the call actor plays the prompts and keeps the timers.
+//! `played` times and `invalid` keys were pressed. Pure; the call actor plays the
+//! prompts and keeps the timers.
+//!
+//! Every invalid key is a try of its own, whether or not the menu came round again:
+//! counted only by the menu's plays, keys pressed while the invalid-key prompt played
+//! (before the menu's next round) were never the last try, so a caller sending keys
+//! faster than the prompt held the call for its whole `max_call_seconds` (a live
+//! torture run sent 600 in a second).
 
 use tsunagu_store::Ivr;
 
@@ -15,11 +22,12 @@ pub enum IvrStep {
     GiveUp,
 }
 
-pub fn on_key(ivr: &Ivr, key: char, played: u32) -> IvrStep {
+/// A key after `played` rounds of the menu and `invalid` invalid keys before it.
+pub fn on_key(ivr: &Ivr, key: char, played: u32, invalid: u32) -> IvrStep {
     let key = key.to_string();
     if ivr.routes.contains_key(&key) {
         IvrStep::Route(key)
-    } else if played < ivr.attempts {
+    } else if played < ivr.attempts && invalid.saturating_add(1) < ivr.attempts {
         IvrStep::Invalid
     } else {
         IvrStep::GiveUp
@@ -62,14 +70,23 @@ mod tests {
     fn keys_and_silence() {
         let plain = menu(None);
         let with_default = menu(Some("#"));
-        let keys: &[(&Ivr, char, u32, IvrStep)] = &[
-            (&plain, '1', 1, Route("1".into())),
-            (&plain, '#', 2, Route("#".into())),
-            (&plain, '7', 1, Invalid),
-            (&plain, '7', 2, GiveUp),
+        // (menu, key, menu rounds played, invalid keys before) -> step; two tries.
+        let keys: &[(&Ivr, char, u32, u32, IvrStep)] = &[
+            (&plain, '1', 1, 0, Route("1".into())),
+            (&plain, '#', 2, 1, Route("#".into())),
+            (&plain, '1', 1, 9, Route("1".into())),
+            (&plain, '7', 1, 0, Invalid),
+            (&plain, '7', 2, 1, GiveUp),
+            // A second invalid key before the menu came round again: the last try.
+            (&plain, '7', 1, 1, GiveUp),
+            (&plain, '7', 1, u32::MAX, GiveUp),
         ];
-        for (ivr, key, played, want) in keys {
-            assert_eq!(on_key(ivr, *key, *played), *want, "{key} after {played}");
+        for (ivr, key, played, invalid, want) in keys {
+            assert_eq!(
+                on_key(ivr, *key, *played, *invalid),
+                *want,
+                "{key} after {played} rounds and {invalid} invalid keys"
+            );
         }
         let silences: &[(&Ivr, u32, IvrStep)] = &[
             (&plain, 1, Replay),
