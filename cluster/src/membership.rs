@@ -122,9 +122,9 @@ pub struct Member {
     heard: bool,
     /// The last heartbeat round trip measured to it.
     pub rtt: Option<Duration>,
-    /// When another member in good standing last heard this incarnation itself, by
-    /// its word (see the module doc).
-    heard_by_others: Option<Instant>,
+    /// The newest word of another member in good standing that it heard this
+    /// incarnation itself (see the module doc).
+    vouch: Option<Vouch>,
     /// When this node last took a frame of this incarnation (`last_heard` is also
     /// moved on after this node's own freeze; this is not): what it tells others.
     last_frame: Option<Instant>,
@@ -140,16 +140,45 @@ impl Member {
             last_heard: now,
             heard: false,
             rtt: None,
-            heard_by_others: None,
+            vouch: None,
             last_frame: None,
         }
     }
 
-    /// When this incarnation was last known alive: heard here, or by another member.
-    fn last_alive(&self) -> Instant {
-        self.heard_by_others
-            .map_or(self.last_heard, |t| t.max(self.last_heard))
+    /// Whether it is silent here: not heard for `window`, nor heard by another member
+    /// within it. A word grown old still holds while its voucher has not spoken since
+    /// without it: the voucher is then as silent as it will soon be, and the member
+    /// goes silent with it, not before (`voucher_silent`). Otherwise a node cut off
+    /// from the member, whose only voucher froze or died, would find the member silent
+    /// up to a heartbeat before the voucher, count the voucher still reachable, and
+    /// declare the member down as a majority it no longer is (a live torture run
+    /// caught both ends of a cut link declaring each other down so).
+    fn silent(
+        &self,
+        now: Instant,
+        window: Duration,
+        voucher_silent: impl Fn(&str) -> bool,
+    ) -> bool {
+        if now.saturating_duration_since(self.last_heard) <= window {
+            return false;
+        }
+        match &self.vouch {
+            None => true,
+            Some(v) if now.saturating_duration_since(v.at) <= window => false,
+            Some(v) => v.withdrawn || voucher_silent(&v.by),
+        }
     }
+}
+
+/// Another member's word that it heard a member itself.
+#[derive(Debug, Clone)]
+struct Vouch {
+    /// When it heard it, by its word.
+    at: Instant,
+    /// Who said so.
+    by: String,
+    /// `by` has since sent a heartbeat that no longer lists it.
+    withdrawn: bool,
 }
 
 /// One member a heartbeat's sender heard itself, and how long before it sent it.
@@ -348,7 +377,7 @@ impl Membership {
             let (reach, count) = match m.state {
                 State::Retired => (false, false),
                 State::Up if silent.contains(name) => (false, alive),
-                State::Up if m.heard || m.heard_by_others.is_some() => (true, true),
+                State::Up if m.heard || m.vouch.is_some() => (true, true),
                 // Listed by the store, not heard yet: counted, not reachable.
                 State::Up => (false, true),
                 State::Down => (false, m.heard && alive),
@@ -384,12 +413,20 @@ impl Membership {
         let unheard_exempt = self
             .first_heard
             .is_none_or(|t| now.saturating_duration_since(t) < UNHEARD_GRACE);
+        let window = self.timing.down_after;
+        // A voucher is silent by what this node heard of it itself (no vouching for
+        // vouchers: the chain stops at one hop).
+        let voucher_silent = |by: &str| {
+            self.members.get(by).is_none_or(|v| {
+                v.state != State::Up || now.saturating_duration_since(v.last_heard) > window
+            })
+        };
         self.members
             .iter()
             .filter(|(name, m)| {
                 m.state == State::Up
                     && (m.heard || !unheard_exempt || !self.alive_in_store(name, m))
-                    && now.saturating_duration_since(m.last_alive()) > self.timing.down_after
+                    && m.silent(now, window, voucher_silent)
             })
             .map(|(name, _)| name.as_str())
             .collect()
@@ -543,26 +580,52 @@ impl Membership {
     /// `from` in incarnation `epoch` heard these members itself (its heartbeat's
     /// list): each one up here in that incarnation is alive as of then, though this
     /// node may not hear it. Taken only from a member in good standing, about others
-    /// (not this node, not the sender); a time a peer puts before this clock's start
-    /// says nothing (a word older than `down_after` keeps nobody up anyway).
+    /// (not this node, not the sender); a word older than `down_after`, or a time a
+    /// peer puts before this clock's start, says nothing. What `from` vouched for
+    /// before and no longer lists is withdrawn.
     pub fn on_hears(&mut self, from: &str, epoch: u64, heard: &[Heard], now: Instant) {
         if !self.in_good_standing(from, epoch) {
             return;
         }
-        for h in heard.iter().take(MAX_HEARD) {
+        let heard = &heard[..heard.len().min(MAX_HEARD)];
+        // What `from` vouched for before and no longer lists is withdrawn.
+        for (name, m) in self.members.iter_mut() {
+            if let Some(v) = m.vouch.as_mut().filter(|v| v.by == from) {
+                v.withdrawn |= !heard.iter().any(|h| h.node == *name && h.epoch == m.epoch);
+            }
+        }
+        for h in heard {
             if h.node == self.name || h.node == from {
                 continue;
             }
             let ago = Duration::from_millis(u64::from(h.ago_ms));
+            if ago > self.timing.down_after {
+                continue; // keeps nobody up
+            }
             let Some(at) = now.checked_sub(ago) else {
                 continue;
             };
+            // A newer incarnation this node has not heard (the member rejoined while
+            // the link between us was cut) is a member once the store also shows it
+            // alive: else this view kept the old one down for as long as the cut
+            // lasted, owned line keys by another set of members than the others', and
+            // every node's calls needing those lines waited (a live torture run).
+            let newer = self.members.get(&h.node).is_none_or(|m| h.epoch > m.epoch);
+            if newer && self.alive_in_store.get(&h.node) == Some(&h.epoch) {
+                self.seen(&h.node, h.epoch, now);
+            }
             if let Some(m) = self
                 .members
                 .get_mut(&h.node)
                 .filter(|m| m.epoch == h.epoch && m.state == State::Up)
             {
-                m.heard_by_others = Some(m.heard_by_others.map_or(at, |t| t.max(at)));
+                if m.vouch.as_ref().is_none_or(|v| at >= v.at) {
+                    m.vouch = Some(Vouch {
+                        at,
+                        by: from.to_string(),
+                        withdrawn: false,
+                    });
+                }
             }
         }
     }
@@ -573,8 +636,9 @@ impl Membership {
         self.members.get(name).is_some_and(|m| {
             m.state == State::Up
                 && now.saturating_duration_since(m.last_heard) > self.timing.down_after
-                && m.heard_by_others
-                    .is_some_and(|t| now.saturating_duration_since(t) <= self.timing.down_after)
+                && m.vouch
+                    .as_ref()
+                    .is_some_and(|v| now.saturating_duration_since(v.at) <= self.timing.down_after)
         })
     }
 
@@ -1473,6 +1537,8 @@ mod tests {
                 m.on_heartbeat("c", 1, now);
                 if t == 1_500 {
                     m.on_hears(from, epoch, &said, now);
+                } else {
+                    m.on_hears("c", 1, &[], now);
                 }
                 m.tick(now);
             }
@@ -1483,5 +1549,108 @@ mod tests {
         m.on_heartbeat("c", 1, t0);
         m.on_hears("c", 1, &[heard("a", 1, 0)], t0);
         assert_eq!(m.members().count(), 1);
+    }
+
+    /// The link between a and b is cut and c, which vouches for each to the other,
+    /// dies at 3 s (its last heartbeat names b heard 100 ms before). Neither a nor b
+    /// declares the other down while c is counted alive by the store: b goes silent
+    /// at a only with c, and a side of one is no majority of three (a live torture
+    /// run had both declare each other down: b went silent up to a heartbeat before
+    /// its voucher). Once c's sign ages out of the store, the tie of two goes to the
+    /// lowest name: a declares b and c down, b never declares a.
+    #[test]
+    fn a_member_vouched_for_goes_silent_with_its_voucher_not_before() {
+        let t0 = Instant::now();
+        let mut views: Vec<(Membership, &str)> = vec![
+            (Membership::starting_at("a", 1, Timing::default(), t0), "b"),
+            (Membership::starting_at("b", 1, Timing::default(), t0), "a"),
+        ];
+        for (m, other) in views.iter_mut() {
+            m.on_heartbeat(other, 1, t0);
+            m.on_heartbeat("c", 1, t0);
+            m.store_signs([(other.to_string(), 1), ("c".to_string(), 1)]);
+            drain(m);
+            for t in (10..=10_000).step_by(10) {
+                let now = ms(t0, t);
+                if t % 250 == 0 && t <= 3_000 {
+                    m.on_heartbeat("c", 1, now);
+                    m.on_hears("c", 1, &[heard(other, 1, 100)], now);
+                }
+                if t % 250 == 0 {
+                    m.tick(now);
+                }
+            }
+            assert_eq!(drain(m), vec![], "{} declared someone down", m.name());
+            assert!(!m.in_majority(ms(t0, 10_000)));
+            assert!(!m.lease_valid(ms(t0, 10_000)));
+            // c's sign of life ages out of the store: the other end of the link and
+            // this node are left, a tie.
+            m.store_signs([(other.to_string(), 1)]);
+            m.tick(ms(t0, 10_250));
+        }
+        let downs: Vec<String> = drain(&mut views[0].0)
+            .into_iter()
+            .map(|e| match e {
+                Event::Down { name, .. } => name,
+                Event::Up { name, .. } => panic!("{name} up"),
+            })
+            .collect();
+        assert_eq!(downs, vec!["b".to_string(), "c".to_string()]);
+        assert_eq!(
+            drain(&mut views[1].0),
+            vec![],
+            "b, not the lowest name, declared a down"
+        );
+    }
+
+    /// b was declared down here (its link to a cut) and rejoined as incarnation 2,
+    /// which a still cannot hear. c's word brings b@2 into a's view once the store
+    /// also shows b@2 alive; neither alone does.
+    #[test]
+    fn a_newer_incarnation_others_hear_joins_the_view_by_their_word_and_the_store() {
+        let t0 = Instant::now();
+        let up = |n: &str, e| Event::Up {
+            name: n.into(),
+            epoch: e,
+        };
+        let rows: Vec<(&str, Vec<(String, u64)>, Vec<Heard>, Option<u64>)> = vec![
+            (
+                "c's word and the store",
+                vec![("b".into(), 2)],
+                vec![heard("b", 2, 50)],
+                Some(2),
+            ),
+            ("c's word alone", vec![], vec![heard("b", 2, 50)], None),
+            ("the store alone", vec![("b".into(), 2)], vec![], None),
+            (
+                "the store shows another incarnation",
+                vec![("b".into(), 3)],
+                vec![heard("b", 2, 50)],
+                None,
+            ),
+            (
+                "c's word about the old one",
+                vec![("b".into(), 1)],
+                vec![heard("b", 1, 50)],
+                None,
+            ),
+        ];
+        for (what, alive, said, want) in rows {
+            let mut m = Membership::starting_at("a", 1, Timing::default(), t0);
+            m.on_heartbeat("b", 1, t0);
+            m.on_heartbeat("c", 1, t0);
+            m.on_down_notice("b", 1, ms(t0, 100));
+            drain(&mut m);
+            m.store_signs(alive.into_iter().chain([("c".to_string(), 1)]));
+            let now = ms(t0, 500);
+            m.on_heartbeat("c", 1, now);
+            m.on_hears("c", 1, &said, now);
+            assert_eq!(m.up_epoch("b"), want, "{what}");
+            let events = drain(&mut m);
+            match want {
+                Some(e) => assert_eq!(events, vec![up("b", e)], "{what}"),
+                None => assert_eq!(events, vec![], "{what}"),
+            }
+        }
     }
 }

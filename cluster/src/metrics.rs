@@ -29,6 +29,7 @@ pub struct ClusterMetrics {
     pub stale: Counter,
     pub majority: Gauge,
     pub sessions_cut: Counter,
+    pub sessions_reset: Counter,
     pub heard_through_others: Gauge,
 }
 
@@ -47,6 +48,7 @@ impl Default for ClusterMetrics {
             stale: Counter::default(),
             majority: Gauge::default(),
             sessions_cut: Counter::default(),
+            sessions_reset: Counter::default(),
             heard_through_others: Gauge::default(),
         }
     }
@@ -125,6 +127,11 @@ impl ClusterMetrics {
             "cluster_members_heard_through_others",
             "Members up in this node's view that it has not heard within the failure detector's window while another member has (a cut link between this node and them): not declared down, since they are alive; should be 0",
             self.heard_through_others.clone(),
+        );
+        r.register(
+            "cluster_sessions_reset",
+            "Sessions with a member this node did not hear while others did (a cut link) stopped, at most every 5 s per member, so that a fresh connection replaces one left in TCP's retransmission back-off",
+            self.sessions_reset.clone(),
         );
         r.register(
             "cluster_sessions_cut",

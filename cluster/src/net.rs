@@ -20,7 +20,7 @@
 
 use prometheus_client::metrics::counter::Counter;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, ActorStatus};
-use ractor_cluster::node::NodeServerSessionInformation;
+use ractor_cluster::node::{NodeServerSessionInformation, NodeSessionMessage};
 use ractor_cluster::{NetworkStream, NodeEventSubscription, NodeServer, NodeServerMessage};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
@@ -314,7 +314,12 @@ pub struct Net {
     /// e.g. 127.0.0.1 for a node listening on 127.0.0.2). None when listening on
     /// every address.
     source: Option<IpAddr>,
+    /// The sessions that passed the challenge, by the id ractor_cluster gives the
+    /// peer's node (the one its actors' ids carry here), for [`Net::reset`].
+    sessions: Sessions,
 }
+
+type Sessions = Arc<Mutex<HashMap<u64, ActorRef<NodeSessionMessage>>>>;
 
 impl Net {
     /// Starts the node server, this node's mailbox and the listener; frames for this
@@ -327,6 +332,7 @@ impl Net {
         let listener = TcpListener::bind(cfg.listen)
             .await
             .map_err(|e| NetError::Listen(cfg.listen, e))?;
+        let sessions = Sessions::default();
         let server = NodeServer::new(
             0,
             cfg.secret.clone(),
@@ -347,6 +353,7 @@ impl Net {
                 id: "challenge-deadline".into(),
                 subscription: Box::new(ChallengeDeadline {
                     passed: Arc::default(),
+                    sessions: sessions.clone(),
                     cut: Arc::default(),
                     refused: Throttle::default(),
                     counted: sessions_cut,
@@ -378,6 +385,7 @@ impl Net {
                 connector: cfg.connector,
                 members,
                 source: Some(cfg.listen.ip()).filter(|ip| !ip.is_unspecified()),
+                sessions,
             },
             rx,
         ))
@@ -436,6 +444,34 @@ impl Net {
         ActorRef::<Vec<u8>>::from(cell).cast(frame).is_ok()
     }
 
+    /// Stops the session with peer `to`, if there is one, so that the next dial opens
+    /// a fresh connection (the old one may be stuck in TCP's retransmission back-off
+    /// after a cut, for up to minutes); true if one was stopped.
+    pub fn reset(&self, to: &str) -> bool {
+        let node = ractor::pg::get_members(&group_of(to))
+            .into_iter()
+            .find_map(|c| match c.get_id() {
+                ActorId::Remote { node_id, .. } => Some(node_id),
+                ActorId::Local(_) => None,
+            });
+        let session = node.and_then(|n| {
+            self.sessions
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&n)
+                .cloned()
+        });
+        match session {
+            Some(s) => {
+                s.stop(Some(
+                    "peer not heard while others hear it: reconnecting".into(),
+                ));
+                true
+            }
+            None => false,
+        }
+    }
+
     /// The peers a session is up with (by name).
     pub fn peers(&self) -> Vec<String> {
         let prefix = format!("{ALL}/");
@@ -462,6 +498,8 @@ impl Net {
 struct ChallengeDeadline {
     /// The sessions that passed, until they end (so bounded by the live sessions).
     passed: Arc<Mutex<HashSet<ActorId>>>,
+    /// The same, by the peer's node id ([`Net::reset`]).
+    sessions: Sessions,
     /// Log lines about cut sessions, at most one a second.
     cut: Arc<Throttle>,
     /// Log lines about sessions that ended before authenticating, at most one a second.
@@ -504,9 +542,22 @@ impl NodeEventSubscription for ChallengeDeadline {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(ses.actor.get_id());
+        self.sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(ses.node_id, ses.actor);
     }
 
     fn node_session_disconnected(&self, ses: NodeServerSessionInformation) {
+        {
+            let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+            if sessions
+                .get(&ses.node_id)
+                .is_some_and(|a| a.get_id() == ses.actor.get_id())
+            {
+                sessions.remove(&ses.node_id);
+            }
+        }
         let passed = self
             .passed
             .lock()
