@@ -176,16 +176,26 @@ fn numbers_are_unique_and_scoped(s: &dyn Store) {
         .iter()
         .any(|x| x.number == n.number));
 
+    let read = n.clone();
     n.destinations[0].ring_seconds = 5;
-    assert!(s.update_number(&n).unwrap());
+    assert_eq!(s.update_number(&n, &read).unwrap(), NumberUpdate::Updated);
     assert_eq!(
         s.get_number(&n.number).unwrap().unwrap().destinations[0].ring_seconds,
         5
     );
+    // A change made from the read before that one is refused, and writes nothing.
+    let mut stale = read.clone();
+    stale.absent = true;
+    assert_eq!(
+        s.update_number(&stale, &read).unwrap(),
+        NumberUpdate::Changed
+    );
+    assert_eq!(s.get_number(&n.number).unwrap().unwrap(), n);
     let mut foreign = n.clone();
     foreign.operator_id = b.id.clone();
-    assert!(
-        !s.update_number(&foreign).unwrap(),
+    assert_eq!(
+        s.update_number(&foreign, &n).unwrap(),
+        NumberUpdate::Missing,
         "another operator cannot update it"
     );
     assert!(

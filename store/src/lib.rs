@@ -119,8 +119,12 @@ pub trait Store: Send + Sync + 'static {
         operator_id: &str,
         advertiser_id: Option<&str>,
     ) -> Result<Vec<TrackingNumber>>;
-    /// Replaces a number's settings; false if the operator has no such number.
-    fn update_number(&self, number: &TrackingNumber) -> Result<bool>;
+    /// Replaces a number's settings with `number`, if they are still `read` (what the
+    /// change was made from): a compare-and-set, so that of two changes made from the
+    /// same read one wins and the other is told (two PATCHes, or a PATCH racing a
+    /// pool's creation, silently lost one change: a live torture run).
+    fn update_number(&self, number: &TrackingNumber, read: &TrackingNumber)
+        -> Result<NumberUpdate>;
     fn delete_number(&self, operator_id: &str, number: &str) -> Result<bool>;
     /// How many numbers the operator has (static and pools' alike): what its cap
     /// (`api.max_numbers_per_operator`) is checked against.

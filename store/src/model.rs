@@ -122,6 +122,16 @@ pub enum NumberKind {
     Callback,
 }
 
+/// What [`crate::Store::update_number`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NumberUpdate {
+    Updated,
+    /// The operator has no such number.
+    Missing,
+    /// It changed since it was read: nothing written.
+    Changed,
+}
+
 /// A tracking number and everything a call to it needs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct TrackingNumber {

@@ -855,7 +855,11 @@ impl Store for ScyllaStore {
         Ok(numbers)
     }
 
-    fn update_number(&self, number: &TrackingNumber) -> Result<bool> {
+    fn update_number(
+        &self,
+        number: &TrackingNumber,
+        read: &TrackingNumber,
+    ) -> Result<NumberUpdate> {
         let settings = json(number)?;
         let n = number;
         self.wait(async {
@@ -867,11 +871,21 @@ impl Store for ScyllaStore {
                         (n.number.as_str(),),
                     )
                     .await?;
-                let Some((Some(op), adv, _)) = current else {
-                    return Ok(false);
+                let Some((Some(op), adv, current)) = current else {
+                    return Ok(NumberUpdate::Missing);
                 };
                 if op != n.operator_id {
-                    return Ok(false);
+                    return Ok(NumberUpdate::Missing);
+                }
+                // Compared as read back, and written only if the text is still what
+                // was just read (the condition of the lightweight transaction).
+                let current = current.unwrap_or_default();
+                if serde_json::from_str::<TrackingNumber>(&current)
+                    .ok()
+                    .as_ref()
+                    != Some(read)
+                {
+                    return Ok(NumberUpdate::Changed);
                 }
                 let adv = adv.unwrap_or_default();
                 let values = (
@@ -880,6 +894,7 @@ impl Store for ScyllaStore {
                     n.number.as_str(),
                     op.as_str(),
                     adv.as_str(),
+                    current.as_str(),
                 );
                 if !self.inner.cas(q::NUM_UPDATE, values).await?.applied {
                     continue;
@@ -903,7 +918,7 @@ impl Store for ScyllaStore {
                         ),
                     )
                     .await?;
-                return Ok(true);
+                return Ok(NumberUpdate::Updated);
             }
             Err(StoreError::Unavailable(format!(
                 "number {} is being changed concurrently",

@@ -631,18 +631,38 @@ impl Store for SqliteStore {
         rows.into_iter().map(number_from).collect()
     }
 
-    fn update_number(&self, number: &TrackingNumber) -> Result<bool> {
+    fn update_number(
+        &self,
+        number: &TrackingNumber,
+        read: &TrackingNumber,
+    ) -> Result<NumberUpdate> {
         let settings =
             serde_json::to_string(number).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let n = self
-            .write(|c| {
-                c.execute(
-                    "UPDATE numbers SET advertiser_id = ?3, settings = ?4 WHERE number = ?1 AND operator_id = ?2",
-                    params![number.number, number.operator_id, number.advertiser_id, settings],
+        self.write(|c| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let current: Option<String> = tx
+                .query_row(
+                    "SELECT settings FROM numbers WHERE number = ?1 AND operator_id = ?2",
+                    params![number.number, number.operator_id],
+                    |r| r.get(0),
                 )
-            })
-            .map_err(unavailable)?;
-        Ok(n > 0)
+                .optional()?;
+            let Some(current) = current else {
+                return Ok(NumberUpdate::Missing);
+            };
+            // Compared as read back (an older row's text may lack fields that now have
+            // defaults), and written only if unchanged, in one transaction.
+            if serde_json::from_str::<TrackingNumber>(&current).ok().as_ref() != Some(read) {
+                return Ok(NumberUpdate::Changed);
+            }
+            tx.execute(
+                "UPDATE numbers SET advertiser_id = ?3, settings = ?4 WHERE number = ?1 AND operator_id = ?2",
+                params![number.number, number.operator_id, number.advertiser_id, settings],
+            )?;
+            tx.commit()?;
+            Ok(NumberUpdate::Updated)
+        })
+        .map_err(unavailable)
     }
 
     fn delete_number(&self, operator_id: &str, number: &str) -> Result<bool> {
