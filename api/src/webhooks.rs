@@ -160,7 +160,21 @@ async fn check_destination(st: &ApiState, url: &str) -> Result<(), ApiError> {
     } else {
         80
     };
-    let port = uri.port_u16().unwrap_or(default_port);
+    // A port that is not 1 to 65535 is refused here, as delivery refuses it: checked
+    // as the default port (what `port_u16` gives for one it cannot read), such a URL
+    // was accepted and every event to it failed (a live torture run).
+    // (`Authority::port` is None for one it cannot read: the text is read here.)
+    let written = authority.as_str();
+    let port_text = (!written.ends_with(']'))
+        .then(|| written.rsplit_once(':').map(|(_, p)| p))
+        .flatten();
+    let port = match port_text {
+        None => default_port,
+        Some(p) => match p.parse::<u16>() {
+            Ok(n) if n != 0 => n,
+            _ => return Err(ApiError::invalid("url", "the port must be 1 to 65535")),
+        },
+    };
     let addrs: Vec<SocketAddr> = match host.parse::<IpAddr>() {
         Ok(ip) => vec![SocketAddr::new(ip, port)],
         Err(_) => {
@@ -241,5 +255,40 @@ mod tests {
         }
         let listed = a.send("GET", "/v1/webhooks", Some(&a.key), "").await.json();
         assert_eq!(listed["webhooks"].as_array().unwrap().len(), 2, "{listed}");
+    }
+
+    #[tokio::test]
+    async fn ports_delivery_cannot_use_are_refused() {
+        let a = api();
+        let rows: &[(&str, StatusCode)] = &[
+            ("https://93.184.216.34:8443/hook", StatusCode::CREATED),
+            ("http://93.184.216.34:65535/", StatusCode::CREATED),
+            (
+                "http://93.184.216.34:65536/",
+                StatusCode::UNPROCESSABLE_ENTITY,
+            ),
+            (
+                "http://93.184.216.34:99999999999/",
+                StatusCode::UNPROCESSABLE_ENTITY,
+            ),
+            ("http://93.184.216.34:0/", StatusCode::UNPROCESSABLE_ENTITY),
+            ("http://93.184.216.34:/", StatusCode::UNPROCESSABLE_ENTITY),
+            (
+                "https://[2606:2800:220:1:248:1893:25c8:1946]/",
+                StatusCode::CREATED,
+            ),
+            (
+                "https://[2606:2800:220:1:248:1893:25c8:1946]:70000/",
+                StatusCode::UNPROCESSABLE_ENTITY,
+            ),
+        ];
+        for (url, status) in rows {
+            let body = format!(r#"{{"url": "{url}", "events": ["call.ended"]}}"#);
+            let r = a.send("POST", "/v1/webhooks", Some(&a.key), &body).await;
+            assert_eq!(r.status, *status, "{url}: {}", r.text());
+            if *status != StatusCode::CREATED {
+                assert_eq!(r.json()["error"]["field"], "url", "{}", r.text());
+            }
+        }
     }
 }
