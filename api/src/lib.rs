@@ -248,19 +248,51 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .with_state(state)
 }
 
-/// The framework's own refusal of a body past a route's limit (2 MiB, the prompts'
-/// quota on theirs) is plain text: answered as JSON like every other refusal.
+/// The framework's own refusals are plain text or empty (a body past a route's limit,
+/// a body that is not JSON or not the declared type, a chunked body that breaks off,
+/// a method the path does not take): answered as JSON like every other refusal, with
+/// the framework's words as the message. Client errors only: `/readyz` answers 503
+/// in text on purpose.
 async fn json_refusals(response: axum::response::Response) -> axum::response::Response {
+    use axum::http::StatusCode;
     use axum::response::IntoResponse;
     let is_json = response
         .headers()
         .get(axum::http::header::CONTENT_TYPE)
         .is_some_and(|t| t.as_bytes().starts_with(b"application/json"));
-    if response.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE && !is_json {
-        return ApiError::too_large("the request body is larger than this endpoint takes")
-            .into_response();
+    let status = response.status();
+    if is_json || !status.is_client_error() {
+        return response;
     }
-    response
+    let code = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::UNPROCESSABLE_ENTITY => "invalid",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::LENGTH_REQUIRED => "length_required",
+        _ => "bad_request",
+    };
+    let allow = response.headers().get(axum::http::header::ALLOW).cloned();
+    let said = axum::body::to_bytes(response.into_body(), 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let message = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            "the request body is larger than this endpoint takes".into()
+        }
+        StatusCode::METHOD_NOT_ALLOWED => "this path does not take that method".into(),
+        _ if !said.is_empty() => said,
+        _ => status.canonical_reason().unwrap_or("refused").to_string(),
+    };
+    let mut answer = ApiError::status(status, code, message).into_response();
+    if let Some(allow) = allow {
+        answer
+            .headers_mut()
+            .insert(axum::http::header::ALLOW, allow);
+    }
+    answer
 }
 
 /// Runs a store operation on the blocking pool.

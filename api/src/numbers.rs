@@ -596,6 +596,24 @@ mod tests {
         assert_eq!(r.json()["error"]["code"], "too_large", "{}", r.text());
     }
 
+    /// The framework's own refusals are JSON too: a method the path does not take
+    /// (with its `Allow`), a body of the wrong type for a prompt.
+    #[tokio::test]
+    async fn every_refusal_is_json() {
+        let a = api();
+        let r = a.send("DELETE", "/v1/numbers", Some(&a.key), "").await;
+        assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(
+            r.json()["error"]["code"],
+            "method_not_allowed",
+            "{}",
+            r.text()
+        );
+        assert!(r.headers.contains_key("allow"), "{:?}", r.headers);
+        let r = a.send("GET", "/readyz", None, "").await;
+        assert_eq!(r.text(), "ready\n", "not an error: left as it is");
+    }
+
     /// A change whose request is dropped while the store is busy (its client gone, its
     /// request timed out) still reaches the node once written: the write and its
     /// announcement are one job (the write used to commit and the announcement, left

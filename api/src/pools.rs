@@ -170,6 +170,26 @@ struct IssueInput {
 
 const WEEK: u32 = 7 * 86_400;
 
+/// An overflow number that is a tracking number must be the operator's own: another
+/// operator's would be shown on this one's pages, its calls measured and logged for
+/// that other operator (a live torture run set another operator's pool number).
+async fn check_overflow(
+    st: &Arc<ApiState>,
+    op: &str,
+    overflow: Option<&str>,
+) -> Result<(), ApiError> {
+    let Some(n) = overflow.map(str::to_string) else {
+        return Ok(());
+    };
+    match db(st, move |s| s.get_number(&n)).await? {
+        Some(tracked) if tracked.operator_id != op => Err(ApiError::invalid(
+            "overflow_number",
+            "is a tracking number of another operator",
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn validate_settings(p: &Pool) -> Result<(), ApiError> {
     let (hold, recycle, overflow) = (p.hold_seconds, p.recycle_seconds, &p.overflow_number);
     if !(1..=WEEK).contains(&hold) {
@@ -278,6 +298,7 @@ pub async fn create(
         created_at: now,
     };
     validate_settings(&pool)?;
+    check_overflow(&st, &op, pool.overflow_number.as_deref()).await?;
     let kind = if pool.mode == PoolMode::Callback {
         if !input.destinations.is_empty() {
             return Err(ApiError::invalid(
@@ -378,7 +399,8 @@ pub async fn update(
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let patch: PoolPatch = parse_json(&body)?;
-    let mut pool = db(&st, move |s| s.get_pool(&op, &id))
+    let owner = op.clone();
+    let mut pool = db(&st, move |s| s.get_pool(&owner, &id))
         .await?
         .ok_or_else(not_found)?;
     if let Some(h) = patch.hold_seconds {
@@ -394,6 +416,7 @@ pub async fn update(
         pool.allowed_origins = o;
     }
     validate_settings(&pool)?;
+    check_overflow(&st, &op, pool.overflow_number.as_deref()).await?;
     let saved = pool.clone();
     if !db(&st, move |s| s.update_pool(&saved)).await? {
         return Err(not_found());
@@ -638,6 +661,68 @@ fn visitor_session(params: &BTreeMap<String, String>) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An overflow number may be any phone number, or a tracking number of this
+    /// operator's, not another operator's (in creation and in a change alike).
+    #[tokio::test]
+    async fn another_operators_number_is_no_overflow() {
+        use tsunagu_store::Store;
+        let a = crate::testing::api();
+        let other = a.store.create_operator("other").unwrap();
+        let adv = a.store.create_advertiser(&other.id, "theirs").unwrap();
+        let theirs = tsunagu_store::TrackingNumber {
+            number: "0509999999".into(),
+            operator_id: other.id.clone(),
+            advertiser_id: adv.id,
+            ..Default::default()
+        };
+        a.store.create_number(&theirs).unwrap();
+        let key = Some(a.key.as_str());
+        let mine = format!(
+            r#"{{"number": "0501000001", "advertiser_id": "{}", "destinations": [{{"number": "0311112222"}}]}}"#,
+            a.advertiser
+        );
+        assert_eq!(
+            a.send("POST", "/v1/numbers", key, &mine).await.status,
+            StatusCode::CREATED
+        );
+        let pool = |n: usize, overflow: &str| {
+            format!(
+                r#"{{"advertiser_id": "{}", "mode": "one_time", "numbers": ["05020000{n:02}"], "hold_seconds": 60, "overflow_number": "{overflow}", "destinations": [{{"number": "0311112222"}}]}}"#,
+                a.advertiser
+            )
+        };
+        let rows: &[(&str, StatusCode)] = &[
+            ("0509999999", StatusCode::UNPROCESSABLE_ENTITY),
+            ("0501000001", StatusCode::CREATED),
+            ("0311112222", StatusCode::CREATED),
+        ];
+        for (i, (overflow, status)) in rows.iter().enumerate() {
+            let r = a.send("POST", "/v1/pools", key, &pool(i, overflow)).await;
+            assert_eq!(r.status, *status, "{overflow}: {}", r.text());
+            if *status != StatusCode::CREATED {
+                assert_eq!(
+                    r.json()["error"]["field"],
+                    "overflow_number",
+                    "{}",
+                    r.text()
+                );
+            }
+        }
+        let id = a.send("GET", "/v1/pools", key, "").await.json()["pools"][0]["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let r = a
+            .send(
+                "PATCH",
+                &format!("/v1/pools/{id}"),
+                key,
+                r#"{"overflow_number": "0509999999"}"#,
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text());
+    }
 
     #[test]
     fn origins() {
