@@ -707,6 +707,8 @@ impl Core {
                 self.metrics.server_transactions_full.inc();
             }
             RequestMatch::AckFor2xx => {
+                self.transactions
+                    .acked_2xx(&info.call_id, info.cseq, info.to_tag.as_deref());
                 let call_id = info.call_id.clone();
                 self.deliver(
                     &call_id,

@@ -187,6 +187,27 @@ struct Pending2xx {
     peer: Peer,
     response: Bytes,
     timers: Timers,
+    /// The To tag the 2xx gave the dialog: only an ACK carrying it acknowledges it
+    /// (None: the response names none, and any ACK of its CSeq does).
+    to_tag: Option<String>,
+}
+
+/// The To tag of a response this node built (its `To:` line, or the compact `t:`).
+fn to_tag_of(response: &[u8]) -> Option<String> {
+    let head = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(response, |end| &response[..end]);
+    std::str::from_utf8(head)
+        .ok()?
+        .split("\r\n")
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            let name = name.trim();
+            (name.eq_ignore_ascii_case("to") || name.eq_ignore_ascii_case("t"))
+                .then(|| crate::parse::tag(value).map(str::to_string))
+                .flatten()
+        })
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -325,8 +346,8 @@ impl Transactions {
                 // The ACK of a 2xx is end to end (RFC 3261 13.2.2.4): it may come from
                 // another address of the caller's side than the INVITE did, so it is
                 // not matched by source here; the call's dialog check (the leg's
-                // address or a trunk's) decides whether it counts.
-                self.ok2xx.remove(&(call_id.to_string(), cseq));
+                // address or a trunk's) decides whether it counts. Whether it ends
+                // the 2xx's retransmissions is [`Transactions::acked_2xx`]'s to say.
                 RequestMatch::AckFor2xx
             }
             _ => {
@@ -434,6 +455,7 @@ impl Transactions {
             let retransmit_at = (!reliable(&peer)).then(|| now + T1);
             let pending = Pending2xx {
                 peer,
+                to_tag: to_tag_of(&data),
                 response: data,
                 timers: Timers {
                     retransmit_at,
@@ -731,6 +753,24 @@ impl Transactions {
         }
         let next = tx.timers.next();
         self.schedule(next, TimerId::Client(key));
+    }
+
+    /// An ACK of a 2xx (see [`RequestMatch::AckFor2xx`]) with this To tag arrived: the
+    /// 2xx of that Call-ID and CSeq is acknowledged if the tag is the one it gave the
+    /// dialog. An ACK outside the dialog acknowledges nothing (RFC 3261 12.2.2): one
+    /// with a wrong tag used to stop the retransmissions and disarm the ACK timeout,
+    /// so a source that knew a Call-ID kept a call up until `max_call_seconds` (a
+    /// live torture run). True if it was acknowledged now.
+    pub fn acked_2xx(&mut self, call_id: &str, cseq: u32, to_tag: Option<&str>) -> bool {
+        let key = (call_id.to_string(), cseq);
+        let ours = self
+            .ok2xx
+            .get(&key)
+            .is_some_and(|p| p.to_tag.is_none() || p.to_tag.as_deref() == to_tag);
+        if ours {
+            self.ok2xx.remove(&key);
+        }
+        ours
     }
 
     fn ok2xx_timer(&mut self, k: (String, u32), at: Instant, now: Instant, out: &mut Vec<Output>) {
@@ -1088,6 +1128,7 @@ mod tests {
             ));
             let ack = t.on_request(Method::Ack, "z9hG4bKack", &call, 1, udp(), now, &mut out);
             assert_eq!(ack, RequestMatch::AckFor2xx);
+            assert!(t.acked_2xx(&call, 1, None));
             let key = TxKey::new(&bye, Method::Bye);
             t.send_request(
                 key,
@@ -1282,6 +1323,10 @@ mod tests {
             out.clear();
             let got = t.on_request(method, branch, "cf", 1, from(source), now, &mut out);
             assert_eq!(got, want, "{method:?} from {source}");
+            if got == RequestMatch::AckFor2xx {
+                // As the endpoint does with it (the 2xx here names no To tag).
+                t.acked_2xx("cf", 1, None);
+            }
             let resent_to_asker = transmits(&out);
             assert_eq!(
                 resent_to_asker,
@@ -1392,7 +1437,40 @@ mod tests {
             t.on_request(Method::Ack, "z9hG4bKother", "c5", 1, udp(), now, &mut out),
             RequestMatch::AckFor2xx
         );
+        assert!(t.acked_2xx("c5", 1, None));
         assert!(run(&mut t, now, Duration::from_secs(33)).is_empty());
+    }
+
+    /// Only an ACK with the To tag the 2xx gave acknowledges it: one with another tag
+    /// (or none) leaves it retransmitted until its ACK timeout.
+    #[test]
+    fn an_ack_outside_the_dialog_acknowledges_nothing() {
+        let now = Instant::now();
+        let two_hundred = Bytes::from_static(
+            b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP a;branch=z9hG4bKd\r\nTo: <sip:x@y>;tag=ours\r\nCall-ID: c6\r\n\r\nv=0\r\n",
+        );
+        assert_eq!(to_tag_of(&two_hundred).as_deref(), Some("ours"));
+        assert_eq!(
+            to_tag_of(b"SIP/2.0 200 OK\r\nt: <sip:x@y>;tag=t2\r\n\r\n").as_deref(),
+            Some("t2")
+        );
+        assert_eq!(to_tag_of(b"SIP/2.0 200 OK\r\nTo: <sip:x@y>\r\n\r\n"), None);
+        for (tag, acknowledged) in [(Some("bad"), false), (None, false), (Some("ours"), true)] {
+            let mut t = Transactions::new();
+            let mut out = Vec::new();
+            let key = TxKey::new("z9hG4bKd", Method::Invite);
+            t.on_request(Method::Invite, "z9hG4bKd", "c6", 1, udp(), now, &mut out);
+            assert!(t.send_response(&key, 200, two_hundred.clone(), "c6", 1, now, &mut out));
+            assert_eq!(
+                t.on_request(Method::Ack, "z9hG4bKa", "c6", 1, udp(), now, &mut out),
+                RequestMatch::AckFor2xx
+            );
+            assert_eq!(t.acked_2xx("c6", 1, tag), acknowledged, "{tag:?}");
+            let timed_out = run(&mut t, now, Duration::from_secs(33))
+                .iter()
+                .any(|(_, o)| matches!(o, Output::AckTimeout { .. }));
+            assert_eq!(timed_out, !acknowledged, "{tag:?}");
+        }
     }
 
     #[test]
