@@ -40,27 +40,54 @@ pub fn reason(code: u16) -> &'static str {
         183 => "Session Progress",
         200 => "OK",
         400 => "Bad Request",
+        401 => "Unauthorized",
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        406 => "Not Acceptable",
+        407 => "Proxy Authentication Required",
         408 => "Request Timeout",
+        410 => "Gone",
+        413 => "Request Entity Too Large",
+        414 => "Request-URI Too Long",
         415 => "Unsupported Media Type",
+        416 => "Unsupported URI Scheme",
         420 => "Bad Extension",
+        421 => "Extension Required",
         422 => "Session Interval Too Small",
+        423 => "Interval Too Brief",
+        429 => "Too Many Requests",
         480 => "Temporarily Unavailable",
         481 => "Call/Transaction Does Not Exist",
+        482 => "Loop Detected",
         483 => "Too Many Hops",
+        484 => "Address Incomplete",
+        485 => "Ambiguous",
         486 => "Busy Here",
         487 => "Request Terminated",
         488 => "Not Acceptable Here",
+        489 => "Bad Event",
+        491 => "Request Pending",
+        493 => "Undecipherable",
         500 => "Server Internal Error",
         501 => "Not Implemented",
-        505 => "Version Not Supported",
         502 => "Bad Gateway",
         503 => "Service Unavailable",
         504 => "Server Time-out",
+        505 => "Version Not Supported",
+        513 => "Message Too Large",
+        580 => "Precondition Failure",
         600 => "Busy Everywhere",
         603 => "Decline",
+        604 => "Does Not Exist Anywhere",
+        606 => "Not Acceptable",
+        // A code this table lacks: its class's own phrase, not a made-up one.
+        101..=199 => "Provisional",
+        201..=299 => "OK",
+        300..=399 => "Redirection",
+        400..=499 => "Client Error",
+        500..=599 => "Server Error",
+        600..=699 => "Global Failure",
         _ => "Unknown",
     }
 }
@@ -242,6 +269,23 @@ mod tests {
     use super::*;
     use crate::parse::{header_values, parse, tag};
     use rsipstack::sip::SipMessage;
+
+    #[test]
+    fn reason_phrases() {
+        // 491 was "Unknown" (a live torture run); a code not listed takes its class's.
+        for (code, phrase) in [
+            (491, "Request Pending"),
+            (513, "Message Too Large"),
+            (429, "Too Many Requests"),
+            (199, "Provisional"),
+            (497, "Client Error"),
+            (555, "Server Error"),
+            (699, "Global Failure"),
+            (700, "Unknown"),
+        ] {
+            assert_eq!(reason(code), phrase, "{code}");
+        }
+    }
 
     #[test]
     fn a_final_response_from_an_earlier_one() {
