@@ -347,3 +347,90 @@ fn a_caller_cannot_point_the_nodes_bye_at_a_third_party() {
         String::from_utf8_lossy(&buf)
     );
 }
+
+/// The caller re-INVITEs and, before the callee (which never answers it) does, hangs
+/// up: its re-INVITE, answered 100 at once, is answered 487 and its BYE 200 (RFC 3261
+/// 15.1.2). The re-INVITE was left unanswered, its transaction kept for minutes, and
+/// had no 100 (a live torture run).
+#[test]
+fn a_bye_answers_the_re_invite_it_overtakes_487() {
+    let ports = Ports::take();
+    let node = Node::start(ports, "127.0.0.0/8", "");
+    let (key, _) = node.provision("0501234567", DEST, "{}");
+    // A callee that answers, then takes the re-INVITE without a word until the BYE.
+    let silent_uas = node.dir.path().join("uas_silent_reinvite.xml");
+    let text = std::fs::read_to_string(scenario("uas_answer.xml")).expect("scenario");
+    let ack = r#"<recv request="ACK" crlf="true"/>"#;
+    assert!(text.contains(ack));
+    let silent = format!("{ack}\n  <recv request=\"INVITE\"/>");
+    std::fs::write(&silent_uas, text.replace(ack, &silent)).expect("write scenario");
+    let uas = Uas::start(
+        &silent_uas.display().to_string(),
+        ports,
+        node.dir.path(),
+        &[],
+    );
+
+    let caller = Party::bind("127.0.0.1", ports.sip);
+    let call_id = "bye-over-reinvite-1";
+    caller.send(&caller.invite(call_id, "09012345678", &caller.me()));
+    let our_tag = caller.ack_answer(call_id);
+    let sdp = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4002 RTP/AVP 0\r\n";
+    caller.send(&caller.request(
+        "INVITE",
+        call_id,
+        "callertag",
+        &our_tag,
+        2,
+        &format!(
+            "Contact: <sip:caller@{}>\nContent-Type: application/sdp\nContent-Length: {}\n\n{sdp}",
+            caller.me(),
+            sdp.len()
+        ),
+    ));
+    node.wait_until(Duration::from_secs(5), "the relayed re-INVITE", || {
+        uas.messages().matches("INVITE sip:").count() >= 2
+    });
+    caller.send(&caller.request(
+        "BYE",
+        call_id,
+        "callertag",
+        &our_tag,
+        3,
+        "Content-Length: 0\n\n",
+    ));
+    let (mut finals, mut provisionals) = (Vec::new(), Vec::new());
+    while finals.len() < 2 {
+        let m = caller
+            .recv(Duration::from_secs(5))
+            .unwrap_or_else(|| panic!("no more answers after {finals:?}"));
+        let status = m.lines().next().unwrap_or_default().to_string();
+        let cseq = header(&m, "CSeq").unwrap_or_default().to_string();
+        if !status.starts_with("SIP/2.0") {
+            continue;
+        }
+        if status.starts_with("SIP/2.0 1") {
+            provisionals.push((cseq, status));
+        } else {
+            finals.push((cseq, status));
+        }
+    }
+    // The relayed re-INVITE had its 100 at once (the callee may take its time).
+    assert_eq!(
+        provisionals,
+        vec![("2 INVITE".to_string(), "SIP/2.0 100 Trying".to_string())]
+    );
+    finals.sort();
+    assert_eq!(
+        finals,
+        vec![
+            (
+                "2 INVITE".to_string(),
+                "SIP/2.0 487 Request Terminated".to_string()
+            ),
+            ("3 BYE".to_string(), "SIP/2.0 200 OK".to_string()),
+        ]
+    );
+    let calls = node.wait_for_calls(&key, 1);
+    assert_eq!(calls[0]["result"], "answered", "{}", calls[0]);
+}

@@ -206,6 +206,9 @@ struct Reoffer {
     /// telephone-event type become once the other leg accepts it (a 2xx); a refused
     /// offer (488, 491, ...) leaves the session as it was (RFC 3261 section 14.2).
     offer: Option<sdp::Rewritten>,
+    /// The call ended while it was pending: the sender was answered 487, and the other
+    /// leg's answer, when it comes, is only acknowledged.
+    abandoned: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1006,11 +1009,13 @@ impl Call {
                     // The caller never confirmed the call's 200 (it may never have had
                     // it): logged failed with no talk time, as for `prack_timeout`, so
                     // a trunk that loses ACKs does not make valid 32 s conversations.
-                    self.end_reason = Some("ack_timeout");
                     if self.answered.take().is_some() {
                         self.result = CallResult::Failed;
                     }
                 }
+                // Either way the node ended it: the call's 200, or the 2xx of a
+                // re-INVITE (RFC 3261 13.3.1.4), never acknowledged.
+                self.end_reason.get_or_insert("ack_timeout");
                 self.hang_up_both();
             }
         }
@@ -1326,6 +1331,12 @@ impl Call {
             },
             None => None,
         };
+        if req.method == Method::Invite {
+            // The other party may take its time (a person, a slow PBX): without a
+            // provisional answer the sender retransmits and, past 32 s, gives up
+            // (RFC 3261 17.2.1: a 100 when the answer may take over 200 ms).
+            ep.respond(&req, &info, &key, 100, None, &[], None);
+        }
         let sdp = offer.as_ref().map(|o| o.sdp.clone());
         let late = sdp.is_none() && req.method == Method::Invite;
         let method = req.method;
@@ -1347,7 +1358,24 @@ impl Call {
             cseq,
             late,
             offer,
+            abandoned: false,
         }));
+    }
+
+    /// The call is ending with a re-offer pending: its sender is answered 487 (RFC 3261
+    /// 15.1.2: a UAS that receives a BYE answers the dialog's pending requests; the
+    /// same when the node hangs up). It was left unanswered, its server transaction
+    /// kept for minutes, and the other leg's late 2xx relayed into the ended dialog
+    /// (a live torture run).
+    fn abandon_reoffer(&mut self) {
+        let Some(p) = self.reoffer.as_mut().filter(|p| !p.abandoned) else {
+            return;
+        };
+        p.abandoned = true;
+        tracing::debug!(method = %p.method, "the call ends with a re-offer pending: 487");
+        self.ctx
+            .endpoint
+            .respond(&p.request, &p.info, &p.key, 487, None, &[], None);
     }
 
     /// The other leg answered a relayed re-offer: ACK it (INVITE 2xx) and answer the
@@ -1360,6 +1388,12 @@ impl Call {
         let Some(p) = self.reoffer.take() else { return };
         let ep = self.ctx.endpoint.clone();
         let to = p.from.other();
+        if p.abandoned {
+            if (200..300).contains(&code) && p.method == Method::Invite {
+                self.ack_2xx(to, p.cseq);
+            }
+            return;
+        }
         if let (200..=299, Some(offer)) = (code, &p.offer) {
             self.apply_sdp(p.from, offer);
         }
@@ -1784,6 +1818,7 @@ impl Call {
     /// Enters Ending: the call finishes when the far end confirms, or at the guard timer.
     fn end_and_wait(&mut self) {
         self.phase = Phase::Ending;
+        self.abandon_reoffer();
         self.talk_end.get_or_insert_with(Instant::now);
         self.ended_ms.get_or_insert_with(now_ms);
         self.after(self.ctx.end_guard, CallMsg::EndGuard);
