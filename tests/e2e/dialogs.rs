@@ -434,3 +434,66 @@ fn a_bye_answers_the_re_invite_it_overtakes_487() {
     let calls = node.wait_for_calls(&key, 1);
     assert_eq!(calls[0]["result"], "answered", "{}", calls[0]);
 }
+
+/// The caller re-INVITEs with an offer and the callee answers 200 without SDP: the
+/// callee's 200 is acknowledged, the caller gets 488 (a 2xx to an offer must carry
+/// the answer; before, the caller got a 200 without one, and the node acted on the
+/// unanswered offer: a live torture run), and the call goes on until the BYE.
+#[test]
+fn a_re_offer_answered_without_an_answer_is_refused_488() {
+    let ports = Ports::take();
+    let node = Node::start(ports, "127.0.0.0/8", "");
+    let (key, _) = node.provision("0501234567", DEST, "{}");
+    let bare_uas = node.dir.path().join("uas_bare_reinvite_answer.xml");
+    let text = std::fs::read_to_string(scenario("uas_answer.xml")).expect("scenario");
+    let ack = r#"<recv request="ACK" crlf="true"/>"#;
+    let bare = format!(
+        "{ack}\n  <recv request=\"INVITE\"/>\n  <send><![CDATA[\n\n      SIP/2.0 200 OK\n      [last_Via:]\n      [last_From:]\n      [last_To:]\n      [last_Call-ID:]\n      [last_CSeq:]\n      Contact: <sip:[local_ip]:[local_port];transport=[transport]>\n      Content-Length: 0\n\n    ]]></send>\n  {ack}"
+    );
+    std::fs::write(&bare_uas, text.replacen(ack, &bare, 1)).expect("write scenario");
+    let uas = Uas::start(&bare_uas.display().to_string(), ports, node.dir.path(), &[]);
+
+    let caller = Party::bind("127.0.0.1", ports.sip);
+    let call_id = "reoffer-bare-answer-1";
+    caller.send(&caller.invite(call_id, "09012345678", &caller.me()));
+    let our_tag = caller.ack_answer(call_id);
+    let sdp = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4002 RTP/AVP 0\r\n";
+    let reinvite = caller.request(
+        "INVITE",
+        call_id,
+        "callertag",
+        &our_tag,
+        2,
+        &format!(
+            "Contact: <sip:caller@{}>\nContent-Type: application/sdp\nContent-Length: {}\n\n{sdp}",
+            caller.me(),
+            sdp.len()
+        ),
+    );
+    caller.send(&reinvite);
+    let answer = caller.final_response();
+    assert!(answer.starts_with("SIP/2.0 488"), "{answer}");
+    // The 488 acknowledged on the re-INVITE's own branch (RFC 3261 17.1.1.3).
+    let via = header(&reinvite, "Via").unwrap().to_string();
+    caller.send(&format!(
+        "ACK sip:tsunagu@127.0.0.1:{} SIP/2.0\nVia: {via}\nFrom: <sip:09012345678@127.0.0.1>;tag=callertag\nTo: <sip:0501234567@127.0.0.1>;tag={our_tag}\nCall-ID: {call_id}\nCSeq: 2 ACK\nMax-Forwards: 70\nContent-Length: 0\n\n",
+        ports.sip
+    ));
+    node.wait_until(
+        Duration::from_secs(5),
+        "the callee's 200 acknowledged",
+        || uas.messages().matches("ACK sip:").count() >= 2,
+    );
+    caller.send(&caller.request(
+        "BYE",
+        call_id,
+        "callertag",
+        &our_tag,
+        3,
+        "Content-Length: 0\n\n",
+    ));
+    let bye = caller.final_response();
+    assert!(bye.starts_with("SIP/2.0 200"), "{bye}");
+    let calls = node.wait_for_calls(&key, 1);
+    assert_eq!(calls[0]["result"], "answered", "{}", calls[0]);
+}

@@ -1394,12 +1394,29 @@ impl Call {
             }
             return;
         }
+        let answered = sdp_body(&resp, &resp.body)
+            .filter(|_| code < 300)
+            .and_then(|body| self.rewrite_sdp(to, &body));
+        if (200..300).contains(&code) && (p.offer.is_some() || p.late) && answered.is_none() {
+            // A 2xx that must bring the answer (or, to an offerless re-INVITE, an
+            // offer) and brings none the node can anchor: the sender would get a 2xx
+            // without one (RFC 3264: it must have it), and the node would act on an
+            // offer nobody answered. The other leg's 2xx is acknowledged; the sender
+            // is refused 488 and the session stays as it was (a live torture run).
+            tracing::warn!(method = %p.method, ?to, "a 2xx to a relayed re-offer without a usable SDP: 488 to its sender, the session unchanged");
+            if p.method == Method::Invite {
+                self.ack_2xx(to, p.cseq);
+            }
+            ep.respond(&p.request, &p.info, &p.key, 488, None, &[], None);
+            return;
+        }
         if let (200..=299, Some(offer)) = (code, &p.offer) {
             self.apply_sdp(p.from, offer);
         }
-        let answer = sdp_body(&resp, &resp.body)
-            .filter(|_| code < 300)
-            .and_then(|body| self.anchor_sdp(to, &body));
+        let answer = answered.map(|rewritten| {
+            self.apply_sdp(to, &rewritten);
+            rewritten.sdp
+        });
         // The answer as the next body of the offerer's session (the leg keeps it).
         let answer = match p.from {
             Side::A => self.a.next_body(answer),
