@@ -32,7 +32,20 @@ pub fn new_call_id() -> String {
 
 /// The standard reason phrase for the status codes we send.
 pub fn reason(code: u16) -> &'static str {
-    match code {
+    // A code the table lacks: its class's own phrase, not a made-up one.
+    listed_reason(code).unwrap_or(match code / 100 {
+        1 => "Provisional",
+        2 => "OK",
+        3 => "Redirection",
+        4 => "Client Error",
+        5 => "Server Error",
+        6 => "Global Failure",
+        _ => "Unknown",
+    })
+}
+
+fn listed_reason(code: u16) -> Option<&'static str> {
+    Some(match code {
         100 => "Trying",
         180 => "Ringing",
         181 => "Call Is Being Forwarded",
@@ -81,15 +94,8 @@ pub fn reason(code: u16) -> &'static str {
         603 => "Decline",
         604 => "Does Not Exist Anywhere",
         606 => "Not Acceptable",
-        // A code this table lacks: its class's own phrase, not a made-up one.
-        101..=199 => "Provisional",
-        201..=299 => "OK",
-        300..=399 => "Redirection",
-        400..=499 => "Client Error",
-        500..=599 => "Server Error",
-        600..=699 => "Global Failure",
-        _ => "Unknown",
-    }
+        _ => return None,
+    })
 }
 
 /// A request we originate (a B2BUA leg, an in-dialog request, ACK or CANCEL).
