@@ -497,3 +497,55 @@ fn a_re_offer_answered_without_an_answer_is_refused_488() {
     let calls = node.wait_for_calls(&key, 1);
     assert_eq!(calls[0]["result"], "answered", "{}", calls[0]);
 }
+
+/// A key the caller sends by SIP INFO during the conversation reaches the callee as an
+/// INFO of the node's (before: answered 200 and dropped; a live torture run), written
+/// afresh: nothing else of the caller's body passes.
+#[test]
+fn a_key_sent_by_info_reaches_the_other_party() {
+    let ports = Ports::take();
+    let node = Node::start(ports, "127.0.0.0/8", "");
+    node.provision("0501234567", DEST, "{}");
+    // -aa: the callee answers INFO 200 wherever it comes in its scenario.
+    let uas = Uas::start("uas_answer.xml", ports, node.dir.path(), &["-aa"]);
+
+    let caller = Party::bind("127.0.0.1", ports.sip);
+    let call_id = "info-key-1";
+    caller.send(&caller.invite(call_id, "09012345678", &caller.me()));
+    let our_tag = caller.ack_answer(call_id);
+    let body = "Signal=5\r\nDuration=160\r\nX-Secret=caller-only\r\n";
+    caller.send(&caller.request(
+        "INFO",
+        call_id,
+        "callertag",
+        &our_tag,
+        2,
+        &format!(
+            "Content-Type: application/dtmf-relay\nContent-Length: {}\n\n{body}",
+            body.len()
+        ),
+    ));
+    let ok = caller.final_response();
+    assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
+    node.wait_until(
+        Duration::from_secs(5),
+        "the INFO relayed to the callee",
+        || uas.messages().contains("INFO sip:"),
+    );
+    let seen = uas.messages();
+    assert!(seen.contains("Signal=5"), "{seen}");
+    assert!(
+        !seen.contains("caller-only"),
+        "the caller's body passed: {seen}"
+    );
+    assert_eq!(node.metric("tsunagu_dtmf_digits_total{source=\"info\"}"), 1.0);
+    caller.send(&caller.request(
+        "BYE",
+        call_id,
+        "callertag",
+        &our_tag,
+        3,
+        "Content-Length: 0\n\n",
+    ));
+    assert!(caller.final_response().starts_with("SIP/2.0 200"));
+}

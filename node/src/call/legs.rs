@@ -695,9 +695,14 @@ impl BLeg {
     }
 
     pub fn bye(&mut self, ep: &EndpointHandle) {
-        self.cseq += 1;
-        let (spec, peer) = self.in_dialog(ep, Method::Bye, self.cseq);
+        let (spec, peer) = self.request(ep, Method::Bye);
         ep.request(spec, peer);
+    }
+
+    /// The next request of ours in this dialog (for the caller to fill and send).
+    pub fn request(&mut self, ep: &EndpointHandle, method: Method) -> (RequestSpec, Peer) {
+        self.cseq += 1;
+        self.in_dialog(ep, method, self.cseq)
     }
 
     /// `sdp` as the next body this party gets (see [`next_body`]).

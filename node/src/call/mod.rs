@@ -1249,7 +1249,29 @@ impl Call {
         let body = String::from_utf8_lossy(&req.body);
         if let Some(k) = tsunagu_media::dtmf::info_digit(content_type, &body) {
             self.on_key(side, k, "info");
+            if self.phase == Phase::Answered && !self.judging {
+                self.relay_info_key(side.other(), k);
+            }
         }
+    }
+
+    /// A key one party sent by SIP INFO in the conversation reaches the other the same
+    /// way (`application/dtmf-relay`, written afresh: nothing else of the sender's
+    /// body passes). It was answered 200 and dropped, so a caller whose carrier signals
+    /// keys by INFO could not work the advertiser's own menu or voicemail (a live
+    /// torture run). Keys sent as RFC 4733 events pass in the audio as they are.
+    fn relay_info_key(&mut self, to: Side, key: char) {
+        let ep = self.ctx.endpoint.clone();
+        let (mut spec, peer) = match to {
+            Side::A => self.a.request(&ep, Method::Info),
+            Side::B => match self.b.as_mut() {
+                Some(b) => b.request(&ep, Method::Info),
+                None => return,
+            },
+        };
+        let body = format!("Signal={key}\r\nDuration=160\r\n");
+        spec.body = Some(("application/dtmf-relay", body.into_bytes()));
+        ep.request(spec, peer);
     }
 
     fn on_b_request(
