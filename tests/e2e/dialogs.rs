@@ -538,7 +538,48 @@ fn a_key_sent_by_info_reaches_the_other_party() {
         !seen.contains("caller-only"),
         "the caller's body passed: {seen}"
     );
-    assert_eq!(node.metric("tsunagu_dtmf_digits_total{source=\"info\"}"), 1.0);
+    assert_eq!(
+        node.metric("tsunagu_dtmf_digits_total{source=\"info\"}"),
+        1.0
+    );
+    caller.send(&caller.request(
+        "BYE",
+        call_id,
+        "callertag",
+        &our_tag,
+        3,
+        "Content-Length: 0\n\n",
+    ));
+    assert!(caller.final_response().starts_with("SIP/2.0 200"));
+}
+
+/// A refresh asking for a session interval below the node's Min-SE is refused 422 with
+/// Min-SE, as the first INVITE would be (RFC 4028 9); it was passed on to the callee.
+#[test]
+fn a_refresh_below_the_minimum_interval_is_refused_422() {
+    let ports = Ports::take();
+    let node = Node::start(ports, "127.0.0.0/8", "");
+    node.provision("0501234567", DEST, "{}");
+    let uas = Uas::start("uas_answer.xml", ports, node.dir.path(), &[]);
+    let caller = Party::bind("127.0.0.1", ports.sip);
+    let call_id = "refresh-too-small-1";
+    caller.send(&caller.invite(call_id, "09012345678", &caller.me()));
+    let our_tag = caller.ack_answer(call_id);
+    caller.send(&caller.request(
+        "UPDATE",
+        call_id,
+        "callertag",
+        &our_tag,
+        2,
+        "Supported: timer\nSession-Expires: 1;refresher=uac\nContent-Length: 0\n\n",
+    ));
+    let answer = caller.final_response();
+    assert!(answer.starts_with("SIP/2.0 422"), "{answer}");
+    assert_eq!(header(&answer, "Min-SE"), Some("90"), "{answer}");
+    assert!(
+        !uas.messages().contains("UPDATE sip:"),
+        "passed on to the callee"
+    );
     caller.send(&caller.request(
         "BYE",
         call_id,

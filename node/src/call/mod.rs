@@ -1353,6 +1353,21 @@ impl Call {
             },
             None => None,
         };
+        if crate::decide::session_timer::too_small(header(&req, "Session-Expires"), self.ctx.min_se)
+        {
+            // A refresh asking for less than the node's floor is refused as the first
+            // INVITE would be (RFC 4028 9: 422 with Min-SE); it was passed on.
+            let min_se = self.ctx.min_se.to_string();
+            return ep.respond(
+                &req,
+                &info,
+                &key,
+                422,
+                None,
+                &[("Min-SE", min_se.as_str())],
+                None,
+            );
+        }
         if req.method == Method::Invite {
             // The other party may take its time (a person, a slow PBX): without a
             // provisional answer the sender retransmits and, past 32 s, gives up

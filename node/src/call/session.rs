@@ -47,6 +47,7 @@ impl Call {
             self.a_view.supports_timer,
             header(resp, "Session-Expires"),
             self.a_answered,
+            self.ctx.min_se,
         );
         let ep = self.ctx.endpoint.clone();
         match agreed {
@@ -79,9 +80,11 @@ impl Call {
     /// A 2xx to a relayed refresh: restart the clock (with the interval it names).
     pub(super) fn on_refresh_answer(&mut self, resp: &Response) {
         if self.session.is_some() {
+            // Never below the node's Min-SE, as when the session started (see
+            // `session_timer::agree`).
             let interval = header(resp, "Session-Expires")
                 .and_then(parse)
-                .map(|s| s.interval)
+                .map(|s| s.interval.max(self.ctx.min_se))
                 .unwrap_or(0);
             self.session_refreshed(interval);
         }

@@ -55,8 +55,16 @@ pub struct Agreed {
 
 /// Decides the caller's session timer from the caller's request (Session-Expires, and
 /// whether it said `Supported: timer`) and the callee's 200 (its Session-Expires).
-/// None: no session timer (the caller does not support them, or nobody asked).
-pub fn agree(request: Option<&str>, caller_supports: bool, callee: Option<&str>) -> Option<Agreed> {
+/// None: no session timer (the caller does not support them, or nobody asked). An
+/// interval below `floor` (the node's Min-SE) is raised to it: a callee answering
+/// `Session-Expires: 1` had the node hang the call up after a second (a live torture
+/// run; RFC 4028 forbids it going below the Min-SE, 90 s when none was sent).
+pub fn agree(
+    request: Option<&str>,
+    caller_supports: bool,
+    callee: Option<&str>,
+    floor: u32,
+) -> Option<Agreed> {
     if !caller_supports {
         // The caller cannot be told to refresh; a callee timer still works on its own
         // leg (it sends BYE itself when nobody refreshes).
@@ -67,6 +75,7 @@ pub fn agree(request: Option<&str>, caller_supports: bool, callee: Option<&str>)
         (None, Some(r)) => (r.interval, Refresher::Uac),
         (None, None) => return None,
     };
+    let interval = interval.max(floor);
     let role = match refresher {
         Refresher::Uac => "uac",
         Refresher::Uas => "uas",
@@ -87,11 +96,12 @@ pub fn on_callee_answer(
     caller_supports: bool,
     callee: Option<&str>,
     caller_answered: bool,
+    floor: u32,
 ) -> Option<Agreed> {
     if caller_answered {
         return None;
     }
-    agree(request, caller_supports, callee)
+    agree(request, caller_supports, callee, floor)
 }
 
 /// When the node gives up on a session with no refresh: the interval less a third of
@@ -160,9 +170,22 @@ mod tests {
             ),
             (Some("1800"), false, Some("1800;refresher=uac"), None),
             (None, true, None, None),
+            // A callee going below the node's Min-SE (90 here) is raised to it.
+            (
+                Some("1800"),
+                true,
+                Some("1;refresher=uas"),
+                Some(("90;refresher=uas", false, 90)),
+            ),
+            (
+                Some("1800"),
+                true,
+                Some("89"),
+                Some(("90;refresher=uac", true, 90)),
+            ),
         ];
         for (req, supports, callee, want) in rows {
-            let got = agree(*req, *supports, *callee);
+            let got = agree(*req, *supports, *callee, 90);
             let got = got
                 .as_ref()
                 .map(|a| (a.header.as_str(), a.require, a.interval));
@@ -175,9 +198,9 @@ mod tests {
     #[test]
     fn a_caller_answered_by_the_node_gets_no_timer_later() {
         let callee = Some("90;refresher=uac");
-        assert!(on_callee_answer(Some("90"), true, callee, true).is_none());
-        assert!(on_callee_answer(Some("90"), true, None, true).is_none());
-        let got = on_callee_answer(Some("90"), true, callee, false).map(|a| a.interval);
+        assert!(on_callee_answer(Some("90"), true, callee, true, 90).is_none());
+        assert!(on_callee_answer(Some("90"), true, None, true, 90).is_none());
+        let got = on_callee_answer(Some("90"), true, callee, false, 90).map(|a| a.interval);
         assert_eq!(got, Some(90));
     }
 
