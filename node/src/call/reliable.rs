@@ -112,6 +112,9 @@ impl Reliable {
 /// The RSeq a PRACK's `RAck: <rseq> <cseq> <method>` acknowledges, if it is for the
 /// INVITE of CSeq `cseq`.
 pub fn rack(value: &str, cseq: u32) -> Option<u32> {
+    if !rack_reads(value) {
+        return None;
+    }
     let mut f = value.split_whitespace();
     let rseq = f.next()?.parse().ok()?;
     let c: u32 = f.next()?.parse().ok()?;
@@ -119,9 +122,39 @@ pub fn rack(value: &str, cseq: u32) -> Option<u32> {
     (c == cseq && method.eq_ignore_ascii_case("INVITE")).then_some(rseq)
 }
 
+/// Whether an RAck value reads as `<rseq> <cseq> <method>` (numbers and a token, and
+/// nothing more), whichever request it names.
+pub fn rack_reads(value: &str) -> bool {
+    let f: Vec<&str> = value.split_whitespace().collect();
+    matches!(f.as_slice(), [rseq, cseq, method]
+        if rseq.parse::<u32>().is_ok()
+            && cseq.parse::<u32>().is_ok()
+            && !method.is_empty()
+            && method.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rack_values_that_read() {
+        // (value, reads, the RSeq it acknowledges for the INVITE of CSeq 1)
+        let rows = [
+            ("7 1 INVITE", true, Some(7)),
+            ("7 2 INVITE", true, None),
+            ("7 1 UPDATE", true, None),
+            ("banana", false, None),
+            ("", false, None),
+            ("7 1", false, None),
+            ("x 1 INVITE", false, None),
+            ("7 1 INVITE extra", false, None),
+        ];
+        for (value, reads, rseq) in rows {
+            assert_eq!(rack_reads(value), reads, "{value:?}");
+            assert_eq!(rack(value, 1), rseq, "{value:?}");
+        }
+    }
 
     fn r(code: u16, sdp: bool) -> Held {
         Held {
