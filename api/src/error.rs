@@ -58,13 +58,14 @@ impl ApiError {
         });
         self
     }
-    /// 413: a body over the route's limit.
+
     /// A refusal with this status and code (for the framework's own, see
     /// `json_refusals`).
     pub fn status(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
         Self::new(status, code, message)
     }
 
+    /// 413: a body over the route's limit.
     pub fn too_large(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", message)
     }

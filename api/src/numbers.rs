@@ -654,8 +654,6 @@ mod tests {
         assert_eq!(stored.destinations[0].number, "0322223333");
     }
 
-    /// An operator's numbers (its own and its pools') and advertisers are capped: the
-    /// request past the cap is refused 409 (a dry run too) and creates nothing.
     /// Two PATCHes of one number at once, through two nodes of one store, each
     /// setting another field: both changes stay (a live torture run lost one of the
     /// two in 35 of 40 rounds: each wrote back the whole number as it had read it).
@@ -702,6 +700,8 @@ mod tests {
         }
     }
 
+    /// An operator's numbers (its own and its pools') and advertisers are capped: the
+    /// request past the cap is refused 409 (a dry run too) and creates nothing.
     #[tokio::test]
     async fn an_operators_numbers_and_advertisers_are_capped() {
         let a = api_with(&Default::default(), |d| {

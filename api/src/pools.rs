@@ -184,7 +184,7 @@ async fn check_overflow(
     match db(st, move |s| s.get_number(&n)).await? {
         Some(tracked) if tracked.operator_id != op => Err(ApiError::invalid(
             "overflow_number",
-            "is a tracking number of another operator",
+            "is a tracking number this operator may not use",
         )),
         _ => Ok(()),
     }

@@ -153,20 +153,39 @@ impl Member {
     /// up to a heartbeat before the voucher, count the voucher still reachable, and
     /// declare the member down as a majority it no longer is (a live torture run
     /// caught both ends of a cut link declaring each other down so).
-    fn silent(
-        &self,
-        now: Instant,
-        window: Duration,
-        voucher_silent: impl Fn(&str) -> bool,
-    ) -> bool {
+    ///
+    /// A word says something only if the voucher heard the member at least a
+    /// heartbeat later than this node last did: this node missed what it heard (a
+    /// cut). A member that dies is last heard by everyone within a heartbeat, and
+    /// then the word is ignored, so detection keeps its time (else it waited for the
+    /// voucher to withdraw its word: up to half a second more, past 2 s).
+    fn silent(&self, now: Instant, timing: &Timing, voucher_silent: impl Fn(&str) -> bool) -> bool {
+        let window = timing.down_after;
         if now.saturating_duration_since(self.last_heard) <= window {
             return false;
         }
-        match &self.vouch {
+        match self.vouch_beyond(timing.heartbeat) {
             None => true,
             Some(v) if now.saturating_duration_since(v.at) <= window => false,
             Some(v) => v.withdrawn || voucher_silent(&v.by),
         }
+    }
+
+    /// The vouch, if its voucher heard the member over `margin` after this node did.
+    fn vouch_beyond(&self, margin: Duration) -> Option<&Vouch> {
+        self.vouch
+            .as_ref()
+            .filter(|v| v.at > self.last_heard + margin)
+    }
+
+    /// Whether it is reachable through another member now: a vouch that says
+    /// something (see `silent`), fresh and not withdrawn. A stale one made a member
+    /// the store lists, never heard here, count as reachable, and a node cut off with
+    /// one peer could count itself a majority (a review).
+    fn reachable_through_others(&self, now: Instant, timing: &Timing) -> bool {
+        self.vouch_beyond(timing.heartbeat).is_some_and(|v| {
+            !v.withdrawn && now.saturating_duration_since(v.at) <= timing.down_after
+        })
     }
 }
 
@@ -368,7 +387,7 @@ impl Membership {
     /// here and heard (not silent). Counted: those, the members up here by the store's
     /// word and not heard yet (not silent), and the incarnations the store shows alive
     /// that were heard before and are silent or declared down now.
-    fn majority_without(&self, silent: &BTreeSet<&str>) -> bool {
+    fn majority_without(&self, silent: &BTreeSet<&str>, now: Instant) -> bool {
         let mut counted = BTreeSet::from([self.name.as_str()]);
         let mut reachable = counted.clone();
         for (name, m) in &self.members {
@@ -377,7 +396,9 @@ impl Membership {
             let (reach, count) = match m.state {
                 State::Retired => (false, false),
                 State::Up if silent.contains(name) => (false, alive),
-                State::Up if m.heard || m.vouch.is_some() => (true, true),
+                State::Up if m.heard || m.reachable_through_others(now, &self.timing) => {
+                    (true, true)
+                }
                 // Listed by the store, not heard yet: counted, not reachable.
                 State::Up => (false, true),
                 State::Down => (false, m.heard && alive),
@@ -400,7 +421,7 @@ impl Membership {
     /// alive as many members this node cannot hear as it can (a cut network, see the
     /// module doc).
     pub fn in_majority(&self, now: Instant) -> bool {
-        self.majority_without(&self.silent(now))
+        self.majority_without(&self.silent(now), now)
     }
 
     /// The members up here but silent for longer than `down_after`, except those never
@@ -426,7 +447,7 @@ impl Membership {
             .filter(|(name, m)| {
                 m.state == State::Up
                     && (m.heard || !unheard_exempt || !self.alive_in_store(name, m))
-                    && m.silent(now, window, voucher_silent)
+                    && m.silent(now, &self.timing, voucher_silent)
             })
             .map(|(name, _)| name.as_str())
             .collect()
@@ -660,7 +681,7 @@ impl Membership {
             return;
         }
         let silent = self.silent(now);
-        if silent.is_empty() || !self.majority_without(&silent) {
+        if silent.is_empty() || !self.majority_without(&silent, now) {
             return;
         }
         let silent: Vec<String> = silent.into_iter().map(str::to_string).collect();
@@ -1652,5 +1673,68 @@ mod tests {
                 None => assert_eq!(events, vec![], "{what}"),
             }
         }
+    }
+
+    /// b dies at 1 s; c heard it last 10 ms after a did and says so in its heartbeats
+    /// (5 ms after a's ticks): a declares b down when its own window ends (2.75 s, the
+    /// first tick past 2.5 s), as without c's word. Taken at its word, c's listing at
+    /// 2.505 s (1.495 s after it heard b) held b up until c withdrew it at 2.755 s, and
+    /// a declared it at 3 s: detection drifting past 2 s (a review).
+    #[test]
+    fn a_voucher_that_heard_a_dead_member_when_this_node_did_does_not_delay_it() {
+        let t0 = Instant::now();
+        let mut m = Membership::starting_at("a", 1, Timing::default(), t0);
+        m.on_heartbeat("b", 1, t0);
+        m.on_heartbeat("c", 1, t0);
+        drain(&mut m);
+        let mut down_at = None;
+        for t in (5..=4_000).step_by(5) {
+            let now = ms(t0, t);
+            if t % 250 == 0 && t <= 1_000 {
+                m.on_heartbeat("b", 1, now);
+            }
+            if t % 250 == 5 {
+                m.on_heartbeat("c", 1, now);
+                // c heard b every 250 ms, last at 1.01 s, and lists it within 1.5 s.
+                let last = if t <= 1_010 { t } else { 1_010 };
+                let said: Vec<Heard> = (t - last <= 1_500)
+                    .then(|| heard("b", 1, (t - last) as u32))
+                    .into_iter()
+                    .collect();
+                m.on_hears("c", 1, &said, now);
+            }
+            if t % 250 == 0 {
+                m.tick(now);
+                if !drain(&mut m).is_empty() {
+                    down_at.get_or_insert(t);
+                }
+            }
+        }
+        assert_eq!(down_at, Some(2_750));
+    }
+
+    /// A rejoined node counts b (listed by the store, never heard) as reachable while
+    /// c's word of it is fresh, not after c withdrew it: else, cut off with c from the
+    /// other three, it counted three of five and held its lease (a review).
+    #[test]
+    fn a_withdrawn_word_makes_nobody_reachable() {
+        let t0 = Instant::now();
+        let mut m = Membership::rejoined("a", 7, Timing::default(), t0);
+        for n in ["b", "c", "d", "e"] {
+            m.expect(n, 1, t0);
+        }
+        m.store_signs(["b", "c", "d", "e"].map(|n| (n.to_string(), 1)));
+        m.on_heartbeat("c", 1, ms(t0, 100));
+        m.on_hears("c", 1, &[heard("b", 1, 0)], ms(t0, 400));
+        assert!(
+            m.in_majority(ms(t0, 450)),
+            "a, c and b (by c's word) of five"
+        );
+        m.on_heartbeat("c", 1, ms(t0, 650));
+        m.on_hears("c", 1, &[], ms(t0, 650));
+        assert!(
+            !m.in_majority(ms(t0, 700)),
+            "b no longer vouched for: two of five"
+        );
     }
 }

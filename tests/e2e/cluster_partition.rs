@@ -291,7 +291,7 @@ fn a_line_owned_across_a_cut_link_is_waited_for_no_longer_than_the_queue() {
         &number,
         1,
         1,
-        &["-recv_timeout", "20000"],
+        &["-recv_timeout", "8000"],
     );
     assert_eq!(run.successful, 1, "no 480 in time:\n{}", run.output);
     let calls = c.node("n1").wait_for_calls(&key, 1);

@@ -970,9 +970,11 @@ impl Call {
                     self.a.reack(&ep, info.cseq);
                 } else if info.call_id == self.a.info.call_id
                     && self.phase == Phase::Ending
+                    && info.cseq_method == Method::Bye
                     && response.status_code.code() >= 200
                 {
-                    self.finish(); // the caller answered our BYE
+                    // The caller answered our BYE (not a relayed INFO's late answer).
+                    self.finish();
                 }
             }
             SipEvent::Timeout { key } if self.phase == Phase::Answered => {
@@ -1085,6 +1087,7 @@ impl Call {
                 ep.respond(&req, &info, &key, 200, None, &[], None);
                 if self.phase == Phase::Answered {
                     tracing::debug!("caller hung up");
+                    self.abandon_reoffer();
                     if self.judging || self.start_judgement() {
                         return; // the callee stays on for the judgement
                     }
@@ -1362,11 +1365,15 @@ impl Call {
             },
             None => None,
         };
-        if crate::decide::session_timer::too_small(header(&req, "Session-Expires"), self.ctx.min_se)
-        {
-            // A refresh asking for less than the node's floor is refused as the first
-            // INVITE would be (RFC 4028 9: 422 with Min-SE); it was passed on.
-            let min_se = self.ctx.min_se.to_string();
+        // A refresh asking for less than the floor is refused as the first INVITE
+        // would be (RFC 4028 9: 422 with Min-SE); it was passed on. The caller's floor
+        // is the node's minimum; the callee's the one it was given (see `callee_floor`).
+        let floor = match from {
+            Side::A => self.ctx.min_se,
+            Side::B => crate::decide::session_timer::callee_floor(self.ctx.min_se),
+        };
+        if crate::decide::session_timer::too_small(header(&req, "Session-Expires"), floor) {
+            let min_se = floor.to_string();
             return ep.respond(
                 &req,
                 &info,
@@ -1413,7 +1420,7 @@ impl Call {
     /// same when the node hangs up). It was left unanswered, its server transaction
     /// kept for minutes, and the other leg's late 2xx relayed into the ended dialog
     /// (a live torture run).
-    fn abandon_reoffer(&mut self) {
+    pub(super) fn abandon_reoffer(&mut self) {
         let Some(p) = self.reoffer.as_mut().filter(|p| !p.abandoned) else {
             return;
         };
@@ -1443,12 +1450,15 @@ impl Call {
         let answered = sdp_body(&resp, &resp.body)
             .filter(|_| code < 300)
             .and_then(|body| self.rewrite_sdp(to, &body));
-        if (200..300).contains(&code) && (p.offer.is_some() || p.late) && answered.is_none() {
-            // A 2xx that must bring the answer (or, to an offerless re-INVITE, an
-            // offer) and brings none the node can anchor: the sender would get a 2xx
-            // without one (RFC 3264: it must have it), and the node would act on an
-            // offer nobody answered. The other leg's 2xx is acknowledged; the sender
-            // is refused 488 and the session stays as it was (a live torture run).
+        if (200..300).contains(&code) && p.offer.is_some() && answered.is_none() {
+            // A 2xx that must bring the answer and brings none the node can anchor:
+            // the sender would get a 2xx without one (RFC 3264: it must have it), and
+            // the node would act on an offer nobody answered. The other leg's 2xx is
+            // acknowledged; the sender is refused 488 and the node keeps the session
+            // as it was (the other leg, which broke the rule, may think otherwise;
+            // its media still reaches the node's port). A live torture run. (A 2xx to
+            // an offerless re-INVITE whose offer the node cannot anchor is not
+            // handled so: its ACK would have to carry an answer.)
             tracing::warn!(method = %p.method, ?to, "a 2xx to a relayed re-offer without a usable SDP: 488 to its sender, the session unchanged");
             if p.method == Method::Invite {
                 self.ack_2xx(to, p.cseq);

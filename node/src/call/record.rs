@@ -42,6 +42,9 @@ impl Call {
         if self.phase == Phase::Done {
             return;
         }
+        // A re-offer still pending is answered (the judgement's end, or an end that
+        // did not go through `end_and_wait`).
+        self.abandon_reoffer();
         self.phase = Phase::Done;
         self.stop_ring_timer();
         self.stop_ring_guard();

@@ -47,7 +47,7 @@ impl Call {
             self.a_view.supports_timer,
             header(resp, "Session-Expires"),
             self.a_answered,
-            self.ctx.min_se,
+            crate::decide::session_timer::callee_floor(self.ctx.min_se),
         );
         let ep = self.ctx.endpoint.clone();
         match agreed {
@@ -84,7 +84,10 @@ impl Call {
             // `session_timer::agree`).
             let interval = header(resp, "Session-Expires")
                 .and_then(parse)
-                .map(|s| s.interval.max(self.ctx.min_se))
+                .map(|s| {
+                    s.interval
+                        .max(crate::decide::session_timer::callee_floor(self.ctx.min_se))
+                })
                 .unwrap_or(0);
             self.session_refreshed(interval);
         }

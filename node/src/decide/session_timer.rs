@@ -104,6 +104,14 @@ pub fn on_callee_answer(
     agree(request, caller_supports, callee, floor)
 }
 
+/// The least session interval a callee may give (RFC 4028 4: Min-SE is 90 s when
+/// the request names none, and the node passes on only the caller's): the node's own
+/// minimum if lower (tests and labs run short ones), else 90 s. A callee's 600 s is
+/// lawful whatever the node's own minimum for callers.
+pub fn callee_floor(node_min_se: u32) -> u32 {
+    node_min_se.min(90)
+}
+
 /// When the node gives up on a session with no refresh: the interval less a third of
 /// it or 32 s, whichever is less (RFC 4028 10: the non-refresher's BYE).
 pub fn check_after(interval: u32) -> Duration {
@@ -202,6 +210,23 @@ mod tests {
         assert!(on_callee_answer(Some("90"), true, None, true, 90).is_none());
         let got = on_callee_answer(Some("90"), true, callee, false, 90).map(|a| a.interval);
         assert_eq!(got, Some(90));
+    }
+
+    /// The floor a callee is held to: the node's minimum when lower than RFC 4028's
+    /// 90 s, else 90 s (a node that asks callers for 1800 s still takes a callee's
+    /// lawful 600: a review).
+    #[test]
+    fn a_callee_is_held_to_the_rfc_floor_not_the_nodes() {
+        assert_eq!(callee_floor(1800), 90);
+        assert_eq!(callee_floor(90), 90);
+        assert_eq!(callee_floor(2), 2);
+        let got = agree(
+            Some("1800"),
+            true,
+            Some("600;refresher=uas"),
+            callee_floor(1800),
+        );
+        assert_eq!(got.map(|a| a.interval), Some(600));
     }
 
     #[test]
