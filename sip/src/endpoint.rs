@@ -721,7 +721,16 @@ impl Core {
                 );
             }
             RequestMatch::Cancel(invite) => {
-                self.answer(&req, &info, 200, &[]);
+                // The 200 to a CANCEL carries the To tag of the INVITE's responses
+                // (RFC 3261 9.2), when a provisional one gave it one; else a new one.
+                let tag = self
+                    .transactions
+                    .pending_response(&invite)
+                    .and_then(|r| crate::transaction::to_tag_of(&r))
+                    .unwrap_or_else(build::new_tag);
+                let key = TxKey::new(&info.branch, req.method);
+                let data = build::response(&req, 200, Some(&tag), &[], None);
+                self.send_built(&key, 200, Bytes::from(data), &info.call_id, info.cseq);
                 let call_id = info.call_id.clone();
                 self.deliver(&call_id, SipEvent::Cancelled { key: invite });
             }

@@ -193,7 +193,7 @@ struct Pending2xx {
 }
 
 /// The To tag of a response this node built (its `To:` line, or the compact `t:`).
-fn to_tag_of(response: &[u8]) -> Option<String> {
+pub(crate) fn to_tag_of(response: &[u8]) -> Option<String> {
     let head = response
         .windows(4)
         .position(|w| w == b"\r\n\r\n")

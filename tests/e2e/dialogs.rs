@@ -590,3 +590,48 @@ fn a_refresh_below_the_minimum_interval_is_refused_422() {
     ));
     assert!(caller.final_response().starts_with("SIP/2.0 200"));
 }
+
+/// The caller CANCELs while the callee rings: the 200 to the CANCEL carries the To tag
+/// the INVITE's 180 carried, as the 487 does (RFC 3261 9.2; it carried a new one).
+#[test]
+fn a_cancel_is_answered_with_the_invites_to_tag() {
+    let ports = Ports::take();
+    let node = Node::start(ports, "127.0.0.0/8", "");
+    node.provision("0501234567", DEST, "{}");
+    let _uas = Uas::start("uas_no_answer.xml", ports, node.dir.path(), &[]);
+    let caller = Party::bind("127.0.0.1", ports.sip);
+    let call_id = "cancel-tag-1";
+    let invite = caller.invite(call_id, "09012345678", &caller.me());
+    caller.send(&invite);
+    let ringing = loop {
+        let m = caller.recv(Duration::from_secs(5)).expect("a 180");
+        if m.starts_with("SIP/2.0 180") {
+            break m;
+        }
+    };
+    let tag180 = tag(header(&ringing, "To").unwrap());
+    assert!(!tag180.is_empty(), "{ringing}");
+    let via = header(&invite, "Via").unwrap().to_string();
+    caller.send(&format!(
+        "CANCEL sip:0501234567@127.0.0.1:{} SIP/2.0\nVia: {via}\nFrom: <sip:09012345678@127.0.0.1>;tag=callertag\nTo: <sip:0501234567@127.0.0.1>\nCall-ID: {call_id}\nCSeq: 1 CANCEL\nMax-Forwards: 70\nContent-Length: 0\n\n",
+        ports.sip
+    ));
+    let mut tags = std::collections::BTreeMap::new();
+    while tags.len() < 2 {
+        let m = caller
+            .recv(Duration::from_secs(5))
+            .expect("the CANCEL's and INVITE's answers");
+        let status = m.lines().next().unwrap_or_default();
+        if status.starts_with("SIP/2.0 200") || status.starts_with("SIP/2.0 487") {
+            let cseq = header(&m, "CSeq").unwrap_or_default().to_string();
+            tags.insert(cseq, tag(header(&m, "To").unwrap()));
+        }
+    }
+    assert_eq!(tags["1 CANCEL"], tag180, "{tags:?}");
+    assert_eq!(tags["1 INVITE"], tag180, "{tags:?}");
+    // The 487 acknowledged on the INVITE's branch.
+    caller.send(&format!(
+        "ACK sip:0501234567@127.0.0.1:{} SIP/2.0\nVia: {via}\nFrom: <sip:09012345678@127.0.0.1>;tag=callertag\nTo: <sip:0501234567@127.0.0.1>;tag={tag180}\nCall-ID: {call_id}\nCSeq: 1 ACK\nMax-Forwards: 70\nContent-Length: 0\n\n",
+        ports.sip
+    ));
+}
