@@ -357,40 +357,8 @@ fn a_bye_answers_the_re_invite_it_overtakes_487() {
     let ports = Ports::take();
     let node = Node::start(ports, "127.0.0.0/8", "");
     let (key, _) = node.provision("0501234567", DEST, "{}");
-    // A callee that answers, then takes the re-INVITE without a word until the BYE.
-    let silent_uas = node.dir.path().join("uas_silent_reinvite.xml");
-    let text = std::fs::read_to_string(scenario("uas_answer.xml")).expect("scenario");
-    let ack = r#"<recv request="ACK" crlf="true"/>"#;
-    assert!(text.contains(ack));
-    let silent = format!("{ack}\n  <recv request=\"INVITE\"/>");
-    std::fs::write(&silent_uas, text.replace(ack, &silent)).expect("write scenario");
-    let uas = Uas::start(
-        &silent_uas.display().to_string(),
-        ports,
-        node.dir.path(),
-        &[],
-    );
-
-    let caller = Party::bind("127.0.0.1", ports.sip);
     let call_id = "bye-over-reinvite-1";
-    caller.send(&caller.invite(call_id, "09012345678", &caller.me()));
-    let our_tag = caller.ack_answer(call_id);
-    let sdp = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4002 RTP/AVP 0\r\n";
-    caller.send(&caller.request(
-        "INVITE",
-        call_id,
-        "callertag",
-        &our_tag,
-        2,
-        &format!(
-            "Contact: <sip:caller@{}>\nContent-Type: application/sdp\nContent-Length: {}\n\n{sdp}",
-            caller.me(),
-            sdp.len()
-        ),
-    ));
-    node.wait_until(Duration::from_secs(5), "the relayed re-INVITE", || {
-        uas.messages().matches("INVITE sip:").count() >= 2
-    });
+    let (caller, our_tag, _uas, _) = reinvite_a_silent_callee(&node, ports, call_id);
     caller.send(&caller.request(
         "BYE",
         call_id,
@@ -634,4 +602,99 @@ fn a_cancel_is_answered_with_the_invites_to_tag() {
         "ACK sip:0501234567@127.0.0.1:{} SIP/2.0\nVia: {via}\nFrom: <sip:09012345678@127.0.0.1>;tag=callertag\nTo: <sip:0501234567@127.0.0.1>;tag={tag180}\nCall-ID: {call_id}\nCSeq: 1 ACK\nMax-Forwards: 70\nContent-Length: 0\n\n",
         ports.sip
     ));
+}
+
+/// A call answered by a callee that then takes a re-INVITE without a word until the
+/// BYE; the caller has sent that re-INVITE (CSeq 2, with an offer) and the callee has
+/// it. The caller, the node's To tag, the callee, and the re-INVITE as sent.
+fn reinvite_a_silent_callee(
+    node: &Node,
+    ports: Ports,
+    call_id: &str,
+) -> (Party, String, Uas, String) {
+    let silent_uas = node.dir.path().join("uas_silent_reinvite.xml");
+    let text = std::fs::read_to_string(scenario("uas_answer.xml")).expect("scenario");
+    let ack = r#"<recv request="ACK" crlf="true"/>"#;
+    assert!(text.contains(ack));
+    let silent = format!("{ack}\n  <recv request=\"INVITE\"/>");
+    std::fs::write(&silent_uas, text.replace(ack, &silent)).expect("write scenario");
+    let uas = Uas::start(
+        &silent_uas.display().to_string(),
+        ports,
+        node.dir.path(),
+        &[],
+    );
+    let caller = Party::bind("127.0.0.1", ports.sip);
+    caller.send(&caller.invite(call_id, "09012345678", &caller.me()));
+    let our_tag = caller.ack_answer(call_id);
+    let sdp = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4002 RTP/AVP 0\r\n";
+    let reinvite = caller.request(
+        "INVITE",
+        call_id,
+        "callertag",
+        &our_tag,
+        2,
+        &format!(
+            "Contact: <sip:caller@{}>\nContent-Type: application/sdp\nContent-Length: {}\n\n{sdp}",
+            caller.me(),
+            sdp.len()
+        ),
+    );
+    caller.send(&reinvite);
+    node.wait_until(Duration::from_secs(5), "the relayed re-INVITE", || {
+        uas.messages().matches("INVITE sip:").count() >= 2
+    });
+    (caller, our_tag, uas, reinvite)
+}
+
+/// The caller CANCELs its pending re-INVITE: the CANCEL is answered 200 and the
+/// re-INVITE 487 (RFC 3261 9.2), and the call goes on until the BYE (a CANCEL of a
+/// re-INVITE was answered 200 and ignored, and one while a 200 waited for a PRACK
+/// would have ended the call as a CANCEL of the first INVITE: a live torture run).
+#[test]
+fn a_cancelled_re_invite_is_answered_487_and_the_call_goes_on() {
+    let ports = Ports::take();
+    let node = Node::start(ports, "127.0.0.0/8", "");
+    let (key, _) = node.provision("0501234567", DEST, "{}");
+    let call_id = "cancel-reinvite-1";
+    let (caller, our_tag, _uas, reinvite) = reinvite_a_silent_callee(&node, ports, call_id);
+    let via = header(&reinvite, "Via").unwrap().to_string();
+    caller.send(&format!(
+        "CANCEL sip:tsunagu@127.0.0.1:{} SIP/2.0\nVia: {via}\nFrom: <sip:09012345678@127.0.0.1>;tag=callertag\nTo: <sip:0501234567@127.0.0.1>;tag={our_tag}\nCall-ID: {call_id}\nCSeq: 2 CANCEL\nMax-Forwards: 70\nContent-Length: 0\n\n",
+        ports.sip
+    ));
+    let mut finals = Vec::new();
+    while finals.len() < 2 {
+        let m = caller
+            .recv(Duration::from_secs(5))
+            .unwrap_or_else(|| panic!("no more answers after {finals:?}"));
+        let status = m.lines().next().unwrap_or_default().to_string();
+        if status.starts_with("SIP/2.0") && !status.starts_with("SIP/2.0 1") {
+            finals.push((header(&m, "CSeq").unwrap_or_default().to_string(), status));
+        }
+    }
+    finals.sort();
+    assert_eq!(
+        finals,
+        vec![
+            ("2 CANCEL".to_string(), "SIP/2.0 200 OK".to_string()),
+            (
+                "2 INVITE".to_string(),
+                "SIP/2.0 487 Request Terminated".to_string()
+            ),
+        ]
+    );
+    assert_eq!(node.metric("tsunagu_active_calls"), 1.0, "the call goes on");
+    caller.send(&caller.request(
+        "BYE",
+        call_id,
+        "callertag",
+        &our_tag,
+        3,
+        "Content-Length: 0\n\n",
+    ));
+    let bye = caller.final_response();
+    assert!(bye.starts_with("SIP/2.0 200"), "{bye}");
+    let calls = node.wait_for_calls(&key, 1);
+    assert_eq!(calls[0]["result"], "answered", "{}", calls[0]);
 }

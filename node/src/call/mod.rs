@@ -909,7 +909,12 @@ impl Call {
     fn on_sip(&mut self, ev: SipEvent) {
         let b_call_id = self.b.as_ref().map(|b| b.call_id().to_string());
         match ev {
-            SipEvent::Cancelled { .. } => self.caller_cancelled(),
+            // A CANCEL of the caller's INVITE, or of a re-INVITE pending in either
+            // dialog (every CANCEL of a re-INVITE cancelled the call: a live torture
+            // run found one answered 200 and ignored, and one during a held answer
+            // would have ended the call).
+            SipEvent::Cancelled { key } if key == self.a.key => self.caller_cancelled(),
+            SipEvent::Cancelled { key } => self.reoffer_cancelled(&key),
             SipEvent::Request {
                 request,
                 info,
@@ -1420,6 +1425,22 @@ impl Call {
     /// same when the node hangs up). It was left unanswered, its server transaction
     /// kept for minutes, and the other leg's late 2xx relayed into the ended dialog
     /// (a live torture run).
+    /// The sender of a pending re-INVITE cancelled it: it is answered 487 (RFC 3261
+    /// 9.2), and the other leg's answer, when it comes, is only acknowledged; if that
+    /// answer accepted the offer, the other party's session moved where the sender's
+    /// did not, which a CANCEL racing an answer leaves to the parties (the node
+    /// sends no CANCEL of its own re-INVITE: its answer may already be on its way).
+    fn reoffer_cancelled(&mut self, key: &tsunagu_sip::transaction::TxKey) {
+        let pending = self
+            .reoffer
+            .as_ref()
+            .is_some_and(|p| p.key == *key && p.method == Method::Invite);
+        if pending {
+            tracing::debug!("a pending re-INVITE cancelled by its sender");
+            self.abandon_reoffer();
+        }
+    }
+
     pub(super) fn abandon_reoffer(&mut self) {
         let Some(p) = self.reoffer.as_mut().filter(|p| !p.abandoned) else {
             return;
