@@ -510,15 +510,51 @@ fn a_key_sent_by_info_reaches_the_other_party() {
         node.metric("tsunagu_dtmf_digits_total{source=\"info\"}"),
         1.0
     );
+    // A flood of keys: every one answered 200, ten a second passed on (each one the
+    // callee never answered would be retransmitted about eleven times). Nine of these
+    // twelve pass if they come within the second the first key opened, ten if later.
+    let seven = "Signal=7\r\nDuration=160\r\n";
+    for cseq in 3..15u32 {
+        caller.send(&caller.request(
+            "INFO",
+            call_id,
+            "callertag",
+            &our_tag,
+            cseq,
+            &format!(
+                "Content-Type: application/dtmf-relay\nContent-Length: {}\n\n{seven}",
+                seven.len()
+            ),
+        ));
+    }
+    for _ in 3..15 {
+        let ok = caller.final_response();
+        assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
+    }
     caller.send(&caller.request(
         "BYE",
         call_id,
         "callertag",
         &our_tag,
-        3,
+        15,
         "Content-Length: 0\n\n",
     ));
     assert!(caller.final_response().starts_with("SIP/2.0 200"));
+    // The node's requests on the callee's leg go out in order: its BYE after every
+    // INFO it passed on.
+    node.wait_until(Duration::from_secs(5), "the BYE at the callee", || {
+        uas.messages().contains("BYE sip:")
+    });
+    let seen = uas.messages();
+    let passed = seen.matches("Signal=7").count();
+    assert!(
+        (9..=10).contains(&passed),
+        "{passed} of 12 passed on: {seen}"
+    );
+    assert_eq!(
+        node.metric("tsunagu_dtmf_digits_total{source=\"info\"}"),
+        13.0
+    );
 }
 
 /// A refresh asking for a session interval below the node's Min-SE is refused 422 with

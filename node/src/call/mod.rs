@@ -107,6 +107,9 @@ impl CallSink for CallHandle {
     }
 }
 
+/// Keys sent by SIP INFO that a call passes to the other party in one second.
+const INFO_KEYS_PER_SECOND: u32 = 10;
+
 /// Everything a call starts from.
 pub struct CallArgs {
     pub ctx: Arc<NodeContext>,
@@ -330,6 +333,8 @@ pub struct Call {
     /// lengthen the logged talk by up to 32 s, enough to make a short call valid.
     talk_end: Option<Instant>,
     ended_ms: Option<i64>,
+    /// Keys passed on by INFO in the current second: (its start, how many).
+    info_relayed: (Instant, u32),
     /// Every forwarding attempt, for the log.
     attempts: Vec<tsunagu_store::Attempt>,
     /// The session timer once answered: (interval, refresh generation).
@@ -556,6 +561,7 @@ impl Call {
             judgement_digit: None,
             talk_end: None,
             ended_ms: None,
+            info_relayed: (Instant::now(), 0),
             attempts: Vec::new(),
             session: None,
             timers: timers::Timers::default(),
@@ -1278,6 +1284,19 @@ impl Call {
     /// keys by INFO could not work the advertiser's own menu or voicemail (a live
     /// torture run). Keys sent as RFC 4733 events pass in the audio as they are.
     fn relay_info_key(&mut self, to: Side, key: char) {
+        // At most INFO_KEYS_PER_SECOND a second: a person presses a few, and each one
+        // the other party never answers is retransmitted about eleven times (a
+        // review). The rest is answered 200 and not passed on.
+        let now = Instant::now();
+        let (since, count) = &mut self.info_relayed;
+        if now.saturating_duration_since(*since) >= Duration::from_secs(1) {
+            (*since, *count) = (now, 0);
+        }
+        if *count >= INFO_KEYS_PER_SECOND {
+            tracing::debug!(%key, "a key by INFO past the rate passed on: dropped");
+            return;
+        }
+        *count += 1;
         let ep = self.ctx.endpoint.clone();
         let (mut spec, peer) = match to {
             Side::A => self.a.request(&ep, Method::Info),
