@@ -64,15 +64,19 @@ pub enum ParseError {
     Version(String),
     #[error("Content-Length {0}")]
     ContentLength(&'static str),
+    #[error("{0}")]
+    TooLarge(String),
 }
 
 impl ParseError {
     /// The status a request failing this way is answered with (RFC 3261 8.2.1, 18.3,
-    /// 21.5.6): 501 for a method we do not know, 505 for another SIP version, else 400.
+    /// 21.5.6, 21.5.11): 501 for a method we do not know, 505 for another SIP version,
+    /// 513 for a header section past the node's cap, else 400.
     pub fn status(&self) -> u16 {
         match self {
             ParseError::UnknownMethod(_) => 501,
             ParseError::Version(_) => 505,
+            ParseError::TooLarge(_) => 513,
             _ => 400,
         }
     }

@@ -32,7 +32,7 @@ pub fn check_and_unfold(data: &[u8]) -> Result<Cow<'_, [u8]>, ParseError> {
     // A datagram's header section is capped as a stream's is (the framer's): every
     // Via is copied into each response, kept for the transaction's 32 s.
     if end > crate::framing::MAX_HEADER {
-        return Err(ParseError::Syntax(format!(
+        return Err(ParseError::TooLarge(format!(
             "header section longer than {} bytes",
             crate::framing::MAX_HEADER
         )));
@@ -95,6 +95,20 @@ mod tests {
     use super::*;
 
     /// Each row: message → unfolded message, or None when refused.
+    /// A header section past the cap is refused as too large: answered 513 (RFC 3261
+    /// 21.5.11), where it was 400 (a live torture run).
+    #[test]
+    fn a_header_section_past_the_cap_is_too_large() {
+        let mut big = b"INVITE sip:a@b SIP/2.0\r\n".to_vec();
+        while big.len() <= crate::framing::MAX_HEADER {
+            big.extend_from_slice(b"Via: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKx\r\n");
+        }
+        big.extend_from_slice(b"\r\n");
+        let refused = check_and_unfold(&big).unwrap_err();
+        assert_eq!(refused.status(), 513, "{refused}");
+        assert_eq!(ParseError::Syntax("x".into()).status(), 400);
+    }
+
     #[test]
     fn unfolding_and_refusals() {
         let rows: &[(&[u8], Option<&[u8]>)] = &[
