@@ -141,6 +141,20 @@ fn heard_through_others(c: &TestCluster, name: &str, of: &str) -> bool {
         .is_some_and(|m| m["heard_through_others"] == true)
 }
 
+/// Cuts the link between n1 and n2 only, and waits until each hears the other only
+/// through n3.
+fn cut_n1_n2(c: &TestCluster) -> Cut {
+    let cut = Cut::new("127.0.0.1", &["127.0.0.2"], c.cluster_port);
+    for (n, other) in [("n1", "n2"), ("n2", "n1")] {
+        c.node(n).wait_until(
+            Duration::from_secs(10),
+            &format!("{n} to hear {other} only through n3"),
+            || heard_through_others(c, n, other),
+        );
+    }
+    cut
+}
+
 /// One bad link: only the traffic between n1 and n2 is cut; n3 hears both and says so
 /// in its heartbeats. Nobody is declared down (before: n1, a majority with n3, declared
 /// n2 down after 1.5 s for the whole cluster, which dropped and took over its calls,
@@ -149,14 +163,7 @@ fn heard_through_others(c: &TestCluster, name: &str, of: &str) -> bool {
 fn a_link_cut_between_two_members_takes_nobody_down() {
     let (c, before) = three_formed();
 
-    let cut = Cut::new("127.0.0.1", &["127.0.0.2"], c.cluster_port);
-    for (n, other) in [("n1", "n2"), ("n2", "n1")] {
-        c.node(n).wait_until(
-            Duration::from_secs(10),
-            &format!("{n} to hear {other} only through n3"),
-            || heard_through_others(&c, n, other),
-        );
-    }
+    let cut = cut_n1_n2(&c);
     // Watched for twice the failure detector's window (1.5 s) after both noticed: a
     // window to watch, not an event to wait for.
     std::thread::sleep(Duration::from_secs(3));
@@ -219,14 +226,7 @@ fn signal(node: &Node, sig: &str) {
 #[test]
 fn a_cut_link_and_a_frozen_voucher_leave_the_lowest_named_end_in_charge() {
     let (c, before) = three_formed();
-    let cut = Cut::new("127.0.0.1", &["127.0.0.2"], c.cluster_port);
-    for (n, other) in [("n1", "n2"), ("n2", "n1")] {
-        c.node(n).wait_until(
-            Duration::from_secs(10),
-            &format!("{n} to hear {other} only through n3"),
-            || heard_through_others(&c, n, other),
-        );
-    }
+    let cut = cut_n1_n2(&c);
     signal(c.node("n3"), "-STOP");
     c.node("n1")
         .wait_until(Duration::from_secs(10), "n1 to declare n2 down", || {

@@ -425,20 +425,7 @@ fn a_re_offer_answered_without_an_answer_is_refused_488() {
     let call_id = "reoffer-bare-answer-1";
     caller.send(&caller.invite(call_id, "09012345678", &caller.me()));
     let our_tag = caller.ack_answer(call_id);
-    let sdp = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4002 RTP/AVP 0\r\n";
-    let reinvite = caller.request(
-        "INVITE",
-        call_id,
-        "callertag",
-        &our_tag,
-        2,
-        &format!(
-            "Contact: <sip:caller@{}>\nContent-Type: application/sdp\nContent-Length: {}\n\n{sdp}",
-            caller.me(),
-            sdp.len()
-        ),
-    );
-    caller.send(&reinvite);
+    let reinvite = send_reinvite(&caller, call_id, &our_tag);
     let answer = caller.final_response();
     assert!(answer.starts_with("SIP/2.0 488"), "{answer}");
     // The 488 acknowledged on the re-INVITE's own branch (RFC 3261 17.1.1.3).
@@ -640,6 +627,26 @@ fn a_cancel_is_answered_with_the_invites_to_tag() {
     ));
 }
 
+/// Sends the caller's re-INVITE (CSeq 2, with an offer) in its call `call_id`; the
+/// request as sent.
+fn send_reinvite(caller: &Party, call_id: &str, our_tag: &str) -> String {
+    let sdp = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4002 RTP/AVP 0\r\n";
+    let reinvite = caller.request(
+        "INVITE",
+        call_id,
+        "callertag",
+        our_tag,
+        2,
+        &format!(
+            "Contact: <sip:caller@{}>\nContent-Type: application/sdp\nContent-Length: {}\n\n{sdp}",
+            caller.me(),
+            sdp.len()
+        ),
+    );
+    caller.send(&reinvite);
+    reinvite
+}
+
 /// A call answered by a callee that then takes a re-INVITE without a word until the
 /// BYE; the caller has sent that re-INVITE (CSeq 2, with an offer) and the callee has
 /// it. The caller, the node's To tag, the callee, and the re-INVITE as sent.
@@ -663,20 +670,7 @@ fn reinvite_a_silent_callee(
     let caller = Party::bind("127.0.0.1", ports.sip);
     caller.send(&caller.invite(call_id, "09012345678", &caller.me()));
     let our_tag = caller.ack_answer(call_id);
-    let sdp = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4002 RTP/AVP 0\r\n";
-    let reinvite = caller.request(
-        "INVITE",
-        call_id,
-        "callertag",
-        &our_tag,
-        2,
-        &format!(
-            "Contact: <sip:caller@{}>\nContent-Type: application/sdp\nContent-Length: {}\n\n{sdp}",
-            caller.me(),
-            sdp.len()
-        ),
-    );
-    caller.send(&reinvite);
+    let reinvite = send_reinvite(&caller, call_id, &our_tag);
     node.wait_until(Duration::from_secs(5), "the relayed re-INVITE", || {
         uas.messages().matches("INVITE sip:").count() >= 2
     });
