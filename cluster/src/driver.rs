@@ -478,27 +478,12 @@ impl Cluster {
         loop {
             tokio::select! {
                 frame = rx.recv() => match frame {
-                    Some(bytes) => self.on_frame(&bytes, Downs::Taken),
+                    Some(bytes) => self.on_frame(&bytes),
                     None => return,
                 },
                 _ = tick.tick() => {
                     ticks += 1;
-                    let frozen = self.membership().was_frozen(Instant::now());
                     self.on_tick();
-                    if frozen {
-                        // Frames queued while this node was frozen: their down notices
-                        // are old news, taken in a view that has not yet learnt this
-                        // node was declared down meanwhile (they would have it take
-                        // over calls: a review). The rest (line releases and grants,
-                        // heartbeats) is taken: a release dropped would leave a line
-                        // counted for good.
-                        let mut queued = 0u64;
-                        while let Ok(bytes) = rx.try_recv() {
-                            queued += 1;
-                            self.on_frame(&bytes, Downs::Ignored);
-                        }
-                        tracing::info!(queued, "woke from a freeze: down notices queued meanwhile ignored");
-                    }
                     // About every second: send again what a missing session may have
                     // lost, and dial who we have no session with.
                     if ticks % 4 == 1 {
@@ -729,7 +714,7 @@ impl Cluster {
         self.membership().up().into_iter().map(|(n, _)| n).collect()
     }
 
-    fn on_frame(&self, bytes: &[u8], downs: Downs) {
+    fn on_frame(&self, bytes: &[u8]) {
         self.0.metrics.frames_received.inc();
         let Some(frame) = Frame::decode(bytes) else {
             self.0.metrics.frames_refused.inc();
@@ -743,12 +728,6 @@ impl Cluster {
         if frame.from == me {
             return;
         }
-        // Frozen until the tick that notices it (see `run`): down notices ignored.
-        let downs = if self.membership().was_frozen(now) {
-            Downs::Ignored
-        } else {
-            downs
-        };
         // Declared down, and until the rejoined incarnation has read the store: what
         // peers say is not taken. A frozen node wakes to frames queued while it slept
         // (a heartbeat of an incarnation the store has since marked down, that
@@ -782,9 +761,6 @@ impl Cluster {
                 // healthy members down with its old view. (A stale verdict is not
                 // fenced so: after a partition both sides see the other down, and
                 // each must be able to tell the other to rejoin.)
-                Msg::Down { node, epoch } if downs == Downs::Ignored => {
-                    tracing::debug!(from = %frame.from, %node, epoch, "down notice queued while this node was frozen ignored");
-                }
                 Msg::Down { node, epoch }
                     if !self.membership().in_good_standing(&frame.from, frame.epoch) =>
                 {
@@ -957,14 +933,6 @@ impl Cluster {
             }
         }
     }
-}
-
-/// Whether a frame's down notices are taken (see `Cluster::run`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Downs {
-    Taken,
-    /// Queued while this node was frozen: old news.
-    Ignored,
 }
 
 /// Which of the members heard only through others (`cut`) to reset now: each at most
