@@ -1439,33 +1439,36 @@ impl Call {
         }));
     }
 
-    /// The call is ending with a re-offer pending: its sender is answered 487 (RFC 3261
-    /// 15.1.2: a UAS that receives a BYE answers the dialog's pending requests; the
-    /// same when the node hangs up). It was left unanswered, its server transaction
-    /// kept for minutes, and the other leg's late 2xx relayed into the ended dialog
-    /// (a live torture run).
     /// The sender of a pending re-INVITE cancelled it: it is answered 487 (RFC 3261
     /// 9.2), and the other leg's answer, when it comes, is only acknowledged; if that
     /// answer accepted the offer, the other party's session moved where the sender's
     /// did not, which a CANCEL racing an answer leaves to the parties (the node
-    /// sends no CANCEL of its own re-INVITE: its answer may already be on its way).
+    /// sends no CANCEL of its own re-INVITE: its answer may already be on its way;
+    /// until it comes, a new re-offer of the sender's gets 491). An offerless
+    /// re-INVITE goes on: the other leg's 2xx brings an offer, whose ACK must carry the
+    /// answer only the sender can give.
     fn reoffer_cancelled(&mut self, key: &tsunagu_sip::transaction::TxKey) {
         let pending = self
             .reoffer
             .as_ref()
-            .is_some_and(|p| p.key == *key && p.method == Method::Invite);
+            .is_some_and(|p| p.key == *key && p.method == Method::Invite && !p.late);
         if pending {
-            tracing::debug!("a pending re-INVITE cancelled by its sender");
+            tracing::debug!("a pending re-INVITE cancelled by its sender: 487");
             self.abandon_reoffer();
         }
     }
 
+    /// The call is ending with a re-offer pending (or its sender cancelled it, see
+    /// `reoffer_cancelled`): its sender is answered 487 (RFC 3261 15.1.2: a UAS that
+    /// receives a BYE answers the dialog's pending requests; the same when the node
+    /// hangs up). It was left unanswered, its server transaction kept for minutes, and
+    /// the other leg's late 2xx relayed into the ended dialog (a live torture run).
     pub(super) fn abandon_reoffer(&mut self) {
         let Some(p) = self.reoffer.as_mut().filter(|p| !p.abandoned) else {
             return;
         };
         p.abandoned = true;
-        tracing::debug!(method = %p.method, "the call ends with a re-offer pending: 487");
+        tracing::debug!(method = %p.method, "a re-offer given up while pending: 487");
         self.ctx
             .endpoint
             .respond(&p.request, &p.info, &p.key, 487, None, &[], None);
