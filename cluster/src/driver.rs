@@ -663,13 +663,7 @@ impl Cluster {
     /// Stops the sessions with members this node does not hear while others do (see
     /// [`due_resets`]), so that the dial that follows opens a fresh connection.
     fn reset_cut_sessions(&self, now: Instant) {
-        let cut: Vec<String> = {
-            let m = self.membership();
-            m.members()
-                .filter(|(name, _)| m.only_heard_through_others(name, now))
-                .map(|(name, _)| name.clone())
-                .collect()
-        };
+        let cut = self.membership().heard_only_through_others(now);
         let due = {
             let mut resets = self.0.resets.lock().unwrap_or_else(|p| p.into_inner());
             due_resets(&cut, &mut resets, now)
@@ -910,10 +904,7 @@ impl Cluster {
         let down = m.members().filter(|(_, x)| x.state == State::Down).count();
         self.0.metrics.members(up as i64, down as i64);
         let now = Instant::now();
-        let through_others = m
-            .members()
-            .filter(|(name, _)| m.only_heard_through_others(name, now))
-            .count();
+        let through_others = m.heard_only_through_others(now).len();
         self.0
             .metrics
             .heard_through_others

@@ -586,7 +586,7 @@ impl Membership {
     pub fn hears(&self, now: Instant) -> Vec<Heard> {
         self.members
             .iter()
-            .filter(|(_, m)| m.state == State::Up && m.heard)
+            .filter(|(_, m)| m.state == State::Up)
             .filter_map(|(name, m)| {
                 let ago = now.saturating_duration_since(m.last_frame?);
                 (ago <= self.timing.down_after).then(|| Heard {
@@ -654,13 +654,27 @@ impl Membership {
     /// Whether member `name` is up here only by others' word: not heard itself within
     /// `down_after`, heard by another member since (status, metric).
     pub fn only_heard_through_others(&self, name: &str, now: Instant) -> bool {
-        self.members.get(name).is_some_and(|m| {
-            m.state == State::Up
-                && now.saturating_duration_since(m.last_heard) > self.timing.down_after
-                && m.vouch
-                    .as_ref()
-                    .is_some_and(|v| now.saturating_duration_since(v.at) <= self.timing.down_after)
-        })
+        self.members
+            .get(name)
+            .is_some_and(|m| self.member_only_heard_through_others(m, now))
+    }
+
+    /// The members up here by others' word only (see
+    /// [`Membership::only_heard_through_others`]).
+    pub fn heard_only_through_others(&self, now: Instant) -> Vec<String> {
+        self.members
+            .iter()
+            .filter(|(_, m)| self.member_only_heard_through_others(m, now))
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    /// Not heard here within the window, and reachable through a voucher by the same
+    /// rule the detector and the majority use.
+    fn member_only_heard_through_others(&self, m: &Member, now: Instant) -> bool {
+        m.state == State::Up
+            && now.saturating_duration_since(m.last_heard) > self.timing.down_after
+            && m.reachable_through_others(now, &self.timing)
     }
 
     /// Declares down every peer silent for longer than `down_after`, if this node's

@@ -352,7 +352,6 @@ impl Net {
             .cast(NodeServerMessage::SubscribeToEvents {
                 id: "challenge-deadline".into(),
                 subscription: Box::new(ChallengeDeadline {
-                    passed: Arc::default(),
                     sessions: sessions.clone(),
                     cut: Arc::default(),
                     refused: Throttle::default(),
@@ -496,9 +495,8 @@ impl Net {
 /// holding a handshake slot) that sends half a frame, or nothing, would keep its
 /// session, its socket and its task for ever; enough of them exhaust descriptors.
 struct ChallengeDeadline {
-    /// The sessions that passed, until they end (so bounded by the live sessions).
-    passed: Arc<Mutex<HashSet<ActorId>>>,
-    /// The same, by the peer's node id ([`Net::reset`]).
+    /// The sessions that passed, until they end (so bounded by the live sessions), by
+    /// the peer's node id (also what [`Net::reset`] stops).
     sessions: Sessions,
     /// Log lines about cut sessions, at most one a second.
     cut: Arc<Throttle>,
@@ -510,23 +508,17 @@ struct ChallengeDeadline {
 
 impl NodeEventSubscription for ChallengeDeadline {
     fn node_session_opened(&self, ses: NodeServerSessionInformation) {
-        let passed = self.passed.clone();
+        let sessions = self.sessions.clone();
         let cut = self.cut.clone();
         let counted = self.counted.clone();
         // Called inside the node server's handler, on the runtime.
         tokio::spawn(async move {
             tokio::time::sleep(HANDSHAKE).await;
-            let id = ses.actor.get_id();
             let ended = matches!(
                 ses.actor.get_status(),
                 ActorStatus::Stopping | ActorStatus::Stopped
             );
-            if ended
-                || passed
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .contains(&id)
-            {
+            if ended || passed(&sessions, &ses) {
                 return;
             }
             counted.inc();
@@ -538,10 +530,6 @@ impl NodeEventSubscription for ChallengeDeadline {
     }
 
     fn node_session_authenticated(&self, ses: NodeServerSessionInformation) {
-        self.passed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(ses.actor.get_id());
         self.sessions
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -549,21 +537,13 @@ impl NodeEventSubscription for ChallengeDeadline {
     }
 
     fn node_session_disconnected(&self, ses: NodeServerSessionInformation) {
-        {
-            let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-            if sessions
-                .get(&ses.node_id)
-                .is_some_and(|a| a.get_id() == ses.actor.get_id())
-            {
-                sessions.remove(&ses.node_id);
-            }
-        }
-        let passed = self
-            .passed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&ses.actor.get_id());
-        if !passed {
+        let passed = passed(&self.sessions, &ses);
+        if passed {
+            self.sessions
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&ses.node_id);
+        } else {
             // A peer with the cluster's certificate whose secret is not the cluster's
             // (or one this node gave up on): the operator needs to know which.
             if let Some(more) = self.refused.allow(Instant::now()) {
@@ -571,6 +551,15 @@ impl NodeEventSubscription for ChallengeDeadline {
             }
         }
     }
+}
+
+/// Whether session `ses` passed the secret's challenge (is the one listed for its node).
+fn passed(sessions: &Sessions, ses: &NodeServerSessionInformation) -> bool {
+    sessions
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&ses.node_id)
+        .is_some_and(|a| a.get_id() == ses.actor.get_id())
 }
 
 /// Accepts peers: a handshake slot (per source and in all, members' apart from

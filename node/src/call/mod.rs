@@ -1116,18 +1116,17 @@ impl Call {
             Method::Invite | Method::Update => ep.respond(&req, &info, &key, 491, None, &[], None),
             Method::Info => self.on_info(Side::A, &req, &info, &key),
             Method::PRack => {
-                let rack = header(&req, "RAck");
-                let rseq = rack
-                    .and_then(|v| reliable::rack(v, self.a.info.cseq))
-                    .filter(|r| self.a.outstanding(*r));
                 // RAck is mandatory in a PRACK (RFC 3262 7.2): without one that reads,
                 // the request is malformed (400); one that names no provisional of
                 // ours is 481.
-                let readable = rack.is_some_and(reliable::rack_reads);
-                let code = match (rseq, readable) {
+                let rack = header(&req, "RAck").and_then(reliable::parse_rack);
+                let rseq = rack
+                    .and_then(|r| reliable::for_invite(r, self.a.info.cseq))
+                    .filter(|r| self.a.outstanding(*r));
+                let code = match (rseq, rack) {
                     (Some(_), _) => 200,
-                    (None, true) => 481,
-                    (None, false) => 400,
+                    (None, Some(_)) => 481,
+                    (None, None) => 400,
                 };
                 ep.respond(&req, &info, &key, code, None, &[], None);
                 if let Some(r) = rseq {

@@ -109,33 +109,35 @@ impl Reliable {
     }
 }
 
-/// The RSeq a PRACK's `RAck: <rseq> <cseq> <method>` acknowledges, if it is for the
-/// INVITE of CSeq `cseq`.
-pub fn rack(value: &str, cseq: u32) -> Option<u32> {
-    if !rack_reads(value) {
-        return None;
-    }
+/// A PRACK's `RAck: <rseq> <cseq> <method>` (RFC 3262 7.2): two numbers and a
+/// token, nothing more; None if it does not read so.
+pub fn parse_rack(value: &str) -> Option<(u32, u32, &str)> {
     let mut f = value.split_whitespace();
-    let rseq = f.next()?.parse().ok()?;
-    let c: u32 = f.next()?.parse().ok()?;
-    let method = f.next()?;
-    (c == cseq && method.eq_ignore_ascii_case("INVITE")).then_some(rseq)
+    let (rseq, cseq, method) = (f.next()?, f.next()?, f.next()?);
+    let token = method
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b));
+    (f.next().is_none() && token).then_some(())?;
+    Some((rseq.parse().ok()?, cseq.parse().ok()?, method))
 }
 
-/// Whether an RAck value reads as `<rseq> <cseq> <method>` (numbers and a token, and
-/// nothing more), whichever request it names.
-pub fn rack_reads(value: &str) -> bool {
-    let f: Vec<&str> = value.split_whitespace().collect();
-    matches!(f.as_slice(), [rseq, cseq, method]
-        if rseq.parse::<u32>().is_ok()
-            && cseq.parse::<u32>().is_ok()
-            && !method.is_empty()
-            && method.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b)))
+/// The RSeq of a parsed RAck, if it is for the INVITE of CSeq `cseq`.
+pub fn for_invite((rseq, c, method): (u32, u32, &str), cseq: u32) -> Option<u32> {
+    (c == cseq && method.eq_ignore_ascii_case("INVITE")).then_some(rseq)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The RSeq an RAck value acknowledges for the INVITE of CSeq `cseq`.
+    fn rack(value: &str, cseq: u32) -> Option<u32> {
+        parse_rack(value).and_then(|r| for_invite(r, cseq))
+    }
+
+    fn rack_reads(value: &str) -> bool {
+        parse_rack(value).is_some()
+    }
 
     #[test]
     fn rack_values_that_read() {
