@@ -19,7 +19,13 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+    /// A refusal with this status and code (also the framework's own, see
+    /// `json_refusals`).
+    pub(crate) fn new(
+        status: StatusCode,
+        code: &'static str,
+        message: impl Into<String>,
+    ) -> ApiError {
         ApiError {
             status,
             code,
@@ -57,12 +63,6 @@ impl ApiError {
             None => prefix.to_string(),
         });
         self
-    }
-
-    /// A refusal with this status and code (for the framework's own, see
-    /// `json_refusals`).
-    pub fn status(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        Self::new(status, code, message)
     }
 
     /// 413: a body over the route's limit.

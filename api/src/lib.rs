@@ -273,8 +273,10 @@ async fn json_refusals(response: axum::response::Response) -> axum::response::Re
         StatusCode::LENGTH_REQUIRED => "length_required",
         _ => "bad_request",
     };
-    let allow = response.headers().get(axum::http::header::ALLOW).cloned();
-    let said = axum::body::to_bytes(response.into_body(), 1024)
+    // The framework's headers stay (`Allow` on a 405, whatever a layer added); the
+    // body and its type become the JSON refusal's.
+    let (mut parts, body) = response.into_parts();
+    let said = axum::body::to_bytes(body, 1024)
         .await
         .map(|b| String::from_utf8_lossy(&b).trim().to_string())
         .unwrap_or_default();
@@ -286,13 +288,12 @@ async fn json_refusals(response: axum::response::Response) -> axum::response::Re
         _ if !said.is_empty() => said,
         _ => status.canonical_reason().unwrap_or("refused").to_string(),
     };
-    let mut answer = ApiError::status(status, code, message).into_response();
-    if let Some(allow) = allow {
-        answer
-            .headers_mut()
-            .insert(axum::http::header::ALLOW, allow);
-    }
-    answer
+    let (answer, json) = ApiError::new(status, code, message)
+        .into_response()
+        .into_parts();
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    parts.headers.extend(answer.headers);
+    axum::response::Response::from_parts(parts, json)
 }
 
 /// Runs a store operation on the blocking pool.

@@ -409,6 +409,7 @@ pub async fn update(
     if let Some(r) = patch.recycle_seconds {
         pool.recycle_seconds = r;
     }
+    let new_overflow = patch.overflow_number.is_some();
     if let Some(o) = patch.overflow_number {
         pool.overflow_number = o;
     }
@@ -416,7 +417,10 @@ pub async fn update(
         pool.allowed_origins = o;
     }
     validate_settings(&pool)?;
-    check_overflow(&st, &op, pool.overflow_number.as_deref()).await?;
+    if new_overflow {
+        // A store read only when the change names one.
+        check_overflow(&st, &op, pool.overflow_number.as_deref()).await?;
+    }
     let saved = pool.clone();
     if !db(&st, move |s| s.update_pool(&saved)).await? {
         return Err(not_found());

@@ -447,7 +447,11 @@ fn drain(p: Flow<'_>, mut rec: Option<&mut Recording>, on_event: &OnEvent) {
             // Audio packets are far smaller.
             let whole = n < buf.len();
             let pkt = &mut buf[..n];
-            let parsed = crate::rtp::parse(pkt).ok().filter(|_| whole);
+            let parsed = if whole {
+                crate::rtp::parse(pkt).ok()
+            } else {
+                None
+            };
             match judge(p.latch, &p.from_side.peer, src, parsed.is_some()) {
                 Verdict::Drop(why) => {
                     p.refused.count(why);

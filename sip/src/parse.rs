@@ -64,8 +64,8 @@ pub enum ParseError {
     Version(String),
     #[error("Content-Length {0}")]
     ContentLength(&'static str),
-    #[error("{0}")]
-    TooLarge(String),
+    #[error("header section longer than {} bytes", crate::framing::MAX_HEADER)]
+    TooLarge,
 }
 
 impl ParseError {
@@ -76,7 +76,7 @@ impl ParseError {
         match self {
             ParseError::UnknownMethod(_) => 501,
             ParseError::Version(_) => 505,
-            ParseError::TooLarge(_) => 513,
+            ParseError::TooLarge => 513,
             _ => 400,
         }
     }

@@ -333,8 +333,9 @@ pub struct Call {
     /// lengthen the logged talk by up to 32 s, enough to make a short call valid.
     talk_end: Option<Instant>,
     ended_ms: Option<i64>,
-    /// Keys passed on by INFO in the current second: (its start, how many).
-    info_relayed: (Instant, u32),
+    /// Keys passed on by INFO in the current second: (its start, how many); the
+    /// second opens with the first key passed on.
+    info_relayed: Option<(Instant, u32)>,
     /// Every forwarding attempt, for the log.
     attempts: Vec<tsunagu_store::Attempt>,
     /// The session timer once answered: (interval, refresh generation).
@@ -561,7 +562,7 @@ impl Call {
             judgement_digit: None,
             talk_end: None,
             ended_ms: None,
-            info_relayed: (Instant::now(), 0),
+            info_relayed: None,
             attempts: Vec::new(),
             session: None,
             timers: timers::Timers::default(),
@@ -1287,15 +1288,19 @@ impl Call {
         // the other party never answers is retransmitted about eleven times (a
         // review). The rest is answered 200 and not passed on.
         let now = Instant::now();
-        let (since, count) = &mut self.info_relayed;
-        if now.saturating_duration_since(*since) >= Duration::from_secs(1) {
-            (*since, *count) = (now, 0);
-        }
-        if *count >= INFO_KEYS_PER_SECOND {
+        let (since, count) = match self.info_relayed {
+            Some((since, count))
+                if now.saturating_duration_since(since) < Duration::from_secs(1) =>
+            {
+                (since, count)
+            }
+            _ => (now, 0),
+        };
+        if count >= INFO_KEYS_PER_SECOND {
             tracing::debug!(%key, "a key by INFO past the rate passed on: dropped");
             return;
         }
-        *count += 1;
+        self.info_relayed = Some((since, count + 1));
         let ep = self.ctx.endpoint.clone();
         let (mut spec, peer) = match to {
             Side::A => self.a.request(&ep, Method::Info),

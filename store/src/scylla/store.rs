@@ -880,11 +880,7 @@ impl Store for ScyllaStore {
                 // Compared as read back, and written only if the text is still what
                 // was just read (the condition of the lightweight transaction).
                 let current = current.unwrap_or_default();
-                if serde_json::from_str::<TrackingNumber>(&current)
-                    .ok()
-                    .as_ref()
-                    != Some(read)
-                {
+                if parse::<TrackingNumber>("number settings", &current)? != *read {
                     return Ok(NumberUpdate::Changed);
                 }
                 let adv = adv.unwrap_or_default();

@@ -648,21 +648,24 @@ impl Store for SqliteStore {
                 )
                 .optional()?;
             let Some(current) = current else {
-                return Ok(NumberUpdate::Missing);
+                return Ok(Ok(NumberUpdate::Missing));
             };
             // Compared as read back (an older row's text may lack fields that now have
-            // defaults), and written only if unchanged, in one transaction.
-            if serde_json::from_str::<TrackingNumber>(&current).ok().as_ref() != Some(read) {
-                return Ok(NumberUpdate::Changed);
+            // defaults), and written only if unchanged, in one transaction. A row that
+            // does not decode is corrupt, not changed.
+            match number_from(current) {
+                Ok(now) if now == *read => {}
+                Ok(_) => return Ok(Ok(NumberUpdate::Changed)),
+                Err(e) => return Ok(Err(e)),
             }
             tx.execute(
                 "UPDATE numbers SET advertiser_id = ?3, settings = ?4 WHERE number = ?1 AND operator_id = ?2",
                 params![number.number, number.operator_id, number.advertiser_id, settings],
             )?;
             tx.commit()?;
-            Ok(NumberUpdate::Updated)
+            Ok(Ok(NumberUpdate::Updated))
         })
-        .map_err(unavailable)
+        .map_err(unavailable)?
     }
 
     fn delete_number(&self, operator_id: &str, number: &str) -> Result<bool> {
