@@ -18,13 +18,16 @@ fn talk_ends_at_the_first_bye_not_when_the_other_party_confirms_it() {
         DEST,
         r#"{"min_talk_seconds": 3, "duplicate_window_seconds": 86400}"#,
     );
-    let slow = node.dir.path().join("uas_slow_bye.xml");
-    let text = std::fs::read_to_string(scenario("uas_answer.xml")).expect("scenario");
     let bye = r#"<recv request="BYE"/>"#;
-    assert!(text.contains(bye));
     let paused = format!("{bye}\n  <pause milliseconds=\"5000\"/>");
-    std::fs::write(&slow, text.replace(bye, &paused)).expect("write scenario");
-    let _uas = Uas::start(&slow.display().to_string(), ports, node.dir.path(), &[]);
+    let slow = scenario_replacing(
+        node.dir.path(),
+        "uas_answer.xml",
+        bye,
+        &paused,
+        "uas_slow_bye.xml",
+    );
+    let _uas = Uas::start(&slow, ports, node.dir.path(), &[]);
     let run = uac("uac.xml", ports, "0501234567", 1, 1, &["-d", "1000"]);
     assert_eq!(run.successful, 1, "{}", run.output);
     let calls = node.wait_for_calls(&key, 1);

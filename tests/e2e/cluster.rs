@@ -315,10 +315,15 @@ fn tiny_wav() -> Vec<u8> {
 
 /// A call through `sip` that must be refused with `code`.
 fn uac_expecting_to(code: u16, dir: &Path, ports: Ports, sip: &str, number: &str) -> UacRun {
-    let template = std::fs::read_to_string(scenario("uac_expect_failure.xml")).expect("scenario");
-    let path = dir.join(format!("uac_expect_{code}.xml"));
-    std::fs::write(&path, template.replace("[expect]", &code.to_string())).expect("write");
-    uac_to(sip, &path.display().to_string(), ports, number, 1, 1, &[])
+    uac_to(
+        sip,
+        &expecting_scenario(code, dir),
+        ports,
+        number,
+        1,
+        1,
+        &[],
+    )
 }
 
 /// Waits until the `k`-th caller (from 1) has arrived on `nodes`: the first `limit`

@@ -158,6 +158,37 @@ pub(crate) fn header<'a>(msg: &'a str, name: &str) -> Option<&'a str> {
     })
 }
 
+/// `request` (as written for [`Party::send`]) as another method on its own branch
+/// (`ACK` of a failure, `CANCEL`: RFC 3261 17.1.1.3, 9.1): the request line's method
+/// and CSeq's replaced, the body and its headers gone, and `to_tag` added to a To
+/// without one.
+pub(crate) fn on_branch(request: &str, method: &str, to_tag: Option<&str>) -> String {
+    let head = request.split("\n\n").next().unwrap_or_default();
+    let mut lines: Vec<String> = Vec::new();
+    for (i, line) in head.lines().enumerate() {
+        let name = line.split(':').next().unwrap_or_default();
+        if name.eq_ignore_ascii_case("Content-Type") || name.eq_ignore_ascii_case("Content-Length")
+        {
+            continue;
+        }
+        let line = if i == 0 {
+            format!(
+                "{method} {}",
+                line.split_once(' ').map_or("", |(_, rest)| rest)
+            )
+        } else if name.eq_ignore_ascii_case("CSeq") {
+            let number = line[5..].split_whitespace().next().unwrap_or_default();
+            format!("CSeq: {number} {method}")
+        } else if name.eq_ignore_ascii_case("To") && !line.contains(";tag=") {
+            to_tag.map_or(line.to_string(), |t| format!("{line};tag={t}"))
+        } else {
+            line.to_string()
+        };
+        lines.push(line);
+    }
+    format!("{}\nContent-Length: 0\n\n", lines.join("\n"))
+}
+
 pub(crate) fn tag(value: &str) -> String {
     value
         .split(';')
@@ -412,14 +443,18 @@ fn a_re_offer_answered_without_an_answer_is_refused_488() {
     let ports = Ports::take();
     let node = Node::start(ports, "127.0.0.0/8", "");
     let (key, _) = node.provision("0501234567", DEST, "{}");
-    let bare_uas = node.dir.path().join("uas_bare_reinvite_answer.xml");
-    let text = std::fs::read_to_string(scenario("uas_answer.xml")).expect("scenario");
     let ack = r#"<recv request="ACK" crlf="true"/>"#;
     let bare = format!(
         "{ack}\n  <recv request=\"INVITE\"/>\n  <send><![CDATA[\n\n      SIP/2.0 200 OK\n      [last_Via:]\n      [last_From:]\n      [last_To:]\n      [last_Call-ID:]\n      [last_CSeq:]\n      Contact: <sip:[local_ip]:[local_port];transport=[transport]>\n      Content-Length: 0\n\n    ]]></send>\n  {ack}"
     );
-    std::fs::write(&bare_uas, text.replacen(ack, &bare, 1)).expect("write scenario");
-    let uas = Uas::start(&bare_uas.display().to_string(), ports, node.dir.path(), &[]);
+    let bare_uas = scenario_replacing(
+        node.dir.path(),
+        "uas_answer.xml",
+        ack,
+        &bare,
+        "uas_bare_reinvite_answer.xml",
+    );
+    let uas = Uas::start(&bare_uas, ports, node.dir.path(), &[]);
 
     let caller = Party::bind("127.0.0.1", ports.sip);
     let call_id = "reoffer-bare-answer-1";
@@ -429,11 +464,7 @@ fn a_re_offer_answered_without_an_answer_is_refused_488() {
     let answer = caller.final_response();
     assert!(answer.starts_with("SIP/2.0 488"), "{answer}");
     // The 488 acknowledged on the re-INVITE's own branch (RFC 3261 17.1.1.3).
-    let via = header(&reinvite, "Via").unwrap().to_string();
-    caller.send(&format!(
-        "ACK sip:tsunagu@127.0.0.1:{} SIP/2.0\nVia: {via}\nFrom: <sip:09012345678@127.0.0.1>;tag=callertag\nTo: <sip:0501234567@127.0.0.1>;tag={our_tag}\nCall-ID: {call_id}\nCSeq: 2 ACK\nMax-Forwards: 70\nContent-Length: 0\n\n",
-        ports.sip
-    ));
+    caller.send(&on_branch(&reinvite, "ACK", None));
     node.wait_until(
         Duration::from_secs(5),
         "the callee's 200 acknowledged",
@@ -573,11 +604,7 @@ fn a_cancel_is_answered_with_the_invites_to_tag() {
     };
     let tag180 = tag(header(&ringing, "To").unwrap());
     assert!(!tag180.is_empty(), "{ringing}");
-    let via = header(&invite, "Via").unwrap().to_string();
-    caller.send(&format!(
-        "CANCEL sip:0501234567@127.0.0.1:{} SIP/2.0\nVia: {via}\nFrom: <sip:09012345678@127.0.0.1>;tag=callertag\nTo: <sip:0501234567@127.0.0.1>\nCall-ID: {call_id}\nCSeq: 1 CANCEL\nMax-Forwards: 70\nContent-Length: 0\n\n",
-        ports.sip
-    ));
+    caller.send(&on_branch(&invite, "CANCEL", None));
     let mut tags = std::collections::BTreeMap::new();
     while tags.len() < 2 {
         let m = caller
@@ -592,10 +619,7 @@ fn a_cancel_is_answered_with_the_invites_to_tag() {
     assert_eq!(tags["1 CANCEL"], tag180, "{tags:?}");
     assert_eq!(tags["1 INVITE"], tag180, "{tags:?}");
     // The 487 acknowledged on the INVITE's branch.
-    caller.send(&format!(
-        "ACK sip:0501234567@127.0.0.1:{} SIP/2.0\nVia: {via}\nFrom: <sip:09012345678@127.0.0.1>;tag=callertag\nTo: <sip:0501234567@127.0.0.1>;tag={tag180}\nCall-ID: {call_id}\nCSeq: 1 ACK\nMax-Forwards: 70\nContent-Length: 0\n\n",
-        ports.sip
-    ));
+    caller.send(&on_branch(&invite, "ACK", Some(&tag180)));
 }
 
 /// Sends the caller's re-INVITE (CSeq 2, with an offer) in its call `call_id`; the
@@ -626,18 +650,16 @@ fn reinvite_a_silent_callee(
     ports: Ports,
     call_id: &str,
 ) -> (Party, String, Uas, String) {
-    let silent_uas = node.dir.path().join("uas_silent_reinvite.xml");
-    let text = std::fs::read_to_string(scenario("uas_answer.xml")).expect("scenario");
     let ack = r#"<recv request="ACK" crlf="true"/>"#;
-    assert!(text.contains(ack));
     let silent = format!("{ack}\n  <recv request=\"INVITE\"/>");
-    std::fs::write(&silent_uas, text.replace(ack, &silent)).expect("write scenario");
-    let uas = Uas::start(
-        &silent_uas.display().to_string(),
-        ports,
+    let silent_uas = scenario_replacing(
         node.dir.path(),
-        &[],
+        "uas_answer.xml",
+        ack,
+        &silent,
+        "uas_silent_reinvite.xml",
     );
+    let uas = Uas::start(&silent_uas, ports, node.dir.path(), &[]);
     let caller = Party::bind("127.0.0.1", ports.sip);
     caller.send(&caller.invite(call_id, "09012345678", &caller.me()));
     let our_tag = caller.ack_answer(call_id);
@@ -659,11 +681,7 @@ fn a_cancelled_re_invite_is_answered_487_and_the_call_goes_on() {
     let (key, _) = node.provision("0501234567", DEST, "{}");
     let call_id = "cancel-reinvite-1";
     let (caller, our_tag, _uas, reinvite) = reinvite_a_silent_callee(&node, ports, call_id);
-    let via = header(&reinvite, "Via").unwrap().to_string();
-    caller.send(&format!(
-        "CANCEL sip:tsunagu@127.0.0.1:{} SIP/2.0\nVia: {via}\nFrom: <sip:09012345678@127.0.0.1>;tag=callertag\nTo: <sip:0501234567@127.0.0.1>;tag={our_tag}\nCall-ID: {call_id}\nCSeq: 2 CANCEL\nMax-Forwards: 70\nContent-Length: 0\n\n",
-        ports.sip
-    ));
+    caller.send(&on_branch(&reinvite, "CANCEL", None));
     let mut finals = Vec::new();
     while finals.len() < 2 {
         let m = caller

@@ -825,10 +825,36 @@ pub fn uac_expecting(
     calls: u32,
     extra: &[&str],
 ) -> UacRun {
-    let template = std::fs::read_to_string(scenario("uac_expect_failure.xml")).expect("scenario");
-    let path = dir.join(format!("uac_expect_{code}.xml"));
-    std::fs::write(&path, template.replace("[expect]", &code.to_string())).expect("write scenario");
-    uac(&path.display().to_string(), ports, number, calls, 10, extra)
+    uac(
+        &expecting_scenario(code, dir),
+        ports,
+        number,
+        calls,
+        10,
+        extra,
+    )
+}
+
+/// `uac_expect_failure.xml` expecting final status `code`, as a copy in `dir` (SIPp
+/// cannot take a status code from `-key`); its path.
+pub fn expecting_scenario(code: u16, dir: &Path) -> String {
+    scenario_replacing(
+        dir,
+        "uac_expect_failure.xml",
+        "[expect]",
+        &code.to_string(),
+        &format!("uac_expect_{code}.xml"),
+    )
+}
+
+/// A copy of shipped scenario `name` in `dir` as `file`, with every `what` (which it
+/// must have) replaced by `with`; its path.
+pub fn scenario_replacing(dir: &Path, name: &str, what: &str, with: &str, file: &str) -> String {
+    let text = std::fs::read_to_string(scenario(name)).expect("scenario");
+    assert!(text.contains(what), "{name} has no {what}");
+    let path = dir.join(file);
+    std::fs::write(&path, text.replace(what, with)).expect("write scenario");
+    path.display().to_string()
 }
 
 /// A copy of a shipped scenario in `dir` with one more header line after Max-Forwards

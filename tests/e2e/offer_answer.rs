@@ -134,11 +134,7 @@ fn invite_with(caller: &Party, call_id: &str, body: &str) -> String {
 
 /// The ACK of a failure to INVITE `invite` (same branch, RFC 3261 17.1.1.3).
 fn ack_of_failure(invite: &str) -> String {
-    let (head, _) = invite.split_once("Content-Type:").unwrap();
-    let head = head
-        .replacen("INVITE ", "ACK ", 1)
-        .replace(" INVITE\n", " ACK\n");
-    format!("{head}Content-Length: 0\n\n")
+    crate::dialogs::on_branch(invite, "ACK", None)
 }
 
 /// The caller hangs up (BYE with `cseq`): answered 200, and the BYE passed to the
