@@ -31,21 +31,30 @@ pub fn new_call_id() -> String {
 }
 
 /// The reason phrase of `code`: rsipstack's table of the registered SIP codes (every
-/// one the node sends), else its class's own phrase, not a made-up one.
-pub fn reason(code: u16) -> std::borrow::Cow<'static, str> {
-    use rsipstack::sip::StatusCode;
-    match StatusCode::from(code) {
-        StatusCode::Other(..) => match code / 100 {
-            1 => "Provisional",
-            2 => "OK",
-            3 => "Redirection",
-            4 => "Client Error",
-            5 => "Server Error",
-            6 => "Global Failure",
-            _ => "Unknown",
+/// one the node sends), else its class's own phrase, not a made-up one. Written
+/// straight into the status line (no allocation for a registered code).
+pub fn reason(code: u16) -> Reason {
+    Reason(code)
+}
+
+/// See [`reason`].
+pub struct Reason(u16);
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use rsipstack::sip::StatusCode;
+        match StatusCode::from(self.0) {
+            StatusCode::Other(..) => f.write_str(match self.0 / 100 {
+                1 => "Provisional",
+                2 => "OK",
+                3 => "Redirection",
+                4 => "Client Error",
+                5 => "Server Error",
+                6 => "Global Failure",
+                _ => "Unknown",
+            }),
+            known => f.write_str(known.text()),
         }
-        .into(),
-        known => known.text().to_owned().into(),
     }
 }
 
@@ -242,7 +251,7 @@ mod tests {
             (699, "Global Failure"),
             (700, "Unknown"),
         ] {
-            assert_eq!(reason(code), phrase, "{code}");
+            assert_eq!(reason(code).to_string(), phrase, "{code}");
         }
     }
 
