@@ -13,7 +13,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
-use tsunagu_store::{Advertiser, LineLimit};
+use tsunagu_store::{Advertiser, LineLimit, Update};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -80,13 +80,22 @@ pub async fn create(
             match lines {
                 // Two writes: an advertiser whose line limit could not be stored is taken
                 // back (best effort), so a retry does not leave a twin without its limit.
-                Some(_) => match s.update_advertiser(&op, &adv.id, &name, lines) {
-                    Ok(updated) => Ok(updated.unwrap_or(adv)),
-                    Err(e) => {
-                        let _ = s.delete_advertiser(&op, &adv.id);
-                        Err(e)
+                Some(_) => {
+                    let limited = Advertiser {
+                        lines,
+                        ..adv.clone()
+                    };
+                    match s.update_advertiser(&limited, &adv) {
+                        Ok(Update::Updated) => Ok(limited),
+                        // Changed or deleted in the moment since its creation: what
+                        // another request made of it stands.
+                        Ok(Update::Changed | Update::Missing) => Ok(adv),
+                        Err(e) => {
+                            let _ = s.delete_advertiser(&op, &adv.id);
+                            Err(e)
+                        }
                     }
-                },
+                }
                 None => Ok(adv),
             }
         },
@@ -128,26 +137,42 @@ pub async fn update(
     if let Some(lines) = &patch.lines {
         validate_lines(lines.as_ref())?;
     }
-    let announce = |h: &dyn crate::NodeHooks, adv: &Option<Advertiser>| {
-        if let Some(adv) = adv {
+    let announce = |h: &dyn crate::NodeHooks, done: &(Update, Option<Advertiser>)| {
+        if let (Update::Updated, Some(adv)) = done {
             h.advertiser_changed(&adv.operator_id, &adv.id)
         }
     };
-    let adv = db_then(
+    // Read, change, and write only if still as read (a compare-and-set in the store),
+    // as a number's PATCH: two at once each kept one change and lost the other's.
+    let (outcome, adv) = db_then(
         &st,
         move |s| {
-            let Some(old) = s.get_advertiser(&op, &id)? else {
-                return Ok(None);
-            };
-            let name = name.unwrap_or(old.name);
-            let lines = patch.lines.unwrap_or(old.lines);
-            s.update_advertiser(&op, &id, &name, lines)
+            for _ in 0..crate::UPDATE_TRIES {
+                let Some(read) = s.get_advertiser(&op, &id)? else {
+                    return Ok((Update::Missing, None));
+                };
+                let adv = Advertiser {
+                    name: name.clone().unwrap_or_else(|| read.name.clone()),
+                    lines: patch.lines.unwrap_or(read.lines),
+                    ..read.clone()
+                };
+                match s.update_advertiser(&adv, &read)? {
+                    Update::Changed => continue,
+                    done => return Ok((done, Some(adv))),
+                }
+            }
+            Ok((Update::Changed, None))
         },
         announce,
     )
-    .await?
-    .ok_or_else(not_found)?;
-    Ok(Json(view(&adv)))
+    .await?;
+    match (outcome, adv) {
+        (Update::Updated, Some(adv)) => Ok(Json(view(&adv))),
+        (Update::Changed, _) => Err(ApiError::conflict(
+            "the advertiser is being changed by other requests: try again",
+        )),
+        _ => Err(not_found()),
+    }
 }
 
 pub async fn delete(
@@ -159,5 +184,47 @@ pub async fn delete(
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(not_found())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::StatusCode;
+
+    /// Two PATCHes of one advertiser at once through two nodes, one renaming it and
+    /// one setting its line limit: both changes are kept (each was a
+    /// read-modify-write, and one was lost).
+    #[tokio::test]
+    async fn concurrent_changes_of_an_advertiser_are_both_kept() {
+        let a = crate::testing::api();
+        let b = a.peer();
+        let key = Some(a.key.as_str());
+        let path = format!("/v1/advertisers/{}", a.advertiser);
+        for round in 0..20u32 {
+            let reset = r#"{"name": "shop", "lines": null}"#;
+            assert_eq!(
+                a.send("PATCH", &path, key, reset).await.status,
+                StatusCode::OK
+            );
+            let name = format!(r#"{{"name": "shop {round}"}}"#);
+            let lines = format!(
+                r#"{{"lines": {{"max_lines": {}, "max_wait_seconds": 30}}}}"#,
+                round + 1
+            );
+            let (x, y) = tokio::join!(
+                a.send("PATCH", &path, key, &name),
+                b.send("PATCH", &path, key, &lines),
+            );
+            assert_eq!(
+                (x.status, y.status),
+                (StatusCode::OK, StatusCode::OK),
+                "{} {}",
+                x.text(),
+                y.text()
+            );
+            let now = a.send("GET", &path, key, "").await.json();
+            assert_eq!(now["name"], format!("shop {round}"), "round {round}: {now}");
+            assert_eq!(now["lines"]["max_lines"], round + 1, "round {round}: {now}");
+        }
     }
 }

@@ -330,6 +330,11 @@ where
 
 pub(crate) use tsunagu_store::now_ms;
 
+/// A PATCH (of a number, an advertiser, a pool) that lost its compare-and-set to
+/// another change is made again from a fresh read this many times before the client
+/// is told 409.
+pub(crate) const UPDATE_TRIES: usize = 3;
+
 /// Milliseconds since the epoch as RFC 3339 UTC with milliseconds.
 pub fn rfc3339(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)

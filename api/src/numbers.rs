@@ -15,8 +15,8 @@ use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use tsunagu_store::{
-    CallerIdMode, Destination, Ga4, Ivr, Judgement, Notify, NumberKind, NumberUpdate,
-    QueueSettings, RecordingSettings, Schedule, TrackingNumber, ValidityRule,
+    CallerIdMode, Destination, Ga4, Ivr, Judgement, Notify, NumberKind, QueueSettings,
+    RecordingSettings, Schedule, TrackingNumber, Update, ValidityRule,
 };
 
 #[derive(Deserialize)]
@@ -455,10 +455,6 @@ pub async fn get_one(
     Ok(Json(view(&owned(&st, &op, &number).await?)))
 }
 
-/// Changes made to a number from the same read: tried again this many times (each
-/// from a fresh read) before the client is told 409.
-const UPDATE_TRIES: usize = 3;
-
 pub async fn update(
     OperatorId(op): OperatorId,
     State(st): State<Arc<ApiState>>,
@@ -473,7 +469,7 @@ pub async fn update(
     // two PATCHes at once, or a PATCH racing the number's move into a pool, each kept
     // one change and lost the other's (a live torture run). The loser is applied
     // again to what the winner wrote.
-    for _ in 0..UPDATE_TRIES {
+    for _ in 0..crate::UPDATE_TRIES {
         let read = owned(&st, &op, &number).await?;
         let n = patched(read.clone(), &patch);
         validate(&n)?;
@@ -485,16 +481,16 @@ pub async fn update(
             &st,
             move |s| s.update_number(&saved, &read),
             move |h, outcome| {
-                if *outcome == NumberUpdate::Updated {
+                if *outcome == Update::Updated {
                     h.number_changed(&num)
                 }
             },
         )
         .await?;
         match outcome {
-            NumberUpdate::Updated => return Ok(Json(view(&n))),
-            NumberUpdate::Missing => return Err(not_found()),
-            NumberUpdate::Changed => continue,
+            Update::Updated => return Ok(Json(view(&n))),
+            Update::Missing => return Err(not_found()),
+            Update::Changed => continue,
         }
     }
     Err(ApiError::conflict(format!(

@@ -36,7 +36,7 @@ use std::sync::Arc;
 use std::time::Instant;
 use tsunagu_store::{
     CallerIdMode, Destination, Ga4, IssueOutcome, LeaseCaps, Notify, NumberKind, Pool, PoolMode,
-    RecordingSettings, TrackingNumber, ValidityRule,
+    RecordingSettings, TrackingNumber, Update, ValidityRule,
 };
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -399,33 +399,46 @@ pub async fn update(
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let patch: PoolPatch = parse_json(&body)?;
-    let owner = op.clone();
-    let mut pool = db(&st, move |s| s.get_pool(&owner, &id))
-        .await?
-        .ok_or_else(not_found)?;
+    // Read, change, and write only if still as read (a compare-and-set in the store),
+    // as a number's PATCH: two at once each kept one change and lost the other's.
+    for _ in 0..crate::UPDATE_TRIES {
+        let (owner, pool_id) = (op.clone(), id.clone());
+        let read = db(&st, move |s| s.get_pool(&owner, &pool_id))
+            .await?
+            .ok_or_else(not_found)?;
+        let pool = patched(read.clone(), &patch);
+        validate_settings(&pool)?;
+        if patch.overflow_number.is_some() {
+            // A store read only when the change names one.
+            check_overflow(&st, &op, pool.overflow_number.as_deref()).await?;
+        }
+        let saved = pool.clone();
+        match db(&st, move |s| s.update_pool(&saved, &read)).await? {
+            Update::Updated => return Ok(Json(view(&pool))),
+            Update::Missing => return Err(not_found()),
+            Update::Changed => continue,
+        }
+    }
+    Err(ApiError::conflict(format!(
+        "pool {id} is being changed by other requests: try again"
+    )))
+}
+
+/// `pool` with what `patch` sets.
+fn patched(mut pool: Pool, patch: &PoolPatch) -> Pool {
     if let Some(h) = patch.hold_seconds {
         pool.hold_seconds = h;
     }
     if let Some(r) = patch.recycle_seconds {
         pool.recycle_seconds = r;
     }
-    let new_overflow = patch.overflow_number.is_some();
-    if let Some(o) = patch.overflow_number {
-        pool.overflow_number = o;
+    if let Some(o) = &patch.overflow_number {
+        pool.overflow_number = o.clone();
     }
-    if let Some(o) = patch.allowed_origins {
-        pool.allowed_origins = o;
+    if let Some(o) = &patch.allowed_origins {
+        pool.allowed_origins = o.clone();
     }
-    validate_settings(&pool)?;
-    if new_overflow {
-        // A store read only when the change names one.
-        check_overflow(&st, &op, pool.overflow_number.as_deref()).await?;
-    }
-    let saved = pool.clone();
-    if !db(&st, move |s| s.update_pool(&saved)).await? {
-        return Err(not_found());
-    }
-    Ok(Json(view(&pool)))
+    pool
 }
 
 /// Who asks for a number: an operator's API key (server-side issuance), or a web
@@ -726,6 +739,45 @@ mod tests {
             )
             .await;
         assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text());
+    }
+
+    /// Two PATCHes of one pool at once through two nodes, each changing another field:
+    /// both changes are kept (each was a read-modify-write, and one was lost).
+    #[tokio::test]
+    async fn concurrent_changes_of_a_pool_are_both_kept() {
+        let a = crate::testing::api();
+        let b = a.peer();
+        let key = Some(a.key.as_str());
+        let pool = format!(
+            r#"{{"advertiser_id": "{}", "mode": "one_time", "numbers": ["0502000001"], "hold_seconds": 60, "destinations": [{{"number": "0311112222"}}]}}"#,
+            a.advertiser
+        );
+        let r = a.send("POST", "/v1/pools", key, &pool).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+        let path = format!("/v1/pools/{}", r.json()["id"].as_str().unwrap());
+        for round in 0..20u32 {
+            let reset = r#"{"hold_seconds": 60, "recycle_seconds": 0}"#;
+            assert_eq!(
+                a.send("PATCH", &path, key, reset).await.status,
+                StatusCode::OK
+            );
+            let hold = format!(r#"{{"hold_seconds": {}}}"#, 100 + round);
+            let recycle = format!(r#"{{"recycle_seconds": {}}}"#, 200 + round);
+            let (x, y) = tokio::join!(
+                a.send("PATCH", &path, key, &hold),
+                b.send("PATCH", &path, key, &recycle),
+            );
+            assert_eq!(
+                (x.status, y.status),
+                (StatusCode::OK, StatusCode::OK),
+                "{} {}",
+                x.text(),
+                y.text()
+            );
+            let now = a.send("GET", &path, key, "").await.json();
+            assert_eq!(now["hold_seconds"], 100 + round, "round {round}: {now}");
+            assert_eq!(now["recycle_seconds"], 200 + round, "round {round}: {now}");
+        }
     }
 
     #[test]

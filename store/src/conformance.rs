@@ -83,34 +83,62 @@ fn advertisers_are_scoped(s: &dyn Store) {
     assert!(s.get_advertiser(&b.id, &adv.id).unwrap().is_none());
     assert!(s.list_advertisers(&b.id).unwrap().is_empty());
     assert_eq!(s.list_advertisers(&a.id).unwrap(), vec![adv.clone()]);
-    assert!(s
-        .update_advertiser(&b.id, &adv.id, "stolen", None)
-        .unwrap()
-        .is_none());
+    let stolen = Advertiser {
+        operator_id: b.id.clone(),
+        name: "stolen".into(),
+        ..adv.clone()
+    };
+    assert_eq!(s.update_advertiser(&stolen, &adv).unwrap(), Update::Missing);
     assert!(!s.delete_advertiser(&b.id, &adv.id).unwrap());
     assert_eq!(
         s.get_advertiser(&a.id, &adv.id).unwrap().unwrap().name,
         "shop"
     );
+    let renamed = Advertiser {
+        name: "shop2".into(),
+        ..adv.clone()
+    };
     assert_eq!(
-        s.update_advertiser(&a.id, &adv.id, "shop2", None)
-            .unwrap()
-            .unwrap()
-            .name,
-        "shop2"
+        s.update_advertiser(&renamed, &adv).unwrap(),
+        Update::Updated
+    );
+    assert_eq!(
+        s.get_advertiser(&a.id, &adv.id).unwrap(),
+        Some(renamed.clone())
+    );
+    // A change made from the read before that one is refused, and writes nothing.
+    let stale = Advertiser {
+        name: "shop3".into(),
+        ..adv.clone()
+    };
+    assert_eq!(s.update_advertiser(&stale, &adv).unwrap(), Update::Changed);
+    assert_eq!(
+        s.get_advertiser(&a.id, &adv.id).unwrap(),
+        Some(renamed.clone())
     );
     assert!(s.advertisers_with_lines().unwrap().is_empty());
     let limit = LineLimit {
         max_lines: 3,
         max_wait_seconds: 30,
     };
-    let limited = s
-        .update_advertiser(&a.id, &adv.id, "shop2", Some(limit))
-        .unwrap()
-        .unwrap();
-    assert_eq!(limited.lines, Some(limit));
-    assert_eq!(s.advertisers_with_lines().unwrap(), vec![limited]);
-    s.update_advertiser(&a.id, &adv.id, "shop2", None).unwrap();
+    let limited = Advertiser {
+        lines: Some(limit),
+        ..renamed.clone()
+    };
+    assert_eq!(
+        s.update_advertiser(&limited, &renamed).unwrap(),
+        Update::Updated
+    );
+    assert_eq!(s.advertisers_with_lines().unwrap(), vec![limited.clone()]);
+    // The limit is part of what is compared: a change made before it was set is refused.
+    assert_eq!(
+        s.update_advertiser(&stale, &renamed).unwrap(),
+        Update::Changed
+    );
+    assert_eq!(
+        s.update_advertiser(&renamed, &limited).unwrap(),
+        Update::Updated
+    );
     assert!(s.advertisers_with_lines().unwrap().is_empty());
 }
 
@@ -178,7 +206,7 @@ fn numbers_are_unique_and_scoped(s: &dyn Store) {
 
     let read = n.clone();
     n.destinations[0].ring_seconds = 5;
-    assert_eq!(s.update_number(&n, &read).unwrap(), NumberUpdate::Updated);
+    assert_eq!(s.update_number(&n, &read).unwrap(), Update::Updated);
     assert_eq!(
         s.get_number(&n.number).unwrap().unwrap().destinations[0].ring_seconds,
         5
@@ -186,16 +214,13 @@ fn numbers_are_unique_and_scoped(s: &dyn Store) {
     // A change made from the read before that one is refused, and writes nothing.
     let mut stale = read.clone();
     stale.absent = true;
-    assert_eq!(
-        s.update_number(&stale, &read).unwrap(),
-        NumberUpdate::Changed
-    );
+    assert_eq!(s.update_number(&stale, &read).unwrap(), Update::Changed);
     assert_eq!(s.get_number(&n.number).unwrap().unwrap(), n);
     let mut foreign = n.clone();
     foreign.operator_id = b.id.clone();
     assert_eq!(
         s.update_number(&foreign, &n).unwrap(),
-        NumberUpdate::Missing,
+        Update::Missing,
         "another operator cannot update it"
     );
     assert!(
@@ -1039,16 +1064,21 @@ fn pools_are_created_atomically_and_scoped(s: &dyn Store) {
 
     let mut changed = pool.clone();
     changed.hold_seconds = 5;
-    assert!(s.update_pool(&changed).unwrap());
+    assert_eq!(s.update_pool(&changed, &pool).unwrap(), Update::Updated);
     assert_eq!(
         s.get_pool(&a.id, &pool.id).unwrap().unwrap().hold_seconds,
         5
     );
+    // A change made from the read before that one is refused, and writes nothing.
+    let mut stale = pool.clone();
+    stale.recycle_seconds = 7;
+    assert_eq!(s.update_pool(&stale, &pool).unwrap(), Update::Changed);
+    assert_eq!(s.get_pool(&a.id, &pool.id).unwrap(), Some(changed.clone()));
     let foreign = Pool {
         operator_id: b.id.clone(),
-        ..changed
+        ..changed.clone()
     };
-    assert!(!s.update_pool(&foreign).unwrap());
+    assert_eq!(s.update_pool(&foreign, &changed).unwrap(), Update::Missing);
 }
 
 fn dynamic_leases(s: &dyn Store) {

@@ -97,13 +97,10 @@ pub trait Store: Send + Sync + 'static {
     fn get_advertiser(&self, operator_id: &str, id: &str) -> Result<Option<Advertiser>>;
     fn list_advertisers(&self, operator_id: &str) -> Result<Vec<Advertiser>>;
     /// Sets the name and line limit of an advertiser; None if it is not the operator's.
-    fn update_advertiser(
-        &self,
-        operator_id: &str,
-        id: &str,
-        name: &str,
-        lines: Option<LineLimit>,
-    ) -> Result<Option<Advertiser>>;
+    /// Replaces an advertiser's name and line limit with `adv`'s, if they are still
+    /// `read`'s: a compare-and-set like [`Store::update_number`] (two PATCHes at once
+    /// each kept one change and lost the other's).
+    fn update_advertiser(&self, adv: &Advertiser, read: &Advertiser) -> Result<Update>;
     /// Every advertiser with a line limit, of all operators (the call path's copy).
     fn advertisers_with_lines(&self) -> Result<Vec<Advertiser>>;
     /// Deletes an advertiser that owns no numbers ([`StoreError::InUse`] otherwise).
@@ -123,8 +120,7 @@ pub trait Store: Send + Sync + 'static {
     /// change was made from): a compare-and-set, so that of two changes made from the
     /// same read one wins and the other is told (two PATCHes, or a PATCH racing a
     /// pool's creation, silently lost one change: a live torture run).
-    fn update_number(&self, number: &TrackingNumber, read: &TrackingNumber)
-        -> Result<NumberUpdate>;
+    fn update_number(&self, number: &TrackingNumber, read: &TrackingNumber) -> Result<Update>;
     fn delete_number(&self, operator_id: &str, number: &str) -> Result<bool>;
     /// How many numbers the operator has (static and pools' alike): what its cap
     /// (`api.max_numbers_per_operator`) is checked against.
@@ -140,8 +136,9 @@ pub trait Store: Send + Sync + 'static {
     /// Unscoped: a web page issues from a pool by its id (the pool names the origins
     /// it allows).
     fn pool_by_id(&self, id: &str) -> Result<Option<Pool>>;
-    /// Replaces a pool's settings (not its numbers); false if the operator has no such pool.
-    fn update_pool(&self, pool: &Pool) -> Result<bool>;
+    /// Replaces a pool's settings (not its numbers) with `pool`'s, if they are still
+    /// `read`'s: a compare-and-set like [`Store::update_number`].
+    fn update_pool(&self, pool: &Pool, read: &Pool) -> Result<Update>;
     /// Leases a number of `pool` at `now_ms`, atomically (compare-and-set: no number is
     /// ever held by two leases, also across processes). In dynamic and callback mode a `session`
     /// with a live lease gets the same number with its lease extended. Otherwise the

@@ -122,11 +122,12 @@ pub enum NumberKind {
     Callback,
 }
 
-/// What [`crate::Store::update_number`] did.
+/// What a compare-and-set change ([`crate::Store::update_number`],
+/// [`crate::Store::update_advertiser`], [`crate::Store::update_pool`]) did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NumberUpdate {
+pub enum Update {
     Updated,
-    /// The operator has no such number.
+    /// The operator has no such object.
     Missing,
     /// It changed since it was read: nothing written.
     Changed,

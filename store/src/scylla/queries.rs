@@ -44,7 +44,7 @@ pub const ADV_OF: &str =
 pub const ADV_ALL: &str = "SELECT operator_id, id, name, created_at, lines FROM advertisers";
 pub const ADV_ANY: &str = "SELECT id FROM advertisers WHERE operator_id = ? LIMIT 1";
 pub const ADV_UPDATE: &str =
-    "UPDATE advertisers SET name = ?, lines = ? WHERE operator_id = ? AND id = ? IF EXISTS";
+    "UPDATE advertisers SET name = ?, lines = ? WHERE operator_id = ? AND id = ? IF name = ? AND lines = ?";
 pub const ADV_DELETE: &str = "DELETE FROM advertisers WHERE operator_id = ? AND id = ? IF EXISTS";
 
 // Numbers (partition: number; by operator: operator_id).
@@ -73,7 +73,8 @@ pub const POOL_INDEX_PUT: &str =
     "INSERT INTO pools_by_operator (operator_id, id, settings) VALUES (?, ?, ?)";
 pub const POOL_GET: &str = "SELECT operator_id, settings FROM pools WHERE id = ?";
 pub const POOLS_OF: &str = "SELECT settings FROM pools_by_operator WHERE operator_id = ?";
-pub const POOL_UPDATE: &str = "UPDATE pools SET settings = ? WHERE id = ? IF operator_id = ?";
+pub const POOL_UPDATE: &str =
+    "UPDATE pools SET settings = ? WHERE id = ? IF operator_id = ? AND settings = ?";
 
 // Leases. number_leases (partition: number) is the authority; pool_numbers (partition:
 // pool_id) is what issuers read to pick; session_leases (partition: pool_id, session)

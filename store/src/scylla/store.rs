@@ -732,20 +732,40 @@ impl Store for ScyllaStore {
         Ok(all)
     }
 
-    fn update_advertiser(
-        &self,
-        operator_id: &str,
-        id: &str,
-        name: &str,
-        lines: Option<LineLimit>,
-    ) -> Result<Option<Advertiser>> {
-        let lines = lines.map(|l| json(&l)).transpose()?;
+    fn update_advertiser(&self, adv: &Advertiser, read: &Advertiser) -> Result<Update> {
+        let lines = adv.lines.map(|l| json(&l)).transpose()?;
+        let (op, id) = (adv.operator_id.as_str(), adv.id.as_str());
         self.wait(async {
-            let values = (name, lines.as_deref(), operator_id, id);
-            if !self.inner.cas(q::ADV_UPDATE, values).await?.applied {
-                return Ok(None);
+            for _ in 0..CAS_ROUNDS {
+                let Some(row) = self
+                    .inner
+                    .first::<AdvertiserRow>(q::ADV_GET, (op, id))
+                    .await?
+                else {
+                    return Ok(Update::Missing);
+                };
+                // Compared as read back, and written only if the columns are still what
+                // was just read (the condition of the lightweight transaction; a null
+                // `lines` is compared as null).
+                let (current_name, current_lines) = (row.2.clone(), row.4.clone());
+                if advertiser_from(row) != *read {
+                    return Ok(Update::Changed);
+                }
+                let values = (
+                    adv.name.as_str(),
+                    lines.as_deref(),
+                    op,
+                    id,
+                    current_name.as_deref(),
+                    current_lines.as_deref(),
+                );
+                if self.inner.cas(q::ADV_UPDATE, values).await?.applied {
+                    return Ok(Update::Updated);
+                }
             }
-            self.inner.get_advertiser(operator_id, id).await
+            Err(StoreError::Unavailable(format!(
+                "advertiser {id} is being changed concurrently"
+            )))
         })
     }
 
@@ -855,11 +875,7 @@ impl Store for ScyllaStore {
         Ok(numbers)
     }
 
-    fn update_number(
-        &self,
-        number: &TrackingNumber,
-        read: &TrackingNumber,
-    ) -> Result<NumberUpdate> {
+    fn update_number(&self, number: &TrackingNumber, read: &TrackingNumber) -> Result<Update> {
         let settings = json(number)?;
         let n = number;
         self.wait(async {
@@ -872,16 +888,16 @@ impl Store for ScyllaStore {
                     )
                     .await?;
                 let Some((Some(op), adv, current)) = current else {
-                    return Ok(NumberUpdate::Missing);
+                    return Ok(Update::Missing);
                 };
                 if op != n.operator_id {
-                    return Ok(NumberUpdate::Missing);
+                    return Ok(Update::Missing);
                 }
                 // Compared as read back, and written only if the text is still what
                 // was just read (the condition of the lightweight transaction).
                 let current = current.unwrap_or_default();
                 if parse::<TrackingNumber>("number settings", &current)? != *read {
-                    return Ok(NumberUpdate::Changed);
+                    return Ok(Update::Changed);
                 }
                 let adv = adv.unwrap_or_default();
                 let values = (
@@ -914,7 +930,7 @@ impl Store for ScyllaStore {
                         ),
                     )
                     .await?;
-                return Ok(NumberUpdate::Updated);
+                return Ok(Update::Updated);
             }
             Err(StoreError::Unavailable(format!(
                 "number {} is being changed concurrently",
@@ -1058,28 +1074,38 @@ impl Store for ScyllaStore {
         }
     }
 
-    fn update_pool(&self, pool: &Pool) -> Result<bool> {
+    fn update_pool(&self, pool: &Pool, read: &Pool) -> Result<Update> {
         let settings = json(pool)?;
+        let (op, id) = (pool.operator_id.as_str(), pool.id.as_str());
         self.wait(async {
-            let values = (
-                settings.as_str(),
-                pool.id.as_str(),
-                pool.operator_id.as_str(),
-            );
-            if !self.inner.cas(q::POOL_UPDATE, values).await?.applied {
-                return Ok(false);
+            for _ in 0..CAS_ROUNDS {
+                let current = self
+                    .inner
+                    .first::<(Option<String>, Option<String>)>(q::POOL_GET, (id,))
+                    .await?;
+                let Some((Some(owner), current)) = current else {
+                    return Ok(Update::Missing);
+                };
+                if owner != op {
+                    return Ok(Update::Missing);
+                }
+                // Compared as read back, written only if the text is still what was read.
+                let current = current.unwrap_or_default();
+                if parse::<Pool>("pool settings", &current)? != *read {
+                    return Ok(Update::Changed);
+                }
+                let values = (settings.as_str(), id, op, current.as_str());
+                if !self.inner.cas(q::POOL_UPDATE, values).await?.applied {
+                    continue;
+                }
+                self.inner
+                    .write(q::POOL_INDEX_PUT, (op, id, settings.as_str()))
+                    .await?;
+                return Ok(Update::Updated);
             }
-            self.inner
-                .write(
-                    q::POOL_INDEX_PUT,
-                    (
-                        pool.operator_id.as_str(),
-                        pool.id.as_str(),
-                        settings.as_str(),
-                    ),
-                )
-                .await?;
-            Ok(true)
+            Err(StoreError::Unavailable(format!(
+                "pool {id} is being changed concurrently"
+            )))
         })
     }
 

@@ -524,26 +524,32 @@ impl Store for SqliteStore {
         })
     }
 
-    fn update_advertiser(
-        &self,
-        operator_id: &str,
-        id: &str,
-        name: &str,
-        lines: Option<LineLimit>,
-    ) -> Result<Option<Advertiser>> {
-        let lines = lines.map(|l| serde_json::to_string(&l).unwrap_or_default());
-        let n = self
-            .write(|c| {
-                c.execute(
-                    "UPDATE advertisers SET name = ?3, lines = ?4 WHERE id = ?1 AND operator_id = ?2",
-                    params![id, operator_id, name, lines],
+    fn update_advertiser(&self, adv: &Advertiser, read: &Advertiser) -> Result<Update> {
+        let lines = adv
+            .lines
+            .map(|l| serde_json::to_string(&l).unwrap_or_default());
+        self.write(|c| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let current = tx
+                .query_row(
+                    &format!("SELECT {ADVERTISER_COLUMNS} FROM advertisers WHERE id = ?1 AND operator_id = ?2"),
+                    params![adv.id, adv.operator_id],
+                    advertiser_from,
                 )
-            })
-            .map_err(unavailable)?;
-        if n == 0 {
-            return Ok(None);
-        }
-        self.get_advertiser(operator_id, id)
+                .optional()?;
+            match current {
+                None => return Ok(Update::Missing),
+                Some(now) if now != *read => return Ok(Update::Changed),
+                Some(_) => {}
+            }
+            tx.execute(
+                "UPDATE advertisers SET name = ?3, lines = ?4 WHERE id = ?1 AND operator_id = ?2",
+                params![adv.id, adv.operator_id, adv.name, lines],
+            )?;
+            tx.commit()?;
+            Ok(Update::Updated)
+        })
+        .map_err(unavailable)
     }
 
     fn advertisers_with_lines(&self) -> Result<Vec<Advertiser>> {
@@ -631,11 +637,7 @@ impl Store for SqliteStore {
         rows.into_iter().map(number_from).collect()
     }
 
-    fn update_number(
-        &self,
-        number: &TrackingNumber,
-        read: &TrackingNumber,
-    ) -> Result<NumberUpdate> {
+    fn update_number(&self, number: &TrackingNumber, read: &TrackingNumber) -> Result<Update> {
         let settings =
             serde_json::to_string(number).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         self.write(|c| {
@@ -648,14 +650,14 @@ impl Store for SqliteStore {
                 )
                 .optional()?;
             let Some(current) = current else {
-                return Ok(Ok(NumberUpdate::Missing));
+                return Ok(Ok(Update::Missing));
             };
             // Compared as read back (an older row's text may lack fields that now have
             // defaults), and written only if unchanged, in one transaction. A row that
             // does not decode is corrupt, not changed.
             match number_from(current) {
                 Ok(now) if now == *read => {}
-                Ok(_) => return Ok(Ok(NumberUpdate::Changed)),
+                Ok(_) => return Ok(Ok(Update::Changed)),
                 Err(e) => return Ok(Err(e)),
             }
             tx.execute(
@@ -663,7 +665,7 @@ impl Store for SqliteStore {
                 params![number.number, number.operator_id, number.advertiser_id, settings],
             )?;
             tx.commit()?;
-            Ok(Ok(NumberUpdate::Updated))
+            Ok(Ok(Update::Updated))
         })
         .map_err(unavailable)?
     }
@@ -770,18 +772,35 @@ impl Store for SqliteStore {
         rows.into_iter().map(pool_from).collect()
     }
 
-    fn update_pool(&self, pool: &Pool) -> Result<bool> {
+    fn update_pool(&self, pool: &Pool, read: &Pool) -> Result<Update> {
         let settings =
             serde_json::to_string(pool).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let n = self
-            .write(|c| {
-                c.execute(
-                    "UPDATE pools SET settings = ?3 WHERE id = ?1 AND operator_id = ?2",
-                    params![pool.id, pool.operator_id, settings],
+        self.write(|c| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let current: Option<String> = tx
+                .query_row(
+                    "SELECT settings FROM pools WHERE id = ?1 AND operator_id = ?2",
+                    params![pool.id, pool.operator_id],
+                    |r| r.get(0),
                 )
-            })
-            .map_err(unavailable)?;
-        Ok(n > 0)
+                .optional()?;
+            let Some(current) = current else {
+                return Ok(Ok(Update::Missing));
+            };
+            // Compared as read back, as a number's are (see `update_number`).
+            match pool_from(current) {
+                Ok(now) if now == *read => {}
+                Ok(_) => return Ok(Ok(Update::Changed)),
+                Err(e) => return Ok(Err(e)),
+            }
+            tx.execute(
+                "UPDATE pools SET settings = ?3 WHERE id = ?1 AND operator_id = ?2",
+                params![pool.id, pool.operator_id, settings],
+            )?;
+            tx.commit()?;
+            Ok(Ok(Update::Updated))
+        })
+        .map_err(unavailable)?
     }
 
     fn lease_at(&self, number: &str, at_ms: i64) -> Result<Option<Lease>> {
