@@ -622,6 +622,65 @@ fn a_cancel_is_answered_with_the_invites_to_tag() {
     caller.send(&on_branch(&invite, "ACK", Some(&tag180)));
 }
 
+/// The callee takes the re-INVITE with 100 Trying and no more; the caller cancels it:
+/// the node cancels its own re-INVITE to the callee (same branch, RFC 3261 9.1), which
+/// answers 487 and keeps its session as it was, as the caller does. The CANCEL was
+/// answered to the caller and not passed on: the callee's re-INVITE went on, and a
+/// callee accepting it would have moved where the caller did not (a live torture run).
+#[test]
+fn a_cancelled_re_invite_is_cancelled_on_the_other_leg() {
+    let ports = Ports::take();
+    let node = Node::start(ports, "127.0.0.0/8", "");
+    let (key, _) = node.provision("0501234567", DEST, "{}");
+    let call_id = "cancel-reinvite-2";
+    let answer = |status: &str, cseq: &str| {
+        format!(
+            "  <send>\n    <![CDATA[\n\n      SIP/2.0 {status}\n      [last_Via:]\n      [last_From:]\n      [last_To:]\n      [last_Call-ID:]\n      {cseq}\n      Content-Length: 0\n\n    ]]>\n  </send>\n"
+        )
+    };
+    let then = format!(
+        "{}  <recv request=\"CANCEL\"/>\n{}{}  <recv request=\"ACK\" crlf=\"true\"/>\n",
+        answer("100 Trying", "[last_CSeq:]"),
+        answer("200 OK", "[last_CSeq:]"),
+        answer("487 Request Terminated", "CSeq: [last_cseq_number] INVITE"),
+    );
+    let (caller, our_tag, uas, reinvite) = reinvite_a_callee(&node, ports, call_id, &then);
+    caller.send(&on_branch(&reinvite, "CANCEL", None));
+    node.wait_until(
+        Duration::from_secs(5),
+        "the callee's re-INVITE cancelled and its 487 acknowledged",
+        || {
+            let seen = uas.messages();
+            seen.contains("CANCEL sip:") && seen.matches("ACK sip:").count() >= 2
+        },
+    );
+    let mut finals = Vec::new();
+    while finals.len() < 2 {
+        let m = caller
+            .recv(Duration::from_secs(5))
+            .unwrap_or_else(|| panic!("no more answers after {finals:?}"));
+        let status = m.lines().next().unwrap_or_default().to_string();
+        if status.starts_with("SIP/2.0") && !status.starts_with("SIP/2.0 1") {
+            finals.push((header(&m, "CSeq").unwrap_or_default().to_string(), status));
+        }
+    }
+    finals.sort();
+    assert_eq!(finals[1].1, "SIP/2.0 487 Request Terminated", "{finals:?}");
+    assert_eq!(node.metric("tsunagu_active_calls"), 1.0, "the call goes on");
+    caller.send(&caller.request(
+        "BYE",
+        call_id,
+        "callertag",
+        &our_tag,
+        3,
+        "Content-Length: 0\n\n",
+    ));
+    let bye = caller.final_response();
+    assert!(bye.starts_with("SIP/2.0 200"), "{bye}");
+    let calls = node.wait_for_calls(&key, 1);
+    assert_eq!(calls[0]["result"], "answered", "{}", calls[0]);
+}
+
 /// Sends the caller's re-INVITE (CSeq 2, with an offer) in its call `call_id`; the
 /// request as sent.
 fn send_reinvite(caller: &Party, call_id: &str, our_tag: &str) -> String {
@@ -650,14 +709,25 @@ fn reinvite_a_silent_callee(
     ports: Ports,
     call_id: &str,
 ) -> (Party, String, Uas, String) {
+    reinvite_a_callee(node, ports, call_id, "")
+}
+
+/// [`reinvite_a_silent_callee`] with a callee that does `then` (SIPp scenario
+/// elements) after it receives the re-INVITE, before the BYE.
+fn reinvite_a_callee(
+    node: &Node,
+    ports: Ports,
+    call_id: &str,
+    then: &str,
+) -> (Party, String, Uas, String) {
     let ack = r#"<recv request="ACK" crlf="true"/>"#;
-    let silent = format!("{ack}\n  <recv request=\"INVITE\"/>");
+    let silent = format!("{ack}\n  <recv request=\"INVITE\"/>\n{then}");
     let silent_uas = scenario_replacing(
         node.dir.path(),
         "uas_answer.xml",
         ack,
         &silent,
-        "uas_silent_reinvite.xml",
+        "uas_reinvite.xml",
     );
     let uas = Uas::start(&silent_uas, ports, node.dir.path(), &[]);
     let caller = Party::bind("127.0.0.1", ports.sip);

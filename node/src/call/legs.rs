@@ -380,13 +380,11 @@ impl ALeg {
         method: Method,
         sdp: Option<String>,
         headers: Headers,
-    ) -> u32 {
+    ) -> Relayed {
         let sdp = self.next_body(sdp);
         let (mut spec, peer) = self.request(ep, method);
         reoffer_parts(&mut spec, ep, peer, sdp, headers);
-        let cseq = spec.cseq;
-        ep.request(spec, peer);
-        cseq
+        Relayed::send(spec, peer, ep)
     }
 
     /// ACKs a 2xx to the re-INVITE with this CSeq (with the answer, for a 2xx that
@@ -490,6 +488,22 @@ fn split_tag(value: &str) -> Option<(&str, &str)> {
 /// Contact and SDP body of a relayed re-INVITE or UPDATE.
 /// Headers a relayed request carries over from the other leg (session timers).
 pub type Headers = Vec<(&'static str, String)>;
+
+/// A re-offer relayed to a leg: its CSeq there, and for a re-INVITE its CANCEL (same
+/// branch and CSeq number, RFC 3261 9.1), for when its sender cancels it.
+pub struct Relayed {
+    pub cseq: u32,
+    pub cancel: Option<(RequestSpec, Peer)>,
+}
+
+impl Relayed {
+    fn send(spec: RequestSpec, peer: Peer, ep: &EndpointHandle) -> Relayed {
+        let cseq = spec.cseq;
+        let cancel = (spec.method == Method::Invite).then(|| (spec.cancel(), peer));
+        ep.request(spec, peer);
+        Relayed { cseq, cancel }
+    }
+}
 
 fn reoffer_parts(
     spec: &mut RequestSpec,
@@ -717,13 +731,12 @@ impl BLeg {
         method: Method,
         sdp: Option<String>,
         headers: Headers,
-    ) -> u32 {
+    ) -> Relayed {
         let sdp = self.next_body(sdp);
         self.cseq += 1;
         let (mut spec, peer) = self.in_dialog(ep, method, self.cseq);
         reoffer_parts(&mut spec, ep, peer, sdp, headers);
-        ep.request(spec, peer);
-        self.cseq
+        Relayed::send(spec, peer, ep)
     }
 
     /// ACKs a 2xx to the re-INVITE with this CSeq (with the answer, for a 2xx that

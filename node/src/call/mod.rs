@@ -212,6 +212,12 @@ struct Reoffer {
     /// The call ended while it was pending: the sender was answered 487, and the other
     /// leg's answer, when it comes, is only acknowledged.
     abandoned: bool,
+    /// The CANCEL of the relayed re-INVITE, until it is sent.
+    cancel: Option<(tsunagu_sip::build::RequestSpec, tsunagu_sip::Peer)>,
+    /// The other leg answered it provisionally: a CANCEL may go (RFC 3261 9.1).
+    provisional: bool,
+    /// Its sender cancelled it before that: the CANCEL goes with the first provisional.
+    cancel_wanted: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1422,7 +1428,7 @@ impl Call {
         let late = sdp.is_none() && req.method == Method::Invite;
         let method = req.method;
         let headers = session::headers_of(&req);
-        let cseq = match to {
+        let relayed = match to {
             Side::B => match self.b.as_mut() {
                 Some(b) => b.reoffer(&ep, method, sdp, headers),
                 None => return ep.respond(&req, &info, &key, 481, None, &[], None),
@@ -1436,29 +1442,54 @@ impl Call {
             request: req,
             info,
             key,
-            cseq,
+            cseq: relayed.cseq,
             late,
             offer,
             abandoned: false,
+            cancel: relayed.cancel,
+            provisional: false,
+            cancel_wanted: false,
         }));
     }
 
     /// The sender of a pending re-INVITE cancelled it: it is answered 487 (RFC 3261
-    /// 9.2), and the other leg's answer, when it comes, is only acknowledged; if that
-    /// answer accepted the offer, the other party's session moved where the sender's
-    /// did not, which a CANCEL racing an answer leaves to the parties (the node
-    /// sends no CANCEL of its own re-INVITE: its answer may already be on its way;
-    /// until it comes, a new re-offer of the sender's gets 491). An offerless
-    /// re-INVITE goes on: the other leg's 2xx brings an offer, whose ACK must carry the
-    /// answer only the sender can give.
+    /// 9.2) and the node cancels its own re-INVITE on the other leg (at once if that
+    /// leg answered it provisionally, else with its first provisional answer, RFC
+    /// 3261 9.1): the other party's session stays where the sender's does. It was not
+    /// cancelled, and its re-INVITE completed there (a live torture run). The other
+    /// leg's answer, when it comes, is only acknowledged; one that accepted the offer
+    /// before the CANCEL reached it (the race RFC 3261 leaves to the parties) moves the
+    /// other party's session where the sender's did not, until the next offer. An
+    /// offerless re-INVITE goes on: the other leg's 2xx brings an offer, whose ACK
+    /// must carry the answer only the sender can give.
     fn reoffer_cancelled(&mut self, key: &tsunagu_sip::transaction::TxKey) {
         let pending = self
             .reoffer
             .as_ref()
             .is_some_and(|p| p.key == *key && p.method == Method::Invite && !p.late);
         if pending {
-            tracing::debug!("a pending re-INVITE cancelled by its sender: 487");
+            tracing::debug!(
+                "a pending re-INVITE cancelled by its sender: 487, and cancelled on the other leg"
+            );
             self.abandon_reoffer();
+            if let Some(p) = self.reoffer.as_mut() {
+                p.cancel_wanted = true;
+            }
+            self.send_reoffer_cancel();
+        }
+    }
+
+    /// Sends the CANCEL of the relayed re-INVITE, once, when its sender wanted it and
+    /// the other leg has answered provisionally.
+    fn send_reoffer_cancel(&mut self) {
+        let Some(p) = self.reoffer.as_mut() else {
+            return;
+        };
+        if !(p.cancel_wanted && p.provisional) {
+            return;
+        }
+        if let Some((spec, peer)) = p.cancel.take() {
+            self.ctx.endpoint.request(spec, peer);
         }
     }
 
@@ -1483,6 +1514,10 @@ impl Call {
     fn on_reoffer_answer(&mut self, resp: Response) {
         let code = resp.status_code.code();
         if code < 200 {
+            if let Some(p) = self.reoffer.as_mut() {
+                p.provisional = true;
+            }
+            self.send_reoffer_cancel();
             return;
         }
         let Some(p) = self.reoffer.take() else { return };

@@ -283,9 +283,13 @@ impl Call {
         let ep = self.ctx.endpoint.clone();
         let a_cseq = self
             .a
-            .reoffer(&ep, Method::Invite, Some(a_offer), Vec::new());
+            .reoffer(&ep, Method::Invite, Some(a_offer), Vec::new())
+            .cseq;
         let b_cseq = match self.b.as_mut() {
-            Some(b) => b.reoffer(&ep, Method::Invite, Some(b_offer), Vec::new()),
+            Some(b) => {
+                b.reoffer(&ep, Method::Invite, Some(b_offer), Vec::new())
+                    .cseq
+            }
             None => return self.takeover_failed("no callee dialog"),
         };
         if let Some(r) = self.resuming.as_mut() {
