@@ -54,7 +54,7 @@ pub struct ApiMetrics {
 pub const EXPORT_CUTS: [&str; 3] = ["stalled", "too_long", "slow_page"];
 
 /// The outcomes `api_recordings_served` counts (see its HELP).
-pub const RECORDING_OUTCOMES: [&str; 7] = [
+pub const RECORDING_OUTCOMES: [&str; 8] = [
     "served",
     "busy",
     "part_missing",
@@ -62,6 +62,7 @@ pub const RECORDING_OUTCOMES: [&str; 7] = [
     "too_long",
     "broken",
     "cut",
+    "range_not_satisfiable",
 ];
 
 impl ApiMetrics {
@@ -166,7 +167,7 @@ impl ApiMetrics {
         );
         r.register(
             "api_recordings_served",
-            "Requests for a call's recording (joined from its parts, or ?part=N) by outcome: served (streamed whole), part_missing (503 or 404: a part is neither in node.recordings_dir nor obtainable from the node that recorded it), channels_differ (409: parts of different channel counts are not joined), too_long (409: the parts together pass the 4 GiB WAV limit), broken (500: a part's file is not a WAV recording), cut (a part failed or changed while streaming, or the download passed api.export_max_seconds; the response was ended short), busy (503: api.max_recordings, or the operator's api.max_recordings_per_operator, were streaming)",
+            "Requests for a call's recording (joined from its parts, or ?part=N) by outcome: served (streamed whole, 200, or the byte range asked for, 206), part_missing (503 or 404: a part is neither in node.recordings_dir nor obtainable from the node that recorded it), channels_differ (409: parts of different channel counts are not joined), too_long (409: the parts together pass the 4 GiB WAV limit), broken (500: a part's file is not a WAV recording), cut (a part failed or changed while streaming, or the download passed api.export_max_seconds; the response was ended short), busy (503: api.max_recordings, or the operator's api.max_recordings_per_operator, were streaming), range_not_satisfiable (416: the Range asked for starts past the end of the file)",
             self.recordings_served.clone(),
         );
         r.register(

@@ -17,6 +17,10 @@
 //!   and its header does not say which, so no conversion would put it on the right
 //!   channel. Each part stays available on its own (`?part=N`).
 //! - All sizes are checked: the output fits the WAV size fields or is refused.
+//!
+//! An HTTP `Range` (RFC 9110 section 14) asks for a window of that file: [`window`]
+//! reads the header's value against the file's size, and [`JoinPlan::slices`] maps the
+//! window onto the header and the pieces, so the I/O reads only what the window holds.
 
 use tsunagu_media::wav::{MAX_DATA_BYTES, SAMPLE_RATE};
 
@@ -113,6 +117,163 @@ impl JoinPlan {
     pub fn content_length(&self) -> u64 {
         HEADER_BYTES as u64 + u64::from(self.data_bytes)
     }
+
+    /// The whole file as a window (never empty: there is always the header).
+    pub fn whole(&self) -> Window {
+        Window {
+            first: 0,
+            last: self.content_length() - 1,
+        }
+    }
+
+    /// What `w` holds of the file, in order: a stretch of the header, silence, and
+    /// stretches of parts' audio (`skip` bytes into the part's audio). Nothing empty
+    /// is listed; their sizes add up to what of `w` lies within the file.
+    pub fn slices(&self, w: Window) -> Vec<Slice> {
+        let end = w.last.saturating_add(1);
+        // The stretch [start, start + len) of the file cut to the window: (bytes into
+        // the stretch, bytes), None if they do not meet.
+        let cut = |start: u64, len: u64| {
+            let lo = start.max(w.first);
+            let hi = start.saturating_add(len).min(end);
+            (lo < hi).then(|| (lo - start, hi - lo))
+        };
+        let mut out = Vec::new();
+        if let Some((skip, bytes)) = cut(0, HEADER_BYTES as u64) {
+            // Both within the 44-byte header.
+            let from = usize::try_from(skip).unwrap_or(HEADER_BYTES);
+            let to = usize::try_from(skip + bytes).unwrap_or(HEADER_BYTES);
+            out.push(Slice::Header { from, to });
+        }
+        let mut at = HEADER_BYTES as u64;
+        for piece in &self.pieces {
+            let len = match *piece {
+                Piece::Silence(n) => n,
+                Piece::Part { bytes, .. } => bytes,
+            };
+            if let Some((skip, bytes)) = cut(at, len) {
+                out.push(match *piece {
+                    Piece::Silence(_) => Slice::Silence(bytes),
+                    Piece::Part { index, .. } => Slice::Part { index, skip, bytes },
+                });
+            }
+            at = at.saturating_add(len);
+        }
+        out
+    }
+}
+
+/// One stretch of a window of the joined file (see [`JoinPlan::slices`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slice {
+    /// The header's bytes `from..to`.
+    Header { from: usize, to: usize },
+    /// This many bytes of zeros.
+    Silence(u64),
+    /// `bytes` of part `index`'s audio, starting `skip` bytes into it.
+    Part { index: usize, skip: u64, bytes: u64 },
+}
+
+/// Bytes `first..=last` of a file (RFC 9110's byte positions, last included).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    pub first: u64,
+    pub last: u64,
+}
+
+impl Window {
+    /// How many bytes it holds.
+    pub fn len(&self) -> u64 {
+        self.last.saturating_sub(self.first).saturating_add(1)
+    }
+}
+
+/// How to answer a `Range` header field's value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RangeAnswer {
+    /// 200 with the whole file: no range, or one this server ignores (several ranges,
+    /// a unit other than bytes, a value that does not parse).
+    Whole,
+    /// 206 with this window (within the file).
+    Part(Window),
+    /// 416: one byte range, but it does not meet the file.
+    Unsatisfiable,
+}
+
+/// Reads a `Range` value (`bytes=a-b`, `bytes=a-`, `bytes=-n`) against a file of
+/// `total` bytes (RFC 9110 section 14.1.2). Only a single range is answered: a server
+/// may ignore a Range (section 14.2), and several ranges would need a multipart
+/// answer, which players do not ask for; a value that does not parse is ignored too.
+/// Numbers past u64 count as u64::MAX, which is what they mean here: a first byte
+/// past any file, a last byte or a suffix longer than the file.
+pub fn window(range: &str, total: u64) -> RangeAnswer {
+    let Some((unit, set)) = range.trim_matches(OWS).split_once('=') else {
+        return RangeAnswer::Whole;
+    };
+    if !unit.eq_ignore_ascii_case("bytes") {
+        return RangeAnswer::Whole;
+    }
+    // A list may hold empty elements (RFC 9110 section 5.6.1): they count for nothing.
+    let mut specs = set
+        .split(',')
+        .map(|s| s.trim_matches(OWS))
+        .filter(|s| !s.is_empty());
+    let (Some(spec), None) = (specs.next(), specs.next()) else {
+        return RangeAnswer::Whole;
+    };
+    let Some((first, last)) = spec.split_once('-') else {
+        return RangeAnswer::Whole;
+    };
+    let w = if first.is_empty() {
+        // A suffix: the last `n` bytes, the whole file if it is shorter.
+        let Some(n) = number(last) else {
+            return RangeAnswer::Whole;
+        };
+        if n == 0 || total == 0 {
+            return RangeAnswer::Unsatisfiable;
+        }
+        Window {
+            first: total.saturating_sub(n),
+            last: total - 1,
+        }
+    } else {
+        let Some(first) = number(first) else {
+            return RangeAnswer::Whole;
+        };
+        // `a-` runs to the end of the file.
+        let last = match (last.is_empty(), number(last)) {
+            (true, _) => None,
+            (false, Some(l)) if l >= first => Some(l),
+            // Not a number, or before the first byte: invalid, ignored.
+            (false, _) => return RangeAnswer::Whole,
+        };
+        if first >= total {
+            return RangeAnswer::Unsatisfiable;
+        }
+        Window {
+            first,
+            last: last.map_or(total - 1, |l| l.min(total - 1)),
+        }
+    };
+    RangeAnswer::Part(w)
+}
+
+/// Optional whitespace around list elements (RFC 9110 section 5.6.3).
+const OWS: &[char] = &[' ', '\t'];
+
+/// A run of ASCII digits as a number (u64::MAX past it); None if it is not one (empty,
+/// a sign, a space inside).
+fn number(s: &str) -> Option<u64> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(
+        s.bytes()
+            .try_fold(0u64, |n, b| {
+                n.checked_mul(10)?.checked_add(u64::from(b - b'0'))
+            })
+            .unwrap_or(u64::MAX),
+    )
 }
 
 /// Why the parts are not joined.
@@ -431,6 +592,156 @@ mod tests {
             });
             assert_eq!(got, want, "{name}");
         }
+    }
+
+    /// Each row: a Range value against a file of 1000 bytes → the answer.
+    #[test]
+    fn range_windows() {
+        use RangeAnswer::{Part as P, Unsatisfiable as No, Whole};
+        let w = |first, last| P(Window { first, last });
+        let table: &[(&str, RangeAnswer)] = &[
+            ("bytes=0-99", w(0, 99)),
+            ("bytes=100-199", w(100, 199)),
+            ("bytes=999-999", w(999, 999)),
+            ("bytes=0-", w(0, 999)),
+            ("bytes=500-", w(500, 999)),
+            ("bytes=900-5000", w(900, 999)),
+            ("bytes=-1", w(999, 999)),
+            ("bytes=-100", w(900, 999)),
+            ("bytes=-1000", w(0, 999)),
+            ("bytes=-5000", w(0, 999)),
+            ("BYTES=1-2", w(1, 2)),
+            ("bytes=1-2,", w(1, 2)),
+            ("bytes= 1-2 ,", w(1, 2)),
+            ("bytes=0-18446744073709551615", w(0, 999)),
+            ("bytes=0-99999999999999999999999", w(0, 999)),
+            ("bytes=-18446744073709551615", w(0, 999)),
+            ("bytes=-99999999999999999999999", w(0, 999)),
+            ("bytes=00010-0020", w(10, 20)),
+            // Past the file.
+            ("bytes=1000-", No),
+            ("bytes=1000-1001", No),
+            ("bytes=18446744073709551615-", No),
+            ("bytes=99999999999999999999999-", No),
+            ("bytes=-0", No),
+            // Ignored: several ranges, another unit, what does not parse.
+            ("bytes=0-1,5-6", Whole),
+            ("bytes=0-1, 2000-3000", Whole),
+            ("bytes=2000-3000,0-1", Whole),
+            ("items=0-1", Whole),
+            ("bytes 0-1", Whole),
+            ("bytes=", Whole),
+            ("bytes=,", Whole),
+            ("bytes=-", Whole),
+            ("bytes=5", Whole),
+            ("bytes=5-4", Whole),
+            ("bytes=+1-2", Whole),
+            ("bytes=1-+2", Whole),
+            ("bytes=--1", Whole),
+            ("bytes=1-2-3", Whole),
+            ("bytes=a-b", Whole),
+            ("bytes=1 -2", Whole),
+            ("bytes=0x10-", Whole),
+            ("bytes=१-२", Whole),
+            ("", Whole),
+        ];
+        for (range, want) in table {
+            assert_eq!(window(range, 1000), *want, "{range}");
+        }
+        // A file of no bytes (never served: there is always a header) meets no range.
+        assert_eq!(window("bytes=0-", 0), No);
+        assert_eq!(window("bytes=-5", 0), No);
+        assert_eq!(
+            Window {
+                first: 0,
+                last: u64::MAX
+            }
+            .len(),
+            u64::MAX,
+            "saturates"
+        );
+    }
+
+    /// A window of a joined file of part 0 (100 bytes), 50 bytes of silence, part 1
+    /// (80 bytes): header 0..44, part 0 44..144, silence 144..194, part 1 194..274.
+    #[test]
+    fn windows_over_the_pieces() {
+        use Slice::{Header as H, Part as P, Silence as Z};
+        let plan = JoinPlan {
+            channels: 1,
+            data_bytes: 230,
+            pieces: vec![
+                Part {
+                    index: 0,
+                    bytes: 100,
+                },
+                Silence(50),
+                Part {
+                    index: 1,
+                    bytes: 80,
+                },
+            ],
+            gaps_capped: 0,
+        };
+        let part = |index, skip, bytes| P { index, skip, bytes };
+        let table: &[(&str, u64, u64, Vec<Slice>)] = &[
+            (
+                "whole",
+                0,
+                273,
+                vec![
+                    H { from: 0, to: 44 },
+                    part(0, 0, 100),
+                    Z(50),
+                    part(1, 0, 80),
+                ],
+            ),
+            ("the header alone", 0, 43, vec![H { from: 0, to: 44 }]),
+            ("inside the header", 10, 19, vec![H { from: 10, to: 20 }]),
+            (
+                "header into part 0",
+                40,
+                47,
+                vec![H { from: 40, to: 44 }, part(0, 0, 4)],
+            ),
+            ("inside part 0", 50, 59, vec![part(0, 6, 10)]),
+            ("last byte of part 0", 143, 143, vec![part(0, 99, 1)]),
+            ("first byte of the silence", 144, 144, vec![Z(1)]),
+            (
+                "part 0 into the silence",
+                140,
+                150,
+                vec![part(0, 96, 4), Z(7)],
+            ),
+            (
+                "across the silence",
+                100,
+                200,
+                vec![part(0, 56, 44), Z(50), part(1, 0, 7)],
+            ),
+            ("the end", 270, 273, vec![part(1, 76, 4)]),
+            ("past the end is cut", 270, 9999, vec![part(1, 76, 4)]),
+            ("wholly past the end", 274, 300, vec![]),
+        ];
+        for (name, first, last, want) in table {
+            let w = Window {
+                first: *first,
+                last: *last,
+            };
+            let got = plan.slices(w);
+            assert_eq!(&got, want, "{name}");
+            let sum: u64 = got
+                .iter()
+                .map(|s| match *s {
+                    H { from, to } => (to - from) as u64,
+                    Z(n) => n,
+                    P { bytes, .. } => bytes,
+                })
+                .sum();
+            let within = (*last).min(plan.content_length() - 1) + 1;
+            assert_eq!(sum, within.saturating_sub(*first), "{name}: sizes add up");
+        }
+        assert_eq!(plan.slices(plan.whole()), table[0].3);
     }
 
     #[test]

@@ -23,25 +23,32 @@
 //! one by one with `?part=N`.
 //!
 //! The operator's scope is checked before anything is read or fetched.
+//!
+//! Both endpoints answer a single byte `Range` (RFC 9110 section 14) with 206 and that
+//! window of the same bytes a 200 sends (a player seeks, a download resumes): a local
+//! part is read from where the window starts (a seek), silence is counted, and a part
+//! at a peer is asked for with a Range too, so nothing before the window is read. A
+//! range past the end is 416 (`Content-Range: bytes */total`); several ranges, another
+//! unit, a value that does not parse, or an `If-Range` get the whole file (200).
 
 use crate::auth::OperatorId;
 use crate::client::PeerAddr;
 use crate::metrics::{OutcomeLabel, SourceLabel};
 use crate::recording_join::{
-    self, read_header, HeaderError, JoinError, JoinPlan, PartAudio, PartHeader, Piece,
-    HEADER_BYTES, MAX_PARTS,
+    self, read_header, HeaderError, JoinError, JoinPlan, PartAudio, PartHeader, RangeAnswer, Slice,
+    Window, HEADER_BYTES, MAX_PARTS,
 };
 use crate::{db, ApiError, ApiMetrics, ApiState};
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Extension, Path, Query, State};
-use axum::http::{header, HeaderMap, Method, StatusCode};
-use axum::response::Response;
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tsunagu_store::{CallRecord, NodeRow, RecordingStatus};
 
 /// How long a peer may take to answer, and to send each piece of a part's audio.
@@ -114,6 +121,7 @@ pub async fn recording(
     OperatorId(op): OperatorId,
     State(st): State<Arc<ApiState>>,
     method: Method,
+    request: HeaderMap,
     Path(id): Path<String>,
     params: Result<Query<PartParam>, QueryRejection>,
 ) -> Result<Response, ApiError> {
@@ -195,6 +203,15 @@ pub async fn recording(
     if plan.gaps_capped > 0 {
         tracing::warn!(call_id = %r.call_id, gaps = plan.gaps_capped, "recording parts joined with gaps cut to 60 s of silence");
     }
+    let window = match requested_range(&method, &request, plan.content_length()) {
+        RangeAnswer::Whole => None,
+        RangeAnswer::Part(w) => Some(w),
+        RangeAnswer::Unsatisfiable => {
+            outcome("range_not_satisfiable");
+            return Ok(unsatisfiable(plan.content_length()));
+        }
+    };
+    // A 206 is served too: the same file, a window of it.
     outcome("served");
     let headers = [(PARTS_HEADER, count.to_string())];
     Ok(respond(
@@ -204,6 +221,7 @@ pub async fn recording(
         &filename,
         &headers,
         method == Method::HEAD,
+        window,
         Some(permit),
     ))
 }
@@ -214,7 +232,7 @@ pub async fn internal(
     State(st): State<Arc<ApiState>>,
     peer: Option<Extension<PeerAddr>>,
     method: Method,
-    headers: HeaderMap,
+    request: HeaderMap,
     Path((op, id)): Path<(String, String)>,
     params: Result<Query<PartParam>, QueryRejection>,
 ) -> Result<Response, ApiError> {
@@ -222,7 +240,7 @@ pub async fn internal(
         .cluster_token
         .as_deref()
         .ok_or_else(|| ApiError::not_found("no such endpoint"))?;
-    let given = headers
+    let given = request
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
@@ -235,8 +253,8 @@ pub async fn internal(
     // proxy on a node's own host connects from that node's address for every client
     // on the internet (nodes call each other directly, never with these headers).
     let from = peer.map(|Extension(PeerAddr(a))| a.ip());
-    let proxied = headers.contains_key("x-forwarded-for")
-        || headers.contains_key(header::FORWARDED)
+    let proxied = request.contains_key("x-forwarded-for")
+        || request.contains_key(header::FORWARDED)
         || from.is_some_and(|ip| {
             let ip = ip.to_canonical();
             st.defences.trusted_proxies.iter().any(|c| c.contains(ip))
@@ -282,6 +300,13 @@ pub async fn internal(
         header,
         source: Source::Local(file),
     }];
+    // A peer asks for the window of the part it needs (this node's own file only: the
+    // part was opened from its recordings dir above).
+    let window = match requested_range(&method, &request, plan.content_length()) {
+        RangeAnswer::Whole => None,
+        RangeAnswer::Part(w) => Some(w),
+        RangeAnswer::Unsatisfiable => return Ok(unsatisfiable(plan.content_length())),
+    };
     let filename = format!("{}.part{n}.wav", r.call_id);
     Ok(respond(
         &st,
@@ -290,6 +315,7 @@ pub async fn internal(
         &filename,
         &headers,
         method == Method::HEAD,
+        window,
         None,
     ))
 }
@@ -492,8 +518,11 @@ async fn probe(
         "/v1/internal/recordings/{}/{}?part={}",
         r.operator_id, r.call_id, part.n
     );
-    let answer = match tokio::time::timeout(PEER_TIMEOUT, fetch(link, Method::HEAD, &uri, token))
-        .await
+    let answer = match tokio::time::timeout(
+        PEER_TIMEOUT,
+        fetch(link, Method::HEAD, &uri, token, None),
+    )
+    .await
     {
         Ok(Ok(a)) => a,
         Ok(Err(e)) => {
@@ -575,8 +604,53 @@ fn refusal(problems: &[Problem], count: usize) -> ApiError {
     }
 }
 
+/// How to answer the request's `Range` for a file of `total` bytes.
+fn requested_range(method: &Method, request: &HeaderMap, total: u64) -> RangeAnswer {
+    // Range is defined for GET only (RFC 9110 section 14.2: a server MUST ignore it on
+    // other methods): a HEAD answers as a GET without a Range would, 200 and the whole
+    // length, Accept-Ranges saying a range may be asked for.
+    if method != Method::GET {
+        return RangeAnswer::Whole;
+    }
+    // If-Range asks for the range only if the file is still the one its validator
+    // names. These answers carry no validator (no ETag, no Last-Modified: a joined
+    // file has no single date, and a recording still being written changes), so no
+    // If-Range can be checked; answering the range anyway could splice bytes of two
+    // different files into one. The whole file is the answer RFC 9110 section 13.1.5
+    // gives for a validator that does not match.
+    if request.contains_key(header::IF_RANGE) {
+        return RangeAnswer::Whole;
+    }
+    let mut fields = request.get_all(header::RANGE).iter();
+    match (fields.next(), fields.next()) {
+        (Some(value), None) => value
+            .to_str()
+            .map_or(RangeAnswer::Whole, |v| recording_join::window(v, total)),
+        // None, or several fields (one list of ranges split over lines): ignored.
+        _ => RangeAnswer::Whole,
+    }
+}
+
+/// 416 for a range that does not meet a file of `total` bytes: the JSON refusal, and
+/// `Content-Range: bytes */total` to say how long the file is.
+fn unsatisfiable(total: u64) -> Response {
+    let mut answer = ApiError::new(
+        StatusCode::RANGE_NOT_SATISFIABLE,
+        "range_not_satisfiable",
+        format!("the range asked for starts past the end of the recording ({total} bytes)"),
+    )
+    .into_response();
+    let h = answer.headers_mut();
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    if let Ok(v) = HeaderValue::try_from(format!("bytes */{total}")) {
+        h.insert(header::CONTENT_RANGE, v);
+    }
+    answer
+}
+
 /// The WAV answer: its headers now, its audio streamed by a task through a small queue
-/// (none for a HEAD).
+/// (none for a HEAD). `window`: 206 with that window of the file (within it, see
+/// [`recording_join::window`]); None: 200 with the whole file.
 fn respond(
     st: &ApiState,
     plan: JoinPlan,
@@ -584,17 +658,27 @@ fn respond(
     filename: &str,
     extra: &[(&'static str, String)],
     head: bool,
+    window: Option<Window>,
     // A public download's place among those streaming (None: a peer's request).
     permit: Option<crate::running::RunPermit>,
 ) -> Response {
     let public = permit.is_some();
+    let total = plan.content_length();
+    let sent = window.unwrap_or_else(|| plan.whole());
     let mut b = Response::builder()
         .header(header::CONTENT_TYPE, "audio/wav")
-        .header(header::CONTENT_LENGTH, plan.content_length())
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header(header::CONTENT_LENGTH, sent.len())
         .header(
             header::CONTENT_DISPOSITION,
             format!("attachment; filename=\"{filename}\""),
         );
+    if window.is_some() {
+        b = b.status(StatusCode::PARTIAL_CONTENT).header(
+            header::CONTENT_RANGE,
+            format!("bytes {}-{}/{total}", sent.first, sent.last),
+        );
+    }
     for (name, value) in extra {
         b = b.header(*name, value.as_str());
     }
@@ -605,6 +689,8 @@ fn respond(
         let metrics = st.defences.metrics.clone();
         let token = st.cluster_token.clone();
         let sources: Vec<Option<Source>> = opened.into_iter().map(|o| Some(o.source)).collect();
+        let header = plan.header();
+        let slices = plan.slices(sent);
         let span = tracing::Span::current();
         let limit = st.defences.export_max_duration;
         tokio::spawn(async move {
@@ -613,7 +699,7 @@ fn respond(
             // the files (and a peer's connection) for days.
             let streamed = tokio::time::timeout(
                 limit,
-                stream_pieces(&plan, sources, &tx, token.as_deref(), &metrics),
+                stream_slices(&header, &slices, sources, &tx, token.as_deref(), &metrics),
             )
             .await
             .unwrap_or_else(|_| Err(Cut::Failed(format!("longer than {} s", limit.as_secs()))));
@@ -657,37 +743,43 @@ async fn send(tx: &Chunks, chunk: Bytes) -> Result<(), Cut> {
     tx.send(Ok(chunk)).await.map_err(|_| Cut::ClientGone)
 }
 
-/// The header, then each piece of the plan in turn.
-async fn stream_pieces(
-    plan: &JoinPlan,
+/// The slices of the window in turn: the header's, silence, parts' audio.
+async fn stream_slices(
+    header: &[u8; HEADER_BYTES],
+    slices: &[Slice],
     mut sources: Vec<Option<Source>>,
     tx: &Chunks,
     token: Option<&str>,
     metrics: &ApiMetrics,
 ) -> Result<(), Cut> {
-    send(tx, Bytes::copy_from_slice(&plan.header())).await?;
-    for piece in &plan.pieces {
-        match *piece {
-            Piece::Silence(mut left) => {
+    for slice in slices {
+        match *slice {
+            Slice::Header { from, to } => {
+                let bytes = header
+                    .get(from..to)
+                    .ok_or_else(|| Cut::Failed(format!("header bytes {from}..{to}")))?;
+                send(tx, Bytes::copy_from_slice(bytes)).await?;
+            }
+            Slice::Silence(mut left) => {
                 while left > 0 {
                     let n = usize::try_from(left).unwrap_or(usize::MAX).min(ZEROS.len());
                     send(tx, Bytes::from_static(&ZEROS[..n])).await?;
                     left -= n as u64;
                 }
             }
-            Piece::Part { index, bytes } => {
+            Slice::Part { index, skip, bytes } => {
                 let source = sources
                     .get_mut(index)
                     .and_then(Option::take)
                     .ok_or_else(|| Cut::Failed(format!("part {} planned twice", index + 1)))?;
                 let from = match source {
                     Source::Local(file) => {
-                        local_audio(file, bytes, tx).await?;
+                        local_audio(file, skip, bytes, tx).await?;
                         "local"
                     }
                     Source::Peer { link, uri, header } => {
                         let token = token.ok_or_else(|| Cut::Failed("no cluster token".into()))?;
-                        peer_audio(link, &uri, token, header, bytes, tx).await?;
+                        peer_audio(link, &uri, token, header, skip, bytes, tx).await?;
                         "peer"
                     }
                 };
@@ -701,8 +793,20 @@ async fn stream_pieces(
     Ok(())
 }
 
-/// `bytes` of audio from a local file (positioned after its header).
-async fn local_audio(file: tokio::fs::File, bytes: u64, tx: &Chunks) -> Result<(), Cut> {
+/// `bytes` of audio from a local file, from `skip` bytes into its audio (a seek: what
+/// comes before is not read).
+async fn local_audio(
+    mut file: tokio::fs::File,
+    skip: u64,
+    bytes: u64,
+    tx: &Chunks,
+) -> Result<(), Cut> {
+    let start = (HEADER_BYTES as u64)
+        .checked_add(skip)
+        .ok_or_else(|| Cut::Failed(format!("a recording part has no byte {skip}")))?;
+    file.seek(std::io::SeekFrom::Start(start))
+        .await
+        .map_err(|e| Cut::Failed(format!("seeking in a recording part: {e}")))?;
     let mut audio = file.take(bytes);
     let mut sent: u64 = 0;
     loop {
@@ -725,29 +829,56 @@ async fn local_audio(file: tokio::fs::File, bytes: u64, tx: &Chunks) -> Result<(
     Ok(())
 }
 
-/// `bytes` of audio of a part at its node, which must still hold what its HEAD said.
+/// `bytes` of audio of a part at its node, from `skip` bytes into its audio; the node
+/// must still hold what its HEAD said. Only that stretch is asked for (a Range); a
+/// node that answers the whole part instead (200: one that does not answer ranges, a
+/// rolling upgrade's older version) is read and what comes before the stretch thrown
+/// away: at most the part's own size (4 GiB at most, what a whole download reads),
+/// each piece within PEER_TIMEOUT, the whole within the download's time limit.
 async fn peer_audio(
     link: Link,
     uri: &str,
     token: &str,
     expected: PartHeader,
+    skip: u64,
     bytes: u64,
     tx: &Chunks,
 ) -> Result<(), Cut> {
     let addr = link.to;
     let failed = |what: String| Cut::Failed(format!("part from {addr}: {what}"));
-    let answer = tokio::time::timeout(PEER_TIMEOUT, fetch(link, Method::GET, uri, token))
-        .await
-        .map_err(|_| failed("no answer in time".into()))?
-        .map_err(failed)?;
-    if answer.status() != StatusCode::OK {
-        return Err(failed(format!("status {}", answer.status())));
-    }
+    // The part's file at its node: its header, then its audio.
+    let first = (HEADER_BYTES as u64).checked_add(skip);
+    let last = first.and_then(|f| f.checked_add(bytes.checked_sub(1)?));
+    let total = (HEADER_BYTES as u64).checked_add(expected.data_bytes);
+    let (Some(first), Some(last), Some(total)) = (first, last, total) else {
+        return Err(failed(format!("no bytes {skip}+{bytes} in the part")));
+    };
+    let range = format!("bytes={first}-{last}");
+    let answer = tokio::time::timeout(
+        PEER_TIMEOUT,
+        fetch(link, Method::GET, uri, token, Some(&range)),
+    )
+    .await
+    .map_err(|_| failed("no answer in time".into()))?
+    .map_err(failed)?;
+    let mut discard = match answer.status() {
+        StatusCode::PARTIAL_CONTENT => {
+            let said = answer
+                .headers()
+                .get(header::CONTENT_RANGE)
+                .and_then(|v| v.to_str().ok());
+            if said != Some(format!("bytes {first}-{last}/{total}").as_str()) {
+                return Err(failed(format!("answered {said:?} to {range}")));
+            }
+            0
+        }
+        StatusCode::OK => first,
+        status => return Err(failed(format!("status {status}"))),
+    };
     if header_of(answer.headers()) != Some(expected) {
         return Err(failed("the part changed since it was asked for".into()));
     }
     let mut body = answer.into_body();
-    let mut skip = HEADER_BYTES;
     let mut left = bytes;
     while left > 0 {
         let frame = match tokio::time::timeout(PEER_TIMEOUT, body.frame()).await {
@@ -759,8 +890,10 @@ async fn peer_audio(
         let Ok(mut data) = frame.into_data() else {
             continue;
         };
-        let k = skip.min(data.len());
-        skip -= k;
+        let k = usize::try_from(discard)
+            .unwrap_or(usize::MAX)
+            .min(data.len());
+        discard -= k as u64;
         let data = data.split_off(k);
         let take = usize::try_from(left).unwrap_or(usize::MAX).min(data.len());
         if take > 0 {
@@ -780,6 +913,7 @@ async fn fetch(
     method: Method,
     path: &str,
     token: &str,
+    range: Option<&str>,
 ) -> Result<hyper::Response<hyper::body::Incoming>, String> {
     let peer = link.to;
     let socket = match peer {
@@ -805,11 +939,15 @@ async fn fetch(
     tokio::spawn(async move {
         let _ = conn.await;
     });
-    let req = hyper::Request::builder()
+    let mut req = hyper::Request::builder()
         .method(method)
         .uri(path)
         .header(header::HOST, peer.to_string())
-        .header(header::AUTHORIZATION, format!("Bearer {token}"))
+        .header(header::AUTHORIZATION, format!("Bearer {token}"));
+    if let Some(range) = range {
+        req = req.header(header::RANGE, range);
+    }
+    let req = req
         .body(http_body_util::Empty::<Bytes>::new())
         .map_err(|e| e.to_string())?;
     send.send_request(req).await.map_err(|e| e.to_string())
@@ -830,6 +968,16 @@ mod tests {
         let mut w = tsunagu_media::wav::WavFile::create(&dir.join(rel), channels).unwrap();
         w.append(&vec![value; frames * usize::from(channels)])
             .unwrap();
+    }
+
+    /// Writes a part whose every sample differs from its neighbours (`start`, `start`
+    /// + 1, …): a window off by a byte shows.
+    fn write_ramp(dir: &std::path::Path, rel: &str, channels: u16, frames: usize, start: i16) {
+        let mut w = tsunagu_media::wav::WavFile::create(&dir.join(rel), channels).unwrap();
+        let samples: Vec<i16> = (0..frames * usize::from(channels))
+            .map(|i| start.wrapping_add(i as i16))
+            .collect();
+        w.append(&samples).unwrap();
     }
 
     /// A call answered with a recording in `parts` (node, path, offset_ms).
@@ -917,8 +1065,28 @@ mod tests {
     }
 
     async fn get(a: &Api, state: &Arc<ApiState>, path: &str) -> Got {
-        let router = crate::router(state.clone());
-        let r = a.call(&router, "GET", path, Some(&a.key), "").await;
+        request(a, state, "GET", path, &[]).await
+    }
+
+    /// `method path` as the operator, with these request headers.
+    async fn request(
+        a: &Api,
+        state: &Arc<ApiState>,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Got {
+        let mut req = axum::http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("authorization", format!("Bearer {}", a.key));
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        let mut router = crate::router(state.clone());
+        let r = tower_service::Service::call(&mut router, req.body(Body::empty()).unwrap())
+            .await
+            .unwrap();
         let (status, headers) = (r.status(), r.headers().clone());
         let body = axum::body::to_bytes(r.into_body(), usize::MAX)
             .await
@@ -1383,5 +1551,248 @@ mod tests {
         );
         assert!(g.body.is_err(), "the body must not end as if complete");
         assert_eq!(metric(&n1, "cut"), 1);
+    }
+    /// Asks `path` of `st` with each Range of `table` and checks the answer against
+    /// `full`, the 200's body: 206 with exactly `full[first..=last]`, 416, or 200 whole.
+    async fn check_ranges(
+        a: &Api,
+        st: &Arc<ApiState>,
+        path: &str,
+        full: &[u8],
+        table: &[(&str, Option<(u64, u64)>, u16)],
+    ) {
+        let total = full.len() as u64;
+        for (range, window, status) in table {
+            let g = request(a, st, "GET", path, &[("range", range)]).await;
+            assert_eq!(g.status.as_u16(), *status, "{range}");
+            let body = g.body.clone().unwrap();
+            match (status, window) {
+                (206, Some((first, last))) => {
+                    assert_eq!(
+                        header(&g, "content-range"),
+                        format!("bytes {first}-{last}/{total}"),
+                        "{range}"
+                    );
+                    assert_eq!(header(&g, "content-length"), (last - first + 1).to_string());
+                    assert_eq!(header(&g, "accept-ranges"), "bytes", "{range}");
+                    assert!(
+                        body[..] == full[*first as usize..=*last as usize],
+                        "{range}: not the same bytes as the whole file's"
+                    );
+                }
+                (416, None) => {
+                    assert_eq!(header(&g, "content-range"), format!("bytes */{total}"));
+                    let text = String::from_utf8_lossy(&body).into_owned();
+                    assert!(
+                        text.contains("\"range_not_satisfiable\""),
+                        "{range}: {text}"
+                    );
+                }
+                (200, None) => {
+                    assert!(body[..] == *full, "{range}: the whole file");
+                    assert_eq!(header(&g, "content-range"), "", "{range}");
+                    assert_eq!(header(&g, "accept-ranges"), "bytes", "{range}");
+                }
+                _ => panic!("bad row {range}"),
+            }
+        }
+    }
+
+    /// A Range asks for a window of the same bytes the whole answer sends: the joined
+    /// file's header, parts and the silence between them, across their boundaries; a
+    /// range past the end is 416; several ranges, another unit, a value that does not
+    /// parse or an If-Range get the whole file; a HEAD tells the whole file's headers.
+    #[tokio::test]
+    async fn ranges_are_windows_of_the_joined_file() {
+        let a = api();
+        let dir = a.state.recordings_dir.clone();
+        // Stereo: part 1 is 44..4044 (1000 frames), silence 4044..16044 (375 ms),
+        // part 2 16044..19244 (800 frames).
+        write_ramp(&dir, "d/r.wav", 2, 1000, 1);
+        write_ramp(&dir, "d/r.n1.wav", 2, 800, 5000);
+        let id = recorded_call(&a, &[("n2", "d/r.wav", 0), ("n1", "d/r.n1.wav", 500)]);
+        let path = format!("/v1/calls/{id}/recording");
+        let whole = get(&a, &a.state, &path).await;
+        assert_eq!(whole.status, 200);
+        assert_eq!(header(&whole, "accept-ranges"), "bytes");
+        let full = whole.body.unwrap();
+        assert_eq!(full.len(), 19_244);
+        let served = metric(&a.state, "served");
+        let table: &[(&str, Option<(u64, u64)>, u16)] = &[
+            ("bytes=1000-1999", Some((1000, 1999)), 206),
+            ("bytes=40-50", Some((40, 50)), 206),
+            ("bytes=0-43", Some((0, 43)), 206),
+            ("bytes=4000-4100", Some((4000, 4100)), 206),
+            ("bytes=16000-16100", Some((16000, 16100)), 206),
+            ("bytes=5000-6000", Some((5000, 6000)), 206),
+            ("bytes=30-19000", Some((30, 19000)), 206),
+            ("bytes=19243-19243", Some((19243, 19243)), 206),
+            ("bytes=19000-99999", Some((19000, 19243)), 206),
+            ("bytes=-100", Some((19144, 19243)), 206),
+            ("bytes=-3300", Some((15944, 19243)), 206),
+            ("bytes=-100000", Some((0, 19243)), 206),
+            ("bytes=10001-", Some((10001, 19243)), 206),
+            ("bytes=0-", Some((0, 19243)), 206),
+            ("bytes=19244-", None, 416),
+            ("bytes=18446744073709551615-", None, 416),
+            ("bytes=-0", None, 416),
+            ("bytes=0-1,5-6", None, 200),
+            ("items=0-1", None, 200),
+            ("bytes=x-", None, 200),
+            ("bytes=10-5", None, 200),
+        ];
+        check_ranges(&a, &a.state, &path, &full, table).await;
+        assert_eq!(metric(&a.state, "served"), served + 18, "a 206 is served");
+        assert_eq!(metric(&a.state, "range_not_satisfiable"), 3);
+
+        // If-Range: these answers carry no validator to check it against: whole.
+        let g = request(
+            &a,
+            &a.state,
+            "GET",
+            &path,
+            &[("range", "bytes=0-9"), ("if-range", "\"x\"")],
+        )
+        .await;
+        assert_eq!((g.status.as_u16(), g.body.unwrap()), (200, full.clone()));
+        // Two Range fields are one list of two ranges: whole.
+        let g = request(
+            &a,
+            &a.state,
+            "GET",
+            &path,
+            &[("range", "bytes=0-9"), ("range", "bytes=20-29")],
+        )
+        .await;
+        assert_eq!((g.status.as_u16(), g.body.unwrap()), (200, full.clone()));
+        // A HEAD tells the whole file's headers, a Range or not (Range is GET's).
+        for range in ["", "bytes=0-9"] {
+            let headers: &[(&str, &str)] = if range.is_empty() {
+                &[]
+            } else {
+                &[("range", range)]
+            };
+            let g = request(&a, &a.state, "HEAD", &path, headers).await;
+            assert_eq!(g.status, 200, "{range}");
+            assert_eq!(header(&g, "content-length"), "19244", "{range}");
+            assert_eq!(header(&g, "accept-ranges"), "bytes", "{range}");
+            assert_eq!(header(&g, "content-range"), "", "{range}");
+        }
+
+        // One part alone: the window is of that part's own file.
+        let path = format!("{path}?part=2");
+        let part = get(&a, &a.state, &path).await.body.unwrap();
+        assert_eq!(part.len(), 44 + 3200);
+        let table: &[(&str, Option<(u64, u64)>, u16)] = &[
+            ("bytes=44-", Some((44, 3243)), 206),
+            ("bytes=100-200", Some((100, 200)), 206),
+            ("bytes=-1", Some((3243, 3243)), 206),
+            ("bytes=3244-", None, 416),
+        ];
+        check_ranges(&a, &a.state, &path, &part, table).await;
+    }
+
+    /// A window over a part at a peer is asked of the peer with a Range, which its
+    /// internal endpoint answers (for its own file); the bytes are those of the whole.
+    #[tokio::test]
+    async fn ranges_over_a_part_at_a_peer_are_asked_of_it() {
+        let a = api();
+        let dir_n2 = tempfile::tempdir().unwrap();
+        let n1 = node(&a, "n1", &a.state.recordings_dir, Some(TOKEN));
+        let n2 = node(&a, "n2", dir_n2.path(), Some(TOKEN));
+        // Mono: n2's part 44..8044, silence 8044..16044, n1's part 16044..20044.
+        write_ramp(dir_n2.path(), "d/c.wav", 1, 4000, 3);
+        write_ramp(&n1.recordings_dir, "d/c.n1.wav", 1, 2000, -3000);
+        let id = recorded_call(&a, &[("n2", "d/c.wav", 0), ("n1", "d/c.n1.wav", 1000)]);
+        let _server = serve(&a, n2.clone()).await;
+        let path = format!("/v1/calls/{id}/recording");
+        let full = get(&a, &n1, &path).await.body.unwrap();
+        assert_eq!(full.len(), 20_044);
+        let table: &[(&str, Option<(u64, u64)>, u16)] = &[
+            ("bytes=1000-1099", Some((1000, 1099)), 206),
+            ("bytes=20-100", Some((20, 100)), 206),
+            ("bytes=8000-16100", Some((8000, 16100)), 206),
+            ("bytes=-5", Some((20039, 20043)), 206),
+        ];
+        check_ranges(&a, &n1, &path, &full, table).await;
+
+        // n2's internal endpoint answers a window of its own file, and 416 past it.
+        let internal = format!("/v1/internal/recordings/{}/{id}?part=1", a.operator);
+        let router = crate::router(n2.clone()).layer(axum::Extension(PeerAddr(
+            "127.0.0.1:40000".parse().unwrap(),
+        )));
+        for (range, status, content_range) in [
+            ("bytes=100-199", 206, "bytes 100-199/8044"),
+            ("bytes=8044-", 416, "bytes */8044"),
+        ] {
+            let req = axum::http::Request::builder()
+                .uri(&internal)
+                .header("authorization", format!("Bearer {TOKEN}"))
+                .header("range", range)
+                .body(Body::empty())
+                .unwrap();
+            let r = tower_service::Service::call(&mut router.clone(), req)
+                .await
+                .unwrap();
+            assert_eq!(r.status().as_u16(), status, "{range}");
+            assert_eq!(r.headers()["content-range"], content_range, "{range}");
+            if status == 206 {
+                let body = axum::body::to_bytes(r.into_body(), usize::MAX)
+                    .await
+                    .unwrap();
+                assert!(
+                    body[..] == full[100..200],
+                    "n2's file holds the joined file's part"
+                );
+            }
+        }
+    }
+
+    /// A peer that does not answer ranges (an older version during a rolling upgrade)
+    /// sends its whole part: what comes before the window is read and thrown away, and
+    /// the window is still right. The peer was asked for the window alone.
+    #[tokio::test]
+    async fn a_peer_that_ignores_the_range_still_gives_the_window() {
+        let a = api();
+        let n1 = node(&a, "n1", &a.state.recordings_dir, Some(TOKEN));
+        let asked = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let seen = asked.clone();
+        let old = axum::Router::new().route(
+            "/v1/internal/recordings/{op}/{id}",
+            axum::routing::get(move |h: HeaderMap| {
+                let seen = seen.clone();
+                async move {
+                    if let Some(r) = h.get("range") {
+                        seen.lock().unwrap().push(r.to_str().unwrap().to_string());
+                    }
+                    let mut body = tsunagu_media::wav::header(1, 200).to_vec();
+                    body.extend((0..200u8).map(|b| b.wrapping_mul(7)));
+                    ([(CHANNELS_HEADER, "1"), (DATA_BYTES_HEADER, "200")], body)
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, old).await.unwrap() });
+        a.store
+            .register_node(
+                &NodeInfo {
+                    node_id: "n2".into(),
+                    cluster_addr: None,
+                    api_addr: Some(addr.to_string()),
+                },
+                1,
+            )
+            .unwrap();
+        write_ramp(&n1.recordings_dir, "d/o.n1.wav", 1, 10, 9);
+        let id = recorded_call(&a, &[("n2", "d/o.wav", 0), ("n1", "d/o.n1.wav", 0)]);
+        let path = format!("/v1/calls/{id}/recording");
+        let full = get(&a, &n1, &path).await.body.unwrap();
+        // The header, n2's 200 bytes (44..244), then n1's 20 (no gap: it overlaps).
+        assert_eq!(full.len(), 264);
+        assert_eq!(asked.lock().unwrap().split_off(0), ["bytes=44-243"]);
+        let table: &[(&str, Option<(u64, u64)>, u16)] = &[("bytes=100-250", Some((100, 250)), 206)];
+        check_ranges(&a, &n1, &path, &full, table).await;
+        assert_eq!(asked.lock().unwrap().split_off(0), ["bytes=100-243"]);
     }
 }
