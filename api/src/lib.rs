@@ -244,8 +244,49 @@ pub fn router(state: Arc<ApiState>) -> Router {
             get(recordings::internal),
         )
         .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .layer(axum::extract::DefaultBodyLimit::max(DEFAULT_BODY_LIMIT))
+        .layer(axum::middleware::from_fn(declared_length_fits))
         .layer(axum::middleware::map_response(json_refusals))
         .with_state(state)
+}
+
+/// The most body bytes a request may bring: a prompt's upload takes an operator's
+/// whole prompt quota, everything else axum's default (2 MiB). The routes' body
+/// limits are these values ([`axum::extract::DefaultBodyLimit`]).
+fn body_limit(method: &axum::http::Method, path: &str) -> usize {
+    if method == axum::http::Method::PUT && path.starts_with("/v1/prompts/") {
+        prompts::BODY_LIMIT
+    } else {
+        DEFAULT_BODY_LIMIT
+    }
+}
+
+/// axum's own default body limit, which every route but a prompt's upload keeps.
+const DEFAULT_BODY_LIMIT: usize = 2 * 1024 * 1024;
+
+/// A request whose declared `Content-Length` is over its route's limit is refused
+/// 413 before its body is touched: hyper answers `Expect: 100-continue` when a
+/// handler first reads the body, so the client was told to send megabytes only to be
+/// refused at the limit (a live torture run). Bodies without a declared length
+/// (chunked) are still cut at the limit as they are read.
+async fn declared_length_fits(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let declared = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let limit = body_limit(request.method(), request.uri().path());
+    match declared {
+        Some(length) if length > limit as u64 => ApiError::too_large(format!(
+            "the request body ({length} bytes) is larger than this endpoint takes ({limit} bytes)"
+        ))
+        .into_response(),
+        _ => next.run(request).await,
+    }
 }
 
 /// The framework's own refusals are plain text or empty (a body past a route's limit,

@@ -304,6 +304,70 @@ async fn serve_connection(
 mod tests {
     use super::*;
 
+    /// A request whose declared body is over its route's limit, sent with `Expect:
+    /// 100-continue`, is answered 413 at once: the client is not told to send the
+    /// body (it was, and then refused at the limit). A body within the limit is asked
+    /// for with 100 Continue, the prompt route's larger limit included.
+    #[tokio::test]
+    async fn a_body_declared_too_large_is_refused_before_100_continue() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let a = crate::testing::api();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let limits = ServeLimits {
+            max_connections: 10,
+            max_connections_per_address: 10,
+            header_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(5),
+            trusted_proxies: Vec::new(),
+        };
+        let metrics = ApiMetrics::default();
+        tokio::spawn(serve(
+            listener,
+            a.router.clone(),
+            limits,
+            metrics,
+            std::future::pending(),
+        ));
+        let prompt_limit = crate::prompts::BODY_LIMIT as u64;
+        let rows: &[(&str, &str, u64, &str)] = &[
+            ("POST", "/v1/numbers", 3_000_000, "HTTP/1.1 413"),
+            ("POST", "/v1/numbers", 2 * 1024 * 1024 + 1, "HTTP/1.1 413"),
+            ("POST", "/v1/numbers", 1_000, "HTTP/1.1 100"),
+            ("PUT", "/v1/prompts/welcome", 3_000_000, "HTTP/1.1 100"),
+            (
+                "PUT",
+                "/v1/prompts/welcome",
+                prompt_limit + 1,
+                "HTTP/1.1 413",
+            ),
+        ];
+        for (method, path, length, want) in rows {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            let head = format!(
+                "{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+                 Content-Type: application/json\r\nExpect: 100-continue\r\n\
+                 Content-Length: {length}\r\n\r\n",
+                a.key
+            );
+            s.write_all(head.as_bytes()).await.unwrap();
+            let mut buf = [0u8; 512];
+            let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+                .await
+                .expect("an answer before any body byte")
+                .unwrap();
+            let answer = String::from_utf8_lossy(&buf[..n]);
+            assert!(
+                answer.starts_with(want),
+                "{method} {path} {length}: {answer}"
+            );
+            if want.ends_with("413") {
+                assert!(answer.contains("too_large"), "{answer}");
+            }
+        }
+    }
+
     fn table(total: u32, per: u32) -> ConnTable {
         ConnTable::new(&ServeLimits {
             max_connections: total,
