@@ -94,6 +94,10 @@ pub enum SipEvent {
     /// The caller cancelled the INVITE with this key; the CANCEL was answered 200.
     Cancelled {
         key: TxKey,
+        /// The To tag of that 200 when the endpoint made it (no response to the INVITE
+        /// had carried one yet, only 100 Trying): the INVITE's final response is to
+        /// carry it too (RFC 3261 9.2), so the call takes it for its dialog.
+        new_tag: Option<String>,
     },
     /// A request the call sent got no final response in time.
     Timeout {
@@ -722,17 +726,23 @@ impl Core {
             }
             RequestMatch::Cancel(invite) => {
                 // The 200 to a CANCEL carries the To tag of the INVITE's responses
-                // (RFC 3261 9.2), when a provisional one gave it one; else a new one.
-                let tag = self
+                // (RFC 3261 9.2), when a provisional one gave it one; else a new one,
+                // which the call then gives its 487.
+                let given = self
                     .transactions
                     .pending_response(&invite)
-                    .and_then(|r| crate::transaction::to_tag_of(&r))
-                    .unwrap_or_else(build::new_tag);
+                    .and_then(|r| crate::transaction::to_tag_of(&r));
+                let new_tag = given.is_none().then(build::new_tag);
+                let tag = given.as_deref().or(new_tag.as_deref()).unwrap_or_default();
                 let key = TxKey::new(&info.branch, req.method);
-                let data = build::response(&req, 200, Some(&tag), &[], None);
+                let data = build::response(&req, 200, Some(tag), &[], None);
                 self.send_built(&key, 200, Bytes::from(data), &info.call_id, info.cseq);
                 let call_id = info.call_id.clone();
-                self.deliver(&call_id, SipEvent::Cancelled { key: invite });
+                let cancelled = SipEvent::Cancelled {
+                    key: invite,
+                    new_tag,
+                };
+                self.deliver(&call_id, cancelled);
             }
             RequestMatch::CancelUnmatched => self.answer(&req, &info, 481, &[]),
             RequestMatch::New => self.on_new_request(req, info, peer),

@@ -681,6 +681,42 @@ fn a_cancelled_re_invite_is_cancelled_on_the_other_leg() {
     assert_eq!(calls[0]["result"], "answered", "{}", calls[0]);
 }
 
+/// The caller CANCELs while it has had only 100 Trying (no response told it a To tag):
+/// the 200 to the CANCEL and the INVITE's 487 carry the same tag (RFC 3261 9.2; the
+/// 200 carried a new one and the 487 the call's own: a live torture run).
+#[test]
+fn a_cancel_before_any_tag_is_answered_with_the_487s_tag() {
+    let ports = Ports::take();
+    let node = Node::start(ports, "127.0.0.0/8", "");
+    node.provision("0501234567", DEST, "{}");
+    let callee = Ear::bind(ports.uas); // takes the INVITE and says nothing
+    let caller = Party::bind("127.0.0.1", ports.sip);
+    let invite = caller.invite("cancel-tag-2", "09012345678", &caller.me());
+    caller.send(&invite);
+    node.wait_until(Duration::from_secs(5), "the callee's INVITE", || {
+        callee
+            .packets()
+            .iter()
+            .any(|(_, p)| p.starts_with(b"INVITE "))
+    });
+    caller.send(&on_branch(&invite, "CANCEL", None));
+    let mut tags = std::collections::BTreeMap::new();
+    while tags.len() < 2 {
+        let m = caller
+            .recv(Duration::from_secs(5))
+            .expect("the CANCEL's and INVITE's answers");
+        let status = m.lines().next().unwrap_or_default();
+        assert!(!status.starts_with("SIP/2.0 18"), "only 100 Trying: {m}");
+        if status.starts_with("SIP/2.0 200") || status.starts_with("SIP/2.0 487") {
+            let cseq = header(&m, "CSeq").unwrap_or_default().to_string();
+            tags.insert(cseq, tag(header(&m, "To").unwrap()));
+        }
+    }
+    assert!(!tags["1 CANCEL"].is_empty(), "{tags:?}");
+    assert_eq!(tags["1 INVITE"], tags["1 CANCEL"], "{tags:?}");
+    caller.send(&on_branch(&invite, "ACK", Some(&tags["1 INVITE"])));
+}
+
 /// Sends the caller's re-INVITE (CSeq 2, with an offer) in its call `call_id`; the
 /// request as sent.
 fn send_reinvite(caller: &Party, call_id: &str, our_tag: &str) -> String {

@@ -110,6 +110,8 @@ pub struct ALeg {
     pub last_sdp: Option<String>,
     /// The last ACK the node sent this party.
     last_ack: LastAck,
+    /// A response with `local_tag` went to the caller (anything but 100 Trying).
+    tag_sent: bool,
 }
 
 impl ALeg {
@@ -146,6 +148,17 @@ impl ALeg {
             trim_pending: false,
             last_sdp: None,
             last_ack: LastAck::default(),
+            tag_sent: false,
+        }
+    }
+
+    /// The caller cancelled before any response told it this leg's To tag, and the
+    /// 200 to its CANCEL carried `tag`: the INVITE's 487 carries the same (RFC 3261
+    /// 9.2; it carried the call's own, another than the CANCEL's 200). A tag already
+    /// sent is kept.
+    pub fn adopt_tag(&mut self, tag: String) {
+        if !self.tag_sent {
+            self.local_tag = tag;
         }
     }
 
@@ -319,6 +332,7 @@ impl ALeg {
             extra.push(("Contact", &contact));
         }
         extra.extend_from_slice(headers);
+        self.tag_sent |= code > 100;
         ep.respond(
             &self.invite,
             &self.info,
@@ -472,6 +486,7 @@ impl ALeg {
             trim_pending: false,
             last_sdp: Some(d.sdp.clone()),
             last_ack: LastAck::default(),
+            tag_sent: true,
         })
     }
 }

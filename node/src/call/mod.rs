@@ -926,8 +926,13 @@ impl Call {
             // dialog (every CANCEL of a re-INVITE cancelled the call: a live torture
             // run found one answered 200 and ignored, and one during a held answer
             // would have ended the call).
-            SipEvent::Cancelled { key } if key == self.a.key => self.caller_cancelled(),
-            SipEvent::Cancelled { key } => self.reoffer_cancelled(&key),
+            SipEvent::Cancelled { key, new_tag } if key == self.a.key => {
+                if let Some(tag) = new_tag {
+                    self.a.adopt_tag(tag);
+                }
+                self.caller_cancelled()
+            }
+            SipEvent::Cancelled { key, .. } => self.reoffer_cancelled(&key),
             SipEvent::Request {
                 request,
                 info,
