@@ -52,16 +52,25 @@ pub(crate) async fn validate(
     ga4: Option<&Ga4>,
 ) -> Result<(), ApiError> {
     if let Some(g) = ga4 {
-        if g.measurement_id.trim().is_empty() || g.measurement_id.len() > 50 {
+        // A measurement id is `G-` and letters or digits; it is logged with every
+        // delivery, where a line break forged log lines (a review).
+        let id_ok = (1..=50).contains(&g.measurement_id.len())
+            && g.measurement_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-');
+        if !id_ok {
             return Err(ApiError::invalid(
                 "ga4.measurement_id",
-                "must be 1 to 50 characters",
+                "must be 1 to 50 letters, digits or -",
             ));
         }
-        if g.api_secret.trim().is_empty() || g.api_secret.len() > 200 {
+        if g.api_secret.trim().is_empty()
+            || g.api_secret.len() > 200
+            || g.api_secret.chars().any(char::is_control)
+        {
             return Err(ApiError::invalid(
                 "ga4.api_secret",
-                "must be 1 to 200 characters",
+                "must be 1 to 200 characters, none a control character",
             ));
         }
         let name_ok = (1..=40).contains(&g.event_name.len())
@@ -84,7 +93,7 @@ pub(crate) async fn validate(
         let ok = a.len() <= 254
             && a.split_once('@')
                 .is_some_and(|(l, d)| !l.is_empty() && d.contains('.'))
-            && !a.contains(|c: char| c.is_whitespace() || c == '<' || c == '>');
+            && !a.contains(|c: char| c.is_whitespace() || c.is_control() || c == '<' || c == '>');
         if !ok {
             return Err(ApiError::invalid(
                 &format!("notify.email_to[{i}]"),

@@ -295,11 +295,28 @@ pub(crate) fn validate_validity(validity: &ValidityRule) -> Result<(), ApiError>
 const PARAMS_MAX_BYTES: usize = 8 * 1024;
 
 /// Tracking parameters: at most 50 keys of 1-100 characters, values up to 2000, and
-/// [`PARAMS_MAX_BYTES`] in all.
+/// [`PARAMS_MAX_BYTES`] in all, no control characters nor line or paragraph
+/// separators: a page's parameters (anyone's, through a pool's issue endpoint) are
+/// written into notices as `{source}`, where a line break let a visitor add lines of
+/// its own ("Caller: ...", "Call back on ...") to every e-mail about its call (a
+/// review).
 pub(crate) fn validate_params(
     field: &str,
     params: &BTreeMap<String, String>,
 ) -> Result<(), ApiError> {
+    let breaks_lines = |t: &str| {
+        t.chars()
+            .any(|c| c.is_control() || c == '\u{2028}' || c == '\u{2029}')
+    };
+    if params
+        .iter()
+        .any(|(k, v)| breaks_lines(k) || breaks_lines(v))
+    {
+        return Err(ApiError::invalid(
+            field,
+            "keys and values must not contain control characters or line breaks",
+        ));
+    }
     let total = params.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
     if params.len() > 50
         || total > PARAMS_MAX_BYTES
@@ -579,6 +596,68 @@ mod tests {
         format!(
             r#"{{"number": "{n}", "advertiser_id": "{adv}", "destinations": [{{"number": "0311112222"}}]{extra}}}"#
         )
+    }
+
+    /// What reaches notices and log lines as text holds no line break nor control
+    /// character: tracking parameters (written into notices as `{source}`), a GA4
+    /// measurement id (logged with every delivery), an e-mail address. Each row is
+    /// refused 422 naming its field and creates nothing; the last one is fine.
+    #[tokio::test]
+    async fn text_that_would_break_lines_is_refused() {
+        let a = api();
+        let key = Some(a.key.as_str());
+        let ga4 = |id: &str| format!(r#", "ga4": {{"measurement_id": "{id}", "api_secret": "s"}}"#);
+        let rows: &[(String, Option<&str>)] = &[
+            (
+                r#", "tracking_params": {"keyword": "x\nResult: answered"}"#.into(),
+                Some("tracking_params"),
+            ),
+            (
+                r#", "tracking_params": {"k\u001b[31m": "x"}"#.into(),
+                Some("tracking_params"),
+            ),
+            (
+                r#", "tracking_params": {"k": "a\u2028b"}"#.into(),
+                Some("tracking_params"),
+            ),
+            (ga4(r"G-1\nWARN forged"), Some("ga4.measurement_id")),
+            (ga4("G-1 x"), Some("ga4.measurement_id")),
+            (
+                r#", "notify": {"email_to": ["a\u001b]0;x\u0007@example.com"]}"#.into(),
+                Some("notify.email_to[0]"),
+            ),
+            (
+                format!(
+                    r#", "tracking_params": {{"keyword": "shoes"}}{}"#,
+                    ga4("G-ABC123")
+                ),
+                None,
+            ),
+        ];
+        for (i, (extra, refused)) in rows.iter().enumerate() {
+            let n = format!("05010000{i:02}");
+            let r = a
+                .send(
+                    "POST",
+                    "/v1/numbers",
+                    key,
+                    &number(&a.advertiser, &n, extra),
+                )
+                .await;
+            match refused {
+                Some(field) => {
+                    assert_eq!(
+                        r.status,
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "{extra}: {}",
+                        r.text()
+                    );
+                    assert_eq!(r.json()["error"]["field"], *field, "{extra}: {}", r.text());
+                    assert!(a.store.get_number(&n).unwrap().is_none());
+                }
+                None => assert_eq!(r.status, StatusCode::CREATED, "{extra}: {}", r.text()),
+            }
+        }
     }
 
     /// A body past a route's limit (2 MiB here) is refused 413 in JSON, as every other

@@ -314,7 +314,7 @@ impl Worker {
             kind: f.item.kind.as_str(),
         };
         let started = Instant::now();
-        let span = tracing::info_span!("follow_up", id = f.id, kind = %f.item.kind, target = %f.item.target, attempt = f.attempts);
+        let span = tracing::info_span!("follow_up", id = f.id, kind = %f.item.kind, target = ?f.item.target, attempt = f.attempts);
         let delivery = tokio::time::timeout(self.delivery_limit, self.deliverer.deliver(&f));
         let outcome = match tracing::Instrument::instrument(delivery, span.clone()).await {
             Ok(outcome) => outcome,
