@@ -116,6 +116,8 @@ pub struct Defences {
     pub search_timeout: Duration,
     /// The recording downloads streaming, in all and per operator.
     pub recordings: Arc<running::RunLimits>,
+    /// The prompt uploads being read, in all and per operator.
+    pub uploads: Arc<running::RunLimits>,
     /// Numbers and advertisers one operator may hold (`api.max_numbers_per_operator`,
     /// `api.max_advertisers_per_operator`).
     pub max_numbers_per_operator: usize,
@@ -140,6 +142,10 @@ impl Defences {
             searches: running::RunLimits::new(c.max_searches, c.max_searches_per_operator),
             search_timeout: search_budget(c.search_timeout_seconds, c.request_timeout_seconds),
             recordings: running::RunLimits::new(c.max_recordings, c.max_recordings_per_operator),
+            uploads: running::RunLimits::new(
+                c.max_prompt_uploads,
+                c.max_prompt_uploads_per_operator,
+            ),
             max_numbers_per_operator: c.max_numbers_per_operator as usize,
             max_advertisers_per_operator: c.max_advertisers_per_operator as usize,
             metrics_token: c.metrics_token.clone(),

@@ -56,6 +56,9 @@ fn over_quota(put: PromptPut) -> Option<ApiError> {
     }
 }
 
+/// `Retry-After` of a prompt upload refused for want of a place.
+const UPLOAD_RETRY_AFTER_SECONDS: u64 = 5;
+
 /// The body limit of `PUT /v1/prompts/{name}`: one prompt may take an operator's
 /// whole quota (600 s; axum's default of 2 MiB cut uploads at about 131 s).
 pub const BODY_LIMIT: usize = MAX_OWN_BYTES as usize;
@@ -67,16 +70,27 @@ pub async fn put(
     OperatorId(op): OperatorId,
     State(st): State<Arc<ApiState>>,
     Path(name): Path<String>,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+    request: axum::extract::Request,
 ) -> Result<Json<Value>, ApiError> {
+    // A place among the uploads being read, taken before the body is: each holds up
+    // to an operator's quota in memory, twice while it is decoded, and one key's 256
+    // connections (or a few addresses') uploading at once held gigabytes (a review).
+    let _place = st.defences.uploads.try_start(&op).map_err(|_| {
+        ApiError::unavailable(
+            "too many prompt uploads at once (api.max_prompt_uploads, api.max_prompt_uploads_per_operator)",
+        )
+        .retry_after(UPLOAD_RETRY_AFTER_SECONDS)
+    })?;
     // The route's body limit is an operator's whole quota (`BODY_LIMIT`); past it the
     // answer is JSON like every other refusal (axum's own is plain text).
-    let body = body.map_err(|e| match e.status() {
-        axum::http::StatusCode::PAYLOAD_TOO_LARGE => ApiError::too_large(format!(
-            "a prompt is at most {MAX_OWN_BYTES} bytes of WAV (an operator's whole quota)"
-        )),
-        _ => ApiError::bad_request(None, e.body_text()),
-    })?;
+    let body = <Bytes as axum::extract::FromRequest<_>>::from_request(request, &st)
+        .await
+        .map_err(|e| match e.status() {
+            axum::http::StatusCode::PAYLOAD_TOO_LARGE => ApiError::too_large(format!(
+                "a prompt is at most {MAX_OWN_BYTES} bytes of WAV (an operator's whole quota)"
+            )),
+            _ => ApiError::bad_request(None, e.body_text()),
+        })?;
     let (name2, wav) = (name.clone(), body.clone());
     let prompt = tokio::task::spawn_blocking(move || parse_own(&name2, &wav))
         .await

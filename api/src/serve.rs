@@ -304,14 +304,8 @@ async fn serve_connection(
 mod tests {
     use super::*;
 
-    /// A request whose declared body is over its route's limit, sent with `Expect:
-    /// 100-continue`, is answered 413 at once: the client is not told to send the
-    /// body (it was, and then refused at the limit). A body within the limit is asked
-    /// for with 100 Continue, the prompt route's larger limit included.
-    #[tokio::test]
-    async fn a_body_declared_too_large_is_refused_before_100_continue() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let a = crate::testing::api();
+    /// Serves `router` on a loopback port with roomy limits.
+    async fn serve_on_loopback(router: Router) -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let limits = ServeLimits {
@@ -325,11 +319,47 @@ mod tests {
         let metrics = ApiMetrics::default();
         tokio::spawn(serve(
             listener,
-            a.router.clone(),
+            router,
             limits,
             metrics,
             std::future::pending(),
         ));
+        addr
+    }
+
+    /// Sends a request's head with `Expect: 100-continue` and no body; the connection
+    /// and the first answer (a 100 Continue, or the final one).
+    async fn first_answer(
+        addr: SocketAddr,
+        key: &str,
+        method: &str,
+        path: &str,
+        length: u64,
+    ) -> (TcpStream, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\
+             Content-Type: application/json\r\nExpect: 100-continue\r\n\
+             Content-Length: {length}\r\n\r\n"
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        let mut buf = [0u8; 512];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("an answer before any body byte")
+            .unwrap();
+        (s, String::from_utf8_lossy(&buf[..n]).into_owned())
+    }
+
+    /// A request whose declared body is over its route's limit, sent with `Expect:
+    /// 100-continue`, is answered 413 at once: the client is not told to send the
+    /// body (it was, and then refused at the limit). A body within the limit is asked
+    /// for with 100 Continue, the prompt route's larger limit included.
+    #[tokio::test]
+    async fn a_body_declared_too_large_is_refused_before_100_continue() {
+        let a = crate::testing::api();
+        let addr = serve_on_loopback(a.router.clone()).await;
         let prompt_limit = crate::prompts::BODY_LIMIT as u64;
         let rows: &[(&str, &str, u64, &str)] = &[
             ("POST", "/v1/numbers", 3_000_000, "HTTP/1.1 413"),
@@ -344,20 +374,7 @@ mod tests {
             ),
         ];
         for (method, path, length, want) in rows {
-            let mut s = TcpStream::connect(addr).await.unwrap();
-            let head = format!(
-                "{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
-                 Content-Type: application/json\r\nExpect: 100-continue\r\n\
-                 Content-Length: {length}\r\n\r\n",
-                a.key
-            );
-            s.write_all(head.as_bytes()).await.unwrap();
-            let mut buf = [0u8; 512];
-            let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
-                .await
-                .expect("an answer before any body byte")
-                .unwrap();
-            let answer = String::from_utf8_lossy(&buf[..n]);
+            let (_s, answer) = first_answer(addr, &a.key, method, path, *length).await;
             assert!(
                 answer.starts_with(want),
                 "{method} {path} {length}: {answer}"
@@ -365,6 +382,41 @@ mod tests {
             if want.ends_with("413") {
                 assert!(answer.contains("too_large"), "{answer}");
             }
+        }
+    }
+
+    /// Prompt uploads take a place before their body is read: past the operator's two
+    /// (`api.max_prompt_uploads_per_operator`) the next is refused 503 with
+    /// Retry-After at once, not asked for its body; a place given back (the client
+    /// went away) is taken by the next.
+    #[tokio::test]
+    async fn prompt_uploads_past_the_cap_are_refused_before_their_body() {
+        let a = crate::testing::api();
+        let addr = serve_on_loopback(a.router.clone()).await;
+        let upload = |name: &'static str| first_answer(addr, &a.key, "PUT", name, 3_000_000);
+        let (first, answer) = upload("/v1/prompts/one").await;
+        assert!(answer.starts_with("HTTP/1.1 100"), "{answer}");
+        let (_second, answer) = upload("/v1/prompts/two").await;
+        assert!(answer.starts_with("HTTP/1.1 100"), "{answer}");
+        let (_third, answer) = upload("/v1/prompts/three").await;
+        assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+        assert!(
+            answer.to_ascii_lowercase().contains("retry-after: 5"),
+            "{answer}"
+        );
+        drop(first);
+        let freed = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let (_again, answer) = upload("/v1/prompts/three").await;
+            if answer.starts_with("HTTP/1.1 100") {
+                break;
+            }
+            assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+            assert!(
+                tokio::time::Instant::now() < freed,
+                "the place was never given back"
+            );
+            tokio::task::yield_now().await;
         }
     }
 

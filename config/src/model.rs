@@ -384,6 +384,14 @@ pub struct ApiConfig {
     /// Recording downloads one operator may stream at once.
     #[serde(default = "default_api_max_recordings_per_operator")]
     pub max_recordings_per_operator: u32,
+    /// Prompt uploads read at once; more are answered 503 with Retry-After before any
+    /// of their body is read (each body is up to an operator's prompt quota, 9.6 MB,
+    /// held in memory with its decoded copy while it is checked and stored).
+    #[serde(default = "default_api_max_prompt_uploads")]
+    pub max_prompt_uploads: u32,
+    /// Prompt uploads one operator may have read at once.
+    #[serde(default = "default_api_max_prompt_uploads_per_operator")]
+    pub max_prompt_uploads_per_operator: u32,
     /// Tracking numbers one operator may hold (its own and its pools' together):
     /// every node keeps every number in memory, so one operator's key must not be
     /// able to fill them.
@@ -435,6 +443,8 @@ impl Default for ApiConfig {
             max_searches_per_operator: default_api_max_searches_per_operator(),
             max_recordings: default_api_max_recordings(),
             max_recordings_per_operator: default_api_max_recordings_per_operator(),
+            max_prompt_uploads: default_api_max_prompt_uploads(),
+            max_prompt_uploads_per_operator: default_api_max_prompt_uploads_per_operator(),
             max_numbers_per_operator: default_api_max_numbers_per_operator(),
             max_advertisers_per_operator: default_api_max_advertisers_per_operator(),
             search_timeout_seconds: default_api_search_timeout(),
@@ -1018,6 +1028,12 @@ fn default_api_max_recordings() -> u32 {
 }
 fn default_api_max_recordings_per_operator() -> u32 {
     8
+}
+fn default_api_max_prompt_uploads() -> u32 {
+    4
+}
+fn default_api_max_prompt_uploads_per_operator() -> u32 {
+    2
 }
 /// Far above a call-tracking operator's needs (thousands); at the largest a number's
 /// settings may take (64 KiB) still a bounded share of a node's memory.

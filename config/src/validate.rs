@@ -451,6 +451,11 @@ impl Config {
                 "api.max_recordings_per_operator",
                 a.max_recordings_per_operator,
             ),
+            ("api.max_prompt_uploads", a.max_prompt_uploads),
+            (
+                "api.max_prompt_uploads_per_operator",
+                a.max_prompt_uploads_per_operator,
+            ),
             ("api.max_numbers_per_operator", a.max_numbers_per_operator),
             (
                 "api.max_advertisers_per_operator",
