@@ -45,6 +45,13 @@ impl Bucket {
         (self.tokens + refill).min(f64::from(rate.burst))
     }
 
+    /// Puts back a token taken for what turned out to cost nothing (never above the
+    /// burst).
+    fn give_back(&mut self, rate: Rate, now_ms: i64) {
+        self.tokens = (self.level(rate, now_ms) + 1.0).min(f64::from(rate.burst));
+        self.at_ms = now_ms.max(self.at_ms);
+    }
+
     /// Takes one token, or says in how many whole seconds one will be there.
     fn take(&mut self, rate: Rate, now_ms: i64) -> Result<(), u64> {
         let level = self.level(rate, now_ms);
@@ -108,6 +115,20 @@ impl<K: Hash + Eq> KeyedBuckets<K> {
         let taken = b.take(rate, now_ms);
         self.buckets.insert(key.to_owned(), b);
         taken
+    }
+
+    /// Gives back a token of `key`'s bucket. A key without a bucket of its own (swept
+    /// as full, or in the overflow bucket) gets nothing back: a full bucket needs none,
+    /// and the shared one is not given tokens by whoever shares it.
+    pub fn give_back<Q>(&mut self, key: &Q, now_ms: i64)
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let rate = self.rate;
+        if let Some(b) = self.buckets.get_mut(key) {
+            b.give_back(rate, now_ms);
+        }
     }
 
     fn sweep(&mut self, now_ms: i64) {
@@ -208,6 +229,16 @@ impl IssueLimiter {
         t.take(pool_id, now_ms)
     }
 
+    /// Gives back the pool's token of a request that took no new number: a session's
+    /// lease extended (the page tag's heartbeat) or a request a lease cap refused. The
+    /// pool's bucket bounds how fast its numbers are taken; spent on those, some
+    /// twenty addresses (or a big page's heartbeats) kept every visitor from a number
+    /// (a review).
+    pub fn give_back_pool(&self, pool_id: &str, now_ms: i64) {
+        let mut t = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        t.give_back(pool_id, now_ms);
+    }
+
     /// Addresses with a bucket now (for the gauge).
     pub fn tracked_addresses(&self) -> usize {
         self.addresses
@@ -259,6 +290,40 @@ mod tests {
         assert_eq!(b.take(slow, 0), Ok(()));
         assert_eq!(b.take(slow, 0), Err(30), "Retry-After: a token every 30 s");
         assert_eq!(b.take(slow, 20_000), Err(10));
+    }
+
+    /// (take or give back, key, expected take) at one instant: a token given back is
+    /// there for the next take, never above the burst; a key without a bucket of its
+    /// own gets nothing.
+    #[test]
+    fn tokens_given_back_are_taken_again_up_to_the_burst() {
+        let mut t = KeyedBuckets::new(R, 10, 0);
+        let rows: &[(bool, &str, Result<(), u64>)] = &[
+            (true, "p", Ok(())),
+            (true, "p", Ok(())),
+            (true, "p", Ok(())),
+            (true, "p", Err(1)),
+            (false, "p", Ok(())),
+            (true, "p", Ok(())),
+            (true, "p", Err(1)),
+            (false, "p", Ok(())),
+            (false, "p", Ok(())),
+            (false, "p", Ok(())),
+            (false, "p", Ok(())),
+            (true, "p", Ok(())),
+            (true, "p", Ok(())),
+            (true, "p", Ok(())),
+            (true, "p", Err(1)),
+            (false, "never-taken", Ok(())),
+        ];
+        for (i, (take, key, want)) in rows.iter().enumerate() {
+            if *take {
+                assert_eq!(t.take(*key, 0), *want, "row {i}");
+            } else {
+                t.give_back(*key, 0);
+            }
+        }
+        assert_eq!(t.len(), 1, "giving back creates no bucket");
     }
 
     #[test]

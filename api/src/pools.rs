@@ -640,6 +640,14 @@ async fn issue_number(
             .set(i64::try_from(pool.numbers.len()).unwrap_or(i64::MAX));
     }
     m.issue_seconds.observe(started.elapsed().as_secs_f64());
+    let took_no_number = match &outcome {
+        IssueOutcome::Leased(l) => l.issued_at < now, // the session's lease, extended
+        IssueOutcome::SessionFull { .. } | IssueOutcome::ClientFull { .. } => true,
+        IssueOutcome::Exhausted => false,
+    };
+    if took_no_number && matches!(who, Issuer::Page(_)) {
+        st.defences.issue.give_back_pool(&pool.id, now_ms());
+    }
     match outcome {
         IssueOutcome::Leased(l) => {
             m.issued.get_or_create(&label).inc();

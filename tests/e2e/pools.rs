@@ -344,6 +344,46 @@ fn a_page_in_a_loop_cannot_drain_a_pool() {
     }
 }
 
+/// The pool's bucket pays for numbers taken, not for requests that take none: a
+/// session's lease extended (the page tag's heartbeat) and requests the address's
+/// lease cap refuses give their token back, so they cannot keep other visitors from a
+/// number (they drained the bucket: some twenty addresses, or a busy page's
+/// heartbeats, had every visitor refused 429: a review).
+#[test]
+fn extensions_and_capped_requests_cost_the_pool_nothing() {
+    let ports = Ports::take();
+    // Three tokens for the pool, one refill a minute: nothing refills while it runs.
+    let node = Node::start_api(
+        ports,
+        "",
+        "[api.issue]\nper_address_per_minute = 600\nper_address_burst = 100\nper_pool_per_minute = 1\nper_pool_burst = 3\nmax_leases_per_address = 1\n",
+    );
+    let (key, adv) = shop(&node);
+    let pool = page_pool(&node, &key, &adv, "4444", "dynamic");
+    let page = |from: &str, session: &str| {
+        let params = format!(r#"{{"session_id": "{session}"}}"#);
+        page_issue(ports.api, from, &pool, &params, None)
+    };
+    let first = page("127.0.0.1", "v1");
+    assert_eq!(first.status, 200, "{}", first.body);
+    for i in 0..10 {
+        let again = page("127.0.0.1", "v1");
+        assert_eq!(again.status, 200, "extension {i}: {}", again.body);
+        assert_eq!(again.json()["number"], first.json()["number"]);
+    }
+    for i in 0..10 {
+        let capped = page("127.0.0.1", &format!("other{i}"));
+        assert_eq!(capped.status, 429, "{}", capped.body);
+        assert!(!capped.body.contains("this pool"), "{}", capped.body);
+    }
+    // Two tokens left for new numbers, then the pool's own limit.
+    assert_eq!(page("127.0.0.2", "w").status, 200);
+    assert_eq!(page("127.0.0.3", "x").status, 200);
+    let over = page("127.0.0.5", "y");
+    assert_eq!(over.status, 429, "{}", over.body);
+    assert!(over.body.contains("this pool"), "{}", over.body);
+}
+
 /// A page script that names a new session each time (or none) still gets at most
 /// `api.issue.max_leases_per_address` live numbers of a pool from one address; the
 /// session's own extension is not refused, and other addresses are not affected.
