@@ -104,13 +104,21 @@ impl Actor for Mailbox {
 }
 
 /// At most one log line a second: [`Throttle::allow`] says whether this one may go,
-/// and how many were held back since the last that went.
+/// and how many were held back since the last that went. (The node's lines about
+/// what peers send use it too: one per message let a peer flood the log.)
 #[derive(Default)]
 pub struct Throttle {
     state: Mutex<(Option<Instant>, u64)>,
 }
 
 impl Throttle {
+    /// A throttle for a `static`.
+    pub const fn new() -> Throttle {
+        Throttle {
+            state: Mutex::new((None, 0)),
+        }
+    }
+
     pub fn allow(&self, now: Instant) -> Option<u64> {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         match s.0 {

@@ -242,10 +242,26 @@ fn spoofed_in_dialog_requests_get_481_and_a_hostile_from_is_escaped() {
             "{method} with tags {from_tag}/{to_tag}: {answer}"
         );
     }
+    // A flood of them: each answered 481 and counted, the log told once a second
+    // (one line per message let a peer fill the log queue and drop everyone's lines).
+    for i in 0..40 {
+        attacker.send(&attacker.request(
+            "BYE",
+            call_id,
+            "guessed",
+            "guessed",
+            20 + i,
+            "Content-Length: 0\n\n",
+        ));
+        assert!(attacker.final_response().starts_with("SIP/2.0 481"));
+    }
     assert_eq!(
         node.metric("tsunagu_sip_foreign_dialog_requests_total"),
-        3.0
+        43.0
     );
+    let logged = || node.log().matches("do not match the call's dialog").count();
+    node.wait_until(Duration::from_secs(5), "the refusals logged", || logged() > 0);
+    assert!(logged() <= 5, "{} lines for 43 refusals", logged());
     // The call goes on: the callee got no BYE, and the call is still in progress.
     std::thread::sleep(Duration::from_millis(300)); // a BYE would have been relayed by now
     assert!(

@@ -1055,7 +1055,12 @@ impl Call {
         key: Option<&tsunagu_sip::transaction::TxKey>,
         source: std::net::IpAddr,
     ) {
-        tracing::warn!(method = %req.method, %source, "in-dialog request whose tags or source do not match the call's dialog: 481");
+        // One line a second at most (`more`: how many were not logged before this
+        // one): a peer knowing a Call-ID can send these as fast as it likes.
+        static SAID: tsunagu_cluster::net::Throttle = tsunagu_cluster::net::Throttle::new();
+        if let Some(more) = SAID.allow(std::time::Instant::now()) {
+            tracing::warn!(method = %req.method, %source, more, "in-dialog request whose tags or source do not match the call's dialog: 481");
+        }
         self.ctx.metrics.calls.foreign_requests.inc();
         if let Some(key) = key {
             self.ctx
@@ -1194,7 +1199,11 @@ impl Call {
         if cseq_in_order(last, info.cseq) {
             return true;
         }
-        tracing::info!(method = %req.method, cseq = info.cseq, ?side, "in-dialog request out of CSeq order: 500");
+        // One line a second at most, as for foreign requests (`refuse_foreign`).
+        static SAID: tsunagu_cluster::net::Throttle = tsunagu_cluster::net::Throttle::new();
+        if let Some(more) = SAID.allow(std::time::Instant::now()) {
+            tracing::info!(method = %req.method, cseq = info.cseq, ?side, more, "in-dialog request out of CSeq order: 500");
+        }
         self.ctx
             .endpoint
             .respond(req, info, key, 500, None, &[], None);

@@ -96,7 +96,11 @@ impl CallRef {
             let mut queue = self.0.queue.lock().unwrap_or_else(|p| p.into_inner());
             if queue.len() >= limit {
                 self.0.dropped.inc();
-                tracing::warn!("call inbox full; message from the network refused");
+                // One line a second at most: a peer can fill inboxes at will.
+                static SAID: tsunagu_cluster::net::Throttle = tsunagu_cluster::net::Throttle::new();
+                if let Some(more) = SAID.allow(std::time::Instant::now()) {
+                    tracing::warn!(more, "call inbox full; message from the network refused");
+                }
                 return Err(NotQueued::Full(msg));
             }
             queue.push_back(msg);
