@@ -64,10 +64,33 @@ impl Frame {
         serde_json::to_vec(self).unwrap_or_default()
     }
 
-    /// A frame from a peer; None if it is not one (counted and dropped by the caller).
+    /// A frame from a peer; None if it is not one (counted and dropped by the caller),
+    /// or names a node with a name no node can have ([`is_node_name`]).
     pub fn decode(bytes: &[u8]) -> Option<Frame> {
-        serde_json::from_slice(bytes).ok()
+        let frame: Frame = serde_json::from_slice(bytes).ok()?;
+        frame.names_are_node_names().then_some(frame)
     }
+
+    /// Whether every node the frame names (its sender, a node declared down, the
+    /// members a heartbeat says it hears) has a node's name.
+    fn names_are_node_names(&self) -> bool {
+        is_node_name(&self.from)
+            && self.msgs.iter().all(|m| match m {
+                Msg::Down { node, .. } => is_node_name(node),
+                Msg::Heartbeat { hears, .. } => hears.iter().all(|h| is_node_name(&h.node)),
+                _ => true,
+            })
+    }
+}
+
+/// A node's name (`node.id`): 1 to 64 letters, digits, `.`, `_` or `-`. Names from
+/// peers are logged and kept in every member's view: a name with a line break or an
+/// escape forged log lines, and a 4 MiB one filled views (a review).
+pub fn is_node_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 #[cfg(test)]
@@ -109,5 +132,35 @@ mod tests {
         );
         assert_eq!(taken.encode(), old.to_vec());
         assert_eq!(Frame::decode(br#"{"from":"x"}"#), None);
+    }
+
+    /// A frame naming a node with a name no node can have is refused whole: its
+    /// sender, a node declared down, a member a heartbeat hears.
+    #[test]
+    fn frames_naming_impossible_nodes_are_refused() {
+        let long = "n".repeat(65);
+        let rows: &[(&str, bool)] = &[
+            (r#"{"from":"n1.example-host_2","epoch":1,"msgs":[]}"#, true),
+            (r#"{"from":"n1\nWARN forged","epoch":1,"msgs":[]}"#, false),
+            (r#"{"from":"","epoch":1,"msgs":[]}"#, false),
+            (
+                r#"{"from":"n1","epoch":1,"msgs":[{"Down":{"node":"n2\u001b[2J","epoch":1}}]}"#,
+                false,
+            ),
+            (
+                r#"{"from":"n1","epoch":1,"msgs":[{"Down":{"node":"n2","epoch":1}}]}"#,
+                true,
+            ),
+            (
+                r#"{"from":"n1","epoch":1,"msgs":[{"Heartbeat":{"seq":1,"hears":[{"node":"a b","epoch":1,"ago_ms":1}]}}]}"#,
+                false,
+            ),
+        ];
+        for (text, taken) in rows {
+            assert_eq!(Frame::decode(text.as_bytes()).is_some(), *taken, "{text}");
+        }
+        let f = format!(r#"{{"from":"{long}","epoch":1,"msgs":[]}}"#);
+        assert!(Frame::decode(f.as_bytes()).is_none());
+        assert!(is_node_name(&long[..64]));
     }
 }

@@ -44,10 +44,17 @@ impl Config {
         let mut errors = Vec::new();
         let mut err = |path: String, msg: String| errors.push(ConfigError { path, message: msg });
 
-        if self.node.id.is_empty() || self.node.id.contains(char::is_whitespace) {
+        // The cluster's rule for names (`tsunagu_cluster::protocol::is_node_name`): a
+        // peer's frame naming another is refused.
+        let id = &self.node.id;
+        let id_ok = (1..=64).contains(&id.len())
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if !id_ok {
             err(
                 "node.id".into(),
-                "must be a non-empty word without spaces".into(),
+                "must be 1 to 64 letters, digits, '.', '_' or '-'".into(),
             );
         }
         if self.node.max_calls == 0 {
@@ -727,6 +734,8 @@ mod tests {
         let cases: &[(&str, &str, &[&str])] = &[
             ("unknown key", "[node]\nid = \"n1\"\ncolour = 1\n", &["node.colour"]),
             ("unknown section", "[nodes]\nid = \"x\"\n", &["nodes"]),
+            ("node id with a slash", "[node]\nid = \"n1/x\"\n", &["node.id"]),
+            ("node id with a line break", "[node]\nid = \"n1\\nx\"\n", &["node.id"]),
             ("bad listener", "[sip]\nlisten = [\"udp:127.0.0.1:5060\", \"udp:nowhere\"]\n", &["sip.listen[1]"]),
             (
                 "two udp listeners of one family",

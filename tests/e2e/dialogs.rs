@@ -260,7 +260,9 @@ fn spoofed_in_dialog_requests_get_481_and_a_hostile_from_is_escaped() {
         43.0
     );
     let logged = || node.log().matches("do not match the call's dialog").count();
-    node.wait_until(Duration::from_secs(5), "the refusals logged", || logged() > 0);
+    node.wait_until(Duration::from_secs(5), "the refusals logged", || {
+        logged() > 0
+    });
     assert!(logged() <= 5, "{} lines for 43 refusals", logged());
     // The call goes on: the callee got no BYE, and the call is still in progress.
     std::thread::sleep(Duration::from_millis(300)); // a BYE would have been relayed by now
