@@ -29,7 +29,7 @@
 use crate::clock::now_ms;
 use crate::decide::validity::{judge, Facts};
 use crate::follow_up::hooks::WebhookCache;
-use crate::follow_up::plan::{callback_pool, CallEvent, Planner};
+use crate::follow_up::plan::{callback_pool, CallEvent, Callback, Planner};
 use crate::metrics::{CallMetrics, FollowUpMetrics};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -583,9 +583,13 @@ fn write_batch(w: &Writer, batch: &mut Batch) -> tsunagu_store::Result<bool> {
     let records = complete_records(store, &batch.entries)?;
     let mut follow_ups: Vec<(usize, NewFollowUp)> = Vec::new();
     for (i, (r, e)) in records.iter().zip(&batch.entries).enumerate() {
-        let callback = match callback_pool(r, &e.number) {
-            Some(pool) => lease_callback(w, r, pool)?,
-            None => None,
+        let callback = match callback_pool(r, &e.number, e.caller_verified) {
+            Callback::Lease(pool) => lease_callback(w, r, pool)?,
+            Callback::Withheld => {
+                w.follow_up_metrics.callbacks_withheld.inc();
+                None
+            }
+            Callback::None => None,
         };
         let items = w.planner.after_call(
             r,

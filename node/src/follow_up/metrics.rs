@@ -29,6 +29,7 @@ pub struct FollowUpMetrics {
     pub claims_lost: Counter,
     pub callbacks_issued: Counter,
     pub callback_pool_empty: Counter,
+    pub callbacks_withheld: Counter,
     pub guards: GuardMetrics,
 }
 
@@ -46,6 +47,7 @@ impl Default for FollowUpMetrics {
             claims_lost: Counter::default(),
             callbacks_issued: Counter::default(),
             callback_pool_empty: Counter::default(),
+            callbacks_withheld: Counter::default(),
             guards: Default::default(),
         }
     }
@@ -109,6 +111,11 @@ impl FollowUpMetrics {
             "callback_pool_exhausted",
             "Missed calls whose notice went without a callback number because the pool was full",
             self.callback_pool_empty.clone(),
+        );
+        r.register(
+            "callbacks_withheld",
+            "Missed calls given no callback number because their caller's number was not verified (not asserted by a trusted trunk, nor from a trunk that verifies caller ids) or is not 4 to 15 digits: a callback rings that number at the operator's cost",
+            self.callbacks_withheld.clone(),
         );
         self.guards.register(r);
     }

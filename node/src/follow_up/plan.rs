@@ -96,14 +96,43 @@ pub fn missed(r: &CallRecord) -> bool {
     r.result != CallResult::Answered
 }
 
-/// The callback pool a finished call should lease a number from, if any: a missed
-/// call from a known caller to a number with callback tracking.
-pub fn callback_pool<'a>(r: &CallRecord, n: &'a TrackingNumber) -> Option<&'a str> {
+/// What a finished call's caller gets of callback tracking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Callback<'a> {
+    /// Not asked for, or not for this call (answered, anonymous, itself a callback).
+    None,
+    /// A number of this pool, leased to ring the caller back.
+    Lease(&'a str),
+    /// Asked for, and refused: the caller's number is not verified, or not 4 to 15
+    /// digits. A callback number rings the caller's number at the operator's cost
+    /// (the call leaves through its trunks): a From anyone can write made the node call
+    /// a premium or international number of the attacker's for whoever dialled the
+    /// callback number, the attacker included (a review).
+    Withheld,
+}
+
+/// The callback a finished call should get: a number of the number's callback pool
+/// for a missed call from a known caller whose number is verified ([`caller_verified`])
+/// and plain digits.
+pub fn callback_pool<'a>(r: &CallRecord, n: &'a TrackingNumber, verified: bool) -> Callback<'a> {
     let known = !r.caller_number.is_empty() && r.caller_kind != CallerKind::Anonymous;
+    let Some(pool) = n
+        .notify
+        .as_ref()
+        .and_then(|n| n.callback_pool_id.as_deref())
+    else {
+        return Callback::None;
+    };
     if !missed(r) || !known || r.callback_of.is_some() {
-        return None;
+        return Callback::None;
     }
-    n.notify.as_ref()?.callback_pool_id.as_deref()
+    let digits = (4..=15).contains(&r.caller_number.len())
+        && r.caller_number.bytes().all(|b| b.is_ascii_digit());
+    if verified && digits {
+        Callback::Lease(pool)
+    } else {
+        Callback::Withheld
+    }
 }
 
 impl Planner {
@@ -675,45 +704,98 @@ mod tests {
             callback_pool_id: Some("pool_cb".into()),
             ..Default::default()
         });
-        let rows: &[(CallResult, CallerKind, &str, bool, Option<&str>)] = &[
+        use Callback::*;
+        // (result, caller kind, caller number, itself a callback, verified, want)
+        let rows: &[(CallResult, CallerKind, &str, bool, bool, Callback)] = &[
             (
                 CallResult::NoAnswer,
                 CallerKind::Mobile,
                 "09012345678",
                 false,
-                Some("pool_cb"),
+                true,
+                Lease("pool_cb"),
             ),
             (
                 CallResult::Busy,
                 CallerKind::Fixed,
                 "0311112222",
                 false,
-                Some("pool_cb"),
+                true,
+                Lease("pool_cb"),
             ),
             (
                 CallResult::Answered,
                 CallerKind::Mobile,
                 "09012345678",
                 false,
+                true,
                 None,
             ),
-            (CallResult::NoAnswer, CallerKind::Anonymous, "", false, None),
+            (
+                CallResult::NoAnswer,
+                CallerKind::Anonymous,
+                "",
+                false,
+                true,
+                None,
+            ),
             (
                 CallResult::NoAnswer,
                 CallerKind::Mobile,
                 "09012345678",
                 true,
+                true,
                 None,
             ),
+            // A From anyone can write: no callback to it.
+            (
+                CallResult::NoAnswer,
+                CallerKind::Mobile,
+                "09012345678",
+                false,
+                false,
+                Withheld,
+            ),
+            (
+                CallResult::NoAnswer,
+                CallerKind::Fixed,
+                "+882123456789",
+                false,
+                true,
+                Withheld,
+            ),
+            (
+                CallResult::NoAnswer,
+                CallerKind::Fixed,
+                "0311112222;x",
+                false,
+                true,
+                Withheld,
+            ),
+            (
+                CallResult::NoAnswer,
+                CallerKind::Fixed,
+                "0123456789012345",
+                false,
+                true,
+                Withheld,
+            ),
         ];
-        for (result, kind, caller, is_callback, want) in rows {
+        for (result, kind, caller, is_callback, verified, want) in rows {
             let mut r = sample_call("op_1", "adv_1", 1_000);
             r.result = *result;
             r.caller_kind = *kind;
             r.caller_number = caller.to_string();
             r.callback_of = is_callback.then(|| "call_0".to_string());
-            assert_eq!(callback_pool(&r, &n), *want, "{result:?} {kind:?}");
+            assert_eq!(
+                callback_pool(&r, &n, *verified),
+                *want,
+                "{result:?} {kind:?} {caller} {verified}"
+            );
         }
+        n.notify = Some(Notify::default());
+        let r = sample_call("op_1", "adv_1", 1_000);
+        assert_eq!(callback_pool(&r, &n, true), None, "no callback pool");
     }
 
     #[test]
