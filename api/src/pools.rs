@@ -651,7 +651,12 @@ async fn issue_number(
     match outcome {
         IssueOutcome::Leased(l) => {
             m.issued.get_or_create(&label).inc();
-            Ok(json!({"number": l.number, "expires_at": rfc3339(l.expires_at), "overflow": false}))
+            // `expires_in` (whole seconds from now) as well as the time: a page counts
+            // down from the answer with its own clock, which may be wrong by minutes.
+            let expires_in = seconds_until(l.expires_at, now);
+            Ok(
+                json!({"number": l.number, "expires_at": rfc3339(l.expires_at), "expires_in": expires_in, "overflow": false}),
+            )
         }
         IssueOutcome::SessionFull { retry_at_ms } => Err(throttled(
             st,
@@ -666,7 +671,9 @@ async fn issue_number(
         IssueOutcome::Exhausted => {
             m.overflows.get_or_create(&label).inc();
             match pool.overflow_number {
-                Some(n) => Ok(json!({"number": n, "expires_at": null, "overflow": true})),
+                Some(n) => Ok(
+                    json!({"number": n, "expires_at": null, "expires_in": null, "overflow": true}),
+                ),
                 None => Err(ApiError::unavailable(
                     "every number of the pool is leased and the pool has no overflow_number",
                 )),

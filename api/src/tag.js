@@ -7,7 +7,11 @@
  * tracking parameters (session id, landing URL, referrer, gclid, utm_*, GA client id),
  * writes it into the marked elements (and tel: links), and re-asks while the page is
  * open, which extends the lease. The pool must list this page's origin in
- * allowed_origins. On any failure the page keeps the number it was written with.
+ * allowed_origins. On any failure the page keeps the number it was written with; a
+ * re-ask that fails is tried again (after the answer's Retry-After, else 5 s doubling
+ * to a minute), and once the lease has surely run out the page gets its own number
+ * back: a number whose lease ended goes to the next visitor, whose visit its calls
+ * would then carry.
  */
 (function () {
   "use strict";
@@ -44,7 +48,8 @@
     return new TextEncoder().encode(v).length;
   }
 
-  // The longest prefix of `v` that takes at most `max` bytes as UTF-8.
+  // The longest prefix of `v` that takes at most `max` bytes as UTF-8, never half of
+  // a character outside the BMP (an emoji): the API refuses a lone surrogate.
   function fit(v, max) {
     v = String(v);
     if (bytes(v) <= max) return v;
@@ -53,22 +58,34 @@
       var mid = (lo + hi + 1) >> 1;
       if (bytes(v.slice(0, mid)) <= max) lo = mid; else hi = mid - 1;
     }
+    var last = v.charCodeAt(lo - 1);
+    if (lo > 0 && last >= 0xd800 && last <= 0xdbff) lo -= 1;
     return v.slice(0, lo);
+  }
+
+  // The API refuses control characters and line separators (they would reach notices
+  // and logs as line breaks): a link with `%0A` in a utm_* value loses them here
+  // instead of costing the visit its tracking number.
+  function clean(v) {
+    return String(v).replace(/[\u0000-\u001f\u007f-\u009f\u2028\u2029]/g, "");
   }
 
   function params() {
     var p = {}, keys = 0, total = 0;
     // In order of worth: what comes later is left out when the budget runs out.
     function put(k, v) {
+      k = clean(k);
       var room = Math.min(MAX_VALUE, MAX_TOTAL - total - bytes(k));
-      if (keys >= MAX_KEYS || bytes(k) > MAX_KEY || room < 0 || p.hasOwnProperty(k)) return;
-      v = fit(v, room);
+      if (!k || keys >= MAX_KEYS || bytes(k) > MAX_KEY || room < 0 || p.hasOwnProperty(k)) return;
+      v = fit(clean(v), room);
       p[k] = v;
       keys += 1;
       total += bytes(k) + bytes(v);
     }
     put("session_id", sessionId());
-    put("landing_url", location.href);
+    // Without the fragment: sign-in links carry tokens there (#access_token=...), which
+    // would reach call logs, exports, webhooks and notices.
+    put("landing_url", location.origin + location.pathname + location.search);
     if (document.referrer) put("referrer", document.referrer);
     var ga = gaClientId();
     if (ga) put("client_id", ga);
@@ -87,15 +104,37 @@
     return pattern.replace(/#/g, function () { return number.charAt(i++); });
   }
 
+  var originals = new Map(); // element -> its own text and href, before any swap
+
   function show(pool, number) {
     var els = document.querySelectorAll('[data-tsunagu-pool="' + pool + '"]');
     for (var i = 0; i < els.length; i++) {
       var el = els[i];
+      if (!originals.has(el)) {
+        originals.set(el, { text: el.textContent, href: el.getAttribute("href") });
+      }
       el.textContent = format(number, el.getAttribute("data-tsunagu-format"));
       if (el.tagName === "A") el.setAttribute("href", "tel:" + number);
       el.setAttribute("data-tsunagu-number", number);
     }
   }
+
+  // The page's own number again, once the lease of the one shown has run out.
+  function unshow(pool) {
+    var els = document.querySelectorAll('[data-tsunagu-pool="' + pool + '"]');
+    for (var i = 0; i < els.length; i++) {
+      var el = els[i], was = originals.get(el);
+      if (!was) continue;
+      el.textContent = was.text;
+      if (was.href === null) el.removeAttribute("href"); else el.setAttribute("href", was.href);
+      el.removeAttribute("data-tsunagu-number");
+    }
+  }
+
+  // When each pool's lease runs out, by this page's monotonic clock (performance.now):
+  // the answer's `expires_in` is counted from when it came, so a visitor's wrong
+  // wall clock changes nothing.
+  var leaseEnds = {};
 
   function issue(pool) {
     return fetch(api + "/v1/pools/" + encodeURIComponent(pool) + "/issue", {
@@ -105,29 +144,44 @@
       credentials: "omit",
       keepalive: true
     }).then(function (r) {
-      if (!r.ok) throw new Error("tsunagu issue: HTTP " + r.status);
+      if (!r.ok) {
+        var e = new Error("tsunagu issue: HTTP " + r.status);
+        e.retryAfter = Number(r.headers.get("retry-after")) || 0;
+        throw e;
+      }
       return r.json();
     }).then(function (a) {
       show(pool, a.number);
       if (a.overflow || !a.expires_at) return; // nothing to keep alive
+      var left = typeof a.expires_in === "number"
+        ? a.expires_in * 1000
+        : Date.parse(a.expires_at) - Date.now();
+      leaseEnds[pool] = performance.now() + left;
       // Re-issue at half the remaining lease (15 s to 10 min) while the page is open.
-      var left = Date.parse(a.expires_at) - Date.now();
       var wait = Math.min(Math.max(left / 2, 15000), 600000);
-      setTimeout(function () { keepAlive(pool); }, wait);
+      setTimeout(function () { keepAlive(pool, 0); }, wait);
     });
   }
 
-  function keepAlive(pool) {
+  function keepAlive(pool, failures) {
     if (document.visibilityState === "hidden") {
       document.addEventListener("visibilitychange", function again() {
         if (document.visibilityState === "visible") {
           document.removeEventListener("visibilitychange", again);
-          keepAlive(pool);
+          keepAlive(pool, failures);
         }
       });
       return;
     }
-    issue(pool).catch(function () {});
+    issue(pool).catch(function (e) {
+      if (leaseEnds[pool] !== undefined && performance.now() >= leaseEnds[pool]) {
+        unshow(pool);
+        delete leaseEnds[pool];
+      }
+      var backoff = Math.min(5000 * Math.pow(2, failures), 60000);
+      var wait = Math.max(backoff, (e && e.retryAfter ? e.retryAfter : 0) * 1000);
+      setTimeout(function () { keepAlive(pool, failures + 1); }, wait);
+    });
   }
 
   function start() {

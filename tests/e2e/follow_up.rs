@@ -476,6 +476,44 @@ fn page_tag_swaps_the_number_in_chromium_and_the_call_carries_the_visit() {
     );
     assert_eq!(kept.len(), 50, "{:?}", kept.keys());
     assert!(kept.contains_key("utm_k0") && !kept.contains_key("utm_k59"));
+
+    // Another visitor (another browser) from a link with a line break and a line
+    // separator in one utm_* value, 600 emoji in another, and a token in its fragment:
+    // it gets a number (the API refuses control characters: the tag drops them, and
+    // cuts between characters), and the fragment stays in the browser.
+    let profile2 = tempfile::tempdir().unwrap();
+    let dom = chromium_dom(
+        &format!(
+            "{origin}/landing.html?utm_term=%0Aline%E2%80%A8two&utm_medium={}#access_token=secret",
+            "%F0%9F%98%80".repeat(600)
+        ),
+        profile2.path(),
+        2_000,
+    );
+    assert!(
+        dom.contains(r#"href="tel:0505550002""#),
+        "not swapped:\n{dom}"
+    );
+    let run = uac("uac.xml", ports, "0505550002", 1, 1, &["-d", "100"]);
+    assert_eq!((run.exit, run.successful), (0, 1), "{}", run.output);
+    let calls = node.wait_for_calls(&key, 2);
+    let second = calls
+        .iter()
+        .find(|c| c["tracking_number"] == "0505550002")
+        .expect("the second visitor's call");
+    let params = &second["tracking_params"];
+    assert_eq!(params["utm_term"], "linetwo", "{params}");
+    let medium = params["utm_medium"].as_str().unwrap();
+    assert!(
+        medium.len() <= 2000 && medium.len() >= 1990 && medium.chars().all(|c| c == '\u{1F600}'),
+        "{medium}"
+    );
+    let landing = params["landing_url"].as_str().unwrap();
+    assert!(
+        landing.starts_with(&format!("{origin}/landing.html?utm_term=")) && !landing.contains('#'),
+        "{landing}"
+    );
+    assert!(!second.to_string().contains("access_token"), "{second}");
     drop(uas);
 }
 
