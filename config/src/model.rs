@@ -910,7 +910,7 @@ fn default_sms_content_type() -> String {
     "application/json".into()
 }
 fn default_ga4_endpoint() -> String {
-    "http://www.google-analytics.com/mp/collect".into()
+    "https://www.google-analytics.com/mp/collect".into()
 }
 
 fn default_shaping_ms() -> u32 {

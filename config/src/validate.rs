@@ -323,6 +323,14 @@ impl Config {
         if n.max_attempts == 0 {
             err("notify.max_attempts".into(), "must be at least 1".into());
         }
+        // At least 100 ms: with 0 a failing row was tried about once a second and spent
+        // its attempts in seconds; at most an hour, the longest delay anyway.
+        if !(100..=3_600_000).contains(&n.retry_base_ms) {
+            err(
+                "notify.retry_base_ms".into(),
+                "must be 100 to 3600000 (an hour)".into(),
+            );
+        }
         if n.timeout_ms == 0 {
             err("notify.timeout_ms".into(), "must be at least 1".into());
         }
@@ -736,6 +744,8 @@ mod tests {
             ("unknown section", "[nodes]\nid = \"x\"\n", &["nodes"]),
             ("node id with a slash", "[node]\nid = \"n1/x\"\n", &["node.id"]),
             ("node id with a line break", "[node]\nid = \"n1\\nx\"\n", &["node.id"]),
+            ("retry base of 0", "[notify]\nretry_base_ms = 0\n", &["notify.retry_base_ms"]),
+            ("retry base past an hour", "[notify]\nretry_base_ms = 9223372036854775807\n", &["notify.retry_base_ms"]),
             ("bad listener", "[sip]\nlisten = [\"udp:127.0.0.1:5060\", \"udp:nowhere\"]\n", &["sip.listen[1]"]),
             (
                 "two udp listeners of one family",

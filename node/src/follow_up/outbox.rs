@@ -32,10 +32,12 @@ const MAX_HAND_BACK_ROUNDS: u32 = 8;
 /// Time beyond the delivery timeout for the store reads and writes around a delivery.
 const STORE_MARGIN: Duration = Duration::from_secs(2);
 
-/// Delay before attempt `attempts + 1`: base, 2x base, 4x base, ... at most an hour.
+/// Delay before attempt `attempts + 1`: base, 2x base, 4x base, ... at most an hour
+/// (checked: `Duration * u32` panics past its range, as a huge base made it).
 pub fn retry_delay(base: Duration, attempts: u32) -> Duration {
     let factor = 1u32 << attempts.saturating_sub(1).min(20);
-    (base * factor).min(Duration::from_secs(3600))
+    let hour = Duration::from_secs(3600);
+    base.checked_mul(factor).unwrap_or(hour).min(hour)
 }
 
 pub struct Worker {
@@ -391,6 +393,11 @@ mod tests {
         assert_eq!(
             retry_delay(Duration::from_millis(200), 1),
             Duration::from_millis(200)
+        );
+        assert_eq!(
+            retry_delay(Duration::from_millis(u64::MAX), 20),
+            Duration::from_secs(3600),
+            "no overflow"
         );
     }
 }
