@@ -776,6 +776,10 @@ pub struct NotifyConfig {
     /// counted across the cluster in the store.
     #[serde(default = "default_caller_sms_per_day")]
     pub caller_sms_per_day: u32,
+    /// Calls to one tracking number, per clock hour, whose notices (e-mail and SMS to
+    /// `notify` recipients) go; past it they are withheld and counted. 0: no limit.
+    #[serde(default = "default_notices_per_number_per_hour")]
+    pub notices_per_number_per_hour: u32,
     /// Deliveries in flight to one destination (host and port) at once.
     #[serde(default = "default_per_destination")]
     pub per_destination: u32,
@@ -797,6 +801,7 @@ impl Default for NotifyConfig {
             ga4: Ga4Config::default(),
             allowed_networks: Vec::new(),
             caller_sms_per_day: default_caller_sms_per_day(),
+            notices_per_number_per_hour: default_notices_per_number_per_hour(),
             per_destination: default_per_destination(),
             max_in_flight: default_max_in_flight(),
         }
@@ -864,6 +869,9 @@ fn default_utc_offset() -> i32 {
 }
 fn default_caller_sms_per_day() -> u32 {
     3
+}
+fn default_notices_per_number_per_hour() -> u32 {
+    120
 }
 fn default_per_destination() -> u32 {
     8

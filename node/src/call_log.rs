@@ -29,6 +29,7 @@
 use crate::clock::now_ms;
 use crate::decide::validity::{judge, Facts};
 use crate::follow_up::hooks::WebhookCache;
+use crate::follow_up::notice_rate::NoticeRate;
 use crate::follow_up::plan::{callback_pool, CallEvent, Callback, Planner};
 use crate::metrics::{CallMetrics, FollowUpMetrics};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -139,6 +140,8 @@ pub struct Writer {
     /// Above this many waiting messages the node takes no new calls (see
     /// [`CallLog::ready`]).
     pub high_water: usize,
+    /// Notices per tracking number and hour (`notify.notices_per_number_per_hour`).
+    pub notice_rate: std::cell::RefCell<NoticeRate>,
 }
 
 impl CallLog {
@@ -591,13 +594,23 @@ fn write_batch(w: &Writer, batch: &mut Batch) -> tsunagu_store::Result<bool> {
             }
             Callback::None => None,
         };
-        let items = w.planner.after_call(
+        let mut items = w.planner.after_call(
             r,
             &e.number,
             &w.webhooks.of(&r.operator_id),
             callback.as_deref(),
             e.caller_verified,
         );
+        let notice = |f: &NewFollowUp| Planner::is_notice(f, r);
+        if items.iter().any(notice)
+            && !w
+                .notice_rate
+                .borrow_mut()
+                .allow(&r.tracking_number, r.ended_at)
+        {
+            items.retain(|f| !notice(f));
+            w.follow_up_metrics.notices_withheld.inc();
+        }
         if !e.caller_verified && w.planner.caller_sms_wanted(r, &e.number) {
             let unverified = crate::follow_up::metrics::UNVERIFIED;
             w.follow_up_metrics.guards.withheld(unverified);
@@ -709,7 +722,7 @@ fn complete_records(
 mod tests {
     use super::*;
     use tsunagu_store::conformance::sample_call;
-    use tsunagu_store::{CallQuery, SqliteStore, Validity, ValidityRule};
+    use tsunagu_store::{CallQuery, FollowUpKind, SqliteStore, Validity, ValidityRule};
 
     #[test]
     fn lost_calls_end_at_the_last_sign_of_life() {
@@ -894,6 +907,7 @@ mod tests {
                 node_id: "n1".into(),
                 epoch: Arc::new(1.into()),
                 high_water: 1000,
+                notice_rate: NoticeRate::new(0).into(),
             };
             let shared = Shared {
                 queued: AtomicI64::new(0),
@@ -949,6 +963,44 @@ mod tests {
                 .unwrap();
             got
         }
+    }
+
+    /// Past `notify.notices_per_number_per_hour` a call's notices are withheld (and
+    /// counted), its webhooks are not; the next clock hour they go again.
+    #[test]
+    fn notices_past_the_hourly_rate_are_withheld() {
+        let mut d = Dup::new();
+        d.w.planner.email = true;
+        d.w.notice_rate = NoticeRate::new(2).into();
+        let mut number = (*d.number).clone();
+        number.notify = Some(tsunagu_store::Notify {
+            on: tsunagu_store::NotifyOn::All,
+            email_to: vec!["a@example.com".into(), "b@example.com".into()],
+            ..Default::default()
+        });
+        d.number = Arc::new(number);
+        let hour = 3_600_000;
+        let mut in_progress = InProgress::default();
+        for (i, start) in [10_000, 20_000, 30_000, hour + 10_000]
+            .into_iter()
+            .enumerate()
+        {
+            d.write(vec![d.call(&format!("c{i}"), start, 30)], &mut in_progress);
+        }
+        let emails: Vec<String> = d
+            .store
+            .claim_follow_ups(i64::MAX, 100, 60_000)
+            .unwrap()
+            .into_iter()
+            .filter(|f| f.item.kind == FollowUpKind::Email)
+            .map(|f| f.item.payload)
+            .collect();
+        assert_eq!(
+            emails.len(),
+            6,
+            "two calls of the first hour and one of the next, two each"
+        );
+        assert_eq!(d.w.follow_up_metrics.notices_withheld.get(), 1);
     }
 
     #[test]

@@ -423,6 +423,10 @@ pub async fn run(
         node_id: config.node.id.clone(),
         epoch: epoch.clone(),
         high_water: LOG_HIGH_WATER,
+        notice_rate: crate::follow_up::notice_rate::NoticeRate::new(
+            notify.notices_per_number_per_hour,
+        )
+        .into(),
     });
     // Clustered, the calls a previous run left are adopted once joined (answered ones
     // resumed here or by a peer, the rest logged lost: see cluster_link::adopt_leftovers).

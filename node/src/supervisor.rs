@@ -418,6 +418,7 @@ mod tests {
             node_id: "n1".into(),
             epoch: Arc::new(1.into()),
             high_water: 1000,
+            notice_rate: crate::follow_up::notice_rate::NoticeRate::new(0).into(),
         });
         let ports = tsunagu_media::PortPool::new(
             "127.0.0.1".parse().unwrap(),

@@ -30,6 +30,7 @@ pub struct FollowUpMetrics {
     pub callbacks_issued: Counter,
     pub callback_pool_empty: Counter,
     pub callbacks_withheld: Counter,
+    pub notices_withheld: Counter,
     pub guards: GuardMetrics,
 }
 
@@ -48,6 +49,7 @@ impl Default for FollowUpMetrics {
             callbacks_issued: Counter::default(),
             callback_pool_empty: Counter::default(),
             callbacks_withheld: Counter::default(),
+            notices_withheld: Counter::default(),
             guards: Default::default(),
         }
     }
@@ -116,6 +118,11 @@ impl FollowUpMetrics {
             "callbacks_withheld",
             "Missed calls given no callback number because their caller's number was not verified (not asserted by a trusted trunk, nor from a trunk that verifies caller ids) or is not 4 to 15 digits: a callback rings that number at the operator's cost",
             self.callbacks_withheld.clone(),
+        );
+        r.register(
+            "notices_withheld",
+            "Calls whose notices (e-mail and SMS to the number's notify recipients) were withheld: their tracking number had caused notify.notices_per_number_per_hour calls' notices this clock hour on this node",
+            self.notices_withheld.clone(),
         );
         self.guards.register(r);
     }

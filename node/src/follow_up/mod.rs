@@ -13,6 +13,7 @@ pub mod hooks;
 pub mod http;
 pub mod lanes;
 pub mod metrics;
+pub mod notice_rate;
 pub mod outbox;
 pub mod plan;
 pub mod sign;

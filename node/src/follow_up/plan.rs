@@ -153,6 +153,16 @@ impl Planner {
         webhook_items(hooks, event, id, e.at_ms, data)
     }
 
+    /// Whether `f`, one of `r`'s follow-ups, is a notice to the number's `notify`
+    /// recipients (an e-mail, or an SMS to anyone but the caller).
+    pub fn is_notice(f: &NewFollowUp, r: &CallRecord) -> bool {
+        match f.kind {
+            FollowUpKind::Email => true,
+            FollowUpKind::Sms => f.target != r.caller_number,
+            _ => false,
+        }
+    }
+
     /// Whether the number asks for an SMS to this call's caller (a mobile caller, SMS
     /// configured, a `caller_sms_text`), whether or not the caller is verified.
     pub fn caller_sms_wanted(&self, r: &CallRecord, n: &TrackingNumber) -> bool {
@@ -229,11 +239,12 @@ impl Planner {
             }
             if wanted && self.sms {
                 let text = render(notify.sms_text.as_deref().unwrap_or(DEFAULT_SMS), &values);
+                let text = sms_cut(text.trim());
                 for to in &notify.sms_to {
                     out.push(item(
                         FollowUpKind::Sms,
                         to,
-                        serde_json::json!({"to": to, "text": text.trim()}),
+                        serde_json::json!({"to": to, "text": text}),
                     ));
                 }
             }
@@ -242,10 +253,11 @@ impl Planner {
                     // The day and call id let delivery count it against the caller's
                     // daily cap (notify.caller_sms_per_day).
                     let text = render(t, &values);
+                    let text = sms_cut(text.trim());
                     out.push(item(
                         FollowUpKind::Sms,
                         &r.caller_number,
-                        serde_json::json!({"to": r.caller_number, "text": text.trim(),
+                        serde_json::json!({"to": r.caller_number, "text": text,
                             "caller_day": local_day(r.started_at, self.utc_offset_minutes),
                             "call_id": r.call_id}),
                     ));
@@ -305,6 +317,19 @@ impl Planner {
                     .unwrap_or_default(),
             ),
         ])
+    }
+}
+
+/// The most characters an SMS takes: ten concatenated segments of 67 UCS-2
+/// characters. A template of 4,000 characters, or a `{source}` filled with a visitor's
+/// 8 KiB of parameters, was sent whole: dozens of paid segments per message.
+pub const MAX_SMS_CHARS: usize = 670;
+
+/// `text` cut to [`MAX_SMS_CHARS`] characters (between characters).
+pub fn sms_cut(text: &str) -> &str {
+    match text.char_indices().nth(MAX_SMS_CHARS) {
+        Some((at, _)) => &text[..at],
+        None => text,
     }
 }
 
@@ -796,6 +821,21 @@ mod tests {
         n.notify = Some(Notify::default());
         let r = sample_call("op_1", "adv_1", 1_000);
         assert_eq!(callback_pool(&r, &n, true), None, "no callback pool");
+    }
+
+    /// An SMS is cut to ten segments' characters, between characters.
+    #[test]
+    fn sms_are_cut_to_ten_segments() {
+        let rows: &[(String, usize)] = &[
+            ("short".into(), 5),
+            ("x".repeat(670), 670),
+            ("x".repeat(4000), 670),
+            ("\u{3042}".repeat(700), 670),
+            ("\u{1F600}".repeat(700), 670),
+        ];
+        for (text, chars) in rows {
+            assert_eq!(sms_cut(text).chars().count(), *chars);
+        }
     }
 
     #[test]
