@@ -515,6 +515,13 @@ pub async fn issue_preflight(
         Issuer::Page(origin) => Issuer::Page(origin),
         Issuer::Operator(_) => return Ok(StatusCode::NO_CONTENT.into_response()),
     };
+    // A token of the address's bucket before the store is asked, as for the issue
+    // itself: preflights cost a store read each and were not limited (a review). A
+    // browser keeps a preflight's answer for 10 minutes (`Access-Control-Max-Age`).
+    let client = client_ip(&parts, &st.defences.trusted_proxies);
+    if let Err(secs) = st.defences.issue.take_address(client, now_ms()) {
+        return Err(throttled(&st, Limit::Address, secs));
+    }
     pool_for(&st, &who, id).await?;
     let mut headers = cors(&who);
     headers.push((

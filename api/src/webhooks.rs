@@ -175,6 +175,19 @@ async fn check_destination(st: &ApiState, url: &str) -> Result<(), ApiError> {
             _ => return Err(ApiError::invalid("url", "the port must be 1 to 65535")),
         },
     };
+    // For a name, the refusal says neither whether it resolved nor to what: an
+    // operator's key probing names told the carrier's internal DNS apart ("`db.corp`
+    // is private (10.0.3.4:80)" against "does not resolve"; a review). An address
+    // given as such is explained.
+    let literal = host.parse::<IpAddr>().is_ok();
+    let unusable = || {
+        ApiError::invalid(
+            "url",
+            format!(
+                "`{host}` does not resolve to a public address: webhooks go to public addresses only, unless the node's notify.allowed_networks lists the network"
+            ),
+        )
+    };
     let addrs: Vec<SocketAddr> = match host.parse::<IpAddr>() {
         Ok(ip) => vec![SocketAddr::new(ip, port)],
         Err(_) => {
@@ -186,10 +199,7 @@ async fn check_destination(st: &ApiState, url: &str) -> Result<(), ApiError> {
         }
     };
     if addrs.is_empty() {
-        return Err(ApiError::invalid(
-            "url",
-            format!("`{host}` does not resolve"),
-        ));
+        return Err(unusable());
     }
     for addr in addrs {
         if let Err(why) = st.channels.egress.check(addr) {
@@ -200,10 +210,13 @@ async fn check_destination(st: &ApiState, url: &str) -> Result<(), ApiError> {
                     class: why.as_str(),
                 })
                 .inc();
+            if !literal {
+                return Err(unusable());
+            }
             return Err(ApiError::invalid(
                 "url",
                 format!(
-                    "`{host}` is {why} ({addr}): webhooks go to public addresses only, unless the node's notify.allowed_networks lists the network"
+                    "`{host}` is {why}: webhooks go to public addresses only, unless the node's notify.allowed_networks lists the network"
                 ),
             ));
         }
@@ -255,6 +268,37 @@ mod tests {
         }
         let listed = a.send("GET", "/v1/webhooks", Some(&a.key), "").await.json();
         assert_eq!(listed["webhooks"].as_array().unwrap().len(), 2, "{listed}");
+    }
+
+    #[tokio::test]
+    async fn a_refused_name_tells_nothing_of_where_it_resolves() {
+        let a = api();
+        let refusal = |host: &'static str| {
+            let body = format!(r#"{{"url": "http://{host}:8080/", "events": ["call.ended"]}}"#);
+            let a = &a;
+            async move {
+                let r = a.send("POST", "/v1/webhooks", Some(&a.key), &body).await;
+                assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text());
+                r.json()["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .replace(host, "HOST")
+            }
+        };
+        let private = refusal("localhost").await;
+        let unknown = refusal("no-such-host.invalid").await;
+        assert_eq!(
+            private, unknown,
+            "a name that resolves privately and one that does not"
+        );
+        assert!(
+            !private.contains("127.0.0.1") && !private.contains("loopback"),
+            "{private}"
+        );
+        // An address given as such is explained.
+        let body = r#"{"url": "http://127.0.0.1:8080/", "events": ["call.ended"]}"#;
+        let r = a.send("POST", "/v1/webhooks", Some(&a.key), body).await;
+        assert!(r.text().contains("loopback"), "{}", r.text());
     }
 
     #[tokio::test]

@@ -287,6 +287,17 @@ fn a_page_in_a_loop_cannot_drain_a_pool() {
         page("127.0.0.1", &a, "x1", Some("198.51.100.9")).status,
         429
     );
+    // Its preflights take the address's tokens too (each one asked the store).
+    let preflight = http(
+        ports.api,
+        "OPTIONS",
+        &format!("/v1/pools/{a}/issue"),
+        None,
+        None,
+        &[("Origin", "https://shop.example")],
+    )
+    .unwrap();
+    assert_eq!(preflight.status, 429, "{}", preflight.body);
 
     // Another address: the pool's own bucket (8) has 3 left.
     for i in 0..3 {
@@ -333,7 +344,7 @@ fn a_page_in_a_loop_cannot_drain_a_pool() {
     assert!(full.header("retry-after").is_some());
     assert_eq!(by_key("t").status, 200);
 
-    for (limit, n) in [("address", 27.0), ("pool", 1.0), ("session", 1.0)] {
+    for (limit, n) in [("address", 28.0), ("pool", 1.0), ("session", 1.0)] {
         assert_eq!(
             node.metric(&format!(
                 "tsunagu_api_issue_throttled_total{{limit=\"{limit}\"}}"
