@@ -71,6 +71,20 @@ pub fn import(file: &Path, config: Option<PathBuf>) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    // A spreadsheet drops a number's leading zero when the column is numeric: such a
+    // number is valid, and no call will ever match it (carriers send 0-prefixed
+    // national numbers). Said, not refused.
+    for row in &rows {
+        let n = row.number["number"].as_str().unwrap_or_default();
+        if !n.starts_with('0') {
+            eprintln!(
+                "{}: line {}: warning: number {} does not start with 0 (did a spreadsheet drop it?)",
+                file.display(),
+                row.line,
+                crate::api_client::printable(n, 40)
+            );
+        }
+    }
     let send = |row: &Row, path: &str| -> Result<(u16, String), ClientError> {
         let body = serde_json::to_vec(&row.number).unwrap_or_default();
         let (code, answer) = ask(addr, &key, "POST", path, Some(&body))?;
@@ -107,30 +121,66 @@ pub fn import(file: &Path, config: Option<PathBuf>) -> ExitCode {
         );
         return ExitCode::from(1);
     }
-    for (done, row) in rows.iter().enumerate() {
-        match send(row, "/v1/numbers") {
-            Ok((201, _)) => {}
-            Ok((code, why)) => {
+    // Created in the file's order; a row the node refuses now (a number another client
+    // took since the check, the operator's number cap reached: the dry runs each saw
+    // room for one more) or an answer about the request takes back what this import
+    // created, so that a failed import leaves nothing half done (a review found ten
+    // of a hundred rows created at the cap).
+    let mut created: Vec<&str> = Vec::new();
+    for row in &rows {
+        let failure = match send(row, "/v1/numbers") {
+            Ok((201, _)) => {
+                created.push(row.number["number"].as_str().unwrap_or_default());
+                continue;
+            }
+            Ok((code @ (400 | 404 | 409 | 422), why)) => {
                 eprintln!("{}: line {}: {code}: {why}", file.display(), row.line);
-                eprintln!(
-                    "{done} of {} numbers imported (those before line {}); the rest not",
-                    rows.len(),
-                    row.line
-                );
-                return ExitCode::from(1);
+                1
+            }
+            Ok((code, why)) => {
+                eprintln!("the node answered {code} for line {}: {why}", row.line);
+                2
             }
             Err(e) => {
                 eprintln!(
-                    "{done} of {} numbers imported before line {} (whose own may or may not have been): {e}",
-                    rows.len(),
+                    "line {} (its number may or may not have been created): {e}",
                     row.line
                 );
-                return ExitCode::from(2);
+                2
             }
+        };
+        let kept = take_back(&created, |n| {
+            let path = format!("/v1/numbers/{}", crate::api_client::path_segment(n));
+            matches!(ask(addr, &key, "DELETE", &path, None), Ok((204 | 404, _)))
+        });
+        if kept.is_empty() {
+            eprintln!(
+                "nothing imported: the {} number(s) created before line {} were deleted again",
+                created.len(),
+                row.line
+            );
+        } else {
+            eprintln!(
+                "{} of {} numbers could not be deleted again and stay: {}",
+                kept.len(),
+                created.len(),
+                kept.join(", ")
+            );
         }
+        return ExitCode::from(failure);
     }
     println!("{} numbers imported", rows.len());
     ExitCode::SUCCESS
+}
+
+/// Deletes `created` (newest first) with `delete`; the numbers it could not delete.
+fn take_back<'a>(created: &[&'a str], mut delete: impl FnMut(&str) -> bool) -> Vec<&'a str> {
+    created
+        .iter()
+        .rev()
+        .filter(|n| !delete(n))
+        .copied()
+        .collect()
 }
 
 fn read_bounded(file: &Path) -> Result<String, String> {
@@ -224,7 +274,10 @@ pub fn rows(text: &str) -> Result<Vec<Row>, Vec<String>> {
             Ok(number) => {
                 let n = cell("number").to_string();
                 if let Some(first) = seen.insert(n.clone(), line) {
-                    problems.push(format!("line {line}: number {n} is on line {first} too"));
+                    let shown = crate::api_client::printable(&n, 40);
+                    problems.push(format!(
+                        "line {line}: number {shown} is on line {first} too"
+                    ));
                 }
                 rows.push(Row { line, number });
             }
@@ -371,6 +424,20 @@ pub fn records(text: &str) -> Result<Vec<(usize, Vec<String>)>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each row: what the node deletes (true) in the order asked, and what stays.
+    #[test]
+    fn what_was_created_is_taken_back_newest_first() {
+        let created = ["a", "b", "c"];
+        let mut asked = Vec::new();
+        let kept = take_back(&created, |n| {
+            asked.push(n.to_string());
+            n != "b"
+        });
+        assert_eq!(asked, ["c", "b", "a"]);
+        assert_eq!(kept, ["b"]);
+        assert!(take_back(&[], |_| false).is_empty());
+    }
 
     #[test]
     fn csv_records() {

@@ -425,6 +425,31 @@ fn import_numbers(node: &Node, csv: &str, key: Option<&str>) -> (i32, String, St
     )
 }
 
+/// An import that reaches the operator's number cap halfway (every dry run saw room
+/// for one more) takes back what it created: nothing is left half done (ten of a
+/// hundred rows stayed: a review), and the exit status says the rows were refused.
+#[test]
+fn an_import_stopped_by_the_cap_takes_back_what_it_created() {
+    let ports = Ports::take();
+    let node = Node::start_api(ports, "max_numbers_per_operator = 3", "");
+    let (key, adv) = node.provision("0501234567", r#"[{"number": "0311112222"}]"#, "{}");
+    let csv = format!(
+        "number,advertiser_id,destinations\n0501230001,{adv},0311112222\n0501230002,{adv},0311112222\n0501230003,{adv},0311112222\n"
+    );
+    let (code, out, err) = import_numbers(&node, &csv, Some(&key));
+    assert_eq!(code, 1, "stdout:\n{out}\nstderr:\n{err}");
+    assert!(err.contains("line 4: 409"), "{err}");
+    assert!(err.contains("nothing imported"), "{err}");
+    let r = node.send("GET", "/v1/numbers", Some(&key), "");
+    let numbers: Vec<String> = r.json()["numbers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["number"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(numbers, ["0501234567"], "{}", r.body);
+}
+
 /// `tsunagu numbers import`: a sheet with bad rows is refused whole, each problem named
 /// with its line, and creates nothing; the mended sheet creates every number with its
 /// destinations and options; another operator's key or none imports nothing.
