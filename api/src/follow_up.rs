@@ -54,20 +54,19 @@ pub(crate) async fn validate(
     if let Some(g) = ga4 {
         // A measurement id is `G-` and letters or digits; it is logged with every
         // delivery, where a line break forged log lines (a review).
-        let id_ok = (1..=50).contains(&g.measurement_id.len())
-            && g.measurement_id
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-');
+        // Judged trimmed: spaces around it (a copy and paste), which the rule before
+        // allowed, must not make every later PATCH of the number fail.
+        let id = g.measurement_id.trim();
+        let id_ok = (1..=50).contains(&id.len())
+            && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
         if !id_ok {
             return Err(ApiError::invalid(
                 "ga4.measurement_id",
                 "must be 1 to 50 letters, digits or -",
             ));
         }
-        if g.api_secret.trim().is_empty()
-            || g.api_secret.len() > 200
-            || g.api_secret.chars().any(char::is_control)
-        {
+        let secret = g.api_secret.trim();
+        if secret.is_empty() || secret.len() > 200 || secret.chars().any(char::is_control) {
             return Err(ApiError::invalid(
                 "ga4.api_secret",
                 "must be 1 to 200 characters, none a control character",

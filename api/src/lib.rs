@@ -257,11 +257,15 @@ pub fn router(state: Arc<ApiState>) -> Router {
 }
 
 /// The most body bytes a request may bring: a prompt's upload takes an operator's
-/// whole prompt quota, everything else axum's default (2 MiB). The routes' body
-/// limits are these values ([`axum::extract::DefaultBodyLimit`]).
+/// whole prompt quota, a pool's issue request 64 KiB (anyone may send one),
+/// everything else axum's default (2 MiB). The routes' body limits are these values
+/// ([`axum::extract::DefaultBodyLimit`], the issue handler's own read).
 fn body_limit(method: &axum::http::Method, path: &str) -> usize {
-    if method == axum::http::Method::PUT && path.starts_with("/v1/prompts/") {
+    use axum::http::Method;
+    if method == Method::PUT && path.starts_with("/v1/prompts/") {
         prompts::BODY_LIMIT
+    } else if method == Method::POST && path.starts_with("/v1/pools/") && path.ends_with("/issue") {
+        pools::ISSUE_BODY_LIMIT
     } else {
         DEFAULT_BODY_LIMIT
     }

@@ -185,10 +185,14 @@ impl Limit {
     }
 }
 
-/// The issue limits of a node: one bucket per client address, one per pool.
+/// The issue limits of a node: one bucket per client address, one per pool, and one
+/// per client address for CORS preflights (of the same rate: a browser sends one
+/// before its first issue, and sharing the issue bucket halved what visitors behind
+/// one address got).
 #[derive(Debug)]
 pub struct IssueLimiter {
     addresses: Mutex<KeyedBuckets<IpAddr>>,
+    preflights: Mutex<KeyedBuckets<IpAddr>>,
     pools: Mutex<KeyedBuckets<String>>,
     pub max_leases_per_session: u32,
     pub max_leases_per_address: u32,
@@ -197,15 +201,13 @@ pub struct IssueLimiter {
 impl IssueLimiter {
     pub fn new(c: &tsunagu_config::IssueLimitsConfig, now_ms: i64) -> IssueLimiter {
         let capacity = c.tracked_addresses as usize;
+        let per_address = Rate {
+            per_minute: c.per_address_per_minute,
+            burst: c.per_address_burst,
+        };
         IssueLimiter {
-            addresses: Mutex::new(KeyedBuckets::new(
-                Rate {
-                    per_minute: c.per_address_per_minute,
-                    burst: c.per_address_burst,
-                },
-                capacity,
-                now_ms,
-            )),
+            addresses: Mutex::new(KeyedBuckets::new(per_address, capacity, now_ms)),
+            preflights: Mutex::new(KeyedBuckets::new(per_address, capacity, now_ms)),
             pools: Mutex::new(KeyedBuckets::new(
                 Rate {
                     per_minute: c.per_pool_per_minute,
@@ -221,6 +223,11 @@ impl IssueLimiter {
 
     pub fn take_address(&self, ip: IpAddr, now_ms: i64) -> Result<(), u64> {
         let mut t = self.addresses.lock().unwrap_or_else(|p| p.into_inner());
+        t.take(&address_key(ip), now_ms)
+    }
+
+    pub fn take_preflight(&self, ip: IpAddr, now_ms: i64) -> Result<(), u64> {
+        let mut t = self.preflights.lock().unwrap_or_else(|p| p.into_inner());
         t.take(&address_key(ip), now_ms)
     }
 

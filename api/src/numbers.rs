@@ -304,9 +304,11 @@ pub(crate) fn validate_params(
     field: &str,
     params: &BTreeMap<String, String>,
 ) -> Result<(), ApiError> {
+    // A tab breaks no line (exports write it as a space), and search keywords may
+    // carry one: kept.
     let breaks_lines = |t: &str| {
         t.chars()
-            .any(|c| c.is_control() || c == '\u{2028}' || c == '\u{2029}')
+            .any(|c| (c.is_control() && c != '\t') || c == '\u{2028}' || c == '\u{2029}')
     };
     if params
         .iter()
@@ -314,7 +316,7 @@ pub(crate) fn validate_params(
     {
         return Err(ApiError::invalid(
             field,
-            "keys and values must not contain control characters or line breaks",
+            "keys and values must not contain control characters (but tabs) or line breaks",
         ));
     }
     let total = params.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
@@ -630,6 +632,15 @@ mod tests {
                 format!(
                     r#", "tracking_params": {{"keyword": "shoes"}}{}"#,
                     ga4("G-ABC123")
+                ),
+                None,
+            ),
+            // A tab breaks no line; spaces around an id (a copy and paste) are not
+            // refused (the rule before took them, and a PATCH re-checks the number).
+            (
+                format!(
+                    r#", "tracking_params": {{"keyword": "red\tshoes"}}{}"#,
+                    ga4(" G-ABC123 ")
                 ),
                 None,
             ),

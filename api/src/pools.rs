@@ -504,6 +504,10 @@ fn cors(who: &Issuer) -> Vec<(header::HeaderName, HeaderValue)> {
     }
 }
 
+/// The most body bytes an issue request may bring (its parameters take at most 8 KiB
+/// of text; JSON escapes can double it).
+pub const ISSUE_BODY_LIMIT: usize = 64 * 1024;
+
 /// The CORS preflight a browser sends before a page's issue request.
 pub async fn issue_preflight(
     State(st): State<Arc<ApiState>>,
@@ -515,11 +519,12 @@ pub async fn issue_preflight(
         Issuer::Page(origin) => Issuer::Page(origin),
         Issuer::Operator(_) => return Ok(StatusCode::NO_CONTENT.into_response()),
     };
-    // A token of the address's bucket before the store is asked, as for the issue
-    // itself: preflights cost a store read each and were not limited (a review). A
-    // browser keeps a preflight's answer for 10 minutes (`Access-Control-Max-Age`).
+    // A token of the address's preflight bucket (the issue's rate, a bucket of its
+    // own) before the store is asked: preflights cost a store read each and were not
+    // limited (a review). A browser keeps a preflight's answer for 10 minutes
+    // (`Access-Control-Max-Age`).
     let client = client_ip(&parts, &st.defences.trusted_proxies);
-    if let Err(secs) = st.defences.issue.take_address(client, now_ms()) {
+    if let Err(secs) = st.defences.issue.take_preflight(client, now_ms()) {
         return Err(throttled(&st, Limit::Address, secs));
     }
     pool_for(&st, &who, id).await?;
@@ -583,7 +588,7 @@ pub async fn issue(
         None
     };
     let headers = AppendHeaders(headers);
-    let body = axum::body::to_bytes(body, 64 * 1024)
+    let body = axum::body::to_bytes(body, ISSUE_BODY_LIMIT)
         .await
         .map_err(|_| ApiError::bad_request(None, "body too large or unreadable"))?;
     match issue_number(&st, &who, client, id, &body).await {

@@ -372,6 +372,7 @@ mod tests {
                 prompt_limit + 1,
                 "HTTP/1.1 413",
             ),
+            ("POST", "/v1/pools/pool_x/issue", 1_000_000, "HTTP/1.1 413"),
         ];
         for (method, path, length, want) in rows {
             let (_s, answer) = first_answer(addr, &a.key, method, path, *length).await;

@@ -131,10 +131,31 @@
     }
   }
 
-  // When each pool's lease runs out, by this page's monotonic clock (performance.now):
-  // the answer's `expires_in` is counted from when it came, so a visitor's wrong
-  // wall clock changes nothing.
-  var leaseEnds = {};
+  // When the lease of each pool's shown number runs out, by both of the page's clocks
+  // from the answer's `expires_in` (counted from when it came, so a visitor's wrong
+  // wall clock changes nothing): the monotonic one (performance.now) stands still
+  // while the computer sleeps, the wall clock does not. `gen` tells a lease from the
+  // ones that renewed it.
+  var leases = {};
+
+  function leaseOver(pool) {
+    var l = leases[pool];
+    return !!l && (performance.now() >= l.mono || Date.now() >= l.wall);
+  }
+
+  function leased(pool, left) {
+    var gen = (leases[pool] ? leases[pool].gen : 0) + 1;
+    leases[pool] = { gen: gen, mono: performance.now() + left, wall: Date.now() + left };
+    // Unless renewed meanwhile, the page's own number comes back when the lease ends.
+    setTimeout(function () {
+      if (leases[pool] && leases[pool].gen === gen) expire(pool);
+    }, left);
+  }
+
+  function expire(pool) {
+    unshow(pool);
+    delete leases[pool];
+  }
 
   function issue(pool) {
     return fetch(api + "/v1/pools/" + encodeURIComponent(pool) + "/issue", {
@@ -156,7 +177,7 @@
       var left = typeof a.expires_in === "number"
         ? a.expires_in * 1000
         : Date.parse(a.expires_at) - Date.now();
-      leaseEnds[pool] = performance.now() + left;
+      leased(pool, left);
       // Re-issue at half the remaining lease (15 s to 10 min) while the page is open.
       var wait = Math.min(Math.max(left / 2, 15000), 600000);
       setTimeout(function () { keepAlive(pool, 0); }, wait);
@@ -174,10 +195,7 @@
       return;
     }
     issue(pool).catch(function (e) {
-      if (leaseEnds[pool] !== undefined && performance.now() >= leaseEnds[pool]) {
-        unshow(pool);
-        delete leaseEnds[pool];
-      }
+      if (leaseOver(pool)) expire(pool);
       var backoff = Math.min(5000 * Math.pow(2, failures), 60000);
       var wait = Math.max(backoff, (e && e.retryAfter ? e.retryAfter : 0) * 1000);
       setTimeout(function () { keepAlive(pool, failures + 1); }, wait);

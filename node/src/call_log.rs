@@ -586,13 +586,22 @@ fn write_batch(w: &Writer, batch: &mut Batch) -> tsunagu_store::Result<bool> {
     let records = complete_records(store, &batch.entries)?;
     let mut follow_ups: Vec<(usize, NewFollowUp)> = Vec::new();
     for (i, (r, e)) in records.iter().zip(&batch.entries).enumerate() {
+        // The hourly bound on notices first: past it, no callback number is leased
+        // either (it reaches people in the notices).
+        let notices = !w.planner.notices_wanted(r, &e.number)
+            || w.notice_rate
+                .borrow_mut()
+                .allow(&r.tracking_number, r.ended_at);
+        if !notices {
+            w.follow_up_metrics.notices_withheld.inc();
+        }
         let callback = match callback_pool(r, &e.number, e.caller_verified) {
-            Callback::Lease(pool) => lease_callback(w, r, pool)?,
+            Callback::Lease(pool) if notices => lease_callback(w, r, pool)?,
             Callback::Withheld => {
                 w.follow_up_metrics.callbacks_withheld.inc();
                 None
             }
-            Callback::None => None,
+            Callback::Lease(_) | Callback::None => None,
         };
         let mut items = w.planner.after_call(
             r,
@@ -601,15 +610,8 @@ fn write_batch(w: &Writer, batch: &mut Batch) -> tsunagu_store::Result<bool> {
             callback.as_deref(),
             e.caller_verified,
         );
-        let notice = |f: &NewFollowUp| Planner::is_notice(f, r);
-        if items.iter().any(notice)
-            && !w
-                .notice_rate
-                .borrow_mut()
-                .allow(&r.tracking_number, r.ended_at)
-        {
-            items.retain(|f| !notice(f));
-            w.follow_up_metrics.notices_withheld.inc();
+        if !notices {
+            items.retain(|f| !Planner::is_notice(f));
         }
         if !e.caller_verified && w.planner.caller_sms_wanted(r, &e.number) {
             let unverified = crate::follow_up::metrics::UNVERIFIED;
@@ -972,10 +974,15 @@ mod tests {
         let mut d = Dup::new();
         d.w.planner.email = true;
         d.w.notice_rate = NoticeRate::new(2).into();
+        d.w.planner.sms = true;
         let mut number = (*d.number).clone();
+        // An SMS recipient that is also the caller (a From naming it) is a notice all
+        // the same.
+        let caller = d.call("c", 0, 30).record.caller_number;
         number.notify = Some(tsunagu_store::Notify {
             on: tsunagu_store::NotifyOn::All,
             email_to: vec!["a@example.com".into(), "b@example.com".into()],
+            sms_to: vec![caller],
             ..Default::default()
         });
         d.number = Arc::new(number);
@@ -987,18 +994,12 @@ mod tests {
         {
             d.write(vec![d.call(&format!("c{i}"), start, 30)], &mut in_progress);
         }
-        let emails: Vec<String> = d
-            .store
-            .claim_follow_ups(i64::MAX, 100, 60_000)
-            .unwrap()
-            .into_iter()
-            .filter(|f| f.item.kind == FollowUpKind::Email)
-            .map(|f| f.item.payload)
-            .collect();
+        let queued = d.store.claim_follow_ups(i64::MAX, 100, 60_000).unwrap();
+        let of = |kind| queued.iter().filter(|f| f.item.kind == kind).count();
         assert_eq!(
-            emails.len(),
-            6,
-            "two calls of the first hour and one of the next, two each"
+            (of(FollowUpKind::Email), of(FollowUpKind::Sms)),
+            (6, 3),
+            "two calls of the first hour and one of the next: two e-mails and an SMS each"
         );
         assert_eq!(d.w.follow_up_metrics.notices_withheld.get(), 1);
     }

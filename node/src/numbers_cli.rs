@@ -142,10 +142,13 @@ pub fn import(file: &Path, config: Option<PathBuf>) -> ExitCode {
                 2
             }
             Err(e) => {
+                // The request may have been done before the answer was lost: its
+                // number (absent at the check) is taken back with the rest.
                 eprintln!(
                     "line {} (its number may or may not have been created): {e}",
                     row.line
                 );
+                created.push(row.number["number"].as_str().unwrap_or_default());
                 2
             }
         };
@@ -155,9 +158,9 @@ pub fn import(file: &Path, config: Option<PathBuf>) -> ExitCode {
         });
         if kept.is_empty() {
             eprintln!(
-                "nothing imported: the {} number(s) created before line {} were deleted again",
-                created.len(),
-                row.line
+                "nothing imported: what this import created before line {} ({} number(s)) was deleted again",
+                row.line,
+                created.len()
             );
         } else {
             eprintln!(

@@ -656,8 +656,11 @@ fn a_cancelled_re_invite_is_cancelled_on_the_other_leg() {
             "  <send>\n    <![CDATA[\n\n      SIP/2.0 {status}\n      [last_Via:]\n      [last_From:]\n      [last_To:]\n      [last_Call-ID:]\n      {cseq}\n      Content-Length: 0\n\n    ]]>\n  </send>\n"
         )
     };
+    // The callee answers only after half a second, when the caller has cancelled: the
+    // node's CANCEL waits for that provisional answer (RFC 3261 9.1); one sent before
+    // it reaches SIPp as an unexpected message and fails the scenario.
     let then = format!(
-        "{}  <recv request=\"CANCEL\"/>\n{}{}  <recv request=\"ACK\" crlf=\"true\"/>\n",
+        "  <pause milliseconds=\"500\"/>\n{}  <recv request=\"CANCEL\"/>\n{}{}  <recv request=\"ACK\" crlf=\"true\"/>\n",
         answer("100 Trying", "[last_CSeq:]"),
         answer("200 OK", "[last_CSeq:]"),
         answer("487 Request Terminated", "CSeq: [last_cseq_number] INVITE"),
@@ -672,6 +675,10 @@ fn a_cancelled_re_invite_is_cancelled_on_the_other_leg() {
             seen.contains("CANCEL sip:") && seen.matches("ACK sip:").count() >= 2
         },
     );
+    // The CANCEL came after the callee's 100 Trying, never before it.
+    let seen = uas.messages();
+    let (trying, cancel) = (seen.find("SIP/2.0 100 Trying"), seen.find("CANCEL sip:"));
+    assert!(trying.is_some() && trying < cancel, "{seen}");
     let mut finals = Vec::new();
     while finals.len() < 2 {
         let m = caller
@@ -684,6 +691,7 @@ fn a_cancelled_re_invite_is_cancelled_on_the_other_leg() {
     }
     finals.sort();
     assert_eq!(finals[1].1, "SIP/2.0 487 Request Terminated", "{finals:?}");
+    caller.send(&on_branch(&reinvite, "ACK", Some(&our_tag)));
     assert_eq!(node.metric("tsunagu_active_calls"), 1.0, "the call goes on");
     caller.send(&caller.request(
         "BYE",
@@ -693,7 +701,14 @@ fn a_cancelled_re_invite_is_cancelled_on_the_other_leg() {
         3,
         "Content-Length: 0\n\n",
     ));
-    let bye = caller.final_response();
+    let bye = loop {
+        let m = caller
+            .recv(Duration::from_secs(5))
+            .expect("the BYE's answer");
+        if header(&m, "CSeq") == Some("3 BYE") {
+            break m;
+        }
+    };
     assert!(bye.starts_with("SIP/2.0 200"), "{bye}");
     let calls = node.wait_for_calls(&key, 1);
     assert_eq!(calls[0]["result"], "answered", "{}", calls[0]);

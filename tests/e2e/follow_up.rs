@@ -517,6 +517,55 @@ fn page_tag_swaps_the_number_in_chromium_and_the_call_carries_the_visit() {
     drop(uas);
 }
 
+/// The page tag re-issues at half the lease; when that fails (429: one issue a minute
+/// per address here) it tries again after Retry-After, and once the lease has run out
+/// the page shows its own number again: the number goes to the next visitor when its
+/// lease ends (it kept showing it, and this visitor's calls would carry the next one's
+/// visit: a review).
+#[test]
+fn page_tag_gives_the_page_its_number_back_when_the_lease_runs_out() {
+    let ports = Ports::take();
+    let page_port = ports.sip + 7;
+    let node = Node::start(
+        ports,
+        "127.0.0.1/32",
+        "[api.issue]\nper_address_per_minute = 1\nper_address_burst = 1\n",
+    );
+    let (key, adv) = node.provision("0501234567", r#"[{"number": "0311112222"}]"#, "{}");
+    let origin = format!("http://127.0.0.1:{page_port}");
+    let r = node.send(
+        "POST",
+        "/v1/pools",
+        Some(&key),
+        &format!(r#"{{"advertiser_id": "{adv}", "mode": "dynamic", "numbers": ["0505550001"], "hold_seconds": 30,
+                    "allowed_origins": ["{origin}"], "destinations": [{{"number": "0311112222"}}]}}"#),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let pool = r.json()["id"].as_str().unwrap().to_string();
+    let html = format!(
+        r####"<!doctype html><html><head><meta charset="utf-8"><title>landing</title></head><body>
+<p>Call us: <a id="swap" data-tsunagu-pool="{pool}" href="tel:0311112222">03-1111-2222</a></p>
+<script src="http://127.0.0.1:{api}/v1/tag.js" async></script>
+</body></html>"####,
+        api = ports.api
+    );
+    let _page = Receiver::with_pages(page_port, vec![("/landing.html".into(), html)]);
+    let profile = tempfile::tempdir().unwrap();
+    // 45 s of virtual time: issued at 0, refused at 15 s (Retry-After 60), the lease
+    // ends at 30 s.
+    let dom = chromium_dom(&format!("{origin}/landing.html"), profile.path(), 45_000);
+    assert!(
+        dom.contains(r#"href="tel:0311112222">03-1111-2222</a>"#)
+            && !dom.contains("data-tsunagu-number"),
+        "the page's own number is back:\n{dom}"
+    );
+    assert_eq!(
+        node.metric("tsunagu_pool_issued_total{pool=\"other\"}"),
+        1.0
+    );
+    assert!(node.metric("tsunagu_api_issue_throttled_total{limit=\"address\"}") >= 1.0);
+}
+
 /// A real HTTPS server (Python's http.server behind ssl) that appends each POST's path
 /// and body to `log`, with a certificate for IP 127.0.0.1 only, signed by a test CA
 /// made with `openssl` (returned, for `notify.ca_file`).

@@ -153,14 +153,28 @@ impl Planner {
         webhook_items(hooks, event, id, e.at_ms, data)
     }
 
-    /// Whether `f`, one of `r`'s follow-ups, is a notice to the number's `notify`
-    /// recipients (an e-mail, or an SMS to anyone but the caller).
-    pub fn is_notice(f: &NewFollowUp, r: &CallRecord) -> bool {
+    /// Whether `f` is a notice to a number's `notify` recipients: an e-mail, or an SMS
+    /// but the one to the caller, which [`Planner::after_call`] marks with its
+    /// `caller_day` (a key no text can forge: it is escaped inside a string). Told
+    /// apart by target, a caller whose From named a notice recipient made that SMS no
+    /// notice and passed the hourly bound (a review).
+    pub fn is_notice(f: &NewFollowUp) -> bool {
         match f.kind {
             FollowUpKind::Email => true,
-            FollowUpKind::Sms => f.target != r.caller_number,
+            FollowUpKind::Sms => !f.payload.contains("\"caller_day\":"),
             _ => false,
         }
+    }
+
+    /// Whether a finished call `r` to `n` sends notices (e-mail or SMS to `notify`
+    /// recipients), before anything is planned: the hourly bound is asked first, and a
+    /// callback number (which reaches people in notices) is leased only if they go.
+    pub fn notices_wanted(&self, r: &CallRecord, n: &TrackingNumber) -> bool {
+        n.notify.as_ref().is_some_and(|notify| {
+            (notify.on == NotifyOn::All || missed(r))
+                && ((self.email && !notify.email_to.is_empty())
+                    || (self.sms && !notify.sms_to.is_empty()))
+        })
     }
 
     /// Whether the number asks for an SMS to this call's caller (a mobile caller, SMS
@@ -268,8 +282,9 @@ impl Planner {
             if let Some(body) = ga4_body(r, &g.event_name) {
                 out.push(item(
                     FollowUpKind::Ga4,
-                    &g.measurement_id,
-                    serde_json::json!({"measurement_id": g.measurement_id, "api_secret": g.api_secret, "body": body}),
+                    g.measurement_id.trim(),
+                    // Trimmed: the API judges them so (spaces a copy and paste added).
+                    serde_json::json!({"measurement_id": g.measurement_id.trim(), "api_secret": g.api_secret.trim(), "body": body}),
                 ));
             }
         }
@@ -320,17 +335,22 @@ impl Planner {
     }
 }
 
-/// The most characters an SMS takes: ten concatenated segments of 67 UCS-2
-/// characters. A template of 4,000 characters, or a `{source}` filled with a visitor's
-/// 8 KiB of parameters, was sent whole: dozens of paid segments per message.
-pub const MAX_SMS_CHARS: usize = 670;
+/// The most UTF-16 code units an SMS takes: ten concatenated segments of 67 UCS-2
+/// units (a character outside the BMP, an emoji, takes two). A template of 4,000
+/// characters, or a `{source}` filled with a visitor's 8 KiB of parameters, was sent
+/// whole: dozens of paid segments per message.
+pub const MAX_SMS_UNITS: usize = 670;
 
-/// `text` cut to [`MAX_SMS_CHARS`] characters (between characters).
+/// `text` cut to [`MAX_SMS_UNITS`] UTF-16 units (between characters).
 pub fn sms_cut(text: &str) -> &str {
-    match text.char_indices().nth(MAX_SMS_CHARS) {
-        Some((at, _)) => &text[..at],
-        None => text,
+    let mut units = 0;
+    for (at, c) in text.char_indices() {
+        units += c.len_utf16();
+        if units > MAX_SMS_UNITS {
+            return &text[..at];
+        }
     }
+    text
 }
 
 /// Whether the caller's number is one we may text: the carrier asserted it
@@ -823,7 +843,7 @@ mod tests {
         assert_eq!(callback_pool(&r, &n, true), None, "no callback pool");
     }
 
-    /// An SMS is cut to ten segments' characters, between characters.
+    /// An SMS is cut to ten segments' UTF-16 units, between characters.
     #[test]
     fn sms_are_cut_to_ten_segments() {
         let rows: &[(String, usize)] = &[
@@ -831,10 +851,13 @@ mod tests {
             ("x".repeat(670), 670),
             ("x".repeat(4000), 670),
             ("\u{3042}".repeat(700), 670),
-            ("\u{1F600}".repeat(700), 670),
+            ("\u{1F600}".repeat(700), 335),
+            (format!("x{}", "\u{1F600}".repeat(700)), 335),
         ];
         for (text, chars) in rows {
-            assert_eq!(sms_cut(text).chars().count(), *chars);
+            let cut = sms_cut(text);
+            assert_eq!(cut.chars().count(), *chars, "{}", &text[..8]);
+            assert!(cut.encode_utf16().count() <= MAX_SMS_UNITS);
         }
     }
 
