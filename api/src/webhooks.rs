@@ -139,42 +139,14 @@ pub async fn delete(
 /// connector later uses only allowed ones, but a name that mixes in a private address
 /// is refused outright).
 async fn check_destination(st: &ApiState, url: &str) -> Result<(), ApiError> {
-    let uri: axum::http::Uri = url
-        .parse()
+    url.parse::<axum::http::Uri>()
         .map_err(|_| ApiError::invalid("url", format!("`{url}` is not a URL")))?;
-    let Some(authority) = uri.authority() else {
-        return Err(ApiError::invalid("url", format!("`{url}` has no host")));
-    };
-    if authority.as_str().contains('@') {
-        return Err(ApiError::invalid(
-            "url",
-            "must not contain a user name or password",
-        ));
-    }
-    let host = authority
-        .host()
-        .trim_start_matches('[')
-        .trim_end_matches(']');
-    let default_port = if uri.scheme_str() == Some("https") {
-        443
-    } else {
-        80
-    };
-    // A port that is not 1 to 65535 is refused here, as delivery refuses it: checked
-    // as the default port (what `port_u16` gives for one it cannot read), such a URL
-    // was accepted and every event to it failed (a live torture run).
-    // (`Authority::port` is None for one it cannot read: the text is read here.)
-    let written = authority.as_str();
-    let port_text = (!written.ends_with(']'))
-        .then(|| written.rsplit_once(':').map(|(_, p)| p))
-        .flatten();
-    let port = match port_text {
-        None => default_port,
-        Some(p) => match p.parse::<u16>() {
-            Ok(n) if n != 0 => n,
-            _ => return Err(ApiError::invalid("url", "the port must be 1 to 65535")),
-        },
-    };
+    // Host and port as delivery reads them (`tsunagu_config::egress::url_target`):
+    // read apart, a URL with port 0 was accepted here and every event to it failed (a
+    // live torture run).
+    let target = tsunagu_config::egress::url_target(url)
+        .map_err(|e| ApiError::invalid("url", e.to_string()))?;
+    let (host, port) = (target.host.as_str(), target.port);
     // For a name, the refusal says neither whether it resolved nor to what: an
     // operator's key probing names told the carrier's internal DNS apart ("`db.corp`
     // is private (10.0.3.4:80)" against "does not resolve"; a review). An address

@@ -272,9 +272,144 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// Where an http(s) URL of a follow-up delivers: its host (without an IPv6 literal's
+/// brackets), its port (the scheme's when none is written) and whether it is https.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UrlTarget {
+    pub host: String,
+    pub port: u16,
+    pub tls: bool,
+}
+
+/// Why a follow-up URL cannot be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UrlError {
+    /// Not `http://` or `https://`.
+    Scheme,
+    /// No host.
+    Host,
+    /// A user name or password (`user@host`): it would travel in clear text and be
+    /// logged.
+    Credentials,
+    /// A written port that is not 1 to 65535.
+    Port,
+}
+
+impl std::fmt::Display for UrlError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            UrlError::Scheme => "must be an http:// or https:// URL",
+            UrlError::Host => "has no host",
+            UrlError::Credentials => "must not contain a user name or password",
+            UrlError::Port => "the port must be 1 to 65535",
+        })
+    }
+}
+
+/// Reads a follow-up URL's target. The one reader of registration (the API) and
+/// delivery (the node): they read ports apart (port 0 passed one and failed the
+/// other), so a webhook could be accepted that no delivery could reach.
+pub fn url_target(url: &str) -> Result<UrlTarget, UrlError> {
+    let (tls, rest) = if let Some(r) = strip_prefix_ignore_case(url, "https://") {
+        (true, r)
+    } else if let Some(r) = strip_prefix_ignore_case(url, "http://") {
+        (false, r)
+    } else {
+        return Err(UrlError::Scheme);
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if authority.contains('@') {
+        return Err(UrlError::Credentials);
+    }
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(v6) => {
+            let (host, after) = v6.split_once(']').ok_or(UrlError::Host)?;
+            match after {
+                "" => (host, None),
+                p => (host, Some(p.strip_prefix(':').ok_or(UrlError::Port)?)),
+            }
+        }
+        None => match authority.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        },
+    };
+    if host.is_empty() {
+        return Err(UrlError::Host);
+    }
+    let port = match port {
+        None => {
+            if tls {
+                443
+            } else {
+                80
+            }
+        }
+        Some(p) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => p
+            .parse::<u16>()
+            .ok()
+            .filter(|&n| n != 0)
+            .ok_or(UrlError::Port)?,
+        Some(_) => return Err(UrlError::Port),
+    };
+    Ok(UrlTarget {
+        host: host.to_string(),
+        port,
+        tls,
+    })
+}
+
+fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
+    let head = s.get(..prefix.len())?;
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| &s[prefix.len()..])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// (URL, what it delivers to or why not): one reader for registration and delivery.
+    #[test]
+    fn follow_up_urls_and_their_targets() {
+        use UrlError::*;
+        let t = |host: &str, port, tls| {
+            Ok(UrlTarget {
+                host: host.into(),
+                port,
+                tls,
+            })
+        };
+        let rows: &[(&str, Result<UrlTarget, UrlError>)] = &[
+            (
+                "https://93.184.216.34:8443/hook",
+                t("93.184.216.34", 8443, true),
+            ),
+            ("http://example.com", t("example.com", 80, false)),
+            ("HTTPS://Example.com/x", t("Example.com", 443, true)),
+            ("http://h?x=1", t("h", 80, false)),
+            ("http://h:65535/", t("h", 65535, false)),
+            ("https://[2606::1]/", t("2606::1", 443, true)),
+            ("https://[2606::1]:8443", t("2606::1", 8443, true)),
+            ("http://h:0/", Err(Port)),
+            ("http://h:65536/", Err(Port)),
+            ("http://h:99999999999/", Err(Port)),
+            ("http://h:/", Err(Port)),
+            ("http://h:port/", Err(Port)),
+            ("http://h:+80/", Err(Port)),
+            ("https://[2606::1]:70000/", Err(Port)),
+            ("https://[2606::1]x/", Err(Port)),
+            ("https://[2606::1/", Err(Host)),
+            ("http://user:pw@h/", Err(Credentials)),
+            ("ftp://h/", Err(Scheme)),
+            ("h:80", Err(Scheme)),
+            ("http:///x", Err(Host)),
+            ("http://:80/", Err(Host)),
+        ];
+        for (url, want) in rows {
+            assert_eq!(url_target(url), *want, "{url}");
+        }
+    }
     use Refusal::*;
 
     /// Each row: an address and how it is classified (None: public, allowed).

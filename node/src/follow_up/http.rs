@@ -99,14 +99,9 @@ pub fn parse_url(url: &str) -> Result<Uri, HttpError> {
         Some("http" | "https") => {}
         _ => return Err(bad()),
     }
-    let authority = uri.authority().ok_or_else(bad)?;
-    let text = authority.as_str();
-    // `http::Uri` accepts a port that is not a number (and then reports none).
-    let after_host = text.rsplit_once(']').map_or(text, |(_, rest)| rest);
-    let bad_port = after_host.contains(':') && authority.port_u16().is_none();
-    if text.contains('@') || authority.host().is_empty() || bad_port {
-        return Err(bad());
-    }
+    // Host, port and user part as registration reads them (`url_target`); `http::Uri`
+    // alone took a port that is not a number (and reported none), and port 0.
+    tsunagu_config::egress::url_target(url).map_err(|_| bad())?;
     Ok(uri)
 }
 
