@@ -714,6 +714,130 @@ fn a_cancelled_re_invite_is_cancelled_on_the_other_leg() {
     assert_eq!(calls[0]["result"], "answered", "{}", calls[0]);
 }
 
+/// The caller puts the callee on hold and cancels its re-INVITE, but the callee's
+/// 200 crosses the node's CANCEL: the callee took the hold, the caller (answered 487)
+/// did not. The node acknowledges the 200 and offers the callee the session it had
+/// before (a re-INVITE without the hold), so both parties agree again (they were left
+/// disagreeing until the next offer: a review).
+#[test]
+fn a_cancelled_re_invite_accepted_all_the_same_is_undone() {
+    let ports = Ports::take();
+    let node = Node::start(ports, "127.0.0.0/8", "");
+    let (key, _) = node.provision("0501234567", DEST, "{}");
+    let call_id = "cancel-reinvite-3";
+    let plain = |status: &str, cseq: &str| {
+        format!(
+            "  <send>\n    <![CDATA[\n\n      SIP/2.0 {status}\n      [last_Via:]\n      [last_From:]\n      [last_To:]\n      [last_Call-ID:]\n      {cseq}\n      Content-Length: 0\n\n    ]]>\n  </send>\n"
+        )
+    };
+    let with_sdp = |cseq: &str| {
+        format!(
+            "  <send>\n    <![CDATA[\n\n      SIP/2.0 200 OK\n      [last_Via:]\n      [last_From:]\n      [last_To:]\n      [last_Call-ID:]\n      {cseq}\n      Contact: <sip:[local_ip]:[local_port];transport=[transport]>\n      Content-Type: application/sdp\n      Content-Length: [len]\n\n      v=0\n      o=user1 53655765 2353687638 IN IP[local_ip_type] [local_ip]\n      s=-\n      c=IN IP[media_ip_type] [media_ip]\n      t=0 0\n      m=audio [media_port] RTP/AVP 0\n\n    ]]>\n  </send>\n"
+        )
+    };
+    // The callee's 200 to the re-INVITE "crosses" the CANCEL: it comes after the
+    // node's CANCEL (SIPp sends it after the CANCEL's own 200: sent the other way
+    // round, the node's ACK reaches SIPp before its second send, which it takes for
+    // an unexpected message). Then the node's re-INVITE of the previous session,
+    // answered.
+    let then = format!(
+        "{}  <recv request=\"CANCEL\"/>\n{}{}  <recv request=\"ACK\" crlf=\"true\"/>\n  <recv request=\"INVITE\"/>\n{}  <recv request=\"ACK\" crlf=\"true\"/>\n",
+        plain("100 Trying", "[last_CSeq:]"),
+        plain("200 OK", "[last_CSeq:]"),
+        with_sdp("CSeq: [last_cseq_number] INVITE"),
+        with_sdp("[last_CSeq:]"),
+    );
+    let ack = r#"<recv request="ACK" crlf="true"/>"#;
+    let scenario = scenario_replacing(
+        node.dir.path(),
+        "uas_answer.xml",
+        ack,
+        &format!("{ack}\n  <recv request=\"INVITE\"/>\n{then}"),
+        "uas_crossing.xml",
+    );
+    let uas = Uas::start(&scenario, ports, node.dir.path(), &[]);
+    let caller = Party::bind("127.0.0.1", ports.sip);
+    caller.send(&caller.invite(call_id, "09012345678", &caller.me()));
+    let our_tag = caller.ack_answer(call_id);
+    // The caller's hold.
+    let sdp = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4002 RTP/AVP 0\r\na=sendonly\r\n";
+    let reinvite = caller.request(
+        "INVITE",
+        call_id,
+        "callertag",
+        &our_tag,
+        2,
+        &format!(
+            "Contact: <sip:caller@{}>\nContent-Type: application/sdp\nContent-Length: {}\n\n{sdp}",
+            caller.me(),
+            sdp.len()
+        ),
+    );
+    caller.send(&reinvite);
+    node.wait_until(
+        Duration::from_secs(5),
+        "the callee's 100 to the hold",
+        || uas.messages().contains("SIP/2.0 100 Trying"),
+    );
+    caller.send(&on_branch(&reinvite, "CANCEL", None));
+    node.wait_until(
+        Duration::from_secs(5),
+        "the previous session offered to the callee, and acknowledged",
+        || {
+            let seen = uas.messages();
+            seen.matches("INVITE sip:").count() >= 3 && seen.matches("ACK sip:").count() >= 3
+        },
+    );
+    let seen = uas.messages();
+    let hold = seen
+        .find("a=sendonly")
+        .expect("the hold reached the callee");
+    let restore = seen.rfind("INVITE sip:").unwrap();
+    assert!(hold < restore, "{seen}");
+    let offered = &seen[restore..];
+    let offered = &offered[..offered.find("----").unwrap_or(offered.len())];
+    assert!(
+        offered.contains("m=audio")
+            && !offered.contains("sendonly")
+            && !offered.contains("recvonly"),
+        "the previous session, not the hold: {offered}"
+    );
+    // The caller: 487 for its re-INVITE; the call goes on.
+    let mut finals = Vec::new();
+    while finals.len() < 2 {
+        let m = caller
+            .recv(Duration::from_secs(5))
+            .expect("the CANCEL's and the re-INVITE's answers");
+        let status = m.lines().next().unwrap_or_default().to_string();
+        if !status.starts_with("SIP/2.0 1") && status.starts_with("SIP/2.0") {
+            finals.push((header(&m, "CSeq").unwrap_or_default().to_string(), status));
+        }
+    }
+    finals.sort();
+    assert_eq!(finals[1].1, "SIP/2.0 487 Request Terminated", "{finals:?}");
+    caller.send(&on_branch(&reinvite, "ACK", Some(&our_tag)));
+    assert_eq!(node.metric("tsunagu_active_calls"), 1.0, "the call goes on");
+    caller.send(&caller.request(
+        "BYE",
+        call_id,
+        "callertag",
+        &our_tag,
+        3,
+        "Content-Length: 0\n\n",
+    ));
+    let bye = loop {
+        let m = caller
+            .recv(Duration::from_secs(5))
+            .expect("the BYE's answer");
+        if header(&m, "CSeq") == Some("3 BYE") {
+            break m;
+        }
+    };
+    assert!(bye.starts_with("SIP/2.0 200"), "{bye}");
+    let calls = node.wait_for_calls(&key, 1);
+    assert_eq!(calls[0]["result"], "answered", "{}", calls[0]);
+}
+
 /// The caller CANCELs while it has had only 100 Trying (no response told it a To tag):
 /// the 200 to the CANCEL and the INVITE's 487 carry the same tag (RFC 3261 9.2; the
 /// 200 carried a new one and the 487 the call's own: a live torture run).

@@ -218,6 +218,9 @@ struct Reoffer {
     provisional: bool,
     /// Its sender cancelled it before that: the CANCEL goes with the first provisional.
     cancel_wanted: bool,
+    /// The body the other party had from the node before this offer: offered again if
+    /// it accepts the offer after its sender cancelled it.
+    previous: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -322,6 +325,10 @@ pub struct Call {
     /// the CSeq of that other leg's re-INVITE, which its ACK must carry (another ACK,
     /// a stray or a repeat of an older one, brings no answer).
     late_ack: Option<(Side, u32, u32)>,
+    /// A re-INVITE of the node's own (the leg, its CSeq) offering a party the session
+    /// it had before a re-offer its sender cancelled and it accepted all the same (see
+    /// `restore_after_crossing`); new re-offers get 491 meanwhile.
+    restoring: Option<(Side, u32)>,
     /// The CSeq of the last request each far end (caller, callee) sent in its dialog:
     /// a lower one is out of order (RFC 3261 12.2.2) and refused 500.
     remote_cseq: [Option<u32>; 2],
@@ -564,6 +571,7 @@ impl Call {
             remote_cseq: [None, None],
             a_acked: false,
             late_ack: None,
+            restoring: None,
             judging: false,
             judgement_digit: None,
             talk_end: None,
@@ -966,6 +974,21 @@ impl Call {
             SipEvent::Response { response, info } if self.takeover_side(&info).is_some() => {
                 if let Some(side) = self.takeover_side(&info) {
                     self.on_takeover_answer(side, response);
+                }
+            }
+            SipEvent::Response { response, info }
+                if self.restoring.is_some_and(|(side, cseq)| {
+                    let call_id = match side {
+                        Side::A => Some(self.a.info.call_id.as_str()),
+                        Side::B => b_call_id.as_deref(),
+                    };
+                    call_id == Some(info.call_id.as_str())
+                        && cseq == info.cseq
+                        && info.cseq_method == Method::Invite
+                }) =>
+            {
+                if let Some((side, cseq)) = self.restoring {
+                    self.on_restore_answer(side, cseq, response);
                 }
             }
             SipEvent::Response { response, info } => {
@@ -1396,7 +1419,7 @@ impl Call {
         key: tsunagu_sip::transaction::TxKey,
     ) {
         let ep = self.ctx.endpoint.clone();
-        if self.reoffer.is_some() {
+        if self.reoffer.is_some() || self.restoring.is_some() {
             ep.respond(&req, &info, &key, 491, None, &[], None);
             return;
         }
@@ -1442,6 +1465,10 @@ impl Call {
         let late = sdp.is_none() && req.method == Method::Invite;
         let method = req.method;
         let headers = session::headers_of(&req);
+        let previous = match to {
+            Side::A => self.a.last_sdp.clone(),
+            Side::B => self.b.as_ref().and_then(|b| b.last_sdp.clone()),
+        };
         let relayed = match to {
             Side::B => match self.b.as_mut() {
                 Some(b) => b.reoffer(&ep, method, sdp, headers),
@@ -1463,6 +1490,7 @@ impl Call {
             cancel: relayed.cancel,
             provisional: false,
             cancel_wanted: false,
+            previous,
         }));
     }
 
@@ -1507,6 +1535,49 @@ impl Call {
         }
     }
 
+    /// The other party accepted a re-offer whose sender had cancelled it (its 2xx
+    /// crossed the node's CANCEL): it moved to a session its sender never took (on hold
+    /// while the sender is not, say). The node offers it the session it had before,
+    /// in a re-INVITE of its own; its answer is applied like any other (a review found
+    /// the two left disagreeing until the next offer).
+    fn restore_after_crossing(&mut self, side: Side, previous: Option<String>) {
+        let Some(previous) = previous else { return };
+        let ep = self.ctx.endpoint.clone();
+        let relayed = match side {
+            Side::A => self
+                .a
+                .reoffer(&ep, Method::Invite, Some(previous), Vec::new()),
+            Side::B => match self.b.as_mut() {
+                Some(b) => b.reoffer(&ep, Method::Invite, Some(previous), Vec::new()),
+                None => return,
+            },
+        };
+        tracing::info!(
+            ?side,
+            "a cancelled re-offer was accepted all the same: the previous session offered again"
+        );
+        self.restoring = Some((side, relayed.cseq));
+    }
+
+    /// The answer to [`Call::restore_after_crossing`]'s re-INVITE: a 2xx is
+    /// acknowledged and its SDP applied; a refusal leaves things as they are.
+    fn on_restore_answer(&mut self, side: Side, cseq: u32, resp: Response) {
+        let code = resp.status_code.code();
+        if code < 200 {
+            return;
+        }
+        self.restoring = None;
+        if !(200..300).contains(&code) {
+            tracing::info!(code, ?side, "the previous session's offer was refused");
+            return;
+        }
+        self.ack_2xx(side, cseq);
+        let answered = sdp_body(&resp, &resp.body).and_then(|body| self.rewrite_sdp(side, &body));
+        if let Some(rewritten) = answered {
+            self.apply_sdp(side, &rewritten);
+        }
+    }
+
     /// The call is ending with a re-offer pending (or its sender cancelled it, see
     /// `reoffer_cancelled`): its sender is answered 487 (RFC 3261 15.1.2: a UAS that
     /// receives a BYE answers the dialog's pending requests; the same when the node
@@ -1540,6 +1611,9 @@ impl Call {
         if p.abandoned {
             if (200..300).contains(&code) && p.method == Method::Invite {
                 self.ack_2xx(to, p.cseq);
+                if p.cancel_wanted && p.offer.is_some() && self.phase == Phase::Answered {
+                    self.restore_after_crossing(to, p.previous);
+                }
             }
             return;
         }
