@@ -189,7 +189,6 @@ pub async fn delete(
 
 #[cfg(test)]
 mod tests {
-    use axum::http::StatusCode;
 
     /// Two PATCHes of one advertiser at once through two nodes, one renaming it and
     /// one setting its line limit: both changes are kept (each was a
@@ -197,34 +196,22 @@ mod tests {
     #[tokio::test]
     async fn concurrent_changes_of_an_advertiser_are_both_kept() {
         let a = crate::testing::api();
-        let b = a.peer();
-        let key = Some(a.key.as_str());
         let path = format!("/v1/advertisers/{}", a.advertiser);
-        for round in 0..20u32 {
-            let reset = r#"{"name": "shop", "lines": null}"#;
-            assert_eq!(
-                a.send("PATCH", &path, key, reset).await.status,
-                StatusCode::OK
-            );
-            let name = format!(r#"{{"name": "shop {round}"}}"#);
-            let lines = format!(
-                r#"{{"lines": {{"max_lines": {}, "max_wait_seconds": 30}}}}"#,
-                round + 1
-            );
-            let (x, y) = tokio::join!(
-                a.send("PATCH", &path, key, &name),
-                b.send("PATCH", &path, key, &lines),
-            );
-            assert_eq!(
-                (x.status, y.status),
-                (StatusCode::OK, StatusCode::OK),
-                "{} {}",
-                x.text(),
-                y.text()
-            );
-            let now = a.send("GET", &path, key, "").await.json();
-            assert_eq!(now["name"], format!("shop {round}"), "round {round}: {now}");
-            assert_eq!(now["lines"]["max_lines"], round + 1, "round {round}: {now}");
-        }
+        a.both_patches_kept(
+            &path,
+            r#"{"name": "shop", "lines": null}"#,
+            |round| format!(r#"{{"name": "shop {round}"}}"#),
+            |round| {
+                format!(
+                    r#"{{"lines": {{"max_lines": {}, "max_wait_seconds": 30}}}}"#,
+                    round + 1
+                )
+            },
+            |round, now| {
+                assert_eq!(now["name"], format!("shop {round}"), "round {round}: {now}");
+                assert_eq!(now["lines"]["max_lines"], round + 1, "round {round}: {now}");
+            },
+        )
+        .await;
     }
 }

@@ -746,7 +746,6 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_changes_of_a_number_are_both_kept() {
         let a = api();
-        let b = a.peer();
         let key = Some(a.key.as_str());
         let r = a
             .send(
@@ -757,33 +756,21 @@ mod tests {
             )
             .await;
         assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
-        let path = "/v1/numbers/0501000001";
-        for round in 0..20 {
-            let reset = r#"{"absent": false, "destinations": [{"number": "0311112222"}]}"#;
-            assert_eq!(
-                a.send("PATCH", path, key, reset).await.status,
-                StatusCode::OK
-            );
-            let dest = format!(r#"{{"destinations": [{{"number": "03222{round:05}"}}]}}"#);
-            let (x, y) = tokio::join!(
-                a.send("PATCH", path, key, r#"{"absent": true}"#),
-                b.send("PATCH", path, key, &dest),
-            );
-            assert_eq!(
-                (x.status, y.status),
-                (StatusCode::OK, StatusCode::OK),
-                "{} {}",
-                x.text(),
-                y.text()
-            );
-            let now = a.send("GET", path, key, "").await.json();
-            assert_eq!(now["absent"], true, "round {round}: {now}");
-            assert_eq!(
-                now["destinations"][0]["number"],
-                format!("03222{round:05}"),
-                "round {round}: {now}"
-            );
-        }
+        a.both_patches_kept(
+            "/v1/numbers/0501000001",
+            r#"{"absent": false, "destinations": [{"number": "0311112222"}]}"#,
+            |_| r#"{"absent": true}"#.to_string(),
+            |round| format!(r#"{{"destinations": [{{"number": "03222{round:05}"}}]}}"#),
+            |round, now| {
+                assert_eq!(now["absent"], true, "round {round}: {now}");
+                assert_eq!(
+                    now["destinations"][0]["number"],
+                    format!("03222{round:05}"),
+                    "round {round}: {now}"
+                );
+            },
+        )
+        .await;
     }
 
     /// An operator's numbers (its own and its pools') and advertisers are capped: the

@@ -773,7 +773,6 @@ mod tests {
     #[tokio::test]
     async fn concurrent_changes_of_a_pool_are_both_kept() {
         let a = crate::testing::api();
-        let b = a.peer();
         let key = Some(a.key.as_str());
         let pool = format!(
             r#"{{"advertiser_id": "{}", "mode": "one_time", "numbers": ["0502000001"], "hold_seconds": 60, "destinations": [{{"number": "0311112222"}}]}}"#,
@@ -782,29 +781,17 @@ mod tests {
         let r = a.send("POST", "/v1/pools", key, &pool).await;
         assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
         let path = format!("/v1/pools/{}", r.json()["id"].as_str().unwrap());
-        for round in 0..20u32 {
-            let reset = r#"{"hold_seconds": 60, "recycle_seconds": 0}"#;
-            assert_eq!(
-                a.send("PATCH", &path, key, reset).await.status,
-                StatusCode::OK
-            );
-            let hold = format!(r#"{{"hold_seconds": {}}}"#, 100 + round);
-            let recycle = format!(r#"{{"recycle_seconds": {}}}"#, 200 + round);
-            let (x, y) = tokio::join!(
-                a.send("PATCH", &path, key, &hold),
-                b.send("PATCH", &path, key, &recycle),
-            );
-            assert_eq!(
-                (x.status, y.status),
-                (StatusCode::OK, StatusCode::OK),
-                "{} {}",
-                x.text(),
-                y.text()
-            );
-            let now = a.send("GET", &path, key, "").await.json();
-            assert_eq!(now["hold_seconds"], 100 + round, "round {round}: {now}");
-            assert_eq!(now["recycle_seconds"], 200 + round, "round {round}: {now}");
-        }
+        a.both_patches_kept(
+            &path,
+            r#"{"hold_seconds": 60, "recycle_seconds": 0}"#,
+            |round| format!(r#"{{"hold_seconds": {}}}"#, 100 + round),
+            |round| format!(r#"{{"recycle_seconds": {}}}"#, 200 + round),
+            |round, now| {
+                assert_eq!(now["hold_seconds"], 100 + round, "round {round}: {now}");
+                assert_eq!(now["recycle_seconds"], 200 + round, "round {round}: {now}");
+            },
+        )
+        .await;
     }
 
     #[test]

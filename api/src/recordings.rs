@@ -1024,6 +1024,24 @@ mod tests {
         })
     }
 
+    /// Serves `router` on a loopback port, registered in the store as node n2's API (a
+    /// peer of another release, or one that lies).
+    async fn serve_as_n2(a: &Api, router: axum::Router) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        a.store
+            .register_node(
+                &NodeInfo {
+                    node_id: "n2".into(),
+                    cluster_addr: None,
+                    api_addr: Some(addr.to_string()),
+                },
+                1,
+            )
+            .unwrap();
+    }
+
     /// Serves `state`'s API on a loopback port, registered in the store as its node's.
     async fn serve(a: &Api, state: Arc<ApiState>) -> tokio::task::JoinHandle<()> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -1527,19 +1545,7 @@ mod tests {
                 )
             }),
         );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, liar).await.unwrap() });
-        a.store
-            .register_node(
-                &NodeInfo {
-                    node_id: "n2".into(),
-                    cluster_addr: None,
-                    api_addr: Some(addr.to_string()),
-                },
-                1,
-            )
-            .unwrap();
+        serve_as_n2(&a, liar).await;
         let id = recorded_call(&a, &[("n2", "d/c.wav", 0), ("n1", "d/c.n1.wav", 1000)]);
         write_part(&n1.recordings_dir, "d/c.n1.wav", 1, 10, 5);
         let g = get(&a, &n1, &format!("/v1/calls/{id}/recording")).await;
@@ -1771,19 +1777,7 @@ mod tests {
                 }
             }),
         );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, old).await.unwrap() });
-        a.store
-            .register_node(
-                &NodeInfo {
-                    node_id: "n2".into(),
-                    cluster_addr: None,
-                    api_addr: Some(addr.to_string()),
-                },
-                1,
-            )
-            .unwrap();
+        serve_as_n2(&a, old).await;
         write_ramp(&n1.recordings_dir, "d/o.n1.wav", 1, 10, 9);
         let id = recorded_call(&a, &[("n2", "d/o.wav", 0), ("n1", "d/o.n1.wav", 0)]);
         let path = format!("/v1/calls/{id}/recording");

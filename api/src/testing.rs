@@ -175,6 +175,40 @@ impl Api {
         }
     }
 
+    /// Twenty rounds of two PATCHes of `path` at once, one through this node and one
+    /// through a peer on the same store, each changing another field (`x(round)` and
+    /// `y(round)`) after `reset`: both answered 200, and `kept(round, object)` checks
+    /// that the object read afterwards has both changes (each PATCH was a
+    /// read-modify-write, and one change was lost).
+    pub async fn both_patches_kept(
+        &self,
+        path: &str,
+        reset: &str,
+        x: impl Fn(u32) -> String,
+        y: impl Fn(u32) -> String,
+        kept: impl Fn(u32, &serde_json::Value),
+    ) {
+        let peer = self.peer();
+        let key = Some(self.key.as_str());
+        for round in 0..20u32 {
+            let r = self.send("PATCH", path, key, reset).await;
+            assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+            let (x, y) = (x(round), y(round));
+            let (a, b) = tokio::join!(
+                self.send("PATCH", path, key, &x),
+                peer.send("PATCH", path, key, &y),
+            );
+            assert_eq!(
+                (a.status, b.status),
+                (StatusCode::OK, StatusCode::OK),
+                "{} {}",
+                a.text(),
+                b.text()
+            );
+            kept(round, &self.send("GET", path, key, "").await.json());
+        }
+    }
+
     /// The response head; the body is left to the caller (it may be a stream).
     pub async fn call(
         &self,

@@ -651,19 +651,14 @@ fn a_cancelled_re_invite_is_cancelled_on_the_other_leg() {
     let node = Node::start(ports, "127.0.0.0/8", "");
     let (key, _) = node.provision("0501234567", DEST, "{}");
     let call_id = "cancel-reinvite-2";
-    let answer = |status: &str, cseq: &str| {
-        format!(
-            "  <send>\n    <![CDATA[\n\n      SIP/2.0 {status}\n      [last_Via:]\n      [last_From:]\n      [last_To:]\n      [last_Call-ID:]\n      {cseq}\n      Content-Length: 0\n\n    ]]>\n  </send>\n"
-        )
-    };
     // The callee answers only after half a second, when the caller has cancelled: the
     // node's CANCEL waits for that provisional answer (RFC 3261 9.1); one sent before
     // it reaches SIPp as an unexpected message and fails the scenario.
     let then = format!(
         "  <pause milliseconds=\"500\"/>\n{}  <recv request=\"CANCEL\"/>\n{}{}  <recv request=\"ACK\" crlf=\"true\"/>\n",
-        answer("100 Trying", "[last_CSeq:]"),
-        answer("200 OK", "[last_CSeq:]"),
-        answer("487 Request Terminated", "CSeq: [last_cseq_number] INVITE"),
+        sipp_answer("100 Trying", "[last_CSeq:]"),
+        sipp_answer("200 OK", "[last_CSeq:]"),
+        sipp_answer("487 Request Terminated", "CSeq: [last_cseq_number] INVITE"),
     );
     let (caller, our_tag, uas, reinvite) = reinvite_a_callee(&node, ports, call_id, &then);
     caller.send(&on_branch(&reinvite, "CANCEL", None));
@@ -679,39 +674,9 @@ fn a_cancelled_re_invite_is_cancelled_on_the_other_leg() {
     let seen = uas.messages();
     let (trying, cancel) = (seen.find("SIP/2.0 100 Trying"), seen.find("CANCEL sip:"));
     assert!(trying.is_some() && trying < cancel, "{seen}");
-    let mut finals = Vec::new();
-    while finals.len() < 2 {
-        let m = caller
-            .recv(Duration::from_secs(5))
-            .unwrap_or_else(|| panic!("no more answers after {finals:?}"));
-        let status = m.lines().next().unwrap_or_default().to_string();
-        if status.starts_with("SIP/2.0") && !status.starts_with("SIP/2.0 1") {
-            finals.push((header(&m, "CSeq").unwrap_or_default().to_string(), status));
-        }
-    }
-    finals.sort();
-    assert_eq!(finals[1].1, "SIP/2.0 487 Request Terminated", "{finals:?}");
-    caller.send(&on_branch(&reinvite, "ACK", Some(&our_tag)));
-    assert_eq!(node.metric("tsunagu_active_calls"), 1.0, "the call goes on");
-    caller.send(&caller.request(
-        "BYE",
-        call_id,
-        "callertag",
-        &our_tag,
-        3,
-        "Content-Length: 0\n\n",
-    ));
-    let bye = loop {
-        let m = caller
-            .recv(Duration::from_secs(5))
-            .expect("the BYE's answer");
-        if header(&m, "CSeq") == Some("3 BYE") {
-            break m;
-        }
-    };
-    assert!(bye.starts_with("SIP/2.0 200"), "{bye}");
-    let calls = node.wait_for_calls(&key, 1);
-    assert_eq!(calls[0]["result"], "answered", "{}", calls[0]);
+    the_cancelled_re_invite_ends_and_the_call_goes_on(
+        &node, &key, &caller, call_id, &our_tag, &reinvite,
+    );
 }
 
 /// The caller puts the callee on hold and cancels its re-INVITE, but the callee's
@@ -725,11 +690,6 @@ fn a_cancelled_re_invite_accepted_all_the_same_is_undone() {
     let node = Node::start(ports, "127.0.0.0/8", "");
     let (key, _) = node.provision("0501234567", DEST, "{}");
     let call_id = "cancel-reinvite-3";
-    let plain = |status: &str, cseq: &str| {
-        format!(
-            "  <send>\n    <![CDATA[\n\n      SIP/2.0 {status}\n      [last_Via:]\n      [last_From:]\n      [last_To:]\n      [last_Call-ID:]\n      {cseq}\n      Content-Length: 0\n\n    ]]>\n  </send>\n"
-        )
-    };
     let with_sdp = |cseq: &str| {
         format!(
             "  <send>\n    <![CDATA[\n\n      SIP/2.0 200 OK\n      [last_Via:]\n      [last_From:]\n      [last_To:]\n      [last_Call-ID:]\n      {cseq}\n      Contact: <sip:[local_ip]:[local_port];transport=[transport]>\n      Content-Type: application/sdp\n      Content-Length: [len]\n\n      v=0\n      o=user1 53655765 2353687638 IN IP[local_ip_type] [local_ip]\n      s=-\n      c=IN IP[media_ip_type] [media_ip]\n      t=0 0\n      m=audio [media_port] RTP/AVP 0\n\n    ]]>\n  </send>\n"
@@ -742,8 +702,8 @@ fn a_cancelled_re_invite_accepted_all_the_same_is_undone() {
     // answered.
     let then = format!(
         "{}  <recv request=\"CANCEL\"/>\n{}{}  <recv request=\"ACK\" crlf=\"true\"/>\n  <recv request=\"INVITE\"/>\n{}  <recv request=\"ACK\" crlf=\"true\"/>\n",
-        plain("100 Trying", "[last_CSeq:]"),
-        plain("200 OK", "[last_CSeq:]"),
+        sipp_answer("100 Trying", "[last_CSeq:]"),
+        sipp_answer("200 OK", "[last_CSeq:]"),
         with_sdp("CSeq: [last_cseq_number] INVITE"),
         with_sdp("[last_CSeq:]"),
     );
@@ -802,40 +762,9 @@ fn a_cancelled_re_invite_accepted_all_the_same_is_undone() {
             && !offered.contains("recvonly"),
         "the previous session, not the hold: {offered}"
     );
-    // The caller: 487 for its re-INVITE; the call goes on.
-    let mut finals = Vec::new();
-    while finals.len() < 2 {
-        let m = caller
-            .recv(Duration::from_secs(5))
-            .expect("the CANCEL's and the re-INVITE's answers");
-        let status = m.lines().next().unwrap_or_default().to_string();
-        if !status.starts_with("SIP/2.0 1") && status.starts_with("SIP/2.0") {
-            finals.push((header(&m, "CSeq").unwrap_or_default().to_string(), status));
-        }
-    }
-    finals.sort();
-    assert_eq!(finals[1].1, "SIP/2.0 487 Request Terminated", "{finals:?}");
-    caller.send(&on_branch(&reinvite, "ACK", Some(&our_tag)));
-    assert_eq!(node.metric("tsunagu_active_calls"), 1.0, "the call goes on");
-    caller.send(&caller.request(
-        "BYE",
-        call_id,
-        "callertag",
-        &our_tag,
-        3,
-        "Content-Length: 0\n\n",
-    ));
-    let bye = loop {
-        let m = caller
-            .recv(Duration::from_secs(5))
-            .expect("the BYE's answer");
-        if header(&m, "CSeq") == Some("3 BYE") {
-            break m;
-        }
-    };
-    assert!(bye.starts_with("SIP/2.0 200"), "{bye}");
-    let calls = node.wait_for_calls(&key, 1);
-    assert_eq!(calls[0]["result"], "answered", "{}", calls[0]);
+    the_cancelled_re_invite_ends_and_the_call_goes_on(
+        &node, &key, &caller, call_id, &our_tag, &reinvite,
+    );
 }
 
 /// The caller CANCELs while it has had only 100 Trying (no response told it a To tag):
@@ -872,6 +801,65 @@ fn a_cancel_before_any_tag_is_answered_with_the_487s_tag() {
     assert!(!tags["1 CANCEL"].is_empty(), "{tags:?}");
     assert_eq!(tags["1 INVITE"], tags["1 CANCEL"], "{tags:?}");
     caller.send(&on_branch(&invite, "ACK", Some(&tags["1 INVITE"])));
+}
+
+/// After the caller cancelled its re-INVITE (CSeq 2) in call `call_id`: the CANCEL is
+/// answered 200 and the re-INVITE 487 (acknowledged here), the call goes on, and the
+/// caller's BYE (CSeq 3) ends it, logged as answered.
+fn the_cancelled_re_invite_ends_and_the_call_goes_on(
+    node: &Node,
+    key: &str,
+    caller: &Party,
+    call_id: &str,
+    our_tag: &str,
+    reinvite: &str,
+) {
+    let mut finals = Vec::new();
+    while finals.len() < 2 {
+        let m = caller
+            .recv(Duration::from_secs(5))
+            .unwrap_or_else(|| panic!("no more answers after {finals:?}"));
+        let status = m.lines().next().unwrap_or_default().to_string();
+        if status.starts_with("SIP/2.0") && !status.starts_with("SIP/2.0 1") {
+            finals.push((header(&m, "CSeq").unwrap_or_default().to_string(), status));
+        }
+    }
+    finals.sort();
+    assert_eq!(
+        finals[0],
+        ("2 CANCEL".into(), "SIP/2.0 200 OK".into()),
+        "{finals:?}"
+    );
+    assert_eq!(finals[1].1, "SIP/2.0 487 Request Terminated", "{finals:?}");
+    caller.send(&on_branch(reinvite, "ACK", Some(our_tag)));
+    assert_eq!(node.metric("tsunagu_active_calls"), 1.0, "the call goes on");
+    caller.send(&caller.request(
+        "BYE",
+        call_id,
+        "callertag",
+        our_tag,
+        3,
+        "Content-Length: 0\n\n",
+    ));
+    let bye = loop {
+        let m = caller
+            .recv(Duration::from_secs(5))
+            .expect("the BYE's answer");
+        if header(&m, "CSeq") == Some("3 BYE") {
+            break m;
+        }
+    };
+    assert!(bye.starts_with("SIP/2.0 200"), "{bye}");
+    let calls = node.wait_for_calls(key, 1);
+    assert_eq!(calls[0]["result"], "answered", "{}", calls[0]);
+}
+
+/// A SIPp scenario element sending a bodiless `status` answering the last message,
+/// with `cseq` as its CSeq line.
+fn sipp_answer(status: &str, cseq: &str) -> String {
+    format!(
+        "  <send>\n    <![CDATA[\n\n      SIP/2.0 {status}\n      [last_Via:]\n      [last_From:]\n      [last_To:]\n      [last_Call-ID:]\n      {cseq}\n      Content-Length: 0\n\n    ]]>\n  </send>\n"
+    )
 }
 
 /// Sends the caller's re-INVITE (CSeq 2, with an offer) in its call `call_id`; the
@@ -945,38 +933,7 @@ fn a_cancelled_re_invite_is_answered_487_and_the_call_goes_on() {
     let call_id = "cancel-reinvite-1";
     let (caller, our_tag, _uas, reinvite) = reinvite_a_silent_callee(&node, ports, call_id);
     caller.send(&on_branch(&reinvite, "CANCEL", None));
-    let mut finals = Vec::new();
-    while finals.len() < 2 {
-        let m = caller
-            .recv(Duration::from_secs(5))
-            .unwrap_or_else(|| panic!("no more answers after {finals:?}"));
-        let status = m.lines().next().unwrap_or_default().to_string();
-        if status.starts_with("SIP/2.0") && !status.starts_with("SIP/2.0 1") {
-            finals.push((header(&m, "CSeq").unwrap_or_default().to_string(), status));
-        }
-    }
-    finals.sort();
-    assert_eq!(
-        finals,
-        vec![
-            ("2 CANCEL".to_string(), "SIP/2.0 200 OK".to_string()),
-            (
-                "2 INVITE".to_string(),
-                "SIP/2.0 487 Request Terminated".to_string()
-            ),
-        ]
+    the_cancelled_re_invite_ends_and_the_call_goes_on(
+        &node, &key, &caller, call_id, &our_tag, &reinvite,
     );
-    assert_eq!(node.metric("tsunagu_active_calls"), 1.0, "the call goes on");
-    caller.send(&caller.request(
-        "BYE",
-        call_id,
-        "callertag",
-        &our_tag,
-        3,
-        "Content-Length: 0\n\n",
-    ));
-    let bye = caller.final_response();
-    assert!(bye.starts_with("SIP/2.0 200"), "{bye}");
-    let calls = node.wait_for_calls(&key, 1);
-    assert_eq!(calls[0]["result"], "answered", "{}", calls[0]);
 }
