@@ -224,6 +224,24 @@ impl EgressPolicy {
     }
 }
 
+/// `own` with each listener on a wildcard address (0.0.0.0, or `::`, which takes IPv4
+/// as well on a dual-stack host) also listed at each of `host`'s addresses it takes
+/// connections on: a webhook naming the host's public address at the API's port
+/// reached the node itself (a review). `host`: the addresses of the host's
+/// interfaces, read at start (an address added later is covered for loopback only).
+pub fn with_host_addresses(own: &[SocketAddr], host: &[IpAddr]) -> Vec<SocketAddr> {
+    let mut all = own.to_vec();
+    for l in own.iter().filter(|l| l.ip().is_unspecified()) {
+        let takes = |ip: &IpAddr| l.is_ipv6() || ip.is_ipv4();
+        all.extend(
+            host.iter()
+                .filter(|ip| takes(ip))
+                .map(|ip| SocketAddr::new(*ip, l.port())),
+        );
+    }
+    all
+}
+
 /// Whether a listener on `listener` takes connections to `ip` (canonical) and `port`.
 fn listens_at(listener: SocketAddr, ip: IpAddr, port: u16) -> bool {
     listener.port() == port
@@ -368,6 +386,39 @@ fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A wildcard listener stands at each of the host's addresses of a family it takes;
+    /// a listener on one address stays where it is.
+    #[test]
+    fn wildcard_listeners_stand_at_the_hosts_addresses() {
+        let sa = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let host: Vec<IpAddr> = ["127.0.0.1", "93.184.216.34", "2001:db8::7"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        let own = [sa("0.0.0.0:8080"), sa("[::]:5061"), sa("10.0.0.1:5060")];
+        let all = with_host_addresses(&own, &host);
+        for (addr, listed) in [
+            ("93.184.216.34:8080", true),
+            ("127.0.0.1:8080", true),
+            ("[2001:db8::7]:8080", false),
+            ("93.184.216.34:5061", true),
+            ("[2001:db8::7]:5061", true),
+            ("10.0.0.1:5060", true),
+            ("93.184.216.34:5060", false),
+        ] {
+            assert_eq!(all.contains(&sa(addr)), listed, "{addr}");
+        }
+        let policy = EgressPolicy {
+            own: all,
+            ..Default::default()
+        };
+        assert_eq!(
+            policy.check(sa("93.184.216.34:8080")),
+            Err(Refusal::OwnListener)
+        );
+        assert_eq!(policy.check(sa("93.184.216.35:8080")), Ok(()));
+    }
 
     /// (URL, what it delivers to or why not): one reader for registration and delivery.
     #[test]
