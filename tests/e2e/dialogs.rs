@@ -478,7 +478,7 @@ fn a_re_offer_answered_without_an_answer_is_refused_488() {
     let call_id = "reoffer-bare-answer-1";
     caller.send(&caller.invite(call_id, "09012345678", &caller.me()));
     let our_tag = caller.ack_answer(call_id);
-    let reinvite = send_reinvite(&caller, call_id, &our_tag);
+    let reinvite = send_reinvite(&caller, call_id, &our_tag, "");
     let answer = caller.final_response();
     assert!(answer.starts_with("SIP/2.0 488"), "{answer}");
     // The 488 acknowledged on the re-INVITE's own branch (RFC 3261 17.1.1.3).
@@ -660,7 +660,7 @@ fn a_cancelled_re_invite_is_cancelled_on_the_other_leg() {
         sipp_answer("200 OK", "[last_CSeq:]"),
         sipp_answer("487 Request Terminated", "CSeq: [last_cseq_number] INVITE"),
     );
-    let (caller, our_tag, uas, reinvite) = reinvite_a_callee(&node, ports, call_id, &then);
+    let (caller, our_tag, uas, reinvite) = reinvite_a_callee(&node, ports, call_id, &then, "");
     caller.send(&on_branch(&reinvite, "CANCEL", None));
     node.wait_until(
         Duration::from_secs(5),
@@ -707,38 +707,9 @@ fn a_cancelled_re_invite_accepted_all_the_same_is_undone() {
         with_sdp("CSeq: [last_cseq_number] INVITE"),
         with_sdp("[last_CSeq:]"),
     );
-    let ack = r#"<recv request="ACK" crlf="true"/>"#;
-    let scenario = scenario_replacing(
-        node.dir.path(),
-        "uas_answer.xml",
-        ack,
-        &format!("{ack}\n  <recv request=\"INVITE\"/>\n{then}"),
-        "uas_crossing.xml",
-    );
-    let uas = Uas::start(&scenario, ports, node.dir.path(), &[]);
-    let caller = Party::bind("127.0.0.1", ports.sip);
-    caller.send(&caller.invite(call_id, "09012345678", &caller.me()));
-    let our_tag = caller.ack_answer(call_id);
     // The caller's hold.
-    let sdp = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4002 RTP/AVP 0\r\na=sendonly\r\n";
-    let reinvite = caller.request(
-        "INVITE",
-        call_id,
-        "callertag",
-        &our_tag,
-        2,
-        &format!(
-            "Contact: <sip:caller@{}>\nContent-Type: application/sdp\nContent-Length: {}\n\n{sdp}",
-            caller.me(),
-            sdp.len()
-        ),
-    );
-    caller.send(&reinvite);
-    node.wait_until(
-        Duration::from_secs(5),
-        "the callee's 100 to the hold",
-        || uas.messages().contains("SIP/2.0 100 Trying"),
-    );
+    let (caller, our_tag, uas, reinvite) =
+        reinvite_a_callee(&node, ports, call_id, &then, "a=sendonly\r\n");
     caller.send(&on_branch(&reinvite, "CANCEL", None));
     node.wait_until(
         Duration::from_secs(5),
@@ -864,8 +835,8 @@ fn sipp_answer(status: &str, cseq: &str) -> String {
 
 /// Sends the caller's re-INVITE (CSeq 2, with an offer) in its call `call_id`; the
 /// request as sent.
-fn send_reinvite(caller: &Party, call_id: &str, our_tag: &str) -> String {
-    let sdp = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4002 RTP/AVP 0\r\n";
+fn send_reinvite(caller: &Party, call_id: &str, our_tag: &str, sdp_extra: &str) -> String {
+    let sdp = format!("v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4002 RTP/AVP 0\r\n{sdp_extra}");
     let reinvite = caller.request(
         "INVITE",
         call_id,
@@ -890,16 +861,18 @@ fn reinvite_a_silent_callee(
     ports: Ports,
     call_id: &str,
 ) -> (Party, String, Uas, String) {
-    reinvite_a_callee(node, ports, call_id, "")
+    reinvite_a_callee(node, ports, call_id, "", "")
 }
 
 /// [`reinvite_a_silent_callee`] with a callee that does `then` (SIPp scenario
-/// elements) after it receives the re-INVITE, before the BYE.
+/// elements) after it receives the re-INVITE, before the BYE, and `sdp_extra` (SDP
+/// lines, e.g. `a=sendonly`) in the caller's offer.
 fn reinvite_a_callee(
     node: &Node,
     ports: Ports,
     call_id: &str,
     then: &str,
+    sdp_extra: &str,
 ) -> (Party, String, Uas, String) {
     let ack = r#"<recv request="ACK" crlf="true"/>"#;
     let silent = format!("{ack}\n  <recv request=\"INVITE\"/>\n{then}");
@@ -914,7 +887,7 @@ fn reinvite_a_callee(
     let caller = Party::bind("127.0.0.1", ports.sip);
     caller.send(&caller.invite(call_id, "09012345678", &caller.me()));
     let our_tag = caller.ack_answer(call_id);
-    let reinvite = send_reinvite(&caller, call_id, &our_tag);
+    let reinvite = send_reinvite(&caller, call_id, &our_tag, sdp_extra);
     node.wait_until(Duration::from_secs(5), "the relayed re-INVITE", || {
         uas.messages().matches("INVITE sip:").count() >= 2
     });
