@@ -603,16 +603,14 @@ fn write_batch(w: &Writer, batch: &mut Batch) -> tsunagu_store::Result<bool> {
             }
             Callback::Lease(_) | Callback::None => None,
         };
-        let mut items = w.planner.after_call(
+        let items = w.planner.after_call(
             r,
             &e.number,
             &w.webhooks.of(&r.operator_id),
             callback.as_deref(),
             e.caller_verified,
+            notices,
         );
-        if !notices {
-            items.retain(|f| !Planner::is_notice(f));
-        }
         if !e.caller_verified && w.planner.caller_sms_wanted(r, &e.number) {
             let unverified = crate::follow_up::metrics::UNVERIFIED;
             w.follow_up_metrics.guards.withheld(unverified);

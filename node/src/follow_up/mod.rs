@@ -82,10 +82,23 @@ fn host_addresses() -> Vec<IpAddr> {
 
 #[cfg(test)]
 mod tests {
-    /// The host's addresses include loopback (every test host has it up).
+    use tsunagu_config::egress::Refusal;
+
+    /// An API listening on 0.0.0.0 is refused at every IPv4 address of the host, not
+    /// only loopback (the test host has a network interface besides loopback).
     #[test]
-    fn the_hosts_addresses_are_read() {
-        let all = super::host_addresses();
-        assert!(all.contains(&"127.0.0.1".parse().unwrap()), "{all:?}");
+    fn a_wildcard_listener_is_refused_at_the_hosts_addresses() {
+        let config = tsunagu_config::Config::from_toml("[api]\nlisten = \"0.0.0.0:18080\"\n")
+            .expect("config");
+        let policy = super::egress_policy(&config);
+        let v4: Vec<_> = super::host_addresses()
+            .into_iter()
+            .filter(|ip| ip.is_ipv4())
+            .collect();
+        assert!(v4.iter().any(|ip| !ip.is_loopback()), "{v4:?}");
+        for ip in v4 {
+            let addr = std::net::SocketAddr::new(ip, 18080);
+            assert_eq!(policy.check(addr), Err(Refusal::OwnListener), "{addr}");
+        }
     }
 }

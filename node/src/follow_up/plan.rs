@@ -153,19 +153,6 @@ impl Planner {
         webhook_items(hooks, event, id, e.at_ms, data)
     }
 
-    /// Whether `f` is a notice to a number's `notify` recipients: an e-mail, or an SMS
-    /// but the one to the caller, which [`Planner::after_call`] marks with its
-    /// `caller_day` (a key no text can forge: it is escaped inside a string). Told
-    /// apart by target, a caller whose From named a notice recipient made that SMS no
-    /// notice and passed the hourly bound (a review).
-    pub fn is_notice(f: &NewFollowUp) -> bool {
-        match f.kind {
-            FollowUpKind::Email => true,
-            FollowUpKind::Sms => !f.payload.contains("\"caller_day\":"),
-            _ => false,
-        }
-    }
-
     /// Whether a finished call `r` to `n` sends notices (e-mail or SMS to `notify`
     /// recipients), before anything is planned: the hourly bound is asked first, and a
     /// callback number (which reaches people in notices) is leased only if they go.
@@ -190,7 +177,9 @@ impl Planner {
     /// Everything a finished call causes. `callback_number` is the number leased for
     /// calling this caller back, when the number has callback tracking. The caller gets
     /// an SMS only when `caller_verified` (see [`caller_verified`]): otherwise anyone
-    /// could make the node text any number by putting it in From.
+    /// could make the node text any number by putting it in From. `notices`: whether
+    /// the notices to the number's recipients may go (false past the hourly bound,
+    /// `NoticeRate`); the caller's SMS is not one.
     pub fn after_call(
         &self,
         r: &CallRecord,
@@ -198,6 +187,7 @@ impl Planner {
         hooks: &[Webhook],
         callback_number: Option<&str>,
         caller_verified: bool,
+        notices: bool,
     ) -> Vec<NewFollowUp> {
         let mut out = webhook_items(
             hooks,
@@ -233,7 +223,7 @@ impl Planner {
         };
         if let Some(notify) = &n.notify {
             let values = self.values(r, callback_number);
-            let wanted = notify.on == NotifyOn::All || missed(r);
+            let wanted = notices && (notify.on == NotifyOn::All || missed(r));
             if wanted && self.email {
                 let subject = render(
                     notify.email_subject.as_deref().unwrap_or(DEFAULT_SUBJECT),
@@ -456,18 +446,22 @@ mod tests {
         ];
         let r = sample_call("op_1", "adv_1", 1_000);
         let n = sample_number("op_1", "adv_1");
-        let ended = PLANNER.after_call(&r, &n, &hooks, None, true);
+        let ended = PLANNER.after_call(&r, &n, &hooks, None, true, true);
         let mut recorded = r.clone();
         recorded.recording = Some("d/x.wav".into());
         recorded.recording_status = Some(RecordingStatus::Complete);
         assert_eq!(
-            PLANNER.after_call(&recorded, &n, &hooks, None, true).len(),
+            PLANNER
+                .after_call(&recorded, &n, &hooks, None, true, true)
+                .len(),
             3,
             "call.ended to `all` and `ended`, recording.ready to `all` only"
         );
         recorded.recording_status = Some(RecordingStatus::Missing);
         assert_eq!(
-            PLANNER.after_call(&recorded, &n, &hooks, None, true).len(),
+            PLANNER
+                .after_call(&recorded, &n, &hooks, None, true, true)
+                .len(),
             2,
             "no recording.ready without audio"
         );
@@ -607,7 +601,7 @@ mod tests {
                 caller_sms_text: Some("Thanks for calling {tracking_number}".into()),
                 ..Default::default()
             });
-            let got = kinds(&planner.after_call(&r, &n, &[], None, *verified));
+            let got = kinds(&planner.after_call(&r, &n, &[], None, *verified, true));
             let want: Vec<(FollowUpKind, String)> =
                 want.iter().map(|(k, t)| (*k, t.to_string())).collect();
             assert_eq!(got, want, "row {i}");
@@ -628,7 +622,7 @@ mod tests {
             caller_sms_text: Some("Thanks".into()),
             ..Default::default()
         });
-        let items = PLANNER.after_call(&r, &n, &[], None, true);
+        let items = PLANNER.after_call(&r, &n, &[], None, true, true);
         let sms: serde_json::Value = serde_json::from_str(&items[0].payload).unwrap();
         // 15:00 UTC is already the 29th in Japan.
         assert_eq!(sms["caller_day"], local_day(r.started_at, 540));
@@ -671,7 +665,7 @@ mod tests {
             email_to: vec!["a@x.jp".into()],
             ..Default::default()
         });
-        let items = PLANNER.after_call(&r, &n, &[], Some("0120999000"), true);
+        let items = PLANNER.after_call(&r, &n, &[], Some("0120999000"), true, true);
         let mail: serde_json::Value = serde_json::from_str(&items[0].payload).unwrap();
         assert_eq!(
             mail["subject"],
@@ -737,7 +731,7 @@ mod tests {
         });
         let r = sample_call("op_1", "adv_1", 1_000); // valid, gclid=abc
         assert_eq!(
-            kinds(&PLANNER.after_call(&r, &n, &[], None, true)),
+            kinds(&PLANNER.after_call(&r, &n, &[], None, true, true)),
             vec![(FollowUpKind::Ga4, "G-1".into())]
         );
     }
