@@ -399,6 +399,11 @@ pub async fn update(
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let patch: PoolPatch = parse_json(&body)?;
+    if let Some(overflow) = &patch.overflow_number {
+        // A store read only when the change names one; what it checks is the
+        // patch's, the same on every try below.
+        check_overflow(&st, &op, overflow.as_deref()).await?;
+    }
     // Read, change, and write only if still as read (a compare-and-set in the store),
     // as a number's PATCH: two at once each kept one change and lost the other's.
     for _ in 0..crate::UPDATE_TRIES {
@@ -408,10 +413,6 @@ pub async fn update(
             .ok_or_else(not_found)?;
         let pool = patched(read.clone(), &patch);
         validate_settings(&pool)?;
-        if patch.overflow_number.is_some() {
-            // A store read only when the change names one.
-            check_overflow(&st, &op, pool.overflow_number.as_deref()).await?;
-        }
         let saved = pool.clone();
         match db(&st, move |s| s.update_pool(&saved, &read)).await? {
             Update::Updated => return Ok(Json(view(&pool))),
@@ -590,7 +591,17 @@ pub async fn issue(
     let headers = AppendHeaders(headers);
     let body = axum::body::to_bytes(body, ISSUE_BODY_LIMIT)
         .await
-        .map_err(|_| ApiError::bad_request(None, "body too large or unreadable"))?;
+        .map_err(|e| {
+            let over = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            if over {
+                ApiError::too_large(format!(
+                    "an issue request's body is at most {ISSUE_BODY_LIMIT} bytes"
+                ))
+            } else {
+                ApiError::bad_request(None, "the body could not be read")
+            }
+        })?;
     match issue_number(&st, &who, client, id, &body).await {
         Ok(v) => Ok((headers, Json(v)).into_response()),
         Err(e) => Ok((headers, e).into_response()),
@@ -792,6 +803,17 @@ mod tests {
             },
         )
         .await;
+    }
+
+    /// An issue body past 64 KiB with no declared length (read as it comes) is 413
+    /// `too_large`, as a declared one is (it was 400 "unreadable").
+    #[tokio::test]
+    async fn an_issue_body_past_its_limit_is_too_large() {
+        let a = crate::testing::api();
+        let body = vec![b' '; ISSUE_BODY_LIMIT + 1];
+        let r = a.send_bytes("POST", "/v1/pools/pool_x/issue", body).await;
+        assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", r.text());
+        assert_eq!(r.json()["error"]["code"], "too_large", "{}", r.text());
     }
 
     #[test]

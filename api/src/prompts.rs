@@ -56,9 +56,6 @@ fn over_quota(put: PromptPut) -> Option<ApiError> {
     }
 }
 
-/// `Retry-After` of a prompt upload refused for want of a place.
-const UPLOAD_RETRY_AFTER_SECONDS: u64 = 5;
-
 /// The body limit of `PUT /v1/prompts/{name}`: one prompt may take an operator's
 /// whole quota (600 s; axum's default of 2 MiB cut uploads at about 131 s).
 pub const BODY_LIMIT: usize = MAX_OWN_BYTES as usize;
@@ -75,12 +72,11 @@ pub async fn put(
     // A place among the uploads being read, taken before the body is: each holds up
     // to an operator's quota in memory, twice while it is decoded, and one key's 256
     // connections (or a few addresses') uploading at once held gigabytes (a review).
-    let _place = st.defences.uploads.try_start(&op).map_err(|_| {
-        ApiError::unavailable(
-            "too many prompt uploads at once (api.max_prompt_uploads, api.max_prompt_uploads_per_operator)",
-        )
-        .retry_after(UPLOAD_RETRY_AFTER_SECONDS)
-    })?;
+    let _place = st
+        .defences
+        .uploads
+        .try_start(&op)
+        .map_err(|why| crate::calls::refused(why, "prompt uploads", 5))?;
     // The route's body limit is an operator's whole quota (`BODY_LIMIT`); past it the
     // answer is JSON like every other refusal (axum's own is plain text).
     let body = <Bytes as axum::extract::FromRequest<_>>::from_request(request, &st)

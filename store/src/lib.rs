@@ -96,7 +96,6 @@ pub trait Store: Send + Sync + 'static {
     fn create_advertiser(&self, operator_id: &str, name: &str) -> Result<Advertiser>;
     fn get_advertiser(&self, operator_id: &str, id: &str) -> Result<Option<Advertiser>>;
     fn list_advertisers(&self, operator_id: &str) -> Result<Vec<Advertiser>>;
-    /// Sets the name and line limit of an advertiser; None if it is not the operator's.
     /// Replaces an advertiser's name and line limit with `adv`'s, if they are still
     /// `read`'s: a compare-and-set like [`Store::update_number`] (two PATCHes at once
     /// each kept one change and lost the other's).
