@@ -545,13 +545,19 @@ impl NodeEventSubscription for ChallengeDeadline {
     }
 
     fn node_session_disconnected(&self, ses: NodeServerSessionInformation) {
-        let passed = passed(&self.sessions, &ses);
-        if passed {
-            self.sessions
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&ses.node_id);
-        } else {
+        // Checked and removed under one lock: a session of the same node that passed
+        // its challenge in between is not removed with this one.
+        let passed = {
+            let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+            let this = sessions
+                .get(&ses.node_id)
+                .is_some_and(|a| a.get_id() == ses.actor.get_id());
+            if this {
+                sessions.remove(&ses.node_id);
+            }
+            this
+        };
+        if !passed {
             // A peer with the cluster's certificate whose secret is not the cluster's
             // (or one this node gave up on): the operator needs to know which.
             if let Some(more) = self.refused.allow(Instant::now()) {

@@ -748,8 +748,7 @@ impl BLeg {
         headers: Headers,
     ) -> Relayed {
         let sdp = self.next_body(sdp);
-        self.cseq += 1;
-        let (mut spec, peer) = self.in_dialog(ep, method, self.cseq);
+        let (mut spec, peer) = self.request(ep, method);
         reoffer_parts(&mut spec, ep, peer, sdp, headers);
         Relayed::send(spec, peer, ep)
     }
