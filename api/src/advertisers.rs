@@ -137,42 +137,36 @@ pub async fn update(
     if let Some(lines) = &patch.lines {
         validate_lines(lines.as_ref())?;
     }
-    let announce = |h: &dyn crate::NodeHooks, done: &(Update, Option<Advertiser>)| {
-        if let (Update::Updated, Some(adv)) = done {
-            h.advertiser_changed(&adv.operator_id, &adv.id)
+    let (st, op, id, patch) = (&st, &op, &id, &patch);
+    let adv = crate::patch_kept(&format!("advertiser {id}"), not_found, || {
+        let name = name.clone();
+        async move {
+            let (owner, adv_id) = (op.clone(), id.clone());
+            let read = db(st, move |s| s.get_advertiser(&owner, &adv_id))
+                .await?
+                .ok_or_else(not_found)?;
+            let adv = Advertiser {
+                name: name.unwrap_or_else(|| read.name.clone()),
+                lines: patch.lines.unwrap_or(read.lines),
+                ..read.clone()
+            };
+            let saved = adv.clone();
+            let (owner, adv_id) = (adv.operator_id.clone(), adv.id.clone());
+            let outcome = db_then(
+                st,
+                move |s| s.update_advertiser(&saved, &read),
+                move |h, outcome| {
+                    if *outcome == Update::Updated {
+                        h.advertiser_changed(&owner, &adv_id)
+                    }
+                },
+            )
+            .await?;
+            Ok((outcome, adv))
         }
-    };
-    // Read, change, and write only if still as read (a compare-and-set in the store),
-    // as a number's PATCH: two at once each kept one change and lost the other's.
-    let (outcome, adv) = db_then(
-        &st,
-        move |s| {
-            for _ in 0..crate::UPDATE_TRIES {
-                let Some(read) = s.get_advertiser(&op, &id)? else {
-                    return Ok((Update::Missing, None));
-                };
-                let adv = Advertiser {
-                    name: name.clone().unwrap_or_else(|| read.name.clone()),
-                    lines: patch.lines.unwrap_or(read.lines),
-                    ..read.clone()
-                };
-                match s.update_advertiser(&adv, &read)? {
-                    Update::Changed => continue,
-                    done => return Ok((done, Some(adv))),
-                }
-            }
-            Ok((Update::Changed, None))
-        },
-        announce,
-    )
+    })
     .await?;
-    match (outcome, adv) {
-        (Update::Updated, Some(adv)) => Ok(Json(view(&adv))),
-        (Update::Changed, _) => Err(ApiError::conflict(
-            "the advertiser is being changed by other requests: try again",
-        )),
-        _ => Err(not_found()),
-    }
+    Ok(Json(view(&adv)))
 }
 
 pub async fn delete(

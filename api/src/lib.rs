@@ -386,6 +386,35 @@ pub(crate) use tsunagu_store::now_ms;
 /// is told 409.
 pub(crate) const UPDATE_TRIES: usize = 3;
 
+/// A PATCH as a compare-and-set: `attempt` reads the row, applies the patch, checks
+/// the result and has the store write it only if the row is still as read, answering
+/// the store's outcome and what it wrote. One that lost to another change is made
+/// again from a fresh read, [`UPDATE_TRIES`] times in all, then 409: two PATCHes at
+/// once, or a PATCH racing a number's move into a pool, each kept one change and lost
+/// the other's (a live torture run). `what` names the row in the 409, `missing` is
+/// the 404 of a row deleted meanwhile.
+pub(crate) async fn patch_kept<T, F, Fut>(
+    what: &str,
+    missing: fn() -> ApiError,
+    mut attempt: F,
+) -> Result<T, ApiError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(tsunagu_store::Update, T), ApiError>>,
+{
+    use tsunagu_store::Update;
+    for _ in 0..UPDATE_TRIES {
+        match attempt().await? {
+            (Update::Updated, written) => return Ok(written),
+            (Update::Missing, _) => return Err(missing()),
+            (Update::Changed, _) => continue,
+        }
+    }
+    Err(ApiError::conflict(format!(
+        "{what} is being changed by other requests: try again"
+    )))
+}
+
 /// Milliseconds since the epoch as RFC 3339 UTC with milliseconds.
 pub fn rfc3339(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)

@@ -484,20 +484,16 @@ pub async fn update(
     if let Some(a) = &patch.advertiser_id {
         check_advertiser(&st, &op, a).await?;
     }
-    // Read, change, and write only if still as read (a compare-and-set in the store):
-    // two PATCHes at once, or a PATCH racing the number's move into a pool, each kept
-    // one change and lost the other's (a live torture run). The loser is applied
-    // again to what the winner wrote.
-    for _ in 0..crate::UPDATE_TRIES {
-        let read = owned(&st, &op, &number).await?;
-        let n = patched(read.clone(), &patch);
+    let (st, op, number, patch) = (&st, &op, &number, &patch);
+    let n = crate::patch_kept(&format!("number {number}"), not_found, || async move {
+        let read = owned(st, op, number).await?;
+        let n = patched(read.clone(), patch);
         validate(&n)?;
-        check_prompts(&st, &op, &n)?;
-        crate::follow_up::validate(&st, &op, n.notify.as_ref(), n.ga4.as_ref()).await?;
-        let saved = n.clone();
-        let num = n.number.clone();
+        check_prompts(st, op, &n)?;
+        crate::follow_up::validate(st, op, n.notify.as_ref(), n.ga4.as_ref()).await?;
+        let (saved, num) = (n.clone(), n.number.clone());
         let outcome = db_then(
-            &st,
+            st,
             move |s| s.update_number(&saved, &read),
             move |h, outcome| {
                 if *outcome == Update::Updated {
@@ -506,15 +502,10 @@ pub async fn update(
             },
         )
         .await?;
-        match outcome {
-            Update::Updated => return Ok(Json(view(&n))),
-            Update::Missing => return Err(not_found()),
-            Update::Changed => continue,
-        }
-    }
-    Err(ApiError::conflict(format!(
-        "number {number} is being changed by other requests: try again"
-    )))
+        Ok((outcome, n))
+    })
+    .await?;
+    Ok(Json(view(&n)))
 }
 
 /// `n` with what `patch` sets.

@@ -36,7 +36,7 @@ use std::sync::Arc;
 use std::time::Instant;
 use tsunagu_store::{
     CallerIdMode, Destination, Ga4, IssueOutcome, LeaseCaps, Notify, NumberKind, Pool, PoolMode,
-    RecordingSettings, TrackingNumber, Update, ValidityRule,
+    RecordingSettings, TrackingNumber, ValidityRule,
 };
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -404,25 +404,20 @@ pub async fn update(
         // patch's, the same on every try below.
         check_overflow(&st, &op, overflow.as_deref()).await?;
     }
-    // Read, change, and write only if still as read (a compare-and-set in the store),
-    // as a number's PATCH: two at once each kept one change and lost the other's.
-    for _ in 0..crate::UPDATE_TRIES {
+    let (st, op, id, patch) = (&st, &op, &id, &patch);
+    let pool = crate::patch_kept(&format!("pool {id}"), not_found, || async move {
         let (owner, pool_id) = (op.clone(), id.clone());
-        let read = db(&st, move |s| s.get_pool(&owner, &pool_id))
+        let read = db(st, move |s| s.get_pool(&owner, &pool_id))
             .await?
             .ok_or_else(not_found)?;
-        let pool = patched(read.clone(), &patch);
+        let pool = patched(read.clone(), patch);
         validate_settings(&pool)?;
         let saved = pool.clone();
-        match db(&st, move |s| s.update_pool(&saved, &read)).await? {
-            Update::Updated => return Ok(Json(view(&pool))),
-            Update::Missing => return Err(not_found()),
-            Update::Changed => continue,
-        }
-    }
-    Err(ApiError::conflict(format!(
-        "pool {id} is being changed by other requests: try again"
-    )))
+        let outcome = db(st, move |s| s.update_pool(&saved, &read)).await?;
+        Ok((outcome, pool))
+    })
+    .await?;
+    Ok(Json(view(&pool)))
 }
 
 /// `pool` with what `patch` sets.

@@ -145,6 +145,34 @@ impl SqliteStore {
         Ok(n > 0)
     }
 
+    /// The compare-and-set of every PATCH: in one transaction, reads the row with
+    /// `current` (None: no such row; `Some(Err)`: a row that does not decode, which is
+    /// corrupt, not changed) and only if it is still `read` writes it with `write`.
+    /// Compared as decoded, not as stored text: an older row's text may lack fields
+    /// that now have defaults.
+    fn compare_and_set<T: PartialEq>(
+        &self,
+        read: &T,
+        current: impl FnOnce(&Connection) -> rusqlite::Result<Option<Result<T>>>,
+        write: impl FnOnce(&Connection) -> rusqlite::Result<usize>,
+    ) -> Result<Update> {
+        self.write(|c| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let outcome = match current(&tx)? {
+                None => Ok(Update::Missing),
+                Some(Err(e)) => Err(e),
+                Some(Ok(now)) if now != *read => Ok(Update::Changed),
+                Some(Ok(_)) => {
+                    write(&tx)?;
+                    tx.commit()?;
+                    Ok(Update::Updated)
+                }
+            };
+            Ok(outcome)
+        })
+        .map_err(unavailable)?
+    }
+
     fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
         let conn = self.reader()?;
         let out = f(&conn);
@@ -528,28 +556,24 @@ impl Store for SqliteStore {
         let lines = adv
             .lines
             .map(|l| serde_json::to_string(&l).unwrap_or_default());
-        self.write(|c| {
-            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let current = tx
-                .query_row(
+        self.compare_and_set(
+            read,
+            |c| {
+                c.query_row(
                     &format!("SELECT {ADVERTISER_COLUMNS} FROM advertisers WHERE id = ?1 AND operator_id = ?2"),
                     params![adv.id, adv.operator_id],
                     advertiser_from,
                 )
-                .optional()?;
-            match current {
-                None => return Ok(Update::Missing),
-                Some(now) if now != *read => return Ok(Update::Changed),
-                Some(_) => {}
-            }
-            tx.execute(
-                "UPDATE advertisers SET name = ?3, lines = ?4 WHERE id = ?1 AND operator_id = ?2",
-                params![adv.id, adv.operator_id, adv.name, lines],
-            )?;
-            tx.commit()?;
-            Ok(Update::Updated)
-        })
-        .map_err(unavailable)
+                .optional()
+                .map(|row| row.map(Ok))
+            },
+            |c| {
+                c.execute(
+                    "UPDATE advertisers SET name = ?3, lines = ?4 WHERE id = ?1 AND operator_id = ?2",
+                    params![adv.id, adv.operator_id, adv.name, lines],
+                )
+            },
+        )
     }
 
     fn advertisers_with_lines(&self) -> Result<Vec<Advertiser>> {
@@ -640,34 +664,24 @@ impl Store for SqliteStore {
     fn update_number(&self, number: &TrackingNumber, read: &TrackingNumber) -> Result<Update> {
         let settings =
             serde_json::to_string(number).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        self.write(|c| {
-            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let current: Option<String> = tx
-                .query_row(
+        self.compare_and_set(
+            read,
+            |c| {
+                c.query_row(
                     "SELECT settings FROM numbers WHERE number = ?1 AND operator_id = ?2",
                     params![number.number, number.operator_id],
                     |r| r.get(0),
                 )
-                .optional()?;
-            let Some(current) = current else {
-                return Ok(Ok(Update::Missing));
-            };
-            // Compared as read back (an older row's text may lack fields that now have
-            // defaults), and written only if unchanged, in one transaction. A row that
-            // does not decode is corrupt, not changed.
-            match number_from(current) {
-                Ok(now) if now == *read => {}
-                Ok(_) => return Ok(Ok(Update::Changed)),
-                Err(e) => return Ok(Err(e)),
-            }
-            tx.execute(
-                "UPDATE numbers SET advertiser_id = ?3, settings = ?4 WHERE number = ?1 AND operator_id = ?2",
-                params![number.number, number.operator_id, number.advertiser_id, settings],
-            )?;
-            tx.commit()?;
-            Ok(Ok(Update::Updated))
-        })
-        .map_err(unavailable)?
+                .optional()
+                .map(|row| row.map(number_from))
+            },
+            |c| {
+                c.execute(
+                    "UPDATE numbers SET advertiser_id = ?3, settings = ?4 WHERE number = ?1 AND operator_id = ?2",
+                    params![number.number, number.operator_id, number.advertiser_id, settings],
+                )
+            },
+        )
     }
 
     fn delete_number(&self, operator_id: &str, number: &str) -> Result<bool> {
@@ -775,32 +789,24 @@ impl Store for SqliteStore {
     fn update_pool(&self, pool: &Pool, read: &Pool) -> Result<Update> {
         let settings =
             serde_json::to_string(pool).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        self.write(|c| {
-            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let current: Option<String> = tx
-                .query_row(
+        self.compare_and_set(
+            read,
+            |c| {
+                c.query_row(
                     "SELECT settings FROM pools WHERE id = ?1 AND operator_id = ?2",
                     params![pool.id, pool.operator_id],
                     |r| r.get(0),
                 )
-                .optional()?;
-            let Some(current) = current else {
-                return Ok(Ok(Update::Missing));
-            };
-            // Compared as read back, as a number's are (see `update_number`).
-            match pool_from(current) {
-                Ok(now) if now == *read => {}
-                Ok(_) => return Ok(Ok(Update::Changed)),
-                Err(e) => return Ok(Err(e)),
-            }
-            tx.execute(
-                "UPDATE pools SET settings = ?3 WHERE id = ?1 AND operator_id = ?2",
-                params![pool.id, pool.operator_id, settings],
-            )?;
-            tx.commit()?;
-            Ok(Ok(Update::Updated))
-        })
-        .map_err(unavailable)?
+                .optional()
+                .map(|row| row.map(pool_from))
+            },
+            |c| {
+                c.execute(
+                    "UPDATE pools SET settings = ?3 WHERE id = ?1 AND operator_id = ?2",
+                    params![pool.id, pool.operator_id, settings],
+                )
+            },
+        )
     }
 
     fn lease_at(&self, number: &str, at_ms: i64) -> Result<Option<Lease>> {
