@@ -5,6 +5,7 @@
 //! the next [`Stage`], or plays a prompt and goes on when the relay reports its end
 //! ([`After`]), a key, or a timer.
 
+use super::legs::Leg;
 use super::{Call, CallMsg, FarEnd, Phase};
 use crate::decide::ivr::{on_key, on_silence, IvrStep};
 use crate::metrics::{OutcomeLabel, PurposeLabel};

@@ -45,7 +45,7 @@ fn tag_of(value: &str) -> Option<&str> {
 /// when that 2xx comes again, the ACK lost (RFC 3261 13.2.2.4), or the far end hangs up
 /// 32 s later.
 #[derive(Clone, Default)]
-struct LastAck(Option<(u32, Option<String>)>);
+pub struct LastAck(Option<(u32, Option<String>)>);
 
 impl LastAck {
     fn note(&mut self, cseq: u32, sdp: Option<&str>) {
@@ -84,6 +84,55 @@ fn next_body(last: &mut Option<String>, sdp: Option<String>) -> Option<String> {
     let body = tsunagu_media::sdp::continue_origin(last.as_deref(), &sdp?);
     *last = Some(body.clone());
     Some(body)
+}
+
+/// What the node does alike in either leg's dialog: its own requests (with the next
+/// CSeq), relayed offers and the ACKs of their 2xx. A leg says how a request in its
+/// dialog is built and keeps its CSeq, the SDP and the ACK it last sent.
+pub trait Leg {
+    /// A request of the node's in this dialog, with CSeq `cseq`.
+    fn in_dialog(&self, ep: &EndpointHandle, method: Method, cseq: u32) -> (RequestSpec, Peer);
+    /// The dialog's next local CSeq, taken.
+    fn next_cseq(&mut self) -> u32;
+    /// The SDP the node last sent this party.
+    fn last_sdp(&mut self) -> &mut Option<String>;
+    /// The last ACK the node sent this party.
+    fn last_ack(&mut self) -> &mut LastAck;
+
+    /// The next request of ours in this dialog (for the caller to fill and send).
+    fn request(&mut self, ep: &EndpointHandle, method: Method) -> (RequestSpec, Peer) {
+        let cseq = self.next_cseq();
+        self.in_dialog(ep, method, cseq)
+    }
+
+    /// `sdp` as the next body this party gets (see [`next_body`]).
+    fn next_body(&mut self, sdp: Option<String>) -> Option<String> {
+        next_body(self.last_sdp(), sdp)
+    }
+
+    /// Sends a re-INVITE or UPDATE relayed from the other leg (or one of the node's
+    /// own); returns its CSeq and, for a re-INVITE, its CANCEL.
+    fn reoffer(
+        &mut self,
+        ep: &EndpointHandle,
+        method: Method,
+        sdp: Option<String>,
+        headers: Headers,
+    ) -> Relayed {
+        let sdp = self.next_body(sdp);
+        let (mut spec, peer) = self.request(ep, method);
+        spec.contact = Some(contact(ep, peer.transport));
+        spec.body = sdp.map(|s| ("application/sdp", s.into_bytes()));
+        spec.extra = headers;
+        Relayed::send(spec, peer, ep)
+    }
+
+    /// ACKs a 2xx to the re-INVITE with this CSeq (with the answer, for a 2xx that
+    /// carried the offer).
+    fn ack_at(&mut self, ep: &EndpointHandle, cseq: u32, sdp: Option<&str>) {
+        send_ack(ep, self.in_dialog(ep, Method::Ack, cseq), sdp);
+        self.last_ack().note(cseq, sdp);
+    }
 }
 
 pub struct ALeg {
@@ -344,70 +393,6 @@ impl ALeg {
         );
     }
 
-    /// A request in the caller's dialog (BYE), from us.
-    pub fn request(&mut self, ep: &EndpointHandle, method: Method) -> (RequestSpec, Peer) {
-        self.local_cseq += 1;
-        self.in_dialog(ep, method, self.local_cseq)
-    }
-
-    fn in_dialog(&self, ep: &EndpointHandle, method: Method, cseq: u32) -> (RequestSpec, Peer) {
-        let their_from = header(&self.invite, "From").unwrap_or_default().to_string();
-        let our_to = format!(
-            "{};tag={}",
-            header(&self.invite, "To").unwrap_or_default(),
-            self.local_tag
-        );
-        let peer = self.next;
-        let uri = if self.remote_target.is_empty() {
-            format!("sip:{}", self.peer.addr)
-        } else {
-            self.remote_target.clone()
-        };
-        let spec = RequestSpec {
-            method,
-            uri,
-            transport: peer.transport,
-            sent_by: local(ep, peer.transport),
-            branch: new_branch(),
-            from: our_to,
-            to: their_from,
-            call_id: self.info.call_id.clone(),
-            cseq,
-            contact: None,
-            routes: self.routes.clone(),
-            max_forwards: 70,
-            extra: Vec::new(),
-            body: None,
-        };
-        (spec, peer)
-    }
-
-    /// `sdp` as the next body this party gets (see [`next_body`]).
-    pub fn next_body(&mut self, sdp: Option<String>) -> Option<String> {
-        next_body(&mut self.last_sdp, sdp)
-    }
-
-    /// Sends a re-INVITE or UPDATE relayed from the other leg; returns its CSeq.
-    pub fn reoffer(
-        &mut self,
-        ep: &EndpointHandle,
-        method: Method,
-        sdp: Option<String>,
-        headers: Headers,
-    ) -> Relayed {
-        let sdp = self.next_body(sdp);
-        let (mut spec, peer) = self.request(ep, method);
-        reoffer_parts(&mut spec, ep, peer, sdp, headers);
-        Relayed::send(spec, peer, ep)
-    }
-
-    /// ACKs a 2xx to the re-INVITE with this CSeq (with the answer, for a 2xx that
-    /// carried the offer).
-    pub fn ack_at(&mut self, ep: &EndpointHandle, cseq: u32, sdp: Option<&str>) {
-        send_ack(ep, self.in_dialog(ep, Method::Ack, cseq), sdp);
-        self.last_ack.note(cseq, sdp);
-    }
-
     /// A 2xx to the INVITE with CSeq `cseq` came again: the ACK sent for it goes again
     /// ([`LastAck`]), or none if none was sent for it.
     pub fn reack(&self, ep: &EndpointHandle, cseq: u32) {
@@ -491,6 +476,53 @@ impl ALeg {
     }
 }
 
+impl Leg for ALeg {
+    fn in_dialog(&self, ep: &EndpointHandle, method: Method, cseq: u32) -> (RequestSpec, Peer) {
+        let their_from = header(&self.invite, "From").unwrap_or_default().to_string();
+        let our_to = format!(
+            "{};tag={}",
+            header(&self.invite, "To").unwrap_or_default(),
+            self.local_tag
+        );
+        let peer = self.next;
+        let uri = if self.remote_target.is_empty() {
+            format!("sip:{}", self.peer.addr)
+        } else {
+            self.remote_target.clone()
+        };
+        let spec = RequestSpec {
+            method,
+            uri,
+            transport: peer.transport,
+            sent_by: local(ep, peer.transport),
+            branch: new_branch(),
+            from: our_to,
+            to: their_from,
+            call_id: self.info.call_id.clone(),
+            cseq,
+            contact: None,
+            routes: self.routes.clone(),
+            max_forwards: 70,
+            extra: Vec::new(),
+            body: None,
+        };
+        (spec, peer)
+    }
+
+    fn next_cseq(&mut self) -> u32 {
+        self.local_cseq += 1;
+        self.local_cseq
+    }
+
+    fn last_sdp(&mut self) -> &mut Option<String> {
+        &mut self.last_sdp
+    }
+
+    fn last_ack(&mut self) -> &mut LastAck {
+        &mut self.last_ack
+    }
+}
+
 /// A header value and the value of its `tag` parameter, split: `<sip:a@b>` and `x`
 /// from `<sip:a@b>;tag=x`.
 fn split_tag(value: &str) -> Option<(&str, &str)> {
@@ -500,7 +532,6 @@ fn split_tag(value: &str) -> Option<(&str, &str)> {
     (!tag.is_empty()).then_some((&value[..at], tag))
 }
 
-/// Contact and SDP body of a relayed re-INVITE or UPDATE.
 /// Headers a relayed request carries over from the other leg (session timers).
 pub type Headers = Vec<(&'static str, String)>;
 
@@ -518,18 +549,6 @@ impl Relayed {
         ep.request(spec, peer);
         Relayed { cseq, cancel }
     }
-}
-
-fn reoffer_parts(
-    spec: &mut RequestSpec,
-    ep: &EndpointHandle,
-    peer: Peer,
-    sdp: Option<String>,
-    headers: Headers,
-) {
-    spec.contact = Some(contact(ep, peer.transport));
-    spec.body = sdp.map(|s| ("application/sdp", s.into_bytes()));
-    spec.extra = headers;
 }
 
 /// The forwarded leg of one attempt.
@@ -552,6 +571,46 @@ pub struct BLeg {
     pub last_sdp: Option<String>,
     /// The last ACK the node sent this party.
     last_ack: LastAck,
+}
+
+impl Leg for BLeg {
+    fn in_dialog(&self, ep: &EndpointHandle, method: Method, cseq: u32) -> (RequestSpec, Peer) {
+        let target = self
+            .remote_target
+            .clone()
+            .unwrap_or_else(|| self.invite.uri.clone());
+        let peer = self.next;
+        let spec = RequestSpec {
+            method,
+            uri: target,
+            transport: peer.transport,
+            sent_by: local(ep, peer.transport),
+            branch: new_branch(),
+            from: self.invite.from.clone(),
+            to: self.to.clone().unwrap_or_else(|| self.invite.to.clone()),
+            call_id: self.invite.call_id.clone(),
+            cseq,
+            contact: None,
+            routes: self.routes.clone(),
+            max_forwards: 70,
+            extra: Vec::new(),
+            body: None,
+        };
+        (spec, peer)
+    }
+
+    fn next_cseq(&mut self) -> u32 {
+        self.cseq += 1;
+        self.cseq
+    }
+
+    fn last_sdp(&mut self) -> &mut Option<String> {
+        &mut self.last_sdp
+    }
+
+    fn last_ack(&mut self) -> &mut LastAck {
+        &mut self.last_ack
+    }
 }
 
 /// What the B-leg INVITE carries.
@@ -694,31 +753,6 @@ impl BLeg {
         fork.bye(ep);
     }
 
-    fn in_dialog(&self, ep: &EndpointHandle, method: Method, cseq: u32) -> (RequestSpec, Peer) {
-        let target = self
-            .remote_target
-            .clone()
-            .unwrap_or_else(|| self.invite.uri.clone());
-        let peer = self.next;
-        let spec = RequestSpec {
-            method,
-            uri: target,
-            transport: peer.transport,
-            sent_by: local(ep, peer.transport),
-            branch: new_branch(),
-            from: self.invite.from.clone(),
-            to: self.to.clone().unwrap_or_else(|| self.invite.to.clone()),
-            call_id: self.invite.call_id.clone(),
-            cseq,
-            contact: None,
-            routes: self.routes.clone(),
-            max_forwards: 70,
-            extra: Vec::new(),
-            body: None,
-        };
-        (spec, peer)
-    }
-
     pub fn ack(&mut self, ep: &EndpointHandle) {
         self.ack_at(ep, self.invite.cseq, None);
     }
@@ -726,38 +760,6 @@ impl BLeg {
     pub fn bye(&mut self, ep: &EndpointHandle) {
         let (spec, peer) = self.request(ep, Method::Bye);
         ep.request(spec, peer);
-    }
-
-    /// The next request of ours in this dialog (for the caller to fill and send).
-    pub fn request(&mut self, ep: &EndpointHandle, method: Method) -> (RequestSpec, Peer) {
-        self.cseq += 1;
-        self.in_dialog(ep, method, self.cseq)
-    }
-
-    /// `sdp` as the next body this party gets (see [`next_body`]).
-    pub fn next_body(&mut self, sdp: Option<String>) -> Option<String> {
-        next_body(&mut self.last_sdp, sdp)
-    }
-
-    /// Sends a re-INVITE or UPDATE relayed from the caller; returns its CSeq.
-    pub fn reoffer(
-        &mut self,
-        ep: &EndpointHandle,
-        method: Method,
-        sdp: Option<String>,
-        headers: Headers,
-    ) -> Relayed {
-        let sdp = self.next_body(sdp);
-        let (mut spec, peer) = self.request(ep, method);
-        reoffer_parts(&mut spec, ep, peer, sdp, headers);
-        Relayed::send(spec, peer, ep)
-    }
-
-    /// ACKs a 2xx to the re-INVITE with this CSeq (with the answer, for a 2xx that
-    /// carried the offer).
-    pub fn ack_at(&mut self, ep: &EndpointHandle, cseq: u32, sdp: Option<&str>) {
-        send_ack(ep, self.in_dialog(ep, Method::Ack, cseq), sdp);
-        self.last_ack.note(cseq, sdp);
     }
 
     /// A 2xx to the INVITE with CSeq `cseq` came again: the ACK sent for it goes again

@@ -10,7 +10,7 @@
 //! carried it and when it moved; talk time counts from the first answer.
 
 use super::checkpoint::{Answered, Checkpoint, Dialog, HeldLine, Ringing, State, VERSION};
-use super::legs::{ALeg, BLeg};
+use super::legs::{ALeg, BLeg, Leg};
 use super::{Call, CallHandle, CallMsg, CallRef, Exit, FarEnd, Phase};
 use crate::context::{CallSlot, NodeContext};
 use crate::decide::caller::Caller;
@@ -281,19 +281,19 @@ impl Call {
             return self.takeover_failed("the checkpoint's SDP cannot be offered again");
         };
         let ep = self.ctx.endpoint.clone();
+        if self.b.is_none() {
+            return self.takeover_failed("no callee dialog");
+        }
         let a_cseq = self
             .a
             .reoffer(&ep, Method::Invite, Some(a_offer), Vec::new())
             .cseq;
-        let b_cseq = match self.b.as_mut() {
-            Some(b) => {
-                b.reoffer(&ep, Method::Invite, Some(b_offer), Vec::new())
-                    .cseq
-            }
-            None => return self.takeover_failed("no callee dialog"),
-        };
+        let b_cseq = self.leg(Side::B).map(|b| {
+            b.reoffer(&ep, Method::Invite, Some(b_offer), Vec::new())
+                .cseq
+        });
         if let Some(r) = self.resuming.as_mut() {
-            r.pending = [Some(a_cseq), Some(b_cseq)];
+            r.pending = [Some(a_cseq), b_cseq];
         }
         if let Some(rec) = &answered.recording {
             self.restart_recording(&rec.mode);
@@ -333,11 +333,8 @@ impl Call {
         if info.cseq_method != Method::Invite {
             return None;
         }
-        if r.pending[0] == Some(info.cseq) && info.call_id == self.a.info.call_id {
-            return Some(Side::A);
-        }
-        let b = self.b.as_ref()?;
-        (r.pending[1] == Some(info.cseq) && info.call_id == b.call_id()).then_some(Side::B)
+        let side = self.side_of(&info.call_id)?;
+        (r.pending[index(side)] == Some(info.cseq)).then_some(side)
     }
 
     /// A party answered our takeover re-INVITE.

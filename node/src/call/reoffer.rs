@@ -1,0 +1,305 @@
+//! Re-offers in an answered call: a re-INVITE or UPDATE (hold, resume, codec change,
+//! session refresh) from one party is relayed to the other with its SDP pointed at the
+//! node, and the answer travels back. One at a time (RFC 3261 14.2: a second is 491);
+//! a re-INVITE its sender cancels is cancelled on the other leg too, and one the other
+//! party accepted all the same is undone with the session it had before.
+
+use super::legs;
+use super::{session, Call, Phase};
+use tsunagu_media::{sdp, Side};
+use tsunagu_sip::parse::{header, sdp_body};
+use tsunagu_sip::{Method, Request, Response};
+
+/// A re-INVITE or UPDATE relayed to the other leg, waiting for its answer.
+pub(super) struct Reoffer {
+    pub(super) from: Side,
+    pub(super) method: Method,
+    pub(super) request: Request,
+    pub(super) info: tsunagu_sip::Info,
+    pub(super) key: tsunagu_sip::transaction::TxKey,
+    /// CSeq of the relayed request on the other leg.
+    pub(super) cseq: u32,
+    /// A re-INVITE without an offer: the other leg's 2xx brings one, and its ACK waits
+    /// for the answer in the sender's ACK.
+    pub(super) late: bool,
+    /// The sender's offer as the node relayed it: what the relay, the hold and the
+    /// telephone-event type become once the other leg accepts it (a 2xx); a refused
+    /// offer (488, 491, ...) leaves the session as it was (RFC 3261 section 14.2).
+    pub(super) offer: Option<sdp::Rewritten>,
+    /// The call ended while it was pending: the sender was answered 487, and the other
+    /// leg's answer, when it comes, is only acknowledged.
+    pub(super) abandoned: bool,
+    /// The CANCEL of the relayed re-INVITE, until it is sent.
+    pub(super) cancel: Option<(tsunagu_sip::build::RequestSpec, tsunagu_sip::Peer)>,
+    /// The other leg answered it provisionally: a CANCEL may go (RFC 3261 9.1).
+    pub(super) provisional: bool,
+    /// Its sender cancelled it before that: the CANCEL goes with the first provisional.
+    pub(super) cancel_wanted: bool,
+    /// The body the other party had from the node before this offer: offered again if
+    /// it accepts the offer after its sender cancelled it.
+    pub(super) previous: Option<String>,
+}
+
+impl Call {
+    /// Passes a re-INVITE or UPDATE (hold, resume, codec change, session refresh) from
+    /// one leg to the other with the SDP pointed at the node, and remembers it so the
+    /// answer can travel back. One at a time: a second gets 491 (RFC 3261 14.2).
+    pub(super) fn relay_reoffer(
+        &mut self,
+        from: Side,
+        req: Request,
+        info: tsunagu_sip::Info,
+        key: tsunagu_sip::transaction::TxKey,
+    ) {
+        let ep = self.ctx.endpoint.clone();
+        if self.reoffer.is_some() || self.restoring.is_some() {
+            ep.respond(&req, &info, &key, 491, None, &[], None);
+            return;
+        }
+        let to = from.other();
+        let offer = match sdp_body(&req, &req.body) {
+            Some(body) => match self.rewrite_sdp(from, &body) {
+                Some(rewritten) => Some(rewritten),
+                None => {
+                    // Not an offer the node can anchor: refused, and the session goes
+                    // on as it was (RFC 3261 14.2).
+                    tracing::info!(method = %req.method, ?from, "re-offer without a usable SDP: 488");
+                    return ep.respond(&req, &info, &key, 488, None, &[], None);
+                }
+            },
+            None => None,
+        };
+        // A refresh asking for less than the floor is refused as the first INVITE
+        // would be (RFC 4028 9: 422 with Min-SE); it was passed on. The caller's floor
+        // is the node's minimum; the callee's the one it was given (see `callee_floor`).
+        let floor = match from {
+            Side::A => self.ctx.min_se,
+            Side::B => crate::decide::session_timer::callee_floor(self.ctx.min_se),
+        };
+        if crate::decide::session_timer::too_small(header(&req, "Session-Expires"), floor) {
+            let min_se = floor.to_string();
+            return ep.respond(
+                &req,
+                &info,
+                &key,
+                422,
+                None,
+                &[("Min-SE", min_se.as_str())],
+                None,
+            );
+        }
+        if req.method == Method::Invite {
+            // The other party may take its time (a person, a slow PBX): without a
+            // provisional answer the sender retransmits and, past 32 s, gives up
+            // (RFC 3261 17.2.1: a 100 when the answer may take over 200 ms).
+            ep.respond(&req, &info, &key, 100, None, &[], None);
+        }
+        let sdp = offer.as_ref().map(|o| o.sdp.clone());
+        let late = sdp.is_none() && req.method == Method::Invite;
+        let method = req.method;
+        let headers = session::headers_of(&req);
+        let Some(leg) = self.leg(to) else {
+            return ep.respond(&req, &info, &key, 481, None, &[], None);
+        };
+        let previous = leg.last_sdp().clone();
+        let relayed = leg.reoffer(&ep, method, sdp, headers);
+        tracing::debug!(%method, from = ?from, "re-offer relayed");
+        self.reoffer = Some(Box::new(Reoffer {
+            from,
+            method,
+            request: req,
+            info,
+            key,
+            cseq: relayed.cseq,
+            late,
+            offer,
+            abandoned: false,
+            cancel: relayed.cancel,
+            provisional: false,
+            cancel_wanted: false,
+            previous,
+        }));
+    }
+
+    /// The sender of a pending re-INVITE cancelled it: it is answered 487 (RFC 3261
+    /// 9.2) and the node cancels its own re-INVITE on the other leg (at once if that
+    /// leg answered it provisionally, else with its first provisional answer, RFC
+    /// 3261 9.1): the other party's session stays where the sender's does. It was not
+    /// cancelled, and its re-INVITE completed there (a live torture run). The other
+    /// leg's answer, when it comes, is only acknowledged; one that accepted the offer
+    /// before the CANCEL reached it (the race RFC 3261 leaves to the parties) moves the
+    /// other party's session where the sender's did not, until the next offer. An
+    /// offerless re-INVITE goes on: the other leg's 2xx brings an offer, whose ACK
+    /// must carry the answer only the sender can give.
+    pub(super) fn reoffer_cancelled(&mut self, key: &tsunagu_sip::transaction::TxKey) {
+        let pending = self
+            .reoffer
+            .as_ref()
+            .is_some_and(|p| p.key == *key && p.method == Method::Invite && !p.late);
+        if pending {
+            tracing::debug!(
+                "a pending re-INVITE cancelled by its sender: 487, and cancelled on the other leg"
+            );
+            self.abandon_reoffer();
+            if let Some(p) = self.reoffer.as_mut() {
+                p.cancel_wanted = true;
+            }
+            self.send_reoffer_cancel();
+        }
+    }
+
+    /// Sends the CANCEL of the relayed re-INVITE, once, when its sender wanted it and
+    /// the other leg has answered provisionally.
+    pub(super) fn send_reoffer_cancel(&mut self) {
+        let Some(p) = self.reoffer.as_mut() else {
+            return;
+        };
+        if !(p.cancel_wanted && p.provisional) {
+            return;
+        }
+        if let Some((spec, peer)) = p.cancel.take() {
+            self.ctx.endpoint.request(spec, peer);
+        }
+    }
+
+    /// The other party accepted a re-offer whose sender had cancelled it (its 2xx
+    /// crossed the node's CANCEL): it moved to a session its sender never took (on hold
+    /// while the sender is not, say). The node offers it the session it had before,
+    /// in a re-INVITE of its own; its answer is applied like any other (a review found
+    /// the two left disagreeing until the next offer).
+    pub(super) fn restore_after_crossing(&mut self, side: Side, previous: Option<String>) {
+        let Some(previous) = previous else { return };
+        let ep = self.ctx.endpoint.clone();
+        let Some(leg) = self.leg(side) else { return };
+        let relayed = leg.reoffer(&ep, Method::Invite, Some(previous), Vec::new());
+        tracing::info!(
+            ?side,
+            "a cancelled re-offer was accepted all the same: the previous session offered again"
+        );
+        self.restoring = Some((side, relayed.cseq));
+    }
+
+    /// The answer to [`Call::restore_after_crossing`]'s re-INVITE: a 2xx is
+    /// acknowledged and its SDP applied; a refusal leaves things as they are.
+    pub(super) fn on_restore_answer(&mut self, side: Side, cseq: u32, resp: Response) {
+        let code = resp.status_code.code();
+        if code < 200 {
+            return;
+        }
+        self.restoring = None;
+        if !(200..300).contains(&code) {
+            tracing::info!(code, ?side, "the previous session's offer was refused");
+            return;
+        }
+        self.ack_2xx(side, cseq);
+        let answered = sdp_body(&resp, &resp.body).and_then(|body| self.rewrite_sdp(side, &body));
+        if let Some(rewritten) = answered {
+            self.apply_sdp(side, &rewritten);
+        }
+    }
+
+    /// The call is ending with a re-offer pending (or its sender cancelled it, see
+    /// `reoffer_cancelled`): its sender is answered 487 (RFC 3261 15.1.2: a UAS that
+    /// receives a BYE answers the dialog's pending requests; the same when the node
+    /// hangs up). It was left unanswered, its server transaction kept for minutes, and
+    /// the other leg's late 2xx relayed into the ended dialog (a live torture run).
+    pub(super) fn abandon_reoffer(&mut self) {
+        let Some(p) = self.reoffer.as_mut().filter(|p| !p.abandoned) else {
+            return;
+        };
+        p.abandoned = true;
+        tracing::debug!(method = %p.method, "a re-offer given up while pending: 487");
+        self.ctx
+            .endpoint
+            .respond(&p.request, &p.info, &p.key, 487, None, &[], None);
+    }
+
+    /// The other leg answered a relayed re-offer: ACK it (INVITE 2xx) and answer the
+    /// leg that sent it, with the SDP pointed at the node.
+    pub(super) fn on_reoffer_answer(&mut self, resp: Response) {
+        let code = resp.status_code.code();
+        if code < 200 {
+            if let Some(p) = self.reoffer.as_mut() {
+                p.provisional = true;
+            }
+            self.send_reoffer_cancel();
+            return;
+        }
+        let Some(p) = self.reoffer.take() else { return };
+        let ep = self.ctx.endpoint.clone();
+        let to = p.from.other();
+        if p.abandoned {
+            if (200..300).contains(&code) && p.method == Method::Invite {
+                self.ack_2xx(to, p.cseq);
+                if p.cancel_wanted && p.offer.is_some() && self.phase == Phase::Answered {
+                    self.restore_after_crossing(to, p.previous);
+                }
+            }
+            return;
+        }
+        let answered = sdp_body(&resp, &resp.body)
+            .filter(|_| code < 300)
+            .and_then(|body| self.rewrite_sdp(to, &body));
+        if (200..300).contains(&code) && p.offer.is_some() && answered.is_none() {
+            // A 2xx that must bring the answer and brings none the node can anchor:
+            // the sender would get a 2xx without one (RFC 3264: it must have it), and
+            // the node would act on an offer nobody answered. The other leg's 2xx is
+            // acknowledged; the sender is refused 488 and the node keeps the session
+            // as it was (the other leg, which broke the rule, may think otherwise;
+            // its media still reaches the node's port). A live torture run. (A 2xx to
+            // an offerless re-INVITE whose offer the node cannot anchor is not
+            // handled so: its ACK would have to carry an answer.)
+            tracing::warn!(method = %p.method, ?to, "a 2xx to a relayed re-offer without a usable SDP: 488 to its sender, the session unchanged");
+            if p.method == Method::Invite {
+                self.ack_2xx(to, p.cseq);
+            }
+            ep.respond(&p.request, &p.info, &p.key, 488, None, &[], None);
+            return;
+        }
+        if let (200..=299, Some(offer)) = (code, &p.offer) {
+            self.apply_sdp(p.from, offer);
+        }
+        let answer = answered.map(|rewritten| {
+            self.apply_sdp(to, &rewritten);
+            rewritten.sdp
+        });
+        // The answer as the next body of the offerer's session (the leg keeps it).
+        let answer = self.leg(p.from).and_then(|leg| leg.next_body(answer));
+        if (200..300).contains(&code) && p.method == Method::Invite {
+            if p.late && answer.is_some() {
+                // The 2xx carries `to`'s offer: ACKed with the answer the sender's
+                // ACK brings ([`Call::on_ack`]).
+                self.late_ack = Some((to, p.cseq, p.info.cseq));
+            } else {
+                self.ack_2xx(to, p.cseq);
+            }
+        }
+        let transport = match (p.from, &self.b) {
+            (Side::B, Some(b)) => b.peer.transport,
+            _ => self.a.peer.transport,
+        };
+        let contact = legs::contact(&ep, transport);
+        let timer = session::answer_headers(&resp);
+        let extra: Vec<(&str, &str)> = if code < 300 {
+            self.on_refresh_answer(&resp);
+            std::iter::once(("Contact", contact.as_str()))
+                .chain(timer.iter().map(|(k, v)| (*k, v.as_str())))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        ep.respond(
+            &p.request,
+            &p.info,
+            &p.key,
+            code,
+            None,
+            &extra,
+            answer.as_deref().map(|s| ("application/sdp", s.as_bytes())),
+        );
+        if code < 300 {
+            // The session changed: what a takeover needs changed with it.
+            self.checkpoint_now(false);
+        }
+    }
+}
