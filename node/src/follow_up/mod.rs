@@ -48,36 +48,9 @@ pub fn egress_policy(config: &Config) -> EgressPolicy {
 /// The addresses of this host's interfaces (getifaddrs); none if they cannot be read.
 /// At most a few hundred on any host: an entry per address of an interface.
 fn host_addresses() -> Vec<IpAddr> {
-    let mut out = Vec::new();
-    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs fills `list` with a linked list we only read and then free
-    // with freeifaddrs; each `ifa_addr` is null or points at a sockaddr of the family
-    // its `sa_family` names.
-    unsafe {
-        if libc::getifaddrs(&mut list) != 0 {
-            return out;
-        }
-        let mut at = list;
-        while !at.is_null() {
-            let addr = (*at).ifa_addr;
-            if !addr.is_null() {
-                match i32::from((*addr).sa_family) {
-                    libc::AF_INET => {
-                        let v4 = &*(addr as *const libc::sockaddr_in);
-                        out.push(IpAddr::from(u32::from_be(v4.sin_addr.s_addr).to_be_bytes()));
-                    }
-                    libc::AF_INET6 => {
-                        let v6 = &*(addr as *const libc::sockaddr_in6);
-                        out.push(IpAddr::from(v6.sin6_addr.s6_addr));
-                    }
-                    _ => {}
-                }
-            }
-            at = (*at).ifa_next;
-        }
-        libc::freeifaddrs(list);
-    }
-    out
+    if_addrs::get_if_addrs()
+        .map(|all| all.iter().map(if_addrs::Interface::ip).collect())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
