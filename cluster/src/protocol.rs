@@ -83,15 +83,8 @@ impl Frame {
     }
 }
 
-/// A node's name (`node.id`): 1 to 64 letters, digits, `.`, `_` or `-`. Names from
-/// peers are logged and kept in every member's view: a name with a line break or an
-/// escape forged log lines, and a 4 MiB one filled views (a review).
-pub fn is_node_name(name: &str) -> bool {
-    (1..=64).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-}
+/// A node's name (`node.id`; the rule is the configuration's).
+pub use tsunagu_config::is_node_name;
 
 #[cfg(test)]
 mod tests {

@@ -15,7 +15,7 @@ mod validate;
 pub use env::{apply_env_overrides, Overrides};
 pub use model::*;
 pub use net::{Cidr, Listener, PortRange, Transport};
-pub use validate::{http_url_error, ConfigError};
+pub use validate::{http_url_error, is_node_name, ConfigError};
 
 use std::path::Path;
 

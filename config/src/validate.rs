@@ -38,20 +38,25 @@ impl fmt::Display for ConfigError {
     }
 }
 
+/// A node's name (`node.id`): 1 to 64 letters, digits, `.`, `_` or `-`. The cluster
+/// holds peers to it too: names from peers are logged and kept in every member's
+/// view, and a name with a line break or an escape forged log lines, a 4 MiB one
+/// filled views (a review).
+pub fn is_node_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
 impl Config {
     /// Checks the meaning of the configuration; returns every error found.
     pub fn validate(&self) -> Result<(), Vec<ConfigError>> {
         let mut errors = Vec::new();
         let mut err = |path: String, msg: String| errors.push(ConfigError { path, message: msg });
 
-        // The cluster's rule for names (`tsunagu_cluster::protocol::is_node_name`): a
-        // peer's frame naming another is refused.
-        let id = &self.node.id;
-        let id_ok = (1..=64).contains(&id.len())
-            && id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-        if !id_ok {
+        // The cluster's rule for names: a peer's frame naming another is refused.
+        if !is_node_name(&self.node.id) {
             err(
                 "node.id".into(),
                 "must be 1 to 64 letters, digits, '.', '_' or '-'".into(),
