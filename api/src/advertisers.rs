@@ -76,28 +76,7 @@ pub async fn create(
                     "an operator has at most {cap} advertisers (api.max_advertisers_per_operator)"
                 )));
             }
-            let adv = s.create_advertiser(&op, &name)?;
-            match lines {
-                // Two writes: an advertiser whose line limit could not be stored is taken
-                // back (best effort), so a retry does not leave a twin without its limit.
-                Some(_) => {
-                    let limited = Advertiser {
-                        lines,
-                        ..adv.clone()
-                    };
-                    match s.update_advertiser(&limited, &adv) {
-                        Ok(Update::Updated) => Ok(limited),
-                        // Changed or deleted in the moment since its creation: what
-                        // another request made of it stands.
-                        Ok(Update::Changed | Update::Missing) => Ok(adv),
-                        Err(e) => {
-                            let _ = s.delete_advertiser(&op, &adv.id);
-                            Err(e)
-                        }
-                    }
-                }
-                None => Ok(adv),
-            }
+            s.create_advertiser(&op, &name, lines)
         },
         announce,
     )

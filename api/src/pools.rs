@@ -719,7 +719,10 @@ mod tests {
         use tsunagu_store::Store;
         let a = crate::testing::api();
         let other = a.store.create_operator("other").unwrap();
-        let adv = a.store.create_advertiser(&other.id, "theirs").unwrap();
+        let adv = a
+            .store
+            .create_advertiser(&other.id, "theirs", None)
+            .unwrap();
         let theirs = tsunagu_store::TrackingNumber {
             number: "0509999999".into(),
             operator_id: other.id.clone(),

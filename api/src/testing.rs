@@ -97,7 +97,7 @@ pub fn api_with(config: &ApiConfig, adjust: impl FnOnce(&mut Defences)) -> Api {
     store
         .add_api_key(&op.id, &tsunagu_store::hash_api_key(&key), "tsk_x")
         .unwrap();
-    let advertiser = store.create_advertiser(&op.id, "shop").unwrap().id;
+    let advertiser = store.create_advertiser(&op.id, "shop", None).unwrap().id;
     Api {
         router: crate::router(state.clone()),
         _dir: dir,

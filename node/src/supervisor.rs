@@ -384,7 +384,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("t.db")).unwrap());
         let op = store.create_operator("op").unwrap();
-        let adv = store.create_advertiser(&op.id, "shop").unwrap();
+        let adv = store.create_advertiser(&op.id, "shop", None).unwrap();
         let mut number = sample_number(&op.id, &adv.id);
         number.number = "0501234567".into();
         store.create_number(&number).unwrap();

@@ -56,7 +56,7 @@ fn operators_and_keys(s: &dyn Store) {
     assert_eq!(s.operator_for_key("nope").unwrap(), None);
     assert_eq!(s.list_api_keys(&op.id).unwrap(), vec![key]);
 
-    let adv = s.create_advertiser(&op.id, "shop").unwrap();
+    let adv = s.create_advertiser(&op.id, "shop", None).unwrap();
     assert!(
         matches!(s.delete_operator(&op.id), Err(StoreError::InUse(_))),
         "operator with advertisers"
@@ -75,7 +75,7 @@ fn operators_and_keys(s: &dyn Store) {
 fn advertisers_are_scoped(s: &dyn Store) {
     let a = s.create_operator("a").unwrap();
     let b = s.create_operator("b").unwrap();
-    let adv = s.create_advertiser(&a.id, "shop").unwrap();
+    let adv = s.create_advertiser(&a.id, "shop", None).unwrap();
     assert_eq!(
         s.get_advertiser(&a.id, &adv.id).unwrap().as_ref(),
         Some(&adv)
@@ -140,6 +140,14 @@ fn advertisers_are_scoped(s: &dyn Store) {
         Update::Updated
     );
     assert!(s.advertisers_with_lines().unwrap().is_empty());
+    // Created with its limit: one write, read back with it.
+    let born_limited = s.create_advertiser(&a.id, "lines", Some(limit)).unwrap();
+    assert_eq!(born_limited.lines, Some(limit));
+    assert_eq!(
+        s.get_advertiser(&a.id, &born_limited.id).unwrap(),
+        Some(born_limited.clone())
+    );
+    assert_eq!(s.advertisers_with_lines().unwrap(), vec![born_limited]);
 }
 
 /// A tracking number for tests with a unique random number.
@@ -182,7 +190,7 @@ pub fn sample_number(operator_id: &str, advertiser_id: &str) -> TrackingNumber {
 fn numbers_are_unique_and_scoped(s: &dyn Store) {
     let a = s.create_operator("a").unwrap();
     let b = s.create_operator("b").unwrap();
-    let adv = s.create_advertiser(&a.id, "shop").unwrap();
+    let adv = s.create_advertiser(&a.id, "shop", None).unwrap();
     let mut n = sample_number(&a.id, &adv.id);
     assert_eq!(s.count_numbers(&a.id).unwrap(), 0);
     s.create_number(&n).unwrap();
@@ -1032,7 +1040,7 @@ pub fn sample_pool(
 fn pools_are_created_atomically_and_scoped(s: &dyn Store) {
     let a = s.create_operator("a").unwrap();
     let b = s.create_operator("b").unwrap();
-    let adv = s.create_advertiser(&a.id, "shop").unwrap();
+    let adv = s.create_advertiser(&a.id, "shop", None).unwrap();
     let (pool, numbers) = sample_pool(&a.id, &adv.id, PoolMode::Dynamic, 3, 60, 0);
     s.create_pool(&pool, &numbers).unwrap();
     assert_eq!(s.count_numbers(&a.id).unwrap(), 3, "a pool's numbers count");
@@ -1083,7 +1091,7 @@ fn pools_are_created_atomically_and_scoped(s: &dyn Store) {
 
 fn dynamic_leases(s: &dyn Store) {
     let op = s.create_operator("a").unwrap();
-    let adv = s.create_advertiser(&op.id, "shop").unwrap();
+    let adv = s.create_advertiser(&op.id, "shop", None).unwrap();
     let (pool, numbers) = sample_pool(&op.id, &adv.id, PoolMode::Dynamic, 3, 60, 10);
     s.create_pool(&pool, &numbers).unwrap();
     let t = 10_000_000;
@@ -1160,7 +1168,7 @@ fn dynamic_leases(s: &dyn Store) {
 
 fn one_time_leases_round_robin(s: &dyn Store) {
     let op = s.create_operator("a").unwrap();
-    let adv = s.create_advertiser(&op.id, "shop").unwrap();
+    let adv = s.create_advertiser(&op.id, "shop", None).unwrap();
     let (pool, numbers) = sample_pool(&op.id, &adv.id, PoolMode::OneTime, 2, 1, 0);
     s.create_pool(&pool, &numbers).unwrap();
     let t = 20_000_000;
@@ -1214,7 +1222,7 @@ fn api_keys_are_listed_and_revoked(s: &dyn Store) {
 /// lease (dynamic) is not a new lease; the cap frees up as its leases end.
 fn sessions_hold_at_most_their_cap(s: &dyn Store) {
     let op = s.create_operator("a").unwrap();
-    let adv = s.create_advertiser(&op.id, "shop").unwrap();
+    let adv = s.create_advertiser(&op.id, "shop", None).unwrap();
     let (pool, numbers) = sample_pool(&op.id, &adv.id, PoolMode::OneTime, 5, 10, 0);
     s.create_pool(&pool, &numbers).unwrap();
     let t = 40_000_000;
@@ -1273,7 +1281,7 @@ fn per_session(cap: u32) -> LeaseCaps<'static> {
 /// clients and other pools are not affected.
 fn clients_hold_at_most_their_cap(s: &dyn Store) {
     let op = s.create_operator("a").unwrap();
-    let adv = s.create_advertiser(&op.id, "shop").unwrap();
+    let adv = s.create_advertiser(&op.id, "shop", None).unwrap();
     let (pool, numbers) = sample_pool(&op.id, &adv.id, PoolMode::Dynamic, 6, 10, 0);
     s.create_pool(&pool, &numbers).unwrap();
     let (other_pool, numbers) = sample_pool(&op.id, &adv.id, PoolMode::Dynamic, 2, 10, 0);
@@ -1354,7 +1362,7 @@ fn clients_hold_at_most_their_cap(s: &dyn Store) {
 pub fn the_client_cap_holds_against_parallel_issuers(stores: &[&dyn Store]) {
     let s = stores[0];
     let op = s.create_operator("a").unwrap();
-    let adv = s.create_advertiser(&op.id, "shop").unwrap();
+    let adv = s.create_advertiser(&op.id, "shop", None).unwrap();
     let (pool, numbers) = sample_pool(&op.id, &adv.id, PoolMode::Dynamic, 100, 600, 0);
     s.create_pool(&pool, &numbers).unwrap();
     let issued = std::sync::Mutex::new(0);
@@ -1393,7 +1401,7 @@ pub fn the_client_cap_holds_against_parallel_issuers(stores: &[&dyn Store]) {
 pub fn concurrent_issuers_never_share_a_number(stores: &[&dyn Store]) {
     let s = stores[0];
     let op = s.create_operator("a").unwrap();
-    let adv = s.create_advertiser(&op.id, "shop").unwrap();
+    let adv = s.create_advertiser(&op.id, "shop", None).unwrap();
     let (pool, numbers) = sample_pool(&op.id, &adv.id, PoolMode::Dynamic, 250, 600, 0);
     s.create_pool(&pool, &numbers).unwrap();
     let issued = std::sync::Mutex::new(Vec::new());

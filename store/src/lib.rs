@@ -93,7 +93,12 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<IssueOutcome>;
 
     // Advertisers (operator-scoped).
-    fn create_advertiser(&self, operator_id: &str, name: &str) -> Result<Advertiser>;
+    fn create_advertiser(
+        &self,
+        operator_id: &str,
+        name: &str,
+        lines: Option<LineLimit>,
+    ) -> Result<Advertiser>;
     fn get_advertiser(&self, operator_id: &str, id: &str) -> Result<Option<Advertiser>>;
     fn list_advertisers(&self, operator_id: &str) -> Result<Vec<Advertiser>>;
     /// Replaces an advertiser's name and line limit with `adv`'s, if they are still

@@ -37,7 +37,7 @@ pub const KEY_INDEX_DELETE: &str =
 
 // Advertisers (partition: operator_id).
 pub const ADV_INSERT: &str =
-    "INSERT INTO advertisers (operator_id, id, name, created_at) VALUES (?, ?, ?, ?)";
+    "INSERT INTO advertisers (operator_id, id, name, created_at, lines) VALUES (?, ?, ?, ?, ?)";
 pub const ADV_GET: &str = "SELECT operator_id, id, name, created_at, lines FROM advertisers WHERE operator_id = ? AND id = ?";
 pub const ADV_OF: &str =
     "SELECT operator_id, id, name, created_at, lines FROM advertisers WHERE operator_id = ?";

@@ -703,17 +703,29 @@ impl Store for ScyllaStore {
         self.wait(self.inner.lease(pool, session, params, now_ms, caps))
     }
 
-    fn create_advertiser(&self, operator_id: &str, name: &str) -> Result<Advertiser> {
+    fn create_advertiser(
+        &self,
+        operator_id: &str,
+        name: &str,
+        lines: Option<LineLimit>,
+    ) -> Result<Advertiser> {
         let adv = Advertiser {
             id: crate::new_id("adv"),
             operator_id: operator_id.to_string(),
             name: name.to_string(),
             created_at: now_ms(),
-            lines: None,
+            lines,
         };
+        let lines = lines.map(|l| json(&l)).transpose()?;
         self.wait(self.inner.write(
             q::ADV_INSERT,
-            (operator_id, adv.id.as_str(), name, adv.created_at),
+            (
+                operator_id,
+                adv.id.as_str(),
+                name,
+                adv.created_at,
+                lines.as_deref(),
+            ),
         ))?;
         Ok(adv)
     }

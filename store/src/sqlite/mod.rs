@@ -512,18 +512,24 @@ impl Store for SqliteStore {
         self.lease(pool, session, params, now, caps)
     }
 
-    fn create_advertiser(&self, operator_id: &str, name: &str) -> Result<Advertiser> {
+    fn create_advertiser(
+        &self,
+        operator_id: &str,
+        name: &str,
+        lines: Option<LineLimit>,
+    ) -> Result<Advertiser> {
         let adv = Advertiser {
             id: crate::new_id("adv"),
             operator_id: operator_id.to_string(),
             name: name.to_string(),
             created_at: now_ms(),
-            lines: None,
+            lines,
         };
+        let lines = lines.map(|l| serde_json::to_string(&l).unwrap_or_default());
         self.write(|c| {
             c.execute(
-                "INSERT INTO advertisers (id, operator_id, name, created_at) VALUES (?1, ?2, ?3, ?4)",
-                params![adv.id, adv.operator_id, adv.name, adv.created_at],
+                "INSERT INTO advertisers (id, operator_id, name, created_at, lines) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![adv.id, adv.operator_id, adv.name, adv.created_at, lines],
             )
         })
         .map_err(unavailable)?;
@@ -1657,7 +1663,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = SqliteStore::open(&dir.path().join("t.db")).unwrap();
         let op = s.create_operator("a").unwrap();
-        let adv = s.create_advertiser(&op.id, "shop").unwrap();
+        let adv = s.create_advertiser(&op.id, "shop", None).unwrap();
         let (pool, numbers) =
             crate::conformance::sample_pool(&op.id, &adv.id, PoolMode::OneTime, 20, 60, 0);
         s.create_pool(&pool, &numbers).unwrap();
