@@ -16,12 +16,15 @@ pub fn new_id(prefix: &str) -> String {
     format!("{prefix}_{}", random_hex(8))
 }
 
-/// A new identifier that sorts by creation time, such as `call_0019ac3b5e21_5f0c2a9e`
-/// (milliseconds since the epoch in hex, then 32 random bits). Call records are keyed
-/// by it: new rows land at the end of the key index instead of anywhere in it.
+/// A new identifier that sorts by creation time, such as
+/// `call_0019ac3b5e21_5f0c2a9e1b7d3c44` (milliseconds since the epoch in hex, then 64
+/// random bits). Call records are keyed by it: new rows land at the end of the key
+/// index instead of anywhere in it. With 32 random bits two calls of a busy cluster in
+/// the same millisecond would share an id every few months, and the second's record
+/// was dropped as a duplicate of the first's (a review).
 pub fn new_time_id(prefix: &str) -> String {
     let ms = u64::try_from(crate::now_ms()).unwrap_or(0);
-    format!("{prefix}_{ms:012x}_{}", random_hex(4))
+    format!("{prefix}_{ms:012x}_{}", random_hex(8))
 }
 
 /// A new API key: 128 random bits, shown to the user once.
@@ -35,4 +38,22 @@ pub fn hash_api_key(key: &str) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    /// A call id: the time in 12 hex digits, then 64 random bits; ids made one after
+    /// another sort in order of making (within a millisecond, by chance).
+    #[test]
+    fn call_ids_carry_the_time_and_64_random_bits() {
+        let id = super::new_time_id("call");
+        let parts: Vec<&str> = id.split('_').collect();
+        assert_eq!(parts.len(), 3, "{id}");
+        assert_eq!((parts[1].len(), parts[2].len()), (12, 16), "{id}");
+        assert!(parts[1..]
+            .iter()
+            .all(|p| p.bytes().all(|b| b.is_ascii_hexdigit())));
+        let ms = i64::from_str_radix(parts[1], 16).unwrap();
+        assert!((crate::now_ms() - ms).abs() < 60_000);
+    }
 }

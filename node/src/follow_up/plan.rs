@@ -233,11 +233,13 @@ impl Planner {
                     notify.email_body.as_deref().unwrap_or(DEFAULT_BODY),
                     &values,
                 );
+                let subject = cut_bytes(subject.trim(), MAX_SUBJECT_BYTES);
+                let body = cut_bytes(body.trim_end(), MAX_BODY_BYTES);
                 for to in &notify.email_to {
                     out.push(item(
                         FollowUpKind::Email,
                         to,
-                        serde_json::json!({"to": to, "subject": subject.trim(), "body": body.trim_end()}),
+                        serde_json::json!({"to": to, "subject": subject, "body": body}),
                     ));
                 }
             }
@@ -330,6 +332,23 @@ impl Planner {
 /// characters, or a `{source}` filled with a visitor's 8 KiB of parameters, was sent
 /// whole: dozens of paid segments per message.
 pub const MAX_SMS_UNITS: usize = 670;
+
+/// The most bytes of a notice e-mail's subject (RFC 5322's line, before folding) and
+/// body once rendered. A template is at most 4,000 characters, but each placeholder
+/// in it is filled: `{source}` 500 times over a visitor's 8 KiB of parameters rendered
+/// 4 MB subjects and bodies, some 80 MB of outbox per call with ten recipients, built
+/// in the call-log writer's batch (a review).
+pub const MAX_SUBJECT_BYTES: usize = 998;
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// `text` cut to at most `max` bytes, between characters.
+pub fn cut_bytes(text: &str, max: usize) -> &str {
+    let mut end = max.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
 
 /// `text` cut to [`MAX_SMS_UNITS`] UTF-16 units (between characters).
 pub fn sms_cut(text: &str) -> &str {
@@ -852,6 +871,40 @@ mod tests {
             let cut = sms_cut(text);
             assert_eq!(cut.chars().count(), *chars, "{}", &text[..8]);
             assert!(cut.encode_utf16().count() <= MAX_SMS_UNITS);
+        }
+    }
+
+    /// A template that repeats `{source}` over a visitor's 8 KiB of parameters renders
+    /// an e-mail within its caps, cut between characters.
+    #[test]
+    fn e_mails_are_cut_to_their_caps() {
+        let mut r = sample_call("op_1", "adv_1", 1_000);
+        r.result = CallResult::NoAnswer;
+        r.tracking_params = (0..80)
+            .map(|i| (format!("k{i:02}"), "\u{3042}".repeat(33)))
+            .collect();
+        let mut n = sample_number("op_1", "adv_1");
+        n.notify = Some(Notify {
+            email_to: vec!["a@x.jp".into()],
+            email_subject: Some("{source}".repeat(500)),
+            email_body: Some("{source}".repeat(500)),
+            ..Default::default()
+        });
+        let items = PLANNER.after_call(&r, &n, &[], None, true, true);
+        let mail: serde_json::Value = serde_json::from_str(&items[0].payload).unwrap();
+        let (subject, body) = (
+            mail["subject"].as_str().unwrap(),
+            mail["body"].as_str().unwrap(),
+        );
+        assert!(subject.len() <= MAX_SUBJECT_BYTES && subject.len() > MAX_SUBJECT_BYTES - 4);
+        assert!(body.len() <= MAX_BODY_BYTES && body.len() > MAX_BODY_BYTES - 4);
+        assert!(subject.starts_with("k00=") && body.starts_with("k00="));
+        for (text, max, want) in [
+            ("abc", 2, "ab"),
+            ("\u{3042}\u{3042}", 4, "\u{3042}"),
+            ("", 5, ""),
+        ] {
+            assert_eq!(cut_bytes(text, max), want);
         }
     }
 
