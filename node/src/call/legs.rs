@@ -539,15 +539,18 @@ pub type Headers = Vec<(&'static str, String)>;
 /// branch and CSeq number, RFC 3261 9.1), for when its sender cancels it.
 pub struct Relayed {
     pub cseq: u32,
+    /// Its client transaction: a timeout names it.
+    pub key: TxKey,
     pub cancel: Option<(RequestSpec, Peer)>,
 }
 
 impl Relayed {
     fn send(spec: RequestSpec, peer: Peer, ep: &EndpointHandle) -> Relayed {
         let cseq = spec.cseq;
+        let key = TxKey::new(&spec.branch, spec.method);
         let cancel = (spec.method == Method::Invite).then(|| (spec.cancel(), peer));
         ep.request(spec, peer);
-        Relayed { cseq, cancel }
+        Relayed { cseq, key, cancel }
     }
 }
 

@@ -297,10 +297,10 @@ pub struct Call {
     /// the CSeq of that other leg's re-INVITE, which its ACK must carry (another ACK,
     /// a stray or a repeat of an older one, brings no answer).
     late_ack: Option<(Side, u32, u32)>,
-    /// A re-INVITE of the node's own (the leg, its CSeq) offering a party the session
-    /// it had before a re-offer its sender cancelled and it accepted all the same (see
-    /// `restore_after_crossing`); new re-offers get 491 meanwhile.
-    restoring: Option<(Side, u32)>,
+    /// A re-INVITE of the node's own (the leg, its CSeq, its transaction) offering a
+    /// party the session it had before a re-offer its sender cancelled and it accepted
+    /// all the same (see `restore_after_crossing`); new re-offers get 491 meanwhile.
+    restoring: Option<(Side, u32, tsunagu_sip::transaction::TxKey)>,
     /// The CSeq of the last request each far end (caller, callee) sent in its dialog:
     /// a lower one is out of order (RFC 3261 12.2.2) and refused 500.
     remote_cseq: [Option<u32>; 2],
@@ -323,8 +323,8 @@ pub struct Call {
     info_relayed: Option<(Instant, u32)>,
     /// Every forwarding attempt, for the log.
     attempts: Vec<tsunagu_store::Attempt>,
-    /// The session timer once answered: (interval, refresh generation).
-    session: Option<(u32, u32)>,
+    /// The session timer once answered.
+    session: Option<session::SessionTimer>,
     /// The call's pending timers (see `timers`).
     timers: timers::Timers,
     /// The current attempt's ring timer.
@@ -967,13 +967,13 @@ impl Call {
                 }
             }
             SipEvent::Response { response, info }
-                if self.restoring.is_some_and(|(side, cseq)| {
-                    self.side_of(&info.call_id) == Some(side)
-                        && cseq == info.cseq
+                if self.restoring.as_ref().is_some_and(|(side, cseq, _)| {
+                    self.side_of(&info.call_id) == Some(*side)
+                        && *cseq == info.cseq
                         && info.cseq_method == Method::Invite
                 }) =>
             {
-                if let Some((side, cseq)) = self.restoring {
+                if let Some((side, cseq, _)) = self.restoring {
                     self.on_restore_answer(side, cseq, response);
                 }
             }
@@ -1009,21 +1009,7 @@ impl Call {
                 if key.method == Method::Invite && self.on_takeover_timeout() {
                     return;
                 }
-                if let Some(p) = self.reoffer.take() {
-                    if p.method == key.method {
-                        self.ctx.endpoint.respond(
-                            &p.request,
-                            &p.info,
-                            &p.key,
-                            408,
-                            None,
-                            &[],
-                            None,
-                        );
-                    } else {
-                        self.reoffer = Some(p);
-                    }
-                }
+                self.reoffer_timed_out(&key);
             }
             SipEvent::Timeout { key } => {
                 if self.phase == Phase::Ending {

@@ -19,6 +19,8 @@ pub(super) struct Reoffer {
     pub(super) key: tsunagu_sip::transaction::TxKey,
     /// CSeq of the relayed request on the other leg.
     pub(super) cseq: u32,
+    /// Its client transaction there.
+    pub(super) sent: tsunagu_sip::transaction::TxKey,
     /// A re-INVITE without an offer: the other leg's 2xx brings one, and its ACK waits
     /// for the answer in the sender's ACK.
     pub(super) late: bool,
@@ -111,6 +113,7 @@ impl Call {
             info,
             key,
             cseq: relayed.cseq,
+            sent: relayed.key,
             late,
             offer,
             abandoned: false,
@@ -176,7 +179,7 @@ impl Call {
             ?side,
             "a cancelled re-offer was accepted all the same: the previous session offered again"
         );
-        self.restoring = Some((side, relayed.cseq));
+        self.restoring = Some((side, relayed.cseq, relayed.key));
     }
 
     /// The answer to [`Call::restore_after_crossing`]'s re-INVITE: a 2xx is
@@ -195,6 +198,31 @@ impl Call {
         let answered = sdp_body(&resp, &resp.body).and_then(|body| self.rewrite_sdp(side, &body));
         if let Some(rewritten) = answered {
             self.apply_sdp(side, &rewritten);
+        }
+    }
+
+    /// A client transaction of the call's timed out (no final answer in 32 s): the
+    /// relayed re-offer's is answered 408 to its sender; the restoring re-INVITE's
+    /// leaves the session as it is. Each is matched by its own transaction: a timeout
+    /// of anything else used to end a pending re-offer of the same method, and the
+    /// restoring one's was not heard at all, so every later re-offer of either party
+    /// was refused 491 for the rest of the call, session refreshes included (a review).
+    pub(super) fn reoffer_timed_out(&mut self, key: &tsunagu_sip::transaction::TxKey) {
+        if self.reoffer.as_ref().is_some_and(|p| p.sent == *key) {
+            if let Some(p) = self.reoffer.take().filter(|p| !p.abandoned) {
+                tracing::info!(method = %p.method, "a relayed re-offer got no final answer: 408 to its sender");
+                self.ctx
+                    .endpoint
+                    .respond(&p.request, &p.info, &p.key, 408, None, &[], None);
+            }
+        }
+        if self
+            .restoring
+            .as_ref()
+            .is_some_and(|(_, _, sent)| sent == key)
+        {
+            tracing::info!("the previous session's offer got no final answer");
+            self.restoring = None;
         }
     }
 

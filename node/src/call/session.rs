@@ -4,6 +4,7 @@
 //! sees no refresh in time is hung up on both legs.
 
 use super::legs::Headers;
+use super::timers::TimerId;
 use super::{Call, CallMsg, Phase};
 use crate::decide::session_timer::{check_after, on_callee_answer, parse};
 use tsunagu_sip::parse::{has_option_tag, header};
@@ -38,6 +39,43 @@ pub(super) fn answer_headers(resp: &Response) -> Vec<(&'static str, String)> {
     out
 }
 
+/// An agreed session timer: its interval, and the check armed for when the next
+/// refresh is due (one at a time: each refresh replaces it).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct SessionTimer {
+    pub interval: u32,
+    generation: u32,
+    check: TimerId,
+}
+
+/// What a refresh makes of the session timer: the interval and generation of the next
+/// check, and the check it replaces.
+#[derive(Debug, PartialEq)]
+struct Refresh {
+    interval: u32,
+    generation: u32,
+    replaces: Option<TimerId>,
+}
+
+impl SessionTimer {
+    /// The next check after a refresh naming `interval` (0: none named, the current
+    /// one goes on), or None without a session timer. The previous check is replaced,
+    /// never left pending: each refresh used to add one, and a party refreshing in a
+    /// loop grew the call's timer list without bound, every message of the call
+    /// scanning it (a review).
+    fn refreshed(current: Option<SessionTimer>, interval: u32) -> Option<Refresh> {
+        let interval = match (interval, current) {
+            (0, Some(s)) => s.interval,
+            (i, _) => i,
+        };
+        (interval > 0).then(|| Refresh {
+            interval,
+            generation: current.map_or(0, |s| s.generation).wrapping_add(1),
+            replaces: current.map(|s| s.check),
+        })
+    }
+}
+
 impl Call {
     /// The callee answered: agrees the caller's session timer and answers the caller
     /// with it.
@@ -67,14 +105,21 @@ impl Call {
     /// A refresh went through (or the session started): the next check is a full
     /// interval from now. `interval` 0 keeps the current one.
     pub(super) fn session_refreshed(&mut self, interval: u32) {
-        let (current, generation) = self.session.unwrap_or((0, 0));
-        let interval = if interval > 0 { interval } else { current };
-        if interval == 0 {
+        let Some(next) = SessionTimer::refreshed(self.session, interval) else {
             return; // no session timer
+        };
+        if let Some(previous) = next.replaces {
+            self.timers.cancel(previous);
         }
-        let generation = generation + 1;
-        self.session = Some((interval, generation));
-        self.after(check_after(interval), CallMsg::SessionCheck(generation));
+        let check = self.after(
+            check_after(next.interval),
+            CallMsg::SessionCheck(next.generation),
+        );
+        self.session = Some(SessionTimer {
+            interval: next.interval,
+            generation: next.generation,
+            check,
+        });
     }
 
     /// A 2xx to a relayed refresh: restart the clock (with the interval it names).
@@ -95,7 +140,7 @@ impl Call {
 
     /// The session's check time came: no refresh since, so both legs are hung up.
     pub(super) fn session_check(&mut self, generation: u32) {
-        let due = self.session.is_some_and(|(_, g)| g == generation);
+        let due = self.session.is_some_and(|s| s.generation == generation);
         if !due || self.phase != Phase::Answered || self.judging {
             return;
         }
@@ -119,6 +164,64 @@ mod tests {
         match tsunagu_sip::parse::parse(text.as_bytes()).unwrap().0 {
             tsunagu_sip::SipMessage::Request(r) => r,
             _ => unreachable!(),
+        }
+    }
+
+    /// Each row: the current timer (interval, generation, check), the interval a
+    /// refresh names → the next check's interval and generation, and the check it
+    /// replaces.
+    #[test]
+    fn a_refresh_replaces_the_pending_check() {
+        let timer = |interval, generation, check| SessionTimer {
+            interval,
+            generation,
+            check: TimerId::for_test(check),
+        };
+        let rows: &[(Option<SessionTimer>, u32, Option<Refresh>)] = &[
+            (None, 0, None),
+            (
+                None,
+                1800,
+                Some(Refresh {
+                    interval: 1800,
+                    generation: 1,
+                    replaces: None,
+                }),
+            ),
+            (
+                Some(timer(1800, 1, 7)),
+                0,
+                Some(Refresh {
+                    interval: 1800,
+                    generation: 2,
+                    replaces: Some(TimerId::for_test(7)),
+                }),
+            ),
+            (
+                Some(timer(1800, 5, 9)),
+                600,
+                Some(Refresh {
+                    interval: 600,
+                    generation: 6,
+                    replaces: Some(TimerId::for_test(9)),
+                }),
+            ),
+            (
+                Some(timer(90, u32::MAX, 3)),
+                0,
+                Some(Refresh {
+                    interval: 90,
+                    generation: 0,
+                    replaces: Some(TimerId::for_test(3)),
+                }),
+            ),
+        ];
+        for (current, interval, want) in rows {
+            assert_eq!(
+                &SessionTimer::refreshed(*current, *interval),
+                want,
+                "{current:?} {interval}"
+            );
         }
     }
 

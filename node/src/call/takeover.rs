@@ -70,7 +70,7 @@ impl Call {
                 State::Answered(Box::new(Answered {
                     a,
                     b: bd,
-                    session_seconds: self.session.map(|(i, _)| i),
+                    session_seconds: self.session.map(|s| s.interval),
                     recording: self.recording_state(),
                     b_payload_type: self.b_payload_type,
                     lines: self

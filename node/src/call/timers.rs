@@ -20,6 +20,14 @@ pub struct Timers {
     next: u64,
 }
 
+#[cfg(test)]
+impl TimerId {
+    /// A timer id for tests that compare them.
+    pub fn for_test(n: u64) -> TimerId {
+        TimerId(n)
+    }
+}
+
 impl Timers {
     /// `msg` is due at `at`.
     pub fn at(&mut self, at: Instant, msg: CallMsg) -> TimerId {
