@@ -48,6 +48,12 @@ impl std::fmt::Display for ConfigErrors {
 }
 
 impl Config {
+    /// The address the node names itself by for SIP listeners on a wildcard address:
+    /// `sip.advertised_address`, else `media.address` (the one the node's SDP names).
+    pub fn sip_advertised_address(&self) -> std::net::IpAddr {
+        self.sip.advertised_address.unwrap_or(self.media.address)
+    }
+
     /// Parses TOML text, applies the given environment overrides and validates.
     pub fn from_toml_with_env<I>(text: &str, env: I) -> Result<Config, ConfigErrors>
     where

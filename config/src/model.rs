@@ -100,6 +100,11 @@ pub struct SipConfig {
     /// SIP listeners, `udp:ip:port`, `tcp:ip:port` or `tls:ip:port`.
     #[serde(default = "default_sip_listen")]
     pub listen: Vec<Listener>,
+    /// The address the node names itself by in what it sends (Via, Contact, From) for
+    /// a listener on a wildcard address (`0.0.0.0`, `[::]`), where parties' requests in
+    /// the dialog go. Default: `media.address` (see [`Config::sip_advertised_address`]).
+    #[serde(default)]
+    pub advertised_address: Option<std::net::IpAddr>,
     /// Receive/send buffer asked of the kernel for each UDP socket (SIP and RTP).
     #[serde(default = "default_socket_buffer")]
     pub socket_buffer_bytes: usize,
@@ -230,6 +235,7 @@ impl Default for SipConfig {
     fn default() -> Self {
         SipConfig {
             listen: default_sip_listen(),
+            advertised_address: None,
             socket_buffer_bytes: default_socket_buffer(),
             system_number: None,
             max_ring_seconds: default_max_ring_seconds(),

@@ -101,6 +101,27 @@ impl Config {
             }
         }
 
+        if self
+            .sip
+            .advertised_address
+            .is_some_and(|a| a.is_unspecified())
+        {
+            err(
+                "sip.advertised_address".into(),
+                "must be a concrete address: parties send their requests to it".into(),
+            );
+        }
+        let advertised = self.sip_advertised_address();
+        for (i, l) in self.sip.listen.iter().enumerate() {
+            // An IPv6 listener takes IPv4 too (dual stack); an IPv4 one cannot be
+            // reached at an IPv6 address.
+            if l.addr.ip().is_unspecified() && l.addr.is_ipv4() && advertised.is_ipv6() {
+                err(
+                    format!("sip.listen[{i}]"),
+                    format!("listens on 0.0.0.0 but would name itself {advertised} (sip.advertised_address, else media.address): set an IPv4 sip.advertised_address"),
+                );
+            }
+        }
         if self.media.address.is_unspecified() {
             err(
                 "media.address".into(),
@@ -722,6 +743,22 @@ mod tests {
         }
     }
 
+    /// The address the node names itself by on a wildcard listener: its own setting,
+    /// else the media address.
+    #[test]
+    fn the_advertised_sip_address_defaults_to_the_media_address() {
+        let c = Config::from_toml(
+            "[sip]\nlisten = [\"udp:0.0.0.0:5060\"]\n[media]\naddress = \"192.0.2.7\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.sip_advertised_address().to_string(), "192.0.2.7");
+        let c = Config::from_toml(
+            "[sip]\nlisten = [\"udp:0.0.0.0:5060\"]\nadvertised_address = \"198.51.100.9\"\n[media]\naddress = \"192.0.2.7\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.sip_advertised_address().to_string(), "198.51.100.9");
+    }
+
     #[test]
     fn checkpoints_are_on_unless_turned_off() {
         assert!(Config::from_toml("").unwrap().cluster.checkpoints);
@@ -756,6 +793,16 @@ mod tests {
                 "two udp listeners of one family",
                 "[sip]\nlisten = [\"udp:127.0.0.1:5060\", \"tcp:127.0.0.1:5060\", \"udp:127.0.0.2:5080\"]\n",
                 &["sip.listen[2]"],
+            ),
+            (
+                "a wildcard IPv4 listener named by an IPv6 address",
+                "[sip]\nlisten = [\"udp:0.0.0.0:5060\", \"tcp:[::]:5060\"]\nadvertised_address = \"2001:db8::1\"\n",
+                &["sip.listen[0]"],
+            ),
+            (
+                "a wildcard advertised address",
+                "[sip]\nlisten = [\"udp:0.0.0.0:5060\"]\nadvertised_address = \"0.0.0.0\"\n",
+                &["sip.advertised_address"],
             ),
             ("bad cidr", "[[trunks]]\nname = \"a\"\ninbound = [\"10.0.0.0/99\"]\n", &["trunks[0].inbound[0]"]),
             (

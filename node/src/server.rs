@@ -285,6 +285,7 @@ fn edge_settings(config: &Config, gate: tsunagu_sip::SendGate) -> EdgeSettings {
             sip.max_ring_seconds
                 .max(tsunagu_store::Destination::MAX_RING_SECONDS.into()),
         ) + tsunagu_sip::transaction::TIMEOUT,
+        advertised: Some(config.sip_advertised_address()),
     }
 }
 

@@ -214,7 +214,8 @@ impl EndpointHandle {
         self.send(Command::Request { spec, peer });
     }
 
-    /// Our listening address for a transport (for Via and Contact).
+    /// Our listening address for a transport (for Via and Contact): the advertised one
+    /// for a wildcard listener (see [`EdgeSettings::advertised`]).
     pub fn local(&self, transport: Transport) -> Option<SocketAddr> {
         self.locals
             .iter()
@@ -268,6 +269,21 @@ pub struct EdgeSettings {
     /// forgotten ([`crate::transaction::INVITE_LIMIT`]; the node sets its longest ring
     /// plus 32 s).
     pub invite_limit: Duration,
+    /// The address the node names itself by (Via, Contact, From: where parties send
+    /// their requests) for a listener on a wildcard address; None keeps the address
+    /// bound (see [`advertised`]).
+    pub advertised: Option<std::net::IpAddr>,
+}
+
+/// Where a listener bound to `bound` says the node is: `advertised` in place of a
+/// wildcard address (`0.0.0.0`, `::`), at the listener's port. A wildcard address
+/// named in a Contact sent every BYE and re-INVITE of the dialog to `0.0.0.0`: the node
+/// never heard a party hang up, and calls ran to `node.max_call_seconds` (a review).
+pub fn advertised(bound: SocketAddr, advertised: Option<std::net::IpAddr>) -> SocketAddr {
+    match advertised {
+        Some(ip) if bound.ip().is_unspecified() => SocketAddr::new(ip, bound.port()),
+        _ => bound,
+    }
 }
 
 /// Whether the node may send now (see [`EdgeSettings::gate`]).
@@ -287,6 +303,7 @@ impl EdgeSettings {
             udp_receive: UdpReceive::default(),
             force_rport: false,
             invite_limit: crate::transaction::INVITE_LIMIT,
+            advertised: None,
         }
     }
 }
@@ -346,16 +363,18 @@ impl Endpoint {
                         threads,
                     )?;
                     udp.push((local, sock));
-                    locals.push((Transport::Udp, local));
+                    locals.push((Transport::Udp, advertised(local, settings.advertised)));
                 }
                 Transport::Tcp => {
                     let listener = TcpListener::bind(addr).await?;
-                    locals.push((Transport::Tcp, listener.local_addr()?));
+                    let local = listener.local_addr()?;
+                    locals.push((Transport::Tcp, advertised(local, settings.advertised)));
                     tcp.spawn_listener(listener);
                 }
                 Transport::Tls => {
                     let listener = TcpListener::bind(addr).await?;
-                    locals.push((Transport::Tls, listener.local_addr()?));
+                    let local = listener.local_addr()?;
+                    locals.push((Transport::Tls, advertised(local, settings.advertised)));
                     tls.spawn_listener(listener);
                 }
             }
@@ -929,6 +948,23 @@ impl Core {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each row: the address bound, the advertised one → where the node says it is.
+    #[test]
+    fn a_wildcard_listener_names_the_advertised_address() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let ip = |s: &str| Some(s.parse::<std::net::IpAddr>().unwrap());
+        let rows = [
+            ("0.0.0.0:5060", ip("192.0.2.7"), "192.0.2.7:5060"),
+            ("[::]:5061", ip("2001:db8::1"), "[2001:db8::1]:5061"),
+            ("[::]:5060", ip("192.0.2.7"), "192.0.2.7:5060"),
+            ("127.0.0.1:5060", ip("192.0.2.7"), "127.0.0.1:5060"),
+            ("0.0.0.0:5060", None, "0.0.0.0:5060"),
+        ];
+        for (bound, to, want) in rows {
+            assert_eq!(advertised(a(bound), to), a(want), "{bound} {to:?}");
+        }
+    }
 
     /// Refuses every call 486, so a test can tell whether admission was reached.
     struct Busy;
