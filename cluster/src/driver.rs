@@ -112,6 +112,9 @@ pub struct Status {
     /// Lines held and callers waiting in the tables this node owns.
     pub lines_held: usize,
     pub lines_waiting: usize,
+    /// Of the lines held, those of calls of members that left, waiting for their
+    /// takeover (see [`crate::lines::RESERVED_FOR`]).
+    pub lines_reserved: usize,
     pub members: Vec<MemberStatus>,
 }
 
@@ -441,10 +444,10 @@ impl Cluster {
         let connected: BTreeSet<String> = self.0.net.peers().into_iter().collect();
         // The line service first, released before the membership is locked: threads
         // holding the line service lock the membership to send (never the reverse).
-        let (held, waiting, rebuilding) = {
+        let (held, waiting, reserved, rebuilding) = {
             let lines = self.lines();
             let (held, waiting) = lines.table_counts();
-            (held, waiting, lines.rebuilding())
+            (held, waiting, lines.reserved_lines(), lines.rebuilding())
         };
         let m = self.membership();
         Status {
@@ -455,6 +458,7 @@ impl Cluster {
             lines_rebuilding: rebuilding,
             lines_held: held,
             lines_waiting: waiting,
+            lines_reserved: reserved,
             members: m
                 .members()
                 .map(|(name, mem)| MemberStatus {
@@ -490,6 +494,9 @@ impl Cluster {
                         let out = {
                             let mut lines = self.lines();
                             lines.retry();
+                            lines.expire_reservations(Instant::now());
+                            let reserved = lines.reserved_lines();
+                            self.0.metrics.lines_reserved.set(i64::try_from(reserved).unwrap_or(i64::MAX));
                             self.send_in_order(lines.drain())
                         };
                         self.dispatch(out);

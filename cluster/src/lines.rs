@@ -24,7 +24,13 @@
 //! A call that moves to another node (taken over, handed over) keeps its lines: the
 //! new node *adopts* them ([`LineService::adopt`]: the owner counts them as held by it,
 //! even over the limit, since the call is up) and the old one, if alive, forgets them
-//! without a release ([`LineService::forget`]).
+//! without a release ([`LineService::forget`]). Between a member's death and the
+//! adoption its calls' lines stay counted: the owner keeps them *reserved* for
+//! [`RESERVED_FOR`] ([`LineService::expire_reservations`]). Without that a caller
+//! queued meanwhile was granted a dead member's line, and once the call was taken over
+//! one caller too many was connected (a review). Not covered: a line of a key the dead
+//! member itself owned (its table died with it) is counted again only when the call is
+//! adopted.
 //!
 //! Messages per call with a remote owner: the request and its answer. The line comes
 //! back with the next heartbeat, or at once when the owner said others may need it
@@ -33,6 +39,13 @@
 use crate::placement::owner;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+/// How long a line held by a call of a member that left the view stays counted,
+/// waiting for the node that takes the call over to adopt it: failure detection
+/// (1.5 s), the takeover's claim grace (2 s) and the resume, with room to spare. A call
+/// nobody takes over frees its line this long after its node left.
+pub const RESERVED_FOR: Duration = Duration::from_secs(15);
 
 /// A line a node's call holds or waits for, as reported in a snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -208,6 +221,10 @@ pub struct LineService {
     out: Vec<Output>,
     /// Lines to give back with the next heartbeat, by owner.
     lazy_releases: BTreeMap<String, Vec<(String, String)>>,
+    /// Lines of keys this node owns held by calls of members that left, by (key,
+    /// call): when their reservation lapses (None until the next
+    /// [`LineService::expire_reservations`] sets it).
+    reserved: HashMap<(String, String), Option<Instant>>,
 }
 
 impl LineService {
@@ -224,6 +241,7 @@ impl LineService {
             next_round: 1,
             out: Vec::new(),
             lazy_releases: BTreeMap::new(),
+            reserved: HashMap::new(),
         }
     }
 
@@ -480,6 +498,9 @@ impl LineService {
         // already reflected in its holder's snapshot. Entries of keys we owned and now
         // do not go to their new owners with our snapshot.
         rebuild.collected = self.own_holdings();
+        // Except the lines of calls of members that left: their holders report nothing
+        // now, and the calls may be taken over (see `RESERVED_FOR`).
+        rebuild.collected.extend(self.departed_holdings());
         self.rebuild = Some(rebuild);
         for m in &others {
             self.out.push(Output::Send {
@@ -551,6 +572,62 @@ impl LineService {
                 held: r.state == ReqState::Held || r.adopted,
             })
             .collect()
+    }
+
+    /// Held lines of our tables whose holders are not members (any more): reported
+    /// with no arrival, like adopted ones, so they never decide a rebuilt table's limit.
+    fn departed_holdings(&self) -> Vec<Holding> {
+        let mut out = Vec::new();
+        for (key, t) in &self.tables {
+            for (call, node) in &t.held {
+                if !self.members.contains(node) {
+                    out.push(Holding {
+                        key: key.clone(),
+                        call: call.clone(),
+                        node: node.clone(),
+                        limit: t.limit,
+                        arrived_ms: i64::MIN,
+                        held: true,
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// Reservations lapse: a line held by a call of a member that left, and not
+    /// adopted within [`RESERVED_FOR`] of the first call after its reservation began,
+    /// is freed for the queue. The driver calls this about every second; nothing
+    /// lapses during a rebuild.
+    pub fn expire_reservations(&mut self, now: Instant) {
+        if self.rebuild.is_some() {
+            return;
+        }
+        let mut lapsed = Vec::new();
+        for (id, until) in self.reserved.iter_mut() {
+            match until {
+                None => *until = Some(now + RESERVED_FOR),
+                Some(t) if *t <= now => lapsed.push(id.clone()),
+                Some(_) => {}
+            }
+        }
+        for (key, call) in lapsed {
+            self.reserved.remove(&(key.clone(), call.clone()));
+            let departed = self
+                .tables
+                .get(&key)
+                .and_then(|t| t.held.get(&call))
+                .is_some_and(|node| !self.members.contains(node));
+            if departed && self.tables.get_mut(&key).is_some_and(|t| t.remove(&call)) {
+                tracing::info!(%key, %call, "a line of a call of a member that left was not taken over: freed");
+                self.fill_and_answer(&key);
+            }
+        }
+    }
+
+    /// Lines reserved for calls of members that left (see [`RESERVED_FOR`]).
+    pub fn reserved_lines(&self) -> usize {
+        self.reserved.len()
     }
 
     /// The handed-over entries of keys `who` owns in the current view.
@@ -694,6 +771,22 @@ impl LineService {
             }
         }
         self.tables = tables;
+        // Held by calls of members that left (our old table's, or handed over by the
+        // key's previous owner): reserved, a reservation already running kept as it is.
+        let departed: BTreeSet<(String, String)> = self
+            .tables
+            .iter()
+            .flat_map(|(key, t)| {
+                t.held
+                    .iter()
+                    .filter(|(_, node)| !self.members.contains(node))
+                    .map(move |(call, _)| (key.clone(), call.clone()))
+            })
+            .collect();
+        self.reserved.retain(|id, _| departed.contains(id));
+        for id in departed {
+            self.reserved.entry(id).or_insert(None);
+        }
         // Grant what fits, then tell every waiter where it stands (remote requests
         // were reported as not held: they may be waiting for their first answer).
         let keys: Vec<String> = self.tables.keys().cloned().collect();
@@ -843,6 +936,7 @@ impl LineService {
                     }
                     return;
                 }
+                self.reserved.remove(&(key.clone(), call.clone()));
                 if self.tables.get_mut(&key).is_some_and(|t| t.remove(&call)) {
                     self.fill_and_answer(&key);
                 }
@@ -857,8 +951,9 @@ impl LineService {
                 if t.held.is_empty() && t.waiting.is_empty() {
                     t.limit = limit;
                 }
-                t.remove(&call); // a waiting or older entry of the same call
+                t.remove(&call); // a waiting, older or reserved entry of the same call
                 t.held.insert(call.clone(), from.to_string());
+                self.reserved.remove(&(key.clone(), call.clone()));
                 let answer = Answer::Granted { urgent: t.urgent() };
                 self.answer(from, &key, &call, answer);
             }

@@ -31,6 +31,7 @@ pub struct ClusterMetrics {
     pub sessions_cut: Counter,
     pub sessions_reset: Counter,
     pub heard_through_others: Gauge,
+    pub lines_reserved: Gauge,
 }
 
 impl Default for ClusterMetrics {
@@ -50,6 +51,7 @@ impl Default for ClusterMetrics {
             sessions_cut: Counter::default(),
             sessions_reset: Counter::default(),
             heard_through_others: Gauge::default(),
+            lines_reserved: Gauge::default(),
         }
     }
 }
@@ -127,6 +129,11 @@ impl ClusterMetrics {
             "cluster_members_heard_through_others",
             "Members up in this node's view that it has not heard within the failure detector's window while another member has (a cut link between this node and them): not declared down, since they are alive; should be 0",
             self.heard_through_others.clone(),
+        );
+        r.register(
+            "cluster_lines_reserved",
+            "Lines of keys this node owns held by calls of members that left, kept counted until the node taking a call over adopts its line (at most 15 s each): nonzero for a few seconds after a member dies",
+            self.lines_reserved.clone(),
         );
         r.register(
             "cluster_sessions_reset",

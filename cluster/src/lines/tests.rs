@@ -27,6 +27,8 @@ struct Net {
     answers: Vec<(String, String, String, Answer)>,
     limits: BTreeMap<String, u32>,
     rng: Rng,
+    /// The time the nodes are told (see `tick`).
+    clock: std::time::Instant,
 }
 
 impl Net {
@@ -37,6 +39,7 @@ impl Net {
             answers: Vec::new(),
             limits: BTreeMap::new(),
             rng: Rng(seed | 1),
+            clock: std::time::Instant::now(),
         };
         for n in names {
             net.nodes.insert(n.to_string(), LineService::new(n));
@@ -191,6 +194,23 @@ impl Net {
                 self.step();
             }
         }
+    }
+
+    /// Time passes by `by`, and every node hears it (as from the driver's timer).
+    fn tick(&mut self, by: std::time::Duration) {
+        self.clock += by;
+        for s in self.nodes.values_mut() {
+            s.expire_reservations(self.clock);
+        }
+        self.collect();
+        self.settle();
+    }
+
+    /// Time passes past every reservation (see `RESERVED_FOR`): the first tick sets
+    /// their deadlines, the second finds them lapsed.
+    fn lapse_reservations(&mut self) {
+        self.tick(std::time::Duration::ZERO);
+        self.tick(RESERVED_FOR);
     }
 
     fn granted(&self) -> Vec<String> {
@@ -451,6 +471,8 @@ fn chaos_never_grants_more_than_the_limit_and_leaks_nothing() {
         net.settle();
         net.heartbeats();
         net.settle();
+        // The killed members' calls were never taken over: their lines come free.
+        net.lapse_reservations();
         for key in keys {
             let held = net.holders(key).len() as u32;
             let waiting: usize = net
@@ -531,6 +553,81 @@ fn a_call_taken_over_keeps_its_line_on_its_new_node() {
         net.settle();
         assert_eq!(net.holders(&key), ["late", "stays"], "owner {owner_node}");
     }
+}
+
+/// A member dies with calls holding every line of a key while a caller waits: the
+/// caller keeps waiting while the calls are taken over (their lines are reserved for
+/// them), and gets a line when one of the adopted calls ends. Without the reservation
+/// the rebuild counted only the survivors' lines, granted the dead member's to the
+/// waiting caller, and the adoptions then made three calls of a limit of two.
+#[test]
+fn a_dead_members_lines_stay_counted_until_its_calls_are_taken_over() {
+    let members = ["a", "b", "c"];
+    for owner_node in ["b", "c"] {
+        let mut net = Net::new(&members, 13);
+        let key = key_owned_by(owner_node, &members);
+        net.limits.insert(key.clone(), 2);
+        net.acquire("a", &key, "m1", 10);
+        net.acquire("a", &key, "m2", 11);
+        net.settle();
+        net.acquire("b", &key, "waits", 20);
+        net.settle();
+        assert_eq!(net.holders(&key), ["m1", "m2"]);
+        net.kill("a");
+        net.settle();
+        net.tick(std::time::Duration::from_secs(1));
+        assert!(
+            !net.granted().contains(&"waits".to_string()),
+            "owner {owner_node}: the dead member's lines are still counted"
+        );
+        assert_eq!(net.nodes[owner_node].reserved_lines(), 2);
+        for call in ["m1", "m2"] {
+            net.nodes.get_mut("c").unwrap().adopt(&key, call, 2);
+        }
+        net.collect();
+        net.settle();
+        assert_eq!(net.holders(&key), ["m1", "m2"], "owner {owner_node}");
+        assert_eq!(net.nodes[owner_node].reserved_lines(), 0);
+        assert!(!net.granted().contains(&"waits".to_string()));
+        net.release("c", &key, "m1");
+        net.heartbeats();
+        net.settle();
+        assert_eq!(net.holders(&key), ["m2", "waits"], "owner {owner_node}");
+    }
+}
+
+/// A dead member's call that nobody takes over frees its line once its reservation
+/// lapses, not before; an owner rebuilding meanwhile keeps the reservation running.
+#[test]
+fn a_dead_members_line_nobody_takes_over_is_freed_when_its_reservation_lapses() {
+    let members = ["a", "b", "c"];
+    let mut net = Net::new(&members, 17);
+    let key = key_owned_by("b", &members);
+    net.limits.insert(key.clone(), 1);
+    net.acquire("a", &key, "lost", 10);
+    net.settle();
+    net.acquire("c", &key, "waits", 20);
+    net.settle();
+    net.kill("a");
+    net.settle();
+    net.tick(std::time::Duration::ZERO); // the reservation's deadline is set
+    net.tick(RESERVED_FOR - std::time::Duration::from_millis(1));
+    assert!(net.holders(&key).is_empty());
+    assert!(!net.granted().contains(&"waits".to_string()), "reserved");
+    // Another member joins: the rebuild keeps the reservation (on the key's owner now,
+    // which may be the newcomer: there the reservation starts again).
+    net.join("d");
+    net.settle();
+    assert!(
+        !net.granted().contains(&"waits".to_string()),
+        "reserved still"
+    );
+    net.tick(std::time::Duration::from_millis(1));
+    if owner(&key, net.nodes.keys().map(String::as_str)) == Some("b") {
+        assert_eq!(net.holders(&key), ["waits"], "lapsed on its deadline");
+    }
+    net.lapse_reservations();
+    assert_eq!(net.holders(&key), ["waits"]);
 }
 
 /// A call handed over by a live node (a drain): the new node adopts the line and the
