@@ -489,6 +489,27 @@ pub fn lost_call(mut record: CallRecord, last_seen: Option<i64>) -> CallRecord {
     record
 }
 
+/// The number a call in progress was taken on, for its final record and follow-ups
+/// when another run or another node finishes it: the owner, advertiser and tracking
+/// parameters of its record (what they were when the call came), and the number's
+/// settings now (validity rule, notices, GA4) only if the number is still the same
+/// operator's. `current` is the number as the store has it now, if at all. A number
+/// moved to another advertiser meanwhile had the call logged under the new one, and
+/// one deleted and created again by another operator had it logged, listed, notified
+/// and its recording served to that operator (a review).
+pub fn number_for_record(current: Option<TrackingNumber>, record: &CallRecord) -> TrackingNumber {
+    let settings = current
+        .filter(|n| n.operator_id == record.operator_id)
+        .unwrap_or_default();
+    TrackingNumber {
+        number: record.tracking_number.clone(),
+        operator_id: record.operator_id.clone(),
+        advertiser_id: record.advertiser_id.clone(),
+        tracking_params: record.tracking_params.clone(),
+        ..settings
+    }
+}
+
 /// Logs, through `log`, the calls a previous run of `node_id` left in progress (it was
 /// killed or crashed: see [`lost_call`]). Runs at start, before the node takes calls,
 /// so nothing of this run is mistaken for them. Returns how many there were.
@@ -500,14 +521,7 @@ pub fn recover(
 ) -> tsunagu_store::Result<usize> {
     let left = store.active_calls_of(node_id)?;
     for tsunagu_store::ActiveCall { record, .. } in &left {
-        let number = store
-            .get_number(&record.tracking_number)?
-            .unwrap_or_else(|| tsunagu_store::TrackingNumber {
-                number: record.tracking_number.clone(),
-                operator_id: record.operator_id.clone(),
-                advertiser_id: record.advertiser_id.clone(),
-                ..Default::default()
-            });
+        let number = number_for_record(store.get_number(&record.tracking_number)?, record);
         log.write(LogEntry {
             record: lost_call(record.clone(), last_seen),
             number: Arc::new(number),
@@ -750,6 +764,43 @@ mod tests {
             assert_eq!(r.result, CallResult::Failed);
             assert_eq!(r.state, CallState::Ended);
             assert_eq!(r.end_reason.as_deref(), Some("node_lost"));
+        }
+    }
+
+    /// A call finished by another run or node is logged under its record's owner,
+    /// advertiser and parameters; the number's settings now count only while it is
+    /// still that operator's.
+    #[test]
+    fn a_lost_or_taken_over_call_keeps_its_records_owner() {
+        use tsunagu_store::conformance::sample_number;
+        let mut record = sample_call("op_a", "adv_x", 10_000);
+        record.tracking_params = [("lease".to_string(), "1".to_string())].into();
+        let now = |op: &str, adv: &str| {
+            let mut n = sample_number(op, adv);
+            n.number = record.tracking_number.clone();
+            n.notify = Some(Default::default());
+            n
+        };
+        // (the number now, whether its settings count)
+        let rows = [
+            (None, false),
+            (Some(now("op_a", "adv_x")), true),
+            (Some(now("op_a", "adv_y")), true),
+            (Some(now("op_b", "adv_z")), false),
+        ];
+        for (current, settings) in rows {
+            let n = number_for_record(current.clone(), &record);
+            assert_eq!(
+                (
+                    n.number.as_str(),
+                    n.operator_id.as_str(),
+                    n.advertiser_id.as_str()
+                ),
+                (record.tracking_number.as_str(), "op_a", "adv_x"),
+                "{current:?}"
+            );
+            assert_eq!(n.tracking_params, record.tracking_params);
+            assert_eq!(n.notify.is_some(), settings, "{current:?}");
         }
     }
 

@@ -14,7 +14,7 @@
 //! its lease is void, so it admits nothing.
 
 use crate::call::checkpoint::{Answered, Checkpoint, State};
-use crate::call_log::{lost_call, LogEntry};
+use crate::call_log::{lost_call, number_for_record, LogEntry};
 use crate::context::NodeContext;
 use crate::provisioning::Provisioning;
 use crate::supervisor::SupervisorMsg;
@@ -27,7 +27,7 @@ use tsunagu_cluster::lines::Answer;
 use tsunagu_cluster::{placement, Cluster, Host, Registered};
 use tsunagu_config::egress::MemberListeners;
 use tsunagu_config::Config;
-use tsunagu_store::{NodeInfo, Store, TrackingNumber};
+use tsunagu_store::{NodeInfo, Store};
 
 /// What the cluster's callbacks reach in the node.
 pub struct NodeHost {
@@ -353,12 +353,7 @@ async fn claim_and_resume(
     let (Ok(Ok((Some(won), number))), r) = (claimed, &record) else {
         return false; // another node won it, or the call ended meanwhile
     };
-    let number = number.unwrap_or_else(|| TrackingNumber {
-        number: r.tracking_number.clone(),
-        operator_id: r.operator_id.clone(),
-        advertiser_id: r.advertiser_id.clone(),
-        ..TrackingNumber::default()
-    });
+    let number = number_for_record(number, r);
     let args = crate::call::takeover::ResumeArgs {
         ctx: ctx.clone(),
         record: won.record,
@@ -625,16 +620,8 @@ impl TakeOver {
     async fn log_lost(&self, record: tsunagu_store::CallRecord, last_seen: Option<i64>) {
         let (s, log) = (self.ctx.store.clone(), self.ctx.log.clone());
         let _ = tokio::task::spawn_blocking(move || {
-            let number = s
-                .get_number(&record.tracking_number)
-                .ok()
-                .flatten()
-                .unwrap_or_else(|| TrackingNumber {
-                    number: record.tracking_number.clone(),
-                    operator_id: record.operator_id.clone(),
-                    advertiser_id: record.advertiser_id.clone(),
-                    ..TrackingNumber::default()
-                });
+            let current = s.get_number(&record.tracking_number).ok().flatten();
+            let number = number_for_record(current, &record);
             log.write(LogEntry {
                 record: lost_call(record, last_seen),
                 number: Arc::new(number),

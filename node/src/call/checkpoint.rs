@@ -52,6 +52,17 @@ pub struct Answered {
     /// them in its place. Absent in checkpoints written before 2026-12-02: none.
     #[serde(default)]
     pub lines: Vec<HeldLine>,
+    /// What its final record says of the call before the answer, which the node
+    /// finishing it must say too (a call taken over was logged without its IVR
+    /// digits, so a number that asks for one judged it invalid; without its caller's
+    /// verification, so no caller SMS; without the closed-hours marker: a review).
+    /// Absent in checkpoints written before 2026-12-06 evening: nothing known.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub ivr_digits: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub caller_verified: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closed_result: Option<tsunagu_store::CallResult>,
 }
 
 /// A line an answered call holds: its key and the key's limit.
@@ -210,6 +221,9 @@ mod tests {
                 key: "number:0501234567".into(),
                 limit: 2,
             }],
+            ivr_digits: "2".into(),
+            caller_verified: true,
+            closed_result: Some(tsunagu_store::CallResult::NoAnswer),
         };
         let hop = answered.a.hop;
         let c = Checkpoint {
@@ -233,6 +247,20 @@ mod tests {
         assert_ne!(older, c.encode(), "the field was cut out");
         match Checkpoint::decode(&older).map(|c| c.state) {
             Some(State::Answered(a)) => assert!(a.lines.is_empty()),
+            other => panic!("{other:?}"),
+        }
+        // One written before the call's own facts were carried: none known.
+        let facts =
+            ",\"ivr_digits\":\"2\",\"caller_verified\":true,\"closed_result\":\"no_answer\"";
+        let older = c.encode().replace(facts, "");
+        assert_ne!(older, c.encode(), "the fields were cut out");
+        match Checkpoint::decode(&older).map(|c| c.state) {
+            Some(State::Answered(a)) => {
+                assert_eq!(
+                    (a.ivr_digits.as_str(), a.caller_verified, a.closed_result),
+                    ("", false, None)
+                )
+            }
             other => panic!("{other:?}"),
         }
         let other = c.encode().replace("\"version\":1", "\"version\":2");

@@ -35,6 +35,9 @@ impl Call {
             .last_trunk
             .map(|t| self.ctx.routing.trunks[t].name.clone());
         record.attempts = self.attempts.clone();
+        // Known before the answer: a record finalised by another node (the call lost
+        // with its node) says it too.
+        record.ivr_digits = Some(self.ivr_digits.clone()).filter(|d| !d.is_empty());
         record
     }
 
