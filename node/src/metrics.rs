@@ -297,7 +297,7 @@ impl Metrics {
         );
         r.register(
             "forward_attempts_abandoned",
-            "Forwarding attempts given up at their destination's ring time with nothing (not even 100 Trying) from the callee: the call moves on at once, and the leg answers late responses by itself (CANCEL after a provisional, ACK and BYE after a 2xx)",
+            "Forwarding attempts given up with their INVITE unanswered: at their destination's ring time with nothing (not even 100 Trying) from the callee, or 32 s after their CANCEL without a final response to the INVITE; the call moves on at once, and the leg answers late responses by itself (CANCEL after a provisional, ACK and BYE after a 2xx)",
             c.attempts_abandoned.clone(),
         );
         r.register(

@@ -371,7 +371,7 @@ mod tests {
         max_ring: Duration,
         end_guard: Duration,
     ) -> Fixture {
-        forwarding_call_from(max_call, max_ring, end_guard, "").await
+        forwarding_call_from(max_call, max_ring, end_guard, "", 20).await
     }
 
     /// The same with more headers in the caller's INVITE (each ending in CRLF).
@@ -380,6 +380,7 @@ mod tests {
         max_ring: Duration,
         end_guard: Duration,
         invite_headers: &str,
+        ring_seconds: u32,
     ) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("t.db")).unwrap());
@@ -387,6 +388,7 @@ mod tests {
         let adv = store.create_advertiser(&op.id, "shop", None).unwrap();
         let mut number = sample_number(&op.id, &adv.id);
         number.number = "0501234567".into();
+        number.destinations[0].ring_seconds = ring_seconds;
         store.create_number(&number).unwrap();
 
         let callee = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -675,6 +677,46 @@ mod tests {
         assert_eq!(f.metrics.calls.actor_failures.get(), 0, "ended by the call");
     }
 
+    /// A callee that rings, answers the node's CANCEL at its ring time and never sends
+    /// the INVITE's 487: 64*T1 after the CANCEL the attempt is over (RFC 3261 9.1), and
+    /// the call moves on (here, with no other destination, the caller gets 480 and the
+    /// call is logged `no_answer`). It waited for `sip.max_ring_seconds`, an hour here.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cancelled_attempt_without_its_487_is_over_64_t1_after_the_cancel() {
+        let f = forwarding_call_from(
+            Duration::from_secs(3600),
+            Duration::from_secs(3600),
+            Duration::from_secs(5),
+            "",
+            1,
+        )
+        .await;
+        let node = f.ctx.endpoint.local(tsunagu_sip::Transport::Udp).unwrap();
+        let me = f.callee.local_addr().unwrap();
+        let invite = recv_text(&f.callee);
+        let ringing = callee_response(&invite, "180 Ringing", me, None);
+        f.callee.send_to(ringing.as_bytes(), node).unwrap();
+        let cancel = std::iter::repeat_with(|| recv_text(&f.callee))
+            .find(|m| !m.starts_with("INVITE "))
+            .unwrap();
+        assert!(cancel.starts_with("CANCEL "), "{cancel}");
+        let cancelled_at = Instant::now();
+        let ok = callee_response(&cancel, "200 OK", me, None);
+        f.callee.send_to(ok.as_bytes(), node).unwrap();
+        let reply = std::iter::repeat_with(|| recv_text(&f.caller))
+            .find(|m| !m.starts_with("SIP/2.0 1"))
+            .unwrap();
+        assert!(reply.starts_with("SIP/2.0 480 "), "{reply}");
+        let waited = cancelled_at.elapsed();
+        assert!(
+            waited >= Duration::from_millis(3000) && waited < Duration::from_secs(5),
+            "{waited:?}"
+        );
+        let r = final_record(&f).await;
+        assert_eq!(r.result, CallResult::NoAnswer);
+        assert_eq!(f.metrics.calls.attempts_abandoned.get(), 1);
+    }
+
     /// A response of the callee at `me` to `request` (its Via, From, To with tag
     /// `callee`, Call-ID and CSeq), with SDP if given.
     fn callee_response(
@@ -715,6 +757,7 @@ mod tests {
             Duration::from_secs(180),
             Duration::from_secs(5),
             "Require: 100rel\r\nSupported: 100rel\r\n",
+            20,
         )
         .await;
         let node = f.ctx.endpoint.local(tsunagu_sip::Transport::Udp).unwrap();

@@ -50,11 +50,21 @@ use tsunagu_store::{
     RecordingMode, RecordingStatus, TrackingNumber, Validity,
 };
 
+/// How long the INVITE of an attempt the node cancelled may go without its final
+/// response: 64*T1 (RFC 3261 9.1; 3.2 s in unit tests, as `reliable::T1` is shorter).
+#[cfg(not(test))]
+const CANCEL_WAIT: Duration = tsunagu_sip::transaction::TIMEOUT;
+#[cfg(test)]
+const CANCEL_WAIT: Duration = Duration::from_millis(3200);
+
 pub enum CallMsg {
     Start,
     /// Boxed: keeps every actor's mailbox slots small (most calls see few SIP events).
     Sip(Box<SipEvent>),
     RingTimeout(u32),
+    /// 64*T1 after the CANCEL of attempt n (RFC 3261 9.1): if its INVITE has no final
+    /// response yet, the attempt is over.
+    CancelUnanswered(u32),
     EndGuard,
     /// `sip.max_ring_seconds` since admission: a caller still not answered is given up.
     RingGuard,
@@ -582,6 +592,14 @@ impl Call {
                     call.ring_timeout();
                 }
             }
+            CallMsg::CancelUnanswered(n) => {
+                if n == call.attempt
+                    && call.phase == Phase::Trying
+                    && call.pending_failure.is_some()
+                {
+                    call.cancel_unanswered();
+                }
+            }
             CallMsg::RingGuard => {
                 if call.phase == Phase::Trying && !call.a_answered {
                     call.refuse_caller(480, "max_ring");
@@ -855,9 +873,26 @@ impl Call {
                 self.pending_failure = Some(Failure::RingTimeout);
                 b.cancel(&ep);
                 self.b = Some(b);
+                let n = self.attempt;
+                self.after(CANCEL_WAIT, CallMsg::CancelUnanswered(n));
             }
             None => {}
         }
+    }
+
+    /// The INVITE of an attempt the node cancelled has no final response 64*T1 after
+    /// the CANCEL: RFC 3261 9.1 has the UAC consider it cancelled. A callee that
+    /// answered the CANCEL and never its INVITE (or neither) held the call there: the
+    /// next destination was never tried, and a caller an IVR had answered heard
+    /// ringback until the INVITE's transaction was swept, minutes later (a review).
+    /// The call moves on; the leg answers late responses by itself (`abandoned`).
+    fn cancel_unanswered(&mut self) {
+        let Some(b) = self.b.take() else { return };
+        tracing::info!("the cancelled attempt's INVITE got no final response in 32 s; moving on");
+        self.ctx.metrics.calls.attempts_abandoned.inc();
+        abandoned::Abandoned::hand_over(b, &self.ctx);
+        let failure = self.pending_failure.take().unwrap_or(Failure::RingTimeout);
+        self.after_failure(failure);
     }
 
     fn after_failure(&mut self, failure: Failure) {

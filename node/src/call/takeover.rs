@@ -81,6 +81,9 @@ impl Call {
                             limit: l.limit,
                         })
                         .collect(),
+                    ivr_digits: self.ivr_digits.clone(),
+                    caller_verified: self.caller_verified,
+                    closed_result: self.closed_result,
                 }))
             }
             (None, Some(b)) if self.phase == Phase::Trying => {
@@ -229,6 +232,9 @@ impl Call {
         call.taken_over_at = Some(crate::clock::now_ms());
         call.recording_parts = recording_parts;
         call.b_offer = answered.b.sdp.clone();
+        call.ivr_digits = answered.ivr_digits.clone();
+        call.caller_verified = answered.caller_verified;
+        call.closed_result = answered.closed_result;
         call._slot = Some(slot);
         // The lines it held where it ran: held here now (counted even over the limit).
         call.held_lines = answered
