@@ -179,6 +179,9 @@ struct Shared {
     unheard_reads: std::sync::atomic::AtomicU64,
     /// When the session with each member was last stopped for [`due_resets`].
     resets: Mutex<HashMap<String, Instant>>,
+    /// The members with a session at the last tick (see
+    /// [`Cluster::reconcile_after_reconnects`]).
+    sessions: Mutex<BTreeSet<String>>,
 }
 
 /// This node's membership of the cluster; cheap to clone.
@@ -213,6 +216,7 @@ impl Cluster {
             seeds: settings.seeds.clone(),
             unheard_reads: Default::default(),
             resets: Mutex::default(),
+            sessions: Mutex::default(),
         }));
         cluster.expect_registered().await;
         tokio::spawn(cluster.clone().run(rx));
@@ -665,6 +669,39 @@ impl Cluster {
         self.publish_lease();
         self.update_gauges();
         self.reset_cut_sessions(now);
+        self.reconcile_after_reconnects();
+    }
+
+    /// Line frames sent while a session was down are lost (a release, a grant): when a
+    /// member of the view has a session again and every member has one, the line
+    /// tables are rebuilt from every holder's report ([`LineService::reconcile`]). Not
+    /// while one member is still unreachable: a rebuild would wait for its report, and
+    /// grant nothing meanwhile.
+    fn reconcile_after_reconnects(&self) {
+        let now: BTreeSet<String> = self.0.net.peers().into_iter().collect();
+        let back = {
+            let mut last = self.0.sessions.lock().unwrap_or_else(|p| p.into_inner());
+            let back: Vec<String> = now.difference(&last).cloned().collect();
+            *last = now.clone();
+            back
+        };
+        if back.is_empty() {
+            return;
+        }
+        let me = self.name();
+        let out = {
+            let mut lines = self.lines();
+            let others: Vec<&String> = lines.members().iter().filter(|m| **m != me).collect();
+            let due =
+                others.iter().any(|m| back.contains(m)) && others.iter().all(|m| now.contains(*m));
+            if !due {
+                return;
+            }
+            tracing::debug!(members = ?back, "sessions back: line tables rebuilt from every holder's report");
+            lines.reconcile();
+            self.send_in_order(lines.drain())
+        };
+        self.dispatch(out);
     }
 
     /// Stops the sessions with members this node does not hear while others do (see

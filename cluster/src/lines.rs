@@ -48,7 +48,7 @@ use std::time::{Duration, Instant};
 pub const RESERVED_FOR: Duration = Duration::from_secs(15);
 
 /// A line a node's call holds or waits for, as reported in a snapshot.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Holding {
     pub key: String,
     pub call: String,
@@ -61,7 +61,7 @@ pub struct Holding {
 }
 
 /// The owner's answer to a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Answer {
     /// The line is the call's. `urgent`: give it back at once when done (others may
     /// be waiting), rather than with the next heartbeat.
@@ -71,7 +71,7 @@ pub enum Answer {
 }
 
 /// Line messages between nodes (the envelope says who sent them, in which epoch).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum LineMsg {
     Acquire {
         key: String,
@@ -197,9 +197,13 @@ struct Rebuild {
     round: u64,
     waiting_for: BTreeSet<String>,
     collected: Vec<Holding>,
-    /// Members whose snapshot arrived: their later messages wait in `held_back`.
+    /// Members whose snapshot arrived: their later messages wait in `held_back`,
+    /// each once (a request resent every second while the rebuild waits for a member
+    /// that cannot be reached was held back every time: without bound, and replayed
+    /// all at once: a review).
     answered: BTreeSet<String>,
     held_back: Vec<(String, LineMsg)>,
+    held_back_seen: std::collections::HashSet<(String, LineMsg)>,
     /// This node's own requests made meanwhile.
     local_held_back: Vec<LineMsg>,
 }
@@ -476,6 +480,24 @@ impl LineService {
                 self.give_back(&key, &call, false);
             }
         }
+        self.start_rebuild();
+    }
+
+    /// Rebuilds the tables with the members as they are: a session with a member came
+    /// back, and line frames sent while it was down are lost (a release, and the owner
+    /// counts a line nobody holds until the next view change while callers queue; a
+    /// grant, and a caller waits for a line that is its own: a review). Keys keep their
+    /// owners, and the entries kept for other owners stay (their snapshot request may
+    /// come again). Nothing while a rebuild or a suspension is under way: it covers it.
+    pub fn reconcile(&mut self) {
+        if self.rebuild.is_none() {
+            self.start_rebuild();
+        }
+    }
+
+    /// Asks every other member for its snapshot and grants nothing until all are in
+    /// (see the module doc); requests still unanswered go to their owners again.
+    fn start_rebuild(&mut self) {
         let round = self.next_round;
         self.next_round += 1;
         let others: BTreeSet<String> = self
@@ -528,8 +550,11 @@ impl LineService {
 
     /// Sends again what may have been lost (a frame finds no session while a peer is
     /// connecting or reconnecting): the snapshot requests of a rebuild still waiting,
-    /// and requests still unanswered. Both are idempotent at their receivers. The
-    /// driver calls this every second or so.
+    /// and requests still unanswered. Both are idempotent at their receivers. Not a
+    /// request its call gave up: asked again every second while its owner could not
+    /// be reached, they grew with every call that gave up meanwhile; its answer comes,
+    /// or the rebuild when the owner is reachable again answers it. The driver calls
+    /// this every second or so.
     pub fn retry(&mut self) {
         if let Some(r) = &self.rebuild {
             let round = r.round;
@@ -543,7 +568,7 @@ impl LineService {
         let pending: Vec<(String, String, Request)> = self
             .requests
             .iter()
-            .filter(|(_, r)| r.state == ReqState::Pending)
+            .filter(|(_, r)| r.state == ReqState::Pending && !r.cancelled)
             .map(|((k, c), r)| (k.clone(), c.clone(), r.clone()))
             .collect();
         for (key, call, r) in pending {
@@ -703,8 +728,9 @@ impl LineService {
             }
             other => {
                 if let Some(r) = self.rebuild.as_mut() {
-                    if r.answered.contains(from) {
-                        r.held_back.push((from.to_string(), other));
+                    let held = (from.to_string(), other);
+                    if r.answered.contains(from) && r.held_back_seen.insert(held.clone()) {
+                        r.held_back.push(held);
                     }
                     // Otherwise it came before the sender's snapshot: already in it.
                     return;

@@ -630,6 +630,113 @@ fn a_dead_members_line_nobody_takes_over_is_freed_when_its_reservation_lapses() 
     assert_eq!(net.holders(&key), ["waits"]);
 }
 
+/// Frames lost while a session was down (a cut link, a reconnect): a release the
+/// owner never got kept a line counted that nobody held, and the caller waiting for it
+/// waited until the next view change; a grant the holder never got left its caller
+/// waiting for a line of its own. Rebuilding the tables when the session is back
+/// (`reconcile`) puts both right.
+#[test]
+fn lines_lost_with_a_session_are_put_right_when_it_is_back() {
+    let members = ["a", "b", "c"];
+    let mut net = Net::new(&members, 19);
+    let key = key_owned_by("b", &members);
+    net.limits.insert(key.clone(), 1);
+    net.acquire("a", &key, "first", 10);
+    net.settle();
+    net.acquire("c", &key, "second", 20);
+    net.settle();
+    assert_eq!(net.holders(&key), ["first"]);
+    // The release (urgent: someone waits) is lost with the session a-b.
+    net.release("a", &key, "first");
+    net.queues.remove(&("a".to_string(), "b".to_string()));
+    net.settle();
+    assert!(net.holders(&key).is_empty());
+    assert!(!net.granted().contains(&"second".to_string()), "stuck");
+    for s in net.nodes.values_mut() {
+        s.reconcile();
+    }
+    net.collect();
+    net.settle();
+    assert_eq!(net.holders(&key), ["second"], "the lost release put right");
+    // Now a grant is lost: "second" ends, "third" waits on a, and the grant to a is
+    // lost on the way.
+    net.acquire("a", &key, "third", 30);
+    net.settle();
+    net.release("c", &key, "second");
+    net.collect();
+    loop {
+        net.collect();
+        let to_a = net.queues.get(&("b".to_string(), "a".to_string()));
+        if to_a.is_some_and(|q| !q.is_empty()) {
+            break;
+        }
+        assert!(net.step(), "the grant is sent");
+    }
+    net.queues.remove(&("b".to_string(), "a".to_string()));
+    net.settle();
+    assert!(net.holders(&key).is_empty(), "the grant was lost");
+    for s in net.nodes.values_mut() {
+        s.reconcile();
+    }
+    net.collect();
+    net.settle();
+    assert_eq!(net.holders(&key), ["third"], "the lost grant put right");
+    assert_eq!(net.nodes["b"].table_counts(), (1, 0));
+}
+
+/// An owner rebuilding while one member cannot answer holds back what the others send
+/// meanwhile, each message once: a request resent every second (`retry`) was held back
+/// every time, without bound. A request its call gave up is not resent at all.
+#[test]
+fn what_waits_for_a_rebuild_is_held_once_and_given_up_requests_are_not_resent() {
+    let members = ["a", "b", "c"];
+    let mut net = Net::new(&members, 23);
+    let key = key_owned_by("b", &members);
+    net.limits.insert(key.clone(), 1);
+    let all: Vec<String> = members.iter().map(|m| m.to_string()).collect();
+    net.nodes.get_mut("b").unwrap().view(all);
+    net.collect();
+    // a answers b's snapshot request; c's answer never comes (its link to b is down).
+    let deliver = |net: &mut Net, from: &str, to: &str| {
+        net.collect();
+        let q = net
+            .queues
+            .remove(&(from.to_string(), to.to_string()))
+            .unwrap_or_default();
+        for msg in q {
+            net.nodes.get_mut(to).unwrap().on_message(from, msg);
+        }
+        net.collect();
+    };
+    deliver(&mut net, "b", "a");
+    deliver(&mut net, "a", "b");
+    assert!(net.nodes["b"].rebuilding());
+    net.acquire("a", &key, "x", 10);
+    net.acquire("a", &key, "gives_up", 11);
+    net.release("a", &key, "gives_up");
+    for _ in 0..5 {
+        net.nodes.get_mut("a").unwrap().retry();
+        deliver(&mut net, "a", "b");
+    }
+    let held = &net.nodes["b"].rebuild.as_ref().unwrap().held_back;
+    let acquires: Vec<&str> = held
+        .iter()
+        .filter_map(|(_, m)| match m {
+            LineMsg::Acquire { call, .. } => Some(call.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(acquires, ["x", "gives_up"], "each once: {held:?}");
+    // c's answer comes: the rebuild ends, x gets the line, the given-up call none.
+    deliver(&mut net, "b", "c");
+    deliver(&mut net, "c", "b");
+    net.settle();
+    net.heartbeats();
+    net.settle();
+    assert_eq!(net.holders(&key), ["x"]);
+    assert_eq!(net.nodes["b"].table_counts(), (1, 0));
+}
+
 /// A call handed over by a live node (a drain): the new node adopts the line and the
 /// old one forgets it without a release, so the line is neither freed nor counted
 /// twice; a rebuild after a view change still counts it once.
