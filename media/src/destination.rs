@@ -5,7 +5,8 @@
 //! cloud's metadata service), loopback unless the node's media address is itself on
 //! loopback (a test or lab setup), and the node's own RTP ports (one call's audio
 //! looped into another call's relay; not checked when the media address is on
-//! loopback). Private networks stay allowed: carriers
+//! loopback), and any other port of the node's host (its media address or another
+//! of its interfaces') unless a trunk's. Private networks stay allowed: carriers
 //! interconnect over them. A refused address is as no address: the side accepts
 //! nothing and is sent nothing until new SDP names a good one.
 
@@ -13,11 +14,13 @@ use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
 
 /// Why `dst` is refused as a media destination of a relay whose sockets are bound to
-/// `local` with ports in `own_ports`; None if audio may go there. `trusted`: `dst` is
-/// a trunk's address (a carrier's media anchor may share the node's host).
+/// `local` with ports in `own_ports`, on a host whose interfaces also have the
+/// addresses `host`; None if audio may go there. `trusted`: `dst` is a trunk's
+/// address (a carrier's media anchor may share the node's host).
 pub fn refused(
     dst: SocketAddr,
     local: IpAddr,
+    host: &[IpAddr],
     own_ports: &RangeInclusive<u16>,
     trusted: bool,
 ) -> Option<&'static str> {
@@ -42,7 +45,11 @@ pub fn refused(
         // (Not on loopback: there the parties of a test or a lab are local sockets
         // whose ephemeral ports may fall in the range.)
         Some("own_port")
-    } else if ip == local && !local.is_loopback() && !trusted {
+    } else if (ip == local || host.iter().any(|h| h.to_canonical() == ip))
+        && !local.is_loopback()
+        && !ip.is_loopback()
+        && !trusted
+    {
         // The node's host, outside its RTP ports: its SIP listener, a metrics agent,
         // any UDP service bound to every address. A party is never on the node's
         // host; a trunk's media anchor may be.
@@ -98,7 +105,7 @@ mod tests {
         for (dst, local, want) in rows {
             let dst: SocketAddr = dst.parse().unwrap();
             assert_eq!(
-                refused(dst, *local, &ports, false),
+                refused(dst, *local, &[], &ports, false),
                 *want,
                 "{dst} from {local}"
             );
@@ -106,8 +113,29 @@ mod tests {
         // A trunk's media anchor on the node's host, outside the RTP ports: allowed;
         // inside them still refused.
         let anchor: SocketAddr = "203.0.113.5:30000".parse().unwrap();
-        assert_eq!(refused(anchor, public, &ports, true), None);
+        assert_eq!(refused(anchor, public, &[], &ports, true), None);
         let inside: SocketAddr = "203.0.113.5:20002".parse().unwrap();
-        assert_eq!(refused(inside, public, &ports, true), Some("own_port"));
+        assert_eq!(refused(inside, public, &[], &ports, true), Some("own_port"));
+        // The host's other addresses: refused as the media address is, outside a
+        // trunk's; another host's are not.
+        let host: [IpAddr; 2] = ["10.0.0.7".parse().unwrap(), "127.0.0.1".parse().unwrap()];
+        let rows: &[(&str, bool, Option<&str>)] = &[
+            ("10.0.0.7:8125", false, Some("own_address")),
+            ("10.0.0.7:20002", false, Some("own_address")),
+            ("[::ffff:10.0.0.7]:8125", false, Some("own_address")),
+            ("10.0.0.7:8125", true, None),
+            ("10.0.0.8:8125", false, None),
+        ];
+        for (dst, trusted, want) in rows {
+            let dst: SocketAddr = dst.parse().unwrap();
+            assert_eq!(
+                refused(dst, public, &host, &ports, *trusted),
+                *want,
+                "{dst} {trusted}"
+            );
+        }
+        // A node on loopback (tests, a lab) is not refused its local parties.
+        let party: SocketAddr = "127.0.0.1:8125".parse().unwrap();
+        assert_eq!(refused(party, lo, &host, &ports, false), None);
     }
 }

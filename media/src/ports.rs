@@ -105,6 +105,8 @@ pub struct PortPool {
     gate: std::sync::OnceLock<Gate>,
     /// Which media addresses are trunks' ([`PortPool::set_trunk_addresses`]).
     trunks: std::sync::OnceLock<TrunkAddresses>,
+    /// The host's other addresses ([`PortPool::set_host_addresses`]).
+    host: std::sync::OnceLock<Vec<IpAddr>>,
     /// Free ports holding their socket, or being released with it.
     idle: AtomicUsize,
     /// At most this many free ports keep their socket ([`PortPool::set_idle_sockets_max`]).
@@ -188,7 +190,8 @@ impl MediaPort {
     /// Why the relay using this port must not send to `dst`, if it must not
     /// ([`crate::destination`]); `trusted`: `dst` is a trunk's ([`MediaPort::trusts`]).
     pub(crate) fn refuses(&self, dst: SocketAddr, trusted: bool) -> Option<&'static str> {
-        crate::destination::refused(dst, self.pool.address, &self.pool.range, trusted)
+        let host = self.pool.host.get().map_or(&[][..], Vec::as_slice);
+        crate::destination::refused(dst, self.pool.address, host, &self.pool.range, trusted)
     }
 }
 
@@ -347,6 +350,7 @@ impl PortPool {
             metrics,
             gate: std::sync::OnceLock::new(),
             trunks: std::sync::OnceLock::new(),
+            host: std::sync::OnceLock::new(),
             idle: AtomicUsize::new(0),
             idle_max: AtomicUsize::new(half_the_descriptor_limit()),
             #[cfg(test)]
@@ -376,6 +380,14 @@ impl PortPool {
     /// anchor, not a party who could be anyone): audio goes there before a packet
     /// came from it without the `media.unverified_audio_seconds` bound. The first
     /// set stays; unset, no address is.
+    /// The addresses of the host's interfaces besides the media address: refused as
+    /// media destinations as the media address is outside a trunk's (a party's SDP
+    /// naming the host's private address at the port of a service bound to every
+    /// address reached it: a review). The first set stays.
+    pub fn set_host_addresses(&self, host: Vec<IpAddr>) {
+        let _ = self.host.set(host);
+    }
+
     pub fn set_trunk_addresses(&self, trunks: TrunkAddresses) {
         let _ = self.trunks.set(trunks);
     }

@@ -10,6 +10,7 @@ pub mod context;
 pub mod decide;
 pub mod directory;
 pub mod follow_up;
+pub mod host;
 pub mod invite;
 #[cfg(test)]
 mod layout;

@@ -477,6 +477,7 @@ pub async fn run(
         metrics.media.clone(),
     );
     ports.set_consent(media.consent);
+    ports.set_host_addresses(crate::host::addresses());
     ports.set_unverified_audio_seconds(media.unverified_audio_seconds);
     let routing = Routing::from_config(&config);
     let trunks = routing.clone();

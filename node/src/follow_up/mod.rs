@@ -19,7 +19,6 @@ pub mod plan;
 pub mod sign;
 pub mod template;
 
-use std::net::IpAddr;
 use tsunagu_config::egress::EgressPolicy;
 use tsunagu_config::{Config, Transport};
 
@@ -39,18 +38,10 @@ pub fn egress_policy(config: &Config) -> EgressPolicy {
         .collect();
     EgressPolicy {
         allowed: config.notify.allowed_networks.clone(),
-        own: tsunagu_config::egress::with_host_addresses(&own, &host_addresses()),
+        own: tsunagu_config::egress::with_host_addresses(&own, &crate::host::addresses()),
         // Filled from the cluster's roster once the node joins (cluster_link).
         members: Default::default(),
     }
-}
-
-/// The addresses of this host's interfaces (getifaddrs); none if they cannot be read.
-/// At most a few hundred on any host: an entry per address of an interface.
-fn host_addresses() -> Vec<IpAddr> {
-    if_addrs::get_if_addrs()
-        .map(|all| all.iter().map(if_addrs::Interface::ip).collect())
-        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -64,7 +55,7 @@ mod tests {
         let config = tsunagu_config::Config::from_toml("[api]\nlisten = \"0.0.0.0:18080\"\n")
             .expect("config");
         let policy = super::egress_policy(&config);
-        let v4: Vec<_> = super::host_addresses()
+        let v4: Vec<_> = crate::host::addresses()
             .into_iter()
             .filter(|ip| ip.is_ipv4())
             .collect();
