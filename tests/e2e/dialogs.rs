@@ -894,6 +894,75 @@ fn reinvite_a_callee(
     (caller, our_tag, uas, reinvite)
 }
 
+/// A caller the node answered itself (a menu) sends a re-INVITE (hold) and an UPDATE
+/// without an offer: the node answers both itself, the re-INVITE with an answer going
+/// on from the session of its 200 (same origin, the next version) and the offer's
+/// direction answered. Both were refused 491 although nothing was pending (a review).
+#[test]
+fn a_caller_answered_by_the_menu_has_its_offers_answered_by_the_node() {
+    let ports = Ports::take();
+    let node = Node::start(ports, "127.0.0.0/8", "");
+    let (key, _) = node.provision("0501234567", DEST, "{}");
+    node.set_number(
+        &key,
+        "0501234567",
+        r#"{"ivr": {"prompt": "ivr_menu", "routes": {"1": [{"number": "0311112222"}]}}}"#,
+    );
+    let call_id = "menu-reinvite-1";
+    let caller = Party::bind("127.0.0.1", ports.sip);
+    caller.send(&caller.invite(call_id, "09012345678", &caller.me()));
+    let ok = caller.final_response();
+    assert!(ok.starts_with("SIP/2.0 200"), "the menu answers: {ok}");
+    let our_tag = caller.ack(call_id, &ok);
+    let origin = |m: &str| {
+        let o = m.lines().find(|l| l.starts_with("o=")).unwrap_or_default();
+        let f: Vec<String> = o.split(' ').map(str::to_string).collect();
+        (
+            f.get(1).cloned().unwrap_or_default(),
+            f.get(2).cloned().unwrap_or_default(),
+        )
+    };
+    let (session, version) = origin(&ok);
+    send_reinvite(&caller, call_id, &our_tag, "a=sendonly\r\n");
+    let answer = caller.final_response();
+    assert!(answer.starts_with("SIP/2.0 200"), "{answer}");
+    assert!(answer.contains("a=recvonly"), "the hold answered: {answer}");
+    let (again, next) = origin(&answer);
+    assert_eq!(again, session, "the same session: {answer}");
+    assert_eq!(
+        next.parse::<u64>().unwrap(),
+        version.parse::<u64>().unwrap() + 1
+    );
+    caller.ack(call_id, &answer);
+    let update = caller.request(
+        "UPDATE",
+        call_id,
+        "callertag",
+        &our_tag,
+        3,
+        &format!(
+            "Contact: <sip:caller@{}>\nContent-Length: 0\n\n",
+            caller.me()
+        ),
+    );
+    caller.send(&update);
+    let answer = caller.final_response();
+    assert!(answer.starts_with("SIP/2.0 200"), "{answer}");
+    let bye = caller.request(
+        "BYE",
+        call_id,
+        "callertag",
+        &our_tag,
+        4,
+        "Content-Length: 0\n\n",
+    );
+    caller.send(&bye);
+    assert!(caller.final_response().starts_with("SIP/2.0 200"));
+    // Hung up in the menu: nobody else was on the call.
+    let call = node.wait_for_calls(&key, 1)[0].clone();
+    assert_eq!(call["result"], "cancelled", "{call}");
+}
+
 /// The caller CANCELs its pending re-INVITE: the CANCEL is answered 200 and the
 /// re-INVITE 487 (RFC 3261 9.2), and the call goes on until the BYE (a CANCEL of a
 /// re-INVITE was answered 200 and ignored, and one while a 200 waited for a PRACK

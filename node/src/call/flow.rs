@@ -135,8 +135,62 @@ impl Call {
         let ep = self.ctx.endpoint.clone();
         self.a.respond(&ep, code, Some(&answer.sdp));
         self.a_answered = code == 200;
+        // The session the node offers the caller from now on goes on from this one
+        // (its origin's session id and version: RFC 3264 8).
+        self.a.last_sdp = Some(answer.sdp.clone());
         self.a_answer = Some((answer.payload_type, answer.sdp));
         Some(answer.payload_type)
+    }
+
+    /// A re-INVITE or UPDATE from a caller the node answered itself (a menu, a queue)
+    /// while nobody else is on the call: the node is the caller's only peer, so it
+    /// answers the offer as it answered the INVITE (a codec it does not play in is
+    /// refused 488; an offerless re-INVITE gets the current session as the offer, and
+    /// the answer in its ACK is not read). They were refused 491 although nothing was
+    /// pending: the caller tried again every few seconds for as long as the menu or
+    /// the queue lasted, and some carriers hang up after a few (a review).
+    pub(super) fn answer_offer_here(
+        &mut self,
+        req: tsunagu_sip::Request,
+        info: tsunagu_sip::Info,
+        key: tsunagu_sip::transaction::TxKey,
+    ) {
+        let ep = self.ctx.endpoint.clone();
+        let playing = self.a_answer.as_ref().map(|(pt, _)| *pt);
+        let body = match tsunagu_sip::parse::sdp_body(&req, &req.body) {
+            Some(offer) => {
+                let local = self.relay.as_ref().map(|r| r.local(Side::A));
+                let answer = local
+                    .and_then(|l| sdp::answer(&offer, l.ip(), l.port(), now_session()))
+                    .filter(|a| Some(a.payload_type) == playing);
+                let Some(answer) = answer else {
+                    tracing::info!(method = %req.method, "an offer to the node's own answer it cannot take: 488");
+                    return ep.respond(&req, &info, &key, 488, None, &[], None);
+                };
+                self.set_far_end(
+                    Side::A,
+                    FarEnd {
+                        media: answer.remote,
+                        dtmf: answer.dtmf,
+                        formats: answer.formats,
+                    },
+                );
+                self.a.next_body(Some(answer.sdp))
+            }
+            None if req.method == Method::Invite => self.a.last_sdp.clone(),
+            None => None,
+        };
+        tracing::debug!(method = %req.method, "an offer answered by the node itself");
+        let contact = super::legs::contact(&ep, self.a.peer.transport);
+        ep.respond(
+            &req,
+            &info,
+            &key,
+            200,
+            None,
+            &[("Contact", contact.as_str())],
+            body.as_deref().map(|s| ("application/sdp", s.as_bytes())),
+        );
     }
 
     /// The prompt `name` as this call's operator sees it; a missing one is logged and

@@ -1156,6 +1156,9 @@ impl Call {
             Method::Invite | Method::Update if self.phase == Phase::Answered => {
                 self.relay_reoffer(Side::A, req, info, key)
             }
+            Method::Invite | Method::Update if self.phase == Phase::Trying && self.a_answered => {
+                self.answer_offer_here(req, info, key)
+            }
             Method::Invite | Method::Update => ep.respond(&req, &info, &key, 491, None, &[], None),
             Method::Info => self.on_info(Side::A, &req, &info, &key),
             Method::PRack => {
