@@ -179,9 +179,9 @@ struct Shared {
     unheard_reads: std::sync::atomic::AtomicU64,
     /// When the session with each member was last stopped for [`due_resets`].
     resets: Mutex<HashMap<String, Instant>>,
-    /// The members with a session at the last tick (see
+    /// The members with a session at the last tick, and what named it (see
     /// [`Cluster::reconcile_after_reconnects`]).
-    sessions: Mutex<BTreeSet<String>>,
+    sessions: Mutex<std::collections::BTreeMap<String, String>>,
 }
 
 /// This node's membership of the cluster; cheap to clone.
@@ -673,15 +673,20 @@ impl Cluster {
     }
 
     /// Line frames sent while a session was down are lost (a release, a grant): when a
-    /// member of the view has a session again and every member has one, the line
-    /// tables are rebuilt from every holder's report ([`LineService::reconcile`]). Not
-    /// while one member is still unreachable: a rebuild would wait for its report, and
-    /// grant nothing meanwhile.
+    /// member of the view has a new session (after none, or replacing another between
+    /// two ticks) and every member has one, the line tables are rebuilt from every
+    /// holder's report ([`LineService::reconcile`]). Not while one member is still
+    /// unreachable: a rebuild would wait for its report, and grant nothing meanwhile;
+    /// its own session's return is the occasion.
     fn reconcile_after_reconnects(&self) {
-        let now: BTreeSet<String> = self.0.net.peers().into_iter().collect();
-        let back = {
+        let now = self.0.net.sessions();
+        let back: Vec<String> = {
             let mut last = self.0.sessions.lock().unwrap_or_else(|p| p.into_inner());
-            let back: Vec<String> = now.difference(&last).cloned().collect();
+            let back = now
+                .iter()
+                .filter(|(name, id)| last.get(*name) != Some(*id))
+                .map(|(name, _)| name.clone())
+                .collect();
             *last = now.clone();
             back
         };
@@ -692,8 +697,8 @@ impl Cluster {
         let out = {
             let mut lines = self.lines();
             let others: Vec<&String> = lines.members().iter().filter(|m| **m != me).collect();
-            let due =
-                others.iter().any(|m| back.contains(m)) && others.iter().all(|m| now.contains(*m));
+            let due = others.iter().any(|m| back.contains(m))
+                && others.iter().all(|m| now.contains_key(*m));
             if !due {
                 return;
             }

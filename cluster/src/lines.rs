@@ -204,6 +204,10 @@ struct Rebuild {
     answered: BTreeSet<String>,
     held_back: Vec<(String, LineMsg)>,
     held_back_seen: std::collections::HashSet<(String, LineMsg)>,
+    /// Started by [`LineService::reconcile`], the members as they were: no key moved,
+    /// so what other members kept of keys they owned before is not taken (it is as old
+    /// as the last view change: lines released to this owner since would come back).
+    reconcile: bool,
     /// This node's own requests made meanwhile.
     local_held_back: Vec<LineMsg>,
 }
@@ -221,6 +225,8 @@ pub struct LineService {
     rebuild: Option<Rebuild>,
     /// See [`LineService::suspend`].
     suspended: bool,
+    /// A reconcile asked for while a rebuild ran: it starts when that one ends.
+    reconcile_wanted: bool,
     next_round: u64,
     out: Vec<Output>,
     /// Lines to give back with the next heartbeat, by owner.
@@ -242,6 +248,7 @@ impl LineService {
             handover: HashMap::new(),
             rebuild: None,
             suspended: false,
+            reconcile_wanted: false,
             next_round: 1,
             out: Vec::new(),
             lazy_releases: BTreeMap::new(),
@@ -480,7 +487,7 @@ impl LineService {
                 self.give_back(&key, &call, false);
             }
         }
-        self.start_rebuild();
+        self.start_rebuild(false);
     }
 
     /// Rebuilds the tables with the members as they are: a session with a member came
@@ -488,16 +495,21 @@ impl LineService {
     /// counts a line nobody holds until the next view change while callers queue; a
     /// grant, and a caller waits for a line that is its own: a review). Keys keep their
     /// owners, and the entries kept for other owners stay (their snapshot request may
-    /// come again). Nothing while a rebuild or a suspension is under way: it covers it.
+    /// come again), and are not taken from the others' snapshots. One asked for while
+    /// a rebuild (or a suspension) is under way starts when it ends: that one may have
+    /// had a snapshot from before the frames were lost.
     pub fn reconcile(&mut self) {
-        if self.rebuild.is_none() {
-            self.start_rebuild();
+        if self.rebuild.is_some() {
+            self.reconcile_wanted = true;
+            return;
         }
+        self.start_rebuild(true);
     }
 
     /// Asks every other member for its snapshot and grants nothing until all are in
     /// (see the module doc); requests still unanswered go to their owners again.
-    fn start_rebuild(&mut self) {
+    /// `reconcile`: see [`Rebuild::reconcile`].
+    fn start_rebuild(&mut self, reconcile: bool) {
         let round = self.next_round;
         self.next_round += 1;
         let others: BTreeSet<String> = self
@@ -509,6 +521,7 @@ impl LineService {
         let mut rebuild = Rebuild {
             round,
             waiting_for: others.clone(),
+            reconcile,
             ..Rebuild::default()
         };
         // A rebuild interrupted by this change: what was held back still counts.
@@ -553,8 +566,10 @@ impl LineService {
     /// and requests still unanswered. Both are idempotent at their receivers. Not a
     /// request its call gave up: asked again every second while its owner could not
     /// be reached, they grew with every call that gave up meanwhile; its answer comes,
-    /// or the rebuild when the owner is reachable again answers it. The driver calls
-    /// this every second or so.
+    /// or the rebuild when the owner is reachable again answers it. Except an adopted
+    /// line's: reported held, no rebuild answers it, and an owner that dropped its
+    /// `Adopt` would count it from the next snapshot on. The driver calls this every
+    /// second or so.
     pub fn retry(&mut self) {
         if let Some(r) = &self.rebuild {
             let round = r.round;
@@ -568,7 +583,7 @@ impl LineService {
         let pending: Vec<(String, String, Request)> = self
             .requests
             .iter()
-            .filter(|(_, r)| r.state == ReqState::Pending && !r.cancelled)
+            .filter(|(_, r)| r.state == ReqState::Pending && (!r.cancelled || r.adopted))
             .map(|((k, c), r)| (k.clone(), c.clone(), r.clone()))
             .collect();
         for (key, call, r) in pending {
@@ -713,7 +728,9 @@ impl LineService {
                 if r.waiting_for.remove(from) {
                     r.answered.insert(from.to_string());
                     r.collected.extend(holdings);
-                    r.collected.extend(handed_over);
+                    if !r.reconcile {
+                        r.collected.extend(handed_over);
+                    }
                 }
                 self.try_finish_rebuild();
             }
@@ -859,6 +876,9 @@ impl LineService {
         let me = self.me.clone();
         for msg in r.local_held_back {
             self.as_owner(&me, msg);
+        }
+        if std::mem::take(&mut self.reconcile_wanted) {
+            self.reconcile();
         }
     }
 

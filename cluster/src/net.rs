@@ -479,6 +479,28 @@ impl Net {
         }
     }
 
+    /// The peers a session is up with, each with what names that session (the ids of
+    /// the peer's actors it carries): a session replaced by a new one, even between two
+    /// looks, reads differently.
+    pub fn sessions(&self) -> std::collections::BTreeMap<String, String> {
+        let prefix = format!("{ALL}/");
+        ractor::pg::which_groups()
+            .into_iter()
+            .filter_map(|g| g.strip_prefix(&prefix).map(str::to_string))
+            .filter(|n| *n != self.name)
+            .filter_map(|n| {
+                let mut ids: Vec<String> = ractor::pg::get_members(&group_of(&n))
+                    .iter()
+                    .map(|c| c.get_id())
+                    .filter(|id| !id.is_local())
+                    .map(|id| format!("{id}"))
+                    .collect();
+                ids.sort();
+                (!ids.is_empty()).then(|| (n, ids.join(",")))
+            })
+            .collect()
+    }
+
     /// The peers a session is up with (by name).
     pub fn peers(&self) -> Vec<String> {
         let prefix = format!("{ALL}/");

@@ -714,8 +714,37 @@ fn what_waits_for_a_rebuild_is_held_once_and_given_up_requests_are_not_resent() 
     net.acquire("a", &key, "x", 10);
     net.acquire("a", &key, "gives_up", 11);
     net.release("a", &key, "gives_up");
+    // An adopted line whose call ended at once is still asked for (reported held, no
+    // rebuild would answer it), to be given back when the owner answers.
+    net.nodes.get_mut("a").unwrap().adopt(&key, "adopted", 1);
+    net.release("a", &key, "adopted");
     for _ in 0..5 {
-        net.nodes.get_mut("a").unwrap().retry();
+        let a = net.nodes.get_mut("a").unwrap();
+        a.retry();
+        let sent = a.drain();
+        let asked: Vec<&str> = sent
+            .iter()
+            .filter_map(|o| match o {
+                Output::Send {
+                    msg: LineMsg::Acquire { call, .. } | LineMsg::Adopt { call, .. },
+                    ..
+                } => Some(call.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(asked.len(), 2, "{asked:?}");
+        assert!(
+            asked.contains(&"x") && asked.contains(&"adopted"),
+            "{asked:?}"
+        );
+        for o in sent {
+            if let Output::Send { to, msg } = o {
+                net.queues
+                    .entry(("a".to_string(), to))
+                    .or_default()
+                    .push_back(msg);
+            }
+        }
         deliver(&mut net, "a", "b");
     }
     let held = &net.nodes["b"].rebuild.as_ref().unwrap().held_back;
@@ -727,6 +756,11 @@ fn what_waits_for_a_rebuild_is_held_once_and_given_up_requests_are_not_resent() 
         })
         .collect();
     assert_eq!(acquires, ["x", "gives_up"], "each once: {held:?}");
+    let adopts = held
+        .iter()
+        .filter(|(_, m)| matches!(m, LineMsg::Adopt { .. }))
+        .count();
+    assert_eq!(adopts, 1, "{held:?}");
     // c's answer comes: the rebuild ends, x gets the line, the given-up call none.
     deliver(&mut net, "b", "c");
     deliver(&mut net, "c", "b");
@@ -735,6 +769,53 @@ fn what_waits_for_a_rebuild_is_held_once_and_given_up_requests_are_not_resent() 
     net.settle();
     assert_eq!(net.holders(&key), ["x"]);
     assert_eq!(net.nodes["b"].table_counts(), (1, 0));
+}
+
+/// A reconcile takes nothing of what members kept of keys they owned before the last
+/// view change: it is as old as that change, and a line released to the key's new
+/// owner since would come back (and nobody would ever give it back).
+#[test]
+fn a_reconcile_brings_back_no_line_released_since_the_key_moved() {
+    let before = ["a", "b", "c"];
+    let after = ["a", "b", "c", "d"];
+    let key = (0..)
+        .map(|i| format!("number:05{i:08}"))
+        .find(|k| {
+            owner(k, before.iter().copied()) == Some("b")
+                && owner(k, after.iter().copied()) == Some("d")
+        })
+        .unwrap();
+    let mut net = Net::new(&before, 29);
+    net.limits.insert(key.clone(), 1);
+    net.acquire("a", &key, "c1", 10);
+    net.settle();
+    // d joins, every member seeing it once (what a member keeps of the keys it handed
+    // over lasts until its next view change).
+    net.nodes.insert("d".to_string(), LineService::new("d"));
+    let all: Vec<String> = after.iter().map(|m| m.to_string()).collect();
+    for s in net.nodes.values_mut() {
+        s.view(all.clone());
+    }
+    net.collect();
+    net.settle();
+    assert_eq!(
+        net.nodes["d"].table_counts(),
+        (1, 0),
+        "d took the key with its line"
+    );
+    net.release("a", &key, "c1");
+    net.heartbeats();
+    net.settle();
+    assert_eq!(net.nodes["d"].table_counts(), (0, 0));
+    for s in net.nodes.values_mut() {
+        s.reconcile();
+    }
+    net.collect();
+    net.settle();
+    assert_eq!(net.nodes["d"].table_counts(), (0, 0), "no line came back");
+    net.acquire("c", &key, "next", 20);
+    net.settle();
+    assert_eq!(net.holders(&key), ["next"]);
 }
 
 /// A call handed over by a live node (a drain): the new node adopts the line and the

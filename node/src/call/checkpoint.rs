@@ -56,7 +56,7 @@ pub struct Answered {
     /// finishing it must say too (a call taken over was logged without its IVR
     /// digits, so a number that asks for one judged it invalid; without its caller's
     /// verification, so no caller SMS; without the closed-hours marker: a review).
-    /// Absent in checkpoints written before 2026-12-06 evening: nothing known.
+    /// Absent in checkpoints written before 2026-12-06 10:00: nothing known.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub ivr_digits: String,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]

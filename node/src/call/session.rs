@@ -4,9 +4,10 @@
 //! sees no refresh in time is hung up on both legs.
 
 use super::legs::Headers;
-use super::timers::TimerId;
+use super::timers::{TimerId, Timers};
 use super::{Call, CallMsg, Phase};
 use crate::decide::session_timer::{check_after, on_callee_answer, parse};
+use std::time::{Duration, Instant};
 use tsunagu_sip::parse::{has_option_tag, header};
 use tsunagu_sip::{Request, Response};
 
@@ -76,6 +77,27 @@ impl SessionTimer {
     }
 }
 
+/// A refresh naming `interval` (0: none named) at `now`: the session's next check is
+/// armed on `timers`, replacing the pending one (see [`SessionTimer::refreshed`]).
+fn refresh(session: &mut Option<SessionTimer>, interval: u32, timers: &mut Timers, now: Instant) {
+    let Some(next) = SessionTimer::refreshed(*session, interval) else {
+        return; // no session timer
+    };
+    if let Some(previous) = next.replaces {
+        timers.cancel(previous);
+    }
+    // An interval too long to add (none is: at most 2^32 s) waits a year.
+    let at = now
+        .checked_add(check_after(next.interval))
+        .unwrap_or(now + Duration::from_secs(365 * 86_400));
+    let check = timers.at(at, CallMsg::SessionCheck(next.generation));
+    *session = Some(SessionTimer {
+        interval: next.interval,
+        generation: next.generation,
+        check,
+    });
+}
+
 impl Call {
     /// The callee answered: agrees the caller's session timer and answers the caller
     /// with it.
@@ -105,21 +127,12 @@ impl Call {
     /// A refresh went through (or the session started): the next check is a full
     /// interval from now. `interval` 0 keeps the current one.
     pub(super) fn session_refreshed(&mut self, interval: u32) {
-        let Some(next) = SessionTimer::refreshed(self.session, interval) else {
-            return; // no session timer
-        };
-        if let Some(previous) = next.replaces {
-            self.timers.cancel(previous);
-        }
-        let check = self.after(
-            check_after(next.interval),
-            CallMsg::SessionCheck(next.generation),
+        refresh(
+            &mut self.session,
+            interval,
+            &mut self.timers,
+            Instant::now(),
         );
-        self.session = Some(SessionTimer {
-            interval: next.interval,
-            generation: next.generation,
-            check,
-        });
     }
 
     /// A 2xx to a relayed refresh: restart the clock (with the interval it names).
@@ -223,6 +236,32 @@ mod tests {
                 "{current:?} {interval}"
             );
         }
+    }
+
+    /// However often a session is refreshed, one check is pending: each refresh
+    /// replaced, not added to, the call's timers.
+    #[test]
+    fn refreshes_keep_one_session_check_pending() {
+        let (mut timers, mut session) = (Timers::default(), None);
+        let t0 = Instant::now();
+        refresh(&mut session, 0, &mut timers, t0);
+        assert!(session.is_none() && timers.len() == 0, "no timer, no check");
+        for i in 0..100u64 {
+            let interval = if i == 0 { 1800 } else { 0 };
+            refresh(
+                &mut session,
+                interval,
+                &mut timers,
+                t0 + Duration::from_secs(i),
+            );
+        }
+        assert_eq!(timers.len(), 1, "one check pending");
+        let s = session.unwrap();
+        assert_eq!((s.interval, s.generation), (1800, 100));
+        assert_eq!(
+            timers.next_due(),
+            Some(t0 + Duration::from_secs(99) + check_after(1800))
+        );
     }
 
     /// Only session headers that parse go to the other leg.

@@ -21,6 +21,14 @@ pub struct Timers {
 }
 
 #[cfg(test)]
+impl Timers {
+    /// How many timers are pending.
+    pub fn len(&self) -> usize {
+        self.pending.len()
+    }
+}
+
+#[cfg(test)]
 impl TimerId {
     /// A timer id for tests that compare them.
     pub fn for_test(n: u64) -> TimerId {
