@@ -118,6 +118,9 @@ pub struct Defences {
     pub recordings: Arc<running::RunLimits>,
     /// The prompt uploads being read, in all and per operator.
     pub uploads: Arc<running::RunLimits>,
+    /// Webhook registrations resolving their URL's name, in all and per operator (see
+    /// `webhooks::check_destination`).
+    pub registrations: Arc<running::RunLimits>,
     /// Numbers and advertisers one operator may hold (`api.max_numbers_per_operator`,
     /// `api.max_advertisers_per_operator`).
     pub max_numbers_per_operator: usize,
@@ -145,6 +148,10 @@ impl Defences {
             uploads: running::RunLimits::new(
                 c.max_prompt_uploads,
                 c.max_prompt_uploads_per_operator,
+            ),
+            registrations: running::RunLimits::new(
+                webhooks::MAX_RESOLVING,
+                webhooks::MAX_RESOLVING_PER_OPERATOR,
             ),
             max_numbers_per_operator: c.max_numbers_per_operator as usize,
             max_advertisers_per_operator: c.max_advertisers_per_operator as usize,

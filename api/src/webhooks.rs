@@ -25,6 +25,14 @@ use tsunagu_store::Webhook;
 /// Webhooks one operator may have: each call event becomes this many deliveries.
 const MAX_WEBHOOKS: usize = 20;
 
+/// Registrations resolving a name at once, on the node and per operator. A lookup
+/// runs on the blocking pool the whole API and the call-log's helpers share, and goes
+/// on after its 5 s timeout for as long as the system resolver takes: one key
+/// registering names whose server never answers, hundreds at a time, held every
+/// thread of that pool (a review). Past these, 503 with `Retry-After`.
+pub(crate) const MAX_RESOLVING: u32 = 8;
+pub(crate) const MAX_RESOLVING_PER_OPERATOR: u32 = 2;
+
 /// How long a webhook host's name may take to resolve at registration.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Addresses of one name checked at most (every one must be allowed).
@@ -84,7 +92,15 @@ pub async fn create(
             ));
         }
     }
-    check_destination(&st, &input.url).await?;
+    // The cap first (the store checks it again as it writes): refused registrations
+    // cost no name lookup.
+    let owner = op.clone();
+    if db(&st, move |s| s.list_webhooks(&owner)).await?.len() >= MAX_WEBHOOKS {
+        return Err(ApiError::conflict(format!(
+            "an operator has at most {MAX_WEBHOOKS} webhooks"
+        )));
+    }
+    check_destination(&st, &op, &input.url).await?;
     let hook = Webhook {
         id: tsunagu_store::new_id("wh"),
         operator_id: op,
@@ -138,7 +154,7 @@ pub async fn delete(
 /// to. A name must resolve now, and every address it resolves to must be allowed (the
 /// connector later uses only allowed ones, but a name that mixes in a private address
 /// is refused outright).
-async fn check_destination(st: &ApiState, url: &str) -> Result<(), ApiError> {
+async fn check_destination(st: &ApiState, operator: &str, url: &str) -> Result<(), ApiError> {
     url.parse::<axum::http::Uri>()
         .map_err(|_| ApiError::invalid("url", format!("`{url}` is not a URL")))?;
     // Host and port as delivery reads them (`tsunagu_config::egress::url_target`):
@@ -163,6 +179,11 @@ async fn check_destination(st: &ApiState, url: &str) -> Result<(), ApiError> {
     let addrs: Vec<SocketAddr> = match host.parse::<IpAddr>() {
         Ok(ip) => vec![SocketAddr::new(ip, port)],
         Err(_) => {
+            let _place = st
+                .defences
+                .registrations
+                .try_start(operator)
+                .map_err(|why| crate::calls::refused(why, "webhook registrations", 5))?;
             match tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((host, port))).await
             {
                 Ok(Ok(found)) => found.take(MAX_ADDRESSES).collect(),
@@ -271,6 +292,50 @@ mod tests {
         let body = r#"{"url": "http://127.0.0.1:8080/", "events": ["call.ended"]}"#;
         let r = a.send("POST", "/v1/webhooks", Some(&a.key), body).await;
         assert!(r.text().contains("loopback"), "{}", r.text());
+    }
+
+    /// A registration naming a host takes one of a few places while its name
+    /// resolves (lookups outlive their timeout on the shared blocking pool); past its
+    /// operator's share it is refused 503 with Retry-After before any lookup, and an
+    /// operator at its webhook cap is refused before resolving anything. An address
+    /// given as such needs no place.
+    #[tokio::test]
+    async fn name_lookups_of_registrations_are_bounded() {
+        let a = api();
+        let places: Vec<_> = (0..super::MAX_RESOLVING_PER_OPERATOR)
+            .map(|_| {
+                a.state
+                    .defences
+                    .registrations
+                    .try_start(&a.operator)
+                    .unwrap()
+            })
+            .collect();
+        let named = r#"{"url": "https://hooks.example.com/x", "events": ["call.ended"]}"#;
+        let r = a.send("POST", "/v1/webhooks", Some(&a.key), named).await;
+        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text());
+        assert_eq!(r.headers["retry-after"], "5");
+        let literal = r#"{"url": "https://93.184.216.34/hook", "events": ["call.ended"]}"#;
+        let r = a.send("POST", "/v1/webhooks", Some(&a.key), literal).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+        drop(places);
+        for _ in 1..super::MAX_WEBHOOKS {
+            let r = a.send("POST", "/v1/webhooks", Some(&a.key), literal).await;
+            assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+        }
+        // At the cap: refused before the name is looked up (no place needed).
+        let places: Vec<_> = (0..super::MAX_RESOLVING_PER_OPERATOR)
+            .map(|_| {
+                a.state
+                    .defences
+                    .registrations
+                    .try_start(&a.operator)
+                    .unwrap()
+            })
+            .collect();
+        let r = a.send("POST", "/v1/webhooks", Some(&a.key), named).await;
+        assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text());
+        drop(places);
     }
 
     #[tokio::test]

@@ -66,20 +66,17 @@ impl Directory {
     }
 
     /// Re-reads one advertiser's line limit (after a create or update).
-    pub fn refresh_advertiser(&self, operator_id: &str, id: &str) {
-        match self.store.get_advertiser(operator_id, id) {
-            Ok(found) => {
-                let mut map = self
-                    .advertiser_lines
-                    .write()
-                    .unwrap_or_else(|p| p.into_inner());
-                match found.and_then(|a| a.lines) {
-                    Some(l) => map.insert(id.to_string(), l),
-                    None => map.remove(id),
-                };
-            }
-            Err(e) => tracing::warn!(advertiser = id, %e, "advertiser refresh failed"),
-        }
+    pub fn refresh_advertiser(&self, operator_id: &str, id: &str) -> tsunagu_store::Result<()> {
+        let found = self.store.get_advertiser(operator_id, id)?;
+        let mut map = self
+            .advertiser_lines
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        match found.and_then(|a| a.lines) {
+            Some(l) => map.insert(id.to_string(), l),
+            None => map.remove(id),
+        };
+        Ok(())
     }
 
     pub fn get(&self, number: &str) -> Option<Arc<TrackingNumber>> {
@@ -91,16 +88,13 @@ impl Directory {
     }
 
     /// Re-reads one number from the store (after a create, update or delete).
-    pub fn refresh(&self, number: &str) {
-        match self.store.get_number(number) {
-            Ok(found) => {
-                let mut map = self.numbers.write().unwrap_or_else(|p| p.into_inner());
-                match found {
-                    Some(n) => map.insert(number.to_string(), Arc::new(n)),
-                    None => map.remove(number),
-                };
-            }
-            Err(e) => tracing::warn!(number, %e, "number directory refresh failed"),
-        }
+    pub fn refresh(&self, number: &str) -> tsunagu_store::Result<()> {
+        let found = self.store.get_number(number)?;
+        let mut map = self.numbers.write().unwrap_or_else(|p| p.into_inner());
+        match found {
+            Some(n) => map.insert(number.to_string(), Arc::new(n)),
+            None => map.remove(number),
+        };
+        Ok(())
     }
 }

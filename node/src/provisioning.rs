@@ -54,19 +54,30 @@ struct Inner {
     queued: AtomicBool,
     /// Catch-ups that read the feed (for tests and the log).
     runs: AtomicU64,
+    /// Changes this node made whose record in the feed failed (see
+    /// [`Provisioning::changed`]), recorded again by the follower; at most
+    /// [`UNRECORDED_MAX`].
+    unrecorded: Mutex<std::collections::BTreeSet<(&'static str, String)>>,
 }
 
+/// The most changes kept for recording again; past it one is dropped (with a store
+/// down that long, its key may change again, and the peers reload at their next start).
+const UNRECORDED_MAX: usize = 10_000;
+
 impl Provisioning {
-    /// Follows the feed from its current end (what is in the store now was loaded with
-    /// the copies); operators' prompts are loaded from the store here.
+    /// Follows the feed from change `seen`, the feed's end read before the copies were
+    /// loaded: a change made while they loaded is applied at the first catch-up (twice
+    /// at worst, which is harmless). The feed's end read here, after the loads, skipped
+    /// changes made in between, for good (a review). Operators' prompts are loaded
+    /// from the store here.
     pub fn start(
         store: Arc<dyn Store>,
         directory: Directory,
         webhooks: WebhookCache,
         prompts: tsunagu_media::Prompts,
+        seen: i64,
         seen_gauge: prometheus_client::metrics::gauge::Gauge,
     ) -> Result<Provisioning, tsunagu_store::StoreError> {
-        let seen = store.changes_since(i64::MAX, 0)?.latest;
         seen_gauge.set(seen);
         let p = Provisioning(Arc::new(Inner {
             store,
@@ -79,6 +90,7 @@ impl Provisioning {
             busy: Mutex::new(()),
             queued: AtomicBool::new(false),
             runs: AtomicU64::new(0),
+            unrecorded: Mutex::default(),
         }));
         p.load_prompts()?;
         Ok(p)
@@ -96,7 +108,11 @@ impl Provisioning {
             loop {
                 tick.tick().await;
                 let p = this.clone();
-                let _ = tokio::task::spawn_blocking(move || p.catch_up()).await;
+                let _ = tokio::task::spawn_blocking(move || {
+                    p.record_again();
+                    p.catch_up()
+                })
+                .await;
             }
         });
     }
@@ -105,7 +121,16 @@ impl Provisioning {
     /// then the feed and the peers. Blocking (store reads and a write): the API calls
     /// it on the blocking pool, in the same job as the write it announces.
     pub fn changed(&self, kind: &'static str, key: String) {
-        self.apply(kind, &key);
+        // A copy not refreshed now is at the next catch-up: the change is in the feed.
+        let _ = self.apply(kind, &key);
+        self.record(kind, key);
+    }
+
+    /// Records a change of this node's in the feed and tells the peers; one that could
+    /// not be recorded (the write itself is done) is recorded again by the follower
+    /// every poll until it is. It was only logged, and the peers kept the old copy
+    /// until that key changed again (a review).
+    fn record(&self, kind: &'static str, key: String) {
         match self.0.store.record_change(kind, &key) {
             Ok(seq) => {
                 if let Some(c) = self.0.cluster.get() {
@@ -113,8 +138,22 @@ impl Provisioning {
                 }
             }
             Err(e) => {
-                tracing::warn!(%e, kind, "provisioning change not recorded; peers catch up at their next full reload")
+                tracing::warn!(%e, kind, "provisioning change not recorded; recorded again at the next poll");
+                let mut pending = self.0.unrecorded.lock().unwrap_or_else(|p| p.into_inner());
+                pending.insert((kind, key));
+                while pending.len() > UNRECORDED_MAX {
+                    pending.pop_first();
+                }
             }
+        }
+    }
+
+    /// Records again the changes whose record failed (blocking: store writes).
+    fn record_again(&self) {
+        let pending =
+            std::mem::take(&mut *self.0.unrecorded.lock().unwrap_or_else(|p| p.into_inner()));
+        for (kind, key) in pending {
+            self.record(kind, key);
         }
     }
 
@@ -173,47 +212,52 @@ impl Provisioning {
                 self.reload_all(page.latest);
                 return;
             }
-            let Some(last) = page.items.last().map(|c| c.seq) else {
-                return;
-            };
-            for Change { kind, key, .. } in &page.items {
-                self.apply(kind, key);
+            let (applied, complete) =
+                applied_in_order(&page.items, |c| self.apply(&c.kind, &c.key));
+            if let Some(last) = applied {
+                self.0.seen.store(last, Ordering::Relaxed);
+                self.0.seen_gauge.set(last);
             }
-            self.0.seen.store(last, Ordering::Relaxed);
-            self.0.seen_gauge.set(last);
-            if page.items.len() < PAGE {
+            if !complete || page.items.len() < PAGE {
                 return;
             }
         }
     }
 
-    fn apply(&self, kind: &str, key: &str) {
-        match kind {
+    /// Refreshes the copy a change names; false if the store could not be read (the
+    /// change is to be applied again).
+    fn apply(&self, kind: &str, key: &str) -> bool {
+        let done = match kind {
             kind::NUMBER => self.0.directory.refresh(key),
-            kind::ADVERTISER => {
-                if let Some((op, adv)) = key.split_once('/') {
-                    self.0.directory.refresh_advertiser(op, adv);
-                }
-            }
+            kind::ADVERTISER => match key.split_once('/') {
+                Some((op, adv)) => self.0.directory.refresh_advertiser(op, adv),
+                None => Ok(()),
+            },
             kind::WEBHOOKS => self.0.webhooks.refresh(key),
-            kind::PROMPT => {
-                if let Some((op, name)) = key.split_once('/') {
-                    self.refresh_prompt(op, name);
-                }
+            kind::PROMPT => match key.split_once('/') {
+                Some((op, name)) => self.refresh_prompt(op, name),
+                None => Ok(()),
+            },
+            other => {
+                tracing::warn!(kind = other, "unknown provisioning change");
+                Ok(())
             }
-            other => tracing::warn!(kind = other, "unknown provisioning change"),
+        };
+        if let Err(e) = &done {
+            tracing::warn!(kind, key, %e, "provisioning change not applied; the next catch-up tries again");
         }
+        done.is_ok()
     }
 
-    fn refresh_prompt(&self, operator: &str, name: &str) {
-        match self.0.store.prompt(operator, name) {
-            Ok(Some(wav)) => match tsunagu_media::Prompt::from_wav(&wav) {
+    fn refresh_prompt(&self, operator: &str, name: &str) -> tsunagu_store::Result<()> {
+        match self.0.store.prompt(operator, name)? {
+            Some(wav) => match tsunagu_media::Prompt::from_wav(&wav) {
                 Ok(p) => self.0.prompts.insert_own(operator, name, p),
                 Err(e) => tracing::warn!(%e, operator, name, "stored prompt is not a usable WAV"),
             },
-            Ok(None) => self.0.prompts.remove_own(operator, name),
-            Err(e) => tracing::warn!(%e, operator, name, "prompt refresh failed"),
+            None => self.0.prompts.remove_own(operator, name),
         }
+        Ok(())
     }
 
     fn load_prompts(&self) -> Result<(), tsunagu_store::StoreError> {
@@ -246,10 +290,95 @@ impl Provisioning {
     }
 }
 
+/// Applies `changes` in order until one fails: the sequence number of the last one
+/// applied (None: none was), and whether all were. A catch-up moved past a change it
+/// failed to apply (a store read timing out), and that change was never applied on
+/// this node (a review): the next catch-up starts again at the failed one.
+fn applied_in_order(
+    changes: &[Change],
+    mut apply: impl FnMut(&Change) -> bool,
+) -> (Option<i64>, bool) {
+    let mut last = None;
+    for c in changes {
+        if !apply(c) {
+            return (last, false);
+        }
+        last = Some(c.seq);
+    }
+    (last, true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use tsunagu_store::SqliteStore;
+
+    /// Each row: which changes (by sequence number) fail to apply → the last applied
+    /// and whether all were.
+    #[test]
+    fn a_catch_up_stops_at_the_first_change_it_cannot_apply() {
+        let changes: Vec<Change> = (1..=4)
+            .map(|seq| Change {
+                seq,
+                kind: kind::NUMBER.to_string(),
+                key: format!("05{seq}"),
+            })
+            .collect();
+        let rows: &[(&[i64], (Option<i64>, bool))] = &[
+            (&[], (Some(4), true)),
+            (&[1], (None, false)),
+            (&[3], (Some(2), false)),
+            (&[2, 4], (Some(1), false)),
+        ];
+        for (failing, want) in rows {
+            let mut tried = Vec::new();
+            let got = applied_in_order(&changes, |c| {
+                tried.push(c.seq);
+                !failing.contains(&c.seq)
+            });
+            assert_eq!(got, *want, "{failing:?}");
+            assert_eq!(
+                tried.last(),
+                Some(&failing.first().copied().unwrap_or(4)),
+                "stops at the failure"
+            );
+        }
+    }
+
+    /// A change made while the node loads its copies (after the feed's end was read,
+    /// before the copies were) is applied at the first catch-up.
+    #[tokio::test]
+    async fn a_change_made_while_the_copies_load_is_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("t.db")).unwrap());
+        let op = store.create_operator("op").unwrap();
+        let adv = store.create_advertiser(&op.id, "shop", None).unwrap();
+        let seen = store.changes_since(i64::MAX, 0).unwrap().latest;
+        let directory = Directory::load(store.clone()).unwrap();
+        // Meanwhile another node creates a number and records it in the feed.
+        let mut n = tsunagu_store::conformance::sample_number(&op.id, &adv.id);
+        n.number = "0312345678".into();
+        store.create_number(&n).unwrap();
+        store.record_change(kind::NUMBER, &n.number).unwrap();
+        let p = Provisioning::start(
+            store.clone(),
+            directory.clone(),
+            WebhookCache::load(store.clone()).unwrap(),
+            tsunagu_media::Prompts::load(&dir.path().join("prompts")).unwrap(),
+            seen,
+            Default::default(),
+        )
+        .unwrap();
+        assert!(
+            directory.get(&n.number).is_none(),
+            "loaded before it was made"
+        );
+        p.catch_up();
+        assert!(
+            directory.get(&n.number).is_some(),
+            "applied at the first catch-up"
+        );
+    }
 
     /// One frame from a peer can carry thousands of change notices: they fold into one
     /// read of the feed (each used to start a blocking job that queued on the same
@@ -264,6 +393,7 @@ mod tests {
             Directory::load(store.clone()).unwrap(),
             WebhookCache::load(store.clone()).unwrap(),
             tsunagu_media::Prompts::load(&dir.path().join("prompts")).unwrap(),
+            store.changes_since(i64::MAX, 0).unwrap().latest,
             Default::default(),
         )
         .unwrap();

@@ -405,6 +405,9 @@ pub async fn run(
     let (epoch, last_seen) = store.register_node(&node_info, crate::clock::now_ms())?;
     tracing::info!(node = %config.node.id, epoch, "node registered");
     let epoch = Arc::new(std::sync::atomic::AtomicU64::new(epoch));
+    // The feed's end before the copies are loaded: provisioning follows it from there
+    // (see `Provisioning::start`).
+    let feed_at_load = store.changes_since(i64::MAX, 0)?.latest;
     let directory = Directory::load(store.clone())?;
     let wake = Arc::new(tokio::sync::Notify::new());
     let webhooks = WebhookCache::load(store.clone())?;
@@ -556,6 +559,7 @@ pub async fn run(
         directory.clone(),
         webhooks.clone(),
         prompts.clone(),
+        feed_at_load,
         metrics.calls.provisioning_change.clone(),
     )?;
     let ctx = Arc::new(NodeContext {

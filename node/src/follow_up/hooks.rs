@@ -60,17 +60,14 @@ impl WebhookCache {
     }
 
     /// Re-reads one operator's webhooks from the store (after the API changed them).
-    pub fn refresh(&self, operator: &str) {
-        match self.store.list_webhooks(operator) {
-            Ok(hooks) => {
-                let mut map = self.by_operator.write().unwrap_or_else(|p| p.into_inner());
-                if hooks.is_empty() {
-                    map.remove(operator);
-                } else {
-                    map.insert(operator.to_string(), Arc::from(hooks));
-                }
-            }
-            Err(e) => tracing::warn!(operator, %e, "webhook cache refresh failed"),
+    pub fn refresh(&self, operator: &str) -> tsunagu_store::Result<()> {
+        let hooks = self.store.list_webhooks(operator)?;
+        let mut map = self.by_operator.write().unwrap_or_else(|p| p.into_inner());
+        if hooks.is_empty() {
+            map.remove(operator);
+        } else {
+            map.insert(operator.to_string(), Arc::from(hooks));
         }
+        Ok(())
     }
 }
