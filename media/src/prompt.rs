@@ -259,6 +259,16 @@ impl Prompts {
             .insert((operator.to_string(), name.to_string()), Arc::new(prompt));
     }
 
+    /// Replaces every operator's own prompts with `all` (the store's: what is not in
+    /// it was deleted).
+    pub fn replace_own(&self, all: Vec<(String, String, Prompt)>) {
+        let fresh = all
+            .into_iter()
+            .map(|(op, name, p)| ((op, name), Arc::new(p)))
+            .collect();
+        *self.own.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+    }
+
     pub fn remove_own(&self, operator: &str, name: &str) {
         self.own
             .write()

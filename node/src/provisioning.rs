@@ -255,20 +255,31 @@ impl Provisioning {
                 Ok(p) => self.0.prompts.insert_own(operator, name, p),
                 Err(e) => tracing::warn!(%e, operator, name, "stored prompt is not a usable WAV"),
             },
-            None => self.0.prompts.remove_own(operator, name),
+            // Deleted through another node: gone from this node's disk too (it came
+            // back from there at the next start: a review).
+            None => {
+                if let Err(e) = self.0.prompts.delete_own(operator, name) {
+                    tracing::warn!(%e, operator, name, "deleted prompt's file not removed");
+                }
+            }
         }
         Ok(())
     }
 
+    /// Operators' prompts as the store has them, replacing what the node held (what
+    /// was read from its disk at start included): a prompt deleted while the node was
+    /// away, or behind in the feed, stayed playable and accepted by its API (a review).
     fn load_prompts(&self) -> Result<(), tsunagu_store::StoreError> {
+        let mut all = Vec::new();
         for (op, name, wav) in self.0.store.all_prompts()? {
             match tsunagu_media::Prompt::from_wav(&wav) {
-                Ok(p) => self.0.prompts.insert_own(&op, &name, p),
+                Ok(p) => all.push((op, name, p)),
                 Err(e) => {
                     tracing::warn!(%e, operator = %op, name, "stored prompt is not a usable WAV")
                 }
             }
         }
+        self.0.prompts.replace_own(all);
         Ok(())
     }
 
@@ -343,6 +354,49 @@ mod tests {
                 "stops at the failure"
             );
         }
+    }
+
+    /// A prompt deleted through another node while this one was away stays on its
+    /// disk; at start the store's set replaces what the disk held, and one deleted
+    /// while it runs goes from its disk too.
+    #[tokio::test]
+    async fn prompts_deleted_elsewhere_do_not_come_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("t.db")).unwrap());
+        let prompts_dir = dir.path().join("prompts");
+        // A second of silence: 8 kHz, 16-bit mono.
+        let mut wav = tsunagu_media::wav::header(1, 16_000).to_vec();
+        wav.resize(44 + 16_000, 0);
+        let prompt = || tsunagu_media::Prompt::from_wav(&wav).unwrap();
+        // Left on this node's disk by an upload the store no longer has.
+        let earlier = tsunagu_media::Prompts::load(&prompts_dir).unwrap();
+        earlier.save_own("op_1", "gone", prompt(), &wav).unwrap();
+        earlier.save_own("op_1", "kept", prompt(), &wav).unwrap();
+        let quota = tsunagu_store::PromptQuota {
+            prompts: 10,
+            bytes: 1 << 20,
+        };
+        store.put_prompt("op_1", "kept", &wav, quota).unwrap();
+        let prompts = tsunagu_media::Prompts::load(&prompts_dir).unwrap();
+        assert!(prompts.get("op_1", "gone").is_some(), "read from the disk");
+        let p = Provisioning::start(
+            store.clone(),
+            Directory::load(store.clone()).unwrap(),
+            WebhookCache::load(store.clone()).unwrap(),
+            prompts.clone(),
+            store.changes_since(i64::MAX, 0).unwrap().latest,
+            Default::default(),
+        )
+        .unwrap();
+        assert!(prompts.get("op_1", "gone").is_none(), "not in the store");
+        assert!(prompts.get("op_1", "kept").is_some());
+        // Deleted through another node: gone from memory and from this disk.
+        store.delete_prompt("op_1", "kept").unwrap();
+        store.record_change(kind::PROMPT, "op_1/kept").unwrap();
+        p.catch_up();
+        assert!(prompts.get("op_1", "kept").is_none());
+        let again = tsunagu_media::Prompts::load(&prompts_dir).unwrap();
+        assert!(again.get("op_1", "kept").is_none(), "its file removed");
     }
 
     /// A change made while the node loads its copies (after the feed's end was read,
