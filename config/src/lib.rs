@@ -15,7 +15,9 @@ mod validate;
 pub use env::{apply_env_overrides, Overrides};
 pub use model::*;
 pub use net::{Cidr, Listener, PortRange, Transport};
-pub use validate::{http_url_error, is_node_name, ConfigError};
+pub use validate::{
+    http_url_error, is_node_name, ConfigError, MIN_ADMIN_TOKEN, MIN_CLUSTER_SECRET,
+};
 
 use std::path::Path;
 

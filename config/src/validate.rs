@@ -38,6 +38,11 @@ impl fmt::Display for ConfigError {
     }
 }
 
+/// The fewest characters of the admin token (`api.admin_token`, or the file's).
+pub const MIN_ADMIN_TOKEN: usize = 8;
+/// The fewest characters of the cluster's secret (`cluster.secret`, or the file's).
+pub const MIN_CLUSTER_SECRET: usize = 16;
+
 /// A node's name (`node.id`): 1 to 64 letters, digits, `.`, `_` or `-`. The cluster
 /// holds peers to it too: names from peers are logged and kept in every member's
 /// view, and a name with a line break or an escape forged log lines, a 4 MiB one
@@ -161,7 +166,7 @@ impl Config {
                 "api.admin_token".into(),
                 "set admin_token or admin_token_file, not both".into(),
             ),
-            (Some(t), None) if t.trim().len() < 8 => err(
+            (Some(t), None) if t.trim().len() < MIN_ADMIN_TOKEN => err(
                 "api.admin_token".into(),
                 "must be at least 8 characters".into(),
             ),
@@ -206,7 +211,7 @@ impl Config {
                     "cluster.secret_file".into(),
                     "give secret or secret_file, not both".into(),
                 ),
-                (Some(s), None) if s.chars().count() < 16 => err(
+                (Some(s), None) if s.chars().count() < MIN_CLUSTER_SECRET => err(
                     "cluster.secret".into(),
                     "must be at least 16 characters".into(),
                 ),
@@ -383,8 +388,15 @@ impl Config {
                 );
             }
         }
+        // Read as delivery reads it (`egress::url_target`): a port 0 or a user part
+        // passed here and failed every delivery, whose error then logged the URL with
+        // the GA4 secrets or the gateway's credentials in it (a review).
+        let url_error = |url: &str| {
+            http_url_error(url)
+                .or_else(|| crate::egress::url_target(url).err().map(|e| e.to_string()))
+        };
         if let Some(sms) = &n.sms {
-            if let Some(e) = http_url_error(&sms.url) {
+            if let Some(e) = url_error(&sms.url) {
                 err("notify.sms.url".into(), e);
             }
             if !sms.body.contains("{to}") || !sms.body.contains("{text}") {
@@ -400,7 +412,7 @@ impl Config {
                 );
             }
         }
-        if let Some(e) = http_url_error(&n.ga4.endpoint) {
+        if let Some(e) = url_error(&n.ga4.endpoint) {
             err("notify.ga4.endpoint".into(), e);
         }
         for (i, c) in n.allowed_networks.iter().enumerate() {
@@ -803,6 +815,11 @@ mod tests {
                 "a wildcard advertised address",
                 "[sip]\nlisten = [\"udp:0.0.0.0:5060\"]\nadvertised_address = \"0.0.0.0\"\n",
                 &["sip.advertised_address"],
+            ),
+            (
+                "follow-up URLs delivery cannot use",
+                "[notify.sms]\nurl = \"https://SID:TOKEN@gw.example/send\"\nbody = \"{to} {text}\"\n[notify.ga4]\nendpoint = \"https://www.google-analytics.com:0/mp/collect\"\n",
+                &["notify.sms.url", "notify.ga4.endpoint"],
             ),
             ("bad cidr", "[[trunks]]\nname = \"a\"\ninbound = [\"10.0.0.0/99\"]\n", &["trunks[0].inbound[0]"]),
             (

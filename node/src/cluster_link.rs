@@ -380,8 +380,17 @@ pub async fn hand_over_all(
     cluster: &Cluster,
     supervisor: &ActorRef<SupervisorMsg>,
 ) {
+    // Peers handed calls that claimed none of them (draining too, or going down): the
+    // next round places the calls among the others. A second round put them on the
+    // same peer again, and two nodes drained together hung up the calls each had
+    // placed on the other at their deadlines (a review).
+    let mut declined: std::collections::BTreeSet<String> = Default::default();
     for round in 0..2 {
-        let peers = cluster.peers_up();
+        let peers: Vec<String> = cluster
+            .peers_up()
+            .into_iter()
+            .filter(|p| !declined.contains(p))
+            .collect();
         if peers.is_empty() {
             tracing::warn!("draining without a peer up: calls finish here");
             return;
@@ -427,40 +436,48 @@ pub async fn hand_over_all(
         }
         let before = ctx.active_calls();
         let mut named = Vec::with_capacity(handed);
-        for (peer, calls) in by_peer {
+        for (peer, calls) in &by_peer {
             tracing::info!(%peer, calls = calls.len(), round, "handing calls over");
             named.extend(calls.iter().cloned());
-            cluster.hand_over(&peer, calls);
+            cluster.hand_over(peer, calls.clone());
         }
         // The calls the peers claim end here: wait for them (or ask again).
         let deadline = tokio::time::Instant::now() + HAND_OVER_AGAIN;
         while ctx.active_calls() + handed > before && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        drop_moved(ctx, supervisor, named).await;
+        if let Some(still_here) = drop_moved(ctx, supervisor, named).await {
+            for (peer, calls) in by_peer {
+                if calls.iter().all(|c| still_here.contains(c)) {
+                    tracing::warn!(%peer, "a peer claimed none of the calls handed to it: placed among the others");
+                    declined.insert(peer);
+                }
+            }
+        }
     }
 }
 
 /// Of the calls just handed over, those the store gives to another node now but that
 /// still run here (the peer's `HandedOver` lost): dropped as if it had come. Without
 /// this such a call ran on both nodes, and this one hung up both parties at its drain
-/// deadline.
+/// deadline. The calls still this node's, if the store could be read.
 async fn drop_moved(
     ctx: &Arc<NodeContext>,
     supervisor: &ActorRef<SupervisorMsg>,
     named: Vec<String>,
-) {
+) -> Option<std::collections::HashSet<String>> {
     let (store, me) = (ctx.store.clone(), ctx.node_id.clone());
     let epoch = ctx.epoch.load(Ordering::Relaxed);
     let checked =
         tokio::task::spawn_blocking(move || taken_from_here(&*store, &me, epoch, named)).await;
-    let Ok(Ok((gone, _))) = checked else {
-        return; // unreadable: the peers' HandedOver frames decide
+    let Ok(Ok((gone, here))) = checked else {
+        return None; // unreadable: the peers' HandedOver frames decide
     };
     // Those already dropped on the peer's word are no longer running: a no-op for them.
     if !gone.is_empty() {
         let _ = supervisor.cast(SupervisorMsg::HandedOff(gone));
     }
+    Some(here.into_iter().collect())
 }
 
 /// The node's lease as the gate of what leaves it (SIP messages, RTP): open while the
@@ -568,11 +585,16 @@ impl TakeOver {
             let cp = call.checkpoint.as_deref().and_then(Checkpoint::decode);
             match cp.map(|c| (c.nodes, c.state)) {
                 Some((nodes, State::Answered(answered))) if call.record.answered_at.is_some() => {
+                    // A draining node leaves its share to the finaliser's second round
+                    // (the call would be ended at its own drain deadline); the
+                    // finaliser claims what is left whatever it is doing.
+                    let draining = self.ctx.draining.load(Ordering::Relaxed);
                     let mine = all
-                        || placement::owner(
-                            &call.record.call_id,
-                            self.survivors.iter().map(String::as_str),
-                        ) == Some(me.as_str());
+                        || !draining
+                            && placement::owner(
+                                &call.record.call_id,
+                                self.survivors.iter().map(String::as_str),
+                            ) == Some(me.as_str());
                     if mine {
                         self.claim(call.record, answered, nodes).await;
                     }
@@ -706,9 +728,22 @@ pub fn secret(config: &Config) -> Result<Option<String>, String> {
     }
     match (&c.secret, &c.secret_file) {
         (Some(s), _) => Ok(Some(s.clone())),
-        (None, Some(f)) => std::fs::read_to_string(f)
-            .map(|s| Some(s.trim().to_string()))
-            .map_err(|e| format!("cluster.secret_file {}: {e}", f.display())),
+        (None, Some(f)) => {
+            let s = std::fs::read_to_string(f)
+                .map_err(|e| format!("cluster.secret_file {}: {e}", f.display()))?;
+            let s = s.trim().to_string();
+            // Held to the rule of `cluster.secret`: an empty file left only mutual TLS,
+            // and the internal API's token derived from it was anyone's to compute (a
+            // review).
+            if s.chars().count() < tsunagu_config::MIN_CLUSTER_SECRET {
+                return Err(format!(
+                    "cluster.secret_file {}: the secret must be at least {} characters",
+                    f.display(),
+                    tsunagu_config::MIN_CLUSTER_SECRET
+                ));
+            }
+            Ok(Some(s))
+        }
         (None, None) => Ok(None),
     }
 }
@@ -769,6 +804,51 @@ pub async fn join(
 
 #[cfg(test)]
 mod tests {
+
+    /// Secrets read from files are held to the rules of the configured ones: a short
+    /// cluster secret or admin token in a file is refused at start.
+    #[test]
+    fn secrets_in_files_are_held_to_the_same_lengths() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, text: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            p.display().to_string()
+        };
+        let base = || {
+            let mut c = tsunagu_config::Config::from_toml("").unwrap();
+            c.node.data_dir = dir.path().to_path_buf();
+            c
+        };
+        let cluster = |secret: &str| {
+            let mut c = base();
+            c.cluster.listen = Some("127.0.0.1:0".parse().unwrap());
+            c.cluster.secret_file = Some(file("secret", secret).into());
+            c
+        };
+        assert!(super::secret(&cluster("\n")).is_err(), "empty");
+        assert!(super::secret(&cluster("fifteen chars!!")).is_err());
+        assert_eq!(
+            super::secret(&cluster("sixteen chars!!!\n"))
+                .unwrap()
+                .as_deref(),
+            Some("sixteen chars!!!")
+        );
+        let admin = |token: &str| {
+            let mut c = base();
+            c.api.admin_token_file = Some(file("admin", token).into());
+            c
+        };
+        assert!(crate::server::admin_token(&admin("x")).is_err());
+        assert!(
+            crate::server::admin_token(&admin("")).is_err(),
+            "missing or empty"
+        );
+        assert_eq!(
+            crate::server::admin_token(&admin("eight ch\n")).unwrap().0,
+            "eight ch"
+        );
+    }
     use super::*;
     use tsunagu_store::conformance::sample_active_call;
     use tsunagu_store::SqliteStore;

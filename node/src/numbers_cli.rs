@@ -139,6 +139,12 @@ pub fn import(file: &Path, config: Option<PathBuf>) -> ExitCode {
             }
             Ok((code, why)) => {
                 eprintln!("the node answered {code} for line {}: {why}", row.line);
+                // Not a refusal of the row (a 5xx, a 408): the number may have been
+                // created before the answer went wrong, and is taken back with the
+                // rest (it stayed, while the import said nothing was; a review).
+                if !(400..500).contains(&code) || code == 408 {
+                    created.push(row.number["number"].as_str().unwrap_or_default());
+                }
                 2
             }
             Err(e) => {

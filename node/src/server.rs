@@ -64,8 +64,17 @@ pub fn admin_token(config: &Config) -> Result<(String, TokenSource), NodeError> 
         .unwrap_or_else(|| config.node.data_dir.join("admin_token"));
     if let Ok(t) = std::fs::read_to_string(&path) {
         let t = t.trim().to_string();
-        if !t.is_empty() {
+        // The file's token is held to the rule of the configured one: a one-character
+        // file was taken (a review).
+        if t.chars().count() >= tsunagu_config::MIN_ADMIN_TOKEN {
             return Ok((t, TokenSource::File(path)));
+        }
+        if !t.is_empty() {
+            return Err(NodeError::Io(format!(
+                "the admin token in {} must be at least {} characters",
+                path.display(),
+                tsunagu_config::MIN_ADMIN_TOKEN
+            )));
         }
     }
     if config.api.admin_token_file.is_some() {

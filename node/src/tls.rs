@@ -29,6 +29,9 @@ pub struct CertStore {
     key_file: PathBuf,
     current: RwLock<Arc<CertifiedKey>>,
     stamp: RwLock<(Option<SystemTime>, Option<SystemTime>)>,
+    /// Why the files as they are now could not be used (reported once; they are read
+    /// again at every check until they can be).
+    failed: RwLock<Option<String>>,
 }
 
 fn modified(p: &Path) -> Option<SystemTime> {
@@ -97,6 +100,7 @@ impl CertStore {
             key_file: key_file.to_path_buf(),
             current: RwLock::new(Arc::new(pair)),
             stamp: RwLock::new((modified(cert_file), modified(key_file))),
+            failed: RwLock::new(None),
         })
     }
 
@@ -107,17 +111,37 @@ impl CertStore {
             .clone()
     }
 
-    /// Re-reads the files if either changed: Ok(true) when a new pair is in use.
+    /// Re-reads the files if either changed, or if they could not be used when they
+    /// last changed: Ok(true) when a new pair is in use; an error once per reason. A
+    /// pair that failed once (a key file the node could not read yet) was not tried
+    /// again until a file's modification time changed, which `chown` and `chmod` do not
+    /// change: the old pair stayed in use until a restart (a review).
     pub fn reload_if_changed(&self) -> Result<bool, String> {
         let now = (modified(&self.cert_file), modified(&self.key_file));
-        if *self.stamp.read().unwrap_or_else(|p| p.into_inner()) == now {
+        let changed = *self.stamp.read().unwrap_or_else(|p| p.into_inner()) != now;
+        let failing = self
+            .failed
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if !changed && failing.is_none() {
             return Ok(false);
         }
-        // Remember the stamp either way, so a broken file is reported once, not forever.
         *self.stamp.write().unwrap_or_else(|p| p.into_inner()) = now;
-        let pair = load_pair(&self.cert_file, &self.key_file)?;
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(pair);
-        Ok(true)
+        match load_pair(&self.cert_file, &self.key_file) {
+            Ok(pair) => {
+                *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(pair);
+                *self.failed.write().unwrap_or_else(|p| p.into_inner()) = None;
+                Ok(true)
+            }
+            Err(e) => {
+                *self.failed.write().unwrap_or_else(|p| p.into_inner()) = Some(e.clone());
+                if !changed && failing.as_deref() == Some(e.as_str()) {
+                    return Ok(false); // reported already
+                }
+                Err(e)
+            }
+        }
     }
 }
 

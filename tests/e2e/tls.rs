@@ -258,4 +258,40 @@ trunks = ["carrier-tls"]
         first, second,
         "the new certificate (another serial) is served"
     );
+
+    // A key file the node cannot use fails the reload (the old pair stays); put right
+    // without a new modification time (as `chown` or `chmod` would), it is tried again
+    // and used. It was not retried until a file's modification time changed.
+    let (key, cert) = (d.join("node.key"), d.join("node.pem"));
+    let stamp = |p: &Path| std::fs::metadata(p).unwrap().modified().unwrap();
+    std::fs::write(&key, "not a key").unwrap();
+    let (broken_key, kept_cert) = (stamp(&key), stamp(&cert));
+    node.wait_until(Duration::from_secs(20), "the failed reload", || {
+        node.metric("tsunagu_tls_certificate_reloads_total{status=\"failed\"}") >= 1.0
+    });
+    let ok_before = node.metric("tsunagu_tls_certificate_reloads_total{status=\"ok\"}");
+    assert_eq!(
+        python_tls_probe(d, tls_port, true).expect("the old pair serves on"),
+        second
+    );
+    let d_str = d.display();
+    sh(&format!("openssl req -newkey rsa:2048 -nodes -subj /CN=node -keyout {d_str}/node.key.new -out {d_str}/node.csr"));
+    sh(&format!("openssl x509 -req -in {d_str}/node.csr -CA {d_str}/ca.pem -CAkey {d_str}/ca.key -CAcreateserial -days 1 -extfile {d_str}/leaf.ext -out {d_str}/node.pem.new"));
+    for (new, stamped) in [("node.key.new", broken_key), ("node.pem.new", kept_cert)] {
+        let f = std::fs::File::options()
+            .write(true)
+            .open(d.join(new))
+            .unwrap();
+        f.set_modified(stamped).unwrap();
+    }
+    std::fs::rename(d.join("node.key.new"), &key).unwrap();
+    std::fs::rename(d.join("node.pem.new"), &cert).unwrap();
+    assert_eq!((stamp(&key), stamp(&cert)), (broken_key, kept_cert));
+    node.wait_until(
+        Duration::from_secs(20),
+        "the reload once the files are right",
+        || node.metric("tsunagu_tls_certificate_reloads_total{status=\"ok\"}") > ok_before,
+    );
+    let third = python_tls_probe(d, tls_port, true).expect("still serving");
+    assert_ne!(third, second, "the pair put right is served");
 }

@@ -464,7 +464,7 @@ impl ALeg {
             remote_target: d.target.clone(),
             routes: d.routes.clone(),
             next,
-            local_cseq: d.next_cseq.saturating_sub(1),
+            local_cseq: restored_cseq(d.next_cseq),
             final_sent: true,
             reliable: None,
             rearm: None,
@@ -525,6 +525,24 @@ impl Leg for ALeg {
 
 /// A header value and the value of its `tag` parameter, split: `<sip:a@b>` and `x`
 /// from `<sip:a@b>;tag=x`.
+/// The local CSeq a dialog restored from a checkpoint goes on from: `next_cseq` of
+/// the checkpoint, less one, plus [`RESTORE_GAP`], at most 2^31 - 1 (RFC 3261 8.1.1.5).
+/// The checkpoint is written when the session changes, not at every request the node
+/// sends (a key relayed by INFO, a re-offer refused): the node taking the call over
+/// re-INVITEd with a CSeq the party had already seen, got 500 and hung the call up (a
+/// review). A CSeq only has to grow, so a gap covers whatever went unrecorded.
+pub(crate) fn restored_cseq(next_cseq: u32) -> u32 {
+    next_cseq
+        .saturating_sub(1)
+        .saturating_add(RESTORE_GAP)
+        .clamp(1, MAX_CSEQ - RESTORE_GAP)
+}
+
+/// See [`restored_cseq`].
+const RESTORE_GAP: u32 = 1000;
+/// The largest CSeq (RFC 3261 8.1.1.5: less than 2^31).
+const MAX_CSEQ: u32 = (1 << 31) - 1;
+
 fn split_tag(value: &str) -> Option<(&str, &str)> {
     let at = value.rfind(";tag=")?;
     let tag = &value[at + 5..];
@@ -804,7 +822,7 @@ impl BLeg {
         allowed: &dyn Fn(std::net::IpAddr) -> bool,
     ) -> BLeg {
         let hop: Peer = d.hop.into();
-        let cseq = d.next_cseq.saturating_sub(1).max(1);
+        let cseq = restored_cseq(d.next_cseq);
         let invite = RequestSpec {
             method: Method::Invite,
             uri: d.target.clone(),
@@ -842,6 +860,21 @@ impl BLeg {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A restored dialog goes on 1000 past its checkpoint's CSeq, within 2^31.
+    #[test]
+    fn a_restored_dialog_goes_on_past_what_its_checkpoint_missed() {
+        let rows = [
+            (1, 1000),
+            (7, 1006),
+            (0, 1000),
+            ((1 << 31) - 1, (1 << 31) - 1 - 1000),
+            (u32::MAX, (1 << 31) - 1 - 1000),
+        ];
+        for (next, want) in rows {
+            assert_eq!(restored_cseq(next), want, "{next}");
+        }
+    }
 
     #[test]
     fn requests_go_to_a_dialogs_next_hop_only_when_it_is_a_trunks() {

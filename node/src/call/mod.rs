@@ -183,7 +183,9 @@ impl CallSeed {
             },
             number: args.number.clone(),
             started_at_ms: r.started_at,
-            started: Instant::now(),
+            // From the call's start, not the takeover's: the max-call sweep measures
+            // it, and each move gave a call a fresh `node.max_call_seconds` (a review).
+            started: takeover::started_instant(r.started_at),
             logged: args.logged.clone(),
             asked_to_end: Default::default(),
         }

@@ -56,6 +56,14 @@ fn elapsed_since_ms(then_ms: i64) -> Duration {
     Duration::from_millis(now.saturating_sub(then_ms).max(0) as u64)
 }
 
+/// The instant a call that started at `started_at_ms` (wall clock) started, on this
+/// node's monotonic clock (now, for a start in the future).
+pub(super) fn started_instant(started_at_ms: i64) -> Instant {
+    let now = Instant::now();
+    now.checked_sub(elapsed_since_ms(started_at_ms))
+        .unwrap_or(now)
+}
+
 impl Call {
     /// The checkpoint of the call as it stands: answered (both dialogs), ringing (the
     /// INVITE of the attempt), or none yet.
@@ -181,9 +189,7 @@ impl Call {
             .register(b.call_id(), Arc::new(CallHandle(me.clone())));
         let answered_at = r.answered_at.unwrap_or(r.started_at);
         let now = Instant::now();
-        let started = now
-            .checked_sub(elapsed_since_ms(r.started_at))
-            .unwrap_or(now);
+        let started = started_instant(r.started_at);
         let answered_instant = now
             .checked_sub(elapsed_since_ms(answered_at))
             .unwrap_or(now);
@@ -462,4 +468,23 @@ pub fn cancel_of(r: &Ringing) -> RequestSpec {
         body: None,
     }
     .cancel()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    /// A call resumed two minutes after it started is two minutes old here (the
+    /// max-call sweep measures it); a start in the future is now.
+    #[test]
+    fn a_resumed_call_is_as_old_as_its_start() {
+        let two_minutes_ago = crate::clock::now_ms() - 120_000;
+        let age = super::started_instant(two_minutes_ago).elapsed();
+        assert!(
+            age >= Duration::from_secs(119) && age < Duration::from_secs(130),
+            "{age:?}"
+        );
+        let ahead = super::started_instant(crate::clock::now_ms() + 60_000);
+        assert!(ahead.elapsed() < Duration::from_secs(1));
+    }
 }

@@ -77,7 +77,7 @@ fn permanent(what: &str) -> impl Fn(serde_json::Error) -> Failure + '_ {
 fn destination_of(url: &str) -> String {
     parse_url(url)
         .map(|u| destination(&u))
-        .unwrap_or_else(|_| url.to_string())
+        .unwrap_or_else(|_| super::http::shown(url))
 }
 
 impl Deliverer {

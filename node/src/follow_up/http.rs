@@ -91,9 +91,28 @@ impl HttpError {
     }
 }
 
+/// What an error may show of a URL: its scheme, host and port, never its user part,
+/// path or query (a GA4 URL carries an operator's `api_secret` in its query, an SMS
+/// gateway's may carry credentials: a bad one was logged whole at every delivery and
+/// kept in the outbox's last error, a review).
+pub fn shown(url: &str) -> String {
+    match tsunagu_config::egress::url_target(url) {
+        Ok(t) => {
+            let scheme = if t.tls { "https" } else { "http" };
+            let host = if t.host.contains(':') {
+                format!("[{}]", t.host)
+            } else {
+                t.host
+            };
+            format!("{scheme}://{host}:{}/…", t.port)
+        }
+        Err(_) => "(not shown)".to_string(),
+    }
+}
+
 /// Parses an absolute http(s) URL with a host and no user name or password.
 pub fn parse_url(url: &str) -> Result<Uri, HttpError> {
-    let bad = || HttpError::BadUrl(url.to_string());
+    let bad = || HttpError::BadUrl(shown(url));
     let uri: Uri = url.parse().map_err(|_| bad())?;
     match uri.scheme_str() {
         Some("http" | "https") => {}
@@ -188,7 +207,7 @@ impl Client {
                 uri.scheme() == first.scheme() && uri.authority() == first.authority();
             let mut req = Request::post(uri.clone())
                 .body(Full::new(body.clone()))
-                .map_err(|e| HttpError::BadUrl(e.to_string()))?;
+                .map_err(|_| HttpError::BadUrl(shown(&uri.to_string())))?;
             let h = req.headers_mut();
             h.insert(CONTENT_TYPE, header_value("content-type", content_type)?);
             h.insert(
@@ -315,11 +334,11 @@ impl Guard {
         let tls = match uri.scheme_str() {
             Some("https") => true,
             Some("http") => false,
-            _ => return Err(ConnectError::BadUrl(uri.to_string())),
+            _ => return Err(ConnectError::BadUrl(shown(&uri.to_string()))),
         };
         let host = uri
             .host()
-            .ok_or_else(|| ConnectError::BadUrl(uri.to_string()))?;
+            .ok_or_else(|| ConnectError::BadUrl(shown(&uri.to_string())))?;
         let host = host.trim_start_matches('[').trim_end_matches(']');
         let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
         let addrs = self.allowed(host, port).await?;
@@ -467,6 +486,35 @@ pub fn query_escaped(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    /// An error about a URL shows its scheme, host and port only: never a secret in
+    /// its query or user part.
+    #[test]
+    fn errors_show_no_secret_of_a_url() {
+        let rows = [
+            (
+                "https://gw.example/send?api_secret=s3cret",
+                "https://gw.example:443/…",
+            ),
+            (
+                "http://[2001:db8::1]:8080/x?k=s3cret",
+                "http://[2001:db8::1]:8080/…",
+            ),
+            ("https://SID:s3cret@gw.example/", "(not shown)"),
+            ("ftp://gw.example/s3cret", "(not shown)"),
+        ];
+        for (url, want) in rows {
+            assert_eq!(shown(url), want, "{url}");
+        }
+        let bad =
+            "https://www.google-analytics.com:0/mp/collect?measurement_id=G-1&api_secret=s3cret";
+        let e = parse_url(bad).unwrap_err().to_string();
+        assert!(!e.contains("s3cret"), "{e}");
+        let e = parse_url("https://SID:s3cret@gw.example/")
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("s3cret"), "{e}");
+    }
     use super::*;
 
     #[test]

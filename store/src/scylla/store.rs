@@ -585,10 +585,10 @@ impl Store for ScyllaStore {
                     "operator {id} still owns {owned} advertiser(s)"
                 )));
             }
-            if !self.inner.cas(q::OP_DELETE, (id,)).await?.applied {
-                return Ok(false);
-            }
-            // Its keys go with it.
+            // Its keys go first: deleted after the operator, a write that failed in
+            // between (or a retried DELETE, then 404) left keys that still opened its
+            // data and that no listing showed (a review). A retried DELETE of an
+            // operator already gone still takes what keys were left.
             let keys = self
                 .inner
                 .rows::<(String, Option<String>, Option<String>, Option<i64>)>(q::KEYS_OF, (id,))
@@ -601,7 +601,7 @@ impl Store for ScyllaStore {
                     .write(q::KEY_INDEX_DELETE, (id, key_id.as_str()))
                     .await?;
             }
-            Ok(true)
+            Ok(self.inner.cas(q::OP_DELETE, (id,)).await?.applied)
         })
     }
 
@@ -640,12 +640,19 @@ impl Store for ScyllaStore {
     }
 
     fn operator_for_key(&self, key_hash: &str) -> Result<Option<String>> {
-        Ok(self
-            .wait(
-                self.inner
-                    .first::<(Option<String>,)>(q::KEY_OPERATOR, (key_hash,)),
-            )?
-            .and_then(|(op,)| op))
+        // A key whose operator is gone opens nothing (a key created while its
+        // operator was being deleted outlives the delete's listing of its keys).
+        self.wait(async {
+            let Some(op) = self
+                .inner
+                .first::<(Option<String>,)>(q::KEY_OPERATOR, (key_hash,))
+                .await?
+                .and_then(|(op,)| op)
+            else {
+                return Ok(None);
+            };
+            Ok(self.inner.get_operator(&op).await?.map(|_| op))
+        })
     }
 
     fn list_api_keys(&self, operator_id: &str) -> Result<Vec<ApiKey>> {
