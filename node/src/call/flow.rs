@@ -124,14 +124,7 @@ impl Call {
         let local = relay.local(Side::A);
         let answer = sdp::answer(&offer, local.ip(), local.port(), now_session())?;
         // The caller's own offer says where it receives (a checkpoint keeps it too).
-        self.set_far_end(
-            Side::A,
-            FarEnd {
-                media: answer.remote,
-                dtmf: answer.dtmf,
-                formats: answer.formats,
-            },
-        );
+        self.set_far_end(Side::A, FarEnd::answered(&answer));
         let ep = self.ctx.endpoint.clone();
         self.a.respond(&ep, code, Some(&answer.sdp));
         self.a_answered = code == 200;
@@ -167,14 +160,7 @@ impl Call {
                     tracing::info!(method = %req.method, "an offer to the node's own answer it cannot take: 488");
                     return ep.respond(&req, &info, &key, 488, None, &[], None);
                 };
-                self.set_far_end(
-                    Side::A,
-                    FarEnd {
-                        media: answer.remote,
-                        dtmf: answer.dtmf,
-                        formats: answer.formats,
-                    },
-                );
+                self.set_far_end(Side::A, FarEnd::answered(&answer));
                 self.a.next_body(Some(answer.sdp))
             }
             None if req.method == Method::Invite => self.a.last_sdp.clone(),

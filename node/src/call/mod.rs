@@ -231,6 +231,15 @@ impl FarEnd {
         dtmf: None,
         formats: sdp::PayloadTypes::UNKNOWN,
     };
+
+    /// What the node's own answer to a party's offer says of that party.
+    fn answered(answer: &sdp::Answer) -> FarEnd {
+        FarEnd {
+            media: answer.remote,
+            dtmf: answer.dtmf,
+            formats: answer.formats,
+        }
+    }
 }
 
 pub struct Call {
