@@ -170,6 +170,21 @@ fn callers_hear_the_notice_then_ringback_then_the_callee_in_one_rtp_stream() {
     for (i, p) in heard.iter().enumerate() {
         assert_eq!(p.payload, prompt.frame(8, i), "frame {i}");
     }
+    // A caller who hangs up during that prompt (most do) is logged closed all the
+    // same: the result was decided before the prompt (it was logged `cancelled`).
+    let cancel_in_prompt = scenario_replacing(
+        node.dir.path(),
+        "uac_cancel.xml",
+        "<recv response=\"183\" optional=\"true\"/>\n  <recv response=\"180\"/>",
+        "<recv response=\"183\"/>",
+        "uac_cancel_in_prompt.xml",
+    );
+    let run = uac(&cancel_in_prompt, ports, "0501234567", 1, 1, &["-d", "100"]);
+    assert_eq!((run.exit, run.successful), (0, 1), "{}", run.output);
+    let calls = node.wait_for_calls(&key, 3);
+    let absent: Vec<_> = calls.iter().filter(|c| c["result"] == "absent").collect();
+    assert_eq!(absent.len(), 2, "{calls:?}");
+    assert!(absent.iter().any(|c| c["sip_code"] == 487), "{absent:?}");
 
     // A prompt a number still names is not deleted (its calls would go on without
     // it), nor is a pool created with a notice that does not exist (its callers
@@ -332,14 +347,15 @@ fn the_ivr_routes_by_key_and_the_callee_judges_the_call_after_the_caller_hangs_u
     // The caller presses 2 (RFC 4733) a second into the menu and stays 2 s; the
     // callee rings 0.5 s, answers, and presses 1 (SIP INFO) after the caller left.
     let uas = Uas::start("uas_judge.xml", ports, node.dir.path(), &["-d", "500"]);
-    let run = uac(
+    // The caller asks for a session timer, which the menu's own 200 does not take on:
+    // the callee is not asked for one either (told `refresher=uac`, it hung the call
+    // up at the interval, nobody refreshing).
+    let with_timer = scenario_with_header(
+        node.dir.path(),
         "uac_ivr_key.xml",
-        ports,
-        "0501234567",
-        1,
-        1,
-        &["-d", "2000"],
+        "Supported: timer\n      Session-Expires: 300;refresher=uac",
     );
+    let run = uac(&with_timer, ports, "0501234567", 1, 1, &["-d", "2000"]);
     assert_eq!((run.exit, run.successful), (0, 1), "{}", run.output);
     let call = node.wait_for_calls(&key, 1)[0].clone();
     assert_eq!(call["result"], "answered", "{call}");
@@ -353,6 +369,10 @@ fn the_ivr_routes_by_key_and_the_callee_judges_the_call_after_the_caller_hangs_u
     assert!(
         messages.contains("INVITE sip:0322223333@"),
         "key 2 routed to its destination: {messages}"
+    );
+    assert!(
+        !messages.contains("Session-Expires"),
+        "no session timer asked of the callee: {messages}"
     );
     assert_eq!(node.metric("tsunagu_ivr_total{outcome=\"routed\"}"), 1.0);
     assert_eq!(

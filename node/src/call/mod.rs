@@ -804,7 +804,14 @@ impl Call {
                 max_forwards: self.a_view.forwards(),
                 privacy: privacy.as_deref(),
                 asserted,
-                session: session::headers_of(&self.a.invite),
+                // Not for a caller the node answered itself (a menu, a queue): its 200
+                // named no timer, so the caller refreshes nothing, and a callee told
+                // `refresher=uac` hung the call up at its interval (a review).
+                session: if self.a_answered {
+                    Default::default()
+                } else {
+                    session::headers_of(&self.a.invite)
+                },
             },
         );
         self.attempt += 1;
@@ -1115,7 +1122,14 @@ impl Call {
         }
         tracing::debug!("caller cancelled");
         self.leave_queue();
-        self.result = CallResult::Cancelled;
+        // A result decided already stands: the caller hung up during the prompt that
+        // comes before its refusal (closed hours, the queue's timeout), as most do; it
+        // was logged `cancelled`, and out-of-hours and queue-timeout counts came short
+        // (a review).
+        self.result = match self.playing {
+            Some((_, After::GiveUp(decided, _))) => decided,
+            _ => CallResult::Cancelled,
+        };
         self.upstream_code = 487;
         let ep = self.ctx.endpoint.clone();
         self.a.respond(&ep, 487, None);
