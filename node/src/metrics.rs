@@ -297,7 +297,7 @@ impl Metrics {
         );
         r.register(
             "forward_attempts_abandoned",
-            "Forwarding attempts given up with their INVITE unanswered: at their destination's ring time with nothing (not even 100 Trying) from the callee, or 32 s after their CANCEL without a final response to the INVITE; the call moves on at once, and the leg answers late responses by itself (CANCEL after a provisional, ACK and BYE after a 2xx)",
+            "Forwarding attempts given up with their INVITE unanswered: 5 s (or the destination's ring time, if shorter) with nothing at all from the trunk (not even 100 Trying: a trunk problem, the route's next trunk is tried), or 32 s after their CANCEL without a final response to the INVITE; the call moves on at once, and the leg answers late responses by itself (CANCEL after a provisional, ACK and BYE after a 2xx)",
             c.attempts_abandoned.clone(),
         );
         r.register(

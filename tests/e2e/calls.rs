@@ -418,6 +418,53 @@ fn sigterm_drains_new_calls_get_503_and_running_calls_finish() {
     assert_eq!(n, 1);
 }
 
+/// A trunk that says nothing at all (a black hole: not even 100 Trying) is a trunk
+/// problem: after 5 s the route's next trunk is tried, well before the destination's
+/// ring time (20 s). It was taken for a callee who did not answer at the ring time,
+/// and the next trunk was never tried (a review).
+#[test]
+fn a_silent_trunk_fails_over_to_the_routes_next_trunk() {
+    let ports = Ports::take();
+    let hole_port = ports.uas + 6;
+    let extra = format!(
+        r#"
+[[trunks]]
+name = "hole"
+outbound = "udp:127.0.0.1:{hole_port}"
+[[routes]]
+prefix = "032"
+trunks = ["hole", "carrier-a"]
+"#
+    );
+    let node = Node::start(ports, "127.0.0.1/32", &extra);
+    let dests = r#"[{"number": "0322220000", "ring_seconds": 20}]"#;
+    let (key, _) = node.provision("0501234567", dests, "{}");
+    let hole = Ear::bind(hole_port);
+    let answer = Uas::start("uas_answer.xml", ports, node.dir.path(), &[]);
+    let started = std::time::Instant::now();
+    let run = uac("uac.xml", ports, "0501234567", 1, 1, &["-d", "200"]);
+    assert_eq!((run.exit, run.successful), (0, 1), "{}", run.output);
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "answered through the next trunk after {:?}",
+        started.elapsed()
+    );
+    assert!(hole
+        .packets()
+        .iter()
+        .any(|(_, p)| p.starts_with(b"INVITE ")));
+    let call = node.wait_for_calls(&key, 1)[0].clone();
+    assert_eq!(call["result"], "answered", "{call}");
+    assert_eq!(call["trunk"], "carrier-a", "{call}");
+    let first = &call["attempts"][0];
+    assert_eq!(
+        (first["trunk"].as_str(), first["sip_code"].as_u64()),
+        (Some("hole"), Some(408)),
+        "{call}"
+    );
+    assert!(answer.messages().contains("INVITE sip:0322220000@"));
+}
+
 #[test]
 fn sequential_forwarding_and_trunk_failover() {
     let ports = Ports::take();

@@ -50,6 +50,14 @@ use tsunagu_store::{
     RecordingMode, RecordingStatus, TrackingNumber, Validity,
 };
 
+/// How long a forwarded INVITE may go without any response (not even 100 Trying)
+/// before its trunk counts as not answering: a trunk that is up answers within
+/// milliseconds (RFC 3261 17.2.1 has a 100 within 200 ms). At the ring time, or at
+/// Timer B (32 s), a black-holed trunk (a dead link, a TCP connect that never
+/// completes) was taken for a callee who did not answer: the route's next trunk was
+/// tried only for rings longer than 32 s (a review).
+const NO_RESPONSE: Duration = Duration::from_secs(5);
+
 /// How long the INVITE of an attempt the node cancelled may go without its final
 /// response: 64*T1 (RFC 3261 9.1; 3.2 s in unit tests, as `reliable::T1` is shorter).
 #[cfg(not(test))]
@@ -62,6 +70,8 @@ pub enum CallMsg {
     /// Boxed: keeps every actor's mailbox slots small (most calls see few SIP events).
     Sip(Box<SipEvent>),
     RingTimeout(u32),
+    /// [`NO_RESPONSE`] after attempt n's INVITE: nothing from its trunk yet?
+    NoResponse(u32),
     /// 64*T1 after the CANCEL of attempt n (RFC 3261 9.1): if its INVITE has no final
     /// response yet, the attempt is over.
     CancelUnanswered(u32),
@@ -603,6 +613,12 @@ impl Call {
                     call.ring_timeout();
                 }
             }
+            CallMsg::NoResponse(n) => {
+                let silent = call.b.as_ref().is_some_and(|b| !b.provisional);
+                if n == call.attempt && call.phase == Phase::Trying && silent {
+                    call.nothing_from_the_trunk();
+                }
+            }
             CallMsg::CancelUnanswered(n) => {
                 if n == call.attempt
                     && call.phase == Phase::Trying
@@ -833,6 +849,7 @@ impl Call {
         self.b = Some(b);
         self.ringback();
         let n = self.attempt;
+        self.after(NO_RESPONSE, CallMsg::NoResponse(n));
         let timer = self.after(
             Duration::from_secs(u64::from(dest.ring_seconds.max(1))),
             CallMsg::RingTimeout(n),
@@ -877,15 +894,9 @@ impl Call {
         tracing::debug!("ring timeout");
         let ep = self.ctx.endpoint.clone();
         match self.b.take() {
-            Some(mut b) if !b.provisional => {
-                // Nothing from the callee yet: no CANCEL may go (RFC 3261 9.1), and
-                // waiting for Timer B would hold the caller 32 s. The attempt fails
-                // now; the leg answers late responses by itself (`abandoned`).
-                tracing::info!("nothing from the callee by its ring time; moving on");
-                self.ctx.metrics.calls.attempts_abandoned.inc();
-                b.cancel(&ep); // held until a provisional comes
-                abandoned::Abandoned::hand_over(b, &self.ctx);
-                self.after_failure(Failure::RingTimeout);
+            Some(b) if !b.provisional => {
+                self.b = Some(b);
+                self.nothing_from_the_trunk();
             }
             Some(mut b) => {
                 self.pending_failure = Some(Failure::RingTimeout);
@@ -896,6 +907,21 @@ impl Call {
             }
             None => {}
         }
+    }
+
+    /// Nothing at all (not even 100 Trying) came back for the attempt's INVITE, by
+    /// [`NO_RESPONSE`] or its ring time: its trunk is not answering, a trunk problem
+    /// as a timeout is (the route's next trunk next). No CANCEL may go yet (RFC 3261
+    /// 9.1), and waiting for Timer B would hold the caller 32 s: the attempt fails now,
+    /// and the leg answers late responses by itself (`abandoned`).
+    fn nothing_from_the_trunk(&mut self) {
+        let Some(mut b) = self.b.take() else { return };
+        tracing::info!("nothing from the trunk for the attempt's INVITE; moving on");
+        self.ctx.metrics.calls.attempts_abandoned.inc();
+        self.stop_ring_timer();
+        b.cancel(&self.ctx.endpoint.clone()); // held until a provisional comes
+        abandoned::Abandoned::hand_over(b, &self.ctx);
+        self.after_failure(Failure::Timeout);
     }
 
     /// The INVITE of an attempt the node cancelled has no final response 64*T1 after
