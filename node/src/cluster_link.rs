@@ -264,8 +264,12 @@ pub fn adopt_leftovers(
     let (ctx, supervisor) = (ctx.clone(), supervisor.clone());
     tokio::spawn(async move {
         let (s, me) = (ctx.store.clone(), ctx.node_id.clone());
-        let Ok(Ok(left)) = tokio::task::spawn_blocking(move || s.active_calls_of(&me)).await else {
-            return tracing::warn!("cannot read the calls a previous run left");
+        let Some(left) = until_read("the calls a previous run left", move || {
+            s.active_calls_of(&me)
+        })
+        .await
+        else {
+            return;
         };
         let epoch = ctx.epoch.load(Ordering::Relaxed);
         let old: std::collections::BTreeSet<u64> = left
@@ -290,6 +294,42 @@ pub fn adopt_leftovers(
             job.run().await;
         }
     });
+}
+
+/// How long a takeover keeps asking a store that fails: a failed read delays it, never
+/// cancels it. One failed read (a ScyllaDB timeout in the trouble that silenced the
+/// dead member) ended the job: its answered calls were never claimed, its others never
+/// logged, and their rows stayed active (a review).
+const STORE_PATIENCE: Duration = Duration::from_secs(600);
+
+/// `read` on the blocking pool until it succeeds (0.5 s doubling to 5 s between tries),
+/// at most [`STORE_PATIENCE`]; None, logged as an error naming `what`, after that.
+async fn until_read<T: Send + 'static>(
+    what: &'static str,
+    read: impl Fn() -> tsunagu_store::Result<T> + Send + Sync + 'static,
+) -> Option<T> {
+    let read = Arc::new(read);
+    let deadline = tokio::time::Instant::now() + STORE_PATIENCE;
+    let mut pause = Duration::from_millis(500);
+    loop {
+        let attempt = read.clone();
+        match tokio::task::spawn_blocking(move || attempt()).await {
+            Ok(Ok(v)) => return Some(v),
+            Ok(Err(e)) if tokio::time::Instant::now() + pause < deadline => {
+                tracing::warn!(%e, what, "store read failed; trying again");
+            }
+            Ok(Err(e)) => {
+                tracing::error!(%e, what, "store read failed for {STORE_PATIENCE:?}; giving up");
+                return None;
+            }
+            Err(e) => {
+                tracing::error!(%e, what, "store read task failed");
+                return None;
+            }
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(5));
+    }
 }
 
 /// The calls named in a hand-over that `from` (incarnation `epoch`) still owns in the
@@ -538,14 +578,15 @@ impl TakeOver {
         let store = self.ctx.store.clone();
         if self.finaliser {
             let (s, name, epoch) = (store.clone(), self.dead.clone(), self.dead_epoch);
-            let _ = tokio::task::spawn_blocking(move || match s.mark_node_down(&name, epoch) {
-                Ok(true) => {
-                    tracing::warn!(member = %name, epoch, "member marked down in the store")
-                }
-                Ok(false) => {} // another survivor did, or it came back as a new incarnation
-                Err(e) => tracing::warn!(%e, member = %name, "cannot mark the member down"),
+            // Marked down before its calls are read: the store then refuses the rows a
+            // frozen member that wakes up would still write.
+            let marked = until_read("marking a member down", move || {
+                s.mark_node_down(&name, epoch)
             })
             .await;
+            if marked == Some(true) {
+                tracing::warn!(member = %self.dead, epoch, "member marked down in the store");
+            }
         }
         self.round(false).await;
         if self.finaliser {
@@ -558,23 +599,20 @@ impl TakeOver {
     /// answered call still there (the finaliser, after the grace period).
     async fn round(&self, all: bool) {
         let (s, dead) = (self.ctx.store.clone(), self.dead.clone());
-        let found = tokio::task::spawn_blocking(move || {
+        let found = until_read("the calls of a member declared down", move || {
             let calls = s.active_calls_of(&dead)?;
             let last_seen = s
                 .nodes()?
                 .into_iter()
                 .find(|n| n.node_id == dead)
                 .map(|n| n.last_seen);
-            Ok::<_, tsunagu_store::StoreError>((calls, last_seen))
+            Ok((calls, last_seen))
         })
         .await;
-        let (calls, last_seen) = match found {
-            Ok(Ok((calls, stored))) => (calls, self.last_seen.or(stored)),
-            Ok(Err(e)) => {
-                return tracing::error!(%e, member = %self.dead, "cannot read the calls of a member declared down")
-            }
-            Err(e) => return tracing::error!(%e, "takeover task failed"),
+        let Some((calls, stored)) = found else {
+            return; // logged: the member's calls stay for its next start
         };
+        let last_seen = self.last_seen.or(stored);
         let me = self.ctx.node_id.clone();
         let mut lost = 0;
         for call in calls {
@@ -804,6 +842,23 @@ pub async fn join(
 
 #[cfg(test)]
 mod tests {
+
+    /// A store read that fails is tried again (0.5 s, then 1 s later) until it
+    /// succeeds: a takeover is delayed by a failing store, not cancelled.
+    #[tokio::test]
+    async fn a_failed_store_read_is_tried_again() {
+        let tries = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let counted = tries.clone();
+        let read = move || {
+            if counted.fetch_add(1, Ordering::Relaxed) < 2 {
+                Err(tsunagu_store::StoreError::Unavailable("down".into()))
+            } else {
+                Ok(7)
+            }
+        };
+        assert_eq!(super::until_read("a test read", read).await, Some(7));
+        assert_eq!(tries.load(Ordering::Relaxed), 3);
+    }
 
     /// Secrets read from files are held to the rules of the configured ones: a short
     /// cluster secret or admin token in a file is refused at start.
