@@ -179,15 +179,23 @@ async fn check_destination(st: &ApiState, operator: &str, url: &str) -> Result<(
     let addrs: Vec<SocketAddr> = match host.parse::<IpAddr>() {
         Ok(ip) => vec![SocketAddr::new(ip, port)],
         Err(_) => {
-            let _place = st
+            let place = st
                 .defences
                 .registrations
                 .try_start(operator)
                 .map_err(|why| crate::calls::refused(why, "webhook registrations", 5))?;
-            match tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((host, port))).await
-            {
-                Ok(Ok(found)) => found.take(MAX_ADDRESSES).collect(),
-                Ok(Err(_)) | Err(_) => Vec::new(),
+            // The place goes with the lookup's thread, not with this request: a lookup
+            // outlives the timeout for as long as the system resolver takes, and the
+            // places are there to bound those threads (a check of the day's fixes).
+            let name = host.to_string();
+            let lookup = tokio::task::spawn_blocking(move || {
+                let _place = place;
+                std::net::ToSocketAddrs::to_socket_addrs(&(name.as_str(), port))
+                    .map(|found| found.take(MAX_ADDRESSES).collect::<Vec<_>>())
+            });
+            match tokio::time::timeout(RESOLVE_TIMEOUT, lookup).await {
+                Ok(Ok(Ok(found))) => found,
+                _ => Vec::new(),
             }
         }
     };

@@ -153,6 +153,9 @@ impl Prompts {
                 let Some(op) = entry.file_name().to_str().map(str::to_string) else {
                     continue;
                 };
+                if !entry.path().is_dir() {
+                    continue; // an operator is a directory; anything else is not ours
+                }
                 for (name, prompt) in read_dir(&entry.path())? {
                     lib.insert_own(&op, &name, prompt);
                 }
@@ -257,6 +260,35 @@ impl Prompts {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert((operator.to_string(), name.to_string()), Arc::new(prompt));
+    }
+
+    /// Every operator's own prompt held now, as (operator, name, the bytes of its file
+    /// on this node's disk); those whose file cannot be read are left out.
+    pub fn own_files(&self) -> Vec<(String, String, Vec<u8>)> {
+        let Some(dir) = &self.dir else {
+            return Vec::new();
+        };
+        let names: Vec<(String, String)> = self
+            .own
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        names
+            .into_iter()
+            .filter(|(op, name)| valid_name(name) && valid_name(op))
+            .filter_map(|(op, name)| {
+                let path = dir.join("operators").join(&op).join(format!("{name}.wav"));
+                std::fs::read(path).ok().map(|wav| (op, name, wav))
+            })
+            .collect()
+    }
+
+    /// Where a mark of this prompts directory's own prompts being in the store is kept
+    /// (see `provisioning`), if the library has a directory.
+    pub fn migrated_mark(&self) -> Option<std::path::PathBuf> {
+        self.dir.as_ref().map(|d| d.join(".operators-in-store"))
     }
 
     /// Replaces every operator's own prompts with `all` (the store's: what is not in

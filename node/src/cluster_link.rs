@@ -426,11 +426,15 @@ pub async fn hand_over_all(
     // placed on the other at their deadlines (a review).
     let mut declined: std::collections::BTreeSet<String> = Default::default();
     for round in 0..2 {
-        let peers: Vec<String> = cluster
-            .peers_up()
-            .into_iter()
-            .filter(|p| !declined.contains(p))
+        let up = cluster.peers_up();
+        let others: Vec<String> = up
+            .iter()
+            .filter(|p| !declined.contains(*p))
+            .cloned()
             .collect();
+        // If every peer declined, all are asked again (one may have failed to read the
+        // store once: with two nodes, leaving it out ended every call at the deadline).
+        let peers = if others.is_empty() { up } else { others };
         if peers.is_empty() {
             tracing::warn!("draining without a peer up: calls finish here");
             return;

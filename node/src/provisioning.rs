@@ -92,6 +92,7 @@ impl Provisioning {
             runs: AtomicU64::new(0),
             unrecorded: Mutex::default(),
         }));
+        p.migrate_prompts();
         p.load_prompts()?;
         Ok(p)
     }
@@ -123,19 +124,20 @@ impl Provisioning {
     pub fn changed(&self, kind: &'static str, key: String) {
         // A copy not refreshed now is at the next catch-up: the change is in the feed.
         let _ = self.apply(kind, &key);
-        self.record(kind, key);
+        let _ = self.record(kind, key);
     }
 
     /// Records a change of this node's in the feed and tells the peers; one that could
     /// not be recorded (the write itself is done) is recorded again by the follower
     /// every poll until it is. It was only logged, and the peers kept the old copy
     /// until that key changed again (a review).
-    fn record(&self, kind: &'static str, key: String) {
+    fn record(&self, kind: &'static str, key: String) -> bool {
         match self.0.store.record_change(kind, &key) {
             Ok(seq) => {
                 if let Some(c) = self.0.cluster.get() {
                     c.changed(seq);
                 }
+                true
             }
             Err(e) => {
                 tracing::warn!(%e, kind, "provisioning change not recorded; recorded again at the next poll");
@@ -144,17 +146,29 @@ impl Provisioning {
                 while pending.len() > UNRECORDED_MAX {
                     pending.pop_first();
                 }
+                false
             }
         }
     }
 
     /// Records again the changes whose record failed (blocking: store writes).
+    /// Stops at the first that fails again: each try against a store that times out
+    /// waits its timeout.
     fn record_again(&self) {
         let pending =
             std::mem::take(&mut *self.0.unrecorded.lock().unwrap_or_else(|p| p.into_inner()));
-        for (kind, key) in pending {
-            self.record(kind, key);
+        let mut pending = pending.into_iter();
+        for (kind, key) in pending.by_ref() {
+            if !self.record(kind, key) {
+                break;
+            }
         }
+        // What was not tried waits for the next poll.
+        self.0
+            .unrecorded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(pending);
     }
 
     /// A peer says provisioning changed up to change `seq` (None: a member came up
@@ -224,8 +238,10 @@ impl Provisioning {
         }
     }
 
-    /// Refreshes the copy a change names; false if the store could not be read (the
-    /// change is to be applied again).
+    /// Refreshes the copy a change names; false if the store could not be reached (the
+    /// change is to be applied again). A row the store has but this node cannot read
+    /// (`Corrupt`: written by a newer release during a rolling upgrade, say) is logged
+    /// and passed: waiting on it would stop every later change reaching this node.
     fn apply(&self, kind: &str, key: &str) -> bool {
         let done = match kind {
             kind::NUMBER => self.0.directory.refresh(key),
@@ -243,10 +259,20 @@ impl Provisioning {
                 Ok(())
             }
         };
-        if let Err(e) = &done {
-            tracing::warn!(kind, key, %e, "provisioning change not applied; the next catch-up tries again");
+        match &done {
+            Ok(()) => true,
+            Err(
+                e @ (tsunagu_store::StoreError::Unavailable(_)
+                | tsunagu_store::StoreError::TimedOut(_)),
+            ) => {
+                tracing::warn!(kind, key, %e, "provisioning change not applied; the next catch-up tries again");
+                false
+            }
+            Err(e) => {
+                tracing::error!(kind, key, %e, "provisioning change cannot be applied here; passed");
+                true
+            }
         }
-        done.is_ok()
     }
 
     fn refresh_prompt(&self, operator: &str, name: &str) -> tsunagu_store::Result<()> {
@@ -264,6 +290,53 @@ impl Provisioning {
             }
         }
         Ok(())
+    }
+
+    /// Once per prompts directory: operators' prompts on this node's disk that the store
+    /// does not have go into it. Builds before 2026-12-02 kept uploads on disk only,
+    /// and the store's set now replaces what the disk holds at start; without this
+    /// such prompts would stop playing (a check of the day's fixes). A mark file
+    /// says it was done: after it, a prompt on disk that the store lacks was deleted
+    /// elsewhere.
+    fn migrate_prompts(&self) {
+        let Some(mark) = self.0.prompts.migrated_mark() else {
+            return;
+        };
+        if mark.exists() {
+            return;
+        }
+        let stored: std::collections::HashSet<(String, String)> = match self.0.store.all_prompts() {
+            Ok(all) => all.into_iter().map(|(op, name, _)| (op, name)).collect(),
+            Err(e) => return tracing::warn!(%e, "prompts on disk not checked against the store"),
+        };
+        let quota = tsunagu_store::PromptQuota {
+            prompts: usize::MAX,
+            bytes: u64::MAX,
+        };
+        let mut moved = 0;
+        for (op, name, wav) in self.0.prompts.own_files() {
+            if stored.contains(&(op.clone(), name.clone())) {
+                continue;
+            }
+            match self.0.store.put_prompt(&op, &name, &wav, quota) {
+                Ok(_) => moved += 1,
+                Err(e) => {
+                    return tracing::warn!(%e, operator = %op, name, "a prompt on disk not stored; tried again at the next start")
+                }
+            }
+        }
+        if moved > 0 {
+            tracing::info!(
+                prompts = moved,
+                "operators' prompts found on disk only were stored"
+            );
+        }
+        if let Some(dir) = mark.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        if let Err(e) = std::fs::write(&mark, b"") {
+            tracing::warn!(%e, "prompt migration mark not written");
+        }
     }
 
     /// Operators' prompts as the store has them, replacing what the node held (what
@@ -377,6 +450,9 @@ mod tests {
             bytes: 1 << 20,
         };
         store.put_prompt("op_1", "kept", &wav, quota).unwrap();
+        // This directory's prompts went into the store before (the mark says so): one
+        // the store lacks now was deleted elsewhere.
+        std::fs::write(prompts_dir.join(".operators-in-store"), b"").unwrap();
         let prompts = tsunagu_media::Prompts::load(&prompts_dir).unwrap();
         assert!(prompts.get("op_1", "gone").is_some(), "read from the disk");
         let p = Provisioning::start(
@@ -397,6 +473,34 @@ mod tests {
         assert!(prompts.get("op_1", "kept").is_none());
         let again = tsunagu_media::Prompts::load(&prompts_dir).unwrap();
         assert!(again.get("op_1", "kept").is_none(), "its file removed");
+    }
+
+    /// The first start over a prompts directory of an older build (uploads kept on
+    /// disk only) stores the prompts the store lacks, so they keep playing; it marks
+    /// the directory done.
+    #[tokio::test]
+    async fn prompts_kept_on_disk_only_go_into_the_store_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("t.db")).unwrap());
+        let prompts_dir = dir.path().join("prompts");
+        let mut wav = tsunagu_media::wav::header(1, 16_000).to_vec();
+        wav.resize(44 + 16_000, 0);
+        let disk = tsunagu_media::Prompts::load(&prompts_dir).unwrap();
+        let prompt = tsunagu_media::Prompt::from_wav(&wav).unwrap();
+        disk.save_own("op_1", "old", prompt, &wav).unwrap();
+        let prompts = tsunagu_media::Prompts::load(&prompts_dir).unwrap();
+        Provisioning::start(
+            store.clone(),
+            Directory::load(store.clone()).unwrap(),
+            WebhookCache::load(store.clone()).unwrap(),
+            prompts.clone(),
+            store.changes_since(i64::MAX, 0).unwrap().latest,
+            Default::default(),
+        )
+        .unwrap();
+        assert!(prompts.get("op_1", "old").is_some(), "still playable");
+        assert!(store.prompt("op_1", "old").unwrap().is_some(), "stored");
+        assert!(prompts_dir.join(".operators-in-store").exists());
     }
 
     /// A change made while the node loads its copies (after the feed's end was read,
