@@ -397,6 +397,19 @@ mod tests {
     use super::*;
     use tsunagu_store::SqliteStore;
 
+    /// Provisioning over `store` from the feed's end now, with fresh copies.
+    fn started(store: &Arc<dyn Store>, prompts: tsunagu_media::Prompts) -> Provisioning {
+        Provisioning::start(
+            store.clone(),
+            Directory::load(store.clone()).unwrap(),
+            WebhookCache::load(store.clone()).unwrap(),
+            prompts,
+            store.changes_since(i64::MAX, 0).unwrap().latest,
+            Default::default(),
+        )
+        .unwrap()
+    }
+
     /// Each row: which changes (by sequence number) fail to apply → the last applied
     /// and whether all were.
     #[test]
@@ -455,15 +468,7 @@ mod tests {
         std::fs::write(prompts_dir.join(".operators-in-store"), b"").unwrap();
         let prompts = tsunagu_media::Prompts::load(&prompts_dir).unwrap();
         assert!(prompts.get("op_1", "gone").is_some(), "read from the disk");
-        let p = Provisioning::start(
-            store.clone(),
-            Directory::load(store.clone()).unwrap(),
-            WebhookCache::load(store.clone()).unwrap(),
-            prompts.clone(),
-            store.changes_since(i64::MAX, 0).unwrap().latest,
-            Default::default(),
-        )
-        .unwrap();
+        let p = started(&store, prompts.clone());
         assert!(prompts.get("op_1", "gone").is_none(), "not in the store");
         assert!(prompts.get("op_1", "kept").is_some());
         // Deleted through another node: gone from memory and from this disk.
@@ -489,15 +494,7 @@ mod tests {
         let prompt = tsunagu_media::Prompt::from_wav(&wav).unwrap();
         disk.save_own("op_1", "old", prompt, &wav).unwrap();
         let prompts = tsunagu_media::Prompts::load(&prompts_dir).unwrap();
-        Provisioning::start(
-            store.clone(),
-            Directory::load(store.clone()).unwrap(),
-            WebhookCache::load(store.clone()).unwrap(),
-            prompts.clone(),
-            store.changes_since(i64::MAX, 0).unwrap().latest,
-            Default::default(),
-        )
-        .unwrap();
+        started(&store, prompts.clone());
         assert!(prompts.get("op_1", "old").is_some(), "still playable");
         assert!(store.prompt("op_1", "old").unwrap().is_some(), "stored");
         assert!(prompts_dir.join(".operators-in-store").exists());
@@ -546,15 +543,10 @@ mod tests {
     async fn a_burst_of_change_notices_reads_the_feed_once() {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("t.db")).unwrap());
-        let p = Provisioning::start(
-            store.clone(),
-            Directory::load(store.clone()).unwrap(),
-            WebhookCache::load(store.clone()).unwrap(),
+        let p = started(
+            &store,
             tsunagu_media::Prompts::load(&dir.path().join("prompts")).unwrap(),
-            store.changes_since(i64::MAX, 0).unwrap().latest,
-            Default::default(),
-        )
-        .unwrap();
+        );
         let seq = store.record_change(kind::NUMBER, "0312345678").unwrap();
         let handles: Vec<_> = {
             // Another catch-up (the follower's) holds the feed while the burst comes.
