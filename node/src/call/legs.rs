@@ -523,10 +523,10 @@ impl Leg for ALeg {
     }
 }
 
-/// A header value and the value of its `tag` parameter, split: `<sip:a@b>` and `x`
-/// from `<sip:a@b>;tag=x`.
 /// The local CSeq a dialog restored from a checkpoint goes on from: `next_cseq` of
-/// the checkpoint, less one, plus [`RESTORE_GAP`], at most 2^31 - 1 (RFC 3261 8.1.1.5).
+/// the checkpoint, less one, plus [`RESTORE_GAP`], at most 2^31 - 1 - [`RESTORE_GAP`]
+/// (RFC 3261 8.1.1.5: below 2^31, with room for the requests that follow; a dialog
+/// restored that near the top, which no call reaches, would go on lower than it was).
 /// The checkpoint is written when the session changes, not at every request the node
 /// sends (a key relayed by INFO, a re-offer refused): the node taking the call over
 /// re-INVITEd with a CSeq the party had already seen, got 500 and hung the call up (a
@@ -535,7 +535,7 @@ pub(crate) fn restored_cseq(next_cseq: u32) -> u32 {
     next_cseq
         .saturating_sub(1)
         .saturating_add(RESTORE_GAP)
-        .clamp(1, MAX_CSEQ - RESTORE_GAP)
+        .min(MAX_CSEQ - RESTORE_GAP)
 }
 
 /// See [`restored_cseq`].
@@ -543,6 +543,8 @@ const RESTORE_GAP: u32 = 1000;
 /// The largest CSeq (RFC 3261 8.1.1.5: less than 2^31).
 const MAX_CSEQ: u32 = (1 << 31) - 1;
 
+/// A header value and the value of its `tag` parameter, split: `<sip:a@b>` and `x`
+/// from `<sip:a@b>;tag=x`.
 fn split_tag(value: &str) -> Option<(&str, &str)> {
     let at = value.rfind(";tag=")?;
     let tag = &value[at + 5..];

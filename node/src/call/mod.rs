@@ -59,19 +59,14 @@ use tsunagu_store::{
 const NO_RESPONSE: Duration = Duration::from_secs(5);
 
 /// How long the INVITE of an attempt the node cancelled may go without its final
-/// response: 64*T1 (RFC 3261 9.1; 3.2 s in unit tests, as `reliable::T1` is shorter).
-#[cfg(not(test))]
-const CANCEL_WAIT: Duration = tsunagu_sip::transaction::TIMEOUT;
-#[cfg(test)]
-const CANCEL_WAIT: Duration = Duration::from_millis(3200);
+/// response: 64*T1 (RFC 3261 9.1; 3.2 s in unit tests, where `reliable::T1` is shorter).
+const CANCEL_WAIT: Duration = reliable::T1.saturating_mul(64);
 
 pub enum CallMsg {
     Start,
     /// Boxed: keeps every actor's mailbox slots small (most calls see few SIP events).
     Sip(Box<SipEvent>),
     RingTimeout(u32),
-    /// [`NO_RESPONSE`] after attempt n's INVITE: nothing from its trunk yet?
-    NoResponse(u32),
     /// 64*T1 after the CANCEL of attempt n (RFC 3261 9.1): if its INVITE has no final
     /// response yet, the attempt is over.
     CancelUnanswered(u32),
@@ -358,8 +353,11 @@ pub struct Call {
     session: Option<session::SessionTimer>,
     /// The call's pending timers (see `timers`).
     timers: timers::Timers,
-    /// The current attempt's ring timer.
+    /// The current attempt's ring timer: first at [`NO_RESPONSE`] (or the ring time,
+    /// if shorter), moved to the ring time when the first response comes.
     ring_timer: Option<timers::TimerId>,
+    /// When the current attempt's ring time runs out.
+    ring_ends: Option<Instant>,
     /// The `sip.max_ring_seconds` guard, cancelled at answer and at the end.
     ring_guard: Option<timers::TimerId>,
     /// Why the call ended when the parties did not end it (the log's `end_reason`).
@@ -584,6 +582,7 @@ impl Call {
             session: None,
             timers: timers::Timers::default(),
             ring_timer: None,
+            ring_ends: None,
             ring_guard: None,
             end_reason: None,
             far_ends: std::cell::Cell::new([FarEnd::NONE; 2]),
@@ -611,12 +610,6 @@ impl Call {
             CallMsg::RingTimeout(n) => {
                 if n == call.attempt && call.phase == Phase::Trying {
                     call.ring_timeout();
-                }
-            }
-            CallMsg::NoResponse(n) => {
-                let silent = call.b.as_ref().is_some_and(|b| !b.provisional);
-                if n == call.attempt && call.phase == Phase::Trying && silent {
-                    call.nothing_from_the_trunk();
                 }
             }
             CallMsg::CancelUnanswered(n) => {
@@ -848,16 +841,25 @@ impl Call {
         self.ep().request(b.invite.clone(), b.peer);
         self.b = Some(b);
         self.ringback();
-        let n = self.attempt;
-        self.after(NO_RESPONSE, CallMsg::NoResponse(n));
-        let timer = self.after(
-            Duration::from_secs(u64::from(dest.ring_seconds.max(1))),
-            CallMsg::RingTimeout(n),
-        );
+        // One timer per attempt: a trunk that says nothing by NO_RESPONSE is left then,
+        // and the first response moves the timer to the ring time (`heard_from_trunk`).
+        let ring = Duration::from_secs(u64::from(dest.ring_seconds.max(1)));
+        self.ring_ends = Instant::now().checked_add(ring);
+        let timer = self.after(ring.min(NO_RESPONSE), CallMsg::RingTimeout(self.attempt));
         self.stop_ring_timer();
         self.ring_timer = Some(timer);
         // What a survivor needs to CANCEL this attempt if this node dies now.
         self.checkpoint_now(false);
+    }
+
+    /// The attempt's first response: its ring timer moves from [`NO_RESPONSE`] to the
+    /// ring time.
+    fn heard_from_trunk(&mut self) {
+        let (Some(_), Some(at)) = (self.ring_timer, self.ring_ends) else {
+            return;
+        };
+        self.stop_ring_timer();
+        self.ring_timer = Some(self.timers.at(at, CallMsg::RingTimeout(self.attempt)));
     }
 
     /// Cancels the current attempt's ring timer.
@@ -876,12 +878,7 @@ impl Call {
 
     /// `msg` comes to this call after `delay` (one of its own timers, see `timers`).
     fn after(&mut self, delay: Duration, msg: CallMsg) -> timers::TimerId {
-        let now = Instant::now();
-        // A delay too far to add (none configurable is) waits a year.
-        let at = now
-            .checked_add(delay)
-            .unwrap_or(now + Duration::from_secs(365 * 86_400));
-        self.timers.at(at, msg)
+        self.timers.after(Instant::now(), delay, msg)
     }
 
     /// The route's trunks for a destination, those marked down by keepalives skipped.
@@ -893,19 +890,16 @@ impl Call {
     fn ring_timeout(&mut self) {
         tracing::debug!("ring timeout");
         let ep = self.ctx.endpoint.clone();
-        match self.b.take() {
-            Some(b) if !b.provisional => {
-                self.b = Some(b);
-                self.nothing_from_the_trunk();
-            }
-            Some(mut b) => {
-                self.pending_failure = Some(Failure::RingTimeout);
-                b.cancel(&ep);
-                self.b = Some(b);
-                let n = self.attempt;
-                self.after(CANCEL_WAIT, CallMsg::CancelUnanswered(n));
-            }
+        match self.b.as_ref().map(|b| b.provisional) {
             None => {}
+            Some(false) => self.nothing_from_the_trunk(),
+            Some(true) => {
+                self.pending_failure = Some(Failure::RingTimeout);
+                if let Some(b) = self.b.as_mut() {
+                    b.cancel(&ep);
+                }
+                self.after(CANCEL_WAIT, CallMsg::CancelUnanswered(self.attempt));
+            }
         }
     }
 
@@ -1474,20 +1468,19 @@ impl Call {
                 .inc();
         }
         match code {
-            100 => {
+            100..=199 => {
                 // A provisional answer: a CANCEL may be sent from now on (RFC 3261
                 // 9.1), so one the call wanted meanwhile goes out.
                 let Some(b) = self.b.as_mut() else { return };
-                b.provisional = true;
+                let first = !std::mem::replace(&mut b.provisional, true);
                 if b.cancel_pending {
                     b.cancel(&ep);
                 }
-            }
-            101..=199 => {
-                let Some(b) = self.b.as_mut() else { return };
-                b.provisional = true;
-                if b.cancel_pending {
-                    b.cancel(&ep);
+                if first {
+                    self.heard_from_trunk();
+                }
+                if code == 100 {
+                    return;
                 }
                 if self.phase != Phase::Trying || self.pending_failure.is_some() {
                     return;

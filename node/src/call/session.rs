@@ -7,7 +7,7 @@ use super::legs::Headers;
 use super::timers::{TimerId, Timers};
 use super::{Call, CallMsg, Phase};
 use crate::decide::session_timer::{check_after, on_callee_answer, parse};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tsunagu_sip::parse::{has_option_tag, header};
 use tsunagu_sip::{Request, Response};
 
@@ -86,11 +86,11 @@ fn refresh(session: &mut Option<SessionTimer>, interval: u32, timers: &mut Timer
     if let Some(previous) = next.replaces {
         timers.cancel(previous);
     }
-    // An interval too long to add (none is: at most 2^32 s) waits a year.
-    let at = now
-        .checked_add(check_after(next.interval))
-        .unwrap_or(now + Duration::from_secs(365 * 86_400));
-    let check = timers.at(at, CallMsg::SessionCheck(next.generation));
+    let check = timers.after(
+        now,
+        check_after(next.interval),
+        CallMsg::SessionCheck(next.generation),
+    );
     *session = Some(SessionTimer {
         interval: next.interval,
         generation: next.generation,
@@ -167,6 +167,7 @@ impl Call {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn invite(extra: &str) -> Request {
         let text = format!(

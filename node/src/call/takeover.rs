@@ -190,9 +190,7 @@ impl Call {
         let answered_at = r.answered_at.unwrap_or(r.started_at);
         let now = Instant::now();
         let started = started_instant(r.started_at);
-        let answered_instant = now
-            .checked_sub(elapsed_since_ms(answered_at))
-            .unwrap_or(now);
+        let answered_instant = started_instant(answered_at);
         let caller = Caller {
             number: r.caller_number.clone(),
             kind: r.caller_kind,
@@ -293,19 +291,18 @@ impl Call {
             return self.takeover_failed("the checkpoint's SDP cannot be offered again");
         };
         let ep = self.ctx.endpoint.clone();
-        if self.b.is_none() {
+        let Some(b) = self.b.as_mut() else {
             return self.takeover_failed("no callee dialog");
-        }
+        };
+        let b_cseq = b
+            .reoffer(&ep, Method::Invite, Some(b_offer), Vec::new())
+            .cseq;
         let a_cseq = self
             .a
             .reoffer(&ep, Method::Invite, Some(a_offer), Vec::new())
             .cseq;
-        let b_cseq = self.leg(Side::B).map(|b| {
-            b.reoffer(&ep, Method::Invite, Some(b_offer), Vec::new())
-                .cseq
-        });
         if let Some(r) = self.resuming.as_mut() {
-            r.pending = [Some(a_cseq), b_cseq];
+            r.pending = [Some(a_cseq), Some(b_cseq)];
         }
         if let Some(rec) = &answered.recording {
             self.restart_recording(&rec.mode);

@@ -45,6 +45,15 @@ impl Timers {
         id
     }
 
+    /// `msg` is due `delay` after `now` (a delay too far to add, which none
+    /// configurable is, waits a year).
+    pub fn after(&mut self, now: Instant, delay: std::time::Duration, msg: CallMsg) -> TimerId {
+        let at = now
+            .checked_add(delay)
+            .unwrap_or(now + std::time::Duration::from_secs(365 * 86_400));
+        self.at(at, msg)
+    }
+
     /// Forgets a timer (nothing if it already fired).
     pub fn cancel(&mut self, id: TimerId) {
         self.pending.retain(|(_, i, _)| *i != id);
