@@ -92,14 +92,6 @@ pub async fn create(
             ));
         }
     }
-    // The cap first (the store checks it again as it writes): refused registrations
-    // cost no name lookup.
-    let owner = op.clone();
-    if db(&st, move |s| s.list_webhooks(&owner)).await?.len() >= MAX_WEBHOOKS {
-        return Err(ApiError::conflict(format!(
-            "an operator has at most {MAX_WEBHOOKS} webhooks"
-        )));
-    }
     check_destination(&st, &op, &input.url).await?;
     let hook = Webhook {
         id: tsunagu_store::new_id("wh"),
@@ -167,7 +159,7 @@ async fn check_destination(st: &ApiState, operator: &str, url: &str) -> Result<(
     // operator's key probing names told the carrier's internal DNS apart ("`db.corp`
     // is private (10.0.3.4:80)" against "does not resolve"; a review). An address
     // given as such is explained.
-    let literal = host.parse::<IpAddr>().is_ok();
+    let literal = host.parse::<IpAddr>().ok();
     let unusable = || {
         ApiError::invalid(
             "url",
@@ -176,9 +168,17 @@ async fn check_destination(st: &ApiState, operator: &str, url: &str) -> Result<(
             ),
         )
     };
-    let addrs: Vec<SocketAddr> = match host.parse::<IpAddr>() {
-        Ok(ip) => vec![SocketAddr::new(ip, port)],
-        Err(_) => {
+    let addrs: Vec<SocketAddr> = match literal {
+        Some(ip) => vec![SocketAddr::new(ip, port)],
+        None => {
+            // The cap first (the store checks it again as it writes): a registration
+            // refused by it costs no name lookup.
+            let owner = operator.to_string();
+            if db(st, move |s| s.list_webhooks(&owner)).await?.len() >= MAX_WEBHOOKS {
+                return Err(ApiError::conflict(format!(
+                    "an operator has at most {MAX_WEBHOOKS} webhooks"
+                )));
+            }
             let place = st
                 .defences
                 .registrations
@@ -211,7 +211,7 @@ async fn check_destination(st: &ApiState, operator: &str, url: &str) -> Result<(
                     class: why.as_str(),
                 })
                 .inc();
-            if !literal {
+            if literal.is_none() {
                 return Err(unusable());
             }
             return Err(ApiError::invalid(

@@ -652,7 +652,10 @@ impl Cluster {
             peers.remove(m.name());
             (seq, peers, m.hears(now))
         };
-        let peers: BTreeSet<String> = peers.into_iter().chain(self.0.net.peers()).collect();
+        // The sessions up, looked at once a tick: the heartbeats' peers and the
+        // reconnects (`reconcile_after_reconnects`) both read them.
+        let sessions = self.0.net.sessions();
+        let peers: BTreeSet<String> = peers.into_iter().chain(sessions.keys().cloned()).collect();
         for peer in peers {
             let hears = hears.iter().filter(|h| h.node != peer).cloned().collect();
             let mut msgs = vec![Msg::Heartbeat { seq, hears }];
@@ -669,7 +672,7 @@ impl Cluster {
         self.publish_lease();
         self.update_gauges();
         self.reset_cut_sessions(now);
-        self.reconcile_after_reconnects();
+        self.reconcile_after_reconnects(sessions);
     }
 
     /// Line frames sent while a session was down are lost (a release, a grant): when a
@@ -678,8 +681,7 @@ impl Cluster {
     /// holder's report ([`LineService::reconcile`]). Not while one member is still
     /// unreachable: a rebuild would wait for its report, and grant nothing meanwhile;
     /// its own session's return is the occasion.
-    fn reconcile_after_reconnects(&self) {
-        let now = self.0.net.sessions();
+    fn reconcile_after_reconnects(&self, now: std::collections::BTreeMap<String, String>) {
         let back: Vec<String> = {
             let mut last = self.0.sessions.lock().unwrap_or_else(|p| p.into_inner());
             let back = now
@@ -687,7 +689,8 @@ impl Cluster {
                 .filter(|(name, id)| last.get(*name) != Some(*id))
                 .map(|(name, _)| name.clone())
                 .collect();
-            *last = now.clone();
+            // A few members' names: kept for the next tick.
+            last.clone_from(&now);
             back
         };
         if back.is_empty() {

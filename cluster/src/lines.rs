@@ -817,14 +817,9 @@ impl LineService {
         // Held by calls of members that left (our old table's, or handed over by the
         // key's previous owner): reserved, a reservation already running kept as it is.
         let departed: BTreeSet<(String, String)> = self
-            .tables
-            .iter()
-            .flat_map(|(key, t)| {
-                t.held
-                    .iter()
-                    .filter(|(_, node)| !self.members.contains(node))
-                    .map(move |(call, _)| (key.clone(), call.clone()))
-            })
+            .departed_holdings()
+            .into_iter()
+            .map(|h| (h.key, h.call))
             .collect();
         self.reserved.retain(|id, _| departed.contains(id));
         for id in departed {

@@ -503,19 +503,7 @@ impl Net {
 
     /// The peers a session is up with (by name).
     pub fn peers(&self) -> Vec<String> {
-        let prefix = format!("{ALL}/");
-        let mut out: Vec<String> = ractor::pg::which_groups()
-            .into_iter()
-            .filter_map(|g| g.strip_prefix(&prefix).map(str::to_string))
-            .filter(|n| *n != self.name)
-            .filter(|n| {
-                ractor::pg::get_members(&group_of(n))
-                    .iter()
-                    .any(|c| !c.get_id().is_local())
-            })
-            .collect();
-        out.sort();
-        out
+        self.sessions().into_keys().collect()
     }
 }
 

@@ -16,7 +16,7 @@ pub use env::{apply_env_overrides, Overrides};
 pub use model::*;
 pub use net::{Cidr, Listener, PortRange, Transport};
 pub use validate::{
-    http_url_error, is_node_name, ConfigError, MIN_ADMIN_TOKEN, MIN_CLUSTER_SECRET,
+    admin_token_error, cluster_secret_error, http_url_error, is_node_name, ConfigError,
 };
 
 use std::path::Path;

@@ -39,9 +39,23 @@ impl fmt::Display for ConfigError {
 }
 
 /// The fewest characters of the admin token (`api.admin_token`, or the file's).
-pub const MIN_ADMIN_TOKEN: usize = 8;
+const MIN_ADMIN_TOKEN: usize = 8;
 /// The fewest characters of the cluster's secret (`cluster.secret`, or the file's).
-pub const MIN_CLUSTER_SECRET: usize = 16;
+const MIN_CLUSTER_SECRET: usize = 16;
+
+/// Why an admin token cannot be used, if it cannot (configured, or read from
+/// `api.admin_token_file`: one rule for both). Its value is never echoed.
+pub fn admin_token_error(token: &str) -> Option<String> {
+    (token.trim().chars().count() < MIN_ADMIN_TOKEN)
+        .then(|| format!("must be at least {MIN_ADMIN_TOKEN} characters"))
+}
+
+/// Why a cluster secret cannot be used, if it cannot (configured, or read from
+/// `cluster.secret_file`).
+pub fn cluster_secret_error(secret: &str) -> Option<String> {
+    (secret.trim().chars().count() < MIN_CLUSTER_SECRET)
+        .then(|| format!("must be at least {MIN_CLUSTER_SECRET} characters"))
+}
 
 /// A node's name (`node.id`): 1 to 64 letters, digits, `.`, `_` or `-`. The cluster
 /// holds peers to it too: names from peers are logged and kept in every member's
@@ -166,10 +180,11 @@ impl Config {
                 "api.admin_token".into(),
                 "set admin_token or admin_token_file, not both".into(),
             ),
-            (Some(t), None) if t.trim().len() < MIN_ADMIN_TOKEN => err(
-                "api.admin_token".into(),
-                "must be at least 8 characters".into(),
-            ),
+            (Some(t), None) => {
+                if let Some(e) = admin_token_error(t) {
+                    err("api.admin_token".into(), e);
+                }
+            }
             _ => {}
         }
 
@@ -211,10 +226,11 @@ impl Config {
                     "cluster.secret_file".into(),
                     "give secret or secret_file, not both".into(),
                 ),
-                (Some(s), None) if s.chars().count() < MIN_CLUSTER_SECRET => err(
-                    "cluster.secret".into(),
-                    "must be at least 16 characters".into(),
-                ),
+                (Some(s), None) => {
+                    if let Some(e) = cluster_secret_error(s) {
+                        err("cluster.secret".into(), e);
+                    }
+                }
                 _ => {}
             }
             if self.node.id.contains('/') || self.node.id.trim().is_empty() {

@@ -15,7 +15,8 @@ use std::ops::RangeInclusive;
 
 /// Why `dst` is refused as a media destination of a relay whose sockets are bound to
 /// `local` with ports in `own_ports`, on a host whose interfaces also have the
-/// addresses `host`; None if audio may go there. `trusted`: `dst` is a trunk's
+/// addresses `host` (canonical: see [`std::net::IpAddr::to_canonical`]); None if audio
+/// may go there. `trusted`: `dst` is a trunk's
 /// address (a carrier's media anchor may share the node's host).
 pub fn refused(
     dst: SocketAddr,
@@ -45,11 +46,7 @@ pub fn refused(
         // (Not on loopback: there the parties of a test or a lab are local sockets
         // whose ephemeral ports may fall in the range.)
         Some("own_port")
-    } else if (ip == local || host.iter().any(|h| h.to_canonical() == ip))
-        && !local.is_loopback()
-        && !ip.is_loopback()
-        && !trusted
-    {
+    } else if (ip == local || host.contains(&ip)) && !local.is_loopback() && !trusted {
         // The node's host, outside its RTP ports: its SIP listener, a metrics agent,
         // any UDP service bound to every address. A party is never on the node's
         // host; a trunk's media anchor may be.

@@ -376,18 +376,21 @@ impl PortPool {
         self.unverified_packets.store(packets, Ordering::Relaxed);
     }
 
+    /// The addresses of the host's interfaces besides the media address: refused as
+    /// media destinations as the media address is outside a trunk's (a party's SDP
+    /// naming the host's private address at the port of a service bound to every
+    /// address reached it: a review). Kept in canonical form (an IPv4 address written
+    /// as IPv6 is the IPv4 one). The first set stays.
+    pub fn set_host_addresses(&self, host: Vec<IpAddr>) {
+        let _ = self
+            .host
+            .set(host.into_iter().map(|ip| ip.to_canonical()).collect());
+    }
+
     /// Media addresses for which `trunks` says yes are a trunk's (a carrier's media
     /// anchor, not a party who could be anyone): audio goes there before a packet
     /// came from it without the `media.unverified_audio_seconds` bound. The first
     /// set stays; unset, no address is.
-    /// The addresses of the host's interfaces besides the media address: refused as
-    /// media destinations as the media address is outside a trunk's (a party's SDP
-    /// naming the host's private address at the port of a service bound to every
-    /// address reached it: a review). The first set stays.
-    pub fn set_host_addresses(&self, host: Vec<IpAddr>) {
-        let _ = self.host.set(host);
-    }
-
     pub fn set_trunk_addresses(&self, trunks: TrunkAddresses) {
         let _ = self.trunks.set(trunks);
     }

@@ -225,11 +225,7 @@ impl Prompts {
             .unwrap_or_else(|p| p.into_inner())
             .remove(&(operator.to_string(), name.to_string()))
             .is_some();
-        if let (true, Some(dir), true) = (removed, &self.dir, valid_name(name)) {
-            let path = dir
-                .join("operators")
-                .join(operator)
-                .join(format!("{name}.wav"));
+        if let (true, Some(path)) = (removed, self.own_path(operator, name)) {
             match std::fs::remove_file(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -262,25 +258,34 @@ impl Prompts {
             .insert((operator.to_string(), name.to_string()), Arc::new(prompt));
     }
 
-    /// Every operator's own prompt held now, as (operator, name, the bytes of its file
-    /// on this node's disk); those whose file cannot be read are left out.
-    pub fn own_files(&self) -> Vec<(String, String, Vec<u8>)> {
-        let Some(dir) = &self.dir else {
-            return Vec::new();
-        };
+    /// The file of an operator's own prompt on this node's disk, if the library has a
+    /// directory and the names can be file names.
+    fn own_path(&self, operator: &str, name: &str) -> Option<std::path::PathBuf> {
+        let dir = self.dir.as_ref()?;
+        (valid_name(name) && valid_name(operator)).then(|| {
+            dir.join("operators")
+                .join(operator)
+                .join(format!("{name}.wav"))
+        })
+    }
+
+    /// The operators' own prompts held now that `wanted` asks for, as (operator, name,
+    /// the bytes of its file on this node's disk); those whose file cannot be read are
+    /// left out.
+    pub fn own_files(&self, wanted: impl Fn(&str, &str) -> bool) -> Vec<(String, String, Vec<u8>)> {
         let names: Vec<(String, String)> = self
             .own
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .keys()
+            .filter(|(op, name)| wanted(op, name))
             .cloned()
             .collect();
         names
             .into_iter()
-            .filter(|(op, name)| valid_name(name) && valid_name(op))
             .filter_map(|(op, name)| {
-                let path = dir.join("operators").join(&op).join(format!("{name}.wav"));
-                std::fs::read(path).ok().map(|wav| (op, name, wav))
+                let wav = std::fs::read(self.own_path(&op, &name)?).ok()?;
+                Some((op, name, wav))
             })
             .collect()
     }
@@ -299,13 +304,6 @@ impl Prompts {
             .map(|(op, name, p)| ((op, name), Arc::new(p)))
             .collect();
         *self.own.write().unwrap_or_else(|p| p.into_inner()) = fresh;
-    }
-
-    pub fn remove_own(&self, operator: &str, name: &str) {
-        self.own
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&(operator.to_string(), name.to_string()));
     }
 
     /// Whether `name` is one of the prompts every operator has (what an operator's own
@@ -452,7 +450,7 @@ mod tests {
             "others keep the shared one"
         );
         assert_eq!(lib.names("op1"), vec![("queue".to_string(), true, 0.06)]);
-        lib.remove_own("op1", "queue");
+        assert!(lib.delete_own("op1", "queue").unwrap());
         assert_eq!(lib.get("op1", "queue").unwrap().frames(), 1);
         assert!(lib.get("op1", "closed").is_none());
         std::fs::write(dir.path().join("bad.wav"), "RIFF").unwrap();

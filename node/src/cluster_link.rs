@@ -264,7 +264,7 @@ pub fn adopt_leftovers(
     let (ctx, supervisor) = (ctx.clone(), supervisor.clone());
     tokio::spawn(async move {
         let (s, me) = (ctx.store.clone(), ctx.node_id.clone());
-        let Some(left) = until_read("the calls a previous run left", move || {
+        let Some(left) = until_done("the calls a previous run left", move || {
             s.active_calls_of(&me)
         })
         .await
@@ -296,34 +296,35 @@ pub fn adopt_leftovers(
     });
 }
 
-/// How long a takeover keeps asking a store that fails: a failed read delays it, never
+/// How long a takeover keeps asking a store that fails: a failed call delays it, never
 /// cancels it. One failed read (a ScyllaDB timeout in the trouble that silenced the
 /// dead member) ended the job: its answered calls were never claimed, its others never
 /// logged, and their rows stayed active (a review).
 const STORE_PATIENCE: Duration = Duration::from_secs(600);
 
-/// `read` on the blocking pool until it succeeds (0.5 s doubling to 5 s between tries),
+/// `call` (a read, or marking a member down) on the blocking pool until it succeeds
+/// (0.5 s doubling to 5 s between tries),
 /// at most [`STORE_PATIENCE`]; None, logged as an error naming `what`, after that.
-async fn until_read<T: Send + 'static>(
+async fn until_done<T: Send + 'static>(
     what: &'static str,
-    read: impl Fn() -> tsunagu_store::Result<T> + Send + Sync + 'static,
+    call: impl Fn() -> tsunagu_store::Result<T> + Send + Sync + 'static,
 ) -> Option<T> {
-    let read = Arc::new(read);
+    let call = Arc::new(call);
     let deadline = tokio::time::Instant::now() + STORE_PATIENCE;
     let mut pause = Duration::from_millis(500);
     loop {
-        let attempt = read.clone();
+        let attempt = call.clone();
         match tokio::task::spawn_blocking(move || attempt()).await {
             Ok(Ok(v)) => return Some(v),
             Ok(Err(e)) if tokio::time::Instant::now() + pause < deadline => {
-                tracing::warn!(%e, what, "store read failed; trying again");
+                tracing::warn!(%e, what, "store call failed; trying again");
             }
             Ok(Err(e)) => {
-                tracing::error!(%e, what, "store read failed for {STORE_PATIENCE:?}; giving up");
+                tracing::error!(%e, what, "store call failed for {STORE_PATIENCE:?}; giving up");
                 return None;
             }
             Err(e) => {
-                tracing::error!(%e, what, "store read task failed");
+                tracing::error!(%e, what, "store call task failed");
                 return None;
             }
         }
@@ -584,7 +585,7 @@ impl TakeOver {
             let (s, name, epoch) = (store.clone(), self.dead.clone(), self.dead_epoch);
             // Marked down before its calls are read: the store then refuses the rows a
             // frozen member that wakes up would still write.
-            let marked = until_read("marking a member down", move || {
+            let marked = until_done("marking a member down", move || {
                 s.mark_node_down(&name, epoch)
             })
             .await;
@@ -603,7 +604,7 @@ impl TakeOver {
     /// answered call still there (the finaliser, after the grace period).
     async fn round(&self, all: bool) {
         let (s, dead) = (self.ctx.store.clone(), self.dead.clone());
-        let found = until_read("the calls of a member declared down", move || {
+        let found = until_done("the calls of a member declared down", move || {
             let calls = s.active_calls_of(&dead)?;
             let last_seen = s
                 .nodes()?
@@ -777,11 +778,10 @@ pub fn secret(config: &Config) -> Result<Option<String>, String> {
             // Held to the rule of `cluster.secret`: an empty file left only mutual TLS,
             // and the internal API's token derived from it was anyone's to compute (a
             // review).
-            if s.chars().count() < tsunagu_config::MIN_CLUSTER_SECRET {
+            if let Some(e) = tsunagu_config::cluster_secret_error(&s) {
                 return Err(format!(
-                    "cluster.secret_file {}: the secret must be at least {} characters",
-                    f.display(),
-                    tsunagu_config::MIN_CLUSTER_SECRET
+                    "cluster.secret_file {}: the secret {e}",
+                    f.display()
                 ));
             }
             Ok(Some(s))
@@ -860,7 +860,7 @@ mod tests {
                 Ok(7)
             }
         };
-        assert_eq!(super::until_read("a test read", read).await, Some(7));
+        assert_eq!(super::until_done("a test read", read).await, Some(7));
         assert_eq!(tries.load(Ordering::Relaxed), 3);
     }
 

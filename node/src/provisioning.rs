@@ -314,10 +314,8 @@ impl Provisioning {
             bytes: u64::MAX,
         };
         let mut moved = 0;
-        for (op, name, wav) in self.0.prompts.own_files() {
-            if stored.contains(&(op.clone(), name.clone())) {
-                continue;
-            }
+        let missing = |op: &str, name: &str| !stored.contains(&(op.to_string(), name.to_string()));
+        for (op, name, wav) in self.0.prompts.own_files(missing) {
             match self.0.store.put_prompt(&op, &name, &wav, quota) {
                 Ok(_) => moved += 1,
                 Err(e) => {

@@ -66,15 +66,15 @@ pub fn admin_token(config: &Config) -> Result<(String, TokenSource), NodeError> 
         let t = t.trim().to_string();
         // The file's token is held to the rule of the configured one: a one-character
         // file was taken (a review).
-        if t.chars().count() >= tsunagu_config::MIN_ADMIN_TOKEN {
-            return Ok((t, TokenSource::File(path)));
-        }
-        if !t.is_empty() {
-            return Err(NodeError::Io(format!(
-                "the admin token in {} must be at least {} characters",
-                path.display(),
-                tsunagu_config::MIN_ADMIN_TOKEN
-            )));
+        match tsunagu_config::admin_token_error(&t) {
+            None => return Ok((t, TokenSource::File(path))),
+            Some(e) if !t.is_empty() => {
+                return Err(NodeError::Io(format!(
+                    "the admin token in {}: {e}",
+                    path.display()
+                )))
+            }
+            Some(_) => {}
         }
     }
     if config.api.admin_token_file.is_some() {
@@ -455,7 +455,10 @@ pub async fn run(
             "calls left in progress by the previous run were logged as failed (node_lost)"
         );
     }
-    let egress = crate::follow_up::egress_policy(&config);
+    // The host's interface addresses, read once at start: follow-ups and media both
+    // refuse them as destinations.
+    let host_addresses = crate::host::addresses();
+    let egress = crate::follow_up::egress_policy(&config, &host_addresses);
     let guards = metrics.follow_ups.guards.clone();
     let deliverer = Deliverer::new(store.clone(), notify, egress.clone(), guards.clone())
         .map_err(NodeError::Io)?;
@@ -489,7 +492,7 @@ pub async fn run(
         metrics.media.clone(),
     );
     ports.set_consent(media.consent);
-    ports.set_host_addresses(crate::host::addresses());
+    ports.set_host_addresses(host_addresses);
     ports.set_unverified_audio_seconds(media.unverified_audio_seconds);
     let routing = Routing::from_config(&config);
     let trunks = routing.clone();

@@ -25,7 +25,7 @@ use tsunagu_config::{Config, Transport};
 /// Where this node's follow-ups may go: public addresses, the networks of
 /// `notify.allowed_networks`, and never the node's own API or SIP stream listeners nor
 /// the other nodes' API and cluster listeners.
-pub fn egress_policy(config: &Config) -> EgressPolicy {
+pub fn egress_policy(config: &Config, host: &[std::net::IpAddr]) -> EgressPolicy {
     let sip = config
         .sip
         .listen
@@ -38,7 +38,7 @@ pub fn egress_policy(config: &Config) -> EgressPolicy {
         .collect();
     EgressPolicy {
         allowed: config.notify.allowed_networks.clone(),
-        own: tsunagu_config::egress::with_host_addresses(&own, &crate::host::addresses()),
+        own: tsunagu_config::egress::with_host_addresses(&own, host),
         // Filled from the cluster's roster once the node joins (cluster_link).
         members: Default::default(),
     }
@@ -54,7 +54,7 @@ mod tests {
     fn a_wildcard_listener_is_refused_at_the_hosts_addresses() {
         let config = tsunagu_config::Config::from_toml("[api]\nlisten = \"0.0.0.0:18080\"\n")
             .expect("config");
-        let policy = super::egress_policy(&config);
+        let policy = super::egress_policy(&config, &crate::host::addresses());
         let v4: Vec<_> = crate::host::addresses()
             .into_iter()
             .filter(|ip| ip.is_ipv4())

@@ -634,25 +634,32 @@ impl Store for ScyllaStore {
                         key.created_at,
                     ),
                 )
-                .await
+                .await?;
+            // A key created while its operator was being deleted would outlive the
+            // delete's listing of its keys: the operator is read again once the key is
+            // written, and the key taken back if it is gone (here, where keys are
+            // written, not at every request's lookup).
+            if self.inner.get_operator(operator_id).await?.is_none() {
+                self.inner.write(q::KEY_DELETE, (key_hash,)).await?;
+                self.inner
+                    .write(q::KEY_INDEX_DELETE, (operator_id, key.id.as_str()))
+                    .await?;
+                return Err(StoreError::InUse(format!(
+                    "operator {operator_id} was deleted meanwhile"
+                )));
+            }
+            Ok(())
         })?;
         Ok(key)
     }
 
     fn operator_for_key(&self, key_hash: &str) -> Result<Option<String>> {
-        // A key whose operator is gone opens nothing (a key created while its
-        // operator was being deleted outlives the delete's listing of its keys).
-        self.wait(async {
-            let Some(op) = self
-                .inner
-                .first::<(Option<String>,)>(q::KEY_OPERATOR, (key_hash,))
-                .await?
-                .and_then(|(op,)| op)
-            else {
-                return Ok(None);
-            };
-            Ok(self.inner.get_operator(&op).await?.map(|_| op))
-        })
+        Ok(self
+            .wait(
+                self.inner
+                    .first::<(Option<String>,)>(q::KEY_OPERATOR, (key_hash,)),
+            )?
+            .and_then(|(op,)| op))
     }
 
     fn list_api_keys(&self, operator_id: &str) -> Result<Vec<ApiKey>> {
