@@ -27,6 +27,7 @@
 //! store's outbox, in the transaction that stores the record.
 
 use crate::clock::now_ms;
+use crate::decide::ivr::chose_by_key;
 use crate::decide::validity::{judge, Facts};
 use crate::follow_up::hooks::WebhookCache;
 use crate::follow_up::notice_rate::NoticeRate;
@@ -717,7 +718,7 @@ fn complete_records(
             talk_seconds: r.talk_seconds,
             caller_known: caller_known(r),
             earlier_call_in_window: earlier,
-            ivr_digit: r.ivr_digits.as_deref().is_some_and(|d| !d.is_empty()),
+            ivr_digit: chose_by_key(e.number.ivr.as_ref(), r.ivr_digits.as_deref().unwrap_or("")),
             judgement_digit: r.judgement_digit.is_some(),
         };
         let mut record = r.clone();
@@ -1057,6 +1058,49 @@ mod tests {
             "two calls of the first hour and one of the next: two e-mails and an SMS each"
         );
         assert_eq!(d.w.follow_up_metrics.notices_withheld.get(), 1);
+    }
+
+    /// A rule asking for an IVR key asks for a key the menu routes: an invalid key
+    /// alone is no choice, one before a valid key does not matter.
+    #[test]
+    fn an_invalid_ivr_key_is_no_choice() {
+        let mut d = Dup::new();
+        let mut number = (*d.number).clone();
+        number.validity.duplicate_window_seconds = 0;
+        number.validity.require_ivr_digit = true;
+        number.ivr = Some(tsunagu_store::Ivr {
+            prompt: "ivr_menu".into(),
+            routes: BTreeMap::from([("1".into(), number.destinations.clone())]),
+            timeout_seconds: 5,
+            attempts: 2,
+            invalid_prompt: None,
+            default_key: Some("1".into()),
+        });
+        d.number = Arc::new(number);
+        let mut entries = Vec::new();
+        for (id, digits) in [
+            ("routed", "1"),
+            ("second_try", "71"),
+            ("invalid", "7"),
+            ("silent", ""),
+        ] {
+            let mut e = d.call(id, 1_000_000, 30);
+            e.record.ivr_digits = Some(digits.to_string()).filter(|d| !d.is_empty());
+            entries.push(e);
+        }
+        d.write(entries, &mut InProgress::default());
+        use Validity::*;
+        let want = [
+            ("invalid", InvalidNoDigit),
+            ("routed", Valid),
+            ("second_try", Valid),
+            ("silent", InvalidNoDigit),
+        ];
+        let want: BTreeMap<String, Validity> = want
+            .into_iter()
+            .map(|(id, v)| (id.to_string(), v))
+            .collect();
+        assert_eq!(d.validity(), want);
     }
 
     #[test]

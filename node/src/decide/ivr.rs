@@ -42,6 +42,23 @@ pub fn on_silence(ivr: &Ivr, played: u32) -> IvrStep {
     }
 }
 
+/// Whether the caller chose a route with a key: the last key of `digits` (the keys
+/// logged in `ivr_digits`) is one the menu routes. A routed key ends the menu, so it
+/// is always the last one; invalid keys before it are logged too (`71`) and an
+/// invalid key alone is not a choice (validity's `require_ivr_digit` asks for a
+/// choice: a caller who pressed 7 on a menu of 1 and 2 and was released, or sent
+/// on by the default key, did not answer the menu). Without the menu (deleted
+/// since) any key counts, as the log cannot tell.
+pub fn chose_by_key(menu: Option<&Ivr>, digits: &str) -> bool {
+    let Some(last) = digits.chars().last() else {
+        return false;
+    };
+    menu.is_none_or(|m| {
+        let mut buf = [0u8; 4];
+        m.routes.contains_key(&*last.encode_utf8(&mut buf))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,6 +113,24 @@ mod tests {
         ];
         for (ivr, played, want) in silences {
             assert_eq!(on_silence(ivr, *played), *want, "after {played}");
+        }
+    }
+
+    #[test]
+    fn a_choice_is_a_routed_last_key() {
+        let plain = menu(None);
+        let cases: &[(Option<&Ivr>, &str, bool)] = &[
+            (Some(&plain), "", false),
+            (Some(&plain), "1", true),
+            (Some(&plain), "71", true),
+            (Some(&plain), "7", false),
+            (Some(&plain), "77", false),
+            (Some(&plain), "#", true),
+            (None, "7", true),
+            (None, "", false),
+        ];
+        for (ivr, digits, want) in cases {
+            assert_eq!(chose_by_key(*ivr, digits), *want, "{digits:?}");
         }
     }
 }

@@ -18,7 +18,7 @@ pub struct Facts {
     pub caller_known: bool,
     /// An earlier call from this caller to this advertiser started within the window.
     pub earlier_call_in_window: bool,
-    /// The caller pressed an IVR key.
+    /// The caller chose a route of the IVR menu with a key (`decide::ivr::chose_by_key`).
     pub ivr_digit: bool,
     /// The callee pressed a judgement key.
     pub judgement_digit: bool,
