@@ -111,6 +111,7 @@ pub struct CallMetrics {
     pub foreign_requests: Counter,
     pub takeovers: Family<OutcomeLabel, Counter>,
     pub takeover_seconds: Histogram,
+    pub takeover_glare: Counter,
     pub mailbox_messages: Gauge,
     pub mailbox_dropped: Counter,
     pub withheld: Family<PathLabel, Counter>,
@@ -186,8 +187,9 @@ impl Default for CallMetrics {
             foreign_requests: Counter::default(),
             takeovers: Family::default(),
             takeover_seconds: Histogram::new([
-                0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
+                0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 40.0,
             ]),
+            takeover_glare: Counter::default(),
             mailbox_messages: Gauge::default(),
             mailbox_dropped: Counter::default(),
             withheld: Family::default(),
@@ -385,6 +387,11 @@ impl Metrics {
             "takeover_seconds",
             "From claiming a call to both parties answering this node's re-INVITE",
             c.takeover_seconds.clone(),
+        );
+        r.register(
+            "takeover_glare_retries",
+            "Takeover re-INVITEs a party refused 491 Request Pending (a re-INVITE of its own pending, as one sent to the dead node is for up to 32 s), sent again after RFC 3261's random wait",
+            c.takeover_glare.clone(),
         );
         r.register(
             "provisioning_change",

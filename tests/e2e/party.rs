@@ -48,6 +48,8 @@ struct Leg {
     heard: std::sync::atomic::AtomicBool,
     /// When the call was answered and when it ended, on this side.
     times: Mutex<(Option<Instant>, Option<Instant>)>,
+    /// Re-INVITEs this leg refused 491 (see [`Party::refuse_re_invites`]).
+    refused: AtomicU32,
 }
 
 impl Leg {
@@ -93,6 +95,8 @@ struct Inner {
     legs: Mutex<HashMap<String, Arc<Leg>>>,
     pairs: Mutex<HashMap<String, Pair>>,
     next: AtomicU32,
+    /// How many re-INVITEs each leg refuses 491 before it accepts one.
+    refuse_491: AtomicU32,
 }
 
 /// The party: its own runtime, the caller socket and the callee socket.
@@ -138,6 +142,7 @@ impl Party {
                 legs: Mutex::new(HashMap::new()),
                 pairs: Mutex::new(HashMap::new()),
                 next: AtomicU32::new(1),
+                refuse_491: AtomicU32::new(0),
             })
         });
         for callee in [false, true] {
@@ -153,6 +158,12 @@ impl Party {
         let (number, caller) = (number.to_string(), caller.to_string());
         self.rt
             .spawn(async move { inner.invite(node, &number, &caller).await });
+    }
+
+    /// From now on every leg answers its first `n` re-INVITEs 491 Request Pending, as
+    /// a party does while a re-INVITE of its own is pending (RFC 3261 14.2).
+    pub fn refuse_re_invites(&self, n: u32) {
+        self.inner.refuse_491.store(n, Ordering::Relaxed);
     }
 
     /// Calls whose both sides are up and have received RTP.
@@ -509,6 +520,7 @@ impl Inner {
             state: Mutex::new(LegState::Calling),
             heard: std::sync::atomic::AtomicBool::new(false),
             times: Mutex::new((None, None)),
+            refused: AtomicU32::new(0),
         });
         self.legs
             .lock()
@@ -707,6 +719,14 @@ impl Inner {
                         let _ = self.socket(callee).send_to(text.as_bytes(), from).await;
                         return;
                     }
+                }
+                if leg.refused.load(Ordering::Relaxed) < self.refuse_491.load(Ordering::Relaxed) {
+                    leg.refused.fetch_add(1, Ordering::Relaxed);
+                    let text = self
+                        .reply(callee, &req, from, 491, "Request Pending", "", "")
+                        .await;
+                    *leg.answered.lock().unwrap() = Some((cseq, text));
+                    return;
                 }
                 if let Some(target) = req.contact() {
                     *leg.target.lock().unwrap() = target;

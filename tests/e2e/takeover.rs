@@ -250,6 +250,58 @@ fn a_killed_node_s_answered_calls_keep_talking_through_the_survivors() {
     assert_eq!(resumed as usize, victims.len());
 }
 
+/// A party whose own re-INVITE is pending (one it sent the dead node stays so for up
+/// to 32 s) answers the takeover re-INVITE 491 Request Pending: the node asks again
+/// after RFC 3261's wait instead of hanging the call up, and the call goes on.
+#[test]
+fn a_party_refusing_the_takeover_re_invite_491_is_asked_again() {
+    const CALLS: usize = 6;
+    let mut rig = Rig::new("");
+    rig.place(CALLS);
+    let victims = rig.carried_by("n2");
+    assert_eq!(victims.len(), CALLS / 3);
+    rig.party.refuse_re_invites(1);
+    let death = Instant::now();
+    rig.c.members.get_mut("n2").unwrap().node.kill();
+    // The callee's leg is asked again after 2.1 to 4 s, the caller's within 2 s.
+    rig.wait_heard(&victims, death, Duration::from_secs(20));
+    let heard: HashSet<String> = rig.party.heard_since(death).into_iter().collect();
+    let logs = || {
+        ["n1", "n3"]
+            .iter()
+            .map(|n| format!("--- {n}\n{}", rig.c.node(n).log()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert!(
+        victims.is_subset(&heard),
+        "calls of n2 not heard again: {:?}\n{:?}\n{}",
+        victims.difference(&heard).collect::<Vec<_>>(),
+        rig.party.states(),
+        logs()
+    );
+    let metric = |name: &str| -> usize {
+        ["n1", "n3"]
+            .iter()
+            .map(|n| rig.c.node(n).metric(name) as usize)
+            .sum()
+    };
+    assert_eq!(
+        metric("tsunagu_takeover_glare_retries_total"),
+        2 * victims.len(),
+        "each party of each call refused once"
+    );
+    assert_eq!(
+        metric("tsunagu_calls_taken_over_total{outcome=\"resumed\"}"),
+        victims.len()
+    );
+    assert_eq!(
+        metric("tsunagu_calls_taken_over_total{outcome=\"failed\"}"),
+        0
+    );
+    rig.hang_up_and_check_records(CALLS, "n1");
+}
+
 fn signal(node: &Node, sig: &str) {
     let ok = std::process::Command::new("kill")
         .args([sig, &node.pid().to_string()])

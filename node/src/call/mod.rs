@@ -95,6 +95,8 @@ pub enum CallMsg {
     Vanish,
     /// A call claimed from another node: set up media and re-INVITE the parties.
     Resume,
+    /// Send again the takeover re-INVITE this party refused 491.
+    TakeoverRetry(Side),
     /// Time to see whether the answered call's media is alive (`media.timeout_seconds`).
     MediaCheck,
     /// Test hook: makes the actor panic, to exercise supervision.
@@ -642,6 +644,7 @@ impl Call {
             CallMsg::MediaCheck => call.media_check(),
             CallMsg::Vanish => call.vanish(),
             CallMsg::Resume => call.resume_media(),
+            CallMsg::TakeoverRetry(side) => call.retry_takeover(side),
             #[cfg(test)]
             CallMsg::Crash => panic!("test-induced call actor panic"),
         }

@@ -37,11 +37,41 @@ pub struct ResumeArgs {
 
 /// Resuming: our re-INVITEs waiting for the parties' answers.
 pub(super) struct Resuming {
-    /// The CSeq of our re-INVITE on each leg (caller, callee); None once answered.
-    pending: [Option<u32>; 2],
+    /// Our re-INVITE on each leg (caller, callee).
+    pending: [Reinvite; 2],
     started: Instant,
     /// What the call came with, until the media is set up.
     answered: Option<Box<Answered>>,
+}
+
+/// Where the takeover re-INVITE of one leg stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reinvite {
+    /// Sent with this CSeq, not answered yet.
+    Sent(u32),
+    /// Refused 491 (the party has a re-INVITE of its own pending): sent again when
+    /// [`CallMsg::TakeoverRetry`] fires.
+    Refused,
+    /// Answered (or no longer waited for).
+    Done,
+}
+
+/// How long a party's 491 Request Pending is waited out before the takeover fails.
+/// A party refuses our re-INVITE while one of its own is pending (RFC 3261 14.2), and
+/// one it sent the dead node stays pending until its Timer B (64*T1, 32 s): so a bit
+/// longer than that.
+const GLARE_SPAN: Duration = Duration::from_secs(40);
+
+/// When to send a re-INVITE refused 491 again (RFC 3261 14.1): 2.1 to 4 s if the node
+/// made the dialog's Call-ID (the callee's leg), else 0 to 2 s, in 10 ms steps; `r` is
+/// a random number.
+fn glare_delay(own_call_id: bool, r: u32) -> Duration {
+    let ms = if own_call_id {
+        2_100 + (r % 191) * 10
+    } else {
+        (r % 201) * 10
+    };
+    Duration::from_millis(u64::from(ms))
 }
 
 fn index(side: Side) -> usize {
@@ -247,7 +277,7 @@ impl Call {
             .map(|l| call.ctx.lines.adopt(&l.key, &call.id, l.limit))
             .collect();
         call.resuming = Some(Box::new(Resuming {
-            pending: [None, None],
+            pending: [Reinvite::Done; 2],
             started: now,
             answered: Some(answered),
         }));
@@ -302,7 +332,7 @@ impl Call {
             .reoffer(&ep, Method::Invite, Some(a_offer), Vec::new())
             .cseq;
         if let Some(r) = self.resuming.as_mut() {
-            r.pending = [Some(a_cseq), Some(b_cseq)];
+            r.pending = [Reinvite::Sent(a_cseq), Reinvite::Sent(b_cseq)];
         }
         if let Some(rec) = &answered.recording {
             self.restart_recording(&rec.mode);
@@ -343,7 +373,7 @@ impl Call {
             return None;
         }
         let side = self.side_of(&info.call_id)?;
-        (r.pending[index(side)] == Some(info.cseq)).then_some(side)
+        (r.pending[index(side)] == Reinvite::Sent(info.cseq)).then_some(side)
     }
 
     /// A party answered our takeover re-INVITE.
@@ -352,13 +382,27 @@ impl Call {
         if code < 200 {
             return;
         }
-        let Some(cseq) = self
-            .resuming
-            .as_mut()
-            .and_then(|r| r.pending[index(side)].take())
+        let Some(r) = self.resuming.as_mut() else {
+            return;
+        };
+        let Reinvite::Sent(cseq) = std::mem::replace(&mut r.pending[index(side)], Reinvite::Done)
         else {
             return;
         };
+        if code == 491 && self.phase == Phase::Answered {
+            let delay = glare_delay(side == Side::B, rand::random());
+            if r.started.elapsed() + delay < GLARE_SPAN {
+                r.pending[index(side)] = Reinvite::Refused;
+                self.ctx.metrics.calls.takeover_glare.inc();
+                tracing::info!(
+                    ?side,
+                    ?delay,
+                    "takeover re-INVITE refused 491: sent again later"
+                );
+                self.after(delay, CallMsg::TakeoverRetry(side));
+                return;
+            }
+        }
         if (200..300).contains(&code) {
             self.ack_2xx(side, cseq);
         }
@@ -377,7 +421,7 @@ impl Call {
         let done = self
             .resuming
             .as_ref()
-            .is_some_and(|r| r.pending.iter().all(Option::is_none));
+            .is_some_and(|r| r.pending.iter().all(|p| *p == Reinvite::Done));
         if done {
             if let Some(r) = self.resuming.take() {
                 let seconds = r.started.elapsed().as_secs_f64();
@@ -392,12 +436,32 @@ impl Call {
         }
     }
 
+    /// Sends the re-INVITE a party refused 491 again (the same offer, the next CSeq).
+    pub(super) fn retry_takeover(&mut self, side: Side) {
+        let refused = self
+            .resuming
+            .as_ref()
+            .is_some_and(|r| r.pending[index(side)] == Reinvite::Refused);
+        if !refused || self.phase != Phase::Answered {
+            return;
+        }
+        let ep = self.ctx.endpoint.clone();
+        let Some(leg) = self.leg(side) else {
+            return self.takeover_failed("no callee dialog");
+        };
+        let offer = leg.last_sdp().clone();
+        let cseq = leg.reoffer(&ep, Method::Invite, offer, Vec::new()).cseq;
+        if let Some(r) = self.resuming.as_mut() {
+            r.pending[index(side)] = Reinvite::Sent(cseq);
+        }
+    }
+
     /// A takeover re-INVITE got no answer in time.
     pub(super) fn on_takeover_timeout(&mut self) -> bool {
         if self
             .resuming
             .as_ref()
-            .is_some_and(|r| r.pending.iter().any(Option::is_some))
+            .is_some_and(|r| r.pending.iter().any(|p| matches!(p, Reinvite::Sent(_))))
         {
             self.takeover_failed("a party did not answer the re-INVITE");
             return true;
@@ -410,7 +474,7 @@ impl Call {
         if self
             .resuming
             .as_ref()
-            .is_none_or(|r| r.pending.iter().all(Option::is_none))
+            .is_none_or(|r| r.pending.iter().all(|p| !matches!(p, Reinvite::Sent(_))))
         {
             self.resuming = None;
         }
@@ -469,6 +533,33 @@ pub fn cancel_of(r: &Ringing) -> RequestSpec {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn glare_waits_follow_rfc_3261() {
+        // (the node made the Call-ID, random number) -> wait in ms
+        let cases: &[(bool, u32, u64)] = &[
+            (false, 0, 0),
+            (false, 200, 2_000),
+            (false, 201, 0),
+            (false, u32::MAX, (u32::MAX % 201) as u64 * 10),
+            (true, 0, 2_100),
+            (true, 190, 4_000),
+            (true, 191, 2_100),
+            (true, u32::MAX, 2_100 + (u32::MAX % 191) as u64 * 10),
+        ];
+        for (own, r, ms) in cases {
+            assert_eq!(
+                super::glare_delay(*own, *r),
+                Duration::from_millis(*ms),
+                "{own} {r}"
+            );
+        }
+        for r in [0, 1, 7, 1_000, u32::MAX] {
+            assert!(super::glare_delay(false, r) <= Duration::from_secs(2));
+            let own = super::glare_delay(true, r);
+            assert!(own >= Duration::from_millis(2_100) && own <= Duration::from_secs(4));
+        }
+    }
+
     use std::time::Duration;
 
     /// A call resumed two minutes after it started is two minutes old here (the
