@@ -63,8 +63,9 @@ pub trait NodeHooks: Send + Sync + 'static {
     fn webhooks_changed(&self, operator_id: &str);
     /// An operator's own prompt was uploaded or deleted (already in the store).
     fn prompt_changed(&self, _operator_id: &str, _name: &str) {}
-    /// Whether the node accepts new calls (false while draining).
-    fn ready(&self) -> bool;
+    /// Why the node accepts no new calls (draining, the call log not writing, no
+    /// cluster lease), or None when it does. `/readyz` answers 503 with the reason.
+    fn not_ready(&self) -> Option<&'static str>;
     /// The cluster as this node sees it (`GET /v1/cluster`).
     fn cluster(&self) -> serde_json::Value {
         serde_json::json!({ "clustered": false, "members": [] })

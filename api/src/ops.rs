@@ -11,14 +11,18 @@ pub async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// The node accepts new calls: not draining, and the store answers.
-pub async fn readyz(State(st): State<Arc<ApiState>>) -> (StatusCode, &'static str) {
-    if !st.hooks.ready() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "draining\n");
+/// The node accepts new calls: 200 `ready`, else 503 with the reason (the node's
+/// own, else `store unavailable` when the store does not answer).
+pub async fn readyz(State(st): State<Arc<ApiState>>) -> (StatusCode, String) {
+    if let Some(why) = st.hooks.not_ready() {
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n"));
     }
     match db(&st, |s| s.ping()).await {
-        Ok(()) => (StatusCode::OK, "ready\n"),
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "store unavailable\n"),
+        Ok(()) => (StatusCode::OK, "ready\n".into()),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store unavailable\n".into(),
+        ),
     }
 }
 

@@ -39,8 +39,8 @@ impl NodeHooks for Announcements {
     fn prompt_changed(&self, _: &str, _: &str) {
         self.note()
     }
-    fn ready(&self) -> bool {
-        true
+    fn not_ready(&self) -> Option<&'static str> {
+        None
     }
 }
 

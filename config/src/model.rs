@@ -154,8 +154,10 @@ pub struct SipConfig {
     /// one per four shards, always: a second thread woken per datagram, 8–18 % more
     /// CPU per call below capacity) or `runtime` (the runtime alone: near capacity
     /// datagrams wait in the kernel behind the runtime's work and overflow its buffer).
+    /// None: not written (`auto`), told apart from a written `auto` so that the former
+    /// switch beside it is refused whatever it says.
     #[serde(default)]
-    pub udp_receive: UdpReceive,
+    pub udp_receive: Option<UdpReceive>,
     /// The former switch: `true` is `udp_receive = "threads"`, `false` is `"runtime"`.
     /// Accepted for configurations written before `udp_receive`; not with it.
     #[serde(default)]
@@ -191,7 +193,7 @@ impl SipConfig {
         match self.udp_receive_threads {
             Some(true) => UdpReceive::Threads,
             Some(false) => UdpReceive::Runtime,
-            None => self.udp_receive,
+            None => self.udp_receive.unwrap_or_default(),
         }
     }
 }
@@ -247,7 +249,7 @@ impl Default for SipConfig {
             incoming_queue_bytes: default_incoming_queue_bytes(),
             overload_queue_delay_ms: default_overload_queue_delay_ms(),
             shards: 0,
-            udp_receive: UdpReceive::default(),
+            udp_receive: None,
             udp_receive_threads: None,
             tcp_max_connections: default_tcp_max_connections(),
             tcp_max_connections_per_source: default_tcp_max_connections_per_source(),
@@ -709,7 +711,8 @@ pub struct TrunkConfig {
     /// How long an INVITE over `max_cps` may wait for its turn before it is refused 503.
     #[serde(default = "default_shaping_ms")]
     pub shaping_ms: u32,
-    /// Calls (inbound and outbound) open on this trunk at once; 0 = no cap.
+    /// Calls open on this trunk at once, on each node: calls from it and forwarding
+    /// attempts to it (ringing or answered); 0 = no cap.
     #[serde(default)]
     pub max_channels: u32,
     /// Believe P-Asserted-Identity from this trunk, and send it to this trunk (RFC 3325).

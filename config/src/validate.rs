@@ -1,6 +1,6 @@
 //! Semantic checks of a parsed [`Config`]; every problem is reported with its key path.
 
-use crate::model::{Config, StoreBackend, UdpReceive};
+use crate::model::{Config, StoreBackend};
 use crate::net::Transport;
 use std::collections::HashSet;
 use std::fmt;
@@ -337,7 +337,7 @@ impl Config {
             );
         }
         // Each shard is a task and a queue; past one per core they only add queues.
-        if self.sip.udp_receive_threads.is_some() && self.sip.udp_receive != UdpReceive::default() {
+        if self.sip.udp_receive_threads.is_some() && self.sip.udp_receive.is_some() {
             err(
                 "sip.udp_receive_threads".into(),
                 "set sip.udp_receive only (udp_receive_threads is its former name)".into(),
@@ -904,6 +904,11 @@ mod tests {
             (
                 "udp_receive and its former name",
                 "[sip]\nudp_receive = \"runtime\"\nudp_receive_threads = false\n",
+                &["sip.udp_receive_threads"],
+            ),
+            (
+                "udp_receive written as its default and its former name",
+                "[sip]\nudp_receive = \"auto\"\nudp_receive_threads = true\n",
                 &["sip.udp_receive_threads"],
             ),
             (

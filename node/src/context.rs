@@ -71,7 +71,51 @@ impl NodeContext {
 /// frees its slots too.
 pub struct CallSlot {
     ctx: Arc<NodeContext>,
+    _channel: TrunkChannel,
+}
+
+/// One of a trunk's `max_channels`, held while a call uses the trunk: the call that
+/// came from it (inside [`CallSlot`]) or a forwarding attempt sent to it (a carrier's
+/// channels count both directions). Given back when dropped.
+pub struct TrunkChannel {
+    ctx: Arc<NodeContext>,
     trunk: usize,
+}
+
+impl TrunkChannel {
+    /// A channel of `trunk`, only if it holds fewer than its `max_channels` (0: no
+    /// limit), checked and counted in one atomic step.
+    pub fn try_take(ctx: &Arc<NodeContext>, trunk: usize) -> Option<TrunkChannel> {
+        if let Some(c) = ctx.trunk_channels.get(trunk) {
+            let max_channels = ctx.routing.trunks.get(trunk).map_or(0, |t| t.max_channels);
+            if !reserve_below(c, channel_limit(max_channels)) {
+                return None;
+            }
+        }
+        Some(TrunkChannel {
+            ctx: ctx.clone(),
+            trunk,
+        })
+    }
+
+    /// A channel whatever the limit.
+    fn take(ctx: &Arc<NodeContext>, trunk: usize) -> TrunkChannel {
+        if let Some(c) = ctx.trunk_channels.get(trunk) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        TrunkChannel {
+            ctx: ctx.clone(),
+            trunk,
+        }
+    }
+}
+
+impl Drop for TrunkChannel {
+    fn drop(&mut self) {
+        if let Some(c) = self.ctx.trunk_channels.get(self.trunk) {
+            c.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// Why admission got no call slot.
@@ -110,17 +154,14 @@ impl CallSlot {
         if !reserve_below(&ctx.active, ctx.max_calls) {
             return Err(NoSlot::NodeFull);
         }
-        if let Some(c) = ctx.trunk_channels.get(trunk) {
-            let max_channels = ctx.routing.trunks.get(trunk).map_or(0, |t| t.max_channels);
-            if !reserve_below(c, channel_limit(max_channels)) {
-                ctx.active.fetch_sub(1, Ordering::Relaxed);
-                return Err(NoSlot::TrunkChannels);
-            }
-        }
+        let Some(channel) = TrunkChannel::try_take(ctx, trunk) else {
+            ctx.active.fetch_sub(1, Ordering::Relaxed);
+            return Err(NoSlot::TrunkChannels);
+        };
         ctx.metrics.calls.active.inc();
         Ok(CallSlot {
             ctx: ctx.clone(),
-            trunk,
+            _channel: channel,
         })
     }
 
@@ -128,13 +169,10 @@ impl CallSlot {
     /// refused by them: see README "Trade-offs and limits").
     pub fn take(ctx: &Arc<NodeContext>, trunk: usize) -> CallSlot {
         ctx.active.fetch_add(1, Ordering::Relaxed);
-        if let Some(c) = ctx.trunk_channels.get(trunk) {
-            c.fetch_add(1, Ordering::Relaxed);
-        }
         ctx.metrics.calls.active.inc();
         CallSlot {
             ctx: ctx.clone(),
-            trunk,
+            _channel: TrunkChannel::take(ctx, trunk),
         }
     }
 }
@@ -142,9 +180,6 @@ impl CallSlot {
 impl Drop for CallSlot {
     fn drop(&mut self) {
         self.ctx.active.fetch_sub(1, Ordering::Relaxed);
-        if let Some(c) = self.ctx.trunk_channels.get(self.trunk) {
-            c.fetch_sub(1, Ordering::Relaxed);
-        }
         self.ctx.metrics.calls.active.dec();
     }
 }

@@ -96,6 +96,7 @@ pub struct CallMetrics {
     pub attempts_abandoned: Counter,
     pub recordings: Family<StatusLabel, Counter>,
     pub trunk_calls: Family<TrunkDirectionLabel, Counter>,
+    pub trunk_channels_full: Family<TrunkLabel, Counter>,
     pub trunk_responses: Family<TrunkCodeLabel, Counter>,
     pub tls_reloads: Family<StatusLabel, Counter>,
     pub queued: Counter,
@@ -172,6 +173,7 @@ impl Default for CallMetrics {
             attempts_abandoned: Counter::default(),
             recordings: Family::default(),
             trunk_calls: Family::default(),
+            trunk_channels_full: Family::default(),
             trunk_responses: Family::default(),
             tls_reloads: Family::default(),
             queued: Counter::default(),
@@ -205,6 +207,8 @@ impl Default for CallMetrics {
 pub struct TrunkCounters {
     pub inbound: Counter,
     pub outbound: Counter,
+    /// Forwarding attempts not sent: the trunk's `max_channels` were all in use.
+    pub channels_full: Counter,
 }
 
 /// All metric groups of a node.
@@ -279,6 +283,13 @@ impl Metrics {
             .map(|t| TrunkCounters {
                 inbound: counter(t, "inbound"),
                 outbound: counter(t, "outbound"),
+                channels_full: self
+                    .calls
+                    .trunk_channels_full
+                    .get_or_create(&TrunkLabel {
+                        trunk: t.to_string(),
+                    })
+                    .clone(),
             })
             .collect()
     }
@@ -445,6 +456,11 @@ impl Metrics {
             "trunk_calls",
             "Calls per trunk: admitted from it (inbound) and forwarding attempts sent to it (outbound)",
             c.trunk_calls.clone(),
+        );
+        r.register(
+            "trunk_channels_full",
+            "Forwarding attempts not sent to a trunk because its max_channels (calls from it and attempts to it, on this node) were all in use: the next trunk or destination was tried",
+            c.trunk_channels_full.clone(),
         );
         r.register(
             "trunk_responses",

@@ -321,10 +321,16 @@ impl NodeHooks for Hooks {
         self.provisioning
             .changed(kind::PROMPT, format!("{operator_id}/{name}"));
     }
-    fn ready(&self) -> bool {
-        !self.ctx.draining.load(Ordering::Relaxed)
-            && self.ctx.log.ready()
-            && self.ctx.cluster_lease()
+    fn not_ready(&self) -> Option<&'static str> {
+        if self.ctx.draining.load(Ordering::Relaxed) {
+            Some("draining")
+        } else if !self.ctx.log.ready() {
+            Some("call log not ready: its writes fail or it is far behind")
+        } else if !self.ctx.cluster_lease() {
+            Some("no cluster lease")
+        } else {
+            None
+        }
     }
     fn cluster(&self) -> serde_json::Value {
         match self.ctx.cluster.get() {

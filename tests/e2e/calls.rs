@@ -375,7 +375,7 @@ fn sigterm_drains_new_calls_get_503_and_running_calls_finish() {
         .status();
     node.wait_until(Duration::from_secs(10), "readiness to turn false", || {
         node.try_get("/readyz", None)
-            .map(|r| r.status == 503)
+            .map(|r| r.status == 503 && r.body == "draining\n")
             .unwrap_or(false)
     });
     let mut late = ports;
@@ -737,6 +737,35 @@ fn a_trunk_at_its_channel_limit_refuses_more_calls_until_one_ends() {
         &["-d", "100", "-i", "127.0.0.3"],
     );
     assert_eq!((again.successful, again.failed), (2, 0), "{}", again.output);
+}
+
+/// A trunk's channels count the calls sent to it too: with one channel, the second
+/// of two calls routed to it goes to the route's next trunk.
+#[test]
+fn a_trunk_s_channels_count_the_calls_sent_to_it() {
+    let ports = Ports::take();
+    let narrow = format!(
+        "\n[[trunks]]\nname = \"narrow\"\ninbound = [\"127.0.0.3/32\"]\noutbound = \"udp:127.0.0.1:{}\"\nmax_channels = 1\n\n[[routes]]\nprefix = \"03\"\ntrunks = [\"narrow\", \"carrier-a\"]\n",
+        ports.uas
+    );
+    let node = Node::start(ports, "127.0.0.1/32", &narrow);
+    let (key, _) = node.provision("0501234567", DEST, "{}");
+    let _uas = Uas::start("uas_answer.xml", ports, node.dir.path(), &[]);
+    // Two calls 10 ms apart, each held 2 s.
+    let run = uac("uac.xml", ports, "0501234567", 2, 100, &["-d", "2000"]);
+    assert_eq!((run.successful, run.failed), (2, 0), "{}", run.output);
+    let sent = |trunk: &str| {
+        node.metric(&format!(
+            "tsunagu_trunk_calls_total{{trunk=\"{trunk}\",direction=\"outbound\"}}"
+        ))
+    };
+    assert_eq!((sent("narrow"), sent("carrier-a")), (1.0, 1.0));
+    assert_eq!(
+        node.metric("tsunagu_trunk_channels_full_total{trunk=\"narrow\"}"),
+        1.0
+    );
+    let calls = node.wait_for_calls(&key, 2);
+    assert!(calls.iter().all(|c| c["result"] == "answered"), "{calls:?}");
 }
 
 /// A call waiting for its turn (shaped) when the node is told to stop is neither

@@ -183,7 +183,7 @@ fn a_store_that_cannot_be_written_stops_new_calls_and_loses_none() {
     assert_eq!(during.successful, 20, "{}", during.output);
     node.wait_until(Duration::from_secs(20), "not ready", || {
         node.try_get("/readyz", None)
-            .map(|r| r.status == 503)
+            .map(|r| r.status == 503 && r.body.starts_with("call log not ready"))
             .unwrap_or(false)
     });
     assert_eq!(node.metric("tsunagu_call_log_stalled"), 1.0);

@@ -25,7 +25,7 @@ pub use task::{panic_text, CallRef, Exit};
 
 use crate::call_log::LogEntry;
 use crate::clock::now_ms;
-use crate::context::{CallSlot, NodeContext};
+use crate::context::{CallSlot, NodeContext, TrunkChannel};
 use crate::decide::caller::Caller;
 use crate::decide::outcome::{next_step, Failure, Step};
 use crate::decide::redirect::redirect_target;
@@ -382,6 +382,9 @@ pub struct Call {
     /// A call taken over, while the parties answer our re-INVITEs.
     resuming: Option<Box<takeover::Resuming>>,
     _slot: Option<CallSlot>,
+    /// The channel of the trunk the current forwarding attempt went to (see
+    /// [`TrunkChannel`]): held while it rings or talks, given back when it fails.
+    b_channel: Option<TrunkChannel>,
     /// Ports leased at admission, until the relay takes them (dropped, they are free).
     media_ports: Option<(MediaPort, MediaPort)>,
 }
@@ -596,6 +599,7 @@ impl Call {
             recording_offset_ms: 0,
             resuming: None,
             _slot: None,
+            b_channel: None,
             media_ports: None,
         }
     }
@@ -780,6 +784,12 @@ impl Call {
         let Some(target) = self.ctx.routing.trunks[trunk].outbound else {
             return self.after_failure(Failure::Status(503));
         };
+        let Some(channel) = TrunkChannel::try_take(&self.ctx, trunk) else {
+            tracing::info!(trunk = %self.ctx.routing.trunks[trunk].name, "the trunk's channels are all in use: not sent");
+            self.ctx.trunk_counters[trunk].channels_full.inc();
+            return self.after_failure(Failure::Status(503));
+        };
+        self.b_channel = Some(channel);
         let presented = match self.number.caller_id {
             CallerIdMode::Caller if self.caller.withheld => "anonymous".to_string(),
             CallerIdMode::Caller => self.caller.number.clone(),
@@ -938,6 +948,7 @@ impl Call {
 
     fn after_failure(&mut self, failure: Failure) {
         self.attempt_ended(failure.code(), failure.outcome());
+        self.b_channel = None;
         // The failed callee may have sent SDP (early media in a 183): it must neither
         // hear the caller nor reach them while the next destination rings.
         if let Some(relay) = self.relay.as_ref() {
