@@ -1476,9 +1476,26 @@ fn callers_requiring_100rel_get_reliable_provisionals_and_the_answer_after_their
         reliable_183s >= 2,
         "the 183 is retransmitted until the PRACK ({reliable_183s} seen)\n{messages}"
     );
-    let prack_ok = messages.find("CSeq: 2 PRACK").expect("PRACK sent");
-    let invite_ok = messages.rfind("SIP/2.0 200 OK").expect("answered");
-    assert!(prack_ok < invite_ok, "the 200 came after the PRACK");
+    // SIPp's trace: each message after a line of dashes, sent or received.
+    let traced: Vec<&str> = messages
+        .split("-----------------------------------------------")
+        .collect();
+    let at = |what: &str, test: &dyn Fn(&str) -> bool| {
+        traced
+            .iter()
+            .position(|m| test(m))
+            .unwrap_or_else(|| panic!("no {what} in the trace\n{messages}"))
+    };
+    let prack = at("PRACK sent", &|m| {
+        m.contains("sent") && m.contains("PRACK sip:")
+    });
+    let answer = at("200 to the INVITE", &|m| {
+        m.contains("received") && m.contains("SIP/2.0 200") && m.contains("CSeq: 1 INVITE")
+    });
+    assert!(
+        prack < answer,
+        "the INVITE's 200 came after the PRACK\n{messages}"
+    );
     let call = node.wait_for_calls(&key, 1)[0].clone();
     assert_eq!(call["result"], "answered", "{call}");
 }

@@ -221,7 +221,9 @@ fn provisioning_through_one_node_reaches_the_others_and_calls_are_listed_by_all(
         .unwrap()
         .len();
     assert!(
-        wav.headers.contains(&format!("{on_n3}")),
+        wav.headers
+            .to_ascii_lowercase()
+            .contains(&format!("content-length: {on_n3}")),
         "the whole file: {}",
         wav.headers
     );
@@ -814,21 +816,25 @@ fn silent_connections_to_the_cluster_port_are_capped_and_timed_out() {
             "a connection within the cap waits for its handshake"
         );
     }
+    let watched: Vec<_> = held
+        .into_iter()
+        .map(|s| watch_close(s, Duration::from_secs(10)))
+        .collect();
     // The flood costs the cluster nothing: the other nodes join meanwhile.
     c.start(2, GOOD);
     c.start(3, GOOD);
     c.wait_formed();
-    for s in &mut held {
+    for (i, w) in watched.into_iter().enumerate() {
+        let closed = w
+            .join()
+            .unwrap()
+            .unwrap_or_else(|| panic!("silent connection {i} outlived the handshake deadline"));
+        let after = closed - opened;
         assert!(
-            closed_within(s, Duration::from_secs(10)),
-            "a silent connection outlives the handshake deadline"
+            after >= Duration::from_millis(4500) && after < Duration::from_secs(8),
+            "connection {i} closed {after:?} after it opened (the deadline is 5 s)"
         );
     }
-    assert!(
-        opened.elapsed() >= Duration::from_millis(4500),
-        "closed before the handshake deadline: {:?}",
-        opened.elapsed()
-    );
 }
 
 /// Strangers (loopback addresses 127.0.0.20 to .39, not members: the test cluster's

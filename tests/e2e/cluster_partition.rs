@@ -290,6 +290,7 @@ fn a_line_owned_across_a_cut_link_is_waited_for_no_longer_than_the_queue() {
     );
     let cut = cut_n1_n2(&c);
     let ports = c.caller_ports();
+    let called = std::time::Instant::now();
     let run = uac_to(
         &c.members["n1"].sip,
         &expecting_scenario(480, c.shared.path()),
@@ -299,7 +300,21 @@ fn a_line_owned_across_a_cut_link_is_waited_for_no_longer_than_the_queue() {
         1,
         &["-recv_timeout", "8000"],
     );
+    let waited = called.elapsed();
     assert_eq!(run.successful, 1, "no 480 in time:\n{}", run.output);
+    // The queue's 3 s, then the queue-timeout prompt, then the 480 (and SIPp's start
+    // and end): not until the link heals.
+    let prompts = c.node("n1").get("/v1/prompts", &key);
+    let prompt = prompts.json()["prompts"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["name"] == "queue_timeout"))
+        .and_then(|p| p["seconds"].as_f64())
+        .unwrap_or_else(|| panic!("no queue_timeout prompt: {}", prompts.body));
+    let most = Duration::from_secs_f64(3.0 + prompt + 2.0);
+    assert!(
+        waited < most,
+        "the caller waited {waited:?} for its 480 (at most {most:?})"
+    );
     let calls = c.node("n1").wait_for_calls(&key, 1);
     assert_eq!(calls[0]["result"], "queue_timeout", "{calls:?}");
     assert_eq!(c.node("n2").metric(DOWN), 0.0, "n2 was declared down");

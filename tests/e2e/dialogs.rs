@@ -264,12 +264,8 @@ fn spoofed_in_dialog_requests_get_481_and_a_hostile_from_is_escaped() {
         logged() > 0
     });
     assert!(logged() <= 5, "{} lines for 43 refusals", logged());
-    // The call goes on: the callee got no BYE, and the call is still in progress.
-    std::thread::sleep(Duration::from_millis(300)); // a BYE would have been relayed by now
-    assert!(
-        !uas.messages().contains("BYE sip:"),
-        "no BYE reached the callee"
-    );
+    // The call goes on (whether an attacker's BYE reached the callee is checked at
+    // the end: the callee gets exactly one BYE, the caller's).
     assert_eq!(node.metric("tsunagu_active_calls"), 1.0);
 
     // The caller hangs up for real: the call ends, answered, with the escaped number.

@@ -327,11 +327,19 @@ endpoint = "http://127.0.0.1:{gateway_port}/mp/collect"
     assert_eq!(node.metric("tsunagu_callback_numbers_issued_total"), 1.0);
     node.wait_until(
         std::time::Duration::from_secs(10),
-        "deliveries counted",
+        "every follow-up delivered",
         || {
-            node.metric("tsunagu_follow_ups_delivered_total{kind=\"email\"}") == 1.0
+            // Every call is in the store (above), so every follow-up it plans is in
+            // the outbox: none pending means an e-mail for the answered call, had one
+            // been planned, was sent too.
+            node.metric("tsunagu_follow_ups_pending") == 0.0
+                && node.metric("tsunagu_follow_ups_delivered_total{kind=\"email\"}") >= 1.0
                 && node.metric("tsunagu_follow_ups_delivered_total{kind=\"ga4\"}") == 1.0
         },
+    );
+    assert_eq!(
+        node.metric("tsunagu_follow_ups_delivered_total{kind=\"email\"}"),
+        1.0
     );
     assert_eq!(
         smtp.messages().len(),
@@ -545,6 +553,15 @@ fn page_tag_gives_the_page_its_number_back_when_the_lease_runs_out() {
     let html = format!(
         r####"<!doctype html><html><head><meta charset="utf-8"><title>landing</title></head><body>
 <p>Call us: <a id="swap" data-tsunagu-pool="{pool}" href="tel:0311112222">03-1111-2222</a></p>
+<p id="seen">tel:0311112222</p>
+<script>
+// Every number the link showed, in order (the tag swaps it in, then gives it back).
+new MutationObserver(function () {{
+  var href = document.getElementById("swap").getAttribute("href");
+  var seen = document.getElementById("seen");
+  if (seen.textContent.split(" ").pop() !== href) seen.textContent += " " + href;
+}}).observe(document.getElementById("swap"), {{ attributes: true }});
+</script>
 <script src="http://127.0.0.1:{api}/v1/tag.js" async></script>
 </body></html>"####,
         api = ports.api
@@ -554,6 +571,10 @@ fn page_tag_gives_the_page_its_number_back_when_the_lease_runs_out() {
     // 45 s of virtual time: issued at 0, refused at 15 s (Retry-After 60), the lease
     // ends at 30 s.
     let dom = chromium_dom(&format!("{origin}/landing.html"), profile.path(), 45_000);
+    assert!(
+        dom.contains(r#"<p id="seen">tel:0311112222 tel:0505550001 tel:0311112222</p>"#),
+        "the link showed the pool's number, then its own again:\n{dom}"
+    );
     assert!(
         dom.contains(r#"href="tel:0311112222">03-1111-2222</a>"#)
             && !dom.contains("data-tsunagu-number"),

@@ -1580,6 +1580,15 @@ impl Response {
 }
 
 /// Whether the node closed `s` within `limit` (EOF or reset), reading what comes.
+/// When the peer closes `s`, seen from a thread of its own (None: still open after
+/// `limit`), so that several connections' closing moments are each measured.
+pub fn watch_close(
+    mut s: std::net::TcpStream,
+    limit: Duration,
+) -> std::thread::JoinHandle<Option<std::time::Instant>> {
+    std::thread::spawn(move || closed_within(&mut s, limit).then(std::time::Instant::now))
+}
+
 pub fn closed_within(s: &mut std::net::TcpStream, limit: Duration) -> bool {
     use std::io::Read;
     s.set_read_timeout(Some(limit)).unwrap();
