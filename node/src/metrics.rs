@@ -127,7 +127,7 @@ pub struct PathLabel {
 }
 
 impl CallMetrics {
-    /// A call taken over: `resumed` or `failed`.
+    /// A call taken over: `resumed`, `ended` or `failed`.
     pub fn taken_over(&self, outcome: &'static str) {
         self.takeovers
             .get_or_create(&OutcomeLabel { outcome })
@@ -239,7 +239,7 @@ impl Metrics {
             );
         }
         let c = &self.calls;
-        for outcome in ["resumed", "failed"] {
+        for outcome in ["resumed", "ended", "failed"] {
             drop(c.takeovers.get_or_create(&OutcomeLabel { outcome }));
         }
         for purpose in [
@@ -391,7 +391,7 @@ impl Metrics {
         );
         r.register(
             "calls_taken_over",
-            "Calls this node took over from another (a node declared down, or draining): resumed (both parties answered the re-INVITE) or failed (hung up and logged)",
+            "Calls this node took over from another (a node declared down, or draining): resumed (both parties answered the re-INVITE), ended (a party answered 481: it had left the call while its node was going; the other was hung up, the call logged as the parties ended it) or failed (hung up and logged takeover_failed)",
             c.takeovers.clone(),
         );
         r.register(

@@ -166,6 +166,17 @@ impl Party {
         self.inner.refuse_491.store(n, Ordering::Relaxed);
     }
 
+    /// `caller` hangs up and its BYE is lost (its node is going): its dialog is gone
+    /// (a later re-INVITE gets 481) and it counts as hung up now.
+    pub fn hang_up_unheard(&self, caller: &str) {
+        let leg = self.inner.pairs.lock().unwrap()[caller]
+            .caller
+            .clone()
+            .expect("the caller's leg");
+        leg.set_state(LegState::HungUp);
+        self.inner.legs.lock().unwrap().remove(&leg.call_id);
+    }
+
     /// Calls whose both sides are up and have received RTP.
     pub fn flowing(&self) -> usize {
         let pairs = self.inner.pairs.lock().unwrap();

@@ -412,6 +412,9 @@ impl Call {
             self.forget_takeover_once_answered();
             return;
         }
+        if code == 481 {
+            return self.left_before_takeover(side);
+        }
         if !(200..300).contains(&code) {
             return self.takeover_failed(&format!("a party answered {code}"));
         }
@@ -434,6 +437,33 @@ impl Call {
             }
             self.checkpoint_now(true);
         }
+    }
+
+    /// The party no longer has the dialog (481 to the re-INVITE): it hung up, or was
+    /// hung up, while the call's node was going, and its BYE (or its 200 to the
+    /// node's BYE) never reached this node. The call ends as the parties ended it:
+    /// the other party gets a BYE, and the record no end reason (a call already ending
+    /// when its node drained or died was logged `takeover_failed`: a review).
+    fn left_before_takeover(&mut self, side: Side) {
+        tracing::info!(
+            ?side,
+            "a party had left the call before it was taken over: ending it"
+        );
+        self.ctx.metrics.calls.taken_over("ended");
+        self.forget_takeover_once_answered();
+        let ep = self.ctx.endpoint.clone();
+        match side {
+            Side::A => {
+                if let Some(b) = self.b.as_mut() {
+                    b.bye(&ep);
+                }
+            }
+            Side::B => {
+                let (spec, peer) = self.a.request(&ep, Method::Bye);
+                ep.request(spec, peer);
+            }
+        }
+        self.end_and_wait();
     }
 
     /// Sends the re-INVITE a party refused 491 again (the same offer, the next CSeq).
