@@ -1329,6 +1329,39 @@ trunks = ["silent"]
     assert!(call["ring_seconds"].as_u64().unwrap() >= 2, "{call}");
 }
 
+/// A caller that asks the node to refresh (`refresher=uas`) while the callee does no
+/// session timers is refreshed by the node: its 200 keeps `refresher=uas` (RFC 4028 9)
+/// and a re-INVITE comes every half interval, so the call outlives its interval and
+/// ends when the caller hangs up, not as an expired session.
+#[test]
+fn the_node_refreshes_a_caller_that_asks_it_to() {
+    let ports = Ports::take();
+    let node = Node::start_with_sip(ports, "127.0.0.1/32", "min_session_expires = 2", "");
+    let (key, _) = node.provision("0501234567", DEST, "{}");
+    let uas = Uas::start("uas_answer.xml", ports, node.dir.path(), &[]);
+    // Session-Expires 4: the node refreshes every 2 s and would hang up 3 s after
+    // the last refresh; the caller hangs up after the second refresh (about 4 s).
+    let run = uac(
+        "uac_session_refreshed.xml",
+        ports,
+        "0501234567",
+        1,
+        1,
+        &["-key", "session_expires", "4"],
+    );
+    assert_eq!((run.exit, run.successful), (0, 1), "{}", run.output);
+    let call = node.wait_for_calls(&key, 1)[0].clone();
+    assert_eq!(call["result"], "answered", "{call}");
+    assert!(call["end_reason"].is_null(), "{call}");
+    assert!(call["talk_seconds"].as_u64().unwrap() >= 4, "{call}");
+    assert_eq!(node.metric("tsunagu_sessions_expired_total"), 0.0);
+    let messages = uas.messages();
+    assert!(
+        messages.matches("INVITE sip:").count() == 1 && !messages.contains("UPDATE sip:"),
+        "the node's refreshes are the caller's leg's alone: {messages}"
+    );
+}
+
 #[test]
 fn session_timers_are_agreed_refreshed_end_to_end_and_expire() {
     let ports = Ports::take();

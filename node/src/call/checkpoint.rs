@@ -44,6 +44,10 @@ pub struct Answered {
     pub b: Dialog,
     /// Session timer interval (seconds) if one was agreed.
     pub session_seconds: Option<u32>,
+    /// The node refreshes the caller's session itself (the caller asked it to and the
+    /// callee does no timers). Absent in checkpoints written before 2026-12-06: no.
+    #[serde(default)]
+    pub session_by_node: bool,
     /// The recording so far, if the call is recorded.
     pub recording: Option<Recording>,
     /// The callee's codec (for prompts to it after the caller hangs up).
@@ -208,6 +212,7 @@ mod tests {
             a: dialog("a"),
             b: dialog("b"),
             session_seconds: Some(90),
+            session_by_node: true,
             recording: Some(Recording {
                 mode: "both".into(),
                 parts: vec![tsunagu_store::RecordingPart {
@@ -247,6 +252,13 @@ mod tests {
         assert_ne!(older, c.encode(), "the field was cut out");
         match Checkpoint::decode(&older).map(|c| c.state) {
             Some(State::Answered(a)) => assert!(a.lines.is_empty()),
+            other => panic!("{other:?}"),
+        }
+        // One written before the node refreshed sessions: the caller refreshes.
+        let older = c.encode().replace(",\"session_by_node\":true", "");
+        assert_ne!(older, c.encode(), "the field was cut out");
+        match Checkpoint::decode(&older).map(|c| c.state) {
+            Some(State::Answered(a)) => assert!(!a.session_by_node),
             other => panic!("{other:?}"),
         }
         // One written before the call's own facts were carried: none known.

@@ -83,6 +83,8 @@ pub enum CallMsg {
     IvrTimeout(u32),
     /// The callee pressed no judgement key in time.
     JudgementTimeout,
+    /// The node's own refresh of the caller's session is due (which generation).
+    SessionRefresh(u32),
     /// A session timer's check (which refresh generation it belongs to).
     SessionCheck(u32),
     /// Retransmit the reliable provisional (RSeq, attempt) if still unacknowledged.
@@ -102,6 +104,18 @@ pub enum CallMsg {
     /// Test hook: makes the actor panic, to exercise supervision.
     #[cfg(test)]
     Crash,
+}
+
+/// A re-INVITE of the node's own to one party: a session refresh (the node is the
+/// caller's refresher, see [`session`]), or the session the party had before a
+/// re-offer its sender cancelled and it accepted all the same (see
+/// `restore_after_crossing`).
+#[derive(Clone)]
+struct OwnReinvite {
+    side: Side,
+    cseq: u32,
+    key: tsunagu_sip::transaction::TxKey,
+    refresh: bool,
 }
 
 /// Delivers SIP events into a call's inbox (bounded: see [`task`]).
@@ -325,10 +339,9 @@ pub struct Call {
     /// the CSeq of that other leg's re-INVITE, which its ACK must carry (another ACK,
     /// a stray or a repeat of an older one, brings no answer).
     late_ack: Option<(Side, u32, u32)>,
-    /// A re-INVITE of the node's own (the leg, its CSeq, its transaction) offering a
-    /// party the session it had before a re-offer its sender cancelled and it accepted
-    /// all the same (see `restore_after_crossing`); new re-offers get 491 meanwhile.
-    restoring: Option<(Side, u32, tsunagu_sip::transaction::TxKey)>,
+    /// A re-INVITE of the node's own waiting for its answer; new re-offers get 491
+    /// meanwhile.
+    own_reinvite: Option<OwnReinvite>,
     /// The CSeq of the last request each far end (caller, callee) sent in its dialog:
     /// a lower one is out of order (RFC 3261 12.2.2) and refused 500.
     remote_cseq: [Option<u32>; 2],
@@ -577,7 +590,7 @@ impl Call {
             remote_cseq: [None, None],
             a_acked: false,
             late_ack: None,
-            restoring: None,
+            own_reinvite: None,
             judging: false,
             judgement_digit: None,
             talk_end: None,
@@ -643,6 +656,7 @@ impl Call {
             CallMsg::IvrTimeout(wait) => call.ivr_timeout(wait),
             CallMsg::JudgementTimeout => call.end_judgement("none"),
             CallMsg::SessionCheck(generation) => call.session_check(generation),
+            CallMsg::SessionRefresh(generation) => call.send_session_refresh(generation),
             CallMsg::Reliable(rseq, attempt) => call.reliable_retransmit(rseq, attempt),
             CallMsg::End(reason) => call.end_now(reason),
             CallMsg::MediaCheck => call.media_check(),
@@ -1054,14 +1068,14 @@ impl Call {
                 }
             }
             SipEvent::Response { response, info }
-                if self.restoring.as_ref().is_some_and(|(side, cseq, _)| {
-                    self.side_of(&info.call_id) == Some(*side)
-                        && *cseq == info.cseq
+                if self.own_reinvite.as_ref().is_some_and(|own| {
+                    self.side_of(&info.call_id) == Some(own.side)
+                        && own.cseq == info.cseq
                         && info.cseq_method == Method::Invite
                 }) =>
             {
-                if let Some((side, cseq, _)) = self.restoring {
-                    self.on_restore_answer(side, cseq, response);
+                if let Some(own) = self.own_reinvite.clone() {
+                    self.on_own_answer(own, response);
                 }
             }
             SipEvent::Response { response, info } => {

@@ -5,7 +5,7 @@
 //! party accepted all the same is undone with the session it had before.
 
 use super::legs;
-use super::{session, Call, Phase};
+use super::{session, Call, OwnReinvite, Phase};
 use tsunagu_media::{sdp, Side};
 use tsunagu_sip::parse::{header, sdp_body};
 use tsunagu_sip::{Method, Request, Response};
@@ -54,7 +54,7 @@ impl Call {
         key: tsunagu_sip::transaction::TxKey,
     ) {
         let ep = self.ctx.endpoint.clone();
-        if self.reoffer.is_some() || self.restoring.is_some() {
+        if self.reoffer.is_some() || self.own_reinvite.is_some() {
             ep.respond(&req, &info, &key, 491, None, &[], None);
             return;
         }
@@ -179,26 +179,52 @@ impl Call {
             ?side,
             "a cancelled re-offer was accepted all the same: the previous session offered again"
         );
-        self.restoring = Some((side, relayed.cseq, relayed.key));
+        self.own_reinvite = Some(OwnReinvite {
+            side,
+            cseq: relayed.cseq,
+            key: relayed.key,
+            refresh: false,
+        });
     }
 
-    /// The answer to [`Call::restore_after_crossing`]'s re-INVITE: a 2xx is
-    /// acknowledged and its SDP applied; a refusal leaves things as they are.
-    pub(super) fn on_restore_answer(&mut self, side: Side, cseq: u32, resp: Response) {
+    /// The answer to a re-INVITE of the node's own ([`Call::restore_after_crossing`],
+    /// or the node's session refresh): a 2xx is acknowledged and its SDP applied (a
+    /// refresh's restarts the session's clock); a refusal leaves things as they are,
+    /// except a refresh answered 408 or 481: the caller is gone (RFC 4028 10, RFC 3261
+    /// 12.2.1.2), and the call ends as an expired session.
+    pub(super) fn on_own_answer(&mut self, own: OwnReinvite, resp: Response) {
         let code = resp.status_code.code();
         if code < 200 {
             return;
         }
-        self.restoring = None;
+        self.own_reinvite = None;
         if !(200..300).contains(&code) {
-            tracing::info!(code, ?side, "the previous session's offer was refused");
+            tracing::info!(code, side = ?own.side, refresh = own.refresh, "the node's own offer was refused");
+            if own.refresh && matches!(code, 408 | 481) {
+                self.refresh_failed();
+            }
             return;
         }
-        self.ack_2xx(side, cseq);
-        let answered = sdp_body(&resp, &resp.body).and_then(|body| self.rewrite_sdp(side, &body));
+        self.ack_2xx(own.side, own.cseq);
+        let answered =
+            sdp_body(&resp, &resp.body).and_then(|body| self.rewrite_sdp(own.side, &body));
         if let Some(rewritten) = answered {
-            self.apply_sdp(side, &rewritten);
+            self.apply_sdp(own.side, &rewritten);
         }
+        if own.refresh {
+            self.on_refresh_answer(&resp);
+        }
+    }
+
+    /// The node's session refresh got no answer, or 408/481: both legs are hung up.
+    fn refresh_failed(&mut self) {
+        if self.phase != Phase::Answered {
+            return;
+        }
+        tracing::info!("the caller did not take the node's session refresh; hanging up both legs");
+        self.ctx.metrics.calls.sessions_expired.inc();
+        self.end_reason = Some("session_expired");
+        self.hang_up_both();
     }
 
     /// A client transaction of the call's timed out (no final answer in 32 s): the
@@ -216,13 +242,14 @@ impl Call {
                     .respond(&p.request, &p.info, &p.key, 408, None, &[], None);
             }
         }
-        if self
-            .restoring
-            .as_ref()
-            .is_some_and(|(_, _, sent)| sent == key)
-        {
-            tracing::info!("the previous session's offer got no final answer");
-            self.restoring = None;
+        if let Some(own) = self.own_reinvite.take_if(|own| own.key == *key) {
+            tracing::info!(
+                refresh = own.refresh,
+                "the node's own offer got no final answer"
+            );
+            if own.refresh {
+                self.refresh_failed();
+            }
         }
     }
 

@@ -1,14 +1,18 @@
 //! Session timers in the call actor (see [`crate::decide::session_timer`]): the
 //! caller's Session-Expires travels to the callee, the agreed interval back to the
 //! caller, refreshes travel between the legs with their headers, and a session that
-//! sees no refresh in time is hung up on both legs.
+//! sees no refresh in time is hung up on both legs. Where the caller asked the node to
+//! refresh and the callee does no timers, the node re-INVITEs the caller itself at
+//! half the interval (the same session, so the same SDP version).
 
-use super::legs::Headers;
+use super::legs::{Headers, Leg};
 use super::timers::{TimerId, Timers};
 use super::{Call, CallMsg, Phase};
-use crate::decide::session_timer::{check_after, on_callee_answer, parse};
-use std::time::Instant;
+use crate::decide::session_timer::{check_after, on_callee_answer, parse, refresh_after};
+use std::time::{Duration, Instant};
+use tsunagu_media::Side;
 use tsunagu_sip::parse::{has_option_tag, header};
+use tsunagu_sip::Method;
 use tsunagu_sip::{Request, Response};
 
 /// The session-timer headers of a request, to pass on to the other leg.
@@ -47,6 +51,10 @@ pub(super) struct SessionTimer {
     pub interval: u32,
     generation: u32,
     check: TimerId,
+    /// The node refreshes the caller's leg itself (see the module doc).
+    pub by_node: bool,
+    /// When it sends its next refresh.
+    send: Option<TimerId>,
 }
 
 /// What a refresh makes of the session timer: the interval and generation of the next
@@ -78,23 +86,44 @@ impl SessionTimer {
 }
 
 /// A refresh naming `interval` (0: none named) at `now`: the session's next check is
-/// armed on `timers`, replacing the pending one (see [`SessionTimer::refreshed`]).
-fn refresh(session: &mut Option<SessionTimer>, interval: u32, timers: &mut Timers, now: Instant) {
+/// armed on `timers`, replacing the pending one (see [`SessionTimer::refreshed`]), and
+/// so is the node's own next refresh where it is the refresher. `by_node` says
+/// whether it is (None: as before).
+fn refresh(
+    session: &mut Option<SessionTimer>,
+    interval: u32,
+    by_node: Option<bool>,
+    timers: &mut Timers,
+    now: Instant,
+) {
     let Some(next) = SessionTimer::refreshed(*session, interval) else {
         return; // no session timer
     };
     if let Some(previous) = next.replaces {
         timers.cancel(previous);
     }
+    if let Some(previous) = session.and_then(|s| s.send) {
+        timers.cancel(previous);
+    }
+    let by_node = by_node.unwrap_or(session.is_some_and(|s| s.by_node));
     let check = timers.after(
         now,
         check_after(next.interval),
         CallMsg::SessionCheck(next.generation),
     );
+    let send = by_node.then(|| {
+        timers.after(
+            now,
+            refresh_after(next.interval),
+            CallMsg::SessionRefresh(next.generation),
+        )
+    });
     *session = Some(SessionTimer {
         interval: next.interval,
         generation: next.generation,
         check,
+        by_node,
+        send,
     });
 }
 
@@ -118,21 +147,73 @@ impl Call {
                 }
                 self.a.respond_with(&ep, 200, sdp, &extra);
                 tracing::debug!(interval = a.interval, refresher = %a.header, "session timer");
-                self.session_refreshed(a.interval);
+                self.start_session(a.interval, a.by_node);
             }
             None => self.a.respond(&ep, 200, sdp),
         }
     }
 
-    /// A refresh went through (or the session started): the next check is a full
-    /// interval from now. `interval` 0 keeps the current one.
+    /// The session starts (answered, or resumed after a takeover) with `interval`;
+    /// `by_node`: the node refreshes the caller's leg.
+    pub(super) fn start_session(&mut self, interval: u32, by_node: bool) {
+        refresh(
+            &mut self.session,
+            interval,
+            Some(by_node),
+            &mut self.timers,
+            Instant::now(),
+        );
+    }
+
+    /// A refresh went through: the next check is a full interval from now. `interval`
+    /// 0 keeps the current one.
     pub(super) fn session_refreshed(&mut self, interval: u32) {
         refresh(
             &mut self.session,
             interval,
+            None,
             &mut self.timers,
             Instant::now(),
         );
+    }
+
+    /// The node's refresh of the caller's session is due (which refresh generation):
+    /// a re-INVITE with the session as it is (its answer: [`Call::on_own_answer`]).
+    /// While another offer is pending (its 2xx refreshes the session too), a second
+    /// later.
+    pub(super) fn send_session_refresh(&mut self, generation: u32) {
+        let Some(s) = self
+            .session
+            .filter(|s| s.generation == generation && s.by_node)
+        else {
+            return;
+        };
+        if self.phase != Phase::Answered || self.judging {
+            return;
+        }
+        if self.reoffer.is_some() || self.own_reinvite.is_some() || self.resuming.is_some() {
+            let later = self.after(Duration::from_secs(1), CallMsg::SessionRefresh(generation));
+            if let Some(s) = self.session.as_mut() {
+                s.send = Some(later);
+            }
+            return;
+        }
+        let Some(offer) = self.a.last_sdp.clone() else {
+            return; // never answered with a session: nothing to refresh
+        };
+        let headers = vec![
+            ("Session-Expires", format!("{};refresher=uas", s.interval)),
+            ("Supported", "timer".to_string()),
+        ];
+        let ep = self.ctx.endpoint.clone();
+        let sent = self.a.reoffer(&ep, Method::Invite, Some(offer), headers);
+        tracing::debug!(interval = s.interval, "session refreshed by the node");
+        self.own_reinvite = Some(super::OwnReinvite {
+            side: Side::A,
+            cseq: sent.cseq,
+            key: sent.key,
+            refresh: true,
+        });
     }
 
     /// A 2xx to a relayed refresh: restart the clock (with the interval it names).
@@ -190,6 +271,8 @@ mod tests {
             interval,
             generation,
             check: TimerId::for_test(check),
+            by_node: false,
+            send: None,
         };
         let rows: &[(Option<SessionTimer>, u32, Option<Refresh>)] = &[
             (None, 0, None),
@@ -245,13 +328,14 @@ mod tests {
     fn refreshes_keep_one_session_check_pending() {
         let (mut timers, mut session) = (Timers::default(), None);
         let t0 = Instant::now();
-        refresh(&mut session, 0, &mut timers, t0);
+        refresh(&mut session, 0, None, &mut timers, t0);
         assert!(session.is_none() && timers.len() == 0, "no timer, no check");
         for i in 0..100u64 {
             let interval = if i == 0 { 1800 } else { 0 };
             refresh(
                 &mut session,
                 interval,
+                None,
                 &mut timers,
                 t0 + Duration::from_secs(i),
             );
@@ -262,6 +346,36 @@ mod tests {
         assert_eq!(
             timers.next_due(),
             Some(t0 + Duration::from_secs(99) + check_after(1800))
+        );
+    }
+
+    /// Where the node refreshes, each refresh also replaces the node's next one, due
+    /// at half the interval; a session it does not refresh has none.
+    #[test]
+    fn the_node_s_own_refresh_is_one_and_due_at_half_the_interval() {
+        let (mut timers, mut session) = (Timers::default(), None);
+        let t0 = Instant::now();
+        refresh(&mut session, 90, Some(true), &mut timers, t0);
+        for i in 1..50u64 {
+            refresh(
+                &mut session,
+                0,
+                None,
+                &mut timers,
+                t0 + Duration::from_secs(i),
+            );
+        }
+        assert_eq!(timers.len(), 2, "one check and one refresh pending");
+        assert!(session.unwrap().by_node);
+        assert_eq!(
+            timers.next_due(),
+            Some(t0 + Duration::from_secs(49) + Duration::from_secs(45))
+        );
+        refresh(&mut session, 90, Some(false), &mut timers, t0);
+        assert_eq!(
+            timers.len(),
+            1,
+            "the caller refreshes: no refresh of the node's"
         );
     }
 

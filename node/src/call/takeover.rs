@@ -109,6 +109,7 @@ impl Call {
                     a,
                     b: bd,
                     session_seconds: self.session.map(|s| s.interval),
+                    session_by_node: self.session.is_some_and(|s| s.by_node),
                     recording: self.recording_state(),
                     b_payload_type: self.b_payload_type,
                     lines: self
@@ -338,7 +339,7 @@ impl Call {
             self.restart_recording(&rec.mode);
         }
         if let Some(interval) = answered.session_seconds {
-            self.session_refreshed(interval);
+            self.start_session(interval, answered.session_by_node);
         }
         self.arm_media_check();
         tracing::info!(from = ?self.nodes, "call taken over: re-INVITEs sent to both parties");

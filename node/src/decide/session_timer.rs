@@ -2,8 +2,10 @@
 //! to the callee with the INVITE, and the interval the callee answers (with its
 //! refresher) comes back to the caller in the 200, so both legs agree: refreshes the
 //! refresher sends pass through the node to the other leg, refreshing both. If the
-//! callee does not do session timers but the caller does, the caller is told to
-//! refresh (`refresher=uac`). Either way the node hangs up both legs when no refresh
+//! callee does not do session timers but the caller does, the caller refreshes
+//! (`refresher=uac`), unless it asked the node to (`refresher=uas`, which RFC 4028 9
+//! says the answer keeps): then the node re-INVITEs the caller at half the interval.
+//! Either way the node hangs up both legs when no refresh
 //! (a re-INVITE or UPDATE answered 2xx) arrives in time — a call whose party vanished
 //! does not hold its ports and lines for ever. Pure: header values in, decisions out.
 
@@ -51,6 +53,9 @@ pub struct Agreed {
     /// Whether the 200 needs `Require: timer` (the caller is the refresher).
     pub require: bool,
     pub interval: u32,
+    /// The node refreshes the caller's leg itself: the caller asked `refresher=uas`
+    /// and the callee does no session timers (so none of its refreshes comes to relay).
+    pub by_node: bool,
 }
 
 /// Decides the caller's session timer from the caller's request (Session-Expires, and
@@ -70,9 +75,13 @@ pub fn agree(
         // leg (it sends BYE itself when nobody refreshes).
         return None;
     }
-    let (interval, refresher) = match (callee.and_then(parse), request.and_then(parse)) {
-        (Some(c), _) => (c.interval, c.refresher.unwrap_or(Refresher::Uac)),
-        (None, Some(r)) => (r.interval, Refresher::Uac),
+    let (interval, refresher, by_node) = match (callee.and_then(parse), request.and_then(parse)) {
+        (Some(c), _) => (c.interval, c.refresher.unwrap_or(Refresher::Uac), false),
+        // The caller's choice stands (RFC 4028 9); none named, the caller refreshes.
+        (None, Some(r)) => {
+            let refresher = r.refresher.unwrap_or(Refresher::Uac);
+            (r.interval, refresher, refresher == Refresher::Uas)
+        }
         (None, None) => return None,
     };
     let interval = interval.max(floor);
@@ -84,7 +93,14 @@ pub fn agree(
         header: format!("{interval};refresher={role}"),
         require: refresher == Refresher::Uac,
         interval,
+        by_node,
     })
+}
+
+/// When the node, as the refresher, sends its refresh: at half the interval (RFC 4028
+/// 10), at least a second after the last.
+pub fn refresh_after(interval: u32) -> Duration {
+    Duration::from_secs(u64::from((interval / 2).max(1)))
 }
 
 /// The caller's session timer once the callee answers: [`agree`], unless the caller
@@ -150,31 +166,57 @@ mod tests {
 
     #[test]
     fn agreement() {
-        // (caller's Session-Expires, caller supports timer, callee's) → (header, require, interval)
-        let rows: &[(Option<&str>, bool, Option<&str>, Option<(&str, bool, u32)>)] = &[
+        // (caller's Session-Expires, caller supports timer, callee's) → (header, require,
+        // interval, the node refreshes)
+        let rows: &[(
+            Option<&str>,
+            bool,
+            Option<&str>,
+            Option<(&str, bool, u32, bool)>,
+        )] = &[
             (
                 Some("1800"),
                 true,
                 Some("1800;refresher=uac"),
-                Some(("1800;refresher=uac", true, 1800)),
+                Some(("1800;refresher=uac", true, 1800, false)),
             ),
             (
                 Some("1800"),
                 true,
                 Some("900;refresher=uas"),
-                Some(("900;refresher=uas", false, 900)),
+                Some(("900;refresher=uas", false, 900, false)),
             ),
             (
                 Some("1800"),
                 true,
                 None,
-                Some(("1800;refresher=uac", true, 1800)),
+                Some(("1800;refresher=uac", true, 1800, false)),
+            ),
+            // The caller asks the node to refresh and the callee does no timers: the
+            // node does; with a callee that does, the callee's refreshes are relayed.
+            (
+                Some("1800;refresher=uas"),
+                true,
+                None,
+                Some(("1800;refresher=uas", false, 1800, true)),
+            ),
+            (
+                Some("1800;refresher=uas"),
+                true,
+                Some("1800;refresher=uas"),
+                Some(("1800;refresher=uas", false, 1800, false)),
+            ),
+            (
+                Some("1800;refresher=uac"),
+                true,
+                None,
+                Some(("1800;refresher=uac", true, 1800, false)),
             ),
             (
                 None,
                 true,
                 Some("600"),
-                Some(("600;refresher=uac", true, 600)),
+                Some(("600;refresher=uac", true, 600, false)),
             ),
             (Some("1800"), false, Some("1800;refresher=uac"), None),
             (None, true, None, None),
@@ -183,20 +225,26 @@ mod tests {
                 Some("1800"),
                 true,
                 Some("1;refresher=uas"),
-                Some(("90;refresher=uas", false, 90)),
+                Some(("90;refresher=uas", false, 90, false)),
             ),
             (
                 Some("1800"),
                 true,
                 Some("89"),
-                Some(("90;refresher=uac", true, 90)),
+                Some(("90;refresher=uac", true, 90, false)),
+            ),
+            (
+                Some("1;refresher=uas"),
+                true,
+                None,
+                Some(("90;refresher=uas", false, 90, true)),
             ),
         ];
         for (req, supports, callee, want) in rows {
             let got = agree(*req, *supports, *callee, 90);
             let got = got
                 .as_ref()
-                .map(|a| (a.header.as_str(), a.require, a.interval));
+                .map(|a| (a.header.as_str(), a.require, a.interval, a.by_node));
             assert_eq!(got, *want, "{req:?} {supports} {callee:?}");
         }
     }
