@@ -3,6 +3,7 @@
 //! current by the provisioning feed (`crate::provisioning`): the node whose API wrote
 //! an entry refreshes it at once, the others when the change reaches them.
 
+use prometheus_client::metrics::gauge::Gauge;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use tsunagu_store::{LineLimit, Store, StoreError, TrackingNumber};
@@ -19,24 +20,42 @@ pub struct Directory {
     numbers: Arc<RwLock<HashMap<String, Arc<TrackingNumber>>>>,
     /// Line limits by advertiser id.
     advertiser_lines: Arc<RwLock<HashMap<String, LineLimit>>>,
+    /// Numbers whose stored settings this node could not read at the last full load
+    /// (`tsunagu_numbers_unreadable`).
+    unreadable: Gauge,
 }
 
 impl Directory {
-    pub fn load(store: Arc<dyn Store>) -> Result<Directory, StoreError> {
-        let (numbers, lines) = Directory::read_all(&*store)?;
+    /// Everything from the store; `unreadable` counts the numbers left out (see
+    /// [`Directory::read_all`]).
+    pub fn load(store: Arc<dyn Store>, unreadable: Gauge) -> Result<Directory, StoreError> {
+        let (numbers, lines) = Directory::read_all(&*store, &unreadable)?;
         Ok(Directory {
             store,
             numbers: Arc::new(RwLock::new(numbers)),
             advertiser_lines: Arc::new(RwLock::new(lines)),
+            unreadable,
         })
     }
 
-    fn read_all(store: &dyn Store) -> Result<Maps, StoreError> {
+    /// A number this version cannot read (written by a newer one, or damaged) is left
+    /// out, logged and counted: calls to it get 404 until it is written again, and the
+    /// others route (one such row used to stop the node from starting).
+    fn read_all(store: &dyn Store, unreadable: &Gauge) -> Result<Maps, StoreError> {
+        let mut left_out = 0;
         let numbers = store
             .all_numbers()?
             .into_iter()
+            .filter_map(|n| {
+                n.inspect_err(|e| {
+                    left_out += 1;
+                    tracing::error!(%e, "a tracking number's settings cannot be read: left out");
+                })
+                .ok()
+            })
             .map(|n| (n.number.clone(), Arc::new(n)))
             .collect();
+        unreadable.set(left_out);
         let lines = store
             .advertisers_with_lines()?
             .into_iter()
@@ -47,7 +66,7 @@ impl Directory {
 
     /// Reads everything again (a node that fell too far behind the change feed).
     pub fn reload(&self) -> Result<(), StoreError> {
-        let (numbers, lines) = Directory::read_all(&*self.store)?;
+        let (numbers, lines) = Directory::read_all(&*self.store, &self.unreadable)?;
         *self.numbers.write().unwrap_or_else(|p| p.into_inner()) = numbers;
         *self
             .advertiser_lines

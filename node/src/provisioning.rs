@@ -399,7 +399,7 @@ mod tests {
     fn started(store: &Arc<dyn Store>, prompts: tsunagu_media::Prompts) -> Provisioning {
         Provisioning::start(
             store.clone(),
-            Directory::load(store.clone()).unwrap(),
+            Directory::load(store.clone(), Default::default()).unwrap(),
             WebhookCache::load(store.clone()).unwrap(),
             prompts,
             store.changes_since(i64::MAX, 0).unwrap().latest,
@@ -507,7 +507,7 @@ mod tests {
         let op = store.create_operator("op").unwrap();
         let adv = store.create_advertiser(&op.id, "shop", None).unwrap();
         let seen = store.changes_since(i64::MAX, 0).unwrap().latest;
-        let directory = Directory::load(store.clone()).unwrap();
+        let directory = Directory::load(store.clone(), Default::default()).unwrap();
         // Meanwhile another node creates a number and records it in the feed.
         let mut n = tsunagu_store::conformance::sample_number(&op.id, &adv.id);
         n.number = "0312345678".into();

@@ -423,7 +423,7 @@ pub async fn run(
     // The feed's end before the copies are loaded: provisioning follows it from there
     // (see `Provisioning::start`).
     let feed_at_load = store.changes_since(i64::MAX, 0)?.latest;
-    let directory = Directory::load(store.clone())?;
+    let directory = Directory::load(store.clone(), metrics.calls.numbers_unreadable.clone())?;
     let wake = Arc::new(tokio::sync::Notify::new());
     let webhooks = WebhookCache::load(store.clone())?;
     let notify = &config.notify;

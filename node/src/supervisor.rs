@@ -484,7 +484,7 @@ mod tests {
         .unwrap();
         handler.set(Admission::new(
             ctx.clone(),
-            Directory::load(store.clone()).unwrap(),
+            Directory::load(store.clone(), Default::default()).unwrap(),
             calls,
         ));
 

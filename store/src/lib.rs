@@ -129,7 +129,11 @@ pub trait Store: Send + Sync + 'static {
     /// How many numbers the operator has (static and pools' alike): what its cap
     /// (`api.max_numbers_per_operator`) is checked against.
     fn count_numbers(&self, operator_id: &str) -> Result<usize>;
-    fn all_numbers(&self) -> Result<Vec<TrackingNumber>>;
+    /// Every number, each row read on its own: one this version cannot read (written
+    /// by a newer version during an upgrade or a rollback, or damaged) is an
+    /// [`StoreError::Corrupt`] naming the number, and the others still load (one such
+    /// row used to stop every node of the older version from starting).
+    fn all_numbers(&self) -> Result<Vec<Result<TrackingNumber>>>;
 
     // Number pools and leases.
     /// Creates a pool and its numbers in one step; [`StoreError::Conflict`] if any of

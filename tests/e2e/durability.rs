@@ -319,3 +319,44 @@ fn calls_alive_at_the_drain_deadline_are_ended_and_logged() {
         ]
     );
 }
+
+/// A number whose stored settings this version cannot read (a newer version wrote a
+/// field it does not know: an upgrade rolled back) is left out and counted when the
+/// node starts; the node starts all the same and routes every other number (one
+/// such row used to stop it from starting at all).
+#[test]
+fn a_number_this_version_cannot_read_is_left_out_not_fatal() {
+    let ports = Ports::take();
+    let mut node = Node::start(ports, "127.0.0.1/32", "");
+    let (key, adv) = node.provision("0501234567", DEST, "{}");
+    node.add_number(&key, &adv, "0501234568", DEST, "{}");
+    assert_eq!(node.terminate(), Some(0), "{}", node.log());
+    let db = node.dir.path().join("data/tsunagu.db");
+    let python = r#"
+import sqlite3, sys
+c = sqlite3.connect(sys.argv[1])
+n = c.execute("UPDATE numbers SET settings = replace(settings, '{\"number\"', '{\"from_a_newer_version\": 1, \"number\"') WHERE number = '0501234568'").rowcount
+c.commit()
+assert n == 1, n
+"#;
+    let ok = std::process::Command::new("python3")
+        .args(["-c", python, &db.display().to_string()])
+        .status()
+        .expect("python3")
+        .success();
+    assert!(ok, "the row was changed");
+    node.start_again();
+    assert_eq!(node.metric("tsunagu_numbers_unreadable"), 1.0);
+    assert!(
+        node.log().contains("0501234568"),
+        "the log names the number left out"
+    );
+    let _uas = Uas::start("uas_answer.xml", ports, node.dir.path(), &[]);
+    let run = uac("uac.xml", ports, "0501234567", 1, 1, &["-d", "100"]);
+    assert_eq!(run.successful, 1, "{}", run.output);
+    let mut other = ports;
+    other.uac += 5;
+    other.uac_media += 20;
+    let refused = uac_expecting(404, node.dir.path(), other, "0501234568", 1, &[]);
+    assert_eq!(refused.successful, 1, "{}", refused.output);
+}

@@ -51,7 +51,7 @@ pub const ADV_DELETE: &str = "DELETE FROM advertisers WHERE operator_id = ? AND 
 pub const NUM_INSERT: &str = "INSERT INTO numbers (number, operator_id, advertiser_id, settings) VALUES (?, ?, ?, ?) IF NOT EXISTS";
 pub const NUM_GET: &str =
     "SELECT operator_id, advertiser_id, settings FROM numbers WHERE number = ?";
-pub const NUM_ALL: &str = "SELECT settings FROM numbers";
+pub const NUM_ALL: &str = "SELECT number, settings FROM numbers";
 pub const NUM_UPDATE: &str = "UPDATE numbers SET advertiser_id = ?, settings = ? WHERE number = ? IF operator_id = ? AND advertiser_id = ? AND settings = ?";
 pub const NUM_DELETE: &str =
     "DELETE FROM numbers WHERE number = ? IF operator_id = ? AND advertiser_id = ?";

@@ -989,11 +989,17 @@ impl Store for ScyllaStore {
         })
     }
 
-    fn all_numbers(&self) -> Result<Vec<TrackingNumber>> {
-        self.wait(self.inner.rows::<(Option<String>,)>(q::NUM_ALL, ()))?
+    fn all_numbers(&self) -> Result<Vec<Result<TrackingNumber>>> {
+        Ok(self
+            .wait(self.inner.rows::<(String, Option<String>)>(q::NUM_ALL, ()))?
             .into_iter()
-            .map(|(s,)| parse("number settings", s.as_deref().unwrap_or("")))
-            .collect()
+            .map(|(number, s)| {
+                parse(
+                    &format!("{number}: number settings"),
+                    s.as_deref().unwrap_or(""),
+                )
+            })
+            .collect())
     }
 
     fn create_pool(&self, pool: &Pool, numbers: &[TrackingNumber]) -> Result<()> {

@@ -714,16 +714,23 @@ impl Store for SqliteStore {
         Ok(usize::try_from(n).unwrap_or(0))
     }
 
-    fn all_numbers(&self) -> Result<Vec<TrackingNumber>> {
-        let rows: Vec<String> = self.read(|c| {
+    fn all_numbers(&self) -> Result<Vec<Result<TrackingNumber>>> {
+        let rows: Vec<(String, String)> = self.read(|c| {
             let mut st = c
-                .prepare("SELECT settings FROM numbers")
+                .prepare("SELECT number, settings FROM numbers")
                 .map_err(unavailable)?;
-            let rows = st.query_map([], |r| r.get(0)).map_err(unavailable)?;
+            let rows = st
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(unavailable)?;
             rows.collect::<rusqlite::Result<Vec<_>>>()
                 .map_err(unavailable)
         })?;
-        rows.into_iter().map(number_from).collect()
+        Ok(rows
+            .into_iter()
+            .map(|(number, settings)| {
+                number_from(settings).map_err(|e| StoreError::Corrupt(format!("{number}: {e}")))
+            })
+            .collect())
     }
 
     fn create_pool(&self, pool: &Pool, numbers: &[TrackingNumber]) -> Result<()> {
@@ -1653,6 +1660,43 @@ mod tests {
                 assert!(opened.is_ok(), "round {round}: {opened:?}");
             }
         }
+    }
+
+    /// A number row this version cannot read (one a newer version wrote, with a field
+    /// this one does not know) is an error of its own, naming the number; the others
+    /// still read.
+    #[test]
+    fn an_unreadable_number_is_reported_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("t.db")).unwrap();
+        let op = s.create_operator("a").unwrap();
+        let adv = s.create_advertiser(&op.id, "shop", None).unwrap();
+        let good = crate::conformance::sample_number(&op.id, &adv.id);
+        let mut bad = crate::conformance::sample_number(&op.id, &adv.id);
+        bad.number = format!("{}9", &good.number[..good.number.len() - 1]);
+        s.create_number(&good).unwrap();
+        s.create_number(&bad).unwrap();
+        s.write(|c| {
+            c.execute(
+                "UPDATE numbers SET settings = replace(settings, '{', '{\"from_a_newer_version\":1,') WHERE number = ?1",
+                params![bad.number],
+            )?;
+            Ok(())
+        })
+        .unwrap();
+        let all = s.all_numbers().unwrap();
+        assert_eq!(all.len(), 2);
+        let read: Vec<&TrackingNumber> = all.iter().filter_map(|n| n.as_ref().ok()).collect();
+        assert_eq!(read, vec![&good]);
+        let unread: Vec<String> = all
+            .iter()
+            .filter_map(|n| n.as_ref().err())
+            .map(|e| e.to_string())
+            .collect();
+        assert!(
+            unread.len() == 1 && unread[0].contains(&bad.number),
+            "{unread:?}"
+        );
     }
 
     /// The lease history is pruned as it grows: each issue deletes up to 16 rows whose
