@@ -766,6 +766,30 @@ fn a_trunk_s_channels_count_the_calls_sent_to_it() {
     );
     let calls = node.wait_for_calls(&key, 2);
     assert!(calls.iter().all(|c| c["result"] == "answered"), "{calls:?}");
+    // The call that found the trunk full says so in its attempts.
+    let tried: Vec<Vec<(String, String)>> = calls
+        .iter()
+        .map(|c| {
+            c["attempts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| {
+                    let s = |k: &str| a[k].as_str().unwrap_or_default().to_string();
+                    (s("trunk"), s("outcome"))
+                })
+                .collect()
+        })
+        .collect();
+    let full = |t: &str, o: &str| (t.to_string(), o.to_string());
+    assert!(
+        tried.contains(&vec![full("narrow", "answered")])
+            && tried.contains(&vec![
+                full("narrow", "trunk_channels"),
+                full("carrier-a", "answered")
+            ]),
+        "{tried:?}"
+    );
 }
 
 /// A call waiting for its turn (shaped) when the node is told to stop is neither
@@ -1331,8 +1355,9 @@ trunks = ["silent"]
 
 /// A caller that asks the node to refresh (`refresher=uas`) while the callee does no
 /// session timers is refreshed by the node: its 200 keeps `refresher=uas` (RFC 4028 9)
-/// and a re-INVITE comes every half interval, so the call outlives its interval and
-/// ends when the caller hangs up, not as an expired session.
+/// and a re-INVITE naming the node refresher comes every half interval; one refused
+/// 491 is sent again soon, so the call outlives its interval and ends when the caller
+/// hangs up, not as an expired session.
 #[test]
 fn the_node_refreshes_a_caller_that_asks_it_to() {
     let ports = Ports::take();
@@ -1340,7 +1365,8 @@ fn the_node_refreshes_a_caller_that_asks_it_to() {
     let (key, _) = node.provision("0501234567", DEST, "{}");
     let uas = Uas::start("uas_answer.xml", ports, node.dir.path(), &[]);
     // Session-Expires 4: the node refreshes every 2 s and would hang up 3 s after
-    // the last refresh; the caller hangs up after the second refresh (about 4 s).
+    // the last refresh; the caller refuses the first (491, tried again within 0.5 s),
+    // takes the next two and hangs up (about 4.5 s).
     let run = uac(
         "uac_session_refreshed.xml",
         ports,

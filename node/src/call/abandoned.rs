@@ -8,7 +8,7 @@
 //! response, the BYE's answer or a timeout ends it.
 
 use super::legs::BLeg;
-use crate::context::NodeContext;
+use crate::context::{NodeContext, TrunkChannel};
 use std::sync::{Arc, Mutex};
 use tsunagu_sip::endpoint::CallSink;
 use tsunagu_sip::{EndpointHandle, Method, SipEvent, Undelivered};
@@ -17,17 +17,22 @@ pub struct Abandoned {
     leg: Mutex<BLeg>,
     ep: EndpointHandle,
     ctx: Arc<NodeContext>,
+    /// The trunk channel the attempt holds until the leg is done: its INVITE may
+    /// still be answered.
+    _channel: Option<TrunkChannel>,
 }
 
 impl Abandoned {
-    /// Takes `leg` over from its call (its Call-ID now reaches this instead).
-    pub fn hand_over(leg: BLeg, ctx: &Arc<NodeContext>) {
+    /// Takes `leg` over from its call (its Call-ID now reaches this instead), with
+    /// the trunk channel it holds.
+    pub fn hand_over(leg: BLeg, ctx: &Arc<NodeContext>, channel: Option<TrunkChannel>) {
         let ep = ctx.endpoint.clone();
         let call_id = leg.call_id().to_string();
         let this = Abandoned {
             leg: Mutex::new(leg),
             ep: ep.clone(),
             ctx: ctx.clone(),
+            _channel: channel,
         };
         ep.register(&call_id, Arc::new(this));
     }

@@ -798,9 +798,19 @@ impl Call {
         let Some(target) = self.ctx.routing.trunks[trunk].outbound else {
             return self.after_failure(Failure::Status(503));
         };
+        // The previous attempt's channel first (a redirect moves on from it).
+        self.b_channel = None;
         let Some(channel) = TrunkChannel::try_take(&self.ctx, trunk) else {
             tracing::info!(trunk = %self.ctx.routing.trunks[trunk].name, "the trunk's channels are all in use: not sent");
             self.ctx.trunk_counters[trunk].channels_full.inc();
+            // In the record's attempts, so the log says why the trunk was passed over.
+            self.attempts.push(tsunagu_store::Attempt {
+                destination: dest.number.clone(),
+                trunk: self.ctx.routing.trunks[trunk].name.clone(),
+                started_at: now_ms(),
+                sip_code: 503,
+                outcome: "trunk_channels".into(),
+            });
             return self.after_failure(Failure::Status(503));
         };
         self.b_channel = Some(channel);
@@ -941,7 +951,7 @@ impl Call {
         self.ctx.metrics.calls.attempts_abandoned.inc();
         self.stop_ring_timer();
         b.cancel(&self.ctx.endpoint.clone()); // held until a provisional comes
-        abandoned::Abandoned::hand_over(b, &self.ctx);
+        abandoned::Abandoned::hand_over(b, &self.ctx, self.b_channel.take());
         self.after_failure(Failure::Timeout);
     }
 
@@ -955,7 +965,7 @@ impl Call {
         let Some(b) = self.b.take() else { return };
         tracing::info!("the cancelled attempt's INVITE got no final response in 32 s; moving on");
         self.ctx.metrics.calls.attempts_abandoned.inc();
-        abandoned::Abandoned::hand_over(b, &self.ctx);
+        abandoned::Abandoned::hand_over(b, &self.ctx, self.b_channel.take());
         let failure = self.pending_failure.take().unwrap_or(Failure::RingTimeout);
         self.after_failure(failure);
     }
@@ -1835,7 +1845,7 @@ impl Call {
             }
             Some(mut b) => {
                 b.cancel(&ep);
-                abandoned::Abandoned::hand_over(b, &self.ctx);
+                abandoned::Abandoned::hand_over(b, &self.ctx, self.b_channel.take());
             }
             None => {}
         }

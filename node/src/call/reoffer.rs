@@ -54,7 +54,9 @@ impl Call {
         key: tsunagu_sip::transaction::TxKey,
     ) {
         let ep = self.ctx.endpoint.clone();
-        if self.reoffer.is_some() || self.own_reinvite.is_some() {
+        // One offer at a time on a dialog (RFC 3261 14.2), the node's own included: a
+        // takeover's re-INVITEs (sent, or to be sent again after a 491).
+        if self.reoffer.is_some() || self.own_reinvite.is_some() || self.resuming.is_some() {
             ep.respond(&req, &info, &key, 491, None, &[], None);
             return;
         }
@@ -202,6 +204,10 @@ impl Call {
             tracing::info!(code, side = ?own.side, refresh = own.refresh, "the node's own offer was refused");
             if own.refresh && matches!(code, 408 | 481) {
                 self.refresh_failed();
+            } else if own.refresh {
+                // Glare (491) or a passing refusal: again after RFC 3261 14.1's wait
+                // (the caller made its Call-ID), before the session's check.
+                self.refresh_refused();
             }
             return;
         }
@@ -212,7 +218,7 @@ impl Call {
             self.apply_sdp(own.side, &rewritten);
         }
         if own.refresh {
-            self.on_refresh_answer(&resp);
+            self.on_own_refresh_answer(&resp);
         }
     }
 
@@ -291,6 +297,15 @@ impl Call {
                 }
             }
             return;
+        }
+        if code >= 300 && p.offer.is_some() {
+            // Refused: the party's session is the one before this offer, and the
+            // node's next offer of its own (a session refresh) is that one, a version
+            // past the refused one (RFC 3264 8), not the refused one again.
+            if let (Some(previous), Some(leg)) = (p.previous.as_deref(), self.leg(to)) {
+                let next = sdp::continue_origin(leg.last_sdp().as_deref(), previous);
+                *leg.last_sdp() = Some(next);
+            }
         }
         let answered = sdp_body(&resp, &resp.body)
             .filter(|_| code < 300)

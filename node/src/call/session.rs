@@ -8,7 +8,9 @@
 use super::legs::{Headers, Leg};
 use super::timers::{TimerId, Timers};
 use super::{Call, CallMsg, Phase};
-use crate::decide::session_timer::{check_after, on_callee_answer, parse, refresh_after};
+use crate::decide::session_timer::{
+    check_after, on_callee_answer, parse, refresh_after, Refresher,
+};
 use std::time::{Duration, Instant};
 use tsunagu_media::Side;
 use tsunagu_sip::parse::{has_option_tag, header};
@@ -191,18 +193,20 @@ impl Call {
         if self.phase != Phase::Answered || self.judging {
             return;
         }
-        if self.reoffer.is_some() || self.own_reinvite.is_some() || self.resuming.is_some() {
-            let later = self.after(Duration::from_secs(1), CallMsg::SessionRefresh(generation));
-            if let Some(s) = self.session.as_mut() {
-                s.send = Some(later);
-            }
-            return;
+        if self.reoffer.is_some()
+            || self.own_reinvite.is_some()
+            || self.resuming.is_some()
+            || self.late_ack.is_some()
+        {
+            return self.refresh_again_in(Duration::from_secs(1));
         }
         let Some(offer) = self.a.last_sdp.clone() else {
             return; // never answered with a session: nothing to refresh
         };
+        // In this re-INVITE the node is the UAC: `uac` names it the refresher
+        // (RFC 4028 7.4).
         let headers = vec![
-            ("Session-Expires", format!("{};refresher=uas", s.interval)),
+            ("Session-Expires", format!("{};refresher=uac", s.interval)),
             ("Supported", "timer".to_string()),
         ];
         let ep = self.ctx.endpoint.clone();
@@ -214,6 +218,49 @@ impl Call {
             key: sent.key,
             refresh: true,
         });
+    }
+
+    /// The node's refresh is tried again after `delay` (an offer of someone else's
+    /// pending, or the refresh refused), if the node still refreshes.
+    pub(super) fn refresh_again_in(&mut self, delay: Duration) {
+        let Some(s) = self.session.filter(|s| s.by_node) else {
+            return;
+        };
+        if let Some(previous) = s.send {
+            self.timers.cancel(previous);
+        }
+        let later = self.after(delay, CallMsg::SessionRefresh(s.generation));
+        if let Some(s) = self.session.as_mut() {
+            s.send = Some(later);
+        }
+    }
+
+    /// The caller refused the node's refresh for a passing reason (491: an offer of
+    /// its own crossed it): again after RFC 3261 14.1's wait (0 to 2 s: the caller made
+    /// its Call-ID), at most an eighth of the interval, so before the session's check.
+    pub(super) fn refresh_refused(&mut self) {
+        let Some(s) = self.session else { return };
+        let wait =
+            super::takeover::glare_delay(false, rand::random()).min(refresh_after(s.interval) / 4);
+        self.refresh_again_in(wait);
+    }
+
+    /// A 2xx to the node's own refresh: the clock restarts as for any refresh, and the
+    /// node goes on refreshing unless the caller took the part (`refresher=uas` in its
+    /// answer: the UAS of this transaction).
+    pub(super) fn on_own_refresh_answer(&mut self, resp: &Response) {
+        let caller_refreshes = header(resp, "Session-Expires")
+            .and_then(parse)
+            .is_some_and(|s| s.refresher == Some(Refresher::Uas));
+        if caller_refreshes {
+            if let Some(s) = self.session.as_mut() {
+                s.by_node = false;
+                if let Some(send) = s.send.take() {
+                    self.timers.cancel(send);
+                }
+            }
+        }
+        self.on_refresh_answer(resp);
     }
 
     /// A 2xx to a relayed refresh: restart the clock (with the interval it names).

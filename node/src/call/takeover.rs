@@ -65,7 +65,7 @@ const GLARE_SPAN: Duration = Duration::from_secs(40);
 /// When to send a re-INVITE refused 491 again (RFC 3261 14.1): 2.1 to 4 s if the node
 /// made the dialog's Call-ID (the callee's leg), else 0 to 2 s, in 10 ms steps; `r` is
 /// a random number.
-fn glare_delay(own_call_id: bool, r: u32) -> Duration {
+pub(super) fn glare_delay(own_call_id: bool, r: u32) -> Duration {
     let ms = if own_call_id {
         2_100 + (r % 191) * 10
     } else {
@@ -455,6 +455,10 @@ impl Call {
         let ep = self.ctx.endpoint.clone();
         match side {
             Side::A => {
+                // As after any caller's BYE: the callee may stay on for its judgement.
+                if self.judging || self.start_judgement() {
+                    return;
+                }
                 if let Some(b) = self.b.as_mut() {
                     b.bye(&ep);
                 }
@@ -474,6 +478,11 @@ impl Call {
             .as_ref()
             .is_some_and(|r| r.pending[index(side)] == Reinvite::Refused);
         if !refused || self.phase != Phase::Answered {
+            return;
+        }
+        if self.reoffer.is_some() || self.own_reinvite.is_some() {
+            // Another offer on the dialog (one at a time, RFC 3261 14.2): a second later.
+            self.after(Duration::from_secs(1), CallMsg::TakeoverRetry(side));
             return;
         }
         let ep = self.ctx.endpoint.clone();
