@@ -765,8 +765,8 @@ pub struct NotifyConfig {
     /// Offset from UTC of the times written into e-mail and SMS text (540 = JST).
     #[serde(default = "default_utc_offset")]
     pub utc_offset_minutes: i32,
-    /// Extra CA certificates (PEM) trusted for HTTPS deliveries, besides the built-in
-    /// Mozilla roots (for receivers with an in-house CA).
+    /// Extra CA certificates (PEM) trusted for HTTPS deliveries and the SMTP relay's
+    /// TLS, besides the built-in Mozilla roots (for receivers with an in-house CA).
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
     #[serde(default)]
@@ -817,19 +817,35 @@ impl Default for NotifyConfig {
     }
 }
 
-/// The mail relay notices are handed to (plain SMTP; use a local MTA for TLS).
+/// The mail relay notices are handed to.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SmtpConfig {
     pub host: String,
     #[serde(default = "default_smtp_port")]
     pub port: u16,
+    /// How the connection to the relay is protected (see [`SmtpTls`]).
+    #[serde(default)]
+    pub tls: SmtpTls,
     /// Sender address, e.g. `tsunagu <calls@example.com>`.
     pub from: String,
     #[serde(default)]
     pub username: Option<String>,
     #[serde(default)]
     pub password: Option<String>,
+}
+
+/// `notify.smtp.tls`: plain SMTP (a local MTA that handles TLS onward), STARTTLS
+/// required (the submission port, 587), or TLS from the first byte (465). With TLS the
+/// relay's certificate must be valid for `host`, by the built-in Mozilla roots or
+/// `notify.ca_file`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpTls {
+    #[default]
+    None,
+    Starttls,
+    Tls,
 }
 
 /// An HTTP SMS gateway: each SMS is one POST of `body` with `{to}` and `{text}` filled

@@ -403,6 +403,21 @@ impl Config {
                     "set both username and password, or neither".into(),
                 );
             }
+            // A password sent in clear is anyone's on the way: only to a relay on
+            // this host.
+            let local = smtp.host == "localhost"
+                || smtp
+                    .host
+                    .trim_matches(['[', ']'])
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback());
+            if smtp.password.is_some() && smtp.tls == crate::model::SmtpTls::None && !local {
+                err(
+                    "notify.smtp.tls".into(),
+                    "a password to a relay on another host needs tls = \"starttls\" or \"tls\""
+                        .into(),
+                );
+            }
         }
         // Read as delivery reads it (`egress::url_target`): a port 0 or a user part
         // passed here and failed every delivery, whose error then logged the URL with
@@ -801,6 +816,28 @@ mod tests {
         assert!(Config::from_toml("[cluster]\ncheckpoints = 1\n").is_err());
     }
 
+    /// A password goes to the relay in clear only on this host; TLS lets it travel.
+    #[test]
+    fn smtp_passwords_travel_protected() {
+        // (host, tls) -> accepted
+        let rows = [
+            ("smtp.example.com", "none", false),
+            ("192.0.2.25", "none", false),
+            ("smtp.example.com", "starttls", true),
+            ("smtp.example.com", "tls", true),
+            ("localhost", "none", true),
+            ("127.0.0.1", "none", true),
+            ("[::1]", "none", true),
+        ];
+        for (host, tls, ok) in rows {
+            let text = format!(
+                "[notify.smtp]\nhost = \"{host}\"\nfrom = \"a@example.com\"\nusername = \"u\"\npassword = \"p\"\ntls = \"{tls}\"\n"
+            );
+            let c = Config::from_toml(&text);
+            assert_eq!(c.is_ok(), ok, "{host} {tls}: {:?}", c.err());
+        }
+    }
+
     #[test]
     fn embedded_default_is_valid() {
         Config::from_toml(crate::EMBEDDED_DEFAULT).unwrap();
@@ -872,6 +909,11 @@ mod tests {
                 "notify errors",
                 "[notify]\nmax_attempts = 0\n[notify.smtp]\nhost = \"\"\nfrom = \"nobody\"\nusername = \"u\"\n[notify.sms]\nurl = \"ftp://x\"\nbody = \"{to}\"\ncontent_type = \"text/plain\"\n[notify.ga4]\nendpoint = \"https:///collect\"\n",
                 &["notify.max_attempts", "notify.smtp.host", "notify.smtp.from", "notify.smtp.username", "notify.sms.url", "notify.sms.body", "notify.sms.content_type", "notify.ga4.endpoint"],
+            ),
+            (
+                "a password in clear to another host",
+                "[notify.smtp]\nhost = \"smtp.example.com\"\nfrom = \"a@example.com\"\nusername = \"u\"\npassword = \"p\"\n",
+                &["notify.smtp.tls"],
             ),
             (
                 "tls without certificates",

@@ -137,6 +137,59 @@ fn webhooks_reach_a_receiver_that_was_down_across_a_node_restart() {
     drop(uas);
 }
 
+/// Notices to a relay that takes mail only after STARTTLS (aiosmtpd with a
+/// certificate of a test CA the node trusts through `notify.ca_file`): the e-mail of a
+/// missed call arrives. Plain SMTP gets "530 Must issue a STARTTLS command first".
+#[test]
+fn notices_reach_a_relay_that_requires_starttls() {
+    let ports = Ports::take();
+    let smtp_port = ports.sip + 6;
+    let work = tempfile::tempdir().unwrap();
+    crate::tls::make_ca(work.path());
+    crate::tls::make_leaf(work.path(), "relay");
+    let smtp = SmtpServer::start_requiring_starttls(
+        smtp_port,
+        work.path(),
+        &work.path().join("relay.pem"),
+        &work.path().join("relay.key"),
+    );
+    let node = Node::start(
+        ports,
+        "127.0.0.1/32",
+        &format!(
+            r#"
+[notify]
+retry_base_ms = 200
+ca_file = "{ca}"
+{ALLOW_LOOPBACK}
+[notify.smtp]
+host = "127.0.0.1"
+port = {smtp_port}
+tls = "starttls"
+from = "tsunagu <calls@example.com>"
+"#,
+            ca = work.path().join("ca.pem").display()
+        ),
+    );
+    let (key, _) = node.provision("0501234567", r#"[{"number": "0311112222"}]"#, "{}");
+    node.set_number(
+        &key,
+        "0501234567",
+        r#"{"notify": {"email_to": ["owner@example.com"]}}"#,
+    );
+    let busy = Uas::start("uas_busy.xml", ports, node.dir.path(), &[]);
+    let run = uac_expecting(486, node.dir.path(), ports, "0501234567", 1, &[]);
+    assert_eq!(run.exit, 0, "{}", run.output);
+    drop(busy);
+    let mails = smtp.wait_for(1);
+    assert_eq!(mails.len(), 1, "{}", node.log());
+    assert!(mails[0].contains("To: owner@example.com"), "{}", mails[0]);
+    assert_eq!(
+        node.metric("tsunagu_follow_ups_delivered_total{kind=\"email\"}"),
+        1.0
+    );
+}
+
 #[test]
 fn missed_call_notices_sms_ga4_and_a_tracked_callback() {
     let ports = Ports::take();

@@ -1107,6 +1107,17 @@ pub struct SmtpServer {
 
 impl SmtpServer {
     pub fn start(port: u16, dir: &Path) -> SmtpServer {
+        SmtpServer::start_with(port, dir, &[])
+    }
+
+    /// One that takes mail only after STARTTLS, with the certificate `cert` (PEM) and
+    /// its key.
+    pub fn start_requiring_starttls(port: u16, dir: &Path, cert: &Path, key: &Path) -> SmtpServer {
+        let (cert, key) = (cert.display().to_string(), key.display().to_string());
+        SmtpServer::start_with(port, dir, &["--tlscert", &cert, "--tlskey", &key])
+    }
+
+    fn start_with(port: u16, dir: &Path, options: &[&str]) -> SmtpServer {
         let found = Command::new("/usr/bin/python3")
             .args(["-c", "import aiosmtpd"])
             .status()
@@ -1115,7 +1126,9 @@ impl SmtpServer {
         assert!(found, "Debian's python3-aiosmtpd is required for the e-mail tests: run scripts/test.sh (it installs it)");
         let maildir = dir.join("maildir");
         let child = Command::new("/usr/bin/python3")
-            .args(["-m", "aiosmtpd", "-n", "-l"])
+            .args(["-m", "aiosmtpd", "-n"])
+            .args(options)
+            .arg("-l")
             .arg(format!("127.0.0.1:{port}"))
             .args(["-c", "aiosmtpd.handlers.Mailbox"])
             .arg(&maildir)

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-fn sh(step: &str) {
+pub(crate) fn sh(step: &str) {
     let ok = Command::new("sh")
         .args(["-c", step])
         .stdout(Stdio::null())
@@ -20,7 +20,7 @@ fn sh(step: &str) {
 }
 
 /// A test CA, and a certificate it signs for IP 127.0.0.1 named `name` in `dir`.
-fn make_ca(dir: &Path) {
+pub(crate) fn make_ca(dir: &Path) {
     require_tool("openssl");
     let d = dir.display();
     sh(&format!("openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=test-ca -keyout {d}/ca.key -out {d}/ca.pem"));
@@ -31,7 +31,7 @@ fn make_ca(dir: &Path) {
     .unwrap();
 }
 
-fn make_leaf(dir: &Path, name: &str) {
+pub(crate) fn make_leaf(dir: &Path, name: &str) {
     let d = dir.display();
     sh(&format!("openssl req -newkey rsa:2048 -nodes -subj /CN={name} -keyout {d}/{name}.key.new -out {d}/{name}.csr"));
     sh(&format!("openssl x509 -req -in {d}/{name}.csr -CA {d}/ca.pem -CAkey {d}/ca.key -CAcreateserial -days 1 -extfile {d}/leaf.ext -out {d}/{name}.pem.new"));

@@ -11,13 +11,14 @@ use super::template::{json_escaped, render};
 use bytes::Bytes;
 use lettre::message::header::ContentType;
 use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tsunagu_config::egress::EgressPolicy;
-use tsunagu_config::{NotifyConfig, SmsConfig, SmsEncoding};
+use tsunagu_config::{NotifyConfig, SmsConfig, SmsEncoding, SmtpTls};
 use tsunagu_store::{FollowUp, FollowUpKind, Store};
 
 #[derive(Debug)]
@@ -95,12 +96,19 @@ impl Deliverer {
                     .from
                     .parse()
                     .map_err(|e| format!("notify.smtp.from `{}`: {e}", s.from))?;
-                // Plain SMTP to the relay (normally a local MTA that handles TLS onward).
                 // The relay is the node operator's own configuration, typically on
-                // loopback, so it is not subject to the egress policy.
+                // loopback, so it is not subject to the egress policy. Plain SMTP
+                // unless `tls` says otherwise (then the relay's certificate must hold).
                 let mut b = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&s.host)
                     .port(s.port)
                     .timeout(Some(timeout));
+                if s.tls != SmtpTls::None {
+                    let params = smtp_tls(&s.host, cfg.ca_file.as_deref())?;
+                    b = b.tls(match s.tls {
+                        SmtpTls::Tls => Tls::Wrapper(params),
+                        _ => Tls::Required(params),
+                    });
+                }
                 if let (Some(u), Some(p)) = (&s.username, &s.password) {
                     b = b.credentials(Credentials::new(u.clone(), p.clone()));
                 }
@@ -299,6 +307,21 @@ fn sms_body(cfg: &SmsConfig, to: &str, text: &str, id: i64) -> String {
         ("id", format!("sms-{id}")),
     ]);
     render(&cfg.body, &values)
+}
+
+/// TLS toward the SMTP relay: its certificate must be valid for `host` by the built-in
+/// Mozilla roots or the CA certificates in `ca_file` (`notify.ca_file`).
+fn smtp_tls(host: &str, ca_file: Option<&std::path::Path>) -> Result<TlsParameters, String> {
+    let mut b = TlsParameters::builder(host.to_string());
+    if let Some(path) = ca_file {
+        let pem =
+            std::fs::read(path).map_err(|e| format!("notify.ca_file `{}`: {e}", path.display()))?;
+        let cert = Certificate::from_pem(&pem)
+            .map_err(|e| format!("notify.ca_file `{}`: {e}", path.display()))?;
+        b = b.add_root_certificate(cert);
+    }
+    b.build_rustls()
+        .map_err(|e| format!("notify.smtp.tls: {e}"))
 }
 
 #[cfg(test)]
