@@ -80,6 +80,23 @@ impl Rig {
             });
     }
 
+    /// The logs of the survivors of n2 (n1, n3), for a failure's message.
+    fn survivor_logs(&self) -> String {
+        ["n1", "n3"]
+            .iter()
+            .map(|n| format!("--- {n}\n{}", self.c.node(n).log()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// A metric summed over the survivors of n2 (n1, n3).
+    fn on_survivors(&self, series: &str) -> usize {
+        ["n1", "n3"]
+            .iter()
+            .map(|n| self.c.node(n).metric(series) as usize)
+            .sum()
+    }
+
     fn sip(&self, node: &str) -> SocketAddr {
         self.c.members[node].sip.parse().expect("sip address")
     }
@@ -209,18 +226,11 @@ fn a_killed_node_s_answered_calls_keep_talking_through_the_survivors() {
         share * 100.0,
         theirs.len()
     );
-    let logs = || {
-        ["n1", "n3"]
-            .iter()
-            .map(|n| format!("--- {n}\n{}", rig.c.node(n).log()))
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
     assert!(
         share >= 0.999,
         "{:.1} % resumed; worst gap {worst:?}\n{}",
         share * 100.0,
-        logs()
+        rig.survivor_logs()
     );
     // The other calls did not notice.
     let (_, worst_other) = survived(&others);
@@ -254,15 +264,10 @@ fn a_killed_node_s_answered_calls_keep_talking_through_the_survivors() {
             assert!(r["taken_over_at"].is_null(), "{r}");
         }
     }
-    let resumed: f64 = ["n1", "n3"]
-        .iter()
-        .map(|n| {
-            rig.c
-                .node(n)
-                .metric("tsunagu_calls_taken_over_total{outcome=\"resumed\"}")
-        })
-        .sum();
-    assert_eq!(resumed as usize, victims.len());
+    assert_eq!(
+        rig.on_survivors("tsunagu_calls_taken_over_total{outcome=\"resumed\"}"),
+        victims.len()
+    );
 }
 
 /// A party whose own re-INVITE is pending (one it sent the dead node stays so for up
@@ -281,37 +286,24 @@ fn a_party_refusing_the_takeover_re_invite_491_is_asked_again() {
     // The callee's leg is asked again after 2.1 to 4 s, the caller's within 2 s.
     rig.wait_heard(&victims, death, Duration::from_secs(20));
     let heard: HashSet<String> = rig.party.heard_since(death).into_iter().collect();
-    let logs = || {
-        ["n1", "n3"]
-            .iter()
-            .map(|n| format!("--- {n}\n{}", rig.c.node(n).log()))
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
     assert!(
         victims.is_subset(&heard),
         "calls of n2 not heard again: {:?}\n{:?}\n{}",
         victims.difference(&heard).collect::<Vec<_>>(),
         rig.party.states(),
-        logs()
+        rig.survivor_logs()
     );
-    let metric = |name: &str| -> usize {
-        ["n1", "n3"]
-            .iter()
-            .map(|n| rig.c.node(n).metric(name) as usize)
-            .sum()
-    };
     assert_eq!(
-        metric("tsunagu_takeover_glare_retries_total"),
+        rig.on_survivors("tsunagu_takeover_glare_retries_total"),
         2 * victims.len(),
         "each party of each call refused once"
     );
     assert_eq!(
-        metric("tsunagu_calls_taken_over_total{outcome=\"resumed\"}"),
+        rig.on_survivors("tsunagu_calls_taken_over_total{outcome=\"resumed\"}"),
         victims.len()
     );
     assert_eq!(
-        metric("tsunagu_calls_taken_over_total{outcome=\"failed\"}"),
+        rig.on_survivors("tsunagu_calls_taken_over_total{outcome=\"failed\"}"),
         0
     );
     rig.hang_up_and_check_records(CALLS, "n1");
@@ -340,18 +332,12 @@ fn a_caller_who_left_with_its_node_has_the_call_ended_not_failed() {
         .wait_until(Duration::from_secs(15), "the callee hung up", || {
             ended(&rig.party.states())
         });
-    let metric = |name: &str| -> usize {
-        ["n1", "n3"]
-            .iter()
-            .map(|n| rig.c.node(n).metric(name) as usize)
-            .sum()
-    };
     assert_eq!(
-        metric("tsunagu_calls_taken_over_total{outcome=\"ended\"}"),
+        rig.on_survivors("tsunagu_calls_taken_over_total{outcome=\"ended\"}"),
         1
     );
     assert_eq!(
-        metric("tsunagu_calls_taken_over_total{outcome=\"failed\"}"),
+        rig.on_survivors("tsunagu_calls_taken_over_total{outcome=\"failed\"}"),
         0
     );
     let records = rig.hang_up_and_check_records_within(CALLS, "n1", Some((&gone, left.elapsed())));
