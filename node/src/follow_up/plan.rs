@@ -6,8 +6,8 @@
 use super::template::render;
 use std::collections::BTreeMap;
 use tsunagu_store::{
-    CallRecord, CallResult, CallerKind, FollowUpKind, NewFollowUp, NotifyOn, RecordingStatus,
-    TrackingNumber, Validity, Webhook,
+    CallRecord, CallResult, CallerKind, FollowUpKind, NewFollowUp, Notify, NotifyOn,
+    RecordingStatus, TrackingNumber, Validity, Webhook,
 };
 
 /// Moments of a call that webhooks report before it ends.
@@ -96,6 +96,12 @@ pub fn missed(r: &CallRecord) -> bool {
     r.result != CallResult::Answered
 }
 
+/// Whether `r` is a call the number's notices are for (`notify.on`: every call, or
+/// the missed ones).
+fn notified(notify: &Notify, r: &CallRecord) -> bool {
+    notify.on == NotifyOn::All || missed(r)
+}
+
 /// What a finished call's caller gets of callback tracking.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Callback<'a> {
@@ -158,7 +164,7 @@ impl Planner {
     /// callback number (which reaches people in notices) is leased only if they go.
     pub fn notices_wanted(&self, r: &CallRecord, n: &TrackingNumber) -> bool {
         n.notify.as_ref().is_some_and(|notify| {
-            (notify.on == NotifyOn::All || missed(r))
+            notified(notify, r)
                 && ((self.email && !notify.email_to.is_empty())
                     || (self.sms && !notify.sms_to.is_empty()))
         })
@@ -223,7 +229,7 @@ impl Planner {
         };
         if let Some(notify) = &n.notify {
             let values = self.values(r, callback_number);
-            let wanted = notices && (notify.on == NotifyOn::All || missed(r));
+            let wanted = notices && notified(notify, r);
             if wanted && self.email {
                 let subject = render(
                     notify.email_subject.as_deref().unwrap_or(DEFAULT_SUBJECT),
