@@ -111,10 +111,11 @@ impl Call {
     /// returns the codec the caller was answered with. None if the caller's INVITE
     /// offers no G.711 audio (then the call goes on without prompts).
     fn answer_caller(&mut self, code: u16) -> Option<u8> {
-        if let Some((pt, sdp)) = self.a_answer.clone() {
+        if let Some(pt) = self.a_answer {
             if code == 200 && !self.a_answered {
                 let ep = self.ctx.endpoint.clone();
-                self.a.respond(&ep, 200, Some(&sdp));
+                let sdp = self.a.last_sdp.clone();
+                self.a.respond(&ep, 200, sdp.as_deref());
                 self.a_answered = true;
             }
             return Some(pt);
@@ -130,8 +131,8 @@ impl Call {
         self.a_answered = code == 200;
         // The session the node offers the caller from now on goes on from this one
         // (its origin's session id and version: RFC 3264 8).
-        self.a.last_sdp = Some(answer.sdp.clone());
-        self.a_answer = Some((answer.payload_type, answer.sdp));
+        self.a.last_sdp = Some(answer.sdp);
+        self.a_answer = Some(answer.payload_type);
         Some(answer.payload_type)
     }
 
@@ -149,7 +150,7 @@ impl Call {
         key: tsunagu_sip::transaction::TxKey,
     ) {
         let ep = self.ctx.endpoint.clone();
-        let playing = self.a_answer.as_ref().map(|(pt, _)| *pt);
+        let playing = self.a_answer;
         let body = match tsunagu_sip::parse::sdp_body(&req, &req.body) {
             Some(offer) => {
                 let local = self.relay.as_ref().map(|r| r.local(Side::A));
@@ -277,7 +278,7 @@ impl Call {
     /// The caller has the node's early media: they hear the node's ringback until the
     /// callee sends early media of its own or answers.
     pub(super) fn ringback(&mut self) {
-        if let Some((pt, _)) = self.a_answer {
+        if let Some(pt) = self.a_answer {
             self.start_playing(Side::A, self.ctx.ringback.clone(), pt, None);
         }
     }
@@ -386,7 +387,7 @@ impl Call {
         ivr.played += 1;
         ivr.wait += 1; // a timer of the previous round no longer counts
         let name = ivr.menu.prompt.clone();
-        let pt = self.a_answer.as_ref().map(|(pt, _)| *pt).unwrap_or(0);
+        let pt = self.a_answer.unwrap_or(0);
         if !self.play(Side::A, &name, "ivr_menu", pt, Some(After::IvrListen)) {
             // No menu to play: wait for a key all the same.
             self.after_prompt(After::IvrListen);
@@ -431,7 +432,7 @@ impl Call {
                     .invalid_prompt
                     .clone()
                     .unwrap_or_else(|| "ivr_invalid".into());
-                let pt = self.a_answer.as_ref().map(|(pt, _)| *pt).unwrap_or(0);
+                let pt = self.a_answer.unwrap_or(0);
                 if !self.play(Side::A, &name, "ivr_invalid", pt, Some(After::IvrMenu)) {
                     self.play_menu();
                 }

@@ -318,9 +318,10 @@ pub struct Call {
     queued: Option<queue::Queued>,
     /// When the call first queued.
     queue_since: Option<Instant>,
-    /// The node's own answer to the caller (codec, SDP), once it sent one: early media
-    /// for a prompt, or the IVR's 200. The callee is then offered that codec only.
-    a_answer: Option<(u8, String)>,
+    /// The codec of the node's own answer to the caller, once it sent one (early media
+    /// for a prompt, or the IVR's 200; its SDP is the caller leg's `last_sdp`). The
+    /// callee is then offered that codec only.
+    a_answer: Option<u8>,
     /// The caller got the node's 200 (IVR): their INVITE is answered, so a call that
     /// ends unanswered hangs up with BYE.
     a_answered: bool,
@@ -769,7 +770,7 @@ impl Call {
         self.b_offer = offer
             .and_then(|o| self.anchor_sdp(Side::A, o))
             .unwrap_or_default();
-        if let Some((pt, _)) = &self.a_answer {
+        if let Some(pt) = &self.a_answer {
             // The caller already has the node's answer: offer the callee that codec.
             let mut keep = vec![*pt];
             keep.extend(sdp::telephone_event(&self.b_offer));
