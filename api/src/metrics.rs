@@ -35,6 +35,9 @@ pub struct ApiMetrics {
     pub accept_errors: Counter,
     pub issue_throttled: Family<LimitLabel, Counter>,
     pub issue_tracked_addresses: Gauge,
+    /// 1 while the node takes new calls (as `/readyz` by the node's own reasons), set
+    /// at each scrape.
+    pub ready: Gauge,
     pub exports_active: Gauge,
     pub exports_refused: Counter,
     pub exports_cut: Family<ReasonLabel, Counter>,
@@ -124,6 +127,11 @@ impl ApiMetrics {
             "api_issue_throttled",
             "Number issue requests refused 429: a client address over api.issue.per_address_* (address), a pool over api.issue.per_pool_* (pool), a session holding api.issue.max_leases_per_session (session)",
             self.issue_throttled.clone(),
+        );
+        r.register(
+            "ready",
+            "1 while the node takes new calls, 0 while it does not (draining, call log not writing, no cluster lease: GET /readyz says which); read at each scrape",
+            self.ready.clone(),
         );
         r.register(
             "api_issue_tracked_addresses",

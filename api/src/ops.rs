@@ -49,6 +49,10 @@ pub async fn metrics(
         .metrics
         .issue_tracked_addresses
         .set(st.defences.issue.tracked_addresses() as i64);
+    st.defences
+        .metrics
+        .ready
+        .set(i64::from(st.hooks.not_ready().is_none()));
     render(&st).into_response()
 }
 

@@ -332,7 +332,9 @@ fn spec_section_8_example_works_as_written() {
 #[test]
 fn dashboard_and_alert_rules_use_exported_metrics() {
     let ports = Ports::take();
-    let node = Node::start(ports, "127.0.0.1/32", "");
+    // A trunk with keepalives: its `tsunagu_trunk_up` appears (nobody answers it).
+    let pinged = "\n[[trunks]]\nname = \"pinged\"\ninbound = [\"127.0.0.5/32\"]\noutbound = \"udp:127.0.0.1:9\"\noptions_interval_seconds = 1\n";
+    let node = Node::start(ports, "127.0.0.1/32", pinged);
     // Labelled families appear once they have a child: make one call with media and one refusal.
     let (key, _) = node.provision("0501234567", r#"[{"number": "0311112222"}]"#, "{}");
     let _uas = Uas::start("uas_answer.xml", ports, node.dir.path(), &["-rtp_echo"]);

@@ -186,6 +186,7 @@ fn a_store_that_cannot_be_written_stops_new_calls_and_loses_none() {
             .map(|r| r.status == 503 && r.body.starts_with("call log not ready"))
             .unwrap_or(false)
     });
+    assert_eq!(node.metric("tsunagu_ready"), 0.0);
     assert_eq!(node.metric("tsunagu_call_log_stalled"), 1.0);
     let refused = uac_expecting(503, node.dir.path(), ports, "0501234567", 1, &[]);
     assert_eq!(refused.successful, 1, "{}", refused.output);
@@ -205,6 +206,7 @@ fn a_store_that_cannot_be_written_stops_new_calls_and_loses_none() {
             .map(|r| r.status == 200)
             .unwrap_or(false)
     });
+    assert_eq!(node.metric("tsunagu_ready"), 1.0);
     let after = uac("uac.xml", ports, "0501234567", 10, 20, &["-d", "200"]);
     assert_eq!(after.successful, 10, "{}", after.output);
     let calls = node.wait_for_calls(&key, 50);
