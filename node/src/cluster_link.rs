@@ -357,7 +357,7 @@ async fn take_handed_over(
         let cp = call.checkpoint.as_deref().and_then(Checkpoint::decode);
         if let Some((nodes, State::Answered(answered))) = cp.map(|c| (c.nodes, c.state)) {
             let id = call.record.call_id.clone();
-            if claim_and_resume(ctx, supervisor, from, call.record, answered, nodes).await {
+            if claim_and_resume(ctx, supervisor, from, call.record, answered, nodes, None).await {
                 claimed.push(id);
             }
         }
@@ -374,6 +374,7 @@ async fn claim_and_resume(
     record: tsunagu_store::CallRecord,
     answered: Box<Answered>,
     nodes: Vec<String>,
+    quiet_since_ms: Option<i64>,
 ) -> bool {
     let from = (from.to_string(), record.owner_epoch);
     let to = (ctx.node_id.clone(), ctx.epoch.load(Ordering::Relaxed));
@@ -402,6 +403,7 @@ async fn claim_and_resume(
         nodes,
         number: Arc::new(number),
         logged: Arc::new(AtomicBool::new(false)),
+        quiet_since_ms,
     };
     supervisor
         .cast(SupervisorMsg::Resume(Box::new(args)))
@@ -639,7 +641,7 @@ impl TakeOver {
                                 self.survivors.iter().map(String::as_str),
                             ) == Some(me.as_str());
                     if mine {
-                        self.claim(call.record, answered, nodes).await;
+                        self.claim(call.record, answered, nodes, last_seen).await;
                     }
                 }
                 other if self.finaliser => {
@@ -660,12 +662,14 @@ impl TakeOver {
         }
     }
 
-    /// Claims one answered call and resumes it here.
+    /// Claims one answered call and resumes it here (`last_seen`: when the member
+    /// was last heard).
     async fn claim(
         &self,
         record: tsunagu_store::CallRecord,
         answered: Box<Answered>,
         nodes: Vec<String>,
+        last_seen: Option<i64>,
     ) {
         let id = record.call_id.clone();
         if claim_and_resume(
@@ -675,6 +679,7 @@ impl TakeOver {
             record,
             answered,
             nodes,
+            last_seen,
         )
         .await
         {

@@ -122,7 +122,7 @@ fn after_kill_9_every_call_in_progress_is_logged_once_as_lost() {
 }
 
 /// RFC 3339 with milliseconds (as the API writes it) to epoch milliseconds.
-fn chrono_ms(t: &str) -> i64 {
+pub(crate) fn chrono_ms(t: &str) -> i64 {
     chrono::DateTime::parse_from_rfc3339(t)
         .unwrap()
         .timestamp_millis()

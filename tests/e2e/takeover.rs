@@ -138,18 +138,6 @@ impl Rig {
     /// Hangs every call up and checks the records: one per call, answered, with the
     /// talk time the caller saw; returns them by caller.
     fn hang_up_and_check_records(&self, n: usize, via: &str) -> HashMap<String, serde_json::Value> {
-        self.hang_up_and_check_records_within(n, via, None)
-    }
-
-    /// [`Rig::hang_up_and_check_records`], one caller's call allowed a talk time
-    /// logged up to a while longer than the caller saw (a call whose caller left
-    /// unheard ends when a survivor learns it).
-    fn hang_up_and_check_records_within(
-        &self,
-        n: usize,
-        via: &str,
-        late: Option<(&str, Duration)>,
-    ) -> HashMap<String, serde_json::Value> {
         let unclean = self.party.hang_up_all(Duration::from_secs(30));
         assert!(
             unclean.is_empty(),
@@ -170,12 +158,9 @@ impl Rig {
             let caller = r["caller_number"].as_str().unwrap_or_default().to_string();
             assert_eq!(r["result"], "answered", "{r}");
             let seen = talk[&caller].as_secs_f64();
-            let slack = late
-                .filter(|(c, _)| *c == caller)
-                .map_or(0.0, |(_, d)| d.as_secs_f64());
             let logged = r["talk_seconds"].as_f64().unwrap_or(-1.0);
             assert!(
-                logged >= seen - 2.0 && logged <= seen + 2.0 + slack,
+                (logged - seen).abs() <= 2.0,
                 "talk time {logged} s logged, {seen:.1} s heard: {r}"
             );
             assert!(
@@ -311,7 +296,8 @@ fn a_party_refusing_the_takeover_re_invite_491_is_asked_again() {
 
 /// A caller who hangs up as its node dies (its BYE lost with the node) answers the
 /// takeover re-INVITE 481: the call ends as the caller ended it. The callee gets a
-/// BYE, and the call is logged answered with no end reason, not `takeover_failed`.
+/// BYE, and the call is logged answered with no end reason, not `takeover_failed`,
+/// ending when its node was last heard, not seconds later when a survivor learnt it.
 #[test]
 fn a_caller_who_left_with_its_node_has_the_call_ended_not_failed() {
     const CALLS: usize = 3;
@@ -320,7 +306,10 @@ fn a_caller_who_left_with_its_node_has_the_call_ended_not_failed() {
     let victims = rig.carried_by("n2");
     let gone = victims.iter().next().expect("a call through n2").clone();
     rig.party.hang_up_unheard(&gone);
-    let left = Instant::now();
+    let killed_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
     rig.c.members.get_mut("n2").unwrap().node.kill();
     let ended = |s: &std::collections::HashMap<(LegState, Option<LegState>), usize>| {
         s.get(&(LegState::HungUp, Some(LegState::EndedByNode)))
@@ -340,9 +329,15 @@ fn a_caller_who_left_with_its_node_has_the_call_ended_not_failed() {
         rig.on_survivors("tsunagu_calls_taken_over_total{outcome=\"failed\"}"),
         0
     );
-    let records = rig.hang_up_and_check_records_within(CALLS, "n1", Some((&gone, left.elapsed())));
+    let records = rig.hang_up_and_check_records(CALLS, "n1");
     let r = &records[&gone];
     assert!(r["end_reason"].is_null(), "{r}");
+    let ended = crate::durability::chrono_ms(r["ended_at"].as_str().unwrap());
+    assert!(
+        ended <= killed_at + 200,
+        "ended {} ms after its node was killed: {r}",
+        ended - killed_at
+    );
     assert_eq!(r["nodes"][0], "n2", "{r}");
 }
 

@@ -33,12 +33,18 @@ pub struct ResumeArgs {
     pub nodes: Vec<String>,
     pub number: Arc<TrackingNumber>,
     pub logged: Arc<AtomicBool>,
+    /// When the node that ran it was last heard, for a member declared down (store
+    /// milliseconds); None for a call handed over by a draining node.
+    pub quiet_since_ms: Option<i64>,
 }
 
 /// Resuming: our re-INVITEs waiting for the parties' answers.
 pub(super) struct Resuming {
     /// Our re-INVITE on each leg (caller, callee).
     pending: [Reinvite; 2],
+    /// When the call's node was last heard (store milliseconds), for a call claimed
+    /// from a member declared down; None for one handed over by a live node.
+    quiet_since_ms: Option<i64>,
     started: Instant,
     /// What the call came with, until the media is set up.
     answered: Option<Box<Answered>>,
@@ -207,6 +213,7 @@ impl Call {
             nodes,
             number,
             logged,
+            quiet_since_ms,
         } = *args;
         let routing = ctx.routing.clone();
         let allowed = |ip: std::net::IpAddr| routing.is_trunk_address(ip);
@@ -279,6 +286,7 @@ impl Call {
             .collect();
         call.resuming = Some(Box::new(Resuming {
             pending: [Reinvite::Done; 2],
+            quiet_since_ms,
             started: now,
             answered: Some(answered),
         }));
@@ -451,12 +459,24 @@ impl Call {
             "a party had left the call before it was taken over: ending it"
         );
         self.ctx.metrics.calls.taken_over("ended");
+        // The party left while its node was going: the talk ends when that node was
+        // last heard (a member declared down), not when this node learnt of it.
+        let quiet = self.resuming.as_ref().and_then(|r| r.quiet_since_ms);
         self.forget_takeover_once_answered();
+        if let Some(ms) = quiet {
+            let ms = self.answered.map_or(ms, |(_, at)| ms.max(at));
+            let ago = u64::try_from(crate::clock::now_ms().saturating_sub(ms)).unwrap_or(0);
+            let at = Instant::now().checked_sub(Duration::from_millis(ago));
+            self.talk_end = at.or(self.talk_end);
+            self.ended_ms = Some(ms);
+        }
         let ep = self.ctx.endpoint.clone();
         match side {
             Side::A => {
                 // As after any caller's BYE: the callee may stay on for its judgement.
+                let talk_end = self.talk_end;
                 if self.judging || self.start_judgement() {
+                    self.talk_end = talk_end.or(self.talk_end);
                     return;
                 }
                 if let Some(b) = self.b.as_mut() {
