@@ -835,6 +835,10 @@ impl Call {
             .identity
             .as_deref()
             .filter(|_| self.ctx.routing.trunks[trunk].trusted)
+            // Only an identity someone vouched for (a trusted trunk's PAI, or a
+            // carrier that verifies its From numbers): a From from anyone else is a
+            // claim, and asserting it would launder a spoofed caller id (RFC 3325 9.1).
+            .filter(|_| self.caller_verified)
             .filter(|_| self.number.caller_id != CallerIdMode::System);
         let privacy = crate::decide::caller::privacy_for_callee(
             self.a_view.privacy.as_deref(),
