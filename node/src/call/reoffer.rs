@@ -349,7 +349,8 @@ impl Call {
             _ => self.a.peer.transport,
         };
         let contact = legs::contact(&ep, transport);
-        let timer = session::answer_headers(&resp);
+        let asked = header(&p.request, "Session-Expires").is_some();
+        let timer = session::answer_headers(&resp, asked, self.session.map(|s| s.interval));
         let extra: Vec<(&str, &str)> = if code < 300 {
             self.on_refresh_answer(&resp);
             std::iter::once(("Contact", contact.as_str()))

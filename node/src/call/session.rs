@@ -34,13 +34,25 @@ pub(super) fn headers_of(req: &Request) -> Headers {
     out
 }
 
-/// The session-timer headers of a 2xx to a refresh, to pass on with the answer.
-pub(super) fn answer_headers(resp: &Response) -> Vec<(&'static str, String)> {
+/// The session-timer headers of a 2xx to a refresh, to pass on with the answer. A
+/// 2xx without Session-Expires to a sender that asked for one (`asked`: the refresh
+/// carried it) while the node keeps the session's timer of `interval` s gets one
+/// naming the sender refresher: without it the sender reads "no expiration" (RFC 4028
+/// 7.2), stops refreshing, and the node's check hangs the call up (a callee that does
+/// no timers answers the caller's refreshes so; a review).
+pub(super) fn answer_headers(
+    resp: &Response,
+    asked: bool,
+    interval: Option<u32>,
+) -> Vec<(&'static str, String)> {
     let mut out = Vec::new();
     if let Some(se) = header(resp, "Session-Expires").filter(|v| parse(v).is_some()) {
         out.push(("Session-Expires", se.to_string()));
-    }
-    if has_option_tag(resp, "Require", "timer") {
+        if has_option_tag(resp, "Require", "timer") {
+            out.push(("Require", "timer".into()));
+        }
+    } else if let (true, Some(interval)) = (asked, interval) {
+        out.push(("Session-Expires", format!("{interval};refresher=uac")));
         out.push(("Require", "timer".into()));
     }
     out
@@ -424,6 +436,62 @@ mod tests {
             1,
             "the caller refreshes: no refresh of the node's"
         );
+    }
+
+    fn ok(extra: &str) -> Response {
+        let text = format!(
+            "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK1\r\n\
+             From: <sip:a@127.0.0.1>;tag=1\r\nTo: <sip:b@127.0.0.1>;tag=2\r\nCall-ID: c1\r\n\
+             CSeq: 2 UPDATE\r\n{extra}Content-Length: 0\r\n\r\n"
+        );
+        match tsunagu_sip::parse::parse(text.as_bytes()).unwrap().0 {
+            tsunagu_sip::SipMessage::Response(r) => r,
+            _ => unreachable!(),
+        }
+    }
+
+    /// A refresh's 2xx goes back with the answerer's timer; one without any, to a
+    /// sender that asked while the node keeps a timer, names the sender refresher
+    /// (else the sender reads "no expiration", stops, and the node hangs up).
+    #[test]
+    fn a_refresh_answer_keeps_its_sender_refreshing() {
+        let own = |k: &'static str, v: &str| (k, v.to_string());
+        let rows: &[(&str, bool, Option<u32>, Vec<(&'static str, String)>)] = &[
+            (
+                "Session-Expires: 600;refresher=uas\r\n",
+                true,
+                Some(1800),
+                vec![own("Session-Expires", "600;refresher=uas")],
+            ),
+            (
+                "Session-Expires: 600;refresher=uac\r\nRequire: timer\r\n",
+                true,
+                Some(600),
+                vec![
+                    own("Session-Expires", "600;refresher=uac"),
+                    own("Require", "timer"),
+                ],
+            ),
+            (
+                "",
+                true,
+                Some(1800),
+                vec![
+                    own("Session-Expires", "1800;refresher=uac"),
+                    own("Require", "timer"),
+                ],
+            ),
+            ("", false, Some(1800), vec![]),
+            ("", true, None, vec![]),
+            ("Require: timer\r\n", true, None, vec![]),
+        ];
+        for (extra, asked, interval, want) in rows {
+            assert_eq!(
+                &answer_headers(&ok(extra), *asked, *interval),
+                want,
+                "{extra:?}"
+            );
+        }
     }
 
     /// Only session headers that parse go to the other leg.
