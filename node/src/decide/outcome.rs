@@ -3,7 +3,11 @@
 //!
 //! Per SPEC: the next trunk of the route is tried on 408, 5xx and timeouts (a trunk
 //! problem); the next destination on busy, no answer, rejection or failure (an
-//! advertiser-side problem, sequential forwarding).
+//! advertiser-side problem, sequential forwarding). A 6xx too: RFC 3261 16.7 stops a
+//! proxy forking one request at a global failure, but each destination here is a new
+//! call of the node's to another phone (the shop's line, then the owner's mobile), and
+//! one phone's decline is not the advertiser's. A callee that cannot take the session
+//! (488, 606) is answered 488 upstream, so the caller's carrier can offer another.
 
 use tsunagu_store::CallResult;
 
@@ -56,6 +60,7 @@ pub fn classify(f: Failure) -> (CallResult, u16) {
             408 | 480 => (CallResult::NoAnswer, 480),
             403 | 603 => (CallResult::Rejected, 603),
             404 | 410 | 484 | 604 => (CallResult::Failed, 404),
+            488 | 606 => (CallResult::Failed, 488),
             _ => (CallResult::Failed, 502),
         },
     }
@@ -84,6 +89,14 @@ mod tests {
     use super::*;
     use CallResult::*;
     use Failure::*;
+
+    #[test]
+    fn not_acceptable_goes_upstream_as_488() {
+        for code in [488, 606] {
+            assert_eq!(classify(Status(code)), (Failed, 488), "{code}");
+        }
+        assert_eq!(classify(Status(415)), (Failed, 502));
+    }
 
     #[test]
     fn steps() {
@@ -177,13 +190,14 @@ mod tests {
                     upstream: 502,
                 },
             ),
+            // Not acceptable: not a trunk problem, and told upstream as such.
             (
                 Status(488),
                 true,
                 false,
                 Step::GiveUp {
                     result: Failed,
-                    upstream: 502,
+                    upstream: 488,
                 },
             ),
         ];
