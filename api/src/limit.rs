@@ -49,13 +49,16 @@ impl Bucket {
     /// burst).
     fn give_back(&mut self, rate: Rate, now_ms: i64) {
         self.tokens = (self.level(rate, now_ms) + 1.0).min(f64::from(rate.burst));
-        self.at_ms = now_ms.max(self.at_ms);
+        self.at_ms = now_ms;
     }
 
     /// Takes one token, or says in how many whole seconds one will be there.
     fn take(&mut self, rate: Rate, now_ms: i64) -> Result<(), u64> {
         let level = self.level(rate, now_ms);
-        self.at_ms = now_ms.max(self.at_ms);
+        // Refills count from now on, also after the clock went back: kept at the
+        // later time, a bucket refilled nothing until the clock caught up again (an
+        // hour's step back was an hour of 429 for a busy pool: a review).
+        self.at_ms = now_ms;
         if level >= 1.0 {
             self.tokens = level - 1.0;
             return Ok(());
@@ -132,7 +135,8 @@ impl<K: Hash + Eq> KeyedBuckets<K> {
     }
 
     fn sweep(&mut self, now_ms: i64) {
-        if now_ms.saturating_sub(self.last_sweep_ms) < 1000 {
+        // Once a second; at once after the clock went back (else not until it caught up).
+        if (0..1000).contains(&now_ms.saturating_sub(self.last_sweep_ms)) {
             return;
         }
         self.last_sweep_ms = now_ms;
@@ -263,6 +267,20 @@ mod tests {
         per_minute: 60,
         burst: 3,
     };
+
+    /// A clock stepped back an hour: the bucket refills from the new time on, instead
+    /// of waiting an hour for the clock to catch up.
+    #[test]
+    fn a_clock_stepped_back_does_not_freeze_a_bucket() {
+        let mut b = Bucket::full(R, 10_000_000);
+        for _ in 0..3 {
+            assert_eq!(b.take(R, 10_000_000), Ok(()));
+        }
+        assert!(b.take(R, 10_000_000).is_err());
+        let back = 10_000_000 - 3_600_000;
+        assert!(b.take(R, back).is_err(), "a step back refills nothing");
+        assert_eq!(b.take(R, back + 1_000), Ok(()), "a second later: one token");
+    }
 
     /// (time, expected) for successive takes from one bucket of 60/min, burst 3.
     #[test]

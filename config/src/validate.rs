@@ -84,6 +84,17 @@ impl Config {
         if self.node.max_calls == 0 {
             err("node.max_calls".into(), "must be at least 1".into());
         }
+        // Durations the node adds to its clock: a "forever" of u64::MAX made the drain
+        // panic at SIGTERM (a review).
+        if self.node.drain_seconds > 86_400 {
+            err("node.drain_seconds".into(), "must be at most 86400".into());
+        }
+        if self.node.max_call_seconds > 7 * 86_400 {
+            err(
+                "node.max_call_seconds".into(),
+                "must be at most 604800 (a week)".into(),
+            );
+        }
         if let Some(message) = self.recordings_dir_error() {
             err("node.recordings_dir".into(), message);
         }
@@ -378,8 +389,8 @@ impl Config {
                 "must be 100 to 3600000 (an hour)".into(),
             );
         }
-        if n.timeout_ms == 0 {
-            err("notify.timeout_ms".into(), "must be at least 1".into());
+        if n.timeout_ms == 0 || n.timeout_ms > 600_000 {
+            err("notify.timeout_ms".into(), "must be 1 to 600000".into());
         }
         if n.utc_offset_minutes.abs() > 14 * 60 {
             err(
@@ -924,6 +935,11 @@ mod tests {
             ("no session floor", "[sip]\nmin_session_expires = 0\n", &["sip.min_session_expires"]),
             ("no ring at all", "[sip]\nmax_ring_seconds = 0\n", &["sip.max_ring_seconds"]),
             ("thousands of threads", "[node]\nworker_threads = 1025\n", &["node.worker_threads"]),
+            (
+                "durations past the clock",
+                "[node]\ndrain_seconds = 9223372036854775807\nmax_call_seconds = 9223372036854775807\n[notify]\ntimeout_ms = 9223372036854775807\n",
+                &["node.drain_seconds", "node.max_call_seconds", "notify.timeout_ms"],
+            ),
             (
                 "sip edge limits",
                 "[sip]\nincoming_queue_bytes = 100\noverload_queue_delay_ms = 1000\nshards = 65\ntcp_max_connections = 0\ntcp_max_connections_per_source = 0\ntcp_idle_timeout_seconds = 0\n",

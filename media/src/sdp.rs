@@ -516,6 +516,12 @@ pub fn continue_origin(last: Option<&str>, body: &str) -> String {
             Some(o) => {
                 let mut f: Vec<&str> = o.split(' ').collect();
                 let v = version.to_string();
+                // Every body the node sends went through `rewrite` (six fields); one
+                // that did not is passed as it is rather than indexed past its end.
+                if f.len() < 3 {
+                    out.push_str(line);
+                    continue;
+                }
                 f[1] = session;
                 f[2] = &v;
                 out.push_str("o=");
@@ -570,6 +576,13 @@ mod tests {
                 "o=u 1 3 IN IP4 h\ns=\n",
             ),
             ("v=0\r\n", "v=0\r\nt=0 0\r\n", "v=0\r\nt=0 0\r\n"),
+            // A second o= line too short to hold a version is left as it is (it was
+            // indexed past its end).
+            (
+                "o=u 1 3 IN IP4 h\n",
+                "o=u 1 3 IN IP4 h\no=x\ns=\n",
+                "o=u 1 4 IN IP4 h\no=x\ns=\n",
+            ),
         ];
         for (last, next, want) in cases {
             assert_eq!(continue_origin(Some(last), next), want, "{last:?}");

@@ -733,7 +733,9 @@ pub async fn run(
 
     // Drain: refuse new calls, let running ones finish.
     ctx.draining.store(true, Ordering::Relaxed);
-    let deadline = Instant::now() + Duration::from_secs(config.node.drain_seconds);
+    let deadline = Instant::now()
+        .checked_add(Duration::from_secs(config.node.drain_seconds))
+        .unwrap_or_else(Instant::now);
     tracing::info!(
         active_calls = ctx.active_calls(),
         drain_seconds = config.node.drain_seconds,

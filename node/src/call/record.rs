@@ -60,7 +60,15 @@ impl Call {
         let ended = self.talk_end.unwrap_or_else(Instant::now);
         let ring_end = self.answered.map(|(t, _)| t).unwrap_or(ended);
         let mut record = self.base_record();
-        record.ended_at = ended_at_ms;
+        // A wall clock stepped back mid-call put the end before the answer: then the
+        // end is the answer plus the talk time the monotonic clock measured.
+        record.ended_at = match self.answered {
+            Some((t, at)) if ended_at_ms < at => {
+                let talked = i64::try_from(ended.duration_since(t).as_millis()).unwrap_or(0);
+                at.saturating_add(talked)
+            }
+            _ => ended_at_ms,
+        };
         record.destination_number = self.destination();
         record.answered_at = self.answered.map(|(_, ms)| ms);
         record.ring_seconds = rounded_seconds(ring_end.duration_since(self.started));
