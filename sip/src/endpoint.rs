@@ -764,6 +764,7 @@ impl Core {
                 self.deliver(&call_id, cancelled);
             }
             RequestMatch::CancelUnmatched => self.answer(&req, &info, 481, &[]),
+            RequestMatch::CancelAfterFinal => self.answer(&req, &info, 200, &[]),
             RequestMatch::New => self.on_new_request(req, info, peer),
         }
     }

@@ -101,6 +101,10 @@ pub enum RequestMatch {
     Cancel(TxKey),
     /// CANCEL matching nothing; a CANCEL transaction was created for the 481.
     CancelUnmatched,
+    /// CANCEL of an INVITE already answered finally (its 200 crossed the CANCEL): a
+    /// CANCEL transaction was created for a 200 that changes nothing (RFC 3261 9.2:
+    /// a CANCEL matching a transaction is answered 200 whatever it can still do).
+    CancelAfterFinal,
     /// The branch of a transaction another source began, or another request of the
     /// same source reusing a branch (another Call-ID or CSeq: RFC 3261 wants branches
     /// unique): nothing is sent back and the transaction is left alone (a peer must
@@ -394,6 +398,13 @@ impl Transactions {
                                 && inv.cseq == cseq =>
                         {
                             RequestMatch::Cancel(invite)
+                        }
+                        Some(inv)
+                            if same_source(&inv.peer, &peer)
+                                && inv.call_id == self.call_ids.hash_one(call_id)
+                                && inv.cseq == cseq =>
+                        {
+                            RequestMatch::CancelAfterFinal
                         }
                         _ => RequestMatch::CancelUnmatched,
                     };
@@ -1486,6 +1497,23 @@ mod tests {
         assert_eq!(
             t.on_request(Method::Cancel, "z9hG4bKzz", "c7", 1, udp(), now, &mut out),
             RequestMatch::CancelUnmatched
+        );
+        // An INVITE answered finally: its CANCEL (crossing the answer) still matches
+        // it, for a 200 that changes nothing.
+        t.on_request(Method::Invite, "z9hG4bKd", "c9", 1, udp(), now, &mut out);
+        let key = TxKey::new("z9hG4bKd", Method::Invite);
+        assert!(t.send_response(
+            &key,
+            200,
+            Bytes::from_static(b"200"),
+            "c9",
+            1,
+            now,
+            &mut out
+        ));
+        assert_eq!(
+            t.on_request(Method::Cancel, "z9hG4bKd", "c9", 1, udp(), now, &mut out),
+            RequestMatch::CancelAfterFinal
         );
     }
 
