@@ -168,6 +168,7 @@ impl Call {
             None => None,
         };
         tracing::debug!(method = %req.method, "an offer answered by the node itself");
+        self.refresh_target(Side::A, tsunagu_sip::parse::header(&req, "Contact"));
         let contact = super::legs::contact(&ep, self.a.peer.transport);
         ep.respond(
             &req,

@@ -98,6 +98,12 @@ pub trait Leg {
     fn last_sdp(&mut self) -> &mut Option<String>;
     /// The last ACK the node sent this party.
     fn last_ack(&mut self) -> &mut LastAck;
+    /// A target refresh (RFC 3261 12.2): the party's re-INVITE or UPDATE, or its 2xx
+    /// to one of the node's, named `contact` (None: none, nothing changes). Its
+    /// requests go there from now on, through the dialog's route set, when that is a
+    /// trunk's address (`allowed`; see [`next_hop`]). A carrier's SBC that fails over
+    /// re-INVITEs from its new address; the node's BYE went to the old one.
+    fn refresh_target(&mut self, contact: Option<&str>, allowed: &dyn Fn(std::net::IpAddr) -> bool);
 
     /// The next request of ours in this dialog (for the caller to fill and send).
     fn request(&mut self, ep: &EndpointHandle, method: Method) -> (RequestSpec, Peer) {
@@ -477,6 +483,17 @@ impl ALeg {
 }
 
 impl Leg for ALeg {
+    fn refresh_target(
+        &mut self,
+        contact: Option<&str>,
+        allowed: &dyn Fn(std::net::IpAddr) -> bool,
+    ) {
+        if let Some(c) = contact {
+            self.remote_target = uri_of(c).to_string();
+            self.next = next_hop(&self.routes, &self.remote_target, self.peer, allowed);
+        }
+    }
+
     fn in_dialog(&self, ep: &EndpointHandle, method: Method, cseq: u32) -> (RequestSpec, Peer) {
         let their_from = header(&self.invite, "From").unwrap_or_default().to_string();
         let our_to = format!(
@@ -597,6 +614,18 @@ pub struct BLeg {
 }
 
 impl Leg for BLeg {
+    fn refresh_target(
+        &mut self,
+        contact: Option<&str>,
+        allowed: &dyn Fn(std::net::IpAddr) -> bool,
+    ) {
+        if let Some(c) = contact {
+            let target = uri_of(c).to_string();
+            self.next = next_hop(&self.routes, &target, self.peer, allowed);
+            self.remote_target = Some(target);
+        }
+    }
+
     fn in_dialog(&self, ep: &EndpointHandle, method: Method, cseq: u32) -> (RequestSpec, Peer) {
         let target = self
             .remote_target
@@ -876,6 +905,48 @@ mod tests {
         for (next, want) in rows {
             assert_eq!(restored_cseq(next), want, "{next}");
         }
+    }
+
+    /// A target refresh moves the dialog's requests to the new Contact when it is a
+    /// trunk's address; a third party's is recorded but not sent to; no Contact, no
+    /// change.
+    #[test]
+    fn a_target_refresh_moves_the_dialogs_requests() {
+        use super::super::checkpoint::{Hop, HopTransport};
+        let allowed = |ip: std::net::IpAddr| ip.to_string().starts_with("192.0.2.");
+        let d = Dialog {
+            call_id: "c1".into(),
+            local: "<sip:0501234567@192.0.2.1>;tag=ours".into(),
+            remote: "<sip:09012345678@192.0.2.9>;tag=theirs".into(),
+            next_cseq: 3,
+            target: "sip:caller@192.0.2.9:5060".into(),
+            routes: Vec::new(),
+            hop: Hop {
+                transport: HopTransport::Udp,
+                addr: "192.0.2.9:5060".parse().unwrap(),
+            },
+            sdp: "v=0\r\n".into(),
+            media: None,
+            dtmf: None,
+            formats: None,
+        };
+        let mut a = ALeg::restore(&d, &allowed).unwrap();
+        let hop = |a: &ALeg| a.dialog().hop.addr.to_string();
+        a.refresh_target(None, &allowed);
+        assert_eq!(
+            (a.dialog().target, hop(&a)),
+            (d.target.clone(), "192.0.2.9:5060".into())
+        );
+        a.refresh_target(Some("<sip:caller@192.0.2.30:5090>;expires=0"), &allowed);
+        assert_eq!(
+            (a.dialog().target, hop(&a)),
+            (
+                "sip:caller@192.0.2.30:5090".into(),
+                "192.0.2.30:5090".into()
+            )
+        );
+        a.refresh_target(Some("<sip:victim@203.0.113.9:5060>"), &allowed);
+        assert_eq!(hop(&a), "192.0.2.9:5060", "a third party is not sent to");
     }
 
     #[test]

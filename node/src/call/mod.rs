@@ -686,6 +686,14 @@ impl Call {
         }
     }
 
+    /// `side`'s party named a new remote target (see [`Leg::refresh_target`]).
+    fn refresh_target(&mut self, side: Side, contact: Option<&str>) {
+        let routing = self.ctx.routing.clone();
+        if let Some(leg) = self.leg(side) {
+            leg.refresh_target(contact, &|ip| routing.is_trunk_address(ip));
+        }
+    }
+
     fn start(&mut self) {
         tracing::debug!("call started");
         self.ctx.metrics.calls.started.inc();

@@ -98,6 +98,8 @@ impl Call {
             // (RFC 3261 17.2.1: a 100 when the answer may take over 200 ms).
             ep.respond(&req, &info, &key, 100, None, &[], None);
         }
+        // A re-INVITE or UPDATE is a target refresh (RFC 3261 12.2.2, RFC 3311 5.2).
+        self.refresh_target(from, header(&req, "Contact"));
         let sdp = offer.as_ref().map(|o| o.sdp.clone());
         let late = sdp.is_none() && req.method == Method::Invite;
         let method = req.method;
@@ -212,6 +214,7 @@ impl Call {
             return;
         }
         self.ack_2xx(own.side, own.cseq);
+        self.refresh_target(own.side, header(&resp, "Contact"));
         let answered =
             sdp_body(&resp, &resp.body).and_then(|body| self.rewrite_sdp(own.side, &body));
         if let Some(rewritten) = answered {
@@ -328,6 +331,10 @@ impl Call {
         }
         if let (200..=299, Some(offer)) = (code, &p.offer) {
             self.apply_sdp(p.from, offer);
+        }
+        if (200..300).contains(&code) {
+            // The 2xx to a target refresh names the party's target (RFC 3261 12.2.1.2).
+            self.refresh_target(to, header(&resp, "Contact"));
         }
         let answer = answered.map(|rewritten| {
             self.apply_sdp(to, &rewritten);

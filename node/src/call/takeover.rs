@@ -427,6 +427,7 @@ impl Call {
         if !(200..300).contains(&code) {
             return self.takeover_failed(&format!("a party answered {code}"));
         }
+        self.refresh_target(side, tsunagu_sip::parse::header(&resp, "Contact"));
         if let Some(body) = sdp_body(&resp, &resp.body) {
             self.anchor_sdp(side, &body);
         }
