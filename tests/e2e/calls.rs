@@ -1405,6 +1405,10 @@ fn the_node_refreshes_a_caller_that_asks_it_to() {
         messages.matches("INVITE sip:").count() == 1 && !messages.contains("UPDATE sip:"),
         "the node's refreshes are the caller's leg's alone: {messages}"
     );
+    assert!(
+        messages.contains("Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, PRACK"),
+        "the callee is told what it may send in the dialog: {messages}"
+    );
 }
 
 #[test]

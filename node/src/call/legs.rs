@@ -386,6 +386,11 @@ impl ALeg {
         if (101..300).contains(&code) {
             extra.push(("Contact", &contact));
         }
+        if (200..300).contains(&code) {
+            // What the caller may send in the dialog (RFC 3261 13.3.1.4; UPDATE's
+            // use is told so, RFC 3311 5.1).
+            extra.push(("Allow", tsunagu_sip::endpoint::ALLOW));
+        }
         extra.extend_from_slice(headers);
         self.tag_sent |= code > 100;
         ep.respond(
@@ -694,6 +699,8 @@ impl BLeg {
         if let Some(p) = o.privacy {
             extra.push(("Privacy", p.to_string()));
         }
+        // What the callee may send in the dialog (RFC 3261 13.2.1).
+        extra.push(("Allow", tsunagu_sip::endpoint::ALLOW.to_string()));
         extra.extend(o.session);
         let invite = RequestSpec {
             method: Method::Invite,
