@@ -422,6 +422,12 @@ impl Config {
                     .trim_matches(['[', ']'])
                     .parse::<std::net::IpAddr>()
                     .is_ok_and(|ip| ip.is_loopback());
+            if smtp.tls == crate::model::SmtpTls::Tls && smtp.port == 25 {
+                err(
+                    "notify.smtp.port".into(),
+                    "port 25 speaks plain SMTP first: tls = \"tls\" needs the relay's TLS port (465), or use tls = \"starttls\"".into(),
+                );
+            }
             if smtp.password.is_some() && smtp.tls == crate::model::SmtpTls::None && !local {
                 err(
                     "notify.smtp.tls".into(),
@@ -830,22 +836,24 @@ mod tests {
     /// A password goes to the relay in clear only on this host; TLS lets it travel.
     #[test]
     fn smtp_passwords_travel_protected() {
-        // (host, tls) -> accepted
+        // (host, port, tls) -> accepted
         let rows = [
-            ("smtp.example.com", "none", false),
-            ("192.0.2.25", "none", false),
-            ("smtp.example.com", "starttls", true),
-            ("smtp.example.com", "tls", true),
-            ("localhost", "none", true),
-            ("127.0.0.1", "none", true),
-            ("[::1]", "none", true),
+            ("smtp.example.com", 25, "none", false),
+            ("192.0.2.25", 25, "none", false),
+            ("smtp.example.com", 587, "starttls", true),
+            ("smtp.example.com", 465, "tls", true),
+            // TLS from the first byte on the plain SMTP port: every handshake fails.
+            ("smtp.example.com", 25, "tls", false),
+            ("localhost", 25, "none", true),
+            ("127.0.0.1", 25, "none", true),
+            ("[::1]", 25, "none", true),
         ];
-        for (host, tls, ok) in rows {
+        for (host, port, tls, ok) in rows {
             let text = format!(
-                "[notify.smtp]\nhost = \"{host}\"\nfrom = \"a@example.com\"\nusername = \"u\"\npassword = \"p\"\ntls = \"{tls}\"\n"
+                "[notify.smtp]\nhost = \"{host}\"\nport = {port}\nfrom = \"a@example.com\"\nusername = \"u\"\npassword = \"p\"\ntls = \"{tls}\"\n"
             );
             let c = Config::from_toml(&text);
-            assert_eq!(c.is_ok(), ok, "{host} {tls}: {:?}", c.err());
+            assert_eq!(c.is_ok(), ok, "{host}:{port} {tls}: {:?}", c.err());
         }
     }
 

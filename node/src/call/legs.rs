@@ -36,6 +36,15 @@ fn next_hop(
     }
 }
 
+/// The URI of a target refresh's Contact, if it is a SIP URI at all (`Contact: <>`
+/// made an empty Request-URI).
+fn refreshed_target(contact: Option<&str>) -> Option<&str> {
+    let uri = uri_of(contact?);
+    let scheme = uri.split(':').next()?;
+    (uri.len() > 5 && (scheme.eq_ignore_ascii_case("sip") || scheme.eq_ignore_ascii_case("sips")))
+        .then_some(uri)
+}
+
 /// The tag parameter of a From or To value.
 fn tag_of(value: &str) -> Option<&str> {
     tsunagu_sip::parse::param(value, "tag")
@@ -103,7 +112,12 @@ pub trait Leg {
     /// requests go there from now on, through the dialog's route set, when that is a
     /// trunk's address (`allowed`; see [`next_hop`]). A carrier's SBC that fails over
     /// re-INVITEs from its new address; the node's BYE went to the old one.
-    fn refresh_target(&mut self, contact: Option<&str>, allowed: &dyn Fn(std::net::IpAddr) -> bool);
+    /// Whether the target changed.
+    fn refresh_target(
+        &mut self,
+        contact: Option<&str>,
+        allowed: &dyn Fn(std::net::IpAddr) -> bool,
+    ) -> bool;
 
     /// The next request of ours in this dialog (for the caller to fill and send).
     fn request(&mut self, ep: &EndpointHandle, method: Method) -> (RequestSpec, Peer) {
@@ -492,11 +506,16 @@ impl Leg for ALeg {
         &mut self,
         contact: Option<&str>,
         allowed: &dyn Fn(std::net::IpAddr) -> bool,
-    ) {
-        if let Some(c) = contact {
-            self.remote_target = uri_of(c).to_string();
-            self.next = next_hop(&self.routes, &self.remote_target, self.peer, allowed);
-        }
+    ) -> bool {
+        let Some(target) = refreshed_target(contact) else {
+            return false;
+        };
+        // Not a trunk's address: the requests stay where they go now (the previous
+        // refresh's trunk, not the dialog's first one).
+        self.next = next_hop(&self.routes, target, self.next, allowed);
+        let changed = self.remote_target != target;
+        self.remote_target = target.to_string();
+        changed
     }
 
     fn in_dialog(&self, ep: &EndpointHandle, method: Method, cseq: u32) -> (RequestSpec, Peer) {
@@ -623,12 +642,14 @@ impl Leg for BLeg {
         &mut self,
         contact: Option<&str>,
         allowed: &dyn Fn(std::net::IpAddr) -> bool,
-    ) {
-        if let Some(c) = contact {
-            let target = uri_of(c).to_string();
-            self.next = next_hop(&self.routes, &target, self.peer, allowed);
-            self.remote_target = Some(target);
-        }
+    ) -> bool {
+        let Some(target) = refreshed_target(contact) else {
+            return false;
+        };
+        self.next = next_hop(&self.routes, target, self.next, allowed);
+        let changed = self.remote_target.as_deref() != Some(target);
+        self.remote_target = Some(target.to_string());
+        changed
     }
 
     fn in_dialog(&self, ep: &EndpointHandle, method: Method, cseq: u32) -> (RequestSpec, Peer) {
@@ -953,7 +974,9 @@ mod tests {
             )
         );
         a.refresh_target(Some("<sip:victim@203.0.113.9:5060>"), &allowed);
-        assert_eq!(hop(&a), "192.0.2.9:5060", "a third party is not sent to");
+        assert_eq!(hop(&a), "192.0.2.30:5090", "a third party is not sent to");
+        assert!(!a.refresh_target(Some("<>"), &allowed), "not a SIP URI");
+        assert_eq!(a.dialog().target, "sip:victim@203.0.113.9:5060");
     }
 
     #[test]

@@ -686,11 +686,15 @@ impl Call {
         }
     }
 
-    /// `side`'s party named a new remote target (see [`Leg::refresh_target`]).
+    /// `side`'s party named a new remote target (see [`Leg::refresh_target`]); a
+    /// changed one goes into the checkpoint (a takeover restores the dialog from it).
     fn refresh_target(&mut self, side: Side, contact: Option<&str>) {
         let routing = self.ctx.routing.clone();
-        if let Some(leg) = self.leg(side) {
-            leg.refresh_target(contact, &|ip| routing.is_trunk_address(ip));
+        let changed = self
+            .leg(side)
+            .is_some_and(|leg| leg.refresh_target(contact, &|ip| routing.is_trunk_address(ip)));
+        if changed && self.phase == Phase::Answered {
+            self.checkpoint_now(false);
         }
     }
 

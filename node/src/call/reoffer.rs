@@ -98,8 +98,6 @@ impl Call {
             // (RFC 3261 17.2.1: a 100 when the answer may take over 200 ms).
             ep.respond(&req, &info, &key, 100, None, &[], None);
         }
-        // A re-INVITE or UPDATE is a target refresh (RFC 3261 12.2.2, RFC 3311 5.2).
-        self.refresh_target(from, header(&req, "Contact"));
         let sdp = offer.as_ref().map(|o| o.sdp.clone());
         let late = sdp.is_none() && req.method == Method::Invite;
         let method = req.method;
@@ -333,7 +331,11 @@ impl Call {
             self.apply_sdp(p.from, offer);
         }
         if (200..300).contains(&code) {
-            // The 2xx to a target refresh names the party's target (RFC 3261 12.2.1.2).
+            // A re-INVITE or UPDATE that succeeded is a target refresh of both
+            // dialogs: the sender's by its request's Contact (RFC 3261 12.2.2, RFC
+            // 3311 5.2; applied on success only, RFC 6141 4), the other party's by its
+            // 2xx's (12.2.1.2).
+            self.refresh_target(p.from, header(&p.request, "Contact"));
             self.refresh_target(to, header(&resp, "Contact"));
         }
         let answer = answered.map(|rewritten| {
@@ -356,8 +358,17 @@ impl Call {
             _ => self.a.peer.transport,
         };
         let contact = legs::contact(&ep, transport);
-        let asked = header(&p.request, "Session-Expires").is_some();
-        let timer = session::answer_headers(&resp, asked, self.session.map(|s| s.interval));
+        // The sender asked for a timer and can refresh (RFC 4028 8: a proxy may have
+        // added the header for a sender that cannot); never longer than it asked.
+        let asked = header(&p.request, "Session-Expires")
+            .and_then(crate::decide::session_timer::parse)
+            .filter(|_| tsunagu_sip::parse::has_option_tag(&p.request, "Supported", "timer"))
+            .map(|s| s.interval);
+        let interval = match (asked, self.session) {
+            (Some(a), Some(s)) => Some(a.min(s.interval)),
+            _ => None,
+        };
+        let timer = session::answer_headers(&resp, asked.is_some(), interval);
         let extra: Vec<(&str, &str)> = if code < 300 {
             self.on_refresh_answer(&resp);
             std::iter::once(("Contact", contact.as_str()))

@@ -99,11 +99,14 @@ impl Deliverer {
                 // The relay is the node operator's own configuration, typically on
                 // loopback, so it is not subject to the egress policy. Plain SMTP
                 // unless `tls` says otherwise (then the relay's certificate must hold).
-                let mut b = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&s.host)
+                // An IPv6 address written in brackets is connected to (and its
+                // certificate checked) without them.
+                let host = s.host.trim_start_matches('[').trim_end_matches(']');
+                let mut b = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host)
                     .port(s.port)
                     .timeout(Some(timeout));
                 if s.tls != SmtpTls::None {
-                    let params = smtp_tls(&s.host, cfg.ca_file.as_deref())?;
+                    let params = smtp_tls(host, cfg.ca_file.as_deref())?;
                     b = b.tls(match s.tls {
                         SmtpTls::Tls => Tls::Wrapper(params),
                         _ => Tls::Required(params),
