@@ -895,6 +895,64 @@ fn every_udp_receive_mode_carries_calls() {
     }
 }
 
+/// A callee whose 2xx to a re-INVITE names a new Contact (its SBC failed over to
+/// another address) gets the node's later requests there: a target refresh (RFC 3261
+/// 12.2.1.2). The caller's BYE reaches the new address, not the old one.
+#[test]
+fn a_callee_s_new_contact_gets_the_node_s_later_requests() {
+    let ports = Ports::take();
+    let moved = ports.sip + 8;
+    let node = Node::start(ports, "127.0.0.1/32", "");
+    let (key, _) = node.provision("0501234567", DEST, "{}");
+    // uas_hold.xml, its answer to the hold re-INVITE (the last Contact) naming `moved`.
+    let text = std::fs::read_to_string(scenario("uas_hold.xml")).unwrap();
+    let contact = "Contact: <sip:[local_ip]:[local_port];transport=[transport]>";
+    let i = text.rfind(contact).expect("the hold answer's Contact");
+    let edited = format!(
+        "{}Contact: <sip:[local_ip]:{moved};transport=[transport]>{}",
+        &text[..i],
+        &text[i + contact.len()..]
+    );
+    let path = node.dir.path().join("uas_hold_moves.xml");
+    std::fs::write(&path, edited).unwrap();
+    let _uas = Uas::start(path.to_str().unwrap(), ports, node.dir.path(), &[]);
+    let new_address = std::net::UdpSocket::bind(("127.0.0.1", moved)).unwrap();
+    new_address
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let run = uac("uac_hold.xml", ports, "0501234567", 1, 1, &["-d", "200"]);
+    assert_eq!(run.successful, 1, "{}", run.output);
+    // The ACK of that 2xx already goes there; then the BYE.
+    let mut buf = [0u8; 4096];
+    let mut seen = Vec::new();
+    let (bye, from) = loop {
+        let (n, from) = new_address
+            .recv_from(&mut buf)
+            .unwrap_or_else(|e| panic!("no BYE at the callee's new Contact ({e}); got {seen:?}"));
+        let text = String::from_utf8_lossy(&buf[..n]).to_string();
+        if text.starts_with("BYE ") {
+            break (text, from);
+        }
+        seen.push(text.lines().next().unwrap_or_default().to_string());
+    };
+    // Answered as the callee would, so the call ends now.
+    let mut ok = String::from("SIP/2.0 200 OK\r\n");
+    for line in bye.lines() {
+        let name = line.split(':').next().unwrap_or_default();
+        if ["Via", "From", "To", "Call-ID", "CSeq"].contains(&name) {
+            ok.push_str(line);
+            ok.push_str("\r\n");
+        }
+    }
+    ok.push_str("Content-Length: 0\r\n\r\n");
+    new_address.send_to(ok.as_bytes(), from).unwrap();
+    assert!(
+        bye.starts_with(&format!("BYE sip:127.0.0.1:{moved}")),
+        "{bye}"
+    );
+    assert_eq!(node.wait_for_calls(&key, 1)[0]["result"], "answered");
+}
+
 #[test]
 fn hold_reinvites_pass_through_both_ways() {
     let ports = Ports::take();
