@@ -764,7 +764,12 @@ impl Core {
                 self.deliver(&call_id, cancelled);
             }
             RequestMatch::CancelUnmatched => self.answer(&req, &info, 481, &[]),
-            RequestMatch::CancelAfterFinal => self.answer(&req, &info, 200, &[]),
+            RequestMatch::CancelAfterFinal(tag) => {
+                let key = TxKey::new(&info.branch, req.method);
+                let tag = tag.unwrap_or_else(build::new_tag);
+                let data = build::response(&req, 200, Some(&tag), &[], None);
+                self.send_built(&key, 200, Bytes::from(data), &info.call_id, info.cseq);
+            }
             RequestMatch::New => self.on_new_request(req, info, peer),
         }
     }

@@ -103,8 +103,9 @@ pub enum RequestMatch {
     CancelUnmatched,
     /// CANCEL of an INVITE already answered finally (its 200 crossed the CANCEL): a
     /// CANCEL transaction was created for a 200 that changes nothing (RFC 3261 9.2:
-    /// a CANCEL matching a transaction is answered 200 whatever it can still do).
-    CancelAfterFinal,
+    /// a CANCEL matching a transaction is answered 200 whatever it can still do, with
+    /// the To tag of the INVITE's answer, carried here).
+    CancelAfterFinal(Option<String>),
     /// The branch of a transaction another source began, or another request of the
     /// same source reusing a branch (another Call-ID or CSeq: RFC 3261 wants branches
     /// unique): nothing is sent back and the transaction is left alone (a peer must
@@ -404,7 +405,8 @@ impl Transactions {
                                 && inv.call_id == self.call_ids.hash_one(call_id)
                                 && inv.cseq == cseq =>
                         {
-                            RequestMatch::CancelAfterFinal
+                            let tag = inv.last_response.as_deref().and_then(to_tag_of);
+                            RequestMatch::CancelAfterFinal(tag)
                         }
                         _ => RequestMatch::CancelUnmatched,
                     };
@@ -1502,10 +1504,11 @@ mod tests {
         // it, for a 200 that changes nothing.
         t.on_request(Method::Invite, "z9hG4bKd", "c9", 1, udp(), now, &mut out);
         let key = TxKey::new("z9hG4bKd", Method::Invite);
+        let answer = "SIP/2.0 200 OK\r\nTo: <sip:b@h>;tag=answered\r\nContent-Length: 0\r\n\r\n";
         assert!(t.send_response(
             &key,
             200,
-            Bytes::from_static(b"200"),
+            Bytes::from_static(answer.as_bytes()),
             "c9",
             1,
             now,
@@ -1513,7 +1516,16 @@ mod tests {
         ));
         assert_eq!(
             t.on_request(Method::Cancel, "z9hG4bKd", "c9", 1, udp(), now, &mut out),
-            RequestMatch::CancelAfterFinal
+            RequestMatch::CancelAfterFinal(Some("answered".into()))
+        );
+        // From another source, or for another call: nothing of that INVITE's.
+        let other = Peer {
+            transport: Transport::Udp,
+            addr: "127.0.0.2:5070".parse().unwrap(),
+        };
+        assert_eq!(
+            t.on_request(Method::Cancel, "z9hG4bKd", "c9", 1, other, now, &mut out),
+            RequestMatch::Foreign
         );
     }
 
