@@ -36,13 +36,20 @@ fn next_hop(
     }
 }
 
-/// The URI of a target refresh's Contact, if it is a SIP URI at all (`Contact: <>`
-/// made an empty Request-URI).
-fn refreshed_target(contact: Option<&str>) -> Option<&str> {
+/// A target refresh's new target (its Contact's URI, if a SIP URI at all: `Contact:
+/// <>` made an empty Request-URI) and the dialog's next hop with it. A target that is
+/// no trunk's address keeps the hop the dialog has now (`next`: the previous
+/// refresh's trunk, not the dialog's first one).
+fn refreshed<'a>(
+    routes: &[String],
+    next: Peer,
+    contact: Option<&'a str>,
+    allowed: &dyn Fn(std::net::IpAddr) -> bool,
+) -> Option<(&'a str, Peer)> {
     let uri = uri_of(contact?);
     let scheme = uri.split(':').next()?;
-    (uri.len() > 5 && (scheme.eq_ignore_ascii_case("sip") || scheme.eq_ignore_ascii_case("sips")))
-        .then_some(uri)
+    let sip = scheme.eq_ignore_ascii_case("sip") || scheme.eq_ignore_ascii_case("sips");
+    (uri.len() > 5 && sip).then(|| (uri, next_hop(routes, uri, next, allowed)))
 }
 
 /// The tag parameter of a From or To value.
@@ -507,12 +514,10 @@ impl Leg for ALeg {
         contact: Option<&str>,
         allowed: &dyn Fn(std::net::IpAddr) -> bool,
     ) -> bool {
-        let Some(target) = refreshed_target(contact) else {
+        let Some((target, next)) = refreshed(&self.routes, self.next, contact, allowed) else {
             return false;
         };
-        // Not a trunk's address: the requests stay where they go now (the previous
-        // refresh's trunk, not the dialog's first one).
-        self.next = next_hop(&self.routes, target, self.next, allowed);
+        self.next = next;
         let changed = self.remote_target != target;
         self.remote_target = target.to_string();
         changed
@@ -643,10 +648,10 @@ impl Leg for BLeg {
         contact: Option<&str>,
         allowed: &dyn Fn(std::net::IpAddr) -> bool,
     ) -> bool {
-        let Some(target) = refreshed_target(contact) else {
+        let Some((target, next)) = refreshed(&self.routes, self.next, contact, allowed) else {
             return false;
         };
-        self.next = next_hop(&self.routes, target, self.next, allowed);
+        self.next = next;
         let changed = self.remote_target.as_deref() != Some(target);
         self.remote_target = Some(target.to_string());
         changed
