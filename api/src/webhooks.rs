@@ -310,15 +310,19 @@ mod tests {
     #[tokio::test]
     async fn name_lookups_of_registrations_are_bounded() {
         let a = api();
-        let places: Vec<_> = (0..super::MAX_RESOLVING_PER_OPERATOR)
-            .map(|_| {
-                a.state
-                    .defences
-                    .registrations
-                    .try_start(&a.operator)
-                    .unwrap()
-            })
-            .collect();
+        // Every place the operator may hold, taken.
+        let take_places = || -> Vec<_> {
+            (0..super::MAX_RESOLVING_PER_OPERATOR)
+                .map(|_| {
+                    a.state
+                        .defences
+                        .registrations
+                        .try_start(&a.operator)
+                        .unwrap()
+                })
+                .collect()
+        };
+        let places = take_places();
         let named = r#"{"url": "https://hooks.example.com/x", "events": ["call.ended"]}"#;
         let r = a.send("POST", "/v1/webhooks", Some(&a.key), named).await;
         assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text());
@@ -332,15 +336,7 @@ mod tests {
             assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
         }
         // At the cap: refused before the name is looked up (no place needed).
-        let places: Vec<_> = (0..super::MAX_RESOLVING_PER_OPERATOR)
-            .map(|_| {
-                a.state
-                    .defences
-                    .registrations
-                    .try_start(&a.operator)
-                    .unwrap()
-            })
-            .collect();
+        let places = take_places();
         let r = a.send("POST", "/v1/webhooks", Some(&a.key), named).await;
         assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text());
         drop(places);

@@ -370,7 +370,7 @@ impl Call {
         };
         let timer = session::answer_headers(&resp, asked.is_some(), interval);
         let extra: Vec<(&str, &str)> = if code < 300 {
-            self.on_refresh_answer(&resp);
+            self.on_refresh_answer(&resp, None);
             std::iter::once(("Contact", contact.as_str()))
                 .chain(timer.iter().map(|(k, v)| (*k, v.as_str())))
                 .collect()

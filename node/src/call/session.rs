@@ -161,31 +161,21 @@ impl Call {
                 }
                 self.a.respond_with(&ep, 200, sdp, &extra);
                 tracing::debug!(interval = a.interval, refresher = %a.header, "session timer");
-                self.start_session(a.interval, a.by_node);
+                self.restart_session(a.interval, Some(a.by_node));
             }
             None => self.a.respond(&ep, 200, sdp),
         }
     }
 
-    /// The session starts (answered, or resumed after a takeover) with `interval`;
-    /// `by_node`: the node refreshes the caller's leg.
-    pub(super) fn start_session(&mut self, interval: u32, by_node: bool) {
+    /// The session's clock restarts, a full interval to its next check: at its start
+    /// (answered, or resumed after a takeover) with `interval` and `by_node` (whether
+    /// the node refreshes the caller's leg), or after a refresh went through
+    /// (`interval` 0 keeps the current one; `by_node` None, who refreshes too).
+    pub(super) fn restart_session(&mut self, interval: u32, by_node: Option<bool>) {
         refresh(
             &mut self.session,
             interval,
-            Some(by_node),
-            &mut self.timers,
-            Instant::now(),
-        );
-    }
-
-    /// A refresh went through: the next check is a full interval from now. `interval`
-    /// 0 keeps the current one.
-    pub(super) fn session_refreshed(&mut self, interval: u32) {
-        refresh(
-            &mut self.session,
-            interval,
-            None,
+            by_node,
             &mut self.timers,
             Instant::now(),
         );
@@ -253,7 +243,7 @@ impl Call {
     pub(super) fn refresh_refused(&mut self) {
         let Some(s) = self.session else { return };
         let wait =
-            super::takeover::glare_delay(false, rand::random()).min(refresh_after(s.interval) / 4);
+            crate::decide::glare::delay(false, rand::random()).min(refresh_after(s.interval) / 4);
         self.refresh_again_in(wait);
     }
 
@@ -264,19 +254,12 @@ impl Call {
         let caller_refreshes = header(resp, "Session-Expires")
             .and_then(parse)
             .is_some_and(|s| s.refresher == Some(Refresher::Uas));
-        if caller_refreshes {
-            if let Some(s) = self.session.as_mut() {
-                s.by_node = false;
-                if let Some(send) = s.send.take() {
-                    self.timers.cancel(send);
-                }
-            }
-        }
-        self.on_refresh_answer(resp);
+        self.on_refresh_answer(resp, Some(!caller_refreshes));
     }
 
-    /// A 2xx to a relayed refresh: restart the clock (with the interval it names).
-    pub(super) fn on_refresh_answer(&mut self, resp: &Response) {
+    /// A 2xx to a refresh: restart the clock (with the interval it names; `by_node`
+    /// as for [`Call::restart_session`]).
+    pub(super) fn on_refresh_answer(&mut self, resp: &Response, by_node: Option<bool>) {
         if self.session.is_some() {
             // Never below the node's Min-SE, as when the session started (see
             // `session_timer::agree`).
@@ -287,7 +270,7 @@ impl Call {
                         .max(crate::decide::session_timer::callee_floor(self.ctx.min_se))
                 })
                 .unwrap_or(0);
-            self.session_refreshed(interval);
+            self.restart_session(interval, by_node);
         }
     }
 

@@ -68,18 +68,6 @@ enum Reinvite {
 /// longer than that.
 const GLARE_SPAN: Duration = Duration::from_secs(40);
 
-/// When to send a re-INVITE refused 491 again (RFC 3261 14.1): 2.1 to 4 s if the node
-/// made the dialog's Call-ID (the callee's leg), else 0 to 2 s, in 10 ms steps; `r` is
-/// a random number.
-pub(super) fn glare_delay(own_call_id: bool, r: u32) -> Duration {
-    let ms = if own_call_id {
-        2_100 + (r % 191) * 10
-    } else {
-        (r % 201) * 10
-    };
-    Duration::from_millis(u64::from(ms))
-}
-
 fn index(side: Side) -> usize {
     match side {
         Side::A => 0,
@@ -347,7 +335,7 @@ impl Call {
             self.restart_recording(&rec.mode);
         }
         if let Some(interval) = answered.session_seconds {
-            self.start_session(interval, answered.session_by_node);
+            self.restart_session(interval, Some(answered.session_by_node));
         }
         self.arm_media_check();
         tracing::info!(from = ?self.nodes, "call taken over: re-INVITEs sent to both parties");
@@ -399,7 +387,7 @@ impl Call {
             return;
         };
         if code == 491 && self.phase == Phase::Answered {
-            let delay = glare_delay(side == Side::B, rand::random());
+            let delay = crate::decide::glare::delay(side == Side::B, rand::random());
             if r.started.elapsed() + delay < GLARE_SPAN {
                 r.pending[index(side)] = Reinvite::Refused;
                 self.ctx.metrics.calls.takeover_glare.inc();
@@ -594,33 +582,6 @@ pub fn cancel_of(r: &Ringing) -> RequestSpec {
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn glare_waits_follow_rfc_3261() {
-        // (the node made the Call-ID, random number) -> wait in ms
-        let cases: &[(bool, u32, u64)] = &[
-            (false, 0, 0),
-            (false, 200, 2_000),
-            (false, 201, 0),
-            (false, u32::MAX, (u32::MAX % 201) as u64 * 10),
-            (true, 0, 2_100),
-            (true, 190, 4_000),
-            (true, 191, 2_100),
-            (true, u32::MAX, 2_100 + (u32::MAX % 191) as u64 * 10),
-        ];
-        for (own, r, ms) in cases {
-            assert_eq!(
-                super::glare_delay(*own, *r),
-                Duration::from_millis(*ms),
-                "{own} {r}"
-            );
-        }
-        for r in [0, 1, 7, 1_000, u32::MAX] {
-            assert!(super::glare_delay(false, r) <= Duration::from_secs(2));
-            let own = super::glare_delay(true, r);
-            assert!(own >= Duration::from_millis(2_100) && own <= Duration::from_secs(4));
-        }
-    }
-
     use std::time::Duration;
 
     /// A call resumed two minutes after it started is two minutes old here (the

@@ -2,6 +2,7 @@
 //! means, whether the call counts. No I/O and no clock reads: table-driven tests.
 
 pub mod caller;
+pub mod glare;
 pub mod ivr;
 pub mod outcome;
 pub mod rate;
