@@ -206,7 +206,7 @@ impl CallSeed {
             started_at_ms: r.started_at,
             // From the call's start, not the takeover's: the max-call sweep measures
             // it, and each move gave a call a fresh `node.max_call_seconds` (a review).
-            started: takeover::started_instant(r.started_at),
+            started: takeover::instant_at(r.started_at),
             logged: args.logged.clone(),
             asked_to_end: Default::default(),
         }

@@ -80,12 +80,12 @@ fn elapsed_since_ms(then_ms: i64) -> Duration {
     Duration::from_millis(now.saturating_sub(then_ms).max(0) as u64)
 }
 
-/// The instant a call that started at `started_at_ms` (wall clock) started, on this
-/// node's monotonic clock (now, for a start in the future).
-pub(super) fn started_instant(started_at_ms: i64) -> Instant {
+/// The instant of wall-clock time `at_ms` (a call's start or answer on another node,
+/// the moment a dead node was last heard) on this node's monotonic clock; now, for a
+/// time in the future.
+pub(super) fn instant_at(at_ms: i64) -> Instant {
     let now = Instant::now();
-    now.checked_sub(elapsed_since_ms(started_at_ms))
-        .unwrap_or(now)
+    now.checked_sub(elapsed_since_ms(at_ms)).unwrap_or(now)
 }
 
 impl Call {
@@ -215,8 +215,8 @@ impl Call {
             .register(b.call_id(), Arc::new(CallHandle(me.clone())));
         let answered_at = r.answered_at.unwrap_or(r.started_at);
         let now = Instant::now();
-        let started = started_instant(r.started_at);
-        let answered_instant = started_instant(answered_at);
+        let started = instant_at(r.started_at);
+        let answered_instant = instant_at(answered_at);
         let caller = Caller {
             number: r.caller_number.clone(),
             kind: r.caller_kind,
@@ -454,12 +454,9 @@ impl Call {
         self.forget_takeover_once_answered();
         if let Some(ms) = quiet {
             let ms = self.answered.map_or(ms, |(_, at)| ms.max(at));
-            let ago = u64::try_from(crate::clock::now_ms().saturating_sub(ms)).unwrap_or(0);
-            let at = Instant::now().checked_sub(Duration::from_millis(ago));
-            self.talk_end = at.or(self.talk_end);
+            self.talk_end = Some(instant_at(ms));
             self.ended_ms = Some(ms);
         }
-        let ep = self.ctx.endpoint.clone();
         match side {
             Side::A => {
                 // As after any caller's BYE: the callee may stay on for its judgement.
@@ -469,15 +466,12 @@ impl Call {
                     return;
                 }
                 if let Some(b) = self.b.as_mut() {
-                    b.bye(&ep);
+                    b.bye(&self.ctx.endpoint);
                 }
+                self.end_and_wait();
             }
-            Side::B => {
-                let (spec, peer) = self.a.request(&ep, Method::Bye);
-                ep.request(spec, peer);
-            }
+            Side::B => self.hang_up_caller(),
         }
-        self.end_and_wait();
     }
 
     /// Sends the re-INVITE a party refused 491 again (the same offer, the next CSeq).
@@ -589,12 +583,12 @@ mod tests {
     #[test]
     fn a_resumed_call_is_as_old_as_its_start() {
         let two_minutes_ago = crate::clock::now_ms() - 120_000;
-        let age = super::started_instant(two_minutes_ago).elapsed();
+        let age = super::instant_at(two_minutes_ago).elapsed();
         assert!(
             age >= Duration::from_secs(119) && age < Duration::from_secs(130),
             "{age:?}"
         );
-        let ahead = super::started_instant(crate::clock::now_ms() + 60_000);
+        let ahead = super::instant_at(crate::clock::now_ms() + 60_000);
         assert!(ahead.elapsed() < Duration::from_secs(1));
     }
 }
