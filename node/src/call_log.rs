@@ -233,10 +233,11 @@ impl CallLog {
         drop(n);
         let left = deadline.saturating_duration_since(Instant::now());
         let (tx, rx) = mpsc::channel();
-        // Counted like every message the writer takes (it takes one off for each): a
-        // flush left the count one short for good (a review).
-        self.shared.queued.fetch_add(1, Ordering::Relaxed);
-        self.tx.send(LogMsg::Flush(tx)).is_ok() && rx.recv_timeout(left).is_ok()
+        // Sent and counted like every message the writer takes (a flush counted apart
+        // left the count one short for good: a review). A writer gone drops `tx`, so
+        // the wait ends at once.
+        self.send(LogMsg::Flush(tx));
+        rx.recv_timeout(left).is_ok()
     }
 }
 

@@ -56,7 +56,7 @@ impl Call {
         let ep = self.ctx.endpoint.clone();
         // One offer at a time on a dialog (RFC 3261 14.2), the node's own included: a
         // takeover's re-INVITEs (sent, or to be sent again after a 491).
-        if self.reoffer.is_some() || self.own_reinvite.is_some() || self.resuming.is_some() {
+        if self.offer_pending() {
             ep.respond(&req, &info, &key, 491, None, &[], None);
             return;
         }
@@ -203,7 +203,7 @@ impl Call {
         if !(200..300).contains(&code) {
             tracing::info!(code, side = ?own.side, refresh = own.refresh, "the node's own offer was refused");
             if own.refresh && matches!(code, 408 | 481) {
-                self.refresh_failed();
+                self.expire_session("the caller did not take the node's session refresh");
             } else if own.refresh {
                 // Glare (491) or a passing refusal: again after RFC 3261 14.1's wait
                 // (the caller made its Call-ID), before the session's check.
@@ -221,17 +221,6 @@ impl Call {
         if own.refresh {
             self.on_own_refresh_answer(&resp);
         }
-    }
-
-    /// The node's session refresh got no answer, or 408/481: both legs are hung up.
-    fn refresh_failed(&mut self) {
-        if self.phase != Phase::Answered {
-            return;
-        }
-        tracing::info!("the caller did not take the node's session refresh; hanging up both legs");
-        self.ctx.metrics.calls.sessions_expired.inc();
-        self.end_reason = Some("session_expired");
-        self.hang_up_both();
     }
 
     /// A client transaction of the call's timed out (no final answer in 32 s): the
@@ -255,7 +244,7 @@ impl Call {
                 "the node's own offer got no final answer"
             );
             if own.refresh {
-                self.refresh_failed();
+                self.expire_session("the caller did not take the node's session refresh");
             }
         }
     }
@@ -303,9 +292,8 @@ impl Call {
             // Refused: the party's session is the one before this offer, and the
             // node's next offer of its own (a session refresh) is that one, a version
             // past the refused one (RFC 3264 8), not the refused one again.
-            if let (Some(previous), Some(leg)) = (p.previous.as_deref(), self.leg(to)) {
-                let next = sdp::continue_origin(leg.last_sdp().as_deref(), previous);
-                *leg.last_sdp() = Some(next);
+            if let Some(leg) = self.leg(to) {
+                leg.next_body(p.previous.clone());
             }
         }
         let answered = sdp_body(&resp, &resp.body)
@@ -358,17 +346,7 @@ impl Call {
             _ => self.a.peer.transport,
         };
         let contact = legs::contact(&ep, transport);
-        // The sender asked for a timer and can refresh (RFC 4028 8: a proxy may have
-        // added the header for a sender that cannot); never longer than it asked.
-        let asked = header(&p.request, "Session-Expires")
-            .and_then(crate::decide::session_timer::parse)
-            .filter(|_| tsunagu_sip::parse::has_option_tag(&p.request, "Supported", "timer"))
-            .map(|s| s.interval);
-        let interval = match (asked, self.session) {
-            (Some(a), Some(s)) => Some(a.min(s.interval)),
-            _ => None,
-        };
-        let timer = session::answer_headers(&resp, asked.is_some(), interval);
+        let timer = session::answer_headers(&resp, &p.request, self.session.map(|s| s.interval));
         let extra: Vec<(&str, &str)> = if code < 300 {
             self.on_refresh_answer(&resp, None);
             std::iter::once(("Contact", contact.as_str()))

@@ -34,24 +34,30 @@ pub(super) fn headers_of(req: &Request) -> Headers {
     out
 }
 
-/// The session-timer headers of a 2xx to a refresh, to pass on with the answer. A
-/// 2xx without Session-Expires to a sender that asked for one (`asked`: the refresh
-/// carried it) while the node keeps the session's timer of `interval` s gets one
-/// naming the sender refresher: without it the sender reads "no expiration" (RFC 4028
-/// 7.2), stops refreshing, and the node's check hangs the call up (a callee that does
-/// no timers answers the caller's refreshes so; a review).
+/// The session-timer headers of a 2xx to `request` (a refresh), to pass on with the
+/// answer. A 2xx without Session-Expires to a sender that asked for one and can
+/// refresh (`Supported: timer`: RFC 4028 8, a proxy may have added the header for a
+/// sender that cannot) while the node keeps the session's timer of `kept` s gets one
+/// naming the sender refresher, never longer than it asked: without it the sender
+/// reads "no expiration" (RFC 4028 7.2), stops refreshing, and the node's check hangs
+/// the call up (a callee that does no timers answers the caller's refreshes so; a
+/// review).
 pub(super) fn answer_headers(
     resp: &Response,
-    asked: bool,
-    interval: Option<u32>,
+    request: &Request,
+    kept: Option<u32>,
 ) -> Vec<(&'static str, String)> {
+    let asked = header(request, "Session-Expires")
+        .and_then(parse)
+        .filter(|_| has_option_tag(request, "Supported", "timer"))
+        .map(|s| s.interval);
     let mut out = Vec::new();
     if let Some(se) = header(resp, "Session-Expires").filter(|v| parse(v).is_some()) {
         out.push(("Session-Expires", se.to_string()));
         if has_option_tag(resp, "Require", "timer") {
             out.push(("Require", "timer".into()));
         }
-    } else if let (true, Some(interval)) = (asked, interval) {
+    } else if let Some(interval) = asked.zip(kept).map(|(a, k)| a.min(k)) {
         out.push(("Session-Expires", format!("{interval};refresher=uac")));
         out.push(("Require", "timer".into()));
     }
@@ -195,11 +201,7 @@ impl Call {
         if self.phase != Phase::Answered || self.judging {
             return;
         }
-        if self.reoffer.is_some()
-            || self.own_reinvite.is_some()
-            || self.resuming.is_some()
-            || self.late_ack.is_some()
-        {
+        if self.offer_pending() {
             return self.refresh_again_in(Duration::from_secs(1));
         }
         let Some(offer) = self.a.last_sdp.clone() else {
@@ -277,13 +279,32 @@ impl Call {
     /// The session's check time came: no refresh since, so both legs are hung up.
     pub(super) fn session_check(&mut self, generation: u32) {
         let due = self.session.is_some_and(|s| s.generation == generation);
-        if !due || self.phase != Phase::Answered || self.judging {
+        if !due || self.judging {
             return;
         }
-        tracing::info!("session expired without a refresh; hanging up both legs");
+        self.expire_session("session expired without a refresh");
+    }
+
+    /// The session is over (`why`): both legs are hung up, the call logged
+    /// `session_expired`.
+    pub(super) fn expire_session(&mut self, why: &'static str) {
+        if self.phase != Phase::Answered {
+            return;
+        }
+        tracing::info!(why, "hanging up both legs");
         self.ctx.metrics.calls.sessions_expired.inc();
         self.end_reason = Some("session_expired");
         self.hang_up_both();
+    }
+
+    /// Whether an offer is out on a dialog of the call (a relayed re-offer, a
+    /// re-INVITE of the node's own, a takeover's, a 2xx's offer waiting for its ACK):
+    /// one at a time (RFC 3261 14.2).
+    pub(super) fn offer_pending(&self) -> bool {
+        self.reoffer.is_some()
+            || self.own_reinvite.is_some()
+            || self.resuming.is_some()
+            || self.late_ack.is_some()
     }
 }
 
@@ -439,6 +460,8 @@ mod tests {
     #[test]
     fn a_refresh_answer_keeps_its_sender_refreshing() {
         let own = |k: &'static str, v: &str| (k, v.to_string());
+        // (the 2xx's headers, the refresh asked 1800 s with Supported: timer, the
+        // session's interval kept by the node) -> headers passed on
         let rows: &[(&str, bool, Option<u32>, Vec<(&'static str, String)>)] = &[
             (
                 "Session-Expires: 600;refresher=uas\r\n",
@@ -468,13 +491,28 @@ mod tests {
             ("", true, None, vec![]),
             ("Require: timer\r\n", true, None, vec![]),
         ];
+        let asking = invite("Session-Expires: 1800\r\nSupported: timer\r\n");
+        let silent = invite("");
         for (extra, asked, interval, want) in rows {
+            let request = if *asked { &asking } else { &silent };
             assert_eq!(
-                &answer_headers(&ok(extra), *asked, *interval),
+                &answer_headers(&ok(extra), request, *interval),
                 want,
                 "{extra:?}"
             );
         }
+        // Asked by a sender that said nothing of `Supported: timer`: not made refresher;
+        // asked for less than the node keeps: that.
+        let unable = invite("Session-Expires: 1800\r\n");
+        assert_eq!(answer_headers(&ok(""), &unable, Some(1800)), vec![]);
+        let shorter = invite("Session-Expires: 900\r\nSupported: timer\r\n");
+        assert_eq!(
+            answer_headers(&ok(""), &shorter, Some(1800)),
+            vec![
+                own("Session-Expires", "900;refresher=uac"),
+                own("Require", "timer")
+            ]
+        );
     }
 
     /// Only session headers that parse go to the other leg.
