@@ -545,16 +545,23 @@ impl LineService {
         }
         self.try_finish_rebuild();
         // Unanswered requests: to their (possibly new) owners. Duplicates are harmless.
+        self.ask_again_pending(|_| true);
+    }
+
+    /// Asks the owners again for the unanswered requests `which` picks (those owned
+    /// elsewhere: this node answers its own).
+    fn ask_again_pending(&mut self, which: impl Fn(&Request) -> bool) {
         let pending: Vec<(String, String, Request)> = self
             .requests
             .iter()
-            .filter(|(_, r)| r.state == ReqState::Pending)
+            .filter(|(_, r)| r.state == ReqState::Pending && which(r))
             .map(|((k, c), r)| (k.clone(), c.clone(), r.clone()))
             .collect();
         for (key, call, r) in pending {
-            if self.owner_of(&key) != self.me {
+            let owner = self.owner_of(&key);
+            if owner != self.me {
                 self.out.push(Output::Send {
-                    to: self.owner_of(&key),
+                    to: owner,
                     msg: Self::ask_again(key, call, &r),
                 });
             }
@@ -580,21 +587,7 @@ impl LineService {
                 });
             }
         }
-        let pending: Vec<(String, String, Request)> = self
-            .requests
-            .iter()
-            .filter(|(_, r)| r.state == ReqState::Pending && (!r.cancelled || r.adopted))
-            .map(|((k, c), r)| (k.clone(), c.clone(), r.clone()))
-            .collect();
-        for (key, call, r) in pending {
-            let owner = self.owner_of(&key);
-            if owner != self.me {
-                self.out.push(Output::Send {
-                    to: owner,
-                    msg: Self::ask_again(key, call, &r),
-                });
-            }
-        }
+        self.ask_again_pending(|r| !r.cancelled || r.adopted);
     }
 
     /// This node's calls' lines, for a snapshot. A request its call gave up while it

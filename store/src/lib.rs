@@ -51,6 +51,15 @@ impl StoreError {
                 .into(),
         )
     }
+
+    /// An unreadable row's error naming what it is of (`about`: the number of a
+    /// number's settings); any other error as it is.
+    pub fn about(self, about: &str) -> StoreError {
+        match self {
+            StoreError::Corrupt(m) => StoreError::Corrupt(format!("{about}: {m}")),
+            other => other,
+        }
+    }
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;

@@ -994,10 +994,7 @@ impl Store for ScyllaStore {
             .wait(self.inner.rows::<(String, Option<String>)>(q::NUM_ALL, ()))?
             .into_iter()
             .map(|(number, s)| {
-                parse(
-                    &format!("{number}: number settings"),
-                    s.as_deref().unwrap_or(""),
-                )
+                parse("number settings", s.as_deref().unwrap_or("")).map_err(|e| e.about(&number))
             })
             .collect())
     }

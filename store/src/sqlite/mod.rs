@@ -727,9 +727,7 @@ impl Store for SqliteStore {
         })?;
         Ok(rows
             .into_iter()
-            .map(|(number, settings)| {
-                number_from(settings).map_err(|e| StoreError::Corrupt(format!("{number}: {e}")))
-            })
+            .map(|(number, settings)| number_from(settings).map_err(|e| e.about(&number)))
             .collect())
     }
 
