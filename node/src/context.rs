@@ -92,6 +92,7 @@ impl TrunkChannel {
                 return None;
             }
         }
+        TrunkChannel::shown(ctx, trunk, 1);
         Some(TrunkChannel {
             ctx: ctx.clone(),
             trunk,
@@ -103,9 +104,17 @@ impl TrunkChannel {
         if let Some(c) = ctx.trunk_channels.get(trunk) {
             c.fetch_add(1, Ordering::Relaxed);
         }
+        TrunkChannel::shown(ctx, trunk, 1);
         TrunkChannel {
             ctx: ctx.clone(),
             trunk,
+        }
+    }
+
+    /// `tsunagu_trunk_channels` follows the count (`delta` +1 taken, -1 given back).
+    fn shown(ctx: &NodeContext, trunk: usize, delta: i64) {
+        if let Some(t) = ctx.trunk_counters.get(trunk) {
+            t.channels.inc_by(delta);
         }
     }
 }
@@ -115,6 +124,7 @@ impl Drop for TrunkChannel {
         if let Some(c) = self.ctx.trunk_channels.get(self.trunk) {
             c.fetch_sub(1, Ordering::Relaxed);
         }
+        TrunkChannel::shown(&self.ctx, self.trunk, -1);
     }
 }
 

@@ -97,6 +97,8 @@ pub struct CallMetrics {
     pub recordings: Family<StatusLabel, Counter>,
     pub trunk_calls: Family<TrunkDirectionLabel, Counter>,
     pub trunk_channels_full: Family<TrunkLabel, Counter>,
+    /// Each trunk's channels in use on this node (what `max_channels` counts).
+    pub trunk_channels: Family<TrunkLabel, Gauge>,
     pub trunk_responses: Family<TrunkCodeLabel, Counter>,
     pub tls_reloads: Family<StatusLabel, Counter>,
     pub queued: Counter,
@@ -175,6 +177,7 @@ impl Default for CallMetrics {
             recordings: Family::default(),
             trunk_calls: Family::default(),
             trunk_channels_full: Family::default(),
+            trunk_channels: Family::default(),
             trunk_responses: Family::default(),
             tls_reloads: Family::default(),
             queued: Counter::default(),
@@ -211,6 +214,8 @@ pub struct TrunkCounters {
     pub outbound: Counter,
     /// Forwarding attempts not sent: the trunk's `max_channels` were all in use.
     pub channels_full: Counter,
+    /// Channels in use: calls from the trunk and attempts to it.
+    pub channels: Gauge,
 }
 
 /// All metric groups of a node.
@@ -288,6 +293,13 @@ impl Metrics {
                 channels_full: self
                     .calls
                     .trunk_channels_full
+                    .get_or_create(&TrunkLabel {
+                        trunk: t.to_string(),
+                    })
+                    .clone(),
+                channels: self
+                    .calls
+                    .trunk_channels
                     .get_or_create(&TrunkLabel {
                         trunk: t.to_string(),
                     })
@@ -468,6 +480,11 @@ impl Metrics {
             "trunk_channels_full",
             "Forwarding attempts not sent to a trunk because its max_channels (calls from it and attempts to it, on this node) were all in use: the next trunk or destination was tried",
             c.trunk_channels_full.clone(),
+        );
+        r.register(
+            "trunk_channels",
+            "Channels of each trunk in use on this node: calls admitted from it and forwarding attempts sent to it, a cancelled attempt until its INVITE ends (what max_channels limits)",
+            c.trunk_channels.clone(),
         );
         r.register(
             "trunk_responses",

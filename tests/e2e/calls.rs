@@ -1639,3 +1639,91 @@ fn callers_requiring_100rel_get_reliable_provisionals_and_the_answer_after_their
     let call = node.wait_for_calls(&key, 1)[0].clone();
     assert_eq!(call["result"], "answered", "{call}");
 }
+
+/// An attempt the call moved on from (no answer at all from its trunk within 5 s)
+/// keeps its trunk channel until its INVITE ends: its callee may still ring and
+/// connect (the node then cancels or hangs up that leg), and meanwhile it is a call on
+/// that trunk. With one channel on the first trunk, a call made meanwhile goes to the
+/// route's next trunk; once the late callee's INVITE ends, the channel is free again.
+#[test]
+fn an_abandoned_attempt_holds_its_trunk_channel_until_its_invite_ends() {
+    use crate::dialogs::{header, on_branch, tag, Party};
+    use crate::offer_answer::Callee;
+    let ports = Ports::take();
+    let narrow = format!(
+        "\n[[trunks]]\nname = \"narrow\"\ninbound = [\"127.0.0.3/32\"]\noutbound = \"udp:127.0.0.1:{}\"\nmax_channels = 1\n\n[[routes]]\nprefix = \"03\"\ntrunks = [\"narrow\", \"carrier-a\"]\n",
+        ports.uas
+    );
+    let node = Node::start(ports, "127.0.0.1/32", &narrow);
+    let (key, _) = node.provision("0501234567", DEST, "{}");
+    let callee = Callee::bind(ports);
+    let caller = Party::bind("127.0.0.1", ports.sip);
+    let sent = |trunk: &str| {
+        node.metric(&format!(
+            "tsunagu_trunk_calls_total{{trunk=\"{trunk}\",direction=\"outbound\"}}"
+        ))
+    };
+    let in_use = || node.metric("tsunagu_trunk_channels{trunk=\"narrow\"}");
+    // The next INVITE the callee gets on a branch not seen before (the node
+    // retransmits the ones nobody answers).
+    let mut branches = std::collections::HashSet::new();
+    let mut next_invite = || loop {
+        let m = callee.expect("INVITE ");
+        if branches.insert(header(&m, "Via").unwrap_or_default().to_string()) {
+            break m;
+        }
+    };
+    // The caller's final answer to `invite`, acknowledged.
+    let finished = |invite: &str, status: &str| loop {
+        let m = caller
+            .recv(Duration::from_secs(10))
+            .expect("a final answer");
+        if m.starts_with(&format!("SIP/2.0 {status}")) {
+            let to_tag = tag(header(&m, "To").unwrap());
+            caller.send(&on_branch(invite, "ACK", Some(&to_tag)));
+            break;
+        }
+    };
+    let first = caller.invite("abandon-1", "09012345678", &caller.me());
+    caller.send(&first);
+    let late = next_invite();
+    assert_eq!(
+        (sent("narrow"), sent("carrier-a"), in_use()),
+        (1.0, 0.0, 1.0)
+    );
+    // Nothing comes back on "narrow": after 5 s the call tries "carrier-a", busy.
+    let moved_on = next_invite();
+    callee.respond(&moved_on, "486 Busy Here", "");
+    finished(&first, "486");
+    assert_eq!(node.wait_for_calls(&key, 1).len(), 1);
+    assert_eq!((sent("narrow"), sent("carrier-a")), (1.0, 1.0));
+    assert_eq!(in_use(), 1.0, "the abandoned attempt holds its channel");
+    // A second call finds "narrow" held and goes to "carrier-a".
+    let second = caller.invite("abandon-2", "09012345678", &caller.me());
+    caller.send(&second);
+    let second_out = next_invite();
+    assert_eq!((sent("narrow"), sent("carrier-a")), (1.0, 2.0));
+    assert_eq!(
+        node.metric("tsunagu_trunk_channels_full_total{trunk=\"narrow\"}"),
+        1.0
+    );
+    callee.respond(&second_out, "486 Busy Here", "");
+    finished(&second, "486");
+    // The late callee rings at last: the node cancels it, and its 487 ends the
+    // attempt and gives the channel back.
+    callee.respond(&late, "180 Ringing", "");
+    let cancel = callee.expect("CANCEL ");
+    callee.ok(&cancel);
+    callee.respond(&late, "487 Request Terminated", "");
+    node.wait_until(
+        Duration::from_secs(5),
+        "the abandoned attempt's channel to be given back",
+        || in_use() == 0.0,
+    );
+    let third = caller.invite("abandon-3", "09012345678", &caller.me());
+    caller.send(&third);
+    let third_out = next_invite();
+    assert_eq!((sent("narrow"), sent("carrier-a")), (2.0, 2.0));
+    callee.respond(&third_out, "486 Busy Here", "");
+    finished(&third, "486");
+}

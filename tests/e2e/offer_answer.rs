@@ -23,14 +23,14 @@ fn sdp(port: u16) -> String {
 }
 
 /// The callee: a raw UDP socket on the trunk's outbound port.
-struct Callee {
+pub(crate) struct Callee {
     sock: UdpSocket,
     node: String,
     uas_port: u16,
 }
 
 impl Callee {
-    fn bind(ports: Ports) -> Callee {
+    pub(crate) fn bind(ports: Ports) -> Callee {
         let sock = UdpSocket::bind(("127.0.0.1", ports.uas)).expect("bind the callee");
         Callee {
             sock,
@@ -40,7 +40,7 @@ impl Callee {
     }
 
     /// The next message starting with `start` within 5 s (others skipped).
-    fn expect(&self, start: &str) -> String {
+    pub(crate) fn expect(&self, start: &str) -> String {
         self.expect_within(start, Duration::from_secs(5))
     }
 
@@ -73,12 +73,12 @@ impl Callee {
     }
 
     /// A 200 to a request of the established dialog.
-    fn ok(&self, req: &str) {
+    pub(crate) fn ok(&self, req: &str) {
         self.send(&ok_to(req));
     }
 
     /// Answers `req` with `status`, its Contact and `body` as SDP (none if empty).
-    fn respond(&self, req: &str, status: &str, body: &str) {
+    pub(crate) fn respond(&self, req: &str, status: &str, body: &str) {
         self.respond_as("calleetag", req, status, body);
     }
 
