@@ -492,6 +492,52 @@ fn a_rolling_restart_under_load_drops_no_call() {
     assert_eq!(hops as f64, moves, "moves recorded in the calls' nodes");
 }
 
+/// Two of three nodes told to stop at once: each hands its calls to the peers, the
+/// other draining node declines what it is handed, and the next round places those
+/// calls on the node that stays. Every call carries on there; none is hung up at a
+/// drain deadline. (Placing the second round on the same peers again left the calls
+/// each had placed on the other to end at their deadlines: a review.)
+#[test]
+fn two_nodes_drained_together_hand_every_call_to_the_third() {
+    const CALLS: usize = 60;
+    let mut rig = Rig::new("");
+    rig.place(CALLS);
+    let carrying: f64 = ["n1", "n2"]
+        .iter()
+        .map(|n| rig.c.node(n).metric("tsunagu_active_calls"))
+        .sum();
+    assert!(carrying > 0.0, "n1 and n2 carry calls");
+    let exits: Vec<Option<i32>> = std::thread::scope(|s| {
+        let stopping: Vec<_> = rig
+            .c
+            .members
+            .iter_mut()
+            .filter(|(name, _)| *name != "n3")
+            .map(|(_, member)| s.spawn(move || member.node.terminate()))
+            .collect();
+        stopping.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    assert_eq!(exits, vec![Some(0), Some(0)]);
+    let n3 = rig.c.node("n3");
+    assert_eq!(
+        n3.metric("tsunagu_calls_taken_over_total{outcome=\"resumed\"}"),
+        carrying,
+        "every call of n1 and n2 resumed on n3"
+    );
+    assert_eq!(n3.metric("tsunagu_active_calls"), CALLS as f64);
+    let states = rig.party.states();
+    assert_eq!(
+        states.get(&(LegState::Up, Some(LegState::Up))),
+        Some(&CALLS),
+        "{states:?}"
+    );
+    let records = rig.hang_up_and_check_records(CALLS, "n3");
+    for r in records.values() {
+        assert!(r["end_reason"].is_null(), "no call ended by a drain: {r}");
+        assert_eq!(r["node"], "n3", "{r}");
+    }
+}
+
 #[test]
 fn a_node_killed_and_started_again_at_once_loses_no_answered_call() {
     // As systemd's Restart=always does: the new run is up before the peers notice the
