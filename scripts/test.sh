@@ -13,7 +13,8 @@
 # "Running across hosts"). The deployment files are validated by
 # scripts/validate-deploy.sh (promtool from `prometheus`, PyYAML from `python3-yaml`,
 # systemd-analyze from `systemd`). nftables cuts the network between cluster nodes
-# in the partition test (it runs as root, as CI does).
+# in the partition test (it runs as root, as CI does). faketime runs a cluster node
+# whose wall clock is off the others' (the clock-skew test).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,6 +30,7 @@ command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 /usr/bin/python3 -c 'import yaml' >/dev/null 2>&1 || missing+=(python3-yaml)
 command -v nft >/dev/null 2>&1 || [ -x /usr/sbin/nft ] || missing+=(nftables)
+command -v faketime >/dev/null 2>&1 || missing+=(faketime)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing: ${missing[*]}"
     sudo=""

@@ -30,7 +30,11 @@ pub struct Registered {
     pub name: String,
     pub epoch: u64,
     pub cluster_addr: Option<SocketAddr>,
-    /// How long ago it last recorded its sign of life in the store.
+    /// Its sign of life in the store (a time by its own clock, strictly increasing
+    /// from one write to the next).
+    pub sign: i64,
+    /// How long ago that was by this node's wall clock (read only for a first
+    /// sight of an incarnation: see [`crate::signs`]).
     pub sign_age: Duration,
     /// An operator retired this incarnation (`tsunagu cluster forget`).
     pub retired: bool,
@@ -177,6 +181,8 @@ struct Shared {
     seeds: Vec<SocketAddr>,
     /// Registry reads while no peer was heard and the store showed some alive.
     unheard_reads: std::sync::atomic::AtomicU64,
+    /// The members' signs of life as read (their ages by this node's clock).
+    signs: Mutex<crate::signs::SignWatch>,
     /// When the session with each member was last stopped for [`due_resets`].
     resets: Mutex<HashMap<String, Instant>>,
     /// The members with a session at the last tick, and what named it (see
@@ -215,6 +221,7 @@ impl Cluster {
             leaving: AtomicBool::new(false),
             seeds: settings.seeds.clone(),
             unheard_reads: Default::default(),
+            signs: Mutex::default(),
             resets: Mutex::default(),
             sessions: Mutex::default(),
         }));
@@ -601,11 +608,16 @@ impl Cluster {
         let mut m = self.membership();
         let window = m.timing().down_after + STORE_SIGN_EVERY;
         let me = m.name().to_string();
+        let now = Instant::now();
+        let mut signs = self.0.signs.lock().unwrap_or_else(|p| p.into_inner());
+        signs.keep_only(registered.iter().map(|r| r.name.as_str()));
         let alive: Vec<(String, u64)> = registered
             .iter()
-            .filter(|r| r.name != me && r.sign_age <= window)
+            .filter(|r| r.name != me)
+            .filter(|r| signs.age(&r.name, r.epoch, r.sign, r.sign_age, now) <= window)
             .map(|r| (r.name.clone(), r.epoch))
             .collect();
+        drop(signs);
         let unheard = !m.heard_any() && !alive.is_empty();
         m.store_signs(alive);
         drop(m);

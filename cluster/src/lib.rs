@@ -13,6 +13,7 @@ pub mod net;
 pub mod placement;
 pub mod protocol;
 pub mod retire;
+pub mod signs;
 
 pub use driver::{Cluster, Host, Lease, Registered, Settings, Status, STORE_SIGN_EVERY};
 pub use metrics::ClusterMetrics;

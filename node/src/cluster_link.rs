@@ -85,6 +85,7 @@ impl Host for NodeHost {
                             name: n.node_id,
                             epoch: n.epoch,
                             cluster_addr: n.cluster_addr.and_then(|a| a.parse().ok()),
+                            sign: n.last_seen,
                             sign_age: sign_age(n.last_seen, now),
                         })
                         .collect(),

@@ -655,6 +655,79 @@ fn nodes_without_the_cluster_certificate_or_secret_cannot_join() {
     good.wait_formed();
 }
 
+/// An outsider (a wrong secret: it hears nobody) whose wall clock runs 5 s ahead of
+/// the cluster's. By its clock the members' signs of life in the store are 5 s old,
+/// past the detector's window: judged so, it saw nobody alive, was a majority of one,
+/// declared the member down in the store and had it rejoin (its calls taken over by
+/// nobody). Signs are judged by their moves on the reader's own clock: it sees the
+/// member alive and declares nobody down (`tsunagu_cluster::signs`).
+#[test]
+fn an_outsider_whose_clock_runs_ahead_declares_nobody_down() {
+    require_tool("faketime");
+    let faketime = std::fs::read_dir("/usr/lib")
+        .unwrap()
+        .filter_map(|d| {
+            let lib = d.ok()?.path().join("faketime/libfaketimeMT.so.1");
+            lib.exists().then_some(lib)
+        })
+        .next()
+        .expect("libfaketimeMT.so.1 (Debian package faketime)");
+    let mut c = TestCluster::new();
+    c.start(1, GOOD);
+    let epoch = c.view("n1")["epoch"].clone();
+    let ahead = format!(
+        "export LD_PRELOAD={} FAKETIME=+5s FAKETIME_DONT_FAKE_MONOTONIC=1",
+        faketime.display()
+    );
+    c.start_in_shell(
+        3,
+        Joining {
+            cert: "",
+            secret: "not-the-cluster-secret-at-all",
+        },
+        Some(&ahead),
+    );
+    // The outsider's clock is ahead indeed: its sign of life in the store is dated
+    // seconds into this machine's future.
+    {
+        use tsunagu_store::Store;
+        let store = tsunagu_store::SqliteStore::open(&c.path("shared.db")).expect("open store");
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        let n3 = store
+            .nodes()
+            .unwrap()
+            .into_iter()
+            .find(|n| n.node_id == "n3");
+        let ahead_ms = n3.expect("n3 registered").last_seen - now_ms;
+        assert!(ahead_ms > 3_000, "n3's clock is {ahead_ms} ms ahead");
+    }
+    // Five of its detector windows (2.5 s each) and its first-second lease waited
+    // out, bounded: it holds no lease and has declared nobody down.
+    c.node("n1").wait_until(
+        Duration::from_secs(10),
+        "the outsider without a lease",
+        || c.view("n3")["lease_valid"] == false,
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(8);
+    while std::time::Instant::now() < deadline {
+        let view = c.view("n3");
+        let members = view["members"].as_array().unwrap().clone();
+        assert!(
+            members.iter().all(|m| m["state"] != "down"),
+            "the outsider declared a member down: {view}"
+        );
+        assert_eq!(
+            c.view("n1")["epoch"],
+            epoch,
+            "n1 was declared down and rejoined"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 /// A peer holding a member's certificate (not the secret) announces a frame one byte
 /// over the 4 MiB bound (`cluster::net`'s `MAX_FRAME`; ractor_cluster's own default is
 /// 16 MiB, under which the node would wait for the 4 MiB to come): the node closes

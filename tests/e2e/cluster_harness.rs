@@ -117,6 +117,12 @@ impl TestCluster {
 
     /// Starts node `n{i}` on 127.0.0.{i}.
     pub fn start(&mut self, i: u8, how: Joining) -> &Member {
+        self.start_in_shell(i, how, None)
+    }
+
+    /// [`TestCluster::start`] under `sh -c "<setup> && exec tsunagu ..."` when `setup`
+    /// is given (see [`Node::run_in_shell`]).
+    pub fn start_in_shell(&mut self, i: u8, how: Joining, setup: Option<&str>) -> &Member {
         let name = format!("n{i}");
         assert!((1..=3).contains(&i), "test clusters have nodes 1 to 3");
         let base = self.node_ports;
@@ -190,7 +196,10 @@ trunks = ["carrier-a"]
         );
         let path = dir.path().join("node.toml");
         std::fs::write(&path, config).expect("write config");
-        let node = Node::run(ports, dir, &path);
+        let node = match setup {
+            Some(setup) => Node::run_in_shell(ports, dir, &path, setup),
+            None => Node::run(ports, dir, &path),
+        };
         let sip = format!("127.0.0.{i}:{}", ports.sip);
         self.members.insert(name.clone(), Member { node, sip });
         &self.members[&name]

@@ -42,6 +42,7 @@
 //! | index rows of calls in progress, removal | active_calls_by_node, _by_operator, active_calls | write |
 //! | node epoch (register) | nodes (node_id) `IF NOT EXISTS` / `IF epoch` | CAS |
 //! | heartbeat | nodes (node_id) `IF epoch AND down = false AND last_seen < now` | CAS |
+//! | heartbeat of a node whose clock went back (the first not applied) | nodes (node_id) `IF epoch AND down = false AND last_seen = <read>`, one past it | CAS |
 //! | declare a node down | nodes (node_id) `IF epoch AND down = false` | CAS |
 //! | record a change | changes (bucket) `IF head` (static) | CAS |
 //! | changes since | changes (bucket) | read |

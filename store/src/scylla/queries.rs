@@ -147,6 +147,9 @@ pub const NODE_STANDING: &str = "SELECT epoch, down FROM nodes WHERE node_id = ?
 pub const NODE_FIRST: &str = "INSERT INTO nodes (node_id, epoch, started_at, last_seen, cluster_addr, api_addr, down) VALUES (?, 1, ?, ?, ?, ?, false) IF NOT EXISTS";
 pub const NODE_NEXT: &str = "UPDATE nodes SET epoch = ?, started_at = ?, last_seen = ?, cluster_addr = ?, api_addr = ?, down = false, retired = false WHERE node_id = ? IF epoch = ?";
 pub const NODE_ALIVE: &str = "UPDATE nodes SET last_seen = ? WHERE node_id = ? IF epoch = ? AND down = false AND last_seen < ?";
+/// The sign of life one past the last, when the writer's clock went back (NODE_ALIVE
+/// not applied): it still moves, which is what readers judge.
+pub const NODE_ALIVE_NEXT: &str = "UPDATE nodes SET last_seen = ? WHERE node_id = ? IF epoch = ? AND down = false AND last_seen = ?";
 pub const NODE_DOWN: &str =
     "UPDATE nodes SET down = true WHERE node_id = ? IF epoch = ? AND down = false";
 pub const NODE_RETIRE: &str =
@@ -292,6 +295,7 @@ pub const ALL: &[(&str, Kind)] = &[
     (NODE_FIRST, Kind::CompareAndSet),
     (NODE_NEXT, Kind::CompareAndSet),
     (NODE_ALIVE, Kind::CompareAndSet),
+    (NODE_ALIVE_NEXT, Kind::CompareAndSet),
     (NODE_DOWN, Kind::CompareAndSet),
     (NODE_RETIRE, Kind::CompareAndSet),
     (NODES_ALL, Kind::Scan),

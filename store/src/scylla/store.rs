@@ -1238,14 +1238,25 @@ impl Store for ScyllaStore {
     fn node_alive(&self, node: &str, epoch: u64, now_ms: i64) -> Result<bool> {
         let epoch = epoch_column(epoch);
         let cas = self.wait(self.inner.cas(q::NODE_ALIVE, (now_ms, node, epoch, now_ms)))?;
-        Ok(heartbeat_accepted(
+        let seen = cas.i64("last_seen");
+        let accepted = heartbeat_accepted(
             cas.applied,
             epoch,
             now_ms,
             cas.i64("epoch"),
             cas.bool("down"),
-            cas.i64("last_seen"),
-        ))
+            seen,
+        );
+        if let (true, false, Some(seen)) = (accepted, cas.applied, seen) {
+            // This node's clock went back: the sign moves one past the last all the
+            // same (readers judge signs by their moves, tsunagu_cluster::signs). Not
+            // applied means another write moved it meanwhile: a move too.
+            self.wait(self.inner.cas(
+                q::NODE_ALIVE_NEXT,
+                (seen.saturating_add(1), node, epoch, seen),
+            ))?;
+        }
+        Ok(accepted)
     }
 
     fn mark_node_down(&self, node: &str, epoch: u64) -> Result<bool> {

@@ -1053,7 +1053,7 @@ impl Store for SqliteStore {
     fn node_alive(&self, node: &str, epoch: u64, now_ms: i64) -> Result<bool> {
         self.write(|c| {
             c.prepare_cached(
-                "UPDATE nodes SET last_seen = max(last_seen, ?3) WHERE node_id = ?1 AND epoch = ?2 AND down = 0",
+                "UPDATE nodes SET last_seen = max(last_seen + 1, ?3) WHERE node_id = ?1 AND epoch = ?2 AND down = 0",
             )?
             .execute(params![node, epoch as i64, now_ms])
             .map(|n| n == 1)
