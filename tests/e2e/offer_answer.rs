@@ -780,3 +780,85 @@ fn a_silent_callee_is_left_at_its_ring_time_and_its_late_answers_are_answered() 
     callee.ok(&bye);
     node.wait_for_calls(&key, 2);
 }
+
+/// The caller agreed a session timer (it refreshes, `refresher=uac`); the callee does
+/// no timers and puts the call on hold. Every re-INVITE is a session refresh that
+/// renegotiates the timer (RFC 4028): the node's to the caller carries the session's
+/// timer, naming the caller refresher (`uas` in a request the node sends), and the
+/// caller's Session-Expires in its 200 stays with the node, the callee never asked.
+/// (Relayed bare, the caller's 200 without Session-Expires turned its timer off, it
+/// stopped refreshing, and the node's check hung the call up: a review.)
+#[test]
+fn a_callee_s_re_invite_reaches_the_caller_with_the_session_s_timer() {
+    let ports = Ports::take();
+    let node = Node::start(ports, "127.0.0.1/32", "");
+    node.provision("0501234567", DEST, "{}");
+    let callee = Callee::bind(ports);
+    let caller = Party::bind("127.0.0.1", ports.sip);
+    let call_id = "timer-to-caller";
+    let invite = invite_with(&caller, call_id, CALLER_SDP).replace(
+        "Max-Forwards: 70\n",
+        "Max-Forwards: 70\nSession-Expires: 1800\nSupported: timer\n",
+    );
+    caller.send(&invite);
+    let forwarded = callee.expect("INVITE ");
+    callee.respond(&forwarded, "200 OK", &sdp(4002));
+    let ok = caller.final_response();
+    assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
+    assert_eq!(
+        header(&ok, "Session-Expires"),
+        Some("1800;refresher=uac"),
+        "{ok}"
+    );
+    let node_tag = caller.ack(call_id, &ok);
+    callee.expect("ACK ");
+    // The callee puts the call on hold, saying nothing of timers.
+    let hold = format!("{}a=sendonly\r\n", sdp(4002)).replace(" 2 2 IN", " 2 3 IN");
+    let reinvite = format!(
+        "INVITE sip:node@127.0.0.1:{node} SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.1:{uas};branch=z9hG4bK-hold\nFrom: {to};tag=calleetag\nTo: {from}\nCall-ID: {cid}\nCSeq: 2 INVITE\nContact: <sip:callee@127.0.0.1:{uas}>\nMax-Forwards: 70\nContent-Type: application/sdp\nContent-Length: {len}\n\n{hold}",
+        node = ports.sip,
+        uas = ports.uas,
+        to = header(&forwarded, "To").unwrap(),
+        from = header(&forwarded, "From").unwrap(),
+        cid = header(&forwarded, "Call-ID").unwrap(),
+        len = hold.len(),
+    );
+    callee.send(&reinvite);
+    let relayed = std::iter::from_fn(|| caller.recv(Duration::from_secs(5)))
+        .find(|m| m.starts_with("INVITE "))
+        .expect("the re-INVITE");
+    assert_eq!(
+        header(&relayed, "Session-Expires"),
+        Some("1800;refresher=uas"),
+        "{relayed}"
+    );
+    assert!(
+        header(&relayed, "Supported").is_some_and(|s| s.contains("timer")),
+        "{relayed}"
+    );
+    let answer = ok_to(&relayed).replace(
+        "Content-Length: 0\n\n",
+        &format!(
+            "Session-Expires: 1800;refresher=uas\nContact: <sip:caller@{}>\nContent-Type: application/sdp\nContent-Length: {}\n\n{CALLER_SDP}",
+            caller.me(),
+            CALLER_SDP.len()
+        ),
+    );
+    caller.send(&answer);
+    let callee_ok = callee.expect("SIP/2.0 200");
+    assert!(
+        header(&callee_ok, "Session-Expires").is_none() && header(&callee_ok, "Require").is_none(),
+        "the callee asked nothing of timers: {callee_ok}"
+    );
+    let ack = reinvite
+        .split("\nContact:")
+        .next()
+        .unwrap()
+        .replacen("INVITE sip:", "ACK sip:", 1)
+        .replace(" INVITE\n", " ACK\n");
+    callee.send(&format!("{ack}\nContent-Length: 0\n\n"));
+    std::iter::from_fn(|| caller.recv(Duration::from_secs(5)))
+        .find(|m| m.starts_with("ACK "))
+        .expect("the node's ACK of the caller's 200");
+    hang_up(&caller, &callee, call_id, &node_tag, 2);
+}

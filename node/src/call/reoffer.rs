@@ -40,6 +40,10 @@ pub(super) struct Reoffer {
     /// The body the other party had from the node before this offer: offered again if
     /// it accepts the offer after its sender cancelled it.
     pub(super) previous: Option<String>,
+    /// The node added the session's timer to it (see [`Call::timer_to_caller`]): the
+    /// caller's answer renews the node's timer with the caller, and its
+    /// Session-Expires is not the sender's to hear.
+    pub(super) timer_added: bool,
 }
 
 impl Call {
@@ -101,7 +105,8 @@ impl Call {
         let sdp = offer.as_ref().map(|o| o.sdp.clone());
         let late = sdp.is_none() && req.method == Method::Invite;
         let method = req.method;
-        let headers = session::headers_of(&req);
+        let mut headers = session::headers_of(&req);
+        let timer_added = to == Side::A && self.timer_to_caller(&mut headers);
         let Some(leg) = self.leg(to) else {
             return ep.respond(&req, &info, &key, 481, None, &[], None);
         };
@@ -123,6 +128,7 @@ impl Call {
             provisional: false,
             cancel_wanted: false,
             previous,
+            timer_added,
         }));
     }
 
@@ -175,8 +181,12 @@ impl Call {
     pub(super) fn restore_after_crossing(&mut self, side: Side, previous: Option<String>) {
         let Some(previous) = previous else { return };
         let ep = self.ctx.endpoint.clone();
+        let mut headers = Vec::new();
+        if side == Side::A {
+            self.timer_to_caller(&mut headers);
+        }
         let Some(leg) = self.leg(side) else { return };
-        let relayed = leg.reoffer(&ep, Method::Invite, Some(previous), Vec::new());
+        let relayed = leg.reoffer(&ep, Method::Invite, Some(previous), headers);
         tracing::info!(
             ?side,
             "a cancelled re-offer was accepted all the same: the previous session offered again"
@@ -205,9 +215,7 @@ impl Call {
             if own.refresh && matches!(code, 408 | 481) {
                 self.expire_session("the caller did not take the node's session refresh");
             } else if own.refresh {
-                // Glare (491) or a passing refusal: again after RFC 3261 14.1's wait
-                // (the caller made its Call-ID), before the session's check.
-                self.refresh_refused();
+                self.refresh_refused(&resp);
             }
             return;
         }
@@ -218,9 +226,15 @@ impl Call {
         if let Some(rewritten) = answered {
             self.apply_sdp(own.side, &rewritten);
         }
-        if own.refresh {
+        if own.side == Side::A {
+            // Every re-INVITE of the node's to the caller carries the session's timer
+            // (a refresh, or see `timer_to_caller`): its 2xx renews it.
             self.on_own_refresh_answer(&resp);
         }
+        // What a takeover needs changed with it (the session's interval and who
+        // refreshes, the party's media and target): it was left to the next relayed
+        // offer (a review).
+        self.checkpoint_now(false);
     }
 
     /// A client transaction of the call's timed out (no final answer in 32 s): the
@@ -346,9 +360,22 @@ impl Call {
             _ => self.a.peer.transport,
         };
         let contact = legs::contact(&ep, transport);
-        let timer = session::answer_headers(&resp, &p.request, self.session.map(|s| s.interval));
+        let timer = if p.timer_added {
+            Vec::new()
+        } else {
+            session::answer_headers(
+                &resp,
+                &p.request,
+                self.session.map(|s| s.interval),
+                p.from == Side::A,
+            )
+        };
         let extra: Vec<(&str, &str)> = if code < 300 {
-            self.on_refresh_answer(&resp, None);
+            if p.timer_added {
+                self.on_own_refresh_answer(&resp);
+            } else {
+                self.on_refresh_answer(&resp, self.refresher_after(p.from, &resp, &timer));
+            }
             std::iter::once(("Contact", contact.as_str()))
                 .chain(timer.iter().map(|(k, v)| (*k, v.as_str())))
                 .collect()

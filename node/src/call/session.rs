@@ -9,10 +9,11 @@ use super::legs::{Headers, Leg};
 use super::timers::{TimerId, Timers};
 use super::{Call, CallMsg, Phase};
 use crate::decide::session_timer::{
-    check_after, on_callee_answer, parse, refresh_after, Refresher,
+    after_refusal, check_after, on_callee_answer, parse, refresh_after, AfterRefusal, Refresher,
 };
 use std::time::{Duration, Instant};
 use tsunagu_media::Side;
+
 use tsunagu_sip::parse::{has_option_tag, header};
 use tsunagu_sip::Method;
 use tsunagu_sip::{Request, Response};
@@ -41,25 +42,37 @@ pub(super) fn headers_of(req: &Request) -> Headers {
 /// naming the sender refresher, never longer than it asked: without it the sender
 /// reads "no expiration" (RFC 4028 7.2), stops refreshing, and the node's check hangs
 /// the call up (a callee that does no timers answers the caller's refreshes so; a
-/// review).
+/// review). The caller (`from_caller`) may ask the node to refresh (`refresher=uas`,
+/// which the answer keeps, RFC 4028 9: it was named `uac` with `Require: timer`, and
+/// both then refreshed); the callee may not (the node refreshes no callee). A sender
+/// that neither asked nor said `Supported: timer` hears nothing of timers.
 pub(super) fn answer_headers(
     resp: &Response,
     request: &Request,
     kept: Option<u32>,
+    from_caller: bool,
 ) -> Vec<(&'static str, String)> {
+    let supports = has_option_tag(request, "Supported", "timer");
     let asked = header(request, "Session-Expires")
         .and_then(parse)
-        .filter(|_| has_option_tag(request, "Supported", "timer"))
-        .map(|s| s.interval);
+        .filter(|_| supports);
     let mut out = Vec::new();
+    if !supports && header(request, "Session-Expires").is_none() {
+        return out;
+    }
     if let Some(se) = header(resp, "Session-Expires").filter(|v| parse(v).is_some()) {
         out.push(("Session-Expires", se.to_string()));
         if has_option_tag(resp, "Require", "timer") {
             out.push(("Require", "timer".into()));
         }
-    } else if let Some(interval) = asked.zip(kept).map(|(a, k)| a.min(k)) {
-        out.push(("Session-Expires", format!("{interval};refresher=uac")));
-        out.push(("Require", "timer".into()));
+    } else if let Some((asked, kept)) = asked.zip(kept) {
+        let interval = asked.interval.min(kept);
+        if from_caller && asked.refresher == Some(Refresher::Uas) {
+            out.push(("Session-Expires", format!("{interval};refresher=uas")));
+        } else {
+            out.push(("Session-Expires", format!("{interval};refresher=uac")));
+            out.push(("Require", "timer".into()));
+        }
     }
     out
 }
@@ -75,6 +88,9 @@ pub(super) struct SessionTimer {
     pub by_node: bool,
     /// When it sends its next refresh.
     send: Option<TimerId>,
+    /// The node's refreshes refused since the last that went through (see
+    /// [`Call::refresh_refused`]).
+    refusals: u8,
 }
 
 /// What a refresh makes of the session timer: the interval and generation of the next
@@ -144,6 +160,7 @@ fn refresh(
         check,
         by_node,
         send,
+        refusals: 0,
     });
 }
 
@@ -239,13 +256,32 @@ impl Call {
         }
     }
 
-    /// The caller refused the node's refresh for a passing reason (491: an offer of
-    /// its own crossed it): again after RFC 3261 14.1's wait (0 to 2 s: the caller made
-    /// its Call-ID), at most an eighth of the interval, so before the session's check.
-    pub(super) fn refresh_refused(&mut self) {
-        let Some(s) = self.session else { return };
-        let wait =
-            crate::decide::glare::delay(false, rand::random()).min(refresh_after(s.interval) / 4);
+    /// The caller refused the node's refresh (not 408 or 481, which end the session),
+    /// answering `resp`: sent again as [`after_refusal`] decides (491: after RFC 3261
+    /// 14.1's wait, 0 to 2 s as the caller made its Call-ID, within an eighth of the
+    /// interval so before the session's check).
+    pub(super) fn refresh_refused(&mut self, resp: &Response) {
+        let Some(s) = self.session.as_mut() else {
+            return;
+        };
+        s.refusals = s.refusals.saturating_add(1);
+        let eighth = refresh_after(s.interval) / 4;
+        let code = resp.status_code.code();
+        let wait = match after_refusal(code, header(resp, "Min-SE"), s.interval, s.refusals) {
+            AfterRefusal::Glare => crate::decide::glare::delay(false, rand::random()).min(eighth),
+            AfterRefusal::Longer(interval) => {
+                s.interval = interval;
+                Duration::ZERO
+            }
+            AfterRefusal::After(wait) => wait,
+            AfterRefusal::GiveUp => {
+                tracing::info!(
+                    code,
+                    "the caller refuses the node's session refresh; left to the session's check"
+                );
+                return;
+            }
+        };
         self.refresh_again_in(wait);
     }
 
@@ -257,6 +293,30 @@ impl Call {
             .and_then(parse)
             .is_some_and(|s| s.refresher == Some(Refresher::Uas));
         self.on_refresh_answer(resp, Some(!caller_refreshes));
+    }
+
+    /// Who refreshes the caller's leg after a refresh relayed from `from` was answered
+    /// `resp` and its sender told `passed` (see [`answer_headers`]): the callee
+    /// answering with its own timer refreshes (its refreshes reach the caller through
+    /// the node), a caller named `uas` in a 2xx the node wrote has the node refresh,
+    /// one named `uac` refreshes itself. None: unchanged (a callee's refresh).
+    pub(super) fn refresher_after(
+        &self,
+        from: Side,
+        resp: &Response,
+        passed: &[(&'static str, String)],
+    ) -> Option<bool> {
+        if from != Side::A {
+            return None;
+        }
+        if header(resp, "Session-Expires").is_some_and(|v| parse(v).is_some()) {
+            return Some(false);
+        }
+        passed
+            .iter()
+            .find(|(name, _)| *name == "Session-Expires")
+            .and_then(|(_, v)| parse(v))
+            .map(|s| s.refresher == Some(Refresher::Uas))
     }
 
     /// A 2xx to a refresh: restart the clock (with the interval it names; `by_node`
@@ -278,23 +338,54 @@ impl Call {
 
     /// The session's check time came: no refresh since, so both legs are hung up.
     pub(super) fn session_check(&mut self, generation: u32) {
-        let due = self.session.is_some_and(|s| s.generation == generation);
-        if !due || self.judging {
-            return;
+        if self.session.is_some_and(|s| s.generation == generation) {
+            self.expire_session("session expired without a refresh");
         }
-        self.expire_session("session expired without a refresh");
     }
 
     /// The session is over (`why`): both legs are hung up, the call logged
-    /// `session_expired`.
+    /// `session_expired`. Not while the callee judges a call its caller left: the
+    /// caller's BYE crossing the node's refresh had that refresh's 481 (or timeout)
+    /// hang up the callee mid-judgement and log the call `session_expired` (a review).
     pub(super) fn expire_session(&mut self, why: &'static str) {
-        if self.phase != Phase::Answered {
+        if self.phase != Phase::Answered || self.judging {
             return;
         }
         tracing::info!(why, "hanging up both legs");
         self.ctx.metrics.calls.sessions_expired.inc();
         self.end_reason = Some("session_expired");
         self.hang_up_both();
+    }
+
+    /// Adds the session's timer to a re-INVITE or UPDATE the node sends the caller
+    /// without one of its own (relayed from a callee that does no timers, or the
+    /// node's: a takeover's, a restore's): each is a session refresh that renegotiates
+    /// the timer (RFC 4028 7.4, 9), and the caller answering one that named none
+    /// without Session-Expires turned its timer off, stopped refreshing, and the
+    /// node's check hung the call up an interval later (a review). It names who
+    /// refreshes the caller's leg as agreed: the node (`uac`, this request's sender)
+    /// or the caller (`uas`). Whether it added them (the caller's answer then speaks
+    /// of the node's timer with it, not of the request's sender's).
+    pub(super) fn timer_to_caller(&self, headers: &mut super::legs::Headers) -> bool {
+        let Some(s) = self.session else { return false };
+        if headers
+            .iter()
+            .any(|(name, _)| name.eq_ignore_ascii_case("Session-Expires"))
+        {
+            return false;
+        }
+        let role = if s.by_node { "uac" } else { "uas" };
+        headers.push((
+            "Session-Expires",
+            format!("{};refresher={role}", s.interval),
+        ));
+        if !headers
+            .iter()
+            .any(|(name, _)| name.eq_ignore_ascii_case("Supported"))
+        {
+            headers.push(("Supported", "timer".into()));
+        }
+        true
     }
 
     /// Whether an offer is out on a dialog of the call (a relayed re-offer, a
@@ -336,6 +427,7 @@ mod tests {
             check: TimerId::for_test(check),
             by_node: false,
             send: None,
+            refusals: 0,
         };
         let rows: &[(Option<SessionTimer>, u32, Option<Refresh>)] = &[
             (None, 0, None),
@@ -488,6 +580,13 @@ mod tests {
                 ],
             ),
             ("", false, Some(1800), vec![]),
+            // Neither asked nor said it could: nothing of the answerer's timer.
+            (
+                "Session-Expires: 600;refresher=uac\r\nRequire: timer\r\n",
+                false,
+                Some(600),
+                vec![],
+            ),
             ("", true, None, vec![]),
             ("Require: timer\r\n", true, None, vec![]),
         ];
@@ -496,7 +595,7 @@ mod tests {
         for (extra, asked, interval, want) in rows {
             let request = if *asked { &asking } else { &silent };
             assert_eq!(
-                &answer_headers(&ok(extra), request, *interval),
+                &answer_headers(&ok(extra), request, *interval, true),
                 want,
                 "{extra:?}"
             );
@@ -504,12 +603,25 @@ mod tests {
         // Asked by a sender that said nothing of `Supported: timer`: not made refresher;
         // asked for less than the node keeps: that.
         let unable = invite("Session-Expires: 1800\r\n");
-        assert_eq!(answer_headers(&ok(""), &unable, Some(1800)), vec![]);
+        assert_eq!(answer_headers(&ok(""), &unable, Some(1800), true), vec![]);
         let shorter = invite("Session-Expires: 900\r\nSupported: timer\r\n");
         assert_eq!(
-            answer_headers(&ok(""), &shorter, Some(1800)),
+            answer_headers(&ok(""), &shorter, Some(1800), true),
             vec![
                 own("Session-Expires", "900;refresher=uac"),
+                own("Require", "timer")
+            ]
+        );
+        // The caller asking the node to refresh keeps that; the callee cannot.
+        let by_node = invite("Session-Expires: 1800;refresher=uas\r\nSupported: timer\r\n");
+        assert_eq!(
+            answer_headers(&ok(""), &by_node, Some(1800), true),
+            vec![own("Session-Expires", "1800;refresher=uas")]
+        );
+        assert_eq!(
+            answer_headers(&ok(""), &by_node, Some(1800), false),
+            vec![
+                own("Session-Expires", "1800;refresher=uac"),
                 own("Require", "timer")
             ]
         );

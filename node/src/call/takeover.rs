@@ -48,6 +48,10 @@ pub(super) struct Resuming {
     started: Instant,
     /// What the call came with, until the media is set up.
     answered: Option<Box<Answered>>,
+    /// A party had left (481): the takeover's outcome is counted, and the other
+    /// party's answer is only acknowledged and its media anchored here (its
+    /// judgement, a callee's, plays through this node).
+    left: bool,
 }
 
 /// Where the takeover re-INVITE of one leg stands.
@@ -277,6 +281,7 @@ impl Call {
             quiet_since_ms,
             started: now,
             answered: Some(answered),
+            left: false,
         }));
         me.send_message(CallMsg::Resume)
             .map_err(|_| "the call ended before it resumed".to_string())?;
@@ -317,6 +322,13 @@ impl Call {
         else {
             return self.takeover_failed("the checkpoint's SDP cannot be offered again");
         };
+        // The session's timer first: the caller's re-INVITE carries it (a refresh;
+        // see `timer_to_caller`).
+        if let Some(interval) = answered.session_seconds {
+            self.restart_session(interval, Some(answered.session_by_node));
+        }
+        let mut a_headers = Vec::new();
+        self.timer_to_caller(&mut a_headers);
         let ep = self.ctx.endpoint.clone();
         let Some(b) = self.b.as_mut() else {
             return self.takeover_failed("no callee dialog");
@@ -326,16 +338,13 @@ impl Call {
             .cseq;
         let a_cseq = self
             .a
-            .reoffer(&ep, Method::Invite, Some(a_offer), Vec::new())
+            .reoffer(&ep, Method::Invite, Some(a_offer), a_headers)
             .cseq;
         if let Some(r) = self.resuming.as_mut() {
             r.pending = [Reinvite::Sent(a_cseq), Reinvite::Sent(b_cseq)];
         }
         if let Some(rec) = &answered.recording {
             self.restart_recording(&rec.mode);
-        }
-        if let Some(interval) = answered.session_seconds {
-            self.restart_session(interval, Some(answered.session_by_node));
         }
         self.arm_media_check();
         tracing::info!(from = ?self.nodes, "call taken over: re-INVITEs sent to both parties");
@@ -409,6 +418,18 @@ impl Call {
             self.forget_takeover_once_answered();
             return;
         }
+        if self.resuming.as_ref().is_some_and(|r| r.left) {
+            // The other party left first: its outcome was counted once (a 2xx here
+            // counted the call resumed as well, and checkpointed a call that ends).
+            if (200..300).contains(&code) {
+                self.refresh_target(side, tsunagu_sip::parse::header(&resp, "Contact"));
+                if let Some(body) = sdp_body(&resp, &resp.body) {
+                    self.anchor_sdp(side, &body);
+                }
+            }
+            self.forget_takeover_once_answered();
+            return;
+        }
         if code == 481 {
             return self.left_before_takeover(side);
         }
@@ -418,6 +439,10 @@ impl Call {
         self.refresh_target(side, tsunagu_sip::parse::header(&resp, "Contact"));
         if let Some(body) = sdp_body(&resp, &resp.body) {
             self.anchor_sdp(side, &body);
+        }
+        if side == Side::A {
+            // It carried the session's timer: the caller's 2xx renews it.
+            self.on_own_refresh_answer(&resp);
         }
         let done = self
             .resuming
@@ -451,6 +476,9 @@ impl Call {
         // The party left while its node was going: the talk ends when that node was
         // last heard (a member declared down), not when this node learnt of it.
         let quiet = self.resuming.as_ref().and_then(|r| r.quiet_since_ms);
+        if let Some(r) = self.resuming.as_mut() {
+            r.left = true;
+        }
         self.forget_takeover_once_answered();
         if let Some(ms) = quiet {
             let ms = self.answered.map_or(ms, |(_, at)| ms.max(at));
@@ -489,11 +517,15 @@ impl Call {
             return;
         }
         let ep = self.ctx.endpoint.clone();
+        let mut headers = Vec::new();
+        if side == Side::A {
+            self.timer_to_caller(&mut headers);
+        }
         let Some(leg) = self.leg(side) else {
             return self.takeover_failed("no callee dialog");
         };
         let offer = leg.last_sdp().clone();
-        let cseq = leg.reoffer(&ep, Method::Invite, offer, Vec::new()).cseq;
+        let cseq = leg.reoffer(&ep, Method::Invite, offer, headers).cseq;
         if let Some(r) = self.resuming.as_mut() {
             r.pending[index(side)] = Reinvite::Sent(cseq);
         }
@@ -513,12 +545,18 @@ impl Call {
     }
 
     /// The takeover's state goes once no party's re-INVITE is outstanding.
+    /// A re-INVITE refused 491 is still sent again while the call is answered (a
+    /// callee judging a call its caller left must hear the judgement through this
+    /// node: a review found its re-INVITE never sent again).
     fn forget_takeover_once_answered(&mut self) {
-        if self
-            .resuming
-            .as_ref()
-            .is_none_or(|r| r.pending.iter().all(|p| !matches!(p, Reinvite::Sent(_))))
-        {
+        let answered = self.phase == Phase::Answered;
+        if self.resuming.as_ref().is_none_or(|r| {
+            r.pending.iter().all(|p| match p {
+                Reinvite::Sent(_) => false,
+                Reinvite::Refused => !answered,
+                Reinvite::Done => true,
+            })
+        }) {
             self.resuming = None;
         }
     }

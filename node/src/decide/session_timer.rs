@@ -128,6 +128,39 @@ pub fn callee_floor(node_min_se: u32) -> u32 {
     node_min_se.min(90)
 }
 
+/// What the node does after the caller refused its refresh (not 408 or 481, which end
+/// the session).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterRefusal {
+    /// Again after RFC 3261 14.1's wait (491: an offer of the caller's crossed it).
+    Glare,
+    /// Again at once with this interval, the caller's Min-SE (422, RFC 4028 10).
+    Longer(u32),
+    /// Again after this wait (a passing refusal).
+    After(Duration),
+    /// No more: the session's check decides.
+    GiveUp,
+}
+
+/// How many refusals in a row the node's own refresh is sent again after.
+pub const REFRESH_TRIES: u8 = 3;
+
+/// Decides [`AfterRefusal`] for the `refusals`-th refusal in a row (from 1) with
+/// `code` and the response's `min_se`, of a session of `interval` s. At most
+/// [`REFRESH_TRIES`] in a row: a caller refusing every refresh had one sent every
+/// second or two until the session's check, each taking a CSeq (a review).
+pub fn after_refusal(code: u16, min_se: Option<&str>, interval: u32, refusals: u8) -> AfterRefusal {
+    if refusals > REFRESH_TRIES {
+        return AfterRefusal::GiveUp;
+    }
+    let min_se = min_se.and_then(|v| v.trim().parse::<u32>().ok());
+    match (code, min_se) {
+        (491, _) => AfterRefusal::Glare,
+        (422, Some(min)) if min > interval => AfterRefusal::Longer(min),
+        _ => AfterRefusal::After(refresh_after(interval) / 4),
+    }
+}
+
 /// When the node gives up on a session with no refresh: the interval less a third of
 /// it or 32 s, whichever is less (RFC 4028 10: the non-refresher's BYE).
 pub fn check_after(interval: u32) -> Duration {
@@ -291,6 +324,36 @@ mod tests {
         ];
         for (value, small) in rows {
             assert_eq!(too_small(value, 90), small, "{value:?}");
+        }
+    }
+
+    #[test]
+    fn what_follows_a_refused_refresh() {
+        use AfterRefusal::*;
+        let s = Duration::from_secs;
+        // (code, Min-SE, interval, refusals in a row) -> what next
+        let rows: &[(u16, Option<&str>, u32, u8, AfterRefusal)] = &[
+            (491, None, 1800, 1, Glare),
+            (491, None, 1800, 3, Glare),
+            (491, None, 1800, 4, GiveUp),
+            (422, Some("3600"), 1800, 1, Longer(3600)),
+            (422, Some(" 3600 "), 1800, 1, Longer(3600)),
+            // Not longer, or unreadable: a passing refusal.
+            (422, Some("900"), 1800, 1, After(s(225))),
+            (422, Some("soon"), 1800, 1, After(s(225))),
+            (422, None, 1800, 1, After(s(225))),
+            (500, None, 1800, 1, After(s(225))),
+            (488, None, 1800, 3, After(s(225))),
+            (488, None, 1800, 4, GiveUp),
+            (403, None, 90, 1, After(Duration::from_millis(11_250))),
+            (500, None, 1, 1, After(Duration::from_millis(250))),
+        ];
+        for &(code, min_se, interval, refusals, want) in rows {
+            assert_eq!(
+                after_refusal(code, min_se, interval, refusals),
+                want,
+                "{code} {min_se:?} {interval} {refusals}"
+            );
         }
     }
 }
