@@ -4,14 +4,16 @@
 //! an entry refreshes it at once, the others when the change reaches them.
 
 use prometheus_client::metrics::gauge::Gauge;
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
 use tsunagu_store::{LineLimit, Store, StoreError, TrackingNumber};
 
-/// Numbers by number, and line limits by advertiser.
+/// Numbers by number, line limits by advertiser, and the numbers whose settings could
+/// not be read.
 type Maps = (
     HashMap<String, Arc<TrackingNumber>>,
     HashMap<String, LineLimit>,
+    HashSet<String>,
 );
 
 #[derive(Clone)]
@@ -20,53 +22,74 @@ pub struct Directory {
     numbers: Arc<RwLock<HashMap<String, Arc<TrackingNumber>>>>,
     /// Line limits by advertiser id.
     advertiser_lines: Arc<RwLock<HashMap<String, LineLimit>>>,
-    /// Numbers whose stored settings this node could not read at the last full load
-    /// (`tsunagu_numbers_unreadable`).
-    unreadable: Gauge,
+    /// Numbers whose stored settings this node could not read when it last read them
+    /// (`tsunagu_numbers_unreadable` counts them).
+    unreadable: Arc<Mutex<HashSet<String>>>,
+    unreadable_gauge: Gauge,
 }
 
 impl Directory {
     /// Everything from the store; `unreadable` counts the numbers left out (see
     /// [`Directory::read_all`]).
     pub fn load(store: Arc<dyn Store>, unreadable: Gauge) -> Result<Directory, StoreError> {
-        let (numbers, lines) = Directory::read_all(&*store, &unreadable)?;
+        let (numbers, lines, left_out) = Directory::read_all(&*store)?;
+        unreadable.set(i64::try_from(left_out.len()).unwrap_or(i64::MAX));
         Ok(Directory {
             store,
             numbers: Arc::new(RwLock::new(numbers)),
             advertiser_lines: Arc::new(RwLock::new(lines)),
-            unreadable,
+            unreadable: Arc::new(Mutex::new(left_out)),
+            unreadable_gauge: unreadable,
         })
     }
 
     /// A number this version cannot read (written by a newer one, or damaged) is left
     /// out, logged and counted: calls to it get 404 until it is written again, and the
     /// others route (one such row used to stop the node from starting).
-    fn read_all(store: &dyn Store, unreadable: &Gauge) -> Result<Maps, StoreError> {
-        let mut left_out = 0;
+    fn read_all(store: &dyn Store) -> Result<Maps, StoreError> {
+        let mut left_out = HashSet::new();
         let numbers = store
             .all_numbers()?
             .into_iter()
-            .filter_map(|n| {
-                n.inspect_err(|e| {
-                    left_out += 1;
+            .filter_map(|(number, read)| match read {
+                Ok(n) => Some((number, Arc::new(n))),
+                Err(e) => {
                     tracing::error!(%e, "a tracking number's settings cannot be read: left out");
-                })
-                .ok()
+                    left_out.insert(number);
+                    None
+                }
             })
-            .map(|n| (n.number.clone(), Arc::new(n)))
             .collect();
-        unreadable.set(left_out);
         let lines = store
             .advertisers_with_lines()?
             .into_iter()
             .filter_map(|a| Some((a.id, a.lines?)))
             .collect();
-        Ok((numbers, lines))
+        Ok((numbers, lines, left_out))
     }
 
-    /// Reads everything again (a node that fell too far behind the change feed).
+    /// Records which numbers are unreadable now (and the gauge).
+    fn set_unreadable(&self, change: impl FnOnce(&mut HashSet<String>)) {
+        let mut set = self.unreadable.lock().unwrap_or_else(|p| p.into_inner());
+        change(&mut set);
+        self.unreadable_gauge
+            .set(i64::try_from(set.len()).unwrap_or(i64::MAX));
+    }
+
+    /// Reads everything again (a node that fell too far behind the change feed). A
+    /// number loaded before and unreadable now keeps its last readable settings (as
+    /// [`Directory::refresh`] keeps them).
     pub fn reload(&self) -> Result<(), StoreError> {
-        let (numbers, lines) = Directory::read_all(&*self.store, &self.unreadable)?;
+        let (mut numbers, lines, left_out) = Directory::read_all(&*self.store)?;
+        {
+            let current = self.numbers.read().unwrap_or_else(|p| p.into_inner());
+            for number in &left_out {
+                if let Some(n) = current.get(number) {
+                    numbers.insert(number.clone(), n.clone());
+                }
+            }
+        }
+        self.set_unreadable(|set| *set = left_out);
         *self.numbers.write().unwrap_or_else(|p| p.into_inner()) = numbers;
         *self
             .advertiser_lines
@@ -106,9 +129,24 @@ impl Directory {
             .cloned()
     }
 
-    /// Re-reads one number from the store (after a create, update or delete).
+    /// Re-reads one number from the store (after a create, update or delete). One
+    /// this version cannot read now (a newer node wrote it during an upgrade) keeps
+    /// routing on its last readable settings, counted unreadable until it is written
+    /// readably or the node upgraded (it was neither counted nor alerted on, and its
+    /// recovery left the gauge and the alert up until a restart: a review).
     pub fn refresh(&self, number: &str) -> tsunagu_store::Result<()> {
-        let found = self.store.get_number(number)?;
+        let found = match self.store.get_number(number) {
+            Err(e @ StoreError::Corrupt(_)) => {
+                self.set_unreadable(|set| {
+                    set.insert(number.to_string());
+                });
+                return Err(e);
+            }
+            other => other?,
+        };
+        self.set_unreadable(|set| {
+            set.remove(number);
+        });
         let mut map = self.numbers.write().unwrap_or_else(|p| p.into_inner());
         match found {
             Some(n) => map.insert(number.to_string(), Arc::new(n)),

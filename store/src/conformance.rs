@@ -210,7 +210,7 @@ fn numbers_are_unique_and_scoped(s: &dyn Store) {
         .all_numbers()
         .unwrap()
         .iter()
-        .any(|x| x.as_ref().is_ok_and(|x| x.number == n.number)));
+        .any(|(number, x)| *number == n.number && x.as_ref().is_ok_and(|x| *x == n)));
 
     let read = n.clone();
     n.destinations[0].ring_seconds = 5;

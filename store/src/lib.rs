@@ -64,6 +64,15 @@ impl StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
+/// A listed number's settings, if this version can read them (else logged: see
+/// [`Store::list_numbers`]).
+pub(crate) fn readable_listed<T>(read: Result<T>) -> Option<T> {
+    read.inspect_err(
+        |e| tracing::warn!(%e, "a number's settings cannot be read: left out of the list"),
+    )
+    .ok()
+}
+
 use std::collections::BTreeMap;
 
 /// The operations every backend provides. Reads of operator-owned data take the
@@ -124,6 +133,9 @@ pub trait Store: Send + Sync + 'static {
     /// Creates a number; [`StoreError::Conflict`] if the number exists (for any operator).
     fn create_number(&self, number: &TrackingNumber) -> Result<()>;
     fn get_number(&self, number: &str) -> Result<Option<TrackingNumber>>;
+    /// The operator's numbers (of one advertiser), those this version can read: one it
+    /// cannot (see [`Store::all_numbers`]) is logged and left out, not the whole
+    /// list's error (it had every list and prompt deletion of the operator fail).
     fn list_numbers(
         &self,
         operator_id: &str,
@@ -138,11 +150,11 @@ pub trait Store: Send + Sync + 'static {
     /// How many numbers the operator has (static and pools' alike): what its cap
     /// (`api.max_numbers_per_operator`) is checked against.
     fn count_numbers(&self, operator_id: &str) -> Result<usize>;
-    /// Every number, each row read on its own: one this version cannot read (written
-    /// by a newer version during an upgrade or a rollback, or damaged) is an
-    /// [`StoreError::Corrupt`] naming the number, and the others still load (one such
-    /// row used to stop every node of the older version from starting).
-    fn all_numbers(&self) -> Result<Vec<Result<TrackingNumber>>>;
+    /// Every number with its settings, each row read on its own: one this version
+    /// cannot read (written by a newer version during an upgrade or a rollback, or
+    /// damaged) is an [`StoreError::Corrupt`] naming the number, and the others still
+    /// load (one such row used to stop every node of the older version from starting).
+    fn all_numbers(&self) -> Result<Vec<(String, Result<TrackingNumber>)>>;
 
     // Number pools and leases.
     /// Creates a pool and its numbers in one step; [`StoreError::Conflict`] if any of

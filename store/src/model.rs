@@ -133,8 +133,13 @@ pub enum Update {
     Changed,
 }
 
-/// A tracking number and everything a call to it needs.
+/// A tracking number and everything a call to it needs. Unknown fields are refused
+/// (as in every part of it): a setting a newer release added makes the number
+/// unreadable to an older node (counted, alerted on, and routed on its last readable
+/// settings), rather than ignored (routed without it) and erased by that node's next
+/// update (a review found the top level alone letting them through).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 pub struct TrackingNumber {
     pub number: String,
     pub operator_id: String,

@@ -323,42 +323,92 @@ fn calls_alive_at_the_drain_deadline_are_ended_and_logged() {
 }
 
 /// A number whose stored settings this version cannot read (a newer version wrote a
-/// field it does not know: an upgrade rolled back) is left out and counted when the
-/// node starts; the node starts all the same and routes every other number (one
-/// such row used to stop it from starting at all).
+/// setting it does not know, during an upgrade or after a rollback). While the node
+/// runs, it keeps routing the number on its last readable settings, counts it and
+/// answers its API reads 409 naming the way out (a newer node), and lists the
+/// operator's other numbers; written readably again, it is counted no more (the count
+/// used to stay until a restart). When the node starts with such a row it leaves the
+/// number out (404), counted, and routes every other number (one such row used to
+/// stop it from starting at all).
 #[test]
 fn a_number_this_version_cannot_read_is_left_out_not_fatal() {
     let ports = Ports::take();
     let mut node = Node::start(ports, "127.0.0.1/32", "");
     let (key, adv) = node.provision("0501234567", DEST, "{}");
     node.add_number(&key, &adv, "0501234568", DEST, "{}");
-    assert_eq!(node.terminate(), Some(0), "{}", node.log());
     let db = node.dir.path().join("data/tsunagu.db");
-    let python = r#"
-import sqlite3, sys
-c = sqlite3.connect(sys.argv[1])
-n = c.execute("UPDATE numbers SET settings = replace(settings, '{\"number\"', '{\"from_a_newer_version\": 1, \"number\"') WHERE number = '0501234568'").rowcount
+    // `newer`: the row as a newer version would write it (a top-level setting this
+    // version does not know), or as it was; announced in the change feed as a node's
+    // API would.
+    let rewrite = |newer: bool| {
+        let python = r#"
+import sqlite3, sys, time
+c = sqlite3.connect(sys.argv[1], timeout=10)
+if sys.argv[2] == "newer":
+    sql = "UPDATE numbers SET settings = '{\"from_a_newer_version\": 1, ' || substr(settings, 2) WHERE number = '0501234568' AND settings NOT LIKE '{\"from_a_newer_version\"%'"
+else:
+    sql = "UPDATE numbers SET settings = '{' || substr(settings, 28) WHERE number = '0501234568' AND settings LIKE '{\"from_a_newer_version\": 1, %'"
+n = c.execute(sql).rowcount
+c.execute("INSERT INTO changes (kind, key, at) VALUES ('number', '0501234568', ?)", (int(time.time() * 1000),))
 c.commit()
 assert n == 1, n
 "#;
-    let ok = std::process::Command::new("python3")
-        .args(["-c", python, &db.display().to_string()])
-        .status()
-        .expect("python3")
-        .success();
-    assert!(ok, "the row was changed");
+        let ok = Command::new("python3")
+            .args([
+                "-c",
+                python,
+                &db.display().to_string(),
+                if newer { "newer" } else { "as-was" },
+            ])
+            .status()
+            .expect("python3")
+            .success();
+        assert!(ok, "the row was changed");
+    };
+    let _uas = Uas::start("uas_answer.xml", ports, node.dir.path(), &[]);
+    let mut other = ports;
+    other.uac += 5;
+    other.uac_media += 20;
+    rewrite(true);
+    node.wait_until(
+        Duration::from_secs(10),
+        "the number counted unreadable",
+        || node.metric("tsunagu_numbers_unreadable") == 1.0,
+    );
+    let run = uac("uac.xml", other, "0501234568", 1, 1, &["-d", "100"]);
+    assert_eq!(
+        run.successful, 1,
+        "routed on its last readable settings: {}",
+        run.output
+    );
+    let read = node.get("/v1/numbers/0501234568", &key);
+    assert_eq!(read.status, 409, "{}", read.body);
+    assert!(read.body.contains("newer version"), "{}", read.body);
+    let listed = node.get("/v1/numbers", &key).json();
+    assert_eq!(
+        listed["numbers"].as_array().map(Vec::len),
+        Some(1),
+        "the other number is still listed: {listed}"
+    );
+    rewrite(false);
+    node.wait_until(Duration::from_secs(10), "the number readable again", || {
+        node.metric("tsunagu_numbers_unreadable") == 0.0
+    });
+    rewrite(true);
+    node.wait_until(
+        Duration::from_secs(10),
+        "the number counted unreadable",
+        || node.metric("tsunagu_numbers_unreadable") == 1.0,
+    );
+    assert_eq!(node.terminate(), Some(0), "{}", node.log());
     node.start_again();
     assert_eq!(node.metric("tsunagu_numbers_unreadable"), 1.0);
     assert!(
         node.log().contains("0501234568"),
         "the log names the number left out"
     );
-    let _uas = Uas::start("uas_answer.xml", ports, node.dir.path(), &[]);
     let run = uac("uac.xml", ports, "0501234567", 1, 1, &["-d", "100"]);
     assert_eq!(run.successful, 1, "{}", run.output);
-    let mut other = ports;
-    other.uac += 5;
-    other.uac_media += 20;
     let refused = uac_expecting(404, node.dir.path(), other, "0501234568", 1, &[]);
     assert_eq!(refused.successful, 1, "{}", refused.output);
 }

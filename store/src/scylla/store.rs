@@ -893,10 +893,11 @@ impl Store for ScyllaStore {
                 }
             }
         })?;
-        let mut numbers = rows
+        let mut numbers: Vec<TrackingNumber> = rows
             .into_iter()
             .map(|(s,)| parse::<TrackingNumber>("number settings", s.as_deref().unwrap_or("")))
-            .collect::<Result<Vec<_>>>()?;
+            .filter_map(crate::readable_listed)
+            .collect();
         numbers.sort_by(|a, b| a.number.cmp(&b.number));
         Ok(numbers)
     }
@@ -989,12 +990,14 @@ impl Store for ScyllaStore {
         })
     }
 
-    fn all_numbers(&self) -> Result<Vec<Result<TrackingNumber>>> {
+    fn all_numbers(&self) -> Result<Vec<(String, Result<TrackingNumber>)>> {
         Ok(self
             .wait(self.inner.rows::<(String, Option<String>)>(q::NUM_ALL, ()))?
             .into_iter()
             .map(|(number, s)| {
-                parse("number settings", s.as_deref().unwrap_or("")).map_err(|e| e.about(&number))
+                let read = parse("number settings", s.as_deref().unwrap_or(""))
+                    .map_err(|e| e.about(&number));
+                (number, read)
             })
             .collect())
     }

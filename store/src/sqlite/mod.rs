@@ -638,16 +638,16 @@ impl Store for SqliteStore {
     }
 
     fn get_number(&self, number: &str) -> Result<Option<TrackingNumber>> {
-        let settings: Option<String> = self.read(|c| {
+        let settings: Option<Option<String>> = self.read(|c| {
             c.query_row(
                 "SELECT settings FROM numbers WHERE number = ?1",
                 [number],
-                |r| r.get(0),
+                |r| settings_text(r, 0),
             )
             .optional()
             .map_err(unavailable)
         })?;
-        settings.map(number_from).transpose()
+        settings.map(number_from_text).transpose()
     }
 
     fn list_numbers(
@@ -655,16 +655,20 @@ impl Store for SqliteStore {
         operator_id: &str,
         advertiser_id: Option<&str>,
     ) -> Result<Vec<TrackingNumber>> {
-        let rows: Vec<String> = self.read(|c| {
+        let rows: Vec<Option<String>> = self.read(|c| {
             let mut st = c
                 .prepare(
                     "SELECT settings FROM numbers WHERE operator_id = ?1 AND (?2 IS NULL OR advertiser_id = ?2) ORDER BY number",
                 )
                 .map_err(unavailable)?;
-            let rows = st.query_map(params![operator_id, advertiser_id], |r| r.get(0)).map_err(unavailable)?;
+            let rows = st.query_map(params![operator_id, advertiser_id], |r| settings_text(r, 0)).map_err(unavailable)?;
             rows.collect::<rusqlite::Result<Vec<_>>>().map_err(unavailable)
         })?;
-        rows.into_iter().map(number_from).collect()
+        Ok(rows
+            .into_iter()
+            .map(number_from_text)
+            .filter_map(crate::readable_listed)
+            .collect())
     }
 
     fn update_number(&self, number: &TrackingNumber, read: &TrackingNumber) -> Result<Update> {
@@ -714,20 +718,26 @@ impl Store for SqliteStore {
         Ok(usize::try_from(n).unwrap_or(0))
     }
 
-    fn all_numbers(&self) -> Result<Vec<Result<TrackingNumber>>> {
-        let rows: Vec<(String, String)> = self.read(|c| {
+    fn all_numbers(&self) -> Result<Vec<(String, Result<TrackingNumber>)>> {
+        // The settings as text, per row: a damaged one (not text, not UTF-8) is that
+        // number's error, not the whole load's (read as a String it failed the query,
+        // and the node did not start).
+        let rows: Vec<(String, Option<String>)> = self.read(|c| {
             let mut st = c
                 .prepare("SELECT number, settings FROM numbers")
                 .map_err(unavailable)?;
             let rows = st
-                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .query_map([], |r| Ok((r.get(0)?, settings_text(r, 1)?)))
                 .map_err(unavailable)?;
             rows.collect::<rusqlite::Result<Vec<_>>>()
                 .map_err(unavailable)
         })?;
         Ok(rows
             .into_iter()
-            .map(|(number, settings)| number_from(settings).map_err(|e| e.about(&number)))
+            .map(|(number, settings)| {
+                let read = number_from_text(settings).map_err(|e| e.about(&number));
+                (number, read)
+            })
             .collect())
     }
 
@@ -1672,29 +1682,48 @@ mod tests {
         let good = crate::conformance::sample_number(&op.id, &adv.id);
         let mut bad = crate::conformance::sample_number(&op.id, &adv.id);
         bad.number = format!("{}9", &good.number[..good.number.len() - 1]);
+        let mut damaged = crate::conformance::sample_number(&op.id, &adv.id);
+        damaged.number = format!("{}8", &good.number[..good.number.len() - 1]);
         s.create_number(&good).unwrap();
         s.create_number(&bad).unwrap();
+        s.create_number(&damaged).unwrap();
         s.write(|c| {
             c.execute(
-                "UPDATE numbers SET settings = replace(settings, '{', '{\"from_a_newer_version\":1,') WHERE number = ?1",
+                "UPDATE numbers SET settings = '{\"from_a_newer_version\":1,' || substr(settings, 2) WHERE number = ?1",
                 params![bad.number],
+            )?;
+            // Not text at all (a damaged page, a foreign tool): that number's error
+            // too, not the whole load's.
+            c.execute(
+                "UPDATE numbers SET settings = x'ff00fe' WHERE number = ?1",
+                params![damaged.number],
             )?;
             Ok(())
         })
         .unwrap();
         let all = s.all_numbers().unwrap();
-        assert_eq!(all.len(), 2);
-        let read: Vec<&TrackingNumber> = all.iter().filter_map(|n| n.as_ref().ok()).collect();
+        assert_eq!(all.len(), 3);
+        let read: Vec<&TrackingNumber> = all.iter().filter_map(|(_, n)| n.as_ref().ok()).collect();
         assert_eq!(read, vec![&good]);
         let unread: Vec<String> = all
             .iter()
-            .filter_map(|n| n.as_ref().err())
+            .filter_map(|(_, n)| n.as_ref().err())
             .map(|e| e.to_string())
             .collect();
         assert!(
-            unread.len() == 1 && unread[0].contains(&bad.number),
+            unread.len() == 2
+                && unread.iter().any(|e| e.contains(&bad.number))
+                && unread.iter().any(|e| e.contains(&damaged.number)),
             "{unread:?}"
         );
+        // The operator's list goes on without them (it failed whole).
+        assert_eq!(s.list_numbers(&op.id, None).unwrap(), vec![good.clone()]);
+        for unreadable in [&bad.number, &damaged.number] {
+            assert!(matches!(
+                s.get_number(unreadable),
+                Err(StoreError::Corrupt(_))
+            ));
+        }
     }
 
     /// The lease history is pruned as it grows: each issue deletes up to 16 rows whose

@@ -37,6 +37,22 @@ pub(super) fn number_from(settings: String) -> Result<TrackingNumber> {
         .map_err(|e| StoreError::Corrupt(format!("number settings: {e}")))
 }
 
+/// A settings column as text, None when it is not UTF-8 text (a damaged row: that
+/// row's error, where reading it as a String failed the whole query).
+pub(super) fn settings_text(row: &Row, idx: usize) -> rusqlite::Result<Option<String>> {
+    Ok(match row.get_ref(idx)? {
+        rusqlite::types::ValueRef::Text(t) => String::from_utf8(t.to_vec()).ok(),
+        _ => None,
+    })
+}
+
+/// [`number_from`] of a column read by [`settings_text`].
+pub(super) fn number_from_text(settings: Option<String>) -> Result<TrackingNumber> {
+    settings
+        .ok_or_else(|| StoreError::Corrupt("number settings are not UTF-8 text".into()))
+        .and_then(number_from)
+}
+
 pub(super) fn parse_enum<T: std::str::FromStr<Err = String>>(
     row: &Row,
     i: usize,
