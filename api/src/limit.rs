@@ -282,6 +282,28 @@ mod tests {
         assert_eq!(b.take(R, back + 1_000), Ok(()), "a second later: one token");
     }
 
+    /// A table at its capacity after the clock went back an hour: its full buckets
+    /// are swept at once (sweeps are once a second by the clock, which would otherwise
+    /// wait an hour), so a new key gets a bucket of its own, not the shared overflow.
+    #[test]
+    fn full_buckets_are_swept_at_once_after_the_clock_went_back() {
+        let t0 = 10_000_000;
+        let mut t = KeyedBuckets::new(R, 1, t0);
+        assert_eq!(t.take("a", t0), Ok(()));
+        // A sweep at t0 + 5 s (a refilled, swept; b takes its place), then b's
+        // token given back: b is full.
+        assert_eq!(t.take("b", t0 + 5_000), Ok(()));
+        assert!(t.buckets.contains_key("b") && !t.buckets.contains_key("a"));
+        t.give_back("b", t0 + 5_000);
+        let back = t0 - 3_600_000;
+        assert_eq!(t.take("c", back), Ok(()));
+        assert!(
+            t.buckets.contains_key("c") && !t.buckets.contains_key("b"),
+            "{:?}",
+            t.buckets.keys().collect::<Vec<_>>()
+        );
+    }
+
     /// (time, expected) for successive takes from one bucket of 60/min, burst 3.
     #[test]
     fn bucket_refills_at_its_rate() {

@@ -4,6 +4,7 @@
 
 use crate::harness::*;
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 /// Verifies a `Tsunagu-Signature` with Python's own hmac module (an implementation
 /// independent of ours).
@@ -187,6 +188,81 @@ from = "tsunagu <calls@example.com>"
     assert_eq!(
         node.metric("tsunagu_follow_ups_delivered_total{kind=\"email\"}"),
         1.0
+    );
+}
+
+/// With `tls = "starttls"` a notice never goes in clear nor to a relay whose
+/// certificate the node does not trust: first a relay that offers no STARTTLS (plain
+/// aiosmtpd), then, on the same port, one with a certificate of a CA not in
+/// `notify.ca_file`. Each attempt fails and is counted; neither relay gets the mail.
+/// (`notices_reach_a_relay_that_requires_starttls` shows the same node settings
+/// delivering to a trusted one.)
+#[test]
+fn notices_never_go_in_clear_or_to_an_untrusted_relay() {
+    let ports = Ports::take();
+    let smtp_port = ports.sip + 6;
+    let trusted = tempfile::tempdir().unwrap();
+    crate::tls::make_ca(trusted.path());
+    let rogue = tempfile::tempdir().unwrap();
+    crate::tls::make_ca(rogue.path());
+    crate::tls::make_leaf(rogue.path(), "relay");
+    let node = Node::start(
+        ports,
+        "127.0.0.1/32",
+        &format!(
+            r#"
+[notify]
+retry_base_ms = 200
+ca_file = "{ca}"
+{ALLOW_LOOPBACK}
+[notify.smtp]
+host = "127.0.0.1"
+port = {smtp_port}
+tls = "starttls"
+from = "tsunagu <calls@example.com>"
+"#,
+            ca = trusted.path().join("ca.pem").display()
+        ),
+    );
+    let failures = || node.metric("tsunagu_follow_up_failures_total{kind=\"email\"}");
+    let plain_dir = tempfile::tempdir().unwrap();
+    let plain = SmtpServer::start(smtp_port, plain_dir.path());
+    let (key, _) = node.provision("0501234567", r#"[{"number": "0311112222"}]"#, "{}");
+    node.set_number(
+        &key,
+        "0501234567",
+        r#"{"notify": {"email_to": ["owner@example.com"]}}"#,
+    );
+    let busy = Uas::start("uas_busy.xml", ports, node.dir.path(), &[]);
+    let run = uac_expecting(486, node.dir.path(), ports, "0501234567", 1, &[]);
+    assert_eq!(run.exit, 0, "{}", run.output);
+    drop(busy);
+    node.wait_until(
+        Duration::from_secs(20),
+        "an attempt at the relay without STARTTLS",
+        || failures() >= 1.0,
+    );
+    assert!(plain.messages().is_empty(), "mail went in clear");
+    drop(plain);
+    let rogue_relay = SmtpServer::start_requiring_starttls(
+        smtp_port,
+        rogue.path(),
+        &rogue.path().join("relay.pem"),
+        &rogue.path().join("relay.key"),
+    );
+    let before = failures();
+    node.wait_until(
+        Duration::from_secs(20),
+        "an attempt at the untrusted relay",
+        || failures() > before,
+    );
+    assert!(
+        rogue_relay.messages().is_empty(),
+        "mail went to an untrusted relay"
+    );
+    assert_eq!(
+        node.metric("tsunagu_follow_ups_delivered_total{kind=\"email\"}"),
+        0.0
     );
 }
 
