@@ -96,13 +96,7 @@ impl From<StoreError> for ApiError {
             StoreError::Conflict(_) => ApiError::conflict(e.to_string()),
             StoreError::InUse(_) => ApiError::conflict(e.to_string()),
             StoreError::Unavailable(_) => ApiError::unavailable(e.to_string()),
-            // A row this version cannot read: written by a newer release during an
-            // upgrade (or damaged). Not a fault of the node's: say what to do.
-            StoreError::Corrupt(_) => ApiError::new(
-                axum::http::StatusCode::CONFLICT,
-                "unreadable",
-                format!("{e}: written by a newer version of tsunagu, or damaged; read or change it through a node of the newer version"),
-            ),
+            StoreError::Corrupt(_) => ApiError::internal(e.to_string()),
             StoreError::TimedOut(_) => ApiError::new(
                 axum::http::StatusCode::SERVICE_UNAVAILABLE,
                 "search_timeout",

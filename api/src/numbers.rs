@@ -462,7 +462,26 @@ pub async fn list(
 
 async fn owned(st: &ApiState, op: &str, number: &str) -> Result<TrackingNumber, ApiError> {
     let num = number.to_string();
-    let found = db(st, move |s| s.get_number(&num)).await?;
+    // A number whose stored settings this version cannot read (a newer node wrote
+    // it during an upgrade): 409 saying what to do, not 500. Its owner cannot be
+    // read either, so any operator gets it: that the number exists is no more than a
+    // create of it tells (409 duplicate); the parse error, naming the setting, is
+    // only logged.
+    let found = db(st, move |s| match s.get_number(&num) {
+        Err(tsunagu_store::StoreError::Corrupt(e)) => {
+            tracing::warn!(number = %num, error = %e, "a number's settings cannot be read");
+            Ok(Err(()))
+        }
+        other => other.map(Ok),
+    })
+    .await?;
+    let Ok(found) = found else {
+        return Err(ApiError::new(
+            axum::http::StatusCode::CONFLICT,
+            "unreadable",
+            format!("number {number}: its stored settings cannot be read by this node's version (written by a newer one, or damaged): read or change it through a node of the newer version"),
+        ));
+    };
     found.filter(|n| n.operator_id == op).ok_or_else(not_found)
 }
 

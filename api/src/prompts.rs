@@ -138,7 +138,18 @@ pub async fn delete(
     // the same name, if any, is what the number falls back to.
     if !st.prompts.is_shared(&name) {
         let op2 = op.clone();
-        let numbers = crate::db(&st, move |s| s.list_numbers(&op2, None)).await?;
+        let (numbers, all) = crate::db(&st, move |s| {
+            Ok((s.list_numbers(&op2, None)?, s.count_numbers(&op2)?))
+        })
+        .await?;
+        // A number this version cannot read (a newer node wrote it) may name the
+        // prompt: the list leaves it out, so nothing here can tell (a review).
+        if numbers.len() < all {
+            return Err(ApiError::conflict(format!(
+                "{} of this operator's numbers cannot be read by this node's version (written by a newer one): delete the prompt through a node of the newer version",
+                all - numbers.len()
+            )));
+        }
         let user = numbers.iter().find_map(|n| {
             crate::numbers::named_prompts(n)
                 .into_iter()

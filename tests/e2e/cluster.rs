@@ -704,13 +704,9 @@ fn an_outsider_whose_clock_runs_ahead_declares_nobody_down() {
         let ahead_ms = n3.expect("n3 registered").last_seen - now_ms;
         assert!(ahead_ms > 3_000, "n3's clock is {ahead_ms} ms ahead");
     }
-    // Five of its detector windows (2.5 s each) and its first-second lease waited
-    // out, bounded: it holds no lease and has declared nobody down.
-    c.node("n1").wait_until(
-        Duration::from_secs(10),
-        "the outsider without a lease",
-        || c.view("n3")["lease_valid"] == false,
-    );
+    // Three of its detector windows (2.5 s each) watched: it declares nobody down
+    // (judged by the wall clocks, it did within two seconds: a member silent for
+    // 1.5 s and dead in the store).
     let deadline = std::time::Instant::now() + Duration::from_secs(8);
     while std::time::Instant::now() < deadline {
         let view = c.view("n3");
@@ -726,6 +722,8 @@ fn an_outsider_whose_clock_runs_ahead_declares_nobody_down() {
         );
         std::thread::sleep(Duration::from_millis(500));
     }
+    // Past its first second, an outsider holds no lease (it takes no calls).
+    assert_eq!(c.view("n3")["lease_valid"], false);
 }
 
 /// A peer holding a member's certificate (not the secret) announces a frame one byte

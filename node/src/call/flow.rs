@@ -502,6 +502,19 @@ impl Call {
         self.end_and_wait();
     }
 
+    /// The callee left during its judgement (its BYE, or its 481 to a takeover's
+    /// re-INVITE): the call ends, the judgement counted `hung_up`.
+    pub(super) fn callee_left_judgement(&mut self) {
+        self.ctx
+            .metrics
+            .calls
+            .judgements
+            .get_or_create(&OutcomeLabel { outcome: "hung_up" })
+            .inc();
+        self.judging = false;
+        self.finish();
+    }
+
     /// Hangs up a caller the node answered itself (IVR) and ends the call.
     pub(super) fn hang_up_caller(&mut self) {
         let ep = self.ctx.endpoint.clone();

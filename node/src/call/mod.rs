@@ -1467,14 +1467,7 @@ impl Call {
         match req.method {
             Method::Bye if self.judging => {
                 ep.respond(&req, &info, &key, 200, None, &[], None);
-                self.ctx
-                    .metrics
-                    .calls
-                    .judgements
-                    .get_or_create(&crate::metrics::OutcomeLabel { outcome: "hung_up" })
-                    .inc();
-                self.judging = false;
-                self.finish();
+                self.callee_left_judgement();
             }
             Method::Bye if self.phase == Phase::Answered && self.a.holds_final() => {
                 // The caller never had the answer (it waits for the caller's PRACK):

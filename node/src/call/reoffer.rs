@@ -367,14 +367,26 @@ impl Call {
                 &resp,
                 &p.request,
                 self.session.map(|s| s.interval),
-                p.from == Side::A,
+                // Who refreshes toward the sender: the node toward the caller; the
+                // caller (through the node) toward the callee, unless the node
+                // refreshes the caller itself.
+                p.from == Side::A || self.session.is_some_and(|s| !s.by_node),
             )
         };
         let extra: Vec<(&str, &str)> = if code < 300 {
             if p.timer_added {
                 self.on_own_refresh_answer(&resp);
             } else {
-                self.on_refresh_answer(&resp, self.refresher_after(p.from, &resp, &timer));
+                // The caller's timer now: the 2xx's (the callee's, passed on, or
+                // the caller's own), else what the node told the caller.
+                let told = header(&resp, "Session-Expires").or_else(|| {
+                    timer
+                        .iter()
+                        .find(|(name, _)| *name == "Session-Expires" && p.from == Side::A)
+                        .map(|(_, v)| v.as_str())
+                });
+                let by_node = self.refresher_after(p.from, &resp, &timer);
+                self.renew_session(told, by_node);
             }
             std::iter::once(("Contact", contact.as_str()))
                 .chain(timer.iter().map(|(k, v)| (*k, v.as_str())))

@@ -42,15 +42,17 @@ pub(super) fn headers_of(req: &Request) -> Headers {
 /// naming the sender refresher, never longer than it asked: without it the sender
 /// reads "no expiration" (RFC 4028 7.2), stops refreshing, and the node's check hangs
 /// the call up (a callee that does no timers answers the caller's refreshes so; a
-/// review). The caller (`from_caller`) may ask the node to refresh (`refresher=uas`,
-/// which the answer keeps, RFC 4028 9: it was named `uac` with `Require: timer`, and
-/// both then refreshed); the callee may not (the node refreshes no callee). A sender
-/// that neither asked nor said `Supported: timer` hears nothing of timers.
+/// review). A sender asking the other side to refresh (`refresher=uas`) is answered
+/// so (RFC 4028 9, table 2: it was named `uac` with `Require: timer`, and both then
+/// refreshed) where that side does (`uas_ok`: the node for the caller; the caller,
+/// whose refreshes pass through, for the callee), else told nothing of timers (the
+/// node refreshes no callee). A sender that neither asked nor said `Supported: timer`
+/// hears nothing of timers.
 pub(super) fn answer_headers(
     resp: &Response,
     request: &Request,
     kept: Option<u32>,
-    from_caller: bool,
+    uas_ok: bool,
 ) -> Vec<(&'static str, String)> {
     let supports = has_option_tag(request, "Supported", "timer");
     let asked = header(request, "Session-Expires")
@@ -67,8 +69,10 @@ pub(super) fn answer_headers(
         }
     } else if let Some((asked, kept)) = asked.zip(kept) {
         let interval = asked.interval.min(kept);
-        if from_caller && asked.refresher == Some(Refresher::Uas) {
-            out.push(("Session-Expires", format!("{interval};refresher=uas")));
+        if asked.refresher == Some(Refresher::Uas) {
+            if uas_ok {
+                out.push(("Session-Expires", format!("{interval};refresher=uas")));
+            }
         } else {
             out.push(("Session-Expires", format!("{interval};refresher=uac")));
             out.push(("Require", "timer".into()));
@@ -91,6 +95,9 @@ pub(super) struct SessionTimer {
     /// The node's refreshes refused since the last that went through (see
     /// [`Call::refresh_refused`]).
     refusals: u8,
+    /// The caller's Min-SE from a 422 to the node's refresh: named in the node's
+    /// refreshes from then on (RFC 4028 7.1).
+    min_se: Option<u32>,
 }
 
 /// What a refresh makes of the session timer: the interval and generation of the next
@@ -161,6 +168,7 @@ fn refresh(
         by_node,
         send,
         refusals: 0,
+        min_se: session.and_then(|s| s.min_se),
     });
 }
 
@@ -226,10 +234,13 @@ impl Call {
         };
         // In this re-INVITE the node is the UAC: `uac` names it the refresher
         // (RFC 4028 7.4).
-        let headers = vec![
+        let mut headers = vec![
             ("Session-Expires", format!("{};refresher=uac", s.interval)),
             ("Supported", "timer".to_string()),
         ];
+        if let Some(min) = s.min_se {
+            headers.push(("Min-SE", min.to_string()));
+        }
         let ep = self.ctx.endpoint.clone();
         let sent = self.a.reoffer(&ep, Method::Invite, Some(offer), headers);
         tracing::debug!(interval = s.interval, "session refreshed by the node");
@@ -265,12 +276,15 @@ impl Call {
             return;
         };
         s.refusals = s.refusals.saturating_add(1);
-        let eighth = refresh_after(s.interval) / 4;
         let code = resp.status_code.code();
         let wait = match after_refusal(code, header(resp, "Min-SE"), s.interval, s.refusals) {
-            AfterRefusal::Glare => crate::decide::glare::delay(false, rand::random()).min(eighth),
+            AfterRefusal::Glare(most) => {
+                crate::decide::glare::delay(false, rand::random()).min(most)
+            }
             AfterRefusal::Longer(interval) => {
+                // Sent again with it, and the Min-SE (RFC 4028 7.1), from now on.
                 s.interval = interval;
+                s.min_se = Some(interval);
                 Duration::ZERO
             }
             AfterRefusal::After(wait) => wait,
@@ -322,10 +336,18 @@ impl Call {
     /// A 2xx to a refresh: restart the clock (with the interval it names; `by_node`
     /// as for [`Call::restart_session`]).
     pub(super) fn on_refresh_answer(&mut self, resp: &Response, by_node: Option<bool>) {
+        self.renew_session(header(resp, "Session-Expires"), by_node);
+    }
+
+    /// A refresh went through agreeing `session_expires` (the 2xx's, or the one the
+    /// node wrote into the 2xx it passed on: the caller keeps to that, and a node
+    /// keeping the longer one it had refreshed too late, so the caller hung up; None:
+    /// the interval goes on).
+    pub(super) fn renew_session(&mut self, session_expires: Option<&str>, by_node: Option<bool>) {
         if self.session.is_some() {
             // Never below the node's Min-SE, as when the session started (see
             // `session_timer::agree`).
-            let interval = header(resp, "Session-Expires")
+            let interval = session_expires
                 .and_then(parse)
                 .map(|s| {
                     s.interval
@@ -428,6 +450,7 @@ mod tests {
             by_node: false,
             send: None,
             refusals: 0,
+            min_se: None,
         };
         let rows: &[(Option<SessionTimer>, u32, Option<Refresh>)] = &[
             (None, 0, None),
@@ -612,19 +635,14 @@ mod tests {
                 own("Require", "timer")
             ]
         );
-        // The caller asking the node to refresh keeps that; the callee cannot.
+        // Asking the other side to refresh keeps that where it does, else hears
+        // nothing of timers (never `uac` with `Require: timer`: RFC 4028 table 2).
         let by_node = invite("Session-Expires: 1800;refresher=uas\r\nSupported: timer\r\n");
         assert_eq!(
             answer_headers(&ok(""), &by_node, Some(1800), true),
             vec![own("Session-Expires", "1800;refresher=uas")]
         );
-        assert_eq!(
-            answer_headers(&ok(""), &by_node, Some(1800), false),
-            vec![
-                own("Session-Expires", "1800;refresher=uac"),
-                own("Require", "timer")
-            ]
-        );
+        assert_eq!(answer_headers(&ok(""), &by_node, Some(1800), false), vec![]);
     }
 
     /// Only session headers that parse go to the other leg.

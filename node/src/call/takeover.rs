@@ -426,6 +426,10 @@ impl Call {
                 if let Some(body) = sdp_body(&resp, &resp.body) {
                     self.anchor_sdp(side, &body);
                 }
+            } else if side == Side::B && self.judging {
+                // The callee is gone too: its judgement has nobody to hear it.
+                self.forget_takeover_once_answered();
+                return self.callee_left_judgement();
             }
             self.forget_takeover_once_answered();
             return;
@@ -533,15 +537,22 @@ impl Call {
 
     /// A takeover re-INVITE got no answer in time.
     pub(super) fn on_takeover_timeout(&mut self) -> bool {
-        if self
-            .resuming
-            .as_ref()
-            .is_some_and(|r| r.pending.iter().any(|p| matches!(p, Reinvite::Sent(_))))
-        {
-            self.takeover_failed("a party did not answer the re-INVITE");
+        let Some(r) = self.resuming.as_ref() else {
+            return false;
+        };
+        if !r.pending.iter().any(|p| matches!(p, Reinvite::Sent(_))) {
+            return false;
+        }
+        if r.left {
+            // A party left first: the outcome is counted and the call ending as
+            // its parties end it (the judgement's own timer included); the other's
+            // unanswered re-INVITE changes nothing (it counted `failed` too, and
+            // hung the callee up mid-judgement).
+            self.resuming = None;
             return true;
         }
-        false
+        self.takeover_failed("a party did not answer the re-INVITE");
+        true
     }
 
     /// The takeover's state goes once no party's re-INVITE is outstanding.

@@ -132,8 +132,9 @@ pub fn callee_floor(node_min_se: u32) -> u32 {
 /// the session).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AfterRefusal {
-    /// Again after RFC 3261 14.1's wait (491: an offer of the caller's crossed it).
-    Glare,
+    /// Again after RFC 3261 14.1's wait (491: an offer of the caller's crossed it),
+    /// at most this long.
+    Glare(Duration),
     /// Again at once with this interval, the caller's Min-SE (422, RFC 4028 10).
     Longer(u32),
     /// Again after this wait (a passing refusal).
@@ -148,18 +149,28 @@ pub const REFRESH_TRIES: u8 = 3;
 /// Decides [`AfterRefusal`] for the `refusals`-th refusal in a row (from 1) with
 /// `code` and the response's `min_se`, of a session of `interval` s. At most
 /// [`REFRESH_TRIES`] in a row: a caller refusing every refresh had one sent every
-/// second or two until the session's check, each taking a CSeq (a review).
+/// second or two until the session's check, each taking a CSeq (a review). The waits
+/// share the time between the refresh and the session's check, so every try comes
+/// before it (an eighth of the interval put the later ones past it in sessions under
+/// about four minutes). A Min-SE over [`MAX_MIN_SE`] is not followed: the node's
+/// check would supervise nothing for that long.
 pub fn after_refusal(code: u16, min_se: Option<&str>, interval: u32, refusals: u8) -> AfterRefusal {
     if refusals > REFRESH_TRIES {
         return AfterRefusal::GiveUp;
     }
     let min_se = min_se.and_then(|v| v.trim().parse::<u32>().ok());
+    let share = check_after(interval).saturating_sub(refresh_after(interval))
+        / (u32::from(REFRESH_TRIES) + 1);
     match (code, min_se) {
-        (491, _) => AfterRefusal::Glare,
-        (422, Some(min)) if min > interval => AfterRefusal::Longer(min),
-        _ => AfterRefusal::After(refresh_after(interval) / 4),
+        (491, _) => AfterRefusal::Glare(share),
+        (422, Some(min)) if min > interval && min <= MAX_MIN_SE => AfterRefusal::Longer(min),
+        (422, Some(min)) if min > MAX_MIN_SE => AfterRefusal::GiveUp,
+        _ => AfterRefusal::After(share),
     }
 }
+
+/// The longest Min-SE the node's refresh follows (two hours).
+pub const MAX_MIN_SE: u32 = 7200;
 
 /// When the node gives up on a session with no refresh: the interval less a third of
 /// it or 32 s, whichever is less (RFC 4028 10: the non-refresher's BYE).
@@ -333,20 +344,25 @@ mod tests {
         let s = Duration::from_secs;
         // (code, Min-SE, interval, refusals in a row) -> what next
         let rows: &[(u16, Option<&str>, u32, u8, AfterRefusal)] = &[
-            (491, None, 1800, 1, Glare),
-            (491, None, 1800, 3, Glare),
+            (491, None, 1800, 1, Glare(s(217))),
+            (491, None, 1800, 3, Glare(s(217))),
             (491, None, 1800, 4, GiveUp),
             (422, Some("3600"), 1800, 1, Longer(3600)),
             (422, Some(" 3600 "), 1800, 1, Longer(3600)),
-            // Not longer, or unreadable: a passing refusal.
-            (422, Some("900"), 1800, 1, After(s(225))),
-            (422, Some("soon"), 1800, 1, After(s(225))),
-            (422, None, 1800, 1, After(s(225))),
-            (500, None, 1800, 1, After(s(225))),
-            (488, None, 1800, 3, After(s(225))),
+            (422, Some("7200"), 1800, 1, Longer(7200)),
+            (422, Some("7201"), 1800, 1, GiveUp),
+            (422, Some("4294967295"), 1800, 1, GiveUp),
+            // Not longer, or unreadable: a passing refusal. 1800 s: refresh at
+            // 900, check at 1768, the 868 s between shared by four.
+            (422, Some("900"), 1800, 1, After(s(217))),
+            (422, Some("soon"), 1800, 1, After(s(217))),
+            (422, None, 1800, 1, After(s(217))),
+            (500, None, 1800, 1, After(s(217))),
+            (488, None, 1800, 3, After(s(217))),
             (488, None, 1800, 4, GiveUp),
-            (403, None, 90, 1, After(Duration::from_millis(11_250))),
-            (500, None, 1, 1, After(Duration::from_millis(250))),
+            // 90 s: refresh at 45, check at 60: the three tries within the 15 s.
+            (403, None, 90, 1, After(Duration::from_millis(3_750))),
+            (500, None, 1, 1, After(Duration::ZERO)),
         ];
         for &(code, min_se, interval, refusals, want) in rows {
             assert_eq!(

@@ -1253,11 +1253,14 @@ impl Store for ScyllaStore {
         if let (true, false, Some(seen)) = (accepted, cas.applied, seen) {
             // This node's clock went back: the sign moves one past the last all the
             // same (readers judge signs by their moves, tsunagu_cluster::signs). Not
-            // applied means another write moved it meanwhile: a move too.
-            self.wait(self.inner.cas(
+            // applied: another write moved it meanwhile (a move too), unless that
+            // write declared this incarnation down or replaced it.
+            let next = self.wait(self.inner.cas(
                 q::NODE_ALIVE_NEXT,
                 (seen.saturating_add(1), node, epoch, seen),
             ))?;
+            return Ok(next.applied
+                || (next.i64("epoch") == Some(epoch) && next.bool("down") == Some(false)));
         }
         Ok(accepted)
     }
