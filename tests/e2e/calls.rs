@@ -739,15 +739,21 @@ fn a_trunk_at_its_channel_limit_refuses_more_calls_until_one_ends() {
     assert_eq!((again.successful, again.failed), (2, 0), "{}", again.output);
 }
 
+/// A trunk "narrow" of one channel toward the callee, the first of the route to it
+/// (then "carrier-a").
+fn narrow_trunk_first(ports: Ports) -> String {
+    format!(
+        "\n[[trunks]]\nname = \"narrow\"\ninbound = [\"127.0.0.3/32\"]\noutbound = \"udp:127.0.0.1:{}\"\nmax_channels = 1\n\n[[routes]]\nprefix = \"03\"\ntrunks = [\"narrow\", \"carrier-a\"]\n",
+        ports.uas
+    )
+}
+
 /// A trunk's channels count the calls sent to it too: with one channel, the second
 /// of two calls routed to it goes to the route's next trunk.
 #[test]
 fn a_trunk_s_channels_count_the_calls_sent_to_it() {
     let ports = Ports::take();
-    let narrow = format!(
-        "\n[[trunks]]\nname = \"narrow\"\ninbound = [\"127.0.0.3/32\"]\noutbound = \"udp:127.0.0.1:{}\"\nmax_channels = 1\n\n[[routes]]\nprefix = \"03\"\ntrunks = [\"narrow\", \"carrier-a\"]\n",
-        ports.uas
-    );
+    let narrow = narrow_trunk_first(ports);
     let node = Node::start(ports, "127.0.0.1/32", &narrow);
     let (key, _) = node.provision("0501234567", DEST, "{}");
     let _uas = Uas::start("uas_answer.xml", ports, node.dir.path(), &[]);
@@ -1650,10 +1656,7 @@ fn an_abandoned_attempt_holds_its_trunk_channel_until_its_invite_ends() {
     use crate::dialogs::{header, on_branch, tag, Party};
     use crate::offer_answer::Callee;
     let ports = Ports::take();
-    let narrow = format!(
-        "\n[[trunks]]\nname = \"narrow\"\ninbound = [\"127.0.0.3/32\"]\noutbound = \"udp:127.0.0.1:{}\"\nmax_channels = 1\n\n[[routes]]\nprefix = \"03\"\ntrunks = [\"narrow\", \"carrier-a\"]\n",
-        ports.uas
-    );
+    let narrow = narrow_trunk_first(ports);
     let node = Node::start(ports, "127.0.0.1/32", &narrow);
     let (key, _) = node.provision("0501234567", DEST, "{}");
     let callee = Callee::bind(ports);

@@ -138,6 +138,44 @@ fn webhooks_reach_a_receiver_that_was_down_across_a_node_restart() {
     drop(uas);
 }
 
+/// A node whose notices go by SMTP with `tls = "starttls"` to a relay on loopback
+/// at `smtp_port`, trusting the CA `ca`.
+fn starttls_node(ports: Ports, smtp_port: u16, ca: &std::path::Path) -> Node {
+    Node::start(
+        ports,
+        "127.0.0.1/32",
+        &format!(
+            r#"
+[notify]
+retry_base_ms = 200
+ca_file = "{ca}"
+{ALLOW_LOOPBACK}
+[notify.smtp]
+host = "127.0.0.1"
+port = {smtp_port}
+tls = "starttls"
+from = "tsunagu <calls@example.com>"
+"#,
+            ca = ca.display()
+        ),
+    )
+}
+
+/// A number whose missed calls are e-mailed to owner@example.com, and one missed
+/// call to it (the callee busy).
+fn missed_call_with_notice(node: &Node, ports: Ports) {
+    let (key, _) = node.provision("0501234567", r#"[{"number": "0311112222"}]"#, "{}");
+    node.set_number(
+        &key,
+        "0501234567",
+        r#"{"notify": {"email_to": ["owner@example.com"]}}"#,
+    );
+    let busy = Uas::start("uas_busy.xml", ports, node.dir.path(), &[]);
+    let run = uac_expecting(486, node.dir.path(), ports, "0501234567", 1, &[]);
+    assert_eq!(run.exit, 0, "{}", run.output);
+    drop(busy);
+}
+
 /// Notices to a relay that takes mail only after STARTTLS (aiosmtpd with a
 /// certificate of a test CA the node trusts through `notify.ca_file`): the e-mail of a
 /// missed call arrives. Plain SMTP gets "530 Must issue a STARTTLS command first".
@@ -154,34 +192,8 @@ fn notices_reach_a_relay_that_requires_starttls() {
         &work.path().join("relay.pem"),
         &work.path().join("relay.key"),
     );
-    let node = Node::start(
-        ports,
-        "127.0.0.1/32",
-        &format!(
-            r#"
-[notify]
-retry_base_ms = 200
-ca_file = "{ca}"
-{ALLOW_LOOPBACK}
-[notify.smtp]
-host = "127.0.0.1"
-port = {smtp_port}
-tls = "starttls"
-from = "tsunagu <calls@example.com>"
-"#,
-            ca = work.path().join("ca.pem").display()
-        ),
-    );
-    let (key, _) = node.provision("0501234567", r#"[{"number": "0311112222"}]"#, "{}");
-    node.set_number(
-        &key,
-        "0501234567",
-        r#"{"notify": {"email_to": ["owner@example.com"]}}"#,
-    );
-    let busy = Uas::start("uas_busy.xml", ports, node.dir.path(), &[]);
-    let run = uac_expecting(486, node.dir.path(), ports, "0501234567", 1, &[]);
-    assert_eq!(run.exit, 0, "{}", run.output);
-    drop(busy);
+    let node = starttls_node(ports, smtp_port, &work.path().join("ca.pem"));
+    missed_call_with_notice(&node, ports);
     let mails = smtp.wait_for(1);
     assert_eq!(mails.len(), 1, "{}", node.log());
     assert!(mails[0].contains("To: owner@example.com"), "{}", mails[0]);
@@ -206,37 +218,11 @@ fn notices_never_go_in_clear_or_to_an_untrusted_relay() {
     let rogue = tempfile::tempdir().unwrap();
     crate::tls::make_ca(rogue.path());
     crate::tls::make_leaf(rogue.path(), "relay");
-    let node = Node::start(
-        ports,
-        "127.0.0.1/32",
-        &format!(
-            r#"
-[notify]
-retry_base_ms = 200
-ca_file = "{ca}"
-{ALLOW_LOOPBACK}
-[notify.smtp]
-host = "127.0.0.1"
-port = {smtp_port}
-tls = "starttls"
-from = "tsunagu <calls@example.com>"
-"#,
-            ca = trusted.path().join("ca.pem").display()
-        ),
-    );
+    let node = starttls_node(ports, smtp_port, &trusted.path().join("ca.pem"));
     let failures = || node.metric("tsunagu_follow_up_failures_total{kind=\"email\"}");
     let plain_dir = tempfile::tempdir().unwrap();
     let plain = SmtpServer::start(smtp_port, plain_dir.path());
-    let (key, _) = node.provision("0501234567", r#"[{"number": "0311112222"}]"#, "{}");
-    node.set_number(
-        &key,
-        "0501234567",
-        r#"{"notify": {"email_to": ["owner@example.com"]}}"#,
-    );
-    let busy = Uas::start("uas_busy.xml", ports, node.dir.path(), &[]);
-    let run = uac_expecting(486, node.dir.path(), ports, "0501234567", 1, &[]);
-    assert_eq!(run.exit, 0, "{}", run.output);
-    drop(busy);
+    missed_call_with_notice(&node, ports);
     node.wait_until(
         Duration::from_secs(20),
         "an attempt at the relay without STARTTLS",

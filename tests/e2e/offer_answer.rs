@@ -461,14 +461,7 @@ fn the_caller_sees_one_session_whoever_answers() {
     // The callee re-offers: unchanged (a refresh), then on hold.
     for (version, extra, want) in [(2, "", "1"), (3, "a=sendonly\r\n", "2")] {
         let sdp = format!("{}{extra}", body(20, version, 4004));
-        let reinvite = format!(
-            "INVITE sip:node@{node} SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.1:{uas};branch=z9hG4bK-re{version}\nFrom: <sip:0322223333@127.0.0.1>;tag=calleetag\nTo: <sip:09012345678@127.0.0.1>;tag={from_tag}\nCall-ID: {cid}\nCSeq: {version} INVITE\nContact: <sip:callee@127.0.0.1:{uas}>\nMax-Forwards: 70\nContent-Type: application/sdp\nContent-Length: {len}\n\n{sdp}",
-            node = ports.sip,
-            uas = ports.uas,
-            from_tag = crate::dialogs::tag(header(&second, "From").unwrap()),
-            cid = header(&second, "Call-ID").unwrap().trim(),
-            len = sdp.len(),
-        );
+        let reinvite = callee_reinvite(ports, &second, version, &sdp);
         callee.send(&reinvite);
         let relayed = caller.recv(Duration::from_secs(5)).expect("the re-INVITE");
         assert!(relayed.starts_with("INVITE "), "{relayed}");
@@ -477,37 +470,65 @@ fn the_caller_sees_one_session_whoever_answers() {
             ("10".into(), want.to_string()),
             "{relayed}"
         );
-        let ok = ok_to(&relayed).replace(
-            "Content-Length: 0\n\n",
-            &format!(
-                "Contact: <sip:caller@{}>\nContent-Type: application/sdp\nContent-Length: {}\n\n{CALLER_SDP}",
-                caller.me(),
-                CALLER_SDP.len()
-            ),
-        );
+        let ok = caller_ok(&caller, &relayed, "");
         caller.send(&ok);
         callee.expect("SIP/2.0 200");
-        let ack = reinvite
-            .split("\nContact:")
-            .next()
-            .unwrap()
-            .replacen("INVITE sip:", "ACK sip:", 1)
-            .replace(" INVITE\n", " ACK\n");
-        callee.send(&format!("{ack}\nContent-Length: 0\n\n"));
-        let node_ack = std::iter::from_fn(|| caller.recv(Duration::from_secs(5)))
-            .find(|m| m.starts_with("ACK "))
-            .expect("the node's ACK of the caller's 200");
+        callee.send(&callee_ack(&reinvite));
+        let node_ack = nodes_ack(&caller);
         let want = cseq_of(&relayed).replace("INVITE", "ACK");
         assert_eq!(cseq_of(&node_ack), want, "{node_ack}");
         // The caller's 200 again (the node's ACK lost): the same ACK again, with the
         // re-INVITE's CSeq (RFC 3261 13.2.2.4), else the caller hangs up at 32 s.
         caller.send(&ok);
-        let again = std::iter::from_fn(|| caller.recv(Duration::from_secs(5)))
-            .find(|m| m.starts_with("ACK "))
-            .expect("the node's ACK of the repeated 200");
+        let again = nodes_ack(&caller);
         assert_eq!(cseq_of(&again), want, "{again}");
     }
     hang_up(&caller, &callee, call_id, &node_tag, 2);
+}
+
+/// A re-INVITE of the callee's in the dialog of `answered` (the node's INVITE it
+/// answered), CSeq `cseq`, offering `sdp`.
+fn callee_reinvite(ports: Ports, answered: &str, cseq: u32, sdp: &str) -> String {
+    format!(
+        "INVITE sip:node@127.0.0.1:{node} SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.1:{uas};branch=z9hG4bK-re{cseq}\nFrom: {to};tag=calleetag\nTo: {from}\nCall-ID: {cid}\nCSeq: {cseq} INVITE\nContact: <sip:callee@127.0.0.1:{uas}>\nMax-Forwards: 70\nContent-Type: application/sdp\nContent-Length: {len}\n\n{sdp}",
+        node = ports.sip,
+        uas = ports.uas,
+        to = header(answered, "To").unwrap(),
+        from = header(answered, "From").unwrap(),
+        cid = header(answered, "Call-ID").unwrap().trim(),
+        len = sdp.len(),
+    )
+}
+
+/// The callee's ACK of the 2xx to its `reinvite`.
+fn callee_ack(reinvite: &str) -> String {
+    let ack = reinvite
+        .split("\nContact:")
+        .next()
+        .unwrap()
+        .replacen("INVITE sip:", "ACK sip:", 1)
+        .replace(" INVITE\n", " ACK\n");
+    format!("{ack}\nContent-Length: 0\n\n")
+}
+
+/// The caller's 200 to a re-INVITE `relayed` to it: `extra` headers, its Contact and
+/// its SDP.
+fn caller_ok(caller: &Party, relayed: &str, extra: &str) -> String {
+    ok_to(relayed).replace(
+        "Content-Length: 0\n\n",
+        &format!(
+            "{extra}Contact: <sip:caller@{}>\nContent-Type: application/sdp\nContent-Length: {}\n\n{CALLER_SDP}",
+            caller.me(),
+            CALLER_SDP.len()
+        ),
+    )
+}
+
+/// The node's ACK of the caller's 200.
+fn nodes_ack(caller: &Party) -> String {
+    std::iter::from_fn(|| caller.recv(Duration::from_secs(5)))
+        .find(|m| m.starts_with("ACK "))
+        .expect("the node's ACK of the caller's 200")
 }
 
 /// The CSeq line of `msg` (number and method).
@@ -814,15 +835,7 @@ fn a_callee_s_re_invite_reaches_the_caller_with_the_session_s_timer() {
     callee.expect("ACK ");
     // The callee puts the call on hold, saying nothing of timers.
     let hold = format!("{}a=sendonly\r\n", sdp(4002)).replace(" 2 2 IN", " 2 3 IN");
-    let reinvite = format!(
-        "INVITE sip:node@127.0.0.1:{node} SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.1:{uas};branch=z9hG4bK-hold\nFrom: {to};tag=calleetag\nTo: {from}\nCall-ID: {cid}\nCSeq: 2 INVITE\nContact: <sip:callee@127.0.0.1:{uas}>\nMax-Forwards: 70\nContent-Type: application/sdp\nContent-Length: {len}\n\n{hold}",
-        node = ports.sip,
-        uas = ports.uas,
-        to = header(&forwarded, "To").unwrap(),
-        from = header(&forwarded, "From").unwrap(),
-        cid = header(&forwarded, "Call-ID").unwrap(),
-        len = hold.len(),
-    );
+    let reinvite = callee_reinvite(ports, &forwarded, 2, &hold);
     callee.send(&reinvite);
     let relayed = std::iter::from_fn(|| caller.recv(Duration::from_secs(5)))
         .find(|m| m.starts_with("INVITE "))
@@ -836,29 +849,17 @@ fn a_callee_s_re_invite_reaches_the_caller_with_the_session_s_timer() {
         header(&relayed, "Supported").is_some_and(|s| s.contains("timer")),
         "{relayed}"
     );
-    let answer = ok_to(&relayed).replace(
-        "Content-Length: 0\n\n",
-        &format!(
-            "Session-Expires: 1800;refresher=uas\nContact: <sip:caller@{}>\nContent-Type: application/sdp\nContent-Length: {}\n\n{CALLER_SDP}",
-            caller.me(),
-            CALLER_SDP.len()
-        ),
-    );
-    caller.send(&answer);
+    caller.send(&caller_ok(
+        &caller,
+        &relayed,
+        "Session-Expires: 1800;refresher=uas\n",
+    ));
     let callee_ok = callee.expect("SIP/2.0 200");
     assert!(
         header(&callee_ok, "Session-Expires").is_none() && header(&callee_ok, "Require").is_none(),
         "the callee asked nothing of timers: {callee_ok}"
     );
-    let ack = reinvite
-        .split("\nContact:")
-        .next()
-        .unwrap()
-        .replacen("INVITE sip:", "ACK sip:", 1)
-        .replace(" INVITE\n", " ACK\n");
-    callee.send(&format!("{ack}\nContent-Length: 0\n\n"));
-    std::iter::from_fn(|| caller.recv(Duration::from_secs(5)))
-        .find(|m| m.starts_with("ACK "))
-        .expect("the node's ACK of the caller's 200");
+    callee.send(&callee_ack(&reinvite));
+    nodes_ack(&caller);
     hang_up(&caller, &callee, call_id, &node_tag, 2);
 }
