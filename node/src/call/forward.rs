@@ -131,7 +131,7 @@ impl Call {
                 session: if self.a_answered {
                     Default::default()
                 } else {
-                    session::headers_of(&self.a.invite)
+                    session::TimerAsk::of(&self.a.invite).headers()
                 },
             },
         );

@@ -44,6 +44,8 @@ pub(super) struct Reoffer {
     /// caller's answer renews the node's timer with the caller, and its
     /// Session-Expires is not the sender's to hear.
     pub(super) timer_added: bool,
+    /// What the request said of session timers.
+    pub(super) ask: session::TimerAsk,
 }
 
 impl Call {
@@ -84,7 +86,8 @@ impl Call {
             Side::A => self.ctx.min_se,
             Side::B => crate::decide::session_timer::callee_floor(self.ctx.min_se),
         };
-        if crate::decide::session_timer::too_small(header(&req, "Session-Expires"), floor) {
+        let ask = session::TimerAsk::of(&req);
+        if ask.too_small(floor) {
             let min_se = floor.to_string();
             return ep.respond(
                 &req,
@@ -105,7 +108,7 @@ impl Call {
         let sdp = offer.as_ref().map(|o| o.sdp.clone());
         let late = sdp.is_none() && req.method == Method::Invite;
         let method = req.method;
-        let mut headers = session::headers_of(&req);
+        let mut headers = ask.headers();
         let timer_added = to == Side::A && self.timer_to_caller(&mut headers);
         let Some(leg) = self.leg(to) else {
             return ep.respond(&req, &info, &key, 481, None, &[], None);
@@ -129,6 +132,7 @@ impl Call {
             cancel_wanted: false,
             previous,
             timer_added,
+            ask,
         }));
     }
 
@@ -365,7 +369,7 @@ impl Call {
         } else {
             session::answer_headers(
                 &resp,
-                &p.request,
+                &p.ask,
                 self.session.map(|s| s.interval),
                 // Who refreshes toward the sender: the node toward the caller; the
                 // caller (through the node) toward the callee, unless the node

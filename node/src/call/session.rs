@@ -9,7 +9,8 @@ use super::legs::{Headers, Leg};
 use super::timers::{TimerId, Timers};
 use super::{Call, CallMsg, Phase};
 use crate::decide::session_timer::{
-    after_refusal, check_after, on_callee_answer, parse, refresh_after, AfterRefusal, Refresher,
+    after_refusal, check_after, on_callee_answer, parse, refresh_after, too_small, AfterRefusal,
+    Refresher, SessionExpires,
 };
 use std::time::{Duration, Instant};
 use tsunagu_media::Side;
@@ -18,21 +19,55 @@ use tsunagu_sip::parse::{has_option_tag, header};
 use tsunagu_sip::Method;
 use tsunagu_sip::{Request, Response};
 
-/// The session-timer headers of a request, to pass on to the other leg.
-/// Only values that parse go on (a Session-Expires of 20 digits, a Min-SE past 32 bits
-/// would otherwise reach the other leg as they came).
-pub(super) fn headers_of(req: &Request) -> Headers {
-    let mut out = Headers::new();
-    if let Some(se) = header(req, "Session-Expires").filter(|v| parse(v).is_some()) {
-        out.push(("Session-Expires", se.to_string()));
-        if let Some(min) = header(req, "Min-SE").filter(|v| v.trim().parse::<u32>().is_ok()) {
-            out.push(("Min-SE", min.to_string()));
+/// What a request says of session timers (RFC 4028), read once: its Session-Expires
+/// as sent and as it parses, its Min-SE if that parses, and whether its sender can
+/// refresh (`Supported: timer`).
+#[derive(Debug, Clone, Default)]
+pub(super) struct TimerAsk {
+    sent: Option<String>,
+    session_expires: Option<SessionExpires>,
+    min_se: Option<String>,
+    supports: bool,
+}
+
+impl TimerAsk {
+    pub(super) fn of(req: &Request) -> TimerAsk {
+        let sent = header(req, "Session-Expires").map(str::to_string);
+        TimerAsk {
+            session_expires: sent.as_deref().and_then(parse),
+            sent,
+            min_se: header(req, "Min-SE")
+                .filter(|v| v.trim().parse::<u32>().is_ok())
+                .map(str::to_string),
+            supports: has_option_tag(req, "Supported", "timer"),
         }
     }
-    if has_option_tag(req, "Supported", "timer") {
-        out.push(("Supported", "timer".into()));
+
+    /// The session-timer headers to pass on to the other leg. Only values that parse
+    /// go on (a Session-Expires of 20 digits, a Min-SE past 32 bits would otherwise
+    /// reach the other leg as they came).
+    pub(super) fn headers(&self) -> Headers {
+        let mut out = Headers::new();
+        if let Some(se) = self
+            .sent
+            .as_ref()
+            .filter(|_| self.session_expires.is_some())
+        {
+            out.push(("Session-Expires", se.clone()));
+            if let Some(min) = &self.min_se {
+                out.push(("Min-SE", min.clone()));
+            }
+        }
+        if self.supports {
+            out.push(("Supported", "timer".into()));
+        }
+        out
     }
-    out
+
+    /// Whether it asks for less than `floor` (refused 422, see [`too_small`]).
+    pub(super) fn too_small(&self, floor: u32) -> bool {
+        too_small(self.sent.as_deref(), floor)
+    }
 }
 
 /// The session-timer headers of a 2xx to `request` (a refresh), to pass on with the
@@ -50,16 +85,14 @@ pub(super) fn headers_of(req: &Request) -> Headers {
 /// hears nothing of timers.
 pub(super) fn answer_headers(
     resp: &Response,
-    request: &Request,
+    request: &TimerAsk,
     kept: Option<u32>,
     uas_ok: bool,
 ) -> Vec<(&'static str, String)> {
-    let supports = has_option_tag(request, "Supported", "timer");
-    let asked = header(request, "Session-Expires")
-        .and_then(parse)
-        .filter(|_| supports);
+    let supports = request.supports;
+    let asked = request.session_expires.filter(|_| supports);
     let mut out = Vec::new();
-    if !supports && header(request, "Session-Expires").is_none() {
+    if !supports && request.sent.is_none() {
         return out;
     }
     if let Some(se) = header(resp, "Session-Expires").filter(|v| parse(v).is_some()) {
@@ -613,8 +646,8 @@ mod tests {
             ("", true, None, vec![]),
             ("Require: timer\r\n", true, None, vec![]),
         ];
-        let asking = invite("Session-Expires: 1800\r\nSupported: timer\r\n");
-        let silent = invite("");
+        let asking = TimerAsk::of(&invite("Session-Expires: 1800\r\nSupported: timer\r\n"));
+        let silent = TimerAsk::of(&invite(""));
         for (extra, asked, interval, want) in rows {
             let request = if *asked { &asking } else { &silent };
             assert_eq!(
@@ -625,9 +658,9 @@ mod tests {
         }
         // Asked by a sender that said nothing of `Supported: timer`: not made refresher;
         // asked for less than the node keeps: that.
-        let unable = invite("Session-Expires: 1800\r\n");
+        let unable = TimerAsk::of(&invite("Session-Expires: 1800\r\n"));
         assert_eq!(answer_headers(&ok(""), &unable, Some(1800), true), vec![]);
-        let shorter = invite("Session-Expires: 900\r\nSupported: timer\r\n");
+        let shorter = TimerAsk::of(&invite("Session-Expires: 900\r\nSupported: timer\r\n"));
         assert_eq!(
             answer_headers(&ok(""), &shorter, Some(1800), true),
             vec![
@@ -637,7 +670,9 @@ mod tests {
         );
         // Asking the other side to refresh keeps that where it does, else hears
         // nothing of timers (never `uac` with `Require: timer`: RFC 4028 table 2).
-        let by_node = invite("Session-Expires: 1800;refresher=uas\r\nSupported: timer\r\n");
+        let by_node = TimerAsk::of(&invite(
+            "Session-Expires: 1800;refresher=uas\r\nSupported: timer\r\n",
+        ));
         assert_eq!(
             answer_headers(&ok(""), &by_node, Some(1800), true),
             vec![own("Session-Expires", "1800;refresher=uas")]
@@ -667,7 +702,7 @@ mod tests {
             ("Supported: timer\r\n", vec![("Supported", "timer".into())]),
         ];
         for (extra, want) in rows {
-            assert_eq!(&headers_of(&invite(extra)), want, "{extra:?}");
+            assert_eq!(&TimerAsk::of(&invite(extra)).headers(), want, "{extra:?}");
         }
     }
 }
