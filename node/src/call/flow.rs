@@ -120,10 +120,7 @@ impl Call {
             }
             return Some(pt);
         }
-        let offer = self.a_view.offer.clone()?;
-        let relay = self.relay.as_ref()?;
-        let local = relay.local(Side::A);
-        let answer = sdp::answer(&offer, local.ip(), local.port(), now_session())?;
+        let answer = self.own_answer(self.a_view.offer.as_deref()?)?;
         // The caller's own offer says where it receives (a checkpoint keeps it too).
         self.set_far_end(Side::A, FarEnd::answered(&answer));
         let ep = self.ctx.endpoint.clone();
@@ -134,6 +131,13 @@ impl Call {
         self.a.last_sdp = Some(answer.sdp);
         self.a_answer = Some(answer.payload_type);
         Some(answer.payload_type)
+    }
+
+    /// The node's own answer to the caller's `offer`, at the relay's port facing the
+    /// caller (a menu, a queue, a judgement: the node is the caller's peer).
+    fn own_answer(&self, offer: &str) -> Option<sdp::Answer> {
+        let local = self.relay.as_ref()?.local(Side::A);
+        sdp::answer(offer, local.ip(), local.port(), now_session())
     }
 
     /// A re-INVITE or UPDATE from a caller the node answered itself (a menu, a queue)
@@ -153,9 +157,8 @@ impl Call {
         let playing = self.a_answer;
         let body = match tsunagu_sip::parse::sdp_body(&req, &req.body) {
             Some(offer) => {
-                let local = self.relay.as_ref().map(|r| r.local(Side::A));
-                let answer = local
-                    .and_then(|l| sdp::answer(&offer, l.ip(), l.port(), now_session()))
+                let answer = self
+                    .own_answer(&offer)
                     .filter(|a| Some(a.payload_type) == playing);
                 let Some(answer) = answer else {
                     tracing::info!(method = %req.method, "an offer to the node's own answer it cannot take: 488");
