@@ -1653,6 +1653,21 @@ fn callers_requiring_100rel_get_reliable_provisionals_and_the_answer_after_their
 /// route's next trunk; once the late callee's INVITE ends, the channel is free again.
 #[test]
 fn an_abandoned_attempt_holds_its_trunk_channel_until_its_invite_ends() {
+    abandoned_attempt_and_its_channel(true);
+}
+
+/// The same attempt's late callee takes the node's CANCEL and rings on, never
+/// answering the INVITE (each 180 keeping it alive): the leg is let go 64 s after the
+/// call moved on (`call::abandoned::ABANDONED_FOR`), and its channel with it. It was
+/// held for as long as the callee rang.
+#[test]
+fn an_abandoned_attempt_gives_its_channel_back_in_the_end() {
+    abandoned_attempt_and_its_channel(false);
+}
+
+/// See the two tests above: `ends_it`, whether the late callee answers the INVITE
+/// (487) after the CANCEL.
+fn abandoned_attempt_and_its_channel(ends_it: bool) {
     use crate::dialogs::{header, on_branch, tag, Party};
     use crate::offer_answer::Callee;
     let ports = Ports::take();
@@ -1713,16 +1728,38 @@ fn an_abandoned_attempt_holds_its_trunk_channel_until_its_invite_ends() {
     callee.respond(&second_out, "486 Busy Here", "");
     finished(&second, "486");
     // The late callee rings at last: the node cancels it, and its 487 ends the
-    // attempt and gives the channel back.
+    // attempt and gives the channel back; or it rings on, and the leg is let go in
+    // the end (the call moved on about 5 s after the first INVITE).
     callee.respond(&late, "180 Ringing", "");
     let cancel = callee.expect("CANCEL ");
     callee.ok(&cancel);
-    callee.respond(&late, "487 Request Terminated", "");
-    node.wait_until(
-        Duration::from_secs(5),
-        "the abandoned attempt's channel to be given back",
-        || in_use() == 0.0,
-    );
+    if ends_it {
+        callee.respond(&late, "487 Request Terminated", "");
+        node.wait_until(
+            Duration::from_secs(5),
+            "the abandoned attempt's channel to be given back",
+            || in_use() == 0.0,
+        );
+    } else {
+        let cancelled_at = std::time::Instant::now();
+        let mut rang = cancelled_at;
+        node.wait_until(
+            Duration::from_secs(75),
+            "the ringing abandoned attempt's channel to be given back",
+            || {
+                if rang.elapsed() > Duration::from_secs(15) {
+                    callee.respond(&late, "180 Ringing", "");
+                    rang = std::time::Instant::now();
+                }
+                in_use() == 0.0
+            },
+        );
+        assert!(
+            cancelled_at.elapsed() > Duration::from_secs(45),
+            "let go at its deadline, not before: {:?}",
+            cancelled_at.elapsed()
+        );
+    }
     let third = caller.invite("abandon-3", "09012345678", &caller.me());
     caller.send(&third);
     let third_out = next_invite();

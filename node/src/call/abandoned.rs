@@ -13,6 +13,15 @@ use std::sync::{Arc, Mutex};
 use tsunagu_sip::endpoint::CallSink;
 use tsunagu_sip::{EndpointHandle, Method, SipEvent, Undelivered};
 
+/// How long an abandoned leg is kept at most. Its INVITE's final response is all it
+/// waits for, and two paths had it wait for ever, holding a trunk channel: the final
+/// response reaching the call just before the hand-over (the call, no longer knowing
+/// the leg, dropped it; its retransmissions were absorbed by the transaction), and a
+/// callee that took the CANCEL and kept ringing, each provisional keeping the INVITE
+/// alive (a review). Two of RFC 3261's 64*T1: a cancelled INVITE's final answer is
+/// due within one (9.1), an unanswered one's Timer B is one.
+pub const ABANDONED_FOR: std::time::Duration = super::reliable::T1.saturating_mul(128);
+
 pub struct Abandoned {
     leg: Mutex<BLeg>,
     ep: EndpointHandle,
@@ -24,7 +33,7 @@ pub struct Abandoned {
 
 impl Abandoned {
     /// Takes `leg` over from its call (its Call-ID now reaches this instead), with
-    /// the trunk channel it holds.
+    /// the trunk channel it holds, for at most [`ABANDONED_FOR`].
     pub fn hand_over(leg: BLeg, ctx: &Arc<NodeContext>, channel: Option<TrunkChannel>) {
         let ep = ctx.endpoint.clone();
         let call_id = leg.call_id().to_string();
@@ -35,6 +44,12 @@ impl Abandoned {
             _channel: channel,
         };
         ep.register(&call_id, Arc::new(this));
+        // The Call-ID is the attempt's own (never used again): forgetting it then
+        // drops the leg and gives its channel back whatever became of it.
+        tokio::spawn(async move {
+            tokio::time::sleep(ABANDONED_FOR).await;
+            ep.unregister(&call_id);
+        });
     }
 
     fn done(&self, leg: &BLeg) {

@@ -454,6 +454,14 @@ async fn drive(mut call: Box<Call>, me: CallRef) -> Exit {
             break Exit::Done;
         }
     };
+    if !matches!(exit, Exit::Done) {
+        // Stopped or panicked: the supervisor forgets the caller's Call-ID, and the
+        // callee's is forgotten here (it stayed routed to a call that was gone, its
+        // messages answered 481, until a restart: a review).
+        if let Some(b) = call.b.as_ref() {
+            call.ctx.endpoint.unregister(b.call_id());
+        }
+    }
     me.close();
     exit
 }

@@ -399,7 +399,24 @@ impl Inner {
                 Err(e) if tries < CLAIM_TRIES => {
                     tracing::warn!(%e, call_id, "claim of a call in progress unanswered; trying again");
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    // One of the unanswered tries may have been applied: the owner
+                    // read back decides (a won claim reported as an error left a row
+                    // owned by a node that runs no call: a review).
+                    match self.active_row(call_id).await {
+                        Ok(Some(now)) if now.owner.is(to.0, to.1) => {
+                            break (true, Some(now.owner));
+                        }
+                        _ => {
+                            if moves {
+                                let _ = self
+                                    .write(q::ACT_NODE_DELETE, (to.0, started_at, call_id))
+                                    .await;
+                            }
+                            return Err(e);
+                        }
+                    }
+                }
             }
         };
         if !won {
@@ -411,8 +428,14 @@ impl Inner {
             return Ok(None);
         }
         if moves {
-            self.write(q::ACT_NODE_DELETE, (from.0, started_at, call_id))
-                .await?;
+            // The claim is won: a stale index row under the old owner costs a filtered
+            // read, an error here would lose the call (the claimer would not run it).
+            if let Err(e) = self
+                .write(q::ACT_NODE_DELETE, (from.0, started_at, call_id))
+                .await
+            {
+                tracing::warn!(%e, call_id, "the old owner's index row of a claimed call stays");
+            }
         }
         // The call as it is now (its old owner may have updated it since it was read
         // above; it can no longer), else as read above.
