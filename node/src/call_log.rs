@@ -22,6 +22,8 @@
 //!   is back.
 //! - Every second the writer records the node's sign of life in the store
 //!   (`Store::node_alive`): a node that died is known to have died after that moment.
+//!   It is also the write an idle node still makes: failing for [`STALL`], the node
+//!   turns not ready as after failing record writes.
 //!
 //! The same writer queues the call's follow-ups (webhook events, notices, GA4) into the
 //! store's outbox, in the transaction that stores the record.
@@ -332,6 +334,8 @@ fn writer(w: Writer, rx: mpsc::Receiver<LogMsg>, shared: Arc<Shared>) {
     let mut in_progress = InProgress::default();
     let mut flushes = Vec::new();
     let mut beat = Instant::now();
+    // Since when the sign of life has failed to be written, if it has.
+    let mut beat_failing: Option<Instant> = None;
     let mut open = true;
     // When the batch got its first record (it is written at most LINGER later).
     let mut first_at: Option<Instant> = None;
@@ -430,7 +434,8 @@ fn writer(w: Writer, rx: mpsc::Receiver<LogMsg>, shared: Arc<Shared>) {
         }
         if now >= beat + HEARTBEAT {
             beat = now;
-            heartbeat(&w);
+            let written = heartbeat(&w);
+            note_heartbeat(&w, &shared, written, now, &mut beat_failing);
         }
     }
 }
@@ -457,19 +462,53 @@ fn next_wait(open: bool, holding: bool, backlog: bool, until: Duration) -> Wait 
     }
 }
 
-/// Records the node's sign of life. Refused when the store knows a newer incarnation
-/// of this node id (another process runs as this node: two nodes must not share an id)
-/// or the cluster declared this one down (it rejoins: see `cluster_link`).
-fn heartbeat(w: &Writer) {
+/// Records the node's sign of life; false if the store could not be written. Refused
+/// when the store knows a newer incarnation of this node id (another process runs as
+/// this node: two nodes must not share an id) or the cluster declared this one down
+/// (it rejoins: see `cluster_link`): written, as far as the store goes.
+fn heartbeat(w: &Writer) -> bool {
     let epoch = w.epoch.load(Ordering::Relaxed);
     match w.store.node_alive(&w.node_id, epoch, now_ms()) {
-        Ok(true) => {}
-        Ok(false) => tracing::warn!(
-            node = %w.node_id,
-            epoch,
-            "the store refused this incarnation's sign of life (declared down, or a newer incarnation of this node id runs)"
-        ),
-        Err(e) => tracing::debug!(%e, "heartbeat not written"),
+        Ok(true) => true,
+        Ok(false) => {
+            tracing::warn!(
+                node = %w.node_id,
+                epoch,
+                "the store refused this incarnation's sign of life (declared down, or a newer incarnation of this node id runs)"
+            );
+            true
+        }
+        Err(e) => {
+            tracing::debug!(%e, "heartbeat not written");
+            false
+        }
+    }
+}
+
+/// The sign of life is the store write an idle node still makes: failing for
+/// [`STALL`] (timed from the try that started failing, `tried`), the node turns not
+/// ready as after failing record writes; written again, ready. An idle node with a
+/// store that could not be written (locked, disk full) reported ready until a call
+/// came and its records failed (a review).
+fn note_heartbeat(
+    w: &Writer,
+    shared: &Shared,
+    written: bool,
+    tried: Instant,
+    failing: &mut Option<Instant>,
+) {
+    if written {
+        *failing = None;
+        if shared.stalled.swap(false, Ordering::Relaxed) {
+            tracing::info!("the store is written again; taking new calls");
+            w.metrics.log_stalled.set(0);
+        }
+        return;
+    }
+    let since = *failing.get_or_insert(tried);
+    if since.elapsed() >= STALL && !shared.stalled.swap(true, Ordering::Relaxed) {
+        tracing::error!("the node's sign of life cannot be written to the store: not ready, refusing new calls until it can");
+        w.metrics.log_stalled.set(1);
     }
 }
 

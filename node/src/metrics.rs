@@ -390,7 +390,7 @@ impl Metrics {
         );
         r.register(
             "call_log_stalled",
-            "1 while call-log writes have failed for more than 2 s: the node is not ready and refuses new INVITEs (503) until a write succeeds",
+            "1 while call-log writes, or the node's sign of life (written every second, idle or not), have failed for more than 2 s: the node is not ready and refuses new INVITEs (503) until a write succeeds",
             c.log_stalled.clone(),
         );
         r.register(

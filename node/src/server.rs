@@ -325,7 +325,7 @@ impl NodeHooks for Hooks {
         if self.ctx.draining.load(Ordering::Relaxed) {
             Some("draining")
         } else if !self.ctx.log.ready() {
-            Some("call log not ready: its writes fail or it is far behind")
+            Some("call log not ready: the store cannot be written (records, or the node's sign of life when idle), or the log is far behind")
         } else if !self.ctx.cluster_lease() {
             Some("no cluster lease")
         } else {

@@ -221,6 +221,31 @@ fn a_store_that_cannot_be_written_stops_new_calls_and_loses_none() {
     assert_eq!(node.metric("tsunagu_call_log_stalled"), 0.0);
 }
 
+/// An idle node (no call, no record to write) whose store cannot be written: its
+/// sign of life, written every second, fails, and after 2 s of that the node reports
+/// not ready, as when record writes fail. It reported ready until a call came.
+#[test]
+fn an_idle_node_whose_store_cannot_be_written_is_not_ready() {
+    let ports = Ports::take();
+    let node = Node::start(ports, "127.0.0.1/32", "");
+    assert_eq!(node.metric("tsunagu_ready"), 1.0);
+    let lock = StoreLock::take(&node.dir.path().join("data/tsunagu.db"));
+    node.wait_until(Duration::from_secs(20), "not ready", || {
+        node.try_get("/readyz", None)
+            .map(|r| r.status == 503 && r.body.starts_with("call log not ready"))
+            .unwrap_or(false)
+    });
+    assert_eq!(node.metric("tsunagu_ready"), 0.0);
+    assert_eq!(node.metric("tsunagu_call_log_stalled"), 1.0);
+    drop(lock);
+    node.wait_until(Duration::from_secs(20), "ready again", || {
+        node.try_get("/readyz", None)
+            .map(|r| r.status == 200)
+            .unwrap_or(false)
+    });
+    assert_eq!(node.metric("tsunagu_call_log_stalled"), 0.0);
+}
+
 #[test]
 fn calls_alive_at_the_drain_deadline_are_ended_and_logged() {
     let ports = Ports::take();
