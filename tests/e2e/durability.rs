@@ -167,6 +167,19 @@ impl Drop for StoreLock {
     }
 }
 
+/// Waits (bounded) until `/readyz` says ready (200), or not ready for its call log.
+fn wait_readyz(node: &Node, ready: bool) {
+    let what = if ready { "ready again" } else { "not ready" };
+    node.wait_until(Duration::from_secs(20), what, || {
+        node.try_get("/readyz", None)
+            .map(|r| match ready {
+                true => r.status == 200,
+                false => r.status == 503 && r.body.starts_with("call log not ready"),
+            })
+            .unwrap_or(false)
+    });
+}
+
 #[test]
 fn a_store_that_cannot_be_written_stops_new_calls_and_loses_none() {
     let ports = Ports::take();
@@ -181,11 +194,7 @@ fn a_store_that_cannot_be_written_stops_new_calls_and_loses_none() {
     // Calls still complete while the store is locked; their records wait.
     let during = uac("uac.xml", ports, "0501234567", 20, 20, &["-d", "200"]);
     assert_eq!(during.successful, 20, "{}", during.output);
-    node.wait_until(Duration::from_secs(20), "not ready", || {
-        node.try_get("/readyz", None)
-            .map(|r| r.status == 503 && r.body.starts_with("call log not ready"))
-            .unwrap_or(false)
-    });
+    wait_readyz(&node, false);
     assert_eq!(node.metric("tsunagu_ready"), 0.0);
     assert_eq!(node.metric("tsunagu_call_log_stalled"), 1.0);
     let refused = uac_expecting(503, node.dir.path(), ports, "0501234567", 1, &[]);
@@ -201,11 +210,7 @@ fn a_store_that_cannot_be_written_stops_new_calls_and_loses_none() {
     );
 
     drop(lock);
-    node.wait_until(Duration::from_secs(20), "ready again", || {
-        node.try_get("/readyz", None)
-            .map(|r| r.status == 200)
-            .unwrap_or(false)
-    });
+    wait_readyz(&node, true);
     assert_eq!(node.metric("tsunagu_ready"), 1.0);
     let after = uac("uac.xml", ports, "0501234567", 10, 20, &["-d", "200"]);
     assert_eq!(after.successful, 10, "{}", after.output);
@@ -230,19 +235,11 @@ fn an_idle_node_whose_store_cannot_be_written_is_not_ready() {
     let node = Node::start(ports, "127.0.0.1/32", "");
     assert_eq!(node.metric("tsunagu_ready"), 1.0);
     let lock = StoreLock::take(&node.dir.path().join("data/tsunagu.db"));
-    node.wait_until(Duration::from_secs(20), "not ready", || {
-        node.try_get("/readyz", None)
-            .map(|r| r.status == 503 && r.body.starts_with("call log not ready"))
-            .unwrap_or(false)
-    });
+    wait_readyz(&node, false);
     assert_eq!(node.metric("tsunagu_ready"), 0.0);
     assert_eq!(node.metric("tsunagu_call_log_stalled"), 1.0);
     drop(lock);
-    node.wait_until(Duration::from_secs(20), "ready again", || {
-        node.try_get("/readyz", None)
-            .map(|r| r.status == 200)
-            .unwrap_or(false)
-    });
+    wait_readyz(&node, true);
     assert_eq!(node.metric("tsunagu_call_log_stalled"), 0.0);
 }
 
