@@ -811,26 +811,61 @@ fn a_silent_callee_is_left_at_its_ring_time_and_its_late_answers_are_answered() 
 /// stopped refreshing, and the node's check hung the call up: a review.)
 #[test]
 fn a_callee_s_re_invite_reaches_the_caller_with_the_session_s_timer() {
+    re_invite_to_a_caller_with_a_timer(None, "1800;refresher=uac", "1800;refresher=uas");
+}
+
+/// The same with a callee that refreshes (its 200 says `refresher=uas`, passed on to
+/// the caller as it is): the node's re-INVITE to the caller names the node's side
+/// (`uac`), whose refreshes (the callee's, passed on) reach the caller. It named the
+/// caller, which then refreshed too (a review).
+#[test]
+fn a_callee_that_refreshes_stays_the_refresher_in_the_node_s_re_invites() {
+    re_invite_to_a_caller_with_a_timer(
+        Some("1800;refresher=uas"),
+        "1800;refresher=uas",
+        "1800;refresher=uac",
+    );
+}
+
+/// A caller asking `Session-Expires: 1800`; the callee answering with `callee_timer`
+/// (if any); the caller's 200 naming `told`; the callee's re-INVITE without a timer
+/// reaching the caller with `in_reinvite`.
+fn re_invite_to_a_caller_with_a_timer(callee_timer: Option<&str>, told: &str, in_reinvite: &str) {
     let ports = Ports::take();
     let node = Node::start(ports, "127.0.0.1/32", "");
     node.provision("0501234567", DEST, "{}");
     let callee = Callee::bind(ports);
     let caller = Party::bind("127.0.0.1", ports.sip);
-    let call_id = "timer-to-caller";
+    let call_id = if callee_timer.is_some() {
+        "timer-to-caller-2"
+    } else {
+        "timer-to-caller"
+    };
     let invite = invite_with(&caller, call_id, CALLER_SDP).replace(
         "Max-Forwards: 70\n",
         "Max-Forwards: 70\nSession-Expires: 1800\nSupported: timer\n",
     );
     caller.send(&invite);
     let forwarded = callee.expect("INVITE ");
-    callee.respond(&forwarded, "200 OK", &sdp(4002));
+    match callee_timer {
+        None => callee.respond(&forwarded, "200 OK", &sdp(4002)),
+        Some(timer) => {
+            let body = sdp(4002);
+            callee.send(&answer(
+                &forwarded,
+                "200 OK",
+                "calleetag",
+                &format!(
+                    "Session-Expires: {timer}\nContact: <sip:callee@127.0.0.1:{}>\nContent-Type: application/sdp\nContent-Length: {}\n\n{body}",
+                    ports.uas,
+                    body.len()
+                ),
+            ))
+        }
+    }
     let ok = caller.final_response();
     assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
-    assert_eq!(
-        header(&ok, "Session-Expires"),
-        Some("1800;refresher=uac"),
-        "{ok}"
-    );
+    assert_eq!(header(&ok, "Session-Expires"), Some(told), "{ok}");
     let node_tag = caller.ack(call_id, &ok);
     callee.expect("ACK ");
     // The callee puts the call on hold, saying nothing of timers.
@@ -842,7 +877,7 @@ fn a_callee_s_re_invite_reaches_the_caller_with_the_session_s_timer() {
         .expect("the re-INVITE");
     assert_eq!(
         header(&relayed, "Session-Expires"),
-        Some("1800;refresher=uas"),
+        Some(in_reinvite),
         "{relayed}"
     );
     assert!(
@@ -852,7 +887,7 @@ fn a_callee_s_re_invite_reaches_the_caller_with_the_session_s_timer() {
     caller.send(&caller_ok(
         &caller,
         &relayed,
-        "Session-Expires: 1800;refresher=uas\n",
+        &format!("Session-Expires: {in_reinvite}\n"),
     ));
     let callee_ok = callee.expect("SIP/2.0 200");
     assert!(

@@ -48,6 +48,11 @@ pub struct Answered {
     /// callee does no timers). Absent in checkpoints written before 2026-12-06: no.
     #[serde(default)]
     pub session_by_node: bool,
+    /// The caller was last told it refreshes (not the node, nor the callee through
+    /// the node). Absent in checkpoints written before 2026-12-06 evening: taken as
+    /// "unless the node does".
+    #[serde(default)]
+    pub session_caller_refreshes: Option<bool>,
     /// The recording so far, if the call is recorded.
     pub recording: Option<Recording>,
     /// The callee's codec (for prompts to it after the caller hangs up).
@@ -213,6 +218,7 @@ mod tests {
             b: dialog("b"),
             session_seconds: Some(90),
             session_by_node: true,
+            session_caller_refreshes: Some(false),
             recording: Some(Recording {
                 mode: "both".into(),
                 parts: vec![tsunagu_store::RecordingPart {
@@ -259,6 +265,15 @@ mod tests {
         assert_ne!(older, c.encode(), "the field was cut out");
         match Checkpoint::decode(&older).map(|c| c.state) {
             Some(State::Answered(a)) => assert!(!a.session_by_node),
+            other => panic!("{other:?}"),
+        }
+        // One written before the caller's part was kept: not known.
+        let older = c
+            .encode()
+            .replace(",\"session_caller_refreshes\":false", "");
+        assert_ne!(older, c.encode(), "the field was cut out");
+        match Checkpoint::decode(&older).map(|c| c.state) {
+            Some(State::Answered(a)) => assert_eq!(a.session_caller_refreshes, None),
             other => panic!("{other:?}"),
         }
         // One written before the call's own facts were carried: none known.

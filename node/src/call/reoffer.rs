@@ -389,8 +389,9 @@ impl Call {
                         .find(|(name, _)| *name == "Session-Expires" && p.from == Side::A)
                         .map(|(_, v)| v.as_str())
                 });
-                let by_node = self.refresher_after(p.from, &resp, &timer);
+                let (by_node, caller) = self.refresher_after(p.from, &resp, &timer);
                 self.renew_session(told, by_node);
+                self.caller_told(caller);
             }
             std::iter::once(("Contact", contact.as_str()))
                 .chain(timer.iter().map(|(k, v)| (*k, v.as_str())))

@@ -131,6 +131,10 @@ pub(super) struct SessionTimer {
     /// The caller's Min-SE from a 422 to the node's refresh: named in the node's
     /// refreshes from then on (RFC 4028 7.1).
     min_se: Option<u32>,
+    /// The caller was last told it refreshes (not the node, nor the callee through
+    /// the node): what the node's own re-INVITEs to it name (see
+    /// [`Call::timer_to_caller`]).
+    pub caller_refreshes: bool,
 }
 
 /// What a refresh makes of the session timer: the interval and generation of the next
@@ -202,6 +206,7 @@ fn refresh(
         send,
         refusals: 0,
         min_se: session.and_then(|s| s.min_se),
+        caller_refreshes: session.is_some_and(|s| s.caller_refreshes),
     });
 }
 
@@ -226,6 +231,8 @@ impl Call {
                 self.a.respond_with(&ep, 200, sdp, &extra);
                 tracing::debug!(interval = a.interval, refresher = %a.header, "session timer");
                 self.restart_session(a.interval, Some(a.by_node));
+                // `Require: timer` goes with `refresher=uac`: the caller refreshes.
+                self.caller_told(Some(a.require));
             }
             None => self.a.respond(&ep, 200, sdp),
         }
@@ -339,31 +346,60 @@ impl Call {
         let caller_refreshes = header(resp, "Session-Expires")
             .and_then(parse)
             .is_some_and(|s| s.refresher == Some(Refresher::Uas));
-        self.on_refresh_answer(resp, Some(!caller_refreshes));
+        // A callee that refreshes goes on doing so (its refreshes reach the caller
+        // through the node): the node refreshes only where neither party does.
+        let callee_refreshes = self
+            .session
+            .is_some_and(|s| !s.by_node && !s.caller_refreshes);
+        self.on_refresh_answer(resp, Some(!caller_refreshes && !callee_refreshes));
+        self.caller_told(Some(caller_refreshes));
     }
 
     /// Who refreshes the caller's leg after a refresh relayed from `from` was answered
-    /// `resp` and its sender told `passed` (see [`answer_headers`]): the callee
-    /// answering with its own timer refreshes (its refreshes reach the caller through
-    /// the node), a caller named `uas` in a 2xx the node wrote has the node refresh,
-    /// one named `uac` refreshes itself. None: unchanged (a callee's refresh).
+    /// `resp` and its sender told `passed` (see [`answer_headers`]): (whether the node
+    /// does, whether the caller does; None: unchanged). From the caller: a callee
+    /// answering with its own timer refreshes, or has the caller refresh (its
+    /// refreshes reach the caller through the node, the caller's reach it); a caller
+    /// named `uas` in a 2xx the node wrote has the node refresh, one named `uac`
+    /// refreshes itself. From the callee: the caller's 2xx says whether it refreshes
+    /// (`uas`: it is the UAS of that request).
     pub(super) fn refresher_after(
         &self,
         from: Side,
         resp: &Response,
         passed: &[(&'static str, String)],
-    ) -> Option<bool> {
-        if from != Side::A {
-            return None;
+    ) -> (Option<bool>, Option<bool>) {
+        let refresher = |v: &str| parse(v).map(|s| s.refresher);
+        if from == Side::B {
+            let caller = header(resp, "Session-Expires")
+                .and_then(refresher)
+                .map(|r| r == Some(Refresher::Uas));
+            return (None, caller);
         }
-        if header(resp, "Session-Expires").is_some_and(|v| parse(v).is_some()) {
-            return Some(false);
+        if let Some(r) = header(resp, "Session-Expires").and_then(refresher) {
+            // Passed on as it is: `uac` names the caller's side (the caller,
+            // through the node), `uas` the callee.
+            return (Some(false), Some(r == Some(Refresher::Uac)));
         }
-        passed
+        let told = passed
             .iter()
             .find(|(name, _)| *name == "Session-Expires")
-            .and_then(|(_, v)| parse(v))
-            .map(|s| s.refresher == Some(Refresher::Uas))
+            .and_then(|(_, v)| parse(v));
+        match told {
+            Some(s) => {
+                let by_node = s.refresher == Some(Refresher::Uas);
+                (Some(by_node), Some(!by_node))
+            }
+            None => (None, None),
+        }
+    }
+
+    /// The caller was told (or told the node) whether it refreshes: kept for the
+    /// node's own re-INVITEs to it (None: nothing said).
+    pub(super) fn caller_told(&mut self, caller_refreshes: Option<bool>) {
+        if let (Some(s), Some(refreshes)) = (self.session.as_mut(), caller_refreshes) {
+            s.caller_refreshes = refreshes;
+        }
     }
 
     /// A 2xx to a refresh: restart the clock (with the interval it names; `by_node`
@@ -429,7 +465,9 @@ impl Call {
         {
             return false;
         }
-        let role = if s.by_node { "uac" } else { "uas" };
+        // The request's UAS is the caller: `uas` names it; `uac` the node, whose
+        // refreshes (its own, or the callee's passed on) reach the caller.
+        let role = if s.caller_refreshes { "uas" } else { "uac" };
         headers.push((
             "Session-Expires",
             format!("{};refresher={role}", s.interval),
@@ -484,6 +522,7 @@ mod tests {
             send: None,
             refusals: 0,
             min_se: None,
+            caller_refreshes: false,
         };
         let rows: &[(Option<SessionTimer>, u32, Option<Refresh>)] = &[
             (None, 0, None),

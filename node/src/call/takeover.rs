@@ -108,6 +108,7 @@ impl Call {
                     b: bd,
                     session_seconds: self.session.map(|s| s.interval),
                     session_by_node: self.session.is_some_and(|s| s.by_node),
+                    session_caller_refreshes: self.session.map(|s| s.caller_refreshes),
                     recording: self.recording_state(),
                     b_payload_type: self.b_payload_type,
                     lines: self
@@ -326,6 +327,8 @@ impl Call {
         // see `timer_to_caller`).
         if let Some(interval) = answered.session_seconds {
             self.restart_session(interval, Some(answered.session_by_node));
+            let caller = answered.session_caller_refreshes;
+            self.caller_told(Some(caller.unwrap_or(!answered.session_by_node)));
         }
         let mut a_headers = Vec::new();
         self.timer_to_caller(&mut a_headers);
