@@ -47,11 +47,6 @@ use std::time::{Duration, Instant};
 /// nobody takes over frees its line this long after its node left.
 pub const RESERVED_FOR: Duration = Duration::from_secs(15);
 
-/// How many rounds of [`LineService::retry`] (about a second each) a request its call
-/// gave up while unanswered is kept for its answer (see
-/// `LineService::forget_long_cancelled`).
-pub const CANCELLED_ROUNDS: u32 = 120;
-
 /// A line a node's call holds or waits for, as reported in a snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Holding {
@@ -145,8 +140,6 @@ struct Request {
     state: ReqState,
     /// The call gave up while its request was unanswered: undo on the answer.
     cancelled: bool,
-    /// [`LineService::retry`] rounds since it was cancelled (see [`CANCELLED_ROUNDS`]).
-    cancelled_rounds: u32,
     /// The owner asked for the line back at once when done.
     urgent: bool,
     /// Adopted from the node that ran the call before ([`LineService::adopt`]): held
@@ -345,7 +338,6 @@ impl LineService {
                 arrived_ms: now_ms,
                 state: ReqState::Pending,
                 cancelled: false,
-                cancelled_rounds: 0,
                 urgent: false,
                 adopted: false,
             },
@@ -374,7 +366,6 @@ impl LineService {
                 arrived_ms: i64::MIN,
                 state: ReqState::Pending,
                 cancelled: false,
-                cancelled_rounds: 0,
                 urgent: true,
                 adopted: true,
             },
@@ -587,7 +578,6 @@ impl LineService {
     /// `Adopt` would count it from the next snapshot on. The driver calls this every
     /// second or so.
     pub fn retry(&mut self) {
-        self.forget_long_cancelled();
         if let Some(r) = &self.rebuild {
             let round = r.round;
             for m in r.waiting_for.clone() {
@@ -598,29 +588,6 @@ impl LineService {
             }
         }
         self.ask_again_pending(|r| !r.cancelled || r.adopted);
-    }
-
-    /// Requests their calls gave up while unanswered, still unanswered after
-    /// [`CANCELLED_ROUNDS`] rounds of [`LineService::retry`], are forgotten, their line
-    /// given back at once to the owner. While the owner stayed in the view but could
-    /// not be reached from here (a link cut between two members others vouch for),
-    /// one piled up per call that gave up, each walked every second (a review). A grant
-    /// that comes after is given back like any for a request this node no longer has,
-    /// and the owner's next rebuild finds the line in nobody's snapshot.
-    fn forget_long_cancelled(&mut self) {
-        let mut forget = Vec::new();
-        for (id, r) in self.requests.iter_mut() {
-            if r.cancelled && !r.adopted && r.state == ReqState::Pending {
-                r.cancelled_rounds += 1;
-                if r.cancelled_rounds > CANCELLED_ROUNDS {
-                    forget.push(id.clone());
-                }
-            }
-        }
-        for (key, call) in forget {
-            self.requests.remove(&(key.clone(), call.clone()));
-            self.give_back(&key, &call, true);
-        }
     }
 
     /// This node's calls' lines, for a snapshot. A request its call gave up while it

@@ -426,6 +426,8 @@ fn writer(w: Writer, rx: mpsc::Receiver<LogMsg>, shared: Arc<Shared>) {
             let same_callers = in_progress.take_callers_of(&batch.entries);
             batch.active.extend(same_callers);
             write_with_retry(&w, &mut batch, &shared);
+            // Written: the store takes writes, whatever the last sign of life said.
+            beat_failing = None;
             first_at = None;
             w.metrics.log_pending.set(pending(&batch, &in_progress));
         }
@@ -435,7 +437,7 @@ fn writer(w: Writer, rx: mpsc::Receiver<LogMsg>, shared: Arc<Shared>) {
         if now >= beat + HEARTBEAT {
             beat = now;
             let written = heartbeat(&w);
-            note_heartbeat(&w, &shared, written, now, &mut beat_failing);
+            note_heartbeat(&w, &shared, written, &mut beat_failing);
         }
     }
 }
@@ -486,17 +488,12 @@ fn heartbeat(w: &Writer) -> bool {
 }
 
 /// The sign of life is the store write an idle node still makes: failing for
-/// [`STALL`] (timed from the try that started failing, `tried`), the node turns not
-/// ready as after failing record writes; written again, ready. An idle node with a
-/// store that could not be written (locked, disk full) reported ready until a call
-/// came and its records failed (a review).
-fn note_heartbeat(
-    w: &Writer,
-    shared: &Shared,
-    written: bool,
-    tried: Instant,
-    failing: &mut Option<Instant>,
-) {
+/// [`STALL`] (from the end of the first failed try, so two tries at least: one try
+/// can take the store's whole timeout), the node turns not ready as after failing
+/// record writes; written again, ready. An idle node with a store that could not be
+/// written (locked, disk full) reported ready until a call came and its records
+/// failed (a review).
+fn note_heartbeat(w: &Writer, shared: &Shared, written: bool, failing: &mut Option<Instant>) {
     if written {
         *failing = None;
         if shared.stalled.swap(false, Ordering::Relaxed) {
@@ -505,7 +502,7 @@ fn note_heartbeat(
         }
         return;
     }
-    let since = *failing.get_or_insert(tried);
+    let since = *failing.get_or_insert_with(Instant::now);
     if since.elapsed() >= STALL && !shared.stalled.swap(true, Ordering::Relaxed) {
         tracing::error!("the node's sign of life cannot be written to the store: not ready, refusing new calls until it can");
         w.metrics.log_stalled.set(1);

@@ -1759,6 +1759,12 @@ fn abandoned_attempt_and_its_channel(ends_it: bool) {
             "let go at its deadline, not before: {:?}",
             cancelled_at.elapsed()
         );
+        // The leg still answers for itself: a late answer gets its ACK and a BYE
+        // (nobody is left on the call), not silence.
+        callee.respond(&late, "200 OK", "");
+        callee.expect("ACK ");
+        let bye = callee.expect("BYE ");
+        callee.ok(&bye);
     }
     let third = caller.invite("abandon-3", "09012345678", &caller.me());
     caller.send(&third);

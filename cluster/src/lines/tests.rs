@@ -414,42 +414,6 @@ fn a_cancelled_request_gives_its_line_back_when_the_answer_comes() {
     );
 }
 
-/// The owner stays in the view but nothing reaches it from here (a link cut between
-/// two members others vouch for): a request its call gave up waits for an answer that
-/// cannot come. It is kept for [`CANCELLED_ROUNDS`] retries, then forgotten and its
-/// line given back at once (one used to pile up per call that gave up).
-#[test]
-fn a_request_given_up_and_never_answered_is_forgotten_in_the_end() {
-    let members = ["a", "b"];
-    let mut net = Net::new(&members, 5);
-    let key = key_owned_by("b", &members);
-    net.limits.insert(key.clone(), 1);
-    net.acquire("a", &key, "c1", 1);
-    net.release("a", &key, "c1");
-    net.queues.clear(); // the Acquire never reaches b
-    let a = net.nodes.get_mut("a").unwrap();
-    for _ in 0..CANCELLED_ROUNDS {
-        a.retry();
-    }
-    assert_eq!(a.requests.len(), 1, "kept for its answer a while");
-    let _ = a.drain();
-    a.retry();
-    assert!(a.requests.is_empty(), "forgotten in the end");
-    let sent = a.drain();
-    assert!(
-        sent.iter().any(|o| matches!(
-            o,
-            Output::Send { to, msg: LineMsg::Release { call, .. } } if to == "b" && call == "c1"
-        )),
-        "its line given back to the owner at once: {sent:?}"
-    );
-    // The link back: nothing counted anywhere, a new call gets the line.
-    net.settle();
-    net.acquire("a", &key, "c2", 2);
-    net.settle();
-    assert_eq!(net.holders(&key), vec!["c2"]);
-}
-
 /// Random requests, releases, deaths and joins with messages in flight: never more
 /// holders than the limit, and once things settle no caller waits while a line is free
 /// and no line is left counted after every call gave its line back.

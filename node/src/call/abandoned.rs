@@ -10,49 +10,73 @@
 use super::legs::BLeg;
 use crate::context::{NodeContext, TrunkChannel};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tsunagu_sip::endpoint::CallSink;
 use tsunagu_sip::{EndpointHandle, Method, SipEvent, Undelivered};
 
-/// How long an abandoned leg is kept at most. Its INVITE's final response is all it
-/// waits for, and two paths had it wait for ever, holding a trunk channel: the final
-/// response reaching the call just before the hand-over (the call, no longer knowing
-/// the leg, dropped it; its retransmissions were absorbed by the transaction), and a
-/// callee that took the CANCEL and kept ringing, each provisional keeping the INVITE
-/// alive (a review). Two of RFC 3261's 64*T1: a cancelled INVITE's final answer is
-/// due within one (9.1), an unanswered one's Timer B is one.
-pub const ABANDONED_FOR: std::time::Duration = super::reliable::T1.saturating_mul(128);
+/// How long an abandoned leg holds its trunk channel at most. Its INVITE's final
+/// response is all it waits for, and two paths had it wait for ever, holding the
+/// channel: the final response reaching the call just before the hand-over (the call,
+/// no longer knowing the leg, dropped it; its retransmissions were absorbed by the
+/// transaction), and a callee that took the CANCEL and kept ringing, each provisional
+/// keeping the INVITE alive (a review). Two of RFC 3261's 64*T1: a cancelled INVITE's
+/// final answer is due within one (9.1), an unanswered one's Timer B is one.
+pub const ABANDONED_FOR: Duration = super::reliable::T1.saturating_mul(128);
+
+/// How long the leg still answers for itself after that (a late 2xx gets its ACK and
+/// a BYE): as long as the SIP core keeps a forwarded INVITE without an answer (a
+/// destination's longest ring, 300 s, and 32 s more), and once more for the answer's
+/// retransmissions. Let go then, the leg's route is bounded whatever the callee does.
+const ROUTE_KEPT_FOR: Duration = Duration::from_secs(300 + 2 * 32);
 
 pub struct Abandoned {
     leg: Mutex<BLeg>,
     ep: EndpointHandle,
     ctx: Arc<NodeContext>,
-    /// The trunk channel the attempt holds until the leg is done: its INVITE may
-    /// still be answered.
-    _channel: Option<TrunkChannel>,
+    /// The trunk channel the attempt holds until the leg is done (its INVITE may
+    /// still be answered), or [`ABANDONED_FOR`].
+    channel: Mutex<Option<TrunkChannel>>,
 }
 
 impl Abandoned {
     /// Takes `leg` over from its call (its Call-ID now reaches this instead), with
-    /// the trunk channel it holds, for at most [`ABANDONED_FOR`].
+    /// the trunk channel it holds for at most [`ABANDONED_FOR`]; the leg itself is
+    /// let go after [`ROUTE_KEPT_FOR`] more, whatever became of it.
     pub fn hand_over(leg: BLeg, ctx: &Arc<NodeContext>, channel: Option<TrunkChannel>) {
         let ep = ctx.endpoint.clone();
         let call_id = leg.call_id().to_string();
-        let this = Abandoned {
+        let this = Arc::new(Abandoned {
             leg: Mutex::new(leg),
             ep: ep.clone(),
             ctx: ctx.clone(),
-            _channel: channel,
-        };
-        ep.register(&call_id, Arc::new(this));
-        // The Call-ID is the attempt's own (never used again): forgetting it then
-        // drops the leg and gives its channel back whatever became of it.
+            channel: Mutex::new(channel),
+        });
+        let weak = Arc::downgrade(&this);
+        ep.register(&call_id, this);
         tokio::spawn(async move {
             tokio::time::sleep(ABANDONED_FOR).await;
-            ep.unregister(&call_id);
+            let Some(this) = weak.upgrade() else { return };
+            this.give_channel_back();
+            drop(this);
+            tokio::time::sleep(ROUTE_KEPT_FOR).await;
+            // Still there (its Call-ID is the attempt's own, never used again).
+            if weak.upgrade().is_some() {
+                ep.unregister(&call_id);
+            }
         });
     }
 
+    fn give_channel_back(&self) {
+        drop(
+            self.channel
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take(),
+        );
+    }
+
     fn done(&self, leg: &BLeg) {
+        self.give_channel_back();
         self.ep.unregister(leg.call_id());
     }
 }

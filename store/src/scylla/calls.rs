@@ -400,21 +400,17 @@ impl Inner {
                     tracing::warn!(%e, call_id, "claim of a call in progress unanswered; trying again");
                 }
                 Err(e) => {
-                    // One of the unanswered tries may have been applied: the owner
-                    // read back decides (a won claim reported as an error left a row
-                    // owned by a node that runs no call: a review).
+                    // One of the unanswered tries may have been applied: an owner read
+                    // back as this node settles it (a won claim reported as an error
+                    // left a row owned by a node that runs no call: a review). Read
+                    // otherwise, it settles nothing (a plain read does not see a
+                    // proposal not yet committed): the index row under this node stays,
+                    // for its recovery to find the call if the claim did win.
                     match self.active_row(call_id).await {
                         Ok(Some(now)) if now.owner.is(to.0, to.1) => {
                             break (true, Some(now.owner));
                         }
-                        _ => {
-                            if moves {
-                                let _ = self
-                                    .write(q::ACT_NODE_DELETE, (to.0, started_at, call_id))
-                                    .await;
-                            }
-                            return Err(e);
-                        }
+                        _ => return Err(e),
                     }
                 }
             }
