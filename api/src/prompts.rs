@@ -145,10 +145,14 @@ pub async fn delete(
         // A number this version cannot read (a newer node wrote it) may name the
         // prompt: the list leaves it out, so nothing here can tell (a review).
         if numbers.len() < all {
-            return Err(ApiError::conflict(format!(
+            return Err(ApiError::new(
+                axum::http::StatusCode::CONFLICT,
+                "unreadable",
+                format!(
                 "{} of this operator's numbers cannot be read by this node's version (written by a newer one): delete the prompt through a node of the newer version",
-                all - numbers.len()
-            )));
+                    all - numbers.len()
+                ),
+            ));
         }
         let user = numbers.iter().find_map(|n| {
             crate::numbers::named_prompts(n)

@@ -496,16 +496,29 @@ fn heartbeat(w: &Writer) -> bool {
 fn note_heartbeat(w: &Writer, shared: &Shared, written: bool, failing: &mut Option<Instant>) {
     if written {
         *failing = None;
-        if shared.stalled.swap(false, Ordering::Relaxed) {
-            tracing::info!("the store is written again; taking new calls");
-            w.metrics.log_stalled.set(0);
-        }
+        set_stalled(w, shared, false, "the node's sign of life");
         return;
     }
     let since = *failing.get_or_insert_with(Instant::now);
-    if since.elapsed() >= STALL && !shared.stalled.swap(true, Ordering::Relaxed) {
-        tracing::error!("the node's sign of life cannot be written to the store: not ready, refusing new calls until it can");
-        w.metrics.log_stalled.set(1);
+    if since.elapsed() >= STALL {
+        set_stalled(w, shared, true, "the node's sign of life");
+    }
+}
+
+/// The store is (`stalled`) or is no longer failing `what`: readiness, the gauge and
+/// one log line on each change.
+fn set_stalled(w: &Writer, shared: &Shared, stalled: bool, what: &str) {
+    if shared.stalled.swap(stalled, Ordering::Relaxed) == stalled {
+        return;
+    }
+    w.metrics.log_stalled.set(i64::from(stalled));
+    if stalled {
+        tracing::error!(
+            what,
+            "the store cannot be written: not ready, refusing new calls until it can"
+        );
+    } else {
+        tracing::info!(what, "the store is written again; taking new calls");
     }
 }
 
@@ -590,10 +603,7 @@ fn write_with_retry(w: &Writer, batch: &mut Batch, shared: &Shared) {
                 w.metrics.active_written.inc_by(batch.active.len() as u64);
                 batch.entries.clear();
                 batch.active.clear();
-                if shared.stalled.swap(false, Ordering::Relaxed) {
-                    tracing::info!("call log written again; taking new calls");
-                    w.metrics.log_stalled.set(0);
-                }
+                set_stalled(w, shared, false, "call records");
                 if queued {
                     w.wake.notify_one();
                 }
@@ -601,10 +611,8 @@ fn write_with_retry(w: &Writer, batch: &mut Batch, shared: &Shared) {
             }
             Err(e) => {
                 w.metrics.log_write_errors.inc();
-                if failing_since.elapsed() >= STALL && !shared.stalled.swap(true, Ordering::Relaxed)
-                {
-                    tracing::error!(%e, "the call log cannot be written: not ready, refusing new calls until it can");
-                    w.metrics.log_stalled.set(1);
+                if failing_since.elapsed() >= STALL {
+                    set_stalled(w, shared, true, "call records");
                 }
                 tracing::warn!(%e, records = batch.entries.len(), in_progress = batch.active.len(), events = batch.events.len(), retry_in_ms = backoff.as_millis() as u64, "call-log write failed; will retry");
                 std::thread::sleep(backoff);

@@ -33,19 +33,22 @@ impl Directory {
     /// [`Directory::read_all`]).
     pub fn load(store: Arc<dyn Store>, unreadable: Gauge) -> Result<Directory, StoreError> {
         let (numbers, lines, left_out) = Directory::read_all(&*store)?;
-        unreadable.set(i64::try_from(left_out.len()).unwrap_or(i64::MAX));
-        Ok(Directory {
+        let directory = Directory {
             store,
             numbers: Arc::new(RwLock::new(numbers)),
             advertiser_lines: Arc::new(RwLock::new(lines)),
-            unreadable: Arc::new(Mutex::new(left_out)),
+            unreadable: Arc::default(),
             unreadable_gauge: unreadable,
-        })
+        };
+        directory.set_unreadable(|set| *set = left_out);
+        Ok(directory)
     }
 
-    /// A number this version cannot read (written by a newer one, or damaged) is left
-    /// out, logged and counted: calls to it get 404 until it is written again, and the
-    /// others route (one such row used to stop the node from starting).
+    /// Every number, line limits, and the numbers this version cannot read (written
+    /// by a newer one, or damaged): those are left out of the map and logged, and the
+    /// others route (one such row used to stop the node from starting). What becomes
+    /// of them is the caller's: left out at start (404), kept on their last readable
+    /// settings by a reload.
     fn read_all(store: &dyn Store) -> Result<Maps, StoreError> {
         let mut left_out = HashSet::new();
         let numbers = store

@@ -425,7 +425,7 @@ impl Metrics {
         );
         r.register(
             "numbers_unreadable",
-            "Tracking numbers whose stored settings this node could not read at its last full load (written by a newer version, or damaged): left out, so calls to them get 404 until they are written again; the node's log names them",
+            "Tracking numbers whose stored settings this node cannot read, as of its last read of each (a full load, or a change in the feed): written by a newer version, or damaged. One loaded before routes on its last readable settings, one never read gets 404; the node's log names them",
             c.numbers_unreadable.clone(),
         );
         r.register(

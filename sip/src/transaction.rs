@@ -391,22 +391,19 @@ impl Transactions {
                 self.arm_sweep(now);
                 if method == Method::Cancel {
                     let invite = TxKey::new(branch, Method::Invite);
+                    let call_id = self.call_ids.hash_one(call_id);
                     return match self.server.get(&invite) {
                         Some(inv)
-                            if inv.state == State::Proceeding
-                                && same_source(&inv.peer, &peer)
-                                && inv.call_id == self.call_ids.hash_one(call_id)
-                                && inv.cseq == cseq =>
-                        {
-                            RequestMatch::Cancel(invite)
-                        }
-                        Some(inv)
                             if same_source(&inv.peer, &peer)
-                                && inv.call_id == self.call_ids.hash_one(call_id)
+                                && inv.call_id == call_id
                                 && inv.cseq == cseq =>
                         {
-                            let tag = inv.last_response.as_deref().and_then(to_tag_of);
-                            RequestMatch::CancelAfterFinal(tag)
+                            if inv.state == State::Proceeding {
+                                RequestMatch::Cancel(invite)
+                            } else {
+                                let tag = inv.last_response.as_deref().and_then(to_tag_of);
+                                RequestMatch::CancelAfterFinal(tag)
+                            }
                         }
                         _ => RequestMatch::CancelUnmatched,
                     };
@@ -1526,6 +1523,23 @@ mod tests {
         assert_eq!(
             t.on_request(Method::Cancel, "z9hG4bKd", "c9", 1, other, now, &mut out),
             RequestMatch::Foreign
+        );
+        // The same on branches no CANCEL used yet (the one above met the CANCEL
+        // transaction of that branch first): an answered INVITE's CANCEL from another
+        // source, or naming another call, matches nothing.
+        for (branch, call) in [("z9hG4bKe", "c10"), ("z9hG4bKf", "c11")] {
+            t.on_request(Method::Invite, branch, call, 1, udp(), now, &mut out);
+            let key = TxKey::new(branch, Method::Invite);
+            let answer = Bytes::from_static(answer.as_bytes());
+            assert!(t.send_response(&key, 200, answer, call, 1, now, &mut out));
+        }
+        assert_eq!(
+            t.on_request(Method::Cancel, "z9hG4bKe", "c10", 1, other, now, &mut out),
+            RequestMatch::CancelUnmatched
+        );
+        assert_eq!(
+            t.on_request(Method::Cancel, "z9hG4bKf", "c8", 1, udp(), now, &mut out),
+            RequestMatch::CancelUnmatched
         );
     }
 

@@ -518,7 +518,8 @@ impl Call {
         self.finish();
     }
 
-    /// Hangs up a caller the node answered itself (IVR) and ends the call.
+    /// Hangs up the caller (one the node answered itself, an IVR; or any answered call
+    /// whose callee is gone, a takeover's 481) and ends the call.
     pub(super) fn hang_up_caller(&mut self) {
         let ep = self.ctx.endpoint.clone();
         let (spec, peer) = self.a.request(&ep, Method::Bye);

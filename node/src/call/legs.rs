@@ -531,11 +531,7 @@ impl Leg for ALeg {
             self.local_tag
         );
         let peer = self.next;
-        let uri = if self.remote_target.is_empty() {
-            format!("sip:{}", self.peer.addr)
-        } else {
-            self.remote_target.clone()
-        };
+        let uri = self.target();
         let spec = RequestSpec {
             method,
             uri,
@@ -658,10 +654,7 @@ impl Leg for BLeg {
     }
 
     fn in_dialog(&self, ep: &EndpointHandle, method: Method, cseq: u32) -> (RequestSpec, Peer) {
-        let target = self
-            .remote_target
-            .clone()
-            .unwrap_or_else(|| self.invite.uri.clone());
+        let target = self.target();
         let peer = self.next;
         let spec = RequestSpec {
             method,
@@ -799,6 +792,13 @@ impl BLeg {
             && (theirs.is_none() || info.from_tag.as_deref() == theirs)
     }
 
+    /// Where in-dialog requests go: the callee's Contact, else the INVITE's URI.
+    fn target(&self) -> String {
+        self.remote_target
+            .clone()
+            .unwrap_or_else(|| self.invite.uri.clone())
+    }
+
     /// Records the dialog a 2xx established; `allowed` says which addresses its
     /// requests may be sent to (trunks').
     pub fn established(&mut self, resp: &Response, allowed: &dyn Fn(std::net::IpAddr) -> bool) {
@@ -810,10 +810,7 @@ impl BLeg {
             .collect();
         rr.reverse();
         self.routes = rr;
-        let target = self
-            .remote_target
-            .clone()
-            .unwrap_or_else(|| self.invite.uri.clone());
+        let target = self.target();
         self.next = next_hop(&self.routes, &target, self.peer, allowed);
     }
 
@@ -865,10 +862,7 @@ impl BLeg {
             local: self.invite.from.clone(),
             remote: self.to.clone().unwrap_or_else(|| self.invite.to.clone()),
             next_cseq: self.cseq + 1,
-            target: self
-                .remote_target
-                .clone()
-                .unwrap_or_else(|| self.invite.uri.clone()),
+            target: self.target(),
             routes: self.routes.clone(),
             hop: self.next.into(),
             sdp: self.last_sdp.clone().unwrap_or_default(),

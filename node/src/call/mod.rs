@@ -683,15 +683,14 @@ impl Call {
         }
     }
 
-    /// `side`'s party named a new remote target (see [`Leg::refresh_target`]); a
-    /// changed one goes into the checkpoint (a takeover restores the dialog from it).
+    /// `side`'s party named a new remote target (see [`Leg::refresh_target`]). Each
+    /// caller checkpoints the call once the message is handled, the target with it (a
+    /// takeover restores the dialog from it): one checkpoint here as well wrote two or
+    /// three for one 2xx.
     fn refresh_target(&mut self, side: Side, contact: Option<&str>) {
         let routing = self.ctx.routing.clone();
-        let changed = self
-            .leg(side)
-            .is_some_and(|leg| leg.refresh_target(contact, &|ip| routing.is_trunk_address(ip)));
-        if changed && self.phase == Phase::Answered {
-            self.checkpoint_now(false);
+        if let Some(leg) = self.leg(side) {
+            leg.refresh_target(contact, &|ip| routing.is_trunk_address(ip));
         }
     }
 

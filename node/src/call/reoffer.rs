@@ -243,7 +243,8 @@ impl Call {
 
     /// A client transaction of the call's timed out (no final answer in 32 s): the
     /// relayed re-offer's is answered 408 to its sender; the restoring re-INVITE's
-    /// leaves the session as it is. Each is matched by its own transaction: a timeout
+    /// leaves the session as it is; the node's own refresh's ends the session (RFC
+    /// 4028 10: the caller is gone). Each is matched by its own transaction: a timeout
     /// of anything else used to end a pending re-offer of the same method, and the
     /// restoring one's was not heard at all, so every later re-offer of either party
     /// was refused 491 for the rest of the call, session refreshes included (a review).

@@ -9,8 +9,8 @@ use super::legs::{Headers, Leg};
 use super::timers::{TimerId, Timers};
 use super::{Call, CallMsg, Phase};
 use crate::decide::session_timer::{
-    after_refusal, check_after, on_callee_answer, parse, refresh_after, too_small, AfterRefusal,
-    Refresher, SessionExpires,
+    after_refusal, check_after, on_callee_answer, parse, refresh_after, AfterRefusal, Refresher,
+    SessionExpires,
 };
 use std::time::{Duration, Instant};
 use tsunagu_media::Side;
@@ -64,9 +64,10 @@ impl TimerAsk {
         out
     }
 
-    /// Whether it asks for less than `floor` (refused 422, see [`too_small`]).
+    /// Whether it asks for less than `floor` (refused 422, as the first INVITE's
+    /// [`crate::decide::session_timer::too_small`] would be).
     pub(super) fn too_small(&self, floor: u32) -> bool {
-        too_small(self.sent.as_deref(), floor)
+        self.session_expires.is_some_and(|s| s.interval < floor)
     }
 }
 
@@ -274,13 +275,10 @@ impl Call {
         };
         // In this re-INVITE the node is the UAC: `uac` names it the refresher
         // (RFC 4028 7.4).
-        let mut headers = vec![
-            ("Session-Expires", format!("{};refresher=uac", s.interval)),
-            ("Supported", "timer".to_string()),
-        ];
-        if let Some(min) = s.min_se {
-            headers.push(("Min-SE", min.to_string()));
-        }
+        // The node refreshes, so the caller was not told it does: the timer names
+        // the node (`uac`, this request's sender).
+        let mut headers = Vec::new();
+        self.timer_to_caller(&mut headers);
         let ep = self.ctx.endpoint.clone();
         let sent = self.a.reoffer(&ep, Method::Invite, Some(offer), headers);
         tracing::debug!(interval = s.interval, "session refreshed by the node");
@@ -309,8 +307,8 @@ impl Call {
 
     /// The caller refused the node's refresh (not 408 or 481, which end the session),
     /// answering `resp`: sent again as [`after_refusal`] decides (491: after RFC 3261
-    /// 14.1's wait, 0 to 2 s as the caller made its Call-ID, within an eighth of the
-    /// interval so before the session's check).
+    /// 14.1's wait, 0 to 2 s as the caller made its Call-ID, within the tries' share
+    /// of the time before the session's check).
     pub(super) fn refresh_refused(&mut self, resp: &Response) {
         let Some(s) = self.session.as_mut() else {
             return;
@@ -472,6 +470,11 @@ impl Call {
             "Session-Expires",
             format!("{};refresher={role}", s.interval),
         ));
+        // A Min-SE the caller taught the node (a 422) goes with every one (RFC 4028
+        // 7.1), not with the node's own refreshes alone.
+        if let Some(min) = s.min_se {
+            headers.push(("Min-SE", min.to_string()));
+        }
         if !headers
             .iter()
             .any(|(name, _)| name.eq_ignore_ascii_case("Supported"))
@@ -485,10 +488,13 @@ impl Call {
     /// re-INVITE of the node's own, a takeover's, a 2xx's offer waiting for its ACK):
     /// one at a time (RFC 3261 14.2).
     pub(super) fn offer_pending(&self) -> bool {
-        self.reoffer.is_some()
-            || self.own_reinvite.is_some()
-            || self.resuming.is_some()
-            || self.late_ack.is_some()
+        self.resuming.is_some() || self.offer_pending_besides_takeover()
+    }
+
+    /// [`Call::offer_pending`] less the takeover's own re-INVITEs (what a takeover's
+    /// retry waits for).
+    pub(super) fn offer_pending_besides_takeover(&self) -> bool {
+        self.reoffer.is_some() || self.own_reinvite.is_some() || self.late_ack.is_some()
     }
 }
 

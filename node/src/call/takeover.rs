@@ -518,8 +518,9 @@ impl Call {
         if !refused || self.phase != Phase::Answered {
             return;
         }
-        if self.reoffer.is_some() || self.own_reinvite.is_some() {
-            // Another offer on the dialog (one at a time, RFC 3261 14.2): a second later.
+        if self.offer_pending_besides_takeover() {
+            // Another offer on the dialog (one at a time, RFC 3261 14.2; a 2xx's offer
+            // awaiting its ACK included, which this check once missed): a second later.
             self.after(Duration::from_secs(1), CallMsg::TakeoverRetry(side));
             return;
         }
