@@ -1692,15 +1692,11 @@ fn abandoned_attempt_and_its_channel(ends_it: bool) {
         }
     };
     // The caller's final answer to `invite`, acknowledged.
-    let finished = |invite: &str, status: &str| loop {
-        let m = caller
-            .recv(Duration::from_secs(10))
-            .expect("a final answer");
-        if m.starts_with(&format!("SIP/2.0 {status}")) {
-            let to_tag = tag(header(&m, "To").unwrap());
-            caller.send(&on_branch(invite, "ACK", Some(&to_tag)));
-            break;
-        }
+    let finished = |invite: &str, status: &str| {
+        let m = caller.final_response();
+        assert!(m.starts_with(&format!("SIP/2.0 {status}")), "{m}");
+        let to_tag = tag(header(&m, "To").unwrap());
+        caller.send(&on_branch(invite, "ACK", Some(&to_tag)));
     };
     let first = caller.invite("abandon-1", "09012345678", &caller.me());
     caller.send(&first);
@@ -1711,6 +1707,8 @@ fn abandoned_attempt_and_its_channel(ends_it: bool) {
     );
     // Nothing comes back on "narrow": after 5 s the call tries "carrier-a", busy.
     let moved_on = next_invite();
+    // The attempt on "narrow" was handed over just before this INVITE was sent.
+    let moved_at = std::time::Instant::now();
     callee.respond(&moved_on, "486 Busy Here", "");
     finished(&first, "486");
     assert_eq!(node.wait_for_calls(&key, 1).len(), 1);
@@ -1758,6 +1756,12 @@ fn abandoned_attempt_and_its_channel(ends_it: bool) {
             cancelled_at.elapsed() > Duration::from_secs(45),
             "let go at its deadline, not before: {:?}",
             cancelled_at.elapsed()
+        );
+        // At its deadline: 64 s after the call moved on (the metric read every 50 ms).
+        let held = moved_at.elapsed();
+        assert!(
+            (Duration::from_secs(62)..Duration::from_secs(68)).contains(&held),
+            "the channel was held {held:?} after the call moved on, not 64 s"
         );
         // The leg still answers for itself: a late answer gets its ACK and a BYE
         // (nobody is left on the call), not silence.

@@ -84,6 +84,11 @@ impl Callee {
 
     /// [`Callee::respond`] with the To tag `to_tag` (a fork of a forking proxy).
     fn respond_as(&self, to_tag: &str, req: &str, status: &str, body: &str) {
+        self.respond_with(to_tag, req, status, "", body);
+    }
+
+    /// [`Callee::respond_as`] with more header lines (`headers`, each ending in `\n`).
+    fn respond_with(&self, to_tag: &str, req: &str, status: &str, headers: &str, body: &str) {
         let content = if body.is_empty() {
             "Content-Length: 0\n\n".to_string()
         } else {
@@ -97,7 +102,7 @@ impl Callee {
             status,
             to_tag,
             &format!(
-                "Contact: <sip:callee@127.0.0.1:{}>\n{content}",
+                "{headers}Contact: <sip:callee@127.0.0.1:{}>\n{content}",
                 self.uas_port
             ),
         ));
@@ -473,7 +478,7 @@ fn the_caller_sees_one_session_whoever_answers() {
         let ok = caller_ok(&caller, &relayed, "");
         caller.send(&ok);
         callee.expect("SIP/2.0 200");
-        callee.send(&callee_ack(&reinvite));
+        callee.send(&crate::dialogs::on_branch(&reinvite, "ACK", None));
         let node_ack = nodes_ack(&caller);
         let want = cseq_of(&relayed).replace("INVITE", "ACK");
         assert_eq!(cseq_of(&node_ack), want, "{node_ack}");
@@ -498,17 +503,6 @@ fn callee_reinvite(ports: Ports, answered: &str, cseq: u32, sdp: &str) -> String
         cid = header(answered, "Call-ID").unwrap().trim(),
         len = sdp.len(),
     )
-}
-
-/// The callee's ACK of the 2xx to its `reinvite`.
-fn callee_ack(reinvite: &str) -> String {
-    let ack = reinvite
-        .split("\nContact:")
-        .next()
-        .unwrap()
-        .replacen("INVITE sip:", "ACK sip:", 1)
-        .replace(" INVITE\n", " ACK\n");
-    format!("{ack}\nContent-Length: 0\n\n")
 }
 
 /// The caller's 200 to a re-INVITE `relayed` to it: `extra` headers, its Contact and
@@ -847,22 +841,8 @@ fn re_invite_to_a_caller_with_a_timer(callee_timer: Option<&str>, told: &str, in
     );
     caller.send(&invite);
     let forwarded = callee.expect("INVITE ");
-    match callee_timer {
-        None => callee.respond(&forwarded, "200 OK", &sdp(4002)),
-        Some(timer) => {
-            let body = sdp(4002);
-            callee.send(&answer(
-                &forwarded,
-                "200 OK",
-                "calleetag",
-                &format!(
-                    "Session-Expires: {timer}\nContact: <sip:callee@127.0.0.1:{}>\nContent-Type: application/sdp\nContent-Length: {}\n\n{body}",
-                    ports.uas,
-                    body.len()
-                ),
-            ))
-        }
-    }
+    let timer = callee_timer.map_or(String::new(), |t| format!("Session-Expires: {t}\n"));
+    callee.respond_with("calleetag", &forwarded, "200 OK", &timer, &sdp(4002));
     let ok = caller.final_response();
     assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
     assert_eq!(header(&ok, "Session-Expires"), Some(told), "{ok}");
@@ -894,7 +874,7 @@ fn re_invite_to_a_caller_with_a_timer(callee_timer: Option<&str>, told: &str, in
         header(&callee_ok, "Session-Expires").is_none() && header(&callee_ok, "Require").is_none(),
         "the callee asked nothing of timers: {callee_ok}"
     );
-    callee.send(&callee_ack(&reinvite));
+    callee.send(&crate::dialogs::on_branch(&reinvite, "ACK", None));
     nodes_ack(&caller);
     hang_up(&caller, &callee, call_id, &node_tag, 2);
 }

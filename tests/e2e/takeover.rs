@@ -338,6 +338,12 @@ fn a_caller_who_left_with_its_node_has_the_call_ended_not_failed() {
         "ended {} ms after its node was killed: {r}",
         ended - killed_at
     );
+    // At its node's last sign of life (written every second), not at the answer.
+    assert!(
+        ended >= killed_at - 1_500,
+        "ended {} ms before its node was killed: {r}",
+        killed_at - ended
+    );
     assert_eq!(r["nodes"][0], "n2", "{r}");
 }
 
