@@ -175,3 +175,31 @@ impl InviteHandler for Admission {
         Ok(())
     }
 }
+
+/// Admission is built after the endpoint (it needs the endpoint's handle); until then
+/// new INVITEs are answered 503.
+#[derive(Default)]
+pub(crate) struct LateHandler(std::sync::OnceLock<Admission>);
+
+impl LateHandler {
+    pub(crate) fn set(&self, admission: Admission) {
+        let _ = self.0.set(admission);
+    }
+}
+
+impl InviteHandler for LateHandler {
+    fn on_invite(&self, invite: NewInvite) -> Result<(), (Reject, NewInvite)> {
+        match self.0.get() {
+            Some(a) => a.on_invite(invite),
+            None => Err((
+                Reject {
+                    code: 503,
+                    retry_after: Some(1),
+                    min_se: None,
+                    unsupported: None,
+                },
+                invite,
+            )),
+        }
+    }
+}

@@ -5,7 +5,7 @@
 //! running calls finish up to `node.drain_seconds`, then are ended by the node and
 //! logged with reason `drain`) and a final flush of the call log.
 
-use crate::admission::Admission;
+use crate::admission::{Admission, LateHandler};
 use crate::call_log::{CallLog, Writer};
 use crate::cluster_link::NodeHost;
 use crate::context::NodeContext;
@@ -27,8 +27,7 @@ use tsunagu_api::{ApiState, NodeHooks};
 use tsunagu_config::{Config, StoreBackend, UdpReceive};
 use tsunagu_media::PortPool;
 use tsunagu_sip::{
-    EdgeSettings, Endpoint, InviteHandler, NewInvite, Reject, SourcePolicy, StreamLimits,
-    Transport, TrustedSources, Untrusted,
+    EdgeSettings, Endpoint, SourcePolicy, StreamLimits, Transport, TrustedSources, Untrusted,
 };
 use tsunagu_store::{SqliteStore, Store};
 
@@ -198,34 +197,6 @@ fn open_scylla(config: &Config) -> Result<Arc<dyn Store>, NodeError> {
     Err(NodeError::Unsupported(
         store_unavailable_in_this_build(config).unwrap_or_default(),
     ))
-}
-
-/// Admission is built after the endpoint (it needs the endpoint's handle); until then
-/// new INVITEs are answered 503.
-#[derive(Default)]
-pub(crate) struct LateHandler(OnceLock<Admission>);
-
-impl LateHandler {
-    pub(crate) fn set(&self, admission: Admission) {
-        let _ = self.0.set(admission);
-    }
-}
-
-impl InviteHandler for LateHandler {
-    fn on_invite(&self, invite: NewInvite) -> Result<(), (Reject, NewInvite)> {
-        match self.0.get() {
-            Some(a) => a.on_invite(invite),
-            None => Err((
-                Reject {
-                    code: 503,
-                    retry_after: Some(1),
-                    min_se: None,
-                    unsupported: None,
-                },
-                invite,
-            )),
-        }
-    }
 }
 
 /// The SIP edge answers trunks only: an address inside some trunk's inbound networks or
@@ -863,6 +834,25 @@ fn print_banner(
 }
 
 #[cfg(test)]
-pub(crate) mod tests_support {
-    pub(crate) use super::LateHandler;
+mod tests {
+    /// An admin token read from a file is held to the rule of a configured one: a
+    /// short or empty one is refused at start; the file's line end is not part of it.
+    #[test]
+    fn an_admin_token_in_a_file_is_held_to_the_same_length() {
+        let dir = tempfile::tempdir().unwrap();
+        let admin = |token: &str| {
+            let path = dir.path().join("admin");
+            std::fs::write(&path, token).unwrap();
+            let mut c = tsunagu_config::Config::from_toml("").unwrap();
+            c.node.data_dir = dir.path().to_path_buf();
+            c.api.admin_token_file = Some(path);
+            c
+        };
+        assert!(super::admin_token(&admin("x")).is_err());
+        assert!(super::admin_token(&admin("")).is_err(), "missing or empty");
+        assert_eq!(
+            super::admin_token(&admin("eight ch\n")).unwrap().0,
+            "eight ch"
+        );
+    }
 }

@@ -429,7 +429,7 @@ mod tests {
             65536,
             metrics.media.clone(),
         );
-        let handler = Arc::new(crate::server::tests_support::LateHandler::default());
+        let handler = Arc::new(crate::admission::LateHandler::default());
         let endpoint = tsunagu_sip::Endpoint::start(
             &[(tsunagu_sip::Transport::Udp, "127.0.0.1:0".parse().unwrap())],
             tsunagu_sip::EdgeSettings::new(tsunagu_sip::SourcePolicy::trust_all()),

@@ -309,6 +309,20 @@ pub(crate) fn answer(req: &str, status: &str, to_tag: &str, extra: &str) -> Stri
     out
 }
 
+/// A 200 to a request of an established dialog (its To has the tag already).
+pub(crate) fn ok_to(req: &str) -> String {
+    let mut out = "SIP/2.0 200 OK\n".to_string();
+    for line in req.lines() {
+        let name = line.split(':').next().unwrap_or_default().trim();
+        if ["via", "from", "to", "call-id", "cseq"].contains(&name.to_ascii_lowercase().as_str()) {
+            out.push_str(line.trim_end_matches('\r'));
+            out.push('\n');
+        }
+    }
+    out.push_str("Content-Length: 0\n\n");
+    out
+}
+
 /// Issue 10: a caller that names a third party in its Contact cannot point the node's
 /// in-dialog requests at it. When the callee hangs up, the node's BYE to the caller goes
 /// back where the caller's INVITE came from (127.0.0.1, the trunk), not to the Contact

@@ -8,7 +8,7 @@
 //! at once, its late answers answered. A raw caller and a raw callee on UDP
 //! sockets (the callee on the trunk's outbound port), so each message is seen.
 
-use crate::dialogs::{answer, header, Party};
+use crate::dialogs::{answer, header, ok_to, Party};
 use crate::harness::*;
 use std::net::UdpSocket;
 use std::time::Duration;
@@ -107,20 +107,6 @@ impl Callee {
             ),
         ));
     }
-}
-
-/// A 200 to a request of an established dialog (its To has the tag already).
-fn ok_to(req: &str) -> String {
-    let mut out = "SIP/2.0 200 OK\n".to_string();
-    for line in req.lines() {
-        let name = line.split(':').next().unwrap_or_default().trim();
-        if ["via", "from", "to", "call-id", "cseq"].contains(&name.to_ascii_lowercase().as_str()) {
-            out.push_str(line.trim_end_matches('\r'));
-            out.push('\n');
-        }
-    }
-    out.push_str("Content-Length: 0\n\n");
-    out
 }
 
 /// An INVITE from `caller` with `body` as its SDP (an empty body: none).
