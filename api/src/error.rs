@@ -73,6 +73,16 @@ impl ApiError {
     pub fn conflict(message: impl Into<String>) -> ApiError {
         Self::new(StatusCode::CONFLICT, "conflict", message)
     }
+    /// 409 `unreadable`: `what` (a number, a pool) has stored settings this node's
+    /// version cannot read: a newer version wrote them during an upgrade, or they were
+    /// damaged. Not 500: the client is told what to do.
+    pub fn unreadable(what: &str) -> ApiError {
+        Self::new(
+            StatusCode::CONFLICT,
+            "unreadable",
+            format!("{what}: its stored settings cannot be read by this node's version (written by a newer one, or damaged): read or change it through a node of the newer version"),
+        )
+    }
     pub fn internal(message: impl Into<String>) -> ApiError {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
     }

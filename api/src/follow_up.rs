@@ -3,7 +3,7 @@
 //! deliver what is asked (an e-mail needs `[notify.smtp]`, an SMS `[notify.sms]`).
 
 use crate::numbers::is_phone_number;
-use crate::{db, ApiError, ApiState};
+use crate::{db_readable, ApiError, ApiState};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -142,7 +142,8 @@ pub(crate) async fn validate(
     }
     if let Some(pool_id) = n.callback_pool_id.clone() {
         let op = operator_id.to_string();
-        match db(st, move |s| s.get_pool(&op, &pool_id)).await? {
+        let what = format!("pool {pool_id}");
+        match db_readable(st, what, move |s| s.get_pool(&op, &pool_id)).await? {
             Some(p) if p.mode == PoolMode::Callback => {}
             Some(_) => {
                 return Err(ApiError::invalid(

@@ -364,6 +364,26 @@ where
     db_then(state, f, |_, _| {}).await
 }
 
+/// [`db`] for a read of stored settings: a row this version cannot read
+/// ([`tsunagu_store::StoreError::Corrupt`], a newer version's or a damaged one) is 409
+/// `unreadable` naming `what`, its parse error (naming the setting) only logged; it
+/// was 500.
+pub(crate) async fn db_readable<T, F>(state: &ApiState, what: String, f: F) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    F: FnOnce(&dyn Store) -> tsunagu_store::Result<T> + Send + 'static,
+{
+    let read = db(state, move |s| match f(s) {
+        Err(tsunagu_store::StoreError::Corrupt(e)) => Ok(Err(e)),
+        other => other.map(Ok),
+    })
+    .await?;
+    read.map_err(|e| {
+        tracing::warn!(%what, error = %e, "stored settings cannot be read");
+        ApiError::unreadable(&what)
+    })
+}
+
 /// [`db`] for a write the node must hear of: `announce` tells the node's hooks
 /// (provisioning: this node's copy, the change feed, the peers) in the same job on the
 /// blocking pool, right after the write. A handler dropped while it waits (its client

@@ -5,7 +5,7 @@
 use crate::auth::OperatorId;
 use crate::error::parse_json;
 use crate::follow_up::present;
-use crate::{db, db_then, now_ms, rfc3339, ApiError, ApiState};
+use crate::{db, db_readable, db_then, now_ms, rfc3339, ApiError, ApiState};
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -424,7 +424,10 @@ pub async fn create(
     if q.dry_run {
         // The same conflict creating it would meet (a number is unique across
         // operators).
-        let taken = db(&st, move |s| s.get_number(&n.number)).await?.is_some();
+        let what = format!("number {}", n.number);
+        let taken = db_readable(&st, what, move |s| s.get_number(&n.number))
+            .await?
+            .is_some();
         if taken {
             let e = tsunagu_store::StoreError::Conflict(format!("number {}", number.number));
             return Err(e.into());
@@ -465,23 +468,8 @@ async fn owned(st: &ApiState, op: &str, number: &str) -> Result<TrackingNumber, 
     // A number whose stored settings this version cannot read (a newer node wrote
     // it during an upgrade): 409 saying what to do, not 500. Its owner cannot be
     // read either, so any operator gets it: that the number exists is no more than a
-    // create of it tells (409 duplicate); the parse error, naming the setting, is
-    // only logged.
-    let found = db(st, move |s| match s.get_number(&num) {
-        Err(tsunagu_store::StoreError::Corrupt(e)) => {
-            tracing::warn!(number = %num, error = %e, "a number's settings cannot be read");
-            Ok(Err(()))
-        }
-        other => other.map(Ok),
-    })
-    .await?;
-    let Ok(found) = found else {
-        return Err(ApiError::new(
-            axum::http::StatusCode::CONFLICT,
-            "unreadable",
-            format!("number {number}: its stored settings cannot be read by this node's version (written by a newer one, or damaged): read or change it through a node of the newer version"),
-        ));
-    };
+    // create of it tells (409 duplicate).
+    let found = db_readable(st, format!("number {number}"), move |s| s.get_number(&num)).await?;
     found.filter(|n| n.operator_id == op).ok_or_else(not_found)
 }
 

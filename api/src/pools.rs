@@ -16,7 +16,7 @@ use crate::follow_up::present;
 use crate::limit::{address_key, Limit};
 use crate::metrics::LimitLabel;
 use crate::numbers::{is_phone_number, validate_forwarding, validate_params, validate_validity};
-use crate::{db, db_then, now_ms, rfc3339, ApiError, ApiState};
+use crate::{db, db_readable, db_then, now_ms, rfc3339, ApiError, ApiState};
 use axum::body::Bytes;
 use axum::extract::{FromRequestParts, Path, Request, State};
 use axum::http::request::Parts;
@@ -181,7 +181,9 @@ async fn check_overflow(
     let Some(n) = overflow.map(str::to_string) else {
         return Ok(());
     };
-    match db(st, move |s| s.get_number(&n)).await? {
+    // One whose settings cannot be read cannot be checked either (its owner is in
+    // them): 409 `unreadable`, not 500.
+    match db_readable(st, format!("number {n}"), move |s| s.get_number(&n)).await? {
         Some(tracked) if tracked.operator_id != op => Err(ApiError::invalid(
             "overflow_number",
             "is a tracking number this operator may not use",
@@ -382,7 +384,7 @@ pub async fn get_one(
     State(st): State<Arc<ApiState>>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let pool = db(&st, move |s| s.get_pool(&op, &id))
+    let pool = db_readable(&st, format!("pool {id}"), move |s| s.get_pool(&op, &id))
         .await?
         .ok_or_else(not_found)?;
     let pid = pool.id.clone();
@@ -407,9 +409,11 @@ pub async fn update(
     let (st, op, id, patch) = (&st, &op, &id, &patch);
     let pool = crate::patch_kept(&format!("pool {id}"), not_found, || async move {
         let (owner, pool_id) = (op.clone(), id.clone());
-        let read = db(st, move |s| s.get_pool(&owner, &pool_id))
-            .await?
-            .ok_or_else(not_found)?;
+        let read = db_readable(st, format!("pool {id}"), move |s| {
+            s.get_pool(&owner, &pool_id)
+        })
+        .await?
+        .ok_or_else(not_found)?;
         let pool = patched(read.clone(), patch);
         validate_settings(&pool)?;
         let saved = pool.clone();
@@ -467,10 +471,19 @@ async fn pool_for(st: &Arc<ApiState>, who: &Issuer, id: String) -> Result<Pool, 
     let pool = match who {
         Issuer::Operator(op) => {
             let op = op.clone();
-            db(st, move |s| s.get_pool(&op, &id)).await?
+            db_readable(st, format!("pool {id}"), move |s| s.get_pool(&op, &id)).await?
         }
-        Issuer::Page(origin) => db(st, move |s| s.pool_by_id(&id))
-            .await?
+        // A page learns nothing of a pool it cannot be shown to allow: one whose
+        // settings cannot be read is a 404 to it (logged), as one that does not exist.
+        Issuer::Page(origin) => db_readable(st, format!("pool {id}"), move |s| s.pool_by_id(&id))
+            .await
+            .or_else(|e| {
+                if e.code == "unreadable" {
+                    Ok(None)
+                } else {
+                    Err(e)
+                }
+            })?
             .filter(|p| allows(p, origin)),
     };
     let pool = pool.ok_or_else(not_found)?;
@@ -775,6 +788,86 @@ mod tests {
             )
             .await;
         assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text());
+    }
+
+    /// Rows this version cannot read (a newer version wrote them during an upgrade)
+    /// are answered 409 `unreadable`, left out of lists and never issued; each was a
+    /// 500, the list's for every pool of the operator, and a visitor was handed a
+    /// number no node that never read it routes.
+    #[tokio::test]
+    async fn unreadable_pools_and_numbers_are_refused_skipped_and_not_issued() {
+        let a = crate::testing::api();
+        let key = Some(a.key.as_str());
+        let pool = |numbers: &str, overflow: &str| {
+            format!(
+                r#"{{"advertiser_id": "{}", "mode": "one_time", "numbers": [{numbers}], "hold_seconds": 60, "overflow_number": "{overflow}", "destinations": [{{"number": "0311112222"}}]}}"#,
+                a.advertiser
+            )
+        };
+        let r = a
+            .send(
+                "POST",
+                "/v1/pools",
+                key,
+                &pool(r#""0502000001", "0502000002""#, "0311112222"),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+        let issuing = r.json()["id"].as_str().unwrap().to_string();
+        let r = a
+            .send(
+                "POST",
+                "/v1/pools",
+                key,
+                &pool(r#""0502000003""#, "0311112222"),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+        let unreadable = r.json()["id"].as_str().unwrap().to_string();
+        a.as_a_newer_version_wrote("pools", "id", &unreadable);
+        // The first number of the pool in issue order, as a newer version wrote it.
+        a.as_a_newer_version_wrote("numbers", "number", "0502000001");
+
+        let listed = a.send("GET", "/v1/pools", key, "").await;
+        assert_eq!(listed.status, StatusCode::OK, "{}", listed.text());
+        let ids: Vec<&str> = listed.json()["pools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["id"].as_str().unwrap().to_string().leak() as &str)
+            .collect();
+        assert_eq!(
+            ids,
+            vec![issuing.as_str()],
+            "the readable pool listed alone"
+        );
+        let path = format!("/v1/pools/{unreadable}");
+        let refused = [
+            a.send("GET", &path, key, "").await,
+            a.send("PATCH", &path, key, r#"{"hold_seconds": 90}"#).await,
+            a.send("POST", &format!("{path}/issue"), key, "{}").await,
+            a.send("POST", "/v1/pools", key, &pool(r#""0502000004""#, "0502000001"))
+                .await,
+            a.send("POST", "/v1/numbers?dry_run=true", key, &format!(
+                r#"{{"number": "0502000001", "advertiser_id": "{}", "destinations": [{{"number": "0311112222"}}]}}"#,
+                a.advertiser
+            ))
+            .await,
+        ];
+        for r in refused {
+            assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text());
+            assert_eq!(r.json()["error"]["code"], "unreadable", "{}", r.text());
+        }
+        // Issued: the readable number, then (it is held) the overflow, never the
+        // unreadable one.
+        let issue = format!("/v1/pools/{issuing}/issue");
+        let first = a.send("POST", &issue, key, "{}").await;
+        assert_eq!(first.status, StatusCode::OK, "{}", first.text());
+        assert_eq!(first.json()["number"], "0502000002", "{}", first.text());
+        let second = a.send("POST", &issue, key, "{}").await;
+        assert_eq!(second.status, StatusCode::OK, "{}", second.text());
+        assert_eq!(second.json()["number"], "0311112222", "{}", second.text());
+        assert_eq!(second.json()["overflow"], true, "{}", second.text());
     }
 
     /// Two PATCHes of one pool at once through two nodes, each changing another field:

@@ -262,6 +262,17 @@ impl Api {
         Answer::read(r).await
     }
 
+    /// Rewrites the settings of the row of `table` whose `id_column` is `id` as a
+    /// newer version would write them (a setting this one does not know): unreadable
+    /// to this node's version, as during an upgrade.
+    pub fn as_a_newer_version_wrote(&self, table: &str, id_column: &str, id: &str) {
+        let c = rusqlite::Connection::open(self._dir.path().join("t.db")).unwrap();
+        let sql = format!(
+            "UPDATE {table} SET settings = '{{\"from_a_newer_version\":1,' || substr(settings, 2) WHERE {id_column} = ?1"
+        );
+        assert_eq!(c.execute(&sql, [id]).unwrap(), 1, "{table} {id}");
+    }
+
     pub async fn get(&self, path: &str) -> Answer {
         let key = self.key.clone();
         self.send("GET", path, Some(&key), "").await

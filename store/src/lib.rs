@@ -64,13 +64,11 @@ impl StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
-/// A listed number's settings, if this version can read them (else logged: see
-/// [`Store::list_numbers`]).
-pub(crate) fn readable_listed<T>(read: Result<T>) -> Option<T> {
-    read.inspect_err(
-        |e| tracing::warn!(%e, "a number's settings cannot be read: left out of the list"),
-    )
-    .ok()
+/// A listed row's settings (`what`: "a number's", "a pool's"), if this version can
+/// read them (else logged: see [`Store::list_numbers`]).
+pub(crate) fn readable_listed<T>(what: &str, read: Result<T>) -> Option<T> {
+    read.inspect_err(|e| tracing::warn!(%e, "{what} settings cannot be read: left out of the list"))
+        .ok()
 }
 
 use std::collections::BTreeMap;
@@ -161,6 +159,8 @@ pub trait Store: Send + Sync + 'static {
     /// the numbers exists.
     fn create_pool(&self, pool: &Pool, numbers: &[TrackingNumber]) -> Result<()>;
     fn get_pool(&self, operator_id: &str, id: &str) -> Result<Option<Pool>>;
+    /// The operator's pools whose settings this version can read (one it cannot is
+    /// logged and left out, as in [`Store::list_numbers`]).
     fn list_pools(&self, operator_id: &str) -> Result<Vec<Pool>>;
     /// Unscoped: a web page issues from a pool by its id (the pool names the origins
     /// it allows).

@@ -394,8 +394,12 @@ pub enum PoolMode {
     Callback,
 }
 
-/// A set of numbers of one advertiser, leased to page visitors.
+/// A set of numbers of one advertiser, leased to page visitors. Unknown fields are
+/// refused, as in [`TrackingNumber`]: a pool a newer release wrote is unreadable to an
+/// older node (409 `unreadable`, left out of lists), rather than read without the new
+/// setting and erased by that node's next change of it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Pool {
     pub id: String,
     pub operator_id: String,

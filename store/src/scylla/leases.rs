@@ -291,7 +291,17 @@ impl Inner {
             if candidates.is_empty() {
                 return Ok(None);
             }
-            for c in candidates.into_iter().take(CANDIDATES_PER_READ) {
+            // Only numbers whose settings this version reads are issued (see the
+            // SQLite issuer); a pool of none but unreadable free numbers is exhausted.
+            let mut tried = 0;
+            for c in candidates {
+                if tried == CANDIDATES_PER_READ {
+                    break;
+                }
+                if !self.readable_number(&c.number).await? {
+                    continue;
+                }
+                tried += 1;
                 let taken = self
                     .cas(
                         q::NL_TAKE,
@@ -352,9 +362,27 @@ impl Inner {
                     .await?;
                 }
             }
+            if tried == 0 {
+                return Ok(None);
+            }
         }
         Err(StoreError::Unavailable(
             "the pool's free numbers are contended; try again".into(),
         ))
+    }
+
+    /// Whether `number`'s settings read in this version (logged when they do not).
+    async fn readable_number(&self, number: &str) -> Result<bool> {
+        let row = self
+            .first::<(Option<String>, Option<String>, Option<String>)>(q::NUM_GET, (number,))
+            .await?;
+        let settings = row
+            .and_then(|(_, _, settings)| settings)
+            .unwrap_or_default();
+        Ok(parse::<TrackingNumber>("number settings", &settings)
+            .inspect_err(|e| {
+                tracing::warn!(%number, %e, "a pool number's settings cannot be read: not issued")
+            })
+            .is_ok())
     }
 }

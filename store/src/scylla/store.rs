@@ -896,7 +896,7 @@ impl Store for ScyllaStore {
         let mut numbers: Vec<TrackingNumber> = rows
             .into_iter()
             .map(|(s,)| parse::<TrackingNumber>("number settings", s.as_deref().unwrap_or("")))
-            .filter_map(crate::readable_listed)
+            .filter_map(|n| crate::readable_listed("a number's", n))
             .collect();
         numbers.sort_by(|a, b| a.number.cmp(&b.number));
         Ok(numbers)
@@ -923,7 +923,12 @@ impl Store for ScyllaStore {
                 // Compared as read back, and written only if the text is still what
                 // was just read (the condition of the lightweight transaction).
                 let current = current.unwrap_or_default();
-                if parse::<TrackingNumber>("number settings", &current)? != *read {
+                // Unreadable now (a newer version wrote it): not what was read.
+                if parse::<TrackingNumber>("number settings", &current)
+                    .ok()
+                    .as_ref()
+                    != Some(read)
+                {
                     return Ok(Update::Changed);
                 }
                 let adv = adv.unwrap_or_default();
@@ -1087,13 +1092,15 @@ impl Store for ScyllaStore {
     }
 
     fn list_pools(&self, operator_id: &str) -> Result<Vec<Pool>> {
-        self.wait(
-            self.inner
-                .rows::<(Option<String>,)>(q::POOLS_OF, (operator_id,)),
-        )?
-        .into_iter()
-        .map(|(s,)| parse("pool settings", s.as_deref().unwrap_or("")))
-        .collect()
+        Ok(self
+            .wait(
+                self.inner
+                    .rows::<(Option<String>,)>(q::POOLS_OF, (operator_id,)),
+            )?
+            .into_iter()
+            .map(|(s,)| parse::<Pool>("pool settings", s.as_deref().unwrap_or("")))
+            .filter_map(|p| crate::readable_listed("a pool's", p))
+            .collect())
     }
 
     fn pool_by_id(&self, id: &str) -> Result<Option<Pool>> {
@@ -1123,7 +1130,8 @@ impl Store for ScyllaStore {
                 }
                 // Compared as read back, written only if the text is still what was read.
                 let current = current.unwrap_or_default();
-                if parse::<Pool>("pool settings", &current)? != *read {
+                // Unreadable now (a newer version wrote it): not what was read.
+                if parse::<Pool>("pool settings", &current).ok().as_ref() != Some(read) {
                     return Ok(Update::Changed);
                 }
                 let values = (settings.as_str(), id, op, current.as_str());

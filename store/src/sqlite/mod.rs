@@ -160,7 +160,9 @@ impl SqliteStore {
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let outcome = match current(&tx)? {
                 None => Ok(Update::Missing),
-                Some(Err(e)) => Err(e),
+                // Unreadable now (a newer version wrote it, or it was damaged): not
+                // what was read. The caller reads again, and says what it finds.
+                Some(Err(_)) => Ok(Update::Changed),
                 Some(Ok(now)) if now != *read => Ok(Update::Changed),
                 Some(Ok(_)) => {
                     write(&tx)?;
@@ -277,14 +279,30 @@ impl SqliteStore {
                     return Ok(IssueOutcome::ClientFull { retry_at_ms });
                 }
             }
-            // The free number issued longest ago (never issued = 0, first), ties in pool order.
-            let number: Option<String> = tx
-                .prepare_cached(
-                    "SELECT number FROM pool_numbers WHERE pool_id = ?1 AND expires_at + ?2 <= ?3 \
-                     ORDER BY last_issued_at, position LIMIT 1",
-                )?
-                .query_row(params![pool.id, recycle_ms, now], |r| r.get(0))
-                .optional()?;
+            // The free number issued longest ago (never issued = 0, first), ties in pool
+            // order, whose settings this version can read: an unreadable one (a newer
+            // version wrote it during an upgrade) is not routed by a node that never
+            // read it, so a visitor given it would call a dead number (a review). It
+            // is skipped, and logged; the next readable one is issued.
+            let number: Option<String> = {
+                let mut free = tx.prepare_cached(
+                    "SELECT pn.number, n.settings FROM pool_numbers pn JOIN numbers n ON n.number = pn.number \
+                     WHERE pn.pool_id = ?1 AND pn.expires_at + ?2 <= ?3 ORDER BY pn.last_issued_at, pn.position",
+                )?;
+                let mut rows = free.query(params![pool.id, recycle_ms, now])?;
+                let mut found = None;
+                while let Some(row) = rows.next()? {
+                    let number: String = row.get(0)?;
+                    match number_from_text(settings_text(row, 1)?) {
+                        Ok(_) => {
+                            found = Some(number);
+                            break;
+                        }
+                        Err(e) => tracing::warn!(%number, pool = %pool.id, %e, "a pool number's settings cannot be read: not issued"),
+                    }
+                }
+                found
+            };
             let Some(number) = number else {
                 return Ok(IssueOutcome::Exhausted);
             };
@@ -667,7 +685,7 @@ impl Store for SqliteStore {
         Ok(rows
             .into_iter()
             .map(number_from_text)
-            .filter_map(crate::readable_listed)
+            .filter_map(|n| crate::readable_listed("a number's", n))
             .collect())
     }
 
@@ -680,10 +698,10 @@ impl Store for SqliteStore {
                 c.query_row(
                     "SELECT settings FROM numbers WHERE number = ?1 AND operator_id = ?2",
                     params![number.number, number.operator_id],
-                    |r| r.get(0),
+                    |r| settings_text(r, 0),
                 )
                 .optional()
-                .map(|row| row.map(number_from))
+                .map(|row| row.map(number_from_text))
             },
             |c| {
                 c.execute(
@@ -770,41 +788,45 @@ impl Store for SqliteStore {
     }
 
     fn get_pool(&self, operator_id: &str, id: &str) -> Result<Option<Pool>> {
-        let settings: Option<String> = self.read(|c| {
+        let settings = self.read(|c| {
             c.query_row(
                 "SELECT settings FROM pools WHERE id = ?1 AND operator_id = ?2",
                 [id, operator_id],
-                |r| r.get(0),
+                |r| settings_text(r, 0),
             )
             .optional()
             .map_err(unavailable)
         })?;
-        settings.map(pool_from).transpose()
+        settings.map(pool_from_text).transpose()
     }
 
     fn pool_by_id(&self, id: &str) -> Result<Option<Pool>> {
-        let settings: Option<String> = self.read(|c| {
+        let settings = self.read(|c| {
             c.query_row("SELECT settings FROM pools WHERE id = ?1", [id], |r| {
-                r.get(0)
+                settings_text(r, 0)
             })
             .optional()
             .map_err(unavailable)
         })?;
-        settings.map(pool_from).transpose()
+        settings.map(pool_from_text).transpose()
     }
 
     fn list_pools(&self, operator_id: &str) -> Result<Vec<Pool>> {
-        let rows: Vec<String> = self.read(|c| {
+        let rows: Vec<Option<String>> = self.read(|c| {
             let mut st = c
                 .prepare("SELECT settings FROM pools WHERE operator_id = ?1 ORDER BY id")
                 .map_err(unavailable)?;
             let rows = st
-                .query_map([operator_id], |r| r.get(0))
+                .query_map([operator_id], |r| settings_text(r, 0))
                 .map_err(unavailable)?;
             rows.collect::<rusqlite::Result<Vec<_>>>()
                 .map_err(unavailable)
         })?;
-        rows.into_iter().map(pool_from).collect()
+        Ok(rows
+            .into_iter()
+            .map(pool_from_text)
+            .filter_map(|p| crate::readable_listed("a pool's", p))
+            .collect())
     }
 
     fn update_pool(&self, pool: &Pool, read: &Pool) -> Result<Update> {
@@ -816,10 +838,10 @@ impl Store for SqliteStore {
                 c.query_row(
                     "SELECT settings FROM pools WHERE id = ?1 AND operator_id = ?2",
                     params![pool.id, pool.operator_id],
-                    |r| r.get(0),
+                    |r| settings_text(r, 0),
                 )
                 .optional()
-                .map(|row| row.map(pool_from))
+                .map(|row| row.map(pool_from_text))
             },
             |c| {
                 c.execute(
@@ -1724,6 +1746,15 @@ mod tests {
                 Err(StoreError::Corrupt(_))
             ));
         }
+        // A change made from a read before it became unreadable is not written: the
+        // row is not what was read (it was a 500; the API reads again and says 409).
+        for before in [&bad, &damaged] {
+            assert_eq!(s.update_number(before, before).unwrap(), Update::Changed);
+        }
+        assert!(matches!(
+            s.get_number(&bad.number),
+            Err(StoreError::Corrupt(_))
+        ));
     }
 
     /// The lease history is pruned as it grows: each issue deletes up to 16 rows whose

@@ -67,6 +67,13 @@ pub(super) fn pool_from(settings: String) -> Result<Pool> {
     serde_json::from_str(&settings).map_err(|e| StoreError::Corrupt(format!("pool settings: {e}")))
 }
 
+/// [`pool_from`] of a column read by [`settings_text`].
+pub(super) fn pool_from_text(settings: Option<String>) -> Result<Pool> {
+    settings
+        .ok_or_else(|| StoreError::Corrupt("pool settings are not UTF-8 text".into()))
+        .and_then(pool_from)
+}
+
 pub(super) fn lease_from(row: &Row) -> rusqlite::Result<Lease> {
     let params: String = row.get(3)?;
     Ok(Lease {
