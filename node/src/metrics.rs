@@ -88,6 +88,9 @@ pub struct CallMetrics {
     pub trunk_ping_failures: Family<TrunkLabel, Counter>,
     pub shaped: Family<TrunkLabel, Counter>,
     pub recordings_started: Counter,
+    /// Answered calls of recording numbers not recorded: the caller did not hear the
+    /// number's recording notice.
+    pub recordings_withheld: Counter,
     /// Answered calls the node ended because neither party sent RTP for
     /// `media.timeout_seconds`.
     pub media_timeouts: Counter,
@@ -172,6 +175,7 @@ impl Default for CallMetrics {
             trunk_ping_failures: Family::default(),
             shaped: Family::default(),
             recordings_started: Counter::default(),
+            recordings_withheld: Counter::default(),
             media_timeouts: Counter::default(),
             attempts_abandoned: Counter::default(),
             recordings: Family::default(),
@@ -560,6 +564,11 @@ impl Metrics {
             "recordings_started",
             "Call recordings started (at answer, for numbers with recording)",
             c.recordings_started.clone(),
+        );
+        r.register(
+            "recordings_withheld",
+            "Answered calls of numbers that record, not recorded because the number's recording notice could not be played to the caller (the prompt missing on this node, the caller's audio not G.711, no RTP port free): a number with a notice is never recorded without it",
+            c.recordings_withheld.clone(),
         );
         r.register(
             "recordings_written",

@@ -137,3 +137,56 @@ fn answered_calls_are_recorded_in_stereo_or_mono_and_served_to_their_operator() 
         2.0
     );
 }
+
+/// A number that records with a notice is never recorded without it: a caller whose
+/// audio is not G.711 (G.729 here; the node's prompts are G.711) cannot be played
+/// the notice, so the call goes on unrecorded and is counted (it was recorded
+/// silently); a G.711 caller of the same number hears it and is recorded.
+#[test]
+fn a_caller_that_cannot_hear_the_recording_notice_is_not_recorded() {
+    let ports = Ports::take();
+    let node = Node::start(ports, "127.0.0.1/32", "");
+    let (key, _) = node.provision("0501234567", r#"[{"number": "0311112222"}]"#, "{}");
+    node.set_number(
+        &key,
+        "0501234567",
+        r#"{"recording": {"mode": "both", "notice": "recording_notice"}}"#,
+    );
+    let g729 = |name: &str| {
+        let text = std::fs::read_to_string(scenario(name)).unwrap();
+        let edited = text
+            .replace("RTP/AVP 8 101", "RTP/AVP 18 101")
+            .replace("a=rtpmap:8 PCMA/8000", "a=rtpmap:18 G729/8000");
+        assert!(!edited.contains("PCMA"), "{name}: every offer edited");
+        let path = node.dir.path().join(format!("g729_{name}"));
+        std::fs::write(&path, edited).unwrap();
+        path.display().to_string()
+    };
+    let uas = Uas::start(&g729("uas_answer.xml"), ports, node.dir.path(), &[]);
+    let run = uac(&g729("uac.xml"), ports, "0501234567", 1, 1, &["-d", "500"]);
+    assert_eq!(run.successful, 1, "{}", run.output);
+    let call = node.wait_for_calls(&key, 1)[0].clone();
+    assert_eq!(call["result"], "answered", "{call}");
+    assert!(call["recording"].is_null(), "not recorded: {call}");
+    assert_eq!(node.metric("tsunagu_recordings_withheld_total"), 1.0);
+    assert_eq!(node.metric("tsunagu_recordings_started_total"), 0.0);
+    assert_eq!(
+        node.metric("tsunagu_prompts_played_total{purpose=\"recording_notice\"}"),
+        0.0
+    );
+    drop(uas);
+
+    let _uas = Uas::start("uas_answer.xml", ports, node.dir.path(), &[]);
+    let run = uac("uac.xml", ports, "0501234567", 1, 1, &["-d", "500"]);
+    assert_eq!(run.successful, 1, "{}", run.output);
+    let calls = node.wait_for_calls(&key, 2);
+    assert!(
+        calls.iter().any(|c| c["recording"].is_string()),
+        "the G.711 caller's call is recorded: {calls:?}"
+    );
+    assert_eq!(
+        node.metric("tsunagu_prompts_played_total{purpose=\"recording_notice\"}"),
+        1.0
+    );
+    assert_eq!(node.metric("tsunagu_recordings_withheld_total"), 1.0);
+}

@@ -68,6 +68,8 @@ impl Call {
                     {
                         return;
                     }
+                    // Not played (see `start_recording`): the call goes on unrecorded.
+                    self.recording_withheld = true;
                 }
                 self.proceed(Stage::Lines)
             }

@@ -293,6 +293,9 @@ pub struct Call {
     /// What it records: the number's mode when it started, or the checkpoint's for a
     /// call taken over (the parts of one call are joined: one mode for all of them).
     recording_mode: Option<RecordMode>,
+    /// The number's recording notice could not be played to the caller (the prompt
+    /// gone, the caller's audio not G.711, no RTP port): the call is not recorded.
+    recording_withheld: bool,
     /// A number a trunk redirected the current destination to (3xx, followed).
     redirect: Option<Destination>,
     redirects_followed: u8,
@@ -570,6 +573,7 @@ impl Call {
             logged: Arc::new(AtomicBool::new(false)),
             recording: None,
             recording_mode: None,
+            recording_withheld: false,
             redirect: None,
             redirects_followed: 0,
             closed_result: None,
@@ -914,11 +918,19 @@ impl Call {
         self.far_ends.set(ends);
     }
 
-    /// Starts recording the conversation if the number asks for it.
+    /// Starts recording the conversation if the number asks for it, unless the
+    /// caller was not told (its notice could not be played): a number with a notice
+    /// promises its callers one, so no call of it is recorded without it (it was,
+    /// silently). Counted (`tsunagu_recordings_withheld_total`) and logged.
     fn start_recording(&mut self) {
         let Some(settings) = self.number.recording.as_ref() else {
             return;
         };
+        if self.recording_withheld {
+            tracing::warn!("not recorded: the caller did not hear the number's recording notice");
+            self.ctx.metrics.calls.recordings_withheld.inc();
+            return;
+        }
         let mode = match settings.mode {
             RecordingMode::Both => RecordMode::Both,
             RecordingMode::Caller => RecordMode::Caller,
