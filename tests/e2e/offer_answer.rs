@@ -864,3 +864,73 @@ fn re_invite_to_a_caller_with_a_timer(callee_timer: Option<&str>, told: &str, in
     nodes_ack(&caller);
     hang_up(&caller, &callee, call_id, &node_tag, 2);
 }
+
+/// A caller refusing the timer the node added to a callee's re-INVITE (422 with
+/// Min-SE 3600, RFC 4028) gets the same offer again naming 3600 (and the Min-SE);
+/// the callee, which asked nothing of timers, hears only the 200 that follows. The
+/// 422 was passed to the callee, which could not act on it: its hold failed.
+#[test]
+fn a_caller_s_422_to_the_node_s_timer_is_followed_not_passed_to_the_callee() {
+    let ports = Ports::take();
+    let node = Node::start(ports, "127.0.0.1/32", "");
+    node.provision("0501234567", DEST, "{}");
+    let callee = Callee::bind(ports);
+    let caller = Party::bind("127.0.0.1", ports.sip);
+    let call_id = "timer-422";
+    let invite = invite_with(&caller, call_id, CALLER_SDP).replace(
+        "Max-Forwards: 70\n",
+        "Max-Forwards: 70\nSession-Expires: 1800\nSupported: timer\n",
+    );
+    caller.send(&invite);
+    let forwarded = callee.expect("INVITE ");
+    callee.respond_with("calleetag", &forwarded, "200 OK", "", &sdp(4002));
+    let ok = caller.final_response();
+    assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
+    let node_tag = caller.ack(call_id, &ok);
+    callee.expect("ACK ");
+    let hold = format!("{}a=sendonly\r\n", sdp(4002)).replace(" 2 2 IN", " 2 3 IN");
+    let reinvite = callee_reinvite(ports, &forwarded, 2, &hold);
+    callee.send(&reinvite);
+    let next_invite = || {
+        std::iter::from_fn(|| caller.recv(Duration::from_secs(5)))
+            .find(|m| m.starts_with("INVITE "))
+            .expect("a re-INVITE")
+    };
+    let relayed = next_invite();
+    assert_eq!(
+        header(&relayed, "Session-Expires"),
+        Some("1800;refresher=uas"),
+        "{relayed}"
+    );
+    let too_small = ok_to(&relayed)
+        .replace("SIP/2.0 200 OK", "SIP/2.0 422 Session Interval Too Small")
+        .replace("Content-Length: 0\n", "Min-SE: 3600\nContent-Length: 0\n");
+    caller.send(&too_small);
+    let again = next_invite();
+    assert_eq!(
+        header(&again, "Session-Expires"),
+        Some("3600;refresher=uas"),
+        "{again}"
+    );
+    assert_eq!(header(&again, "Min-SE"), Some("3600"), "{again}");
+    assert!(
+        again.contains("a=sendonly"),
+        "the same offer (hold): {again}"
+    );
+    assert_ne!(cseq_of(&again), cseq_of(&relayed), "a new request: {again}");
+    caller.send(&caller_ok(
+        &caller,
+        &again,
+        "Session-Expires: 3600;refresher=uas\n",
+    ));
+    let answered = loop {
+        let m = callee.expect("SIP/2.0 ");
+        if !m.starts_with("SIP/2.0 1") {
+            break m;
+        }
+    };
+    assert!(answered.starts_with("SIP/2.0 200"), "{answered}");
+    callee.send(&crate::dialogs::on_branch(&reinvite, "ACK", None));
+    nodes_ack(&caller);
+    hang_up(&caller, &callee, call_id, &node_tag, 2);
+}

@@ -46,6 +46,9 @@ pub(super) struct Reoffer {
     pub(super) timer_added: bool,
     /// What the request said of session timers.
     pub(super) ask: session::TimerAsk,
+    /// Sent again once already after the caller's 422 (see
+    /// [`Call::retry_with_callers_floor`]).
+    pub(super) floor_retried: bool,
 }
 
 impl Call {
@@ -133,7 +136,51 @@ impl Call {
             previous,
             timer_added,
             ask,
+            floor_retried: false,
         }));
+    }
+
+    /// A caller's 422 (Session Interval Too Small) to a relayed re-offer the node added
+    /// its session timer to: the timer is the node's, so the node follows the caller's
+    /// Min-SE as it does for its own refresh (RFC 4028 10; named from then on, 7.1) and
+    /// sends the same offer again, once, with the same CSeq rule as any request; the
+    /// sender hears only the final answer. It was passed the 422, which it could not
+    /// act on (its request named no timer), so its hold or codec change failed. A
+    /// Min-SE the node does not follow (over two hours, [`crate::decide::session_timer::MAX_MIN_SE`]) is passed on as
+    /// before. `Err` gives the re-offer back when it is not such a case.
+    fn retry_with_callers_floor(
+        &mut self,
+        mut p: Box<Reoffer>,
+        resp: &Response,
+    ) -> Result<(), Box<Reoffer>> {
+        let code = resp.status_code.code();
+        if code != 422 || !p.timer_added || p.floor_retried {
+            return Err(p);
+        }
+        let Some(interval) = self.follow_callers_floor(resp) else {
+            return Err(p);
+        };
+        let to = p.from.other();
+        let mut headers = p.ask.headers();
+        self.timer_to_caller(&mut headers);
+        let ep = self.ctx.endpoint.clone();
+        let Some(leg) = self.leg(to) else {
+            return Err(p);
+        };
+        let sdp = p.offer.as_ref().map(|o| o.sdp.clone());
+        let relayed = leg.reoffer(&ep, p.method, sdp, headers);
+        tracing::info!(
+            interval,
+            method = %p.method,
+            "the caller asked a longer session interval (422): the re-offer sent again with it"
+        );
+        p.cseq = relayed.cseq;
+        p.sent = relayed.key;
+        p.cancel = relayed.cancel;
+        p.provisional = false;
+        p.floor_retried = true;
+        self.reoffer = Some(p);
+        Ok(())
     }
 
     /// The sender of a pending re-INVITE cancelled it: it is answered 487 (RFC 3261
@@ -307,6 +354,10 @@ impl Call {
             }
             return;
         }
+        let p = match self.retry_with_callers_floor(p, &resp) {
+            Ok(()) => return,
+            Err(p) => p,
+        };
         if code >= 300 && p.offer.is_some() {
             // Refused: the party's session is the one before this offer, and the
             // node's next offer of its own (a session refresh) is that one, a version

@@ -337,6 +337,22 @@ impl Call {
         self.refresh_again_in(wait);
     }
 
+    /// A caller's 422 to a re-offer carrying the node's timer: the interval becomes
+    /// its Min-SE, named from then on (RFC 4028 7.1), when the node follows it (see
+    /// [`after_refusal`]); that interval, or None.
+    pub(super) fn follow_callers_floor(&mut self, resp: &Response) -> Option<u32> {
+        let s = self.session.as_mut()?;
+        let code = resp.status_code.code();
+        match after_refusal(code, header(resp, "Min-SE"), s.interval, 1) {
+            AfterRefusal::Longer(interval) => {
+                s.interval = interval;
+                s.min_se = Some(interval);
+                Some(interval)
+            }
+            _ => None,
+        }
+    }
+
     /// A 2xx to the node's own refresh: the clock restarts as for any refresh, and the
     /// node goes on refreshing unless the caller took the part (`refresher=uas` in its
     /// answer: the UAS of this transaction).
