@@ -424,10 +424,12 @@ pub async fn create(
     if q.dry_run {
         // The same conflict creating it would meet (a number is unique across
         // operators).
-        let what = format!("number {}", n.number);
-        let taken = db_readable(&st, what, move |s| s.get_number(&n.number))
-            .await?
-            .is_some();
+        // One whose settings cannot be read exists all the same.
+        let taken = db(&st, move |s| match s.get_number(&n.number) {
+            Err(tsunagu_store::StoreError::Corrupt(_)) => Ok(true),
+            read => read.map(|found| found.is_some()),
+        })
+        .await?;
         if taken {
             let e = tsunagu_store::StoreError::Conflict(format!("number {}", number.number));
             return Err(e.into());

@@ -182,13 +182,21 @@ async fn check_overflow(
         return Ok(());
     };
     // One whose settings cannot be read cannot be checked either (its owner is in
-    // them): 409 `unreadable`, not 500.
-    match db_readable(st, format!("number {n}"), move |s| s.get_number(&n)).await? {
-        Some(tracked) if tracked.operator_id != op => Err(ApiError::invalid(
+    // them): refused as another operator's would be, which tells no operator more
+    // than that (it was 500).
+    let op = op.to_string();
+    let mine = db(st, move |s| match s.get_number(&n) {
+        Err(tsunagu_store::StoreError::Corrupt(_)) => Ok(false),
+        read => read.map(|found| found.is_none_or(|tracked| tracked.operator_id == op)),
+    })
+    .await?;
+    if mine {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(
             "overflow_number",
             "is a tracking number this operator may not use",
-        )),
-        _ => Ok(()),
+        ))
     }
 }
 
@@ -846,18 +854,41 @@ mod tests {
             a.send("GET", &path, key, "").await,
             a.send("PATCH", &path, key, r#"{"hold_seconds": 90}"#).await,
             a.send("POST", &format!("{path}/issue"), key, "{}").await,
-            a.send("POST", "/v1/pools", key, &pool(r#""0502000004""#, "0502000001"))
-                .await,
-            a.send("POST", "/v1/numbers?dry_run=true", key, &format!(
-                r#"{{"number": "0502000001", "advertiser_id": "{}", "destinations": [{{"number": "0311112222"}}]}}"#,
-                a.advertiser
-            ))
-            .await,
         ];
         for r in refused {
             assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text());
             assert_eq!(r.json()["error"]["code"], "unreadable", "{}", r.text());
         }
+        // Said of the number without saying whose it is: as another operator's, or
+        // as any existing number.
+        let overflow = a
+            .send(
+                "POST",
+                "/v1/pools",
+                key,
+                &pool(r#""0502000004""#, "0502000001"),
+            )
+            .await;
+        assert_eq!(
+            overflow.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{}",
+            overflow.text()
+        );
+        assert_eq!(overflow.json()["error"]["field"], "overflow_number");
+        let dry_run = a
+            .send("POST", "/v1/numbers?dry_run=true", key, &format!(
+                r#"{{"number": "0502000001", "advertiser_id": "{}", "destinations": [{{"number": "0311112222"}}]}}"#,
+                a.advertiser
+            ))
+            .await;
+        assert_eq!(dry_run.status, StatusCode::CONFLICT, "{}", dry_run.text());
+        assert_eq!(
+            dry_run.json()["error"]["code"],
+            "conflict",
+            "{}",
+            dry_run.text()
+        );
         // Issued: the readable number, then (it is held) the overflow, never the
         // unreadable one.
         let issue = format!("/v1/pools/{issuing}/issue");

@@ -691,11 +691,17 @@ fn lease_callback(
     r: &CallRecord,
     pool_id: &str,
 ) -> tsunagu_store::Result<Option<String>> {
-    let Some(pool) = w
-        .store
-        .pool_by_id(pool_id)?
-        .filter(|p| p.operator_id == r.operator_id)
-    else {
+    // A pool whose settings this version cannot read (a newer release wrote it, during
+    // an upgrade) is as good as gone here: the error, retried, stalled the whole log
+    // (a review).
+    let pool = match w.store.pool_by_id(pool_id) {
+        Err(tsunagu_store::StoreError::Corrupt(e)) => {
+            tracing::warn!(pool_id, call_id = %r.call_id, error = %e, "callback pool cannot be read; notice goes without a callback number");
+            None
+        }
+        read => read?,
+    };
+    let Some(pool) = pool.filter(|p| p.operator_id == r.operator_id) else {
         tracing::warn!(pool_id, call_id = %r.call_id, "callback pool is gone; notice goes without a callback number");
         return Ok(None);
     };
@@ -971,6 +977,26 @@ mod tests {
         drop(log);
         handle.join().unwrap();
         assert_eq!(d.store.active_calls_of("n1").unwrap().len(), sent as usize);
+    }
+
+    /// A callback pool a newer release wrote (settings this version cannot read) gives
+    /// the missed call's notice no callback number; its error, retried with the batch,
+    /// stalled the whole call log (a review).
+    #[test]
+    fn an_unreadable_callback_pool_does_not_stall_the_log() {
+        let d = Dup::new();
+        let adv = d.store.create_advertiser(&d.op, "shop", None).unwrap().id;
+        let mode = tsunagu_store::PoolMode::Callback;
+        let (pool, numbers) = tsunagu_store::conformance::sample_pool(&d.op, &adv, mode, 1, 60, 0);
+        d.store.create_pool(&pool, &numbers).unwrap();
+        let r = sample_call(&d.op, &adv, 10_000);
+        assert!(lease_callback(&d.w, &r, &pool.id).unwrap().is_some());
+        let c = rusqlite::Connection::open(d._dir.path().join("t.db")).unwrap();
+        let newer = "UPDATE pools SET settings = '{\"from_a_newer_version\":1,' || substr(settings, 2) WHERE id = ?1";
+        assert_eq!(c.execute(newer, [&pool.id]).unwrap(), 1);
+        let mut later = r.clone();
+        later.call_id = "call_later".into();
+        assert_eq!(lease_callback(&d.w, &later, &pool.id).unwrap(), None);
     }
 
     /// A writer on a fresh store, a number whose calls count once an hour, and a call

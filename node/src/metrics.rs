@@ -567,7 +567,7 @@ impl Metrics {
         );
         r.register(
             "recordings_withheld",
-            "Answered calls of numbers that record, not recorded because the number's recording notice could not be played to the caller (the prompt missing on this node, the caller's audio not G.711, no RTP port free): a number with a notice is never recorded without it",
+            "Answered calls of numbers that record, not recorded because the number's recording notice could not be played to the caller (the prompt missing on this node, the caller's audio not G.711): a number with a notice is never recorded without it",
             c.recordings_withheld.clone(),
         );
         r.register(

@@ -68,8 +68,13 @@ impl Call {
                     {
                         return;
                     }
-                    // Not played (see `start_recording`): the call goes on unrecorded.
+                    // Not played (see `start_recording`): the call goes on unrecorded;
+                    // unless it ended there (no RTP port: refused 503, or the IVR's
+                    // caller hung up).
                     self.recording_withheld = true;
+                    if matches!(self.phase, Phase::Ending | Phase::Done) {
+                        return;
+                    }
                 }
                 self.proceed(Stage::Lines)
             }

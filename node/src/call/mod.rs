@@ -294,7 +294,7 @@ pub struct Call {
     /// call taken over (the parts of one call are joined: one mode for all of them).
     recording_mode: Option<RecordMode>,
     /// The number's recording notice could not be played to the caller (the prompt
-    /// gone, the caller's audio not G.711, no RTP port): the call is not recorded.
+    /// gone, the caller's audio not G.711): the call is not recorded.
     recording_withheld: bool,
     /// A number a trunk redirected the current destination to (3xx, followed).
     redirect: Option<Destination>,

@@ -293,12 +293,14 @@ impl Inner {
             }
             // Only numbers whose settings this version reads are issued (see the
             // SQLite issuer); a pool of none but unreadable free numbers is exhausted.
-            let mut tried = 0;
+            // At most 16 unreadable ones are looked past, as in SQLite.
+            let (mut tried, mut unreadable) = (0, 0);
             for c in candidates {
-                if tried == CANDIDATES_PER_READ {
+                if tried == CANDIDATES_PER_READ || unreadable == 16 {
                     break;
                 }
                 if !self.readable_number(&c.number).await? {
+                    unreadable += 1;
                     continue;
                 }
                 tried += 1;

@@ -147,7 +147,8 @@ impl SqliteStore {
 
     /// The compare-and-set of every PATCH: in one transaction, reads the row with
     /// `current` (None: no such row; `Some(Err)`: a row that does not decode, which is
-    /// corrupt, not changed) and only if it is still `read` writes it with `write`.
+    /// not what was read: `Changed`) and only if it is still `read` writes it with
+    /// `write`.
     /// Compared as decoded, not as stored text: an older row's text may lack fields
     /// that now have defaults.
     fn compare_and_set<T: PartialEq>(
@@ -284,22 +285,31 @@ impl SqliteStore {
             // version wrote it during an upgrade) is not routed by a node that never
             // read it, so a visitor given it would call a dead number (a review). It
             // is skipped, and logged; the next readable one is issued.
+            // At most UNREADABLE_SKIPPED of them are looked past (the pool is then
+            // exhausted: its overflow), and one line is logged per issue: they keep
+            // their place first in line, and a page's every issue read them all and
+            // logged each, holding the write lock (a review).
             let number: Option<String> = {
                 let mut free = tx.prepare_cached(
-                    "SELECT pn.number, n.settings FROM pool_numbers pn JOIN numbers n ON n.number = pn.number \
+                    "SELECT pn.number, n.settings FROM pool_numbers pn LEFT JOIN numbers n ON n.number = pn.number \
                      WHERE pn.pool_id = ?1 AND pn.expires_at + ?2 <= ?3 ORDER BY pn.last_issued_at, pn.position",
                 )?;
                 let mut rows = free.query(params![pool.id, recycle_ms, now])?;
                 let mut found = None;
+                let mut skipped = Vec::new();
                 while let Some(row) = rows.next()? {
                     let number: String = row.get(0)?;
-                    match number_from_text(settings_text(row, 1)?) {
-                        Ok(_) => {
-                            found = Some(number);
-                            break;
-                        }
-                        Err(e) => tracing::warn!(%number, pool = %pool.id, %e, "a pool number's settings cannot be read: not issued"),
+                    if number_from_text(settings_text(row, 1)?).is_ok() {
+                        found = Some(number);
+                        break;
                     }
+                    skipped.push(number);
+                    if skipped.len() == UNREADABLE_SKIPPED {
+                        break;
+                    }
+                }
+                if !skipped.is_empty() {
+                    tracing::warn!(pool = %pool.id, ?skipped, "pool numbers whose settings cannot be read (or that are gone) were not issued");
                 }
                 found
             };
@@ -342,6 +352,10 @@ impl SqliteStore {
         .map_err(unavailable)
     }
 }
+
+/// How many free numbers of a pool whose settings cannot be read an issue looks past
+/// before it calls the pool exhausted (see `issue_lease_capped`).
+const UNREADABLE_SKIPPED: usize = 16;
 
 /// Who a lease cap counts for: the `leases` column naming it.
 #[derive(Clone, Copy)]
@@ -1755,6 +1769,46 @@ mod tests {
             s.get_number(&bad.number),
             Err(StoreError::Corrupt(_))
         ));
+    }
+
+    /// An issue looks past free numbers whose settings cannot be read, at most
+    /// [`UNREADABLE_SKIPPED`] of them: then the pool counts as exhausted (its overflow).
+    #[test]
+    fn an_issue_looks_past_a_bounded_number_of_unreadable_numbers() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("t.db")).unwrap();
+        let op = s.create_operator("a").unwrap();
+        let adv = s.create_advertiser(&op.id, "shop", None).unwrap();
+        let size = UNREADABLE_SKIPPED + 2;
+        let (pool, numbers) =
+            crate::conformance::sample_pool(&op.id, &adv.id, PoolMode::OneTime, size, 60, 0);
+        s.create_pool(&pool, &numbers).unwrap();
+        let unreadable = |upto: usize| {
+            for n in &pool.numbers[..upto] {
+                s.write(|c| {
+                    c.execute(
+                        "UPDATE numbers SET settings = '{\"from_a_newer_version\":1,' || substr(settings, 2) WHERE number = ?1 AND settings NOT LIKE '{\"from_a_newer_version\"%'",
+                        params![n],
+                    )
+                })
+                .unwrap();
+            }
+        };
+        let issue = || {
+            s.issue_lease(&pool, None, &BTreeMap::new(), 1_000)
+                .unwrap()
+                .map(|l| l.number)
+        };
+        unreadable(3);
+        assert_eq!(
+            issue(),
+            Some(pool.numbers[3].clone()),
+            "the first readable one"
+        );
+        unreadable(UNREADABLE_SKIPPED + 1);
+        // The first UNREADABLE_SKIPPED free ones are unreadable (the fourth is leased):
+        // exhausted, though one further on could be read.
+        assert_eq!(issue(), None);
     }
 
     /// The lease history is pruned as it grows: each issue deletes up to 16 rows whose
