@@ -1610,6 +1610,8 @@ pub fn closed_within(s: &mut std::net::TcpStream, limit: Duration) -> bool {
         match s.read(&mut buf) {
             Ok(0) => return true,
             Ok(_) => continue,
+            // A signal is not a close (see `sip_edge`'s slowloris test).
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e)
                 if matches!(
                     e.kind(),
