@@ -37,6 +37,11 @@ gives the ratio against that: a node's CPU per call falls as its own rate grows 
 are shared by more messages), so this separates what the cluster adds from what
 carrying a third of the calls costs each node.
 
+--one-member also sends the full rate through n1 alone while the cluster runs (CPU
+still summed over all three nodes): the cluster switched on at the single node's load,
+which separates the cluster's own cost (membership, heartbeats, the shared store, the
+idle members) from the split of the calls over three nodes on one host.
+
 The single node runs with the members' node.worker_threads and sip.udp_receive
 (the demo sets 1 and "auto"), so the two setups differ only in being a cluster; --single-workers N overrides it. --synchronous
 normal sets store.synchronous = "normal" on all four nodes (no fsync per commit).
@@ -115,28 +120,32 @@ def idle_cpu_rate(nodes, seconds=3.0):
     return (sum(cpu_ns(n.pid) for n in nodes) - cpu0) / seconds
 
 
-def step(setup, nodes, rate, args, work):
-    """Runs one setup's UACs (one per node, rate split evenly) and measures it."""
+def step(setup, nodes, rate, args, work, targets=None):
+    """Runs one setup's UACs (one per node of `targets`, default `nodes`, rate split
+    evenly) and measures it over `nodes`."""
+    targets = targets or nodes
     idle(nodes)
     step_dir = os.path.join(work, f"step{rate:g}-{setup.replace('/', '-')}")
-    cpu0 = sum(cpu_ns(n.pid) for n in nodes)
+    each0 = [cpu_ns(n.pid) for n in nodes]
+    cpu0 = sum(each0)
     threads0 = cpu_by_thread([n.pid for n in nodes])
     started0 = sum(n.metric("tsunagu_calls_started_total") for n in nodes)
     queued0 = sum(n.metric("tsunagu_calls_queued_total") for n in nodes)
     frames0 = frames(nodes)
     t0 = time.time()
-    per_node = rate / len(nodes)
-    total_calls = max(len(nodes), round(rate * args.seconds))
-    ports = [5061 + i for i in range(len(nodes))]
-    procs = [uac(n.sip, port, per_node, total_calls // len(nodes) + (i < total_calls % len(nodes)), args.hold_ms,
+    per_node = rate / len(targets)
+    total_calls = max(len(targets), round(rate * args.seconds))
+    ports = [5061 + i for i in range(len(targets))]
+    procs = [uac(n.sip, port, per_node, total_calls // len(targets) + (i < total_calls % len(targets)), args.hold_ms,
                  step_dir, args.transport, limit_s=args.seconds * 4 + 60)
-             for i, (n, port) in enumerate(zip(nodes, ports))]
+             for i, (n, port) in enumerate(zip(targets, ports))]
     for p in procs:
         p.wait()
     elapsed = time.time() - t0
     idle(nodes)
     window = time.time() - t0
-    cpu1 = sum(cpu_ns(n.pid) for n in nodes)
+    each1 = [cpu_ns(n.pid) for n in nodes]
+    cpu1 = sum(each1)
     threads1 = cpu_by_thread([n.pid for n in nodes])
     started = sum(n.metric("tsunagu_calls_started_total") for n in nodes) - started0
     queued = sum(n.metric("tsunagu_calls_queued_total") for n in nodes) - queued0
@@ -156,6 +165,7 @@ def step(setup, nodes, rate, args, work):
         "cpu_ms_per_call": (cpu1 - cpu0) / 1e6 / max(1.0, started),
         "cpu_ns": cpu1 - cpu0,
         "threads": {k: (v - threads0.get(k, 0)) / 1e6 / max(1.0, started) for k, v in threads1.items()},
+        "by_node": [(b - a) / 1e6 / max(1.0, started) for a, b in zip(each0, each1)],
         "sent": sent,
         "window": window,
         "started": started,
@@ -174,6 +184,9 @@ def main():
     ap.add_argument("--transport", default="u1", help="SIPp -t (u1 = one UDP socket)")
     ap.add_argument("--per-node", action="store_true",
                     help="also run the single node at rate/3 (what each cluster node carries) and compare with it")
+    ap.add_argument("--one-member", action="store_true",
+                    help="also send the full rate through one member (n1) of the running cluster, CPU summed "
+                         "over all three: the cluster switched on at the single node's load")
     ap.add_argument("--synchronous", choices=("full", "normal"), default="full",
                     help="store.synchronous of every node (cluster and single): when commits reach the disk")
     ap.add_argument("--single-workers", type=int, default=0,
@@ -235,6 +248,12 @@ def main():
                 # from what a node's CPU per call does at a third of the rate.
                 results["single/3"] = step("single/3", [single], rate / len(cluster.nodes), args, work)
                 setups += ("single/3",)
+            if args.one_member:
+                # The same calls as the single node's, through one member of the
+                # cluster (the other two idle members counted too): what switching the
+                # cluster on costs per call at the same load per node.
+                results["n1 only"] = step("n1 only", cluster.nodes, rate, args, work, targets=cluster.nodes[:1])
+                setups += ("n1 only",)
             for setup in setups:
                 r = results[setup]
                 fpc = ""
@@ -244,6 +263,9 @@ def main():
                       f"{r['p50']:>7.2f} {r['p95']:>7.2f} {r['cpu_ms_per_call']:>12.3f} {fpc:>12}", flush=True)
                 top = sorted(r["threads"].items(), key=lambda kv: -kv[1])[:5]
                 print(f"{'':>16} CPU ms/call by thread: " + ", ".join(f"{k} {v:.3f}" for k, v in top))
+                if len(r["by_node"]) > 1:
+                    print(f"{'':>16} CPU ms/call by node: " +
+                          ", ".join(f"n{i + 1} {v:.3f}" for i, v in enumerate(r["by_node"])))
                 if r["queued"]:
                     print(f"{'':>16} ({r['queued']:.0f} calls queued for a line: raise --lines)")
             ratio = results["cluster"]["cpu_ms_per_call"] / max(1e-9, results["single"]["cpu_ms_per_call"])
@@ -255,6 +277,10 @@ def main():
             if args.per_node:
                 third = results["cluster"]["cpu_ms_per_call"] / max(1e-9, results["single/3"]["cpu_ms_per_call"])
                 print(f"{rate:>7} {'ratio':>8}   CPU per call cluster / single node at rate/3 {third:.2f}", flush=True)
+            if args.one_member:
+                on = results["n1 only"]["cpu_ms_per_call"] / max(1e-9, results["single"]["cpu_ms_per_call"])
+                print(f"{rate:>7} {'ratio':>8}   CPU per call through one member of the cluster / single {on:.2f}",
+                      flush=True)
     finally:
         if destination:
             destination.kill()
