@@ -753,9 +753,7 @@ impl Core {
                     .and_then(|r| crate::transaction::to_tag_of(&r));
                 let new_tag = given.is_none().then(build::new_tag);
                 let tag = given.as_deref().or(new_tag.as_deref()).unwrap_or_default();
-                let key = TxKey::new(&info.branch, req.method);
-                let data = build::response(&req, 200, Some(tag), &[], None);
-                self.send_built(&key, 200, Bytes::from(data), &info.call_id, info.cseq);
+                self.cancel_answered(&req, &info, tag);
                 let call_id = info.call_id.clone();
                 let cancelled = SipEvent::Cancelled {
                     key: invite,
@@ -765,13 +763,19 @@ impl Core {
             }
             RequestMatch::CancelUnmatched => self.answer(&req, &info, 481, &[]),
             RequestMatch::CancelAfterFinal(tag) => {
-                let key = TxKey::new(&info.branch, req.method);
                 let tag = tag.unwrap_or_else(build::new_tag);
-                let data = build::response(&req, 200, Some(&tag), &[], None);
-                self.send_built(&key, 200, Bytes::from(data), &info.call_id, info.cseq);
+                self.cancel_answered(&req, &info, &tag);
             }
             RequestMatch::New => self.on_new_request(req, info, peer),
         }
+    }
+
+    /// The 200 to a CANCEL (RFC 3261 9.2), with `tag` as its To tag, in the CANCEL's
+    /// own server transaction.
+    fn cancel_answered(&mut self, cancel: &Request, info: &Info, tag: &str) {
+        let key = TxKey::new(&info.branch, cancel.method);
+        let data = build::response(cancel, 200, Some(tag), &[], None);
+        self.send_built(&key, 200, Bytes::from(data), &info.call_id, info.cseq);
     }
 
     fn on_new_request(&mut self, req: Request, info: Info, peer: Peer) {
