@@ -31,7 +31,8 @@ const USAGE: &str = "usage:
                                     destinations, options) as the operator of TSUNAGU_API_KEY;
                                     all checked first, none created if a row is bad; exit 0 all
                                     created, 1 refused, 2 node not reachable
-  tsunagu --version";
+  tsunagu --version
+  tsunagu help                      this text";
 
 /// Files the node creates (the store and its WAL, recordings, uploaded prompts, the
 /// generated admin token) hold call records, voices and secrets: nobody but the node's
