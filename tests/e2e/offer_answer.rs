@@ -932,5 +932,24 @@ fn a_caller_s_422_to_the_node_s_timer_is_followed_not_passed_to_the_callee() {
     assert!(answered.starts_with("SIP/2.0 200"), "{answered}");
     callee.send(&crate::dialogs::on_branch(&reinvite, "ACK", None));
     nodes_ack(&caller);
+    // A Min-SE the node does not follow (over two hours): the callee, which named no
+    // timer, gets 500, not a 422 it cannot act on (RFC 4028 6).
+    let resume = sdp(4002).replace(" 2 2 IN", " 2 4 IN");
+    let reinvite = callee_reinvite(ports, &forwarded, 3, &resume);
+    callee.send(&reinvite);
+    let relayed = next_invite();
+    let too_small = ok_to(&relayed)
+        .replace("SIP/2.0 200 OK", "SIP/2.0 422 Session Interval Too Small")
+        .replace("Content-Length: 0\n", "Min-SE: 7201\nContent-Length: 0\n");
+    caller.send(&too_small);
+    nodes_ack(&caller); // of the 422
+    let refused = loop {
+        let m = callee.expect("SIP/2.0 ");
+        if !m.starts_with("SIP/2.0 1") {
+            break m;
+        }
+    };
+    assert!(refused.starts_with("SIP/2.0 500"), "{refused}");
+    callee.send(&crate::dialogs::on_branch(&reinvite, "ACK", None));
     hang_up(&caller, &callee, call_id, &node_tag, 2);
 }

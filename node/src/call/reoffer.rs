@@ -451,11 +451,19 @@ impl Call {
         } else {
             Vec::new()
         };
+        // A 422 the node did not follow (see `retry_with_callers_floor`) is about the
+        // node's timer, which the sender never asked for: a 422 to a request without
+        // Session-Expires breaks RFC 4028 (6), so the sender gets 500.
+        let passed = if code == 422 && p.timer_added {
+            500
+        } else {
+            code
+        };
         ep.respond(
             &p.request,
             &p.info,
             &p.key,
-            code,
+            passed,
             None,
             &extra,
             answer.as_deref().map(|s| ("application/sdp", s.as_bytes())),
