@@ -953,3 +953,33 @@ fn a_caller_s_422_to_the_node_s_timer_is_followed_not_passed_to_the_callee() {
     callee.send(&crate::dialogs::on_branch(&reinvite, "ACK", None));
     hang_up(&caller, &callee, call_id, &node_tag, 2);
 }
+
+/// A callee's busy answer with a Retry-After reaches the caller with its seconds
+/// alone (not the comment or parameters the callee wrote), so the caller's carrier can
+/// hold its retries off; an answer without one gets none.
+#[test]
+fn a_callee_s_retry_after_reaches_the_caller() {
+    let ports = Ports::take();
+    let node = Node::start(ports, "127.0.0.1/32", "");
+    node.provision("0501234567", DEST, "{}");
+    let callee = Callee::bind(ports);
+    let caller = Party::bind("127.0.0.1", ports.sip);
+    for (call_id, said, passed) in [
+        (
+            "retry-after-1",
+            "Retry-After: 120 (in a meeting);duration=60\n",
+            Some("120"),
+        ),
+        ("retry-after-2", "", None),
+    ] {
+        let invite = invite_with(&caller, call_id, CALLER_SDP);
+        caller.send(&invite);
+        let forwarded = callee.expect("INVITE ");
+        callee.respond_with("calleetag", &forwarded, "486 Busy Here", said, "");
+        let busy = caller.final_response();
+        assert!(busy.starts_with("SIP/2.0 486"), "{busy}");
+        assert_eq!(header(&busy, "Retry-After"), passed, "{busy}");
+        caller.send(&ack_of_failure(&invite));
+        callee.expect("ACK ");
+    }
+}

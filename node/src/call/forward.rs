@@ -51,6 +51,7 @@ impl Call {
 
     /// Sends the INVITE of the current (destination, trunk) attempt.
     pub(super) fn try_attempt(&mut self) {
+        self.retry_after = None;
         let dest = match &self.redirect {
             Some(d) => d.clone(),
             None => match self.number.destinations.get(self.dest_index) {
@@ -277,7 +278,19 @@ impl Call {
             return self.hang_up_caller();
         }
         let ep = self.ctx.endpoint.clone();
-        self.a.respond(&ep, upstream, None);
+        // A callee's "try again in N s" on the final answers that may carry it (RFC
+        // 3261 20.33: 404, 480, 486, 603; not a 5xx, which is the node's 502) goes
+        // to the caller's carrier, which can then hold its retries off.
+        let retry = self
+            .retry_after
+            .filter(|_| matches!(upstream, 404 | 480 | 486 | 603))
+            .map(|s| s.to_string());
+        match retry.as_deref() {
+            Some(s) => self
+                .a
+                .respond_with(&ep, upstream, None, &[("Retry-After", s)]),
+            None => self.a.respond(&ep, upstream, None),
+        }
         self.finish();
     }
 

@@ -536,6 +536,7 @@ impl Call {
                     Some(f) if code == 487 => f,
                     _ => Failure::Status(code),
                 };
+                self.retry_after = header(&resp, "Retry-After").and_then(retry_after_seconds);
                 tracing::debug!(code, "forwarded leg failed");
                 self.after_failure(failure);
             }
@@ -552,5 +553,37 @@ impl Call {
             self.b_payload_type = pt;
         }
         Some(anchored)
+    }
+}
+
+/// The seconds of a Retry-After value (RFC 3261 20.33: `delta-seconds [comment]
+/// *(;param)`), at most a day: its digits only, never the comment or parameters a
+/// peer wrote.
+fn retry_after_seconds(value: &str) -> Option<u32> {
+    let digits: &str = value
+        .trim_start()
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?;
+    digits.parse::<u32>().ok().filter(|s| *s <= 86_400)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn retry_after_values() {
+        let rows: &[(&str, Option<u32>)] = &[
+            ("120", Some(120)),
+            (" 120 (in a meeting);duration=60", Some(120)),
+            ("0", Some(0)),
+            ("86400", Some(86_400)),
+            ("86401", None),
+            ("99999999999999999999", None),
+            ("soon", None),
+            ("", None),
+            ("-5", None),
+        ];
+        for (value, want) in rows {
+            assert_eq!(super::retry_after_seconds(value), *want, "{value:?}");
+        }
     }
 }

@@ -280,6 +280,9 @@ pub struct Call {
     attempt: u32,
     /// Why we are cancelling the current attempt (ring timeout), if we are.
     pending_failure: Option<Failure>,
+    /// The current attempt's failure said when to try again (its Retry-After, whole
+    /// seconds): passed on with the caller's final answer (see `give_up`).
+    retry_after: Option<u32>,
     /// Boxed, like the other rarely used parts: the call's state lives in its actor's
     /// task for the whole call, so every inline byte is a byte per concurrent call.
     reoffer: Option<Box<Reoffer>>,
@@ -565,6 +568,7 @@ impl Call {
             trunk_pos: 0,
             attempt: 0,
             pending_failure: None,
+            retry_after: None,
             reoffer: None,
             phase: Phase::Trying,
             result: CallResult::Failed,
