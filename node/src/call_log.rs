@@ -575,7 +575,13 @@ pub fn recover(
 ) -> tsunagu_store::Result<usize> {
     let left = store.active_calls_of(node_id)?;
     for tsunagu_store::ActiveCall { record, .. } in &left {
-        let number = number_for_record(store.get_number(&record.tracking_number)?, record);
+        // A number this version cannot read: logged on the record's own copy of what
+        // matters (owner, advertiser, parameters); it stopped the node's start.
+        let current = match store.get_number(&record.tracking_number) {
+            Err(tsunagu_store::StoreError::Corrupt(_)) => None,
+            read => read?,
+        };
+        let number = number_for_record(current, record);
         log.write(LogEntry {
             record: lost_call(record.clone(), last_seen),
             number: Arc::new(number),
@@ -710,9 +716,17 @@ fn lease_callback(
         ("callback_to".to_string(), r.caller_number.clone()),
     ]);
     let session = format!("callback:{}", r.call_id);
-    let lease = w
+    let lease = match w
         .store
-        .issue_lease(&pool, Some(&session), &params, now_ms())?;
+        .issue_lease(&pool, Some(&session), &params, now_ms())
+    {
+        // A lease row this version cannot read: as an empty pool, not a stalled log.
+        Err(tsunagu_store::StoreError::Corrupt(e)) => {
+            tracing::warn!(pool_id, call_id = %r.call_id, error = %e, "callback lease cannot be read; notice goes without a callback number");
+            None
+        }
+        read => read?,
+    };
     let counter = match &lease {
         Some(_) => &w.follow_up_metrics.callbacks_issued,
         None => &w.follow_up_metrics.callback_pool_empty,

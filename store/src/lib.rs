@@ -214,6 +214,9 @@ pub trait Store: Send + Sync + 'static {
     fn upsert_active_calls(&self, calls: &[ActiveCall]) -> Result<()>;
     /// The calls in progress carried by `node` (unscoped: taking over or finalising a
     /// node's calls after it died), oldest first, with their owning epoch.
+    /// The calls in progress `node` owns, those this version can read: one it cannot
+    /// (a newer release's record, a damaged row) is logged and left out, not the whole
+    /// list's error (it stopped a takeover of all the others, and a node's start).
     fn active_calls_of(&self, node: &str) -> Result<Vec<ActiveCall>>;
     /// Moves a call in progress from incarnation `from` to `to` (compare-and-set on its
     /// owner: the fencing token of a takeover). The call as stored if this claim won,

@@ -349,10 +349,11 @@ impl Inner {
                 .buffer_unordered(CONCURRENT_CALLS)
                 .try_collect()
                 .await?;
-        owned_in_order(node, rows.into_iter().flatten().collect())
+        Ok(owned_in_order(node, rows.into_iter().flatten().collect())
             .iter()
             .map(active_call)
-            .collect()
+            .filter_map(|call| crate::readable_listed("a call in progress's", call))
+            .collect())
     }
 
     /// Moves a call in progress from incarnation `from` to `to` by compare-and-set on

@@ -1537,6 +1537,15 @@ impl Store for ScyllaStore {
             let mut rows = Vec::new();
             for shard in futures_util::future::join_all(reads).await {
                 for r in shard? {
+                    // Only kinds this version delivers (see the SQLite claim): a row of
+                    // a newer release's kind waits for a node of that release.
+                    if r.1
+                        .as_deref()
+                        .and_then(|k| k.parse::<FollowUpKind>().ok())
+                        .is_none()
+                    {
+                        continue;
+                    }
                     let row = OutboxRow {
                         id: r.0,
                         attempts: r.5.unwrap_or(0),

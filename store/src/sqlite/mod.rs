@@ -40,8 +40,21 @@ const LEASE_HISTORY_MS: i64 = 86_400_000;
 /// one, so the history shrinks back after a burst.
 const PRUNE_PER_LEASE: i64 = 16;
 
+/// A failed statement as the store's error: a value that does not decode (a row a
+/// newer release or a damage wrote: wrong type, not UTF-8, out of range) is
+/// [`StoreError::Corrupt`], which retrying does not mend; anything else the store
+/// being unavailable (busy, locked, I/O). Decode failures were `Unavailable`, so
+/// loops that wait out an outage (the provisioning catch-up) waited on a bad row for
+/// ever (a review).
 fn unavailable(e: rusqlite::Error) -> StoreError {
-    StoreError::Unavailable(e.to_string())
+    use rusqlite::Error as E;
+    match e {
+        E::FromSqlConversionFailure(..)
+        | E::InvalidColumnType(..)
+        | E::IntegralValueOutOfRange(..)
+        | E::Utf8Error(..) => StoreError::Corrupt(e.to_string()),
+        e => StoreError::Unavailable(e.to_string()),
+    }
 }
 
 /// A UNIQUE or PRIMARY KEY violation (not, say, a foreign key: that is a bug, not a conflict).
@@ -1007,7 +1020,9 @@ impl Store for SqliteStore {
     }
 
     fn active_calls_of(&self, node: &str) -> Result<Vec<ActiveCall>> {
-        let rows: Vec<(String, i64, Option<String>)> = self.read(|c| {
+        // The record as text per row (see `settings_text`): a damaged one is that
+        // call's error, not the whole list's.
+        let rows: Vec<(Option<String>, i64, Option<String>)> = self.read(|c| {
             let mut st = c
                 .prepare_cached(
                     "SELECT record, epoch, checkpoint FROM active_calls WHERE node = ?1 \
@@ -1015,21 +1030,26 @@ impl Store for SqliteStore {
                 )
                 .map_err(unavailable)?;
             let rows = st
-                .query_map([node], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .query_map([node], |r| Ok((settings_text(r, 0)?, r.get(1)?, r.get(2)?)))
                 .map_err(unavailable)?
                 .collect::<rusqlite::Result<Vec<_>>>()
                 .map_err(unavailable);
             rows
         })?;
-        rows.into_iter()
+        Ok(rows
+            .into_iter()
             .map(|(json, epoch, checkpoint)| {
                 // The owner from the row (the record's own copy predates a claim).
+                let json = json.ok_or_else(|| {
+                    StoreError::Corrupt("a call in progress's record is not UTF-8 text".into())
+                })?;
                 let mut record = active_from(json)?;
                 record.node = node.to_string();
                 record.owner_epoch = epoch as u64;
                 Ok(ActiveCall { record, checkpoint })
             })
-            .collect()
+            .filter_map(|call| crate::readable_listed("a call in progress's", call))
+            .collect())
     }
 
     fn claim_call(
@@ -1386,11 +1406,21 @@ impl Store for SqliteStore {
                 OUTBOX_DEAD_PRUNED_PER_CLAIM as i64
             ])?;
             let claimed = {
-                let mut st = tx.prepare_cached(
+                // Only kinds this version delivers: a row of a kind a newer release
+                // added failed the whole claim, every time, and stopped every
+                // follow-up of every operator (a review). It waits for a node of
+                // that release.
+                let kinds = FollowUpKind::TEXTS
+                    .iter()
+                    .map(|k| format!("'{k}'"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let mut st = tx.prepare_cached(&format!(
                     "UPDATE outbox SET next_at = ?2, attempts = attempts + 1 WHERE id IN \
-                     (SELECT id FROM outbox WHERE dead = 0 AND next_at <= ?1 ORDER BY next_at, id LIMIT ?3) \
+                     (SELECT id FROM outbox WHERE dead = 0 AND next_at <= ?1 AND kind IN ({kinds}) \
+                     ORDER BY next_at, id LIMIT ?3) \
                      RETURNING id, kind, operator_id, target, payload, attempts, created_at",
-                )?;
+                ))?;
                 let until = now.saturating_add(claim_ms);
                 let rows = st.query_map(params![now, until, limit as i64], |r| {
                     Ok(FollowUp {
@@ -1767,6 +1797,73 @@ mod tests {
         }
         assert!(matches!(
             s.get_number(&bad.number),
+            Err(StoreError::Corrupt(_))
+        ));
+    }
+
+    /// Rows a newer release wrote do not stop the rest: an outbox row of a kind this
+    /// version does not deliver is left for a node of that release (the claim failed
+    /// whole, every time, and no follow-up went out); a call in progress whose record
+    /// cannot be read (a newer release's, a damaged one) is left out of its node's list
+    /// (which failed whole: no takeover of the others, no start after a crash).
+    #[test]
+    fn rows_of_a_newer_release_do_not_stop_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("t.db")).unwrap();
+        let op = s.create_operator("a").unwrap();
+        let item = |target: &str| NewFollowUp {
+            kind: FollowUpKind::Webhook,
+            operator_id: op.id.clone(),
+            target: target.into(),
+            payload: "{}".into(),
+        };
+        s.enqueue_follow_ups(&[item("https://a.example/1"), item("https://a.example/2")])
+            .unwrap();
+        s.write(|c| {
+            c.execute(
+                "UPDATE outbox SET kind = 'fax' WHERE target = 'https://a.example/1'",
+                [],
+            )
+        })
+        .unwrap();
+        let claimed = s.claim_follow_ups(i64::MAX / 2, 10, 1_000).unwrap();
+        let targets: Vec<&str> = claimed.iter().map(|f| f.item.target.as_str()).collect();
+        assert_eq!(targets, vec!["https://a.example/2"]);
+
+        let calls: Vec<ActiveCall> = ["call_a", "call_b", "call_c"]
+            .iter()
+            .map(|id| crate::conformance::sample_active_call(&op.id, id, "n1", 1))
+            .collect();
+        s.upsert_active_calls(&calls).unwrap();
+        s.write(|c| {
+            c.execute(
+                // A result a newer release added.
+                "UPDATE active_calls SET record = json_set(record, '$.result', 'transferred') WHERE call_id = 'call_a'",
+                [],
+            )?;
+            c.execute("UPDATE active_calls SET record = x'ff00' WHERE call_id = 'call_b'", [])
+        })
+        .unwrap();
+        let left: Vec<String> = s
+            .active_calls_of("n1")
+            .unwrap()
+            .into_iter()
+            .map(|a| a.record.call_id)
+            .collect();
+        assert_eq!(left, vec!["call_c".to_string()]);
+
+        // A value that does not decode is Corrupt, not the store being unavailable
+        // (loops that wait out an outage waited on it for ever).
+        let adv = s.create_advertiser(&op.id, "shop", None).unwrap();
+        s.write(|c| {
+            c.execute(
+                "UPDATE advertisers SET name = x'ff00' WHERE id = ?1",
+                [&adv.id],
+            )
+        })
+        .unwrap();
+        assert!(matches!(
+            s.get_advertiser(&op.id, &adv.id),
             Err(StoreError::Corrupt(_))
         ));
     }
