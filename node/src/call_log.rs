@@ -145,6 +145,9 @@ pub struct Writer {
     pub high_water: usize,
     /// Notices per tracking number and hour (`notify.notices_per_number_per_hour`).
     pub notice_rate: std::cell::RefCell<NoticeRate>,
+    /// Where records the store refuses for good are set aside (see [`write_apart`]):
+    /// `<data_dir>/call_log_rejected.jsonl`.
+    pub rejected: std::path::PathBuf,
 }
 
 impl CallLog {
@@ -591,11 +594,26 @@ pub fn recover(
     Ok(left.len())
 }
 
+/// Tries in a row a batch fails for a reason retrying does not mend before it is
+/// written apart (see [`write_apart`]).
+const PERMANENT_TRIES: u32 = 3;
+
+/// Whether a store error is one retrying does not mend: a row or value it cannot
+/// decode, a conflict. An outage (`Unavailable`, `TimedOut`) is waited out.
+fn is_permanent(e: &tsunagu_store::StoreError) -> bool {
+    use tsunagu_store::StoreError as E;
+    matches!(e, E::Corrupt(_) | E::Conflict(_) | E::InUse(_))
+}
+
 /// Writes the batch, retrying with backoff while the store fails. A call's events come
-/// before its record in the channel, so writing events first keeps their order.
+/// before its record in the channel, so writing events first keeps their order. A
+/// batch that fails [`PERMANENT_TRIES`] times in a row for a reason retrying does not
+/// mend is written apart ([`write_apart`]): one bad row stalled every record behind
+/// it, the node's sign of life with them, for ever (a review).
 fn write_with_retry(w: &Writer, batch: &mut Batch, shared: &Shared) {
     let mut backoff = Duration::from_millis(50);
     let failing_since = Instant::now();
+    let mut permanent = 0;
     loop {
         let started = Instant::now();
         match write_batch(w, batch) {
@@ -617,6 +635,12 @@ fn write_with_retry(w: &Writer, batch: &mut Batch, shared: &Shared) {
             }
             Err(e) => {
                 w.metrics.log_write_errors.inc();
+                permanent = if is_permanent(&e) { permanent + 1 } else { 0 };
+                if permanent >= PERMANENT_TRIES && write_apart(w, batch) {
+                    set_stalled(w, shared, false, "call records");
+                    w.wake.notify_one();
+                    return;
+                }
                 if failing_since.elapsed() >= STALL {
                     set_stalled(w, shared, true, "call records");
                 }
@@ -624,6 +648,89 @@ fn write_with_retry(w: &Writer, batch: &mut Batch, shared: &Shared) {
                 std::thread::sleep(backoff);
                 backoff = (backoff * 2).min(Duration::from_secs(2));
             }
+        }
+    }
+}
+
+/// Writes a batch that keeps failing for good one part at a time: its events, its
+/// calls in progress, then each final record on its own. A part that still fails so
+/// is given up: events and calls in progress are dropped (a call's final record
+/// replaces its row in progress), a final record is set aside as a JSON line in the
+/// rejected file (`Writer::rejected`), so nothing is lost, and counted
+/// (`tsunagu_call_log_rejected_total`). False, with the batch as far as it got, when
+/// the store fails for a passing reason meanwhile (the retry loop goes on).
+fn write_apart(w: &Writer, batch: &mut Batch) -> bool {
+    // Some(written), or None for a passing failure (the part is left as it was).
+    let one = |part: &mut Batch, what: &str| match write_batch(w, part) {
+        Ok(_) => Some(true),
+        Err(e) if is_permanent(&e) => {
+            tracing::error!(%e, what, "the store refuses part of the call log for good");
+            Some(false)
+        }
+        Err(_) => None,
+    };
+    let mut events = Batch {
+        events: std::mem::take(&mut batch.events),
+        ..Batch::default()
+    };
+    if !events.events.is_empty() && one(&mut events, "call events").is_none() {
+        batch.events = events.events;
+        return false;
+    }
+    let mut active = Batch {
+        active: std::mem::take(&mut batch.active),
+        ..Batch::default()
+    };
+    if !active.active.is_empty() {
+        match one(&mut active, "calls in progress") {
+            Some(true) => {
+                w.metrics.active_written.inc_by(active.active.len() as u64);
+            }
+            Some(false) => {}
+            None => {
+                batch.active = active.active;
+                return false;
+            }
+        }
+    }
+    // In order: an earlier record of a caller is stored before a later one is judged
+    // against it (the duplicate window), as within one batch.
+    let mut rest = std::mem::take(&mut batch.entries).into_iter();
+    while let Some(entry) = rest.next() {
+        let mut part = Batch {
+            entries: vec![entry],
+            ..Batch::default()
+        };
+        match one(&mut part, "a call record") {
+            Some(true) => {
+                w.metrics.log_written.inc();
+            }
+            Some(false) => set_aside(w, &part.entries[0].record),
+            None => {
+                batch.entries = part.entries.into_iter().chain(rest).collect();
+                return false;
+            }
+        }
+    }
+    true
+}
+
+/// Appends `record` to the rejected file (a JSON line) and counts it.
+fn set_aside(w: &Writer, record: &CallRecord) {
+    use std::io::Write;
+    w.metrics.log_rejected.inc();
+    let line = serde_json::to_string(record).unwrap_or_default();
+    let written = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&w.rejected)
+        .and_then(|mut f| writeln!(f, "{line}"));
+    match written {
+        Ok(()) => {
+            tracing::error!(call_id = %record.call_id, file = %w.rejected.display(), "call record set aside: the store refuses it")
+        }
+        Err(e) => {
+            tracing::error!(call_id = %record.call_id, %e, record = %line, "call record set aside, and its file cannot be written: the record is in this log line")
         }
     }
 }
@@ -1013,6 +1120,41 @@ mod tests {
         assert_eq!(lease_callback(&d.w, &later, &pool.id).unwrap(), None);
     }
 
+    /// A record the store refuses for good (here: its call's row in progress damaged,
+    /// so the owner check cannot read it) is set aside in the rejected file after a
+    /// few tries, and the records behind it are written: it stalled them all, the
+    /// node's sign of life with them, for ever.
+    #[test]
+    fn a_record_the_store_refuses_for_good_is_set_aside() {
+        let d = Dup::new();
+        let rejected = d.w.metrics.log_rejected.clone();
+        let file = d.w.rejected.clone();
+        let bad = tsunagu_store::conformance::sample_active_call(&d.op, "call_bad", "n1", 1);
+        d.store.upsert_active_calls(&[bad]).unwrap();
+        let c = rusqlite::Connection::open(d._dir.path().join("t.db")).unwrap();
+        let damaged = "UPDATE active_calls SET epoch = 'not a number' WHERE call_id = 'call_bad'";
+        assert_eq!(c.execute(damaged, []).unwrap(), 1);
+        let (bad, good) = (
+            d.call("call_bad", 10_000, 30),
+            d.call("call_good", 20_000, 30),
+        );
+        let (log, handle) = CallLog::start(d.w);
+        log.write(bad);
+        log.write(good);
+        assert!(log.flush(Duration::from_secs(20)), "the log is not stalled");
+        assert!(d.store.get_call(&d.op, "call_good").unwrap().is_some());
+        assert!(d.store.get_call(&d.op, "call_bad").unwrap().is_none());
+        assert_eq!(rejected.get(), 1);
+        let set_aside = std::fs::read_to_string(&file).unwrap();
+        assert!(
+            set_aside.contains("\"call_id\":\"call_bad\""),
+            "{set_aside}"
+        );
+        assert_eq!(set_aside.lines().count(), 1);
+        drop(log);
+        handle.join().unwrap();
+    }
+
     /// A writer on a fresh store, a number whose calls count once an hour, and a call
     /// to it from the same caller starting at a given time with a given talk time.
     struct Dup {
@@ -1051,6 +1193,7 @@ mod tests {
                 epoch: Arc::new(1.into()),
                 high_water: 1000,
                 notice_rate: NoticeRate::new(0).into(),
+                rejected: dir.path().join("call_log_rejected.jsonl"),
             };
             let shared = Shared {
                 queued: AtomicI64::new(0),

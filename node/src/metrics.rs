@@ -80,6 +80,8 @@ pub struct CallMetrics {
     pub log_wakeups: Counter,
     pub log_written: Counter,
     pub log_write_errors: Counter,
+    /// Call records the store refused for good, set aside in the rejected file.
+    pub log_rejected: Counter,
     pub log_stalled: Gauge,
     pub active_written: Counter,
     pub calls_recovered: Counter,
@@ -165,6 +167,7 @@ impl Default for CallMetrics {
             log_wakeups: Counter::default(),
             log_written: Counter::default(),
             log_write_errors: Counter::default(),
+            log_rejected: Counter::default(),
             log_stalled: Gauge::default(),
             active_written: Counter::default(),
             calls_recovered: Counter::default(),
@@ -391,6 +394,11 @@ impl Metrics {
             "call_log_write_errors",
             "Failed store writes of call logs (records are kept and retried)",
             c.log_write_errors.clone(),
+        );
+        r.register(
+            "call_log_rejected",
+            "Call records the store refused for a reason retrying does not mend (a row or value it cannot decode, a conflict): set aside as JSON lines in <data_dir>/call_log_rejected.jsonl instead of stalling every record behind them",
+            c.log_rejected.clone(),
         );
         r.register(
             "call_log_stalled",

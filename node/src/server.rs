@@ -417,6 +417,7 @@ pub async fn run(
             notify.notices_per_number_per_hour,
         )
         .into(),
+        rejected: config.node.data_dir.join("call_log_rejected.jsonl"),
     });
     // Clustered, the calls a previous run left are adopted once joined (answered ones
     // resumed here or by a peer, the rest logged lost: see cluster_link::adopt_leftovers).

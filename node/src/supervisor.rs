@@ -421,6 +421,7 @@ mod tests {
             epoch: Arc::new(1.into()),
             high_water: 1000,
             notice_rate: crate::follow_up::notice_rate::NoticeRate::new(0).into(),
+            rejected: std::env::temp_dir().join("tsunagu-supervisor-test-rejected.jsonl"),
         });
         let ports = tsunagu_media::PortPool::new(
             "127.0.0.1".parse().unwrap(),
