@@ -533,34 +533,6 @@ fn slowloris_connections_are_capped_and_timed_out() {
             s
         })
         .collect();
-    // How a connection was closed (EOF, reset), or None if it stays open for `wait`.
-    // A read interrupted by a signal is read again: taken for a close, it once
-    // reported a kept connection closed at 0.65 s (a flake of the full suite).
-    let how_closed = |s: &mut TcpStream, wait: Duration| -> Option<String> {
-        let end = Instant::now() + wait;
-        let mut buf = [0u8; 64];
-        loop {
-            let left = end.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return None;
-            }
-            s.set_read_timeout(Some(left)).unwrap();
-            match s.read(&mut buf) {
-                Ok(0) => return Some("eof".into()),
-                Ok(n) => return Some(format!("answered {:?}", String::from_utf8_lossy(&buf[..n]))),
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    return None
-                }
-                Err(e) => return Some(format!("{:?}", e.kind())),
-            }
-        }
-    };
     let closed = |s: &mut TcpStream, wait: Duration| how_closed(s, wait).is_some();
     node.wait_until(Duration::from_secs(1), "the excess refused", || {
         node.metric("tsunagu_sip_connections_refused_total{reason=\"source_limit\"}") >= 4.0
