@@ -148,6 +148,10 @@ pub struct Writer {
     /// Where records the store refuses for good are set aside (see [`write_apart`]):
     /// `<data_dir>/call_log_rejected.jsonl`.
     pub rejected: std::path::PathBuf,
+    /// Whether a record's notices go (by call id), decided at its first try and kept
+    /// until it is written: each retry of a batch took from its number's hourly
+    /// quota again, and counted its withheld guards again (a review).
+    pub notices_decided: std::cell::RefCell<HashMap<String, bool>>,
 }
 
 impl CallLog {
@@ -635,7 +639,11 @@ fn write_with_retry(w: &Writer, batch: &mut Batch, shared: &Shared) {
             }
             Err(e) => {
                 w.metrics.log_write_errors.inc();
-                permanent = if is_permanent(&e) { permanent + 1 } else { 0 };
+                // Counted until a write succeeds: a passing failure between two
+                // permanent ones (a flaky store) must not keep the batch whole.
+                if is_permanent(&e) {
+                    permanent += 1;
+                }
                 if permanent >= PERMANENT_TRIES && write_apart(w, batch) {
                     set_stalled(w, shared, false, "call records");
                     w.wake.notify_one();
@@ -652,43 +660,48 @@ fn write_with_retry(w: &Writer, batch: &mut Batch, shared: &Shared) {
     }
 }
 
-/// Writes a batch that keeps failing for good one part at a time: its events, its
-/// calls in progress, then each final record on its own. A part that still fails so
-/// is given up: events and calls in progress are dropped (a call's final record
-/// replaces its row in progress), a final record is set aside as a JSON line in the
-/// rejected file (`Writer::rejected`), so nothing is lost, and counted
-/// (`tsunagu_call_log_rejected_total`). False, with the batch as far as it got, when
-/// the store fails for a passing reason meanwhile (the retry loop goes on).
+/// Writes a batch that keeps failing for good one item at a time, in the batch's
+/// order: each event, each call in progress, then each final record. An item still
+/// refused for good on its own is given up: an event or a call in progress is dropped
+/// and logged (the call's final record, or its next record in progress, replaces the
+/// row), a final record is set aside as a JSON line in the rejected file
+/// (`Writer::rejected`, `tsunagu_call_log_rejected_total`), so none is lost. False,
+/// with the batch as far as it got, when the store fails for a passing reason
+/// meanwhile or the rejected file cannot be written (the retry loop goes on).
 fn write_apart(w: &Writer, batch: &mut Batch) -> bool {
-    // Some(written), or None for a passing failure (the part is left as it was).
+    // Some(written), or None for a passing failure (the item is left as it was).
     let one = |part: &mut Batch, what: &str| match write_batch(w, part) {
         Ok(_) => Some(true),
         Err(e) if is_permanent(&e) => {
-            tracing::error!(%e, what, "the store refuses part of the call log for good");
+            tracing::error!(%e, what, "the store refuses an item of the call log for good");
             Some(false)
         }
         Err(_) => None,
     };
-    let mut events = Batch {
-        events: std::mem::take(&mut batch.events),
-        ..Batch::default()
-    };
-    if !events.events.is_empty() && one(&mut events, "call events").is_none() {
-        batch.events = events.events;
-        return false;
+    let mut events = std::mem::take(&mut batch.events).into_iter();
+    while let Some(event) = events.next() {
+        let mut part = Batch {
+            events: vec![event],
+            ..Batch::default()
+        };
+        if one(&mut part, "a call event").is_none() {
+            batch.events = part.events.into_iter().chain(events).collect();
+            return false;
+        }
     }
-    let mut active = Batch {
-        active: std::mem::take(&mut batch.active),
-        ..Batch::default()
-    };
-    if !active.active.is_empty() {
-        match one(&mut active, "calls in progress") {
+    let mut active = std::mem::take(&mut batch.active).into_iter();
+    while let Some(call) = active.next() {
+        let mut part = Batch {
+            active: vec![call],
+            ..Batch::default()
+        };
+        match one(&mut part, "a call in progress") {
             Some(true) => {
-                w.metrics.active_written.inc_by(active.active.len() as u64);
+                w.metrics.active_written.inc();
             }
             Some(false) => {}
             None => {
-                batch.active = active.active;
+                batch.active = part.active.into_iter().chain(active).collect();
                 return false;
             }
         }
@@ -701,36 +714,52 @@ fn write_apart(w: &Writer, batch: &mut Batch) -> bool {
             entries: vec![entry],
             ..Batch::default()
         };
-        match one(&mut part, "a call record") {
+        let kept = match one(&mut part, "a call record") {
             Some(true) => {
                 w.metrics.log_written.inc();
+                true
             }
             Some(false) => set_aside(w, &part.entries[0].record),
-            None => {
-                batch.entries = part.entries.into_iter().chain(rest).collect();
-                return false;
-            }
+            None => false,
+        };
+        if !kept {
+            batch.entries = part.entries.into_iter().chain(rest).collect();
+            return false;
         }
     }
     true
 }
 
-/// Appends `record` to the rejected file (a JSON line) and counts it.
-fn set_aside(w: &Writer, record: &CallRecord) {
+/// Appends `record` to the rejected file (a JSON line, on disk before this returns)
+/// and counts it; false if the file cannot be written (the record then stays in the
+/// batch: nothing is dropped).
+fn set_aside(w: &Writer, record: &CallRecord) -> bool {
     use std::io::Write;
-    w.metrics.log_rejected.inc();
-    let line = serde_json::to_string(record).unwrap_or_default();
+    let line = match serde_json::to_string(record) {
+        Ok(line) => line,
+        Err(e) => {
+            serde_json::json!({"unserialisable": e.to_string(), "record": format!("{record:?}")})
+                .to_string()
+        }
+    };
     let written = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(&w.rejected)
-        .and_then(|mut f| writeln!(f, "{line}"));
+        .and_then(|mut f| {
+            writeln!(f, "{line}")?;
+            f.sync_data()
+        });
     match written {
         Ok(()) => {
-            tracing::error!(call_id = %record.call_id, file = %w.rejected.display(), "call record set aside: the store refuses it")
+            w.metrics.log_rejected.inc();
+            w.notices_decided.borrow_mut().remove(&record.call_id);
+            tracing::error!(call_id = %record.call_id, file = %w.rejected.display(), "call record set aside: the store refuses it");
+            true
         }
         Err(e) => {
-            tracing::error!(call_id = %record.call_id, %e, record = %line, "call record set aside, and its file cannot be written: the record is in this log line")
+            tracing::error!(call_id = %record.call_id, %e, file = %w.rejected.display(), "a call record the store refuses cannot be set aside either: kept, and tried again");
+            false
         }
     }
 }
@@ -763,18 +792,29 @@ fn write_batch(w: &Writer, batch: &mut Batch) -> tsunagu_store::Result<bool> {
     let mut follow_ups: Vec<(usize, NewFollowUp)> = Vec::new();
     for (i, (r, e)) in records.iter().zip(&batch.entries).enumerate() {
         // The hourly bound on notices first: past it, no callback number is leased
-        // either (it reaches people in the notices).
-        let notices = !w.planner.notices_wanted(r, &e.number)
-            || w.notice_rate
+        // either (it reaches people in the notices). Decided and counted once per
+        // record, however often its batch is tried.
+        let decided = w.notices_decided.borrow().get(&r.call_id).copied();
+        let first_try = decided.is_none();
+        let notices = decided.unwrap_or_else(|| {
+            let notices = !w.planner.notices_wanted(r, &e.number)
+                || w.notice_rate
+                    .borrow_mut()
+                    .allow(&r.tracking_number, r.ended_at);
+            if !notices {
+                w.follow_up_metrics.notices_withheld.inc();
+            }
+            w.notices_decided
                 .borrow_mut()
-                .allow(&r.tracking_number, r.ended_at);
-        if !notices {
-            w.follow_up_metrics.notices_withheld.inc();
-        }
+                .insert(r.call_id.clone(), notices);
+            notices
+        });
         let callback = match callback_pool(r, &e.number, e.caller_verified) {
             Callback::Lease(pool) if notices => lease_callback(w, r, pool)?,
             Callback::Withheld => {
-                w.follow_up_metrics.callbacks_withheld.inc();
+                if first_try {
+                    w.follow_up_metrics.callbacks_withheld.inc();
+                }
                 None
             }
             Callback::Lease(_) | Callback::None => None,
@@ -787,13 +827,17 @@ fn write_batch(w: &Writer, batch: &mut Batch) -> tsunagu_store::Result<bool> {
             e.caller_verified,
             notices,
         );
-        if !e.caller_verified && w.planner.caller_sms_wanted(r, &e.number) {
+        if first_try && !e.caller_verified && w.planner.caller_sms_wanted(r, &e.number) {
             let unverified = crate::follow_up::metrics::UNVERIFIED;
             w.follow_up_metrics.guards.withheld(unverified);
         }
         follow_ups.extend(items.into_iter().map(|f| (i, f)));
     }
     store.insert_calls(&records, &follow_ups)?;
+    let mut decided = w.notices_decided.borrow_mut();
+    for r in &records {
+        decided.remove(&r.call_id);
+    }
     Ok(queued || !follow_ups.is_empty())
 }
 
@@ -896,7 +940,16 @@ fn complete_records(
         let mut record = r.clone();
         record.validity = judge(&rule, &facts);
         if e.number.kind != NumberKind::Static {
-            if let Some(lease) = store.lease_at(&r.tracking_number, r.started_at)? {
+            // A lease row that cannot be read: the record without its parameters,
+            // not a record refused (set aside) with every other call of the number.
+            let lease = match store.lease_at(&r.tracking_number, r.started_at) {
+                Err(tsunagu_store::StoreError::Corrupt(e)) => {
+                    tracing::warn!(call_id = %r.call_id, error = %e, "the call's lease cannot be read: logged without its tracking parameters");
+                    None
+                }
+                read => read?,
+            };
+            if let Some(lease) = lease {
                 if e.number.kind == NumberKind::Callback {
                     record.callback_of = lease.params.get("callback_of").cloned();
                 }
@@ -1153,6 +1206,9 @@ mod tests {
         assert_eq!(set_aside.lines().count(), 1);
         drop(log);
         handle.join().unwrap();
+        // Its damaged row in progress stays, and does not stop the next start's
+        // recovery from reading the node's other calls.
+        assert!(d.store.active_calls_of("n1").unwrap().is_empty());
     }
 
     /// A writer on a fresh store, a number whose calls count once an hour, and a call
@@ -1194,6 +1250,7 @@ mod tests {
                 high_water: 1000,
                 notice_rate: NoticeRate::new(0).into(),
                 rejected: dir.path().join("call_log_rejected.jsonl"),
+                notices_decided: Default::default(),
             };
             let shared = Shared {
                 queued: AtomicI64::new(0),

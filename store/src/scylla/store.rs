@@ -1535,23 +1535,22 @@ impl Store for ScyllaStore {
                 .map(|shard| self.inner.rows::<OutboxFullRow>(q::OB_SHARD, (shard,)));
             let mut full = HashMap::new();
             let mut rows = Vec::new();
+            // Only kinds this version delivers are claimed (see the SQLite claim): a
+            // row of a newer release's kind waits for a node of that release. Dead
+            // rows are pruned whatever their kind.
+            let mut claimable = Vec::new();
             for shard in futures_util::future::join_all(reads).await {
                 for r in shard? {
-                    // Only kinds this version delivers (see the SQLite claim): a row of
-                    // a newer release's kind waits for a node of that release.
-                    if r.1
-                        .as_deref()
-                        .and_then(|k| k.parse::<FollowUpKind>().ok())
-                        .is_none()
-                    {
-                        continue;
-                    }
                     let row = OutboxRow {
                         id: r.0,
                         attempts: r.5.unwrap_or(0),
                         next_at: r.6.unwrap_or(0),
                         dead: r.8.unwrap_or(false),
                     };
+                    let known = r.1.as_deref().and_then(|k| k.parse::<FollowUpKind>().ok());
+                    if known.is_some() {
+                        claimable.push(row.clone());
+                    }
                     rows.push(row);
                     full.insert(r.0, r);
                 }
@@ -1565,7 +1564,7 @@ impl Store for ScyllaStore {
             // share a Paxos partition: concurrent claims there would contend).
             let until = now_ms.saturating_add(claim_ms);
             let mut by_shard: BTreeMap<i32, Vec<&OutboxRow>> = BTreeMap::new();
-            for row in due_rows(&rows, now_ms, limit) {
+            for row in due_rows(&claimable, now_ms, limit) {
                 by_shard.entry(shard_of(row.id)).or_default().push(row);
             }
             let claims = by_shard.into_values().map(|rows| async move {

@@ -1020,9 +1020,10 @@ impl Store for SqliteStore {
     }
 
     fn active_calls_of(&self, node: &str) -> Result<Vec<ActiveCall>> {
-        // The record as text per row (see `settings_text`): a damaged one is that
+        // Every column read per row (see `settings_text`): a damaged one is that
         // call's error, not the whole list's.
-        let rows: Vec<(Option<String>, i64, Option<String>)> = self.read(|c| {
+        type Row = (Option<String>, Option<i64>, Option<String>);
+        let rows: Vec<Row> = self.read(|c| {
             let mut st = c
                 .prepare_cached(
                     "SELECT record, epoch, checkpoint FROM active_calls WHERE node = ?1 \
@@ -1030,7 +1031,10 @@ impl Store for SqliteStore {
                 )
                 .map_err(unavailable)?;
             let rows = st
-                .query_map([node], |r| Ok((settings_text(r, 0)?, r.get(1)?, r.get(2)?)))
+                .query_map([node], |r| {
+                    let epoch = r.get_ref(1)?.as_i64().ok();
+                    Ok((settings_text(r, 0)?, epoch, settings_text(r, 2)?))
+                })
                 .map_err(unavailable)?
                 .collect::<rusqlite::Result<Vec<_>>>()
                 .map_err(unavailable);
@@ -1040,9 +1044,11 @@ impl Store for SqliteStore {
             .into_iter()
             .map(|(json, epoch, checkpoint)| {
                 // The owner from the row (the record's own copy predates a claim).
-                let json = json.ok_or_else(|| {
-                    StoreError::Corrupt("a call in progress's record is not UTF-8 text".into())
-                })?;
+                let (Some(json), Some(epoch)) = (json, epoch) else {
+                    return Err(StoreError::Corrupt(
+                        "a call in progress's record is not text or its epoch not a number".into(),
+                    ));
+                };
                 let mut record = active_from(json)?;
                 record.node = node.to_string();
                 record.owner_epoch = epoch as u64;
@@ -1830,7 +1836,7 @@ mod tests {
         let targets: Vec<&str> = claimed.iter().map(|f| f.item.target.as_str()).collect();
         assert_eq!(targets, vec!["https://a.example/2"]);
 
-        let calls: Vec<ActiveCall> = ["call_a", "call_b", "call_c"]
+        let calls: Vec<ActiveCall> = ["call_a", "call_b", "call_c", "call_d"]
             .iter()
             .map(|id| crate::conformance::sample_active_call(&op.id, id, "n1", 1))
             .collect();
@@ -1841,7 +1847,8 @@ mod tests {
                 "UPDATE active_calls SET record = json_set(record, '$.result', 'transferred') WHERE call_id = 'call_a'",
                 [],
             )?;
-            c.execute("UPDATE active_calls SET record = x'ff00' WHERE call_id = 'call_b'", [])
+            c.execute("UPDATE active_calls SET record = x'ff00' WHERE call_id = 'call_b'", [])?;
+            c.execute("UPDATE active_calls SET epoch = 'x' WHERE call_id = 'call_d'", [])
         })
         .unwrap();
         let left: Vec<String> = s
