@@ -807,6 +807,47 @@ fn a_callee_that_refreshes_stays_the_refresher_in_the_node_s_re_invites() {
     );
 }
 
+/// A call `call_id` whose caller asked `Session-Expires: 1800` (and `Supported:
+/// timer`), answered by the callee with `callee_timer` (extra header lines, each
+/// ending in `\n`) and acknowledged: (the node's 200 to the caller, the node's tag in
+/// it, the INVITE the callee got).
+fn call_with_the_caller_s_timer(
+    caller: &Party,
+    callee: &Callee,
+    call_id: &str,
+    callee_timer: &str,
+) -> (String, String, String) {
+    let invite = invite_with(caller, call_id, CALLER_SDP).replace(
+        "Max-Forwards: 70\n",
+        "Max-Forwards: 70\nSession-Expires: 1800\nSupported: timer\n",
+    );
+    caller.send(&invite);
+    let forwarded = callee.expect("INVITE ");
+    callee.respond_with("calleetag", &forwarded, "200 OK", callee_timer, &sdp(4002));
+    let ok = caller.final_response();
+    assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
+    let node_tag = caller.ack(call_id, &ok);
+    callee.expect("ACK ");
+    (ok, node_tag, forwarded)
+}
+
+/// The next re-INVITE the caller gets (others skipped) within 5 s.
+fn reinvite_at(caller: &Party) -> String {
+    std::iter::from_fn(|| caller.recv(Duration::from_secs(5)))
+        .find(|m| m.starts_with("INVITE "))
+        .expect("a re-INVITE")
+}
+
+/// The callee's next final response (provisionals skipped) within 5 s each.
+fn final_at(callee: &Callee) -> String {
+    loop {
+        let m = callee.expect("SIP/2.0 ");
+        if !m.starts_with("SIP/2.0 1") {
+            return m;
+        }
+    }
+}
+
 /// A caller asking `Session-Expires: 1800`; the callee answering with `callee_timer`
 /// (if any); the caller's 200 naming `told`; the callee's re-INVITE without a timer
 /// reaching the caller with `in_reinvite`.
@@ -821,26 +862,14 @@ fn re_invite_to_a_caller_with_a_timer(callee_timer: Option<&str>, told: &str, in
     } else {
         "timer-to-caller"
     };
-    let invite = invite_with(&caller, call_id, CALLER_SDP).replace(
-        "Max-Forwards: 70\n",
-        "Max-Forwards: 70\nSession-Expires: 1800\nSupported: timer\n",
-    );
-    caller.send(&invite);
-    let forwarded = callee.expect("INVITE ");
     let timer = callee_timer.map_or(String::new(), |t| format!("Session-Expires: {t}\n"));
-    callee.respond_with("calleetag", &forwarded, "200 OK", &timer, &sdp(4002));
-    let ok = caller.final_response();
-    assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
+    let (ok, node_tag, forwarded) = call_with_the_caller_s_timer(&caller, &callee, call_id, &timer);
     assert_eq!(header(&ok, "Session-Expires"), Some(told), "{ok}");
-    let node_tag = caller.ack(call_id, &ok);
-    callee.expect("ACK ");
     // The callee puts the call on hold, saying nothing of timers.
     let hold = format!("{}a=sendonly\r\n", sdp(4002)).replace(" 2 2 IN", " 2 3 IN");
     let reinvite = callee_reinvite(ports, &forwarded, 2, &hold);
     callee.send(&reinvite);
-    let relayed = std::iter::from_fn(|| caller.recv(Duration::from_secs(5)))
-        .find(|m| m.starts_with("INVITE "))
-        .expect("the re-INVITE");
+    let relayed = reinvite_at(&caller);
     assert_eq!(
         header(&relayed, "Session-Expires"),
         Some(in_reinvite),
@@ -877,26 +906,11 @@ fn a_caller_s_422_to_the_node_s_timer_is_followed_not_passed_to_the_callee() {
     let callee = Callee::bind(ports);
     let caller = Party::bind("127.0.0.1", ports.sip);
     let call_id = "timer-422";
-    let invite = invite_with(&caller, call_id, CALLER_SDP).replace(
-        "Max-Forwards: 70\n",
-        "Max-Forwards: 70\nSession-Expires: 1800\nSupported: timer\n",
-    );
-    caller.send(&invite);
-    let forwarded = callee.expect("INVITE ");
-    callee.respond_with("calleetag", &forwarded, "200 OK", "", &sdp(4002));
-    let ok = caller.final_response();
-    assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
-    let node_tag = caller.ack(call_id, &ok);
-    callee.expect("ACK ");
+    let (_, node_tag, forwarded) = call_with_the_caller_s_timer(&caller, &callee, call_id, "");
     let hold = format!("{}a=sendonly\r\n", sdp(4002)).replace(" 2 2 IN", " 2 3 IN");
     let reinvite = callee_reinvite(ports, &forwarded, 2, &hold);
     callee.send(&reinvite);
-    let next_invite = || {
-        std::iter::from_fn(|| caller.recv(Duration::from_secs(5)))
-            .find(|m| m.starts_with("INVITE "))
-            .expect("a re-INVITE")
-    };
-    let relayed = next_invite();
+    let relayed = reinvite_at(&caller);
     assert_eq!(
         header(&relayed, "Session-Expires"),
         Some("1800;refresher=uas"),
@@ -906,7 +920,7 @@ fn a_caller_s_422_to_the_node_s_timer_is_followed_not_passed_to_the_callee() {
         .replace("SIP/2.0 200 OK", "SIP/2.0 422 Session Interval Too Small")
         .replace("Content-Length: 0\n", "Min-SE: 3600\nContent-Length: 0\n");
     caller.send(&too_small);
-    let again = next_invite();
+    let again = reinvite_at(&caller);
     assert_eq!(
         header(&again, "Session-Expires"),
         Some("3600;refresher=uas"),
@@ -923,12 +937,7 @@ fn a_caller_s_422_to_the_node_s_timer_is_followed_not_passed_to_the_callee() {
         &again,
         "Session-Expires: 3600;refresher=uas\n",
     ));
-    let answered = loop {
-        let m = callee.expect("SIP/2.0 ");
-        if !m.starts_with("SIP/2.0 1") {
-            break m;
-        }
-    };
+    let answered = final_at(&callee);
     assert!(answered.starts_with("SIP/2.0 200"), "{answered}");
     callee.send(&crate::dialogs::on_branch(&reinvite, "ACK", None));
     nodes_ack(&caller);
@@ -937,18 +946,13 @@ fn a_caller_s_422_to_the_node_s_timer_is_followed_not_passed_to_the_callee() {
     let resume = sdp(4002).replace(" 2 2 IN", " 2 4 IN");
     let reinvite = callee_reinvite(ports, &forwarded, 3, &resume);
     callee.send(&reinvite);
-    let relayed = next_invite();
+    let relayed = reinvite_at(&caller);
     let too_small = ok_to(&relayed)
         .replace("SIP/2.0 200 OK", "SIP/2.0 422 Session Interval Too Small")
         .replace("Content-Length: 0\n", "Min-SE: 7201\nContent-Length: 0\n");
     caller.send(&too_small);
     nodes_ack(&caller); // of the 422
-    let refused = loop {
-        let m = callee.expect("SIP/2.0 ");
-        if !m.starts_with("SIP/2.0 1") {
-            break m;
-        }
-    };
+    let refused = final_at(&callee);
     assert!(refused.starts_with("SIP/2.0 500"), "{refused}");
     callee.send(&crate::dialogs::on_branch(&reinvite, "ACK", None));
     hang_up(&caller, &callee, call_id, &node_tag, 2);
