@@ -315,11 +315,7 @@ fn a_callee_answer_without_sdp_is_hung_up_unless_an_18x_carried_it() {
 /// caller's answer and carries it.
 #[test]
 fn in_dialog_requests_the_node_cannot_honour_are_refused_and_late_offers_complete() {
-    let ports = Ports::take();
-    let node = Node::start(ports, "127.0.0.1/32", "");
-    node.provision("0501234567", DEST, "{}");
-    let callee = Callee::bind(ports);
-    let caller = Party::bind("127.0.0.1", ports.sip);
+    let (_ports, _node, callee, caller) = raw_parties();
     let call_id = "in-dialog";
 
     caller.send(&invite_with(&caller, call_id, CALLER_SDP));
@@ -567,11 +563,7 @@ fn talk(from: &UdpSocket, to: (&str, u16), byte: u8, ear: &UdpSocket) -> bool {
 /// refused offer named; a re-offer the callee accepts moves it.
 #[test]
 fn a_refused_re_offer_leaves_the_media_where_it_was() {
-    let ports = Ports::take();
-    let node = Node::start(ports, "127.0.0.1/32", "");
-    node.provision("0501234567", DEST, "{}");
-    let callee = Callee::bind(ports);
-    let caller = Party::bind("127.0.0.1", ports.sip);
+    let (ports, _node, callee, caller) = raw_parties();
     let media = |port: u16| UdpSocket::bind(("127.0.0.1", port)).expect("bind a media port");
     let (old, new, far) = (
         media(ports.uac_media),
@@ -693,11 +685,7 @@ fn a_200_the_caller_never_acknowledges_is_logged_without_talk_time() {
 /// ACKs and hangs up the second on its own dialog (RFC 3261 13.2.2.4); the call goes on.
 #[test]
 fn a_second_fork_that_answers_is_acked_and_hung_up() {
-    let ports = Ports::take();
-    let node = Node::start(ports, "127.0.0.1/32", "");
-    node.provision("0501234567", DEST, "{}");
-    let callee = Callee::bind(ports);
-    let caller = Party::bind("127.0.0.1", ports.sip);
+    let (_ports, node, callee, caller) = raw_parties();
     caller.send(&invite_with(&caller, "forked", CALLER_SDP));
     let invite = callee.expect("INVITE ");
     callee.respond(&invite, "200 OK", &sdp(4002));
@@ -831,6 +819,27 @@ fn call_with_the_caller_s_timer(
     (ok, node_tag, forwarded)
 }
 
+/// A node with number 0501234567 forwarding to a raw callee, and a raw caller:
+/// (its ports, the node, the callee, the caller).
+fn raw_parties() -> (Ports, Node, Callee, Party) {
+    let ports = Ports::take();
+    let node = Node::start(ports, "127.0.0.1/32", "");
+    node.provision("0501234567", DEST, "{}");
+    let callee = Callee::bind(ports);
+    let caller = Party::bind("127.0.0.1", ports.sip);
+    (ports, node, callee, caller)
+}
+
+/// The caller's 422 (Session Interval Too Small) to `request`, asking `min_se`.
+fn too_small(request: &str, min_se: u32) -> String {
+    ok_to(request)
+        .replace("SIP/2.0 200 OK", "SIP/2.0 422 Session Interval Too Small")
+        .replace(
+            "Content-Length: 0\n",
+            &format!("Min-SE: {min_se}\nContent-Length: 0\n"),
+        )
+}
+
 /// The next re-INVITE the caller gets (others skipped) within 5 s.
 fn reinvite_at(caller: &Party) -> String {
     std::iter::from_fn(|| caller.recv(Duration::from_secs(5)))
@@ -852,11 +861,7 @@ fn final_at(callee: &Callee) -> String {
 /// (if any); the caller's 200 naming `told`; the callee's re-INVITE without a timer
 /// reaching the caller with `in_reinvite`.
 fn re_invite_to_a_caller_with_a_timer(callee_timer: Option<&str>, told: &str, in_reinvite: &str) {
-    let ports = Ports::take();
-    let node = Node::start(ports, "127.0.0.1/32", "");
-    node.provision("0501234567", DEST, "{}");
-    let callee = Callee::bind(ports);
-    let caller = Party::bind("127.0.0.1", ports.sip);
+    let (ports, _node, callee, caller) = raw_parties();
     let call_id = if callee_timer.is_some() {
         "timer-to-caller-2"
     } else {
@@ -900,11 +905,7 @@ fn re_invite_to_a_caller_with_a_timer(callee_timer: Option<&str>, told: &str, in
 /// 422 was passed to the callee, which could not act on it: its hold failed.
 #[test]
 fn a_caller_s_422_to_the_node_s_timer_is_followed_not_passed_to_the_callee() {
-    let ports = Ports::take();
-    let node = Node::start(ports, "127.0.0.1/32", "");
-    node.provision("0501234567", DEST, "{}");
-    let callee = Callee::bind(ports);
-    let caller = Party::bind("127.0.0.1", ports.sip);
+    let (ports, _node, callee, caller) = raw_parties();
     let call_id = "timer-422";
     let (_, node_tag, forwarded) = call_with_the_caller_s_timer(&caller, &callee, call_id, "");
     let hold = format!("{}a=sendonly\r\n", sdp(4002)).replace(" 2 2 IN", " 2 3 IN");
@@ -916,10 +917,7 @@ fn a_caller_s_422_to_the_node_s_timer_is_followed_not_passed_to_the_callee() {
         Some("1800;refresher=uas"),
         "{relayed}"
     );
-    let too_small = ok_to(&relayed)
-        .replace("SIP/2.0 200 OK", "SIP/2.0 422 Session Interval Too Small")
-        .replace("Content-Length: 0\n", "Min-SE: 3600\nContent-Length: 0\n");
-    caller.send(&too_small);
+    caller.send(&too_small(&relayed, 3600));
     let again = reinvite_at(&caller);
     assert_eq!(
         header(&again, "Session-Expires"),
@@ -947,10 +945,7 @@ fn a_caller_s_422_to_the_node_s_timer_is_followed_not_passed_to_the_callee() {
     let reinvite = callee_reinvite(ports, &forwarded, 3, &resume);
     callee.send(&reinvite);
     let relayed = reinvite_at(&caller);
-    let too_small = ok_to(&relayed)
-        .replace("SIP/2.0 200 OK", "SIP/2.0 422 Session Interval Too Small")
-        .replace("Content-Length: 0\n", "Min-SE: 7201\nContent-Length: 0\n");
-    caller.send(&too_small);
+    caller.send(&too_small(&relayed, 7201));
     nodes_ack(&caller); // of the 422
     let refused = final_at(&callee);
     assert!(refused.starts_with("SIP/2.0 500"), "{refused}");
@@ -963,11 +958,7 @@ fn a_caller_s_422_to_the_node_s_timer_is_followed_not_passed_to_the_callee() {
 /// hold its retries off; an answer without one gets none.
 #[test]
 fn a_callee_s_retry_after_reaches_the_caller() {
-    let ports = Ports::take();
-    let node = Node::start(ports, "127.0.0.1/32", "");
-    node.provision("0501234567", DEST, "{}");
-    let callee = Callee::bind(ports);
-    let caller = Party::bind("127.0.0.1", ports.sip);
+    let (_ports, _node, callee, caller) = raw_parties();
     for (call_id, said, passed) in [
         (
             "retry-after-1",
