@@ -1428,24 +1428,42 @@ impl Store for SqliteStore {
                      RETURNING id, kind, operator_id, target, payload, attempts, created_at",
                 ))?;
                 let until = now.saturating_add(claim_ms);
+                // Each row read column by column: one whose values do not decode (a
+                // damaged row) is given up (dead) on its own; it failed the claim,
+                // every time, and no follow-up went out.
                 let rows = st.query_map(params![now, until, limit as i64], |r| {
-                    Ok(FollowUp {
-                        id: r.get(0)?,
-                        item: NewFollowUp {
-                            kind: parse_enum(r, 1)?,
-                            operator_id: r.get(2)?,
-                            target: r.get(3)?,
-                            payload: r.get(4)?,
-                        },
-                        attempts: r.get(5)?,
-                        created_at: r.get(6)?,
-                        claimed_until: until,
-                    })
+                    let id: i64 = r.get(0)?;
+                    let int = |i| r.get_ref(i).ok().and_then(|v| v.as_i64().ok());
+                    let follow_up = (|| {
+                        Some(FollowUp {
+                            id,
+                            item: NewFollowUp {
+                                kind: settings_text(r, 1).ok()??.parse().ok()?,
+                                operator_id: settings_text(r, 2).ok()??,
+                                target: settings_text(r, 3).ok()??,
+                                payload: settings_text(r, 4).ok()??,
+                            },
+                            attempts: u32::try_from(int(5)?).ok()?,
+                            created_at: int(6)?,
+                            claimed_until: until,
+                        })
+                    })();
+                    Ok((id, follow_up))
                 })?;
                 rows.collect::<rusqlite::Result<Vec<_>>>()?
             };
+            let mut good = Vec::with_capacity(claimed.len());
+            for (id, follow_up) in claimed {
+                match follow_up {
+                    Some(f) => good.push(f),
+                    None => {
+                        tracing::error!(id, "an outbox row cannot be read: given up");
+                        tx.execute("UPDATE outbox SET dead = 1 WHERE id = ?1", [id])?;
+                    }
+                }
+            }
             tx.commit()?;
-            Ok(claimed)
+            Ok(good)
         })
         .map(|mut v| {
             v.sort_by_key(|f| f.id);
@@ -1823,11 +1841,20 @@ mod tests {
             target: target.into(),
             payload: "{}".into(),
         };
-        s.enqueue_follow_ups(&[item("https://a.example/1"), item("https://a.example/2")])
-            .unwrap();
+        let targets = [
+            "https://a.example/1",
+            "https://a.example/2",
+            "https://a.example/3",
+        ];
+        s.enqueue_follow_ups(&targets.map(item)).unwrap();
         s.write(|c| {
             c.execute(
                 "UPDATE outbox SET kind = 'fax' WHERE target = 'https://a.example/1'",
+                [],
+            )?;
+            // A damaged one (its payload not text) is given up on its own.
+            c.execute(
+                "UPDATE outbox SET payload = x'ff00' WHERE target = 'https://a.example/3'",
                 [],
             )
         })
@@ -1835,6 +1862,17 @@ mod tests {
         let claimed = s.claim_follow_ups(i64::MAX / 2, 10, 1_000).unwrap();
         let targets: Vec<&str> = claimed.iter().map(|f| f.item.target.as_str()).collect();
         assert_eq!(targets, vec!["https://a.example/2"]);
+        let dead: i64 = s
+            .read(|c| {
+                c.query_row(
+                    "SELECT dead FROM outbox WHERE target = 'https://a.example/3'",
+                    [],
+                    |r| r.get(0),
+                )
+                .map_err(unavailable)
+            })
+            .unwrap();
+        assert_eq!(dead, 1);
 
         let calls: Vec<ActiveCall> = ["call_a", "call_b", "call_c", "call_d"]
             .iter()
