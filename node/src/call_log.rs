@@ -706,9 +706,14 @@ fn write_apart(w: &Writer, batch: &mut Batch) -> bool {
             }
         }
     }
-    // In order: an earlier record of a caller is stored before a later one is judged
-    // against it (the duplicate window), as within one batch.
-    let mut rest = std::mem::take(&mut batch.entries).into_iter();
+    // By start: a caller's earlier call is stored before a later one is judged against
+    // it (the duplicate window), as within one batch, whichever ended first.
+    let mut entries = std::mem::take(&mut batch.entries);
+    entries.sort_by(|a, b| {
+        let key = |e: &LogEntry| (e.record.started_at, e.record.call_id.clone());
+        key(a).cmp(&key(b))
+    });
+    let mut rest = entries.into_iter();
     while let Some(entry) = rest.next() {
         let mut part = Batch {
             entries: vec![entry],

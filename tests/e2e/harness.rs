@@ -1603,14 +1603,16 @@ pub fn watch_close(
 }
 
 pub fn closed_within(s: &mut std::net::TcpStream, limit: Duration) -> bool {
-    how_closed(s, limit).is_some()
+    how_closed(s, limit, false).is_some()
 }
 
 /// How `s` was closed within `limit` (`eof`, or the error's kind: a reset), or None if
-/// it stays open that long; what it sends meanwhile is read and skipped. A read
+/// it stays open that long; what it sends meanwhile is read and skipped, unless
+/// `silent` (then data ends the wait too, as `answered …`: a peer that must say
+/// nothing said something). A read
 /// interrupted by a signal is read again: taken for a close, it once reported a kept
 /// connection closed at 0.65 s (`sip_edge`'s slowloris test, a flake of the suite).
-pub fn how_closed(s: &mut std::net::TcpStream, limit: Duration) -> Option<String> {
+pub fn how_closed(s: &mut std::net::TcpStream, limit: Duration, silent: bool) -> Option<String> {
     use std::io::{ErrorKind, Read};
     let end = std::time::Instant::now() + limit;
     let mut buf = [0u8; 1024];
@@ -1622,6 +1624,9 @@ pub fn how_closed(s: &mut std::net::TcpStream, limit: Duration) -> Option<String
         s.set_read_timeout(Some(left)).unwrap();
         match s.read(&mut buf) {
             Ok(0) => return Some("eof".into()),
+            Ok(n) if silent => {
+                return Some(format!("answered {:?}", String::from_utf8_lossy(&buf[..n])))
+            }
             Ok(_) => continue,
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {

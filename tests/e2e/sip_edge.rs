@@ -533,7 +533,8 @@ fn slowloris_connections_are_capped_and_timed_out() {
             s
         })
         .collect();
-    let closed = |s: &mut TcpStream, wait: Duration| how_closed(s, wait).is_some();
+    // The node says nothing to a connection it keeps or refuses: any byte fails.
+    let closed = |s: &mut TcpStream, wait: Duration| how_closed(s, wait, true).is_some();
     node.wait_until(Duration::from_secs(1), "the excess refused", || {
         node.metric("tsunagu_sip_connections_refused_total{reason=\"source_limit\"}") >= 4.0
     });
@@ -585,7 +586,7 @@ fn slowloris_connections_are_capped_and_timed_out() {
         for s in open.iter_mut().take(2) {
             let _ = s.write_all(b"X");
         }
-        open.retain_mut(|s| match how_closed(s, Duration::from_millis(200)) {
+        open.retain_mut(|s| match how_closed(s, Duration::from_millis(200), true) {
             Some(how) => {
                 closed_after.push((started.elapsed(), how));
                 false
