@@ -1216,6 +1216,46 @@ mod tests {
         assert!(d.store.active_calls_of("n1").unwrap().is_empty());
     }
 
+    /// A record whose batch is tried again (here: beside a record the store refuses
+    /// for good) takes its notice from its number's hourly quota once: each try took
+    /// it again, and past the quota the notice was withheld (a review).
+    #[test]
+    fn a_record_tried_again_takes_its_notice_once() {
+        let mut d = Dup::new();
+        let mut number = (*d.number).clone();
+        number.notify = Some(tsunagu_store::Notify {
+            on: tsunagu_store::NotifyOn::All,
+            email_to: vec!["shop@example.com".into()],
+            ..Default::default()
+        });
+        d.number = Arc::new(number);
+        d.w.planner.email = true;
+        d.w.notice_rate = NoticeRate::new(1).into();
+        let withheld = d.w.follow_up_metrics.notices_withheld.clone();
+        let bad = tsunagu_store::conformance::sample_active_call(&d.op, "call_bad", "n1", 1);
+        d.store.upsert_active_calls(&[bad]).unwrap();
+        let c = rusqlite::Connection::open(d._dir.path().join("t.db")).unwrap();
+        let damaged = "UPDATE active_calls SET epoch = 'not a number' WHERE call_id = 'call_bad'";
+        assert_eq!(c.execute(damaged, []).unwrap(), 1);
+        let mut bad = d.call("call_bad", 10_000, 30);
+        bad.record.tracking_number = "0500000000".into(); // its own quota
+        let good = d.call("call_good", 20_000, 30);
+        let (log, handle) = CallLog::start(d.w);
+        log.write(bad);
+        log.write(good);
+        assert!(log.flush(Duration::from_secs(20)));
+        drop(log);
+        handle.join().unwrap();
+        assert_eq!(withheld.get(), 0, "the good record's notice went");
+        let queued = d.store.claim_follow_ups(i64::MAX / 2, 100, 1_000).unwrap();
+        assert!(
+            queued
+                .iter()
+                .any(|f| f.item.kind == FollowUpKind::Email && f.item.payload.contains("call_good")),
+            "{queued:?}"
+        );
+    }
+
     /// A writer on a fresh store, a number whose calls count once an hour, and a call
     /// to it from the same caller starting at a given time with a given talk time.
     struct Dup {
