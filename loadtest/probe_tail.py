@@ -2,7 +2,7 @@
 """Where a side-by-side step's probe tail comes from.
 
 Reads the probe UAC's message trace (`probe_msg.log`, written by SIPp's -trace_msg in
-each step directory of ../shared/bench/sbs) and lists, per call, when its INVITE was
+each step directory of loadtest/sbs) and lists, per call, when its INVITE was
 sent (seconds into the step), INVITE -> first 100 and INVITE -> first 200 in ms, the
 slowest calls first. A call slow on its first hop (INVITE -> 100) waited in the node
 before the node read or answered it; one slow only to the 200 waited on the callee
