@@ -53,11 +53,15 @@ impl Call {
                                 || self.ctx.routing.is_trunk_address(source))
                     }),
                 };
-                match side {
-                    _ if !owned => self.refuse_foreign(&request, &info, key.as_ref(), source),
-                    Some(Side::A) => self.on_a_request(request, info, key),
-                    Some(Side::B) => self.on_b_request(request, info, key),
-                    None => {}
+                if !owned {
+                    return self.refuse_foreign(&request, &info, key.as_ref(), source);
+                }
+                match (side, key) {
+                    (Some(side), None) => self.on_ack(side, &request, &info), // of our 2xx
+                    (Some(side), Some(key)) if !self.in_order(side, &request, &info, &key) => {}
+                    (Some(Side::A), Some(key)) => self.on_a_request(request, info, key),
+                    (Some(Side::B), Some(key)) => self.on_b_request(request, info, key),
+                    (None, _) => {}
                 }
             }
             SipEvent::Response { response, info } if self.takeover_side(&info).is_some() => {
@@ -192,15 +196,9 @@ impl Call {
         &mut self,
         req: Request,
         info: tsunagu_sip::Info,
-        key: Option<tsunagu_sip::transaction::TxKey>,
+        key: tsunagu_sip::transaction::TxKey,
     ) {
-        let Some(key) = key else {
-            return self.on_ack(Side::A, &req, &info); // ACK of our 2xx
-        };
         let ep = self.ctx.endpoint.clone();
-        if !self.in_order(Side::A, &req, &info, &key) {
-            return;
-        }
         match req.method {
             Method::Bye if self.phase == Phase::Answered && self.a.holds_final() => {
                 // A BYE on its early dialog (its answer waits for its PRACK): as a
@@ -360,15 +358,9 @@ impl Call {
         &mut self,
         req: Request,
         info: tsunagu_sip::Info,
-        key: Option<tsunagu_sip::transaction::TxKey>,
+        key: tsunagu_sip::transaction::TxKey,
     ) {
-        let Some(key) = key else {
-            return self.on_ack(Side::B, &req, &info); // ACK of our 2xx
-        };
         let ep = self.ctx.endpoint.clone();
-        if !self.in_order(Side::B, &req, &info, &key) {
-            return;
-        }
         match req.method {
             Method::Bye if self.judging => {
                 ep.respond(&req, &info, &key, 200, None, &[], None);
