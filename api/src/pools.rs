@@ -856,7 +856,7 @@ mod tests {
         }
         // A web page (no key) learns nothing of it: 404, as for no pool at all.
         let page = a
-            .from_page("https://shop.example", &format!("{path}/issue"))
+            .page_post("https://shop.example", &format!("{path}/issue"))
             .await;
         assert_eq!(page.status, StatusCode::NOT_FOUND, "{}", page.text());
         // Said of the number without saying whose it is: as another operator's, or

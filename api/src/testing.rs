@@ -274,7 +274,7 @@ impl Api {
     }
 
     /// A web page's `POST path` (no key; `Origin: origin`), as the page tag sends it.
-    pub async fn from_page(&self, origin: &str, path: &str) -> Answer {
+    pub async fn page_post(&self, origin: &str, path: &str) -> Answer {
         let req = Request::builder()
             .method("POST")
             .uri(path)
