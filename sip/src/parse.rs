@@ -578,9 +578,43 @@ pub fn sdp_body<M: HasHeaders>(msg: &M, body: &[u8]) -> Option<String> {
         .then(|| String::from_utf8_lossy(body).into_owned())
 }
 
+/// The seconds of a message's Retry-After (RFC 3261 20.33: `delta-seconds [comment]
+/// *(;param)`), at most a day: its digits only, never the comment or parameters a
+/// peer wrote.
+pub fn retry_after_seconds<M: HasHeaders>(msg: &M) -> Option<u32> {
+    let value = header(msg, "Retry-After")?;
+    let digits = value.split(|c: char| !c.is_ascii_digit()).next()?;
+    digits.parse::<u32>().ok().filter(|s| *s <= 86_400)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_after_values() {
+        let rows: &[(&str, Option<u32>)] = &[
+            ("120", Some(120)),
+            ("120 (in a meeting);duration=60", Some(120)),
+            ("0", Some(0)),
+            ("86400", Some(86_400)),
+            ("86401", None),
+            ("99999999999999999999", None),
+            ("soon", None),
+            ("", None),
+            ("-5", None),
+        ];
+        for (value, want) in rows {
+            let text = format!(
+                "SIP/2.0 486 Busy Here\r\nVia: SIP/2.0/UDP h;branch=z9hG4bKx\r\nFrom: <sip:a@h>;tag=1\r\nTo: <sip:b@h>;tag=2\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\nRetry-After: {value}\r\nContent-Length: 0\r\n\r\n"
+            );
+            let Ok((SipMessage::Response(resp), _)) = parse(text.as_bytes()) else {
+                panic!("{text}")
+            };
+            assert_eq!(retry_after_seconds(&resp), *want, "{value:?}");
+        }
+    }
+
 
     const INVITE: &str = "INVITE sip:0501234567@127.0.0.1:5060 SIP/2.0\r\n\
 Via: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bK-1;rport\r\n\

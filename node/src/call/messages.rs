@@ -13,7 +13,7 @@ use crate::follow_up::plan::EventKind;
 use crate::metrics::TrunkCodeLabel;
 use std::time::{Duration, Instant};
 use tsunagu_media::{sdp, Side};
-use tsunagu_sip::parse::{header, sdp_body};
+use tsunagu_sip::parse::{header, retry_after_seconds, sdp_body};
 use tsunagu_sip::{Method, Request, Response, SipEvent};
 use tsunagu_store::CallResult;
 
@@ -528,7 +528,7 @@ impl Call {
                     Some(f) if code == 487 => f,
                     _ => Failure::Status(code),
                 };
-                self.retry_after = header(&resp, "Retry-After").and_then(retry_after_seconds);
+                self.retry_after = retry_after_seconds(&resp);
                 tracing::debug!(code, "forwarded leg failed");
                 self.after_failure(failure);
             }
@@ -545,37 +545,5 @@ impl Call {
             self.b_payload_type = pt;
         }
         Some(anchored)
-    }
-}
-
-/// The seconds of a Retry-After value (RFC 3261 20.33: `delta-seconds [comment]
-/// *(;param)`), at most a day: its digits only, never the comment or parameters a
-/// peer wrote.
-fn retry_after_seconds(value: &str) -> Option<u32> {
-    let digits: &str = value
-        .trim_start()
-        .split(|c: char| !c.is_ascii_digit())
-        .next()?;
-    digits.parse::<u32>().ok().filter(|s| *s <= 86_400)
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn retry_after_values() {
-        let rows: &[(&str, Option<u32>)] = &[
-            ("120", Some(120)),
-            (" 120 (in a meeting);duration=60", Some(120)),
-            ("0", Some(0)),
-            ("86400", Some(86_400)),
-            ("86401", None),
-            ("99999999999999999999", None),
-            ("soon", None),
-            ("", None),
-            ("-5", None),
-        ];
-        for (value, want) in rows {
-            assert_eq!(super::retry_after_seconds(value), *want, "{value:?}");
-        }
     }
 }
