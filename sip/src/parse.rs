@@ -615,7 +615,6 @@ mod tests {
         }
     }
 
-
     const INVITE: &str = "INVITE sip:0501234567@127.0.0.1:5060 SIP/2.0\r\n\
 Via: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bK-1;rport\r\n\
 Via: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK-0\r\n\
