@@ -669,66 +669,51 @@ fn write_with_retry(w: &Writer, batch: &mut Batch, shared: &Shared) {
 /// with the batch as far as it got, when the store fails for a passing reason
 /// meanwhile or the rejected file cannot be written (the retry loop goes on).
 fn write_apart(w: &Writer, batch: &mut Batch) -> bool {
-    // Some(written), or None for a passing failure (the item is left as it was).
-    let one = |part: &mut Batch, what: &str| match write_batch(w, part) {
-        Ok(_) => Some(true),
-        Err(e) if is_permanent(&e) => {
-            tracing::error!(%e, what, "the store refuses an item of the call log for good");
-            Some(false)
-        }
-        Err(_) => None,
-    };
-    let mut events = std::mem::take(&mut batch.events).into_iter();
-    while let Some(event) = events.next() {
-        let mut part = Batch {
-            events: vec![event],
-            ..Batch::default()
-        };
-        if one(&mut part, "a call event").is_none() {
-            batch.events = part.events.into_iter().chain(events).collect();
-            return false;
-        }
-    }
-    let mut active = std::mem::take(&mut batch.active).into_iter();
-    while let Some(call) = active.next() {
-        let mut part = Batch {
-            active: vec![call],
-            ..Batch::default()
-        };
-        match one(&mut part, "a call in progress") {
-            Some(true) => {
-                w.metrics.active_written.inc();
-            }
-            Some(false) => {}
-            None => {
-                batch.active = part.active.into_iter().chain(active).collect();
-                return false;
-            }
-        }
-    }
     // By start: a caller's earlier call is stored before a later one is judged against
     // it (the duplicate window), as within one batch, whichever ended first.
     let mut entries = std::mem::take(&mut batch.entries);
     entries.sort_by(|a, b| {
-        let key = |e: &LogEntry| (e.record.started_at, e.record.call_id.clone());
-        key(a).cmp(&key(b))
+        (a.record.started_at, &a.record.call_id).cmp(&(b.record.started_at, &b.record.call_id))
     });
-    let mut rest = entries.into_iter();
-    while let Some(entry) = rest.next() {
-        let mut part = Batch {
-            entries: vec![entry],
+    let events = std::mem::take(&mut batch.events)
+        .into_iter()
+        .map(|e| Batch {
+            events: vec![e],
             ..Batch::default()
-        };
-        let kept = match one(&mut part, "a call record") {
-            Some(true) => {
-                w.metrics.log_written.inc();
+        });
+    let active = std::mem::take(&mut batch.active)
+        .into_iter()
+        .map(|a| Batch {
+            active: vec![a],
+            ..Batch::default()
+        });
+    let records = entries.into_iter().map(|e| Batch {
+        entries: vec![e],
+        ..Batch::default()
+    });
+    let mut parts = events.chain(active).chain(records);
+    while let Some(mut part) = parts.next() {
+        let done = match write_batch(w, &mut part) {
+            Ok(_) => {
+                w.metrics.log_written.inc_by(part.entries.len() as u64);
+                w.metrics.active_written.inc_by(part.active.len() as u64);
                 true
             }
-            Some(false) => set_aside(w, &part.entries[0].record),
-            None => false,
+            Err(e) if is_permanent(&e) => {
+                tracing::error!(%e, "the store refuses an item of the call log for good");
+                match part.entries.first() {
+                    Some(entry) => set_aside(w, &entry.record),
+                    None => true, // an event or a record in progress: dropped
+                }
+            }
+            Err(_) => false,
         };
-        if !kept {
-            batch.entries = part.entries.into_iter().chain(rest).collect();
+        if !done {
+            for left in std::iter::once(part).chain(parts) {
+                batch.events.extend(left.events);
+                batch.active.extend(left.active);
+                batch.entries.extend(left.entries);
+            }
             return false;
         }
     }
