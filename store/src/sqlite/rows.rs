@@ -32,11 +32,6 @@ pub(super) fn advertiser_from(row: &Row) -> rusqlite::Result<Advertiser> {
     })
 }
 
-pub(super) fn number_from(settings: String) -> Result<TrackingNumber> {
-    serde_json::from_str(&settings)
-        .map_err(|e| StoreError::Corrupt(format!("number settings: {e}")))
-}
-
 /// A settings column as text, None when it is not UTF-8 text (a damaged row: that
 /// row's error, where reading it as a String failed the whole query).
 pub(super) fn settings_text(row: &Row, idx: usize) -> rusqlite::Result<Option<String>> {
@@ -46,11 +41,26 @@ pub(super) fn settings_text(row: &Row, idx: usize) -> rusqlite::Result<Option<St
     })
 }
 
-/// [`number_from`] of a column read by [`settings_text`].
+/// A row's settings (`what`: "number", "pool") from a column read by
+/// [`settings_text`]: [`StoreError::Corrupt`] when it is not text or does not parse in
+/// this version (a newer release's, or damaged), naming what and why.
+pub(super) fn settings_from<T: serde::de::DeserializeOwned>(
+    what: &str,
+    settings: Option<String>,
+) -> Result<T> {
+    let text = settings
+        .ok_or_else(|| StoreError::Corrupt(format!("{what} settings are not UTF-8 text")))?;
+    serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(format!("{what} settings: {e}")))
+}
+
+/// [`settings_from`] for a number.
 pub(super) fn number_from_text(settings: Option<String>) -> Result<TrackingNumber> {
-    settings
-        .ok_or_else(|| StoreError::Corrupt("number settings are not UTF-8 text".into()))
-        .and_then(number_from)
+    settings_from("number", settings)
+}
+
+/// [`settings_from`] for a pool.
+pub(super) fn pool_from_text(settings: Option<String>) -> Result<Pool> {
+    settings_from("pool", settings)
 }
 
 pub(super) fn parse_enum<T: std::str::FromStr<Err = String>>(
@@ -61,17 +71,6 @@ pub(super) fn parse_enum<T: std::str::FromStr<Err = String>>(
     text.parse().map_err(|e: String| {
         rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, e.into())
     })
-}
-
-pub(super) fn pool_from(settings: String) -> Result<Pool> {
-    serde_json::from_str(&settings).map_err(|e| StoreError::Corrupt(format!("pool settings: {e}")))
-}
-
-/// [`pool_from`] of a column read by [`settings_text`].
-pub(super) fn pool_from_text(settings: Option<String>) -> Result<Pool> {
-    settings
-        .ok_or_else(|| StoreError::Corrupt("pool settings are not UTF-8 text".into()))
-        .and_then(pool_from)
 }
 
 pub(super) fn lease_from(row: &Row) -> rusqlite::Result<Lease> {
