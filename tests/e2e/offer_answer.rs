@@ -840,6 +840,15 @@ fn too_small(request: &str, min_se: u32) -> String {
         )
 }
 
+/// The callee puts the call of `forwarded` on hold (its re-INVITE, CSeq 2, saying
+/// nothing of timers); that re-INVITE.
+fn callee_holds(ports: Ports, callee: &Callee, forwarded: &str) -> String {
+    let hold = format!("{}a=sendonly\r\n", sdp(4002)).replace(" 2 2 IN", " 2 3 IN");
+    let reinvite = callee_reinvite(ports, forwarded, 2, &hold);
+    callee.send(&reinvite);
+    reinvite
+}
+
 /// The next re-INVITE the caller gets (others skipped) within 5 s.
 fn reinvite_at(caller: &Party) -> String {
     std::iter::from_fn(|| caller.recv(Duration::from_secs(5)))
@@ -871,9 +880,7 @@ fn re_invite_to_a_caller_with_a_timer(callee_timer: Option<&str>, told: &str, in
     let (ok, node_tag, forwarded) = call_with_the_caller_s_timer(&caller, &callee, call_id, &timer);
     assert_eq!(header(&ok, "Session-Expires"), Some(told), "{ok}");
     // The callee puts the call on hold, saying nothing of timers.
-    let hold = format!("{}a=sendonly\r\n", sdp(4002)).replace(" 2 2 IN", " 2 3 IN");
-    let reinvite = callee_reinvite(ports, &forwarded, 2, &hold);
-    callee.send(&reinvite);
+    let reinvite = callee_holds(ports, &callee, &forwarded);
     let relayed = reinvite_at(&caller);
     assert_eq!(
         header(&relayed, "Session-Expires"),
@@ -908,9 +915,7 @@ fn a_caller_s_422_to_the_node_s_timer_is_followed_not_passed_to_the_callee() {
     let (ports, _node, callee, caller) = raw_parties();
     let call_id = "timer-422";
     let (_, node_tag, forwarded) = call_with_the_caller_s_timer(&caller, &callee, call_id, "");
-    let hold = format!("{}a=sendonly\r\n", sdp(4002)).replace(" 2 2 IN", " 2 3 IN");
-    let reinvite = callee_reinvite(ports, &forwarded, 2, &hold);
-    callee.send(&reinvite);
+    let reinvite = callee_holds(ports, &callee, &forwarded);
     let relayed = reinvite_at(&caller);
     assert_eq!(
         header(&relayed, "Session-Expires"),
