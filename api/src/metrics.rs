@@ -49,6 +49,7 @@ pub struct ApiMetrics {
     pub recording_parts_read: Family<SourceLabel, Counter>,
     pub recording_parts_missing: Counter,
     pub recording_gaps_capped: Counter,
+    pub prompt_copies_unsaved: Counter,
 }
 
 /// Why an export was cut (`api_exports_cut`): its client took no data for
@@ -192,6 +193,11 @@ impl ApiMetrics {
             "api_recording_gaps_capped",
             "Gaps between recording parts longer than 60 s, joined with 60 s of silence (an earlier part lost audio)",
             self.recording_gaps_capped.clone(),
+        );
+        r.register(
+            "api_prompt_copies_unsaved",
+            "Uploaded prompts stored (and playing) whose copy on this node's disk (media.prompts_dir) could not be written: disk full or an I/O error; the upload was answered 200",
+            self.prompt_copies_unsaved.clone(),
         );
     }
 }

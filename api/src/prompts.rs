@@ -115,8 +115,15 @@ pub async fn put(
     let (op2, name2) = (op.clone(), name.clone());
     let saved = tokio::task::spawn_blocking(move || prompts.save_own(&op2, &name2, prompt, &body))
         .await
-        .map_err(|_| ApiError::unavailable("the prompt could not be saved"));
-    saved?.map_err(refused)?;
+        .map_err(|_| ApiError::unavailable("the prompt could not be saved"))?;
+    // The store has it and every node (this one too) loads it from there: this node's
+    // copy on its disk failing (disk full, an I/O error) is the node's to report, not a
+    // refusal of an upload that went through (it was a 503 for a prompt stored,
+    // counted in the quota and playing; a review).
+    if let Err(e) = saved {
+        st.defences.metrics.prompt_copies_unsaved.inc();
+        tracing::warn!(operator = %op, prompt = %name, error = %e, "prompt stored, but this node's copy on its disk was not written");
+    }
     tracing::info!(operator = %op, prompt = %name, seconds, "prompt uploaded");
     Ok(Json(json!({"name": name, "own": true, "seconds": seconds})))
 }
@@ -270,6 +277,23 @@ mod tests {
             .await;
         assert_eq!(again.status, StatusCode::NOT_FOUND, "{}", again.text());
         assert_eq!(a.announced.count(), 2);
+    }
+
+    /// An upload the store took is answered 200 even when this node's copy on its disk
+    /// cannot be written (here: a file where its directory goes); it was 503 for a
+    /// prompt stored, counted and playing. The failure is counted.
+    #[tokio::test]
+    async fn a_stored_prompt_is_uploaded_whatever_this_nodes_disk_does() {
+        use tsunagu_store::Store;
+        let a = api();
+        let prompts = a._dir.path().join("prompts");
+        std::fs::create_dir_all(&prompts).unwrap();
+        std::fs::write(prompts.join("operators"), b"in the way").unwrap();
+        let up = a.send_bytes("PUT", "/v1/prompts/greeting", wav(320)).await;
+        assert_eq!(up.status, StatusCode::OK, "{}", up.text());
+        assert_eq!(a.state.defences.metrics.prompt_copies_unsaved.get(), 1);
+        assert!(a.store.prompt(&a.operator, "greeting").unwrap().is_some());
+        assert_eq!(a.announced.count(), 1, "every node told to load it");
     }
 
     /// WAV bytes together: 600 s of audio (five bodies of 1.92 MB fill it).

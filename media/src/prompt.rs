@@ -156,7 +156,7 @@ impl Prompts {
                 if !entry.path().is_dir() {
                     continue; // an operator is a directory; anything else is not ours
                 }
-                for (name, prompt) in read_dir(&entry.path())? {
+                for (name, prompt) in read_own_dir(&entry.path()) {
                     lib.insert_own(&op, &name, prompt);
                 }
             }
@@ -198,11 +198,8 @@ impl Prompts {
                 path: shown.clone(),
                 source,
             };
-            let written = std::fs::create_dir_all(&dir).and_then(|()| {
-                let tmp = dir.join(format!(".{name}.wav.tmp"));
-                std::fs::write(&tmp, wav)?;
-                std::fs::rename(&tmp, dir.join(&shown))
-            });
+            let written =
+                std::fs::create_dir_all(&dir).and_then(|()| write_durably(&dir, &shown, wav));
             if let Err(e) = written {
                 // Not saved: what played before plays on.
                 let mut own = self.own.write().unwrap_or_else(|p| p.into_inner());
@@ -354,6 +351,60 @@ impl Prompts {
 
 /// The prompts of every `*.wav` of `dir` (the file stem is the name; other files are
 /// skipped). A missing directory has none; a file that is not a valid prompt is an error.
+/// Writes `bytes` as `dir/name` whole or not at all, and on disk before it returns: a
+/// temporary file synced, renamed over the name, and the directory synced (a rename to
+/// a new name is not ordered after the data by the file system: a power cut could
+/// leave an empty `<name>.wav`, which stopped the node's next start; a review).
+fn write_durably(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&tmp, dir.join(name))?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// An operator's own prompts in `dir`, leaving out (with a warning) any file that
+/// cannot be read or is not a usable WAV: the store holds every operator's prompts and
+/// replaces these once provisioning loads (see `provisioning`), so a damaged copy on
+/// this disk (a power cut, a bad sector) must not stop the node from starting, as it
+/// did (a review). The carrier's shared prompts ([`Prompts::load_dir`]) are still
+/// refused whole: those are the operator of the node's own files, read nowhere else.
+fn read_own_dir(dir: &Path) -> Vec<(String, Prompt)> {
+    let mut loaded = Vec::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), %e, "an operator's prompts on disk cannot be listed; the store's copies are loaded later");
+            return loaded;
+        }
+    };
+    for path in entries.flatten().map(|e| e.path()) {
+        let Some(name) = wav_name(&path) else {
+            continue;
+        };
+        let read = std::fs::read(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|b| Prompt::from_wav(&b).map_err(|e| e.to_string()));
+        match read {
+            Ok(prompt) => loaded.push((name.to_string(), prompt)),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "an operator's prompt on disk is unreadable: left out (the store's copy is loaded later)")
+            }
+        }
+    }
+    loaded
+}
+
+/// The prompt name of a `<name>.wav` file.
+fn wav_name(path: &Path) -> Option<&str> {
+    path.file_stem()
+        .and_then(|s| s.to_str())
+        .filter(|_| path.extension().is_some_and(|e| e == "wav"))
+}
+
 fn read_dir(dir: &Path) -> Result<Vec<(String, Prompt)>, PromptError> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
@@ -368,11 +419,7 @@ fn read_dir(dir: &Path) -> Result<Vec<(String, Prompt)>, PromptError> {
     let mut loaded = Vec::new();
     for entry in entries.flatten() {
         let path = entry.path();
-        let Some(name) = path
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .filter(|_| path.extension().is_some_and(|e| e == "wav"))
-        else {
+        let Some(name) = wav_name(&path) else {
             continue;
         };
         let shown = path.display().to_string();
@@ -429,6 +476,31 @@ mod tests {
         assert_eq!(ring.frames(), 150, "three seconds");
         assert!(ring.frame(0, 10).iter().any(|b| *b != 0xff), "tone");
         assert!(ring.frame(0, 100).iter().all(|b| *b == 0xff), "pause");
+    }
+
+    /// A damaged operator's prompt on disk (empty after a power cut, unreadable) is
+    /// left out at start, the node's other prompts loaded; it stopped the start.
+    #[test]
+    fn a_damaged_own_prompt_on_disk_does_not_stop_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut wav = crate::wav::header(1, 320).to_vec();
+        wav.extend_from_slice(&[0; 320]);
+        let op = dir.path().join("operators").join("op1");
+        std::fs::create_dir_all(&op).unwrap();
+        std::fs::write(op.join("good.wav"), &wav).unwrap();
+        std::fs::write(op.join("empty.wav"), b"").unwrap();
+        std::fs::write(op.join("cut.wav"), &wav[..30]).unwrap();
+        std::fs::create_dir(op.join("dir.wav")).unwrap(); // cannot be read as a file
+        let lib = Prompts::load(dir.path()).unwrap();
+        assert_eq!(lib.get("op1", "good").unwrap().frames(), 1);
+        for gone in ["empty", "cut", "dir"] {
+            assert!(lib.get("op1", gone).is_none(), "{gone}");
+        }
+        // Saved durably, in the same place and under the same name as before.
+        lib.save_own("op1", "fresh", parse_own("fresh", &wav).unwrap(), &wav)
+            .unwrap();
+        assert_eq!(std::fs::read(op.join("fresh.wav")).unwrap(), wav);
+        assert!(!op.join(".fresh.wav.tmp").exists());
     }
 
     #[test]

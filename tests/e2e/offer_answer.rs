@@ -983,3 +983,232 @@ fn a_callee_s_retry_after_reaches_the_caller() {
         callee.expect("ACK ");
     }
 }
+
+/// A callee's refusal of a relayed request reaches its sender with what it needs to act
+/// on it: a 405 to an UPDATE with the callee's Allow (so the caller can refresh by
+/// re-INVITE instead), a 422 to a re-INVITE with the callee's Min-SE (so it can ask
+/// again with a longer interval). They came without (a review).
+#[test]
+fn a_callee_s_refusal_reaches_the_caller_with_what_it_needs() {
+    let (_ports, _node, callee, caller) = raw_parties();
+    let call_id = "refusal-headers";
+    let (_, node_tag, _) = call_with_the_caller_s_timer(&caller, &callee, call_id, "");
+    let refresh = "Supported: timer\nSession-Expires: 1800;refresher=uac\nContent-Length: 0\n\n";
+    caller.send(&caller.request("UPDATE", call_id, "callertag", &node_tag, 2, refresh));
+    let update = callee.expect("UPDATE ");
+    callee.respond_with(
+        "calleetag",
+        &update,
+        "405 Method Not Allowed",
+        "Allow: INVITE, ACK, BYE, CANCEL\n",
+        "",
+    );
+    let refused = caller.final_response();
+    assert!(refused.starts_with("SIP/2.0 405"), "{refused}");
+    assert_eq!(
+        header(&refused, "Allow"),
+        Some("INVITE, ACK, BYE, CANCEL"),
+        "{refused}"
+    );
+    let hold = format!("{CALLER_SDP}a=sendonly\r\n").replace(" 1 1 IN", " 1 2 IN");
+    let reinvite = caller.request(
+        "INVITE",
+        call_id,
+        "callertag",
+        &node_tag,
+        3,
+        &format!(
+            "Supported: timer\nSession-Expires: 120\nContact: <sip:caller@{}>\nContent-Type: application/sdp\nContent-Length: {}\n\n{hold}",
+            caller.me(),
+            hold.len()
+        ),
+    );
+    caller.send(&reinvite);
+    let relayed = callee.expect("INVITE ");
+    callee.respond_with(
+        "calleetag",
+        &relayed,
+        "422 Session Interval Too Small",
+        "Min-SE: 600\n",
+        "",
+    );
+    callee.expect("ACK ");
+    let too_small = caller.final_response();
+    assert!(too_small.starts_with("SIP/2.0 422"), "{too_small}");
+    assert_eq!(header(&too_small, "Min-SE"), Some("600"), "{too_small}");
+    caller.send(&crate::dialogs::on_branch(&reinvite, "ACK", None));
+    hang_up(&caller, &callee, call_id, &node_tag, 4);
+}
+
+/// The callee puts the caller on hold and cancels its re-INVITE once the caller has
+/// answered 100: the caller answers 487 and keeps its session. The node's own next
+/// offer to the caller (its session refresh) is the session before the hold, not the
+/// hold nobody took; it offered the hold (a review: the cancelled and timed-out paths
+/// did not restore the caller's session as a refusal does).
+#[test]
+fn a_hold_cancelled_before_the_caller_took_it_is_not_offered_again() {
+    let ports = Ports::take();
+    // A floor of 2 s: the caller's Session-Expires 4 has the node refresh it every 2 s.
+    let node = Node::start_with_sip(ports, "127.0.0.1/32", "min_session_expires = 2", "");
+    node.provision("0501234567", DEST, "{}");
+    let callee = Callee::bind(ports);
+    let caller = Party::bind("127.0.0.1", ports.sip);
+    let call_id = "cancelled-hold";
+    let invite = invite_with(&caller, call_id, CALLER_SDP).replace(
+        "Max-Forwards: 70\n",
+        "Max-Forwards: 70\nSession-Expires: 4;refresher=uas\nSupported: timer\n",
+    );
+    caller.send(&invite);
+    let forwarded = callee.expect("INVITE ");
+    callee.respond_with("calleetag", &forwarded, "200 OK", "", &sdp(4002));
+    let ok = caller.final_response();
+    assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
+    assert_eq!(
+        header(&ok, "Session-Expires"),
+        Some("4;refresher=uas"),
+        "{ok}"
+    );
+    let node_tag = caller.ack(call_id, &ok);
+    callee.expect("ACK ");
+
+    let hold = callee_holds(ports, &callee, &forwarded);
+    let relayed = reinvite_at(&caller);
+    assert!(relayed.contains("a=sendonly"), "{relayed}");
+    caller.send(&ok_to(&relayed).replace("SIP/2.0 200 OK", "SIP/2.0 100 Trying"));
+    callee.send(&crate::dialogs::on_branch(&hold, "CANCEL", None));
+    let cancel = std::iter::from_fn(|| caller.recv(Duration::from_secs(5)))
+        .find(|m| m.starts_with("CANCEL "))
+        .expect("the hold's CANCEL passed on to the caller");
+    caller.send(&ok_to(&cancel));
+    caller.send(&ok_to(&relayed).replace("SIP/2.0 200 OK", "SIP/2.0 487 Request Terminated"));
+    nodes_ack(&caller); // of the 487
+    let finals = [final_at(&callee), final_at(&callee)];
+    assert!(
+        finals
+            .iter()
+            .any(|m| m.starts_with("SIP/2.0 487") && cseq_of(m).ends_with("INVITE")),
+        "{finals:?}"
+    );
+    callee.send(&crate::dialogs::on_branch(&hold, "ACK", None));
+
+    let refresh = reinvite_at(&caller);
+    assert_ne!(cseq_of(&refresh), cseq_of(&relayed), "{refresh}");
+    assert!(
+        refresh.contains("m=audio") && !refresh.contains("a=sendonly"),
+        "the session before the hold: {refresh}"
+    );
+    caller.send(&caller_ok(
+        &caller,
+        &refresh,
+        "Session-Expires: 4;refresher=uac\n",
+    ));
+    nodes_ack(&caller);
+    hang_up(&caller, &callee, call_id, &node_tag, 2);
+}
+
+/// A request of the callee's in the dialog of `invite` (the node's INVITE it answered
+/// with To tag `tag`): `method`, CSeq `cseq`, no body.
+fn callee_request(ports: Ports, invite: &str, tag: &str, method: &str, cseq: u32) -> String {
+    format!(
+        "{method} sip:node@127.0.0.1:{node} SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.1:{uas};branch=z9hG4bK-{tag}{cseq}\nFrom: {to};tag={tag}\nTo: {from}\nCall-ID: {cid}\nCSeq: {cseq} {method}\nMax-Forwards: 70\nContent-Length: 0\n\n",
+        node = ports.sip,
+        uas = ports.uas,
+        to = header(invite, "To").unwrap(),
+        from = header(invite, "From").unwrap(),
+        cid = header(invite, "Call-ID").unwrap().trim(),
+    )
+}
+
+/// The first destination's callee sends a request in its early dialog (CSeq 102) and
+/// is left at its ring time; the second answers, and its BYE (CSeq 2, its own
+/// dialog's count) hangs the call up. The callee's side kept one CSeq count across
+/// attempts: that BYE was refused 500 as out of order and the caller was left
+/// connected to silence (a review).
+#[test]
+fn each_callee_s_dialog_has_its_own_cseq_count() {
+    let ports = Ports::take();
+    let node = Node::start(ports, "127.0.0.1/32", "");
+    let dest = r#"[{"number": "0311112222", "ring_seconds": 1}, {"number": "0311113333", "ring_seconds": 20}]"#;
+    let (key, _) = node.provision("0501234567", dest, "{}");
+    let callee = Callee::bind(ports);
+    let caller = Party::bind("127.0.0.1", ports.sip);
+    let call_id = "cseq-per-dialog";
+    caller.send(&invite_with(&caller, call_id, CALLER_SDP));
+    let first = callee.expect("INVITE ");
+    callee.respond_as("first", &first, "180 Ringing", "");
+    callee.send(&callee_request(ports, &first, "first", "INFO", 102));
+    let info_ok = callee.expect("SIP/2.0 ");
+    assert!(cseq_of(&info_ok).starts_with("102 INFO"), "{info_ok}");
+    let cancel = callee.expect("CANCEL ");
+    callee.ok(&cancel);
+    callee.respond_as("first", &first, "487 Request Terminated", "");
+    callee.expect("ACK ");
+    let second = loop {
+        let m = callee.expect("INVITE ");
+        if header(&m, "Call-ID") != header(&first, "Call-ID") {
+            break m;
+        }
+    };
+    callee.respond_as("second", &second, "200 OK", &sdp(4002));
+    let ok = caller.final_response();
+    assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
+    caller.ack(call_id, &ok);
+    callee.expect("ACK ");
+    callee.send(&callee_request(ports, &second, "second", "BYE", 2));
+    let bye_ok = callee.expect("SIP/2.0 ");
+    assert!(bye_ok.starts_with("SIP/2.0 200"), "{bye_ok}");
+    let bye = std::iter::from_fn(|| caller.recv(Duration::from_secs(5)))
+        .find(|m| m.starts_with("BYE "))
+        .expect("the callee's hang-up passed on to the caller");
+    caller.send(&ok_to(&bye));
+    let calls = node.wait_for_calls(&key, 1);
+    assert_eq!(calls[0]["result"], "answered", "{}", calls[0]);
+}
+
+/// The caller hangs up and the callee hears the judgement prompt: a re-INVITE of the
+/// callee's (a hold) is refused 488 and an UPDATE without an offer (a session refresh)
+/// answered 200, both by the node, and nothing reaches the caller, whose dialog ended
+/// with its BYE (RFC 3261 15). They were relayed into that dialog, whose 481 had the
+/// callee hang up and lost the judgement (a review).
+#[test]
+fn a_callee_judging_the_call_has_its_re_offers_answered_by_the_node() {
+    let ports = Ports::take();
+    let node = Node::start(ports, "127.0.0.1/32", "");
+    let (key, _) = node.provision("0501234567", DEST, "{}");
+    let callee = Callee::bind(ports);
+    let caller = Party::bind("127.0.0.1", ports.sip);
+    node.set_number(
+        &key,
+        "0501234567",
+        r#"{"judgement": {"prompt": "judgement", "seconds": 5}}"#,
+    );
+    let call_id = "judging-reoffers";
+    caller.send(&invite_with(&caller, call_id, CALLER_SDP));
+    let forwarded = callee.expect("INVITE ");
+    callee.respond_with("calleetag", &forwarded, "200 OK", "", &sdp(4002));
+    let ok = caller.final_response();
+    assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
+    let node_tag = caller.ack(call_id, &ok);
+    callee.expect("ACK ");
+    let bye = "Content-Length: 0\n\n";
+    caller.send(&caller.request("BYE", call_id, "callertag", &node_tag, 2, bye));
+    assert!(caller.final_response().starts_with("SIP/2.0 200"));
+
+    let hold = callee_holds(ports, &callee, &forwarded);
+    let refused = final_at(&callee);
+    assert!(refused.starts_with("SIP/2.0 488"), "{refused}");
+    callee.send(&crate::dialogs::on_branch(&hold, "ACK", None));
+    callee.send(&callee_request(ports, &forwarded, "calleetag", "UPDATE", 3));
+    let refreshed = final_at(&callee);
+    assert!(refreshed.starts_with("SIP/2.0 200"), "{refreshed}");
+    assert!(header(&refreshed, "Contact").is_some(), "{refreshed}");
+    assert!(
+        caller.recv(Duration::from_millis(300)).is_none(),
+        "something reached the caller after its BYE"
+    );
+    callee.send(&callee_request(ports, &forwarded, "calleetag", "BYE", 4));
+    assert!(final_at(&callee).starts_with("SIP/2.0 200"));
+    node.wait_until(Duration::from_secs(5), "the judgement ended", || {
+        node.metric("tsunagu_judgements_total{outcome=\"hung_up\"}") == 1.0
+    });
+}

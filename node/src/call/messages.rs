@@ -286,7 +286,7 @@ impl Call {
         key: &tsunagu_sip::transaction::TxKey,
     ) -> bool {
         let last = &mut self.remote_cseq[usize::from(side == Side::B)];
-        if cseq_in_order(last, info.cseq) {
+        if cseq_in_order(last, info.from_tag.as_deref(), info.cseq) {
             return true;
         }
         // One line a second at most, as for foreign requests (`refuse_foreign`).
@@ -382,6 +382,23 @@ impl Call {
                 self.end_and_wait();
             }
             Method::Bye => ep.respond(&req, &info, &key, 200, None, &[], None),
+            Method::Invite | Method::Update if self.judging => {
+                // The caller has left (its dialog ended with its BYE: nothing more
+                // may be sent in it, RFC 3261 15); the callee hears the judgement
+                // prompt from the node. A refresh without an offer is answered here;
+                // an offer is refused and the session stays as it is (RFC 3261 14.2).
+                // It was relayed into the ended dialog, whose 481 came back and had
+                // the callee hang up, the judgement lost (a review).
+                let refresh = req.method == Method::Update && sdp_body(&req, &req.body).is_none();
+                match self.b.as_ref().map(|b| b.peer.transport) {
+                    Some(transport) if refresh => {
+                        let contact = super::legs::contact(&ep, transport);
+                        let extra = [("Contact", contact.as_str())];
+                        ep.respond(&req, &info, &key, 200, None, &extra, None);
+                    }
+                    _ => ep.respond(&req, &info, &key, 488, None, &[], None),
+                }
+            }
             Method::Invite | Method::Update if self.phase == Phase::Answered => {
                 self.relay_reoffer(Side::B, req, info, key)
             }

@@ -338,9 +338,9 @@ pub struct Call {
     /// A re-INVITE of the node's own waiting for its answer; new re-offers get 491
     /// meanwhile.
     own_reinvite: Option<OwnReinvite>,
-    /// The CSeq of the last request each far end (caller, callee) sent in its dialog:
-    /// a lower one is out of order (RFC 3261 12.2.2) and refused 500.
-    remote_cseq: [Option<u32>; 2],
+    /// The last request each far end (caller, callee) sent in its dialog: a lower
+    /// CSeq in the same dialog is out of order (RFC 3261 12.2.2) and refused 500.
+    remote_cseq: [Option<RemoteCseq>; 2],
     /// The current attempt's callee sent its SDP in an 18x (the caller has it), from
     /// the fork with this To tag: a 200 without SDP from that fork stands on that
     /// answer (another fork's would leave the relay at the first fork's address).
@@ -1159,13 +1159,35 @@ fn routed_to(number: &TrackingNumber, destination: Option<Destination>) -> Arc<T
     Arc::new(routed)
 }
 
-/// RFC 3261 12.2.2: a dialog's request whose CSeq is below the last one received is
-/// out of order; otherwise it becomes the last one.
-fn cseq_in_order(last: &mut Option<u32>, cseq: u32) -> bool {
-    if last.is_some_and(|l| cseq < l) {
-        return false;
+/// The last request a far end sent: its dialog (the far end's tag, its From tag) and
+/// its CSeq.
+#[derive(Debug, Clone, PartialEq)]
+struct RemoteCseq {
+    tag: Option<String>,
+    cseq: u32,
+}
+
+/// RFC 3261 12.2.2: a dialog's request whose CSeq is below the last one received in
+/// that dialog is out of order; otherwise it becomes the last one. A request of
+/// another dialog (a new forwarding attempt's callee, another fork: its own tag)
+/// starts its own count: one count for the callee's side across attempts refused the
+/// next callee's BYE (CSeq 2 after an earlier callee's INFO 102) as out of order, and
+/// the caller was left talking to silence (a review).
+fn cseq_in_order(last: &mut Option<RemoteCseq>, tag: Option<&str>, cseq: u32) -> bool {
+    match last {
+        Some(l) if l.tag.as_deref() == tag => {
+            if cseq < l.cseq {
+                return false;
+            }
+            l.cseq = cseq;
+        }
+        _ => {
+            *last = Some(RemoteCseq {
+                tag: tag.map(str::to_string),
+                cseq,
+            })
+        }
     }
-    *last = Some(cseq);
     true
 }
 
@@ -1214,23 +1236,33 @@ mod tests {
 
     #[test]
     fn cseq_order() {
-        // Each row: the last CSeq received, this request's → accepted, the last after.
-        let rows: &[(Option<u32>, u32, bool, Option<u32>)] = &[
-            (None, 1, true, Some(1)),
-            (None, 0, true, Some(0)),
-            (Some(1), 2, true, Some(2)),
-            (Some(7), 1, false, Some(7)),
-            (Some(7), 7, true, Some(7)),
-            (Some(7), u32::MAX, true, Some(u32::MAX)),
+        let at = |tag: &str, cseq| {
+            Some(RemoteCseq {
+                tag: Some(tag.to_string()),
+                cseq,
+            })
+        };
+        // Each row: the last request received (tag, CSeq), this one's → accepted, the
+        // last after.
+        let rows: Vec<(Option<RemoteCseq>, &str, u32, bool, Option<RemoteCseq>)> = vec![
+            (None, "a", 1, true, at("a", 1)),
+            (None, "a", 0, true, at("a", 0)),
+            (at("a", 1), "a", 2, true, at("a", 2)),
+            (at("a", 7), "a", 1, false, at("a", 7)),
+            (at("a", 7), "a", 7, true, at("a", 7)),
+            (at("a", 7), "a", u32::MAX, true, at("a", u32::MAX)),
+            // Another dialog (the next attempt's callee) counts from its own first.
+            (at("a", 102), "b", 2, true, at("b", 2)),
+            (at("b", 2), "b", 1, false, at("b", 2)),
         ];
-        for &(last, cseq, accepted, after) in rows {
-            let mut l = last;
+        for (last, tag, cseq, accepted, after) in rows {
+            let mut l = last.clone();
             assert_eq!(
-                cseq_in_order(&mut l, cseq),
+                cseq_in_order(&mut l, Some(tag), cseq),
                 accepted,
-                "{last:?} then {cseq}"
+                "{last:?} then {tag} {cseq}"
             );
-            assert_eq!(l, after, "{last:?} then {cseq}");
+            assert_eq!(l, after, "{last:?} then {tag} {cseq}");
         }
     }
 }

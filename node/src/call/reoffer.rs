@@ -51,6 +51,49 @@ pub(super) struct Reoffer {
     pub(super) floor_retried: bool,
 }
 
+/// The headers a refusal of a relayed re-offer passes on to its sender, as the other
+/// party's response `resp` has them, for the code `passed` the sender gets: what the
+/// sender needs to act on it, which the RFCs require with those codes (they were
+/// dropped, so a 422 reached the sender without its Min-SE and could not be retried,
+/// a 405 without Allow; a review). Each is checked and written afresh, never a peer's
+/// text passed as it came: Min-SE (422, RFC 4028 6) as a number, Unsupported (420,
+/// RFC 3261 8.2.2.3) and Allow (405, 20.5) as lists of tokens, Retry-After (any
+/// refusal, 20.33) as its seconds alone.
+fn refusal_headers(resp: &Response, passed: u16) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    let tokens = |name: &str| {
+        let value = header(resp, name)?;
+        let listed: Vec<&str> = value
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty() && t.len() <= 32 && t.bytes().all(is_token_byte))
+            .take(32)
+            .collect();
+        (!listed.is_empty()).then(|| listed.join(", "))
+    };
+    match passed {
+        422 => {
+            if let Some(min) = header(resp, "Min-SE").and_then(|v| v.trim().parse::<u32>().ok()) {
+                out.push(("Min-SE", min.to_string()));
+            }
+        }
+        420 => out.extend(tokens("Unsupported").map(|v| ("Unsupported", v))),
+        405 => out.extend(tokens("Allow").map(|v| ("Allow", v))),
+        _ => {}
+    }
+    if passed >= 300 {
+        if let Some(s) = tsunagu_sip::parse::retry_after_seconds(resp) {
+            out.push(("Retry-After", s.to_string()));
+        }
+    }
+    out
+}
+
+/// A byte of an RFC 3261 token (25.1: alphanumerics and `-.!%*_+\`'~`).
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b)
+}
+
 impl Call {
     /// Passes a re-INVITE or UPDATE (hold, resume, codec change, session refresh) from
     /// one leg to the other with the SDP pointed at the node, and remembers it so the
@@ -297,11 +340,14 @@ impl Call {
     /// was refused 491 for the rest of the call, session refreshes included (a review).
     pub(super) fn reoffer_timed_out(&mut self, key: &tsunagu_sip::transaction::TxKey) {
         if self.reoffer.as_ref().is_some_and(|p| p.sent == *key) {
-            if let Some(p) = self.reoffer.take().filter(|p| !p.abandoned) {
-                tracing::info!(method = %p.method, "a relayed re-offer got no final answer: 408 to its sender");
-                self.ctx
-                    .endpoint
-                    .respond(&p.request, &p.info, &p.key, 408, None, &[], None);
+            if let Some(p) = self.reoffer.take() {
+                self.offer_not_taken(&p);
+                if !p.abandoned {
+                    tracing::info!(method = %p.method, "a relayed re-offer got no final answer: 408 to its sender");
+                    self.ctx
+                        .endpoint
+                        .respond(&p.request, &p.info, &p.key, 408, None, &[], None);
+                }
             }
         }
         if let Some(own) = self.own_reinvite.take_if(|own| own.key == *key) {
@@ -312,6 +358,21 @@ impl Call {
             if own.refresh {
                 self.expire_session("the caller did not take the node's session refresh");
             }
+        }
+    }
+
+    /// A relayed offer that the other party refused, or that was cancelled or timed
+    /// out before it took it: that party's session is the one before the offer, and the
+    /// node's next offer of its own to it (a session refresh, a takeover's) is that
+    /// one, a version past the one not taken (RFC 3264 8), never the offer not taken
+    /// (a hold the sender cancelled, offered again by the node's refresh, put the call
+    /// on hold; a review found the cancelled and timed-out paths did not restore).
+    fn offer_not_taken(&mut self, p: &Reoffer) {
+        if p.offer.is_none() {
+            return;
+        }
+        if let Some(leg) = self.leg(p.from.other()) {
+            leg.next_body(p.previous.clone());
         }
     }
 
@@ -351,6 +412,8 @@ impl Call {
                 if p.cancel_wanted && p.offer.is_some() && self.phase == Phase::Answered {
                     self.restore_after_crossing(to, p.previous);
                 }
+            } else if code >= 300 {
+                self.offer_not_taken(&p);
             }
             return;
         }
@@ -358,13 +421,8 @@ impl Call {
             Ok(()) => return,
             Err(p) => p,
         };
-        if code >= 300 && p.offer.is_some() {
-            // Refused: the party's session is the one before this offer, and the
-            // node's next offer of its own (a session refresh) is that one, a version
-            // past the refused one (RFC 3264 8), not the refused one again.
-            if let Some(leg) = self.leg(to) {
-                leg.next_body(p.previous.clone());
-            }
+        if code >= 300 {
+            self.offer_not_taken(&p);
         }
         let answered = sdp_body(&resp, &resp.body)
             .filter(|_| code < 300)
@@ -429,6 +487,15 @@ impl Call {
                 p.from == Side::A || self.session.is_some_and(|s| !s.by_node),
             )
         };
+        // A 422 the node did not follow (see `retry_with_callers_floor`) is about the
+        // node's timer, which the sender never asked for: a 422 to a request without
+        // Session-Expires breaks RFC 4028 (6), so the sender gets 500.
+        let passed = if code == 422 && p.timer_added {
+            500
+        } else {
+            code
+        };
+        let refusal = refusal_headers(&resp, passed);
         let extra: Vec<(&str, &str)> = if code < 300 {
             if p.timer_added {
                 self.on_own_refresh_answer(&resp);
@@ -449,15 +516,7 @@ impl Call {
                 .chain(timer.iter().map(|(k, v)| (*k, v.as_str())))
                 .collect()
         } else {
-            Vec::new()
-        };
-        // A 422 the node did not follow (see `retry_with_callers_floor`) is about the
-        // node's timer, which the sender never asked for: a 422 to a request without
-        // Session-Expires breaks RFC 4028 (6), so the sender gets 500.
-        let passed = if code == 422 && p.timer_added {
-            500
-        } else {
-            code
+            refusal.iter().map(|(k, v)| (*k, v.as_str())).collect()
         };
         ep.respond(
             &p.request,
@@ -471,6 +530,77 @@ impl Call {
         if code < 300 {
             // The session changed: what a takeover needs changed with it.
             self.checkpoint_now(false);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refusal(code: u16, extra: &str) -> Response {
+        let text = format!(
+            "SIP/2.0 {code} No\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK1\r\n\
+             From: <sip:a@127.0.0.1>;tag=1\r\nTo: <sip:b@127.0.0.1>;tag=2\r\nCall-ID: c1\r\n\
+             CSeq: 2 INVITE\r\n{extra}Content-Length: 0\r\n\r\n"
+        );
+        match tsunagu_sip::parse::parse(text.as_bytes()).unwrap().0 {
+            tsunagu_sip::SipMessage::Response(r) => r,
+            _ => unreachable!(),
+        }
+    }
+
+    /// (code of the other party's refusal, its headers, code passed on) -> headers the
+    /// sender gets.
+    #[test]
+    fn a_refusal_passes_on_what_its_sender_needs() {
+        let rows: &[(u16, &str, u16, &[(&str, &str)])] = &[
+            (422, "Min-SE: 600\r\n", 422, &[("Min-SE", "600")]),
+            (422, "Min-SE:  600 \r\n", 422, &[("Min-SE", "600")]),
+            (422, "Min-SE: 600;x=y\r\n", 422, &[]),
+            (422, "Min-SE: 99999999999\r\n", 422, &[]),
+            // The node's own timer refused: 500 to a sender that never asked.
+            (422, "Min-SE: 600\r\n", 500, &[]),
+            (
+                420,
+                "Unsupported: foo, bar\r\n",
+                420,
+                &[("Unsupported", "foo, bar")],
+            ),
+            (
+                420,
+                "Unsupported: foo, b@d, ,bar\r\n",
+                420,
+                &[("Unsupported", "foo, bar")],
+            ),
+            (420, "Unsupported: <x>\r\n", 420, &[]),
+            (
+                405,
+                "Allow: INVITE,ACK,BYE,CANCEL\r\n",
+                405,
+                &[("Allow", "INVITE, ACK, BYE, CANCEL")],
+            ),
+            // Only the header its code needs.
+            (405, "Unsupported: foo\r\nMin-SE: 600\r\n", 405, &[]),
+            (
+                486,
+                "Retry-After: 30 (busy);duration=5\r\n",
+                486,
+                &[("Retry-After", "30")],
+            ),
+            (503, "Retry-After: soon\r\n", 503, &[]),
+            (
+                422,
+                "Min-SE: 600\r\nRetry-After: 5\r\n",
+                422,
+                &[("Min-SE", "600"), ("Retry-After", "5")],
+            ),
+            (488, "", 488, &[]),
+        ];
+        for (code, extra, passed, want) in rows {
+            let got = refusal_headers(&refusal(*code, extra), *passed);
+            let got: Vec<(&str, &str)> = got.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            assert_eq!(got, *want, "{code} {extra:?} as {passed}");
         }
     }
 }
