@@ -56,6 +56,16 @@ pub struct NodeConfig {
     /// every part of a recording even while the node that recorded a part is down.
     #[serde(default)]
     pub recordings_dir: Option<PathBuf>,
+    /// No recording starts while the file system of `recordings_dir` has less than
+    /// this many MiB free (the call goes on unrecorded, counted): recordings are the
+    /// one thing a node writes without bound, and a disk they fill stops the store and
+    /// every call. 0 = no guard.
+    #[serde(default = "default_recordings_min_free_mb")]
+    pub recordings_min_free_mb: u64,
+    /// Day folders of `recordings_dir` older than this many days are deleted (hourly,
+    /// whole days: 90 keeps today and the 89 days before). 0 = kept for ever.
+    #[serde(default)]
+    pub recordings_retention_days: u32,
     /// Threads of the runtime that runs calls, media and the API; 0 = one fewer than
     /// the CPUs the node may use, at least one (the call-log writer, the UDP standby
     /// and the kernel's packet work take the last). Fewer wake each other less: on a
@@ -88,6 +98,8 @@ impl Default for NodeConfig {
             max_calls: default_max_calls(),
             max_call_seconds: default_max_call_seconds(),
             recordings_dir: None,
+            recordings_min_free_mb: default_recordings_min_free_mb(),
+            recordings_retention_days: 0,
             worker_threads: 0,
             transparent_huge_pages: false,
         }
@@ -955,6 +967,10 @@ fn default_node_id() -> String {
 fn default_data_dir() -> PathBuf {
     PathBuf::from("./data")
 }
+fn default_recordings_min_free_mb() -> u64 {
+    1024
+}
+
 fn default_recordings_dir(data_dir: &std::path::Path) -> PathBuf {
     data_dir.join("recordings")
 }

@@ -98,6 +98,20 @@ impl Config {
         if let Some(message) = self.recordings_dir_error() {
             err("node.recordings_dir".into(), message);
         }
+        // MiB made bytes with a multiplication: a guard past any disk (1 PiB) is a
+        // typo, and one past 2^44 MiB would overflow.
+        if self.node.recordings_min_free_mb > 1 << 30 {
+            err(
+                "node.recordings_min_free_mb".into(),
+                "must be at most 1073741824 (1 PiB; 0 turns the guard off)".into(),
+            );
+        }
+        if self.node.recordings_retention_days > 36_500 {
+            err(
+                "node.recordings_retention_days".into(),
+                "must be at most 36500 (a century; 0 keeps recordings for ever)".into(),
+            );
+        }
 
         if self.log.queue_kib > 1 << 20 {
             err(
@@ -943,6 +957,11 @@ mod tests {
             ("no session floor", "[sip]\nmin_session_expires = 0\n", &["sip.min_session_expires"]),
             ("no ring at all", "[sip]\nmax_ring_seconds = 0\n", &["sip.max_ring_seconds"]),
             ("thousands of threads", "[node]\nworker_threads = 1025\n", &["node.worker_threads"]),
+            (
+                "recordings guards past sense",
+                "[node]\nrecordings_min_free_mb = 9223372036854775807\nrecordings_retention_days = 36501\n",
+                &["node.recordings_min_free_mb", "node.recordings_retention_days"],
+            ),
             (
                 "durations past the clock",
                 "[node]\ndrain_seconds = 9223372036854775807\nmax_call_seconds = 9223372036854775807\n[notify]\ntimeout_ms = 9223372036854775807\n",

@@ -26,6 +26,8 @@ pub struct NodeContext {
     pub webhooks: crate::follow_up::hooks::WebhookCache,
     pub lines: crate::lines::Lines,
     pub recordings_dir: std::path::PathBuf,
+    /// Whether the recordings disk has room for a new recording (see `recording_space`).
+    pub recording_space: crate::recording_space::RecordingSpace,
     pub prompts: tsunagu_media::Prompts,
     /// The ringback tone played to callers who were sent early media.
     pub ringback: Arc<tsunagu_media::Prompt>,

@@ -19,6 +19,7 @@ pub mod log_output;
 pub mod metrics;
 pub mod process;
 pub mod provisioning;
+pub mod recording_space;
 pub mod server;
 pub mod supervisor;
 pub mod tls;

@@ -235,6 +235,7 @@ pub struct Metrics {
     pub pools: tsunagu_api::PoolMetrics,
     pub api: tsunagu_api::ApiMetrics,
     pub cluster: tsunagu_cluster::ClusterMetrics,
+    pub recording_space: crate::recording_space::SpaceMetrics,
 }
 
 impl Metrics {
@@ -587,6 +588,7 @@ impl Metrics {
         self.media.register(&mut r);
         self.pools.register(&mut r);
         self.api.register(&mut r);
+        self.recording_space.register(&mut r);
         self.cluster.register(&mut r);
         self.follow_ups.register(&mut r);
         r

@@ -533,6 +533,13 @@ pub async fn run(
     })?;
 
     let recordings_dir = config.node.effective_recordings_dir();
+    let recording_space = crate::recording_space::RecordingSpace::start(
+        recordings_dir.clone(),
+        config.node.recordings_min_free_mb,
+        config.node.recordings_retention_days,
+        &metrics.recording_space,
+    )
+    .map_err(|e| NodeError::Io(format!("cannot start the recordings disk watch: {e}")))?;
     let prompts_dir = config
         .media
         .prompts_dir
@@ -579,6 +586,7 @@ pub async fn run(
         lines: crate::lines::Lines::new(&config.node.id, metrics.calls.queue_waiting.clone()),
         webhooks,
         recordings_dir: recordings_dir.clone(),
+        recording_space,
         prompts: prompts.clone(),
         ringback: Arc::new(tsunagu_media::Prompt::ringback()),
         metrics: metrics.clone(),

@@ -456,6 +456,7 @@ mod tests {
             lines: crate::lines::Lines::new("n1", Default::default()),
             webhooks: crate::follow_up::hooks::WebhookCache::load(store.clone()).unwrap(),
             recordings_dir: std::env::temp_dir(),
+            recording_space: crate::recording_space::RecordingSpace::unwatched(),
             prompts: tsunagu_media::Prompts::default(),
             ringback: Arc::new(tsunagu_media::Prompt::ringback()),
             routing,

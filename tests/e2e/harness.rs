@@ -322,13 +322,30 @@ impl Node {
 
     /// [`Node::start`] with more lines in the `[sip]` table (e.g. `min_session_expires = 2`).
     pub fn start_with_sip(ports: Ports, inbound: &str, sip: &str, extra: &str) -> Node {
+        Node::start_prepared(ports, inbound, "", sip, extra, |_| {})
+    }
+
+    /// [`Node::start_with_sip`] with more lines in the `[node]` table (`node`), and
+    /// `prepare` run on the node's data directory (created) before it starts.
+    pub fn start_prepared(
+        ports: Ports,
+        inbound: &str,
+        node: &str,
+        sip: &str,
+        extra: &str,
+        prepare: impl FnOnce(&Path),
+    ) -> Node {
         let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(&data).expect("the data directory");
+        prepare(&data);
         let config = format!(
             r#"
 [node]
 id = "e2e"
 data_dir = "{data}"
 drain_seconds = 20
+{node}
 
 [sip]
 listen = ["udp:127.0.0.1:{sip_port}", "tcp:127.0.0.1:{sip_port}"]
@@ -357,7 +374,7 @@ prefix = ""
 trunks = ["carrier-a"]
 {extra}
 "#,
-            data = dir.path().join("data").display(),
+            data = data.display(),
             sip_port = ports.sip,
             rtp_first = ports.rtp_first,
             rtp_last = ports.rtp_first + RTP_PER_SLOT - 1,

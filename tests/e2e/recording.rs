@@ -190,3 +190,53 @@ fn a_caller_that_cannot_hear_the_recording_notice_is_not_recorded() {
     );
     assert_eq!(node.metric("tsunagu_recordings_withheld_total"), 1.0);
 }
+
+/// A recordings disk with less free than `node.recordings_min_free_mb` (here a guard
+/// past any disk) stops recordings, not calls: the call of a number that records is
+/// answered and logged unrecorded, counted by reason, and the free space is exported.
+/// Day folders past `node.recordings_retention_days` are deleted with their files at
+/// start (then hourly); a newer one and anything not named as a day stay.
+#[test]
+fn a_full_recordings_disk_stops_recordings_not_calls_and_old_days_expire() {
+    let ports = Ports::take();
+    let node = Node::start_prepared(
+        ports,
+        "127.0.0.1/32",
+        "recordings_min_free_mb = 1073741824\nrecordings_retention_days = 30",
+        "",
+        "",
+        |data| {
+            let old = data.join("recordings/2020-01-01");
+            std::fs::create_dir_all(&old).unwrap();
+            std::fs::write(old.join("a.wav"), b"old").unwrap();
+            std::fs::write(old.join("b.wav"), b"old").unwrap();
+            std::fs::create_dir_all(data.join("recordings/keep-me")).unwrap();
+        },
+    );
+    let recordings = node.dir.path().join("data/recordings");
+    node.wait_until(
+        std::time::Duration::from_secs(10),
+        "the old day folder deleted",
+        || !recordings.join("2020-01-01").exists(),
+    );
+    assert_eq!(node.metric("tsunagu_recordings_expired_total"), 2.0);
+    assert!(recordings.join("keep-me").exists());
+    assert!(node.metric("tsunagu_recordings_disk_free_bytes") > 0.0);
+
+    let (key, _) = node.provision("0501234567", r#"[{"number": "0311112222"}]"#, "{}");
+    node.set_number(&key, "0501234567", r#"{"recording": {"mode": "both"}}"#);
+    let _uas = Uas::start("uas_answer.xml", ports, node.dir.path(), &["-rtp_echo"]);
+    let run = uac("uac_rtp.xml", ports, "0501234567", 1, 1, &["-d", "1000"]);
+    assert_eq!((run.exit, run.successful), (0, 1), "{}", run.output);
+    let call = node.wait_for_calls(&key, 1)[0].clone();
+    assert_eq!(call["result"], "answered", "{call}");
+    assert!(
+        call["recording"].is_null() && call["recording_status"].is_null(),
+        "{call}"
+    );
+    assert_eq!(
+        node.metric("tsunagu_recordings_skipped_total{reason=\"disk_full\"}"),
+        1.0
+    );
+    assert_eq!(node.metric("tsunagu_recordings_started_total"), 0.0);
+}

@@ -950,6 +950,15 @@ impl Call {
         let Some(relay) = self.relay.as_ref() else {
             return;
         };
+        if let Err(skip) = self.ctx.recording_space.allows() {
+            // The call goes on unrecorded (counted by reason): a full disk would stop
+            // the store, and every call with it.
+            tracing::warn!(
+                reason = skip.as_str(),
+                "not recorded: the recordings disk is full or does not answer"
+            );
+            return;
+        }
         let day = chrono::Utc::now().format("%Y-%m-%d");
         let rel = format!("{day}/{name}.wav");
         let sink = self
