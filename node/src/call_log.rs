@@ -724,7 +724,6 @@ fn write_apart(w: &Writer, batch: &mut Batch) -> bool {
 /// and counts it; false if the file cannot be written (the record then stays in the
 /// batch: nothing is dropped).
 fn set_aside(w: &Writer, record: &CallRecord) -> bool {
-    use std::io::Write;
     let line = match serde_json::to_string(record) {
         Ok(line) => line,
         Err(e) => {
@@ -732,14 +731,7 @@ fn set_aside(w: &Writer, record: &CallRecord) -> bool {
                 .to_string()
         }
     };
-    let written = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&w.rejected)
-        .and_then(|mut f| {
-            writeln!(f, "{line}")?;
-            f.sync_data()
-        });
+    let written = append_line(&w.rejected, &line);
     match written {
         Ok(()) => {
             w.metrics.log_rejected.inc();
@@ -752,6 +744,52 @@ fn set_aside(w: &Writer, record: &CallRecord) -> bool {
             false
         }
     }
+}
+
+/// Appends `line` and its newline to the file at `path` in one write, on disk before
+/// this returns. A line an earlier attempt left cut short (a disk that filled
+/// mid-write: its record stayed in the batch and is written again) is cut off first,
+/// so every line of the file is one whole record: `writeln!` wrote the JSON and the
+/// newline apart, and a disk filling between them joined two records on one line (a
+/// review).
+fn append_line(path: &std::path::Path, line: &str) -> std::io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .read(true)
+        .write(true)
+        .truncate(false)
+        .open(path)?;
+    let len = f.metadata()?.len();
+    let mut whole = len;
+    if len > 0 {
+        // Back to the last newline, reading the tail in chunks.
+        let mut end = len;
+        let mut buf = vec![0u8; 64 << 10];
+        whole = loop {
+            let start = end.saturating_sub(buf.len() as u64);
+            let chunk = &mut buf[..usize::try_from(end - start).unwrap_or(0)];
+            f.seek(SeekFrom::Start(start))?;
+            f.read_exact(chunk)?;
+            if let Some(i) = chunk.iter().rposition(|b| *b == b'\n') {
+                break start + i as u64 + 1;
+            }
+            if start == 0 {
+                break 0;
+            }
+            end = start;
+        };
+        if whole < len {
+            tracing::warn!(file = %path.display(), bytes = len - whole, "a line cut short in the set-aside file removed (its record is written again)");
+            f.set_len(whole)?;
+        }
+    }
+    let mut bytes = Vec::with_capacity(line.len() + 1);
+    bytes.extend_from_slice(line.as_bytes());
+    bytes.push(b'\n');
+    f.seek(SeekFrom::Start(whole))?;
+    f.write_all(&bytes)?;
+    f.sync_data()
 }
 
 /// One attempt at the batch; true if follow-ups were queued. Events that were written
@@ -956,6 +994,39 @@ mod tests {
     use super::*;
     use tsunagu_store::conformance::sample_call;
     use tsunagu_store::{CallQuery, FollowUpKind, SqliteStore, Validity, ValidityRule};
+
+    /// (the file before, a line appended) -> the file after: whole lines only, a
+    /// line cut short by an earlier failed write removed first.
+    #[test]
+    fn set_aside_lines_are_whole() {
+        let long_tail = "x".repeat(70_000);
+        let rows: Vec<(String, &str, String)> = vec![
+            (String::new(), "b", "b\n".into()),
+            ("a\n".into(), "b", "a\nb\n".into()),
+            ("a\n{\"cut".into(), "b", "a\nb\n".into()),
+            ("no newline at all".into(), "b", "b\n".into()),
+            (format!("a\n{long_tail}"), "b", "a\nb\n".into()),
+            (
+                format!("a\n{long_tail}\n"),
+                "b",
+                format!("a\n{long_tail}\nb\n"),
+            ),
+        ];
+        for (before, line, after) in rows {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("call_log_rejected.jsonl");
+            if !before.is_empty() {
+                std::fs::write(&path, &before).unwrap();
+            }
+            append_line(&path, line).unwrap();
+            assert_eq!(
+                std::fs::read_to_string(&path).unwrap(),
+                after,
+                "{:?}",
+                &before[..before.len().min(20)]
+            );
+        }
+    }
 
     #[test]
     fn lost_calls_end_at_the_last_sign_of_life() {

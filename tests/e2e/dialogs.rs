@@ -989,3 +989,51 @@ fn a_cancelled_re_invite_is_answered_487_and_the_call_goes_on() {
         &node, &key, &caller, call_id, &our_tag, &reinvite,
     );
 }
+
+/// The caller sends a second re-INVITE while its first is still with the callee: 500
+/// with a Retry-After of 0 to 10 s (RFC 3261 14.2: a request of the sender's own is
+/// pending, not glare); it was 491, which tells the sender the other side offered.
+#[test]
+fn a_second_re_invite_before_the_first_is_answered_gets_500_with_retry_after() {
+    let ports = Ports::take();
+    let node = Node::start(ports, "127.0.0.0/8", "");
+    let (key, _) = node.provision("0501234567", DEST, "{}");
+    let call_id = "second-reinvite-1";
+    let (caller, our_tag, _uas, _first) = reinvite_a_silent_callee(&node, ports, call_id);
+    let sdp = "v=0\r\no=- 1 3 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4002 RTP/AVP 0\r\n";
+    caller.send(&caller.request(
+        "INVITE",
+        call_id,
+        "callertag",
+        &our_tag,
+        3,
+        &format!(
+            "Contact: <sip:caller@{}>\nContent-Type: application/sdp\nContent-Length: {}\n\n{sdp}",
+            caller.me(),
+            sdp.len()
+        ),
+    ));
+    let refused = loop {
+        let m = caller
+            .recv(Duration::from_secs(5))
+            .expect("an answer to the second re-INVITE");
+        if header(&m, "CSeq") == Some("3 INVITE") && !m.starts_with("SIP/2.0 1") {
+            break m;
+        }
+    };
+    assert!(refused.starts_with("SIP/2.0 500"), "{refused}");
+    let after: u32 = header(&refused, "Retry-After")
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("a Retry-After in seconds: {refused}"));
+    assert!(after <= 10, "{refused}");
+    caller.send(&caller.request(
+        "BYE",
+        call_id,
+        "callertag",
+        &our_tag,
+        4,
+        "Content-Length: 0\n\n",
+    ));
+    let calls = node.wait_for_calls(&key, 1);
+    assert_eq!(calls[0]["result"], "answered", "{}", calls[0]);
+}

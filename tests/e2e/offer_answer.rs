@@ -1212,3 +1212,69 @@ fn a_callee_judging_the_call_has_its_re_offers_answered_by_the_node() {
         node.metric("tsunagu_judgements_total{outcome=\"hung_up\"}") == 1.0
     });
 }
+
+/// The callee's 200 to the caller's hold comes again after the caller hung up (the
+/// node's ACK was lost, the node's BYE is out): acknowledged again with its own CSeq,
+/// and the node sends no second BYE. It was taken for a first answer: acknowledged
+/// with the first INVITE's CSeq and followed by a new BYE (a review).
+#[test]
+fn a_re_invite_s_200_again_while_the_call_ends_is_acknowledged_as_itself() {
+    let (_ports, _node, callee, caller) = raw_parties();
+    let call_id = "reack-while-ending";
+    caller.send(&invite_with(&caller, call_id, CALLER_SDP));
+    let forwarded = callee.expect("INVITE ");
+    callee.respond_with("calleetag", &forwarded, "200 OK", "", &sdp(4002));
+    let ok = caller.final_response();
+    assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
+    let node_tag = caller.ack(call_id, &ok);
+    callee.expect("ACK ");
+    let hold = format!("{CALLER_SDP}a=sendonly\r\n").replace(" 1 1 IN", " 1 2 IN");
+    caller.send(&caller.request(
+        "INVITE",
+        call_id,
+        "callertag",
+        &node_tag,
+        2,
+        &format!(
+            "Contact: <sip:caller@{}>\nContent-Type: application/sdp\nContent-Length: {}\n\n{hold}",
+            caller.me(),
+            hold.len()
+        ),
+    ));
+    let relayed = callee.expect("INVITE ");
+    let held = sdp(4002).replace(" 2 2 IN", " 2 3 IN") + "a=recvonly\r\n";
+    callee.respond_with("calleetag", &relayed, "200 OK", "", &held);
+    let first_ack = callee.expect("ACK ");
+    assert_eq!(
+        cseq_of(&first_ack),
+        cseq_of(&relayed).replace("INVITE", "ACK")
+    );
+    let held_ok = caller.final_response();
+    assert!(held_ok.starts_with("SIP/2.0 200"), "{held_ok}");
+    caller.send(&caller.request(
+        "ACK",
+        call_id,
+        "callertag",
+        &node_tag,
+        2,
+        "Content-Length: 0\n\n",
+    ));
+    caller.send(&caller.request(
+        "BYE",
+        call_id,
+        "callertag",
+        &node_tag,
+        3,
+        "Content-Length: 0\n\n",
+    ));
+    let bye = callee.expect("BYE ");
+    // The re-INVITE's 200 again, as if the node's ACK was lost.
+    callee.respond_with("calleetag", &relayed, "200 OK", "", &held);
+    let again = callee.expect("ACK ");
+    assert_eq!(cseq_of(&again), cseq_of(&first_ack), "{again}");
+    let seen = callee.quiet_for(Duration::from_millis(700));
+    for m in seen.iter().filter(|m| m.starts_with("BYE ")) {
+        assert_eq!(cseq_of(m), cseq_of(&bye), "a second BYE: {m}");
+    }
+    callee.ok(&bye);
+}

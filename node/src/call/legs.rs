@@ -763,13 +763,13 @@ impl BLeg {
         &self.invite.call_id
     }
 
-    /// Cancels the INVITE now if the callee has sent a provisional response, else as
-    /// soon as it does (RFC 3261 9.1).
     /// Whether the callee answered (its 2xx established the dialog).
     pub fn is_answered(&self) -> bool {
         self.to.is_some()
     }
 
+    /// Cancels the INVITE now if the callee has sent a provisional response, else as
+    /// soon as it does (RFC 3261 9.1).
     pub fn cancel(&mut self, ep: &EndpointHandle) {
         if self.cancel_sent {
             return;

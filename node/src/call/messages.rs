@@ -474,9 +474,13 @@ impl Call {
                     b.end_fork(&ep, &resp, &|ip| routing.is_trunk_address(ip));
                     return;
                 }
-                if self.phase == Phase::Answered {
+                if self.phase == Phase::Answered || b.is_answered() {
                     // A retransmitted 2xx (the INVITE's, or a re-INVITE's): the ACK
-                    // sent for it was lost; sent again with its CSeq and body.
+                    // sent for it was lost; sent again with its CSeq and body. Also
+                    // while the call ends: a re-INVITE's 2xx coming again after the
+                    // node's BYE was taken for a first answer, acknowledged with the
+                    // first INVITE's CSeq, its route set overwritten, and a second BYE
+                    // sent (a review).
                     b.reack(&ep, cseq);
                     return;
                 }

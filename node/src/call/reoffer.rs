@@ -109,7 +109,16 @@ impl Call {
         // One offer at a time on a dialog (RFC 3261 14.2), the node's own included: a
         // takeover's re-INVITEs (sent, or to be sent again after a 491).
         if self.offer_pending() {
-            ep.respond(&req, &info, &key, 491, None, &[], None);
+            // The sender's own offer still pending (a second before the first's
+            // answer): 500 with Retry-After 0 to 10 s (RFC 3261 14.2, RFC 3311 5.2);
+            // glare with the other party's, or the node's: 491. Both were 491.
+            if self.reoffer.as_ref().is_some_and(|p| p.from == from) {
+                let after = (rand::random::<u8>() % 11).to_string();
+                let extra = [("Retry-After", after.as_str())];
+                ep.respond(&req, &info, &key, 500, None, &extra, None);
+            } else {
+                ep.respond(&req, &info, &key, 491, None, &[], None);
+            }
             return;
         }
         let to = from.other();
