@@ -756,20 +756,18 @@ impl Cluster {
         }
     }
 
-    /// Gives the line service the members up in this node's view (`change`: a view
-    /// change, or the end of a suspension) and sends what it produced.
-    fn lines_to_view(&self, change: impl FnOnce(&mut LineService, Vec<String>)) {
-        let members = self.up_names();
+    /// Gives the line service the members up in this node's view, each in its
+    /// incarnation (`change`: a view change, or the end of a suspension) and sends what
+    /// it produced. By name alone, a member that restarted under the same name was
+    /// taken for the holder of its old incarnation's lines (a review).
+    fn lines_to_view(&self, change: impl FnOnce(&mut LineService, Vec<(String, u64)>)) {
+        let members = self.membership().up();
         let out = {
             let mut lines = self.lines();
             change(&mut lines, members);
             self.send_in_order(lines.drain())
         };
         self.dispatch(out);
-    }
-
-    fn up_names(&self) -> Vec<String> {
-        self.membership().up().into_iter().map(|(n, _)| n).collect()
     }
 
     fn on_frame(&self, bytes: &[u8]) {
@@ -884,10 +882,11 @@ impl Cluster {
         if self.0.stale.load(Ordering::Relaxed) {
             return;
         }
+        let now_ms = wall_ms();
         let out = {
             let mut lines = self.lines();
             for m in msgs {
-                lines.on_message(from, m);
+                lines.on_message(from, m, now_ms);
             }
             self.send_in_order(lines.drain())
         };
@@ -1015,6 +1014,14 @@ fn due_resets(cut: &[String], last: &mut HashMap<String, Instant>, now: Instant)
 /// How long ago `t` was, for logs.
 pub fn ago(t: Instant) -> Duration {
     Instant::now().saturating_duration_since(t)
+}
+
+/// This node's wall clock, in ms since the Unix epoch: what the line service takes a
+/// peer's queue stamps against (see [`LineService::on_message`]).
+fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 #[cfg(test)]

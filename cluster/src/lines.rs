@@ -18,8 +18,12 @@
 //! members up in the current view: a declared-down incarnation is fenced off by its
 //! epoch). A member's messages that reach a rebuilding owner before its snapshot are
 //! already reflected in it (one ordered session per pair) and are dropped; later ones
-//! wait for the rebuild to finish. Queue order survives: waiters carry the time they
-//! started waiting.
+//! wait for the rebuild to finish. Whether a live member's call has a line at all is
+//! that member's word alone: what a previous owner hands over only says it was granted
+//! (a review: an old owner's copy brought back lines released since). Members are
+//! told apart by incarnation: one that restarted under the same name holds none of its
+//! old incarnation's lines. Queue order survives: waiters carry the time they started
+//! waiting.
 //!
 //! A call that moves to another node (taken over, handed over) keeps its lines: the
 //! new node *adopts* them ([`LineService::adopt`]: the owner counts them as held by it,
@@ -47,6 +51,34 @@ use std::time::{Duration, Instant};
 /// nobody takes over frees its line this long after its node left.
 pub const RESERVED_FOR: Duration = Duration::from_secs(15);
 
+/// The longest key or call id taken from a peer; a message with a longer one is
+/// dropped. Ours are far shorter (a number or an advertiser's id with a prefix, a
+/// call's id); without a bound a peer made an owner store ids of any length (a review).
+const MAX_ID_LEN: usize = 256;
+
+/// The most callers kept waiting for one key's lines: a request past it is answered
+/// as queued last and not kept (the protocol has no refusal: its caller gives up after
+/// its longest wait), so a peer cannot grow a queue without bound, nor make each
+/// message scan a queue of any length (a review).
+const MAX_WAITING_PER_KEY: usize = 5_000;
+
+/// The most lines and places in queues one member may have in this node's tables, over
+/// all keys (so also the most keys it can make this node keep): past it its new
+/// requests are refused as past [`MAX_WAITING_PER_KEY`] (a review). Far above what one
+/// node's calls need.
+const MAX_ENTRIES_PER_MEMBER: usize = 20_000;
+
+/// The most messages of one member held back while a rebuild waits for others: past
+/// it they are dropped, and a reconcile follows the rebuild (its snapshots reflect what
+/// was dropped), rather than buffering without bound (a review).
+const MAX_HELD_BACK_PER_MEMBER: usize = 10_000;
+
+/// The longest a caller waits for a line (a number's or an advertiser's
+/// `max_wait_seconds` is at most an hour): a peer's queue stamp is taken as no earlier
+/// than this before the owner's clock, and no later than it (see
+/// [`LineService::on_message`]).
+const MAX_WAIT: Duration = Duration::from_secs(3600);
+
 /// A line a node's call holds or waits for, as reported in a snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Holding {
@@ -58,6 +90,13 @@ pub struct Holding {
     pub arrived_ms: i64,
     /// Held (granted), or asked for and not granted yet.
     pub held: bool,
+    /// The incarnation of `node` the line is (or was) for, where the sender reports
+    /// another node's line (what it hands over): a member that restarted under the same
+    /// name holds none of its old incarnation's lines (a review). Absent from a holder's
+    /// own lines (the sender's current incarnation) and from a node of a release before
+    /// it (then taken as the named member's current incarnation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
 }
 
 /// The owner's answer to a request.
@@ -147,14 +186,36 @@ struct Request {
     adopted: bool,
 }
 
+/// A node in one incarnation, holding a line or waiting for one: by name alone, a
+/// member that restarted under the same name was taken for the holder of its old
+/// incarnation's lines, which its empty snapshot then dropped (a review).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Holder {
+    node: String,
+    /// 0 for a node not in the view when recorded (never up).
+    epoch: u64,
+}
+
 /// The owner's table of one key.
 #[derive(Debug, Default)]
 struct KeyTable {
     limit: u32,
-    /// call -> node
-    held: BTreeMap<String, String>,
-    /// (arrived_ms, call) -> node
-    waiting: BTreeMap<(i64, String), String>,
+    /// call -> holder
+    held: BTreeMap<String, Holder>,
+    /// (arrived_ms, call) -> holder
+    waiting: BTreeMap<(i64, String), Holder>,
+}
+
+/// A table of a key this node owned and no longer does, kept for its new owner's
+/// rebuild: grants that may still be on their way, lines of members that left.
+#[derive(Debug)]
+struct Handed {
+    table: KeyTable,
+    /// When it is dropped (None until the next [`LineService::expire_reservations`]
+    /// sets it). Kept through later view changes until then, not to the next one: the
+    /// new owner's rebuild may start again (a second view change) and ask again, and a
+    /// line of a member that left must still be in it (a review).
+    until: Option<Instant>,
 }
 
 impl KeyTable {
@@ -165,23 +226,24 @@ impl KeyTable {
             .map(|p| p as u32 + 1)
     }
 
-    fn remove(&mut self, call: &str) -> bool {
-        if self.held.remove(call).is_some() {
-            return true;
+    /// Takes `call`'s entry out (held or waiting): its holder, if it had one.
+    fn remove(&mut self, call: &str) -> Option<Holder> {
+        if let Some(h) = self.held.remove(call) {
+            return Some(h);
         }
-        let k = self.waiting.keys().find(|(_, c)| c == call).cloned();
-        k.is_some_and(|k| self.waiting.remove(&k).is_some())
+        let k = self.waiting.keys().find(|(_, c)| c == call).cloned()?;
+        self.waiting.remove(&k)
     }
 
     /// Grants freed lines to waiters in order: (node, call) of each newly granted.
     fn fill(&mut self) -> Vec<(String, String)> {
         let mut granted = Vec::new();
         while (self.held.len() as u32) < self.limit {
-            let Some(((_, call), node)) = self.waiting.pop_first() else {
+            let Some(((_, call), holder)) = self.waiting.pop_first() else {
                 break;
             };
-            self.held.insert(call.clone(), node.clone());
-            granted.push((node, call));
+            granted.push((holder.node.clone(), call.clone()));
+            self.held.insert(call, holder);
         }
         granted
     }
@@ -196,7 +258,15 @@ impl KeyTable {
 struct Rebuild {
     round: u64,
     waiting_for: BTreeSet<String>,
-    collected: Vec<Holding>,
+    /// The holders' reports of their own calls' lines (ours included): whether a call
+    /// of a member up in the view still has a line is its holder's word alone.
+    reported: Vec<Holding>,
+    /// Other lines a table knows of: our old table's of members that left, and what
+    /// previous owners handed over. One of a member up in the view counts only if its
+    /// holder reports the call (the table may be older than a release that never
+    /// reached it: a review), then as held if the table says so (a grant that crossed
+    /// the holder's snapshot); one of a member that left counts if held (reserved).
+    kept: Vec<Holding>,
     /// Members whose snapshot arrived: their later messages wait in `held_back`,
     /// each once (a request resent every second while the rebuild waits for a member
     /// that cannot be reached was held back every time: without bound, and replayed
@@ -204,10 +274,8 @@ struct Rebuild {
     answered: BTreeSet<String>,
     held_back: Vec<(String, LineMsg)>,
     held_back_seen: std::collections::HashSet<(String, LineMsg)>,
-    /// Started by [`LineService::reconcile`], the members as they were: no key moved,
-    /// so what other members kept of keys they owned before is not taken (it is as old
-    /// as the last view change: lines released to this owner since would come back).
-    reconcile: bool,
+    /// Messages held back, by sender (see [`MAX_HELD_BACK_PER_MEMBER`]).
+    held_back_from: BTreeMap<String, usize>,
     /// This node's own requests made meanwhile.
     local_held_back: Vec<LineMsg>,
 }
@@ -217,11 +285,18 @@ pub struct LineService {
     me: String,
     /// Live members in the current view, this node included.
     members: Vec<String>,
+    /// Their incarnations (see [`Holder`]).
+    epochs: BTreeMap<String, u64>,
+    /// The members when the tables were last rebuilt (None before the first rebuild):
+    /// what others kept of a key this node owned then is not taken again (it is as old
+    /// as that rebuild or older: lines released to this node since would come back; a
+    /// reconcile, or a resume after the lease lapsed, took them: a review).
+    settled: Option<Vec<String>>,
     requests: HashMap<(String, String), Request>,
     tables: HashMap<String, KeyTable>,
     /// Table entries of keys this node owned and no longer does, kept for their new
     /// owner's snapshot request (grants that may still be on their way to holders).
-    handover: HashMap<String, KeyTable>,
+    handover: HashMap<String, Handed>,
     rebuild: Option<Rebuild>,
     /// See [`LineService::suspend`].
     suspended: bool,
@@ -229,6 +304,9 @@ pub struct LineService {
     reconcile_wanted: bool,
     next_round: u64,
     out: Vec<Output>,
+    /// Each node's entries (held and waiting) in `tables`, by name: see
+    /// [`MAX_ENTRIES_PER_MEMBER`].
+    entries: HashMap<String, usize>,
     /// Lines to give back with the next heartbeat, by owner.
     lazy_releases: BTreeMap<String, Vec<(String, String)>>,
     /// Lines of keys this node owns held by calls of members that left, by (key,
@@ -243,6 +321,8 @@ impl LineService {
         LineService {
             me: me.to_string(),
             members: vec![me.to_string()],
+            epochs: BTreeMap::new(),
+            settled: None,
             requests: HashMap::new(),
             tables: HashMap::new(),
             handover: HashMap::new(),
@@ -251,6 +331,7 @@ impl LineService {
             reconcile_wanted: false,
             next_round: 1,
             out: Vec::new(),
+            entries: HashMap::new(),
             lazy_releases: BTreeMap::new(),
             reserved: HashMap::new(),
         }
@@ -265,6 +346,59 @@ impl LineService {
     /// The live members of the current view (this node included).
     pub fn members(&self) -> &[String] {
         &self.members
+    }
+
+    /// `node` in its incarnation of the current view (see [`Holder`]).
+    fn holder(&self, node: &str) -> Holder {
+        Holder {
+            node: node.to_string(),
+            epoch: self.epochs.get(node).copied().unwrap_or(0),
+        }
+    }
+
+    /// Whether `h` is a member up in the current view in that incarnation.
+    fn is_up(&self, h: &Holder) -> bool {
+        self.epochs.get(&h.node) == Some(&h.epoch)
+    }
+
+    /// Each node's entries in the tables, counted afresh.
+    fn count_entries(&self) -> HashMap<String, usize> {
+        let mut n: HashMap<String, usize> = HashMap::new();
+        for t in self.tables.values() {
+            for h in t.held.values().chain(t.waiting.values()) {
+                *n.entry(h.node.clone()).or_default() += 1;
+            }
+        }
+        n
+    }
+
+    /// An entry of `holder` left the tables (if one did).
+    fn entry_gone(&mut self, holder: Option<Holder>) {
+        let Some(h) = holder else { return };
+        if let Some(n) = self.entries.get_mut(&h.node) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.entries.remove(&h.node);
+            }
+        }
+    }
+
+    /// Whether a new entry of `node`'s for `key` is refused: past
+    /// [`MAX_ENTRIES_PER_MEMBER`], or a queue past [`MAX_WAITING_PER_KEY`].
+    fn refuses(&self, node: &str, key: &str) -> bool {
+        self.entries.get(node).copied().unwrap_or(0) >= MAX_ENTRIES_PER_MEMBER
+            || self
+                .tables
+                .get(key)
+                .is_some_and(|t| t.waiting.len() >= MAX_WAITING_PER_KEY)
+    }
+
+    /// Whether this node owned `key` when its tables were last rebuilt (see
+    /// [`LineService::settled`]).
+    fn owned_when_settled(&self, key: &str) -> bool {
+        self.settled
+            .as_ref()
+            .is_some_and(|m| owner(key, m.iter().map(String::as_str)) == Some(self.me.as_str()))
     }
 
     /// Whether this node is rebuilding or suspended (granting nothing).
@@ -288,7 +422,7 @@ impl LineService {
     /// while suspended the tables may have fallen behind (messages from peers were
     /// dropped as if a rebuild were under way), so they are rebuilt from every
     /// holder's report before anything is granted.
-    pub fn resume(&mut self, members: Vec<String>) {
+    pub fn resume(&mut self, members: Vec<(String, u64)>) {
         self.suspended = false;
         self.view(members);
     }
@@ -451,21 +585,18 @@ impl LineService {
         }
     }
 
-    /// This node's view changed: these members are up (this node included). Every node
-    /// rebuilds its tables (see the module doc); requests still unanswered go to their
-    /// owners again.
-    pub fn view(&mut self, members: Vec<String>) {
-        let mut members = members;
-        if !members.contains(&self.me) {
-            members.push(self.me.clone());
-        }
-        members.sort();
-        members.dedup();
-        self.members = members;
-        // Keys that moved away: their entries wait for the new owner's request (kept
-        // until the next view change: a request may come again if a reply was lost);
-        // keys that came back need nothing of the sort (the rebuild counts them).
-        self.handover.clear();
+    /// This node's view changed: these members are up, each in its incarnation (this
+    /// node included). Every node rebuilds its tables (see the module doc); requests
+    /// still unanswered go to their owners again.
+    pub fn view(&mut self, members: Vec<(String, u64)>) {
+        let mine = self.epochs.get(&self.me).copied().unwrap_or(0);
+        let mut epochs: BTreeMap<String, u64> = members.into_iter().collect();
+        epochs.entry(self.me.clone()).or_insert(mine);
+        self.members = epochs.keys().cloned().collect();
+        self.epochs = epochs;
+        // Keys that moved away: their entries wait for the new owner's request (see
+        // `Handed`); keys that came back need nothing of the sort (the rebuild counts
+        // them).
         let moved: Vec<String> = self
             .tables
             .keys()
@@ -473,10 +604,11 @@ impl LineService {
             .cloned()
             .collect();
         for key in moved {
-            if let Some(t) = self.tables.remove(&key) {
-                self.handover.insert(key, t);
+            if let Some(table) = self.tables.remove(&key) {
+                self.handover.insert(key, Handed { table, until: None });
             }
         }
+        self.entries = self.count_entries();
         let me = self.me.clone();
         self.handover
             .retain(|k, _| owner(k, self.members.iter().map(String::as_str)) != Some(me.as_str()));
@@ -487,7 +619,7 @@ impl LineService {
                 self.give_back(&key, &call, false);
             }
         }
-        self.start_rebuild(false);
+        self.start_rebuild();
     }
 
     /// Rebuilds the tables with the members as they are: a session with a member came
@@ -495,7 +627,8 @@ impl LineService {
     /// counts a line nobody holds until the next view change while callers queue; a
     /// grant, and a caller waits for a line that is its own: a review). Keys keep their
     /// owners, and the entries kept for other owners stay (their snapshot request may
-    /// come again), and are not taken from the others' snapshots. One asked for while
+    /// come again), and are not taken from the others' snapshots (see
+    /// [`LineService::settled`]). One asked for while
     /// a rebuild (or a suspension) is under way starts when it ends: that one may have
     /// had a snapshot from before the frames were lost.
     pub fn reconcile(&mut self) {
@@ -503,13 +636,12 @@ impl LineService {
             self.reconcile_wanted = true;
             return;
         }
-        self.start_rebuild(true);
+        self.start_rebuild();
     }
 
     /// Asks every other member for its snapshot and grants nothing until all are in
     /// (see the module doc); requests still unanswered go to their owners again.
-    /// `reconcile`: see [`Rebuild::reconcile`].
-    fn start_rebuild(&mut self, reconcile: bool) {
+    fn start_rebuild(&mut self) {
         let round = self.next_round;
         self.next_round += 1;
         let others: BTreeSet<String> = self
@@ -521,7 +653,6 @@ impl LineService {
         let mut rebuild = Rebuild {
             round,
             waiting_for: others.clone(),
-            reconcile,
             ..Rebuild::default()
         };
         // A rebuild interrupted by this change: what was held back still counts.
@@ -532,10 +663,10 @@ impl LineService {
         // entry of our old table may be a line given back in a message dropped as
         // already reflected in its holder's snapshot. Entries of keys we owned and now
         // do not go to their new owners with our snapshot.
-        rebuild.collected = self.own_holdings();
-        // Except the lines of calls of members that left: their holders report nothing
-        // now, and the calls may be taken over (see `RESERVED_FOR`).
-        rebuild.collected.extend(self.departed_holdings());
+        rebuild.reported = self.own_holdings();
+        // Except the lines of calls of members that left (or restarted): their holders
+        // report nothing now, and the calls may be taken over (see `RESERVED_FOR`).
+        rebuild.kept = self.departed_holdings();
         self.rebuild = Some(rebuild);
         for m in &others {
             self.out.push(Output::Send {
@@ -603,24 +734,27 @@ impl LineService {
                 limit: r.limit,
                 arrived_ms: r.arrived_ms,
                 held: r.state == ReqState::Held || r.adopted,
+                epoch: None,
             })
             .collect()
     }
 
-    /// Held lines of our tables whose holders are not members (any more): reported
-    /// with no arrival, like adopted ones, so they never decide a rebuilt table's limit.
+    /// Held lines of our tables whose holders are not members (any more) in that
+    /// incarnation: reported with no arrival, like adopted ones, so they never decide
+    /// a rebuilt table's limit.
     fn departed_holdings(&self) -> Vec<Holding> {
         let mut out = Vec::new();
         for (key, t) in &self.tables {
-            for (call, node) in &t.held {
-                if !self.members.contains(node) {
+            for (call, holder) in &t.held {
+                if !self.is_up(holder) {
                     out.push(Holding {
                         key: key.clone(),
                         call: call.clone(),
-                        node: node.clone(),
+                        node: holder.node.clone(),
                         limit: t.limit,
                         arrived_ms: i64::MIN,
                         held: true,
+                        epoch: Some(holder.epoch),
                     });
                 }
             }
@@ -631,8 +765,17 @@ impl LineService {
     /// Reservations lapse: a line held by a call of a member that left, and not
     /// adopted within [`RESERVED_FOR`] of the first call after its reservation began,
     /// is freed for the queue. The driver calls this about every second; nothing
-    /// lapses during a rebuild.
+    /// lapses during a rebuild. What this node keeps of keys that moved away is dropped
+    /// [`RESERVED_FOR`] after they moved (see [`Handed`]), rebuilding or not: it serves
+    /// the new owners' rebuilds.
     pub fn expire_reservations(&mut self, now: Instant) {
+        self.handover.retain(|_, h| match h.until {
+            None => {
+                h.until = Some(now + RESERVED_FOR);
+                true
+            }
+            Some(t) => t > now,
+        });
         if self.rebuild.is_some() {
             return;
         }
@@ -650,8 +793,12 @@ impl LineService {
                 .tables
                 .get(&key)
                 .and_then(|t| t.held.get(&call))
-                .is_some_and(|node| !self.members.contains(node));
-            if departed && self.tables.get_mut(&key).is_some_and(|t| t.remove(&call)) {
+                .is_some_and(|holder| !self.is_up(holder));
+            let gone = departed
+                .then(|| self.tables.get_mut(&key).and_then(|t| t.remove(&call)))
+                .flatten();
+            if gone.is_some() {
+                self.entry_gone(gone);
                 tracing::info!(%key, %call, "a line of a call of a member that left was not taken over: freed");
                 self.fill_and_answer(&key);
             }
@@ -666,36 +813,46 @@ impl LineService {
     /// The handed-over entries of keys `who` owns in the current view.
     fn handover_for(&self, who: &str) -> Vec<Holding> {
         let mut out = Vec::new();
-        for (key, t) in &self.handover {
+        for (key, h) in &self.handover {
             if self.owner_of(key) != who {
                 continue;
             }
-            for (call, node) in &t.held {
+            let t = &h.table;
+            for (call, holder) in &t.held {
                 out.push(Holding {
                     key: key.clone(),
                     call: call.clone(),
-                    node: node.clone(),
+                    node: holder.node.clone(),
                     limit: t.limit,
                     arrived_ms: 0,
                     held: true,
+                    epoch: Some(holder.epoch),
                 });
             }
-            for ((arrived_ms, call), node) in &t.waiting {
+            for ((arrived_ms, call), holder) in &t.waiting {
                 out.push(Holding {
                     key: key.clone(),
                     call: call.clone(),
-                    node: node.clone(),
+                    node: holder.node.clone(),
                     limit: t.limit,
                     arrived_ms: *arrived_ms,
                     held: false,
+                    epoch: Some(holder.epoch),
                 });
             }
         }
         out
     }
 
-    /// A line message from member `from` (up in the current view: the caller checks).
-    pub fn on_message(&mut self, from: &str, msg: LineMsg) {
+    /// A line message from member `from` (up in the current view: the caller checks),
+    /// at `now_ms` by this node's wall clock (ms since the epoch). One naming an id
+    /// longer than [`MAX_ID_LEN`] is dropped.
+    pub fn on_message(&mut self, from: &str, msg: LineMsg, now_ms: i64) {
+        if !ids_fit(&msg) {
+            tracing::debug!(member = %from, "line message with an over-long id dropped");
+            return;
+        }
+        let msg = stamped_within(msg, now_ms);
         match msg {
             LineMsg::Answer { key, call, answer } => self.on_answer(&key, &call, answer),
             LineMsg::SnapshotRequest { round } => {
@@ -715,15 +872,30 @@ impl LineService {
                 holdings,
                 handed_over,
             } => {
+                // What the sender kept of keys this node already owned when its tables
+                // were last rebuilt is older than they are (see `settled`).
+                let handed_over: Vec<Holding> = handed_over
+                    .into_iter()
+                    .filter(|h| !self.owned_when_settled(&h.key))
+                    .filter(|h| holding_fits(h) && crate::protocol::is_node_name(&h.node))
+                    .take(MAX_ENTRIES_PER_MEMBER)
+                    .collect();
+                let holdings = holdings
+                    .into_iter()
+                    .filter(holding_fits)
+                    .take(MAX_ENTRIES_PER_MEMBER);
                 let Some(r) = self.rebuild.as_mut().filter(|r| r.round == round) else {
                     return; // an old round's
                 };
                 if r.waiting_for.remove(from) {
                     r.answered.insert(from.to_string());
-                    r.collected.extend(holdings);
-                    if !r.reconcile {
-                        r.collected.extend(handed_over);
-                    }
+                    // A holder reports its own calls' lines: in its current incarnation.
+                    r.reported.extend(holdings.into_iter().map(|h| Holding {
+                        node: from.to_string(),
+                        epoch: None,
+                        ..h
+                    }));
+                    r.kept.extend(handed_over);
                 }
                 self.try_finish_rebuild();
             }
@@ -738,11 +910,21 @@ impl LineService {
             }
             other => {
                 if let Some(r) = self.rebuild.as_mut() {
-                    let held = (from.to_string(), other);
-                    if r.answered.contains(from) && r.held_back_seen.insert(held.clone()) {
-                        r.held_back.push(held);
+                    // Before the sender's snapshot: already in it.
+                    if !r.answered.contains(from) {
+                        return;
                     }
-                    // Otherwise it came before the sender's snapshot: already in it.
+                    let n = r.held_back_from.entry(from.to_string()).or_default();
+                    if *n >= MAX_HELD_BACK_PER_MEMBER {
+                        // Dropped: the next rebuild's snapshots reflect it.
+                        self.reconcile_wanted = true;
+                        return;
+                    }
+                    let held = (from.to_string(), other);
+                    if r.held_back_seen.insert(held.clone()) {
+                        r.held_back.push(held);
+                        *n += 1;
+                    }
                     return;
                 }
                 self.as_owner(from, other);
@@ -766,20 +948,22 @@ impl LineService {
         let Some(r) = self.rebuild.take() else { return };
         let mut tables: HashMap<String, KeyTable> = HashMap::new();
         // Held wins over waiting for the same call (a grant that crossed a snapshot).
-        let mut pending_reported: Vec<Holding> = Vec::new();
-        let mut by_call: BTreeMap<(String, String), Holding> = BTreeMap::new();
-        for h in r.collected {
+        let pending_reported: Vec<Holding> = r
+            .reported
+            .iter()
+            .filter(|h| !h.held && h.node != self.me)
+            .cloned()
+            .collect();
+        let mut by_call: BTreeMap<(String, String), (Holding, Holder)> = BTreeMap::new();
+        for (h, holder) in self.counted(r.reported, r.kept) {
             if self.owner_of(&h.key) != self.me {
                 continue;
             }
-            if !h.held && h.node != self.me {
-                pending_reported.push(h.clone());
-            }
             let id = (h.key.clone(), h.call.clone());
             match by_call.get(&id) {
-                Some(old) if old.held || (!h.held && old.arrived_ms <= h.arrived_ms) => {}
+                Some((old, _)) if old.held || (!h.held && old.arrived_ms <= h.arrived_ms) => {}
                 _ => {
-                    by_call.insert(id, h);
+                    by_call.insert(id, (h, holder));
                 }
             }
         }
@@ -789,16 +973,16 @@ impl LineService {
         // back) nor the lowest (a raised one would). Adopted lines report no arrival:
         // their limit is their checkpoint's, maybe older than any request's.
         let mut newest: HashMap<String, (i64, u32)> = HashMap::new();
-        for ((key, call), h) in by_call {
+        for ((key, call), (h, holder)) in by_call {
             let n = newest.entry(key.clone()).or_insert((h.arrived_ms, h.limit));
             if h.arrived_ms > n.0 || (h.arrived_ms == n.0 && h.limit < n.1) {
                 *n = (h.arrived_ms, h.limit);
             }
             let t = tables.entry(key).or_default();
             if h.held {
-                t.held.insert(call, h.node);
+                t.held.insert(call, holder);
             } else {
-                t.waiting.insert((h.arrived_ms, call), h.node);
+                t.waiting.insert((h.arrived_ms, call), holder);
             }
         }
         for (key, (_, limit)) in newest {
@@ -806,7 +990,16 @@ impl LineService {
                 t.limit = limit;
             }
         }
+        // Past a queue's bound, the latest callers are not kept (see
+        // `MAX_WAITING_PER_KEY`).
+        for t in tables.values_mut() {
+            while t.waiting.len() > MAX_WAITING_PER_KEY {
+                t.waiting.pop_last();
+            }
+        }
         self.tables = tables;
+        self.entries = self.count_entries();
+        self.settled = Some(self.members.clone());
         // Held by calls of members that left (our old table's, or handed over by the
         // key's previous owner): reserved, a reservation already running kept as it is.
         let departed: BTreeSet<(String, String)> = self
@@ -870,6 +1063,45 @@ impl LineService {
         }
     }
 
+    /// What a rebuild counts, with each line's holder: every holder's report, and of
+    /// the lines a table knows of (see [`Rebuild::kept`]) those of members that left
+    /// (held) and those of members up that their holder reports. The reports come
+    /// first: of two held entries of one call (an old one of a member that left, and
+    /// its adopter's), the first counts.
+    fn counted(&self, reported: Vec<Holding>, kept: Vec<Holding>) -> Vec<(Holding, Holder)> {
+        let named: BTreeSet<(&str, &str, &str)> = reported
+            .iter()
+            .map(|h| (h.key.as_str(), h.call.as_str(), h.node.as_str()))
+            .collect();
+        let admitted: Vec<(Holding, Holder)> = kept
+            .into_iter()
+            .filter_map(|h| {
+                let holder = match h.epoch {
+                    Some(epoch) => Holder {
+                        node: h.node.clone(),
+                        epoch,
+                    },
+                    None => self.holder(&h.node),
+                };
+                let counts = if self.is_up(&holder) {
+                    named.contains(&(h.key.as_str(), h.call.as_str(), h.node.as_str()))
+                } else {
+                    h.held
+                };
+                counts.then_some((h, holder))
+            })
+            .collect();
+        let mut out: Vec<(Holding, Holder)> = reported
+            .into_iter()
+            .map(|h| {
+                let holder = self.holder(&h.node);
+                (h, holder)
+            })
+            .collect();
+        out.extend(admitted);
+        out
+    }
+
     /// Grants freed lines of `key` to its waiters in order and tells them.
     fn fill_and_answer(&mut self, key: &str) {
         let Some(t) = self.tables.get_mut(key) else {
@@ -919,6 +1151,20 @@ impl LineService {
                     // owner's rebuild asks it anyway.
                     return;
                 }
+                let known = self
+                    .tables
+                    .get(&key)
+                    .is_some_and(|t| t.held.contains_key(&call) || t.position(&call).is_some());
+                if !known && self.refuses(from, &key) {
+                    // Answered as queued last, so its requester does not ask again; its
+                    // caller gives up after its longest wait.
+                    let waiting = self.tables.get(&key).map_or(0, |t| t.waiting.len());
+                    let position = u32::try_from(waiting).unwrap_or(u32::MAX).saturating_add(1);
+                    tracing::debug!(member = %from, %key, "line request past a bound refused");
+                    self.answer(from, &key, &call, Answer::Queued { position });
+                    return;
+                }
+                let holder = self.holder(from);
                 let t = self.tables.entry(key.clone()).or_default();
                 let raised = limit > t.limit && !(t.held.is_empty() && t.waiting.is_empty());
                 t.limit = limit;
@@ -927,11 +1173,12 @@ impl LineService {
                 } else if let Some(position) = t.position(&call) {
                     Answer::Queued { position }
                 } else if (t.held.len() as u32) < t.limit && t.waiting.is_empty() {
-                    t.held.insert(call.clone(), from.to_string());
+                    t.held.insert(call.clone(), holder);
+                    *self.entries.entry(from.to_string()).or_default() += 1;
                     Answer::Granted { urgent: t.urgent() }
                 } else {
-                    t.waiting
-                        .insert((arrived_ms, call.clone()), from.to_string());
+                    t.waiting.insert((arrived_ms, call.clone()), holder);
+                    *self.entries.entry(from.to_string()).or_default() += 1;
                     Answer::Queued {
                         position: t.position(&call).unwrap_or(1),
                     }
@@ -952,12 +1199,11 @@ impl LineService {
                     // A key we owned before: the entry leaves our table here (so the
                     // new owner does not get it with our snapshot) and the release
                     // goes on to the new owner.
-                    for t in [self.tables.get_mut(&key), self.handover.get_mut(&key)]
-                        .into_iter()
-                        .flatten()
-                    {
-                        t.remove(&call);
+                    if let Some(h) = self.handover.get_mut(&key) {
+                        h.table.remove(&call);
                     }
+                    let gone = self.tables.get_mut(&key).and_then(|t| t.remove(&call));
+                    self.entry_gone(gone);
                     if !forwarded {
                         self.out.push(Output::Send {
                             to: owner,
@@ -971,7 +1217,9 @@ impl LineService {
                     return;
                 }
                 self.reserved.remove(&(key.clone(), call.clone()));
-                if self.tables.get_mut(&key).is_some_and(|t| t.remove(&call)) {
+                let gone = self.tables.get_mut(&key).and_then(|t| t.remove(&call));
+                if gone.is_some() {
+                    self.entry_gone(gone);
                     self.fill_and_answer(&key);
                 }
             }
@@ -979,20 +1227,36 @@ impl LineService {
                 if self.owner_of(&key) != self.me {
                     return; // resent to the right owner when the views agree
                 }
+                let known = self
+                    .tables
+                    .get(&key)
+                    .is_some_and(|t| t.held.contains_key(&call) || t.position(&call).is_some());
+                if !known && self.entries.get(from).copied().unwrap_or(0) >= MAX_ENTRIES_PER_MEMBER
+                {
+                    // Not answered: asked again every second (`retry`), kept once the
+                    // member has room.
+                    tracing::debug!(member = %from, %key, "adopted line past a bound refused");
+                    return;
+                }
+                let holder = self.holder(from);
                 let t = self.tables.entry(key.clone()).or_default();
                 // The adopted call's limit is its checkpoint's, maybe older than the
                 // table's (set by the latest request): it only starts a new table.
                 if t.held.is_empty() && t.waiting.is_empty() {
                     t.limit = limit;
                 }
-                t.remove(&call); // a waiting, older or reserved entry of the same call
-                t.held.insert(call.clone(), from.to_string());
-                self.reserved.remove(&(key.clone(), call.clone()));
+                let gone = t.remove(&call); // a waiting, older or reserved entry of the call
+                t.held.insert(call.clone(), holder);
                 let answer = Answer::Granted { urgent: t.urgent() };
+                self.entry_gone(gone);
+                *self.entries.entry(from.to_string()).or_default() += 1;
+                self.reserved.remove(&(key.clone(), call.clone()));
                 self.answer(from, &key, &call, answer);
             }
-            // Answers and snapshots are not owner business.
-            other => self.on_message(from, other),
+            // Answers and snapshots are not owner business: `on_message` takes them
+            // before they could come here.
+            LineMsg::Answer { .. } | LineMsg::SnapshotRequest { .. } | LineMsg::Snapshot { .. } => {
+            }
         }
     }
 
@@ -1050,6 +1314,64 @@ impl LineService {
             .filter(|r| r.state == ReqState::Waiting)
             .count()
     }
+}
+
+/// `msg` with its queue stamps taken within this node's clock at `now_ms`: a waiting
+/// call's no earlier than [`MAX_WAIT`] before it, any no later than it. A peer's stamp
+/// is its own wall clock's: one from long ago jumped every queue, one from the future
+/// stayed behind every later caller (a review). Held lines keep earlier stamps (those
+/// carry no queue order, and some mean "no arrival"). Not helped: a rebuild takes a
+/// table's limit from its newest stamp, and one from the future counts as now there.
+fn stamped_within(msg: LineMsg, now_ms: i64) -> LineMsg {
+    let earliest = now_ms.saturating_sub(i64::try_from(MAX_WAIT.as_millis()).unwrap_or(i64::MAX));
+    let within = |h: Holding| Holding {
+        arrived_ms: if h.held {
+            h.arrived_ms.min(now_ms)
+        } else {
+            h.arrived_ms.clamp(earliest, now_ms.max(earliest))
+        },
+        ..h
+    };
+    match msg {
+        LineMsg::Acquire {
+            key,
+            call,
+            limit,
+            arrived_ms,
+        } => LineMsg::Acquire {
+            key,
+            call,
+            limit,
+            arrived_ms: arrived_ms.clamp(earliest, now_ms.max(earliest)),
+        },
+        LineMsg::Snapshot {
+            round,
+            holdings,
+            handed_over,
+        } => LineMsg::Snapshot {
+            round,
+            holdings: holdings.into_iter().map(within).collect(),
+            handed_over: handed_over.into_iter().map(within).collect(),
+        },
+        other => other,
+    }
+}
+
+/// Whether every id `msg` names is at most [`MAX_ID_LEN`] long (a snapshot's entries
+/// are looked at one by one: [`holding_fits`]).
+fn ids_fit(msg: &LineMsg) -> bool {
+    match msg {
+        LineMsg::Acquire { key, call, .. }
+        | LineMsg::Answer { key, call, .. }
+        | LineMsg::Release { key, call, .. }
+        | LineMsg::Adopt { key, call, .. } => key.len() <= MAX_ID_LEN && call.len() <= MAX_ID_LEN,
+        LineMsg::SnapshotRequest { .. } | LineMsg::Snapshot { .. } => true,
+    }
+}
+
+/// Whether a snapshot's entry names ids at most [`MAX_ID_LEN`] long.
+fn holding_fits(h: &Holding) -> bool {
+    h.key.len() <= MAX_ID_LEN && h.call.len() <= MAX_ID_LEN
 }
 
 #[cfg(test)]
