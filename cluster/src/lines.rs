@@ -62,11 +62,14 @@ const MAX_ID_LEN: usize = 256;
 /// message scan a queue of any length (a review).
 const MAX_WAITING_PER_KEY: usize = 5_000;
 
-/// The most lines and places in queues one member may have in this node's tables, over
-/// all keys (so also the most keys it can make this node keep): past it its new
-/// requests are refused as past [`MAX_WAITING_PER_KEY`] (a review). Far above what one
-/// node's calls need.
-const MAX_ENTRIES_PER_MEMBER: usize = 20_000;
+/// The most lines and places in queues another member may have in this node's tables,
+/// over all keys (so also the most keys it can make this node keep): past it its new
+/// requests are refused as past [`MAX_WAITING_PER_KEY`] (a review). Five times what a
+/// node at the default `node.max_calls` (20,000 calls, each asking at most two lines:
+/// its number's and its advertiser's) can ask; this node's own calls and adopted lines
+/// (calls that already hold theirs: refusing them would let the reservation lapse and
+/// the line be granted twice) are never refused.
+const MAX_ENTRIES_PER_MEMBER: usize = 200_000;
 
 /// The most messages of one member held back while a rebuild waits for others: past
 /// it they are dropped, and a reconcile follows the rebuild (its snapshots reflect what
@@ -386,6 +389,9 @@ impl LineService {
     /// Whether a new entry of `node`'s for `key` is refused: past
     /// [`MAX_ENTRIES_PER_MEMBER`], or a queue past [`MAX_WAITING_PER_KEY`].
     fn refuses(&self, node: &str, key: &str) -> bool {
+        if node == self.me {
+            return false;
+        }
         self.entries.get(node).copied().unwrap_or(0) >= MAX_ENTRIES_PER_MEMBER
             || self
                 .tables
@@ -608,10 +614,23 @@ impl LineService {
                 self.handover.insert(key, Handed { table, until: None });
             }
         }
+        // Keys that came back take back what this node kept of them: the lines of
+        // members that left in it must stay reserved through the rebuild (dropped, a
+        // line reserved for a takeover was granted to a waiter, then adopted: one over
+        // the limit; a review). The rebuild counts live members' lines by their own
+        // reports, as for any table of ours.
+        let back: Vec<String> = self
+            .handover
+            .keys()
+            .filter(|k| self.owner_of(k) == self.me)
+            .cloned()
+            .collect();
+        for key in back {
+            if let Some(h) = self.handover.remove(&key) {
+                self.tables.entry(key).or_insert(h.table);
+            }
+        }
         self.entries = self.count_entries();
-        let me = self.me.clone();
-        self.handover
-            .retain(|k, _| owner(k, self.members.iter().map(String::as_str)) != Some(me.as_str()));
         // Releases waiting for a heartbeat to an owner that left go to the new owner.
         let lazy = std::mem::take(&mut self.lazy_releases);
         for (_, items) in lazy {
@@ -878,12 +897,11 @@ impl LineService {
                     .into_iter()
                     .filter(|h| !self.owned_when_settled(&h.key))
                     .filter(|h| holding_fits(h) && crate::protocol::is_node_name(&h.node))
-                    .take(MAX_ENTRIES_PER_MEMBER)
                     .collect();
-                let holdings = holdings
-                    .into_iter()
-                    .filter(holding_fits)
-                    .take(MAX_ENTRIES_PER_MEMBER);
+                // Not cut at a count: a holder lists every line it has, of every
+                // owner's keys, and one cut from a busy node lost held lines, granted
+                // again over the limit (a review). The frame's size bounds them.
+                let holdings = holdings.into_iter().filter(holding_fits);
                 let Some(r) = self.rebuild.as_mut().filter(|r| r.round == round) else {
                     return; // an old round's
                 };
@@ -1227,17 +1245,8 @@ impl LineService {
                 if self.owner_of(&key) != self.me {
                     return; // resent to the right owner when the views agree
                 }
-                let known = self
-                    .tables
-                    .get(&key)
-                    .is_some_and(|t| t.held.contains_key(&call) || t.position(&call).is_some());
-                if !known && self.entries.get(from).copied().unwrap_or(0) >= MAX_ENTRIES_PER_MEMBER
-                {
-                    // Not answered: asked again every second (`retry`), kept once the
-                    // member has room.
-                    tracing::debug!(member = %from, %key, "adopted line past a bound refused");
-                    return;
-                }
+                // Never refused for a bound: the call holds its line already (see
+                // `MAX_ENTRIES_PER_MEMBER`).
                 let holder = self.holder(from);
                 let t = self.tables.entry(key.clone()).or_default();
                 // The adopted call's limit is its checkpoint's, maybe older than the

@@ -106,10 +106,19 @@ impl Config {
                 "must be at most 1073741824 (1 PiB; 0 turns the guard off)".into(),
             );
         }
-        if self.node.recordings_retention_days > 36_500 {
+        let days = u64::from(self.node.recordings_retention_days);
+        // The longest call, plus the day it started in: a folder must outlive every
+        // recording still written into it (a call from 23:59 writes into that day's).
+        let shortest = self.node.max_call_seconds.div_ceil(86_400) + 1;
+        if days > 36_500 {
             err(
                 "node.recordings_retention_days".into(),
                 "must be at most 36500 (a century; 0 keeps recordings for ever)".into(),
+            );
+        } else if days != 0 && days < shortest {
+            err(
+                "node.recordings_retention_days".into(),
+                format!("must be 0 or at least {shortest} (a day more than node.max_call_seconds, so no recording still being written is deleted)"),
             );
         }
 
@@ -957,6 +966,11 @@ mod tests {
             ("no session floor", "[sip]\nmin_session_expires = 0\n", &["sip.min_session_expires"]),
             ("no ring at all", "[sip]\nmax_ring_seconds = 0\n", &["sip.max_ring_seconds"]),
             ("thousands of threads", "[node]\nworker_threads = 1025\n", &["node.worker_threads"]),
+            (
+                "a retention shorter than a call",
+                "[node]\nrecordings_retention_days = 1\n",
+                &["node.recordings_retention_days"],
+            ),
             (
                 "recordings guards past sense",
                 "[node]\nrecordings_min_free_mb = 9223372036854775807\nrecordings_retention_days = 36501\n",

@@ -349,8 +349,6 @@ impl Prompts {
     }
 }
 
-/// The prompts of every `*.wav` of `dir` (the file stem is the name; other files are
-/// skipped). A missing directory has none; a file that is not a valid prompt is an error.
 /// Writes `bytes` as `dir/name` whole or not at all, and on disk before it returns: a
 /// temporary file synced, renamed over the name, and the directory synced (a rename to
 /// a new name is not ordered after the data by the file system: a power cut could
@@ -405,6 +403,8 @@ fn wav_name(path: &Path) -> Option<&str> {
         .filter(|_| path.extension().is_some_and(|e| e == "wav"))
 }
 
+/// The prompts of every `*.wav` of `dir` (the file stem is the name; other files are
+/// skipped). A missing directory has none; a file that is not a valid prompt is an error.
 fn read_dir(dir: &Path) -> Result<Vec<(String, Prompt)>, PromptError> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,

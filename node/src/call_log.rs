@@ -148,6 +148,9 @@ pub struct Writer {
     /// Where records the store refuses for good are set aside (see [`write_apart`]):
     /// `<data_dir>/call_log_rejected.jsonl`.
     pub rejected: std::path::PathBuf,
+    /// The length of `rejected` before a write of this process's that failed: the next
+    /// one cuts back to it (see [`append_line`]).
+    pub rejected_cut: std::cell::Cell<Option<u64>>,
     /// Whether a record's notices go (by call id), decided at its first try and kept
     /// until it is written: each retry of a batch took from its number's hourly
     /// quota again, and counted its withheld guards again (a review).
@@ -731,7 +734,7 @@ fn set_aside(w: &Writer, record: &CallRecord) -> bool {
                 .to_string()
         }
     };
-    let written = append_line(&w.rejected, &line);
+    let written = append_line(&w.rejected, &line, &w.rejected_cut);
     match written {
         Ok(()) => {
             w.metrics.log_rejected.inc();
@@ -747,12 +750,17 @@ fn set_aside(w: &Writer, record: &CallRecord) -> bool {
 }
 
 /// Appends `line` and its newline to the file at `path` in one write, on disk before
-/// this returns. A line an earlier attempt left cut short (a disk that filled
-/// mid-write: its record stayed in the batch and is written again) is cut off first,
-/// so every line of the file is one whole record: `writeln!` wrote the JSON and the
+/// this returns. What a write of this process's that failed left (a disk that filled
+/// mid-line: its record stayed in the batch and is written again) is cut off first:
+/// `cut` holds the file's length before that write. `writeln!` wrote the JSON and the
 /// newline apart, and a disk filling between them joined two records on one line (a
-/// review).
-fn append_line(path: &std::path::Path, line: &str) -> std::io::Result<()> {
+/// review). Nothing else is ever cut: a file whose last line has no newline (edited by
+/// hand) gets one before the new line.
+fn append_line(
+    path: &std::path::Path,
+    line: &str,
+    cut: &std::cell::Cell<Option<u64>>,
+) -> std::io::Result<()> {
     use std::io::{Read, Seek, SeekFrom, Write};
     let mut f = std::fs::OpenOptions::new()
         .create(true)
@@ -760,36 +768,29 @@ fn append_line(path: &std::path::Path, line: &str) -> std::io::Result<()> {
         .write(true)
         .truncate(false)
         .open(path)?;
-    let len = f.metadata()?.len();
-    let mut whole = len;
+    let mut len = f.metadata()?.len();
+    if let Some(before) = cut.get().filter(|b| *b < len) {
+        tracing::warn!(file = %path.display(), bytes = len - before, "what a failed write left in the set-aside file removed (its record is written again)");
+        f.set_len(before)?;
+        len = before;
+    }
+    let mut bytes = Vec::with_capacity(line.len() + 2);
     if len > 0 {
-        // Back to the last newline, reading the tail in chunks.
-        let mut end = len;
-        let mut buf = vec![0u8; 64 << 10];
-        whole = loop {
-            let start = end.saturating_sub(buf.len() as u64);
-            let chunk = &mut buf[..usize::try_from(end - start).unwrap_or(0)];
-            f.seek(SeekFrom::Start(start))?;
-            f.read_exact(chunk)?;
-            if let Some(i) = chunk.iter().rposition(|b| *b == b'\n') {
-                break start + i as u64 + 1;
-            }
-            if start == 0 {
-                break 0;
-            }
-            end = start;
-        };
-        if whole < len {
-            tracing::warn!(file = %path.display(), bytes = len - whole, "a line cut short in the set-aside file removed (its record is written again)");
-            f.set_len(whole)?;
+        let mut last = [0u8; 1];
+        f.seek(SeekFrom::Start(len - 1))?;
+        f.read_exact(&mut last)?;
+        if last[0] != b'\n' {
+            bytes.push(b'\n');
         }
     }
-    let mut bytes = Vec::with_capacity(line.len() + 1);
     bytes.extend_from_slice(line.as_bytes());
     bytes.push(b'\n');
-    f.seek(SeekFrom::Start(whole))?;
+    cut.set(Some(len));
+    f.seek(SeekFrom::Start(len))?;
     f.write_all(&bytes)?;
-    f.sync_data()
+    f.sync_data()?;
+    cut.set(None);
+    Ok(())
 }
 
 /// One attempt at the batch; true if follow-ups were queued. Events that were written
@@ -995,36 +996,35 @@ mod tests {
     use tsunagu_store::conformance::sample_call;
     use tsunagu_store::{CallQuery, FollowUpKind, SqliteStore, Validity, ValidityRule};
 
-    /// (the file before, a line appended) -> the file after: whole lines only, a
-    /// line cut short by an earlier failed write removed first.
+    /// (the file before, what a failed write of ours left, a line appended) -> the
+    /// file after: what the failed write left is cut, nothing else; a last line
+    /// without its newline (edited by hand) keeps its record.
     #[test]
     fn set_aside_lines_are_whole() {
-        let long_tail = "x".repeat(70_000);
-        let rows: Vec<(String, &str, String)> = vec![
-            (String::new(), "b", "b\n".into()),
-            ("a\n".into(), "b", "a\nb\n".into()),
-            ("a\n{\"cut".into(), "b", "a\nb\n".into()),
-            ("no newline at all".into(), "b", "b\n".into()),
-            (format!("a\n{long_tail}"), "b", "a\nb\n".into()),
-            (
-                format!("a\n{long_tail}\n"),
-                "b",
-                format!("a\n{long_tail}\nb\n"),
-            ),
+        let rows: Vec<(&str, Option<u64>, &str, &str)> = vec![
+            ("", None, "b", "b\n"),
+            ("a\n", None, "b", "a\nb\n"),
+            ("a\n{\"cut", Some(2), "b", "a\nb\n"),
+            ("a\n{\"a\"}", None, "b", "a\n{\"a\"}\nb\n"),
+            ("{\"cut", Some(0), "b", "b\n"),
+            ("a\n", Some(2), "b", "a\nb\n"),
+            // A length past the file's (it was cut by hand since): nothing cut.
+            ("a\n", Some(9), "b", "a\nb\n"),
         ];
-        for (before, line, after) in rows {
+        for (before, failed_at, line, after) in rows {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("call_log_rejected.jsonl");
             if !before.is_empty() {
-                std::fs::write(&path, &before).unwrap();
+                std::fs::write(&path, before).unwrap();
             }
-            append_line(&path, line).unwrap();
+            let cut = std::cell::Cell::new(failed_at);
+            append_line(&path, line, &cut).unwrap();
             assert_eq!(
                 std::fs::read_to_string(&path).unwrap(),
                 after,
-                "{:?}",
-                &before[..before.len().min(20)]
+                "{before:?} {failed_at:?}"
             );
+            assert_eq!(cut.get(), None);
         }
     }
 
@@ -1351,6 +1351,7 @@ mod tests {
                 high_water: 1000,
                 notice_rate: NoticeRate::new(0).into(),
                 rejected: dir.path().join("call_log_rejected.jsonl"),
+                rejected_cut: Default::default(),
                 notices_decided: Default::default(),
             };
             let shared = Shared {

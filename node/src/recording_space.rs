@@ -7,9 +7,9 @@
 //! day folders (`<recordings_dir>/<YYYY-MM-DD>/`) past that age. Calls go on
 //! unrecorded meanwhile, counted and alerted (`tsunagu_recordings_skipped_total`).
 //!
-//! One thread (`recordings-disk`) reads the free space every [`CHECK_EVERY`] and
-//! sweeps hourly; the call path reads what it last found (two atomics) and never
-//! touches the disk for it.
+//! One thread (`recordings-disk`) reads the free space every [`CHECK_EVERY`], another
+//! (`recordings-sweep`, with a retention) sweeps hourly; the call path reads what the
+//! first last found (two atomics) and never touches the disk for it.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -103,7 +103,6 @@ struct Shared {
     min_free: u64,
     skipped: [prometheus_client::metrics::counter::Counter; 2],
     free_gauge: prometheus_client::metrics::gauge::Gauge,
-    expired: prometheus_client::metrics::counter::Counter,
     /// No recordings directory to watch (tests, and nodes built without one): always
     /// allowed.
     unwatched: AtomicBool,
@@ -165,10 +164,19 @@ impl RecordingSpace {
         metrics: &SpaceMetrics,
     ) -> std::io::Result<RecordingSpace> {
         let space = RecordingSpace::new(min_free_mb, metrics, false);
+        if retention_days > 0 {
+            // A thread of its own: a long sweep (months of folders, a slow NFS) on the
+            // checking thread left the check stale and stopped every recording as
+            // `disk_stalled` (a review).
+            let (swept, expired) = (dir.clone(), metrics.expired.clone());
+            std::thread::Builder::new()
+                .name("recordings-sweep".into())
+                .spawn(move || sweep_hourly(&swept, retention_days, &expired))?;
+        }
         let shared = space.0.clone();
         std::thread::Builder::new()
             .name("recordings-disk".into())
-            .spawn(move || watch(&dir, retention_days, &shared))?;
+            .spawn(move || watch(&dir, &shared))?;
         Ok(space)
     }
 
@@ -191,7 +199,6 @@ impl RecordingSpace {
             min_free: min_free_mb.saturating_mul(1 << 20),
             skipped,
             free_gauge: metrics.free_bytes.clone(),
-            expired: metrics.expired.clone(),
             unwatched: AtomicBool::new(unwatched),
         }))
     }
@@ -227,9 +234,8 @@ impl RecordingSpace {
 }
 
 /// The checking thread's loop (it never ends; the process does).
-fn watch(dir: &Path, retention_days: u32, shared: &Arc<Shared>) {
+fn watch(dir: &Path, shared: &Arc<Shared>) {
     let space = RecordingSpace(shared.clone());
-    let mut last_sweep: Option<Instant> = None;
     let mut said = false;
     loop {
         let _ = std::fs::create_dir_all(dir);
@@ -244,19 +250,27 @@ fn watch(dir: &Path, retention_days: u32, shared: &Arc<Shared>) {
             }
             Err(_) => {}
         }
-        if retention_days > 0 && last_sweep.is_none_or(|t| t.elapsed() >= SWEEP_EVERY) {
-            last_sweep = Some(Instant::now());
-            let removed = sweep(dir, chrono::Utc::now().date_naive(), retention_days);
-            if removed > 0 {
-                shared.expired.inc_by(removed);
-                tracing::info!(
-                    files = removed,
-                    retention_days,
-                    "recordings past their retention deleted"
-                );
-            }
-        }
         std::thread::sleep(CHECK_EVERY);
+    }
+}
+
+/// The sweeping thread's loop: at start, then every [`SWEEP_EVERY`].
+fn sweep_hourly(
+    dir: &Path,
+    retention_days: u32,
+    expired: &prometheus_client::metrics::counter::Counter,
+) {
+    loop {
+        let removed = sweep(dir, chrono::Utc::now().date_naive(), retention_days);
+        if removed > 0 {
+            expired.inc_by(removed);
+            tracing::info!(
+                files = removed,
+                retention_days,
+                "recordings past their retention deleted"
+            );
+        }
+        std::thread::sleep(SWEEP_EVERY);
     }
 }
 

@@ -418,6 +418,7 @@ pub async fn run(
         )
         .into(),
         rejected: config.node.data_dir.join("call_log_rejected.jsonl"),
+        rejected_cut: Default::default(),
         notices_decided: Default::default(),
     });
     // Clustered, the calls a previous run left are adopted once joined (answered ones

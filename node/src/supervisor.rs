@@ -422,6 +422,7 @@ mod tests {
             high_water: 1000,
             notice_rate: crate::follow_up::notice_rate::NoticeRate::new(0).into(),
             rejected: std::env::temp_dir().join("tsunagu-supervisor-test-rejected.jsonl"),
+            rejected_cut: Default::default(),
             notices_decided: Default::default(),
         });
         let ports = tsunagu_media::PortPool::new(

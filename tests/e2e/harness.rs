@@ -337,7 +337,10 @@ impl Node {
     ) -> Node {
         let dir = tempfile::tempdir().expect("tempdir");
         let data = dir.path().join("data");
-        std::fs::create_dir_all(&data).expect("the data directory");
+        // Private, as the node makes it (umask 077): `files_the_node_creates_are_private`.
+        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+            .create(&data)
+            .expect("the data directory");
         prepare(&data);
         let config = format!(
             r#"

@@ -1404,3 +1404,63 @@ fn a_peers_queue_stamp_is_taken_within_the_owners_clock() {
         assert_eq!(order, ["honest", "stamped", "later"], "{what}");
     }
 }
+
+/// A key that comes back to its owner within the reservation's time takes back what
+/// that owner kept of it: p dies holding the only line of a key b owns (reserved for
+/// the takeover), e joins and takes the key over, and dies at once: the key is b's
+/// again, p's line still reserved, the waiting caller not granted until the line is
+/// adopted and released. b dropped its copy, granted the line and the adoption went
+/// over the limit (a review).
+#[test]
+fn a_key_that_comes_back_keeps_the_lines_reserved_in_it() {
+    let key = (0..)
+        .map(|i| format!("number:05{i:08}"))
+        .find(|k| {
+            owner(k, ["a", "b", "p"]) == Some("b")
+                && owner(k, ["a", "b"]) == Some("b")
+                && owner(k, ["a", "b", "e"]) == Some("e")
+        })
+        .unwrap();
+    let mut net = Net::new(&["a", "b", "p"], 43);
+    net.limits.insert(key.clone(), 1);
+    net.acquire("p", &key, "dies", 10);
+    net.settle();
+    net.acquire("a", &key, "waits", 20);
+    net.settle();
+    net.kill("p");
+    net.settle();
+    assert_eq!(net.nodes["b"].reserved_lines(), 1);
+    net.join("e");
+    net.settle();
+    net.kill("e");
+    net.settle();
+    net.tick(std::time::Duration::from_secs(1));
+    assert!(
+        !net.granted().contains(&"waits".to_string()),
+        "p's line is still counted"
+    );
+    assert_eq!(net.nodes["b"].reserved_lines(), 1);
+    net.nodes.get_mut("a").unwrap().adopt(&key, "dies", 1);
+    net.collect();
+    net.settle();
+    assert_eq!(net.holders(&key), ["dies"]);
+    net.release("a", &key, "dies");
+    net.heartbeats();
+    net.settle();
+    assert_eq!(net.holders(&key), ["waits"]);
+}
+
+/// This node's own calls are never refused for a bound, however many it has: past
+/// the per-member bound, a single node's callers were answered as queued last and
+/// waited out their longest wait while lines were free (a review).
+#[test]
+fn a_nodes_own_calls_are_never_refused_for_a_bound() {
+    let mut net = Net::new(&["a"], 47);
+    let key = "number:0500000001".to_string();
+    net.limits.insert(key.clone(), u32::MAX);
+    let s = net.nodes.get_mut("a").unwrap();
+    s.entries.insert("a".to_string(), MAX_ENTRIES_PER_MEMBER);
+    s.acquire(&key, "one_more", u32::MAX, 10);
+    net.collect();
+    assert_eq!(net.granted(), ["one_more"]);
+}

@@ -111,8 +111,14 @@ impl Call {
         if self.offer_pending() {
             // The sender's own offer still pending (a second before the first's
             // answer): 500 with Retry-After 0 to 10 s (RFC 3261 14.2, RFC 3311 5.2);
-            // glare with the other party's, or the node's: 491. Both were 491.
-            if self.reoffer.as_ref().is_some_and(|p| p.from == from) {
+            // glare with the other party's, or the node's, or the sender's first
+            // already answered (cancelled, 487) while the other party's answer is
+            // awaited: 491. All were 491.
+            if self
+                .reoffer
+                .as_ref()
+                .is_some_and(|p| p.from == from && !p.abandoned)
+            {
                 let after = (rand::random::<u8>() % 11).to_string();
                 let extra = [("Retry-After", after.as_str())];
                 ep.respond(&req, &info, &key, 500, None, &extra, None);
