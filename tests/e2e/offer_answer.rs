@@ -1278,3 +1278,69 @@ fn a_re_invite_s_200_again_while_the_call_ends_is_acknowledged_as_itself() {
     }
     callee.ok(&bye);
 }
+
+/// A callee whose Allow leaves UPDATE out gets the caller's UPDATEs as re-INVITEs: a
+/// session refresh without an offer as a re-INVITE of the session the callee has (the
+/// caller's 200 without SDP, its timer renewed), a hold as a re-INVITE with the hold
+/// (the caller's 200 with the answer). Relayed as UPDATE they came back 405, and a
+/// caller refreshing by UPDATE was hung up when its session ran out (a review).
+#[test]
+fn updates_reach_a_callee_without_update_as_re_invites() {
+    let (_ports, _node, callee, caller) = raw_parties();
+    let call_id = "update-as-reinvite";
+    let allow = "Allow: INVITE, ACK, BYE, CANCEL, OPTIONS\n";
+    let (_, node_tag, _) = call_with_the_caller_s_timer(&caller, &callee, call_id, allow);
+    let refresh = "Supported: timer\nSession-Expires: 1800;refresher=uac\nContent-Length: 0\n\n";
+    caller.send(&caller.request("UPDATE", call_id, "callertag", &node_tag, 2, refresh));
+    let reinvite = callee.expect("INVITE ");
+    assert!(
+        reinvite.contains("m=audio"),
+        "the session the callee has: {reinvite}"
+    );
+    assert!(!reinvite.contains("sendonly"), "{reinvite}");
+    callee.respond_with("calleetag", &reinvite, "200 OK", allow, &sdp(4002));
+    let ack = callee.expect("ACK ");
+    assert_eq!(
+        cseq_of(&ack),
+        cseq_of(&reinvite).replace("INVITE", "ACK"),
+        "{ack}"
+    );
+    let refreshed = caller.final_response();
+    assert!(refreshed.starts_with("SIP/2.0 200"), "{refreshed}");
+    assert_eq!(cseq_of(&refreshed), "2 UPDATE", "{refreshed}");
+    assert!(
+        !refreshed.contains("m=audio"),
+        "no SDP to an UPDATE without an offer: {refreshed}"
+    );
+    assert!(
+        header(&refreshed, "Session-Expires").is_some(),
+        "{refreshed}"
+    );
+
+    let hold = format!("{CALLER_SDP}a=sendonly\r\n").replace(" 1 1 IN", " 1 2 IN");
+    caller.send(&caller.request(
+        "UPDATE",
+        call_id,
+        "callertag",
+        &node_tag,
+        3,
+        &format!(
+            "Contact: <sip:caller@{}>\nContent-Type: application/sdp\nContent-Length: {}\n\n{hold}",
+            caller.me(),
+            hold.len()
+        ),
+    ));
+    let held = callee.expect("INVITE ");
+    assert!(held.contains("a=sendonly"), "the hold: {held}");
+    let answer = sdp(4002).replace(" 2 2 IN", " 2 3 IN") + "a=recvonly\r\n";
+    callee.respond_with("calleetag", &held, "200 OK", allow, &answer);
+    callee.expect("ACK ");
+    let held_ok = caller.final_response();
+    assert!(held_ok.starts_with("SIP/2.0 200"), "{held_ok}");
+    assert_eq!(cseq_of(&held_ok), "3 UPDATE", "{held_ok}");
+    assert!(
+        held_ok.contains("a=recvonly"),
+        "the callee's answer: {held_ok}"
+    );
+    hang_up(&caller, &callee, call_id, &node_tag, 4);
+}

@@ -76,6 +76,20 @@ impl LastAck {
     }
 }
 
+/// Whether the party whose message (its INVITE, or its 2xx to the node's) has the Allow
+/// values `allow` takes UPDATE in the dialog: it lists it, or sends no Allow (RFC 3261 20.5 leaves that
+/// open; such a party gets UPDATE as before). One whose Allow leaves it out gets the
+/// node's re-INVITE instead (see `Call::relay_reoffer`): an UPDATE relayed to it came
+/// back 405 and a caller refreshing its session by UPDATE was hung up at the session's
+/// end (a review).
+fn takes_update(allow: &[&str]) -> bool {
+    allow.is_empty()
+        || allow
+            .iter()
+            .flat_map(|v| v.split(','))
+            .any(|m| m.trim().eq_ignore_ascii_case("UPDATE"))
+}
+
 /// Sends an ACK built in a leg's dialog, with `sdp` as its body.
 fn send_ack(ep: &EndpointHandle, (mut spec, peer): (RequestSpec, Peer), sdp: Option<&str>) {
     spec.body = sdp.map(|s| ("application/sdp", s.as_bytes().to_vec()));
@@ -114,6 +128,8 @@ pub trait Leg {
     fn last_sdp(&mut self) -> &mut Option<String>;
     /// The last ACK the node sent this party.
     fn last_ack(&mut self) -> &mut LastAck;
+    /// Whether the party takes UPDATE (see [`takes_update`]).
+    fn takes_update(&self) -> bool;
     /// A target refresh (RFC 3261 12.2): the party's re-INVITE or UPDATE, or its 2xx
     /// to one of the node's, named `contact` (None: none, nothing changes). Its
     /// requests go there from now on, through the dialog's route set, when that is a
@@ -188,6 +204,8 @@ pub struct ALeg {
     last_ack: LastAck,
     /// A response with `local_tag` went to the caller (anything but 100 Trying).
     tag_sent: bool,
+    /// The caller takes UPDATE in the dialog (see [`takes_update`]).
+    takes_update: bool,
 }
 
 impl ALeg {
@@ -208,7 +226,9 @@ impl ALeg {
             .map(str::to_string)
             .collect();
         let next = next_hop(&routes, &remote_target, peer, allowed);
+        let takes_update = takes_update(&header_values(&invite, "Allow"));
         ALeg {
+            takes_update,
             next,
             invite,
             info,
@@ -504,6 +524,8 @@ impl ALeg {
             last_sdp: Some(d.sdp.clone()),
             last_ack: LastAck::default(),
             tag_sent: true,
+            // Not in a checkpoint: assumed, as for a party that sent no Allow.
+            takes_update: true,
         })
     }
 }
@@ -562,6 +584,10 @@ impl Leg for ALeg {
 
     fn last_ack(&mut self) -> &mut LastAck {
         &mut self.last_ack
+    }
+
+    fn takes_update(&self) -> bool {
+        self.takes_update
     }
 }
 
@@ -636,6 +662,8 @@ pub struct BLeg {
     pub last_sdp: Option<String>,
     /// The last ACK the node sent this party.
     last_ack: LastAck,
+    /// The callee takes UPDATE in the dialog (see [`takes_update`]), from its 2xx.
+    takes_update: bool,
 }
 
 impl Leg for BLeg {
@@ -686,6 +714,10 @@ impl Leg for BLeg {
 
     fn last_ack(&mut self) -> &mut LastAck {
         &mut self.last_ack
+    }
+
+    fn takes_update(&self) -> bool {
+        self.takes_update
     }
 }
 
@@ -756,6 +788,7 @@ impl BLeg {
             cseq: 1,
             last_sdp: Some(o.sdp.to_string()),
             last_ack: LastAck::default(),
+            takes_update: true,
         }
     }
 
@@ -803,6 +836,7 @@ impl BLeg {
     /// requests may be sent to (trunks').
     pub fn established(&mut self, resp: &Response, allowed: &dyn Fn(std::net::IpAddr) -> bool) {
         self.to = header(resp, "To").map(str::to_string);
+        self.takes_update = takes_update(&header_values(resp, "Allow"));
         self.remote_target = header(resp, "Contact").map(|c| uri_of(c).to_string());
         let mut rr: Vec<String> = header_values(resp, "Record-Route")
             .into_iter()
@@ -911,6 +945,8 @@ impl BLeg {
             cseq,
             last_sdp: Some(d.sdp.clone()),
             last_ack: LastAck::default(),
+            // Not in a checkpoint: assumed, as for a party that sent no Allow.
+            takes_update: true,
         }
     }
 }
@@ -920,6 +956,20 @@ mod tests {
     use super::*;
 
     /// A restored dialog goes on 1000 past its checkpoint's CSeq, within 2^31.
+    #[test]
+    fn a_party_takes_update_unless_its_allow_leaves_it_out() {
+        let rows: &[(&[&str], bool)] = &[
+            (&[], true),
+            (&["INVITE, ACK, BYE, CANCEL, UPDATE"], true),
+            (&["INVITE,ACK", "update"], true),
+            (&["INVITE, ACK, BYE, CANCEL, OPTIONS"], false),
+            (&["INVITE, UPDATES"], false),
+        ];
+        for (allow, takes) in rows {
+            assert_eq!(takes_update(allow), *takes, "{allow:?}");
+        }
+    }
+
     #[test]
     fn a_restored_dialog_goes_on_past_what_its_checkpoint_missed() {
         let rows = [

@@ -13,7 +13,14 @@ use tsunagu_sip::{Method, Request, Response};
 /// A re-INVITE or UPDATE relayed to the other leg, waiting for its answer.
 pub(super) struct Reoffer {
     pub(super) from: Side,
+    /// The method sent on (the sender's, or INVITE for an UPDATE to a party that does
+    /// not take it: see `converted`); the sender's is its `request`'s.
     pub(super) method: Method,
+    /// An UPDATE sent on as a re-INVITE (the other party's Allow leaves UPDATE out;
+    /// see `legs::takes_update`), carrying the sender's offer, or without one the
+    /// session that party has (its answer then stays on its leg; the sender's 200
+    /// carries no SDP, as its UPDATE carried none).
+    pub(super) converted: bool,
     pub(super) request: Request,
     pub(super) info: tsunagu_sip::Info,
     pub(super) key: tsunagu_sip::transaction::TxKey,
@@ -175,11 +182,24 @@ impl Call {
             return ep.respond(&req, &info, &key, 481, None, &[], None);
         };
         let previous = leg.last_sdp().clone();
-        let relayed = leg.reoffer(&ep, method, sdp, headers);
-        tracing::debug!(%method, from = ?from, "re-offer relayed");
+        // A party that does not take UPDATE (its Allow leaves it out) gets the same
+        // offer in a re-INVITE, and one without an offer (a session refresh) as a
+        // re-INVITE of the session it has: relayed as UPDATE, it came back 405 and a
+        // caller refreshing by UPDATE was hung up when its session ran out (a review).
+        let converted = method == Method::Update
+            && !leg.takes_update()
+            && (sdp.is_some() || previous.is_some());
+        let (sent, sdp) = if converted {
+            (Method::Invite, sdp.or_else(|| previous.clone()))
+        } else {
+            (method, sdp)
+        };
+        let relayed = leg.reoffer(&ep, sent, sdp, headers);
+        tracing::debug!(%method, %sent, from = ?from, "re-offer relayed");
         self.reoffer = Some(Box::new(Reoffer {
             from,
-            method,
+            method: sent,
+            converted,
             request: req,
             info,
             key,
@@ -473,8 +493,14 @@ impl Call {
             self.apply_sdp(to, &rewritten);
             rewritten.sdp
         });
-        // The answer as the next body of the offerer's session (the leg keeps it).
-        let answer = self.leg(p.from).and_then(|leg| leg.next_body(answer));
+        // The answer as the next body of the offerer's session (the leg keeps it); an
+        // UPDATE without an offer sent on as a re-INVITE had the session offered, and
+        // its sender gets no SDP (see `Reoffer::converted`).
+        let answer = if p.converted && p.offer.is_none() {
+            None
+        } else {
+            self.leg(p.from).and_then(|leg| leg.next_body(answer))
+        };
         if (200..300).contains(&code) && p.method == Method::Invite {
             if p.late && answer.is_some() {
                 // The 2xx carries `to`'s offer: ACKed with the answer the sender's
