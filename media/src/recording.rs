@@ -363,23 +363,109 @@ impl Drop for Sink {
 struct Open {
     file: Option<WavFile>,
     error: Option<String>,
+    /// The directory the file's name is in (synced with it at close).
+    dir: Option<PathBuf>,
 }
+
+/// A closed recording whose outcome waits for its file to be on disk (see
+/// [`finish_closes`]).
+struct Closing {
+    file: Option<WavFile>,
+    dir: Option<PathBuf>,
+    outcome: Outcome,
+    done: Option<OnClosed>,
+}
+
+/// Messages handled before the closes they include are synced and reported: closes
+/// are finished in batches (one directory sync for many files), and never wait behind
+/// a stream of appends that does not end.
+const CLOSE_BATCH: usize = 256;
 
 fn run(rx: mpsc::Receiver<Msg>, queued: std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     let mut files: HashMap<u64, Open> = HashMap::new();
+    let mut closing: Vec<Closing> = Vec::new();
     while let Ok(msg) = rx.recv() {
+        handle(msg, &mut files, &mut closing, &queued);
+        for _ in 1..CLOSE_BATCH {
+            match rx.try_recv() {
+                Ok(msg) => handle(msg, &mut files, &mut closing, &queued),
+                Err(_) => break,
+            }
+        }
+        finish_closes(
+            std::mem::take(&mut closing),
+            |f| f.sync(),
+            |d| std::fs::File::open(d).and_then(|d| d.sync_all()),
+        );
+    }
+}
+
+/// Reports closed recordings once their files are on disk: each file synced, then
+/// each directory their names are in, once. A recording was reported (and its call
+/// record written `complete`, `recording.ready` sent) with its audio still in the
+/// page cache: a power cut left it shorter than its record, or gone (a review). A
+/// sync that fails (the disk reports a write error only now, a network share its
+/// quota) is the recording's error.
+fn finish_closes(
+    closing: Vec<Closing>,
+    sync_file: impl Fn(&WavFile) -> std::io::Result<()>,
+    sync_dir: impl Fn(&std::path::Path) -> std::io::Result<()>,
+) {
+    let mut closing = closing;
+    for c in &mut closing {
+        if let Some(Err(e)) = c.file.as_ref().map(&sync_file) {
+            tracing::warn!(%e, "a recording could not be synced to disk");
+            c.outcome
+                .error
+                .get_or_insert_with(|| format!("not synced to disk: {e}"));
+        }
+    }
+    let dirs: std::collections::BTreeSet<PathBuf> = closing
+        .iter()
+        .filter(|c| c.file.is_some())
+        .filter_map(|c| c.dir.clone())
+        .collect();
+    for dir in dirs {
+        if let Err(e) = sync_dir(&dir) {
+            tracing::warn!(%e, dir = %dir.display(), "a recordings directory could not be synced to disk");
+            for c in closing.iter_mut().filter(|c| c.dir.as_ref() == Some(&dir)) {
+                c.outcome
+                    .error
+                    .get_or_insert_with(|| format!("directory not synced to disk: {e}"));
+            }
+        }
+    }
+    for c in closing {
+        drop(c.file);
+        if let Some(done) = c.done {
+            done(c.outcome);
+        }
+    }
+}
+
+/// One message of the recorder thread's.
+fn handle(
+    msg: Msg,
+    files: &mut HashMap<u64, Open>,
+    closing: &mut Vec<Closing>,
+    queued: &std::sync::atomic::AtomicUsize,
+) {
+    {
         match msg {
             Msg::Open(id, path, channels) => {
+                let dir = path.parent().map(std::path::Path::to_path_buf);
                 let open = match WavFile::create(&path, channels) {
                     Ok(f) => Open {
                         file: Some(f),
                         error: None,
+                        dir,
                     },
                     Err(e) => {
                         tracing::warn!(%e, path = %path.display(), "cannot create recording");
                         Open {
                             file: None,
                             error: Some(format!("cannot create {}: {e}", path.display())),
+                            dir,
                         }
                     }
                 };
@@ -388,10 +474,10 @@ fn run(rx: mpsc::Receiver<Msg>, queued: std::sync::Arc<std::sync::atomic::Atomic
             Msg::Append(id, samples) => {
                 queued.fetch_sub(samples.len() * 2, Ordering::Relaxed);
                 let Some(o) = files.get_mut(&id) else {
-                    continue;
+                    return;
                 };
                 if o.error.is_some() {
-                    continue; // keep what was written; do not write past a hole
+                    return; // keep what was written; do not write past a hole
                 }
                 if let Some(f) = o.file.as_mut() {
                     if let Err(e) = f.append(&samples) {
@@ -411,15 +497,17 @@ fn run(rx: mpsc::Receiver<Msg>, queued: std::sync::Arc<std::sync::atomic::Atomic
                 }
             }
             Msg::Close(id, done) => {
-                let Some(o) = files.remove(&id) else { continue };
-                let outcome = Outcome {
-                    seconds: o.file.as_ref().map(|f| f.seconds()).unwrap_or(0.0),
-                    error: o.error,
-                    heard: false,
-                };
-                if let Some(done) = done {
-                    done(outcome);
-                }
+                let Some(o) = files.remove(&id) else { return };
+                closing.push(Closing {
+                    outcome: Outcome {
+                        seconds: o.file.as_ref().map(|f| f.seconds()).unwrap_or(0.0),
+                        error: o.error,
+                        heard: false,
+                    },
+                    file: o.file,
+                    dir: o.dir,
+                    done,
+                });
             }
         }
     }
@@ -644,6 +732,81 @@ mod tests {
         assert!(o.error.is_some(), "{o:?}");
         reader.join().unwrap();
         assert_eq!(rec.queued_bytes(), 0);
+    }
+
+    /// Closes are reported after their files and directories were synced, each once,
+    /// a failed sync the recording's error (here: the file of `a/x` fails, the
+    /// directory `b` fails); a recording without a file syncs nothing.
+    #[test]
+    fn closes_are_reported_once_synced() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let close = |name: &str, with_file: bool| {
+            let path = dir.path().join(name);
+            let tx = tx.clone();
+            let label = name.to_string();
+            Closing {
+                file: with_file.then(|| WavFile::create(&path, 1).unwrap()),
+                dir: path.parent().map(std::path::Path::to_path_buf),
+                outcome: Outcome {
+                    seconds: 0.0,
+                    error: None,
+                    heard: false,
+                },
+                done: Some(Box::new(move |o: Outcome| {
+                    tx.send((label, o.error)).unwrap()
+                })),
+            }
+        };
+        let closing = vec![
+            close("a/x.wav", true),
+            close("a/y.wav", true),
+            close("b/z.wav", true),
+            close("c/none.wav", false),
+        ];
+        let synced_dirs = std::sync::Mutex::new(Vec::new());
+        let files = std::sync::Mutex::new(0);
+        finish_closes(
+            closing,
+            |_| {
+                // Files are synced in the order closed: the first is a/x.wav's.
+                let mut n = files.lock().unwrap();
+                *n += 1;
+                if *n == 1 {
+                    Err(std::io::Error::other("EIO"))
+                } else {
+                    Ok(())
+                }
+            },
+            |d| {
+                synced_dirs.lock().unwrap().push(d.to_path_buf());
+                if d.ends_with("b") {
+                    Err(std::io::Error::other("EIO"))
+                } else {
+                    Ok(())
+                }
+            },
+        );
+        drop(tx);
+        let mut got: Vec<(String, Option<String>)> = rx.iter().collect();
+        got.sort();
+        assert_eq!(*files.lock().unwrap(), 3, "every file synced once");
+        assert_eq!(
+            *synced_dirs.lock().unwrap(),
+            vec![dir.path().join("a"), dir.path().join("b")],
+            "each directory once, none for a close without a file"
+        );
+        let errors: Vec<(&str, bool)> =
+            got.iter().map(|(n, e)| (n.as_str(), e.is_some())).collect();
+        assert_eq!(
+            errors,
+            [
+                ("a/x.wav", true),
+                ("a/y.wav", false),
+                ("b/z.wav", true),
+                ("c/none.wav", false)
+            ]
+        );
     }
 
     #[test]

@@ -149,6 +149,11 @@ impl WavFile {
         Ok(())
     }
 
+    /// Flushes what was written to the disk (data and the size that reads it).
+    pub fn sync(&self) -> std::io::Result<()> {
+        self.file.sync_data()
+    }
+
     /// Seconds of audio written.
     pub fn seconds(&self) -> f64 {
         f64::from(self.data_bytes) / (f64::from(SAMPLE_RATE) * f64::from(self.channels) * 2.0)
