@@ -721,6 +721,52 @@ mod tests {
         assert_eq!(f.metrics.calls.attempts_abandoned.get(), 1);
     }
 
+    /// The caller cancels before the callee has said anything (no CANCEL may go yet);
+    /// the callee then rings (the node's CANCEL goes), takes the CANCEL and never sends
+    /// the INVITE's 487: at the end guard the call is logged and the leg handed to the
+    /// abandoned-attempt handler, so the callee's 200 after that is acknowledged and
+    /// hung up. The call forgot the leg there, and that 200 reached nobody (a review).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_callee_answering_after_the_end_guard_is_not_left_connected() {
+        let f = forwarding_call_from(
+            Duration::from_secs(3600),
+            Duration::from_secs(3600),
+            Duration::from_millis(500),
+            "",
+            20,
+        )
+        .await;
+        let node = f.ctx.endpoint.local(tsunagu_sip::Transport::Udp).unwrap();
+        let me = f.callee.local_addr().unwrap();
+        let invite = recv_text(&f.callee);
+        let caller = f.caller.local_addr().unwrap();
+        let cancel = format!(
+            "CANCEL sip:0501234567@{node} SIP/2.0\r\nVia: SIP/2.0/UDP {caller};branch=z9hG4bKcrash\r\nFrom: <sip:09012345678@{caller}>;tag=c\r\nTo: <sip:0501234567@{node}>\r\nCall-ID: crash-1\r\nCSeq: 1 CANCEL\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+        );
+        f.caller.send_to(cancel.as_bytes(), node).unwrap();
+        let cancelled = std::iter::repeat_with(|| recv_text(&f.caller))
+            .find(|m| m.starts_with("SIP/2.0 487 "))
+            .unwrap();
+        assert!(cancelled.contains("CSeq: 1 INVITE"), "{cancelled}");
+        let ringing = callee_response(&invite, "180 Ringing", me, None);
+        f.callee.send_to(ringing.as_bytes(), node).unwrap();
+        let node_cancel = std::iter::repeat_with(|| recv_text(&f.callee))
+            .find(|m| !m.starts_with("INVITE "))
+            .unwrap();
+        assert!(node_cancel.starts_with("CANCEL "), "{node_cancel}");
+        let ok = callee_response(&node_cancel, "200 OK", me, None);
+        f.callee.send_to(ok.as_bytes(), node).unwrap();
+        let r = final_record(&f).await;
+        assert_eq!(r.result, CallResult::Cancelled);
+        let sdp = "v=0\r\no=- 2 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4002 RTP/AVP 0\r\n";
+        let answer = callee_response(&invite, "200 OK", me, Some(sdp));
+        f.callee.send_to(answer.as_bytes(), node).unwrap();
+        let after: Vec<String> = std::iter::repeat_with(|| recv_text(&f.callee))
+            .take_while(|m| !m.starts_with("BYE "))
+            .collect();
+        assert!(after.iter().any(|m| m.starts_with("ACK ")), "{after:?}");
+    }
+
     /// A response of the callee at `me` to `request` (its Via, From, To with tag
     /// `callee`, Call-ID and CSeq), with SDP if given.
     fn callee_response(

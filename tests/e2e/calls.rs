@@ -1641,6 +1641,14 @@ fn callers_requiring_100rel_get_reliable_provisionals_and_the_answer_after_their
     );
     let call = node.wait_for_calls(&key, 1)[0].clone();
     assert_eq!(call["result"], "answered", "{call}");
+    // The caller had the 200 only after its PRACK (1.5 s after the 183): the call is
+    // answered then, not when the callee answered (1 s), which counted the wait for
+    // the PRACK as talk (a review).
+    let ms = |field: &str| crate::durability::chrono_ms(call[field].as_str().unwrap());
+    assert!(
+        ms("answered_at") - ms("started_at") >= 1_400,
+        "answered when the caller had the 200: {call}"
+    );
 }
 
 /// An attempt the call moved on from (no answer at all from its trunk within 5 s)

@@ -1344,3 +1344,34 @@ fn updates_reach_a_callee_without_update_as_re_invites() {
     );
     hang_up(&caller, &callee, call_id, &node_tag, 4);
 }
+
+/// The caller cancels while the callee rings, and the callee takes the CANCEL (200)
+/// but sends no 487: the call is logged `cancelled` at once, and the callee's later
+/// 200 is acknowledged and hung up by the abandoned-attempt handler. The call kept
+/// the leg, waited for the 487 until its end guard (32 s: past this test's 20 s wait
+/// for the record) and then forgot it: a 200 after that reached nobody (a review).
+#[test]
+fn a_cancelled_call_leaves_its_ringing_callee_to_the_late_answer_handler() {
+    let ports = Ports::take();
+    let node = Node::start(ports, "127.0.0.1/32", "");
+    let (key, _) = node.provision("0501234567", DEST, "{}");
+    let callee = Callee::bind(ports);
+    let caller = Party::bind("127.0.0.1", ports.sip);
+    let invite = invite_with(&caller, "cancel-no-487", CALLER_SDP);
+    caller.send(&invite);
+    let forwarded = callee.expect("INVITE ");
+    callee.respond_with("calleetag", &forwarded, "180 Ringing", "", "");
+    // The call has the callee's 180 once the caller has its own.
+    std::iter::from_fn(|| caller.recv(Duration::from_secs(5)))
+        .find(|m| m.starts_with("SIP/2.0 180"))
+        .expect("the callee's ringing passed on");
+    caller.send(&crate::dialogs::on_branch(&invite, "CANCEL", None));
+    let cancel = callee.expect("CANCEL ");
+    callee.ok(&cancel);
+    let calls = node.wait_for_calls(&key, 1);
+    assert_eq!(calls[0]["result"], "cancelled", "{}", calls[0]);
+    callee.respond_with("calleetag", &forwarded, "200 OK", "", &sdp(4002));
+    callee.expect("ACK ");
+    let bye = callee.expect("BYE ");
+    callee.ok(&bye);
+}

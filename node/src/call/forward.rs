@@ -26,6 +26,16 @@ use tsunagu_store::{CallResult, CallerIdMode, Destination};
 /// tried only for rings longer than 32 s (a review).
 const NO_RESPONSE: Duration = Duration::from_secs(5);
 
+/// How early a timer may fire (the timer list rounds to milliseconds): a ring time
+/// that ends within this is over.
+const RING_TIMER_SLACK: Duration = Duration::from_millis(50);
+
+/// Whether an attempt that rings until `ring_ends` (None: no ring time) has rung its
+/// time at `now`, within [`RING_TIMER_SLACK`].
+fn ring_time_over(now: Instant, ring_ends: Option<Instant>) -> bool {
+    ring_ends.is_none_or(|end| now + RING_TIMER_SLACK >= end)
+}
+
 /// How long the INVITE of an attempt the node cancelled may go without its final
 /// response: 64*T1 (RFC 3261 9.1; 3.2 s in unit tests, where `reliable::T1` is shorter).
 const CANCEL_WAIT: Duration = reliable::T1.saturating_mul(64);
@@ -189,12 +199,18 @@ impl Call {
     }
 
     pub(super) fn ring_timeout(&mut self) {
-        tracing::debug!("ring timeout");
         let ep = self.ctx.endpoint.clone();
         match self.b.as_ref().map(|b| b.provisional) {
             None => {}
             Some(false) => self.nothing_from_the_trunk(),
+            Some(true) if !ring_time_over(Instant::now(), self.ring_ends) => {
+                // The [`NO_RESPONSE`] timer, due as the attempt's first response
+                // came (queued behind it, past cancelling): the ring time's own timer
+                // comes later. It cancelled a 30 s destination at 5 s (a review).
+                tracing::debug!("a stale ring timer: the ring time is not over");
+            }
             Some(true) => {
+                tracing::debug!("ring timeout");
                 self.pending_failure = Some(Failure::RingTimeout);
                 if let Some(b) = self.b.as_mut() {
                     b.cancel(&ep);
@@ -341,5 +357,27 @@ impl Call {
             .as_ref()
             .map(|b| b.destination.clone())
             .or_else(|| self.attempts.last().map(|a| a.destination.clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ring_time_is_over_at_its_end_not_before() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let rows = [
+            (ms(5000), Some(t0 + ms(30_000)), false),
+            (ms(29_940), Some(t0 + ms(30_000)), false),
+            (ms(29_960), Some(t0 + ms(30_000)), true),
+            (ms(30_000), Some(t0 + ms(30_000)), true),
+            (ms(31_000), Some(t0 + ms(30_000)), true),
+            (ms(0), None, true),
+        ];
+        for (after, ends, over) in rows {
+            assert_eq!(ring_time_over(t0 + after, ends), over, "{after:?}");
+        }
     }
 }

@@ -90,6 +90,18 @@ fn takes_update(allow: &[&str]) -> bool {
             .any(|m| m.trim().eq_ignore_ascii_case("UPDATE"))
 }
 
+/// How long before the `attempt`th retransmission of a reliable provisional (0 is the
+/// first, T1 after it was sent; then doubling): the sixth, which finds it still
+/// unacknowledged and gives the caller up ([`ALeg::retransmit_reliable`]), comes at
+/// 64*T1 in all (RFC 3262 3), the last wait cut to what is left. It doubled too and
+/// came at 127*T1 (63.5 s): an answered callee waited a minute in silence (a review).
+fn reliable_wait(attempt: u32) -> std::time::Duration {
+    if attempt >= 6 {
+        return T1;
+    }
+    T1.saturating_mul(1 << attempt)
+}
+
 /// Sends an ACK built in a leg's dialog, with `sdp` as its body.
 fn send_ack(ep: &EndpointHandle, (mut spec, peer): (RequestSpec, Peer), sdp: Option<&str>) {
     spec.body = sdp.map(|s| ("application/sdp", s.as_bytes().to_vec()));
@@ -348,7 +360,7 @@ impl ALeg {
     /// how long, and the RSeq and attempt it retransmits (T1, doubling).
     pub fn take_rearm(&mut self) -> Option<(std::time::Duration, u32, u32)> {
         let (rseq, attempt) = self.rearm.take()?;
-        Some((T1.saturating_mul(1 << attempt.min(16)), rseq, attempt))
+        Some((reliable_wait(attempt), rseq, attempt))
     }
 
     /// Sends a response the reliable layer released; `first` arms the retransmission
@@ -956,6 +968,15 @@ mod tests {
     use super::*;
 
     /// A restored dialog goes on 1000 past its checkpoint's CSeq, within 2^31.
+    #[test]
+    fn a_reliable_provisional_is_given_up_at_64_t1() {
+        let waits: Vec<u32> = (0..=6)
+            .map(|a| (reliable_wait(a).as_millis() / T1.as_millis()) as u32)
+            .collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 1]);
+        assert_eq!(waits.iter().sum::<u32>(), 64);
+    }
+
     #[test]
     fn a_party_takes_update_unless_its_allow_leaves_it_out() {
         let rows: &[(&[&str], bool)] = &[

@@ -183,13 +183,7 @@ impl Call {
         self.upstream_code = 487;
         let ep = self.ctx.endpoint.clone();
         self.a.respond(&ep, 487, None);
-        match self.b.as_mut() {
-            Some(b) => {
-                b.cancel(&ep);
-                self.end_and_wait();
-            }
-            None => self.finish(),
-        }
+        self.leave_callee_and_finish();
     }
 
     pub(super) fn on_a_request(
@@ -246,7 +240,13 @@ impl Call {
                 ep.respond(&req, &info, &key, code, None, &[], None);
                 if let Some(r) = rseq {
                     // After the PRACK's 200: what waited for it (the INVITE's 2xx).
+                    let held = self.a.holds_final();
                     self.a.prack(&ep, r);
+                    if held && !self.a.holds_final() && self.answered.is_some() {
+                        // The caller has the 200 only now: its talk starts now (the
+                        // wait for the PRACK was counted as talk; a review).
+                        self.answered = Some((Instant::now(), now_ms()));
+                    }
                 }
             }
             Method::Options => ep.respond(&req, &info, &key, 200, None, &[], None),

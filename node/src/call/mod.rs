@@ -653,6 +653,14 @@ impl Call {
             CallMsg::EndGuard => {
                 if call.phase != Phase::Done {
                     tracing::info!("far end did not confirm teardown; ending call");
+                    // A callee whose INVITE has had no final answer (it took the
+                    // CANCEL, or never rang so none could go) is handed to the
+                    // abandoned-attempt handler, which answers what it sends later:
+                    // the call forgot it, and a 200 after this reached nobody (a
+                    // review).
+                    if call.b.as_ref().is_some_and(|b| !b.is_answered()) {
+                        call.end_b();
+                    }
                     call.finish();
                 }
             }
@@ -816,16 +824,13 @@ impl Call {
         tracing::warn!("the caller never acknowledged a reliable provisional; giving up");
         self.leave_queue();
         self.a.abandon_reliable();
-        match self.b.as_mut() {
-            Some(b) => {
-                b.cancel(&ep);
-                self.result = CallResult::Failed;
-                self.upstream_code = 500;
-                self.a.respond(&ep, 500, None);
-                self.end_and_wait();
-            }
-            None => self.give_up(CallResult::Failed, 500),
+        if self.b.is_none() {
+            return self.give_up(CallResult::Failed, 500);
         }
+        self.result = CallResult::Failed;
+        self.upstream_code = 500;
+        self.a.respond(&ep, 500, None);
+        self.leave_callee_and_finish();
     }
 
     /// The caller cancelled while the callee's answer waited for its PRACK (the 200 was
@@ -1094,9 +1099,34 @@ impl Call {
             &[]
         };
         self.a.respond_with(&ep, code, None, extra);
-        match self.b.as_mut() {
-            Some(b) => {
-                b.cancel(&ep);
+        self.leave_callee_and_finish();
+    }
+
+    /// The caller has its final answer (cancelled, refused) while the callee's INVITE
+    /// is out: a callee that has rung is cancelled and its leg handed to the
+    /// abandoned-attempt handler (`abandoned`: it answers what the callee sends later,
+    /// a 200 ACKed and hung up, and keeps the trunk channel until then), and the call
+    /// is over now. The call kept the leg and waited for its 487 until the end guard
+    /// (32 s), then forgot its Call-ID: a callee answering after that was left
+    /// connected to nobody (a review). An answered callee (its 200 held for a PRACK)
+    /// gets a BYE, and the call waits for its answer.
+    fn leave_callee_and_finish(&mut self) {
+        match self.b.as_ref().map(|b| (b.is_answered(), b.provisional)) {
+            Some((false, true)) => {
+                self.end_b();
+                self.finish();
+            }
+            Some((answered, _)) => {
+                // Answered: its BYE's answer is waited for. Not yet heard from: the
+                // CANCEL may go only after its first provisional (RFC 3261 9.1),
+                // which reaches the call (a response queued to it now would be lost
+                // to a handler taking the leg over), so the call waits, and hands the
+                // leg over at its end guard if it must.
+                if answered {
+                    self.end_b();
+                } else if let Some(b) = self.b.as_mut() {
+                    b.cancel(&self.ctx.endpoint.clone());
+                }
                 self.end_and_wait();
             }
             None => self.finish(),
