@@ -721,6 +721,38 @@ mod tests {
         assert_eq!(f.metrics.calls.attempts_abandoned.get(), 1);
     }
 
+    /// A caller still ringing gets its last provisional again every minute (every
+    /// second in unit tests) until it is answered or given up at `max_ring` (RFC 3261
+    /// 13.3.1.1: a proxy upstream cancels an INVITE silent for over 3 minutes). It got
+    /// one only.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_ringing_caller_gets_its_provisional_again_until_given_up() {
+        let f = forwarding_call_from(
+            Duration::from_secs(3600),
+            Duration::from_millis(2500),
+            Duration::from_millis(500),
+            "",
+            20,
+        )
+        .await;
+        let node = f.ctx.endpoint.local(tsunagu_sip::Transport::Udp).unwrap();
+        let me = f.callee.local_addr().unwrap();
+        let invite = recv_text(&f.callee);
+        let ringing = callee_response(&invite, "180 Ringing", me, None);
+        f.callee.send_to(ringing.as_bytes(), node).unwrap();
+        let mut ringing = 0;
+        let last = loop {
+            let m = recv_text(&f.caller);
+            if m.starts_with("SIP/2.0 180 ") {
+                ringing += 1;
+            } else if !m.starts_with("SIP/2.0 1") {
+                break m;
+            }
+        };
+        assert!(last.starts_with("SIP/2.0 480 "), "{last}");
+        assert_eq!(ringing, 3, "the 180, then again at 1 s and 2 s");
+    }
+
     /// The caller cancels before the callee has said anything (no CANCEL may go yet);
     /// the callee then rings (the node's CANCEL goes), takes the CANCEL and never sends
     /// the INVITE's 487: at the end guard the call is logged and the leg handed to the

@@ -218,6 +218,10 @@ pub struct ALeg {
     tag_sent: bool,
     /// The caller takes UPDATE in the dialog (see [`takes_update`]).
     takes_update: bool,
+    /// The last provisional response sent plainly (its code, and whether it carried
+    /// the session: `last_sdp`), repeated every minute while the call rings (see
+    /// [`ALeg::repeat_provisional`]).
+    last_provisional: Option<(u16, bool)>,
 }
 
 impl ALeg {
@@ -241,6 +245,7 @@ impl ALeg {
         let takes_update = takes_update(&header_values(&invite, "Allow"));
         ALeg {
             takes_update,
+            last_provisional: None,
             next,
             invite,
             info,
@@ -424,7 +429,25 @@ impl ALeg {
                 return;
             }
         }
+        if (101..200).contains(&code) {
+            self.last_provisional = Some((code, sdp.is_some()));
+        }
         self.send(ep, code, sdp, headers);
+    }
+
+    /// Sends the last provisional response again, if the INVITE has no final one yet
+    /// (plain provisionals only: a reliable one is retransmitted until its PRACK). RFC
+    /// 3261 13.3.1.1: a UAS sends one every minute while the call rings, or a proxy
+    /// upstream cancels the INVITE at its Timer C (over 3 minutes): a caller queued or
+    /// ringing past that heard nothing after the first (a review).
+    pub fn repeat_provisional(&mut self, ep: &EndpointHandle) {
+        if self.final_sent || self.reliable.is_some() {
+            return;
+        }
+        if let Some((code, with_sdp)) = self.last_provisional {
+            let sdp = self.last_sdp.clone().filter(|_| with_sdp);
+            self.send(ep, code, sdp.as_deref(), &[]);
+        }
     }
 
     fn send(
@@ -538,6 +561,7 @@ impl ALeg {
             tag_sent: true,
             // Not in a checkpoint: assumed, as for a party that sent no Allow.
             takes_update: true,
+            last_provisional: None,
         })
     }
 }

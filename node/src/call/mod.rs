@@ -51,6 +51,18 @@ use tsunagu_store::{
     RecordingStatus, TrackingNumber, Validity,
 };
 
+/// How often a ringing caller's last provisional response is repeated (RFC 3261
+/// 13.3.1.1: every minute).
+#[cfg(not(test))]
+const PROVISIONAL_EVERY: Duration = Duration::from_secs(60);
+/// Unit tests with a real call repeat it every second.
+#[cfg(test)]
+const PROVISIONAL_EVERY: Duration = Duration::from_secs(1);
+
+/// How early a timer may fire: a ring guard due within this of `sip.max_ring_seconds`
+/// is that guard.
+const RING_GUARD_SLACK: Duration = Duration::from_millis(50);
+
 pub enum CallMsg {
     Start,
     /// Boxed: keeps every actor's mailbox slots small (most calls see few SIP events).
@@ -647,7 +659,7 @@ impl Call {
             }
             CallMsg::RingGuard => {
                 if call.phase == Phase::Trying && !call.a_answered {
-                    call.refuse_caller(480, "max_ring");
+                    call.ring_guard_due();
                 }
             }
             CallMsg::EndGuard => {
@@ -713,8 +725,7 @@ impl Call {
     fn start(&mut self) {
         tracing::debug!("call started");
         self.ctx.metrics.calls.started.inc();
-        let left = self.ctx.max_ring.saturating_sub(self.started.elapsed());
-        self.ring_guard = Some(self.after(left, CallMsg::RingGuard));
+        self.arm_ring_guard();
         self.ctx.log.active(self.progress_record(), None);
         self.emit(EventKind::Started);
         match gate(
@@ -783,6 +794,27 @@ impl Call {
             return self.give_up(CallResult::Failed, 404);
         }
         self.proceed(Stage::Ivr);
+    }
+
+    /// Arms the `sip.max_ring_seconds` guard: due then, or a minute from now if sooner,
+    /// when the caller's last provisional is repeated ([`Call::ring_guard_due`]). One
+    /// timer for both, so a call that rings less than a minute costs no more.
+    fn arm_ring_guard(&mut self) {
+        let left = self.ctx.max_ring.saturating_sub(self.started.elapsed());
+        self.ring_guard = Some(self.after(left.min(PROVISIONAL_EVERY), CallMsg::RingGuard));
+    }
+
+    /// The ring guard is due with the caller still not answered: past
+    /// `sip.max_ring_seconds` the caller is given up, else its last provisional goes
+    /// again (RFC 3261 13.3.1.1) and the guard is armed again.
+    fn ring_guard_due(&mut self) {
+        let left = self.ctx.max_ring.saturating_sub(self.started.elapsed());
+        if left <= RING_GUARD_SLACK {
+            return self.refuse_caller(480, "max_ring");
+        }
+        let ep = self.ctx.endpoint.clone();
+        self.a.repeat_provisional(&ep);
+        self.arm_ring_guard();
     }
 
     /// Cancels the `sip.max_ring_seconds` guard (the call was answered or is over).
