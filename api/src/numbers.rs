@@ -371,7 +371,10 @@ async fn check_advertiser(st: &ApiState, op: &str, adv: &str) -> Result<(), ApiE
     }
 }
 
+/// Unknown parameters are refused (400): `?dryrun=true` created the number for real
+/// (a review).
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CreateQuery {
     /// `true`: every check of a creation, nothing written (200 with the number as it
     /// would be). `tsunagu numbers import` checks a whole file this way first.
@@ -446,17 +449,30 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(view(&number))))
 }
 
+/// Unknown parameters are refused (400): `?advertiser=...` listed every number.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ListQuery {
     advertiser_id: Option<String>,
 }
 
+/// The operator's numbers, whole (no paging). A few at once, as JSON call searches
+/// (`api.max_searches`, `api.max_searches_per_operator`): each reads and decodes every
+/// number of the operator (up to 50,000, each up to 64 KiB), and a loop of them from
+/// one key built that many lists at once (a review).
 pub async fn list(
     OperatorId(op): OperatorId,
     State(st): State<Arc<ApiState>>,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
+    let d = &st.defences;
+    let permit = d.searches.try_start(&op).map_err(|why| {
+        d.metrics.searches_refused.inc();
+        crate::calls::refused(why, "number lists and call searches", 1)
+    })?;
     let list = db(&st, move |s| {
+        // Held by the read itself, whatever becomes of the request.
+        let _permit = permit;
         s.list_numbers(&op, q.advertiser_id.as_deref())
     })
     .await?;
@@ -771,6 +787,44 @@ mod tests {
             },
         )
         .await;
+    }
+
+    /// Unknown query parameters are refused and change nothing: `?dryrun=true` (for
+    /// `dry_run`) created the number, `?advertiser=` listed every number (a review).
+    #[tokio::test]
+    async fn unknown_query_parameters_are_refused() {
+        let a = api();
+        let key = Some(a.key.as_str());
+        let body = number(&a.advertiser, "0501000001", "");
+        let r = a.send("POST", "/v1/numbers?dryrun=true", key, &body).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+        assert_eq!(a.store.count_numbers(&a.operator).unwrap(), 0);
+        let r = a.send("GET", "/v1/numbers?advertiser=x", key, "").await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+    }
+
+    /// Number lists run a few at once, sharing call searches' places
+    /// (`api.max_searches_per_operator`): one past the operator's share is refused 503
+    /// at once; they ran without a bound (a review).
+    #[tokio::test]
+    async fn number_lists_run_a_few_at_once() {
+        let config = tsunagu_config::ApiConfig {
+            max_searches: 3,
+            max_searches_per_operator: 1,
+            ..Default::default()
+        };
+        let a = api_with(&config, |_| {});
+        let running = a.state.defences.searches.try_start(&a.operator).unwrap();
+        let refused = a.get("/v1/numbers").await;
+        assert_eq!(
+            refused.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{}",
+            refused.text()
+        );
+        drop(running);
+        let listed = a.get("/v1/numbers").await;
+        assert_eq!(listed.status, StatusCode::OK, "{}", listed.text());
     }
 
     /// An operator's numbers (its own and its pools') and advertisers are capped: the

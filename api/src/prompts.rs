@@ -140,6 +140,16 @@ pub async fn delete(
     if !valid_name(&name) {
         return Err(refused(PromptError::Name));
     }
+    // Nothing to delete, nothing read: a loop of deletes of names that do not exist
+    // read every number of the operator each time before its 404 (a review).
+    let (op2, name2) = (op.clone(), name.clone());
+    if crate::db(&st, move |s| s.prompt(&op2, &name2))
+        .await?
+        .is_none()
+        && !st.prompts.has_own(&op, &name)
+    {
+        return Err(ApiError::not_found("no prompt of yours has that name"));
+    }
     // A prompt a number still names (a recording notice, an IVR menu) stays: calls
     // would go on without it (recorded without their notice). The shared prompt of
     // the same name, if any, is what the number falls back to.
@@ -190,7 +200,14 @@ pub async fn delete(
     .await
     .map_err(|_| ApiError::unavailable("the prompt could not be deleted"))??;
     let gone = stored || matches!(removed, Ok(true));
-    removed.map_err(refused)?;
+    if let Err(e) = removed {
+        if !stored {
+            return Err(refused(e));
+        }
+        // Deleted from the store and every node told: this node's file failing to go
+        // is the node's to report (it was a 503 for a deletion that happened).
+        tracing::warn!(operator = %op, prompt = %name, error = %e, "prompt deleted, but this node's copy on its disk was not removed");
+    }
     if gone {
         Ok(StatusCode::NO_CONTENT)
     } else {
@@ -294,6 +311,44 @@ mod tests {
         assert_eq!(a.state.defences.metrics.prompt_copies_unsaved.get(), 1);
         assert!(a.store.prompt(&a.operator, "greeting").unwrap().is_some());
         assert_eq!(a.announced.count(), 1, "every node told to load it");
+    }
+
+    /// A delete of a name the operator has no prompt of is 404 before anything else is
+    /// read: with a number this version cannot read, it was 409 (every number was read
+    /// first, on each delete; a review). A prompt deleted from the store is 204 even
+    /// when this node's file cannot be removed (here: a directory in its place); it
+    /// was 503 for a deletion that happened.
+    #[tokio::test]
+    async fn deletes_answer_for_what_the_store_did() {
+        use tsunagu_store::Store;
+        let a = api();
+        let key = Some(a.key.as_str());
+        let number = format!(
+            r#"{{"number": "0501000001", "advertiser_id": "{}", "destinations": [{{"number": "0311112222"}}]}}"#,
+            a.advertiser
+        );
+        let r = a.send("POST", "/v1/numbers", key, &number).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+        a.as_a_newer_version_wrote("numbers", "number", "0501000001");
+        let r = a.send("DELETE", "/v1/prompts/nothing_here", key, "").await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text());
+
+        let b = api();
+        let up = b.send_bytes("PUT", "/v1/prompts/greeting", wav(320)).await;
+        assert_eq!(up.status, StatusCode::OK, "{}", up.text());
+        let file = b
+            ._dir
+            .path()
+            .join("prompts/operators")
+            .join(&b.operator)
+            .join("greeting.wav");
+        std::fs::remove_file(&file).unwrap();
+        std::fs::create_dir(&file).unwrap();
+        let del = b
+            .send("DELETE", "/v1/prompts/greeting", Some(&b.key), "")
+            .await;
+        assert_eq!(del.status, StatusCode::NO_CONTENT, "{}", del.text());
+        assert!(b.store.prompt(&b.operator, "greeting").unwrap().is_none());
     }
 
     /// WAV bytes together: 600 s of audio (five bodies of 1.92 MB fill it).

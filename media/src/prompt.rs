@@ -214,6 +214,14 @@ impl Prompts {
         Ok(())
     }
 
+    /// Whether the operator has an own prompt of that name on this node.
+    pub fn has_own(&self, operator: &str, name: &str) -> bool {
+        self.own
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&(operator.to_string(), name.to_string()))
+    }
+
     /// Deletes an operator's own prompt; false if it had none of that name.
     pub fn delete_own(&self, operator: &str, name: &str) -> Result<bool, PromptError> {
         let removed = self
