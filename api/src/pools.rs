@@ -170,6 +170,19 @@ struct IssueInput {
 
 const WEEK: u32 = 7 * 86_400;
 
+/// Whether `n` may be shown as operator `op`'s overflow number: not a tracking number,
+/// or one of `op`'s. One whose settings cannot be read cannot be checked (its owner is
+/// in them): not usable, as another operator's would be, which tells no operator more
+/// than that (it was 500).
+async fn overflow_usable(st: &Arc<ApiState>, op: &str, n: &str) -> Result<bool, ApiError> {
+    let (op, n) = (op.to_string(), n.to_string());
+    db(st, move |s| match s.get_number(&n) {
+        Err(tsunagu_store::StoreError::Corrupt(_)) => Ok(false),
+        read => read.map(|found| found.is_none_or(|tracked| tracked.operator_id == op)),
+    })
+    .await
+}
+
 /// An overflow number that is a tracking number must be the operator's own: another
 /// operator's would be shown on this one's pages, its calls measured and logged for
 /// that other operator (a live torture run set another operator's pool number).
@@ -178,19 +191,10 @@ async fn check_overflow(
     op: &str,
     overflow: Option<&str>,
 ) -> Result<(), ApiError> {
-    let Some(n) = overflow.map(str::to_string) else {
+    let Some(n) = overflow else {
         return Ok(());
     };
-    // One whose settings cannot be read cannot be checked either (its owner is in
-    // them): refused as another operator's would be, which tells no operator more
-    // than that (it was 500).
-    let op = op.to_string();
-    let mine = db(st, move |s| match s.get_number(&n) {
-        Err(tsunagu_store::StoreError::Corrupt(_)) => Ok(false),
-        read => read.map(|found| found.is_none_or(|tracked| tracked.operator_id == op)),
-    })
-    .await?;
-    if mine {
+    if overflow_usable(st, op, n).await? {
         Ok(())
     } else {
         Err(ApiError::invalid(
@@ -709,9 +713,18 @@ async fn issue_number(
         IssueOutcome::Exhausted => {
             m.overflows.get_or_create(&label).inc();
             match pool.overflow_number {
-                Some(n) => Ok(
+                // Checked again now: it was checked when the pool was written, and
+                // another operator may have created it as a tracking number since;
+                // its calls would be that operator's (a review).
+                Some(n) if overflow_usable(st, &pool.operator_id, &n).await? => Ok(
                     json!({"number": n, "expires_at": null, "expires_in": null, "overflow": true}),
                 ),
+                Some(n) => {
+                    tracing::warn!(pool = %pool.id, number = %n, "a pool's overflow_number is now another operator's tracking number: not shown");
+                    Err(ApiError::unavailable(
+                        "every number of the pool is leased and its overflow_number cannot be used",
+                    ))
+                }
                 None => Err(ApiError::unavailable(
                     "every number of the pool is leased and the pool has no overflow_number",
                 )),
@@ -731,6 +744,58 @@ fn visitor_session(params: &BTreeMap<String, String>) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A pool's overflow number is checked again when it is to be shown: one another
+    /// operator created as a tracking number after the pool was written is withheld
+    /// (503), never shown on this operator's pages, whose callers would then be that
+    /// operator's. It was shown (a review).
+    #[tokio::test]
+    async fn an_overflow_number_another_operator_took_since_is_not_shown() {
+        use tsunagu_store::Store;
+        let a = crate::testing::api();
+        let key = Some(a.key.as_str());
+        let pool = format!(
+            r#"{{"advertiser_id": "{}", "mode": "one_time", "numbers": ["0502000001"], "hold_seconds": 60, "overflow_number": "0509999999", "destinations": [{{"number": "0311112222"}}]}}"#,
+            a.advertiser
+        );
+        let r = a.send("POST", "/v1/pools", key, &pool).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+        let issue = format!("/v1/pools/{}/issue", r.json()["id"].as_str().unwrap());
+        let leased = a.send("POST", &issue, key, "{}").await;
+        assert_eq!(leased.json()["overflow"], false, "{}", leased.text());
+        let overflow = a.send("POST", &issue, key, "{}").await;
+        assert_eq!(
+            overflow.json()["number"],
+            "0509999999",
+            "{}",
+            overflow.text()
+        );
+        let other = a.store.create_operator("other").unwrap();
+        let adv = a
+            .store
+            .create_advertiser(&other.id, "theirs", None)
+            .unwrap();
+        a.store
+            .create_number(&tsunagu_store::TrackingNumber {
+                number: "0509999999".into(),
+                operator_id: other.id.clone(),
+                advertiser_id: adv.id,
+                ..Default::default()
+            })
+            .unwrap();
+        let withheld = a.send("POST", &issue, key, "{}").await;
+        assert_eq!(
+            withheld.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{}",
+            withheld.text()
+        );
+        assert!(
+            !withheld.text().contains("0509999999"),
+            "{}",
+            withheld.text()
+        );
+    }
 
     /// An overflow number may be any phone number, or a tracking number of this
     /// operator's, not another operator's (in creation and in a change alike).
