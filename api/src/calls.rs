@@ -416,10 +416,7 @@ pub async fn list(
     // thread), and each stopped by the store once its time is up, so a search the
     // request timeout answered 408 does not scan on.
     let d = &st.defences;
-    let permit = d.searches.try_start(&query.operator_id).map_err(|why| {
-        d.metrics.searches_refused.inc();
-        refused(why, "call searches", 1)
-    })?;
+    let permit = start_search(&st, &query.operator_id)?;
     query.deadline = Some(std::time::Instant::now() + d.search_timeout);
     let metrics = d.metrics.clone();
     let rows = db(&st, move |s| {
@@ -447,6 +444,20 @@ pub async fn list(
 }
 
 /// 503 for a search or an export the caps refused: whose cap, and when to retry.
+/// A place among the searches running (`api.max_searches`, in all and per operator):
+/// JSON call searches and number lists, each reading much of an operator's rows. None
+/// left: 503 with Retry-After, counted.
+pub(crate) fn start_search(
+    st: &ApiState,
+    operator: &str,
+) -> Result<crate::running::RunPermit, ApiError> {
+    let d = &st.defences;
+    d.searches.try_start(operator).map_err(|why| {
+        d.metrics.searches_refused.inc();
+        refused(why, "call searches and number lists", 1)
+    })
+}
+
 pub(crate) fn refused(why: Refusal, what: &str, retry_after: u64) -> ApiError {
     let message = match why {
         Refusal::Node => format!("too many {what} are running; try again shortly"),

@@ -151,7 +151,7 @@ impl ApiMetrics {
         );
         r.register(
             "api_searches_refused",
-            "JSON call searches answered 503 because api.max_searches (or the operator's api.max_searches_per_operator) were running",
+            "JSON call searches and number lists answered 503 because api.max_searches (or the operator's api.max_searches_per_operator) were running",
             self.searches_refused.clone(),
         );
         r.register(

@@ -465,11 +465,7 @@ pub async fn list(
     State(st): State<Arc<ApiState>>,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let d = &st.defences;
-    let permit = d.searches.try_start(&op).map_err(|why| {
-        d.metrics.searches_refused.inc();
-        crate::calls::refused(why, "number lists and call searches", 1)
-    })?;
+    let permit = crate::calls::start_search(&st, &op)?;
     let list = db(&st, move |s| {
         // Held by the read itself, whatever becomes of the request.
         let _permit = permit;

@@ -143,10 +143,10 @@ pub async fn delete(
     // Nothing to delete, nothing read: a loop of deletes of names that do not exist
     // read every number of the operator each time before its 404 (a review).
     let (op2, name2) = (op.clone(), name.clone());
-    if crate::db(&st, move |s| s.prompt(&op2, &name2))
-        .await?
-        .is_none()
-        && !st.prompts.has_own(&op, &name)
+    if !st.prompts.has_own(&op, &name)
+        && crate::db(&st, move |s| s.prompt(&op2, &name2))
+            .await?
+            .is_none()
     {
         return Err(ApiError::not_found("no prompt of yours has that name"));
     }

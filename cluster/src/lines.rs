@@ -1169,11 +1169,11 @@ impl LineService {
                     // owner's rebuild asks it anyway.
                     return;
                 }
-                let known = self
-                    .tables
-                    .get(&key)
-                    .is_some_and(|t| t.held.contains_key(&call) || t.position(&call).is_some());
-                if !known && self.refuses(from, &key) {
+                // A call the table knows is answered as it stands, bound or not (the
+                // queue scanned only when a bound is hit).
+                let known =
+                    |t: &KeyTable| t.held.contains_key(&call) || t.position(&call).is_some();
+                if self.refuses(from, &key) && !self.tables.get(&key).is_some_and(known) {
                     // Answered as queued last, so its requester does not ask again; its
                     // caller gives up after its longest wait.
                     let waiting = self.tables.get(&key).map_or(0, |t| t.waiting.len());

@@ -369,7 +369,7 @@ fn write_durably(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
     file.sync_all()?;
     drop(file);
     std::fs::rename(&tmp, dir.join(name))?;
-    std::fs::File::open(dir)?.sync_all()
+    crate::wav::sync_dir(dir)
 }
 
 /// An operator's own prompts in `dir`, leaving out (with a warning) any file that
@@ -504,7 +504,8 @@ mod tests {
         for gone in ["empty", "cut", "dir"] {
             assert!(lib.get("op1", gone).is_none(), "{gone}");
         }
-        // Saved durably, in the same place and under the same name as before.
+        // Saved in the same place and under the same name as before (the syncs on the
+        // way are not seen here).
         lib.save_own("op1", "fresh", parse_own("fresh", &wav).unwrap(), &wav)
             .unwrap();
         assert_eq!(std::fs::read(op.join("fresh.wav")).unwrap(), wav);

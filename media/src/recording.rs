@@ -395,7 +395,7 @@ fn run(rx: mpsc::Receiver<Msg>, queued: std::sync::Arc<std::sync::atomic::Atomic
         finish_closes(
             std::mem::take(&mut closing),
             |f| f.sync(),
-            |d| std::fs::File::open(d).and_then(|d| d.sync_all()),
+            crate::wav::sync_dir,
         );
     }
 }
@@ -450,65 +450,61 @@ fn handle(
     closing: &mut Vec<Closing>,
     queued: &std::sync::atomic::AtomicUsize,
 ) {
-    {
-        match msg {
-            Msg::Open(id, path, channels) => {
-                let dir = path.parent().map(std::path::Path::to_path_buf);
-                let open = match WavFile::create(&path, channels) {
-                    Ok(f) => Open {
-                        file: Some(f),
-                        error: None,
+    match msg {
+        Msg::Open(id, path, channels) => {
+            let dir = path.parent().map(std::path::Path::to_path_buf);
+            let open = match WavFile::create(&path, channels) {
+                Ok(f) => Open {
+                    file: Some(f),
+                    error: None,
+                    dir,
+                },
+                Err(e) => {
+                    tracing::warn!(%e, path = %path.display(), "cannot create recording");
+                    Open {
+                        file: None,
+                        error: Some(format!("cannot create {}: {e}", path.display())),
                         dir,
-                    },
-                    Err(e) => {
-                        tracing::warn!(%e, path = %path.display(), "cannot create recording");
-                        Open {
-                            file: None,
-                            error: Some(format!("cannot create {}: {e}", path.display())),
-                            dir,
-                        }
-                    }
-                };
-                files.insert(id, open);
-            }
-            Msg::Append(id, samples) => {
-                queued.fetch_sub(samples.len() * 2, Ordering::Relaxed);
-                let Some(o) = files.get_mut(&id) else {
-                    return;
-                };
-                if o.error.is_some() {
-                    return; // keep what was written; do not write past a hole
-                }
-                if let Some(f) = o.file.as_mut() {
-                    if let Err(e) = f.append(&samples) {
-                        tracing::warn!(%e, "recording write failed");
-                        o.error = Some(format!("write failed: {e}"));
                     }
                 }
+            };
+            files.insert(id, open);
+        }
+        Msg::Append(id, samples) => {
+            queued.fetch_sub(samples.len() * 2, Ordering::Relaxed);
+            let Some(o) = files.get_mut(&id) else {
+                return;
+            };
+            if o.error.is_some() {
+                return; // keep what was written; do not write past a hole
             }
-            Msg::Dropped(id) => {
-                if let Some(o) = files.get_mut(&id) {
-                    o.error.get_or_insert_with(|| {
-                        tracing::warn!(
-                            "the recorder fell behind: audio of a recording was dropped"
-                        );
-                        "the recorder fell behind (storage too slow): audio was dropped".into()
-                    });
+            if let Some(f) = o.file.as_mut() {
+                if let Err(e) = f.append(&samples) {
+                    tracing::warn!(%e, "recording write failed");
+                    o.error = Some(format!("write failed: {e}"));
                 }
             }
-            Msg::Close(id, done) => {
-                let Some(o) = files.remove(&id) else { return };
-                closing.push(Closing {
-                    outcome: Outcome {
-                        seconds: o.file.as_ref().map(|f| f.seconds()).unwrap_or(0.0),
-                        error: o.error,
-                        heard: false,
-                    },
-                    file: o.file,
-                    dir: o.dir,
-                    done,
+        }
+        Msg::Dropped(id) => {
+            if let Some(o) = files.get_mut(&id) {
+                o.error.get_or_insert_with(|| {
+                    tracing::warn!("the recorder fell behind: audio of a recording was dropped");
+                    "the recorder fell behind (storage too slow): audio was dropped".into()
                 });
             }
+        }
+        Msg::Close(id, done) => {
+            let Some(o) = files.remove(&id) else { return };
+            closing.push(Closing {
+                outcome: Outcome {
+                    seconds: o.file.as_ref().map(|f| f.seconds()).unwrap_or(0.0),
+                    error: o.error,
+                    heard: false,
+                },
+                file: o.file,
+                dir: o.dir,
+                done,
+            });
         }
     }
 }

@@ -100,6 +100,12 @@ pub fn read_prompt(bytes: &[u8]) -> Result<Vec<i16>, WavError> {
         .collect())
 }
 
+/// Makes the names in `dir` (a file created or renamed there) durable: the directory
+/// synced (a file's own sync does not cover its name).
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
 pub struct WavFile {
     file: File,
     channels: u16,

@@ -12,9 +12,13 @@
 //! first last found (two atomics) and never touches the disk for it.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// How a day folder of recordings is named (`<recordings_dir>/<UTC date>/`): where
+/// calls write (`call::start_recording_part`) and what the sweep reads.
+pub const DAY_FORMAT: &str = "%Y-%m-%d";
 
 /// How often the free space is read.
 pub const CHECK_EVERY: Duration = Duration::from_secs(1);
@@ -87,9 +91,10 @@ pub fn expired<'a>(
     };
     names
         .into_iter()
-        .filter(|n| n.len() == 10)
         .filter(|n| {
-            chrono::NaiveDate::parse_from_str(n, "%Y-%m-%d").is_ok_and(|day| day < oldest_kept)
+            // Exactly the name the format writes (the parser takes `2026-9-01` too).
+            chrono::NaiveDate::parse_from_str(n, DAY_FORMAT)
+                .is_ok_and(|day| day < oldest_kept && day.format(DAY_FORMAT).to_string() == **n)
         })
         .collect()
 }
@@ -103,9 +108,6 @@ struct Shared {
     min_free: u64,
     skipped: [prometheus_client::metrics::counter::Counter; 2],
     free_gauge: prometheus_client::metrics::gauge::Gauge,
-    /// No recordings directory to watch (tests, and nodes built without one): always
-    /// allowed.
-    unwatched: AtomicBool,
 }
 
 /// The call path's view of the recordings disk (cheap to clone).
@@ -163,7 +165,7 @@ impl RecordingSpace {
         retention_days: u32,
         metrics: &SpaceMetrics,
     ) -> std::io::Result<RecordingSpace> {
-        let space = RecordingSpace::new(min_free_mb, metrics, false);
+        let space = RecordingSpace::new(min_free_mb, metrics);
         if retention_days > 0 {
             // A thread of its own: a long sweep (months of folders, a slow NFS) on the
             // checking thread left the check stale and stopped every recording as
@@ -180,12 +182,12 @@ impl RecordingSpace {
         Ok(space)
     }
 
-    /// Never refuses (no directory watched): for tests and tools.
+    /// Never refuses (no directory watched; a guard of 0): for tests and tools.
     pub fn unwatched() -> RecordingSpace {
-        RecordingSpace::new(0, &SpaceMetrics::default(), true)
+        RecordingSpace::new(0, &SpaceMetrics::default())
     }
 
-    fn new(min_free_mb: u64, metrics: &SpaceMetrics, unwatched: bool) -> RecordingSpace {
+    fn new(min_free_mb: u64, metrics: &SpaceMetrics) -> RecordingSpace {
         let skipped = Skip::ALL.map(|s| {
             metrics
                 .skipped
@@ -199,16 +201,12 @@ impl RecordingSpace {
             min_free: min_free_mb.saturating_mul(1 << 20),
             skipped,
             free_gauge: metrics.free_bytes.clone(),
-            unwatched: AtomicBool::new(unwatched),
         }))
     }
 
     /// Whether a recording may start now; a refusal is counted.
     pub fn allows(&self) -> Result<(), Skip> {
         let s = &self.0;
-        if s.unwatched.load(Ordering::Relaxed) {
-            return Ok(());
-        }
         let checked = match s.checked_ms.load(Ordering::Acquire) {
             0 => None,
             ms => Some(s.epoch + Duration::from_millis(ms - 1)),
@@ -397,7 +395,7 @@ mod tests {
     #[test]
     fn the_call_path_reads_the_last_check() {
         let metrics = SpaceMetrics::default();
-        let space = RecordingSpace::new(1, &metrics, false);
+        let space = RecordingSpace::new(1, &metrics);
         assert_eq!(space.allows(), Err(Skip::DiskStalled));
         space.checked(2 << 20, Instant::now());
         assert_eq!(space.allows(), Ok(()));

@@ -360,6 +360,20 @@ mod tests {
         log: CallLog,
     }
 
+    impl Fixture {
+        /// The callee answers `request` with `status` (and `sdp`), to the node.
+        fn callee_says(&self, request: &str, status: &str, sdp: Option<&str>) {
+            let me = self.callee.local_addr().unwrap();
+            let node = self
+                .ctx
+                .endpoint
+                .local(tsunagu_sip::Transport::Udp)
+                .unwrap();
+            let response = callee_response(request, status, me, sdp);
+            self.callee.send_to(response.as_bytes(), node).unwrap();
+        }
+    }
+
     /// A node's call path with real parts, and one call forwarding (the callee never answers).
     async fn forwarding_call(max_call: Duration) -> Fixture {
         forwarding_call_with(max_call, Duration::from_secs(180), Duration::from_secs(32)).await
@@ -624,12 +638,9 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_answered_call_past_max_call_seconds_is_hung_up_on_both_sides() {
         let f = forwarding_call(Duration::ZERO).await;
-        let node = f.ctx.endpoint.local(tsunagu_sip::Transport::Udp).unwrap();
         let invite = recv_text(&f.callee);
-        let me = f.callee.local_addr().unwrap();
         let sdp = "v=0\r\no=- 2 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4002 RTP/AVP 0\r\n";
-        let ok = callee_response(&invite, "200 OK", me, Some(sdp));
-        f.callee.send_to(ok.as_bytes(), node).unwrap();
+        f.callee_says(&invite, "200 OK", Some(sdp));
         let answer = std::iter::repeat_with(|| recv_text(&f.caller))
             .find(|m| !m.starts_with("SIP/2.0 1"))
             .unwrap();
@@ -643,8 +654,7 @@ mod tests {
             .find(|m| !m.starts_with("ACK "))
             .unwrap();
         assert!(to_callee.starts_with("BYE "), "{to_callee}");
-        let bye_ok = callee_response(&to_callee, "200 OK", me, None);
-        f.callee.send_to(bye_ok.as_bytes(), node).unwrap();
+        f.callee_says(&to_callee, "200 OK", None);
         let r = final_record(&f).await;
         assert_eq!(r.end_reason.as_deref(), Some("max_call"));
         assert_eq!(f.metrics.calls.actor_failures.get(), 0, "ended by the call");
@@ -664,9 +674,7 @@ mod tests {
         // The callee says 100 Trying (a CANCEL may only follow a provisional answer)
         // and then nothing.
         let invite = recv_text(&f.callee);
-        let trying = callee_response(&invite, "100 Trying", f.callee.local_addr().unwrap(), None);
-        let node = f.ctx.endpoint.local(tsunagu_sip::Transport::Udp).unwrap();
-        f.callee.send_to(trying.as_bytes(), node).unwrap();
+        f.callee_says(&invite, "100 Trying", None);
         let reply = recv_text(&f.caller);
         assert!(reply.starts_with("SIP/2.0 480 "), "{reply}");
         // Retransmissions of the unanswered INVITE may come first.
@@ -695,18 +703,14 @@ mod tests {
             1,
         )
         .await;
-        let node = f.ctx.endpoint.local(tsunagu_sip::Transport::Udp).unwrap();
-        let me = f.callee.local_addr().unwrap();
         let invite = recv_text(&f.callee);
-        let ringing = callee_response(&invite, "180 Ringing", me, None);
-        f.callee.send_to(ringing.as_bytes(), node).unwrap();
+        f.callee_says(&invite, "180 Ringing", None);
         let cancel = std::iter::repeat_with(|| recv_text(&f.callee))
             .find(|m| !m.starts_with("INVITE "))
             .unwrap();
         assert!(cancel.starts_with("CANCEL "), "{cancel}");
         let cancelled_at = Instant::now();
-        let ok = callee_response(&cancel, "200 OK", me, None);
-        f.callee.send_to(ok.as_bytes(), node).unwrap();
+        f.callee_says(&cancel, "200 OK", None);
         let reply = std::iter::repeat_with(|| recv_text(&f.caller))
             .find(|m| !m.starts_with("SIP/2.0 1"))
             .unwrap();
@@ -735,11 +739,8 @@ mod tests {
             20,
         )
         .await;
-        let node = f.ctx.endpoint.local(tsunagu_sip::Transport::Udp).unwrap();
-        let me = f.callee.local_addr().unwrap();
         let invite = recv_text(&f.callee);
-        let ringing = callee_response(&invite, "180 Ringing", me, None);
-        f.callee.send_to(ringing.as_bytes(), node).unwrap();
+        f.callee_says(&invite, "180 Ringing", None);
         let mut ringing = 0;
         let last = loop {
             let m = recv_text(&f.caller);
@@ -769,7 +770,6 @@ mod tests {
         )
         .await;
         let node = f.ctx.endpoint.local(tsunagu_sip::Transport::Udp).unwrap();
-        let me = f.callee.local_addr().unwrap();
         let invite = recv_text(&f.callee);
         let caller = f.caller.local_addr().unwrap();
         let cancel = format!(
@@ -780,19 +780,16 @@ mod tests {
             .find(|m| m.starts_with("SIP/2.0 487 "))
             .unwrap();
         assert!(cancelled.contains("CSeq: 1 INVITE"), "{cancelled}");
-        let ringing = callee_response(&invite, "180 Ringing", me, None);
-        f.callee.send_to(ringing.as_bytes(), node).unwrap();
+        f.callee_says(&invite, "180 Ringing", None);
         let node_cancel = std::iter::repeat_with(|| recv_text(&f.callee))
             .find(|m| !m.starts_with("INVITE "))
             .unwrap();
         assert!(node_cancel.starts_with("CANCEL "), "{node_cancel}");
-        let ok = callee_response(&node_cancel, "200 OK", me, None);
-        f.callee.send_to(ok.as_bytes(), node).unwrap();
+        f.callee_says(&node_cancel, "200 OK", None);
         let r = final_record(&f).await;
         assert_eq!(r.result, CallResult::Cancelled);
         let sdp = "v=0\r\no=- 2 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4002 RTP/AVP 0\r\n";
-        let answer = callee_response(&invite, "200 OK", me, Some(sdp));
-        f.callee.send_to(answer.as_bytes(), node).unwrap();
+        f.callee_says(&invite, "200 OK", Some(sdp));
         let after: Vec<String> = std::iter::repeat_with(|| recv_text(&f.callee))
             .take_while(|m| !m.starts_with("BYE "))
             .collect();
@@ -842,13 +839,10 @@ mod tests {
             20,
         )
         .await;
-        let node = f.ctx.endpoint.local(tsunagu_sip::Transport::Udp).unwrap();
         let invite = recv_text(&f.callee);
-        let me = f.callee.local_addr().unwrap();
         let sdp = "v=0\r\no=- 2 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4002 RTP/AVP 0\r\n";
         for status in ["183 Session Progress", "200 OK"] {
-            let response = callee_response(&invite, status, me, Some(sdp));
-            f.callee.send_to(response.as_bytes(), node).unwrap();
+            f.callee_says(&invite, status, Some(sdp));
         }
         let first = recv_text(&f.caller);
         assert!(
@@ -874,8 +868,7 @@ mod tests {
             .find(|m| !m.starts_with("ACK ") && !m.starts_with("INVITE "))
             .unwrap();
         assert!(bye.starts_with("BYE sip:"), "{bye}");
-        let ok = callee_response(&bye, "200 OK", me, None);
-        f.callee.send_to(ok.as_bytes(), node).unwrap();
+        f.callee_says(&bye, "200 OK", None);
         let r = final_record(&f).await;
         assert_eq!(r.result, CallResult::Failed);
         assert_eq!(r.end_reason.as_deref(), Some("prack_timeout"));

@@ -10,7 +10,8 @@
 //! empty"; such a body cannot be interpreted, so the request is malformed: 400, not
 //! taken as SDP).
 
-use rsipstack::sip::{HasHeaders, Header, Method, Request, SipMessage};
+pub use rsipstack::sip::HasHeaders;
+use rsipstack::sip::{Header, Method, Request, SipMessage};
 use std::net::SocketAddr;
 
 /// How a message travelled.
@@ -118,12 +119,7 @@ fn check_start_line(data: &[u8]) -> Result<(), ParseError> {
             "the request line must be METHOD SP Request-URI SP SIP-Version".into(),
         ));
     };
-    let token = |s: &str| {
-        !s.is_empty()
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b))
-    };
-    if !token(method) || uri.is_empty() {
+    if !is_token(method) || uri.is_empty() {
         return Err(ParseError::Syntax("malformed request line".into()));
     }
     if version != "SIP/2.0" {
@@ -280,6 +276,13 @@ pub fn header<'a, M: HasHeaders>(msg: &'a M, name: &str) -> Option<&'a str> {
         .iter()
         .find(|h| h.name().eq_ignore_ascii_case(name))
         .map(Header::value)
+}
+
+/// Whether `s` is an RFC 3261 token (25.1: alphanumerics and `-.!%*_+\`'~`), not empty.
+pub fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b))
 }
 
 /// Whether a Supported or Require header of `msg` lists the option tag `tag` (RFC 3261

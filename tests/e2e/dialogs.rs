@@ -847,20 +847,35 @@ fn sipp_answer(status: &str, cseq: &str) -> String {
 /// request as sent.
 fn send_reinvite(caller: &Party, call_id: &str, our_tag: &str, sdp_extra: &str) -> String {
     let sdp = format!("v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4002 RTP/AVP 0\r\n{sdp_extra}");
-    let reinvite = caller.request(
-        "INVITE",
+    let reinvite = caller_offer(caller, "INVITE", call_id, our_tag, 2, "", &sdp);
+    caller.send(&reinvite);
+    reinvite
+}
+
+/// The caller's `method` (a re-INVITE or UPDATE) in its call `call_id` with CSeq
+/// `cseq`, `extra` header lines (each ending in `\n`), its Contact and `sdp` as the
+/// offer; the request, not sent.
+pub(crate) fn caller_offer(
+    caller: &Party,
+    method: &str,
+    call_id: &str,
+    our_tag: &str,
+    cseq: u32,
+    extra: &str,
+    sdp: &str,
+) -> String {
+    caller.request(
+        method,
         call_id,
         "callertag",
         our_tag,
-        2,
+        cseq,
         &format!(
-            "Contact: <sip:caller@{}>\nContent-Type: application/sdp\nContent-Length: {}\n\n{sdp}",
+            "{extra}Contact: <sip:caller@{}>\nContent-Type: application/sdp\nContent-Length: {}\n\n{sdp}",
             caller.me(),
             sdp.len()
         ),
-    );
-    caller.send(&reinvite);
-    reinvite
+    )
 }
 
 /// A call answered by a callee that then takes a re-INVITE without a word until the
@@ -1001,17 +1016,8 @@ fn a_second_re_invite_before_the_first_is_answered_gets_500_with_retry_after() {
     let call_id = "second-reinvite-1";
     let (caller, our_tag, _uas, _first) = reinvite_a_silent_callee(&node, ports, call_id);
     let sdp = "v=0\r\no=- 1 3 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4002 RTP/AVP 0\r\n";
-    caller.send(&caller.request(
-        "INVITE",
-        call_id,
-        "callertag",
-        &our_tag,
-        3,
-        &format!(
-            "Contact: <sip:caller@{}>\nContent-Type: application/sdp\nContent-Length: {}\n\n{sdp}",
-            caller.me(),
-            sdp.len()
-        ),
+    caller.send(&caller_offer(
+        &caller, "INVITE", call_id, &our_tag, 3, "", sdp,
     ));
     let refused = loop {
         let m = caller

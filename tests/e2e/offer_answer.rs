@@ -15,6 +15,11 @@ use std::time::Duration;
 
 const DEST: &str = r#"[{"number": "0311112222", "ring_seconds": 20}]"#;
 
+/// The caller's hold: its session, sendonly, one version on.
+fn caller_hold() -> String {
+    format!("{CALLER_SDP}a=sendonly\r\n").replace(" 1 1 IN", " 1 2 IN")
+}
+
 const CALLER_SDP: &str =
     "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n";
 
@@ -1010,18 +1015,15 @@ fn a_callee_s_refusal_reaches_the_caller_with_what_it_needs() {
         Some("INVITE, ACK, BYE, CANCEL"),
         "{refused}"
     );
-    let hold = format!("{CALLER_SDP}a=sendonly\r\n").replace(" 1 1 IN", " 1 2 IN");
-    let reinvite = caller.request(
+    let hold = caller_hold();
+    let reinvite = crate::dialogs::caller_offer(
+        &caller,
         "INVITE",
         call_id,
-        "callertag",
         &node_tag,
         3,
-        &format!(
-            "Supported: timer\nSession-Expires: 120\nContact: <sip:caller@{}>\nContent-Type: application/sdp\nContent-Length: {}\n\n{hold}",
-            caller.me(),
-            hold.len()
-        ),
+        "Supported: timer\nSession-Expires: 120\n",
+        &hold,
     );
     caller.send(&reinvite);
     let relayed = callee.expect("INVITE ");
@@ -1228,18 +1230,9 @@ fn a_re_invite_s_200_again_while_the_call_ends_is_acknowledged_as_itself() {
     assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
     let node_tag = caller.ack(call_id, &ok);
     callee.expect("ACK ");
-    let hold = format!("{CALLER_SDP}a=sendonly\r\n").replace(" 1 1 IN", " 1 2 IN");
-    caller.send(&caller.request(
-        "INVITE",
-        call_id,
-        "callertag",
-        &node_tag,
-        2,
-        &format!(
-            "Contact: <sip:caller@{}>\nContent-Type: application/sdp\nContent-Length: {}\n\n{hold}",
-            caller.me(),
-            hold.len()
-        ),
+    let hold = caller_hold();
+    caller.send(&crate::dialogs::caller_offer(
+        &caller, "INVITE", call_id, &node_tag, 2, "", &hold,
     ));
     let relayed = callee.expect("INVITE ");
     let held = sdp(4002).replace(" 2 2 IN", " 2 3 IN") + "a=recvonly\r\n";
@@ -1317,18 +1310,9 @@ fn updates_reach_a_callee_without_update_as_re_invites() {
         "{refreshed}"
     );
 
-    let hold = format!("{CALLER_SDP}a=sendonly\r\n").replace(" 1 1 IN", " 1 2 IN");
-    caller.send(&caller.request(
-        "UPDATE",
-        call_id,
-        "callertag",
-        &node_tag,
-        3,
-        &format!(
-            "Contact: <sip:caller@{}>\nContent-Type: application/sdp\nContent-Length: {}\n\n{hold}",
-            caller.me(),
-            hold.len()
-        ),
+    let hold = caller_hold();
+    caller.send(&crate::dialogs::caller_offer(
+        &caller, "UPDATE", call_id, &node_tag, 3, "", &hold,
     ));
     let held = callee.expect("INVITE ");
     assert!(held.contains("a=sendonly"), "the hold: {held}");

@@ -24,17 +24,7 @@ use tsunagu_store::{CallResult, CallerIdMode, Destination};
 /// Timer B (32 s), a black-holed trunk (a dead link, a TCP connect that never
 /// completes) was taken for a callee who did not answer: the route's next trunk was
 /// tried only for rings longer than 32 s (a review).
-const NO_RESPONSE: Duration = Duration::from_secs(5);
-
-/// How early a timer may fire (the timer list rounds to milliseconds): a ring time
-/// that ends within this is over.
-const RING_TIMER_SLACK: Duration = Duration::from_millis(50);
-
-/// Whether an attempt that rings until `ring_ends` (None: no ring time) has rung its
-/// time at `now`, within [`RING_TIMER_SLACK`].
-fn ring_time_over(now: Instant, ring_ends: Option<Instant>) -> bool {
-    ring_ends.is_none_or(|end| now + RING_TIMER_SLACK >= end)
-}
+pub(super) const NO_RESPONSE: Duration = Duration::from_secs(5);
 
 /// How long the INVITE of an attempt the node cancelled may go without its final
 /// response: 64*T1 (RFC 3261 9.1; 3.2 s in unit tests, where `reliable::T1` is shorter).
@@ -164,11 +154,12 @@ impl Call {
         self.ep().request(b.invite.clone(), b.peer);
         self.b = Some(b);
         self.ringback();
-        // One timer per attempt: a trunk that says nothing by NO_RESPONSE is left then,
-        // and the first response moves the timer to the ring time (`heard_from_trunk`).
+        // One timer per attempt: a trunk that says nothing by NO_RESPONSE is left then
+        // (`CallMsg::NoResponse`), and the first response replaces the timer with the
+        // ring time's (`heard_from_trunk`).
         let ring = Duration::from_secs(u64::from(dest.ring_seconds.max(1)));
         self.ring_ends = Instant::now().checked_add(ring);
-        let timer = self.after(ring.min(NO_RESPONSE), CallMsg::RingTimeout(self.attempt));
+        let timer = self.after(ring.min(NO_RESPONSE), CallMsg::NoResponse(self.attempt));
         self.stop_ring_timer();
         self.ring_timer = Some(timer);
         // What a survivor needs to CANCEL this attempt if this node dies now.
@@ -203,12 +194,6 @@ impl Call {
         match self.b.as_ref().map(|b| b.provisional) {
             None => {}
             Some(false) => self.nothing_from_the_trunk(),
-            Some(true) if !ring_time_over(Instant::now(), self.ring_ends) => {
-                // The [`NO_RESPONSE`] timer, due as the attempt's first response
-                // came (queued behind it, past cancelling): the ring time's own timer
-                // comes later. It cancelled a 30 s destination at 5 s (a review).
-                tracing::debug!("a stale ring timer: the ring time is not over");
-            }
             Some(true) => {
                 tracing::debug!("ring timeout");
                 self.pending_failure = Some(Failure::RingTimeout);
@@ -301,12 +286,12 @@ impl Call {
             .retry_after
             .filter(|_| matches!(upstream, 404 | 480 | 486 | 603))
             .map(|s| s.to_string());
-        match retry.as_deref() {
-            Some(s) => self
-                .a
-                .respond_with(&ep, upstream, None, &[("Retry-After", s)]),
-            None => self.a.respond(&ep, upstream, None),
-        }
+        let extra: Vec<(&str, &str)> = retry
+            .as_deref()
+            .map(|s| ("Retry-After", s))
+            .into_iter()
+            .collect();
+        self.a.respond_with(&ep, upstream, None, &extra);
         self.finish();
     }
 
@@ -357,27 +342,5 @@ impl Call {
             .as_ref()
             .map(|b| b.destination.clone())
             .or_else(|| self.attempts.last().map(|a| a.destination.clone()))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_ring_time_is_over_at_its_end_not_before() {
-        let t0 = Instant::now();
-        let ms = Duration::from_millis;
-        let rows = [
-            (ms(5000), Some(t0 + ms(30_000)), false),
-            (ms(29_940), Some(t0 + ms(30_000)), false),
-            (ms(29_960), Some(t0 + ms(30_000)), true),
-            (ms(30_000), Some(t0 + ms(30_000)), true),
-            (ms(31_000), Some(t0 + ms(30_000)), true),
-            (ms(0), None, true),
-        ];
-        for (after, ends, over) in rows {
-            assert_eq!(ring_time_over(t0 + after, ends), over, "{after:?}");
-        }
     }
 }

@@ -244,8 +244,10 @@ impl Call {
                     self.a.prack(&ep, r);
                     if held && !self.a.holds_final() && self.answered.is_some() {
                         // The caller has the 200 only now: its talk starts now (the
-                        // wait for the PRACK was counted as talk; a review).
+                        // wait for the PRACK was counted as talk; a review), in the
+                        // record in progress and the checkpoint too.
                         self.answered = Some((Instant::now(), now_ms()));
+                        self.checkpoint_now(true);
                     }
                 }
             }

@@ -59,15 +59,16 @@ const PROVISIONAL_EVERY: Duration = Duration::from_secs(60);
 #[cfg(test)]
 const PROVISIONAL_EVERY: Duration = Duration::from_secs(1);
 
-/// How early a timer may fire: a ring guard due within this of `sip.max_ring_seconds`
-/// is that guard.
-const RING_GUARD_SLACK: Duration = Duration::from_millis(50);
-
 pub enum CallMsg {
     Start,
     /// Boxed: keeps every actor's mailbox slots small (most calls see few SIP events).
     Sip(Box<SipEvent>),
     RingTimeout(u32),
+    /// Attempt n's INVITE has had no response at all by [`forward::NO_RESPONSE`] (or
+    /// its ring time, if shorter). A message of its own, not a [`CallMsg::RingTimeout`]:
+    /// one due as the first response came was queued behind it past cancelling, and
+    /// taken for the ring time's end cancelled a 30 s destination at 5 s (a review).
+    NoResponse(u32),
     /// 64*T1 after the CANCEL of attempt n (RFC 3261 9.1): if its INVITE has no final
     /// response yet, the attempt is over.
     CancelUnanswered(u32),
@@ -649,6 +650,12 @@ impl Call {
                     call.ring_timeout();
                 }
             }
+            CallMsg::NoResponse(n) => {
+                let silent = call.b.as_ref().is_some_and(|b| !b.provisional);
+                if n == call.attempt && call.phase == Phase::Trying && silent {
+                    call.nothing_from_the_trunk();
+                }
+            }
             CallMsg::CancelUnanswered(n) => {
                 if n == call.attempt
                     && call.phase == Phase::Trying
@@ -809,7 +816,7 @@ impl Call {
     /// again (RFC 3261 13.3.1.1) and the guard is armed again.
     fn ring_guard_due(&mut self) {
         let left = self.ctx.max_ring.saturating_sub(self.started.elapsed());
-        if left <= RING_GUARD_SLACK {
+        if left.is_zero() {
             return self.refuse_caller(480, "max_ring");
         }
         let ep = self.ctx.endpoint.clone();
@@ -996,7 +1003,7 @@ impl Call {
             );
             return;
         }
-        let day = chrono::Utc::now().format("%Y-%m-%d");
+        let day = chrono::Utc::now().format(crate::recording_space::DAY_FORMAT);
         let rel = format!("{day}/{name}.wav");
         let sink = self
             .ctx
@@ -1144,20 +1151,23 @@ impl Call {
     /// gets a BYE, and the call waits for its answer.
     fn leave_callee_and_finish(&mut self) {
         match self.b.as_ref().map(|b| (b.is_answered(), b.provisional)) {
+            // Answered: its BYE's answer is waited for.
+            Some((true, _)) => {
+                self.end_b();
+                self.end_and_wait();
+            }
             Some((false, true)) => {
                 self.end_b();
                 self.finish();
             }
-            Some((answered, _)) => {
-                // Answered: its BYE's answer is waited for. Not yet heard from: the
-                // CANCEL may go only after its first provisional (RFC 3261 9.1),
-                // which reaches the call (a response queued to it now would be lost
-                // to a handler taking the leg over), so the call waits, and hands the
-                // leg over at its end guard if it must.
-                if answered {
-                    self.end_b();
-                } else if let Some(b) = self.b.as_mut() {
-                    b.cancel(&self.ctx.endpoint.clone());
+            // Not yet heard from: the CANCEL may go only after its first provisional
+            // (RFC 3261 9.1), which reaches the call (a response queued to it now would
+            // be lost to a handler taking the leg over), so the call waits, and hands
+            // the leg over at its end guard if it must.
+            Some((false, false)) => {
+                let ep = self.ctx.endpoint.clone();
+                if let Some(b) = self.b.as_mut() {
+                    b.cancel(&ep);
                 }
                 self.end_and_wait();
             }

@@ -114,10 +114,7 @@ impl Reliable {
 pub fn parse_rack(value: &str) -> Option<(u32, u32, &str)> {
     let mut f = value.split_whitespace();
     let (rseq, cseq, method) = (f.next()?, f.next()?, f.next()?);
-    let token = method
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b));
-    (f.next().is_none() && token).then_some(())?;
+    (f.next().is_none() && tsunagu_sip::parse::is_token(method)).then_some(())?;
     Some((rseq.parse().ok()?, cseq.parse().ok()?, method))
 }
 

@@ -7,20 +7,15 @@
 use super::legs;
 use super::{session, Call, OwnReinvite, Phase};
 use tsunagu_media::{sdp, Side};
-use tsunagu_sip::parse::{header, sdp_body};
+use tsunagu_sip::parse::{header, header_values, sdp_body};
 use tsunagu_sip::{Method, Request, Response};
 
 /// A re-INVITE or UPDATE relayed to the other leg, waiting for its answer.
 pub(super) struct Reoffer {
     pub(super) from: Side,
     /// The method sent on (the sender's, or INVITE for an UPDATE to a party that does
-    /// not take it: see `converted`); the sender's is its `request`'s.
+    /// not take it: see [`Reoffer::converted`]); the sender's is its `request`'s.
     pub(super) method: Method,
-    /// An UPDATE sent on as a re-INVITE (the other party's Allow leaves UPDATE out;
-    /// see `legs::takes_update`), carrying the sender's offer, or without one the
-    /// session that party has (its answer then stays on its leg; the sender's 200
-    /// carries no SDP, as its UPDATE carried none).
-    pub(super) converted: bool,
     pub(super) request: Request,
     pub(super) info: tsunagu_sip::Info,
     pub(super) key: tsunagu_sip::transaction::TxKey,
@@ -68,12 +63,12 @@ pub(super) struct Reoffer {
 /// refusal, 20.33) as its seconds alone.
 fn refusal_headers(resp: &Response, passed: u16) -> Vec<(&'static str, String)> {
     let mut out = Vec::new();
+    // Every line of the header, each element a token, at most 32 of them.
     let tokens = |name: &str| {
-        let value = header(resp, name)?;
-        let listed: Vec<&str> = value
-            .split(',')
+        let listed: Vec<&str> = header_values(resp, name)
+            .into_iter()
             .map(str::trim)
-            .filter(|t| !t.is_empty() && t.len() <= 32 && t.bytes().all(is_token_byte))
+            .filter(|t| t.len() <= 32 && tsunagu_sip::parse::is_token(t))
             .take(32)
             .collect();
         (!listed.is_empty()).then(|| listed.join(", "))
@@ -96,9 +91,14 @@ fn refusal_headers(resp: &Response, passed: u16) -> Vec<(&'static str, String)> 
     out
 }
 
-/// A byte of an RFC 3261 token (25.1: alphanumerics and `-.!%*_+\`'~`).
-fn is_token_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b)
+impl Reoffer {
+    /// An UPDATE sent on as a re-INVITE (the other party's Allow leaves UPDATE out;
+    /// see `legs::takes_update`), carrying the sender's offer, or without one the
+    /// session that party has (its answer then stays on its leg; the sender's 200
+    /// carries no SDP, as its UPDATE carried none).
+    fn converted(&self) -> bool {
+        self.request.method != self.method
+    }
 }
 
 impl Call {
@@ -199,7 +199,6 @@ impl Call {
         self.reoffer = Some(Box::new(Reoffer {
             from,
             method: sent,
-            converted,
             request: req,
             info,
             key,
@@ -496,7 +495,7 @@ impl Call {
         // The answer as the next body of the offerer's session (the leg keeps it); an
         // UPDATE without an offer sent on as a re-INVITE had the session offered, and
         // its sender gets no SDP (see `Reoffer::converted`).
-        let answer = if p.converted && p.offer.is_none() {
+        let answer = if p.converted() && p.offer.is_none() {
             None
         } else {
             self.leg(p.from).and_then(|leg| leg.next_body(answer))
