@@ -454,27 +454,41 @@ pub async fn create(
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     advertiser_id: Option<String>,
+    /// The `next_cursor` of the page before (the last number it covered).
+    cursor: Option<String>,
+    limit: Option<usize>,
 }
 
-/// The operator's numbers, whole (no paging). A few at once, as JSON call searches
-/// (`api.max_searches`, `api.max_searches_per_operator`): each reads and decodes every
-/// number of the operator (up to 50,000, each up to 64 KiB), and a loop of them from
-/// one key built that many lists at once (a review).
+/// Numbers per page: the default is the most, so an operator with fewer numbers gets
+/// them all on one page as before paging (its 50,000 numbers, each up to 64 KiB,
+/// were one body of up to 3 GiB: a review).
+const PAGE_MAX: usize = 1000;
+
+/// The operator's numbers in number order, a page at a time (`limit`, at most 1000,
+/// and `cursor`: the page before's `next_cursor`, null on the last page). A few at
+/// once, as JSON call searches (`api.max_searches`, `api.max_searches_per_operator`):
+/// each reads the operator's index of numbers, and a loop of them from one key built
+/// that many lists at once (a review).
 pub async fn list(
     OperatorId(op): OperatorId,
     State(st): State<Arc<ApiState>>,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
+    if q.limit == Some(0) {
+        return Err(ApiError::bad_request(Some("limit"), "must be at least 1"));
+    }
+    let limit = q.limit.unwrap_or(PAGE_MAX).min(PAGE_MAX);
     let permit = crate::calls::start_search(&st, &op)?;
-    let list = db(&st, move |s| {
+    let page = db(&st, move |s| {
         // Held by the read itself, whatever becomes of the request.
         let _permit = permit;
-        s.list_numbers(&op, q.advertiser_id.as_deref())
+        s.list_numbers_page(&op, q.advertiser_id.as_deref(), q.cursor.as_deref(), limit)
     })
     .await?;
-    Ok(Json(
-        json!({"numbers": list.iter().map(view).collect::<Vec<_>>()}),
-    ))
+    Ok(Json(json!({
+        "numbers": page.numbers.iter().map(view).collect::<Vec<_>>(),
+        "next_cursor": page.next,
+    })))
 }
 
 async fn owned(st: &ApiState, op: &str, number: &str) -> Result<TrackingNumber, ApiError> {
@@ -821,6 +835,44 @@ mod tests {
         drop(running);
         let listed = a.get("/v1/numbers").await;
         assert_eq!(listed.status, StatusCode::OK, "{}", listed.text());
+    }
+
+    /// Numbers come a page at a time in number order: `limit` and the page before's
+    /// `next_cursor` walk them all once, the last page's cursor is null, a zero
+    /// limit is refused; without a limit a page holds up to 1000 (the whole list came
+    /// in one body).
+    #[tokio::test]
+    async fn numbers_are_listed_a_page_at_a_time() {
+        let a = api();
+        let key = Some(a.key.as_str());
+        let all = ["0501000001", "0501000002", "0501000003"];
+        for n in all.iter().rev() {
+            let r = a
+                .send("POST", "/v1/numbers", key, &number(&a.advertiser, n, ""))
+                .await;
+            assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+        }
+        let numbers = |page: &serde_json::Value| -> Vec<String> {
+            let listed = page["numbers"].as_array().unwrap();
+            listed
+                .iter()
+                .map(|n| n["number"].as_str().unwrap().to_string())
+                .collect()
+        };
+        let first = a.get("/v1/numbers?limit=2").await.json();
+        assert_eq!(numbers(&first), all[..2]);
+        let cursor = first["next_cursor"].as_str().expect("a cursor").to_string();
+        let second = a
+            .get(&format!("/v1/numbers?limit=2&cursor={cursor}"))
+            .await
+            .json();
+        assert_eq!(numbers(&second), all[2..]);
+        assert!(second["next_cursor"].is_null(), "{second}");
+        let whole = a.get("/v1/numbers").await.json();
+        assert_eq!(numbers(&whole), all);
+        assert!(whole["next_cursor"].is_null());
+        let r = a.get("/v1/numbers?limit=0").await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
     }
 
     /// An operator's numbers (its own and its pools') and advertisers are capped: the

@@ -11,6 +11,7 @@ pub fn run_all(store: &dyn Store) {
     operators_and_keys(store);
     advertisers_are_scoped(store);
     numbers_are_unique_and_scoped(store);
+    numbers_are_listed_in_pages(store);
     call_inserts_are_idempotent(store);
     calls_in_progress_end_in_one_final_record(store);
     a_claimed_call_belongs_to_its_new_owner_alone(store);
@@ -242,6 +243,68 @@ fn numbers_are_unique_and_scoped(s: &dyn Store) {
     assert!(s.delete_number(&a.id, &n.number).unwrap());
     assert!(s.get_number(&n.number).unwrap().is_none());
     assert_eq!(s.count_numbers(&a.id).unwrap(), 0);
+}
+
+/// Pages walk an operator's numbers (of one advertiser) in number order, each once,
+/// and end with no cursor; another operator's numbers are on none of them.
+fn numbers_are_listed_in_pages(s: &dyn Store) {
+    let a = s.create_operator("paged").unwrap();
+    let b = s.create_operator("other").unwrap();
+    let adv = s.create_advertiser(&a.id, "one", None).unwrap();
+    let adv2 = s.create_advertiser(&a.id, "two", None).unwrap();
+    let foreign = s.create_advertiser(&b.id, "b", None).unwrap();
+    let mut mine = Vec::new();
+    for i in 0..5 {
+        let owner = if i % 2 == 0 { &adv } else { &adv2 };
+        let n = sample_number(&a.id, &owner.id);
+        s.create_number(&n).unwrap();
+        mine.push(n);
+        s.create_number(&sample_number(&b.id, &foreign.id)).unwrap();
+    }
+    mine.sort_by(|x, y| x.number.cmp(&y.number));
+    let walk = |advertiser: Option<&str>, limit: usize| {
+        let (mut seen, mut after, mut pages) = (Vec::new(), None::<String>, 0);
+        loop {
+            let page = s
+                .list_numbers_page(&a.id, advertiser, after.as_deref(), limit)
+                .unwrap();
+            assert!(
+                page.numbers.len() <= limit,
+                "a page holds at most its limit"
+            );
+            pages += 1;
+            seen.extend(page.numbers);
+            match page.next {
+                Some(next) => after = Some(next),
+                None => return (seen, pages),
+            }
+        }
+    };
+    assert_eq!(walk(None, 2), (mine.clone(), 3), "2 + 2 + 1");
+    assert_eq!(
+        walk(None, 5),
+        (mine.clone(), 1),
+        "a full last page has no cursor"
+    );
+    assert_eq!(walk(None, 100), (mine.clone(), 1));
+    let of_adv: Vec<_> = mine
+        .iter()
+        .filter(|n| n.advertiser_id == adv.id)
+        .cloned()
+        .collect();
+    assert_eq!(walk(Some(&adv.id), 1), (of_adv, 3));
+    let first = s.list_numbers_page(&a.id, None, None, 1).unwrap();
+    assert_eq!(first.next.as_deref(), Some(mine[0].number.as_str()));
+    let past_all = s.list_numbers_page(&a.id, None, Some("9"), 10).unwrap();
+    assert_eq!(
+        past_all,
+        NumberPage {
+            numbers: vec![],
+            next: None
+        }
+    );
+    let none = s.list_numbers_page(&b.id, Some(&adv.id), None, 10).unwrap();
+    assert!(none.numbers.is_empty(), "another operator's advertiser");
 }
 
 /// A call in progress for tests: `call_id` carried by `node` in incarnation `epoch`,

@@ -139,6 +139,34 @@ pub trait Store: Send + Sync + 'static {
         operator_id: &str,
         advertiser_id: Option<&str>,
     ) -> Result<Vec<TrackingNumber>>;
+    /// One page of [`Store::list_numbers`]: up to `limit` numbers after `after`, in
+    /// number order, and where the next page starts if more follow (a row this
+    /// version cannot read is left out and still moves the page on, so a page can be
+    /// short without being the last). This default reads the whole list (a backend
+    /// whose index is not in number order, ScyllaDB's by advertiser); the operator's
+    /// cap (`api.max_numbers_per_operator`) bounds it.
+    fn list_numbers_page(
+        &self,
+        operator_id: &str,
+        advertiser_id: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<NumberPage> {
+        let listed = self.list_numbers(operator_id, advertiser_id)?.into_iter();
+        let after_cursor = |n: &TrackingNumber| after.is_none_or(|a| n.number.as_str() > a);
+        let mut numbers: Vec<_> = listed
+            .filter(after_cursor)
+            .take(limit.saturating_add(1))
+            .collect();
+        let more = numbers.len() > limit;
+        numbers.truncate(limit);
+        let next = if more {
+            numbers.last().map(|n| n.number.clone())
+        } else {
+            None
+        };
+        Ok(NumberPage { numbers, next })
+    }
     /// Replaces a number's settings with `number`, if they are still `read` (what the
     /// change was made from): a compare-and-set, so that of two changes made from the
     /// same read one wins and the other is told (two PATCHes, or a PATCH racing a

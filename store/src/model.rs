@@ -122,6 +122,15 @@ pub enum NumberKind {
     Callback,
 }
 
+/// One page of an operator's numbers ([`crate::Store::list_numbers_page`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NumberPage {
+    /// In number order.
+    pub numbers: Vec<TrackingNumber>,
+    /// Where the next page starts (pass it as `after`); None on the last page.
+    pub next: Option<String>,
+}
+
 /// What a compare-and-set change ([`crate::Store::update_number`],
 /// [`crate::Store::update_advertiser`], [`crate::Store::update_pool`]) did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -716,6 +716,45 @@ impl Store for SqliteStore {
             .collect())
     }
 
+    fn list_numbers_page(
+        &self,
+        operator_id: &str,
+        advertiser_id: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<NumberPage> {
+        // One row past the page tells whether another follows.
+        let fetch = i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX);
+        let mut rows: Vec<(String, Option<String>)> = self.read(|c| {
+            let mut st = c
+                .prepare(
+                    // The page's numbers chosen first, settings read for them alone:
+                    // the order is of numbers, not of whole rows (up to 64 KiB each).
+                    "SELECT number, settings FROM numbers WHERE number IN (SELECT number FROM numbers WHERE operator_id = ?1 AND (?2 IS NULL OR advertiser_id = ?2) AND (?3 IS NULL OR number > ?3) ORDER BY number LIMIT ?4) ORDER BY number",
+                )
+                .map_err(unavailable)?;
+            let rows = st
+                .query_map(params![operator_id, advertiser_id, after, fetch], |r| {
+                    Ok((r.get(0)?, settings_text(r, 1)?))
+                })
+                .map_err(unavailable)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(unavailable)
+        })?;
+        let more = rows.len() > limit;
+        rows.truncate(limit);
+        let next = if more {
+            rows.last().map(|(number, _)| number.clone())
+        } else {
+            None
+        };
+        let numbers = rows
+            .into_iter()
+            .map(|(_, settings)| number_from_text(settings))
+            .filter_map(|n| crate::readable_listed("a number's", n))
+            .collect();
+        Ok(NumberPage { numbers, next })
+    }
+
     fn update_number(&self, number: &TrackingNumber, read: &TrackingNumber) -> Result<Update> {
         let settings =
             serde_json::to_string(number).map_err(|e| StoreError::Corrupt(e.to_string()))?;
