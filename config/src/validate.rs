@@ -336,8 +336,18 @@ impl Config {
                 "must be 1 to 86400 seconds (RFC 4028's floor is 90)".into(),
             );
         }
-        if self.sip.tls.as_ref().is_some_and(|t| t.reload_seconds == 0) {
-            err("sip.tls.reload_seconds".into(), "must be at least 1".into());
+        // A day at most: a huge value (meant as "never") overflowed the reloader's
+        // timer on its first tick, and reloading stopped without a word (a review).
+        if self
+            .sip
+            .tls
+            .as_ref()
+            .is_some_and(|t| !(1..=86_400).contains(&t.reload_seconds))
+        {
+            err(
+                "sip.tls.reload_seconds".into(),
+                "must be 1 to 86400 seconds".into(),
+            );
         }
         // At least one largest message (64 KiB); at most 1 GiB.
         if !(65_536..=1 << 30).contains(&self.sip.incoming_queue_bytes) {
@@ -963,6 +973,11 @@ mod tests {
                 &["sip.listen[0]", "trunks[0].outbound"],
             ),
             ("tls missing key", "[sip.tls]\ncert_file = \"c.pem\"\n", &["sip.tls"]),
+            (
+                "tls reload past a day",
+                "[sip.tls]\ncert_file = \"c.pem\"\nkey_file = \"k.pem\"\nreload_seconds = 9223372036854775807\n",
+                &["sip.tls.reload_seconds"],
+            ),
             ("no session floor", "[sip]\nmin_session_expires = 0\n", &["sip.min_session_expires"]),
             ("no ring at all", "[sip]\nmax_ring_seconds = 0\n", &["sip.max_ring_seconds"]),
             ("thousands of threads", "[node]\nworker_threads = 1025\n", &["node.worker_threads"]),

@@ -339,13 +339,22 @@ impl Endpoint {
             overload: refusals.clone(),
             force_rport: settings.force_rport,
         };
+        // One budget for both: the limits are on TCP and TLS connections together.
+        let budget = crate::transport::SharedBudget::default();
         let tcp = StreamConnections::new(
             inbound.clone(),
             Transport::Tcp,
             TlsSetup::default(),
             settings.streams,
+            budget.clone(),
         );
-        let tls = StreamConnections::new(inbound.clone(), Transport::Tls, tls, settings.streams);
+        let tls = StreamConnections::new(
+            inbound.clone(),
+            Transport::Tls,
+            tls,
+            settings.streams,
+            budget,
+        );
         let mut udp = Vec::new();
         let mut locals = Vec::new();
         for (transport, addr) in listeners {
@@ -1357,5 +1366,61 @@ CSeq: 2 INFO\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
         ] {
             assert_eq!(overloaded(backlog), want, "{backlog}");
         }
+    }
+
+    /// An address's TCP and TLS connections count against one cap: at its cap over
+    /// TCP it gets no TLS connection either (closed at once, counted). Each transport
+    /// kept its own count, so one address held twice `sip.tcp_max_connections_per_source`
+    /// and the node twice the descriptors the README says to allow (a review).
+    #[tokio::test]
+    async fn tcp_and_tls_connections_share_one_budget() {
+        use tokio::io::AsyncReadExt;
+        let mut settings = EdgeSettings::new(SourcePolicy::trust_all());
+        settings.streams = StreamLimits {
+            max_connections: 10,
+            max_per_source: 2,
+            idle_timeout: std::time::Duration::from_secs(30),
+        };
+        let metrics = SipMetrics::default();
+        let loopback: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        // A `tls:` listener without an acceptor serves plain streams: its connections
+        // are counted as TLS ones before any handshake, which is all this needs.
+        let ep = Endpoint::start(
+            &[(Transport::Tcp, loopback), (Transport::Tls, loopback)],
+            settings,
+            Arc::new(Taker),
+            metrics.clone(),
+            TlsSetup::default(),
+        )
+        .await
+        .unwrap();
+        let tcp = ep.local(Transport::Tcp).unwrap();
+        let tls = ep.local(Transport::Tls).unwrap();
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            held.push(tokio::net::TcpStream::connect(tcp).await.unwrap());
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while metrics.stream_connections.get() < 2 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the two TCP connections admitted"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let mut third = tokio::net::TcpStream::connect(tls).await.unwrap();
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(std::time::Duration::from_secs(5), third.read(&mut buf))
+            .await
+            .expect("the TLS connection is closed by the node");
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+        let refused = metrics
+            .connections_refused
+            .get_or_create(&crate::metrics::ReasonLabel {
+                reason: "source_limit",
+            })
+            .get();
+        assert_eq!(refused, 1);
+        assert_eq!(metrics.stream_connections.get(), 2);
     }
 }
