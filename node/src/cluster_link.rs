@@ -384,16 +384,21 @@ async fn claim_and_resume(
         record.call_id.clone(),
         record.tracking_number.clone(),
     );
-    let claimed = tokio::task::spawn_blocking(move || {
-        let won = s.claim_call(&id, (&from.0, from.1), (&to.0, to.1))?;
+    // A store that fails is tried again, as the other reads of a takeover are: the
+    // claim had one try, and one lock timeout left the call with the dead member,
+    // its parties in silence and no record written (a review).
+    let tried = AtomicBool::new(false);
+    let claimed = until_done("claiming a call", move || {
+        let again = tried.swap(true, Ordering::Relaxed);
+        let won = try_claim(&*s, &id, (&from.0, from.1), (&to.0, to.1), again)?;
         // Once won, the call is this node's to run: a number that cannot be read now
         // must not make it "lost to another node" (nobody would run it); it runs with
         // the record's own (below), as for a number deleted meanwhile.
         let number = s.get_number(&number).ok().flatten();
-        Ok::<_, tsunagu_store::StoreError>((won, number))
+        Ok((won, number))
     })
     .await;
-    let (Ok(Ok((Some(won), number))), r) = (claimed, &record) else {
+    let (Some((Some(won), number)), r) = (claimed, &record) else {
         return false; // another node won it, or the call ended meanwhile
     };
     let number = number_for_record(number, r);
@@ -409,6 +414,26 @@ async fn claim_and_resume(
     supervisor
         .cast(SupervisorMsg::Resume(Box::new(args)))
         .is_ok()
+}
+
+/// One try at claiming call `id` from incarnation `from` for `to` (see
+/// [`tsunagu_store::Store::claim_call`]). `again`: a try before failed, and may have
+/// gone through all the same (a write whose answer was lost, a timeout of a write that
+/// landed), so a call `to` already owns is won, not "another node's".
+fn try_claim(
+    s: &dyn tsunagu_store::Store,
+    id: &str,
+    from: (&str, u64),
+    to: (&str, u64),
+    again: bool,
+) -> tsunagu_store::Result<Option<tsunagu_store::ActiveCall>> {
+    match s.claim_call(id, from, to)? {
+        None if again => Ok(s
+            .active_calls_of(to.0)?
+            .into_iter()
+            .find(|a| a.record.call_id == id && a.record.owner_epoch == to.1)),
+        won => Ok(won),
+    }
 }
 
 /// How long a draining node waits for its peers to claim what it handed over before it
@@ -868,6 +893,32 @@ mod tests {
         };
         assert_eq!(super::until_done("a test read", read).await, Some(7));
         assert_eq!(tries.load(Ordering::Relaxed), 3);
+    }
+
+    /// A claim tried again after a failure finds a call its first try moved all the
+    /// same (its answer lost) and runs it: without a try before, a call owned by the
+    /// claimer already is not its to resume; another incarnation's is never taken.
+    #[test]
+    fn a_claim_tried_again_finds_what_its_first_try_moved() {
+        use tsunagu_store::{conformance::sample_active_call, SqliteStore, Store};
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("t.db")).unwrap();
+        s.upsert_active_calls(&[sample_active_call("op", "call-1", "dead", 1)])
+            .unwrap();
+        let first = super::try_claim(&s, "call-1", ("dead", 1), ("me", 2), false).unwrap();
+        assert!(
+            first.is_some(),
+            "the first try moved it (its answer lost, say)"
+        );
+        let again = super::try_claim(&s, "call-1", ("dead", 1), ("me", 2), true).unwrap();
+        assert_eq!(again.map(|a| a.record.owner_epoch), Some(2), "won");
+        let fresh = super::try_claim(&s, "call-1", ("dead", 1), ("me", 2), false).unwrap();
+        assert!(fresh.is_none(), "not after a first try that did not fail");
+        let stale = super::try_claim(&s, "call-1", ("dead", 1), ("me", 3), true).unwrap();
+        assert!(
+            stale.is_none(),
+            "another incarnation's call is not this one's"
+        );
     }
 
     /// A cluster secret read from a file is held to the rule of a configured one: a

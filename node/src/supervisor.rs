@@ -396,13 +396,27 @@ mod tests {
         invite_headers: &str,
         ring_seconds: u32,
     ) -> Fixture {
+        forwarding_call_to(max_call, max_ring, end_guard, invite_headers, |number| {
+            number.destinations[0].ring_seconds = ring_seconds;
+        })
+        .await
+    }
+
+    /// The same with the number's settings changed by `edit`.
+    async fn forwarding_call_to(
+        max_call: Duration,
+        max_ring: Duration,
+        end_guard: Duration,
+        invite_headers: &str,
+        edit: impl FnOnce(&mut tsunagu_store::TrackingNumber),
+    ) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("t.db")).unwrap());
         let op = store.create_operator("op").unwrap();
         let adv = store.create_advertiser(&op.id, "shop", None).unwrap();
         let mut number = sample_number(&op.id, &adv.id);
         number.number = "0501234567".into();
-        number.destinations[0].ring_seconds = ring_seconds;
+        edit(&mut number);
         store.create_number(&number).unwrap();
 
         let callee = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -658,6 +672,70 @@ mod tests {
         let r = final_record(&f).await;
         assert_eq!(r.end_reason.as_deref(), Some("max_call"));
         assert_eq!(f.metrics.calls.actor_failures.get(), 0, "ended by the call");
+    }
+
+    /// A recorded call ends while the recorder is stalled (here on a FIFO nobody
+    /// reads, as on a hung disk or network share): its final record is written all
+    /// the same once the recorder has taken its time (a second here), the recording
+    /// `truncated`. It waited for the recorder for as long as the stall, and the
+    /// call-log flush at shutdown gave up on it (a review).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_recorded_calls_record_does_not_wait_for_a_stalled_recorder() {
+        let f = forwarding_call_to(
+            Duration::from_secs(3600),
+            Duration::from_secs(180),
+            Duration::from_secs(32),
+            "",
+            |number| {
+                number.recording = Some(tsunagu_store::RecordingSettings {
+                    mode: tsunagu_store::RecordingMode::Both,
+                    notice: None,
+                });
+            },
+        )
+        .await;
+        let invite = recv_text(&f.callee);
+        let sdp = "v=0\r\no=- 2 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4002 RTP/AVP 0\r\n";
+        f.callee_says(&invite, "200 OK", Some(sdp));
+        let answer = std::iter::repeat_with(|| recv_text(&f.caller))
+            .find(|m| !m.starts_with("SIP/2.0 1"))
+            .unwrap();
+        assert!(answer.starts_with("SIP/2.0 200 "), "{answer}");
+        // The recorder's thread stalls on a file that cannot be opened yet.
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("stall.wav");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success(), "mkfifo");
+        let stalled = f
+            .ctx
+            .recorder
+            .open(fifo.clone(), tsunagu_media::RecordMode::Both);
+        f.sup
+            .send_message(SupervisorMsg::EndAll("max_call"))
+            .unwrap();
+        let to_callee = std::iter::repeat_with(|| recv_text(&f.callee))
+            .find(|m| !m.starts_with("ACK "))
+            .unwrap();
+        assert!(to_callee.starts_with("BYE "), "{to_callee}");
+        f.callee_says(&to_callee, "200 OK", None);
+        let r = final_record(&f).await;
+        assert!(r.recording.is_some(), "{r:?}");
+        assert_eq!(
+            r.recording_status,
+            Some(tsunagu_store::RecordingStatus::Truncated),
+            "{r:?}"
+        );
+        // The disk comes back: the recorder goes on.
+        let reader = std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ =
+                std::io::Read::read_to_end(&mut std::fs::File::open(&fifo).unwrap(), &mut bytes);
+        });
+        stalled.close(Box::new(|_| {}));
+        reader.join().unwrap();
     }
 
     /// A caller nobody answers within `sip.max_ring_seconds` is answered 480, the

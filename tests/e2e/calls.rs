@@ -1274,7 +1274,7 @@ fn schedules_and_absence_refuse_or_forward_calls_when_closed() {
         "{}",
         bad.body
     );
-    let _uas = Uas::start("uas_answer.xml", ports, node.dir.path(), &[]);
+    let uas = Uas::start("uas_answer.xml", ports, node.dir.path(), &[]);
     let all_day = r#"[{"start": "00:00", "end": "24:00"}]"#;
     let every_day = format!(
         r#"{{"mon": {all_day}, "tue": {all_day}, "wed": {all_day}, "thu": {all_day}, "fri": {all_day}, "sat": {all_day}, "sun": {all_day}}}"#
@@ -1298,16 +1298,32 @@ fn schedules_and_absence_refuse_or_forward_calls_when_closed() {
     );
     let run = uac("uac.xml", ports, "0501234567", 1, 1, &["-d", "100"]);
     assert_eq!((run.exit, run.successful), (0, 1), "{}", run.output);
-
-    let calls = node.wait_for_calls(&key, 4);
+    // 5. The same, and the caller hangs up while the call centre rings: unanswered
+    // at the closed destination, so `out_of_hours` (it was logged `cancelled`).
+    drop(uas);
+    let calls = {
+        let _uas = Uas::start("uas_no_answer.xml", ports, node.dir.path(), &[]);
+        let run = uac("uac_cancel.xml", ports, "0501234567", 1, 1, &["-d", "300"]);
+        assert_eq!((run.exit, run.successful), (0, 1), "{}", run.output);
+        // Waited for with the callee still up to answer the node's CANCEL.
+        node.wait_for_calls(&key, 5)
+    };
     let results: Vec<&str> = calls
         .iter()
         .map(|c| c["result"].as_str().unwrap())
         .collect();
     assert_eq!(
         results,
-        vec!["out_of_hours", "answered", "absent", "answered"]
+        vec![
+            "out_of_hours",
+            "answered",
+            "absent",
+            "answered",
+            "out_of_hours"
+        ]
     );
+    assert_eq!(calls[4]["tracking_params"]["closed"], "out_of_hours");
+    assert_eq!(calls[4]["sip_code"], 487, "{}", calls[4]);
     assert_eq!(calls[3]["destination_number"], "0399990000");
     assert_eq!(calls[3]["tracking_params"]["closed"], "out_of_hours");
     assert_eq!(calls[1]["destination_number"], "0311112222");
@@ -1378,6 +1394,33 @@ fn queued_callers_connect_in_turn_or_time_out() {
     assert_eq!(timed_out.len(), 1, "{calls:?}");
     assert_eq!(timed_out[0]["sip_code"], 480);
     assert_eq!(node.metric("tsunagu_queue_waiting"), 0.0);
+}
+
+/// A queued caller's wait is the queue's to bound, not `sip.max_ring_seconds`'s: with
+/// the guard at 2 s and `max_wait_seconds` at 4, the second caller waits the 4 s and is
+/// logged `queue_timeout`. The guard counted the queue, refused it at 2 s and logged it
+/// `failed` with `end_reason = "max_ring"` (a review: a 300 s queue was cut at 180 s).
+#[test]
+fn the_ring_guard_leaves_the_queue_wait_to_the_queue() {
+    let ports = Ports::take();
+    let node = Node::start_with_sip(ports, "127.0.0.1/32", "max_ring_seconds = 2", "");
+    let (key, _) = node.provision("0501234567", DEST, "{}");
+    node.set_number(
+        &key,
+        "0501234567",
+        r#"{"queue": {"max_lines": 1, "max_wait_seconds": 4}}"#,
+    );
+    let _uas = Uas::start("uas_answer.xml", ports, node.dir.path(), &[]);
+    // Two callers half a second apart, the first talking 7 s on the one line.
+    let run = uac("uac.xml", ports, "0501234567", 2, 2, &["-d", "7000"]);
+    assert_eq!((run.successful, run.failed), (1, 1), "{}", run.output);
+    let calls = node.wait_for_calls(&key, 2);
+    let waited = calls
+        .iter()
+        .find(|c| c["result"] != "answered")
+        .unwrap_or_else(|| panic!("{calls:?}"));
+    assert_eq!(waited["result"], "queue_timeout", "{waited}");
+    assert!(waited["end_reason"].is_null(), "{waited}");
 }
 
 #[test]

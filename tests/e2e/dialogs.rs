@@ -700,11 +700,7 @@ fn a_cancelled_re_invite_accepted_all_the_same_is_undone() {
     let node = Node::start(ports, "127.0.0.0/8", "");
     let (key, _) = node.provision("0501234567", DEST, "{}");
     let call_id = "cancel-reinvite-3";
-    let with_sdp = |cseq: &str| {
-        format!(
-            "  <send>\n    <![CDATA[\n\n      SIP/2.0 200 OK\n      [last_Via:]\n      [last_From:]\n      [last_To:]\n      [last_Call-ID:]\n      {cseq}\n      Contact: <sip:[local_ip]:[local_port];transport=[transport]>\n      Content-Type: application/sdp\n      Content-Length: [len]\n\n      v=0\n      o=user1 53655765 2353687638 IN IP[local_ip_type] [local_ip]\n      s=-\n      c=IN IP[media_ip_type] [media_ip]\n      t=0 0\n      m=audio [media_port] RTP/AVP 0\n\n    ]]>\n  </send>\n"
-        )
-    };
+    let with_sdp = sipp_ok_with_sdp;
     // The callee's 200 to the re-INVITE "crosses" the CANCEL: it comes after the
     // node's CANCEL (SIPp sends it after the CANCEL's own 200: sent the other way
     // round, the node's ACK reaches SIPp before its second send, which it takes for
@@ -745,6 +741,118 @@ fn a_cancelled_re_invite_accepted_all_the_same_is_undone() {
     );
     the_cancelled_re_invite_ends_and_the_call_goes_on(
         &node, &key, &caller, call_id, &our_tag, &reinvite,
+    );
+}
+
+/// The callee takes the caller's hold (a re-INVITE) only after the node gave it up
+/// (no final answer in 32 s: 408 to the caller, who keeps its session). The callee's
+/// late 200 is acknowledged and the callee is offered the previous session again; the
+/// node sent no ACK (it had none to repeat), so the callee would have hung up the call
+/// 32 s later (RFC 3261 13.3.1.4). Takes about 35 s: Timer B is 64*T1.
+#[test]
+fn a_re_invite_answered_after_its_timeout_is_acknowledged_and_undone() {
+    let ports = Ports::take();
+    let node = Node::start(ports, "127.0.0.0/8", "");
+    let (key, _) = node.provision("0501234567", DEST, "{}");
+    let call_id = "late-reinvite-1";
+    // Silent past the node's Timer B (its retransmissions of the re-INVITE are taken
+    // for what they are), then the 200; then the node's re-INVITE, answered.
+    let then = format!(
+        "  <pause milliseconds=\"34000\"/>\n{}  <recv request=\"ACK\" crlf=\"true\"/>\n  <recv request=\"INVITE\"/>\n{}  <recv request=\"ACK\" crlf=\"true\"/>\n",
+        sipp_ok_with_sdp("[last_CSeq:]"),
+        sipp_ok_with_sdp("[last_CSeq:]"),
+    );
+    let (caller, our_tag, uas, reinvite) =
+        reinvite_a_callee(&node, ports, call_id, &then, "a=sendonly\r\n");
+    let timed_out = loop {
+        let m = caller
+            .recv(Duration::from_secs(40))
+            .expect("the re-INVITE's final answer");
+        if header(&m, "CSeq") == Some("2 INVITE") && !m.starts_with("SIP/2.0 1") {
+            break m;
+        }
+    };
+    assert!(timed_out.starts_with("SIP/2.0 408"), "{timed_out}");
+    caller.send(&on_branch(&reinvite, "ACK", Some(&our_tag)));
+    node.wait_until(
+        Duration::from_secs(10),
+        "the late 200 acknowledged, the previous session offered and acknowledged",
+        || {
+            let seen = uas.messages();
+            seen.matches("INVITE sip:").count() >= 3 && seen.matches("ACK sip:").count() >= 3
+        },
+    );
+    let seen = uas.messages();
+    let restore = seen.rfind("INVITE sip:").unwrap();
+    let offered = &seen[restore..];
+    let offered = &offered[..offered.find("----").unwrap_or(offered.len())];
+    assert!(
+        offered.contains("m=audio") && !offered.contains("sendonly"),
+        "the previous session, not the hold: {offered}"
+    );
+    assert_eq!(node.metric("tsunagu_active_calls"), 1.0, "the call goes on");
+    caller.send(&caller.request(
+        "BYE",
+        call_id,
+        "callertag",
+        &our_tag,
+        3,
+        "Content-Length: 0\n\n",
+    ));
+    let calls = node.wait_for_calls(&key, 1);
+    assert_eq!(calls[0]["result"], "answered", "{}", calls[0]);
+}
+
+/// A line passes to the next queued caller as soon as the call holding it ends, not
+/// when the far end answers the node's BYE: a callee that never answers it held the
+/// line for the end guard (32 s) while the next caller waited (a review).
+#[test]
+fn a_line_passes_on_without_waiting_for_the_bye_to_be_answered() {
+    let ports = Ports::take();
+    let node = Node::start(ports, "127.0.0.1/32", "");
+    let (key, _) = node.provision("0501234567", DEST, "{}");
+    node.set_number(
+        &key,
+        "0501234567",
+        r#"{"queue": {"max_lines": 1, "max_wait_seconds": 30}}"#,
+    );
+    // A callee that answers, and answers a BYE only a minute later.
+    let deaf = scenario_replacing(
+        node.dir.path(),
+        "uas_answer.xml",
+        "<recv request=\"BYE\"/>",
+        "<recv request=\"BYE\"/>\n  <pause milliseconds=\"60000\"/>",
+        "uas_slow_to_bye.xml",
+    );
+    let _uas = Uas::start(&deaf, ports, node.dir.path(), &[]);
+    let first = Party::bind("127.0.0.1", ports.sip);
+    first.send(&first.invite("line-1", "09011110000", &first.me()));
+    let first_tag = first.ack_answer("line-1");
+    let second = Party::bind("127.0.0.1", ports.sip);
+    second.send(&second.invite("line-2", "09022220000", &second.me()));
+    node.wait_until(Duration::from_secs(5), "the second caller queued", || {
+        node.metric("tsunagu_queue_waiting") == 1.0
+    });
+    first.send(&first.request(
+        "BYE",
+        "line-1",
+        "callertag",
+        &first_tag,
+        2,
+        "Content-Length: 0\n\n",
+    ));
+    let hung_up = std::time::Instant::now();
+    let answered = loop {
+        let m = second
+            .recv(Duration::from_secs(40))
+            .expect("the second caller's answer");
+        if m.starts_with("SIP/2.0 200") && header(&m, "CSeq") == Some("1 INVITE") {
+            break hung_up.elapsed();
+        }
+    };
+    assert!(
+        answered < Duration::from_secs(10),
+        "the line waited {answered:?} for the callee's answer to the BYE"
     );
 }
 
@@ -833,6 +941,14 @@ fn the_cancelled_re_invite_ends_and_the_call_goes_on(
     assert!(bye.starts_with("SIP/2.0 200"), "{bye}");
     let calls = node.wait_for_calls(key, 1);
     assert_eq!(calls[0]["result"], "answered", "{}", calls[0]);
+}
+
+/// A SIPp scenario element sending a 200 with an SDP answer (audio, PCMU) answering the
+/// last message, with `cseq` as its CSeq line.
+fn sipp_ok_with_sdp(cseq: &str) -> String {
+    format!(
+        "  <send>\n    <![CDATA[\n\n      SIP/2.0 200 OK\n      [last_Via:]\n      [last_From:]\n      [last_To:]\n      [last_Call-ID:]\n      {cseq}\n      Contact: <sip:[local_ip]:[local_port];transport=[transport]>\n      Content-Type: application/sdp\n      Content-Length: [len]\n\n      v=0\n      o=user1 53655765 2353687638 IN IP[local_ip_type] [local_ip]\n      s=-\n      c=IN IP[media_ip_type] [media_ip]\n      t=0 0\n      m=audio [media_port] RTP/AVP 0\n\n    ]]>\n  </send>\n"
+    )
 }
 
 /// A SIPp scenario element sending a bodiless `status` answering the last message,

@@ -122,6 +122,22 @@ pub struct Dialog {
     /// telephone-event type count when that type is none of these.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub formats: Option<Vec<u8>>,
+    /// The party takes UPDATE in the dialog (its Allow lists it, or it sent none):
+    /// else its refreshes go to it as re-INVITEs after a takeover too. Written only
+    /// when false; a checkpoint without it (any before 2026-12-06 late night, or a
+    /// party that takes UPDATE) says true. It was not kept: a caller whose Allow left
+    /// UPDATE out was sent UPDATEs after a takeover, answered 405 and was hung up at
+    /// its session's end (a review).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub takes_update: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 /// A [`Peer`] in a stable form.
@@ -208,6 +224,7 @@ mod tests {
             media: Some("192.0.2.9:4000".parse().unwrap()),
             dtmf: Some(101),
             formats: Some(vec![0, 8, 101]),
+            takes_update: false,
         }
     }
 
@@ -248,6 +265,13 @@ mod tests {
         assert_ne!(no_formats, c.encode(), "the field was cut out");
         match Checkpoint::decode(&no_formats).map(|c| c.state) {
             Some(State::Answered(a)) => assert_eq!((a.a.formats, a.b.formats), (None, None)),
+            other => panic!("{other:?}"),
+        }
+        // One written before whether a party takes UPDATE was kept reads as taking it.
+        let no_update = c.encode().replace(",\"takes_update\":false", "");
+        assert_ne!(no_update, c.encode(), "the field was cut out");
+        match Checkpoint::decode(&no_update).map(|c| c.state) {
+            Some(State::Answered(a)) => assert!(a.a.takes_update && a.b.takes_update),
             other => panic!("{other:?}"),
         }
         // A checkpoint written before lines were carried reads as holding none.

@@ -505,6 +505,7 @@ impl ALeg {
             media: None,
             dtmf: None,
             formats: None,
+            takes_update: self.takes_update,
         }
     }
 
@@ -557,8 +558,7 @@ impl ALeg {
             last_sdp: Some(d.sdp.clone()),
             last_ack: LastAck::default(),
             tag_sent: true,
-            // Not in a checkpoint: assumed, as for a party that sent no Allow.
-            takes_update: true,
+            takes_update: d.takes_update,
             last_provisional: None,
         })
     }
@@ -937,6 +937,7 @@ impl BLeg {
             media: None,
             dtmf: None,
             formats: None,
+            takes_update: self.takes_update,
         }
     }
 
@@ -979,8 +980,7 @@ impl BLeg {
             cseq,
             last_sdp: Some(d.sdp.clone()),
             last_ack: LastAck::default(),
-            // Not in a checkpoint: assumed, as for a party that sent no Allow.
-            takes_update: true,
+            takes_update: d.takes_update,
         }
     }
 }
@@ -1059,8 +1059,21 @@ mod tests {
             media: None,
             dtmf: None,
             formats: None,
+            takes_update: true,
         };
         let mut a = ALeg::restore(&d, &allowed).unwrap();
+        // Whether the party takes UPDATE comes back with the dialog (it was assumed).
+        assert!(a.takes_update());
+        let no_update = Dialog {
+            takes_update: false,
+            ..d.clone()
+        };
+        let restored = ALeg::restore(&no_update, &allowed).unwrap();
+        assert!(!restored.takes_update());
+        assert!(
+            !restored.dialog().takes_update,
+            "and goes on to the next checkpoint"
+        );
         let hop = |a: &ALeg| a.dialog().hop.addr.to_string();
         a.refresh_target(None, &allowed);
         assert_eq!(

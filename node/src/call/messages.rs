@@ -87,8 +87,14 @@ impl Call {
                         && p.cseq == info.cseq
                         && p.method == info.cseq_method
                 });
+                let late_2xx = info.cseq_method == Method::Invite
+                    && (200..300).contains(&response.status_code.code());
                 if answers_reoffer {
                     self.on_reoffer_answer(response);
+                } else if late_2xx
+                    && side.is_some_and(|side| self.late_answer_to_timed_out(side, info.cseq))
+                {
+                    // Acknowledged: the re-INVITE it answers had timed out.
                 } else if side == Some(Side::B) {
                     self.on_b_response(response, info.cseq_method, info.cseq);
                 } else if side == Some(Side::A)
@@ -176,9 +182,12 @@ impl Call {
         // comes before its refusal (closed hours, the queue's timeout), as most do; it
         // was logged `cancelled`, and out-of-hours and queue-timeout counts came short
         // (a review).
+        // So does the closed hours' own: a caller who hangs up while the closed
+        // destination rings is an unanswered call to it, `out_of_hours` or `absent`
+        // as the README says (it was logged `cancelled`: a review).
         self.result = match self.playing {
             Some((_, After::GiveUp(decided, _))) => decided,
-            _ => CallResult::Cancelled,
+            _ => self.closed_result.unwrap_or(CallResult::Cancelled),
         };
         self.upstream_code = 487;
         let ep = self.ctx.endpoint.clone();

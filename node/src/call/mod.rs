@@ -37,7 +37,7 @@ use crate::lines::LineRequest;
 use crate::metrics::{ResultLabel, StatusLabel};
 use flow::{After, IvrState, Stage};
 use legs::{ALeg, BLeg, Leg};
-use reoffer::Reoffer;
+use reoffer::{Reoffer, TimedOutReinvite};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -326,6 +326,8 @@ pub struct Call {
     queued: Option<queue::Queued>,
     /// When the call first queued.
     queue_since: Option<Instant>,
+    /// When it left the queue for its destinations (see [`Call::ringing_for`]).
+    queue_left: Option<Instant>,
     /// The codec of the node's own answer to the caller, once it sent one (early media
     /// for a prompt, or the IVR's 200; its SDP is the caller leg's `last_sdp`). The
     /// callee is then offered that codec only.
@@ -348,6 +350,10 @@ pub struct Call {
     /// the CSeq of that other leg's re-INVITE, which its ACK must carry (another ACK,
     /// a stray or a repeat of an older one, brings no answer).
     late_ack: Option<(Side, u32, u32)>,
+    /// The last relayed re-INVITE that got no final answer in time (its sender was
+    /// answered 408): its 2xx may still come, and is acknowledged (see
+    /// [`Call::late_answer_to_timed_out`]).
+    timed_out_reinvite: Option<Box<TimedOutReinvite>>,
     /// A re-INVITE of the node's own waiting for its answer; new re-offers get 491
     /// meanwhile.
     own_reinvite: Option<OwnReinvite>,
@@ -598,6 +604,7 @@ impl Call {
             held_lines: Vec::new(),
             queued: None,
             queue_since: None,
+            queue_left: None,
             a_answer: None,
             a_answered: false,
             playing: None,
@@ -609,6 +616,7 @@ impl Call {
             remote_cseq: [None, None],
             a_acked: false,
             late_ack: None,
+            timed_out_reinvite: None,
             own_reinvite: None,
             judging: false,
             judgement_digit: None,
@@ -807,7 +815,7 @@ impl Call {
     /// when the caller's last provisional is repeated ([`Call::ring_guard_due`]). One
     /// timer for both, so a call that rings less than a minute costs no more.
     fn arm_ring_guard(&mut self) {
-        let left = self.ctx.max_ring.saturating_sub(self.started.elapsed());
+        let left = self.ctx.max_ring.saturating_sub(self.ringing_for());
         self.ring_guard = Some(self.after(left.min(PROVISIONAL_EVERY), CallMsg::RingGuard));
     }
 
@@ -815,13 +823,36 @@ impl Call {
     /// `sip.max_ring_seconds` the caller is given up, else its last provisional goes
     /// again (RFC 3261 13.3.1.1) and the guard is armed again.
     fn ring_guard_due(&mut self) {
-        let left = self.ctx.max_ring.saturating_sub(self.started.elapsed());
+        let left = self.ctx.max_ring.saturating_sub(self.ringing_for());
         if left.is_zero() {
+            if let Some((_, After::GiveUp(decided, code))) = self.playing {
+                // The prompt before a decided end (the queue's timeout, closed hours)
+                // is cut short; the end stands, not `max_ring`.
+                return self.give_up(decided, code);
+            }
             return self.refuse_caller(480, "max_ring");
         }
         let ep = self.ctx.endpoint.clone();
         self.a.repeat_provisional(&ep);
         self.arm_ring_guard();
+    }
+
+    /// How long the caller has waited for an answer as `sip.max_ring_seconds` counts
+    /// it: since admission, less the time it waited in the queue for a line, which
+    /// is the queue's own to bound (`max_wait_seconds`, up to an hour, its own timer
+    /// and its own prompt and result). The guard counted the queue too: a caller
+    /// queued past 180 s was refused 480 `max_ring`, never heard the timeout prompt,
+    /// and one granted a line late was cut off at its first destination (a review).
+    /// Never more than the queue's longest wait is left out, so the guard still ends a
+    /// call whose queue timer failed.
+    fn ringing_for(&self) -> Duration {
+        let queued = self.queue_since.map_or(Duration::ZERO, |since| {
+            let until = self.queue_left.unwrap_or_else(Instant::now);
+            until
+                .saturating_duration_since(since)
+                .min(Duration::from_secs(u64::from(self.max_wait())))
+        });
+        self.started.elapsed().saturating_sub(queued)
     }
 
     /// Cancels the `sip.max_ring_seconds` guard (the call was answered or is over).
@@ -1097,6 +1128,11 @@ impl Call {
         self.abandon_reoffer();
         self.talk_end.get_or_insert_with(Instant::now);
         self.ended_ms.get_or_insert_with(now_ms);
+        // The call is over for its parties: its lines go to the next queued callers
+        // now (its end is stamped, so their calls never overlap it in the log), not
+        // when the far end answers the BYE: one that never did held them for the end
+        // guard, 32 s (a review).
+        self.held_lines.clear();
         self.after(self.ctx.end_guard, CallMsg::EndGuard);
     }
 

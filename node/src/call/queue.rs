@@ -53,7 +53,7 @@ impl Call {
     }
 
     /// The longest a caller waits: the number's setting, else the advertiser's.
-    fn max_wait(&self) -> u32 {
+    pub(super) fn max_wait(&self) -> u32 {
         self.number
             .queue
             .as_ref()
@@ -90,6 +90,7 @@ impl Call {
             }
         }
         if let Some(since) = self.queue_since {
+            self.queue_left.get_or_insert_with(Instant::now);
             self.ctx
                 .metrics
                 .calls

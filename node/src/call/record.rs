@@ -128,7 +128,6 @@ impl Call {
                     self.ctx.metrics.calls.clone(),
                     self.span.clone(),
                 );
-                let mut entry = entry;
                 // A call taken over records in parts: this node's part covers the talk
                 // time since it started.
                 let mut parts = self.recording_parts.clone();
@@ -141,27 +140,58 @@ impl Call {
                         offset_ms: self.recording_offset_ms,
                     });
                 }
-                let promise = self.ctx.log.promise();
+                let several_parts = parts.len() > 1;
+                let mut entry = entry;
+                entry.record.recording = Some(parts.first().map_or(rel, |p| p.path.clone()));
+                entry.record.recording_parts = parts;
+                // Written once: when the recording closes, or without its outcome
+                // once the recorder has taken RECORDING_CLOSE_WAIT over it.
+                let record = Arc::new(std::sync::Mutex::new(Some((entry, self.ctx.log.promise()))));
+                let gave_up = record.clone();
                 relay.stop_recording(Box::new(move |outcome| {
+                    let taken = record.lock().unwrap_or_else(|p| p.into_inner()).take();
+                    let Some((mut entry, promise)) = taken else {
+                        span.in_scope(|| tracing::info!(seconds = outcome.seconds, error = ?outcome.error, "recording closed after its call's record was written"));
+                        return;
+                    };
                     let mut status = recording_status(
                         outcome.seconds,
                         covered,
                         outcome.error.is_some(),
                         outcome.heard,
                     );
-                    if status == RecordingStatus::Missing && parts.len() > 1 {
+                    if status == RecordingStatus::Missing && several_parts {
                         // Earlier parts hold the call's audio; this one (the call ended
                         // as it moved here) holds none.
                         status = RecordingStatus::Truncated;
                     }
                     span.in_scope(|| tracing::info!(seconds = outcome.seconds, status = %status, error = ?outcome.error, "recording closed"));
                     metrics.recordings.get_or_create(&StatusLabel { status: status.as_str() }).inc();
-                    entry.record.recording = Some(parts.first().map_or(rel, |p| p.path.clone()));
                     entry.record.recording_status = Some(status);
-                    entry.record.recording_parts = parts;
                     log.write(entry);
                     drop(promise);
                 }));
+                let (log, metrics, span) = (
+                    self.ctx.log.clone(),
+                    self.ctx.metrics.calls.clone(),
+                    self.span.clone(),
+                );
+                tokio::spawn(async move {
+                    tokio::time::sleep(RECORDING_CLOSE_WAIT).await;
+                    let taken = gave_up.lock().unwrap_or_else(|p| p.into_inner()).take();
+                    if let Some((entry, promise)) = taken {
+                        span.in_scope(|| tracing::warn!("the recorder did not close the recording in time (a stalled disk or share): the call's record is written without it, truncated"));
+                        let status = RecordingStatus::Truncated;
+                        metrics
+                            .recordings
+                            .get_or_create(&StatusLabel {
+                                status: status.as_str(),
+                            })
+                            .inc();
+                        log.write(gave_up_on_recording(entry));
+                        drop(promise);
+                    }
+                });
             }
             _ if !self.recording_parts.is_empty() => {
                 // Taken over with a recording, and nothing recorded here (no ports
@@ -201,6 +231,24 @@ pub fn recording_status(
     } else {
         RecordingStatus::Complete
     }
+}
+
+/// How long a recorded call's final record waits for its recording to close (the
+/// file written and synced): a recorder stalled on a hung disk or network share held
+/// every such record, for as long as the stall, and for good if the node stopped
+/// meanwhile (a review). Past it the record is written `truncated`: what reached the
+/// file is not known.
+#[cfg(not(test))]
+const RECORDING_CLOSE_WAIT: Duration = Duration::from_secs(30);
+/// Unit tests stall a recorder and wait a second.
+#[cfg(test)]
+const RECORDING_CLOSE_WAIT: Duration = Duration::from_secs(1);
+
+/// A recorded call's log entry written without its recording's outcome (see
+/// [`RECORDING_CLOSE_WAIT`]): it names the file, said `truncated`.
+fn gave_up_on_recording(mut entry: LogEntry) -> LogEntry {
+    entry.record.recording_status = Some(RecordingStatus::Truncated);
+    entry
 }
 
 /// Seconds rounded to the nearest second, as call logs count them.

@@ -2,13 +2,26 @@
 //! session refresh) from one party is relayed to the other with its SDP pointed at the
 //! node, and the answer travels back. One at a time (RFC 3261 14.2: a second is 491);
 //! a re-INVITE its sender cancels is cancelled on the other leg too, and one the other
-//! party accepted all the same is undone with the session it had before.
+//! party accepted all the same is undone with the session it had before (also one
+//! accepted after its sender was told it timed out).
 
 use super::legs;
 use super::{session, Call, OwnReinvite, Phase};
 use tsunagu_media::{sdp, Side};
 use tsunagu_sip::parse::{header, header_values, sdp_body};
 use tsunagu_sip::{Method, Request, Response};
+
+/// A relayed re-INVITE that got no final answer in time (see
+/// [`Call::late_answer_to_timed_out`]).
+pub(super) struct TimedOutReinvite {
+    /// The party it was sent to.
+    to: Side,
+    cseq: u32,
+    /// It carried an offer (else its 2xx brings one).
+    offered: bool,
+    /// What that party had from the node before it.
+    previous: Option<String>,
+}
 
 /// A re-INVITE or UPDATE relayed to the other leg, waiting for its answer.
 pub(super) struct Reoffer {
@@ -317,7 +330,7 @@ impl Call {
         let relayed = leg.reoffer(&ep, Method::Invite, Some(previous), headers);
         tracing::info!(
             ?side,
-            "a cancelled re-offer was accepted all the same: the previous session offered again"
+            "a re-offer its sender no longer waits for was accepted all the same: the previous session offered again"
         );
         self.own_reinvite = Some(OwnReinvite {
             side,
@@ -376,6 +389,14 @@ impl Call {
         if self.reoffer.as_ref().is_some_and(|p| p.sent == *key) {
             if let Some(p) = self.reoffer.take() {
                 self.offer_not_taken(&p);
+                if p.method == Method::Invite {
+                    self.timed_out_reinvite = Some(Box::new(TimedOutReinvite {
+                        to: p.from.other(),
+                        cseq: p.cseq,
+                        offered: p.offer.is_some(),
+                        previous: p.previous.clone(),
+                    }));
+                }
                 if !p.abandoned {
                     tracing::info!(method = %p.method, "a relayed re-offer got no final answer: 408 to its sender");
                     self.ctx
@@ -393,6 +414,42 @@ impl Call {
                 self.expire_session("the caller did not take the node's session refresh");
             }
         }
+    }
+
+    /// A 2xx from `side` to the relayed re-INVITE with CSeq `cseq` after it timed out
+    /// ([`Call::reoffer_timed_out`]; true when it was that one). It is acknowledged,
+    /// else the party sends it for 32 s and then hangs up the call (RFC 3261
+    /// 13.3.1.4): it used to find no ACK to repeat and get none. The sender was told
+    /// 408 and keeps its session, so the party that took the offer is offered the
+    /// previous session again, as after a crossing CANCEL; a 2xx to an offerless one
+    /// carries the party's offer, answered in the ACK with the session the node had
+    /// with it (its new media address is not taken: the node's relay stays where it
+    /// was).
+    pub(super) fn late_answer_to_timed_out(&mut self, side: Side, cseq: u32) -> bool {
+        let Some(t) = self
+            .timed_out_reinvite
+            .take_if(|t| t.to == side && t.cseq == cseq)
+        else {
+            return false;
+        };
+        tracing::info!(
+            ?side,
+            "a 2xx to a re-INVITE that had timed out: acknowledged"
+        );
+        let ep = self.ctx.endpoint.clone();
+        if let Some(leg) = self.leg(side) {
+            let answer = if t.offered {
+                None
+            } else {
+                leg.last_sdp().clone()
+            };
+            leg.ack_at(&ep, cseq, answer.as_deref());
+        }
+        let idle = self.reoffer.is_none() && self.own_reinvite.is_none() && self.late_ack.is_none();
+        if t.offered && idle && self.phase == Phase::Answered {
+            self.restore_after_crossing(side, t.previous);
+        }
+        true
     }
 
     /// A relayed offer that the other party refused, or that was cancelled or timed
