@@ -52,6 +52,9 @@ pub struct LogEntry {
     pub number: Arc<TrackingNumber>,
     /// The caller's number was asserted or verified by its trunk (it may get an SMS).
     pub caller_verified: bool,
+    /// The caller was played the number's IVR menu: a rule requiring an IVR key
+    /// applies (see `decide::validity::Facts::ivr_offered`).
+    pub ivr_offered: bool,
 }
 
 enum LogMsg {
@@ -596,6 +599,7 @@ pub fn recover(
             record: lost_call(record.clone(), last_seen),
             number: Arc::new(number),
             caller_verified: false,
+            ivr_offered: false,
         });
     }
     Ok(left.len())
@@ -963,6 +967,7 @@ fn complete_records(
             talk_seconds: r.talk_seconds,
             caller_known: caller_known(r),
             earlier_call_in_window: earlier,
+            ivr_offered: e.ivr_offered,
             ivr_digit: chose_by_key(e.number.ivr.as_ref(), r.ivr_digits.as_deref().unwrap_or("")),
             judgement_digit: r.judgement_digit.is_some(),
         };
@@ -1378,6 +1383,7 @@ mod tests {
                 record: r,
                 number: self.number.clone(),
                 caller_verified: false,
+                ivr_offered: true,
             }
         }
 
@@ -1475,10 +1481,16 @@ mod tests {
             e.record.ivr_digits = Some(digits.to_string()).filter(|d| !d.is_empty());
             entries.push(e);
         }
+        // A caller never played the menu (closed hours forwarded it, or its audio
+        // was not G.711): judged on its talk time (it was `invalid_no_digit`).
+        let mut skipped = d.call("not_offered", 1_000_000, 30);
+        skipped.ivr_offered = false;
+        entries.push(skipped);
         d.write(entries, &mut InProgress::default());
         use Validity::*;
         let want = [
             ("invalid", InvalidNoDigit),
+            ("not_offered", Valid),
             ("routed", Valid),
             ("second_try", Valid),
             ("silent", InvalidNoDigit),

@@ -310,8 +310,17 @@ async fn until_done<T: Send + 'static>(
     what: &'static str,
     call: impl Fn() -> tsunagu_store::Result<T> + Send + Sync + 'static,
 ) -> Option<T> {
+    until_done_within(what, STORE_PATIENCE, call).await
+}
+
+/// [`until_done`] for at most `patience`.
+async fn until_done_within<T: Send + 'static>(
+    what: &'static str,
+    patience: Duration,
+    call: impl Fn() -> tsunagu_store::Result<T> + Send + Sync + 'static,
+) -> Option<T> {
     let call = Arc::new(call);
-    let deadline = tokio::time::Instant::now() + STORE_PATIENCE;
+    let deadline = tokio::time::Instant::now() + patience;
     let mut pause = Duration::from_millis(500);
     loop {
         let attempt = call.clone();
@@ -436,6 +445,9 @@ fn try_claim(
     }
 }
 
+/// How long a draining node keeps trying to read the calls it hands over.
+const HAND_OVER_READ: Duration = Duration::from_secs(5);
+
 /// How long a draining node waits for its peers to claim what it handed over before it
 /// asks again (once).
 const HAND_OVER_AGAIN: Duration = Duration::from_secs(2);
@@ -477,8 +489,14 @@ pub async fn hand_over_all(
             ctx.node_id.clone(),
             ctx.epoch.load(Ordering::Relaxed),
         );
-        let Ok(Ok(active)) = tokio::task::spawn_blocking(move || s.active_calls_of(&me)).await
-        else {
+        // Tried again for a few seconds, within the drain: one failed read gave the
+        // hand-over up, and every answered call was hung up at the deadline (a review).
+        let read = until_done_within(
+            "reading the calls to hand over",
+            HAND_OVER_READ,
+            move || s.active_calls_of(&me),
+        );
+        let Some(active) = read.await else {
             tracing::warn!("cannot read this node's calls to hand them over");
             return;
         };
@@ -722,6 +740,7 @@ impl TakeOver {
                 record: lost_call(record, last_seen),
                 number: Arc::new(number),
                 caller_verified: false,
+                ivr_offered: false,
             });
         })
         .await;
@@ -892,6 +911,21 @@ mod tests {
             }
         };
         assert_eq!(super::until_done("a test read", read).await, Some(7));
+        assert_eq!(tries.load(Ordering::Relaxed), 3);
+    }
+
+    /// A bounded retry (a drain's read of the calls it hands over) tries for its
+    /// patience, 2 s here (0.5 and 1 s apart: three tries), then gives up.
+    #[tokio::test]
+    async fn a_bounded_retry_gives_up_after_its_patience() {
+        let tries = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let counted = tries.clone();
+        let read = move || {
+            counted.fetch_add(1, Ordering::Relaxed);
+            Err::<u32, _>(tsunagu_store::StoreError::Unavailable("down".into()))
+        };
+        let got = super::until_done_within("a test read", Duration::from_secs(2), read).await;
+        assert_eq!(got, None);
         assert_eq!(tries.load(Ordering::Relaxed), 3);
     }
 

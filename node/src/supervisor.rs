@@ -764,6 +764,8 @@ mod tests {
         let r = final_record(&f).await;
         assert_eq!(r.result, CallResult::Failed);
         assert_eq!(r.end_reason.as_deref(), Some("max_ring"));
+        let outcomes: Vec<&str> = r.attempts.iter().map(|a| a.outcome.as_str()).collect();
+        assert_eq!(outcomes, ["no_answer"], "not the caller's hang-up");
         assert_eq!(f.metrics.calls.actor_failures.get(), 0, "ended by the call");
     }
 

@@ -1099,9 +1099,10 @@ fn a_caller_answered_by_the_menu_has_its_offers_answered_by_the_node() {
     );
     caller.send(&bye);
     assert!(caller.final_response().starts_with("SIP/2.0 200"));
-    // Hung up in the menu: nobody else was on the call.
+    // Hung up in the menu: nobody else was on the call; the caller was sent 200.
     let call = node.wait_for_calls(&key, 1)[0].clone();
     assert_eq!(call["result"], "cancelled", "{call}");
+    assert_eq!(call["sip_code"], 200, "{call}");
 }
 
 /// The caller CANCELs its pending re-INVITE: the CANCEL is answered 200 and the

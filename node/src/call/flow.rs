@@ -320,6 +320,14 @@ impl Call {
 
     /// A key from either party (RFC 4733 or SIP INFO).
     pub(super) fn on_key(&mut self, side: Side, key: char, source: &'static str) {
+        let now = Instant::now();
+        if echoed_key(self.last_key, (side, key, source), now) {
+            // One press signalled both ways (some SBCs send RFC 4733 and INFO): it
+            // counted twice, an invalid key using two of the menu's tries (a review).
+            tracing::debug!(?side, %key, source, "the same key by the other signal: taken once");
+            return;
+        }
+        self.last_key = Some((side, key, source, now));
         tracing::debug!(?side, %key, source, "key");
         self.ctx
             .metrics
@@ -390,6 +398,7 @@ impl Call {
             invalid: 0,
             wait: 0,
         }));
+        self.ivr_offered = true;
         self.play_menu();
     }
 
@@ -541,4 +550,46 @@ fn now_session() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(1)
+}
+
+/// How close in time the same key from a party by the other signal is one press.
+const ECHO_WINDOW: Duration = Duration::from_millis(300);
+
+/// Whether key `key` of `side` by signal `source` at `now` repeats `last`, the last
+/// key taken, by the other signal within [`ECHO_WINDOW`]: one press sent both as RFC
+/// 4733 and as SIP INFO. The same signal twice is two presses.
+fn echoed_key(
+    last: Option<(Side, char, &'static str, Instant)>,
+    (side, key, source): (Side, char, &'static str),
+    now: Instant,
+) -> bool {
+    last.is_some_and(|(s, k, src, at)| {
+        s == side && k == key && src != source && now.saturating_duration_since(at) < ECHO_WINDOW
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_signalled_both_ways_is_one_press() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let last = Some((Side::A, '7', "rfc4733", t0));
+        // Each row: the key now (side, key, signal), when, whether it is the same press.
+        let rows = [
+            ((Side::A, '7', "info"), ms(50), true),
+            ((Side::A, '7', "info"), ms(299), true),
+            ((Side::A, '7', "info"), ms(300), false),
+            // The same signal again is the caller pressing again.
+            ((Side::A, '7', "rfc4733"), ms(50), false),
+            ((Side::A, '8', "info"), ms(50), false),
+            ((Side::B, '7', "info"), ms(50), false),
+        ];
+        for (now_key, at, want) in rows {
+            assert_eq!(echoed_key(last, now_key, at), want, "{now_key:?}");
+        }
+        assert!(!echoed_key(None, (Side::A, '7', "info"), t0));
+    }
 }

@@ -341,6 +341,11 @@ pub struct Call {
     ivr: Option<Box<IvrState>>,
     /// Keys the caller pressed in the IVR, in order.
     ivr_digits: String,
+    /// The caller was played the number's IVR menu (its validity rule's IVR key
+    /// applies only then).
+    ivr_offered: bool,
+    /// The last key taken from a party: side, key, signal, when (see `echoed_key`).
+    last_key: Option<(Side, char, &'static str, Instant)>,
     /// The callee's codec (for the judgement prompt).
     b_payload_type: u8,
     /// The caller acknowledged the 200 that answered it.
@@ -611,6 +616,8 @@ impl Call {
             prompt_ids: 0,
             ivr: None,
             ivr_digits: String::new(),
+            ivr_offered: false,
+            last_key: None,
             b_payload_type: 0,
             b_early_answer: None,
             remote_cseq: [None, None],

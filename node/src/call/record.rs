@@ -77,14 +77,29 @@ impl Call {
             .map(|(t, _)| rounded_seconds(ended.duration_since(t)))
             .unwrap_or(0);
         record.result = self.result;
-        record.sip_code = self.upstream_code;
+        // What the caller was sent: a caller the node answered itself (its menu) got
+        // 200, whatever came of the call after (it was logged with the 480, 486 or
+        // 487 of what followed: a review).
+        record.sip_code = if self.a_answered {
+            200
+        } else {
+            self.upstream_code
+        };
         record.end_reason = self.end_reason.map(str::to_string);
         if !self.nodes.is_empty() {
             record.nodes = self.carried_by();
             record.taken_over_at = self.taken_over_at;
         }
         record.ivr_digits = Some(self.ivr_digits.clone()).filter(|d| !d.is_empty());
-        self.attempt_ended(0, "cancelled"); // still open: the caller hung up first
+        // Still open: the caller hung up first, or the node ended the call while it
+        // rang (its ring guard, a drain, the longest call). Told apart: all were
+        // `cancelled`, which says the caller hung up (a review).
+        let open = match self.end_reason {
+            None => "cancelled",
+            Some("max_ring") => "no_answer",
+            Some(_) => "failed",
+        };
+        self.attempt_ended(0, open);
         record.attempts = std::mem::take(&mut self.attempts);
         record.judgement_digit = self.judgement_digit.map(String::from);
         if let Some(closed) = self.closed_result {
@@ -120,6 +135,7 @@ impl Call {
         tracing::info!(result = %self.result, ring_seconds, talk_seconds, rtp_in = pin, rtp_out = pout, "call ended");
         let mut entry = log_entry(record, &self.number);
         entry.caller_verified = self.caller_verified;
+        entry.ivr_offered = self.ivr_offered;
         match (self.recording.take(), self.relay.as_ref()) {
             (Some(rel), Some(relay)) => {
                 // The record waits for the recording file to be complete.
@@ -308,6 +324,7 @@ fn log_entry(record: CallRecord, number: &Arc<TrackingNumber>) -> LogEntry {
         record,
         number: number.clone(),
         caller_verified: false,
+        ivr_offered: false,
     }
 }
 

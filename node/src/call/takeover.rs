@@ -156,22 +156,12 @@ impl Call {
     }
 
     fn recording_state(&self) -> Option<super::checkpoint::Recording> {
-        let rel = self.recording.as_ref()?;
-        let mode = match self.recording_mode? {
-            RecordMode::Both => "both",
-            RecordMode::Caller => "caller",
-            RecordMode::Callee => "callee",
-        };
-        let mut parts = self.recording_parts.clone();
-        parts.push(RecordingPart {
+        let here = self.recording.as_ref().map(|rel| RecordingPart {
             node: self.ctx.node_id.clone(),
             path: rel.clone(),
             offset_ms: self.recording_offset_ms,
         });
-        Some(super::checkpoint::Recording {
-            mode: mode.to_string(),
-            parts,
-        })
+        recording_state(self.recording_mode, &self.recording_parts, here)
     }
 
     /// Writes the call's record in progress with its checkpoint (through the call-log
@@ -270,6 +260,11 @@ impl Call {
         call.ivr_digits = answered.ivr_digits.clone();
         call.caller_verified = answered.caller_verified;
         call.closed_result = answered.closed_result;
+        // Not in a checkpoint: played if the number has a menu and closed hours did
+        // not send the call past it (a caller whose audio the menu could not be
+        // played to is taken for one that was).
+        call.ivr_offered = !answered.ivr_digits.is_empty()
+            || (call.number.ivr.is_some() && answered.closed_result.is_none());
         call._slot = Some(slot);
         // The lines it held where it ran: held here now (counted even over the limit).
         call.held_lines = answered
@@ -349,6 +344,11 @@ impl Call {
         if let Some(rec) = &answered.recording {
             self.restart_recording(&rec.mode);
         }
+        // At once, not when both parties have answered: a node taking the call over
+        // from this one meanwhile (a kill, a drain; a party answering 491 keeps this
+        // open for up to 40 s) restored the previous node's CSeqs, which the parties
+        // had seen already, and left this node and its recording part out (a review).
+        self.checkpoint_now(true);
         self.arm_media_check();
         tracing::info!(from = ?self.nodes, "call taken over: re-INVITEs sent to both parties");
     }
@@ -372,6 +372,9 @@ impl Call {
         // Named by node and part number: a call that comes back to a node (n1, n2,
         // n1) does not overwrite its earlier part there.
         let part = self.recording_parts.len() + 1;
+        // The call's mode even if this part does not start (the disk refused it): the
+        // earlier parts stay in its checkpoints (see `recording_state`).
+        self.recording_mode = Some(mode);
         self.start_recording_part(&format!("{}.{}-{part}", self.id, self.ctx.node_id), mode);
     }
 
@@ -537,6 +540,7 @@ impl Call {
         if let Some(r) = self.resuming.as_mut() {
             r.pending[index(side)] = Reinvite::Sent(cseq);
         }
+        self.checkpoint_now(true); // its CSeq went up (see `resume_media`)
     }
 
     /// A takeover re-INVITE got no answer in time.
@@ -627,9 +631,65 @@ pub fn cancel_of(r: &Ringing) -> RequestSpec {
     .cancel()
 }
 
+/// What a checkpoint says of a call's recording: its mode, the parts earlier nodes
+/// recorded and this node's own (`here`), if any. Earlier parts are kept when this node
+/// records nothing (its recordings disk refused the new part): they were dropped, and
+/// the next node's record lost the first nodes' audio (a review).
+fn recording_state(
+    mode: Option<RecordMode>,
+    earlier: &[RecordingPart],
+    here: Option<RecordingPart>,
+) -> Option<super::checkpoint::Recording> {
+    let mode = match mode? {
+        RecordMode::Both => "both",
+        RecordMode::Caller => "caller",
+        RecordMode::Callee => "callee",
+    };
+    let parts: Vec<RecordingPart> = earlier.iter().cloned().chain(here).collect();
+    (!parts.is_empty()).then(|| super::checkpoint::Recording {
+        mode: mode.to_string(),
+        parts,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
+    use tsunagu_media::RecordMode;
+    use tsunagu_store::RecordingPart;
+
+    /// A checkpoint keeps the parts of a recording: earlier nodes' and this one's;
+    /// earlier ones also when this node records nothing; none without a mode or parts.
+    #[test]
+    fn a_checkpoint_keeps_every_recording_part() {
+        let part = |node: &str| RecordingPart {
+            node: node.into(),
+            path: format!("2026-12-06/{node}.wav"),
+            offset_ms: 0,
+        };
+        let nodes = |r: Option<super::super::checkpoint::Recording>| {
+            r.map(|r| r.parts.into_iter().map(|p| p.node).collect::<Vec<_>>())
+        };
+        let both = Some(RecordMode::Both);
+        let rows = [
+            (both, vec![], Some(part("n2")), Some(vec!["n2"])),
+            (
+                both,
+                vec![part("n1")],
+                Some(part("n2")),
+                Some(vec!["n1", "n2"]),
+            ),
+            // This node's disk refused its part: the first node's audio stays named.
+            (both, vec![part("n1")], None, Some(vec!["n1"])),
+            (both, vec![], None, None),
+            (None, vec![part("n1")], Some(part("n2")), None),
+        ];
+        for (mode, earlier, here, want) in rows {
+            let got = nodes(super::recording_state(mode, &earlier, here));
+            let want = want.map(|w| w.into_iter().map(String::from).collect::<Vec<_>>());
+            assert_eq!(got, want, "{mode:?} {earlier:?}");
+        }
+    }
 
     /// A call resumed two minutes after it started is two minutes old here (the
     /// max-call sweep measures it); a start in the future is now.

@@ -6,7 +6,7 @@
 //! (short calls, and calls never answered) is `invalid_short`. Withheld callers are
 //! never duplicates: there is no number to compare. A rule that requires an IVR key
 //! or a judgement key makes a call without it `invalid_no_digit` (after the
-//! duplicate check, before talk time).
+//! duplicate check, before talk time); the IVR key only of a caller played the menu.
 
 use tsunagu_store::{CallResult, Validity, ValidityRule};
 
@@ -18,6 +18,9 @@ pub struct Facts {
     pub caller_known: bool,
     /// An earlier call from this caller to this advertiser started within the window.
     pub earlier_call_in_window: bool,
+    /// The caller was played the IVR menu (a caller closed hours forwarded, or whose
+    /// audio the menu cannot play to, never was): only then is its key required.
+    pub ivr_offered: bool,
     /// The caller chose a route of the IVR menu with a key (`decide::ivr::chose_by_key`).
     pub ivr_digit: bool,
     /// The callee pressed a judgement key.
@@ -27,7 +30,7 @@ pub struct Facts {
 pub fn judge(rule: &ValidityRule, f: &Facts) -> Validity {
     if rule.duplicate_window_seconds > 0 && f.caller_known && f.earlier_call_in_window {
         Validity::InvalidDuplicate
-    } else if (rule.require_ivr_digit && !f.ivr_digit)
+    } else if (rule.require_ivr_digit && f.ivr_offered && !f.ivr_digit)
         || (rule.require_judgement_digit && !f.judgement_digit)
     {
         Validity::InvalidNoDigit
@@ -80,6 +83,7 @@ mod tests {
                 talk_seconds: *talk,
                 caller_known: *known,
                 earlier_call_in_window: *earlier,
+                ivr_offered: true,
                 ivr_digit: false,
                 judgement_digit: false,
             };
@@ -118,6 +122,7 @@ mod tests {
                 talk_seconds: *talk,
                 caller_known: true,
                 earlier_call_in_window: *earlier,
+                ivr_offered: true,
                 ivr_digit: *ivr_digit,
                 judgement_digit: *judgement_digit,
             };
@@ -127,5 +132,17 @@ mod tests {
                 "{talk} {earlier} {ivr_digit} {judgement_digit}"
             );
         }
+
+        // A caller never played the menu: no key was asked of it.
+        let facts = Facts {
+            result: Answered,
+            talk_seconds: 60,
+            caller_known: true,
+            earlier_call_in_window: false,
+            ivr_offered: false,
+            ivr_digit: false,
+            judgement_digit: false,
+        };
+        assert_eq!(judge(&ivr, &facts), Valid);
     }
 }
