@@ -2,7 +2,8 @@
 //! that ask for one), optional mutual TLS for inbound connections, the CAs trunks are
 //! verified against, and reloading of the certificate files without a restart: a task
 //! checks their modification times every `sip.tls.reload_seconds` and swaps in the new
-//! pair when both load; until then (or if they do not) the old one keeps serving.
+//! pair when both load and the certificate is within its validity period; until then
+//! (or if they do not) the old one keeps serving.
 
 use prometheus_client::metrics::counter::Counter;
 use rustls::client::ResolvesClientCert;
@@ -67,6 +68,39 @@ pub fn load_pair(cert_file: &Path, key_file: &Path) -> Result<CertifiedKey, Stri
     Ok(pair)
 }
 
+/// Whether `leaf` is within its validity period at `now`: a reload to an expired or
+/// not-yet-valid certificate (a backup copied back by mistake, a renewal dated ahead)
+/// was taken, and every TLS peer that checks dates refused the node (a review). Asks
+/// rustls's own checker, with the certificate as its own anchor: it checks the dates
+/// before anything else, so only its date errors count (a leaf issued by a CA fails
+/// this check for its issuer, which is not what is asked here).
+fn in_date(leaf: &CertificateDer<'_>, now: rustls::pki_types::UnixTime) -> Result<(), String> {
+    let (Ok(ee), Ok(anchor)) = (
+        webpki::EndEntityCert::try_from(leaf),
+        webpki::anchor_from_trusted_cert(leaf),
+    ) else {
+        return Ok(()); // not for this check to judge: the handshake's
+    };
+    let provider = provider();
+    let anchors = [anchor];
+    let verified = ee.verify_for_usage(
+        provider.signature_verification_algorithms.all,
+        &anchors,
+        &[],
+        now,
+        webpki::KeyUsage::server_auth(),
+        None,
+        None,
+    );
+    match verified {
+        Err(webpki::Error::CertExpired { .. }) => Err("the certificate has expired".into()),
+        Err(webpki::Error::CertNotValidYet { .. }) => {
+            Err("the certificate is not valid yet".into())
+        }
+        _ => Ok(()),
+    }
+}
+
 fn roots(file: &Path, what: &str) -> Result<RootCertStore, String> {
     let mut roots = RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(&read(file, what)?) {
@@ -95,6 +129,11 @@ pub fn trusted_roots(ca_file: Option<&Path>, what: &str) -> Result<RootCertStore
 impl CertStore {
     fn load(cert_file: &Path, key_file: &Path) -> Result<CertStore, String> {
         let pair = load_pair(cert_file, key_file)?;
+        if let Err(e) = in_date(&pair.cert[0], rustls::pki_types::UnixTime::now()) {
+            // Served all the same at start (SIP over UDP and the rest of the node must
+            // not stop for it); a reload to such a pair is refused.
+            tracing::warn!("{e}: TLS peers that check it will refuse it");
+        }
         Ok(CertStore {
             cert_file: cert_file.to_path_buf(),
             key_file: key_file.to_path_buf(),
@@ -117,6 +156,12 @@ impl CertStore {
     /// again until a file's modification time changed, which `chown` and `chmod` do not
     /// change: the old pair stayed in use until a restart (a review).
     pub fn reload_if_changed(&self) -> Result<bool, String> {
+        self.reload_at(rustls::pki_types::UnixTime::now())
+    }
+
+    /// [`CertStore::reload_if_changed`] with the time to judge the certificate's
+    /// validity period at.
+    fn reload_at(&self, at: rustls::pki_types::UnixTime) -> Result<bool, String> {
         let now = (modified(&self.cert_file), modified(&self.key_file));
         let changed = *self.stamp.read().unwrap_or_else(|p| p.into_inner()) != now;
         let failing = self
@@ -128,7 +173,9 @@ impl CertStore {
             return Ok(false);
         }
         *self.stamp.write().unwrap_or_else(|p| p.into_inner()) = now;
-        match load_pair(&self.cert_file, &self.key_file) {
+        let loaded = load_pair(&self.cert_file, &self.key_file)
+            .and_then(|pair| in_date(&pair.cert[0], at).map(|()| pair));
+        match loaded {
             Ok(pair) => {
                 *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(pair);
                 *self.failed.write().unwrap_or_else(|p| p.into_inner()) = None;
@@ -265,5 +312,66 @@ impl ResolvesClientCert for FixedCert {
 
     fn has_certs(&self) -> bool {
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::pki_types::UnixTime;
+
+    /// A certificate and key made by openssl (EC P-256, self-signed, 30 days).
+    fn make_pair(dir: &Path) -> (PathBuf, PathBuf) {
+        let (cert, key) = (dir.join("node.pem"), dir.join("node.key"));
+        let made = std::process::Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+            ])
+            .args(["-nodes", "-days", "30", "-subj", "/CN=node", "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .status()
+            .expect("openssl (scripts/test.sh installs it)");
+        assert!(made.success(), "openssl req");
+        (cert, key)
+    }
+
+    /// A reload is refused while the certificate is outside its validity period
+    /// (expired, or not valid yet), the pair in use kept; inside it, it is taken.
+    #[test]
+    fn a_reload_out_of_its_dates_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = make_pair(dir.path());
+        let store = CertStore::load(&cert, &key).unwrap();
+        let before = store.current();
+        let after = |days: u64| {
+            let now = UnixTime::now().as_secs();
+            UnixTime::since_unix_epoch(Duration::from_secs(now + days * 86_400))
+        };
+        // The same files written again: their times change, a reload is due.
+        std::fs::write(&cert, std::fs::read(&cert).unwrap()).unwrap();
+        let expired = store.reload_at(after(31));
+        assert!(
+            expired.as_ref().is_err_and(|e| e.contains("expired")),
+            "{expired:?}"
+        );
+        assert!(
+            Arc::ptr_eq(&store.current(), &before),
+            "the pair in use kept"
+        );
+        let early = store.reload_at(UnixTime::since_unix_epoch(Duration::from_secs(1)));
+        assert!(
+            early.as_ref().is_err_and(|e| e.contains("not valid yet")),
+            "{early:?}"
+        );
+        assert!(Arc::ptr_eq(&store.current(), &before));
+        assert_eq!(store.reload_at(UnixTime::now()), Ok(true), "in date: taken");
+        assert!(!Arc::ptr_eq(&store.current(), &before));
     }
 }
