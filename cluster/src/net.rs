@@ -138,7 +138,7 @@ impl Throttle {
 /// The addresses of known cluster members, which the listener gives a handshake budget
 /// of their own ([`MEMBERS_TOTAL`]): the IPs of the configured seeds and of the nodes
 /// in the store's registry (set together by the driver each time it reads the
-/// registry, [`Members::set_listed`]), and of peers whose mutual TLS succeeded
+/// registry, [`Members::set_listed`]), and of peers whose session passed the secret
 /// ([`Members::session`]). Bounded by [`MAX_MEMBERS`]; cheap to clone (shared).
 ///
 /// Limits: membership is by the connection's source address, so a member that dials
@@ -153,7 +153,7 @@ pub struct Members(Arc<RwLock<MemberSet>>);
 struct MemberSet {
     /// Seeds and registry, as last set.
     listed: HashSet<IpAddr>,
-    /// Peers whose mutual TLS succeeded, oldest first (listed or not).
+    /// Peers whose session passed the secret's challenge, oldest first (listed or not).
     sessions: VecDeque<IpAddr>,
 }
 
@@ -341,6 +341,7 @@ impl Net {
             .await
             .map_err(|e| NetError::Listen(cfg.listen, e))?;
         let sessions = Sessions::default();
+        let members = Members::default();
         let server = NodeServer::new(
             0,
             cfg.secret.clone(),
@@ -360,6 +361,7 @@ impl Net {
             .cast(NodeServerMessage::SubscribeToEvents {
                 id: "challenge-deadline".into(),
                 subscription: Box::new(ChallengeDeadline {
+                    members: members.clone(),
                     sessions: sessions.clone(),
                     cut: Arc::default(),
                     refused: Throttle::default(),
@@ -378,7 +380,6 @@ impl Net {
         )
         .await
         .map_err(|e| NetError::Server(e.to_string()))?;
-        let members = Members::default();
         tokio::spawn(accept_loop(
             listener,
             cfg.acceptor,
@@ -513,6 +514,8 @@ impl Net {
 /// holding a handshake slot) that sends half a frame, or nothing, would keep its
 /// session, its socket and its task for ever; enough of them exhaust descriptors.
 struct ChallengeDeadline {
+    /// Where a session that passed makes its peer's address a member's.
+    members: Members,
     /// The sessions that passed, until they end (so bounded by the live sessions), by
     /// the peer's node id (also what [`Net::reset`] stops).
     sessions: Sessions,
@@ -548,6 +551,14 @@ impl NodeEventSubscription for ChallengeDeadline {
     }
 
     fn node_session_authenticated(&self, ses: NodeServerSessionInformation) {
+        // A member from its secret on, not from its TLS handshake: a peer holding a
+        // certificate of the cluster's CA but not the secret drew on the members'
+        // handshake budget from many addresses and pushed learnt members out (a
+        // review).
+        let peer = ses.peer_addr.parse::<SocketAddr>().map(|a| a.ip());
+        if let Ok(ip) = peer.or_else(|_| ses.peer_addr.parse::<IpAddr>()) {
+            self.members.session(ip);
+        }
         self.sessions
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -588,7 +599,8 @@ fn passed(sessions: &Sessions, ses: &NodeServerSessionInformation) -> bool {
 
 /// Accepts peers: a handshake slot (per source and in all, members' apart from
 /// strangers'), the mutual TLS handshake within [`HANDSHAKE`], each on its own task,
-/// then the stream goes to the node server (and its address is a member's from then).
+/// then the stream goes to the node server (its address a member's once the session
+/// passes the secret's challenge).
 async fn accept_loop(
     listener: TcpListener,
     acceptor: TlsAcceptor,
@@ -618,7 +630,6 @@ async fn accept_loop(
         };
         let acceptor = acceptor.clone();
         let server = server.clone();
-        let members = members.clone();
         let refusals = refusals.clone();
         tokio::spawn(async move {
             let _ = tcp.set_nodelay(true);
@@ -628,10 +639,9 @@ async fn accept_loop(
             let shake = tokio::time::timeout(HANDSHAKE, acceptor.accept(tcp)).await;
             drop(slot);
             let stream = match shake {
-                Ok(Ok(s)) => {
-                    members.session(peer_addr.ip());
-                    s
-                }
+                // A member once its session passes the secret's challenge
+                // (`ChallengeDeadline::node_session_authenticated`).
+                Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
                     if let Some(more) = refusals.allow(Instant::now()) {
                         tracing::warn!(%peer_addr, %e, more, "cluster connection refused: TLS");

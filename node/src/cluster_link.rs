@@ -330,7 +330,7 @@ async fn until_done_within<T: Send + 'static>(
                 tracing::warn!(%e, what, "store call failed; trying again");
             }
             Ok(Err(e)) => {
-                tracing::error!(%e, what, "store call failed for {STORE_PATIENCE:?}; giving up");
+                tracing::error!(%e, what, ?patience, "store call failed for its whole patience; giving up");
                 return None;
             }
             Err(e) => {
@@ -397,7 +397,9 @@ async fn claim_and_resume(
     // claim had one try, and one lock timeout left the call with the dead member,
     // its parties in silence and no record written (a review).
     let tried = AtomicBool::new(false);
-    let claimed = until_done("claiming a call", move || {
+    // 20 s, not the takeover's 10 minutes: the calls of a round are claimed one after
+    // another, and the others' parties wait in silence behind this one.
+    let claimed = until_done_within("claiming a call", CLAIM_PATIENCE, move || {
         let again = tried.swap(true, Ordering::Relaxed);
         let won = try_claim(&*s, &id, (&from.0, from.1), (&to.0, to.1), again)?;
         // Once won, the call is this node's to run: a number that cannot be read now
@@ -424,6 +426,9 @@ async fn claim_and_resume(
         .cast(SupervisorMsg::Resume(Box::new(args)))
         .is_ok()
 }
+
+/// How long a claim keeps trying a store that fails.
+const CLAIM_PATIENCE: Duration = Duration::from_secs(20);
 
 /// One try at claiming call `id` from incarnation `from` for `to` (see
 /// [`tsunagu_store::Store::claim_call`]). `again`: a try before failed, and may have

@@ -85,6 +85,13 @@ impl Calls {
 
     /// Starts the task of a call claimed from another node.
     pub fn resume(self: &Arc<Self>, args: crate::call::takeover::ResumeArgs) {
+        let id = &args.record.call_id;
+        if self.table().calls.values().any(|(seed, _)| seed.id == *id) {
+            // Claimed twice on this node (a hand-over's claim and a member-down
+            // claim, one of them retried after a store error): one actor per call.
+            tracing::warn!(call_id = %id, "a call claimed again while it runs here: not resumed twice");
+            return;
+        }
         let (ctx, seed) = (args.ctx.clone(), CallSeed::resumed(&args));
         self.start(ctx, seed, |me| {
             crate::call::takeover::resume(Box::new(args), me)
@@ -676,7 +683,7 @@ mod tests {
 
     /// A recorded call ends while the recorder is stalled (here on a FIFO nobody
     /// reads, as on a hung disk or network share): its final record is written all
-    /// the same once the recorder has taken its time (a second here), the recording
+    /// the same once the recorder has taken its time (3 s here), the recording
     /// `truncated`. It waited for the recorder for as long as the stall, and the
     /// call-log flush at shutdown gave up on it (a review).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

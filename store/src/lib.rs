@@ -131,9 +131,10 @@ pub trait Store: Send + Sync + 'static {
     /// Creates a number; [`StoreError::Conflict`] if the number exists (for any operator).
     fn create_number(&self, number: &TrackingNumber) -> Result<()>;
     fn get_number(&self, number: &str) -> Result<Option<TrackingNumber>>;
-    /// The operator's numbers (of one advertiser), those this version can read: one it
-    /// cannot (see [`Store::all_numbers`]) is logged and left out, not the whole
-    /// list's error (it had every list and prompt deletion of the operator fail).
+    /// The operator's numbers (of one advertiser) in number order, those this version
+    /// can read: one it cannot (see [`Store::all_numbers`]) is logged and left out,
+    /// not the whole list's error (it had every list and prompt deletion of the
+    /// operator fail).
     fn list_numbers(
         &self,
         operator_id: &str,
@@ -142,9 +143,10 @@ pub trait Store: Send + Sync + 'static {
     /// One page of [`Store::list_numbers`]: up to `limit` numbers after `after`, in
     /// number order, and where the next page starts if more follow (a row this
     /// version cannot read is left out and still moves the page on, so a page can be
-    /// short without being the last). This default reads the whole list (a backend
-    /// whose index is not in number order, ScyllaDB's by advertiser); the operator's
-    /// cap (`api.max_numbers_per_operator`) bounds it.
+    /// short without being the last). This default reads and decodes the whole list
+    /// for each page (a backend whose index is not in number order: ScyllaDB's is by
+    /// advertiser, then number), so a page costs what the whole list did; the
+    /// operator's cap (`api.max_numbers_per_operator`) bounds it.
     fn list_numbers_page(
         &self,
         operator_id: &str,

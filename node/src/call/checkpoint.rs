@@ -72,6 +72,10 @@ pub struct Answered {
     pub caller_verified: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub closed_result: Option<tsunagu_store::CallResult>,
+    /// The caller was played the IVR menu (see `decide::validity::Facts`); None in a
+    /// checkpoint written before 2026-12-06 late night (then guessed from the number).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ivr_offered: Option<bool>,
 }
 
 /// A line an answered call holds: its key and the key's limit.
@@ -252,6 +256,7 @@ mod tests {
             ivr_digits: "2".into(),
             caller_verified: true,
             closed_result: Some(tsunagu_store::CallResult::NoAnswer),
+            ivr_offered: Some(true),
         };
         let hop = answered.a.hop;
         let c = Checkpoint {

@@ -81,6 +81,7 @@ impl Call {
                         request,
                         waiting: false,
                     });
+                    self.line_wait.get_or_insert((Instant::now(), None));
                     if self.queue_since.is_none() {
                         let wait = Duration::from_secs(u64::from(self.max_wait()));
                         self.after(wait, CallMsg::QueueTimeout);
@@ -89,8 +90,10 @@ impl Call {
                 }
             }
         }
+        if let Some((_, left)) = self.line_wait.as_mut() {
+            left.get_or_insert_with(Instant::now);
+        }
         if let Some(since) = self.queue_since {
-            self.queue_left.get_or_insert_with(Instant::now);
             self.ctx
                 .metrics
                 .calls
@@ -114,6 +117,7 @@ impl Call {
             return; // still waiting (now for the next line): the prompt goes on
         }
         self.queue_since = Some(Instant::now());
+        self.line_wait.get_or_insert((Instant::now(), None));
         self.ctx.metrics.calls.queued.inc();
         let name = self
             .number

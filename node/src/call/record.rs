@@ -94,12 +94,13 @@ impl Call {
         // Still open: the caller hung up first, or the node ended the call while it
         // rang (its ring guard, a drain, the longest call). Told apart: all were
         // `cancelled`, which says the caller hung up (a review).
-        let open = match self.end_reason {
-            None => "cancelled",
-            Some("max_ring") => "no_answer",
-            Some(_) => "failed",
+        let (code, open) = match self.end_reason {
+            None => (0, "cancelled"),
+            // The node's CANCEL ended it.
+            Some("max_ring") => (487, "no_answer"),
+            Some(_) => (487, "failed"),
         };
-        self.attempt_ended(0, open);
+        self.attempt_ended(code, open);
         record.attempts = std::mem::take(&mut self.attempts);
         record.judgement_digit = self.judgement_digit.map(String::from);
         if let Some(closed) = self.closed_result {
@@ -163,8 +164,34 @@ impl Call {
                 // Written once: when the recording closes, or without its outcome
                 // once the recorder has taken RECORDING_CLOSE_WAIT over it.
                 let record = Arc::new(std::sync::Mutex::new(Some((entry, self.ctx.log.promise()))));
+                // The wait's timer first, so that the close can cancel it: one sleeping
+                // task per recorded call for 30 s, holding its span, was what a normal
+                // close left behind (a review).
                 let gave_up = record.clone();
+                let (log2, metrics2, span2) = (
+                    self.ctx.log.clone(),
+                    self.ctx.metrics.calls.clone(),
+                    self.span.clone(),
+                );
+                let timer = tokio::spawn(async move {
+                    tokio::time::sleep(RECORDING_CLOSE_WAIT).await;
+                    let taken = gave_up.lock().unwrap_or_else(|p| p.into_inner()).take();
+                    if let Some((entry, promise)) = taken {
+                        span2.in_scope(|| tracing::warn!("the recorder did not close the recording in time (a stalled disk or share): the call's record is written without it, truncated"));
+                        let status = RecordingStatus::Truncated;
+                        metrics2
+                            .recordings
+                            .get_or_create(&StatusLabel {
+                                status: status.as_str(),
+                            })
+                            .inc();
+                        log2.write(gave_up_on_recording(entry));
+                        drop(promise);
+                    }
+                })
+                .abort_handle();
                 relay.stop_recording(Box::new(move |outcome| {
+                    timer.abort();
                     let taken = record.lock().unwrap_or_else(|p| p.into_inner()).take();
                     let Some((mut entry, promise)) = taken else {
                         span.in_scope(|| tracing::info!(seconds = outcome.seconds, error = ?outcome.error, "recording closed after its call's record was written"));
@@ -187,27 +214,6 @@ impl Call {
                     log.write(entry);
                     drop(promise);
                 }));
-                let (log, metrics, span) = (
-                    self.ctx.log.clone(),
-                    self.ctx.metrics.calls.clone(),
-                    self.span.clone(),
-                );
-                tokio::spawn(async move {
-                    tokio::time::sleep(RECORDING_CLOSE_WAIT).await;
-                    let taken = gave_up.lock().unwrap_or_else(|p| p.into_inner()).take();
-                    if let Some((entry, promise)) = taken {
-                        span.in_scope(|| tracing::warn!("the recorder did not close the recording in time (a stalled disk or share): the call's record is written without it, truncated"));
-                        let status = RecordingStatus::Truncated;
-                        metrics
-                            .recordings
-                            .get_or_create(&StatusLabel {
-                                status: status.as_str(),
-                            })
-                            .inc();
-                        log.write(gave_up_on_recording(entry));
-                        drop(promise);
-                    }
-                });
             }
             _ if !self.recording_parts.is_empty() => {
                 // Taken over with a recording, and nothing recorded here (no ports
@@ -256,9 +262,9 @@ pub fn recording_status(
 /// file is not known.
 #[cfg(not(test))]
 const RECORDING_CLOSE_WAIT: Duration = Duration::from_secs(30);
-/// Unit tests stall a recorder and wait a second.
+/// Unit tests stall a recorder and wait 3 s.
 #[cfg(test)]
-const RECORDING_CLOSE_WAIT: Duration = Duration::from_secs(1);
+const RECORDING_CLOSE_WAIT: Duration = Duration::from_secs(3);
 
 /// A recorded call's log entry written without its recording's outcome (see
 /// [`RECORDING_CLOSE_WAIT`]): it names the file, said `truncated`.

@@ -122,6 +122,7 @@ impl Call {
                     ivr_digits: self.ivr_digits.clone(),
                     caller_verified: self.caller_verified,
                     closed_result: self.closed_result,
+                    ivr_offered: Some(self.ivr_offered),
                 }))
             }
             (None, Some(b)) if self.phase == Phase::Trying => {
@@ -260,11 +261,12 @@ impl Call {
         call.ivr_digits = answered.ivr_digits.clone();
         call.caller_verified = answered.caller_verified;
         call.closed_result = answered.closed_result;
-        // Not in a checkpoint: played if the number has a menu and closed hours did
-        // not send the call past it (a caller whose audio the menu could not be
-        // played to is taken for one that was).
-        call.ivr_offered = !answered.ivr_digits.is_empty()
-            || (call.number.ivr.is_some() && answered.closed_result.is_none());
+        // From the checkpoint; an older one's guessed: played if the number has a
+        // menu and closed hours did not send the call past it.
+        call.ivr_offered = answered.ivr_offered.unwrap_or_else(|| {
+            !answered.ivr_digits.is_empty()
+                || (call.number.ivr.is_some() && answered.closed_result.is_none())
+        });
         call._slot = Some(slot);
         // The lines it held where it ran: held here now (counted even over the limit).
         call.held_lines = answered
@@ -348,7 +350,9 @@ impl Call {
         // from this one meanwhile (a kill, a drain; a party answering 491 keeps this
         // open for up to 40 s) restored the previous node's CSeqs, which the parties
         // had seen already, and left this node and its recording part out (a review).
-        self.checkpoint_now(true);
+        // Only while the writer keeps up (`false`), as every checkpoint past the
+        // answer: within the messages a call may queue.
+        self.checkpoint_now(false);
         self.arm_media_check();
         tracing::info!(from = ?self.nodes, "call taken over: re-INVITEs sent to both parties");
     }
@@ -540,7 +544,7 @@ impl Call {
         if let Some(r) = self.resuming.as_mut() {
             r.pending[index(side)] = Reinvite::Sent(cseq);
         }
-        self.checkpoint_now(true); // its CSeq went up (see `resume_media`)
+        self.checkpoint_now(false); // its CSeq went up (see `resume_media`)
     }
 
     /// A takeover re-INVITE got no answer in time.

@@ -725,20 +725,22 @@ impl Store for SqliteStore {
     ) -> Result<NumberPage> {
         // One row past the page tells whether another follows.
         let fetch = i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX);
+        // The page's numbers chosen first, settings read for them alone: the order
+        // is of numbers, not of whole rows (up to 64 KiB each). Each page walks the
+        // operator's index and sorts its numbers (SQLite's plan, measured with
+        // EXPLAIN QUERY PLAN: with or without a cursor): cheap per number, and no
+        // schema change for an index by operator and number (a node of the version
+        // before refuses a newer schema, during a rolling upgrade too).
+        const PAGE: &str = "SELECT number, settings FROM numbers WHERE number IN (SELECT number FROM numbers WHERE operator_id = ?1 AND (?2 IS NULL OR advertiser_id = ?2) AND (?3 IS NULL OR number > ?3) ORDER BY number LIMIT ?4) ORDER BY number";
         let mut rows: Vec<(String, Option<String>)> = self.read(|c| {
-            let mut st = c
-                .prepare(
-                    // The page's numbers chosen first, settings read for them alone:
-                    // the order is of numbers, not of whole rows (up to 64 KiB each).
-                    "SELECT number, settings FROM numbers WHERE number IN (SELECT number FROM numbers WHERE operator_id = ?1 AND (?2 IS NULL OR advertiser_id = ?2) AND (?3 IS NULL OR number > ?3) ORDER BY number LIMIT ?4) ORDER BY number",
-                )
-                .map_err(unavailable)?;
+            let mut st = c.prepare_cached(PAGE).map_err(unavailable)?;
             let rows = st
                 .query_map(params![operator_id, advertiser_id, after, fetch], |r| {
                     Ok((r.get(0)?, settings_text(r, 1)?))
                 })
                 .map_err(unavailable)?;
-            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(unavailable)
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(unavailable)
         })?;
         let more = rows.len() > limit;
         rows.truncate(limit);
