@@ -230,36 +230,53 @@ fn validate_settings(p: &Pool) -> Result<(), ApiError> {
     if p.allowed_origins.len() > 20 {
         return Err(ApiError::invalid("allowed_origins", "at most 20 origins"));
     }
+    if !p.allowed_origins.is_empty() && hold < PAGE_HOLD_MIN {
+        // The page tag renews at half the lease, at least 15 s apart: a shorter
+        // lease ran out first, and the number on the page changed (a review).
+        return Err(ApiError::invalid(
+            "hold_seconds",
+            "at least 30 for a pool web pages issue from (allowed_origins)",
+        ));
+    }
     for (i, o) in p.allowed_origins.iter().enumerate() {
         if o != "*" && !is_origin(o) {
             return Err(ApiError::invalid(
                 &format!("allowed_origins[{i}]"),
-                "must be `*` or an origin such as https://www.example.com (at most 300 bytes)",
+                "must be `*` or an origin as browsers send it, such as https://www.example.com: lower case, no default port, at most 300 bytes",
             ));
         }
     }
     Ok(())
 }
 
+/// The shortest lease of a pool web pages issue from: twice the page tag's shortest
+/// renewal interval (15 s).
+const PAGE_HOLD_MIN: u32 = 30;
+
 /// The longest origin taken: `https://`, a 253-byte host name, `:` and a port, with
 /// room to spare. Every page issue reads the pool's origins: unbounded, twenty of them
 /// could each be as long as the request body allowed.
 const MAX_ORIGIN_BYTES: usize = 300;
 
-/// `scheme://host[:port]` with nothing after it (what browsers send as `Origin`), at
-/// most [`MAX_ORIGIN_BYTES`].
+/// `scheme://host[:port]` with nothing after it, as browsers send it as `Origin`:
+/// lower case, no default port (`:443` for https, `:80` for http); at most
+/// [`MAX_ORIGIN_BYTES`]. Origins are matched exactly, so `https://WWW.Example.com` or
+/// `https://x.com:443`, taken before, never matched, and the pool quietly answered
+/// its own pages 404 (a review).
 fn is_origin(o: &str) -> bool {
     if o.len() > MAX_ORIGIN_BYTES {
         return false;
     }
-    let rest = o
-        .strip_prefix("https://")
-        .or_else(|| o.strip_prefix("http://"));
-    rest.is_some_and(|r| {
-        !r.is_empty()
-            && r.chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'))
-    })
+    let (rest, default_port) = match (o.strip_prefix("https://"), o.strip_prefix("http://")) {
+        (Some(r), _) => (r, ":443"),
+        (_, Some(r)) => (r, ":80"),
+        _ => return false,
+    };
+    !rest.is_empty()
+        && !rest.ends_with(default_port)
+        && rest.chars().all(|c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '-' | ':' | '[' | ']')
+        })
 }
 
 fn view(p: &Pool) -> Value {
@@ -696,8 +713,13 @@ async fn issue_number(
             // `expires_in` (whole seconds from now) as well as the time: a page counts
             // down from the answer with its own clock, which may be wrong by minutes.
             let expires_in = seconds_until(l.expires_at, now);
+            // Whether issuing again extends this lease (dynamic pools): a one-time
+            // pool's takes another number, so the page tag must not keep it alive
+            // (it took a second number at every heartbeat, two per visitor, the
+            // number on the page changing: a review).
+            let renewable = pool.mode != PoolMode::OneTime;
             Ok(
-                json!({"number": l.number, "expires_at": rfc3339(l.expires_at), "expires_in": expires_in, "overflow": false}),
+                json!({"number": l.number, "expires_at": rfc3339(l.expires_at), "expires_in": expires_in, "overflow": false, "renewable": renewable}),
             )
         }
         IssueOutcome::SessionFull { retry_at_ms } => Err(throttled(
@@ -763,6 +785,8 @@ mod tests {
         let issue = format!("/v1/pools/{}/issue", r.json()["id"].as_str().unwrap());
         let leased = a.send("POST", &issue, key, "{}").await;
         assert_eq!(leased.json()["overflow"], false, "{}", leased.text());
+        // One-time: issuing again takes another number, so a page does not renew.
+        assert_eq!(leased.json()["renewable"], false, "{}", leased.text());
         let overflow = a.send("POST", &issue, key, "{}").await;
         assert_eq!(
             overflow.json()["number"],
@@ -1003,6 +1027,20 @@ mod tests {
         assert_eq!(r.json()["error"]["code"], "too_large", "{}", r.text());
     }
 
+    /// A pool web pages issue from holds a number at least 30 s (the tag renews at
+    /// half the lease, 15 s apart at least); one for API keys only may hold it less.
+    #[test]
+    fn page_pools_hold_numbers_long_enough_to_renew() {
+        use tsunagu_store::conformance::sample_pool;
+        let (mut p, _) = sample_pool("op", "adv", PoolMode::Dynamic, 1, 10, 0);
+        assert!(validate_settings(&p).is_ok(), "API keys only");
+        p.allowed_origins = vec!["https://shop.example".into()];
+        let err = validate_settings(&p).unwrap_err();
+        assert!(format!("{err:?}").contains("hold_seconds"), "{err:?}");
+        p.hold_seconds = 30;
+        assert!(validate_settings(&p).is_ok());
+    }
+
     #[test]
     fn origins() {
         let long_host = format!("https://{}.example.com", "a".repeat(MAX_ORIGIN_BYTES));
@@ -1010,7 +1048,13 @@ mod tests {
         let cases: &[(&str, bool)] = &[
             ("https://www.example.com", true),
             ("http://example.com:8080", true),
-            ("https://[2001:db8::1]:443", true),
+            ("https://[2001:db8::1]:8443", true),
+            // Never sent so by a browser: never matched.
+            ("https://[2001:db8::1]:443", false),
+            ("https://x.com:443", false),
+            ("http://x.com:80", false),
+            ("http://x.com:8080", true),
+            ("https://WWW.Example.com", false),
             (&longest, true),
             (&long_host, false),
             ("https://example.com/", false),

@@ -173,7 +173,9 @@
       return r.json();
     }).then(function (a) {
       show(pool, a.number);
-      if (a.overflow || !a.expires_at) return; // nothing to keep alive
+      // Nothing to keep alive: an overflow number, or a one-time pool's (issuing
+      // again would take another number, not extend this one).
+      if (a.overflow || !a.expires_at || a.renewable === false) return;
       var left = typeof a.expires_in === "number"
         ? a.expires_in * 1000
         : Date.parse(a.expires_at) - Date.now();

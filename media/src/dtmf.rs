@@ -22,18 +22,29 @@ pub struct EventDetector {
     last: Option<(u32, u32)>,
 }
 
+/// How far behind the last key's timestamp a packet is still that key's (or an
+/// earlier one's) late packet: 2^20 samples, over two minutes at 8 kHz and 21 s at
+/// 48 kHz, longer than any press and the packets that trail it.
+const LATE_WINDOW: u32 = 1 << 20;
+
 impl EventDetector {
     /// One telephone-event packet: its stream, RTP timestamp and payload. Returns the
     /// key when this packet starts a new event: one later than the last reported
     /// (serial order: a late end retransmission of an earlier key, arriving after the
-    /// next key began, is not a press), or the first of another stream.
+    /// next key began, is not a press), or the first of another stream. A timestamp
+    /// more than [`LATE_WINDOW`] behind the last key is the stream's timestamps
+    /// restarting lower (a media server or transfer keeping the SSRC), not a late
+    /// packet: it starts a new key (every key after such a restart was ignored until
+    /// the timestamps caught up, up to 2^31 samples: a review).
     pub fn on_packet(&mut self, ssrc: u32, timestamp: u32, payload: &[u8]) -> Option<char> {
         let event = *payload.first()?;
         if payload.len() < 4 {
             return None;
         }
         if let Some((last_ssrc, last_ts)) = self.last {
-            if last_ssrc == ssrc && timestamp.wrapping_sub(last_ts) as i32 <= 0 {
+            let behind = last_ts.wrapping_sub(timestamp);
+            let ahead = timestamp.wrapping_sub(last_ts) as i32 > 0;
+            if last_ssrc == ssrc && !ahead && behind <= LATE_WINDOW {
                 return None;
             }
         }
@@ -98,6 +109,13 @@ mod tests {
         for (i, (ts, payload, want)) in table.iter().enumerate() {
             assert_eq!(d.on_packet(7, *ts, payload), *want, "row {i}");
         }
+        // The stream's timestamps restart far lower (same SSRC): a new press, and the
+        // packets of that press after it are its own.
+        assert_eq!(
+            d.on_packet(7, 8100u32.wrapping_sub(1 << 21), &[6, 0x0a, 0, 160]),
+            Some('6')
+        );
+        assert_eq!(d.on_packet(7, 8100u32.wrapping_sub(1 << 21), &[6, 0x8a, 3, 32]), None);
         // Another stream (a new SSRC after a re-INVITE) starts afresh, whatever its
         // timestamps.
         assert_eq!(d.on_packet(8, 10, &[4, 0x0a, 0, 160]), Some('4'));

@@ -44,6 +44,8 @@ pub const JITTER_SAMPLES: u64 = SAMPLE_RATE as u64 / 5;
 /// A packet whose timestamp puts it further than this from the wall clock re-anchors
 /// its stream (a timestamp jump must not make the buffer grow without bound).
 const MAX_SKEW_SAMPLES: u64 = 5 * SAMPLE_RATE as u64;
+/// The most one drain emits (10 s): past it a drain skips (see [`Mixer::drain`]).
+const MAX_CATCH_UP_SAMPLES: u64 = 10 * SAMPLE_RATE as u64;
 /// What one track may hold ahead of what was emitted (60 s, under 1 MiB): a backstop
 /// should the recording not be drained; normally it holds the skew plus a second.
 const MAX_BUFFERED_SAMPLES: usize = 60 * SAMPLE_RATE as usize;
@@ -199,9 +201,28 @@ impl Mixer {
         self.heard
     }
 
-    /// Frames that are final at `now` (older than the jitter allowance), interleaved.
+    /// Frames that are final at `now` (older than the jitter allowance), interleaved;
+    /// at most [`MAX_CATCH_UP_SAMPLES`] of them. The recording is drained every
+    /// second; a drain that finds more due (the node was frozen: SIGSTOP, a paused
+    /// VM) skips the rest, which holds no audio the relay received (packets cannot
+    /// be placed further back than the skew). It emitted the whole gap in one buffer,
+    /// an hour's freeze 115 MB and a tenth of a second of CPU per recorded call, and
+    /// appended it as silence (a review); the file is shorter than the call instead,
+    /// which its `recording_status` says (`truncated`).
     pub fn drain(&mut self, now: u64) -> Vec<i16> {
         let target = now.saturating_sub(JITTER_SAMPLES);
+        let skip = target
+            .saturating_sub(self.emitted)
+            .saturating_sub(MAX_CATCH_UP_SAMPLES);
+        if skip > 0 {
+            for track in &mut self.tracks {
+                let n = usize::try_from(skip)
+                    .unwrap_or(usize::MAX)
+                    .min(track.buf.len());
+                track.buf.drain(..n);
+            }
+            self.emitted += skip;
+        }
         self.emit_until(target)
     }
 
@@ -532,6 +553,27 @@ mod tests {
         );
         m.push(Side::A, 1, 0, g711::PCMU, &pcmu(160, 0x80), 8000);
         assert!(m.heard());
+    }
+
+    /// A drain after the node was frozen for an hour emits at most ten seconds (the
+    /// rest skipped), not the hour as silence in one buffer; the recording goes on.
+    #[test]
+    fn a_drain_after_a_freeze_is_bounded() {
+        let mut m = Mixer::new(RecordMode::Both);
+        m.push(Side::A, 1, 0, g711::PCMU, &pcmu(160, 0x80), 0);
+        let hour = 3600 * 8000;
+        let out = m.drain(hour);
+        assert_eq!(out.len(), 2 * MAX_CATCH_UP_SAMPLES as usize);
+        // Audio after the freeze lands where it belongs, and comes out next.
+        m.push(Side::A, 1, 160, g711::PCMU, &pcmu(160, 0x80), hour);
+        let next = m.drain(hour + JITTER_SAMPLES + 160);
+        let jitter = JITTER_SAMPLES as usize;
+        assert_eq!(next.len(), 2 * (jitter + 160));
+        let caller: Vec<i16> = next.iter().step_by(2).copied().collect();
+        assert!(
+            caller[jitter..].iter().all(|s| *s == 32124),
+            "the caller's packet"
+        );
     }
 
     #[test]

@@ -16,8 +16,10 @@ pub enum NotRtp {
     /// Too short, not version 2, or a CSRC list, extension or padding past the end.
     #[error("malformed RTP header")]
     Header,
-    /// An RTCP packet (types 200..=204 where RTP has marker and payload type; RFC 5761
-    /// section 4 keeps RTP payload types 72..=76 free for that reason).
+    /// An RTCP packet: RTP payload types 64..=95 with the marker bit are RTCP types
+    /// 192..=223 (RFC 5761 section 4 keeps them out of RTP for that reason). Only
+    /// 200..=204 were refused: reduced-size feedback (205, 206) and XR (207) from a
+    /// party that muxes anyway went on to the other party as audio (a review).
     #[error("RTCP on the RTP port")]
     Rtcp,
 }
@@ -25,7 +27,7 @@ pub enum NotRtp {
 /// Parses `pkt` as RTP, or says why it is not.
 pub fn parse(pkt: &[u8]) -> Result<RtpReader<'_>, NotRtp> {
     let r = RtpReader::new(pkt).map_err(|_| NotRtp::Header)?;
-    if (72..=76).contains(&r.payload_type()) {
+    if (64..=95).contains(&r.payload_type()) {
         return Err(NotRtp::Rtcp);
     }
     Ok(r)
@@ -79,6 +81,19 @@ mod tests {
             ("RTCP RR", &pkt(0x81, 201, &[0; 24]), Err(NotRtp::Rtcp)),
             ("RTCP BYE", &pkt(0x81, 203, &[0; 4]), Err(NotRtp::Rtcp)),
             ("RTCP APP", &pkt(0x80, 204, &[0; 8]), Err(NotRtp::Rtcp)),
+            ("RTCP RTPFB", &pkt(0x81, 205, &[0; 8]), Err(NotRtp::Rtcp)),
+            ("RTCP PSFB", &pkt(0x81, 206, &[0; 8]), Err(NotRtp::Rtcp)),
+            ("RTCP XR", &pkt(0x80, 207, &[0; 8]), Err(NotRtp::Rtcp)),
+            (
+                "payload type 64",
+                &pkt(0x80, 64, &payload),
+                Err(NotRtp::Rtcp),
+            ),
+            (
+                "payload type 95",
+                &pkt(0x80, 95, &payload),
+                Err(NotRtp::Rtcp),
+            ),
             ("PCMA", &pkt(0x80, 8, &payload), Ok(160)),
             ("PCMU with marker", &pkt(0x80, 0x80, &payload), Ok(160)),
             (
@@ -89,8 +104,9 @@ mod tests {
             ("CSRC and extension present", &full, Ok(160)),
             ("padding that fits", &fitting_pad, Ok(1)),
             ("header only", &pkt(0x80, 8, &[]), Ok(0)),
-            // Payload type 77 is not RTCP (RTCP stops at 204 = marker + 76).
-            ("payload type 77", &pkt(0x80, 77, &payload), Ok(160)),
+            // Payload types outside 64..=95 are RTP.
+            ("payload type 63", &pkt(0x80, 63, &payload), Ok(160)),
+            ("payload type 96", &pkt(0x80, 96, &payload), Ok(160)),
         ];
         for (name, bytes, want) in table {
             let got = parse(bytes).map(|r| r.payload().len());

@@ -276,7 +276,7 @@ impl Metrics {
         ] {
             drop(c.ivr.get_or_create(&OutcomeLabel { outcome }));
         }
-        for outcome in ["digit", "none", "hung_up"] {
+        for outcome in ["digit", "none", "hung_up", "skipped"] {
             drop(c.judgements.get_or_create(&OutcomeLabel { outcome }));
         }
     }
@@ -546,7 +546,7 @@ impl Metrics {
         );
         r.register(
             "judgements",
-            "Post-call judgements, by outcome (digit, none = no key in time, hung_up = the callee hung up first)",
+            "Post-call judgements, by outcome (digit, none = no key in time, hung_up = the callee hung up first, skipped = the callee's audio is not G.711: the prompt cannot be played to it)",
             c.judgements.clone(),
         );
         r.register(

@@ -316,11 +316,18 @@ fn a_caller_who_left_with_its_node_has_the_call_ended_not_failed() {
             .copied()
             == Some(1)
     };
-    rig.c
-        .node("n1")
-        .wait_until(Duration::from_secs(15), "the callee hung up", || {
-            ended(&rig.party.states())
-        });
+    // Waited for here, with both survivors' logs on a timeout (the harness's wait
+    // shows one node's).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !ended(&rig.party.states()) {
+        assert!(
+            Instant::now() < deadline,
+            "the callee was not hung up within 15 s: {:?}\n{}",
+            rig.party.states(),
+            rig.survivor_logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert_eq!(
         rig.on_survivors("tsunagu_calls_taken_over_total{outcome=\"ended\"}"),
         1

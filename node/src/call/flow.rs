@@ -486,7 +486,18 @@ impl Call {
         if self.b.is_none() {
             return false;
         }
-        let pt = self.b_payload_type;
+        let Some(pt) = self.b_payload_type else {
+            // The callee answered without G.711: PCMU it never agreed to went to it,
+            // unheard, and the judgement timed out (a review). None, counted.
+            tracing::info!("no judgement: the callee's audio is not G.711");
+            self.ctx
+                .metrics
+                .calls
+                .judgements
+                .get_or_create(&OutcomeLabel { outcome: "skipped" })
+                .inc();
+            return false;
+        };
         if !self.play(
             Side::B,
             &j.prompt,

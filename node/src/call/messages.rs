@@ -573,9 +573,8 @@ impl Call {
         let anchored = self.anchor_sdp(Side::B, &body)?;
         // The codec the callee answered with, for prompts played to it (the judgement):
         // from whichever response carried the answer, an 18x or the 200.
-        if let Some(pt) = sdp::g711(&body) {
-            self.b_payload_type = pt;
-        }
+        // None: the callee answered without G.711 (no judgement prompt can reach it).
+        self.b_payload_type = sdp::g711(&body);
         Some(anchored)
     }
 }

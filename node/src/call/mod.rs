@@ -354,7 +354,7 @@ pub struct Call {
     /// The last key taken from a party: side, key, signal, when (see `echoed_key`).
     last_key: Option<(Side, char, &'static str, Instant)>,
     /// The callee's codec (for the judgement prompt).
-    b_payload_type: u8,
+    b_payload_type: Option<u8>,
     /// The caller acknowledged the 200 that answered it.
     a_acked: bool,
     /// A 2xx that carried an offer (to a re-INVITE without one) waits for its ACK: the
@@ -625,7 +625,7 @@ impl Call {
             ivr_digits: String::new(),
             ivr_offered: false,
             last_key: None,
-            b_payload_type: 0,
+            b_payload_type: None,
             b_early_answer: None,
             remote_cseq: [None, None],
             a_acked: false,

@@ -110,7 +110,9 @@ impl Call {
                     session_by_node: self.session.is_some_and(|s| s.by_node),
                     session_caller_refreshes: self.session.map(|s| s.caller_refreshes),
                     recording: self.recording_state(),
-                    b_payload_type: self.b_payload_type,
+                    // 0 for a callee without G.711, as before the field was
+                    // optional here (the checkpoint's stays a number).
+                    b_payload_type: self.b_payload_type.unwrap_or(0),
                     lines: self
                         .held_lines
                         .iter()
@@ -253,7 +255,7 @@ impl Call {
         call.attempts = r.attempts.clone();
         call.last_trunk = last_trunk;
         call.logged = logged;
-        call.b_payload_type = answered.b_payload_type;
+        call.b_payload_type = Some(answered.b_payload_type);
         call.nodes = nodes;
         call.taken_over_at = Some(crate::clock::now_ms());
         call.recording_parts = recording_parts;

@@ -234,16 +234,24 @@ impl Client {
                 .get(LOCATION)
                 .and_then(|l| l.to_str().ok())
                 .map(str::to_string);
-            Limited::new(resp.into_body(), MAX_RESPONSE_BYTES)
+            // Read (bounded) so that the connection can serve the next delivery.
+            let body = Limited::new(resp.into_body(), MAX_RESPONSE_BYTES)
                 .collect()
-                .await
-                .map_err(|e| {
-                    if e.is::<LengthLimitError>() {
-                        HttpError::TooLarge(who.clone())
-                    } else {
-                        HttpError::Http(who.clone(), e.to_string())
-                    }
-                })?;
+                .await;
+            if (200..300).contains(&status) {
+                // The status decides: a 2xx is delivered whatever its body does (one
+                // over the cap, or a connection dropped after the status line, was a
+                // failure, and a delivered POST was sent again up to `max_attempts`
+                // times, each one taken: a review).
+                return Ok(status);
+            }
+            body.map_err(|e| {
+                if e.is::<LengthLimitError>() {
+                    HttpError::TooLarge(who.clone())
+                } else {
+                    HttpError::Http(who.clone(), e.to_string())
+                }
+            })?;
             if !matches!(status, 307 | 308) {
                 return Ok(status);
             }
@@ -684,6 +692,11 @@ mod tests {
                 MAX_RESPONSE_BYTES + 1,
                 "x".repeat(MAX_RESPONSE_BYTES + 1)
             ),
+            "/big-refusal" => format!(
+                "HTTP/1.1 500 Oops\r\nContent-Length: {}\r\n\r\n{}",
+                MAX_RESPONSE_BYTES + 1,
+                "x".repeat(MAX_RESPONSE_BYTES + 1)
+            ),
             "/hop1" => redirect("/hop2".into()),
             "/hop2" => redirect(format!("http://127.0.0.1:{port}/hop3")),
             "/hop3" => redirect("/ok".into()),
@@ -777,15 +790,28 @@ mod tests {
         assert_eq!(server.connections(), 1, "one pooled connection");
     }
 
+    /// A refusal with a body over the cap fails as too large (nothing more is read);
+    /// a 2xx with one is delivered, once: its status decides (it was a failure, and
+    /// the delivered POST was sent again).
     #[tokio::test]
     async fn a_response_over_the_cap_fails() {
         let server = TestServer::start(answer).await;
         let (c, _) = client(&["127.0.0.1/32"]);
         let err = c
-            .post(&server.url("/big"), "application/json", ANY, Bytes::new())
+            .post(
+                &server.url("/big-refusal"),
+                "application/json",
+                ANY,
+                Bytes::new(),
+            )
             .await
             .unwrap_err();
         assert!(matches!(err, HttpError::TooLarge(_)), "{err}");
+        let code = c
+            .post(&server.url("/big"), "application/json", ANY, Bytes::new())
+            .await
+            .unwrap();
+        assert_eq!(code, 200);
     }
 
     /// 307/308 are followed up to the limit, each hop checked again; credentials do

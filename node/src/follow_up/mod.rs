@@ -23,8 +23,9 @@ use tsunagu_config::egress::EgressPolicy;
 use tsunagu_config::{Config, Transport};
 
 /// Where this node's follow-ups may go: public addresses, the networks of
-/// `notify.allowed_networks`, and never the node's own API or SIP stream listeners nor
-/// the other nodes' API and cluster listeners.
+/// `notify.allowed_networks`, and never the node's own API, metrics or SIP stream
+/// listeners nor the other nodes' API and cluster listeners (the metrics listener was
+/// left out: a tenant's webhook could POST to it, a review).
 pub fn egress_policy(config: &Config, host: &[std::net::IpAddr]) -> EgressPolicy {
     let sip = config
         .sip
@@ -33,6 +34,7 @@ pub fn egress_policy(config: &Config, host: &[std::net::IpAddr]) -> EgressPolicy
         .filter(|l| l.transport != Transport::Udp)
         .map(|l| l.addr);
     let own: Vec<std::net::SocketAddr> = std::iter::once(config.api.listen)
+        .chain(config.api.metrics_listen)
         .chain(sip)
         .chain(config.cluster.listen)
         .collect();
@@ -64,5 +66,17 @@ mod tests {
             let addr = std::net::SocketAddr::new(ip, 18080);
             assert_eq!(policy.check(addr), Err(Refusal::OwnListener), "{addr}");
         }
+    }
+
+    /// The metrics listener is the node's own too, as the API's is.
+    #[test]
+    fn the_metrics_listener_is_refused_too() {
+        let config = tsunagu_config::Config::from_toml(
+            "[api]\nlisten = \"127.0.0.1:18080\"\nmetrics_listen = \"127.0.0.1:19100\"\n",
+        )
+        .expect("config");
+        let policy = super::egress_policy(&config, &[]);
+        let metrics: std::net::SocketAddr = "127.0.0.1:19100".parse().unwrap();
+        assert_eq!(policy.check(metrics), Err(Refusal::OwnListener));
     }
 }

@@ -267,8 +267,8 @@ impl Worker {
         let report = Report {
             tx: done.clone(),
             done: Some(Done {
-                destination: job.destination,
-                operator: job.operator,
+                destination: job.destination.clone(),
+                operator: job.operator.clone(),
                 took: Duration::ZERO,
             }),
             started: Instant::now(),
@@ -276,8 +276,17 @@ impl Worker {
         };
         report.in_flight.inc();
         let this = self.clone();
+        let late = claim_runs_out(now_ms(), self.delivery_limit, job.f.claimed_until);
         tokio::spawn(async move {
-            this.deliver_one(job.f).await;
+            if late {
+                // Its claim would run out before the delivery could finish (it
+                // waited for its destination behind a slow store): another worker
+                // may claim it meanwhile, and both would deliver it (a review).
+                // Handed back untried, due again at once.
+                this.hand_back(vec![job], |_| Duration::ZERO).await;
+            } else {
+                this.deliver_one(job.f).await;
+            }
             drop(report);
         });
     }
@@ -378,9 +387,33 @@ impl Worker {
     }
 }
 
+/// Whether a delivery started at `now_ms`, which may take `limit`, would outlast the
+/// claim held until `claimed_until` (ms).
+fn claim_runs_out(now_ms: i64, limit: Duration, claimed_until: i64) -> bool {
+    let limit = i64::try_from(limit.as_millis()).unwrap_or(i64::MAX);
+    now_ms.saturating_add(limit) > claimed_until
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A row that waited for its destination starts only if its delivery can finish
+    /// within its claim.
+    #[test]
+    fn a_delivery_starts_only_within_its_claim() {
+        let limit = Duration::from_secs(12);
+        let rows = [
+            (0, 30_000, false),
+            (18_000, 30_000, false),
+            (18_001, 30_000, true),
+            (40_000, 30_000, true),
+            (i64::MAX, 30_000, true),
+        ];
+        for (now, until, late) in rows {
+            assert_eq!(claim_runs_out(now, limit, until), late, "{now} {until}");
+        }
+    }
 
     #[test]
     fn backoff_doubles_up_to_an_hour() {
