@@ -115,7 +115,10 @@ mod tests {
             d.on_packet(7, 8100u32.wrapping_sub(1 << 21), &[6, 0x0a, 0, 160]),
             Some('6')
         );
-        assert_eq!(d.on_packet(7, 8100u32.wrapping_sub(1 << 21), &[6, 0x8a, 3, 32]), None);
+        assert_eq!(
+            d.on_packet(7, 8100u32.wrapping_sub(1 << 21), &[6, 0x8a, 3, 32]),
+            None
+        );
         // Another stream (a new SSRC after a re-INVITE) starts afresh, whatever its
         // timestamps.
         assert_eq!(d.on_packet(8, 10, &[4, 0x0a, 0, 160]), Some('4'));

@@ -899,7 +899,11 @@ fn lease_callback(
         ("callback_of".to_string(), r.call_id.clone()),
         ("callback_to".to_string(), r.caller_number.clone()),
     ]);
-    let session = format!("callback:{}", r.call_id);
+    // One callback number per caller while its lease lives: a caller missed again
+    // gets the same number, its lease extended (its parameters stay the first
+    // missed call's). Each missed call leased one, so one verified caller's short
+    // calls emptied a small callback pool for its hold time, up to a week (a review).
+    let session = format!("callback:{}", r.caller_number);
     let lease = match w
         .store
         .issue_lease(&pool, Some(&session), &params, now_ms())
@@ -1237,6 +1241,28 @@ mod tests {
         let mut later = r.clone();
         later.call_id = "call_later".into();
         assert_eq!(lease_callback(&d.w, &later, &pool.id).unwrap(), None);
+    }
+
+    /// A caller missed twice holds one callback number (its lease extended), not one
+    /// per missed call; another caller gets the pool's next.
+    #[test]
+    fn a_caller_missed_again_keeps_its_callback_number() {
+        let d = Dup::new();
+        let adv = d.store.create_advertiser(&d.op, "shop", None).unwrap().id;
+        let mode = tsunagu_store::PoolMode::Callback;
+        let (pool, numbers) = tsunagu_store::conformance::sample_pool(&d.op, &adv, mode, 2, 600, 0);
+        d.store.create_pool(&pool, &numbers).unwrap();
+        let first = sample_call(&d.op, &adv, 10_000);
+        let mut again = first.clone();
+        again.call_id = "call_again".into();
+        let mut other = first.clone();
+        other.call_id = "call_other".into();
+        other.caller_number = "09099998888".into();
+        let n1 = lease_callback(&d.w, &first, &pool.id).unwrap();
+        assert!(n1.is_some());
+        assert_eq!(lease_callback(&d.w, &again, &pool.id).unwrap(), n1);
+        let n2 = lease_callback(&d.w, &other, &pool.id).unwrap();
+        assert!(n2.is_some() && n2 != n1, "{n1:?} {n2:?}");
     }
 
     /// A record the store refuses for good (here: its call's row in progress damaged,

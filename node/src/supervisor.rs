@@ -367,7 +367,21 @@ mod tests {
         log: CallLog,
     }
 
+    /// The callee's answer (PCMU).
+    const CALLEE_SDP: &str = "v=0\r\no=- 2 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4002 RTP/AVP 0\r\n";
+
     impl Fixture {
+        /// The callee answers the forwarded INVITE (200 with [`CALLEE_SDP`]), and the
+        /// caller gets the 200.
+        fn callee_answers(&self) {
+            let invite = recv_text(&self.callee);
+            self.callee_says(&invite, "200 OK", Some(CALLEE_SDP));
+            let answer = std::iter::repeat_with(|| recv_text(&self.caller))
+                .find(|m| !m.starts_with("SIP/2.0 1"))
+                .unwrap();
+            assert!(answer.starts_with("SIP/2.0 200 "), "{answer}");
+        }
+
         /// The callee answers `request` with `status` (and `sdp`), to the node.
         fn callee_says(&self, request: &str, status: &str, sdp: Option<&str>) {
             let me = self.callee.local_addr().unwrap();
@@ -659,13 +673,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_answered_call_past_max_call_seconds_is_hung_up_on_both_sides() {
         let f = forwarding_call(Duration::ZERO).await;
-        let invite = recv_text(&f.callee);
-        let sdp = "v=0\r\no=- 2 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4002 RTP/AVP 0\r\n";
-        f.callee_says(&invite, "200 OK", Some(sdp));
-        let answer = std::iter::repeat_with(|| recv_text(&f.caller))
-            .find(|m| !m.starts_with("SIP/2.0 1"))
-            .unwrap();
-        assert!(answer.starts_with("SIP/2.0 200 "), "{answer}");
+        f.callee_answers();
         f.sup.send_message(SupervisorMsg::Sweep).unwrap();
         let to_caller = std::iter::repeat_with(|| recv_text(&f.caller))
             .find(|m| !m.starts_with("SIP/2.0 "))
@@ -701,13 +709,7 @@ mod tests {
             },
         )
         .await;
-        let invite = recv_text(&f.callee);
-        let sdp = "v=0\r\no=- 2 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4002 RTP/AVP 0\r\n";
-        f.callee_says(&invite, "200 OK", Some(sdp));
-        let answer = std::iter::repeat_with(|| recv_text(&f.caller))
-            .find(|m| !m.starts_with("SIP/2.0 1"))
-            .unwrap();
-        assert!(answer.starts_with("SIP/2.0 200 "), "{answer}");
+        f.callee_answers();
         // The recorder's thread stalls on a file that cannot be opened yet.
         let dir = tempfile::tempdir().unwrap();
         let fifo = dir.path().join("stall.wav");
@@ -875,8 +877,7 @@ mod tests {
         f.callee_says(&node_cancel, "200 OK", None);
         let r = final_record(&f).await;
         assert_eq!(r.result, CallResult::Cancelled);
-        let sdp = "v=0\r\no=- 2 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4002 RTP/AVP 0\r\n";
-        f.callee_says(&invite, "200 OK", Some(sdp));
+        f.callee_says(&invite, "200 OK", Some(CALLEE_SDP));
         let after: Vec<String> = std::iter::repeat_with(|| recv_text(&f.callee))
             .take_while(|m| !m.starts_with("BYE "))
             .collect();
@@ -927,9 +928,8 @@ mod tests {
         )
         .await;
         let invite = recv_text(&f.callee);
-        let sdp = "v=0\r\no=- 2 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4002 RTP/AVP 0\r\n";
         for status in ["183 Session Progress", "200 OK"] {
-            f.callee_says(&invite, status, Some(sdp));
+            f.callee_says(&invite, status, Some(CALLEE_SDP));
         }
         let first = recv_text(&f.caller);
         assert!(
