@@ -93,8 +93,18 @@ impl LossCounter {
             None => 0,
             Some((_, last)) => {
                 let delta = seq.wrapping_sub(last);
-                if delta == 0 || delta > 0x8000 {
-                    return 0; // duplicate or late
+                if delta == 0 {
+                    return 0; // duplicate
+                }
+                if delta > 0x8000 {
+                    // Behind: a late packet, or, more than 3000 behind, the stream
+                    // restarting lower on the same SSRC, counted from here (every packet
+                    // read as late, nothing counted until the numbers passed the old
+                    // high: about 200 s for a jump of 10,000, a review).
+                    if last.wrapping_sub(seq) > 3000 {
+                        self.last = Some((ssrc, seq));
+                    }
+                    return 0;
                 }
                 if delta > 3000 {
                     0
@@ -734,6 +744,10 @@ mod tests {
             (&[10, 9, 11], 0),
             (&[10, 10, 11], 0),
             (&[1, 9000], 0),
+            // Restarting 10,000 lower: counted from there (a gap of 2 after it).
+            (&[20_000, 10_000, 10_003], 2),
+            // A late packet 3000 behind is late, and changes nothing.
+            (&[5000, 2000, 5002], 1),
         ];
         for (seqs, want) in cases {
             let mut c = LossCounter::default();

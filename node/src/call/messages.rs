@@ -92,7 +92,9 @@ impl Call {
                 if answers_reoffer {
                     self.on_reoffer_answer(response);
                 } else if late_2xx
-                    && side.is_some_and(|side| self.late_answer_to_timed_out(side, info.cseq))
+                    && side.is_some_and(|side| {
+                        self.late_answer_to_timed_out(side, info.cseq, &response)
+                    })
                 {
                     // Acknowledged: the re-INVITE it answers had timed out.
                 } else if side == Some(Side::B) {

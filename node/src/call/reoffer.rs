@@ -425,7 +425,12 @@ impl Call {
     /// carries the party's offer, answered in the ACK with the session the node had
     /// with it (its new media address is not taken: the node's relay stays where it
     /// was).
-    pub(super) fn late_answer_to_timed_out(&mut self, side: Side, cseq: u32) -> bool {
+    pub(super) fn late_answer_to_timed_out(
+        &mut self,
+        side: Side,
+        cseq: u32,
+        resp: &Response,
+    ) -> bool {
         let Some(t) = self
             .timed_out_reinvite
             .take_if(|t| t.to == side && t.cseq == cseq)
@@ -436,6 +441,8 @@ impl Call {
             ?side,
             "a 2xx to a re-INVITE that had timed out: acknowledged"
         );
+        // Its 2xx refreshes the party's target all the same (RFC 3261 12.2.1.2).
+        self.refresh_target(side, header(resp, "Contact"));
         let ep = self.ctx.endpoint.clone();
         if let Some(leg) = self.leg(side) {
             let answer = if t.offered {
