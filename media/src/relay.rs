@@ -54,6 +54,16 @@ pub struct RelayStats {
     /// RTP packets accepted from either party (relayed or not: a prompt may be playing
     /// toward the other): what says the call's media is alive (`media.timeout_seconds`).
     pub received: AtomicU64,
+    /// When the last of them came: microseconds since [`clock_base`], plus one (0:
+    /// none yet). Read once per wake-up that received something, as the relay reads
+    /// the time anyway.
+    pub last_received_us: AtomicU64,
+}
+
+/// The instant [`RelayStats::last_received_us`] counts from (the first relay's start).
+fn clock_base() -> Instant {
+    static BASE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *BASE.get_or_init(Instant::now)
 }
 
 impl RelayStats {
@@ -66,6 +76,15 @@ impl RelayStats {
     /// RTP packets accepted from either party so far.
     pub fn received(&self) -> u64 {
         self.received.load(Ordering::Relaxed)
+    }
+
+    /// When the last RTP packet of either party was accepted, if any was: where a
+    /// call ended for silence stopped talking (its dead air is not talk time).
+    pub fn last_received(&self) -> Option<Instant> {
+        match self.last_received_us.load(Ordering::Relaxed) {
+            0 => None,
+            us => Some(clock_base() + Duration::from_micros(us - 1)),
+        }
     }
 
     pub fn lost(&self) -> u64 {
@@ -245,6 +264,7 @@ impl Relay {
     pub fn start(a: MediaPort, b: MediaPort, metrics: MediaMetrics, on_event: OnEvent) -> Relay {
         let control = Arc::new(Inbox::default());
         let stats = Arc::new(RelayStats::default());
+        clock_base(); // set before the first packet is timed against it
         let (a_local, b_local) = (a.local(), b.local());
         // The task ends when the Relay is dropped, after handling what was sent before
         // (e.g. a StopRecording); that returns both ports.
@@ -425,9 +445,9 @@ struct Flow<'a> {
     out: &'a tokio::net::UdpSocket,
     to_side: &'a mut SideState,
     dir: &'a Direction,
-    /// Packets sent, bytes sent and packets lost in this direction, and packets
-    /// accepted from either side.
-    counters: [&'a AtomicU64; 4],
+    /// Packets sent, bytes sent and packets lost in this direction, packets accepted
+    /// from either side, and when the last was (see [`RelayStats`]).
+    counters: [&'a AtomicU64; 5],
     latch: Latch,
     /// What may go toward a side that has sent nothing yet.
     unverified: Unverified<'a>,
@@ -444,6 +464,9 @@ struct Flow<'a> {
 /// go nowhere: not to the other side, not to the recording, not to DTMF detection.
 fn drain(p: Flow<'_>, mut rec: Option<&mut Recording>, on_event: &OnEvent) {
     let now = Instant::now();
+    let now_us = u64::try_from(now.saturating_duration_since(clock_base()).as_micros())
+        .unwrap_or(u64::MAX - 1)
+        + 1;
     let rec_now = rec.as_ref().map(|r| r.now()).unwrap_or(0);
     PACKET.with(|buf| {
         let mut buf = buf.borrow_mut();
@@ -474,6 +497,7 @@ fn drain(p: Flow<'_>, mut rec: Option<&mut Recording>, on_event: &OnEvent) {
                 continue; // judged above: only RTP is accepted
             };
             p.counters[3].fetch_add(1, Ordering::Relaxed);
+            p.counters[4].store(now_us, Ordering::Relaxed);
             let seq = u16::from(r.sequence_number());
             if let Some(rec) = rec.as_deref_mut() {
                 let side = p.from_side.side;
@@ -689,14 +713,14 @@ fn run(
             tokio::select! {
                 r = a.socket().readable() => {
                     if r.is_ok() {
-                        let counters = [&stats.packets_a_to_b, &stats.bytes_a_to_b, &stats.lost_a_to_b, &stats.received];
+                        let counters = [&stats.packets_a_to_b, &stats.bytes_a_to_b, &stats.lost_a_to_b, &stats.received, &stats.last_received_us];
                         let path = Flow { from: a.socket(), from_side: &mut sa, out: b.socket(), to_side: &mut sb, dir: &a_to_b, counters, latch, unverified, refused: &refused, gate: &a };
                         drain(path, rec.as_mut(), &on_event);
                     }
                 }
                 r = b.socket().readable() => {
                     if r.is_ok() {
-                        let counters = [&stats.packets_b_to_a, &stats.bytes_b_to_a, &stats.lost_b_to_a, &stats.received];
+                        let counters = [&stats.packets_b_to_a, &stats.bytes_b_to_a, &stats.lost_b_to_a, &stats.received, &stats.last_received_us];
                         let path = Flow { from: b.socket(), from_side: &mut sb, out: a.socket(), to_side: &mut sa, dir: &b_to_a, counters, latch, unverified, refused: &refused, gate: &a };
                         drain(path, rec.as_mut(), &on_event);
                     }

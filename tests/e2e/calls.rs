@@ -197,6 +197,13 @@ fn an_answered_call_without_rtp_is_ended_after_the_media_timeout() {
         "{calls:?}"
     );
     assert!(calls.iter().all(|c| c["result"] == "answered"), "{calls:?}");
+    // Its dead air is not talk time: no RTP ever came, so none (it was the one to
+    // two seconds until the node ended it).
+    let silent = calls
+        .iter()
+        .find(|c| c["end_reason"] == "media_timeout")
+        .unwrap();
+    assert_eq!(silent["talk_seconds"], 0, "{silent}");
     assert!(
         uas.messages().contains("BYE sip:"),
         "the callee got the node's BYE"

@@ -35,6 +35,20 @@ impl Call {
                     "no RTP from either party: ending the call"
                 );
                 self.ctx.metrics.calls.media_timeouts.inc();
+                // The talk ended with the last packet, not now: one to two timeouts of
+                // dead air (two to four minutes by default) counted as talk time and
+                // could make a call valid (a review).
+                if let Some((answered, _)) = self.answered {
+                    let last = relay
+                        .stats
+                        .last_received()
+                        .unwrap_or(answered)
+                        .max(answered);
+                    let silent_for = Instant::now().saturating_duration_since(last);
+                    self.talk_end = Some(last);
+                    let ms = i64::try_from(silent_for.as_millis()).unwrap_or(i64::MAX);
+                    self.ended_ms = Some(now_ms().saturating_sub(ms));
+                }
                 self.end_now("media_timeout");
             }
         }
