@@ -230,12 +230,12 @@ fn validate_settings(p: &Pool) -> Result<(), ApiError> {
     if p.allowed_origins.len() > 20 {
         return Err(ApiError::invalid("allowed_origins", "at most 20 origins"));
     }
-    if !p.allowed_origins.is_empty() && hold < PAGE_HOLD_MIN {
+    if !p.allowed_origins.is_empty() && p.mode != PoolMode::OneTime && hold < PAGE_HOLD_MIN {
         // The page tag renews at half the lease, at least 15 s apart: a shorter
         // lease ran out first, and the number on the page changed (a review).
         return Err(ApiError::invalid(
             "hold_seconds",
-            "at least 30 for a pool web pages issue from (allowed_origins)",
+            "at least 30 for a dynamic pool web pages issue from (allowed_origins)",
         ));
     }
     for (i, o) in p.allowed_origins.iter().enumerate() {
@@ -325,7 +325,7 @@ pub async fn create(
         hold_seconds: input.hold_seconds,
         recycle_seconds: input.recycle_seconds,
         overflow_number: input.overflow_number,
-        allowed_origins: input.allowed_origins,
+        allowed_origins: input.allowed_origins.iter().map(|o| as_sent(o)).collect(),
         created_at: now,
     };
     validate_settings(&pool)?;
@@ -467,6 +467,9 @@ fn patched(mut pool: Pool, patch: &PoolPatch) -> Pool {
     if let Some(o) = &patch.allowed_origins {
         pool.allowed_origins = o.clone();
     }
+    // Stored before origins were written as sent (a change of anything else must
+    // not be refused for them).
+    pool.allowed_origins = pool.allowed_origins.iter().map(|o| as_sent(o)).collect();
     pool
 }
 
@@ -524,7 +527,25 @@ async fn pool_for(st: &Arc<ApiState>, who: &Issuer, id: String) -> Result<Pool, 
 }
 
 fn allows(p: &Pool, origin: &str) -> bool {
-    p.allowed_origins.iter().any(|o| o == "*" || o == origin)
+    p.allowed_origins
+        .iter()
+        .any(|o| o == "*" || o == origin || as_sent(o) == origin)
+}
+
+/// An origin as browsers send it: lower case, without the scheme's default port
+/// (`https://WWW.Example.com:443` is sent as `https://www.example.com`). Written so
+/// at creation and change, and compared so for a pool stored before.
+fn as_sent(o: &str) -> String {
+    let o = o.to_ascii_lowercase();
+    let default = if o.starts_with("https://") {
+        ":443"
+    } else {
+        ":80"
+    };
+    match o.strip_suffix(default) {
+        Some(bare) if o.starts_with("http") => bare.to_string(),
+        _ => o,
+    }
 }
 
 /// CORS headers for a page's request (none for server-side callers).
@@ -1039,6 +1060,21 @@ mod tests {
         assert!(format!("{err:?}").contains("hold_seconds"), "{err:?}");
         p.hold_seconds = 30;
         assert!(validate_settings(&p).is_ok());
+    }
+
+    #[test]
+    fn origins_are_written_as_browsers_send_them() {
+        let rows = [
+            ("https://WWW.Example.com:443", "https://www.example.com"),
+            ("http://shop.example:80", "http://shop.example"),
+            ("https://shop.example:8443", "https://shop.example:8443"),
+            ("http://shop.example:443", "http://shop.example:443"),
+            ("*", "*"),
+        ];
+        for (written, sent) in rows {
+            assert_eq!(as_sent(written), sent, "{written}");
+            assert!(written == "*" || is_origin(&as_sent(written)), "{written}");
+        }
     }
 
     #[test]

@@ -201,29 +201,28 @@ impl Mixer {
         self.heard
     }
 
-    /// Frames that are final at `now` (older than the jitter allowance), interleaved;
-    /// at most [`MAX_CATCH_UP_SAMPLES`] of them. The recording is drained every
-    /// second; a drain that finds more due (the node was frozen: SIGSTOP, a paused
-    /// VM) skips the rest, which holds no audio the relay received (packets cannot
-    /// be placed further back than the skew). It emitted the whole gap in one buffer,
-    /// an hour's freeze 115 MB and a tenth of a second of CPU per recorded call, and
-    /// appended it as silence (a review); the file is shorter than the call instead,
-    /// which its `recording_status` says (`truncated`).
+    /// Frames that are final at `now` (older than the jitter allowance), interleaved.
+    /// The recording is drained every second; a drain that finds more than
+    /// [`MAX_CATCH_UP_SAMPLES`] due (the node was frozen: SIGSTOP, a paused VM) emits
+    /// what the tracks hold (the audio received before the freeze) and at most that
+    /// much silence after it, skipping the rest of the gap. It emitted the whole gap
+    /// in one buffer, an hour's freeze 115 MB and a tenth of a second of CPU per
+    /// recorded call, appended as silence (a review); the file is shorter than the
+    /// call instead, which its `recording_status` says (`truncated`).
     pub fn drain(&mut self, now: u64) -> Vec<i16> {
         let target = now.saturating_sub(JITTER_SAMPLES);
+        if target.saturating_sub(self.emitted) <= MAX_CATCH_UP_SAMPLES {
+            return self.emit_until(target);
+        }
+        // The buffered audio first (at most a minute a track), then the silence.
+        let held = self.tracks.iter().map(|t| t.buf.len()).max().unwrap_or(0) as u64;
+        let mut out = self.emit_until(self.emitted + held);
         let skip = target
             .saturating_sub(self.emitted)
             .saturating_sub(MAX_CATCH_UP_SAMPLES);
-        if skip > 0 {
-            for track in &mut self.tracks {
-                let n = usize::try_from(skip)
-                    .unwrap_or(usize::MAX)
-                    .min(track.buf.len());
-                track.buf.drain(..n);
-            }
-            self.emitted += skip;
-        }
-        self.emit_until(target)
+        self.emitted += skip; // the tracks are empty now: nothing to drop
+        out.extend(self.emit_until(target));
+        out
     }
 
     /// Everything buffered, at the end of the recording.
@@ -563,7 +562,9 @@ mod tests {
         m.push(Side::A, 1, 0, g711::PCMU, &pcmu(160, 0x80), 0);
         let hour = 3600 * 8000;
         let out = m.drain(hour);
-        assert_eq!(out.len(), 2 * MAX_CATCH_UP_SAMPLES as usize);
+        // The caller's packet received before the freeze, then ten seconds.
+        assert_eq!(out.len(), 2 * (160 + MAX_CATCH_UP_SAMPLES as usize));
+        assert!(out[..320].iter().step_by(2).all(|s| *s == 32124), "kept");
         // Audio after the freeze lands where it belongs, and comes out next.
         m.push(Side::A, 1, 160, g711::PCMU, &pcmu(160, 0x80), hour);
         let next = m.drain(hour + JITTER_SAMPLES + 160);

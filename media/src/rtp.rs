@@ -16,10 +16,11 @@ pub enum NotRtp {
     /// Too short, not version 2, or a CSRC list, extension or padding past the end.
     #[error("malformed RTP header")]
     Header,
-    /// An RTCP packet: RTP payload types 64..=95 with the marker bit are RTCP types
-    /// 192..=223 (RFC 5761 section 4 keeps them out of RTP for that reason). Only
-    /// 200..=204 were refused: reduced-size feedback (205, 206) and XR (207) from a
-    /// party that muxes anyway went on to the other party as audio (a review).
+    /// An RTCP packet: its second byte is its type, 192..=223, which RTP reads as the
+    /// marker bit and payload types 64..=95 (RFC 5761 section 4). Only 200..=204 were
+    /// refused: reduced-size feedback (205, 206) and XR (207) from a party that muxes
+    /// anyway went on to the other party as audio (a review). Unmarked packets of
+    /// those payload types are RTP (a party may negotiate them).
     #[error("RTCP on the RTP port")]
     Rtcp,
 }
@@ -27,7 +28,7 @@ pub enum NotRtp {
 /// Parses `pkt` as RTP, or says why it is not.
 pub fn parse(pkt: &[u8]) -> Result<RtpReader<'_>, NotRtp> {
     let r = RtpReader::new(pkt).map_err(|_| NotRtp::Header)?;
-    if (64..=95).contains(&r.payload_type()) {
+    if r.mark() && (64..=95).contains(&r.payload_type()) {
         return Err(NotRtp::Rtcp);
     }
     Ok(r)
@@ -84,16 +85,11 @@ mod tests {
             ("RTCP RTPFB", &pkt(0x81, 205, &[0; 8]), Err(NotRtp::Rtcp)),
             ("RTCP PSFB", &pkt(0x81, 206, &[0; 8]), Err(NotRtp::Rtcp)),
             ("RTCP XR", &pkt(0x80, 207, &[0; 8]), Err(NotRtp::Rtcp)),
-            (
-                "payload type 64",
-                &pkt(0x80, 64, &payload),
-                Err(NotRtp::Rtcp),
-            ),
-            (
-                "payload type 95",
-                &pkt(0x80, 95, &payload),
-                Err(NotRtp::Rtcp),
-            ),
+            ("RTCP type 192", &pkt(0x80, 192, &[0; 8]), Err(NotRtp::Rtcp)),
+            ("RTCP type 223", &pkt(0x80, 223, &[0; 8]), Err(NotRtp::Rtcp)),
+            // Unmarked, those payload types are RTP a party may have negotiated.
+            ("payload type 64", &pkt(0x80, 64, &payload), Ok(160)),
+            ("payload type 95", &pkt(0x80, 95, &payload), Ok(160)),
             ("PCMA", &pkt(0x80, 8, &payload), Ok(160)),
             ("PCMU with marker", &pkt(0x80, 0x80, &payload), Ok(160)),
             (
@@ -104,9 +100,17 @@ mod tests {
             ("CSRC and extension present", &full, Ok(160)),
             ("padding that fits", &fitting_pad, Ok(1)),
             ("header only", &pkt(0x80, 8, &[]), Ok(0)),
-            // Payload types outside 64..=95 are RTP.
-            ("payload type 63", &pkt(0x80, 63, &payload), Ok(160)),
-            ("payload type 96", &pkt(0x80, 96, &payload), Ok(160)),
+            // Marked, payload types outside 64..=95 are RTP.
+            (
+                "payload type 63, marked",
+                &pkt(0x80, 0x80 | 63, &payload),
+                Ok(160),
+            ),
+            (
+                "payload type 96, marked",
+                &pkt(0x80, 0x80 | 96, &payload),
+                Ok(160),
+            ),
         ];
         for (name, bytes, want) in table {
             let got = parse(bytes).map(|r| r.payload().len());

@@ -874,8 +874,9 @@ fn write_batch(w: &Writer, batch: &mut Batch) -> tsunagu_store::Result<bool> {
     Ok(queued || !follow_ups.is_empty())
 }
 
-/// Leases a number of the callback pool that rings `r`'s caller. Idempotent per call
-/// (its session is the call id), so a retried batch gets the same number.
+/// Leases a number of the callback pool that rings `r`'s caller. Idempotent per
+/// caller (its session is the caller's number), so a retried batch, and the caller's
+/// next missed call while the lease lives, get the same number.
 fn lease_callback(
     w: &Writer,
     r: &CallRecord,

@@ -26,6 +26,11 @@ impl Call {
         let held = self.held.get().contains(&true);
         match media_verdict(self.media_seen, received, held) {
             Media::Alive => {
+                if held {
+                    // A hold is talk time: a call silent after it stops talking no
+                    // earlier than this.
+                    self.held_seen = Some(Instant::now());
+                }
                 self.media_seen = received;
                 self.after(every, CallMsg::MediaCheck);
             }
@@ -38,12 +43,14 @@ impl Call {
                 // The talk ended with the last packet, not now: one to two timeouts of
                 // dead air (two to four minutes by default) counted as talk time and
                 // could make a call valid (a review).
-                if let Some((answered, _)) = self.answered {
-                    let last = relay
-                        .stats
-                        .last_received()
-                        .unwrap_or(answered)
-                        .max(answered);
+                // A call taken over whose media never reached this node's relay keeps
+                // its talk time to now (this node cannot say when it stopped).
+                let last = relay.stats.last_received().or(match self.taken_over_at {
+                    Some(_) => None,
+                    None => self.answered.map(|(at, _)| at),
+                });
+                if let (Some((answered, _)), Some(last)) = (self.answered, last) {
+                    let last = last.max(answered).max(self.held_seen.unwrap_or(answered));
                     let silent_for = Instant::now().saturating_duration_since(last);
                     self.talk_end = Some(last);
                     let ms = i64::try_from(silent_for.as_millis()).unwrap_or(i64::MAX);

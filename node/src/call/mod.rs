@@ -348,6 +348,8 @@ pub struct Call {
     ivr: Option<Box<IvrState>>,
     /// Keys the caller pressed in the IVR, in order.
     ivr_digits: String,
+    /// The last media check that found the call held (see `media_check`).
+    held_seen: Option<Instant>,
     /// The caller was played the number's IVR menu (its validity rule's IVR key
     /// applies only then).
     ivr_offered: bool,
@@ -624,6 +626,7 @@ impl Call {
             ivr: None,
             ivr_digits: String::new(),
             ivr_offered: false,
+            held_seen: None,
             last_key: None,
             b_payload_type: None,
             b_early_answer: None,

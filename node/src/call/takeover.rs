@@ -110,9 +110,9 @@ impl Call {
                     session_by_node: self.session.is_some_and(|s| s.by_node),
                     session_caller_refreshes: self.session.map(|s| s.caller_refreshes),
                     recording: self.recording_state(),
-                    // 0 for a callee without G.711, as before the field was
-                    // optional here (the checkpoint's stays a number).
-                    b_payload_type: self.b_payload_type.unwrap_or(0),
+                    // NO_G711 for a callee without G.711 (the checkpoint's field
+                    // stays a number, as older nodes read it).
+                    b_payload_type: self.b_payload_type.unwrap_or(NO_G711),
                     lines: self
                         .held_lines
                         .iter()
@@ -255,7 +255,7 @@ impl Call {
         call.attempts = r.attempts.clone();
         call.last_trunk = last_trunk;
         call.logged = logged;
-        call.b_payload_type = Some(answered.b_payload_type);
+        call.b_payload_type = Some(answered.b_payload_type).filter(|pt| matches!(pt, 0 | 8));
         call.nodes = nodes;
         call.taken_over_at = Some(crate::clock::now_ms());
         call.recording_parts = recording_parts;
@@ -636,6 +636,10 @@ pub fn cancel_of(r: &Ringing) -> RequestSpec {
     }
     .cancel()
 }
+
+/// A checkpoint's `b_payload_type` for a callee that answered without G.711 (not a
+/// payload type: RTP's are 0..=127).
+const NO_G711: u8 = 255;
 
 /// What a checkpoint says of a call's recording: its mode, the parts earlier nodes
 /// recorded and this node's own (`here`), if any. Earlier parts are kept when this node

@@ -235,17 +235,17 @@ impl Client {
                 .and_then(|l| l.to_str().ok())
                 .map(str::to_string);
             // Read (bounded) so that the connection can serve the next delivery.
-            let body = Limited::new(resp.into_body(), MAX_RESPONSE_BYTES)
-                .collect()
-                .await;
+            let body = Limited::new(resp.into_body(), MAX_RESPONSE_BYTES).collect();
             if (200..300).contains(&status) {
                 // The status decides: a 2xx is delivered whatever its body does (one
-                // over the cap, or a connection dropped after the status line, was a
-                // failure, and a delivered POST was sent again up to `max_attempts`
-                // times, each one taken: a review).
+                // over the cap, a connection dropped after the status line, or a body
+                // that never ends was a failure, and a delivered POST was sent again
+                // up to `max_attempts` times, each one taken: a review). Its body gets
+                // a second, then the connection goes.
+                let _ = tokio::time::timeout(Duration::from_secs(1), body).await;
                 return Ok(status);
             }
-            body.map_err(|e| {
+            body.await.map_err(|e| {
                 if e.is::<LengthLimitError>() {
                     HttpError::TooLarge(who.clone())
                 } else {

@@ -117,8 +117,13 @@ impl<T> Lanes<T> {
         if self.typical.len() >= REMEMBERED && !self.typical.contains_key(destination) {
             self.typical.clear();
         }
-        let typical = self.typical.entry(destination.to_string()).or_insert(took);
-        *typical = (*typical * 3 + took) / 4;
+        // Zero: nothing was tried (a row handed back untried), so nothing learnt of
+        // the destination (its typical time pulled down sent a black hole's rows
+        // back sooner: a review).
+        if !took.is_zero() {
+            let typical = self.typical.entry(destination.to_string()).or_insert(took);
+            *typical = (*typical * 3 + took) / 4;
+        }
         self.held = self.held.saturating_sub(1);
         if let Some(o) = operator {
             decrement(&mut self.operators, o);

@@ -74,6 +74,9 @@ struct Report {
     tx: mpsc::UnboundedSender<Done>,
     done: Option<Done>,
     started: Instant,
+    /// A delivery was tried: its time is the destination's (else zero, see
+    /// `Lanes::finish`).
+    tried: bool,
     in_flight: prometheus_client::metrics::gauge::Gauge,
 }
 
@@ -81,7 +84,11 @@ impl Drop for Report {
     fn drop(&mut self) {
         self.in_flight.dec();
         if let Some(mut d) = self.done.take() {
-            d.took = self.started.elapsed();
+            d.took = if self.tried {
+                self.started.elapsed()
+            } else {
+                Duration::ZERO
+            };
             let _ = self.tx.send(d);
         }
     }
@@ -272,13 +279,16 @@ impl Worker {
                 took: Duration::ZERO,
             }),
             started: Instant::now(),
+            tried: true,
             in_flight: self.metrics.guards.in_flight.clone(),
         };
         report.in_flight.inc();
         let this = self.clone();
         let late = claim_runs_out(now_ms(), self.delivery_limit, job.f.claimed_until);
+        let mut report = report;
         tokio::spawn(async move {
             if late {
+                report.tried = false;
                 // Its claim would run out before the delivery could finish (it
                 // waited for its destination behind a slow store): another worker
                 // may claim it meanwhile, and both would deliver it (a review).
