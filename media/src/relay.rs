@@ -464,9 +464,9 @@ struct Flow<'a> {
 /// go nowhere: not to the other side, not to the recording, not to DTMF detection.
 fn drain(p: Flow<'_>, mut rec: Option<&mut Recording>, on_event: &OnEvent) {
     let now = Instant::now();
-    let now_us = u64::try_from(now.saturating_duration_since(clock_base()).as_micros())
-        .unwrap_or(u64::MAX - 1)
-        + 1;
+    // Whether a packet was accepted: its time is stored once per wake-up, not per
+    // packet.
+    let mut accepted = false;
     let rec_now = rec.as_ref().map(|r| r.now()).unwrap_or(0);
     PACKET.with(|buf| {
         let mut buf = buf.borrow_mut();
@@ -497,7 +497,7 @@ fn drain(p: Flow<'_>, mut rec: Option<&mut Recording>, on_event: &OnEvent) {
                 continue; // judged above: only RTP is accepted
             };
             p.counters[3].fetch_add(1, Ordering::Relaxed);
-            p.counters[4].store(now_us, Ordering::Relaxed);
+            accepted = true;
             let seq = u16::from(r.sequence_number());
             if let Some(rec) = rec.as_deref_mut() {
                 let side = p.from_side.side;
@@ -542,6 +542,11 @@ fn drain(p: Flow<'_>, mut rec: Option<&mut Recording>, on_event: &OnEvent) {
             }
         }
     });
+    if accepted {
+        let us = now.saturating_duration_since(clock_base()).as_micros();
+        let stamp = u64::try_from(us).unwrap_or(u64::MAX - 1) + 1;
+        p.counters[4].store(stamp, Ordering::Relaxed);
+    }
 }
 
 /// What decides whether audio goes to a side that has sent nothing yet.

@@ -349,6 +349,14 @@ mod tests {
         );
     }
 
+    /// The first message `sock` receives that does not start with `skip` (a
+    /// retransmission, a provisional).
+    fn recv_past(sock: &UdpSocket, skip: &str) -> String {
+        std::iter::repeat_with(|| recv_text(sock))
+            .find(|m| !m.starts_with(skip))
+            .unwrap()
+    }
+
     fn recv_text(sock: &UdpSocket) -> String {
         let mut buf = [0u8; 8192];
         let (n, _) = sock.recv_from(&mut buf).expect("a SIP message");
@@ -376,9 +384,7 @@ mod tests {
         fn callee_answers(&self) {
             let invite = recv_text(&self.callee);
             self.callee_says(&invite, "200 OK", Some(CALLEE_SDP));
-            let answer = std::iter::repeat_with(|| recv_text(&self.caller))
-                .find(|m| !m.starts_with("SIP/2.0 1"))
-                .unwrap();
+            let answer = recv_past(&self.caller, "SIP/2.0 1");
             assert!(answer.starts_with("SIP/2.0 200 "), "{answer}");
         }
 
@@ -675,13 +681,9 @@ mod tests {
         let f = forwarding_call(Duration::ZERO).await;
         f.callee_answers();
         f.sup.send_message(SupervisorMsg::Sweep).unwrap();
-        let to_caller = std::iter::repeat_with(|| recv_text(&f.caller))
-            .find(|m| !m.starts_with("SIP/2.0 "))
-            .unwrap();
+        let to_caller = recv_past(&f.caller, "SIP/2.0 ");
         assert!(to_caller.starts_with("BYE "), "{to_caller}");
-        let to_callee = std::iter::repeat_with(|| recv_text(&f.callee))
-            .find(|m| !m.starts_with("ACK "))
-            .unwrap();
+        let to_callee = recv_past(&f.callee, "ACK ");
         assert!(to_callee.starts_with("BYE "), "{to_callee}");
         f.callee_says(&to_callee, "200 OK", None);
         let r = final_record(&f).await;
@@ -725,9 +727,7 @@ mod tests {
         f.sup
             .send_message(SupervisorMsg::EndAll("max_call"))
             .unwrap();
-        let to_callee = std::iter::repeat_with(|| recv_text(&f.callee))
-            .find(|m| !m.starts_with("ACK "))
-            .unwrap();
+        let to_callee = recv_past(&f.callee, "ACK ");
         assert!(to_callee.starts_with("BYE "), "{to_callee}");
         f.callee_says(&to_callee, "200 OK", None);
         let r = final_record(&f).await;
@@ -765,9 +765,7 @@ mod tests {
         let reply = recv_text(&f.caller);
         assert!(reply.starts_with("SIP/2.0 480 "), "{reply}");
         // Retransmissions of the unanswered INVITE may come first.
-        let cancel = std::iter::repeat_with(|| recv_text(&f.callee))
-            .find(|m| !m.starts_with("INVITE "))
-            .unwrap();
+        let cancel = recv_past(&f.callee, "INVITE ");
         assert!(cancel.starts_with("CANCEL sip:0311112222@"), "{cancel}");
         // The callee never confirms: the call ends at the guard and is logged.
         let r = final_record(&f).await;
@@ -794,15 +792,11 @@ mod tests {
         .await;
         let invite = recv_text(&f.callee);
         f.callee_says(&invite, "180 Ringing", None);
-        let cancel = std::iter::repeat_with(|| recv_text(&f.callee))
-            .find(|m| !m.starts_with("INVITE "))
-            .unwrap();
+        let cancel = recv_past(&f.callee, "INVITE ");
         assert!(cancel.starts_with("CANCEL "), "{cancel}");
         let cancelled_at = Instant::now();
         f.callee_says(&cancel, "200 OK", None);
-        let reply = std::iter::repeat_with(|| recv_text(&f.caller))
-            .find(|m| !m.starts_with("SIP/2.0 1"))
-            .unwrap();
+        let reply = recv_past(&f.caller, "SIP/2.0 1");
         assert!(reply.starts_with("SIP/2.0 480 "), "{reply}");
         let waited = cancelled_at.elapsed();
         assert!(
@@ -870,9 +864,7 @@ mod tests {
             .unwrap();
         assert!(cancelled.contains("CSeq: 1 INVITE"), "{cancelled}");
         f.callee_says(&invite, "180 Ringing", None);
-        let node_cancel = std::iter::repeat_with(|| recv_text(&f.callee))
-            .find(|m| !m.starts_with("INVITE "))
-            .unwrap();
+        let node_cancel = recv_past(&f.callee, "INVITE ");
         assert!(node_cancel.starts_with("CANCEL "), "{node_cancel}");
         f.callee_says(&node_cancel, "200 OK", None);
         let r = final_record(&f).await;

@@ -126,6 +126,19 @@ impl Party {
         )
     }
 
+    /// The caller's BYE (From tag `callertag`) in its call `call_id`, with the
+    /// node's To tag and CSeq `cseq`; not sent.
+    pub(crate) fn bye(&self, call_id: &str, our_tag: &str, cseq: u32) -> String {
+        self.request(
+            "BYE",
+            call_id,
+            "callertag",
+            our_tag,
+            cseq,
+            "Content-Length: 0\n\n",
+        )
+    }
+
     /// An in-dialog request with the given tags.
     pub(crate) fn request(
         &self,
@@ -269,14 +282,7 @@ fn spoofed_in_dialog_requests_get_481_and_a_hostile_from_is_escaped() {
     assert_eq!(node.metric("tsunagu_active_calls"), 1.0);
 
     // The caller hangs up for real: the call ends, answered, with the escaped number.
-    caller.send(&caller.request(
-        "BYE",
-        call_id,
-        "callertag",
-        &our_tag,
-        2,
-        "Content-Length: 0\n\n",
-    ));
+    caller.send(&caller.bye(call_id, &our_tag, 2));
     let bye_ok = caller.final_response();
     assert!(bye_ok.starts_with("SIP/2.0 200"), "{bye_ok}");
     let calls = node.wait_for_calls(&key, 1);
@@ -418,14 +424,7 @@ fn a_bye_answers_the_re_invite_it_overtakes_487() {
     let (key, _) = node.provision("0501234567", DEST, "{}");
     let call_id = "bye-over-reinvite-1";
     let (caller, our_tag, _uas, _) = reinvite_a_silent_callee(&node, ports, call_id);
-    caller.send(&caller.request(
-        "BYE",
-        call_id,
-        "callertag",
-        &our_tag,
-        3,
-        "Content-Length: 0\n\n",
-    ));
+    caller.send(&caller.bye(call_id, &our_tag, 3));
     let (mut finals, mut provisionals) = (Vec::new(), Vec::new());
     while finals.len() < 2 {
         let m = caller
@@ -498,14 +497,7 @@ fn a_re_offer_answered_without_an_answer_is_refused_488() {
         "the callee's 200 acknowledged",
         || uas.messages().matches("ACK sip:").count() >= 2,
     );
-    caller.send(&caller.request(
-        "BYE",
-        call_id,
-        "callertag",
-        &our_tag,
-        3,
-        "Content-Length: 0\n\n",
-    ));
+    caller.send(&caller.bye(call_id, &our_tag, 3));
     let bye = caller.final_response();
     assert!(bye.starts_with("SIP/2.0 200"), "{bye}");
     let calls = node.wait_for_calls(&key, 1);
@@ -547,14 +539,7 @@ fn a_key_sent_by_info_reaches_the_other_party() {
         let ok = caller.final_response();
         assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
     }
-    caller.send(&caller.request(
-        "BYE",
-        call_id,
-        "callertag",
-        &our_tag,
-        14,
-        "Content-Length: 0\n\n",
-    ));
+    caller.send(&caller.bye(call_id, &our_tag, 14));
     assert!(caller.final_response().starts_with("SIP/2.0 200"));
     // The node's requests on the callee's leg go out in order: its BYE after every
     // INFO it passed on.
@@ -601,14 +586,7 @@ fn a_refresh_below_the_minimum_interval_is_refused_422() {
         !uas.messages().contains("UPDATE sip:"),
         "passed on to the callee"
     );
-    caller.send(&caller.request(
-        "BYE",
-        call_id,
-        "callertag",
-        &our_tag,
-        3,
-        "Content-Length: 0\n\n",
-    ));
+    caller.send(&caller.bye(call_id, &our_tag, 3));
     assert!(caller.final_response().starts_with("SIP/2.0 200"));
 }
 
@@ -791,14 +769,7 @@ fn a_re_invite_answered_after_its_timeout_is_acknowledged_and_undone() {
         "the previous session, not the hold: {offered}"
     );
     assert_eq!(node.metric("tsunagu_active_calls"), 1.0, "the call goes on");
-    caller.send(&caller.request(
-        "BYE",
-        call_id,
-        "callertag",
-        &our_tag,
-        3,
-        "Content-Length: 0\n\n",
-    ));
+    caller.send(&caller.bye(call_id, &our_tag, 3));
     let calls = node.wait_for_calls(&key, 1);
     assert_eq!(calls[0]["result"], "answered", "{}", calls[0]);
 }
@@ -833,14 +804,7 @@ fn a_line_passes_on_without_waiting_for_the_bye_to_be_answered() {
     node.wait_until(Duration::from_secs(5), "the second caller queued", || {
         node.metric("tsunagu_queue_waiting") == 1.0
     });
-    first.send(&first.request(
-        "BYE",
-        "line-1",
-        "callertag",
-        &first_tag,
-        2,
-        "Content-Length: 0\n\n",
-    ));
+    first.send(&first.bye("line-1", &first_tag, 2));
     let hung_up = std::time::Instant::now();
     let answered = loop {
         let m = second
@@ -922,14 +886,7 @@ fn the_cancelled_re_invite_ends_and_the_call_goes_on(
     assert_eq!(finals[1].1, "SIP/2.0 487 Request Terminated", "{finals:?}");
     caller.send(&on_branch(reinvite, "ACK", Some(our_tag)));
     assert_eq!(node.metric("tsunagu_active_calls"), 1.0, "the call goes on");
-    caller.send(&caller.request(
-        "BYE",
-        call_id,
-        "callertag",
-        our_tag,
-        3,
-        "Content-Length: 0\n\n",
-    ));
+    caller.send(&caller.bye(call_id, our_tag, 3));
     let bye = loop {
         let m = caller
             .recv(Duration::from_secs(5))
@@ -1089,14 +1046,7 @@ fn a_caller_answered_by_the_menu_has_its_offers_answered_by_the_node() {
     caller.send(&update);
     let answer = caller.final_response();
     assert!(answer.starts_with("SIP/2.0 200"), "{answer}");
-    let bye = caller.request(
-        "BYE",
-        call_id,
-        "callertag",
-        &our_tag,
-        4,
-        "Content-Length: 0\n\n",
-    );
+    let bye = caller.bye(call_id, &our_tag, 4);
     caller.send(&bye);
     assert!(caller.final_response().starts_with("SIP/2.0 200"));
     // Hung up in the menu: nobody else was on the call; the caller was sent 200.
@@ -1149,14 +1099,7 @@ fn a_second_re_invite_before_the_first_is_answered_gets_500_with_retry_after() {
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("a Retry-After in seconds: {refused}"));
     assert!(after <= 10, "{refused}");
-    caller.send(&caller.request(
-        "BYE",
-        call_id,
-        "callertag",
-        &our_tag,
-        4,
-        "Content-Length: 0\n\n",
-    ));
+    caller.send(&caller.bye(call_id, &our_tag, 4));
     let calls = node.wait_for_calls(&key, 1);
     assert_eq!(calls[0]["result"], "answered", "{}", calls[0]);
 }

@@ -136,8 +136,7 @@ fn ack_of_failure(invite: &str) -> String {
 /// The caller hangs up (BYE with `cseq`): answered 200, and the BYE passed to the
 /// callee, who answers it; that BYE.
 fn hang_up(caller: &Party, callee: &Callee, call_id: &str, node_tag: &str, cseq: u32) -> String {
-    let bye = "Content-Length: 0\n\n";
-    caller.send(&caller.request("BYE", call_id, "callertag", node_tag, cseq, bye));
+    caller.send(&caller.bye(call_id, node_tag, cseq));
     let bye_ok = caller.final_response();
     assert!(bye_ok.starts_with("SIP/2.0 200"), "{bye_ok}");
     let bye = callee.expect("BYE ");
@@ -1192,8 +1191,7 @@ fn a_callee_judging_the_call_has_its_re_offers_answered_by_the_node() {
     assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
     let node_tag = caller.ack(call_id, &ok);
     callee.expect("ACK ");
-    let bye = "Content-Length: 0\n\n";
-    caller.send(&caller.request("BYE", call_id, "callertag", &node_tag, 2, bye));
+    caller.send(&caller.bye(call_id, &node_tag, 2));
     assert!(caller.final_response().starts_with("SIP/2.0 200"));
 
     let hold = callee_holds(ports, &callee, &forwarded);
@@ -1252,14 +1250,7 @@ fn a_re_invite_s_200_again_while_the_call_ends_is_acknowledged_as_itself() {
         2,
         "Content-Length: 0\n\n",
     ));
-    caller.send(&caller.request(
-        "BYE",
-        call_id,
-        "callertag",
-        &node_tag,
-        3,
-        "Content-Length: 0\n\n",
-    ));
+    caller.send(&caller.bye(call_id, &node_tag, 3));
     let bye = callee.expect("BYE ");
     // The re-INVITE's 200 again, as if the node's ACK was lost.
     callee.respond_with("calleetag", &relayed, "200 OK", "", &held);

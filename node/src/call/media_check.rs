@@ -43,23 +43,38 @@ impl Call {
                 // The talk ended with the last packet, not now: one to two timeouts of
                 // dead air (two to four minutes by default) counted as talk time and
                 // could make a call valid (a review).
-                // A call taken over whose media never reached this node's relay keeps
-                // its talk time to now (this node cannot say when it stopped).
-                let last = relay.stats.last_received().or(match self.taken_over_at {
-                    Some(_) => None,
-                    None => self.answered.map(|(at, _)| at),
-                });
-                if let (Some((answered, _)), Some(last)) = (self.answered, last) {
-                    let last = last.max(answered).max(self.held_seen.unwrap_or(answered));
-                    let silent_for = Instant::now().saturating_duration_since(last);
-                    self.talk_end = Some(last);
-                    let ms = i64::try_from(silent_for.as_millis()).unwrap_or(i64::MAX);
-                    self.ended_ms = Some(now_ms().saturating_sub(ms));
+                if let Some((answered, _)) = self.answered {
+                    let last = relay.stats.last_received();
+                    let taken_over = self.taken_over_at.is_some();
+                    if let Some(end) = talk_ended_at(last, answered, self.held_seen, taken_over) {
+                        let silent_for = Instant::now().saturating_duration_since(end);
+                        self.talk_end = Some(end);
+                        let ms = i64::try_from(silent_for.as_millis()).unwrap_or(i64::MAX);
+                        self.ended_ms = Some(now_ms().saturating_sub(ms));
+                    }
                 }
                 self.end_now("media_timeout");
             }
         }
     }
+}
+
+/// When a call ended for silence stopped talking: its last packet, never before its
+/// answer nor before the last check that found it held (a hold is talk time); with
+/// no packet, its answer. None (the end stays now) for a call taken over with no
+/// packet at this node's relay: this node cannot say when it stopped.
+fn talk_ended_at(
+    last_packet: Option<Instant>,
+    answered: Instant,
+    held_seen: Option<Instant>,
+    taken_over: bool,
+) -> Option<Instant> {
+    let last = match last_packet {
+        Some(t) => t,
+        None if taken_over => return None,
+        None => answered,
+    };
+    Some(last.max(answered).max(held_seen.unwrap_or(answered)))
 }
 
 /// What a media check finds.
@@ -82,6 +97,29 @@ fn media_verdict(seen_before: u64, received: u64, held: bool) -> Media {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_silent_call_stops_talking_at_its_last_packet_or_hold() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        // Each row: last packet, answered, last check held, taken over → talk end.
+        let rows = [
+            (Some(at(30)), at(10), None, false, Some(at(30))),
+            (None, at(10), None, false, Some(at(10))),
+            (None, at(10), None, true, None),
+            (Some(at(30)), at(10), None, true, Some(at(30))),
+            (Some(at(5)), at(10), None, false, Some(at(10))),
+            (Some(at(30)), at(10), Some(at(90)), false, Some(at(90))),
+            (None, at(10), Some(at(90)), false, Some(at(90))),
+        ];
+        for (last, answered, held, taken_over, want) in rows {
+            assert_eq!(
+                talk_ended_at(last, answered, held, taken_over),
+                want,
+                "{last:?} {held:?} {taken_over}"
+            );
+        }
+    }
 
     #[test]
     fn a_call_is_silent_only_without_packets_and_without_hold() {

@@ -140,11 +140,7 @@ impl Call {
         match (self.recording.take(), self.relay.as_ref()) {
             (Some(rel), Some(relay)) => {
                 // The record waits for the recording file to be complete.
-                let (log, metrics, span) = (
-                    self.ctx.log.clone(),
-                    self.ctx.metrics.calls.clone(),
-                    self.span.clone(),
-                );
+                let span = self.span.clone();
                 // A call taken over records in parts: this node's part covers the talk
                 // time since it started.
                 let mut parts = self.recording_parts.clone();
@@ -161,39 +157,22 @@ impl Call {
                 let mut entry = entry;
                 entry.record.recording = Some(parts.first().map_or(rel, |p| p.path.clone()));
                 entry.record.recording_parts = parts;
-                // Written once: when the recording closes, or without its outcome
-                // once the recorder has taken RECORDING_CLOSE_WAIT over it.
-                let record = Arc::new(std::sync::Mutex::new(Some((entry, self.ctx.log.promise()))));
+                let record = PendingRecord::new(entry, &self.ctx);
                 // The wait's timer first, so that the close can cancel it: one sleeping
                 // task per recorded call for 30 s, holding its span, was what a normal
                 // close left behind (a review).
-                let gave_up = record.clone();
-                let (log2, metrics2, span2) = (
-                    self.ctx.log.clone(),
-                    self.ctx.metrics.calls.clone(),
-                    self.span.clone(),
-                );
+                let (gave_up, late_span) = (record.clone(), span.clone());
                 let timer = tokio::spawn(async move {
                     tokio::time::sleep(RECORDING_CLOSE_WAIT).await;
-                    let taken = gave_up.lock().unwrap_or_else(|p| p.into_inner()).take();
-                    if let Some((entry, promise)) = taken {
-                        span2.in_scope(|| tracing::warn!("the recorder did not close the recording in time (a stalled disk or share): the call's record is written without it, truncated"));
-                        let status = RecordingStatus::Truncated;
-                        metrics2
-                            .recordings
-                            .get_or_create(&StatusLabel {
-                                status: status.as_str(),
-                            })
-                            .inc();
-                        log2.write(gave_up_on_recording(entry));
-                        drop(promise);
+                    if let Some(r) = PendingRecord::take(&gave_up) {
+                        late_span.in_scope(|| tracing::warn!("the recorder did not close the recording in time (a stalled disk or share): the call's record is written without it, truncated"));
+                        r.write(RecordingStatus::Truncated);
                     }
                 })
                 .abort_handle();
                 relay.stop_recording(Box::new(move |outcome| {
                     timer.abort();
-                    let taken = record.lock().unwrap_or_else(|p| p.into_inner()).take();
-                    let Some((mut entry, promise)) = taken else {
+                    let Some(r) = PendingRecord::take(&record) else {
                         span.in_scope(|| tracing::info!(seconds = outcome.seconds, error = ?outcome.error, "recording closed after its call's record was written"));
                         return;
                     };
@@ -209,10 +188,7 @@ impl Call {
                         status = RecordingStatus::Truncated;
                     }
                     span.in_scope(|| tracing::info!(seconds = outcome.seconds, status = %status, error = ?outcome.error, "recording closed"));
-                    metrics.recordings.get_or_create(&StatusLabel { status: status.as_str() }).inc();
-                    entry.record.recording_status = Some(status);
-                    log.write(entry);
-                    drop(promise);
+                    r.write(status);
                 }));
             }
             _ if !self.recording_parts.is_empty() => {
@@ -266,11 +242,43 @@ const RECORDING_CLOSE_WAIT: Duration = Duration::from_secs(30);
 #[cfg(test)]
 const RECORDING_CLOSE_WAIT: Duration = Duration::from_secs(3);
 
-/// A recorded call's log entry written without its recording's outcome (see
-/// [`RECORDING_CLOSE_WAIT`]): it names the file, said `truncated`.
-fn gave_up_on_recording(mut entry: LogEntry) -> LogEntry {
-    entry.record.recording_status = Some(RecordingStatus::Truncated);
-    entry
+/// A recorded call's final record, written once: by its recording's close, or
+/// without the recording's outcome once [`RECORDING_CLOSE_WAIT`] has passed (the
+/// first of the two to take it). Holds the call log's promise until then.
+struct PendingRecord {
+    entry: LogEntry,
+    log: crate::call_log::CallLog,
+    metrics: crate::metrics::CallMetrics,
+    _promise: crate::call_log::Promise,
+}
+
+impl PendingRecord {
+    fn new(entry: LogEntry, ctx: &NodeContext) -> Arc<std::sync::Mutex<Option<PendingRecord>>> {
+        Arc::new(std::sync::Mutex::new(Some(PendingRecord {
+            entry,
+            log: ctx.log.clone(),
+            metrics: ctx.metrics.calls.clone(),
+            _promise: ctx.log.promise(),
+        })))
+    }
+
+    /// The record, if the other side has not written it yet.
+    fn take(once: &std::sync::Mutex<Option<PendingRecord>>) -> Option<PendingRecord> {
+        once.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    /// Writes it with its recording's `status`, counted (the promise is kept until
+    /// the write is queued).
+    fn write(mut self, status: RecordingStatus) {
+        self.metrics
+            .recordings
+            .get_or_create(&StatusLabel {
+                status: status.as_str(),
+            })
+            .inc();
+        self.entry.record.recording_status = Some(status);
+        self.log.write(self.entry);
+    }
 }
 
 /// Seconds rounded to the nearest second, as call logs count them.

@@ -452,8 +452,7 @@ impl Call {
             };
             leg.ack_at(&ep, cseq, answer.as_deref());
         }
-        let idle = self.reoffer.is_none() && self.own_reinvite.is_none() && self.late_ack.is_none();
-        if t.offered && idle && self.phase == Phase::Answered {
+        if t.offered && !self.offer_pending() && self.phase == Phase::Answered {
             self.restore_after_crossing(side, t.previous);
         }
         true

@@ -112,15 +112,15 @@ impl<T> Lanes<T> {
         &mut self,
         destination: &str,
         operator: Option<&str>,
-        took: Duration,
+        took: Option<Duration>,
     ) -> Option<T> {
         if self.typical.len() >= REMEMBERED && !self.typical.contains_key(destination) {
             self.typical.clear();
         }
-        // Zero: nothing was tried (a row handed back untried), so nothing learnt of
-        // the destination (its typical time pulled down sent a black hole's rows
-        // back sooner: a review).
-        if !took.is_zero() {
+        // None: nothing was tried (a row handed back untried), so nothing is learnt
+        // of the destination (its hand-back's time pulled the typical time down and
+        // sent a black hole's rows back sooner: a review).
+        if let Some(took) = took {
             let typical = self.typical.entry(destination.to_string()).or_insert(took);
             *typical = (*typical * 3 + took) / 4;
         }
@@ -243,7 +243,7 @@ mod tests {
                     assert_eq!(got, want, "step {i}: {step:?}");
                 }
                 Finish(dest, op, ms, want) => {
-                    let got = lanes.finish(dest, op, Duration::from_millis(ms));
+                    let got = lanes.finish(dest, op, Some(Duration::from_millis(ms)));
                     assert_eq!(got, want, "step {i}: {step:?}");
                 }
                 Room(want) => assert_eq!(lanes.room(), want, "step {i}"),
@@ -257,21 +257,21 @@ mod tests {
         assert_eq!(lanes.release_delay("new:80"), UNKNOWN_TYPICAL);
         // A fast receiver: its rows come back soon.
         lanes.offer("fast:80", None, 1);
-        lanes.finish("fast:80", None, Duration::from_millis(20));
+        lanes.finish("fast:80", None, Some(Duration::from_millis(20)));
         assert_eq!(lanes.release_delay("fast:80"), MIN_RELEASE);
         // A black hole: once per delivery timeout.
         for i in 0..4 {
             lanes.offer("hole:80", None, i);
         }
         for _ in 0..2 {
-            lanes.finish("hole:80", None, Duration::from_secs(10));
+            lanes.finish("hole:80", None, Some(Duration::from_secs(10)));
         }
         assert_eq!(lanes.release_delay("hole:80"), Duration::from_secs(10));
         // A receiver of 400 ms holding three rows (two running): two rounds ahead.
         for i in 0..4 {
             lanes.offer("slow:80", None, i);
         }
-        lanes.finish("slow:80", None, Duration::from_millis(400));
+        lanes.finish("slow:80", None, Some(Duration::from_millis(400)));
         assert_eq!(lanes.release_delay("slow:80"), Duration::from_millis(800));
     }
 
@@ -288,7 +288,7 @@ mod tests {
         );
         assert_eq!(lanes.running(), 2);
         assert_eq!(lanes.room(), 4);
-        assert_eq!(lanes.finish("hole:80", None, Duration::ZERO), None);
+        assert_eq!(lanes.finish("hole:80", None, None), None);
         assert_eq!(lanes.running(), 1);
     }
 }

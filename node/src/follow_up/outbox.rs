@@ -65,7 +65,8 @@ struct Job {
 struct Done {
     destination: String,
     operator: Option<String>,
-    took: Duration,
+    /// How long the delivery took; None if none was tried (see `Lanes::finish`).
+    took: Option<Duration>,
 }
 
 /// Reports a delivery's end to the worker when dropped, so a task that panics still
@@ -74,8 +75,7 @@ struct Report {
     tx: mpsc::UnboundedSender<Done>,
     done: Option<Done>,
     started: Instant,
-    /// A delivery was tried: its time is the destination's (else zero, see
-    /// `Lanes::finish`).
+    /// A delivery was tried: its time is the destination's.
     tried: bool,
     in_flight: prometheus_client::metrics::gauge::Gauge,
 }
@@ -84,11 +84,7 @@ impl Drop for Report {
     fn drop(&mut self) {
         self.in_flight.dec();
         if let Some(mut d) = self.done.take() {
-            d.took = if self.tried {
-                self.started.elapsed()
-            } else {
-                Duration::ZERO
-            };
+            d.took = self.tried.then(|| self.started.elapsed());
             let _ = self.tx.send(d);
         }
     }
@@ -271,12 +267,12 @@ impl Worker {
     }
 
     fn start(self: &Arc<Self>, job: Job, done: &mpsc::UnboundedSender<Done>) {
-        let report = Report {
+        let mut report = Report {
             tx: done.clone(),
             done: Some(Done {
                 destination: job.destination.clone(),
                 operator: job.operator.clone(),
-                took: Duration::ZERO,
+                took: None,
             }),
             started: Instant::now(),
             tried: true,
@@ -285,7 +281,6 @@ impl Worker {
         report.in_flight.inc();
         let this = self.clone();
         let late = claim_runs_out(now_ms(), self.delivery_limit, job.f.claimed_until);
-        let mut report = report;
         tokio::spawn(async move {
             if late {
                 report.tried = false;
