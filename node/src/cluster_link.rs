@@ -297,6 +297,119 @@ pub fn adopt_leftovers(
     });
 }
 
+/// How long a node must be out of this node's view and silent in the store before
+/// the calls it left count as left to nobody: well past the failure detector's 2 s
+/// and the finaliser's grace, so a death the cluster saw is its finaliser's to
+/// handle, and past any store stall a live member's sign of life rides out.
+const ORPHANED_AFTER_MS: i64 = 10_000;
+/// How often the orphan sweep looks (see [`sweep_orphans`]).
+const ORPHAN_SWEEP: Duration = Duration::from_secs(5);
+/// The key whose rendezvous owner among the live members runs the sweep.
+const SWEEPER_KEY: &str = "orphaned calls";
+
+/// The registered nodes whose calls in progress may be left to nobody, as of `now_ms`:
+/// not this node, not up in its view (`up`), and silent in the store for
+/// [`ORPHANED_AFTER_MS`] (a node alive behind a partition still signs; a restarted one
+/// signs with its new run and adopts its old rows itself).
+pub(crate) fn orphan_candidates<'a>(
+    rows: &'a [tsunagu_store::NodeRow],
+    me: &str,
+    up: &[String],
+    now_ms: i64,
+) -> Vec<&'a tsunagu_store::NodeRow> {
+    rows.iter()
+        .filter(|n| n.node_id != me && !up.contains(&n.node_id))
+        .filter(|n| now_ms.saturating_sub(n.last_seen) > ORPHANED_AFTER_MS)
+        .collect()
+}
+
+/// Calls left to nobody: a member declared down is finalised by one survivor, but a
+/// finaliser that dies in its grace (or before marking the member down), or a node
+/// that died where no member saw it (alone on the store, or before it joined), left
+/// its rows in progress until that node id started again, which a decommissioned node
+/// never does: answered calls in silence, no record written (a review). Every
+/// [`ORPHAN_SWEEP`], the live member that owns [`SWEEPER_KEY`] reads the registered
+/// nodes and takes each candidate's incarnations with rows left as their finaliser
+/// and only survivor (the start's adoption of its own earlier runs, for another's):
+/// answered calls claimed and resumed here (a claim is a compare-and-set on the owner,
+/// so a finaliser still at work loses nothing), the rest logged once (a record
+/// written twice is one record).
+pub fn sweep_orphans(ctx: &Arc<NodeContext>, supervisor: &ActorRef<SupervisorMsg>) {
+    let (ctx, supervisor) = (ctx.clone(), supervisor.clone());
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(ORPHAN_SWEEP);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(cluster) = ctx.cluster.get() else {
+                continue;
+            };
+            if cluster.needs_rejoin()
+                || !cluster.lease_valid()
+                || ctx.draining.load(Ordering::Relaxed)
+            {
+                continue; // not a member in good standing, or leaving
+            }
+            let up = cluster.peers_up();
+            let me = ctx.node_id.clone();
+            let sweeper = placement::owner(
+                SWEEPER_KEY,
+                up.iter().map(String::as_str).chain([me.as_str()]),
+            );
+            if sweeper != Some(me.as_str()) {
+                continue;
+            }
+            let (s, me2) = (ctx.store.clone(), me.clone());
+            let read = tokio::task::spawn_blocking(move || {
+                let rows = s.nodes()?;
+                let now = crate::clock::now_ms();
+                let mut left = Vec::new();
+                for n in orphan_candidates(&rows, &me2, &up, now) {
+                    let epochs: std::collections::BTreeSet<u64> = s
+                        .active_calls_of(&n.node_id)?
+                        .iter()
+                        .map(|c| c.record.owner_epoch)
+                        .collect();
+                    for epoch in epochs {
+                        // The row's sign of life is its last incarnation's.
+                        let last_seen = (epoch == n.epoch).then_some(n.last_seen);
+                        left.push((n.node_id.clone(), epoch, last_seen));
+                    }
+                }
+                Ok::<_, tsunagu_store::StoreError>(left)
+            })
+            .await;
+            let left = match read {
+                Ok(Ok(left)) => left,
+                Ok(Err(e)) => {
+                    tracing::debug!(%e, "orphan sweep: store unreadable; next time");
+                    continue;
+                }
+                Err(_) => continue,
+            };
+            for (dead, dead_epoch, last_seen) in left {
+                tracing::warn!(
+                    member = %dead,
+                    epoch = dead_epoch,
+                    "calls in progress left to nobody: adopted"
+                );
+                ctx.metrics.calls.orphans_adopted.inc();
+                TakeOver {
+                    ctx: ctx.clone(),
+                    supervisor: supervisor.clone(),
+                    dead,
+                    dead_epoch,
+                    finaliser: true,
+                    survivors: vec![me.clone()],
+                    last_seen,
+                }
+                .run()
+                .await;
+            }
+        }
+    });
+}
+
 /// How long a takeover keeps asking a store that fails: a failed call delays it, never
 /// cancels it. One failed read (a ScyllaDB timeout in the trouble that silenced the
 /// dead member) ended the job: its answered calls were never claimed, its others never
@@ -901,6 +1014,37 @@ pub async fn join(
 
 #[cfg(test)]
 mod tests {
+
+    /// Which registered nodes the orphan sweep looks at.
+    #[test]
+    fn orphan_candidates_are_out_of_view_and_silent() {
+        let now = 1_000_000;
+        let row = |id: &str, last_seen: i64, down: bool| tsunagu_store::NodeRow {
+            node_id: id.into(),
+            epoch: 3,
+            started_at: 0,
+            last_seen,
+            cluster_addr: None,
+            api_addr: None,
+            down,
+            retired: false,
+        };
+        let rows = [
+            row("me", 0, false),                // this node: never
+            row("up", 0, false),                // in the view: its own members' care
+            row("dead", now - 10_001, true),    // down and silent: yes
+            row("unseen", now - 60_000, false), // never declared down, silent: yes
+            row("just", now - 9_000, true),     // down 9 s ago: its finaliser's still
+            row("signing", now - 1_000, false), // out of view but signing: alive
+            row("ahead", now + 5_000, false),   // a clock ahead: not silent
+        ];
+        let up = vec!["up".to_string()];
+        let found: Vec<&str> = orphan_candidates(&rows, "me", &up, now)
+            .iter()
+            .map(|n| n.node_id.as_str())
+            .collect();
+        assert_eq!(found, ["dead", "unseen"]);
+    }
 
     /// A store read that fails is tried again (0.5 s, then 1 s later) until it
     /// succeeds: a takeover is delayed by a failing store, not cancelled.

@@ -85,6 +85,8 @@ pub struct CallMetrics {
     pub log_stalled: Gauge,
     pub active_written: Counter,
     pub calls_recovered: Counter,
+    /// Incarnations whose calls the orphan sweep found left to nobody and adopted.
+    pub orphans_adopted: Counter,
     pub store_write_seconds: Histogram,
     pub trunk_up: Family<TrunkLabel, Gauge>,
     pub trunk_ping_failures: Family<TrunkLabel, Counter>,
@@ -171,6 +173,7 @@ impl Default for CallMetrics {
             log_stalled: Gauge::default(),
             active_written: Counter::default(),
             calls_recovered: Counter::default(),
+            orphans_adopted: Counter::default(),
             store_write_seconds: Histogram::new([
                 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0,
             ]),
@@ -463,6 +466,11 @@ impl Metrics {
             "calls_recovered",
             "Calls logged as failed with reason node_lost by this node: unanswered (or, on a node on its own, all) calls a previous run of it left, and unanswered calls of a member declared down (as that member's finaliser)",
             c.calls_recovered.clone(),
+        );
+        r.register(
+            "takeover_orphans_adopted",
+            "Incarnations of other nodes whose calls in progress this node found left to nobody (the node gone from its view and silent in the store for 10 s, its finaliser dead or never there) and adopted: answered calls resumed here, the rest logged node_lost",
+            c.orphans_adopted.clone(),
         );
         r.register(
             "store_write_seconds",

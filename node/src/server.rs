@@ -636,6 +636,7 @@ pub async fn run(
         lease_gate.set(cluster.lease());
         let _ = ctx.cluster.set(cluster);
         crate::cluster_link::adopt_leftovers(&ctx, &supervisor, last_seen);
+        crate::cluster_link::sweep_orphans(&ctx, &supervisor);
     }
     provisioning.spawn_follower();
     handler.set(Admission::new(ctx.clone(), directory.clone(), calls));

@@ -799,6 +799,73 @@ fn a_callee_that_refreshes_stays_the_refresher_in_the_node_s_re_invites() {
     );
 }
 
+/// A callee that refreshes the session (its 200 to a caller asking `Session-Expires:
+/// 1800` says `refresher=uas`) gets the caller's hold, which says nothing of timers,
+/// with the session's timer naming it refresher still; the caller, which asked nothing
+/// of timers in the hold, hears nothing of them in its 200. Relayed
+/// bare, the hold's 200 without Session-Expires turned the callee's timer off, it
+/// stopped refreshing, and the node's check hung the call up an interval later; a
+/// takeover's re-INVITE to such a callee did the same (a review).
+#[test]
+fn a_callee_that_refreshes_keeps_its_timer_through_the_caller_s_hold() {
+    let (_ports, _node, callee, caller) = raw_parties();
+    let call_id = "timer-to-callee";
+    let (ok, node_tag, _) = call_with_the_caller_s_timer(
+        &caller,
+        &callee,
+        call_id,
+        "Session-Expires: 1800;refresher=uas\n",
+    );
+    assert_eq!(
+        header(&ok, "Session-Expires"),
+        Some("1800;refresher=uas"),
+        "{ok}"
+    );
+    caller.send(&crate::dialogs::caller_offer(
+        &caller,
+        "INVITE",
+        call_id,
+        &node_tag,
+        2,
+        "",
+        &caller_hold(),
+    ));
+    let relayed = callee.expect("INVITE ");
+    assert_eq!(
+        header(&relayed, "Session-Expires"),
+        Some("1800;refresher=uas"),
+        "{relayed}"
+    );
+    assert!(
+        header(&relayed, "Supported").is_some_and(|s| s.contains("timer")),
+        "{relayed}"
+    );
+    let held = sdp(4002).replace(" 2 2 IN", " 2 3 IN") + "a=recvonly\r\n";
+    callee.respond_with(
+        "calleetag",
+        &relayed,
+        "200 OK",
+        "Session-Expires: 1800;refresher=uas\n",
+        &held,
+    );
+    callee.expect("ACK ");
+    let held_ok = caller.final_response();
+    assert!(held_ok.starts_with("SIP/2.0 200"), "{held_ok}");
+    assert!(
+        header(&held_ok, "Session-Expires").is_none() && header(&held_ok, "Require").is_none(),
+        "the caller asked nothing of timers: {held_ok}"
+    );
+    caller.send(&caller.request(
+        "ACK",
+        call_id,
+        "callertag",
+        &node_tag,
+        2,
+        "Content-Length: 0\n\n",
+    ));
+    hang_up(&caller, &callee, call_id, &node_tag, 3);
+}
+
 /// A call `call_id` whose caller asked `Session-Expires: 1800` (and `Supported:
 /// timer`), answered by the callee with `callee_timer` (extra header lines, each
 /// ending in `\n`) and acknowledged: (the node's 200 to the caller, the node's tag in

@@ -26,11 +26,16 @@ struct Rig {
 
 impl Rig {
     fn new(node_extra: &str) -> Rig {
+        Rig::of(node_extra, 3)
+    }
+
+    /// [`Rig::new`] with nodes n1 to n`nodes` only.
+    fn of(node_extra: &str, nodes: u8) -> Rig {
         let heavy = one_heavy_test_at_a_time();
         let mut c = TestCluster::new();
         c.rtp = Some(wide_rtp_range());
         c.node_extra = node_extra.to_string();
-        for i in 1..=3 {
+        for i in 1..=nodes {
             c.start(i, GOOD);
         }
         c.wait_formed();
@@ -591,6 +596,58 @@ fn a_node_killed_and_started_again_at_once_loses_no_answered_call() {
             assert_eq!(r["nodes"][0], "n2", "{r}");
             assert!(r["taken_over_at"].is_string(), "{r}");
         }
+    }
+}
+
+/// The members carrying calls die and their finaliser marks them down in the store,
+/// then dies itself before claiming anything (in its 2 s grace, say), and neither
+/// node id starts again. Members that start afterwards learn those incarnations as
+/// down from the store, so no member declares them down again and none finalises
+/// them: the calls stayed in progress, their parties in silence and no record
+/// written, until a dead node id started again (a review). The orphan sweep finds
+/// them (their nodes out of its view and silent in the store for 10 s) and adopts
+/// them: each answered call re-INVITEd, heard again and logged once.
+#[test]
+fn calls_whose_finaliser_died_too_are_adopted_by_a_live_member() {
+    const CALLS: usize = 4;
+    let mut rig = Rig::of("", 2);
+    rig.place(CALLS);
+    let callers: HashSet<String> = rig.placed.keys().cloned().collect();
+    let epochs = [rig.c.epoch("n1"), rig.c.epoch("n2")];
+    let death = Instant::now();
+    for n in ["n1", "n2"] {
+        rig.c.members.get_mut(n).unwrap().node.kill();
+    }
+    // What their finaliser did before it died.
+    {
+        use tsunagu_store::Store;
+        let store = tsunagu_store::SqliteStore::open(&rig.c.path("shared.db")).expect("store");
+        for (n, epoch) in ["n1", "n2"].iter().zip(epochs) {
+            assert!(store.mark_node_down(n, epoch).expect("mark down"), "{n}");
+        }
+    }
+    rig.c.start(3, GOOD);
+    // Silent for 10 s, then the next sweep (every 5 s), then the re-INVITEs.
+    rig.wait_heard(&callers, death, Duration::from_secs(40));
+    let heard: HashSet<String> = rig.party.heard_since(death).into_iter().collect();
+    assert!(
+        callers.is_subset(&heard),
+        "calls not heard again: {:?}\n{:?}\n{}",
+        callers.difference(&heard).collect::<Vec<_>>(),
+        rig.party.states(),
+        rig.c.node("n3").log()
+    );
+    let n3 = rig.c.node("n3");
+    assert_eq!(
+        n3.metric("tsunagu_takeover_orphans_adopted_total"),
+        2.0,
+        "one incarnation each of n1 and n2"
+    );
+    let records = rig.hang_up_and_check_records(CALLS, "n3");
+    for r in records.values() {
+        assert!(r["nodes"][0] == "n1" || r["nodes"][0] == "n2", "{r}");
+        assert_eq!(r["nodes"][1], "n3", "{r}");
+        assert!(r["taken_over_at"].is_string(), "{r}");
     }
 }
 

@@ -124,6 +124,9 @@ struct OwnReinvite {
     cseq: u32,
     key: tsunagu_sip::transaction::TxKey,
     refresh: bool,
+    /// It carries the session's timer (see [`Call::timer_to`]; one to the caller
+    /// always does).
+    timer_added: bool,
 }
 
 /// Delivers SIP events into a call's inbox (bounded: see [`task`]).

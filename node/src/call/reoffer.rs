@@ -55,7 +55,7 @@ pub(super) struct Reoffer {
     /// The body the other party had from the node before this offer: offered again if
     /// it accepts the offer after its sender cancelled it.
     pub(super) previous: Option<String>,
-    /// The node added the session's timer to it (see [`Call::timer_to_caller`]): the
+    /// The node added the session's timer to it (see [`Call::timer_to`]): the
     /// caller's answer renews the node's timer with the caller, and its
     /// Session-Expires is not the sender's to hear.
     pub(super) timer_added: bool,
@@ -190,7 +190,7 @@ impl Call {
         let late = sdp.is_none() && req.method == Method::Invite;
         let method = req.method;
         let mut headers = ask.headers();
-        let timer_added = to == Side::A && self.timer_to_caller(&mut headers);
+        let timer_added = self.timer_to(to, &mut headers);
         let Some(leg) = self.leg(to) else {
             return ep.respond(&req, &info, &key, 481, None, &[], None);
         };
@@ -244,7 +244,9 @@ impl Call {
         resp: &Response,
     ) -> Result<(), Box<Reoffer>> {
         let code = resp.status_code.code();
-        if code != 422 || !p.timer_added || p.floor_retried {
+        // The callee's floor was in the interval it agreed to: only the caller
+        // teaches the node a longer one.
+        if code != 422 || !p.timer_added || p.floor_retried || p.from != Side::B {
             return Err(p);
         }
         let Some(interval) = self.follow_callers_floor(resp) else {
@@ -252,7 +254,7 @@ impl Call {
         };
         let to = p.from.other();
         let mut headers = p.ask.headers();
-        self.timer_to_caller(&mut headers);
+        self.timer_to(Side::A, &mut headers);
         let ep = self.ctx.endpoint.clone();
         let Some(leg) = self.leg(to) else {
             return Err(p);
@@ -323,9 +325,7 @@ impl Call {
         let Some(previous) = previous else { return };
         let ep = self.ctx.endpoint.clone();
         let mut headers = Vec::new();
-        if side == Side::A {
-            self.timer_to_caller(&mut headers);
-        }
+        let timer_added = self.timer_to(side, &mut headers);
         let Some(leg) = self.leg(side) else { return };
         let relayed = leg.reoffer(&ep, Method::Invite, Some(previous), headers);
         tracing::info!(
@@ -337,6 +337,7 @@ impl Call {
             cseq: relayed.cseq,
             key: relayed.key,
             refresh: false,
+            timer_added,
         });
     }
 
@@ -367,10 +368,12 @@ impl Call {
         if let Some(rewritten) = answered {
             self.apply_sdp(own.side, &rewritten);
         }
-        if own.side == Side::A {
+        match own.side {
             // Every re-INVITE of the node's to the caller carries the session's timer
-            // (a refresh, or see `timer_to_caller`): its 2xx renews it.
-            self.on_own_refresh_answer(&resp);
+            // (a refresh, or see `timer_to`): its 2xx renews it.
+            Side::A => self.on_own_refresh_answer(&resp),
+            Side::B if own.timer_added => self.on_callee_refresh_answer(&resp),
+            Side::B => {}
         }
         // What a takeover needs changed with it (the session's interval and who
         // refreshes, the party's media and target): it was left to the next relayed
@@ -600,8 +603,10 @@ impl Call {
         };
         let refusal = refusal_headers(&resp, passed);
         let extra: Vec<(&str, &str)> = if code < 300 {
-            if p.timer_added {
+            if p.timer_added && p.from == Side::B {
                 self.on_own_refresh_answer(&resp);
+            } else if p.timer_added {
+                self.on_callee_refresh_answer(&resp);
             } else {
                 // The caller's timer now: the 2xx's (the callee's, passed on, or
                 // the caller's own), else what the node told the caller.

@@ -134,7 +134,7 @@ pub(super) struct SessionTimer {
     min_se: Option<u32>,
     /// The caller was last told it refreshes (not the node, nor the callee through
     /// the node): what the node's own re-INVITEs to it name (see
-    /// [`Call::timer_to_caller`]).
+    /// [`Call::timer_to`]).
     pub caller_refreshes: bool,
 }
 
@@ -170,6 +170,28 @@ impl SessionTimer {
 /// armed on `timers`, replacing the pending one (see [`SessionTimer::refreshed`]), and
 /// so is the node's own next refresh where it is the refresher. `by_node` says
 /// whether it is (None: as before).
+/// The refresher a request of the node's to the party on `side` names (the party is
+/// that request's UAS, so `uas` names the party, `uac` the node's side), given
+/// whether the node refreshes the caller's leg and whether the caller does; None: the
+/// party is told nothing of timers. The caller always hears who refreshes its leg:
+/// itself, or the node's side (the node, or the callee's refreshes passed on). The
+/// callee hears `uas` where it is the refresher; where it is not, nothing: the node
+/// sends it no refreshes of its own (it refreshes the caller's leg only), so naming
+/// the node's side would have the callee wait for refreshes that never come, and a
+/// timer turned off at the callee harms nothing.
+pub(super) fn timer_role(
+    side: Side,
+    by_node: bool,
+    caller_refreshes: bool,
+) -> Option<&'static str> {
+    match side {
+        Side::A if caller_refreshes => Some("uas"),
+        Side::A => Some("uac"),
+        Side::B if !by_node && !caller_refreshes => Some("uas"),
+        Side::B => None,
+    }
+}
+
 fn refresh(
     session: &mut Option<SessionTimer>,
     interval: u32,
@@ -278,7 +300,7 @@ impl Call {
         // The node refreshes, so the caller was not told it does: the timer names
         // the node (`uac`, this request's sender).
         let mut headers = Vec::new();
-        self.timer_to_caller(&mut headers);
+        let timer_added = self.timer_to(Side::A, &mut headers);
         let ep = self.ctx.endpoint.clone();
         let sent = self.a.reoffer(&ep, Method::Invite, Some(offer), headers);
         tracing::debug!(interval = s.interval, "session refreshed by the node");
@@ -287,6 +309,7 @@ impl Call {
             cseq: sent.cseq,
             key: sent.key,
             refresh: true,
+            timer_added,
         });
     }
 
@@ -367,6 +390,20 @@ impl Call {
             .is_some_and(|s| !s.by_node && !s.caller_refreshes);
         self.on_refresh_answer(resp, Some(!caller_refreshes && !callee_refreshes));
         self.caller_told(Some(caller_refreshes));
+    }
+
+    /// A callee's 2xx to a request of the node's that carried the session's timer
+    /// (see [`Call::timer_to`]: the callee refreshes): the clock restarts, and the
+    /// callee goes on refreshing if its answer names it (`uas`, the UAS of this
+    /// request); one that answered without a timer turned its own off, so the node
+    /// refreshes the caller's leg itself from then on (the caller was told the node's
+    /// side refreshes).
+    pub(super) fn on_callee_refresh_answer(&mut self, resp: &Response) {
+        let callee_refreshes = header(resp, "Session-Expires")
+            .and_then(parse)
+            .is_some_and(|s| s.refresher == Some(Refresher::Uas));
+        self.on_refresh_answer(resp, Some(!callee_refreshes));
+        self.caller_told(Some(false));
     }
 
     /// Who refreshes the caller's leg after a refresh relayed from `from` was answered
@@ -462,16 +499,17 @@ impl Call {
         self.hang_up_both();
     }
 
-    /// Adds the session's timer to a re-INVITE or UPDATE the node sends the caller
-    /// without one of its own (relayed from a callee that does no timers, or the
+    /// Adds the session's timer to a re-INVITE or UPDATE the node sends the party on
+    /// `side` without one of its own (relayed from a party that does no timers, or the
     /// node's: a takeover's, a restore's): each is a session refresh that renegotiates
-    /// the timer (RFC 4028 7.4, 9), and the caller answering one that named none
-    /// without Session-Expires turned its timer off, stopped refreshing, and the
-    /// node's check hung the call up an interval later (a review). It names who
-    /// refreshes the caller's leg as agreed: the node (`uac`, this request's sender)
-    /// or the caller (`uas`). Whether it added them (the caller's answer then speaks
-    /// of the node's timer with it, not of the request's sender's).
-    pub(super) fn timer_to_caller(&self, headers: &mut super::legs::Headers) -> bool {
+    /// the timer (RFC 4028 7.4, 9), and a party answering one that named none without
+    /// Session-Expires turned its timer off. The caller then stopped refreshing and the
+    /// node's check hung the call up an interval later (a review); so did a callee that
+    /// refreshed the session (a takeover's re-INVITE, a caller's hold relayed, each
+    /// without the timer: the next review). What it names is [`timer_role`]'s. Whether
+    /// it added them (the party's answer then speaks of the node's timer with it, not
+    /// of the request's sender's).
+    pub(super) fn timer_to(&self, side: Side, headers: &mut super::legs::Headers) -> bool {
         let Some(s) = self.session else { return false };
         if headers
             .iter()
@@ -479,16 +517,17 @@ impl Call {
         {
             return false;
         }
-        // The request's UAS is the caller: `uas` names it; `uac` the node, whose
-        // refreshes (its own, or the callee's passed on) reach the caller.
-        let role = if s.caller_refreshes { "uas" } else { "uac" };
+        let Some(role) = timer_role(side, s.by_node, s.caller_refreshes) else {
+            return false;
+        };
         headers.push((
             "Session-Expires",
             format!("{};refresher={role}", s.interval),
         ));
-        // A Min-SE the caller taught the node (a 422) goes with every one (RFC 4028
-        // 7.1), not with the node's own refreshes alone.
-        if let Some(min) = s.min_se {
+        // A Min-SE the caller taught the node (a 422) goes with every one to it (RFC
+        // 4028 7.1), not with the node's own refreshes alone; the callee's own floor
+        // was in the interval it agreed to.
+        if let (Side::A, Some(min)) = (side, s.min_se) {
             headers.push(("Min-SE", min.to_string()));
         }
         if !headers
@@ -518,6 +557,29 @@ impl Call {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    /// Who each party is told refreshes, in a request of the node's to it.
+    #[test]
+    fn requests_to_a_party_name_who_refreshes_its_leg() {
+        // (side, the node refreshes, the caller refreshes) -> the refresher named.
+        let cases = [
+            (Side::A, true, false, Some("uac")),
+            (Side::A, false, true, Some("uas")),
+            // The callee refreshes: the caller hears the node's side.
+            (Side::A, false, false, Some("uac")),
+            (Side::B, false, false, Some("uas")),
+            // Nobody refreshes toward the callee: it hears nothing.
+            (Side::B, true, false, None),
+            (Side::B, false, true, None),
+        ];
+        for (side, by_node, caller, named) in cases {
+            assert_eq!(
+                timer_role(side, by_node, caller),
+                named,
+                "{side:?} by_node={by_node} caller={caller}"
+            );
+        }
+    }
 
     fn invite(extra: &str) -> Request {
         let text = format!(

@@ -52,6 +52,9 @@ pub(super) struct Resuming {
     /// party's answer is only acknowledged and its media anchored here (its
     /// judgement, a callee's, plays through this node).
     left: bool,
+    /// The callee's re-INVITE carries the session's timer (it refreshes the session:
+    /// see [`Call::timer_to`]): its 2xx says whether it goes on doing so.
+    callee_timer: bool,
 }
 
 /// Where the takeover re-INVITE of one leg stands.
@@ -282,6 +285,7 @@ impl Call {
             started: now,
             answered: Some(answered),
             left: false,
+            callee_timer: false,
         }));
         me.send_message(CallMsg::Resume)
             .map_err(|_| "the call ended before it resumed".to_string())?;
@@ -322,21 +326,23 @@ impl Call {
         else {
             return self.takeover_failed("the checkpoint's SDP cannot be offered again");
         };
-        // The session's timer first: the caller's re-INVITE carries it (a refresh;
-        // see `timer_to_caller`).
+        // The session's timer first: the caller's re-INVITE carries it, and the
+        // callee's where the callee refreshes (a refresh; see `timer_to`).
         if let Some(interval) = answered.session_seconds {
             self.restart_session(interval, Some(answered.session_by_node));
             let caller = answered.session_caller_refreshes;
             self.caller_told(Some(caller.unwrap_or(!answered.session_by_node)));
         }
         let mut a_headers = Vec::new();
-        self.timer_to_caller(&mut a_headers);
+        self.timer_to(Side::A, &mut a_headers);
+        let mut b_headers = Vec::new();
+        let callee_timer = self.timer_to(Side::B, &mut b_headers);
         let ep = self.ctx.endpoint.clone();
         let Some(b) = self.b.as_mut() else {
             return self.takeover_failed("no callee dialog");
         };
         let b_cseq = b
-            .reoffer(&ep, Method::Invite, Some(b_offer), Vec::new())
+            .reoffer(&ep, Method::Invite, Some(b_offer), b_headers)
             .cseq;
         let a_cseq = self
             .a
@@ -344,6 +350,7 @@ impl Call {
             .cseq;
         if let Some(r) = self.resuming.as_mut() {
             r.pending = [Reinvite::Sent(a_cseq), Reinvite::Sent(b_cseq)];
+            r.callee_timer = callee_timer;
         }
         if let Some(rec) = &answered.recording {
             self.restart_recording(&rec.mode);
@@ -459,6 +466,8 @@ impl Call {
         if side == Side::A {
             // It carried the session's timer: the caller's 2xx renews it.
             self.on_own_refresh_answer(&resp);
+        } else if self.resuming.as_ref().is_some_and(|r| r.callee_timer) {
+            self.on_callee_refresh_answer(&resp);
         }
         let done = self
             .resuming
@@ -535,8 +544,9 @@ impl Call {
         }
         let ep = self.ctx.endpoint.clone();
         let mut headers = Vec::new();
-        if side == Side::A {
-            self.timer_to_caller(&mut headers);
+        let timer = self.timer_to(side, &mut headers);
+        if let (Side::B, Some(r)) = (side, self.resuming.as_mut()) {
+            r.callee_timer = timer;
         }
         let Some(leg) = self.leg(side) else {
             return self.takeover_failed("no callee dialog");
