@@ -1640,7 +1640,7 @@ fn released_follow_ups_keep_their_attempts(s: &dyn Store) {
     let first = claim_of(s, &op.id, far);
     assert_eq!(first.len(), 1);
     assert_eq!(first[0].attempts, 1);
-    s.release_follow_ups(&[first[0].claim()], far + 5_000)
+    s.release_follow_ups(&[(first[0].claim(), far + 5_000)])
         .unwrap();
     assert!(
         claim_of(s, &op.id, far + 4_999).is_empty(),
@@ -1670,7 +1670,7 @@ fn a_lost_claim_writes_no_outcome(s: &dyn Store) {
         .follow_up_failed(stale, Some(far + 61_000), "timeout")
         .unwrap());
     assert!(!s.follow_up_failed(stale, None, "gave up").unwrap());
-    s.release_follow_ups(&[stale], far + 61_000).unwrap();
+    s.release_follow_ups(&[(stale, far + 61_000)]).unwrap();
     assert!(
         claim_of(s, &op.id, far + 119_999).is_empty(),
         "still the second claimer's, neither due again nor dead"

@@ -354,10 +354,11 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<bool>;
     /// Follow-ups waiting for delivery, and dead ones.
     fn follow_up_counts(&self) -> Result<(u64, u64)>;
-    /// Hands claimed follow-ups back untried (their destination was busy): due again at
-    /// `next_at_ms`, and the claim's attempt is not counted. A row whose claim was lost
-    /// (see [`OutboxClaim`]) is left as its new claimer has it.
-    fn release_follow_ups(&self, claims: &[OutboxClaim], next_at_ms: i64) -> Result<()>;
+    /// Hands claimed follow-ups back untried (their destination was busy): each due
+    /// again at its time (store milliseconds), and the claim's attempt is not counted.
+    /// A row whose claim was lost (see [`OutboxClaim`]) is left as its new claimer has
+    /// it.
+    fn release_follow_ups(&self, claims: &[(OutboxClaim, i64)]) -> Result<()>;
     /// Counts one SMS to a caller's number on `day` (a day number in the node's time
     /// zone) for the call `call_id`, if fewer than `cap` were counted for that number
     /// and day; true when this SMS may be sent. Idempotent per call (a retried delivery

@@ -1030,6 +1030,81 @@ fn a_black_holed_receiver_does_not_delay_other_operators() {
     assert!(node.metric("tsunagu_follow_ups_deferred_total") >= 1.0);
 }
 
+/// A backlog for a black-holed receiver larger than what the worker looks past in one
+/// delivery timeout (a 1 s timeout here; the worker looks past 512 rows at a wake,
+/// then 64 a poll while rows keep going back): handed back, its rows came due again
+/// together at every timeout, ahead of anything newer, so another operator's event
+/// waited behind the whole backlog (seconds here; hours for a night's backlog).
+/// Spread at the black hole's pace, they leave the other event a claim of its own at
+/// the next poll.
+#[test]
+fn a_black_hole_s_backlog_does_not_come_back_ahead_of_other_operators() {
+    use tsunagu_store::{FollowUpKind, NewFollowUp, Store};
+    const BACKLOG: usize = 800;
+    let ports = Ports::take();
+    let (hole_port, good_port) = (ports.sip + 5, ports.sip + 6);
+    let hole = BlackHole::start(hole_port);
+    let good = Receiver::start(good_port);
+    let node = Node::start(
+        ports,
+        "127.0.0.1/32",
+        &format!("[notify]\n{ALLOW_LOOPBACK}\nper_destination = 1\ntimeout_ms = 1000\n"),
+    );
+    let dest = r#"[{"number": "0311112222"}]"#;
+    let mut hooks = Vec::new();
+    for (number, url) in [
+        ("0501234567", format!("http://127.0.0.1:{hole_port}/slow")),
+        ("0502222222", format!("http://127.0.0.1:{good_port}/good")),
+    ] {
+        let (key, _) = node.provision(number, dest, "{}");
+        let r = node.send(
+            "POST",
+            "/v1/webhooks",
+            Some(&key),
+            &format!(r#"{{"url": "{url}"}}"#),
+        );
+        assert_eq!(r.status, 201, "{}", r.body);
+        let hook: serde_json::Value = serde_json::from_str(&r.body).expect("json");
+        hooks.push(hook["id"].as_str().expect("id").to_string());
+    }
+    let store = tsunagu_store::SqliteStore::open(&node.store_path()).expect("store");
+    let hooks: Vec<(String, String)> = hooks
+        .into_iter()
+        .map(|id| {
+            let h = store.get_webhook(&id).expect("read").expect("the webhook");
+            (h.operator_id, id)
+        })
+        .collect();
+    let row = |(operator, hook): &(String, String), n: usize| NewFollowUp {
+        kind: FollowUpKind::Webhook,
+        operator_id: operator.clone(),
+        target: hook.clone(),
+        payload: format!(r#"{{"type": "call.ended", "n": {n}}}"#),
+    };
+    let backlog: Vec<NewFollowUp> = (0..BACKLOG).map(|n| row(&hooks[0], n)).collect();
+    store.enqueue_follow_ups(&backlog).expect("backlog");
+    // Every row of the backlog claimed and handed back once.
+    node.wait_until(
+        std::time::Duration::from_secs(20),
+        "the backlog handed back once",
+        || node.metric("tsunagu_follow_ups_deferred_total") >= BACKLOG as f64,
+    );
+    store
+        .enqueue_follow_ups(&[row(&hooks[1], 0)])
+        .expect("the other operator's event");
+    let queued = std::time::Instant::now();
+    while good.requests().is_empty() && queued.elapsed() < std::time::Duration::from_secs(3) {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(
+        good.requests().len(),
+        1,
+        "the other operator's event within 3 s (deferred {}, the black hole took {})",
+        node.metric("tsunagu_follow_ups_deferred_total"),
+        hole.accepted()
+    );
+}
+
 /// SMS to callers go only to numbers a carrier vouches for, and at most
 /// `notify.caller_sms_per_day` a day to one number: a caller on an untrusted trunk
 /// (its From, even with a P-Asserted-Identity) and one on a trusted trunk without an

@@ -8,9 +8,15 @@
 //! A destination is a `host:port` (webhooks, GA4, the SMS gateway) or the SMTP relay.
 //! A row waits in memory only while its claim cannot run out: at most one round of its
 //! destination's running deliveries, each bounded by the delivery timeout.
+//!
+//! Rows handed back are spread over the time their destination needs for what it was
+//! handed back lately (see [`Lanes::release_delay`]): all due again together, a black
+//! hole's backlog came back as one block at every delivery timeout, and past about
+//! 5,000 rows (what the worker looks past in 10 s) every other operator's rows waited
+//! behind it for good, since claims take the oldest due rows first (a review).
 
 use std::collections::{HashMap, VecDeque};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How much of the worker one destination or operator may hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,8 +46,22 @@ pub enum Offer<T> {
 const UNKNOWN_TYPICAL: Duration = Duration::from_secs(1);
 /// Shortest hand-back (a destination that frees up fast gets its rows again soon).
 const MIN_RELEASE: Duration = Duration::from_millis(250);
-/// Destinations whose typical delivery time is remembered.
+/// Destinations whose typical delivery time (and hand-back count) is remembered.
 const REMEMBERED: usize = 4096;
+/// Half-life of a destination's count of rows handed back.
+const PRESSURE_HALF_LIFE: Duration = Duration::from_secs(600);
+/// The longest a destination's handed-back rows are spread over: the longest retry
+/// wait, so a receiver that comes back has its backlog within the hour, as its
+/// failed rows.
+const MAX_SPREAD: Duration = Duration::from_secs(3600);
+
+/// Rows of one destination handed back lately: a count halved every
+/// [`PRESSURE_HALF_LIFE`], as of `at`.
+#[derive(Debug, Clone, Copy)]
+struct Pressure {
+    rows: f64,
+    at: Instant,
+}
 
 #[derive(Debug)]
 pub struct Lanes<T> {
@@ -54,6 +74,8 @@ pub struct Lanes<T> {
     running_total: usize,
     /// Typical delivery time per destination (moving average).
     typical: HashMap<String, Duration>,
+    /// Rows handed back per destination, lately.
+    released: HashMap<String, Pressure>,
 }
 
 impl<T> Lanes<T> {
@@ -66,6 +88,7 @@ impl<T> Lanes<T> {
             held: 0,
             running_total: 0,
             typical: HashMap::new(),
+            released: HashMap::new(),
         }
     }
 
@@ -141,21 +164,49 @@ impl<T> Lanes<T> {
         None
     }
 
-    /// How long a row of `destination` is handed back for: until its destination has
-    /// probably worked through what it holds now, between [`MIN_RELEASE`] and the
-    /// delivery timeout (a black hole's rows come back once per timeout).
-    pub fn release_delay(&self, destination: &str) -> Duration {
+    /// How long a row of `destination` handed back at `now` waits: until its
+    /// destination has probably worked through what it holds now, between
+    /// [`MIN_RELEASE`] and the delivery timeout (a black hole's rows come back once
+    /// per timeout), plus `unit` (a random number in 0..1) of a spread over the time
+    /// the destination needs for the rows handed back to it lately, at most
+    /// [`MAX_SPREAD`]: a large backlog comes due a little at a time, at about the pace
+    /// its destination takes it, and rows of other destinations are not stuck behind
+    /// it.
+    pub fn release_delay(&mut self, destination: &str, now: Instant, unit: f64) -> Duration {
         let typical = self
             .typical
             .get(destination)
             .copied()
             .unwrap_or(UNKNOWN_TYPICAL);
+        let per_destination = self.limits.per_destination.max(1);
         let held = self.running.get(destination).copied().unwrap_or(0)
             + self.waiting.get(destination).map_or(0, VecDeque::len);
-        let rounds = 1 + held / self.limits.per_destination.max(1);
-        typical
+        let rounds = 1 + held / per_destination;
+        let base = typical
             .saturating_mul(rounds as u32)
-            .clamp(MIN_RELEASE, self.limits.max_release.max(MIN_RELEASE))
+            .clamp(MIN_RELEASE, self.limits.max_release.max(MIN_RELEASE));
+        let lately = self.note_release(destination, now);
+        let spread = typical
+            .mul_f64(lately / per_destination as f64)
+            .min(MAX_SPREAD);
+        base + spread.mul_f64(unit.clamp(0.0, 1.0))
+    }
+
+    /// Counts one more row of `destination` handed back at `now`; the count lately
+    /// (decayed), this one included.
+    fn note_release(&mut self, destination: &str, now: Instant) -> f64 {
+        if self.released.len() >= REMEMBERED && !self.released.contains_key(destination) {
+            self.released.clear();
+        }
+        let p = self
+            .released
+            .entry(destination.to_string())
+            .or_insert(Pressure { rows: 0.0, at: now });
+        let halvings =
+            now.saturating_duration_since(p.at).as_secs_f64() / PRESSURE_HALF_LIFE.as_secs_f64();
+        p.rows = p.rows * 0.5f64.powf(halvings) + 1.0;
+        p.at = p.at.max(now);
+        p.rows
     }
 
     /// Every waiting row (the worker is stopping and hands them back). Running rows
@@ -253,12 +304,14 @@ mod tests {
 
     #[test]
     fn release_delay_follows_the_destination_pace() {
+        let now = Instant::now();
         let mut lanes: Lanes<u32> = Lanes::new(LIMITS);
-        assert_eq!(lanes.release_delay("new:80"), UNKNOWN_TYPICAL);
+        // `unit` 0: the base wait alone.
+        assert_eq!(lanes.release_delay("new:80", now, 0.0), UNKNOWN_TYPICAL);
         // A fast receiver: its rows come back soon.
         lanes.offer("fast:80", None, 1);
         lanes.finish("fast:80", None, Some(Duration::from_millis(20)));
-        assert_eq!(lanes.release_delay("fast:80"), MIN_RELEASE);
+        assert_eq!(lanes.release_delay("fast:80", now, 0.0), MIN_RELEASE);
         // A black hole: once per delivery timeout.
         for i in 0..4 {
             lanes.offer("hole:80", None, i);
@@ -266,13 +319,67 @@ mod tests {
         for _ in 0..2 {
             lanes.finish("hole:80", None, Some(Duration::from_secs(10)));
         }
-        assert_eq!(lanes.release_delay("hole:80"), Duration::from_secs(10));
+        assert_eq!(
+            lanes.release_delay("hole:80", now, 0.0),
+            Duration::from_secs(10)
+        );
         // A receiver of 400 ms holding three rows (two running): two rounds ahead.
         for i in 0..4 {
             lanes.offer("slow:80", None, i);
         }
         lanes.finish("slow:80", None, Some(Duration::from_millis(400)));
-        assert_eq!(lanes.release_delay("slow:80"), Duration::from_millis(800));
+        assert_eq!(
+            lanes.release_delay("slow:80", now, 0.0),
+            Duration::from_millis(800)
+        );
+    }
+
+    /// A destination's handed-back rows are spread over the time it needs for the rows
+    /// handed back to it lately: a black hole's backlog of thousands comes due a
+    /// little at a time (at most an hour out), a receiver handed a few rows back gets
+    /// them again within seconds, and the count fades with time.
+    #[test]
+    fn a_backlog_comes_due_at_its_destination_s_pace() {
+        let now = Instant::now();
+        let mut lanes: Lanes<u32> = Lanes::new(LIMITS); // two per destination
+        for i in 0..2 {
+            lanes.offer("hole:80", None, i);
+        }
+        lanes.finish("hole:80", None, Some(Duration::from_secs(10)));
+        // (rows handed back before, the row's `unit`) -> its wait at most.
+        let cases: [(u32, f64, Duration); 4] = [
+            // The first: at most the base and half a delivery time per slot.
+            (0, 1.0, Duration::from_secs(10 + 5)),
+            // After 99 more: 101 rows at 10 s over two slots, 505 s of spread.
+            (99, 1.0, Duration::from_secs(10 + 505)),
+            // After 9,900 more: capped at an hour.
+            (9_900, 1.0, Duration::from_secs(10) + MAX_SPREAD),
+            // The same pressure, `unit` 0: the base alone.
+            (0, 0.0, Duration::from_secs(10)),
+        ];
+        for (before, unit, want) in cases {
+            for _ in 0..before {
+                lanes.release_delay("hole:80", now, 0.5);
+            }
+            let got = lanes.release_delay("hole:80", now, unit);
+            let slack = Duration::from_millis(10);
+            assert!(
+                got <= want && got + slack * 1000 >= want,
+                "{before} before, unit {unit}: {got:?} against {want:?}"
+            );
+        }
+        // A fast receiver handed five rows back gets them within a second or so.
+        lanes.offer("fast:80", None, 9);
+        lanes.finish("fast:80", None, Some(Duration::from_millis(20)));
+        for _ in 0..4 {
+            lanes.release_delay("fast:80", now, 0.5);
+        }
+        assert!(lanes.release_delay("fast:80", now, 1.0) < Duration::from_secs(1));
+        // Two hours (twelve half-lives) on, the black hole's 10,000 have faded to
+        // about three.
+        let later = now + Duration::from_secs(7200);
+        let faded = lanes.release_delay("hole:80", later, 1.0);
+        assert!(faded < Duration::from_secs(10 + 30), "{faded:?}");
     }
 
     #[test]

@@ -15,7 +15,6 @@ use super::http::{destination, parse_url};
 use super::lanes::{Lanes, Limits, Offer};
 use super::metrics::{FollowUpMetrics, KindLabel};
 use crate::clock::now_ms;
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch, Notify};
@@ -177,7 +176,15 @@ impl Worker {
                     // writing): past a few rounds, the next poll or wake claims again.
                     handing_back += 1;
                     claim_now = handing_back < MAX_HAND_BACK_ROUNDS;
-                    this.hand_back(back, |d| lanes.release_delay(d)).await;
+                    let now = Instant::now();
+                    let back = back
+                        .into_iter()
+                        .map(|j| {
+                            let wait = lanes.release_delay(&j.destination, now, rand::random());
+                            (j, wait)
+                        })
+                        .collect();
+                    this.hand_back(back).await;
                 }
                 continue;
             }
@@ -193,8 +200,12 @@ impl Worker {
                 changed = stop.changed() => if changed.is_err() { break },
             }
         }
-        let waiting: Vec<Job> = lanes.take_waiting().into_iter().map(|(_, j)| j).collect();
-        this.hand_back(waiting, |_| Duration::ZERO).await;
+        let waiting: Vec<(Job, Duration)> = lanes
+            .take_waiting()
+            .into_iter()
+            .map(|(_, j)| (j, Duration::ZERO))
+            .collect();
+        this.hand_back(waiting).await;
         while lanes.running() > 0 {
             match done_rx.recv().await {
                 Some(d) => {
@@ -288,7 +299,7 @@ impl Worker {
                 // waited for its destination behind a slow store): another worker
                 // may claim it meanwhile, and both would deliver it (a review).
                 // Handed back untried, due again at once.
-                this.hand_back(vec![job], |_| Duration::ZERO).await;
+                this.hand_back(vec![(job, Duration::ZERO)]).await;
             } else {
                 this.deliver_one(job.f).await;
             }
@@ -296,26 +307,22 @@ impl Worker {
         });
     }
 
-    /// Hands rows back to the outbox untried, each due again after `delay` of its
-    /// destination.
-    async fn hand_back(&self, jobs: Vec<Job>, delay: impl Fn(&str) -> Duration) {
+    /// Hands rows back to the outbox untried, each due again after its wait.
+    async fn hand_back(&self, jobs: Vec<(Job, Duration)>) {
         if jobs.is_empty() {
             return;
         }
         self.metrics.guards.deferred.inc_by(jobs.len() as u64);
         let now = now_ms();
-        let mut by_time: BTreeMap<i64, Vec<OutboxClaim>> = BTreeMap::new();
-        for j in &jobs {
-            let at = now.saturating_add(delay(&j.destination).as_millis() as i64);
-            by_time.entry(at).or_default().push(j.f.claim());
-        }
+        let claims: Vec<(OutboxClaim, i64)> = jobs
+            .iter()
+            .map(|(j, wait)| {
+                let wait = i64::try_from(wait.as_millis()).unwrap_or(i64::MAX);
+                (j.f.claim(), now.saturating_add(wait))
+            })
+            .collect();
         let store = self.store.clone();
-        let released = tokio::task::spawn_blocking(move || {
-            by_time
-                .into_iter()
-                .try_for_each(|(at, claims)| store.release_follow_ups(&claims, at))
-        })
-        .await;
+        let released = tokio::task::spawn_blocking(move || store.release_follow_ups(&claims)).await;
         // If the store cannot take them back, their claims run out and they come back
         // anyway (counted as an attempt).
         match released {

@@ -1664,12 +1664,12 @@ impl Store for ScyllaStore {
         })
     }
 
-    fn release_follow_ups(&self, claims: &[OutboxClaim], next_at_ms: i64) -> Result<()> {
+    fn release_follow_ups(&self, claims: &[(OutboxClaim, i64)]) -> Result<()> {
         self.wait(async {
-            for c in claims {
+            for (c, next_at_ms) in claims {
                 let attempts = cql_attempts(c.attempts);
                 let values = (
-                    next_at_ms,
+                    *next_at_ms,
                     attempts.saturating_sub(1).max(0),
                     shard_of(c.id),
                     c.id,

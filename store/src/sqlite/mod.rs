@@ -1544,7 +1544,7 @@ impl Store for SqliteStore {
         Ok(written == 1)
     }
 
-    fn release_follow_ups(&self, claims: &[OutboxClaim], next_at: i64) -> Result<()> {
+    fn release_follow_ups(&self, claims: &[(OutboxClaim, i64)]) -> Result<()> {
         self.write(|c| {
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             {
@@ -1552,7 +1552,7 @@ impl Store for SqliteStore {
                     "UPDATE outbox SET next_at = ?2, attempts = MAX(attempts - 1, 0) \
                      WHERE id = ?1 AND next_at = ?3 AND attempts = ?4 AND dead = 0",
                 )?;
-                for c in claims {
+                for (c, next_at) in claims {
                     st.execute(params![c.id, next_at, c.until, c.attempts])?;
                 }
             }
