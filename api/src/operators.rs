@@ -104,10 +104,30 @@ pub async fn delete(
     State(st): State<Arc<ApiState>>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    if db(&st, move |s| s.delete_operator(&id)).await? {
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(ApiError::not_found("no such operator"))
+    let (store, prompts, hooks) = (st.store.clone(), st.prompts.clone(), st.hooks.clone());
+    // One job, whatever becomes of the request: the store's rows (the operator, its
+    // keys, webhooks and prompts), then this node's copies of the prompts and their
+    // files, then the announcements (every node drops its copies; see
+    // `prompts::delete`).
+    let deleted = tokio::task::spawn_blocking(move || {
+        let deleted = store.delete_operator(&id)?;
+        if let Some(names) = &deleted {
+            for name in names {
+                if let Err(e) = prompts.delete_own(&id, name) {
+                    tracing::warn!(%e, operator = %id, name = %name, "a deleted operator's prompt file stays on this node's disk");
+                }
+                hooks.prompt_changed(&id, name);
+            }
+            hooks.webhooks_changed(&id);
+        }
+        Ok::<_, tsunagu_store::StoreError>(deleted)
+    })
+    .await
+    .map_err(|_| ApiError::unavailable("the deletion did not finish"))?;
+    match deleted {
+        Ok(Some(_)) => Ok(StatusCode::NO_CONTENT),
+        Ok(None) => Err(ApiError::not_found("no such operator")),
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -351,6 +351,77 @@ mod tests {
         assert!(b.store.prompt(&b.operator, "greeting").unwrap().is_none());
     }
 
+    /// An operator deleted takes its prompts (the store's rows, this node's copy and
+    /// file, an announcement each) and its webhooks with it: they were left in the
+    /// store and on every node's disk (a review).
+    #[tokio::test]
+    async fn a_deleted_operator_takes_its_prompts_and_webhooks() {
+        use tsunagu_store::Store;
+        let a = api();
+        let key = Some(a.key.as_str());
+        let up = a.send_bytes("PUT", "/v1/prompts/greeting", wav(320)).await;
+        assert_eq!(up.status, StatusCode::OK, "{}", up.text());
+        let hook = a
+            .send(
+                "POST",
+                "/v1/webhooks",
+                key,
+                r#"{"url": "https://93.184.216.34/hook"}"#,
+            )
+            .await;
+        assert_eq!(hook.status, StatusCode::CREATED, "{}", hook.text());
+        let hook_id = hook.json()["id"].as_str().unwrap().to_string();
+        let adv = a
+            .send(
+                "DELETE",
+                &format!("/v1/advertisers/{}", a.advertiser),
+                key,
+                "",
+            )
+            .await;
+        assert_eq!(adv.status, StatusCode::NO_CONTENT, "{}", adv.text());
+        let file = a
+            ._dir
+            .path()
+            .join("prompts/operators")
+            .join(&a.operator)
+            .join("greeting.wav");
+        assert!(file.exists());
+        let before = a.announced.count();
+        let del = a
+            .send(
+                "DELETE",
+                &format!("/v1/operators/{}", a.operator),
+                Some(crate::testing::ADMIN),
+                "",
+            )
+            .await;
+        assert_eq!(del.status, StatusCode::NO_CONTENT, "{}", del.text());
+        assert!(a.store.prompt(&a.operator, "greeting").unwrap().is_none());
+        assert!(a.store.get_webhook(&hook_id).unwrap().is_none());
+        assert!(!file.exists(), "this node's copy of the prompt");
+        assert!(a
+            .state
+            .prompts
+            .names(&a.operator)
+            .iter()
+            .all(|(_, own, _)| !own));
+        assert_eq!(
+            a.announced.count(),
+            before + 2,
+            "the prompt and the webhooks"
+        );
+        let again = a
+            .send(
+                "DELETE",
+                &format!("/v1/operators/{}", a.operator),
+                Some(crate::testing::ADMIN),
+                "",
+            )
+            .await;
+        assert_eq!(again.status, StatusCode::NOT_FOUND, "{}", again.text());
+    }
+
     /// WAV bytes together: 600 s of audio (five bodies of 1.92 MB fill it).
     #[tokio::test]
     async fn the_cap_counts_bytes_too() {

@@ -31,6 +31,22 @@ pub fn owner<'a>(key: &str, members: impl IntoIterator<Item = &'a str>) -> Optio
         .max_by_key(|m| (stable_hash(&[key.as_bytes(), m.as_bytes()]), *m))
 }
 
+/// Where `member` ranks for `key` among `members` (0: the owner, 1: the owner once
+/// the owner is gone, ...); None if it is not among them.
+pub fn rank<'a>(
+    key: &str,
+    members: impl IntoIterator<Item = &'a str>,
+    member: &str,
+) -> Option<usize> {
+    let mut order: Vec<(u64, &str)> = members
+        .into_iter()
+        .map(|m| (stable_hash(&[key.as_bytes(), m.as_bytes()]), m))
+        .collect();
+    order.sort_unstable_by(|a, b| b.cmp(a));
+    order.dedup();
+    order.iter().position(|(_, m)| *m == member)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -45,6 +61,22 @@ mod tests {
         assert_eq!(stable_hash(&[b"number:0501234567", b"n1"]), HASH_N1);
         assert_eq!(stable_hash(&[b"number:0501234567", b"n2"]), HASH_N2);
         assert_ne!(stable_hash(&[b"ab", b"c"]), stable_hash(&[b"a", b"bc"]));
+    }
+
+    /// The owner ranks first, and the owner of what is left when it goes, second.
+    #[test]
+    fn ranks_follow_owners() {
+        let three = ["n1", "n2", "n3"];
+        for k in ["a", "b", "orphaned calls", "number:0501234567"] {
+            let first = owner(k, three).unwrap();
+            assert_eq!(rank(k, three, first), Some(0), "{k}");
+            let rest: Vec<&str> = three.iter().copied().filter(|m| *m != first).collect();
+            let second = owner(k, rest.iter().copied()).unwrap();
+            assert_eq!(rank(k, three, second), Some(1), "{k}");
+            let third = rest.iter().copied().find(|m| *m != second).unwrap();
+            assert_eq!(rank(k, three, third), Some(2), "{k}");
+            assert_eq!(rank(k, three, "n9"), None);
+        }
     }
 
     #[test]

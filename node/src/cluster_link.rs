@@ -298,28 +298,36 @@ pub fn adopt_leftovers(
 }
 
 /// How long a node must be out of this node's view and silent in the store before
-/// the calls it left count as left to nobody: well past the failure detector's 2 s
-/// and the finaliser's grace, so a death the cluster saw is its finaliser's to
-/// handle, and past any store stall a live member's sign of life rides out.
+/// the calls it left count as left to nobody, for the member that ranks first for
+/// [`SWEEPER_KEY`] (each later rank waits this much longer): well past the failure
+/// detector's 2 s and the finaliser's grace, so a death the cluster saw is its
+/// finaliser's to handle, and past any store stall a live member's sign of life
+/// rides out.
 const ORPHANED_AFTER_MS: i64 = 10_000;
 /// How often the orphan sweep looks (see [`sweep_orphans`]).
 const ORPHAN_SWEEP: Duration = Duration::from_secs(5);
-/// The key whose rendezvous owner among the live members runs the sweep.
+/// The key the live members rank by for the sweep (see [`orphan_candidates`]).
 const SWEEPER_KEY: &str = "orphaned calls";
 
-/// The registered nodes whose calls in progress may be left to nobody, as of `now_ms`:
-/// not this node, not up in its view (`up`), and silent in the store for
-/// [`ORPHANED_AFTER_MS`] (a node alive behind a partition still signs; a restarted one
-/// signs with its new run and adopts its old rows itself).
+/// The registered nodes whose calls in progress may be left to nobody, as of `now_ms`,
+/// for a member ranking `rank` for [`SWEEPER_KEY`]: not this node, not up in its view
+/// (`up`), and silent in the store for [`ORPHANED_AFTER_MS`] times one more than
+/// `rank` (a node alive behind a partition still signs; a restarted one signs with its
+/// new run and adopts its old rows itself). The first-ranked member sweeps first; the
+/// next one a little later, so a first that is draining (it sweeps nothing), frozen or
+/// slow leaves nothing behind, and one that is not finds nothing left for the next.
 pub(crate) fn orphan_candidates<'a>(
     rows: &'a [tsunagu_store::NodeRow],
     me: &str,
     up: &[String],
+    rank: usize,
     now_ms: i64,
 ) -> Vec<&'a tsunagu_store::NodeRow> {
+    let silent =
+        ORPHANED_AFTER_MS.saturating_mul(i64::try_from(rank).unwrap_or(i64::MAX).saturating_add(1));
     rows.iter()
         .filter(|n| n.node_id != me && !up.contains(&n.node_id))
-        .filter(|n| now_ms.saturating_sub(n.last_seen) > ORPHANED_AFTER_MS)
+        .filter(|n| now_ms.saturating_sub(n.last_seen) > silent)
         .collect()
 }
 
@@ -328,9 +336,9 @@ pub(crate) fn orphan_candidates<'a>(
 /// that died where no member saw it (alone on the store, or before it joined), left
 /// its rows in progress until that node id started again, which a decommissioned node
 /// never does: answered calls in silence, no record written (a review). Every
-/// [`ORPHAN_SWEEP`], the live member that owns [`SWEEPER_KEY`] reads the registered
-/// nodes and takes each candidate's incarnations with rows left as their finaliser
-/// and only survivor (the start's adoption of its own earlier runs, for another's):
+/// [`ORPHAN_SWEEP`], each live member reads the registered nodes (the first-ranked for
+/// [`SWEEPER_KEY`] soonest: see [`orphan_candidates`]) and takes each candidate's
+/// incarnations with rows left as their finaliser and only survivor (the start's adoption of its own earlier runs, for another's):
 /// answered calls claimed and resumed here (a claim is a compare-and-set on the owner,
 /// so a finaliser still at work loses nothing), the rest logged once (a record
 /// written twice is one record).
@@ -352,19 +360,18 @@ pub fn sweep_orphans(ctx: &Arc<NodeContext>, supervisor: &ActorRef<SupervisorMsg
             }
             let up = cluster.peers_up();
             let me = ctx.node_id.clone();
-            let sweeper = placement::owner(
+            let rank = placement::rank(
                 SWEEPER_KEY,
                 up.iter().map(String::as_str).chain([me.as_str()]),
-            );
-            if sweeper != Some(me.as_str()) {
-                continue;
-            }
+                &me,
+            )
+            .unwrap_or(0);
             let (s, me2) = (ctx.store.clone(), me.clone());
             let read = tokio::task::spawn_blocking(move || {
                 let rows = s.nodes()?;
                 let now = crate::clock::now_ms();
                 let mut left = Vec::new();
-                for n in orphan_candidates(&rows, &me2, &up, now) {
+                for n in orphan_candidates(&rows, &me2, &up, rank, now) {
                     let epochs: std::collections::BTreeSet<u64> = s
                         .active_calls_of(&n.node_id)?
                         .iter()
@@ -792,16 +799,14 @@ impl TakeOver {
             let cp = call.checkpoint.as_deref().and_then(Checkpoint::decode);
             match cp.map(|c| (c.nodes, c.state)) {
                 Some((nodes, State::Answered(answered))) if call.record.answered_at.is_some() => {
-                    // A draining node leaves its share to the finaliser's second round
-                    // (the call would be ended at its own drain deadline); the
-                    // finaliser claims what is left whatever it is doing.
-                    let draining = self.ctx.draining.load(Ordering::Relaxed);
-                    let mine = all
-                        || !draining
-                            && placement::owner(
-                                &call.record.call_id,
-                                self.survivors.iter().map(String::as_str),
-                            ) == Some(me.as_str());
+                    let mine = claims_here(
+                        all,
+                        self.ctx.draining.load(Ordering::Relaxed),
+                        placement::owner(
+                            &call.record.call_id,
+                            self.survivors.iter().map(String::as_str),
+                        ) == Some(me.as_str()),
+                    );
                     if mine {
                         self.claim(call.record, answered, nodes, last_seen).await;
                     }
@@ -863,6 +868,18 @@ impl TakeOver {
         })
         .await;
     }
+}
+
+/// Whether a survivor claims an answered call of a member declared down in its round
+/// (`all`: the finaliser's second round, or a sweep's), given whether it is draining
+/// and whether it is the call's owner among the survivors. A draining node claims
+/// nothing (the call would be ended at its own drain deadline): its share goes to the
+/// finaliser's second round, or, where the finaliser is draining, to the orphan sweep
+/// of a member that is not (see [`sweep_orphans`]). The finaliser claimed what was
+/// left whatever it was doing, and a draining one hung those calls up at its deadline
+/// (a review).
+fn claims_here(all: bool, draining: bool, owner: bool) -> bool {
+    !draining && (all || owner)
 }
 
 /// Drops every call silently, registers a new incarnation and rejoins the cluster.
@@ -1015,6 +1032,27 @@ pub async fn join(
 #[cfg(test)]
 mod tests {
 
+    /// Who claims an answered call of a member declared down.
+    #[test]
+    fn a_draining_node_claims_nothing() {
+        // (all, draining, owner) -> claims
+        let cases = [
+            ((false, false, true), true),
+            ((false, false, false), false),
+            ((true, false, false), true),
+            ((true, true, false), false),
+            ((false, true, true), false),
+            ((true, true, true), false),
+        ];
+        for ((all, draining, owner), want) in cases {
+            assert_eq!(
+                claims_here(all, draining, owner),
+                want,
+                "all={all} draining={draining} owner={owner}"
+            );
+        }
+    }
+
     /// Which registered nodes the orphan sweep looks at.
     #[test]
     fn orphan_candidates_are_out_of_view_and_silent() {
@@ -1039,11 +1077,16 @@ mod tests {
             row("ahead", now + 5_000, false),   // a clock ahead: not silent
         ];
         let up = vec!["up".to_string()];
-        let found: Vec<&str> = orphan_candidates(&rows, "me", &up, now)
-            .iter()
-            .map(|n| n.node_id.as_str())
-            .collect();
-        assert_eq!(found, ["dead", "unseen"]);
+        let found = |rank| -> Vec<&str> {
+            orphan_candidates(&rows, "me", &up, rank, now)
+                .iter()
+                .map(|n| n.node_id.as_str())
+                .collect()
+        };
+        assert_eq!(found(0), ["dead", "unseen"]);
+        // The second-ranked member waits 20 s of silence.
+        assert_eq!(found(1), ["unseen"]);
+        assert!(found(usize::MAX).is_empty());
     }
 
     /// A store read that fails is tried again (0.5 s, then 1 s later) until it

@@ -63,14 +63,48 @@ fn operators_and_keys(s: &dyn Store) {
         "operator with advertisers"
     );
     assert!(s.delete_advertiser(&op.id, &adv.id).unwrap());
-    assert!(s.delete_operator(&op.id).unwrap());
+    // Its webhooks and prompts go with it; another operator's stay.
+    let other = s.create_operator("other").unwrap();
+    let hook = |op: &str, id: &str| crate::Webhook {
+        id: id.into(),
+        operator_id: op.into(),
+        url: "https://example.com/hook".into(),
+        secret: "s".repeat(32),
+        events: vec![],
+        created_at: 1,
+    };
+    s.create_webhook(&hook(&op.id, "wh_gone"), 20).unwrap();
+    s.create_webhook(&hook(&other.id, "wh_kept"), 20).unwrap();
+    for o in [&op.id, &other.id] {
+        s.put_prompt(
+            o,
+            "hello",
+            b"RIFF",
+            crate::PromptQuota {
+                prompts: 10,
+                bytes: 1 << 20,
+            },
+        )
+        .unwrap();
+    }
+    assert_eq!(
+        s.delete_operator(&op.id).unwrap(),
+        Some(vec!["hello".to_string()])
+    );
     assert!(s.get_operator(&op.id).unwrap().is_none());
     assert_eq!(
         s.operator_for_key(&hash).unwrap(),
         None,
         "keys go with their operator"
     );
-    assert!(!s.delete_operator(&op.id).unwrap());
+    assert!(s.get_webhook("wh_gone").unwrap().is_none(), "webhooks too");
+    assert!(s.prompt(&op.id, "hello").unwrap().is_none(), "prompts too");
+    assert!(s.get_webhook("wh_kept").unwrap().is_some());
+    assert!(s.prompt(&other.id, "hello").unwrap().is_some());
+    assert_eq!(s.delete_operator(&op.id).unwrap(), None);
+    assert!(s.delete_webhook(&other.id, "wh_kept").unwrap());
+    assert!(s.delete_prompt(&other.id, "hello").unwrap());
+    assert_eq!(s.delete_operator(&other.id).unwrap(), Some(vec![]));
 }
 
 fn advertisers_are_scoped(s: &dyn Store) {

@@ -81,8 +81,10 @@ pub trait Store: Send + Sync + 'static {
     fn get_operator(&self, id: &str) -> Result<Option<Operator>>;
     fn list_operators(&self) -> Result<Vec<Operator>>;
     fn rename_operator(&self, id: &str, name: &str) -> Result<Option<Operator>>;
-    /// Deletes an operator that owns no advertisers ([`StoreError::InUse`] otherwise).
-    fn delete_operator(&self, id: &str) -> Result<bool>;
+    /// Deletes an operator that owns no advertisers ([`StoreError::InUse`] otherwise),
+    /// with its API keys, webhooks and prompts; the names of the prompts it deleted
+    /// (None: no such operator). Its pools and its call records stay.
+    fn delete_operator(&self, id: &str) -> Result<Option<Vec<String>>>;
     /// Adds an API key (by hash) with the prefix it is listed by, e.g. `tsk_5f0c2a9e`.
     fn add_api_key(&self, operator_id: &str, key_hash: &str, prefix: &str) -> Result<ApiKey>;
     /// The operator an API key (by hash) belongs to.

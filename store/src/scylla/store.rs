@@ -573,7 +573,7 @@ impl Store for ScyllaStore {
         })
     }
 
-    fn delete_operator(&self, id: &str) -> Result<bool> {
+    fn delete_operator(&self, id: &str) -> Result<Option<Vec<String>>> {
         self.wait(async {
             let owned = self
                 .inner
@@ -601,7 +601,28 @@ impl Store for ScyllaStore {
                     .write(q::KEY_INDEX_DELETE, (id, key_id.as_str()))
                     .await?;
             }
-            Ok(self.inner.cas(q::OP_DELETE, (id,)).await?.applied)
+            // Its webhooks and prompts too, before the operator (as its keys): a
+            // retried DELETE takes what was left.
+            let hooks = self.inner.rows::<(String,)>(q::WH_OF, (id,)).await?;
+            for (hook,) in hooks {
+                self.inner.cas(q::WH_DELETE, (hook.as_str(), id)).await?;
+                self.inner
+                    .write(q::WH_INDEX_DELETE, (id, hook.as_str()))
+                    .await?;
+            }
+            let prompts = self
+                .inner
+                .rows::<(String, Option<Vec<u8>>, Option<i64>)>(q::PROMPT_OF_OPERATOR, (id,))
+                .await?;
+            let mut names = Vec::new();
+            for (name, _, _) in prompts {
+                self.inner
+                    .write(q::PROMPT_DELETE, (id, name.as_str()))
+                    .await?;
+                names.push(name);
+            }
+            let applied = self.inner.cas(q::OP_DELETE, (id,)).await?.applied;
+            Ok(applied.then_some(names))
         })
     }
 

@@ -464,7 +464,7 @@ impl Store for SqliteStore {
         self.get_operator(id)
     }
 
-    fn delete_operator(&self, id: &str) -> Result<bool> {
+    fn delete_operator(&self, id: &str) -> Result<Option<Vec<String>>> {
         self.write(|c| {
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let owned: i64 = tx.query_row(
@@ -477,9 +477,19 @@ impl Store for SqliteStore {
                     "operator {id} still owns {owned} advertiser(s)"
                 ))));
             }
+            // Its webhooks and prompts go with it, in the same transaction: they were
+            // left behind, the prompts counting on the disk of every node (a review).
+            let prompts: Vec<String> = tx
+                .prepare("DELETE FROM prompts WHERE operator_id = ?1 RETURNING name")?
+                .query_map([id], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            tx.execute("DELETE FROM webhooks WHERE operator_id = ?1", [id])?;
             let n = tx.execute("DELETE FROM operators WHERE id = ?1", [id])?;
+            if n == 0 {
+                return Ok(Ok(None)); // dropped: nothing is committed
+            }
             tx.commit()?;
-            Ok(Ok(n > 0))
+            Ok(Ok(Some(prompts)))
         })
         .map_err(unavailable)?
     }
