@@ -85,7 +85,7 @@ impl ApiMetrics {
         for reason in EXPORT_CUTS {
             drop(self.exports_cut.get_or_create(&ReasonLabel { reason }));
         }
-        for limit in ["address", "pool", "session"] {
+        for limit in ["address", "address_leases", "pool", "session"] {
             drop(self.issue_throttled.get_or_create(&LimitLabel { limit }));
         }
         for outcome in RECORDING_OUTCOMES {

@@ -57,7 +57,7 @@ fn main() -> ExitCode {
     {
         ["serve"] => serve(None),
         ["serve", "--config", file] | ["serve", "-c", file] => serve(Some(PathBuf::from(file))),
-        ["check-config", file] => check_config(file),
+        ["check-config", file] | ["check-config", "--config" | "-c", file] => check_config(file),
         ["cluster", "status"] => cluster_cli::status(None),
         ["cluster", "status", "--config", file] | ["cluster", "status", "-c", file] => {
             cluster_cli::status(Some(PathBuf::from(file)))

@@ -210,17 +210,21 @@ fn check_config_reports_every_error_with_its_key_path() {
         );
     }
     let spec = repo_root().join("examples/spec-minimal.toml");
-    let out = Command::new(env!("CARGO_BIN_EXE_tsunagu"))
-        .args(["check-config"])
-        .arg(&spec)
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // The file alone, or named as `serve` names it (`-c` printed the usage).
+    for flag in [None, Some("--config"), Some("-c")] {
+        let out = Command::new(env!("CARGO_BIN_EXE_tsunagu"))
+            .arg("check-config")
+            .args(flag)
+            .arg(&spec)
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{flag:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 /// `check-config` refuses what `serve` refuses: a ScyllaDB store in a build without
