@@ -53,6 +53,9 @@ const ROSTER_RETRY: Duration = Duration::from_millis(500);
 /// How often, at most, the session with one member heard only through others is
 /// stopped and dialled afresh (see [`due_resets`]).
 const RESET_EVERY: Duration = Duration::from_secs(5);
+/// How long a member stays declared down and silent before a session still open to
+/// it is stopped (see [`Cluster::reset_cut_sessions`]).
+const DOWN_SESSION_RESET: Duration = Duration::from_secs(10);
 
 /// What the cluster needs from the node it runs in.
 pub trait Host: Send + Sync + 'static {
@@ -633,7 +636,26 @@ impl Cluster {
         if let Some(registered) = &read {
             self.know(registered);
             self.note_signs(registered);
+            // Newer incarnations of the members in this view (a member restarted where
+            // this node cannot reach it): listed, and counted though not heard. Learnt
+            // only at start, a node left alone by its peers' deaths kept their old
+            // incarnations down in its view and counted itself a majority of one,
+            // with a lease without end, while the restarted members, a majority,
+            // declared it down and took its calls over (a review). Not names this
+            // view never had: a node that registers and cannot join (a wrong secret
+            // or certificate) would count against a running cluster.
+            if !self.0.stale.load(Ordering::SeqCst) {
+                let now = Instant::now();
+                let mut m = self.membership();
+                for r in registered {
+                    let known = m.members().any(|(name, _)| *name == r.name);
+                    if known && r.name != m.name() {
+                        m.expect(&r.name, r.epoch, now);
+                    }
+                }
+            }
         }
+        self.after_events();
         let registered = read.unwrap_or_default();
         let me = self.name();
         let connected: BTreeSet<String> = self.0.net.peers().into_iter().collect();
@@ -727,7 +749,15 @@ impl Cluster {
     /// Stops the sessions with members this node does not hear while others do (see
     /// [`due_resets`]), so that the dial that follows opens a fresh connection.
     fn reset_cut_sessions(&self, now: Instant) {
-        let cut = self.membership().heard_only_through_others(now);
+        let cut = {
+            let m = self.membership();
+            let mut cut = m.heard_only_through_others(now);
+            // And members declared down and silent for a while: a session to a
+            // process frozen with its TCP open queued heartbeats and notices for it
+            // without end (about 1 KB/s) until it died (a review).
+            cut.extend(m.down_and_silent(now, DOWN_SESSION_RESET));
+            cut
+        };
         let due = {
             let mut resets = self.0.resets.lock().unwrap_or_else(|p| p.into_inner());
             due_resets(&cut, &mut resets, now)
@@ -735,7 +765,7 @@ impl Cluster {
         for name in due {
             if self.0.net.reset(&name) {
                 self.0.metrics.sessions_reset.inc();
-                tracing::info!(member = %name, "not heard while others hear it: its session stopped, to be dialled afresh");
+                tracing::info!(member = %name, "not heard here (while others hear it, or since it was declared down): its session stopped, to be dialled afresh");
             }
         }
     }

@@ -669,6 +669,22 @@ impl Membership {
             .collect()
     }
 
+    /// The members declared down here for longer than `after` and silent since (no
+    /// frame of theirs taken): a session still open to one (a process frozen with its
+    /// TCP connection open, its window at zero) only queues what is sent to it, in a
+    /// channel without a bound (see the driver's `reset_cut_sessions`).
+    pub fn down_and_silent(&self, now: Instant, after: Duration) -> Vec<String> {
+        self.members
+            .iter()
+            .filter(|(_, m)| {
+                m.state == State::Down
+                    && now.saturating_duration_since(m.since) > after
+                    && m.last_frame.is_none_or(|f| f <= m.since)
+            })
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
     /// Not heard here within the window, and reachable through a voucher by the same
     /// rule the detector and the majority use.
     fn member_only_heard_through_others(&self, m: &Member, now: Instant) -> bool {
@@ -1048,6 +1064,48 @@ mod tests {
         m.retire("c", 5, t0);
         assert_eq!(m.on_heartbeat("c", 5, ms(t0, 5)), Verdict::Stale);
         assert_eq!(m.on_heartbeat("c", 6, ms(t0, 5)), Verdict::Fresh);
+    }
+
+    /// The last member standing holds a lease without end; once the store shows its
+    /// dead peers restarted (incarnations it has not heard), it counts them and is a
+    /// minority of one: its lease ends. Learning them only at its own start, it kept
+    /// acting for good while they, a majority, declared it down (a review).
+    #[test]
+    fn a_lone_survivor_loses_its_lease_to_peers_restarted_out_of_reach() {
+        let t0 = Instant::now();
+        let mut m = Membership::starting_at("b", 1, Timing::default(), t0);
+        for (name, epoch) in [("a", 1), ("c", 1)] {
+            m.on_heartbeat(name, epoch, t0);
+        }
+        ticks(&mut m, t0, 250..=3000);
+        drain(&mut m);
+        let later = ms(t0, 3000);
+        assert!(m.in_majority(later), "alone, a majority of one");
+        assert_eq!(m.lease_until(later), None, "no peer up: no end");
+        // a and c restarted where b cannot reach them; the store lists them.
+        m.expect("a", 2, later);
+        m.expect("c", 2, later);
+        assert!(!m.in_majority(later), "one of three");
+        assert!(!m.lease_valid(ms(t0, 3001)));
+    }
+
+    /// A member declared down and silent since is listed once 10 s have passed, so
+    /// its session, if still open, is stopped.
+    #[test]
+    fn members_down_and_silent_are_listed() {
+        let t0 = Instant::now();
+        let mut m = Membership::starting_at("a", 1, Timing::default(), t0);
+        m.on_heartbeat("b", 1, t0);
+        m.on_heartbeat("c", 1, t0);
+        ticks(&mut m, t0, 250..=1000);
+        for t in (1250..=2500).step_by(250) {
+            m.on_heartbeat("c", 1, ms(t0, t));
+            m.tick(ms(t0, t));
+        }
+        drain(&mut m);
+        let after = Duration::from_secs(10);
+        assert!(m.down_and_silent(ms(t0, 5_000), after).is_empty());
+        assert_eq!(m.down_and_silent(ms(t0, 13_000), after), ["b"]);
     }
 
     #[test]

@@ -297,56 +297,65 @@ pub fn adopt_leftovers(
     });
 }
 
-/// How long a node must be out of this node's view and silent in the store before
-/// the calls it left count as left to nobody, for the member that ranks first for
-/// [`SWEEPER_KEY`] (each later rank waits this much longer): well past the failure
-/// detector's 2 s and the finaliser's grace, so a death the cluster saw is its
-/// finaliser's to handle, and past any store stall a live member's sign of life
-/// rides out.
-const ORPHANED_AFTER_MS: i64 = 10_000;
+/// How long a node must be out of this node's view and its sign of life still (as
+/// this node reads it: see [`tsunagu_cluster::signs`]) before the calls it left count
+/// as left to nobody, for the member that ranks first for [`SWEEPER_KEY`] (each later
+/// rank waits this much longer): well past the failure detector's 2 s and the
+/// finaliser's grace, so a death the cluster saw is its finaliser's to handle.
+const ORPHANED_AFTER: Duration = Duration::from_secs(10);
 /// How often the orphan sweep looks (see [`sweep_orphans`]).
 const ORPHAN_SWEEP: Duration = Duration::from_secs(5);
-/// The key the live members rank by for the sweep (see [`orphan_candidates`]).
+/// The key the live members rank by for the sweep (see [`is_orphaned`]).
 const SWEEPER_KEY: &str = "orphaned calls";
+/// How long an incarnation the sweep took up (or found without calls) is left alone.
+const SWEPT_FOR: Duration = Duration::from_secs(60);
 
-/// The registered nodes whose calls in progress may be left to nobody, as of `now_ms`,
-/// for a member ranking `rank` for [`SWEEPER_KEY`]: not this node, not up in its view
-/// (`up`), and silent in the store for [`ORPHANED_AFTER_MS`] times one more than
-/// `rank` (a node alive behind a partition still signs; a restarted one signs with its
-/// new run and adopts its old rows itself). The first-ranked member sweeps first; the
-/// next one a little later, so a first that is draining (it sweeps nothing), frozen or
-/// slow leaves nothing behind, and one that is not finds nothing left for the next.
-pub(crate) fn orphan_candidates<'a>(
-    rows: &'a [tsunagu_store::NodeRow],
+/// Whether the sweep of a member ranking `rank` for [`SWEEPER_KEY`] looks at the calls
+/// of registered node `n`, whose sign of life has not moved for `still` as this node
+/// reads it: not this node, not up in its view (`up`), not retired (an operator
+/// retires a node the cluster declared down, whose finaliser ran), and still for
+/// [`ORPHANED_AFTER`] times one more than `rank` (a node alive behind a partition
+/// still signs; a restarted one signs with its new run and adopts its old rows
+/// itself). The first-ranked member sweeps first, the next a little later, so a first
+/// that drains (it claims nothing), freezes or lags leaves nothing behind. Stillness
+/// is read on this node's own clock from the sign's moves, never from the hosts' wall
+/// clocks: a node whose clock ran 10 s behind was swept alive (a review).
+pub(crate) fn is_orphaned(
+    n: &tsunagu_store::NodeRow,
+    still: Duration,
     me: &str,
     up: &[String],
     rank: usize,
-    now_ms: i64,
-) -> Vec<&'a tsunagu_store::NodeRow> {
-    let silent =
-        ORPHANED_AFTER_MS.saturating_mul(i64::try_from(rank).unwrap_or(i64::MAX).saturating_add(1));
-    rows.iter()
-        .filter(|n| n.node_id != me && !up.contains(&n.node_id))
-        .filter(|n| now_ms.saturating_sub(n.last_seen) > silent)
-        .collect()
+) -> bool {
+    let after =
+        ORPHANED_AFTER.saturating_mul(u32::try_from(rank).unwrap_or(u32::MAX).saturating_add(1));
+    n.node_id != me && !up.contains(&n.node_id) && !n.retired && still > after
 }
 
 /// Calls left to nobody: a member declared down is finalised by one survivor, but a
-/// finaliser that dies in its grace (or before marking the member down), or a node
-/// that died where no member saw it (alone on the store, or before it joined), left
-/// its rows in progress until that node id started again, which a decommissioned node
-/// never does: answered calls in silence, no record written (a review). Every
-/// [`ORPHAN_SWEEP`], each live member reads the registered nodes (the first-ranked for
-/// [`SWEEPER_KEY`] soonest: see [`orphan_candidates`]) and takes each candidate's
-/// incarnations with rows left as their finaliser and only survivor (the start's adoption of its own earlier runs, for another's):
-/// answered calls claimed and resumed here (a claim is a compare-and-set on the owner,
-/// so a finaliser still at work loses nothing), the rest logged once (a record
-/// written twice is one record).
+/// finaliser that dies before it finished (in its grace, or before claiming), one
+/// that drains (it claims nothing), or a node that died where no member saw it
+/// (alone on the store, or before it joined) left its rows in progress until that
+/// node id started again, which a decommissioned node never does: answered calls in
+/// silence, no record written (a review). Every [`ORPHAN_SWEEP`] each live member
+/// reads the registered nodes and takes each orphaned one's incarnations with calls
+/// left ([`is_orphaned`]) as their finaliser and only survivor (the start's adoption
+/// of its own earlier runs, for another's): answered calls claimed and resumed here
+/// (a claim is a compare-and-set on the owner, so a finaliser still at work loses
+/// nothing), the rest logged once (a record written twice is one record). Not before
+/// [`tsunagu_cluster::membership::UNHEARD_GRACE`] after this node joined or rejoined
+/// (members it has not heard yet are not in its view), and an incarnation it took up
+/// or found without calls is left alone for [`SWEPT_FOR`].
 pub fn sweep_orphans(ctx: &Arc<NodeContext>, supervisor: &ActorRef<SupervisorMsg>) {
     let (ctx, supervisor) = (ctx.clone(), supervisor.clone());
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(ORPHAN_SWEEP);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut signs = tsunagu_cluster::signs::SignWatch::default();
+        let mut swept: std::collections::HashMap<(String, u64), std::time::Instant> =
+            Default::default();
+        // This node's incarnation and when the sweep first saw it in good standing.
+        let mut standing: Option<(u64, std::time::Instant)> = None;
         loop {
             tick.tick().await;
             let Some(cluster) = ctx.cluster.get() else {
@@ -358,6 +367,14 @@ pub fn sweep_orphans(ctx: &Arc<NodeContext>, supervisor: &ActorRef<SupervisorMsg
             {
                 continue; // not a member in good standing, or leaving
             }
+            let now = std::time::Instant::now();
+            let since = match standing {
+                Some((epoch, t)) if epoch == cluster.epoch() => t,
+                _ => standing.insert((cluster.epoch(), now)).1,
+            };
+            // Signs are read from the start; nothing is swept before the grace.
+            let acting =
+                now.saturating_duration_since(since) >= tsunagu_cluster::membership::UNHEARD_GRACE;
             let up = cluster.peers_up();
             let me = ctx.node_id.clone();
             let rank = placement::rank(
@@ -366,52 +383,71 @@ pub fn sweep_orphans(ctx: &Arc<NodeContext>, supervisor: &ActorRef<SupervisorMsg
                 &me,
             )
             .unwrap_or(0);
-            let (s, me2) = (ctx.store.clone(), me.clone());
-            let read = tokio::task::spawn_blocking(move || {
-                let rows = s.nodes()?;
-                let now = crate::clock::now_ms();
-                let mut left = Vec::new();
-                for n in orphan_candidates(&rows, &me2, &up, rank, now) {
-                    let epochs: std::collections::BTreeSet<u64> = s
-                        .active_calls_of(&n.node_id)?
-                        .iter()
-                        .map(|c| c.record.owner_epoch)
-                        .collect();
-                    for epoch in epochs {
-                        // The row's sign of life is its last incarnation's.
-                        let last_seen = (epoch == n.epoch).then_some(n.last_seen);
-                        left.push((n.node_id.clone(), epoch, last_seen));
-                    }
-                }
-                Ok::<_, tsunagu_store::StoreError>(left)
-            })
-            .await;
-            let left = match read {
-                Ok(Ok(left)) => left,
-                Ok(Err(e)) => {
-                    tracing::debug!(%e, "orphan sweep: store unreadable; next time");
+            let s = ctx.store.clone();
+            let Ok(Ok(rows)) = tokio::task::spawn_blocking(move || s.nodes()).await else {
+                continue; // the store unreadable: next time
+            };
+            let wall = crate::clock::now_ms();
+            signs.keep_only(rows.iter().map(|n| n.node_id.as_str()));
+            swept.retain(|_, t| now.saturating_duration_since(*t) < SWEPT_FOR);
+            for n in rows {
+                let still = signs.age(
+                    &n.node_id,
+                    n.epoch,
+                    n.last_seen,
+                    sign_age(n.last_seen, wall),
+                    now,
+                );
+                if !acting
+                    || !is_orphaned(&n, still, &me, &up, rank)
+                    || swept.contains_key(&(n.node_id.clone(), n.epoch))
+                {
                     continue;
                 }
-                Err(_) => continue,
-            };
-            for (dead, dead_epoch, last_seen) in left {
-                tracing::warn!(
-                    member = %dead,
-                    epoch = dead_epoch,
-                    "calls in progress left to nobody: adopted"
-                );
-                ctx.metrics.calls.orphans_adopted.inc();
-                TakeOver {
-                    ctx: ctx.clone(),
-                    supervisor: supervisor.clone(),
-                    dead,
-                    dead_epoch,
-                    finaliser: true,
-                    survivors: vec![me.clone()],
-                    last_seen,
+                let (s, id) = (ctx.store.clone(), n.node_id.clone());
+                let Ok(Ok(calls)) =
+                    tokio::task::spawn_blocking(move || s.active_calls_of(&id)).await
+                else {
+                    continue; // this one next time; the others now
+                };
+                let epochs: std::collections::BTreeSet<u64> =
+                    calls.iter().map(|c| c.record.owner_epoch).collect();
+                for epoch in epochs {
+                    if epoch != n.epoch && swept.contains_key(&(n.node_id.clone(), epoch)) {
+                        continue; // an earlier run of that node id, taken up lately
+                    }
+                    swept.insert((n.node_id.clone(), epoch), now);
+                    // The row's sign of life is its last incarnation's; an earlier one
+                    // was gone when the last started.
+                    let last_seen = if epoch == n.epoch {
+                        n.last_seen
+                    } else {
+                        n.started_at
+                    };
+                    let done = TakeOver {
+                        ctx: ctx.clone(),
+                        supervisor: supervisor.clone(),
+                        dead: n.node_id.clone(),
+                        dead_epoch: epoch,
+                        finaliser: true,
+                        survivors: vec![me.clone()],
+                        last_seen: Some(last_seen),
+                    }
+                    .run()
+                    .await;
+                    if done > 0 {
+                        ctx.metrics.calls.orphans_adopted.inc();
+                        tracing::warn!(
+                            member = %n.node_id,
+                            epoch,
+                            calls = done,
+                            "calls in progress left to nobody: adopted"
+                        );
+                    }
                 }
-                .run()
-                .await;
+                // Its last incarnation found without calls (or taken up): left alone
+                // for a while.
+                swept.insert((n.node_id.clone(), n.epoch), now);
             }
         }
     });
@@ -750,30 +786,38 @@ struct TakeOver {
 const CLAIM_GRACE: Duration = Duration::from_secs(2);
 
 impl TakeOver {
-    async fn run(self) {
+    /// Runs the job; how many calls it claimed or logged.
+    async fn run(self) -> u64 {
         let store = self.ctx.store.clone();
         if self.finaliser {
             let (s, name, epoch) = (store.clone(), self.dead.clone(), self.dead_epoch);
+            let me = (
+                self.ctx.node_id.clone(),
+                self.ctx.epoch.load(Ordering::Relaxed),
+            );
             // Marked down before its calls are read: the store then refuses the rows a
-            // frozen member that wakes up would still write.
+            // frozen member that wakes up would still write. Only while this node is in
+            // good standing itself (see `Store::mark_node_down_by`).
             let marked = until_done("marking a member down", move || {
-                s.mark_node_down(&name, epoch)
+                s.mark_node_down_by(&name, epoch, (&me.0, me.1))
             })
             .await;
             if marked == Some(true) {
                 tracing::warn!(member = %self.dead, epoch, "member marked down in the store");
             }
         }
-        self.round(false).await;
+        let mut done = self.round(false).await;
         if self.finaliser {
             tokio::time::sleep(CLAIM_GRACE).await;
-            self.round(true).await;
+            done += self.round(true).await;
         }
+        done
     }
 
     /// One pass over the dead member's calls in progress; `all`: this node claims every
-    /// answered call still there (the finaliser, after the grace period).
-    async fn round(&self, all: bool) {
+    /// answered call still there (the finaliser, after the grace period). How many
+    /// calls it claimed or logged.
+    async fn round(&self, all: bool) -> u64 {
         let (s, dead) = (self.ctx.store.clone(), self.dead.clone());
         let found = until_done("the calls of a member declared down", move || {
             let calls = s.active_calls_of(&dead)?;
@@ -786,11 +830,11 @@ impl TakeOver {
         })
         .await;
         let Some((calls, stored)) = found else {
-            return; // logged: the member's calls stay for its next start
+            return 0; // logged: the member's calls stay for its next start
         };
         let last_seen = self.last_seen.or(stored);
         let me = self.ctx.node_id.clone();
-        let mut lost = 0;
+        let (mut lost, mut claimed) = (0, 0);
         for call in calls {
             if call.record.owner_epoch != self.dead_epoch {
                 // A newer incarnation of the same node id (restarted since) runs it.
@@ -807,8 +851,8 @@ impl TakeOver {
                             self.survivors.iter().map(String::as_str),
                         ) == Some(me.as_str()),
                     );
-                    if mine {
-                        self.claim(call.record, answered, nodes, last_seen).await;
+                    if mine && self.claim(call.record, answered, nodes, last_seen).await {
+                        claimed += 1;
                     }
                 }
                 other if self.finaliser => {
@@ -827,19 +871,20 @@ impl TakeOver {
             self.ctx.metrics.calls.calls_recovered.inc_by(lost);
             tracing::warn!(member = %self.dead, calls = lost, "unanswered calls of a member declared down logged as failed (node_lost)");
         }
+        lost + claimed
     }
 
     /// Claims one answered call and resumes it here (`last_seen`: when the member
-    /// was last heard).
+    /// was last heard); whether this node won it.
     async fn claim(
         &self,
         record: tsunagu_store::CallRecord,
         answered: Box<Answered>,
         nodes: Vec<String>,
         last_seen: Option<i64>,
-    ) {
+    ) -> bool {
         let id = record.call_id.clone();
-        if claim_and_resume(
+        let won = claim_and_resume(
             &self.ctx,
             &self.supervisor,
             &self.dead,
@@ -848,10 +893,11 @@ impl TakeOver {
             nodes,
             last_seen,
         )
-        .await
-        {
+        .await;
+        if won {
             tracing::warn!(call_id = %id, from = %self.dead, "claimed a call of a member declared down");
         }
+        won
     }
 
     async fn log_lost(&self, record: tsunagu_store::CallRecord, last_seen: Option<i64>) {
@@ -1055,38 +1101,37 @@ mod tests {
 
     /// Which registered nodes the orphan sweep looks at.
     #[test]
-    fn orphan_candidates_are_out_of_view_and_silent() {
-        let now = 1_000_000;
-        let row = |id: &str, last_seen: i64, down: bool| tsunagu_store::NodeRow {
+    fn orphans_are_out_of_view_and_still() {
+        let row = |id: &str, retired: bool| tsunagu_store::NodeRow {
             node_id: id.into(),
             epoch: 3,
             started_at: 0,
-            last_seen,
+            last_seen: 0,
             cluster_addr: None,
             api_addr: None,
-            down,
-            retired: false,
+            down: true,
+            retired,
         };
-        let rows = [
-            row("me", 0, false),                // this node: never
-            row("up", 0, false),                // in the view: its own members' care
-            row("dead", now - 10_001, true),    // down and silent: yes
-            row("unseen", now - 60_000, false), // never declared down, silent: yes
-            row("just", now - 9_000, true),     // down 9 s ago: its finaliser's still
-            row("signing", now - 1_000, false), // out of view but signing: alive
-            row("ahead", now + 5_000, false),   // a clock ahead: not silent
-        ];
         let up = vec!["up".to_string()];
-        let found = |rank| -> Vec<&str> {
-            orphan_candidates(&rows, "me", &up, rank, now)
-                .iter()
-                .map(|n| n.node_id.as_str())
-                .collect()
-        };
-        assert_eq!(found(0), ["dead", "unseen"]);
-        // The second-ranked member waits 20 s of silence.
-        assert_eq!(found(1), ["unseen"]);
-        assert!(found(usize::MAX).is_empty());
+        let s = Duration::from_secs;
+        // (node, retired, still for, rank) -> swept
+        let cases = [
+            (("me", false), s(60), 0, false),   // this node: never
+            (("up", false), s(60), 0, false),   // in the view: its members' care
+            (("dead", false), s(11), 0, true),  // still past 10 s: yes
+            (("dead", false), s(9), 0, false),  // its finaliser's still
+            (("dead", false), s(11), 1, false), // the second rank waits 20 s
+            (("dead", false), s(21), 1, true),
+            (("dead", true), s(600), 0, false), // retired by an operator
+            (("dead", false), s(600), usize::MAX, false),
+        ];
+        for ((id, retired), still, rank, want) in cases {
+            assert_eq!(
+                is_orphaned(&row(id, retired), still, "me", &up, rank),
+                want,
+                "{id} retired={retired} still={still:?} rank={rank}"
+            );
+        }
     }
 
     /// A store read that fails is tried again (0.5 s, then 1 s later) until it

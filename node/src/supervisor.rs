@@ -86,6 +86,16 @@ impl Calls {
     /// Starts the task of a call claimed from another node.
     pub fn resume(self: &Arc<Self>, args: crate::call::takeover::ResumeArgs) {
         let id = &args.record.call_id;
+        let epoch = args.ctx.epoch.load(Ordering::Relaxed);
+        let stale = args.ctx.cluster.get().is_some_and(|c| c.needs_rejoin());
+        if !resumable(args.record.owner_epoch, epoch, stale) {
+            // Claimed by an incarnation of this node the cluster has declared down
+            // since (a claim retried after its store error can land after the calls
+            // were dropped for the rejoin): the call stays that incarnation's, whose
+            // finaliser takes it; resumed here too, it ran on two nodes (a review).
+            tracing::warn!(call_id = %id, claimed_by = args.record.owner_epoch, epoch, stale, "a call claimed by an incarnation declared down since: not resumed");
+            return;
+        }
         if self.table().calls.values().any(|(seed, _)| seed.id == *id) {
             // Claimed twice on this node (a hand-over's claim and a member-down
             // claim, one of them retried after a store error): one actor per call.
@@ -309,6 +319,13 @@ fn clean_up(ctx: &NodeContext, seed: &CallSeed, end_reason: Option<&str>) {
         .inc();
 }
 
+/// Whether a call claimed for incarnation `claimed_by` of this node runs here, this
+/// node being incarnation `epoch`, `stale` while the cluster has it declared down and
+/// not rejoined: only for the incarnation that runs.
+fn resumable(claimed_by: u64, epoch: u64, stale: bool) -> bool {
+    claimed_by == epoch && !stale
+}
+
 #[cfg(test)]
 mod tests {
     //! Supervision with real parts: a real endpoint on loopback, a real SQLite store,
@@ -326,6 +343,21 @@ mod tests {
 
     /// The wrapper around every call's task adds a few bytes to the call's future (an
     /// async block would double it) and turns a panic into `Exit::Panicked`.
+    /// A claim resumes only for the incarnation that runs, in good standing.
+    #[test]
+    fn only_the_running_incarnation_resumes_its_claims() {
+        // (claimed by, running, stale) -> resumed
+        let cases = [
+            ((4, 4, false), true),
+            ((4, 4, true), false),
+            ((3, 4, false), false),
+            ((5, 4, false), false),
+        ];
+        for ((by, epoch, stale), want) in cases {
+            assert_eq!(resumable(by, epoch, stale), want, "{by} {epoch} {stale}");
+        }
+    }
+
     #[tokio::test]
     async fn the_panic_guard_holds_the_call_once() {
         let call = async {

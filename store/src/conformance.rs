@@ -677,6 +677,24 @@ fn node_incarnations(s: &dyn Store) {
     // Declared down: once (compare-and-set), not an older incarnation, and the
     // incarnation's own heartbeat then fails (it must rejoin).
     assert!(!s.mark_node_down("n-epoch", 1).unwrap());
+    // Only by a member in good standing: not an unknown one, not an earlier
+    // incarnation, not one declared down.
+    let marker = NodeInfo {
+        node_id: "n-marker".into(),
+        ..info.clone()
+    };
+    assert_eq!(s.register_node(&marker, 1_000).unwrap().0, 1);
+    assert_eq!(s.register_node(&marker, 1_100).unwrap().0, 2);
+    assert!(!s.mark_node_down_by("n-epoch", 2, ("n-nobody", 1)).unwrap());
+    assert!(!s.mark_node_down_by("n-epoch", 2, ("n-marker", 1)).unwrap());
+    assert!(
+        s.mark_node_down_by("n-marker", 2, ("n-marker", 2)).unwrap(),
+        "itself, leaving"
+    );
+    assert!(
+        !s.mark_node_down_by("n-epoch", 2, ("n-marker", 2)).unwrap(),
+        "declared down"
+    );
     assert!(s.mark_node_down("n-epoch", 2).unwrap());
     assert!(!s.mark_node_down("n-epoch", 2).unwrap(), "already down");
     assert!(!s.node_alive("n-epoch", 2, 5_000).unwrap());

@@ -271,6 +271,25 @@ pub trait Store: Send + Sync + 'static {
     /// (compare-and-set: the first of several survivors wins), false if it already was
     /// or a newer incarnation runs.
     fn mark_node_down(&self, node: &str, epoch: u64) -> Result<bool>;
+    /// [`Store::mark_node_down`] by member `by` (name, incarnation), only while `by`
+    /// is that incarnation in good standing (not declared down, not restarted since;
+    /// marking itself down as it leaves, it is): both sides of a cut cluster, each
+    /// counting itself a majority, marked each other down, every node then read its
+    /// own row down and dropped its calls, and no claim of a node declared down is
+    /// taken, so every call was lost (a review). The first side's mark stands; the
+    /// other side's are refused. This default reads the registry first (not atomic
+    /// with the mark); a backend that can do both at once does.
+    fn mark_node_down_by(&self, node: &str, epoch: u64, by: (&str, u64)) -> Result<bool> {
+        let standing = (by.0, by.1) == (node, epoch)
+            || self
+                .nodes()?
+                .iter()
+                .any(|n| n.node_id == by.0 && n.epoch == by.1 && !n.down);
+        if !standing {
+            return Ok(false);
+        }
+        self.mark_node_down(node, epoch)
+    }
     /// An operator takes `node` out of the cluster for good (`tsunagu cluster forget`):
     /// its incarnation `epoch` is marked retired, and down (fenced: if it still runs,
     /// its next sign of life fails and it must rejoin). Members stop listing it; a

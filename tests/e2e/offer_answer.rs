@@ -808,8 +808,23 @@ fn a_callee_that_refreshes_stays_the_refresher_in_the_node_s_re_invites() {
 /// takeover's re-INVITE to such a callee did the same (a review).
 #[test]
 fn a_callee_that_refreshes_keeps_its_timer_through_the_caller_s_hold() {
+    callee_timer_through_a_hold("timer-to-callee", false);
+}
+
+/// The same callee refusing the interval the node names to it (422 with a longer
+/// Min-SE: the caller had agreed a shorter one) gets the hold again without a timer,
+/// and the caller its 200; the caller got 500 for it, and the takeover's re-INVITE
+/// refused so hung the call up.
+#[test]
+fn a_callee_refusing_the_node_s_timer_gets_the_hold_without_it() {
+    callee_timer_through_a_hold("timer-to-callee-422", true);
+}
+
+/// A caller asking `Session-Expires: 1800`, a callee answering as the refresher, the
+/// caller's hold without a timer; the callee refusing the node's timer 422 first if
+/// `refuses`.
+fn callee_timer_through_a_hold(call_id: &str, refuses: bool) {
     let (_ports, _node, callee, caller) = raw_parties();
-    let call_id = "timer-to-callee";
     let (ok, node_tag, _) = call_with_the_caller_s_timer(
         &caller,
         &callee,
@@ -830,7 +845,7 @@ fn a_callee_that_refreshes_keeps_its_timer_through_the_caller_s_hold() {
         "",
         &caller_hold(),
     ));
-    let relayed = callee.expect("INVITE ");
+    let mut relayed = callee.expect("INVITE ");
     assert_eq!(
         header(&relayed, "Session-Expires"),
         Some("1800;refresher=uas"),
@@ -841,13 +856,22 @@ fn a_callee_that_refreshes_keeps_its_timer_through_the_caller_s_hold() {
         "{relayed}"
     );
     let held = sdp(4002).replace(" 2 2 IN", " 2 3 IN") + "a=recvonly\r\n";
-    callee.respond_with(
-        "calleetag",
-        &relayed,
-        "200 OK",
-        "Session-Expires: 1800;refresher=uas\n",
-        &held,
-    );
+    let mut timer = "Session-Expires: 1800;refresher=uas\n";
+    if refuses {
+        callee.respond_with(
+            "calleetag",
+            &relayed,
+            "422 Session Interval Too Small",
+            "Min-SE: 3600\n",
+            "",
+        );
+        callee.expect("ACK ");
+        relayed = callee.expect("INVITE ");
+        assert!(relayed.contains("a=sendonly"), "the same hold: {relayed}");
+        assert_eq!(header(&relayed, "Session-Expires"), None, "{relayed}");
+        timer = "";
+    }
+    callee.respond_with("calleetag", &relayed, "200 OK", timer, &held);
     callee.expect("ACK ");
     let held_ok = caller.final_response();
     assert!(held_ok.starts_with("SIP/2.0 200"), "{held_ok}");

@@ -50,6 +50,8 @@ struct Leg {
     times: Mutex<(Option<Instant>, Option<Instant>)>,
     /// Re-INVITEs this leg refused 491 (see [`Party::refuse_re_invites`]).
     refused: AtomicU32,
+    /// The Session-Expires of each re-INVITE this leg got ("" for none), in order.
+    re_invite_timers: Mutex<Vec<String>>,
 }
 
 impl Leg {
@@ -97,6 +99,8 @@ struct Inner {
     next: AtomicU32,
     /// How many re-INVITEs each leg refuses 491 before it accepts one.
     refuse_491: AtomicU32,
+    /// Session timers (see [`Party::callee_refreshes`]): the interval, 0 for none.
+    callee_timer: AtomicU32,
 }
 
 /// The party: its own runtime, the caller socket and the callee socket.
@@ -143,6 +147,7 @@ impl Party {
                 pairs: Mutex::new(HashMap::new()),
                 next: AtomicU32::new(1),
                 refuse_491: AtomicU32::new(0),
+                callee_timer: AtomicU32::new(0),
             })
         });
         for callee in [false, true] {
@@ -164,6 +169,24 @@ impl Party {
     /// a party does while a re-INVITE of its own is pending (RFC 3261 14.2).
     pub fn refuse_re_invites(&self, n: u32) {
         self.inner.refuse_491.store(n, Ordering::Relaxed);
+    }
+
+    /// From now on callers ask for session timers of `interval` s (`Session-Expires`,
+    /// `Supported: timer`) and callees answer as the refresher (`refresher=uas`), as
+    /// many PBXs do; neither refreshes within a test's length.
+    pub fn callee_refreshes(&self, interval: u32) {
+        self.inner.callee_timer.store(interval, Ordering::Relaxed);
+    }
+
+    /// The Session-Expires of each re-INVITE `caller`'s callee got, in order ("" for
+    /// none).
+    pub fn callee_re_invite_timers(&self, caller: &str) -> Vec<String> {
+        let pairs = self.inner.pairs.lock().unwrap();
+        pairs
+            .get(caller)
+            .and_then(|p| p.callee.as_ref())
+            .map(|leg| leg.re_invite_timers.lock().unwrap().clone())
+            .unwrap_or_default()
     }
 
     /// `caller` hangs up and its BYE is lost (its node is going): its dialog is gone
@@ -532,6 +555,7 @@ impl Inner {
             heard: std::sync::atomic::AtomicBool::new(false),
             times: Mutex::new((None, None)),
             refused: AtomicU32::new(0),
+            re_invite_timers: Mutex::new(Vec::new()),
         });
         self.legs
             .lock()
@@ -561,11 +585,15 @@ impl Inner {
             p.caller = Some(leg.clone());
         }
         let body = sdp(id, 1, leg.rtp.local_addr().expect("rtp").port());
+        let timer = match self.callee_timer.load(Ordering::Relaxed) {
+            0 => String::new(),
+            n => format!("Session-Expires: {n}\r\nSupported: timer\r\n"),
+        };
         let invite = with_body(
             format!(
                 "INVITE sip:{number}@{node} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK-{id}-1;rport\r\n\
                  Max-Forwards: 70\r\nFrom: <sip:{caller}@127.0.0.1>;tag=c{id}\r\nTo: <sip:{number}@{node}>\r\n\
-                 Call-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: <sip:{caller}@{local}>\r\n"
+                 Call-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: <sip:{caller}@{local}>\r\n{timer}"
             ),
             &body,
         );
@@ -702,6 +730,10 @@ impl Inner {
                 let body = sdp(id, 1, leg.rtp.local_addr().expect("rtp").port());
                 let mut to = req.clone_to_with_tag(&leg.local_tag);
                 to.push_str("\r\n");
+                let timer = match self.callee_timer.load(Ordering::Relaxed) {
+                    0 => String::new(),
+                    n => format!("Session-Expires: {n};refresher=uas\r\n"),
+                };
                 let text = self
                     .reply_to(
                         true,
@@ -710,7 +742,7 @@ impl Inner {
                         200,
                         "OK",
                         &to,
-                        &format!("Contact: <sip:callee@{local}>\r\n"),
+                        &format!("Contact: <sip:callee@{local}>\r\n{timer}"),
                         &body,
                     )
                     .await;
@@ -731,6 +763,10 @@ impl Inner {
                         return;
                     }
                 }
+                leg.re_invite_timers
+                    .lock()
+                    .unwrap()
+                    .push(req.header("session-expires").to_string());
                 if leg.refused.load(Ordering::Relaxed) < self.refuse_491.load(Ordering::Relaxed) {
                     leg.refused.fetch_add(1, Ordering::Relaxed);
                     let text = self
@@ -748,6 +784,14 @@ impl Inner {
                 let version = leg.sdp_version.fetch_add(1, Ordering::Relaxed) + 1;
                 let body = sdp(0, version, leg.rtp.local_addr().expect("rtp").port());
                 let local = self.local(callee);
+                // A refreshing callee goes on refreshing (RFC 4028: each re-INVITE is a
+                // refresh, its 2xx says who refreshes next).
+                let timer = match self.callee_timer.load(Ordering::Relaxed) {
+                    n if n > 0 && callee && !req.header("session-expires").is_empty() => {
+                        format!("Session-Expires: {n};refresher=uas\r\n")
+                    }
+                    _ => String::new(),
+                };
                 let text = self
                     .reply(
                         callee,
@@ -755,7 +799,7 @@ impl Inner {
                         from,
                         200,
                         "OK",
-                        &format!("Contact: <sip:party@{local}>\r\n"),
+                        &format!("Contact: <sip:party@{local}>\r\n{timer}"),
                         &body,
                     )
                     .await;

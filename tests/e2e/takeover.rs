@@ -267,6 +267,10 @@ fn a_killed_node_s_answered_calls_keep_talking_through_the_survivors() {
 fn a_party_refusing_the_takeover_re_invite_491_is_asked_again() {
     const CALLS: usize = 6;
     let mut rig = Rig::new("");
+    // Callees that refresh the session: every re-INVITE a survivor sends them, the
+    // one refused included, names them refresher still (without it a callee's timer
+    // was off, it stopped refreshing, and the call was hung up an interval later).
+    rig.party.callee_refreshes(1800);
     rig.place(CALLS);
     let victims = rig.carried_by("n2");
     assert_eq!(victims.len(), CALLS / 3);
@@ -296,6 +300,13 @@ fn a_party_refusing_the_takeover_re_invite_491_is_asked_again() {
         rig.on_survivors("tsunagu_calls_taken_over_total{outcome=\"failed\"}"),
         0
     );
+    for caller in &victims {
+        assert_eq!(
+            rig.party.callee_re_invite_timers(caller),
+            ["1800;refresher=uas", "1800;refresher=uas"],
+            "{caller}: the takeover's re-INVITE and its retry"
+        );
+    }
     rig.hang_up_and_check_records(CALLS, "n1");
 }
 
@@ -605,7 +616,7 @@ fn a_node_killed_and_started_again_at_once_loses_no_answered_call() {
 /// down from the store, so no member declares them down again and none finalises
 /// them: the calls stayed in progress, their parties in silence and no record
 /// written, until a dead node id started again (a review). The orphan sweep finds
-/// them (their nodes out of its view and silent in the store for 10 s) and adopts
+/// them (their nodes out of its view and their signs of life still for 10 s) and adopts
 /// them: each answered call re-INVITEd, heard again and logged once.
 #[test]
 fn calls_whose_finaliser_died_too_are_adopted_by_a_live_member() {
@@ -627,8 +638,9 @@ fn calls_whose_finaliser_died_too_are_adopted_by_a_live_member() {
         }
     }
     rig.c.start(3, GOOD);
-    // Silent for 10 s, then the next sweep (every 5 s), then the re-INVITEs.
-    rig.wait_heard(&callers, death, Duration::from_secs(40));
+    // n3's sweep acts 10 s after it joined, on signs it has read still for 10 s, at
+    // its next tick (every 5 s); then the re-INVITEs.
+    rig.wait_heard(&callers, death, Duration::from_secs(60));
     let heard: HashSet<String> = rig.party.heard_since(death).into_iter().collect();
     assert!(
         callers.is_subset(&heard),
@@ -638,10 +650,12 @@ fn calls_whose_finaliser_died_too_are_adopted_by_a_live_member() {
         rig.c.node("n3").log()
     );
     let n3 = rig.c.node("n3");
-    assert_eq!(
-        n3.metric("tsunagu_takeover_orphans_adopted_total"),
-        2.0,
-        "one incarnation each of n1 and n2"
+    // Counted once each job is over (a finaliser's second round comes 2 s after its
+    // first).
+    n3.wait_until(
+        Duration::from_secs(10),
+        "one incarnation each of n1 and n2 adopted",
+        || n3.metric("tsunagu_takeover_orphans_adopted_total") == 2.0,
     );
     let records = rig.hang_up_and_check_records(CALLS, "n3");
     for r in records.values() {

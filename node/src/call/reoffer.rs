@@ -237,24 +237,33 @@ impl Call {
     /// sender hears only the final answer. It was passed the 422, which it could not
     /// act on (its request named no timer), so its hold or codec change failed. A
     /// Min-SE the node does not follow (over two hours, [`crate::decide::session_timer::MAX_MIN_SE`]) is passed on as
-    /// before. `Err` gives the re-offer back when it is not such a case.
+    /// before. A callee's 422 to the timer the node added for it (see
+    /// [`Call::timer_to`]) has the offer sent again without one. `Err` gives the
+    /// re-offer back when it is not such a case.
     fn retry_with_callers_floor(
         &mut self,
         mut p: Box<Reoffer>,
         resp: &Response,
     ) -> Result<(), Box<Reoffer>> {
         let code = resp.status_code.code();
-        // The callee's floor was in the interval it agreed to: only the caller
-        // teaches the node a longer one.
-        if code != 422 || !p.timer_added || p.floor_retried || p.from != Side::B {
+        if code != 422 || !p.timer_added || p.floor_retried {
             return Err(p);
         }
-        let Some(interval) = self.follow_callers_floor(resp) else {
-            return Err(p);
-        };
         let to = p.from.other();
         let mut headers = p.ask.headers();
-        self.timer_to(Side::A, &mut headers);
+        let interval = if to == Side::A {
+            let Some(interval) = self.follow_callers_floor(resp) else {
+                return Err(p);
+            };
+            self.timer_to(Side::A, &mut headers);
+            interval
+        } else {
+            // The callee refuses the interval the node named to it (the caller agreed
+            // a shorter one than the callee's floor): sent again without a timer, its
+            // answer still read as one about the node's (without one, the node
+            // refreshes the caller's leg); the sender got 500 for it.
+            0
+        };
         let ep = self.ctx.endpoint.clone();
         let Some(leg) = self.leg(to) else {
             return Err(p);
@@ -264,7 +273,8 @@ impl Call {
         tracing::info!(
             interval,
             method = %p.method,
-            "the caller asked a longer session interval (422): the re-offer sent again with it"
+            ?to,
+            "a session interval refused (422): the re-offer sent again (the caller's floor named; to the callee without a timer)"
         );
         p.cseq = relayed.cseq;
         p.sent = relayed.key;

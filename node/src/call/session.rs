@@ -166,10 +166,6 @@ impl SessionTimer {
     }
 }
 
-/// A refresh naming `interval` (0: none named) at `now`: the session's next check is
-/// armed on `timers`, replacing the pending one (see [`SessionTimer::refreshed`]), and
-/// so is the node's own next refresh where it is the refresher. `by_node` says
-/// whether it is (None: as before).
 /// The refresher a request of the node's to the party on `side` names (the party is
 /// that request's UAS, so `uas` names the party, `uac` the node's side), given
 /// whether the node refreshes the caller's leg and whether the caller does; None: the
@@ -192,6 +188,10 @@ pub(super) fn timer_role(
     }
 }
 
+/// A refresh naming `interval` (0: none named) at `now`: the session's next check is
+/// armed on `timers`, replacing the pending one (see [`SessionTimer::refreshed`]), and
+/// so is the node's own next refresh where it is the refresher. `by_node` says
+/// whether it is (None: as before).
 fn refresh(
     session: &mut Option<SessionTimer>,
     interval: u32,

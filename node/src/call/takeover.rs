@@ -55,6 +55,9 @@ pub(super) struct Resuming {
     /// The callee's re-INVITE carries the session's timer (it refreshes the session:
     /// see [`Call::timer_to`]): its 2xx says whether it goes on doing so.
     callee_timer: bool,
+    /// The callee refused the timer (422): asked again without it, once; its 2xx
+    /// then has the node refresh the caller's leg.
+    callee_timer_refused: bool,
 }
 
 /// Where the takeover re-INVITE of one leg stands.
@@ -286,6 +289,7 @@ impl Call {
             answered: Some(answered),
             left: false,
             callee_timer: false,
+            callee_timer_refused: false,
         }));
         me.send_message(CallMsg::Resume)
             .map_err(|_| "the call ended before it resumed".to_string())?;
@@ -456,6 +460,21 @@ impl Call {
         if code == 481 {
             return self.left_before_takeover(side);
         }
+        if code == 422 && side == Side::B {
+            // The callee refuses the session's interval the node named to it (the
+            // caller agreed a shorter one than the callee's floor): asked again at
+            // once without a timer, rather than the call hung up for it.
+            if let Some(r) = self.resuming.as_mut() {
+                if r.callee_timer && !r.callee_timer_refused {
+                    r.callee_timer_refused = true;
+                    r.pending[index(side)] = Reinvite::Refused;
+                    tracing::info!(
+                        "the callee refused the session's timer (422): asked again without it"
+                    );
+                    return self.retry_takeover(side);
+                }
+            }
+        }
         if !(200..300).contains(&code) {
             return self.takeover_failed(&format!("a party answered {code}"));
         }
@@ -544,9 +563,19 @@ impl Call {
         }
         let ep = self.ctx.endpoint.clone();
         let mut headers = Vec::new();
-        let timer = self.timer_to(side, &mut headers);
-        if let (Side::B, Some(r)) = (side, self.resuming.as_mut()) {
-            r.callee_timer = timer;
+        let refused = side == Side::B
+            && self
+                .resuming
+                .as_ref()
+                .is_some_and(|r| r.callee_timer_refused);
+        if refused {
+            // Its answer is still read as one about the node's timer: without one, the
+            // node refreshes the caller's leg.
+        } else {
+            let timer = self.timer_to(side, &mut headers);
+            if let (Side::B, Some(r)) = (side, self.resuming.as_mut()) {
+                r.callee_timer = timer;
+            }
         }
         let Some(leg) = self.leg(side) else {
             return self.takeover_failed("no callee dialog");

@@ -38,8 +38,10 @@ pub enum Offer<T> {
     Start(T),
     /// Kept: it starts when a delivery to its destination finishes.
     Waiting,
-    /// Its destination or operator has its share: back to the outbox, untried.
-    Release(T),
+    /// Its destination or operator has its share, or the worker is full: back to the
+    /// outbox, untried; `busy` says whether its own destination had its share (only
+    /// such rows count as its backlog: see [`Lanes::release_delay`]).
+    Release(T, bool),
 }
 
 /// Guess of one delivery's time for a destination never seen.
@@ -61,6 +63,15 @@ const MAX_SPREAD: Duration = Duration::from_secs(3600);
 struct Pressure {
     rows: f64,
     at: Instant,
+}
+
+impl Pressure {
+    /// The count as of `now` (as of `at` for a `now` before it).
+    fn at(&self, now: Instant) -> f64 {
+        let halvings =
+            now.saturating_duration_since(self.at).as_secs_f64() / PRESSURE_HALF_LIFE.as_secs_f64();
+        self.rows * 0.5f64.powf(halvings)
+    }
 }
 
 #[derive(Debug)]
@@ -104,11 +115,15 @@ impl<T> Lanes<T> {
     /// Places a claimed row of `destination` (and, for webhooks, of `operator`).
     pub fn offer(&mut self, destination: &str, operator: Option<&str>, item: T) -> Offer<T> {
         let op_held = operator.map_or(0, |o| self.operators.get(o).copied().unwrap_or(0));
-        if self.held >= self.limits.total || op_held >= self.limits.per_operator {
-            return Offer::Release(item);
-        }
         let running = self.running.get(destination).copied().unwrap_or(0);
         let waiting = self.waiting.get(destination).map_or(0, VecDeque::len);
+        // Its destination's own share is full whichever share refuses it: a black hole
+        // fills its operator's share with its own rows, and its rows then go back for
+        // the operator's reason.
+        let busy = running >= self.limits.per_destination && waiting >= self.limits.per_destination;
+        if self.held >= self.limits.total || op_held >= self.limits.per_operator {
+            return Offer::Release(item, busy);
+        }
         let offer = if running < self.limits.per_destination {
             *self.running.entry(destination.to_string()).or_default() += 1;
             self.running_total += 1;
@@ -120,7 +135,7 @@ impl<T> Lanes<T> {
                 .push_back(item);
             Offer::Waiting
         } else {
-            return Offer::Release(item);
+            return Offer::Release(item, true);
         };
         self.held += 1;
         if let Some(o) = operator {
@@ -167,12 +182,21 @@ impl<T> Lanes<T> {
     /// How long a row of `destination` handed back at `now` waits: until its
     /// destination has probably worked through what it holds now, between
     /// [`MIN_RELEASE`] and the delivery timeout (a black hole's rows come back once
-    /// per timeout), plus `unit` (a random number in 0..1) of a spread over the time
-    /// the destination needs for the rows handed back to it lately, at most
+    /// per timeout); for a row of a destination whose own share was full (`busy`), plus
+    /// `unit` (a random number in 0..1) of a spread over the time the destination
+    /// needs for the rows handed back to it lately ([`Lanes::note_release`]), at most
     /// [`MAX_SPREAD`]: a large backlog comes due a little at a time, at about the pace
     /// its destination takes it, and rows of other destinations are not stuck behind
-    /// it.
-    pub fn release_delay(&mut self, destination: &str, now: Instant, unit: f64) -> Duration {
+    /// it. A row handed back because its operator or the worker was full is no
+    /// backlog of its destination's: its base wait alone (counted, a healthy
+    /// receiver's rows waited minutes behind their operator's black hole: a review).
+    pub fn release_delay(
+        &self,
+        destination: &str,
+        now: Instant,
+        unit: f64,
+        busy: bool,
+    ) -> Duration {
         let typical = self
             .typical
             .get(destination)
@@ -185,28 +209,34 @@ impl<T> Lanes<T> {
         let base = typical
             .saturating_mul(rounds as u32)
             .clamp(MIN_RELEASE, self.limits.max_release.max(MIN_RELEASE));
-        let lately = self.note_release(destination, now);
+        if !busy {
+            return base;
+        }
+        let lately = self.released.get(destination).map_or(0.0, |p| p.at(now));
         let spread = typical
             .mul_f64(lately / per_destination as f64)
             .min(MAX_SPREAD);
         base + spread.mul_f64(unit.clamp(0.0, 1.0))
     }
 
-    /// Counts one more row of `destination` handed back at `now`; the count lately
-    /// (decayed), this one included.
-    fn note_release(&mut self, destination: &str, now: Instant) -> f64 {
+    /// Counts one more row of `destination` handed back at `now` because its share
+    /// was full. A batch's rows are all counted before any wait is drawn, so its first
+    /// rows are spread as widely as its last.
+    pub fn note_release(&mut self, destination: &str, now: Instant) {
         if self.released.len() >= REMEMBERED && !self.released.contains_key(destination) {
-            self.released.clear();
+            // Forget the faded first: clearing all made a black hole's backlog come
+            // due as one block again (a review).
+            self.released.retain(|_, p| p.at(now) >= 1.0);
+            if self.released.len() >= REMEMBERED {
+                self.released.clear();
+            }
         }
         let p = self
             .released
             .entry(destination.to_string())
             .or_insert(Pressure { rows: 0.0, at: now });
-        let halvings =
-            now.saturating_duration_since(p.at).as_secs_f64() / PRESSURE_HALF_LIFE.as_secs_f64();
-        p.rows = p.rows * 0.5f64.powf(halvings) + 1.0;
+        p.rows = p.at(now) + 1.0;
         p.at = p.at.max(now);
-        p.rows
     }
 
     /// Every waiting row (the worker is stopping and hands them back). Running rows
@@ -288,7 +318,7 @@ mod tests {
                     let got = match lanes.offer(dest, op, item) {
                         super::Offer::Start(x) if x == item => 'S',
                         super::Offer::Waiting => 'W',
-                        super::Offer::Release(x) if x == item => 'R',
+                        super::Offer::Release(x, _) if x == item => 'R',
                         other => panic!("step {i}: {other:?}"),
                     };
                     assert_eq!(got, want, "step {i}: {step:?}");
@@ -306,12 +336,15 @@ mod tests {
     fn release_delay_follows_the_destination_pace() {
         let now = Instant::now();
         let mut lanes: Lanes<u32> = Lanes::new(LIMITS);
-        // `unit` 0: the base wait alone.
-        assert_eq!(lanes.release_delay("new:80", now, 0.0), UNKNOWN_TYPICAL);
+        // Nothing handed back lately: the base wait alone, whatever `unit`.
+        assert_eq!(
+            lanes.release_delay("new:80", now, 1.0, true),
+            UNKNOWN_TYPICAL
+        );
         // A fast receiver: its rows come back soon.
         lanes.offer("fast:80", None, 1);
         lanes.finish("fast:80", None, Some(Duration::from_millis(20)));
-        assert_eq!(lanes.release_delay("fast:80", now, 0.0), MIN_RELEASE);
+        assert_eq!(lanes.release_delay("fast:80", now, 1.0, true), MIN_RELEASE);
         // A black hole: once per delivery timeout.
         for i in 0..4 {
             lanes.offer("hole:80", None, i);
@@ -320,7 +353,7 @@ mod tests {
             lanes.finish("hole:80", None, Some(Duration::from_secs(10)));
         }
         assert_eq!(
-            lanes.release_delay("hole:80", now, 0.0),
+            lanes.release_delay("hole:80", now, 1.0, true),
             Duration::from_secs(10)
         );
         // A receiver of 400 ms holding three rows (two running): two rounds ahead.
@@ -329,7 +362,7 @@ mod tests {
         }
         lanes.finish("slow:80", None, Some(Duration::from_millis(400)));
         assert_eq!(
-            lanes.release_delay("slow:80", now, 0.0),
+            lanes.release_delay("slow:80", now, 1.0, true),
             Duration::from_millis(800)
         );
     }
@@ -337,7 +370,8 @@ mod tests {
     /// A destination's handed-back rows are spread over the time it needs for the rows
     /// handed back to it lately: a black hole's backlog of thousands comes due a
     /// little at a time (at most an hour out), a receiver handed a few rows back gets
-    /// them again within seconds, and the count fades with time.
+    /// them again within a second, rows handed back for their operator's or the
+    /// worker's share are no backlog of their destination's, and the count fades.
     #[test]
     fn a_backlog_comes_due_at_its_destination_s_pace() {
         let now = Instant::now();
@@ -346,40 +380,43 @@ mod tests {
             lanes.offer("hole:80", None, i);
         }
         lanes.finish("hole:80", None, Some(Duration::from_secs(10)));
-        // (rows handed back before, the row's `unit`) -> its wait at most.
-        let cases: [(u32, f64, Duration); 4] = [
-            // The first: at most the base and half a delivery time per slot.
-            (0, 1.0, Duration::from_secs(10 + 5)),
-            // After 99 more: 101 rows at 10 s over two slots, 505 s of spread.
-            (99, 1.0, Duration::from_secs(10 + 505)),
-            // After 9,900 more: capped at an hour.
-            (9_900, 1.0, Duration::from_secs(10) + MAX_SPREAD),
-            // The same pressure, `unit` 0: the base alone.
-            (0, 0.0, Duration::from_secs(10)),
+        let secs = Duration::from_secs;
+        // (rows counted before, the row's `unit`, busy) -> its wait.
+        let cases: [(u32, f64, bool, Duration); 6] = [
+            // One row counted: the base and half a delivery time per slot.
+            (1, 1.0, true, secs(10 + 5)),
+            (0, 0.5, true, secs(10) + Duration::from_millis(2500)),
+            (0, 0.0, true, secs(10)),
+            // 101 rows at 10 s over two slots: 505 s of spread.
+            (100, 1.0, true, secs(10 + 505)),
+            // 10,001: capped at an hour.
+            (9_900, 1.0, true, secs(10) + MAX_SPREAD),
+            // Handed back for its operator's share: the base alone.
+            (0, 1.0, false, secs(10)),
         ];
-        for (before, unit, want) in cases {
-            for _ in 0..before {
-                lanes.release_delay("hole:80", now, 0.5);
+        for (counted, unit, busy, want) in cases {
+            for _ in 0..counted {
+                lanes.note_release("hole:80", now);
             }
-            let got = lanes.release_delay("hole:80", now, unit);
-            let slack = Duration::from_millis(10);
+            let got = lanes.release_delay("hole:80", now, unit, busy);
+            let diff = got.max(want) - got.min(want);
             assert!(
-                got <= want && got + slack * 1000 >= want,
-                "{before} before, unit {unit}: {got:?} against {want:?}"
+                diff <= Duration::from_millis(10),
+                "{counted} more, unit {unit}, busy {busy}: {got:?} against {want:?}"
             );
         }
-        // A fast receiver handed five rows back gets them within a second or so.
+        // A fast receiver handed five rows back gets them within a second.
         lanes.offer("fast:80", None, 9);
         lanes.finish("fast:80", None, Some(Duration::from_millis(20)));
-        for _ in 0..4 {
-            lanes.release_delay("fast:80", now, 0.5);
+        for _ in 0..5 {
+            lanes.note_release("fast:80", now);
         }
-        assert!(lanes.release_delay("fast:80", now, 1.0) < Duration::from_secs(1));
-        // Two hours (twelve half-lives) on, the black hole's 10,000 have faded to
-        // about three.
-        let later = now + Duration::from_secs(7200);
-        let faded = lanes.release_delay("hole:80", later, 1.0);
-        assert!(faded < Duration::from_secs(10 + 30), "{faded:?}");
+        assert!(lanes.release_delay("fast:80", now, 1.0, true) < secs(1));
+        // Two hours (twelve half-lives) on, the black hole's 10,001 have faded to
+        // about two and a half.
+        let later = now + secs(7200);
+        let faded = lanes.release_delay("hole:80", later, 1.0, true);
+        assert!(faded < secs(10 + 15), "{faded:?}");
     }
 
     #[test]

@@ -157,14 +157,14 @@ impl Worker {
                 // A full batch may have more behind it; rows handed back may hide rows
                 // of idle destinations behind them: either way, claim again at once.
                 claim_now = batch.len() == want;
-                let mut back: Vec<Job> = Vec::new();
+                let mut back: Vec<(Job, bool)> = Vec::new();
                 for f in batch {
                     let job = this.job(f);
                     let (dest, op) = (job.destination.clone(), job.operator.clone());
                     match lanes.offer(&dest, op.as_deref(), job) {
                         Offer::Start(job) => this.start(job, &done_tx),
                         Offer::Waiting => {}
-                        Offer::Release(job) => back.push(job),
+                        Offer::Release(job, busy) => back.push((job, busy)),
                     }
                 }
                 if back.is_empty() {
@@ -177,10 +177,14 @@ impl Worker {
                     handing_back += 1;
                     claim_now = handing_back < MAX_HAND_BACK_ROUNDS;
                     let now = Instant::now();
+                    for (j, _) in back.iter().filter(|(_, busy)| *busy) {
+                        lanes.note_release(&j.destination, now);
+                    }
                     let back = back
                         .into_iter()
-                        .map(|j| {
-                            let wait = lanes.release_delay(&j.destination, now, rand::random());
+                        .map(|(j, busy)| {
+                            let wait =
+                                lanes.release_delay(&j.destination, now, rand::random(), busy);
                             (j, wait)
                         })
                         .collect();

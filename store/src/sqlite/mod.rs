@@ -1195,6 +1195,19 @@ impl Store for SqliteStore {
         .map_err(unavailable)
     }
 
+    fn mark_node_down_by(&self, node: &str, epoch: u64, by: (&str, u64)) -> Result<bool> {
+        self.write(|c| {
+            c.prepare_cached(
+                "UPDATE nodes SET down = 1 WHERE node_id = ?1 AND epoch = ?2 AND down = 0 \
+                 AND ((?3 = ?1 AND ?4 = ?2) OR EXISTS \
+                 (SELECT 1 FROM nodes WHERE node_id = ?3 AND epoch = ?4 AND down = 0))",
+            )?
+            .execute(params![node, epoch as i64, by.0, by.1 as i64])
+            .map(|n| n == 1)
+        })
+        .map_err(unavailable)
+    }
+
     fn retire_node(&self, node: &str, epoch: u64) -> Result<bool> {
         self.write(|c| {
             c.prepare_cached(
