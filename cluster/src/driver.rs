@@ -636,26 +636,7 @@ impl Cluster {
         if let Some(registered) = &read {
             self.know(registered);
             self.note_signs(registered);
-            // Newer incarnations of the members in this view (a member restarted where
-            // this node cannot reach it): listed, and counted though not heard. Learnt
-            // only at start, a node left alone by its peers' deaths kept their old
-            // incarnations down in its view and counted itself a majority of one,
-            // with a lease without end, while the restarted members, a majority,
-            // declared it down and took its calls over (a review). Not names this
-            // view never had: a node that registers and cannot join (a wrong secret
-            // or certificate) would count against a running cluster.
-            if !self.0.stale.load(Ordering::SeqCst) {
-                let now = Instant::now();
-                let mut m = self.membership();
-                for r in registered {
-                    let known = m.members().any(|(name, _)| *name == r.name);
-                    if known && r.name != m.name() {
-                        m.expect(&r.name, r.epoch, now);
-                    }
-                }
-            }
         }
-        self.after_events();
         let registered = read.unwrap_or_default();
         let me = self.name();
         let connected: BTreeSet<String> = self.0.net.peers().into_iter().collect();

@@ -472,7 +472,7 @@ impl Net {
         match session {
             Some(s) => {
                 s.stop(Some(
-                    "peer not heard while others hear it: reconnecting".into(),
+                    "peer not heard here (while others hear it, or since it was declared down): reconnecting".into(),
                 ));
                 true
             }

@@ -312,8 +312,8 @@ const SWEPT_FOR: Duration = Duration::from_secs(60);
 
 /// Whether the sweep of a member ranking `rank` for [`SWEEPER_KEY`] looks at the calls
 /// of registered node `n`, whose sign of life has not moved for `still` as this node
-/// reads it: not this node, not up in its view (`up`), not retired (an operator
-/// retires a node the cluster declared down, whose finaliser ran), and still for
+/// reads it: not this node, not up in its view (`up`) (a retired node too: an
+/// operator may retire one whose finaliser died before it finished), and still for
 /// [`ORPHANED_AFTER`] times one more than `rank` (a node alive behind a partition
 /// still signs; a restarted one signs with its new run and adopts its old rows
 /// itself). The first-ranked member sweeps first, the next a little later, so a first
@@ -329,7 +329,7 @@ pub(crate) fn is_orphaned(
 ) -> bool {
     let after =
         ORPHANED_AFTER.saturating_mul(u32::try_from(rank).unwrap_or(u32::MAX).saturating_add(1));
-    n.node_id != me && !up.contains(&n.node_id) && !n.retired && still > after
+    n.node_id != me && !up.contains(&n.node_id) && still > after
 }
 
 /// Calls left to nobody: a member declared down is finalised by one survivor, but a
@@ -791,19 +791,34 @@ impl TakeOver {
         let store = self.ctx.store.clone();
         if self.finaliser {
             let (s, name, epoch) = (store.clone(), self.dead.clone(), self.dead_epoch);
-            let me = (
-                self.ctx.node_id.clone(),
-                self.ctx.epoch.load(Ordering::Relaxed),
-            );
+            let ctx = self.ctx.clone();
             // Marked down before its calls are read: the store then refuses the rows a
             // frozen member that wakes up would still write. Only while this node is in
-            // good standing itself (see `Store::mark_node_down_by`).
+            // good standing itself (see `Store::mark_node_down_by`), as the incarnation
+            // it is at each try (one that rejoined meanwhile was refused for ten
+            // minutes: a review).
             let marked = until_done("marking a member down", move || {
-                s.mark_node_down_by(&name, epoch, (&me.0, me.1))
+                let me = (ctx.node_id.as_str(), ctx.epoch.load(Ordering::Relaxed));
+                let marked = s.mark_node_down_by(&name, epoch, me)?;
+                // Refused for want of standing: this node is the one declared down (the
+                // other side of a cut got there first). Its rounds would log the
+                // other side's live calls lost and cancel their ringing callees.
+                let standing = marked
+                    || s.nodes()?
+                        .iter()
+                        .any(|n| (n.node_id.as_str(), n.epoch) == me && !n.down);
+                Ok((marked, standing))
             })
             .await;
-            if marked == Some(true) {
-                tracing::warn!(member = %self.dead, epoch, "member marked down in the store");
+            match marked {
+                Some((true, _)) => {
+                    tracing::warn!(member = %self.dead, epoch, "member marked down in the store");
+                }
+                Some((false, false)) => {
+                    tracing::warn!(member = %self.dead, epoch, "not marking a member down: this node is not in good standing in the store (declared down itself)");
+                    return 0;
+                }
+                _ => {}
             }
         }
         let mut done = self.round(false).await;
@@ -936,6 +951,10 @@ async fn rejoin(
     provisioning: Provisioning,
     cluster: Cluster,
 ) {
+    // Claims this incarnation made that land from now on are not resumed (see
+    // `supervisor::resumable`): its calls are dropped, and its finaliser takes them.
+    ctx.dropped_epoch
+        .fetch_max(ctx.epoch.load(Ordering::Relaxed), Ordering::SeqCst);
     let dropped = supervisor
         .call(SupervisorMsg::VanishAll, Some(Duration::from_secs(5)))
         .await;
@@ -1122,7 +1141,7 @@ mod tests {
             (("dead", false), s(9), 0, false),  // its finaliser's still
             (("dead", false), s(11), 1, false), // the second rank waits 20 s
             (("dead", false), s(21), 1, true),
-            (("dead", true), s(600), 0, false), // retired by an operator
+            (("dead", true), s(600), 0, true), // retired by an operator too
             (("dead", false), s(600), usize::MAX, false),
         ];
         for ((id, retired), still, rank, want) in cases {

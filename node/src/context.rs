@@ -14,6 +14,9 @@ pub struct NodeContext {
     pub node_id: String,
     /// This run's incarnation of the node (a new one when it rejoins its cluster).
     pub epoch: Arc<std::sync::atomic::AtomicU64>,
+    /// The newest incarnation whose calls this node dropped to rejoin (0: none): a
+    /// claim made for it that lands later is not resumed (see `supervisor::resumable`).
+    pub dropped_epoch: std::sync::atomic::AtomicU64,
     /// The node's cluster, if `[cluster]` is configured (set once it joined).
     pub cluster: std::sync::OnceLock<tsunagu_cluster::Cluster>,
     pub endpoint: EndpointHandle,

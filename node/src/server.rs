@@ -564,6 +564,7 @@ pub async fn run(
     let ctx = Arc::new(NodeContext {
         node_id: config.node.id.clone(),
         epoch,
+        dropped_epoch: 0.into(),
         cluster: OnceLock::new(),
         endpoint: endpoint.clone(),
         ports,

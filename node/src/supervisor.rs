@@ -87,13 +87,13 @@ impl Calls {
     pub fn resume(self: &Arc<Self>, args: crate::call::takeover::ResumeArgs) {
         let id = &args.record.call_id;
         let epoch = args.ctx.epoch.load(Ordering::Relaxed);
-        let stale = args.ctx.cluster.get().is_some_and(|c| c.needs_rejoin());
-        if !resumable(args.record.owner_epoch, epoch, stale) {
+        let dropped = args.ctx.dropped_epoch.load(Ordering::SeqCst);
+        if !resumable(args.record.owner_epoch, epoch, dropped) {
             // Claimed by an incarnation of this node the cluster has declared down
             // since (a claim retried after its store error can land after the calls
             // were dropped for the rejoin): the call stays that incarnation's, whose
             // finaliser takes it; resumed here too, it ran on two nodes (a review).
-            tracing::warn!(call_id = %id, claimed_by = args.record.owner_epoch, epoch, stale, "a call claimed by an incarnation declared down since: not resumed");
+            tracing::warn!(call_id = %id, claimed_by = args.record.owner_epoch, epoch, dropped, "a call claimed by an incarnation declared down since: not resumed");
             return;
         }
         if self.table().calls.values().any(|(seed, _)| seed.id == *id) {
@@ -320,10 +320,14 @@ fn clean_up(ctx: &NodeContext, seed: &CallSeed, end_reason: Option<&str>) {
 }
 
 /// Whether a call claimed for incarnation `claimed_by` of this node runs here, this
-/// node being incarnation `epoch`, `stale` while the cluster has it declared down and
-/// not rejoined: only for the incarnation that runs.
-fn resumable(claimed_by: u64, epoch: u64, stale: bool) -> bool {
-    claimed_by == epoch && !stale
+/// node being incarnation `epoch` and having dropped the calls of incarnations up to
+/// `dropped` to rejoin: only for the incarnation that runs, and not one whose calls
+/// were dropped (its claim may land after the drop, before the new incarnation is
+/// registered). A check of "declared down, not rejoined yet" instead refused the new
+/// incarnation's own claims in the moments before the cluster took it back (a
+/// review).
+fn resumable(claimed_by: u64, epoch: u64, dropped: u64) -> bool {
+    claimed_by == epoch && claimed_by > dropped
 }
 
 #[cfg(test)]
@@ -341,23 +345,30 @@ mod tests {
     use std::time::Instant;
     use tsunagu_store::{conformance::sample_number, CallQuery, CallResult, SqliteStore, Store};
 
-    /// The wrapper around every call's task adds a few bytes to the call's future (an
-    /// async block would double it) and turns a panic into `Exit::Panicked`.
-    /// A claim resumes only for the incarnation that runs, in good standing.
+    /// A claim resumes only for the incarnation that runs, not one whose calls were
+    /// dropped.
     #[test]
     fn only_the_running_incarnation_resumes_its_claims() {
-        // (claimed by, running, stale) -> resumed
+        // (claimed by, running, dropped up to) -> resumed
         let cases = [
-            ((4, 4, false), true),
-            ((4, 4, true), false),
-            ((3, 4, false), false),
-            ((5, 4, false), false),
+            ((4, 4, 0), true),
+            ((4, 4, 3), true),
+            // Dropped to rejoin, the new incarnation not registered yet.
+            ((4, 4, 4), false),
+            ((3, 4, 3), false),
+            ((5, 4, 0), false),
         ];
-        for ((by, epoch, stale), want) in cases {
-            assert_eq!(resumable(by, epoch, stale), want, "{by} {epoch} {stale}");
+        for ((by, epoch, dropped), want) in cases {
+            assert_eq!(
+                resumable(by, epoch, dropped),
+                want,
+                "{by} {epoch} {dropped}"
+            );
         }
     }
 
+    /// The wrapper around every call's task adds a few bytes to the call's future (an
+    /// async block would double it) and turns a panic into `Exit::Panicked`.
     #[tokio::test]
     async fn the_panic_guard_holds_the_call_once() {
         let call = async {
@@ -532,6 +543,7 @@ mod tests {
         let routing = Routing::from_config(&config);
         let ctx = Arc::new(NodeContext {
             epoch: Arc::new(1.into()),
+            dropped_epoch: 0.into(),
             cluster: std::sync::OnceLock::new(),
             node_id: "t".into(),
             endpoint: endpoint.clone(),
