@@ -159,7 +159,8 @@ def step(setup, nodes, rate, args, work, targets=None):
     return {
         "achieved": total / max(0.001, elapsed - args.hold_ms / 1000),
         "calls": total,
-        "success": 100.0 * ok / max(1, total),
+        # Over the calls offered (not over those SIPp counted ended either way).
+        "success": 100.0 * ok / max(1, total_calls),
         "p50": percentile(rtts, 50),
         "p95": percentile(rtts, 95),
         "cpu_ms_per_call": (cpu1 - cpu0) / 1e6 / max(1.0, started),

@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
-# Side by side: the same SIPp ladder through tsunagu, then through Kamailio, on this machine.
+# Side by side: the same SIPp ladder through tsunagu and through Kamailio, on this machine,
+# rate by rate (the two modes of each rate one after the other, which goes first
+# alternating from rate to rate: run one ladder after the other, the machine's drift
+# between them was in the comparison).
 #
 #   bash loadtest/sbs/run.sh                # from the project root; ~15 min
 #   RATES=1000,2000,3000 DUR=20 bash loadtest/sbs/run.sh
@@ -25,8 +28,18 @@ if ((${#need[@]})); then
 fi
 [ -x "$TSUNAGU_BIN" ] || { echo "no tsunagu binary at $TSUNAGU_BIN: cargo build --release --bin tsunagu" >&2; exit 1; }
 mkdir -p "$OUT"
-for m in $MODES; do
-  python3 "$HERE/bench.py" ladder --mode "$m" --rates "$RATES" --dur "$DUR" --hold-ms "$HOLD_MS" --out "$OUT"
+IFS=, read -ra rates <<< "$RATES"
+read -ra modes <<< "$MODES"
+i=0
+for r in "${rates[@]}"; do
+  order=("${modes[@]}")
+  if (( i % 2 == 1 )); then
+    mapfile -t order < <(printf '%s\n' "${modes[@]}" | tac)
+  fi
+  for m in "${order[@]}"; do
+    python3 "$HERE/bench.py" ladder --mode "$m" --rates "$r" --dur "$DUR" --hold-ms "$HOLD_MS" --out "$OUT"
+  done
+  i=$((i + 1))
 done
 python3 "$HERE/bench.py" summary --out "$OUT"
 echo "raw results: $OUT"
