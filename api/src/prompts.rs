@@ -388,14 +388,9 @@ mod tests {
             .join("greeting.wav");
         assert!(file.exists());
         let before = a.announced.count();
-        let del = a
-            .send(
-                "DELETE",
-                &format!("/v1/operators/{}", a.operator),
-                Some(crate::testing::ADMIN),
-                "",
-            )
-            .await;
+        let path = format!("/v1/operators/{}", a.operator);
+        let admin = Some(crate::testing::ADMIN);
+        let del = a.send("DELETE", &path, admin, "").await;
         assert_eq!(del.status, StatusCode::NO_CONTENT, "{}", del.text());
         assert!(a.store.prompt(&a.operator, "greeting").unwrap().is_none());
         assert!(a.store.get_webhook(&hook_id).unwrap().is_none());
@@ -411,14 +406,7 @@ mod tests {
             before + 2,
             "the prompt and the webhooks"
         );
-        let again = a
-            .send(
-                "DELETE",
-                &format!("/v1/operators/{}", a.operator),
-                Some(crate::testing::ADMIN),
-                "",
-            )
-            .await;
+        let again = a.send("DELETE", &path, admin, "").await;
         assert_eq!(again.status, StatusCode::NOT_FOUND, "{}", again.text());
     }
 

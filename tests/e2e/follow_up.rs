@@ -965,43 +965,60 @@ endpoint = "http://localhost:{hook_port}/mp/collect"
     assert!(receiver.requests().is_empty(), "{:?}", receiver.requests());
 }
 
+/// A node with `notify.per_destination` and `notify.timeout_ms` as given, and two
+/// operators (numbers 0501234567 and 0502222222) each with a webhook: the first's to a
+/// black hole, the second's to a healthy receiver; their API keys and webhook ids, in
+/// that order.
+fn two_operators_one_black_hole(
+    per_destination: u32,
+    timeout_ms: u32,
+) -> (Ports, BlackHole, Receiver, Node, Vec<(String, String)>) {
+    let ports = Ports::take();
+    let (hole_port, good_port) = (ports.sip + 5, ports.sip + 6);
+    let hole = BlackHole::start(hole_port);
+    let good = Receiver::start(good_port);
+    let node = Node::start(
+        ports,
+        "127.0.0.1/32",
+        &format!(
+            "[notify]\n{ALLOW_LOOPBACK}\nper_destination = {per_destination}\ntimeout_ms = {timeout_ms}\n"
+        ),
+    );
+    let dest = r#"[{"number": "0311112222"}]"#;
+    let mut hooks = Vec::new();
+    for (number, url) in [
+        ("0501234567", format!("http://127.0.0.1:{hole_port}/slow")),
+        ("0502222222", format!("http://127.0.0.1:{good_port}/good")),
+    ] {
+        let (key, _) = node.provision(number, dest, "{}");
+        let r = node.send(
+            "POST",
+            "/v1/webhooks",
+            Some(&key),
+            &format!(r#"{{"url": "{url}"}}"#),
+        );
+        assert_eq!(r.status, 201, "{}", r.body);
+        let id = r.json()["id"].as_str().expect("id").to_string();
+        hooks.push((key, id));
+    }
+    (ports, hole, good, node, hooks)
+}
+
 /// One operator's receiver black-holes (accepts, never answers: each delivery waits
 /// for the delivery timeout) with more events queued than the worker used to claim and
 /// wait on at once (32); another operator's healthy receiver still gets its event
 /// within 2 s, and the black hole never holds more than its share of connections.
 #[test]
 fn a_black_holed_receiver_does_not_delay_other_operators() {
-    let ports = Ports::take();
-    let (hole_port, good_port) = (ports.sip + 5, ports.sip + 6);
-    let hole = BlackHole::start(hole_port);
-    let good = Receiver::start(good_port);
     // A delivery timeout longer than the test, so every connection the black hole
     // accepted is still held when they are counted.
-    let node = Node::start(
-        ports,
-        "127.0.0.1/32",
-        &format!("[notify]\n{ALLOW_LOOPBACK}\nper_destination = 4\ntimeout_ms = 30000\n"),
-    );
-    let dest = r#"[{"number": "0311112222"}]"#;
-    let (slow_key, _) = node.provision("0501234567", dest, "{}");
-    let (good_key, _) = node.provision("0502222222", dest, "{}");
-    for (key, url) in [
-        (&slow_key, format!("http://127.0.0.1:{hole_port}/slow")),
-        (&good_key, format!("http://127.0.0.1:{good_port}/good")),
-    ] {
-        let r = node.send(
-            "POST",
-            "/v1/webhooks",
-            Some(key),
-            &format!(r#"{{"url": "{url}"}}"#),
-        );
-        assert_eq!(r.status, 201, "{}", r.body);
-    }
+    let (ports, hole, good, node, hooks) = two_operators_one_black_hole(4, 30_000);
+    let slow_key = &hooks[0].0;
     let _uas = Uas::start("uas_answer.xml", ports, node.dir.path(), &[]);
     // 12 calls: 36 events (started, answered, ended) for the black hole.
     let run = uac("uac.xml", ports, "0501234567", 12, 50, &["-d", "10"]);
     assert_eq!((run.exit, run.successful), (0, 12), "{}", run.output);
-    node.wait_for_calls(&slow_key, 12);
+    node.wait_for_calls(slow_key, 12);
     node.wait_until(
         std::time::Duration::from_secs(5),
         "deliveries stuck in the black hole",
@@ -1041,36 +1058,11 @@ fn a_black_holed_receiver_does_not_delay_other_operators() {
 fn a_black_hole_s_backlog_does_not_come_back_ahead_of_other_operators() {
     use tsunagu_store::{FollowUpKind, NewFollowUp, Store};
     const BACKLOG: usize = 800;
-    let ports = Ports::take();
-    let (hole_port, good_port) = (ports.sip + 5, ports.sip + 6);
-    let hole = BlackHole::start(hole_port);
-    let good = Receiver::start(good_port);
-    let node = Node::start(
-        ports,
-        "127.0.0.1/32",
-        &format!("[notify]\n{ALLOW_LOOPBACK}\nper_destination = 1\ntimeout_ms = 1000\n"),
-    );
-    let dest = r#"[{"number": "0311112222"}]"#;
-    let mut hooks = Vec::new();
-    for (number, url) in [
-        ("0501234567", format!("http://127.0.0.1:{hole_port}/slow")),
-        ("0502222222", format!("http://127.0.0.1:{good_port}/good")),
-    ] {
-        let (key, _) = node.provision(number, dest, "{}");
-        let r = node.send(
-            "POST",
-            "/v1/webhooks",
-            Some(&key),
-            &format!(r#"{{"url": "{url}"}}"#),
-        );
-        assert_eq!(r.status, 201, "{}", r.body);
-        let hook: serde_json::Value = serde_json::from_str(&r.body).expect("json");
-        hooks.push(hook["id"].as_str().expect("id").to_string());
-    }
+    let (_ports, hole, good, node, hooks) = two_operators_one_black_hole(1, 1000);
     let store = tsunagu_store::SqliteStore::open(&node.store_path()).expect("store");
     let hooks: Vec<(String, String)> = hooks
         .into_iter()
-        .map(|id| {
+        .map(|(_, id)| {
             let h = store.get_webhook(&id).expect("read").expect("the webhook");
             (h.operator_id, id)
         })
