@@ -283,16 +283,15 @@ pub fn adopt_leftovers(
                 dead_epoch,
                 "adopting the calls a previous run of this node left"
             );
-            let job = TakeOver {
-                ctx: ctx.clone(),
-                supervisor: supervisor.clone(),
-                dead: ctx.node_id.clone(),
+            TakeOver::alone(
+                &ctx,
+                &supervisor,
+                ctx.node_id.clone(),
                 dead_epoch,
-                finaliser: true,
-                survivors: vec![ctx.node_id.clone()],
                 last_seen,
-            };
-            job.run().await;
+            )
+            .run()
+            .await;
         }
     });
 }
@@ -404,53 +403,54 @@ pub fn sweep_orphans(ctx: &Arc<NodeContext>, supervisor: &ActorRef<SupervisorMsg
                 {
                     continue;
                 }
-                let (s, id) = (ctx.store.clone(), n.node_id.clone());
-                let Ok(Ok(calls)) =
-                    tokio::task::spawn_blocking(move || s.active_calls_of(&id)).await
-                else {
-                    continue; // this one next time; the others now
-                };
-                let epochs: std::collections::BTreeSet<u64> =
-                    calls.iter().map(|c| c.record.owner_epoch).collect();
-                for epoch in epochs {
-                    if epoch != n.epoch && swept.contains_key(&(n.node_id.clone(), epoch)) {
-                        continue; // an earlier run of that node id, taken up lately
-                    }
-                    swept.insert((n.node_id.clone(), epoch), now);
-                    // The row's sign of life is its last incarnation's; an earlier one
-                    // was gone when the last started.
-                    let last_seen = if epoch == n.epoch {
-                        n.last_seen
-                    } else {
-                        n.started_at
-                    };
-                    let done = TakeOver {
-                        ctx: ctx.clone(),
-                        supervisor: supervisor.clone(),
-                        dead: n.node_id.clone(),
-                        dead_epoch: epoch,
-                        finaliser: true,
-                        survivors: vec![me.clone()],
-                        last_seen: Some(last_seen),
-                    }
-                    .run()
-                    .await;
-                    if done > 0 {
-                        ctx.metrics.calls.orphans_adopted.inc();
-                        tracing::warn!(
-                            member = %n.node_id,
-                            epoch,
-                            calls = done,
-                            "calls in progress left to nobody: adopted"
-                        );
-                    }
-                }
-                // Its last incarnation found without calls (or taken up): left alone
-                // for a while.
-                swept.insert((n.node_id.clone(), n.epoch), now);
+                adopt_orphaned(&ctx, &supervisor, &n, &mut swept, now).await;
             }
         }
     });
+}
+
+/// The orphan sweep's work for one node `n` it found left to nobody: each incarnation
+/// with calls in progress not taken up lately (in `swept`) is adopted whole; the node
+/// is then left alone for [`SWEPT_FOR`], calls or not.
+async fn adopt_orphaned(
+    ctx: &Arc<NodeContext>,
+    supervisor: &ActorRef<SupervisorMsg>,
+    n: &tsunagu_store::NodeRow,
+    swept: &mut std::collections::HashMap<(String, u64), std::time::Instant>,
+    now: std::time::Instant,
+) {
+    let (s, id) = (ctx.store.clone(), n.node_id.clone());
+    let Ok(Ok(calls)) = tokio::task::spawn_blocking(move || s.active_calls_of(&id)).await else {
+        return; // this one next time; the others now
+    };
+    let epochs: std::collections::BTreeSet<u64> =
+        calls.iter().map(|c| c.record.owner_epoch).collect();
+    for epoch in epochs {
+        if epoch != n.epoch && swept.contains_key(&(n.node_id.clone(), epoch)) {
+            continue; // an earlier run of that node id, taken up lately
+        }
+        swept.insert((n.node_id.clone(), epoch), now);
+        // The row's sign of life is its last incarnation's; an earlier one was gone
+        // when the last started.
+        let last_seen = if epoch == n.epoch {
+            n.last_seen
+        } else {
+            n.started_at
+        };
+        let done = TakeOver::alone(ctx, supervisor, n.node_id.clone(), epoch, Some(last_seen))
+            .run()
+            .await;
+        if done > 0 {
+            ctx.metrics.calls.orphans_adopted.inc();
+            tracing::warn!(
+                member = %n.node_id,
+                epoch,
+                calls = done,
+                "calls in progress left to nobody: adopted"
+            );
+        }
+    }
+    swept.insert((n.node_id.clone(), n.epoch), now);
 }
 
 /// How long a takeover keeps asking a store that fails: a failed call delays it, never
@@ -786,6 +786,27 @@ struct TakeOver {
 const CLAIM_GRACE: Duration = Duration::from_secs(2);
 
 impl TakeOver {
+    /// The job of a finaliser that is the only survivor, taking `dead`'s incarnation
+    /// `dead_epoch` whole (a previous run of this node at its start, a node the orphan
+    /// sweep found left to nobody).
+    fn alone(
+        ctx: &Arc<NodeContext>,
+        supervisor: &ActorRef<SupervisorMsg>,
+        dead: String,
+        dead_epoch: u64,
+        last_seen: Option<i64>,
+    ) -> TakeOver {
+        TakeOver {
+            ctx: ctx.clone(),
+            supervisor: supervisor.clone(),
+            dead,
+            dead_epoch,
+            finaliser: true,
+            survivors: vec![ctx.node_id.clone()],
+            last_seen,
+        }
+    }
+
     /// Runs the job; how many calls it claimed or logged.
     async fn run(self) -> u64 {
         let store = self.ctx.store.clone();
@@ -803,10 +824,7 @@ impl TakeOver {
                 // Refused for want of standing: this node is the one declared down (the
                 // other side of a cut got there first). Its rounds would log the
                 // other side's live calls lost and cancel their ringing callees.
-                let standing = marked
-                    || s.nodes()?
-                        .iter()
-                        .any(|n| (n.node_id.as_str(), n.epoch) == me && !n.down);
+                let standing = marked || tsunagu_store::in_good_standing(&s.nodes()?, me);
                 Ok((marked, standing))
             })
             .await;

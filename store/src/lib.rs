@@ -73,6 +73,29 @@ pub(crate) fn readable_listed<T>(what: &str, read: Result<T>) -> Option<T> {
 
 use std::collections::BTreeMap;
 
+/// A page from `fetched`, up to `limit` rows read in order plus one more if there is
+/// one (one row past the page tells whether another follows): the page, and the key
+/// of its last row (`key`) where the next page starts, None on the last page.
+pub(crate) fn page_of<T>(
+    mut fetched: Vec<T>,
+    limit: usize,
+    key: impl Fn(&T) -> String,
+) -> (Vec<T>, Option<String>) {
+    let more = fetched.len() > limit;
+    fetched.truncate(limit);
+    let next = if more { fetched.last().map(key) } else { None };
+    (fetched, next)
+}
+
+/// Whether member `by` (name, incarnation) is that incarnation in good standing in
+/// the registry `nodes` (see [`Store::nodes`]): registered, not declared down, not
+/// restarted since.
+pub fn in_good_standing(nodes: &[NodeRow], by: (&str, u64)) -> bool {
+    nodes
+        .iter()
+        .any(|n| (n.node_id.as_str(), n.epoch) == by && !n.down)
+}
+
 /// The operations every backend provides. Reads of operator-owned data take the
 /// operator id, so a backend can never hand one operator another's rows.
 pub trait Store: Send + Sync + 'static {
@@ -158,17 +181,11 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<NumberPage> {
         let listed = self.list_numbers(operator_id, advertiser_id)?.into_iter();
         let after_cursor = |n: &TrackingNumber| after.is_none_or(|a| n.number.as_str() > a);
-        let mut numbers: Vec<_> = listed
+        let fetched: Vec<_> = listed
             .filter(after_cursor)
             .take(limit.saturating_add(1))
             .collect();
-        let more = numbers.len() > limit;
-        numbers.truncate(limit);
-        let next = if more {
-            numbers.last().map(|n| n.number.clone())
-        } else {
-            None
-        };
+        let (numbers, next) = page_of(fetched, limit, |n| n.number.clone());
         Ok(NumberPage { numbers, next })
     }
     /// Replaces a number's settings with `number`, if they are still `read` (what the
@@ -280,11 +297,7 @@ pub trait Store: Send + Sync + 'static {
     /// other side's are refused. This default reads the registry first (not atomic
     /// with the mark); a backend that can do both at once does.
     fn mark_node_down_by(&self, node: &str, epoch: u64, by: (&str, u64)) -> Result<bool> {
-        let standing = (by.0, by.1) == (node, epoch)
-            || self
-                .nodes()?
-                .iter()
-                .any(|n| n.node_id == by.0 && n.epoch == by.1 && !n.down);
+        let standing = (by.0, by.1) == (node, epoch) || in_good_standing(&self.nodes()?, by);
         if !standing {
             return Ok(false);
         }

@@ -378,12 +378,11 @@ impl Call {
         if let Some(rewritten) = answered {
             self.apply_sdp(own.side, &rewritten);
         }
-        match own.side {
+        if own.timer_added {
             // Every re-INVITE of the node's to the caller carries the session's timer
-            // (a refresh, or see `timer_to`): its 2xx renews it.
-            Side::A => self.on_own_refresh_answer(&resp),
-            Side::B if own.timer_added => self.on_callee_refresh_answer(&resp),
-            Side::B => {}
+            // (a refresh, or see `timer_to`), and one to a callee that refreshes: its
+            // 2xx renews it.
+            self.on_timer_answer(own.side, &resp);
         }
         // What a takeover needs changed with it (the session's interval and who
         // refreshes, the party's media and target): it was left to the next relayed
@@ -613,10 +612,8 @@ impl Call {
         };
         let refusal = refusal_headers(&resp, passed);
         let extra: Vec<(&str, &str)> = if code < 300 {
-            if p.timer_added && p.from == Side::B {
-                self.on_own_refresh_answer(&resp);
-            } else if p.timer_added {
-                self.on_callee_refresh_answer(&resp);
+            if p.timer_added {
+                self.on_timer_answer(p.from.other(), &resp);
             } else {
                 // The caller's timer now: the 2xx's (the callee's, passed on, or
                 // the caller's own), else what the node told the caller.

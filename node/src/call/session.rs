@@ -183,9 +183,15 @@ pub(super) fn timer_role(
     match side {
         Side::A if caller_refreshes => Some("uas"),
         Side::A => Some("uac"),
-        Side::B if !by_node && !caller_refreshes => Some("uas"),
+        Side::B if callee_refreshes(by_node, caller_refreshes) => Some("uas"),
         Side::B => None,
     }
+}
+
+/// Whether the callee refreshes the session: neither the node nor the caller does
+/// (its refreshes reach the caller through the node).
+fn callee_refreshes(by_node: bool, caller_refreshes: bool) -> bool {
+    !by_node && !caller_refreshes
 }
 
 /// A refresh naming `interval` (0: none named) at `now`: the session's next check is
@@ -387,9 +393,20 @@ impl Call {
         // through the node): the node refreshes only where neither party does.
         let callee_refreshes = self
             .session
-            .is_some_and(|s| !s.by_node && !s.caller_refreshes);
+            .is_some_and(|s| callee_refreshes(s.by_node, s.caller_refreshes));
         self.on_refresh_answer(resp, Some(!caller_refreshes && !callee_refreshes));
         self.caller_told(Some(caller_refreshes));
+    }
+
+    /// A 2xx from the party on `side` to a request that carried the node's session
+    /// timer (see [`Call::timer_to`]): the caller's renews it as the node's own refresh
+    /// ([`Call::on_own_refresh_answer`]), the callee's as its own
+    /// ([`Call::on_callee_refresh_answer`]).
+    pub(super) fn on_timer_answer(&mut self, side: Side, resp: &Response) {
+        match side {
+            Side::A => self.on_own_refresh_answer(resp),
+            Side::B => self.on_callee_refresh_answer(resp),
+        }
     }
 
     /// A callee's 2xx to a request of the node's that carried the session's timer

@@ -482,11 +482,10 @@ impl Call {
         if let Some(body) = sdp_body(&resp, &resp.body) {
             self.anchor_sdp(side, &body);
         }
-        if side == Side::A {
-            // It carried the session's timer: the caller's 2xx renews it.
-            self.on_own_refresh_answer(&resp);
-        } else if self.resuming.as_ref().is_some_and(|r| r.callee_timer) {
-            self.on_callee_refresh_answer(&resp);
+        // The caller's carried the session's timer, and the callee's where the callee
+        // refreshes: their 2xx renews it.
+        if side == Side::A || self.resuming.as_ref().is_some_and(|r| r.callee_timer) {
+            self.on_timer_answer(side, &resp);
         }
         let done = self
             .resuming
@@ -563,15 +562,14 @@ impl Call {
         }
         let ep = self.ctx.endpoint.clone();
         let mut headers = Vec::new();
+        // A callee that refused the timer gets none; its answer is still read as one
+        // about the node's timer (without one, the node refreshes the caller's leg).
         let refused = side == Side::B
             && self
                 .resuming
                 .as_ref()
                 .is_some_and(|r| r.callee_timer_refused);
-        if refused {
-            // Its answer is still read as one about the node's timer: without one, the
-            // node refreshes the caller's leg.
-        } else {
+        if !refused {
             let timer = self.timer_to(side, &mut headers);
             if let (Side::B, Some(r)) = (side, self.resuming.as_mut()) {
                 r.callee_timer = timer;

@@ -176,18 +176,12 @@ impl Worker {
                     // writing): past a few rounds, the next poll or wake claims again.
                     handing_back += 1;
                     claim_now = handing_back < MAX_HAND_BACK_ROUNDS;
-                    let now = Instant::now();
-                    for (j, _) in back.iter().filter(|(_, busy)| *busy) {
-                        lanes.note_release(&j.destination, now);
-                    }
-                    let back = back
-                        .into_iter()
-                        .map(|(j, busy)| {
-                            let wait =
-                                lanes.release_delay(&j.destination, now, rand::random(), busy);
-                            (j, wait)
-                        })
+                    let rows: Vec<(&str, bool)> = back
+                        .iter()
+                        .map(|(j, busy)| (j.destination.as_str(), *busy))
                         .collect();
+                    let waits = lanes.release_delays(&rows, Instant::now(), rand::random);
+                    let back = back.into_iter().map(|(j, _)| j).zip(waits).collect();
                     this.hand_back(back).await;
                 }
                 continue;

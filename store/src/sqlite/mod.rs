@@ -742,7 +742,7 @@ impl Store for SqliteStore {
         // schema change for an index by operator and number (a node of the version
         // before refuses a newer schema, during a rolling upgrade too).
         const PAGE: &str = "SELECT number, settings FROM numbers WHERE number IN (SELECT number FROM numbers WHERE operator_id = ?1 AND (?2 IS NULL OR advertiser_id = ?2) AND (?3 IS NULL OR number > ?3) ORDER BY number LIMIT ?4) ORDER BY number";
-        let mut rows: Vec<(String, Option<String>)> = self.read(|c| {
+        let rows: Vec<(String, Option<String>)> = self.read(|c| {
             let mut st = c.prepare_cached(PAGE).map_err(unavailable)?;
             let rows = st
                 .query_map(params![operator_id, advertiser_id, after, fetch], |r| {
@@ -752,13 +752,7 @@ impl Store for SqliteStore {
             rows.collect::<rusqlite::Result<Vec<_>>>()
                 .map_err(unavailable)
         })?;
-        let more = rows.len() > limit;
-        rows.truncate(limit);
-        let next = if more {
-            rows.last().map(|(number, _)| number.clone())
-        } else {
-            None
-        };
+        let (rows, next) = crate::page_of(rows, limit, |(number, _)| number.clone());
         let numbers = rows
             .into_iter()
             .map(|(_, settings)| number_from_text(settings))
