@@ -41,10 +41,11 @@ fn validate_lines(lines: Option<&LineLimit>) -> Result<(), ApiError> {
     if !(1..=10_000).contains(&l.max_lines) {
         return Err(ApiError::invalid("lines.max_lines", "must be 1 to 10000"));
     }
-    if !(1..=3600).contains(&l.max_wait_seconds) {
+    let most = tsunagu_store::LineLimit::MAX_WAIT_SECONDS;
+    if !(1..=most).contains(&l.max_wait_seconds) {
         return Err(ApiError::invalid(
             "lines.max_wait_seconds",
-            "must be 1 to 3600",
+            format!("must be 1 to {most}"),
         ));
     }
     Ok(())

@@ -108,10 +108,11 @@ fn validate(n: &TrackingNumber) -> Result<(), ApiError> {
         if !(1..=1000).contains(&q.max_lines) {
             return Err(ApiError::invalid("queue.max_lines", "must be 1 to 1000"));
         }
-        if !(1..=3600).contains(&q.max_wait_seconds) {
+        let most = tsunagu_store::LineLimit::MAX_WAIT_SECONDS;
+        if !(1..=most).contains(&q.max_wait_seconds) {
             return Err(ApiError::invalid(
                 "queue.max_wait_seconds",
-                "must be 1 to 3600",
+                format!("must be 1 to {most}"),
             ));
         }
     }

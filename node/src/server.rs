@@ -223,6 +223,24 @@ fn reachable_api(config: &Config) -> std::net::SocketAddr {
     }
 }
 
+/// How long an INVITE transaction is kept without a final response at most: (the
+/// caller's, the node's own). A call answers or gives up within its longest ring
+/// (`sip.max_ring_seconds` for the caller, a destination's `ring_seconds`, at most 300
+/// and not bounded by it once an IVR answered, for a forwarded leg); the caller's may
+/// first wait for a line (a queue's `max_wait_seconds`, at most an hour, not counted
+/// by the ring guard); 32 s more for the answer to be retransmitted or the CANCEL
+/// answered. Without the queue's wait a caller connected after five and a half minutes
+/// in a queue had its transaction forgotten and never got its 200 (a review).
+fn invite_limits(max_ring_seconds: u64) -> (Duration, Duration) {
+    let ring = max_ring_seconds.max(tsunagu_store::Destination::MAX_RING_SECONDS.into());
+    let queue = u64::from(tsunagu_store::LineLimit::MAX_WAIT_SECONDS);
+    let timeout = tsunagu_sip::transaction::TIMEOUT;
+    (
+        Duration::from_secs(queue.saturating_add(ring)).saturating_add(timeout),
+        Duration::from_secs(ring).saturating_add(timeout),
+    )
+}
+
 /// The SIP edge's policies and bounds from `[sip]`.
 fn edge_settings(config: &Config, gate: tsunagu_sip::SendGate) -> EdgeSettings {
     let sip = &config.sip;
@@ -257,14 +275,8 @@ fn edge_settings(config: &Config, gate: tsunagu_sip::SendGate) -> EdgeSettings {
             UdpReceive::Threads => tsunagu_sip::udp::UdpReceive::Threads,
             UdpReceive::Runtime => tsunagu_sip::udp::UdpReceive::Runtime,
         },
-        // A call answers or gives up within its longest ring: sip.max_ring_seconds for
-        // the caller, a destination's ring_seconds (at most 300, and not bounded by
-        // max_ring once an IVR answered) for a forwarded leg; 32 s more for the answer
-        // to be retransmitted or the CANCEL answered.
-        invite_limit: Duration::from_secs(
-            sip.max_ring_seconds
-                .max(tsunagu_store::Destination::MAX_RING_SECONDS.into()),
-        ) + tsunagu_sip::transaction::TIMEOUT,
+        answer_limit: invite_limits(sip.max_ring_seconds).0,
+        invite_limit: invite_limits(sip.max_ring_seconds).1,
         advertised: Some(config.sip_advertised_address()),
     }
 }
@@ -848,6 +860,17 @@ fn print_banner(
 
 #[cfg(test)]
 mod tests {
+    /// A caller's INVITE waits out a full queue and then a full ring before it is
+    /// forgotten; one of the node's, a full ring.
+    #[test]
+    fn an_invite_outlives_the_longest_queue_wait_and_ring() {
+        let s = std::time::Duration::from_secs;
+        assert_eq!(super::invite_limits(180), (s(3600 + 300 + 32), s(300 + 32)));
+        assert_eq!(super::invite_limits(600), (s(3600 + 600 + 32), s(600 + 32)));
+        let max = std::time::Duration::MAX;
+        assert_eq!(super::invite_limits(u64::MAX), (max, max));
+    }
+
     /// An admin token read from a file is held to the rule of a configured one: a
     /// short or empty one is refused at start; the file's line end is not part of it.
     #[test]

@@ -265,10 +265,12 @@ pub struct EdgeSettings {
     /// Answer requests over UDP at their source port whatever their Via says
     /// (`sip.force_rport`).
     pub force_rport: bool,
-    /// How long an INVITE may go without a final response before its transaction is
-    /// forgotten ([`crate::transaction::INVITE_LIMIT`]; the node sets its longest ring
-    /// plus 32 s).
+    /// How long an INVITE of ours may go without a final response before its
+    /// transaction is forgotten ([`crate::transaction::INVITE_LIMIT`]; the node sets its
+    /// longest ring plus 32 s).
     pub invite_limit: Duration,
+    /// The same for an INVITE the node answers (the node adds the longest queue wait).
+    pub answer_limit: Duration,
     /// The address the node names itself by (Via, Contact, From: where parties send
     /// their requests) for a listener on a wildcard address; None keeps the address
     /// bound (see [`advertised`]).
@@ -303,6 +305,7 @@ impl EdgeSettings {
             udp_receive: UdpReceive::default(),
             force_rport: false,
             invite_limit: crate::transaction::INVITE_LIMIT,
+            answer_limit: crate::transaction::INVITE_LIMIT,
             advertised: None,
         }
     }
@@ -402,7 +405,10 @@ impl Endpoint {
                 .clone();
             let core = Core {
                 shard,
-                transactions: Transactions::with_invite_limit(settings.invite_limit),
+                transactions: Transactions::with_invite_limits(
+                    settings.answer_limit,
+                    settings.invite_limit,
+                ),
                 calls: HashMap::new(),
                 handler: handler.clone(),
                 udp: udp.clone(),

@@ -243,8 +243,11 @@ pub struct Transactions {
     timers: BTreeMap<(Instant, u64), TimerId>,
     /// Timers set so far (the tie-breaker of `timers`' keys).
     timers_set: u64,
-    /// See [`INVITE_LIMIT`].
+    /// See [`INVITE_LIMIT`]: for an INVITE of ours.
     invite_limit: Duration,
+    /// The same for an INVITE we answer (a caller may wait in a queue before its
+    /// ring, so the node gives it longer).
+    answer_limit: Duration,
     /// The sweep for transactions nobody will finish (`sweep`): when its next step is
     /// due (None while the tables are empty), and which segment it takes.
     next_sweep: Option<Instant>,
@@ -259,7 +262,7 @@ pub struct Transactions {
 
 impl Default for Transactions {
     fn default() -> Self {
-        Transactions::with_invite_limit(INVITE_LIMIT)
+        Transactions::with_invite_limits(INVITE_LIMIT, INVITE_LIMIT)
     }
 }
 
@@ -280,8 +283,9 @@ impl Transactions {
         Self::default()
     }
 
-    /// Tables whose INVITEs may go `invite_limit` without a final response.
-    pub fn with_invite_limit(invite_limit: Duration) -> Self {
+    /// Tables whose INVITEs may go without a final response `answer_limit` (those we
+    /// answer) and `invite_limit` (ours).
+    pub fn with_invite_limits(answer_limit: Duration, invite_limit: Duration) -> Self {
         Transactions {
             server: Segmented::default(),
             max_server: MAX_SERVER_TRANSACTIONS,
@@ -290,6 +294,7 @@ impl Transactions {
             timers: BTreeMap::new(),
             timers_set: 0,
             invite_limit,
+            answer_limit,
             next_sweep: None,
             sweep_segment: 0,
             call_ids: Default::default(),
@@ -301,7 +306,7 @@ impl Transactions {
     /// Forgets every transaction (a node declared down drops what it had), keeping
     /// the tables' settings.
     pub fn forget_all(&mut self) {
-        *self = Transactions::with_invite_limit(self.invite_limit);
+        *self = Transactions::with_invite_limits(self.answer_limit, self.invite_limit);
     }
 
     /// Open transactions (server, client, unacknowledged 2xx), for metrics.
@@ -658,10 +663,10 @@ impl Transactions {
     fn sweep(&mut self, now: Instant, out: &mut Vec<Output>) {
         let segment = self.sweep_segment;
         self.sweep_segment = (segment + 1) % crate::segmented::SEGMENTS;
-        let invite_limit = self.invite_limit;
+        let (invite_limit, answer_limit) = (self.invite_limit, self.answer_limit);
         let removed = self.server.retain_segment(segment, |key, tx| {
             let limit = if key.method == Method::Invite {
-                invite_limit
+                answer_limit
             } else {
                 TIMEOUT
             };
@@ -917,12 +922,14 @@ mod tests {
             ),
             (Tx::UnansweredRequest, TIMEOUT + sweep_cycle, false, 1),
             (Tx::UnansweredInvite, TIMEOUT + sweep_cycle, true, 0),
-            (Tx::UnansweredInvite, limit + sweep_cycle, false, 1),
+            // An INVITE we answer has the longer limit.
+            (Tx::UnansweredInvite, limit + sweep_cycle, true, 0),
+            (Tx::UnansweredInvite, 2 * limit + sweep_cycle, false, 1),
             (Tx::ProvisionalOnly, limit - Duration::from_secs(1), true, 0),
             (Tx::ProvisionalOnly, limit + sweep_cycle, false, 2),
         ];
         for (tx, runs, kept, outputs) in cases {
-            let mut t = Transactions::with_invite_limit(limit);
+            let mut t = Transactions::with_invite_limits(2 * limit, limit);
             let now = Instant::now();
             let mut out = Vec::new();
             match tx {
@@ -964,7 +971,7 @@ mod tests {
     #[test]
     fn a_new_provisional_restarts_the_invite_limit() {
         let limit = Duration::from_secs(60);
-        let mut t = Transactions::with_invite_limit(limit);
+        let mut t = Transactions::with_invite_limits(limit, limit);
         let now = Instant::now();
         let mut out = Vec::new();
         ringing(&mut t, "z9hG4bKc", "c6", now);
@@ -984,7 +991,8 @@ mod tests {
 
     #[test]
     fn answered_transactions_are_not_swept() {
-        let mut t = Transactions::with_invite_limit(Duration::from_secs(60));
+        let mut t =
+            Transactions::with_invite_limits(Duration::from_secs(60), Duration::from_secs(60));
         let now = Instant::now();
         let mut out = Vec::new();
         t.on_request(Method::Invite, "z9hG4bKr", "c8", 1, tcp(), now, &mut out);

@@ -42,6 +42,11 @@ pub struct LineLimit {
     pub max_wait_seconds: u32,
 }
 
+impl LineLimit {
+    /// The longest a caller may wait for a line (the API refuses more).
+    pub const MAX_WAIT_SECONDS: u32 = 3600;
+}
+
 fn default_line_wait() -> u32 {
     60
 }
