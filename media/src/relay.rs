@@ -1167,6 +1167,8 @@ mod tests {
         relay.set_remote(Side::A, signalled.local_addr().unwrap());
         relay.set_remote(Side::B, callee.local_addr().unwrap());
         let mut buf = [0u8; 2048];
+        assert_eq!(relay.stats.last_received(), None, "nothing received yet");
+        let first_sent = std::time::Instant::now();
         for seq in [1u16, 2, 4] {
             caller
                 .send_to(&rtp(seq), relay.local(Side::A))
@@ -1184,6 +1186,13 @@ mod tests {
         assert_eq!(from, relay.local(Side::A));
         assert_eq!(relay.stats.packets(), (3, 1));
         assert_eq!(relay.stats.lost(), 1, "sequence 3 never came");
+        // When the last packet came (what a media timeout ends the talk at).
+        let last = relay.stats.last_received().expect("a packet's time");
+        assert!(
+            last + std::time::Duration::from_millis(1) >= first_sent
+                && last <= std::time::Instant::now(),
+            "{last:?}"
+        );
         let free_before = pool.free_ports();
         drop(relay);
         tokio::task::yield_now().await;

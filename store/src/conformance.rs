@@ -695,7 +695,15 @@ fn node_incarnations(s: &dyn Store) {
         !s.mark_node_down_by("n-epoch", 2, ("n-marker", 2)).unwrap(),
         "declared down"
     );
-    assert!(s.mark_node_down("n-epoch", 2).unwrap());
+    let good = NodeInfo {
+        node_id: "n-good".into(),
+        ..info.clone()
+    };
+    assert_eq!(s.register_node(&good, 1_000).unwrap().0, 1);
+    assert!(
+        s.mark_node_down_by("n-epoch", 2, ("n-good", 1)).unwrap(),
+        "by a member in good standing"
+    );
     assert!(!s.mark_node_down("n-epoch", 2).unwrap(), "already down");
     assert!(!s.node_alive("n-epoch", 2, 5_000).unwrap());
     let row = s

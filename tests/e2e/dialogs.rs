@@ -94,15 +94,21 @@ impl Party {
     /// ACKs `ok`, the node's 200 to this party's INVITE of `call_id`; the node's To tag.
     pub(crate) fn ack(&self, call_id: &str, ok: &str) -> String {
         let our_tag = tag(header(ok, "To").unwrap());
+        self.ack_cseq(call_id, &our_tag, 1);
+        our_tag
+    }
+
+    /// The ACK (no body) of the node's 200 to our INVITE or re-INVITE of CSeq `cseq`,
+    /// in the dialog with the node's tag `node_tag`.
+    pub(crate) fn ack_cseq(&self, call_id: &str, node_tag: &str, cseq: u32) {
         self.send(&self.request(
             "ACK",
             call_id,
             "callertag",
-            &our_tag,
-            1,
+            node_tag,
+            cseq,
             "Content-Length: 0\n\n",
         ));
-        our_tag
     }
 
     /// A new INVITE with SDP from caller `from_user` (From tag `callertag`), naming
@@ -774,9 +780,10 @@ fn a_re_invite_answered_after_its_timeout_is_acknowledged_and_undone() {
     assert_eq!(calls[0]["result"], "answered", "{}", calls[0]);
 }
 
-/// A line passes to the next queued caller as soon as the call holding it ends, not
-/// when the far end answers the node's BYE: a callee that never answers it held the
-/// line for the end guard (32 s) while the next caller waited (a review).
+/// A line passes to the next queued caller when the far end answers the node's BYE or
+/// 2 s after it (`LINES_AFTER_BYE`), whichever comes first: a callee that never
+/// answers it held the line for the end guard (32 s) while the next caller waited (a
+/// review), and passed at the BYE itself another node's INVITE could overtake it.
 #[test]
 fn a_line_passes_on_without_waiting_for_the_bye_to_be_answered() {
     let ports = Ports::take();
@@ -815,8 +822,8 @@ fn a_line_passes_on_without_waiting_for_the_bye_to_be_answered() {
         }
     };
     assert!(
-        answered < Duration::from_secs(10),
-        "the line waited {answered:?} for the callee's answer to the BYE"
+        answered >= Duration::from_millis(1900) && answered < Duration::from_secs(10),
+        "the line passed {answered:?} after the BYE: 2 s after it, as its answer never came"
     );
 }
 

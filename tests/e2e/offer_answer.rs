@@ -491,18 +491,6 @@ fn callee_reinvite(ports: Ports, answered: &str, cseq: u32, sdp: &str) -> String
     )
 }
 
-/// The caller's ACK (no body) of the node's 200 to its re-INVITE of CSeq `cseq`.
-fn caller_acks(caller: &Party, call_id: &str, node_tag: &str, cseq: u32) {
-    caller.send(&caller.request(
-        "ACK",
-        call_id,
-        "callertag",
-        node_tag,
-        cseq,
-        "Content-Length: 0\n\n",
-    ));
-}
-
 /// The caller's 200 to a re-INVITE `relayed` to it: `extra` headers, its Contact and
 /// its SDP.
 fn caller_ok(caller: &Party, relayed: &str, extra: &str) -> String {
@@ -891,7 +879,7 @@ fn callee_timer_through_a_hold(call_id: &str, refuses: bool) {
         header(&held_ok, "Session-Expires").is_none() && header(&held_ok, "Require").is_none(),
         "the caller asked nothing of timers: {held_ok}"
     );
-    caller_acks(&caller, call_id, &node_tag, 2);
+    caller.ack_cseq(call_id, &node_tag, 2);
     hang_up(&caller, &callee, call_id, &node_tag, 3);
 }
 
@@ -1338,7 +1326,7 @@ fn a_re_invite_s_200_again_while_the_call_ends_is_acknowledged_as_itself() {
     );
     let held_ok = caller.final_response();
     assert!(held_ok.starts_with("SIP/2.0 200"), "{held_ok}");
-    caller_acks(&caller, call_id, &node_tag, 2);
+    caller.ack_cseq(call_id, &node_tag, 2);
     caller.send(&caller.bye(call_id, &node_tag, 3));
     let bye = callee.expect("BYE ");
     // The re-INVITE's 200 again, as if the node's ACK was lost.
