@@ -137,7 +137,7 @@ impl Host for NodeHost {
         let rejoining = self.rejoining.clone();
         tokio::spawn(async move {
             loop {
-                rejoin(
+                let rejoined = rejoin(
                     ctx.clone(),
                     supervisor.clone(),
                     info.clone(),
@@ -145,6 +145,11 @@ impl Host for NodeHost {
                     cluster.clone(),
                 )
                 .await;
+                if !rejoined {
+                    // Superseded: the process stops (`rejoining` stays set, so no
+                    // other rejoin starts meanwhile).
+                    break;
+                }
                 rejoining.store(false, Ordering::Release);
                 // Declared down again while rejoining (its `stale` call found a rejoin
                 // under way and returned): once more, or it would stay stale for good.
@@ -961,14 +966,16 @@ fn claims_here(all: bool, draining: bool, owner: bool) -> bool {
     !draining && (all || owner)
 }
 
-/// Drops every call silently, registers a new incarnation and rejoins the cluster.
+/// Drops every call silently, registers a new incarnation and rejoins the cluster;
+/// false instead of registering when another process took over this node id (see
+/// [`superseded`]): then the node stops (`NodeContext::superseded`).
 async fn rejoin(
     ctx: Arc<NodeContext>,
     supervisor: ActorRef<SupervisorMsg>,
     info: NodeInfo,
     provisioning: Provisioning,
     cluster: Cluster,
-) {
+) -> bool {
     // Claims this incarnation made that land from now on are not resumed (see
     // `supervisor::resumable`): its calls are dropped, and its finaliser takes them.
     ctx.dropped_epoch
@@ -990,6 +997,27 @@ async fn rejoin(
     // BYE to a party another node now serves): forgotten.
     ctx.endpoint.send(tsunagu_sip::Command::Forget);
     let store = ctx.store.clone();
+    let mine = ctx.epoch.load(Ordering::Relaxed);
+    let rows = loop {
+        let s = store.clone();
+        match tokio::task::spawn_blocking(move || s.nodes()).await {
+            Ok(Ok(rows)) => break rows,
+            other => {
+                tracing::warn!(?other, "cannot read the cluster's registry yet; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    };
+    if let Some(newer) = superseded(&rows, &info.node_id, mine) {
+        tracing::error!(
+            node = %info.node_id,
+            epoch = mine,
+            newer,
+            "another process runs as this node (a newer incarnation of its id): this one stops"
+        );
+        ctx.superseded.notify_one();
+        return false;
+    }
     let registered = loop {
         let (s, i) = (store.clone(), info.clone());
         match tokio::task::spawn_blocking(move || s.register_node(&i, crate::clock::now_ms())).await
@@ -1007,6 +1035,22 @@ async fn rejoin(
     let p = provisioning.clone();
     let _ = tokio::task::spawn_blocking(move || p.catch_up()).await;
     tracing::warn!(epoch, "rejoined the cluster");
+    true
+}
+
+/// The newer incarnation of node `me` the registry `rows` lists than `epoch`, the
+/// last this process registered: another process registered it (this one registers
+/// only at its start and in [`rejoin`], one rejoin at a time), so two processes run
+/// with one node id — a paused VM resumed beside its replacement, or a copy of a
+/// configuration. The older one stops rather than rejoin: rejoining, it registered a
+/// newer incarnation still, which had the other drop its calls and rejoin in turn,
+/// and so on, each round dropping calls (a review). None: this process's
+/// incarnation is the newest (declared down, or retired by an operator: it rejoins).
+fn superseded(rows: &[tsunagu_store::NodeRow], me: &str, epoch: u64) -> Option<u64> {
+    rows.iter()
+        .find(|r| r.node_id == me)
+        .map(|r| r.epoch)
+        .filter(|newest| *newest > epoch)
 }
 
 /// This node leaves the cluster for good (its drain is over, its calls logged): it
@@ -1114,6 +1158,38 @@ pub async fn join(
 
 #[cfg(test)]
 mod tests {
+    /// A newer incarnation of this node id in the registry than the last this process
+    /// registered is another process's: this one stops. Its own (declared down,
+    /// retired), or another node's, is not.
+    #[test]
+    fn another_process_with_this_node_id_supersedes_this_one() {
+        let row = |id: &str, epoch: u64, down: bool, retired: bool| tsunagu_store::NodeRow {
+            node_id: id.into(),
+            epoch,
+            started_at: 0,
+            last_seen: 0,
+            cluster_addr: None,
+            api_addr: None,
+            down,
+            retired,
+        };
+        // (registry, this process's epoch) -> the newer incarnation
+        let cases = [
+            (vec![row("me", 4, true, false)], 4, None), // declared down: rejoins
+            (vec![row("me", 4, true, true)], 4, None),  // retired: rejoins
+            (vec![row("me", 5, false, false)], 4, Some(5)),
+            (vec![row("me", 5, true, false)], 4, Some(5)), // it left, or was declared down
+            (
+                vec![row("other", 9, false, false), row("me", 4, true, false)],
+                4,
+                None,
+            ),
+            (vec![row("other", 9, false, false)], 4, None), // unlisted: rejoins
+        ];
+        for (rows, epoch, want) in cases {
+            assert_eq!(superseded(&rows, "me", epoch), want, "{rows:?}");
+        }
+    }
 
     /// Who claims an answered call of a member declared down.
     #[test]

@@ -17,6 +17,10 @@ pub struct NodeContext {
     /// The newest incarnation whose calls this node dropped to rejoin (0: none): a
     /// claim made for it that lands later is not resumed (see `supervisor::resumable`).
     pub dropped_epoch: std::sync::atomic::AtomicU64,
+    /// Another process registered a newer incarnation of this node id (two processes
+    /// with one id): this one stops at once, with no drain (see `cluster_link::rejoin`
+    /// and `server::run`).
+    pub superseded: tokio::sync::Notify,
     /// The node's cluster, if `[cluster]` is configured (set once it joined).
     pub cluster: std::sync::OnceLock<tsunagu_cluster::Cluster>,
     pub endpoint: EndpointHandle,

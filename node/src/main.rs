@@ -238,6 +238,11 @@ fn run_node(
     };
     match runtime.block_on(server::run(config, shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e @ server::NodeError::Superseded(_)) => {
+            tracing::error!("{e}");
+            eprintln!("tsunagu: {e}");
+            ExitCode::from(server::EXIT_SUPERSEDED)
+        }
         Err(e) => {
             eprintln!("tsunagu: {e}");
             ExitCode::FAILURE

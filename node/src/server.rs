@@ -39,7 +39,17 @@ pub enum NodeError {
     Io(String),
     #[error("{0}")]
     Unsupported(String),
+    /// Another process registered a newer incarnation of this node id while this one
+    /// was cut off or frozen: this one stopped (exit code [`EXIT_SUPERSEDED`]).
+    #[error("another process runs as node {0:?} (a newer incarnation of its id): stopped")]
+    Superseded(String),
 }
+
+/// The exit code of a node that stopped because another process runs as the same node
+/// id ([`NodeError::Superseded`]). Not to be restarted as it is: a restart registers a
+/// newer incarnation still and takes the id back from the process that replaced it
+/// (the systemd unit names it in `RestartPreventExitStatus`).
+pub const EXIT_SUPERSEDED: u8 = 3;
 
 /// Where the admin token came from (the banner prints it only when it was just made).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -577,6 +587,7 @@ pub async fn run(
         node_id: config.node.id.clone(),
         epoch,
         dropped_epoch: 0.into(),
+        superseded: tokio::sync::Notify::new(),
         cluster: OnceLock::new(),
         endpoint: endpoint.clone(),
         ports,
@@ -725,7 +736,25 @@ pub async fn run(
         metrics_addr,
         &endpoint,
     );
-    shutdown.await;
+    let superseded = tokio::select! {
+        _ = shutdown => false,
+        _ = ctx.superseded.notified() => true,
+    };
+    if superseded {
+        // Its calls were dropped (they are the newer incarnation's, or its peers', to
+        // carry and log): nothing to drain, and nothing of this node id to mark down.
+        ctx.draining.store(true, Ordering::Relaxed);
+        supervisor.stop(None);
+        let _ = supervisor_handle.await;
+        let _ = outbox_stop.send(true);
+        let _ = outbox_task.await;
+        let _ = api_stop_tx.send(true);
+        for task in api_tasks {
+            let _ = task.await;
+        }
+        let _ = tokio::task::spawn_blocking(move || log.flush(Duration::from_secs(5))).await;
+        return Err(NodeError::Superseded(config.node.id.clone()));
+    }
 
     // Drain: refuse new calls, let running ones finish.
     ctx.draining.store(true, Ordering::Relaxed);

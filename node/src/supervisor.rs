@@ -544,6 +544,7 @@ mod tests {
         let ctx = Arc::new(NodeContext {
             epoch: Arc::new(1.into()),
             dropped_epoch: 0.into(),
+            superseded: tokio::sync::Notify::new(),
             cluster: std::sync::OnceLock::new(),
             node_id: "t".into(),
             endpoint: endpoint.clone(),

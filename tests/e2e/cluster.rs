@@ -531,6 +531,84 @@ fn a_frozen_node_is_declared_down_within_2_s_and_rejoins_as_a_new_incarnation() 
     );
 }
 
+/// A frozen node resumed beside the process that replaced it (a paused VM, its
+/// replacement started with the same node id on another address): the old process
+/// stops with exit code 3 instead of rejoining, and the replacement keeps its
+/// incarnation and its call. Rejoining, the old one registered a newer incarnation
+/// still, which had the replacement drop its calls and rejoin in turn, and so on,
+/// each round dropping calls (a review).
+#[test]
+fn a_frozen_node_resumed_beside_its_replacement_stops_and_the_replacement_keeps_its_calls() {
+    let mut c = TestCluster::new();
+    for i in 1..=3 {
+        c.start(i, GOOD);
+    }
+    c.wait_formed();
+    let uas = Uas::start("uas_answer.xml", c.uas_ports, c.shared.path(), &[]);
+    let number = number_owned_by("n2", &["n1", "n2", "n3"]);
+    provision(c.node("n1"), &number, None);
+    c.wait_provisioned();
+    let (_, old_epoch) = c.state("n1", "n2").unwrap();
+    let mut old = c.members.remove("n2").unwrap().node;
+    let pid = old.pid().to_string();
+    assert!(Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    c.node("n1")
+        .wait_until(Duration::from_secs(5), "n2 declared down", || {
+            c.state("n1", "n2").is_some_and(|(s, _)| s == "down")
+        });
+    c.start_twin("n2");
+    let twin_epoch = c.epoch("n2");
+    assert!(twin_epoch > old_epoch, "{twin_epoch} after {old_epoch}");
+    c.node("n1")
+        .wait_until(Duration::from_secs(10), "the replacement up", || {
+            c.state("n1", "n2") == Some(("up".into(), twin_epoch))
+                && c.view("n2")["lease_valid"] == true
+        });
+    // A call through the replacement, up while the old process wakes.
+    let call = caller(
+        c.caller_ports(),
+        &c.members["n2"].sip,
+        &number,
+        "09000000031",
+        8_000,
+    );
+    c.node("n1")
+        .wait_until(Duration::from_secs(5), "the call forwarded", || {
+            uas.messages().contains("INVITE sip:0311112222@")
+        });
+    assert!(Command::new("kill")
+        .args(["-CONT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let code = old.exit_within(Duration::from_secs(15));
+    assert_eq!(code, Some(3), "the old process's log:\n{}", old.log());
+    assert!(
+        old.log()
+            .contains("another process runs as this node (a newer incarnation of its id)"),
+        "{}",
+        old.log()
+    );
+    let run = call.join().unwrap();
+    assert_eq!(
+        (run.successful, run.failed),
+        (1, 0),
+        "{}\n{}",
+        run.output,
+        c.node("n2").log()
+    );
+    assert_eq!(c.epoch("n2"), twin_epoch, "the replacement rejoined");
+    assert_eq!(
+        c.node("n2").metric("tsunagu_cluster_declared_stale_total"),
+        0.0
+    );
+    assert_eq!(c.state("n1", "n2"), Some(("up".into(), twin_epoch)));
+}
+
 #[test]
 fn a_node_joining_while_calls_flow_fails_no_call() {
     let mut c = TestCluster::new();

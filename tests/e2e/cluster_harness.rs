@@ -43,7 +43,8 @@ pub fn make_certs(dir: &Path) {
     };
     sh(&ca("ca"));
     sh(&ca("rogue-ca"));
-    for i in 1..=3 {
+    // n4: the address of a second process started with a member's node id.
+    for i in 1..=4 {
         sh(&leaf(&format!("n{i}"), &format!("127.0.0.{i}"), "ca"));
     }
     sh(&leaf("rogue", "127.0.0.2", "rogue-ca"));
@@ -123,16 +124,37 @@ impl TestCluster {
     /// [`TestCluster::start`] under `sh -c "<setup> && exec tsunagu ..."` when `setup`
     /// is given (see [`Node::run_in_shell`]).
     pub fn start_in_shell(&mut self, i: u8, how: Joining, setup: Option<&str>) -> &Member {
-        let name = format!("n{i}");
         assert!((1..=3).contains(&i), "test clusters have nodes 1 to 3");
         let base = self.node_ports;
+        let api = [base.api, base.sip + 4, base.sip + 5][usize::from(i) - 1];
+        self.launch(i, format!("n{i}"), api, how, setup)
+    }
+
+    /// Starts a second process with node id `name` (a member's: the test took that
+    /// member out of `members` first) on 127.0.0.4, its API on 127.0.0.1 at the
+    /// slot's +6: the replacement of a paused VM, or a copied configuration.
+    pub fn start_twin(&mut self, name: &str) -> &Member {
+        let api = self.node_ports.sip + 6;
+        self.launch(4, name.to_string(), api, GOOD, None)
+    }
+
+    /// Starts node `name` on 127.0.0.{i} (its certificate n{i}'s unless `how` names
+    /// one), its API on 127.0.0.1:`api`.
+    fn launch(
+        &mut self,
+        i: u8,
+        name: String,
+        api: u16,
+        how: Joining,
+        setup: Option<&str>,
+    ) -> &Member {
         let ports = Ports {
-            api: [base.api, base.sip + 4, base.sip + 5][usize::from(i) - 1],
-            ..base
+            api,
+            ..self.node_ports
         };
         let dir = tempfile::tempdir().expect("tempdir");
         let cert = if how.cert.is_empty() {
-            name.clone()
+            format!("n{i}")
         } else {
             how.cert.to_string()
         };

@@ -1047,6 +1047,58 @@ fn a_black_holed_receiver_does_not_delay_other_operators() {
     assert!(node.metric("tsunagu_follow_ups_deferred_total") >= 1.0);
 }
 
+/// One operator with two webhooks, one of them black-holed: the other still gets every
+/// event at once. The black hole holds its destination's share (as many waiting as
+/// running: twice `per_destination`); an operator's share of three times
+/// `per_destination` leaves its other webhook `per_destination` deliveries. With
+/// twice, the black hole held the operator's whole share and the healthy webhook's
+/// events waited for its timeouts (a review).
+#[test]
+fn a_black_holed_webhook_does_not_delay_its_operators_other_webhook() {
+    let ports = Ports::take();
+    let (hole_port, good_port) = (ports.sip + 5, ports.sip + 6);
+    let hole = BlackHole::start(hole_port);
+    let good = Receiver::start(good_port);
+    // A delivery timeout longer than the test: the black hole's rows hold their
+    // places throughout.
+    let node = Node::start(
+        ports,
+        "127.0.0.1/32",
+        &format!("[notify]\n{ALLOW_LOOPBACK}\nper_destination = 4\ntimeout_ms = 30000\n"),
+    );
+    let (key, _) = node.provision("0501234567", r#"[{"number": "0311112222"}]"#, "{}");
+    for url in [
+        format!("http://127.0.0.1:{hole_port}/slow"),
+        format!("http://127.0.0.1:{good_port}/good"),
+    ] {
+        let body = format!(r#"{{"url": "{url}"}}"#);
+        let r = node.send("POST", "/v1/webhooks", Some(&key), &body);
+        assert_eq!(r.status, 201, "{}", r.body);
+    }
+    let _uas = Uas::start("uas_answer.xml", ports, node.dir.path(), &[]);
+    // 12 calls: 36 events (started, answered, ended) for each webhook.
+    let run = uac("uac.xml", ports, "0501234567", 12, 50, &["-d", "10"]);
+    let ended = std::time::Instant::now();
+    assert_eq!((run.exit, run.successful), (0, 12), "{}", run.output);
+    let deadline = ended + std::time::Duration::from_secs(5);
+    while good.requests().len() < 36 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let got = good.requests().len();
+    assert_eq!(
+        got,
+        36,
+        "the healthy webhook's events within 5 s of the last call (the black hole holds {})\n{}",
+        hole.accepted(),
+        node.log()
+    );
+    assert!(
+        hole.accepted() <= 4,
+        "the black hole holds at most per_destination connections, not {}",
+        hole.accepted()
+    );
+}
+
 /// A backlog for a black-holed receiver larger than what the worker looks past in one
 /// delivery timeout (a 1 s timeout here; the worker looks past 512 rows at a wake,
 /// then 64 a poll while rows keep going back): handed back, its rows came due again

@@ -488,6 +488,13 @@ trunks = ["carrier-a"]
         }
     }
 
+    /// Waits up to `limit` for the node to exit of itself; its exit code (None: it did
+    /// not exit, and was killed).
+    pub fn exit_within(&mut self, limit: Duration) -> Option<i32> {
+        let mut child = self.child.take()?;
+        exit_within(&mut child, limit).and_then(|s| s.code())
+    }
+
     /// Kills the node with SIGKILL (no drain, no flush: a crash) and waits for it.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

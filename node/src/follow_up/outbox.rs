@@ -110,7 +110,11 @@ impl Worker {
             delivery_limit: timeout + STORE_MARGIN,
             limits: Limits {
                 per_destination,
-                per_operator: per_destination * 2,
+                // A destination holds up to twice `per_destination` (running and
+                // waiting): with three times it an operator's black-holed webhook
+                // leaves its other webhooks `per_destination` deliveries (with twice,
+                // it held the operator's whole share: a review).
+                per_operator: per_destination * 3,
                 total: (cfg.max_in_flight as usize).max(per_destination * 2),
                 max_release: timeout,
             },
