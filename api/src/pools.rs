@@ -788,6 +788,54 @@ fn visitor_session(params: &BTreeMap<String, String>) -> Option<String> {
 mod tests {
     use super::*;
 
+    /// Origins are stored as browsers send them (lower case, no default port), so a
+    /// page's `Origin` matches: the pool as read back lists them so, a PATCH stores
+    /// them so too, and a dynamic pool's issue says the page renews its number
+    /// (`renewable: true`; a one-time pool's says false, below).
+    #[tokio::test]
+    async fn origins_are_stored_as_browsers_send_them_and_a_dynamic_issue_is_renewable() {
+        let a = crate::testing::api();
+        let key = Some(a.key.as_str());
+        let pool = format!(
+            r#"{{"advertiser_id": "{}", "mode": "dynamic", "numbers": ["0502000011"], "hold_seconds": 60, "allowed_origins": ["HTTPS://Shop.Example:443", "http://b.example:80", "http://c.example:8080"], "destinations": [{{"number": "0311112222"}}]}}"#,
+            a.advertiser
+        );
+        let r = a.send("POST", "/v1/pools", key, &pool).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+        let id = r.json()["id"].as_str().unwrap().to_string();
+        let stored = json!([
+            "https://shop.example",
+            "http://b.example",
+            "http://c.example:8080"
+        ]);
+        assert_eq!(r.json()["allowed_origins"], stored, "{}", r.text());
+        let read = a.send("GET", &format!("/v1/pools/{id}"), key, "").await;
+        assert_eq!(read.status, StatusCode::OK, "{}", read.text());
+        assert_eq!(read.json()["allowed_origins"], stored, "{}", read.text());
+        let patched = a
+            .send(
+                "PATCH",
+                &format!("/v1/pools/{id}"),
+                key,
+                r#"{"allowed_origins": ["HTTPS://WWW.Example.com"]}"#,
+            )
+            .await;
+        assert_eq!(patched.status, StatusCode::OK, "{}", patched.text());
+        let read = a.send("GET", &format!("/v1/pools/{id}"), key, "").await;
+        assert_eq!(
+            read.json()["allowed_origins"],
+            json!(["https://www.example.com"]),
+            "{}",
+            read.text()
+        );
+        let issued = a
+            .send("POST", &format!("/v1/pools/{id}/issue"), key, "{}")
+            .await;
+        assert_eq!(issued.status, StatusCode::OK, "{}", issued.text());
+        assert_eq!(issued.json()["number"], "0502000011", "{}", issued.text());
+        assert_eq!(issued.json()["renewable"], true, "{}", issued.text());
+    }
+
     /// A pool's overflow number is checked again when it is to be shown: one another
     /// operator created as a tracking number after the pool was written is withheld
     /// (503), never shown on this operator's pages, whose callers would then be that

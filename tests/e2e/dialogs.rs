@@ -767,6 +767,39 @@ fn a_re_invite_answered_after_its_timeout_is_acknowledged_and_undone() {
         },
     );
     let seen = uas.messages();
+    // In order: the call's INVITE and ACK, the hold, the late 200's ACK (the hold's
+    // CSeq), then the restore and its ACK (the next CSeq), and nothing else (the
+    // hold's retransmissions counted once).
+    let mut requests: Vec<(&str, String)> = seen
+        .split("----")
+        .filter_map(|block| {
+            let method = ["INVITE", "ACK"]
+                .into_iter()
+                .find(|m| block.lines().any(|l| l.starts_with(&format!("{m} sip:"))))?;
+            let cseq = block
+                .lines()
+                .find_map(|l| l.strip_prefix("CSeq:"))
+                .map(|v| v.trim().split(' ').next().unwrap_or("").to_string())
+                .unwrap_or_default();
+            Some((method, cseq))
+        })
+        .collect();
+    requests.dedup();
+    let cseq = |i: usize| requests[i].1.parse::<u32>().unwrap_or(0);
+    let methods: Vec<&str> = requests.iter().map(|(m, _)| *m).collect();
+    assert_eq!(
+        methods,
+        ["INVITE", "ACK", "INVITE", "ACK", "INVITE", "ACK"],
+        "{requests:?}"
+    );
+    assert!(
+        cseq(0) == cseq(1) && cseq(2) == cseq(3) && cseq(4) == cseq(5),
+        "each ACK the CSeq of its INVITE: {requests:?}"
+    );
+    assert!(
+        cseq(0) < cseq(2) && cseq(2) < cseq(4),
+        "the hold, then the restore: {requests:?}"
+    );
     let restore = seen.rfind("INVITE sip:").unwrap();
     let offered = &seen[restore..];
     let offered = &offered[..offered.find("----").unwrap_or(offered.len())];

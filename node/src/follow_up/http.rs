@@ -703,6 +703,8 @@ mod tests {
             "/loop" => redirect("/loop".into()),
             "/elsewhere" => redirect(format!("http://127.0.0.2:{port}/ok")),
             "/moved" => "HTTP/1.1 301 Moved\r\nLocation: /ok\r\nContent-Length: 0\r\n\r\n".into(),
+            // A body announced and never sent: the connection stays open, silent.
+            "/endless" => "HTTP/1.1 200 OK\r\nContent-Length: 1000000000\r\n\r\nstart".into(),
             _ => "HTTP/1.1 204 No Content\r\n\r\n".into(),
         }
     }
@@ -812,6 +814,32 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(code, 200);
+    }
+
+    /// A 2xx whose body never ends is delivered a second after its status line, well
+    /// within the delivery timeout (5 s here): waiting for the body ran into the
+    /// timeout, a failure, and the delivered POST was sent again (a review).
+    #[tokio::test]
+    async fn a_2xx_whose_body_never_ends_is_delivered_within_a_second_or_two() {
+        let server = TestServer::start(answer).await;
+        let (c, _) = client(&["127.0.0.1/32"]);
+        let started = std::time::Instant::now();
+        let code = c
+            .post(
+                &server.url("/endless"),
+                "application/json",
+                ANY,
+                Bytes::new(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(code, 200);
+        let took = started.elapsed();
+        assert!(
+            (Duration::from_millis(900)..Duration::from_secs(3)).contains(&took),
+            "{took:?}"
+        );
+        assert_eq!(server.requests().len(), 1, "sent once");
     }
 
     /// 307/308 are followed up to the limit, each hop checked again; credentials do
