@@ -533,13 +533,20 @@ impl Cluster {
             .await
             .ok()
             .flatten()?;
-        let (gone, registered): (Vec<Registered>, Vec<Registered>) =
-            read.into_iter().partition(|r| r.retired || r.down);
         let now = Instant::now();
         let (me, my_epoch) = {
             let m = self.membership();
             (m.name().to_string(), m.epoch())
         };
+        if read.iter().any(|r| r.name == me && r.epoch > my_epoch) {
+            // Another process registered this node's id since (a frozen process
+            // resumed beside its replacement): this incarnation is over. Its peers'
+            // stale answers go to the newer process's session, so the store is where
+            // it learns so (the node then stops rather than rejoin).
+            self.declared_down();
+        }
+        let (gone, registered): (Vec<Registered>, Vec<Registered>) =
+            read.into_iter().partition(|r| r.retired || r.down);
         for r in gone {
             if r.name == me {
                 // The majority declared this incarnation down while the network
@@ -622,7 +629,7 @@ impl Cluster {
             .collect();
         drop(signs);
         let unheard = !m.heard_any() && !alive.is_empty();
-        m.store_signs(alive);
+        m.store_signs(alive, now);
         drop(m);
         if unheard && self.0.unheard_reads.fetch_add(1, Ordering::Relaxed) % 30 == 5 {
             tracing::error!("no cluster member answers although the store shows members alive: check cluster.secret, the cluster certificates and the network; this node takes no calls until it joins");

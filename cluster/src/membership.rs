@@ -26,7 +26,9 @@
 //!   majority ([`is_majority`]) of the members that count: those it hears, and the
 //!   incarnations the store shows alive that it cannot reach (heard before and silent
 //!   now, or listed by the store and never heard: alive, so silent because the network
-//!   between us is cut, not dead). A member never heard in its incarnation is not
+//!   between us is cut, not dead), and those the store has shown alive for
+//!   [`NEWER_GRACE`] that this view has not (a member's newer start, a member never
+//!   known: a survivor whose peers restarted out of its reach is a minority). A member never heard in its incarnation is not
 //!   declared down for its silence while the store shows it alive. A node cut off from
 //!   its peers but not from the store is such a minority: it declares nobody down,
 //!   holds no lease (it stops sending RTP and SIP within [`Timing::lease`]), and the
@@ -69,6 +71,18 @@ use std::time::{Duration, Instant};
 /// heard stay exempt from being declared down for their silence (see
 /// `Membership::silent`).
 pub const UNHEARD_GRACE: Duration = Duration::from_secs(10);
+
+/// How long the store must show alive an incarnation this node has not in its view
+/// (a member's newer start, a member it never knew) before it counts in the majority
+/// unheard. A member's restart is heard within a second or two, so a healthy pair does
+/// not lose its lease to its own restarting member (counted at once, a restart cut the
+/// lease of a pair whose survivor is not the lowest-named until it was heard: a
+/// review); and a node left alone by its peers' deaths, whose peers restarted where it
+/// cannot reach them, stops being a majority of one before they, the majority, declare
+/// it down ([`UNHEARD_GRACE`] after they hear each other) and take its calls: it
+/// learnt their incarnations only at its start and from their frames, and held its
+/// lease without end meanwhile (a review).
+pub const NEWER_GRACE: Duration = Duration::from_secs(5);
 
 /// The detector's timing.
 #[derive(Debug, Clone, Copy)]
@@ -245,8 +259,9 @@ pub struct Membership {
     started: Instant,
     first_heard: Option<Instant>,
     /// The incarnations whose sign of life in the store is recent, as last read (it
-    /// stands until the next read: see the module doc).
-    alive_in_store: BTreeMap<String, u64>,
+    /// stands until the next read: see the module doc), each with when a read first
+    /// showed it alive.
+    alive_in_store: BTreeMap<String, (u64, Instant)>,
     /// A node just started holds its lease for one lease period before any peer
     /// acknowledges it, majority or not (it has nothing yet others could take over).
     grace_until: Option<Instant>,
@@ -368,8 +383,18 @@ impl Membership {
     /// registry as just read; it stands until the next read): members up here but
     /// never heard in those incarnations are not declared down for their silence, and
     /// they and those heard before count in the majority (see the module doc).
-    pub fn store_signs(&mut self, alive: impl IntoIterator<Item = (String, u64)>) {
-        self.alive_in_store = alive.into_iter().collect();
+    pub fn store_signs(&mut self, alive: impl IntoIterator<Item = (String, u64)>, now: Instant) {
+        let before = std::mem::take(&mut self.alive_in_store);
+        self.alive_in_store = alive
+            .into_iter()
+            .map(|(name, epoch)| {
+                let since = before
+                    .get(&name)
+                    .filter(|(e, _)| *e == epoch)
+                    .map_or(now, |(_, since)| *since);
+                (name, (epoch, since))
+            })
+            .collect();
     }
 
     /// Whether a peer's frame was taken since this incarnation started.
@@ -379,7 +404,22 @@ impl Membership {
 
     /// Whether the store's last read shows member `name`'s incarnation alive.
     fn alive_in_store(&self, name: &str, m: &Member) -> bool {
-        self.alive_in_store.get(name) == Some(&m.epoch)
+        self.alive_in_store.get(name).map(|(e, _)| *e) == Some(m.epoch)
+    }
+
+    /// The incarnations the store has shown alive for [`NEWER_GRACE`] that this view
+    /// has not up or down in them or a later one: newer starts of members it saw go
+    /// (restarted where it cannot reach them), and members it never knew. They count
+    /// in the majority, unreachable (see [`Membership::majority_without`]).
+    fn alive_elsewhere(&self, now: Instant) -> impl Iterator<Item = &str> {
+        self.alive_in_store
+            .iter()
+            .filter(move |(name, (epoch, since))| {
+                **name != self.name
+                    && now.saturating_duration_since(*since) >= NEWER_GRACE
+                    && self.members.get(*name).is_none_or(|m| m.epoch < *epoch)
+            })
+            .map(|(name, _)| name.as_str())
     }
 
     /// Whether this node's side is a majority at `now` with the members in `silent`
@@ -410,6 +450,7 @@ impl Membership {
                 counted.insert(name);
             }
         }
+        counted.extend(self.alive_elsewhere(now));
         // A node that has heard no peer since it started knows nothing of the others:
         // it wins nothing on a tie-break (a newcomer with a wrong secret, named
         // lowest, would otherwise declare the real cluster's dead members down).
@@ -632,7 +673,8 @@ impl Membership {
             // lasted, owned line keys by another set of members than the others', and
             // every node's calls needing those lines waited (a live torture run).
             let newer = self.members.get(&h.node).is_none_or(|m| h.epoch > m.epoch);
-            if newer && self.alive_in_store.get(&h.node) == Some(&h.epoch) {
+            let alive = self.alive_in_store.get(&h.node).map(|(e, _)| *e);
+            if newer && alive == Some(h.epoch) {
                 self.seen(&h.node, h.epoch, now);
             }
             if let Some(m) = self
@@ -1151,7 +1193,7 @@ mod tests {
             let mut m = Membership::starting_at(me, 1, Timing::default(), t0);
             m.expect("b", 3, t0);
             m.expect("c", 2, t0);
-            m.store_signs([("b".to_string(), 3)]);
+            m.store_signs([("b".to_string(), 3)], t0);
             drain(&mut m);
             ticks(&mut m, t0, 250..=3_000);
             assert_eq!(
@@ -1165,7 +1207,7 @@ mod tests {
                 "{me}: without the lease: b never acknowledged"
             );
             // b's sign of life stops: alone, it declares both down at the next tick.
-            m.store_signs([]);
+            m.store_signs([], t0);
             m.tick(ms(t0, 3_250));
             assert_eq!(m.poll_event(), Some(down("b", 3)));
             assert_eq!(m.poll_event(), Some(down("c", 2)));
@@ -1176,7 +1218,7 @@ mod tests {
         // lowest name) is the majority, whatever the store says of b.
         let mut m = Membership::starting_at("a", 1, Timing::default(), t0);
         m.on_heartbeat("b", 3, t0);
-        m.store_signs([("b".to_string(), 3)]);
+        m.store_signs([("b".to_string(), 3)], t0);
         drain(&mut m);
         ticks(&mut m, t0, 250..=1_750);
         assert_eq!(m.poll_event(), Some(down("b", 3)));
@@ -1274,7 +1316,7 @@ mod tests {
         }
         drain(&mut m);
         let alive: Vec<(String, u64)> = store_alive.iter().map(|s| (s.to_string(), 1)).collect();
-        m.store_signs(alive);
+        m.store_signs(alive, t0);
         for t in (250..=3_000).step_by(250) {
             let now = ms(t0, t);
             let seq = m.heartbeat(now);
@@ -1322,7 +1364,7 @@ mod tests {
         let mut m = Membership::starting_at("a", 1, Timing::default(), t0);
         m.on_heartbeat("b", 1, t0);
         m.on_heartbeat("c", 1, t0);
-        m.store_signs([("b".to_string(), 1), ("c".to_string(), 1)]);
+        m.store_signs([("b".to_string(), 1), ("c".to_string(), 1)], t0);
         drain(&mut m);
         ticks(&mut m, t0, 250..=60_000);
         assert_eq!(drain(&mut m), vec![], "a declares nobody down");
@@ -1349,7 +1391,7 @@ mod tests {
         for (me, peer) in [("a", "b"), ("b", "a")] {
             let mut m = Membership::starting_at(me, 1, Timing::default(), t0);
             m.on_heartbeat(peer, 1, t0);
-            m.store_signs([(peer.to_string(), 1)]);
+            m.store_signs([(peer.to_string(), 1)], t0);
             drain(&mut m);
             ticks(&mut m, t0, 250..=3_000);
             views.push((m.poll_event(), m.lease_valid(end)));
@@ -1369,12 +1411,15 @@ mod tests {
         for (n, e) in [("b", 2), ("c", 1), ("d", 1), ("e", 1)] {
             m.expect(n, e, t0);
         }
-        m.store_signs([("b", 2), ("c", 1), ("d", 1), ("e", 1)].map(|(n, e)| (n.to_string(), e)));
+        m.store_signs(
+            [("b", 2), ("c", 1), ("d", 1), ("e", 1)].map(|(n, e)| (n.to_string(), e)),
+            t0,
+        );
         assert!(!m.lease_valid(t0), "no grace after a rejoin");
         assert_eq!(m.lease_until(t0), Some(t0), "nor in what the gate is given");
         let mut fresh = Membership::starting_at("a", 7, Timing::default(), t0);
         fresh.expect("b", 2, t0);
-        fresh.store_signs([("b".to_string(), 2)]);
+        fresh.store_signs([("b".to_string(), 2)], t0);
         assert_eq!(
             fresh.lease_until(t0),
             Some(ms(t0, 1_000)),
@@ -1407,7 +1452,7 @@ mod tests {
         let t0 = Instant::now();
         let mut m = Membership::starting_at("b", 1, Timing::default(), t0);
         m.on_heartbeat("a", 1, t0);
-        m.store_signs([("a".to_string(), 2)]);
+        m.store_signs([("a".to_string(), 2)], t0);
         drain(&mut m);
         ticks(&mut m, t0, 250..=1_750);
         assert_eq!(
@@ -1420,6 +1465,75 @@ mod tests {
         assert!(m.lease_valid(ms(t0, 1_750)));
     }
 
+    /// A node left alone by its peers' deaths, whose peers restart where it cannot
+    /// reach them (the store shows their new incarnations alive, never heard here):
+    /// it stays a majority of one for [`NEWER_GRACE`] (a restart is heard within
+    /// that), then counts them, is a minority and holds no lease, before they, a
+    /// majority of two, declare it down ([`UNHEARD_GRACE`] after they hear each
+    /// other) and take its calls over. It held its lease without end (a review).
+    /// Heard, they are members as before.
+    #[test]
+    fn a_lone_survivor_counts_its_peers_restarted_out_of_its_reach() {
+        let t0 = Instant::now();
+        let mut m = Membership::starting_at("a", 1, Timing::default(), t0);
+        m.on_heartbeat("b", 1, t0);
+        m.on_heartbeat("c", 1, t0);
+        ticks(&mut m, t0, 250..=2_000);
+        let events: Vec<Event> = std::iter::from_fn(|| m.poll_event()).collect();
+        let down = events
+            .iter()
+            .filter(|e| matches!(e, Event::Down { .. }))
+            .count();
+        assert_eq!(down, 2, "b and c declared down: {events:?}");
+        assert!(m.lease_valid(ms(t0, 2_000)), "alone, a majority of one");
+        let restarted = [("b".to_string(), 2), ("c".to_string(), 2)];
+        for read in (3_000..=8_000).step_by(1_000) {
+            m.store_signs(restarted.clone(), ms(t0, read));
+        }
+        ticks(&mut m, t0, 2_250..=8_000);
+        assert!(m.lease_valid(ms(t0, 7_999)), "within the grace");
+        assert!(!m.in_majority(ms(t0, 8_000)));
+        assert!(!m.lease_valid(ms(t0, 8_000)), "a minority of the three");
+        // The link heals: b's new incarnation heard, a majority again.
+        assert_eq!(m.on_heartbeat("b", 2, ms(t0, 8_100)), Verdict::Fresh);
+        assert!(m.in_majority(ms(t0, 8_100)));
+    }
+
+    /// Of two, the survivor is not the lowest-named: its peer's restart, heard within
+    /// [`NEWER_GRACE`], never costs it its lease (counted at once, it did until the
+    /// restart was heard: a review); one unheard past the grace is the other half of
+    /// a cut pair, and the lowest-named half is the majority. Named lowest itself,
+    /// the survivor keeps it.
+    #[test]
+    fn a_pair_s_restarting_member_counts_only_after_the_grace() {
+        // (this node, its peer, the peer's restart heard at, a majority at 8 s)
+        let cases = [
+            ("b", "a", None, false),
+            ("a", "b", None, true),
+            ("b", "a", Some(4_000), true),
+        ];
+        for (me, peer, heard_at, majority) in cases {
+            let t0 = Instant::now();
+            let mut m = Membership::starting_at(me, 1, Timing::default(), t0);
+            m.on_heartbeat(peer, 1, t0);
+            ticks(&mut m, t0, 250..=2_000);
+            let state = m.members().find(|(n, _)| *n == peer).map(|(_, p)| p.state);
+            assert_eq!(state, Some(State::Down), "{me}");
+            m.store_signs([(peer.to_string(), 2)], ms(t0, 3_000));
+            for t in (2_250..=8_000).step_by(250) {
+                if heard_at.is_some_and(|at| t >= at) {
+                    assert_eq!(m.on_heartbeat(peer, 2, ms(t0, t)), Verdict::Fresh);
+                }
+                if t < 8_000 {
+                    assert!(m.in_majority(ms(t0, t)), "{me} at {t} ms: within the grace");
+                }
+                m.tick(ms(t0, t));
+            }
+            let got = m.in_majority(ms(t0, 8_000));
+            assert_eq!(got, majority, "{me}, heard at {heard_at:?}");
+        }
+    }
+
     /// Of two, the lower-named leaves for good (SIGTERM, its drain over) and says so:
     /// the other is a majority at once, instead of holding no lease until the
     /// leaver's sign of life in the store ages (the tie-break favours the leaver).
@@ -1428,7 +1542,7 @@ mod tests {
         let t0 = Instant::now();
         let mut m = Membership::starting_at("b", 1, Timing::default(), t0);
         m.on_heartbeat("a", 1, t0);
-        m.store_signs([("a".to_string(), 1)]);
+        m.store_signs([("a".to_string(), 1)], t0);
         let later = ms(t0, 2_000);
         assert!(
             !m.in_majority(later),
@@ -1451,7 +1565,7 @@ mod tests {
         for n in ["b", "c", "d", "e"] {
             m.expect(n, 1, t0);
         }
-        m.store_signs(["b", "c", "d", "e"].map(|n| (n.to_string(), 1)));
+        m.store_signs(["b", "c", "d", "e"].map(|n| (n.to_string(), 1)), t0);
         drain(&mut m);
         let heard_from = 5_000;
         let grace = 10_000;
@@ -1638,7 +1752,7 @@ mod tests {
         for (m, other) in views.iter_mut() {
             m.on_heartbeat(other, 1, t0);
             m.on_heartbeat("c", 1, t0);
-            m.store_signs([(other.to_string(), 1), ("c".to_string(), 1)]);
+            m.store_signs([(other.to_string(), 1), ("c".to_string(), 1)], t0);
             drain(m);
             for t in (10..=10_000).step_by(10) {
                 let now = ms(t0, t);
@@ -1655,7 +1769,7 @@ mod tests {
             assert!(!m.lease_valid(ms(t0, 10_000)));
             // c's sign of life ages out of the store: the other end of the link and
             // this node are left, a tie.
-            m.store_signs([(other.to_string(), 1)]);
+            m.store_signs([(other.to_string(), 1)], t0);
             m.tick(ms(t0, 10_250));
         }
         let downs: Vec<String> = drain(&mut views[0].0)
@@ -1711,7 +1825,7 @@ mod tests {
             m.on_heartbeat("c", 1, t0);
             m.on_down_notice("b", 1, ms(t0, 100));
             drain(&mut m);
-            m.store_signs(alive.into_iter().chain([("c".to_string(), 1)]));
+            m.store_signs(alive.into_iter().chain([("c".to_string(), 1)]), t0);
             let now = ms(t0, 500);
             m.on_heartbeat("c", 1, now);
             m.on_hears("c", 1, &said, now);
@@ -1772,7 +1886,7 @@ mod tests {
         for n in ["b", "c", "d", "e"] {
             m.expect(n, 1, t0);
         }
-        m.store_signs(["b", "c", "d", "e"].map(|n| (n.to_string(), 1)));
+        m.store_signs(["b", "c", "d", "e"].map(|n| (n.to_string(), 1)), t0);
         m.on_heartbeat("c", 1, ms(t0, 100));
         m.on_hears("c", 1, &[heard("b", 1, 0)], ms(t0, 400));
         assert!(

@@ -81,6 +81,22 @@ fn group_of(name: &str) -> String {
     format!("{ALL}/{name}")
 }
 
+/// Peer `to`'s mailboxes, each with the session (ractor_cluster's node id) that
+/// carries it. Usually one; two while a process with the same name holds an older
+/// session (frozen with its TCP open) beside a newer process's. ractor_cluster
+/// numbers sessions in the order they open, so the highest is the newest: frames go
+/// there. The first listed was taken, and a member's replacement (a second process
+/// started with a frozen node's id) sent its heartbeats but had every answer queued
+/// for the frozen process, so it never held its lease (a live test).
+fn remote_mailboxes(to: &str) -> impl Iterator<Item = (u64, ractor::ActorCell)> {
+    ractor::pg::get_members(&group_of(to))
+        .into_iter()
+        .filter_map(|c| match c.get_id() {
+            ActorId::Remote { node_id, .. } => Some((node_id, c)),
+            ActorId::Local(_) => None,
+        })
+}
+
 impl Actor for Mailbox {
     type Msg = Vec<u8>;
     type State = ();
@@ -445,8 +461,7 @@ impl Net {
 
     /// Sends a frame to a node's mailbox; false if no session to it is up.
     pub fn send(&self, to: &str, frame: Vec<u8>) -> bool {
-        let members = ractor::pg::get_members(&group_of(to));
-        let Some(cell) = members.into_iter().find(|c| !c.get_id().is_local()) else {
+        let Some((_, cell)) = remote_mailboxes(to).max_by_key(|(session, _)| *session) else {
             return false;
         };
         ActorRef::<Vec<u8>>::from(cell).cast(frame).is_ok()
@@ -456,28 +471,20 @@ impl Net {
     /// a fresh connection (the old one may be stuck in TCP's retransmission back-off
     /// after a cut, for up to minutes); true if one was stopped.
     pub fn reset(&self, to: &str) -> bool {
-        let node = ractor::pg::get_members(&group_of(to))
-            .into_iter()
-            .find_map(|c| match c.get_id() {
-                ActorId::Remote { node_id, .. } => Some(node_id),
-                ActorId::Local(_) => None,
-            });
-        let session = node.and_then(|n| {
-            self.sessions
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(&n)
-                .cloned()
-        });
-        match session {
-            Some(s) => {
-                s.stop(Some(
-                    "peer not heard here (while others hear it, or since it was declared down): reconnecting".into(),
-                ));
-                true
-            }
-            None => false,
+        let nodes: HashSet<u64> = remote_mailboxes(to).map(|(session, _)| session).collect();
+        let stopping: Vec<ActorRef<NodeSessionMessage>> = {
+            let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+            nodes
+                .iter()
+                .filter_map(|n| sessions.get(n).cloned())
+                .collect()
+        };
+        for s in &stopping {
+            s.stop(Some(
+                "peer not heard here (while others hear it, or since it was declared down): reconnecting".into(),
+            ));
         }
+        !stopping.is_empty()
     }
 
     /// The peers a session is up with, each with what names that session (the ids of

@@ -563,9 +563,16 @@ fn a_frozen_node_resumed_beside_its_replacement_stops_and_the_replacement_keeps_
     c.start_twin("n2");
     let twin_epoch = c.epoch("n2");
     assert!(twin_epoch > old_epoch, "{twin_epoch} after {old_epoch}");
-    c.node("n1")
+    // Up at both members, and its heartbeats answered (a round trip measured): not
+    // only the lease a node holds for its first second.
+    c.node("n2")
         .wait_until(Duration::from_secs(10), "the replacement up", || {
-            c.state("n1", "n2") == Some(("up".into(), twin_epoch))
+            ["n1", "n3"]
+                .iter()
+                .all(|n| c.state(n, "n2") == Some(("up".into(), twin_epoch)))
+                && c.node("n2")
+                    .metric("tsunagu_cluster_heartbeat_rtt_seconds_count")
+                    > 0.0
                 && c.view("n2")["lease_valid"] == true
         });
     // A call through the replacement, up while the old process wakes.
@@ -576,7 +583,7 @@ fn a_frozen_node_resumed_beside_its_replacement_stops_and_the_replacement_keeps_
         "09000000031",
         8_000,
     );
-    c.node("n1")
+    c.node("n2")
         .wait_until(Duration::from_secs(5), "the call forwarded", || {
             uas.messages().contains("INVITE sip:0311112222@")
         });

@@ -383,3 +383,55 @@ fn the_survivor_of_two_keeps_its_lease_when_the_other_leaves() {
     );
     assert_eq!(c.view("n2")["lease_valid"], true);
 }
+
+/// A node left alone by its peers' deaths, and cut off from them when they restart
+/// (all of them still reach the store): it stops acting (no lease) a few seconds after
+/// their restart, before they, a majority of two it cannot hear, declare it down and
+/// take its calls over. It learnt their new incarnations only at its start and from
+/// their frames, so it held its lease without end, a majority of one, while they took
+/// over (a review); it now counts an incarnation the store shows alive for 5 s
+/// (`tsunagu_cluster::membership::NEWER_GRACE`) without hearing it.
+#[test]
+fn a_lone_survivor_stops_before_its_peers_restarted_out_of_reach_take_over() {
+    let (mut c, before) = three_formed();
+    for n in ["n2", "n3"] {
+        c.members.get_mut(n).unwrap().node.kill();
+    }
+    c.node("n1")
+        .wait_until(Duration::from_secs(10), "n1 alone with its lease", || {
+            ["n2", "n3"]
+                .iter()
+                .all(|n| c.state("n1", n).is_some_and(|(s, _)| s == "down"))
+                && c.view("n1")["lease_valid"] == true
+        });
+    let _cut = Cut::new("127.0.0.1", &["127.0.0.2", "127.0.0.3"], c.cluster_port);
+    let restarted = std::time::Instant::now();
+    for n in ["n2", "n3"] {
+        c.members.get_mut(n).unwrap().node.start_again();
+    }
+    c.node("n1")
+        .wait_until(Duration::from_secs(20), "n1 to hold no lease", || {
+            c.view("n1")["lease_valid"] == false
+        });
+    let stopped_after = restarted.elapsed();
+    // Before the majority declared n1 down: not by learning it was (the store's mark,
+    // or a stale answer), but by counting them.
+    let n2_sees = c.state("n2", "n1");
+    assert_eq!(
+        n2_sees.as_ref().map(|(s, _)| s.as_str()),
+        Some("up"),
+        "n2 declared n1 down before n1 stopped acting ({stopped_after:?} after the restart)\n{}",
+        c.node("n1").log()
+    );
+    assert_eq!(c.epoch("n1"), before[0], "n1 rejoined first");
+    assert_eq!(c.node("n1").metric(STALE), 0.0, "n1 was told it is stale");
+    // The majority goes on: n1 declared down, its lease never back while cut.
+    for n in ["n2", "n3"] {
+        c.node(n)
+            .wait_until(Duration::from_secs(20), "n1 declared down", || {
+                c.state(n, "n1").is_some_and(|(s, _)| s == "down")
+                    && c.view(n)["lease_valid"] == true
+            });
+    }
+    assert_eq!(c.view("n1")["lease_valid"], false, "{}", c.view("n1"));
+}
