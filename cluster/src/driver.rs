@@ -640,6 +640,13 @@ impl Cluster {
     async fn dial(&self) {
         // An unreadable store changes nothing of what the last read told.
         let read = self.roster().await;
+        if self.0.stale.load(Ordering::SeqCst) {
+            // Declared down (or another process runs as this node): no new session
+            // until it rejoins. A newer session of a process whose id another now
+            // holds would draw that one's frames away from it (frames go to a peer's
+            // newest session: see `Net::send`).
+            return;
+        }
         if let Some(registered) = &read {
             self.know(registered);
             self.note_signs(registered);

@@ -74,14 +74,15 @@ pub const UNHEARD_GRACE: Duration = Duration::from_secs(10);
 
 /// How long the store must show alive an incarnation this node has not in its view
 /// (a member's newer start, a member it never knew) before it counts in the majority
-/// unheard. A member's restart is heard within a second or two, so a healthy pair does
-/// not lose its lease to its own restarting member (counted at once, a restart cut the
-/// lease of a pair whose survivor is not the lowest-named until it was heard: a
-/// review); and a node left alone by its peers' deaths, whose peers restarted where it
-/// cannot reach them, stops being a majority of one before they, the majority, declare
-/// it down ([`UNHEARD_GRACE`] after they hear each other) and take its calls: it
-/// learnt their incarnations only at its start and from their frames, and held its
-/// lease without end meanwhile (a review).
+/// unheard (with at least one other member out of reach: one process alone can take
+/// nothing over). A member's restart is heard within a second or two, so the members
+/// that hear each other keep their lease through it (counted at once, a restart cut
+/// a healthy pair's lease until it was heard: a review); and a node left alone by its
+/// peers' deaths, whose peers restarted where it cannot reach them, stops being a
+/// majority of one before they, the majority, declare it down ([`UNHEARD_GRACE`]
+/// after they hear each other) and take its calls: it learnt their incarnations only
+/// at its start and from their frames, and held its lease without end meanwhile (a
+/// review).
 pub const NEWER_GRACE: Duration = Duration::from_secs(5);
 
 /// The detector's timing.
@@ -410,7 +411,8 @@ impl Membership {
     /// The incarnations the store has shown alive for [`NEWER_GRACE`] that this view
     /// has not up or down in them or a later one: newer starts of members it saw go
     /// (restarted where it cannot reach them), and members it never knew. They count
-    /// in the majority, unreachable (see [`Membership::majority_without`]).
+    /// in the majority, unreachable, where they and the other members out of reach
+    /// are two or more (see [`Membership::majority_without`]).
     fn alive_elsewhere(&self, now: Instant) -> impl Iterator<Item = &str> {
         self.alive_in_store
             .iter()
@@ -450,7 +452,15 @@ impl Membership {
                 counted.insert(name);
             }
         }
-        counted.extend(self.alive_elsewhere(now));
+        // Those alive elsewhere count where, with the others counted and out of
+        // reach, they are two or more: one process alone that hears nobody is a
+        // majority of nothing (it cannot declare anyone down), and counting it cut a
+        // pair's lease while its partner's restart went unheard (a review).
+        let elsewhere: BTreeSet<&str> = self.alive_elsewhere(now).collect();
+        let unreachable = counted.difference(&reachable).count();
+        if unreachable + elsewhere.difference(&counted).count() >= 2 {
+            counted.extend(elsewhere);
+        }
         // A node that has heard no peer since it started knows nothing of the others:
         // it wins nothing on a tie-break (a newcomer with a wrong secret, named
         // lowest, would otherwise declare the real cluster's dead members down).
@@ -1499,27 +1509,52 @@ mod tests {
         assert!(m.in_majority(ms(t0, 8_100)));
     }
 
-    /// Of two, the survivor is not the lowest-named: its peer's restart, heard within
-    /// [`NEWER_GRACE`], never costs it its lease (counted at once, it did until the
-    /// restart was heard: a review); one unheard past the grace is the other half of
-    /// a cut pair, and the lowest-named half is the majority. Named lowest itself,
-    /// the survivor keeps it.
+    /// Of two, the survivor keeps its lease through its partner's restart, heard or
+    /// not: one process alone out of reach takes nothing over, and counted (the night
+    /// this rule came, counting it after the grace) it cut the lease of a survivor not
+    /// named lowest until the restart was heard (a review). Beside a member already
+    /// out of reach (a cut link), the same restart counts after [`NEWER_GRACE`]: the
+    /// two may be a majority without this node.
     #[test]
-    fn a_pair_s_restarting_member_counts_only_after_the_grace() {
-        // (this node, its peer, the peer's restart heard at, a majority at 8 s)
+    fn a_restarted_member_counts_only_with_another_out_of_reach_after_the_grace() {
+        // (this node, the restarted peer, a member cut off from this node, the
+        // restart heard at, a majority at 8 s)
         let cases = [
-            ("b", "a", None, false),
-            ("a", "b", None, true),
-            ("b", "a", Some(4_000), true),
+            ("b", "a", None, None, true),
+            ("a", "b", None, None, true),
+            ("b", "a", None, Some(4_000), true),
+            ("a", "c", Some("b"), None, false),
+            ("a", "c", Some("b"), Some(4_000), true),
         ];
-        for (me, peer, heard_at, majority) in cases {
+        for (me, peer, cut, heard_at, majority) in cases {
             let t0 = Instant::now();
             let mut m = Membership::starting_at(me, 1, Timing::default(), t0);
             m.on_heartbeat(peer, 1, t0);
-            ticks(&mut m, t0, 250..=2_000);
+            if let Some(cut) = cut {
+                m.on_heartbeat(cut, 1, t0);
+            }
+            let alive = |restarted: bool| {
+                let mut alive = vec![];
+                if restarted {
+                    alive.push((peer.to_string(), 2));
+                }
+                alive.extend(cut.map(|c| (c.to_string(), 1)));
+                alive
+            };
+            m.store_signs(alive(false), t0);
+            // The peer dies; the cut member goes on living out of reach, heard until
+            // 1.75 s (the tie-break keeps `a`, named lowest, a majority).
+            for t in (250..=2_000).step_by(250) {
+                if let Some(cut) = cut.filter(|_| t <= 1_750) {
+                    m.on_heartbeat(cut, 1, ms(t0, t));
+                }
+                m.tick(ms(t0, t));
+            }
             let state = m.members().find(|(n, _)| *n == peer).map(|(_, p)| p.state);
             assert_eq!(state, Some(State::Down), "{me}");
-            m.store_signs([(peer.to_string(), 2)], ms(t0, 3_000));
+            for read in (3_000..=8_000).step_by(1_000) {
+                m.store_signs(alive(true), ms(t0, read));
+            }
             for t in (2_250..=8_000).step_by(250) {
                 if heard_at.is_some_and(|at| t >= at) {
                     assert_eq!(m.on_heartbeat(peer, 2, ms(t0, t)), Verdict::Fresh);
@@ -1530,7 +1565,10 @@ mod tests {
                 m.tick(ms(t0, t));
             }
             let got = m.in_majority(ms(t0, 8_000));
-            assert_eq!(got, majority, "{me}, heard at {heard_at:?}");
+            assert_eq!(
+                got, majority,
+                "{me}, {peer} restarted, {cut:?} cut, heard at {heard_at:?}"
+            );
         }
     }
 

@@ -126,6 +126,8 @@ impl Host for NodeHost {
             return;
         }
         let Some(cluster) = self.cluster.get().cloned() else {
+            // Still starting: `join` looks again once the cluster is set.
+            self.rejoining.store(false, Ordering::Release);
             return;
         };
         let (ctx, supervisor, info, provisioning) = (
@@ -1045,12 +1047,13 @@ async fn rejoin(
 /// configuration. The older one stops rather than rejoin: rejoining, it registered a
 /// newer incarnation still, which had the other drop its calls and rejoin in turn,
 /// and so on, each round dropping calls (a review). None: this process's
-/// incarnation is the newest (declared down, or retired by an operator: it rejoins).
+/// incarnation is the newest (declared down, or retired by an operator: it rejoins),
+/// or the newer one is over (it left, was declared down or retired: this process
+/// rejoins, and the id is served again; stopping left it served by nobody, a review).
 fn superseded(rows: &[tsunagu_store::NodeRow], me: &str, epoch: u64) -> Option<u64> {
     rows.iter()
-        .find(|r| r.node_id == me)
+        .find(|r| r.node_id == me && r.epoch > epoch && !r.down && !r.retired)
         .map(|r| r.epoch)
-        .filter(|newest| *newest > epoch)
 }
 
 /// This node leaves the cluster for good (its drain is over, its calls logged): it
@@ -1153,6 +1156,12 @@ pub async fn join(
     let _ = host.cluster.set(cluster.clone());
     host.ctx.lines.attach(cluster.clone());
     host.provisioning.attach(cluster.clone());
+    if cluster.needs_rejoin() {
+        // Declared stale while starting (its `stale` call found no cluster yet):
+        // another process registered this node's id meanwhile, or the majority
+        // declared this incarnation down. Acted on now, not left stale for good.
+        host.stale();
+    }
     Ok(Some(cluster))
 }
 
@@ -1178,7 +1187,8 @@ mod tests {
             (vec![row("me", 4, true, false)], 4, None), // declared down: rejoins
             (vec![row("me", 4, true, true)], 4, None),  // retired: rejoins
             (vec![row("me", 5, false, false)], 4, Some(5)),
-            (vec![row("me", 5, true, false)], 4, Some(5)), // it left, or was declared down
+            (vec![row("me", 5, true, false)], 4, None), // it left, or was declared down
+            (vec![row("me", 5, true, true)], 4, None),  // retired
             (
                 vec![row("other", 9, false, false), row("me", 4, true, false)],
                 4,

@@ -752,7 +752,12 @@ pub async fn run(
         for task in api_tasks {
             let _ = task.await;
         }
-        let _ = tokio::task::spawn_blocking(move || log.flush(Duration::from_secs(5))).await;
+        let flushed = tokio::task::spawn_blocking(move || log.flush(Duration::from_secs(30)))
+            .await
+            .unwrap_or(false);
+        if !flushed {
+            tracing::error!("call log could not be flushed within 30 s");
+        }
         return Err(NodeError::Superseded(config.node.id.clone()));
     }
 

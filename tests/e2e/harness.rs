@@ -1434,6 +1434,9 @@ pub struct BlackHole {
     pub port: u16,
     accepted: Arc<Mutex<Vec<TcpStream>>>,
     stop: Arc<AtomicBool>,
+    /// Joined on drop: the listener is closed before the test's ports are given back
+    /// (the next test on them failed to bind while it was still open: a full run).
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl BlackHole {
@@ -1442,7 +1445,7 @@ impl BlackHole {
         let accepted = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let (a, st) = (accepted.clone(), stop.clone());
-        std::thread::spawn(move || {
+        let thread = std::thread::spawn(move || {
             for conn in listener.incoming() {
                 if st.load(Ordering::SeqCst) {
                     return;
@@ -1456,6 +1459,7 @@ impl BlackHole {
             port,
             accepted,
             stop,
+            thread: Some(thread),
         }
     }
 
@@ -1469,6 +1473,9 @@ impl Drop for BlackHole {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         let _ = TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
         self.accepted.lock().unwrap().clear();
     }
 }
