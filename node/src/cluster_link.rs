@@ -1000,31 +1000,47 @@ async fn rejoin(
     ctx.endpoint.send(tsunagu_sip::Command::Forget);
     let store = ctx.store.clone();
     let mine = ctx.epoch.load(Ordering::Relaxed);
-    let rows = loop {
+    // Read, decided, and registered only while the registry still lists what was
+    // read (compare-and-set): a replacement registering in between is seen on the
+    // next read, and this process stops.
+    let registered = loop {
         let s = store.clone();
-        match tokio::task::spawn_blocking(move || s.nodes()).await {
-            Ok(Ok(rows)) => break rows,
+        let rows = match tokio::task::spawn_blocking(move || s.nodes()).await {
+            Ok(Ok(rows)) => rows,
             other => {
                 tracing::warn!(?other, "cannot read the cluster's registry yet; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
             }
+        };
+        if let Some(newer) = superseded(&rows, &info.node_id, mine) {
+            tracing::error!(
+                node = %info.node_id,
+                epoch = mine,
+                newer,
+                "another process runs as this node (a newer incarnation of its id): this one stops"
+            );
+            ctx.superseded.notify_one();
+            return false;
         }
-    };
-    if let Some(newer) = superseded(&rows, &info.node_id, mine) {
-        tracing::error!(
-            node = %info.node_id,
-            epoch = mine,
-            newer,
-            "another process runs as this node (a newer incarnation of its id): this one stops"
-        );
-        ctx.superseded.notify_one();
-        return false;
-    }
-    let registered = loop {
+        let listed = rows
+            .iter()
+            .find(|r| r.node_id == info.node_id)
+            .map(|r| r.epoch);
         let (s, i) = (store.clone(), info.clone());
-        match tokio::task::spawn_blocking(move || s.register_node(&i, crate::clock::now_ms())).await
-        {
-            Ok(Ok(r)) => break r,
+        let now = crate::clock::now_ms();
+        let registered = tokio::task::spawn_blocking(move || match listed {
+            Some(after) => s.register_node_after(&i, now, after),
+            None => s.register_node(&i, now).map(Some), // no row to compare with
+        })
+        .await;
+        match registered {
+            Ok(Ok(Some(r))) => break r,
+            Ok(Ok(None)) => {
+                tracing::warn!(
+                    "another incarnation of this node registered as it rejoined; reading again"
+                );
+            }
             other => {
                 tracing::warn!(?other, "cannot register a new incarnation yet; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;

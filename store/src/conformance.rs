@@ -16,6 +16,7 @@ pub fn run_all(store: &dyn Store) {
     calls_in_progress_end_in_one_final_record(store);
     a_claimed_call_belongs_to_its_new_owner_alone(store);
     node_incarnations(store);
+    a_rejoin_registers_only_after_the_incarnation_it_read(store);
     a_stale_incarnation_writes_no_call_in_progress(store);
     the_change_feed_is_ordered_and_resumable(store);
     prompts_are_shared_through_the_store(store);
@@ -651,6 +652,30 @@ fn a_stale_incarnation_writes_no_call_in_progress(s: &dyn Store) {
         .map(|a| a.record.call_id)
         .collect();
     assert_eq!(ids, vec!["call_stale_1", "call_stale_4"]);
+}
+
+/// A node that rejoins registers only while the registry lists the incarnation it
+/// read: a replacement registered in between keeps the id (the rejoining process
+/// reads again and stops), and a node never registered is not registered by it.
+fn a_rejoin_registers_only_after_the_incarnation_it_read(s: &dyn Store) {
+    let info = NodeInfo {
+        node_id: "n-rejoin".into(),
+        cluster_addr: Some("127.0.0.1:7001".into()),
+        api_addr: None,
+    };
+    assert_eq!(s.register_node_after(&info, 1_000, 1).unwrap(), None);
+    assert_eq!(s.register_node(&info, 1_000).unwrap(), (1, None));
+    assert!(s.node_alive("n-rejoin", 1, 1_500).unwrap());
+    assert!(s.mark_node_down("n-rejoin", 1).unwrap());
+    assert_eq!(
+        s.register_node_after(&info, 2_000, 1).unwrap(),
+        Some((2, Some(1_500)))
+    );
+    // A replacement registers (3); the process that read 2 and rejoins is refused.
+    assert_eq!(s.register_node(&info, 3_000).unwrap().0, 3);
+    assert_eq!(s.register_node_after(&info, 3_100, 2).unwrap(), None);
+    let row = row_of(s, "n-rejoin");
+    assert_eq!((row.epoch, row.down, row.started_at), (3, false, 3_000));
 }
 
 fn node_incarnations(s: &dyn Store) {

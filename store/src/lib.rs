@@ -280,6 +280,17 @@ pub trait Store: Send + Sync + 'static {
     /// recorded. Returns the new epoch and the previous incarnation's last sign of life
     /// (None for a node never seen).
     fn register_node(&self, info: &NodeInfo, now_ms: i64) -> Result<(u64, Option<i64>)>;
+    /// [`Store::register_node`] for a node that rejoins: only while the registry still
+    /// lists incarnation `after` of it, as the node just read (compare-and-set); None
+    /// when another process registered one since (two processes with one node id: the
+    /// caller reads again and decides again). Read then registered in two calls, a
+    /// replacement registering in between had the id taken back from it.
+    fn register_node_after(
+        &self,
+        info: &NodeInfo,
+        now_ms: i64,
+        after: u64,
+    ) -> Result<Option<(u64, Option<i64>)>>;
     /// A sign of life of `node` in incarnation `epoch` at `now_ms`; false if the store
     /// knows a newer incarnation or this one was declared down (it must not act as the
     /// node any more, and must rejoin as a new incarnation).

@@ -1267,6 +1267,33 @@ impl Store for ScyllaStore {
         })
     }
 
+    fn register_node_after(
+        &self,
+        info: &NodeInfo,
+        now_ms: i64,
+        after: u64,
+    ) -> Result<Option<(u64, Option<i64>)>> {
+        let id = info.node_id.as_str();
+        let (cluster, api) = (info.cluster_addr.as_deref(), info.api_addr.as_deref());
+        let after = epoch_column(after);
+        self.wait(async {
+            let before = self
+                .inner
+                .first::<(Option<i64>, Option<i64>)>(q::NODE_GET, (id,))
+                .await?;
+            let Some((Some(epoch), last_seen)) = before else {
+                return Ok(None);
+            };
+            if epoch != after {
+                return Ok(None);
+            }
+            let next = epoch.saturating_add(1);
+            let values = (next, now_ms, now_ms, cluster, api, id, epoch);
+            let applied = self.inner.cas(q::NODE_NEXT, values).await?.applied;
+            Ok(applied.then(|| (epoch_of(next), last_seen)))
+        })
+    }
+
     fn node_alive(&self, node: &str, epoch: u64, now_ms: i64) -> Result<bool> {
         let epoch = epoch_column(epoch);
         let cas = self.wait(self.inner.cas(q::NODE_ALIVE, (now_ms, node, epoch, now_ms)))?;

@@ -409,6 +409,43 @@ fn cap_reached(
     Ok(Some(end.unwrap_or(now)))
 }
 
+impl SqliteStore {
+    /// A new incarnation of `info`'s node (its epoch up by one, its addresses
+    /// recorded), unconditionally, or only while the registry lists incarnation
+    /// `after` of it (None returned otherwise): see [`Store::register_node_after`].
+    fn register_incarnation(
+        &self,
+        info: &NodeInfo,
+        now_ms: i64,
+        after: Option<u64>,
+    ) -> Result<Option<(u64, Option<i64>)>> {
+        self.write(|c| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let before: Option<(i64, i64)> = tx
+                .query_row(
+                    "SELECT epoch, last_seen FROM nodes WHERE node_id = ?1",
+                    [&info.node_id],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            if let Some(after) = after {
+                if before.map(|(e, _)| e) != Some(after as i64) {
+                    return Ok(None); // another incarnation since: nothing written
+                }
+            }
+            let epoch = before.map(|(e, _)| e + 1).unwrap_or(1);
+            tx.execute(
+                "INSERT OR REPLACE INTO nodes (node_id, epoch, started_at, last_seen, cluster_addr, api_addr, down) \
+                 VALUES (?1, ?2, ?3, ?3, ?4, ?5, 0)",
+                params![info.node_id, epoch, now_ms, info.cluster_addr, info.api_addr],
+            )?;
+            tx.commit()?;
+            Ok(Some((epoch as u64, before.map(|(_, seen)| seen))))
+        })
+        .map_err(unavailable)
+    }
+}
+
 impl Store for SqliteStore {
     fn create_operator(&self, name: &str) -> Result<Operator> {
         let op = Operator {
@@ -1146,25 +1183,17 @@ impl Store for SqliteStore {
     }
 
     fn register_node(&self, info: &NodeInfo, now_ms: i64) -> Result<(u64, Option<i64>)> {
-        self.write(|c| {
-            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let before: Option<(i64, i64)> = tx
-                .query_row(
-                    "SELECT epoch, last_seen FROM nodes WHERE node_id = ?1",
-                    [&info.node_id],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .optional()?;
-            let epoch = before.map(|(e, _)| e + 1).unwrap_or(1);
-            tx.execute(
-                "INSERT OR REPLACE INTO nodes (node_id, epoch, started_at, last_seen, cluster_addr, api_addr, down) \
-                 VALUES (?1, ?2, ?3, ?3, ?4, ?5, 0)",
-                params![info.node_id, epoch, now_ms, info.cluster_addr, info.api_addr],
-            )?;
-            tx.commit()?;
-            Ok((epoch as u64, before.map(|(_, seen)| seen)))
-        })
-        .map_err(unavailable)
+        self.register_incarnation(info, now_ms, None)?
+            .ok_or_else(|| StoreError::Unavailable("node registration refused".into()))
+    }
+
+    fn register_node_after(
+        &self,
+        info: &NodeInfo,
+        now_ms: i64,
+        after: u64,
+    ) -> Result<Option<(u64, Option<i64>)>> {
+        self.register_incarnation(info, now_ms, Some(after))
     }
 
     fn node_alive(&self, node: &str, epoch: u64, now_ms: i64) -> Result<bool> {
