@@ -464,13 +464,8 @@ fn a_frozen_node_is_declared_down_within_2_s_and_rejoins_as_a_new_incarnation() 
             uas.messages().contains("INVITE sip:0311112222@")
         });
     let (_, epoch) = c.state("n1", "n2").unwrap();
-    let pid = c.node("n2").pid().to_string();
     let stopped = Instant::now();
-    assert!(Command::new("kill")
-        .args(["-STOP", &pid])
-        .status()
-        .unwrap()
-        .success());
+    c.node("n2").signal("-STOP");
     c.node("n1")
         .wait_until(Duration::from_secs(5), "n2 declared down", || {
             c.state("n1", "n2").is_some_and(|(s, _)| s == "down")
@@ -486,11 +481,7 @@ fn a_frozen_node_is_declared_down_within_2_s_and_rejoins_as_a_new_incarnation() 
         1.0
     );
     std::thread::sleep(Duration::from_secs(10).saturating_sub(stopped.elapsed()));
-    assert!(Command::new("kill")
-        .args(["-CONT", &pid])
-        .status()
-        .unwrap()
-        .success());
+    c.node("n2").signal("-CONT");
     c.node("n1").wait_until(
         Duration::from_secs(10),
         "n2 back as a new incarnation",
@@ -550,12 +541,7 @@ fn a_frozen_node_resumed_beside_its_replacement_stops_and_the_replacement_keeps_
     c.wait_provisioned();
     let (_, old_epoch) = c.state("n1", "n2").unwrap();
     let mut old = c.members.remove("n2").unwrap().node;
-    let pid = old.pid().to_string();
-    assert!(Command::new("kill")
-        .args(["-STOP", &pid])
-        .status()
-        .unwrap()
-        .success());
+    old.signal("-STOP");
     c.node("n1")
         .wait_until(Duration::from_secs(5), "n2 declared down", || {
             c.state("n1", "n2").is_some_and(|(s, _)| s == "down")
@@ -587,11 +573,7 @@ fn a_frozen_node_resumed_beside_its_replacement_stops_and_the_replacement_keeps_
         .wait_until(Duration::from_secs(5), "the call forwarded", || {
             uas.messages().contains("INVITE sip:0311112222@")
         });
-    assert!(Command::new("kill")
-        .args(["-CONT", &pid])
-        .status()
-        .unwrap()
-        .success());
+    old.signal("-CONT");
     let code = old.exit_within(Duration::from_secs(15));
     assert_eq!(code, Some(3), "the old process's log:\n{}", old.log());
     assert!(

@@ -5,18 +5,7 @@
 //! incarnations, dropping their calls).
 
 use crate::cluster_harness::{TestCluster, GOOD};
-use crate::harness::*;
-use std::process::Command;
 use std::time::{Duration, Instant};
-
-fn signal(node: &Node, sig: &str) {
-    let pid = node.pid().to_string();
-    assert!(Command::new("kill")
-        .args([sig, &pid])
-        .status()
-        .unwrap()
-        .success());
-}
 
 fn stale_count(c: &TestCluster, name: &str) -> f64 {
     c.node(name).metric("tsunagu_cluster_declared_stale_total")
@@ -34,12 +23,12 @@ fn a_node_frozen_right_after_it_rejoined_wakes_without_taking_the_others_down() 
 
     // Frozen, declared down, continued: n2 rejoins as a new incarnation.
     let first = c.epoch("n2");
-    signal(c.node("n2"), "-STOP");
+    c.node("n2").signal("-STOP");
     c.node("n1")
         .wait_until(Duration::from_secs(5), "n2 declared down", || {
             c.state("n1", "n2").is_some_and(|(s, _)| s == "down")
         });
-    signal(c.node("n2"), "-CONT");
+    c.node("n2").signal("-CONT");
     // Frozen again as soon as it has rejoined, for longer than the detector's window
     // (1.5 s). "Rejoined" is when n1 has heard the new incarnation: stopped earlier
     // (n2 bumps its epoch up to a heartbeat before anyone hears of it), n1 never sees
@@ -59,14 +48,14 @@ fn a_node_frozen_right_after_it_rejoined_wakes_without_taking_the_others_down() 
         std::thread::sleep(Duration::from_millis(5));
     };
     let stopped = Instant::now();
-    signal(c.node("n2"), "-STOP");
+    c.node("n2").signal("-STOP");
     c.node("n1")
         .wait_until(Duration::from_secs(5), "n2 declared down again", || {
             c.state("n1", "n2")
                 .is_some_and(|(s, e)| s == "down" && e == second)
         });
     std::thread::sleep(Duration::from_millis(2000).saturating_sub(stopped.elapsed()));
-    signal(c.node("n2"), "-CONT");
+    c.node("n2").signal("-CONT");
     c.node("n1")
         .wait_until(Duration::from_secs(10), "n2 back once more", || {
             c.state("n1", "n2")

@@ -214,12 +214,6 @@ fn a_link_cut_between_two_members_takes_nobody_down() {
     }
 }
 
-fn signal(node: &Node, sig: &str) {
-    let pid = node.pid().to_string();
-    let ok = Command::new("kill").args([sig, &pid]).status().unwrap();
-    assert!(ok.success(), "kill {sig} {pid}");
-}
-
 /// Two faults at once: the link n1–n2 is cut, then n3, which vouched for each to the
 /// other, freezes (until n2 has learnt it was declared down). Neither end declares the other down while n3 is counted
 /// alive; once n3's sign of life ages out of the store the tie of two goes to the
@@ -232,7 +226,7 @@ fn signal(node: &Node, sig: &str) {
 fn a_cut_link_and_a_frozen_voucher_leave_the_lowest_named_end_in_charge() {
     let (c, before) = three_formed();
     let cut = cut_n1_n2(&c);
-    signal(c.node("n3"), "-STOP");
+    c.node("n3").signal("-STOP");
     let frozen = std::time::Instant::now();
     c.node("n1")
         .wait_until(Duration::from_secs(10), "n1 to declare n2 down", || {
@@ -253,7 +247,7 @@ fn a_cut_link_and_a_frozen_voucher_leave_the_lowest_named_end_in_charge() {
         "n2 to learn it was declared down",
         || c.node("n2").metric(STALE) >= 1.0,
     );
-    signal(c.node("n3"), "-CONT");
+    c.node("n3").signal("-CONT");
     c.node("n1").wait_until(
         Duration::from_secs(20),
         "n1 to hear n2's new incarnation through n3",

@@ -973,6 +973,16 @@ fn two_operators_one_black_hole(
     per_destination: u32,
     timeout_ms: u32,
 ) -> (Ports, BlackHole, Receiver, Node, Vec<(String, String)>) {
+    one_black_hole(per_destination, timeout_ms, false)
+}
+
+/// [`two_operators_one_black_hole`], or with `same_operator` both webhooks of the
+/// first operator (number 0501234567).
+fn one_black_hole(
+    per_destination: u32,
+    timeout_ms: u32,
+    same_operator: bool,
+) -> (Ports, BlackHole, Receiver, Node, Vec<(String, String)>) {
     let ports = Ports::take();
     let (hole_port, good_port) = (ports.sip + 5, ports.sip + 6);
     let hole = BlackHole::start(hole_port);
@@ -985,12 +995,17 @@ fn two_operators_one_black_hole(
         ),
     );
     let dest = r#"[{"number": "0311112222"}]"#;
+    let (first, _) = node.provision("0501234567", dest, "{}");
+    let second = if same_operator {
+        first.clone()
+    } else {
+        node.provision("0502222222", dest, "{}").0
+    };
     let mut hooks = Vec::new();
-    for (number, url) in [
-        ("0501234567", format!("http://127.0.0.1:{hole_port}/slow")),
-        ("0502222222", format!("http://127.0.0.1:{good_port}/good")),
+    for (key, url) in [
+        (first, format!("http://127.0.0.1:{hole_port}/slow")),
+        (second, format!("http://127.0.0.1:{good_port}/good")),
     ] {
-        let (key, _) = node.provision(number, dest, "{}");
         let r = node.send(
             "POST",
             "/v1/webhooks",
@@ -1055,26 +1070,9 @@ fn a_black_holed_receiver_does_not_delay_other_operators() {
 /// events waited for its timeouts (a review).
 #[test]
 fn a_black_holed_webhook_does_not_delay_its_operators_other_webhook() {
-    let ports = Ports::take();
-    let (hole_port, good_port) = (ports.sip + 5, ports.sip + 6);
-    let hole = BlackHole::start(hole_port);
-    let good = Receiver::start(good_port);
     // A delivery timeout longer than the test: the black hole's rows hold their
     // places throughout.
-    let node = Node::start(
-        ports,
-        "127.0.0.1/32",
-        &format!("[notify]\n{ALLOW_LOOPBACK}\nper_destination = 4\ntimeout_ms = 30000\n"),
-    );
-    let (key, _) = node.provision("0501234567", r#"[{"number": "0311112222"}]"#, "{}");
-    for url in [
-        format!("http://127.0.0.1:{hole_port}/slow"),
-        format!("http://127.0.0.1:{good_port}/good"),
-    ] {
-        let body = format!(r#"{{"url": "{url}"}}"#);
-        let r = node.send("POST", "/v1/webhooks", Some(&key), &body);
-        assert_eq!(r.status, 201, "{}", r.body);
-    }
+    let (ports, hole, good, node, _) = one_black_hole(4, 30_000, true);
     let _uas = Uas::start("uas_answer.xml", ports, node.dir.path(), &[]);
     // 12 calls: 36 events (started, answered, ended) for each webhook.
     let run = uac("uac.xml", ports, "0501234567", 12, 50, &["-d", "10"]);

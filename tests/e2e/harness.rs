@@ -488,6 +488,16 @@ trunks = ["carrier-a"]
         }
     }
 
+    /// Sends the node's process `sig` (`-STOP`, `-CONT`, ...).
+    pub fn signal(&self, sig: &str) {
+        let pid = self.pid().to_string();
+        let ok = Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .expect("kill");
+        assert!(ok.success(), "kill {sig} {pid}");
+    }
+
     /// Waits up to `limit` for the node to exit of itself; its exit code (None: it did
     /// not exit, and was killed).
     pub fn exit_within(&mut self, limit: Duration) -> Option<i32> {

@@ -370,15 +370,6 @@ fn a_caller_who_left_with_its_node_has_the_call_ended_not_failed() {
     assert_eq!(r["nodes"][0], "n2", "{r}");
 }
 
-fn signal(node: &Node, sig: &str) {
-    let ok = std::process::Command::new("kill")
-        .args([sig, &node.pid().to_string()])
-        .status()
-        .expect("kill")
-        .success();
-    assert!(ok, "kill {sig}");
-}
-
 #[test]
 fn a_frozen_node_s_calls_are_taken_over_and_it_wakes_without_a_sound() {
     const CALLS: usize = 150;
@@ -388,7 +379,7 @@ fn a_frozen_node_s_calls_are_taken_over_and_it_wakes_without_a_sound() {
     let epoch = rig.c.state("n1", "n2").expect("n2 in n1's view").1;
     rig.party.mark();
     let frozen = Instant::now();
-    signal(rig.c.node("n2"), "-STOP");
+    rig.c.node("n2").signal("-STOP");
     rig.wait_heard(&victims, frozen, Duration::from_secs(8));
     let gaps = rig.party.gaps();
     let theirs: Vec<&Gap> = gaps
@@ -409,7 +400,7 @@ fn a_frozen_node_s_calls_are_taken_over_and_it_wakes_without_a_sound() {
     let stopped_for = frozen.elapsed();
     std::thread::sleep(Duration::from_secs(10).saturating_sub(stopped_for));
     let woken = Instant::now();
-    signal(rig.c.node("n2"), "-CONT");
+    rig.c.node("n2").signal("-CONT");
     rig.c.node("n1").wait_until(
         Duration::from_secs(15),
         "n2 back as a new incarnation",
