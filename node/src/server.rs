@@ -744,40 +744,56 @@ pub async fn run(
         // Its calls were dropped (they are the newer incarnation's, or its peers', to
         // carry and log): nothing to drain, and nothing of this node id to mark down.
         ctx.draining.store(true, Ordering::Relaxed);
-        supervisor.stop(None);
-        let _ = supervisor_handle.await;
-        let _ = outbox_stop.send(true);
-        let _ = outbox_task.await;
-        let _ = api_stop_tx.send(true);
-        for task in api_tasks {
-            let _ = task.await;
-        }
-        let flushed = tokio::task::spawn_blocking(move || log.flush(Duration::from_secs(30)))
-            .await
-            .unwrap_or(false);
-        if !flushed {
-            tracing::error!("call log could not be flushed within 30 s");
-        }
+    } else {
+        drain(&ctx, &supervisor, config.node.drain_seconds).await;
+    }
+    supervisor.stop(None);
+    let _ = supervisor_handle.await;
+    let flushed = tokio::task::spawn_blocking(move || log.flush(Duration::from_secs(30)))
+        .await
+        .unwrap_or(false);
+    if !flushed {
+        tracing::error!("call log could not be flushed within 30 s");
+    } else if let Some(cluster) = ctx.cluster.get().filter(|_| !superseded) {
+        crate::cluster_link::leave(&ctx, cluster).await;
+    }
+    // Follow-ups not delivered by now stay in the outbox for the next start.
+    let _ = outbox_stop.send(true);
+    let _ = outbox_task.await;
+    let _ = api_stop_tx.send(true);
+    for task in api_tasks {
+        let _ = task.await;
+    }
+    drop(ctx);
+    drop(log_thread);
+    tracing::info!("stopped");
+    if superseded {
         return Err(NodeError::Superseded(config.node.id.clone()));
     }
+    Ok(())
+}
 
+/// The drain: the node refuses new calls, hands answered calls to its peers (in a
+/// cluster), lets the rest finish until `drain_seconds`, then ends what is left
+/// itself (BYE, CANCEL, 503) and logs whatever still runs with reason `drain`.
+async fn drain(
+    ctx: &Arc<NodeContext>,
+    supervisor: &ractor::ActorRef<SupervisorMsg>,
+    drain_seconds: u64,
+) {
     // Drain: refuse new calls, let running ones finish.
     ctx.draining.store(true, Ordering::Relaxed);
     let deadline = Instant::now()
-        .checked_add(Duration::from_secs(config.node.drain_seconds))
+        .checked_add(Duration::from_secs(drain_seconds))
         .unwrap_or_else(Instant::now);
-    tracing::info!(
-        active_calls = ctx.active_calls(),
-        drain_seconds = config.node.drain_seconds,
-        "draining"
-    );
+    tracing::info!(active_calls = ctx.active_calls(), drain_seconds, "draining");
     if let Some(cluster) = ctx.cluster.get() {
         // Answered calls go to peers at once (re-INVITEd from there), so a drain takes
         // seconds; the rest finish here.
-        let handing = crate::cluster_link::hand_over_all(&ctx, cluster, &supervisor);
+        let handing = crate::cluster_link::hand_over_all(ctx, cluster, supervisor);
         let _ = tokio::time::timeout_at(deadline.into(), handing).await;
     }
-    wait_for_calls(&ctx, deadline).await;
+    wait_for_calls(ctx, deadline).await;
     if ctx.active_calls() > 0 {
         // The deadline: the node ends what is left itself (BYE, CANCEL, 503), gives the
         // far ends a moment to answer, then logs whatever still runs.
@@ -786,9 +802,9 @@ pub async fn run(
             "drain deadline passed; ending the remaining calls"
         );
         let _ = supervisor.cast(SupervisorMsg::EndAll("drain"));
-        wait_for_calls(&ctx, Instant::now() + DRAIN_ANSWERS).await;
+        wait_for_calls(ctx, Instant::now() + DRAIN_ANSWERS).await;
         let _ = supervisor.cast(SupervisorMsg::FinishAll);
-        wait_for_calls(&ctx, Instant::now() + Duration::from_secs(1)).await;
+        wait_for_calls(ctx, Instant::now() + Duration::from_secs(1)).await;
         let abandoned = supervisor
             .call(
                 |reply| SupervisorMsg::Abandon("drain", reply),
@@ -804,27 +820,6 @@ pub async fn run(
             }
         }
     }
-    supervisor.stop(None);
-    let _ = supervisor_handle.await;
-    let flushed = tokio::task::spawn_blocking(move || log.flush(Duration::from_secs(30)))
-        .await
-        .unwrap_or(false);
-    if !flushed {
-        tracing::error!("call log could not be flushed within 30 s");
-    } else if let Some(cluster) = ctx.cluster.get() {
-        crate::cluster_link::leave(&ctx, cluster).await;
-    }
-    // Follow-ups not delivered by now stay in the outbox for the next start.
-    let _ = outbox_stop.send(true);
-    let _ = outbox_task.await;
-    let _ = api_stop_tx.send(true);
-    for task in api_tasks {
-        let _ = task.await;
-    }
-    drop(ctx);
-    drop(log_thread);
-    tracing::info!("stopped");
-    Ok(())
 }
 
 /// How long ended calls may wait for the far ends' answers to BYE and CANCEL at the
