@@ -207,7 +207,8 @@ impl Cluster {
         metrics: ClusterMetrics,
     ) -> Result<Cluster, NetError> {
         let name = settings.net.name.clone();
-        let (net, rx) = Net::start(settings.net, metrics.sessions_cut.clone()).await?;
+        let (net, rx) =
+            Net::start(settings.net, settings.epoch, metrics.sessions_cut.clone()).await?;
         net.members()
             .set_listed(settings.seeds.iter().map(SocketAddr::ip));
         let membership = Membership::new(&name, settings.epoch, settings.timing);
@@ -341,14 +342,22 @@ impl Cluster {
         }
     }
 
+    /// Sends `msgs` to member `to`, in the incarnation this node's view has of it.
     fn send(&self, to: &str, msgs: Vec<Msg>) {
+        let epoch = self.membership().member_epoch(to);
+        self.send_to(to, epoch, msgs);
+    }
+
+    /// Sends `msgs` to `to` in incarnation `epoch` (None: whichever runs; see
+    /// [`Net::send`]).
+    fn send_to(&self, to: &str, to_epoch: Option<u64>, msgs: Vec<Msg>) {
         let (from, epoch) = {
             let m = self.membership();
             (m.name().to_string(), m.epoch())
         };
         let frame = Frame { from, epoch, msgs }.encode();
         self.0.metrics.frames_sent.inc();
-        if !self.0.net.send(to, frame) {
+        if !self.0.net.send(to, to_epoch, frame) {
             self.0.metrics.frames_unsent.inc();
         }
     }
@@ -403,6 +412,7 @@ impl Cluster {
             (m.name().to_string(), m.timing())
         };
         *self.membership() = Membership::rejoined(&name, epoch, timing, Instant::now());
+        self.0.net.set_epoch(epoch);
         *self.lines() = LineService::new(&name);
         self.0.suspended.store(false, Ordering::Relaxed);
         // Still stale (granting nothing, taking no line messages) until the membership
@@ -880,7 +890,9 @@ impl Cluster {
             self.on_line_msgs(&frame.from, frame.epoch, line_msgs, now, &mut replies);
         }
         if !replies.is_empty() {
-            self.send(&frame.from, replies);
+            // To the incarnation that sent them: an acknowledgement or a stale
+            // verdict is about that one.
+            self.send_to(&frame.from, Some(frame.epoch), replies);
         }
         self.after_events();
     }

@@ -814,6 +814,11 @@ impl Membership {
         up
     }
 
+    /// The incarnation of member `name` in this view, up or not (None: unknown here).
+    pub fn member_epoch(&self, name: &str) -> Option<u64> {
+        self.members.get(name).map(|m| m.epoch)
+    }
+
     /// The epoch of `name` if it is up in this view (this node included).
     pub fn up_epoch(&self, name: &str) -> Option<u64> {
         if name == self.name {

@@ -68,10 +68,13 @@ pub struct NetConfig {
     pub connector: TlsConnector,
 }
 
-/// The local end of the frames: every node's mailbox is in the group `tsunagu` and in
-/// `tsunagu/<its name>`; a frame cast to it comes out of [`Net::start`]'s receiver.
+/// The local end of the frames: every node's mailbox is in the group `tsunagu`, in
+/// `tsunagu/<its name>` and in `tsunagu/<its name>#<its incarnation>` (moved to the
+/// new one when it rejoins: [`Net::set_epoch`]); a frame cast to it comes out of
+/// [`Net::start`]'s receiver.
 pub struct Mailbox {
     group: String,
+    incarnation: String,
     tx: mpsc::UnboundedSender<Vec<u8>>,
 }
 
@@ -81,15 +84,19 @@ fn group_of(name: &str) -> String {
     format!("{ALL}/{name}")
 }
 
-/// Peer `to`'s mailboxes, each with the session (ractor_cluster's node id) that
-/// carries it. Usually one; two while a process with the same name holds an older
+fn incarnation_group(name: &str, epoch: u64) -> String {
+    format!("{ALL}/{name}#{epoch}")
+}
+
+/// The remote mailboxes in `group` (a peer's name's, or one incarnation's), each with
+/// the session (ractor_cluster's node id) that carries it. Usually one; two while a process with the same name holds an older
 /// session (frozen with its TCP open) beside a newer process's. ractor_cluster
 /// numbers sessions in the order they open, so the highest is the newest: frames go
 /// there. The first listed was taken, and a member's replacement (a second process
 /// started with a frozen node's id) sent its heartbeats but had every answer queued
 /// for the frozen process, so it never held its lease (a live test).
-fn remote_mailboxes(to: &str) -> impl Iterator<Item = (u64, ractor::ActorCell)> {
-    ractor::pg::get_members(&group_of(to))
+fn remote_mailboxes(group: &str) -> impl Iterator<Item = (u64, ractor::ActorCell)> {
+    ractor::pg::get_members(&group.to_string())
         .into_iter()
         .filter_map(|c| match c.get_id() {
             ActorId::Remote { node_id, .. } => Some((node_id, c)),
@@ -105,6 +112,7 @@ impl Actor for Mailbox {
     async fn pre_start(&self, me: ActorRef<Vec<u8>>, _: ()) -> Result<(), ActorProcessingErr> {
         ractor::pg::join(ALL.to_string(), vec![me.get_cell()]);
         ractor::pg::join(self.group.clone(), vec![me.get_cell()]);
+        ractor::pg::join(self.incarnation.clone(), vec![me.get_cell()]);
         Ok(())
     }
 
@@ -329,6 +337,9 @@ pub enum NetError {
 #[derive(Clone)]
 pub struct Net {
     name: String,
+    /// This node's mailbox, and the group of its incarnation it is in.
+    mailbox: ractor::ActorCell,
+    incarnation: Arc<Mutex<String>>,
     server: ActorRef<NodeServerMessage>,
     connector: TlsConnector,
     members: Members,
@@ -351,6 +362,7 @@ impl Net {
     /// `sessions_cut` counts the sessions [`ChallengeDeadline`] stops.
     pub async fn start(
         cfg: NetConfig,
+        epoch: u64,
         sessions_cut: Counter,
     ) -> Result<(Net, mpsc::UnboundedReceiver<Vec<u8>>), NetError> {
         let listener = TcpListener::bind(cfg.listen)
@@ -386,10 +398,12 @@ impl Net {
             })
             .map_err(|e| NetError::Server(e.to_string()))?;
         let (tx, rx) = mpsc::unbounded_channel();
-        Actor::spawn(
+        let incarnation = incarnation_group(&cfg.name, epoch);
+        let (mailbox, _) = Actor::spawn(
             None,
             Mailbox {
                 group: group_of(&cfg.name),
+                incarnation: incarnation.clone(),
                 tx,
             },
             (),
@@ -405,6 +419,8 @@ impl Net {
         Ok((
             Net {
                 name: cfg.name,
+                mailbox: mailbox.get_cell(),
+                incarnation: Arc::new(Mutex::new(incarnation)),
                 server,
                 connector: cfg.connector,
                 members,
@@ -459,19 +475,46 @@ impl Net {
         &self.members
     }
 
-    /// Sends a frame to a node's mailbox; false if no session to it is up.
-    pub fn send(&self, to: &str, frame: Vec<u8>) -> bool {
-        let Some((_, cell)) = remote_mailboxes(to).max_by_key(|(session, _)| *session) else {
+    /// Sends a frame to node `to`'s mailbox: to its incarnation `epoch`'s where it is
+    /// given and known here, else to the newest session's (see [`remote_mailboxes`]);
+    /// false if no session to it is up. By incarnation, a process that wakes beside
+    /// the replacement started with its id (and dials before it learns so: its store
+    /// unreadable) draws none of the replacement's frames, whichever session is newer.
+    pub fn send(&self, to: &str, epoch: Option<u64>, frame: Vec<u8>) -> bool {
+        let newest = |group: &str| {
+            remote_mailboxes(group)
+                .max_by_key(|(session, _)| *session)
+                .map(|(_, cell)| cell)
+        };
+        let cell = epoch
+            .and_then(|e| newest(&incarnation_group(to, e)))
+            .or_else(|| newest(&group_of(to)));
+        let Some(cell) = cell else {
             return false;
         };
         ActorRef::<Vec<u8>>::from(cell).cast(frame).is_ok()
+    }
+
+    /// This node rejoined as incarnation `epoch`: its mailbox moves to that
+    /// incarnation's group, so frames for the old one no longer reach it.
+    pub fn set_epoch(&self, epoch: u64) {
+        let next = incarnation_group(&self.name, epoch);
+        let mut group = self.incarnation.lock().unwrap_or_else(|p| p.into_inner());
+        if *group == next {
+            return;
+        }
+        ractor::pg::leave(group.clone(), vec![self.mailbox.clone()]);
+        ractor::pg::join(next.clone(), vec![self.mailbox.clone()]);
+        *group = next;
     }
 
     /// Stops the session with peer `to`, if there is one, so that the next dial opens
     /// a fresh connection (the old one may be stuck in TCP's retransmission back-off
     /// after a cut, for up to minutes); true if one was stopped.
     pub fn reset(&self, to: &str) -> bool {
-        let nodes: HashSet<u64> = remote_mailboxes(to).map(|(session, _)| session).collect();
+        let nodes: HashSet<u64> = remote_mailboxes(&group_of(to))
+            .map(|(session, _)| session)
+            .collect();
         let stopping: Vec<ActorRef<NodeSessionMessage>> = {
             let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
             nodes
