@@ -538,7 +538,8 @@ impl Net {
         ractor::pg::which_groups()
             .into_iter()
             .filter_map(|g| g.strip_prefix(&prefix).map(str::to_string))
-            .filter(|n| *n != self.name)
+            // A name's group, not an incarnation's (`name#epoch`: node ids have no `#`).
+            .filter(|n| *n != self.name && !n.contains('#'))
             .filter_map(|n| {
                 let mut ids: Vec<String> = ractor::pg::get_members(&group_of(&n))
                     .iter()

@@ -1078,3 +1078,24 @@ fn members_join_while_strangers_hold_every_handshake_slot() {
     stop.store(true, Ordering::Relaxed);
     flood.join().unwrap();
 }
+
+/// An idle member's traffic: four heartbeats a second to each of its two peers and
+/// its acknowledgements of theirs, 16 frames a second. Each node's mailbox is also in
+/// a group of its incarnation (`tsunagu/<name>#<epoch>`); taken for peers of their
+/// own, those groups had every heartbeat sent twice. A window to measure a rate over,
+/// not an event to wait for.
+#[test]
+fn an_idle_member_sends_sixteen_frames_a_second() {
+    let mut c = TestCluster::new();
+    for i in 1..=3 {
+        c.start(i, GOOD);
+    }
+    c.wait_formed();
+    let sent = || c.node("n1").metric("tsunagu_cluster_frames_sent_total");
+    let (before, from) = (sent(), Instant::now());
+    std::thread::sleep(Duration::from_secs(3));
+    let rate = (sent() - before) / from.elapsed().as_secs_f64();
+    assert!((12.0..=20.0).contains(&rate), "{rate:.1} frames a second");
+    let peers = c.view("n1")["members"].as_array().unwrap().len();
+    assert_eq!(peers, 2, "{}", c.view("n1"));
+}
