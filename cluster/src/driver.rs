@@ -400,7 +400,10 @@ impl Cluster {
     /// Tells every peer that provisioning changed (up to change `seq`).
     pub fn changed(&self, seq: i64) {
         for peer in self.0.net.peers() {
-            self.send(&peer, vec![Msg::Changed { seq }]);
+            // To whichever process runs under the name (its newest session): a
+            // change is news to any incarnation, and one this view has not heard yet
+            // must not miss it.
+            self.send_to(&peer, None, vec![Msg::Changed { seq }]);
         }
     }
 
@@ -970,8 +973,10 @@ impl Cluster {
                     self.0.metrics.transition("down");
                     for peer in self.0.net.peers() {
                         if peer != name {
-                            self.send(
+                            // As a change (see `changed`): to whichever runs.
+                            self.send_to(
                                 &peer,
+                                None,
                                 vec![Msg::Down {
                                     node: name.clone(),
                                     epoch,

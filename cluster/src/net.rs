@@ -496,7 +496,9 @@ impl Net {
     }
 
     /// This node rejoined as incarnation `epoch`: its mailbox moves to that
-    /// incarnation's group, so frames for the old one no longer reach it.
+    /// incarnation's group. (A frame a peer addresses to the old incarnation still
+    /// reaches it where no other process holds that one: [`Net::send`] falls back to
+    /// the name's newest session.)
     pub fn set_epoch(&self, epoch: u64) {
         let next = incarnation_group(&self.name, epoch);
         let mut group = self.incarnation.lock().unwrap_or_else(|p| p.into_inner());

@@ -1040,6 +1040,7 @@ async fn rejoin(
                 tracing::warn!(
                     "another incarnation of this node registered as it rejoined; reading again"
                 );
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
             other => {
                 tracing::warn!(?other, "cannot register a new incarnation yet; retrying");

@@ -118,6 +118,36 @@ impl Rig {
             std::thread::sleep(Duration::from_millis(10));
         }
         self.party.wait_flowing(n, Duration::from_secs(60));
+        self.wait_durable(n);
+    }
+
+    /// Waits (bounded) until the store holds `n` answered calls in progress with their
+    /// checkpoints: what a survivor takes over. Media flowing says the calls were
+    /// answered, not that their nodes' call-log writers have written it, and a node
+    /// killed before its writer's next batch (under a full suite's load) left its
+    /// calls to nobody, as it does in production (a full run).
+    fn wait_durable(&self, n: usize) {
+        use tsunagu_store::Store;
+        let store =
+            tsunagu_store::SqliteStore::open(&self.c.path("shared.db")).expect("the shared store");
+        let durable = || {
+            self.c
+                .members
+                .keys()
+                .filter_map(|node| store.active_calls_of(node).ok())
+                .flatten()
+                .filter(|a| a.record.answered_at.is_some() && a.checkpoint.is_some())
+                .count()
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while durable() < n {
+            assert!(
+                Instant::now() < deadline,
+                "{} of {n} answered calls in the store",
+                durable()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     fn carried_by(&self, node: &str) -> HashSet<String> {

@@ -1281,9 +1281,10 @@ impl Store for ScyllaStore {
                 .inner
                 .first::<(Option<i64>, Option<i64>)>(q::NODE_GET, (id,))
                 .await?;
-            let Some((Some(epoch), last_seen)) = before else {
+            let Some((epoch, last_seen)) = before else {
                 return Ok(None);
             };
+            let epoch = epoch.unwrap_or(0); // as `register_node` and `nodes` read it
             if epoch != after {
                 return Ok(None);
             }
