@@ -116,6 +116,30 @@ pub(crate) fn caller(
     })
 }
 
+/// A [`caller`] through member `node`, once the destination (`uas`) has its INVITE
+/// (the call forwarded, its line taken).
+fn forwarded_call(
+    c: &mut TestCluster,
+    uas: &Uas,
+    node: &str,
+    number: &str,
+    from: &str,
+    hold_ms: u32,
+) -> std::thread::JoinHandle<UacRun> {
+    let call = caller(
+        c.caller_ports(),
+        &c.members[node].sip,
+        number,
+        from,
+        hold_ms,
+    );
+    c.node(node)
+        .wait_until(Duration::from_secs(5), "the call forwarded", || {
+            uas.messages().contains("INVITE sip:0311112222@")
+        });
+    call
+}
+
 pub(crate) fn provision(node: &Node, number: &str, queue: Option<u32>) -> String {
     let (key, _) = node.provision(
         number,
@@ -452,17 +476,7 @@ fn a_frozen_node_is_declared_down_within_2_s_and_rejoins_as_a_new_incarnation() 
     // n2 owns the lines of a number with one line, held by a call through n1.
     let number = number_owned_by("n2", &["n1", "n2", "n3"]);
     provision(c.node("n1"), &number, Some(1));
-    let held = caller(
-        c.caller_ports(),
-        &c.members["n1"].sip,
-        &number,
-        "09000000021",
-        16_000,
-    );
-    c.node("n1")
-        .wait_until(Duration::from_secs(5), "the line to be taken", || {
-            uas.messages().contains("INVITE sip:0311112222@")
-        });
+    let held = forwarded_call(&mut c, &uas, "n1", &number, "09000000021", 16_000);
     let (_, epoch) = c.state("n1", "n2").unwrap();
     let stopped = Instant::now();
     c.node("n2").signal("-STOP");
@@ -562,17 +576,7 @@ fn a_frozen_node_resumed_beside_its_replacement_stops_and_the_replacement_keeps_
                 && c.view("n2")["lease_valid"] == true
         });
     // A call through the replacement, up while the old process wakes.
-    let call = caller(
-        c.caller_ports(),
-        &c.members["n2"].sip,
-        &number,
-        "09000000031",
-        8_000,
-    );
-    c.node("n2")
-        .wait_until(Duration::from_secs(5), "the call forwarded", || {
-            uas.messages().contains("INVITE sip:0311112222@")
-        });
+    let call = forwarded_call(&mut c, &uas, "n2", &number, "09000000031", 8_000);
     old.signal("-CONT");
     let code = old.exit_within(Duration::from_secs(15));
     assert_eq!(code, Some(3), "the old process's log:\n{}", old.log());
