@@ -344,16 +344,26 @@ impl Cluster {
 
     /// Sends `msgs` to member `to`, in the incarnation this node's view has of it.
     fn send(&self, to: &str, msgs: Vec<Msg>) {
-        let epoch = self.membership().member_epoch(to);
-        self.send_to(to, epoch, msgs);
+        self.send_where(to, |m| m.member_epoch(to), msgs);
     }
 
     /// Sends `msgs` to `to` in incarnation `epoch` (None: whichever runs; see
     /// [`Net::send`]).
     fn send_to(&self, to: &str, to_epoch: Option<u64>, msgs: Vec<Msg>) {
-        let (from, epoch) = {
+        self.send_where(to, |_| to_epoch, msgs);
+    }
+
+    /// Sends `msgs` to `to` in the incarnation `target` picks from this node's view
+    /// (read under the same lock as the sender's own name and incarnation).
+    fn send_where(
+        &self,
+        to: &str,
+        target: impl FnOnce(&Membership) -> Option<u64>,
+        msgs: Vec<Msg>,
+    ) {
+        let (from, epoch, to_epoch) = {
             let m = self.membership();
-            (m.name().to_string(), m.epoch())
+            (m.name().to_string(), m.epoch(), target(&m))
         };
         let frame = Frame { from, epoch, msgs }.encode();
         self.0.metrics.frames_sent.inc();
@@ -551,25 +561,19 @@ impl Cluster {
             let m = self.membership();
             (m.name().to_string(), m.epoch())
         };
-        if read.iter().any(|r| r.name == me && r.epoch > my_epoch) {
-            // Another process registered this node's id since (a frozen process
-            // resumed beside its replacement): this incarnation is over. Its peers'
-            // stale answers go to the newer process's session, so the store is where
-            // it learns so (the node then stops rather than rejoin).
+        // The store says this incarnation is over before any peer can: the majority
+        // declared it down while the network between us was cut, an operator retired
+        // it, or another process registered this node's id since (a frozen process
+        // resumed beside its replacement: the node then stops rather than rejoin).
+        let over = read.iter().any(|r| {
+            r.name == me && (r.epoch > my_epoch || (r.epoch == my_epoch && (r.down || r.retired)))
+        });
+        if over {
             self.declared_down();
         }
         let (gone, registered): (Vec<Registered>, Vec<Registered>) =
             read.into_iter().partition(|r| r.retired || r.down);
-        for r in gone {
-            if r.name == me {
-                // The majority declared this incarnation down while the network
-                // between us was cut (or an operator retired it): the store says so
-                // before any peer can.
-                if r.epoch == my_epoch {
-                    self.declared_down();
-                }
-                continue;
-            }
+        for r in gone.into_iter().filter(|r| r.name != me) {
             if r.retired {
                 self.retire(&r.name, r.epoch);
             } else {
@@ -656,8 +660,8 @@ impl Cluster {
         if self.0.stale.load(Ordering::SeqCst) {
             // Declared down (or another process runs as this node): no new session
             // until it rejoins. A newer session of a process whose id another now
-            // holds would draw that one's frames away from it (frames go to a peer's
-            // newest session: see `Net::send`).
+            // holds would draw the frames its peers address to no incarnation (those
+            // go to a name's newest session: see `Net::send`).
             return;
         }
         if let Some(registered) = &read {

@@ -405,7 +405,12 @@ impl Membership {
 
     /// Whether the store's last read shows member `name`'s incarnation alive.
     fn alive_in_store(&self, name: &str, m: &Member) -> bool {
-        self.alive_in_store.get(name).map(|(e, _)| *e) == Some(m.epoch)
+        self.alive_epoch(name) == Some(m.epoch)
+    }
+
+    /// The incarnation of `name` the store's last read shows alive.
+    fn alive_epoch(&self, name: &str) -> Option<u64> {
+        self.alive_in_store.get(name).map(|(epoch, _)| *epoch)
     }
 
     /// The incarnations the store has shown alive for [`NEWER_GRACE`] that this view
@@ -683,8 +688,7 @@ impl Membership {
             // lasted, owned line keys by another set of members than the others', and
             // every node's calls needing those lines waited (a live torture run).
             let newer = self.members.get(&h.node).is_none_or(|m| h.epoch > m.epoch);
-            let alive = self.alive_in_store.get(&h.node).map(|(e, _)| *e);
-            if newer && alive == Some(h.epoch) {
+            if newer && self.alive_epoch(&h.node) == Some(h.epoch) {
                 self.seen(&h.node, h.epoch, now);
             }
             if let Some(m) = self

@@ -254,6 +254,7 @@ fn invite_limits(max_ring_seconds: u64) -> (Duration, Duration) {
 /// The SIP edge's policies and bounds from `[sip]`.
 fn edge_settings(config: &Config, gate: tsunagu_sip::SendGate) -> EdgeSettings {
     let sip = &config.sip;
+    let (answer_limit, invite_limit) = invite_limits(sip.max_ring_seconds);
     EdgeSettings {
         socket_buffer: sip.socket_buffer_bytes,
         sources: SourcePolicy {
@@ -285,8 +286,8 @@ fn edge_settings(config: &Config, gate: tsunagu_sip::SendGate) -> EdgeSettings {
             UdpReceive::Threads => tsunagu_sip::udp::UdpReceive::Threads,
             UdpReceive::Runtime => tsunagu_sip::udp::UdpReceive::Runtime,
         },
-        answer_limit: invite_limits(sip.max_ring_seconds).0,
-        invite_limit: invite_limits(sip.max_ring_seconds).1,
+        answer_limit,
+        invite_limit,
         advertised: Some(config.sip_advertised_address()),
     }
 }
