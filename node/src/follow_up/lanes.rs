@@ -121,21 +121,19 @@ impl<T> Lanes<T> {
         // fills its operator's share with its own rows, and its rows then go back for
         // the operator's reason.
         let busy = running >= self.limits.per_destination && waiting >= self.limits.per_destination;
-        if self.held >= self.limits.total || op_held >= self.limits.per_operator {
+        if busy || self.held >= self.limits.total || op_held >= self.limits.per_operator {
             return Offer::Release(item, busy);
         }
         let offer = if running < self.limits.per_destination {
             *self.running.entry(destination.to_string()).or_default() += 1;
             self.running_total += 1;
             Offer::Start(item)
-        } else if waiting < self.limits.per_destination {
+        } else {
             self.waiting
                 .entry(destination.to_string())
                 .or_default()
                 .push_back(item);
             Offer::Waiting
-        } else {
-            return Offer::Release(item, true);
         };
         self.held += 1;
         if let Some(o) = operator {
@@ -190,13 +188,7 @@ impl<T> Lanes<T> {
     /// it. A row handed back because its operator or the worker was full is no
     /// backlog of its destination's: its base wait alone (counted, a healthy
     /// receiver's rows waited minutes behind their operator's black hole: a review).
-    pub fn release_delay(
-        &self,
-        destination: &str,
-        now: Instant,
-        unit: f64,
-        busy: bool,
-    ) -> Duration {
+    fn release_delay(&self, destination: &str, now: Instant, unit: f64, busy: bool) -> Duration {
         let typical = self
             .typical
             .get(destination)
@@ -316,6 +308,8 @@ mod tests {
             Offer("other:80", Some("op_a"), 4, 'r'),
             Offer("hole:80", None, 5, 'W'),
             Offer("hole:80", None, 6, 'R'), // two running, two waiting
+            // Its operator full too: still its own destination's backlog.
+            Offer("hole:80", Some("op_a"), 9, 'R'),
             Offer("good:443", Some("op_b"), 7, 'S'),
             Offer("sms:443", None, 8, 'S'),
             Room(0),
