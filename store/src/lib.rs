@@ -305,15 +305,9 @@ pub trait Store: Send + Sync + 'static {
     /// counting itself a majority, marked each other down, every node then read its
     /// own row down and dropped its calls, and no claim of a node declared down is
     /// taken, so every call was lost (a review). The first side's mark stands; the
-    /// other side's are refused. This default reads the registry first (not atomic
-    /// with the mark); a backend that can do both at once does.
-    fn mark_node_down_by(&self, node: &str, epoch: u64, by: (&str, u64)) -> Result<bool> {
-        let standing = (by.0, by.1) == (node, epoch) || in_good_standing(&self.nodes()?, by);
-        if !standing {
-            return Ok(false);
-        }
-        self.mark_node_down(node, epoch)
-    }
+    /// other side's are refused. SQLite checks and marks in one statement; ScyllaDB
+    /// reads the marker's row, then marks (not atomic together).
+    fn mark_node_down_by(&self, node: &str, epoch: u64, by: (&str, u64)) -> Result<bool>;
     /// An operator takes `node` out of the cluster for good (`tsunagu cluster forget`):
     /// its incarnation `epoch` is marked retired, and down (fenced: if it still runs,
     /// its next sign of life fails and it must rejoin). Members stop listing it; a

@@ -260,6 +260,31 @@ async fn open(settings: &ScyllaSettings) -> Result<Inner> {
 }
 
 impl Inner {
+    /// Registers the incarnation after `epoch` of `info`'s node (compare-and-set on
+    /// `epoch`, read with its sign of life `last_seen`): the new epoch and that sign,
+    /// or None if another registration came first.
+    async fn next_incarnation(
+        &self,
+        info: &NodeInfo,
+        now_ms: i64,
+        epoch: i64,
+        last_seen: Option<i64>,
+    ) -> Result<Option<(u64, Option<i64>)>> {
+        let next = epoch.saturating_add(1);
+        let (cluster, api) = (info.cluster_addr.as_deref(), info.api_addr.as_deref());
+        let values = (
+            next,
+            now_ms,
+            now_ms,
+            cluster,
+            api,
+            info.node_id.as_str(),
+            epoch,
+        );
+        let applied = self.cas(q::NODE_NEXT, values).await?.applied;
+        Ok(applied.then(|| (epoch_of(next), last_seen)))
+    }
+
     pub(super) fn st(&self, cql: &'static str) -> Result<&PreparedStatement> {
         self.prepared
             .get(cql)
@@ -1253,10 +1278,9 @@ impl Store for ScyllaStore {
                     }
                     Some((epoch, last_seen)) => {
                         let epoch = epoch.unwrap_or(0);
-                        let next = epoch.saturating_add(1);
-                        let values = (next, now_ms, now_ms, cluster, api, id, epoch);
-                        if self.inner.cas(q::NODE_NEXT, values).await?.applied {
-                            return Ok((epoch_of(next), last_seen));
+                        let next = self.inner.next_incarnation(info, now_ms, epoch, last_seen);
+                        if let Some(registered) = next.await? {
+                            return Ok(registered);
                         }
                     }
                 }
@@ -1273,25 +1297,20 @@ impl Store for ScyllaStore {
         now_ms: i64,
         after: u64,
     ) -> Result<Option<(u64, Option<i64>)>> {
-        let id = info.node_id.as_str();
-        let (cluster, api) = (info.cluster_addr.as_deref(), info.api_addr.as_deref());
         let after = epoch_column(after);
         self.wait(async {
             let before = self
                 .inner
-                .first::<(Option<i64>, Option<i64>)>(q::NODE_GET, (id,))
+                .first::<(Option<i64>, Option<i64>)>(q::NODE_GET, (info.node_id.as_str(),))
                 .await?;
-            let Some((epoch, last_seen)) = before else {
-                return Ok(None);
-            };
-            let epoch = epoch.unwrap_or(0); // as `register_node` and `nodes` read it
-            if epoch != after {
-                return Ok(None);
+            match before {
+                // An unreadable epoch reads as 0, as `register_node` and `nodes` read it.
+                Some((epoch, last_seen)) if epoch.unwrap_or(0) == after => {
+                    let next = self.inner.next_incarnation(info, now_ms, after, last_seen);
+                    next.await
+                }
+                _ => Ok(None),
             }
-            let next = epoch.saturating_add(1);
-            let values = (next, now_ms, now_ms, cluster, api, id, epoch);
-            let applied = self.inner.cas(q::NODE_NEXT, values).await?.applied;
-            Ok(applied.then(|| (epoch_of(next), last_seen)))
         })
     }
 
@@ -1320,6 +1339,24 @@ impl Store for ScyllaStore {
                 || (next.i64("epoch") == Some(epoch) && next.bool("down") == Some(false)));
         }
         Ok(accepted)
+    }
+
+    /// The marker's standing is one partition's read (the default read the whole
+    /// registry), then the mark's compare-and-set: not atomic together, as the trait
+    /// says (two sides of a cut marking each other in the same instant can both pass).
+    fn mark_node_down_by(&self, node: &str, epoch: u64, by: (&str, u64)) -> Result<bool> {
+        if (by.0, by.1) != (node, epoch) {
+            let row = self.wait(
+                self.inner
+                    .first::<(Option<i64>, Option<bool>)>(q::NODE_STANDING, (by.0,)),
+            )?;
+            let standing =
+                row.is_some() && super::ownership::incarnation_current(row, epoch_column(by.1));
+            if !standing {
+                return Ok(false);
+            }
+        }
+        self.mark_node_down(node, epoch)
     }
 
     fn mark_node_down(&self, node: &str, epoch: u64) -> Result<bool> {
