@@ -373,11 +373,7 @@ fn wait_arrived(c: &TestCluster, nodes: &[&str], k: usize, limit: usize) {
 
 #[test]
 fn a_line_limit_holds_across_nodes_and_the_queue_is_first_come_first_served() {
-    let mut c = TestCluster::new();
-    for i in 1..=3 {
-        c.start(i, GOOD);
-    }
-    c.wait_formed();
+    let mut c = TestCluster::formed();
     let uas = Uas::start("uas_answer.xml", c.uas_ports, c.shared.path(), &[]);
     provision(c.node("n1"), "0501234567", Some(2));
     // Four callers on three nodes, each sent once the one before has arrived (a line
@@ -416,11 +412,7 @@ fn a_line_limit_holds_across_nodes_and_the_queue_is_first_come_first_served() {
 
 #[test]
 fn the_queue_goes_on_from_a_new_owner_when_the_owner_is_killed() {
-    let mut c = TestCluster::new();
-    for i in 1..=3 {
-        c.start(i, GOOD);
-    }
-    c.wait_formed();
+    let mut c = TestCluster::formed();
     let uas = Uas::start("uas_answer.xml", c.uas_ports, c.shared.path(), &[]);
     let owner = "n2";
     let number = number_owned_by(owner, &["n1", "n2", "n3"]);
@@ -467,11 +459,7 @@ fn the_queue_goes_on_from_a_new_owner_when_the_owner_is_killed() {
 
 #[test]
 fn a_frozen_node_is_declared_down_within_2_s_and_rejoins_as_a_new_incarnation() {
-    let mut c = TestCluster::new();
-    for i in 1..=3 {
-        c.start(i, GOOD);
-    }
-    c.wait_formed();
+    let mut c = TestCluster::formed();
     let uas = Uas::start("uas_answer.xml", c.uas_ports, c.shared.path(), &[]);
     // n2 owns the lines of a number with one line, held by a call through n1.
     let number = number_owned_by("n2", &["n1", "n2", "n3"]);
@@ -544,11 +532,7 @@ fn a_frozen_node_is_declared_down_within_2_s_and_rejoins_as_a_new_incarnation() 
 /// each round dropping calls (a review).
 #[test]
 fn a_frozen_node_resumed_beside_its_replacement_stops_and_the_replacement_keeps_its_calls() {
-    let mut c = TestCluster::new();
-    for i in 1..=3 {
-        c.start(i, GOOD);
-    }
-    c.wait_formed();
+    let mut c = TestCluster::formed();
     let uas = Uas::start("uas_answer.xml", c.uas_ports, c.shared.path(), &[]);
     let number = number_owned_by("n2", &["n1", "n2", "n3"]);
     provision(c.node("n1"), &number, None);
@@ -883,11 +867,7 @@ except OSError:
 /// once never get the same number.
 #[test]
 fn issuers_on_every_node_at_once_never_get_the_same_number() {
-    let mut c = TestCluster::new();
-    for i in 1..=3 {
-        c.start(i, GOOD);
-    }
-    c.wait_formed();
+    let c = TestCluster::formed();
     let (key, adv) = c
         .node("n1")
         .provision("0501234567", r#"[{"number": "0311112222"}]"#, "{}");
@@ -1090,11 +1070,7 @@ fn members_join_while_strangers_hold_every_handshake_slot() {
 /// not an event to wait for.
 #[test]
 fn an_idle_member_sends_sixteen_frames_a_second() {
-    let mut c = TestCluster::new();
-    for i in 1..=3 {
-        c.start(i, GOOD);
-    }
-    c.wait_formed();
+    let c = TestCluster::formed();
     let sent = || c.node("n1").metric("tsunagu_cluster_frames_sent_total");
     let (before, from) = (sent(), Instant::now());
     std::thread::sleep(Duration::from_secs(3));

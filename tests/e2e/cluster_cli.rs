@@ -57,11 +57,7 @@ fn row<'a>(table: &'a str, name: &str) -> &'a str {
 
 #[test]
 fn cluster_status_exits_0_with_every_member_up_1_with_one_down_and_2_when_unreachable() {
-    let mut c = TestCluster::new();
-    for i in 1..=3 {
-        c.start(i, GOOD);
-    }
-    c.wait_formed();
+    let mut c = TestCluster::formed();
 
     let (code, out, err) = cluster_status(c.node("n1"));
     assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");

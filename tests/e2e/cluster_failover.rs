@@ -4,7 +4,7 @@
 //! up blaming its peers for its own silence and told them so; both rejoined as new
 //! incarnations, dropping their calls).
 
-use crate::cluster_harness::{TestCluster, GOOD};
+use crate::cluster_harness::TestCluster;
 use std::time::{Duration, Instant};
 
 fn stale_count(c: &TestCluster, name: &str) -> f64 {
@@ -13,11 +13,7 @@ fn stale_count(c: &TestCluster, name: &str) -> f64 {
 
 #[test]
 fn a_node_frozen_right_after_it_rejoined_wakes_without_taking_the_others_down() {
-    let mut c = TestCluster::new();
-    for i in 1..=3 {
-        c.start(i, GOOD);
-    }
-    c.wait_formed();
+    let c = TestCluster::formed();
     let epochs = |c: &TestCluster| (c.epoch("n1"), c.epoch("n3"));
     let before = epochs(&c);
 

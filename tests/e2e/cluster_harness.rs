@@ -112,6 +112,16 @@ impl TestCluster {
         }
     }
 
+    /// Three nodes, n1 to n3, started and formed into a cluster.
+    pub fn formed() -> TestCluster {
+        let mut c = TestCluster::new();
+        for i in 1..=3 {
+            c.start(i, GOOD);
+        }
+        c.wait_formed();
+        c
+    }
+
     pub fn path(&self, name: &str) -> PathBuf {
         self.shared.path().join(name)
     }

@@ -69,11 +69,7 @@ impl Drop for Cut {
 /// Three nodes formed into a cluster (nftables checked first), and their epochs.
 fn three_formed() -> (TestCluster, Vec<u64>) {
     require_tool("nft");
-    let mut c = TestCluster::new();
-    for i in 1..=3 {
-        c.start(i, GOOD);
-    }
-    c.wait_formed();
+    let c = TestCluster::formed();
     let before = ["n1", "n2", "n3"].iter().map(|n| c.epoch(n)).collect();
     (c, before)
 }

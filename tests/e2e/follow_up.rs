@@ -1043,11 +1043,7 @@ fn a_black_holed_receiver_does_not_delay_other_operators() {
     let run = uac("uac.xml", ports, "0502222222", 1, 1, &["-d", "10"]);
     let ended = std::time::Instant::now();
     assert_eq!((run.exit, run.successful), (0, 1), "{}", run.output);
-    let deadline = ended + std::time::Duration::from_secs(2);
-    while good.requests().len() < 3 && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    let got = good.requests();
+    let got = good.wait_for_until("", 3, ended + std::time::Duration::from_secs(2));
     assert_eq!(
         got.len(),
         3,
@@ -1078,11 +1074,9 @@ fn a_black_holed_webhook_does_not_delay_its_operators_other_webhook() {
     let run = uac("uac.xml", ports, "0501234567", 12, 50, &["-d", "10"]);
     let ended = std::time::Instant::now();
     assert_eq!((run.exit, run.successful), (0, 12), "{}", run.output);
-    let deadline = ended + std::time::Duration::from_secs(5);
-    while good.requests().len() < 36 && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    let got = good.requests().len();
+    let got = good
+        .wait_for_until("", 36, ended + std::time::Duration::from_secs(5))
+        .len();
     assert_eq!(
         got,
         36,

@@ -1067,7 +1067,11 @@ impl Receiver {
 
     /// Waits until `n` requests whose target starts with `prefix` arrived (20 s at most).
     pub fn wait_for(&self, prefix: &str, n: usize) -> Vec<Received> {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        self.wait_for_until(prefix, n, Instant::now() + Duration::from_secs(20))
+    }
+
+    /// [`Receiver::wait_for`] until `deadline`: the requests so far then.
+    pub fn wait_for_until(&self, prefix: &str, n: usize, deadline: Instant) -> Vec<Received> {
         loop {
             let got: Vec<Received> = self
                 .requests()

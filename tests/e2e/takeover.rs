@@ -691,11 +691,7 @@ fn calls_whose_finaliser_died_too_are_adopted_by_a_live_member() {
 /// logs the call once, failed with reason node_lost.
 #[test]
 fn a_ringing_call_of_a_killed_node_is_cancelled_and_logged_lost() {
-    let mut c = TestCluster::new();
-    for i in 1..=3 {
-        c.start(i, GOOD);
-    }
-    c.wait_formed();
+    let mut c = TestCluster::formed();
     let (key, _) = c.node("n1").provision(
         NUMBER,
         r#"[{"number": "0311112222", "ring_seconds": 60}]"#,

@@ -17,11 +17,7 @@ const HOLD_MS: &str = "7000";
 
 #[test]
 fn sipp_takeover_scenarios_follow_the_survivor_s_re_invite_and_bye_the_new_contact() {
-    let mut c = TestCluster::new();
-    for i in 1..=3 {
-        c.start(i, GOOD);
-    }
-    c.wait_formed();
+    let mut c = TestCluster::formed();
     let (key, _) = c.node("n1").provision(
         NUMBER,
         r#"[{"number": "0311112222", "ring_seconds": 30}]"#,
