@@ -41,14 +41,7 @@ fn validate_lines(lines: Option<&LineLimit>) -> Result<(), ApiError> {
     if !(1..=10_000).contains(&l.max_lines) {
         return Err(ApiError::invalid("lines.max_lines", "must be 1 to 10000"));
     }
-    let most = tsunagu_store::LineLimit::MAX_WAIT_SECONDS;
-    if !(1..=most).contains(&l.max_wait_seconds) {
-        return Err(ApiError::invalid(
-            "lines.max_wait_seconds",
-            format!("must be 1 to {most}"),
-        ));
-    }
-    Ok(())
+    crate::numbers::check_wait("lines.max_wait_seconds", l.max_wait_seconds)
 }
 
 fn not_found() -> ApiError {

@@ -108,13 +108,7 @@ fn validate(n: &TrackingNumber) -> Result<(), ApiError> {
         if !(1..=1000).contains(&q.max_lines) {
             return Err(ApiError::invalid("queue.max_lines", "must be 1 to 1000"));
         }
-        let most = tsunagu_store::LineLimit::MAX_WAIT_SECONDS;
-        if !(1..=most).contains(&q.max_wait_seconds) {
-            return Err(ApiError::invalid(
-                "queue.max_wait_seconds",
-                format!("must be 1 to {most}"),
-            ));
-        }
+        check_wait("queue.max_wait_seconds", q.max_wait_seconds)?;
     }
     if let Some(s) = &n.schedule {
         tsunagu_store::schedule::check_schedule(s).map_err(|(f, m)| ApiError::invalid(&f, m))?;
@@ -613,6 +607,17 @@ pub async fn delete(
         return Err(not_found());
     }
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// A queue's longest wait (`field`, a number's queue or an advertiser's lines): 1 s to
+/// [`tsunagu_store::LineLimit::MAX_WAIT_SECONDS`], which the SIP layer's transaction
+/// limit for a caller's INVITE is sized to.
+pub(crate) fn check_wait(field: &str, seconds: u32) -> Result<(), ApiError> {
+    let most = tsunagu_store::LineLimit::MAX_WAIT_SECONDS;
+    if !(1..=most).contains(&seconds) {
+        return Err(ApiError::invalid(field, format!("must be 1 to {most}")));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
