@@ -883,6 +883,162 @@ fn callee_timer_through_a_hold(call_id: &str, refuses: bool) {
     hang_up(&caller, &callee, call_id, &node_tag, 3);
 }
 
+/// A callee that refreshes answers the node's timer naming the node's side its
+/// refresher (`refresher=uac` where the request named it `uas`; RFC 4028 9 wants that
+/// kept, not every callee does): the node refreshes the callee's leg as well, right
+/// after each of its refreshes of the caller's. It was read as a callee without a
+/// timer: the node refreshed the caller's leg only, and the callee, waiting for
+/// refreshes, hung up at its interval (a review).
+#[test]
+fn a_callee_naming_the_node_its_refresher_is_refreshed_by_the_node() {
+    let ports = Ports::take();
+    // A floor of 2 s: a session of 4 s has the node refresh every 2 s.
+    let node = Node::start_with_sip(ports, "127.0.0.1/32", "min_session_expires = 2", "");
+    node.provision("0501234567", DEST, "{}");
+    let callee = Callee::bind(ports);
+    let caller = Party::bind("127.0.0.1", ports.sip);
+    let call_id = "callee-names-uac";
+    let invite = invite_with(&caller, call_id, CALLER_SDP).replace(
+        "Max-Forwards: 70\n",
+        "Max-Forwards: 70\nSession-Expires: 4\nSupported: timer\n",
+    );
+    caller.send(&invite);
+    let forwarded = callee.expect("INVITE ");
+    callee.respond_with(
+        "calleetag",
+        &forwarded,
+        "200 OK",
+        "Session-Expires: 4;refresher=uas\n",
+        &sdp(4002),
+    );
+    let ok = caller.final_response();
+    assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
+    assert_eq!(
+        header(&ok, "Session-Expires"),
+        Some("4;refresher=uas"),
+        "{ok}"
+    );
+    let node_tag = caller.ack(call_id, &ok);
+    callee.expect("ACK ");
+    // The caller's hold reaches the callee with the session's timer (it refreshes);
+    // its 2xx names the node's side.
+    caller.send(&crate::dialogs::caller_offer(
+        &caller,
+        "INVITE",
+        call_id,
+        &node_tag,
+        2,
+        "",
+        &caller_hold(),
+    ));
+    let relayed = callee.expect("INVITE ");
+    assert_eq!(
+        header(&relayed, "Session-Expires"),
+        Some("4;refresher=uas"),
+        "{relayed}"
+    );
+    let held = sdp(4002).replace(" 2 2 IN", " 2 3 IN") + "a=recvonly\r\n";
+    let uac = "Session-Expires: 4;refresher=uac\n";
+    callee.respond_with("calleetag", &relayed, "200 OK", uac, &held);
+    callee.expect("ACK ");
+    let held_ok = caller.final_response();
+    assert!(held_ok.starts_with("SIP/2.0 200"), "{held_ok}");
+    caller.ack_cseq(call_id, &node_tag, 2);
+    // Twice: the node refreshes the caller, then the callee, naming itself (`uac`).
+    for round in 0..2 {
+        let refresh = reinvite_at(&caller);
+        assert_eq!(
+            header(&refresh, "Session-Expires"),
+            Some("4;refresher=uac"),
+            "{round}: {refresh}"
+        );
+        caller.send(&caller_ok(&caller, &refresh, uac));
+        nodes_ack(&caller);
+        let callee_refresh = callee.expect("INVITE ");
+        assert_eq!(
+            header(&callee_refresh, "Session-Expires"),
+            Some("4;refresher=uac"),
+            "{round}: {callee_refresh}"
+        );
+        assert!(callee_refresh.contains("m=audio"), "{callee_refresh}");
+        callee.respond_with("calleetag", &callee_refresh, "200 OK", uac, &held);
+        callee.expect("ACK ");
+    }
+    hang_up(&caller, &callee, call_id, &node_tag, 3);
+}
+
+/// The caller cancels its hold, but the callee's 200 crosses the node's CANCEL: the
+/// node offers the callee the session before the hold again, with the session's timer
+/// (the callee refreshes). The callee refuses that interval (422, Min-SE 3600): the
+/// node offers the same again without a timer, and the callee is back on the caller's
+/// session. It was left on the hold nobody took (a review).
+#[test]
+fn a_restore_the_callee_refuses_for_its_timer_is_sent_again_without_it() {
+    let (_ports, _node, callee, caller) = raw_parties();
+    let call_id = "restore-422";
+    let (_, node_tag, _) = call_with_the_caller_s_timer(
+        &caller,
+        &callee,
+        call_id,
+        "Session-Expires: 1800;refresher=uas\n",
+    );
+    let hold =
+        crate::dialogs::caller_offer(&caller, "INVITE", call_id, &node_tag, 2, "", &caller_hold());
+    caller.send(&hold);
+    let relayed = callee.expect("INVITE ");
+    assert!(relayed.contains("a=sendonly"), "{relayed}");
+    callee.respond_with("calleetag", &relayed, "100 Trying", "", "");
+    caller.send(&crate::dialogs::on_branch(&hold, "CANCEL", None));
+    // The caller keeps its session: its hold is answered 487.
+    let cancelled = std::iter::from_fn(|| caller.recv(Duration::from_secs(5)))
+        .find(|m| header(m, "CSeq") == Some("2 INVITE") && !m.starts_with("SIP/2.0 1"))
+        .expect("the hold's final answer");
+    assert!(cancelled.starts_with("SIP/2.0 487"), "{cancelled}");
+    caller.send(&ack_of_failure(&hold));
+    let cancel = callee.expect("CANCEL ");
+    callee.ok(&cancel);
+    // The 200 crosses the CANCEL: the callee took the hold.
+    let held = sdp(4002).replace(" 2 2 IN", " 2 3 IN") + "a=recvonly\r\n";
+    callee.respond_with(
+        "calleetag",
+        &relayed,
+        "200 OK",
+        "Session-Expires: 1800;refresher=uas\n",
+        &held,
+    );
+    callee.expect("ACK ");
+    let restore = callee.expect("INVITE ");
+    assert_eq!(
+        header(&restore, "Session-Expires"),
+        Some("1800;refresher=uas"),
+        "{restore}"
+    );
+    callee.respond_with(
+        "calleetag",
+        &restore,
+        "422 Session Interval Too Small",
+        "Min-SE: 3600\n",
+        "",
+    );
+    callee.expect("ACK ");
+    let again = callee.expect("INVITE ");
+    assert_ne!(cseq_of(&again), cseq_of(&restore), "{again}");
+    assert_eq!(header(&again, "Session-Expires"), None, "{again}");
+    assert!(
+        again.contains("m=audio") && !again.contains("sendonly") && !again.contains("recvonly"),
+        "the session before the hold: {again}"
+    );
+    callee.respond_with(
+        "calleetag",
+        &again,
+        "200 OK",
+        "",
+        &sdp(4002).replace(" 2 2 IN", " 2 4 IN"),
+    );
+    callee.expect("ACK ");
+    hang_up(&caller, &callee, call_id, &node_tag, 3);
+}
+
 /// A call `call_id` whose caller asked `Session-Expires: 1800` (and `Supported:
 /// timer`), answered by the callee with `callee_timer` (extra header lines, each
 /// ending in `\n`) and acknowledged: (the node's 200 to the caller, the node's tag in

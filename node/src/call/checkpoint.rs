@@ -53,6 +53,16 @@ pub struct Answered {
     /// "unless the node does".
     #[serde(default)]
     pub session_caller_refreshes: Option<bool>,
+    /// The node refreshes the callee's leg too (the callee named it its refresher:
+    /// see `session::SessionTimer::callee_by_node`). Absent (written only when true)
+    /// in checkpoints written before 2026-12-07 afternoon: no.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub session_callee_by_node: bool,
+    /// The callee's Min-SE from its 422 to the node's timer (see
+    /// `Call::timer_refused`). Absent when none, and in checkpoints written before
+    /// 2026-12-07 afternoon.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_callee_min_se: Option<u32>,
     /// The recording so far, if the call is recorded.
     pub recording: Option<Recording>,
     /// The callee's codec (for prompts to it after the caller hangs up).
@@ -240,6 +250,8 @@ mod tests {
             session_seconds: Some(90),
             session_by_node: true,
             session_caller_refreshes: Some(false),
+            session_callee_by_node: true,
+            session_callee_min_se: Some(3600),
             recording: Some(Recording {
                 mode: "both".into(),
                 parts: vec![tsunagu_store::RecordingPart {
@@ -303,6 +315,24 @@ mod tests {
         assert_ne!(older, c.encode(), "the field was cut out");
         match Checkpoint::decode(&older).map(|c| c.state) {
             Some(State::Answered(a)) => assert_eq!(a.session_caller_refreshes, None),
+            other => panic!("{other:?}"),
+        }
+        // One written before the callee's part was kept: the node does not refresh
+        // it, and knows no floor of its.
+        let older = c
+            .encode()
+            .replace(",\"session_callee_by_node\":true", "")
+            .replace(",\"session_callee_min_se\":3600", "");
+        assert_eq!(
+            older.matches("session_callee").count(),
+            0,
+            "the fields were cut out"
+        );
+        match Checkpoint::decode(&older).map(|c| c.state) {
+            Some(State::Answered(a)) => {
+                assert!(!a.session_callee_by_node);
+                assert_eq!(a.session_callee_min_se, None);
+            }
             other => panic!("{other:?}"),
         }
         // One written before the call's own facts were carried: none known.

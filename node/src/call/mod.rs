@@ -125,8 +125,13 @@ struct OwnReinvite {
     key: tsunagu_sip::transaction::TxKey,
     refresh: bool,
     /// It carries the session's timer (see [`Call::timer_to`]; one to the caller
-    /// always does).
+    /// always does), or it is sent again without one after the party's 422 to it: its
+    /// 2xx is read as one about the node's timer.
     timer_added: bool,
+    /// What it offers: a restore is sent again after a 422 to the node's timer (see
+    /// [`Call::timer_refused`]), once (then true).
+    offer: Option<String>,
+    timer_retried: bool,
 }
 
 /// Delivers SIP events into a call's inbox (bounded: see [`task`]).

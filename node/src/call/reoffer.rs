@@ -61,8 +61,8 @@ pub(super) struct Reoffer {
     pub(super) timer_added: bool,
     /// What the request said of session timers.
     pub(super) ask: session::TimerAsk,
-    /// Sent again once already after the caller's 422 (see
-    /// [`Call::retry_with_callers_floor`]).
+    /// Sent again once already after a 422 to the node's timer (see
+    /// [`Call::retry_with_timer_learnt`]).
     pub(super) floor_retried: bool,
 }
 
@@ -230,40 +230,30 @@ impl Call {
         }));
     }
 
-    /// A caller's 422 (Session Interval Too Small) to a relayed re-offer the node added
-    /// its session timer to: the timer is the node's, so the node follows the caller's
-    /// Min-SE as it does for its own refresh (RFC 4028 10; named from then on, 7.1) and
-    /// sends the same offer again, once, with the same CSeq rule as any request; the
-    /// sender hears only the final answer. It was passed the 422, which it could not
-    /// act on (its request named no timer), so its hold or codec change failed. A
-    /// Min-SE the node does not follow (over two hours, [`crate::decide::session_timer::MAX_MIN_SE`]) is passed on as
-    /// before. A callee's 422 to the timer the node added for it (see
-    /// [`Call::timer_to`]) has the offer sent again without one. `Err` gives the
-    /// re-offer back when it is not such a case.
-    fn retry_with_callers_floor(
+    /// A 422 (Session Interval Too Small) to a relayed re-offer the node added its
+    /// session timer to: the timer is the node's, so the node learns from it (see
+    /// [`Call::timer_refused`]: the caller's Min-SE followed, RFC 4028 10 and 7.1; the
+    /// callee's remembered, no timer to it) and sends the same offer again, once, with
+    /// the same CSeq rule as any request; the sender hears only the final answer. It
+    /// was passed the 422, which it could not act on (its request named no timer), so
+    /// its hold or codec change failed. A Min-SE the node does not follow (over two
+    /// hours, [`crate::decide::session_timer::MAX_MIN_SE`]) is passed on as before.
+    /// The callee's answer to the offer sent again is still read as one about the
+    /// node's timer (without one, the node refreshes the caller's leg). `Err` gives
+    /// the re-offer back when it is not such a case.
+    fn retry_with_timer_learnt(
         &mut self,
         mut p: Box<Reoffer>,
         resp: &Response,
     ) -> Result<(), Box<Reoffer>> {
         let code = resp.status_code.code();
-        if code != 422 || !p.timer_added || p.floor_retried {
+        let to = p.from.other();
+        if code != 422 || !p.timer_added || p.floor_retried || !self.timer_refused(to, resp) {
             return Err(p);
         }
-        let to = p.from.other();
         let mut headers = p.ask.headers();
-        let interval = if to == Side::A {
-            let Some(interval) = self.follow_callers_floor(resp) else {
-                return Err(p);
-            };
-            self.timer_to(Side::A, &mut headers);
-            interval
-        } else {
-            // The callee refuses the interval the node named to it (the caller agreed
-            // a shorter one than the callee's floor): sent again without a timer, its
-            // answer still read as one about the node's (without one, the node
-            // refreshes the caller's leg); the sender got 500 for it.
-            0
-        };
+        self.timer_to(to, &mut headers);
+        let interval = self.session.map_or(0, |s| s.interval);
         let ep = self.ctx.endpoint.clone();
         let Some(leg) = self.leg(to) else {
             return Err(p);
@@ -333,42 +323,64 @@ impl Call {
     /// the two left disagreeing until the next offer).
     pub(super) fn restore_after_crossing(&mut self, side: Side, previous: Option<String>) {
         let Some(previous) = previous else { return };
-        let ep = self.ctx.endpoint.clone();
-        let mut headers = Vec::new();
-        let timer_added = self.timer_to(side, &mut headers);
-        let Some(leg) = self.leg(side) else { return };
-        let relayed = leg.reoffer(&ep, Method::Invite, Some(previous), headers);
         tracing::info!(
             ?side,
             "a re-offer its sender no longer waits for was accepted all the same: the previous session offered again"
         );
+        self.send_restore(side, previous, false, false);
+    }
+
+    /// Sends the restoring re-INVITE of `offer` to `side` (with the session's timer
+    /// where [`Call::timer_to`] adds one; `timer_added`: the first one carried it, so
+    /// this one's answer is read as about the node's timer too). `retried`: it is
+    /// the one sent again after a 422 to the node's timer.
+    fn send_restore(&mut self, side: Side, offer: String, timer_added: bool, retried: bool) {
+        let ep = self.ctx.endpoint.clone();
+        let mut headers = Vec::new();
+        let timer_added = self.timer_to(side, &mut headers) || timer_added;
+        let Some(leg) = self.leg(side) else { return };
+        let relayed = leg.reoffer(&ep, Method::Invite, Some(offer.clone()), headers);
         self.own_reinvite = Some(OwnReinvite {
             side,
             cseq: relayed.cseq,
             key: relayed.key,
             refresh: false,
             timer_added,
+            offer: Some(offer),
+            timer_retried: retried,
         });
     }
 
     /// The answer to a re-INVITE of the node's own ([`Call::restore_after_crossing`],
-    /// or the node's session refresh): a 2xx is acknowledged and its SDP applied (a
-    /// refresh's restarts the session's clock); a refusal leaves things as they are,
-    /// except a refresh answered 408 or 481: the caller is gone (RFC 4028 10, RFC 3261
-    /// 12.2.1.2), and the call ends as an expired session.
+    /// or the node's session refresh of a party): a 2xx is acknowledged and its SDP
+    /// applied (a refresh's restarts the session's clock; the caller's is followed by
+    /// the callee's where the node refreshes both legs); a refusal leaves things as
+    /// they are, except a refresh answered 408 or 481: the party is gone (RFC 4028 10,
+    /// RFC 3261 12.2.1.2), and the call ends as an expired session; and a restore
+    /// refused 422 for the node's timer, sent again with what that taught (see
+    /// [`Call::timer_refused`]).
     pub(super) fn on_own_answer(&mut self, own: OwnReinvite, resp: Response) {
         let code = resp.status_code.code();
         if code < 200 {
             return;
         }
         self.own_reinvite = None;
+        let learnt = || code == 422 && own.timer_added && !own.timer_retried;
+        if let Some(offer) = own.offer.clone().filter(|_| learnt()) {
+            if self.timer_refused(own.side, &resp) {
+                tracing::info!(side = ?own.side, "a session interval refused (422): the previous session offered again");
+                return self.send_restore(own.side, offer, true, true);
+            }
+        }
         if !(200..300).contains(&code) {
             tracing::info!(code, side = ?own.side, refresh = own.refresh, "the node's own offer was refused");
             if own.refresh && matches!(code, 408 | 481) {
-                self.expire_session("the caller did not take the node's session refresh");
-            } else if own.refresh {
+                self.expire_session("a party did not take the node's session refresh");
+            } else if own.refresh && own.side == Side::A {
                 self.refresh_refused(&resp);
             }
+            // The callee refusing the node's refresh of its leg otherwise: its next
+            // comes after the caller's next (see `refresh_callee`).
             return;
         }
         self.ack_2xx(own.side, own.cseq);
@@ -388,6 +400,9 @@ impl Call {
         // refreshes, the party's media and target): it was left to the next relayed
         // offer (a review).
         self.checkpoint_now(false);
+        if own.refresh && own.side == Side::A {
+            self.refresh_callee(); // where the node refreshes the callee's leg too
+        }
     }
 
     /// A client transaction of the call's timed out (no final answer in 32 s): the
@@ -423,7 +438,7 @@ impl Call {
                 "the node's own offer got no final answer"
             );
             if own.refresh {
-                self.expire_session("the caller did not take the node's session refresh");
+                self.expire_session("a party did not take the node's session refresh");
             }
         }
     }
@@ -526,7 +541,7 @@ impl Call {
             }
             return;
         }
-        let p = match self.retry_with_callers_floor(p, &resp) {
+        let p = match self.retry_with_timer_learnt(p, &resp) {
             Ok(()) => return,
             Err(p) => p,
         };
@@ -602,7 +617,7 @@ impl Call {
                 p.from == Side::A || self.session.is_some_and(|s| !s.by_node),
             )
         };
-        // A 422 the node did not follow (see `retry_with_callers_floor`) is about the
+        // A 422 the node did not follow (see `retry_with_timer_learnt`) is about the
         // node's timer, which the sender never asked for: a 422 to a request without
         // Session-Expires breaks RFC 4028 (6), so the sender gets 500.
         let passed = if code == 422 && p.timer_added {

@@ -136,6 +136,17 @@ pub(super) struct SessionTimer {
     /// the node): what the node's own re-INVITEs to it name (see
     /// [`Call::timer_to`]).
     pub caller_refreshes: bool,
+    /// The callee's Min-SE from its 422 to the node's timer: while the session's
+    /// interval is below it, requests to the callee carry no timer (see
+    /// [`Call::timer_to`], [`Call::timer_refused`]). Not checkpointed: a node that
+    /// takes the call over has it from the checkpoint.
+    pub callee_min_se: Option<u32>,
+    /// The callee answered the node's timer naming the node's side its refresher
+    /// (`refresher=uac` in its 2xx, where the request named it `uas`: RFC 4028 9
+    /// wants that kept, not every callee does): the node refreshes the callee's leg
+    /// as well, right after each of its refreshes of the caller's that went through
+    /// (see [`Call::refresh_callee`]). Only while the node refreshes (`by_node`).
+    pub callee_by_node: bool,
 }
 
 /// What a refresh makes of the session timer: the interval and generation of the next
@@ -168,22 +179,25 @@ impl SessionTimer {
 
 /// The refresher a request of the node's to the party on `side` names (the party is
 /// that request's UAS, so `uas` names the party, `uac` the node's side), given
-/// whether the node refreshes the caller's leg and whether the caller does; None: the
-/// party is told nothing of timers. The caller always hears who refreshes its leg:
-/// itself, or the node's side (the node, or the callee's refreshes passed on). The
-/// callee hears `uas` where it is the refresher; where it is not, nothing: the node
-/// sends it no refreshes of its own (it refreshes the caller's leg only), so naming
-/// the node's side would have the callee wait for refreshes that never come, and a
-/// timer turned off at the callee harms nothing.
+/// whether the node refreshes the caller's leg, whether the caller does, and whether
+/// the node refreshes the callee's too (see [`SessionTimer::callee_by_node`]); None:
+/// the party is told nothing of timers. The caller always hears who refreshes its
+/// leg: itself, or the node's side (the node, or the callee's refreshes passed on).
+/// The callee hears `uas` where it is the refresher, `uac` where the node refreshes
+/// it; elsewhere nothing: the node sends it no refreshes of its own, so naming the
+/// node's side would have the callee wait for refreshes that never come, and a timer
+/// turned off at the callee harms nothing.
 pub(super) fn timer_role(
     side: Side,
     by_node: bool,
     caller_refreshes: bool,
+    callee_by_node: bool,
 ) -> Option<&'static str> {
     match side {
         Side::A if caller_refreshes => Some("uas"),
         Side::A => Some("uac"),
         Side::B if callee_refreshes(by_node, caller_refreshes) => Some("uas"),
+        Side::B if by_node && callee_by_node => Some("uac"),
         Side::B => None,
     }
 }
@@ -236,6 +250,8 @@ fn refresh(
         refusals: 0,
         min_se: session.and_then(|s| s.min_se),
         caller_refreshes: session.is_some_and(|s| s.caller_refreshes),
+        callee_min_se: session.and_then(|s| s.callee_min_se),
+        callee_by_node: by_node && session.is_some_and(|s| s.callee_by_node),
     });
 }
 
@@ -310,12 +326,15 @@ impl Call {
         let ep = self.ctx.endpoint.clone();
         let sent = self.a.reoffer(&ep, Method::Invite, Some(offer), headers);
         tracing::debug!(interval = s.interval, "session refreshed by the node");
+        // A refused refresh is sent again by `refresh_refused`, not as a restore is.
         self.own_reinvite = Some(super::OwnReinvite {
             side: Side::A,
             cseq: sent.cseq,
             key: sent.key,
             refresh: true,
             timer_added,
+            offer: None,
+            timer_retried: true,
         });
     }
 
@@ -382,6 +401,38 @@ impl Call {
         }
     }
 
+    /// A 422 (Session Interval Too Small) from the party on `side` to a request of the
+    /// node's that carried the session's timer (see [`Call::timer_to`]), learnt once
+    /// for every later request: the caller's Min-SE is followed as after a refused
+    /// refresh (the interval becomes it, named from then on, see
+    /// [`Call::follow_callers_floor`]); the callee's is remembered, and no timer goes to
+    /// the callee while the interval is below it (the callee's floor is above what
+    /// the caller agreed; a timer of the callee's own in a 2xx still counts). Whether
+    /// anything was learnt, i.e. whether the request is worth sending again: a
+    /// relayed re-offer, a takeover's re-INVITE and a restore each send theirs again
+    /// once (the callee's 422 used to be followed by two of them with flags of their
+    /// own, the restore's not at all: it left the callee on the crossed session).
+    pub(super) fn timer_refused(&mut self, side: Side, resp: &Response) -> bool {
+        if resp.status_code.code() != 422 {
+            return false;
+        }
+        if side == Side::A {
+            return self.follow_callers_floor(resp).is_some();
+        }
+        let Some(s) = self.session.as_mut() else {
+            return false;
+        };
+        // A 422 without a readable Min-SE breaks RFC 4028 (6): read as refusing any.
+        let min = header(resp, "Min-SE")
+            .and_then(|v| v.trim().parse::<u32>().ok())
+            .unwrap_or(u32::MAX);
+        if min <= s.interval || s.callee_min_se.is_some_and(|m| m >= min) {
+            return false; // nothing new: the callee refuses what the node did not send
+        }
+        s.callee_min_se = Some(min);
+        true
+    }
+
     /// A 2xx to the node's own refresh: the clock restarts as for any refresh, and the
     /// node goes on refreshing unless the caller took the part (`refresher=uas` in its
     /// answer: the UAS of this transaction).
@@ -410,17 +461,56 @@ impl Call {
     }
 
     /// A callee's 2xx to a request of the node's that carried the session's timer
-    /// (see [`Call::timer_to`]: the callee refreshes): the clock restarts, and the
-    /// callee goes on refreshing if its answer names it (`uas`, the UAS of this
-    /// request); one that answered without a timer turned its own off, so the node
-    /// refreshes the caller's leg itself from then on (the caller was told the node's
-    /// side refreshes).
+    /// (see [`Call::timer_to`]: the callee refreshes, or the node refreshes it): the
+    /// clock restarts, and the callee goes on refreshing if its answer names it
+    /// (`uas`, the UAS of this request); one that answered without a timer turned its
+    /// own off, so the node refreshes the caller's leg itself from then on (the caller
+    /// was told the node's side refreshes); one naming the node's side (`uac`) has
+    /// the node refresh its leg too (it was read as one without a timer, and hung up
+    /// the call at its interval: a review).
     pub(super) fn on_callee_refresh_answer(&mut self, resp: &Response) {
-        let callee_refreshes = header(resp, "Session-Expires")
+        let refresher = header(resp, "Session-Expires")
             .and_then(parse)
-            .is_some_and(|s| s.refresher == Some(Refresher::Uas));
+            .map(|s| s.refresher);
+        let callee_refreshes = refresher == Some(Some(Refresher::Uas));
         self.on_refresh_answer(resp, Some(!callee_refreshes));
         self.caller_told(Some(false));
+        if let Some(s) = self.session.as_mut() {
+            s.callee_by_node = s.by_node && refresher == Some(Some(Refresher::Uac));
+        }
+    }
+
+    /// The node refreshes the callee's leg (see [`SessionTimer::callee_by_node`]):
+    /// a re-INVITE with the session it has, right after the caller took the node's
+    /// own refresh. Skipped while another offer is out on the call (its 2xx
+    /// refreshes the callee's leg when it goes there; the next refresh comes half an
+    /// interval later, before the callee's check).
+    pub(super) fn refresh_callee(&mut self) {
+        if !self.session.is_some_and(|s| s.by_node && s.callee_by_node)
+            || self.phase != Phase::Answered
+            || self.judging
+            || self.offer_pending()
+        {
+            return;
+        }
+        let mut headers = Vec::new();
+        let timer_added = self.timer_to(Side::B, &mut headers);
+        let ep = self.ctx.endpoint.clone();
+        let Some(b) = self.leg(Side::B) else { return };
+        let Some(offer) = b.last_sdp().clone() else {
+            return;
+        };
+        let sent = b.reoffer(&ep, Method::Invite, Some(offer), headers);
+        tracing::debug!("the callee's leg refreshed by the node");
+        self.own_reinvite = Some(super::OwnReinvite {
+            side: Side::B,
+            cseq: sent.cseq,
+            key: sent.key,
+            refresh: true,
+            timer_added,
+            offer: None,
+            timer_retried: true,
+        });
     }
 
     /// Who refreshes the caller's leg after a refresh relayed from `from` was answered
@@ -534,7 +624,10 @@ impl Call {
         {
             return false;
         }
-        let Some(role) = timer_role(side, s.by_node, s.caller_refreshes) else {
+        if side == Side::B && s.callee_min_se.is_some_and(|min| s.interval < min) {
+            return false; // it refused this interval (see `timer_refused`)
+        }
+        let Some(role) = timer_role(side, s.by_node, s.caller_refreshes, s.callee_by_node) else {
             return false;
         };
         headers.push((
@@ -578,22 +671,28 @@ mod tests {
     /// Who each party is told refreshes, in a request of the node's to it.
     #[test]
     fn requests_to_a_party_name_who_refreshes_its_leg() {
-        // (side, the node refreshes, the caller refreshes) -> the refresher named.
+        // (side, the node refreshes, the caller refreshes, the node refreshes the
+        // callee too) -> the refresher named.
         let cases = [
-            (Side::A, true, false, Some("uac")),
-            (Side::A, false, true, Some("uas")),
+            (Side::A, true, false, false, Some("uac")),
+            (Side::A, true, false, true, Some("uac")),
+            (Side::A, false, true, false, Some("uas")),
             // The callee refreshes: the caller hears the node's side.
-            (Side::A, false, false, Some("uac")),
-            (Side::B, false, false, Some("uas")),
+            (Side::A, false, false, false, Some("uac")),
+            (Side::B, false, false, false, Some("uas")),
+            (Side::B, false, false, true, Some("uas")),
             // Nobody refreshes toward the callee: it hears nothing.
-            (Side::B, true, false, None),
-            (Side::B, false, true, None),
+            (Side::B, true, false, false, None),
+            (Side::B, false, true, false, None),
+            (Side::B, false, true, true, None),
+            // The node refreshes both legs (the callee answered `uac`).
+            (Side::B, true, false, true, Some("uac")),
         ];
-        for (side, by_node, caller, named) in cases {
+        for (side, by_node, caller, callee_by_node, named) in cases {
             assert_eq!(
-                timer_role(side, by_node, caller),
+                timer_role(side, by_node, caller, callee_by_node),
                 named,
-                "{side:?} by_node={by_node} caller={caller}"
+                "{side:?} by_node={by_node} caller={caller} callee_by_node={callee_by_node}"
             );
         }
     }
@@ -624,6 +723,8 @@ mod tests {
             refusals: 0,
             min_se: None,
             caller_refreshes: false,
+            callee_min_se: None,
+            callee_by_node: false,
         };
         let rows: &[(Option<SessionTimer>, u32, Option<Refresh>)] = &[
             (None, 0, None),

@@ -55,9 +55,10 @@ pub(super) struct Resuming {
     /// The callee's re-INVITE carries the session's timer (it refreshes the session:
     /// see [`Call::timer_to`]): its 2xx says whether it goes on doing so.
     callee_timer: bool,
-    /// The callee refused the timer (422): asked again without it, once; its 2xx
-    /// then has the node refresh the caller's leg.
-    callee_timer_refused: bool,
+    /// A party refused the session's timer (422): asked again, once, with what
+    /// [`Call::timer_refused`] learnt (the caller's floor; the callee without a
+    /// timer, its 2xx then having the node refresh the caller's leg). By side.
+    timer_retried: [bool; 2],
 }
 
 /// Where the takeover re-INVITE of one leg stands.
@@ -115,6 +116,8 @@ impl Call {
                     session_seconds: self.session.map(|s| s.interval),
                     session_by_node: self.session.is_some_and(|s| s.by_node),
                     session_caller_refreshes: self.session.map(|s| s.caller_refreshes),
+                    session_callee_by_node: self.session.is_some_and(|s| s.callee_by_node),
+                    session_callee_min_se: self.session.and_then(|s| s.callee_min_se),
                     recording: self.recording_state(),
                     // NO_G711 for a callee without G.711 (the checkpoint's field
                     // stays a number, as older nodes read it).
@@ -289,7 +292,7 @@ impl Call {
             answered: Some(answered),
             left: false,
             callee_timer: false,
-            callee_timer_refused: false,
+            timer_retried: [false; 2],
         }));
         me.send_message(CallMsg::Resume)
             .map_err(|_| "the call ended before it resumed".to_string())?;
@@ -336,6 +339,10 @@ impl Call {
             self.restart_session(interval, Some(answered.session_by_node));
             let caller = answered.session_caller_refreshes;
             self.caller_told(Some(caller.unwrap_or(!answered.session_by_node)));
+            if let Some(s) = self.session.as_mut() {
+                s.callee_by_node = answered.session_by_node && answered.session_callee_by_node;
+                s.callee_min_se = answered.session_callee_min_se;
+            }
         }
         let mut a_headers = Vec::new();
         self.timer_to(Side::A, &mut a_headers);
@@ -460,20 +467,23 @@ impl Call {
         if code == 481 {
             return self.left_before_takeover(side);
         }
-        if code == 422 && side == Side::B {
-            // The callee refuses the session's interval the node named to it (the
-            // caller agreed a shorter one than the callee's floor): asked again at
-            // once without a timer, rather than the call hung up for it.
+        // A party refusing the session's interval the node named to it (the caller's
+        // floor above it; the callee's above what the caller agreed) is asked again
+        // at once with what the node learnt, rather than the call hung up for it.
+        let timer_sent = self
+            .resuming
+            .as_ref()
+            .is_some_and(|r| (side == Side::A || r.callee_timer) && !r.timer_retried[index(side)]);
+        if code == 422 && timer_sent && self.timer_refused(side, &resp) {
             if let Some(r) = self.resuming.as_mut() {
-                if r.callee_timer && !r.callee_timer_refused {
-                    r.callee_timer_refused = true;
-                    r.pending[index(side)] = Reinvite::Refused;
-                    tracing::info!(
-                        "the callee refused the session's timer (422): asked again without it"
-                    );
-                    return self.retry_takeover(side);
-                }
+                r.timer_retried[index(side)] = true;
+                r.pending[index(side)] = Reinvite::Refused;
             }
+            tracing::info!(
+                ?side,
+                "a party refused the session's timer (422): asked again with what it said"
+            );
+            return self.retry_takeover(side);
         }
         if !(200..300).contains(&code) {
             return self.takeover_failed(&format!("a party answered {code}"));
@@ -562,18 +572,12 @@ impl Call {
         }
         let ep = self.ctx.endpoint.clone();
         let mut headers = Vec::new();
-        // A callee that refused the timer gets none; its answer is still read as one
-        // about the node's timer (without one, the node refreshes the caller's leg).
-        let refused = side == Side::B
-            && self
-                .resuming
-                .as_ref()
-                .is_some_and(|r| r.callee_timer_refused);
-        if !refused {
-            let timer = self.timer_to(side, &mut headers);
-            if let (Side::B, Some(r)) = (side, self.resuming.as_mut()) {
-                r.callee_timer = timer;
-            }
+        // A callee that refused the timer gets none (see `timer_refused`); its answer
+        // is still read as one about the node's timer (without one, the node
+        // refreshes the caller's leg).
+        let timer = self.timer_to(side, &mut headers);
+        if let (Side::B, Some(r)) = (side, self.resuming.as_mut()) {
+            r.callee_timer = timer || r.timer_retried[index(Side::B)];
         }
         let Some(leg) = self.leg(side) else {
             return self.takeover_failed("no callee dialog");
