@@ -888,7 +888,8 @@ fn callee_timer_through_a_hold(call_id: &str, refuses: bool) {
 /// kept, not every callee does): the node refreshes the callee's leg as well, right
 /// after each of its refreshes of the caller's. It was read as a callee without a
 /// timer: the node refreshed the caller's leg only, and the callee, waiting for
-/// refreshes, hung up at its interval (a review).
+/// refreshes, hung up at its interval (a review). A refusal of the callee's refresh
+/// is sent again (it was not: the callee was left to hang up).
 #[test]
 fn a_callee_naming_the_node_its_refresher_is_refreshed_by_the_node() {
     let ports = Ports::take();
@@ -961,10 +962,119 @@ fn a_callee_naming_the_node_its_refresher_is_refreshed_by_the_node() {
             "{round}: {callee_refresh}"
         );
         assert!(callee_refresh.contains("m=audio"), "{callee_refresh}");
+        let callee_refresh = if round == 1 {
+            // Refused once for a passing reason: sent again within a quarter second.
+            callee.respond_with(
+                "calleetag",
+                &callee_refresh,
+                "503 Service Unavailable",
+                "",
+                "",
+            );
+            callee.expect("ACK ");
+            let again = callee.expect("INVITE ");
+            assert_ne!(cseq_of(&again), cseq_of(&callee_refresh), "{again}");
+            again
+        } else {
+            callee_refresh
+        };
         callee.respond_with("calleetag", &callee_refresh, "200 OK", uac, &held);
         callee.expect("ACK ");
     }
     hang_up(&caller, &callee, call_id, &node_tag, 3);
+}
+
+/// A callee that refreshes refuses the session's interval (422, Min-SE 3600) and
+/// then, glaring, the hold sent again without a timer (491). The caller's next offer
+/// reaches it without a timer too (its floor is remembered), and its 200 without one
+/// turned its timer off: the node refreshes the caller's leg from then on. It read
+/// that 200 as the sender's business, went on waiting for the callee's refreshes, and
+/// hung the call up at the session's check (a review).
+#[test]
+fn a_callee_s_floor_withholds_the_timer_and_its_answer_still_counts() {
+    let ports = Ports::take();
+    // A floor of 2 s: a session of 4 s, checked 3 s after its last refresh.
+    let node = Node::start_with_sip(ports, "127.0.0.1/32", "min_session_expires = 2", "");
+    node.provision("0501234567", DEST, "{}");
+    let callee = Callee::bind(ports);
+    let caller = Party::bind("127.0.0.1", ports.sip);
+    let call_id = "callee-floor-withheld";
+    let invite = invite_with(&caller, call_id, CALLER_SDP).replace(
+        "Max-Forwards: 70\n",
+        "Max-Forwards: 70\nSession-Expires: 4\nSupported: timer\n",
+    );
+    caller.send(&invite);
+    let forwarded = callee.expect("INVITE ");
+    let uas = "Session-Expires: 4;refresher=uas\n";
+    callee.respond_with("calleetag", &forwarded, "200 OK", uas, &sdp(4002));
+    let ok = caller.final_response();
+    assert_eq!(
+        header(&ok, "Session-Expires"),
+        Some("4;refresher=uas"),
+        "{ok}"
+    );
+    let node_tag = caller.ack(call_id, &ok);
+    callee.expect("ACK ");
+    // The hold: refused 422, sent again without a timer, refused 491.
+    let offer = |cseq: u32, sdp: &str| {
+        crate::dialogs::caller_offer(&caller, "INVITE", call_id, &node_tag, cseq, "", sdp)
+    };
+    let hold = offer(2, &caller_hold());
+    caller.send(&hold);
+    let relayed = callee.expect("INVITE ");
+    assert_eq!(
+        header(&relayed, "Session-Expires"),
+        Some("4;refresher=uas"),
+        "{relayed}"
+    );
+    callee.respond_with(
+        "calleetag",
+        &relayed,
+        "422 Session Interval Too Small",
+        "Min-SE: 3600\n",
+        "",
+    );
+    callee.expect("ACK ");
+    let again = callee.expect("INVITE ");
+    assert_eq!(header(&again, "Session-Expires"), None, "{again}");
+    callee.respond_with("calleetag", &again, "491 Request Pending", "", "");
+    callee.expect("ACK ");
+    let refused = caller.final_response();
+    assert!(refused.starts_with("SIP/2.0 491"), "{refused}");
+    caller.send(&ack_of_failure(&hold));
+    // The caller's next offer: no timer to the callee, whose 200 names none.
+    let resume = offer(3, &CALLER_SDP.replace(" 1 1 IN", " 1 3 IN"));
+    caller.send(&resume);
+    let relayed = callee.expect("INVITE ");
+    assert_eq!(header(&relayed, "Session-Expires"), None, "{relayed}");
+    callee.respond_with(
+        "calleetag",
+        &relayed,
+        "200 OK",
+        "",
+        &sdp(4002).replace(" 2 2 IN", " 2 3 IN"),
+    );
+    callee.expect("ACK ");
+    let resumed = caller.final_response();
+    assert!(resumed.starts_with("SIP/2.0 200"), "{resumed}");
+    caller.ack_cseq(call_id, &node_tag, 3);
+    // The node refreshes the caller before the session's check, rather than hanging up.
+    let next = std::iter::from_fn(|| caller.recv(Duration::from_secs(5)))
+        .find(|m| m.starts_with("INVITE ") || m.starts_with("BYE "))
+        .expect("a refresh or a BYE");
+    assert!(next.starts_with("INVITE "), "the node refreshes: {next}");
+    assert_eq!(
+        header(&next, "Session-Expires"),
+        Some("4;refresher=uac"),
+        "{next}"
+    );
+    caller.send(&caller_ok(
+        &caller,
+        &next,
+        "Session-Expires: 4;refresher=uac\n",
+    ));
+    nodes_ack(&caller);
+    hang_up(&caller, &callee, call_id, &node_tag, 4);
 }
 
 /// The caller cancels its hold, but the callee's 200 crosses the node's CANCEL: the

@@ -328,6 +328,12 @@ mod tests {
             0,
             "the fields were cut out"
         );
+        // Written only when set: an older node reads nothing new of a call without them.
+        let mut unset = c.clone();
+        if let State::Answered(a) = &mut unset.state {
+            (a.session_callee_by_node, a.session_callee_min_se) = (false, None);
+        }
+        assert_eq!(unset.encode().matches("session_callee").count(), 0);
         match Checkpoint::decode(&older).map(|c| c.state) {
             Some(State::Answered(a)) => {
                 assert!(!a.session_callee_by_node);

@@ -93,6 +93,9 @@ pub enum CallMsg {
     JudgementTimeout,
     /// The node's own refresh of the caller's session is due (which generation).
     SessionRefresh(u32),
+    /// The node's refresh of the callee's leg is due (which refresh generation: see
+    /// `Call::refresh_callee`).
+    CalleeRefresh(u32),
     /// A session timer's check (which refresh generation it belongs to).
     SessionCheck(u32),
     /// Retransmit the reliable provisional (RSeq, attempt) if still unacknowledged.
@@ -728,6 +731,7 @@ impl Call {
             CallMsg::JudgementTimeout => call.end_judgement("none"),
             CallMsg::SessionCheck(generation) => call.session_check(generation),
             CallMsg::SessionRefresh(generation) => call.send_session_refresh(generation),
+            CallMsg::CalleeRefresh(generation) => call.refresh_callee(generation),
             CallMsg::Reliable(rseq, attempt) => call.reliable_retransmit(rseq, attempt),
             CallMsg::End(reason) => call.end_now(reason),
             CallMsg::MediaCheck => call.media_check(),

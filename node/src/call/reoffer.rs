@@ -327,14 +327,22 @@ impl Call {
             ?side,
             "a re-offer its sender no longer waits for was accepted all the same: the previous session offered again"
         );
-        self.send_restore(side, previous, false, false);
+        self.send_own_reinvite(side, previous, false, false, false);
     }
 
-    /// Sends the restoring re-INVITE of `offer` to `side` (with the session's timer
-    /// where [`Call::timer_to`] adds one; `timer_added`: the first one carried it, so
-    /// this one's answer is read as about the node's timer too). `retried`: it is
-    /// the one sent again after a 422 to the node's timer.
-    fn send_restore(&mut self, side: Side, offer: String, timer_added: bool, retried: bool) {
+    /// Sends a re-INVITE of the node's own offering `offer` to `side` (a restore, or
+    /// with `refresh` the node's refresh of the callee's leg), with the session's
+    /// timer where [`Call::timer_to`] adds one. `timer_added`: the first one carried
+    /// it, so this one's answer is read as about the node's timer too; `retried`: it
+    /// is the one sent again after a 422 to the node's timer.
+    pub(super) fn send_own_reinvite(
+        &mut self,
+        side: Side,
+        offer: String,
+        refresh: bool,
+        timer_added: bool,
+        retried: bool,
+    ) {
         let ep = self.ctx.endpoint.clone();
         let mut headers = Vec::new();
         let timer_added = self.timer_to(side, &mut headers) || timer_added;
@@ -344,7 +352,7 @@ impl Call {
             side,
             cseq: relayed.cseq,
             key: relayed.key,
-            refresh: false,
+            refresh,
             timer_added,
             offer: Some(offer),
             timer_retried: retried,
@@ -365,11 +373,17 @@ impl Call {
             return;
         }
         self.own_reinvite = None;
-        let learnt = || code == 422 && own.timer_added && !own.timer_retried;
-        if let Some(offer) = own.offer.clone().filter(|_| learnt()) {
+        // Not once the call is ending, nor to a callee judging it (a restore sent
+        // again after the BYE got 481, and one reached a judging callee: a review).
+        let learnt = code == 422
+            && own.timer_added
+            && !own.timer_retried
+            && self.phase == Phase::Answered
+            && !self.judging;
+        if let Some(offer) = own.offer.clone().filter(|_| learnt) {
             if self.timer_refused(own.side, &resp) {
-                tracing::info!(side = ?own.side, "a session interval refused (422): the previous session offered again");
-                return self.send_restore(own.side, offer, true, true);
+                tracing::info!(side = ?own.side, refresh = own.refresh, "a session interval refused (422): the same session offered again");
+                return self.send_own_reinvite(own.side, offer, own.refresh, true, true);
             }
         }
         if !(200..300).contains(&code) {
@@ -378,9 +392,9 @@ impl Call {
                 self.expire_session("a party did not take the node's session refresh");
             } else if own.refresh && own.side == Side::A {
                 self.refresh_refused(&resp);
+            } else if own.refresh {
+                self.callee_refresh_refused(&resp);
             }
-            // The callee refusing the node's refresh of its leg otherwise: its next
-            // comes after the caller's next (see `refresh_callee`).
             return;
         }
         self.ack_2xx(own.side, own.cseq);
@@ -400,8 +414,8 @@ impl Call {
         // refreshes, the party's media and target): it was left to the next relayed
         // offer (a review).
         self.checkpoint_now(false);
-        if own.refresh && own.side == Side::A {
-            self.refresh_callee(); // where the node refreshes the callee's leg too
+        if let (true, Side::A, Some(s)) = (own.refresh, own.side, self.session) {
+            self.refresh_callee(s.generation); // where the node refreshes it too
         }
     }
 

@@ -81,8 +81,9 @@ impl TimerAsk {
 /// review). A sender asking the other side to refresh (`refresher=uas`) is answered
 /// so (RFC 4028 9, table 2: it was named `uac` with `Require: timer`, and both then
 /// refreshed) where that side does (`uas_ok`: the node for the caller; the caller,
-/// whose refreshes pass through, for the callee), else told nothing of timers (the
-/// node refreshes no callee). A sender that neither asked nor said `Supported: timer`
+/// whose refreshes pass through, for the callee), else told nothing of timers (a
+/// callee's own request is not answered `uas` for the node's refreshes of its leg:
+/// see [`SessionTimer::callee_by_node`]). A sender that neither asked nor said `Supported: timer`
 /// hears nothing of timers.
 pub(super) fn answer_headers(
     resp: &Response,
@@ -120,7 +121,7 @@ pub(super) fn answer_headers(
 #[derive(Debug, Clone, Copy)]
 pub(super) struct SessionTimer {
     pub interval: u32,
-    generation: u32,
+    pub generation: u32,
     check: TimerId,
     /// The node refreshes the caller's leg itself (see the module doc).
     pub by_node: bool,
@@ -138,15 +139,18 @@ pub(super) struct SessionTimer {
     pub caller_refreshes: bool,
     /// The callee's Min-SE from its 422 to the node's timer: while the session's
     /// interval is below it, requests to the callee carry no timer (see
-    /// [`Call::timer_to`], [`Call::timer_refused`]). Not checkpointed: a node that
-    /// takes the call over has it from the checkpoint.
+    /// [`Call::timer_to`], [`Call::timer_refused`]). Checkpointed.
     pub callee_min_se: Option<u32>,
     /// The callee answered the node's timer naming the node's side its refresher
     /// (`refresher=uac` in its 2xx, where the request named it `uas`: RFC 4028 9
     /// wants that kept, not every callee does): the node refreshes the callee's leg
     /// as well, right after each of its refreshes of the caller's that went through
     /// (see [`Call::refresh_callee`]). Only while the node refreshes (`by_node`).
+    /// Checkpointed.
     pub callee_by_node: bool,
+    /// The node's refreshes of the callee's leg refused since the last that went
+    /// through (see [`Call::callee_refresh_refused`]).
+    callee_refusals: u8,
 }
 
 /// What a refresh makes of the session timer: the interval and generation of the next
@@ -252,6 +256,7 @@ fn refresh(
         caller_refreshes: session.is_some_and(|s| s.caller_refreshes),
         callee_min_se: session.and_then(|s| s.callee_min_se),
         callee_by_node: by_node && session.is_some_and(|s| s.callee_by_node),
+        callee_refusals: 0,
     });
 }
 
@@ -405,13 +410,16 @@ impl Call {
     /// node's that carried the session's timer (see [`Call::timer_to`]), learnt once
     /// for every later request: the caller's Min-SE is followed as after a refused
     /// refresh (the interval becomes it, named from then on, see
-    /// [`Call::follow_callers_floor`]); the callee's is remembered, and no timer goes to
-    /// the callee while the interval is below it (the callee's floor is above what
-    /// the caller agreed; a timer of the callee's own in a 2xx still counts). Whether
-    /// anything was learnt, i.e. whether the request is worth sending again: a
-    /// relayed re-offer, a takeover's re-INVITE and a restore each send theirs again
-    /// once (the callee's 422 used to be followed by two of them with flags of their
-    /// own, the restore's not at all: it left the callee on the crossed session).
+    /// [`Call::follow_callers_floor`]); the callee's is remembered (the highest it
+    /// named), and no timer goes to the callee while the interval is below it (the
+    /// callee's floor is above what the caller agreed). Whether the request is worth
+    /// sending again: the caller's, when its Min-SE is followed; the callee's always
+    /// (the interval it refused may have been raised since by the caller's 422, as
+    /// in a takeover, whose two re-INVITEs go out at once). A relayed re-offer, a
+    /// takeover's re-INVITE, a restore and the node's refresh of the callee's leg
+    /// each send theirs again once (the callee's 422 used to be followed by two of
+    /// them with flags of their own, the restore's not at all: it left the callee on
+    /// the crossed session).
     pub(super) fn timer_refused(&mut self, side: Side, resp: &Response) -> bool {
         if resp.status_code.code() != 422 {
             return false;
@@ -426,10 +434,7 @@ impl Call {
         let min = header(resp, "Min-SE")
             .and_then(|v| v.trim().parse::<u32>().ok())
             .unwrap_or(u32::MAX);
-        if min <= s.interval || s.callee_min_se.is_some_and(|m| m >= min) {
-            return false; // nothing new: the callee refuses what the node did not send
-        }
-        s.callee_min_se = Some(min);
+        s.callee_min_se = Some(s.callee_min_se.map_or(min, |m| m.max(min)));
         true
     }
 
@@ -480,37 +485,57 @@ impl Call {
         }
     }
 
-    /// The node refreshes the callee's leg (see [`SessionTimer::callee_by_node`]):
-    /// a re-INVITE with the session it has, right after the caller took the node's
-    /// own refresh. Skipped while another offer is out on the call (its 2xx
-    /// refreshes the callee's leg when it goes there; the next refresh comes half an
-    /// interval later, before the callee's check).
-    pub(super) fn refresh_callee(&mut self) {
-        if !self.session.is_some_and(|s| s.by_node && s.callee_by_node)
-            || self.phase != Phase::Answered
-            || self.judging
-            || self.offer_pending()
-        {
+    /// The node refreshes the callee's leg (see [`SessionTimer::callee_by_node`]) in
+    /// this refresh generation: a re-INVITE with the session it has, sent right after
+    /// the caller took the node's own refresh. While another offer is out on the
+    /// call, a second later (an answer that refreshes the session starts a new
+    /// generation, and this one is dropped); a refusal is sent again as
+    /// [`Call::callee_refresh_refused`] says, a 422 for the node's timer once at
+    /// once (see [`Call::timer_refused`]).
+    pub(super) fn refresh_callee(&mut self, generation: u32) {
+        let due = self
+            .session
+            .is_some_and(|s| s.generation == generation && s.by_node && s.callee_by_node);
+        if !due || self.phase != Phase::Answered || self.judging {
             return;
         }
-        let mut headers = Vec::new();
-        let timer_added = self.timer_to(Side::B, &mut headers);
-        let ep = self.ctx.endpoint.clone();
-        let Some(b) = self.leg(Side::B) else { return };
-        let Some(offer) = b.last_sdp().clone() else {
+        if self.offer_pending() {
+            self.after(Duration::from_secs(1), CallMsg::CalleeRefresh(generation));
+            return;
+        }
+        let Some(offer) = self.leg(Side::B).and_then(|b| b.last_sdp().clone()) else {
             return;
         };
-        let sent = b.reoffer(&ep, Method::Invite, Some(offer), headers);
         tracing::debug!("the callee's leg refreshed by the node");
-        self.own_reinvite = Some(super::OwnReinvite {
-            side: Side::B,
-            cseq: sent.cseq,
-            key: sent.key,
-            refresh: true,
-            timer_added,
-            offer: None,
-            timer_retried: true,
-        });
+        self.send_own_reinvite(Side::B, offer, true, false, false);
+    }
+
+    /// The callee refused the node's refresh of its leg (not 408 or 481, which end
+    /// the session; a 422 for the timer was followed first): sent again after
+    /// [`after_refusal`]'s wait, at most [`REFRESH_TRIES`] times in a row, each before
+    /// the callee's check would come. It was never sent again, and the callee, left
+    /// unrefreshed, hung up at its interval (a review).
+    pub(super) fn callee_refresh_refused(&mut self, resp: &Response) {
+        let Some(s) = self.session.as_mut() else {
+            return;
+        };
+        s.callee_refusals = s.callee_refusals.saturating_add(1);
+        let code = resp.status_code.code();
+        let wait = match after_refusal(code, None, s.interval, s.callee_refusals) {
+            AfterRefusal::Glare(most) => {
+                crate::decide::glare::delay(true, rand::random()).min(most)
+            }
+            AfterRefusal::After(wait) => wait,
+            AfterRefusal::Longer(_) | AfterRefusal::GiveUp => {
+                tracing::info!(
+                    code,
+                    "the callee refuses the node's refresh of its leg; left to its own check"
+                );
+                return;
+            }
+        };
+        let generation = s.generation;
+        self.after(wait, CallMsg::CalleeRefresh(generation));
     }
 
     /// Who refreshes the caller's leg after a refresh relayed from `from` was answered
@@ -614,8 +639,11 @@ impl Call {
     /// node's check hung the call up an interval later (a review); so did a callee that
     /// refreshed the session (a takeover's re-INVITE, a caller's hold relayed, each
     /// without the timer: the next review). What it names is [`timer_role`]'s. Whether
-    /// it added them (the party's answer then speaks of the node's timer with it, not
-    /// of the request's sender's).
+    /// the party's answer speaks of the node's timer, not of the request's sender's:
+    /// the node added it, or withheld it from a callee that refused its interval (see
+    /// [`Call::timer_refused`]: the callee's 2xx without a timer then has the node
+    /// refresh the caller's leg; read as the sender's, it left the node waiting for a
+    /// callee that had turned its timer off: a review).
     pub(super) fn timer_to(&self, side: Side, headers: &mut super::legs::Headers) -> bool {
         let Some(s) = self.session else { return false };
         if headers
@@ -624,12 +652,12 @@ impl Call {
         {
             return false;
         }
-        if side == Side::B && s.callee_min_se.is_some_and(|min| s.interval < min) {
-            return false; // it refused this interval (see `timer_refused`)
-        }
         let Some(role) = timer_role(side, s.by_node, s.caller_refreshes, s.callee_by_node) else {
             return false;
         };
+        if side == Side::B && s.callee_min_se.is_some_and(|min| s.interval < min) {
+            return true; // withheld: it refused this interval
+        }
         headers.push((
             "Session-Expires",
             format!("{};refresher={role}", s.interval),
@@ -725,6 +753,7 @@ mod tests {
             caller_refreshes: false,
             callee_min_se: None,
             callee_by_node: false,
+            callee_refusals: 0,
         };
         let rows: &[(Option<SessionTimer>, u32, Option<Refresh>)] = &[
             (None, 0, None),
