@@ -981,6 +981,31 @@ fn a_callee_naming_the_node_its_refresher_is_refreshed_by_the_node() {
         callee.respond_with("calleetag", &callee_refresh, "200 OK", uac, &held);
         callee.expect("ACK ");
     }
+    // The callee's own refresh names itself the refresher, and the caller agrees: the
+    // node's next refresh of the caller is no longer followed by one of the callee.
+    let own = callee_reinvite(ports, &forwarded, 2, &held).replace(
+        "Max-Forwards: 70\n",
+        "Max-Forwards: 70\nSession-Expires: 4;refresher=uac\nSupported: timer\n",
+    );
+    callee.send(&own);
+    let relayed = reinvite_at(&caller);
+    assert_eq!(
+        header(&relayed, "Session-Expires"),
+        Some("4;refresher=uac"),
+        "{relayed}"
+    );
+    caller.send(&caller_ok(&caller, &relayed, uac));
+    assert!(final_at(&callee).starts_with("SIP/2.0 200"));
+    callee.send(&crate::dialogs::on_branch(&own, "ACK", None));
+    nodes_ack(&caller);
+    let refresh = reinvite_at(&caller);
+    caller.send(&caller_ok(&caller, &refresh, uac));
+    nodes_ack(&caller);
+    let seen = callee.quiet_for(Duration::from_millis(1500));
+    assert!(
+        !seen.iter().any(|m| m.starts_with("INVITE ")),
+        "the callee refreshes itself: {seen:?}"
+    );
     hang_up(&caller, &callee, call_id, &node_tag, 3);
 }
 

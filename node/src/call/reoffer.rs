@@ -655,6 +655,9 @@ impl Call {
                 let (by_node, caller) = self.refresher_after(p.from, &resp, &timer);
                 self.renew_session(told, by_node);
                 self.caller_told(caller);
+                if p.from == Side::B {
+                    self.callee_may_refresh_itself(&resp);
+                }
             }
             std::iter::once(("Contact", contact.as_str()))
                 .chain(timer.iter().map(|(k, v)| (*k, v.as_str())))

@@ -485,6 +485,19 @@ impl Call {
         }
     }
 
+    /// The caller's 2xx `resp` to a refresh of the callee's own, passed on: where it
+    /// names the callee the refresher (`uac`, that request's UAC), the node no longer
+    /// refreshes the callee's leg (it went on re-INVITEing a callee that refreshed
+    /// itself: a review).
+    pub(super) fn callee_may_refresh_itself(&mut self, resp: &Response) {
+        let callee = header(resp, "Session-Expires")
+            .and_then(parse)
+            .is_some_and(|s| s.refresher == Some(Refresher::Uac));
+        if let (true, Some(s)) = (callee, self.session.as_mut()) {
+            s.callee_by_node = false;
+        }
+    }
+
     /// The node refreshes the callee's leg (see [`SessionTimer::callee_by_node`]) in
     /// this refresh generation: a re-INVITE with the session it has, sent right after
     /// the caller took the node's own refresh. While another offer is out on the
