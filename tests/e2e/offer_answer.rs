@@ -892,35 +892,19 @@ fn callee_timer_through_a_hold(call_id: &str, refuses: bool) {
 /// is sent again (it was not: the callee was left to hang up).
 #[test]
 fn a_callee_naming_the_node_its_refresher_is_refreshed_by_the_node() {
-    let ports = Ports::take();
-    // A floor of 2 s: a session of 4 s has the node refresh every 2 s.
-    let node = Node::start_with_sip(ports, "127.0.0.1/32", "min_session_expires = 2", "");
-    node.provision("0501234567", DEST, "{}");
-    let callee = Callee::bind(ports);
-    let caller = Party::bind("127.0.0.1", ports.sip);
-    let call_id = "callee-names-uac";
-    let invite = invite_with(&caller, call_id, CALLER_SDP).replace(
-        "Max-Forwards: 70\n",
-        "Max-Forwards: 70\nSession-Expires: 4\nSupported: timer\n",
-    );
-    caller.send(&invite);
-    let forwarded = callee.expect("INVITE ");
-    callee.respond_with(
-        "calleetag",
-        &forwarded,
-        "200 OK",
+    let ShortSession {
+        ports,
+        _node,
+        callee,
+        caller,
+        node_tag,
+        forwarded,
+    } = short_session_call(
+        "callee-names-uac",
+        "Session-Expires: 4\n",
         "Session-Expires: 4;refresher=uas\n",
-        &sdp(4002),
     );
-    let ok = caller.final_response();
-    assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
-    assert_eq!(
-        header(&ok, "Session-Expires"),
-        Some("4;refresher=uas"),
-        "{ok}"
-    );
-    let node_tag = caller.ack(call_id, &ok);
-    callee.expect("ACK ");
+    let call_id = "callee-names-uac";
     // The caller's hold reaches the callee with the session's timer (it refreshes);
     // its 2xx names the node's side.
     caller.send(&crate::dialogs::caller_offer(
@@ -1017,29 +1001,15 @@ fn a_callee_naming_the_node_its_refresher_is_refreshed_by_the_node() {
 /// hung the call up at the session's check (a review).
 #[test]
 fn a_callee_s_floor_withholds_the_timer_and_its_answer_still_counts() {
-    let ports = Ports::take();
-    // A floor of 2 s: a session of 4 s, checked 3 s after its last refresh.
-    let node = Node::start_with_sip(ports, "127.0.0.1/32", "min_session_expires = 2", "");
-    node.provision("0501234567", DEST, "{}");
-    let callee = Callee::bind(ports);
-    let caller = Party::bind("127.0.0.1", ports.sip);
-    let call_id = "callee-floor-withheld";
-    let invite = invite_with(&caller, call_id, CALLER_SDP).replace(
-        "Max-Forwards: 70\n",
-        "Max-Forwards: 70\nSession-Expires: 4\nSupported: timer\n",
-    );
-    caller.send(&invite);
-    let forwarded = callee.expect("INVITE ");
     let uas = "Session-Expires: 4;refresher=uas\n";
-    callee.respond_with("calleetag", &forwarded, "200 OK", uas, &sdp(4002));
-    let ok = caller.final_response();
-    assert_eq!(
-        header(&ok, "Session-Expires"),
-        Some("4;refresher=uas"),
-        "{ok}"
-    );
-    let node_tag = caller.ack(call_id, &ok);
-    callee.expect("ACK ");
+    let call_id = "callee-floor-withheld";
+    let ShortSession {
+        _node,
+        callee,
+        caller,
+        node_tag,
+        ..
+    } = short_session_call(call_id, "Session-Expires: 4\n", uas);
     // The hold: refused 422, sent again without a timer, refused 491.
     let offer = |cseq: u32, sdp: &str| {
         crate::dialogs::caller_offer(&caller, "INVITE", call_id, &node_tag, cseq, "", sdp)
@@ -1196,6 +1166,56 @@ fn call_with_the_caller_s_timer(
     let node_tag = caller.ack(call_id, &ok);
     callee.expect("ACK ");
     (ok, node_tag, forwarded)
+}
+
+/// A call through a node whose session floor is 2 s (a session of 4 s is refreshed
+/// every 2 s and checked 3 s after its last refresh): see [`short_session_call`].
+struct ShortSession {
+    ports: Ports,
+    _node: Node,
+    callee: Callee,
+    caller: Party,
+    /// The node's tag in the caller's dialog.
+    node_tag: String,
+    /// The INVITE the callee got.
+    forwarded: String,
+}
+
+/// A node with a 2 s session floor and number 0501234567 to a raw callee, and call
+/// `call_id` through it: the caller's INVITE with `caller_timer` (header lines, each
+/// ending in `\n`) and `Supported: timer`, answered by the callee with
+/// `callee_timer`, acknowledged; the caller's 200 says the node's side refreshes
+/// (`4;refresher=uas`).
+fn short_session_call(call_id: &str, caller_timer: &str, callee_timer: &str) -> ShortSession {
+    let ports = Ports::take();
+    let node = Node::start_with_sip(ports, "127.0.0.1/32", "min_session_expires = 2", "");
+    node.provision("0501234567", DEST, "{}");
+    let callee = Callee::bind(ports);
+    let caller = Party::bind("127.0.0.1", ports.sip);
+    let invite = invite_with(&caller, call_id, CALLER_SDP).replace(
+        "Max-Forwards: 70\n",
+        &format!("Max-Forwards: 70\n{caller_timer}Supported: timer\n"),
+    );
+    caller.send(&invite);
+    let forwarded = callee.expect("INVITE ");
+    callee.respond_with("calleetag", &forwarded, "200 OK", callee_timer, &sdp(4002));
+    let ok = caller.final_response();
+    assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
+    assert_eq!(
+        header(&ok, "Session-Expires"),
+        Some("4;refresher=uas"),
+        "{ok}"
+    );
+    let node_tag = caller.ack(call_id, &ok);
+    callee.expect("ACK ");
+    ShortSession {
+        ports,
+        _node: node,
+        callee,
+        caller,
+        node_tag,
+        forwarded,
+    }
 }
 
 /// A node with number 0501234567 forwarding to a raw callee, and a raw caller:
@@ -1423,29 +1443,15 @@ fn a_callee_s_refusal_reaches_the_caller_with_what_it_needs() {
 /// did not restore the caller's session as a refusal does).
 #[test]
 fn a_hold_cancelled_before_the_caller_took_it_is_not_offered_again() {
-    let ports = Ports::take();
-    // A floor of 2 s: the caller's Session-Expires 4 has the node refresh it every 2 s.
-    let node = Node::start_with_sip(ports, "127.0.0.1/32", "min_session_expires = 2", "");
-    node.provision("0501234567", DEST, "{}");
-    let callee = Callee::bind(ports);
-    let caller = Party::bind("127.0.0.1", ports.sip);
     let call_id = "cancelled-hold";
-    let invite = invite_with(&caller, call_id, CALLER_SDP).replace(
-        "Max-Forwards: 70\n",
-        "Max-Forwards: 70\nSession-Expires: 4;refresher=uas\nSupported: timer\n",
-    );
-    caller.send(&invite);
-    let forwarded = callee.expect("INVITE ");
-    callee.respond_with("calleetag", &forwarded, "200 OK", "", &sdp(4002));
-    let ok = caller.final_response();
-    assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
-    assert_eq!(
-        header(&ok, "Session-Expires"),
-        Some("4;refresher=uas"),
-        "{ok}"
-    );
-    let node_tag = caller.ack(call_id, &ok);
-    callee.expect("ACK ");
+    let ShortSession {
+        ports,
+        _node,
+        callee,
+        caller,
+        node_tag,
+        forwarded,
+    } = short_session_call(call_id, "Session-Expires: 4;refresher=uas\n", "");
 
     let hold = callee_holds(ports, &callee, &forwarded);
     let relayed = reinvite_at(&caller);
