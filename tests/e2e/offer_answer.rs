@@ -49,7 +49,7 @@ impl Callee {
         self.expect_within(start, Duration::from_secs(5))
     }
 
-    fn expect_within(&self, start: &str, limit: Duration) -> String {
+    pub(crate) fn expect_within(&self, start: &str, limit: Duration) -> String {
         let deadline = std::time::Instant::now() + limit;
         let mut buf = [0u8; 8192];
         self.sock
@@ -903,6 +903,7 @@ fn a_callee_naming_the_node_its_refresher_is_refreshed_by_the_node() {
         "callee-names-uac",
         "Session-Expires: 4\n",
         "Session-Expires: 4;refresher=uas\n",
+        "4;refresher=uas",
     );
     let call_id = "callee-names-uac";
     // The caller's hold reaches the callee with the session's timer (it refreshes);
@@ -993,6 +994,172 @@ fn a_callee_naming_the_node_its_refresher_is_refreshed_by_the_node() {
     hang_up(&caller, &callee, call_id, &node_tag, 3);
 }
 
+/// The caller asks the node to refresh (`refresher=uas`) and the callee's 200 names
+/// the node's side too (`uac`): the caller keeps `uas` (RFC 4028 9) and the node
+/// refreshes both legs, the caller's then the callee's. It told the caller `uac`,
+/// which could not refresh, and the session expired (a live torture run). When the
+/// caller then takes the part (its 2xx says `uas`), the callee is refreshed once more
+/// at once: left to the caller's first refresh, its leg went a whole interval
+/// without one (the same run).
+#[test]
+fn a_caller_asking_the_node_to_refresh_keeps_it_when_the_callee_names_the_node_too() {
+    let uac = "Session-Expires: 4;refresher=uac\n";
+    let call_id = "both-name-the-node";
+    let ShortSession {
+        _node,
+        callee,
+        caller,
+        node_tag,
+        ..
+    } = short_session_call(
+        call_id,
+        "Session-Expires: 4;refresher=uas\n",
+        uac,
+        "4;refresher=uas",
+    );
+    let session = sdp(4002);
+    // The node refreshes the caller, then the callee.
+    let refresh = reinvite_at(&caller);
+    assert_eq!(
+        header(&refresh, "Session-Expires"),
+        Some("4;refresher=uac"),
+        "{refresh}"
+    );
+    caller.send(&caller_ok(&caller, &refresh, uac));
+    nodes_ack(&caller);
+    let callee_refresh = callee.expect("INVITE ");
+    assert_eq!(
+        header(&callee_refresh, "Session-Expires"),
+        Some("4;refresher=uac"),
+        "{callee_refresh}"
+    );
+    callee.respond_with("calleetag", &callee_refresh, "200 OK", uac, &session);
+    callee.expect("ACK ");
+    // The caller takes the part: the callee is refreshed once more, at once.
+    let refresh = reinvite_at(&caller);
+    caller.send(&caller_ok(
+        &caller,
+        &refresh,
+        "Session-Expires: 4;refresher=uas\n",
+    ));
+    nodes_ack(&caller);
+    let callee_refresh = callee.expect_within("INVITE ", Duration::from_millis(500));
+    assert_eq!(
+        header(&callee_refresh, "Session-Expires"),
+        Some("4;refresher=uac"),
+        "{callee_refresh}"
+    );
+    callee.respond_with("calleetag", &callee_refresh, "200 OK", uac, &session);
+    callee.expect("ACK ");
+    // From then on the caller's refreshes reach the callee, naming the node's side.
+    let own =
+        crate::dialogs::caller_offer(&caller, "INVITE", call_id, &node_tag, 2, uac, CALLER_SDP);
+    caller.send(&own);
+    let relayed = callee.expect("INVITE ");
+    assert_eq!(
+        header(&relayed, "Session-Expires"),
+        Some("4;refresher=uac"),
+        "{relayed}"
+    );
+    callee.respond_with("calleetag", &relayed, "200 OK", uac, &session);
+    callee.expect("ACK ");
+    let ok = caller.final_response();
+    assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
+    caller.ack_cseq(call_id, &node_tag, 2);
+    hang_up(&caller, &callee, call_id, &node_tag, 3);
+}
+
+/// A callee the node refreshes refuses every refresh of its leg (503): sent again
+/// three times, then the session ends as expired, both legs hung up. The node sent
+/// it four re-INVITEs every half interval for as long as the caller's leg kept the
+/// call alive (a live torture run).
+#[test]
+fn a_callee_refusing_every_refresh_of_its_leg_ends_the_session() {
+    let uac = "Session-Expires: 4;refresher=uac\n";
+    let ShortSession {
+        _node,
+        callee,
+        caller,
+        ..
+    } = short_session_call(
+        "callee-refuses-all",
+        "Session-Expires: 4;refresher=uas\n",
+        uac,
+        "4;refresher=uas",
+    );
+    let refresh = reinvite_at(&caller);
+    caller.send(&caller_ok(&caller, &refresh, uac));
+    nodes_ack(&caller);
+    let mut cseqs = Vec::new();
+    for _ in 0..4 {
+        let callee_refresh = callee.expect("INVITE ");
+        cseqs.push(cseq_of(&callee_refresh));
+        callee.respond_with(
+            "calleetag",
+            &callee_refresh,
+            "503 Service Unavailable",
+            "",
+            "",
+        );
+        callee.expect("ACK ");
+    }
+    cseqs.dedup();
+    assert_eq!(cseqs.len(), 4, "four refreshes, each its own: {cseqs:?}");
+    // The caller hears the BYE, not the node's next refresh (its leg is alive: only
+    // the callee's refusals end the session).
+    let next = std::iter::from_fn(|| caller.recv(Duration::from_secs(5)))
+        .find(|m| m.starts_with("BYE ") || m.starts_with("INVITE "))
+        .expect("the caller's BYE");
+    assert!(next.starts_with("BYE "), "{next}");
+    caller.send(&ok_to(&next));
+    let bye = callee.expect("BYE ");
+    callee.ok(&bye);
+}
+
+/// The caller refreshes (told `refresher=uac`) and puts the call on hold with a
+/// re-INVITE without Session-Expires nor `Supported: timer`: the node's 200 carries
+/// the session's timer naming itself (`uas`), and it refreshes the caller from then
+/// on. Its 200 said nothing of timers, the caller read "no expiration" (RFC 4028
+/// 7.2), and the node's check hung up the call (a live torture run).
+#[test]
+fn a_refreshing_caller_s_hold_without_a_timer_keeps_the_session() {
+    let call_id = "hold-without-timer";
+    let ShortSession {
+        _node,
+        callee,
+        caller,
+        node_tag,
+        ..
+    } = short_session_call(call_id, "Session-Expires: 4\n", "", "4;refresher=uac");
+    let hold =
+        crate::dialogs::caller_offer(&caller, "INVITE", call_id, &node_tag, 2, "", &caller_hold());
+    caller.send(&hold);
+    let relayed = callee.expect("INVITE ");
+    let held = sdp(4002).replace(" 2 2 IN", " 2 3 IN") + "a=recvonly\r\n";
+    callee.respond_with("calleetag", &relayed, "200 OK", "", &held);
+    callee.expect("ACK ");
+    let ok = caller.final_response();
+    assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
+    assert_eq!(
+        header(&ok, "Session-Expires"),
+        Some("4;refresher=uas"),
+        "{ok}"
+    );
+    assert_eq!(header(&ok, "Require"), None, "{ok}");
+    caller.ack_cseq(call_id, &node_tag, 2);
+    let next = std::iter::from_fn(|| caller.recv(Duration::from_secs(5)))
+        .find(|m| m.starts_with("INVITE ") || m.starts_with("BYE "))
+        .expect("a refresh or a BYE");
+    assert!(next.starts_with("INVITE "), "the node refreshes: {next}");
+    caller.send(&caller_ok(
+        &caller,
+        &next,
+        "Session-Expires: 4;refresher=uac\n",
+    ));
+    nodes_ack(&caller);
+    hang_up(&caller, &callee, call_id, &node_tag, 3);
+}
+
 /// A callee that refreshes refuses the session's interval (422, Min-SE 3600) and
 /// then, glaring, the hold sent again without a timer (491). The caller's next offer
 /// reaches it without a timer too (its floor is remembered), and its 200 without one
@@ -1009,7 +1176,7 @@ fn a_callee_s_floor_withholds_the_timer_and_its_answer_still_counts() {
         caller,
         node_tag,
         ..
-    } = short_session_call(call_id, "Session-Expires: 4\n", uas);
+    } = short_session_call(call_id, "Session-Expires: 4\n", uas, "4;refresher=uas");
     // The hold: refused 422, sent again without a timer, refused 491.
     let offer = |cseq: u32, sdp: &str| {
         crate::dialogs::caller_offer(&caller, "INVITE", call_id, &node_tag, cseq, "", sdp)
@@ -1184,9 +1351,13 @@ struct ShortSession {
 /// A node with a 2 s session floor and number 0501234567 to a raw callee, and call
 /// `call_id` through it: the caller's INVITE with `caller_timer` (header lines, each
 /// ending in `\n`) and `Supported: timer`, answered by the callee with
-/// `callee_timer`, acknowledged; the caller's 200 says the node's side refreshes
-/// (`4;refresher=uas`).
-fn short_session_call(call_id: &str, caller_timer: &str, callee_timer: &str) -> ShortSession {
+/// `callee_timer`, acknowledged; the caller's 200 says `told` (its Session-Expires).
+fn short_session_call(
+    call_id: &str,
+    caller_timer: &str,
+    callee_timer: &str,
+    told: &str,
+) -> ShortSession {
     let ports = Ports::take();
     let node = Node::start_with_sip(ports, "127.0.0.1/32", "min_session_expires = 2", "");
     node.provision("0501234567", DEST, "{}");
@@ -1201,11 +1372,7 @@ fn short_session_call(call_id: &str, caller_timer: &str, callee_timer: &str) -> 
     callee.respond_with("calleetag", &forwarded, "200 OK", callee_timer, &sdp(4002));
     let ok = caller.final_response();
     assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
-    assert_eq!(
-        header(&ok, "Session-Expires"),
-        Some("4;refresher=uas"),
-        "{ok}"
-    );
+    assert_eq!(header(&ok, "Session-Expires"), Some(told), "{ok}");
     let node_tag = caller.ack(call_id, &ok);
     callee.expect("ACK ");
     ShortSession {
@@ -1357,6 +1524,131 @@ fn a_caller_s_422_to_the_node_s_timer_is_followed_not_passed_to_the_callee() {
     hang_up(&caller, &callee, call_id, &node_tag, 2);
 }
 
+/// A callee refusing the caller's session interval (422, Min-SE 3600) has the caller
+/// answered 422 with that Min-SE, so it can ask again with it (RFC 4028 7.3; the node
+/// passes the caller's interval on, and may not answer with a longer one, 9): the
+/// caller got 502 and the call was lost (a live torture run). Its INVITE asking 3600
+/// (same Call-ID, next CSeq) is forwarded and answered. A 422 to a caller that asked
+/// no interval is the node's 502.
+#[test]
+fn a_callee_s_422_to_the_call_reaches_the_caller_with_its_min_se() {
+    let (_ports, _node, callee, caller) = raw_parties();
+    let call_id = "initial-422";
+    let invite = invite_with(&caller, call_id, CALLER_SDP).replace(
+        "Max-Forwards: 70\n",
+        "Max-Forwards: 70\nSession-Expires: 1800\nSupported: timer\n",
+    );
+    caller.send(&invite);
+    let forwarded = callee.expect("INVITE ");
+    let too_small = "422 Session Interval Too Small";
+    callee.respond_with("calleetag", &forwarded, too_small, "Min-SE: 3600\n", "");
+    callee.expect("ACK ");
+    let refused = caller.final_response();
+    assert!(refused.starts_with("SIP/2.0 422"), "{refused}");
+    assert_eq!(header(&refused, "Min-SE"), Some("3600"), "{refused}");
+    caller.send(&ack_of_failure(&invite));
+    let again = invite
+        .replace("Session-Expires: 1800", "Session-Expires: 3600")
+        .replace("CSeq: 1 INVITE", "CSeq: 2 INVITE")
+        .replace(";branch=z9hG4bKinv", ";branch=z9hG4bKagain");
+    caller.send(&again);
+    let forwarded = callee.expect("INVITE ");
+    assert_eq!(
+        header(&forwarded, "Session-Expires"),
+        Some("3600"),
+        "{forwarded}"
+    );
+    callee.respond_with(
+        "calleetag2",
+        &forwarded,
+        "200 OK",
+        "Session-Expires: 3600;refresher=uac\n",
+        &sdp(4002),
+    );
+    let ok = caller.final_response();
+    assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
+    let node_tag = crate::dialogs::tag(header(&ok, "To").unwrap());
+    caller.ack_cseq(call_id, &node_tag, 2);
+    callee.expect("ACK ");
+    hang_up(&caller, &callee, call_id, &node_tag, 3);
+    // Without an interval of the caller's, the callee's 422 is the node's failure.
+    let call_id = "initial-422-unasked";
+    let invite = invite_with(&caller, call_id, CALLER_SDP);
+    caller.send(&invite);
+    let forwarded = callee.expect("INVITE ");
+    callee.respond_with("calleetag", &forwarded, too_small, "Min-SE: 3600\n", "");
+    callee.expect("ACK ");
+    let refused = caller.final_response();
+    assert!(refused.starts_with("SIP/2.0 502"), "{refused}");
+    assert_eq!(header(&refused, "Min-SE"), None, "{refused}");
+    caller.send(&ack_of_failure(&invite));
+}
+
+/// The caller hangs up while its hold waits for the callee (a 100 only): the callee
+/// gets the BYE, and its 200 to the hold, coming after it, is still acknowledged
+/// (RFC 3261 13.2.2.4: every 2xx to an INVITE is), before the callee answers the BYE.
+#[test]
+fn a_re_invite_s_2xx_after_the_node_s_bye_is_acknowledged() {
+    let (_ports, _node, callee, caller) = raw_parties();
+    let call_id = "2xx-after-bye";
+    let (_, node_tag, _) = call_with_the_caller_s_timer(&caller, &callee, call_id, "");
+    let hold =
+        crate::dialogs::caller_offer(&caller, "INVITE", call_id, &node_tag, 2, "", &caller_hold());
+    caller.send(&hold);
+    let relayed = callee.expect("INVITE ");
+    callee.respond_with("calleetag", &relayed, "100 Trying", "", "");
+    caller.send(&caller.bye(call_id, &node_tag, 3));
+    let bye = callee.expect("BYE ");
+    let held = sdp(4002).replace(" 2 2 IN", " 2 3 IN") + "a=recvonly\r\n";
+    callee.respond_with("calleetag", &relayed, "200 OK", "", &held);
+    let ack = callee.expect("ACK ");
+    assert_eq!(
+        cseq_of(&ack),
+        format!("{} ACK", cseq_of(&relayed).split(' ').next().unwrap()),
+        "{ack}"
+    );
+    callee.ok(&bye);
+}
+
+/// The callee hangs up while the node's own refresh of the caller waits (a 100 only):
+/// the caller gets the BYE, and its 200 to the refresh, coming after it, is still
+/// acknowledged.
+#[test]
+fn a_refresh_s_2xx_after_the_node_s_bye_is_acknowledged() {
+    let ShortSession {
+        _node,
+        ports,
+        callee,
+        caller,
+        forwarded,
+        ..
+    } = short_session_call(
+        "refresh-2xx-after-bye",
+        "Session-Expires: 4;refresher=uas\n",
+        "",
+        "4;refresher=uas",
+    );
+    let refresh = reinvite_at(&caller);
+    caller.send(&ok_to(&refresh).replace("SIP/2.0 200 OK", "SIP/2.0 100 Trying"));
+    callee.send(&callee_request(ports, &forwarded, "calleetag", "BYE", 2));
+    let bye = std::iter::from_fn(|| caller.recv(Duration::from_secs(5)))
+        .find(|m| m.starts_with("BYE "))
+        .expect("the caller's BYE");
+    caller.send(&caller_ok(
+        &caller,
+        &refresh,
+        "Session-Expires: 4;refresher=uac\n",
+    ));
+    let ack = nodes_ack(&caller);
+    let number = cseq_of(&refresh)
+        .split(' ')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(cseq_of(&ack), format!("{number} ACK"), "{ack}");
+    caller.send(&ok_to(&bye));
+}
+
 /// A callee's busy answer with a Retry-After reaches the caller with its seconds
 /// alone (not the comment or parameters the callee wrote), so the caller's carrier can
 /// hold its retries off; an answer without one gets none.
@@ -1451,7 +1743,12 @@ fn a_hold_cancelled_before_the_caller_took_it_is_not_offered_again() {
         caller,
         node_tag,
         forwarded,
-    } = short_session_call(call_id, "Session-Expires: 4;refresher=uas\n", "");
+    } = short_session_call(
+        call_id,
+        "Session-Expires: 4;refresher=uas\n",
+        "",
+        "4;refresher=uas",
+    );
 
     let hold = callee_holds(ports, &callee, &forwarded);
     let relayed = reinvite_at(&caller);

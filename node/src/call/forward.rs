@@ -52,6 +52,7 @@ impl Call {
     /// Sends the INVITE of the current (destination, trunk) attempt.
     pub(super) fn try_attempt(&mut self) {
         self.retry_after = None;
+        self.callee_min_se = None;
         let dest = match &self.redirect {
             Some(d) => d.clone(),
             None => match self.number.destinations.get(self.dest_index) {
@@ -273,6 +274,17 @@ impl Call {
             ) => closed,
             _ => result,
         };
+        // A callee's 422 reaches the caller with its Min-SE, where the caller asked an
+        // interval (it is the caller's, passed on); otherwise it is the node's 502.
+        let min_se = self
+            .callee_min_se
+            .filter(|_| upstream == 422 && self.a_view.session_expires.is_some())
+            .map(|m| m.to_string());
+        let upstream = if upstream == 422 && min_se.is_none() {
+            502
+        } else {
+            upstream
+        };
         self.upstream_code = upstream;
         if self.a_answered {
             // The IVR answered the caller: hang up instead of refusing.
@@ -290,6 +302,7 @@ impl Call {
             .as_deref()
             .map(|s| ("Retry-After", s))
             .into_iter()
+            .chain(min_se.as_deref().map(|m| ("Min-SE", m)))
             .collect();
         self.a.respond_with(&ep, upstream, None, &extra);
         self.finish();

@@ -563,6 +563,9 @@ impl Call {
                     _ => Failure::Status(code),
                 };
                 self.retry_after = retry_after_seconds(&resp);
+                self.callee_min_se = header(&resp, "Min-SE")
+                    .filter(|_| code == 422)
+                    .and_then(|v| v.trim().parse().ok());
                 tracing::debug!(code, "forwarded leg failed");
                 self.after_failure(failure);
             }

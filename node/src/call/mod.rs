@@ -313,6 +313,8 @@ pub struct Call {
     /// The current attempt's failure said when to try again (its Retry-After, whole
     /// seconds): passed on with the caller's final answer (see `give_up`).
     retry_after: Option<u32>,
+    /// The current attempt's 422 named this Min-SE: passed on with the caller's 422.
+    callee_min_se: Option<u32>,
     /// Boxed, like the other rarely used parts: the call's state lives in its actor's
     /// task for the whole call, so every inline byte is a byte per concurrent call.
     reoffer: Option<Box<Reoffer>>,
@@ -613,6 +615,7 @@ impl Call {
             attempt: 0,
             pending_failure: None,
             retry_after: None,
+            callee_min_se: None,
             reoffer: None,
             phase: Phase::Trying,
             result: CallResult::Failed,

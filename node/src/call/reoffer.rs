@@ -629,6 +629,7 @@ impl Call {
                 // caller (through the node) toward the callee, unless the node
                 // refreshes the caller itself.
                 p.from == Side::A || self.session.is_some_and(|s| !s.by_node),
+                p.from == Side::A && self.session.is_some_and(|s| s.caller_refreshes),
             )
         };
         // A 422 the node did not follow (see `retry_with_timer_learnt`) is about the

@@ -83,18 +83,25 @@ impl TimerAsk {
 /// refreshed) where that side does (`uas_ok`: the node for the caller; the caller,
 /// whose refreshes pass through, for the callee), else told nothing of timers (a
 /// callee's own request is not answered `uas` for the node's refreshes of its leg:
-/// see [`SessionTimer::callee_by_node`]). A sender that neither asked nor said `Supported: timer`
-/// hears nothing of timers.
+/// see [`SessionTimer::callee_by_node`]). A sender that neither asked nor said
+/// `Supported: timer` hears nothing of timers, unless it is the caller and the
+/// session's refresher (`refresher_asking`): a request of its without
+/// Session-Expires gets the session's in the 2xx (RFC 4028 9 lets the UAS add one),
+/// `uac` with `Require: timer` where it says `Supported: timer` (it goes on
+/// refreshing), else `uas` (the node takes the part); told nothing, the caller reads
+/// "no expiration" (RFC 4028 7.2), stops refreshing, and the node's check hung up a
+/// healthy call (a live torture run: a hold without Session-Expires).
 pub(super) fn answer_headers(
     resp: &Response,
     request: &TimerAsk,
     kept: Option<u32>,
     uas_ok: bool,
+    refresher_asking: bool,
 ) -> Vec<(&'static str, String)> {
     let supports = request.supports;
     let asked = request.session_expires.filter(|_| supports);
     let mut out = Vec::new();
-    if !supports && request.sent.is_none() {
+    if !supports && request.sent.is_none() && !refresher_asking {
         return out;
     }
     if let Some(se) = header(resp, "Session-Expires").filter(|v| parse(v).is_some()) {
@@ -111,6 +118,13 @@ pub(super) fn answer_headers(
         } else {
             out.push(("Session-Expires", format!("{interval};refresher=uac")));
             out.push(("Require", "timer".into()));
+        }
+    } else if let (true, None, Some(kept)) = (refresher_asking, &request.sent, kept) {
+        if supports {
+            out.push(("Session-Expires", format!("{kept};refresher=uac")));
+            out.push(("Require", "timer".into()));
+        } else {
+            out.push(("Session-Expires", format!("{kept};refresher=uas")));
         }
     }
     out
@@ -145,8 +159,11 @@ pub(super) struct SessionTimer {
     /// (`refresher=uac` in its 2xx, where the request named it `uas`: RFC 4028 9
     /// wants that kept, not every callee does): the node refreshes the callee's leg
     /// as well, right after each of its refreshes of the caller's that went through
-    /// (see [`Call::refresh_callee`]). Only while the node refreshes (`by_node`).
-    /// Checkpointed.
+    /// (see [`Call::refresh_callee`]); where the caller refreshes instead, its
+    /// refreshes reach the callee through the node, which names itself to the callee
+    /// the same way (and refreshes the callee once more when the caller takes the
+    /// part, which would otherwise leave the callee's leg a whole interval without a
+    /// refresh: a live torture run). Checkpointed.
     pub callee_by_node: bool,
     /// The node's refreshes of the callee's leg refused since the last that went
     /// through (see [`Call::callee_refresh_refused`]).
@@ -201,7 +218,7 @@ pub(super) fn timer_role(
         Side::A if caller_refreshes => Some("uas"),
         Side::A => Some("uac"),
         Side::B if callee_refreshes(by_node, caller_refreshes) => Some("uas"),
-        Side::B if by_node && callee_by_node => Some("uac"),
+        Side::B if callee_by_node => Some("uac"),
         Side::B => None,
     }
 }
@@ -255,7 +272,7 @@ fn refresh(
         min_se: session.and_then(|s| s.min_se),
         caller_refreshes: session.is_some_and(|s| s.caller_refreshes),
         callee_min_se: session.and_then(|s| s.callee_min_se),
-        callee_by_node: by_node && session.is_some_and(|s| s.callee_by_node),
+        callee_by_node: session.is_some_and(|s| s.callee_by_node),
         callee_refusals: 0,
     });
 }
@@ -283,6 +300,9 @@ impl Call {
                 self.restart_session(a.interval, Some(a.by_node));
                 // `Require: timer` goes with `refresher=uac`: the caller refreshes.
                 self.caller_told(Some(a.require));
+                if let Some(s) = self.session.as_mut() {
+                    s.callee_by_node = a.callee_by_node;
+                }
             }
             None => self.a.respond(&ep, 200, sdp),
         }
@@ -478,10 +498,16 @@ impl Call {
             .and_then(parse)
             .map(|s| s.refresher);
         let callee_refreshes = refresher == Some(Some(Refresher::Uas));
-        self.on_refresh_answer(resp, Some(!callee_refreshes));
-        self.caller_told(Some(false));
+        if !callee_refreshes && self.session.is_some_and(|s| s.caller_refreshes) {
+            // The caller refreshes, and its refreshes reach the callee through the
+            // node: so it goes on.
+            self.on_refresh_answer(resp, None);
+        } else {
+            self.on_refresh_answer(resp, Some(!callee_refreshes));
+            self.caller_told(Some(false));
+        }
         if let Some(s) = self.session.as_mut() {
-            s.callee_by_node = s.by_node && refresher == Some(Some(Refresher::Uac));
+            s.callee_by_node = refresher == Some(Some(Refresher::Uac));
         }
     }
 
@@ -508,7 +534,7 @@ impl Call {
     pub(super) fn refresh_callee(&mut self, generation: u32) {
         let due = self
             .session
-            .is_some_and(|s| s.generation == generation && s.by_node && s.callee_by_node);
+            .is_some_and(|s| s.generation == generation && s.callee_by_node);
         if !due || self.phase != Phase::Answered || self.judging {
             return;
         }
@@ -526,8 +552,10 @@ impl Call {
     /// The callee refused the node's refresh of its leg (not 408 or 481, which end
     /// the session; a 422 for the timer was followed first): sent again after
     /// [`after_refusal`]'s wait, at most [`REFRESH_TRIES`] times in a row, each before
-    /// the callee's check would come. It was never sent again, and the callee, left
-    /// unrefreshed, hung up at its interval (a review).
+    /// the callee's check would come, then the session ends as expired. It was never
+    /// sent again, and the callee, left unrefreshed, hung up at its interval (a
+    /// review); then sent again without end while the caller's leg kept the call
+    /// alive (a live torture run).
     pub(super) fn callee_refresh_refused(&mut self, resp: &Response) {
         let Some(s) = self.session.as_mut() else {
             return;
@@ -540,11 +568,11 @@ impl Call {
             }
             AfterRefusal::After(wait) => wait,
             AfterRefusal::Longer(_) | AfterRefusal::GiveUp => {
-                tracing::info!(
-                    code,
-                    "the callee refuses the node's refresh of its leg; left to its own check"
-                );
-                return;
+                // The callee's leg goes unrefreshed: its session ends (RFC 4028 10),
+                // here rather than by the callee's BYE, or never where the callee
+                // keeps refusing without one (a live torture run).
+                tracing::info!(code, "the callee refuses the node's refresh of its leg");
+                return self.expire_session("the callee refuses the node's refreshes");
             }
         };
         let generation = s.generation;
@@ -725,7 +753,8 @@ mod tests {
             // Nobody refreshes toward the callee: it hears nothing.
             (Side::B, true, false, false, None),
             (Side::B, false, true, false, None),
-            (Side::B, false, true, true, None),
+            // The caller refreshes through the node, which named itself to the callee.
+            (Side::B, false, true, true, Some("uac")),
             // The node refreshes both legs (the callee answered `uac`).
             (Side::B, true, false, true, Some("uac")),
         ];
@@ -934,7 +963,7 @@ mod tests {
         for (extra, asked, interval, want) in rows {
             let request = if *asked { &asking } else { &silent };
             assert_eq!(
-                &answer_headers(&ok(extra), request, *interval, true),
+                &answer_headers(&ok(extra), request, *interval, true, false),
                 want,
                 "{extra:?}"
             );
@@ -942,10 +971,13 @@ mod tests {
         // Asked by a sender that said nothing of `Supported: timer`: not made refresher;
         // asked for less than the node keeps: that.
         let unable = TimerAsk::of(&invite("Session-Expires: 1800\r\n"));
-        assert_eq!(answer_headers(&ok(""), &unable, Some(1800), true), vec![]);
+        assert_eq!(
+            answer_headers(&ok(""), &unable, Some(1800), true, false),
+            vec![]
+        );
         let shorter = TimerAsk::of(&invite("Session-Expires: 900\r\nSupported: timer\r\n"));
         assert_eq!(
-            answer_headers(&ok(""), &shorter, Some(1800), true),
+            answer_headers(&ok(""), &shorter, Some(1800), true, false),
             vec![
                 own("Session-Expires", "900;refresher=uac"),
                 own("Require", "timer")
@@ -957,10 +989,49 @@ mod tests {
             "Session-Expires: 1800;refresher=uas\r\nSupported: timer\r\n",
         ));
         assert_eq!(
-            answer_headers(&ok(""), &by_node, Some(1800), true),
+            answer_headers(&ok(""), &by_node, Some(1800), true, false),
             vec![own("Session-Expires", "1800;refresher=uas")]
         );
-        assert_eq!(answer_headers(&ok(""), &by_node, Some(1800), false), vec![]);
+        assert_eq!(
+            answer_headers(&ok(""), &by_node, Some(1800), false, false),
+            vec![]
+        );
+        // The caller, the session's refresher, asked nothing (a hold without
+        // Session-Expires): told the session's, going on refreshing where it says it
+        // can, else the node takes the part; a 2xx with a timer of its own passes.
+        let silent_able = TimerAsk::of(&invite("Supported: timer\r\n"));
+        let rows: &[(&TimerAsk, &str, Vec<(&'static str, String)>)] = &[
+            (
+                &silent_able,
+                "",
+                vec![
+                    own("Session-Expires", "1800;refresher=uac"),
+                    own("Require", "timer"),
+                ],
+            ),
+            (
+                &silent,
+                "",
+                vec![own("Session-Expires", "1800;refresher=uas")],
+            ),
+            (
+                &silent_able,
+                "Session-Expires: 600;refresher=uas\r\n",
+                vec![own("Session-Expires", "600;refresher=uas")],
+            ),
+        ];
+        for (request, extra, want) in rows {
+            assert_eq!(
+                &answer_headers(&ok(extra), request, Some(1800), true, true),
+                want,
+                "{extra:?}"
+            );
+            assert_eq!(
+                answer_headers(&ok(extra), request, None, true, true).is_empty(),
+                extra.is_empty(),
+                "no session kept: {extra:?}"
+            );
+        }
     }
 
     /// Only session headers that parse go to the other leg.

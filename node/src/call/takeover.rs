@@ -340,7 +340,7 @@ impl Call {
             let caller = answered.session_caller_refreshes;
             self.caller_told(Some(caller.unwrap_or(!answered.session_by_node)));
             if let Some(s) = self.session.as_mut() {
-                s.callee_by_node = answered.session_by_node && answered.session_callee_by_node;
+                s.callee_by_node = answered.session_callee_by_node;
                 s.callee_min_se = answered.session_callee_min_se;
             }
         }

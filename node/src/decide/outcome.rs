@@ -7,7 +7,10 @@
 //! proxy forking one request at a global failure, but each destination here is a new
 //! call of the node's to another phone (the shop's line, then the owner's mobile), and
 //! one phone's decline is not the advertiser's. A callee that cannot take the session
-//! (488, 606) is answered 488 upstream, so the caller's carrier can offer another.
+//! (488, 606) is answered 488 upstream, so the caller's carrier can offer another; one
+//! refusing the caller's session interval (422) is answered 422, so the caller can
+//! ask again with the callee's Min-SE (RFC 4028 7.3: the node passes the caller's
+//! Session-Expires on and may not answer with a longer one, 9).
 
 use tsunagu_store::CallResult;
 
@@ -61,6 +64,7 @@ pub fn classify(f: Failure) -> (CallResult, u16) {
             403 | 603 => (CallResult::Rejected, 603),
             404 | 410 | 484 | 604 => (CallResult::Failed, 404),
             488 | 606 => (CallResult::Failed, 488),
+            422 => (CallResult::Failed, 422),
             _ => (CallResult::Failed, 502),
         },
     }
@@ -92,6 +96,7 @@ mod tests {
 
     #[test]
     fn not_acceptable_goes_upstream_as_488() {
+        assert_eq!(classify(Status(422)), (Failed, 422));
         for code in [488, 606] {
             assert_eq!(classify(Status(code)), (Failed, 488), "{code}");
         }

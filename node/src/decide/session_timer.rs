@@ -54,8 +54,14 @@ pub struct Agreed {
     pub require: bool,
     pub interval: u32,
     /// The node refreshes the caller's leg itself: the caller asked `refresher=uas`
-    /// and the callee does no session timers (so none of its refreshes comes to relay).
+    /// and the callee does no session timers (so none of its refreshes comes to relay),
+    /// or names the node's side too.
     pub by_node: bool,
+    /// The node refreshes the callee's leg as well: the caller asked `refresher=uas`
+    /// and the callee's 200 names the node's side (`uac`, or no refresher): both legs
+    /// wait for the node. The caller was told `uac` (RFC 4028 9 keeps the request's
+    /// `uas`), could not refresh, and the session expired (a live torture run).
+    pub callee_by_node: bool,
 }
 
 /// Decides the caller's session timer from the caller's request (Session-Expires, and
@@ -76,6 +82,11 @@ pub fn agree(
         return None;
     }
     let (interval, refresher, by_node) = match (callee.and_then(parse), request.and_then(parse)) {
+        (Some(c), Some(r))
+            if r.refresher == Some(Refresher::Uas) && c.refresher != Some(Refresher::Uas) =>
+        {
+            (c.interval, Refresher::Uas, true)
+        }
         (Some(c), _) => (c.interval, c.refresher.unwrap_or(Refresher::Uac), false),
         // The caller's choice stands (RFC 4028 9); none named, the caller refreshes.
         (None, Some(r)) => {
@@ -94,6 +105,7 @@ pub fn agree(
         require: refresher == Refresher::Uac,
         interval,
         by_node,
+        callee_by_node: by_node && callee.and_then(parse).is_some(),
     })
 }
 
@@ -250,6 +262,20 @@ mod tests {
                 Some("1800;refresher=uas"),
                 Some(("1800;refresher=uas", false, 1800, false)),
             ),
+            // The callee names the node's side too: the caller keeps `uas`, and the
+            // node refreshes both legs (see the row check below).
+            (
+                Some("1800;refresher=uas"),
+                true,
+                Some("900;refresher=uac"),
+                Some(("900;refresher=uas", false, 900, true)),
+            ),
+            (
+                Some("1800;refresher=uas"),
+                true,
+                Some("900"),
+                Some(("900;refresher=uas", false, 900, true)),
+            ),
             (
                 Some("1800;refresher=uac"),
                 true,
@@ -286,6 +312,15 @@ mod tests {
         ];
         for (req, supports, callee, want) in rows {
             let got = agree(*req, *supports, *callee, 90);
+            // The node refreshes the callee's leg where it refreshes the caller's
+            // while the callee named a timer.
+            if let Some(a) = &got {
+                assert_eq!(
+                    a.callee_by_node,
+                    a.by_node && callee.is_some(),
+                    "{req:?} {callee:?}"
+                );
+            }
             let got = got
                 .as_ref()
                 .map(|a| (a.header.as_str(), a.require, a.interval, a.by_node));
