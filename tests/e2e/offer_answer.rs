@@ -997,13 +997,17 @@ fn a_callee_naming_the_node_its_refresher_is_refreshed_by_the_node() {
 /// The caller asks the node to refresh (`refresher=uas`) and the callee's 200 names
 /// the node's side too (`uac`): the caller keeps `uas` (RFC 4028 9) and the node
 /// refreshes both legs, the caller's then the callee's. It told the caller `uac`,
-/// which could not refresh, and the session expired (a live torture run). When the
-/// caller then takes the part (its 2xx says `uas`), the callee is refreshed once more
-/// at once: left to the caller's first refresh, its leg went a whole interval
-/// without one (the same run).
+/// which could not refresh, and the session expired (a live torture run). The same
+/// for the caller's hold asking `uas` again, answered `uac` (passed on as written, it
+/// broke RFC 4028 9 and stopped the node's refreshes: a review). When the caller then
+/// takes the part (its 2xx to the node's refresh says `uas`), the callee gets a
+/// re-INVITE at once (left to the caller's first refresh, its leg went a whole
+/// interval without one: the torture run), and the caller's hold without a timer is
+/// answered with the session's (`uac`, `Require: timer`).
 #[test]
 fn a_caller_asking_the_node_to_refresh_keeps_it_when_the_callee_names_the_node_too() {
     let uac = "Session-Expires: 4;refresher=uac\n";
+    let uas = "Session-Expires: 4;refresher=uas\n";
     let call_id = "both-name-the-node";
     let ShortSession {
         _node,
@@ -1011,13 +1015,37 @@ fn a_caller_asking_the_node_to_refresh_keeps_it_when_the_callee_names_the_node_t
         caller,
         node_tag,
         ..
-    } = short_session_call(
-        call_id,
-        "Session-Expires: 4;refresher=uas\n",
-        uac,
-        "4;refresher=uas",
-    );
+    } = short_session_call(call_id, uas, uac, "4;refresher=uas");
     let session = sdp(4002);
+    // The caller's hold asks `uas` again; the callee answers `uac`: the caller is
+    // answered `uas`.
+    let hold = crate::dialogs::caller_offer(
+        &caller,
+        "INVITE",
+        call_id,
+        &node_tag,
+        2,
+        uas,
+        &caller_hold(),
+    );
+    caller.send(&hold);
+    let relayed = callee.expect("INVITE ");
+    assert_eq!(
+        header(&relayed, "Session-Expires"),
+        Some("4;refresher=uas"),
+        "{relayed}"
+    );
+    let held = sdp(4002).replace(" 2 2 IN", " 2 3 IN") + "a=recvonly\r\n";
+    callee.respond_with("calleetag", &relayed, "200 OK", uac, &held);
+    callee.expect("ACK ");
+    let ok = caller.final_response();
+    assert_eq!(
+        header(&ok, "Session-Expires"),
+        Some("4;refresher=uas"),
+        "{ok}"
+    );
+    assert_eq!(header(&ok, "Require"), None, "{ok}");
+    caller.ack_cseq(call_id, &node_tag, 2);
     // The node refreshes the caller, then the callee.
     let refresh = reinvite_at(&caller);
     assert_eq!(
@@ -1033,40 +1061,46 @@ fn a_caller_asking_the_node_to_refresh_keeps_it_when_the_callee_names_the_node_t
         Some("4;refresher=uac"),
         "{callee_refresh}"
     );
-    callee.respond_with("calleetag", &callee_refresh, "200 OK", uac, &session);
+    callee.respond_with("calleetag", &callee_refresh, "200 OK", uac, &held);
     callee.expect("ACK ");
-    // The caller takes the part: the callee is refreshed once more, at once.
+    // The caller takes the part: the callee gets a re-INVITE at once (without a timer:
+    // the caller's refreshes reach it from now on).
     let refresh = reinvite_at(&caller);
-    caller.send(&caller_ok(
-        &caller,
-        &refresh,
-        "Session-Expires: 4;refresher=uas\n",
-    ));
+    caller.send(&caller_ok(&caller, &refresh, uas));
     nodes_ack(&caller);
     let callee_refresh = callee.expect_within("INVITE ", Duration::from_millis(500));
     assert_eq!(
         header(&callee_refresh, "Session-Expires"),
-        Some("4;refresher=uac"),
+        None,
         "{callee_refresh}"
     );
-    callee.respond_with("calleetag", &callee_refresh, "200 OK", uac, &session);
+    callee.respond_with("calleetag", &callee_refresh, "200 OK", "", &held);
     callee.expect("ACK ");
-    // From then on the caller's refreshes reach the callee, naming the node's side.
-    let own =
-        crate::dialogs::caller_offer(&caller, "INVITE", call_id, &node_tag, 2, uac, CALLER_SDP);
-    caller.send(&own);
-    let relayed = callee.expect("INVITE ");
-    assert_eq!(
-        header(&relayed, "Session-Expires"),
-        Some("4;refresher=uac"),
-        "{relayed}"
+    // The refreshing caller's resume without a timer: answered with the session's.
+    let resume = crate::dialogs::caller_offer(
+        &caller,
+        "INVITE",
+        call_id,
+        &node_tag,
+        3,
+        "Supported: timer\n",
+        &CALLER_SDP.replace(" 1 1 IN", " 1 3 IN"),
     );
-    callee.respond_with("calleetag", &relayed, "200 OK", uac, &session);
+    caller.send(&resume);
+    let relayed = callee.expect("INVITE ");
+    assert_eq!(header(&relayed, "Session-Expires"), None, "{relayed}");
+    callee.respond_with("calleetag", &relayed, "200 OK", "", &session);
     callee.expect("ACK ");
     let ok = caller.final_response();
     assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
-    caller.ack_cseq(call_id, &node_tag, 2);
-    hang_up(&caller, &callee, call_id, &node_tag, 3);
+    assert_eq!(
+        header(&ok, "Session-Expires"),
+        Some("4;refresher=uac"),
+        "{ok}"
+    );
+    assert_eq!(header(&ok, "Require"), Some("timer"), "{ok}");
+    caller.ack_cseq(call_id, &node_tag, 3);
+    hang_up(&caller, &callee, call_id, &node_tag, 4);
 }
 
 /// A callee the node refreshes refuses every refresh of its leg (503): sent again

@@ -275,10 +275,21 @@ impl Call {
             _ => result,
         };
         // A callee's 422 reaches the caller with its Min-SE, where the caller asked an
-        // interval (it is the caller's, passed on); otherwise it is the node's 502.
+        // interval below it (it is the caller's, passed on) and the Min-SE is one the
+        // node would follow itself (at most two hours); otherwise it is the node's 502.
+        let asked = self
+            .a_view
+            .session_expires
+            .as_deref()
+            .and_then(crate::decide::session_timer::parse)
+            .map(|s| s.interval);
         let min_se = self
             .callee_min_se
-            .filter(|_| upstream == 422 && self.a_view.session_expires.is_some())
+            .filter(|min| {
+                upstream == 422
+                    && asked.is_some_and(|asked| asked < *min)
+                    && *min <= crate::decide::session_timer::MAX_MIN_SE
+            })
             .map(|m| m.to_string());
         let upstream = if upstream == 422 && min_se.is_none() {
             502

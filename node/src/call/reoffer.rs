@@ -629,6 +629,7 @@ impl Call {
                 // caller (through the node) toward the callee, unless the node
                 // refreshes the caller itself.
                 p.from == Side::A || self.session.is_some_and(|s| !s.by_node),
+                p.from == Side::A,
                 p.from == Side::A && self.session.is_some_and(|s| s.caller_refreshes),
             )
         };
@@ -653,11 +654,20 @@ impl Call {
                         .find(|(name, _)| *name == "Session-Expires" && p.from == Side::A)
                         .map(|(_, v)| v.as_str())
                 });
-                let (by_node, caller) = self.refresher_after(p.from, &resp, &timer);
+                let (by_node, caller, callee_by_node) = self.refresher_after(p.from, &resp, &timer);
                 self.renew_session(told, by_node);
                 self.caller_told(caller);
+                if let (Some(s), Some(both)) = (self.session.as_mut(), callee_by_node) {
+                    s.callee_by_node = both;
+                }
                 if p.from == Side::B {
-                    self.callee_may_refresh_itself(&resp);
+                    let told = header(&resp, "Session-Expires").or_else(|| {
+                        timer
+                            .iter()
+                            .find(|(name, _)| *name == "Session-Expires")
+                            .map(|(_, v)| v.as_str())
+                    });
+                    self.callee_may_refresh_itself(told);
                 }
             }
             std::iter::once(("Contact", contact.as_str()))

@@ -86,7 +86,8 @@ impl TimerAsk {
 /// see [`SessionTimer::callee_by_node`]). A sender that neither asked nor said
 /// `Supported: timer` hears nothing of timers, unless it is the caller and the
 /// session's refresher (`refresher_asking`): a request of its without
-/// Session-Expires gets the session's in the 2xx (RFC 4028 9 lets the UAS add one),
+/// Session-Expires (or with one but without `Supported: timer`) gets the session's
+/// in the 2xx (RFC 4028 9 lets the UAS add one),
 /// `uac` with `Require: timer` where it says `Supported: timer` (it goes on
 /// refreshing), else `uas` (the node takes the part); told nothing, the caller reads
 /// "no expiration" (RFC 4028 7.2), stops refreshing, and the node's check hung up a
@@ -96,6 +97,7 @@ pub(super) fn answer_headers(
     request: &TimerAsk,
     kept: Option<u32>,
     uas_ok: bool,
+    from_caller: bool,
     refresher_asking: bool,
 ) -> Vec<(&'static str, String)> {
     let supports = request.supports;
@@ -104,7 +106,21 @@ pub(super) fn answer_headers(
     if !supports && request.sent.is_none() && !refresher_asking {
         return out;
     }
-    if let Some(se) = header(resp, "Session-Expires").filter(|v| parse(v).is_some()) {
+    let answered = header(resp, "Session-Expires").filter(|v| parse(v).is_some());
+    if let (Some(se), Some(sent)) = (answered.and_then(parse), request.session_expires) {
+        if from_caller
+            && se.refresher != Some(Refresher::Uas)
+            && (sent.refresher == Some(Refresher::Uas) || !supports)
+        {
+            // The caller asked the node's side to refresh (or cannot refresh: no
+            // `Supported: timer`) and the callee names the node's side too: the
+            // caller is answered `uas` (RFC 4028 9), the node refreshes both legs
+            // (see `Call::refresher_after`). Passed on as written it read `uac`.
+            out.push(("Session-Expires", format!("{};refresher=uas", se.interval)));
+            return out;
+        }
+    }
+    if let Some(se) = answered {
         out.push(("Session-Expires", se.to_string()));
         if has_option_tag(resp, "Require", "timer") {
             out.push(("Require", "timer".into()));
@@ -119,8 +135,10 @@ pub(super) fn answer_headers(
             out.push(("Session-Expires", format!("{interval};refresher=uac")));
             out.push(("Require", "timer".into()));
         }
-    } else if let (true, None, Some(kept)) = (refresher_asking, &request.sent, kept) {
-        if supports {
+    } else if let (true, None, Some(kept)) = (refresher_asking, asked, kept) {
+        // (A request naming an interval without `Supported: timer` cannot be made
+        // the refresher either: the node takes the part.)
+        if supports && request.sent.is_none() {
             out.push(("Session-Expires", format!("{kept};refresher=uac")));
             out.push(("Require", "timer".into()));
         } else {
@@ -218,7 +236,7 @@ pub(super) fn timer_role(
         Side::A if caller_refreshes => Some("uas"),
         Side::A => Some("uac"),
         Side::B if callee_refreshes(by_node, caller_refreshes) => Some("uas"),
-        Side::B if callee_by_node => Some("uac"),
+        Side::B if by_node && callee_by_node => Some("uac"),
         Side::B => None,
     }
 }
@@ -498,25 +516,21 @@ impl Call {
             .and_then(parse)
             .map(|s| s.refresher);
         let callee_refreshes = refresher == Some(Some(Refresher::Uas));
-        if !callee_refreshes && self.session.is_some_and(|s| s.caller_refreshes) {
-            // The caller refreshes, and its refreshes reach the callee through the
-            // node: so it goes on.
-            self.on_refresh_answer(resp, None);
-        } else {
-            self.on_refresh_answer(resp, Some(!callee_refreshes));
-            self.caller_told(Some(false));
-        }
+        self.on_refresh_answer(resp, Some(!callee_refreshes));
+        self.caller_told(Some(false));
         if let Some(s) = self.session.as_mut() {
-            s.callee_by_node = refresher == Some(Some(Refresher::Uac));
+            // A timer without a refresher names the node's side, as in `agree`.
+            s.callee_by_node = matches!(refresher, Some(None | Some(Refresher::Uac)));
         }
     }
 
-    /// The caller's 2xx `resp` to a refresh of the callee's own, passed on: where it
-    /// names the callee the refresher (`uac`, that request's UAC), the node no longer
-    /// refreshes the callee's leg (it went on re-INVITEing a callee that refreshed
-    /// itself: a review).
-    pub(super) fn callee_may_refresh_itself(&mut self, resp: &Response) {
-        let callee = header(resp, "Session-Expires")
+    /// The callee's own refresh was answered 2xx naming `told` (the Session-Expires
+    /// the callee got: the caller's, or the one the node wrote): where it names the
+    /// callee the refresher (`uac`, that request's UAC), the node no longer refreshes
+    /// the callee's leg (it went on re-INVITEing a callee that refreshed itself: a
+    /// review).
+    pub(super) fn callee_may_refresh_itself(&mut self, told: Option<&str>) {
+        let callee = told
             .and_then(parse)
             .is_some_and(|s| s.refresher == Some(Refresher::Uac));
         if let (true, Some(s)) = (callee, self.session.as_mut()) {
@@ -581,7 +595,10 @@ impl Call {
 
     /// Who refreshes the caller's leg after a refresh relayed from `from` was answered
     /// `resp` and its sender told `passed` (see [`answer_headers`]): (whether the node
-    /// does, whether the caller does; None: unchanged). From the caller: a callee
+    /// does, whether the caller does, whether the node refreshes the callee's leg
+    /// too; None: unchanged). From the caller: a caller that asked the node's side
+    /// to refresh and was told so while the callee named the node's side as well has
+    /// the node refresh both legs (RFC 4028 9: the caller keeps `uas`); a callee
     /// answering with its own timer refreshes, or has the caller refresh (its
     /// refreshes reach the caller through the node, the caller's reach it); a caller
     /// named `uas` in a 2xx the node wrote has the node refresh, one named `uac`
@@ -592,29 +609,33 @@ impl Call {
         from: Side,
         resp: &Response,
         passed: &[(&'static str, String)],
-    ) -> (Option<bool>, Option<bool>) {
+    ) -> (Option<bool>, Option<bool>, Option<bool>) {
         let refresher = |v: &str| parse(v).map(|s| s.refresher);
         if from == Side::B {
             let caller = header(resp, "Session-Expires")
                 .and_then(refresher)
                 .map(|r| r == Some(Refresher::Uas));
-            return (None, caller);
-        }
-        if let Some(r) = header(resp, "Session-Expires").and_then(refresher) {
-            // Passed on as it is: `uac` names the caller's side (the caller,
-            // through the node), `uas` the callee.
-            return (Some(false), Some(r == Some(Refresher::Uac)));
+            return (None, caller, None);
         }
         let told = passed
             .iter()
             .find(|(name, _)| *name == "Session-Expires")
             .and_then(|(_, v)| parse(v));
-        match told {
-            Some(s) => {
-                let by_node = s.refresher == Some(Refresher::Uas);
-                (Some(by_node), Some(!by_node))
+        let answered = header(resp, "Session-Expires").and_then(refresher);
+        match (answered, told) {
+            (Some(r), Some(t))
+                if t.refresher == Some(Refresher::Uas) && r != Some(Refresher::Uas) =>
+            {
+                (Some(true), Some(false), Some(true))
             }
-            None => (None, None),
+            // Passed on as it is: `uac` names the caller's side (the caller,
+            // through the node), `uas` the callee.
+            (Some(r), _) => (Some(false), Some(r == Some(Refresher::Uac)), Some(false)),
+            (None, Some(s)) => {
+                let by_node = s.refresher == Some(Refresher::Uas);
+                (Some(by_node), Some(!by_node), None)
+            }
+            (None, None) => (None, None, None),
         }
     }
 
@@ -753,8 +774,9 @@ mod tests {
             // Nobody refreshes toward the callee: it hears nothing.
             (Side::B, true, false, false, None),
             (Side::B, false, true, false, None),
-            // The caller refreshes through the node, which named itself to the callee.
-            (Side::B, false, true, true, Some("uac")),
+            // The caller refreshes: its refreshes reach the callee as they are, and
+            // the node's requests say nothing of timers.
+            (Side::B, false, true, true, None),
             // The node refreshes both legs (the callee answered `uac`).
             (Side::B, true, false, true, Some("uac")),
         ];
@@ -963,7 +985,7 @@ mod tests {
         for (extra, asked, interval, want) in rows {
             let request = if *asked { &asking } else { &silent };
             assert_eq!(
-                &answer_headers(&ok(extra), request, *interval, true, false),
+                &answer_headers(&ok(extra), request, *interval, true, true, false),
                 want,
                 "{extra:?}"
             );
@@ -972,12 +994,12 @@ mod tests {
         // asked for less than the node keeps: that.
         let unable = TimerAsk::of(&invite("Session-Expires: 1800\r\n"));
         assert_eq!(
-            answer_headers(&ok(""), &unable, Some(1800), true, false),
+            answer_headers(&ok(""), &unable, Some(1800), true, true, false),
             vec![]
         );
         let shorter = TimerAsk::of(&invite("Session-Expires: 900\r\nSupported: timer\r\n"));
         assert_eq!(
-            answer_headers(&ok(""), &shorter, Some(1800), true, false),
+            answer_headers(&ok(""), &shorter, Some(1800), true, true, false),
             vec![
                 own("Session-Expires", "900;refresher=uac"),
                 own("Require", "timer")
@@ -989,11 +1011,11 @@ mod tests {
             "Session-Expires: 1800;refresher=uas\r\nSupported: timer\r\n",
         ));
         assert_eq!(
-            answer_headers(&ok(""), &by_node, Some(1800), true, false),
+            answer_headers(&ok(""), &by_node, Some(1800), true, true, false),
             vec![own("Session-Expires", "1800;refresher=uas")]
         );
         assert_eq!(
-            answer_headers(&ok(""), &by_node, Some(1800), false, false),
+            answer_headers(&ok(""), &by_node, Some(1800), false, false, false),
             vec![]
         );
         // The caller, the session's refresher, asked nothing (a hold without
@@ -1022,12 +1044,12 @@ mod tests {
         ];
         for (request, extra, want) in rows {
             assert_eq!(
-                &answer_headers(&ok(extra), request, Some(1800), true, true),
+                &answer_headers(&ok(extra), request, Some(1800), true, true, true),
                 want,
                 "{extra:?}"
             );
             assert_eq!(
-                answer_headers(&ok(extra), request, None, true, true).is_empty(),
+                answer_headers(&ok(extra), request, None, true, true, true).is_empty(),
                 extra.is_empty(),
                 "no session kept: {extra:?}"
             );

@@ -312,19 +312,28 @@ mod tests {
         ];
         for (req, supports, callee, want) in rows {
             let got = agree(*req, *supports, *callee, 90);
-            // The node refreshes the callee's leg where it refreshes the caller's
-            // while the callee named a timer.
-            if let Some(a) = &got {
-                assert_eq!(
-                    a.callee_by_node,
-                    a.by_node && callee.is_some(),
-                    "{req:?} {callee:?}"
-                );
-            }
             let got = got
                 .as_ref()
                 .map(|a| (a.header.as_str(), a.require, a.interval, a.by_node));
             assert_eq!(got, *want, "{req:?} {supports} {callee:?}");
+        }
+    }
+
+    /// Where the node refreshes the callee's leg too: the caller asked the node's side
+    /// (`uas`) and the callee named it as well (`uac`, or no refresher).
+    #[test]
+    fn the_node_refreshes_the_callee_where_both_name_it() {
+        let rows = [
+            (Some("1800;refresher=uas"), Some("900;refresher=uac"), true),
+            (Some("1800;refresher=uas"), Some("900"), true),
+            (Some("1800;refresher=uas"), Some("900;refresher=uas"), false),
+            (Some("1800;refresher=uas"), None, false),
+            (Some("1800"), Some("900;refresher=uac"), false),
+            (Some("1800;refresher=uac"), Some("900;refresher=uac"), false),
+        ];
+        for (req, callee, want) in rows {
+            let a = agree(req, true, callee, 90).expect("a timer");
+            assert_eq!(a.callee_by_node, want, "{req:?} {callee:?}");
         }
     }
 
