@@ -783,19 +783,22 @@ fn a_silent_callee_is_left_at_its_ring_time_and_its_late_answers_are_answered() 
 /// stopped refreshing, and the node's check hung the call up: a review.)
 #[test]
 fn a_callee_s_re_invite_reaches_the_caller_with_the_session_s_timer() {
-    re_invite_to_a_caller_with_a_timer(None, "1800;refresher=uac", "1800;refresher=uas");
+    re_invite_to_a_caller_with_a_timer(None, "1800;refresher=uac", "1800;refresher=uas", None);
 }
 
 /// The same with a callee that refreshes (its 200 says `refresher=uas`, passed on to
 /// the caller as it is): the node's re-INVITE to the caller names the node's side
 /// (`uac`), whose refreshes (the callee's, passed on) reach the caller. It named the
-/// caller, which then refreshed too (a review).
+/// caller, which then refreshed too (a review). The callee's 200 names the node the
+/// refresher (`uas`: its hold said no `Supported: timer`); it said nothing, the
+/// callee's timer went off, and nobody refreshed (a later review).
 #[test]
 fn a_callee_that_refreshes_stays_the_refresher_in_the_node_s_re_invites() {
     re_invite_to_a_caller_with_a_timer(
         Some("1800;refresher=uas"),
         "1800;refresher=uas",
         "1800;refresher=uac",
+        Some("1800;refresher=uas"),
     );
 }
 
@@ -1194,6 +1197,68 @@ fn a_refreshing_caller_s_hold_without_a_timer_keeps_the_session() {
     hang_up(&caller, &callee, call_id, &node_tag, 3);
 }
 
+/// A callee that refreshes puts the call on hold with a re-INVITE without a timer
+/// (nor `Supported: timer`): the node adds the session's toward the caller, and the
+/// callee's 200 carries it too, naming the node (`uas`: the callee cannot refresh),
+/// which refreshes the caller from then on. The callee's 200 carried nothing (its
+/// timer off), the caller had been told the node's side refreshes, nobody refreshed,
+/// and the node's check hung the call up (a review).
+#[test]
+fn a_refreshing_callee_s_hold_without_a_timer_keeps_the_session() {
+    let call_id = "callee-hold-without-timer";
+    let ShortSession {
+        ports,
+        _node,
+        callee,
+        caller,
+        node_tag,
+        forwarded,
+    } = short_session_call(
+        call_id,
+        "Session-Expires: 4\n",
+        "Session-Expires: 4;refresher=uas\n",
+        "4;refresher=uas",
+    );
+    let hold = callee_holds(ports, &callee, &forwarded);
+    let relayed = reinvite_at(&caller);
+    assert_eq!(
+        header(&relayed, "Session-Expires"),
+        Some("4;refresher=uac"),
+        "{relayed}"
+    );
+    caller.send(&caller_ok(
+        &caller,
+        &relayed,
+        "Session-Expires: 4;refresher=uac\n",
+    ));
+    nodes_ack(&caller);
+    let ok = final_at(&callee);
+    assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
+    assert_eq!(
+        header(&ok, "Session-Expires"),
+        Some("4;refresher=uas"),
+        "{ok}"
+    );
+    assert_eq!(header(&ok, "Require"), None, "{ok}");
+    callee.send(&crate::dialogs::on_branch(&hold, "ACK", None));
+    let next = std::iter::from_fn(|| caller.recv(Duration::from_secs(5)))
+        .find(|m| m.starts_with("INVITE ") || m.starts_with("BYE "))
+        .expect("a refresh or a BYE");
+    assert!(next.starts_with("INVITE "), "the node refreshes: {next}");
+    assert_eq!(
+        header(&next, "Session-Expires"),
+        Some("4;refresher=uac"),
+        "{next}"
+    );
+    caller.send(&caller_ok(
+        &caller,
+        &next,
+        "Session-Expires: 4;refresher=uac\n",
+    ));
+    nodes_ack(&caller);
+    hang_up(&caller, &callee, call_id, &node_tag, 2);
+}
+
 /// A callee that refreshes refuses the session's interval (422, Min-SE 3600) and
 /// then, glaring, the hold sent again without a timer (491). The caller's next offer
 /// reaches it without a timer too (its floor is remembered), and its 200 without one
@@ -1468,8 +1533,14 @@ fn final_at(callee: &Callee) -> String {
 
 /// A caller asking `Session-Expires: 1800`; the callee answering with `callee_timer`
 /// (if any); the caller's 200 naming `told`; the callee's re-INVITE without a timer
-/// reaching the caller with `in_reinvite`.
-fn re_invite_to_a_caller_with_a_timer(callee_timer: Option<&str>, told: &str, in_reinvite: &str) {
+/// reaching the caller with `in_reinvite`, and its 200 with `callee_told` (None:
+/// nothing of timers).
+fn re_invite_to_a_caller_with_a_timer(
+    callee_timer: Option<&str>,
+    told: &str,
+    in_reinvite: &str,
+    callee_told: Option<&str>,
+) {
     let (ports, _node, callee, caller) = raw_parties();
     let call_id = if callee_timer.is_some() {
         "timer-to-caller-2"
@@ -1497,10 +1568,12 @@ fn re_invite_to_a_caller_with_a_timer(callee_timer: Option<&str>, told: &str, in
         &format!("Session-Expires: {in_reinvite}\n"),
     ));
     let callee_ok = callee.expect("SIP/2.0 200");
-    assert!(
-        header(&callee_ok, "Session-Expires").is_none() && header(&callee_ok, "Require").is_none(),
-        "the callee asked nothing of timers: {callee_ok}"
+    assert_eq!(
+        header(&callee_ok, "Session-Expires"),
+        callee_told,
+        "{callee_ok}"
     );
+    assert_eq!(header(&callee_ok, "Require"), None, "{callee_ok}");
     callee.send(&crate::dialogs::on_branch(&reinvite, "ACK", None));
     nodes_ack(&caller);
     hang_up(&caller, &callee, call_id, &node_tag, 2);

@@ -618,7 +618,19 @@ impl Call {
             _ => self.a.peer.transport,
         };
         let contact = legs::contact(&ep, transport);
-        let timer = if p.timer_added {
+        // A refreshing callee's request without a timer (a hold), to which the node
+        // added the session's toward the caller: its 2xx carries the session's, as a
+        // refreshing caller's does (see `session::unasked_timer`). Answered without
+        // one, the callee turned its timer off and nobody refreshed (a review).
+        let callee_unasked = p.from == Side::B
+            && p.timer_added
+            && self
+                .session
+                .is_some_and(|s| session::callee_refreshes(s.by_node, s.caller_refreshes));
+        let timer = if callee_unasked {
+            let kept = self.session.map_or(0, |s| s.interval);
+            session::unasked_timer(&p.ask, kept)
+        } else if p.timer_added {
             Vec::new()
         } else {
             session::answer_headers(
@@ -645,6 +657,13 @@ impl Call {
         let extra: Vec<(&str, &str)> = if code < 300 {
             if p.timer_added {
                 self.on_timer_answer(p.from.other(), &resp);
+                let node_takes_part = timer
+                    .iter()
+                    .any(|(name, v)| *name == "Session-Expires" && v.ends_with("refresher=uas"));
+                if callee_unasked && node_takes_part {
+                    // The callee cannot refresh (no `Supported: timer`): the node does.
+                    self.restart_session(0, Some(true));
+                }
             } else {
                 // The caller's timer now: the 2xx's (the callee's, passed on, or
                 // the caller's own), else what the node told the caller.

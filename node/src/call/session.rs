@@ -108,16 +108,24 @@ pub(super) fn answer_headers(
     }
     let answered = header(resp, "Session-Expires").filter(|v| parse(v).is_some());
     if let (Some(se), Some(sent)) = (answered.and_then(parse), request.session_expires) {
-        if from_caller
-            && se.refresher != Some(Refresher::Uas)
-            && (sent.refresher == Some(Refresher::Uas) || !supports)
-        {
-            // The caller asked the node's side to refresh (or cannot refresh: no
-            // `Supported: timer`) and the callee names the node's side too: the
-            // caller is answered `uas` (RFC 4028 9), the node refreshes both legs
-            // (see `Call::refresher_after`). Passed on as written it read `uac`.
-            out.push(("Session-Expires", format!("{};refresher=uas", se.interval)));
-            return out;
+        if from_caller && se.refresher != Some(Refresher::Uas) {
+            if sent.refresher == Some(Refresher::Uas) || !supports {
+                // The caller asked the node's side to refresh (or cannot refresh:
+                // no `Supported: timer`) and the callee names the node's side too:
+                // the caller is answered `uas` (RFC 4028 9), the node refreshes both
+                // legs (see `Call::refresher_after`). Passed on as written it read
+                // `uac`.
+                out.push(("Session-Expires", format!("{};refresher=uas", se.interval)));
+                return out;
+            }
+            if se.refresher.is_none() {
+                // A callee timer without a refresher (RFC 4028 9 wants one): the
+                // caller, who can, refreshes, and is told so (passed on bare, the
+                // node read it as the callee refreshing: a review).
+                out.push(("Session-Expires", format!("{};refresher=uac", se.interval)));
+                out.push(("Require", "timer".into()));
+                return out;
+            }
         }
     }
     if let Some(se) = answered {
@@ -136,16 +144,28 @@ pub(super) fn answer_headers(
             out.push(("Require", "timer".into()));
         }
     } else if let (true, None, Some(kept)) = (refresher_asking, asked, kept) {
-        // (A request naming an interval without `Supported: timer` cannot be made
-        // the refresher either: the node takes the part.)
-        if supports && request.sent.is_none() {
-            out.push(("Session-Expires", format!("{kept};refresher=uac")));
-            out.push(("Require", "timer".into()));
-        } else {
-            out.push(("Session-Expires", format!("{kept};refresher=uas")));
-        }
+        out = unasked_timer(request, kept);
     }
     out
+}
+
+/// The session's timer (of `kept` s) for a 2xx to a request of the party that
+/// refreshes the session which named none, or named one without `Supported: timer`
+/// (RFC 4028 9 lets the UAS add one): `uac` with `Require: timer` where the party
+/// says `Supported: timer` and named none (it goes on refreshing), else `uas` (the
+/// node takes the part); never longer than the request asked.
+pub(super) fn unasked_timer(request: &TimerAsk, kept: u32) -> Vec<(&'static str, String)> {
+    let interval = request
+        .session_expires
+        .map_or(kept, |s| s.interval.min(kept));
+    if request.supports && request.sent.is_none() {
+        vec![
+            ("Session-Expires", format!("{interval};refresher=uac")),
+            ("Require", "timer".into()),
+        ]
+    } else {
+        vec![("Session-Expires", format!("{interval};refresher=uas"))]
+    }
 }
 
 /// An agreed session timer: its interval, and the check armed for when the next
@@ -243,7 +263,7 @@ pub(super) fn timer_role(
 
 /// Whether the callee refreshes the session: neither the node nor the caller does
 /// (its refreshes reach the caller through the node).
-fn callee_refreshes(by_node: bool, caller_refreshes: bool) -> bool {
+pub(super) fn callee_refreshes(by_node: bool, caller_refreshes: bool) -> bool {
     !by_node && !caller_refreshes
 }
 
@@ -629,8 +649,9 @@ impl Call {
                 (Some(true), Some(false), Some(true))
             }
             // Passed on as it is: `uac` names the caller's side (the caller,
-            // through the node), `uas` the callee.
-            (Some(r), _) => (Some(false), Some(r == Some(Refresher::Uac)), Some(false)),
+            // through the node), `uas` the callee (one without a refresher went
+            // to the caller as `uac`: see `answer_headers`).
+            (Some(r), _) => (Some(false), Some(r != Some(Refresher::Uas)), Some(false)),
             (None, Some(s)) => {
                 let by_node = s.refresher == Some(Refresher::Uas);
                 (Some(by_node), Some(!by_node), None)
@@ -1018,10 +1039,41 @@ mod tests {
             answer_headers(&ok(""), &by_node, Some(1800), false, false, false),
             vec![]
         );
+        // A callee timer without a refresher, to a caller that can refresh: told
+        // `uac` (it refreshes); to one that cannot, or asked `uas`: `uas`.
+        let able = TimerAsk::of(&invite(
+            "Session-Expires: 1800;refresher=uac\r\nSupported: timer\r\n",
+        ));
+        assert_eq!(
+            answer_headers(
+                &ok("Session-Expires: 1200\r\n"),
+                &able,
+                Some(1800),
+                true,
+                true,
+                false
+            ),
+            vec![
+                own("Session-Expires", "1200;refresher=uac"),
+                own("Require", "timer")
+            ]
+        );
+        assert_eq!(
+            answer_headers(
+                &ok("Session-Expires: 1200\r\n"),
+                &by_node,
+                Some(1800),
+                true,
+                true,
+                false
+            ),
+            vec![own("Session-Expires", "1200;refresher=uas")]
+        );
         // The caller, the session's refresher, asked nothing (a hold without
         // Session-Expires): told the session's, going on refreshing where it says it
         // can, else the node takes the part; a 2xx with a timer of its own passes.
         let silent_able = TimerAsk::of(&invite("Supported: timer\r\n"));
+        let unsupported_900 = TimerAsk::of(&invite("Session-Expires: 900\r\n"));
         let rows: &[(&TimerAsk, &str, Vec<(&'static str, String)>)] = &[
             (
                 &silent_able,
@@ -1040,6 +1092,13 @@ mod tests {
                 &silent_able,
                 "Session-Expires: 600;refresher=uas\r\n",
                 vec![own("Session-Expires", "600;refresher=uas")],
+            ),
+            // An interval without `Supported: timer`: the node takes the part, never
+            // for longer than asked (it wrote the session's 1800: a review).
+            (
+                &unsupported_900,
+                "",
+                vec![own("Session-Expires", "900;refresher=uas")],
             ),
         ];
         for (request, extra, want) in rows {
