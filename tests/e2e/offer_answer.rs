@@ -1184,16 +1184,7 @@ fn a_refreshing_caller_s_hold_without_a_timer_keeps_the_session() {
     );
     assert_eq!(header(&ok, "Require"), None, "{ok}");
     caller.ack_cseq(call_id, &node_tag, 2);
-    let next = std::iter::from_fn(|| caller.recv(Duration::from_secs(5)))
-        .find(|m| m.starts_with("INVITE ") || m.starts_with("BYE "))
-        .expect("a refresh or a BYE");
-    assert!(next.starts_with("INVITE "), "the node refreshes: {next}");
-    caller.send(&caller_ok(
-        &caller,
-        &next,
-        "Session-Expires: 4;refresher=uac\n",
-    ));
-    nodes_ack(&caller);
+    the_node_refreshes(&caller);
     hang_up(&caller, &callee, call_id, &node_tag, 3);
 }
 
@@ -1241,21 +1232,7 @@ fn a_refreshing_callee_s_hold_without_a_timer_keeps_the_session() {
     );
     assert_eq!(header(&ok, "Require"), None, "{ok}");
     callee.send(&crate::dialogs::on_branch(&hold, "ACK", None));
-    let next = std::iter::from_fn(|| caller.recv(Duration::from_secs(5)))
-        .find(|m| m.starts_with("INVITE ") || m.starts_with("BYE "))
-        .expect("a refresh or a BYE");
-    assert!(next.starts_with("INVITE "), "the node refreshes: {next}");
-    assert_eq!(
-        header(&next, "Session-Expires"),
-        Some("4;refresher=uac"),
-        "{next}"
-    );
-    caller.send(&caller_ok(
-        &caller,
-        &next,
-        "Session-Expires: 4;refresher=uac\n",
-    ));
-    nodes_ack(&caller);
+    the_node_refreshes(&caller);
     hang_up(&caller, &callee, call_id, &node_tag, 2);
 }
 
@@ -1320,21 +1297,7 @@ fn a_callee_s_floor_withholds_the_timer_and_its_answer_still_counts() {
     assert!(resumed.starts_with("SIP/2.0 200"), "{resumed}");
     caller.ack_cseq(call_id, &node_tag, 3);
     // The node refreshes the caller before the session's check, rather than hanging up.
-    let next = std::iter::from_fn(|| caller.recv(Duration::from_secs(5)))
-        .find(|m| m.starts_with("INVITE ") || m.starts_with("BYE "))
-        .expect("a refresh or a BYE");
-    assert!(next.starts_with("INVITE "), "the node refreshes: {next}");
-    assert_eq!(
-        header(&next, "Session-Expires"),
-        Some("4;refresher=uac"),
-        "{next}"
-    );
-    caller.send(&caller_ok(
-        &caller,
-        &next,
-        "Session-Expires: 4;refresher=uac\n",
-    ));
-    nodes_ack(&caller);
+    the_node_refreshes(&caller);
     hang_up(&caller, &callee, call_id, &node_tag, 4);
 }
 
@@ -1519,6 +1482,27 @@ fn reinvite_at(caller: &Party) -> String {
     std::iter::from_fn(|| caller.recv(Duration::from_secs(5)))
         .find(|m| m.starts_with("INVITE "))
         .expect("a re-INVITE")
+}
+
+/// The caller's next INVITE or BYE within 5 s is the node's refresh of a 4 s session,
+/// naming itself (`4;refresher=uac`), rather than a BYE: answered likewise, and its
+/// ACK awaited.
+fn the_node_refreshes(caller: &Party) {
+    let next = std::iter::from_fn(|| caller.recv(Duration::from_secs(5)))
+        .find(|m| m.starts_with("INVITE ") || m.starts_with("BYE "))
+        .expect("a refresh or a BYE");
+    assert!(next.starts_with("INVITE "), "the node refreshes: {next}");
+    assert_eq!(
+        header(&next, "Session-Expires"),
+        Some("4;refresher=uac"),
+        "{next}"
+    );
+    caller.send(&caller_ok(
+        caller,
+        &next,
+        "Session-Expires: 4;refresher=uac\n",
+    ));
+    nodes_ack(caller);
 }
 
 /// The callee's next final response (provisionals skipped) within 5 s each.
