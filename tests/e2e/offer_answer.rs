@@ -1191,9 +1191,11 @@ fn a_refreshing_caller_s_hold_without_a_timer_keeps_the_session() {
 /// A callee that refreshes puts the call on hold with a re-INVITE without a timer
 /// (nor `Supported: timer`): the node adds the session's toward the caller, and the
 /// callee's 200 carries it too, naming the node (`uas`: the callee cannot refresh),
-/// which refreshes the caller from then on. The callee's 200 carried nothing (its
+/// which refreshes both legs from then on. The callee's 200 carried nothing (its
 /// timer off), the caller had been told the node's side refreshes, nobody refreshed,
-/// and the node's check hung the call up (a review).
+/// and the node's check hung the call up (a review); then the node refreshed the
+/// caller's leg only, and the callee, told the node refreshes its leg, would have
+/// hung up (a live torture run).
 #[test]
 fn a_refreshing_callee_s_hold_without_a_timer_keeps_the_session() {
     let call_id = "callee-hold-without-timer";
@@ -1233,6 +1235,21 @@ fn a_refreshing_callee_s_hold_without_a_timer_keeps_the_session() {
     assert_eq!(header(&ok, "Require"), None, "{ok}");
     callee.send(&crate::dialogs::on_branch(&hold, "ACK", None));
     the_node_refreshes(&caller);
+    let callee_refresh = callee.expect("INVITE ");
+    assert_eq!(
+        header(&callee_refresh, "Session-Expires"),
+        Some("4;refresher=uac"),
+        "{callee_refresh}"
+    );
+    let held = sdp(4002).replace(" 2 2 IN", " 2 3 IN") + "a=sendonly\r\n";
+    callee.respond_with(
+        "calleetag",
+        &callee_refresh,
+        "200 OK",
+        "Session-Expires: 4;refresher=uac\n",
+        &held,
+    );
+    callee.expect("ACK ");
     hang_up(&caller, &callee, call_id, &node_tag, 2);
 }
 

@@ -661,8 +661,14 @@ impl Call {
                     .iter()
                     .any(|(name, v)| *name == "Session-Expires" && v.ends_with("refresher=uas"));
                 if callee_unasked && node_takes_part {
-                    // The callee cannot refresh (no `Supported: timer`): the node does.
+                    // The callee cannot refresh (no `Supported: timer`): the node
+                    // does, both legs (the callee was told the node's side refreshes
+                    // its leg; the node refreshed the caller's only: a live torture
+                    // run).
                     self.restart_session(0, Some(true));
+                    if let Some(s) = self.session.as_mut() {
+                        s.callee_by_node = true;
+                    }
                 }
             } else {
                 // The caller's timer now: the 2xx's (the callee's, passed on, or
