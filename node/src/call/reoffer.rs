@@ -63,7 +63,7 @@ pub(super) struct Reoffer {
     pub(super) ask: session::TimerAsk,
     /// Sent again once already after a 422 to the node's timer (see
     /// [`Call::retry_with_timer_learnt`]).
-    pub(super) floor_retried: bool,
+    pub(super) timer_retried: bool,
 }
 
 /// The headers a refusal of a relayed re-offer passes on to its sender, as the other
@@ -226,7 +226,7 @@ impl Call {
             previous,
             timer_added,
             ask,
-            floor_retried: false,
+            timer_retried: false,
         }));
     }
 
@@ -248,7 +248,7 @@ impl Call {
     ) -> Result<(), Box<Reoffer>> {
         let code = resp.status_code.code();
         let to = p.from.other();
-        if code != 422 || !p.timer_added || p.floor_retried || !self.timer_refused(to, resp) {
+        if code != 422 || !p.timer_added || p.timer_retried || !self.timer_refused(to, resp) {
             return Err(p);
         }
         let mut headers = p.ask.headers();
@@ -270,7 +270,7 @@ impl Call {
         p.sent = relayed.key;
         p.cancel = relayed.cancel;
         p.provisional = false;
-        p.floor_retried = true;
+        p.timer_retried = true;
         self.reoffer = Some(p);
         Ok(())
     }
@@ -657,10 +657,7 @@ impl Call {
         let extra: Vec<(&str, &str)> = if code < 300 {
             if p.timer_added {
                 self.on_timer_answer(p.from.other(), &resp);
-                let node_takes_part = timer
-                    .iter()
-                    .any(|(name, v)| *name == "Session-Expires" && v.ends_with("refresher=uas"));
-                if callee_unasked && node_takes_part {
+                if callee_unasked && !p.ask.keeps_refreshing_unasked() {
                     // The callee cannot refresh (no `Supported: timer`): the node
                     // does, both legs (the callee was told the node's side refreshes
                     // its leg; the node refreshed the caller's only: a live torture
@@ -671,14 +668,16 @@ impl Call {
                     }
                 }
             } else {
+                // What the sender was told: the 2xx's timer, else the one the node
+                // wrote into it.
+                let written = timer
+                    .iter()
+                    .find(|(name, _)| *name == "Session-Expires")
+                    .map(|(_, v)| v.as_str());
+                let answered = header(&resp, "Session-Expires");
                 // The caller's timer now: the 2xx's (the callee's, passed on, or
                 // the caller's own), else what the node told the caller.
-                let told = header(&resp, "Session-Expires").or_else(|| {
-                    timer
-                        .iter()
-                        .find(|(name, _)| *name == "Session-Expires" && p.from == Side::A)
-                        .map(|(_, v)| v.as_str())
-                });
+                let told = answered.or(written.filter(|_| p.from == Side::A));
                 let (by_node, caller, callee_by_node) = self.refresher_after(p.from, &resp, &timer);
                 self.renew_session(told, by_node);
                 self.caller_told(caller);
@@ -686,13 +685,7 @@ impl Call {
                     s.callee_by_node = both;
                 }
                 if p.from == Side::B {
-                    let told = header(&resp, "Session-Expires").or_else(|| {
-                        timer
-                            .iter()
-                            .find(|(name, _)| *name == "Session-Expires")
-                            .map(|(_, v)| v.as_str())
-                    });
-                    self.callee_may_refresh_itself(told);
+                    self.callee_may_refresh_itself(answered.or(written));
                 }
             }
             std::iter::once(("Contact", contact.as_str()))

@@ -64,6 +64,13 @@ impl TimerAsk {
         out
     }
 
+    /// Whether its sender, refreshing the session, goes on doing so though it named
+    /// no timer: it says `Supported: timer` and named none (see [`unasked_timer`]);
+    /// otherwise the node takes the part.
+    pub(super) fn keeps_refreshing_unasked(&self) -> bool {
+        self.supports && self.sent.is_none()
+    }
+
     /// Whether it asks for less than `floor` (refused 422, as the first INVITE's
     /// [`crate::decide::session_timer::too_small`] would be).
     pub(super) fn too_small(&self, floor: u32) -> bool {
@@ -158,7 +165,7 @@ pub(super) fn unasked_timer(request: &TimerAsk, kept: u32) -> Vec<(&'static str,
     let interval = request
         .session_expires
         .map_or(kept, |s| s.interval.min(kept));
-    if request.supports && request.sent.is_none() {
+    if request.keeps_refreshing_unasked() {
         vec![
             ("Session-Expires", format!("{interval};refresher=uac")),
             ("Require", "timer".into()),
