@@ -236,7 +236,21 @@ fn run_node(
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(server::run(config, shutdown_signal())) {
+    let run = async {
+        // Registered before anything serves: a SIGTERM that came between the API
+        // answering /healthz and the first look at the signal killed the process
+        // outright, without its drain (a full test run, under load).
+        let signal = match shutdown_signal() {
+            Ok(signal) => signal,
+            Err(e) => {
+                return Err(server::NodeError::Io(format!(
+                    "cannot watch for SIGTERM: {e}"
+                )))
+            }
+        };
+        server::run(config, signal).await
+    };
+    match runtime.block_on(run) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e @ server::NodeError::Superseded(_)) => {
             tracing::error!("{e}");
@@ -250,11 +264,16 @@ fn run_node(
     }
 }
 
-async fn shutdown_signal() {
+/// Resolves at SIGTERM or SIGINT; both are watched from the moment it is called
+/// (within the runtime), not from its first poll.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
 }

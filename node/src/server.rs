@@ -706,6 +706,16 @@ pub async fn run(
         Some(l) => l.local_addr().map_err(|e| NodeError::Io(e.to_string()))?,
         None => api_addr,
     };
+    // The banner before the API serves: once /healthz answers, it is out (a test
+    // reading it right after readiness found it not yet written).
+    print_banner(
+        &config,
+        &token,
+        &token_source,
+        api_addr,
+        metrics_addr,
+        &endpoint,
+    );
     // Both listeners serve with the API's limits (timeouts, connection caps).
     let serve_limits = tsunagu_api::serve::ServeLimits::from_config(&config.api);
     let (api_stop_tx, api_stop_rx) = tokio::sync::watch::channel(false);
@@ -729,14 +739,6 @@ pub async fn run(
         )));
     }
 
-    print_banner(
-        &config,
-        &token,
-        &token_source,
-        api_addr,
-        metrics_addr,
-        &endpoint,
-    );
     let superseded = tokio::select! {
         _ = shutdown => false,
         _ = ctx.superseded.notified() => true,
