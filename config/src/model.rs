@@ -798,7 +798,8 @@ pub struct NotifyConfig {
     #[serde(default = "default_caller_sms_per_day")]
     pub caller_sms_per_day: u32,
     /// Calls to one tracking number, per clock hour, whose notices (e-mail and SMS to
-    /// `notify` recipients) go; past it they are withheld and counted. 0: no limit.
+    /// `notify` recipients) go, counted in the store for the whole cluster; past it
+    /// they are withheld and counted. 0: no limit; at most 3600.
     #[serde(default = "default_notices_per_number_per_hour")]
     pub notices_per_number_per_hour: u32,
     /// Deliveries in flight to one destination (host and port) at once.

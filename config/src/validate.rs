@@ -511,6 +511,14 @@ impl Config {
                 "must be 1 to 100 (leave caller_sms_text unset to send none)".into(),
             );
         }
+        // Each call to a number past its quota reads the hour's count, one row a
+        // notice on ScyllaDB: one a second bounds it.
+        if n.notices_per_number_per_hour > 3600 {
+            err(
+                "notify.notices_per_number_per_hour".into(),
+                "must be 0 (no limit) to 3600".into(),
+            );
+        }
         if !(1..=256).contains(&n.per_destination) {
             err("notify.per_destination".into(), "must be 1 to 256".into());
         }
@@ -1071,8 +1079,8 @@ mod tests {
             ("unknown notify key", "[notify.smtp]\nhost = \"h\"\nfrom = \"a@b\"\ntls = true\n", &["notify.smtp.tls"]),
             (
                 "notify limits",
-                "[notify]\nallowed_networks = [\"10.0.0.0/8\", \"0.0.0.0/0\"]\ncaller_sms_per_day = 0\nper_destination = 0\nmax_in_flight = 5000\n",
-                &["notify.allowed_networks[1]", "notify.caller_sms_per_day", "notify.per_destination", "notify.max_in_flight"],
+                "[notify]\nallowed_networks = [\"10.0.0.0/8\", \"0.0.0.0/0\"]\ncaller_sms_per_day = 0\nper_destination = 0\nmax_in_flight = 5000\nnotices_per_number_per_hour = 3601\n",
+                &["notify.allowed_networks[1]", "notify.caller_sms_per_day", "notify.per_destination", "notify.max_in_flight", "notify.notices_per_number_per_hour"],
             ),
             ("bad allowed network", "[notify]\nallowed_networks = [\"10.0.0.0/33\"]\n", &["notify.allowed_networks[0]"]),
             ("in flight below two destinations", "[notify]\nper_destination = 10\nmax_in_flight = 19\n", &["notify.max_in_flight"]),

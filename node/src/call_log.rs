@@ -32,7 +32,6 @@ use crate::clock::now_ms;
 use crate::decide::ivr::chose_by_key;
 use crate::decide::validity::{judge, Facts};
 use crate::follow_up::hooks::WebhookCache;
-use crate::follow_up::notice_rate::NoticeRate;
 use crate::follow_up::plan::{callback_pool, CallEvent, Callback, Planner};
 use crate::metrics::{CallMetrics, FollowUpMetrics};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -146,8 +145,10 @@ pub struct Writer {
     /// Above this many waiting messages the node takes no new calls (see
     /// [`CallLog::ready`]).
     pub high_water: usize,
-    /// Notices per tracking number and hour (`notify.notices_per_number_per_hour`).
-    pub notice_rate: std::cell::RefCell<NoticeRate>,
+    /// Calls per tracking number and clock hour whose notices go
+    /// (`notify.notices_per_number_per_hour`, 0: no limit), counted in the store for
+    /// the whole cluster ([`decide_notices`]).
+    pub notices_per_hour: u32,
     /// Where records the store refuses for good are set aside (see [`write_apart`]):
     /// `<data_dir>/call_log_rejected.jsonl`.
     pub rejected: std::path::PathBuf,
@@ -822,26 +823,14 @@ fn write_batch(w: &Writer, batch: &mut Batch) -> tsunagu_store::Result<bool> {
         return Ok(queued);
     }
     let records = complete_records(store, &batch.entries)?;
+    // The hourly bound on notices first: past it, no callback number is leased either
+    // (it reaches people in the notices).
+    let first_tries = decide_notices(w, &records, &batch.entries)?;
     let mut follow_ups: Vec<(usize, NewFollowUp)> = Vec::new();
     for (i, (r, e)) in records.iter().zip(&batch.entries).enumerate() {
-        // The hourly bound on notices first: past it, no callback number is leased
-        // either (it reaches people in the notices). Decided and counted once per
-        // record, however often its batch is tried.
-        let decided = w.notices_decided.borrow().get(&r.call_id).copied();
-        let first_try = decided.is_none();
-        let notices = decided.unwrap_or_else(|| {
-            let notices = !w.planner.notices_wanted(r, &e.number)
-                || w.notice_rate
-                    .borrow_mut()
-                    .allow(&r.tracking_number, r.ended_at);
-            if !notices {
-                w.follow_up_metrics.notices_withheld.inc();
-            }
-            w.notices_decided
-                .borrow_mut()
-                .insert(r.call_id.clone(), notices);
-            notices
-        });
+        let first_try = first_tries[i];
+        let notices = w.notices_decided.borrow().get(&r.call_id).copied();
+        let notices = notices.unwrap_or(true); // decided above, each one
         let callback = match callback_pool(r, &e.number, e.caller_verified) {
             Callback::Lease(pool) if notices => lease_callback(w, r, pool)?,
             Callback::Withheld => {
@@ -873,6 +862,54 @@ fn write_batch(w: &Writer, batch: &mut Batch) -> tsunagu_store::Result<bool> {
     }
     Ok(queued || !follow_ups.is_empty())
 }
+
+/// Decides whether each record's notices go, once per record however often its batch
+/// is tried (kept in `notices_decided` until the record is written): those that want
+/// notices take a place in their tracking number's quota for the clock hour the call
+/// ended in, counted in the store for the whole cluster (one request for the batch;
+/// counted per node, a cluster of N nodes sent N times the setting). Withheld ones
+/// are counted in the metric. Returns, by record, whether this was its first try.
+fn decide_notices(
+    w: &Writer,
+    records: &[CallRecord],
+    entries: &[LogEntry],
+) -> tsunagu_store::Result<Vec<bool>> {
+    let first_tries: Vec<bool> = records
+        .iter()
+        .map(|r| !w.notices_decided.borrow().contains_key(&r.call_id))
+        .collect();
+    let mut claims = Vec::new();
+    let mut claimed = Vec::new();
+    let mut decided = HashMap::new();
+    for ((r, e), first) in records.iter().zip(entries).zip(&first_tries) {
+        if !first {
+            continue;
+        }
+        if w.notices_per_hour == 0 || !w.planner.notices_wanted(r, &e.number) {
+            decided.insert(r.call_id.clone(), true);
+            continue;
+        }
+        claims.push(tsunagu_store::NoticeClaim {
+            number: &r.tracking_number,
+            hour: r.ended_at.div_euclid(HOUR_MS),
+            call_id: &r.call_id,
+        });
+        claimed.push(r.call_id.clone());
+    }
+    if !claims.is_empty() {
+        let allowed = w.store.take_notices(&claims, w.notices_per_hour)?;
+        for (call_id, ok) in claimed.into_iter().zip(allowed) {
+            if !ok {
+                w.follow_up_metrics.notices_withheld.inc();
+            }
+            decided.insert(call_id, ok);
+        }
+    }
+    w.notices_decided.borrow_mut().extend(decided);
+    Ok(first_tries)
+}
+
+const HOUR_MS: i64 = 3_600_000;
 
 /// Leases a number of the callback pool that rings `r`'s caller. Idempotent per
 /// caller (its session is the caller's number), so a retried batch, and the caller's
@@ -1318,7 +1355,7 @@ mod tests {
         });
         d.number = Arc::new(number);
         d.w.planner.email = true;
-        d.w.notice_rate = NoticeRate::new(1).into();
+        d.w.notices_per_hour = 1;
         let withheld = d.w.follow_up_metrics.notices_withheld.clone();
         let bad = tsunagu_store::conformance::sample_active_call(&d.op, "call_bad", "n1", 1);
         d.store.upsert_active_calls(&[bad]).unwrap();
@@ -1347,7 +1384,7 @@ mod tests {
     /// A writer on a fresh store, a number whose calls count once an hour, and a call
     /// to it from the same caller starting at a given time with a given talk time.
     struct Dup {
-        _dir: tempfile::TempDir,
+        _dir: Arc<tempfile::TempDir>,
         store: Arc<dyn Store>,
         op: String,
         number: Arc<TrackingNumber>,
@@ -1357,7 +1394,7 @@ mod tests {
 
     impl Dup {
         fn new() -> Dup {
-            let dir = tempfile::tempdir().unwrap();
+            let dir = Arc::new(tempfile::tempdir().unwrap());
             let store: Arc<dyn Store> =
                 Arc::new(SqliteStore::open(&dir.path().join("t.db")).unwrap());
             let op = store.create_operator("op").unwrap().id;
@@ -1367,6 +1404,25 @@ mod tests {
                 duplicate_window_seconds: 3600,
                 ..ValidityRule::default()
             };
+            Dup::with(dir, store, op, Arc::new(number), "n1")
+        }
+
+        /// Another node's writer on the same store file, through a connection of its
+        /// own (as another process has), with this one's operator and number.
+        fn beside(&self, node_id: &str) -> Dup {
+            let path = self._dir.path().join("t.db");
+            let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&path).unwrap());
+            let number = self.number.clone();
+            Dup::with(self._dir.clone(), store, self.op.clone(), number, node_id)
+        }
+
+        fn with(
+            dir: Arc<tempfile::TempDir>,
+            store: Arc<dyn Store>,
+            op: String,
+            number: Arc<TrackingNumber>,
+            node_id: &str,
+        ) -> Dup {
             let w = Writer {
                 store: store.clone(),
                 metrics: CallMetrics::default(),
@@ -1378,10 +1434,10 @@ mod tests {
                 },
                 wake: Arc::new(Notify::new()),
                 webhooks: WebhookCache::load(store.clone()).unwrap(),
-                node_id: "n1".into(),
+                node_id: node_id.into(),
                 epoch: Arc::new(1.into()),
                 high_water: 1000,
-                notice_rate: NoticeRate::new(0).into(),
+                notices_per_hour: 0,
                 rejected: dir.path().join("call_log_rejected.jsonl"),
                 rejected_cut: Default::default(),
                 notices_decided: Default::default(),
@@ -1395,7 +1451,7 @@ mod tests {
                 _dir: dir,
                 store,
                 op,
-                number: Arc::new(number),
+                number,
                 w,
                 shared,
             }
@@ -1449,7 +1505,7 @@ mod tests {
     fn notices_past_the_hourly_rate_are_withheld() {
         let mut d = Dup::new();
         d.w.planner.email = true;
-        d.w.notice_rate = NoticeRate::new(2).into();
+        d.w.notices_per_hour = 2;
         d.w.planner.sms = true;
         let mut number = (*d.number).clone();
         // An SMS recipient that is also the caller (a From naming it) is a notice all
@@ -1478,6 +1534,54 @@ mod tests {
             "two calls of the first hour and one of the next: two e-mails and an SMS each"
         );
         assert_eq!(d.w.follow_up_metrics.notices_withheld.get(), 1);
+    }
+
+    /// The hourly quota is the cluster's: two nodes' writers on one store share it
+    /// (each counted its own, and a cluster of N nodes sent N times the setting), and
+    /// a record tried again on the node that wrote it is not counted twice.
+    #[test]
+    fn nodes_share_a_number_s_hourly_notices() {
+        let mut d = Dup::new();
+        let mut number = (*d.number).clone();
+        number.notify = Some(tsunagu_store::Notify {
+            on: tsunagu_store::NotifyOn::All,
+            email_to: vec!["a@example.com".into()],
+            ..Default::default()
+        });
+        d.number = Arc::new(number);
+        let mut e = d.beside("n2");
+        for w in [&mut d.w, &mut e.w] {
+            w.planner.email = true;
+            w.notices_per_hour = 3;
+        }
+        let mut in_progress = InProgress::default();
+        d.write(vec![d.call("call_n0", 10_000, 30)], &mut in_progress);
+        e.write(vec![e.call("call_n1", 20_000, 30)], &mut in_progress);
+        d.write(vec![d.call("call_n2", 30_000, 30)], &mut in_progress);
+        // The fourth call of the hour, through either node, is past the quota.
+        e.write(vec![e.call("call_n3", 40_000, 30)], &mut in_progress);
+        d.write(vec![d.call("call_n4", 50_000, 30)], &mut in_progress);
+        let queued = d.store.claim_follow_ups(i64::MAX, 100, 60_000).unwrap();
+        let mailed: Vec<&str> = ["call_n0", "call_n1", "call_n2", "call_n3", "call_n4"]
+            .into_iter()
+            .filter(|id| {
+                let mail = |f: &&tsunagu_store::FollowUp| f.item.kind == FollowUpKind::Email;
+                queued
+                    .iter()
+                    .filter(mail)
+                    .any(|f| f.item.payload.contains(id))
+            })
+            .collect();
+        assert_eq!(mailed, ["call_n0", "call_n1", "call_n2"]);
+        let withheld = |d: &Dup| d.w.follow_up_metrics.notices_withheld.get();
+        assert_eq!((withheld(&d), withheld(&e)), (1, 1));
+        // A record counted before keeps its place when its batch is tried again.
+        let again = [tsunagu_store::NoticeClaim {
+            number: &d.call("call_n0", 0, 0).record.tracking_number,
+            hour: 0,
+            call_id: "call_n0",
+        }];
+        assert_eq!(e.store.take_notices(&again, 3).unwrap(), [true]);
     }
 
     /// A rule asking for an IVR key asks for a key the menu routes: an invalid key

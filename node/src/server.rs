@@ -436,10 +436,7 @@ pub async fn run(
         node_id: config.node.id.clone(),
         epoch: epoch.clone(),
         high_water: LOG_HIGH_WATER,
-        notice_rate: crate::follow_up::notice_rate::NoticeRate::new(
-            notify.notices_per_number_per_hour,
-        )
-        .into(),
+        notices_per_hour: notify.notices_per_number_per_hour,
         rejected: config.node.data_dir.join("call_log_rejected.jsonl"),
         rejected_cut: Default::default(),
         notices_decided: Default::default(),

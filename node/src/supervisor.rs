@@ -518,7 +518,7 @@ mod tests {
             node_id: "n1".into(),
             epoch: Arc::new(1.into()),
             high_water: 1000,
-            notice_rate: crate::follow_up::notice_rate::NoticeRate::new(0).into(),
+            notices_per_hour: 0,
             rejected: std::env::temp_dir().join("tsunagu-supervisor-test-rejected.jsonl"),
             rejected_cut: Default::default(),
             notices_decided: Default::default(),

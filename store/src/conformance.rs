@@ -39,6 +39,7 @@ pub fn run_all(store: &dyn Store) {
     a_lost_claim_writes_no_outcome(store);
     dead_follow_ups_are_pruned_after_thirty_days(store);
     caller_sms_are_capped_per_number_and_day(store);
+    notices_are_capped_per_number_and_hour(store);
     store.ping().expect("ping");
 }
 
@@ -1823,4 +1824,53 @@ fn caller_sms_are_capped_per_number_and_day(s: &dyn Store) {
     );
     assert!(take(&other, day, &c), "another number has its own count");
     assert!(take(&caller, day + 1, &crate::new_id("call")), "a new day");
+}
+
+fn notices_are_capped_per_number_and_hour(s: &dyn Store) {
+    let ids = (crate::new_id("number"), crate::new_id("number"));
+    let (number, other) = (ids.0.as_str(), ids.1.as_str());
+    let hour = 490_000;
+    let calls: Vec<String> = (0..6).map(|_| crate::new_id("call")).collect();
+    // (number, hour, index of the call)
+    let claim = |number, hour, call| (number, hour, call);
+    let take = |claims: &[(&str, i64, usize)]| {
+        let claims: Vec<NoticeClaim<'_>> = claims
+            .iter()
+            .map(|&(number, hour, call)| NoticeClaim {
+                number,
+                hour,
+                call_id: &calls[call],
+            })
+            .collect();
+        s.take_notices(&claims, 2).unwrap()
+    };
+    assert_eq!(take(&[]), Vec::<bool>::new());
+    assert_eq!(
+        take(&[
+            claim(number, hour, 0),
+            claim(number, hour, 0),
+            claim(number, hour, 1)
+        ]),
+        [true, true, true],
+        "the same call twice in a batch is counted once"
+    );
+    assert_eq!(
+        take(&[
+            claim(number, hour, 2),
+            claim(other, hour, 2),
+            claim(number, hour, 1)
+        ]),
+        [false, true, true],
+        "past the cap; another number has its own count; a call counted before still goes"
+    );
+    assert_eq!(
+        take(&[claim(number, hour + 1, 3), claim(number, hour + 1, 4)]),
+        [true, true],
+        "a new hour"
+    );
+    assert_eq!(
+        take(&[claim(number, hour + 1, 5), claim(number, hour, 0)]),
+        [false, true],
+        "the hour before is still counted"
+    );
 }

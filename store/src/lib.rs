@@ -403,6 +403,13 @@ pub trait Store: Send + Sync + 'static {
     /// and day; true when this SMS may be sent. Idempotent per call (a retried delivery
     /// is not counted twice); counts older than yesterday are forgotten.
     fn take_caller_sms(&self, caller: &str, day: i64, call_id: &str, cap: u32) -> Result<bool>;
+    /// Counts calls' notices (e-mail and SMS to a number's `notify` recipients) against
+    /// their tracking number's quota for a clock hour, for the whole cluster: for each
+    /// claim, in order, true when its notices may go (fewer than `cap` calls were
+    /// counted for that number and hour; this one is then counted). Idempotent per call
+    /// (a retried batch is not counted twice); counts older than the hour before the
+    /// earliest claimed are forgotten. The call-log writer asks once per batch.
+    fn take_notices(&self, claims: &[NoticeClaim<'_>], cap: u32) -> Result<Vec<bool>>;
 
     /// A cheap round trip that fails when the store cannot serve requests.
     fn ping(&self) -> Result<()>;

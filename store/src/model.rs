@@ -798,3 +798,13 @@ pub struct Changes {
     /// False when changes after the point were pruned: reload everything.
     pub complete: bool,
 }
+
+/// One call's claim on its tracking number's notices for a clock hour
+/// ([`crate::Store::take_notices`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NoticeClaim<'a> {
+    pub number: &'a str,
+    /// Hours since the epoch (`ended_at` div 3,600,000, floored).
+    pub hour: i64,
+    pub call_id: &'a str,
+}

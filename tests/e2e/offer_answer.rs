@@ -997,6 +997,67 @@ fn a_callee_naming_the_node_its_refresher_is_refreshed_by_the_node() {
     hang_up(&caller, &callee, call_id, &node_tag, 3);
 }
 
+/// A caller's INVITE with a Session-Expires a proxy added, without `Supported:
+/// timer` (the caller does no timers): the node, the party that can, names its own
+/// side (`uas`, no `Require`: RFC 4028 9) and refreshes the caller's leg, whose
+/// answers without a timer keep it going; the caller's hold with the proxy's timer
+/// again is answered the same way. The node answered nothing of timers, and the
+/// proxy read a session without one.
+#[test]
+fn a_proxy_s_session_timer_for_a_caller_without_timers_is_refreshed_by_the_node() {
+    let call_id = "proxy-asked-timer";
+    let ShortSession {
+        _node,
+        callee,
+        caller,
+        node_tag,
+        ..
+    } = session_call(call_id, "Session-Expires: 4\n", "", "4;refresher=uas");
+    // A caller without timers answers the node's refreshes without one: the node
+    // goes on refreshing (two refreshes outlive the session's 3 s check).
+    let refreshed_plainly = |caller: &Party| {
+        let next = std::iter::from_fn(|| caller.recv(Duration::from_secs(5)))
+            .find(|m| m.starts_with("INVITE ") || m.starts_with("BYE "))
+            .expect("a refresh or a BYE");
+        assert!(next.starts_with("INVITE "), "the node refreshes: {next}");
+        assert_eq!(
+            header(&next, "Session-Expires"),
+            Some("4;refresher=uac"),
+            "{next}"
+        );
+        caller.send(&caller_ok(caller, &next, ""));
+        nodes_ack(caller);
+    };
+    refreshed_plainly(&caller);
+    refreshed_plainly(&caller);
+    // The caller's hold, with the proxy's Session-Expires again: answered as the
+    // INVITE was, and the node goes on refreshing.
+    let hold = crate::dialogs::caller_offer(
+        &caller,
+        "INVITE",
+        call_id,
+        &node_tag,
+        2,
+        "Session-Expires: 4\n",
+        &caller_hold(),
+    );
+    caller.send(&hold);
+    let relayed = callee.expect("INVITE ");
+    let held = sdp(4002).replace(" 2 2 IN", " 2 3 IN") + "a=recvonly\r\n";
+    callee.respond_with("calleetag", &relayed, "200 OK", "", &held);
+    callee.expect("ACK ");
+    let ok = caller.final_response();
+    assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
+    assert_eq!(
+        header(&ok, "Session-Expires"),
+        Some("4;refresher=uas"),
+        "{ok}"
+    );
+    assert_eq!(header(&ok, "Require"), None, "{ok}");
+    caller.ack_cseq(call_id, &node_tag, 2);
+    refreshed_plainly(&caller);
+}
+
 /// The caller asks the node to refresh (`refresher=uas`) and the callee's 200 names
 /// the node's side too (`uac`): the caller keeps `uas` (RFC 4028 9) and the node
 /// refreshes both legs, the caller's then the callee's. It told the caller `uac`,
@@ -1255,7 +1316,8 @@ fn a_refreshing_callee_s_hold_without_a_timer_keeps_the_session() {
 
 /// A callee that refreshes refuses the session's interval (422, Min-SE 3600) and
 /// then, glaring, the hold sent again without a timer (491). The caller's next offer
-/// reaches it without a timer too (its floor is remembered), and its 200 without one
+/// reaches it without a timer too (its floor is remembered; each still says
+/// `Supported: timer`, RFC 4028 7.1), and its 200 without one
 /// turned its timer off: the node refreshes the caller's leg from then on. It read
 /// that 200 as the sender's business, went on waiting for the callee's refreshes, and
 /// hung the call up at the session's check (a review).
@@ -1292,6 +1354,8 @@ fn a_callee_s_floor_withholds_the_timer_and_its_answer_still_counts() {
     callee.expect("ACK ");
     let again = callee.expect("INVITE ");
     assert_eq!(header(&again, "Session-Expires"), None, "{again}");
+    // The node still says it does timers (RFC 4028 7.1: in every request).
+    assert_eq!(header(&again, "Supported"), Some("timer"), "{again}");
     callee.respond_with("calleetag", &again, "491 Request Pending", "", "");
     callee.expect("ACK ");
     let refused = caller.final_response();
@@ -1302,6 +1366,7 @@ fn a_callee_s_floor_withholds_the_timer_and_its_answer_still_counts() {
     caller.send(&resume);
     let relayed = callee.expect("INVITE ");
     assert_eq!(header(&relayed, "Session-Expires"), None, "{relayed}");
+    assert_eq!(header(&relayed, "Supported"), Some("timer"), "{relayed}");
     callee.respond_with(
         "calleetag",
         &relayed,
@@ -1437,6 +1502,13 @@ fn short_session_call(
     callee_timer: &str,
     told: &str,
 ) -> ShortSession {
+    let caller_timer = format!("{caller_timer}Supported: timer\n");
+    session_call(call_id, &caller_timer, callee_timer, told)
+}
+
+/// [`short_session_call`] with the caller's session-timer lines as given
+/// (`Supported: timer` only if they say it).
+fn session_call(call_id: &str, caller_timer: &str, callee_timer: &str, told: &str) -> ShortSession {
     let ports = Ports::take();
     let node = Node::start_with_sip(ports, "127.0.0.1/32", "min_session_expires = 2", "");
     node.provision("0501234567", DEST, "{}");
@@ -1444,7 +1516,7 @@ fn short_session_call(
     let caller = Party::bind("127.0.0.1", ports.sip);
     let invite = invite_with(&caller, call_id, CALLER_SDP).replace(
         "Max-Forwards: 70\n",
-        &format!("Max-Forwards: 70\n{caller_timer}Supported: timer\n"),
+        &format!("Max-Forwards: 70\n{caller_timer}"),
     );
     caller.send(&invite);
     let forwarded = callee.expect("INVITE ");

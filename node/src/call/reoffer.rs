@@ -642,7 +642,12 @@ impl Call {
                 // refreshes the caller itself.
                 p.from == Side::A || self.session.is_some_and(|s| !s.by_node),
                 p.from == Side::A,
-                p.from == Side::A && self.session.is_some_and(|s| s.caller_refreshes),
+                // The caller's leg is refreshed by the caller, or by the node for a
+                // caller that does no timers (a proxy asked for it: see `agree`).
+                p.from == Side::A
+                    && self.session.is_some_and(|s| {
+                        s.caller_refreshes || (s.by_node && !self.a_view.supports_timer)
+                    }),
             )
         };
         // A 422 the node did not follow (see `retry_with_timer_learnt`) is about the

@@ -91,8 +91,9 @@ impl TimerAsk {
 /// whose refreshes pass through, for the callee), else told nothing of timers (a
 /// callee's own request is not answered `uas` for the node's refreshes of its leg:
 /// see [`SessionTimer::callee_by_node`]). A sender that neither asked nor said
-/// `Supported: timer` hears nothing of timers, unless it is the caller and the
-/// session's refresher (`refresher_asking`): a request of its without
+/// `Supported: timer` hears nothing of timers, unless it is the caller and its leg is
+/// refreshed by it or, for a caller that does no timers, by the node
+/// (`refresher_asking`): a request of its without
 /// Session-Expires (or with one but without `Supported: timer`) gets the session's
 /// in the 2xx (RFC 4028 9 lets the UAS add one),
 /// `uac` with `Require: timer` where it says `Supported: timer` (it goes on
@@ -745,13 +746,14 @@ impl Call {
         let Some(role) = timer_role(side, s.by_node, s.caller_refreshes, s.callee_by_node) else {
             return false;
         };
-        if side == Side::B && s.callee_min_se.is_some_and(|min| s.interval < min) {
-            return true; // withheld: it refused this interval
+        // Withheld where the callee refused this interval; `Supported: timer` goes all
+        // the same (RFC 4028 7.1: in every request of a UAC that supports timers).
+        if side != Side::B || s.callee_min_se.is_none_or(|min| s.interval >= min) {
+            headers.push((
+                "Session-Expires",
+                format!("{};refresher={role}", s.interval),
+            ));
         }
-        headers.push((
-            "Session-Expires",
-            format!("{};refresher={role}", s.interval),
-        ));
         // A Min-SE the caller taught the node (a 422) goes with every one to it (RFC
         // 4028 7.1), not with the node's own refreshes alone; the callee's own floor
         // was in the interval it agreed to.

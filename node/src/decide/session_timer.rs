@@ -66,22 +66,35 @@ pub struct Agreed {
 
 /// Decides the caller's session timer from the caller's request (Session-Expires, and
 /// whether it said `Supported: timer`) and the callee's 200 (its Session-Expires).
-/// None: no session timer (the caller does not support them, or nobody asked). An
-/// interval below `floor` (the node's Min-SE) is raised to it: a callee answering
-/// `Session-Expires: 1` had the node hang the call up after a second (a live torture
-/// run; RFC 4028 forbids it going below the Min-SE, 90 s when none was sent).
+/// None: no session timer (the caller neither supports them nor had one asked for
+/// it, or nobody asked). A Session-Expires without `Supported: timer` is a proxy's,
+/// asked for a caller that does no timers: the 200 names the node's side (`uas`,
+/// without `Require`: RFC 4028 9), which refreshes the caller's leg unless the callee
+/// does (its refreshes pass on); the node told it nothing, and the proxy read the
+/// session as one without a timer. An interval below `floor` (the node's Min-SE) is
+/// raised to it: a callee answering `Session-Expires: 1` had the node hang the call
+/// up after a second (a live torture run; RFC 4028 forbids it going below the
+/// Min-SE, 90 s when none was sent).
 pub fn agree(
     request: Option<&str>,
     caller_supports: bool,
     callee: Option<&str>,
     floor: u32,
 ) -> Option<Agreed> {
-    if !caller_supports {
-        // The caller cannot be told to refresh; a callee timer still works on its own
-        // leg (it sends BYE itself when nobody refreshes).
+    let request = request.and_then(parse).map(|r| match caller_supports {
+        true => r,
+        false => SessionExpires {
+            refresher: Some(Refresher::Uas),
+            ..r
+        },
+    });
+    if !caller_supports && request.is_none() {
+        // The caller cannot be told to refresh, and nobody asked for it; a callee
+        // timer still works on its own leg (it sends BYE itself when nobody
+        // refreshes).
         return None;
     }
-    let (interval, refresher, by_node) = match (callee.and_then(parse), request.and_then(parse)) {
+    let (interval, refresher, by_node) = match (callee.and_then(parse), request) {
         (Some(c), Some(r))
             if r.refresher == Some(Refresher::Uas) && c.refresher != Some(Refresher::Uas) =>
         {
@@ -288,7 +301,27 @@ mod tests {
                 Some("600"),
                 Some(("600;refresher=uac", true, 600, false)),
             ),
-            (Some("1800"), false, Some("1800;refresher=uac"), None),
+            // A caller's Session-Expires without `Supported: timer` (a proxy's): the
+            // node's side refreshes, the callee where it does, else the node.
+            (
+                Some("1800"),
+                false,
+                Some("1800;refresher=uac"),
+                Some(("1800;refresher=uas", false, 1800, true)),
+            ),
+            (
+                Some("1800;refresher=uac"),
+                false,
+                None,
+                Some(("1800;refresher=uas", false, 1800, true)),
+            ),
+            (
+                Some("1800"),
+                false,
+                Some("900;refresher=uas"),
+                Some(("900;refresher=uas", false, 900, false)),
+            ),
+            (None, false, Some("600;refresher=uas"), None),
             (None, true, None, None),
             // A callee going below the node's Min-SE (90 here) is raised to it.
             (

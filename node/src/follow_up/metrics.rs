@@ -121,7 +121,7 @@ impl FollowUpMetrics {
         );
         r.register(
             "notices_withheld",
-            "Calls whose notices (e-mail and SMS to the number's notify recipients) were withheld: their tracking number had caused notify.notices_per_number_per_hour calls' notices this clock hour on this node",
+            "Calls whose notices (e-mail and SMS to the number's notify recipients) were withheld: their tracking number had caused notify.notices_per_number_per_hour calls' notices this clock hour (counted across the cluster)",
             self.notices_withheld.clone(),
         );
         self.guards.register(r);

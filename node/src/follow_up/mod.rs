@@ -13,7 +13,6 @@ pub mod hooks;
 pub mod http;
 pub mod lanes;
 pub mod metrics;
-pub mod notice_rate;
 pub mod outbox;
 pub mod plan;
 pub mod sign;

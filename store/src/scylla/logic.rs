@@ -373,8 +373,8 @@ pub fn heartbeat_accepted(
             && row_last_seen.is_some_and(|seen| seen >= now))
 }
 
-/// A caller SMS slot to take: the call's own (already counted), or the lowest free
-/// one below the cap.
+/// A counted slot to take (a caller SMS of the day, a call's notices of the hour):
+/// the call's own (already counted), or the lowest free one below the cap.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SmsSlot {
     AlreadyCounted,

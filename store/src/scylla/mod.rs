@@ -51,10 +51,11 @@
 //! | outbox claim / release / fail | outbox (shard) `IF next_at, attempts, dead` | CAS |
 //! | outbox id block | id_blocks (name) `IF next` | CAS |
 //! | caller SMS cap (slots 0..cap) | caller_sms ((caller, day)) `IF NOT EXISTS` | CAS |
+//! | notices per number and hour (slots 0..cap) | notices ((number, hour)) `IF NOT EXISTS` | CAS |
 //! | schema migration claim | schema_version (version) `IF NOT EXISTS` / `IF owner` | CAS |
 //!
 //! TTLs: session slots (lease + cool-down + 1 day), lease history (35 days after the
-//! lease), the duplicate-call index (400 days), caller SMS counts (3 days). Call logs
+//! lease), the duplicate-call index (400 days), caller SMS counts (3 days), notice counts (3 hours). Call logs
 //! have none (they are the product's record).
 //!
 //! # What a call costs

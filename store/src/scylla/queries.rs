@@ -208,6 +208,9 @@ pub const ID_NEXT: &str = "UPDATE id_blocks SET next = ? WHERE name = ? IF next 
 pub const SMS_OF: &str = "SELECT slot, call_id FROM caller_sms WHERE caller = ? AND day = ?";
 pub const SMS_TAKE: &str = "INSERT INTO caller_sms (caller, day, slot, call_id) VALUES (?, ?, ?, ?) IF NOT EXISTS USING TTL ?";
 
+pub const NOTICES_OF: &str = "SELECT slot, call_id FROM notices WHERE number = ? AND hour = ?";
+pub const NOTICE_TAKE: &str = "INSERT INTO notices (number, hour, slot, call_id) VALUES (?, ?, ?, ?) IF NOT EXISTS USING TTL ?";
+
 pub const PING: &str = "SELECT release_version FROM system.local";
 
 /// Every statement and how it runs; all are prepared when the store opens.
@@ -331,6 +334,8 @@ pub const ALL: &[(&str, Kind)] = &[
     (ID_NEXT, Kind::CompareAndSet),
     (SMS_OF, Kind::Read),
     (SMS_TAKE, Kind::CompareAndSet),
+    (NOTICES_OF, Kind::Read),
+    (NOTICE_TAKE, Kind::CompareAndSet),
     (PING, Kind::Read),
 ];
 
@@ -365,6 +370,7 @@ pub const TABLES: &[&str] = &[
     "outbox",
     "id_blocks",
     "caller_sms",
+    "notices",
 ];
 
 /// The table a statement reads or writes.

@@ -38,6 +38,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "005_node_retirement.cql",
         include_str!("../../cql/005_node_retirement.cql"),
     ),
+    (
+        6,
+        "006_notices.cql",
+        include_str!("../../cql/006_notices.cql"),
+    ),
 ];
 
 /// The table that records which migrations were applied (created before any).

@@ -31,6 +31,9 @@ pub(super) const LEASE_HISTORY_MARGIN_SECONDS: i64 = 35 * 86_400;
 pub(super) const SESSION_SLOT_MARGIN_SECONDS: i64 = 86_400;
 /// Caller SMS counts are kept three days (the trait forgets those older than yesterday).
 const CALLER_SMS_TTL_SECONDS: i32 = 3 * 86_400;
+/// A notice count lives for its hour and two more (the writer asks about the hour a
+/// call ended in, which may be the one before).
+const NOTICE_TTL_SECONDS: i32 = 3 * 3_600;
 /// Compare-and-set rounds before a contended operation reports the store unavailable.
 pub(super) const CAS_ROUNDS: usize = 16;
 /// Pool numbers tried per read of the pool before reading it again.
@@ -1793,6 +1796,40 @@ impl Store for ScyllaStore {
             Err(StoreError::Unavailable(
                 "caller SMS counts are contended; try again".into(),
             ))
+        })
+    }
+
+    fn take_notices(&self, claims: &[NoticeClaim<'_>], cap: u32) -> Result<Vec<bool>> {
+        self.wait(async {
+            let mut allowed = Vec::with_capacity(claims.len());
+            'claims: for c in claims {
+                for _ in 0..CAS_ROUNDS {
+                    let taken: Vec<(i32, String)> = self
+                        .inner
+                        .rows::<(i32, Option<String>)>(q::NOTICES_OF, (c.number, c.hour))
+                        .await?
+                        .into_iter()
+                        .map(|(s, id)| (s, id.unwrap_or_default()))
+                        .collect();
+                    let ok = match sms_slot(&taken, c.call_id, cap) {
+                        SmsSlot::AlreadyCounted => true,
+                        SmsSlot::OverCap => false,
+                        SmsSlot::Take(slot) => {
+                            let values = (c.number, c.hour, slot, c.call_id, NOTICE_TTL_SECONDS);
+                            if !self.inner.cas(q::NOTICE_TAKE, values).await?.applied {
+                                continue; // another node took that slot: read again
+                            }
+                            true
+                        }
+                    };
+                    allowed.push(ok);
+                    continue 'claims;
+                }
+                return Err(StoreError::Unavailable(
+                    "notice counts are contended; try again".into(),
+                ));
+            }
+            Ok(allowed)
         })
     }
 

@@ -1635,6 +1635,45 @@ impl Store for SqliteStore {
         .map_err(unavailable)
     }
 
+    fn take_notices(&self, claims: &[NoticeClaim<'_>], cap: u32) -> Result<Vec<bool>> {
+        let Some(earliest) = claims.iter().map(|c| c.hour).min() else {
+            return Ok(Vec::new());
+        };
+        self.write(|c| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            tx.prepare_cached("DELETE FROM notices WHERE hour < ?1")?
+                .execute([earliest.saturating_sub(1)])?;
+            let mut allowed = Vec::with_capacity(claims.len());
+            for claim in claims {
+                let counted: bool = tx
+                    .prepare_cached("SELECT 1 FROM notices WHERE call_id = ?1")?
+                    .exists([claim.call_id])?;
+                let ok = counted || {
+                    let sent: i64 = tx
+                        .prepare_cached(
+                            "SELECT COUNT(*) FROM notices WHERE number = ?1 AND hour = ?2",
+                        )?
+                        .query_row(params![claim.number, claim.hour], |r| r.get(0))?;
+                    sent < i64::from(cap)
+                };
+                if ok && !counted {
+                    tx.prepare_cached(
+                        "INSERT INTO notices (call_id, number, hour) VALUES (?1, ?2, ?3)",
+                    )?
+                    .execute(params![
+                        claim.call_id,
+                        claim.number,
+                        claim.hour
+                    ])?;
+                }
+                allowed.push(ok);
+            }
+            tx.commit()?;
+            Ok(allowed)
+        })
+        .map_err(unavailable)
+    }
+
     fn follow_up_counts(&self) -> Result<(u64, u64)> {
         self.read(|c| {
             c.query_row(

@@ -221,6 +221,18 @@ ALTER TABLE nodes ADD COLUMN retired INTEGER NOT NULL DEFAULT 0;
 -- index, not by reading every call in progress of every operator.
 CREATE INDEX active_calls_by_operator ON active_calls(operator_id, started_at);
 "#,
+    r#"
+-- Calls whose notices went, per tracking number and clock hour, for
+-- notify.notices_per_number_per_hour counted across the cluster (it was counted by
+-- each node's writer: N nodes sent N times it). Kept for the hour and the one before.
+CREATE TABLE notices (
+    call_id TEXT PRIMARY KEY,
+    number TEXT NOT NULL,
+    hour INTEGER NOT NULL
+);
+CREATE INDEX notices_by_number ON notices(number, hour);
+CREATE INDEX notices_by_hour ON notices(hour);
+"#,
 ];
 
 /// Applies pending migrations. Each runs in an IMMEDIATE transaction that reads the
