@@ -230,6 +230,7 @@ pub fn call_json(r: &CallRecord) -> Value {
         "recording_status": r.recording_status,
         "attempts": attempts(r),
         "state": r.state,
+        "stage": r.stage,
         "end_reason": r.end_reason,
         "nodes": nodes(r),
         "taken_over_at": r.taken_over_at.map(rfc3339),

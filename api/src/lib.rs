@@ -31,9 +31,11 @@ mod recording_join;
 mod recordings;
 pub mod running;
 pub mod serve;
+mod stream;
 mod tag;
 #[cfg(test)]
 mod testing;
+mod ui;
 mod webhooks;
 
 pub use calls::call_json;
@@ -111,6 +113,13 @@ pub struct Defences {
     pub export_send_timeout: Duration,
     /// How long an export may stream in all.
     pub export_max_duration: Duration,
+    /// The live call streams open, in all and per operator.
+    pub streams: Arc<running::RunLimits>,
+    /// How long a live call stream stays open.
+    pub stream_max_duration: Duration,
+    /// How long a live call stream may send nothing (a comment line then): below the
+    /// idle timeout, which would end it.
+    pub stream_keepalive: Duration,
     /// The JSON call searches running, in all and per operator.
     pub searches: Arc<running::RunLimits>,
     /// How long a JSON call search may read the store.
@@ -143,6 +152,10 @@ impl Defences {
             exports: running::RunLimits::new(c.max_exports, c.max_exports_per_operator),
             export_send_timeout: Duration::from_secs(c.export_send_timeout_seconds.into()),
             export_max_duration: Duration::from_secs(c.export_max_seconds.into()),
+            streams: running::RunLimits::new(c.max_streams, c.max_streams_per_operator),
+            stream_max_duration: Duration::from_secs(c.stream_max_seconds.into()),
+            stream_keepalive: Duration::from_secs(15)
+                .min(Duration::from_secs(c.idle_timeout_seconds.into()) / 2),
             searches: running::RunLimits::new(c.max_searches, c.max_searches_per_operator),
             search_timeout: search_budget(c.search_timeout_seconds, c.request_timeout_seconds),
             recordings: running::RunLimits::new(c.max_recordings, c.max_recordings_per_operator),
@@ -251,12 +264,14 @@ pub fn router(state: Arc<ApiState>) -> Router {
         )
         .route("/v1/tag.js", get(tag::script))
         .route("/v1/calls", get(calls::list))
+        .route("/v1/calls/stream", get(stream::stream))
         .route("/v1/calls/{call_id}", get(calls::get_one))
         .route("/v1/calls/{call_id}/recording", get(recordings::recording))
         .route(
             "/v1/internal/recordings/{operator}/{call_id}",
             get(recordings::internal),
         )
+        .merge(ui::routes())
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .layer(axum::extract::DefaultBodyLimit::max(DEFAULT_BODY_LIMIT))
         .layer(axum::middleware::from_fn(declared_length_fits))

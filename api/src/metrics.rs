@@ -43,6 +43,10 @@ pub struct ApiMetrics {
     pub exports_cut: Family<ReasonLabel, Counter>,
     pub searches_refused: Counter,
     pub searches_timed_out: Counter,
+    pub streams_active: Gauge,
+    pub streams_refused: Counter,
+    pub stream_events: Counter,
+    pub stream_read_failures: Counter,
     pub metrics_unauthorized: Counter,
     pub internal_refused: Counter,
     pub recordings_served: Family<OutcomeLabel, Counter>,
@@ -148,6 +152,26 @@ impl ApiMetrics {
             "api_exports_refused",
             "CSV/TSV exports answered 503 because api.max_exports (or the operator's api.max_exports_per_operator) were running",
             self.exports_refused.clone(),
+        );
+        r.register(
+            "api_streams_active",
+            "Live call streams (GET /v1/calls/stream, the incoming-call screen) open now (at most api.max_streams)",
+            self.streams_active.clone(),
+        );
+        r.register(
+            "api_streams_refused",
+            "Live call streams answered 503 because api.max_streams (or the operator's api.max_streams_per_operator) were open",
+            self.streams_refused.clone(),
+        );
+        r.register(
+            "api_stream_events",
+            "Call events sent on live call streams (call.started, call.queued, call.ringing, call.answered, call.ended)",
+            self.stream_events.clone(),
+        );
+        r.register(
+            "api_stream_read_failures",
+            "Reads of the store by a live call stream that failed (the stream reads again a second later)",
+            self.stream_read_failures.clone(),
         );
         r.register(
             "api_searches_refused",

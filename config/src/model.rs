@@ -388,6 +388,19 @@ pub struct ApiConfig {
     /// hold its place for days.
     #[serde(default = "default_api_export_max_seconds")]
     pub export_max_seconds: u32,
+    /// Live call streams (`GET /v1/calls/stream`, the incoming-call screen) open at
+    /// once; more are answered 503 with Retry-After (each reads the store once a
+    /// second).
+    #[serde(default = "default_api_max_streams")]
+    pub max_streams: u32,
+    /// Live call streams one operator may hold open at once.
+    #[serde(default = "default_api_max_streams_per_operator")]
+    pub max_streams_per_operator: u32,
+    /// A live call stream open this long is ended (a client reconnects: the
+    /// incoming-call screen does, an EventSource does), so a forgotten tab does not
+    /// hold its place for days.
+    #[serde(default = "default_api_stream_max_seconds")]
+    pub stream_max_seconds: u32,
     /// JSON call searches (`GET /v1/calls`) running at once; more are answered 503
     /// with Retry-After (each holds a store connection and a blocking thread).
     #[serde(default = "default_api_max_searches")]
@@ -459,6 +472,9 @@ impl Default for ApiConfig {
             max_exports: default_api_max_exports(),
             max_exports_per_operator: default_api_max_exports_per_operator(),
             export_max_seconds: default_api_export_max_seconds(),
+            max_streams: default_api_max_streams(),
+            max_streams_per_operator: default_api_max_streams_per_operator(),
+            stream_max_seconds: default_api_stream_max_seconds(),
             max_searches: default_api_max_searches(),
             max_searches_per_operator: default_api_max_searches_per_operator(),
             max_recordings: default_api_max_recordings(),
@@ -1065,6 +1081,16 @@ fn default_api_max_exports_per_operator() -> u32 {
 /// An hour: a year of a busy operator's calls (millions of rows, a few hundred MB) at
 /// a few hundred kB/s. Longer exports page through it with `from`/`to`.
 fn default_api_export_max_seconds() -> u32 {
+    3600
+}
+/// A screen per advertiser of a few operators' staff: each a store read a second.
+fn default_api_max_streams() -> u32 {
+    32
+}
+fn default_api_max_streams_per_operator() -> u32 {
+    8
+}
+fn default_api_stream_max_seconds() -> u32 {
     3600
 }
 fn default_api_max_searches() -> u32 {

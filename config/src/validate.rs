@@ -588,6 +588,9 @@ impl Config {
             ("api.export_max_seconds", a.export_max_seconds),
             ("api.max_searches", a.max_searches),
             ("api.max_searches_per_operator", a.max_searches_per_operator),
+            ("api.max_streams", a.max_streams),
+            ("api.max_streams_per_operator", a.max_streams_per_operator),
+            ("api.stream_max_seconds", a.stream_max_seconds),
             ("api.max_recordings", a.max_recordings),
             (
                 "api.max_recordings_per_operator",
@@ -634,6 +637,7 @@ impl Config {
                 a.export_send_timeout_seconds,
             ),
             ("api.export_max_seconds", a.export_max_seconds),
+            ("api.stream_max_seconds", a.stream_max_seconds),
         ] {
             if v > day {
                 err(path.into(), "must be at most 86400 seconds".into());

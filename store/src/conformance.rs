@@ -387,6 +387,7 @@ pub fn sample_call(operator_id: &str, advertiser_id: &str, started_at: i64) -> C
         callback_of: None,
         recording_status: None,
         state: CallState::Ended,
+        stage: None,
         end_reason: None,
         nodes: Vec::new(),
         taken_over_at: None,

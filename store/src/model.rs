@@ -557,6 +557,14 @@ string_enum!(
     }
 );
 
+string_enum!(
+    /// Where a call in progress is before its answer (see [`CallRecord::stage`]).
+    CallStage {
+        Queued => "queued",
+        Ringing => "ringing",
+    }
+);
+
 /// One call log record (通話ログ): kept as `active` while the call runs, written once
 /// as `ended` when it ends.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -599,6 +607,11 @@ pub struct CallRecord {
     pub attempts: Vec<Attempt>,
     #[serde(default)]
     pub state: CallState,
+    /// Where a call in progress is before its answer (waiting for a line, offered to
+    /// a destination): what the live call stream tells. None once it ends, and for a
+    /// call just admitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<CallStage>,
     /// Why the call ended when it was not the parties' doing: `drain` (the node shut
     /// down), `node_lost` (the node carrying it died), `session_expired`, ...
     #[serde(default)]

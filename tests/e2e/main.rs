@@ -20,6 +20,7 @@ mod pools;
 mod process;
 mod prompts;
 mod recording;
+mod screens;
 mod sip_edge;
 mod takeover;
 mod takeover_recording;

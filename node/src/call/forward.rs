@@ -163,8 +163,9 @@ impl Call {
         let timer = self.after(ring.min(NO_RESPONSE), CallMsg::NoResponse(self.attempt));
         self.stop_ring_timer();
         self.ring_timer = Some(timer);
-        // What a survivor needs to CANCEL this attempt if this node dies now.
-        self.checkpoint_now(false);
+        // What a survivor needs to CANCEL this attempt if this node dies now, and what
+        // the live call stream tells (ringing, and where).
+        self.note_progress();
     }
 
     /// The attempt's first response: its ring timer moves from [`NO_RESPONSE`] to the

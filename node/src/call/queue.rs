@@ -33,6 +33,13 @@ pub(super) struct Queued {
     waiting: bool,
 }
 
+impl Queued {
+    /// Whether the call waits in the queue (rather than for the owner's answer).
+    pub(super) fn waiting(&self) -> bool {
+        self.waiting
+    }
+}
+
 /// How long a caller waits for lines when neither the number nor the advertiser says.
 const DEFAULT_WAIT_SECONDS: u32 = 60;
 
@@ -119,6 +126,7 @@ impl Call {
         self.queue_since = Some(Instant::now());
         self.line_wait.get_or_insert((Instant::now(), None));
         self.ctx.metrics.calls.queued.inc();
+        self.note_progress(); // the live call stream tells it queued
         let name = self
             .number
             .queue

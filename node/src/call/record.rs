@@ -38,6 +38,12 @@ impl Call {
         // Known before the answer: a record finalised by another node (the call lost
         // with its node) says it too.
         record.ivr_digits = Some(self.ivr_digits.clone()).filter(|d| !d.is_empty());
+        record.stage = match (&self.answered, &self.queued, &self.b) {
+            (Some(_), _, _) => None,
+            (None, Some(q), _) if q.waiting() => Some(tsunagu_store::CallStage::Queued),
+            (None, _, Some(_)) => Some(tsunagu_store::CallStage::Ringing),
+            _ => None,
+        };
         record
     }
 
@@ -325,6 +331,7 @@ fn base_record(
         recording_status: None,
         attempts: Vec::new(),
         state: CallState::Ended,
+        stage: None,
         end_reason: None,
         nodes: Vec::new(),
         taken_over_at: None,

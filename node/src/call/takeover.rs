@@ -180,6 +180,21 @@ impl Call {
     /// writer's batches, like every record in progress). Without checkpoints (a node
     /// on its own, or `cluster.checkpoints = false`) only the answer is written
     /// (`always`), as a plain record in progress.
+    /// The record in progress after a change the live call stream tells (queued,
+    /// offered to a destination: see [`Call::progress_record`]): with the checkpoint
+    /// where the node keeps them (a survivor needs it too), and only while the writer
+    /// is ready (see `MESSAGES_PER_CALL`). Records in progress wait half a second in
+    /// the writer and replace one another there, so a call answered or ended sooner
+    /// costs the store nothing more.
+    pub(super) fn note_progress(&mut self) {
+        if self.ctx.checkpoints {
+            return self.checkpoint_now(false);
+        }
+        if self.ctx.log.ready() {
+            self.ctx.log.active(self.progress_record(), None);
+        }
+    }
+
     pub(super) fn checkpoint_now(&mut self, always: bool) {
         if !self.ctx.checkpoints {
             if always {

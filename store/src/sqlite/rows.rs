@@ -126,6 +126,7 @@ pub(super) fn call_from(row: &Row) -> rusqlite::Result<CallRecord> {
             .and_then(|a| serde_json::from_str(&a).ok())
             .unwrap_or_default(),
         state: CallState::Ended,
+        stage: None,
         end_reason: row.get(27)?,
         nodes: row
             .get::<_, Option<String>>(28)?

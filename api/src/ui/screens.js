@@ -1,0 +1,299 @@
+// tsunagu's web screens: the incoming-call screen (着信通知画面, /ui/live) and the call
+// log screen (/ui/calls). They call the node's own API with the operator's key, which
+// is kept in this tab's session storage only (a `#key=` fragment, never sent to a
+// server, is taken and removed from the address bar). Every value from the API is
+// written as text (textContent), never as HTML.
+"use strict";
+
+const KEY = "tsunagu_operator_key";
+
+function takeKey() {
+  const m = location.hash.match(/(?:^#|&)key=([^&]+)/);
+  if (m) {
+    sessionStorage.setItem(KEY, decodeURIComponent(m[1]));
+    history.replaceState(null, "", location.pathname + location.search);
+  }
+  return sessionStorage.getItem(KEY);
+}
+
+function status(text) {
+  document.getElementById("status").textContent = text;
+}
+
+function askKey(why) {
+  document.getElementById("screen").hidden = true;
+  const form = document.getElementById("key-form");
+  form.hidden = false;
+  if (why) status(why);
+  form.addEventListener("submit", (e) => {
+    e.preventDefault();
+    sessionStorage.setItem(KEY, document.getElementById("key-input").value.trim());
+    location.reload();
+  });
+}
+
+function forgetButton() {
+  const b = document.getElementById("forget");
+  b.hidden = false;
+  b.addEventListener("click", () => {
+    sessionStorage.removeItem(KEY);
+    location.reload();
+  });
+}
+
+function cell(tr, text, cls) {
+  const td = document.createElement("td");
+  td.textContent = text == null ? "" : String(text);
+  if (cls) td.className = cls;
+  tr.appendChild(td);
+  return td;
+}
+
+function time(iso) {
+  if (!iso) return "";
+  const d = new Date(iso);
+  return isNaN(d) ? iso : d.toLocaleString();
+}
+
+function source(call) {
+  const p = call.tracking_params || {};
+  return Object.keys(p).sort().map((k) => k + "=" + p[k]).join(" ");
+}
+
+/// The line a call rings or was answered on: its destination, else its last attempt's.
+function line(call) {
+  if (call.destination_number) return call.destination_number;
+  const a = call.attempts || [];
+  return a.length ? a[a.length - 1].destination : "";
+}
+
+function seconds(ms) {
+  const s = Math.max(0, Math.floor(ms / 1000));
+  return Math.floor(s / 60) + ":" + String(s % 60).padStart(2, "0");
+}
+
+// ---- the incoming-call screen ----
+
+const LABELS = {
+  started: "受付 started", queued: "待ち queued", ringing: "呼出中 ringing",
+  answered: "通話中 answered", ended: "終了 ended",
+};
+const ENDED_KEPT_MS = 5 * 60 * 1000;
+const ROWS_MAX = 500;
+
+function live(key) {
+  const body = document.querySelector("#live tbody");
+  const rows = new Map(); // call_id -> {tr, call, state, since}
+  const adv = new URLSearchParams(location.search).get("advertiser_id");
+  document.getElementById("scope").textContent = adv ? "Advertiser " + adv : "Every advertiser of this operator";
+  const url = "/v1/calls/stream" + (adv ? "?advertiser_id=" + encodeURIComponent(adv) : "");
+
+  function render(entry) {
+    const c = entry.call;
+    const tr = entry.tr;
+    tr.replaceChildren();
+    tr.dataset.callId = c.call_id;
+    tr.dataset.state = entry.state;
+    const label = entry.state === "ended" && c.result ? LABELS.ended + " · " + c.result : LABELS[entry.state];
+    cell(tr, label);
+    cell(tr, time(c.started_at), "num");
+    cell(tr, c.caller_number + (c.caller_kind ? " (" + c.caller_kind + ")" : ""), "num");
+    cell(tr, c.tracking_number, "num");
+    cell(tr, source(c), "source");
+    cell(tr, line(c), "num");
+    const t = cell(tr, "", "num");
+    t.dataset.role = "clock";
+  }
+
+  function tick() {
+    const now = Date.now();
+    for (const [id, e] of rows) {
+      if (e.state === "ended" && now - e.since > ENDED_KEPT_MS) {
+        e.tr.remove();
+        rows.delete(id);
+        continue;
+      }
+      const c = e.call;
+      const clock = e.tr.querySelector('[data-role="clock"]');
+      if (e.state === "answered" && c.answered_at) clock.textContent = seconds(now - Date.parse(c.answered_at));
+      else if (e.state === "ended") clock.textContent = c.talk_seconds ? seconds(c.talk_seconds * 1000) : "";
+      else clock.textContent = seconds(now - Date.parse(c.started_at));
+    }
+  }
+
+  function handle(type, data) {
+    const state = type.replace(/^call\./, "");
+    if (!LABELS[state] || !data || !data.call) return;
+    const c = data.call;
+    let e = rows.get(c.call_id);
+    if (!e) {
+      e = { tr: document.createElement("tr") };
+      rows.set(c.call_id, e);
+      body.prepend(e.tr);
+      while (rows.size > ROWS_MAX) {
+        const [oldest] = rows.keys();
+        rows.get(oldest).tr.remove();
+        rows.delete(oldest);
+      }
+    }
+    e.call = c;
+    e.state = state;
+    e.since = Date.now();
+    render(e);
+    tick();
+  }
+
+  async function connect() {
+    let res;
+    try {
+      res = await fetch(url, { headers: { Authorization: "Bearer " + key }, cache: "no-store" });
+    } catch (err) {
+      return "unreachable";
+    }
+    if (res.status === 401) {
+      sessionStorage.removeItem(KEY);
+      askKey("That key was refused.");
+      return "refused";
+    }
+    if (!res.ok || !res.body) return "answered " + res.status;
+    status("live");
+    const reader = res.body.getReader();
+    const decoder = new TextDecoder();
+    let buf = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) return "closed";
+      buf += decoder.decode(value, { stream: true });
+      let at;
+      while ((at = buf.indexOf("\n\n")) >= 0) {
+        const block = buf.slice(0, at);
+        buf = buf.slice(at + 2);
+        let type = "message";
+        const data = [];
+        for (const l of block.split("\n")) {
+          if (l.startsWith("event:")) type = l.slice(6).trim();
+          else if (l.startsWith("data:")) data.push(l.slice(5).trim());
+        }
+        if (data.length) {
+          try { handle(type, JSON.parse(data.join("\n"))); } catch (err) { /* a frame we cannot read */ }
+        }
+      }
+    }
+  }
+
+  (async () => {
+    setInterval(tick, 1000);
+    for (;;) {
+      const why = await connect();
+      if (why === "refused") return;
+      status("reconnecting (" + why + ")…");
+      await new Promise((r) => setTimeout(r, 2000));
+    }
+  })();
+}
+
+// ---- the call log screen ----
+
+function calls(key) {
+  const form = document.getElementById("search");
+  const body = document.querySelector("#calls tbody");
+  const more = document.getElementById("more");
+  let shown = [];
+  let cursor = null;
+
+  function query(extra) {
+    const q = new URLSearchParams();
+    for (const [k, v] of new FormData(form)) {
+      if (!v) continue;
+      q.set(k, k === "from" || k === "to" ? new Date(v).toISOString() : v);
+    }
+    for (const [k, v] of Object.entries(extra || {})) q.set(k, v);
+    return q;
+  }
+
+  async function get(q) {
+    const res = await fetch("/v1/calls?" + q, { headers: { Authorization: "Bearer " + key }, cache: "no-store" });
+    if (res.status === 401) {
+      sessionStorage.removeItem(KEY);
+      askKey("That key was refused.");
+      return null;
+    }
+    if (!res.ok) {
+      let msg = "the API answered " + res.status;
+      try { msg = (await res.json()).error.message; } catch (err) { /* not JSON */ }
+      status(msg);
+      return null;
+    }
+    return res;
+  }
+
+  function draw() {
+    body.replaceChildren();
+    for (const c of shown) {
+      const tr = document.createElement("tr");
+      tr.dataset.callId = c.call_id;
+      cell(tr, time(c.started_at), "num");
+      cell(tr, c.caller_number, "num");
+      cell(tr, c.caller_kind);
+      cell(tr, c.tracking_number, "num");
+      cell(tr, line(c), "num");
+      cell(tr, c.result);
+      cell(tr, c.validity);
+      cell(tr, c.ring_seconds, "num");
+      cell(tr, c.talk_seconds, "num");
+      cell(tr, source(c), "source");
+      body.appendChild(tr);
+    }
+    status(shown.length + " calls" + (cursor ? " (more on the next page)" : ""));
+  }
+
+  async function search(next) {
+    const q = query({ limit: "100" });
+    if (next && cursor) q.set("cursor", cursor);
+    status("searching…");
+    const res = await get(q);
+    if (!res) return;
+    const page = await res.json();
+    shown = next ? shown.concat(page.calls) : page.calls;
+    cursor = page.next_cursor;
+    more.hidden = !cursor;
+    draw();
+  }
+
+  form.addEventListener("submit", (e) => { e.preventDefault(); search(false); });
+  more.addEventListener("click", () => search(true));
+  document.getElementById("csv").addEventListener("click", async () => {
+    status("exporting…");
+    const res = await get(query({ format: "csv" }));
+    if (!res) return;
+    const a = document.createElement("a");
+    a.href = URL.createObjectURL(await res.blob());
+    a.download = "calls.csv";
+    document.body.appendChild(a);
+    a.click();
+    a.remove();
+    status("exported");
+  });
+  let by = null;
+  for (const th of document.querySelectorAll("#calls th[data-key]")) {
+    th.addEventListener("click", () => {
+      const k = th.dataset.key;
+      const dir = by === k ? -1 : 1;
+      by = dir === 1 ? k : null;
+      const v = (c) => (k === "source" ? source(c) : k === "destination_number" ? line(c) : c[k]) ?? "";
+      shown.sort((a, b) => (v(a) < v(b) ? -dir : v(a) > v(b) ? dir : 0));
+      draw();
+    });
+  }
+  search(false);
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  const key = takeKey();
+  if (!key) return askKey();
+  document.getElementById("screen").hidden = false;
+  forgetButton();
+  const screen = document.body.dataset.screen;
+  if (screen === "live") live(key);
+  else if (screen === "calls") calls(key);
+});
