@@ -8,8 +8,11 @@
 //! second of each change: see the node's call log) and their final records, once a
 //! second: no node forwards events to another, and a node that dies takes no event
 //! with it. A call that starts and ends between two reads is still told, from its
-//! final record (started, answered if it was, ended). [`Tracker`] turns the reads into
-//! events (pure); the task around it reads, sends and keeps the connection alive.
+//! final record (started, answered if it was, ended). After the first read's events
+//! comes `stream.ready` (what was in progress has been told): a client that
+//! reconnects looks up the calls it showed that the new stream did not tell (they
+//! ended in between). [`Tracker`] turns the reads into events (pure); the task around
+//! it reads, sends and keeps the connection alive.
 //!
 //! Bounded: streams in all and per operator (`api.max_streams`,
 //! `api.max_streams_per_operator`), each cut after `api.stream_max_seconds` (a client
@@ -97,12 +100,21 @@ pub struct Event {
     pub record: CallRecord,
 }
 
+/// What a stream told of a call in progress.
+#[derive(Debug, Clone)]
+struct Told {
+    stage: Stage,
+    destination: Option<String>,
+    missed: u8,
+}
+
 /// The calls a stream has told of, and what it told (pure).
 #[derive(Debug, Default)]
 pub struct Tracker {
-    /// Calls in progress told so far: their last stage, and reads since they were
-    /// last seen in progress (see [`VANISHED_READS`]).
-    live: HashMap<String, (Stage, u8)>,
+    /// Calls in progress told so far: their last stage told, the destination it
+    /// named, and reads since they were last seen in progress (see
+    /// [`VANISHED_READS`]).
+    live: HashMap<String, Told>,
     /// Calls whose end was told (bounded: the oldest forgotten first).
     ended: HashSet<String>,
     ended_order: VecDeque<String>,
@@ -115,8 +127,9 @@ impl Tracker {
     /// if it was) before its end; a call whose stage moved on is told each stage it
     /// reached that was not told (a queued call seen ringing: ringing; a call seen
     /// answered straight after it started: answered); a stage never goes back (a
-    /// row written late). Ends come first, oldest first; then calls in progress in
-    /// the order of their start.
+    /// row written late), but a call ringing on another destination than told (the
+    /// next destination of a hunt) is told ringing again. Ends come first, oldest
+    /// first; then calls in progress in the order of their start.
     pub fn update(&mut self, active: &[CallRecord], ended: &[CallRecord]) -> Vec<Event> {
         let mut events = Vec::new();
         let mut ended: Vec<&CallRecord> = ended
@@ -126,7 +139,7 @@ impl Tracker {
         ended.sort_by_key(|r| (r.ended_at, r.call_id.clone()));
         ended.dedup_by(|a, b| a.call_id == b.call_id);
         for r in ended {
-            let told = self.live.remove(&r.call_id).map(|(s, _)| s);
+            let told = self.live.remove(&r.call_id).map(|t| t.stage);
             if told.is_none() {
                 events.push(Event {
                     stage: Stage::Started,
@@ -157,29 +170,45 @@ impl Tracker {
                 continue;
             }
             let stage = Stage::of(r);
-            let told = self.live.get(&r.call_id).map(|(s, _)| *s);
-            if told.is_none() {
+            let before = self.live.get(&r.call_id).cloned();
+            if before.is_none() {
                 events.push(Event {
                     stage: Stage::Started,
                     record: r.clone(),
                 });
             }
-            let told = told.unwrap_or(Stage::Started);
-            if stage > told {
+            let (told, destination) = before
+                .map(|t| (t.stage, t.destination))
+                .unwrap_or((Stage::Started, None));
+            let moved_on = stage == Stage::Ringing
+                && told == Stage::Ringing
+                && r.destination_number.is_some()
+                && r.destination_number != destination;
+            let tell = stage > told || moved_on;
+            if tell {
                 events.push(Event {
                     stage,
                     record: r.clone(),
                 });
             }
-            self.live.insert(r.call_id.clone(), (stage.max(told), 0));
+            let told = Told {
+                stage: stage.max(told),
+                destination: if tell {
+                    r.destination_number.clone()
+                } else {
+                    destination
+                },
+                missed: 0,
+            };
+            self.live.insert(r.call_id.clone(), told);
         }
         // Calls in progress not in this read: looked for again, then forgotten.
-        self.live.retain(|id, (_, missed)| {
+        self.live.retain(|id, t| {
             if seen.contains(id) {
                 return true;
             }
-            *missed = missed.saturating_add(1);
-            *missed <= VANISHED_READS
+            t.missed = t.missed.saturating_add(1);
+            t.missed <= VANISHED_READS
         });
         events
     }
@@ -333,7 +362,9 @@ async fn produce(
     let mut first = true;
     let mut last_read = tsunagu_store::now_ms();
     let mut quiet = tokio::time::Instant::now();
-    let mut tick = tokio::time::interval(POLL);
+    // Reads once a second, or more often where the idle timeout is shorter than two
+    // (a keepalive is due before it).
+    let mut tick = tokio::time::interval(POLL.min(keepalive).max(Duration::from_millis(100)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -352,23 +383,37 @@ async fn produce(
             read(&*store, &operator, adv.as_deref(), recent_from, &live)
         })
         .await;
-        let Ok(Ok(got)) = got else {
-            // The store did not answer: the next read tries again (from the same
-            // read before, so nothing that ended meanwhile is missed).
-            metrics.stream_read_failures.inc();
-            continue;
-        };
-        last_read = started;
-        if std::mem::take(&mut first) {
-            tracker.skip_ended(&got.ended);
-        }
-        let events = tracker.update(&got.active, &got.ended);
-        for e in &events {
-            if !send(frame(e)).await {
-                return;
+        match got {
+            Ok(Ok(got)) => {
+                last_read = started;
+                let first = std::mem::take(&mut first);
+                if first {
+                    tracker.skip_ended(&got.ended);
+                }
+                let events = tracker.update(&got.active, &got.ended);
+                for e in &events {
+                    if !send(frame(e)).await {
+                        return;
+                    }
+                    metrics.stream_events.inc();
+                    quiet = tokio::time::Instant::now();
+                }
+                if first {
+                    // What was in progress has been told: a client that reconnects
+                    // looks up the calls it showed that this stream did not tell.
+                    let ready = json!({"calls_in_progress": tracker.live.len()});
+                    if !send(format!("event: stream.ready\ndata: {ready}\n\n")).await {
+                        return;
+                    }
+                    quiet = tokio::time::Instant::now();
+                }
             }
-            metrics.stream_events.inc();
-            quiet = tokio::time::Instant::now();
+            // The store did not answer: the next read tries again (from the same read
+            // before, so nothing that ended meanwhile is missed), and the keepalive
+            // still goes.
+            _ => {
+                metrics.stream_read_failures.inc();
+            }
         }
         if quiet.elapsed() >= keepalive {
             if !send(": keepalive\n\n".into()).await {
@@ -468,6 +513,24 @@ mod tests {
             ),
         ];
         let mut t = Tracker::default();
+        let hunted = |dest: &str| {
+            let mut r = rec("h", Ringing, 5);
+            r.destination_number = Some(dest.into());
+            r
+        };
+        let mut rows = rows;
+        rows.extend([
+            // A hunt: ringing on the first destination, then (told again) on the
+            // next; the same destination read again is not told again.
+            (
+                vec![hunted("0311112222")],
+                vec![],
+                vec![("h", Started), ("h", Ringing)],
+            ),
+            (vec![hunted("0311112222")], vec![], vec![]),
+            (vec![hunted("0322223333")], vec![], vec![("h", Ringing)]),
+            (vec![], vec![rec("h", Ended, 5)], vec![("h", Ended)]),
+        ]);
         for (i, (active, ended, want)) in rows.iter().enumerate() {
             let events = t.update(active, ended);
             assert_eq!(told(&events), *want, "read {i}");
@@ -549,6 +612,13 @@ mod tests {
                 .as_deref(),
             Some("retry: 2000\n\n")
         );
+        // The first read: nothing in progress yet.
+        let mut frames = String::new();
+        wait_for(&mut body, &mut frames, "event: stream.ready").await;
+        assert!(
+            frames.contains("data: {\"calls_in_progress\":0}"),
+            "{frames}"
+        );
         let now = tsunagu_store::now_ms();
         let progress = |op: &str, adv: &str, id: &str, stage: Stage| {
             let mut r = rec(id, stage, now);
@@ -569,7 +639,6 @@ mod tests {
             progress(&other, "adv_other", "call_theirs", Stage::Ringing),
             progress(&a.operator, "adv_else", "call_elsewhere", Stage::Ringing),
         ]);
-        let mut frames = String::new();
         wait_for(&mut body, &mut frames, "event: call.ringing").await;
         assert!(frames.contains("event: call.started\ndata: {"), "{frames}");
         assert!(
@@ -593,6 +662,7 @@ mod tests {
         assert_eq!(
             order,
             [
+                "stream.ready",
                 "call.started",
                 "call.ringing",
                 "call.answered",

@@ -541,6 +541,7 @@ fn set_stalled(w: &Writer, shared: &Shared, stalled: bool, what: &str) {
 /// last sign of life (never before the call started or was answered). Talk time runs
 /// from the answer to then.
 pub fn lost_call(mut record: CallRecord, last_seen: Option<i64>) -> CallRecord {
+    record.stage = None; // a final record tells no stage
     let floor = record
         .answered_at
         .unwrap_or(record.started_at)
@@ -1362,9 +1363,11 @@ mod tests {
         let c = rusqlite::Connection::open(d._dir.path().join("t.db")).unwrap();
         let damaged = "UPDATE active_calls SET epoch = 'not a number' WHERE call_id = 'call_bad'";
         assert_eq!(c.execute(damaged, []).unwrap(), 1);
-        let mut bad = d.call("call_bad", 10_000, 30);
+        // This clock hour's (counts of hours past are forgotten).
+        let hour_start = now_ms().div_euclid(HOUR_MS) * HOUR_MS;
+        let mut bad = d.call("call_bad", hour_start + 10_000, 30);
         bad.record.tracking_number = "0500000000".into(); // its own quota
-        let good = d.call("call_good", 20_000, 30);
+        let good = d.call("call_good", hour_start + 20_000, 30);
         let (log, handle) = CallLog::start(d.w);
         log.write(bad);
         log.write(good);
@@ -1519,8 +1522,11 @@ mod tests {
         });
         d.number = Arc::new(number);
         let hour = 3_600_000;
+        // The hour before this one, then this one (counts of hours past are forgotten).
+        let last_hour = (now_ms().div_euclid(hour) - 1) * hour;
         let mut in_progress = InProgress::default();
         for (i, start) in [10_000, 20_000, 30_000, hour + 10_000]
+            .map(|t| last_hour + t)
             .into_iter()
             .enumerate()
         {
@@ -1555,12 +1561,15 @@ mod tests {
             w.notices_per_hour = 3;
         }
         let mut in_progress = InProgress::default();
-        d.write(vec![d.call("call_n0", 10_000, 30)], &mut in_progress);
-        e.write(vec![e.call("call_n1", 20_000, 30)], &mut in_progress);
-        d.write(vec![d.call("call_n2", 30_000, 30)], &mut in_progress);
+        // Calls of this clock hour (counts of hours past are forgotten).
+        let hour = now_ms().div_euclid(HOUR_MS);
+        let at = |s: i64| hour * HOUR_MS + s * 1000;
+        d.write(vec![d.call("call_n0", at(0), 30)], &mut in_progress);
+        e.write(vec![e.call("call_n1", at(1), 30)], &mut in_progress);
+        d.write(vec![d.call("call_n2", at(2), 30)], &mut in_progress);
         // The fourth call of the hour, through either node, is past the quota.
-        e.write(vec![e.call("call_n3", 40_000, 30)], &mut in_progress);
-        d.write(vec![d.call("call_n4", 50_000, 30)], &mut in_progress);
+        e.write(vec![e.call("call_n3", at(3), 30)], &mut in_progress);
+        d.write(vec![d.call("call_n4", at(4), 30)], &mut in_progress);
         let queued = d.store.claim_follow_ups(i64::MAX, 100, 60_000).unwrap();
         let mailed: Vec<&str> = ["call_n0", "call_n1", "call_n2", "call_n3", "call_n4"]
             .into_iter()
@@ -1578,7 +1587,7 @@ mod tests {
         // A record counted before keeps its place when its batch is tried again.
         let again = [tsunagu_store::NoticeClaim {
             number: &d.call("call_n0", 0, 0).record.tracking_number,
-            hour: 0,
+            hour: (at(0) + 32_000).div_euclid(HOUR_MS),
             call_id: "call_n0",
         }];
         assert_eq!(e.store.take_notices(&again, 3).unwrap(), [true]);

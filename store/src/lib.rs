@@ -407,8 +407,8 @@ pub trait Store: Send + Sync + 'static {
     /// their tracking number's quota for a clock hour, for the whole cluster: for each
     /// claim, in order, true when its notices may go (fewer than `cap` calls were
     /// counted for that number and hour; this one is then counted). Idempotent per call
-    /// (a retried batch is not counted twice); counts older than the hour before the
-    /// earliest claimed are forgotten. The call-log writer asks once per batch.
+    /// (a retried batch is not counted twice); counts of hours more than two before the
+    /// current one are forgotten. The call-log writer asks once per batch.
     fn take_notices(&self, claims: &[NoticeClaim<'_>], cap: u32) -> Result<Vec<bool>>;
 
     /// A cheap round trip that fails when the store cannot serve requests.

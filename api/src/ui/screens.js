@@ -10,7 +10,9 @@ const KEY = "tsunagu_operator_key";
 function takeKey() {
   const m = location.hash.match(/(?:^#|&)key=([^&]+)/);
   if (m) {
-    sessionStorage.setItem(KEY, decodeURIComponent(m[1]));
+    let key = m[1];
+    try { key = decodeURIComponent(key); } catch (err) { /* taken as written */ }
+    sessionStorage.setItem(KEY, key);
     history.replaceState(null, "", location.pathname + location.search);
   }
   return sessionStorage.getItem(KEY);
@@ -121,7 +123,34 @@ function live(key) {
     }
   }
 
+  // When the stream now open was opened: on a reconnect, calls shown before that the
+  // new stream does not tell by its `stream.ready` ended (or went) meanwhile, and are
+  // looked up.
+  let openedAt = 0;
+  let reconnected = false;
+
+  async function lookUp(id, e) {
+    const res = await fetch("/v1/calls/" + encodeURIComponent(id), {
+      headers: { Authorization: "Bearer " + key }, cache: "no-store",
+    });
+    if (res.status === 404) {
+      e.tr.remove();
+      rows.delete(id);
+    } else if (res.ok) {
+      const call = await res.json();
+      if (call.state === "ended") handle("call.ended", { call });
+    }
+  }
+
+  function reconcile() {
+    if (!reconnected) return;
+    for (const [id, e] of rows) {
+      if (e.state !== "ended" && e.since < openedAt) lookUp(id, e).catch(() => {});
+    }
+  }
+
   function handle(type, data) {
+    if (type === "stream.ready") return reconcile();
     const state = type.replace(/^call\./, "");
     if (!LABELS[state] || !data || !data.call) return;
     const c = data.call;
@@ -157,6 +186,7 @@ function live(key) {
     }
     if (!res.ok || !res.body) return "answered " + res.status;
     status("live");
+    openedAt = Date.now();
     const reader = res.body.getReader();
     const decoder = new TextDecoder();
     let buf = "";
@@ -186,6 +216,7 @@ function live(key) {
     for (;;) {
       const why = await connect();
       if (why === "refused") return;
+      reconnected = true;
       status("reconnecting (" + why + ")…");
       await new Promise((r) => setTimeout(r, 2000));
     }
@@ -205,7 +236,9 @@ function calls(key) {
     const q = new URLSearchParams();
     for (const [k, v] of new FormData(form)) {
       if (!v) continue;
-      q.set(k, k === "from" || k === "to" ? new Date(v).toISOString() : v);
+      const t = k === "from" || k === "to" ? new Date(v) : null;
+      if (t && isNaN(t)) continue; // a date the browser could not read: no bound
+      q.set(k, t ? t.toISOString() : v);
     }
     for (const [k, v] of Object.entries(extra || {})) q.set(k, v);
     return q;

@@ -643,11 +643,12 @@ impl Call {
                 p.from == Side::A || self.session.is_some_and(|s| !s.by_node),
                 p.from == Side::A,
                 // The caller's leg is refreshed by the caller, or by the node for a
-                // caller that does no timers (a proxy asked for it: see `agree`).
+                // caller that does no timers (a proxy asked for it: see `agree`),
+                // read from this request (a call taken over has no INVITE to read).
                 p.from == Side::A
-                    && self.session.is_some_and(|s| {
-                        s.caller_refreshes || (s.by_node && !self.a_view.supports_timer)
-                    }),
+                    && self
+                        .session
+                        .is_some_and(|s| s.caller_refreshes || (s.by_node && !p.ask.supports())),
             )
         };
         // A 422 the node did not follow (see `retry_with_timer_learnt`) is about the

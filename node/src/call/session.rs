@@ -71,6 +71,11 @@ impl TimerAsk {
         self.supports && self.sent.is_none()
     }
 
+    /// Whether its sender said `Supported: timer`.
+    pub(super) fn supports(&self) -> bool {
+        self.supports
+    }
+
     /// Whether it asks for less than `floor` (refused 422, as the first INVITE's
     /// [`crate::decide::session_timer::too_small`] would be).
     pub(super) fn too_small(&self, floor: u32) -> bool {

@@ -176,10 +176,6 @@ impl Call {
         recording_state(self.recording_mode, &self.recording_parts, here)
     }
 
-    /// Writes the call's record in progress with its checkpoint (through the call-log
-    /// writer's batches, like every record in progress). Without checkpoints (a node
-    /// on its own, or `cluster.checkpoints = false`) only the answer is written
-    /// (`always`), as a plain record in progress.
     /// The record in progress after a change the live call stream tells (queued,
     /// offered to a destination: see [`Call::progress_record`]): with the checkpoint
     /// where the node keeps them (a survivor needs it too), and only while the writer
@@ -195,6 +191,10 @@ impl Call {
         }
     }
 
+    /// Writes the call's record in progress with its checkpoint (through the call-log
+    /// writer's batches, like every record in progress). Without checkpoints (a node
+    /// on its own, or `cluster.checkpoints = false`) only the answer is written
+    /// (`always`), as a plain record in progress.
     pub(super) fn checkpoint_now(&mut self, always: bool) {
         if !self.ctx.checkpoints {
             if always {

@@ -76,6 +76,7 @@ pub fn record_from(json: &str, call_id: Option<&str>, state: CallState) -> Resul
     }
     if state == CallState::Ended {
         r.owner_epoch = 0;
+        r.stage = None; // a final record tells no stage
     }
     r.state = state;
     Ok(r)

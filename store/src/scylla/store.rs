@@ -263,6 +263,33 @@ async fn open(settings: &ScyllaSettings) -> Result<Inner> {
 }
 
 impl Inner {
+    /// One call's claim on its number's notices for an hour (see
+    /// [`Store::take_notices`]): its slot if it has one, else the lowest free one below
+    /// the cap, by compare-and-set, read again when another node took it first.
+    async fn take_notice(&self, c: &NoticeClaim<'_>, cap: u32) -> Result<bool> {
+        for _ in 0..CAS_ROUNDS {
+            let taken: Vec<(i32, String)> = self
+                .rows::<(i32, Option<String>)>(q::NOTICES_OF, (c.number, c.hour))
+                .await?
+                .into_iter()
+                .map(|(s, id)| (s, id.unwrap_or_default()))
+                .collect();
+            match sms_slot(&taken, c.call_id, cap) {
+                SmsSlot::AlreadyCounted => return Ok(true),
+                SmsSlot::OverCap => return Ok(false),
+                SmsSlot::Take(slot) => {
+                    let values = (c.number, c.hour, slot, c.call_id, NOTICE_TTL_SECONDS);
+                    if self.cas(q::NOTICE_TAKE, values).await?.applied {
+                        return Ok(true);
+                    }
+                }
+            }
+        }
+        Err(StoreError::Unavailable(
+            "notice counts are contended; try again".into(),
+        ))
+    }
+
     /// Registers the incarnation after `epoch` of `info`'s node (compare-and-set on
     /// `epoch`, read with its sign of life `last_seen`): the new epoch and that sign,
     /// or None if another registration came first.
@@ -1800,34 +1827,29 @@ impl Store for ScyllaStore {
     }
 
     fn take_notices(&self, claims: &[NoticeClaim<'_>], cap: u32) -> Result<Vec<bool>> {
+        // One partition (number, hour) at a time, its claims in order (concurrent
+        // claims on one partition would race each other for the same slot); the
+        // partitions at once: a batch of calls to many numbers costs about one round
+        // of lightweight transactions, not one per call in a row on the writer.
+        let mut groups: std::collections::BTreeMap<(&str, i64), Vec<usize>> =
+            std::collections::BTreeMap::new();
+        for (i, c) in claims.iter().enumerate() {
+            groups.entry((c.number, c.hour)).or_default().push(i);
+        }
         self.wait(async {
-            let mut allowed = Vec::with_capacity(claims.len());
-            'claims: for c in claims {
-                for _ in 0..CAS_ROUNDS {
-                    let taken: Vec<(i32, String)> = self
-                        .inner
-                        .rows::<(i32, Option<String>)>(q::NOTICES_OF, (c.number, c.hour))
-                        .await?
-                        .into_iter()
-                        .map(|(s, id)| (s, id.unwrap_or_default()))
-                        .collect();
-                    let ok = match sms_slot(&taken, c.call_id, cap) {
-                        SmsSlot::AlreadyCounted => true,
-                        SmsSlot::OverCap => false,
-                        SmsSlot::Take(slot) => {
-                            let values = (c.number, c.hour, slot, c.call_id, NOTICE_TTL_SECONDS);
-                            if !self.inner.cas(q::NOTICE_TAKE, values).await?.applied {
-                                continue; // another node took that slot: read again
-                            }
-                            true
-                        }
-                    };
-                    allowed.push(ok);
-                    continue 'claims;
+            let inner = &self.inner;
+            let rounds = groups.values().map(|indexes| async move {
+                let mut out = Vec::with_capacity(indexes.len());
+                for &i in indexes {
+                    out.push((i, inner.take_notice(&claims[i], cap).await?));
                 }
-                return Err(StoreError::Unavailable(
-                    "notice counts are contended; try again".into(),
-                ));
+                Ok::<_, StoreError>(out)
+            });
+            let mut allowed = vec![false; claims.len()];
+            for group in futures_util::future::join_all(rounds).await {
+                for (i, ok) in group? {
+                    allowed[i] = ok;
+                }
             }
             Ok(allowed)
         })

@@ -1636,13 +1636,17 @@ impl Store for SqliteStore {
     }
 
     fn take_notices(&self, claims: &[NoticeClaim<'_>], cap: u32) -> Result<Vec<bool>> {
-        let Some(earliest) = claims.iter().map(|c| c.hour).min() else {
+        if claims.is_empty() {
             return Ok(Vec::new());
-        };
+        }
+        // Counts are kept for this clock hour and the two before, whatever hours the
+        // claims name: a node whose writer stalled claims for an hour past, and
+        // another node's prune by its own claims' hours had emptied that hour's count.
+        let kept_from = now_ms().div_euclid(3_600_000).saturating_sub(2);
         self.write(|c| {
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             tx.prepare_cached("DELETE FROM notices WHERE hour < ?1")?
-                .execute([earliest.saturating_sub(1)])?;
+                .execute([kept_from])?;
             let mut allowed = Vec::with_capacity(claims.len());
             for claim in claims {
                 let counted: bool = tx
