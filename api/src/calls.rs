@@ -72,6 +72,7 @@ pub(crate) const COLUMNS: &[&str] = &[
     "nodes",
     "taken_over_at",
     "recording_parts",
+    "rtp_jitter_ms",
 ];
 
 const JSON_PAGE_MAX: usize = 1000;
@@ -226,6 +227,7 @@ pub fn call_json(r: &CallRecord) -> Value {
         "rtp_packets_in": r.rtp_packets_in,
         "rtp_packets_out": r.rtp_packets_out,
         "rtp_lost": r.rtp_lost,
+        "rtp_jitter_ms": jitter_ms(r),
         "callback_of": r.callback_of,
         "recording_status": r.recording_status,
         "attempts": attempts(r),
@@ -248,6 +250,11 @@ pub fn call_json(r: &CallRecord) -> Value {
 /// What a call in progress has not decided yet: null in JSON, an empty cell in an
 /// export (not "failed", ended at 1970).
 const UNDECIDED: [&str; 5] = ["ended_at", "result", "validity", "sip_code", "talk_seconds"];
+
+/// The call's highest RTP jitter in milliseconds, to a tenth (None: not measured).
+fn jitter_ms(r: &CallRecord) -> Option<f64> {
+    r.rtp_jitter_us.map(|us| (us as f64 / 100.0).round() / 10.0)
+}
 
 /// The nodes that carried the call, in order (one, unless it was taken over).
 fn nodes(r: &CallRecord) -> Vec<&str> {
@@ -285,7 +292,7 @@ fn attempts(r: &CallRecord) -> Value {
         .collect()
 }
 
-pub(crate) fn fields(r: &CallRecord) -> [String; 31] {
+pub(crate) fn fields(r: &CallRecord) -> [String; 32] {
     let opt = |v: &Option<String>| v.clone().unwrap_or_default();
     let decided = |s: String| {
         if r.state == CallState::Active {
@@ -340,6 +347,7 @@ pub(crate) fn fields(r: &CallRecord) -> [String; 31] {
         } else {
             recording_parts(r).to_string()
         },
+        jitter_ms(r).map(|ms| ms.to_string()).unwrap_or_default(),
     ]
 }
 

@@ -14,6 +14,7 @@
 pub mod destination;
 pub mod dtmf;
 pub mod g711;
+pub mod jitter;
 pub mod latch;
 pub mod metrics;
 pub mod ports;

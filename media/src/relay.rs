@@ -51,6 +51,10 @@ pub struct RelayStats {
     pub bytes_b_to_a: AtomicU64,
     pub lost_a_to_b: AtomicU64,
     pub lost_b_to_a: AtomicU64,
+    /// The highest interarrival jitter estimate (RFC 3550) of the G.711 audio each
+    /// side sent, in microseconds (see [`crate::jitter`]).
+    pub jitter_a_us: AtomicU64,
+    pub jitter_b_us: AtomicU64,
     /// RTP packets accepted from either party (relayed or not: a prompt may be playing
     /// toward the other): what says the call's media is alive (`media.timeout_seconds`).
     pub received: AtomicU64,
@@ -89,6 +93,15 @@ impl RelayStats {
 
     pub fn lost(&self) -> u64 {
         self.lost_a_to_b.load(Ordering::Relaxed) + self.lost_b_to_a.load(Ordering::Relaxed)
+    }
+
+    /// The highest interarrival jitter of the audio from (the caller, the callee), in
+    /// microseconds; 0 where fewer than two G.711 packets came.
+    pub fn jitter_us(&self) -> (u64, u64) {
+        (
+            self.jitter_a_us.load(Ordering::Relaxed),
+            self.jitter_b_us.load(Ordering::Relaxed),
+        )
     }
 }
 
@@ -397,6 +410,8 @@ struct SideState {
     /// Where this side's far end is: from its SDP, and latched from its packets.
     peer: Peer,
     loss: LossCounter,
+    /// Interarrival jitter of what this side's far end sends.
+    jitter: crate::jitter::JitterMeter,
     /// The stream sent toward this side's far end.
     out: OutStream,
     player: Option<Player>,
@@ -412,6 +427,7 @@ impl SideState {
             side,
             peer: Peer::default(),
             loss: LossCounter::default(),
+            jitter: Default::default(),
             out: OutStream::new(new_ssrc()),
             player: None,
             dtmf_payload_type: None,
@@ -446,8 +462,9 @@ struct Flow<'a> {
     to_side: &'a mut SideState,
     dir: &'a Direction,
     /// Packets sent, bytes sent and packets lost in this direction, packets accepted
-    /// from either side, and when the last was (see [`RelayStats`]).
-    counters: [&'a AtomicU64; 5],
+    /// from either side, when the last was, and the peak jitter of this direction
+    /// (see [`RelayStats`]).
+    counters: [&'a AtomicU64; 6],
     latch: Latch,
     /// What may go toward a side that has sent nothing yet.
     unverified: Unverified<'a>,
@@ -464,6 +481,8 @@ struct Flow<'a> {
 /// go nowhere: not to the other side, not to the recording, not to DTMF detection.
 fn drain(p: Flow<'_>, mut rec: Option<&mut Recording>, on_event: &OnEvent) {
     let now = Instant::now();
+    let now_us = u64::try_from(now.saturating_duration_since(clock_base()).as_micros())
+        .unwrap_or(u64::MAX - 1);
     // Whether a packet was accepted: its time is stored once per wake-up, not per
     // packet.
     let mut accepted = false;
@@ -522,6 +541,12 @@ fn drain(p: Flow<'_>, mut rec: Option<&mut Recording>, on_event: &OnEvent) {
                     });
                 }
             }
+            let jitter = &mut p.from_side.jitter;
+            let peak = jitter.peak_us();
+            jitter.on_packet(r.ssrc(), r.payload_type(), r.timestamp(), now_us);
+            if jitter.peak_us() > peak {
+                p.counters[5].fetch_max(jitter.peak_us(), Ordering::Relaxed);
+            }
             let gap = p.from_side.loss.on_packet(r.ssrc(), seq);
             if gap > 0 {
                 p.counters[2].fetch_add(gap, Ordering::Relaxed);
@@ -543,9 +568,7 @@ fn drain(p: Flow<'_>, mut rec: Option<&mut Recording>, on_event: &OnEvent) {
         }
     });
     if accepted {
-        let us = now.saturating_duration_since(clock_base()).as_micros();
-        let stamp = u64::try_from(us).unwrap_or(u64::MAX - 1) + 1;
-        p.counters[4].store(stamp, Ordering::Relaxed);
+        p.counters[4].store(now_us + 1, Ordering::Relaxed);
     }
 }
 
@@ -718,14 +741,14 @@ fn run(
             tokio::select! {
                 r = a.socket().readable() => {
                     if r.is_ok() {
-                        let counters = [&stats.packets_a_to_b, &stats.bytes_a_to_b, &stats.lost_a_to_b, &stats.received, &stats.last_received_us];
+                        let counters = [&stats.packets_a_to_b, &stats.bytes_a_to_b, &stats.lost_a_to_b, &stats.received, &stats.last_received_us, &stats.jitter_a_us];
                         let path = Flow { from: a.socket(), from_side: &mut sa, out: b.socket(), to_side: &mut sb, dir: &a_to_b, counters, latch, unverified, refused: &refused, gate: &a };
                         drain(path, rec.as_mut(), &on_event);
                     }
                 }
                 r = b.socket().readable() => {
                     if r.is_ok() {
-                        let counters = [&stats.packets_b_to_a, &stats.bytes_b_to_a, &stats.lost_b_to_a, &stats.received, &stats.last_received_us];
+                        let counters = [&stats.packets_b_to_a, &stats.bytes_b_to_a, &stats.lost_b_to_a, &stats.received, &stats.last_received_us, &stats.jitter_b_us];
                         let path = Flow { from: b.socket(), from_side: &mut sb, out: a.socket(), to_side: &mut sa, dir: &b_to_a, counters, latch, unverified, refused: &refused, gate: &a };
                         drain(path, rec.as_mut(), &on_event);
                     }

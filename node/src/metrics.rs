@@ -61,6 +61,12 @@ pub struct RejectLabel {
     pub reason: &'static str,
 }
 
+/// Buckets of `tsunagu_rtp_jitter_seconds`: a good network stays under 5 ms, 30 ms
+/// is heard, and past 100 ms the audio breaks up.
+fn jitter_histogram() -> Histogram {
+    Histogram::new([0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2, 0.5])
+}
+
 #[derive(Clone)]
 pub struct CallMetrics {
     pub started: Counter,
@@ -71,6 +77,9 @@ pub struct CallMetrics {
     pub runtime_workers: Gauge,
     pub ring_seconds: Histogram,
     pub talk_seconds: Histogram,
+    /// The highest RTP interarrival jitter of each ended call's audio, by direction.
+    pub rtp_jitter_seconds:
+        Family<tsunagu_media::metrics::DirectionLabel, Histogram, fn() -> Histogram>,
     pub setup_seconds: Histogram,
     /// Admission → the call's task running (the runtime's queue).
     pub start_delay_seconds: Histogram,
@@ -158,6 +167,7 @@ impl Default for CallMetrics {
             runtime_workers: Gauge::default(),
             ring_seconds: Histogram::new(time_buckets),
             talk_seconds: Histogram::new(time_buckets),
+            rtp_jitter_seconds: Family::new_with_constructor(jitter_histogram),
             setup_seconds: Histogram::new([
                 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0,
             ]),
@@ -368,6 +378,16 @@ impl Metrics {
             "Talk time of answered calls",
             c.talk_seconds.clone(),
         );
+        r.register(
+            "rtp_jitter_seconds",
+            "The highest RTP interarrival jitter (RFC 3550, smoothed over 16 packets) of each ended call's G.711 audio, by direction (caller_to_callee: what the caller sent); calls with fewer than two packets that way are not counted",
+            c.rtp_jitter_seconds.clone(),
+        );
+        for direction in ["caller_to_callee", "callee_to_caller"] {
+            let _ = c
+                .rtp_jitter_seconds
+                .get_or_create(&tsunagu_media::metrics::DirectionLabel { direction });
+        }
         r.register(
             "call_setup_seconds",
             "Time from INVITE to the first ringing or answer relayed to the caller",

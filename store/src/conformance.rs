@@ -384,6 +384,7 @@ pub fn sample_call(operator_id: &str, advertiser_id: &str, started_at: i64) -> C
         rtp_packets_in: 100,
         rtp_packets_out: 99,
         rtp_lost: 1,
+        rtp_jitter_us: Some(2_500),
         callback_of: None,
         recording_status: None,
         state: CallState::Ended,

@@ -157,6 +157,14 @@ fn rtp_is_relayed_both_ways_and_counted() {
         let pout = c["rtp_packets_out"].as_u64().unwrap();
         assert!(pin >= 100, "caller→callee packets {pin}: {c}");
         assert!(pout >= 100, "callee→caller packets {pout}: {c}");
+        // PCMA both ways: its jitter measured (a pcap replayed on loopback: well
+        // under 50 ms).
+        let jitter = c["rtp_jitter_ms"].as_f64().unwrap_or(-1.0);
+        assert!((0.0..50.0).contains(&jitter), "rtp_jitter_ms {jitter}: {c}");
+    }
+    for direction in ["caller_to_callee", "callee_to_caller"] {
+        let count = format!("tsunagu_rtp_jitter_seconds_count{{direction=\"{direction}\"}}");
+        assert_eq!(node.metric(&count), 2.0, "{count}");
     }
     assert!(node.metric("tsunagu_rtp_packets_total{direction=\"caller_to_callee\"}") >= 200.0);
     assert!(node.metric("tsunagu_rtp_packets_total{direction=\"callee_to_caller\"}") >= 200.0);

@@ -121,6 +121,18 @@ impl Call {
         if let Some(r) = &self.relay {
             (record.rtp_packets_in, record.rtp_packets_out) = r.stats.packets();
             record.rtp_lost = r.stats.lost();
+            let (from_caller, from_callee) = r.stats.jitter_us();
+            let jitter = &self.ctx.metrics.calls.rtp_jitter_seconds;
+            for (direction, packets, us) in [
+                ("caller_to_callee", record.rtp_packets_in, from_caller),
+                ("callee_to_caller", record.rtp_packets_out, from_callee),
+            ] {
+                if packets > 1 {
+                    let label = tsunagu_media::metrics::DirectionLabel { direction };
+                    jitter.get_or_create(&label).observe(us as f64 / 1e6);
+                    record.rtp_jitter_us = record.rtp_jitter_us.max(Some(us));
+                }
+            }
         }
         let (ring_seconds, talk_seconds) = (record.ring_seconds, record.talk_seconds);
         let (pin, pout) = (record.rtp_packets_in, record.rtp_packets_out);
@@ -327,6 +339,7 @@ fn base_record(
         rtp_packets_in: 0,
         rtp_packets_out: 0,
         rtp_lost: 0,
+        rtp_jitter_us: None,
         callback_of: None,
         recording_status: None,
         attempts: Vec::new(),

@@ -997,7 +997,7 @@ impl Store for SqliteStore {
             {
                 let mut st = tx.prepare_cached(&format!(
                     "INSERT OR IGNORE INTO calls ({CALL_COLUMNS}) VALUES \
-                     (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31)"
+                     (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32)"
                 ))?;
                 let mut ended = tx.prepare_cached("DELETE FROM active_calls WHERE call_id = ?1")?;
                 // A call in progress owned by another incarnation (taken over) is not
@@ -1049,6 +1049,7 @@ impl Store for SqliteStore {
                         (!r.recording_parts.is_empty()).then(|| {
                             serde_json::to_string(&r.recording_parts).unwrap_or_default()
                         }),
+                        r.rtp_jitter_us.and_then(|us| i64::try_from(us).ok()),
                     ])?;
                     inserted[i] = tx.changes() == 1;
                     ended.execute([&r.call_id])?;

@@ -9,7 +9,8 @@ use rusqlite::{params, Row};
 pub(super) const CALL_COLUMNS: &str = "call_id, operator_id, advertiser_id, tracking_number, caller_number, caller_kind, \
     destination_number, started_at, answered_at, ended_at, ring_seconds, talk_seconds, result, validity, \
     ivr_digits, judgement_digit, recording, tracking_params, node, sip_code, trunk, rtp_packets_in, \
-    rtp_packets_out, rtp_lost, callback_of, recording_status, attempts, end_reason, nodes, taken_over_at, recording_parts";
+    rtp_packets_out, rtp_lost, callback_of, recording_status, attempts, end_reason, nodes, taken_over_at, recording_parts, \
+    rtp_jitter_us";
 
 pub(super) fn operator_from(row: &Row) -> rusqlite::Result<Operator> {
     Ok(Operator {
@@ -114,6 +115,9 @@ pub(super) fn call_from(row: &Row) -> rusqlite::Result<CallRecord> {
         rtp_packets_in: row.get::<_, i64>(21)? as u64,
         rtp_packets_out: row.get::<_, i64>(22)? as u64,
         rtp_lost: row.get::<_, i64>(23)? as u64,
+        rtp_jitter_us: row
+            .get::<_, Option<i64>>(31)?
+            .and_then(|us| u64::try_from(us).ok()),
         callback_of: row.get(24)?,
         recording_status: match row.get::<_, Option<String>>(25)? {
             Some(t) => Some(t.parse().map_err(|e: String| {

@@ -233,6 +233,11 @@ CREATE TABLE notices (
 CREATE INDEX notices_by_number ON notices(number, hour);
 CREATE INDEX notices_by_hour ON notices(hour);
 "#,
+    r#"
+-- The highest RTP interarrival jitter of a call's audio (microseconds; null where not
+-- measured, and for calls logged before).
+ALTER TABLE calls ADD COLUMN rtp_jitter_us INTEGER;
+"#,
 ];
 
 /// Applies pending migrations. Each runs in an IMMEDIATE transaction that reads the
