@@ -1,7 +1,8 @@
 //! RTP relay cost per packet: a caller socket sends a 20 ms G.711 packet to the node's
 //! relay, which forwards it to the callee socket (two UDP hops on loopback and the
-//! relay task's work); with and without a recording running. The pure part (RTP
-//! header read, loss counting, G.711 decode and placement) is measured alone too.
+//! relay task's work); with and without a recording running. The pure parts (RTP
+//! header read, loss counting, G.711 decode and placement; the jitter estimate) are
+//! measured alone too.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::hint::black_box;
@@ -53,6 +54,12 @@ fn through_relay(c: &mut Criterion, name: &str, record: bool) {
         }
         relay
     });
+    // The callee sends first: a party that has sent nothing gets at most
+    // `media.unverified_audio_seconds` of audio (250 packets), and the bench hung there.
+    callee.send_to(&packet(0), relay.local(Side::B)).unwrap();
+    while relay.stats.received() == 0 {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
     let to = relay.local(Side::A);
     let mut buf = [0u8; 2048];
     let mut seq = 0u16;
@@ -90,6 +97,17 @@ fn benches(c: &mut Criterion) {
                 now,
             );
             black_box(mixer.drain(now).len())
+        })
+    });
+    // The relay's per-packet jitter estimate (RFC 3550), alone.
+    let mut meter = tsunagu_media::jitter::JitterMeter::default();
+    let (mut ts, mut arrival) = (0u32, 0u64);
+    g.bench_function("jitter_one_packet_pure", |b| {
+        b.iter(|| {
+            ts = ts.wrapping_add(160);
+            arrival += 20_000 + u64::from(ts % 7);
+            meter.on_packet(0x1234_5678, 8, black_box(ts), black_box(arrival));
+            black_box(meter.peak_us())
         })
     });
     g.finish();

@@ -23,6 +23,8 @@ pub struct JitterMeter {
     scaled: u32,
     /// The highest estimate seen (the call's worst stretch), in RTP units.
     peak: u32,
+    /// Whether two packets of one stream were compared (else there is no estimate).
+    measured: bool,
 }
 
 impl JitterMeter {
@@ -42,6 +44,7 @@ impl JitterMeter {
                 if d > RESTART_UNITS {
                     self.scaled = 0;
                 } else {
+                    self.measured = true;
                     // J += (|D| - J) / 16, as J*16: J16 += |D| - J16/16 (rounded).
                     self.scaled = self
                         .scaled
@@ -64,6 +67,12 @@ impl JitterMeter {
     /// The highest estimate seen, in microseconds (0 before two packets of a stream).
     pub fn peak_us(&self) -> u64 {
         u64::from(self.peak) * 1000 / UNITS_PER_MS
+    }
+
+    /// The highest estimate seen, once two packets of a stream were compared (None
+    /// before, and for streams the meter does not measure).
+    pub fn peak(&self) -> Option<u64> {
+        self.measured.then(|| self.peak_us())
     }
 }
 
@@ -91,7 +100,8 @@ mod tests {
             // A steady lateness is no jitter (only changes of transit count).
             (&[30, 30, 30, 30], 8, 0),
             // One packet 16 ms late: |D| = 16 ms twice (late, then back), each moving
-            // the estimate a sixteenth of the way: 1 ms, then 1.9375 ms.
+            // the estimate a sixteenth of the way: 1 ms, then 1.875 ms (J*16 = 248,
+            // reported as 248 >> 4 = 15 samples, as A.8 reports it).
             (&[0, 16, 0, 0], 0, 1875),
             // Alternating 0 / 8 ms: the estimate climbs toward 8 ms (4.875 after 15).
             (&[0, 8, 0, 8, 0, 8, 0, 8, 0, 8, 0, 8, 0, 8, 0, 8], 0, 4875),
@@ -103,6 +113,17 @@ mod tests {
         for (offsets, pt, want) in rows {
             assert_eq!(peak(offsets, *pt), *want, "{offsets:?} pt {pt}");
         }
+        // Measured (Some) once two G.711 packets of a stream were compared, even at 0;
+        // never for another format, nor from one packet.
+        let mut m = JitterMeter::default();
+        m.on_packet(1, 0, 0, 0);
+        assert_eq!(m.peak(), None, "one packet");
+        m.on_packet(1, 0, 160, 20_000);
+        assert_eq!(m.peak(), Some(0), "two on time");
+        let mut other = JitterMeter::default();
+        other.on_packet(1, 18, 0, 0);
+        other.on_packet(1, 18, 160, 30_000);
+        assert_eq!(other.peak(), None, "G.729");
     }
 
     /// A new SSRC starts a new stream: its first packet's transit is not compared with

@@ -52,7 +52,7 @@ pub struct RelayStats {
     pub lost_a_to_b: AtomicU64,
     pub lost_b_to_a: AtomicU64,
     /// The highest interarrival jitter estimate (RFC 3550) of the G.711 audio each
-    /// side sent, in microseconds (see [`crate::jitter`]).
+    /// side sent, in microseconds, plus one (0: not measured; see [`crate::jitter`]).
     pub jitter_a_us: AtomicU64,
     pub jitter_b_us: AtomicU64,
     /// RTP packets accepted from either party (relayed or not: a prompt may be playing
@@ -96,12 +96,10 @@ impl RelayStats {
     }
 
     /// The highest interarrival jitter of the audio from (the caller, the callee), in
-    /// microseconds; 0 where fewer than two G.711 packets came.
-    pub fn jitter_us(&self) -> (u64, u64) {
-        (
-            self.jitter_a_us.load(Ordering::Relaxed),
-            self.jitter_b_us.load(Ordering::Relaxed),
-        )
+    /// microseconds; None where no two G.711 packets of one stream came that way.
+    pub fn jitter_us(&self) -> (Option<u64>, Option<u64>) {
+        let read = |a: &AtomicU64| a.load(Ordering::Relaxed).checked_sub(1);
+        (read(&self.jitter_a_us), read(&self.jitter_b_us))
     }
 }
 
@@ -542,10 +540,10 @@ fn drain(p: Flow<'_>, mut rec: Option<&mut Recording>, on_event: &OnEvent) {
                 }
             }
             let jitter = &mut p.from_side.jitter;
-            let peak = jitter.peak_us();
+            let peak = jitter.peak();
             jitter.on_packet(r.ssrc(), r.payload_type(), r.timestamp(), now_us);
-            if jitter.peak_us() > peak {
-                p.counters[5].fetch_max(jitter.peak_us(), Ordering::Relaxed);
+            if let Some(now_peak) = jitter.peak().filter(|&n| Some(n) > peak) {
+                p.counters[5].fetch_max(now_peak + 1, Ordering::Relaxed);
             }
             let gap = p.from_side.loss.on_packet(r.ssrc(), seq);
             if gap > 0 {
@@ -1176,6 +1174,35 @@ mod tests {
         until("the caller's packet", || relay.stats.received() == 1).await;
         let got = frames_heard(&relay, &mut events, &caller, &prompt).await;
         assert_eq!(got, 10, "a strictly latched caller hears all of it");
+    }
+
+    /// Jitter is measured per direction from what each side sends: G.711 from the
+    /// caller whose timestamps run 200 ms apart while the packets come at once reads
+    /// as jitter on the caller's side; the callee's G.729 is not measured.
+    #[tokio::test]
+    async fn jitter_is_measured_per_direction() {
+        let pool = pool(41720);
+        let relay = relay_from(&pool);
+        let (caller, callee) = parties(&relay).await;
+        let packet = |pt: u8, seq: u16, ts: u32| {
+            let mut p = vec![0x80, pt];
+            p.extend_from_slice(&seq.to_be_bytes());
+            p.extend_from_slice(&ts.to_be_bytes());
+            p.extend_from_slice(&[0, 0, 0, 1]);
+            p.extend_from_slice(&[0xd5; 160]);
+            p
+        };
+        assert_eq!(relay.stats.jitter_us(), (None, None));
+        for seq in 0..4u16 {
+            let ts = u32::from(seq) * 1600;
+            let (g711, g729) = (packet(8, seq, ts), packet(18, seq, ts));
+            caller.send_to(&g711, relay.local(Side::A)).await.unwrap();
+            callee.send_to(&g729, relay.local(Side::B)).await.unwrap();
+        }
+        until("eight packets", || relay.stats.received() == 8).await;
+        let (from_caller, from_callee) = relay.stats.jitter_us();
+        assert!(from_caller.is_some_and(|us| us > 0), "{from_caller:?}");
+        assert_eq!(from_callee, None, "G.729 is not measured");
     }
 
     #[tokio::test]

@@ -123,11 +123,11 @@ impl Call {
             record.rtp_lost = r.stats.lost();
             let (from_caller, from_callee) = r.stats.jitter_us();
             let jitter = &self.ctx.metrics.calls.rtp_jitter_seconds;
-            for (direction, packets, us) in [
-                ("caller_to_callee", record.rtp_packets_in, from_caller),
-                ("callee_to_caller", record.rtp_packets_out, from_callee),
+            for (direction, measured) in [
+                ("caller_to_callee", from_caller),
+                ("callee_to_caller", from_callee),
             ] {
-                if packets > 1 {
+                if let Some(us) = measured {
                     let label = tsunagu_media::metrics::DirectionLabel { direction };
                     jitter.get_or_create(&label).observe(us as f64 / 1e6);
                     record.rtp_jitter_us = record.rtp_jitter_us.max(Some(us));
