@@ -1032,13 +1032,33 @@ fn a_proxy_s_session_timer_for_a_caller_without_timers_is_refreshed_by_the_node(
     refreshed_plainly(&caller);
     // The caller's hold, with the proxy's Session-Expires again: answered as the
     // INVITE was, and the node goes on refreshing.
+    let timer = "Session-Expires: 4\n";
+    let ok = hold_answered_without_a_timer(&caller, &callee, call_id, &node_tag, timer);
+    assert_eq!(
+        header(&ok, "Session-Expires"),
+        Some("4;refresher=uas"),
+        "{ok}"
+    );
+    assert_eq!(header(&ok, "Require"), None, "{ok}");
+    refreshed_plainly(&caller);
+}
+
+/// The caller's hold (a re-INVITE with CSeq 2 and the `timer` lines), which the callee
+/// answers 200 without a timer: the 200 the caller gets, acknowledged.
+fn hold_answered_without_a_timer(
+    caller: &Party,
+    callee: &Callee,
+    call_id: &str,
+    node_tag: &str,
+    timer: &str,
+) -> String {
     let hold = crate::dialogs::caller_offer(
-        &caller,
+        caller,
         "INVITE",
         call_id,
-        &node_tag,
+        node_tag,
         2,
-        "Session-Expires: 4\n",
+        timer,
         &caller_hold(),
     );
     caller.send(&hold);
@@ -1048,14 +1068,8 @@ fn a_proxy_s_session_timer_for_a_caller_without_timers_is_refreshed_by_the_node(
     callee.expect("ACK ");
     let ok = caller.final_response();
     assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
-    assert_eq!(
-        header(&ok, "Session-Expires"),
-        Some("4;refresher=uas"),
-        "{ok}"
-    );
-    assert_eq!(header(&ok, "Require"), None, "{ok}");
-    caller.ack_cseq(call_id, &node_tag, 2);
-    refreshed_plainly(&caller);
+    caller.ack_cseq(call_id, node_tag, 2);
+    ok
 }
 
 /// The caller asks the node to refresh (`refresher=uas`) and the callee's 200 names
@@ -1229,22 +1243,13 @@ fn a_refreshing_caller_s_hold_without_a_timer_keeps_the_session() {
         node_tag,
         ..
     } = short_session_call(call_id, "Session-Expires: 4\n", "", "4;refresher=uac");
-    let hold =
-        crate::dialogs::caller_offer(&caller, "INVITE", call_id, &node_tag, 2, "", &caller_hold());
-    caller.send(&hold);
-    let relayed = callee.expect("INVITE ");
-    let held = sdp(4002).replace(" 2 2 IN", " 2 3 IN") + "a=recvonly\r\n";
-    callee.respond_with("calleetag", &relayed, "200 OK", "", &held);
-    callee.expect("ACK ");
-    let ok = caller.final_response();
-    assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
+    let ok = hold_answered_without_a_timer(&caller, &callee, call_id, &node_tag, "");
     assert_eq!(
         header(&ok, "Session-Expires"),
         Some("4;refresher=uas"),
         "{ok}"
     );
     assert_eq!(header(&ok, "Require"), None, "{ok}");
-    caller.ack_cseq(call_id, &node_tag, 2);
     the_node_refreshes(&caller);
     hang_up(&caller, &callee, call_id, &node_tag, 3);
 }
