@@ -109,8 +109,9 @@ fn slowloris_connections_are_cut_and_capped() {
     );
 }
 
-/// A slow upload: headers on time, then the body a byte at a time (each byte within
-/// the idle timeout, so only the request deadline can stop it). The node answers 408
+/// A slow upload: headers on time, then the body a byte at a time for most of the
+/// request deadline, never all of it (each byte within the idle timeout, so only the
+/// request deadline can stop it). The node answers 408
 /// once `request_timeout_seconds` has passed and closes the connection; nothing of
 /// the half-sent request is created; other clients are served meanwhile.
 #[test]
@@ -136,7 +137,11 @@ Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
             started.elapsed() < Duration::from_secs(15),
             "no answer to a trickled request"
         );
-        if sent < body.len() && s.write_all(&body.as_bytes()[sent..sent + 1]).is_ok() {
+        // Bytes only until shortly before the deadline: one written after the node
+        // answered and closed draws a reset, which discards the 408 not yet read (a
+        // flake under the full suite's load).
+        let trickling = started.elapsed() < Duration::from_millis(1500);
+        if trickling && sent < body.len() && s.write_all(&body.as_bytes()[sent..sent + 1]).is_ok() {
             sent += 1;
         }
         let mut buf = [0u8; 4096];
