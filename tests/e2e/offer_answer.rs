@@ -1015,19 +1015,7 @@ fn a_proxy_s_session_timer_for_a_caller_without_timers_is_refreshed_by_the_node(
     } = session_call(call_id, "Session-Expires: 4\n", "", "4;refresher=uas");
     // A caller without timers answers the node's refreshes without one: the node
     // goes on refreshing (two refreshes outlive the session's 3 s check).
-    let refreshed_plainly = |caller: &Party| {
-        let next = std::iter::from_fn(|| caller.recv(Duration::from_secs(5)))
-            .find(|m| m.starts_with("INVITE ") || m.starts_with("BYE "))
-            .expect("a refresh or a BYE");
-        assert!(next.starts_with("INVITE "), "the node refreshes: {next}");
-        assert_eq!(
-            header(&next, "Session-Expires"),
-            Some("4;refresher=uac"),
-            "{next}"
-        );
-        caller.send(&caller_ok(caller, &next, ""));
-        nodes_ack(caller);
-    };
+    let refreshed_plainly = |caller: &Party| the_node_refreshes_answered(caller, "");
     refreshed_plainly(&caller);
     refreshed_plainly(&caller);
     // The caller's hold, with the proxy's Session-Expires again: answered as the
@@ -1582,6 +1570,11 @@ fn reinvite_at(caller: &Party) -> String {
 /// naming itself (`4;refresher=uac`), rather than a BYE: answered likewise, and its
 /// ACK awaited.
 fn the_node_refreshes(caller: &Party) {
+    the_node_refreshes_answered(caller, "Session-Expires: 4;refresher=uac\n");
+}
+
+/// [`the_node_refreshes`], the caller's 200 carrying `timer` (header lines).
+fn the_node_refreshes_answered(caller: &Party, timer: &str) {
     let next = std::iter::from_fn(|| caller.recv(Duration::from_secs(5)))
         .find(|m| m.starts_with("INVITE ") || m.starts_with("BYE "))
         .expect("a refresh or a BYE");
@@ -1591,11 +1584,7 @@ fn the_node_refreshes(caller: &Party) {
         Some("4;refresher=uac"),
         "{next}"
     );
-    caller.send(&caller_ok(
-        caller,
-        &next,
-        "Session-Expires: 4;refresher=uac\n",
-    ));
+    caller.send(&caller_ok(caller, &next, timer));
     nodes_ack(caller);
 }
 
