@@ -16,7 +16,7 @@
 //!   handler.
 
 use crate::calls::{fields, write_row, Format, COLUMNS};
-use crate::metrics::{ApiMetrics, ReasonLabel};
+use crate::metrics::{ApiMetrics, Held, ReasonLabel};
 use crate::running::RunPermit;
 use axum::body::{Body, Bytes};
 use axum::http::{header, StatusCode};
@@ -74,15 +74,6 @@ fn read_page(store: &dyn Store, query: &CallQuery, format: Format) -> tsunagu_st
     Ok(page)
 }
 
-/// Counts an export while it runs.
-struct Active(ApiMetrics);
-
-impl Drop for Active {
-    fn drop(&mut self) {
-        self.0.exports_active.dec();
-    }
-}
-
 impl Export {
     /// The streaming response; the rows are produced by a task of their own.
     pub fn respond(self) -> Response {
@@ -130,8 +121,7 @@ impl Export {
             metrics,
             permit,
         } = self;
-        metrics.exports_active.inc();
-        let _active = Active(metrics.clone());
+        let _active = Held::new(&metrics.exports_active);
         // Declared after `_active`, so dropped before it: the place is free by the time
         // the gauge says no export runs.
         let _permit = permit;

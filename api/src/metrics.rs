@@ -225,3 +225,20 @@ impl ApiMetrics {
         );
     }
 }
+
+/// One unit of a gauge held while this lives (an export streaming, a live call
+/// stream open): the gauge goes down however its task ends.
+pub(crate) struct Held(Gauge);
+
+impl Held {
+    pub(crate) fn new(gauge: &Gauge) -> Held {
+        gauge.inc();
+        Held(gauge.clone())
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}

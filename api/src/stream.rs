@@ -21,6 +21,7 @@
 
 use crate::auth::OperatorId;
 use crate::calls::{call_json, refused};
+use crate::metrics::Held;
 use crate::{ApiError, ApiState};
 use axum::body::Body;
 use axum::extract::{Query, State};
@@ -124,9 +125,10 @@ impl Tracker {
     /// The events of one read: `active`, the calls in progress; `ended`, final records
     /// (those of calls that started recently, and those looked up for calls that
     /// vanished from `active`). A call first seen ended is told started (and answered
-    /// if it was) before its end; a call whose stage moved on is told each stage it
-    /// reached that was not told (a queued call seen ringing: ringing; a call seen
-    /// answered straight after it started: answered); a stage never goes back (a
+    /// if it was) before its end; a call whose stage moved on is told the stage it is
+    /// at, not the ones it passed between two reads (a queued call seen ringing:
+    /// ringing; a call seen answered straight after it started: answered, not
+    /// ringing); a stage never goes back (a
     /// row written late), but a call ringing on another destination than told (the
     /// next destination of a hunt) is told ringing again. Ends come first, oldest
     /// first; then calls in progress in the order of their start.
@@ -136,7 +138,7 @@ impl Tracker {
             .iter()
             .filter(|r| r.state == CallState::Ended && !self.ended.contains(&r.call_id))
             .collect();
-        ended.sort_by_key(|r| (r.ended_at, r.call_id.clone()));
+        ended.sort_by(|a, b| (a.ended_at, &a.call_id).cmp(&(b.ended_at, &b.call_id)));
         ended.dedup_by(|a, b| a.call_id == b.call_id);
         for r in ended {
             let told = self.live.remove(&r.call_id).map(|t| t.stage);
@@ -164,7 +166,7 @@ impl Tracker {
             .iter()
             .filter(|r| r.state == CallState::Active && !self.ended.contains(&r.call_id))
             .collect();
-        active.sort_by_key(|r| (r.started_at, r.call_id.clone()));
+        active.sort_by(|a, b| (a.started_at, &a.call_id).cmp(&(b.started_at, &b.call_id)));
         for r in active {
             if !seen.insert(r.call_id.clone()) {
                 continue;
@@ -341,8 +343,7 @@ async fn produce(
 ) {
     let d = &st.defences;
     let metrics = d.metrics.clone();
-    metrics.streams_active.inc();
-    let _active = ActiveStream(metrics.clone());
+    let _active = Held::new(&metrics.streams_active);
     let ends_at = tokio::time::Instant::now() + d.stream_max_duration;
     let (send_timeout, keepalive) = (d.export_send_timeout, d.stream_keepalive);
     let send = |text: String| {
@@ -421,15 +422,6 @@ async fn produce(
             }
             quiet = tokio::time::Instant::now();
         }
-    }
-}
-
-/// Counts a stream as running while it lives.
-struct ActiveStream(crate::metrics::ApiMetrics);
-
-impl Drop for ActiveStream {
-    fn drop(&mut self) {
-        self.0.streams_active.dec();
     }
 }
 

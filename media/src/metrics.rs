@@ -8,9 +8,13 @@ use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DirectionLabel {
-    /// `caller_to_callee` or `callee_to_caller`.
+    /// One of [`DIRECTIONS`].
     pub direction: &'static str,
 }
+
+/// The media's directions as metrics name them: what the caller sends (side A's),
+/// then what the callee sends.
+pub const DIRECTIONS: [&str; 2] = ["caller_to_callee", "callee_to_caller"];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ForeignLabel {

@@ -635,8 +635,7 @@ fn run(
     on_event: OnEvent,
 ) -> impl std::future::Future<Output = ()> {
     let ended = Ended(control.clone());
-    let a_to_b = Direction::new(&metrics, "caller_to_callee");
-    let b_to_a = Direction::new(&metrics, "callee_to_caller");
+    let [a_to_b, b_to_a] = crate::metrics::DIRECTIONS.map(|d| Direction::new(&metrics, d));
     let refused = Refused::new(&metrics);
     let (latch, consent, budget) = (a.latch(), a.consent(), a.unverified_packets());
     let withheld = metrics.unverified_withheld.clone();

@@ -91,8 +91,9 @@ pub const LINGER: Duration = Duration::from_millis(20);
 pub const TICK: Duration = LINGER;
 /// The most messages one call sends the writer while it is not [`CallLog::ready`]: in
 /// progress at admission and at answer, `call.started` and `call.answered` events, and
-/// its final record. (Checkpoints of forwarding attempts and session changes are sent
-/// only while the writer is ready: see `Call::checkpoint_now`.)
+/// its final record. (Records in progress at queueing and forwarding attempts, and
+/// checkpoints of session changes, are sent only while the writer is ready: see
+/// `Call::note_progress` and `Call::checkpoint_now`.)
 pub const MESSAGES_PER_CALL: usize = 5;
 
 /// Shared between the writer thread and its handles.
@@ -198,8 +199,8 @@ impl CallLog {
         self.send(LogMsg::Entry(Box::new(entry)));
     }
 
-    /// A call's record in progress (state `active`): at admission, at each forwarding
-    /// attempt and at answer; with a checkpoint once answered and after each change
+    /// A call's record in progress (state `active`): at admission, when it queues, at
+    /// each forwarding attempt and at answer; with a checkpoint once answered and after each change
     /// of the session (what another node needs to take the call over).
     pub fn active(&self, record: CallRecord, checkpoint: Option<String>) {
         self.send(LogMsg::Active(Box::new(ActiveCall { record, checkpoint })));
@@ -826,12 +827,14 @@ fn write_batch(w: &Writer, batch: &mut Batch) -> tsunagu_store::Result<bool> {
     let records = complete_records(store, &batch.entries)?;
     // The hourly bound on notices first: past it, no callback number is leased either
     // (it reaches people in the notices).
-    let first_tries = decide_notices(w, &records, &batch.entries)?;
+    let decisions = decide_notices(w, &records, &batch.entries)?;
     let mut follow_ups: Vec<(usize, NewFollowUp)> = Vec::new();
-    for (i, (r, e)) in records.iter().zip(&batch.entries).enumerate() {
-        let first_try = first_tries[i];
-        let notices = w.notices_decided.borrow().get(&r.call_id).copied();
-        let notices = notices.unwrap_or(true); // decided above, each one
+    for (i, ((r, e), (first_try, notices))) in records
+        .iter()
+        .zip(&batch.entries)
+        .zip(decisions)
+        .enumerate()
+    {
         let callback = match callback_pool(r, &e.number, e.caller_verified) {
             Callback::Lease(pool) if notices => lease_callback(w, r, pool)?,
             Callback::Withheld => {
@@ -869,48 +872,54 @@ fn write_batch(w: &Writer, batch: &mut Batch) -> tsunagu_store::Result<bool> {
 /// notices take a place in their tracking number's quota for the clock hour the call
 /// ended in, counted in the store for the whole cluster (one request for the batch;
 /// counted per node, a cluster of N nodes sent N times the setting). Withheld ones
-/// are counted in the metric. Returns, by record, whether this was its first try.
+/// are counted in the metric. Returns, by record, (whether this was its first try,
+/// whether its notices go).
 fn decide_notices(
     w: &Writer,
     records: &[CallRecord],
     entries: &[LogEntry],
-) -> tsunagu_store::Result<Vec<bool>> {
-    let first_tries: Vec<bool> = records
-        .iter()
-        .map(|r| !w.notices_decided.borrow().contains_key(&r.call_id))
+) -> tsunagu_store::Result<Vec<(bool, bool)>> {
+    let known: Vec<Option<bool>> = {
+        let decided = w.notices_decided.borrow();
+        records
+            .iter()
+            .map(|r| decided.get(&r.call_id).copied())
+            .collect()
+    };
+    // Records tried for the first time whose notices are wanted: by index.
+    let claimed: Vec<usize> = (0..records.len())
+        .filter(|&i| known[i].is_none() && w.notices_per_hour > 0)
+        .filter(|&i| w.planner.notices_wanted(&records[i], &entries[i].number))
         .collect();
-    let mut claims = Vec::new();
-    let mut claimed = Vec::new();
-    let mut decided = HashMap::new();
-    for ((r, e), first) in records.iter().zip(entries).zip(&first_tries) {
-        if !first {
-            continue;
-        }
-        if w.notices_per_hour == 0 || !w.planner.notices_wanted(r, &e.number) {
-            decided.insert(r.call_id.clone(), true);
-            continue;
-        }
-        claims.push(tsunagu_store::NoticeClaim {
-            number: &r.tracking_number,
-            hour: r.ended_at.div_euclid(HOUR_MS),
-            call_id: &r.call_id,
-        });
-        claimed.push(r.call_id.clone());
-    }
+    let claims: Vec<tsunagu_store::NoticeClaim> = claimed
+        .iter()
+        .map(|&i| tsunagu_store::NoticeClaim {
+            number: &records[i].tracking_number,
+            hour: tsunagu_store::NoticeClaim::hour_of(records[i].ended_at),
+            call_id: &records[i].call_id,
+        })
+        .collect();
+    let mut decisions: Vec<(bool, bool)> = known
+        .iter()
+        .map(|k| (k.is_none(), k.unwrap_or(true)))
+        .collect();
     if !claims.is_empty() {
         let allowed = w.store.take_notices(&claims, w.notices_per_hour)?;
-        for (call_id, ok) in claimed.into_iter().zip(allowed) {
+        for (&i, ok) in claimed.iter().zip(allowed) {
             if !ok {
                 w.follow_up_metrics.notices_withheld.inc();
             }
-            decided.insert(call_id, ok);
+            decisions[i].1 = ok;
         }
     }
-    w.notices_decided.borrow_mut().extend(decided);
-    Ok(first_tries)
+    let mut decided = w.notices_decided.borrow_mut();
+    for (r, &(first, notices)) in records.iter().zip(&decisions) {
+        if first {
+            decided.insert(r.call_id.clone(), notices);
+        }
+    }
+    Ok(decisions)
 }
-
-const HOUR_MS: i64 = 3_600_000;
 
 /// Leases a number of the callback pool that rings `r`'s caller. Idempotent per
 /// caller (its session is the caller's number), so a retried batch, and the caller's
@@ -1041,6 +1050,9 @@ fn complete_records(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A clock hour in milliseconds.
+    const HOUR_MS: i64 = 3_600_000;
     use tsunagu_store::conformance::sample_call;
     use tsunagu_store::{CallQuery, FollowUpKind, SqliteStore, Validity, ValidityRule};
 
@@ -1521,7 +1533,7 @@ mod tests {
             ..Default::default()
         });
         d.number = Arc::new(number);
-        let hour = 3_600_000;
+        let hour = HOUR_MS;
         // The hour before this one, then this one (counts of hours past are forgotten).
         let last_hour = (now_ms().div_euclid(hour) - 1) * hour;
         let mut in_progress = InProgress::default();
@@ -1544,7 +1556,7 @@ mod tests {
 
     /// The hourly quota is the cluster's: two nodes' writers on one store share it
     /// (each counted its own, and a cluster of N nodes sent N times the setting), and
-    /// a record tried again on the node that wrote it is not counted twice.
+    /// a call counted before keeps its place when claimed again (a retried batch).
     #[test]
     fn nodes_share_a_number_s_hourly_notices() {
         let mut d = Dup::new();
@@ -1587,7 +1599,7 @@ mod tests {
         // A record counted before keeps its place when its batch is tried again.
         let again = [tsunagu_store::NoticeClaim {
             number: &d.call("call_n0", 0, 0).record.tracking_number,
-            hour: (at(0) + 32_000).div_euclid(HOUR_MS),
+            hour: tsunagu_store::NoticeClaim::hour_of(at(0) + 32_000),
             call_id: "call_n0",
         }];
         assert_eq!(e.store.take_notices(&again, 3).unwrap(), [true]);

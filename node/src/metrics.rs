@@ -383,7 +383,7 @@ impl Metrics {
             "The highest RTP interarrival jitter (RFC 3550, smoothed over 16 packets) of each ended call's G.711 audio, by direction (caller_to_callee: what the caller sent); calls with no two G.711 packets of one stream that way are not counted",
             c.rtp_jitter_seconds.clone(),
         );
-        for direction in ["caller_to_callee", "callee_to_caller"] {
+        for direction in tsunagu_media::metrics::DIRECTIONS {
             let _ = c
                 .rtp_jitter_seconds
                 .get_or_create(&tsunagu_media::metrics::DirectionLabel { direction });

@@ -1832,10 +1832,9 @@ fn notices_are_capped_per_number_and_hour(s: &dyn Store) {
     let ids = (crate::new_id("number"), crate::new_id("number"));
     let (number, other) = (ids.0.as_str(), ids.1.as_str());
     // The hour before this one (counts of hours past are forgotten).
-    let hour = crate::now_ms().div_euclid(3_600_000) - 1;
+    let hour = NoticeClaim::hour_of(crate::now_ms()) - 1;
     let calls: Vec<String> = (0..6).map(|_| crate::new_id("call")).collect();
-    // (number, hour, index of the call)
-    let claim = |number, hour, call| (number, hour, call);
+    // Claims as (number, hour, index of the call).
     let take = |claims: &[(&str, i64, usize)]| {
         let claims: Vec<NoticeClaim<'_>> = claims
             .iter()
@@ -1849,30 +1848,22 @@ fn notices_are_capped_per_number_and_hour(s: &dyn Store) {
     };
     assert_eq!(take(&[]), Vec::<bool>::new());
     assert_eq!(
-        take(&[
-            claim(number, hour, 0),
-            claim(number, hour, 0),
-            claim(number, hour, 1)
-        ]),
+        take(&[(number, hour, 0), (number, hour, 0), (number, hour, 1)]),
         [true, true, true],
         "the same call twice in a batch is counted once"
     );
     assert_eq!(
-        take(&[
-            claim(number, hour, 2),
-            claim(other, hour, 2),
-            claim(number, hour, 1)
-        ]),
+        take(&[(number, hour, 2), (other, hour, 2), (number, hour, 1)]),
         [false, true, true],
         "past the cap; another number has its own count; a call counted before still goes"
     );
     assert_eq!(
-        take(&[claim(number, hour + 1, 3), claim(number, hour + 1, 4)]),
+        take(&[(number, hour + 1, 3), (number, hour + 1, 4)]),
         [true, true],
         "a new hour"
     );
     assert_eq!(
-        take(&[claim(number, hour + 1, 5), claim(number, hour, 0)]),
+        take(&[(number, hour + 1, 5), (number, hour, 0)]),
         [false, true],
         "the hour before is still counted"
     );

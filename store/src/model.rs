@@ -822,7 +822,14 @@ pub struct Changes {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NoticeClaim<'a> {
     pub number: &'a str,
-    /// Hours since the epoch (`ended_at` div 3,600,000, floored).
+    /// The clock hour the call ended in ([`NoticeClaim::hour_of`]).
     pub hour: i64,
     pub call_id: &'a str,
+}
+
+impl NoticeClaim<'_> {
+    /// The clock hour of `ms` (epoch milliseconds): hours since the epoch, floored.
+    pub fn hour_of(ms: i64) -> i64 {
+        ms.div_euclid(3_600_000)
+    }
 }

@@ -43,6 +43,18 @@ function forgetButton() {
   });
 }
 
+// `GET path` of the node's API with the operator's key; a key the API refuses (401)
+// is forgotten and the key form comes back (`refused` is then set on the answer).
+async function api(key, path) {
+  const res = await fetch(path, { headers: { Authorization: "Bearer " + key }, cache: "no-store" });
+  if (res.status === 401) {
+    sessionStorage.removeItem(KEY);
+    askKey("That key was refused.");
+    res.refused = true;
+  }
+  return res;
+}
+
 function cell(tr, text, cls) {
   const td = document.createElement("td");
   td.textContent = text == null ? "" : String(text);
@@ -62,7 +74,7 @@ function source(call) {
   return Object.keys(p).sort().map((k) => k + "=" + p[k]).join(" ");
 }
 
-/// The line a call rings or was answered on: its destination, else its last attempt's.
+// The line a call rings or was answered on: its destination, else its last attempt's.
 function line(call) {
   if (call.destination_number) return call.destination_number;
   const a = call.attempts || [];
@@ -130,9 +142,7 @@ function live(key) {
   let reconnected = false;
 
   async function lookUp(id, e) {
-    const res = await fetch("/v1/calls/" + encodeURIComponent(id), {
-      headers: { Authorization: "Bearer " + key }, cache: "no-store",
-    });
+    const res = await api(key, "/v1/calls/" + encodeURIComponent(id));
     if (res.status === 404) {
       e.tr.remove();
       rows.delete(id);
@@ -175,15 +185,11 @@ function live(key) {
   async function connect() {
     let res;
     try {
-      res = await fetch(url, { headers: { Authorization: "Bearer " + key }, cache: "no-store" });
+      res = await api(key, url);
     } catch (err) {
       return "unreachable";
     }
-    if (res.status === 401) {
-      sessionStorage.removeItem(KEY);
-      askKey("That key was refused.");
-      return "refused";
-    }
+    if (res.refused) return "refused";
     if (!res.ok || !res.body) return "answered " + res.status;
     status("live");
     openedAt = Date.now();
@@ -245,12 +251,8 @@ function calls(key) {
   }
 
   async function get(q) {
-    const res = await fetch("/v1/calls?" + q, { headers: { Authorization: "Bearer " + key }, cache: "no-store" });
-    if (res.status === 401) {
-      sessionStorage.removeItem(KEY);
-      askKey("That key was refused.");
-      return null;
-    }
+    const res = await api(key, "/v1/calls?" + q);
+    if (res.refused) return null;
     if (!res.ok) {
       let msg = "the API answered " + res.status;
       try { msg = (await res.json()).error.message; } catch (err) { /* not JSON */ }

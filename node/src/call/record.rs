@@ -1,4 +1,5 @@
-//! A call's records: the record in progress (written at admission and at answer), the
+//! A call's records: the record in progress (written at admission, when it queues, at
+//! each forwarding attempt and at answer), the
 //! final record and its log entry when the call ends, and the record of a call that
 //! could not be carried at all.
 
@@ -18,7 +19,8 @@ impl Call {
     }
 
     /// The call's record as it stands, in progress (state `active`): written at
-    /// admission and at answer, so the store knows every call a node carries.
+    /// admission, when it queues, at each forwarding attempt and at answer, so the
+    /// store knows every call a node carries and where it is (its `stage`).
     pub(super) fn progress_record(&self) -> CallRecord {
         let mut record = self.base_record();
         record.state = CallState::Active;
@@ -45,6 +47,21 @@ impl Call {
             _ => None,
         };
         record
+    }
+
+    /// The record in progress after a change the live call stream tells (queued,
+    /// offered to a destination: see [`Call::progress_record`]): with the checkpoint
+    /// where the node keeps them (a survivor needs it too), and only while the writer
+    /// is ready (see `MESSAGES_PER_CALL`). Records in progress wait half a second in
+    /// the writer and replace one another there, so a call answered or ended sooner
+    /// costs the store nothing more.
+    pub(super) fn note_progress(&mut self) {
+        if self.ctx.checkpoints {
+            return self.checkpoint_now(false);
+        }
+        if self.ctx.log.ready() {
+            self.ctx.log.active(self.progress_record(), None);
+        }
     }
 
     pub(super) fn finish(&mut self) {
@@ -123,10 +140,8 @@ impl Call {
             record.rtp_lost = r.stats.lost();
             let (from_caller, from_callee) = r.stats.jitter_us();
             let jitter = &self.ctx.metrics.calls.rtp_jitter_seconds;
-            for (direction, measured) in [
-                ("caller_to_callee", from_caller),
-                ("callee_to_caller", from_callee),
-            ] {
+            let directions = tsunagu_media::metrics::DIRECTIONS;
+            for (direction, measured) in directions.into_iter().zip([from_caller, from_callee]) {
                 if let Some(us) = measured {
                     let label = tsunagu_media::metrics::DirectionLabel { direction };
                     jitter.get_or_create(&label).observe(us as f64 / 1e6);

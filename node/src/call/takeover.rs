@@ -176,21 +176,6 @@ impl Call {
         recording_state(self.recording_mode, &self.recording_parts, here)
     }
 
-    /// The record in progress after a change the live call stream tells (queued,
-    /// offered to a destination: see [`Call::progress_record`]): with the checkpoint
-    /// where the node keeps them (a survivor needs it too), and only while the writer
-    /// is ready (see `MESSAGES_PER_CALL`). Records in progress wait half a second in
-    /// the writer and replace one another there, so a call answered or ended sooner
-    /// costs the store nothing more.
-    pub(super) fn note_progress(&mut self) {
-        if self.ctx.checkpoints {
-            return self.checkpoint_now(false);
-        }
-        if self.ctx.log.ready() {
-            self.ctx.log.active(self.progress_record(), None);
-        }
-    }
-
     /// Writes the call's record in progress with its checkpoint (through the call-log
     /// writer's batches, like every record in progress). Without checkpoints (a node
     /// on its own, or `cluster.checkpoints = false`) only the answer is written

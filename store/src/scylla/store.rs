@@ -29,11 +29,30 @@ pub(super) const CALLER_INDEX_TTL_SECONDS: i32 = 400 * 86_400;
 pub(super) const LEASE_HISTORY_MARGIN_SECONDS: i64 = 35 * 86_400;
 /// A session's slot rows stay a day past their lease and cool-down.
 pub(super) const SESSION_SLOT_MARGIN_SECONDS: i64 = 86_400;
+/// A capped count kept as slots 0..cap of a partition (see `Inner::take_slot`): its
+/// statements, how long a slot lives, and what it counts (for errors).
+struct CappedCount {
+    read: &'static str,
+    take: &'static str,
+    ttl_seconds: i32,
+    what: &'static str,
+}
+
 /// Caller SMS counts are kept three days (the trait forgets those older than yesterday).
-const CALLER_SMS_TTL_SECONDS: i32 = 3 * 86_400;
+const CALLER_SMS: CappedCount = CappedCount {
+    read: q::SMS_OF,
+    take: q::SMS_TAKE,
+    ttl_seconds: 3 * 86_400,
+    what: "caller SMS counts",
+};
 /// A notice count lives for its hour and two more (the writer asks about the hour a
 /// call ended in, which may be the one before).
-const NOTICE_TTL_SECONDS: i32 = 3 * 3_600;
+const NOTICES: CappedCount = CappedCount {
+    read: q::NOTICES_OF,
+    take: q::NOTICE_TAKE,
+    ttl_seconds: 3 * 3_600,
+    what: "notice counts",
+};
 /// Compare-and-set rounds before a contended operation reports the store unavailable.
 pub(super) const CAS_ROUNDS: usize = 16;
 /// Pool numbers tried per read of the pool before reading it again.
@@ -263,31 +282,40 @@ async fn open(settings: &ScyllaSettings) -> Result<Inner> {
 }
 
 impl Inner {
-    /// One call's claim on its number's notices for an hour (see
-    /// [`Store::take_notices`]): its slot if it has one, else the lowest free one below
-    /// the cap, by compare-and-set, read again when another node took it first.
-    async fn take_notice(&self, c: &NoticeClaim<'_>, cap: u32) -> Result<bool> {
+    /// A place for `call_id` among the `cap` slots of a capped count's partition
+    /// (`key`, `period`): a caller's SMS of a day ([`Store::take_caller_sms`]), a
+    /// number's notices of an hour ([`Store::take_notices`]). True when it has one: its
+    /// own, or the lowest free slot, taken by compare-and-set (read again when another
+    /// node took it first); false past the cap.
+    async fn take_slot(
+        &self,
+        count: &CappedCount,
+        (key, period): (&str, i64),
+        call_id: &str,
+        cap: u32,
+    ) -> Result<bool> {
         for _ in 0..CAS_ROUNDS {
             let taken: Vec<(i32, String)> = self
-                .rows::<(i32, Option<String>)>(q::NOTICES_OF, (c.number, c.hour))
+                .rows::<(i32, Option<String>)>(count.read, (key, period))
                 .await?
                 .into_iter()
                 .map(|(s, id)| (s, id.unwrap_or_default()))
                 .collect();
-            match sms_slot(&taken, c.call_id, cap) {
+            match sms_slot(&taken, call_id, cap) {
                 SmsSlot::AlreadyCounted => return Ok(true),
                 SmsSlot::OverCap => return Ok(false),
                 SmsSlot::Take(slot) => {
-                    let values = (c.number, c.hour, slot, c.call_id, NOTICE_TTL_SECONDS);
-                    if self.cas(q::NOTICE_TAKE, values).await?.applied {
+                    let values = (key, period, slot, call_id, count.ttl_seconds);
+                    if self.cas(count.take, values).await?.applied {
                         return Ok(true);
                     }
                 }
             }
         }
-        Err(StoreError::Unavailable(
-            "notice counts are contended; try again".into(),
-        ))
+        Err(StoreError::Unavailable(format!(
+            "{} are contended; try again",
+            count.what
+        )))
     }
 
     /// Registers the incarnation after `epoch` of `info`'s node (compare-and-set on
@@ -1800,30 +1828,10 @@ impl Store for ScyllaStore {
     }
 
     fn take_caller_sms(&self, caller: &str, day: i64, call_id: &str, cap: u32) -> Result<bool> {
-        self.wait(async {
-            for _ in 0..CAS_ROUNDS {
-                let taken: Vec<(i32, String)> = self
-                    .inner
-                    .rows::<(i32, Option<String>)>(q::SMS_OF, (caller, day))
-                    .await?
-                    .into_iter()
-                    .map(|(s, c)| (s, c.unwrap_or_default()))
-                    .collect();
-                match sms_slot(&taken, call_id, cap) {
-                    SmsSlot::AlreadyCounted => return Ok(true),
-                    SmsSlot::OverCap => return Ok(false),
-                    SmsSlot::Take(slot) => {
-                        let values = (caller, day, slot, call_id, CALLER_SMS_TTL_SECONDS);
-                        if self.inner.cas(q::SMS_TAKE, values).await?.applied {
-                            return Ok(true);
-                        }
-                    }
-                }
-            }
-            Err(StoreError::Unavailable(
-                "caller SMS counts are contended; try again".into(),
-            ))
-        })
+        self.wait(
+            self.inner
+                .take_slot(&CALLER_SMS, (caller, day), call_id, cap),
+        )
     }
 
     fn take_notices(&self, claims: &[NoticeClaim<'_>], cap: u32) -> Result<Vec<bool>> {
@@ -1841,7 +1849,11 @@ impl Store for ScyllaStore {
             let rounds = groups.values().map(|indexes| async move {
                 let mut out = Vec::with_capacity(indexes.len());
                 for &i in indexes {
-                    out.push((i, inner.take_notice(&claims[i], cap).await?));
+                    let c = &claims[i];
+                    let ok = inner
+                        .take_slot(&NOTICES, (c.number, c.hour), c.call_id, cap)
+                        .await?;
+                    out.push((i, ok));
                 }
                 Ok::<_, StoreError>(out)
             });

@@ -446,6 +446,53 @@ impl SqliteStore {
     }
 }
 
+/// The statements of a capped count of calls per key and period (see
+/// [`take_counted`]): each row names the call it counts.
+struct CappedCount {
+    counted: &'static str,
+    count: &'static str,
+    insert: &'static str,
+}
+
+/// SMS to a caller's number per day (`notify.caller_sms_per_day`).
+const CALLER_SMS: CappedCount = CappedCount {
+    counted: "SELECT 1 FROM caller_sms WHERE call_id = ?1",
+    count: "SELECT COUNT(*) FROM caller_sms WHERE caller = ?1 AND day = ?2",
+    insert: "INSERT INTO caller_sms (call_id, caller, day) VALUES (?1, ?2, ?3)",
+};
+
+/// Calls given notices per tracking number and clock hour
+/// (`notify.notices_per_number_per_hour`).
+const NOTICES: CappedCount = CappedCount {
+    counted: "SELECT 1 FROM notices WHERE call_id = ?1",
+    count: "SELECT COUNT(*) FROM notices WHERE number = ?1 AND hour = ?2",
+    insert: "INSERT INTO notices (call_id, number, hour) VALUES (?1, ?2, ?3)",
+};
+
+/// Whether `call_id` may go under a count capped at `cap` per (`key`, `period`): it
+/// was counted before (a retry), or fewer than `cap` are counted there and it is
+/// counted now. Within the caller's write transaction.
+fn take_counted(
+    tx: &rusqlite::Transaction<'_>,
+    count: &CappedCount,
+    (key, period): (&str, i64),
+    call_id: &str,
+    cap: u32,
+) -> rusqlite::Result<bool> {
+    if tx.prepare_cached(count.counted)?.exists([call_id])? {
+        return Ok(true);
+    }
+    let taken: i64 = tx
+        .prepare_cached(count.count)?
+        .query_row(params![key, period], |r| r.get(0))?;
+    if taken >= i64::from(cap) {
+        return Ok(false);
+    }
+    tx.prepare_cached(count.insert)?
+        .execute(params![call_id, key, period])?;
+    Ok(true)
+}
+
 impl Store for SqliteStore {
     fn create_operator(&self, name: &str) -> Result<Operator> {
         let op = Operator {
@@ -1613,23 +1660,7 @@ impl Store for SqliteStore {
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             tx.prepare_cached("DELETE FROM caller_sms WHERE day < ?1")?
                 .execute([day.saturating_sub(1)])?;
-            let counted: bool = tx
-                .prepare_cached("SELECT 1 FROM caller_sms WHERE call_id = ?1")?
-                .exists([call_id])?;
-            let allowed = counted || {
-                let sent: i64 = tx
-                    .prepare_cached(
-                        "SELECT COUNT(*) FROM caller_sms WHERE caller = ?1 AND day = ?2",
-                    )?
-                    .query_row(params![caller, day], |r| r.get(0))?;
-                sent < i64::from(cap)
-            };
-            if allowed && !counted {
-                tx.prepare_cached(
-                    "INSERT INTO caller_sms (call_id, caller, day) VALUES (?1, ?2, ?3)",
-                )?
-                .execute(params![call_id, caller, day])?;
-            }
+            let allowed = take_counted(&tx, &CALLER_SMS, (caller, day), call_id, cap)?;
             tx.commit()?;
             Ok(allowed)
         })
@@ -1643,36 +1674,15 @@ impl Store for SqliteStore {
         // Counts are kept for this clock hour and the two before, whatever hours the
         // claims name: a node whose writer stalled claims for an hour past, and
         // another node's prune by its own claims' hours had emptied that hour's count.
-        let kept_from = now_ms().div_euclid(3_600_000).saturating_sub(2);
+        let kept_from = NoticeClaim::hour_of(now_ms()).saturating_sub(2);
         self.write(|c| {
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             tx.prepare_cached("DELETE FROM notices WHERE hour < ?1")?
                 .execute([kept_from])?;
-            let mut allowed = Vec::with_capacity(claims.len());
-            for claim in claims {
-                let counted: bool = tx
-                    .prepare_cached("SELECT 1 FROM notices WHERE call_id = ?1")?
-                    .exists([claim.call_id])?;
-                let ok = counted || {
-                    let sent: i64 = tx
-                        .prepare_cached(
-                            "SELECT COUNT(*) FROM notices WHERE number = ?1 AND hour = ?2",
-                        )?
-                        .query_row(params![claim.number, claim.hour], |r| r.get(0))?;
-                    sent < i64::from(cap)
-                };
-                if ok && !counted {
-                    tx.prepare_cached(
-                        "INSERT INTO notices (call_id, number, hour) VALUES (?1, ?2, ?3)",
-                    )?
-                    .execute(params![
-                        claim.call_id,
-                        claim.number,
-                        claim.hour
-                    ])?;
-                }
-                allowed.push(ok);
-            }
+            let allowed = claims
+                .iter()
+                .map(|c| take_counted(&tx, &NOTICES, (c.number, c.hour), c.call_id, cap))
+                .collect::<rusqlite::Result<Vec<bool>>>()?;
             tx.commit()?;
             Ok(allowed)
         })
