@@ -458,6 +458,53 @@ pub fn reject_unparsed(raw: &[u8], code: u16, why: &str) -> Option<Vec<u8>> {
     Some(finish(s, None))
 }
 
+/// The ACK of a 2xx to an INVITE that matches no call (RFC 3261 13.2.2.4): the call
+/// it belonged to has ended (a re-INVITE's 2xx that came after the node's BYE was
+/// answered, say), and without an ACK its sender sends it again for 32 s and then
+/// hangs up a dialog that is already gone. Written from the 2xx alone, as the call
+/// would have: the Contact as Request-URI, the Record-Route reversed as the route set,
+/// From, To (with its tag), Call-ID and the CSeq number, a new branch. It is sent back
+/// where the 2xx came from (the route set's first hop in every deployment the node
+/// is in: a trunk's address), never to an address the 2xx names. None when the 2xx
+/// has no Contact naming a SIP URI, or no From or To.
+pub fn ack_for_stray_2xx(
+    resp: &rsipstack::sip::Response,
+    cseq: u32,
+    transport: Transport,
+    sent_by: SocketAddr,
+) -> Option<RequestSpec> {
+    let target = crate::parse::uri_of(header(resp, "Contact")?).trim();
+    let sip_uri = ["sip:", "sips:"].iter().any(|s| {
+        target
+            .get(..s.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(s))
+    });
+    if !sip_uri || target.contains(char::is_whitespace) {
+        return None;
+    }
+    let mut routes: Vec<String> = crate::parse::header_values(resp, "Record-Route")
+        .into_iter()
+        .map(|r| r.trim().to_string())
+        .collect();
+    routes.reverse();
+    Some(RequestSpec {
+        method: Method::Ack,
+        uri: target.to_string(),
+        transport,
+        sent_by,
+        branch: new_branch(),
+        from: header(resp, "From")?.to_string(),
+        to: header(resp, "To")?.to_string(),
+        call_id: header(resp, "Call-ID")?.to_string(),
+        cseq,
+        contact: None,
+        routes,
+        max_forwards: 70,
+        extra: Vec::new(),
+        body: None,
+    })
+}
+
 /// The one stateless 403 a request from an untrusted source gets when the node is set
 /// to refuse strangers instead of ignoring them: None for what does not parse, ACKs
 /// and responses (nothing is ever answered to those).

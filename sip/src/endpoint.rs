@@ -396,6 +396,7 @@ impl Endpoint {
             shards,
             locals: Arc::new(locals),
         };
+        let locals = handle.locals.clone();
         for (shard, (incoming, commands)) in in_rx.into_iter().zip(cmd_rx).enumerate() {
             let busy = metrics
                 .core_busy
@@ -421,6 +422,7 @@ impl Endpoint {
                 refusals: refusals.clone(),
                 busy,
                 reported: (0, 0),
+                locals: locals.clone(),
             };
             tokio::spawn(core.run(incoming, commands));
         }
@@ -460,6 +462,8 @@ struct Core {
     /// This shard's server and client transactions as last added to the node-wide
     /// gauges (each shard adds what changed).
     reported: (usize, usize),
+    /// The node's addresses by transport (the Via of a request the core writes itself).
+    locals: Arc<Vec<(Transport, SocketAddr)>>,
 }
 
 impl Core {
@@ -630,6 +634,62 @@ impl Core {
         true
     }
 
+    /// Gives a response to its call. A 2xx to an INVITE that no call takes (none is
+    /// registered under its Call-ID, or the call has ended) is acknowledged here;
+    /// other responses no call takes go nowhere (nor does one to a call whose inbox
+    /// is full: the call answers its retransmission).
+    fn deliver_response(&mut self, response: Response, info: Info, peer: Peer) {
+        let route = self.calls.get_mut(info.call_id.as_str());
+        let event = SipEvent::Response { response, info };
+        let stray = match route {
+            Some(Route::Ready(sink)) => match sink.deliver(event) {
+                Err(Undelivered::Gone(event)) => Some(event),
+                Ok(()) | Err(Undelivered::Busy(_)) => None,
+            },
+            Some(Route::Pending(queue)) => {
+                if queue.len() < PENDING_LIMIT {
+                    queue.push(event);
+                }
+                None
+            }
+            None => Some(event),
+        };
+        if let Some(SipEvent::Response { response, info }) = stray {
+            let code = response.status_code.code();
+            if info.cseq_method == Method::Invite && (200..300).contains(&code) {
+                self.ack_stray_2xx(&response, &info, peer);
+            }
+        }
+    }
+
+    /// ACKs a 2xx to an INVITE that no call took (see [`build::ack_for_stray_2xx`]),
+    /// back to where it came from.
+    fn ack_stray_2xx(&mut self, resp: &Response, info: &Info, peer: Peer) {
+        let sent_by = self
+            .locals
+            .iter()
+            .find(|(t, _)| *t == peer.transport)
+            .map(|(_, a)| *a);
+        let Some(spec) =
+            sent_by.and_then(|by| build::ack_for_stray_2xx(resp, info.cseq, peer.transport, by))
+        else {
+            return;
+        };
+        tracing::debug!(call_id = %info.call_id, cseq = info.cseq, "a 2xx to an INVITE of no call: acknowledged");
+        self.metrics.stray_2xx_acked.inc();
+        self.metrics
+            .requests_sent
+            .get_or_create(&MethodLabel {
+                method: method_name(Method::Ack),
+            })
+            .inc();
+        self.out.push(Output::Transmit {
+            peer,
+            data: Bytes::from(spec.to_bytes()),
+            retransmission: false,
+        });
+    }
+
     /// Answers a request its call did not take (see [`Undelivered`]); other events
     /// (responses, timeouts) go nowhere, as before.
     fn refuse_undelivered(&mut self, u: Undelivered) {
@@ -704,14 +764,7 @@ impl Core {
                     verdict,
                     ResponseMatch::Deliver | ResponseMatch::Deliver2xxRetransmission
                 ) {
-                    let call_id = m.info.call_id.clone();
-                    self.deliver(
-                        &call_id,
-                        SipEvent::Response {
-                            response: resp,
-                            info: m.info,
-                        },
-                    );
+                    self.deliver_response(resp, m.info, m.peer);
                 }
             }
         }
@@ -1249,6 +1302,75 @@ CSeq: 2 INFO\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
                 assert_eq!(busy, answer.contains("Retry-After:"), "{answer}");
             }
         }
+    }
+
+    /// A 2xx to an INVITE that no call takes (its Call-ID unknown, or its call
+    /// ended) is acknowledged by the core, back to its sender, as the call would have:
+    /// the Contact as Request-URI, the Record-Route reversed, the 2xx's From, To and
+    /// CSeq number. Without it the sender sends the 2xx for 32 s (RFC 3261 13.3.1.4;
+    /// a live torture run: a re-INVITE answered after the node's BYE). A provisional,
+    /// and a 2xx to anything but an INVITE, get nothing: an OPTIONS sent after each
+    /// with the same Call-ID (the same shard, handled in order) is answered first.
+    #[tokio::test]
+    async fn a_2xx_to_an_invite_of_no_call_is_acknowledged() {
+        let metrics = SipMetrics::default();
+        let (ep, node, sock, me) = on_loopback(
+            EdgeSettings::new(SourcePolicy::trust_all()),
+            Arc::new(Taker),
+            metrics.clone(),
+        )
+        .await;
+        ep.register("ended", Arc::new(Refusing(false)));
+        let answer = |call_id: &str, status: &str, method: &str| {
+            format!(
+                "SIP/2.0 {status}\r\nVia: SIP/2.0/UDP {node};branch=z9hG4bK{call_id}{method}\r\n\
+Record-Route: <sip:p1.example;lr>, <sip:p2.example;lr>\r\nRecord-Route: <sip:p3.example;lr>\r\n\
+From: <sip:tsunagu@{node}>;tag=n\r\nTo: <sip:callee@{me}>;tag=c\r\nCall-ID: {call_id}\r\n\
+CSeq: 7 {method}\r\nContact: <sip:callee@{me};transport=udp>\r\nContent-Length: 0\r\n\r\n"
+            )
+        };
+        for call_id in ["unknown", "ended"] {
+            sock.send_to(answer(call_id, "200 OK", "INVITE").as_bytes(), node)
+                .await
+                .unwrap();
+            let ack = recv_text(&sock, "the ACK").await;
+            assert!(
+                ack.starts_with(&format!("ACK sip:callee@{me};transport=udp SIP/2.0\r\n")),
+                "{ack}"
+            );
+            for line in [
+                format!("Via: SIP/2.0/UDP {node};branch=z9hG4bK"),
+                "Route: <sip:p3.example;lr>\r\nRoute: <sip:p2.example;lr>\r\nRoute: <sip:p1.example;lr>\r\n".to_string(),
+                format!("From: <sip:tsunagu@{node}>;tag=n\r\nTo: <sip:callee@{me}>;tag=c\r\nCall-ID: {call_id}\r\nCSeq: 7 ACK\r\n"),
+            ] {
+                assert!(ack.contains(&line), "{call_id}: {line} in\n{ack}");
+            }
+            assert!(
+                !ack.contains(&format!("branch=z9hG4bK{call_id}INVITE")),
+                "a new branch: {ack}"
+            );
+        }
+        assert_eq!(metrics.stray_2xx_acked.get(), 2);
+        for (call_id, status, method) in [
+            ("ringing", "180 Ringing", "INVITE"),
+            ("bye", "200 OK", "BYE"),
+        ] {
+            sock.send_to(answer(call_id, status, method).as_bytes(), node)
+                .await
+                .unwrap();
+            let options = format!(
+                "OPTIONS sip:{node} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKo{call_id}\r\n\
+From: <sip:p@{me}>;tag=o\r\nTo: <sip:{node}>\r\nCall-ID: {call_id}\r\nCSeq: 1 OPTIONS\r\n\
+Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+            );
+            sock.send_to(options.as_bytes(), node).await.unwrap();
+            let next = recv_text(&sock, "the OPTIONS answer").await;
+            assert!(
+                next.starts_with("SIP/2.0 200") && next.contains("CSeq: 1 OPTIONS"),
+                "{status} {method} drew something: {next}"
+            );
+        }
+        assert_eq!(metrics.stray_2xx_acked.get(), 2);
     }
 
     /// Nothing goes out before the node decides: a refused INVITE gets its final

@@ -170,6 +170,8 @@ pub struct SipMetrics {
     pub client_transactions: Gauge,
     /// Requests their call did not take (inbox full: 503; call ended: 481).
     pub requests_undelivered: Counter,
+    /// 2xx answers to INVITEs that no call took, acknowledged by the SIP core.
+    pub stray_2xx_acked: Counter,
     /// Requests on the branch of a transaction another source began: dropped.
     pub foreign_transaction_requests: Counter,
     /// New requests dropped because their shard held the most server transactions.
@@ -299,6 +301,11 @@ impl SipMetrics {
             "sip_requests_undelivered",
             "In-dialog requests their call did not take, answered by the SIP core: 503 with Retry-After when the call's inbox was full (a peer flooding the dialog), 481 when the call had ended",
             self.requests_undelivered.clone(),
+        );
+        r.register(
+            "sip_stray_2xx_acked",
+            "2xx answers to an INVITE that no call took (its call had ended: a re-INVITE answered after the BYE, say), acknowledged by the SIP core from the 2xx alone, back to where it came from, so that its sender stops sending it",
+            self.stray_2xx_acked.clone(),
         );
         r.register(
             "sip_foreign_transaction_requests",

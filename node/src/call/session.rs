@@ -10,12 +10,12 @@ use super::timers::{TimerId, Timers};
 use super::{Call, CallMsg, Phase};
 use crate::decide::session_timer::{
     after_refusal, check_after, on_callee_answer, parse, refresh_after, AfterRefusal, Refresher,
-    SessionExpires,
+    SessionExpires, LEAST_MIN_SE,
 };
 use std::time::{Duration, Instant};
 use tsunagu_media::Side;
 
-use tsunagu_sip::parse::{has_option_tag, header};
+use tsunagu_sip::parse::{has_option_tag, header, retry_after_seconds};
 use tsunagu_sip::Method;
 use tsunagu_sip::{Request, Response};
 
@@ -26,7 +26,7 @@ use tsunagu_sip::{Request, Response};
 pub(super) struct TimerAsk {
     sent: Option<String>,
     session_expires: Option<SessionExpires>,
-    min_se: Option<String>,
+    min_se: Option<u32>,
     supports: bool,
 }
 
@@ -36,26 +36,21 @@ impl TimerAsk {
         TimerAsk {
             session_expires: sent.as_deref().and_then(parse),
             sent,
-            min_se: header(req, "Min-SE")
-                .filter(|v| v.trim().parse::<u32>().is_ok())
-                .map(str::to_string),
+            min_se: header(req, "Min-SE").and_then(|v| v.trim().parse::<u32>().ok()),
             supports: has_option_tag(req, "Supported", "timer"),
         }
     }
 
     /// The session-timer headers to pass on to the other leg. Only values that parse
     /// go on (a Session-Expires of 20 digits, a Min-SE past 32 bits would otherwise
-    /// reach the other leg as they came).
+    /// reach the other leg as they came), and as the node writes them: the interval
+    /// and a refresher it reads, a Min-SE of at least [`LEAST_MIN_SE`].
     pub(super) fn headers(&self) -> Headers {
         let mut out = Headers::new();
-        if let Some(se) = self
-            .sent
-            .as_ref()
-            .filter(|_| self.session_expires.is_some())
-        {
-            out.push(("Session-Expires", se.clone()));
-            if let Some(min) = &self.min_se {
-                out.push(("Min-SE", min.clone()));
+        if let Some(se) = self.session_expires {
+            out.push(("Session-Expires", se.to_string()));
+            if let Some(min) = self.min_se {
+                out.push(("Min-SE", min.max(LEAST_MIN_SE).to_string()));
             }
         }
         if self.supports {
@@ -141,7 +136,7 @@ pub(super) fn answer_headers(
             }
         }
     }
-    if let Some(se) = answered {
+    if let Some(se) = answered.and_then(parse) {
         out.push(("Session-Expires", se.to_string()));
         if has_option_tag(resp, "Require", "timer") {
             out.push(("Require", "timer".into()));
@@ -439,7 +434,14 @@ impl Call {
         };
         s.refusals = s.refusals.saturating_add(1);
         let code = resp.status_code.code();
-        let wait = match after_refusal(code, header(resp, "Min-SE"), s.interval, s.refusals) {
+        let retry_after = retry_after_seconds(resp);
+        let wait = match after_refusal(
+            code,
+            header(resp, "Min-SE"),
+            retry_after,
+            s.interval,
+            s.refusals,
+        ) {
             AfterRefusal::Glare(most) => {
                 crate::decide::glare::delay(false, rand::random()).min(most)
             }
@@ -467,7 +469,7 @@ impl Call {
     pub(super) fn follow_callers_floor(&mut self, resp: &Response) -> Option<u32> {
         let s = self.session.as_mut()?;
         let code = resp.status_code.code();
-        match after_refusal(code, header(resp, "Min-SE"), s.interval, 1) {
+        match after_refusal(code, header(resp, "Min-SE"), None, s.interval, 1) {
             AfterRefusal::Longer(interval) => {
                 s.interval = interval;
                 s.min_se = Some(interval);
@@ -609,7 +611,8 @@ impl Call {
         };
         s.callee_refusals = s.callee_refusals.saturating_add(1);
         let code = resp.status_code.code();
-        let wait = match after_refusal(code, None, s.interval, s.callee_refusals) {
+        let retry_after = retry_after_seconds(resp);
+        let wait = match after_refusal(code, None, retry_after, s.interval, s.callee_refusals) {
             AfterRefusal::Glare(most) => {
                 crate::decide::glare::delay(true, rand::random()).min(most)
             }
@@ -1149,6 +1152,16 @@ mod tests {
             ),
             ("Min-SE: 90\r\n", vec![]),
             ("Supported: timer\r\n", vec![("Supported", "timer".into())]),
+            // As the node writes them: a refresher it reads, no other parameter, a
+            // Min-SE of at least 90 (a live torture run had these passed as written).
+            (
+                "Session-Expires: 1800;refresher=bob\r\nMin-SE: 0\r\n",
+                vec![("Session-Expires", "1800".into()), min.clone()],
+            ),
+            (
+                "Session-Expires: 1800 ; x=y ; Refresher = UAC\r\nMin-SE: 600\r\n",
+                vec![se.clone(), ("Min-SE", "600".into())],
+            ),
         ];
         for (extra, want) in rows {
             assert_eq!(&TimerAsk::of(&invite(extra)).headers(), want, "{extra:?}");

@@ -24,6 +24,24 @@ pub struct SessionExpires {
     pub refresher: Option<Refresher>,
 }
 
+/// As the node writes it: the interval and a refresher it could read, nothing else
+/// (a value passed to the other leg is this, never the party's text: a live torture
+/// run had `refresher=bob` reach the callee as written).
+impl std::fmt::Display for SessionExpires {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.interval)?;
+        match self.refresher {
+            Some(Refresher::Uac) => f.write_str(";refresher=uac"),
+            Some(Refresher::Uas) => f.write_str(";refresher=uas"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// RFC 4028 4: no Min-SE is below 90 s. One a party sent lower (`Min-SE: 0`) goes
+/// to the other leg as 90 (what a request without one means).
+pub const LEAST_MIN_SE: u32 = 90;
+
 pub fn parse(value: &str) -> Option<SessionExpires> {
     let mut parts = value.split(';');
     let interval = parts.next()?.trim().parse().ok()?;
@@ -172,14 +190,24 @@ pub enum AfterRefusal {
 pub const REFRESH_TRIES: u8 = 3;
 
 /// Decides [`AfterRefusal`] for the `refusals`-th refusal in a row (from 1) with
-/// `code` and the response's `min_se`, of a session of `interval` s. At most
+/// `code` and the response's `min_se` and `retry_after` (seconds), of a session of
+/// `interval` s. A passing refusal's `Retry-After` (a 500 or 503 saying when to come
+/// back, RFC 3261 21.5.4) is waited for as far as one more try still fits before the
+/// session's check: a callee's leg refreshed again a second later was refused again,
+/// each try a CSeq (a live torture run). At most
 /// [`REFRESH_TRIES`] in a row: a caller refusing every refresh had one sent every
 /// second or two until the session's check, each taking a CSeq (a review). The waits
 /// share the time between the refresh and the session's check, so every try comes
 /// before it (an eighth of the interval put the later ones past it in sessions under
 /// about four minutes). A Min-SE over [`MAX_MIN_SE`] is not followed: the node's
 /// check would supervise nothing for that long.
-pub fn after_refusal(code: u16, min_se: Option<&str>, interval: u32, refusals: u8) -> AfterRefusal {
+pub fn after_refusal(
+    code: u16,
+    min_se: Option<&str>,
+    retry_after: Option<u32>,
+    interval: u32,
+    refusals: u8,
+) -> AfterRefusal {
     if refusals > REFRESH_TRIES {
         return AfterRefusal::GiveUp;
     }
@@ -190,7 +218,13 @@ pub fn after_refusal(code: u16, min_se: Option<&str>, interval: u32, refusals: u
         (491, _) => AfterRefusal::Glare(share),
         (422, Some(min)) if min > interval && min <= MAX_MIN_SE => AfterRefusal::Longer(min),
         (422, Some(min)) if min > MAX_MIN_SE => AfterRefusal::GiveUp,
-        _ => AfterRefusal::After(share),
+        _ => {
+            let asked = Duration::from_secs(u64::from(retry_after.unwrap_or(0)));
+            // The tries left after this one, each a share apart, still fit before the
+            // check when this wait is at most that many shares.
+            let most = share * u32::from(REFRESH_TRIES + 1 - refusals);
+            AfterRefusal::After(share.max(asked.min(most)))
+        }
     }
 }
 
@@ -443,10 +477,45 @@ mod tests {
         ];
         for &(code, min_se, interval, refusals, want) in rows {
             assert_eq!(
-                after_refusal(code, min_se, interval, refusals),
+                after_refusal(code, min_se, None, interval, refusals),
                 want,
                 "{code} {min_se:?} {interval} {refusals}"
             );
         }
+    }
+
+    /// A passing refusal's Retry-After is waited for, as far as the tries left still
+    /// fit before the session's check (1800 s: shares of 217 s, check 868 s after the
+    /// refresh); a shorter one than the share changes nothing; a glare or a longer
+    /// Min-SE does not wait for it.
+    #[test]
+    fn a_refusal_saying_when_to_come_back_is_waited_for() {
+        use AfterRefusal::*;
+        let s = Duration::from_secs;
+        // (code, Retry-After, refusals in a row) -> what next
+        let rows: &[(u16, Option<u32>, u8, AfterRefusal)] = &[
+            (500, Some(300), 1, After(s(300))),
+            (503, Some(300), 2, After(s(300))),
+            (503, Some(100), 1, After(s(217))),
+            (500, Some(0), 1, After(s(217))),
+            // Capped: three shares after the first refusal, two after the second,
+            // one (the share) after the third.
+            (503, Some(3600), 1, After(s(651))),
+            (503, Some(3600), 2, After(s(434))),
+            (503, Some(3600), 3, After(s(217))),
+            (503, Some(3600), 4, GiveUp),
+            (491, Some(300), 1, Glare(s(217))),
+        ];
+        for &(code, retry_after, refusals, want) in rows {
+            assert_eq!(
+                after_refusal(code, None, retry_after, 1800, refusals),
+                want,
+                "{code} {retry_after:?} {refusals}"
+            );
+        }
+        assert_eq!(
+            after_refusal(422, Some("3600"), Some(300), 1800, 1),
+            Longer(3600)
+        );
     }
 }
