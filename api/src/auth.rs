@@ -1,5 +1,7 @@
 //! Bearer-token authentication. The admin token manages operators; an operator's API
-//! key sees only that operator's data. Keys are looked up by their SHA-256 hash.
+//! key sees only that operator's data; an advertiser's key (made by its operator)
+//! reads only that advertiser's calls, recordings and call stream ([`CallReader`]),
+//! and every other endpoint refuses it 403. Keys are looked up by their SHA-256 hash.
 
 use crate::{db, ApiError, ApiState};
 use axum::extract::FromRequestParts;
@@ -9,6 +11,11 @@ use std::sync::Arc;
 pub enum Principal {
     Admin,
     Operator(String),
+    /// An advertiser's key: its operator and the advertiser.
+    Advertiser {
+        operator: String,
+        advertiser: String,
+    },
 }
 
 impl FromRequestParts<Arc<ApiState>> for Principal {
@@ -18,25 +25,43 @@ impl FromRequestParts<Arc<ApiState>> for Principal {
         parts: &mut Parts,
         state: &Arc<ApiState>,
     ) -> Result<Principal, ApiError> {
-        let header = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer token"))?;
-        let token = header
-            .strip_prefix("Bearer ")
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| ApiError::unauthorized("Authorization must be `Bearer TOKEN`"))?;
+        let token = bearer(parts)?;
         if constant_time_eq(token.as_bytes(), state.admin_token.as_bytes()) {
             return Ok(Principal::Admin);
         }
         let hash = tsunagu_store::hash_api_key(token);
-        match db(state, move |s| s.operator_for_key(&hash)).await? {
-            Some(op) => Ok(Principal::Operator(op)),
-            None => Err(ApiError::unauthorized("unknown token")),
+        // Each kind of key is found only as its kind (an advertiser's is hashed with
+        // a label of its own, see `hash_api_key`).
+        let advertisers = token.starts_with(tsunagu_store::ADVERTISER_KEY_PREFIX);
+        match db(state, move |s| s.key_owner(&hash)).await? {
+            Some(tsunagu_store::KeyOwner {
+                operator_id,
+                advertiser_id: None,
+            }) if !advertisers => Ok(Principal::Operator(operator_id)),
+            Some(tsunagu_store::KeyOwner {
+                operator_id,
+                advertiser_id: Some(advertiser),
+            }) if advertisers => Ok(Principal::Advertiser {
+                operator: operator_id,
+                advertiser,
+            }),
+            _ => Err(ApiError::unauthorized("unknown token")),
         }
     }
+}
+
+/// The request's bearer token.
+fn bearer(parts: &Parts) -> Result<&str, ApiError> {
+    let header = parts
+        .headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer token"))?;
+    header
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| ApiError::unauthorized("Authorization must be `Bearer TOKEN`"))
 }
 
 pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -58,6 +83,7 @@ impl FromRequestParts<Arc<ApiState>> for OperatorId {
             Principal::Admin => Err(ApiError::forbidden(
                 "use an operator API key: the admin token belongs to no operator",
             )),
+            Principal::Advertiser { .. } => Err(advertiser_key_refused(state)),
         }
     }
 }
@@ -77,6 +103,134 @@ impl FromRequestParts<Arc<ApiState>> for Admin {
             Principal::Operator(_) => {
                 Err(ApiError::forbidden("this endpoint needs the admin token"))
             }
+            Principal::Advertiser { .. } => Err(advertiser_key_refused(state)),
+        }
+    }
+}
+
+/// The 403 an advertiser's key gets from an endpoint that is not its (counted in
+/// `tsunagu_api_advertiser_key_refused_total`).
+pub(crate) fn advertiser_key_refused(state: &ApiState) -> ApiError {
+    state.defences.metrics.advertiser_key_refused.inc();
+    ApiError::forbidden(
+        "this is an advertiser's key: it reads that advertiser's calls, recordings and \
+         call stream only (GET /v1/calls, /v1/calls/{call_id}, /v1/calls/{call_id}/recording, \
+         /v1/calls/stream)",
+    )
+}
+
+/// Who reads calls: an operator's key (the whole operator) or an advertiser's (that
+/// advertiser alone). The call endpoints take it; everything else takes
+/// [`OperatorId`], which refuses an advertiser's key.
+pub struct CallReader {
+    pub operator: String,
+    /// The advertiser an advertiser's key is limited to.
+    pub advertiser: Option<String>,
+    /// Counts the refusals of [`CallReader::narrow`].
+    refused: Option<prometheus_client::metrics::counter::Counter>,
+    /// The key's hash: a long answer (the call stream) looks it up again now and
+    /// then, and ends once the key is revoked.
+    pub key_hash: String,
+}
+
+impl CallReader {
+    /// The advertiser a request reads, from what it asked (`asked`, its
+    /// `advertiser_id` parameter): an operator's key reads what it asked (None: all);
+    /// an advertiser's key reads its own, and asking for another is refused 403.
+    pub fn narrow(&self, asked: Option<String>) -> Result<Option<String>, ApiError> {
+        match (&self.advertiser, asked) {
+            (None, asked) => Ok(asked),
+            (Some(own), Some(asked)) if asked != *own => {
+                if let Some(c) = &self.refused {
+                    c.inc();
+                }
+                Err(ApiError::forbidden(format!(
+                    "this key reads advertiser {own} only"
+                )))
+            }
+            (Some(own), _) => Ok(Some(own.clone())),
+        }
+    }
+
+    /// Whom the key spoke for when the request came: a stream ends when a new look-up
+    /// of [`CallReader::key_hash`] no longer says so (revoked, or its advertiser
+    /// deleted).
+    pub fn owner(&self) -> tsunagu_store::KeyOwner {
+        tsunagu_store::KeyOwner {
+            operator_id: self.operator.clone(),
+            advertiser_id: self.advertiser.clone(),
+        }
+    }
+
+    /// Whether a call of `advertiser_id` is this reader's (an advertiser's key reads
+    /// its own only; another's answers 404, as a call of another operator does).
+    pub fn reads(&self, advertiser_id: &str) -> bool {
+        self.advertiser
+            .as_deref()
+            .is_none_or(|own| own == advertiser_id)
+    }
+}
+
+impl FromRequestParts<Arc<ApiState>> for CallReader {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<ApiState>,
+    ) -> Result<CallReader, ApiError> {
+        let principal = Principal::from_request_parts(parts, state).await?;
+        let key_hash = tsunagu_store::hash_api_key(bearer(parts)?);
+        match principal {
+            Principal::Operator(operator) => Ok(CallReader {
+                operator,
+                advertiser: None,
+                refused: None,
+                key_hash,
+            }),
+            Principal::Advertiser {
+                operator,
+                advertiser,
+            } => Ok(CallReader {
+                operator,
+                advertiser: Some(advertiser),
+                refused: Some(state.defences.metrics.advertiser_key_refused.clone()),
+                key_hash,
+            }),
+            Principal::Admin => Err(ApiError::forbidden(
+                "use an operator API key: the admin token belongs to no operator",
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CallReader;
+
+    /// (key's advertiser, advertiser asked) -> advertiser read, or refused.
+    #[test]
+    fn an_advertisers_key_reads_its_own_advertiser_only() {
+        let rows: &[(Option<&str>, Option<&str>, Result<Option<&str>, ()>)] = &[
+            (None, None, Ok(None)),
+            (None, Some("adv_a"), Ok(Some("adv_a"))),
+            (Some("adv_a"), None, Ok(Some("adv_a"))),
+            (Some("adv_a"), Some("adv_a"), Ok(Some("adv_a"))),
+            (Some("adv_a"), Some("adv_b"), Err(())),
+        ];
+        for (own, asked, want) in rows {
+            let reader = CallReader {
+                operator: "op".into(),
+                advertiser: own.map(str::to_string),
+                refused: None,
+                key_hash: String::new(),
+            };
+            let got = reader.narrow(asked.map(str::to_string));
+            assert_eq!(
+                got.as_ref().map(|a| a.as_deref()).map_err(|_| ()),
+                *want,
+                "{own:?} {asked:?}"
+            );
+            assert_eq!(reader.reads("adv_b"), own.is_none_or(|o| o == "adv_b"));
         }
     }
 }

@@ -5,7 +5,7 @@
 //! so memory stays flat for any range; their cells are neutralised against formula
 //! injection (OWASP: a leading `=`, `+`, `-`, `@`, tab or CR gets a `'`).
 
-use crate::auth::OperatorId;
+use crate::auth::CallReader;
 use crate::running::Refusal;
 use crate::{db, rfc3339, ApiError, ApiState};
 use axum::extract::{Path, Query, State};
@@ -393,14 +393,15 @@ pub(crate) fn write_row<S: AsRef<str>>(out: &mut String, cells: &[S], format: Fo
 }
 
 pub async fn list(
-    OperatorId(op): OperatorId,
+    reader: CallReader,
     State(st): State<Arc<ApiState>>,
     headers: HeaderMap,
     params: Result<Query<CallsParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let Query(p) = params.map_err(|e| ApiError::bad_request(None, e.body_text()))?;
+    let Query(mut p) = params.map_err(|e| ApiError::bad_request(None, e.body_text()))?;
+    p.advertiser_id = reader.narrow(p.advertiser_id.take())?;
     let format = format_of(&p, &headers)?;
-    let mut query = query_from(op, &p)?;
+    let mut query = query_from(reader.operator, &p)?;
     if format != Format::Json {
         let d = &st.defences;
         let permit = d.exports.try_start(&query.operator_id).map_err(|why| {
@@ -478,12 +479,14 @@ pub(crate) fn refused(why: Refusal, what: &str, retry_after: u64) -> ApiError {
 }
 
 pub async fn get_one(
-    OperatorId(op): OperatorId,
+    reader: CallReader,
     State(st): State<Arc<ApiState>>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
+    let op = reader.operator.clone();
     let r = db(&st, move |s| s.get_call(&op, &id))
         .await?
+        .filter(|r| reader.reads(&r.advertiser_id))
         .ok_or_else(|| ApiError::not_found("no such call"))?;
     Ok(Json(call_json(&r)))
 }

@@ -240,6 +240,14 @@ pub fn router(state: Arc<ApiState>) -> Router {
                 .patch(advertisers::update)
                 .delete(advertisers::delete),
         )
+        .route(
+            "/v1/advertisers/{id}/keys",
+            post(advertisers::new_key).get(advertisers::list_keys),
+        )
+        .route(
+            "/v1/advertisers/{id}/keys/{key_id}",
+            axum::routing::delete(advertisers::revoke_key),
+        )
         .route("/v1/numbers", post(numbers::create).get(numbers::list))
         .route(
             "/v1/numbers/{number}",

@@ -48,6 +48,8 @@ pub struct ApiMetrics {
     pub stream_events: Counter,
     pub stream_read_failures: Counter,
     pub metrics_unauthorized: Counter,
+    /// Requests with an advertiser's key to what it may not read (403).
+    pub advertiser_key_refused: Counter,
     pub internal_refused: Counter,
     pub recordings_served: Family<OutcomeLabel, Counter>,
     pub recording_parts_read: Family<SourceLabel, Counter>,
@@ -162,6 +164,11 @@ impl ApiMetrics {
             "api_streams_refused",
             "Live call streams answered 503 because api.max_streams (or the operator's api.max_streams_per_operator) were open",
             self.streams_refused.clone(),
+        );
+        r.register(
+            "api_advertiser_key_refused",
+            "Requests with an advertiser's key answered 403: an endpoint other than its advertiser's calls, recordings and call stream, or another advertiser named (a screen opened with the wrong key, or a key being tried out)",
+            self.advertiser_key_refused.clone(),
         );
         r.register(
             "api_stream_events",

@@ -23,6 +23,8 @@ mod tests {
             "/v1/operators/{id}/keys/{key_id}",
             "/v1/advertisers",
             "/v1/advertisers/{id}",
+            "/v1/advertisers/{id}/keys",
+            "/v1/advertisers/{id}/keys/{key_id}",
             "/v1/numbers",
             "/v1/numbers/{number}",
             "/v1/calls",

@@ -133,7 +133,11 @@ pub async fn delete(
 
 /// A new key, its hash (what is stored) and its prefix (what it is listed by).
 fn new_key_parts() -> (String, String, String) {
-    let key = tsunagu_store::new_api_key();
+    key_parts(tsunagu_store::new_api_key())
+}
+
+/// A key, its hash and the prefix it is listed by.
+pub(crate) fn key_parts(key: String) -> (String, String, String) {
     let hash = tsunagu_store::hash_api_key(&key);
     let prefix = key.chars().take(KEY_PREFIX_CHARS).collect();
     (key, hash, prefix)
@@ -142,8 +146,15 @@ fn new_key_parts() -> (String, String, String) {
 /// `tsk_` and 8 characters: enough to tell keys apart, 32 of the key's 128 bits.
 const KEY_PREFIX_CHARS: usize = 12;
 
-fn key_view(k: &ApiKey) -> Value {
-    json!({"id": k.id, "prefix": k.prefix, "created_at": rfc3339(k.created_at)})
+/// A key as listed: `advertiser_id` names the advertiser an advertiser's key is
+/// limited to (null for the operator's own keys).
+pub(crate) fn key_view(k: &ApiKey) -> Value {
+    json!({
+        "id": k.id,
+        "prefix": k.prefix,
+        "created_at": rfc3339(k.created_at),
+        "advertiser_id": k.advertiser_id,
+    })
 }
 
 fn no_operator() -> ApiError {
@@ -152,11 +163,12 @@ fn no_operator() -> ApiError {
 
 /// The admin for any operator; an operator's key for that operator only (any other id
 /// answers 404, as everywhere).
-fn may_manage_keys(who: &Principal, operator_id: &str) -> Result<(), ApiError> {
+fn may_manage_keys(st: &ApiState, who: &Principal, operator_id: &str) -> Result<(), ApiError> {
     match who {
         Principal::Admin => Ok(()),
         Principal::Operator(op) if op == operator_id => Ok(()),
         Principal::Operator(_) => Err(no_operator()),
+        Principal::Advertiser { .. } => Err(crate::auth::advertiser_key_refused(st)),
     }
 }
 
@@ -185,7 +197,7 @@ pub async fn list_keys(
     State(st): State<Arc<ApiState>>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    may_manage_keys(&who, &id)?;
+    may_manage_keys(&st, &who, &id)?;
     let keys = db(&st, move |s| {
         if s.get_operator(&id)?.is_none() {
             return Ok(None);
@@ -206,7 +218,7 @@ pub async fn revoke_key(
     State(st): State<Arc<ApiState>>,
     Path((id, key_id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    may_manage_keys(&who, &id)?;
+    may_manage_keys(&st, &who, &id)?;
     if db(&st, move |s| s.revoke_api_key(&id, &key_id)).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {

@@ -31,7 +31,7 @@
 //! range past the end is 416 (`Content-Range: bytes */total`); several ranges, another
 //! unit, a value that does not parse, or an `If-Range` get the whole file (200).
 
-use crate::auth::OperatorId;
+use crate::auth::CallReader;
 use crate::client::PeerAddr;
 use crate::metrics::{OutcomeLabel, SourceLabel};
 use crate::recording_join::{
@@ -118,7 +118,7 @@ enum Problem {
 }
 
 pub async fn recording(
-    OperatorId(op): OperatorId,
+    reader: CallReader,
     State(st): State<Arc<ApiState>>,
     method: Method,
     request: HeaderMap,
@@ -126,8 +126,10 @@ pub async fn recording(
     params: Result<Query<PartParam>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = params.map_err(|e| ApiError::bad_request(Some("part"), e.body_text()))?;
+    let op = reader.operator.clone();
     let r = db(&st, move |s| s.get_call(&op, &id))
         .await?
+        .filter(|r| reader.reads(&r.advertiser_id))
         .ok_or_else(|| ApiError::not_found("no such call"))?;
     let all = parts_of(&r)?;
     let count = all.len();

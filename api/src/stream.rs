@@ -19,7 +19,7 @@
 //! reconnects) or when its client stops reading for `api.export_send_timeout_seconds`;
 //! each read takes at most [`MAX_CALLS`] calls in progress and as many recent ends.
 
-use crate::auth::OperatorId;
+use crate::auth::CallReader;
 use crate::calls::{call_json, refused};
 use crate::metrics::Held;
 use crate::{ApiError, ApiState};
@@ -36,6 +36,9 @@ use tsunagu_store::{CallQuery, CallRecord, CallStage, CallState, SortOrder, Stor
 
 /// How often the store is read.
 const POLL: Duration = Duration::from_secs(1);
+/// Every this many reads (five seconds at one a second) the stream's key is looked up
+/// again: a revoked key's stream ends within that.
+const KEY_CHECK_READS: u32 = 5;
 /// The most calls in progress (and recent ends) one read takes.
 pub const MAX_CALLS: usize = 2000;
 /// How far before the previous read each read looks for final records of calls that
@@ -300,11 +303,14 @@ fn read(
 }
 
 pub async fn stream(
-    OperatorId(op): OperatorId,
+    reader: CallReader,
     State(st): State<Arc<ApiState>>,
     params: Result<Query<StreamParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let Query(p) = params.map_err(|e| ApiError::bad_request(None, e.body_text()))?;
+    let Query(mut p) = params.map_err(|e| ApiError::bad_request(None, e.body_text()))?;
+    p.advertiser_id = reader.narrow(p.advertiser_id.take())?;
+    let key = (reader.key_hash.clone(), reader.owner());
+    let op = reader.operator;
     let d = &st.defences;
     let permit = d.streams.try_start(&op).map_err(|why| {
         d.metrics.streams_refused.inc();
@@ -314,7 +320,7 @@ pub async fn stream(
     let st2 = st.clone();
     tokio::spawn(async move {
         let _permit = permit;
-        produce(st2, op, p.advertiser_id, tx).await;
+        produce(st2, op, p.advertiser_id, key, tx).await;
     });
     let body = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv()
@@ -333,12 +339,16 @@ pub async fn stream(
         .into_response())
 }
 
-/// Reads, tells and keeps alive until the client goes, stops reading, or the stream's
-/// time is up.
+/// Reads, tells and keeps alive until the client goes, stops reading, the stream's
+/// time is up, or its key (`key`: its hash and whom it spoke for) no longer speaks
+/// for the same (revoked, or its advertiser deleted): looked up every
+/// [`KEY_CHECK_READS`] reads, the stream then ends with `stream.closed` (a revoked key
+/// kept a screen's stream for up to `api.stream_max_seconds`: a review).
 async fn produce(
     st: Arc<ApiState>,
     op: String,
     advertiser: Option<String>,
+    key: (String, tsunagu_store::KeyOwner),
     tx: tokio::sync::mpsc::Sender<String>,
 ) {
     let d = &st.defences;
@@ -367,6 +377,7 @@ async fn produce(
     // (a keepalive is due before it).
     let mut tick = tokio::time::interval(POLL.min(keepalive).max(Duration::from_millis(100)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut reads: u32 = 0;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -380,10 +391,25 @@ async fn produce(
         let live = tracker.live();
         let recent_from = last_read.saturating_sub(RECENT_MS);
         let started = tsunagu_store::now_ms();
+        reads = reads.wrapping_add(1);
+        let hash = reads.is_multiple_of(KEY_CHECK_READS).then(|| key.0.clone());
         let got = tokio::task::spawn_blocking(move || {
-            read(&*store, &operator, adv.as_deref(), recent_from, &live)
+            let owner = hash.map(|h| store.key_owner(&h));
+            (
+                owner,
+                read(&*store, &operator, adv.as_deref(), recent_from, &live),
+            )
         })
         .await;
+        let got = match got {
+            Ok((Some(Ok(owner)), _)) if owner.as_ref() != Some(&key.1) => {
+                let _ = send("event: stream.closed\ndata: {\"reason\":\"key revoked\"}\n\n".into())
+                    .await;
+                return;
+            }
+            Ok((_, got)) => Ok(got),
+            Err(e) => Err(e),
+        };
         match got {
             Ok(Ok(got)) => {
                 last_read = started;
@@ -670,6 +696,58 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         panic!("the stream's task outlived its client");
+    }
+
+    /// A stream ends once its key is revoked (looked up every few reads; the reads
+    /// come every 200 ms here, the keepalive being that short), with
+    /// `stream.closed`: a revoked key kept a screen's stream until
+    /// `api.stream_max_seconds`. Another key's revocation ends nothing.
+    #[tokio::test]
+    async fn a_stream_ends_when_its_key_is_revoked() {
+        let a = api_with(&tsunagu_config::ApiConfig::default(), |d| {
+            d.stream_keepalive = Duration::from_millis(200);
+        });
+        let other = tsunagu_store::new_api_key();
+        let other_id = a
+            .store
+            .add_api_key(&a.operator, &tsunagu_store::hash_api_key(&other), "tsk_o")
+            .unwrap()
+            .id;
+        let open = |key: String| {
+            let a = &a;
+            async move {
+                let resp = a
+                    .call(&a.router, "GET", "/v1/calls/stream", Some(&key), "")
+                    .await;
+                assert_eq!(resp.status(), StatusCode::OK);
+                let mut body = resp.into_body().into_data_stream();
+                let mut frames = String::new();
+                wait_for(&mut body, &mut frames, "event: stream.ready").await;
+                body
+            }
+        };
+        let mut mine = open(a.key.clone()).await;
+        let mut theirs = open(other.clone()).await;
+        assert!(a.store.revoke_api_key(&a.operator, &other_id).unwrap());
+        let mut frames = String::new();
+        wait_for(&mut theirs, &mut frames, "event: stream.closed").await;
+        assert!(frames.contains("\"reason\":\"key revoked\""), "{frames}");
+        assert!(
+            next_frame(&mut theirs, Duration::from_secs(2))
+                .await
+                .is_none(),
+            "the stream ended"
+        );
+        // The key still valid goes on: a keepalive comes, nothing closes.
+        let mut kept = String::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while tokio::time::Instant::now() < deadline {
+            if let Some(f) = next_frame(&mut mine, Duration::from_millis(500)).await {
+                kept.push_str(&f);
+            }
+        }
+        assert!(kept.contains(": keepalive"), "{kept}");
+        assert!(!kept.contains("stream.closed"), "{kept}");
     }
 
     /// Streams are capped per operator (and in all): past the cap 503 with

@@ -458,6 +458,11 @@ pub fn reject_unparsed(raw: &[u8], code: u16, why: &str) -> Option<Vec<u8>> {
     Some(finish(s, None))
 }
 
+/// The most Record-Route entries a 2xx that no call takes may carry and still be
+/// acknowledged (a route set of a few proxies is the rule; a list of thousands of
+/// one-byte entries would come back as one Route line each).
+pub const STRAY_ACK_ROUTES: usize = 16;
+
 /// The ACK of a 2xx to an INVITE that matches no call (RFC 3261 13.2.2.4): the call
 /// it belonged to has ended (a re-INVITE's 2xx that came after the node's BYE was
 /// answered, say), and without an ACK its sender sends it again for 32 s and then
@@ -466,13 +471,22 @@ pub fn reject_unparsed(raw: &[u8], code: u16, why: &str) -> Option<Vec<u8>> {
 /// From, To (with its tag), Call-ID and the CSeq number, a new branch. It is sent back
 /// where the 2xx came from (the route set's first hop in every deployment the node
 /// is in: a trunk's address), never to an address the 2xx names. None when the 2xx
-/// has no Contact naming a SIP URI, or no From or To.
+/// has no Contact naming a SIP URI, no From or To, more than [`STRAY_ACK_ROUTES`]
+/// Record-Route entries (the ACK is never much larger than the 2xx), or CSeq 1: the
+/// node's own new INVITEs (a forwarded leg, a callback) take CSeq 1, and a 2xx to one
+/// whose call is gone (the node restarted meanwhile) is left unacknowledged, so that
+/// its sender hangs up after 32 s (RFC 3261 13.3.1.4) rather than keeping a callee
+/// connected to nobody; the core cannot send that BYE itself, not knowing whether a
+/// re-INVITE's dialog lives on at another node (a call handed over).
 pub fn ack_for_stray_2xx(
     resp: &rsipstack::sip::Response,
     cseq: u32,
     transport: Transport,
     sent_by: SocketAddr,
 ) -> Option<RequestSpec> {
+    if cseq <= 1 {
+        return None;
+    }
     let target = crate::parse::uri_of(header(resp, "Contact")?).trim();
     let sip_uri = ["sip:", "sips:"].iter().any(|s| {
         target
@@ -482,10 +496,11 @@ pub fn ack_for_stray_2xx(
     if !sip_uri || target.contains(char::is_whitespace) {
         return None;
     }
-    let mut routes: Vec<String> = crate::parse::header_values(resp, "Record-Route")
-        .into_iter()
-        .map(|r| r.trim().to_string())
-        .collect();
+    let recorded = crate::parse::header_values(resp, "Record-Route");
+    if recorded.len() > STRAY_ACK_ROUTES {
+        return None;
+    }
+    let mut routes: Vec<String> = recorded.into_iter().map(|r| r.trim().to_string()).collect();
     routes.reverse();
     Some(RequestSpec {
         method: Method::Ack,

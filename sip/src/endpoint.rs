@@ -665,10 +665,11 @@ impl Core {
     /// ACKs a 2xx to an INVITE that no call took (see [`build::ack_for_stray_2xx`]),
     /// back to where it came from.
     fn ack_stray_2xx(&mut self, resp: &Response, info: &Info, peer: Peer) {
-        let sent_by = self
-            .locals
-            .iter()
-            .find(|(t, _)| *t == peer.transport)
+        // The node's address of that transport, of the 2xx's address family if it has one.
+        let of_transport = || self.locals.iter().filter(|(t, _)| *t == peer.transport);
+        let sent_by = of_transport()
+            .find(|(_, a)| a.is_ipv4() == peer.addr.is_ipv4())
+            .or_else(|| of_transport().next())
             .map(|(_, a)| *a);
         let Some(spec) =
             sent_by.and_then(|by| build::ack_for_stray_2xx(resp, info.cseq, peer.transport, by))
@@ -1309,8 +1310,10 @@ CSeq: 2 INFO\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
     /// the Contact as Request-URI, the Record-Route reversed, the 2xx's From, To and
     /// CSeq number. Without it the sender sends the 2xx for 32 s (RFC 3261 13.3.1.4;
     /// a live torture run: a re-INVITE answered after the node's BYE). A provisional,
-    /// and a 2xx to anything but an INVITE, get nothing: an OPTIONS sent after each
-    /// with the same Call-ID (the same shard, handled in order) is answered first.
+    /// a 2xx to anything but an INVITE, one to a new INVITE of the node's (CSeq 1) and
+    /// one with more Record-Route entries than the cap get nothing: an OPTIONS sent
+    /// after each with the same Call-ID (the same shard, handled in order) is
+    /// answered first.
     #[tokio::test]
     async fn a_2xx_to_an_invite_of_no_call_is_acknowledged() {
         let metrics = SipMetrics::default();
@@ -1351,13 +1354,24 @@ CSeq: 7 {method}\r\nContact: <sip:callee@{me};transport=udp>\r\nContent-Length: 
             );
         }
         assert_eq!(metrics.stray_2xx_acked.get(), 2);
-        for (call_id, status, method) in [
-            ("ringing", "180 Ringing", "INVITE"),
-            ("bye", "200 OK", "BYE"),
+        let first = answer("first", "200 OK", "INVITE").replace("CSeq: 7 ", "CSeq: 1 ");
+        let many = (0..=crate::build::STRAY_ACK_ROUTES)
+            .map(|i| format!("<sip:p{i}.example;lr>"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let routed = answer("routed", "200 OK", "INVITE").replace(
+            "Record-Route: <sip:p3.example;lr>",
+            &format!("Record-Route: {many}"),
+        );
+        for (call_id, text) in [
+            ("ringing", answer("ringing", "180 Ringing", "INVITE")),
+            ("bye", answer("bye", "200 OK", "BYE")),
+            // A 2xx to a new INVITE of the node's (CSeq 1): its sender is left to hang
+            // up; one with a route set past the cap: not answered at all.
+            ("first", first),
+            ("routed", routed),
         ] {
-            sock.send_to(answer(call_id, status, method).as_bytes(), node)
-                .await
-                .unwrap();
+            sock.send_to(text.as_bytes(), node).await.unwrap();
             let options = format!(
                 "OPTIONS sip:{node} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKo{call_id}\r\n\
 From: <sip:p@{me}>;tag=o\r\nTo: <sip:{node}>\r\nCall-ID: {call_id}\r\nCSeq: 1 OPTIONS\r\n\
@@ -1367,7 +1381,7 @@ Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
             let next = recv_text(&sock, "the OPTIONS answer").await;
             assert!(
                 next.starts_with("SIP/2.0 200") && next.contains("CSeq: 1 OPTIONS"),
-                "{status} {method} drew something: {next}"
+                "{call_id} drew something: {next}"
             );
         }
         assert_eq!(metrics.stray_2xx_acked.get(), 2);

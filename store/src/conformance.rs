@@ -32,6 +32,7 @@ pub fn run_all(store: &dyn Store) {
     clients_hold_at_most_their_cap(store);
     concurrent_issuers_never_share_a_number(&[store]);
     api_keys_are_listed_and_revoked(store);
+    advertiser_keys_are_limited_and_go_with_their_advertiser(store);
     webhooks_are_scoped(store);
     follow_ups_are_queued_with_their_call_once(store);
     outbox_claims_retries_and_dead_letters(store);
@@ -41,6 +42,14 @@ pub fn run_all(store: &dyn Store) {
     caller_sms_are_capped_per_number_and_day(store);
     notices_are_capped_per_number_and_hour(store);
     store.ping().expect("ping");
+}
+
+/// The operator an operator's key (by hash) speaks for; panics on an advertiser's.
+fn op_of_key(s: &dyn Store, hash: &str) -> Option<String> {
+    s.key_owner(hash).unwrap().map(|o| {
+        assert_eq!(o.advertiser_id, None, "an operator's key");
+        o.operator_id
+    })
 }
 
 fn operators_and_keys(s: &dyn Store) {
@@ -55,8 +64,8 @@ fn operators_and_keys(s: &dyn Store) {
 
     let hash = crate::hash_api_key(&crate::new_api_key());
     let key = s.add_api_key(&op.id, &hash, "tsk_00000001").unwrap();
-    assert_eq!(s.operator_for_key(&hash).unwrap(), Some(op.id.clone()));
-    assert_eq!(s.operator_for_key("nope").unwrap(), None);
+    assert_eq!(op_of_key(s, &hash), Some(op.id.clone()));
+    assert_eq!(op_of_key(s, "nope"), None);
     assert_eq!(s.list_api_keys(&op.id).unwrap(), vec![key]);
 
     let adv = s.create_advertiser(&op.id, "shop", None).unwrap();
@@ -94,11 +103,7 @@ fn operators_and_keys(s: &dyn Store) {
         Some(vec!["hello".to_string()])
     );
     assert!(s.get_operator(&op.id).unwrap().is_none());
-    assert_eq!(
-        s.operator_for_key(&hash).unwrap(),
-        None,
-        "keys go with their operator"
-    );
+    assert_eq!(op_of_key(s, &hash), None, "keys go with their operator");
     assert!(s.get_webhook("wh_gone").unwrap().is_none(), "webhooks too");
     assert!(s.prompt(&op.id, "hello").unwrap().is_none(), "prompts too");
     assert!(s.get_webhook("wh_kept").unwrap().is_some());
@@ -1363,12 +1368,88 @@ fn api_keys_are_listed_and_revoked(s: &dyn Store) {
         !s.revoke_api_key(&b.id, &k1.id).unwrap(),
         "another operator's key"
     );
-    assert_eq!(s.operator_for_key(&h1).unwrap(), Some(a.id.clone()));
+    assert_eq!(op_of_key(s, &h1), Some(a.id.clone()));
     assert!(s.revoke_api_key(&a.id, &k1.id).unwrap());
-    assert_eq!(s.operator_for_key(&h1).unwrap(), None, "revoked");
-    assert_eq!(s.operator_for_key(&h2).unwrap(), Some(a.id.clone()));
+    assert_eq!(op_of_key(s, &h1), None, "revoked");
+    assert_eq!(op_of_key(s, &h2), Some(a.id.clone()));
     assert!(!s.revoke_api_key(&a.id, &k1.id).unwrap(), "already revoked");
     assert_eq!(s.list_api_keys(&a.id).unwrap(), vec![k2]);
+}
+
+/// An advertiser's key speaks for its operator and that advertiser; it is made only
+/// for an advertiser of the operator's, at most `cap` per advertiser, is listed and
+/// revoked with the operator's keys, and goes when its advertiser is deleted (the
+/// operator's own keys, and another advertiser's, stay).
+fn advertiser_keys_are_limited_and_go_with_their_advertiser(s: &dyn Store) {
+    let a = s.create_operator("a").unwrap();
+    let b = s.create_operator("b").unwrap();
+    let shop = s.create_advertiser(&a.id, "shop", None).unwrap();
+    let cafe = s.create_advertiser(&a.id, "cafe", None).unwrap();
+    let theirs = s.create_advertiser(&b.id, "theirs", None).unwrap();
+    let hash = |k: &str| crate::hash_api_key(&format!("{k}{}", shop.id));
+    let own = s.add_api_key(&a.id, &hash("op"), "tsk_op").unwrap();
+    let k1 = s
+        .add_advertiser_key(&a.id, &shop.id, &hash("k1"), "tsk_k1", 2)
+        .unwrap()
+        .expect("the operator's advertiser");
+    assert_eq!(k1.advertiser_id.as_deref(), Some(shop.id.as_str()));
+    assert_eq!(
+        s.key_owner(&hash("k1")).unwrap(),
+        Some(KeyOwner {
+            operator_id: a.id.clone(),
+            advertiser_id: Some(shop.id.clone()),
+        })
+    );
+    for (op, adv) in [
+        (&a.id, "adv_missing"),
+        (&a.id, theirs.id.as_str()),
+        (&b.id, shop.id.as_str()),
+    ] {
+        assert_eq!(
+            s.add_advertiser_key(op, adv, &hash("x"), "tsk_x", 2)
+                .unwrap(),
+            None,
+            "{op} {adv}"
+        );
+    }
+    assert_eq!(
+        s.key_owner(&hash("x")).unwrap(),
+        None,
+        "nothing was written"
+    );
+    s.add_advertiser_key(&a.id, &shop.id, &hash("k2"), "tsk_k2", 2)
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(
+            s.add_advertiser_key(&a.id, &shop.id, &hash("k3"), "tsk_k3", 2),
+            Err(StoreError::InUse(_))
+        ),
+        "past the cap"
+    );
+    let other = s
+        .add_advertiser_key(&a.id, &cafe.id, &hash("k4"), "tsk_k4", 2)
+        .unwrap()
+        .expect("another advertiser has its own cap");
+    let listed = s.list_api_keys(&a.id).unwrap();
+    assert_eq!(listed.len(), 4, "{listed:?}");
+    assert!(listed.contains(&k1) && listed.contains(&own) && listed.contains(&other));
+    assert!(s.revoke_api_key(&a.id, &k1.id).unwrap());
+    assert_eq!(s.key_owner(&hash("k1")).unwrap(), None, "revoked");
+    assert!(s.delete_advertiser(&a.id, &shop.id).unwrap());
+    assert_eq!(
+        s.key_owner(&hash("k2")).unwrap(),
+        None,
+        "gone with its advertiser"
+    );
+    assert_eq!(op_of_key(s, &hash("op")), Some(a.id.clone()));
+    assert_eq!(
+        s.key_owner(&hash("k4"))
+            .unwrap()
+            .and_then(|o| o.advertiser_id),
+        Some(cafe.id.clone())
+    );
+    assert_eq!(s.list_api_keys(&a.id).unwrap(), vec![own, other]);
 }
 
 /// A session holds at most its cap of live leases of a pool; an extension of its live

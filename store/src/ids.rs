@@ -32,16 +32,51 @@ pub fn new_api_key() -> String {
     format!("tsk_{}", random_hex(16))
 }
 
-/// The form an API key is stored and looked up in (hex SHA-256).
+/// A new advertiser's key (see `Store::add_advertiser_key`): as [`new_api_key`],
+/// with its own prefix.
+pub fn new_advertiser_key() -> String {
+    format!("{ADVERTISER_KEY_PREFIX}{}", random_hex(16))
+}
+
+/// What an advertiser's key starts with.
+pub const ADVERTISER_KEY_PREFIX: &str = "tsa_";
+
+/// The form an API key is stored and looked up in (hex SHA-256). An advertiser's
+/// key (`tsa_`) is hashed with a label of its own: a node of an older release, which
+/// knows no advertiser's keys, looks it up as the plain hash, finds nothing and
+/// answers 401, where finding its row it would have taken it for an operator's key
+/// (on ScyllaDB, where nodes of two releases share the store during an upgrade).
 pub fn hash_api_key(key: &str) -> String {
-    Sha256::digest(key.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    let mut h = Sha256::new();
+    if key.starts_with(ADVERTISER_KEY_PREFIX) {
+        h.update(b"tsunagu advertiser key\0");
+    }
+    h.update(key.as_bytes());
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
 mod tests {
+    use sha2::{Digest, Sha256};
+
+    /// An operator's key is stored as its plain SHA-256 (as every release has); an
+    /// advertiser's under a label, so a release that does not know it finds nothing.
+    #[test]
+    fn an_advertisers_key_is_not_found_as_a_plain_hash() {
+        let plain = |k: &str| -> String {
+            Sha256::digest(k.as_bytes())
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect()
+        };
+        let op = super::new_api_key();
+        assert_eq!(super::hash_api_key(&op), plain(&op));
+        let adv = super::new_advertiser_key();
+        assert!(adv.starts_with("tsa_") && adv.len() == 36, "{adv}");
+        assert_ne!(super::hash_api_key(&adv), plain(&adv));
+        assert_eq!(super::hash_api_key(&adv).len(), 64);
+    }
+
     /// A call id: the time in 12 hex digits, then 64 random bits; ids made one after
     /// another sort in order of making (within a millisecond, by chance).
     #[test]

@@ -19,7 +19,9 @@ pub mod scylla;
 mod sqlite;
 
 pub use clock::now_ms;
-pub use ids::{hash_api_key, new_api_key, new_id, new_time_id};
+pub use ids::{
+    hash_api_key, new_advertiser_key, new_api_key, new_id, new_time_id, ADVERTISER_KEY_PREFIX,
+};
 pub use model::*;
 pub use prompt_quota::{judge_prompt_put, PromptPut, PromptQuota};
 #[cfg(feature = "scylla")]
@@ -110,8 +112,20 @@ pub trait Store: Send + Sync + 'static {
     fn delete_operator(&self, id: &str) -> Result<Option<Vec<String>>>;
     /// Adds an API key (by hash) with the prefix it is listed by, e.g. `tsk_5f0c2a9e`.
     fn add_api_key(&self, operator_id: &str, key_hash: &str, prefix: &str) -> Result<ApiKey>;
-    /// The operator an API key (by hash) belongs to.
-    fn operator_for_key(&self, key_hash: &str) -> Result<Option<String>>;
+    /// Adds a key limited to one of the operator's advertisers (see
+    /// [`ApiKey::advertiser_id`]): None when the operator has no such advertiser;
+    /// [`StoreError::InUse`] when the advertiser has `cap` keys already. A key made
+    /// while its advertiser is deleted does not outlive it.
+    fn add_advertiser_key(
+        &self,
+        operator_id: &str,
+        advertiser_id: &str,
+        key_hash: &str,
+        prefix: &str,
+        cap: usize,
+    ) -> Result<Option<ApiKey>>;
+    /// Whom an API key (by hash) speaks for.
+    fn key_owner(&self, key_hash: &str) -> Result<Option<KeyOwner>>;
 
     // API key management and capped issuance (the HTTP API's abuse defences).
     /// An operator's keys, oldest first (ids and prefixes, never the keys).
@@ -148,7 +162,8 @@ pub trait Store: Send + Sync + 'static {
     fn update_advertiser(&self, adv: &Advertiser, read: &Advertiser) -> Result<Update>;
     /// Every advertiser with a line limit, of all operators (the call path's copy).
     fn advertisers_with_lines(&self) -> Result<Vec<Advertiser>>;
-    /// Deletes an advertiser that owns no numbers ([`StoreError::InUse`] otherwise).
+    /// Deletes an advertiser that owns no numbers ([`StoreError::InUse`] otherwise),
+    /// with its keys ([`Store::add_advertiser_key`]). Its call records stay.
     fn delete_advertiser(&self, operator_id: &str, id: &str) -> Result<bool>;
 
     // Tracking numbers. `get_number` and `all_numbers` are unscoped: the call path

@@ -19,6 +19,18 @@ pub struct ApiKey {
     /// `tsk_` and the next 8 characters; None for keys made before prefixes were kept.
     pub prefix: Option<String>,
     pub created_at: i64,
+    /// The one advertiser the key is limited to (it reads that advertiser's calls,
+    /// recordings and call stream, nothing else); None: the whole operator.
+    #[serde(default)]
+    pub advertiser_id: Option<String>,
+}
+
+/// Whom an API key speaks for: its operator and, for an advertiser's key, the one
+/// advertiser it is limited to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyOwner {
+    pub operator_id: String,
+    pub advertiser_id: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

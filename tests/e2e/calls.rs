@@ -413,9 +413,10 @@ fn sigterm_drains_new_calls_get_503_and_running_calls_finish() {
     assert_eq!(node.terminate(), Some(0));
     // The record reached the store before exit: reopen the store file directly.
     let store = tsunagu_store::SqliteStore::open(&node.dir.path().join("data/tsunagu.db")).unwrap();
-    let op = tsunagu_store::Store::operator_for_key(&store, &tsunagu_store::hash_api_key(&key))
+    let op = tsunagu_store::Store::key_owner(&store, &tsunagu_store::hash_api_key(&key))
         .unwrap()
-        .unwrap();
+        .unwrap()
+        .operator_id;
     let mut n = 0;
     tsunagu_store::Store::scan_calls(
         &store,

@@ -313,9 +313,10 @@ fn calls_alive_at_the_drain_deadline_are_ended_and_logged() {
     drop(talk);
     // Both are logged, with the reason, before the node exited.
     let store = tsunagu_store::SqliteStore::open(&node.dir.path().join("data/tsunagu.db")).unwrap();
-    let op = tsunagu_store::Store::operator_for_key(&store, &tsunagu_store::hash_api_key(&key))
+    let op = tsunagu_store::Store::key_owner(&store, &tsunagu_store::hash_api_key(&key))
         .unwrap()
-        .unwrap();
+        .unwrap()
+        .operator_id;
     let mut got = Vec::new();
     tsunagu_store::Store::scan_calls(
         &store,

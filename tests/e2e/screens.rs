@@ -1,7 +1,8 @@
 //! The web screens in real Chromium (SPEC 5.5): the incoming-call screen shows a call
 //! while it rings, with its caller, tracking number and the line it rings on, from the
-//! live call stream; the call log screen lists the call once it ended; a key the API
-//! refuses brings the key form back; the pages carry a strict content security policy.
+//! live call stream; the call log screen lists the call once it ended, for the
+//! operator's key and for its advertiser's; a key the API refuses brings the key form
+//! back; the pages carry a strict content security policy.
 
 use crate::harness::*;
 use std::time::Duration;
@@ -12,7 +13,7 @@ const RINGS: &str = r#"[{"number": "0311112222", "ring_seconds": 4}]"#;
 fn the_screens_show_a_ringing_call_and_then_its_record_in_chromium() {
     let ports = Ports::take();
     let node = Node::start(ports, "127.0.0.1/32", "");
-    let (key, _adv) = node.provision("0501234567", RINGS, "{}");
+    let (key, adv) = node.provision("0501234567", RINGS, "{}");
     let dir = tempfile::tempdir().unwrap();
     let _callee = Uas::start("uas_no_answer.xml", ports, dir.path(), &[]);
     // The caller waits out the ring time (4 s), then hears the refusal.
@@ -46,6 +47,26 @@ fn the_screens_show_a_ringing_call_and_then_its_record_in_chromium() {
     assert!(
         row.contains("no_answer") && row.contains("0501234567"),
         "{row}"
+    );
+    // The advertiser's own key opens the call log on its calls (the API narrows them
+    // to the advertiser; the screen asks nothing of the kind).
+    let made = node.send(
+        "POST",
+        &format!("/v1/advertisers/{adv}/keys"),
+        Some(&key),
+        "",
+    );
+    assert_eq!(made.status, 201, "{}", made.body);
+    let adv_key = made.json()["api_key"].as_str().unwrap().to_string();
+    let theirs = tempfile::tempdir().unwrap();
+    let dom = chromium_dom(
+        &format!("{api}/ui/calls#key={adv_key}"),
+        theirs.path(),
+        3000,
+    );
+    assert!(
+        dom.contains(&format!("data-call-id=\"{id}\"")),
+        "the advertiser's call is not on its screen:\n{dom}"
     );
     // A key the API refuses: the key form comes back, saying so.
     let other = tempfile::tempdir().unwrap();

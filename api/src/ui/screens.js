@@ -1,5 +1,6 @@
 // tsunagu's web screens: the incoming-call screen (着信通知画面, /ui/live) and the call
-// log screen (/ui/calls). They call the node's own API with the operator's key, which
+// log screen (/ui/calls). They call the node's own API with an operator's key (all its
+// calls) or an advertiser's (the API answers with that advertiser's calls alone), which
 // is kept in this tab's session storage only (a `#key=` fragment, never sent to a
 // server, is taken and removed from the address bar). Every value from the API is
 // written as text (textContent), never as HTML.

@@ -9,8 +9,8 @@ use super::legs::{Headers, Leg};
 use super::timers::{TimerId, Timers};
 use super::{Call, CallMsg, Phase};
 use crate::decide::session_timer::{
-    after_refusal, check_after, on_callee_answer, parse, refresh_after, AfterRefusal, Refresher,
-    SessionExpires, LEAST_MIN_SE,
+    after_refusal, check_after, on_callee_answer, parse, refresh_after, shares_of, AfterRefusal,
+    Refresher, SessionExpires, LEAST_MIN_SE,
 };
 use std::time::{Duration, Instant};
 use tsunagu_media::Side;
@@ -451,7 +451,13 @@ impl Call {
                 s.min_se = Some(interval);
                 Duration::ZERO
             }
-            AfterRefusal::After(wait) => wait,
+            AfterRefusal::After(wait) => {
+                // A long Retry-After uses up the tries it waits through.
+                s.refusals = s
+                    .refusals
+                    .saturating_add(shares_of(wait, s.interval).saturating_sub(1));
+                wait
+            }
             AfterRefusal::GiveUp => {
                 tracing::info!(
                     code,
@@ -616,7 +622,12 @@ impl Call {
             AfterRefusal::Glare(most) => {
                 crate::decide::glare::delay(true, rand::random()).min(most)
             }
-            AfterRefusal::After(wait) => wait,
+            AfterRefusal::After(wait) => {
+                s.callee_refusals = s
+                    .callee_refusals
+                    .saturating_add(shares_of(wait, s.interval).saturating_sub(1));
+                wait
+            }
             AfterRefusal::Longer(_) | AfterRefusal::GiveUp => {
                 // The callee's leg goes unrefreshed: its session ends (RFC 4028 10),
                 // here rather than by the callee's BYE, or never where the callee

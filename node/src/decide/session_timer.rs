@@ -228,6 +228,20 @@ pub fn after_refusal(
     }
 }
 
+/// How many of the tries' shares (see [`after_refusal`]) a wait of `wait` takes in a
+/// session of `interval` s, at least one: a refusal's count goes up by that many, so
+/// a long `Retry-After` uses up the tries it waits through and the last one still
+/// comes before the session's check.
+pub fn shares_of(wait: Duration, interval: u32) -> u8 {
+    let share = check_after(interval).saturating_sub(refresh_after(interval))
+        / (u32::from(REFRESH_TRIES) + 1);
+    if share.is_zero() {
+        return 1;
+    }
+    let whole = wait.as_nanos().div_ceil(share.as_nanos()).max(1);
+    u8::try_from(whole).unwrap_or(u8::MAX)
+}
+
 /// The longest Min-SE the node's refresh follows (two hours).
 pub const MAX_MIN_SE: u32 = 7200;
 
@@ -517,5 +531,34 @@ mod tests {
             after_refusal(422, Some("3600"), Some(300), 1800, 1),
             Longer(3600)
         );
+        // The shares each wait takes: the tries it waits through are used up.
+        for (wait, shares) in [
+            (0, 1),
+            (217, 1),
+            (218, 2),
+            (300, 2),
+            (651, 3),
+            (99_999, 255),
+        ] {
+            assert_eq!(shares_of(s(wait), 1800), shares, "{wait}");
+        }
+        assert_eq!(shares_of(s(5), 1), 1, "no share at all");
+        // Walked through: a callee answering 503 Retry-After: 300 every time is tried
+        // after 300 s, then 217 (one share left), then given up: 517 s in all, before
+        // the check 868 s after the refresh.
+        let (mut refusals, mut waited) = (0u8, Duration::ZERO);
+        loop {
+            refusals = refusals.saturating_add(1);
+            match after_refusal(503, None, Some(300), 1800, refusals) {
+                After(wait) => {
+                    waited += wait;
+                    refusals = refusals.saturating_add(shares_of(wait, 1800) - 1);
+                }
+                GiveUp => break,
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(waited, s(517));
+        assert!(waited < check_after(1800) - refresh_after(1800));
     }
 }

@@ -26,11 +26,11 @@ pub const OP_RENAME: &str = "UPDATE operators SET name = ? WHERE id = ? IF EXIST
 pub const OP_DELETE: &str = "DELETE FROM operators WHERE id = ? IF EXISTS";
 
 // API keys (partition: key_hash; by operator: operator_id).
-pub const KEY_INSERT: &str = "INSERT INTO api_keys (key_hash, id, operator_id, prefix, created_at) VALUES (?, ?, ?, ?, ?) IF NOT EXISTS";
-pub const KEY_INDEX_INSERT: &str = "INSERT INTO api_keys_by_operator (operator_id, id, key_hash, prefix, created_at) VALUES (?, ?, ?, ?, ?)";
-pub const KEY_OPERATOR: &str = "SELECT operator_id FROM api_keys WHERE key_hash = ?";
+pub const KEY_INSERT: &str = "INSERT INTO api_keys (key_hash, id, operator_id, prefix, created_at, advertiser_id) VALUES (?, ?, ?, ?, ?, ?) IF NOT EXISTS";
+pub const KEY_INDEX_INSERT: &str = "INSERT INTO api_keys_by_operator (operator_id, id, key_hash, prefix, created_at, advertiser_id) VALUES (?, ?, ?, ?, ?, ?)";
+pub const KEY_OPERATOR: &str = "SELECT operator_id, advertiser_id FROM api_keys WHERE key_hash = ?";
 pub const KEYS_OF: &str =
-    "SELECT id, key_hash, prefix, created_at FROM api_keys_by_operator WHERE operator_id = ?";
+    "SELECT id, key_hash, prefix, created_at, advertiser_id FROM api_keys_by_operator WHERE operator_id = ?";
 pub const KEY_DELETE: &str = "DELETE FROM api_keys WHERE key_hash = ?";
 pub const KEY_INDEX_DELETE: &str =
     "DELETE FROM api_keys_by_operator WHERE operator_id = ? AND id = ?";

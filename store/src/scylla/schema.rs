@@ -43,6 +43,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "006_notices.cql",
         include_str!("../../cql/006_notices.cql"),
     ),
+    (
+        7,
+        "007_advertiser_keys.cql",
+        include_str!("../../cql/007_advertiser_keys.cql"),
+    ),
 ];
 
 /// The table that records which migrations were applied (created before any).

@@ -22,6 +22,16 @@ use scylla::value::{CqlValue, Row};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+/// A row of `api_keys_by_operator` as [`q::KEYS_OF`] reads it: id, key hash, prefix,
+/// creation time, advertiser.
+type KeyRow = (
+    String,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+    Option<String>,
+);
+
 /// Rows of `calls_by_caller` live this long: the duplicate check sees calls of the last
 /// 400 days (a `duplicate_window_seconds` longer than that sees only those).
 pub(super) const CALLER_INDEX_TTL_SECONDS: i32 = 400 * 86_400;
@@ -672,11 +682,8 @@ impl Store for ScyllaStore {
             // between (or a retried DELETE, then 404) left keys that still opened its
             // data and that no listing showed (a review). A retried DELETE of an
             // operator already gone still takes what keys were left.
-            let keys = self
-                .inner
-                .rows::<(String, Option<String>, Option<String>, Option<i64>)>(q::KEYS_OF, (id,))
-                .await?;
-            for (key_id, hash, _, _) in keys {
+            let keys = self.inner.rows::<KeyRow>(q::KEYS_OF, (id,)).await?;
+            for (key_id, hash, _, _, _) in keys {
                 if let Some(hash) = &hash {
                     self.inner.write(q::KEY_DELETE, (hash.as_str(),)).await?;
                 }
@@ -715,6 +722,7 @@ impl Store for ScyllaStore {
             operator_id: operator_id.to_string(),
             prefix: Some(prefix.to_string()),
             created_at: now_ms(),
+            advertiser_id: None,
         };
         self.wait(async {
             let values = (
@@ -723,6 +731,7 @@ impl Store for ScyllaStore {
                 operator_id,
                 prefix,
                 key.created_at,
+                None::<&str>,
             );
             if !self.inner.cas(q::KEY_INSERT, values).await?.applied {
                 return Err(StoreError::Conflict("api key".into()));
@@ -736,6 +745,7 @@ impl Store for ScyllaStore {
                         key_hash,
                         prefix,
                         key.created_at,
+                        None::<&str>,
                     ),
                 )
                 .await?;
@@ -757,30 +767,109 @@ impl Store for ScyllaStore {
         Ok(key)
     }
 
-    fn operator_for_key(&self, key_hash: &str) -> Result<Option<String>> {
+    fn add_advertiser_key(
+        &self,
+        operator_id: &str,
+        advertiser_id: &str,
+        key_hash: &str,
+        prefix: &str,
+        cap: usize,
+    ) -> Result<Option<ApiKey>> {
+        let key = ApiKey {
+            id: crate::new_id("key"),
+            operator_id: operator_id.to_string(),
+            prefix: Some(prefix.to_string()),
+            created_at: now_ms(),
+            advertiser_id: Some(advertiser_id.to_string()),
+        };
+        self.wait(async {
+            if self
+                .inner
+                .get_advertiser(operator_id, advertiser_id)
+                .await?
+                .is_none()
+            {
+                return Ok(None);
+            }
+            // Counted before the write: two made at once may both pass the cap (by
+            // one each; SQLite counts and writes in one transaction).
+            let held = self
+                .inner
+                .rows::<KeyRow>(q::KEYS_OF, (operator_id,))
+                .await?
+                .iter()
+                .filter(|k| k.4.as_deref() == Some(advertiser_id))
+                .count();
+            if held >= cap {
+                return Err(StoreError::InUse(format!(
+                    "advertiser {advertiser_id} has {held} keys, the most it may have: revoke one first"
+                )));
+            }
+            let values = (
+                key_hash,
+                key.id.as_str(),
+                operator_id,
+                prefix,
+                key.created_at,
+                Some(advertiser_id),
+            );
+            if !self.inner.cas(q::KEY_INSERT, values).await?.applied {
+                return Err(StoreError::Conflict("api key".into()));
+            }
+            self.inner
+                .write(
+                    q::KEY_INDEX_INSERT,
+                    (
+                        operator_id,
+                        key.id.as_str(),
+                        key_hash,
+                        prefix,
+                        key.created_at,
+                        Some(advertiser_id),
+                    ),
+                )
+                .await?;
+            // As for an operator's key: an advertiser deleted meanwhile takes it back.
+            if self
+                .inner
+                .get_advertiser(operator_id, advertiser_id)
+                .await?
+                .is_none()
+            {
+                self.inner.write(q::KEY_DELETE, (key_hash,)).await?;
+                self.inner
+                    .write(q::KEY_INDEX_DELETE, (operator_id, key.id.as_str()))
+                    .await?;
+                return Ok(None);
+            }
+            Ok(Some(key.clone()))
+        })
+    }
+
+    fn key_owner(&self, key_hash: &str) -> Result<Option<KeyOwner>> {
         Ok(self
             .wait(
                 self.inner
-                    .first::<(Option<String>,)>(q::KEY_OPERATOR, (key_hash,)),
+                    .first::<(Option<String>, Option<String>)>(q::KEY_OPERATOR, (key_hash,)),
             )?
-            .and_then(|(op,)| op))
+            .and_then(|(op, advertiser_id)| {
+                op.map(|operator_id| KeyOwner {
+                    operator_id,
+                    advertiser_id,
+                })
+            }))
     }
 
     fn list_api_keys(&self, operator_id: &str) -> Result<Vec<ApiKey>> {
         let mut keys: Vec<ApiKey> = self
-            .wait(
-                self.inner
-                    .rows::<(String, Option<String>, Option<String>, Option<i64>)>(
-                        q::KEYS_OF,
-                        (operator_id,),
-                    ),
-            )?
+            .wait(self.inner.rows::<KeyRow>(q::KEYS_OF, (operator_id,)))?
             .into_iter()
-            .map(|(id, _, prefix, created_at)| ApiKey {
+            .map(|(id, _, prefix, created_at, advertiser_id)| ApiKey {
                 id,
                 operator_id: operator_id.to_string(),
                 prefix,
                 created_at: created_at.unwrap_or(0),
+                advertiser_id,
             })
             .collect();
         keys.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
@@ -791,12 +880,9 @@ impl Store for ScyllaStore {
         self.wait(async {
             let keys = self
                 .inner
-                .rows::<(String, Option<String>, Option<String>, Option<i64>)>(
-                    q::KEYS_OF,
-                    (operator_id,),
-                )
+                .rows::<KeyRow>(q::KEYS_OF, (operator_id,))
                 .await?;
-            let Some((_, hash, _, _)) = keys.into_iter().find(|k| k.0 == key_id) else {
+            let Some((_, hash, _, _, _)) = keys.into_iter().find(|k| k.0 == key_id) else {
                 return Ok(false);
             };
             // The key stops working first; then it leaves the listing.
@@ -919,6 +1005,22 @@ impl Store for ScyllaStore {
                 return Err(StoreError::InUse(format!(
                     "advertiser {id} still owns {owned} number(s)"
                 )));
+            }
+            // Its keys first (as an operator's): deleted after it, a write failing in
+            // between left keys that still read its calls and that no listing under
+            // the advertiser showed (a review). A key made meanwhile takes itself back
+            // on seeing the advertiser gone (`add_advertiser_key`).
+            let keys = self
+                .inner
+                .rows::<KeyRow>(q::KEYS_OF, (operator_id,))
+                .await?;
+            for (key_id, hash, _, _, _) in keys.into_iter().filter(|k| k.4.as_deref() == Some(id)) {
+                if let Some(hash) = &hash {
+                    self.inner.write(q::KEY_DELETE, (hash.as_str(),)).await?;
+                }
+                self.inner
+                    .write(q::KEY_INDEX_DELETE, (operator_id, key_id.as_str()))
+                    .await?;
             }
             Ok(self
                 .inner

@@ -584,6 +584,7 @@ impl Store for SqliteStore {
             operator_id: operator_id.to_string(),
             prefix: Some(prefix.to_string()),
             created_at: now_ms(),
+            advertiser_id: None,
         };
         self.write(|c| {
             c.execute(
@@ -601,12 +602,71 @@ impl Store for SqliteStore {
         Ok(key)
     }
 
-    fn operator_for_key(&self, key_hash: &str) -> Result<Option<String>> {
+    fn add_advertiser_key(
+        &self,
+        operator_id: &str,
+        advertiser_id: &str,
+        key_hash: &str,
+        prefix: &str,
+        cap: usize,
+    ) -> Result<Option<ApiKey>> {
+        let key = ApiKey {
+            id: crate::new_id("key"),
+            operator_id: operator_id.to_string(),
+            prefix: Some(prefix.to_string()),
+            created_at: now_ms(),
+            advertiser_id: Some(advertiser_id.to_string()),
+        };
+        // One transaction: the advertiser is there, under its cap, when the key is
+        // written (a delete of the advertiser waits for it, and takes the key along).
+        self.write(|c| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let exists: i64 = tx.query_row(
+                "SELECT COUNT(*) FROM advertisers WHERE id = ?1 AND operator_id = ?2",
+                [advertiser_id, operator_id],
+                |r| r.get(0),
+            )?;
+            if exists == 0 {
+                return Ok(Ok(None));
+            }
+            let held: i64 = tx.query_row(
+                "SELECT COUNT(*) FROM api_keys WHERE operator_id = ?1 AND advertiser_id = ?2",
+                [operator_id, advertiser_id],
+                |r| r.get(0),
+            )?;
+            if usize::try_from(held).unwrap_or(usize::MAX) >= cap {
+                return Ok(Err(StoreError::InUse(format!(
+                    "advertiser {advertiser_id} has {held} keys, the most it may have: revoke one first"
+                ))));
+            }
+            tx.execute(
+                "INSERT INTO api_keys (key_hash, operator_id, created_at, id, prefix, advertiser_id) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![key_hash, key.operator_id, key.created_at, key.id, key.prefix, key.advertiser_id],
+            )?;
+            tx.commit()?;
+            Ok(Ok(Some(key.clone())))
+        })
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                StoreError::Conflict("api key".into())
+            } else {
+                unavailable(e)
+            }
+        })?
+    }
+
+    fn key_owner(&self, key_hash: &str) -> Result<Option<KeyOwner>> {
         self.read(|c| {
             c.query_row(
-                "SELECT operator_id FROM api_keys WHERE key_hash = ?1",
+                "SELECT operator_id, advertiser_id FROM api_keys WHERE key_hash = ?1",
                 [key_hash],
-                |r| r.get(0),
+                |r| {
+                    Ok(KeyOwner {
+                        operator_id: r.get(0)?,
+                        advertiser_id: r.get(1)?,
+                    })
+                },
             )
             .optional()
             .map_err(unavailable)
@@ -617,7 +677,7 @@ impl Store for SqliteStore {
         self.read(|c| {
             let mut st = c
                 .prepare_cached(
-                    "SELECT id, operator_id, prefix, created_at FROM api_keys \
+                    "SELECT id, operator_id, prefix, created_at, advertiser_id FROM api_keys \
                      WHERE operator_id = ?1 ORDER BY created_at, rowid",
                 )
                 .map_err(unavailable)?;
@@ -628,6 +688,7 @@ impl Store for SqliteStore {
                         operator_id: r.get(1)?,
                         prefix: r.get(2)?,
                         created_at: r.get(3)?,
+                        advertiser_id: r.get(4)?,
                     })
                 })
                 .map_err(unavailable)?;
@@ -750,6 +811,10 @@ impl Store for SqliteStore {
             let n = tx.execute(
                 "DELETE FROM advertisers WHERE id = ?1 AND operator_id = ?2",
                 [id, operator_id],
+            )?;
+            tx.execute(
+                "DELETE FROM api_keys WHERE operator_id = ?1 AND advertiser_id = ?2",
+                [operator_id, id],
             )?;
             tx.commit()?;
             Ok(Ok(n > 0))
@@ -2243,7 +2308,7 @@ mod tests {
         assert!(keys[0].id.starts_with("key_"), "{:?}", keys[0]);
         assert_eq!(keys[0].prefix, None);
         assert!(store.revoke_api_key("op_old", &keys[0].id).unwrap());
-        assert_eq!(store.operator_for_key("h").unwrap(), None);
+        assert_eq!(store.key_owner("h").unwrap(), None);
     }
 
     #[test]

@@ -238,6 +238,12 @@ CREATE INDEX notices_by_hour ON notices(hour);
 -- measured, and for calls logged before).
 ALTER TABLE calls ADD COLUMN rtp_jitter_us INTEGER;
 "#,
+    r#"
+-- An advertiser's key: limited to that advertiser's calls, recordings and call
+-- stream (null: an operator's key, which sees the whole operator).
+ALTER TABLE api_keys ADD COLUMN advertiser_id TEXT;
+CREATE INDEX api_keys_by_advertiser ON api_keys(operator_id, advertiser_id);
+"#,
 ];
 
 /// Applies pending migrations. Each runs in an IMMEDIATE transaction that reads the
