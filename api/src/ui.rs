@@ -1,6 +1,7 @@
 //! The web screens (SPEC 5.5), served by every node's API: the incoming-call screen
 //! (着信通知画面, `/ui/live`: calls as they ring and are answered, from the live call
-//! stream) and the call log screen (`/ui/calls`: search, sort, CSV download). Static
+//! stream) and the call log screen (`/ui/calls`: search, sort, CSV download, a call's
+//! recording played in the page). Static
 //! pages with no data of their own: the script calls the API with the operator's key,
 //! which the user types in (or opens with a `#key=` fragment), kept in the tab's
 //! session storage. A strict content security policy allows only this node's own
@@ -47,10 +48,11 @@ const SHELL: &str = include_str!("ui/shell.html");
 const SCRIPT: &str = include_str!("ui/screens.js");
 const STYLE: &str = include_str!("ui/screens.css");
 
-/// Only this origin's script, style and API; no frames, no plug-ins, no inline code.
+/// Only this origin's script, style and API; no frames, no plug-ins, no inline code;
+/// media only from `blob:` URLs (a recording the script fetched with the key).
 const POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
-    connect-src 'self'; img-src 'self'; form-action 'self'; base-uri 'none'; \
-    frame-ancestors 'none'";
+    connect-src 'self'; img-src 'self'; media-src blob:; form-action 'self'; \
+    base-uri 'none'; frame-ancestors 'none'";
 
 /// Screen `i`'s page: its main in the shell, its own link marked current.
 fn html(i: usize) -> &'static str {

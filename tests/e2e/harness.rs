@@ -691,9 +691,25 @@ pub fn http_bytes(
     body: &[u8],
     headers: &[(&str, &str)],
 ) -> std::io::Result<Response> {
+    http_as(port, "127.0.0.1", method, path, token, body, headers)
+}
+
+/// [`http_bytes`] naming `host` in the Host header.
+fn http_as(
+    port: u16,
+    host: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &[u8],
+    headers: &[(&str, &str)],
+) -> std::io::Result<Response> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
     if let Some(t) = token {
         req.push_str(&format!("Authorization: Bearer {t}\r\n"));
     }
@@ -703,8 +719,7 @@ pub fn http_bytes(
     req.push_str("\r\n");
     s.write_all(req.as_bytes())?;
     s.write_all(body)?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
+    let raw = read_answer(&mut s)?;
     let text = String::from_utf8_lossy(&raw).into_owned();
     let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let status = head
@@ -725,6 +740,32 @@ pub fn http_bytes(
         headers: head.to_string(),
         body,
     })
+}
+
+/// An HTTP answer's bytes: to the end of the connection, or of the body its
+/// Content-Length announces (a server that keeps the connection open despite
+/// `Connection: close`, as chromedriver does, is not waited out).
+fn read_answer(s: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 16384];
+    loop {
+        let n = s.read(&mut buf)?;
+        if n == 0 {
+            return Ok(raw);
+        }
+        raw.extend_from_slice(&buf[..n]);
+        let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+            continue;
+        };
+        let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+        let length = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse::<usize>().ok());
+        if length.is_some_and(|len| raw.len() >= end + 4 + len) {
+            return Ok(raw);
+        }
+    }
 }
 
 fn dechunk(mut s: &str) -> String {
@@ -1248,6 +1289,143 @@ pub fn chromium_dom(url: &str, profile: &Path, virtual_ms: u32) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A real Chromium driven over WebDriver (`chromedriver`, Debian `chromium-driver`):
+/// for what a page does when clicked, which `chromium_dom`'s `--dump-dom` cannot
+/// show. Headless, a profile of its own; the session and the driver end when it is
+/// dropped.
+pub struct Browser {
+    driver: Child,
+    port: u16,
+    session: String,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    /// Starts chromedriver on `port` (127.0.0.1) and opens a session.
+    pub fn start(port: u16) -> Browser {
+        require_tool("chromium");
+        require_tool("chromedriver");
+        let driver = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run chromedriver");
+        let profile = tempfile::tempdir().unwrap();
+        let mut browser = Browser {
+            driver,
+            port,
+            session: String::new(),
+            _profile: profile,
+        };
+        let ready = || {
+            webdriver(port, "GET", "/status", None)
+                .ok()
+                .is_some_and(|r| r.json()["value"]["ready"] == true)
+        };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !ready() {
+            assert!(Instant::now() < deadline, "chromedriver did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let caps = serde_json::json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {"args": [
+                "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--no-first-run", "--disable-extensions", "--disable-background-networking",
+                format!("--user-data-dir={}", browser._profile.path().display()),
+            ]},
+        }}});
+        let made = webdriver(port, "POST", "/session", Some(&caps.to_string()))
+            .expect("a WebDriver session");
+        assert_eq!(made.status, 200, "{}", made.body);
+        browser.session = made.json()["value"]["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no session id: {}", made.body))
+            .to_string();
+        browser
+    }
+
+    /// A command of the session: `method` `/session/{id}{path}` with `body`; its value.
+    fn command(&self, method: &str, path: &str, body: serde_json::Value) -> serde_json::Value {
+        let path = format!("/session/{}{path}", self.session);
+        let text = body.to_string();
+        let body = (method == "POST").then_some(text.as_str());
+        let r = webdriver(self.port, method, &path, body).expect("WebDriver answered");
+        assert_eq!(r.status, 200, "{method} {path}: {}", r.body);
+        r.json()["value"].clone()
+    }
+
+    pub fn open(&self, url: &str) {
+        self.command("POST", "/url", serde_json::json!({"url": url}));
+    }
+
+    /// Runs `script` (a function body: `return ...`) in the page; what it returns.
+    pub fn run(&self, script: &str) -> serde_json::Value {
+        self.command(
+            "POST",
+            "/execute/sync",
+            serde_json::json!({"script": script, "args": []}),
+        )
+    }
+
+    /// What `script` returns once it is neither null nor false, polled for `within`.
+    pub fn wait_for(&self, within: Duration, what: &str, script: &str) -> serde_json::Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let v = self.run(script);
+            if !(v.is_null() || v == false) {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Clicks the first element `css` selects.
+    pub fn click(&self, css: &str) {
+        let found = self.command(
+            "POST",
+            "/element",
+            serde_json::json!({"using": "css selector", "value": css}),
+        );
+        let id = found
+            .as_object()
+            .and_then(|o| o.values().next())
+            .and_then(|v| v.as_str())
+            .unwrap_or_else(|| panic!("no element {css}: {found}"))
+            .to_string();
+        self.command(
+            "POST",
+            &format!("/element/{id}/click"),
+            serde_json::json!({}),
+        );
+    }
+}
+
+/// A request to chromedriver, which answers only a Host naming its port.
+fn webdriver(port: u16, method: &str, path: &str, body: Option<&str>) -> std::io::Result<Response> {
+    let host = format!("127.0.0.1:{port}");
+    let body = body.unwrap_or("");
+    let kind: &[(&str, &str)] = if body.is_empty() {
+        &[]
+    } else {
+        &[("Content-Type", "application/json")]
+    };
+    http_as(port, &host, method, path, None, body.as_bytes(), kind)
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        if !self.session.is_empty() {
+            let path = format!("/session/{}", self.session);
+            let _ = webdriver(self.port, "DELETE", &path, None);
+        }
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
 }
 
 // ---- Helpers of the SIP edge tests (sip_edge.rs) ----

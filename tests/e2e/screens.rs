@@ -82,3 +82,58 @@ fn the_screens_show_a_ringing_call_and_then_its_record_in_chromium() {
     );
     assert!(headers.contains("x-frame-options: deny"), "{headers}");
 }
+
+/// The call log screen plays a call's recording in the page, in real Chromium (over
+/// WebDriver: a click): the WAV is fetched with the key the page holds (an `<audio>`
+/// element cannot send one) and played from a `blob:` URL, the one media source the
+/// page's policy allows; the player shows the recording's length. A call without a
+/// recording has no button.
+#[test]
+fn the_call_log_screen_plays_a_calls_recording_in_chromium() {
+    let ports = Ports::take();
+    let node = Node::start(ports, "127.0.0.1/32", "");
+    let (key, _adv) = node.provision("0501234567", r#"[{"number": "0311112222"}]"#, "{}");
+    node.set_number(&key, "0501234567", r#"{"recording": {"mode": "both"}}"#);
+    let _uas = Uas::start("uas_answer.xml", ports, node.dir.path(), &["-rtp_echo"]);
+    let run = uac("uac_rtp.xml", ports, "0501234567", 1, 1, &["-d", "3000"]);
+    assert_eq!((run.exit, run.successful), (0, 1), "{}", run.output);
+    let call = node.wait_for_calls(&key, 1)[0].clone();
+    assert_eq!(call["recording_status"], "complete", "{call}");
+    let id = call["call_id"].as_str().unwrap().to_string();
+    let talk = call["talk_seconds"].as_f64().unwrap();
+
+    let browser = Browser::start(ports.sip + 6);
+    browser.open(&format!(
+        "http://127.0.0.1:{}/ui/calls#key={key}",
+        ports.api
+    ));
+    let button = format!("tr[data-call-id=\"{id}\"] button.listen");
+    browser.wait_for(
+        Duration::from_secs(10),
+        "the call's row with its button",
+        &format!("return document.querySelector('{button}') !== null;"),
+    );
+    browser.click(&button);
+    let length = browser.wait_for(
+        Duration::from_secs(10),
+        "the recording's length in the player",
+        "const a = document.querySelector('tr.player audio'); \
+         return a && a.dataset.duration ? Number(a.dataset.duration) : null;",
+    );
+    let length = length.as_f64().unwrap();
+    assert!(
+        (length - talk).abs() <= 1.5,
+        "the player holds {length} s of a {talk} s call"
+    );
+    let src = browser.run("return document.querySelector('tr.player audio').src;");
+    assert!(src.as_str().unwrap().starts_with("blob:"), "{src}");
+    let shown = browser.run("return document.querySelector('tr.player .duration').textContent;");
+    assert!(shown.as_str().unwrap().trim().contains(':'), "{shown}");
+    // Clicked again, the player closes.
+    browser.click(&button);
+    browser.wait_for(
+        Duration::from_secs(5),
+        "the player closed",
+        "return document.querySelector('tr.player') === null;",
+    );
+}

@@ -263,6 +263,48 @@ function calls(key) {
     return res;
   }
 
+  // A call's recording: fetched with the key (an <audio> element cannot send one)
+  // into a blob the player below its row plays; a second click closes it. The page's
+  // policy lets media come from blob: URLs alone.
+  async function listen(c, tr, button) {
+    const open = tr.nextElementSibling;
+    if (open && open.classList.contains("player")) {
+      const audio = open.querySelector("audio");
+      if (audio && audio.src) URL.revokeObjectURL(audio.src);
+      open.remove();
+      button.textContent = "▶ Listen";
+      return;
+    }
+    status("fetching the recording…");
+    const res = await api(key, "/v1/calls/" + encodeURIComponent(c.call_id) + "/recording");
+    if (res.refused) return;
+    if (!res.ok) {
+      let msg = "the API answered " + res.status;
+      try { msg = (await res.json()).error.message; } catch (err) { /* not JSON */ }
+      status("recording: " + msg);
+      return;
+    }
+    const row = document.createElement("tr");
+    row.className = "player";
+    const td = document.createElement("td");
+    td.colSpan = tr.children.length;
+    const audio = document.createElement("audio");
+    audio.controls = true;
+    const length = document.createElement("span");
+    length.className = "duration";
+    audio.addEventListener("loadedmetadata", () => {
+      length.textContent = " " + seconds(audio.duration * 1000);
+      audio.dataset.duration = String(audio.duration);
+    });
+    audio.addEventListener("error", () => { length.textContent = " (the browser cannot play it)"; });
+    audio.src = URL.createObjectURL(await res.blob());
+    td.append(audio, length);
+    row.appendChild(td);
+    tr.after(row);
+    button.textContent = "■ Close";
+    status("recording of " + c.call_id);
+  }
+
   function draw() {
     body.replaceChildren();
     for (const c of shown) {
@@ -278,6 +320,15 @@ function calls(key) {
       cell(tr, c.ring_seconds, "num");
       cell(tr, c.talk_seconds, "num");
       cell(tr, source(c), "source");
+      const rec = cell(tr, "");
+      if (c.recording) {
+        const b = document.createElement("button");
+        b.type = "button";
+        b.className = "listen";
+        b.textContent = "▶ Listen";
+        b.addEventListener("click", () => listen(c, tr, b));
+        rec.appendChild(b);
+      }
       body.appendChild(tr);
     }
     status(shown.length + " calls" + (cursor ? " (more on the next page)" : ""));
