@@ -3,13 +3,23 @@
 //! wire and their spacing in RTP time, smoothed over 16 packets. Pure: the arrival
 //! time is an argument.
 //!
-//! Only G.711 (payload types 0 and 8, an 8 kHz clock) is measured: the relay knows no
-//! other format's clock, and telephone-events reuse timestamps on purpose. Arrival
+//! The static audio payload types with an 8 kHz RTP clock are measured ([`measured`]:
+//! G.711, G.729, G.722, whose RTP clock is 8 kHz though it samples at 16, GSM, G.723,
+//! G.728; RFC 3551 table 4): a dynamic type's clock is whatever the SDP's rtpmap says,
+//! which the relay does not read; comfort noise comes in silences' own rhythm and
+//! telephone-events reuse timestamps on purpose, so neither is measured. Arrival
 //! times are the relay's wake-up time (packets read in one burst share it), in
 //! microseconds.
 
-/// Samples per millisecond: G.711's 8 kHz clock.
+/// RTP clock units per millisecond: the 8 kHz clock of every type measured.
 const UNITS_PER_MS: u64 = 8;
+
+/// Whether packets of payload type `pt` are measured: the static audio types of an
+/// 8 kHz RTP clock (RFC 3551 table 4): PCMU 0, GSM 3, G723 4, PCMA 8, G722 9, G728
+/// 15, G729 18. Not comfort noise (13), nor DVI4 at other rates, nor dynamic types.
+pub fn measured(pt: u8) -> bool {
+    matches!(pt, 0 | 3 | 4 | 8 | 9 | 15 | 18)
+}
 /// A transit change past this (one second of samples) is a new stream (a restart on
 /// the same SSRC, a party's clock jump), not jitter: the meter starts again there.
 const RESTART_UNITS: u32 = 8_000;
@@ -31,7 +41,7 @@ impl JitterMeter {
     /// One accepted packet of `ssrc` with payload type `pt` and RTP timestamp `ts`,
     /// arrived at `arrival_us` (any fixed origin).
     pub fn on_packet(&mut self, ssrc: u32, pt: u8, ts: u32, arrival_us: u64) {
-        if pt != 0 && pt != 8 {
+        if !measured(pt) {
             return;
         }
         // Wrapping: only differences of transits count.
@@ -105,25 +115,30 @@ mod tests {
             (&[0, 16, 0, 0], 0, 1875),
             // Alternating 0 / 8 ms: the estimate climbs toward 8 ms (4.875 after 15).
             (&[0, 8, 0, 8, 0, 8, 0, 8, 0, 8, 0, 8, 0, 8, 0, 8], 0, 4875),
-            // Another format's clock is unknown: not measured.
-            (&[0, 16, 0, 16], 9, 0),
+            // G.729 and G.722 (an 8 kHz RTP clock too): measured alike.
+            (&[0, 16, 0, 0], 18, 1875),
+            (&[0, 16, 0, 0], 9, 1875),
+            // A dynamic type's clock is unknown, comfort noise has no rhythm: not
+            // measured.
+            (&[0, 16, 0, 16], 96, 0),
+            (&[0, 16, 0, 16], 13, 0),
             // A jump of more than a second is a restart, not jitter.
             (&[0, 2000, 2000, 2000], 0, 0),
         ];
         for (offsets, pt, want) in rows {
             assert_eq!(peak(offsets, *pt), *want, "{offsets:?} pt {pt}");
         }
-        // Measured (Some) once two G.711 packets of a stream were compared, even at 0;
-        // never for another format, nor from one packet.
+        // Measured (Some) once two packets of a stream were compared, even at 0; never
+        // for a format not measured, nor from one packet.
         let mut m = JitterMeter::default();
         m.on_packet(1, 0, 0, 0);
         assert_eq!(m.peak(), None, "one packet");
         m.on_packet(1, 0, 160, 20_000);
         assert_eq!(m.peak(), Some(0), "two on time");
         let mut other = JitterMeter::default();
-        other.on_packet(1, 18, 0, 0);
-        other.on_packet(1, 18, 160, 30_000);
-        assert_eq!(other.peak(), None, "G.729");
+        other.on_packet(1, 96, 0, 0);
+        other.on_packet(1, 96, 160, 30_000);
+        assert_eq!(other.peak(), None, "a dynamic type");
     }
 
     /// A new SSRC starts a new stream: its first packet's transit is not compared with

@@ -610,9 +610,10 @@ pub struct CallRecord {
     pub rtp_packets_out: u64,
     /// RTP packets judged lost from sequence-number gaps (both directions).
     pub rtp_lost: u64,
-    /// The highest RTP interarrival jitter (RFC 3550) of the call's G.711 audio, the
-    /// worse direction, in microseconds; None where it was not measured (fewer than
-    /// two packets either way, another format, a record from before).
+    /// The highest RTP interarrival jitter (RFC 3550) of the call's audio (static
+    /// formats of an 8 kHz clock), the worse direction, in microseconds; None where it
+    /// was not measured (fewer than two packets either way, another format, a record
+    /// from before).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rtp_jitter_us: Option<u64>,
     /// For a call to a callback number: the missed call it calls back.
