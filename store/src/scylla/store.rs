@@ -522,6 +522,34 @@ impl Inner {
             }))
     }
 
+    /// Writes a new key: its row by hash (a compare-and-set: a hash taken is a
+    /// conflict), then its row in the operator's listing.
+    pub(super) async fn put_key(&self, key: &ApiKey, key_hash: &str) -> Result<()> {
+        let (op, id) = (key.operator_id.as_str(), key.id.as_str());
+        let (prefix, adv) = (key.prefix.as_deref(), key.advertiser_id.as_deref());
+        let values = (key_hash, id, op, prefix, key.created_at, adv);
+        if !self.cas(q::KEY_INSERT, values).await?.applied {
+            return Err(StoreError::Conflict("api key".into()));
+        }
+        let listed = (op, id, key_hash, prefix, key.created_at, adv);
+        self.write(q::KEY_INDEX_INSERT, listed).await
+    }
+
+    /// Deletes a key: its row by hash first (it stops working), then its row in the
+    /// operator's listing (a listing row without a hash, from a failed write, is
+    /// deleted alone).
+    pub(super) async fn drop_key(
+        &self,
+        operator_id: &str,
+        key_id: &str,
+        key_hash: Option<&str>,
+    ) -> Result<()> {
+        if let Some(hash) = key_hash {
+            self.write(q::KEY_DELETE, (hash,)).await?;
+        }
+        self.write(q::KEY_INDEX_DELETE, (operator_id, key_id)).await
+    }
+
     pub(super) async fn get_advertiser(
         &self,
         operator_id: &str,
@@ -684,12 +712,7 @@ impl Store for ScyllaStore {
             // operator already gone still takes what keys were left.
             let keys = self.inner.rows::<KeyRow>(q::KEYS_OF, (id,)).await?;
             for (key_id, hash, _, _, _) in keys {
-                if let Some(hash) = &hash {
-                    self.inner.write(q::KEY_DELETE, (hash.as_str(),)).await?;
-                }
-                self.inner
-                    .write(q::KEY_INDEX_DELETE, (id, key_id.as_str()))
-                    .await?;
+                self.inner.drop_key(id, &key_id, hash.as_deref()).await?;
             }
             // Its webhooks and prompts too, before the operator (as its keys): a
             // retried DELETE takes what was left.
@@ -725,38 +748,14 @@ impl Store for ScyllaStore {
             advertiser_id: None,
         };
         self.wait(async {
-            let values = (
-                key_hash,
-                key.id.as_str(),
-                operator_id,
-                prefix,
-                key.created_at,
-                None::<&str>,
-            );
-            if !self.inner.cas(q::KEY_INSERT, values).await?.applied {
-                return Err(StoreError::Conflict("api key".into()));
-            }
-            self.inner
-                .write(
-                    q::KEY_INDEX_INSERT,
-                    (
-                        operator_id,
-                        key.id.as_str(),
-                        key_hash,
-                        prefix,
-                        key.created_at,
-                        None::<&str>,
-                    ),
-                )
-                .await?;
+            self.inner.put_key(&key, key_hash).await?;
             // A key created while its operator was being deleted would outlive the
             // delete's listing of its keys: the operator is read again once the key is
             // written, and the key taken back if it is gone (here, where keys are
             // written, not at every request's lookup).
             if self.inner.get_operator(operator_id).await?.is_none() {
-                self.inner.write(q::KEY_DELETE, (key_hash,)).await?;
                 self.inner
-                    .write(q::KEY_INDEX_DELETE, (operator_id, key.id.as_str()))
+                    .drop_key(operator_id, &key.id, Some(key_hash))
                     .await?;
                 return Err(StoreError::InUse(format!(
                     "operator {operator_id} was deleted meanwhile"
@@ -805,30 +804,7 @@ impl Store for ScyllaStore {
                     "advertiser {advertiser_id} has {held} keys, the most it may have: revoke one first"
                 )));
             }
-            let values = (
-                key_hash,
-                key.id.as_str(),
-                operator_id,
-                prefix,
-                key.created_at,
-                Some(advertiser_id),
-            );
-            if !self.inner.cas(q::KEY_INSERT, values).await?.applied {
-                return Err(StoreError::Conflict("api key".into()));
-            }
-            self.inner
-                .write(
-                    q::KEY_INDEX_INSERT,
-                    (
-                        operator_id,
-                        key.id.as_str(),
-                        key_hash,
-                        prefix,
-                        key.created_at,
-                        Some(advertiser_id),
-                    ),
-                )
-                .await?;
+            self.inner.put_key(&key, key_hash).await?;
             // As for an operator's key: an advertiser deleted meanwhile takes it back.
             if self
                 .inner
@@ -836,9 +812,8 @@ impl Store for ScyllaStore {
                 .await?
                 .is_none()
             {
-                self.inner.write(q::KEY_DELETE, (key_hash,)).await?;
                 self.inner
-                    .write(q::KEY_INDEX_DELETE, (operator_id, key.id.as_str()))
+                    .drop_key(operator_id, &key.id, Some(key_hash))
                     .await?;
                 return Ok(None);
             }
@@ -885,12 +860,8 @@ impl Store for ScyllaStore {
             let Some((_, hash, _, _, _)) = keys.into_iter().find(|k| k.0 == key_id) else {
                 return Ok(false);
             };
-            // The key stops working first; then it leaves the listing.
-            if let Some(hash) = &hash {
-                self.inner.write(q::KEY_DELETE, (hash.as_str(),)).await?;
-            }
             self.inner
-                .write(q::KEY_INDEX_DELETE, (operator_id, key_id))
+                .drop_key(operator_id, key_id, hash.as_deref())
                 .await?;
             Ok(true)
         })
@@ -1015,11 +986,8 @@ impl Store for ScyllaStore {
                 .rows::<KeyRow>(q::KEYS_OF, (operator_id,))
                 .await?;
             for (key_id, hash, _, _, _) in keys.into_iter().filter(|k| k.4.as_deref() == Some(id)) {
-                if let Some(hash) = &hash {
-                    self.inner.write(q::KEY_DELETE, (hash.as_str(),)).await?;
-                }
                 self.inner
-                    .write(q::KEY_INDEX_DELETE, (operator_id, key_id.as_str()))
+                    .drop_key(operator_id, &key_id, hash.as_deref())
                     .await?;
             }
             Ok(self
