@@ -44,13 +44,16 @@ impl TimerAsk {
     /// The session-timer headers to pass on to the other leg. Only values that parse
     /// go on (a Session-Expires of 20 digits, a Min-SE past 32 bits would otherwise
     /// reach the other leg as they came), and as the node writes them: the interval
-    /// and a refresher it reads, a Min-SE of at least [`LEAST_MIN_SE`].
+    /// and a refresher it reads, a Min-SE of at least [`LEAST_MIN_SE`] but never above
+    /// the interval (a lab's node runs shorter sessions than RFC 4028's floor: a
+    /// Min-SE above the Session-Expires beside it would have the callee refuse it).
     pub(super) fn headers(&self) -> Headers {
         let mut out = Headers::new();
         if let Some(se) = self.session_expires {
             out.push(("Session-Expires", se.to_string()));
             if let Some(min) = self.min_se {
-                out.push(("Min-SE", min.max(LEAST_MIN_SE).to_string()));
+                let min = min.max(LEAST_MIN_SE).min(se.interval);
+                out.push(("Min-SE", min.to_string()));
             }
         }
         if self.supports {
@@ -1172,6 +1175,11 @@ mod tests {
             (
                 "Session-Expires: 1800 ; x=y ; Refresher = UAC\r\nMin-SE: 600\r\n",
                 vec![se.clone(), ("Min-SE", "600".into())],
+            ),
+            // A lab's short session: the floor never above the interval.
+            (
+                "Session-Expires: 60\r\nMin-SE: 0\r\n",
+                vec![("Session-Expires", "60".into()), ("Min-SE", "60".into())],
             ),
         ];
         for (extra, want) in rows {
