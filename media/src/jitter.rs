@@ -5,7 +5,8 @@
 //!
 //! The static audio payload types with an 8 kHz RTP clock are measured ([`measured`]:
 //! G.711, G.729, G.722, whose RTP clock is 8 kHz though it samples at 16, GSM, G.723,
-//! G.728; RFC 3551 table 4): a dynamic type's clock is whatever the SDP's rtpmap says,
+//! G.728, DVI4/8000, LPC, QCELP; RFC 3551 table 4): a dynamic type's clock is whatever
+//! the SDP's rtpmap says,
 //! which the relay does not read; comfort noise comes in silences' own rhythm and
 //! telephone-events reuse timestamps on purpose, so neither is measured. Arrival
 //! times are the relay's wake-up time (packets read in one burst share it), in
@@ -15,10 +16,12 @@
 const UNITS_PER_MS: u64 = 8;
 
 /// Whether packets of payload type `pt` are measured: the static audio types of an
-/// 8 kHz RTP clock (RFC 3551 table 4): PCMU 0, GSM 3, G723 4, PCMA 8, G722 9, G728
-/// 15, G729 18. Not comfort noise (13), nor DVI4 at other rates, nor dynamic types.
+/// 8 kHz RTP clock (RFC 3551 table 4): PCMU 0, GSM 3, G723 4, DVI4/8000 5, LPC 7,
+/// PCMA 8, G722 9, QCELP 12, G728 15, G729 18. Not comfort noise (13), not the types
+/// of other clocks (DVI4/16000 6, L16 10-11, DVI4 at 11 and 22 kHz 16-17, MPA 14),
+/// not dynamic types.
 pub fn measured(pt: u8) -> bool {
-    matches!(pt, 0 | 3 | 4 | 8 | 9 | 15 | 18)
+    matches!(pt, 0 | 3 | 4 | 5 | 7 | 8 | 9 | 12 | 15 | 18)
 }
 /// A transit change past this (one second of samples) is a new stream (a restart on
 /// the same SSRC, a party's clock jump), not jitter: the meter starts again there.
@@ -122,6 +125,7 @@ mod tests {
             // measured.
             (&[0, 16, 0, 16], 96, 0),
             (&[0, 16, 0, 16], 13, 0),
+            (&[0, 16, 0, 16], 6, 0),
             // A jump of more than a second is a restart, not jitter.
             (&[0, 2000, 2000, 2000], 0, 0),
         ];

@@ -380,7 +380,7 @@ impl Metrics {
         );
         r.register(
             "rtp_jitter_seconds",
-            "The highest RTP interarrival jitter (RFC 3550, smoothed over 16 packets) of each ended call's audio in a static format of an 8 kHz RTP clock (G.711, G.729, G.722, GSM, G.723, G.728), by direction (caller_to_callee: what the caller sent); calls with no two such packets of one stream that way are not counted",
+            "The highest RTP interarrival jitter (RFC 3550, smoothed over 16 packets) of each ended call's audio in a static format of an 8 kHz RTP clock (G.711, G.729, G.722, GSM, G.723, G.728, DVI4, LPC, QCELP), by direction (caller_to_callee: what the caller sent); calls with no two such packets of one stream that way are not counted",
             c.rtp_jitter_seconds.clone(),
         );
         for direction in tsunagu_media::metrics::DIRECTIONS {

@@ -191,6 +191,14 @@ function live(key) {
       return "unreachable";
     }
     if (res.refused) return "refused";
+    if (res.status === 400 || res.status === 403) {
+      // Asked what this key may not see (another advertiser's calls): trying again
+      // changes nothing, so the screen stops and says why.
+      let msg = "the API answered " + res.status;
+      try { msg = (await res.json()).error.message; } catch (err) { /* not JSON */ }
+      status(msg);
+      return "forbidden";
+    }
     if (!res.ok || !res.body) return "answered " + res.status;
     status("live");
     openedAt = Date.now();
@@ -222,7 +230,7 @@ function live(key) {
     setInterval(tick, 1000);
     for (;;) {
       const why = await connect();
-      if (why === "refused") return;
+      if (why === "refused" || why === "forbidden") return;
       reconnected = true;
       status("reconnecting (" + why + ")…");
       await new Promise((r) => setTimeout(r, 2000));
@@ -265,18 +273,31 @@ function calls(key) {
 
   // A call's recording: fetched with the key (an <audio> element cannot send one)
   // into a blob the player below its row plays; a second click closes it. The page's
-  // policy lets media come from blob: URLs alone.
+  // policy lets media come from blob: URLs alone. Every blob URL made is given back
+  // when its player closes or the table is drawn again (a recording is megabytes).
+  const blobs = new Set();
+  function forget(url) {
+    URL.revokeObjectURL(url);
+    blobs.delete(url);
+  }
+
   async function listen(c, tr, button) {
     const open = tr.nextElementSibling;
     if (open && open.classList.contains("player")) {
       const audio = open.querySelector("audio");
-      if (audio && audio.src) URL.revokeObjectURL(audio.src);
+      if (audio && audio.src) forget(audio.src);
       open.remove();
       button.textContent = "▶ Listen";
       return;
     }
+    button.disabled = true; // one fetch at a time per row
     status("fetching the recording…");
-    const res = await api(key, "/v1/calls/" + encodeURIComponent(c.call_id) + "/recording");
+    let res;
+    try {
+      res = await api(key, "/v1/calls/" + encodeURIComponent(c.call_id) + "/recording");
+    } finally {
+      button.disabled = false;
+    }
     if (res.refused) return;
     if (!res.ok) {
       let msg = "the API answered " + res.status;
@@ -284,6 +305,8 @@ function calls(key) {
       status("recording: " + msg);
       return;
     }
+    const blob = await res.blob();
+    if (!tr.isConnected) return; // the table was drawn again meanwhile
     const row = document.createElement("tr");
     row.className = "player";
     const td = document.createElement("td");
@@ -297,7 +320,8 @@ function calls(key) {
       audio.dataset.duration = String(audio.duration);
     });
     audio.addEventListener("error", () => { length.textContent = " (the browser cannot play it)"; });
-    audio.src = URL.createObjectURL(await res.blob());
+    audio.src = URL.createObjectURL(blob);
+    blobs.add(audio.src);
     td.append(audio, length);
     row.appendChild(td);
     tr.after(row);
@@ -306,6 +330,7 @@ function calls(key) {
   }
 
   function draw() {
+    for (const url of [...blobs]) forget(url);
     body.replaceChildren();
     for (const c of shown) {
       const tr = document.createElement("tr");

@@ -7,7 +7,6 @@
 
 use super::legs;
 use super::{session, Call, OwnReinvite, Phase};
-use crate::decide::session_timer::LEAST_MIN_SE;
 use tsunagu_media::{sdp, Side};
 use tsunagu_sip::parse::{header, header_values, sdp_body};
 use tsunagu_sip::{Method, Request, Response};
@@ -90,7 +89,7 @@ fn refusal_headers(resp: &Response, passed: u16) -> Vec<(&'static str, String)> 
     match passed {
         422 => {
             if let Some(min) = header(resp, "Min-SE").and_then(|v| v.trim().parse::<u32>().ok()) {
-                out.push(("Min-SE", min.max(LEAST_MIN_SE).to_string()));
+                out.push(("Min-SE", min.to_string()));
             }
         }
         420 => out.extend(tokens("Unsupported").map(|v| ("Unsupported", v))),

@@ -229,6 +229,32 @@ struct Refresh {
 }
 
 impl SessionTimer {
+    /// A refusal of the node's refresh, of the caller's leg or (`callee`) of the
+    /// callee's, answered `code` with `min_se` and `retry_after`: counted, and what
+    /// comes next ([`after_refusal`]). A wait uses up the tries it spans
+    /// ([`shares_of`]): a long `Retry-After` leaves fewer, so the last still comes
+    /// before the session's check.
+    fn refused(
+        &mut self,
+        callee: bool,
+        code: u16,
+        min_se: Option<&str>,
+        retry_after: Option<u32>,
+    ) -> AfterRefusal {
+        let interval = self.interval;
+        let count = if callee {
+            &mut self.callee_refusals
+        } else {
+            &mut self.refusals
+        };
+        *count = count.saturating_add(1);
+        let next = after_refusal(code, min_se, retry_after, interval, *count);
+        if let AfterRefusal::After(wait) = next {
+            *count = count.saturating_add(shares_of(wait, interval).saturating_sub(1));
+        }
+        next
+    }
+
     /// The next check after a refresh naming `interval` (0: none named, the current
     /// one goes on), or None without a session timer. The previous check is replaced,
     /// never left pending: each refresh used to add one, and a party refreshing in a
@@ -435,16 +461,9 @@ impl Call {
         let Some(s) = self.session.as_mut() else {
             return;
         };
-        s.refusals = s.refusals.saturating_add(1);
         let code = resp.status_code.code();
         let retry_after = retry_after_seconds(resp);
-        let wait = match after_refusal(
-            code,
-            header(resp, "Min-SE"),
-            retry_after,
-            s.interval,
-            s.refusals,
-        ) {
+        let wait = match s.refused(false, code, header(resp, "Min-SE"), retry_after) {
             AfterRefusal::Glare(most) => {
                 crate::decide::glare::delay(false, rand::random()).min(most)
             }
@@ -454,13 +473,7 @@ impl Call {
                 s.min_se = Some(interval);
                 Duration::ZERO
             }
-            AfterRefusal::After(wait) => {
-                // A long Retry-After uses up the tries it waits through.
-                s.refusals = s
-                    .refusals
-                    .saturating_add(shares_of(wait, s.interval).saturating_sub(1));
-                wait
-            }
+            AfterRefusal::After(wait) => wait,
             AfterRefusal::GiveUp => {
                 tracing::info!(
                     code,
@@ -618,19 +631,13 @@ impl Call {
         let Some(s) = self.session.as_mut() else {
             return;
         };
-        s.callee_refusals = s.callee_refusals.saturating_add(1);
         let code = resp.status_code.code();
         let retry_after = retry_after_seconds(resp);
-        let wait = match after_refusal(code, None, retry_after, s.interval, s.callee_refusals) {
+        let wait = match s.refused(true, code, None, retry_after) {
             AfterRefusal::Glare(most) => {
                 crate::decide::glare::delay(true, rand::random()).min(most)
             }
-            AfterRefusal::After(wait) => {
-                s.callee_refusals = s
-                    .callee_refusals
-                    .saturating_add(shares_of(wait, s.interval).saturating_sub(1));
-                wait
-            }
+            AfterRefusal::After(wait) => wait,
             AfterRefusal::Longer(_) | AfterRefusal::GiveUp => {
                 // The callee's leg goes unrefreshed: its session ends (RFC 4028 10),
                 // here rather than by the callee's BYE, or never where the callee
@@ -853,6 +860,40 @@ mod tests {
         }
     }
 
+    /// The node's refreshes refused with `Retry-After` (caller's leg and callee's, each
+    /// counted apart): each wait uses up the tries it spans, so a 1800 s session's
+    /// tries all come within the 868 s before its check: 300 s, then one share
+    /// (217 s), then none; a refusal without Retry-After waits a share.
+    #[test]
+    fn refusals_with_retry_after_use_up_the_tries() {
+        use crate::decide::session_timer::AfterRefusal::*;
+        let s = Duration::from_secs;
+        let mut timer = SessionTimer {
+            interval: 1800,
+            generation: 1,
+            check: TimerId::for_test(1),
+            by_node: true,
+            send: None,
+            refusals: 0,
+            min_se: None,
+            caller_refreshes: false,
+            callee_min_se: None,
+            callee_by_node: true,
+            callee_refusals: 0,
+        };
+        for callee in [false, true] {
+            assert_eq!(timer.refused(callee, 503, None, Some(300)), After(s(300)));
+            assert_eq!(timer.refused(callee, 503, None, Some(300)), After(s(217)));
+            assert_eq!(timer.refused(callee, 503, None, Some(300)), GiveUp);
+        }
+        assert_eq!((timer.refusals, timer.callee_refusals), (4, 4));
+        timer.refusals = 0;
+        for _ in 0..3 {
+            assert_eq!(timer.refused(false, 500, None, None), After(s(217)));
+        }
+        assert_eq!(timer.refused(false, 500, None, None), GiveUp);
+    }
+
     /// Each row: the current timer (interval, generation, check), the interval a
     /// refresh names → the next check's interval and generation, and the check it
     /// replaces.
@@ -1031,6 +1072,14 @@ mod tests {
             ),
             ("", true, None, vec![]),
             ("Require: timer\r\n", true, None, vec![]),
+            // As the node writes it: other parameters left out, the refresher in its
+            // own spelling (a live torture run had them passed as written).
+            (
+                "Session-Expires: 600 ; x=y ; Refresher = UAS\r\n",
+                true,
+                Some(600),
+                vec![own("Session-Expires", "600;refresher=uas")],
+            ),
         ];
         let asking = TimerAsk::of(&invite("Session-Expires: 1800\r\nSupported: timer\r\n"));
         let silent = TimerAsk::of(&invite(""));

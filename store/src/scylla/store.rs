@@ -550,6 +550,20 @@ impl Inner {
         self.write(q::KEY_INDEX_DELETE, (operator_id, key_id)).await
     }
 
+    /// Deletes the operator's keys, or with `advertiser` that advertiser's alone.
+    pub(super) async fn drop_keys_of(
+        &self,
+        operator_id: &str,
+        advertiser: Option<&str>,
+    ) -> Result<()> {
+        let keys = self.rows::<KeyRow>(q::KEYS_OF, (operator_id,)).await?;
+        let theirs = |k: &KeyRow| advertiser.is_none_or(|a| k.4.as_deref() == Some(a));
+        for (key_id, hash, _, _, _) in keys.into_iter().filter(theirs) {
+            self.drop_key(operator_id, &key_id, hash.as_deref()).await?;
+        }
+        Ok(())
+    }
+
     pub(super) async fn get_advertiser(
         &self,
         operator_id: &str,
@@ -710,10 +724,7 @@ impl Store for ScyllaStore {
             // between (or a retried DELETE, then 404) left keys that still opened its
             // data and that no listing showed (a review). A retried DELETE of an
             // operator already gone still takes what keys were left.
-            let keys = self.inner.rows::<KeyRow>(q::KEYS_OF, (id,)).await?;
-            for (key_id, hash, _, _, _) in keys {
-                self.inner.drop_key(id, &key_id, hash.as_deref()).await?;
-            }
+            self.inner.drop_keys_of(id, None).await?;
             // Its webhooks and prompts too, before the operator (as its keys): a
             // retried DELETE takes what was left.
             let hooks = self.inner.rows::<(String,)>(q::WH_OF, (id,)).await?;
@@ -735,6 +746,9 @@ impl Store for ScyllaStore {
                 names.push(name);
             }
             let applied = self.inner.cas(q::OP_DELETE, (id,)).await?.applied;
+            // And again after it: a key made between the listing above and the
+            // delete read its operator before it was gone and kept itself (a review).
+            self.inner.drop_keys_of(id, None).await?;
             Ok(applied.then_some(names))
         })
     }
@@ -981,20 +995,16 @@ impl Store for ScyllaStore {
             // between left keys that still read its calls and that no listing under
             // the advertiser showed (a review). A key made meanwhile takes itself back
             // on seeing the advertiser gone (`add_advertiser_key`).
-            let keys = self
-                .inner
-                .rows::<KeyRow>(q::KEYS_OF, (operator_id,))
-                .await?;
-            for (key_id, hash, _, _, _) in keys.into_iter().filter(|k| k.4.as_deref() == Some(id)) {
-                self.inner
-                    .drop_key(operator_id, &key_id, hash.as_deref())
-                    .await?;
-            }
-            Ok(self
+            self.inner.drop_keys_of(operator_id, Some(id)).await?;
+            let applied = self
                 .inner
                 .cas(q::ADV_DELETE, (operator_id, id))
                 .await?
-                .applied)
+                .applied;
+            // And again after it: a key made between the listing and the delete read
+            // the advertiser before it was gone and kept itself (a review).
+            self.inner.drop_keys_of(operator_id, Some(id)).await?;
+            Ok(applied)
         })
     }
 
