@@ -137,3 +137,51 @@ fn the_call_log_screen_plays_a_calls_recording_in_chromium() {
         "return document.querySelector('tr.player') === null;",
     );
 }
+
+/// The incoming-call screen, reconnecting, looks up the calls it showed that the new
+/// stream does not tell: a call that ended while the screen was disconnected is
+/// shown ended (a new stream does not tell calls that ended before it opened, so
+/// without the look-up the row stayed "answered" for good). Real Chromium over
+/// WebDriver; the node ends each stream after 3 s (`api.stream_max_seconds`), and
+/// the call is hung up once the page says it is reconnecting (it waits 2 s).
+#[test]
+fn the_live_screen_shows_a_call_that_ended_while_it_reconnected() {
+    let ports = Ports::take();
+    let mut node = Node::start(ports, "127.0.0.1/32", "");
+    let (key, _adv) = node.provision("0501234567", r#"[{"number": "0311112222"}]"#, "{}");
+    node.restart_with_api_line("stream_max_seconds = 3");
+    let party = crate::party::Party::start(ports.uac, ports.uas);
+    let browser = Browser::start(ports.sip + 6);
+    browser.open(&format!("http://127.0.0.1:{}/ui/live#key={key}", ports.api));
+    let status = "document.getElementById('status').textContent";
+    browser.wait_for(
+        Duration::from_secs(10),
+        "the stream open",
+        &format!("return {status} === 'live';"),
+    );
+    let sip: std::net::SocketAddr = format!("127.0.0.1:{}", ports.sip).parse().unwrap();
+    party.call(sip, "0501234567", "09012345678");
+    let answered = "return document.querySelector('#live tr[data-state=\"answered\"]') !== null;";
+    browser.wait_for(
+        Duration::from_secs(10),
+        "the call answered on the screen",
+        answered,
+    );
+    browser.wait_for(
+        Duration::from_secs(10),
+        "the screen reconnecting",
+        &format!("return {status}.startsWith('reconnecting');"),
+    );
+    let unclean = party.hang_up_all(Duration::from_secs(5));
+    assert!(unclean.is_empty(), "calls not ended cleanly: {unclean:?}");
+    browser.wait_for(
+        Duration::from_secs(10),
+        "the call shown ended after the reconnect",
+        "return document.querySelector('#live tr[data-state=\"ended\"]') !== null;",
+    );
+    assert_eq!(
+        browser.run(answered),
+        false,
+        "the row moved from answered to ended"
+    );
+}
