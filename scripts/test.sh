@@ -40,6 +40,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 command -v sipp >/dev/null 2>&1 || { echo "sipp is still missing: the end-to-end tests cannot run" >&2; exit 1; }
 command -v chromium >/dev/null 2>&1 || { echo "chromium is still missing: the page-tag test cannot run" >&2; exit 1; }
+command -v chromedriver >/dev/null 2>&1 || { echo "chromedriver is still missing: the web screen tests cannot run" >&2; exit 1; }
 
 cargo fmt --all -- --check
 # Clippy with warnings as errors, the ScyllaDB backend included (the workspace's
