@@ -189,12 +189,9 @@ pub async fn list_keys(
         if s.get_advertiser(&op, &id)?.is_none() {
             return Ok(None);
         }
-        let all = s.list_api_keys(&op)?;
-        Ok(Some(
-            all.into_iter()
-                .filter(|k| k.advertiser_id.as_deref() == Some(id.as_str()))
-                .collect::<Vec<_>>(),
-        ))
+        let mut keys = s.list_api_keys(&op)?;
+        keys.retain(|k| k.is_of(&id));
+        Ok(Some(keys))
     })
     .await?
     .ok_or_else(not_found)?;
@@ -213,7 +210,7 @@ pub async fn revoke_key(
         let theirs = s
             .list_api_keys(&op)?
             .iter()
-            .any(|k| k.id == key_id && k.advertiser_id.as_deref() == Some(id.as_str()));
+            .any(|k| k.id == key_id && k.is_of(&id));
         if !theirs {
             return Ok(false);
         }

@@ -7,6 +7,7 @@ use crate::{db, ApiError, ApiState};
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use std::sync::Arc;
+use tsunagu_store::CallRecord;
 
 pub enum Principal {
     Admin,
@@ -25,29 +26,42 @@ impl FromRequestParts<Arc<ApiState>> for Principal {
         parts: &mut Parts,
         state: &Arc<ApiState>,
     ) -> Result<Principal, ApiError> {
-        let token = bearer(parts)?;
-        if constant_time_eq(token.as_bytes(), state.admin_token.as_bytes()) {
-            return Ok(Principal::Admin);
-        }
-        let hash = tsunagu_store::hash_api_key(token);
-        // Each kind of key is found only as its kind (an advertiser's is hashed with
-        // a label of its own, see `hash_api_key`).
-        let advertisers = token.starts_with(tsunagu_store::ADVERTISER_KEY_PREFIX);
-        match db(state, move |s| s.key_owner(&hash)).await? {
-            Some(tsunagu_store::KeyOwner {
-                operator_id,
-                advertiser_id: None,
-            }) if !advertisers => Ok(Principal::Operator(operator_id)),
-            Some(tsunagu_store::KeyOwner {
-                operator_id,
-                advertiser_id: Some(advertiser),
-            }) if advertisers => Ok(Principal::Advertiser {
-                operator: operator_id,
-                advertiser,
-            }),
-            _ => Err(ApiError::unauthorized("unknown token")),
-        }
+        Ok(authenticate(parts, state).await?.0)
     }
+}
+
+/// Who the request's bearer token is, and the token's hash (empty for the admin
+/// token, which is not looked up).
+async fn authenticate(parts: &Parts, state: &ApiState) -> Result<(Principal, String), ApiError> {
+    let token = bearer(parts)?;
+    if constant_time_eq(token.as_bytes(), state.admin_token.as_bytes()) {
+        return Ok((Principal::Admin, String::new()));
+    }
+    let hash = tsunagu_store::hash_api_key(token);
+    // Each kind of key is found only as its kind (an advertiser's is hashed with a
+    // label of its own, see `hash_api_key`).
+    let advertisers = token.starts_with(tsunagu_store::ADVERTISER_KEY_PREFIX);
+    let looked_up = hash.clone();
+    let principal = match db(state, move |s| s.key_owner(&looked_up)).await? {
+        Some(tsunagu_store::KeyOwner {
+            operator_id,
+            advertiser_id: None,
+        }) if !advertisers => Principal::Operator(operator_id),
+        Some(tsunagu_store::KeyOwner {
+            operator_id,
+            advertiser_id: Some(advertiser),
+        }) if advertisers => Principal::Advertiser {
+            operator: operator_id,
+            advertiser,
+        },
+        _ => return Err(ApiError::unauthorized("unknown token")),
+    };
+    Ok((principal, hash))
+}
+
+/// The 403 the admin token gets where an operator's data is asked for.
+fn admin_has_no_operator() -> ApiError {
+    ApiError::forbidden("use an operator API key: the admin token belongs to no operator")
 }
 
 /// The request's bearer token.
@@ -80,9 +94,7 @@ impl FromRequestParts<Arc<ApiState>> for OperatorId {
     ) -> Result<OperatorId, ApiError> {
         match Principal::from_request_parts(parts, state).await? {
             Principal::Operator(id) => Ok(OperatorId(id)),
-            Principal::Admin => Err(ApiError::forbidden(
-                "use an operator API key: the admin token belongs to no operator",
-            )),
+            Principal::Admin => Err(admin_has_no_operator()),
             Principal::Advertiser { .. } => Err(advertiser_key_refused(state)),
         }
     }
@@ -126,8 +138,6 @@ pub struct CallReader {
     pub operator: String,
     /// The advertiser an advertiser's key is limited to.
     pub advertiser: Option<String>,
-    /// Counts the refusals of [`CallReader::narrow`].
-    refused: Option<prometheus_client::metrics::counter::Counter>,
     /// The key's hash: a long answer (the call stream) looks it up again now and
     /// then, and ends once the key is revoked.
     pub key_hash: String,
@@ -137,19 +147,28 @@ impl CallReader {
     /// The advertiser a request reads, from what it asked (`asked`, its
     /// `advertiser_id` parameter): an operator's key reads what it asked (None: all);
     /// an advertiser's key reads its own, and asking for another is refused 403.
-    pub fn narrow(&self, asked: Option<String>) -> Result<Option<String>, ApiError> {
+    /// The refusal is counted in `tsunagu_api_advertiser_key_refused_total`.
+    pub fn narrow(&self, st: &ApiState, asked: Option<String>) -> Result<Option<String>, ApiError> {
         match (&self.advertiser, asked) {
             (None, asked) => Ok(asked),
             (Some(own), Some(asked)) if asked != *own => {
-                if let Some(c) = &self.refused {
-                    c.inc();
-                }
+                st.defences.metrics.advertiser_key_refused.inc();
                 Err(ApiError::forbidden(format!(
                     "this key reads advertiser {own} only"
                 )))
             }
             (Some(own), _) => Ok(Some(own.clone())),
         }
+    }
+
+    /// The call `id` if this reader may read it; 404 otherwise (another operator's,
+    /// another advertiser's for an advertiser's key, or none).
+    pub async fn call(&self, st: &ApiState, id: String) -> Result<CallRecord, ApiError> {
+        let op = self.operator.clone();
+        db(st, move |s| s.get_call(&op, &id))
+            .await?
+            .filter(|r| self.reads(&r.advertiser_id))
+            .ok_or_else(|| ApiError::not_found("no such call"))
     }
 
     /// Whom the key spoke for when the request came: a stream ends when a new look-up
@@ -178,28 +197,20 @@ impl FromRequestParts<Arc<ApiState>> for CallReader {
         parts: &mut Parts,
         state: &Arc<ApiState>,
     ) -> Result<CallReader, ApiError> {
-        let principal = Principal::from_request_parts(parts, state).await?;
-        let key_hash = tsunagu_store::hash_api_key(bearer(parts)?);
-        match principal {
-            Principal::Operator(operator) => Ok(CallReader {
-                operator,
-                advertiser: None,
-                refused: None,
-                key_hash,
-            }),
+        let (principal, key_hash) = authenticate(parts, state).await?;
+        let (operator, advertiser) = match principal {
+            Principal::Operator(operator) => (operator, None),
             Principal::Advertiser {
                 operator,
                 advertiser,
-            } => Ok(CallReader {
-                operator,
-                advertiser: Some(advertiser),
-                refused: Some(state.defences.metrics.advertiser_key_refused.clone()),
-                key_hash,
-            }),
-            Principal::Admin => Err(ApiError::forbidden(
-                "use an operator API key: the admin token belongs to no operator",
-            )),
-        }
+            } => (operator, Some(advertiser)),
+            Principal::Admin => return Err(admin_has_no_operator()),
+        };
+        Ok(CallReader {
+            operator,
+            advertiser,
+            key_hash,
+        })
     }
 }
 
@@ -207,9 +218,11 @@ impl FromRequestParts<Arc<ApiState>> for CallReader {
 mod tests {
     use super::CallReader;
 
-    /// (key's advertiser, advertiser asked) -> advertiser read, or refused.
+    /// (key's advertiser, advertiser asked) -> advertiser read, or refused (and
+    /// counted).
     #[test]
     fn an_advertisers_key_reads_its_own_advertiser_only() {
+        let a = crate::testing::api();
         let rows: &[(Option<&str>, Option<&str>, Result<Option<&str>, ()>)] = &[
             (None, None, Ok(None)),
             (None, Some("adv_a"), Ok(Some("adv_a"))),
@@ -221,10 +234,9 @@ mod tests {
             let reader = CallReader {
                 operator: "op".into(),
                 advertiser: own.map(str::to_string),
-                refused: None,
                 key_hash: String::new(),
             };
-            let got = reader.narrow(asked.map(str::to_string));
+            let got = reader.narrow(&a.state, asked.map(str::to_string));
             assert_eq!(
                 got.as_ref().map(|a| a.as_deref()).map_err(|_| ()),
                 *want,
@@ -232,5 +244,6 @@ mod tests {
             );
             assert_eq!(reader.reads("adv_b"), own.is_none_or(|o| o == "adv_b"));
         }
+        assert_eq!(a.state.defences.metrics.advertiser_key_refused.get(), 1);
     }
 }

@@ -399,7 +399,7 @@ pub async fn list(
     params: Result<Query<CallsParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(mut p) = params.map_err(|e| ApiError::bad_request(None, e.body_text()))?;
-    p.advertiser_id = reader.narrow(p.advertiser_id.take())?;
+    p.advertiser_id = reader.narrow(&st, p.advertiser_id.take())?;
     let format = format_of(&p, &headers)?;
     let mut query = query_from(reader.operator, &p)?;
     if format != Format::Json {
@@ -483,12 +483,7 @@ pub async fn get_one(
     State(st): State<Arc<ApiState>>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let op = reader.operator.clone();
-    let r = db(&st, move |s| s.get_call(&op, &id))
-        .await?
-        .filter(|r| reader.reads(&r.advertiser_id))
-        .ok_or_else(|| ApiError::not_found("no such call"))?;
-    Ok(Json(call_json(&r)))
+    Ok(Json(call_json(&reader.call(&st, id).await?)))
 }
 
 #[cfg(test)]

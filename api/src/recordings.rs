@@ -126,11 +126,7 @@ pub async fn recording(
     params: Result<Query<PartParam>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = params.map_err(|e| ApiError::bad_request(Some("part"), e.body_text()))?;
-    let op = reader.operator.clone();
-    let r = db(&st, move |s| s.get_call(&op, &id))
-        .await?
-        .filter(|r| reader.reads(&r.advertiser_id))
-        .ok_or_else(|| ApiError::not_found("no such call"))?;
+    let r = reader.call(&st, id).await?;
     let all = parts_of(&r)?;
     let count = all.len();
     let (chosen, filename) = match q.part {

@@ -308,11 +308,9 @@ pub async fn stream(
     params: Result<Query<StreamParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(mut p) = params.map_err(|e| ApiError::bad_request(None, e.body_text()))?;
-    p.advertiser_id = reader.narrow(p.advertiser_id.take())?;
-    let key = (reader.key_hash.clone(), reader.owner());
-    let op = reader.operator;
+    p.advertiser_id = reader.narrow(&st, p.advertiser_id.take())?;
     let d = &st.defences;
-    let permit = d.streams.try_start(&op).map_err(|why| {
+    let permit = d.streams.try_start(&reader.operator).map_err(|why| {
         d.metrics.streams_refused.inc();
         refused(why, "call streams", 5)
     })?;
@@ -320,7 +318,7 @@ pub async fn stream(
     let st2 = st.clone();
     tokio::spawn(async move {
         let _permit = permit;
-        produce(st2, op, p.advertiser_id, key, tx).await;
+        produce(st2, reader, p.advertiser_id, tx).await;
     });
     let body = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv()
@@ -339,18 +337,18 @@ pub async fn stream(
         .into_response())
 }
 
-/// Reads, tells and keeps alive until the client goes, stops reading, the stream's
-/// time is up, or its key (`key`: its hash and whom it spoke for) no longer speaks
-/// for the same (revoked, or its advertiser deleted): looked up every
+/// Reads `reader`'s calls (of `advertiser`, if named), tells and keeps alive until
+/// the client goes, stops reading, the stream's time is up, or its key no longer
+/// speaks for the same (revoked, or its advertiser deleted): looked up every
 /// [`KEY_CHECK_READS`] reads, the stream then ends with `stream.closed` (a revoked key
 /// kept a screen's stream for up to `api.stream_max_seconds`: a review).
 async fn produce(
     st: Arc<ApiState>,
-    op: String,
+    reader: CallReader,
     advertiser: Option<String>,
-    key: (String, tsunagu_store::KeyOwner),
     tx: tokio::sync::mpsc::Sender<String>,
 ) {
+    let owner = reader.owner();
     let d = &st.defences;
     let metrics = d.metrics.clone();
     let _active = Held::new(&metrics.streams_active);
@@ -387,31 +385,37 @@ async fn produce(
             return;
         }
         let store = st.store.clone();
-        let (operator, adv) = (op.clone(), advertiser.clone());
+        let (operator, adv) = (reader.operator.clone(), advertiser.clone());
         let live = tracker.live();
         let recent_from = last_read.saturating_sub(RECENT_MS);
         let started = tsunagu_store::now_ms();
         reads = reads.wrapping_add(1);
-        let hash = reads.is_multiple_of(KEY_CHECK_READS).then(|| key.0.clone());
+        let hash = reads
+            .is_multiple_of(KEY_CHECK_READS)
+            .then(|| reader.key_hash.clone());
         let got = tokio::task::spawn_blocking(move || {
-            let owner = hash.map(|h| store.key_owner(&h));
+            let now_owner = hash.map(|h| store.key_owner(&h));
             (
-                owner,
+                now_owner,
                 read(&*store, &operator, adv.as_deref(), recent_from, &live),
             )
         })
         .await;
-        let got = match got {
-            Ok((Some(Ok(owner)), _)) if owner.as_ref() != Some(&key.1) => {
-                let _ = send("event: stream.closed\ndata: {\"reason\":\"key revoked\"}\n\n".into())
-                    .await;
+        let (now_owner, got) = got.unwrap_or((
+            None,
+            Err(tsunagu_store::StoreError::Unavailable(
+                "the read task failed".into(),
+            )),
+        ));
+        if let Some(Ok(now)) = now_owner {
+            if now.as_ref() != Some(&owner) {
+                let closed = "event: stream.closed\ndata: {\"reason\":\"key revoked\"}\n\n";
+                let _ = send(closed.into()).await;
                 return;
             }
-            Ok((_, got)) => Ok(got),
-            Err(e) => Err(e),
-        };
+        }
         match got {
-            Ok(Ok(got)) => {
+            Ok(got) => {
                 last_read = started;
                 let first = std::mem::take(&mut first);
                 if first {

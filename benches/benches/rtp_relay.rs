@@ -106,8 +106,7 @@ fn benches(c: &mut Criterion) {
         b.iter(|| {
             ts = ts.wrapping_add(160);
             arrival += 20_000 + u64::from(ts % 7);
-            meter.on_packet(0x1234_5678, 8, black_box(ts), black_box(arrival));
-            black_box(meter.peak_us())
+            black_box(meter.on_packet(0x1234_5678, 8, black_box(ts), black_box(arrival)))
         })
     });
     g.finish();

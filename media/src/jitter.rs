@@ -42,11 +42,13 @@ pub struct JitterMeter {
 
 impl JitterMeter {
     /// One accepted packet of `ssrc` with payload type `pt` and RTP timestamp `ts`,
-    /// arrived at `arrival_us` (any fixed origin).
-    pub fn on_packet(&mut self, ssrc: u32, pt: u8, ts: u32, arrival_us: u64) {
+    /// arrived at `arrival_us` (any fixed origin). The peak in microseconds when this
+    /// packet raised it (or made the first measurement): what the relay publishes.
+    pub fn on_packet(&mut self, ssrc: u32, pt: u8, ts: u32, arrival_us: u64) -> Option<u64> {
         if !measured(pt) {
-            return;
+            return None;
         }
+        let before = (self.measured, self.peak);
         // Wrapping: only differences of transits count.
         let arrival = (arrival_us.wrapping_mul(UNITS_PER_MS) / 1000) as u32;
         let transit = arrival.wrapping_sub(ts);
@@ -70,6 +72,7 @@ impl JitterMeter {
             _ => self.scaled = 0,
         }
         self.last = Some((ssrc, pt, transit));
+        (before != (self.measured, self.peak)).then(|| self.peak_us())
     }
 
     /// The current estimate, in microseconds.
@@ -135,10 +138,24 @@ mod tests {
         // Measured (Some) once two packets of a stream were compared, even at 0; never
         // for a format not measured, nor from one packet.
         let mut m = JitterMeter::default();
-        m.on_packet(1, 0, 0, 0);
+        assert_eq!(m.on_packet(1, 0, 0, 0), None);
         assert_eq!(m.peak(), None, "one packet");
-        m.on_packet(1, 0, 160, 20_000);
+        assert_eq!(
+            m.on_packet(1, 0, 160, 20_000),
+            Some(0),
+            "the first measurement"
+        );
         assert_eq!(m.peak(), Some(0), "two on time");
+        assert_eq!(
+            m.on_packet(1, 0, 320, 40_000),
+            None,
+            "the peak did not rise"
+        );
+        assert_eq!(
+            m.on_packet(1, 0, 480, 76_000),
+            Some(1000),
+            "16 ms late: raised"
+        );
         let mut other = JitterMeter::default();
         other.on_packet(1, 96, 0, 0);
         other.on_packet(1, 96, 160, 30_000);

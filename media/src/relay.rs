@@ -96,7 +96,8 @@ impl RelayStats {
     }
 
     /// The highest interarrival jitter of the audio from (the caller, the callee), in
-    /// microseconds; None where no two G.711 packets of one stream came that way.
+    /// microseconds; None where no two packets of one stream in a measured format
+    /// came that way ([`crate::jitter::measured`]).
     pub fn jitter_us(&self) -> (Option<u64>, Option<u64>) {
         let read = |a: &AtomicU64| a.load(Ordering::Relaxed).checked_sub(1);
         (read(&self.jitter_a_us), read(&self.jitter_b_us))
@@ -540,10 +541,9 @@ fn drain(p: Flow<'_>, mut rec: Option<&mut Recording>, on_event: &OnEvent) {
                 }
             }
             let jitter = &mut p.from_side.jitter;
-            let peak = jitter.peak();
-            jitter.on_packet(r.ssrc(), r.payload_type(), r.timestamp(), now_us);
-            if let Some(now_peak) = jitter.peak().filter(|&n| Some(n) > peak) {
-                p.counters[5].fetch_max(now_peak + 1, Ordering::Relaxed);
+            if let Some(peak) = jitter.on_packet(r.ssrc(), r.payload_type(), r.timestamp(), now_us)
+            {
+                p.counters[5].fetch_max(peak + 1, Ordering::Relaxed);
             }
             let gap = p.from_side.loss.on_packet(r.ssrc(), seq);
             if gap > 0 {

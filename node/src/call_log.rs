@@ -1376,7 +1376,7 @@ mod tests {
         let damaged = "UPDATE active_calls SET epoch = 'not a number' WHERE call_id = 'call_bad'";
         assert_eq!(c.execute(damaged, []).unwrap(), 1);
         // This clock hour's (counts of hours past are forgotten).
-        let hour_start = now_ms().div_euclid(HOUR_MS) * HOUR_MS;
+        let hour_start = tsunagu_store::NoticeClaim::hour_of(now_ms()) * HOUR_MS;
         let mut bad = d.call("call_bad", hour_start + 10_000, 30);
         bad.record.tracking_number = "0500000000".into(); // its own quota
         let good = d.call("call_good", hour_start + 20_000, 30);
@@ -1535,7 +1535,7 @@ mod tests {
         d.number = Arc::new(number);
         let hour = HOUR_MS;
         // The hour before this one, then this one (counts of hours past are forgotten).
-        let last_hour = (now_ms().div_euclid(hour) - 1) * hour;
+        let last_hour = (tsunagu_store::NoticeClaim::hour_of(now_ms()) - 1) * hour;
         let mut in_progress = InProgress::default();
         for (i, start) in [10_000, 20_000, 30_000, hour + 10_000]
             .map(|t| last_hour + t)
@@ -1574,7 +1574,7 @@ mod tests {
         }
         let mut in_progress = InProgress::default();
         // Calls of this clock hour (counts of hours past are forgotten).
-        let hour = now_ms().div_euclid(HOUR_MS);
+        let hour = tsunagu_store::NoticeClaim::hour_of(now_ms());
         let at = |s: i64| hour * HOUR_MS + s * 1000;
         d.write(vec![d.call("call_n0", at(0), 30)], &mut in_progress);
         e.write(vec![e.call("call_n1", at(1), 30)], &mut in_progress);

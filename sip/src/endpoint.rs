@@ -678,17 +678,32 @@ impl Core {
         };
         tracing::debug!(call_id = %info.call_id, cseq = info.cseq, "a 2xx to an INVITE of no call: acknowledged");
         self.metrics.stray_2xx_acked.inc();
+        self.send_request(spec, peer, Instant::now());
+    }
+
+    /// Sends a request of ours: an ACK as it is (it has no transaction), anything
+    /// else in a new client transaction.
+    fn send_request(&mut self, spec: RequestSpec, peer: Peer, now: Instant) {
         self.metrics
             .requests_sent
             .get_or_create(&MethodLabel {
-                method: method_name(Method::Ack),
+                method: method_name(spec.method),
             })
             .inc();
-        self.out.push(Output::Transmit {
-            peer,
-            data: Bytes::from(spec.to_bytes()),
-            retransmission: false,
-        });
+        let data = Bytes::from(spec.to_bytes());
+        if spec.method == Method::Ack {
+            self.out.push(Output::Transmit {
+                peer,
+                data,
+                retransmission: false,
+            });
+        } else {
+            let key = TxKey::new(&spec.branch, spec.method);
+            let call_id = spec.call_id.clone();
+            let invite = (spec.method == Method::Invite).then_some(spec);
+            self.transactions
+                .send_request(key, peer, data, invite, &call_id, now, &mut self.out);
+        }
     }
 
     /// Answers a request its call did not take (see [`Undelivered`]); other events
@@ -990,35 +1005,7 @@ impl Core {
                         .inc();
                 }
             }
-            Command::Request { spec, peer } => {
-                self.metrics
-                    .requests_sent
-                    .get_or_create(&MethodLabel {
-                        method: method_name(spec.method),
-                    })
-                    .inc();
-                let data = Bytes::from(spec.to_bytes());
-                if spec.method == Method::Ack {
-                    self.out.push(Output::Transmit {
-                        peer,
-                        data,
-                        retransmission: false,
-                    });
-                } else {
-                    let key = TxKey::new(&spec.branch, spec.method);
-                    let call_id = spec.call_id.clone();
-                    let invite = (spec.method == Method::Invite).then_some(spec);
-                    self.transactions.send_request(
-                        key,
-                        peer,
-                        data,
-                        invite,
-                        &call_id,
-                        now,
-                        &mut self.out,
-                    );
-                }
-            }
+            Command::Request { spec, peer } => self.send_request(spec, peer, now),
         }
         self.flush();
     }

@@ -25,6 +25,24 @@ pub struct ApiKey {
     pub advertiser_id: Option<String>,
 }
 
+impl ApiKey {
+    /// A new key's listing: a fresh id, made now, listed by `prefix`.
+    pub fn new(operator_id: &str, prefix: &str, advertiser_id: Option<&str>) -> ApiKey {
+        ApiKey {
+            id: crate::new_id("key"),
+            operator_id: operator_id.to_string(),
+            prefix: Some(prefix.to_string()),
+            created_at: crate::now_ms(),
+            advertiser_id: advertiser_id.map(str::to_string),
+        }
+    }
+
+    /// Whether it is a key of advertiser `advertiser_id`.
+    pub fn is_of(&self, advertiser_id: &str) -> bool {
+        self.advertiser_id.as_deref() == Some(advertiser_id)
+    }
+}
+
 /// Whom an API key speaks for: its operator and, for an advertiser's key, the one
 /// advertiser it is limited to.
 #[derive(Debug, Clone, PartialEq, Eq)]

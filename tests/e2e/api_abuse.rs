@@ -408,12 +408,7 @@ fn mode(path: &std::path::Path) -> u32 {
 fn files_the_node_creates_are_private() {
     let ports = Ports::take();
     let node = Node::start(ports, "127.0.0.1/32", "");
-    let (key, _) = node.provision("0501234567", r#"[{"number": "0311112222"}]"#, "{}");
-    node.set_number(&key, "0501234567", r#"{"recording": {"mode": "both"}}"#);
-    let _uas = Uas::start("uas_answer.xml", ports, node.dir.path(), &["-rtp_echo"]);
-    let run = uac("uac_rtp.xml", ports, "0501234567", 1, 1, &["-d", "1000"]);
-    assert_eq!((run.exit, run.successful), (0, 1), "{}", run.output);
-    let call = node.wait_for_calls(&key, 1)[0].clone();
+    let (key, call, _uas) = node.one_recorded_call(1000);
     let recording = call["recording"].as_str().expect("a recording").to_string();
     let mut wav = tsunagu_media::wav::header(1, 1600).to_vec();
     wav.extend_from_slice(&[0u8; 1600]);

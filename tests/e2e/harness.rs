@@ -550,6 +550,21 @@ trunks = ["carrier-a"]
         assert_eq!(r.status, 200, "{body}: {}", r.body);
     }
 
+    /// Provisions 0501234567 recorded (both parties) to 0311112222 and makes one call
+    /// to it, answered by a UAS that echoes the audio, talking `talk_ms`: the
+    /// operator's key, the call's record once written, and the UAS (kept running).
+    pub fn one_recorded_call(&self, talk_ms: u32) -> (String, serde_json::Value, Uas) {
+        let ports = self.ports;
+        let (key, _) = self.provision("0501234567", r#"[{"number": "0311112222"}]"#, "{}");
+        self.set_number(&key, "0501234567", r#"{"recording": {"mode": "both"}}"#);
+        let uas = Uas::start("uas_answer.xml", ports, self.dir.path(), &["-rtp_echo"]);
+        let talk = talk_ms.to_string();
+        let run = uac("uac_rtp.xml", ports, "0501234567", 1, 1, &["-d", &talk]);
+        assert_eq!((run.exit, run.successful), (0, 1), "{}", run.output);
+        let call = self.wait_for_calls(&key, 1)[0].clone();
+        (key, call, uas)
+    }
+
     pub fn add_number(
         &self,
         key: &str,

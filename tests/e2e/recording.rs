@@ -223,12 +223,7 @@ fn a_full_recordings_disk_stops_recordings_not_calls_and_old_days_expire() {
     assert!(recordings.join("keep-me").exists());
     assert!(node.metric("tsunagu_recordings_disk_free_bytes") > 0.0);
 
-    let (key, _) = node.provision("0501234567", r#"[{"number": "0311112222"}]"#, "{}");
-    node.set_number(&key, "0501234567", r#"{"recording": {"mode": "both"}}"#);
-    let _uas = Uas::start("uas_answer.xml", ports, node.dir.path(), &["-rtp_echo"]);
-    let run = uac("uac_rtp.xml", ports, "0501234567", 1, 1, &["-d", "1000"]);
-    assert_eq!((run.exit, run.successful), (0, 1), "{}", run.output);
-    let call = node.wait_for_calls(&key, 1)[0].clone();
+    let (_key, call, _uas) = node.one_recorded_call(1000);
     assert_eq!(call["result"], "answered", "{call}");
     assert!(
         call["recording"].is_null() && call["recording_status"].is_null(),

@@ -48,6 +48,10 @@ fn the_screens_show_a_ringing_call_and_then_its_record_in_chromium() {
         row.contains("no_answer") && row.contains("0501234567"),
         "{row}"
     );
+    assert!(
+        !row.contains("listen"),
+        "a call without a recording has no button: {row}"
+    );
     // The advertiser's own key opens the call log on its calls (the API narrows them
     // to the advertiser; the screen asks nothing of the kind).
     let made = node.send(
@@ -92,12 +96,7 @@ fn the_screens_show_a_ringing_call_and_then_its_record_in_chromium() {
 fn the_call_log_screen_plays_a_calls_recording_in_chromium() {
     let ports = Ports::take();
     let node = Node::start(ports, "127.0.0.1/32", "");
-    let (key, _adv) = node.provision("0501234567", r#"[{"number": "0311112222"}]"#, "{}");
-    node.set_number(&key, "0501234567", r#"{"recording": {"mode": "both"}}"#);
-    let _uas = Uas::start("uas_answer.xml", ports, node.dir.path(), &["-rtp_echo"]);
-    let run = uac("uac_rtp.xml", ports, "0501234567", 1, 1, &["-d", "3000"]);
-    assert_eq!((run.exit, run.successful), (0, 1), "{}", run.output);
-    let call = node.wait_for_calls(&key, 1)[0].clone();
+    let (key, call, _uas) = node.one_recorded_call(3000);
     assert_eq!(call["recording_status"], "complete", "{call}");
     let id = call["call_id"].as_str().unwrap().to_string();
     let talk = call["talk_seconds"].as_f64().unwrap();

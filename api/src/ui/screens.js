@@ -44,8 +44,8 @@ function forgetButton() {
   });
 }
 
-// `GET path` of the node's API with the operator's key; a key the API refuses (401)
-// is forgotten and the key form comes back (`refused` is then set on the answer).
+// `GET path` of the node's API with the page's key; a key the API refuses (401) is
+// forgotten and the key form comes back (`refused` is then set on the answer).
 async function api(key, path) {
   const res = await fetch(path, { headers: { Authorization: "Bearer " + key }, cache: "no-store" });
   if (res.status === 401) {
@@ -54,6 +54,11 @@ async function api(key, path) {
     res.refused = true;
   }
   return res;
+}
+
+// Why the API did not answer 2xx: its error message, else the status.
+async function whyNot(res) {
+  try { return (await res.json()).error.message; } catch (err) { return "the API answered " + res.status; }
 }
 
 function cell(tr, text, cls) {
@@ -194,9 +199,7 @@ function live(key) {
     if (res.status === 400 || res.status === 403) {
       // Asked what this key may not see (another advertiser's calls): trying again
       // changes nothing, so the screen stops and says why.
-      let msg = "the API answered " + res.status;
-      try { msg = (await res.json()).error.message; } catch (err) { /* not JSON */ }
-      status(msg);
+      status(await whyNot(res));
       return "forbidden";
     }
     if (!res.ok || !res.body) return "answered " + res.status;
@@ -263,9 +266,7 @@ function calls(key) {
     const res = await api(key, "/v1/calls?" + q);
     if (res.refused) return null;
     if (!res.ok) {
-      let msg = "the API answered " + res.status;
-      try { msg = (await res.json()).error.message; } catch (err) { /* not JSON */ }
-      status(msg);
+      status(await whyNot(res));
       return null;
     }
     return res;
@@ -300,9 +301,7 @@ function calls(key) {
     }
     if (res.refused) return;
     if (!res.ok) {
-      let msg = "the API answered " + res.status;
-      try { msg = (await res.json()).error.message; } catch (err) { /* not JSON */ }
-      status("recording: " + msg);
+      status("recording: " + (await whyNot(res)));
       return;
     }
     const blob = await res.blob();

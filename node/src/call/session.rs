@@ -24,7 +24,8 @@ use tsunagu_sip::{Request, Response};
 /// refresh (`Supported: timer`).
 #[derive(Debug, Clone, Default)]
 pub(super) struct TimerAsk {
-    sent: Option<String>,
+    /// It named a Session-Expires (readable or not).
+    named: bool,
     session_expires: Option<SessionExpires>,
     min_se: Option<u32>,
     supports: bool,
@@ -32,10 +33,10 @@ pub(super) struct TimerAsk {
 
 impl TimerAsk {
     pub(super) fn of(req: &Request) -> TimerAsk {
-        let sent = header(req, "Session-Expires").map(str::to_string);
+        let sent = header(req, "Session-Expires");
         TimerAsk {
-            session_expires: sent.as_deref().and_then(parse),
-            sent,
+            session_expires: sent.and_then(parse),
+            named: sent.is_some(),
             min_se: header(req, "Min-SE").and_then(|v| v.trim().parse::<u32>().ok()),
             supports: has_option_tag(req, "Supported", "timer"),
         }
@@ -66,7 +67,7 @@ impl TimerAsk {
     /// no timer: it says `Supported: timer` and named none (see [`unasked_timer`]);
     /// otherwise the node takes the part.
     pub(super) fn keeps_refreshing_unasked(&self) -> bool {
-        self.supports && self.sent.is_none()
+        self.supports && !self.named
     }
 
     /// Whether its sender said `Supported: timer`.
@@ -114,7 +115,7 @@ pub(super) fn answer_headers(
     let supports = request.supports;
     let asked = request.session_expires.filter(|_| supports);
     let mut out = Vec::new();
-    if !supports && request.sent.is_none() && !refresher_asking {
+    if !supports && !request.named && !refresher_asking {
         return out;
     }
     let answered = header(resp, "Session-Expires").filter(|v| parse(v).is_some());

@@ -212,8 +212,7 @@ pub fn after_refusal(
         return AfterRefusal::GiveUp;
     }
     let min_se = min_se.and_then(|v| v.trim().parse::<u32>().ok());
-    let share = check_after(interval).saturating_sub(refresh_after(interval))
-        / (u32::from(REFRESH_TRIES) + 1);
+    let share = share(interval);
     match (code, min_se) {
         (491, _) => AfterRefusal::Glare(share),
         (422, Some(min)) if min > interval && min <= MAX_MIN_SE => AfterRefusal::Longer(min),
@@ -228,13 +227,18 @@ pub fn after_refusal(
     }
 }
 
+/// One try's share of the time between the node's refresh and the session's check
+/// (each of [`REFRESH_TRIES`] and the check's own).
+fn share(interval: u32) -> Duration {
+    check_after(interval).saturating_sub(refresh_after(interval)) / (u32::from(REFRESH_TRIES) + 1)
+}
+
 /// How many of the tries' shares (see [`after_refusal`]) a wait of `wait` takes in a
 /// session of `interval` s, at least one: a refusal's count goes up by that many, so
 /// a long `Retry-After` uses up the tries it waits through and the last one still
 /// comes before the session's check.
 pub fn shares_of(wait: Duration, interval: u32) -> u8 {
-    let share = check_after(interval).saturating_sub(refresh_after(interval))
-        / (u32::from(REFRESH_TRIES) + 1);
+    let share = share(interval);
     if share.is_zero() {
         return 1;
     }

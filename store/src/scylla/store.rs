@@ -550,15 +550,20 @@ impl Inner {
         self.write(q::KEY_INDEX_DELETE, (operator_id, key_id)).await
     }
 
+    /// The operator's keys as listed, or with `advertiser` that advertiser's alone.
+    async fn keys_of(&self, operator_id: &str, advertiser: Option<&str>) -> Result<Vec<KeyRow>> {
+        let mut keys = self.rows::<KeyRow>(q::KEYS_OF, (operator_id,)).await?;
+        keys.retain(|k| advertiser.is_none_or(|a| k.4.as_deref() == Some(a)));
+        Ok(keys)
+    }
+
     /// Deletes the operator's keys, or with `advertiser` that advertiser's alone.
     pub(super) async fn drop_keys_of(
         &self,
         operator_id: &str,
         advertiser: Option<&str>,
     ) -> Result<()> {
-        let keys = self.rows::<KeyRow>(q::KEYS_OF, (operator_id,)).await?;
-        let theirs = |k: &KeyRow| advertiser.is_none_or(|a| k.4.as_deref() == Some(a));
-        for (key_id, hash, _, _, _) in keys.into_iter().filter(theirs) {
+        for (key_id, hash, _, _, _) in self.keys_of(operator_id, advertiser).await? {
             self.drop_key(operator_id, &key_id, hash.as_deref()).await?;
         }
         Ok(())
@@ -754,13 +759,7 @@ impl Store for ScyllaStore {
     }
 
     fn add_api_key(&self, operator_id: &str, key_hash: &str, prefix: &str) -> Result<ApiKey> {
-        let key = ApiKey {
-            id: crate::new_id("key"),
-            operator_id: operator_id.to_string(),
-            prefix: Some(prefix.to_string()),
-            created_at: now_ms(),
-            advertiser_id: None,
-        };
+        let key = ApiKey::new(operator_id, prefix, None);
         self.wait(async {
             self.inner.put_key(&key, key_hash).await?;
             // A key created while its operator was being deleted would outlive the
@@ -788,13 +787,7 @@ impl Store for ScyllaStore {
         prefix: &str,
         cap: usize,
     ) -> Result<Option<ApiKey>> {
-        let key = ApiKey {
-            id: crate::new_id("key"),
-            operator_id: operator_id.to_string(),
-            prefix: Some(prefix.to_string()),
-            created_at: now_ms(),
-            advertiser_id: Some(advertiser_id.to_string()),
-        };
+        let key = ApiKey::new(operator_id, prefix, Some(advertiser_id));
         self.wait(async {
             if self
                 .inner
@@ -808,11 +801,9 @@ impl Store for ScyllaStore {
             // one each; SQLite counts and writes in one transaction).
             let held = self
                 .inner
-                .rows::<KeyRow>(q::KEYS_OF, (operator_id,))
+                .keys_of(operator_id, Some(advertiser_id))
                 .await?
-                .iter()
-                .filter(|k| k.4.as_deref() == Some(advertiser_id))
-                .count();
+                .len();
             if held >= cap {
                 return Err(StoreError::InUse(format!(
                     "advertiser {advertiser_id} has {held} keys, the most it may have: revoke one first"

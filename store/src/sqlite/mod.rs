@@ -579,13 +579,7 @@ impl Store for SqliteStore {
     }
 
     fn add_api_key(&self, operator_id: &str, key_hash: &str, prefix: &str) -> Result<ApiKey> {
-        let key = ApiKey {
-            id: crate::new_id("key"),
-            operator_id: operator_id.to_string(),
-            prefix: Some(prefix.to_string()),
-            created_at: now_ms(),
-            advertiser_id: None,
-        };
+        let key = ApiKey::new(operator_id, prefix, None);
         self.write(|c| {
             c.execute(
                 "INSERT INTO api_keys (key_hash, operator_id, created_at, id, prefix) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -610,13 +604,7 @@ impl Store for SqliteStore {
         prefix: &str,
         cap: usize,
     ) -> Result<Option<ApiKey>> {
-        let key = ApiKey {
-            id: crate::new_id("key"),
-            operator_id: operator_id.to_string(),
-            prefix: Some(prefix.to_string()),
-            created_at: now_ms(),
-            advertiser_id: Some(advertiser_id.to_string()),
-        };
+        let key = ApiKey::new(operator_id, prefix, Some(advertiser_id));
         // One transaction: the advertiser is there, under its cap, when the key is
         // written (a delete of the advertiser waits for it, and takes the key along).
         self.write(|c| {
