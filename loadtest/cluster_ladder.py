@@ -42,6 +42,12 @@ still summed over all three nodes): the cluster switched on at the single node's
 which separates the cluster's own cost (membership, heartbeats, the shared store, the
 idle members) from the split of the calls over three nodes on one host.
 
+Before the first step every node (the members and the single node) carries calls until
+it has leased every port of its RTP range once (--no-warm-up skips it): a port's
+first lease binds a socket, later ones reuse it, and a member at a third of the rate
+went round its range later than the single node did, so the first steps compared
+fresh binds with reused sockets.
+
 The single node runs with the members' node.worker_threads and sip.udp_receive
 (the demo sets 1 and "auto"), so the two setups differ only in being a cluster; --single-workers N overrides it. --synchronous
 normal sets store.synchronous = "normal" on all four nodes (no fsync per commit).
@@ -96,6 +102,24 @@ def probe(nodes, work):
             p.wait()
             return uac_result(5069, step)[0] == 1
         wait_for(f"a first call through {n.name} to succeed", answered, 30, nodes)
+
+
+def warm_up(nodes, args, work):
+    """Calls through every node (all at once) until each has leased every port of its
+    RTP range once: a port is bound afresh on its first lease and its socket is kept
+    and reused after (media/src/ports.rs), so until a node has gone round its range
+    every call costs two socket creations more. Without this the ladder compared
+    members that had not (a third of the rate each: the 600 cps step went round no
+    member's range) with a single node that had for most of its calls."""
+    calls = [int(n.metric("tsunagu_rtp_ports_total")) // 2 + 20 for n in nodes]
+    step_dir = os.path.join(work, "warm-up")
+    procs = [uac(n.sip, 5061 + i, 250, c, args.hold_ms, step_dir, args.transport, trace_rtt=False,
+                 limit_s=c // 250 * 4 + 60)
+             for i, (n, c) in enumerate(zip(nodes, calls))]
+    for p in procs:
+        p.wait()
+    idle(nodes)
+    return calls
 
 
 def cpu_by_thread(pids):
@@ -193,6 +217,9 @@ def main():
     ap.add_argument("--single-workers", type=int, default=0,
                     help="node.worker_threads of the single node (default: the cluster members', "
                          "so both setups run alike; the demo sets 1)")
+    ap.add_argument("--no-warm-up", action="store_true",
+                    help="measure from the nodes' first calls (their RTP ports bound afresh until each "
+                         "node has gone round its range once)")
     args = ap.parse_args()
     if not shutil.which("sipp"):
         sys.exit("sipp is not installed (apt-get install sip-tester)")
@@ -223,6 +250,7 @@ def main():
         provision(single, cluster.admin, args.lines)
         destination = uas(work)
         probe(everyone, work)
+        warmed = warm_up(everyone, args, work) if not args.no_warm_up else None
         idle(everyone)
         background = idle_frame_rate(cluster.nodes)
         idle_cluster, idle_single = idle_cpu_rate(cluster.nodes), idle_cpu_rate([single])
@@ -232,7 +260,8 @@ def main():
               f"UDP read by {udp_reader(receive)}; "
               f"store.synchronous {args.synchronous}; "
               f"hold {args.hold_ms} ms, {args.seconds} s per step, "
-              f"{'line limit ' + str(args.lines) if args.lines else 'no line limit'}")
+              f"{'line limit ' + str(args.lines) if args.lines else 'no line limit'}; "
+              f"{'warmed up with ' + str(warmed[0]) + ' calls per node (every RTP port leased once)' if warmed else 'not warmed up'}")
         print(f"idle cluster traffic: {background:.1f} frames/s over the three nodes "
               f"(expected 48: 8 per second per peer, 2 peers each)")
         print(f"idle CPU: cluster {idle_cluster / 1e7:.1f} % of a core over the three nodes, single {idle_single / 1e7:.1f} %")
