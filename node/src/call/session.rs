@@ -882,11 +882,16 @@ mod tests {
             callee_by_node: true,
             callee_refusals: 0,
         };
+        // A party answering 503 Retry-After: 300 every time is tried after 300 s, then
+        // 217 (the first wait used up two of the three tries' shares), then given up:
+        // 517 s in all, before the session's check 868 s after the refresh.
         for callee in [false, true] {
             assert_eq!(timer.refused(callee, 503, None, Some(300)), After(s(300)));
             assert_eq!(timer.refused(callee, 503, None, Some(300)), After(s(217)));
             assert_eq!(timer.refused(callee, 503, None, Some(300)), GiveUp);
         }
+        use crate::decide::session_timer::{check_after, refresh_after};
+        assert!(s(300 + 217) < check_after(1800) - refresh_after(1800));
         assert_eq!((timer.refusals, timer.callee_refusals), (4, 4));
         timer.refusals = 0;
         for _ in 0..3 {

@@ -547,22 +547,7 @@ mod tests {
             assert_eq!(shares_of(s(wait), 1800), shares, "{wait}");
         }
         assert_eq!(shares_of(s(5), 1), 1, "no share at all");
-        // Walked through: a callee answering 503 Retry-After: 300 every time is tried
-        // after 300 s, then 217 (one share left), then given up: 517 s in all, before
-        // the check 868 s after the refresh.
-        let (mut refusals, mut waited) = (0u8, Duration::ZERO);
-        loop {
-            refusals = refusals.saturating_add(1);
-            match after_refusal(503, None, Some(300), 1800, refusals) {
-                After(wait) => {
-                    waited += wait;
-                    refusals = refusals.saturating_add(shares_of(wait, 1800) - 1);
-                }
-                GiveUp => break,
-                other => panic!("{other:?}"),
-            }
-        }
-        assert_eq!(waited, s(517));
-        assert!(waited < check_after(1800) - refresh_after(1800));
+        // The walk through a run of such refusals, with the shares counted, is the
+        // call's (`call::session::tests::refusals_with_retry_after_use_up_the_tries`).
     }
 }
