@@ -538,7 +538,8 @@ impl Call {
     /// node goes on refreshing unless the caller took the part (`refresher=uas` in its
     /// answer: the UAS of this transaction).
     pub(super) fn on_own_refresh_answer(&mut self, resp: &Response) {
-        let caller_refreshes = header(resp, "Session-Expires")
+        let answered = header(resp, "Session-Expires");
+        let caller_refreshes = answered
             .and_then(parse)
             .is_some_and(|s| s.refresher == Some(Refresher::Uas));
         // A callee that refreshes goes on doing so (its refreshes reach the caller
@@ -546,7 +547,7 @@ impl Call {
         let callee_refreshes = self
             .session
             .is_some_and(|s| callee_refreshes(s.by_node, s.caller_refreshes));
-        self.on_refresh_answer(resp, Some(!caller_refreshes && !callee_refreshes));
+        self.renew_session(answered, Some(!caller_refreshes && !callee_refreshes));
         self.caller_told(Some(caller_refreshes));
     }
 
@@ -570,11 +571,10 @@ impl Call {
     /// the node refresh its leg too (it was read as one without a timer, and hung up
     /// the call at its interval: a review).
     pub(super) fn on_callee_refresh_answer(&mut self, resp: &Response) {
-        let refresher = header(resp, "Session-Expires")
-            .and_then(parse)
-            .map(|s| s.refresher);
+        let answered = header(resp, "Session-Expires");
+        let refresher = answered.and_then(parse).map(|s| s.refresher);
         let callee_refreshes = refresher == Some(Some(Refresher::Uas));
-        self.on_refresh_answer(resp, Some(!callee_refreshes));
+        self.renew_session(answered, Some(!callee_refreshes));
         self.caller_told(Some(false));
         if let Some(s) = self.session.as_mut() {
             // A timer without a refresher names the node's side, as in `agree`.
@@ -704,12 +704,6 @@ impl Call {
         if let (Some(s), Some(refreshes)) = (self.session.as_mut(), caller_refreshes) {
             s.caller_refreshes = refreshes;
         }
-    }
-
-    /// A 2xx to a refresh: restart the clock (with the interval it names; `by_node`
-    /// as for [`Call::restart_session`]).
-    pub(super) fn on_refresh_answer(&mut self, resp: &Response, by_node: Option<bool>) {
-        self.renew_session(header(resp, "Session-Expires"), by_node);
     }
 
     /// A refresh went through agreeing `session_expires` (the 2xx's, or the one the
