@@ -684,7 +684,8 @@ impl Call {
                 // The caller's timer now: the 2xx's (the callee's, passed on, or
                 // the caller's own), else what the node told the caller.
                 let told = answered.or(written.filter(|_| p.from == Side::A));
-                let (by_node, caller, callee_by_node) = self.refresher_after(p.from, &resp, &timer);
+                let (by_node, caller, callee_by_node) =
+                    self.refresher_after(p.from, answered, &timer);
                 self.renew_session(told, by_node);
                 self.caller_told(caller);
                 if let (Some(s), Some(both)) = (self.session.as_mut(), callee_by_node) {

@@ -652,7 +652,7 @@ impl Call {
     }
 
     /// Who refreshes the caller's leg after a refresh relayed from `from` was answered
-    /// `resp` and its sender told `passed` (see [`answer_headers`]): (whether the node
+    /// 2xx naming `answered` (its Session-Expires) and its sender told `passed` (see [`answer_headers`]): (whether the node
     /// does, whether the caller does, whether the node refreshes the callee's leg
     /// too; None: unchanged). From the caller: a caller that asked the node's side
     /// to refresh and was told so while the callee named the node's side as well has
@@ -665,12 +665,12 @@ impl Call {
     pub(super) fn refresher_after(
         &self,
         from: Side,
-        resp: &Response,
+        answered: Option<&str>,
         passed: &[(&'static str, String)],
     ) -> (Option<bool>, Option<bool>, Option<bool>) {
         let refresher = |v: &str| parse(v).map(|s| s.refresher);
         if from == Side::B {
-            let caller = header(resp, "Session-Expires")
+            let caller = answered
                 .and_then(refresher)
                 .map(|r| r == Some(Refresher::Uas));
             return (None, caller, None);
@@ -679,8 +679,7 @@ impl Call {
             .iter()
             .find(|(name, _)| *name == "Session-Expires")
             .and_then(|(_, v)| parse(v));
-        let answered = header(resp, "Session-Expires").and_then(refresher);
-        match (answered, told) {
+        match (answered.and_then(refresher), told) {
             (Some(r), Some(t))
                 if t.refresher == Some(Refresher::Uas) && r != Some(Refresher::Uas) =>
             {
