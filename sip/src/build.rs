@@ -458,6 +458,12 @@ pub fn reject_unparsed(raw: &[u8], code: u16, why: &str) -> Option<Vec<u8>> {
     Some(finish(s, None))
 }
 
+/// The CSeq of every new INVITE the node sends (a forwarded leg, a callback): its
+/// requests inside a dialog are numbered above it on both legs (the caller's leg
+/// starts there too), so a 2xx carrying it is always to a new INVITE (see
+/// [`ack_for_stray_2xx`]).
+pub const FIRST_INVITE_CSEQ: u32 = 1;
+
 /// The most Record-Route entries a 2xx that no call takes may carry and still be
 /// acknowledged (a route set of a few proxies is the rule; a list of thousands of
 /// one-byte entries would come back as one Route line each).
@@ -472,8 +478,9 @@ pub const STRAY_ACK_ROUTES: usize = 16;
 /// where the 2xx came from (the route set's first hop in every deployment the node
 /// is in: a trunk's address), never to an address the 2xx names. None when the 2xx
 /// has no Contact naming a SIP URI, no From or To, more than [`STRAY_ACK_ROUTES`]
-/// Record-Route entries (the ACK is never much larger than the 2xx), or CSeq 1: the
-/// node's own new INVITEs (a forwarded leg, a callback) take CSeq 1, and a 2xx to one
+/// Record-Route entries (the ACK is never much larger than the 2xx), or
+/// [`FIRST_INVITE_CSEQ`]: the node's own new INVITEs (a forwarded leg, a callback) take
+/// it, and a 2xx to one
 /// whose call is gone (the node restarted meanwhile) is left unacknowledged, so that
 /// its sender hangs up after 32 s (RFC 3261 13.3.1.4) rather than keeping a callee
 /// connected to nobody; the core cannot send that BYE itself, not knowing whether a
@@ -484,7 +491,7 @@ pub fn ack_for_stray_2xx(
     transport: Transport,
     sent_by: SocketAddr,
 ) -> Option<RequestSpec> {
-    if cseq <= 1 {
+    if cseq <= FIRST_INVITE_CSEQ {
         return None;
     }
     let target = crate::parse::uri_of(header(resp, "Contact")?).trim();

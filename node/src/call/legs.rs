@@ -9,7 +9,7 @@
 
 use super::checkpoint::Dialog;
 use super::reliable::{Held, Out, Reliable, T1};
-use tsunagu_sip::build::{new_branch, new_call_id, new_tag, RequestSpec};
+use tsunagu_sip::build::{new_branch, new_call_id, new_tag, RequestSpec, FIRST_INVITE_CSEQ};
 use tsunagu_sip::parse::{
     has_option_tag, header, header_values, uri_addr, uri_of, Peer, Transport,
 };
@@ -252,7 +252,10 @@ impl ALeg {
             local_tag: new_tag(),
             remote_target,
             routes,
-            local_cseq: 0,
+            // Above the CSeq of the node's new INVITEs: a 2xx to its first re-INVITE
+            // of the caller was taken for one to a new INVITE, and left unacknowledged
+            // once the call was gone (a review).
+            local_cseq: FIRST_INVITE_CSEQ,
             final_sent: false,
             reliable: None,
             rearm: None,
@@ -801,7 +804,7 @@ impl BLeg {
             ),
             to: format!("<{uri}>"),
             call_id: new_call_id(),
-            cseq: 1,
+            cseq: FIRST_INVITE_CSEQ,
             contact: Some(contact(ep, o.peer.transport)),
             routes: Vec::new(),
             max_forwards: o.max_forwards,
@@ -819,7 +822,7 @@ impl BLeg {
             remote_target: None,
             routes: Vec::new(),
             next: o.peer,
-            cseq: 1,
+            cseq: FIRST_INVITE_CSEQ,
             last_sdp: Some(o.sdp.to_string()),
             last_ack: LastAck::default(),
             takes_update: true,
@@ -988,6 +991,29 @@ impl BLeg {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The node's first request to the caller (a refresh, a relayed re-INVITE) is
+    /// numbered above the CSeq of its new INVITEs, so the SIP core acknowledges a 2xx
+    /// to it that comes after the call ended (it leaves a 2xx with that CSeq alone:
+    /// `sip::build::ack_for_stray_2xx`).
+    #[test]
+    fn requests_to_the_caller_are_numbered_above_new_invites() {
+        let text = "INVITE sip:0501234567@127.0.0.1 SIP/2.0\r\n\
+Via: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bKa1\r\nFrom: <sip:a@127.0.0.1>;tag=1\r\n\
+To: <sip:0501234567@127.0.0.1>\r\nCall-ID: c1\r\nCSeq: 1 INVITE\r\n\
+Contact: <sip:a@127.0.0.1:5061>\r\nContent-Length: 0\r\n\r\n";
+        let (msg, info) = tsunagu_sip::parse::parse(text.as_bytes()).unwrap();
+        let tsunagu_sip::SipMessage::Request(invite) = msg else {
+            unreachable!()
+        };
+        let peer = Peer {
+            transport: tsunagu_sip::Transport::Udp,
+            addr: "127.0.0.1:5061".parse().unwrap(),
+        };
+        let key = TxKey::new(&info.branch, Method::Invite);
+        let mut a = ALeg::new(invite, info, peer, key, &|_| true);
+        assert!(a.next_cseq() > FIRST_INVITE_CSEQ);
+    }
 
     #[test]
     fn a_reliable_provisional_is_given_up_at_64_t1() {
