@@ -123,7 +123,6 @@ def warm_up(nodes, args, work):
              for i, (n, c) in enumerate(zip(nodes, calls))]
     for p in procs:
         p.wait()
-    idle(nodes)
     for i, (n, c) in enumerate(zip(nodes, calls)):
         ok, _, _ = uac_result(5061 + i, step_dir)
         if ok < c:

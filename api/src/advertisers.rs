@@ -157,8 +157,9 @@ pub async fn delete(
     }
 }
 
-/// The most keys one advertiser may hold (each a row read at every request it makes;
-/// a bound, like every list an API user can grow).
+/// The most keys one advertiser may hold (the operator's key listing, read at every
+/// key made, listed or revoked, holds them all; a bound, like every list an API user
+/// can grow).
 pub const KEYS_PER_ADVERTISER: usize = 20;
 
 /// `POST /v1/advertisers/{id}/keys`: a new key limited to this advertiser, shown once.
@@ -329,7 +330,9 @@ mod tests {
                 "",
             )
             .await;
+        assert_eq!(rec.status, StatusCode::NOT_FOUND, "{}", rec.text());
         assert!(!rec.text().contains("no such call"), "{}", rec.text());
+        assert!(rec.text().contains("recording"), "{}", rec.text());
         for (method, path) in [
             ("POST", format!("/v1/advertisers/{shop}/keys")),
             ("DELETE", format!("/v1/advertisers/{shop}")),

@@ -38,8 +38,10 @@ async fn authenticate(parts: &Parts, state: &ApiState) -> Result<(Principal, Str
         return Ok((Principal::Admin, String::new()));
     }
     let hash = tsunagu_store::hash_api_key(token);
-    // Each kind of key is found only as its kind (an advertiser's is hashed with a
-    // label of its own, see `hash_api_key`).
+    // Each kind of key is found only as its kind: an advertiser's is hashed with a
+    // label of its own (see `hash_api_key`), so a row of the other kind cannot match;
+    // the kind is checked again against the row all the same, so that a row written
+    // with the wrong kind (an older node's, say) is refused rather than trusted.
     let advertisers = token.starts_with(tsunagu_store::ADVERTISER_KEY_PREFIX);
     let looked_up = hash.clone();
     let principal = match db(state, move |s| s.key_owner(&looked_up)).await? {

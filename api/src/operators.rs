@@ -143,7 +143,8 @@ pub(crate) fn key_parts(key: String) -> (String, String, String) {
     (key, hash, prefix)
 }
 
-/// `tsk_` and 8 characters: enough to tell keys apart, 32 of the key's 128 bits.
+/// `tsk_` (an advertiser's key: `tsa_`) and 8 characters: enough to tell keys apart,
+/// 32 of the key's 128 bits.
 const KEY_PREFIX_CHARS: usize = 12;
 
 /// A key as listed: `advertiser_id` names the advertiser an advertiser's key is

@@ -1,4 +1,5 @@
-//! `GET /v1/calls/stream` (operator key): the operator's calls as server-sent events,
+//! `GET /v1/calls/stream` (an operator's key: the operator's calls; an advertiser's:
+//! that advertiser's) as server-sent events,
 //! from every node of the cluster: `call.started` (admitted), `call.queued` (waiting
 //! for a line), `call.ringing` (offered to a destination: the record names it),
 //! `call.answered` and `call.ended` (the final record). The incoming-call screen
@@ -16,7 +17,8 @@
 //!
 //! Bounded: streams in all and per operator (`api.max_streams`,
 //! `api.max_streams_per_operator`), each cut after `api.stream_max_seconds` (a client
-//! reconnects) or when its client stops reading for `api.export_send_timeout_seconds`;
+//! reconnects) or when its client stops reading for `api.export_send_timeout_seconds`,
+//! and ended (`stream.closed`) when its key is revoked, looked up every few reads;
 //! each read takes at most [`MAX_CALLS`] calls in progress and as many recent ends.
 
 use crate::auth::CallReader;
@@ -401,12 +403,10 @@ async fn produce(
             )
         })
         .await;
-        let (now_owner, got) = got.unwrap_or((
-            None,
-            Err(tsunagu_store::StoreError::Unavailable(
-                "the read task failed".into(),
-            )),
-        ));
+        let (now_owner, got) = got.unwrap_or_else(|_| {
+            let failed = tsunagu_store::StoreError::Unavailable("the read task failed".into());
+            (None, Err(failed))
+        });
         if let Some(Ok(now)) = now_owner {
             if now.as_ref() != Some(&owner) {
                 let closed = "event: stream.closed\ndata: {\"reason\":\"key revoked\"}\n\n";

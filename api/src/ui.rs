@@ -1,11 +1,11 @@
 //! The web screens (SPEC 5.5), served by every node's API: the incoming-call screen
 //! (着信通知画面, `/ui/live`: calls as they ring and are answered, from the live call
 //! stream) and the call log screen (`/ui/calls`: search, sort, CSV download, a call's
-//! recording played in the page). Static
-//! pages with no data of their own: the script calls the API with the operator's key,
-//! which the user types in (or opens with a `#key=` fragment), kept in the tab's
-//! session storage. A strict content security policy allows only this node's own
-//! scripts, styles and API.
+//! recording played in the page). Static pages with no data of their own: the script
+//! calls the API with an operator's key or an advertiser's (that advertiser's calls
+//! alone), which the user types in (or opens with a `#key=` fragment), kept in the
+//! tab's session storage. A strict content security policy allows only this node's
+//! own scripts, styles and API.
 //!
 //! Each screen is its `<main>` (`ui/<screen>.html`) in the page every screen shares
 //! (`ui/shell.html`: the header, the navigation between the screens, the key form),

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Pools several side-by-side runs: one table per rate, the tail over every sample.
 
-A step's probe sends 10 calls a second, so a 20 s step's p99 is its second-slowest
+A step's probe sends 10 calls a second, so a 20 s step's p99 is its third-slowest
 call of 200 and two runs of the same binary on this machine differ by more than the
 two servers do. This reads the raw samples of the steps of several runs (each a
 directory `run.sh` wrote, with `<mode>-<rate>/` steps in it) and gives, per rate and
@@ -26,38 +26,17 @@ Nothing is run; it only reads what the runs left.
 """
 import glob
 import json
-import math
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from probe_tail import read_trace  # noqa: E402
+# The harness's own nearest-rank percentile, and its bound on "not ours" (% of a core)
+# above which a step is noise (it repeats such a step).
+from bench import OTHER_CPU_RETRY as NOISY, pct, rtt_samples  # noqa: E402
 
 MODES = (("proxy", "Kamailio"), ("tsunagu", "tsunagu"))
-# "Not ours" above this (% of a core) makes a step noise (bench.py repeats such a step).
-NOISY = 20.0
-
-
-def pct(vals, q):
-    """Nearest rank, as bench.py counts it."""
-    if not vals:
-        return None
-    vals = sorted(vals)
-    return vals[min(len(vals) - 1, max(0, math.ceil(q * len(vals) / 100.0) - 1))]
-
-
-def sipp_setup(step):
-    """SIPp's response time 1 (INVITE sent -> 200 received), every call, in ms."""
-    out = []
-    for fn in glob.glob(os.path.join(step, "uac_*_rtt.csv")):
-        with open(fn) as f:
-            next(f, None)
-            for line in f:
-                p = line.strip().split(";")
-                if len(p) == 3 and p[2] == "1":
-                    out.append(float(p[1]))
-    return out
 
 
 def probe(step):
@@ -77,7 +56,9 @@ def pool(runs):
         for fn in sorted(glob.glob(os.path.join(run, "*", "result.json"))):
             with open(fn) as f:
                 r = json.load(f)
-            if r.get("mode") not in dict(MODES):
+            # Plain steps only: not those with SIPp's built-in scenarios, Kamailio's
+            # dialog module or a label suffix (`bench.py ladder --builtin/--dialog/--suffix`).
+            if r.get("mode") not in dict(MODES) or r.get("label") != f"{r['mode']}-{r['rate']}":
                 continue
             step = os.path.dirname(fn)
             a = acc.setdefault((r["mode"], r["rate"]), {
@@ -89,7 +70,7 @@ def pool(runs):
             a["retrans"] += r["retransmissions"]
             a["not_ours"] = max(a["not_ours"], r["cpu_pct_of_core"].get("other") or 0.0)
             a["clean"] &= r["success_pct"] >= 100.0 and r["retransmissions"] == 0
-            a["setup"] += sipp_setup(step)
+            a["setup"] += rtt_samples(step, "uac_rr").get("1", [])
             i100, i200 = probe(step)
             a["inv100"] += i100
             a["inv200"] += i200

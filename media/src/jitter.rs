@@ -6,9 +6,9 @@
 //! The static audio payload types with an 8 kHz RTP clock are measured ([`measured`]:
 //! G.711, G.729, G.722, whose RTP clock is 8 kHz though it samples at 16, GSM, G.723,
 //! G.728, DVI4/8000, LPC, QCELP; RFC 3551 table 4): a dynamic type's clock is whatever
-//! the SDP's rtpmap says,
-//! which the relay does not read; comfort noise comes in silences' own rhythm and
-//! telephone-events reuse timestamps on purpose, so neither is measured. Arrival
+//! the SDP's rtpmap says, which the relay does not read; comfort noise comes in
+//! silences' own rhythm and telephone-events reuse timestamps on purpose, so neither
+//! is measured. Arrival
 //! times are the relay's wake-up time (packets read in one burst share it), in
 //! microseconds.
 

@@ -52,7 +52,8 @@ pub struct RelayStats {
     pub lost_a_to_b: AtomicU64,
     pub lost_b_to_a: AtomicU64,
     /// The highest interarrival jitter estimate (RFC 3550) of the audio each side sent
-    /// (the formats [`crate::jitter::measured`]), in microseconds, plus one (0: not measured; see [`crate::jitter`]).
+    /// (the formats [`crate::jitter::measured`]), in microseconds, plus one (0: not
+    /// measured; see [`crate::jitter`]).
     pub jitter_a_us: AtomicU64,
     pub jitter_b_us: AtomicU64,
     /// RTP packets accepted from either party (relayed or not: a prompt may be playing
@@ -1177,9 +1178,8 @@ mod tests {
 
     /// Jitter is measured per direction from what each side sends: G.711 from the
     /// caller whose timestamps run 200 ms apart while the packets come at once reads
-    /// as jitter on the caller's side; the callee's G.729 (an 8 kHz RTP clock too,
-    /// measured since 2026-12-07 late), its timestamps 100 ms apart, on the callee's:
-    /// each direction its own figure.
+    /// as jitter on the caller's side; the callee's G.729 (an 8 kHz RTP clock too),
+    /// its timestamps 100 ms apart, on the callee's: each direction its own figure.
     #[tokio::test]
     async fn jitter_is_measured_per_direction() {
         let pool = pool(41720);

@@ -16,7 +16,8 @@ pub struct Operator {
 pub struct ApiKey {
     pub id: String,
     pub operator_id: String,
-    /// `tsk_` and the next 8 characters; None for keys made before prefixes were kept.
+    /// `tsk_` (`tsa_` for an advertiser's key) and the next 8 characters; None for keys
+    /// made before prefixes were kept.
     pub prefix: Option<String>,
     pub created_at: i64,
     /// The one advertiser the key is limited to (it reads that advertiser's calls,

@@ -1276,6 +1276,18 @@ impl Drop for SmtpServer {
     }
 }
 
+/// Chromium as every browser test runs it: headless, in a container, with nothing
+/// of its own reaching out (the profile is each test's own).
+const CHROMIUM_FLAGS: [&str; 7] = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--no-first-run",
+    "--disable-extensions",
+];
+
 /// Loads `url` in real headless Chromium (Debian's `chromium`), lets the page's scripts
 /// and timers run for `virtual_ms` of virtual time, and returns the resulting DOM.
 pub fn chromium_dom(url: &str, profile: &Path, virtual_ms: u32) -> String {
@@ -1283,15 +1295,7 @@ pub fn chromium_dom(url: &str, profile: &Path, virtual_ms: u32) -> String {
     let out = Command::new("timeout")
         .arg("90")
         .arg("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-dev-shm-usage",
-            "--disable-background-networking",
-            "--no-first-run",
-            "--disable-extensions",
-        ])
+        .args(CHROMIUM_FLAGS)
         .arg(format!("--user-data-dir={}", profile.display()))
         .arg(format!("--virtual-time-budget={virtual_ms}"))
         .arg("--dump-dom")
@@ -1347,11 +1351,9 @@ impl Browser {
         }
         let caps = serde_json::json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
-            "goog:chromeOptions": {"args": [
-                "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--no-first-run", "--disable-extensions", "--disable-background-networking",
-                format!("--user-data-dir={}", browser._profile.path().display()),
-            ]},
+            "goog:chromeOptions": {"args": CHROMIUM_FLAGS.iter().map(|f| f.to_string())
+                .chain([format!("--user-data-dir={}", browser._profile.path().display())])
+                .collect::<Vec<_>>()},
         }}});
         let made = webdriver(port, "POST", "/session", Some(&caps.to_string()))
             .expect("a WebDriver session");

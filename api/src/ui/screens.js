@@ -316,7 +316,6 @@ function calls(key) {
     length.className = "duration";
     audio.addEventListener("loadedmetadata", () => {
       length.textContent = " " + seconds(audio.duration * 1000);
-      audio.dataset.duration = String(audio.duration);
     });
     audio.addEventListener("error", () => { length.textContent = " (the browser cannot play it)"; });
     audio.src = URL.createObjectURL(blob);

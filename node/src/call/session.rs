@@ -191,7 +191,8 @@ pub(super) struct SessionTimer {
     pub by_node: bool,
     /// When it sends its next refresh.
     send: Option<TimerId>,
-    /// The node's refreshes refused since the last that went through (see
+    /// The node's refreshes refused since the last that went through, each counted
+    /// for the tries' shares its wait spans (see [`SessionTimer::refused`],
     /// [`Call::refresh_refused`]).
     refusals: u8,
     /// The caller's Min-SE from a 422 to the node's refresh: named in the node's
@@ -216,7 +217,7 @@ pub(super) struct SessionTimer {
     /// refresh: a live torture run). Checkpointed.
     pub callee_by_node: bool,
     /// The node's refreshes of the callee's leg refused since the last that went
-    /// through (see [`Call::callee_refresh_refused`]).
+    /// through, counted as `refusals` is (see [`Call::callee_refresh_refused`]).
     callee_refusals: u8,
 }
 
@@ -652,9 +653,9 @@ impl Call {
     }
 
     /// Who refreshes the caller's leg after a refresh relayed from `from` was answered
-    /// 2xx naming `answered` (its Session-Expires) and its sender told `passed` (see [`answer_headers`]): (whether the node
-    /// does, whether the caller does, whether the node refreshes the callee's leg
-    /// too; None: unchanged). From the caller: a caller that asked the node's side
+    /// by a 2xx naming `answered` (its Session-Expires) and its sender told `passed`
+    /// (see [`answer_headers`]): (whether the node does, whether the caller does,
+    /// whether the node refreshes the callee's leg too; None: unchanged). From the caller: a caller that asked the node's side
     /// to refresh and was told so while the callee named the node's side as well has
     /// the node refresh both legs (RFC 4028 9: the caller keeps `uas`); a callee
     /// answering with its own timer refreshes, or has the caller refresh (its

@@ -186,12 +186,13 @@ pub enum AfterRefusal {
     GiveUp,
 }
 
-/// How many refusals in a row the node's own refresh is sent again after.
+/// How many refusals in a row the node's own refresh is sent again after (a refusal
+/// whose wait spans several tries' shares counts for each: see [`shares_of`]).
 pub const REFRESH_TRIES: u8 = 3;
 
-/// Decides [`AfterRefusal`] for the `refusals`-th refusal in a row (from 1) with
-/// `code` and the response's `min_se` and `retry_after` (seconds), of a session of
-/// `interval` s. A passing refusal's `Retry-After` (a 500 or 503 saying when to come
+/// Decides [`AfterRefusal`] for the `refusals`-th refusal in a row (from 1; as
+/// counted with [`shares_of`]) with `code` and the response's `min_se` and
+/// `retry_after` (seconds), of a session of `interval` s. A passing refusal's `Retry-After` (a 500 or 503 saying when to come
 /// back, RFC 3261 21.5.4) is waited for as far as one more try still fits before the
 /// session's check: a callee's leg refreshed again a second later was refused again,
 /// each try a CSeq (a live torture run). At most

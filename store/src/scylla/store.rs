@@ -842,7 +842,7 @@ impl Store for ScyllaStore {
 
     fn list_api_keys(&self, operator_id: &str) -> Result<Vec<ApiKey>> {
         let mut keys: Vec<ApiKey> = self
-            .wait(self.inner.rows::<KeyRow>(q::KEYS_OF, (operator_id,)))?
+            .wait(self.inner.keys_of(operator_id, None))?
             .into_iter()
             .map(|(id, _, prefix, created_at, advertiser_id)| ApiKey {
                 id,
@@ -858,10 +858,7 @@ impl Store for ScyllaStore {
 
     fn revoke_api_key(&self, operator_id: &str, key_id: &str) -> Result<bool> {
         self.wait(async {
-            let keys = self
-                .inner
-                .rows::<KeyRow>(q::KEYS_OF, (operator_id,))
-                .await?;
+            let keys = self.inner.keys_of(operator_id, None).await?;
             let Some((_, hash, _, _, _)) = keys.into_iter().find(|k| k.0 == key_id) else {
                 return Ok(false);
             };

@@ -57,6 +57,32 @@ fn unavailable(e: rusqlite::Error) -> StoreError {
     }
 }
 
+/// Writes `key` (an operator's, or with its `advertiser_id` an advertiser's) under
+/// `hash`.
+fn insert_key(c: &Connection, key: &ApiKey, hash: &str) -> rusqlite::Result<usize> {
+    c.execute(
+        "INSERT INTO api_keys (key_hash, operator_id, created_at, id, prefix, advertiser_id) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            hash,
+            key.operator_id,
+            key.created_at,
+            key.id,
+            key.prefix,
+            key.advertiser_id
+        ],
+    )
+}
+
+/// A key's write failed: a key of that hash or id exists (409), or the store is out.
+fn key_error(e: rusqlite::Error) -> StoreError {
+    if is_unique_violation(&e) {
+        StoreError::Conflict("api key".into())
+    } else {
+        unavailable(e)
+    }
+}
+
 /// A UNIQUE or PRIMARY KEY violation (not, say, a foreign key: that is a bug, not a conflict).
 fn is_unique_violation(e: &rusqlite::Error) -> bool {
     const SQLITE_CONSTRAINT_PRIMARYKEY: i32 = 1555;
@@ -580,19 +606,8 @@ impl Store for SqliteStore {
 
     fn add_api_key(&self, operator_id: &str, key_hash: &str, prefix: &str) -> Result<ApiKey> {
         let key = ApiKey::new(operator_id, prefix, None);
-        self.write(|c| {
-            c.execute(
-                "INSERT INTO api_keys (key_hash, operator_id, created_at, id, prefix) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![key_hash, key.operator_id, key.created_at, key.id, key.prefix],
-            )
-        })
-        .map_err(|e| {
-            if is_unique_violation(&e) {
-                StoreError::Conflict("api key".into())
-            } else {
-                unavailable(e)
-            }
-        })?;
+        self.write(|c| insert_key(c, &key, key_hash))
+            .map_err(key_error)?;
         Ok(key)
     }
 
@@ -627,21 +642,11 @@ impl Store for SqliteStore {
                     "advertiser {advertiser_id} has {held} keys, the most it may have: revoke one first"
                 ))));
             }
-            tx.execute(
-                "INSERT INTO api_keys (key_hash, operator_id, created_at, id, prefix, advertiser_id) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![key_hash, key.operator_id, key.created_at, key.id, key.prefix, key.advertiser_id],
-            )?;
+            insert_key(&tx, &key, key_hash)?;
             tx.commit()?;
             Ok(Ok(Some(key.clone())))
         })
-        .map_err(|e| {
-            if is_unique_violation(&e) {
-                StoreError::Conflict("api key".into())
-            } else {
-                unavailable(e)
-            }
-        })?
+        .map_err(key_error)?
     }
 
     fn key_owner(&self, key_hash: &str) -> Result<Option<KeyOwner>> {
