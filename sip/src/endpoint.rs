@@ -224,6 +224,19 @@ impl EndpointHandle {
     }
 }
 
+/// The node's address to name as the sender of a request of its own to `peer` (the
+/// ACK of a stray 2xx): a listener of the peer's transport, of the peer's address
+/// family where the node listens on both (an IPv6 peer given an IPv4 Via could not
+/// answer it), else the first of that transport; none where the node does not listen
+/// on that transport at all.
+fn sent_by_for(locals: &[(Transport, SocketAddr)], peer: Peer) -> Option<SocketAddr> {
+    let of_transport = || locals.iter().filter(|(t, _)| *t == peer.transport);
+    of_transport()
+        .find(|(_, a)| a.is_ipv4() == peer.addr.is_ipv4())
+        .or_else(|| of_transport().next())
+        .map(|(_, a)| *a)
+}
+
 /// The methods the node takes (the `Allow` of its OPTIONS answers and of its 405s):
 /// in a dialog, anything else (REFER, NOTIFY, MESSAGE, ...) is refused 405 rather
 /// than answered 200 and dropped.
@@ -665,14 +678,8 @@ impl Core {
     /// ACKs a 2xx to an INVITE that no call took (see [`build::ack_for_stray_2xx`]),
     /// back to where it came from.
     fn ack_stray_2xx(&mut self, resp: &Response, info: &Info, peer: Peer) {
-        // The node's address of that transport, of the 2xx's address family if it has one.
-        let of_transport = || self.locals.iter().filter(|(t, _)| *t == peer.transport);
-        let sent_by = of_transport()
-            .find(|(_, a)| a.is_ipv4() == peer.addr.is_ipv4())
-            .or_else(|| of_transport().next())
-            .map(|(_, a)| *a);
-        let Some(spec) =
-            sent_by.and_then(|by| build::ack_for_stray_2xx(resp, info.cseq, peer.transport, by))
+        let Some(spec) = sent_by_for(&self.locals, peer)
+            .and_then(|by| build::ack_for_stray_2xx(resp, info.cseq, peer.transport, by))
         else {
             return;
         };
@@ -1289,6 +1296,32 @@ CSeq: 2 INFO\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
                 assert!(answer.starts_with(want), "{call_id} {attempt}: {answer}");
                 assert_eq!(busy, answer.contains("Retry-After:"), "{answer}");
             }
+        }
+    }
+
+    /// Which of the node's listeners a request of its own names as its sender: the
+    /// peer's transport first, then the peer's address family among those.
+    #[test]
+    fn a_request_of_the_node_names_a_listener_of_the_peers_transport_and_family() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let udp4 = (Transport::Udp, a("192.0.2.1:5060"));
+        let udp6 = (Transport::Udp, a("[2001:db8::1]:5060"));
+        let tcp4 = (Transport::Tcp, a("192.0.2.1:5060"));
+        let v4 = a("198.51.100.7:5060");
+        let v6 = a("[2001:db8::7]:5060");
+        let peer = |transport, addr| Peer { addr, transport };
+        for (locals, to, want) in [
+            (vec![udp4, udp6], peer(Transport::Udp, v4), Some(udp4.1)),
+            (vec![udp4, udp6], peer(Transport::Udp, v6), Some(udp6.1)),
+            (vec![udp6, udp4], peer(Transport::Udp, v4), Some(udp4.1)),
+            // Only the other family listens: the first of the transport all the same.
+            (vec![udp4], peer(Transport::Udp, v6), Some(udp4.1)),
+            // The transport decides before the family.
+            (vec![tcp4, udp6], peer(Transport::Udp, v4), Some(udp6.1)),
+            (vec![tcp4], peer(Transport::Udp, v4), None),
+            (vec![], peer(Transport::Udp, v4), None),
+        ] {
+            assert_eq!(sent_by_for(&locals, to), want, "{locals:?} to {to:?}");
         }
     }
 

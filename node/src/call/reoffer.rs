@@ -73,7 +73,8 @@ pub(super) struct Reoffer {
 /// a 405 without Allow; a review). Each is checked and written afresh, never a peer's
 /// text passed as it came: Min-SE (422, RFC 4028 6) as a number, Unsupported (420,
 /// RFC 3261 8.2.2.3) and Allow (405, 20.5) as lists of tokens, Retry-After (any
-/// refusal, 20.33) as its seconds alone.
+/// refusal, 20.33) as its seconds alone. A Min-SE below RFC 4028's least (90) is
+/// passed as it is: it is the refuser's floor, not the node's to raise.
 fn refusal_headers(resp: &Response, passed: u16) -> Vec<(&'static str, String)> {
     let mut out = Vec::new();
     // Every line of the header, each element a token, at most 32 of them.
@@ -742,6 +743,9 @@ mod tests {
             (422, "Min-SE:  600 \r\n", 422, &[("Min-SE", "600")]),
             (422, "Min-SE: 600;x=y\r\n", 422, &[]),
             (422, "Min-SE: 99999999999\r\n", 422, &[]),
+            // Below RFC 4028's least (90) it is still the refuser's floor, which the
+            // sender must meet to be taken: passed as it came, not raised.
+            (422, "Min-SE: 30\r\n", 422, &[("Min-SE", "30")]),
             // The node's own timer refused: 500 to a sender that never asked.
             (422, "Min-SE: 600\r\n", 500, &[]),
             (
