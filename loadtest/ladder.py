@@ -29,8 +29,15 @@ sip.udp_receive (auto, the default: the runtime reads SIP over UDP and a standby
 reads too while it is late; threads: receive threads always; runtime: the runtime
 alone); --udp-runtime is --udp-receive runtime.
 
+--stages prints, under each step, where a message's time inside the node went, from the
+node's own histograms (bucket bounds, so "<=0.2" means at most 0.2 ms): received ->
+taken by the SIP core (tsunagu_sip_queue_delay_seconds), admission -> the call's task
+running (tsunagu_call_start_delay_seconds), a call's command -> taken by the SIP core
+(tsunagu_sip_command_delay_seconds); p50 and p99 of each over the step.
+
 Usage: python3 loadtest/ladder.py [--rates 100,200,500] [--seconds 10] [--hold-ms 1000]
        [--node-cpus 0] [--sipp-cpus 1] [--shards N] [--workers N] [--udp-receive auto|threads|runtime]
+       [--stages]
 """
 import argparse, json, os, re, shutil, signal, statistics, subprocess, sys, tempfile, time, urllib.request
 
@@ -114,6 +121,45 @@ def percentile(values, p):
     return values[k]
 
 
+STAGES = (("queue", "tsunagu_sip_queue_delay_seconds"),
+          ("start", "tsunagu_call_start_delay_seconds"),
+          ("command", "tsunagu_sip_command_delay_seconds"))
+
+
+def buckets(port, name):
+    """A histogram's cumulative buckets: {upper bound in s: count}."""
+    out = {}
+    for labels, value in series(port, name + "_bucket").items():
+        m = re.search(r'le="([^"]+)"', labels)
+        if m:
+            out[float(m.group(1))] = value
+    return out
+
+
+def bucket_quantile(before, after, q):
+    """The upper bound (ms) of the bucket holding quantile q of what was observed
+    between two readings of one histogram; None when nothing was."""
+    bounds = sorted(after)
+    counts = [after[b] - before.get(b, 0.0) for b in bounds]
+    total = counts[-1] if counts else 0.0
+    if total <= 0:
+        return None
+    for b, c in zip(bounds, counts):
+        if c >= q * total:
+            return b * 1000.0
+    return float("inf")
+
+
+def stages_line(before, after):
+    parts = []
+    for label, name in STAGES:
+        b, a = before.get(name, {}), after.get(name, {})
+        p50, p99 = bucket_quantile(b, a, 0.5), bucket_quantile(b, a, 0.99)
+        fmt = lambda v: "-" if v is None else f"<={v:g}"
+        parts.append(f"{label} p50 {fmt(p50)} p99 {fmt(p99)}")
+    return "        stages (ms): " + ", ".join(parts)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rates", default="100,200,400,600,800,1000,1200,1500")
@@ -133,6 +179,8 @@ def main():
     ap.add_argument("--udp-receive", choices=["auto", "threads", "runtime"], default="",
                     help="sip.udp_receive (who reads SIP over UDP; default: the node's, auto)")
     ap.add_argument("--udp-runtime", action="store_true", help="--udp-receive runtime")
+    ap.add_argument("--stages", action="store_true",
+                    help="print p50/p99 of the node's queue, start and command delays under each step")
     args = ap.parse_args()
     node_pin = ["taskset", "-c", args.node_cpus] if args.node_cpus else []
     sipp_pin = ["taskset", "-c", args.sipp_cpus] if args.sipp_cpus else []
@@ -210,6 +258,7 @@ trunks = ["carrier-a"]
             refused0 = metric(8080, "tsunagu_sip_overload_rejections_total")
             repeats0 = metric(8080, "tsunagu_sip_overload_repeats_dropped_total")
             standby0 = metric(8080, "tsunagu_sip_udp_standby_engagements_total")
+            stages0 = {name: buckets(8080, name) for _, name in STAGES} if args.stages else {}
             t0 = time.time()
             step = os.path.join(work, f"step{rate}")
             os.makedirs(step, exist_ok=True)
@@ -259,6 +308,8 @@ trunks = ["carrier-a"]
             print(f"{rate:>7} {achieved:>9.0f} {total:>7} {100.0 * ok / max(1, calls):>8.2f}% {percentile(rtts, 50):>7.2f} {percentile(rtts, 95):>7.2f} "
                   f"{percentile(rtts, 99):>7.2f} {(cpu1 - cpu0) / 1e6 / handled:>12.3f} {rss_mib(node.pid):>8.1f} {not_ours:>10.1f}% {shard_busy:>11.1f}% {refused:>8.0f} {repeats:>8.0f} {standby:>8.0f}"
                   + ("" if not_ours <= NOISE_PCT else (" noisy: repeated" if rate in retried else " noisy: repeating")), flush=True)
+            if args.stages:
+                print(stages_line(stages0, {name: buckets(8080, name) for _, name in STAGES}), flush=True)
             if not_ours > NOISE_PCT and rate not in retried:
                 retried.add(rate)
                 steps.insert(0, rate)

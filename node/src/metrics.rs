@@ -172,7 +172,7 @@ impl Default for CallMetrics {
                 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0,
             ]),
             start_delay_seconds: Histogram::new([
-                0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0,
+                0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0,
             ]),
             actor_failures: Counter::default(),
             log_pending: Gauge::default(),
