@@ -720,6 +720,22 @@ fn http_as(
     headers: &[(&str, &str)],
 ) -> std::io::Result<Response> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    let raw = exchange(&mut s, host, method, path, token, body, headers)?;
+    Ok(Response::parse(&raw))
+}
+
+/// Sends one request (`Connection: close`) on `s` and reads its answer's bytes (see
+/// [`read_answer`]): what every HTTP client of the tests shares, whatever address it
+/// connects from and whatever it makes of the answer.
+pub fn exchange(
+    s: &mut TcpStream,
+    host: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &[u8],
+    headers: &[(&str, &str)],
+) -> std::io::Result<Vec<u8>> {
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut req = format!(
         "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n",
@@ -734,27 +750,7 @@ fn http_as(
     req.push_str("\r\n");
     s.write_all(req.as_bytes())?;
     s.write_all(body)?;
-    let raw = read_answer(&mut s)?;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let chunked = head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked");
-    let body = if chunked {
-        dechunk(rest)
-    } else {
-        rest.to_string()
-    };
-    Ok(Response {
-        status,
-        headers: head.to_string(),
-        body,
-    })
+    read_answer(s)
 }
 
 /// An HTTP answer's bytes: to the end of the connection, or of the body its
@@ -1783,47 +1779,47 @@ pub fn http_from(
     headers: &[(&str, &str)],
 ) -> std::io::Result<Response> {
     let mut s = connect_from(source, port, None)?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    if let Some(t) = token {
-        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
-    }
+    let mut all: Vec<(&str, &str)> = Vec::new();
     if !body.is_empty() {
-        req.push_str("Content-Type: application/json\r\n");
+        all.push(("Content-Type", "application/json"));
     }
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    req.push_str(body);
-    s.write_all(req.as_bytes())?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let chunked = head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked");
-    Ok(Response {
-        status,
-        headers: head.to_string(),
-        body: if chunked {
-            dechunk(rest)
-        } else {
-            rest.to_string()
-        },
-    })
+    all.extend_from_slice(headers);
+    let raw = exchange(
+        &mut s,
+        "127.0.0.1",
+        method,
+        path,
+        token,
+        body.as_bytes(),
+        &all,
+    )?;
+    Ok(Response::parse(&raw))
 }
 
 impl Response {
+    /// An answer as read: its status, its head, and its body (chunks joined).
+    fn parse(raw: &[u8]) -> Response {
+        let text = String::from_utf8_lossy(raw).into_owned();
+        let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let chunked = head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked");
+        Response {
+            status,
+            headers: head.to_string(),
+            body: if chunked {
+                dechunk(rest)
+            } else {
+                rest.to_string()
+            },
+        }
+    }
+
     /// A header's value (name case-insensitive).
     pub fn header(&self, name: &str) -> Option<String> {
         self.headers.lines().find_map(|l| {

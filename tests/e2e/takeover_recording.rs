@@ -5,7 +5,6 @@
 
 use crate::cluster_harness::*;
 use crate::party::Party;
-use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -140,14 +139,8 @@ fn recorded_seconds(path: &Path) -> f64 {
 /// GET over HTTP/1.1 keeping the body as bytes: (status, lower-cased head, body).
 fn get_bytes(port: u16, path: &str, token: &str) -> (u16, String, Vec<u8>) {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nAuthorization: Bearer {token}\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).expect("read the answer");
+    let raw = crate::harness::exchange(&mut s, "127.0.0.1", "GET", path, Some(token), b"", &[])
+        .expect("the answer");
     let end = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
