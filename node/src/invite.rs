@@ -1,11 +1,12 @@
 //! The caller's INVITE, parsed once into the typed view the node decides on
 //! ([`InviteView`]): admission refuses from it ([`InviteView::refusal`]: hop count 483,
-//! option tags 420, session interval 422, SDP offer 488) and the call takes it over
-//! (who is calling, the offer, the session timer, reliable provisionals), so no
-//! decision searches the headers again.
+//! route set 400, option tags 420, session interval 422, SDP offer 488) and the call
+//! takes it over (who is calling, the route set, the offer, the session timer, reliable
+//! provisionals), so no decision searches the headers again.
 
 use crate::decide::caller::{identify, normalize, Caller};
 use crate::decide::session_timer;
+use tsunagu_sip::build::route_set;
 use tsunagu_sip::parse::{has_option_tag, header, header_values, request_user, sdp_body};
 use tsunagu_sip::Request;
 
@@ -14,6 +15,10 @@ use tsunagu_sip::Request;
 pub struct InviteView {
     /// Max-Forwards as received; `None` when absent or not a number.
     pub max_forwards: Option<u32>,
+    /// The Record-Route entries in order (the caller's leg's route set); `None` when
+    /// there are more than [`MAX_ROUTE_SET`](tsunagu_sip::build::MAX_ROUTE_SET) (refused, and not
+    /// copied).
+    pub routes: Option<Vec<String>>,
     /// The dialled number (the Request-URI's user), normalised; empty without one.
     pub dialled: String,
     /// Required option tags we do not support, comma-separated ([`SUPPORTED`]).
@@ -37,6 +42,9 @@ pub struct InviteView {
 pub enum Refusal {
     /// 483: Max-Forwards reached 0.
     TooManyHops,
+    /// 400: more Record-Route entries than
+    /// [`MAX_ROUTE_SET`](tsunagu_sip::build::MAX_ROUTE_SET).
+    RouteSetTooLong,
     /// 420 with Unsupported listing these tags.
     Extensions(String),
     /// 422 with Min-SE: a session interval below the node's minimum.
@@ -54,6 +62,7 @@ impl Refusal {
     pub fn code_and_reason(&self) -> (u16, &'static str) {
         match self {
             Refusal::TooManyHops => (483, "too_many_hops"),
+            Refusal::RouteSetTooLong => (400, "route_set_too_long"),
             Refusal::Extensions(_) => (420, "extension_required"),
             Refusal::SessionTooSmall => (422, "session_interval_too_small"),
             Refusal::NoOffer => (488, "no_sdp_offer"),
@@ -73,6 +82,7 @@ impl InviteView {
     pub fn of(req: &Request) -> InviteView {
         InviteView {
             max_forwards: header(req, "Max-Forwards").and_then(|m| m.trim().parse().ok()),
+            routes: route_set(req),
             dialled: request_user(req).map(|u| normalize(&u)).unwrap_or_default(),
             unsupported: unsupported_requirements(&header_values(req, "Require")),
             requires_100rel: has_option_tag(req, "Require", "100rel"),
@@ -86,10 +96,13 @@ impl InviteView {
     }
 
     /// The first reason to refuse the INVITE for what it asks, in this order: hop
-    /// count, option tags, session interval (below `min_se`), SDP offer.
+    /// count, route set, option tags, session interval (below `min_se`), SDP offer.
     pub fn refusal(&self, min_se: u32) -> Option<Refusal> {
         if self.max_forwards == Some(0) {
             return Some(Refusal::TooManyHops);
+        }
+        if self.routes.is_none() {
+            return Some(Refusal::RouteSetTooLong);
         }
         if let Some(tags) = &self.unsupported {
             return Some(Refusal::Extensions(tags.clone()));
@@ -239,6 +252,42 @@ Session-Expires: 1800;refresher=uac\r\nPrivacy: id\r\nP-Asserted-Identity: <sip:
         for (extra, body, want) in rows {
             assert_eq!(&view(extra, body).refusal(90), want, "{extra:?} {body:?}");
         }
+    }
+
+    /// A route set is kept up to `MAX_ROUTE_SET` entries, in order and over
+    /// however many lines; one more and the INVITE is refused, after the hop count
+    /// and before the rest.
+    #[test]
+    fn a_route_set_past_the_cap_is_refused() {
+        use tsunagu_sip::build::MAX_ROUTE_SET;
+        let entries = |n: usize| {
+            (0..n)
+                .map(|i| format!("<sip:p{i}.example;lr>"))
+                .collect::<Vec<_>>()
+        };
+        let full = entries(MAX_ROUTE_SET);
+        let (first, rest) = full.split_at(2);
+        let split = format!(
+            "Record-Route: {}\r\nRecord-Route: {}\r\n",
+            first.join(", "),
+            rest.join(",")
+        );
+        let kept = view(&split, SDP);
+        assert_eq!(kept.routes.as_ref(), Some(&full));
+        assert_eq!(kept.refusal(90), None);
+        let over = format!("Record-Route: {}\r\n", entries(MAX_ROUTE_SET + 1).join(","));
+        let refused = view(&over, SDP);
+        assert_eq!(refused.routes, None);
+        assert_eq!(refused.refusal(90), Some(Refusal::RouteSetTooLong));
+        let one_byte = format!("Record-Route: {}\r\n", vec!["a"; 8000].join(","));
+        assert_eq!(
+            view(&one_byte, SDP).refusal(90),
+            Some(Refusal::RouteSetTooLong)
+        );
+        let hops = format!("Max-Forwards: 0\r\n{over}");
+        assert_eq!(view(&hops, "").refusal(90), Some(Refusal::TooManyHops));
+        assert_eq!(view(&over, "").refusal(90), Some(Refusal::RouteSetTooLong));
+        assert_eq!(view("", SDP).routes, Some(Vec::new()));
     }
 
     #[test]

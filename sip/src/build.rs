@@ -464,10 +464,25 @@ pub fn reject_unparsed(raw: &[u8], code: u16, why: &str) -> Option<Vec<u8>> {
 /// [`ack_for_stray_2xx`]).
 pub const FIRST_INVITE_CSEQ: u32 = 1;
 
-/// The most Record-Route entries a 2xx that no call takes may carry and still be
-/// acknowledged (a route set of a few proxies is the rule; a list of thousands of
-/// one-byte entries would come back as one Route line each).
-pub const STRAY_ACK_ROUTES: usize = 16;
+/// The most Record-Route entries a route set the node keeps may hold: a caller's
+/// INVITE with more is refused (400), a callee's 2xx with more is hung up without
+/// its route set, and a 2xx that no call takes with more is not acknowledged. A route
+/// set of a few proxies is the rule; a header of thousands of one-byte entries (16 KiB
+/// of them fit in a message) was kept whole for the call, one string each, and came
+/// back as one Route line each in every request of the dialog: 80 KiB, past what a
+/// UDP datagram carries (a review).
+pub const MAX_ROUTE_SET: usize = 16;
+
+/// A message's Record-Route entries in order, trimmed, over every line of the header;
+/// `None` past [`MAX_ROUTE_SET`], counted before anything is copied.
+pub fn route_set<M: crate::parse::HasHeaders>(msg: &M) -> Option<Vec<String>> {
+    let entries =
+        || crate::parse::header_lines(msg, "Record-Route").flat_map(crate::parse::list_elements);
+    if entries().nth(MAX_ROUTE_SET).is_some() {
+        return None;
+    }
+    Some(entries().map(|r| r.trim().to_string()).collect())
+}
 
 /// The ACK of a 2xx to an INVITE that matches no call (RFC 3261 13.2.2.4): the call
 /// it belonged to has ended (a re-INVITE's 2xx that came after the node's BYE was
@@ -477,7 +492,7 @@ pub const STRAY_ACK_ROUTES: usize = 16;
 /// From, To (with its tag), Call-ID and the CSeq number, a new branch. It is sent back
 /// where the 2xx came from (the route set's first hop in every deployment the node
 /// is in: a trunk's address), never to an address the 2xx names. None when the 2xx
-/// has no Contact naming a SIP URI, no From or To, more than [`STRAY_ACK_ROUTES`]
+/// has no Contact naming a SIP URI, no From or To, more than [`MAX_ROUTE_SET`]
 /// Record-Route entries (the ACK is never much larger than the 2xx), or
 /// [`FIRST_INVITE_CSEQ`]: the node's own new INVITEs (a forwarded leg, a callback) take
 /// it, and a 2xx to one
@@ -503,11 +518,7 @@ pub fn ack_for_stray_2xx(
     if !sip_uri || target.contains(char::is_whitespace) {
         return None;
     }
-    let recorded = crate::parse::header_values(resp, "Record-Route");
-    if recorded.len() > STRAY_ACK_ROUTES {
-        return None;
-    }
-    let mut routes: Vec<String> = recorded.into_iter().map(|r| r.trim().to_string()).collect();
+    let mut routes = route_set(resp)?;
     routes.reverse();
     Some(RequestSpec {
         method: Method::Ack,

@@ -1375,7 +1375,7 @@ CSeq: 7 {method}\r\nContact: <sip:callee@{me};transport=udp>\r\nContent-Length: 
         }
         assert_eq!(metrics.stray_2xx_acked.get(), 2);
         let first = answer("first", "200 OK", "INVITE").replace("CSeq: 7 ", "CSeq: 1 ");
-        let many = (0..=crate::build::STRAY_ACK_ROUTES)
+        let many = (0..=crate::build::MAX_ROUTE_SET)
             .map(|i| format!("<sip:p{i}.example;lr>"))
             .collect::<Vec<_>>()
             .join(",");

@@ -313,6 +313,48 @@ fn a_callee_answer_without_sdp_is_hung_up_unless_an_18x_carried_it() {
     );
 }
 
+/// A route set past the cap (`sip::build::MAX_ROUTE_SET`, 16 entries): a caller's
+/// INVITE carrying one is refused 400 and reaches no callee; a callee's 200 carrying
+/// one is acknowledged and hung up without it (no Route line, where each entry would
+/// have been one: thousands of one-byte entries made 80 KiB requests), and the caller
+/// refused 502.
+#[test]
+fn a_route_set_past_the_cap_is_refused_or_hung_up() {
+    let ports = Ports::take();
+    let node = Node::start(ports, "127.0.0.1/32", "");
+    let (key, _) = node.provision("0501234567", DEST, "{}");
+    let callee = Callee::bind(ports);
+    let caller = Party::bind("127.0.0.1", ports.sip);
+    let long = format!("Record-Route: {}\n", vec!["<sip:a;lr>"; 17].join(","));
+
+    let invite = invite_with(&caller, "long-route-in", CALLER_SDP);
+    let invite = invite.replacen("Call-ID:", &format!("{long}Call-ID:"), 1);
+    assert!(invite.contains(&long), "{invite}");
+    caller.send(&invite);
+    let refused = caller.final_response();
+    assert!(refused.starts_with("SIP/2.0 400"), "{refused}");
+    assert_eq!(
+        node.metric("tsunagu_invites_rejected_total{code=\"400\",reason=\"route_set_too_long\"}"),
+        1.0
+    );
+
+    caller.send(&invite_with(&caller, "long-route-out", CALLER_SDP));
+    let invite = callee.expect("INVITE ");
+    callee.respond_with("t", &invite, "200 OK", &long, &sdp(4002));
+    let ack = callee.expect("ACK ");
+    let bye = callee.expect("BYE ");
+    for request in [&ack, &bye] {
+        assert!(!request.contains("\nRoute:"), "{request}");
+    }
+    callee.ok(&bye);
+    let refused = caller.final_response();
+    assert!(refused.starts_with("SIP/2.0 502"), "{refused}");
+    let calls = node.wait_for_calls(&key, 1);
+    assert_eq!(calls[0]["result"], "failed", "{}", calls[0]);
+    // The refused INVITE started no call (so reached no callee): one call in all.
+    assert_eq!(node.metric("tsunagu_calls_started_total"), 1.0);
+}
+
 /// In a dialog: REFER and MESSAGE get 405 with Allow and reach nobody; a request
 /// below the caller's last CSeq gets 500; a re-offer the node cannot anchor 488; a
 /// re-INVITE without SDP gets the callee's offer, and the callee's ACK waits for the

@@ -94,7 +94,8 @@ impl CallSink for Abandoned {
                     }
                     (Method::Invite, 200..=299) => {
                         let routing = &self.ctx.routing;
-                        leg.established(&response, &|ip| routing.is_trunk_address(ip));
+                        // Hung up whatever its route set (one past the cap is left out).
+                        let _ = leg.established(&response, &|ip| routing.is_trunk_address(ip));
                         leg.ack(&self.ep);
                         leg.bye(&self.ep);
                     }

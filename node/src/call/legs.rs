@@ -9,10 +9,10 @@
 
 use super::checkpoint::Dialog;
 use super::reliable::{Held, Out, Reliable, T1};
-use tsunagu_sip::build::{new_branch, new_call_id, new_tag, RequestSpec, FIRST_INVITE_CSEQ};
-use tsunagu_sip::parse::{
-    has_option_tag, header, header_values, uri_addr, uri_of, Peer, Transport,
+use tsunagu_sip::build::{
+    new_branch, new_call_id, new_tag, route_set, RequestSpec, FIRST_INVITE_CSEQ,
 };
+use tsunagu_sip::parse::{has_option_tag, header, uri_addr, uri_of, Peer, Transport};
 use tsunagu_sip::transaction::TxKey;
 use tsunagu_sip::{EndpointHandle, Info, Method, Request, Response};
 
@@ -223,22 +223,20 @@ pub struct ALeg {
 }
 
 impl ALeg {
-    /// The caller's leg of `invite`; `allowed` says which addresses its requests may
-    /// be sent to (trunks').
+    /// The caller's leg of `invite`, with its route set `routes` (the INVITE's
+    /// Record-Route as admission read it, within `MAX_ROUTE_SET`); `allowed` says which
+    /// addresses its requests may be sent to (trunks').
     pub fn new(
         invite: Request,
         info: Info,
         peer: Peer,
         key: TxKey,
+        routes: Vec<String>,
         allowed: &dyn Fn(std::net::IpAddr) -> bool,
     ) -> ALeg {
         let remote_target = header(&invite, "Contact")
             .map(|c| uri_of(c).to_string())
             .unwrap_or_default();
-        let routes: Vec<String> = header_values(&invite, "Record-Route")
-            .into_iter()
-            .map(str::to_string)
-            .collect();
         let next = next_hop(&routes, &remote_target, peer, allowed);
         let takes_update = takes_update(&invite);
         ALeg {
@@ -870,19 +868,29 @@ impl BLeg {
     }
 
     /// Records the dialog a 2xx established; `allowed` says which addresses its
-    /// requests may be sent to (trunks').
-    pub fn established(&mut self, resp: &Response, allowed: &dyn Fn(std::net::IpAddr) -> bool) {
+    /// requests may be sent to (trunks'). False when the 2xx's route set is past
+    /// `MAX_ROUTE_SET`: the dialog is then kept without it (its ACK and BYE go to where
+    /// the 2xx came from, one line each, rather than a Route line per entry), and the
+    /// caller hangs it up.
+    pub fn established(
+        &mut self,
+        resp: &Response,
+        allowed: &dyn Fn(std::net::IpAddr) -> bool,
+    ) -> bool {
         self.to = header(resp, "To").map(str::to_string);
         self.takes_update = takes_update(resp);
         self.remote_target = header(resp, "Contact").map(|c| uri_of(c).to_string());
-        let mut rr: Vec<String> = header_values(resp, "Record-Route")
-            .into_iter()
-            .map(str::to_string)
-            .collect();
-        rr.reverse();
-        self.routes = rr;
+        let recorded = route_set(resp);
+        let usable = recorded.is_some();
+        self.routes = recorded.unwrap_or_default();
+        self.routes.reverse();
         let target = self.target();
-        self.next = next_hop(&self.routes, &target, self.peer, allowed);
+        self.next = if usable {
+            next_hop(&self.routes, &target, self.peer, allowed)
+        } else {
+            self.peer
+        };
+        usable
     }
 
     /// Whether a 2xx to our INVITE is of the dialog this leg keeps: any before one is
@@ -901,7 +909,8 @@ impl BLeg {
         allowed: &dyn Fn(std::net::IpAddr) -> bool,
     ) {
         let mut fork = self.clone();
-        fork.established(resp, allowed);
+        // Hung up whatever its route set (one past the cap is left out).
+        let _ = fork.established(resp, allowed);
         fork.ack(ep);
         fork.bye(ep);
     }
@@ -1011,7 +1020,7 @@ Contact: <sip:a@127.0.0.1:5061>\r\nContent-Length: 0\r\n\r\n";
             addr: "127.0.0.1:5061".parse().unwrap(),
         };
         let key = TxKey::new(&info.branch, Method::Invite);
-        let mut a = ALeg::new(invite, info, peer, key, &|_| true);
+        let mut a = ALeg::new(invite, info, peer, key, Vec::new(), &|_| true);
         assert!(a.next_cseq() > FIRST_INVITE_CSEQ);
     }
 

@@ -498,8 +498,17 @@ impl Call {
                     return;
                 }
                 let routing = &self.ctx.routing;
-                b.established(&resp, &|ip| routing.is_trunk_address(ip));
+                let usable = b.established(&resp, &|ip| routing.is_trunk_address(ip));
                 b.ack(&ep);
+                if !usable && self.phase == Phase::Trying {
+                    // A route set past the cap: no request of the dialog could be sent
+                    // (one Route line per entry), so it is not taken. Hung up, and the
+                    // attempt failed.
+                    tracing::warn!("the callee answered with a route set past the cap; hung up");
+                    b.bye(&ep);
+                    self.stop_ring_timer();
+                    return self.after_failure(Failure::UnusableAnswer);
+                }
                 if self.phase != Phase::Trying {
                     // Answered after the caller gave up: hang up the callee.
                     b.bye(&ep);

@@ -556,6 +556,7 @@ impl Call {
             invite.info,
             invite.peer,
             invite.key,
+            view.routes.clone().unwrap_or_default(),
             &|ip| routing.is_trunk_address(ip),
         );
         if view.requires_100rel {
