@@ -729,6 +729,8 @@ fn a_200_the_caller_never_acknowledges_is_logged_without_talk_time() {
 
 /// A forked INVITE answered twice (two To tags): the node keeps the first dialog and
 /// ACKs and hangs up the second on its own dialog (RFC 3261 13.2.2.4); the call goes on.
+/// The second fork's 200 sent again (its ACK lost) is ACKed again, not hung up again
+/// (each BYE a transaction: one per copy of a repeated 2xx, a review).
 #[test]
 fn a_second_fork_that_answers_is_acked_and_hung_up() {
     let (_ports, node, callee, caller) = raw_parties();
@@ -746,6 +748,9 @@ fn a_second_fork_that_answers_is_acked_and_hung_up() {
     let fork_bye = callee.expect("BYE ");
     assert!(fork_bye.contains("tag=forktag"), "{fork_bye}");
     callee.ok(&fork_bye);
+    callee.respond_as("forktag", &invite, "200 OK", &sdp(4008));
+    let again = callee.expect("ACK ");
+    assert!(again.contains("tag=forktag"), "{again}");
     let node_tag = caller.ack_answer("forked");
     assert_eq!(
         node.metric("tsunagu_active_calls"),

@@ -94,10 +94,7 @@ impl CallSink for Abandoned {
                     }
                     (Method::Invite, 200..=299) => {
                         let routing = &self.ctx.routing;
-                        // Hung up whatever its route set (one past the cap is left out).
-                        let _ = leg.established(&response, &|ip| routing.is_trunk_address(ip));
-                        leg.ack(&self.ep);
-                        leg.bye(&self.ep);
+                        leg.hang_up_answer(&self.ep, &response, &|ip| routing.is_trunk_address(ip));
                     }
                     // A failure (487 after our CANCEL), ACKed by the transaction.
                     (Method::Invite, _) => self.done(&leg),

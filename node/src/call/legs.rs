@@ -699,7 +699,14 @@ pub struct BLeg {
     last_ack: LastAck,
     /// The callee takes UPDATE in the dialog (see [`takes_update`]), from its 2xx.
     takes_update: bool,
+    /// To tags of the dialogs [`BLeg::hang_up_answer`] hung up, the latest
+    /// [`HUNG_UP_KEPT`].
+    hung_up: Vec<String>,
 }
+
+/// How many hung-up dialogs a leg remembers (see [`BLeg::hang_up_answer`]): forks of
+/// one INVITE are a handful.
+const HUNG_UP_KEPT: usize = 8;
 
 impl Leg for BLeg {
     fn refresh_target(
@@ -824,6 +831,7 @@ impl BLeg {
             last_sdp: Some(o.sdp.to_string()),
             last_ack: LastAck::default(),
             takes_update: true,
+            hung_up: Vec::new(),
         }
     }
 
@@ -900,10 +908,14 @@ impl BLeg {
         kept.is_none() || header(resp, "To").and_then(tag_of) == kept
     }
 
-    /// A 2xx from a fork of our INVITE this leg does not keep (another To tag, RFC 3261
-    /// 13.2.2.4): ACKed and hung up on its own dialog, the kept one untouched.
-    pub fn end_fork(
-        &self,
+    /// A 2xx this leg does not keep (a fork of our INVITE with another To tag, RFC
+    /// 3261 13.2.2.4; the answer to an attempt the call has left): ACKed and hung up on
+    /// its own dialog, this leg's untouched. A repeat of one already hung up (the same
+    /// To tag: its ACK was lost) is ACKed again and not hung up again: each BYE is a
+    /// transaction held 32 s, and a peer repeating a forked 2xx had one made per copy
+    /// (a review).
+    pub fn hang_up_answer(
+        &mut self,
         ep: &EndpointHandle,
         resp: &Response,
         allowed: &dyn Fn(std::net::IpAddr) -> bool,
@@ -912,6 +924,14 @@ impl BLeg {
         // Hung up whatever its route set (one past the cap is left out).
         let _ = fork.established(resp, allowed);
         fork.ack(ep);
+        let tag = header(resp, "To").and_then(tag_of).unwrap_or_default();
+        if self.hung_up.iter().any(|t| t == tag) {
+            return;
+        }
+        if self.hung_up.len() == HUNG_UP_KEPT {
+            self.hung_up.remove(0);
+        }
+        self.hung_up.push(tag.to_string());
         fork.bye(ep);
     }
 
@@ -993,6 +1013,7 @@ impl BLeg {
             last_sdp: Some(d.sdp.clone()),
             last_ack: LastAck::default(),
             takes_update: d.takes_update,
+            hung_up: Vec::new(),
         }
     }
 }

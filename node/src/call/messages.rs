@@ -484,7 +484,7 @@ impl Call {
                     // connected to nobody.
                     tracing::info!("a fork of the forwarded INVITE answered too; hung up");
                     let routing = &self.ctx.routing;
-                    b.end_fork(&ep, &resp, &|ip| routing.is_trunk_address(ip));
+                    b.hang_up_answer(&ep, &resp, &|ip| routing.is_trunk_address(ip));
                     return;
                 }
                 if self.phase == Phase::Answered || b.is_answered() {
