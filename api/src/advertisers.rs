@@ -207,17 +207,7 @@ pub async fn revoke_key(
     State(st): State<Arc<ApiState>>,
     Path((id, key_id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    let revoked = db(&st, move |s| {
-        let theirs = s
-            .list_api_keys(&op)?
-            .iter()
-            .any(|k| k.id == key_id && k.is_of(&id));
-        if !theirs {
-            return Ok(false);
-        }
-        s.revoke_api_key(&op, &key_id)
-    })
-    .await?;
+    let revoked = db(&st, move |s| s.revoke_api_key(&op, &key_id, Some(&id))).await?;
     if revoked {
         Ok(StatusCode::NO_CONTENT)
     } else {

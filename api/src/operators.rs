@@ -220,7 +220,7 @@ pub async fn revoke_key(
     Path((id, key_id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     may_manage_keys(&st, &who, &id)?;
-    if db(&st, move |s| s.revoke_api_key(&id, &key_id)).await? {
+    if db(&st, move |s| s.revoke_api_key(&id, &key_id, None)).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found("no such key"))

@@ -732,7 +732,10 @@ mod tests {
         };
         let mut mine = open(a.key.clone()).await;
         let mut theirs = open(other.clone()).await;
-        assert!(a.store.revoke_api_key(&a.operator, &other_id).unwrap());
+        assert!(a
+            .store
+            .revoke_api_key(&a.operator, &other_id, None)
+            .unwrap());
         let mut frames = String::new();
         wait_for(&mut theirs, &mut frames, "event: stream.closed").await;
         assert!(frames.contains("\"reason\":\"key revoked\""), "{frames}");

@@ -1365,14 +1365,17 @@ fn api_keys_are_listed_and_revoked(s: &dyn Store) {
     assert!(listed.contains(&k1) && listed.contains(&k2));
     assert!(s.list_api_keys(&b.id).unwrap().is_empty());
     assert!(
-        !s.revoke_api_key(&b.id, &k1.id).unwrap(),
+        !s.revoke_api_key(&b.id, &k1.id, None).unwrap(),
         "another operator's key"
     );
     assert_eq!(op_of_key(s, &h1), Some(a.id.clone()));
-    assert!(s.revoke_api_key(&a.id, &k1.id).unwrap());
+    assert!(s.revoke_api_key(&a.id, &k1.id, None).unwrap());
     assert_eq!(op_of_key(s, &h1), None, "revoked");
     assert_eq!(op_of_key(s, &h2), Some(a.id.clone()));
-    assert!(!s.revoke_api_key(&a.id, &k1.id).unwrap(), "already revoked");
+    assert!(
+        !s.revoke_api_key(&a.id, &k1.id, None).unwrap(),
+        "already revoked"
+    );
     assert_eq!(s.list_api_keys(&a.id).unwrap(), vec![k2]);
 }
 
@@ -1434,7 +1437,19 @@ fn advertiser_keys_are_limited_and_go_with_their_advertiser(s: &dyn Store) {
     let listed = s.list_api_keys(&a.id).unwrap();
     assert_eq!(listed.len(), 4, "{listed:?}");
     assert!(listed.contains(&k1) && listed.contains(&own) && listed.contains(&other));
-    assert!(s.revoke_api_key(&a.id, &k1.id).unwrap());
+    // Through an advertiser: its own keys only, not another's nor the operator's.
+    for (key, of) in [
+        (&k1.id, &cafe.id),
+        (&own.id, &shop.id),
+        (&other.id, &shop.id),
+    ] {
+        assert!(
+            !s.revoke_api_key(&a.id, key, Some(of)).unwrap(),
+            "{key} as {of}'s"
+        );
+    }
+    assert_eq!(s.list_api_keys(&a.id).unwrap().len(), 4, "nothing revoked");
+    assert!(s.revoke_api_key(&a.id, &k1.id, Some(&shop.id)).unwrap());
     assert_eq!(s.key_owner(&hash("k1")).unwrap(), None, "revoked");
     assert!(s.delete_advertiser(&a.id, &shop.id).unwrap());
     assert_eq!(

@@ -130,8 +130,15 @@ pub trait Store: Send + Sync + 'static {
     // API key management and capped issuance (the HTTP API's abuse defences).
     /// An operator's keys, oldest first (ids and prefixes, never the keys).
     fn list_api_keys(&self, operator_id: &str) -> Result<Vec<ApiKey>>;
-    /// Revokes one of the operator's keys at once; false if it has no such key.
-    fn revoke_api_key(&self, operator_id: &str, key_id: &str) -> Result<bool>;
+    /// Revokes one of the operator's keys at once, with `advertiser` only if it is
+    /// that advertiser's key (the advertiser's endpoint revokes its own keys alone);
+    /// false if there is no such key.
+    fn revoke_api_key(
+        &self,
+        operator_id: &str,
+        key_id: &str,
+        advertiser: Option<&str>,
+    ) -> Result<bool>;
     /// [`Store::issue_lease`] where a `session` may hold at most `caps.per_session`
     /// live leases of the pool and the client `caps.client` names at most its cap (an
     /// extension of a session's live lease is not a new one). SQLite checks both in

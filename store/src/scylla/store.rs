@@ -856,9 +856,14 @@ impl Store for ScyllaStore {
         Ok(keys)
     }
 
-    fn revoke_api_key(&self, operator_id: &str, key_id: &str) -> Result<bool> {
+    fn revoke_api_key(
+        &self,
+        operator_id: &str,
+        key_id: &str,
+        advertiser: Option<&str>,
+    ) -> Result<bool> {
         self.wait(async {
-            let keys = self.inner.keys_of(operator_id, None).await?;
+            let keys = self.inner.keys_of(operator_id, advertiser).await?;
             let Some((_, hash, _, _, _)) = keys.into_iter().find(|k| k.0 == key_id) else {
                 return Ok(false);
             };

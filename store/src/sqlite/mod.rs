@@ -690,8 +690,22 @@ impl Store for SqliteStore {
         })
     }
 
-    fn revoke_api_key(&self, operator_id: &str, key_id: &str) -> Result<bool> {
-        self.delete_owned("api_keys", operator_id, key_id)
+    fn revoke_api_key(
+        &self,
+        operator_id: &str,
+        key_id: &str,
+        advertiser: Option<&str>,
+    ) -> Result<bool> {
+        let n = self
+            .write(|c| {
+                c.execute(
+                    "DELETE FROM api_keys WHERE id = ?1 AND operator_id = ?2 \
+                     AND (?3 IS NULL OR advertiser_id = ?3)",
+                    params![key_id, operator_id, advertiser],
+                )
+            })
+            .map_err(unavailable)?;
+        Ok(n > 0)
     }
 
     fn issue_lease_capped(
@@ -2300,7 +2314,7 @@ mod tests {
         assert_eq!(keys.len(), 1);
         assert!(keys[0].id.starts_with("key_"), "{:?}", keys[0]);
         assert_eq!(keys[0].prefix, None);
-        assert!(store.revoke_api_key("op_old", &keys[0].id).unwrap());
+        assert!(store.revoke_api_key("op_old", &keys[0].id, None).unwrap());
         assert_eq!(store.key_owner("h").unwrap(), None);
     }
 
