@@ -15,10 +15,13 @@ use tsunagu_sip::Request;
 pub struct InviteView {
     /// Max-Forwards as received; `None` when absent or not a number.
     pub max_forwards: Option<u32>,
-    /// The Record-Route entries in order (the caller's leg's route set); `None` when
-    /// there are more than [`MAX_ROUTE_SET`](tsunagu_sip::build::MAX_ROUTE_SET) (refused, and not
-    /// copied).
-    pub routes: Option<Vec<String>>,
+    /// The Record-Route entries in order: the caller's leg's route set, which the
+    /// call takes over (empty after). Empty too when there are more than
+    /// [`MAX_ROUTE_SET`](tsunagu_sip::build::MAX_ROUTE_SET) (not copied:
+    /// `routes_past_cap`).
+    pub routes: Vec<String>,
+    /// The INVITE named more Record-Route entries than the cap (refused 400).
+    pub routes_past_cap: bool,
     /// The dialled number (the Request-URI's user), normalised; empty without one.
     pub dialled: String,
     /// Required option tags we do not support, comma-separated ([`SUPPORTED`]).
@@ -80,9 +83,11 @@ const SUPPORTED: [&str; 2] = ["timer", "100rel"];
 impl InviteView {
     /// Reads `req` once.
     pub fn of(req: &Request) -> InviteView {
+        let recorded = route_set(req);
         InviteView {
             max_forwards: header(req, "Max-Forwards").and_then(|m| m.trim().parse().ok()),
-            routes: route_set(req),
+            routes_past_cap: recorded.is_none(),
+            routes: recorded.unwrap_or_default(),
             dialled: request_user(req).map(|u| normalize(&u)).unwrap_or_default(),
             unsupported: unsupported_requirements(&header_values(req, "Require")),
             requires_100rel: has_option_tag(req, "Require", "100rel"),
@@ -101,7 +106,7 @@ impl InviteView {
         if self.max_forwards == Some(0) {
             return Some(Refusal::TooManyHops);
         }
-        if self.routes.is_none() {
+        if self.routes_past_cap {
             return Some(Refusal::RouteSetTooLong);
         }
         if let Some(tags) = &self.unsupported {
@@ -273,11 +278,11 @@ Session-Expires: 1800;refresher=uac\r\nPrivacy: id\r\nP-Asserted-Identity: <sip:
             rest.join(",")
         );
         let kept = view(&split, SDP);
-        assert_eq!(kept.routes.as_ref(), Some(&full));
+        assert_eq!((&kept.routes, kept.routes_past_cap), (&full, false));
         assert_eq!(kept.refusal(90), None);
         let over = format!("Record-Route: {}\r\n", entries(MAX_ROUTE_SET + 1).join(","));
         let refused = view(&over, SDP);
-        assert_eq!(refused.routes, None);
+        assert_eq!((refused.routes.len(), refused.routes_past_cap), (0, true));
         assert_eq!(refused.refusal(90), Some(Refusal::RouteSetTooLong));
         let one_byte = format!("Record-Route: {}\r\n", vec!["a"; 8000].join(","));
         assert_eq!(
@@ -287,7 +292,9 @@ Session-Expires: 1800;refresher=uac\r\nPrivacy: id\r\nP-Asserted-Identity: <sip:
         let hops = format!("Max-Forwards: 0\r\n{over}");
         assert_eq!(view(&hops, "").refusal(90), Some(Refusal::TooManyHops));
         assert_eq!(view(&over, "").refusal(90), Some(Refusal::RouteSetTooLong));
-        assert_eq!(view("", SDP).routes, Some(Vec::new()));
+        assert_eq!(view("", SDP).routes, Vec::<String>::new());
+        // A view made without an INVITE (a call taken over) refuses nothing for it.
+        assert_eq!(InviteView::default().refusal(90), Some(Refusal::NoOffer));
     }
 
     #[test]

@@ -333,6 +333,7 @@ fn a_route_set_past_the_cap_is_refused_or_hung_up() {
     caller.send(&invite);
     let refused = caller.final_response();
     assert!(refused.starts_with("SIP/2.0 400"), "{refused}");
+    caller.send(&ack_of_failure(&invite));
     assert_eq!(
         node.metric("tsunagu_invites_rejected_total{code=\"400\",reason=\"route_set_too_long\"}"),
         1.0

@@ -877,9 +877,9 @@ impl BLeg {
 
     /// Records the dialog a 2xx established; `allowed` says which addresses its
     /// requests may be sent to (trunks'). False when the 2xx's route set is past
-    /// `MAX_ROUTE_SET`: the dialog is then kept without it (its ACK and BYE go to where
-    /// the 2xx came from, one line each, rather than a Route line per entry), and the
-    /// caller hangs it up.
+    /// `MAX_ROUTE_SET`: the dialog is then kept without it (its ACK and BYE go to the
+    /// trunk the INVITE was sent to, without a Route line per entry), and the call
+    /// hangs it up.
     pub fn established(
         &mut self,
         resp: &Response,

@@ -534,7 +534,7 @@ impl Call {
             shaping,
             started_at_ms,
             invite,
-            view,
+            mut view,
             number: _, // resolved by `run`
             inbound_trunk,
             advertiser_lines,
@@ -556,7 +556,7 @@ impl Call {
             invite.info,
             invite.peer,
             invite.key,
-            view.routes.clone().unwrap_or_default(),
+            std::mem::take(&mut view.routes),
             &|ip| routing.is_trunk_address(ip),
         );
         if view.requires_100rel {
