@@ -572,9 +572,7 @@ impl Call {
                     _ => Failure::Status(code),
                 };
                 self.retry_after = retry_after_seconds(&resp);
-                self.callee_min_se = header(&resp, "Min-SE")
-                    .filter(|_| code == 422)
-                    .and_then(|v| v.trim().parse().ok());
+                self.callee_min_se = super::session::min_se(&resp).filter(|_| code == 422);
                 tracing::debug!(code, "forwarded leg failed");
                 self.after_failure(failure);
             }

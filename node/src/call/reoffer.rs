@@ -89,7 +89,7 @@ fn refusal_headers(resp: &Response, passed: u16) -> Vec<(&'static str, String)> 
     };
     match passed {
         422 => {
-            if let Some(min) = header(resp, "Min-SE").and_then(|v| v.trim().parse::<u32>().ok()) {
+            if let Some(min) = super::session::min_se(resp) {
                 out.push(("Min-SE", min.to_string()));
             }
         }

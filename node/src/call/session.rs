@@ -9,15 +9,22 @@ use super::legs::{Headers, Leg};
 use super::timers::{TimerId, Timers};
 use super::{Call, CallMsg, Phase};
 use crate::decide::session_timer::{
-    after_refusal, check_after, on_callee_answer, parse, refresh_after, shares_of, AfterRefusal,
-    Refresher, SessionExpires, LEAST_MIN_SE,
+    after_refusal, check_after, on_callee_answer, parse, parse_min_se, refresh_after, shares_of,
+    AfterRefusal, Refresher, SessionExpires, LEAST_MIN_SE,
 };
 use std::time::{Duration, Instant};
 use tsunagu_media::Side;
 
-use tsunagu_sip::parse::{has_option_tag, header, retry_after_seconds};
+use tsunagu_sip::parse::{has_option_tag, header, retry_after_seconds, HasHeaders};
 use tsunagu_sip::Method;
 use tsunagu_sip::{Request, Response};
+
+/// A message's Min-SE (RFC 4028 5), as [`parse_min_se`] reads it: the one reading of
+/// it for requests ([`TimerAsk`]), 422s to the node's refreshes and re-offers, and the
+/// refusals passed on.
+pub(super) fn min_se<M: HasHeaders>(msg: &M) -> Option<u32> {
+    header(msg, "Min-SE").and_then(parse_min_se)
+}
 
 /// What a request says of session timers (RFC 4028), read once: its Session-Expires
 /// as sent and as it parses, its Min-SE if that parses, and whether its sender can
@@ -37,7 +44,7 @@ impl TimerAsk {
         TimerAsk {
             session_expires: sent.and_then(parse),
             named: sent.is_some(),
-            min_se: header(req, "Min-SE").and_then(|v| v.trim().parse::<u32>().ok()),
+            min_se: min_se(req),
             supports: has_option_tag(req, "Supported", "timer"),
         }
     }
@@ -240,7 +247,7 @@ impl SessionTimer {
         &mut self,
         callee: bool,
         code: u16,
-        min_se: Option<&str>,
+        min_se: Option<u32>,
         retry_after: Option<u32>,
     ) -> AfterRefusal {
         let interval = self.interval;
@@ -465,7 +472,7 @@ impl Call {
         };
         let code = resp.status_code.code();
         let retry_after = retry_after_seconds(resp);
-        let wait = match s.refused(false, code, header(resp, "Min-SE"), retry_after) {
+        let wait = match s.refused(false, code, min_se(resp), retry_after) {
             AfterRefusal::Glare(most) => {
                 crate::decide::glare::delay(false, rand::random()).min(most)
             }
@@ -493,7 +500,7 @@ impl Call {
     pub(super) fn follow_callers_floor(&mut self, resp: &Response) -> Option<u32> {
         let s = self.session.as_mut()?;
         let code = resp.status_code.code();
-        match after_refusal(code, header(resp, "Min-SE"), None, s.interval, 1) {
+        match after_refusal(code, min_se(resp), None, s.interval, 1) {
             AfterRefusal::Longer(interval) => {
                 s.interval = interval;
                 s.min_se = Some(interval);
@@ -528,9 +535,7 @@ impl Call {
             return false;
         };
         // A 422 without a readable Min-SE breaks RFC 4028 (6): read as refusing any.
-        let min = header(resp, "Min-SE")
-            .and_then(|v| v.trim().parse::<u32>().ok())
-            .unwrap_or(u32::MAX);
+        let min = min_se(resp).unwrap_or(u32::MAX);
         s.callee_min_se = Some(s.callee_min_se.map_or(min, |m| m.max(min)));
         true
     }

@@ -42,6 +42,13 @@ impl std::fmt::Display for SessionExpires {
 /// to the other leg as 90 (what a request without one means).
 pub const LEAST_MIN_SE: u32 = 90;
 
+/// A Min-SE value (RFC 4028 5: delta-seconds alone; spaces around it allowed): None
+/// when it is anything else (`600;x=y`, `soon`, a number past 32 bits), which every
+/// reader treats as no Min-SE.
+pub fn parse_min_se(value: &str) -> Option<u32> {
+    value.trim().parse().ok()
+}
+
 pub fn parse(value: &str) -> Option<SessionExpires> {
     let mut parts = value.split(';');
     let interval = parts.next()?.trim().parse().ok()?;
@@ -191,7 +198,8 @@ pub enum AfterRefusal {
 pub const REFRESH_TRIES: u8 = 3;
 
 /// Decides [`AfterRefusal`] for the `refusals`-th refusal in a row (from 1; as
-/// counted with [`shares_of`]) with `code` and the response's `min_se` and
+/// counted with [`shares_of`]) with `code` and the response's `min_se` (as
+/// [`parse_min_se`] reads it) and
 /// `retry_after` (seconds), of a session of `interval` s. A passing refusal's `Retry-After` (a 500 or 503 saying when to come
 /// back, RFC 3261 21.5.4) is waited for as far as one more try still fits before the
 /// session's check: a callee's leg refreshed again a second later was refused again,
@@ -204,7 +212,7 @@ pub const REFRESH_TRIES: u8 = 3;
 /// check would supervise nothing for that long.
 pub fn after_refusal(
     code: u16,
-    min_se: Option<&str>,
+    min_se: Option<u32>,
     retry_after: Option<u32>,
     interval: u32,
     refusals: u8,
@@ -212,7 +220,6 @@ pub fn after_refusal(
     if refusals > REFRESH_TRIES {
         return AfterRefusal::GiveUp;
     }
-    let min_se = min_se.and_then(|v| v.trim().parse::<u32>().ok());
     let share = share(interval);
     match (code, min_se) {
         (491, _) => AfterRefusal::Glare(share),
@@ -468,24 +475,39 @@ mod tests {
         }
     }
 
+    /// (Min-SE as received) -> the value every reader takes.
+    #[test]
+    fn min_se_values() {
+        for (value, want) in [
+            ("3600", Some(3600)),
+            (" 3600 ", Some(3600)),
+            ("4294967295", Some(u32::MAX)),
+            ("4294967296", None),
+            ("600;x=y", None),
+            ("soon", None),
+            ("-1", None),
+            ("", None),
+        ] {
+            assert_eq!(parse_min_se(value), want, "{value:?}");
+        }
+    }
+
     #[test]
     fn what_follows_a_refused_refresh() {
         use AfterRefusal::*;
         let s = Duration::from_secs;
         // (code, Min-SE, interval, refusals in a row) -> what next
-        let rows: &[(u16, Option<&str>, u32, u8, AfterRefusal)] = &[
+        let rows: &[(u16, Option<u32>, u32, u8, AfterRefusal)] = &[
             (491, None, 1800, 1, Glare(s(217))),
             (491, None, 1800, 3, Glare(s(217))),
             (491, None, 1800, 4, GiveUp),
-            (422, Some("3600"), 1800, 1, Longer(3600)),
-            (422, Some(" 3600 "), 1800, 1, Longer(3600)),
-            (422, Some("7200"), 1800, 1, Longer(7200)),
-            (422, Some("7201"), 1800, 1, GiveUp),
-            (422, Some("4294967295"), 1800, 1, GiveUp),
-            // Not longer, or unreadable: a passing refusal. 1800 s: refresh at
-            // 900, check at 1768, the 868 s between shared by four.
-            (422, Some("900"), 1800, 1, After(s(217))),
-            (422, Some("soon"), 1800, 1, After(s(217))),
+            (422, Some(3600), 1800, 1, Longer(3600)),
+            (422, Some(7200), 1800, 1, Longer(7200)),
+            (422, Some(7201), 1800, 1, GiveUp),
+            (422, Some(u32::MAX), 1800, 1, GiveUp),
+            // Not longer, or unreadable (see `min_se_values`): a passing refusal.
+            // 1800 s: refresh at 900, check at 1768, the 868 s between shared by four.
+            (422, Some(900), 1800, 1, After(s(217))),
             (422, None, 1800, 1, After(s(217))),
             (500, None, 1800, 1, After(s(217))),
             (488, None, 1800, 3, After(s(217))),
@@ -533,7 +555,7 @@ mod tests {
             );
         }
         assert_eq!(
-            after_refusal(422, Some("3600"), Some(300), 1800, 1),
+            after_refusal(422, Some(3600), Some(300), 1800, 1),
             Longer(3600)
         );
         // The shares each wait takes: the tries it waits through are used up.
