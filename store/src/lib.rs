@@ -132,7 +132,7 @@ pub trait Store: Send + Sync + 'static {
     fn list_api_keys(&self, operator_id: &str) -> Result<Vec<ApiKey>>;
     /// Revokes one of the operator's keys at once, with `advertiser` only if it is
     /// that advertiser's key (the advertiser's endpoint revokes its own keys alone);
-    /// false if there is no such key.
+    /// false if there is no such key, or it is not that advertiser's.
     fn revoke_api_key(
         &self,
         operator_id: &str,

@@ -42,11 +42,13 @@ impl std::fmt::Display for SessionExpires {
 /// to the other leg as 90 (what a request without one means).
 pub const LEAST_MIN_SE: u32 = 90;
 
-/// A Min-SE value (RFC 4028 5: delta-seconds alone; spaces around it allowed): None
-/// when it is anything else (`600;x=y`, `soon`, a number past 32 bits), which every
-/// reader treats as no Min-SE.
+/// A Min-SE value (RFC 4028 5: `delta-seconds *(SEMI generic-param)`; spaces around
+/// the number allowed, parameters ignored): None when its number is anything else
+/// (`soon`, `-1`, a number past 32 bits), which every reader treats as no Min-SE. A
+/// Min-SE with a parameter (`600;x=y`) was read as none, so a 422 carrying one could
+/// not be followed or passed on (a review).
 pub fn parse_min_se(value: &str) -> Option<u32> {
-    value.trim().parse().ok()
+    value.split(';').next()?.trim().parse().ok()
 }
 
 pub fn parse(value: &str) -> Option<SessionExpires> {
@@ -198,10 +200,10 @@ pub enum AfterRefusal {
 pub const REFRESH_TRIES: u8 = 3;
 
 /// Decides [`AfterRefusal`] for the `refusals`-th refusal in a row (from 1; as
-/// counted with [`shares_of`]) with `code` and the response's `min_se` (as
-/// [`parse_min_se`] reads it) and
-/// `retry_after` (seconds), of a session of `interval` s. A passing refusal's `Retry-After` (a 500 or 503 saying when to come
-/// back, RFC 3261 21.5.4) is waited for as far as one more try still fits before the
+/// counted with [`shares_of`]) with `code`, the response's `min_se` (as
+/// [`parse_min_se`] reads it) and `retry_after` (seconds), of a session of `interval`
+/// s. A passing refusal's `Retry-After` (a 500 or 503 saying when to come back, RFC
+/// 3261 21.5.4) is waited for as far as one more try still fits before the
 /// session's check: a callee's leg refreshed again a second later was refused again,
 /// each try a CSeq (a live torture run). At most
 /// [`REFRESH_TRIES`] in a row: a caller refusing every refresh had one sent every
@@ -483,7 +485,9 @@ mod tests {
             (" 3600 ", Some(3600)),
             ("4294967295", Some(u32::MAX)),
             ("4294967296", None),
-            ("600;x=y", None),
+            ("600;x=y", Some(600)),
+            (" 600 ; x=y", Some(600)),
+            (";600", None),
             ("soon", None),
             ("-1", None),
             ("", None),
