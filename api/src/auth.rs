@@ -137,11 +137,12 @@ pub(crate) fn advertiser_key_refused(state: &ApiState) -> ApiError {
 /// advertiser alone). The call endpoints take it; everything else takes
 /// [`OperatorId`], which refuses an advertiser's key.
 pub struct CallReader {
-    pub operator: String,
-    /// The advertiser an advertiser's key is limited to.
-    pub advertiser: Option<String>,
+    /// Whom the key speaks for: its operator and, for an advertiser's key, the one
+    /// advertiser it is limited to (as the store answered when the request came).
+    pub owner: tsunagu_store::KeyOwner,
     /// The key's hash: a long answer (the call stream) looks it up again now and
-    /// then, and ends once the key is revoked.
+    /// then, and ends once the store no longer answers [`CallReader::owner`] for it
+    /// (revoked, or its advertiser deleted).
     pub key_hash: String,
 }
 
@@ -151,7 +152,7 @@ impl CallReader {
     /// an advertiser's key reads its own, and asking for another is refused 403.
     /// The refusal is counted in `tsunagu_api_advertiser_key_refused_total`.
     pub fn narrow(&self, st: &ApiState, asked: Option<String>) -> Result<Option<String>, ApiError> {
-        match (&self.advertiser, asked) {
+        match (&self.owner.advertiser_id, asked) {
             (None, asked) => Ok(asked),
             (Some(own), Some(asked)) if asked != *own => {
                 st.defences.metrics.advertiser_key_refused.inc();
@@ -166,27 +167,18 @@ impl CallReader {
     /// The call `id` if this reader may read it; 404 otherwise (another operator's,
     /// another advertiser's for an advertiser's key, or none).
     pub async fn call(&self, st: &ApiState, id: String) -> Result<CallRecord, ApiError> {
-        let op = self.operator.clone();
+        let op = self.owner.operator_id.clone();
         db(st, move |s| s.get_call(&op, &id))
             .await?
             .filter(|r| self.reads(&r.advertiser_id))
             .ok_or_else(|| ApiError::not_found("no such call"))
     }
 
-    /// Whom the key spoke for when the request came: a stream ends when a new look-up
-    /// of [`CallReader::key_hash`] no longer says so (revoked, or its advertiser
-    /// deleted).
-    pub fn owner(&self) -> tsunagu_store::KeyOwner {
-        tsunagu_store::KeyOwner {
-            operator_id: self.operator.clone(),
-            advertiser_id: self.advertiser.clone(),
-        }
-    }
-
     /// Whether a call of `advertiser_id` is this reader's (an advertiser's key reads
     /// its own only; another's answers 404, as a call of another operator does).
     pub fn reads(&self, advertiser_id: &str) -> bool {
-        self.advertiser
+        self.owner
+            .advertiser_id
             .as_deref()
             .is_none_or(|own| own == advertiser_id)
     }
@@ -200,7 +192,7 @@ impl FromRequestParts<Arc<ApiState>> for CallReader {
         state: &Arc<ApiState>,
     ) -> Result<CallReader, ApiError> {
         let (principal, key_hash) = authenticate(parts, state).await?;
-        let (operator, advertiser) = match principal {
+        let (operator_id, advertiser_id) = match principal {
             Principal::Operator(operator) => (operator, None),
             Principal::Advertiser {
                 operator,
@@ -209,8 +201,10 @@ impl FromRequestParts<Arc<ApiState>> for CallReader {
             Principal::Admin => return Err(admin_has_no_operator()),
         };
         Ok(CallReader {
-            operator,
-            advertiser,
+            owner: tsunagu_store::KeyOwner {
+                operator_id,
+                advertiser_id,
+            },
             key_hash,
         })
     }
@@ -234,8 +228,10 @@ mod tests {
         ];
         for (own, asked, want) in rows {
             let reader = CallReader {
-                operator: "op".into(),
-                advertiser: own.map(str::to_string),
+                owner: tsunagu_store::KeyOwner {
+                    operator_id: "op".into(),
+                    advertiser_id: own.map(str::to_string),
+                },
                 key_hash: String::new(),
             };
             let got = reader.narrow(&a.state, asked.map(str::to_string));

@@ -401,7 +401,7 @@ pub async fn list(
     let Query(mut p) = params.map_err(|e| ApiError::bad_request(None, e.body_text()))?;
     p.advertiser_id = reader.narrow(&st, p.advertiser_id.take())?;
     let format = format_of(&p, &headers)?;
-    let mut query = query_from(reader.operator, &p)?;
+    let mut query = query_from(reader.owner.operator_id, &p)?;
     if format != Format::Json {
         let d = &st.defences;
         let permit = d.exports.try_start(&query.operator_id).map_err(|why| {

@@ -312,10 +312,13 @@ pub async fn stream(
     let Query(mut p) = params.map_err(|e| ApiError::bad_request(None, e.body_text()))?;
     p.advertiser_id = reader.narrow(&st, p.advertiser_id.take())?;
     let d = &st.defences;
-    let permit = d.streams.try_start(&reader.operator).map_err(|why| {
-        d.metrics.streams_refused.inc();
-        refused(why, "call streams", 5)
-    })?;
+    let permit = d
+        .streams
+        .try_start(&reader.owner.operator_id)
+        .map_err(|why| {
+            d.metrics.streams_refused.inc();
+            refused(why, "call streams", 5)
+        })?;
     let (tx, rx) = tokio::sync::mpsc::channel::<String>(16);
     let st2 = st.clone();
     tokio::spawn(async move {
@@ -350,7 +353,6 @@ async fn produce(
     advertiser: Option<String>,
     tx: tokio::sync::mpsc::Sender<String>,
 ) {
-    let owner = reader.owner();
     let d = &st.defences;
     let metrics = d.metrics.clone();
     let _active = Held::new(&metrics.streams_active);
@@ -387,7 +389,7 @@ async fn produce(
             return;
         }
         let store = st.store.clone();
-        let (operator, adv) = (reader.operator.clone(), advertiser.clone());
+        let (operator, adv) = (reader.owner.operator_id.clone(), advertiser.clone());
         let live = tracker.live();
         let recent_from = last_read.saturating_sub(RECENT_MS);
         let started = tsunagu_store::now_ms();
@@ -408,7 +410,7 @@ async fn produce(
             (None, Err(failed))
         });
         if let Some(Ok(now)) = now_owner {
-            if now.as_ref() != Some(&owner) {
+            if now.as_ref() != Some(&reader.owner) {
                 let closed = "event: stream.closed\ndata: {\"reason\":\"key revoked\"}\n\n";
                 let _ = send(closed.into()).await;
                 return;
