@@ -760,7 +760,13 @@ fn read_answer(s: &mut TcpStream) -> std::io::Result<Vec<u8>> {
     let mut raw = Vec::new();
     let mut buf = [0u8; 16384];
     loop {
-        let n = s.read(&mut buf)?;
+        // A signal to the test process (a node killed or stopped by the test) can cut
+        // a read short: read again, as `read_to_end` would (a full run failed on it).
+        let n = match s.read(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
         if n == 0 {
             return Ok(raw);
         }
