@@ -158,8 +158,8 @@ pub async fn delete(
 }
 
 /// The most keys one advertiser may hold (the operator's key listing, read at every
-/// key made, listed or revoked, holds them all; a bound, like every list an API user
-/// can grow).
+/// key made or listed, and at every revoke on ScyllaDB, holds them all; a bound, like
+/// every list an API user can grow).
 pub const KEYS_PER_ADVERTISER: usize = 20;
 
 /// `POST /v1/advertisers/{id}/keys`: a new key limited to this advertiser, shown once.

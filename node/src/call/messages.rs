@@ -498,17 +498,10 @@ impl Call {
                     return;
                 }
                 let routing = &self.ctx.routing;
-                let usable = b.established(&resp, &|ip| routing.is_trunk_address(ip));
+                // False for a route set past the cap: no request of the dialog could be
+                // sent (one Route line per entry), so it is no answer to take.
+                let routable = b.established(&resp, &|ip| routing.is_trunk_address(ip));
                 b.ack(&ep);
-                if !usable && self.phase == Phase::Trying {
-                    // A route set past the cap: no request of the dialog could be sent
-                    // (one Route line per entry), so it is not taken. Hung up, and the
-                    // attempt failed.
-                    tracing::warn!("the callee answered with a route set past the cap; hung up");
-                    b.bye(&ep);
-                    self.stop_ring_timer();
-                    return self.after_failure(Failure::UnusableAnswer);
-                }
                 if self.phase != Phase::Trying {
                     // Answered after the caller gave up: hang up the callee.
                     b.bye(&ep);
@@ -523,13 +516,20 @@ impl Call {
                     // taken as the answering one's.)
                     .filter(|tag| tag.is_empty() || Some(*tag) == to_tag(&resp))
                     .and_then(|_| self.a.last_sdp.clone());
-                let Some(sdp) = self.callee_sdp(&resp).or(early) else {
-                    // Answered with no answer the node can anchor (none, or not SDP):
-                    // passed on, the caller would have a call without media. The
-                    // callee is hung up and the attempt failed.
+                let sdp = if routable {
+                    self.callee_sdp(&resp).or(early)
+                } else {
+                    None
+                };
+                let Some(sdp) = sdp else {
+                    // Answered with no answer the node can anchor (none, or not SDP)
+                    // or a dialog it cannot route: passed on, the caller would have a
+                    // call without media or one it could not end. The callee is hung
+                    // up and the attempt failed.
                     tracing::warn!(
                         code,
-                        "the callee answered without a usable SDP answer; hung up"
+                        routable,
+                        "the callee answered without a usable SDP answer or route set; hung up"
                     );
                     if let Some(b) = self.b.as_mut() {
                         b.bye(&ep);

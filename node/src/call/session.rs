@@ -9,7 +9,7 @@ use super::legs::{Headers, Leg};
 use super::timers::{TimerId, Timers};
 use super::{Call, CallMsg, Phase};
 use crate::decide::session_timer::{
-    after_refusal, check_after, on_callee_answer, parse, parse_min_se, refresh_after, shares_of,
+    after_refusal, check_after, delta_seconds, on_callee_answer, parse, refresh_after, shares_of,
     AfterRefusal, Refresher, SessionExpires, LEAST_MIN_SE,
 };
 use std::time::{Duration, Instant};
@@ -19,11 +19,11 @@ use tsunagu_sip::parse::{has_option_tag, header, retry_after_seconds, HasHeaders
 use tsunagu_sip::Method;
 use tsunagu_sip::{Request, Response};
 
-/// A message's Min-SE (RFC 4028 5), as [`parse_min_se`] reads it: the one reading of
+/// A message's Min-SE (RFC 4028 5), its number as [`delta_seconds`] reads it: the one reading of
 /// it for requests ([`TimerAsk`]), 422s to the node's refreshes and re-offers, and the
 /// refusals passed on.
 pub(super) fn min_se<M: HasHeaders>(msg: &M) -> Option<u32> {
-    header(msg, "Min-SE").and_then(parse_min_se)
+    header(msg, "Min-SE").and_then(delta_seconds)
 }
 
 /// What a request says of session timers (RFC 4028), read once: its Session-Expires
@@ -889,7 +889,6 @@ mod tests {
             assert_eq!(timer.refused(callee, 503, None, Some(300)), After(s(217)));
             assert_eq!(timer.refused(callee, 503, None, Some(300)), GiveUp);
         }
-        use crate::decide::session_timer::{check_after, refresh_after};
         assert!(s(300 + 217) < check_after(1800) - refresh_after(1800));
         assert_eq!((timer.refusals, timer.callee_refusals), (4, 4));
         timer.refusals = 0;

@@ -42,19 +42,19 @@ impl std::fmt::Display for SessionExpires {
 /// to the other leg as 90 (what a request without one means).
 pub const LEAST_MIN_SE: u32 = 90;
 
-/// A Min-SE value (RFC 4028 5: `delta-seconds *(SEMI generic-param)`; spaces around
-/// the number allowed, parameters ignored): None when its number is anything else
-/// (`soon`, `-1`, a number past 32 bits), which every reader treats as no Min-SE. A
-/// Min-SE with a parameter (`600;x=y`) was read as none, so a 422 carrying one could
-/// not be followed or passed on (a review).
-pub fn parse_min_se(value: &str) -> Option<u32> {
+/// The number of a Min-SE or Session-Expires value (RFC 4028 4, 5: both
+/// `delta-seconds *(SEMI param)`; spaces around the number allowed, parameters left
+/// to the caller): None when it is anything else (`soon`, `-1`, a number past 32
+/// bits), which every reader treats as none. Min-SE was read as the whole value, so
+/// one with a parameter (`600;x=y`) counted as none and a 422 carrying it could be
+/// neither followed nor passed on (a review).
+pub fn delta_seconds(value: &str) -> Option<u32> {
     value.split(';').next()?.trim().parse().ok()
 }
 
 pub fn parse(value: &str) -> Option<SessionExpires> {
-    let mut parts = value.split(';');
-    let interval = parts.next()?.trim().parse().ok()?;
-    let refresher = parts.find_map(|p| {
+    let interval = delta_seconds(value)?;
+    let refresher = value.split(';').skip(1).find_map(|p| {
         let (name, v) = p.split_once('=')?;
         if !name.trim().eq_ignore_ascii_case("refresher") {
             return None;
@@ -201,7 +201,7 @@ pub const REFRESH_TRIES: u8 = 3;
 
 /// Decides [`AfterRefusal`] for the `refusals`-th refusal in a row (from 1; as
 /// counted with [`shares_of`]) with `code`, the response's `min_se` (as
-/// [`parse_min_se`] reads it) and `retry_after` (seconds), of a session of `interval`
+/// [`delta_seconds`] reads it) and `retry_after` (seconds), of a session of `interval`
 /// s. A passing refusal's `Retry-After` (a 500 or 503 saying when to come back, RFC
 /// 3261 21.5.4) is waited for as far as one more try still fits before the
 /// session's check: a callee's leg refreshed again a second later was refused again,
@@ -477,9 +477,9 @@ mod tests {
         }
     }
 
-    /// (Min-SE as received) -> the value every reader takes.
+    /// (Min-SE or Session-Expires as received) -> the number every reader takes.
     #[test]
-    fn min_se_values() {
+    fn delta_seconds_values() {
         for (value, want) in [
             ("3600", Some(3600)),
             (" 3600 ", Some(3600)),
@@ -492,7 +492,7 @@ mod tests {
             ("-1", None),
             ("", None),
         ] {
-            assert_eq!(parse_min_se(value), want, "{value:?}");
+            assert_eq!(delta_seconds(value), want, "{value:?}");
         }
     }
 
@@ -509,7 +509,7 @@ mod tests {
             (422, Some(7200), 1800, 1, Longer(7200)),
             (422, Some(7201), 1800, 1, GiveUp),
             (422, Some(u32::MAX), 1800, 1, GiveUp),
-            // Not longer, or unreadable (see `min_se_values`): a passing refusal.
+            // Not longer, or unreadable (see `delta_seconds_values`): a passing refusal.
             // 1800 s: refresh at 900, check at 1768, the 868 s between shared by four.
             (422, Some(900), 1800, 1, After(s(217))),
             (422, None, 1800, 1, After(s(217))),
