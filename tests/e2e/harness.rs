@@ -686,15 +686,15 @@ pub fn http(
     body: Option<&str>,
     headers: &[(&str, &str)],
 ) -> std::io::Result<Response> {
-    let body = body.unwrap_or("").as_bytes();
-    let json = [("Content-Type", "application/json")];
-    let mut all: Vec<(&str, &str)> = if body.is_empty() {
-        Vec::new()
-    } else {
-        json.to_vec()
-    };
-    all.extend_from_slice(headers);
-    http_bytes(port, method, path, token, body, &all)
+    let body = body.unwrap_or("");
+    let all = as_json(body, headers);
+    http_bytes(port, method, path, token, body.as_bytes(), &all)
+}
+
+/// `headers`, after a JSON Content-Type where there is a body.
+fn as_json<'a>(body: &str, headers: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    let typed = (!body.is_empty()).then_some(("Content-Type", "application/json"));
+    typed.into_iter().chain(headers.iter().copied()).collect()
 }
 
 /// [`http`] with a body of any bytes (e.g. a WAV upload); `headers` name its type.
@@ -1785,11 +1785,7 @@ pub fn http_from(
     headers: &[(&str, &str)],
 ) -> std::io::Result<Response> {
     let mut s = connect_from(source, port, None)?;
-    let mut all: Vec<(&str, &str)> = Vec::new();
-    if !body.is_empty() {
-        all.push(("Content-Type", "application/json"));
-    }
-    all.extend_from_slice(headers);
+    let all = as_json(body, headers);
     let raw = exchange(
         &mut s,
         "127.0.0.1",
