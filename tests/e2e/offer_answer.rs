@@ -246,8 +246,9 @@ fn offers_the_node_cannot_anchor_are_refused_488_and_the_rest_pass_without_what_
 }
 
 /// A callee's 200 without SDP: hung up and the caller refused 502 (not answered
-/// without media); after an 18x with SDP from the same fork (To tag), the 200 stands
-/// on that answer; after another fork's, it does not.
+/// without media), and another fork answering later hung up too; after an 18x with
+/// SDP from the same fork (To tag), the 200 stands on that answer; after another
+/// fork's, it does not.
 #[test]
 fn a_callee_answer_without_sdp_is_hung_up_unless_an_18x_carried_it() {
     let ports = Ports::take();
@@ -273,6 +274,20 @@ fn a_callee_answer_without_sdp_is_hung_up_unless_an_18x_carried_it() {
         (Some(200), Some("failed")),
         "{attempt}"
     );
+    // Another fork of that INVITE answers after the call ended: ACKed and hung up on
+    // its own dialog (it got an ACK only); the first answer coming again is ACKed,
+    // not hung up again.
+    callee.respond_as("latefork", &invite, "200 OK", &sdp(4010));
+    let ack = callee.expect("ACK ");
+    assert!(ack.contains("tag=latefork"), "{ack}");
+    let bye = callee.expect("BYE ");
+    assert!(bye.contains("tag=latefork"), "{bye}");
+    callee.ok(&bye);
+    callee.respond(&invite, "200 OK", "");
+    let again = callee.expect("ACK ");
+    assert!(again.contains("tag=calleetag"), "{again}");
+    let reached = callee.quiet_for(Duration::from_millis(300));
+    assert!(reached.is_empty(), "hung up twice: {reached:?}");
 
     // Early media: the 183's SDP is the answer; the 200 to the caller repeats it.
     caller.send(&invite_with(&caller, "early-answer", CALLER_SDP));

@@ -4,8 +4,10 @@
 //! caller that long; instead the call tries its next destination (or gives up) at
 //! once, and the leg is handed to the SIP core under its Call-ID, where it answers
 //! for itself whatever becomes of the call: a late provisional gets its CANCEL, a
-//! late 2xx its ACK and a BYE (nobody is left connected to nobody), and a final
-//! response, the BYE's answer or a timeout ends it.
+//! late 2xx its ACK and a BYE (nobody is left connected to nobody), the BYE's answer
+//! frees its trunk channel, and a final failure or a timeout ends it. A leg the call hung up itself
+//! (answered with nothing it could use) comes here too, for the other forks of its
+//! INVITE that answer after it.
 
 use super::legs::BLeg;
 use crate::context::{NodeContext, TrunkChannel};
@@ -57,7 +59,18 @@ impl Abandoned {
             tokio::time::sleep(ABANDONED_FOR).await;
             let Some(this) = weak.upgrade() else { return };
             this.give_channel_back();
+            // Answered: the other forks' 2xx come within RFC 6026's Timer M (64*T1
+            // after the first), long before this; no later one is waited for.
+            let answered = this
+                .leg
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .hung_up_any();
             drop(this);
+            if answered {
+                ep.unregister(&call_id);
+                return;
+            }
             tokio::time::sleep(ROUTE_KEPT_FOR).await;
             // Still there (its Call-ID is the attempt's own, never used again).
             if weak.upgrade().is_some() {
@@ -98,7 +111,9 @@ impl CallSink for Abandoned {
                     }
                     // A failure (487 after our CANCEL), ACKed by the transaction.
                     (Method::Invite, _) => self.done(&leg),
-                    (Method::Bye, 200..) => self.done(&leg),
+                    // The callee is free again; another fork of the INVITE may still
+                    // answer (until [`ABANDONED_FOR`], which lets the leg go).
+                    (Method::Bye, 200..) => self.give_channel_back(),
                     _ => {}
                 }
                 Ok(())

@@ -925,14 +925,36 @@ impl BLeg {
         let _ = fork.established(resp, allowed);
         fork.ack(ep);
         let tag = header(resp, "To").and_then(tag_of).unwrap_or_default();
+        if self.note_hung_up(tag) {
+            fork.bye(ep);
+        }
+    }
+
+    /// Hangs up the dialog this leg's 2xx established (a BYE), remembered as
+    /// [`BLeg::hang_up_answer`] remembers the forks it hangs up: a repeat of that 2xx
+    /// is ACKed again, not hung up again, once the leg is handed to `abandoned`.
+    pub fn hang_up(&mut self, ep: &EndpointHandle) {
+        if let Some(tag) = self.to.as_deref().and_then(tag_of).map(str::to_string) {
+            self.note_hung_up(&tag);
+        }
+        self.bye(ep);
+    }
+
+    /// Remembers the dialog with To tag `tag` as hung up; false if it already was.
+    fn note_hung_up(&mut self, tag: &str) -> bool {
         if self.hung_up.iter().any(|t| t == tag) {
-            return;
+            return false;
         }
         if self.hung_up.len() == HUNG_UP_KEPT {
             self.hung_up.remove(0);
         }
         self.hung_up.push(tag.to_string());
-        fork.bye(ep);
+        true
+    }
+
+    /// Whether any 2xx to the INVITE was hung up (see [`BLeg::hang_up_answer`]).
+    pub fn hung_up_any(&self) -> bool {
+        !self.hung_up.is_empty()
     }
 
     pub fn ack(&mut self, ep: &EndpointHandle) {

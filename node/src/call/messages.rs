@@ -4,6 +4,7 @@
 //! in CSeq order; the callee's responses to the forwarded INVITE (provisional, early
 //! media, the answer, failures and redirects) and to the node's other requests.
 
+use super::abandoned;
 use super::flow::After;
 use super::legs::Leg;
 use super::{cseq_in_order, refuse_method, reliable, to_tag, Call, Phase, INFO_KEYS_PER_SECOND};
@@ -531,8 +532,12 @@ impl Call {
                         routable,
                         "the callee answered without a usable SDP answer or route set; hung up"
                     );
-                    if let Some(b) = self.b.as_mut() {
-                        b.bye(&ep);
+                    // Handed to `abandoned` once hung up: another fork of the INVITE
+                    // answering later (the call has moved on, or ended) is ACKed and
+                    // hung up there, where it got an ACK only (a review).
+                    if let Some(mut b) = self.b.take() {
+                        b.hang_up(&ep);
+                        abandoned::Abandoned::hand_over(b, &self.ctx, self.b_channel.take());
                     }
                     self.stop_ring_timer();
                     return self.after_failure(Failure::UnusableAnswer);
