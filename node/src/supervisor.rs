@@ -697,6 +697,22 @@ mod tests {
         assert_cleaned_up(&f).await;
     }
 
+    /// An answered call whose actor panics: both parties get a BYE (they were left up,
+    /// connected to nobody, a review), and the call is logged failed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_crashed_answered_call_hangs_up_both_parties() {
+        let f = forwarding_call(Duration::from_secs(3600)).await;
+        f.callee_answers();
+        f.sup.send_message(SupervisorMsg::CrashAll).unwrap();
+        let bye = recv_past(&f.callee, "ACK ");
+        assert!(bye.starts_with("BYE "), "{bye}");
+        let bye = recv_past(&f.caller, "SIP/2.0 ");
+        assert!(bye.starts_with("BYE "), "{bye}");
+        let r = final_record(&f).await;
+        assert_eq!(r.result, CallResult::Failed);
+        assert_eq!(f.metrics.calls.actor_failures.get(), 1);
+    }
+
     /// Each row: (age, asked to end this long ago, node.max_call_seconds) → action.
     #[test]
     fn the_sweep_asks_a_long_call_to_end_and_stops_one_that_does_not() {

@@ -275,7 +275,7 @@ fn a_callee_answer_without_sdp_is_hung_up_unless_an_18x_carried_it() {
         "{attempt}"
     );
     // Another fork of that INVITE answers after the call ended: ACKed and hung up on
-    // its own dialog (it got an ACK only); the first answer coming again is ACKed,
+    // its own dialog (it got nothing: repeated for 32 s); the first answer coming again is ACKed,
     // not hung up again.
     callee.respond_as("latefork", &invite, "200 OK", &sdp(4010));
     let ack = callee.expect("ACK ");
@@ -549,6 +549,18 @@ fn callee_reinvite(ports: Ports, answered: &str, cseq: u32, sdp: &str) -> String
     )
 }
 
+/// The callee's BYE in the dialog of `answered` (the node's INVITE it answered).
+fn callee_bye(ports: Ports, answered: &str, cseq: u32) -> String {
+    format!(
+        "BYE sip:node@127.0.0.1:{node} SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.1:{uas};branch=z9hG4bK-bye{cseq}\nFrom: {to};tag=calleetag\nTo: {from}\nCall-ID: {cid}\nCSeq: {cseq} BYE\nMax-Forwards: 70\nContent-Length: 0\n\n",
+        node = ports.sip,
+        uas = ports.uas,
+        to = header(answered, "To").unwrap(),
+        from = header(answered, "From").unwrap(),
+        cid = header(answered, "Call-ID").unwrap().trim(),
+    )
+}
+
 /// The caller's 200 to a re-INVITE `relayed` to it: `extra` headers, its Contact and
 /// its SDP.
 fn caller_ok(caller: &Party, relayed: &str, extra: &str) -> String {
@@ -741,6 +753,93 @@ fn a_200_the_caller_never_acknowledges_is_logged_without_talk_time() {
     assert_eq!(call["end_reason"], "ack_timeout", "{call}");
     assert_eq!(call["talk_seconds"], 0, "{call}");
     assert_ne!(call["validity"], "valid", "{call}");
+}
+
+/// The caller never ACKs the 200 and the callee hangs up first: the node answers the
+/// callee's BYE and hangs up the caller; when the 200's retransmissions give up (64*T1)
+/// the call, already ending, sends nothing more. It sent a second BYE to the callee,
+/// whose dialog had ended, and another to the caller (a review).
+#[test]
+fn a_200_never_acknowledged_after_a_hang_up_brings_no_second_bye() {
+    let ports = Ports::take();
+    let node = Node::start(ports, "127.0.0.1/32", "");
+    node.provision("0501234567", DEST, "{}");
+    let callee = Callee::bind(ports);
+    let caller = Party::bind("127.0.0.1", ports.sip);
+    caller.send(&invite_with(&caller, "never-acked-hung-up", CALLER_SDP));
+    let invite = callee.expect("INVITE ");
+    callee.respond(&invite, "200 OK", &sdp(4002));
+    let ok = caller.final_response();
+    assert!(ok.starts_with("SIP/2.0 200"), "{ok:?}");
+    callee.expect("ACK ");
+    // The callee hangs up after the 200's fourth retransmission (7.5 s after it): the
+    // call then ends at its end guard (32 s after the hang-up), after the 200's
+    // retransmissions give up (their last timer at 35.5 s).
+    let mut copies = 0;
+    while copies < 4 {
+        let m = caller.recv(Duration::from_secs(10)).expect("the 200 again");
+        if m.starts_with("SIP/2.0 200") {
+            copies += 1;
+        }
+    }
+    callee.send(&callee_bye(ports, &invite, 1));
+    let bye_ok = callee.expect("SIP/2.0 ");
+    assert!(
+        bye_ok.starts_with("SIP/2.0 200") && bye_ok.contains("BYE"),
+        "{bye_ok}"
+    );
+    let to_caller = std::iter::from_fn(|| caller.recv(Duration::from_secs(5)))
+        .find(|m| m.starts_with("BYE "))
+        .expect("the caller's BYE");
+    // The caller answers nothing; past the 200's 64*T1 (32 s and the timer's step).
+    let later = callee.quiet_for(Duration::from_secs(30));
+    assert!(
+        !later.iter().any(|m| m.starts_with("BYE ")),
+        "a second BYE to the callee: {later:?}"
+    );
+    let to_caller_later: Vec<String> =
+        std::iter::from_fn(|| caller.recv(Duration::from_millis(300))).collect();
+    for m in to_caller_later.iter().filter(|m| m.starts_with("BYE ")) {
+        assert_eq!(
+            cseq_of(m),
+            cseq_of(&to_caller),
+            "a second BYE to the caller: {m}"
+        );
+    }
+}
+
+/// A silent callee left at its ring time rings later and ignores the node's CANCEL:
+/// when the CANCEL's retransmissions give up (64*T1) the INVITE still rings, and its
+/// 200 then is ACKed and hung up. The abandoned leg was forgotten at the CANCEL's
+/// timeout, and that 200 reached nobody (a review).
+#[test]
+fn a_callee_ignoring_the_cancel_of_a_left_attempt_is_hung_up_when_it_answers() {
+    let ports = Ports::take();
+    let node = Node::start(ports, "127.0.0.1/32", "");
+    let dest = r#"[{"number": "0311112222", "ring_seconds": 1}]"#;
+    node.provision("0501234567", dest, "{}");
+    let callee = Callee::bind(ports);
+    let caller = Party::bind("127.0.0.1", ports.sip);
+    let first = invite_with(&caller, "cancel-ignored", CALLER_SDP);
+    caller.send(&first);
+    let invite = callee.expect("INVITE ");
+    let refused = caller.final_response();
+    assert!(refused.starts_with("SIP/2.0 480"), "{refused}");
+    caller.send(&ack_of_failure(&first));
+    callee.respond(&invite, "180 Ringing", "");
+    callee.expect("CANCEL ");
+    // Unanswered, the CANCEL comes again (at most T2, 4 s, apart) until its 64*T1.
+    loop {
+        let heard = callee.quiet_for(Duration::from_secs(6));
+        if !heard.iter().any(|m| m.starts_with("CANCEL ")) {
+            break;
+        }
+    }
+    callee.respond(&invite, "200 OK", &sdp(4002));
+    let ack = callee.expect("ACK ");
+    assert!(ack.contains("tag=calleetag"), "{ack}");
+    let bye = callee.expect("BYE ");
+    callee.ok(&bye);
 }
 
 /// A forked INVITE answered twice (two To tags): the node keeps the first dialog and

@@ -118,8 +118,15 @@ impl CallSink for Abandoned {
                 }
                 Ok(())
             }
-            SipEvent::Timeout { .. } => {
-                self.done(&leg);
+            // The INVITE's: nothing will answer it now. A CANCEL's or a BYE's is not
+            // the INVITE's end: a callee that ignored the CANCEL and rang on was
+            // forgotten 32 s later, its 200 then reaching nobody (a review).
+            SipEvent::Timeout { key } => {
+                match key.method {
+                    Method::Invite => self.done(&leg),
+                    Method::Bye => self.give_channel_back(),
+                    _ => {}
+                }
                 Ok(())
             }
             // A request of the callee's (a BYE after its 2xx): the core answers it.

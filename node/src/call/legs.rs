@@ -934,9 +934,14 @@ impl BLeg {
     /// [`BLeg::hang_up_answer`] remembers the forks it hangs up: a repeat of that 2xx
     /// is ACKed again, not hung up again, once the leg is handed to `abandoned`.
     pub fn hang_up(&mut self, ep: &EndpointHandle) {
-        if let Some(tag) = self.to.as_deref().and_then(tag_of).map(str::to_string) {
-            self.note_hung_up(&tag);
-        }
+        // (A 2xx without a To tag is remembered as "", as `hang_up_answer` does.)
+        let tag = self
+            .to
+            .as_deref()
+            .and_then(tag_of)
+            .unwrap_or_default()
+            .to_string();
+        self.note_hung_up(&tag);
         self.bye(ep);
     }
 

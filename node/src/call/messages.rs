@@ -131,6 +131,14 @@ impl Call {
                     self.after_failure(f);
                 }
             }
+            SipEvent::AckTimeout
+                if matches!(self.phase, Phase::Ending | Phase::Done) || self.judging =>
+            {
+                // Already ending (a party hung up; the judgement runs after the
+                // caller's BYE): the BYEs are out. Hanging up again sent a second BYE
+                // on each dialog, the callee's already ended (a review).
+                tracing::debug!("a 200 of ours was never acknowledged; the call is ending");
+            }
             SipEvent::AckTimeout => {
                 tracing::warn!("a 200 of ours was never acknowledged; hanging up");
                 if !self.a_acked {
@@ -535,9 +543,11 @@ impl Call {
                     // Handed to `abandoned` once hung up: another fork of the INVITE
                     // answering later (the call has moved on, or ended) is ACKed and
                     // hung up there, where it got an ACK only (a review).
+                    // Its trunk channel is free at once, as for any failed attempt (the
+                    // next may need it).
                     if let Some(mut b) = self.b.take() {
                         b.hang_up(&ep);
-                        abandoned::Abandoned::hand_over(b, &self.ctx, self.b_channel.take());
+                        abandoned::Abandoned::hand_over(b, &self.ctx, None);
                     }
                     self.stop_ring_timer();
                     return self.after_failure(Failure::UnusableAnswer);

@@ -506,12 +506,18 @@ async fn drive(mut call: Box<Call>, me: CallRef) -> Exit {
             break Exit::Done;
         }
     };
-    if !matches!(exit, Exit::Done) {
-        // Stopped or panicked: the supervisor forgets the caller's Call-ID, and the
+    match exit {
+        Exit::Done => {}
+        // A bug: the parties are not left up, connected to nobody (a review).
+        Exit::Panicked(_) => call.hang_up_after_panic(),
+        // Stopped (asked to end and did not, or at shutdown, where another node may
+        // take the call over): the supervisor forgets the caller's Call-ID, and the
         // callee's is forgotten here (it stayed routed to a call that was gone, its
         // messages answered 481, until a restart: a review).
-        if let Some(b) = call.b.as_ref() {
-            call.ctx.endpoint.unregister(b.call_id());
+        _ => {
+            if let Some(b) = call.b.as_ref() {
+                call.ctx.endpoint.unregister(b.call_id());
+            }
         }
     }
     me.close();
@@ -1157,6 +1163,27 @@ impl Call {
                 abandoned::Abandoned::hand_over(b, &self.ctx, self.b_channel.take());
             }
             None => {}
+        }
+    }
+
+    /// After a panic, from whatever state the call was left in: the callee gets a BYE
+    /// if it answered, else a CANCEL, its leg handed to [`abandoned`] (which answers
+    /// what it sends later and lets its Call-ID go); a caller the node answered gets a
+    /// BYE (an unanswered INVITE is refused 500 by the supervisor).
+    fn hang_up_after_panic(&mut self) {
+        let ep = self.ctx.endpoint.clone();
+        if let Some(mut b) = self.b.take() {
+            if b.is_answered() {
+                b.hang_up(&ep);
+            } else {
+                b.cancel(&ep);
+            }
+            abandoned::Abandoned::hand_over(b, &self.ctx, self.b_channel.take());
+        }
+        let caller_answered = self.phase == Phase::Answered || self.a_answered;
+        if caller_answered && !self.a.holds_final() {
+            let (spec, peer) = self.a.request(&ep, Method::Bye);
+            ep.request(spec, peer);
         }
     }
 

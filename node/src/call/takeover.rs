@@ -294,8 +294,16 @@ impl Call {
             callee_timer: false,
             timer_retried: [false; 2],
         }));
-        me.send_message(CallMsg::Resume)
-            .map_err(|_| "the call ended before it resumed".to_string())?;
+        if me.send_message(CallMsg::Resume).is_err() {
+            // Stopped before it began: its Call-IDs are forgotten here, as a call that
+            // ran forgets them at its end (the supervisor forgets the caller's only:
+            // the callee's stayed routed to nothing, a review).
+            call.ep().unregister(&call.a.info.call_id);
+            if let Some(b) = &call.b {
+                call.ep().unregister(b.call_id());
+            }
+            return Err("the call ended before it resumed".to_string());
+        }
         Ok(call)
     }
 
