@@ -132,7 +132,7 @@ impl ApiMetrics {
         );
         r.register(
             "api_issue_throttled",
-            "Number issue requests refused 429: a client address over api.issue.per_address_* (address), a pool over api.issue.per_pool_* (pool), a session holding api.issue.max_leases_per_session (session)",
+            "Number issue requests refused 429: a client address over api.issue.per_address_* (address), a pool over api.issue.per_pool_* (pool), a session holding api.issue.max_leases_per_session (session), a client address holding api.issue.max_leases_per_address of the pool (address_leases)",
             self.issue_throttled.clone(),
         );
         r.register(

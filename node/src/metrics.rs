@@ -365,7 +365,7 @@ impl Metrics {
         );
         r.register(
             "runtime_workers",
-            "Worker threads of the node's runtime (node.worker_threads, or one fewer than the CPUs the node may use, at least one)",
+            "Worker threads of the node's runtime (node.worker_threads, or one fewer than the CPUs the node may use, at least one; one is Tokio's current-thread scheduler, on the node's main thread)",
             c.runtime_workers.clone(),
         );
         r.register(
@@ -395,7 +395,7 @@ impl Metrics {
         );
         r.register(
             "call_start_delay_seconds",
-            "Time from a call's admission (100 Trying) to its task running: the runtime's queue (and, for a call shaped by its trunk's max_cps, its shaping wait); growing, new calls wait to start",
+            "Time from a call's admission (100 Trying) to its task running: the runtime's queue (a call shaped by its trunk's max_cps waits for its turn after this); growing, new calls wait to start",
             c.start_delay_seconds.clone(),
         );
         r.register("call_actor_failures", "Call actors that panicked or were killed; their calls were cleaned up and logged as failed", c.actor_failures.clone());
@@ -584,7 +584,7 @@ impl Metrics {
         );
         r.register(
             "call_mailbox_dropped",
-            "SIP events dropped because their call's inbox held 64 messages (the sender retransmits)",
+            "SIP events dropped because their call's inbox held 64 messages (128 for a BYE or CANCEL; the sender retransmits)",
             c.mailbox_dropped.clone(),
         );
         r.register(
