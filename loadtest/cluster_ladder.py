@@ -19,10 +19,8 @@ limits: at most 1.2). CPU ms/call is the nodes' per-thread run time
 admitted. frames/call (cluster only) is tsunagu_cluster_frames_sent_total summed over
 the nodes, less the idle traffic measured before the first step (heartbeats and their
 acknowledgements: 4 + 4 per second per peer), divided by the calls admitted. Under each
-setup's line, the CPU per call of the five busiest thread names (tsunagu: the runtime
-of a node with one runtime thread, which is its main thread; tokio-runtime-w: the
-workers of a multi-threaded runtime and the blocking pool; call-log, sip-udp-standby,
-...) says where a difference comes from; the ratio is also
+setup's line, the CPU per call of the five busiest thread names (tokio-rt-worker: the
+runtime's workers; call-log, sip-udp-standby, ...) says where a difference comes from; the ratio is also
 given less each setup's idle CPU (measured before the first step, charged over each
 step's window): what the calls themselves cost, apart from three idle nodes' upkeep.
 

@@ -220,21 +220,15 @@ fn run_node(
     if let Some(Err(e)) = huge_pages {
         tracing::warn!(error = %e, "cannot turn transparent huge pages off");
     }
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
     let env_override = std::env::var_os("TOKIO_WORKER_THREADS").is_some();
-    let mut builder = match process::scheduler(
+    if let Some(n) = process::runtime_workers(
         config.node.worker_threads,
         tsunagu_sip::shard::usable_cpus(),
         env_override,
     ) {
-        process::Scheduler::CurrentThread => tokio::runtime::Builder::new_current_thread(),
-        process::Scheduler::MultiThread(workers) => {
-            let mut builder = tokio::runtime::Builder::new_multi_thread();
-            if let Some(n) = workers {
-                builder.worker_threads(n);
-            }
-            builder
-        }
-    };
+        builder.worker_threads(n);
+    }
     let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {

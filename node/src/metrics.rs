@@ -365,7 +365,7 @@ impl Metrics {
         );
         r.register(
             "runtime_workers",
-            "Worker threads of the node's runtime (node.worker_threads, or one fewer than the CPUs the node may use, at least one; one is Tokio's current-thread scheduler, on the node's main thread)",
+            "Worker threads of the node's runtime (node.worker_threads, or one fewer than the CPUs the node may use, at least one)",
             c.runtime_workers.clone(),
         );
         r.register(

@@ -27,18 +27,6 @@
 //!   packet work need a CPU of their own anyway. On the 2-core host measured, one
 //!   worker instead of two cost 14–17 % less CPU per call from 1,000 to 6,000 cps,
 //!   for about 10 % less ceiling (README "Runtime threads").
-//! - **One runtime thread is Tokio's current-thread scheduler.** A multi-threaded
-//!   runtime of one worker still runs the node's main future on a thread of its own
-//!   and pays the multi-threaded scheduler's bookkeeping (atomic run queues, the
-//!   search for idle workers to notify, the hand-off of the I/O driver) at every
-//!   task switch, which a B2BUA makes several times per message. The current-thread
-//!   scheduler runs the same tasks on the main thread with a plain queue. On the
-//!   2-core host measured it cost 2–8 % less CPU per call in the side-by-side harness
-//!   (within ±4 % in the rate ladder) and carried 4–12 points more goodput past
-//!   capacity (README "Runtime threads"). Its one cost: a wake-up from another thread
-//!   (the call-log writer, SIP receive threads) always writes the I/O driver's
-//!   eventfd, where a parked worker alone needed it. `TOKIO_WORKER_THREADS=1` still
-//!   gives the multi-threaded runtime of one worker, for comparison.
 
 use std::io;
 use tsunagu_config::Config;
@@ -155,25 +143,6 @@ pub fn disable_transparent_huge_pages() -> io::Result<()> {
     Ok(())
 }
 
-/// The runtime the node runs on (see the module's notes).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scheduler {
-    /// One thread: Tokio's current-thread scheduler, on the thread that starts it.
-    CurrentThread,
-    /// A multi-threaded runtime of this many workers; `None` leaves the count to
-    /// `TOKIO_WORKER_THREADS`.
-    MultiThread(Option<usize>),
-}
-
-/// The runtime for `configured` workers on `cpus` (see [`runtime_workers`]): one worker
-/// is the current-thread scheduler, unless `TOKIO_WORKER_THREADS` chose it.
-pub fn scheduler(configured: usize, cpus: usize, env_override: bool) -> Scheduler {
-    match runtime_workers(configured, cpus, env_override) {
-        Some(1) => Scheduler::CurrentThread,
-        workers => Scheduler::MultiThread(workers),
-    }
-}
-
 /// The runtime's worker threads: `configured` when set, otherwise one fewer than the
 /// `cpus` the node may run on, at least one (see the module's notes). `None` leaves the
 /// choice to Tokio's `TOKIO_WORKER_THREADS` override when that is set and nothing is
@@ -206,28 +175,6 @@ mod tests {
         for ((configured, cpus, env), want) in rows {
             assert_eq!(
                 runtime_workers(configured, cpus, env),
-                want,
-                "{configured} {cpus} {env}"
-            );
-        }
-    }
-
-    #[test]
-    fn one_runtime_thread_is_the_current_thread_scheduler() {
-        use Scheduler::*;
-        // (configured, cpus, TOKIO_WORKER_THREADS set) -> scheduler
-        let rows = [
-            ((0, 2, false), CurrentThread),
-            ((0, 1, false), CurrentThread),
-            ((1, 16, false), CurrentThread),
-            ((1, 16, true), CurrentThread),
-            ((0, 4, false), MultiThread(Some(3))),
-            ((2, 2, false), MultiThread(Some(2))),
-            ((0, 2, true), MultiThread(None)),
-        ];
-        for ((configured, cpus, env), want) in rows {
-            assert_eq!(
-                scheduler(configured, cpus, env),
                 want,
                 "{configured} {cpus} {env}"
             );

@@ -533,6 +533,26 @@ pub async fn run(
         }
         None => tsunagu_sip::TlsSetup::default(),
     };
+    let endpoint = Endpoint::start(
+        &listeners,
+        edge_settings(&config, lease_gate.closure(sip_withheld)),
+        handler.clone(),
+        metrics.sip.clone(),
+        tls,
+    )
+    .await
+    .map_err(|e| {
+        NodeError::Io(format!(
+            "cannot open SIP listeners {:?}: {e}",
+            config
+                .sip
+                .listen
+                .iter()
+                .map(|l| l.to_string())
+                .collect::<Vec<_>>()
+        ))
+    })?;
+
     let recordings_dir = config.node.effective_recordings_dir();
     let recording_space = crate::recording_space::RecordingSpace::start(
         recordings_dir.clone(),
@@ -561,28 +581,6 @@ pub async fn run(
         feed_at_load,
         metrics.calls.provisioning_change.clone(),
     )?;
-    // The SIP listeners open once the prompts and the provisioning copies are loaded:
-    // with one runtime thread that work would hold up the SIP core's tasks (a 503 or
-    // an OPTIONS answered late), where it now delays only the start.
-    let endpoint = Endpoint::start(
-        &listeners,
-        edge_settings(&config, lease_gate.closure(sip_withheld)),
-        handler.clone(),
-        metrics.sip.clone(),
-        tls,
-    )
-    .await
-    .map_err(|e| {
-        NodeError::Io(format!(
-            "cannot open SIP listeners {:?}: {e}",
-            config
-                .sip
-                .listen
-                .iter()
-                .map(|l| l.to_string())
-                .collect::<Vec<_>>()
-        ))
-    })?;
     let ctx = Arc::new(NodeContext {
         node_id: config.node.id.clone(),
         epoch,

@@ -2,9 +2,8 @@
 //!
 //! The SIP core (transactions, the Call-ID → call table, overload admission) is a
 //! single-threaded state machine; one of them keeps up with one core's worth of
-//! signalling. A node runs several, each a task of its own on the runtime (spread
-//! over its workers when it has several), and every message goes to the one its
-//! Call-ID picks:
+//! signalling. A node runs several, each a task of its own on the multi-threaded
+//! runtime, and every message goes to the one its Call-ID picks:
 //!
 //! - everything of one dialog carries one Call-ID: an INVITE, its retransmissions,
 //!   CANCEL and ACK, the responses to what the node sent, BYE, re-INVITEs;

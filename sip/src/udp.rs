@@ -549,14 +549,11 @@ mod tests {
                 true
             }
         }
-        // As a node of one runtime thread runs: Tokio's current-thread scheduler,
-        // driven by one thread of its own (the node's main thread).
-        let runtime = Arc::new(
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap(),
-        );
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let metrics = SipMetrics::default();
         let inbound = Inbound {
@@ -577,11 +574,6 @@ mod tests {
             start_receiving(UdpReceive::Auto, Arc::new(sock), receiving, inbound, 1).unwrap();
             addr
         });
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let driver = {
-            let runtime = runtime.clone();
-            std::thread::spawn(move || runtime.block_on(async move { stopped.await.ok() }))
-        };
         let peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
 
         peer.send_to(OPTIONS, addr).unwrap();
@@ -618,8 +610,6 @@ mod tests {
         }
         peer.send_to(OPTIONS, addr).unwrap();
         assert!(rx.blocking_recv().is_some());
-        let _ = stop.send(());
-        driver.join().unwrap();
         drop(runtime);
     }
 }
