@@ -549,18 +549,6 @@ fn callee_reinvite(ports: Ports, answered: &str, cseq: u32, sdp: &str) -> String
     )
 }
 
-/// The callee's BYE in the dialog of `answered` (the node's INVITE it answered).
-fn callee_bye(ports: Ports, answered: &str, cseq: u32) -> String {
-    format!(
-        "BYE sip:node@127.0.0.1:{node} SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.1:{uas};branch=z9hG4bK-bye{cseq}\nFrom: {to};tag=calleetag\nTo: {from}\nCall-ID: {cid}\nCSeq: {cseq} BYE\nMax-Forwards: 70\nContent-Length: 0\n\n",
-        node = ports.sip,
-        uas = ports.uas,
-        to = header(answered, "To").unwrap(),
-        from = header(answered, "From").unwrap(),
-        cid = header(answered, "Call-ID").unwrap().trim(),
-    )
-}
-
 /// The caller's 200 to a re-INVITE `relayed` to it: `extra` headers, its Contact and
 /// its SDP.
 fn caller_ok(caller: &Party, relayed: &str, extra: &str) -> String {
@@ -782,7 +770,7 @@ fn a_200_never_acknowledged_after_a_hang_up_brings_no_second_bye() {
             copies += 1;
         }
     }
-    callee.send(&callee_bye(ports, &invite, 1));
+    callee.send(&callee_request(ports, &invite, "calleetag", "BYE", 1));
     let bye_ok = callee.expect("SIP/2.0 ");
     assert!(
         bye_ok.starts_with("SIP/2.0 200") && bye_ok.contains("BYE"),
