@@ -713,6 +713,66 @@ mod tests {
         assert_eq!(f.metrics.calls.actor_failures.get(), 1);
     }
 
+    /// A call whose actor panics while it ends (the caller hung up, the callee has not
+    /// answered the node's BYE yet) sends nothing twice: the callee's BYE goes on as
+    /// it was (its retransmissions, one CSeq) and the caller, already gone, gets none.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_call_crashing_while_it_ends_sends_no_second_bye() {
+        let f = forwarding_call(Duration::from_secs(3600)).await;
+        let node = f.ctx.endpoint.local(tsunagu_sip::Transport::Udp).unwrap();
+        let me = f.caller.local_addr().unwrap();
+        let invite = recv_text(&f.callee);
+        f.callee_says(&invite, "200 OK", Some(CALLEE_SDP));
+        let answer = recv_past(&f.caller, "SIP/2.0 1");
+        assert!(answer.starts_with("SIP/2.0 200 "), "{answer}");
+        let to = answer.lines().find(|l| l.starts_with("To:")).unwrap();
+        let request = |method: &str, cseq: u32| {
+            format!(
+                "{method} sip:tsunagu@{node} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK{method}{cseq}\r\nFrom: <sip:09012345678@{me}>;tag=c\r\n{to}\r\nCall-ID: crash-1\r\nCSeq: {cseq} {method}\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+            )
+        };
+        f.caller
+            .send_to(request("ACK", 1).as_bytes(), node)
+            .unwrap();
+        f.caller
+            .send_to(request("BYE", 2).as_bytes(), node)
+            .unwrap();
+        // (Past the 200's retransmissions, if any came before the ACK.)
+        let ok = std::iter::repeat_with(|| recv_text(&f.caller))
+            .find(|m| m.contains("CSeq: 2 BYE"))
+            .unwrap();
+        assert!(ok.starts_with("SIP/2.0 200 "), "{ok}");
+        let bye = recv_past(&f.callee, "ACK ");
+        assert!(bye.starts_with("BYE "), "{bye}");
+        let cseq = |m: &str| {
+            m.lines()
+                .find(|l| l.starts_with("CSeq:"))
+                .map(str::to_string)
+        };
+        f.sup.send_message(SupervisorMsg::CrashAll).unwrap();
+        let r = final_record(&f).await;
+        assert_eq!(r.result, CallResult::Failed);
+        for sock in [&f.callee, &f.caller] {
+            sock.set_read_timeout(Some(Duration::from_millis(100)))
+                .unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_millis(1500);
+        while Instant::now() < deadline {
+            let mut buf = [0u8; 8192];
+            if let Ok((n, _)) = f.callee.recv_from(&mut buf) {
+                let m = String::from_utf8_lossy(&buf[..n]).into_owned();
+                assert!(
+                    !m.starts_with("BYE ") || cseq(&m) == cseq(&bye),
+                    "a second BYE to the callee: {m}"
+                );
+            }
+            if let Ok((n, _)) = f.caller.recv_from(&mut buf) {
+                let m = String::from_utf8_lossy(&buf[..n]).into_owned();
+                assert!(!m.starts_with("BYE "), "a BYE to the caller, gone: {m}");
+            }
+        }
+    }
+
     /// Each row: (age, asked to end this long ago, node.max_call_seconds) → action.
     #[test]
     fn the_sweep_asks_a_long_call_to_end_and_stops_one_that_does_not() {

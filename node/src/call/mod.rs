@@ -1169,16 +1169,28 @@ impl Call {
     /// After a panic, from whatever state the call was left in: the callee gets a BYE
     /// if it answered, else a CANCEL, its leg handed to [`abandoned`] (which answers
     /// what it sends later and lets its Call-ID go); a caller the node answered gets a
-    /// BYE (an unanswered INVITE is refused 500 by the supervisor).
+    /// BYE (an unanswered INVITE is refused 500 by the supervisor). Nothing is sent
+    /// twice: a call already ending sent its BYEs.
     fn hang_up_after_panic(&mut self) {
         let ep = self.ctx.endpoint.clone();
+        // Ending, the call's BYEs are out already (a CANCEL may still wait for a
+        // provisional, which the hand-over sends).
+        let ending = matches!(self.phase, Phase::Ending | Phase::Done);
         if let Some(mut b) = self.b.take() {
-            if b.is_answered() {
-                b.hang_up(&ep);
-            } else {
-                b.cancel(&ep);
+            match (b.is_answered(), ending) {
+                (true, true) => ep.unregister(b.call_id()),
+                (true, false) => {
+                    b.hang_up(&ep);
+                    abandoned::Abandoned::hand_over(b, &self.ctx, self.b_channel.take());
+                }
+                (false, _) => {
+                    b.cancel(&ep);
+                    abandoned::Abandoned::hand_over(b, &self.ctx, self.b_channel.take());
+                }
             }
-            abandoned::Abandoned::hand_over(b, &self.ctx, self.b_channel.take());
+        }
+        if ending {
+            return;
         }
         let caller_answered = self.phase == Phase::Answered || self.a_answered;
         if caller_answered && !self.a.holds_final() {
