@@ -751,7 +751,7 @@ fn a_200_the_caller_never_acknowledges_is_logged_without_talk_time() {
 fn a_200_never_acknowledged_after_a_hang_up_brings_no_second_bye() {
     let ports = Ports::take();
     let node = Node::start(ports, "127.0.0.1/32", "");
-    node.provision("0501234567", DEST, "{}");
+    let (key, _) = node.provision("0501234567", DEST, "{}");
     let callee = Callee::bind(ports);
     let caller = Party::bind("127.0.0.1", ports.sip);
     caller.send(&invite_with(&caller, "never-acked-hung-up", CALLER_SDP));
@@ -779,8 +779,16 @@ fn a_200_never_acknowledged_after_a_hang_up_brings_no_second_bye() {
     let to_caller = std::iter::from_fn(|| caller.recv(Duration::from_secs(5)))
         .find(|m| m.starts_with("BYE "))
         .expect("the caller's BYE");
-    // The caller answers nothing; past the 200's 64*T1 (32 s and the timer's step).
-    let later = callee.quiet_for(Duration::from_secs(30));
+    // The caller answers nothing. The call ends at its end guard, after the 200's
+    // 64*T1 (its last timer at 35.5 s): logged failed (the caller never confirmed the
+    // 200), and nothing reached the callee meanwhile (what came stays in its socket).
+    node.wait_until(Duration::from_secs(45), "the call's record", || {
+        !node.calls(&key, "").is_empty()
+    });
+    let call = &node.calls(&key, "")[0];
+    assert_eq!(call["result"], "failed", "{call}");
+    assert_eq!(call["talk_seconds"], 0, "{call}");
+    let later = callee.quiet_for(Duration::from_millis(300));
     assert!(
         !later.iter().any(|m| m.starts_with("BYE ")),
         "a second BYE to the callee: {later:?}"

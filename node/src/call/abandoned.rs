@@ -11,6 +11,7 @@
 
 use super::legs::BLeg;
 use crate::context::{NodeContext, TrunkChannel};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tsunagu_sip::endpoint::CallSink;
@@ -38,6 +39,9 @@ pub struct Abandoned {
     /// The trunk channel the attempt holds until the leg is done (its INVITE may
     /// still be answered), or [`ABANDONED_FOR`].
     channel: Mutex<Option<TrunkChannel>>,
+    /// Past its first wait: a late answer's BYE, once answered, ends it (nothing
+    /// else would until [`ROUTE_KEPT_FOR`]).
+    late: AtomicBool,
 }
 
 impl Abandoned {
@@ -47,18 +51,27 @@ impl Abandoned {
     pub fn hand_over(leg: BLeg, ctx: &Arc<NodeContext>, channel: Option<TrunkChannel>) {
         let ep = ctx.endpoint.clone();
         let call_id = leg.call_id().to_string();
+        // A leg hung up already (its 2xx unusable, its call crashed) waits only for
+        // its INVITE's other forks: RFC 6026's Timer M, 64*T1 after that 2xx.
+        let first_wait = if leg.hung_up_any() {
+            super::reliable::T1.saturating_mul(64)
+        } else {
+            ABANDONED_FOR
+        };
         let this = Arc::new(Abandoned {
             leg: Mutex::new(leg),
             ep: ep.clone(),
             ctx: ctx.clone(),
             channel: Mutex::new(channel),
+            late: AtomicBool::new(false),
         });
         let weak = Arc::downgrade(&this);
         ep.register(&call_id, this);
         tokio::spawn(async move {
-            tokio::time::sleep(ABANDONED_FOR).await;
+            tokio::time::sleep(first_wait).await;
             let Some(this) = weak.upgrade() else { return };
             this.give_channel_back();
+            this.late.store(true, Ordering::Release);
             // Answered: the other forks' 2xx come within RFC 6026's Timer M (64*T1
             // after the first), long before this; no later one is waited for.
             let answered = this
@@ -112,7 +125,8 @@ impl CallSink for Abandoned {
                     // A failure (487 after our CANCEL), ACKed by the transaction.
                     (Method::Invite, _) => self.done(&leg),
                     // The callee is free again; another fork of the INVITE may still
-                    // answer (until [`ABANDONED_FOR`], which lets the leg go).
+                    // answer until the first wait ends, which lets the leg go.
+                    (Method::Bye, 200..) if self.late.load(Ordering::Acquire) => self.done(&leg),
                     (Method::Bye, 200..) => self.give_channel_back(),
                     _ => {}
                 }

@@ -131,16 +131,7 @@ impl Call {
                     self.after_failure(f);
                 }
             }
-            SipEvent::AckTimeout
-                if matches!(self.phase, Phase::Ending | Phase::Done) || self.judging =>
-            {
-                // Already ending (a party hung up; the judgement runs after the
-                // caller's BYE): the BYEs are out. Hanging up again sent a second BYE
-                // on each dialog, the callee's already ended (a review).
-                tracing::debug!("a 200 of ours was never acknowledged; the call is ending");
-            }
             SipEvent::AckTimeout => {
-                tracing::warn!("a 200 of ours was never acknowledged; hanging up");
                 if !self.a_acked {
                     // The caller never confirmed the call's 200 (it may never have had
                     // it): logged failed with no talk time, as for `prack_timeout`, so
@@ -152,6 +143,14 @@ impl Call {
                 // Either way the node ended it: the call's 200, or the 2xx of a
                 // re-INVITE (RFC 3261 13.3.1.4), never acknowledged.
                 self.end_reason.get_or_insert("ack_timeout");
+                if matches!(self.phase, Phase::Ending | Phase::Done) || self.judging {
+                    // Already ending (a party hung up; the judgement runs after the
+                    // caller's BYE): the BYEs are out. Hanging up again sent a second
+                    // BYE on each dialog, the callee's already ended (a review).
+                    tracing::debug!("a 200 of ours was never acknowledged; the call is ending");
+                    return;
+                }
+                tracing::warn!("a 200 of ours was never acknowledged; hanging up");
                 self.hang_up_both();
             }
         }

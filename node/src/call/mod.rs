@@ -508,8 +508,13 @@ async fn drive(mut call: Box<Call>, me: CallRef) -> Exit {
     };
     match exit {
         Exit::Done => {}
-        // A bug: the parties are not left up, connected to nobody (a review).
-        Exit::Panicked(_) => call.hang_up_after_panic(),
+        // A bug: the parties are not left up, connected to nobody (a review); a
+        // panic in that too still lets the inbox close below.
+        Exit::Panicked(_) => {
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                call.hang_up_after_panic()
+            }));
+        }
         // Stopped (asked to end and did not, or at shutdown, where another node may
         // take the call over): the supervisor forgets the caller's Call-ID, and the
         // callee's is forgotten here (it stayed routed to a call that was gone, its
@@ -1174,7 +1179,14 @@ impl Call {
     fn hang_up_after_panic(&mut self) {
         let ep = self.ctx.endpoint.clone();
         // Ending, the call's BYEs are out already (a CANCEL may still wait for a
-        // provisional, which the hand-over sends).
+        // provisional, which the hand-over sends). Logged, it was handed to another
+        // node (or vanished), which carries its parties now.
+        if self.logged.load(Ordering::Acquire) {
+            if let Some(b) = self.b.take() {
+                ep.unregister(b.call_id());
+            }
+            return;
+        }
         let ending = matches!(self.phase, Phase::Ending | Phase::Done);
         if let Some(mut b) = self.b.take() {
             match (b.is_answered(), ending) {
@@ -1192,8 +1204,9 @@ impl Call {
         if ending {
             return;
         }
+        // (Judging, the caller has hung up already.)
         let caller_answered = self.phase == Phase::Answered || self.a_answered;
-        if caller_answered && !self.a.holds_final() {
+        if caller_answered && !self.judging && !self.a.holds_final() {
             let (spec, peer) = self.a.request(&ep, Method::Bye);
             ep.request(spec, peer);
         }
