@@ -6,7 +6,7 @@
 //! no destination is left. What to try next is decided in [`crate::decide::outcome`].
 
 use super::legs::{BLeg, Outbound};
-use super::{abandoned, reliable, session, Call, CallHandle, CallMsg, FarEnd};
+use super::{reliable, session, Call, CallHandle, CallMsg, FarEnd};
 use crate::clock::now_ms;
 use crate::context::TrunkChannel;
 use crate::decide::outcome::{next_step, Failure, Step};
@@ -213,12 +213,14 @@ impl Call {
     /// 9.1), and waiting for Timer B would hold the caller 32 s: the attempt fails now,
     /// and the leg answers late responses by itself (`abandoned`).
     pub(super) fn nothing_from_the_trunk(&mut self) {
-        let Some(mut b) = self.b.take() else { return };
+        if self.b.is_none() {
+            return;
+        }
         tracing::info!("nothing from the trunk for the attempt's INVITE; moving on");
         self.ctx.metrics.calls.attempts_abandoned.inc();
         self.stop_ring_timer();
-        b.cancel(&self.ctx.endpoint.clone()); // held until a provisional comes
-        abandoned::Abandoned::hand_over(b, &self.ctx, self.b_channel.take());
+        let channel = self.b_channel.take();
+        self.let_callee_go(channel); // its CANCEL held until a provisional comes
         self.after_failure(Failure::Timeout);
     }
 
@@ -229,10 +231,13 @@ impl Call {
     /// ringback until the INVITE's transaction was swept, minutes later (a review).
     /// The call moves on; the leg answers late responses by itself (`abandoned`).
     pub(super) fn cancel_unanswered(&mut self) {
-        let Some(b) = self.b.take() else { return };
+        if self.b.is_none() {
+            return;
+        }
         tracing::info!("the cancelled attempt's INVITE got no final response in 32 s; moving on");
         self.ctx.metrics.calls.attempts_abandoned.inc();
-        abandoned::Abandoned::hand_over(b, &self.ctx, self.b_channel.take());
+        let channel = self.b_channel.take();
+        self.let_callee_go(channel); // cancelled already: not sent again
         let failure = self.pending_failure.take().unwrap_or(Failure::RingTimeout);
         self.after_failure(failure);
     }

@@ -4,7 +4,6 @@
 //! in CSeq order; the callee's responses to the forwarded INVITE (provisional, early
 //! media, the answer, failures and redirects) and to the node's other requests.
 
-use super::abandoned;
 use super::flow::After;
 use super::legs::Leg;
 use super::{cseq_in_order, refuse_method, reliable, to_tag, Call, Phase, INFO_KEYS_PER_SECOND};
@@ -539,15 +538,12 @@ impl Call {
                         routable,
                         "the callee answered without a usable SDP answer or route set; hung up"
                     );
-                    // Handed to `abandoned` once hung up: another fork of the INVITE
+                    // Hung up and handed to `abandoned`: another fork of the INVITE
                     // answering later (the call has moved on, or ended) is ACKed and
-                    // hung up there, where it got an ACK only (a review).
-                    // Its trunk channel is free at once, as for any failed attempt (the
-                    // next may need it).
-                    if let Some(mut b) = self.b.take() {
-                        b.hang_up(&ep);
-                        abandoned::Abandoned::hand_over(b, &self.ctx, None);
-                    }
+                    // hung up there, where it reached nobody (a review). Its trunk
+                    // channel is free at once, as for any failed attempt (the next
+                    // may need it).
+                    self.let_callee_go(None);
                     self.stop_ring_timer();
                     return self.after_failure(Failure::UnusableAnswer);
                 };

@@ -1158,17 +1158,29 @@ impl Call {
     /// it; a BYE on a leg never answered would leave the callee ringing).
     fn end_b(&mut self) {
         let ep = self.ctx.endpoint.clone();
-        match self.b.take() {
-            Some(mut b) if b.is_answered() => {
-                b.bye(&ep);
-                self.b = Some(b);
-            }
-            Some(mut b) => {
-                b.cancel(&ep);
-                abandoned::Abandoned::hand_over(b, &self.ctx, self.b_channel.take());
+        match self.b.as_mut() {
+            Some(b) if b.is_answered() => b.bye(&ep),
+            Some(_) => {
+                let channel = self.b_channel.take();
+                self.let_callee_go(channel);
             }
             None => {}
         }
+    }
+
+    /// Hands the callee's leg to [`abandoned`], which answers what the callee sends
+    /// from now on (a late 2xx ACKed and hung up, the BYE's or CANCEL's answer), with
+    /// `channel` held until it is done: hung up first if it answered, else cancelled
+    /// (sent once the callee has said something, RFC 3261 9.1; at most once).
+    pub(super) fn let_callee_go(&mut self, channel: Option<TrunkChannel>) {
+        let Some(mut b) = self.b.take() else { return };
+        let ep = self.ctx.endpoint.clone();
+        if b.is_answered() {
+            b.hang_up(&ep);
+        } else {
+            b.cancel(&ep);
+        }
+        abandoned::Abandoned::hand_over(b, &self.ctx, channel);
     }
 
     /// After a panic, from whatever state the call was left in: the callee gets a BYE
@@ -1188,18 +1200,14 @@ impl Call {
             return;
         }
         let ending = matches!(self.phase, Phase::Ending | Phase::Done);
-        if let Some(mut b) = self.b.take() {
-            match (b.is_answered(), ending) {
-                (true, true) => ep.unregister(b.call_id()),
-                (true, false) => {
-                    b.hang_up(&ep);
-                    abandoned::Abandoned::hand_over(b, &self.ctx, self.b_channel.take());
-                }
-                (false, _) => {
-                    b.cancel(&ep);
-                    abandoned::Abandoned::hand_over(b, &self.ctx, self.b_channel.take());
-                }
+        let answered_b = self.b.as_ref().is_some_and(|b| b.is_answered());
+        if ending && answered_b {
+            if let Some(b) = self.b.take() {
+                ep.unregister(b.call_id());
             }
+        } else {
+            let channel = self.b_channel.take();
+            self.let_callee_go(channel);
         }
         if ending {
             return;

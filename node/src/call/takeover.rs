@@ -295,10 +295,9 @@ impl Call {
             timer_retried: [false; 2],
         }));
         if me.send_message(CallMsg::Resume).is_err() {
-            // Stopped before it began: its Call-IDs are forgotten here, as a call that
-            // ran forgets them at its end (the supervisor forgets the caller's only:
-            // the callee's stayed routed to nothing, a review).
-            call.ep().unregister(&call.a.info.call_id);
+            // Stopped before it began: the supervisor forgets the caller's Call-ID,
+            // and the callee's is forgotten here (it stayed routed to nothing, a
+            // review), as a call that ran forgets it at its end.
             if let Some(b) = &call.b {
                 call.ep().unregister(b.call_id());
             }
