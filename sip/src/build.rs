@@ -509,6 +509,20 @@ pub fn ack_for_stray_2xx(
     if cseq <= FIRST_INVITE_CSEQ {
         return None;
     }
+    in_dialog_of_2xx(resp, Method::Ack, cseq, transport, sent_by)
+}
+
+/// A request inside the dialog a 2xx to an INVITE of ours set up, written from the
+/// 2xx alone (see [`ack_for_stray_2xx`]): its ACK (`method` ACK, the 2xx's CSeq
+/// number) or, for a dialog nobody keeps (a fork the SIP core hangs up), its BYE (the
+/// next CSeq number). None as for [`ack_for_stray_2xx`], the CSeq aside.
+pub fn in_dialog_of_2xx(
+    resp: &rsipstack::sip::Response,
+    method: Method,
+    cseq: u32,
+    transport: Transport,
+    sent_by: SocketAddr,
+) -> Option<RequestSpec> {
     let target = crate::parse::uri_of(header(resp, "Contact")?).trim();
     let sip_uri = ["sip:", "sips:"].iter().any(|s| {
         target
@@ -521,7 +535,7 @@ pub fn ack_for_stray_2xx(
     let mut routes = route_set(resp)?;
     routes.reverse();
     Some(RequestSpec {
-        method: Method::Ack,
+        method,
         uri: target.to_string(),
         transport,
         sent_by,

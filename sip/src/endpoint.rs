@@ -648,10 +648,11 @@ impl Core {
     }
 
     /// Gives a response to its call. A 2xx to an INVITE that no call takes (none is
-    /// registered under its Call-ID, or the call has ended) is acknowledged here;
+    /// registered under its Call-ID, or the call has ended) is acknowledged here, and
+    /// hung up when it is a `fork`'s (see [`ResponseMatch::Fork2xx`]; once per fork);
     /// other responses no call takes go nowhere (nor does one to a call whose inbox
     /// is full: the call answers its retransmission).
-    fn deliver_response(&mut self, response: Response, info: Info, peer: Peer) {
+    fn deliver_response(&mut self, response: Response, info: Info, peer: Peer, fork: bool) {
         let route = self.calls.get_mut(info.call_id.as_str());
         let event = SipEvent::Response { response, info };
         let stray = match route {
@@ -669,10 +670,44 @@ impl Core {
         };
         if let Some(SipEvent::Response { response, info }) = stray {
             let code = response.status_code.code();
-            if info.cseq_method == Method::Invite && (200..300).contains(&code) {
+            if fork {
+                let tag = header(&response, "To").and_then(crate::parse::tag);
+                let first = self
+                    .transactions
+                    .fork_hung_up(&info.branch, tag.unwrap_or_default());
+                self.hang_up_fork(&response, &info, peer, first);
+            } else if info.cseq_method == Method::Invite && (200..300).contains(&code) {
                 self.ack_stray_2xx(&response, &info, peer);
             }
         }
+    }
+
+    /// ACKs a 2xx to an INVITE of ours whose dialog nobody keeps (a fork's, after the
+    /// INVITE failed or after its call ended; RFC 3261 13.2.2.4) and, when `first` (not
+    /// a repeat of one hung up already, whose ACK was lost), hangs it up with a BYE:
+    /// both written from the 2xx and sent back where it came from. The BYE's answers
+    /// and timeout end in its transaction (no call's: an empty Call-ID for the
+    /// transaction). Without this its sender sent the 2xx for 32 s and then hung up a
+    /// callee connected to nobody.
+    fn hang_up_fork(&mut self, resp: &Response, info: &Info, peer: Peer, first: bool) {
+        let Some(by) = sent_by_for(&self.locals, peer) else {
+            return;
+        };
+        let built = |method, cseq| build::in_dialog_of_2xx(resp, method, cseq, peer.transport, by);
+        let Some(ack) = built(Method::Ack, info.cseq) else {
+            return;
+        };
+        tracing::info!(call_id = %info.call_id, first, "a fork's 2xx that no call keeps: acknowledged and hung up");
+        self.send_request(ack, peer, Instant::now());
+        let bye = info
+            .cseq
+            .checked_add(1)
+            .and_then(|cseq| built(Method::Bye, cseq));
+        let Some(bye) = bye.filter(|_| first) else {
+            return;
+        };
+        self.metrics.forks_hung_up.inc();
+        self.send_request_for(bye, peer, Instant::now(), "");
     }
 
     /// ACKs a 2xx to an INVITE that no call took (see [`build::ack_for_stray_2xx`]),
@@ -691,6 +726,13 @@ impl Core {
     /// Sends a request of ours: an ACK as it is (it has no transaction), anything
     /// else in a new client transaction.
     fn send_request(&mut self, spec: RequestSpec, peer: Peer, now: Instant) {
+        let call_id = spec.call_id.clone();
+        self.send_request_for(spec, peer, now, &call_id);
+    }
+
+    /// [`Self::send_request`], its transaction's answers and timeout for the call
+    /// registered under `call_id` (none: "", the SIP core's own request).
+    fn send_request_for(&mut self, spec: RequestSpec, peer: Peer, now: Instant, call_id: &str) {
         self.metrics
             .requests_sent
             .get_or_create(&MethodLabel {
@@ -706,10 +748,9 @@ impl Core {
             });
         } else {
             let key = TxKey::new(&spec.branch, spec.method);
-            let call_id = spec.call_id.clone();
-            let invite = (spec.method == Method::Invite).then_some(spec);
+            let invite = (spec.method == Method::Invite).then(|| Box::new(spec));
             self.transactions
-                .send_request(key, peer, data, invite, &call_id, now, &mut self.out);
+                .send_request(key, peer, data, invite, call_id, now, &mut self.out);
         }
     }
 
@@ -783,11 +824,15 @@ impl Core {
                     now,
                     &mut self.out,
                 );
-                if matches!(
-                    verdict,
-                    ResponseMatch::Deliver | ResponseMatch::Deliver2xxRetransmission
-                ) {
-                    self.deliver_response(resp, m.info, m.peer);
+                match verdict {
+                    ResponseMatch::Deliver | ResponseMatch::Deliver2xxRetransmission => {
+                        self.deliver_response(resp, m.info, m.peer, false);
+                    }
+                    ResponseMatch::Fork2xx => self.deliver_response(resp, m.info, m.peer, true),
+                    ResponseMatch::Unwanted2xx { first } => {
+                        self.hang_up_fork(&resp, &m.info, m.peer, first);
+                    }
+                    ResponseMatch::Absorbed | ResponseMatch::Unmatched => {}
                 }
             }
         }
@@ -1405,6 +1450,179 @@ Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
             );
         }
         assert_eq!(metrics.stray_2xx_acked.get(), 2);
+    }
+
+    /// Takes every event of its call, for the test to read.
+    struct Recorder(std::sync::Mutex<mpsc::UnboundedSender<SipEvent>>);
+
+    impl CallSink for Recorder {
+        fn deliver(&self, event: SipEvent) -> Result<(), Undelivered> {
+            let _ = self.0.lock().unwrap().send(event);
+            Ok(())
+        }
+    }
+
+    /// A 2xx of a fork whose dialog nobody keeps is ACKed and hung up by the SIP core
+    /// (RFC 3261 13.2.2.4), from the 2xx alone: one that crossed the INVITE's failure
+    /// (a forking proxy's 603, then its other branch's 200; a transaction absorbed it
+    /// and its sender sent it for 32 s), and one of another fork after the call that
+    /// took the first 2xx has ended. A repeat of a hung-up fork is ACKed again, not hung
+    /// up again; the first 2xx's repeat is the call's (no call: nothing); while the call
+    /// lives a fork's 2xx is the call's to hang up; the core's BYE's answer reaches no
+    /// call. Each check ends with an OPTIONS of the same Call-ID (the same shard, in
+    /// order) answered next: nothing else went out.
+    #[tokio::test]
+    async fn a_forks_2xx_that_no_call_keeps_is_acknowledged_and_hung_up() {
+        let metrics = SipMetrics::default();
+        let (ep, node, sock, me) = on_loopback(
+            EdgeSettings::new(SourcePolicy::trust_all()),
+            Arc::new(Taker),
+            metrics.clone(),
+        )
+        .await;
+        let peer = Peer {
+            transport: Transport::Udp,
+            addr: me,
+        };
+        let (tx, mut events) = mpsc::unbounded_channel();
+        let recorder = Arc::new(Recorder(std::sync::Mutex::new(tx)));
+        let invite = |call_id: &str| RequestSpec {
+            method: Method::Invite,
+            uri: format!("sip:callee@{me}"),
+            transport: Transport::Udp,
+            sent_by: node,
+            branch: format!("z9hG4bK-{call_id}"),
+            from: format!("<sip:tsunagu@{node}>;tag=n"),
+            to: format!("<sip:callee@{me}>"),
+            call_id: call_id.into(),
+            cseq: 1,
+            contact: Some(format!("<sip:tsunagu@{node}>")),
+            routes: Vec::new(),
+            max_forwards: 70,
+            extra: Vec::new(),
+            body: None,
+        };
+        let answer = |call_id: &str, status: &str, tag: &str, method: &str, cseq: u32| {
+            format!(
+                "SIP/2.0 {status}\r\nVia: SIP/2.0/UDP {node};branch=z9hG4bK-{call_id}\r\n\
+Record-Route: <sip:p1.example;lr>, <sip:p2.example;lr>\r\n\
+From: <sip:tsunagu@{node}>;tag=n\r\nTo: <sip:callee@{me}>;tag={tag}\r\nCall-ID: {call_id}\r\n\
+CSeq: {cseq} {method}\r\nContact: <sip:{tag}@{me}>\r\nContent-Length: 0\r\n\r\n"
+            )
+        };
+        let nothing_more = |call_id: &str| {
+            let options = format!(
+                "OPTIONS sip:{node} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKo{}\r\n\
+From: <sip:p@{me}>;tag=o\r\nTo: <sip:{node}>\r\nCall-ID: {call_id}\r\nCSeq: 1 OPTIONS\r\n\
+Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
+                build::new_tag()
+            );
+            let sock = &sock;
+            async move {
+                sock.send_to(options.as_bytes(), node).await.unwrap();
+                let next = recv_text(sock, "the OPTIONS answer").await;
+                assert!(
+                    next.starts_with("SIP/2.0 200") && next.contains("CSeq: 1 OPTIONS"),
+                    "something more went out: {next}"
+                );
+            }
+        };
+        let send = |text: String| {
+            let sock = &sock;
+            async move { sock.send_to(text.as_bytes(), node).await.unwrap() }
+        };
+        // The ACK and BYE of fork `tag`, written from its 2xx and sent back here.
+        let hung_up = |call_id: &'static str, tag: &'static str| {
+            let sock = &sock;
+            async move {
+                let ack = recv_text(sock, "the fork's ACK").await;
+                let bye = recv_text(sock, "the fork's BYE").await;
+                for (text, method, cseq) in [(&ack, "ACK", "1 ACK"), (&bye, "BYE", "2 BYE")] {
+                    assert!(
+                        text.starts_with(&format!("{method} sip:{tag}@{me} SIP/2.0\r\n")),
+                        "{text}"
+                    );
+                    for line in [
+                        "Route: <sip:p2.example;lr>\r\nRoute: <sip:p1.example;lr>\r\n".to_string(),
+                        format!("To: <sip:callee@{me}>;tag={tag}\r\nCall-ID: {call_id}\r\nCSeq: {cseq}\r\n"),
+                    ] {
+                        assert!(text.contains(&line), "{line} in\n{text}");
+                    }
+                }
+                bye
+            }
+        };
+
+        // The INVITE fails (603, ACKed by its transaction); another fork's 200 follows.
+        ep.register("failed", recorder.clone());
+        ep.request(invite("failed"), peer);
+        assert!(recv_text(&sock, "the INVITE").await.starts_with("INVITE "));
+        send(answer("failed", "603 Declined", "f1", "INVITE", 1)).await;
+        assert!(recv_text(&sock, "the 603's ACK").await.starts_with("ACK "));
+        send(answer("failed", "200 OK", "f2", "INVITE", 1)).await;
+        let bye = hung_up("failed", "f2").await;
+        // The BYE's answer ends in its transaction, not at the call.
+        let branch = bye
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("Via: SIP/2.0/UDP {node};branch=")))
+            .unwrap()
+            .to_string();
+        send(
+            answer("failed", "200 OK", "f2", "BYE", 2)
+                .replace("branch=z9hG4bK-failed", &format!("branch={branch}")),
+        )
+        .await;
+        // A repeat of the fork's 2xx (its ACK lost): ACKed again, not hung up again.
+        send(answer("failed", "200 OK", "f2", "INVITE", 1)).await;
+        assert!(recv_text(&sock, "the repeat's ACK")
+            .await
+            .starts_with("ACK sip:f2@"));
+        nothing_more("failed").await;
+
+        // An INVITE answered; while its call lives, another fork's 2xx is the call's.
+        ep.register("answered", recorder.clone());
+        ep.request(invite("answered"), peer);
+        assert!(recv_text(&sock, "the INVITE").await.starts_with("INVITE "));
+        send(answer("answered", "200 OK", "a1", "INVITE", 1)).await;
+        send(answer("answered", "200 OK", "a2", "INVITE", 1)).await;
+        nothing_more("answered").await;
+        // The call ends; a third fork answers, and the first's 2xx comes again.
+        ep.unregister("answered");
+        send(answer("answered", "200 OK", "a3", "INVITE", 1)).await;
+        hung_up("answered", "a3").await;
+        // The call took a2 (and hung it up, or ended with it queued and dropped it): a
+        // repeat that reaches no call is hung up by the core, once.
+        for _ in 0..2 {
+            send(answer("answered", "200 OK", "a2", "INVITE", 1)).await;
+        }
+        hung_up("answered", "a2").await;
+        assert!(recv_text(&sock, "the repeat's ACK")
+            .await
+            .starts_with("ACK sip:a2@"));
+        send(answer("answered", "200 OK", "a1", "INVITE", 1)).await;
+        nothing_more("answered").await;
+
+        let mut got = Vec::new();
+        while let Ok(event) = events.try_recv() {
+            if let SipEvent::Response { response, info } = event {
+                let tag = header(&response, "To")
+                    .and_then(crate::parse::tag)
+                    .map(str::to_string);
+                got.push((
+                    info.call_id,
+                    response.status_code.code(),
+                    tag.unwrap_or_default(),
+                ));
+            }
+        }
+        let want = [
+            ("failed", 603, "f1"),
+            ("answered", 200, "a1"),
+            ("answered", 200, "a2"),
+        ]
+        .map(|(c, code, t)| (c.to_string(), code, t.to_string()));
+        assert_eq!(got, want);
+        assert_eq!(metrics.forks_hung_up.get(), 3);
     }
 
     /// Nothing goes out before the node decides: a refused INVITE gets its final

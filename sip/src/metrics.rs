@@ -175,6 +175,8 @@ pub struct SipMetrics {
     pub requests_undelivered: Counter,
     /// 2xx answers to INVITEs that no call took, acknowledged by the SIP core.
     pub stray_2xx_acked: Counter,
+    /// 2xx answers of forks no call keeps, hung up by the SIP core.
+    pub forks_hung_up: Counter,
     /// Requests on the branch of a transaction another source began: dropped.
     pub foreign_transaction_requests: Counter,
     /// New requests dropped because their shard held the most server transactions.
@@ -309,6 +311,11 @@ impl SipMetrics {
             "sip_stray_2xx_acked",
             "2xx answers to an INVITE that no call took (its call had ended: a re-INVITE answered after the BYE, say), acknowledged by the SIP core from the 2xx alone, back to where it came from, so that its sender stops sending it",
             self.stray_2xx_acked.clone(),
+        );
+        r.register(
+            "sip_forks_hung_up",
+            "2xx answers to an INVITE of the node's from a fork whose dialog nobody keeps (another branch of a forking proxy answering after the INVITE failed, or after its call ended), acknowledged and hung up (BYE) by the SIP core, once per fork",
+            self.forks_hung_up.clone(),
         );
         r.register(
             "sip_foreign_transaction_requests",

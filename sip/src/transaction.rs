@@ -132,9 +132,29 @@ pub enum ResponseMatch {
     Deliver,
     /// A retransmitted 2xx of an INVITE whose transaction is gone: the call re-ACKs it.
     Deliver2xxRetransmission,
+    /// A 2xx to an INVITE of ours from a fork other than the one whose 2xx came first
+    /// (RFC 3261 13.2.2.4), within 64*T1 of that one (RFC 6026's Accepted state): for
+    /// the call, which hangs it up; if no call takes it (the call has ended, or ends
+    /// with it still queued and drops it), the SIP core ACKs it and, the first time
+    /// for its To tag ([`Transactions::fork_hung_up`]), hangs it up itself.
+    Fork2xx,
+    /// A 2xx to an INVITE of ours that already failed (a forking proxy's 6xx, then
+    /// another branch's 200 that crossed it): no call wants its dialog, so the SIP core
+    /// ACKs it and, when `first` (not a repeat of a 2xx it hung up already), sends a
+    /// BYE. A transaction of RFC 3261 would absorb it, leaving its sender to send it
+    /// for 32 s and hang up a callee connected to nobody.
+    Unwanted2xx {
+        first: bool,
+    },
     Absorbed,
     Unmatched,
 }
+
+/// How many forks' To tags an INVITE of ours remembers having been answered by
+/// (beyond the first 2xx's): each new one is hung up once, a repeat only ACKed. A
+/// forking proxy has a few branches; a peer inventing tags gets ACKs only past this,
+/// so it cannot make the node open a BYE transaction per 2xx it sends.
+const FORKS_KEPT: usize = 8;
 
 #[derive(Debug, PartialEq, Clone, Copy)]
 enum State {
@@ -177,15 +197,34 @@ struct ServerTx {
 struct ClientTx {
     peer: Peer,
     request: Bytes,
-    /// For an INVITE: the request, to build the ACK of a failure response.
-    invite: Option<RequestSpec>,
+    /// For an INVITE: the request, to build the ACK of a failure response (boxed: an
+    /// answered INVITE is kept 64*T1 without it, and every byte of the entry counts).
+    invite: Option<Box<RequestSpec>>,
     call_id: String,
     state: State,
+    /// An INVITE's: the To tags of the 2xx it got, the first (the call's dialog) and
+    /// then other forks' (at most [`FORKS_KEPT`] of those), each told apart from a
+    /// repeat; after a failure, the forks' only.
+    answered_by: Vec<String>,
     ack: Option<Bytes>,
     timers: Timers,
     /// When it was sent, or got its last provisional response: the INVITE limit
     /// (Timer C) counts from here.
     since: Instant,
+}
+
+impl ClientTx {
+    /// Remembers fork `tag` as hung up (`accepted`: the first of
+    /// [`ClientTx::answered_by`] is the call's dialog, not a fork); false if it was
+    /// already, or [`FORKS_KEPT`] forks were.
+    fn note_fork(&mut self, tag: &str, accepted: bool) -> bool {
+        let forks = &self.answered_by[usize::from(accepted).min(self.answered_by.len())..];
+        let first = !forks.iter().any(|t| t == tag) && forks.len() < FORKS_KEPT;
+        if first {
+            self.answered_by.push(tag.to_string());
+        }
+        first
+    }
 }
 
 struct Pending2xx {
@@ -511,7 +550,7 @@ impl Transactions {
         key: TxKey,
         peer: Peer,
         data: Bytes,
-        invite: Option<RequestSpec>,
+        invite: Option<Box<RequestSpec>>,
         call_id: &str,
         now: Instant,
         out: &mut Vec<Output>,
@@ -528,6 +567,7 @@ impl Transactions {
             invite,
             call_id: call_id.to_string(),
             state: State::Proceeding,
+            answered_by: Vec::new(),
             ack: None,
             timers: Timers {
                 retransmit_at,
@@ -561,6 +601,29 @@ impl Transactions {
             };
         };
         let id = TimerId::Client(key.clone());
+        // A request of the SIP core's own (no call's): its answers end here.
+        let deliver = if tx.call_id.is_empty() {
+            ResponseMatch::Absorbed
+        } else {
+            ResponseMatch::Deliver
+        };
+        let answer = cseq_method == Method::Invite && (200..300).contains(&code);
+        if answer && matches!(tx.state, State::Completed | State::Accepted) {
+            let tag = crate::parse::tag(to).unwrap_or_default();
+            let failed = tx.state == State::Completed;
+            // The first 2xx's tag (the call's dialog): a repeat, for the call.
+            if !failed && tx.answered_by.first().is_some_and(|t| t == tag) {
+                return ResponseMatch::Deliver2xxRetransmission;
+            }
+            if !failed {
+                return ResponseMatch::Fork2xx;
+            }
+            let first = tx.note_fork(tag, false);
+            return ResponseMatch::Unwanted2xx { first };
+        }
+        if tx.state == State::Accepted {
+            return ResponseMatch::Absorbed; // a late provisional or failure of a fork
+        }
         if tx.state == State::Completed {
             if let Some(ack) = &tx.ack {
                 out.push(Output::Transmit {
@@ -582,11 +645,21 @@ impl Transactions {
             } else if tx.timers.retransmit_at.is_some() {
                 tx.timers.interval = T2;
             }
-            return ResponseMatch::Deliver;
+            return deliver;
         }
-        if cseq_method == Method::Invite && code < 300 {
-            self.client.remove(&key);
-            return ResponseMatch::Deliver;
+        if answer {
+            // RFC 6026's Accepted state: kept 64*T1 (its end on the sweep's grain,
+            // no wake-up of its own) to tell other forks' 2xx from this one's
+            // repeats; the request it no longer sends is let go.
+            tx.state = State::Accepted;
+            tx.answered_by = vec![crate::parse::tag(to).unwrap_or_default().to_string()];
+            tx.request = Bytes::new();
+            tx.invite = None;
+            tx.timers.retransmit_at = None;
+            tx.timers.expire_at = Some(end_at(now + TIMEOUT, self.base));
+            let next = tx.timers.next();
+            self.schedule(next, id);
+            return deliver;
         }
         tx.state = State::Completed;
         tx.timers.retransmit_at = None;
@@ -598,15 +671,27 @@ impl Transactions {
                 retransmission: false,
             });
             tx.ack = Some(ack);
-            // Timer D
-            tx.timers.expire_at = Some(end_at(now + linger(&tx.peer, TIMEOUT), self.base));
+            // Timer D, 64*T1 whatever the transport: besides the failure's
+            // retransmissions (UDP) it waits for a fork's 2xx that crossed the failure
+            // (see [`ResponseMatch::Unwanted2xx`]), over TCP as over UDP.
+            tx.timers.expire_at = Some(end_at(now + TIMEOUT, self.base));
         } else {
             // Timer K
             tx.timers.expire_at = Some(end_at(now + linger(&tx.peer, T4), self.base));
         }
         let next = tx.timers.next();
         self.schedule(next, id);
-        ResponseMatch::Deliver
+        deliver
+    }
+
+    /// A fork's 2xx (see [`ResponseMatch::Fork2xx`]) that no call took is hung up by
+    /// the SIP core: true the first time for To tag `tag` on the INVITE of `branch`
+    /// (hang it up), false for a repeat or past [`FORKS_KEPT`] forks (ACK it only).
+    pub fn fork_hung_up(&mut self, branch: &str, tag: &str) -> bool {
+        let key = TxKey::new(branch, Method::Invite);
+        self.client
+            .get_mut(&key)
+            .is_some_and(|tx| tx.note_fork(tag, tx.state == State::Accepted))
     }
 
     // ---- time ----
@@ -746,7 +831,7 @@ impl Transactions {
         }
         if tx.timers.expire_at.is_some_and(|e| e <= now) {
             let tx = self.client.remove(&key).expect("present");
-            if tx.state != State::Completed {
+            if tx.state == State::Proceeding {
                 out.push(Output::ClientTimeout {
                     key,
                     call_id: tx.call_id,
@@ -1020,6 +1105,165 @@ mod tests {
         ));
     }
 
+    /// What an INVITE of ours makes of the answers after its final one, over UDP and
+    /// TCP alike: after a failure every 2xx is a fork nobody wants (hung up once per To
+    /// tag, then ACKed only), after a 2xx its repeats are the call's and other tags are
+    /// forks (for the call; hung up by the core once per tag when no call took them:
+    /// `fork_hung_up`); at most [`FORKS_KEPT`] forks are hung up; it is kept 64*T1 (to
+    /// the sweep's grain) and then ends without a timeout for its call. Each row: the
+    /// answers (code, To tag) after the first, and how each matched, with what
+    /// `fork_hung_up` says for each fork's 2xx that no call took.
+    #[test]
+    fn answers_after_an_invites_final_one_tell_forks_from_repeats() {
+        use ResponseMatch::{Absorbed, Deliver2xxRetransmission, Fork2xx, Unwanted2xx};
+        // A fork's 2xx that no call took, and whether the core hangs it up.
+        let untaken = |first| (Fork2xx, Some(first));
+        let unwanted = |first| (Unwanted2xx { first }, None);
+        let many: Vec<(u16, String)> = (0..=FORKS_KEPT).map(|i| (200, format!("f{i}"))).collect();
+        type Row = (u16, Vec<(u16, String)>, Vec<(ResponseMatch, Option<bool>)>);
+        let cases: Vec<Row> = vec![
+            (
+                603,
+                vec![
+                    (603, "u".into()),
+                    (200, "f".into()),
+                    (200, "f".into()),
+                    (200, "g".into()),
+                ],
+                vec![
+                    (Absorbed, None),
+                    unwanted(true),
+                    unwanted(false),
+                    unwanted(true),
+                ],
+            ),
+            (
+                200,
+                vec![
+                    (200, "u".into()),
+                    (200, "f".into()),
+                    (200, "f".into()),
+                    (180, "g".into()),
+                    (486, "g".into()),
+                    (200, "u".into()),
+                ],
+                vec![
+                    (Deliver2xxRetransmission, None),
+                    untaken(true),
+                    untaken(false),
+                    (Absorbed, None),
+                    (Absorbed, None),
+                    (Deliver2xxRetransmission, None),
+                ],
+            ),
+            (
+                486,
+                many.clone(),
+                (0..=FORKS_KEPT).map(|i| unwanted(i < FORKS_KEPT)).collect(),
+            ),
+            (
+                200,
+                many,
+                (0..=FORKS_KEPT).map(|i| untaken(i < FORKS_KEPT)).collect(),
+            ),
+        ];
+        for peer in [udp(), tcp()] {
+            for (final_code, answers, want) in &cases {
+                let mut t = Transactions::new();
+                let now = Instant::now();
+                let spec = RequestSpec {
+                    method: Method::Invite,
+                    uri: "sip:1@127.0.0.1:5070".into(),
+                    transport: peer.transport,
+                    sent_by: "127.0.0.1:5060".parse().unwrap(),
+                    branch: "z9hG4bKf".into(),
+                    from: "<sip:a@h>;tag=n".into(),
+                    to: "<sip:1@h>".into(),
+                    call_id: "c".into(),
+                    cseq: 1,
+                    contact: None,
+                    routes: vec![],
+                    max_forwards: 70,
+                    extra: vec![],
+                    body: None,
+                };
+                let mut out = Vec::new();
+                let key = TxKey::new("z9hG4bKf", Method::Invite);
+                let data = Bytes::from(spec.to_bytes());
+                t.send_request(key, peer, data, Some(Box::new(spec)), "c", now, &mut out);
+                let to = |tag: &str| format!("<sip:1@h>;tag={tag}");
+                let first = t.on_response(
+                    "z9hG4bKf",
+                    Method::Invite,
+                    *final_code,
+                    &to("u"),
+                    now,
+                    &mut out,
+                );
+                assert_eq!(first, ResponseMatch::Deliver);
+                let got: Vec<(ResponseMatch, Option<bool>)> = answers
+                    .iter()
+                    .map(|(code, tag)| {
+                        let got = t.on_response(
+                            "z9hG4bKf",
+                            Method::Invite,
+                            *code,
+                            &to(tag),
+                            now,
+                            &mut out,
+                        );
+                        let hung_up = (got == Fork2xx).then(|| t.fork_hung_up("z9hG4bKf", tag));
+                        (got, hung_up)
+                    })
+                    .collect();
+                assert_eq!(&got, want, "{peer:?} after {final_code}: {answers:?}");
+                // Kept 64*T1 (at most a grain more), then gone: no timeout for the call.
+                let outs = run(&mut t, now, TIMEOUT - Duration::from_millis(10));
+                assert_eq!(t.counts().1, 1, "{peer:?} after {final_code}: kept 64*T1");
+                assert!(!outs
+                    .iter()
+                    .any(|(_, o)| matches!(o, Output::ClientTimeout { .. })));
+                let outs = run(&mut t, now, TIMEOUT + END_GRAIN + Duration::from_millis(10));
+                assert_eq!(t.counts().1, 0, "{peer:?} after {final_code}: then gone");
+                assert!(!outs
+                    .iter()
+                    .any(|(_, o)| matches!(o, Output::ClientTimeout { .. })));
+            }
+        }
+    }
+
+    /// A request of the SIP core's own (no call's: an empty Call-ID for its
+    /// transaction, the BYE of a fork it hangs up) keeps its answers: none is handed on.
+    #[test]
+    fn answers_to_the_cores_own_requests_end_in_their_transaction() {
+        for (call_id, want) in [("c", ResponseMatch::Deliver), ("", ResponseMatch::Absorbed)] {
+            for code in [100, 200, 481] {
+                let mut t = Transactions::new();
+                let now = Instant::now();
+                let mut out = Vec::new();
+                let key = TxKey::new("z9hG4bKo", Method::Bye);
+                t.send_request(
+                    key,
+                    udp(),
+                    Bytes::from_static(b"BYE"),
+                    None,
+                    call_id,
+                    now,
+                    &mut out,
+                );
+                let got = t.on_response(
+                    "z9hG4bKo",
+                    Method::Bye,
+                    code,
+                    "<sip:1@h>;tag=u",
+                    now,
+                    &mut out,
+                );
+                assert_eq!(got, want, "{code} to a request of {call_id:?}");
+            }
+        }
+    }
+
     #[test]
     fn failure_response_is_acked_and_retransmissions_absorbed() {
         let mut t = Transactions::new();
@@ -1045,7 +1289,7 @@ mod tests {
             TxKey::new("z9hG4bKb", Method::Invite),
             udp(),
             Bytes::from(spec.to_bytes()),
-            Some(spec),
+            Some(Box::new(spec)),
             "c2",
             now,
             &mut out,

@@ -328,6 +328,76 @@ fn a_callee_answer_without_sdp_is_hung_up_unless_an_18x_carried_it() {
     );
 }
 
+/// Forks of a callee's INVITE answering when no call keeps their dialog are ACKed and
+/// hung up by the node (RFC 3261 13.2.2.4), where they got nothing (the 2xx sent for
+/// 32 s, a callee connected to nobody): a forking proxy's 603 with another branch's
+/// 200 crossing it (the call has failed), and another fork answering after an
+/// answered call ended. A hung-up fork's 2xx coming again is ACKed, not hung up again;
+/// the call's own 200 coming again after its end gets no BYE either.
+#[test]
+fn forks_answering_when_no_call_keeps_them_are_hung_up() {
+    let ports = Ports::take();
+    let node = Node::start(ports, "127.0.0.1/32", "");
+    let (key, _) = node.provision("0501234567", DEST, "{}");
+    let callee = Callee::bind(ports);
+    let caller = Party::bind("127.0.0.1", ports.sip);
+    let hung_up = |tag: &str| {
+        let ack = callee.expect("ACK ");
+        assert!(
+            ack.contains(&format!("tag={tag}")) && ack.contains(" 1 ACK"),
+            "{ack}"
+        );
+        let bye = callee.expect("BYE ");
+        assert!(
+            bye.contains(&format!("tag={tag}")) && bye.contains(" 2 BYE"),
+            "{bye}"
+        );
+        callee.ok(&bye);
+    };
+
+    let call_id = "crossed-decline";
+    let offer = invite_with(&caller, call_id, CALLER_SDP);
+    caller.send(&offer);
+    let invite = callee.expect("INVITE ");
+    callee.respond(&invite, "603 Decline", "");
+    callee.expect("ACK ");
+    let refused = caller.final_response();
+    assert!(refused.starts_with("SIP/2.0 603"), "{refused}");
+    caller.send(&ack_of_failure(&offer));
+    callee.respond_as("crossed", &invite, "200 OK", &sdp(4010));
+    hung_up("crossed");
+    callee.respond_as("crossed", &invite, "200 OK", &sdp(4010));
+    let again = callee.expect("ACK ");
+    assert!(again.contains("tag=crossed"), "{again}");
+    let reached = callee.quiet_for(Duration::from_millis(300));
+    assert!(reached.is_empty(), "hung up twice: {reached:?}");
+    let calls = node.wait_for_calls(&key, 1);
+    assert_eq!(calls[0]["result"], "rejected", "{}", calls[0]);
+    assert_eq!(calls[0]["talk_seconds"], 0, "{}", calls[0]);
+
+    let call_id = "ended-then-fork";
+    caller.send(&invite_with(&caller, call_id, CALLER_SDP));
+    let invite = callee.expect("INVITE ");
+    callee.respond(&invite, "200 OK", &sdp(4002));
+    let ok = caller.final_response();
+    assert!(ok.starts_with("SIP/2.0 200"), "{ok:?}");
+    let node_tag = caller.ack(call_id, &ok);
+    callee.expect("ACK ");
+    hang_up(&caller, &callee, call_id, &node_tag, 2);
+    // Logged: the call has let its Call-IDs go.
+    let calls = node.wait_for_calls(&key, 2);
+    assert!(calls.iter().any(|c| c["result"] == "answered"), "{calls:?}");
+    callee.respond_as("late", &invite, "200 OK", &sdp(4010));
+    hung_up("late");
+    callee.respond(&invite, "200 OK", &sdp(4002));
+    let reached = callee.quiet_for(Duration::from_millis(300));
+    assert!(
+        !reached.iter().any(|m| m.starts_with("BYE ")),
+        "the ended call's dialog hung up again: {reached:?}"
+    );
+    assert_eq!(node.metric("tsunagu_sip_forks_hung_up_total"), 2.0);
+}
+
 /// A route set past the cap (`sip::build::MAX_ROUTE_SET`, 16 entries): a caller's
 /// INVITE carrying one is refused 400 and reaches no callee; a callee's 200 carrying
 /// one is acknowledged and hung up without it (no Route line, where each entry would
