@@ -509,13 +509,16 @@ pub fn ack_for_stray_2xx(
     if cseq <= FIRST_INVITE_CSEQ {
         return None;
     }
+    route_set(resp)?;
     in_dialog_of_2xx(resp, Method::Ack, cseq, transport, sent_by)
 }
 
 /// A request inside the dialog a 2xx to an INVITE of ours set up, written from the
 /// 2xx alone (see [`ack_for_stray_2xx`]): its ACK (`method` ACK, the 2xx's CSeq
 /// number) or, for a dialog nobody keeps (a fork the SIP core hangs up), its BYE (the
-/// next CSeq number). None as for [`ack_for_stray_2xx`], the CSeq aside.
+/// next CSeq number). None as for [`ack_for_stray_2xx`], the CSeq and the route set
+/// aside: one past [`MAX_ROUTE_SET`] is left out (the request goes back where the 2xx
+/// came from, to the route set's first hop anyway).
 pub fn in_dialog_of_2xx(
     resp: &rsipstack::sip::Response,
     method: Method,
@@ -532,7 +535,7 @@ pub fn in_dialog_of_2xx(
     if !sip_uri || target.contains(char::is_whitespace) {
         return None;
     }
-    let mut routes = route_set(resp)?;
+    let mut routes = route_set(resp).unwrap_or_default();
     routes.reverse();
     Some(RequestSpec {
         method,

@@ -17,7 +17,7 @@ use crate::overload::{OverloadSettings, Queue, RefusalGate, ShardAdmission};
 use crate::parse::{header, method_name, Info, Peer, Transport};
 use crate::shard::{self, Shards};
 use crate::source::SourcePolicy;
-use crate::transaction::{Output, RequestMatch, ResponseMatch, Transactions, TxKey};
+use crate::transaction::{AnswerAction, Output, RequestMatch, ResponseMatch, Transactions, TxKey};
 use crate::transport::{Inbound, Incoming, StreamConnections, StreamLimits, TlsSetup};
 use crate::udp::{self, bind_udp, UdpReceive};
 use bytes::Bytes;
@@ -451,6 +451,16 @@ enum Route {
 
 const PENDING_LIMIT: usize = 32;
 
+/// What became of a response offered to its call.
+enum Offered {
+    /// Queued at the call (or at its start).
+    Taken,
+    /// The call's inbox is full: dropped (the call takes its repeat).
+    Busy,
+    /// No call took it (none is registered, or it has ended): given back.
+    Stray(Response, Info),
+}
+
 /// One shard of the SIP core.
 struct Core {
     /// Which shard this is (its flag in `refusals`, its `busy` series).
@@ -647,48 +657,73 @@ impl Core {
         true
     }
 
-    /// Gives a response to its call. A 2xx to an INVITE that no call takes (none is
-    /// registered under its Call-ID, or the call has ended) is acknowledged here, and
-    /// hung up when it is a `fork`'s (see [`ResponseMatch::Fork2xx`]; once per fork);
-    /// other responses no call takes go nowhere (nor does one to a call whose inbox
-    /// is full: the call answers its retransmission).
-    fn deliver_response(&mut self, response: Response, info: Info, peer: Peer, fork: bool) {
+    /// Offers a response to the call registered under its Call-ID: given back when
+    /// none takes it (none is registered, or the call has ended).
+    fn offer_response(&mut self, response: Response, info: Info) -> Offered {
         let route = self.calls.get_mut(info.call_id.as_str());
         let event = SipEvent::Response { response, info };
-        let stray = match route {
+        let back = match route {
             Some(Route::Ready(sink)) => match sink.deliver(event) {
-                Err(Undelivered::Gone(event)) => Some(event),
-                Ok(()) | Err(Undelivered::Busy(_)) => None,
+                Ok(()) => return Offered::Taken,
+                Err(Undelivered::Busy(_)) => return Offered::Busy,
+                Err(Undelivered::Gone(event)) => event,
             },
-            Some(Route::Pending(queue)) => {
-                if queue.len() < PENDING_LIMIT {
-                    queue.push(event);
-                }
-                None
+            Some(Route::Pending(queue)) if queue.len() < PENDING_LIMIT => {
+                queue.push(event);
+                return Offered::Taken;
             }
-            None => Some(event),
+            Some(Route::Pending(_)) => return Offered::Busy,
+            None => event,
         };
-        if let Some(SipEvent::Response { response, info }) = stray {
+        match back {
+            SipEvent::Response { response, info } => Offered::Stray(response, info),
+            _ => Offered::Busy, // (never: what went in was a response)
+        }
+    }
+
+    /// Gives a response to its call. A 2xx to an INVITE that no call takes (none is
+    /// registered under its Call-ID, or the call has ended) is acknowledged here;
+    /// other responses no call takes go nowhere (nor does one to a call whose inbox
+    /// is full: the call answers its retransmission).
+    fn deliver_response(&mut self, response: Response, info: Info, peer: Peer) {
+        if let Offered::Stray(response, info) = self.offer_response(response, info) {
             let code = response.status_code.code();
-            if fork {
-                let tag = header(&response, "To").and_then(crate::parse::tag);
-                let first = self
-                    .transactions
-                    .fork_hung_up(&info.branch, tag.unwrap_or_default());
-                self.hang_up_fork(&response, &info, peer, first);
-            } else if info.cseq_method == Method::Invite && (200..300).contains(&code) {
+            if info.cseq_method == Method::Invite && (200..300).contains(&code) {
                 self.ack_stray_2xx(&response, &info, peer);
             }
         }
     }
 
-    /// ACKs a 2xx to an INVITE of ours whose dialog nobody keeps (a fork's, after the
-    /// INVITE failed or after its call ended; RFC 3261 13.2.2.4) and, when `first` (not
-    /// a repeat of one hung up already, whose ACK was lost), hangs it up with a BYE:
-    /// both written from the 2xx and sent back where it came from. The BYE's answers
-    /// and timeout end in its transaction (no call's: an empty Call-ID for the
-    /// transaction). Without this its sender sent the 2xx for 32 s and then hung up a
-    /// callee connected to nobody.
+    /// Gives a 2xx to an INVITE of ours that opened a dialog to its call (see
+    /// [`ResponseMatch::Answer2xx`]); the transactions remember which To tags a call
+    /// took, and one that no call ever took is hung up here (see
+    /// [`Transactions::answer_2xx`]).
+    fn deliver_answer(&mut self, response: Response, info: Info, peer: Peer) {
+        let tag = header(&response, "To").and_then(crate::parse::tag);
+        let tag = tag.unwrap_or_default().to_string();
+        let branch = info.branch.clone();
+        match self.offer_response(response, info) {
+            Offered::Taken => {
+                self.transactions.answer_2xx(&branch, &tag, true);
+            }
+            Offered::Busy => {}
+            Offered::Stray(response, info) => {
+                match self.transactions.answer_2xx(&branch, &tag, false) {
+                    AnswerAction::Nothing => self.ack_stray_2xx(&response, &info, peer),
+                    AnswerAction::Ack => self.hang_up_fork(&response, &info, peer, false),
+                    AnswerAction::HangUp => self.hang_up_fork(&response, &info, peer, true),
+                }
+            }
+        }
+    }
+
+    /// ACKs a 2xx to an INVITE of ours whose dialog nobody keeps (a fork's that no
+    /// call took, after the INVITE failed or after its call ended; RFC 3261 13.2.2.4)
+    /// and, when `first` (not a repeat of one hung up already, whose ACK was lost),
+    /// hangs it up with a BYE: both written from the 2xx (a route set past the cap left
+    /// out) and sent back where it came from. The BYE's answers and timeout end in its
+    /// transaction (no call's: an empty Call-ID for the transaction). Without this its
+    /// sender sent the 2xx for 32 s and then hung up a callee connected to nobody.
     fn hang_up_fork(&mut self, resp: &Response, info: &Info, peer: Peer, first: bool) {
         let Some(by) = sent_by_for(&self.locals, peer) else {
             return;
@@ -826,9 +861,9 @@ impl Core {
                 );
                 match verdict {
                     ResponseMatch::Deliver | ResponseMatch::Deliver2xxRetransmission => {
-                        self.deliver_response(resp, m.info, m.peer, false);
+                        self.deliver_response(resp, m.info, m.peer);
                     }
-                    ResponseMatch::Fork2xx => self.deliver_response(resp, m.info, m.peer, true),
+                    ResponseMatch::Answer2xx => self.deliver_answer(resp, m.info, m.peer),
                     ResponseMatch::Unwanted2xx { first } => {
                         self.hang_up_fork(&resp, &m.info, m.peer, first);
                     }
@@ -1467,9 +1502,9 @@ Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
     /// (a forking proxy's 603, then its other branch's 200; a transaction absorbed it
     /// and its sender sent it for 32 s), and one of another fork after the call that
     /// took the first 2xx has ended. A repeat of a hung-up fork is ACKed again, not hung
-    /// up again; the first 2xx's repeat is the call's (no call: nothing); while the call
-    /// lives a fork's 2xx is the call's to hang up; the core's BYE's answer reaches no
-    /// call. Each check ends with an OPTIONS of the same Call-ID (the same shard, in
+    /// up again; while the call lives a fork's 2xx is the call's to hang up, and a 2xx
+    /// a call took, coming again when none is left, gets nothing (its dialog may live
+    /// on at another node); the core's BYE's answer reaches no call. Each check ends with an OPTIONS of the same Call-ID (the same shard, in
     /// order) answered next: nothing else went out.
     #[tokio::test]
     async fn a_forks_2xx_that_no_call_keeps_is_acknowledged_and_hung_up() {
@@ -1590,15 +1625,10 @@ Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
         ep.unregister("answered");
         send(answer("answered", "200 OK", "a3", "INVITE", 1)).await;
         hung_up("answered", "a3").await;
-        // The call took a2 (and hung it up, or ended with it queued and dropped it): a
-        // repeat that reaches no call is hung up by the core, once.
-        for _ in 0..2 {
-            send(answer("answered", "200 OK", "a2", "INVITE", 1)).await;
-        }
-        hung_up("answered", "a2").await;
-        assert!(recv_text(&sock, "the repeat's ACK")
-            .await
-            .starts_with("ACK sip:a2@"));
+        // The call took a2 (to hang it up itself): a repeat that reaches no call is
+        // left alone, as the call's own 2xx is (either may live on at another node).
+        send(answer("answered", "200 OK", "a2", "INVITE", 1)).await;
+        nothing_more("answered").await;
         send(answer("answered", "200 OK", "a1", "INVITE", 1)).await;
         nothing_more("answered").await;
 
@@ -1622,7 +1652,7 @@ Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
         ]
         .map(|(c, code, t)| (c.to_string(), code, t.to_string()));
         assert_eq!(got, want);
-        assert_eq!(metrics.forks_hung_up.get(), 3);
+        assert_eq!(metrics.forks_hung_up.get(), 2);
     }
 
     /// Nothing goes out before the node decides: a refused INVITE gets its final

@@ -6,7 +6,9 @@
 //! Server transactions are keyed by the top Via branch and method (ACK matches its
 //! INVITE); client transactions by the branch we generated and the CSeq method.
 //! Over TCP nothing is retransmitted, and the linger timers that absorb UDP
-//! retransmissions are zero.
+//! retransmissions are zero, but for an INVITE of ours that opened a dialog: it is
+//! kept 64*T1 after its final answer on every transport, to tell the 2xx of its forks
+//! (see [`ResponseMatch::Answer2xx`]).
 
 use crate::build::RequestSpec;
 use crate::parse::Peer;
@@ -130,19 +132,20 @@ fn same_source(a: &Peer, b: &Peer) -> bool {
 #[derive(Debug, PartialEq)]
 pub enum ResponseMatch {
     Deliver,
-    /// A retransmitted 2xx of an INVITE whose transaction is gone: the call re-ACKs it.
+    /// A retransmitted 2xx of an INVITE whose transaction is gone (or of one inside a
+    /// dialog): the call re-ACKs it.
     Deliver2xxRetransmission,
-    /// A 2xx to an INVITE of ours from a fork other than the one whose 2xx came first
-    /// (RFC 3261 13.2.2.4), within 64*T1 of that one (RFC 6026's Accepted state): for
-    /// the call, which hangs it up; if no call takes it (the call has ended, or ends
-    /// with it still queued and drops it), the SIP core ACKs it and, the first time
-    /// for its To tag ([`Transactions::fork_hung_up`]), hangs it up itself.
-    Fork2xx,
-    /// A 2xx to an INVITE of ours that already failed (a forking proxy's 6xx, then
-    /// another branch's 200 that crossed it): no call wants its dialog, so the SIP core
-    /// ACKs it and, when `first` (not a repeat of a 2xx it hung up already), sends a
-    /// BYE. A transaction of RFC 3261 would absorb it, leaving its sender to send it
-    /// for 32 s and hang up a callee connected to nobody.
+    /// A 2xx to an INVITE of ours that opened a dialog (a forwarded leg, a callback),
+    /// the first or a later one (a repeat, or another fork's: RFC 3261 13.2.2.4), within
+    /// 64*T1 of the first (RFC 6026's Accepted state): for the call; whether one took
+    /// it goes to [`Transactions::answer_2xx`], which says what the SIP core does with
+    /// one that no call took.
+    Answer2xx,
+    /// A 2xx to an INVITE of ours that opened a dialog and already failed (a forking
+    /// proxy's 6xx, then another branch's 200 that crossed it): no call wants its
+    /// dialog, so the SIP core ACKs it and, when `first` (not a repeat of a 2xx it
+    /// hung up already), sends a BYE. A transaction of RFC 3261 would absorb it,
+    /// leaving its sender to send it for 32 s and hang up a callee connected to nobody.
     Unwanted2xx {
         first: bool,
     },
@@ -150,11 +153,41 @@ pub enum ResponseMatch {
     Unmatched,
 }
 
-/// How many forks' To tags an INVITE of ours remembers having been answered by
-/// (beyond the first 2xx's): each new one is hung up once, a repeat only ACKed. A
-/// forking proxy has a few branches; a peer inventing tags gets ACKs only past this,
-/// so it cannot make the node open a BYE transaction per 2xx it sends.
+/// How many To tags of 2xx an INVITE of ours remembers (the call's included): each
+/// that no call took is hung up once, a repeat only ACKed. A forking proxy has a few
+/// branches; a peer inventing tags gets ACKs only past this, so it cannot make the
+/// node open a BYE transaction per 2xx it sends.
 const FORKS_KEPT: usize = 8;
+
+/// What the SIP core does with a 2xx to an INVITE of ours (see
+/// [`ResponseMatch::Answer2xx`]) once it knows whether a call took it.
+#[derive(Debug, PartialEq, Clone, Copy)]
+pub enum AnswerAction {
+    /// Nothing: a call took it, or took this To tag before (it keeps that dialog or
+    /// hung it up itself; the dialog may live on at another node, which a BYE would
+    /// end).
+    Nothing,
+    /// ACK it: a repeat of a fork the core hung up (its ACK was lost), or a tag past
+    /// [`FORKS_KEPT`].
+    Ack,
+    /// ACK it and hang it up: no call ever took this dialog.
+    HangUp,
+}
+
+/// Who took a 2xx of an INVITE of ours, by its To tag.
+#[derive(Debug, PartialEq, Clone, Copy)]
+enum Taker {
+    Call,
+    Core,
+}
+
+/// An INVITE of ours that opened a dialog and got its 2xx: RFC 6026's Accepted state,
+/// kept [`TIMEOUT`] (at most a sweep cycle more) from its first 2xx, the request let
+/// go; some tens of bytes an answered call, for 32 s.
+struct Accepted {
+    since: Instant,
+    answers: Vec<(String, Taker)>,
+}
 
 #[derive(Debug, PartialEq, Clone, Copy)]
 enum State {
@@ -197,34 +230,21 @@ struct ServerTx {
 struct ClientTx {
     peer: Peer,
     request: Bytes,
-    /// For an INVITE: the request, to build the ACK of a failure response (boxed: an
-    /// answered INVITE is kept 64*T1 without it, and every byte of the entry counts).
+    /// For an INVITE: the request, to build the ACK of a failure response (let go once
+    /// that is built).
     invite: Option<Box<RequestSpec>>,
+    /// An INVITE outside a dialog (its To has no tag): forks may answer it.
+    new_dialog: bool,
     call_id: String,
     state: State,
-    /// An INVITE's: the To tags of the 2xx it got, the first (the call's dialog) and
-    /// then other forks' (at most [`FORKS_KEPT`] of those), each told apart from a
-    /// repeat; after a failure, the forks' only.
-    answered_by: Vec<String>,
+    /// A failed INVITE's: the To tags of the forks' 2xx the core hung up (at most
+    /// [`FORKS_KEPT`]).
+    forks: Vec<String>,
     ack: Option<Bytes>,
     timers: Timers,
     /// When it was sent, or got its last provisional response: the INVITE limit
     /// (Timer C) counts from here.
     since: Instant,
-}
-
-impl ClientTx {
-    /// Remembers fork `tag` as hung up (`accepted`: the first of
-    /// [`ClientTx::answered_by`] is the call's dialog, not a fork); false if it was
-    /// already, or [`FORKS_KEPT`] forks were.
-    fn note_fork(&mut self, tag: &str, accepted: bool) -> bool {
-        let forks = &self.answered_by[usize::from(accepted).min(self.answered_by.len())..];
-        let first = !forks.iter().any(|t| t == tag) && forks.len() < FORKS_KEPT;
-        if first {
-            self.answered_by.push(tag.to_string());
-        }
-        first
-    }
 }
 
 struct Pending2xx {
@@ -273,6 +293,8 @@ pub struct Transactions {
     /// [`MAX_SERVER_TRANSACTIONS`] (lower in tests).
     max_server: usize,
     client: Segmented<TxKey, ClientTx>,
+    /// Answered INVITEs of ours that opened a dialog, by a keyed hash of their branch.
+    accepted: Segmented<u64, Accepted>,
     ok2xx: Segmented<(String, u32), Pending2xx>,
     /// Timers by due time, then by when they were set (the sequence number makes each
     /// key unique). Entries are not removed when a transaction moves on: a due entry
@@ -291,7 +313,8 @@ pub struct Transactions {
     /// due (None while the tables are empty), and which segment it takes.
     next_sweep: Option<Instant>,
     sweep_segment: usize,
-    /// Hashes the server transactions' Call-IDs (keyed at random per table).
+    /// Hashes the server transactions' Call-IDs and the accepted INVITEs' branches
+    /// (keyed at random per table).
     call_ids: std::collections::hash_map::RandomState,
     /// Where the grain of transactions' ends counts from ([`end_at`]).
     base: Instant,
@@ -329,6 +352,7 @@ impl Transactions {
             server: Segmented::default(),
             max_server: MAX_SERVER_TRANSACTIONS,
             client: Segmented::default(),
+            accepted: Segmented::default(),
             ok2xx: Segmented::default(),
             timers: BTreeMap::new(),
             timers_set: 0,
@@ -351,6 +375,11 @@ impl Transactions {
     /// Open transactions (server, client, unacknowledged 2xx), for metrics.
     pub fn counts(&self) -> (usize, usize, usize) {
         (self.server.len(), self.client.len(), self.ok2xx.len())
+    }
+
+    /// Answered INVITEs of ours kept in RFC 6026's Accepted state.
+    pub fn accepted_count(&self) -> usize {
+        self.accepted.len()
     }
 
     fn schedule(&mut self, at: Option<Instant>, id: TimerId) {
@@ -561,13 +590,19 @@ impl Transactions {
             retransmission: false,
         });
         let retransmit_at = (!reliable(&peer)).then(|| now + T1);
+        // (The SIP core's own requests, no call's, open nothing.)
+        let new_dialog = !call_id.is_empty()
+            && invite
+                .as_ref()
+                .is_some_and(|spec| crate::parse::tag(&spec.to).is_none());
         let tx = ClientTx {
             peer,
             request: data,
             invite,
+            new_dialog,
             call_id: call_id.to_string(),
             state: State::Proceeding,
-            answered_by: Vec::new(),
+            forks: Vec::new(),
             ack: None,
             timers: Timers {
                 retransmit_at,
@@ -593,8 +628,12 @@ impl Transactions {
         out: &mut Vec<Output>,
     ) -> ResponseMatch {
         let key = TxKey::new(branch, cseq_method);
+        let answer = cseq_method == Method::Invite && (200..300).contains(&code);
+        if answer && self.accepted.get(&self.call_ids.hash_one(branch)).is_some() {
+            return ResponseMatch::Answer2xx;
+        }
         let Some(tx) = self.client.get_mut(&key) else {
-            return if cseq_method == Method::Invite && (200..300).contains(&code) {
+            return if answer {
                 ResponseMatch::Deliver2xxRetransmission
             } else {
                 ResponseMatch::Unmatched
@@ -607,24 +646,15 @@ impl Transactions {
         } else {
             ResponseMatch::Deliver
         };
-        let answer = cseq_method == Method::Invite && (200..300).contains(&code);
-        if answer && matches!(tx.state, State::Completed | State::Accepted) {
-            let tag = crate::parse::tag(to).unwrap_or_default();
-            let failed = tx.state == State::Completed;
-            // The first 2xx's tag (the call's dialog): a repeat, for the call.
-            if !failed && tx.answered_by.first().is_some_and(|t| t == tag) {
-                return ResponseMatch::Deliver2xxRetransmission;
-            }
-            if !failed {
-                return ResponseMatch::Fork2xx;
-            }
-            let first = tx.note_fork(tag, false);
-            return ResponseMatch::Unwanted2xx { first };
-        }
-        if tx.state == State::Accepted {
-            return ResponseMatch::Absorbed; // a late provisional or failure of a fork
-        }
         if tx.state == State::Completed {
+            if answer && tx.new_dialog {
+                let tag = crate::parse::tag(to).unwrap_or_default();
+                let first = !tx.forks.iter().any(|t| t == tag) && tx.forks.len() < FORKS_KEPT;
+                if first {
+                    tx.forks.push(tag.to_string());
+                }
+                return ResponseMatch::Unwanted2xx { first };
+            }
             if let Some(ack) = &tx.ack {
                 out.push(Output::Transmit {
                     peer: tx.peer,
@@ -648,22 +678,26 @@ impl Transactions {
             return deliver;
         }
         if answer {
-            // RFC 6026's Accepted state: kept 64*T1 (its end on the sweep's grain,
-            // no wake-up of its own) to tell other forks' 2xx from this one's
-            // repeats; the request it no longer sends is let go.
-            tx.state = State::Accepted;
-            tx.answered_by = vec![crate::parse::tag(to).unwrap_or_default().to_string()];
-            tx.request = Bytes::new();
-            tx.invite = None;
-            tx.timers.retransmit_at = None;
-            tx.timers.expire_at = Some(end_at(now + TIMEOUT, self.base));
-            let next = tx.timers.next();
-            self.schedule(next, id);
-            return deliver;
+            let new_dialog = tx.new_dialog;
+            self.client.remove(&key);
+            if !new_dialog {
+                return deliver;
+            }
+            // RFC 6026's Accepted state, in a table of its own (see [`Accepted`]):
+            // ended by the sweep, no timer of its own.
+            let accepted = Accepted {
+                since: now,
+                answers: Vec::new(),
+            };
+            self.accepted
+                .insert(self.call_ids.hash_one(branch), accepted);
+            self.arm_sweep(now);
+            return ResponseMatch::Answer2xx;
         }
         tx.state = State::Completed;
         tx.timers.retransmit_at = None;
-        if let Some(invite) = &tx.invite {
+        tx.request = Bytes::new(); // never sent again
+        if let Some(invite) = tx.invite.take() {
             let ack = Bytes::from(invite.ack_for_failure(to).to_bytes());
             out.push(Output::Transmit {
                 peer: tx.peer,
@@ -671,10 +705,15 @@ impl Transactions {
                 retransmission: false,
             });
             tx.ack = Some(ack);
-            // Timer D, 64*T1 whatever the transport: besides the failure's
-            // retransmissions (UDP) it waits for a fork's 2xx that crossed the failure
-            // (see [`ResponseMatch::Unwanted2xx`]), over TCP as over UDP.
-            tx.timers.expire_at = Some(end_at(now + TIMEOUT, self.base));
+            // Timer D; for an INVITE that opened a dialog 64*T1 whatever the transport:
+            // besides the failure's retransmissions (UDP) it waits for a fork's 2xx
+            // that crossed the failure (see [`ResponseMatch::Unwanted2xx`]).
+            let linger = if tx.new_dialog {
+                TIMEOUT
+            } else {
+                linger(&tx.peer, TIMEOUT)
+            };
+            tx.timers.expire_at = Some(end_at(now + linger, self.base));
         } else {
             // Timer K
             tx.timers.expire_at = Some(end_at(now + linger(&tx.peer, T4), self.base));
@@ -684,14 +723,31 @@ impl Transactions {
         deliver
     }
 
-    /// A fork's 2xx (see [`ResponseMatch::Fork2xx`]) that no call took is hung up by
-    /// the SIP core: true the first time for To tag `tag` on the INVITE of `branch`
-    /// (hang it up), false for a repeat or past [`FORKS_KEPT`] forks (ACK it only).
-    pub fn fork_hung_up(&mut self, branch: &str, tag: &str) -> bool {
-        let key = TxKey::new(branch, Method::Invite);
-        self.client
-            .get_mut(&key)
-            .is_some_and(|tx| tx.note_fork(tag, tx.state == State::Accepted))
+    /// A 2xx reported as [`ResponseMatch::Answer2xx`] on the INVITE of `branch`, with
+    /// To tag `tag`, was `taken` by a call (queued at it), or reached none (none is
+    /// registered under its Call-ID, or the call has ended): what the SIP core does
+    /// with it. Not asked for one a call could not take for a full inbox (the call
+    /// lives, and takes its repeat).
+    pub fn answer_2xx(&mut self, branch: &str, tag: &str, taken: bool) -> AnswerAction {
+        let Some(acc) = self.accepted.get_mut(&self.call_ids.hash_one(branch)) else {
+            return AnswerAction::Nothing;
+        };
+        match acc.answers.iter().find(|(t, _)| t == tag) {
+            Some((_, Taker::Core)) if !taken => AnswerAction::Ack,
+            Some(_) => AnswerAction::Nothing,
+            None if acc.answers.len() >= FORKS_KEPT => match taken {
+                true => AnswerAction::Nothing,
+                false => AnswerAction::Ack,
+            },
+            None => {
+                let taker = if taken { Taker::Call } else { Taker::Core };
+                acc.answers.push((tag.to_string(), taker));
+                match taken {
+                    true => AnswerAction::Nothing,
+                    false => AnswerAction::HangUp,
+                }
+            }
+        }
     }
 
     // ---- time ----
@@ -774,7 +830,10 @@ impl Transactions {
             out.push(Output::Abandoned { server: false });
             out.push(Output::ClientTimeout { key, call_id });
         }
-        let open = self.server.len() + self.client.len() > 0;
+        self.accepted.retain_segment(segment, |_, a| {
+            now.saturating_duration_since(a.since) < TIMEOUT
+        });
+        let open = self.server.len() + self.client.len() + self.accepted.len() > 0;
         self.next_sweep = open.then(|| self.next_step(now));
     }
 
@@ -1105,128 +1164,154 @@ mod tests {
         ));
     }
 
+    /// An INVITE of ours with To `to` (no tag: it opens a dialog), sent over `peer`
+    /// on branch `branch`.
+    fn send_invite(t: &mut Transactions, peer: Peer, branch: &str, to: &str, now: Instant) {
+        let spec = RequestSpec {
+            method: Method::Invite,
+            uri: "sip:1@127.0.0.1:5070".into(),
+            transport: peer.transport,
+            sent_by: "127.0.0.1:5060".parse().unwrap(),
+            branch: branch.into(),
+            from: "<sip:a@h>;tag=n".into(),
+            to: to.into(),
+            call_id: "c".into(),
+            cseq: 1,
+            contact: None,
+            routes: vec![],
+            max_forwards: 70,
+            extra: vec![],
+            body: None,
+        };
+        let key = TxKey::new(branch, Method::Invite);
+        let data = Bytes::from(spec.to_bytes());
+        let mut out = Vec::new();
+        t.send_request(key, peer, data, Some(Box::new(spec)), "c", now, &mut out);
+    }
+
     /// What an INVITE of ours makes of the answers after its final one, over UDP and
-    /// TCP alike: after a failure every 2xx is a fork nobody wants (hung up once per To
-    /// tag, then ACKed only), after a 2xx its repeats are the call's and other tags are
-    /// forks (for the call; hung up by the core once per tag when no call took them:
-    /// `fork_hung_up`); at most [`FORKS_KEPT`] forks are hung up; it is kept 64*T1 (to
-    /// the sweep's grain) and then ends without a timeout for its call. Each row: the
-    /// answers (code, To tag) after the first, and how each matched, with what
-    /// `fork_hung_up` says for each fork's 2xx that no call took.
+    /// TCP alike. One that opened a dialog: after a failure every 2xx is a fork nobody
+    /// wants (hung up once per To tag, then ACKed only); after a 2xx every 2xx is for
+    /// the call, and one that no call takes is hung up once per To tag unless a call
+    /// took that tag before (its dialog, or a fork it hung up itself: it may live on at
+    /// another node); at most [`FORKS_KEPT`] tags. One inside a dialog (a re-INVITE)
+    /// as before: a 2xx after its failure absorbed, after its 2xx one for the call.
+    /// Each row: the INVITE's To, its final answer, then each answer (code, To tag,
+    /// whether a call took it) with how it matched and what `answer_2xx` said.
     #[test]
     fn answers_after_an_invites_final_one_tell_forks_from_repeats() {
-        use ResponseMatch::{Absorbed, Deliver2xxRetransmission, Fork2xx, Unwanted2xx};
-        // A fork's 2xx that no call took, and whether the core hangs it up.
-        let untaken = |first| (Fork2xx, Some(first));
-        let unwanted = |first| (Unwanted2xx { first }, None);
-        let many: Vec<(u16, String)> = (0..=FORKS_KEPT).map(|i| (200, format!("f{i}"))).collect();
-        type Row = (u16, Vec<(u16, String)>, Vec<(ResponseMatch, Option<bool>)>);
-        let cases: Vec<Row> = vec![
+        use AnswerAction::{Ack, HangUp, Nothing};
+        use ResponseMatch::{Absorbed, Answer2xx, Deliver2xxRetransmission, Unwanted2xx};
+        let new = "<sip:1@h>";
+        let in_dialog = "<sip:1@h>;tag=u";
+        type Step = ((u16, String, bool), (ResponseMatch, Option<AnswerAction>));
+        let step = |code: u16, tag: &str, taken: bool, got: ResponseMatch, action| {
+            ((code, tag.to_string(), taken), (got, action))
+        };
+        let many_forks = |taken_first: bool| -> Vec<Step> {
+            (0..=FORKS_KEPT)
+                .map(|i| {
+                    let remembered = FORKS_KEPT - usize::from(taken_first);
+                    let action = if i < remembered { HangUp } else { Ack };
+                    step(200, &format!("f{i}"), false, Answer2xx, Some(action))
+                })
+                .collect()
+        };
+        let cases: Vec<(&str, u16, Vec<Step>)> = vec![
             (
+                new,
                 603,
                 vec![
-                    (603, "u".into()),
-                    (200, "f".into()),
-                    (200, "f".into()),
-                    (200, "g".into()),
-                ],
-                vec![
-                    (Absorbed, None),
-                    unwanted(true),
-                    unwanted(false),
-                    unwanted(true),
+                    step(603, "u", false, Absorbed, None),
+                    step(200, "f", false, Unwanted2xx { first: true }, None),
+                    step(200, "f", false, Unwanted2xx { first: false }, None),
+                    step(200, "g", false, Unwanted2xx { first: true }, None),
                 ],
             ),
             (
-                200,
-                vec![
-                    (200, "u".into()),
-                    (200, "f".into()),
-                    (200, "f".into()),
-                    (180, "g".into()),
-                    (486, "g".into()),
-                    (200, "u".into()),
-                ],
-                vec![
-                    (Deliver2xxRetransmission, None),
-                    untaken(true),
-                    untaken(false),
-                    (Absorbed, None),
-                    (Absorbed, None),
-                    (Deliver2xxRetransmission, None),
-                ],
-            ),
-            (
+                new,
                 486,
-                many.clone(),
-                (0..=FORKS_KEPT).map(|i| unwanted(i < FORKS_KEPT)).collect(),
+                (0..=FORKS_KEPT)
+                    .map(|i| {
+                        let first = i < FORKS_KEPT;
+                        step(200, &format!("f{i}"), false, Unwanted2xx { first }, None)
+                    })
+                    .collect(),
             ),
             (
+                new,
                 200,
-                many,
-                (0..=FORKS_KEPT).map(|i| untaken(i < FORKS_KEPT)).collect(),
+                vec![
+                    // The call took the first (noted as it was); its repeat reaches none.
+                    step(200, "u", false, Answer2xx, Some(Nothing)),
+                    // A fork no call takes: hung up, then its repeat ACKed.
+                    step(200, "f", false, Answer2xx, Some(HangUp)),
+                    step(200, "f", false, Answer2xx, Some(Ack)),
+                    // A fork the call took (and hung up itself): its repeat left alone.
+                    step(200, "g", true, Answer2xx, Some(Nothing)),
+                    step(200, "g", false, Answer2xx, Some(Nothing)),
+                    // Other answers find no transaction (the INVITE's ended at its 2xx).
+                    step(180, "h", false, ResponseMatch::Unmatched, None),
+                    step(486, "h", false, ResponseMatch::Unmatched, None),
+                ],
+            ),
+            (new, 200, many_forks(true)),
+            (in_dialog, 488, vec![step(200, "u", false, Absorbed, None)]),
+            (
+                in_dialog,
+                200,
+                vec![step(200, "v", false, Deliver2xxRetransmission, None)],
             ),
         ];
         for peer in [udp(), tcp()] {
-            for (final_code, answers, want) in &cases {
+            for (to, final_code, steps) in &cases {
                 let mut t = Transactions::new();
                 let now = Instant::now();
-                let spec = RequestSpec {
-                    method: Method::Invite,
-                    uri: "sip:1@127.0.0.1:5070".into(),
-                    transport: peer.transport,
-                    sent_by: "127.0.0.1:5060".parse().unwrap(),
-                    branch: "z9hG4bKf".into(),
-                    from: "<sip:a@h>;tag=n".into(),
-                    to: "<sip:1@h>".into(),
-                    call_id: "c".into(),
-                    cseq: 1,
-                    contact: None,
-                    routes: vec![],
-                    max_forwards: 70,
-                    extra: vec![],
-                    body: None,
-                };
+                send_invite(&mut t, peer, "z9hG4bKf", to, now);
                 let mut out = Vec::new();
-                let key = TxKey::new("z9hG4bKf", Method::Invite);
-                let data = Bytes::from(spec.to_bytes());
-                t.send_request(key, peer, data, Some(Box::new(spec)), "c", now, &mut out);
-                let to = |tag: &str| format!("<sip:1@h>;tag={tag}");
+                let at = |tag: &str| format!("<sip:1@h>;tag={tag}");
                 let first = t.on_response(
                     "z9hG4bKf",
                     Method::Invite,
                     *final_code,
-                    &to("u"),
+                    &at("u"),
                     now,
                     &mut out,
                 );
-                assert_eq!(first, ResponseMatch::Deliver);
-                let got: Vec<(ResponseMatch, Option<bool>)> = answers
-                    .iter()
-                    .map(|(code, tag)| {
-                        let got = t.on_response(
-                            "z9hG4bKf",
-                            Method::Invite,
-                            *code,
-                            &to(tag),
-                            now,
-                            &mut out,
-                        );
-                        let hung_up = (got == Fork2xx).then(|| t.fork_hung_up("z9hG4bKf", tag));
-                        (got, hung_up)
-                    })
-                    .collect();
-                assert_eq!(&got, want, "{peer:?} after {final_code}: {answers:?}");
-                // Kept 64*T1 (at most a grain more), then gone: no timeout for the call.
+                let opened = *to == new && *final_code == 200;
+                if opened {
+                    assert_eq!(first, Answer2xx);
+                    assert_eq!(t.answer_2xx("z9hG4bKf", "u", true), Nothing);
+                } else {
+                    assert_eq!(first, ResponseMatch::Deliver);
+                }
+                for ((code, tag, taken), want) in steps {
+                    let got =
+                        t.on_response("z9hG4bKf", Method::Invite, *code, &at(tag), now, &mut out);
+                    let action = (got == Answer2xx).then(|| t.answer_2xx("z9hG4bKf", tag, *taken));
+                    assert_eq!(
+                        &(got, action),
+                        want,
+                        "{peer:?}, {to} after {final_code}: {code} {tag}"
+                    );
+                }
+                // Kept 64*T1 (the accepted ones until the sweep passes them), then
+                // gone, with no timeout for the call; one inside a dialog as before.
+                let kept = |t: &Transactions| t.counts().1 + t.accepted_count();
+                let lingers = *to == new || (*final_code != 200 && !peer.transport.reliable());
                 let outs = run(&mut t, now, TIMEOUT - Duration::from_millis(10));
-                assert_eq!(t.counts().1, 1, "{peer:?} after {final_code}: kept 64*T1");
-                assert!(!outs
-                    .iter()
-                    .any(|(_, o)| matches!(o, Output::ClientTimeout { .. })));
-                let outs = run(&mut t, now, TIMEOUT + END_GRAIN + Duration::from_millis(10));
-                assert_eq!(t.counts().1, 0, "{peer:?} after {final_code}: then gone");
-                assert!(!outs
-                    .iter()
+                let want = usize::from(lingers);
+                assert_eq!(
+                    kept(&t),
+                    want,
+                    "{peer:?}, {to} after {final_code}: kept 64*T1"
+                );
+                let sweep_cycle = SWEEP_STEP * crate::segmented::SEGMENTS as u32;
+                let outs2 = run(&mut t, now, TIMEOUT + sweep_cycle + END_GRAIN);
+                assert_eq!(kept(&t), 0, "{peer:?}, {to} after {final_code}: then gone");
+                let timeouts = outs.iter().chain(&outs2);
+                assert!(!timeouts
+                    .into_iter()
                     .any(|(_, o)| matches!(o, Output::ClientTimeout { .. })));
             }
         }

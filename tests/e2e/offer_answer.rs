@@ -333,7 +333,8 @@ fn a_callee_answer_without_sdp_is_hung_up_unless_an_18x_carried_it() {
 /// 32 s, a callee connected to nobody): a forking proxy's 603 with another branch's
 /// 200 crossing it (the call has failed), and another fork answering after an
 /// answered call ended. A hung-up fork's 2xx coming again is ACKed, not hung up again;
-/// the call's own 200 coming again after its end gets no BYE either.
+/// the call's own 200 coming again after its end gets no BYE either, nor does a late
+/// 200 to a relayed re-INVITE that failed (the call's own dialog).
 #[test]
 fn forks_answering_when_no_call_keeps_them_are_hung_up() {
     let ports = Ports::take();
@@ -383,7 +384,32 @@ fn forks_answering_when_no_call_keeps_them_are_hung_up() {
     assert!(ok.starts_with("SIP/2.0 200"), "{ok:?}");
     let node_tag = caller.ack(call_id, &ok);
     callee.expect("ACK ");
-    hang_up(&caller, &callee, call_id, &node_tag, 2);
+    // A relayed re-INVITE refused by something on the callee's path, then the
+    // callee's late 200 to it: on the call's own dialog, never hung up by the node
+    // (a review of the first version of this: the core took it for a fork).
+    let reoffer = with_body(
+        &caller,
+        "INVITE",
+        call_id,
+        &node_tag,
+        2,
+        "application/sdp",
+        CALLER_SDP,
+    );
+    caller.send(&reoffer);
+    let relayed = callee.expect("INVITE ");
+    callee.respond(&relayed, "500 Server Internal Error", "");
+    callee.expect("ACK ");
+    let refused = caller.final_response();
+    assert!(refused.starts_with("SIP/2.0 500"), "{refused}");
+    caller.send(&ack_of_failure(&reoffer));
+    callee.respond(&relayed, "200 OK", &sdp(4002));
+    let reached = callee.quiet_for(Duration::from_millis(300));
+    assert!(
+        !reached.iter().any(|m| m.starts_with("BYE ")),
+        "the call's own dialog hung up: {reached:?}"
+    );
+    hang_up(&caller, &callee, call_id, &node_tag, 3);
     // Logged: the call has let its Call-IDs go.
     let calls = node.wait_for_calls(&key, 2);
     assert!(calls.iter().any(|c| c["result"] == "answered"), "{calls:?}");
