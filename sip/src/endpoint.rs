@@ -17,7 +17,9 @@ use crate::overload::{OverloadSettings, Queue, RefusalGate, ShardAdmission};
 use crate::parse::{header, method_name, Info, Peer, Transport};
 use crate::shard::{self, Shards};
 use crate::source::SourcePolicy;
-use crate::transaction::{AnswerAction, Output, RequestMatch, ResponseMatch, Transactions, TxKey};
+use crate::transaction::{
+    AnswerAction, AnswerFrom, Output, RequestMatch, ResponseMatch, Transactions, TxKey,
+};
 use crate::transport::{Inbound, Incoming, StreamConnections, StreamLimits, TlsSetup};
 use crate::udp::{self, bind_udp, UdpReceive};
 use bytes::Bytes;
@@ -701,19 +703,44 @@ impl Core {
     fn deliver_answer(&mut self, response: Response, info: Info, peer: Peer) {
         let tag = header(&response, "To").and_then(crate::parse::tag);
         let tag = tag.unwrap_or_default().to_string();
-        let branch = info.branch.clone();
+        let (branch, call_id) = (info.branch.clone(), info.call_id.clone());
+        let from = AnswerFrom {
+            tag: &tag,
+            call_id: &call_id,
+            source: peer.addr.ip(),
+        };
         match self.offer_response(response, info) {
             Offered::Taken => {
-                self.transactions.answer_2xx(&branch, &tag, true);
+                self.transactions.answer_2xx(&branch, &from, true);
             }
             Offered::Busy => {}
             Offered::Stray(response, info) => {
-                match self.transactions.answer_2xx(&branch, &tag, false) {
-                    AnswerAction::Nothing => self.ack_stray_2xx(&response, &info, peer),
-                    AnswerAction::Ack => self.hang_up_fork(&response, &info, peer, false),
-                    AnswerAction::HangUp => self.hang_up_fork(&response, &info, peer, true),
-                }
+                let action = self.transactions.answer_2xx(&branch, &from, false);
+                self.end_unkept_2xx(&response, &info, peer, action);
             }
+        }
+    }
+
+    /// A 2xx to a failed INVITE of ours that opened a dialog (see
+    /// [`ResponseMatch::Unwanted2xx`]): hung up here, once per To tag.
+    fn unwanted_2xx(&mut self, response: &Response, info: &Info, peer: Peer) {
+        let tag = header(response, "To").and_then(crate::parse::tag);
+        let from = AnswerFrom {
+            tag: tag.unwrap_or_default(),
+            call_id: &info.call_id,
+            source: peer.addr.ip(),
+        };
+        let action = self.transactions.unwanted_2xx(&info.branch, &from);
+        self.end_unkept_2xx(response, info, peer, action);
+    }
+
+    /// Does what the transactions said of a 2xx no call keeps: nothing, an ACK, or an
+    /// ACK and a BYE (see [`Self::hang_up_fork`]).
+    fn end_unkept_2xx(&mut self, resp: &Response, info: &Info, peer: Peer, action: AnswerAction) {
+        match action {
+            AnswerAction::Nothing => {}
+            AnswerAction::Ack => self.hang_up_fork(resp, info, peer, false),
+            AnswerAction::HangUp => self.hang_up_fork(resp, info, peer, true),
         }
     }
 
@@ -732,7 +759,11 @@ impl Core {
         let Some(ack) = built(Method::Ack, info.cseq) else {
             return;
         };
-        tracing::info!(call_id = %info.call_id, first, "a fork's 2xx that no call keeps: acknowledged and hung up");
+        if first {
+            tracing::info!(call_id = %info.call_id, "a fork's 2xx that no call keeps: acknowledged and hung up");
+        } else {
+            tracing::debug!(call_id = %info.call_id, "a fork's 2xx hung up before, again: acknowledged");
+        }
         self.send_request(ack, peer, Instant::now());
         let bye = info
             .cseq
@@ -864,9 +895,7 @@ impl Core {
                         self.deliver_response(resp, m.info, m.peer);
                     }
                     ResponseMatch::Answer2xx => self.deliver_answer(resp, m.info, m.peer),
-                    ResponseMatch::Unwanted2xx { first } => {
-                        self.hang_up_fork(&resp, &m.info, m.peer, first);
-                    }
+                    ResponseMatch::Unwanted2xx => self.unwanted_2xx(&resp, &m.info, m.peer),
                     ResponseMatch::Absorbed | ResponseMatch::Unmatched => {}
                 }
             }

@@ -143,12 +143,10 @@ pub enum ResponseMatch {
     Answer2xx,
     /// A 2xx to an INVITE of ours that opened a dialog and already failed (a forking
     /// proxy's 6xx, then another branch's 200 that crossed it): no call wants its
-    /// dialog, so the SIP core ACKs it and, when `first` (not a repeat of a 2xx it
-    /// hung up already), sends a BYE. A transaction of RFC 3261 would absorb it,
-    /// leaving its sender to send it for 32 s and hang up a callee connected to nobody.
-    Unwanted2xx {
-        first: bool,
-    },
+    /// dialog; [`Transactions::unwanted_2xx`] says what the SIP core does with it. A
+    /// transaction of RFC 3261 would absorb it, leaving its sender to send it for 32 s
+    /// and hang up a callee connected to nobody.
+    Unwanted2xx,
     Absorbed,
     Unmatched,
 }
@@ -174,6 +172,16 @@ pub enum AnswerAction {
     HangUp,
 }
 
+/// A 2xx to an INVITE of ours as the SIP core checks it before acting on it: its To
+/// tag, its Call-ID and the address it came from (the INVITE's: a 2xx comes back the
+/// way the INVITE went, RFC 3261 18.2.2; one from elsewhere, or naming another
+/// dialog, is never hung up by the core).
+pub struct AnswerFrom<'a> {
+    pub tag: &'a str,
+    pub call_id: &'a str,
+    pub source: std::net::IpAddr,
+}
+
 /// Who took a 2xx of an INVITE of ours, by its To tag.
 #[derive(Debug, PartialEq, Clone, Copy)]
 enum Taker {
@@ -183,10 +191,16 @@ enum Taker {
 
 /// An INVITE of ours that opened a dialog and got its 2xx: RFC 6026's Accepted state,
 /// kept [`TIMEOUT`] (at most a sweep cycle more) from its first 2xx, the request let
-/// go; some tens of bytes an answered call, for 32 s.
+/// go; under a hundred bytes an answered call, for 32 s. Call-ID and To tags are kept
+/// as keyed hashes (a peer's tag of any length costs 8 bytes).
 struct Accepted {
     since: Instant,
-    answers: Vec<(String, Taker)>,
+    call_id: u64,
+    peer: std::net::IpAddr,
+    /// The first To tag noted (the call's, nearly always: no allocation for it), then
+    /// the others (forks).
+    first: Option<(u64, Taker)>,
+    others: Vec<(u64, Taker)>,
 }
 
 #[derive(Debug, PartialEq, Clone, Copy)]
@@ -237,9 +251,9 @@ struct ClientTx {
     new_dialog: bool,
     call_id: String,
     state: State,
-    /// A failed INVITE's: the To tags of the forks' 2xx the core hung up (at most
-    /// [`FORKS_KEPT`]).
-    forks: Vec<String>,
+    /// A failed INVITE's: the To tags (keyed hashes) of the forks' 2xx the core hung
+    /// up (at most [`FORKS_KEPT`]).
+    forks: Vec<u64>,
     ack: Option<Bytes>,
     timers: Timers,
     /// When it was sent, or got its last provisional response: the INVITE limit
@@ -590,11 +604,14 @@ impl Transactions {
             retransmission: false,
         });
         let retransmit_at = (!reliable(&peer)).then(|| now + T1);
-        // (The SIP core's own requests, no call's, open nothing.)
+        // A new INVITE of the node's: its first CSeq (never one inside a dialog, on
+        // either leg), no To tag (a leg whose callee answered without one sends its
+        // re-INVITEs without one too). The SIP core's own requests open nothing.
         let new_dialog = !call_id.is_empty()
-            && invite
-                .as_ref()
-                .is_some_and(|spec| crate::parse::tag(&spec.to).is_none());
+            && invite.as_ref().is_some_and(|spec| {
+                spec.cseq == crate::build::FIRST_INVITE_CSEQ
+                    && crate::parse::tag(&spec.to).is_none()
+            });
         let tx = ClientTx {
             peer,
             request: data,
@@ -648,12 +665,7 @@ impl Transactions {
         };
         if tx.state == State::Completed {
             if answer && tx.new_dialog {
-                let tag = crate::parse::tag(to).unwrap_or_default();
-                let first = !tx.forks.iter().any(|t| t == tag) && tx.forks.len() < FORKS_KEPT;
-                if first {
-                    tx.forks.push(tag.to_string());
-                }
-                return ResponseMatch::Unwanted2xx { first };
+                return ResponseMatch::Unwanted2xx;
             }
             if let Some(ack) = &tx.ack {
                 out.push(Output::Transmit {
@@ -678,16 +690,17 @@ impl Transactions {
             return deliver;
         }
         if answer {
-            let new_dialog = tx.new_dialog;
-            self.client.remove(&key);
-            if !new_dialog {
+            let Some(tx) = self.client.remove(&key).filter(|tx| tx.new_dialog) else {
                 return deliver;
-            }
+            };
             // RFC 6026's Accepted state, in a table of its own (see [`Accepted`]):
             // ended by the sweep, no timer of its own.
             let accepted = Accepted {
                 since: now,
-                answers: Vec::new(),
+                call_id: self.call_ids.hash_one(&tx.call_id),
+                peer: tx.peer.addr.ip(),
+                first: None,
+                others: Vec::new(),
             };
             self.accepted
                 .insert(self.call_ids.hash_one(branch), accepted);
@@ -723,31 +736,61 @@ impl Transactions {
         deliver
     }
 
-    /// A 2xx reported as [`ResponseMatch::Answer2xx`] on the INVITE of `branch`, with
-    /// To tag `tag`, was `taken` by a call (queued at it), or reached none (none is
-    /// registered under its Call-ID, or the call has ended): what the SIP core does
-    /// with it. Not asked for one a call could not take for a full inbox (the call
-    /// lives, and takes its repeat).
-    pub fn answer_2xx(&mut self, branch: &str, tag: &str, taken: bool) -> AnswerAction {
-        let Some(acc) = self.accepted.get_mut(&self.call_ids.hash_one(branch)) else {
+    /// A 2xx reported as [`ResponseMatch::Answer2xx`] on the INVITE of `branch` was
+    /// `taken` by a call (queued at it), or reached none (none is registered under its
+    /// Call-ID, or the call has ended): what the SIP core does with it. Not asked for
+    /// one a call could not take for a full inbox (the call lives, and takes its
+    /// repeat).
+    pub fn answer_2xx(&mut self, branch: &str, answer: &AnswerFrom, taken: bool) -> AnswerAction {
+        let hashes = &self.call_ids;
+        let Some(acc) = self.accepted.get_mut(&hashes.hash_one(branch)) else {
             return AnswerAction::Nothing;
         };
-        match acc.answers.iter().find(|(t, _)| t == tag) {
+        if acc.call_id != hashes.hash_one(answer.call_id) || acc.peer != answer.source {
+            return AnswerAction::Nothing;
+        }
+        let tag = hashes.hash_one(answer.tag);
+        let mut noted = acc.first.iter().chain(&acc.others);
+        match noted.find(|(t, _)| *t == tag) {
             Some((_, Taker::Core)) if !taken => AnswerAction::Ack,
             Some(_) => AnswerAction::Nothing,
-            None if acc.answers.len() >= FORKS_KEPT => match taken {
+            None if acc.others.len() + 1 >= FORKS_KEPT => match taken {
                 true => AnswerAction::Nothing,
                 false => AnswerAction::Ack,
             },
             None => {
                 let taker = if taken { Taker::Call } else { Taker::Core };
-                acc.answers.push((tag.to_string(), taker));
+                match acc.first {
+                    None => acc.first = Some((tag, taker)),
+                    Some(_) => acc.others.push((tag, taker)),
+                }
                 match taken {
                     true => AnswerAction::Nothing,
                     false => AnswerAction::HangUp,
                 }
             }
         }
+    }
+
+    /// What the SIP core does with a 2xx reported as [`ResponseMatch::Unwanted2xx`] on
+    /// the INVITE of `branch`: hang it up the first time for its To tag, then ACK it
+    /// (at most [`FORKS_KEPT`] tags hung up); nothing for one from another address
+    /// or naming another Call-ID than the INVITE's.
+    pub fn unwanted_2xx(&mut self, branch: &str, answer: &AnswerFrom) -> AnswerAction {
+        let hashes = &self.call_ids;
+        let key = TxKey::new(branch, Method::Invite);
+        let Some(tx) = self.client.get_mut(&key) else {
+            return AnswerAction::Nothing;
+        };
+        if tx.call_id != answer.call_id || tx.peer.addr.ip() != answer.source {
+            return AnswerAction::Nothing;
+        }
+        let tag = hashes.hash_one(answer.tag);
+        if tx.forks.contains(&tag) || tx.forks.len() >= FORKS_KEPT {
+            return AnswerAction::Ack;
+        }
+        tx.forks.push(tag);
+        AnswerAction::HangUp
     }
 
     // ---- time ----
@@ -1164,9 +1207,9 @@ mod tests {
         ));
     }
 
-    /// An INVITE of ours with To `to` (no tag: it opens a dialog), sent over `peer`
-    /// on branch `branch`.
-    fn send_invite(t: &mut Transactions, peer: Peer, branch: &str, to: &str, now: Instant) {
+    /// An INVITE of ours with To `to` and CSeq `cseq` (no tag and CSeq 1: it opens a
+    /// dialog), sent over `peer` on branch `branch`, Call-ID "c".
+    fn send_invite(t: &mut Transactions, peer: Peer, branch: &str, to: &str, cseq: u32) {
         let spec = RequestSpec {
             method: Method::Invite,
             uri: "sip:1@127.0.0.1:5070".into(),
@@ -1176,7 +1219,7 @@ mod tests {
             from: "<sip:a@h>;tag=n".into(),
             to: to.into(),
             call_id: "c".into(),
-            cseq: 1,
+            cseq,
             contact: None,
             routes: vec![],
             max_forwards: 70,
@@ -1186,46 +1229,65 @@ mod tests {
         let key = TxKey::new(branch, Method::Invite);
         let data = Bytes::from(spec.to_bytes());
         let mut out = Vec::new();
-        t.send_request(key, peer, data, Some(Box::new(spec)), "c", now, &mut out);
+        let invite = Some(Box::new(spec));
+        t.send_request(key, peer, data, invite, "c", Instant::now(), &mut out);
+    }
+
+    /// Where a 2xx in [`answers_after_an_invites_final_one_tell_forks_from_repeats`]
+    /// comes from.
+    #[derive(Clone, Copy, Debug)]
+    enum Sender {
+        /// The INVITE's peer, for the INVITE's Call-ID.
+        Fork,
+        /// Another address.
+        Elsewhere,
+        /// The INVITE's peer, naming another Call-ID.
+        OtherCall,
     }
 
     /// What an INVITE of ours makes of the answers after its final one, over UDP and
-    /// TCP alike. One that opened a dialog: after a failure every 2xx is a fork nobody
-    /// wants (hung up once per To tag, then ACKed only); after a 2xx every 2xx is for
-    /// the call, and one that no call takes is hung up once per To tag unless a call
-    /// took that tag before (its dialog, or a fork it hung up itself: it may live on at
-    /// another node); at most [`FORKS_KEPT`] tags. One inside a dialog (a re-INVITE)
-    /// as before: a 2xx after its failure absorbed, after its 2xx one for the call.
-    /// Each row: the INVITE's To, its final answer, then each answer (code, To tag,
-    /// whether a call took it) with how it matched and what `answer_2xx` said.
+    /// TCP alike. One that opened a dialog (CSeq 1, no To tag): after a failure every
+    /// 2xx is a fork nobody wants (hung up once per To tag, then ACKed only); after a
+    /// 2xx every 2xx is for the call, and one that no call takes is hung up once per
+    /// To tag unless a call took that tag before (its dialog, or a fork it hung up
+    /// itself: it may live on at another node); at most [`FORKS_KEPT`] tags; never
+    /// one from another address than the INVITE's or naming another Call-ID. One
+    /// inside a dialog (a re-INVITE, with or without a To tag: a callee may answer
+    /// without one) as before: a 2xx after its failure absorbed, after its 2xx one for
+    /// the call. Each row: the INVITE's To and CSeq, its final answer, then each
+    /// answer (code, To tag, whether a call took it, who sent it) with how it matched
+    /// and what the core was told to do.
     #[test]
     fn answers_after_an_invites_final_one_tell_forks_from_repeats() {
         use AnswerAction::{Ack, HangUp, Nothing};
-        use ResponseMatch::{Absorbed, Answer2xx, Deliver2xxRetransmission, Unwanted2xx};
-        let new = "<sip:1@h>";
-        let in_dialog = "<sip:1@h>;tag=u";
-        type Step = ((u16, String, bool), (ResponseMatch, Option<AnswerAction>));
+        use ResponseMatch::{
+            Absorbed, Answer2xx, Deliver2xxRetransmission, Unmatched, Unwanted2xx,
+        };
+        use Sender::{Elsewhere, Fork, OtherCall};
+        let new = ("<sip:1@h>", 1);
+        let in_dialog = ("<sip:1@h>;tag=u", 2);
+        let tagless_in_dialog = ("<sip:1@h>", 2);
+        type Step = (
+            (u16, String, bool, Sender),
+            (ResponseMatch, Option<AnswerAction>),
+        );
         let step = |code: u16, tag: &str, taken: bool, got: ResponseMatch, action| {
-            ((code, tag.to_string(), taken), (got, action))
+            ((code, tag.to_string(), taken, Fork), (got, action))
         };
-        let many_forks = |taken_first: bool| -> Vec<Step> {
-            (0..=FORKS_KEPT)
-                .map(|i| {
-                    let remembered = FORKS_KEPT - usize::from(taken_first);
-                    let action = if i < remembered { HangUp } else { Ack };
-                    step(200, &format!("f{i}"), false, Answer2xx, Some(action))
-                })
-                .collect()
+        let from = |sender: Sender, tag: &str, got: ResponseMatch, action| {
+            ((200, tag.to_string(), false, sender), (got, action))
         };
-        let cases: Vec<(&str, u16, Vec<Step>)> = vec![
+        let cases: Vec<((&str, u32), u16, Vec<Step>)> = vec![
             (
                 new,
                 603,
                 vec![
                     step(603, "u", false, Absorbed, None),
-                    step(200, "f", false, Unwanted2xx { first: true }, None),
-                    step(200, "f", false, Unwanted2xx { first: false }, None),
-                    step(200, "g", false, Unwanted2xx { first: true }, None),
+                    from(Elsewhere, "f", Unwanted2xx, Some(Nothing)),
+                    from(OtherCall, "f", Unwanted2xx, Some(Nothing)),
+                    step(200, "f", false, Unwanted2xx, Some(HangUp)),
+                    step(200, "f", false, Unwanted2xx, Some(Ack)),
+                    step(200, "g", false, Unwanted2xx, Some(HangUp)),
                 ],
             ),
             (
@@ -1233,8 +1295,8 @@ mod tests {
                 486,
                 (0..=FORKS_KEPT)
                     .map(|i| {
-                        let first = i < FORKS_KEPT;
-                        step(200, &format!("f{i}"), false, Unwanted2xx { first }, None)
+                        let action = if i < FORKS_KEPT { HangUp } else { Ack };
+                        step(200, &format!("f{i}"), false, Unwanted2xx, Some(action))
                     })
                     .collect(),
             ),
@@ -1244,6 +1306,9 @@ mod tests {
                 vec![
                     // The call took the first (noted as it was); its repeat reaches none.
                     step(200, "u", false, Answer2xx, Some(Nothing)),
+                    // Not the INVITE's peer or dialog: left alone.
+                    from(Elsewhere, "f", Answer2xx, Some(Nothing)),
+                    from(OtherCall, "f", Answer2xx, Some(Nothing)),
                     // A fork no call takes: hung up, then its repeat ACKed.
                     step(200, "f", false, Answer2xx, Some(HangUp)),
                     step(200, "f", false, Answer2xx, Some(Ack)),
@@ -1251,25 +1316,58 @@ mod tests {
                     step(200, "g", true, Answer2xx, Some(Nothing)),
                     step(200, "g", false, Answer2xx, Some(Nothing)),
                     // Other answers find no transaction (the INVITE's ended at its 2xx).
-                    step(180, "h", false, ResponseMatch::Unmatched, None),
-                    step(486, "h", false, ResponseMatch::Unmatched, None),
+                    step(180, "h", false, Unmatched, None),
+                    step(486, "h", false, Unmatched, None),
                 ],
             ),
-            (new, 200, many_forks(true)),
+            (
+                new,
+                200,
+                // Eight tags remembered, the call's among them.
+                (0..FORKS_KEPT)
+                    .map(|i| {
+                        let action = if i + 1 < FORKS_KEPT { HangUp } else { Ack };
+                        step(200, &format!("f{i}"), false, Answer2xx, Some(action))
+                    })
+                    .collect(),
+            ),
             (in_dialog, 488, vec![step(200, "u", false, Absorbed, None)]),
+            (
+                tagless_in_dialog,
+                500,
+                vec![step(200, "u", false, Absorbed, None)],
+            ),
             (
                 in_dialog,
                 200,
                 vec![step(200, "v", false, Deliver2xxRetransmission, None)],
             ),
+            (
+                tagless_in_dialog,
+                200,
+                vec![step(200, "v", false, Deliver2xxRetransmission, None)],
+            ),
         ];
         for peer in [udp(), tcp()] {
-            for (to, final_code, steps) in &cases {
+            for ((to, cseq), final_code, steps) in &cases {
                 let mut t = Transactions::new();
                 let now = Instant::now();
-                send_invite(&mut t, peer, "z9hG4bKf", to, now);
+                send_invite(&mut t, peer, "z9hG4bKf", to, *cseq);
                 let mut out = Vec::new();
                 let at = |tag: &str| format!("<sip:1@h>;tag={tag}");
+                let answer = |tag, sender| AnswerFrom {
+                    tag,
+                    call_id: if matches!(sender, OtherCall) {
+                        "other"
+                    } else {
+                        "c"
+                    },
+                    source: if matches!(sender, Elsewhere) {
+                        "127.0.0.9".parse().unwrap()
+                    } else {
+                        peer.addr.ip()
+                    },
+                };
                 let first = t.on_response(
                     "z9hG4bKf",
                     Method::Invite,
@@ -1278,32 +1376,37 @@ mod tests {
                     now,
                     &mut out,
                 );
-                let opened = *to == new && *final_code == 200;
+                let opened = (*to, *cseq) == new && *final_code == 200;
                 if opened {
                     assert_eq!(first, Answer2xx);
-                    assert_eq!(t.answer_2xx("z9hG4bKf", "u", true), Nothing);
+                    assert_eq!(t.answer_2xx("z9hG4bKf", &answer("u", Fork), true), Nothing);
                 } else {
                     assert_eq!(first, ResponseMatch::Deliver);
                 }
-                for ((code, tag, taken), want) in steps {
+                for ((code, tag, taken, sender), want) in steps {
                     let got =
                         t.on_response("z9hG4bKf", Method::Invite, *code, &at(tag), now, &mut out);
-                    let action = (got == Answer2xx).then(|| t.answer_2xx("z9hG4bKf", tag, *taken));
+                    let from = answer(tag, *sender);
+                    let action = match got {
+                        Answer2xx => Some(t.answer_2xx("z9hG4bKf", &from, *taken)),
+                        Unwanted2xx => Some(t.unwanted_2xx("z9hG4bKf", &from)),
+                        _ => None,
+                    };
                     assert_eq!(
                         &(got, action),
                         want,
-                        "{peer:?}, {to} after {final_code}: {code} {tag}"
+                        "{peer:?}, {to} CSeq {cseq} after {final_code}: {code} {tag} from {sender:?}"
                     );
                 }
                 // Kept 64*T1 (the accepted ones until the sweep passes them), then
                 // gone, with no timeout for the call; one inside a dialog as before.
                 let kept = |t: &Transactions| t.counts().1 + t.accepted_count();
-                let lingers = *to == new || (*final_code != 200 && !peer.transport.reliable());
+                let lingers =
+                    (*to, *cseq) == new || (*final_code != 200 && !peer.transport.reliable());
                 let outs = run(&mut t, now, TIMEOUT - Duration::from_millis(10));
-                let want = usize::from(lingers);
                 assert_eq!(
                     kept(&t),
-                    want,
+                    usize::from(lingers),
                     "{peer:?}, {to} after {final_code}: kept 64*T1"
                 );
                 let sweep_cycle = SWEEP_STEP * crate::segmented::SEGMENTS as u32;
