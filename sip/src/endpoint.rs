@@ -552,7 +552,7 @@ impl Core {
                 }
             }
             let (s, c, _) = self.transactions.counts();
-            self.report_transactions((s, c));
+            self.report_transactions((s, c + self.transactions.accepted_count()));
             self.busy.inc_by(woken.elapsed().as_secs_f64());
         }
         // A shard that stops takes its transactions out of the node-wide gauges.

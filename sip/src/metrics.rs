@@ -299,7 +299,7 @@ impl SipMetrics {
         );
         r.register(
             "sip_client_transactions",
-            "Open SIP client transactions",
+            "Open SIP client transactions, with the node's new INVITEs remembered 64*T1 after their 2xx to tell forks' answers from repeats (RFC 6026's Accepted state)",
             self.client_transactions.clone(),
         );
         r.register(
