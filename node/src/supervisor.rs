@@ -36,6 +36,10 @@ pub enum SupervisorMsg {
     /// Test hook: makes every running call actor panic.
     #[cfg(test)]
     CrashAll,
+    /// Test hook: puts these messages in a running call's inbox at once (a test with
+    /// one call), as when they arrive together at a busy node.
+    #[cfg(test)]
+    InjectAll(Vec<crate::call::CallMsg>),
 }
 
 /// A local message (never sent to another node): ractor_cluster, in the build for the
@@ -229,6 +233,15 @@ impl Actor for CallSupervisor {
             SupervisorMsg::CrashAll => {
                 self.calls.each(|_, me| {
                     let _ = me.send_message(crate::call::CallMsg::Crash);
+                });
+            }
+            #[cfg(test)]
+            SupervisorMsg::InjectAll(msgs) => {
+                let mut msgs = Some(msgs);
+                self.calls.each(|_, me| {
+                    if let Some(msgs) = msgs.take() {
+                        me.send_all(msgs);
+                    }
                 });
             }
             SupervisorMsg::EndAll(reason) => {
@@ -711,6 +724,85 @@ mod tests {
         let r = final_record(&f).await;
         assert_eq!(r.result, CallResult::Failed);
         assert_eq!(f.metrics.calls.actor_failures.get(), 1);
+    }
+
+    /// The callee's 180 as the SIP core would give it to the call, for `invite`.
+    fn ringing_event(f: &Fixture, invite: &str) -> crate::call::CallMsg {
+        use tsunagu_sip::{SipEvent, SipMessage};
+        let me = f.callee.local_addr().unwrap();
+        let ringing = callee_response(invite, "180 Ringing", me, None);
+        let Ok((SipMessage::Response(response), info)) =
+            tsunagu_sip::parse::parse(ringing.as_bytes())
+        else {
+            panic!("{ringing}")
+        };
+        crate::call::CallMsg::Sip(Box::new(SipEvent::Response { response, info }))
+    }
+
+    /// The Call-ID line of a SIP message.
+    fn call_id_of(message: &str) -> String {
+        let line = message.lines().find(|l| l.starts_with("Call-ID:"));
+        line.unwrap_or_default().to_string()
+    }
+
+    /// A trunk that answers an attempt's INVITE just as the node gives up waiting for
+    /// it (5 s of nothing: the leg is handed to `abandoned`, its CANCEL held until a
+    /// provisional, RFC 3261 9.1): the 180 waits at the call behind the time-out
+    /// (both put in its inbox at once here; on the wire it takes a busy node). With
+    /// no other destination the call ends with the 180 unread, and what it leaves
+    /// unread goes back to the SIP core, to the handler: the callee is cancelled. The
+    /// 180 was dropped with the call, and the callee rang on for nobody.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_provisional_left_unread_by_an_ended_call_reaches_the_leg_it_let_go() {
+        let f = forwarding_call(Duration::from_secs(3600)).await;
+        let invite = recv_text(&f.callee);
+        let msgs = vec![
+            crate::call::CallMsg::NoResponse(1),
+            ringing_event(&f, &invite),
+        ];
+        f.sup.send_message(SupervisorMsg::InjectAll(msgs)).unwrap();
+        let cancel = std::iter::repeat_with(|| recv_text(&f.callee))
+            .find(|m| !m.starts_with("INVITE "))
+            .unwrap();
+        assert!(cancel.starts_with("CANCEL "), "{cancel}");
+        assert_eq!(call_id_of(&cancel), call_id_of(&invite));
+        final_record(&f).await;
+    }
+
+    /// The same with a second destination: the call goes on to it and reads the first
+    /// attempt's 180 after letting that leg go; it passes it on to the leg's handler,
+    /// which cancels the first callee (the call dropped it, not holding that leg).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_provisional_for_a_leg_the_call_let_go_reaches_that_legs_handler() {
+        let f = forwarding_call_to(
+            Duration::from_secs(3600),
+            Duration::from_secs(180),
+            Duration::from_secs(32),
+            "",
+            |number| {
+                let mut second = number.destinations[0].clone();
+                second.number = "0399999999".into();
+                number.destinations.push(second);
+            },
+        )
+        .await;
+        let first = recv_text(&f.callee);
+        let msgs = vec![
+            crate::call::CallMsg::NoResponse(1),
+            ringing_event(&f, &first),
+        ];
+        f.sup.send_message(SupervisorMsg::InjectAll(msgs)).unwrap();
+        let mut got = Vec::new();
+        while !got.iter().any(|m: &String| m.starts_with("CANCEL ")) {
+            got.push(recv_text(&f.callee));
+        }
+        let cancel = got.iter().find(|m| m.starts_with("CANCEL ")).unwrap();
+        assert_eq!(call_id_of(cancel), call_id_of(&first), "{got:?}");
+        assert!(
+            got.iter()
+                .any(|m| m.starts_with("INVITE ") && call_id_of(m) != call_id_of(&first)),
+            "the second destination tried: {got:?}"
+        );
     }
 
     /// A call whose actor panics while it ends (the caller hung up, the callee has not

@@ -110,6 +110,11 @@ pub enum SipEvent {
 }
 
 pub enum Command {
+    /// An event a call that ended left unread (see [`EndpointHandle::redeliver`]).
+    Redeliver {
+        call_id: String,
+        event: Box<SipEvent>,
+    },
     Register {
         call_id: String,
         sink: Arc<dyn CallSink>,
@@ -157,6 +162,7 @@ impl EndpointHandle {
     pub fn send(&self, cmd: Command) {
         let call_id = match &cmd {
             Command::Register { call_id, .. }
+            | Command::Redeliver { call_id, .. }
             | Command::Unregister { call_id }
             | Command::Respond { call_id, .. }
             | Command::Fail { call_id, .. } => call_id,
@@ -188,6 +194,24 @@ impl EndpointHandle {
     pub fn unregister(&self, call_id: &str) {
         self.send(Command::Unregister {
             call_id: call_id.to_string(),
+        });
+    }
+
+    /// Gives back a request or response that a call which has ended left unread:
+    /// delivered again to whoever holds its Call-ID now (the handler a callee's leg
+    /// was handed to, say: a provisional queued behind the caller's hang-up is what
+    /// lets its CANCEL go out); a request that nobody takes is answered 481, anything
+    /// else nobody takes is dropped (its sender sends it again).
+    pub fn redeliver(&self, event: SipEvent) {
+        let call_id = match &event {
+            SipEvent::Request { info, .. } | SipEvent::Response { info, .. } => {
+                info.call_id.clone()
+            }
+            _ => return,
+        };
+        self.send(Command::Redeliver {
+            call_id,
+            event: Box::new(event),
         });
     }
 
@@ -1076,6 +1100,13 @@ impl Core {
             Command::Unregister { call_id } => {
                 self.calls.remove(&call_id);
             }
+            Command::Redeliver { call_id, event } => {
+                if !self.calls.contains_key(call_id.as_str()) {
+                    self.refuse_undelivered(Undelivered::Gone(*event));
+                } else {
+                    self.deliver(&call_id, *event);
+                }
+            }
             Command::Forget => {
                 self.transactions.forget_all();
                 self.calls.clear();
@@ -1682,6 +1713,93 @@ Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
         .map(|(c, code, t)| (c.to_string(), code, t.to_string()));
         assert_eq!(got, want);
         assert_eq!(metrics.forks_hung_up.get(), 2);
+    }
+
+    /// What a call that ended left unread, given back (`EndpointHandle::redeliver`):
+    /// a response reaches whoever holds its Call-ID now (the handler a callee's leg was
+    /// handed to), a request that nobody holds is answered 481 in its transaction.
+    #[tokio::test]
+    async fn what_an_ended_call_left_unread_goes_to_whoever_holds_its_call_id() {
+        let (ep, node, sock, me) = on_loopback(
+            EdgeSettings::new(SourcePolicy::trust_all()),
+            Arc::new(Taker),
+            SipMetrics::default(),
+        )
+        .await;
+        let (tx, mut events) = mpsc::unbounded_channel();
+        ep.register("left", Arc::new(Recorder(std::sync::Mutex::new(tx))));
+        // An INVITE of the call's, for the 180 to answer.
+        let peer = Peer {
+            transport: Transport::Udp,
+            addr: me,
+        };
+        ep.request(
+            RequestSpec {
+                method: Method::Invite,
+                uri: format!("sip:callee@{me}"),
+                transport: Transport::Udp,
+                sent_by: node,
+                branch: "z9hG4bKleft".into(),
+                from: format!("<sip:tsunagu@{node}>;tag=n"),
+                to: format!("<sip:callee@{me}>"),
+                call_id: "left".into(),
+                cseq: 1,
+                contact: Some(format!("<sip:tsunagu@{node}>")),
+                routes: Vec::new(),
+                max_forwards: 70,
+                extra: Vec::new(),
+                body: None,
+            },
+            peer,
+        );
+        assert!(recv_text(&sock, "the INVITE").await.starts_with("INVITE "));
+        let ringing = format!(
+            "SIP/2.0 180 Ringing\r\nVia: SIP/2.0/UDP {node};branch=z9hG4bKleft\r\n\
+From: <sip:tsunagu@{node}>;tag=n\r\nTo: <sip:callee@{me}>;tag=c\r\nCall-ID: left\r\n\
+CSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
+        );
+        let info = format!(
+            "INFO sip:tsunagu@{node} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKinfoleft\r\n\
+From: <sip:callee@{me}>;tag=c\r\nTo: <sip:tsunagu@{node}>;tag=n\r\nCall-ID: left\r\n\
+CSeq: 2 INFO\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+        );
+        // Both reach the call first, then the call ends with them unread.
+        sock.send_to(ringing.as_bytes(), node).await.unwrap();
+        sock.send_to(info.as_bytes(), node).await.unwrap();
+        let mut got = Vec::new();
+        while got.len() < 2 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            while let Ok(e) = events.try_recv() {
+                got.push(e);
+            }
+        }
+        let (tx, mut handler) = mpsc::unbounded_channel();
+        ep.register("left", Arc::new(Recorder(std::sync::Mutex::new(tx))));
+        let mut left = got.into_iter();
+        let (response, request) = (left.next().unwrap(), left.next().unwrap());
+        ep.redeliver(response);
+        // The same shard, in order: an OPTIONS answered after it was handled.
+        let options = format!(
+            "OPTIONS sip:{node} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKoleft\r\n\
+From: <sip:p@{me}>;tag=o\r\nTo: <sip:{node}>\r\nCall-ID: left\r\nCSeq: 1 OPTIONS\r\n\
+Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+        );
+        sock.send_to(options.as_bytes(), node).await.unwrap();
+        assert!(recv_text(&sock, "the OPTIONS answer")
+            .await
+            .starts_with("SIP/2.0 200"));
+        let Ok(SipEvent::Response { response, .. }) = handler.try_recv() else {
+            panic!("the 180 did not reach the holder")
+        };
+        assert_eq!(response.status_code.code(), 180);
+        // Nobody holds the Call-ID now: the INFO is answered 481.
+        ep.unregister("left");
+        ep.redeliver(request);
+        let answer = recv_text(&sock, "the INFO's answer").await;
+        assert!(
+            answer.starts_with("SIP/2.0 481") && answer.contains("CSeq: 2 INFO"),
+            "{answer}"
+        );
     }
 
     /// Nothing goes out before the node decides: a refused INVITE gets its final

@@ -19,6 +19,19 @@ use tsunagu_store::CallResult;
 
 impl Call {
     pub(super) fn on_sip(&mut self, ev: SipEvent) {
+        // For the callee's leg this call let go (`let_callee_go`), queued here before
+        // the handler took its Call-ID over: passed on to it through the SIP core (a
+        // provisional the deferred CANCEL waits for was dropped here, and the callee
+        // rang on for nobody).
+        let of_leg_let_go = match &ev {
+            SipEvent::Request { info, .. } | SipEvent::Response { info, .. } => {
+                self.let_go.as_deref() == Some(info.call_id.as_str())
+            }
+            _ => false,
+        };
+        if of_leg_let_go {
+            return self.ctx.endpoint.redeliver(ev);
+        }
         match ev {
             // A CANCEL of the caller's INVITE, or of a re-INVITE pending in either
             // dialog (every CANCEL of a re-INVITE cancelled the call: a live torture

@@ -323,6 +323,12 @@ pub struct Call {
     upstream_code: u16,
     last_trunk: Option<usize>,
     logged: Arc<AtomicBool>,
+    /// Dropped here because the cluster declared this node down (see `vanish`): the
+    /// call lives on at another node.
+    vanished: bool,
+    /// The Call-ID of the callee's leg last handed to `abandoned` (`let_callee_go`):
+    /// what still comes here for it is passed on.
+    let_go: Option<Box<str>>,
     /// The recording's path (relative to the recordings directory), once it started.
     recording: Option<String>,
     /// What it records: the number's mode when it started, or the checkpoint's for a
@@ -525,7 +531,20 @@ async fn drive(mut call: Box<Call>, me: CallRef) -> Exit {
             }
         }
     }
-    me.close();
+    let left = me.close();
+    // What came for a call that ended here (or crashed) and was not read goes back to the SIP
+    // core, for whoever holds its Call-ID now: a callee's provisional queued behind
+    // the caller's hang-up reaches the handler its leg went to, whose CANCEL waited
+    // for it (it was lost, and the callee rang on); a request is answered 481. Not for
+    // a call that vanished (it lives on at another node) nor one stopped (at
+    // shutdown another node may take it over).
+    if matches!(exit, Exit::Done | Exit::Panicked(_)) && !call.vanished {
+        for msg in left {
+            if let CallMsg::Sip(event) = msg {
+                call.ctx.endpoint.redeliver(*event);
+            }
+        }
+    }
     exit
 }
 
@@ -634,6 +653,8 @@ impl Call {
             upstream_code: 500,
             last_trunk: None,
             logged: Arc::new(AtomicBool::new(false)),
+            vanished: false,
+            let_go: None,
             recording: None,
             recording_mode: None,
             recording_withheld: false,
@@ -1180,6 +1201,7 @@ impl Call {
         } else {
             b.cancel(&ep);
         }
+        self.let_go = Some(b.call_id().into());
         abandoned::Abandoned::hand_over(b, &self.ctx, channel);
     }
 
@@ -1315,6 +1337,7 @@ impl Call {
     /// its Call-IDs forgotten, and nothing is sent or logged.
     fn vanish(&mut self) {
         tracing::info!("the cluster declared this node down: the call is dropped here");
+        self.vanished = true;
         self.logged.store(true, Ordering::Release);
         self.phase = Phase::Done;
         self.stop_ring_timer();

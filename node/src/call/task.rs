@@ -120,6 +120,19 @@ impl CallRef {
         }
     }
 
+    /// Test hook: queues `msgs` at once (under one lock), so that the call finds them
+    /// all waiting when it next runs.
+    #[cfg(test)]
+    pub(crate) fn send_all(&self, msgs: Vec<CallMsg>) {
+        let mut queue = self.0.queue.lock().unwrap_or_else(|p| p.into_inner());
+        for msg in msgs {
+            self.0.waiting.inc();
+            queue.push_back(msg);
+        }
+        drop(queue);
+        self.0.wake.notify_one();
+    }
+
     /// Ends the call's task at its next message (whatever state it is in).
     pub fn stop(&self) {
         self.0.stopped.store(true, Ordering::Release);
@@ -146,12 +159,13 @@ impl CallRef {
         }
     }
 
-    /// The task ended: nothing more is accepted, and what was queued is dropped.
-    pub(super) fn close(&self) {
+    /// The task ended: nothing more is accepted, and what was queued and not read
+    /// comes back, oldest first.
+    pub(super) fn close(&self) -> Vec<CallMsg> {
         self.0.stopped.store(true, Ordering::Release);
         let mut queue = self.0.queue.lock().unwrap_or_else(|p| p.into_inner());
         self.0.waiting.dec_by(queue.len() as i64);
-        queue.clear();
+        queue.drain(..).collect()
     }
 }
 
@@ -251,7 +265,12 @@ mod tests {
         assert_eq!(waiting.get(), INBOX_LIMIT as i64 + 1);
         let other = CallRef::new(waiting.clone(), dropped.clone());
         other.deliver(CallMsg::EndGuard, INBOX_LIMIT).unwrap();
-        me.close();
+        let left = me.close();
+        assert_eq!(left.len(), INBOX_LIMIT + 1, "what it left comes back");
+        assert!(
+            matches!(left.last(), Some(CallMsg::QueueTimeout)),
+            "oldest first"
+        );
         assert_eq!(waiting.get(), 1, "what an ended call left is uncounted");
         drop(other);
         assert_eq!(waiting.get(), 0, "and what a dropped one left");
