@@ -116,7 +116,11 @@ impl CallSink for Abandoned {
                 match (info.cseq_method, code) {
                     (Method::Invite, 100..=199) => {
                         leg.provisional = true;
-                        leg.cancel(&self.ep); // sent now that it may be
+                        // Sent now that it may be; not after a 2xx (hung up): a
+                        // provisional passed on by its call can come after one.
+                        if !leg.hung_up_any() {
+                            leg.cancel(&self.ep);
+                        }
                     }
                     (Method::Invite, 200..=299) => {
                         let routing = &self.ctx.routing;

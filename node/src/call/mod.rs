@@ -323,9 +323,10 @@ pub struct Call {
     upstream_code: u16,
     last_trunk: Option<usize>,
     logged: Arc<AtomicBool>,
-    /// Dropped here because the cluster declared this node down (see `vanish`): the
-    /// call lives on at another node.
-    vanished: bool,
+    /// The call ended here (`finish`), nothing having marked it logged before: not
+    /// dropped because the cluster declared this node down, nor handed to another
+    /// node, where it lives on.
+    wrote_record: bool,
     /// The Call-ID of the callee's leg last handed to `abandoned` (`let_callee_go`):
     /// what still comes here for it is passed on.
     let_go: Option<Box<str>>,
@@ -535,10 +536,17 @@ async fn drive(mut call: Box<Call>, me: CallRef) -> Exit {
     // What came for a call that ended here (or crashed) and was not read goes back to the SIP
     // core, for whoever holds its Call-ID now: a callee's provisional queued behind
     // the caller's hang-up reaches the handler its leg went to, whose CANCEL waited
-    // for it (it was lost, and the callee rang on); a request is answered 481. Not for
-    // a call that vanished (it lives on at another node) nor one stopped (at
-    // shutdown another node may take it over).
-    if matches!(exit, Exit::Done | Exit::Panicked(_)) && !call.vanished {
+    // for it (it was lost, and the callee rang on); a request is answered 481. Only for
+    // a call that ended here: one that finished by writing its own record, or crashed
+    // before anything else logged it; never one dropped or handed to another node,
+    // which carries it on (the supervisor marks it logged at once, before the call
+    // reads its `Vanish`: a review), nor one stopped (at shutdown another node may
+    // take it over).
+    if ended_here(
+        &exit,
+        call.wrote_record,
+        call.logged.load(Ordering::Acquire),
+    ) {
         for msg in left {
             if let CallMsg::Sip(event) = msg {
                 call.ctx.endpoint.redeliver(*event);
@@ -546,6 +554,18 @@ async fn drive(mut call: Box<Call>, me: CallRef) -> Exit {
         }
     }
     exit
+}
+
+/// Whether a call task that exited so ended here, its unread messages to go back to the
+/// SIP core (see `drive`): finished by writing its own record (`wrote_record`: nothing
+/// had marked it logged before), or crashed while nothing had marked it `logged` (the
+/// supervisor marks a call handed to another node, or dropped by the cluster, at once).
+fn ended_here(exit: &Exit, wrote_record: bool, logged: bool) -> bool {
+    match exit {
+        Exit::Done => wrote_record,
+        Exit::Panicked(_) => !logged,
+        Exit::Stopped | Exit::Failed(_) => false,
+    }
 }
 
 impl Call {
@@ -653,7 +673,7 @@ impl Call {
             upstream_code: 500,
             last_trunk: None,
             logged: Arc::new(AtomicBool::new(false)),
-            vanished: false,
+            wrote_record: false,
             let_go: None,
             recording: None,
             recording_mode: None,
@@ -1337,7 +1357,6 @@ impl Call {
     /// its Call-IDs forgotten, and nothing is sent or logged.
     fn vanish(&mut self) {
         tracing::info!("the cluster declared this node down: the call is dropped here");
-        self.vanished = true;
         self.logged.store(true, Ordering::Release);
         self.phase = Phase::Done;
         self.stop_ring_timer();
@@ -1453,6 +1472,33 @@ fn to_tag(resp: &Response) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Which exits give a call's unread messages back to the SIP core: (how it
+    /// exited, whether its own finish wrote the record, whether it was marked logged)
+    /// -> whether it ended here. A call handed to another node or dropped by the
+    /// cluster is marked logged by the supervisor first: its finish (an end guard before
+    /// it read its `Vanish`) writes no record of its own, and it lives on elsewhere.
+    #[test]
+    fn which_ended_calls_give_back_what_they_left_unread() {
+        let crash = Exit::Panicked("boom".into());
+        let failed = Exit::Failed("no ports".into());
+        let rows = [
+            (&Exit::Done, true, true, true),
+            (&Exit::Done, false, true, false),
+            (&crash, false, false, true),
+            (&crash, false, true, false),
+            (&Exit::Stopped, false, false, false),
+            (&Exit::Stopped, true, true, false),
+            (&failed, false, false, false),
+        ];
+        for (exit, wrote_record, logged, want) in rows {
+            assert_eq!(
+                ended_here(exit, wrote_record, logged),
+                want,
+                "{exit:?} {wrote_record} {logged}"
+            );
+        }
+    }
 
     /// The size of the future `f` returns, without calling it.
     fn future_size<A, B, F: std::future::Future>(_: impl FnOnce(A, B) -> F) -> usize {

@@ -237,7 +237,9 @@ impl Call {
             }
             _ => self.ctx.log.write(entry),
         }
-        self.logged.store(true, Ordering::Release);
+        // Ended here only if nothing had marked it logged first (the supervisor does,
+        // at once, for a call handed to another node or dropped by the cluster).
+        self.wrote_record = !self.logged.swap(true, Ordering::AcqRel);
         self.ep().unregister(&self.a.info.call_id);
         if let Some(b) = &self.b {
             self.ep().unregister(b.call_id());

@@ -94,6 +94,11 @@ impl CallRef {
         }
         {
             let mut queue = self.0.queue.lock().unwrap_or_else(|p| p.into_inner());
+            // Again under the lock: a message queued after `close` took what was left
+            // would be neither handled nor given back.
+            if self.0.stopped.load(Ordering::Acquire) {
+                return Err(NotQueued::Gone(msg));
+            }
             if queue.len() >= limit {
                 self.0.dropped.inc();
                 // One line a second at most: a peer can fill inboxes at will.
