@@ -1564,8 +1564,9 @@ Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
     /// took the first 2xx has ended. A repeat of a hung-up fork is ACKed again, not hung
     /// up again; while the call lives a fork's 2xx is the call's to hang up, and a 2xx
     /// a call took, coming again when none is left, gets nothing (its dialog may live
-    /// on at another node); the core's BYE's answer reaches no call. Each check ends with an OPTIONS of the same Call-ID (the same shard, in
-    /// order) answered next: nothing else went out.
+    /// on at another node); the core's BYE's answer reaches no call. Each check ends
+    /// with an OPTIONS of the same Call-ID (the same shard, in order) answered next:
+    /// nothing else went out.
     #[tokio::test]
     async fn a_forks_2xx_that_no_call_keeps_is_acknowledged_and_hung_up() {
         let metrics = SipMetrics::default();
