@@ -728,9 +728,20 @@ mod tests {
 
     /// The callee's 180 as the SIP core would give it to the call, for `invite`.
     fn ringing_event(f: &Fixture, invite: &str) -> crate::call::CallMsg {
+        callee_event(f, invite, "180 Ringing", None)
+    }
+
+    /// The callee's answer `status` (with `sdp`) to `invite`, as the SIP core would
+    /// give it to the call.
+    fn callee_event(
+        f: &Fixture,
+        invite: &str,
+        status: &str,
+        sdp: Option<&str>,
+    ) -> crate::call::CallMsg {
         use tsunagu_sip::{SipEvent, SipMessage};
         let me = f.callee.local_addr().unwrap();
-        let ringing = callee_response(invite, "180 Ringing", me, None);
+        let ringing = callee_response(invite, status, me, sdp);
         let Ok((SipMessage::Response(response), info)) =
             tsunagu_sip::parse::parse(ringing.as_bytes())
         else {
@@ -766,6 +777,36 @@ mod tests {
             .unwrap();
         assert!(cancel.starts_with("CANCEL "), "{cancel}");
         assert_eq!(call_id_of(&cancel), call_id_of(&invite));
+        final_record(&f).await;
+    }
+
+    /// The same with the callee's 200 ahead of its 180 (a provisional reordered, or
+    /// repeated): the handler ACKs and hangs up the 200 and sends no CANCEL for the
+    /// 180 after it (a review: the held CANCEL went out on a leg already answered).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_provisional_after_the_answer_of_a_leg_let_go_brings_no_cancel() {
+        let f = forwarding_call(Duration::from_secs(3600)).await;
+        let invite = recv_text(&f.callee);
+        let msgs = vec![
+            crate::call::CallMsg::NoResponse(1),
+            callee_event(&f, &invite, "200 OK", Some(CALLEE_SDP)),
+            ringing_event(&f, &invite),
+        ];
+        f.sup.send_message(SupervisorMsg::InjectAll(msgs)).unwrap();
+        let bye = std::iter::repeat_with(|| recv_text(&f.callee))
+            .find(|m| !m.starts_with("INVITE ") && !m.starts_with("ACK "))
+            .unwrap();
+        assert!(bye.starts_with("BYE "), "{bye}");
+        // The 180 was handled in order after the 200: anything it sent came by now,
+        // past which the BYE's retransmission (T1) is all that comes.
+        f.callee
+            .set_read_timeout(Some(Duration::from_millis(400)))
+            .unwrap();
+        let mut buf = [0u8; 8192];
+        while let Ok((n, _)) = f.callee.recv_from(&mut buf) {
+            let m = String::from_utf8_lossy(&buf[..n]).into_owned();
+            assert!(!m.starts_with("CANCEL "), "a CANCEL after the answer: {m}");
+        }
         final_record(&f).await;
     }
 
