@@ -726,11 +726,6 @@ mod tests {
         assert_eq!(f.metrics.calls.actor_failures.get(), 1);
     }
 
-    /// The callee's 180 as the SIP core would give it to the call, for `invite`.
-    fn ringing_event(f: &Fixture, invite: &str) -> crate::call::CallMsg {
-        callee_event(f, invite, "180 Ringing", None)
-    }
-
     /// The callee's answer `status` (with `sdp`) to `invite`, as the SIP core would
     /// give it to the call.
     fn callee_event(
@@ -741,13 +736,21 @@ mod tests {
     ) -> crate::call::CallMsg {
         use tsunagu_sip::{SipEvent, SipMessage};
         let me = f.callee.local_addr().unwrap();
-        let ringing = callee_response(invite, status, me, sdp);
-        let Ok((SipMessage::Response(response), info)) =
-            tsunagu_sip::parse::parse(ringing.as_bytes())
+        let text = callee_response(invite, status, me, sdp);
+        let Ok((SipMessage::Response(response), info)) = tsunagu_sip::parse::parse(text.as_bytes())
         else {
-            panic!("{ringing}")
+            panic!("{text}")
         };
         crate::call::CallMsg::Sip(Box::new(SipEvent::Response { response, info }))
+    }
+
+    /// The first attempt's 5 s without a word from its trunk (its leg let go) and, in
+    /// the call's inbox at the same moment, the callee's answers `after` (as a busy
+    /// node has them).
+    fn attempt_times_out_with(f: &Fixture, after: Vec<crate::call::CallMsg>) {
+        let mut msgs = vec![crate::call::CallMsg::NoResponse(1)];
+        msgs.extend(after);
+        f.sup.send_message(SupervisorMsg::InjectAll(msgs)).unwrap();
     }
 
     /// The Call-ID line of a SIP message.
@@ -767,11 +770,7 @@ mod tests {
     async fn a_provisional_left_unread_by_an_ended_call_reaches_the_leg_it_let_go() {
         let f = forwarding_call(Duration::from_secs(3600)).await;
         let invite = recv_text(&f.callee);
-        let msgs = vec![
-            crate::call::CallMsg::NoResponse(1),
-            ringing_event(&f, &invite),
-        ];
-        f.sup.send_message(SupervisorMsg::InjectAll(msgs)).unwrap();
+        attempt_times_out_with(&f, vec![callee_event(&f, &invite, "180 Ringing", None)]);
         let cancel = std::iter::repeat_with(|| recv_text(&f.callee))
             .find(|m| !m.starts_with("INVITE "))
             .unwrap();
@@ -787,12 +786,11 @@ mod tests {
     async fn a_provisional_after_the_answer_of_a_leg_let_go_brings_no_cancel() {
         let f = forwarding_call(Duration::from_secs(3600)).await;
         let invite = recv_text(&f.callee);
-        let msgs = vec![
-            crate::call::CallMsg::NoResponse(1),
+        let answers = vec![
             callee_event(&f, &invite, "200 OK", Some(CALLEE_SDP)),
-            ringing_event(&f, &invite),
+            callee_event(&f, &invite, "180 Ringing", None),
         ];
-        f.sup.send_message(SupervisorMsg::InjectAll(msgs)).unwrap();
+        attempt_times_out_with(&f, answers);
         let bye = std::iter::repeat_with(|| recv_text(&f.callee))
             .find(|m| !m.starts_with("INVITE ") && !m.starts_with("ACK "))
             .unwrap();
@@ -828,11 +826,7 @@ mod tests {
         )
         .await;
         let first = recv_text(&f.callee);
-        let msgs = vec![
-            crate::call::CallMsg::NoResponse(1),
-            ringing_event(&f, &first),
-        ];
-        f.sup.send_message(SupervisorMsg::InjectAll(msgs)).unwrap();
+        attempt_times_out_with(&f, vec![callee_event(&f, &first, "180 Ringing", None)]);
         // Both, in either order (they leave from different shards).
         let mut got: Vec<String> = Vec::new();
         let seen = |got: &[String]| {

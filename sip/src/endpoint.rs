@@ -664,7 +664,9 @@ impl Core {
         self.out = out;
     }
 
-    fn deliver(&mut self, call_id: &str, event: SipEvent) -> bool {
+    /// Gives `event` to the call registered under `call_id` (what it does not take is
+    /// refused: see [`Self::refuse_undelivered`]); the event back when none is.
+    fn deliver(&mut self, call_id: &str, event: SipEvent) -> Option<SipEvent> {
         let undelivered = match self.calls.get_mut(call_id) {
             Some(Route::Ready(sink)) => sink.deliver(event).err(),
             Some(Route::Pending(queue)) => {
@@ -675,12 +677,12 @@ impl Core {
                     Some(Undelivered::Busy(event))
                 }
             }
-            None => return false,
+            None => return Some(event),
         };
         if let Some(u) = undelivered {
             self.refuse_undelivered(u);
         }
-        true
+        None
     }
 
     /// Offers a response to the call registered under its Call-ID: given back when
@@ -783,19 +785,17 @@ impl Core {
         let Some(ack) = built(Method::Ack, info.cseq) else {
             return;
         };
-        if first {
-            tracing::info!(call_id = %info.call_id, "a fork's 2xx that no call keeps: acknowledged and hung up");
-        } else {
-            tracing::debug!(call_id = %info.call_id, "a fork's 2xx hung up before, again: acknowledged");
-        }
         self.send_request(ack, peer, Instant::now());
+        if !first {
+            tracing::debug!(call_id = %info.call_id, "a fork's 2xx hung up before, again: acknowledged");
+            return;
+        }
+        tracing::info!(call_id = %info.call_id, "a fork's 2xx that no call keeps: acknowledged and hung up");
         let bye = info
             .cseq
             .checked_add(1)
             .and_then(|cseq| built(Method::Bye, cseq));
-        let Some(bye) = bye.filter(|_| first) else {
-            return;
-        };
+        let Some(bye) = bye else { return };
         self.metrics.forks_hung_up.inc();
         self.send_request_for(bye, peer, Instant::now(), "");
     }
@@ -1101,10 +1101,8 @@ impl Core {
                 self.calls.remove(&call_id);
             }
             Command::Redeliver { call_id, event } => {
-                if !self.calls.contains_key(call_id.as_str()) {
-                    self.refuse_undelivered(Undelivered::Gone(*event));
-                } else {
-                    self.deliver(&call_id, *event);
+                if let Some(event) = self.deliver(&call_id, *event) {
+                    self.refuse_undelivered(Undelivered::Gone(event));
                 }
             }
             Command::Forget => {
@@ -1547,6 +1545,39 @@ Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
         assert_eq!(metrics.stray_2xx_acked.get(), 2);
     }
 
+    /// A new INVITE of the node's (a forwarded leg's) to the party at `me`, on branch
+    /// `z9hG4bK-{call_id}`.
+    fn invite_of_ours(node: SocketAddr, me: SocketAddr, call_id: &str) -> RequestSpec {
+        RequestSpec {
+            method: Method::Invite,
+            uri: format!("sip:callee@{me}"),
+            transport: Transport::Udp,
+            sent_by: node,
+            branch: format!("z9hG4bK-{call_id}"),
+            from: format!("<sip:tsunagu@{node}>;tag=n"),
+            to: format!("<sip:callee@{me}>"),
+            call_id: call_id.into(),
+            cseq: 1,
+            contact: Some(format!("<sip:tsunagu@{node}>")),
+            routes: Vec::new(),
+            max_forwards: 70,
+            extra: Vec::new(),
+            body: None,
+        }
+    }
+
+    /// An OPTIONS from `me` with Call-ID `call_id`: handled by the same shard as that
+    /// call's messages, after them, so its answer coming next shows that nothing else
+    /// went out for them.
+    fn options_after(node: SocketAddr, me: SocketAddr, call_id: &str) -> String {
+        format!(
+            "OPTIONS sip:{node} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKo{}\r\n\
+From: <sip:p@{me}>;tag=o\r\nTo: <sip:{node}>\r\nCall-ID: {call_id}\r\nCSeq: 1 OPTIONS\r\n\
+Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
+            build::new_tag()
+        )
+    }
+
     /// Takes every event of its call, for the test to read.
     struct Recorder(std::sync::Mutex<mpsc::UnboundedSender<SipEvent>>);
 
@@ -1582,22 +1613,7 @@ Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
         };
         let (tx, mut events) = mpsc::unbounded_channel();
         let recorder = Arc::new(Recorder(std::sync::Mutex::new(tx)));
-        let invite = |call_id: &str| RequestSpec {
-            method: Method::Invite,
-            uri: format!("sip:callee@{me}"),
-            transport: Transport::Udp,
-            sent_by: node,
-            branch: format!("z9hG4bK-{call_id}"),
-            from: format!("<sip:tsunagu@{node}>;tag=n"),
-            to: format!("<sip:callee@{me}>"),
-            call_id: call_id.into(),
-            cseq: 1,
-            contact: Some(format!("<sip:tsunagu@{node}>")),
-            routes: Vec::new(),
-            max_forwards: 70,
-            extra: Vec::new(),
-            body: None,
-        };
+        let invite = |call_id: &str| invite_of_ours(node, me, call_id);
         let answer = |call_id: &str, status: &str, tag: &str, method: &str, cseq: u32| {
             format!(
                 "SIP/2.0 {status}\r\nVia: SIP/2.0/UDP {node};branch=z9hG4bK-{call_id}\r\n\
@@ -1607,12 +1623,7 @@ CSeq: {cseq} {method}\r\nContact: <sip:{tag}@{me}>\r\nContent-Length: 0\r\n\r\n"
             )
         };
         let nothing_more = |call_id: &str| {
-            let options = format!(
-                "OPTIONS sip:{node} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKo{}\r\n\
-From: <sip:p@{me}>;tag=o\r\nTo: <sip:{node}>\r\nCall-ID: {call_id}\r\nCSeq: 1 OPTIONS\r\n\
-Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
-                build::new_tag()
-            );
+            let options = options_after(node, me, call_id);
             let sock = &sock;
             async move {
                 sock.send_to(options.as_bytes(), node).await.unwrap();
@@ -1734,28 +1745,10 @@ Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
             transport: Transport::Udp,
             addr: me,
         };
-        ep.request(
-            RequestSpec {
-                method: Method::Invite,
-                uri: format!("sip:callee@{me}"),
-                transport: Transport::Udp,
-                sent_by: node,
-                branch: "z9hG4bKleft".into(),
-                from: format!("<sip:tsunagu@{node}>;tag=n"),
-                to: format!("<sip:callee@{me}>"),
-                call_id: "left".into(),
-                cseq: 1,
-                contact: Some(format!("<sip:tsunagu@{node}>")),
-                routes: Vec::new(),
-                max_forwards: 70,
-                extra: Vec::new(),
-                body: None,
-            },
-            peer,
-        );
+        ep.request(invite_of_ours(node, me, "left"), peer);
         assert!(recv_text(&sock, "the INVITE").await.starts_with("INVITE "));
         let ringing = format!(
-            "SIP/2.0 180 Ringing\r\nVia: SIP/2.0/UDP {node};branch=z9hG4bKleft\r\n\
+            "SIP/2.0 180 Ringing\r\nVia: SIP/2.0/UDP {node};branch=z9hG4bK-left\r\n\
 From: <sip:tsunagu@{node}>;tag=n\r\nTo: <sip:callee@{me}>;tag=c\r\nCall-ID: left\r\n\
 CSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
         );
@@ -1769,10 +1762,8 @@ CSeq: 2 INFO\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
         sock.send_to(info.as_bytes(), node).await.unwrap();
         let mut got = Vec::new();
         while got.len() < 2 {
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-            while let Ok(e) = events.try_recv() {
-                got.push(e);
-            }
+            let event = tokio::time::timeout(std::time::Duration::from_secs(5), events.recv());
+            got.push(event.await.expect("both reach the call").unwrap());
         }
         let (tx, mut handler) = mpsc::unbounded_channel();
         ep.register("left", Arc::new(Recorder(std::sync::Mutex::new(tx))));
@@ -1780,11 +1771,7 @@ CSeq: 2 INFO\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
         let (response, request) = (left.next().unwrap(), left.next().unwrap());
         ep.redeliver(response);
         // The same shard, in order: an OPTIONS answered after it was handled.
-        let options = format!(
-            "OPTIONS sip:{node} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKoleft\r\n\
-From: <sip:p@{me}>;tag=o\r\nTo: <sip:{node}>\r\nCall-ID: left\r\nCSeq: 1 OPTIONS\r\n\
-Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
-        );
+        let options = options_after(node, me, "left");
         sock.send_to(options.as_bytes(), node).await.unwrap();
         assert!(recv_text(&sock, "the OPTIONS answer")
             .await

@@ -189,18 +189,51 @@ enum Taker {
     Core,
 }
 
+/// The To tags (keyed hashes: a peer's tag of any length costs 8 bytes) of the 2xx an
+/// INVITE of ours got, by who took each, at most [`FORKS_KEPT`]: the first noted (the
+/// call's, nearly always: no allocation for it), then the others (forks).
+#[derive(Default)]
+struct Answers {
+    first: Option<(u64, Taker)>,
+    others: Vec<(u64, Taker)>,
+}
+
+impl Answers {
+    /// What the SIP core does with a 2xx of To tag `tag` that a call `taken` (or none
+    /// did), noting who took it: hung up the first time no call takes a tag none ever
+    /// took, ACKed when it comes again (or past [`FORKS_KEPT`] tags), left alone once
+    /// a call took it.
+    fn answer(&mut self, tag: u64, taken: bool) -> AnswerAction {
+        let mut noted = self.first.iter().chain(&self.others);
+        match noted.find(|(t, _)| *t == tag) {
+            Some((_, Taker::Core)) if !taken => return AnswerAction::Ack,
+            Some(_) => return AnswerAction::Nothing,
+            None => {}
+        }
+        let taker = if taken { Taker::Call } else { Taker::Core };
+        match self.first {
+            None => self.first = Some((tag, taker)),
+            Some(_) if self.others.len() + 1 < FORKS_KEPT => self.others.push((tag, taker)),
+            Some(_) if taken => return AnswerAction::Nothing,
+            Some(_) => return AnswerAction::Ack,
+        }
+        if taken {
+            AnswerAction::Nothing
+        } else {
+            AnswerAction::HangUp
+        }
+    }
+}
+
 /// An INVITE of ours that opened a dialog and got its 2xx: RFC 6026's Accepted state,
 /// kept [`TIMEOUT`] (at most a sweep cycle more) from its first 2xx, the request let
-/// go; under a hundred bytes an answered call, for 32 s. Call-ID and To tags are kept
-/// as keyed hashes (a peer's tag of any length costs 8 bytes).
+/// go; under a hundred bytes an answered call, for 32 s. Its Call-ID is kept as a
+/// keyed hash.
 struct Accepted {
     since: Instant,
     call_id: u64,
     peer: std::net::IpAddr,
-    /// The first To tag noted (the call's, nearly always: no allocation for it), then
-    /// the others (forks).
-    first: Option<(u64, Taker)>,
-    others: Vec<(u64, Taker)>,
+    answers: Answers,
 }
 
 #[derive(Debug, PartialEq, Clone, Copy)]
@@ -251,9 +284,8 @@ struct ClientTx {
     new_dialog: bool,
     call_id: String,
     state: State,
-    /// A failed INVITE's: the To tags (keyed hashes) of the forks' 2xx the core hung
-    /// up (at most [`FORKS_KEPT`]).
-    forks: Vec<u64>,
+    /// A failed INVITE's: the forks' 2xx the core hung up.
+    forks: Answers,
     ack: Option<Bytes>,
     timers: Timers,
     /// When it was sent, or got its last provisional response: the INVITE limit
@@ -327,9 +359,9 @@ pub struct Transactions {
     /// due (None while the tables are empty), and which segment it takes.
     next_sweep: Option<Instant>,
     sweep_segment: usize,
-    /// Hashes the server transactions' Call-IDs and the accepted INVITEs' branches
-    /// (keyed at random per table).
-    call_ids: std::collections::hash_map::RandomState,
+    /// Hashes the server transactions' Call-IDs, the accepted INVITEs' branches and
+    /// Call-IDs, and 2xx's To tags (keyed at random per table).
+    hashes: std::collections::hash_map::RandomState,
     /// Where the grain of transactions' ends counts from ([`end_at`]).
     base: Instant,
     /// The first timer as `poll_timeout` last found it due.
@@ -374,7 +406,7 @@ impl Transactions {
             answer_limit,
             next_sweep: None,
             sweep_segment: 0,
-            call_ids: Default::default(),
+            hashes: Default::default(),
             base: Instant::now(),
             head_checked: None,
         }
@@ -445,7 +477,7 @@ impl Transactions {
             _ => {
                 if let Some(tx) = self.server.get(&key) {
                     let same_request =
-                        tx.call_id == self.call_ids.hash_one(call_id) && tx.cseq == cseq;
+                        tx.call_id == self.hashes.hash_one(call_id) && tx.cseq == cseq;
                     if !same_source(&tx.peer, &peer) || !same_request {
                         return RequestMatch::Foreign;
                     }
@@ -463,7 +495,7 @@ impl Transactions {
                 }
                 let tx = ServerTx {
                     peer,
-                    call_id: self.call_ids.hash_one(call_id),
+                    call_id: self.hashes.hash_one(call_id),
                     cseq,
                     state: State::Proceeding,
                     last_response: None,
@@ -478,7 +510,7 @@ impl Transactions {
                 self.arm_sweep(now);
                 if method == Method::Cancel {
                     let invite = TxKey::new(branch, Method::Invite);
-                    let call_id = self.call_ids.hash_one(call_id);
+                    let call_id = self.hashes.hash_one(call_id);
                     return match self.server.get(&invite) {
                         Some(inv)
                             if same_source(&inv.peer, &peer)
@@ -619,7 +651,7 @@ impl Transactions {
             new_dialog,
             call_id: call_id.to_string(),
             state: State::Proceeding,
-            forks: Vec::new(),
+            forks: Answers::default(),
             ack: None,
             timers: Timers {
                 retransmit_at,
@@ -646,7 +678,7 @@ impl Transactions {
     ) -> ResponseMatch {
         let key = TxKey::new(branch, cseq_method);
         let answer = cseq_method == Method::Invite && (200..300).contains(&code);
-        if answer && self.accepted.get(&self.call_ids.hash_one(branch)).is_some() {
+        if answer && self.accepted.get(&self.hashes.hash_one(branch)).is_some() {
             return ResponseMatch::Answer2xx;
         }
         let Some(tx) = self.client.get_mut(&key) else {
@@ -697,13 +729,11 @@ impl Transactions {
             // ended by the sweep, no timer of its own.
             let accepted = Accepted {
                 since: now,
-                call_id: self.call_ids.hash_one(&tx.call_id),
+                call_id: self.hashes.hash_one(&tx.call_id),
                 peer: tx.peer.addr.ip(),
-                first: None,
-                others: Vec::new(),
+                answers: Answers::default(),
             };
-            self.accepted
-                .insert(self.call_ids.hash_one(branch), accepted);
+            self.accepted.insert(self.hashes.hash_one(branch), accepted);
             self.arm_sweep(now);
             return ResponseMatch::Answer2xx;
         }
@@ -742,34 +772,14 @@ impl Transactions {
     /// one a call could not take for a full inbox (the call lives, and takes its
     /// repeat).
     pub fn answer_2xx(&mut self, branch: &str, answer: &AnswerFrom, taken: bool) -> AnswerAction {
-        let hashes = &self.call_ids;
+        let hashes = &self.hashes;
         let Some(acc) = self.accepted.get_mut(&hashes.hash_one(branch)) else {
             return AnswerAction::Nothing;
         };
         if acc.call_id != hashes.hash_one(answer.call_id) || acc.peer != answer.source {
             return AnswerAction::Nothing;
         }
-        let tag = hashes.hash_one(answer.tag);
-        let mut noted = acc.first.iter().chain(&acc.others);
-        match noted.find(|(t, _)| *t == tag) {
-            Some((_, Taker::Core)) if !taken => AnswerAction::Ack,
-            Some(_) => AnswerAction::Nothing,
-            None if acc.others.len() + 1 >= FORKS_KEPT => match taken {
-                true => AnswerAction::Nothing,
-                false => AnswerAction::Ack,
-            },
-            None => {
-                let taker = if taken { Taker::Call } else { Taker::Core };
-                match acc.first {
-                    None => acc.first = Some((tag, taker)),
-                    Some(_) => acc.others.push((tag, taker)),
-                }
-                match taken {
-                    true => AnswerAction::Nothing,
-                    false => AnswerAction::HangUp,
-                }
-            }
-        }
+        acc.answers.answer(hashes.hash_one(answer.tag), taken)
     }
 
     /// What the SIP core does with a 2xx reported as [`ResponseMatch::Unwanted2xx`] on
@@ -777,7 +787,7 @@ impl Transactions {
     /// (at most [`FORKS_KEPT`] tags hung up); nothing for one from another address
     /// or naming another Call-ID than the INVITE's.
     pub fn unwanted_2xx(&mut self, branch: &str, answer: &AnswerFrom) -> AnswerAction {
-        let hashes = &self.call_ids;
+        let hashes = &self.hashes;
         let key = TxKey::new(branch, Method::Invite);
         let Some(tx) = self.client.get_mut(&key) else {
             return AnswerAction::Nothing;
@@ -785,12 +795,7 @@ impl Transactions {
         if tx.call_id != answer.call_id || tx.peer.addr.ip() != answer.source {
             return AnswerAction::Nothing;
         }
-        let tag = hashes.hash_one(answer.tag);
-        if tx.forks.contains(&tag) || tx.forks.len() >= FORKS_KEPT {
-            return AnswerAction::Ack;
-        }
-        tx.forks.push(tag);
-        AnswerAction::HangUp
+        tx.forks.answer(hashes.hash_one(answer.tag), false)
     }
 
     // ---- time ----
